@@ -1,0 +1,64 @@
+//! `lifeboat check`
+
+use super::output::{id_list, print_json};
+use super::{Context, Failure, Outcome, exit};
+use crate::check::check;
+use crate::reconcile::Verdict;
+
+#[derive(clap::Args, Debug)]
+pub struct Args {
+    /// Print the report as JSON on stdout (verdict, present, missing, recreated, deactivated, new, ...).
+    #[arg(long)]
+    json: bool,
+}
+
+pub async fn run(context: &Context, args: Args) -> Outcome {
+    let config = context.config()?;
+    let client = context.synapse(&config)?;
+    let registry = context.registry(&config).await?;
+    let outcome = check(
+        &registry,
+        &client,
+        config.sync.page_size,
+        config.watch.loss_threshold,
+    )
+    .await
+    .map_err(|err| Failure::new(exit::FAILED, err))?;
+
+    if args.json {
+        print_json(&outcome)?;
+    } else {
+        let report = &outcome.report;
+        println!("verdict: {} ({})", report.verdict.as_str(), outcome.reason);
+        if outcome.listing_complete {
+            println!(
+                "Synapse {}: {} known, {} listed; present {}, missing {}, recreated {}, deactivated {}, new {}",
+                outcome.server_version,
+                report.known,
+                report.listed,
+                report.present,
+                report.missing.len(),
+                report.recreated.len(),
+                report.deactivated.len(),
+                report.new.len()
+            );
+        }
+        for (label, ids) in [
+            ("missing", &report.missing),
+            ("recreated", &report.recreated),
+            ("deactivated", &report.deactivated),
+            ("new", &report.new),
+        ] {
+            if !ids.is_empty() {
+                println!("  {label}: {}", id_list(ids, 20));
+            }
+        }
+        if !report.new.is_empty() {
+            println!("Run `lifeboat sync` to add the new accounts to the registry.");
+        }
+    }
+    Ok(match outcome.report.verdict {
+        Verdict::Ok => exit::OK,
+        Verdict::Loss | Verdict::SuspectedReset => exit::LOSS,
+    })
+}

@@ -1,0 +1,127 @@
+//! `lifeboat config check`
+
+use super::{Context, Outcome, exit};
+use crate::config::{Config, Secret};
+
+#[derive(clap::Subcommand, Debug)]
+pub enum Command {
+    /// Validate the config file and print it with secrets redacted.
+    ///
+    /// Exit 0 when valid, 2 with one sentence naming the key when not.
+    Check,
+}
+
+pub fn run(context: &Context, command: Command) -> Outcome {
+    match command {
+        Command::Check => {
+            let config = context.config()?;
+            print_summary(&config);
+            Ok(exit::OK)
+        }
+    }
+}
+
+fn secret(secret: &Option<Secret>) -> String {
+    match secret {
+        None => "(not set)".to_owned(),
+        Some(Secret {
+            from_file: Some(path),
+            ..
+        }) => format!("(set, read from {})", path.display()),
+        Some(Secret {
+            from_file: None, ..
+        }) => "(set)".to_owned(),
+    }
+}
+
+fn print_summary(config: &Config) {
+    let hs = &config.homeserver;
+    println!("{} is valid.", config.source.display());
+    println!("[homeserver]");
+    println!("  url = {}", hs.url);
+    println!("  server_name = {}", hs.server_name);
+    println!("  admin_token = {}", secret(&hs.admin_token));
+    println!(
+        "  registration_shared_secret = {}",
+        secret(&hs.registration_shared_secret)
+    );
+    println!("  timeout = {}", humantime::format_duration(hs.timeout));
+    println!("  retries = {}", hs.retries);
+    println!("[registry]");
+    println!(
+        "  url = {}",
+        crate::registry::redact_url(&config.registry.url)
+    );
+    println!("[sync]");
+    println!("  page_size = {}", config.sync.page_size);
+    println!(
+        "  details_concurrency = {}",
+        config.sync.details_concurrency
+    );
+    println!(
+        "  details_max_age = {}",
+        humantime::format_duration(config.sync.details_max_age)
+    );
+    println!("[watch]");
+    println!(
+        "  interval = {}",
+        humantime::format_duration(config.watch.interval)
+    );
+    println!("  loss_threshold = {}", config.watch.loss_threshold);
+    println!("[tokens]");
+    println!(
+        "  expiry = {}",
+        humantime::format_duration(config.tokens.expiry)
+    );
+    match &config.email {
+        Some(email) => {
+            println!("[email]");
+            println!(
+                "  smtp_url = {}",
+                crate::registry::redact_url(&email.smtp_url)
+            );
+            println!("  smtp_password = {}", secret(&email.smtp_password));
+            println!("  from = {}", email.from);
+        }
+        None => {
+            println!("[email] not configured: notices and alerts by email need smtp_url and from")
+        }
+    }
+    match &config.bot {
+        Some(bot) => {
+            println!("[bot]");
+            println!("  user_id = {}", bot.user_id);
+            println!("  password = {}", secret(&bot.password));
+            println!("  access_token = {}", secret(&bot.access_token));
+            println!(
+                "  admin_room = {}",
+                bot.admin_room.as_deref().unwrap_or("(not set)")
+            );
+            let admins: Vec<String> = bot.admins.iter().map(|id| id.to_string()).collect();
+            println!("  admins = [{}]", admins.join(", "));
+            println!("  command_prefix = {}", bot.command_prefix);
+            println!("  store_path = {}", bot.store_path.display());
+            println!("  store_passphrase = {}", secret(&bot.store_passphrase));
+        }
+        None => println!("[bot] not configured"),
+    }
+    match &config.web {
+        Some(web) => {
+            println!("[web]");
+            println!("  bind = {}", web.bind);
+            println!("  public_url = {}", web.public_url);
+        }
+        None => println!("[web] not configured"),
+    }
+    let alerts: Vec<String> = config
+        .alerts
+        .email
+        .iter()
+        .map(|email| email.to_string())
+        .collect();
+    println!("[alerts]");
+    println!("  email = [{}]", alerts.join(", "));
+    if hs.admin_token.is_none() {
+        println!("note: homeserver.admin_token is not set; sync and check need an admin token");
+    }
+}

@@ -1,0 +1,174 @@
+//! The command line: parses arguments, loads config, runs one command, and
+//! turns the outcome into an exit code and one plain sentence on errors.
+
+mod check;
+mod config_check;
+mod contacts;
+mod output;
+mod sync;
+mod users;
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use clap::{Parser, Subcommand};
+
+use crate::config::{Config, ConfigError};
+use crate::registry::Registry;
+use crate::synapse::SynapseClient;
+
+/// Exit codes scripts and monitoring rely on (see the README).
+pub mod exit {
+    pub const OK: u8 = 0;
+    pub const FAILED: u8 = 1;
+    pub const USAGE: u8 = 2;
+    pub const LOSS: u8 = 3;
+}
+
+#[derive(Parser, Debug)]
+#[command(
+    name = "lifeboat",
+    version,
+    about = "Keeps an off-server registry of a Synapse homeserver's accounts and contacts, and detects account loss.",
+    long_about = "Keeps an off-server registry of a Synapse homeserver's accounts and contact emails \
+(SQLite or PostgreSQL), compares it with Synapse's admin API listing to detect lost accounts, \
+and keeps the list of people to reach if the homeserver's database is ever lost.\n\n\
+Exit codes: 0 ok, 1 failed (or `check` could not tell), 2 usage or config error, 3 `check` found a loss.",
+    after_help = "Configuration: a TOML file (see config.example.toml); any key can be overridden \
+with LIFEBOAT__<SECTION>__<KEY>, e.g. LIFEBOAT__HOMESERVER__URL."
+)]
+pub struct Cli {
+    /// Config file.
+    #[arg(long, global = true, env = "LIFEBOAT_CONFIG", default_value = crate::config::DEFAULT_CONFIG_PATH, value_name = "PATH")]
+    config: PathBuf,
+    /// More log output on stderr (-v info, -vv debug); RUST_LOG overrides.
+    #[arg(short, long, global = true, action = clap::ArgAction::Count)]
+    verbose: u8,
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand, Debug)]
+enum Command {
+    /// Read Synapse's complete account listing into the registry and import emails.
+    ///
+    /// Accounts that are no longer listed are marked missing, never deleted.
+    /// A listing that fails part-way changes nothing. Emails are fetched for
+    /// new accounts and for those not fetched within sync.details_max_age.
+    Sync(sync::Args),
+    /// Compare the registry with Synapse's listing, without changing anything.
+    ///
+    /// Exit 0: no loss. Exit 3: accounts lost, or a suspected database reset.
+    /// Exit 1: could not tell (Synapse down, listing failed).
+    Check(check::Args),
+    /// Show the accounts in the registry.
+    #[command(subcommand)]
+    Users(users::Command),
+    /// Add or remove contact emails of an account.
+    #[command(subcommand)]
+    Contacts(contacts::Command),
+    /// Validate a config file.
+    #[command(subcommand)]
+    Config(config_check::Command),
+}
+
+/// A command's failure: what to print and how to exit.
+#[derive(Debug)]
+pub struct Failure {
+    pub code: u8,
+    pub message: String,
+}
+
+impl Failure {
+    pub fn new(code: u8, message: impl std::fmt::Display) -> Self {
+        Failure {
+            code,
+            message: message.to_string(),
+        }
+    }
+}
+
+impl From<ConfigError> for Failure {
+    fn from(err: ConfigError) -> Self {
+        Failure::new(exit::USAGE, err)
+    }
+}
+
+impl From<crate::registry::Error> for Failure {
+    fn from(err: crate::registry::Error) -> Self {
+        Failure::new(exit::FAILED, err)
+    }
+}
+
+pub type Outcome = Result<u8, Failure>;
+
+/// The program: parse, run, report.
+pub fn main() -> ExitCode {
+    let cli = Cli::parse();
+    init_logging(cli.verbose);
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(runtime) => runtime,
+        Err(err) => {
+            eprintln!("error: cannot start the async runtime: {err}");
+            return ExitCode::from(exit::FAILED);
+        }
+    };
+    match runtime.block_on(run(cli)) {
+        Ok(code) => ExitCode::from(code),
+        Err(failure) => {
+            eprintln!("error: {}", failure.message);
+            ExitCode::from(failure.code)
+        }
+    }
+}
+
+async fn run(cli: Cli) -> Outcome {
+    let context = Context {
+        config_path: cli.config,
+    };
+    match cli.command {
+        Command::Sync(args) => sync::run(&context, args).await,
+        Command::Check(args) => check::run(&context, args).await,
+        Command::Users(command) => users::run(&context, command).await,
+        Command::Contacts(command) => contacts::run(&context, command).await,
+        Command::Config(command) => config_check::run(&context, command),
+    }
+}
+
+/// What every command may need, loaded on demand.
+pub(crate) struct Context {
+    config_path: PathBuf,
+}
+
+impl Context {
+    pub(crate) fn config(&self) -> Result<Config, Failure> {
+        Ok(Config::load(&self.config_path, std::env::vars())?)
+    }
+
+    pub(crate) async fn registry(&self, config: &Config) -> Result<Registry, Failure> {
+        Ok(Registry::connect(&config.registry.url).await?)
+    }
+
+    pub(crate) fn synapse(&self, config: &Config) -> Result<SynapseClient, Failure> {
+        config.require_admin_token()?;
+        Ok(SynapseClient::from_config(&config.homeserver))
+    }
+}
+
+fn init_logging(verbose: u8) {
+    let default = match verbose {
+        0 => "warn",
+        1 => "lifeboat=info,warn",
+        _ => "lifeboat=debug,info",
+    };
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(default));
+    tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .with_target(false)
+        .init();
+}

@@ -1,0 +1,59 @@
+//! Shared output helpers: JSON, timestamps, progress bars.
+
+use std::io::IsTerminal;
+use std::time::{Duration, UNIX_EPOCH};
+
+use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
+use serde::Serialize;
+
+use super::{Failure, exit};
+
+pub fn print_json(value: &impl Serialize) -> Result<(), Failure> {
+    let text = serde_json::to_string_pretty(value)
+        .map_err(|err| Failure::new(exit::FAILED, format!("cannot write JSON: {err}")))?;
+    println!("{text}");
+    Ok(())
+}
+
+/// `2026-11-25T19:30:00Z`, or `-` for none.
+pub fn time(ms: Option<i64>) -> String {
+    match ms {
+        Some(ms) if ms >= 0 => {
+            humantime::format_rfc3339_seconds(UNIX_EPOCH + Duration::from_millis(ms as u64))
+                .to_string()
+        }
+        _ => "-".to_owned(),
+    }
+}
+
+/// A progress bar on stderr, drawn only when stderr is a terminal.
+pub fn progress_bar(message: &'static str) -> ProgressBar {
+    if !std::io::stderr().is_terminal() {
+        return ProgressBar::hidden();
+    }
+    let bar = ProgressBar::with_draw_target(None, ProgressDrawTarget::stderr());
+    bar.set_style(
+        ProgressStyle::with_template("{msg:>10} [{bar:30}] {pos}/{len} ({per_sec}, {eta} left)")
+            .expect("the progress template is valid")
+            .progress_chars("=> "),
+    );
+    bar.set_message(message);
+    bar
+}
+
+/// Up to `limit` IDs joined, with a count of the rest.
+pub fn id_list(ids: &[String], limit: usize) -> String {
+    let mut text = ids
+        .iter()
+        .take(limit)
+        .cloned()
+        .collect::<Vec<_>>()
+        .join(", ");
+    if ids.len() > limit {
+        text.push_str(&format!(
+            ", and {} more (--json lists all)",
+            ids.len() - limit
+        ));
+    }
+    text
+}

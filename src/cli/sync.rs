@@ -1,0 +1,98 @@
+//! `lifeboat sync`
+
+use indicatif::ProgressBar;
+
+use super::output::{id_list, print_json, progress_bar};
+use super::{Context, Failure, Outcome, exit};
+use crate::registry::Actor;
+use crate::sync::{SyncOptions, SyncProgress, sync};
+
+#[derive(clap::Args, Debug)]
+pub struct Args {
+    /// Print the summary as JSON on stdout.
+    #[arg(long)]
+    json: bool,
+}
+
+struct Bars {
+    listing: ProgressBar,
+    details: ProgressBar,
+}
+
+impl SyncProgress for Bars {
+    fn listing(&self, seen: u64, total: Option<u64>) {
+        if let Some(total) = total {
+            self.listing.set_length(total.max(seen));
+        }
+        self.listing.set_position(seen);
+    }
+
+    fn details(&self, done: u64, total: u64) {
+        self.listing.finish_and_clear();
+        self.details.set_length(total);
+        self.details.set_position(done);
+    }
+}
+
+pub async fn run(context: &Context, args: Args) -> Outcome {
+    let config = context.config()?;
+    let client = context.synapse(&config)?;
+    let registry = context.registry(&config).await?;
+    let bars = Bars {
+        listing: progress_bar("accounts"),
+        details: progress_bar("emails"),
+    };
+    let result = sync(
+        &registry,
+        &client,
+        &SyncOptions::from_config(&config),
+        &Actor::cli(),
+        &bars,
+    )
+    .await;
+    bars.listing.finish_and_clear();
+    bars.details.finish_and_clear();
+    let summary = result.map_err(|err| Failure::new(exit::FAILED, err))?;
+
+    if args.json {
+        print_json(&summary)?;
+    } else {
+        let report = &summary.applied.report;
+        println!(
+            "Sync run {} complete: {} accounts listed.",
+            summary.run_id, report.listed
+        );
+        println!(
+            "  present {}, new {}, missing {} ({} newly), recreated {}, deactivated {}",
+            report.present,
+            report.new.len(),
+            report.missing.len(),
+            summary.applied.newly_missing,
+            report.recreated.len(),
+            report.deactivated.len()
+        );
+        println!(
+            "  emails: {} new from {} accounts' details ({} could not be fetched)",
+            summary.emails_imported, summary.details_fetched, summary.details_failed
+        );
+        if !report.missing.is_empty() {
+            println!("  missing: {}", id_list(&report.missing, 20));
+        }
+        if !report.recreated.is_empty() {
+            println!(
+                "  recreated (same ID, newer account): {}",
+                id_list(&report.recreated, 20)
+            );
+        }
+    }
+    if summary.details_failed > 0 {
+        return Err(Failure::new(
+            exit::FAILED,
+            format!(
+                "the listing was applied, but the details of {} accounts could not be fetched; run sync again to import their emails",
+                summary.details_failed
+            ),
+        ));
+    }
+    Ok(exit::OK)
+}

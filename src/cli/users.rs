@@ -1,0 +1,184 @@
+//! `lifeboat users list|show`
+
+use std::collections::HashMap;
+
+use serde::Serialize;
+
+use super::output::{print_json, time};
+use super::{Context, Failure, Outcome, exit};
+use crate::registry::{Account, AccountState, Contact};
+use crate::user_id::UserId;
+
+#[derive(clap::Subcommand, Debug)]
+pub enum Command {
+    /// List the accounts in the registry, in ID order.
+    List {
+        /// Only accounts in this state.
+        #[arg(long, value_enum)]
+        state: Option<StateFilter>,
+        #[arg(long)]
+        json: bool,
+    },
+    /// Show one account and its contacts.
+    Show {
+        /// Matrix user ID, like @alice:example.org.
+        #[arg(value_parser = parse_user_id)]
+        user_id: UserId,
+        #[arg(long)]
+        json: bool,
+    },
+}
+
+#[derive(clap::ValueEnum, Clone, Copy, Debug)]
+pub enum StateFilter {
+    Present,
+    Missing,
+    Deactivated,
+}
+
+pub(super) fn parse_user_id(text: &str) -> Result<UserId, String> {
+    UserId::parse(text).map_err(|err| err.to_string())
+}
+
+#[derive(Serialize)]
+struct Listed {
+    #[serde(flatten)]
+    account: Account,
+    contacts: i64,
+}
+
+#[derive(Serialize)]
+struct Shown {
+    #[serde(flatten)]
+    account: Account,
+    contacts: Vec<Contact>,
+}
+
+pub async fn run(context: &Context, command: Command) -> Outcome {
+    let config = context.config()?;
+    let registry = context.registry(&config).await?;
+    match command {
+        Command::List { state, json } => {
+            let state = state.map(|state| match state {
+                StateFilter::Present => AccountState::Present,
+                StateFilter::Missing => AccountState::Missing,
+                StateFilter::Deactivated => AccountState::Deactivated,
+            });
+            let counts: HashMap<String, i64> =
+                registry.contact_counts().await?.into_iter().collect();
+            let accounts: Vec<Listed> = registry
+                .accounts(state)
+                .await?
+                .into_iter()
+                .map(|account| Listed {
+                    contacts: counts.get(&account.user_id).copied().unwrap_or(0),
+                    account,
+                })
+                .collect();
+            if json {
+                print_json(&accounts)?;
+            } else if accounts.is_empty() {
+                println!(
+                    "No accounts in the registry{}; run `lifeboat sync` to read them from Synapse.",
+                    if state.is_some() {
+                        " in that state"
+                    } else {
+                        ""
+                    }
+                );
+            } else {
+                let width = accounts
+                    .iter()
+                    .map(|a| a.account.user_id.len())
+                    .max()
+                    .unwrap_or(7)
+                    .max(7);
+                println!(
+                    "{:<width$}  {:<11}  {:>8}  SINCE",
+                    "USER ID", "STATE", "CONTACTS"
+                );
+                for Listed { account, contacts } in &accounts {
+                    let since = match account.state {
+                        AccountState::Missing => time(account.missing_since),
+                        _ => time(account.last_seen_present_at),
+                    };
+                    println!(
+                        "{:<width$}  {:<11}  {:>8}  {since}",
+                        account.user_id,
+                        account.state.as_str(),
+                        contacts
+                    );
+                }
+                println!("{} accounts", accounts.len());
+            }
+            Ok(exit::OK)
+        }
+        Command::Show { user_id, json } => {
+            let Some(account) = registry.account(user_id.as_str()).await? else {
+                return Err(Failure::new(
+                    exit::FAILED,
+                    format!(
+                        "{user_id} is not in the registry: check the ID, or run `lifeboat sync` if the account is new"
+                    ),
+                ));
+            };
+            let contacts = registry.contacts_of(user_id.as_str()).await?;
+            if json {
+                print_json(&Shown { account, contacts })?;
+            } else {
+                print_account(&account, &contacts);
+            }
+            Ok(exit::OK)
+        }
+    }
+}
+
+fn print_account(account: &Account, contacts: &[Contact]) {
+    let flag = |on: bool| if on { "yes" } else { "no" };
+    println!("{}", account.user_id);
+    println!(
+        "  display name:     {}",
+        account.display_name.as_deref().unwrap_or("-")
+    );
+    println!("  state:            {}", account.state.as_str());
+    if account.state == AccountState::Missing {
+        println!("  missing since:    {}", time(account.missing_since));
+    }
+    println!("  admin:            {}", flag(account.admin));
+    println!("  locked:           {}", flag(account.locked));
+    println!("  deactivated:      {}", flag(account.deactivated));
+    println!("  created (Synapse): {}", time(account.synapse_created_at));
+    println!("  first seen:       {}", time(Some(account.first_seen_at)));
+    println!("  last seen listed: {}", time(account.last_seen_present_at));
+    if account.recreated_at.is_some() {
+        println!(
+            "  recreated:        {} (same ID registered again)",
+            time(account.recreated_at)
+        );
+    }
+    println!("  emails fetched:   {}", time(account.details_fetched_at));
+    if contacts.is_empty() {
+        println!(
+            "  contacts:         none (add one with `lifeboat contacts add {} EMAIL`)",
+            account.user_id
+        );
+    } else {
+        println!("  contacts:");
+        for contact in contacts {
+            let mut notes = vec![format!("from {}", contact.source)];
+            notes.push(match contact.verified_at {
+                Some(at) => format!("verified {}", time(Some(at))),
+                None => "unverified".to_owned(),
+            });
+            if contact.opted_out_at.is_some() {
+                notes.push(format!("opted out {}", time(contact.opted_out_at)));
+            }
+            println!(
+                "    {} {} ({})",
+                contact.kind,
+                contact.address,
+                notes.join(", ")
+            );
+        }
+    }
+}

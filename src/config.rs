@@ -1,0 +1,223 @@
+//! Typed, layered configuration: TOML file < `LIFEBOAT__SECTION__KEY` env.
+//!
+//! Loading never writes anything. Every problem is reported as one sentence
+//! that names the key (and the env var that could set it), so an admin knows
+//! what to change. Secrets are `SecretString`s and each can also be read from
+//! a `<key>_file` (Docker/systemd credentials).
+
+mod raw;
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use secrecy::SecretString;
+use url::Url;
+
+use crate::email::EmailAddress;
+use crate::user_id::UserId;
+
+pub const ENV_PREFIX: &str = "LIFEBOAT__";
+pub const DEFAULT_CONFIG_PATH: &str = "lifeboat.toml";
+
+/// A configuration problem, worded for the person who has to fix it.
+#[derive(Debug, thiserror::Error)]
+#[error("{0}")]
+pub struct ConfigError(pub String);
+
+impl ConfigError {
+    fn at(key: &str, origin: &Origin, problem: impl std::fmt::Display) -> Self {
+        ConfigError(format!("config key `{key}` {origin}: {problem}"))
+    }
+}
+
+/// Where a value came from, so errors can point at it.
+#[derive(Debug, Clone)]
+pub enum Origin {
+    File(PathBuf),
+    Env(String),
+}
+
+impl std::fmt::Display for Origin {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Origin::File(path) => write!(f, "in {}", path.display()),
+            Origin::Env(var) => write!(f, "(from env {var})"),
+        }
+    }
+}
+
+/// The env var that overrides `section.key`.
+pub fn env_var_for(section: &str, key: &str) -> String {
+    format!(
+        "{ENV_PREFIX}{}__{}",
+        section.to_ascii_uppercase(),
+        key.to_ascii_uppercase()
+    )
+}
+
+#[derive(Debug, Clone)]
+pub struct Config {
+    pub source: PathBuf,
+    pub homeserver: HomeserverConfig,
+    pub registry: RegistryConfig,
+    pub sync: SyncConfig,
+    pub watch: WatchConfig,
+    pub tokens: TokensConfig,
+    pub email: Option<EmailConfig>,
+    pub bot: Option<BotConfig>,
+    pub web: Option<WebConfig>,
+    pub alerts: AlertsConfig,
+}
+
+#[derive(Debug, Clone)]
+pub struct HomeserverConfig {
+    pub url: Url,
+    pub server_name: String,
+    pub admin_token: Option<Secret>,
+    pub registration_shared_secret: Option<Secret>,
+    /// Per-request timeout towards Synapse.
+    pub timeout: Duration,
+    /// How many times a failed request (429, 5xx, timeout) is retried.
+    pub retries: u32,
+}
+
+/// A secret and where it was read from (shown by `config check`, never the value).
+#[derive(Debug, Clone)]
+pub struct Secret {
+    pub value: SecretString,
+    pub from_file: Option<PathBuf>,
+}
+
+#[derive(Debug, Clone)]
+pub struct RegistryConfig {
+    /// `sqlite://…` or `postgres://…`, relative SQLite paths resolved against
+    /// the config file's folder.
+    pub url: String,
+}
+
+#[derive(Debug, Clone)]
+pub struct SyncConfig {
+    /// Accounts per listing page (Synapse's per-request overhead dominates:
+    /// large pages are much faster).
+    pub page_size: u32,
+    /// Parallel user-detail requests when importing emails.
+    pub details_concurrency: usize,
+    /// Re-fetch an account's details (emails) when older than this.
+    pub details_max_age: Duration,
+}
+
+#[derive(Debug, Clone)]
+pub struct WatchConfig {
+    pub interval: Duration,
+    /// Share of known accounts missing at or above which the verdict is
+    /// `suspected_reset` rather than `loss`.
+    pub loss_threshold: f64,
+}
+
+#[derive(Debug, Clone)]
+pub struct TokensConfig {
+    pub expiry: Duration,
+}
+
+#[derive(Debug, Clone)]
+pub struct EmailConfig {
+    pub smtp_url: String,
+    pub smtp_password: Option<Secret>,
+    pub from: String,
+}
+
+#[derive(Debug, Clone)]
+pub struct BotConfig {
+    pub user_id: UserId,
+    pub password: Option<Secret>,
+    pub access_token: Option<Secret>,
+    pub admin_room: Option<String>,
+    pub admins: Vec<UserId>,
+    pub command_prefix: String,
+    pub store_path: PathBuf,
+    pub store_passphrase: Option<Secret>,
+}
+
+#[derive(Debug, Clone)]
+pub struct WebConfig {
+    pub bind: std::net::SocketAddr,
+    pub public_url: Url,
+}
+
+#[derive(Debug, Clone, Default)]
+pub struct AlertsConfig {
+    pub email: Vec<EmailAddress>,
+}
+
+impl Config {
+    /// Loads the file at `path`, applies `LIFEBOAT__*` overrides from `env`,
+    /// and validates the result.
+    pub fn load(
+        path: &Path,
+        env: impl IntoIterator<Item = (String, String)>,
+    ) -> Result<Config, ConfigError> {
+        let text = std::fs::read_to_string(path).map_err(|err| {
+            if err.kind() == std::io::ErrorKind::NotFound {
+                ConfigError(format!(
+                    "no config file at {}: copy config.example.toml there and edit it, or pass --config PATH (env LIFEBOAT_CONFIG)",
+                    path.display()
+                ))
+            } else {
+                ConfigError(format!("cannot read config file {}: {err}", path.display()))
+            }
+        })?;
+        Self::from_toml(&text, path, env)
+    }
+
+    /// Parses `text` as if it had been read from `path`.
+    pub fn from_toml(
+        text: &str,
+        path: &Path,
+        env: impl IntoIterator<Item = (String, String)>,
+    ) -> Result<Config, ConfigError> {
+        let mut table: toml::Table = toml::from_str(text).map_err(|err| {
+            let place = err
+                .span()
+                .map(|span| {
+                    let line = text[..span.start].matches('\n').count() + 1;
+                    format!(" at line {line}")
+                })
+                .unwrap_or_default();
+            ConfigError(format!(
+                "{} is not valid TOML{place}: {}",
+                path.display(),
+                err.message()
+            ))
+        })?;
+        let mut origins = BTreeMap::new();
+        raw::apply_env_overrides(&mut table, env, &mut origins)?;
+        let raw = raw::RawConfig::parse(table, path, &origins)?;
+        let base_dir = path
+            .parent()
+            .filter(|dir| !dir.as_os_str().is_empty())
+            .unwrap_or(Path::new("."))
+            .to_path_buf();
+        raw.validate(path, &base_dir, &origins)
+    }
+
+    /// The admin token, or a sentence saying how to configure one.
+    pub fn require_admin_token(&self) -> Result<&SecretString, ConfigError> {
+        self.homeserver
+            .admin_token
+            .as_ref()
+            .map(|secret| &secret.value)
+            .ok_or_else(|| {
+                ConfigError(format!(
+                    "homeserver.admin_token is not set: add admin_token or admin_token_file under [homeserver] in {} (or set {}), with the access token of a Synapse admin",
+                    self.source.display(),
+                    env_var_for("homeserver", "admin_token")
+                ))
+            })
+    }
+}
+
+/// The path of the config file: flag or `LIFEBOAT_CONFIG`, else the default.
+pub fn default_path() -> PathBuf {
+    PathBuf::from(DEFAULT_CONFIG_PATH)
+}

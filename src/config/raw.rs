@@ -1,0 +1,658 @@
+//! The config as written (all optional, strings allowed where env vars give
+//! strings), and its validation into the typed [`Config`].
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use secrecy::SecretString;
+use serde::Deserialize;
+use url::Url;
+
+use super::*;
+
+/// Where each `section.key` came from, when not from the file.
+pub(super) type Origins = BTreeMap<String, Origin>;
+
+/// Folds `LIFEBOAT__SECTION__KEY=value` into the table as strings; the typed
+/// fields accept strings for numbers and lists, so `0.3` or `a,b` work.
+pub(super) fn apply_env_overrides(
+    table: &mut toml::Table,
+    env: impl IntoIterator<Item = (String, String)>,
+    origins: &mut Origins,
+) -> Result<(), ConfigError> {
+    let mut overrides: Vec<(String, String)> = env
+        .into_iter()
+        .filter(|(name, _)| name.starts_with(ENV_PREFIX))
+        .collect();
+    overrides.sort();
+    for (name, value) in overrides {
+        let rest = &name[ENV_PREFIX.len()..];
+        let Some((section, key)) = rest
+            .split_once("__")
+            .filter(|(s, k)| !s.is_empty() && !k.is_empty() && !k.contains("__"))
+        else {
+            return Err(ConfigError(format!(
+                "env {name} does not name a config key: use {ENV_PREFIX}<SECTION>__<KEY>, e.g. {}",
+                env_var_for("homeserver", "url")
+            )));
+        };
+        let (section, key) = (section.to_ascii_lowercase(), key.to_ascii_lowercase());
+        let entry = table
+            .entry(section.clone())
+            .or_insert_with(|| toml::Value::Table(toml::Table::new()));
+        let Some(section_table) = entry.as_table_mut() else {
+            return Err(ConfigError(format!(
+                "env {name} cannot be applied: `{section}` is not a section in the config file"
+            )));
+        };
+        section_table.insert(key.clone(), toml::Value::String(value));
+        origins.insert(format!("{section}.{key}"), Origin::Env(name));
+    }
+    Ok(())
+}
+
+#[derive(Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+pub(super) struct RawConfig {
+    homeserver: Option<RawHomeserver>,
+    registry: Option<RawRegistry>,
+    #[serde(default)]
+    sync: RawSync,
+    #[serde(default)]
+    watch: RawWatch,
+    #[serde(default)]
+    tokens: RawTokens,
+    email: Option<RawEmail>,
+    bot: Option<RawBot>,
+    web: Option<RawWeb>,
+    #[serde(default)]
+    alerts: RawAlerts,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawHomeserver {
+    url: Option<String>,
+    server_name: Option<String>,
+    admin_token: Option<String>,
+    admin_token_file: Option<PathBuf>,
+    registration_shared_secret: Option<String>,
+    registration_shared_secret_file: Option<PathBuf>,
+    timeout: Option<String>,
+    #[serde(default, deserialize_with = "lenient::number")]
+    retries: Option<u32>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawRegistry {
+    url: Option<String>,
+}
+
+#[derive(Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+struct RawSync {
+    #[serde(default, deserialize_with = "lenient::number")]
+    page_size: Option<u32>,
+    #[serde(default, deserialize_with = "lenient::number")]
+    details_concurrency: Option<usize>,
+    details_max_age: Option<String>,
+}
+
+#[derive(Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+struct RawWatch {
+    interval: Option<String>,
+    #[serde(default, deserialize_with = "lenient::number")]
+    loss_threshold: Option<f64>,
+}
+
+#[derive(Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+struct RawTokens {
+    expiry: Option<String>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawEmail {
+    smtp_url: Option<String>,
+    smtp_password: Option<String>,
+    smtp_password_file: Option<PathBuf>,
+    from: Option<String>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawBot {
+    user_id: Option<String>,
+    password: Option<String>,
+    password_file: Option<PathBuf>,
+    access_token: Option<String>,
+    access_token_file: Option<PathBuf>,
+    admin_room: Option<String>,
+    #[serde(default, deserialize_with = "lenient::list")]
+    admins: Option<Vec<String>>,
+    command_prefix: Option<String>,
+    store_path: Option<PathBuf>,
+    store_passphrase: Option<String>,
+    store_passphrase_file: Option<PathBuf>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawWeb {
+    bind: Option<String>,
+    public_url: Option<String>,
+}
+
+#[derive(Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+struct RawAlerts {
+    #[serde(default, deserialize_with = "lenient::list")]
+    email: Option<Vec<String>>,
+}
+
+/// Validation context: names keys and their origin in every error.
+struct Ctx<'a> {
+    file: &'a Path,
+    base_dir: &'a Path,
+    origins: &'a Origins,
+}
+
+impl Ctx<'_> {
+    fn origin(&self, key: &str) -> Origin {
+        self.origins
+            .get(key)
+            .cloned()
+            .unwrap_or_else(|| Origin::File(self.file.to_path_buf()))
+    }
+
+    fn invalid(&self, key: &str, problem: impl std::fmt::Display) -> ConfigError {
+        ConfigError::at(key, &self.origin(key), problem)
+    }
+
+    fn missing(&self, section: &str, key: &str, hint: &str) -> ConfigError {
+        ConfigError(format!(
+            "config key `{section}.{key}` is missing: add `{key} = {hint}` under [{section}] in {} (or set {})",
+            self.file.display(),
+            env_var_for(section, key)
+        ))
+    }
+
+    fn duration(
+        &self,
+        key: &str,
+        value: Option<String>,
+        default: Duration,
+    ) -> Result<Duration, ConfigError> {
+        match value {
+            None => Ok(default),
+            Some(text) => humantime::parse_duration(text.trim()).map_err(|_| {
+                self.invalid(
+                    key,
+                    format!(
+                        "`{text}` is not a duration: write it like \"30s\", \"15m\" or \"14d\""
+                    ),
+                )
+            }),
+        }
+    }
+
+    fn path(&self, path: &Path) -> PathBuf {
+        if path.is_absolute() {
+            path.to_path_buf()
+        } else {
+            self.base_dir.join(path)
+        }
+    }
+
+    /// Reads `key` inline or from `key_file`, never both.
+    fn secret(
+        &self,
+        section: &str,
+        key: &str,
+        inline: Option<String>,
+        file: Option<PathBuf>,
+    ) -> Result<Option<Secret>, ConfigError> {
+        let dotted = format!("{section}.{key}");
+        match (inline, file) {
+            (Some(_), Some(_)) => Err(ConfigError(format!(
+                "config keys `{dotted}` and `{dotted}_file` are both set: keep only one of them"
+            ))),
+            (Some(value), None) if value.trim().is_empty() => Err(self.invalid(
+                &dotted,
+                "the value is empty: set the secret or remove the key",
+            )),
+            (Some(value), None) => Ok(Some(Secret {
+                value: SecretString::from(value.trim().to_owned()),
+                from_file: None,
+            })),
+            (None, Some(path)) => {
+                let file_key = format!("{dotted}_file");
+                let path = self.path(&path);
+                let contents = std::fs::read_to_string(&path).map_err(|err| {
+                    self.invalid(&file_key, format!("cannot read {}: {err}", path.display()))
+                })?;
+                if contents.trim().is_empty() {
+                    return Err(self.invalid(&file_key, format!("{} is empty", path.display())));
+                }
+                Ok(Some(Secret {
+                    value: SecretString::from(contents.trim().to_owned()),
+                    from_file: Some(path),
+                }))
+            }
+            (None, None) => Ok(None),
+        }
+    }
+
+    fn http_url(&self, key: &str, text: &str) -> Result<Url, ConfigError> {
+        let url = Url::parse(text.trim()).map_err(|err| {
+            self.invalid(
+                key,
+                format!("`{text}` is not a URL ({err}); write it like \"http://127.0.0.1:8008\""),
+            )
+        })?;
+        if !matches!(url.scheme(), "http" | "https") || url.host().is_none() {
+            return Err(self.invalid(
+                key,
+                format!("`{text}` must be an http:// or https:// URL with a host"),
+            ));
+        }
+        Ok(url)
+    }
+
+    fn user_id(&self, key: &str, text: &str) -> Result<UserId, ConfigError> {
+        UserId::parse(text).map_err(|err| self.invalid(key, err))
+    }
+}
+
+impl RawConfig {
+    pub(super) fn parse(
+        table: toml::Table,
+        file: &Path,
+        origins: &Origins,
+    ) -> Result<Self, ConfigError> {
+        serde_path_to_error::deserialize(toml::Value::Table(table)).map_err(|err| {
+            let key = err.path().to_string();
+            let origin = origins
+                .get(&key)
+                .cloned()
+                .unwrap_or_else(|| Origin::File(file.to_path_buf()));
+            let inner = err.into_inner().to_string();
+            let inner = inner.trim().trim_end_matches('.').to_owned();
+            if inner.starts_with("unknown field") {
+                // serde names the offending key itself; say where it was.
+                ConfigError(format!(
+                    "{} {origin}: {}",
+                    "unknown config key",
+                    unknown_detail(&key, &inner)
+                ))
+            } else {
+                ConfigError::at(&key, &origin, inner)
+            }
+        })
+    }
+
+    pub(super) fn validate(
+        self,
+        file: &Path,
+        base_dir: &Path,
+        origins: &Origins,
+    ) -> Result<Config, ConfigError> {
+        let ctx = Ctx {
+            file,
+            base_dir,
+            origins,
+        };
+
+        let Some(hs) = self.homeserver else {
+            return Err(ConfigError(format!(
+                "the [homeserver] section is missing in {}: add it with url and server_name (see config.example.toml)",
+                file.display()
+            )));
+        };
+        let url = hs
+            .url
+            .ok_or_else(|| ctx.missing("homeserver", "url", "\"http://127.0.0.1:8008\""))?;
+        let url = ctx.http_url("homeserver.url", &url)?;
+        let server_name = hs
+            .server_name
+            .ok_or_else(|| ctx.missing("homeserver", "server_name", "\"example.org\""))?;
+        let server_name = server_name.trim().to_owned();
+        if server_name.is_empty() || server_name.contains(['/', ' ', '@']) {
+            return Err(ctx.invalid(
+                "homeserver.server_name",
+                format!("`{server_name}` is not a server name like \"example.org\""),
+            ));
+        }
+        let homeserver = HomeserverConfig {
+            url,
+            admin_token: ctx.secret(
+                "homeserver",
+                "admin_token",
+                hs.admin_token,
+                hs.admin_token_file,
+            )?,
+            registration_shared_secret: ctx.secret(
+                "homeserver",
+                "registration_shared_secret",
+                hs.registration_shared_secret,
+                hs.registration_shared_secret_file,
+            )?,
+            timeout: ctx.duration("homeserver.timeout", hs.timeout, Duration::from_secs(30))?,
+            retries: hs.retries.unwrap_or(4),
+            server_name,
+        };
+
+        let Some(registry) = self.registry else {
+            return Err(ConfigError(format!(
+                "the [registry] section is missing in {}: add it with url = \"sqlite://lifeboat.db\" (or a postgres:// URL)",
+                file.display()
+            )));
+        };
+        let registry_url = registry
+            .url
+            .ok_or_else(|| ctx.missing("registry", "url", "\"sqlite://lifeboat.db\""))?;
+        let registry = RegistryConfig {
+            url: resolve_registry_url(&registry_url, base_dir)
+                .map_err(|problem| ctx.invalid("registry.url", problem))?,
+        };
+
+        let sync = SyncConfig {
+            page_size: self.sync.page_size.unwrap_or(500),
+            details_concurrency: self.sync.details_concurrency.unwrap_or(8),
+            details_max_age: ctx.duration(
+                "sync.details_max_age",
+                self.sync.details_max_age,
+                Duration::from_secs(7 * 24 * 3600),
+            )?,
+        };
+        if sync.page_size == 0 {
+            return Err(ctx.invalid(
+                "sync.page_size",
+                "must be at least 1 (Synapse pages forever with limit=0)",
+            ));
+        }
+        if sync.details_concurrency == 0 {
+            return Err(ctx.invalid("sync.details_concurrency", "must be at least 1"));
+        }
+
+        let watch = WatchConfig {
+            interval: ctx.duration(
+                "watch.interval",
+                self.watch.interval,
+                Duration::from_secs(15 * 60),
+            )?,
+            loss_threshold: self.watch.loss_threshold.unwrap_or(0.5),
+        };
+        if !(watch.loss_threshold > 0.0 && watch.loss_threshold <= 1.0) {
+            return Err(ctx.invalid(
+                "watch.loss_threshold",
+                format!(
+                    "{} is not a share between 0 (exclusive) and 1, like 0.5",
+                    watch.loss_threshold
+                ),
+            ));
+        }
+        if watch.interval < Duration::from_secs(10) {
+            return Err(ctx.invalid("watch.interval", "must be at least 10s"));
+        }
+
+        let tokens = TokensConfig {
+            expiry: ctx.duration(
+                "tokens.expiry",
+                self.tokens.expiry,
+                Duration::from_secs(14 * 24 * 3600),
+            )?,
+        };
+
+        let email = self
+            .email
+            .map(|raw| -> Result<EmailConfig, ConfigError> {
+                let smtp_url = raw
+                    .smtp_url
+                    .ok_or_else(|| ctx.missing("email", "smtp_url", "\"smtp://127.0.0.1:25\""))?;
+                let parsed = Url::parse(smtp_url.trim())
+                    .map_err(|err| ctx.invalid("email.smtp_url", format!("`{smtp_url}` is not a URL ({err})")))?;
+                if !matches!(parsed.scheme(), "smtp" | "smtps") {
+                    return Err(ctx.invalid(
+                        "email.smtp_url",
+                        "must start with smtp:// (plain or STARTTLS with ?tls=required) or smtps:// (TLS)",
+                    ));
+                }
+                let from = raw
+                    .from
+                    .ok_or_else(|| ctx.missing("email", "from", "\"Lifeboat <lifeboat@example.org>\""))?;
+                validate_mailbox(&from).map_err(|problem| ctx.invalid("email.from", problem))?;
+                Ok(EmailConfig {
+                    smtp_url: smtp_url.trim().to_owned(),
+                    smtp_password: ctx.secret("email", "smtp_password", raw.smtp_password, raw.smtp_password_file)?,
+                    from,
+                })
+            })
+            .transpose()?;
+
+        let bot = self
+            .bot
+            .map(|raw| -> Result<BotConfig, ConfigError> {
+                let user_id = match raw.user_id {
+                    Some(text) => ctx.user_id("bot.user_id", &text)?,
+                    None => UserId::parse(&format!("@lifeboat:{}", homeserver.server_name))
+                        .map_err(|err| ctx.invalid("homeserver.server_name", err))?,
+                };
+                let admins = raw
+                    .admins
+                    .unwrap_or_default()
+                    .iter()
+                    .map(|text| ctx.user_id("bot.admins", text))
+                    .collect::<Result<Vec<_>, _>>()?;
+                Ok(BotConfig {
+                    user_id,
+                    password: ctx.secret("bot", "password", raw.password, raw.password_file)?,
+                    access_token: ctx.secret(
+                        "bot",
+                        "access_token",
+                        raw.access_token,
+                        raw.access_token_file,
+                    )?,
+                    admin_room: raw.admin_room.filter(|room| !room.trim().is_empty()),
+                    admins,
+                    command_prefix: raw.command_prefix.unwrap_or_else(|| "!lifeboat".to_owned()),
+                    store_path: ctx.path(
+                        &raw.store_path
+                            .unwrap_or_else(|| PathBuf::from("lifeboat-bot-store")),
+                    ),
+                    store_passphrase: ctx.secret(
+                        "bot",
+                        "store_passphrase",
+                        raw.store_passphrase,
+                        raw.store_passphrase_file,
+                    )?,
+                })
+            })
+            .transpose()?;
+
+        let web = self
+            .web
+            .map(|raw| -> Result<WebConfig, ConfigError> {
+                let bind = raw.bind.unwrap_or_else(|| "127.0.0.1:8090".to_owned());
+                let bind = bind.trim().parse().map_err(|_| {
+                    ctx.invalid(
+                        "web.bind",
+                        format!("`{bind}` is not an address like \"127.0.0.1:8090\""),
+                    )
+                })?;
+                let public_url = raw.public_url.ok_or_else(|| {
+                    ctx.missing("web", "public_url", "\"https://lifeboat.example.org\"")
+                })?;
+                Ok(WebConfig {
+                    bind,
+                    public_url: ctx.http_url("web.public_url", &public_url)?,
+                })
+            })
+            .transpose()?;
+
+        let alerts = AlertsConfig {
+            email: self
+                .alerts
+                .email
+                .unwrap_or_default()
+                .iter()
+                .map(|text| {
+                    EmailAddress::parse(text).map_err(|err| ctx.invalid("alerts.email", err))
+                })
+                .collect::<Result<_, _>>()?,
+        };
+
+        Ok(Config {
+            source: file.to_path_buf(),
+            homeserver,
+            registry,
+            sync,
+            watch,
+            tokens,
+            email,
+            bot,
+            web,
+            alerts,
+        })
+    }
+}
+
+/// serde says "unknown field `x`, expected one of …"; name the full key.
+fn unknown_detail(path: &str, serde_message: &str) -> String {
+    let field = serde_message.split('`').nth(1).unwrap_or(serde_message);
+    let full = if path.is_empty() || path == "." {
+        field.to_owned()
+    } else {
+        // The path points at the containing section for unknown fields.
+        let section = path
+            .trim_end_matches(&format!(".{field}"))
+            .trim_end_matches(field);
+        let section = section.trim_end_matches('.');
+        if section.is_empty() {
+            field.to_owned()
+        } else {
+            format!("{section}.{field}")
+        }
+    };
+    let expected = serde_message
+        .split_once("expected ")
+        .map(|(_, rest)| format!(" (expected {})", rest.replace('`', "")))
+        .unwrap_or_default();
+    format!(
+        "`{full}` is not a lifeboat setting{expected}; check its spelling against config.example.toml"
+    )
+}
+
+/// Makes relative SQLite paths relative to the config file, not the cwd.
+fn resolve_registry_url(text: &str, base_dir: &Path) -> Result<String, String> {
+    let text = text.trim();
+    if text.starts_with("postgres://") || text.starts_with("postgresql://") {
+        Url::parse(text)
+            .map_err(|err| format!("`{text}` is not a valid PostgreSQL URL ({err})"))?;
+        return Ok(text.to_owned());
+    }
+    let Some(rest) = text.strip_prefix("sqlite:") else {
+        return Err(format!(
+            "`{text}` is neither a sqlite:// nor a postgres:// URL; write it like \"sqlite://lifeboat.db\""
+        ));
+    };
+    let rest = rest.trim_start_matches("//");
+    if rest.starts_with(":memory:") {
+        return Ok(text.to_owned());
+    }
+    let (path, query) = match rest.split_once('?') {
+        Some((path, query)) => (path, Some(query)),
+        None => (rest, None),
+    };
+    if path.is_empty() {
+        return Err(
+            "the SQLite URL names no file; write it like \"sqlite://lifeboat.db\"".to_owned(),
+        );
+    }
+    let path = Path::new(path);
+    let absolute = if path.is_absolute() {
+        path.to_path_buf()
+    } else {
+        base_dir.join(path)
+    };
+    let mut url = format!("sqlite://{}", absolute.display());
+    if let Some(query) = query {
+        url.push('?');
+        url.push_str(query);
+    }
+    Ok(url)
+}
+
+/// `Name <addr@host>` or a bare address.
+fn validate_mailbox(text: &str) -> Result<(), String> {
+    let address = match (text.find('<'), text.rfind('>')) {
+        (Some(open), Some(close)) if open < close => &text[open + 1..close],
+        (None, None) => text,
+        _ => {
+            return Err(format!(
+                "`{text}` is not a mailbox like \"Lifeboat <lifeboat@example.org>\""
+            ));
+        }
+    };
+    EmailAddress::parse(address)
+        .map(|_| ())
+        .map_err(|err| err.to_string())
+}
+
+/// Deserializers that also take the strings env vars provide.
+mod lenient {
+    use serde::{Deserialize, Deserializer};
+    use std::str::FromStr;
+
+    #[derive(Deserialize)]
+    #[serde(untagged)]
+    enum NumberOrText<T> {
+        Number(T),
+        Text(String),
+    }
+
+    pub fn number<'de, D, T>(deserializer: D) -> Result<Option<T>, D::Error>
+    where
+        D: Deserializer<'de>,
+        T: FromStr + Deserialize<'de>,
+    {
+        match Option::<NumberOrText<T>>::deserialize(deserializer)? {
+            None => Ok(None),
+            Some(NumberOrText::Number(value)) => Ok(Some(value)),
+            Some(NumberOrText::Text(text)) => text
+                .trim()
+                .parse()
+                .map(Some)
+                .map_err(|_| serde::de::Error::custom(format!("`{text}` is not a number"))),
+        }
+    }
+
+    #[derive(Deserialize)]
+    #[serde(untagged)]
+    enum ListOrText {
+        List(Vec<String>),
+        Text(String),
+    }
+
+    /// A TOML array, or a comma-separated string (from env).
+    pub fn list<'de, D>(deserializer: D) -> Result<Option<Vec<String>>, D::Error>
+    where
+        D: Deserializer<'de>,
+    {
+        Ok(match Option::<ListOrText>::deserialize(deserializer)? {
+            None => None,
+            Some(ListOrText::List(items)) => Some(items),
+            Some(ListOrText::Text(text)) => Some(
+                text.split(',')
+                    .map(str::trim)
+                    .filter(|item| !item.is_empty())
+                    .map(str::to_owned)
+                    .collect(),
+            ),
+        })
+    }
+}

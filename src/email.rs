@@ -1,0 +1,99 @@
+//! Contact email addresses: validated once, stored normalized.
+
+use std::fmt;
+
+/// An email address in the form lifeboat stores it: trimmed and lowercased
+/// (Synapse stores threepid emails lowercased too, so the two compare equal).
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct EmailAddress(String);
+
+#[derive(Debug, thiserror::Error, PartialEq)]
+#[error("`{input}` is not an email address: {reason}")]
+pub struct InvalidEmail {
+    input: String,
+    reason: &'static str,
+}
+
+impl EmailAddress {
+    pub fn parse(input: &str) -> Result<Self, InvalidEmail> {
+        let fail = |reason| InvalidEmail {
+            input: input.to_owned(),
+            reason,
+        };
+        let address = input.trim().to_lowercase();
+        if address.len() > 254 {
+            return Err(fail("it is longer than 254 characters"));
+        }
+        let Some((local, domain)) = address.rsplit_once('@') else {
+            return Err(fail("it has no @"));
+        };
+        if local.is_empty() || local.len() > 64 {
+            return Err(fail("the part before @ must be 1 to 64 characters"));
+        }
+        if local.starts_with('.') || local.ends_with('.') || local.contains("..") {
+            return Err(fail("the part before @ has a misplaced dot"));
+        }
+        let local_ok = local
+            .chars()
+            .all(|c| c.is_alphanumeric() || "!#$%&'*+-/=?^_`{|}~.".contains(c));
+        if !local_ok {
+            return Err(fail("the part before @ has characters mail servers refuse"));
+        }
+        let labels: Vec<&str> = domain.split('.').collect();
+        if labels.len() < 2 {
+            return Err(fail("the domain after @ needs a dot, like example.org"));
+        }
+        let labels_ok = labels.iter().all(|label| {
+            !label.is_empty()
+                && label.len() <= 63
+                && !label.starts_with('-')
+                && !label.ends_with('-')
+                && label.chars().all(|c| c.is_alphanumeric() || c == '-')
+        });
+        if !labels_ok {
+            return Err(fail("the domain after @ is not a valid host name"));
+        }
+        Ok(EmailAddress(address))
+    }
+
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+}
+
+impl fmt::Display for EmailAddress {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn addresses_are_trimmed_and_lowercased() {
+        let email = EmailAddress::parse("  Alice.Smith+lb@Example.ORG ").unwrap();
+        assert_eq!(email.as_str(), "alice.smith+lb@example.org");
+    }
+
+    #[test]
+    fn malformed_addresses_are_refused_with_a_reason() {
+        for bad in [
+            "",
+            "alice",
+            "alice@",
+            "@example.org",
+            "alice@localhost",
+            "a..b@example.org",
+            "alice@exa mple.org",
+            "alice smith@example.org",
+            "alice@-example.org",
+            "<alice@example.org>",
+        ] {
+            assert!(EmailAddress::parse(bad).is_err(), "{bad} should be refused");
+        }
+        let err = EmailAddress::parse("alice").unwrap_err().to_string();
+        assert_eq!(err, "`alice` is not an email address: it has no @");
+    }
+}

@@ -1,0 +1,5 @@
+//! The `lifeboat` command; everything lives in the library.
+
+fn main() -> std::process::ExitCode {
+    lifeboat::cli::main()
+}

@@ -1,0 +1,254 @@
+//! Reconciliation: the registry's accounts against a complete listing.
+//!
+//! Each account ID is a pair (known in the registry?, listed by Synapse?);
+//! `classify` decides what the pair means, and `merge_join` walks two
+//! sorted lists pairing them up in one pass.
+
+use std::cmp::Ordering;
+
+use serde::Serialize;
+
+/// An account as the registry knows it.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Known {
+    pub user_id: String,
+    pub created_at_ms: Option<i64>,
+}
+
+/// An account as a complete listing shows it.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Listed {
+    pub user_id: String,
+    pub deactivated: bool,
+    pub created_at_ms: Option<i64>,
+}
+
+impl From<&crate::synapse::ListedUser> for Listed {
+    fn from(user: &crate::synapse::ListedUser) -> Self {
+        Listed {
+            user_id: user.user_id.clone(),
+            deactivated: user.deactivated,
+            created_at_ms: user.created_at_ms,
+        }
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Class {
+    /// Known and listed, as before.
+    Present,
+    /// Known, but not in the listing: lost.
+    Missing,
+    /// Listed as deactivated (by an admin; not a loss).
+    Deactivated,
+    /// Same ID, newer creation time: registered again, maybe by someone else.
+    Recreated,
+    /// Listed, not yet known.
+    New,
+}
+
+pub fn classify(known: Option<&Known>, listed: Option<&Listed>) -> Option<Class> {
+    match (known, listed) {
+        (None, None) => None,
+        (Some(_), None) => Some(Class::Missing),
+        (None, Some(_)) => Some(Class::New),
+        (Some(known), Some(listed)) => Some(match (known.created_at_ms, listed.created_at_ms) {
+            (Some(before), Some(now)) if now > before => Class::Recreated,
+            _ if listed.deactivated => Class::Deactivated,
+            _ => Class::Present,
+        }),
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Verdict {
+    Ok,
+    Loss,
+    SuspectedReset,
+}
+
+impl Verdict {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Verdict::Ok => "ok",
+            Verdict::Loss => "loss",
+            Verdict::SuspectedReset => "suspected_reset",
+        }
+    }
+}
+
+/// The outcome of a reconciliation. `present` is a count; the other
+/// classes list user IDs in order.
+#[derive(Debug, Clone, Serialize, PartialEq)]
+pub struct Report {
+    pub verdict: Verdict,
+    /// Accounts in the registry.
+    pub known: usize,
+    /// Accounts in the listing.
+    pub listed: usize,
+    pub present: usize,
+    pub missing: Vec<String>,
+    pub recreated: Vec<String>,
+    pub deactivated: Vec<String>,
+    pub new: Vec<String>,
+    /// Lost accounts (missing or recreated) as a share of known accounts.
+    pub lost_share: f64,
+}
+
+/// Collects classified pairs into a [`Report`].
+#[derive(Debug, Default)]
+pub struct ReportBuilder {
+    known: usize,
+    listed: usize,
+    present: usize,
+    missing: Vec<String>,
+    recreated: Vec<String>,
+    deactivated: Vec<String>,
+    new: Vec<String>,
+}
+
+impl ReportBuilder {
+    pub fn add(&mut self, known: Option<&Known>, listed: Option<&Listed>) {
+        self.known += usize::from(known.is_some());
+        self.listed += usize::from(listed.is_some());
+        let id = || {
+            known
+                .map(|k| &k.user_id)
+                .or(listed.map(|l| &l.user_id))
+                .cloned()
+                .unwrap_or_default()
+        };
+        match classify(known, listed) {
+            None => {}
+            Some(Class::Present) => self.present += 1,
+            Some(Class::Missing) => self.missing.push(id()),
+            Some(Class::Deactivated) => self.deactivated.push(id()),
+            Some(Class::Recreated) => self.recreated.push(id()),
+            Some(Class::New) => self.new.push(id()),
+        }
+    }
+
+    /// `loss_threshold`: the lost share at or above which the verdict is
+    /// `suspected_reset` (a mass loss), not `loss`.
+    pub fn finish(mut self, loss_threshold: f64) -> Report {
+        for ids in [
+            &mut self.missing,
+            &mut self.recreated,
+            &mut self.deactivated,
+            &mut self.new,
+        ] {
+            ids.sort_unstable();
+        }
+        let lost = self.missing.len() + self.recreated.len();
+        let lost_share = if self.known == 0 {
+            0.0
+        } else {
+            lost as f64 / self.known as f64
+        };
+        let verdict = if lost == 0 {
+            Verdict::Ok
+        } else if lost_share >= loss_threshold {
+            Verdict::SuspectedReset
+        } else {
+            Verdict::Loss
+        };
+        Report {
+            verdict,
+            known: self.known,
+            listed: self.listed,
+            present: self.present,
+            missing: self.missing,
+            recreated: self.recreated,
+            deactivated: self.deactivated,
+            new: self.new,
+            lost_share,
+        }
+    }
+}
+
+/// Pairs two lists sorted by user ID (bytewise) in one pass.
+pub fn merge_join(known: &[Known], listed: &[Listed], loss_threshold: f64) -> Report {
+    let mut report = ReportBuilder::default();
+    let (mut k, mut l) = (known.iter().peekable(), listed.iter().peekable());
+    loop {
+        let order = match (k.peek(), l.peek()) {
+            (None, None) => break,
+            (Some(_), None) => Ordering::Less,
+            (None, Some(_)) => Ordering::Greater,
+            (Some(a), Some(b)) => a.user_id.as_bytes().cmp(b.user_id.as_bytes()),
+        };
+        match order {
+            Ordering::Less => report.add(k.next(), None),
+            Ordering::Greater => report.add(None, l.next()),
+            Ordering::Equal => report.add(k.next(), l.next()),
+        }
+    }
+    report.finish(loss_threshold)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn known(id: &str, created: i64) -> Known {
+        Known {
+            user_id: id.into(),
+            created_at_ms: Some(created),
+        }
+    }
+
+    fn listed(id: &str, created: i64, deactivated: bool) -> Listed {
+        Listed {
+            user_id: id.into(),
+            deactivated,
+            created_at_ms: Some(created),
+        }
+    }
+
+    #[test]
+    fn every_kind_of_account_is_classified() {
+        let registry = [
+            known("@a:x", 1),
+            known("@b:x", 1),
+            known("@c:x", 1),
+            known("@d:x", 1),
+        ];
+        let listing = [
+            listed("@a:x", 1, false),
+            listed("@c:x", 5, false),
+            listed("@d:x", 1, true),
+            listed("@e:x", 9, false),
+        ];
+        let report = merge_join(&registry, &listing, 0.5);
+        assert_eq!(report.present, 1);
+        assert_eq!(report.missing, ["@b:x"]);
+        assert_eq!(report.recreated, ["@c:x"]);
+        assert_eq!(report.deactivated, ["@d:x"]);
+        assert_eq!(report.new, ["@e:x"]);
+        assert_eq!(
+            report.verdict,
+            Verdict::SuspectedReset,
+            "2 of 4 lost reaches the 0.5 threshold"
+        );
+    }
+
+    #[test]
+    fn a_few_missing_accounts_are_a_loss_not_a_reset() {
+        let registry = [known("@a:x", 1), known("@b:x", 1), known("@c:x", 1)];
+        let listing = [listed("@a:x", 1, false), listed("@c:x", 1, false)];
+        assert_eq!(merge_join(&registry, &listing, 0.5).verdict, Verdict::Loss);
+    }
+
+    #[test]
+    fn an_empty_registry_sees_only_new_accounts_and_no_loss() {
+        let report = merge_join(&[], &[listed("@a:x", 1, false)], 0.5);
+        assert_eq!((report.verdict, report.new.len()), (Verdict::Ok, 1));
+    }
+
+    #[test]
+    fn an_older_creation_time_is_not_a_recreation() {
+        let report = merge_join(&[known("@a:x", 5)], &[listed("@a:x", 5, false)], 0.5);
+        assert_eq!((report.present, report.verdict), (1, Verdict::Ok));
+    }
+}

@@ -1,0 +1,161 @@
+//! Contacts: how to reach the person behind an account when the account
+//! itself is gone. Addresses are stored normalized (see `email`).
+
+use serde::Serialize;
+
+use super::{Actor, Error, Registry, Result, now_ms};
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum ContactKind {
+    Email,
+    Matrix,
+}
+
+impl ContactKind {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ContactKind::Email => "email",
+            ContactKind::Matrix => "matrix",
+        }
+    }
+}
+
+/// Who told lifeboat about a contact.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum ContactSource {
+    /// Imported from the account's threepids in Synapse.
+    Synapse,
+    /// Added by an admin.
+    Admin,
+    /// Added by the person themself.
+    User,
+}
+
+impl ContactSource {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ContactSource::Synapse => "synapse",
+            ContactSource::Admin => "admin",
+            ContactSource::User => "user",
+        }
+    }
+}
+
+#[derive(Debug, Clone, Serialize, sqlx::FromRow)]
+pub struct Contact {
+    pub user_id: String,
+    pub kind: String,
+    pub address: String,
+    pub source: String,
+    pub verified_at: Option<i64>,
+    pub opted_out_at: Option<i64>,
+    pub added_at: i64,
+}
+
+/// What `add_contact` did.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum AddContact {
+    Added,
+    AlreadyKnown,
+}
+
+impl Registry {
+    pub async fn contacts_of(&self, user_id: &str) -> Result<Vec<Contact>> {
+        Ok(sqlx::query_as(
+            "SELECT user_id, kind, address, source, verified_at, opted_out_at, added_at \
+             FROM contacts WHERE user_id = $1 ORDER BY kind, address",
+        )
+        .bind(user_id)
+        .fetch_all(&self.pool)
+        .await?)
+    }
+
+    /// Contact counts per account, for listings: (user_id, contacts).
+    pub async fn contact_counts(&self) -> Result<Vec<(String, i64)>> {
+        Ok(
+            sqlx::query_as("SELECT user_id, COUNT(*) FROM contacts GROUP BY user_id")
+                .fetch_all(&self.pool)
+                .await?,
+        )
+    }
+
+    /// Adds a contact to a known account; adding it again changes nothing.
+    pub async fn add_contact(
+        &self,
+        user_id: &str,
+        kind: ContactKind,
+        address: &str,
+        source: ContactSource,
+        verified_at: Option<i64>,
+        actor: &Actor,
+    ) -> Result<AddContact> {
+        let mut tx = self.pool.begin().await?;
+        let known: Option<(String,)> =
+            sqlx::query_as("SELECT user_id FROM accounts WHERE user_id = $1")
+                .bind(user_id)
+                .fetch_optional(&mut *tx)
+                .await?;
+        if known.is_none() {
+            return Err(Error::Refused(format!(
+                "{user_id} is not in the registry: check the ID, or run `lifeboat sync` if the account is new"
+            )));
+        }
+        let inserted = sqlx::query(
+            "INSERT INTO contacts (user_id, kind, address, source, verified_at, added_at) \
+             VALUES ($1, $2, $3, $4, $5, $6) ON CONFLICT (user_id, kind, address) DO NOTHING",
+        )
+        .bind(user_id)
+        .bind(kind.as_str())
+        .bind(address)
+        .bind(source.as_str())
+        .bind(verified_at)
+        .bind(now_ms())
+        .execute(&mut *tx)
+        .await?
+        .rows_affected();
+        if inserted == 0 {
+            tx.rollback().await?;
+            return Ok(AddContact::AlreadyKnown);
+        }
+        let detail = format!("{} {address} ({})", kind.as_str(), source.as_str());
+        Self::audit_in(&mut tx, actor, "contact.add", Some(user_id), Some(&detail)).await?;
+        tx.commit().await?;
+        Ok(AddContact::Added)
+    }
+
+    /// Removes a contact; `false` when there was none to remove.
+    pub async fn remove_contact(
+        &self,
+        user_id: &str,
+        kind: ContactKind,
+        address: &str,
+        actor: &Actor,
+    ) -> Result<bool> {
+        let mut tx = self.pool.begin().await?;
+        let removed =
+            sqlx::query("DELETE FROM contacts WHERE user_id = $1 AND kind = $2 AND address = $3")
+                .bind(user_id)
+                .bind(kind.as_str())
+                .bind(address)
+                .execute(&mut *tx)
+                .await?
+                .rows_affected();
+        if removed == 0 {
+            tx.rollback().await?;
+            return Ok(false);
+        }
+        let detail = format!("{} {address}", kind.as_str());
+        Self::audit_in(
+            &mut tx,
+            actor,
+            "contact.remove",
+            Some(user_id),
+            Some(&detail),
+        )
+        .await?;
+        tx.commit().await?;
+        Ok(true)
+    }
+}

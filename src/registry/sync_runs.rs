@@ -1,0 +1,368 @@
+//! Sync runs: a listing is staged page by page, and applied to `accounts`
+//! in one transaction only once it is complete. A failed listing leaves the
+//! accounts exactly as they were.
+
+use futures::TryStreamExt;
+use serde::Serialize;
+
+use super::{Actor, Registry, Result, now_ms};
+use crate::email::EmailAddress;
+use crate::reconcile::{Known, Listed, Report, ReportBuilder};
+use crate::synapse::ListedUser;
+
+/// Rows per multi-row INSERT: far below every backend's bind-variable limit.
+const STAGE_CHUNK: usize = 200;
+const STAGE_COLUMNS: usize = 9;
+
+#[derive(Debug, Clone, Serialize, sqlx::FromRow)]
+pub struct SyncRun {
+    pub id: i64,
+    pub started_at: i64,
+    pub finished_at: Option<i64>,
+    pub status: String,
+    pub listed: i64,
+    pub new_accounts: i64,
+    pub missing: i64,
+    pub newly_missing: i64,
+    pub recreated: i64,
+    pub deactivated: i64,
+    pub details_fetched: i64,
+    pub details_failed: i64,
+    pub emails_imported: i64,
+    pub error: Option<String>,
+}
+
+/// What applying a complete listing found and changed.
+#[derive(Debug, Clone, Serialize)]
+pub struct SyncApplied {
+    pub report: Report,
+    /// Accounts that went missing in this run (not already missing before).
+    pub newly_missing: u64,
+}
+
+impl Registry {
+    pub async fn begin_sync_run(&self) -> Result<i64> {
+        let (id,): (i64,) = sqlx::query_as(
+            "INSERT INTO sync_runs (started_at, status) VALUES ($1, 'running') RETURNING id",
+        )
+        .bind(now_ms())
+        .fetch_one(&self.pool)
+        .await?;
+        Ok(id)
+    }
+
+    /// Stages one page of the listing. Returns how many accounts were new to
+    /// this run: offset paging can repeat an account when others register
+    /// mid-listing, and repeats are dropped here.
+    pub async fn stage_listing_page(&self, run_id: i64, users: &[ListedUser]) -> Result<u64> {
+        let mut staged = 0;
+        let mut tx = self.pool.begin().await?;
+        for chunk in users.chunks(STAGE_CHUNK) {
+            let mut sql = String::from(
+                "INSERT INTO listing_stage (run_id, user_id, display_name, admin, deactivated, locked, \
+                 is_guest, user_type, synapse_created_at) VALUES ",
+            );
+            for row in 0..chunk.len() {
+                let first = row * STAGE_COLUMNS + 1;
+                let placeholders: Vec<String> = (first..first + STAGE_COLUMNS)
+                    .map(|n| format!("${n}"))
+                    .collect();
+                if row > 0 {
+                    sql.push(',');
+                }
+                sql.push('(');
+                sql.push_str(&placeholders.join(","));
+                sql.push(')');
+            }
+            sql.push_str(" ON CONFLICT (run_id, user_id) DO NOTHING");
+            // Safe: the dynamic part is only numbered placeholders.
+            let mut query = sqlx::query(sqlx::AssertSqlSafe(sql));
+            for user in chunk {
+                query = query
+                    .bind(run_id)
+                    .bind(&user.user_id)
+                    .bind(&user.display_name)
+                    .bind(i64::from(user.admin))
+                    .bind(i64::from(user.deactivated))
+                    .bind(i64::from(user.locked))
+                    .bind(i64::from(user.is_guest))
+                    .bind(&user.user_type)
+                    .bind(user.created_at_ms);
+            }
+            staged += query.execute(&mut *tx).await?.rows_affected();
+        }
+        tx.commit().await?;
+        Ok(staged)
+    }
+
+    /// Ends a run whose listing failed: drops what was staged, keeps the error.
+    pub async fn fail_sync_run(&self, run_id: i64, error: &str) -> Result<()> {
+        let mut tx = self.pool.begin().await?;
+        sqlx::query("DELETE FROM listing_stage WHERE run_id = $1")
+            .bind(run_id)
+            .execute(&mut *tx)
+            .await?;
+        sqlx::query(
+            "UPDATE sync_runs SET status = 'failed', finished_at = $2, error = $3 WHERE id = $1",
+        )
+        .bind(run_id)
+        .bind(now_ms())
+        .bind(error)
+        .execute(&mut *tx)
+        .await?;
+        tx.commit().await?;
+        Ok(())
+    }
+
+    /// Applies a complete, staged listing to the accounts in one transaction:
+    /// classifies every account, records new and changed ones, marks the
+    /// unlisted ones missing (never deleting them).
+    pub async fn apply_listing(
+        &self,
+        run_id: i64,
+        loss_threshold: f64,
+        actor: &Actor,
+    ) -> Result<SyncApplied> {
+        let now = now_ms();
+        let mut tx = self.pool.begin().await?;
+
+        let mut report = ReportBuilder::default();
+        {
+            let mut pairs = sqlx::query_as::<_, PairRow>(
+                "SELECT a.user_id AS known_id, a.synapse_created_at AS known_created, \
+                        s.user_id AS listed_id, s.deactivated AS listed_deactivated, \
+                        s.synapse_created_at AS listed_created \
+                 FROM accounts a FULL OUTER JOIN \
+                      (SELECT user_id, deactivated, synapse_created_at FROM listing_stage WHERE run_id = $1) s \
+                 ON a.user_id = s.user_id",
+            )
+            .bind(run_id)
+            .fetch(&mut *tx);
+            while let Some(pair) = pairs.try_next().await? {
+                let known = pair.known_id.map(|user_id| Known {
+                    user_id,
+                    created_at_ms: pair.known_created,
+                });
+                let listed = pair.listed_id.map(|user_id| Listed {
+                    user_id,
+                    deactivated: pair.listed_deactivated.unwrap_or(0) != 0,
+                    created_at_ms: pair.listed_created,
+                });
+                report.add(known.as_ref(), listed.as_ref());
+            }
+        }
+        let report = report.finish(loss_threshold);
+
+        sqlx::query(
+            "UPDATE accounts SET recreated_at = $2, details_fetched_at = NULL \
+             WHERE EXISTS (SELECT 1 FROM listing_stage s WHERE s.run_id = $1 AND s.user_id = accounts.user_id \
+                           AND s.synapse_created_at > accounts.synapse_created_at)",
+        )
+        .bind(run_id)
+        .bind(now)
+        .execute(&mut *tx)
+        .await?;
+        let newly_missing = sqlx::query(
+            "UPDATE accounts SET state = 'missing', missing_since = $2 \
+             WHERE state <> 'missing' \
+               AND NOT EXISTS (SELECT 1 FROM listing_stage s WHERE s.run_id = $1 AND s.user_id = accounts.user_id)",
+        )
+        .bind(run_id)
+        .bind(now)
+        .execute(&mut *tx)
+        .await?
+        .rows_affected();
+        sqlx::query(
+            "INSERT INTO accounts (user_id, display_name, admin, deactivated, locked, is_guest, user_type, \
+                                   synapse_created_at, first_seen_at, last_seen_present_at, state, missing_since) \
+             SELECT user_id, display_name, admin, deactivated, locked, is_guest, user_type, synapse_created_at, \
+                    $2, $2, CASE WHEN deactivated <> 0 THEN 'deactivated' ELSE 'present' END, NULL \
+             FROM listing_stage WHERE run_id = $1 \
+             ON CONFLICT (user_id) DO UPDATE SET \
+                 display_name = excluded.display_name, admin = excluded.admin, \
+                 deactivated = excluded.deactivated, locked = excluded.locked, is_guest = excluded.is_guest, \
+                 user_type = excluded.user_type, synapse_created_at = excluded.synapse_created_at, \
+                 last_seen_present_at = excluded.last_seen_present_at, state = excluded.state, \
+                 missing_since = NULL",
+        )
+        .bind(run_id)
+        .bind(now)
+        .execute(&mut *tx)
+        .await?;
+        sqlx::query("DELETE FROM listing_stage WHERE run_id = $1")
+            .bind(run_id)
+            .execute(&mut *tx)
+            .await?;
+        sqlx::query(
+            "UPDATE sync_runs SET status = 'complete', listed = $2, new_accounts = $3, missing = $4, \
+             newly_missing = $5, recreated = $6, deactivated = $7 WHERE id = $1",
+        )
+        .bind(run_id)
+        .bind(report.listed as i64)
+        .bind(report.new.len() as i64)
+        .bind(report.missing.len() as i64)
+        .bind(newly_missing as i64)
+        .bind(report.recreated.len() as i64)
+        .bind(report.deactivated.len() as i64)
+        .execute(&mut *tx)
+        .await?;
+        let detail = format!(
+            "listed {}, new {}, missing {} ({} newly), recreated {}, deactivated {}",
+            report.listed,
+            report.new.len(),
+            report.missing.len(),
+            newly_missing,
+            report.recreated.len(),
+            report.deactivated.len()
+        );
+        Self::audit_in(
+            &mut tx,
+            actor,
+            "sync.apply",
+            Some(&format!("sync run {run_id}")),
+            Some(&detail),
+        )
+        .await?;
+        tx.commit().await?;
+        Ok(SyncApplied {
+            report,
+            newly_missing,
+        })
+    }
+
+    /// Present accounts whose emails were never fetched or are older than
+    /// `stale_before`, in ID order after `after` (keyset paging keeps
+    /// memory flat however many accounts there are).
+    pub async fn accounts_needing_details(
+        &self,
+        stale_before: i64,
+        after: &str,
+        limit: i64,
+    ) -> Result<Vec<String>> {
+        let rows: Vec<(String,)> = sqlx::query_as(
+            "SELECT user_id FROM accounts \
+             WHERE state = 'present' AND (details_fetched_at IS NULL OR details_fetched_at < $1) \
+               AND user_id > $2 ORDER BY user_id LIMIT $3",
+        )
+        .bind(stale_before)
+        .bind(after)
+        .bind(limit)
+        .fetch_all(&self.pool)
+        .await?;
+        Ok(rows.into_iter().map(|(id,)| id).collect())
+    }
+
+    /// Stores the emails Synapse knows for an account (as verified contacts
+    /// from Synapse) and notes when they were fetched. Returns how many
+    /// addresses were new.
+    pub async fn record_details(
+        &self,
+        user_id: &str,
+        emails: &[(EmailAddress, Option<i64>)],
+    ) -> Result<u64> {
+        let now = now_ms();
+        let mut tx = self.pool.begin().await?;
+        let mut added = 0;
+        for (email, validated_at) in emails {
+            added += sqlx::query(
+                "INSERT INTO contacts (user_id, kind, address, source, verified_at, added_at) \
+                 VALUES ($1, 'email', $2, 'synapse', $3, $4) ON CONFLICT (user_id, kind, address) DO NOTHING",
+            )
+            .bind(user_id)
+            .bind(email.as_str())
+            .bind(validated_at.unwrap_or(now))
+            .bind(now)
+            .execute(&mut *tx)
+            .await?
+            .rows_affected();
+        }
+        sqlx::query("UPDATE accounts SET details_fetched_at = $2 WHERE user_id = $1")
+            .bind(user_id)
+            .bind(now)
+            .execute(&mut *tx)
+            .await?;
+        tx.commit().await?;
+        Ok(added)
+    }
+
+    /// Closes a run after its email import.
+    pub async fn finish_sync_run(
+        &self,
+        run_id: i64,
+        fetched: u64,
+        failed: u64,
+        imported: u64,
+        actor: &Actor,
+    ) -> Result<()> {
+        let mut tx = self.pool.begin().await?;
+        sqlx::query(
+            "UPDATE sync_runs SET finished_at = $2, details_fetched = $3, details_failed = $4, \
+             emails_imported = $5 WHERE id = $1",
+        )
+        .bind(run_id)
+        .bind(now_ms())
+        .bind(fetched as i64)
+        .bind(failed as i64)
+        .bind(imported as i64)
+        .execute(&mut *tx)
+        .await?;
+        if imported > 0 || failed > 0 {
+            let detail =
+                format!("details fetched {fetched}, failed {failed}, emails imported {imported}");
+            Self::audit_in(
+                &mut tx,
+                actor,
+                "sync.contacts",
+                Some(&format!("sync run {run_id}")),
+                Some(&detail),
+            )
+            .await?;
+        }
+        tx.commit().await?;
+        Ok(())
+    }
+
+    /// The most recent run whose listing was complete.
+    pub async fn last_complete_sync(&self) -> Result<Option<SyncRun>> {
+        Ok(sqlx::query_as(
+            "SELECT id, started_at, finished_at, status, listed, new_accounts, missing, newly_missing, recreated, \
+                    deactivated, details_fetched, details_failed, emails_imported, error \
+             FROM sync_runs WHERE status = 'complete' ORDER BY id DESC LIMIT 1",
+        )
+        .fetch_optional(&self.pool)
+        .await?)
+    }
+
+    pub async fn sync_run(&self, id: i64) -> Result<Option<SyncRun>> {
+        Ok(sqlx::query_as(
+            "SELECT id, started_at, finished_at, status, listed, new_accounts, missing, newly_missing, recreated, \
+                    deactivated, details_fetched, details_failed, emails_imported, error \
+             FROM sync_runs WHERE id = $1",
+        )
+        .bind(id)
+        .fetch_optional(&self.pool)
+        .await?)
+    }
+}
+
+#[derive(sqlx::FromRow)]
+struct PairRow {
+    known_id: Option<String>,
+    known_created: Option<i64>,
+    listed_id: Option<String>,
+    listed_deactivated: Option<i64>,
+    listed_created: Option<i64>,
+}
+
+impl Registry {
+    pub async fn count_accounts_needing_details(&self, stale_before: i64) -> Result<i64> {
+        let (count,): (i64,) = sqlx::query_as(
+            "SELECT COUNT(*) FROM accounts \
+             WHERE state = 'present' AND (details_fetched_at IS NULL OR details_fetched_at < $1)",
+        )
+        .bind(stale_before)
+        .fetch_one(&self.pool)
+        .await?;
+        Ok(count)
+    }
+}

@@ -1,0 +1,41 @@
+//! What can go wrong talking to Synapse, in words an admin can act on.
+
+use std::time::Duration;
+
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    /// 401: the token is missing, unknown (revoked, or the database was
+    /// lost) or expired.
+    #[error(
+        "Synapse rejected the admin token ({errcode}): the token is unknown or expired; if Synapse's database was lost this is expected, otherwise put a current admin token in homeserver.admin_token"
+    )]
+    Unauthorized { errcode: String },
+    /// 403: the token works but its account is not a server admin.
+    #[error(
+        "Synapse refused the request ({errcode}: {message}): the token in homeserver.admin_token must belong to a server admin"
+    )]
+    Forbidden { errcode: String, message: String },
+    #[error("Synapse is rate limiting lifeboat (429){}", .retry_after.map(|after| format!("; retry after {} ms", after.as_millis())).unwrap_or_default())]
+    RateLimited { retry_after: Option<Duration> },
+    /// Connection refused, timeout, or a 5xx: Synapse may be down.
+    #[error(
+        "Synapse at {url} is unavailable: {detail}; check that it is running and that homeserver.url is right"
+    )]
+    Unavailable { url: String, detail: String },
+    #[error("Synapse at {url} sent a response lifeboat cannot use: {detail}")]
+    BadResponse { url: String, detail: String },
+    #[error("Synapse answered 404 Not Found")]
+    NotFound,
+}
+
+impl Error {
+    /// Worth another try after a pause.
+    pub fn is_transient(&self) -> bool {
+        matches!(self, Error::RateLimited { .. } | Error::Unavailable { .. })
+    }
+
+    /// The token itself is dead (as after a wipe), not merely lacking rights.
+    pub fn is_unknown_token(&self) -> bool {
+        matches!(self, Error::Unauthorized { errcode } if errcode == "M_UNKNOWN_TOKEN")
+    }
+}

@@ -1,0 +1,303 @@
+//! Client for Synapse's admin API: paged listing, user details, version.
+//!
+//! Every request is retried with capped, jittered backoff on 429/5xx and
+//! network failures. The admin token lives only in a `SecretString` and a
+//! header marked sensitive; it never reaches a log line or an error.
+
+mod error;
+mod types;
+
+use std::time::Duration;
+
+use rand::Rng;
+use reqwest::{Method, RequestBuilder, Response, StatusCode, header};
+use secrecy::{ExposeSecret, SecretString};
+use serde::de::DeserializeOwned;
+use url::Url;
+
+pub use error::Error;
+pub use types::{ListedUser, ThreePid, UserDetails, UsersPage};
+
+/// Longest single wait between tries, whatever Synapse asks for.
+const MAX_WAIT: Duration = Duration::from_secs(60);
+const BACKOFF_BASE: Duration = Duration::from_millis(250);
+const BACKOFF_CAP: Duration = Duration::from_secs(10);
+
+#[derive(Clone)]
+pub struct SynapseClient {
+    base: Url,
+    token: Option<SecretString>,
+    http: reqwest::Client,
+    retries: u32,
+}
+
+impl std::fmt::Debug for SynapseClient {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("SynapseClient")
+            .field("base", &self.base.as_str())
+            .finish_non_exhaustive()
+    }
+}
+
+impl SynapseClient {
+    pub fn new(base: Url, token: Option<SecretString>, timeout: Duration, retries: u32) -> Self {
+        let http = reqwest::Client::builder()
+            .timeout(timeout)
+            .connect_timeout(timeout.min(Duration::from_secs(10)))
+            // Never route the admin token through a proxy picked up from the
+            // environment: lifeboat talks to its own homeserver directly.
+            .no_proxy()
+            .user_agent(concat!("lifeboat/", env!("CARGO_PKG_VERSION")))
+            .build()
+            .expect("a reqwest client with static settings always builds");
+        SynapseClient {
+            base,
+            token,
+            http,
+            retries,
+        }
+    }
+
+    pub fn from_config(homeserver: &crate::config::HomeserverConfig) -> Self {
+        Self::new(
+            homeserver.url.clone(),
+            homeserver
+                .admin_token
+                .as_ref()
+                .map(|secret| secret.value.clone()),
+            homeserver.timeout,
+            homeserver.retries,
+        )
+    }
+
+    pub fn base_url(&self) -> &Url {
+        &self.base
+    }
+
+    /// `GET /_synapse/admin/v1/server_version`: needs no token and answers
+    /// even after a database wipe, so it tells "down" from "reset".
+    pub async fn server_version(&self) -> Result<String, Error> {
+        let version: types::ServerVersion = self
+            .get_json("/_synapse/admin/v1/server_version", &[], false)
+            .await?;
+        Ok(version.server_version)
+    }
+
+    /// One page of the listing, locked and deactivated accounts included
+    /// (Synapse hides both by default, which would look like loss).
+    pub async fn users_page(&self, from: Option<&str>, limit: u32) -> Result<UsersPage, Error> {
+        let limit = limit.max(1).to_string();
+        let mut query = vec![
+            ("limit", limit.as_str()),
+            ("deactivated", "true"),
+            ("locked", "true"),
+            ("guests", "true"),
+            ("order_by", "name"),
+            ("dir", "f"),
+        ];
+        if let Some(from) = from {
+            query.push(("from", from));
+        }
+        self.get_json("/_synapse/admin/v2/users", &query, true)
+            .await
+    }
+
+    /// A user's details (emails); `None` when Synapse no longer knows them.
+    pub async fn user_details(&self, user_id: &str) -> Result<Option<UserDetails>, Error> {
+        let path = format!("/_synapse/admin/v2/users/{}", urlencode(user_id));
+        match self.get_json(&path, &[], true).await {
+            Ok(details) => Ok(Some(details)),
+            Err(Error::NotFound) => Ok(None),
+            Err(err) => Err(err),
+        }
+    }
+
+    /// Walks the whole listing, page after page.
+    pub fn pages(&self, page_size: u32) -> UserPages<'_> {
+        UserPages {
+            client: self,
+            page_size,
+            next: None,
+            done: false,
+            total: None,
+        }
+    }
+
+    async fn get_json<T: DeserializeOwned>(
+        &self,
+        path: &str,
+        query: &[(&str, &str)],
+        authenticated: bool,
+    ) -> Result<T, Error> {
+        let url = self.url(path);
+        let response = self
+            .send(|| {
+                let request = self.http.request(Method::GET, url.clone()).query(query);
+                if authenticated {
+                    self.authorize(request)
+                } else {
+                    request
+                }
+            })
+            .await?;
+        let body = response
+            .bytes()
+            .await
+            .map_err(|err| self.unavailable(&err))?;
+        serde_json::from_slice(&body).map_err(|err| Error::BadResponse {
+            url: self.base.to_string(),
+            detail: format!("the JSON from {path} did not parse ({err})"),
+        })
+    }
+
+    fn authorize(&self, request: RequestBuilder) -> RequestBuilder {
+        match &self.token {
+            Some(token) => {
+                let mut value =
+                    header::HeaderValue::from_str(&format!("Bearer {}", token.expose_secret()))
+                        .unwrap_or_else(|_| header::HeaderValue::from_static("Bearer invalid"));
+                value.set_sensitive(true);
+                request.header(header::AUTHORIZATION, value)
+            }
+            None => request,
+        }
+    }
+
+    fn url(&self, path: &str) -> Url {
+        let mut url = self.base.clone();
+        let prefix = url.path().trim_end_matches('/').to_owned();
+        url.set_path(&format!("{prefix}{path}"));
+        url
+    }
+
+    /// Sends, retrying transient failures with backoff; returns a 2xx.
+    async fn send(&self, build: impl Fn() -> RequestBuilder) -> Result<Response, Error> {
+        let mut attempt = 0;
+        loop {
+            let err = match build().send().await {
+                Ok(response) if response.status().is_success() => return Ok(response),
+                Ok(response) => self.error_from(response).await,
+                Err(err) => self.unavailable(&err),
+            };
+            if !err.is_transient() || attempt >= self.retries {
+                return Err(err);
+            }
+            let wait = match &err {
+                Error::RateLimited {
+                    retry_after: Some(after),
+                } => (*after).min(MAX_WAIT),
+                _ => backoff(attempt),
+            };
+            tracing::warn!(error = %err, attempt = attempt + 1, wait_ms = wait.as_millis() as u64, "retrying Synapse request");
+            tokio::time::sleep(wait).await;
+            attempt += 1;
+        }
+    }
+
+    async fn error_from(&self, response: Response) -> Error {
+        let status = response.status();
+        let retry_header = response
+            .headers()
+            .get(header::RETRY_AFTER)
+            .and_then(|value| value.to_str().ok())
+            .and_then(|text| text.trim().parse::<u64>().ok())
+            .map(Duration::from_secs);
+        let body: types::MatrixError = response.json().await.unwrap_or_default();
+        match status {
+            StatusCode::UNAUTHORIZED => Error::Unauthorized {
+                errcode: if body.errcode.is_empty() {
+                    "401".to_owned()
+                } else {
+                    body.errcode
+                },
+            },
+            StatusCode::FORBIDDEN => Error::Forbidden {
+                errcode: body.errcode,
+                message: body.error,
+            },
+            StatusCode::NOT_FOUND => Error::NotFound,
+            StatusCode::TOO_MANY_REQUESTS => Error::RateLimited {
+                retry_after: body
+                    .retry_after_ms
+                    .map(Duration::from_millis)
+                    .or(retry_header),
+            },
+            status if status.is_server_error() => Error::Unavailable {
+                url: self.base.to_string(),
+                detail: format!("it answered {status}"),
+            },
+            status => Error::BadResponse {
+                url: self.base.to_string(),
+                detail: format!("it answered {status} {} {}", body.errcode, body.error)
+                    .trim_end()
+                    .to_owned(),
+            },
+        }
+    }
+
+    fn unavailable(&self, err: &reqwest::Error) -> Error {
+        let detail = if err.is_timeout() {
+            "the request timed out (homeserver.timeout)".to_owned()
+        } else if err.is_connect() {
+            "the connection failed".to_owned()
+        } else {
+            err.to_string()
+        };
+        Error::Unavailable {
+            url: self.base.to_string(),
+            detail,
+        }
+    }
+}
+
+/// Full jitter over an exponential ceiling.
+fn backoff(attempt: u32) -> Duration {
+    let ceiling = BACKOFF_BASE
+        .saturating_mul(2u32.saturating_pow(attempt))
+        .min(BACKOFF_CAP);
+    let millis =
+        rand::rng().random_range(ceiling.as_millis() as u64 / 2..=ceiling.as_millis() as u64);
+    Duration::from_millis(millis)
+}
+
+fn urlencode(text: &str) -> String {
+    url::form_urlencoded::byte_serialize(text.as_bytes())
+        .collect::<String>()
+        .replace('+', "%20")
+}
+
+/// Cursor over the listing. A listing is complete only when Synapse says
+/// there is no next page; anything short of that is an error to the caller.
+pub struct UserPages<'a> {
+    client: &'a SynapseClient,
+    page_size: u32,
+    next: Option<String>,
+    done: bool,
+    /// Synapse's count of accounts, from the most recent page.
+    pub total: Option<i64>,
+}
+
+impl UserPages<'_> {
+    /// The next page, or `None` once the listing is complete.
+    pub async fn next_page(&mut self) -> Result<Option<Vec<ListedUser>>, Error> {
+        if self.done {
+            return Ok(None);
+        }
+        let page = self
+            .client
+            .users_page(self.next.as_deref(), self.page_size)
+            .await?;
+        self.total = page.total.or(self.total);
+        match page.next_token {
+            Some(token) if Some(&token) == self.next.as_ref() => {
+                return Err(Error::BadResponse {
+                    url: self.client.base.to_string(),
+                    detail: format!("the listing returned the same next_token {token} twice"),
+                });
+            }
+            Some(token) => self.next = Some(token),
+            None => self.done = true,
+        }
+        Ok(Some(page.users))
+    }
+}

@@ -1,0 +1,126 @@
+//! Synapse's admin API payloads, parsed leniently: Synapse has sent some
+//! booleans as 0/1 in the past, and `next_token` as a number or a string.
+
+use serde::{Deserialize, Deserializer};
+
+/// One account as the admin listing (`/_synapse/admin/v2/users`) shows it.
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+pub struct ListedUser {
+    #[serde(rename = "name")]
+    pub user_id: String,
+    #[serde(default, rename = "displayname")]
+    pub display_name: Option<String>,
+    #[serde(default, deserialize_with = "lenient_bool")]
+    pub admin: bool,
+    #[serde(default, deserialize_with = "lenient_bool")]
+    pub deactivated: bool,
+    #[serde(default, deserialize_with = "lenient_bool")]
+    pub locked: bool,
+    #[serde(default, deserialize_with = "lenient_bool")]
+    pub is_guest: bool,
+    #[serde(default)]
+    pub user_type: Option<String>,
+    /// Milliseconds in the listing (the single-user endpoint uses seconds).
+    #[serde(default, rename = "creation_ts", deserialize_with = "lenient_i64")]
+    pub created_at_ms: Option<i64>,
+}
+
+#[derive(Debug, Deserialize)]
+pub struct UsersPage {
+    pub users: Vec<ListedUser>,
+    #[serde(default, deserialize_with = "lenient_token")]
+    pub next_token: Option<String>,
+    #[serde(default, deserialize_with = "lenient_i64")]
+    pub total: Option<i64>,
+}
+
+/// `GET /_synapse/admin/v2/users/<id>`: only what lifeboat keeps.
+#[derive(Debug, Clone, Deserialize)]
+pub struct UserDetails {
+    #[serde(default)]
+    pub threepids: Vec<ThreePid>,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+pub struct ThreePid {
+    pub medium: String,
+    pub address: String,
+    /// Milliseconds.
+    #[serde(default, deserialize_with = "lenient_i64")]
+    pub validated_at: Option<i64>,
+}
+
+#[derive(Debug, Deserialize)]
+pub struct ServerVersion {
+    pub server_version: String,
+}
+
+/// The `{errcode, error}` body of a Matrix error.
+#[derive(Debug, Default, Deserialize)]
+pub struct MatrixError {
+    #[serde(default)]
+    pub errcode: String,
+    #[serde(default)]
+    pub error: String,
+    #[serde(default)]
+    pub retry_after_ms: Option<u64>,
+}
+
+#[derive(Deserialize)]
+#[serde(untagged)]
+enum Loose {
+    Bool(bool),
+    Int(i64),
+    Float(f64),
+    Text(String),
+}
+
+fn lenient_bool<'de, D: Deserializer<'de>>(deserializer: D) -> Result<bool, D::Error> {
+    Ok(match Option::<Loose>::deserialize(deserializer)? {
+        None => false,
+        Some(Loose::Bool(value)) => value,
+        Some(Loose::Int(value)) => value != 0,
+        Some(Loose::Float(value)) => value != 0.0,
+        Some(Loose::Text(text)) => matches!(text.as_str(), "true" | "1" | "True"),
+    })
+}
+
+fn lenient_i64<'de, D: Deserializer<'de>>(deserializer: D) -> Result<Option<i64>, D::Error> {
+    Ok(match Option::<Loose>::deserialize(deserializer)? {
+        Some(Loose::Int(value)) => Some(value),
+        Some(Loose::Float(value)) => Some(value as i64),
+        Some(Loose::Text(text)) => text.trim().parse().ok(),
+        Some(Loose::Bool(_)) | None => None,
+    })
+}
+
+fn lenient_token<'de, D: Deserializer<'de>>(deserializer: D) -> Result<Option<String>, D::Error> {
+    Ok(match Option::<Loose>::deserialize(deserializer)? {
+        Some(Loose::Text(text)) => Some(text),
+        Some(Loose::Int(value)) => Some(value.to_string()),
+        Some(Loose::Float(value)) => Some((value as i64).to_string()),
+        Some(Loose::Bool(_)) | None => None,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn booleans_sent_as_integers_are_understood() {
+        let user: ListedUser = serde_json::from_str(
+            r#"{"name":"@a:x","admin":1,"deactivated":0,"locked":null,"is_guest":"true","creation_ts":1700000000000}"#,
+        )
+        .unwrap();
+        assert!(user.admin && !user.deactivated && !user.locked && user.is_guest);
+        assert_eq!(user.created_at_ms, Some(1_700_000_000_000));
+    }
+
+    #[test]
+    fn numeric_next_tokens_are_read_as_strings() {
+        let page: UsersPage =
+            serde_json::from_str(r#"{"users":[],"next_token":100,"total":3}"#).unwrap();
+        assert_eq!(page.next_token.as_deref(), Some("100"));
+    }
+}

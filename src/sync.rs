@@ -1,0 +1,210 @@
+//! `sync`: a complete listing into the registry, then the emails of new or
+//! stale accounts. Pages are staged as they arrive (memory stays flat) and
+//! applied only when the listing is complete.
+
+use std::time::Duration;
+
+use futures::StreamExt;
+use serde::Serialize;
+
+use crate::email::EmailAddress;
+use crate::registry::{self, Actor, Registry, SyncApplied, now_ms};
+use crate::synapse::{self, SynapseClient, ThreePid};
+
+/// Times the whole listing is read again when accounts registered while it
+/// was being read (offset paging can then skip someone).
+const LISTING_ATTEMPTS: u32 = 3;
+/// Accounts whose details are fetched per registry query.
+const DETAILS_BATCH: i64 = 500;
+
+#[derive(Debug, Clone)]
+pub struct SyncOptions {
+    pub page_size: u32,
+    pub details_concurrency: usize,
+    pub details_max_age: Duration,
+    pub loss_threshold: f64,
+}
+
+impl SyncOptions {
+    pub fn from_config(config: &crate::config::Config) -> Self {
+        SyncOptions {
+            page_size: config.sync.page_size,
+            details_concurrency: config.sync.details_concurrency,
+            details_max_age: config.sync.details_max_age,
+            loss_threshold: config.watch.loss_threshold,
+        }
+    }
+}
+
+/// Hooks for showing progress; the CLI draws bars, others ignore them.
+pub trait SyncProgress: Send + Sync {
+    fn listing(&self, _accounts_seen: u64, _total: Option<u64>) {}
+    fn details(&self, _done: u64, _total: u64) {}
+}
+
+/// No progress display.
+pub struct Quiet;
+impl SyncProgress for Quiet {}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct SyncSummary {
+    pub run_id: i64,
+    #[serde(flatten)]
+    pub applied: SyncApplied,
+    pub details_fetched: u64,
+    pub details_failed: u64,
+    pub emails_imported: u64,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum SyncError {
+    #[error("the listing failed, so the registry was left unchanged: {0}")]
+    Listing(#[from] synapse::Error),
+    #[error(
+        "the account list kept changing while it was read ({listed} accounts read, Synapse counts {total}), so the registry was left unchanged; run sync again"
+    )]
+    Inconsistent { listed: u64, total: i64 },
+    #[error(transparent)]
+    Registry(#[from] registry::Error),
+}
+
+pub async fn sync(
+    registry: &Registry,
+    client: &SynapseClient,
+    options: &SyncOptions,
+    actor: &Actor,
+    progress: &dyn SyncProgress,
+) -> Result<SyncSummary, SyncError> {
+    let mut attempt = 1;
+    let run_id = loop {
+        let run_id = registry.begin_sync_run().await?;
+        match stage_listing(registry, client, run_id, options.page_size, progress).await {
+            Ok(()) => break run_id,
+            Err(err) => {
+                registry.fail_sync_run(run_id, &err.to_string()).await?;
+                if !matches!(err, SyncError::Inconsistent { .. }) || attempt >= LISTING_ATTEMPTS {
+                    return Err(err);
+                }
+                tracing::warn!(%err, "reading the listing again");
+                attempt += 1;
+            }
+        }
+    };
+    let applied = registry
+        .apply_listing(run_id, options.loss_threshold, actor)
+        .await?;
+    let (fetched, failed, imported) = import_emails(registry, client, options, progress).await?;
+    registry
+        .finish_sync_run(run_id, fetched, failed, imported, actor)
+        .await?;
+    Ok(SyncSummary {
+        run_id,
+        applied,
+        details_fetched: fetched,
+        details_failed: failed,
+        emails_imported: imported,
+    })
+}
+
+/// Reads the whole listing into the run's stage. Writing one page overlaps
+/// with fetching the next, so the registry adds little to Synapse's time.
+async fn stage_listing(
+    registry: &Registry,
+    client: &SynapseClient,
+    run_id: i64,
+    page_size: u32,
+    progress: &dyn SyncProgress,
+) -> Result<(), SyncError> {
+    let mut pages = client.pages(page_size);
+    let mut staged: u64 = 0;
+    let mut to_stage: Option<Vec<synapse::ListedUser>> = None;
+    loop {
+        let writing = to_stage.take();
+        let write = async {
+            match &writing {
+                Some(users) => registry.stage_listing_page(run_id, users).await,
+                None => Ok(0),
+            }
+        };
+        let (fetched, written) = tokio::join!(pages.next_page(), write);
+        staged += written?;
+        progress.listing(staged, pages.total.map(|total| total.max(0) as u64));
+        match fetched? {
+            Some(users) => to_stage = Some(users),
+            None => break,
+        }
+    }
+    match pages.total {
+        Some(total) if (staged as i64) < total => Err(SyncError::Inconsistent {
+            listed: staged,
+            total,
+        }),
+        _ => Ok(()),
+    }
+}
+
+/// Fetches details of new or stale accounts with bounded concurrency and
+/// records their emails. Per-account failures are counted, not fatal.
+async fn import_emails(
+    registry: &Registry,
+    client: &SynapseClient,
+    options: &SyncOptions,
+    progress: &dyn SyncProgress,
+) -> Result<(u64, u64, u64), SyncError> {
+    let stale_before = now_ms() - options.details_max_age.as_millis() as i64;
+    let total = registry
+        .count_accounts_needing_details(stale_before)
+        .await? as u64;
+    let (mut fetched, mut failed, mut imported) = (0u64, 0u64, 0u64);
+    let mut after = String::new();
+    loop {
+        let batch = registry
+            .accounts_needing_details(stale_before, &after, DETAILS_BATCH)
+            .await?;
+        let Some(last) = batch.last() else { break };
+        after = last.clone();
+        let mut results = futures::stream::iter(batch)
+            .map(|user_id| async move {
+                let details = client.user_details(&user_id).await;
+                (user_id, details)
+            })
+            .buffer_unordered(options.details_concurrency);
+        while let Some((user_id, details)) = results.next().await {
+            match details {
+                Ok(Some(details)) => {
+                    imported += registry
+                        .record_details(&user_id, &emails_of(&user_id, &details.threepids))
+                        .await?;
+                    fetched += 1;
+                }
+                // Gone since the listing: the next sync will see it missing.
+                Ok(None) => {}
+                Err(
+                    err @ (synapse::Error::Unauthorized { .. } | synapse::Error::Forbidden { .. }),
+                ) => {
+                    return Err(err.into());
+                }
+                Err(err) => {
+                    tracing::warn!(user_id = %user_id, error = %err, "could not fetch account details");
+                    failed += 1;
+                }
+            }
+            progress.details(fetched + failed, total);
+        }
+    }
+    Ok((fetched, failed, imported))
+}
+
+fn emails_of(user_id: &str, threepids: &[ThreePid]) -> Vec<(EmailAddress, Option<i64>)> {
+    threepids
+        .iter()
+        .filter(|threepid| threepid.medium == "email")
+        .filter_map(|threepid| match EmailAddress::parse(&threepid.address) {
+            Ok(email) => Some((email, threepid.validated_at)),
+            Err(err) => {
+                tracing::warn!(user_id, error = %err, "skipping an email Synapse holds");
+                None
+            }
+        })
+        .collect()
+}

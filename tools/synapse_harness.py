@@ -1,0 +1,727 @@
+#!/usr/bin/env python3
+"""Start and control one throwaway Synapse homeserver for lifeboat.
+
+Used by lifeboat's integration tests, its benchmark and the newcomer sandbox
+(tools/sandbox.sh). Run it with the python of the venv made by
+tools/synapse-venv.sh; it needs only the standard library plus PyYAML, which
+Synapse ships.
+
+    python tools/synapse_harness.py --dir DIR [--port N] [--server-name NAME]
+                                    [--demo] [--daemon --pidfile FILE]
+
+It writes DIR/homeserver.yaml once (reused later, so a wiped server keeps its
+port and shared secret), starts Synapse bound to 127.0.0.1 only, waits until
+it answers, registers the admin account "admin" through shared-secret
+registration and prints one JSON line on stdout:
+
+    {"url": ..., "port": ..., "server_name": ..., "admin_user": ...,
+     "admin_token": ..., "shared_secret": ..., "dir": ..., "pid": ...}
+
+Normal mode then answers commands read from stdin, one line each:
+
+    stop                     -> ok        (Synapse stopped gracefully)
+    start                    -> ok        (started again and ready)
+    wipe                     -> ok        (stop, delete the database, start:
+                                           the "seed incident")
+    register-admin LOCALPART -> {"user_id", "access_token", "device_id", "password"}
+    register LOCALPART       -> same, for a non-admin account
+    info                     -> the startup JSON with the current pid
+    anything failing         -> error <one sentence>
+
+EOF on stdin, SIGTERM, SIGINT or SIGHUP stop Synapse and exit 0. Synapse
+never outlives the harness (it also gets SIGKILL from the kernel should the
+harness be killed outright).
+
+Daemon mode (--daemon --pidfile FILE) detaches after the JSON line (also
+written to DIR/harness.json) and keeps Synapse running until the harness gets
+SIGTERM; its own log goes to DIR/harness.log.
+"""
+
+import argparse
+import base64
+import ctypes
+import hashlib
+import hmac
+import json
+import os
+import secrets
+import signal
+import socket
+import string
+import subprocess
+import sys
+import time
+import urllib.error
+import urllib.parse
+import urllib.request
+
+import yaml  # PyYAML is a Synapse dependency, so it is in the venv.
+
+READY_TIMEOUT_S = 120
+STOP_GRACE_S = 10
+LOG_TAIL_LINES = 40
+# SQLite keeps a database in up to four files; a wipe must remove them all.
+DB_SUFFIXES = ("", "-wal", "-shm", "-journal")
+# High enough that no test or benchmark ever meets a rate limit.
+UNLIMITED = {"per_second": 100000, "burst_count": 100000}
+DEMO_USERS = [
+    # (localpart, display name, extra admin-API state applied after creation)
+    ("alice", "Alice Liddell", None),
+    ("bob", "Bob Builder", None),
+    ("carol", "Carol Danvers", None),
+    ("dave", "Dave Locked", {"locked": True}),
+    ("erin", "Erin Deactivated", {"deactivated": True}),
+]
+
+
+class HarnessError(Exception):
+    """A failure reported to the caller as one sentence."""
+
+
+class Shutdown(BaseException):
+    """Raised from signal handlers to unwind into the cleanup code.
+
+    A BaseException so that no `except Exception` on the way swallows it.
+    """
+
+
+def log(message):
+    print(f"synapse_harness: {message}", file=sys.stderr, flush=True)
+
+
+def port_is_free(port):
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        # SO_REUSEADDR like Twisted's listener, so sockets in TIME_WAIT from a
+        # previous run do not count as "taken" but a live listener does.
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            sock.bind(("127.0.0.1", port))
+        except OSError:
+            return False
+    return True
+
+
+def pick_free_port():
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def write_private(path, text):
+    """Write a file readable only by us, atomically (write, then rename)."""
+    tmp = f"{path}.tmp.{os.getpid()}"
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    with os.fdopen(fd, "w") as f:
+        f.write(text)
+    os.replace(tmp, path)
+
+
+def tail(path, lines=LOG_TAIL_LINES):
+    try:
+        with open(path, "rb") as f:
+            f.seek(0, os.SEEK_END)
+            f.seek(max(0, f.tell() - 64 * 1024))
+            data = f.read().decode("utf-8", "replace")
+    except OSError:
+        return f"({path} not readable)"
+    return "\n".join(data.splitlines()[-lines:])
+
+
+def pid_alive(pid):
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def die_with_parent(parent_pid):
+    """Runs in the forked child before exec: own session, SIGKILL when we die.
+
+    The new session keeps terminal signals (Ctrl-C) away from Synapse so the
+    harness can stop it in order; PR_SET_PDEATHSIG makes the kernel kill it
+    even if the harness itself is SIGKILLed, so it can never be orphaned.
+    """
+    os.setsid()
+    try:
+        libc = ctypes.CDLL(None, use_errno=True)
+        PR_SET_PDEATHSIG = 1
+        libc.prctl(PR_SET_PDEATHSIG, signal.SIGKILL)
+    except (OSError, AttributeError):
+        return  # Not Linux: rely on the harness's own cleanup.
+    # The parent may have died between fork and prctl; then nobody will
+    # signal us, so leave now.
+    if os.getppid() != parent_pid:
+        os._exit(1)
+
+
+class Synapse:
+    """One Synapse process and the directory holding its state."""
+
+    def __init__(self, directory, port, server_name):
+        self.dir = os.path.abspath(directory)
+        self.config_path = os.path.join(self.dir, "homeserver.yaml")
+        self.db_path = os.path.join(self.dir, "homeserver.db")
+        self.log_path = os.path.join(self.dir, "homeserver.log")
+        # Synapse prints config errors to stderr before its logging is set up.
+        self.stderr_path = os.path.join(self.dir, "synapse.stderr.log")
+        self.admin_password_path = os.path.join(self.dir, "admin_password")
+        self.proc = None
+        os.makedirs(self.dir, exist_ok=True)
+        self._load_or_write_config(port, server_name)
+        # Never send loopback requests through an http_proxy from the environment.
+        self._opener = urllib.request.build_opener(urllib.request.ProxyHandler({}))
+
+    # ---- configuration -------------------------------------------------
+
+    def _load_or_write_config(self, port, server_name):
+        if os.path.exists(self.config_path):
+            # Reuse: a wiped or restarted server keeps its port and secret.
+            with open(self.config_path) as f:
+                config = yaml.safe_load(f)
+            self.port = int(config["listeners"][0]["port"])
+            self.server_name = config["server_name"]
+            self.shared_secret = config["registration_shared_secret"]
+            if port is not None and port != self.port:
+                log(f"--port {port} ignored: {self.config_path} exists and uses port {self.port}")
+            if server_name is not None and server_name != self.server_name:
+                log(f"--server-name {server_name} ignored: existing config uses {self.server_name}")
+            return
+
+        self.port = port if port is not None else pick_free_port()
+        self.server_name = server_name or "lifeboat.test"
+        self.shared_secret = secrets.token_urlsafe(32)
+        signing_key_path = os.path.join(self.dir, "signing.key")
+        log_config_path = os.path.join(self.dir, "log.config")
+
+        if not os.path.exists(signing_key_path):
+            # Synapse's key file format: "<algorithm> <version> <unpadded
+            # base64 seed>". Writing it here saves a generate-keys run.
+            version = "a_" + "".join(
+                secrets.choice(string.ascii_letters + string.digits) for _ in range(4)
+            )
+            seed = base64.b64encode(secrets.token_bytes(32)).decode().rstrip("=")
+            write_private(signing_key_path, f"ed25519 {version} {seed}\n")
+
+        log_config = {
+            "version": 1,
+            "formatters": {
+                "precise": {
+                    "format": "%(asctime)s - %(name)s - %(lineno)d - "
+                    "%(levelname)s - %(request)s - %(message)s"
+                }
+            },
+            # Supplies %(request)s; Synapse adds it too, but being explicit
+            # keeps the format string safe.
+            "filters": {
+                "context": {
+                    "()": "synapse.logging.context.LoggingContextFilter",
+                    "request": "",
+                }
+            },
+            "handlers": {
+                "file": {
+                    "class": "logging.FileHandler",
+                    "formatter": "precise",
+                    "filters": ["context"],
+                    "filename": self.log_path,
+                    "encoding": "utf8",
+                }
+            },
+            "loggers": {
+                # SQL and twisted chatter is useless for our tests.
+                "synapse.storage.SQL": {"level": "WARNING"},
+                "twisted": {"level": "WARNING"},
+            },
+            "root": {"level": "INFO", "handlers": ["file"]},
+            "disable_existing_loggers": False,
+        }
+        with open(log_config_path, "w") as f:
+            yaml.safe_dump(log_config, f, sort_keys=False)
+
+        config = {
+            "server_name": self.server_name,
+            "public_baseurl": f"http://127.0.0.1:{self.port}/",
+            # Client API (which also serves /_synapse/admin) on loopback only;
+            # no federation listener at all.
+            "listeners": [
+                {
+                    "port": self.port,
+                    "bind_addresses": ["127.0.0.1"],
+                    "type": "http",
+                    "tls": False,
+                    "x_forwarded": False,
+                    "resources": [{"names": ["client"], "compress": False}],
+                }
+            ],
+            "database": {"name": "sqlite3", "args": {"database": self.db_path}},
+            "log_config": log_config_path,
+            "media_store_path": os.path.join(self.dir, "media_store"),
+            "signing_key_path": signing_key_path,
+            # Token registration is what lifeboat hands out; Synapse accepts
+            # enable_registration without its "no verification" error because
+            # registration_requires_token counts as verification.
+            "enable_registration": True,
+            "registration_requires_token": True,
+            "registration_shared_secret": self.shared_secret,
+            "report_stats": False,
+            "enable_metrics": False,
+            # Nothing may leave the machine: no key servers, an empty
+            # federation allow-list, no URL previews, no presence fan-out.
+            "trusted_key_servers": [],
+            "suppress_key_server_warning": True,
+            "federation_domain_whitelist": [],
+            "url_preview_enabled": False,
+            "presence": {"enabled": False},
+            # Every per-user/per-IP rate limiter Synapse 1.163.2 reads,
+            # raised out of reach (config/ratelimiting.py).
+            "rc_message": UNLIMITED,
+            "rc_registration": UNLIMITED,
+            "rc_registration_token_validity": UNLIMITED,
+            "rc_login": {
+                "address": UNLIMITED,
+                "account": UNLIMITED,
+                "failed_attempts": UNLIMITED,
+            },
+            "rc_admin_redaction": UNLIMITED,
+            "rc_joins": {"local": UNLIMITED, "remote": UNLIMITED},
+            "rc_joins_per_room": UNLIMITED,
+            "rc_invites": {
+                "per_room": UNLIMITED,
+                "per_user": UNLIMITED,
+                "per_issuer": UNLIMITED,
+            },
+            "rc_third_party_invite": UNLIMITED,
+            "rc_3pid_validation": UNLIMITED,
+            "rc_room_creation": UNLIMITED,
+            "rc_presence": {"per_user": UNLIMITED},
+            "rc_media_create": UNLIMITED,
+            "rc_delayed_event_mgmt": UNLIMITED,
+            "rc_reports": UNLIMITED,
+            "rc_user_directory": UNLIMITED,
+            "rc_profile": UNLIMITED,
+            "rc_key_requests": UNLIMITED,
+        }
+        # Written last and atomically: its presence means "directory set up".
+        tmp = self.config_path + ".tmp"
+        with open(tmp, "w") as f:
+            f.write("# Written by tools/synapse_harness.py for a throwaway test server.\n")
+            yaml.safe_dump(config, f, sort_keys=False)
+        os.chmod(tmp, 0o600)  # It holds the shared secret.
+        os.replace(tmp, self.config_path)
+
+    # ---- HTTP ----------------------------------------------------------
+
+    @property
+    def url(self):
+        return f"http://127.0.0.1:{self.port}"
+
+    def request(self, method, path, body=None, token=None, timeout=30):
+        """Return (status, parsed JSON body or {}) for any HTTP status."""
+        data = None if body is None else json.dumps(body).encode()
+        req = urllib.request.Request(self.url + path, data=data, method=method)
+        if data is not None:
+            req.add_header("Content-Type", "application/json")
+        if token:
+            req.add_header("Authorization", f"Bearer {token}")
+        try:
+            with self._opener.open(req, timeout=timeout) as resp:
+                status, raw = resp.status, resp.read()
+        except urllib.error.HTTPError as e:
+            status, raw = e.code, e.read()
+        try:
+            parsed = json.loads(raw) if raw else {}
+        except ValueError:
+            parsed = {"error": raw[:200].decode("utf-8", "replace")}
+        return status, parsed
+
+    @staticmethod
+    def describe(status, body):
+        return f"HTTP {status} {body.get('errcode', '')} {body.get('error', '')}".strip()
+
+    # ---- process control -----------------------------------------------
+
+    def running(self):
+        return self.proc is not None and self.proc.poll() is None
+
+    def start(self):
+        if self.running():
+            return
+        # Otherwise the readiness probe could be answered by someone else.
+        if not port_is_free(self.port):
+            raise HarnessError(f"port {self.port} on 127.0.0.1 is already in use")
+        started = time.monotonic()
+        parent_pid = os.getpid()
+        with open(self.stderr_path, "ab") as err:
+            self.proc = subprocess.Popen(
+                [sys.executable, "-m", "synapse.app.homeserver", "-c", self.config_path],
+                cwd=self.dir,
+                stdin=subprocess.DEVNULL,
+                # Never our stdout: that is the protocol channel.
+                stdout=err,
+                stderr=err,
+                preexec_fn=lambda: die_with_parent(parent_pid),
+            )
+        self._wait_ready()
+        log(f"synapse pid {self.proc.pid} ready on {self.url} "
+            f"in {time.monotonic() - started:.1f}s")
+
+    def _wait_ready(self):
+        deadline = time.monotonic() + READY_TIMEOUT_S
+        delay = 0.05
+        while True:
+            if self.proc.poll() is not None:
+                code = self.proc.returncode
+                self.proc = None
+                self._report_logs()
+                raise HarnessError(f"synapse exited with status {code} during startup")
+            try:
+                status, _ = self.request("GET", "/_matrix/client/versions", timeout=2)
+                if status == 200:
+                    return
+            except (OSError, urllib.error.URLError):
+                pass  # Not listening yet.
+            if time.monotonic() >= deadline:
+                self._report_logs()
+                self.stop()
+                raise HarnessError(f"synapse was not ready after {READY_TIMEOUT_S} s")
+            # Poll quickly at first (startup is a few seconds), then back off.
+            time.sleep(delay)
+            delay = min(delay * 1.5, 0.5)
+
+    def _report_logs(self):
+        log(f"--- tail of {self.stderr_path} ---\n{tail(self.stderr_path, 15)}")
+        log(f"--- tail of {self.log_path} ---\n{tail(self.log_path)}")
+
+    def stop(self):
+        if self.proc is None:
+            return
+        if self.proc.poll() is None:
+            # Synapse leads its own process group (setsid in die_with_parent);
+            # signalling the group catches anything it may have spawned. The
+            # pid is not reaped yet, so the group id cannot have been reused.
+            os.killpg(self.proc.pid, signal.SIGTERM)
+            try:
+                self.proc.wait(STOP_GRACE_S)
+            except subprocess.TimeoutExpired:
+                log(f"synapse did not stop within {STOP_GRACE_S} s; killing it")
+                os.killpg(self.proc.pid, signal.SIGKILL)
+                self.proc.wait()
+        self.proc = None
+
+    def wipe(self):
+        """The seed incident: the database is lost, the config survives."""
+        self.stop()
+        for suffix in DB_SUFFIXES:
+            try:
+                os.remove(self.db_path + suffix)
+            except FileNotFoundError:
+                pass
+        self.start()
+
+    # ---- accounts ------------------------------------------------------
+
+    def register(self, localpart, admin, password=None):
+        """Shared-secret registration (/_synapse/admin/v1/register)."""
+        password = password or secrets.token_urlsafe(18)
+        status, body = self.request("GET", "/_synapse/admin/v1/register")
+        if status != 200 or "nonce" not in body:
+            raise HarnessError(f"getting a registration nonce failed: {self.describe(status, body)}")
+        nonce = body["nonce"]
+        # mac = HMAC-SHA1(secret, nonce \0 user \0 password \0 admin|notadmin)
+        mac = hmac.new(self.shared_secret.encode(), digestmod=hashlib.sha1)
+        mac.update(nonce.encode())
+        mac.update(b"\x00")
+        mac.update(localpart.encode())
+        mac.update(b"\x00")
+        mac.update(password.encode())
+        mac.update(b"\x00")
+        mac.update(b"admin" if admin else b"notadmin")
+        status, body = self.request(
+            "POST",
+            "/_synapse/admin/v1/register",
+            {
+                "nonce": nonce,
+                "username": localpart,
+                "password": password,
+                "admin": admin,
+                "mac": mac.hexdigest(),
+            },
+        )
+        if status != 200:
+            raise HarnessError(f"registering {localpart} failed: {self.describe(status, body)}")
+        if localpart == "admin":
+            # Remembered so a restart on the same database can log back in.
+            write_private(self.admin_password_path, password)
+        return {
+            "user_id": body["user_id"],
+            "access_token": body["access_token"],
+            "device_id": body.get("device_id"),
+            "password": password,
+        }
+
+    def admin_session(self):
+        """Register "admin", or log it back in if the database already has it."""
+        try:
+            return self.register("admin", admin=True)
+        except HarnessError as e:
+            if "M_USER_IN_USE" not in str(e):
+                raise
+        try:
+            with open(self.admin_password_path) as f:
+                password = f.read().strip()
+        except OSError:
+            raise HarnessError(
+                f"user admin already exists and {self.admin_password_path} is missing; "
+                "wipe the database or the directory"
+            ) from None
+        status, body = self.request(
+            "POST",
+            "/_matrix/client/v3/login",
+            {
+                "type": "m.login.password",
+                "identifier": {"type": "m.id.user", "user": "admin"},
+                "password": password,
+                "initial_device_display_name": "synapse_harness",
+            },
+        )
+        if status != 200:
+            raise HarnessError(f"logging admin back in failed: {self.describe(status, body)}")
+        return {
+            "user_id": body["user_id"],
+            "access_token": body["access_token"],
+            "device_id": body.get("device_id"),
+            "password": password,
+        }
+
+    def create_demo_users(self, admin_token):
+        """A few accounts for the sandbox, through the admin user API."""
+        for localpart, displayname, extra in DEMO_USERS:
+            user_id = f"@{localpart}:{self.server_name}"
+            path = "/_synapse/admin/v2/users/" + urllib.parse.quote(user_id)
+            status, _ = self.request("GET", path, token=admin_token)
+            if status == 200:
+                continue  # Kept from an earlier run: leave it as it is.
+            status, body = self.request(
+                "PUT",
+                path,
+                {
+                    "password": f"{localpart}-sandbox",
+                    "displayname": displayname,
+                    "threepids": [{"medium": "email", "address": f"{localpart}@example.org"}],
+                },
+                token=admin_token,
+            )
+            if status not in (200, 201):
+                raise HarnessError(f"creating {user_id} failed: {self.describe(status, body)}")
+            if extra:
+                # Synapse 1.163.2 ignores "locked"/"deactivated" when creating
+                # a user, so they are applied with a second PUT.
+                status, body = self.request("PUT", path, extra, token=admin_token)
+                if status != 200:
+                    raise HarnessError(f"updating {user_id} failed: {self.describe(status, body)}")
+            state = " ".join(k for k, v in (extra or {}).items() if v)
+            log(f"demo user {user_id}, password {localpart}-sandbox {state}".rstrip())
+
+
+# ---- modes -----------------------------------------------------------------
+
+
+def install_signal_handlers(signals):
+    def handler(signum, _frame):
+        # Only the first signal unwinds; later ones must not interrupt cleanup.
+        for s in signals:
+            signal.signal(s, signal.SIG_IGN)
+        raise Shutdown(signum)
+
+    for s in signals:
+        signal.signal(s, handler)
+
+
+def bring_up(synapse, demo):
+    """Start Synapse, get an admin session, return the JSON info dict."""
+    synapse.start()
+    admin = synapse.admin_session()
+    if demo:
+        synapse.create_demo_users(admin["access_token"])
+    return {
+        "url": synapse.url,
+        "port": synapse.port,
+        "server_name": synapse.server_name,
+        "admin_user": admin["user_id"],
+        "admin_token": admin["access_token"],
+        "shared_secret": synapse.shared_secret,
+        "dir": synapse.dir,
+        "pid": synapse.proc.pid,
+    }
+
+
+def handle_command(synapse, info, line):
+    words = line.split()
+    if not words:
+        return None
+    cmd, args = words[0], words[1:]
+    if cmd in ("stop", "start", "wipe", "info") and args:
+        raise HarnessError(f"{cmd} takes no argument")
+    if cmd == "stop":
+        synapse.stop()
+        return "ok"
+    if cmd == "start":
+        synapse.start()
+        return "ok"
+    if cmd == "wipe":
+        synapse.wipe()
+        return "ok"
+    if cmd == "info":
+        # Startup JSON with the current pid (null while stopped). The admin
+        # token is the one from startup, dead after a wipe.
+        return json.dumps(dict(info, pid=synapse.proc.pid if synapse.running() else None))
+    if cmd in ("register-admin", "register"):
+        if len(args) != 1:
+            raise HarnessError(f"usage: {cmd} LOCALPART")
+        if not synapse.running():
+            raise HarnessError("synapse is stopped")
+        return json.dumps(synapse.register(args[0], admin=(cmd == "register-admin")))
+    raise HarnessError(f"unknown command {cmd!r}")
+
+
+def run_interactive(synapse, demo):
+    install_signal_handlers((signal.SIGTERM, signal.SIGINT, signal.SIGHUP))
+    try:
+        try:
+            info = bring_up(synapse, demo)
+        except (HarnessError, OSError) as e:
+            log(f"error: {e}")
+            return 1
+        print(json.dumps(info), flush=True)
+        while True:
+            line = sys.stdin.readline()
+            if not line:
+                break  # EOF: whoever drove us is gone or done.
+            try:
+                reply = handle_command(synapse, info, line)
+            except HarnessError as e:
+                reply = "error " + " ".join(str(e).split())
+            except OSError as e:  # Typically Synapse died under us.
+                reply = f"error request to synapse failed: {' '.join(str(e).split())}"
+            except Exception as e:  # Unexpected: keep serving, but say it.
+                reply = f"error internal error: {type(e).__name__}: {' '.join(str(e).split())}"
+            if reply is not None:
+                print(reply, flush=True)
+    except Shutdown:
+        pass
+    except BrokenPipeError:
+        pass  # Our reader went away: same as EOF.
+    finally:
+        synapse.stop()
+    return 0
+
+
+def run_daemon(synapse, demo, pidfile):
+    pidfile = os.path.abspath(pidfile)
+    try:
+        with open(pidfile) as f:
+            old = int(f.read().strip() or 0)
+        if old and pid_alive(old):
+            log(f"error: already running as pid {old} ({pidfile})")
+            return 1
+    except (OSError, ValueError):
+        pass
+
+    # The daemon reports its JSON line (or error) to the caller through a
+    # pipe, so the caller can print it and return once Synapse is ready.
+    read_fd, write_fd = os.pipe()
+    first = os.fork()
+    if first > 0:
+        os.close(write_fd)
+        os.waitpid(first, 0)  # The intermediate child exits at once.
+        with os.fdopen(read_fd) as pipe:
+            message = pipe.readline()
+        if message.startswith("{"):
+            sys.stdout.write(message)
+            sys.stdout.flush()
+            return 0
+        log(message.strip() or "error: the daemon died during startup")
+        log(f"see {os.path.join(synapse.dir, 'harness.log')}")
+        return 1
+
+    # Double fork: a new session without a controlling terminal, and a
+    # grandchild that is not a session leader so it can never acquire one.
+    os.close(read_fd)
+    os.setsid()
+    if os.fork() > 0:
+        os._exit(0)
+    os.chdir(synapse.dir)
+    os.umask(0o077)
+    devnull = os.open(os.devnull, os.O_RDONLY)
+    log_fd = os.open(os.path.join(synapse.dir, "harness.log"),
+                     os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600)
+    os.dup2(devnull, 0)
+    os.dup2(log_fd, 1)
+    os.dup2(log_fd, 2)
+    os.close(devnull)
+    os.close(log_fd)
+    report = os.fdopen(write_fd, "w")
+
+    code = 1
+    install_signal_handlers((signal.SIGTERM, signal.SIGINT))
+    signal.signal(signal.SIGHUP, signal.SIG_IGN)
+    try:
+        write_private(pidfile, f"{os.getpid()}\n")
+        log(f"daemon pid {os.getpid()} starting")
+        try:
+            info = bring_up(synapse, demo)
+        except (HarnessError, OSError) as e:
+            log(f"error: {e}")
+            report.write(f"error: {e}\n")
+            report.close()
+            return 1
+        write_private(os.path.join(synapse.dir, "harness.json"), json.dumps(info) + "\n")
+        report.write(json.dumps(info) + "\n")
+        report.close()
+        # Until SIGTERM (raises Shutdown) or Synapse ending on its own.
+        status = synapse.proc.wait()
+        log(f"synapse exited on its own with status {status}")
+        synapse.proc = None
+    except Shutdown:
+        log("SIGTERM: stopping synapse")
+        code = 0
+    finally:
+        synapse.stop()
+        try:
+            with open(pidfile) as f:
+                mine = f.read().strip() == str(os.getpid())
+            if mine:
+                os.remove(pidfile)
+        except OSError:
+            pass
+        log(f"daemon exiting with status {code}")
+    return code
+
+
+def main():
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--dir", required=True, help="state directory (created if missing)")
+    parser.add_argument("--port", type=int, help="loopback port (default: a free one)")
+    parser.add_argument("--server-name", help='server name (default "lifeboat.test")')
+    parser.add_argument("--demo", action="store_true", help="create demo accounts")
+    parser.add_argument("--daemon", action="store_true", help="detach after startup")
+    parser.add_argument("--pidfile", help="daemon pid file (required with --daemon)")
+    args = parser.parse_args()
+    if args.daemon and not args.pidfile:
+        parser.error("--daemon needs --pidfile")
+
+    try:
+        synapse = Synapse(args.dir, args.port, args.server_name)
+    except (OSError, KeyError, TypeError, yaml.YAMLError) as e:
+        log(f"error: cannot prepare {args.dir}: {e}")
+        return 1
+    if args.daemon:
+        return run_daemon(synapse, args.demo, args.pidfile)
+    return run_interactive(synapse, args.demo)
+
+
+if __name__ == "__main__":
+    sys.exit(main())
