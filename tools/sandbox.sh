@@ -74,7 +74,7 @@ daemon_pid() {
 }
 
 stop_daemon() {
-    local pid i
+    local pid _
     if ! pid="$(daemon_pid)"; then
         rm -f "$PIDFILE"
         return 1
@@ -82,7 +82,7 @@ stop_daemon() {
     say "stopping Synapse (harness pid $pid)"
     kill -TERM "$pid"
     # The harness gives Synapse 10 s before SIGKILL; allow for that.
-    for i in $(seq 300); do
+    for _ in $(seq 300); do
         kill -0 "$pid" 2>/dev/null || return 0
         sleep 0.1
     done

@@ -63,7 +63,7 @@ LOG_TAIL_LINES = 40
 # SQLite keeps a database in up to four files; a wipe must remove them all.
 DB_SUFFIXES = ("", "-wal", "-shm", "-journal")
 # High enough that no test or benchmark ever meets a rate limit.
-UNLIMITED = {"per_second": 100000, "burst_count": 100000}
+RATE_UNLIMITED = {"per_second": 100000, "burst_count": 100000}
 DEMO_USERS = [
     # (localpart, display name, extra admin-API state applied after creation)
     ("alice", "Alice Liddell", None),
@@ -241,6 +241,11 @@ class Synapse:
         with open(log_config_path, "w") as f:
             yaml.safe_dump(log_config, f, sort_keys=False)
 
+        def unlimited():
+            # A fresh dict each time: a shared one would be dumped as YAML
+            # anchors and aliases (&id001/*id001), valid but hard to read.
+            return dict(RATE_UNLIMITED)
+
         config = {
             "server_name": self.server_name,
             "public_baseurl": f"http://127.0.0.1:{self.port}/",
@@ -277,32 +282,32 @@ class Synapse:
             "presence": {"enabled": False},
             # Every per-user/per-IP rate limiter Synapse 1.163.2 reads,
             # raised out of reach (config/ratelimiting.py).
-            "rc_message": UNLIMITED,
-            "rc_registration": UNLIMITED,
-            "rc_registration_token_validity": UNLIMITED,
+            "rc_message": unlimited(),
+            "rc_registration": unlimited(),
+            "rc_registration_token_validity": unlimited(),
             "rc_login": {
-                "address": UNLIMITED,
-                "account": UNLIMITED,
-                "failed_attempts": UNLIMITED,
+                "address": unlimited(),
+                "account": unlimited(),
+                "failed_attempts": unlimited(),
             },
-            "rc_admin_redaction": UNLIMITED,
-            "rc_joins": {"local": UNLIMITED, "remote": UNLIMITED},
-            "rc_joins_per_room": UNLIMITED,
+            "rc_admin_redaction": unlimited(),
+            "rc_joins": {"local": unlimited(), "remote": unlimited()},
+            "rc_joins_per_room": unlimited(),
             "rc_invites": {
-                "per_room": UNLIMITED,
-                "per_user": UNLIMITED,
-                "per_issuer": UNLIMITED,
+                "per_room": unlimited(),
+                "per_user": unlimited(),
+                "per_issuer": unlimited(),
             },
-            "rc_third_party_invite": UNLIMITED,
-            "rc_3pid_validation": UNLIMITED,
-            "rc_room_creation": UNLIMITED,
-            "rc_presence": {"per_user": UNLIMITED},
-            "rc_media_create": UNLIMITED,
-            "rc_delayed_event_mgmt": UNLIMITED,
-            "rc_reports": UNLIMITED,
-            "rc_user_directory": UNLIMITED,
-            "rc_profile": UNLIMITED,
-            "rc_key_requests": UNLIMITED,
+            "rc_third_party_invite": unlimited(),
+            "rc_3pid_validation": unlimited(),
+            "rc_room_creation": unlimited(),
+            "rc_presence": {"per_user": unlimited()},
+            "rc_media_create": unlimited(),
+            "rc_delayed_event_mgmt": unlimited(),
+            "rc_reports": unlimited(),
+            "rc_user_directory": unlimited(),
+            "rc_profile": unlimited(),
+            "rc_key_requests": unlimited(),
         }
         # Written last and atomically: its presence means "directory set up".
         tmp = self.config_path + ".tmp"

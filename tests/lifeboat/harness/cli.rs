@@ -1,0 +1,108 @@
+//! Runs the real `lifeboat` binary against a config written per test.
+
+use std::path::{Path, PathBuf};
+use std::process::Output;
+
+pub struct Lifeboat {
+    dir: tempfile::TempDir,
+    config: PathBuf,
+    env: Vec<(String, String)>,
+}
+
+pub struct Run {
+    pub code: i32,
+    pub stdout: String,
+    pub stderr: String,
+}
+
+impl Run {
+    pub fn json(&self) -> serde_json::Value {
+        serde_json::from_str(&self.stdout).unwrap_or_else(|err| {
+            panic!(
+                "stdout is not JSON ({err}):\n{}\nstderr:\n{}",
+                self.stdout, self.stderr
+            )
+        })
+    }
+}
+
+impl std::fmt::Debug for Run {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(
+            f,
+            "exit {}\n--- stdout\n{}--- stderr\n{}",
+            self.code, self.stdout, self.stderr
+        )
+    }
+}
+
+impl Lifeboat {
+    /// A folder with `lifeboat.toml` holding `config`.
+    pub fn with_config(config: &str) -> Lifeboat {
+        let dir = tempfile::Builder::new()
+            .prefix("lifeboat-test-")
+            .tempdir()
+            .unwrap();
+        let path = dir.path().join("lifeboat.toml");
+        std::fs::write(&path, config).unwrap();
+        Lifeboat {
+            dir,
+            config: path,
+            env: Vec::new(),
+        }
+    }
+
+    /// Config for a Synapse at `url` and a registry at `registry_url`.
+    pub fn for_synapse(url: &str, server_name: &str, token: &str, registry_url: &str) -> Lifeboat {
+        Lifeboat::with_config(&format!(
+            "[homeserver]\nurl = \"{url}\"\nserver_name = \"{server_name}\"\nadmin_token = \"{token}\"\n\
+             retries = 1\ntimeout = \"5s\"\n\n[registry]\nurl = \"{registry_url}\"\n\n[sync]\npage_size = 2\n"
+        ))
+    }
+
+    pub fn dir(&self) -> &Path {
+        self.dir.path()
+    }
+
+    pub fn config_path(&self) -> &Path {
+        &self.config
+    }
+
+    /// Replaces the config file.
+    pub fn write_config(&self, config: &str) {
+        std::fs::write(&self.config, config).unwrap();
+    }
+
+    pub fn env(mut self, name: &str, value: &str) -> Lifeboat {
+        self.env.push((name.to_owned(), value.to_owned()));
+        self
+    }
+
+    pub fn set_env(&mut self, name: &str, value: &str) {
+        self.env.retain(|(existing, _)| existing != name);
+        self.env.push((name.to_owned(), value.to_owned()));
+    }
+
+    pub async fn run(&self, args: &[&str]) -> Run {
+        let mut command = tokio::process::Command::new(env!("CARGO_BIN_EXE_lifeboat"));
+        command
+            .arg("--config")
+            .arg(&self.config)
+            .args(args)
+            .current_dir(self.dir.path());
+        for (name, _) in std::env::vars().filter(|(name, _)| name.starts_with("LIFEBOAT")) {
+            command.env_remove(name);
+        }
+        command.envs(self.env.iter().map(|(k, v)| (k, v)));
+        let Output {
+            status,
+            stdout,
+            stderr,
+        } = command.output().await.expect("lifeboat runs");
+        Run {
+            code: status.code().unwrap_or(-1),
+            stdout: String::from_utf8_lossy(&stdout).into_owned(),
+            stderr: String::from_utf8_lossy(&stderr).into_owned(),
+        }
+    }
+}

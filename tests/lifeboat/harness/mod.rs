@@ -1,0 +1,9 @@
+//! Real parts for the tests: Synapse, registries, and the lifeboat binary.
+
+pub mod cli;
+pub mod registries;
+pub mod synapse;
+
+pub use cli::Lifeboat;
+pub use registries::TestDatabase;
+pub use synapse::{TestSynapse, unique};

@@ -1,0 +1,182 @@
+//! A real Synapse per test, started through tools/synapse_harness.py.
+//!
+//! The Python harness owns the Synapse process: it stops it when its stdin
+//! closes, so no Synapse outlives the test binary even after a panic.
+
+use std::io::{BufRead, BufReader, Write};
+use std::path::{Path, PathBuf};
+use std::process::{Child, ChildStdin, ChildStdout, Command, Stdio};
+use std::sync::{Mutex, OnceLock};
+
+use serde::Deserialize;
+use serde_json::{Value, json};
+
+#[derive(Debug, Clone, Deserialize)]
+pub struct Started {
+    pub url: String,
+    pub server_name: String,
+    pub admin_token: String,
+    pub shared_secret: String,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+pub struct Registered {
+    pub user_id: String,
+    pub access_token: String,
+}
+
+pub struct TestSynapse {
+    pub url: String,
+    pub server_name: String,
+    pub shared_secret: String,
+    admin_token: Mutex<String>,
+    control: Mutex<(ChildStdin, BufReader<ChildStdout>)>,
+    _child: Child,
+    _dir: tempfile::TempDir,
+    http: reqwest::Client,
+}
+
+pub fn repo_root() -> &'static Path {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+}
+
+/// The venv's python, installing Synapse on first use (cached across runs).
+fn venv_python() -> &'static PathBuf {
+    static PYTHON: OnceLock<PathBuf> = OnceLock::new();
+    PYTHON.get_or_init(|| {
+        let output = Command::new(repo_root().join("tools/synapse-venv.sh"))
+            .stderr(Stdio::inherit())
+            .output()
+            .expect("tools/synapse-venv.sh runs");
+        assert!(
+            output.status.success(),
+            "tools/synapse-venv.sh failed to provide a Synapse venv"
+        );
+        PathBuf::from(String::from_utf8(output.stdout).unwrap().trim())
+    })
+}
+
+impl TestSynapse {
+    /// Starts a fresh Synapse with an admin account; blocks until it answers.
+    pub fn start() -> TestSynapse {
+        let dir = tempfile::Builder::new()
+            .prefix("lifeboat-synapse-")
+            .tempdir()
+            .unwrap();
+        let mut child = Command::new(venv_python())
+            .arg(repo_root().join("tools/synapse_harness.py"))
+            .arg("--dir")
+            .arg(dir.path())
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::inherit())
+            .spawn()
+            .expect("the Synapse harness starts");
+        let stdin = child.stdin.take().unwrap();
+        let mut stdout = BufReader::new(child.stdout.take().unwrap());
+        let mut line = String::new();
+        stdout.read_line(&mut line).unwrap();
+        let started: Started = serde_json::from_str(&line)
+            .unwrap_or_else(|err| panic!("the Synapse harness did not start ({err}): {line:?}"));
+        TestSynapse {
+            url: started.url,
+            server_name: started.server_name,
+            shared_secret: started.shared_secret,
+            admin_token: Mutex::new(started.admin_token),
+            control: Mutex::new((stdin, stdout)),
+            _child: child,
+            _dir: dir,
+            http: reqwest::Client::builder().no_proxy().build().unwrap(),
+        }
+    }
+
+    fn command(&self, command: &str) -> String {
+        let mut control = self.control.lock().unwrap();
+        writeln!(control.0, "{command}").unwrap();
+        control.0.flush().unwrap();
+        let mut line = String::new();
+        control.1.read_line(&mut line).unwrap();
+        assert!(
+            !line.starts_with("error"),
+            "harness command `{command}` failed: {line}"
+        );
+        line.trim().to_owned()
+    }
+
+    pub fn stop(&self) {
+        assert_eq!(self.command("stop"), "ok");
+    }
+
+    pub fn start_again(&self) {
+        assert_eq!(self.command("start"), "ok");
+    }
+
+    /// The seed incident: stop Synapse, delete its database, start it again.
+    /// Every account and token is gone afterwards.
+    pub fn wipe(&self) {
+        assert_eq!(self.command("wipe"), "ok");
+    }
+
+    /// Registers a new admin by shared secret and uses its token from now on
+    /// (after a wipe the old one is dead). Returns the new token.
+    pub fn register_admin(&self, localpart: &str) -> String {
+        let registered: Registered =
+            serde_json::from_str(&self.command(&format!("register-admin {localpart}"))).unwrap();
+        *self.admin_token.lock().unwrap() = registered.access_token.clone();
+        registered.access_token
+    }
+
+    pub fn admin_token(&self) -> String {
+        self.admin_token.lock().unwrap().clone()
+    }
+
+    pub fn user_id(&self, localpart: &str) -> String {
+        format!("@{localpart}:{}", self.server_name)
+    }
+
+    async fn put_user(&self, localpart: &str, body: Value) {
+        let url = format!(
+            "{}/_synapse/admin/v2/users/{}",
+            self.url,
+            self.user_id(localpart)
+        );
+        let response = self
+            .http
+            .put(url)
+            .bearer_auth(self.admin_token())
+            .json(&body)
+            .send()
+            .await
+            .unwrap();
+        let status = response.status();
+        assert!(
+            status.is_success(),
+            "creating/updating {localpart} failed: {status} {}",
+            response.text().await.unwrap()
+        );
+    }
+
+    /// Creates an account with these emails through the admin API.
+    pub async fn create_user(&self, localpart: &str, emails: &[&str]) -> String {
+        let threepids: Vec<Value> = emails
+            .iter()
+            .map(|email| json!({"medium": "email", "address": email}))
+            .collect();
+        self.put_user(localpart, json!({"password": "correct horse battery", "displayname": localpart, "threepids": threepids}))
+            .await;
+        self.user_id(localpart)
+    }
+
+    pub async fn lock_user(&self, localpart: &str) {
+        self.put_user(localpart, json!({"locked": true})).await;
+    }
+
+    pub async fn deactivate_user(&self, localpart: &str) {
+        self.put_user(localpart, json!({"deactivated": true})).await;
+    }
+}
+
+/// `prefix-<random>`: names no other test uses.
+pub fn unique(prefix: &str) -> String {
+    format!("{prefix}-{:08x}", rand::random::<u32>())
+}

@@ -1,0 +1,253 @@
+//! Sync and check against a real Synapse, including the seed incident.
+
+use serde_json::Value;
+
+use crate::harness::{Lifeboat, TestDatabase, TestSynapse, unique};
+
+fn ids(value: &Value) -> Vec<String> {
+    value
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|id| id.as_str().unwrap().to_owned())
+        .collect()
+}
+
+fn lifeboat_for(synapse: &TestSynapse, registry: &TestDatabase) -> Lifeboat {
+    Lifeboat::for_synapse(
+        &synapse.url,
+        &synapse.server_name,
+        &synapse.admin_token(),
+        &registry.url(),
+    )
+}
+
+/// Points the config at the current admin token (a wipe kills the old one).
+fn use_token(lifeboat: &mut Lifeboat, token: &str) {
+    lifeboat.set_env("LIFEBOAT__HOMESERVER__ADMIN_TOKEN", token);
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn sync_imports_every_account_and_every_email() {
+    let synapse = TestSynapse::start();
+    let registry = TestDatabase::sqlite();
+    let (alice, bob, carol) = (unique("alice"), unique("bob"), unique("carol"));
+    synapse
+        .create_user(&alice, &["Alice@Example.org", "alice.work@example.net"])
+        .await;
+    synapse.create_user(&bob, &["bob@example.org"]).await;
+    synapse.create_user(&carol, &[]).await;
+    let lifeboat = lifeboat_for(&synapse, &registry);
+
+    let sync = lifeboat.run(&["sync", "--json"]).await;
+    assert_eq!(sync.code, 0, "{sync:?}");
+    let summary = sync.json();
+    assert_eq!(
+        summary["report"]["listed"], 4,
+        "three accounts and the admin: {sync:?}"
+    );
+    assert_eq!(summary["emails_imported"], 3);
+
+    let users = lifeboat.run(&["users", "list", "--json"]).await.json();
+    let listed: Vec<&str> = users
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|u| u["user_id"].as_str().unwrap())
+        .collect();
+    for localpart in [&alice, &bob, &carol] {
+        assert!(
+            listed.contains(&synapse.user_id(localpart).as_str()),
+            "{localpart} missing from {listed:?}"
+        );
+    }
+    let shown = lifeboat
+        .run(&["users", "show", &synapse.user_id(&alice), "--json"])
+        .await
+        .json();
+    let contacts: Vec<(&str, &str)> = shown["contacts"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|c| {
+            (
+                c["address"].as_str().unwrap(),
+                c["source"].as_str().unwrap(),
+            )
+        })
+        .collect();
+    assert_eq!(
+        contacts,
+        [
+            ("alice.work@example.net", "synapse"),
+            ("alice@example.org", "synapse")
+        ]
+    );
+    assert!(
+        shown["contacts"][0]["verified_at"].is_i64(),
+        "emails from Synapse count as verified"
+    );
+
+    let again = lifeboat.run(&["sync", "--json"]).await.json();
+    assert_eq!(
+        again["details_fetched"], 0,
+        "fresh details are not fetched again"
+    );
+    assert_eq!(again["report"]["present"], 4);
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn locked_and_deactivated_accounts_are_not_reported_missing() {
+    let synapse = TestSynapse::start();
+    let registry = TestDatabase::sqlite();
+    let (locked, deactivated, plain) = (unique("locked"), unique("gone"), unique("plain"));
+    for localpart in [&locked, &deactivated, &plain] {
+        synapse.create_user(localpart, &[]).await;
+    }
+    let lifeboat = lifeboat_for(&synapse, &registry);
+    assert_eq!(lifeboat.run(&["sync"]).await.code, 0);
+
+    synapse.lock_user(&locked).await;
+    synapse.deactivate_user(&deactivated).await;
+    let check = lifeboat.run(&["check", "--json"]).await;
+    assert_eq!(check.code, 0, "{check:?}");
+    let report = check.json();
+    assert_eq!(report["verdict"], "ok");
+    assert_eq!(ids(&report["missing"]), Vec::<String>::new());
+    assert_eq!(ids(&report["deactivated"]), [synapse.user_id(&deactivated)]);
+
+    let sync = lifeboat.run(&["sync", "--json"]).await.json();
+    assert_eq!(sync["newly_missing"], 0);
+    let shown = lifeboat
+        .run(&["users", "show", &synapse.user_id(&locked), "--json"])
+        .await
+        .json();
+    assert_eq!(
+        (shown["state"].as_str(), shown["locked"].as_bool()),
+        (Some("present"), Some(true))
+    );
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn the_seed_incident_makes_check_exit_3_with_every_known_account_missing() {
+    let synapse = TestSynapse::start();
+    let registry = TestDatabase::sqlite();
+    let people = [unique("ann"), unique("ben"), unique("cat")];
+    for localpart in &people {
+        synapse
+            .create_user(localpart, &[&format!("{localpart}@example.org")])
+            .await;
+    }
+    let mut lifeboat = lifeboat_for(&synapse, &registry);
+    assert_eq!(lifeboat.run(&["sync"]).await.code, 0);
+    let known: Vec<String> = lifeboat
+        .run(&["users", "list", "--json"])
+        .await
+        .json()
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|u| u["user_id"].as_str().unwrap().to_owned())
+        .collect();
+    assert_eq!(known.len(), 4);
+
+    synapse.wipe();
+
+    // The old admin token died with the database: that alone is a loss signal.
+    let with_dead_token = lifeboat.run(&["check", "--json"]).await;
+    assert_eq!(with_dead_token.code, 3, "{with_dead_token:?}");
+    let report = with_dead_token.json();
+    assert_eq!(report["verdict"], "suspected_reset");
+    assert_eq!(report["listing_complete"], false);
+
+    // With a fresh admin token the listing names every lost account.
+    let token = synapse.register_admin("rescuer");
+    use_token(&mut lifeboat, &token);
+    let check = lifeboat.run(&["check", "--json"]).await;
+    assert_eq!(check.code, 3, "{check:?}");
+    let report = check.json();
+    assert_eq!(report["verdict"], "suspected_reset");
+    assert_eq!(ids(&report["missing"]), known);
+    assert_eq!(ids(&report["new"]), [synapse.user_id("rescuer")]);
+
+    // Syncing records the loss; nobody is deleted and contacts stay.
+    assert_eq!(lifeboat.run(&["sync"]).await.code, 0);
+    let missing = lifeboat
+        .run(&["users", "list", "--state", "missing", "--json"])
+        .await
+        .json();
+    assert_eq!(missing.as_array().unwrap().len(), 4);
+    let ann = lifeboat
+        .run(&["users", "show", &synapse.user_id(&people[0]), "--json"])
+        .await
+        .json();
+    assert_eq!(ann["state"], "missing");
+    assert_eq!(
+        ann["contacts"][0]["address"],
+        format!("{}@example.org", people[0])
+    );
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_stopped_synapse_makes_check_exit_1_never_3() {
+    let synapse = TestSynapse::start();
+    let registry = TestDatabase::sqlite();
+    synapse.create_user(&unique("dora"), &[]).await;
+    let lifeboat = lifeboat_for(&synapse, &registry);
+    assert_eq!(lifeboat.run(&["sync"]).await.code, 0);
+
+    synapse.stop();
+    let check = lifeboat.run(&["check", "--json"]).await;
+    assert_eq!(check.code, 1, "{check:?}");
+    assert!(
+        check.stdout.is_empty(),
+        "no report when nothing could be told: {check:?}"
+    );
+    assert!(
+        check
+            .stderr
+            .contains("could not tell whether accounts were lost"),
+        "{check:?}"
+    );
+    assert!(check.stderr.contains("unavailable"), "{check:?}");
+    let sync = lifeboat.run(&["sync"]).await;
+    assert_eq!(sync.code, 1, "{sync:?}");
+    assert!(
+        sync.stderr.contains("registry was left unchanged"),
+        "{sync:?}"
+    );
+
+    synapse.start_again();
+    let users = lifeboat
+        .run(&["users", "list", "--state", "missing", "--json"])
+        .await
+        .json();
+    assert_eq!(
+        users.as_array().unwrap().len(),
+        0,
+        "a down Synapse never marks anyone missing"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_reregistered_id_after_the_wipe_is_reported_recreated() {
+    let synapse = TestSynapse::start();
+    let registry = TestDatabase::sqlite();
+    let (eve, fay) = (unique("eve"), unique("fay"));
+    synapse.create_user(&eve, &["eve@example.org"]).await;
+    synapse.create_user(&fay, &[]).await;
+    let mut lifeboat = lifeboat_for(&synapse, &registry);
+    assert_eq!(lifeboat.run(&["sync"]).await.code, 0);
+
+    synapse.wipe();
+    let token = synapse.register_admin("rescuer");
+    use_token(&mut lifeboat, &token);
+    synapse.create_user(&eve, &[]).await;
+
+    let check = lifeboat.run(&["check", "--json"]).await;
+    assert_eq!(check.code, 3, "{check:?}");
+    let report = check.json();
+    assert_eq!(ids(&report["recreated"]), [synapse.user_id(&eve)]);
+    assert!(ids(&report["missing"]).contains(&synapse.user_id(&fay)));
+    assert!(!ids(&report["missing"]).contains(&synapse.user_id(&eve)));
+}
