@@ -20,6 +20,7 @@ SANDBOX="$ROOT/sandbox"
 SYN_DIR="$SANDBOX/synapse"
 PIDFILE="$SYN_DIR/harness.pid"
 CONFIG="$SANDBOX/lifeboat.toml"
+BIN_RECORD="$SANDBOX/lifeboat-bin"   # the binary start used, for wipe
 HARNESS="$ROOT/tools/synapse_harness.py"
 PROFILE="${LIFEBOAT_SANDBOX_PROFILE:-release}"
 DEFAULT_PORT=8008
@@ -40,9 +41,15 @@ venv_python() {
     printf '%s\n' "$py"
 }
 
+# Which lifeboat to run: LIFEBOAT_BIN, else (for wipe) the one start used,
+# else the cargo output for the profile.
 lifeboat_bin() {
     if [ -n "${LIFEBOAT_BIN:-}" ]; then
         printf '%s\n' "$LIFEBOAT_BIN"
+        return
+    fi
+    if [ "${1:-}" = --used ] && [ -z "${LIFEBOAT_SANDBOX_PROFILE:-}" ] && [ -f "$BIN_RECORD" ]; then
+        cat "$BIN_RECORD"
         return
     fi
     local target="${CARGO_TARGET_DIR:-$ROOT/target}"
@@ -124,7 +131,7 @@ start_harness() {
 
 run_lifeboat() {
     local bin rc=0
-    bin="$(lifeboat_bin)"
+    bin="$(lifeboat_bin --used)"
     say "lifeboat --config sandbox/lifeboat.toml $*"
     "$bin" --config "$CONFIG" "$@" || rc=$?
     return "$rc"
@@ -133,7 +140,7 @@ run_lifeboat() {
 print_help() {
     local url bin
     url="$(json_field "$SYN_DIR/harness.json" url)"
-    bin="$(lifeboat_bin)"
+    bin="$(lifeboat_bin --used)"
     bin="${bin#"$ROOT"/}"
     cat <<EOF
 
@@ -168,6 +175,7 @@ cmd_start() {
     py="$(venv_python)"
     build_lifeboat
     [ -x "$(lifeboat_bin)" ] || die "no lifeboat binary at $(lifeboat_bin)"
+    lifeboat_bin >"$BIN_RECORD"
 
     # The port is chosen once; later starts reuse the existing homeserver.yaml.
     if [ ! -f "$SYN_DIR/homeserver.yaml" ]; then
@@ -233,7 +241,7 @@ cmd_wipe() {
     local py rc=0 bin
     [ -f "$SYN_DIR/homeserver.yaml" ] && [ -f "$CONFIG" ] ||
         die "no sandbox here; run tools/sandbox.sh start first"
-    bin="$(lifeboat_bin)"
+    bin="$(lifeboat_bin --used)"
     [ -x "$bin" ] || die "no lifeboat binary at $bin; run tools/sandbox.sh start first"
     py="$(venv_python)"
 

@@ -42,6 +42,7 @@ import base64
 import ctypes
 import hashlib
 import hmac
+import http.client
 import json
 import os
 import secrets
@@ -386,8 +387,8 @@ class Synapse:
                 status, _ = self.request("GET", "/_matrix/client/versions", timeout=2)
                 if status == 200:
                     return
-            except (OSError, urllib.error.URLError):
-                pass  # Not listening yet.
+            except (OSError, http.client.HTTPException):
+                pass  # Not listening yet (URLError is an OSError).
             if time.monotonic() >= deadline:
                 self._report_logs()
                 self.stop()

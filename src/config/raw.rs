@@ -280,15 +280,23 @@ impl RawConfig {
                 .get(&key)
                 .cloned()
                 .unwrap_or_else(|| Origin::File(file.to_path_buf()));
+            // toml appends "\nin <path>" to its messages; the key is named already.
             let inner = err.into_inner().to_string();
-            let inner = inner.trim().trim_end_matches('.').to_owned();
+            let inner = inner
+                .lines()
+                .next()
+                .unwrap_or_default()
+                .trim()
+                .trim_end_matches('.')
+                .to_owned();
             if inner.starts_with("unknown field") {
-                // serde names the offending key itself; say where it was.
-                ConfigError(format!(
-                    "{} {origin}: {}",
-                    "unknown config key",
-                    unknown_detail(&key, &inner)
-                ))
+                ConfigError(
+                    format!(
+                        "{} {origin} {}",
+                        unknown_key(&key, &inner),
+                        "is not a lifeboat setting"
+                    ) + &expected_keys(&inner),
+                )
             } else {
                 ConfigError::at(&key, &origin, inner)
             }
@@ -521,30 +529,24 @@ impl RawConfig {
     }
 }
 
-/// serde says "unknown field `x`, expected one of …"; name the full key.
-fn unknown_detail(path: &str, serde_message: &str) -> String {
+/// serde says "unknown field `x`, expected one of …" with the path of the
+/// section or of the key itself; returns the full dotted key, quoted.
+fn unknown_key(path: &str, serde_message: &str) -> String {
     let field = serde_message.split('`').nth(1).unwrap_or(serde_message);
-    let full = if path.is_empty() || path == "." {
-        field.to_owned()
+    let section = path.trim_end_matches(field).trim_end_matches('.');
+    if section.is_empty() || section == "." {
+        format!("`{field}`")
     } else {
-        // The path points at the containing section for unknown fields.
-        let section = path
-            .trim_end_matches(&format!(".{field}"))
-            .trim_end_matches(field);
-        let section = section.trim_end_matches('.');
-        if section.is_empty() {
-            field.to_owned()
-        } else {
-            format!("{section}.{field}")
-        }
-    };
+        format!("`{section}.{field}`")
+    }
+}
+
+fn expected_keys(serde_message: &str) -> String {
     let expected = serde_message
         .split_once("expected ")
         .map(|(_, rest)| format!(" (expected {})", rest.replace('`', "")))
         .unwrap_or_default();
-    format!(
-        "`{full}` is not a lifeboat setting{expected}; check its spelling against config.example.toml"
-    )
+    format!("{expected}; check its spelling against config.example.toml")
 }
 
 /// Makes relative SQLite paths relative to the config file, not the cwd.

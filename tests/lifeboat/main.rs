@@ -1,4 +1,6 @@
 //! lifeboat's integration tests: one binary, real parts (see harness/).
 
+mod cli_errors;
 mod harness;
+mod listing_failures;
 mod synapse_scenarios;

@@ -1,0 +1,231 @@
+//! Failures a real Synapse cannot be made to produce on demand, served by a
+//! mock HTTP server: whatever goes wrong mid-listing, nobody is marked missing.
+
+use std::time::Duration;
+
+use serde_json::{Value, json};
+use wiremock::matchers::{method, path, query_param, query_param_is_missing};
+use wiremock::{Mock, MockServer, ResponseTemplate};
+
+use crate::harness::{Lifeboat, TestDatabase};
+
+const TOKEN: &str = "syt_secret_admin_token_do_not_print";
+const USERS: &str = "/_synapse/admin/v2/users";
+
+fn user(n: usize) -> Value {
+    json!({"name": format!("@user{n}:mock.test"), "admin": 0, "deactivated": false, "locked": false,
+           "creation_ts": 1_700_000_000_000i64 + n as i64, "displayname": format!("User {n}")})
+}
+
+/// Page `index` (0-based) of a listing of six accounts, two per page.
+fn page(index: usize, total: usize) -> ResponseTemplate {
+    let users: Vec<Value> = (index * 2..(index * 2 + 2).min(6)).map(user).collect();
+    let mut body = json!({"users": users, "total": total});
+    if index < 2 {
+        body["next_token"] = json!(((index + 1) * 2).to_string());
+    }
+    ResponseTemplate::new(200).set_body_json(body)
+}
+
+async fn mock_synapse() -> MockServer {
+    let server = MockServer::start().await;
+    Mock::given(method("GET"))
+        .and(path("/_synapse/admin/v1/server_version"))
+        .respond_with(ResponseTemplate::new(200).set_body_json(json!({"server_version": "mock"})))
+        .mount(&server)
+        .await;
+    Mock::given(method("GET"))
+        .and(path("/_synapse/admin/v2/users/.*"))
+        .respond_with(ResponseTemplate::new(200).set_body_json(json!({"threepids": []})))
+        .mount(&server)
+        .await;
+    server
+}
+
+async fn serve_pages(server: &MockServer, third_page: ResponseTemplate) {
+    Mock::given(method("GET"))
+        .and(path(USERS))
+        .and(query_param_is_missing("from"))
+        .respond_with(page(0, 6))
+        .mount(server)
+        .await;
+    Mock::given(method("GET"))
+        .and(path(USERS))
+        .and(query_param("from", "2"))
+        .respond_with(page(1, 6))
+        .mount(server)
+        .await;
+    Mock::given(method("GET"))
+        .and(path(USERS))
+        .and(query_param("from", "4"))
+        .respond_with(third_page)
+        .mount(server)
+        .await;
+}
+
+/// Six accounts synced from a healthy mock into a fresh registry; returns
+/// a lifeboat configured for `server`.
+async fn registry_with_six_accounts(registry: &TestDatabase, server: &MockServer) -> Lifeboat {
+    let healthy = mock_synapse().await;
+    serve_pages(&healthy, page(2, 6)).await;
+    let config = |url: &str| {
+        format!(
+            "[homeserver]\nurl = \"{url}\"\nserver_name = \"mock.test\"\nadmin_token = \"{TOKEN}\"\n\
+             retries = 1\ntimeout = \"1s\"\n[registry]\nurl = \"{}\"\n[sync]\npage_size = 2\n",
+            registry.url()
+        )
+    };
+    let lifeboat = Lifeboat::with_config(&config(&healthy.uri()));
+    let sync = lifeboat.run(&["sync"]).await;
+    assert_eq!(sync.code, 0, "{sync:?}");
+    lifeboat.write_config(&config(&server.uri()));
+    lifeboat
+}
+
+async fn assert_nobody_missing(lifeboat: &Lifeboat) {
+    let missing = lifeboat
+        .run(&["users", "list", "--state", "missing", "--json"])
+        .await
+        .json();
+    assert_eq!(missing, json!([]), "no account may be marked missing");
+    let all = lifeboat.run(&["users", "list", "--json"]).await.json();
+    assert_eq!(all.as_array().unwrap().len(), 6);
+}
+
+#[tokio::test]
+async fn a_500_on_page_3_marks_no_account_missing() {
+    let registry = TestDatabase::sqlite();
+    let server = mock_synapse().await;
+    serve_pages(&server, ResponseTemplate::new(500)).await;
+    let lifeboat = registry_with_six_accounts(&registry, &server).await;
+
+    let sync = lifeboat.run(&["sync"]).await;
+    assert_eq!(sync.code, 1, "{sync:?}");
+    assert!(
+        sync.stderr
+            .contains("the listing failed, so the registry was left unchanged"),
+        "{sync:?}"
+    );
+    assert!(sync.stderr.contains("500"), "{sync:?}");
+    let check = lifeboat.run(&["check"]).await;
+    assert_eq!(
+        check.code, 1,
+        "a failed listing is 'could not tell', never loss: {check:?}"
+    );
+    assert_nobody_missing(&lifeboat).await;
+}
+
+#[tokio::test]
+async fn a_timeout_mid_listing_marks_no_account_missing() {
+    let registry = TestDatabase::sqlite();
+    let server = mock_synapse().await;
+    serve_pages(&server, page(2, 6).set_delay(Duration::from_secs(3))).await;
+    let lifeboat = registry_with_six_accounts(&registry, &server).await;
+
+    let sync = lifeboat.run(&["sync"]).await;
+    assert_eq!(sync.code, 1, "{sync:?}");
+    assert!(sync.stderr.contains("timed out"), "{sync:?}");
+    assert_eq!(lifeboat.run(&["check"]).await.code, 1);
+    assert_nobody_missing(&lifeboat).await;
+}
+
+#[tokio::test]
+async fn a_listing_that_changes_while_read_marks_no_account_missing() {
+    let registry = TestDatabase::sqlite();
+    let server = mock_synapse().await;
+    // Synapse counts more accounts than the pages hold: someone was skipped.
+    Mock::given(method("GET"))
+        .and(path(USERS))
+        .respond_with(
+            ResponseTemplate::new(200).set_body_json(json!({"users": [user(0)], "total": 7})),
+        )
+        .mount(&server)
+        .await;
+    let lifeboat = registry_with_six_accounts(&registry, &server).await;
+
+    let sync = lifeboat.run(&["sync"]).await;
+    assert_eq!(sync.code, 1, "{sync:?}");
+    assert!(sync.stderr.contains("kept changing"), "{sync:?}");
+    assert_eq!(lifeboat.run(&["check"]).await.code, 1);
+    assert_nobody_missing(&lifeboat).await;
+}
+
+#[tokio::test]
+async fn a_rate_limited_page_is_retried_after_the_time_synapse_asks() {
+    let registry = TestDatabase::sqlite();
+    let server = mock_synapse().await;
+    Mock::given(method("GET"))
+        .and(path(USERS))
+        .and(query_param("from", "2"))
+        .respond_with(
+            ResponseTemplate::new(429)
+                .set_body_json(json!({"errcode": "M_LIMIT_EXCEEDED", "retry_after_ms": 300})),
+        )
+        .up_to_n_times(1)
+        .with_priority(1)
+        .mount(&server)
+        .await;
+    serve_pages(&server, page(2, 6)).await;
+    let lifeboat = registry_with_six_accounts(&registry, &server).await;
+
+    let started = std::time::Instant::now();
+    let sync = lifeboat.run(&["sync", "--json"]).await;
+    assert_eq!(sync.code, 0, "{sync:?}");
+    assert!(
+        started.elapsed() >= Duration::from_millis(300),
+        "the retry waited as asked"
+    );
+    assert_eq!(sync.json()["report"]["present"], 6);
+}
+
+#[tokio::test]
+async fn garbage_from_synapse_is_a_clear_error_not_a_loss() {
+    let registry = TestDatabase::sqlite();
+    let server = mock_synapse().await;
+    serve_pages(
+        &server,
+        ResponseTemplate::new(200).set_body_string("<html>proxy error</html>"),
+    )
+    .await;
+    let lifeboat = registry_with_six_accounts(&registry, &server).await;
+
+    let check = lifeboat.run(&["check"]).await;
+    assert_eq!(check.code, 1, "{check:?}");
+    assert!(
+        check.stderr.contains("sent a response lifeboat cannot use"),
+        "{check:?}"
+    );
+    assert_nobody_missing(&lifeboat).await;
+}
+
+#[tokio::test]
+async fn the_admin_token_never_appears_in_output_or_logs() {
+    let registry = TestDatabase::sqlite();
+    let server = mock_synapse().await;
+    Mock::given(method("GET"))
+        .and(path(USERS))
+        .respond_with(
+            ResponseTemplate::new(401)
+                .set_body_json(json!({"errcode": "M_UNKNOWN_TOKEN", "error": "Unknown token"})),
+        )
+        .mount(&server)
+        .await;
+    let lifeboat = registry_with_six_accounts(&registry, &server).await;
+
+    let check = lifeboat.run(&["-vv", "check", "--json"]).await;
+    assert_eq!(
+        check.code, 3,
+        "an unknown token while Synapse answers is a suspected reset: {check:?}"
+    );
+    assert_eq!(check.json()["verdict"], "suspected_reset");
+    let sync = lifeboat.run(&["-vv", "sync"]).await;
+    assert_eq!(sync.code, 1, "{sync:?}");
+    assert!(sync.stderr.contains("M_UNKNOWN_TOKEN"), "{sync:?}");
+    let config = lifeboat.run(&["config", "check"]).await;
+    for run in [&check, &sync, &config] {
+        assert!(
+            !run.stdout.contains(TOKEN) && !run.stderr.contains(TOKEN),
+            "token leaked: {run:?}"
+        );
+    }
+}
