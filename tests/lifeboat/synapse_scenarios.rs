@@ -130,8 +130,16 @@ async fn locked_and_deactivated_accounts_are_not_reported_missing() {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn the_seed_incident_makes_check_exit_3_with_every_known_account_missing() {
+    seed_incident_story(TestDatabase::sqlite()).await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn the_seed_incident_is_detected_with_a_postgres_registry_too() {
+    seed_incident_story(TestDatabase::postgres().await).await;
+}
+
+async fn seed_incident_story(registry: TestDatabase) {
     let synapse = TestSynapse::start();
-    let registry = TestDatabase::sqlite();
     let people = [unique("ann"), unique("ben"), unique("cat")];
     for localpart in &people {
         synapse
