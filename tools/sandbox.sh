@@ -10,19 +10,22 @@
 #   tools/sandbox.sh status         is it running, where, with what
 #
 # Environment:
-#   LIFEBOAT_SANDBOX_PROFILE=debug  build and use target/debug (default release)
+#   LIFEBOAT_SANDBOX_PROFILE=release  build and use target/release (default
+#                                   debug: quicker to build on a fresh machine)
 #   LIFEBOAT_BIN=/path/to/lifeboat  use this binary and skip cargo build
 #   LIFEBOAT_SYNAPSE_VENV           where the Synapse venv lives (synapse-venv.sh)
+#   LIFEBOAT_SANDBOX_DIR            use this folder instead of ./sandbox (the
+#                                   test suite runs the sandbox this way)
 set -euo pipefail
 
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
-SANDBOX="$ROOT/sandbox"
+SANDBOX="${LIFEBOAT_SANDBOX_DIR:-$ROOT/sandbox}"
 SYN_DIR="$SANDBOX/synapse"
 PIDFILE="$SYN_DIR/harness.pid"
 CONFIG="$SANDBOX/lifeboat.toml"
 BIN_RECORD="$SANDBOX/lifeboat-bin"   # the binary start used, for wipe
 HARNESS="$ROOT/tools/synapse_harness.py"
-PROFILE="${LIFEBOAT_SANDBOX_PROFILE:-release}"
+PROFILE="${LIFEBOAT_SANDBOX_PROFILE:-debug}"
 DEFAULT_PORT=8008
 
 say() { printf '==> %s\n' "$*"; }

@@ -5,3 +5,4 @@ mod harness;
 mod listing_failures;
 mod registry_backends;
 mod synapse_scenarios;
+mod sandbox;
