@@ -77,14 +77,22 @@ impl Harness {
             .stdout(Stdio::piped())
             .stderr(Stdio::inherit())
             .spawn()
-            .map_err(|err| format!("cannot start the Synapse harness with {}: {err}", python.display()))?;
+            .map_err(|err| {
+                format!(
+                    "cannot start the Synapse harness with {}: {err}",
+                    python.display()
+                )
+            })?;
         let stdin = child.stdin.take();
         let stdout = child.stdout.take().expect("piped stdout");
         let mut line = String::new();
         BufReader::new(stdout).read_line(&mut line)?;
         if line.trim().is_empty() {
             let status = child.wait()?;
-            return Err(format!("the Synapse harness exited ({status}) before reporting; see its log above").into());
+            return Err(format!(
+                "the Synapse harness exited ({status}) before reporting; see its log above"
+            )
+            .into());
         }
         let info: Info = serde_json::from_str(&line)
             .map_err(|err| format!("the harness printed {line:?}, not its JSON line: {err}"))?;
@@ -197,7 +205,9 @@ async fn bare_listing(
         );
         if let Some(from) = &from {
             url.push_str("&from=");
-            url.push_str(&url::form_urlencoded::byte_serialize(from.as_bytes()).collect::<String>());
+            url.push_str(
+                &url::form_urlencoded::byte_serialize(from.as_bytes()).collect::<String>(),
+            );
         }
         let body = http
             .get(&url)
@@ -299,7 +309,12 @@ async fn create_account(http: &reqwest::Client, info: &Info, index: usize) -> Re
 
 /// Makes sure bench-000000 .. bench-<n-1> exist. Returns how many were
 /// created and how long that took.
-async fn ensure_accounts(info: &Info, n: usize, concurrency: usize, page_size: u32) -> Result<(usize, Duration)> {
+async fn ensure_accounts(
+    info: &Info,
+    n: usize,
+    concurrency: usize,
+    page_size: u32,
+) -> Result<(usize, Duration)> {
     let http = bare_client();
     let mut existing = HashSet::new();
     bare_listing(&http, info, page_size.max(500), |users| {
@@ -390,7 +405,11 @@ fn run_sync(binary: &Path, config: &Path, log_dir: &Path, label: &str) -> Result
     // Read all of stdout first: the JSON summary lists every new account
     // and would fill the pipe if the child had to wait for us.
     let mut stdout = Vec::new();
-    child.stdout.take().expect("piped stdout").read_to_end(&mut stdout)?;
+    child
+        .stdout
+        .take()
+        .expect("piped stdout")
+        .read_to_end(&mut stdout)?;
     let pid = child.id() as libc::pid_t;
     let mut status = 0;
     // SAFETY: wait4 only writes into the two values we hand it.
@@ -410,7 +429,12 @@ fn run_sync(binary: &Path, config: &Path, log_dir: &Path, label: &str) -> Result
     drop(child);
     let ok = libc::WIFEXITED(status) && libc::WEXITSTATUS(status) == 0;
     let summary: Option<serde_json::Value> = serde_json::from_slice(&stdout).ok();
-    let field = |name: &str| summary.as_ref().and_then(|s| s.get(name)).and_then(|v| v.as_u64());
+    let field = |name: &str| {
+        summary
+            .as_ref()
+            .and_then(|s| s.get(name))
+            .and_then(|v| v.as_u64())
+    };
     let listed = summary
         .as_ref()
         .and_then(|s| s.pointer("/report/listed"))
@@ -445,7 +469,12 @@ struct Sample {
     synapse_cpu: f64,
 }
 
-fn measure_listing<F, Fut>(runtime: &tokio::runtime::Runtime, synapse_pid: i32, expect: usize, run: F) -> Result<Sample>
+fn measure_listing<F, Fut>(
+    runtime: &tokio::runtime::Runtime,
+    synapse_pid: i32,
+    expect: usize,
+    run: F,
+) -> Result<Sample>
 where
     F: FnOnce() -> Fut,
     Fut: std::future::Future<Output = Result<usize>>,
@@ -511,22 +540,34 @@ fn bench_size(settings: &Settings, accounts: usize, rounds: usize) -> Result<Siz
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()?;
-    let scratch = tempfile::Builder::new().prefix("lifeboat-bench-").tempdir()?;
+    let scratch = tempfile::Builder::new()
+        .prefix("lifeboat-bench-")
+        .tempdir()?;
     let synapse_dir = match &settings.keep_dir {
         Some(base) => base.join(format!("accounts-{accounts}")),
         None => scratch.path().join("synapse"),
     };
     std::fs::create_dir_all(&synapse_dir)?;
-    eprintln!("sync_listing: starting Synapse in {}", synapse_dir.display());
+    eprintln!(
+        "sync_listing: starting Synapse in {}",
+        synapse_dir.display()
+    );
     let harness = Harness::start(&settings.python, &settings.repo, &synapse_dir)?;
     let info = harness.info.clone();
-    let (created, create_time) =
-        runtime.block_on(ensure_accounts(&info, accounts, settings.concurrency, settings.page_size))?;
+    let (created, create_time) = runtime.block_on(ensure_accounts(
+        &info,
+        accounts,
+        settings.concurrency,
+        settings.page_size,
+    ))?;
 
     // The harness's admin account is listed too.
     let http = bare_client();
     let listed = runtime.block_on(bare_listing(&http, &info, settings.page_size, |_| {}))?;
-    eprintln!("sync_listing: Synapse lists {listed} accounts (page size {})", settings.page_size);
+    eprintln!(
+        "sync_listing: Synapse lists {listed} accounts (page size {})",
+        settings.page_size
+    );
 
     // Warm-up, untimed: Synapse's caches, connection setup, page cache.
     runtime.block_on(bare_listing(&http, &info, settings.page_size, |_| {}))?;
@@ -555,7 +596,9 @@ fn bench_size(settings: &Settings, accounts: usize, rounds: usize) -> Result<Siz
             })
         };
         let ours = || {
-            measure_listing(&runtime, info.pid, listed, || lifeboat_listing(&info, settings.page_size))
+            measure_listing(&runtime, info.pid, listed, || {
+                lifeboat_listing(&info, settings.page_size)
+            })
         };
         let (a, b) = if round % 2 == 0 {
             let a = bare()?;
@@ -566,7 +609,11 @@ fn bench_size(settings: &Settings, accounts: usize, rounds: usize) -> Result<Siz
         };
         result.bare.push(a);
         result.lifeboat.push(b);
-        let label = if round == 0 { "cold".to_owned() } else { format!("warm-{round}") };
+        let label = if round == 0 {
+            "cold".to_owned()
+        } else {
+            format!("warm-{round}")
+        };
         let sync = run_sync(&settings.binary, &config, scratch.path(), &label)?;
         eprintln!(
             "sync_listing: {accounts} accounts, round {}: bare {:.3} s, lifeboat {:.3} s (x{:.3}), sync {label} {:.2} s, peak RSS {} KiB",
@@ -636,7 +683,10 @@ fn print_size(r: &SizeResult) {
         );
     }
     let syncs: Vec<(&str, Vec<&SyncRun>)> = vec![
-        ("(c) lifeboat sync, cold (imports emails)", r.cold.iter().collect()),
+        (
+            "(c) lifeboat sync, cold (imports emails)",
+            r.cold.iter().collect(),
+        ),
         ("(c) lifeboat sync, warm", r.warm.iter().collect()),
     ];
     for (what, runs) in &syncs {
@@ -752,7 +802,11 @@ fn run() -> Result<()> {
     let (ratio, _, _) = ratios(&large_result);
     println!(
         "listing overhead at {accounts} accounts: lifeboat/bare = {ratio:.3} (median of per-round ratios; goal <= {RATIO_GOAL}: {})",
-        if ratio <= RATIO_GOAL { "met" } else { "NOT MET" }
+        if ratio <= RATIO_GOAL {
+            "met"
+        } else {
+            "NOT MET"
+        }
     );
     let warm_small = peak(&small_result.warm.iter().collect::<Vec<_>>());
     let warm_large = peak(&large_result.warm.iter().collect::<Vec<_>>());
@@ -768,7 +822,11 @@ fn run() -> Result<()> {
             println!(
                 "peak RSS of {what}: {s} KiB at {small} accounts, {l} KiB at {accounts} accounts: {:+.1}% ({per_thousand:+.0} KiB per 1000 accounts) -> {}",
                 growth * 100.0,
-                if growth.abs() <= 0.10 { "flat" } else { "GROWS with the account count" }
+                if growth.abs() <= 0.10 {
+                    "flat"
+                } else {
+                    "GROWS with the account count"
+                }
             );
         }
     }

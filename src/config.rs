@@ -216,8 +216,3 @@ impl Config {
             })
     }
 }
-
-/// The path of the config file: flag or `LIFEBOAT_CONFIG`, else the default.
-pub fn default_path() -> PathBuf {
-    PathBuf::from(DEFAULT_CONFIG_PATH)
-}

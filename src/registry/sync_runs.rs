@@ -154,7 +154,7 @@ impl Registry {
         let report = report.finish(loss_threshold);
 
         sqlx::query(
-            "UPDATE accounts SET recreated_at = $2, details_fetched_at = NULL \
+            "UPDATE accounts SET recreated_at = $2 \
              WHERE EXISTS (SELECT 1 FROM listing_stage s WHERE s.run_id = $1 AND s.user_id = accounts.user_id \
                            AND s.synapse_created_at > accounts.synapse_created_at)",
         )
@@ -231,8 +231,10 @@ impl Registry {
     }
 
     /// Present accounts whose emails were never fetched or are older than
-    /// `stale_before`, in ID order after `after` (keyset paging keeps
-    /// memory flat however many accounts there are).
+    /// `stale_before`, except recreated ones: whoever holds a recreated ID
+    /// may not be the person the registry knew, so their emails are not
+    /// taken as that person's contacts. Listed in ID order after `after`
+    /// (keyset paging keeps memory flat however many accounts there are).
     pub async fn accounts_needing_details(
         &self,
         stale_before: i64,
@@ -241,7 +243,8 @@ impl Registry {
     ) -> Result<Vec<String>> {
         let rows: Vec<(String,)> = sqlx::query_as(
             "SELECT user_id FROM accounts \
-             WHERE state = 'present' AND (details_fetched_at IS NULL OR details_fetched_at < $1) \
+             WHERE state = 'present' AND recreated_at IS NULL \
+               AND (details_fetched_at IS NULL OR details_fetched_at < $1) \
                AND user_id > $2 ORDER BY user_id LIMIT $3",
         )
         .bind(stale_before)
@@ -250,6 +253,18 @@ impl Registry {
         .fetch_all(&self.pool)
         .await?;
         Ok(rows.into_iter().map(|(id,)| id).collect())
+    }
+
+    pub async fn count_accounts_needing_details(&self, stale_before: i64) -> Result<i64> {
+        let (count,): (i64,) = sqlx::query_as(
+            "SELECT COUNT(*) FROM accounts \
+             WHERE state = 'present' AND recreated_at IS NULL \
+               AND (details_fetched_at IS NULL OR details_fetched_at < $1)",
+        )
+        .bind(stale_before)
+        .fetch_one(&self.pool)
+        .await?;
+        Ok(count)
     }
 
     /// Stores the emails Synapse knows for an account (as verified contacts
@@ -352,17 +367,4 @@ struct PairRow {
     listed_id: Option<String>,
     listed_deactivated: Option<i64>,
     listed_created: Option<i64>,
-}
-
-impl Registry {
-    pub async fn count_accounts_needing_details(&self, stale_before: i64) -> Result<i64> {
-        let (count,): (i64,) = sqlx::query_as(
-            "SELECT COUNT(*) FROM accounts \
-             WHERE state = 'present' AND (details_fetched_at IS NULL OR details_fetched_at < $1)",
-        )
-        .bind(stale_before)
-        .fetch_one(&self.pool)
-        .await?;
-        Ok(count)
-    }
 }

@@ -4,5 +4,5 @@ mod cli_errors;
 mod harness;
 mod listing_failures;
 mod registry_backends;
-mod synapse_scenarios;
 mod sandbox;
+mod synapse_scenarios;

@@ -250,7 +250,7 @@ async fn a_reregistered_id_after_the_wipe_is_reported_recreated() {
     synapse.wipe();
     let token = synapse.register_admin("rescuer");
     use_token(&mut lifeboat, &token);
-    synapse.create_user(&eve, &[]).await;
+    synapse.create_user(&eve, &["squatter@example.org"]).await;
 
     let check = lifeboat.run(&["check", "--json"]).await;
     assert_eq!(check.code, 3, "{check:?}");
@@ -258,4 +258,23 @@ async fn a_reregistered_id_after_the_wipe_is_reported_recreated() {
     assert_eq!(ids(&report["recreated"]), [synapse.user_id(&eve)]);
     assert!(ids(&report["missing"]).contains(&synapse.user_id(&fay)));
     assert!(!ids(&report["missing"]).contains(&synapse.user_id(&eve)));
+
+    // Whoever holds the ID now is not taken to be the person we knew.
+    let sync = lifeboat.run(&["sync", "--json"]).await;
+    assert_eq!(
+        sync.json()["report"]["recreated"],
+        serde_json::json!([synapse.user_id(&eve)])
+    );
+    let shown = lifeboat
+        .run(&["users", "show", &synapse.user_id(&eve), "--json"])
+        .await
+        .json();
+    let addresses: Vec<&str> = shown["contacts"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|c| c["address"].as_str().unwrap())
+        .collect();
+    assert_eq!(addresses, ["eve@example.org"]);
+    assert!(shown["recreated_at"].is_i64());
 }

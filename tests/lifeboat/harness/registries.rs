@@ -59,14 +59,14 @@ impl TestDatabase {
 
     /// Drops a PostgreSQL database (SQLite folders go with the TempDir).
     pub async fn drop_database(self) {
-        if let TestDatabase::Postgres(name) = self {
-            if let Ok(mut admin) = PgConnection::connect(&postgres_admin_url()).await {
-                let _ = sqlx::raw_sql(sqlx::AssertSqlSafe(format!(
-                    "DROP DATABASE IF EXISTS {name} WITH (FORCE)"
-                )))
-                .execute(&mut admin)
-                .await;
-            }
+        if let TestDatabase::Postgres(name) = self
+            && let Ok(mut admin) = PgConnection::connect(&postgres_admin_url()).await
+        {
+            let _ = sqlx::raw_sql(sqlx::AssertSqlSafe(format!(
+                "DROP DATABASE IF EXISTS {name} WITH (FORCE)"
+            )))
+            .execute(&mut admin)
+            .await;
         }
     }
 }

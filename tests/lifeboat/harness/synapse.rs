@@ -16,7 +16,6 @@ pub struct Started {
     pub url: String,
     pub server_name: String,
     pub admin_token: String,
-    pub shared_secret: String,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -28,7 +27,6 @@ pub struct Registered {
 pub struct TestSynapse {
     pub url: String,
     pub server_name: String,
-    pub shared_secret: String,
     admin_token: Mutex<String>,
     control: Mutex<(ChildStdin, BufReader<ChildStdout>)>,
     _child: Child,
@@ -81,7 +79,6 @@ impl TestSynapse {
         TestSynapse {
             url: started.url,
             server_name: started.server_name,
-            shared_secret: started.shared_secret,
             admin_token: Mutex::new(started.admin_token),
             control: Mutex::new((stdin, stdout)),
             _child: child,
@@ -122,6 +119,7 @@ impl TestSynapse {
     pub fn register_admin(&self, localpart: &str) -> String {
         let registered: Registered =
             serde_json::from_str(&self.command(&format!("register-admin {localpart}"))).unwrap();
+        assert_eq!(registered.user_id, self.user_id(localpart));
         *self.admin_token.lock().unwrap() = registered.access_token.clone();
         registered.access_token
     }
