@@ -12,6 +12,9 @@
 //!   LIFEBOAT_BENCH_SYNAPSE_DIR         keep the Synapse servers in DIR/accounts-<n>
 //!                                      so reruns skip account creation
 //!   LIFEBOAT_BENCH_CREATE_CONCURRENCY  parallel account creations (default 8)
+//!   LIFEBOAT_BENCH_PASSWORDS           1: give new accounts passwords (default 0:
+//!                                      Synapse's bcrypt makes creation ~20x slower,
+//!                                      and nothing measured here reads passwords)
 //!   LIFEBOAT_BENCH_BIN                 lifeboat binary (default: the one cargo built)
 //!
 //! Per size: start Synapse, make sure accounts bench-000000.. exist, then in
@@ -262,7 +265,12 @@ fn extra_state(index: usize) -> Option<serde_json::Value> {
     }
 }
 
-async fn create_account(http: &reqwest::Client, info: &Info, index: usize) -> Result<()> {
+async fn create_account(
+    http: &reqwest::Client,
+    info: &Info,
+    index: usize,
+    with_password: bool,
+) -> Result<()> {
     let name = localpart(index);
     let user_id = format!("@{name}:{}", info.server_name);
     let url = format!(
@@ -270,11 +278,15 @@ async fn create_account(http: &reqwest::Client, info: &Info, index: usize) -> Re
         info.url,
         url::form_urlencoded::byte_serialize(user_id.as_bytes()).collect::<String>()
     );
-    let body = serde_json::json!({
-        "password": format!("{name}-pw-{}", index * 7919 % 100_003),
+    let mut body = serde_json::json!({
         "displayname": format!("Bench User {index}"),
         "threepids": [{"medium": "email", "address": format!("{name}@example.org")}],
     });
+    if with_password {
+        // Synapse bcrypt-hashes it (bcrypt_rounds 12, about 0.2 s of CPU
+        // each): that, not the API, is what makes creation slow.
+        body["password"] = serde_json::json!(format!("{name}-pw-{}", index * 7919 % 100_003));
+    }
     let mut requests = vec![body];
     if let Some(extra) = extra_state(index) {
         // Synapse ignores locked/deactivated on creation: a second PUT.
@@ -309,12 +321,8 @@ async fn create_account(http: &reqwest::Client, info: &Info, index: usize) -> Re
 
 /// Makes sure bench-000000 .. bench-<n-1> exist. Returns how many were
 /// created and how long that took.
-async fn ensure_accounts(
-    info: &Info,
-    n: usize,
-    concurrency: usize,
-    page_size: u32,
-) -> Result<(usize, Duration)> {
+async fn ensure_accounts(info: &Info, n: usize, settings: &Settings) -> Result<(usize, Duration)> {
+    let (concurrency, page_size) = (settings.concurrency, settings.page_size);
     let http = bare_client();
     let mut existing = HashSet::new();
     bare_listing(&http, info, page_size.max(500), |users| {
@@ -339,7 +347,7 @@ async fn ensure_accounts(
     let mut results = futures::stream::iter(missing)
         .map(|index| {
             let http = &http;
-            async move { create_account(http, info, index).await }
+            async move { create_account(http, info, index, settings.passwords).await }
         })
         .buffer_unordered(concurrency);
     while let Some(result) = results.next().await {
@@ -533,6 +541,7 @@ struct Settings {
     binary: PathBuf,
     page_size: u32,
     concurrency: usize,
+    passwords: bool,
     keep_dir: Option<PathBuf>,
 }
 
@@ -554,12 +563,7 @@ fn bench_size(settings: &Settings, accounts: usize, rounds: usize) -> Result<Siz
     );
     let harness = Harness::start(&settings.python, &settings.repo, &synapse_dir)?;
     let info = harness.info.clone();
-    let (created, create_time) = runtime.block_on(ensure_accounts(
-        &info,
-        accounts,
-        settings.concurrency,
-        settings.page_size,
-    ))?;
+    let (created, create_time) = runtime.block_on(ensure_accounts(&info, accounts, settings))?;
 
     // The harness's admin account is listed too.
     let http = bare_client();
@@ -761,6 +765,7 @@ fn run() -> Result<()> {
     let page_size: u32 = env_number("LIFEBOAT_BENCH_PAGE_SIZE", 500);
     let rounds: usize = env_number("LIFEBOAT_BENCH_ROUNDS", 5).max(2);
     let concurrency: usize = env_number("LIFEBOAT_BENCH_CREATE_CONCURRENCY", 8).max(1);
+    let passwords = env_number::<u8>("LIFEBOAT_BENCH_PASSWORDS", 0) != 0;
     if page_size == 0 {
         return Err("LIFEBOAT_BENCH_PAGE_SIZE must be at least 1".into());
     }
@@ -779,6 +784,7 @@ fn run() -> Result<()> {
         binary,
         page_size,
         concurrency,
+        passwords,
         keep_dir,
     };
     println!(

@@ -1,5 +1,7 @@
 //! `lifeboat sync`
 
+use std::sync::atomic::{AtomicBool, Ordering};
+
 use indicatif::ProgressBar;
 
 use super::output::{id_list, print_json, progress_bar};
@@ -14,23 +16,27 @@ pub struct Args {
     json: bool,
 }
 
-struct Bars {
-    listing: ProgressBar,
-    details: ProgressBar,
+/// One bar on stderr: accounts listed, then account details fetched.
+struct Bar {
+    bar: ProgressBar,
+    in_details: AtomicBool,
 }
 
-impl SyncProgress for Bars {
+impl SyncProgress for Bar {
     fn listing(&self, seen: u64, total: Option<u64>) {
         if let Some(total) = total {
-            self.listing.set_length(total.max(seen));
+            self.bar.set_length(total.max(seen));
         }
-        self.listing.set_position(seen);
+        self.bar.set_position(seen);
     }
 
     fn details(&self, done: u64, total: u64) {
-        self.listing.finish_and_clear();
-        self.details.set_length(total);
-        self.details.set_position(done);
+        if !self.in_details.swap(true, Ordering::Relaxed) {
+            self.bar.reset();
+            self.bar.set_message("emails");
+        }
+        self.bar.set_length(total);
+        self.bar.set_position(done);
     }
 }
 
@@ -38,20 +44,19 @@ pub async fn run(context: &Context, args: Args) -> Outcome {
     let config = context.config()?;
     let client = context.synapse(&config)?;
     let registry = context.registry(&config).await?;
-    let bars = Bars {
-        listing: progress_bar("accounts"),
-        details: progress_bar("emails"),
+    let progress = Bar {
+        bar: progress_bar("accounts"),
+        in_details: AtomicBool::new(false),
     };
     let result = sync(
         &registry,
         &client,
         &SyncOptions::from_config(&config),
         &Actor::cli(),
-        &bars,
+        &progress,
     )
     .await;
-    bars.listing.finish_and_clear();
-    bars.details.finish_and_clear();
+    progress.bar.finish_and_clear();
     let summary = result.map_err(|err| Failure::new(exit::FAILED, err))?;
 
     if args.json {
