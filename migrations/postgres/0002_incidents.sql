@@ -39,7 +39,8 @@ CREATE UNIQUE INDEX one_notice_token_per_person
     ON registration_tokens (incident_id, user_id) WHERE purpose = 'notice';
 
 -- The outbox: one row per message to send. pending → sending → sent, or
--- back to pending with a later next_attempt_at, or failed for good.
+-- back to pending with a later next_attempt_at, or failed for good, or
+-- skipped (the contact opted out before it was sent).
 CREATE TABLE deliveries (
     id              BIGINT GENERATED ALWAYS AS IDENTITY PRIMARY KEY,
     incident_id     BIGINT NOT NULL REFERENCES incidents (id),
@@ -47,7 +48,7 @@ CREATE TABLE deliveries (
     channel         TEXT NOT NULL CHECK (channel IN ('email', 'matrix')),
     address         TEXT NOT NULL,
     state           TEXT NOT NULL DEFAULT 'pending'
-                    CHECK (state IN ('pending', 'sending', 'sent', 'failed')),
+                    CHECK (state IN ('pending', 'sending', 'sent', 'failed', 'skipped')),
     attempts        BIGINT NOT NULL DEFAULT 0,
     last_error      TEXT,
     next_attempt_at BIGINT NOT NULL,

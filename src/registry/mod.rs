@@ -7,6 +7,9 @@
 mod accounts;
 mod audit;
 mod contacts;
+mod credentials;
+mod deliveries;
+mod incidents;
 mod sync_runs;
 
 use std::str::FromStr;
@@ -18,6 +21,9 @@ use sqlx::{AnyPool, Executor};
 pub use accounts::{Account, AccountState};
 pub use audit::{Actor, AuditEntry};
 pub use contacts::{AddContact, Contact, ContactKind, ContactSource};
+pub use credentials::ServiceCredential;
+pub use deliveries::{Delivery, DeliveryCounts, DeliveryState, PlannedEmails};
+pub use incidents::{Incident, IncidentSummary, NoticeToken};
 pub use sync_runs::{SyncApplied, SyncRun};
 
 static SQLITE_MIGRATIONS: sqlx::migrate::Migrator = sqlx::migrate!("./migrations/sqlite");

@@ -24,6 +24,9 @@ pub enum Error {
     Unavailable { url: String, detail: String },
     #[error("Synapse at {url} sent a response lifeboat cannot use: {detail}")]
     BadResponse { url: String, detail: String },
+    /// Another 4xx: Synapse refused this particular request.
+    #[error("Synapse refused the request ({status} {errcode}: {message})")]
+    Rejected { status: u16, errcode: String, message: String },
     #[error("Synapse answered 404 Not Found")]
     NotFound,
 }

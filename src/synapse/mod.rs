@@ -4,6 +4,7 @@
 //! network failures. The admin token lives only in a `SecretString` and a
 //! header marked sensitive; it never reaches a log line or an error.
 
+mod admin;
 mod error;
 mod types;
 
@@ -15,6 +16,7 @@ use secrecy::{ExposeSecret, SecretString};
 use serde::de::DeserializeOwned;
 use url::Url;
 
+pub use admin::{Registered, RegistrationToken, SharedSecretError, Whoami};
 pub use error::Error;
 pub use types::{ListedUser, ThreePid, UserDetails, UsersPage};
 
@@ -68,6 +70,11 @@ impl SynapseClient {
             homeserver.timeout,
             homeserver.retries,
         )
+    }
+
+    /// The same client acting with another access token.
+    pub fn with_token(&self, token: SecretString) -> Self {
+        SynapseClient { token: Some(token), ..self.clone() }
     }
 
     pub fn base_url(&self) -> &Url {
@@ -129,22 +136,32 @@ impl SynapseClient {
         query: &[(&str, &str)],
         authenticated: bool,
     ) -> Result<T, Error> {
+        self.request_json(Method::GET, path, query, None, authenticated).await
+    }
+
+    /// One JSON request, retried on transient failures. Only idempotent
+    /// requests may go through here.
+    async fn request_json<T: DeserializeOwned>(
+        &self,
+        method: Method,
+        path: &str,
+        query: &[(&str, &str)],
+        body: Option<&serde_json::Value>,
+        authenticated: bool,
+    ) -> Result<T, Error> {
         let url = self.url(path);
         let response = self
             .send(|| {
-                let request = self.http.request(Method::GET, url.clone()).query(query);
-                if authenticated {
-                    self.authorize(request)
-                } else {
-                    request
+                let mut request = self.http.request(method.clone(), url.clone()).query(query);
+                if let Some(body) = body {
+                    request = request.json(body);
                 }
+                if authenticated { self.authorize(request) } else { request }
             })
             .await?;
-        let body = response
-            .bytes()
-            .await
-            .map_err(|err| self.unavailable(&err))?;
-        serde_json::from_slice(&body).map_err(|err| Error::BadResponse {
+        let body = response.bytes().await.map_err(|err| self.unavailable(&err))?;
+        let body: &[u8] = if body.is_empty() { b"{}" } else { &body };
+        serde_json::from_slice(body).map_err(|err| Error::BadResponse {
             url: self.base.to_string(),
             detail: format!("the JSON from {path} did not parse ({err})"),
         })
@@ -225,6 +242,11 @@ impl SynapseClient {
             status if status.is_server_error() => Error::Unavailable {
                 url: self.base.to_string(),
                 detail: format!("it answered {status}"),
+            },
+            status if status.is_client_error() => Error::Rejected {
+                status: status.as_u16(),
+                errcode: body.errcode,
+                message: body.error,
             },
             status => Error::BadResponse {
                 url: self.base.to_string(),

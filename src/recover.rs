@@ -1,0 +1,119 @@
+//! Getting back in: which admin token works, and re-creating lifeboat's
+//! own service account through the shared secret after a database wipe.
+
+use rand::distr::{Alphanumeric, SampleString};
+use secrecy::SecretString;
+use serde::Serialize;
+
+use crate::config::Config;
+use crate::registry::{self, Actor, Registry};
+use crate::synapse::{self, SharedSecretError, SynapseClient};
+use crate::user_id::UserId;
+
+/// Where the working admin token came from.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum TokenSource {
+    /// Obtained by `recover` and kept in the registry.
+    Recovered,
+    /// `homeserver.admin_token` from the config.
+    Config,
+}
+
+pub enum AdminAccess {
+    Working { client: SynapseClient, source: TokenSource },
+    /// Every known token is rejected as unknown (as after a wipe). The client
+    /// carries the configured token, if any, so callers can show what
+    /// Synapse says about it.
+    Dead { client: SynapseClient },
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum RecoverError {
+    #[error("lifeboat cannot recover without Synapse's shared secret: set homeserver.registration_shared_secret (or registration_shared_secret_file) to registration_shared_secret from homeserver.yaml")]
+    NoSecret,
+    #[error("{user_id} still exists on Synapse, so its database was not wiped: the admin token was revoked instead; put a current admin token in homeserver.admin_token")]
+    NotAWipe { user_id: String },
+    #[error("cannot recover: {0}")]
+    SharedSecret(#[from] SharedSecretError),
+    #[error("cannot recover: {0}")]
+    Synapse(#[from] synapse::Error),
+    #[error(transparent)]
+    Registry(#[from] registry::Error),
+}
+
+#[derive(Debug, Clone, Serialize)]
+#[serde(tag = "outcome", rename_all = "snake_case")]
+pub enum RecoverOutcome {
+    /// A token already works: nothing to do.
+    AlreadyWorking { source: TokenSource },
+    /// The service account was re-created; its token is in the registry.
+    Recovered { user_id: String },
+}
+
+/// lifeboat's one Matrix identity: `bot.user_id`, else `@lifeboat:<server>`.
+pub fn service_user_id(config: &Config) -> UserId {
+    match &config.bot {
+        Some(bot) => bot.user_id.clone(),
+        None => UserId::parse(&format!("@lifeboat:{}", config.homeserver.server_name))
+            .expect("a validated server name makes a valid user ID"),
+    }
+}
+
+/// Finds a working admin token: the recovered one first (it is newer than
+/// any token that died with a wipe), then the configured one.
+pub async fn admin_access(config: &Config, registry: &Registry) -> Result<AdminAccess, RecoverError> {
+    let base = SynapseClient::from_config(&config.homeserver);
+    let mut candidates: Vec<(TokenSource, SecretString)> = Vec::new();
+    if let Some(stored) = registry.service_credential(service_user_id(config).as_str()).await? {
+        candidates.push((TokenSource::Recovered, stored.access_token));
+    }
+    if let Some(configured) = &config.homeserver.admin_token {
+        candidates.push((TokenSource::Config, configured.value.clone()));
+    }
+    for (source, token) in candidates {
+        let client = base.with_token(token);
+        match client.whoami().await {
+            Ok(_) => return Ok(AdminAccess::Working { client, source }),
+            Err(synapse::Error::Unauthorized { .. }) => continue,
+            Err(err) => return Err(err.into()),
+        }
+    }
+    Ok(AdminAccess::Dead { client: base })
+}
+
+/// After a wipe: registers the service account again as an admin with the
+/// shared secret and keeps its token in the registry. A no-op when a token
+/// still works.
+pub async fn recover(config: &Config, registry: &Registry, actor: &Actor) -> Result<RecoverOutcome, RecoverError> {
+    let secret = config.homeserver.registration_shared_secret.as_ref().ok_or(RecoverError::NoSecret)?;
+    let base = match admin_access(config, registry).await? {
+        AdminAccess::Working { source, .. } => return Ok(RecoverOutcome::AlreadyWorking { source }),
+        AdminAccess::Dead { client } => client,
+    };
+    let user_id = service_user_id(config);
+    if user_id.server_name() != config.homeserver.server_name {
+        return Err(RecoverError::NotAWipe { user_id: user_id.to_string() });
+    }
+    let password = SecretString::from(Alphanumeric.sample_string(&mut rand::rng(), 40));
+    let registered = match base.register_with_shared_secret(&secret.value, user_id.localpart(), &password, true).await {
+        Ok(registered) => registered,
+        Err(SharedSecretError::UserInUse) => return Err(RecoverError::NotAWipe { user_id: user_id.to_string() }),
+        Err(err) => return Err(err.into()),
+    };
+    use secrecy::ExposeSecret;
+    registry
+        .store_service_credential(
+            &registered.user_id,
+            registered.access_token.expose_secret(),
+            registered.device_id.as_deref(),
+            actor,
+        )
+        .await?;
+    // Mass DMs from a throttled account would crawl; a wipe lost any override.
+    let client = base.with_token(registered.access_token.clone());
+    if let Err(err) = client.override_rate_limit(&registered.user_id).await {
+        tracing::warn!(error = %err, "could not lift the service account's rate limits");
+    }
+    Ok(RecoverOutcome::Recovered { user_id: registered.user_id })
+}

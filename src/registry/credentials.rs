@@ -1,0 +1,81 @@
+//! Run-time state kept in the registry, never in the config file: the
+//! service account's recovered credentials and generated settings.
+
+use rand::RngCore;
+use secrecy::SecretString;
+
+use super::{Actor, Registry, Result, now_ms};
+
+/// The service account's access token obtained by recovery.
+#[derive(Clone)]
+pub struct ServiceCredential {
+    pub user_id: String,
+    pub access_token: SecretString,
+    pub device_id: Option<String>,
+    pub obtained_at: i64,
+}
+
+impl std::fmt::Debug for ServiceCredential {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ServiceCredential").field("user_id", &self.user_id).finish_non_exhaustive()
+    }
+}
+
+impl Registry {
+    pub async fn service_credential(&self, user_id: &str) -> Result<Option<ServiceCredential>> {
+        let row: Option<(String, String, Option<String>, i64)> = sqlx::query_as(
+            "SELECT user_id, access_token, device_id, obtained_at FROM service_credentials WHERE user_id = $1",
+        )
+        .bind(user_id)
+        .fetch_optional(&self.pool)
+        .await?;
+        Ok(row.map(|(user_id, token, device_id, obtained_at)| ServiceCredential {
+            user_id,
+            access_token: SecretString::from(token),
+            device_id,
+            obtained_at,
+        }))
+    }
+
+    pub async fn store_service_credential(
+        &self,
+        user_id: &str,
+        access_token: &str,
+        device_id: Option<&str>,
+        actor: &Actor,
+    ) -> Result<()> {
+        let mut tx = self.pool.begin().await?;
+        sqlx::query(
+            "INSERT INTO service_credentials (user_id, access_token, device_id, obtained_at) VALUES ($1, $2, $3, $4) \
+             ON CONFLICT (user_id) DO UPDATE SET access_token = excluded.access_token, \
+             device_id = excluded.device_id, obtained_at = excluded.obtained_at",
+        )
+        .bind(user_id)
+        .bind(access_token)
+        .bind(device_id)
+        .bind(now_ms())
+        .execute(&mut *tx)
+        .await?;
+        Self::audit_in(&mut tx, actor, "recover", Some(user_id), Some("service account re-created by shared secret"))
+            .await?;
+        tx.commit().await?;
+        Ok(())
+    }
+
+    /// A random secret generated on first use and kept in the registry
+    /// (e.g. the key that signs links in emails).
+    pub async fn generated_secret(&self, name: &str) -> Result<SecretString> {
+        let mut bytes = [0u8; 32];
+        rand::rng().fill_bytes(&mut bytes);
+        sqlx::query("INSERT INTO settings (name, value) VALUES ($1, $2) ON CONFLICT (name) DO NOTHING")
+            .bind(name)
+            .bind(hex::encode(bytes))
+            .execute(&self.pool)
+            .await?;
+        let (value,): (String,) = sqlx::query_as("SELECT value FROM settings WHERE name = $1")
+            .bind(name)
+            .fetch_one(&self.pool)
+            .await?;
+        Ok(SecretString::from(value))
+    }
+}

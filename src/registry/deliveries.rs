@@ -1,0 +1,226 @@
+//! The outbox of notices. Each delivery moves pending → sending → sent;
+//! a transient failure puts it back to pending with a later attempt time,
+//! a permanent one ends in failed, an opted-out contact in skipped. A row
+//! is marked sent as soon as the transport confirms, so a crash can repeat
+//! only the messages that were in flight at that moment.
+
+use serde::Serialize;
+
+use super::{Registry, Result, now_ms};
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum DeliveryState {
+    Pending,
+    Sending,
+    Sent,
+    Failed,
+    Skipped,
+}
+
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize)]
+pub struct DeliveryCounts {
+    pub pending: i64,
+    pub sending: i64,
+    pub sent: i64,
+    pub failed: i64,
+    pub skipped: i64,
+}
+
+impl DeliveryCounts {
+    pub fn total(&self) -> i64 {
+        self.pending + self.sending + self.sent + self.failed + self.skipped
+    }
+}
+
+/// A claimed email delivery with what is needed to render it.
+#[derive(Clone, sqlx::FromRow)]
+pub struct Delivery {
+    pub id: i64,
+    pub incident_id: i64,
+    pub user_id: String,
+    pub address: String,
+    pub attempts: i64,
+    pub display_name: Option<String>,
+    pub contact_id: Option<i64>,
+    pub opted_out_at: Option<i64>,
+    pub token: Option<String>,
+    pub token_expires_at: Option<i64>,
+}
+
+impl std::fmt::Debug for Delivery {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Delivery").field("id", &self.id).field("user_id", &self.user_id).finish_non_exhaustive()
+    }
+}
+
+/// What an incident's email outbox would hold (for dry runs).
+#[derive(Debug, Clone, Default, Serialize)]
+pub struct PlannedEmails {
+    pub emails: i64,
+    pub people_with_email: i64,
+    pub people_without_channel: i64,
+}
+
+impl Registry {
+    /// Creates one email delivery per affected account and contact address
+    /// that has not opted out; existing ones are left as they are.
+    pub async fn plan_email_deliveries(&self, incident_id: i64) -> Result<u64> {
+        let now = now_ms();
+        Ok(sqlx::query(
+            "INSERT INTO deliveries (incident_id, user_id, channel, address, state, next_attempt_at, created_at) \
+             SELECT ia.incident_id, c.user_id, 'email', c.address, 'pending', $2, $2 \
+             FROM incident_accounts ia JOIN contacts c ON c.user_id = ia.user_id \
+             WHERE ia.incident_id = $1 AND c.kind = 'email' AND c.opted_out_at IS NULL \
+             ON CONFLICT (incident_id, user_id, channel, address) DO NOTHING",
+        )
+        .bind(incident_id)
+        .bind(now)
+        .execute(&self.pool)
+        .await?
+        .rows_affected())
+    }
+
+    /// What `plan_email_deliveries` would create, without creating it.
+    pub async fn planned_emails(&self, incident_id: i64) -> Result<PlannedEmails> {
+        let (emails, with_email, without): (i64, i64, i64) = sqlx::query_as(
+            "SELECT \
+               (SELECT COUNT(*) FROM incident_accounts ia JOIN contacts c ON c.user_id = ia.user_id \
+                WHERE ia.incident_id = $1 AND c.kind = 'email' AND c.opted_out_at IS NULL), \
+               (SELECT COUNT(*) FROM incident_accounts ia WHERE ia.incident_id = $1 AND EXISTS \
+                  (SELECT 1 FROM contacts c WHERE c.user_id = ia.user_id AND c.kind = 'email' AND c.opted_out_at IS NULL)), \
+               (SELECT COUNT(*) FROM incident_accounts ia WHERE ia.incident_id = $1 AND NOT EXISTS \
+                  (SELECT 1 FROM contacts c WHERE c.user_id = ia.user_id AND c.kind = 'email' AND c.opted_out_at IS NULL))",
+        )
+        .bind(incident_id)
+        .fetch_one(&self.pool)
+        .await?;
+        Ok(PlannedEmails { emails, people_with_email: with_email, people_without_channel: without })
+    }
+
+    /// Makes every unfinished delivery of an incident due now. Rows left in
+    /// `sending` by a process that died are taken back: resending them is
+    /// the only way not to lose them (at most the in-flight ones repeat).
+    /// Only one notify may run per incident at a time.
+    pub async fn resume_deliveries(&self, incident_id: i64) -> Result<u64> {
+        Ok(sqlx::query(
+            "UPDATE deliveries SET state = 'pending', next_attempt_at = $2 \
+             WHERE incident_id = $1 AND state IN ('pending', 'sending')",
+        )
+        .bind(incident_id)
+        .bind(now_ms())
+        .execute(&self.pool)
+        .await?
+        .rows_affected())
+    }
+
+    /// Claims up to `limit` due email deliveries (pending → sending), marked
+    /// with `batch` (unique per claim), and returns them ready to render.
+    pub async fn claim_email_deliveries(&self, incident_id: i64, limit: i64, batch: i64) -> Result<Vec<Delivery>> {
+        let mut tx = self.pool.begin().await?;
+        sqlx::query(
+            "UPDATE deliveries SET state = 'sending', claimed_at = $3, attempts = attempts + 1 \
+             WHERE id IN (SELECT id FROM deliveries WHERE incident_id = $1 AND channel = 'email' \
+                          AND state = 'pending' AND next_attempt_at <= $4 ORDER BY id LIMIT $2)",
+        )
+        .bind(incident_id)
+        .bind(limit)
+        .bind(batch)
+        .bind(now_ms())
+        .execute(&mut *tx)
+        .await?;
+        let claimed = sqlx::query_as(
+            "SELECT d.id, d.incident_id, d.user_id, d.address, d.attempts, a.display_name, \
+                    c.id AS contact_id, c.opted_out_at, t.token, t.expires_at AS token_expires_at \
+             FROM deliveries d \
+             JOIN accounts a ON a.user_id = d.user_id \
+             LEFT JOIN contacts c ON c.user_id = d.user_id AND c.kind = 'email' AND c.address = d.address \
+             LEFT JOIN registration_tokens t ON t.incident_id = d.incident_id AND t.user_id = d.user_id \
+                                            AND t.purpose = 'notice' AND t.confirmed_at IS NOT NULL \
+             WHERE d.incident_id = $1 AND d.state = 'sending' AND d.claimed_at = $2 ORDER BY d.id",
+        )
+        .bind(incident_id)
+        .bind(batch)
+        .fetch_all(&mut *tx)
+        .await?;
+        tx.commit().await?;
+        Ok(claimed)
+    }
+
+    pub async fn mark_delivery_sent(&self, id: i64) -> Result<()> {
+        self.set_delivery_state(id, DeliveryState::Sent, None, None).await
+    }
+
+    /// A transient failure: try again at `next_attempt_at`.
+    pub async fn mark_delivery_retry(&self, id: i64, error: &str, next_attempt_at: i64) -> Result<()> {
+        self.set_delivery_state(id, DeliveryState::Pending, Some(error), Some(next_attempt_at)).await
+    }
+
+    pub async fn mark_delivery_failed(&self, id: i64, error: &str) -> Result<()> {
+        self.set_delivery_state(id, DeliveryState::Failed, Some(error), None).await
+    }
+
+    pub async fn mark_delivery_skipped(&self, id: i64, reason: &str) -> Result<()> {
+        self.set_delivery_state(id, DeliveryState::Skipped, Some(reason), None).await
+    }
+
+    async fn set_delivery_state(
+        &self,
+        id: i64,
+        state: DeliveryState,
+        error: Option<&str>,
+        next_attempt_at: Option<i64>,
+    ) -> Result<()> {
+        let now = now_ms();
+        let state_name = match state {
+            DeliveryState::Pending => "pending",
+            DeliveryState::Sending => "sending",
+            DeliveryState::Sent => "sent",
+            DeliveryState::Failed => "failed",
+            DeliveryState::Skipped => "skipped",
+        };
+        sqlx::query(
+            "UPDATE deliveries SET state = $2, last_error = $3, next_attempt_at = COALESCE($4, next_attempt_at), \
+             sent_at = CASE WHEN $2 = 'sent' THEN $5 ELSE sent_at END WHERE id = $1",
+        )
+        .bind(id)
+        .bind(state_name)
+        .bind(error)
+        .bind(next_attempt_at)
+        .bind(now)
+        .execute(&self.pool)
+        .await?;
+        Ok(())
+    }
+
+    pub async fn delivery_counts(&self, incident_id: i64) -> Result<DeliveryCounts> {
+        let rows: Vec<(String, i64)> =
+            sqlx::query_as("SELECT state, COUNT(*) FROM deliveries WHERE incident_id = $1 GROUP BY state")
+                .bind(incident_id)
+                .fetch_all(&self.pool)
+                .await?;
+        let mut counts = DeliveryCounts::default();
+        for (state, count) in rows {
+            match state.as_str() {
+                "pending" => counts.pending = count,
+                "sending" => counts.sending = count,
+                "sent" => counts.sent = count,
+                "failed" => counts.failed = count,
+                _ => counts.skipped = count,
+            }
+        }
+        Ok(counts)
+    }
+
+    /// The most recent errors of unfinished deliveries, for summaries.
+    pub async fn delivery_errors(&self, incident_id: i64, limit: i64) -> Result<Vec<(String, String)>> {
+        Ok(sqlx::query_as(
+            "SELECT address, last_error FROM deliveries WHERE incident_id = $1 AND last_error IS NOT NULL \
+             AND state IN ('pending', 'failed') ORDER BY id LIMIT $2",
+        )
+        .bind(incident_id)
+        .bind(limit)
+        .fetch_all(&self.pool)
+        .await?)
+    }
+}

@@ -1,0 +1,230 @@
+//! Incidents: the affected accounts are snapshotted at opening, and each
+//! affected person whose account is gone gets one notice token.
+
+use serde::Serialize;
+
+use super::{Actor, DeliveryCounts, Error, Registry, Result, now_ms};
+
+#[derive(Debug, Clone, Serialize, sqlx::FromRow)]
+pub struct Incident {
+    pub id: i64,
+    pub title: String,
+    pub postmortem: String,
+    pub scope: String,
+    pub opened_at: i64,
+    pub resolved_at: Option<i64>,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct IncidentSummary {
+    #[serde(flatten)]
+    pub incident: Incident,
+    pub affected: i64,
+    /// Affected people with at least one email contact that has not opted out.
+    pub reachable_by_email: i64,
+    /// Affected accounts present on Synapse now (survivors, re-registered).
+    pub reachable_by_matrix: i64,
+    pub unreachable: i64,
+    pub tokens: i64,
+    pub deliveries: DeliveryCounts,
+}
+
+/// A registration token recorded against an affected account.
+#[derive(Clone, Serialize, sqlx::FromRow)]
+pub struct NoticeToken {
+    pub id: i64,
+    pub token: String,
+    pub incident_id: i64,
+    pub user_id: String,
+    pub purpose: String,
+    pub created_at: i64,
+    pub expires_at: i64,
+    pub confirmed_at: Option<i64>,
+    pub revoked_at: Option<i64>,
+}
+
+impl std::fmt::Debug for NoticeToken {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("NoticeToken").field("id", &self.id).field("user_id", &self.user_id).finish_non_exhaustive()
+    }
+}
+
+const TOKEN_COLUMNS: &str = "id, token, incident_id, user_id, purpose, created_at, expires_at, confirmed_at, revoked_at";
+
+/// Who counts as affected when an incident opens with scope `missing`:
+/// accounts marked missing, and recreated accounts (someone else may hold
+/// the ID) that no earlier incident covered.
+const AFFECTED_MISSING: &str = "state = 'missing' OR (recreated_at IS NOT NULL AND NOT EXISTS \
+     (SELECT 1 FROM incident_accounts earlier WHERE earlier.user_id = accounts.user_id))";
+
+impl Registry {
+    /// Opens an incident and snapshots its affected accounts; refuses when
+    /// nobody would be affected.
+    pub async fn open_incident(&self, title: &str, postmortem: &str, scope: &str, actor: &Actor) -> Result<(Incident, i64)> {
+        let mut tx = self.pool.begin().await?;
+        let (id,): (i64,) = sqlx::query_as(
+            "INSERT INTO incidents (title, postmortem, scope, opened_at) VALUES ($1, $2, $3, $4) RETURNING id",
+        )
+        .bind(title)
+        .bind(postmortem)
+        .bind(scope)
+        .bind(now_ms())
+        .fetch_one(&mut *tx)
+        .await?;
+        let filter = if scope == "all" { "1 = 1" } else { AFFECTED_MISSING };
+        let affected = sqlx::query(sqlx::AssertSqlSafe(format!(
+            "INSERT INTO incident_accounts (incident_id, user_id, state_at_opening) \
+             SELECT $1, user_id, state FROM accounts WHERE {filter}"
+        )))
+        .bind(id)
+        .execute(&mut *tx)
+        .await?
+        .rows_affected() as i64;
+        if affected == 0 {
+            tx.rollback().await?;
+            return Err(Error::Refused(if scope == "all" {
+                "the registry has no accounts: run `lifeboat sync` first".to_owned()
+            } else {
+                "no account is marked missing, so nobody would be affected: run `lifeboat sync` (after `lifeboat recover` if Synapse lost its database), or pass --affected all".to_owned()
+            }));
+        }
+        Self::audit_in(&mut tx, actor, "incident.open", Some(&format!("incident {id}")), Some(&format!("{title} ({affected} affected)")))
+            .await?;
+        tx.commit().await?;
+        let incident = self.incident(id).await?.expect("the incident was just created");
+        Ok((incident, affected))
+    }
+
+    pub async fn incident(&self, id: i64) -> Result<Option<Incident>> {
+        Ok(sqlx::query_as("SELECT id, title, postmortem, scope, opened_at, resolved_at FROM incidents WHERE id = $1")
+            .bind(id)
+            .fetch_optional(&self.pool)
+            .await?)
+    }
+
+    /// An incident that must exist, or a sentence saying it does not.
+    pub async fn require_incident(&self, id: i64) -> Result<Incident> {
+        self.incident(id).await?.ok_or_else(|| {
+            Error::Refused(format!("there is no incident {id}: `lifeboat incident list` shows them"))
+        })
+    }
+
+    pub async fn incidents(&self) -> Result<Vec<Incident>> {
+        Ok(sqlx::query_as("SELECT id, title, postmortem, scope, opened_at, resolved_at FROM incidents ORDER BY id DESC")
+            .fetch_all(&self.pool)
+            .await?)
+    }
+
+    pub async fn incident_summary(&self, id: i64) -> Result<IncidentSummary> {
+        let incident = self.require_incident(id).await?;
+        let (affected, by_email, by_matrix, unreachable, tokens): (i64, i64, i64, i64, i64) = sqlx::query_as(
+            "SELECT COUNT(*), \
+                    COALESCE(SUM(CASE WHEN has_email THEN 1 ELSE 0 END), 0), \
+                    COALESCE(SUM(CASE WHEN is_present THEN 1 ELSE 0 END), 0), \
+                    COALESCE(SUM(CASE WHEN has_email OR is_present THEN 0 ELSE 1 END), 0), \
+                    (SELECT COUNT(*) FROM registration_tokens WHERE incident_id = $1) \
+             FROM (SELECT EXISTS (SELECT 1 FROM contacts c WHERE c.user_id = ia.user_id AND c.kind = 'email' \
+                                  AND c.opted_out_at IS NULL) AS has_email, \
+                          (a.state = 'present') AS is_present \
+                   FROM incident_accounts ia JOIN accounts a ON a.user_id = ia.user_id \
+                   WHERE ia.incident_id = $1) people",
+        )
+        .bind(id)
+        .fetch_one(&self.pool)
+        .await?;
+        Ok(IncidentSummary {
+            incident,
+            affected,
+            reachable_by_email: by_email,
+            reachable_by_matrix: by_matrix,
+            unreachable,
+            tokens,
+            deliveries: self.delivery_counts(id).await?,
+        })
+    }
+
+    /// Marks an incident resolved; its unused tokens must then be revoked.
+    pub async fn resolve_incident(&self, id: i64, actor: &Actor) -> Result<()> {
+        let incident = self.require_incident(id).await?;
+        if incident.resolved_at.is_some() {
+            return Err(Error::Refused(format!("incident {id} is already resolved")));
+        }
+        let mut tx = self.pool.begin().await?;
+        sqlx::query("UPDATE incidents SET resolved_at = $2 WHERE id = $1")
+            .bind(id)
+            .bind(now_ms())
+            .execute(&mut *tx)
+            .await?;
+        Self::audit_in(&mut tx, actor, "incident.resolve", Some(&format!("incident {id}")), Some(&incident.title)).await?;
+        tx.commit().await?;
+        Ok(())
+    }
+
+    /// Affected accounts that need a notice token and have none yet: those
+    /// whose account is gone (missing) or held by someone else (recreated).
+    pub async fn accounts_needing_notice_token(&self, incident_id: i64) -> Result<Vec<String>> {
+        let rows: Vec<(String,)> = sqlx::query_as(
+            "SELECT ia.user_id FROM incident_accounts ia JOIN accounts a ON a.user_id = ia.user_id \
+             WHERE ia.incident_id = $1 AND (a.state <> 'present' OR a.recreated_at IS NOT NULL) \
+               AND NOT EXISTS (SELECT 1 FROM registration_tokens t WHERE t.incident_id = ia.incident_id \
+                               AND t.user_id = ia.user_id AND t.purpose = 'notice') \
+             ORDER BY ia.user_id",
+        )
+        .bind(incident_id)
+        .fetch_all(&self.pool)
+        .await?;
+        Ok(rows.into_iter().map(|(id,)| id).collect())
+    }
+
+    /// Records a token before it is created in Synapse, so a crash in
+    /// between leaves a record to retry rather than a stray token.
+    pub async fn record_notice_token(&self, incident_id: i64, user_id: &str, token: &str, expires_at: i64) -> Result<()> {
+        sqlx::query(
+            "INSERT INTO registration_tokens (token, incident_id, user_id, purpose, created_at, expires_at) \
+             VALUES ($1, $2, $3, 'notice', $4, $5)",
+        )
+        .bind(token)
+        .bind(incident_id)
+        .bind(user_id)
+        .bind(now_ms())
+        .bind(expires_at)
+        .execute(&self.pool)
+        .await?;
+        Ok(())
+    }
+
+    pub async fn confirm_token(&self, id: i64) -> Result<()> {
+        sqlx::query("UPDATE registration_tokens SET confirmed_at = $2 WHERE id = $1")
+            .bind(id)
+            .bind(now_ms())
+            .execute(&self.pool)
+            .await?;
+        Ok(())
+    }
+
+    pub async fn mark_token_revoked(&self, id: i64) -> Result<()> {
+        sqlx::query("UPDATE registration_tokens SET revoked_at = $2 WHERE id = $1")
+            .bind(id)
+            .bind(now_ms())
+            .execute(&self.pool)
+            .await?;
+        Ok(())
+    }
+
+    /// Tokens, newest incident first; optionally of one incident.
+    pub async fn tokens(&self, incident_id: Option<i64>) -> Result<Vec<NoticeToken>> {
+        Ok(match incident_id {
+            Some(id) => sqlx::query_as(sqlx::AssertSqlSafe(format!(
+                "SELECT {TOKEN_COLUMNS} FROM registration_tokens WHERE incident_id = $1 ORDER BY user_id"
+            )))
+            .bind(id)
+            .fetch_all(&self.pool)
+            .await?,
+            None => sqlx::query_as(sqlx::AssertSqlSafe(format!(
+                "SELECT {TOKEN_COLUMNS} FROM registration_tokens ORDER BY incident_id DESC, user_id"
+            )))
+            .fetch_all(&self.pool)
+            .await?,
+        })
+    }
+}

@@ -1,0 +1,179 @@
+//! Admin endpoints beyond the listing: who a token belongs to, registration
+//! tokens, shared-secret registration and rate-limit overrides.
+
+use hmac::{Hmac, Mac};
+use reqwest::Method;
+use secrecy::{ExposeSecret, SecretString};
+use serde::Deserialize;
+use serde_json::json;
+
+use super::{Error, SynapseClient, urlencode};
+
+#[derive(Debug, Clone, Deserialize)]
+pub struct Whoami {
+    pub user_id: String,
+    #[serde(default)]
+    pub device_id: Option<String>,
+}
+
+/// A registration token as Synapse reports it.
+#[derive(Debug, Clone, Deserialize)]
+pub struct RegistrationToken {
+    pub token: String,
+    #[serde(default)]
+    pub uses_allowed: Option<i64>,
+    #[serde(default)]
+    pub pending: i64,
+    #[serde(default)]
+    pub completed: i64,
+    /// Milliseconds.
+    #[serde(default)]
+    pub expiry_time: Option<i64>,
+}
+
+/// Credentials of an account made through shared-secret registration.
+#[derive(Clone, Deserialize)]
+pub struct Registered {
+    pub user_id: String,
+    pub access_token: SecretString,
+    #[serde(default)]
+    pub device_id: Option<String>,
+}
+
+impl std::fmt::Debug for Registered {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Registered").field("user_id", &self.user_id).finish_non_exhaustive()
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum SharedSecretError {
+    /// The account exists already: Synapse's database was not wiped.
+    #[error("the account already exists on Synapse")]
+    UserInUse,
+    #[error("Synapse refused the shared secret (403): homeserver.registration_shared_secret does not match registration_shared_secret in homeserver.yaml")]
+    WrongSecret,
+    #[error(transparent)]
+    Synapse(#[from] Error),
+}
+
+#[derive(Deserialize)]
+struct Nonce {
+    nonce: String,
+}
+
+impl SynapseClient {
+    /// `GET /_matrix/client/v3/account/whoami`: does this token still work?
+    pub async fn whoami(&self) -> Result<Whoami, Error> {
+        self.get_json("/_matrix/client/v3/account/whoami", &[], true).await
+    }
+
+    /// Creates a single-use registration token with the given string, so a
+    /// retry after a crash finds "already exists" instead of making another.
+    pub async fn create_registration_token(&self, token: &str, expiry_time_ms: i64) -> Result<(), Error> {
+        let body = json!({"token": token, "uses_allowed": 1, "expiry_time": expiry_time_ms});
+        let created: Result<RegistrationToken, Error> = self
+            .request_json(Method::POST, "/_synapse/admin/v1/registration_tokens/new", &[], Some(&body), true)
+            .await;
+        match created {
+            Ok(_) => Ok(()),
+            Err(Error::Rejected { message, .. }) if message.to_lowercase().contains("already exists") => Ok(()),
+            Err(err) => Err(err),
+        }
+    }
+
+    pub async fn registration_token(&self, token: &str) -> Result<Option<RegistrationToken>, Error> {
+        let path = format!("/_synapse/admin/v1/registration_tokens/{}", urlencode(token));
+        match self.get_json(&path, &[], true).await {
+            Ok(token) => Ok(Some(token)),
+            Err(Error::NotFound) => Ok(None),
+            Err(err) => Err(err),
+        }
+    }
+
+    /// Deletes a token; one that is already gone counts as deleted.
+    pub async fn delete_registration_token(&self, token: &str) -> Result<(), Error> {
+        let path = format!("/_synapse/admin/v1/registration_tokens/{}", urlencode(token));
+        match self.request_json::<serde_json::Value>(Method::DELETE, &path, &[], None, true).await {
+            Ok(_) | Err(Error::NotFound) => Ok(()),
+            Err(err) => Err(err),
+        }
+    }
+
+    /// Lifts the message rate limits of an account (lifeboat's own, so mass
+    /// DMs are not throttled).
+    pub async fn override_rate_limit(&self, user_id: &str) -> Result<(), Error> {
+        let path = format!("/_synapse/admin/v1/users/{}/override_ratelimit", urlencode(user_id));
+        let body = json!({"messages_per_second": 0, "burst_count": 0});
+        self.request_json::<serde_json::Value>(Method::POST, &path, &[], Some(&body), true).await.map(|_| ())
+    }
+
+    /// Registers an account through `/_synapse/admin/v1/register` with the
+    /// shared secret from homeserver.yaml. Works with registration closed and
+    /// without any token, which is what is left after a database wipe.
+    pub async fn register_with_shared_secret(
+        &self,
+        shared_secret: &SecretString,
+        localpart: &str,
+        password: &SecretString,
+        admin: bool,
+    ) -> Result<Registered, SharedSecretError> {
+        let nonce: Nonce = self.get_json("/_synapse/admin/v1/register", &[], false).await?;
+        let mac = registration_mac(shared_secret, &nonce.nonce, localpart, password, admin);
+        let body = json!({
+            "nonce": nonce.nonce,
+            "username": localpart,
+            "password": password.expose_secret(),
+            "admin": admin,
+            "mac": mac,
+        });
+        // Not retried as a whole request: the nonce is single use.
+        let registered = self
+            .without_retries()
+            .request_json::<Registered>(Method::POST, "/_synapse/admin/v1/register", &[], Some(&body), false)
+            .await;
+        match registered {
+            Ok(registered) => Ok(registered),
+            Err(Error::Rejected { errcode, .. }) if errcode == "M_USER_IN_USE" => Err(SharedSecretError::UserInUse),
+            Err(Error::Forbidden { .. }) => Err(SharedSecretError::WrongSecret),
+            Err(err) => Err(err.into()),
+        }
+    }
+
+    fn without_retries(&self) -> SynapseClient {
+        SynapseClient { retries: 0, ..self.clone() }
+    }
+}
+
+/// Lowercase hex HMAC-SHA1 over `nonce\0user\0password\0admin|notadmin`.
+fn registration_mac(secret: &SecretString, nonce: &str, user: &str, password: &SecretString, admin: bool) -> String {
+    let mut mac = Hmac::<sha1::Sha1>::new_from_slice(secret.expose_secret().as_bytes())
+        .expect("HMAC takes keys of any length");
+    for (index, part) in [nonce, user, password.expose_secret(), if admin { "admin" } else { "notadmin" }]
+        .iter()
+        .enumerate()
+    {
+        if index > 0 {
+            mac.update(b"\0");
+        }
+        mac.update(part.as_bytes());
+    }
+    hex::encode(mac.finalize().into_bytes())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_registration_mac_matches_synapses_test_vector() {
+        let mac = registration_mac(
+            &SecretString::from("s3cr3t"),
+            "abcdef",
+            "companion-bot",
+            &SecretString::from("hunter2"),
+            true,
+        );
+        assert_eq!(mac, "be95cfacd2eaf2e4e3e95aa018afaafc834f7bbf");
+    }
+}

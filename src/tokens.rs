@@ -1,0 +1,77 @@
+//! One single-use, expiring registration token per affected person, made
+//! through Synapse's admin API and recorded against account and incident.
+
+use std::time::Duration;
+
+use futures::StreamExt;
+use rand::distr::{Alphanumeric, SampleString};
+
+use crate::registry::{self, Registry, now_ms};
+use crate::synapse::{self, SynapseClient};
+
+/// Parallel admin API calls when creating or deleting tokens.
+const CONCURRENCY: usize = 8;
+
+#[derive(Debug, thiserror::Error)]
+pub enum TokenError {
+    #[error("could not create registration tokens in Synapse: {0}")]
+    Synapse(#[from] synapse::Error),
+    #[error(transparent)]
+    Registry(#[from] registry::Error),
+}
+
+/// 24 letters and digits: nothing to URL-encode, ~142 bits.
+fn new_token() -> String {
+    Alphanumeric.sample_string(&mut rand::rng(), 24)
+}
+
+/// Gives every affected person who needs one a notice token, and makes
+/// sure each recorded token exists in Synapse. Safe to run again after a
+/// crash: recorded-but-unconfirmed tokens are created again (Synapse's
+/// "already exists" counts as done). Returns how many were created.
+pub async fn ensure_notice_tokens(
+    registry: &Registry,
+    client: &SynapseClient,
+    incident_id: i64,
+    expiry: Duration,
+) -> Result<u64, TokenError> {
+    let expires_at = now_ms() + expiry.as_millis() as i64;
+    for user_id in registry.accounts_needing_notice_token(incident_id).await? {
+        registry.record_notice_token(incident_id, &user_id, &new_token(), expires_at).await?;
+    }
+    let unconfirmed: Vec<_> = registry
+        .tokens(Some(incident_id))
+        .await?
+        .into_iter()
+        .filter(|token| token.confirmed_at.is_none() && token.revoked_at.is_none())
+        .collect();
+    let mut created = 0;
+    let mut results = futures::stream::iter(unconfirmed)
+        .map(|token| async move { client.create_registration_token(&token.token, token.expires_at).await.map(|()| token.id) })
+        .buffer_unordered(CONCURRENCY);
+    while let Some(result) = results.next().await {
+        registry.confirm_token(result?).await?;
+        created += 1;
+    }
+    Ok(created)
+}
+
+/// Deletes an incident's unused tokens in Synapse (never relying on
+/// `uses_allowed: 0`, which Synapse still accepts). Returns (revoked, used).
+pub async fn revoke_unused_tokens(registry: &Registry, client: &SynapseClient, incident_id: i64) -> Result<(u64, u64), TokenError> {
+    let (mut revoked, mut used) = (0, 0);
+    for token in registry.tokens(Some(incident_id)).await? {
+        if token.revoked_at.is_some() {
+            continue;
+        }
+        match client.registration_token(&token.token).await? {
+            Some(info) if info.completed > 0 => used += 1,
+            _ => {
+                client.delete_registration_token(&token.token).await?;
+                registry.mark_token_revoked(token.id).await?;
+                revoked += 1;
+            }
+        }
+    }
+    Ok((revoked, used))
+}
