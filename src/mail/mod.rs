@@ -1,0 +1,1 @@
+//! Sending email (placeholder: being written).

@@ -1,0 +1,1 @@
+//! Rendering incident notices (placeholder: being written).
