@@ -2,8 +2,9 @@
 //!
 //! Only a complete listing can say an account is missing. Synapse being
 //! down, or a listing failing part-way, means "could not tell" — never loss.
-//! One failure is itself a loss signal: the admin token rejected as unknown
-//! while Synapse still answers, which is what a database wipe looks like.
+//! One failure is itself a loss signal: an admin token that worked for the
+//! last complete sync, now rejected as unknown while Synapse still answers.
+//! That is what a database wipe looks like.
 
 use serde::Serialize;
 
@@ -13,12 +14,22 @@ use crate::synapse::{self, SynapseClient};
 
 const LISTING_ATTEMPTS: u32 = 3;
 
+/// Registry setting: fingerprint of the admin token of the last complete sync.
+pub const WORKING_TOKEN_SETTING: &str = "working_admin_token_sha256";
+
+#[derive(Debug, Clone)]
+pub struct CheckOptions {
+    pub page_size: u32,
+    pub loss_threshold: f64,
+    pub server_name: String,
+}
+
 #[derive(Debug, Clone, Serialize)]
 pub struct CheckReport {
     #[serde(flatten)]
     pub report: Report,
     /// False when the verdict rests on the token being rejected, not on a
-    /// listing: then no account can be named missing yet.
+    /// listing: every known account is then counted missing.
     pub listing_complete: bool,
     pub reason: String,
     pub server_version: String,
@@ -32,6 +43,10 @@ pub enum CheckError {
         "could not tell whether accounts were lost: the account list kept changing while it was read ({listed} accounts read, Synapse counts {total}); run check again"
     )]
     Inconsistent { listed: usize, total: i64 },
+    #[error(
+        "could not tell whether accounts were lost: the registry has never completed a sync, so it knows no accounts to compare; run `lifeboat sync` first"
+    )]
+    NeverSynced,
     #[error("could not tell whether accounts were lost: {0}")]
     Registry(#[from] registry::Error),
 }
@@ -39,38 +54,33 @@ pub enum CheckError {
 pub async fn check(
     registry: &Registry,
     client: &SynapseClient,
-    page_size: u32,
-    loss_threshold: f64,
+    options: &CheckOptions,
 ) -> Result<CheckReport, CheckError> {
     // Unauthenticated and cheap: if this fails Synapse is down, full stop.
     let server_version = client.server_version().await?;
+    if registry.last_complete_sync().await?.is_none() {
+        return Err(CheckError::NeverSynced);
+    }
     let known = registry.known_accounts().await?;
-    let listing = match complete_listing(client, page_size).await {
+    let listing = match complete_listing(client, options).await {
         Ok(listing) => listing,
-        Err(CheckError::Synapse(err)) if err.is_unknown_token() => {
+        Err(CheckError::Synapse(err)) if err.is_unknown_token() && token_used_to_work(registry, client).await? => {
+            // Nobody can be listed, and a wipe loses everyone: count them all.
+            let report = merge_join(&known, &[], options.loss_threshold);
             return Ok(CheckReport {
-                report: Report {
-                    verdict: Verdict::SuspectedReset,
-                    known: known.len(),
-                    listed: 0,
-                    present: 0,
-                    missing: Vec::new(),
-                    recreated: Vec::new(),
-                    deactivated: Vec::new(),
-                    new: Vec::new(),
-                    lost_share: 0.0,
-                },
-                listing_complete: false,
                 reason: format!(
-                    "Synapse {server_version} answers but rejects the admin token as unknown (M_UNKNOWN_TOKEN): \
-                     its database was probably reset; with a new admin token, check names the lost accounts"
+                    "Synapse {server_version} answers but rejects as unknown (M_UNKNOWN_TOKEN) the admin token that \
+                     worked for the last sync: its database was probably reset, so every known account is counted \
+                     missing; `lifeboat recover` gets lifeboat back in"
                 ),
+                report: Report { verdict: Verdict::SuspectedReset, ..report },
+                listing_complete: false,
                 server_version,
             });
         }
         Err(err) => return Err(err),
     };
-    let report = merge_join(&known, &listing, loss_threshold);
+    let report = merge_join(&known, &listing, options.loss_threshold);
     let reason = match report.verdict {
         Verdict::Ok => "every known account is listed".to_owned(),
         Verdict::Loss => format!(
@@ -86,25 +96,24 @@ pub async fn check(
             report.lost_share * 100.0,
             report.missing.len(),
             report.recreated.len(),
-            loss_threshold
+            options.loss_threshold
         ),
     };
-    Ok(CheckReport {
-        report,
-        listing_complete: true,
-        reason,
-        server_version,
-    })
+    Ok(CheckReport { report, listing_complete: true, reason, server_version })
+}
+
+/// A rejected token only signals a wipe if it is the one that worked
+/// before; a mistyped or new token says nothing about the accounts.
+async fn token_used_to_work(registry: &Registry, client: &SynapseClient) -> Result<bool, CheckError> {
+    let working = registry.setting(WORKING_TOKEN_SETTING).await?;
+    Ok(working.is_some() && working == client.token_fingerprint())
 }
 
 /// Every account Synapse lists, sorted bytewise by ID and without repeats.
-async fn complete_listing(
-    client: &SynapseClient,
-    page_size: u32,
-) -> Result<Vec<Listed>, CheckError> {
+async fn complete_listing(client: &SynapseClient, options: &CheckOptions) -> Result<Vec<Listed>, CheckError> {
     let mut attempt = 1;
     loop {
-        let mut pages = client.pages(page_size);
+        let mut pages = client.pages(options.page_size).local_to(&options.server_name);
         let mut listing: Vec<Listed> = Vec::new();
         while let Some(page) = pages.next_page().await? {
             listing.extend(page.iter().map(Listed::from));
@@ -114,10 +123,7 @@ async fn complete_listing(
         match pages.total {
             Some(total) if (listing.len() as i64) < total => {
                 if attempt >= LISTING_ATTEMPTS {
-                    return Err(CheckError::Inconsistent {
-                        listed: listing.len(),
-                        total,
-                    });
+                    return Err(CheckError::Inconsistent { listed: listing.len(), total });
                 }
                 attempt += 1;
             }

@@ -49,11 +49,7 @@ impl std::fmt::Display for Origin {
 
 /// The env var that overrides `section.key`.
 pub fn env_var_for(section: &str, key: &str) -> String {
-    format!(
-        "{ENV_PREFIX}{}__{}",
-        section.to_ascii_uppercase(),
-        key.to_ascii_uppercase()
-    )
+    format!("{ENV_PREFIX}{}__{}", section.to_ascii_uppercase(), key.to_ascii_uppercase())
 }
 
 #[derive(Debug, Clone)]
@@ -153,10 +149,7 @@ pub struct AlertsConfig {
 impl Config {
     /// Loads the file at `path`, applies `LIFEBOAT__*` overrides from `env`,
     /// and validates the result.
-    pub fn load(
-        path: &Path,
-        env: impl IntoIterator<Item = (String, String)>,
-    ) -> Result<Config, ConfigError> {
+    pub fn load(path: &Path, env: impl IntoIterator<Item = (String, String)>) -> Result<Config, ConfigError> {
         let text = std::fs::read_to_string(path).map_err(|err| {
             if err.kind() == std::io::ErrorKind::NotFound {
                 ConfigError(format!(
@@ -184,20 +177,12 @@ impl Config {
                     format!(" at line {line}")
                 })
                 .unwrap_or_default();
-            ConfigError(format!(
-                "{} is not valid TOML{place}: {}",
-                path.display(),
-                err.message()
-            ))
+            ConfigError(format!("{} is not valid TOML{place}: {}", path.display(), err.message()))
         })?;
         let mut origins = BTreeMap::new();
         raw::apply_env_overrides(&mut table, env, &mut origins)?;
         let raw = raw::RawConfig::parse(table, path, &origins)?;
-        let base_dir = path
-            .parent()
-            .filter(|dir| !dir.as_os_str().is_empty())
-            .unwrap_or(Path::new("."))
-            .to_path_buf();
+        let base_dir = path.parent().filter(|dir| !dir.as_os_str().is_empty()).unwrap_or(Path::new(".")).to_path_buf();
         raw.validate(path, &base_dir, &origins)
     }
 

@@ -16,10 +16,7 @@ pub struct InvalidEmail {
 
 impl EmailAddress {
     pub fn parse(input: &str) -> Result<Self, InvalidEmail> {
-        let fail = |reason| InvalidEmail {
-            input: input.to_owned(),
-            reason,
-        };
+        let fail = |reason| InvalidEmail { input: input.to_owned(), reason };
         let address = input.trim().to_lowercase();
         if address.len() > 254 {
             return Err(fail("it is longer than 254 characters"));
@@ -33,9 +30,7 @@ impl EmailAddress {
         if local.starts_with('.') || local.ends_with('.') || local.contains("..") {
             return Err(fail("the part before @ has a misplaced dot"));
         }
-        let local_ok = local
-            .chars()
-            .all(|c| c.is_alphanumeric() || "!#$%&'*+-/=?^_`{|}~.".contains(c));
+        let local_ok = local.chars().all(|c| c.is_alphanumeric() || "!#$%&'*+-/=?^_`{|}~.".contains(c));
         if !local_ok {
             return Err(fail("the part before @ has characters mail servers refuse"));
         }

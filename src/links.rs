@@ -14,7 +14,8 @@ use url::Url;
 pub const LINK_KEY: &str = "link_signing_key";
 
 fn signature(key: &SecretString, message: &str) -> String {
-    let mut mac = Hmac::<Sha256>::new_from_slice(key.expose_secret().as_bytes()).expect("HMAC takes keys of any length");
+    let mut mac =
+        Hmac::<Sha256>::new_from_slice(key.expose_secret().as_bytes()).expect("HMAC takes keys of any length");
     mac.update(message.as_bytes());
     hex::encode(mac.finalize().into_bytes())
 }
@@ -32,7 +33,8 @@ pub fn unsubscribe_url(public_url: &Url, key: &SecretString, contact_id: i64) ->
 /// Does `sig` sign an unsubscribe link for `contact_id`? (Constant time.)
 pub fn verify_unsubscribe(key: &SecretString, contact_id: i64, sig: &str) -> bool {
     let Ok(sig) = hex::decode(sig) else { return false };
-    let mut mac = Hmac::<Sha256>::new_from_slice(key.expose_secret().as_bytes()).expect("HMAC takes keys of any length");
+    let mut mac =
+        Hmac::<Sha256>::new_from_slice(key.expose_secret().as_bytes()).expect("HMAC takes keys of any length");
     mac.update(format!("unsubscribe:{contact_id}").as_bytes());
     mac.verify_slice(&sig).is_ok()
 }

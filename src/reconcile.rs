@@ -25,11 +25,7 @@ pub struct Listed {
 
 impl From<&crate::synapse::ListedUser> for Listed {
     fn from(user: &crate::synapse::ListedUser) -> Self {
-        Listed {
-            user_id: user.user_id.clone(),
-            deactivated: user.deactivated,
-            created_at_ms: user.created_at_ms,
-        }
+        Listed { user_id: user.user_id.clone(), deactivated: user.deactivated, created_at_ms: user.created_at_ms }
     }
 }
 
@@ -112,13 +108,7 @@ impl ReportBuilder {
     pub fn add(&mut self, known: Option<&Known>, listed: Option<&Listed>) {
         self.known += usize::from(known.is_some());
         self.listed += usize::from(listed.is_some());
-        let id = || {
-            known
-                .map(|k| &k.user_id)
-                .or(listed.map(|l| &l.user_id))
-                .cloned()
-                .unwrap_or_default()
-        };
+        let id = || known.map(|k| &k.user_id).or(listed.map(|l| &l.user_id)).cloned().unwrap_or_default();
         match classify(known, listed) {
             None => {}
             Some(Class::Present) => self.present += 1,
@@ -132,20 +122,11 @@ impl ReportBuilder {
     /// `loss_threshold`: the lost share at or above which the verdict is
     /// `suspected_reset` (a mass loss), not `loss`.
     pub fn finish(mut self, loss_threshold: f64) -> Report {
-        for ids in [
-            &mut self.missing,
-            &mut self.recreated,
-            &mut self.deactivated,
-            &mut self.new,
-        ] {
+        for ids in [&mut self.missing, &mut self.recreated, &mut self.deactivated, &mut self.new] {
             ids.sort_unstable();
         }
         let lost = self.missing.len() + self.recreated.len();
-        let lost_share = if self.known == 0 {
-            0.0
-        } else {
-            lost as f64 / self.known as f64
-        };
+        let lost_share = if self.known == 0 { 0.0 } else { lost as f64 / self.known as f64 };
         let verdict = if lost == 0 {
             Verdict::Ok
         } else if lost_share >= loss_threshold {
@@ -192,45 +173,25 @@ mod tests {
     use super::*;
 
     fn known(id: &str, created: i64) -> Known {
-        Known {
-            user_id: id.into(),
-            created_at_ms: Some(created),
-        }
+        Known { user_id: id.into(), created_at_ms: Some(created) }
     }
 
     fn listed(id: &str, created: i64, deactivated: bool) -> Listed {
-        Listed {
-            user_id: id.into(),
-            deactivated,
-            created_at_ms: Some(created),
-        }
+        Listed { user_id: id.into(), deactivated, created_at_ms: Some(created) }
     }
 
     #[test]
     fn every_kind_of_account_is_classified() {
-        let registry = [
-            known("@a:x", 1),
-            known("@b:x", 1),
-            known("@c:x", 1),
-            known("@d:x", 1),
-        ];
-        let listing = [
-            listed("@a:x", 1, false),
-            listed("@c:x", 5, false),
-            listed("@d:x", 1, true),
-            listed("@e:x", 9, false),
-        ];
+        let registry = [known("@a:x", 1), known("@b:x", 1), known("@c:x", 1), known("@d:x", 1)];
+        let listing =
+            [listed("@a:x", 1, false), listed("@c:x", 5, false), listed("@d:x", 1, true), listed("@e:x", 9, false)];
         let report = merge_join(&registry, &listing, 0.5);
         assert_eq!(report.present, 1);
         assert_eq!(report.missing, ["@b:x"]);
         assert_eq!(report.recreated, ["@c:x"]);
         assert_eq!(report.deactivated, ["@d:x"]);
         assert_eq!(report.new, ["@e:x"]);
-        assert_eq!(
-            report.verdict,
-            Verdict::SuspectedReset,
-            "2 of 4 lost reaches the 0.5 threshold"
-        );
+        assert_eq!(report.verdict, Verdict::SuspectedReset, "2 of 4 lost reaches the 0.5 threshold");
     }
 
     #[test]

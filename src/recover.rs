@@ -21,22 +21,31 @@ pub enum TokenSource {
 }
 
 pub enum AdminAccess {
-    Working { client: SynapseClient, source: TokenSource },
+    Working {
+        client: SynapseClient,
+        source: TokenSource,
+    },
     /// Every known token is rejected as unknown (as after a wipe). The client
     /// carries the configured token, if any, so callers can show what
     /// Synapse says about it.
-    Dead { client: SynapseClient },
+    Dead {
+        client: SynapseClient,
+    },
 }
 
 #[derive(Debug, thiserror::Error)]
 pub enum RecoverError {
-    #[error("lifeboat cannot recover without Synapse's shared secret: set homeserver.registration_shared_secret (or registration_shared_secret_file) to registration_shared_secret from homeserver.yaml")]
+    #[error(
+        "lifeboat cannot recover without Synapse's shared secret: set homeserver.registration_shared_secret (or registration_shared_secret_file) to registration_shared_secret from homeserver.yaml"
+    )]
     NoSecret,
-    #[error("{user_id} still exists on Synapse, so its database was not wiped: the admin token was revoked instead; put a current admin token in homeserver.admin_token")]
+    #[error(
+        "{user_id} still exists on Synapse, so its database was not wiped: the admin token was revoked instead; put a current admin token in homeserver.admin_token"
+    )]
     NotAWipe { user_id: String },
     #[error("cannot recover: {0}")]
     SharedSecret(#[from] SharedSecretError),
-    #[error("cannot recover: {0}")]
+    #[error(transparent)]
     Synapse(#[from] synapse::Error),
     #[error(transparent)]
     Registry(#[from] registry::Error),

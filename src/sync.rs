@@ -11,8 +11,8 @@ use crate::email::EmailAddress;
 use crate::registry::{self, Actor, Registry, SyncApplied, now_ms};
 use crate::synapse::{self, SynapseClient, ThreePid};
 
-/// Times the whole listing is read again when accounts registered while it
-/// was being read (offset paging can then skip someone).
+/// Times the whole listing is read when accounts registered while it was
+/// being read (offset paging then repeats some and may skip others).
 const LISTING_ATTEMPTS: u32 = 3;
 /// Accounts whose details are fetched per registry query.
 const DETAILS_BATCH: i64 = 500;
@@ -23,6 +23,7 @@ pub struct SyncOptions {
     pub details_concurrency: usize,
     pub details_max_age: Duration,
     pub loss_threshold: f64,
+    pub server_name: String,
 }
 
 impl SyncOptions {
@@ -32,6 +33,7 @@ impl SyncOptions {
             details_concurrency: config.sync.details_concurrency,
             details_max_age: config.sync.details_max_age,
             loss_threshold: config.watch.loss_threshold,
+            server_name: config.homeserver.server_name.clone(),
         }
     }
 }
@@ -64,6 +66,8 @@ pub enum SyncError {
         "the account list kept changing while it was read ({listed} accounts read, Synapse counts {total}), so the registry was left unchanged; run sync again"
     )]
     Inconsistent { listed: u64, total: i64 },
+    #[error("the listing was applied, but importing emails stopped: {0}")]
+    Details(synapse::Error),
     #[error(transparent)]
     Registry(#[from] registry::Error),
 }
@@ -78,7 +82,7 @@ pub async fn sync(
     let mut attempt = 1;
     let run_id = loop {
         let run_id = registry.begin_sync_run().await?;
-        match stage_listing(registry, client, run_id, options.page_size, progress).await {
+        match stage_listing(registry, client, run_id, options, progress).await {
             Ok(()) => break run_id,
             Err(err) => {
                 registry.fail_sync_run(run_id, &err.to_string()).await?;
@@ -90,19 +94,28 @@ pub async fn sync(
             }
         }
     };
-    let applied = registry
-        .apply_listing(run_id, options.loss_threshold, actor)
-        .await?;
-    let (fetched, failed, imported) = import_emails(registry, client, options, progress).await?;
-    registry
-        .finish_sync_run(run_id, fetched, failed, imported, actor)
-        .await?;
+    let applied = match registry.apply_listing(run_id, options.loss_threshold, actor).await {
+        Ok(applied) => applied,
+        Err(err) => {
+            registry.fail_sync_run(run_id, &err.to_string()).await?;
+            return Err(err.into());
+        }
+    };
+    // Remembered so `check` can tell a dead token that used to work (a
+    // wipe) from one that never did (a typo).
+    if let Some(fingerprint) = client.token_fingerprint() {
+        registry.set_setting(crate::check::WORKING_TOKEN_SETTING, &fingerprint).await?;
+    }
+    let mut counts = DetailCounts::default();
+    let outcome = import_emails(registry, client, options, progress, &mut counts).await;
+    registry.finish_sync_run(run_id, counts.fetched, counts.failed, counts.imported, actor).await?;
+    outcome?;
     Ok(SyncSummary {
         run_id,
         applied,
-        details_fetched: fetched,
-        details_failed: failed,
-        emails_imported: imported,
+        details_fetched: counts.fetched,
+        details_failed: counts.failed,
+        emails_imported: counts.imported,
     })
 }
 
@@ -112,10 +125,10 @@ async fn stage_listing(
     registry: &Registry,
     client: &SynapseClient,
     run_id: i64,
-    page_size: u32,
+    options: &SyncOptions,
     progress: &dyn SyncProgress,
 ) -> Result<(), SyncError> {
-    let mut pages = client.pages(page_size);
+    let mut pages = client.pages(options.page_size).local_to(&options.server_name);
     let mut staged: u64 = 0;
     let mut to_stage: Option<Vec<synapse::ListedUser>> = None;
     loop {
@@ -135,12 +148,16 @@ async fn stage_listing(
         }
     }
     match pages.total {
-        Some(total) if (staged as i64) < total => Err(SyncError::Inconsistent {
-            listed: staged,
-            total,
-        }),
+        Some(total) if (staged as i64) < total => Err(SyncError::Inconsistent { listed: staged, total }),
         _ => Ok(()),
     }
+}
+
+#[derive(Default)]
+struct DetailCounts {
+    fetched: u64,
+    failed: u64,
+    imported: u64,
 }
 
 /// Fetches details of new or stale accounts with bounded concurrency and
@@ -150,17 +167,13 @@ async fn import_emails(
     client: &SynapseClient,
     options: &SyncOptions,
     progress: &dyn SyncProgress,
-) -> Result<(u64, u64, u64), SyncError> {
+    counts: &mut DetailCounts,
+) -> Result<(), SyncError> {
     let stale_before = now_ms() - options.details_max_age.as_millis() as i64;
-    let total = registry
-        .count_accounts_needing_details(stale_before)
-        .await? as u64;
-    let (mut fetched, mut failed, mut imported) = (0u64, 0u64, 0u64);
+    let total = registry.count_accounts_needing_details(stale_before).await? as u64;
     let mut after = String::new();
     loop {
-        let batch = registry
-            .accounts_needing_details(stale_before, &after, DETAILS_BATCH)
-            .await?;
+        let batch = registry.accounts_needing_details(stale_before, &after, DETAILS_BATCH).await?;
         let Some(last) = batch.last() else { break };
         after = last.clone();
         let mut results = futures::stream::iter(batch)
@@ -172,27 +185,24 @@ async fn import_emails(
         while let Some((user_id, details)) = results.next().await {
             match details {
                 Ok(Some(details)) => {
-                    imported += registry
-                        .record_details(&user_id, &emails_of(&user_id, &details.threepids))
-                        .await?;
-                    fetched += 1;
+                    counts.imported +=
+                        registry.record_details(&user_id, &emails_of(&user_id, &details.threepids)).await?;
+                    counts.fetched += 1;
                 }
                 // Gone since the listing: the next sync will see it missing.
-                Ok(None) => {}
-                Err(
-                    err @ (synapse::Error::Unauthorized { .. } | synapse::Error::Forbidden { .. }),
-                ) => {
-                    return Err(err.into());
+                Ok(None) => counts.fetched += 1,
+                Err(err @ (synapse::Error::Unauthorized { .. } | synapse::Error::Forbidden { .. })) => {
+                    return Err(SyncError::Details(err));
                 }
                 Err(err) => {
                     tracing::warn!(user_id = %user_id, error = %err, "could not fetch account details");
-                    failed += 1;
+                    counts.failed += 1;
                 }
             }
-            progress.details(fetched + failed, total);
+            progress.details(counts.fetched + counts.failed, total);
         }
     }
-    Ok((fetched, failed, imported))
+    Ok(())
 }
 
 fn emails_of(user_id: &str, threepids: &[ThreePid]) -> Vec<(EmailAddress, Option<i64>)> {

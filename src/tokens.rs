@@ -47,7 +47,9 @@ pub async fn ensure_notice_tokens(
         .collect();
     let mut created = 0;
     let mut results = futures::stream::iter(unconfirmed)
-        .map(|token| async move { client.create_registration_token(&token.token, token.expires_at).await.map(|()| token.id) })
+        .map(|token| async move {
+            client.create_registration_token(&token.token, token.expires_at).await.map(|()| token.id)
+        })
         .buffer_unordered(CONCURRENCY);
     while let Some(result) = results.next().await {
         registry.confirm_token(result?).await?;
@@ -58,7 +60,11 @@ pub async fn ensure_notice_tokens(
 
 /// Deletes an incident's unused tokens in Synapse (never relying on
 /// `uses_allowed: 0`, which Synapse still accepts). Returns (revoked, used).
-pub async fn revoke_unused_tokens(registry: &Registry, client: &SynapseClient, incident_id: i64) -> Result<(u64, u64), TokenError> {
+pub async fn revoke_unused_tokens(
+    registry: &Registry,
+    client: &SynapseClient,
+    incident_id: i64,
+) -> Result<(u64, u64), TokenError> {
     let (mut revoked, mut used) = (0, 0);
     for token in registry.tokens(Some(incident_id)).await? {
         if token.revoked_at.is_some() {

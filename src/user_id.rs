@@ -14,10 +14,7 @@ pub struct InvalidUserId {
 
 impl UserId {
     pub fn parse(input: &str) -> Result<Self, InvalidUserId> {
-        let fail = |reason| InvalidUserId {
-            input: input.to_owned(),
-            reason,
-        };
+        let fail = |reason| InvalidUserId { input: input.to_owned(), reason };
         let text = input.trim();
         let Some(rest) = text.strip_prefix('@') else {
             return Err(fail("it must start with @"));
@@ -45,17 +42,11 @@ impl UserId {
     }
 
     pub fn localpart(&self) -> &str {
-        self.0[1..]
-            .split_once(':')
-            .map(|(local, _)| local)
-            .unwrap_or("")
+        self.0[1..].split_once(':').map(|(local, _)| local).unwrap_or("")
     }
 
     pub fn server_name(&self) -> &str {
-        self.0
-            .split_once(':')
-            .map(|(_, server)| server)
-            .unwrap_or("")
+        self.0.split_once(':').map(|(_, server)| server).unwrap_or("")
     }
 }
 
@@ -78,13 +69,7 @@ mod tests {
 
     #[test]
     fn malformed_user_ids_are_refused() {
-        for bad in [
-            "alice",
-            "@alice",
-            "@:example.org",
-            "@alice:",
-            "@al ice:example.org",
-        ] {
+        for bad in ["alice", "@alice", "@:example.org", "@alice:", "@al ice:example.org"] {
             assert!(UserId::parse(bad).is_err(), "{bad} should be refused");
         }
     }

@@ -1,9 +1,11 @@
 //! `lifeboat check`
 
+use super::AdminClientError;
 use super::output::{id_list, print_json};
 use super::{Context, Failure, Outcome, exit};
-use crate::check::check;
+use crate::check::{CheckError, CheckOptions, check};
 use crate::reconcile::Verdict;
+use crate::recover::RecoverError;
 
 #[derive(clap::Args, Debug)]
 pub struct Args {
@@ -14,16 +16,20 @@ pub struct Args {
 
 pub async fn run(context: &Context, args: Args) -> Outcome {
     let config = context.config()?;
-    let client = context.synapse(&config)?;
     let registry = context.registry(&config).await?;
-    let outcome = check(
-        &registry,
-        &client,
-        config.sync.page_size,
-        config.watch.loss_threshold,
-    )
-    .await
-    .map_err(|err| Failure::new(exit::FAILED, err))?;
+    let client = match context.admin_client(&config, &registry).await {
+        Ok(client) => client,
+        Err(AdminClientError::Access(RecoverError::Synapse(err))) => {
+            return Err(Failure::new(exit::FAILED, CheckError::Synapse(err)));
+        }
+        Err(err) => return Err(err.into()),
+    };
+    let options = CheckOptions {
+        page_size: config.sync.page_size,
+        loss_threshold: config.watch.loss_threshold,
+        server_name: config.homeserver.server_name.clone(),
+    };
+    let outcome = check(&registry, &client, &options).await.map_err(|err| Failure::new(exit::FAILED, err))?;
 
     if args.json {
         print_json(&outcome)?;

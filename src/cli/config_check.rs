@@ -24,13 +24,8 @@ pub fn run(context: &Context, command: Command) -> Outcome {
 fn secret(secret: &Option<Secret>) -> String {
     match secret {
         None => "(not set)".to_owned(),
-        Some(Secret {
-            from_file: Some(path),
-            ..
-        }) => format!("(set, read from {})", path.display()),
-        Some(Secret {
-            from_file: None, ..
-        }) => "(set)".to_owned(),
+        Some(Secret { from_file: Some(path), .. }) => format!("(set, read from {})", path.display()),
+        Some(Secret { from_file: None, .. }) => "(set)".to_owned(),
     }
 }
 
@@ -41,45 +36,24 @@ fn print_summary(config: &Config) {
     println!("  url = {}", hs.url);
     println!("  server_name = {}", hs.server_name);
     println!("  admin_token = {}", secret(&hs.admin_token));
-    println!(
-        "  registration_shared_secret = {}",
-        secret(&hs.registration_shared_secret)
-    );
+    println!("  registration_shared_secret = {}", secret(&hs.registration_shared_secret));
     println!("  timeout = {}", humantime::format_duration(hs.timeout));
     println!("  retries = {}", hs.retries);
     println!("[registry]");
-    println!(
-        "  url = {}",
-        crate::registry::redact_url(&config.registry.url)
-    );
+    println!("  url = {}", crate::registry::redact_url(&config.registry.url));
     println!("[sync]");
     println!("  page_size = {}", config.sync.page_size);
-    println!(
-        "  details_concurrency = {}",
-        config.sync.details_concurrency
-    );
-    println!(
-        "  details_max_age = {}",
-        humantime::format_duration(config.sync.details_max_age)
-    );
+    println!("  details_concurrency = {}", config.sync.details_concurrency);
+    println!("  details_max_age = {}", humantime::format_duration(config.sync.details_max_age));
     println!("[watch]");
-    println!(
-        "  interval = {}",
-        humantime::format_duration(config.watch.interval)
-    );
+    println!("  interval = {}", humantime::format_duration(config.watch.interval));
     println!("  loss_threshold = {}", config.watch.loss_threshold);
     println!("[tokens]");
-    println!(
-        "  expiry = {}",
-        humantime::format_duration(config.tokens.expiry)
-    );
+    println!("  expiry = {}", humantime::format_duration(config.tokens.expiry));
     match &config.email {
         Some(email) => {
             println!("[email]");
-            println!(
-                "  smtp_url = {}",
-                crate::registry::redact_url(&email.smtp_url)
-            );
+            println!("  smtp_url = {}", crate::registry::redact_url(&email.smtp_url));
             println!("  smtp_password = {}", secret(&email.smtp_password));
             println!("  from = {}", email.from);
         }
@@ -93,10 +67,7 @@ fn print_summary(config: &Config) {
             println!("  user_id = {}", bot.user_id);
             println!("  password = {}", secret(&bot.password));
             println!("  access_token = {}", secret(&bot.access_token));
-            println!(
-                "  admin_room = {}",
-                bot.admin_room.as_deref().unwrap_or("(not set)")
-            );
+            println!("  admin_room = {}", bot.admin_room.as_deref().unwrap_or("(not set)"));
             let admins: Vec<String> = bot.admins.iter().map(|id| id.to_string()).collect();
             println!("  admins = [{}]", admins.join(", "));
             println!("  command_prefix = {}", bot.command_prefix);
@@ -113,12 +84,7 @@ fn print_summary(config: &Config) {
         }
         None => println!("[web] not configured"),
     }
-    let alerts: Vec<String> = config
-        .alerts
-        .email
-        .iter()
-        .map(|email| email.to_string())
-        .collect();
+    let alerts: Vec<String> = config.alerts.email.iter().map(|email| email.to_string()).collect();
     println!("[alerts]");
     println!("  email = [{}]", alerts.join(", "));
     if hs.admin_token.is_none() {

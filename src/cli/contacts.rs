@@ -55,10 +55,7 @@ pub async fn run(context: &Context, command: Command) -> Outcome {
             }
         }
         Command::Remove { user_id, email } => {
-            if registry
-                .remove_contact(user_id.as_str(), ContactKind::Email, email.as_str(), &actor)
-                .await?
-            {
+            if registry.remove_contact(user_id.as_str(), ContactKind::Email, email.as_str(), &actor).await? {
                 println!("Removed {email} from {user_id}.");
             } else {
                 println!("{user_id} has no contact {email}; nothing changed.");

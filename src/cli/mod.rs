@@ -4,8 +4,11 @@
 mod check;
 mod config_check;
 mod contacts;
+mod incident;
 mod output;
+mod recover;
 mod sync;
+mod tokens;
 mod users;
 
 use std::path::PathBuf;
@@ -14,8 +17,27 @@ use std::process::ExitCode;
 use clap::{Parser, Subcommand};
 
 use crate::config::{Config, ConfigError};
+use crate::recover::{AdminAccess, RecoverError, admin_access};
 use crate::registry::Registry;
 use crate::synapse::SynapseClient;
+
+/// Why no admin client could be made.
+#[derive(Debug, thiserror::Error)]
+pub(crate) enum AdminClientError {
+    #[error(transparent)]
+    NoToken(ConfigError),
+    #[error(transparent)]
+    Access(#[from] RecoverError),
+}
+
+impl From<AdminClientError> for Failure {
+    fn from(err: AdminClientError) -> Self {
+        match err {
+            AdminClientError::NoToken(err) => err.into(),
+            AdminClientError::Access(err) => Failure::new(exit::FAILED, err),
+        }
+    }
+}
 
 /// Exit codes scripts and monitoring rely on (see the README).
 pub mod exit {
@@ -67,6 +89,18 @@ enum Command {
     /// Add or remove contact emails of an account.
     #[command(subcommand)]
     Contacts(contacts::Command),
+    /// Incidents: open one after a loss, show who can be reached, resolve it.
+    #[command(subcommand)]
+    Incident(incident::Command),
+    /// Registration tokens issued to affected people.
+    #[command(subcommand)]
+    Tokens(tokens::Command),
+    /// After a database wipe: re-create lifeboat's own admin account through the shared secret.
+    ///
+    /// Needs homeserver.registration_shared_secret. Does nothing when an admin
+    /// token still works; refuses when lifeboat's account still exists (then
+    /// the token was revoked, not the database lost). Exit 0 ok, 1 failed.
+    Recover(recover::Args),
     /// Validate a config file.
     #[command(subcommand)]
     Config(config_check::Command),
@@ -81,10 +115,7 @@ pub struct Failure {
 
 impl Failure {
     pub fn new(code: u8, message: impl std::fmt::Display) -> Self {
-        Failure {
-            code,
-            message: message.to_string(),
-        }
+        Failure { code, message: message.to_string() }
     }
 }
 
@@ -106,10 +137,7 @@ pub type Outcome = Result<u8, Failure>;
 pub fn main() -> ExitCode {
     let cli = Cli::parse();
     init_logging(cli.verbose);
-    let runtime = match tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
-        .build()
-    {
+    let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
         Ok(runtime) => runtime,
         Err(err) => {
             eprintln!("error: cannot start the async runtime: {err}");
@@ -126,14 +154,15 @@ pub fn main() -> ExitCode {
 }
 
 async fn run(cli: Cli) -> Outcome {
-    let context = Context {
-        config_path: cli.config,
-    };
+    let context = Context { config_path: cli.config };
     match cli.command {
         Command::Sync(args) => sync::run(&context, args).await,
         Command::Check(args) => check::run(&context, args).await,
         Command::Users(command) => users::run(&context, command).await,
         Command::Contacts(command) => contacts::run(&context, command).await,
+        Command::Incident(command) => incident::run(&context, command).await,
+        Command::Tokens(command) => tokens::run(&context, command).await,
+        Command::Recover(args) => recover::run(&context, args).await,
         Command::Config(command) => config_check::run(&context, command),
     }
 }
@@ -152,9 +181,21 @@ impl Context {
         Ok(Registry::connect(&config.registry.url).await?)
     }
 
-    pub(crate) fn synapse(&self, config: &Config) -> Result<SynapseClient, Failure> {
-        config.require_admin_token()?;
-        Ok(SynapseClient::from_config(&config.homeserver))
+    /// A client with a working admin token (recovered or configured). When
+    /// every token is rejected as unknown, the configured one is used anyway
+    /// so the caller reports what Synapse says (check: a suspected reset).
+    pub(crate) async fn admin_client(
+        &self,
+        config: &Config,
+        registry: &Registry,
+    ) -> Result<SynapseClient, AdminClientError> {
+        match admin_access(config, registry).await? {
+            AdminAccess::Working { client, .. } => Ok(client),
+            AdminAccess::Dead { client } => match &config.homeserver.admin_token {
+                Some(token) => Ok(client.with_token(token.value.clone())),
+                None => Err(AdminClientError::NoToken(config.require_admin_token().unwrap_err())),
+            },
+        }
     }
 }
 
@@ -166,9 +207,5 @@ fn init_logging(verbose: u8) {
     };
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(default));
-    tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_writer(std::io::stderr)
-        .with_target(false)
-        .init();
+    tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr).with_target(false).init();
 }

@@ -19,8 +19,7 @@ pub fn print_json(value: &impl Serialize) -> Result<(), Failure> {
 pub fn time(ms: Option<i64>) -> String {
     match ms {
         Some(ms) if ms >= 0 => {
-            humantime::format_rfc3339_seconds(UNIX_EPOCH + Duration::from_millis(ms as u64))
-                .to_string()
+            humantime::format_rfc3339_seconds(UNIX_EPOCH + Duration::from_millis(ms as u64)).to_string()
         }
         _ => "-".to_owned(),
     }
@@ -43,17 +42,9 @@ pub fn progress_bar(message: &'static str) -> ProgressBar {
 
 /// Up to `limit` IDs joined, with a count of the rest.
 pub fn id_list(ids: &[String], limit: usize) -> String {
-    let mut text = ids
-        .iter()
-        .take(limit)
-        .cloned()
-        .collect::<Vec<_>>()
-        .join(", ");
+    let mut text = ids.iter().take(limit).cloned().collect::<Vec<_>>().join(", ");
     if ids.len() > limit {
-        text.push_str(&format!(
-            ", and {} more (--json lists all)",
-            ids.len() - limit
-        ));
+        text.push_str(&format!(", and {} more (--json lists all)", ids.len() - limit));
     }
     text
 }

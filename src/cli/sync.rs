@@ -4,10 +4,12 @@ use std::sync::atomic::{AtomicBool, Ordering};
 
 use indicatif::ProgressBar;
 
+use super::AdminClientError;
 use super::output::{id_list, print_json, progress_bar};
 use super::{Context, Failure, Outcome, exit};
+use crate::recover::RecoverError;
 use crate::registry::Actor;
-use crate::sync::{SyncOptions, SyncProgress, sync};
+use crate::sync::{SyncError, SyncOptions, SyncProgress, sync};
 
 #[derive(clap::Args, Debug)]
 pub struct Args {
@@ -42,20 +44,16 @@ impl SyncProgress for Bar {
 
 pub async fn run(context: &Context, args: Args) -> Outcome {
     let config = context.config()?;
-    let client = context.synapse(&config)?;
     let registry = context.registry(&config).await?;
-    let progress = Bar {
-        bar: progress_bar("accounts"),
-        in_details: AtomicBool::new(false),
+    let client = match context.admin_client(&config, &registry).await {
+        Ok(client) => client,
+        Err(AdminClientError::Access(RecoverError::Synapse(err))) => {
+            return Err(Failure::new(exit::FAILED, SyncError::Listing(err)));
+        }
+        Err(err) => return Err(err.into()),
     };
-    let result = sync(
-        &registry,
-        &client,
-        &SyncOptions::from_config(&config),
-        &Actor::cli(),
-        &progress,
-    )
-    .await;
+    let progress = Bar { bar: progress_bar("accounts"), in_details: AtomicBool::new(false) };
+    let result = sync(&registry, &client, &SyncOptions::from_config(&config), &Actor::cli(), &progress).await;
     progress.bar.finish_and_clear();
     let summary = result.map_err(|err| Failure::new(exit::FAILED, err))?;
 
@@ -63,10 +61,7 @@ pub async fn run(context: &Context, args: Args) -> Outcome {
         print_json(&summary)?;
     } else {
         let report = &summary.applied.report;
-        println!(
-            "Sync run {} complete: {} accounts listed.",
-            summary.run_id, report.listed
-        );
+        println!("Sync run {} complete: {} accounts listed.", summary.run_id, report.listed);
         println!(
             "  present {}, new {}, missing {} ({} newly), recreated {}, deactivated {}",
             report.present,
@@ -84,10 +79,7 @@ pub async fn run(context: &Context, args: Args) -> Outcome {
             println!("  missing: {}", id_list(&report.missing, 20));
         }
         if !report.recreated.is_empty() {
-            println!(
-                "  recreated (same ID, newer account): {}",
-                id_list(&report.recreated, 20)
-            );
+            println!("  recreated (same ID, newer account): {}", id_list(&report.recreated, 20));
         }
     }
     if summary.details_failed > 0 {

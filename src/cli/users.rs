@@ -64,50 +64,29 @@ pub async fn run(context: &Context, command: Command) -> Outcome {
                 StateFilter::Missing => AccountState::Missing,
                 StateFilter::Deactivated => AccountState::Deactivated,
             });
-            let counts: HashMap<String, i64> =
-                registry.contact_counts().await?.into_iter().collect();
+            let counts: HashMap<String, i64> = registry.contact_counts().await?.into_iter().collect();
             let accounts: Vec<Listed> = registry
                 .accounts(state)
                 .await?
                 .into_iter()
-                .map(|account| Listed {
-                    contacts: counts.get(&account.user_id).copied().unwrap_or(0),
-                    account,
-                })
+                .map(|account| Listed { contacts: counts.get(&account.user_id).copied().unwrap_or(0), account })
                 .collect();
             if json {
                 print_json(&accounts)?;
             } else if accounts.is_empty() {
                 println!(
                     "No accounts in the registry{}; run `lifeboat sync` to read them from Synapse.",
-                    if state.is_some() {
-                        " in that state"
-                    } else {
-                        ""
-                    }
+                    if state.is_some() { " in that state" } else { "" }
                 );
             } else {
-                let width = accounts
-                    .iter()
-                    .map(|a| a.account.user_id.len())
-                    .max()
-                    .unwrap_or(7)
-                    .max(7);
-                println!(
-                    "{:<width$}  {:<11}  {:>8}  SINCE",
-                    "USER ID", "STATE", "CONTACTS"
-                );
+                let width = accounts.iter().map(|a| a.account.user_id.len()).max().unwrap_or(7).max(7);
+                println!("{:<width$}  {:<11}  {:>8}  SINCE", "USER ID", "STATE", "CONTACTS");
                 for Listed { account, contacts } in &accounts {
                     let since = match account.state {
                         AccountState::Missing => time(account.missing_since),
                         _ => time(account.last_seen_present_at),
                     };
-                    println!(
-                        "{:<width$}  {:<11}  {:>8}  {since}",
-                        account.user_id,
-                        account.state.as_str(),
-                        contacts
-                    );
+                    println!("{:<width$}  {:<11}  {:>8}  {since}", account.user_id, account.state.as_str(), contacts);
                 }
                 println!("{} accounts", accounts.len());
             }
@@ -136,10 +115,7 @@ pub async fn run(context: &Context, command: Command) -> Outcome {
 fn print_account(account: &Account, contacts: &[Contact]) {
     let flag = |on: bool| if on { "yes" } else { "no" };
     println!("{}", account.user_id);
-    println!(
-        "  display name:     {}",
-        account.display_name.as_deref().unwrap_or("-")
-    );
+    println!("  display name:     {}", account.display_name.as_deref().unwrap_or("-"));
     println!("  state:            {}", account.state.as_str());
     if account.state == AccountState::Missing {
         println!("  missing since:    {}", time(account.missing_since));
@@ -151,17 +127,11 @@ fn print_account(account: &Account, contacts: &[Contact]) {
     println!("  first seen:       {}", time(Some(account.first_seen_at)));
     println!("  last seen listed: {}", time(account.last_seen_present_at));
     if account.recreated_at.is_some() {
-        println!(
-            "  recreated:        {} (same ID registered again)",
-            time(account.recreated_at)
-        );
+        println!("  recreated:        {} (same ID registered again)", time(account.recreated_at));
     }
     println!("  emails fetched:   {}", time(account.details_fetched_at));
     if contacts.is_empty() {
-        println!(
-            "  contacts:         none (add one with `lifeboat contacts add {} EMAIL`)",
-            account.user_id
-        );
+        println!("  contacts:         none (add one with `lifeboat contacts add {} EMAIL`)", account.user_id);
     } else {
         println!("  contacts:");
         for contact in contacts {
@@ -173,12 +143,7 @@ fn print_account(account: &Account, contacts: &[Contact]) {
             if contact.opted_out_at.is_some() {
                 notes.push(format!("opted out {}", time(contact.opted_out_at)));
             }
-            println!(
-                "    {} {} ({})",
-                contact.kind,
-                contact.address,
-                notes.join(", ")
-            );
+            println!("    {} {} ({})", contact.kind, contact.address, notes.join(", "));
         }
     }
 }

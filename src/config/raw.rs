@@ -21,16 +21,13 @@ pub(super) fn apply_env_overrides(
     env: impl IntoIterator<Item = (String, String)>,
     origins: &mut Origins,
 ) -> Result<(), ConfigError> {
-    let mut overrides: Vec<(String, String)> = env
-        .into_iter()
-        .filter(|(name, _)| name.starts_with(ENV_PREFIX))
-        .collect();
+    let mut overrides: Vec<(String, String)> =
+        env.into_iter().filter(|(name, _)| name.starts_with(ENV_PREFIX)).collect();
     overrides.sort();
     for (name, value) in overrides {
         let rest = &name[ENV_PREFIX.len()..];
-        let Some((section, key)) = rest
-            .split_once("__")
-            .filter(|(s, k)| !s.is_empty() && !k.is_empty() && !k.contains("__"))
+        let Some((section, key)) =
+            rest.split_once("__").filter(|(s, k)| !s.is_empty() && !k.is_empty() && !k.contains("__"))
         else {
             return Err(ConfigError(format!(
                 "env {name} does not name a config key: use {ENV_PREFIX}<SECTION>__<KEY>, e.g. {}",
@@ -38,9 +35,7 @@ pub(super) fn apply_env_overrides(
             )));
         };
         let (section, key) = (section.to_ascii_lowercase(), key.to_ascii_lowercase());
-        let entry = table
-            .entry(section.clone())
-            .or_insert_with(|| toml::Value::Table(toml::Table::new()));
+        let entry = table.entry(section.clone()).or_insert_with(|| toml::Value::Table(toml::Table::new()));
         let Some(section_table) = entry.as_table_mut() else {
             return Err(ConfigError(format!(
                 "env {name} cannot be applied: `{section}` is not a section in the config file"
@@ -163,10 +158,7 @@ struct Ctx<'a> {
 
 impl Ctx<'_> {
     fn origin(&self, key: &str) -> Origin {
-        self.origins
-            .get(key)
-            .cloned()
-            .unwrap_or_else(|| Origin::File(self.file.to_path_buf()))
+        self.origins.get(key).cloned().unwrap_or_else(|| Origin::File(self.file.to_path_buf()))
     }
 
     fn invalid(&self, key: &str, problem: impl std::fmt::Display) -> ConfigError {
@@ -181,31 +173,17 @@ impl Ctx<'_> {
         ))
     }
 
-    fn duration(
-        &self,
-        key: &str,
-        value: Option<String>,
-        default: Duration,
-    ) -> Result<Duration, ConfigError> {
+    fn duration(&self, key: &str, value: Option<String>, default: Duration) -> Result<Duration, ConfigError> {
         match value {
             None => Ok(default),
             Some(text) => humantime::parse_duration(text.trim()).map_err(|_| {
-                self.invalid(
-                    key,
-                    format!(
-                        "`{text}` is not a duration: write it like \"30s\", \"15m\" or \"14d\""
-                    ),
-                )
+                self.invalid(key, format!("`{text}` is not a duration: write it like \"30s\", \"15m\" or \"14d\""))
             }),
         }
     }
 
     fn path(&self, path: &Path) -> PathBuf {
-        if path.is_absolute() {
-            path.to_path_buf()
-        } else {
-            self.base_dir.join(path)
-        }
+        if path.is_absolute() { path.to_path_buf() } else { self.base_dir.join(path) }
     }
 
     /// Reads `key` inline or from `key_file`, never both.
@@ -221,27 +199,21 @@ impl Ctx<'_> {
             (Some(_), Some(_)) => Err(ConfigError(format!(
                 "config keys `{dotted}` and `{dotted}_file` are both set: keep only one of them"
             ))),
-            (Some(value), None) if value.trim().is_empty() => Err(self.invalid(
-                &dotted,
-                "the value is empty: set the secret or remove the key",
-            )),
-            (Some(value), None) => Ok(Some(Secret {
-                value: SecretString::from(value.trim().to_owned()),
-                from_file: None,
-            })),
+            (Some(value), None) if value.trim().is_empty() => {
+                Err(self.invalid(&dotted, "the value is empty: set the secret or remove the key"))
+            }
+            (Some(value), None) => {
+                Ok(Some(Secret { value: SecretString::from(value.trim().to_owned()), from_file: None }))
+            }
             (None, Some(path)) => {
                 let file_key = format!("{dotted}_file");
                 let path = self.path(&path);
-                let contents = std::fs::read_to_string(&path).map_err(|err| {
-                    self.invalid(&file_key, format!("cannot read {}: {err}", path.display()))
-                })?;
+                let contents = std::fs::read_to_string(&path)
+                    .map_err(|err| self.invalid(&file_key, format!("cannot read {}: {err}", path.display())))?;
                 if contents.trim().is_empty() {
                     return Err(self.invalid(&file_key, format!("{} is empty", path.display())));
                 }
-                Ok(Some(Secret {
-                    value: SecretString::from(contents.trim().to_owned()),
-                    from_file: Some(path),
-                }))
+                Ok(Some(Secret { value: SecretString::from(contents.trim().to_owned()), from_file: Some(path) }))
             }
             (None, None) => Ok(None),
         }
@@ -249,16 +221,10 @@ impl Ctx<'_> {
 
     fn http_url(&self, key: &str, text: &str) -> Result<Url, ConfigError> {
         let url = Url::parse(text.trim()).map_err(|err| {
-            self.invalid(
-                key,
-                format!("`{text}` is not a URL ({err}); write it like \"http://127.0.0.1:8008\""),
-            )
+            self.invalid(key, format!("`{text}` is not a URL ({err}); write it like \"http://127.0.0.1:8008\""))
         })?;
         if !matches!(url.scheme(), "http" | "https") || url.host().is_none() {
-            return Err(self.invalid(
-                key,
-                format!("`{text}` must be an http:// or https:// URL with a host"),
-            ));
+            return Err(self.invalid(key, format!("`{text}` must be an http:// or https:// URL with a host")));
         }
         Ok(url)
     }
@@ -269,33 +235,17 @@ impl Ctx<'_> {
 }
 
 impl RawConfig {
-    pub(super) fn parse(
-        table: toml::Table,
-        file: &Path,
-        origins: &Origins,
-    ) -> Result<Self, ConfigError> {
+    pub(super) fn parse(table: toml::Table, file: &Path, origins: &Origins) -> Result<Self, ConfigError> {
         serde_path_to_error::deserialize(toml::Value::Table(table)).map_err(|err| {
             let key = err.path().to_string();
-            let origin = origins
-                .get(&key)
-                .cloned()
-                .unwrap_or_else(|| Origin::File(file.to_path_buf()));
+            let origin = origins.get(&key).cloned().unwrap_or_else(|| Origin::File(file.to_path_buf()));
             // toml appends "\nin <path>" to its messages; the key is named already.
             let inner = err.into_inner().to_string();
-            let inner = inner
-                .lines()
-                .next()
-                .unwrap_or_default()
-                .trim()
-                .trim_end_matches('.')
-                .to_owned();
+            let inner = inner.lines().next().unwrap_or_default().trim().trim_end_matches('.').to_owned();
             if inner.starts_with("unknown field") {
                 ConfigError(
-                    format!(
-                        "{} {origin} {}",
-                        unknown_key(&key, &inner),
-                        "is not a lifeboat setting"
-                    ) + &expected_keys(&inner),
+                    format!("{} {origin} {}", unknown_key(&key, &inner), "is not a lifeboat setting")
+                        + &expected_keys(&inner),
                 )
             } else {
                 ConfigError::at(&key, &origin, inner)
@@ -303,17 +253,8 @@ impl RawConfig {
         })
     }
 
-    pub(super) fn validate(
-        self,
-        file: &Path,
-        base_dir: &Path,
-        origins: &Origins,
-    ) -> Result<Config, ConfigError> {
-        let ctx = Ctx {
-            file,
-            base_dir,
-            origins,
-        };
+    pub(super) fn validate(self, file: &Path, base_dir: &Path, origins: &Origins) -> Result<Config, ConfigError> {
+        let ctx = Ctx { file, base_dir, origins };
 
         let Some(hs) = self.homeserver else {
             return Err(ConfigError(format!(
@@ -321,13 +262,9 @@ impl RawConfig {
                 file.display()
             )));
         };
-        let url = hs
-            .url
-            .ok_or_else(|| ctx.missing("homeserver", "url", "\"http://127.0.0.1:8008\""))?;
+        let url = hs.url.ok_or_else(|| ctx.missing("homeserver", "url", "\"http://127.0.0.1:8008\""))?;
         let url = ctx.http_url("homeserver.url", &url)?;
-        let server_name = hs
-            .server_name
-            .ok_or_else(|| ctx.missing("homeserver", "server_name", "\"example.org\""))?;
+        let server_name = hs.server_name.ok_or_else(|| ctx.missing("homeserver", "server_name", "\"example.org\""))?;
         let server_name = server_name.trim().to_owned();
         if server_name.is_empty() || server_name.contains(['/', ' ', '@']) {
             return Err(ctx.invalid(
@@ -337,12 +274,7 @@ impl RawConfig {
         }
         let homeserver = HomeserverConfig {
             url,
-            admin_token: ctx.secret(
-                "homeserver",
-                "admin_token",
-                hs.admin_token,
-                hs.admin_token_file,
-            )?,
+            admin_token: ctx.secret("homeserver", "admin_token", hs.admin_token, hs.admin_token_file)?,
             registration_shared_secret: ctx.secret(
                 "homeserver",
                 "registration_shared_secret",
@@ -360,9 +292,7 @@ impl RawConfig {
                 file.display()
             )));
         };
-        let registry_url = registry
-            .url
-            .ok_or_else(|| ctx.missing("registry", "url", "\"sqlite://lifeboat.db\""))?;
+        let registry_url = registry.url.ok_or_else(|| ctx.missing("registry", "url", "\"sqlite://lifeboat.db\""))?;
         let registry = RegistryConfig {
             url: resolve_registry_url(&registry_url, base_dir)
                 .map_err(|problem| ctx.invalid("registry.url", problem))?,
@@ -378,30 +308,20 @@ impl RawConfig {
             )?,
         };
         if sync.page_size == 0 {
-            return Err(ctx.invalid(
-                "sync.page_size",
-                "must be at least 1 (Synapse pages forever with limit=0)",
-            ));
+            return Err(ctx.invalid("sync.page_size", "must be at least 1 (Synapse pages forever with limit=0)"));
         }
         if sync.details_concurrency == 0 {
             return Err(ctx.invalid("sync.details_concurrency", "must be at least 1"));
         }
 
         let watch = WatchConfig {
-            interval: ctx.duration(
-                "watch.interval",
-                self.watch.interval,
-                Duration::from_secs(15 * 60),
-            )?,
+            interval: ctx.duration("watch.interval", self.watch.interval, Duration::from_secs(15 * 60))?,
             loss_threshold: self.watch.loss_threshold.unwrap_or(0.5),
         };
         if !(watch.loss_threshold > 0.0 && watch.loss_threshold <= 1.0) {
             return Err(ctx.invalid(
                 "watch.loss_threshold",
-                format!(
-                    "{} is not a share between 0 (exclusive) and 1, like 0.5",
-                    watch.loss_threshold
-                ),
+                format!("{} is not a share between 0 (exclusive) and 1, like 0.5", watch.loss_threshold),
             ));
         }
         if watch.interval < Duration::from_secs(10) {
@@ -409,19 +329,14 @@ impl RawConfig {
         }
 
         let tokens = TokensConfig {
-            expiry: ctx.duration(
-                "tokens.expiry",
-                self.tokens.expiry,
-                Duration::from_secs(14 * 24 * 3600),
-            )?,
+            expiry: ctx.duration("tokens.expiry", self.tokens.expiry, Duration::from_secs(14 * 24 * 3600))?,
         };
 
         let email = self
             .email
             .map(|raw| -> Result<EmailConfig, ConfigError> {
-                let smtp_url = raw
-                    .smtp_url
-                    .ok_or_else(|| ctx.missing("email", "smtp_url", "\"smtp://127.0.0.1:25\""))?;
+                let smtp_url =
+                    raw.smtp_url.ok_or_else(|| ctx.missing("email", "smtp_url", "\"smtp://127.0.0.1:25\""))?;
                 let parsed = Url::parse(smtp_url.trim())
                     .map_err(|err| ctx.invalid("email.smtp_url", format!("`{smtp_url}` is not a URL ({err})")))?;
                 if !matches!(parsed.scheme(), "smtp" | "smtps") {
@@ -430,9 +345,8 @@ impl RawConfig {
                         "must start with smtp:// (plain or STARTTLS with ?tls=required) or smtps:// (TLS)",
                     ));
                 }
-                let from = raw
-                    .from
-                    .ok_or_else(|| ctx.missing("email", "from", "\"Lifeboat <lifeboat@example.org>\""))?;
+                let from =
+                    raw.from.ok_or_else(|| ctx.missing("email", "from", "\"Lifeboat <lifeboat@example.org>\""))?;
                 validate_mailbox(&from).map_err(|problem| ctx.invalid("email.from", problem))?;
                 Ok(EmailConfig {
                     smtp_url: smtp_url.trim().to_owned(),
@@ -459,19 +373,11 @@ impl RawConfig {
                 Ok(BotConfig {
                     user_id,
                     password: ctx.secret("bot", "password", raw.password, raw.password_file)?,
-                    access_token: ctx.secret(
-                        "bot",
-                        "access_token",
-                        raw.access_token,
-                        raw.access_token_file,
-                    )?,
+                    access_token: ctx.secret("bot", "access_token", raw.access_token, raw.access_token_file)?,
                     admin_room: raw.admin_room.filter(|room| !room.trim().is_empty()),
                     admins,
                     command_prefix: raw.command_prefix.unwrap_or_else(|| "!lifeboat".to_owned()),
-                    store_path: ctx.path(
-                        &raw.store_path
-                            .unwrap_or_else(|| PathBuf::from("lifeboat-bot-store")),
-                    ),
+                    store_path: ctx.path(&raw.store_path.unwrap_or_else(|| PathBuf::from("lifeboat-bot-store"))),
                     store_passphrase: ctx.secret(
                         "bot",
                         "store_passphrase",
@@ -487,18 +393,12 @@ impl RawConfig {
             .map(|raw| -> Result<WebConfig, ConfigError> {
                 let bind = raw.bind.unwrap_or_else(|| "127.0.0.1:8090".to_owned());
                 let bind = bind.trim().parse().map_err(|_| {
-                    ctx.invalid(
-                        "web.bind",
-                        format!("`{bind}` is not an address like \"127.0.0.1:8090\""),
-                    )
+                    ctx.invalid("web.bind", format!("`{bind}` is not an address like \"127.0.0.1:8090\""))
                 })?;
-                let public_url = raw.public_url.ok_or_else(|| {
-                    ctx.missing("web", "public_url", "\"https://lifeboat.example.org\"")
-                })?;
-                Ok(WebConfig {
-                    bind,
-                    public_url: ctx.http_url("web.public_url", &public_url)?,
-                })
+                let public_url = raw
+                    .public_url
+                    .ok_or_else(|| ctx.missing("web", "public_url", "\"https://lifeboat.example.org\""))?;
+                Ok(WebConfig { bind, public_url: ctx.http_url("web.public_url", &public_url)? })
             })
             .transpose()?;
 
@@ -508,24 +408,11 @@ impl RawConfig {
                 .email
                 .unwrap_or_default()
                 .iter()
-                .map(|text| {
-                    EmailAddress::parse(text).map_err(|err| ctx.invalid("alerts.email", err))
-                })
+                .map(|text| EmailAddress::parse(text).map_err(|err| ctx.invalid("alerts.email", err)))
                 .collect::<Result<_, _>>()?,
         };
 
-        Ok(Config {
-            source: file.to_path_buf(),
-            homeserver,
-            registry,
-            sync,
-            watch,
-            tokens,
-            email,
-            bot,
-            web,
-            alerts,
-        })
+        Ok(Config { source: file.to_path_buf(), homeserver, registry, sync, watch, tokens, email, bot, web, alerts })
     }
 }
 
@@ -534,11 +421,7 @@ impl RawConfig {
 fn unknown_key(path: &str, serde_message: &str) -> String {
     let field = serde_message.split('`').nth(1).unwrap_or(serde_message);
     let section = path.trim_end_matches(field).trim_end_matches('.');
-    if section.is_empty() || section == "." {
-        format!("`{field}`")
-    } else {
-        format!("`{section}.{field}`")
-    }
+    if section.is_empty() || section == "." { format!("`{field}`") } else { format!("`{section}.{field}`") }
 }
 
 fn expected_keys(serde_message: &str) -> String {
@@ -553,8 +436,7 @@ fn expected_keys(serde_message: &str) -> String {
 fn resolve_registry_url(text: &str, base_dir: &Path) -> Result<String, String> {
     let text = text.trim();
     if text.starts_with("postgres://") || text.starts_with("postgresql://") {
-        Url::parse(text)
-            .map_err(|err| format!("`{text}` is not a valid PostgreSQL URL ({err})"))?;
+        Url::parse(text).map_err(|err| format!("`{text}` is not a valid PostgreSQL URL ({err})"))?;
         return Ok(text.to_owned());
     }
     let Some(rest) = text.strip_prefix("sqlite:") else {
@@ -571,16 +453,10 @@ fn resolve_registry_url(text: &str, base_dir: &Path) -> Result<String, String> {
         None => (rest, None),
     };
     if path.is_empty() {
-        return Err(
-            "the SQLite URL names no file; write it like \"sqlite://lifeboat.db\"".to_owned(),
-        );
+        return Err("the SQLite URL names no file; write it like \"sqlite://lifeboat.db\"".to_owned());
     }
     let path = Path::new(path);
-    let absolute = if path.is_absolute() {
-        path.to_path_buf()
-    } else {
-        base_dir.join(path)
-    };
+    let absolute = if path.is_absolute() { path.to_path_buf() } else { base_dir.join(path) };
     let mut url = format!("sqlite://{}", absolute.display());
     if let Some(query) = query {
         url.push('?');
@@ -595,14 +471,10 @@ fn validate_mailbox(text: &str) -> Result<(), String> {
         (Some(open), Some(close)) if open < close => &text[open + 1..close],
         (None, None) => text,
         _ => {
-            return Err(format!(
-                "`{text}` is not a mailbox like \"Lifeboat <lifeboat@example.org>\""
-            ));
+            return Err(format!("`{text}` is not a mailbox like \"Lifeboat <lifeboat@example.org>\""));
         }
     };
-    EmailAddress::parse(address)
-        .map(|_| ())
-        .map_err(|err| err.to_string())
+    EmailAddress::parse(address).map(|_| ()).map_err(|err| err.to_string())
 }
 
 /// Deserializers that also take the strings env vars provide.
@@ -625,11 +497,9 @@ mod lenient {
         match Option::<NumberOrText<T>>::deserialize(deserializer)? {
             None => Ok(None),
             Some(NumberOrText::Number(value)) => Ok(Some(value)),
-            Some(NumberOrText::Text(text)) => text
-                .trim()
-                .parse()
-                .map(Some)
-                .map_err(|_| serde::de::Error::custom(format!("`{text}` is not a number"))),
+            Some(NumberOrText::Text(text)) => {
+                text.trim().parse().map(Some).map_err(|_| serde::de::Error::custom(format!("`{text}` is not a number")))
+            }
         }
     }
 
@@ -648,13 +518,9 @@ mod lenient {
         Ok(match Option::<ListOrText>::deserialize(deserializer)? {
             None => None,
             Some(ListOrText::List(items)) => Some(items),
-            Some(ListOrText::Text(text)) => Some(
-                text.split(',')
-                    .map(str::trim)
-                    .filter(|item| !item.is_empty())
-                    .map(str::to_owned)
-                    .collect(),
-            ),
+            Some(ListOrText::Text(text)) => {
+                Some(text.split(',').map(str::trim).filter(|item| !item.is_empty()).map(str::to_owned).collect())
+            }
         })
     }
 }

@@ -99,14 +99,11 @@ macro_rules! account_columns {
 
 impl Registry {
     pub async fn account(&self, user_id: &str) -> Result<Option<Account>> {
-        let row: Option<AccountRow> = sqlx::query_as(concat!(
-            "SELECT ",
-            account_columns!(),
-            " FROM accounts WHERE user_id = $1"
-        ))
-        .bind(user_id)
-        .fetch_optional(&self.pool)
-        .await?;
+        let row: Option<AccountRow> =
+            sqlx::query_as(concat!("SELECT ", account_columns!(), " FROM accounts WHERE user_id = $1"))
+                .bind(user_id)
+                .fetch_optional(&self.pool)
+                .await?;
         Ok(row.map(Account::from))
     }
 
@@ -124,13 +121,9 @@ impl Registry {
                 .await?
             }
             None => {
-                sqlx::query_as(concat!(
-                    "SELECT ",
-                    account_columns!(),
-                    " FROM accounts ORDER BY user_id"
-                ))
-                .fetch_all(&self.pool)
-                .await?
+                sqlx::query_as(concat!("SELECT ", account_columns!(), " FROM accounts ORDER BY user_id"))
+                    .fetch_all(&self.pool)
+                    .await?
             }
         };
         Ok(rows.into_iter().map(Account::from).collect())
@@ -139,16 +132,9 @@ impl Registry {
     /// What reconciliation needs of every known account, sorted bytewise by ID.
     pub async fn known_accounts(&self) -> Result<Vec<Known>> {
         let rows: Vec<(String, Option<i64>)> =
-            sqlx::query_as("SELECT user_id, synapse_created_at FROM accounts")
-                .fetch_all(&self.pool)
-                .await?;
-        let mut known: Vec<Known> = rows
-            .into_iter()
-            .map(|(user_id, created_at_ms)| Known {
-                user_id,
-                created_at_ms,
-            })
-            .collect();
+            sqlx::query_as("SELECT user_id, synapse_created_at FROM accounts").fetch_all(&self.pool).await?;
+        let mut known: Vec<Known> =
+            rows.into_iter().map(|(user_id, created_at_ms)| Known { user_id, created_at_ms }).collect();
         // Sorted here, not by SQL, so the order never depends on a collation.
         known.sort_unstable_by(|a, b| a.user_id.cmp(&b.user_id));
         Ok(known)
@@ -160,9 +146,6 @@ impl Registry {
             sqlx::query_as("SELECT state, COUNT(*) FROM accounts GROUP BY state ORDER BY state")
                 .fetch_all(&self.pool)
                 .await?;
-        Ok(rows
-            .into_iter()
-            .map(|(state, count)| (AccountState::parse(&state), count))
-            .collect())
+        Ok(rows.into_iter().map(|(state, count)| (AccountState::parse(&state), count)).collect())
     }
 }

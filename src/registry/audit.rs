@@ -16,14 +16,8 @@ pub struct Actor {
 impl Actor {
     /// The CLI, named after the OS user running it.
     pub fn cli() -> Actor {
-        let user = std::env::var("SUDO_USER")
-            .or_else(|_| std::env::var("USER"))
-            .ok()
-            .filter(|user| !user.is_empty());
-        Actor {
-            face: "cli",
-            detail: user,
-        }
+        let user = std::env::var("SUDO_USER").or_else(|_| std::env::var("USER")).ok().filter(|user| !user.is_empty());
+        Actor { face: "cli", detail: user }
     }
 }
 

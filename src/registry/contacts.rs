@@ -74,11 +74,7 @@ impl Registry {
 
     /// Contact counts per account, for listings: (user_id, contacts).
     pub async fn contact_counts(&self) -> Result<Vec<(String, i64)>> {
-        Ok(
-            sqlx::query_as("SELECT user_id, COUNT(*) FROM contacts GROUP BY user_id")
-                .fetch_all(&self.pool)
-                .await?,
-        )
+        Ok(sqlx::query_as("SELECT user_id, COUNT(*) FROM contacts GROUP BY user_id").fetch_all(&self.pool).await?)
     }
 
     /// Adds a contact to a known account; adding it again changes nothing.
@@ -92,11 +88,10 @@ impl Registry {
         actor: &Actor,
     ) -> Result<AddContact> {
         let mut tx = self.pool.begin().await?;
-        let known: Option<(String,)> =
-            sqlx::query_as("SELECT user_id FROM accounts WHERE user_id = $1")
-                .bind(user_id)
-                .fetch_optional(&mut *tx)
-                .await?;
+        let known: Option<(String,)> = sqlx::query_as("SELECT user_id FROM accounts WHERE user_id = $1")
+            .bind(user_id)
+            .fetch_optional(&mut *tx)
+            .await?;
         if known.is_none() {
             return Err(Error::Refused(format!(
                 "{user_id} is not in the registry: check the ID, or run `lifeboat sync` if the account is new"
@@ -126,35 +121,21 @@ impl Registry {
     }
 
     /// Removes a contact; `false` when there was none to remove.
-    pub async fn remove_contact(
-        &self,
-        user_id: &str,
-        kind: ContactKind,
-        address: &str,
-        actor: &Actor,
-    ) -> Result<bool> {
+    pub async fn remove_contact(&self, user_id: &str, kind: ContactKind, address: &str, actor: &Actor) -> Result<bool> {
         let mut tx = self.pool.begin().await?;
-        let removed =
-            sqlx::query("DELETE FROM contacts WHERE user_id = $1 AND kind = $2 AND address = $3")
-                .bind(user_id)
-                .bind(kind.as_str())
-                .bind(address)
-                .execute(&mut *tx)
-                .await?
-                .rows_affected();
+        let removed = sqlx::query("DELETE FROM contacts WHERE user_id = $1 AND kind = $2 AND address = $3")
+            .bind(user_id)
+            .bind(kind.as_str())
+            .bind(address)
+            .execute(&mut *tx)
+            .await?
+            .rows_affected();
         if removed == 0 {
             tx.rollback().await?;
             return Ok(false);
         }
         let detail = format!("{} {address}", kind.as_str());
-        Self::audit_in(
-            &mut tx,
-            actor,
-            "contact.remove",
-            Some(user_id),
-            Some(&detail),
-        )
-        .await?;
+        Self::audit_in(&mut tx, actor, "contact.remove", Some(user_id), Some(&detail)).await?;
         tx.commit().await?;
         Ok(true)
     }

@@ -62,6 +62,21 @@ impl Registry {
         Ok(())
     }
 
+    pub async fn setting(&self, name: &str) -> Result<Option<String>> {
+        let row: Option<(String,)> =
+            sqlx::query_as("SELECT value FROM settings WHERE name = $1").bind(name).fetch_optional(&self.pool).await?;
+        Ok(row.map(|(value,)| value))
+    }
+
+    pub async fn set_setting(&self, name: &str, value: &str) -> Result<()> {
+        sqlx::query("INSERT INTO settings (name, value) VALUES ($1, $2) ON CONFLICT (name) DO UPDATE SET value = excluded.value")
+            .bind(name)
+            .bind(value)
+            .execute(&self.pool)
+            .await?;
+        Ok(())
+    }
+
     /// A random secret generated on first use and kept in the registry
     /// (e.g. the key that signs links in emails).
     pub async fn generated_secret(&self, name: &str) -> Result<SecretString> {
@@ -72,10 +87,8 @@ impl Registry {
             .bind(hex::encode(bytes))
             .execute(&self.pool)
             .await?;
-        let (value,): (String,) = sqlx::query_as("SELECT value FROM settings WHERE name = $1")
-            .bind(name)
-            .fetch_one(&self.pool)
-            .await?;
+        let (value,): (String,) =
+            sqlx::query_as("SELECT value FROM settings WHERE name = $1").bind(name).fetch_one(&self.pool).await?;
         Ok(SecretString::from(value))
     }
 }

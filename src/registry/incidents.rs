@@ -49,7 +49,8 @@ impl std::fmt::Debug for NoticeToken {
     }
 }
 
-const TOKEN_COLUMNS: &str = "id, token, incident_id, user_id, purpose, created_at, expires_at, confirmed_at, revoked_at";
+const TOKEN_COLUMNS: &str =
+    "id, token, incident_id, user_id, purpose, created_at, expires_at, confirmed_at, revoked_at";
 
 /// Who counts as affected when an incident opens with scope `missing`:
 /// accounts marked missing, and recreated accounts (someone else may hold
@@ -60,7 +61,13 @@ const AFFECTED_MISSING: &str = "state = 'missing' OR (recreated_at IS NOT NULL A
 impl Registry {
     /// Opens an incident and snapshots its affected accounts; refuses when
     /// nobody would be affected.
-    pub async fn open_incident(&self, title: &str, postmortem: &str, scope: &str, actor: &Actor) -> Result<(Incident, i64)> {
+    pub async fn open_incident(
+        &self,
+        title: &str,
+        postmortem: &str,
+        scope: &str,
+        actor: &Actor,
+    ) -> Result<(Incident, i64)> {
         let mut tx = self.pool.begin().await?;
         let (id,): (i64,) = sqlx::query_as(
             "INSERT INTO incidents (title, postmortem, scope, opened_at) VALUES ($1, $2, $3, $4) RETURNING id",
@@ -88,8 +95,14 @@ impl Registry {
                 "no account is marked missing, so nobody would be affected: run `lifeboat sync` (after `lifeboat recover` if Synapse lost its database), or pass --affected all".to_owned()
             }));
         }
-        Self::audit_in(&mut tx, actor, "incident.open", Some(&format!("incident {id}")), Some(&format!("{title} ({affected} affected)")))
-            .await?;
+        Self::audit_in(
+            &mut tx,
+            actor,
+            "incident.open",
+            Some(&format!("incident {id}")),
+            Some(&format!("{title} ({affected} affected)")),
+        )
+        .await?;
         tx.commit().await?;
         let incident = self.incident(id).await?.expect("the incident was just created");
         Ok((incident, affected))
@@ -104,15 +117,17 @@ impl Registry {
 
     /// An incident that must exist, or a sentence saying it does not.
     pub async fn require_incident(&self, id: i64) -> Result<Incident> {
-        self.incident(id).await?.ok_or_else(|| {
-            Error::Refused(format!("there is no incident {id}: `lifeboat incident list` shows them"))
-        })
+        self.incident(id)
+            .await?
+            .ok_or_else(|| Error::Refused(format!("there is no incident {id}: `lifeboat incident list` shows them")))
     }
 
     pub async fn incidents(&self) -> Result<Vec<Incident>> {
-        Ok(sqlx::query_as("SELECT id, title, postmortem, scope, opened_at, resolved_at FROM incidents ORDER BY id DESC")
-            .fetch_all(&self.pool)
-            .await?)
+        Ok(sqlx::query_as(
+            "SELECT id, title, postmortem, scope, opened_at, resolved_at FROM incidents ORDER BY id DESC",
+        )
+        .fetch_all(&self.pool)
+        .await?)
     }
 
     pub async fn incident_summary(&self, id: i64) -> Result<IncidentSummary> {
@@ -155,7 +170,8 @@ impl Registry {
             .bind(now_ms())
             .execute(&mut *tx)
             .await?;
-        Self::audit_in(&mut tx, actor, "incident.resolve", Some(&format!("incident {id}")), Some(&incident.title)).await?;
+        Self::audit_in(&mut tx, actor, "incident.resolve", Some(&format!("incident {id}")), Some(&incident.title))
+            .await?;
         tx.commit().await?;
         Ok(())
     }
@@ -178,7 +194,13 @@ impl Registry {
 
     /// Records a token before it is created in Synapse, so a crash in
     /// between leaves a record to retry rather than a stray token.
-    pub async fn record_notice_token(&self, incident_id: i64, user_id: &str, token: &str, expires_at: i64) -> Result<()> {
+    pub async fn record_notice_token(
+        &self,
+        incident_id: i64,
+        user_id: &str,
+        token: &str,
+        expires_at: i64,
+    ) -> Result<()> {
         sqlx::query(
             "INSERT INTO registration_tokens (token, incident_id, user_id, purpose, created_at, expires_at) \
              VALUES ($1, $2, $3, 'notice', $4, $5)",
@@ -214,17 +236,21 @@ impl Registry {
     /// Tokens, newest incident first; optionally of one incident.
     pub async fn tokens(&self, incident_id: Option<i64>) -> Result<Vec<NoticeToken>> {
         Ok(match incident_id {
-            Some(id) => sqlx::query_as(sqlx::AssertSqlSafe(format!(
-                "SELECT {TOKEN_COLUMNS} FROM registration_tokens WHERE incident_id = $1 ORDER BY user_id"
-            )))
-            .bind(id)
-            .fetch_all(&self.pool)
-            .await?,
-            None => sqlx::query_as(sqlx::AssertSqlSafe(format!(
-                "SELECT {TOKEN_COLUMNS} FROM registration_tokens ORDER BY incident_id DESC, user_id"
-            )))
-            .fetch_all(&self.pool)
-            .await?,
+            Some(id) => {
+                sqlx::query_as(sqlx::AssertSqlSafe(format!(
+                    "SELECT {TOKEN_COLUMNS} FROM registration_tokens WHERE incident_id = $1 ORDER BY user_id"
+                )))
+                .bind(id)
+                .fetch_all(&self.pool)
+                .await?
+            }
+            None => {
+                sqlx::query_as(sqlx::AssertSqlSafe(format!(
+                    "SELECT {TOKEN_COLUMNS} FROM registration_tokens ORDER BY incident_id DESC, user_id"
+                )))
+                .fetch_all(&self.pool)
+                .await?
+            }
         })
     }
 }

@@ -37,15 +37,10 @@ pub enum Backend {
 
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
-    #[error(
-        "cannot open the registry at {url}: {source}; check registry.url and that the database is reachable"
-    )]
+    #[error("cannot open the registry at {url}: {source}; check registry.url and that the database is reachable")]
     Connect { url: String, source: sqlx::Error },
     #[error("cannot bring the registry at {url} up to date: {source}")]
-    Migrate {
-        url: String,
-        source: sqlx::migrate::MigrateError,
-    },
+    Migrate { url: String, source: sqlx::migrate::MigrateError },
     #[error("registry query failed: {0}")]
     Query(#[from] sqlx::Error),
     #[error("{0}")]
@@ -65,11 +60,7 @@ impl Registry {
     pub async fn connect(url: &str) -> Result<Registry> {
         sqlx::any::install_default_drivers();
         let shown = redact_url(url);
-        let backend = if url.starts_with("postgres") {
-            Backend::Postgres
-        } else {
-            Backend::Sqlite
-        };
+        let backend = if url.starts_with("postgres") { Backend::Postgres } else { Backend::Sqlite };
         let url = match backend {
             Backend::Sqlite if !url.contains("mode=") && !url.contains(":memory:") => {
                 let separator = if url.contains('?') { '&' } else { '?' };
@@ -77,10 +68,8 @@ impl Registry {
             }
             _ => url.to_owned(),
         };
-        let options = AnyConnectOptions::from_str(&url).map_err(|source| Error::Connect {
-            url: shown.clone(),
-            source,
-        })?;
+        let options =
+            AnyConnectOptions::from_str(&url).map_err(|source| Error::Connect { url: shown.clone(), source })?;
         let pool = AnyPoolOptions::new()
             .max_connections(if backend == Backend::Sqlite { 4 } else { 8 })
             .after_connect(move |conn, _meta| {
@@ -97,18 +86,12 @@ impl Registry {
             })
             .connect_with(options)
             .await
-            .map_err(|source| Error::Connect {
-                url: shown.clone(),
-                source,
-            })?;
+            .map_err(|source| Error::Connect { url: shown.clone(), source })?;
         let migrator = match backend {
             Backend::Sqlite => &SQLITE_MIGRATIONS,
             Backend::Postgres => &POSTGRES_MIGRATIONS,
         };
-        migrator
-            .run(&pool)
-            .await
-            .map_err(|source| Error::Migrate { url: shown, source })?;
+        migrator.run(&pool).await.map_err(|source| Error::Migrate { url: shown, source })?;
         Ok(Registry { pool, backend })
     }
 
@@ -127,10 +110,7 @@ impl Registry {
 
 /// UTC milliseconds since the Unix epoch.
 pub fn now_ms() -> i64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map(|elapsed| elapsed.as_millis() as i64)
-        .unwrap_or(0)
+    SystemTime::now().duration_since(UNIX_EPOCH).map(|elapsed| elapsed.as_millis() as i64).unwrap_or(0)
 }
 
 /// A registry URL fit for messages: any password replaced.

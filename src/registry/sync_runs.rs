@@ -41,13 +41,19 @@ pub struct SyncApplied {
 }
 
 impl Registry {
+    /// Starts a run. Runs left `running` by a process that died are closed
+    /// as failed and their staged rows dropped (one sync at a time).
     pub async fn begin_sync_run(&self) -> Result<i64> {
-        let (id,): (i64,) = sqlx::query_as(
-            "INSERT INTO sync_runs (started_at, status) VALUES ($1, 'running') RETURNING id",
-        )
-        .bind(now_ms())
-        .fetch_one(&self.pool)
-        .await?;
+        let stale: Vec<(i64,)> =
+            sqlx::query_as("SELECT id FROM sync_runs WHERE status = 'running'").fetch_all(&self.pool).await?;
+        for (id,) in stale {
+            self.fail_sync_run(id, "interrupted: the process ended before the listing was applied").await?;
+        }
+        let (id,): (i64,) =
+            sqlx::query_as("INSERT INTO sync_runs (started_at, status) VALUES ($1, 'running') RETURNING id")
+                .bind(now_ms())
+                .fetch_one(&self.pool)
+                .await?;
         Ok(id)
     }
 
@@ -64,9 +70,7 @@ impl Registry {
             );
             for row in 0..chunk.len() {
                 let first = row * STAGE_COLUMNS + 1;
-                let placeholders: Vec<String> = (first..first + STAGE_COLUMNS)
-                    .map(|n| format!("${n}"))
-                    .collect();
+                let placeholders: Vec<String> = (first..first + STAGE_COLUMNS).map(|n| format!("${n}")).collect();
                 if row > 0 {
                     sql.push(',');
                 }
@@ -98,18 +102,13 @@ impl Registry {
     /// Ends a run whose listing failed: drops what was staged, keeps the error.
     pub async fn fail_sync_run(&self, run_id: i64, error: &str) -> Result<()> {
         let mut tx = self.pool.begin().await?;
-        sqlx::query("DELETE FROM listing_stage WHERE run_id = $1")
+        sqlx::query("DELETE FROM listing_stage WHERE run_id = $1").bind(run_id).execute(&mut *tx).await?;
+        sqlx::query("UPDATE sync_runs SET status = 'failed', finished_at = $2, error = $3 WHERE id = $1")
             .bind(run_id)
+            .bind(now_ms())
+            .bind(error)
             .execute(&mut *tx)
             .await?;
-        sqlx::query(
-            "UPDATE sync_runs SET status = 'failed', finished_at = $2, error = $3 WHERE id = $1",
-        )
-        .bind(run_id)
-        .bind(now_ms())
-        .bind(error)
-        .execute(&mut *tx)
-        .await?;
         tx.commit().await?;
         Ok(())
     }
@@ -117,12 +116,7 @@ impl Registry {
     /// Applies a complete, staged listing to the accounts in one transaction:
     /// classifies every account, records new and changed ones, marks the
     /// unlisted ones missing (never deleting them).
-    pub async fn apply_listing(
-        &self,
-        run_id: i64,
-        loss_threshold: f64,
-        actor: &Actor,
-    ) -> Result<SyncApplied> {
+    pub async fn apply_listing(&self, run_id: i64, loss_threshold: f64, actor: &Actor) -> Result<SyncApplied> {
         let now = now_ms();
         let mut tx = self.pool.begin().await?;
 
@@ -139,10 +133,7 @@ impl Registry {
             .bind(run_id)
             .fetch(&mut *tx);
             while let Some(pair) = pairs.try_next().await? {
-                let known = pair.known_id.map(|user_id| Known {
-                    user_id,
-                    created_at_ms: pair.known_created,
-                });
+                let known = pair.known_id.map(|user_id| Known { user_id, created_at_ms: pair.known_created });
                 let listed = pair.listed_id.map(|user_id| Listed {
                     user_id,
                     deactivated: pair.listed_deactivated.unwrap_or(0) != 0,
@@ -189,10 +180,7 @@ impl Registry {
         .bind(now)
         .execute(&mut *tx)
         .await?;
-        sqlx::query("DELETE FROM listing_stage WHERE run_id = $1")
-            .bind(run_id)
-            .execute(&mut *tx)
-            .await?;
+        sqlx::query("DELETE FROM listing_stage WHERE run_id = $1").bind(run_id).execute(&mut *tx).await?;
         sqlx::query(
             "UPDATE sync_runs SET status = 'complete', listed = $2, new_accounts = $3, missing = $4, \
              newly_missing = $5, recreated = $6, deactivated = $7 WHERE id = $1",
@@ -215,19 +203,9 @@ impl Registry {
             report.recreated.len(),
             report.deactivated.len()
         );
-        Self::audit_in(
-            &mut tx,
-            actor,
-            "sync.apply",
-            Some(&format!("sync run {run_id}")),
-            Some(&detail),
-        )
-        .await?;
+        Self::audit_in(&mut tx, actor, "sync.apply", Some(&format!("sync run {run_id}")), Some(&detail)).await?;
         tx.commit().await?;
-        Ok(SyncApplied {
-            report,
-            newly_missing,
-        })
+        Ok(SyncApplied { report, newly_missing })
     }
 
     /// Present accounts whose emails were never fetched or are older than
@@ -235,12 +213,7 @@ impl Registry {
     /// may not be the person the registry knew, so their emails are not
     /// taken as that person's contacts. Listed in ID order after `after`
     /// (keyset paging keeps memory flat however many accounts there are).
-    pub async fn accounts_needing_details(
-        &self,
-        stale_before: i64,
-        after: &str,
-        limit: i64,
-    ) -> Result<Vec<String>> {
+    pub async fn accounts_needing_details(&self, stale_before: i64, after: &str, limit: i64) -> Result<Vec<String>> {
         let rows: Vec<(String,)> = sqlx::query_as(
             "SELECT user_id FROM accounts \
              WHERE state = 'present' AND recreated_at IS NULL \
@@ -270,11 +243,7 @@ impl Registry {
     /// Stores the emails Synapse knows for an account (as verified contacts
     /// from Synapse) and notes when they were fetched. Returns how many
     /// addresses were new.
-    pub async fn record_details(
-        &self,
-        user_id: &str,
-        emails: &[(EmailAddress, Option<i64>)],
-    ) -> Result<u64> {
+    pub async fn record_details(&self, user_id: &str, emails: &[(EmailAddress, Option<i64>)]) -> Result<u64> {
         let now = now_ms();
         let mut tx = self.pool.begin().await?;
         let mut added = 0;
@@ -322,16 +291,8 @@ impl Registry {
         .execute(&mut *tx)
         .await?;
         if imported > 0 || failed > 0 {
-            let detail =
-                format!("details fetched {fetched}, failed {failed}, emails imported {imported}");
-            Self::audit_in(
-                &mut tx,
-                actor,
-                "sync.contacts",
-                Some(&format!("sync run {run_id}")),
-                Some(&detail),
-            )
-            .await?;
+            let detail = format!("details fetched {fetched}, failed {failed}, emails imported {imported}");
+            Self::audit_in(&mut tx, actor, "sync.contacts", Some(&format!("sync run {run_id}")), Some(&detail)).await?;
         }
         tx.commit().await?;
         Ok(())

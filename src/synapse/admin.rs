@@ -51,7 +51,9 @@ pub enum SharedSecretError {
     /// The account exists already: Synapse's database was not wiped.
     #[error("the account already exists on Synapse")]
     UserInUse,
-    #[error("Synapse refused the shared secret (403): homeserver.registration_shared_secret does not match registration_shared_secret in homeserver.yaml")]
+    #[error(
+        "Synapse refused the shared secret (403): homeserver.registration_shared_secret does not match registration_shared_secret in homeserver.yaml"
+    )]
     WrongSecret,
     #[error(transparent)]
     Synapse(#[from] Error),
@@ -72,9 +74,8 @@ impl SynapseClient {
     /// retry after a crash finds "already exists" instead of making another.
     pub async fn create_registration_token(&self, token: &str, expiry_time_ms: i64) -> Result<(), Error> {
         let body = json!({"token": token, "uses_allowed": 1, "expiry_time": expiry_time_ms});
-        let created: Result<RegistrationToken, Error> = self
-            .request_json(Method::POST, "/_synapse/admin/v1/registration_tokens/new", &[], Some(&body), true)
-            .await;
+        let created: Result<RegistrationToken, Error> =
+            self.request_json(Method::POST, "/_synapse/admin/v1/registration_tokens/new", &[], Some(&body), true).await;
         match created {
             Ok(_) => Ok(()),
             Err(Error::Rejected { message, .. }) if message.to_lowercase().contains("already exists") => Ok(()),
@@ -147,11 +148,10 @@ impl SynapseClient {
 
 /// Lowercase hex HMAC-SHA1 over `nonce\0user\0password\0admin|notadmin`.
 fn registration_mac(secret: &SecretString, nonce: &str, user: &str, password: &SecretString, admin: bool) -> String {
-    let mut mac = Hmac::<sha1::Sha1>::new_from_slice(secret.expose_secret().as_bytes())
-        .expect("HMAC takes keys of any length");
-    for (index, part) in [nonce, user, password.expose_secret(), if admin { "admin" } else { "notadmin" }]
-        .iter()
-        .enumerate()
+    let mut mac =
+        Hmac::<sha1::Sha1>::new_from_slice(secret.expose_secret().as_bytes()).expect("HMAC takes keys of any length");
+    for (index, part) in
+        [nonce, user, password.expose_secret(), if admin { "admin" } else { "notadmin" }].iter().enumerate()
     {
         if index > 0 {
             mac.update(b"\0");

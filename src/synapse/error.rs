@@ -18,9 +18,7 @@ pub enum Error {
     #[error("Synapse is rate limiting lifeboat (429){}", .retry_after.map(|after| format!("; retry after {} ms", after.as_millis())).unwrap_or_default())]
     RateLimited { retry_after: Option<Duration> },
     /// Connection refused, timeout, or a 5xx: Synapse may be down.
-    #[error(
-        "Synapse at {url} is unavailable: {detail}; check that it is running and that homeserver.url is right"
-    )]
+    #[error("Synapse at {url} is unavailable: {detail}; check that it is running and that homeserver.url is right")]
     Unavailable { url: String, detail: String },
     #[error("Synapse at {url} sent a response lifeboat cannot use: {detail}")]
     BadResponse { url: String, detail: String },

@@ -14,6 +14,7 @@ use rand::Rng;
 use reqwest::{Method, RequestBuilder, Response, StatusCode, header};
 use secrecy::{ExposeSecret, SecretString};
 use serde::de::DeserializeOwned;
+use sha2::{Digest, Sha256};
 use url::Url;
 
 pub use admin::{Registered, RegistrationToken, SharedSecretError, Whoami};
@@ -35,9 +36,7 @@ pub struct SynapseClient {
 
 impl std::fmt::Debug for SynapseClient {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("SynapseClient")
-            .field("base", &self.base.as_str())
-            .finish_non_exhaustive()
+        f.debug_struct("SynapseClient").field("base", &self.base.as_str()).finish_non_exhaustive()
     }
 }
 
@@ -52,21 +51,13 @@ impl SynapseClient {
             .user_agent(concat!("lifeboat/", env!("CARGO_PKG_VERSION")))
             .build()
             .expect("a reqwest client with static settings always builds");
-        SynapseClient {
-            base,
-            token,
-            http,
-            retries,
-        }
+        SynapseClient { base, token, http, retries }
     }
 
     pub fn from_config(homeserver: &crate::config::HomeserverConfig) -> Self {
         Self::new(
             homeserver.url.clone(),
-            homeserver
-                .admin_token
-                .as_ref()
-                .map(|secret| secret.value.clone()),
+            homeserver.admin_token.as_ref().map(|secret| secret.value.clone()),
             homeserver.timeout,
             homeserver.retries,
         )
@@ -77,16 +68,16 @@ impl SynapseClient {
         SynapseClient { token: Some(token), ..self.clone() }
     }
 
-    pub fn base_url(&self) -> &Url {
-        &self.base
+    /// A one-way fingerprint of the admin token (hex SHA-256), to recognise
+    /// later whether a rejected token is one that used to work.
+    pub fn token_fingerprint(&self) -> Option<String> {
+        self.token.as_ref().map(|token| hex::encode(Sha256::digest(token.expose_secret().as_bytes())))
     }
 
     /// `GET /_synapse/admin/v1/server_version`: needs no token and answers
     /// even after a database wipe, so it tells "down" from "reset".
     pub async fn server_version(&self) -> Result<String, Error> {
-        let version: types::ServerVersion = self
-            .get_json("/_synapse/admin/v1/server_version", &[], false)
-            .await?;
+        let version: types::ServerVersion = self.get_json("/_synapse/admin/v1/server_version", &[], false).await?;
         Ok(version.server_version)
     }
 
@@ -105,8 +96,7 @@ impl SynapseClient {
         if let Some(from) = from {
             query.push(("from", from));
         }
-        self.get_json("/_synapse/admin/v2/users", &query, true)
-            .await
+        self.get_json("/_synapse/admin/v2/users", &query, true).await
     }
 
     /// A user's details (emails); `None` when Synapse no longer knows them.
@@ -121,13 +111,7 @@ impl SynapseClient {
 
     /// Walks the whole listing, page after page.
     pub fn pages(&self, page_size: u32) -> UserPages<'_> {
-        UserPages {
-            client: self,
-            page_size,
-            next: None,
-            done: false,
-            total: None,
-        }
+        UserPages { client: self, page_size, next: None, done: false, total: None, server_name: None }
     }
 
     async fn get_json<T: DeserializeOwned>(
@@ -150,7 +134,7 @@ impl SynapseClient {
         authenticated: bool,
     ) -> Result<T, Error> {
         let url = self.url(path);
-        let response = self
+        let body = self
             .send(|| {
                 let mut request = self.http.request(method.clone(), url.clone()).query(query);
                 if let Some(body) = body {
@@ -159,7 +143,6 @@ impl SynapseClient {
                 if authenticated { self.authorize(request) } else { request }
             })
             .await?;
-        let body = response.bytes().await.map_err(|err| self.unavailable(&err))?;
         let body: &[u8] = if body.is_empty() { b"{}" } else { &body };
         serde_json::from_slice(body).map_err(|err| Error::BadResponse {
             url: self.base.to_string(),
@@ -170,9 +153,8 @@ impl SynapseClient {
     fn authorize(&self, request: RequestBuilder) -> RequestBuilder {
         match &self.token {
             Some(token) => {
-                let mut value =
-                    header::HeaderValue::from_str(&format!("Bearer {}", token.expose_secret()))
-                        .unwrap_or_else(|_| header::HeaderValue::from_static("Bearer invalid"));
+                let mut value = header::HeaderValue::from_str(&format!("Bearer {}", token.expose_secret()))
+                    .unwrap_or_else(|_| header::HeaderValue::from_static("Bearer invalid"));
                 value.set_sensitive(true);
                 request.header(header::AUTHORIZATION, value)
             }
@@ -187,12 +169,16 @@ impl SynapseClient {
         url
     }
 
-    /// Sends, retrying transient failures with backoff; returns a 2xx.
-    async fn send(&self, build: impl Fn() -> RequestBuilder) -> Result<Response, Error> {
+    /// Sends, retrying transient failures (also while reading the body)
+    /// with backoff; returns the body of a 2xx.
+    async fn send(&self, build: impl Fn() -> RequestBuilder) -> Result<bytes::Bytes, Error> {
         let mut attempt = 0;
         loop {
             let err = match build().send().await {
-                Ok(response) if response.status().is_success() => return Ok(response),
+                Ok(response) if response.status().is_success() => match response.bytes().await {
+                    Ok(body) => return Ok(body),
+                    Err(err) => self.unavailable(&err),
+                },
                 Ok(response) => self.error_from(response).await,
                 Err(err) => self.unavailable(&err),
             };
@@ -200,9 +186,7 @@ impl SynapseClient {
                 return Err(err);
             }
             let wait = match &err {
-                Error::RateLimited {
-                    retry_after: Some(after),
-                } => (*after).min(MAX_WAIT),
+                Error::RateLimited { retry_after: Some(after) } => (*after).min(MAX_WAIT),
                 _ => backoff(attempt),
             };
             tracing::warn!(error = %err, attempt = attempt + 1, wait_ms = wait.as_millis() as u64, "retrying Synapse request");
@@ -221,38 +205,23 @@ impl SynapseClient {
             .map(Duration::from_secs);
         let body: types::MatrixError = response.json().await.unwrap_or_default();
         match status {
-            StatusCode::UNAUTHORIZED => Error::Unauthorized {
-                errcode: if body.errcode.is_empty() {
-                    "401".to_owned()
-                } else {
-                    body.errcode
-                },
-            },
-            StatusCode::FORBIDDEN => Error::Forbidden {
-                errcode: body.errcode,
-                message: body.error,
-            },
+            StatusCode::UNAUTHORIZED => {
+                Error::Unauthorized { errcode: if body.errcode.is_empty() { "401".to_owned() } else { body.errcode } }
+            }
+            StatusCode::FORBIDDEN => Error::Forbidden { errcode: body.errcode, message: body.error },
             StatusCode::NOT_FOUND => Error::NotFound,
-            StatusCode::TOO_MANY_REQUESTS => Error::RateLimited {
-                retry_after: body
-                    .retry_after_ms
-                    .map(Duration::from_millis)
-                    .or(retry_header),
-            },
-            status if status.is_server_error() => Error::Unavailable {
-                url: self.base.to_string(),
-                detail: format!("it answered {status}"),
-            },
-            status if status.is_client_error() => Error::Rejected {
-                status: status.as_u16(),
-                errcode: body.errcode,
-                message: body.error,
-            },
+            StatusCode::TOO_MANY_REQUESTS => {
+                Error::RateLimited { retry_after: body.retry_after_ms.map(Duration::from_millis).or(retry_header) }
+            }
+            status if status.is_server_error() => {
+                Error::Unavailable { url: self.base.to_string(), detail: format!("it answered {status}") }
+            }
+            status if status.is_client_error() => {
+                Error::Rejected { status: status.as_u16(), errcode: body.errcode, message: body.error }
+            }
             status => Error::BadResponse {
                 url: self.base.to_string(),
-                detail: format!("it answered {status} {} {}", body.errcode, body.error)
-                    .trim_end()
-                    .to_owned(),
+                detail: format!("it answered {status} {} {}", body.errcode, body.error).trim_end().to_owned(),
             },
         }
     }
@@ -265,27 +234,19 @@ impl SynapseClient {
         } else {
             err.to_string()
         };
-        Error::Unavailable {
-            url: self.base.to_string(),
-            detail,
-        }
+        Error::Unavailable { url: self.base.to_string(), detail }
     }
 }
 
 /// Full jitter over an exponential ceiling.
 fn backoff(attempt: u32) -> Duration {
-    let ceiling = BACKOFF_BASE
-        .saturating_mul(2u32.saturating_pow(attempt))
-        .min(BACKOFF_CAP);
-    let millis =
-        rand::rng().random_range(ceiling.as_millis() as u64 / 2..=ceiling.as_millis() as u64);
+    let ceiling = BACKOFF_BASE.saturating_mul(2u32.saturating_pow(attempt)).min(BACKOFF_CAP);
+    let millis = rand::rng().random_range(ceiling.as_millis() as u64 / 2..=ceiling.as_millis() as u64);
     Duration::from_millis(millis)
 }
 
 fn urlencode(text: &str) -> String {
-    url::form_urlencoded::byte_serialize(text.as_bytes())
-        .collect::<String>()
-        .replace('+', "%20")
+    url::form_urlencoded::byte_serialize(text.as_bytes()).collect::<String>().replace('+', "%20")
 }
 
 /// Cursor over the listing. A listing is complete only when Synapse says
@@ -297,18 +258,23 @@ pub struct UserPages<'a> {
     done: bool,
     /// Synapse's count of accounts, from the most recent page.
     pub total: Option<i64>,
+    server_name: Option<String>,
 }
 
 impl UserPages<'_> {
+    /// Refuse listings with accounts of another server: a `homeserver.url`
+    /// pointing at the wrong Synapse must not look like everyone vanished.
+    pub fn local_to(mut self, server_name: &str) -> Self {
+        self.server_name = Some(server_name.to_owned());
+        self
+    }
+
     /// The next page, or `None` once the listing is complete.
     pub async fn next_page(&mut self) -> Result<Option<Vec<ListedUser>>, Error> {
         if self.done {
             return Ok(None);
         }
-        let page = self
-            .client
-            .users_page(self.next.as_deref(), self.page_size)
-            .await?;
+        let page = self.client.users_page(self.next.as_deref(), self.page_size).await?;
         self.total = page.total.or(self.total);
         match page.next_token {
             Some(token) if Some(&token) == self.next.as_ref() => {
@@ -319,6 +285,18 @@ impl UserPages<'_> {
             }
             Some(token) => self.next = Some(token),
             None => self.done = true,
+        }
+        if let Some(server_name) = &self.server_name {
+            let suffix = format!(":{server_name}");
+            if let Some(stranger) = page.users.iter().find(|user| !user.user_id.ends_with(&suffix)) {
+                return Err(Error::BadResponse {
+                    url: self.client.base.to_string(),
+                    detail: format!(
+                        "it lists {}, which is not an account of homeserver.server_name = {server_name}; check that homeserver.url points at that server",
+                        stranger.user_id
+                    ),
+                });
+            }
         }
         Ok(Some(page.users))
     }

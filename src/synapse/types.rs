@@ -119,8 +119,7 @@ mod tests {
 
     #[test]
     fn numeric_next_tokens_are_read_as_strings() {
-        let page: UsersPage =
-            serde_json::from_str(r#"{"users":[],"next_token":100,"total":3}"#).unwrap();
+        let page: UsersPage = serde_json::from_str(r#"{"users":[],"next_token":100,"total":3}"#).unwrap();
         assert_eq!(page.next_token.as_deref(), Some("100"));
     }
 }

@@ -8,11 +8,7 @@ const MINIMAL: &str = "[homeserver]\nurl = \"http://127.0.0.1:9\"\nserver_name =
 /// One line on stderr, starting with `error:`.
 fn one_sentence(stderr: &str) -> &str {
     let lines: Vec<&str> = stderr.lines().collect();
-    assert_eq!(
-        lines.len(),
-        1,
-        "expected one line on stderr, got:\n{stderr}"
-    );
+    assert_eq!(lines.len(), 1, "expected one line on stderr, got:\n{stderr}");
     assert!(lines[0].starts_with("error: "), "{stderr}");
     lines[0]
 }
@@ -24,10 +20,7 @@ async fn a_missing_config_file_says_how_to_make_one() {
     let run = lifeboat.run(&["check"]).await;
     assert_eq!(run.code, 2, "{run:?}");
     let line = one_sentence(&run.stderr);
-    assert!(
-        line.contains("no config file at") && line.contains("config.example.toml"),
-        "{line}"
-    );
+    assert!(line.contains("no config file at") && line.contains("config.example.toml"), "{line}");
 }
 
 #[tokio::test]
@@ -37,10 +30,7 @@ async fn a_misspelled_key_is_named_with_the_file() {
     assert_eq!(run.code, 2, "{run:?}");
     let line = one_sentence(&run.stderr);
     assert!(line.contains("`homeserver.servername` in "), "{line}");
-    assert!(
-        line.contains("is not a lifeboat setting (expected one of url, server_name"),
-        "{line}"
-    );
+    assert!(line.contains("is not a lifeboat setting (expected one of url, server_name"), "{line}");
     assert!(line.contains("lifeboat.toml"), "{line}");
 }
 
@@ -50,10 +40,7 @@ async fn a_missing_required_key_names_the_key_and_its_env_var() {
     let run = lifeboat.run(&["sync"]).await;
     assert_eq!(run.code, 2, "{run:?}");
     let line = one_sentence(&run.stderr);
-    assert!(
-        line.contains("`homeserver.url` is missing") && line.contains("LIFEBOAT__HOMESERVER__URL"),
-        "{line}"
-    );
+    assert!(line.contains("`homeserver.url` is missing") && line.contains("LIFEBOAT__HOMESERVER__URL"), "{line}");
 }
 
 #[tokio::test]
@@ -62,18 +49,12 @@ async fn a_bad_value_from_an_env_var_names_the_env_var() {
     let run = lifeboat.run(&["config", "check"]).await;
     assert_eq!(run.code, 2, "{run:?}");
     let line = one_sentence(&run.stderr);
-    assert!(
-        line.contains("`watch.loss_threshold` (from env LIFEBOAT__WATCH__LOSS_THRESHOLD)"),
-        "{line}"
-    );
+    assert!(line.contains("`watch.loss_threshold` (from env LIFEBOAT__WATCH__LOSS_THRESHOLD)"), "{line}");
     assert!(line.contains("`lots` is not a number"), "{line}");
 
     let out_of_range = Lifeboat::with_config(MINIMAL).env("LIFEBOAT__WATCH__LOSS_THRESHOLD", "1.5");
     let line = out_of_range.run(&["config", "check"]).await.stderr;
-    assert!(
-        line.contains("not a share between 0 (exclusive) and 1"),
-        "{line}"
-    );
+    assert!(line.contains("not a share between 0 (exclusive) and 1"), "{line}");
 }
 
 #[tokio::test]
@@ -81,33 +62,22 @@ async fn broken_toml_is_reported_with_its_line() {
     let lifeboat = Lifeboat::with_config("[homeserver]\nurl = \"http://x\n");
     let run = lifeboat.run(&["config", "check"]).await;
     assert_eq!(run.code, 2, "{run:?}");
-    assert!(
-        one_sentence(&run.stderr).contains("is not valid TOML at line 2"),
-        "{run:?}"
-    );
+    assert!(one_sentence(&run.stderr).contains("is not valid TOML at line 2"), "{run:?}");
 }
 
 #[tokio::test]
 async fn secrets_come_from_files_and_are_never_printed() {
-    let lifeboat = Lifeboat::with_config(
-        &MINIMAL.replace("admin_token = \"tok\"", "admin_token_file = \"token.txt\""),
-    );
+    let lifeboat = Lifeboat::with_config(&MINIMAL.replace("admin_token = \"tok\"", "admin_token_file = \"token.txt\""));
     std::fs::write(lifeboat.dir().join("token.txt"), "s3cret-token-value\n").unwrap();
     let run = lifeboat.run(&["config", "check"]).await;
     assert_eq!(run.code, 0, "{run:?}");
-    assert!(
-        run.stdout.contains("admin_token = (set, read from"),
-        "{run:?}"
-    );
+    assert!(run.stdout.contains("admin_token = (set, read from"), "{run:?}");
     assert!(!run.stdout.contains("s3cret-token-value"), "{run:?}");
 
     std::fs::remove_file(lifeboat.dir().join("token.txt")).unwrap();
     let run = lifeboat.run(&["config", "check"]).await;
     assert_eq!(run.code, 2, "{run:?}");
-    assert!(
-        one_sentence(&run.stderr).contains("`homeserver.admin_token_file`"),
-        "{run:?}"
-    );
+    assert!(one_sentence(&run.stderr).contains("`homeserver.admin_token_file`"), "{run:?}");
 }
 
 #[tokio::test]
@@ -117,26 +87,18 @@ async fn env_vars_override_the_file() {
         .env("LIFEBOAT__SYNC__PAGE_SIZE", "250");
     let run = lifeboat.run(&["config", "check"]).await;
     assert_eq!(run.code, 0, "{run:?}");
-    assert!(
-        run.stdout.contains("url = https://matrix.example.org/"),
-        "{run:?}"
-    );
+    assert!(run.stdout.contains("url = https://matrix.example.org/"), "{run:?}");
     assert!(run.stdout.contains("page_size = 250"), "{run:?}");
 }
 
 #[tokio::test]
 async fn the_example_config_loads_as_is() {
-    let example =
-        std::fs::read_to_string(crate::harness::synapse::repo_root().join("config.example.toml"))
-            .unwrap();
+    let example = std::fs::read_to_string(crate::harness::synapse::repo_root().join("config.example.toml")).unwrap();
     let lifeboat = Lifeboat::with_config(&example);
     let run = lifeboat.run(&["config", "check"]).await;
     assert_eq!(run.code, 0, "{run:?}");
     assert!(run.stdout.contains("admin_token = (set)"), "{run:?}");
-    assert!(
-        !run.stdout.contains("change-me"),
-        "secrets are redacted: {run:?}"
-    );
+    assert!(!run.stdout.contains("change-me"), "secrets are redacted: {run:?}");
 }
 
 #[tokio::test]
@@ -147,10 +109,7 @@ async fn an_unreachable_synapse_is_one_sentence_and_exit_1() {
         let run = lifeboat.run(&[command]).await;
         assert_eq!(run.code, 1, "{run:?}");
         let line = one_sentence(&run.stderr);
-        assert!(
-            line.contains("Synapse at http://127.0.0.1:9/ is unavailable"),
-            "{line}"
-        );
+        assert!(line.contains("Synapse at http://127.0.0.1:9/ is unavailable"), "{line}");
         assert!(line.contains("check that it is running"), "{line}");
     }
 }
@@ -160,97 +119,43 @@ async fn contacts_are_validated_normalized_and_idempotent() {
     let registry = TestDatabase::sqlite();
     let lifeboat = Lifeboat::with_config(&MINIMAL.replace("sqlite://lifeboat.db", &registry.url()));
 
-    let bad = lifeboat
-        .run(&[
-            "contacts",
-            "add",
-            "@alice:example.org",
-            "alice-at-example.org",
-        ])
-        .await;
+    let bad = lifeboat.run(&["contacts", "add", "@alice:example.org", "alice-at-example.org"]).await;
     assert_eq!(bad.code, 2, "{bad:?}");
-    assert!(
-        bad.stderr
-            .contains("`alice-at-example.org` is not an email address: it has no @"),
-        "{bad:?}"
-    );
-    let bad_id = lifeboat
-        .run(&["contacts", "add", "alice", "alice@example.org"])
-        .await;
+    assert!(bad.stderr.contains("`alice-at-example.org` is not an email address: it has no @"), "{bad:?}");
+    let bad_id = lifeboat.run(&["contacts", "add", "alice", "alice@example.org"]).await;
     assert_eq!(bad_id.code, 2, "{bad_id:?}");
-    assert!(
-        bad_id.stderr.contains("is not a Matrix user ID"),
-        "{bad_id:?}"
-    );
+    assert!(bad_id.stderr.contains("is not a Matrix user ID"), "{bad_id:?}");
 
-    let unknown = lifeboat
-        .run(&["contacts", "add", "@alice:example.org", "alice@example.org"])
-        .await;
+    let unknown = lifeboat.run(&["contacts", "add", "@alice:example.org", "alice@example.org"]).await;
     assert_eq!(unknown.code, 1, "{unknown:?}");
-    assert!(
-        one_sentence(&unknown.stderr).contains("@alice:example.org is not in the registry"),
-        "{unknown:?}"
-    );
+    assert!(one_sentence(&unknown.stderr).contains("@alice:example.org is not in the registry"), "{unknown:?}");
 
-    let client = lifeboat::registry::Registry::connect(&registry.url())
-        .await
-        .unwrap();
+    let client = lifeboat::registry::Registry::connect(&registry.url()).await.unwrap();
     seed_account(&client, "@alice:example.org").await;
-    let added = lifeboat
-        .run(&[
-            "contacts",
-            "add",
-            "@alice:example.org",
-            " Alice@Example.ORG ",
-        ])
-        .await;
-    assert_eq!(
-        (added.code, added.stdout.trim()),
-        (0, "Added alice@example.org to @alice:example.org.")
-    );
-    let again = lifeboat
-        .run(&["contacts", "add", "@alice:example.org", "alice@example.org"])
-        .await;
+    let added = lifeboat.run(&["contacts", "add", "@alice:example.org", " Alice@Example.ORG "]).await;
+    assert_eq!((added.code, added.stdout.trim()), (0, "Added alice@example.org to @alice:example.org."));
+    let again = lifeboat.run(&["contacts", "add", "@alice:example.org", "alice@example.org"]).await;
     assert_eq!(again.code, 0);
     assert!(again.stdout.contains("nothing changed"), "{again:?}");
     let contacts = client.contacts_of("@alice:example.org").await.unwrap();
     assert_eq!(contacts.len(), 1);
-    assert_eq!(
-        (contacts[0].address.as_str(), contacts[0].source.as_str()),
-        ("alice@example.org", "admin")
-    );
+    assert_eq!((contacts[0].address.as_str(), contacts[0].source.as_str()), ("alice@example.org", "admin"));
 
     assert!(
         lifeboat
-            .run(&[
-                "contacts",
-                "remove",
-                "@alice:example.org",
-                "ALICE@example.org"
-            ])
+            .run(&["contacts", "remove", "@alice:example.org", "ALICE@example.org"])
             .await
             .stdout
             .contains("Removed")
     );
     assert!(
         lifeboat
-            .run(&[
-                "contacts",
-                "remove",
-                "@alice:example.org",
-                "alice@example.org"
-            ])
+            .run(&["contacts", "remove", "@alice:example.org", "alice@example.org"])
             .await
             .stdout
             .contains("nothing changed")
     );
-    let audit: Vec<String> = client
-        .audit_log(10)
-        .await
-        .unwrap()
-        .into_iter()
-        .map(|e| e.action)
-        .collect();
+    let audit: Vec<String> = client.audit_log(10).await.unwrap().into_iter().map(|e| e.action).collect();
     assert_eq!(audit[..2], ["contact.remove", "contact.add"]);
 }
 
@@ -260,10 +165,7 @@ pub async fn seed_account(registry: &lifeboat::registry::Registry, user_id: &str
     let user: lifeboat::synapse::ListedUser =
         serde_json::from_value(serde_json::json!({"name": user_id, "creation_ts": 1})).unwrap();
     registry.stage_listing_page(run, &[user]).await.unwrap();
-    registry
-        .apply_listing(run, 0.5, &lifeboat::registry::Actor::cli())
-        .await
-        .unwrap();
+    registry.apply_listing(run, 0.5, &lifeboat::registry::Actor::cli()).await.unwrap();
 }
 
 #[tokio::test]

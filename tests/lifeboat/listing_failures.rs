@@ -39,6 +39,11 @@ async fn mock_synapse() -> MockServer {
         .respond_with(ResponseTemplate::new(200).set_body_json(json!({"threepids": []})))
         .mount(&server)
         .await;
+    Mock::given(method("GET"))
+        .and(path("/_matrix/client/v3/account/whoami"))
+        .respond_with(ResponseTemplate::new(200).set_body_json(json!({"user_id": "@admin:mock.test"})))
+        .mount(&server)
+        .await;
     server
 }
 
@@ -83,10 +88,7 @@ async fn registry_with_six_accounts(registry: &TestDatabase, server: &MockServer
 }
 
 async fn assert_nobody_missing(lifeboat: &Lifeboat) {
-    let missing = lifeboat
-        .run(&["users", "list", "--state", "missing", "--json"])
-        .await
-        .json();
+    let missing = lifeboat.run(&["users", "list", "--state", "missing", "--json"]).await.json();
     assert_eq!(missing, json!([]), "no account may be marked missing");
     let all = lifeboat.run(&["users", "list", "--json"]).await.json();
     assert_eq!(all.as_array().unwrap().len(), 6);
@@ -101,17 +103,10 @@ async fn a_500_on_page_3_marks_no_account_missing() {
 
     let sync = lifeboat.run(&["sync"]).await;
     assert_eq!(sync.code, 1, "{sync:?}");
-    assert!(
-        sync.stderr
-            .contains("the listing failed, so the registry was left unchanged"),
-        "{sync:?}"
-    );
+    assert!(sync.stderr.contains("the listing failed, so the registry was left unchanged"), "{sync:?}");
     assert!(sync.stderr.contains("500"), "{sync:?}");
     let check = lifeboat.run(&["check"]).await;
-    assert_eq!(
-        check.code, 1,
-        "a failed listing is 'could not tell', never loss: {check:?}"
-    );
+    assert_eq!(check.code, 1, "a failed listing is 'could not tell', never loss: {check:?}");
     assert_nobody_missing(&lifeboat).await;
 }
 
@@ -136,9 +131,7 @@ async fn a_listing_that_changes_while_read_marks_no_account_missing() {
     // Synapse counts more accounts than the pages hold: someone was skipped.
     Mock::given(method("GET"))
         .and(path(USERS))
-        .respond_with(
-            ResponseTemplate::new(200).set_body_json(json!({"users": [user(0)], "total": 7})),
-        )
+        .respond_with(ResponseTemplate::new(200).set_body_json(json!({"users": [user(0)], "total": 7})))
         .mount(&server)
         .await;
     let lifeboat = registry_with_six_accounts(&registry, &server).await;
@@ -158,8 +151,7 @@ async fn a_rate_limited_page_is_retried_after_the_time_synapse_asks() {
         .and(path(USERS))
         .and(query_param("from", "2"))
         .respond_with(
-            ResponseTemplate::new(429)
-                .set_body_json(json!({"errcode": "M_LIMIT_EXCEEDED", "retry_after_ms": 300})),
+            ResponseTemplate::new(429).set_body_json(json!({"errcode": "M_LIMIT_EXCEEDED", "retry_after_ms": 300})),
         )
         .up_to_n_times(1)
         .with_priority(1)
@@ -171,10 +163,7 @@ async fn a_rate_limited_page_is_retried_after_the_time_synapse_asks() {
     let started = std::time::Instant::now();
     let sync = lifeboat.run(&["sync", "--json"]).await;
     assert_eq!(sync.code, 0, "{sync:?}");
-    assert!(
-        started.elapsed() >= Duration::from_millis(300),
-        "the retry waited as asked"
-    );
+    assert!(started.elapsed() >= Duration::from_millis(300), "the retry waited as asked");
     assert_eq!(sync.json()["report"]["present"], 6);
 }
 
@@ -182,50 +171,98 @@ async fn a_rate_limited_page_is_retried_after_the_time_synapse_asks() {
 async fn garbage_from_synapse_is_a_clear_error_not_a_loss() {
     let registry = TestDatabase::sqlite();
     let server = mock_synapse().await;
-    serve_pages(
-        &server,
-        ResponseTemplate::new(200).set_body_string("<html>proxy error</html>"),
-    )
-    .await;
+    serve_pages(&server, ResponseTemplate::new(200).set_body_string("<html>proxy error</html>")).await;
     let lifeboat = registry_with_six_accounts(&registry, &server).await;
 
     let check = lifeboat.run(&["check"]).await;
     assert_eq!(check.code, 1, "{check:?}");
-    assert!(
-        check.stderr.contains("sent a response lifeboat cannot use"),
-        "{check:?}"
-    );
+    assert!(check.stderr.contains("sent a response lifeboat cannot use"), "{check:?}");
     assert_nobody_missing(&lifeboat).await;
 }
 
 #[tokio::test]
 async fn the_admin_token_never_appears_in_output_or_logs() {
     let registry = TestDatabase::sqlite();
-    let server = mock_synapse().await;
-    Mock::given(method("GET"))
-        .and(path(USERS))
-        .respond_with(
-            ResponseTemplate::new(401)
-                .set_body_json(json!({"errcode": "M_UNKNOWN_TOKEN", "error": "Unknown token"})),
-        )
-        .mount(&server)
-        .await;
+    let server = wiped_mock_synapse().await;
     let lifeboat = registry_with_six_accounts(&registry, &server).await;
 
     let check = lifeboat.run(&["-vv", "check", "--json"]).await;
     assert_eq!(
         check.code, 3,
-        "an unknown token while Synapse answers is a suspected reset: {check:?}"
+        "the token that worked, now unknown while Synapse answers, is a suspected reset: {check:?}"
     );
-    assert_eq!(check.json()["verdict"], "suspected_reset");
+    let report = check.json();
+    assert_eq!(report["verdict"], "suspected_reset");
+    assert_eq!(report["listing_complete"], false);
+    assert_eq!(report["missing"].as_array().unwrap().len(), 6, "a wipe loses everyone: {report}");
     let sync = lifeboat.run(&["-vv", "sync"]).await;
     assert_eq!(sync.code, 1, "{sync:?}");
     assert!(sync.stderr.contains("M_UNKNOWN_TOKEN"), "{sync:?}");
     let config = lifeboat.run(&["config", "check"]).await;
     for run in [&check, &sync, &config] {
+        assert!(!run.stdout.contains(TOKEN) && !run.stderr.contains(TOKEN), "token leaked: {run:?}");
+    }
+}
+
+/// A Synapse that answers but knows no token: what a wipe looks like.
+async fn wiped_mock_synapse() -> MockServer {
+    let server = MockServer::start().await;
+    let unknown =
+        ResponseTemplate::new(401).set_body_json(json!({"errcode": "M_UNKNOWN_TOKEN", "error": "Unknown token"}));
+    Mock::given(method("GET"))
+        .and(path("/_synapse/admin/v1/server_version"))
+        .respond_with(ResponseTemplate::new(200).set_body_json(json!({"server_version": "mock"})))
+        .mount(&server)
+        .await;
+    Mock::given(method("GET")).respond_with(unknown).mount(&server).await;
+    server
+}
+
+#[tokio::test]
+async fn a_token_that_never_worked_is_not_read_as_a_reset() {
+    let registry = TestDatabase::sqlite();
+    let server = wiped_mock_synapse().await;
+    let lifeboat =
+        registry_with_six_accounts(&registry, &server).await.env("LIFEBOAT__HOMESERVER__ADMIN_TOKEN", "syt_mistyped");
+    let check = lifeboat.run(&["check"]).await;
+    assert_eq!(check.code, 1, "a mistyped token says nothing about the accounts: {check:?}");
+    assert!(check.stderr.contains("could not tell") && check.stderr.contains("M_UNKNOWN_TOKEN"), "{check:?}");
+}
+
+#[tokio::test]
+async fn check_before_any_sync_cannot_tell() {
+    let registry = TestDatabase::sqlite();
+    let server = mock_synapse().await;
+    serve_pages(&server, page(2, 6)).await;
+    let lifeboat = Lifeboat::with_config(&format!(
+        "[homeserver]\nurl = \"{}\"\nserver_name = \"mock.test\"\nadmin_token = \"{TOKEN}\"\n[registry]\nurl = \"{}\"\n",
+        server.uri(),
+        registry.url()
+    ));
+    let check = lifeboat.run(&["check"]).await;
+    assert_eq!(check.code, 1, "{check:?}");
+    assert!(check.stderr.contains("never completed a sync"), "{check:?}");
+}
+
+#[tokio::test]
+async fn a_url_pointing_at_another_server_is_not_read_as_loss() {
+    let registry = TestDatabase::sqlite();
+    let server = mock_synapse().await;
+    Mock::given(method("GET"))
+        .and(path(USERS))
+        .respond_with(
+            ResponseTemplate::new(200).set_body_json(json!({"users": [{"name": "@x:staging.test"}], "total": 1})),
+        )
+        .mount(&server)
+        .await;
+    let lifeboat = registry_with_six_accounts(&registry, &server).await;
+    for command in ["check", "sync"] {
+        let run = lifeboat.run(&[command]).await;
+        assert_eq!(run.code, 1, "{run:?}");
         assert!(
-            !run.stdout.contains(TOKEN) && !run.stderr.contains(TOKEN),
-            "token leaked: {run:?}"
+            run.stderr.contains("@x:staging.test, which is not an account of homeserver.server_name = mock.test"),
+            "{run:?}"
         );
     }
+    assert_nobody_missing(&lifeboat).await;
 }

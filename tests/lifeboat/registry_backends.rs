@@ -15,14 +15,8 @@ where
     Fut: Future<Output = ()>,
 {
     // Opened twice: the second time the migrations must find nothing to do.
-    Registry::connect(&database.url())
-        .await
-        .expect("the registry opens")
-        .close()
-        .await;
-    let registry = Registry::connect(&database.url())
-        .await
-        .expect("the registry opens again");
+    Registry::connect(&database.url()).await.expect("the registry opens").close().await;
+    let registry = Registry::connect(&database.url()).await.expect("the registry opens again");
     story(registry.clone()).await;
     registry.close().await;
     database.drop_database().await;
@@ -38,11 +32,7 @@ macro_rules! on_both_backends {
             }
             #[tokio::test]
             async fn on_postgres() {
-                super::on(
-                    crate::harness::TestDatabase::postgres().await,
-                    super::$story,
-                )
-                .await;
+                super::on(crate::harness::TestDatabase::postgres().await, super::$story).await;
             }
         }
     };
@@ -53,36 +43,19 @@ fn user(id: &str, created: i64) -> ListedUser {
 }
 
 /// Stages `users` as one complete listing and applies it.
-async fn sync_listing(
-    registry: &Registry,
-    users: &[ListedUser],
-) -> lifeboat::registry::SyncApplied {
+async fn sync_listing(registry: &Registry, users: &[ListedUser]) -> lifeboat::registry::SyncApplied {
     let run = registry.begin_sync_run().await.unwrap();
     for page in users.chunks(2) {
         registry.stage_listing_page(run, page).await.unwrap();
     }
-    registry
-        .apply_listing(run, 0.5, &Actor::cli())
-        .await
-        .unwrap()
+    registry.apply_listing(run, 0.5, &Actor::cli()).await.unwrap()
 }
 
 async fn vanished_accounts_are_marked_missing_never_deleted(registry: Registry) {
-    let first = sync_listing(
-        &registry,
-        &[user("@a:x", 1), user("@b:x", 1), user("@c:x", 1)],
-    )
-    .await;
+    let first = sync_listing(&registry, &[user("@a:x", 1), user("@b:x", 1), user("@c:x", 1)]).await;
     assert_eq!(first.report.new, ["@a:x", "@b:x", "@c:x"]);
     registry
-        .add_contact(
-            "@b:x",
-            ContactKind::Email,
-            "b@example.org",
-            ContactSource::Admin,
-            None,
-            &Actor::cli(),
-        )
+        .add_contact("@b:x", ContactKind::Email, "b@example.org", ContactSource::Admin, None, &Actor::cli())
         .await
         .unwrap();
 
@@ -91,33 +64,18 @@ async fn vanished_accounts_are_marked_missing_never_deleted(registry: Registry) 
     assert_eq!(second.report.recreated, ["@c:x"]);
     assert_eq!(second.newly_missing, 1);
 
-    let b = registry
-        .account("@b:x")
-        .await
-        .unwrap()
-        .expect("never deleted");
+    let b = registry.account("@b:x").await.unwrap().expect("never deleted");
     assert_eq!(b.state, AccountState::Missing);
     assert!(b.missing_since.is_some());
-    assert_eq!(
-        registry.contacts_of("@b:x").await.unwrap().len(),
-        1,
-        "contacts survive the loss"
-    );
+    assert_eq!(registry.contacts_of("@b:x").await.unwrap().len(), 1, "contacts survive the loss");
     let c = registry.account("@c:x").await.unwrap().unwrap();
     assert!(c.recreated_at.is_some());
     assert_eq!(c.synapse_created_at, Some(9));
 
     let third = sync_listing(&registry, &[user("@a:x", 1), user("@c:x", 9)]).await;
-    assert_eq!(
-        third.newly_missing, 0,
-        "already missing is not newly missing"
-    );
+    assert_eq!(third.newly_missing, 0, "already missing is not newly missing");
     assert_eq!(third.report.missing, ["@b:x"]);
-    let back = sync_listing(
-        &registry,
-        &[user("@a:x", 1), user("@b:x", 1), user("@c:x", 9)],
-    )
-    .await;
+    let back = sync_listing(&registry, &[user("@a:x", 1), user("@b:x", 1), user("@c:x", 9)]).await;
     assert!(back.report.missing.is_empty());
     let b = registry.account("@b:x").await.unwrap().unwrap();
     assert_eq!((b.state, b.missing_since), (AccountState::Present, None));
@@ -127,96 +85,38 @@ on_both_backends!(vanished_accounts_are_marked_missing_never_deleted);
 async fn a_failed_listing_changes_nothing(registry: Registry) {
     sync_listing(&registry, &[user("@a:x", 1), user("@b:x", 1)]).await;
     let run = registry.begin_sync_run().await.unwrap();
-    registry
-        .stage_listing_page(run, &[user("@a:x", 1)])
-        .await
-        .unwrap();
+    registry.stage_listing_page(run, &[user("@a:x", 1)]).await.unwrap();
     registry.fail_sync_run(run, "page 2 failed").await.unwrap();
 
     let accounts = registry.accounts(None).await.unwrap();
-    assert!(
-        accounts
-            .iter()
-            .all(|account| account.state == AccountState::Present)
-    );
+    assert!(accounts.iter().all(|account| account.state == AccountState::Present));
     let failed = registry.sync_run(run).await.unwrap().unwrap();
-    assert_eq!(
-        (failed.status.as_str(), failed.error.as_deref()),
-        ("failed", Some("page 2 failed"))
-    );
-    assert_eq!(
-        registry.last_complete_sync().await.unwrap().unwrap().listed,
-        2
-    );
+    assert_eq!((failed.status.as_str(), failed.error.as_deref()), ("failed", Some("page 2 failed")));
+    assert_eq!(registry.last_complete_sync().await.unwrap().unwrap().listed, 2);
 }
 on_both_backends!(a_failed_listing_changes_nothing);
 
 async fn repeated_accounts_in_a_listing_are_staged_once(registry: Registry) {
     let run = registry.begin_sync_run().await.unwrap();
-    assert_eq!(
-        registry
-            .stage_listing_page(run, &[user("@a:x", 1), user("@b:x", 1)])
-            .await
-            .unwrap(),
-        2
-    );
-    assert_eq!(
-        registry
-            .stage_listing_page(run, &[user("@b:x", 1), user("@c:x", 1)])
-            .await
-            .unwrap(),
-        1
-    );
-    let applied = registry
-        .apply_listing(run, 0.5, &Actor::cli())
-        .await
-        .unwrap();
+    assert_eq!(registry.stage_listing_page(run, &[user("@a:x", 1), user("@b:x", 1)]).await.unwrap(), 2);
+    assert_eq!(registry.stage_listing_page(run, &[user("@b:x", 1), user("@c:x", 1)]).await.unwrap(), 1);
+    let applied = registry.apply_listing(run, 0.5, &Actor::cli()).await.unwrap();
     assert_eq!(applied.report.listed, 3);
 }
 on_both_backends!(repeated_accounts_in_a_listing_are_staged_once);
 
 async fn contacts_are_unique_and_every_change_is_audited(registry: Registry) {
     sync_listing(&registry, &[user("@a:x", 1)]).await;
-    let actor = Actor {
-        face: "bot",
-        detail: Some("@admin:x".into()),
-    };
-    let add = || {
-        registry.add_contact(
-            "@a:x",
-            ContactKind::Email,
-            "a@example.org",
-            ContactSource::User,
-            None,
-            &actor,
-        )
-    };
+    let actor = Actor { face: "bot", detail: Some("@admin:x".into()) };
+    let add = || registry.add_contact("@a:x", ContactKind::Email, "a@example.org", ContactSource::User, None, &actor);
     assert_eq!(add().await.unwrap(), AddContact::Added);
     assert_eq!(add().await.unwrap(), AddContact::AlreadyKnown);
-    assert!(
-        registry
-            .remove_contact("@a:x", ContactKind::Email, "a@example.org", &actor)
-            .await
-            .unwrap()
-    );
-    assert!(
-        !registry
-            .remove_contact("@a:x", ContactKind::Email, "a@example.org", &actor)
-            .await
-            .unwrap()
-    );
+    assert!(registry.remove_contact("@a:x", ContactKind::Email, "a@example.org", &actor).await.unwrap());
+    assert!(!registry.remove_contact("@a:x", ContactKind::Email, "a@example.org", &actor).await.unwrap());
 
     let log = registry.audit_log(10).await.unwrap();
-    let actions: Vec<(&str, &str, Option<&str>)> = log
-        .iter()
-        .map(|e| {
-            (
-                e.action.as_str(),
-                e.actor.as_str(),
-                e.actor_detail.as_deref(),
-            )
-        })
-        .collect();
+    let actions: Vec<(&str, &str, Option<&str>)> =
+        log.iter().map(|e| (e.action.as_str(), e.actor.as_str(), e.actor_detail.as_deref())).collect();
     assert_eq!(
         actions,
         [
@@ -229,31 +129,10 @@ async fn contacts_are_unique_and_every_change_is_audited(registry: Registry) {
 on_both_backends!(contacts_are_unique_and_every_change_is_audited);
 
 async fn accounts_are_listed_in_byte_order_of_their_ids(registry: Registry) {
-    sync_listing(
-        &registry,
-        &[
-            user("@b:x", 1),
-            user("@B:x", 1),
-            user("@a:x", 1),
-            user("@_z:x", 1),
-        ],
-    )
-    .await;
-    let ids: Vec<String> = registry
-        .known_accounts()
-        .await
-        .unwrap()
-        .into_iter()
-        .map(|k| k.user_id)
-        .collect();
+    sync_listing(&registry, &[user("@b:x", 1), user("@B:x", 1), user("@a:x", 1), user("@_z:x", 1)]).await;
+    let ids: Vec<String> = registry.known_accounts().await.unwrap().into_iter().map(|k| k.user_id).collect();
     assert_eq!(ids, ["@B:x", "@_z:x", "@a:x", "@b:x"]);
-    let listed: Vec<String> = registry
-        .accounts(None)
-        .await
-        .unwrap()
-        .into_iter()
-        .map(|a| a.user_id)
-        .collect();
+    let listed: Vec<String> = registry.accounts(None).await.unwrap().into_iter().map(|a| a.user_id).collect();
     assert_eq!(listed, ids);
 }
 on_both_backends!(accounts_are_listed_in_byte_order_of_their_ids);
@@ -262,16 +141,10 @@ on_both_backends!(accounts_are_listed_in_byte_order_of_their_ids);
 async fn sqlite_registries_use_wal_and_enforce_foreign_keys() {
     let database = TestDatabase::sqlite();
     let registry = Registry::connect(&database.url()).await.unwrap();
-    let (mode,): (String,) = sqlx::query_as("PRAGMA journal_mode")
-        .fetch_one(registry.pool())
-        .await
-        .unwrap();
+    let (mode,): (String,) = sqlx::query_as("PRAGMA journal_mode").fetch_one(registry.pool()).await.unwrap();
     assert_eq!(mode, "wal");
     let orphan = sqlx::query("INSERT INTO contacts (user_id, kind, address, source, added_at) VALUES ('@nobody:x', 'email', 'n@example.org', 'admin', 0)")
         .execute(registry.pool())
         .await;
-    assert!(
-        orphan.is_err(),
-        "a contact for an unknown account is refused by the foreign key"
-    );
+    assert!(orphan.is_err(), "a contact for an unknown account is refused by the foreign key");
 }

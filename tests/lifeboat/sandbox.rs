@@ -17,11 +17,7 @@ impl Sandbox {
             .env_remove("LIFEBOAT_SANDBOX_PROFILE")
             .output()
             .expect("tools/sandbox.sh runs");
-        let text = format!(
-            "{}{}",
-            String::from_utf8_lossy(&output.stdout),
-            String::from_utf8_lossy(&output.stderr)
-        );
+        let text = format!("{}{}", String::from_utf8_lossy(&output.stdout), String::from_utf8_lossy(&output.stderr));
         (output.status.code().unwrap_or(-1), text)
     }
 }
@@ -34,24 +30,13 @@ impl Drop for Sandbox {
 
 #[test]
 fn the_sandbox_shows_sync_and_check_then_detects_the_wipe() {
-    let sandbox = Sandbox {
-        dir: tempfile::Builder::new()
-            .prefix("lifeboat-sandbox-")
-            .tempdir()
-            .unwrap(),
-    };
+    let sandbox = Sandbox { dir: tempfile::Builder::new().prefix("lifeboat-sandbox-").tempdir().unwrap() };
 
     let (code, out) = sandbox.run(&["start"]);
     assert_eq!(code, 0, "{out}");
-    assert!(
-        out.contains("Sync run 1 complete: 6 accounts listed."),
-        "the demo accounts and the admin: {out}"
-    );
+    assert!(out.contains("Sync run 1 complete: 6 accounts listed."), "the demo accounts and the admin: {out}");
     assert!(out.contains("lifeboat check: no loss (exit 0)"), "{out}");
-    assert!(
-        out.contains("tools/sandbox.sh stop"),
-        "it says how to stop it: {out}"
-    );
+    assert!(out.contains("tools/sandbox.sh stop"), "it says how to stop it: {out}");
 
     let (code, out) = sandbox.run(&["wipe"]);
     assert_eq!(code, 0, "{out}");
@@ -59,8 +44,5 @@ fn the_sandbox_shows_sync_and_check_then_detects_the_wipe() {
 
     let (code, out) = sandbox.run(&["stop", "--clean"]);
     assert_eq!(code, 0, "{out}");
-    assert!(
-        !sandbox.dir.path().exists(),
-        "--clean removes the sandbox folder"
-    );
+    assert!(!sandbox.dir.path().exists(), "--clean removes the sandbox folder");
 }

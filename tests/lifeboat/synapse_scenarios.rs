@@ -5,21 +5,11 @@ use serde_json::Value;
 use crate::harness::{Lifeboat, TestDatabase, TestSynapse, unique};
 
 fn ids(value: &Value) -> Vec<String> {
-    value
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|id| id.as_str().unwrap().to_owned())
-        .collect()
+    value.as_array().unwrap().iter().map(|id| id.as_str().unwrap().to_owned()).collect()
 }
 
 fn lifeboat_for(synapse: &TestSynapse, registry: &TestDatabase) -> Lifeboat {
-    Lifeboat::for_synapse(
-        &synapse.url,
-        &synapse.server_name,
-        &synapse.admin_token(),
-        &registry.url(),
-    )
+    Lifeboat::for_synapse(&synapse.url, &synapse.server_name, &synapse.admin_token(), &registry.url())
 }
 
 /// Points the config at the current admin token (a wipe kills the old one).
@@ -32,9 +22,7 @@ async fn sync_imports_every_account_and_every_email() {
     let synapse = TestSynapse::start();
     let registry = TestDatabase::sqlite();
     let (alice, bob, carol) = (unique("alice"), unique("bob"), unique("carol"));
-    synapse
-        .create_user(&alice, &["Alice@Example.org", "alice.work@example.net"])
-        .await;
+    synapse.create_user(&alice, &["Alice@Example.org", "alice.work@example.net"]).await;
     synapse.create_user(&bob, &["bob@example.org"]).await;
     synapse.create_user(&carol, &[]).await;
     let lifeboat = lifeboat_for(&synapse, &registry);
@@ -42,57 +30,26 @@ async fn sync_imports_every_account_and_every_email() {
     let sync = lifeboat.run(&["sync", "--json"]).await;
     assert_eq!(sync.code, 0, "{sync:?}");
     let summary = sync.json();
-    assert_eq!(
-        summary["report"]["listed"], 4,
-        "three accounts and the admin: {sync:?}"
-    );
+    assert_eq!(summary["report"]["listed"], 4, "three accounts and the admin: {sync:?}");
     assert_eq!(summary["emails_imported"], 3);
 
     let users = lifeboat.run(&["users", "list", "--json"]).await.json();
-    let listed: Vec<&str> = users
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|u| u["user_id"].as_str().unwrap())
-        .collect();
+    let listed: Vec<&str> = users.as_array().unwrap().iter().map(|u| u["user_id"].as_str().unwrap()).collect();
     for localpart in [&alice, &bob, &carol] {
-        assert!(
-            listed.contains(&synapse.user_id(localpart).as_str()),
-            "{localpart} missing from {listed:?}"
-        );
+        assert!(listed.contains(&synapse.user_id(localpart).as_str()), "{localpart} missing from {listed:?}");
     }
-    let shown = lifeboat
-        .run(&["users", "show", &synapse.user_id(&alice), "--json"])
-        .await
-        .json();
+    let shown = lifeboat.run(&["users", "show", &synapse.user_id(&alice), "--json"]).await.json();
     let contacts: Vec<(&str, &str)> = shown["contacts"]
         .as_array()
         .unwrap()
         .iter()
-        .map(|c| {
-            (
-                c["address"].as_str().unwrap(),
-                c["source"].as_str().unwrap(),
-            )
-        })
+        .map(|c| (c["address"].as_str().unwrap(), c["source"].as_str().unwrap()))
         .collect();
-    assert_eq!(
-        contacts,
-        [
-            ("alice.work@example.net", "synapse"),
-            ("alice@example.org", "synapse")
-        ]
-    );
-    assert!(
-        shown["contacts"][0]["verified_at"].is_i64(),
-        "emails from Synapse count as verified"
-    );
+    assert_eq!(contacts, [("alice.work@example.net", "synapse"), ("alice@example.org", "synapse")]);
+    assert!(shown["contacts"][0]["verified_at"].is_i64(), "emails from Synapse count as verified");
 
     let again = lifeboat.run(&["sync", "--json"]).await.json();
-    assert_eq!(
-        again["details_fetched"], 0,
-        "fresh details are not fetched again"
-    );
+    assert_eq!(again["details_fetched"], 0, "fresh details are not fetched again");
     assert_eq!(again["report"]["present"], 4);
 }
 
@@ -118,14 +75,8 @@ async fn locked_and_deactivated_accounts_are_not_reported_missing() {
 
     let sync = lifeboat.run(&["sync", "--json"]).await.json();
     assert_eq!(sync["newly_missing"], 0);
-    let shown = lifeboat
-        .run(&["users", "show", &synapse.user_id(&locked), "--json"])
-        .await
-        .json();
-    assert_eq!(
-        (shown["state"].as_str(), shown["locked"].as_bool()),
-        (Some("present"), Some(true))
-    );
+    let shown = lifeboat.run(&["users", "show", &synapse.user_id(&locked), "--json"]).await.json();
+    assert_eq!((shown["state"].as_str(), shown["locked"].as_bool()), (Some("present"), Some(true)));
 }
 
 #[tokio::test(flavor = "multi_thread")]
@@ -142,9 +93,7 @@ async fn seed_incident_story(registry: TestDatabase) {
     let synapse = TestSynapse::start();
     let people = [unique("ann"), unique("ben"), unique("cat")];
     for localpart in &people {
-        synapse
-            .create_user(localpart, &[&format!("{localpart}@example.org")])
-            .await;
+        synapse.create_user(localpart, &[&format!("{localpart}@example.org")]).await;
     }
     let mut lifeboat = lifeboat_for(&synapse, &registry);
     assert_eq!(lifeboat.run(&["sync"]).await.code, 0);
@@ -167,6 +116,7 @@ async fn seed_incident_story(registry: TestDatabase) {
     let report = with_dead_token.json();
     assert_eq!(report["verdict"], "suspected_reset");
     assert_eq!(report["listing_complete"], false);
+    assert_eq!(ids(&report["missing"]), known, "the dead token that worked counts every known account lost");
 
     // With a fresh admin token the listing names every lost account.
     let token = synapse.register_admin("rescuer");
@@ -180,20 +130,11 @@ async fn seed_incident_story(registry: TestDatabase) {
 
     // Syncing records the loss; nobody is deleted and contacts stay.
     assert_eq!(lifeboat.run(&["sync"]).await.code, 0);
-    let missing = lifeboat
-        .run(&["users", "list", "--state", "missing", "--json"])
-        .await
-        .json();
+    let missing = lifeboat.run(&["users", "list", "--state", "missing", "--json"]).await.json();
     assert_eq!(missing.as_array().unwrap().len(), 4);
-    let ann = lifeboat
-        .run(&["users", "show", &synapse.user_id(&people[0]), "--json"])
-        .await
-        .json();
+    let ann = lifeboat.run(&["users", "show", &synapse.user_id(&people[0]), "--json"]).await.json();
     assert_eq!(ann["state"], "missing");
-    assert_eq!(
-        ann["contacts"][0]["address"],
-        format!("{}@example.org", people[0])
-    );
+    assert_eq!(ann["contacts"][0]["address"], format!("{}@example.org", people[0]));
 }
 
 #[tokio::test(flavor = "multi_thread")]
@@ -207,34 +148,16 @@ async fn a_stopped_synapse_makes_check_exit_1_never_3() {
     synapse.stop();
     let check = lifeboat.run(&["check", "--json"]).await;
     assert_eq!(check.code, 1, "{check:?}");
-    assert!(
-        check.stdout.is_empty(),
-        "no report when nothing could be told: {check:?}"
-    );
-    assert!(
-        check
-            .stderr
-            .contains("could not tell whether accounts were lost"),
-        "{check:?}"
-    );
+    assert!(check.stdout.is_empty(), "no report when nothing could be told: {check:?}");
+    assert!(check.stderr.contains("could not tell whether accounts were lost"), "{check:?}");
     assert!(check.stderr.contains("unavailable"), "{check:?}");
     let sync = lifeboat.run(&["sync"]).await;
     assert_eq!(sync.code, 1, "{sync:?}");
-    assert!(
-        sync.stderr.contains("registry was left unchanged"),
-        "{sync:?}"
-    );
+    assert!(sync.stderr.contains("registry was left unchanged"), "{sync:?}");
 
     synapse.start_again();
-    let users = lifeboat
-        .run(&["users", "list", "--state", "missing", "--json"])
-        .await
-        .json();
-    assert_eq!(
-        users.as_array().unwrap().len(),
-        0,
-        "a down Synapse never marks anyone missing"
-    );
+    let users = lifeboat.run(&["users", "list", "--state", "missing", "--json"]).await.json();
+    assert_eq!(users.as_array().unwrap().len(), 0, "a down Synapse never marks anyone missing");
 }
 
 #[tokio::test(flavor = "multi_thread")]
@@ -261,20 +184,10 @@ async fn a_reregistered_id_after_the_wipe_is_reported_recreated() {
 
     // Whoever holds the ID now is not taken to be the person we knew.
     let sync = lifeboat.run(&["sync", "--json"]).await;
-    assert_eq!(
-        sync.json()["report"]["recreated"],
-        serde_json::json!([synapse.user_id(&eve)])
-    );
-    let shown = lifeboat
-        .run(&["users", "show", &synapse.user_id(&eve), "--json"])
-        .await
-        .json();
-    let addresses: Vec<&str> = shown["contacts"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|c| c["address"].as_str().unwrap())
-        .collect();
+    assert_eq!(sync.json()["report"]["recreated"], serde_json::json!([synapse.user_id(&eve)]));
+    let shown = lifeboat.run(&["users", "show", &synapse.user_id(&eve), "--json"]).await.json();
+    let addresses: Vec<&str> =
+        shown["contacts"].as_array().unwrap().iter().map(|c| c["address"].as_str().unwrap()).collect();
     assert_eq!(addresses, ["eve@example.org"]);
     assert!(shown["recreated_at"].is_i64());
 }

@@ -17,39 +17,24 @@ pub struct Run {
 
 impl Run {
     pub fn json(&self) -> serde_json::Value {
-        serde_json::from_str(&self.stdout).unwrap_or_else(|err| {
-            panic!(
-                "stdout is not JSON ({err}):\n{}\nstderr:\n{}",
-                self.stdout, self.stderr
-            )
-        })
+        serde_json::from_str(&self.stdout)
+            .unwrap_or_else(|err| panic!("stdout is not JSON ({err}):\n{}\nstderr:\n{}", self.stdout, self.stderr))
     }
 }
 
 impl std::fmt::Debug for Run {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        write!(
-            f,
-            "exit {}\n--- stdout\n{}--- stderr\n{}",
-            self.code, self.stdout, self.stderr
-        )
+        write!(f, "exit {}\n--- stdout\n{}--- stderr\n{}", self.code, self.stdout, self.stderr)
     }
 }
 
 impl Lifeboat {
     /// A folder with `lifeboat.toml` holding `config`.
     pub fn with_config(config: &str) -> Lifeboat {
-        let dir = tempfile::Builder::new()
-            .prefix("lifeboat-test-")
-            .tempdir()
-            .unwrap();
+        let dir = tempfile::Builder::new().prefix("lifeboat-test-").tempdir().unwrap();
         let path = dir.path().join("lifeboat.toml");
         std::fs::write(&path, config).unwrap();
-        Lifeboat {
-            dir,
-            config: path,
-            env: Vec::new(),
-        }
+        Lifeboat { dir, config: path, env: Vec::new() }
     }
 
     /// Config for a Synapse at `url` and a registry at `registry_url`.
@@ -85,20 +70,12 @@ impl Lifeboat {
 
     pub async fn run(&self, args: &[&str]) -> Run {
         let mut command = tokio::process::Command::new(env!("CARGO_BIN_EXE_lifeboat"));
-        command
-            .arg("--config")
-            .arg(&self.config)
-            .args(args)
-            .current_dir(self.dir.path());
+        command.arg("--config").arg(&self.config).args(args).current_dir(self.dir.path());
         for (name, _) in std::env::vars().filter(|(name, _)| name.starts_with("LIFEBOAT")) {
             command.env_remove(name);
         }
         command.envs(self.env.iter().map(|(k, v)| (k, v)));
-        let Output {
-            status,
-            stdout,
-            stderr,
-        } = command.output().await.expect("lifeboat runs");
+        let Output { status, stdout, stderr } = command.output().await.expect("lifeboat runs");
         Run {
             code: status.code().unwrap_or(-1),
             stdout: String::from_utf8_lossy(&stdout).into_owned(),

@@ -7,8 +7,7 @@ use sqlx::Connection;
 use sqlx::postgres::PgConnection;
 
 pub fn postgres_admin_url() -> String {
-    std::env::var("LIFEBOAT_TEST_POSTGRES_URL")
-        .unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432/test".to_owned())
+    std::env::var("LIFEBOAT_TEST_POSTGRES_URL").unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432/test".to_owned())
 }
 
 /// A database that exists for one test.
@@ -19,28 +18,15 @@ pub enum TestDatabase {
 
 impl TestDatabase {
     pub fn sqlite() -> TestDatabase {
-        TestDatabase::Sqlite(
-            tempfile::Builder::new()
-                .prefix("lifeboat-registry-")
-                .tempdir()
-                .unwrap(),
-        )
+        TestDatabase::Sqlite(tempfile::Builder::new().prefix("lifeboat-registry-").tempdir().unwrap())
     }
 
     pub async fn postgres() -> TestDatabase {
         let name = format!("lifeboat_test_{:08x}", rand::random::<u32>());
-        let mut admin = PgConnection::connect(&postgres_admin_url())
-            .await
-            .unwrap_or_else(|err| {
-                panic!(
-                    "PostgreSQL is required for the registry tests (at {}): {err}",
-                    postgres_admin_url()
-                )
-            });
-        sqlx::raw_sql(sqlx::AssertSqlSafe(format!("CREATE DATABASE {name}")))
-            .execute(&mut admin)
-            .await
-            .unwrap();
+        let mut admin = PgConnection::connect(&postgres_admin_url()).await.unwrap_or_else(|err| {
+            panic!("PostgreSQL is required for the registry tests (at {}): {err}", postgres_admin_url())
+        });
+        sqlx::raw_sql(sqlx::AssertSqlSafe(format!("CREATE DATABASE {name}"))).execute(&mut admin).await.unwrap();
         TestDatabase::Postgres(name)
     }
 
@@ -62,11 +48,9 @@ impl TestDatabase {
         if let TestDatabase::Postgres(name) = self
             && let Ok(mut admin) = PgConnection::connect(&postgres_admin_url()).await
         {
-            let _ = sqlx::raw_sql(sqlx::AssertSqlSafe(format!(
-                "DROP DATABASE IF EXISTS {name} WITH (FORCE)"
-            )))
-            .execute(&mut admin)
-            .await;
+            let _ = sqlx::raw_sql(sqlx::AssertSqlSafe(format!("DROP DATABASE IF EXISTS {name} WITH (FORCE)")))
+                .execute(&mut admin)
+                .await;
         }
     }
 }

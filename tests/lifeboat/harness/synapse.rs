@@ -46,10 +46,7 @@ fn venv_python() -> &'static PathBuf {
             .stderr(Stdio::inherit())
             .output()
             .expect("tools/synapse-venv.sh runs");
-        assert!(
-            output.status.success(),
-            "tools/synapse-venv.sh failed to provide a Synapse venv"
-        );
+        assert!(output.status.success(), "tools/synapse-venv.sh failed to provide a Synapse venv");
         PathBuf::from(String::from_utf8(output.stdout).unwrap().trim())
     })
 }
@@ -57,10 +54,7 @@ fn venv_python() -> &'static PathBuf {
 impl TestSynapse {
     /// Starts a fresh Synapse with an admin account; blocks until it answers.
     pub fn start() -> TestSynapse {
-        let dir = tempfile::Builder::new()
-            .prefix("lifeboat-synapse-")
-            .tempdir()
-            .unwrap();
+        let dir = tempfile::Builder::new().prefix("lifeboat-synapse-").tempdir().unwrap();
         let mut child = Command::new(venv_python())
             .arg(repo_root().join("tools/synapse_harness.py"))
             .arg("--dir")
@@ -93,10 +87,7 @@ impl TestSynapse {
         control.0.flush().unwrap();
         let mut line = String::new();
         control.1.read_line(&mut line).unwrap();
-        assert!(
-            !line.starts_with("error"),
-            "harness command `{command}` failed: {line}"
-        );
+        assert!(!line.starts_with("error"), "harness command `{command}` failed: {line}");
         line.trim().to_owned()
     }
 
@@ -133,19 +124,8 @@ impl TestSynapse {
     }
 
     async fn put_user(&self, localpart: &str, body: Value) {
-        let url = format!(
-            "{}/_synapse/admin/v2/users/{}",
-            self.url,
-            self.user_id(localpart)
-        );
-        let response = self
-            .http
-            .put(url)
-            .bearer_auth(self.admin_token())
-            .json(&body)
-            .send()
-            .await
-            .unwrap();
+        let url = format!("{}/_synapse/admin/v2/users/{}", self.url, self.user_id(localpart));
+        let response = self.http.put(url).bearer_auth(self.admin_token()).json(&body).send().await.unwrap();
         let status = response.status();
         assert!(
             status.is_success(),
@@ -156,12 +136,12 @@ impl TestSynapse {
 
     /// Creates an account with these emails through the admin API.
     pub async fn create_user(&self, localpart: &str, emails: &[&str]) -> String {
-        let threepids: Vec<Value> = emails
-            .iter()
-            .map(|email| json!({"medium": "email", "address": email}))
-            .collect();
-        self.put_user(localpart, json!({"password": "correct horse battery", "displayname": localpart, "threepids": threepids}))
-            .await;
+        let threepids: Vec<Value> = emails.iter().map(|email| json!({"medium": "email", "address": email})).collect();
+        self.put_user(
+            localpart,
+            json!({"password": "correct horse battery", "displayname": localpart, "threepids": threepids}),
+        )
+        .await;
         self.user_id(localpart)
     }
 

@@ -1,0 +1,150 @@
+//! `lifeboat incident open|list|show|resolve`
+
+use std::path::PathBuf;
+
+use super::output::{print_json, time};
+use super::{Context, Failure, Outcome, exit};
+use crate::registry::{Actor, IncidentSummary};
+use crate::tokens::revoke_unused_tokens;
+
+#[derive(clap::Subcommand, Debug)]
+pub enum Command {
+    /// Open an incident: snapshot the affected accounts and keep the postmortem.
+    ///
+    /// By default the affected accounts are those the registry marks missing
+    /// (run `lifeboat sync` first) plus recreated ones not covered before.
+    Open {
+        /// A short title, e.g. "Database lost on 2026-11-25".
+        #[arg(long)]
+        title: String,
+        /// The postmortem, in Markdown: what happened and what to do now.
+        #[arg(long, value_name = "FILE.md")]
+        postmortem: PathBuf,
+        /// Who is affected.
+        #[arg(long, value_enum, default_value = "missing")]
+        affected: Scope,
+        /// Print the new incident as JSON (with its `id`).
+        #[arg(long)]
+        json: bool,
+    },
+    /// List incidents, newest first.
+    List {
+        #[arg(long)]
+        json: bool,
+    },
+    /// Show an incident: who is affected, who can be reached, deliveries.
+    Show {
+        id: i64,
+        #[arg(long)]
+        json: bool,
+    },
+    /// Resolve an incident and delete its unused registration tokens in Synapse.
+    Resolve { id: i64 },
+}
+
+#[derive(clap::ValueEnum, Clone, Copy, Debug)]
+pub enum Scope {
+    /// Accounts marked missing (and recreated ones).
+    Missing,
+    /// Every account in the registry.
+    All,
+}
+
+pub async fn run(context: &Context, command: Command) -> Outcome {
+    let config = context.config()?;
+    let registry = context.registry(&config).await?;
+    match command {
+        Command::Open { title, postmortem, affected, json } => {
+            let title = title.trim();
+            if title.is_empty() {
+                return Err(Failure::new(exit::USAGE, "--title is empty: give the incident a short title"));
+            }
+            let markdown = std::fs::read_to_string(&postmortem).map_err(|err| {
+                Failure::new(exit::USAGE, format!("cannot read the postmortem {}: {err}", postmortem.display()))
+            })?;
+            if markdown.trim().is_empty() {
+                return Err(Failure::new(exit::USAGE, format!("the postmortem {} is empty", postmortem.display())));
+            }
+            let scope = match affected {
+                Scope::Missing => "missing",
+                Scope::All => "all",
+            };
+            let (incident, count) = registry.open_incident(title, &markdown, scope, &Actor::cli()).await?;
+            if json {
+                print_json(&serde_json::json!({"id": incident.id, "title": incident.title, "affected": count}))?;
+            } else {
+                println!("Opened incident {} ({count} affected accounts).", incident.id);
+                println!("Next: `lifeboat notify {} --dry-run` to see what would be sent.", incident.id);
+            }
+            Ok(exit::OK)
+        }
+        Command::List { json } => {
+            let incidents = registry.incidents().await?;
+            if json {
+                print_json(&incidents)?;
+            } else if incidents.is_empty() {
+                println!("No incidents.");
+            } else {
+                for incident in incidents {
+                    let status = match incident.resolved_at {
+                        Some(at) => format!("resolved {}", time(Some(at))),
+                        None => "open".to_owned(),
+                    };
+                    println!(
+                        "{:>4}  {}  {:<28}  {}",
+                        incident.id,
+                        time(Some(incident.opened_at)),
+                        status,
+                        incident.title
+                    );
+                }
+            }
+            Ok(exit::OK)
+        }
+        Command::Show { id, json } => {
+            let summary = registry.incident_summary(id).await?;
+            if json {
+                print_json(&summary)?;
+            } else {
+                print_summary(&summary);
+            }
+            Ok(exit::OK)
+        }
+        Command::Resolve { id } => {
+            registry.require_incident(id).await?;
+            let client = context.admin_client(&config, &registry).await?;
+            let (revoked, used) = revoke_unused_tokens(&registry, &client, id)
+                .await
+                .map_err(|err| Failure::new(exit::FAILED, format!("incident {id} stays open: {err}")))?;
+            registry.resolve_incident(id, &Actor::cli()).await?;
+            println!(
+                "Resolved incident {id}: deleted {revoked} unused registration tokens in Synapse ({used} were used)."
+            );
+            Ok(exit::OK)
+        }
+    }
+}
+
+fn print_summary(summary: &IncidentSummary) {
+    let incident = &summary.incident;
+    println!("Incident {}: {}", incident.id, incident.title);
+    println!("  opened:      {}", time(Some(incident.opened_at)));
+    println!(
+        "  status:      {}",
+        match incident.resolved_at {
+            Some(at) => format!("resolved {}", time(Some(at))),
+            None => "open".to_owned(),
+        }
+    );
+    println!("  affected:    {} (scope {})", summary.affected, incident.scope);
+    println!(
+        "  reachable:   {} by email, {} on Matrix now, {} unreachable",
+        summary.reachable_by_email, summary.reachable_by_matrix, summary.unreachable
+    );
+    println!("  tokens:      {}", summary.tokens);
+    let d = &summary.deliveries;
+    println!(
+        "  deliveries:  {} sent, {} pending, {} sending, {} failed, {} skipped",
+        d.sent, d.pending, d.sending, d.failed, d.skipped
+    );
+}
