@@ -69,6 +69,8 @@ pub struct Config {
 #[derive(Debug, Clone)]
 pub struct HomeserverConfig {
     pub url: Url,
+    /// Where people register again (told in notices); defaults to `url`.
+    pub public_url: Url,
     pub server_name: String,
     pub admin_token: Option<Secret>,
     pub registration_shared_secret: Option<Secret>,

@@ -8,6 +8,7 @@ pub mod email;
 pub mod links;
 pub mod mail;
 pub mod notice;
+pub mod notify;
 pub mod reconcile;
 pub mod recover;
 pub mod registry;

@@ -1,1 +1,440 @@
-//! Rendering incident notices (placeholder: being written).
+//! Rendering incident notices: one per affected person, as a plain-text and
+//! an HTML email (multipart) and as Markdown for a Matrix DM.
+//!
+//! The templates are `templates/notice.txt`, `templates/notice.html` and
+//! `templates/notice.md` (askama). The HTML template autoescapes everything
+//! except the postmortem, which is inserted already rendered and sanitized
+//! by [`markdown_to_safe_html`]. The Markdown version escapes what it
+//! interpolates, so a display name cannot inject Markdown or HTML.
+
+use std::collections::HashSet;
+use std::sync::LazyLock;
+
+use askama::Template;
+use pulldown_cmark::{CowStr, Event, Options, Parser, Tag, TagEnd};
+
+/// Everything a notice says, for one person.
+#[derive(Debug, Clone, Copy)]
+pub struct NoticeContext<'a> {
+    /// The homeserver's name, e.g. `example.org`.
+    pub server_name: &'a str,
+    /// Where to register, e.g. `https://matrix.example.org`.
+    pub homeserver_url: &'a str,
+    /// The person's former Matrix ID.
+    pub user_id: &'a str,
+    pub display_name: Option<&'a str>,
+    pub incident_title: &'a str,
+    /// The postmortem, in Markdown, as the admin wrote it.
+    pub postmortem_markdown: &'a str,
+    /// Their personal single-use registration token.
+    pub token: Option<&'a str>,
+    /// When the token expires, as a human date, e.g. `2026-12-09 19:00 UTC`.
+    pub token_expires: Option<&'a str>,
+    /// One-click unsubscribe link for the email footer.
+    pub unsubscribe_url: Option<&'a str>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RenderedNotice {
+    pub subject: String,
+    /// The text/plain email part.
+    pub text: String,
+    /// The text/html email part (a whole document).
+    pub html: String,
+    /// The Matrix DM version (Markdown; render it with
+    /// [`markdown_to_safe_html`] for the `formatted_body`).
+    pub markdown: String,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum NoticeError {
+    #[error("the notice template could not be rendered ({0}); this is a bug in lifeboat")]
+    Template(#[from] askama::Error),
+}
+
+/// What the templates see: every value prepared once.
+struct NoticeView {
+    server_name: String,
+    user_id: String,
+    /// Display name, or the user ID when there is none.
+    name: String,
+    localpart: String,
+    incident_title: String,
+    postmortem_markdown: String,
+    postmortem_html: String,
+    /// The homeserver URL, when it says more than the server name.
+    homeserver_url: Option<String>,
+    token: Option<String>,
+    token_expires: Option<String>,
+    unsubscribe_url: Option<String>,
+    subject: String,
+    // Markdown-escaped versions for notice.md.
+    name_md: String,
+    user_id_md: String,
+    server_name_md: String,
+    localpart_md: String,
+    incident_title_md: String,
+    homeserver_url_md: Option<String>,
+    token_md: Option<String>,
+    token_expires_md: Option<String>,
+    unsubscribe_url_md: Option<String>,
+}
+
+#[derive(Template)]
+#[template(path = "notice.txt")]
+struct NoticeText<'a> {
+    n: &'a NoticeView,
+}
+
+#[derive(Template)]
+#[template(path = "notice.html")]
+struct NoticeHtml<'a> {
+    n: &'a NoticeView,
+}
+
+#[derive(Template)]
+#[template(path = "notice.md")]
+struct NoticeMarkdown<'a> {
+    n: &'a NoticeView,
+}
+
+/// Renders the subject, the two email parts and the Matrix DM Markdown.
+pub fn render_notice(ctx: &NoticeContext) -> Result<RenderedNotice, NoticeError> {
+    let view = NoticeView::new(ctx);
+    Ok(RenderedNotice {
+        subject: view.subject.clone(),
+        text: NoticeText { n: &view }.render()?,
+        html: NoticeHtml { n: &view }.render()?,
+        markdown: NoticeMarkdown { n: &view }.render()?,
+    })
+}
+
+impl NoticeView {
+    fn new(ctx: &NoticeContext) -> NoticeView {
+        let server_name = one_line(ctx.server_name);
+        let user_id = one_line(ctx.user_id);
+        let name = ctx.display_name.map(one_line).filter(|name| !name.is_empty()).unwrap_or_else(|| user_id.clone());
+        let localpart = user_id
+            .strip_prefix('@')
+            .and_then(|rest| rest.split_once(':'))
+            .map_or_else(|| user_id.clone(), |(localpart, _)| localpart.to_owned());
+        let incident_title = one_line(ctx.incident_title);
+        let homeserver_url = Some(one_line(ctx.homeserver_url)).filter(|url| {
+            let bare = url.trim_start_matches("https://").trim_start_matches("http://").trim_end_matches('/');
+            !url.is_empty() && bare != server_name
+        });
+        let token = ctx.token.map(one_line).filter(|token| !token.is_empty());
+        let token_expires = ctx.token_expires.map(one_line).filter(|e| !e.is_empty());
+        // Only a web link makes sense (and is safe) as the unsubscribe href.
+        let unsubscribe_url =
+            ctx.unsubscribe_url.map(one_line).filter(|url| url.starts_with("https://") || url.starts_with("http://"));
+        let postmortem_markdown = ctx.postmortem_markdown.trim().to_owned();
+        let subject = format!("[{server_name}] {incident_title}: your account and how to come back");
+
+        NoticeView {
+            name_md: markdown_escape(&name),
+            user_id_md: markdown_escape(&user_id),
+            server_name_md: markdown_escape(&server_name),
+            localpart_md: markdown_escape(&localpart),
+            incident_title_md: markdown_escape(&incident_title),
+            homeserver_url_md: homeserver_url.as_deref().map(markdown_url),
+            token_md: token.as_deref().map(markdown_code),
+            token_expires_md: token_expires.as_deref().map(markdown_escape),
+            unsubscribe_url_md: unsubscribe_url.as_deref().map(markdown_url),
+            postmortem_html: markdown_to_safe_html(&postmortem_markdown),
+            server_name,
+            user_id,
+            name,
+            localpart,
+            incident_title,
+            postmortem_markdown,
+            homeserver_url,
+            token,
+            token_expires,
+            unsubscribe_url,
+            subject,
+        }
+    }
+}
+
+/// Markdown → HTML with a real Markdown parser (pulldown-cmark), then
+/// sanitized (ammonia): no scripts, no event handlers, no styles, no remote
+/// images (an image becomes a link to it), only http(s) and mailto links.
+pub fn markdown_to_safe_html(markdown: &str) -> String {
+    let options = Options::ENABLE_TABLES | Options::ENABLE_STRIKETHROUGH;
+    let events = Parser::new_ext(markdown, options).flat_map(|event| match event {
+        // A remote image would be fetched when the mail is opened (a
+        // tracking pixel, or just a broken picture): link to it instead.
+        Event::Start(Tag::Image { link_type, dest_url, title, id }) => {
+            vec![Event::Start(Tag::Link { link_type, dest_url, title, id }), Event::Text(CowStr::Borrowed("(image) "))]
+        }
+        Event::End(TagEnd::Image) => vec![Event::End(TagEnd::Link)],
+        other => vec![other],
+    });
+    let mut unsafe_html = String::with_capacity(markdown.len() * 3 / 2);
+    pulldown_cmark::html::push_html(&mut unsafe_html, events);
+
+    SANITIZER.clean(&unsafe_html).to_string()
+}
+
+static SANITIZER: LazyLock<ammonia::Builder<'static>> = LazyLock::new(|| {
+    let mut builder = ammonia::Builder::default();
+    builder
+        .rm_tags(["img", "map", "area"])
+        .url_schemes(HashSet::from(["http", "https", "mailto"]))
+        .url_relative(ammonia::UrlRelative::Deny)
+        .link_rel(Some("noopener noreferrer nofollow"));
+    builder
+});
+
+/// Control characters (newlines included) become spaces, ends trimmed.
+fn one_line(text: &str) -> String {
+    text.chars().map(|c| if c.is_control() { ' ' } else { c }).collect::<String>().trim().to_owned()
+}
+
+/// Backslash-escapes the characters that mean something inside a line of
+/// CommonMark (emphasis, code, links, raw HTML, entities, strikethrough,
+/// tables, heading closers), so user data shows literally. Values are always
+/// interpolated mid-line or after `## `, so line-start markers (`-`, `1.`)
+/// need no escaping, and `.`, `-`, `:` stay readable in the plain body.
+fn markdown_escape(text: &str) -> String {
+    let mut out = String::with_capacity(text.len() + 8);
+    for c in text.chars() {
+        if matches!(c, '\\' | '`' | '*' | '_' | '[' | ']' | '<' | '>' | '!' | '&' | '~' | '|' | '#') {
+            out.push('\\');
+        }
+        out.push(c);
+    }
+    out
+}
+
+/// An autolink `<url>` for a plain http(s) URL, escaped text otherwise.
+fn markdown_url(url: &str) -> String {
+    let plain = (url.starts_with("https://") || url.starts_with("http://"))
+        && !url.chars().any(|c| c.is_whitespace() || c.is_control() || matches!(c, '<' | '>'));
+    if plain { format!("<{url}>") } else { markdown_escape(url) }
+}
+
+/// A code span (easy to copy, shown literally); escaped text if the value
+/// has a backtick of its own.
+fn markdown_code(text: &str) -> String {
+    if text.contains('`') { markdown_escape(text) } else { format!("`{text}`") }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const HOSTILE: &str = "# What happened\n\n\
+        The database was lost. <script>alert('x')</script>\n\n\
+        <img src=x onerror=\"alert(1)\"> <a href=\"#\" onclick=\"steal()\">click</a>\n\n\
+        [innocent](javascript:alert(document.cookie)) and \
+        [data](data:text/html;base64,PHNjcmlwdD4=)\n\n\
+        ![tracker](https://evil.example.com/pixel.gif)\n\n\
+        <iframe src=\"https://evil.example.com\"></iframe>\
+        <style>body{display:none}</style>\
+        <p style=\"background:url(https://evil.example.com/x)\">styled</p>\n\n\
+        <form action=\"https://evil.example.com\"><input name=a></form>\n";
+
+    fn context<'a>() -> NoticeContext<'a> {
+        NoticeContext {
+            server_name: "example.org",
+            homeserver_url: "https://matrix.example.org",
+            user_id: "@alice:example.org",
+            display_name: Some("Alice"),
+            incident_title: "Database lost on 2026-11-20",
+            postmortem_markdown: "We lost the database.\n\n**No backups** existed. \
+                                  Details: <https://status.example.org>.",
+            token: Some("Ab3~x.y_z-9"),
+            token_expires: Some("2026-12-09 19:00 UTC"),
+            unsubscribe_url: Some("https://lifeboat.example.org/unsubscribe?c=17&sig=ab"),
+        }
+    }
+
+    fn assert_inert(html: &str) {
+        let lower = html.to_lowercase();
+        for bad in [
+            "<script",
+            "alert(",
+            "onerror",
+            "onclick",
+            "javascript:",
+            "data:text",
+            "<img",
+            "<iframe",
+            "<style",
+            "style=",
+            "<form",
+            "<input",
+        ] {
+            assert!(!lower.contains(bad), "{bad:?} survived in:\n{html}");
+        }
+    }
+
+    #[test]
+    fn hostile_markdown_comes_out_inert() {
+        let html = markdown_to_safe_html(HOSTILE);
+        assert_inert(&html);
+        assert!(html.contains("<h1>What happened</h1>"), "{html}");
+        assert!(html.contains("The database was lost."), "{html}");
+        // The image became a plain link to it.
+        assert!(html.contains("href=\"https://evil.example.com/pixel.gif\""), "{html}");
+        assert!(html.contains("(image) tracker"), "{html}");
+        assert!(html.contains("rel=\"noopener noreferrer nofollow\""), "{html}");
+    }
+
+    #[test]
+    fn ordinary_markdown_renders() {
+        let html = markdown_to_safe_html(
+            "Hello *world*, see [the status page](https://status.example.org).\n\n\
+             - one\n- two\n\n| a | b |\n|---|---|\n| 1 | 2 |\n",
+        );
+        assert!(html.contains("<em>world</em>"), "{html}");
+        assert!(html.contains("<a href=\"https://status.example.org\""), "{html}");
+        assert!(html.contains("<li>one</li>"), "{html}");
+        assert!(html.contains("<table>"), "{html}");
+    }
+
+    #[test]
+    fn a_hostile_postmortem_is_inert_in_the_html_email() {
+        let ctx = NoticeContext { postmortem_markdown: HOSTILE, ..context() };
+        let notice = render_notice(&ctx).unwrap();
+        // The postmortem goes in exactly as sanitized (checked above)...
+        assert!(notice.html.contains(&markdown_to_safe_html(HOSTILE)));
+        // ...and nothing else of it slipped through anywhere in the document.
+        let lower = notice.html.to_lowercase();
+        for bad in [
+            "<script",
+            "alert(",
+            "onerror",
+            "onclick",
+            "javascript:",
+            "data:text",
+            "<img",
+            "<iframe",
+            "<form",
+            "<input",
+            "evil.example.com/x",
+            "display:none",
+        ] {
+            assert!(!lower.contains(bad), "{bad:?} survived in:\n{}", notice.html);
+        }
+        // The text part carries the Markdown as written (inert in text/plain).
+        assert!(notice.text.contains("<script>alert('x')</script>"));
+    }
+
+    #[test]
+    fn the_token_is_in_every_version() {
+        let notice = render_notice(&context()).unwrap();
+        for part in [&notice.text, &notice.html, &notice.markdown] {
+            assert!(part.contains("Ab3~x.y_z-9"), "token missing in:\n{part}");
+            assert!(part.contains("2026-12-09 19:00 UTC"), "expiry missing in:\n{part}");
+        }
+        assert!(notice.text.contains("Your personal registration token: Ab3~x.y_z-9"));
+        assert!(notice.markdown.contains("`Ab3~x.y_z-9`"));
+        // The token survives Markdown rendering intact.
+        assert!(markdown_to_safe_html(&notice.markdown).contains("<code>Ab3~x.y_z-9</code>"));
+    }
+
+    #[test]
+    fn the_subject_names_the_server_and_the_incident() {
+        let notice = render_notice(&context()).unwrap();
+        assert_eq!(notice.subject, "[example.org] Database lost on 2026-11-20: your account and how to come back");
+        let ctx = NoticeContext { incident_title: "Two\r\nlines", ..context() };
+        assert!(!render_notice(&ctx).unwrap().subject.contains('\n'));
+    }
+
+    #[test]
+    fn a_display_name_with_markup_is_escaped() {
+        let ctx = NoticeContext { display_name: Some("<b>Mallory</b> & \"friends\""), ..context() };
+        let notice = render_notice(&ctx).unwrap();
+        assert!(!notice.html.contains("<b>Mallory"), "{}", notice.html);
+        assert!(
+            notice.html.contains("&#60;b&#62;Mallory") || notice.html.contains("&lt;b&gt;Mallory"),
+            "{}",
+            notice.html
+        );
+        assert!(notice.text.contains("Hello <b>Mallory</b> & \"friends\","));
+        let dm_html = markdown_to_safe_html(&notice.markdown);
+        assert!(!dm_html.contains("<b>Mallory"), "{dm_html}");
+        assert!(dm_html.contains("&lt;b&gt;Mallory"), "{dm_html}");
+    }
+
+    #[test]
+    fn greeting_falls_back_to_the_user_id() {
+        let ctx = NoticeContext { display_name: None, ..context() };
+        let notice = render_notice(&ctx).unwrap();
+        assert!(notice.text.starts_with("Hello @alice:example.org,"), "{}", notice.text);
+        assert!(notice.html.contains("Hello @alice:example.org,"));
+    }
+
+    #[test]
+    fn steps_to_register_again() {
+        let notice = render_notice(&context()).unwrap();
+        let text = &notice.text;
+        for needle in [
+            "1. Open a Matrix client such as Element",
+            "2. Choose \"Create account\"",
+            "example.org",
+            "https://matrix.example.org",
+            "alice",
+            "5. When asked for a registration token, enter: Ab3~x.y_z-9",
+            "single use",
+            "share",
+        ] {
+            assert!(text.contains(needle), "{needle:?} missing in:\n{text}");
+        }
+        assert!(notice.html.contains("<ol"), "{}", notice.html);
+        assert!(notice.markdown.contains("1. "), "{}", notice.markdown);
+    }
+
+    #[test]
+    fn without_a_token_an_admin_follows_up() {
+        let ctx = NoticeContext { token: None, token_expires: None, ..context() };
+        let notice = render_notice(&ctx).unwrap();
+        for part in [&notice.text, &notice.html, &notice.markdown] {
+            assert!(part.contains("admin"), "{part}");
+            assert!(!part.contains("Your personal registration token:"), "{part}");
+        }
+    }
+
+    #[test]
+    fn the_footer_explains_and_links_to_unsubscribe() {
+        let notice = render_notice(&context()).unwrap();
+        assert!(
+            notice.text.contains(
+                "You get this because this address is a contact of @alice:example.org on \
+             example.org."
+            ),
+            "{}",
+            notice.text
+        );
+        assert!(notice.text.contains("Unsubscribe: https://lifeboat.example.org/unsubscribe?c=17&sig=ab"));
+        assert!(
+            notice.html.contains("href=\"https://lifeboat.example.org/unsubscribe?c=17&#38;sig=ab\"")
+                || notice.html.contains("href=\"https://lifeboat.example.org/unsubscribe?c=17&amp;sig=ab\""),
+            "{}",
+            notice.html
+        );
+
+        let ctx = NoticeContext { unsubscribe_url: None, ..context() };
+        let notice = render_notice(&ctx).unwrap();
+        assert!(!notice.text.contains("Unsubscribe"));
+        assert!(!notice.html.contains("Unsubscribe"));
+    }
+
+    #[test]
+    fn the_postmortem_is_rendered_in_html_and_kept_as_written_in_text() {
+        let notice = render_notice(&context()).unwrap();
+        assert!(notice.html.contains("<strong>No backups</strong>"), "{}", notice.html);
+        assert!(notice.text.contains("**No backups** existed."));
+        assert!(notice.markdown.contains("**No backups** existed."));
+    }
+
+    #[test]
+    fn the_homeserver_url_is_not_repeated_when_it_is_the_server_name() {
+        let ctx = NoticeContext { homeserver_url: "https://example.org/", ..context() };
+        let notice = render_notice(&ctx).unwrap();
+        assert!(!notice.text.contains("https://example.org"), "{}", notice.text);
+    }
+}

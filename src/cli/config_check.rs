@@ -34,6 +34,7 @@ fn print_summary(config: &Config) {
     println!("{} is valid.", config.source.display());
     println!("[homeserver]");
     println!("  url = {}", hs.url);
+    println!("  public_url = {}", hs.public_url);
     println!("  server_name = {}", hs.server_name);
     println!("  admin_token = {}", secret(&hs.admin_token));
     println!("  registration_shared_secret = {}", secret(&hs.registration_shared_secret));

@@ -118,7 +118,7 @@ pub async fn run(context: &Context, command: Command) -> Outcome {
                 .map_err(|err| Failure::new(exit::FAILED, format!("incident {id} stays open: {err}")))?;
             registry.resolve_incident(id, &Actor::cli()).await?;
             println!(
-                "Resolved incident {id}: deleted {revoked} unused registration tokens in Synapse ({used} were used)."
+                "Resolved incident {id}: deleted {revoked} unused registration tokens in Synapse; {used} had been used to register."
             );
             Ok(exit::OK)
         }

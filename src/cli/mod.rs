@@ -5,6 +5,7 @@ mod check;
 mod config_check;
 mod contacts;
 mod incident;
+mod notify;
 mod output;
 mod recover;
 mod sync;
@@ -92,6 +93,12 @@ enum Command {
     /// Incidents: open one after a loss, show who can be reached, resolve it.
     #[command(subcommand)]
     Incident(incident::Command),
+    /// Send an incident's notices: a registration token per person, by email.
+    ///
+    /// Creates the missing tokens and deliveries, then sends. Resumable:
+    /// running it again sends only what was not delivered. Exit 0 when every
+    /// notice is delivered, 1 otherwise.
+    Notify(notify::Args),
     /// Registration tokens issued to affected people.
     #[command(subcommand)]
     Tokens(tokens::Command),
@@ -161,6 +168,7 @@ async fn run(cli: Cli) -> Outcome {
         Command::Users(command) => users::run(&context, command).await,
         Command::Contacts(command) => contacts::run(&context, command).await,
         Command::Incident(command) => incident::run(&context, command).await,
+        Command::Notify(args) => notify::run(&context, args).await,
         Command::Tokens(command) => tokens::run(&context, command).await,
         Command::Recover(args) => recover::run(&context, args).await,
         Command::Config(command) => config_check::run(&context, command),

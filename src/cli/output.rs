@@ -1,7 +1,6 @@
 //! Shared output helpers: JSON, timestamps, progress bars.
 
 use std::io::IsTerminal;
-use std::time::{Duration, UNIX_EPOCH};
 
 use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
 use serde::Serialize;
@@ -17,12 +16,7 @@ pub fn print_json(value: &impl Serialize) -> Result<(), Failure> {
 
 /// `2026-11-25T19:30:00Z`, or `-` for none.
 pub fn time(ms: Option<i64>) -> String {
-    match ms {
-        Some(ms) if ms >= 0 => {
-            humantime::format_rfc3339_seconds(UNIX_EPOCH + Duration::from_millis(ms as u64)).to_string()
-        }
-        _ => "-".to_owned(),
-    }
+    ms.and_then(crate::registry::format_time).unwrap_or_else(|| "-".to_owned())
 }
 
 /// A progress bar on stderr, drawn only when stderr is a terminal.

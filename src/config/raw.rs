@@ -69,6 +69,7 @@ pub(super) struct RawConfig {
 #[serde(deny_unknown_fields)]
 struct RawHomeserver {
     url: Option<String>,
+    public_url: Option<String>,
     server_name: Option<String>,
     admin_token: Option<String>,
     admin_token_file: Option<PathBuf>,
@@ -272,8 +273,13 @@ impl RawConfig {
                 format!("`{server_name}` is not a server name like \"example.org\""),
             ));
         }
+        let public_url = match hs.public_url {
+            Some(text) => ctx.http_url("homeserver.public_url", &text)?,
+            None => url.clone(),
+        };
         let homeserver = HomeserverConfig {
             url,
+            public_url,
             admin_token: ctx.secret("homeserver", "admin_token", hs.admin_token, hs.admin_token_file)?,
             registration_shared_secret: ctx.secret(
                 "homeserver",

@@ -193,6 +193,16 @@ impl Registry {
         Ok(())
     }
 
+    /// When the next pending delivery of an incident is due, if any.
+    pub async fn next_pending_at(&self, incident_id: i64) -> Result<Option<i64>> {
+        let (next,): (Option<i64>,) =
+            sqlx::query_as("SELECT MIN(next_attempt_at) FROM deliveries WHERE incident_id = $1 AND state = 'pending'")
+                .bind(incident_id)
+                .fetch_one(&self.pool)
+                .await?;
+        Ok(next)
+    }
+
     pub async fn delivery_counts(&self, incident_id: i64) -> Result<DeliveryCounts> {
         let rows: Vec<(String, i64)> =
             sqlx::query_as("SELECT state, COUNT(*) FROM deliveries WHERE incident_id = $1 GROUP BY state")
@@ -221,6 +231,22 @@ impl Registry {
         .bind(incident_id)
         .bind(limit)
         .fetch_all(&self.pool)
+        .await?)
+    }
+}
+
+impl Registry {
+    /// An affected person with an email, for a sample rendering:
+    /// (user ID, display name, address, contact id).
+    pub async fn sample_recipient(&self, incident_id: i64) -> Result<Option<(String, Option<String>, String, i64)>> {
+        Ok(sqlx::query_as(
+            "SELECT a.user_id, a.display_name, c.address, c.id FROM incident_accounts ia \
+             JOIN accounts a ON a.user_id = ia.user_id \
+             JOIN contacts c ON c.user_id = ia.user_id AND c.kind = 'email' AND c.opted_out_at IS NULL \
+             WHERE ia.incident_id = $1 ORDER BY a.user_id, c.address LIMIT 1",
+        )
+        .bind(incident_id)
+        .fetch_optional(&self.pool)
         .await?)
     }
 }

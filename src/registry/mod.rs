@@ -113,6 +113,17 @@ pub fn now_ms() -> i64 {
     SystemTime::now().duration_since(UNIX_EPOCH).map(|elapsed| elapsed.as_millis() as i64).unwrap_or(0)
 }
 
+/// `2026-11-25T19:30:00Z` for UTC milliseconds; `None` for a value no
+/// calendar can show (Synapse may send anything).
+pub fn format_time(ms: i64) -> Option<String> {
+    // Up to the year 9999, which humantime can format.
+    if !(0..=253_402_300_799_000).contains(&ms) {
+        return None;
+    }
+    let at = UNIX_EPOCH + std::time::Duration::from_millis(ms as u64);
+    Some(humantime::format_rfc3339_seconds(at).to_string())
+}
+
 /// A registry URL fit for messages: any password replaced.
 pub fn redact_url(url: &str) -> String {
     match url::Url::parse(url) {

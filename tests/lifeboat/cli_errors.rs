@@ -30,7 +30,7 @@ async fn a_misspelled_key_is_named_with_the_file() {
     assert_eq!(run.code, 2, "{run:?}");
     let line = one_sentence(&run.stderr);
     assert!(line.contains("`homeserver.servername` in "), "{line}");
-    assert!(line.contains("is not a lifeboat setting (expected one of url, server_name"), "{line}");
+    assert!(line.contains("is not a lifeboat setting (expected one of url, public_url, server_name"), "{line}");
     assert!(line.contains("lifeboat.toml"), "{line}");
 }
 

@@ -3,6 +3,7 @@
 mod cli_errors;
 mod harness;
 mod listing_failures;
+mod notices;
 mod registry_backends;
 mod sandbox;
 mod synapse_scenarios;

@@ -68,18 +68,31 @@ impl Lifeboat {
         self.env.push((name.to_owned(), value.to_owned()));
     }
 
+    /// Starts lifeboat without waiting for it (output discarded).
+    pub fn spawn(&self, args: &[&str]) -> tokio::process::Child {
+        let mut command = self.command(args);
+        command.stdout(std::process::Stdio::null()).stderr(std::process::Stdio::null());
+        command.spawn().expect("lifeboat starts")
+    }
+
     pub async fn run(&self, args: &[&str]) -> Run {
-        let mut command = tokio::process::Command::new(env!("CARGO_BIN_EXE_lifeboat"));
-        command.arg("--config").arg(&self.config).args(args).current_dir(self.dir.path());
-        for (name, _) in std::env::vars().filter(|(name, _)| name.starts_with("LIFEBOAT")) {
-            command.env_remove(name);
-        }
-        command.envs(self.env.iter().map(|(k, v)| (k, v)));
+        let mut command = self.command(args);
+        command.stdin(std::process::Stdio::null());
         let Output { status, stdout, stderr } = command.output().await.expect("lifeboat runs");
         Run {
             code: status.code().unwrap_or(-1),
             stdout: String::from_utf8_lossy(&stdout).into_owned(),
             stderr: String::from_utf8_lossy(&stderr).into_owned(),
         }
+    }
+
+    fn command(&self, args: &[&str]) -> tokio::process::Command {
+        let mut command = tokio::process::Command::new(env!("CARGO_BIN_EXE_lifeboat"));
+        command.arg("--config").arg(&self.config).args(args).current_dir(self.dir.path());
+        for (name, _) in std::env::vars().filter(|(name, _)| name.starts_with("LIFEBOAT")) {
+            command.env_remove(name);
+        }
+        command.envs(self.env.iter().map(|(k, v)| (k, v)));
+        command
     }
 }

@@ -16,6 +16,7 @@ pub struct Started {
     pub url: String,
     pub server_name: String,
     pub admin_token: String,
+    pub shared_secret: String,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -27,6 +28,8 @@ pub struct Registered {
 pub struct TestSynapse {
     pub url: String,
     pub server_name: String,
+    /// registration_shared_secret from its homeserver.yaml.
+    pub shared_secret: String,
     admin_token: Mutex<String>,
     control: Mutex<(ChildStdin, BufReader<ChildStdout>)>,
     _child: Child,
@@ -73,6 +76,7 @@ impl TestSynapse {
         TestSynapse {
             url: started.url,
             server_name: started.server_name,
+            shared_secret: started.shared_secret,
             admin_token: Mutex::new(started.admin_token),
             control: Mutex::new((stdin, stdout)),
             _child: child,
@@ -143,6 +147,39 @@ impl TestSynapse {
         )
         .await;
         self.user_id(localpart)
+    }
+
+    /// Synapse's own word on a registration token (no auth needed).
+    pub async fn token_is_valid(&self, token: &str) -> bool {
+        let url = format!("{}/_matrix/client/v1/register/m.login.registration_token/validity", self.url);
+        let body: Value = self.http.get(url).query(&[("token", token)]).send().await.unwrap().json().await.unwrap();
+        body["valid"].as_bool().unwrap_or_else(|| panic!("no validity in {body}"))
+    }
+
+    /// Registers `localpart` through the client API the way a person's
+    /// client does with a registration token. Returns the final response.
+    pub async fn register_with_token(&self, localpart: &str, token: &str) -> (u16, Value) {
+        let url = format!("{}/_matrix/client/v3/register", self.url);
+        let post = |body: Value| {
+            let request = self.http.post(&url).json(&body);
+            async move {
+                let response = request.send().await.unwrap();
+                (response.status().as_u16(), response.json::<Value>().await.unwrap())
+            }
+        };
+        let account = json!({"username": localpart, "password": "a new life at sea", "inhibit_login": true});
+        let (status, flows) = post(account.clone()).await;
+        assert_eq!(status, 401, "{flows}");
+        let session = flows["session"].as_str().unwrap().to_owned();
+        let mut step = account.clone();
+        step["auth"] = json!({"type": "m.login.registration_token", "token": token, "session": session});
+        let (status, body) = post(step).await;
+        if status != 401 {
+            return (status, body);
+        }
+        let mut last = account;
+        last["auth"] = json!({"type": "m.login.dummy", "session": session});
+        post(last).await
     }
 
     pub async fn lock_user(&self, localpart: &str) {

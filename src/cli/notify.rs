@@ -1,0 +1,174 @@
+//! `lifeboat notify ID [--dry-run] [--yes]`
+
+use std::io::{BufRead, IsTerminal, Write};
+
+use indicatif::ProgressBar;
+
+use super::output::progress_bar;
+use super::{Context, Failure, Outcome, exit};
+use crate::links::LINK_KEY;
+use crate::mail::Mailer;
+use crate::notify::{NoticeSettings, NotifyProgress, plan, send_emails};
+use crate::recover::{AdminAccess, admin_access, recover};
+use crate::registry::{Actor, Delivery, now_ms};
+use crate::tokens::ensure_notice_tokens;
+
+/// Emails in flight at once (and SMTP connections in the pool).
+const CONCURRENCY: usize = 8;
+
+#[derive(clap::Args, Debug)]
+pub struct Args {
+    /// The incident whose affected people are notified.
+    id: i64,
+    /// Render everything and print the counts and one sample; create and send nothing.
+    #[arg(long)]
+    dry_run: bool,
+    /// Send without asking first (required when stdin is not a terminal).
+    #[arg(long)]
+    yes: bool,
+}
+
+struct Bar(ProgressBar);
+
+impl NotifyProgress for Bar {
+    fn deliveries(&self, done: u64, total: u64) {
+        self.0.set_length(total);
+        self.0.set_position(done);
+    }
+}
+
+pub async fn run(context: &Context, args: Args) -> Outcome {
+    let config = context.config()?;
+    let registry = context.registry(&config).await?;
+    let incident = registry.require_incident(args.id).await?;
+    if incident.resolved_at.is_some() {
+        return Err(Failure::new(
+            exit::FAILED,
+            format!("incident {} is resolved: notices go out for open incidents only", incident.id),
+        ));
+    }
+    let planned = plan(&registry, incident.id).await.map_err(|err| Failure::new(exit::FAILED, err))?;
+    println!(
+        "Incident {} \"{}\": {} affected; {} emails to {} people; {} affected people have no email contact; {} registration tokens to create.",
+        incident.id,
+        incident.title,
+        planned.affected,
+        planned.emails.emails,
+        planned.emails.people_with_email,
+        planned.emails.people_without_channel,
+        planned.tokens_to_create
+    );
+    let unsubscribe = match &config.web {
+        Some(web) => Some((web.public_url.clone(), registry.generated_secret(LINK_KEY).await?)),
+        None => {
+            eprintln!("note: [web] public_url is not set, so the emails carry no unsubscribe link");
+            None
+        }
+    };
+    let settings = NoticeSettings {
+        server_name: config.homeserver.server_name.clone(),
+        public_url: config.homeserver.public_url.clone(),
+        unsubscribe,
+    };
+
+    if args.dry_run {
+        match registry.sample_recipient(incident.id).await? {
+            Some((user_id, display_name, address, contact_id)) => {
+                let sample = Delivery {
+                    id: 0,
+                    incident_id: incident.id,
+                    user_id,
+                    address: address.clone(),
+                    attempts: 0,
+                    display_name,
+                    contact_id: Some(contact_id),
+                    opted_out_at: None,
+                    token: Some("SAMPLE-TOKEN-not-valid".to_owned()),
+                    token_expires_at: Some(now_ms() + config.tokens.expiry.as_millis() as i64),
+                };
+                let rendered = settings.render(&incident, &sample).map_err(|err| Failure::new(exit::FAILED, err))?;
+                println!("--- sample email to {address} (the token is a placeholder) ---");
+                println!("Subject: {}\n\n{}", rendered.subject, rendered.text);
+                println!("--- end of sample ---");
+            }
+            None => println!("No affected person has an email contact: nothing would be sent."),
+        }
+        println!("Dry run: nothing was created or sent.");
+        return Ok(exit::OK);
+    }
+
+    let email = config.email.as_ref().ok_or_else(|| {
+        Failure::new(
+            exit::USAGE,
+            "notices go out by email: add an [email] section with smtp_url and from (see config.example.toml)",
+        )
+    })?;
+    if !args.yes && !confirm(planned.emails.emails)? {
+        println!("Nothing sent.");
+        return Ok(exit::OK);
+    }
+
+    let client = match admin_access(&config, &registry).await.map_err(|err| Failure::new(exit::FAILED, err))? {
+        AdminAccess::Working { client, .. } => client,
+        AdminAccess::Dead { .. } => {
+            eprintln!("Every admin token is rejected: recovering lifeboat's account through the shared secret.");
+            recover(&config, &registry, &Actor::cli()).await.map_err(|err| Failure::new(exit::FAILED, err))?;
+            match admin_access(&config, &registry).await.map_err(|err| Failure::new(exit::FAILED, err))? {
+                AdminAccess::Working { client, .. } => client,
+                AdminAccess::Dead { .. } => {
+                    return Err(Failure::new(exit::FAILED, "the recovered admin token does not work either"));
+                }
+            }
+        }
+    };
+    let created = ensure_notice_tokens(&registry, &client, incident.id, config.tokens.expiry)
+        .await
+        .map_err(|err| Failure::new(exit::FAILED, format!("{err}; nothing was sent, run notify again")))?;
+    if created > 0 {
+        println!("Created {created} registration tokens in Synapse.");
+    }
+    registry.plan_email_deliveries(incident.id).await?;
+    let mailer = Mailer::from_config(email, CONCURRENCY as u32).map_err(|err| Failure::new(exit::USAGE, err))?;
+    let bar = Bar(progress_bar("emails"));
+    let sent = send_emails(&registry, &mailer, &incident, &settings, CONCURRENCY, &bar).await;
+    bar.0.finish_and_clear();
+    mailer.shutdown().await;
+    let counts = sent.map_err(|err| Failure::new(exit::FAILED, err))?;
+
+    println!(
+        "Deliveries: {} sent, {} failed, {} skipped (opted out), {} pending.",
+        counts.sent,
+        counts.failed,
+        counts.skipped,
+        counts.pending + counts.sending
+    );
+    let unfinished = counts.pending + counts.sending + counts.failed;
+    if unfinished == 0 {
+        return Ok(exit::OK);
+    }
+    for (address, error) in registry.delivery_errors(incident.id, 5).await? {
+        println!("  {address}: {error}");
+    }
+    Err(Failure::new(
+        exit::FAILED,
+        format!(
+            "{unfinished} notices were not delivered; fix the cause above and run `lifeboat notify {}` again: it sends only what is missing",
+            incident.id
+        ),
+    ))
+}
+
+/// Asks on the terminal; refuses to guess when there is none.
+fn confirm(emails: i64) -> Result<bool, Failure> {
+    if !std::io::stdin().is_terminal() {
+        return Err(Failure::new(
+            exit::USAGE,
+            "stdin is not a terminal, so lifeboat cannot ask before sending: pass --yes to send",
+        ));
+    }
+    print!("Send {emails} emails now? [y/N] ");
+    std::io::stdout().flush().ok();
+    let mut answer = String::new();
+    std::io::stdin().lock().read_line(&mut answer).ok();
+    Ok(matches!(answer.trim(), "y" | "Y" | "yes"))
+}

@@ -1,0 +1,241 @@
+//! `email.smtp_url` in lettre's URL form, checked and taken apart here:
+//! `smtp://` plain, `smtp://…?tls=required` STARTTLS, `?tls=opportunistic`,
+//! `smtps://` implicit TLS, optional `user:password@`, and an optional path
+//! naming the EHLO host (`smtp://host/client.example.org`). Error messages
+//! never repeat the password.
+
+use url::Url;
+
+use super::MailError;
+
+const HINT: &str = "write it like smtp://host:25, smtp://user@host:587?tls=required or smtps://user@host:465";
+
+/// How the connection is protected.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum TlsMode {
+    /// `smtp://`: no TLS at all.
+    Plain,
+    /// `smtp://…?tls=required`: STARTTLS, refusing to go on without it.
+    StartTls,
+    /// `smtp://…?tls=opportunistic`: STARTTLS when the server offers it.
+    Opportunistic,
+    /// `smtps://`: TLS from the first byte.
+    Implicit,
+}
+
+/// A checked `email.smtp_url`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) struct SmtpUrl {
+    pub host: String,
+    /// The port given, or the default for the TLS mode (25, 587, 465).
+    pub port: u16,
+    /// The name to send in EHLO, from the URL's path.
+    pub hello_name: Option<String>,
+    /// For messages and logs: scheme, user, host, effective port, TLS mode;
+    /// never the password.
+    pub redacted: String,
+    pub mode: TlsMode,
+    /// Percent-decoded user name from the URL, if any.
+    pub username: Option<String>,
+    /// Percent-decoded password from the URL, if any.
+    pub password: Option<String>,
+}
+
+pub(crate) fn parse(smtp_url: &str) -> Result<SmtpUrl, MailError> {
+    // The url crate's parse errors never repeat the input, so the password
+    // cannot leak through them.
+    let url = Url::parse(smtp_url.trim())
+        .map_err(|err| MailError::Config(format!("email.smtp_url is not a valid URL ({err}); {HINT}")))?;
+
+    let mut tls: Option<String> = None;
+    for (key, value) in url.query_pairs() {
+        if key == "tls" {
+            tls = Some(value.into_owned());
+        } else {
+            return Err(MailError::Config(format!(
+                "email.smtp_url has an unknown parameter `{key}`: the only one is ?tls=required \
+                 (STARTTLS) or ?tls=opportunistic"
+            )));
+        }
+    }
+
+    let mode = match (url.scheme(), tls.as_deref()) {
+        ("smtp", None) => TlsMode::Plain,
+        ("smtp", Some("required")) => TlsMode::StartTls,
+        ("smtp", Some("opportunistic")) => TlsMode::Opportunistic,
+        ("smtps", None | Some("required")) => TlsMode::Implicit,
+        ("smtp" | "smtps", Some(other)) => {
+            return Err(MailError::Config(format!(
+                "email.smtp_url has ?tls={other}, which lettre does not know: use ?tls=required \
+                 for STARTTLS on smtp://, or smtps:// for TLS from the start"
+            )));
+        }
+        (scheme, _) => {
+            return Err(MailError::Config(format!(
+                "email.smtp_url starts with `{scheme}://`, but only smtp:// and smtps:// are \
+                 supported; {HINT}"
+            )));
+        }
+    };
+
+    let host = match url.host_str() {
+        Some(host) if !host.is_empty() => host.to_owned(),
+        _ => {
+            return Err(MailError::Config(format!("email.smtp_url has no host name; {HINT}")));
+        }
+    };
+
+    let username = match url.username() {
+        "" => None,
+        user => Some(percent_decode(user).ok_or_else(|| {
+            MailError::Config(
+                "the user name in email.smtp_url is not valid percent-encoded UTF-8; \
+                 encode special characters as %XX"
+                    .to_owned(),
+            )
+        })?),
+    };
+    let password = match url.password() {
+        None | Some("") => None,
+        Some(password) => Some(percent_decode(password).ok_or_else(|| {
+            MailError::Config(
+                "the password in email.smtp_url is not valid percent-encoded UTF-8; encode \
+                 special characters as %XX or use email.smtp_password instead"
+                    .to_owned(),
+            )
+        })?),
+    };
+
+    // lettre's defaults for these URLs.
+    let port = url.port().unwrap_or(match mode {
+        TlsMode::Plain => 25,
+        TlsMode::StartTls | TlsMode::Opportunistic => 587,
+        TlsMode::Implicit => 465,
+    });
+
+    let hello_name = Some(url.path().trim_matches('/')).filter(|path| !path.is_empty()).map(str::to_owned);
+
+    let user_part = match url_username_for_display(&username) {
+        Some(user) => format!("{user}@"),
+        None => String::new(),
+    };
+    let tls_part = match mode {
+        TlsMode::StartTls => "?tls=required",
+        TlsMode::Opportunistic => "?tls=opportunistic",
+        TlsMode::Plain | TlsMode::Implicit => "",
+    };
+    let redacted = format!("{}://{user_part}{host}:{port}{tls_part}", url.scheme());
+
+    Ok(SmtpUrl {
+        host: host.trim_start_matches('[').trim_end_matches(']').to_owned(),
+        port,
+        hello_name,
+        redacted,
+        mode,
+        username,
+        password,
+    })
+}
+
+fn url_username_for_display(username: &Option<String>) -> Option<String> {
+    username.as_ref().map(|user| user.chars().map(|c| if c.is_control() { '?' } else { c }).collect())
+}
+
+/// Decodes `%XX` escapes; `None` for a broken escape or invalid UTF-8.
+fn percent_decode(input: &str) -> Option<String> {
+    let bytes = input.as_bytes();
+    let mut out = Vec::with_capacity(bytes.len());
+    let mut i = 0;
+    while i < bytes.len() {
+        if bytes[i] == b'%' {
+            let hex = bytes.get(i + 1..i + 3)?;
+            let hex = std::str::from_utf8(hex).ok()?;
+            out.push(u8::from_str_radix(hex, 16).ok()?);
+            i += 3;
+        } else {
+            out.push(bytes[i]);
+            i += 1;
+        }
+    }
+    String::from_utf8(out).ok()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn config_error(url: &str) -> String {
+        match parse(url) {
+            Err(MailError::Config(message)) => message,
+            other => panic!("expected a config error for {url}, got {other:?}"),
+        }
+    }
+
+    #[test]
+    fn plain_smtp_with_default_port() {
+        let parsed = parse("smtp://127.0.0.1").unwrap();
+        assert_eq!(parsed.mode, TlsMode::Plain);
+        assert_eq!(parsed.redacted, "smtp://127.0.0.1:25");
+        assert_eq!(parsed.port, 25);
+        assert_eq!(parsed.username, None);
+        assert_eq!(parsed.password, None);
+    }
+
+    #[test]
+    fn starttls_and_implicit_tls() {
+        let starttls = parse("smtp://mail.example.org?tls=required").unwrap();
+        assert_eq!(starttls.mode, TlsMode::StartTls);
+        assert_eq!(starttls.redacted, "smtp://mail.example.org:587?tls=required");
+
+        let opportunistic = parse("smtp://mail.example.org:2525?tls=opportunistic").unwrap();
+        assert_eq!(opportunistic.mode, TlsMode::Opportunistic);
+
+        let implicit = parse("smtps://mail.example.org").unwrap();
+        assert_eq!(implicit.mode, TlsMode::Implicit);
+        assert_eq!(implicit.redacted, "smtps://mail.example.org:465");
+    }
+
+    #[test]
+    fn credentials_are_decoded_and_kept_out_of_the_urls() {
+        let parsed = parse("smtps://lifeboat%40example.org:p%40ss%3Aw0rd@mail.example.org:4650").unwrap();
+        assert_eq!(parsed.username.as_deref(), Some("lifeboat@example.org"));
+        assert_eq!(parsed.password.as_deref(), Some("p@ss:w0rd"));
+        assert_eq!(parsed.host, "mail.example.org");
+        assert_eq!(parsed.port, 4650);
+        assert_eq!(parsed.redacted, "smtps://lifeboat@example.org@mail.example.org:4650");
+        assert!(!parsed.redacted.contains("w0rd"));
+    }
+
+    #[test]
+    fn the_hello_name_path_is_passed_on() {
+        let parsed = parse("smtp://127.0.0.1:2525/client.example.org").unwrap();
+        assert_eq!(parsed.hello_name.as_deref(), Some("client.example.org"));
+        assert_eq!((parsed.host.as_str(), parsed.port), ("127.0.0.1", 2525));
+        assert_eq!(parse("smtp://127.0.0.1/").unwrap().hello_name, None);
+        assert_eq!(parse("smtp://[::1]:25").unwrap().host, "::1");
+    }
+
+    #[test]
+    fn bad_urls_are_config_errors_with_a_hint() {
+        assert!(config_error("not a url").contains("smtp://"));
+        assert!(config_error("http://mail.example.org").contains("`http://`"));
+        assert!(config_error("smtp://mail.example.org?tls=yes").contains("?tls=required"));
+        assert!(config_error("smtp://mail.example.org?ssl=true").contains("`ssl`"));
+        assert!(config_error("smtps://mail.example.org?tls=opportunistic").contains("smtps://"));
+        assert!(config_error("smtp:///nohost").contains("no host"));
+    }
+
+    #[test]
+    fn errors_never_repeat_the_password() {
+        for url in [
+            "smtp://user:hunter2@mail.example.org?tls=nope",
+            "smtp://user:hunter2@mail.example.org?x=1",
+            "ftp://user:hunter2@mail.example.org",
+            "smtp://user:hunter2@[bad",
+            "smtp://user:hunter2%FF@mail.example.org",
+        ] {
+            let message = config_error(url);
+            assert!(!message.contains("hunter2"), "{message}");
+        }
+    }
+}

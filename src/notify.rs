@@ -1,0 +1,207 @@
+//! Notices after an incident: plan the outbox, then send it by email with
+//! bounded concurrency, marking each delivery the moment SMTP accepts it.
+//!
+//! Resumable: rerunning sends what was not sent and never what was. A
+//! process killed mid-send can repeat at most the messages in flight at
+//! that moment (no more than `concurrency`), each with the same Message-ID.
+
+use std::collections::HashMap;
+use std::time::Duration;
+
+use futures::StreamExt;
+use secrecy::SecretString;
+use serde::Serialize;
+use url::Url;
+
+use crate::email::EmailAddress;
+use crate::mail::{MailError, Mailer, OutgoingEmail};
+use crate::notice::{NoticeContext, RenderedNotice, render_notice};
+use crate::registry::{self, Delivery, DeliveryCounts, Incident, PlannedEmails, Registry, now_ms};
+
+/// Tries of one delivery within one run before it is left for later.
+const ATTEMPTS_PER_RUN: u32 = 3;
+/// A delivery that failed that often in a run waits this long (a later run
+/// or the delivery worker picks it up).
+const LATER: Duration = Duration::from_secs(15 * 60);
+/// How long a run waits for retries that are due soon, rather than ending.
+const WAIT_FOR_RETRIES: Duration = Duration::from_secs(30);
+
+#[derive(Debug, thiserror::Error)]
+pub enum NotifyError {
+    #[error(transparent)]
+    Registry(#[from] registry::Error),
+    #[error("cannot render the notice: {0}")]
+    Render(String),
+}
+
+/// What a run would do (the dry run's counts).
+#[derive(Debug, Clone, Serialize)]
+pub struct NotifyPlan {
+    pub affected: i64,
+    pub tokens_to_create: usize,
+    #[serde(flatten)]
+    pub emails: PlannedEmails,
+}
+
+pub async fn plan(registry: &Registry, incident_id: i64) -> Result<NotifyPlan, NotifyError> {
+    let summary = registry.incident_summary(incident_id).await?;
+    Ok(NotifyPlan {
+        affected: summary.affected,
+        tokens_to_create: registry.accounts_needing_notice_token(incident_id).await?.len(),
+        emails: registry.planned_emails(incident_id).await?,
+    })
+}
+
+/// Hook for a progress display: `done` of `total` deliveries finished.
+pub trait NotifyProgress: Send + Sync {
+    fn deliveries(&self, _done: u64, _total: u64) {}
+}
+
+/// Everything a notice needs besides the delivery itself.
+pub struct NoticeSettings {
+    pub server_name: String,
+    pub public_url: Url,
+    /// `web.public_url` and the link-signing key, when the web page is
+    /// configured: then every email carries a one-click unsubscribe link.
+    pub unsubscribe: Option<(Url, SecretString)>,
+}
+
+impl NoticeSettings {
+    pub fn render(&self, incident: &Incident, delivery: &Delivery) -> Result<RenderedNotice, NotifyError> {
+        let expires = delivery.token_expires_at.map(human_time);
+        let unsubscribe_url = match (&self.unsubscribe, delivery.contact_id) {
+            (Some((base, key)), Some(contact_id)) => Some(crate::links::unsubscribe_url(base, key, contact_id)),
+            _ => None,
+        };
+        let context = NoticeContext {
+            server_name: &self.server_name,
+            homeserver_url: self.public_url.as_str(),
+            user_id: &delivery.user_id,
+            display_name: delivery.display_name.as_deref(),
+            incident_title: &incident.title,
+            postmortem_markdown: &incident.postmortem,
+            token: delivery.token.as_deref(),
+            token_expires: expires.as_deref(),
+            unsubscribe_url: unsubscribe_url.as_deref(),
+        };
+        render_notice(&context).map_err(|err| NotifyError::Render(err.to_string()))
+    }
+
+    fn email(&self, incident: &Incident, delivery: &Delivery) -> Result<Result<OutgoingEmail, String>, NotifyError> {
+        let rendered = self.render(incident, delivery)?;
+        let to = match EmailAddress::parse(&delivery.address) {
+            Ok(to) => to,
+            Err(err) => return Ok(Err(err.to_string())),
+        };
+        let list_unsubscribe = match (&self.unsubscribe, delivery.contact_id) {
+            (Some((base, key)), Some(contact_id)) => Some(crate::links::unsubscribe_url(base, key, contact_id)),
+            _ => None,
+        };
+        Ok(Ok(OutgoingEmail {
+            to,
+            subject: rendered.subject,
+            text: rendered.text,
+            html: rendered.html,
+            // The same for every attempt, so a repeat after a crash can be
+            // recognised as the same message.
+            message_id: format!("incident-{}.delivery-{}@{}", incident.id, delivery.id, self.server_name),
+            list_unsubscribe,
+        }))
+    }
+}
+
+/// "2026-12-09 19:00 UTC"
+pub fn human_time(ms: i64) -> String {
+    match registry::format_time(ms) {
+        Some(stamp) => format!("{} UTC", stamp[..16].replace('T', " ")),
+        None => "-".to_owned(),
+    }
+}
+
+/// Sends an incident's email deliveries until none is due; returns the
+/// counts by state afterwards.
+pub async fn send_emails(
+    registry: &Registry,
+    mailer: &Mailer,
+    incident: &Incident,
+    settings: &NoticeSettings,
+    concurrency: usize,
+    progress: &dyn NotifyProgress,
+) -> Result<DeliveryCounts, NotifyError> {
+    registry.resume_deliveries(incident.id).await?;
+    let counts = registry.delivery_counts(incident.id).await?;
+    let total = counts.total() as u64;
+    let mut done = (counts.sent + counts.failed + counts.skipped) as u64;
+    let mut tries: HashMap<i64, u32> = HashMap::new();
+    let mut batch_stamp = now_ms();
+    loop {
+        // Claims are marked with a stamp unique to this claim.
+        batch_stamp = (batch_stamp + 1).max(now_ms());
+        let batch = registry.claim_email_deliveries(incident.id, (concurrency * 4) as i64, batch_stamp).await?;
+        if batch.is_empty() {
+            match registry.next_pending_at(incident.id).await? {
+                Some(next) if next - now_ms() <= WAIT_FOR_RETRIES.as_millis() as i64 => {
+                    tokio::time::sleep(Duration::from_millis((next - now_ms()).max(10) as u64)).await;
+                    continue;
+                }
+                _ => break,
+            }
+        }
+        let mut sends = futures::stream::iter(batch)
+            .map(|delivery| async move {
+                if delivery.opted_out_at.is_some() || delivery.contact_id.is_none() {
+                    return (delivery, Outcome::Skip);
+                }
+                let outcome = match settings.email(incident, &delivery) {
+                    Err(err) => Outcome::Fatal(err),
+                    Ok(Err(bad_address)) => Outcome::Failed(bad_address),
+                    Ok(Ok(email)) => match mailer.send(&email).await {
+                        Ok(()) => Outcome::Sent,
+                        Err(MailError::Transient(reason)) => Outcome::Retry(reason),
+                        Err(err) => Outcome::Failed(err.to_string()),
+                    },
+                };
+                (delivery, outcome)
+            })
+            .buffer_unordered(concurrency);
+        while let Some((delivery, outcome)) = sends.next().await {
+            match outcome {
+                Outcome::Sent => {
+                    registry.mark_delivery_sent(delivery.id).await?;
+                    done += 1;
+                }
+                Outcome::Skip => {
+                    registry.mark_delivery_skipped(delivery.id, "the contact opted out").await?;
+                    done += 1;
+                }
+                Outcome::Failed(reason) => {
+                    registry.mark_delivery_failed(delivery.id, &reason).await?;
+                    done += 1;
+                }
+                Outcome::Retry(reason) => {
+                    let count = tries.entry(delivery.id).or_default();
+                    *count += 1;
+                    let wait =
+                        if *count < ATTEMPTS_PER_RUN { Duration::from_secs(1 << (*count - 1).min(4)) } else { LATER };
+                    tracing::warn!(delivery = delivery.id, error = %reason, "email will be retried");
+                    registry.mark_delivery_retry(delivery.id, &reason, now_ms() + wait.as_millis() as i64).await?;
+                }
+                Outcome::Fatal(err) => {
+                    // Put it back as it was: nothing was sent.
+                    registry.mark_delivery_retry(delivery.id, &err.to_string(), now_ms()).await?;
+                    return Err(err);
+                }
+            }
+            progress.deliveries(done, total);
+        }
+    }
+    Ok(registry.delivery_counts(incident.id).await?)
+}
+
+enum Outcome {
+    Sent,
+    Skip,
+    Retry(String),
+    Failed(String),
+    Fatal(NotifyError),
+}

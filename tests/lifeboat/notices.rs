@@ -1,0 +1,218 @@
+//! After the seed incident: recover, open an incident, and send every
+//! affected person exactly one email with their own working token.
+
+use std::collections::HashMap;
+use std::time::Duration;
+
+use crate::harness::{Lifeboat, TestDatabase, TestSmtp, TestSynapse, unique};
+
+const POSTMORTEM: &str =
+    "# What happened\n\nOur database was **lost** during maintenance.\n\nRegister again with your token.\n";
+
+fn lifeboat_with_mail(synapse: &TestSynapse, registry: &TestDatabase, smtp: &TestSmtp) -> Lifeboat {
+    let lifeboat = Lifeboat::with_config(&format!(
+        "[homeserver]\nurl = \"{}\"\nserver_name = \"{}\"\nadmin_token = \"{}\"\nregistration_shared_secret = \"{}\"\n\
+         retries = 1\ntimeout = \"10s\"\n\n[registry]\nurl = \"{}\"\n\n[email]\nsmtp_url = \"{}\"\n\
+         from = \"Lifeboat <lifeboat@lifeboat.test>\"\n\n[web]\npublic_url = \"https://lifeboat.example.org\"\n",
+        synapse.url,
+        synapse.server_name,
+        synapse.admin_token(),
+        synapse.shared_secret,
+        registry.url(),
+        smtp.smtp_url()
+    ));
+    std::fs::write(lifeboat.dir().join("postmortem.md"), POSTMORTEM).unwrap();
+    lifeboat
+}
+
+/// People with one email each (the last one with none), synced into the
+/// registry, then the seed incident, recovery, a sync and an open incident.
+/// Returns the incident id and the people's localparts.
+async fn incident_after_wipe(synapse: &TestSynapse, lifeboat: &Lifeboat, people: usize) -> (String, Vec<String>) {
+    let names: Vec<String> = (0..people).map(|n| unique(&format!("p{n}"))).collect();
+    for (n, name) in names.iter().enumerate() {
+        let email = format!("{name}@example.org");
+        let emails: Vec<&str> = if n + 1 == people { vec![] } else { vec![&email] };
+        synapse.create_user(name, &emails).await;
+    }
+    assert_eq!(lifeboat.run(&["sync"]).await.code, 0);
+
+    synapse.wipe();
+    assert_eq!(lifeboat.run(&["check"]).await.code, 3);
+    let recover = lifeboat.run(&["recover"]).await;
+    assert_eq!(recover.code, 0, "{recover:?}");
+    assert!(recover.stdout.contains("re-created @lifeboat:"), "{recover:?}");
+    let sync = lifeboat.run(&["sync"]).await;
+    assert_eq!(sync.code, 0, "sync works again with the recovered token: {sync:?}");
+
+    let open = lifeboat
+        .run(&["incident", "open", "--title", "Database lost", "--postmortem", "postmortem.md", "--json"])
+        .await;
+    assert_eq!(open.code, 0, "{open:?}");
+    (open.json()["id"].to_string(), names)
+}
+
+fn token_in(text: &str) -> String {
+    let line = text.lines().find(|line| line.contains("registration token")).expect("the token is in the email");
+    line.split_whitespace().last().unwrap().trim_matches(|c: char| !c.is_ascii_alphanumeric()).to_owned()
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn after_the_seed_incident_each_contact_gets_one_email_with_a_working_token() {
+    let synapse = TestSynapse::start();
+    let registry = TestDatabase::sqlite();
+    let smtp = TestSmtp::start(None);
+    let lifeboat = lifeboat_with_mail(&synapse, &registry, &smtp);
+    let (id, names) = incident_after_wipe(&synapse, &lifeboat, 4).await;
+
+    let dry = lifeboat.run(&["notify", &id, "--dry-run"]).await;
+    assert_eq!(dry.code, 0, "{dry:?}");
+    assert!(dry.stdout.contains("3 emails to 3 people"), "{dry:?}");
+    assert!(
+        dry.stdout.contains("2 affected people have no email contact"),
+        "the last person and the old admin: {dry:?}"
+    );
+    assert!(dry.stdout.contains("Our database was **lost**"), "a rendered sample: {dry:?}");
+    assert!(smtp.messages().is_empty(), "a dry run sends nothing");
+    let tokens = lifeboat.run(&["tokens", "list", "--json"]).await.json();
+    assert_eq!(tokens, serde_json::json!([]), "a dry run creates no token");
+
+    let refused = lifeboat.run(&["notify", &id]).await;
+    assert_eq!(refused.code, 2, "without --yes and without a terminal it refuses: {refused:?}");
+    assert!(refused.stderr.contains("pass --yes"), "{refused:?}");
+
+    let notify = lifeboat.run(&["notify", &id, "--yes"]).await;
+    assert_eq!(notify.code, 0, "{notify:?}");
+    assert!(notify.stdout.contains("Deliveries: 3 sent, 0 failed"), "{notify:?}");
+
+    let mails = smtp.messages();
+    assert_eq!(mails.len(), 3);
+    let mut tokens_by_person = HashMap::new();
+    for name in &names[..3] {
+        let to_them = smtp.messages_to(&format!("{name}@example.org"));
+        assert_eq!(to_them.len(), 1, "exactly one email to {name}");
+        let mail = &to_them[0];
+        assert!(
+            mail.text.as_deref().unwrap_or("").contains("Our database was **lost**"),
+            "the postmortem as written: {:?}",
+            mail.text
+        );
+        assert!(
+            mail.html.as_deref().unwrap_or("").contains("<strong>lost</strong>"),
+            "the postmortem rendered: {:?}",
+            mail.html
+        );
+        assert!(
+            mail.list_unsubscribe
+                .as_deref()
+                .unwrap_or("")
+                .contains("https://lifeboat.example.org/unsubscribe?contact=")
+        );
+        assert_eq!(mail.list_unsubscribe_post.as_deref(), Some("List-Unsubscribe=One-Click"));
+        assert!(mail.message_id.as_deref().unwrap_or("").contains(&format!("incident-{id}.delivery-")));
+        let token = token_in(mail.text.as_deref().unwrap_or(""));
+        assert!(mail.html.as_deref().unwrap_or("").contains(&token));
+        assert!(synapse.token_is_valid(&token).await, "Synapse accepts {name}'s token");
+        tokens_by_person.insert(name.clone(), token);
+    }
+    let distinct: std::collections::HashSet<&String> = tokens_by_person.values().collect();
+    assert_eq!(distinct.len(), 3, "each person has their own token");
+
+    // A person comes back with their token.
+    let (status, body) = synapse.register_with_token(&names[0], &tokens_by_person[&names[0]]).await;
+    assert_eq!(status, 200, "registration with the mailed token succeeds: {body}");
+    assert!(!synapse.token_is_valid(&tokens_by_person[&names[0]]).await, "single use");
+
+    let again = lifeboat.run(&["notify", &id, "--yes"]).await;
+    assert_eq!(again.code, 0, "{again:?}");
+    assert_eq!(smtp.messages().len(), 3, "a second notify sends nothing new");
+
+    let shown = lifeboat.run(&["incident", "show", &id, "--json"]).await.json();
+    assert_eq!(
+        (shown["affected"].as_i64(), shown["reachable_by_email"].as_i64()),
+        (Some(5), Some(3)),
+        "four people and the old admin"
+    );
+    assert_eq!(shown["deliveries"]["sent"], 3);
+
+    let resolve = lifeboat.run(&["incident", "resolve", &id]).await;
+    assert_eq!(resolve.code, 0, "{resolve:?}");
+    assert!(resolve.stdout.contains("deleted 4 unused registration tokens in Synapse; 1 had been used"), "{resolve:?}");
+    assert!(!synapse.token_is_valid(&tokens_by_person[&names[1]]).await, "unused tokens are deleted");
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn opted_out_contacts_get_nothing() {
+    let synapse = TestSynapse::start();
+    let registry = TestDatabase::sqlite();
+    let smtp = TestSmtp::start(None);
+    let lifeboat = lifeboat_with_mail(&synapse, &registry, &smtp);
+    let (id, names) = incident_after_wipe(&synapse, &lifeboat, 3).await;
+    let opted_out = format!("{}@example.org", names[0]);
+    let client = lifeboat::registry::Registry::connect(&registry.url()).await.unwrap();
+    sqlx::query("UPDATE contacts SET opted_out_at = 1 WHERE address = $1")
+        .bind(&opted_out)
+        .execute(client.pool())
+        .await
+        .unwrap();
+
+    let notify = lifeboat.run(&["notify", &id, "--yes"]).await;
+    assert_eq!(notify.code, 0, "{notify:?}");
+    assert!(smtp.messages_to(&opted_out).is_empty());
+    assert_eq!(smtp.messages().len(), 1);
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn when_smtp_fails_part_way_a_second_run_completes_with_one_email_each() {
+    let synapse = TestSynapse::start();
+    let registry = TestDatabase::postgres().await;
+    let smtp = TestSmtp::start(Some(2));
+    let lifeboat = lifeboat_with_mail(&synapse, &registry, &smtp);
+    let (id, names) = incident_after_wipe(&synapse, &lifeboat, 6).await;
+
+    let first = lifeboat.run(&["notify", &id, "--yes"]).await;
+    assert_eq!(first.code, 1, "some notices could not be sent: {first:?}");
+    assert!(first.stderr.contains("run `lifeboat notify"), "{first:?}");
+    assert_eq!(smtp.messages().len(), 2);
+
+    smtp.heal();
+    let second = lifeboat.run(&["notify", &id, "--yes"]).await;
+    assert_eq!(second.code, 0, "{second:?}");
+    for name in &names[..5] {
+        assert_eq!(smtp.messages_to(&format!("{name}@example.org")).len(), 1, "exactly one email to {name}");
+    }
+    registry.drop_database().await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_notify_killed_mid_send_and_rerun_reaches_everyone_repeating_at_most_the_in_flight() {
+    let synapse = TestSynapse::start();
+    let registry = TestDatabase::sqlite();
+    let smtp = TestSmtp::start(None);
+    let lifeboat = lifeboat_with_mail(&synapse, &registry, &smtp);
+    let (id, names) = incident_after_wipe(&synapse, &lifeboat, 151).await;
+
+    let mut child = lifeboat.spawn(&["notify", &id, "--yes"]);
+    let deadline = std::time::Instant::now() + Duration::from_secs(60);
+    while smtp.messages().len() < 20 {
+        assert!(std::time::Instant::now() < deadline, "no mail arrived");
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    unsafe { libc::kill(child.id().unwrap() as i32, libc::SIGKILL) };
+    child.wait().await.unwrap();
+    let before = smtp.messages().len();
+    assert!(before < 150, "killed before the end ({before} sent)");
+
+    let rerun = lifeboat.run(&["notify", &id, "--yes"]).await;
+    assert_eq!(rerun.code, 0, "{rerun:?}");
+    let mut repeats = 0;
+    for name in &names[..150] {
+        let count = smtp.messages_to(&format!("{name}@example.org")).len();
+        assert!(count >= 1, "{name} got no email");
+        repeats += count - 1;
+    }
+    assert!(repeats <= 8, "at most the messages in flight (8) repeat, got {repeats}");
+    let unique_ids: std::collections::HashSet<Option<String>> =
+        smtp.messages().into_iter().map(|m| m.message_id).collect();
+    assert_eq!(unique_ids.len(), 150, "a repeat carries the same Message-ID");
+}
