@@ -196,6 +196,17 @@ impl Ctx<'_> {
         file: Option<PathBuf>,
     ) -> Result<Option<Secret>, ConfigError> {
         let dotted = format!("{section}.{key}");
+        // The environment overrides the file, also across `key` / `key_file`.
+        let from_env = |name: &str| matches!(self.origins.get(name), Some(Origin::Env(_)));
+        let (inline, file) = match (inline, file) {
+            (Some(inline), Some(_file)) if from_env(&dotted) && !from_env(&format!("{dotted}_file")) => {
+                (Some(inline), None)
+            }
+            (Some(_inline), Some(file)) if !from_env(&dotted) && from_env(&format!("{dotted}_file")) => {
+                (None, Some(file))
+            }
+            other => other,
+        };
         match (inline, file) {
             (Some(_), Some(_)) => Err(ConfigError(format!(
                 "config keys `{dotted}` and `{dotted}_file` are both set: keep only one of them"
@@ -221,11 +232,15 @@ impl Ctx<'_> {
     }
 
     fn http_url(&self, key: &str, text: &str) -> Result<Url, ConfigError> {
+        let shown = crate::registry::redact_url(text);
         let url = Url::parse(text.trim()).map_err(|err| {
-            self.invalid(key, format!("`{text}` is not a URL ({err}); write it like \"http://127.0.0.1:8008\""))
+            self.invalid(key, format!("`{shown}` is not a URL ({err}); write it like \"http://127.0.0.1:8008\""))
         })?;
         if !matches!(url.scheme(), "http" | "https") || url.host().is_none() {
-            return Err(self.invalid(key, format!("`{text}` must be an http:// or https:// URL with a host")));
+            return Err(self.invalid(key, format!("`{shown}` must be an http:// or https:// URL with a host")));
+        }
+        if !url.username().is_empty() || url.password().is_some() {
+            return Err(self.invalid(key, "must not hold a user name or password; secrets have keys of their own"));
         }
         Ok(url)
     }
@@ -287,7 +302,12 @@ impl RawConfig {
                 hs.registration_shared_secret,
                 hs.registration_shared_secret_file,
             )?,
-            timeout: ctx.duration("homeserver.timeout", hs.timeout, Duration::from_secs(30))?,
+            timeout: match ctx.duration("homeserver.timeout", hs.timeout, Duration::from_secs(30))? {
+                timeout if timeout < Duration::from_secs(1) => {
+                    return Err(ctx.invalid("homeserver.timeout", "must be at least 1s"));
+                }
+                timeout => timeout,
+            },
             retries: hs.retries.unwrap_or(4),
             server_name,
         };
@@ -343,8 +363,12 @@ impl RawConfig {
             .map(|raw| -> Result<EmailConfig, ConfigError> {
                 let smtp_url =
                     raw.smtp_url.ok_or_else(|| ctx.missing("email", "smtp_url", "\"smtp://127.0.0.1:25\""))?;
-                let parsed = Url::parse(smtp_url.trim())
-                    .map_err(|err| ctx.invalid("email.smtp_url", format!("`{smtp_url}` is not a URL ({err})")))?;
+                let parsed = Url::parse(smtp_url.trim()).map_err(|err| {
+                    ctx.invalid(
+                        "email.smtp_url",
+                        format!("`{}` is not a URL ({err})", crate::registry::redact_url(&smtp_url)),
+                    )
+                })?;
                 if !matches!(parsed.scheme(), "smtp" | "smtps") {
                     return Err(ctx.invalid(
                         "email.smtp_url",
@@ -441,18 +465,22 @@ fn expected_keys(serde_message: &str) -> String {
 /// Makes relative SQLite paths relative to the config file, not the cwd.
 fn resolve_registry_url(text: &str, base_dir: &Path) -> Result<String, String> {
     let text = text.trim();
+    let shown = crate::registry::redact_url(text);
     if text.starts_with("postgres://") || text.starts_with("postgresql://") {
-        Url::parse(text).map_err(|err| format!("`{text}` is not a valid PostgreSQL URL ({err})"))?;
+        Url::parse(text).map_err(|err| format!("`{shown}` is not a valid PostgreSQL URL ({err})"))?;
         return Ok(text.to_owned());
     }
     let Some(rest) = text.strip_prefix("sqlite:") else {
         return Err(format!(
-            "`{text}` is neither a sqlite:// nor a postgres:// URL; write it like \"sqlite://lifeboat.db\""
+            "`{shown}` is neither a sqlite:// nor a postgres:// URL; write it like \"sqlite://lifeboat.db\""
         ));
     };
     let rest = rest.trim_start_matches("//");
     if rest.starts_with(":memory:") {
-        return Ok(text.to_owned());
+        return Err(
+            "an in-memory registry forgets everything when lifeboat exits; name a file, like \"sqlite://lifeboat.db\""
+                .to_owned(),
+        );
     }
     let (path, query) = match rest.split_once('?') {
         Some((path, query)) => (path, Some(query)),

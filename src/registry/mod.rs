@@ -113,6 +113,19 @@ pub fn now_ms() -> i64 {
     SystemTime::now().duration_since(UNIX_EPOCH).map(|elapsed| elapsed.as_millis() as i64).unwrap_or(0)
 }
 
+/// For text that is not even a URL: hide whatever sits between
+/// `scheme://user:` and `@`.
+fn redact_unparsed(text: &str) -> String {
+    let Some(start) = text.find("://").map(|i| i + 3) else { return text.to_owned() };
+    let authority_end = text[start..].find('/').map(|i| start + i).unwrap_or(text.len());
+    match (text[start..authority_end].rfind('@'), text[start..authority_end].find(':')) {
+        (Some(at), Some(colon)) if colon < at => {
+            format!("{}REDACTED{}", &text[..start + colon + 1], &text[start + at..])
+        }
+        _ => text.to_owned(),
+    }
+}
+
 /// `2026-11-25T19:30:00Z` for UTC milliseconds; `None` for a value no
 /// calendar can show (Synapse may send anything).
 pub fn format_time(ms: i64) -> Option<String> {
@@ -126,11 +139,20 @@ pub fn format_time(ms: i64) -> Option<String> {
 
 /// A registry URL fit for messages: any password replaced.
 pub fn redact_url(url: &str) -> String {
-    match url::Url::parse(url) {
-        Ok(mut parsed) if parsed.password().is_some() => {
-            let _ = parsed.set_password(Some("REDACTED"));
-            parsed.to_string()
-        }
-        _ => url.to_owned(),
+    let Ok(mut parsed) = url::Url::parse(url) else { return redact_unparsed(url) };
+    if parsed.password().is_some() {
+        let _ = parsed.set_password(Some("REDACTED"));
     }
+    let has_secret_query = parsed.query_pairs().any(|(name, _)| name.eq_ignore_ascii_case("password"));
+    if has_secret_query {
+        let pairs: Vec<(String, String)> = parsed
+            .query_pairs()
+            .map(|(name, value)| {
+                let value = if name.eq_ignore_ascii_case("password") { "REDACTED".into() } else { value.into_owned() };
+                (name.into_owned(), value)
+            })
+            .collect();
+        parsed.query_pairs_mut().clear().extend_pairs(pairs);
+    }
+    parsed.to_string()
 }

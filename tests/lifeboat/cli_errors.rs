@@ -177,3 +177,32 @@ async fn help_explains_the_exit_codes() {
     let usage = Lifeboat::with_config(MINIMAL).run(&["frobnicate"]).await;
     assert_eq!(usage.code, 2, "{usage:?}");
 }
+
+#[tokio::test]
+async fn a_secret_from_the_environment_overrides_the_files_secret_file() {
+    let lifeboat =
+        Lifeboat::with_config(&MINIMAL.replace("admin_token = \"tok\"", "admin_token_file = \"missing.txt\""))
+            .env("LIFEBOAT__HOMESERVER__ADMIN_TOKEN", "from-env");
+    let run = lifeboat.run(&["config", "check"]).await;
+    assert_eq!(run.code, 0, "the env token wins; the file named in the config is not read: {run:?}");
+    assert!(run.stdout.contains("admin_token = (set)"), "{run:?}");
+}
+
+#[tokio::test]
+async fn urls_that_would_lose_data_or_leak_secrets_are_refused() {
+    let memory = Lifeboat::with_config(&MINIMAL.replace("sqlite://lifeboat.db", "sqlite::memory:"));
+    let run = memory.run(&["config", "check"]).await;
+    assert_eq!(run.code, 2, "{run:?}");
+    assert!(one_sentence(&run.stderr).contains("an in-memory registry forgets everything"), "{run:?}");
+
+    let userinfo = Lifeboat::with_config(&MINIMAL.replace("http://127.0.0.1:9", "http://admin:hunter2@127.0.0.1:9"));
+    let run = userinfo.run(&["config", "check"]).await;
+    assert_eq!(run.code, 2, "{run:?}");
+    assert!(one_sentence(&run.stderr).contains("must not hold a user name or password"), "{run:?}");
+    assert!(!run.stderr.contains("hunter2"), "{run:?}");
+
+    let postgres = Lifeboat::with_config(&MINIMAL.replace("sqlite://lifeboat.db", "postgres://lb:hunter2@db host/x"));
+    let run = postgres.run(&["config", "check"]).await;
+    assert_eq!(run.code, 2, "{run:?}");
+    assert!(!run.stderr.contains("hunter2"), "the password never reaches stderr: {run:?}");
+}
