@@ -13,15 +13,22 @@ pub enum Command {
     /// The address is validated and stored lowercased. Contacts added by an
     /// admin count as verified.
     Add {
+        /// The account, like @alice:example.org (it must be in the registry).
         #[arg(value_parser = parse_user_id)]
         user_id: UserId,
+        /// The email address to reach its person at.
         #[arg(value_parser = parse_email)]
         email: EmailAddress,
     },
     /// Forget an email address of an account (idempotent).
+    ///
+    /// An address Synapse itself still holds for the account is imported
+    /// again when sync next refreshes the account's details.
     Remove {
+        /// The account, like @alice:example.org.
         #[arg(value_parser = parse_user_id)]
         user_id: UserId,
+        /// The email address to forget.
         #[arg(value_parser = parse_email)]
         email: EmailAddress,
     },

@@ -29,12 +29,14 @@ pub enum Command {
     },
     /// List incidents, newest first.
     List {
+        /// Print the result as JSON on stdout.
         #[arg(long)]
         json: bool,
     },
     /// Show an incident: who is affected, who can be reached, deliveries.
     Show {
         id: i64,
+        /// Print the result as JSON on stdout.
         #[arg(long)]
         json: bool,
     },

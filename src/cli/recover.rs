@@ -7,6 +7,7 @@ use crate::registry::Actor;
 
 #[derive(clap::Args, Debug)]
 pub struct Args {
+    /// Print the result as JSON on stdout.
     #[arg(long)]
     json: bool,
 }

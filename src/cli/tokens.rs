@@ -15,6 +15,7 @@ pub enum Command {
         /// Show the tokens in full.
         #[arg(long)]
         reveal: bool,
+        /// Print the result as JSON on stdout.
         #[arg(long)]
         json: bool,
     },

@@ -16,6 +16,7 @@ pub enum Command {
         /// Only accounts in this state.
         #[arg(long, value_enum)]
         state: Option<StateFilter>,
+        /// Print the result as JSON on stdout.
         #[arg(long)]
         json: bool,
     },
@@ -24,6 +25,7 @@ pub enum Command {
         /// Matrix user ID, like @alice:example.org.
         #[arg(value_parser = parse_user_id)]
         user_id: UserId,
+        /// Print the result as JSON on stdout.
         #[arg(long)]
         json: bool,
     },
