@@ -93,7 +93,7 @@ async fn env_vars_override_the_file() {
 
 #[tokio::test]
 async fn the_example_config_loads_as_is() {
-    let example = std::fs::read_to_string(crate::harness::synapse::repo_root().join("config.example.toml")).unwrap();
+    let example = std::fs::read_to_string(crate::harness::repo_root().join("config.example.toml")).unwrap();
     let lifeboat = Lifeboat::with_config(&example);
     let run = lifeboat.run(&["config", "check"]).await;
     assert_eq!(run.code, 0, "{run:?}");

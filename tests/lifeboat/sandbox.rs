@@ -2,7 +2,7 @@
 
 use std::process::Command;
 
-use crate::harness::synapse::repo_root;
+use crate::harness::repo_root;
 
 struct Sandbox {
     dir: tempfile::TempDir,

@@ -9,3 +9,25 @@ pub use cli::Lifeboat;
 pub use registries::TestDatabase;
 pub use smtp::TestSmtp;
 pub use synapse::{TestSynapse, unique};
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+use std::sync::OnceLock;
+
+pub fn repo_root() -> &'static Path {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+}
+
+/// The python of the venv with Synapse and aiosmtpd, made on first use by
+/// tools/synapse-venv.sh (cached across runs).
+pub fn venv_python() -> &'static PathBuf {
+    static PYTHON: OnceLock<PathBuf> = OnceLock::new();
+    PYTHON.get_or_init(|| {
+        let output = Command::new(repo_root().join("tools/synapse-venv.sh"))
+            .stderr(Stdio::inherit())
+            .output()
+            .expect("tools/synapse-venv.sh runs");
+        assert!(output.status.success(), "tools/synapse-venv.sh failed to provide the Synapse venv");
+        PathBuf::from(String::from_utf8(output.stdout).unwrap().trim())
+    })
+}

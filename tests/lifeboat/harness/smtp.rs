@@ -11,9 +11,9 @@
 
 use std::collections::BTreeMap;
 use std::io::{BufRead, BufReader, Write};
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::process::{Child, ChildStdin, ChildStdout, Command, Stdio};
-use std::sync::{Mutex, OnceLock};
+use std::sync::Mutex;
 
 use serde::Deserialize;
 
@@ -70,23 +70,6 @@ struct Listening {
     port: u16,
 }
 
-fn repo_root() -> &'static Path {
-    Path::new(env!("CARGO_MANIFEST_DIR"))
-}
-
-/// The venv's python (it has aiosmtpd), installing the venv on first use.
-fn sink_python() -> &'static PathBuf {
-    static PYTHON: OnceLock<PathBuf> = OnceLock::new();
-    PYTHON.get_or_init(|| {
-        let output = Command::new(repo_root().join("tools/synapse-venv.sh"))
-            .stderr(Stdio::inherit())
-            .output()
-            .expect("tools/synapse-venv.sh runs");
-        assert!(output.status.success(), "tools/synapse-venv.sh failed to provide a venv with aiosmtpd");
-        PathBuf::from(String::from_utf8(output.stdout).unwrap().trim())
-    })
-}
-
 impl TestSmtp {
     /// Starts a sink on a free loopback port. With `fail_after: Some(k)`,
     /// every message after the first k gets `451 4.3.0` until [`heal`].
@@ -94,8 +77,8 @@ impl TestSmtp {
     /// [`heal`]: TestSmtp::heal
     pub fn start(fail_after: Option<u32>) -> TestSmtp {
         let dir = tempfile::Builder::new().prefix("lifeboat-smtp-").tempdir().unwrap();
-        let mut command = Command::new(sink_python());
-        command.arg(repo_root().join("tools/smtp_sink.py")).arg("--dir").arg(dir.path());
+        let mut command = Command::new(super::venv_python());
+        command.arg(super::repo_root().join("tools/smtp_sink.py")).arg("--dir").arg(dir.path());
         if let Some(k) = fail_after {
             command.arg("--fail-after").arg(k.to_string());
         }

@@ -4,9 +4,8 @@
 //! closes, so no Synapse outlives the test binary even after a panic.
 
 use std::io::{BufRead, BufReader, Write};
-use std::path::{Path, PathBuf};
 use std::process::{Child, ChildStdin, ChildStdout, Command, Stdio};
-use std::sync::{Mutex, OnceLock};
+use std::sync::Mutex;
 
 use serde::Deserialize;
 use serde_json::{Value, json};
@@ -37,29 +36,12 @@ pub struct TestSynapse {
     http: reqwest::Client,
 }
 
-pub fn repo_root() -> &'static Path {
-    Path::new(env!("CARGO_MANIFEST_DIR"))
-}
-
-/// The venv's python, installing Synapse on first use (cached across runs).
-fn venv_python() -> &'static PathBuf {
-    static PYTHON: OnceLock<PathBuf> = OnceLock::new();
-    PYTHON.get_or_init(|| {
-        let output = Command::new(repo_root().join("tools/synapse-venv.sh"))
-            .stderr(Stdio::inherit())
-            .output()
-            .expect("tools/synapse-venv.sh runs");
-        assert!(output.status.success(), "tools/synapse-venv.sh failed to provide a Synapse venv");
-        PathBuf::from(String::from_utf8(output.stdout).unwrap().trim())
-    })
-}
-
 impl TestSynapse {
     /// Starts a fresh Synapse with an admin account; blocks until it answers.
     pub fn start() -> TestSynapse {
         let dir = tempfile::Builder::new().prefix("lifeboat-synapse-").tempdir().unwrap();
-        let mut child = Command::new(venv_python())
-            .arg(repo_root().join("tools/synapse_harness.py"))
+        let mut child = Command::new(super::venv_python())
+            .arg(super::repo_root().join("tools/synapse_harness.py"))
             .arg("--dir")
             .arg(dir.path())
             .stdin(Stdio::piped())
