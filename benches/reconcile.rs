@@ -53,22 +53,13 @@ impl Mix {
         let recreated = universe / 200;
         let deactivated = universe / 200;
         let new = universe / 100;
-        Mix {
-            present: universe - missing - recreated - deactivated - new,
-            missing,
-            recreated,
-            deactivated,
-            new,
-        }
+        Mix { present: universe - missing - recreated - deactivated - new, missing, recreated, deactivated, new }
     }
 }
 
 fn env_usize(name: &str, default: usize) -> usize {
     match std::env::var(name) {
-        Ok(text) => text
-            .trim()
-            .parse()
-            .unwrap_or_else(|_| panic!("{name}={text:?} is not a whole number")),
+        Ok(text) => text.trim().parse().unwrap_or_else(|_| panic!("{name}={text:?} is not a whole number")),
         Err(_) => default,
     }
 }
@@ -136,33 +127,18 @@ fn build(universe: usize, mix: &Mix) -> (Vec<Known>, Vec<Listed>) {
     for (id, kind) in ids.into_iter().zip(kinds) {
         let created = base_ms + rng.random_range(0..150_000_000_000i64);
         if kind != Kind::New {
-            known.push(Known {
-                user_id: id.clone(),
-                created_at_ms: Some(created),
-            });
+            known.push(Known { user_id: id.clone(), created_at_ms: Some(created) });
         }
         match kind {
             Kind::Missing => {}
-            Kind::Present => listed.push(Listed {
-                user_id: id,
-                deactivated: false,
-                created_at_ms: Some(created),
-            }),
+            Kind::Present => listed.push(Listed { user_id: id, deactivated: false, created_at_ms: Some(created) }),
             Kind::Recreated => listed.push(Listed {
                 user_id: id,
                 deactivated: false,
                 created_at_ms: Some(created + rng.random_range(1_000..10_000_000_000i64)),
             }),
-            Kind::Deactivated => listed.push(Listed {
-                user_id: id,
-                deactivated: true,
-                created_at_ms: Some(created),
-            }),
-            Kind::New => listed.push(Listed {
-                user_id: id,
-                deactivated: false,
-                created_at_ms: Some(created),
-            }),
+            Kind::Deactivated => listed.push(Listed { user_id: id, deactivated: true, created_at_ms: Some(created) }),
+            Kind::New => listed.push(Listed { user_id: id, deactivated: false, created_at_ms: Some(created) }),
         }
     }
     (known, listed)
@@ -177,16 +153,8 @@ struct Stats {
 fn stats(mut samples: Vec<Duration>) -> Stats {
     samples.sort();
     let n = samples.len();
-    let median = if n % 2 == 1 {
-        samples[n / 2]
-    } else {
-        (samples[n / 2 - 1] + samples[n / 2]) / 2
-    };
-    Stats {
-        min: samples[0],
-        median,
-        max: samples[n - 1],
-    }
+    let median = if n % 2 == 1 { samples[n / 2] } else { (samples[n / 2 - 1] + samples[n / 2]) / 2 };
+    Stats { min: samples[0], median, max: samples[n - 1] }
 }
 
 fn ms(d: Duration) -> String {
@@ -194,11 +162,7 @@ fn ms(d: Duration) -> String {
 }
 
 /// Times `run` on a fresh input from `prepare` (not timed) each iteration.
-fn time_with_input<T, R>(
-    iterations: usize,
-    mut prepare: impl FnMut() -> T,
-    mut run: impl FnMut(T) -> R,
-) -> Stats {
+fn time_with_input<T, R>(iterations: usize, mut prepare: impl FnMut() -> T, mut run: impl FnMut(T) -> R) -> Stats {
     for _ in 0..WARMUP_ITERATIONS {
         let input = prepare();
         black_box(run(black_box(input)));
@@ -249,11 +213,7 @@ fn check_report(report: &Report, mix: &Mix, known: usize, listed: usize) -> Resu
         Verdict::Loss
     };
     if report.verdict != verdict {
-        return Err(format!(
-            "verdict: expected {}, got {}",
-            verdict.as_str(),
-            report.verdict.as_str()
-        ));
+        return Err(format!("verdict: expected {}, got {}", verdict.as_str(), report.verdict.as_str()));
     }
     Ok(())
 }
@@ -288,11 +248,7 @@ fn main() {
     println!();
 
     // 1. merge_join over the two sorted lists.
-    let join = time_with_input(
-        iterations,
-        || (),
-        |()| merge_join(&known, &listed, LOSS_THRESHOLD),
-    );
+    let join = time_with_input(iterations, || (), |()| merge_join(&known, &listed, LOSS_THRESHOLD));
     let report = merge_join(&known, &listed, LOSS_THRESHOLD);
 
     // 2. The sort `check` applies to the listing it collects: once on a
@@ -304,10 +260,7 @@ fn main() {
     let sort_sorted = time_with_input(iterations, || listed.clone(), sort_listing);
     // The sort must give back exactly the sorted listing.
     let sorted = sort_listing(shuffled.clone());
-    assert!(
-        sorted == listed,
-        "sorting the shuffled listing did not restore it"
-    );
+    assert!(sorted == listed, "sorting the shuffled listing did not restore it");
     drop((sorted, shuffled));
 
     // 3. Both together: what check does in memory after its listing.
@@ -326,10 +279,7 @@ fn main() {
     );
 
     let n = listed.len();
-    println!(
-        "{:<46} {:>11} {:>11} {:>11} {:>12}",
-        "measurement", "min", "median", "max", "per account"
-    );
+    println!("{:<46} {:>11} {:>11} {:>11} {:>12}", "measurement", "min", "median", "max", "per account");
     for (what, s) in [
         ("merge_join (registry vs listing)", &join),
         ("sort listing, random order", &sort_random),

@@ -9,6 +9,7 @@
 //!   LIFEBOAT_BENCH_SMALL_ACCOUNTS      accounts at the small size (default ACCOUNTS/10)
 //!   LIFEBOAT_BENCH_PAGE_SIZE           listing page size P (default 500)
 //!   LIFEBOAT_BENCH_ROUNDS              timed rounds at the large size (default 5)
+//!   LIFEBOAT_BENCH_PAIRS               (a)+(b) listing pairs per round (default 4)
 //!   LIFEBOAT_BENCH_SYNAPSE_DIR         keep the Synapse servers in DIR/accounts-<n>
 //!                                      so reruns skip account creation
 //!   LIFEBOAT_BENCH_CREATE_CONCURRENCY  parallel account creations (default 8)
@@ -44,10 +45,9 @@ const LISTING_QUERY: &str = "deactivated=true&locked=true&guests=true&order_by=n
 
 fn env_number<T: std::str::FromStr>(name: &str, default: T) -> T {
     match std::env::var(name) {
-        Ok(text) if !text.trim().is_empty() => text
-            .trim()
-            .parse()
-            .unwrap_or_else(|_| panic!("{name}={text:?} is not a whole number")),
+        Ok(text) if !text.trim().is_empty() => {
+            text.trim().parse().unwrap_or_else(|_| panic!("{name}={text:?} is not a whole number"))
+        }
         _ => default,
     }
 }
@@ -80,22 +80,14 @@ impl Harness {
             .stdout(Stdio::piped())
             .stderr(Stdio::inherit())
             .spawn()
-            .map_err(|err| {
-                format!(
-                    "cannot start the Synapse harness with {}: {err}",
-                    python.display()
-                )
-            })?;
+            .map_err(|err| format!("cannot start the Synapse harness with {}: {err}", python.display()))?;
         let stdin = child.stdin.take();
         let stdout = child.stdout.take().expect("piped stdout");
         let mut line = String::new();
         BufReader::new(stdout).read_line(&mut line)?;
         if line.trim().is_empty() {
             let status = child.wait()?;
-            return Err(format!(
-                "the Synapse harness exited ({status}) before reporting; see its log above"
-            )
-            .into());
+            return Err(format!("the Synapse harness exited ({status}) before reporting; see its log above").into());
         }
         let info: Info = serde_json::from_str(&line)
             .map_err(|err| format!("the harness printed {line:?}, not its JSON line: {err}"))?;
@@ -134,9 +126,7 @@ impl Drop for Harness {
 }
 
 fn synapse_python(repo: &Path) -> Result<PathBuf> {
-    let output = Command::new(repo.join("tools/synapse-venv.sh"))
-        .stderr(Stdio::inherit())
-        .output()?;
+    let output = Command::new(repo.join("tools/synapse-venv.sh")).stderr(Stdio::inherit()).output()?;
     if !output.status.success() {
         return Err(format!("tools/synapse-venv.sh failed ({})", output.status).into());
     }
@@ -185,10 +175,7 @@ struct BareUser {
 }
 
 fn bare_client() -> reqwest::Client {
-    reqwest::Client::builder()
-        .no_proxy()
-        .build()
-        .expect("a plain reqwest client builds")
+    reqwest::Client::builder().no_proxy().build().expect("a plain reqwest client builds")
 }
 
 /// (a) The bare loop: page until there is no next_token, keeping only the
@@ -202,24 +189,12 @@ async fn bare_listing(
     let mut from: Option<String> = None;
     let mut count = 0;
     loop {
-        let mut url = format!(
-            "{}/_synapse/admin/v2/users?limit={page_size}&{LISTING_QUERY}",
-            info.url
-        );
+        let mut url = format!("{}/_synapse/admin/v2/users?limit={page_size}&{LISTING_QUERY}", info.url);
         if let Some(from) = &from {
             url.push_str("&from=");
-            url.push_str(
-                &url::form_urlencoded::byte_serialize(from.as_bytes()).collect::<String>(),
-            );
+            url.push_str(&url::form_urlencoded::byte_serialize(from.as_bytes()).collect::<String>());
         }
-        let body = http
-            .get(&url)
-            .bearer_auth(&info.admin_token)
-            .send()
-            .await?
-            .error_for_status()?
-            .bytes()
-            .await?;
+        let body = http.get(&url).bearer_auth(&info.admin_token).send().await?.error_for_status()?.bytes().await?;
         let page: BarePage = serde_json::from_slice(&body)?;
         count += page.users.len();
         each(page.users);
@@ -247,6 +222,43 @@ async fn lifeboat_listing(info: &Info, page_size: u32) -> Result<usize> {
     Ok(count)
 }
 
+/// Client-side cost of parsing one listing page, by parser.
+struct ParseCost {
+    users_per_page: usize,
+    bytes_per_page: usize,
+    /// Microseconds per page: bare names-only struct, lifeboat's
+    /// `UsersPage`, and a generic `serde_json::Value`.
+    bare_us: f64,
+    lifeboat_us: f64,
+    value_us: f64,
+}
+
+/// Fetches the first page once and parses it repeatedly in memory, to
+/// price JSON parsing apart from the network and Synapse.
+async fn parse_cost(info: &Info, page_size: u32) -> Result<ParseCost> {
+    let url = format!("{}/_synapse/admin/v2/users?limit={page_size}&{LISTING_QUERY}", info.url);
+    let body = bare_client().get(&url).bearer_auth(&info.admin_token).send().await?.error_for_status()?.bytes().await?;
+    fn per_page<T: serde::de::DeserializeOwned>(body: &[u8]) -> Result<f64> {
+        const REPEAT: u32 = 200;
+        for _ in 0..10 {
+            std::hint::black_box(serde_json::from_slice::<T>(body)?);
+        }
+        let started = Instant::now();
+        for _ in 0..REPEAT {
+            std::hint::black_box(serde_json::from_slice::<T>(std::hint::black_box(body))?);
+        }
+        Ok(started.elapsed().as_secs_f64() * 1e6 / f64::from(REPEAT))
+    }
+    let users = serde_json::from_slice::<BarePage>(&body)?.users.len();
+    Ok(ParseCost {
+        users_per_page: users,
+        bytes_per_page: body.len(),
+        bare_us: per_page::<BarePage>(&body)?,
+        lifeboat_us: per_page::<lifeboat::synapse::UsersPage>(&body)?,
+        value_us: per_page::<serde_json::Value>(&body)?,
+    })
+}
+
 // ---- accounts ----------------------------------------------------------------
 
 fn localpart(index: usize) -> String {
@@ -265,12 +277,7 @@ fn extra_state(index: usize) -> Option<serde_json::Value> {
     }
 }
 
-async fn create_account(
-    http: &reqwest::Client,
-    info: &Info,
-    index: usize,
-    with_password: bool,
-) -> Result<()> {
+async fn create_account(http: &reqwest::Client, info: &Info, index: usize, with_password: bool) -> Result<()> {
     let name = localpart(index);
     let user_id = format!("@{name}:{}", info.server_name);
     let url = format!(
@@ -295,12 +302,7 @@ async fn create_account(
     for body in requests {
         let mut attempt = 0;
         loop {
-            let result = http
-                .put(&url)
-                .bearer_auth(&info.admin_token)
-                .json(&body)
-                .send()
-                .await;
+            let result = http.put(&url).bearer_auth(&info.admin_token).json(&body).send().await;
             match result {
                 Ok(response) if response.status().is_success() => break,
                 Ok(response) if attempt < 3 && response.status().is_server_error() => {}
@@ -329,18 +331,14 @@ async fn ensure_accounts(info: &Info, n: usize, settings: &Settings) -> Result<(
         existing.extend(users.into_iter().map(|user| user.name));
     })
     .await?;
-    let missing: Vec<usize> = (0..n)
-        .filter(|&i| !existing.contains(&format!("@{}:{}", localpart(i), info.server_name)))
-        .collect();
+    let missing: Vec<usize> =
+        (0..n).filter(|&i| !existing.contains(&format!("@{}:{}", localpart(i), info.server_name))).collect();
     if missing.is_empty() {
         eprintln!("sync_listing: all {n} accounts already exist");
         return Ok((0, Duration::ZERO));
     }
     let total = missing.len();
-    eprintln!(
-        "sync_listing: creating {total} accounts ({} exist), {concurrency} in parallel",
-        n - total
-    );
+    eprintln!("sync_listing: creating {total} accounts ({} exist), {concurrency} in parallel", n - total);
     let started = Instant::now();
     let mut last_report = Instant::now();
     let mut done = 0;
@@ -372,7 +370,12 @@ struct SyncRun {
     wall: Duration,
     /// Peak resident set size in KiB (ru_maxrss on Linux).
     max_rss_kib: i64,
+    /// CPU seconds of the sync process (user + system).
     cpu: f64,
+    /// CPU seconds Synapse spent while the sync ran.
+    synapse_cpu: f64,
+    /// Size of the registry (database + WAL) after the run, in KiB.
+    registry_kib: u64,
     listed: Option<u64>,
     details_fetched: Option<u64>,
     emails_imported: Option<u64>,
@@ -396,8 +399,9 @@ fn write_config(dir: &Path, info: &Info, page_size: u32) -> Result<PathBuf> {
 
 /// Runs `lifeboat --config FILE sync --json` and reaps it with wait4 for
 /// its own resource usage (peak RSS, CPU).
-fn run_sync(binary: &Path, config: &Path, log_dir: &Path, label: &str) -> Result<SyncRun> {
+fn run_sync(binary: &Path, config: &Path, log_dir: &Path, label: &str, synapse_pid: i32) -> Result<SyncRun> {
     let stderr_path = log_dir.join(format!("sync-{label}.stderr"));
+    let synapse_before = process_cpu(synapse_pid).unwrap_or(f64::NAN);
     let started = Instant::now();
     let mut child = Command::new(binary)
         .arg("--config")
@@ -413,11 +417,7 @@ fn run_sync(binary: &Path, config: &Path, log_dir: &Path, label: &str) -> Result
     // Read all of stdout first: the JSON summary lists every new account
     // and would fill the pipe if the child had to wait for us.
     let mut stdout = Vec::new();
-    child
-        .stdout
-        .take()
-        .expect("piped stdout")
-        .read_to_end(&mut stdout)?;
+    child.stdout.take().expect("piped stdout").read_to_end(&mut stdout)?;
     let pid = child.id() as libc::pid_t;
     let mut status = 0;
     // SAFETY: wait4 only writes into the two values we hand it.
@@ -433,20 +433,20 @@ fn run_sync(binary: &Path, config: &Path, log_dir: &Path, label: &str) -> Result
         }
     }
     let wall = started.elapsed();
+    let synapse_cpu = process_cpu(synapse_pid).unwrap_or(f64::NAN) - synapse_before;
+    let registry_dir = config.parent().unwrap_or(Path::new("."));
+    let registry_kib = ["lifeboat.db", "lifeboat.db-wal"]
+        .iter()
+        .filter_map(|name| std::fs::metadata(registry_dir.join(name)).ok())
+        .map(|meta| meta.len())
+        .sum::<u64>()
+        / 1024;
     // The child is reaped: `child` must not be waited on again.
     drop(child);
     let ok = libc::WIFEXITED(status) && libc::WEXITSTATUS(status) == 0;
     let summary: Option<serde_json::Value> = serde_json::from_slice(&stdout).ok();
-    let field = |name: &str| {
-        summary
-            .as_ref()
-            .and_then(|s| s.get(name))
-            .and_then(|v| v.as_u64())
-    };
-    let listed = summary
-        .as_ref()
-        .and_then(|s| s.pointer("/report/listed"))
-        .and_then(|v| v.as_u64());
+    let field = |name: &str| summary.as_ref().and_then(|s| s.get(name)).and_then(|v| v.as_u64());
+    let listed = summary.as_ref().and_then(|s| s.pointer("/report/listed")).and_then(|v| v.as_u64());
     if !ok {
         let stderr = std::fs::read_to_string(&stderr_path).unwrap_or_default();
         let tail: Vec<&str> = stderr.lines().rev().take(10).collect();
@@ -459,6 +459,8 @@ fn run_sync(binary: &Path, config: &Path, log_dir: &Path, label: &str) -> Result
         wall,
         max_rss_kib: usage.ru_maxrss,
         cpu: timeval(usage.ru_utime) + timeval(usage.ru_stime),
+        synapse_cpu,
+        registry_kib,
         listed,
         details_fetched: field("details_fetched"),
         emails_imported: field("emails_imported"),
@@ -477,12 +479,7 @@ struct Sample {
     synapse_cpu: f64,
 }
 
-fn measure_listing<F, Fut>(
-    runtime: &tokio::runtime::Runtime,
-    synapse_pid: i32,
-    expect: usize,
-    run: F,
-) -> Result<Sample>
+fn measure_listing<F, Fut>(runtime: &tokio::runtime::Runtime, synapse_pid: i32, expect: usize, run: F) -> Result<Sample>
 where
     F: FnOnce() -> Fut,
     Fut: std::future::Future<Output = Result<usize>>,
@@ -533,6 +530,7 @@ struct SizeResult {
     lifeboat: Vec<Sample>,
     cold: Option<SyncRun>,
     warm: Vec<SyncRun>,
+    parse: Option<ParseCost>,
 }
 
 struct Settings {
@@ -541,26 +539,21 @@ struct Settings {
     binary: PathBuf,
     page_size: u32,
     concurrency: usize,
+    /// (a)/(b) listing pairs per round.
+    pairs: usize,
     passwords: bool,
     keep_dir: Option<PathBuf>,
 }
 
 fn bench_size(settings: &Settings, accounts: usize, rounds: usize) -> Result<SizeResult> {
-    let runtime = tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
-        .build()?;
-    let scratch = tempfile::Builder::new()
-        .prefix("lifeboat-bench-")
-        .tempdir()?;
+    let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
+    let scratch = tempfile::Builder::new().prefix("lifeboat-bench-").tempdir()?;
     let synapse_dir = match &settings.keep_dir {
         Some(base) => base.join(format!("accounts-{accounts}")),
         None => scratch.path().join("synapse"),
     };
     std::fs::create_dir_all(&synapse_dir)?;
-    eprintln!(
-        "sync_listing: starting Synapse in {}",
-        synapse_dir.display()
-    );
+    eprintln!("sync_listing: starting Synapse in {}", synapse_dir.display());
     let harness = Harness::start(&settings.python, &settings.repo, &synapse_dir)?;
     let info = harness.info.clone();
     let (created, create_time) = runtime.block_on(ensure_accounts(&info, accounts, settings))?;
@@ -568,10 +561,7 @@ fn bench_size(settings: &Settings, accounts: usize, rounds: usize) -> Result<Siz
     // The harness's admin account is listed too.
     let http = bare_client();
     let listed = runtime.block_on(bare_listing(&http, &info, settings.page_size, |_| {}))?;
-    eprintln!(
-        "sync_listing: Synapse lists {listed} accounts (page size {})",
-        settings.page_size
-    );
+    eprintln!("sync_listing: Synapse lists {listed} accounts (page size {})", settings.page_size);
 
     // Warm-up, untimed: Synapse's caches, connection setup, page cache.
     runtime.block_on(bare_listing(&http, &info, settings.page_size, |_| {}))?;
@@ -590,6 +580,7 @@ fn bench_size(settings: &Settings, accounts: usize, rounds: usize) -> Result<Siz
         lifeboat: Vec::new(),
         cold: None,
         warm: Vec::new(),
+        parse: Some(runtime.block_on(parse_cost(&info, settings.page_size))?),
     };
     for round in 0..rounds {
         // Alternate which listing goes first, so drift hits both alike.
@@ -599,32 +590,30 @@ fn bench_size(settings: &Settings, accounts: usize, rounds: usize) -> Result<Siz
                 bare_listing(&bare_client(), &info, settings.page_size, |_| {}).await
             })
         };
-        let ours = || {
-            measure_listing(&runtime, info.pid, listed, || {
-                lifeboat_listing(&info, settings.page_size)
-            })
-        };
-        let (a, b) = if round % 2 == 0 {
-            let a = bare()?;
-            (a, ours()?)
-        } else {
-            let b = ours()?;
-            (bare()?, b)
-        };
-        result.bare.push(a);
-        result.lifeboat.push(b);
-        let label = if round == 0 {
-            "cold".to_owned()
-        } else {
-            format!("warm-{round}")
-        };
-        let sync = run_sync(&settings.binary, &config, scratch.path(), &label)?;
+        let ours = || measure_listing(&runtime, info.pid, listed, || lifeboat_listing(&info, settings.page_size));
+        let (mut round_a, mut round_b) = (Vec::new(), Vec::new());
+        for pair in 0..settings.pairs {
+            if (round * settings.pairs + pair).is_multiple_of(2) {
+                round_a.push(bare()?);
+                round_b.push(ours()?);
+            } else {
+                round_b.push(ours()?);
+                round_a.push(bare()?);
+            }
+        }
+        // For the progress line: this round's fastest of each.
+        let fastest = |samples: &[Sample]| samples.iter().map(|s| s.wall).min().unwrap_or(Duration::ZERO);
+        let (a, b) = (fastest(&round_a), fastest(&round_b));
+        result.bare.extend(round_a);
+        result.lifeboat.extend(round_b);
+        let label = if round == 0 { "cold".to_owned() } else { format!("warm-{round}") };
+        let sync = run_sync(&settings.binary, &config, scratch.path(), &label, info.pid)?;
         eprintln!(
-            "sync_listing: {accounts} accounts, round {}: bare {:.3} s, lifeboat {:.3} s (x{:.3}), sync {label} {:.2} s, peak RSS {} KiB",
+            "sync_listing: {accounts} accounts, round {}: fastest listing bare {:.3} s, lifeboat {:.3} s (x{:.3}), sync {label} {:.2} s, peak RSS {} KiB",
             round + 1,
-            a.wall.as_secs_f64(),
-            b.wall.as_secs_f64(),
-            b.wall.as_secs_f64() / a.wall.as_secs_f64(),
+            a.as_secs_f64(),
+            b.as_secs_f64(),
+            b.as_secs_f64() / a.as_secs_f64(),
             sync.wall.as_secs_f64(),
             sync.max_rss_kib
         );
@@ -642,12 +631,7 @@ fn bench_size(settings: &Settings, accounts: usize, rounds: usize) -> Result<Siz
 
 fn secs(values: &[f64]) -> String {
     let mut sorted = values.to_vec();
-    format!(
-        "{:>8.3} {:>8.3} {:>8.3}",
-        min(values),
-        median(&mut sorted),
-        max(values)
-    )
+    format!("{:>8.3} {:>8.3} {:>8.3}", min(values), median(&mut sorted), max(values))
 }
 
 fn print_size(r: &SizeResult) {
@@ -657,11 +641,7 @@ fn print_size(r: &SizeResult) {
         r.accounts,
         r.listed,
         if r.created > 0 {
-            format!(
-                "; created {} accounts in {:.0} s",
-                r.created,
-                r.create_time.as_secs_f64()
-            )
+            format!("; created {} accounts in {:.0} s", r.created, r.create_time.as_secs_f64())
         } else {
             String::new()
         }
@@ -670,10 +650,8 @@ fn print_size(r: &SizeResult) {
         "{:<40} {:>5} {:>8} {:>8} {:>8} {:>11} {:>11}",
         "what", "runs", "min s", "median s", "max s", "client CPU", "Synapse CPU"
     );
-    for (what, samples) in [
-        ("(a) bare reqwest listing", &r.bare),
-        ("(b) lifeboat listing (client.pages)", &r.lifeboat),
-    ] {
+    for (what, samples) in [("(a) bare reqwest listing", &r.bare), ("(b) lifeboat listing (client.pages)", &r.lifeboat)]
+    {
         let walls: Vec<f64> = samples.iter().map(|s| s.wall.as_secs_f64()).collect();
         let mut client: Vec<f64> = samples.iter().map(|s| s.client_cpu).collect();
         let mut synapse: Vec<f64> = samples.iter().map(|s| s.synapse_cpu).collect();
@@ -687,10 +665,7 @@ fn print_size(r: &SizeResult) {
         );
     }
     let syncs: Vec<(&str, Vec<&SyncRun>)> = vec![
-        (
-            "(c) lifeboat sync, cold (imports emails)",
-            r.cold.iter().collect(),
-        ),
+        ("(c) lifeboat sync, cold (imports emails)", r.cold.iter().collect()),
         ("(c) lifeboat sync, warm", r.warm.iter().collect()),
     ];
     for (what, runs) in &syncs {
@@ -699,22 +674,24 @@ fn print_size(r: &SizeResult) {
         }
         let walls: Vec<f64> = runs.iter().map(|s| s.wall.as_secs_f64()).collect();
         let mut cpu: Vec<f64> = runs.iter().map(|s| s.cpu).collect();
+        let mut synapse: Vec<f64> = runs.iter().map(|s| s.synapse_cpu).collect();
         println!(
-            "{:<40} {:>5} {} {:>9.3} s {:>11}",
+            "{:<40} {:>5} {} {:>9.3} s {:>9.3} s",
             what,
             runs.len(),
             secs(&walls),
             median(&mut cpu),
-            "-"
+            median(&mut synapse)
         );
     }
     for (what, runs) in &syncs {
         for run in runs {
             println!(
-                "    {:<36} peak RSS {:>7} KiB ({:>5.1} MiB); listed {}, details fetched {}, emails imported {}{}",
+                "    {:<36} peak RSS {:>7} KiB ({:>5.1} MiB); registry {:>6} KiB; listed {}, details fetched {}, emails imported {}{}",
                 what.trim_start_matches("(c) lifeboat sync, "),
                 run.max_rss_kib,
                 run.max_rss_kib as f64 / 1024.0,
+                run.registry_kib,
                 opt(run.listed),
                 opt(run.details_fetched),
                 opt(run.emails_imported),
@@ -722,26 +699,31 @@ fn print_size(r: &SizeResult) {
             );
         }
     }
+    if let Some(parse) = &r.parse {
+        let pages = r.listed.div_ceil(parse.users_per_page.max(1)) as f64;
+        println!(
+            "JSON parsing of one page ({} users, {} KiB): bare {:.0} us, lifeboat UsersPage {:.0} us, serde_json::Value {:.0} us; whole listing ({pages:.0} pages): bare {:.1} ms, lifeboat {:.1} ms",
+            parse.users_per_page,
+            parse.bytes_per_page / 1024,
+            parse.bare_us,
+            parse.lifeboat_us,
+            parse.value_us,
+            parse.bare_us * pages / 1e3,
+            parse.lifeboat_us * pages / 1e3
+        );
+    }
     let (ratio_median, ratio_of_medians, ratio_of_mins) = ratios(r);
     println!(
-        "ratio (b)/(a): median of per-round ratios {ratio_median:.3}, of medians {ratio_of_medians:.3}, of minimums {ratio_of_mins:.3} (goal <= {RATIO_GOAL})"
+        "ratio (b)/(a): median of per-pair ratios {ratio_median:.3}, of medians {ratio_of_medians:.3}, of minimums {ratio_of_mins:.3} (goal <= {RATIO_GOAL})"
     );
 }
 
 fn ratios(r: &SizeResult) -> (f64, f64, f64) {
-    let mut per_round: Vec<f64> = r
-        .bare
-        .iter()
-        .zip(&r.lifeboat)
-        .map(|(a, b)| b.wall.as_secs_f64() / a.wall.as_secs_f64())
-        .collect();
+    let mut per_round: Vec<f64> =
+        r.bare.iter().zip(&r.lifeboat).map(|(a, b)| b.wall.as_secs_f64() / a.wall.as_secs_f64()).collect();
     let mut a: Vec<f64> = r.bare.iter().map(|s| s.wall.as_secs_f64()).collect();
     let mut b: Vec<f64> = r.lifeboat.iter().map(|s| s.wall.as_secs_f64()).collect();
-    (
-        median(&mut per_round),
-        median(&mut b) / median(&mut a),
-        min(&b) / min(&a),
-    )
+    (median(&mut per_round), median(&mut b) / median(&mut a), min(&b) / min(&a))
 }
 
 fn opt(value: Option<u64>) -> String {
@@ -766,6 +748,7 @@ fn run() -> Result<()> {
     let rounds: usize = env_number("LIFEBOAT_BENCH_ROUNDS", 5).max(2);
     let concurrency: usize = env_number("LIFEBOAT_BENCH_CREATE_CONCURRENCY", 8).max(1);
     let passwords = env_number::<u8>("LIFEBOAT_BENCH_PASSWORDS", 0) != 0;
+    let pairs: usize = env_number("LIFEBOAT_BENCH_PAIRS", 4).max(1);
     if page_size == 0 {
         return Err("LIFEBOAT_BENCH_PAGE_SIZE must be at least 1".into());
     }
@@ -778,15 +761,7 @@ fn run() -> Result<()> {
         .map(|dir| std::path::absolute(PathBuf::from(dir)))
         .transpose()?;
     let python = synapse_python(&repo)?;
-    let settings = Settings {
-        repo,
-        python,
-        binary,
-        page_size,
-        concurrency,
-        passwords,
-        keep_dir,
-    };
+    let settings = Settings { repo, python, binary, page_size, concurrency, pairs, passwords, keep_dir };
     println!(
         "sync_listing benchmark: {accounts} accounts (and {small} for the memory comparison), page size {page_size}, {rounds} rounds; binary {}",
         settings.binary.display()
@@ -807,32 +782,30 @@ fn run() -> Result<()> {
     println!("== summary ==");
     let (ratio, _, _) = ratios(&large_result);
     println!(
-        "listing overhead at {accounts} accounts: lifeboat/bare = {ratio:.3} (median of per-round ratios; goal <= {RATIO_GOAL}: {})",
-        if ratio <= RATIO_GOAL {
-            "met"
-        } else {
-            "NOT MET"
-        }
+        "listing overhead at {accounts} accounts: lifeboat/bare = {ratio:.3} (median of per-pair ratios; goal <= {RATIO_GOAL}: {})",
+        if ratio <= RATIO_GOAL { "met" } else { "NOT MET" }
+    );
+    let mut bare: Vec<f64> = large_result.bare.iter().map(|s| s.wall.as_secs_f64()).collect();
+    let mut warm: Vec<f64> = large_result.warm.iter().map(|s| s.wall.as_secs_f64()).collect();
+    let (bare, warm) = (median(&mut bare), median(&mut warm));
+    println!(
+        "warm sync at {accounts} accounts: median {warm:.3} s = {:.1}x the bare listing ({bare:.3} s)",
+        warm / bare
     );
     let warm_small = peak(&small_result.warm.iter().collect::<Vec<_>>());
     let warm_large = peak(&large_result.warm.iter().collect::<Vec<_>>());
     let cold_small = small_result.cold.as_ref().map(|run| run.max_rss_kib);
     let cold_large = large_result.cold.as_ref().map(|run| run.max_rss_kib);
-    for (what, at_small, at_large) in [
-        ("warm sync", warm_small, warm_large),
-        ("cold sync", cold_small, cold_large),
-    ] {
+    for (what, at_small, at_large) in [("warm sync", warm_small, warm_large), ("cold sync", cold_small, cold_large)] {
         if let (Some(s), Some(l)) = (at_small, at_large) {
             let growth = (l - s) as f64 / s as f64;
-            let per_thousand = (l - s) as f64 / ((accounts - small) as f64 / 1000.0);
+            let per_account = (l - s) as f64 * 1024.0 / (accounts as f64 - small as f64);
             println!(
-                "peak RSS of {what}: {s} KiB at {small} accounts, {l} KiB at {accounts} accounts: {:+.1}% ({per_thousand:+.0} KiB per 1000 accounts) -> {}",
+                "peak RSS of {what}: {s} KiB at {small} accounts, {l} KiB at {accounts} accounts: {:+.1}% for {:.0}x the accounts ({:+.1} MiB, {per_account:+.0} B per extra account){}",
                 growth * 100.0,
-                if growth.abs() <= 0.10 {
-                    "flat"
-                } else {
-                    "GROWS with the account count"
-                }
+                accounts as f64 / small as f64,
+                (l - s) as f64 / 1024.0,
+                if growth.abs() <= 0.10 { ": flat" } else { "" }
             );
         }
     }

@@ -96,8 +96,9 @@ pub struct RegistryConfig {
 
 #[derive(Debug, Clone)]
 pub struct SyncConfig {
-    /// Accounts per listing page (Synapse's per-request overhead dominates:
-    /// large pages are much faster).
+    /// Accounts per listing page. Synapse counts and offsets over every
+    /// account for each page, so a listing costs it about pages × accounts:
+    /// large pages are much faster.
     pub page_size: u32,
     /// Parallel user-detail requests when importing emails.
     pub details_concurrency: usize,

@@ -325,7 +325,7 @@ impl RawConfig {
         };
 
         let sync = SyncConfig {
-            page_size: self.sync.page_size.unwrap_or(500),
+            page_size: self.sync.page_size.unwrap_or(2000),
             details_concurrency: self.sync.details_concurrency.unwrap_or(8),
             details_max_age: ctx.duration(
                 "sync.details_max_age",

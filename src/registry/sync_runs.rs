@@ -123,12 +123,16 @@ impl Registry {
         let mut report = ReportBuilder::default();
         {
             let mut pairs = sqlx::query_as::<_, PairRow>(
+                // A full outer join written as two index lookups: SQLite
+                // plans the FULL OUTER JOIN form as a nested loop (quadratic).
                 "SELECT a.user_id AS known_id, a.synapse_created_at AS known_created, \
                         s.user_id AS listed_id, s.deactivated AS listed_deactivated, \
                         s.synapse_created_at AS listed_created \
-                 FROM accounts a FULL OUTER JOIN \
-                      (SELECT user_id, deactivated, synapse_created_at FROM listing_stage WHERE run_id = $1) s \
-                 ON a.user_id = s.user_id",
+                 FROM accounts a LEFT JOIN listing_stage s ON s.run_id = $1 AND s.user_id = a.user_id \
+                 UNION ALL \
+                 SELECT NULL, NULL, s.user_id, s.deactivated, s.synapse_created_at \
+                 FROM listing_stage s WHERE s.run_id = $1 \
+                   AND NOT EXISTS (SELECT 1 FROM accounts a WHERE a.user_id = s.user_id)",
             )
             .bind(run_id)
             .fetch(&mut *tx);
