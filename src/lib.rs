@@ -4,6 +4,7 @@
 pub mod check;
 pub mod cli;
 pub mod config;
+pub mod dm;
 pub mod email;
 pub mod links;
 pub mod mail;

@@ -1,5 +1,6 @@
-//! Notices after an incident: plan the outbox, then send it by email with
-//! bounded concurrency, marking each delivery the moment SMTP accepts it.
+//! Notices after an incident: plan the outbox, then send it by email and by
+//! Matrix DM with bounded concurrency, marking each delivery the moment the
+//! transport accepts it.
 //!
 //! Resumable: rerunning sends what was not sent and never what was. A
 //! process killed mid-send can repeat at most the messages in flight at
@@ -13,6 +14,7 @@ use secrecy::SecretString;
 use serde::Serialize;
 use url::Url;
 
+use crate::dm::{DmError, DmSender};
 use crate::email::EmailAddress;
 use crate::mail::{MailError, Mailer, OutgoingEmail};
 use crate::notice::{NoticeContext, RenderedNotice, render_notice};
@@ -39,15 +41,19 @@ pub enum NotifyError {
 pub struct NotifyPlan {
     pub affected: i64,
     pub tokens_to_create: usize,
+    /// DMs to affected accounts that exist now and to Matrix-ID contacts.
+    pub dms: i64,
     #[serde(flatten)]
     pub emails: PlannedEmails,
 }
 
-pub async fn plan(registry: &Registry, incident_id: i64) -> Result<NotifyPlan, NotifyError> {
+/// `sender`: lifeboat's own account, which gets no DM.
+pub async fn plan(registry: &Registry, incident_id: i64, sender: &str) -> Result<NotifyPlan, NotifyError> {
     let summary = registry.incident_summary(incident_id).await?;
     Ok(NotifyPlan {
         affected: summary.affected,
         tokens_to_create: registry.accounts_needing_notice_token(incident_id).await?.len(),
+        dms: registry.planned_dms(incident_id, sender).await?,
         emails: registry.planned_emails(incident_id).await?,
     })
 }
@@ -118,11 +124,59 @@ pub fn human_time(ms: i64) -> String {
     }
 }
 
-/// Sends an incident's email deliveries until none is due; returns the
-/// counts by state afterwards.
-pub async fn send_emails(
+/// How a channel's deliveries leave.
+#[derive(Clone, Copy)]
+pub enum Transport<'a> {
+    Email(&'a Mailer),
+    Matrix(&'a DmSender),
+}
+
+impl Transport<'_> {
+    fn channel(&self) -> &'static str {
+        match self {
+            Transport::Email(_) => "email",
+            Transport::Matrix(_) => "matrix",
+        }
+    }
+
+    async fn deliver(
+        self,
+        registry: &Registry,
+        incident: &Incident,
+        settings: &NoticeSettings,
+        delivery: &Delivery,
+    ) -> Outcome {
+        match self {
+            Transport::Email(mailer) => match settings.email(incident, delivery) {
+                Err(err) => Outcome::Fatal(err),
+                Ok(Err(bad_address)) => Outcome::Failed(bad_address),
+                Ok(Ok(email)) => match mailer.send(&email).await {
+                    Ok(()) => Outcome::Sent,
+                    Err(MailError::Transient(reason)) => Outcome::Retry(reason),
+                    Err(err) => Outcome::Failed(err.to_string()),
+                },
+            },
+            Transport::Matrix(sender) => match settings.render(incident, delivery) {
+                Err(err) => Outcome::Fatal(err),
+                Ok(notice) => {
+                    // Fixed per delivery: Synapse drops a repeat after a crash.
+                    let transaction = format!("lifeboat-incident-{}-delivery-{}", incident.id, delivery.id);
+                    match sender.send(registry, &delivery.address, &notice.markdown, &transaction).await {
+                        Ok(()) => Outcome::Sent,
+                        Err(DmError::Transient(reason)) => Outcome::Retry(reason),
+                        Err(DmError::Permanent(reason)) => Outcome::Failed(reason),
+                    }
+                }
+            },
+        }
+    }
+}
+
+/// Sends an incident's deliveries of one channel until none is due;
+/// returns the counts by state (all channels) afterwards.
+pub async fn send_deliveries(
     registry: &Registry,
-    mailer: &Mailer,
+    transport: Transport<'_>,
     incident: &Incident,
     settings: &NoticeSettings,
     concurrency: usize,
@@ -137,9 +191,10 @@ pub async fn send_emails(
     loop {
         // Claims are marked with a stamp unique to this claim.
         batch_stamp = (batch_stamp + 1).max(now_ms());
-        let batch = registry.claim_email_deliveries(incident.id, (concurrency * 4) as i64, batch_stamp).await?;
+        let batch =
+            registry.claim_deliveries(incident.id, transport.channel(), (concurrency * 4) as i64, batch_stamp).await?;
         if batch.is_empty() {
-            match registry.next_pending_at(incident.id).await? {
+            match registry.next_pending_at(incident.id, transport.channel()).await? {
                 Some(next) if next - now_ms() <= WAIT_FOR_RETRIES.as_millis() as i64 => {
                     tokio::time::sleep(Duration::from_millis((next - now_ms()).max(10) as u64)).await;
                     continue;
@@ -149,18 +204,13 @@ pub async fn send_emails(
         }
         let mut sends = futures::stream::iter(batch)
             .map(|delivery| async move {
-                if delivery.opted_out_at.is_some() || delivery.contact_id.is_none() {
-                    return (delivery, Outcome::Skip);
+                if delivery.opted_out_at.is_some() {
+                    return (delivery, Outcome::Skip("the contact opted out"));
                 }
-                let outcome = match settings.email(incident, &delivery) {
-                    Err(err) => Outcome::Fatal(err),
-                    Ok(Err(bad_address)) => Outcome::Failed(bad_address),
-                    Ok(Ok(email)) => match mailer.send(&email).await {
-                        Ok(()) => Outcome::Sent,
-                        Err(MailError::Transient(reason)) => Outcome::Retry(reason),
-                        Err(err) => Outcome::Failed(err.to_string()),
-                    },
-                };
+                if delivery.channel == "email" && delivery.contact_id.is_none() {
+                    return (delivery, Outcome::Skip("the contact was removed"));
+                }
+                let outcome = transport.deliver(registry, incident, settings, &delivery).await;
                 (delivery, outcome)
             })
             .buffer_unordered(concurrency);
@@ -170,8 +220,8 @@ pub async fn send_emails(
                     registry.mark_delivery_sent(delivery.id).await?;
                     done += 1;
                 }
-                Outcome::Skip => {
-                    registry.mark_delivery_skipped(delivery.id, "the contact opted out").await?;
+                Outcome::Skip(reason) => {
+                    registry.mark_delivery_skipped(delivery.id, reason).await?;
                     done += 1;
                 }
                 Outcome::Failed(reason) => {
@@ -200,7 +250,7 @@ pub async fn send_emails(
 
 enum Outcome {
     Sent,
-    Skip,
+    Skip(&'static str),
     Retry(String),
     Failed(String),
     Fatal(NotifyError),

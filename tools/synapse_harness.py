@@ -161,7 +161,9 @@ def die_with_parent(parent_pid):
 class Synapse:
     """One Synapse process and the directory holding its state."""
 
-    def __init__(self, directory, port, server_name):
+    def __init__(self, directory, port, server_name, message_rate=None):
+        # (per_second, burst) for rc_message, to make Synapse answer 429.
+        self.message_rate = message_rate
         self.dir = os.path.abspath(directory)
         self.config_path = os.path.join(self.dir, "homeserver.yaml")
         self.db_path = os.path.join(self.dir, "homeserver.db")
@@ -286,7 +288,11 @@ class Synapse:
             "presence": {"enabled": False},
             # Every per-user/per-IP rate limiter Synapse 1.163.2 reads,
             # raised out of reach (config/ratelimiting.py).
-            "rc_message": unlimited(),
+            "rc_message": (
+                {"per_second": self.message_rate[0], "burst_count": self.message_rate[1]}
+                if self.message_rate
+                else unlimited()
+            ),
             "rc_registration": unlimited(),
             "rc_registration_token_validity": unlimited(),
             "rc_login": {
@@ -716,6 +722,11 @@ def main():
     parser.add_argument("--port", type=int, help="loopback port (default: a free one)")
     parser.add_argument("--server-name", help='server name (default "lifeboat.test")')
     parser.add_argument("--demo", action="store_true", help="create demo accounts")
+    parser.add_argument(
+        "--message-rate",
+        metavar="PER_SECOND:BURST",
+        help="limit messages (rc_message) so Synapse answers 429, e.g. 1:2 (default: unlimited)",
+    )
     parser.add_argument("--daemon", action="store_true", help="detach after startup")
     parser.add_argument("--pidfile", help="daemon pid file (required with --daemon)")
     args = parser.parse_args()
@@ -723,7 +734,11 @@ def main():
         parser.error("--daemon needs --pidfile")
 
     try:
-        synapse = Synapse(args.dir, args.port, args.server_name)
+        rate = None
+        if args.message_rate:
+            per_second, burst = args.message_rate.split(":")
+            rate = (float(per_second), int(burst))
+        synapse = Synapse(args.dir, args.port, args.server_name, rate)
     except (OSError, KeyError, TypeError, yaml.YAMLError) as e:
         log(f"error: cannot prepare {args.dir}: {e}")
         return 1

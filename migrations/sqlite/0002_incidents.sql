@@ -68,6 +68,14 @@ CREATE TABLE service_credentials (
     obtained_at  BIGINT NOT NULL
 );
 
+-- The DM room lifeboat uses with each person, so a rerun or a restart
+-- never opens a second one.
+CREATE TABLE dm_rooms (
+    user_id    TEXT PRIMARY KEY,
+    room_id    TEXT NOT NULL,
+    created_at BIGINT NOT NULL
+);
+
 CREATE TABLE settings (
     name  TEXT PRIMARY KEY,
     value TEXT NOT NULL

@@ -6,11 +6,15 @@ use indicatif::ProgressBar;
 
 use super::output::progress_bar;
 use super::{Context, Failure, Outcome, exit};
+use crate::config::Config;
+use crate::dm::DmSender;
 use crate::links::LINK_KEY;
 use crate::mail::Mailer;
-use crate::notify::{NoticeSettings, NotifyProgress, plan, send_emails};
-use crate::recover::{AdminAccess, admin_access, recover};
+use crate::notify::{NoticeSettings, NotifyProgress, Transport, plan, send_deliveries};
+use crate::recover::{AdminAccess, admin_access, recover, service_user_id};
+use crate::registry::Registry;
 use crate::registry::{Actor, Delivery, now_ms};
+use crate::synapse::SynapseClient;
 use crate::tokens::ensure_notice_tokens;
 
 /// Emails in flight at once (and SMTP connections in the pool).
@@ -47,7 +51,9 @@ pub async fn run(context: &Context, args: Args) -> Outcome {
             format!("incident {} is resolved: notices go out for open incidents only", incident.id),
         ));
     }
-    let planned = plan(&registry, incident.id).await.map_err(|err| Failure::new(exit::FAILED, err))?;
+    let planned = plan(&registry, incident.id, service_user_id(&config).as_str())
+        .await
+        .map_err(|err| Failure::new(exit::FAILED, err))?;
     println!(
         "Incident {} \"{}\": {} affected; {} emails to {} people; {} affected people have no email contact; {} registration tokens to create.",
         incident.id,
@@ -58,6 +64,7 @@ pub async fn run(context: &Context, args: Args) -> Outcome {
         planned.emails.people_without_channel,
         planned.tokens_to_create
     );
+    println!("Matrix DMs: {} (to affected accounts that exist now and to Matrix-ID contacts).", planned.dms);
     let unsubscribe = match &config.web {
         Some(web) => Some((web.public_url.clone(), registry.generated_secret(LINK_KEY).await?)),
         None => {
@@ -78,6 +85,7 @@ pub async fn run(context: &Context, args: Args) -> Outcome {
                     id: 0,
                     incident_id: incident.id,
                     user_id,
+                    channel: "email".to_owned(),
                     address: address.clone(),
                     attempts: 0,
                     display_name,
@@ -128,9 +136,26 @@ pub async fn run(context: &Context, args: Args) -> Outcome {
         println!("Created {created} registration tokens in Synapse.");
     }
     registry.plan_email_deliveries(incident.id).await?;
+    let dm_sender = match dm_sender(&config, &registry, &client).await? {
+        Some((sender, sender_id)) => {
+            registry.plan_matrix_deliveries(incident.id, &sender_id).await?;
+            Some(sender)
+        }
+        None => {
+            if planned.dms > 0 {
+                eprintln!(
+                    "note: no Matrix DMs: lifeboat has no credentials of its own account yet (run `lifeboat recover` after a wipe, or set bot.access_token)"
+                );
+            }
+            None
+        }
+    };
     let mailer = Mailer::from_config(email, CONCURRENCY as u32).map_err(|err| Failure::new(exit::USAGE, err))?;
-    let bar = Bar(progress_bar("emails"));
-    let sent = send_emails(&registry, &mailer, &incident, &settings, CONCURRENCY, &bar).await;
+    let bar = Bar(progress_bar("notices"));
+    let mut sent = send_deliveries(&registry, Transport::Email(&mailer), &incident, &settings, CONCURRENCY, &bar).await;
+    if let (Ok(_), Some(sender)) = (&sent, &dm_sender) {
+        sent = send_deliveries(&registry, Transport::Matrix(sender), &incident, &settings, CONCURRENCY, &bar).await;
+    }
     bar.0.finish_and_clear();
     mailer.shutdown().await;
     let counts = sent.map_err(|err| Failure::new(exit::FAILED, err))?;
@@ -156,6 +181,33 @@ pub async fn run(context: &Context, args: Args) -> Outcome {
             incident.id
         ),
     ))
+}
+
+/// lifeboat's own account, logged in for DMs: the recovered credentials, or
+/// `bot.access_token`. `None` when it has neither.
+async fn dm_sender(
+    config: &Config,
+    registry: &Registry,
+    admin: &SynapseClient,
+) -> Result<Option<(DmSender, String)>, Failure> {
+    let service = service_user_id(config);
+    let token = match registry.service_credential(service.as_str()).await? {
+        Some(stored) => stored.access_token,
+        None => match config.bot.as_ref().and_then(|bot| bot.access_token.as_ref()) {
+            Some(token) => token.value.clone(),
+            None => return Ok(None),
+        },
+    };
+    let who = admin
+        .with_token(token.clone())
+        .whoami()
+        .await
+        .map_err(|err| Failure::new(exit::FAILED, format!("lifeboat's own account cannot send DMs: {err}")))?;
+    let device = who.device_id.unwrap_or_else(|| "LIFEBOAT".to_owned());
+    let sender = DmSender::connect(&config.homeserver.url, &who.user_id, &token, &device)
+        .await
+        .map_err(|err| Failure::new(exit::FAILED, err))?;
+    Ok(Some((sender, who.user_id)))
 }
 
 /// Asks on the terminal; refuses to guess when there is none.

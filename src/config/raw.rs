@@ -261,7 +261,7 @@ impl RawConfig {
             if inner.starts_with("unknown field") {
                 ConfigError(
                     format!("{} {origin} {}", unknown_key(&key, &inner), "is not a lifeboat setting")
-                        + &expected_keys(&inner),
+                        + expected_keys(&inner).as_str(),
                 )
             } else {
                 ConfigError::at(&key, &origin, inner)

@@ -39,6 +39,8 @@ pub struct Delivery {
     pub id: i64,
     pub incident_id: i64,
     pub user_id: String,
+    /// `email` or `matrix`.
+    pub channel: String,
     pub address: String,
     pub attempts: i64,
     pub display_name: Option<String>,
@@ -81,6 +83,78 @@ impl Registry {
         .rows_affected())
     }
 
+    /// Creates one Matrix DM delivery per affected account that exists on
+    /// Synapse now (a survivor; not a recreated ID, which someone else may
+    /// hold) and per Matrix-ID contact that has not opted out.
+    /// `sender` (lifeboat's own account) never gets one.
+    pub async fn plan_matrix_deliveries(&self, incident_id: i64, sender: &str) -> Result<u64> {
+        let now = now_ms();
+        let survivors = sqlx::query(
+            "INSERT INTO deliveries (incident_id, user_id, channel, address, state, next_attempt_at, created_at) \
+             SELECT ia.incident_id, a.user_id, 'matrix', a.user_id, 'pending', $2, $2 \
+             FROM incident_accounts ia JOIN accounts a ON a.user_id = ia.user_id \
+             WHERE ia.incident_id = $1 AND a.state = 'present' AND a.recreated_at IS NULL AND a.user_id <> $3 \
+             ON CONFLICT (incident_id, user_id, channel, address) DO NOTHING",
+        )
+        .bind(incident_id)
+        .bind(now)
+        .bind(sender)
+        .execute(&self.pool)
+        .await?
+        .rows_affected();
+        let contacts = sqlx::query(
+            "INSERT INTO deliveries (incident_id, user_id, channel, address, state, next_attempt_at, created_at) \
+             SELECT ia.incident_id, c.user_id, 'matrix', c.address, 'pending', $2, $2 \
+             FROM incident_accounts ia JOIN contacts c ON c.user_id = ia.user_id \
+             WHERE ia.incident_id = $1 AND c.kind = 'matrix' AND c.opted_out_at IS NULL \
+             ON CONFLICT (incident_id, user_id, channel, address) DO NOTHING",
+        )
+        .bind(incident_id)
+        .bind(now)
+        .execute(&self.pool)
+        .await?
+        .rows_affected();
+        Ok(survivors + contacts)
+    }
+
+    /// The DM room lifeboat uses with `user_id`, if one was made.
+    pub async fn dm_room(&self, user_id: &str) -> Result<Option<String>> {
+        let row: Option<(String,)> = sqlx::query_as("SELECT room_id FROM dm_rooms WHERE user_id = $1")
+            .bind(user_id)
+            .fetch_optional(&self.pool)
+            .await?;
+        Ok(row.map(|(room,)| room))
+    }
+
+    pub async fn store_dm_room(&self, user_id: &str, room_id: &str) -> Result<()> {
+        sqlx::query(
+            "INSERT INTO dm_rooms (user_id, room_id, created_at) VALUES ($1, $2, $3) \
+             ON CONFLICT (user_id) DO UPDATE SET room_id = excluded.room_id, created_at = excluded.created_at",
+        )
+        .bind(user_id)
+        .bind(room_id)
+        .bind(now_ms())
+        .execute(&self.pool)
+        .await?;
+        Ok(())
+    }
+
+    /// How many DMs `plan_matrix_deliveries` would create.
+    pub async fn planned_dms(&self, incident_id: i64, sender: &str) -> Result<i64> {
+        let (count,): (i64,) = sqlx::query_as(
+            "SELECT (SELECT COUNT(*) FROM incident_accounts ia JOIN accounts a ON a.user_id = ia.user_id \
+                     WHERE ia.incident_id = $1 AND a.state = 'present' AND a.recreated_at IS NULL \
+                       AND a.user_id <> $2) \
+                  + (SELECT COUNT(*) FROM incident_accounts ia JOIN contacts c ON c.user_id = ia.user_id \
+                     WHERE ia.incident_id = $1 AND c.kind = 'matrix' AND c.opted_out_at IS NULL)",
+        )
+        .bind(incident_id)
+        .bind(sender)
+        .fetch_one(&self.pool)
+        .await?;
+        Ok(count)
+    }
+
     /// What `plan_email_deliveries` would create, without creating it.
     pub async fn planned_emails(&self, incident_id: i64) -> Result<PlannedEmails> {
         let (emails, with_email, without): (i64, i64, i64) = sqlx::query_as(
@@ -114,27 +188,34 @@ impl Registry {
         .rows_affected())
     }
 
-    /// Claims up to `limit` due email deliveries (pending → sending), marked
-    /// with `batch` (unique per claim), and returns them ready to render.
-    pub async fn claim_email_deliveries(&self, incident_id: i64, limit: i64, batch: i64) -> Result<Vec<Delivery>> {
+    /// Claims up to `limit` due deliveries of one channel (pending →
+    /// sending), marked with `batch` (unique per claim), ready to render.
+    pub async fn claim_deliveries(
+        &self,
+        incident_id: i64,
+        channel: &str,
+        limit: i64,
+        batch: i64,
+    ) -> Result<Vec<Delivery>> {
         let mut tx = self.pool.begin().await?;
         sqlx::query(
             "UPDATE deliveries SET state = 'sending', claimed_at = $3, attempts = attempts + 1 \
-             WHERE id IN (SELECT id FROM deliveries WHERE incident_id = $1 AND channel = 'email' \
+             WHERE id IN (SELECT id FROM deliveries WHERE incident_id = $1 AND channel = $5 \
                           AND state = 'pending' AND next_attempt_at <= $4 ORDER BY id LIMIT $2)",
         )
         .bind(incident_id)
         .bind(limit)
         .bind(batch)
         .bind(now_ms())
+        .bind(channel)
         .execute(&mut *tx)
         .await?;
         let claimed = sqlx::query_as(
-            "SELECT d.id, d.incident_id, d.user_id, d.address, d.attempts, a.display_name, \
+            "SELECT d.id, d.incident_id, d.user_id, d.channel, d.address, d.attempts, a.display_name, \
                     c.id AS contact_id, c.opted_out_at, t.token, t.expires_at AS token_expires_at \
              FROM deliveries d \
              JOIN accounts a ON a.user_id = d.user_id \
-             LEFT JOIN contacts c ON c.user_id = d.user_id AND c.kind = 'email' AND c.address = d.address \
+             LEFT JOIN contacts c ON c.user_id = d.user_id AND c.kind = d.channel AND c.address = d.address \
              LEFT JOIN registration_tokens t ON t.incident_id = d.incident_id AND t.user_id = d.user_id \
                                             AND t.purpose = 'notice' AND t.confirmed_at IS NOT NULL \
              WHERE d.incident_id = $1 AND d.state = 'sending' AND d.claimed_at = $2 ORDER BY d.id",
@@ -193,13 +274,15 @@ impl Registry {
         Ok(())
     }
 
-    /// When the next pending delivery of an incident is due, if any.
-    pub async fn next_pending_at(&self, incident_id: i64) -> Result<Option<i64>> {
-        let (next,): (Option<i64>,) =
-            sqlx::query_as("SELECT MIN(next_attempt_at) FROM deliveries WHERE incident_id = $1 AND state = 'pending'")
-                .bind(incident_id)
-                .fetch_one(&self.pool)
-                .await?;
+    /// When the next pending delivery of an incident's channel is due, if any.
+    pub async fn next_pending_at(&self, incident_id: i64, channel: &str) -> Result<Option<i64>> {
+        let (next,): (Option<i64>,) = sqlx::query_as(
+            "SELECT MIN(next_attempt_at) FROM deliveries WHERE incident_id = $1 AND channel = $2 AND state = 'pending'",
+        )
+        .bind(incident_id)
+        .bind(channel)
+        .fetch_one(&self.pool)
+        .await?;
         Ok(next)
     }
 

@@ -216,3 +216,81 @@ async fn a_notify_killed_mid_send_and_rerun_reaches_everyone_repeating_at_most_t
         smtp.messages().into_iter().map(|m| m.message_id).collect();
     assert_eq!(unique_ids.len(), 150, "a repeat carries the same Message-ID");
 }
+
+/// The messages `user_id` can read in the first room they were invited to,
+/// read with a matrix-sdk client as a person's client would.
+async fn dm_bodies(synapse: &TestSynapse, user_id: &str) -> Vec<String> {
+    use matrix_sdk::config::SyncSettings;
+    use matrix_sdk::room::MessagesOptions;
+
+    let client = matrix_sdk::Client::builder().homeserver_url(&synapse.url).build().await.unwrap();
+    client.matrix_auth().login_username(user_id, "correct horse battery").await.unwrap();
+    client.sync_once(SyncSettings::default()).await.unwrap();
+    let invited = client.invited_rooms();
+    assert_eq!(invited.len(), 1, "{user_id} is invited to one DM room");
+    let room = invited[0].clone();
+    room.join().await.unwrap();
+    client.sync_once(SyncSettings::default()).await.unwrap();
+    let messages = room.messages(MessagesOptions::backward()).await.unwrap();
+    messages
+        .chunk
+        .iter()
+        .filter_map(|event| {
+            let json: serde_json::Value = serde_json::from_str(event.raw().json().get()).ok()?;
+            (json["type"] == "m.room.message").then(|| json["content"]["body"].as_str().unwrap_or("").to_owned())
+        })
+        .collect()
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn people_whose_account_survived_get_a_dm_even_when_synapse_rate_limits() {
+    // One message a second after a burst of two: the DMs below hit 429s.
+    let synapse = TestSynapse::start_with(&["--message-rate", "1:2"]);
+    let registry = TestDatabase::sqlite();
+    let smtp = TestSmtp::start(None);
+    let bot = synapse.register("lifeboat");
+    let people = [unique("ann"), unique("ben"), unique("cat")];
+    for name in &people {
+        synapse.create_user(name, &[]).await;
+    }
+    let lifeboat = lifeboat_with_mail(&synapse, &registry, &smtp);
+    let config = std::fs::read_to_string(lifeboat.config_path()).unwrap();
+    lifeboat.write_config(&format!(
+        "{config}\n[bot]\nuser_id = \"{}\"\naccess_token = \"{}\"\n",
+        bot.user_id, bot.access_token
+    ));
+    assert_eq!(lifeboat.run(&["sync"]).await.code, 0);
+    let open = lifeboat
+        .run(&[
+            "incident",
+            "open",
+            "--title",
+            "Messages lost",
+            "--postmortem",
+            "postmortem.md",
+            "--affected",
+            "all",
+            "--json",
+        ])
+        .await;
+    let id = open.json()["id"].to_string();
+
+    let started = std::time::Instant::now();
+    let notify = lifeboat.run(&["notify", &id, "--yes"]).await;
+    assert_eq!(notify.code, 0, "429s delay DMs but fail none: {notify:?}");
+    assert!(notify.stdout.contains("Matrix DMs: 4"), "the three people and the admin, not lifeboat itself: {notify:?}");
+    assert!(notify.stdout.contains("Deliveries: 4 sent, 0 failed"), "{notify:?}");
+    assert!(started.elapsed() >= Duration::from_secs(2), "the rate limit was in force");
+    assert!(synapse.log().contains("429 - Too Many Requests (rc_message)"), "Synapse did answer 429");
+
+    let bodies = dm_bodies(&synapse, &synapse.user_id(&people[0])).await;
+    assert_eq!(bodies.len(), 1, "one notice: {bodies:?}");
+    assert!(
+        bodies[0].contains("Our database was **lost**") || bodies[0].contains("Our database was lost"),
+        "{bodies:?}"
+    );
+
+    let again = lifeboat.run(&["notify", &id, "--yes"]).await;
+    assert_eq!(again.code, 0, "{again:?}");
+    assert_eq!(dm_bodies(&synapse, &synapse.user_id(&people[1])).await.len(), 1, "a rerun sends no second DM");
+}

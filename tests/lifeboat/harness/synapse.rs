@@ -32,18 +32,24 @@ pub struct TestSynapse {
     admin_token: Mutex<String>,
     control: Mutex<(ChildStdin, BufReader<ChildStdout>)>,
     _child: Child,
-    _dir: tempfile::TempDir,
+    dir: tempfile::TempDir,
     http: reqwest::Client,
 }
 
 impl TestSynapse {
     /// Starts a fresh Synapse with an admin account; blocks until it answers.
     pub fn start() -> TestSynapse {
+        Self::start_with(&[])
+    }
+
+    /// Like [`start`], with more harness arguments (e.g. `--message-rate`).
+    pub fn start_with(extra_args: &[&str]) -> TestSynapse {
         let dir = tempfile::Builder::new().prefix("lifeboat-synapse-").tempdir().unwrap();
         let mut child = Command::new(super::venv_python())
             .arg(super::repo_root().join("tools/synapse_harness.py"))
             .arg("--dir")
             .arg(dir.path())
+            .args(extra_args)
             .stdin(Stdio::piped())
             .stdout(Stdio::piped())
             .stderr(Stdio::inherit())
@@ -62,7 +68,7 @@ impl TestSynapse {
             admin_token: Mutex::new(started.admin_token),
             control: Mutex::new((stdin, stdout)),
             _child: child,
-            _dir: dir,
+            dir,
             http: reqwest::Client::builder().no_proxy().build().unwrap(),
         }
     }
@@ -99,6 +105,18 @@ impl TestSynapse {
         assert_eq!(registered.user_id, self.user_id(localpart));
         *self.admin_token.lock().unwrap() = registered.access_token.clone();
         registered.access_token
+    }
+
+    /// Registers an ordinary account by shared secret (password included).
+    pub fn register(&self, localpart: &str) -> Registered {
+        let registered: Registered = serde_json::from_str(&self.command(&format!("register {localpart}"))).unwrap();
+        assert_eq!(registered.user_id, self.user_id(localpart));
+        registered
+    }
+
+    /// Synapse's own log, to see what it answered.
+    pub fn log(&self) -> String {
+        std::fs::read_to_string(self.dir.path().join("homeserver.log")).unwrap_or_default()
     }
 
     pub fn admin_token(&self) -> String {
