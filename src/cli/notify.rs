@@ -159,6 +159,14 @@ pub async fn run(context: &Context, args: Args) -> Outcome {
     bar.0.finish_and_clear();
     mailer.shutdown().await;
     let counts = sent.map_err(|err| Failure::new(exit::FAILED, err))?;
+    let detail = format!(
+        "tokens created {created}; deliveries sent {}, failed {}, skipped {}, pending {}",
+        counts.sent,
+        counts.failed,
+        counts.skipped,
+        counts.pending + counts.sending
+    );
+    registry.audit(&Actor::cli(), "notify", Some(&format!("incident {}", incident.id)), Some(&detail)).await?;
 
     println!(
         "Deliveries: {} sent, {} failed, {} skipped (opted out), {} pending.",

@@ -57,6 +57,15 @@ impl Registry {
         Ok(())
     }
 
+    /// Records an operation that changed things outside one transaction
+    /// (e.g. a notify run: tokens in Synapse, messages sent).
+    pub async fn audit(&self, actor: &Actor, action: &str, subject: Option<&str>, detail: Option<&str>) -> Result<()> {
+        let mut tx = self.pool.begin().await?;
+        Self::audit_in(&mut tx, actor, action, subject, detail).await?;
+        tx.commit().await?;
+        Ok(())
+    }
+
     /// The most recent audit entries, newest first.
     pub async fn audit_log(&self, limit: i64) -> Result<Vec<AuditEntry>> {
         Ok(sqlx::query_as(

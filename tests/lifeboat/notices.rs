@@ -139,6 +139,12 @@ async fn after_the_seed_incident_each_contact_gets_one_email_with_a_working_toke
     assert_eq!(resolve.code, 0, "{resolve:?}");
     assert!(resolve.stdout.contains("deleted 4 unused registration tokens in Synapse; 1 had been used"), "{resolve:?}");
     assert!(!synapse.token_is_valid(&tokens_by_person[&names[1]]).await, "unused tokens are deleted");
+
+    let client = lifeboat::registry::Registry::connect(&registry.url()).await.unwrap();
+    let actions: Vec<String> = client.audit_log(100).await.unwrap().into_iter().map(|entry| entry.action).collect();
+    for action in ["recover", "incident.open", "notify", "incident.resolve"] {
+        assert!(actions.iter().any(|done| done == action), "{action} is audited: {actions:?}");
+    }
 }
 
 #[tokio::test(flavor = "multi_thread")]
