@@ -173,7 +173,8 @@ impl Transport<'_> {
 }
 
 /// Sends an incident's deliveries of one channel until none is due;
-/// returns the counts by state (all channels) afterwards.
+/// returns the counts by state (all channels) afterwards. Call
+/// `Registry::resume_deliveries` once before a run.
 pub async fn send_deliveries(
     registry: &Registry,
     transport: Transport<'_>,
@@ -182,7 +183,6 @@ pub async fn send_deliveries(
     concurrency: usize,
     progress: &dyn NotifyProgress,
 ) -> Result<DeliveryCounts, NotifyError> {
-    registry.resume_deliveries(incident.id).await?;
     let counts = registry.delivery_counts(incident.id).await?;
     let total = counts.total() as u64;
     let mut done = (counts.sent + counts.failed + counts.skipped) as u64;

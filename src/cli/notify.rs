@@ -151,6 +151,8 @@ pub async fn run(context: &Context, args: Args) -> Outcome {
         }
     };
     let mailer = Mailer::from_config(email, CONCURRENCY as u32).map_err(|err| Failure::new(exit::USAGE, err))?;
+    // What an earlier run left unsent (or in flight when it died) is due now.
+    registry.resume_deliveries(incident.id).await?;
     let bar = Bar(progress_bar("notices"));
     let mut sent = send_deliveries(&registry, Transport::Email(&mailer), &incident, &settings, CONCURRENCY, &bar).await;
     if let (Ok(_), Some(sender)) = (&sent, &dm_sender) {
