@@ -26,6 +26,9 @@ pub struct NoticeContext<'a> {
     pub incident_title: &'a str,
     /// The postmortem, in Markdown, as the admin wrote it.
     pub postmortem_markdown: &'a str,
+    /// `markdown_to_safe_html(postmortem_markdown.trim())`, when the caller
+    /// already has it (it is the same for every person of an incident).
+    pub postmortem_html: Option<&'a str>,
     /// Their personal single-use registration token.
     pub token: Option<&'a str>,
     /// When the token expires, as a human date, e.g. `2026-12-09 19:00 UTC`.
@@ -141,7 +144,10 @@ impl NoticeView {
             token_md: token.as_deref().map(markdown_code),
             token_expires_md: token_expires.as_deref().map(markdown_escape),
             unsubscribe_url_md: unsubscribe_url.as_deref().map(markdown_url),
-            postmortem_html: markdown_to_safe_html(&postmortem_markdown),
+            postmortem_html: match ctx.postmortem_html {
+                Some(html) => html.to_owned(),
+                None => markdown_to_safe_html(&postmortem_markdown),
+            },
             server_name,
             user_id,
             name,
@@ -248,6 +254,7 @@ mod tests {
             token: Some("Ab3~x.y_z-9"),
             token_expires: Some("2026-12-09 19:00 UTC"),
             unsubscribe_url: Some("https://lifeboat.example.org/unsubscribe?c=17&sig=ab"),
+            postmortem_html: None,
         }
     }
 

@@ -70,9 +70,21 @@ pub struct NoticeSettings {
     /// `web.public_url` and the link-signing key, when the web page is
     /// configured: then every email carries a one-click unsubscribe link.
     pub unsubscribe: Option<(Url, SecretString)>,
+    /// The incident's postmortem as sanitized HTML, rendered once.
+    pub postmortem_html: String,
 }
 
 impl NoticeSettings {
+    pub fn new(
+        server_name: String,
+        public_url: Url,
+        unsubscribe: Option<(Url, SecretString)>,
+        incident: &Incident,
+    ) -> Self {
+        let postmortem_html = crate::notice::markdown_to_safe_html(incident.postmortem.trim());
+        NoticeSettings { server_name, public_url, unsubscribe, postmortem_html }
+    }
+
     pub fn render(&self, incident: &Incident, delivery: &Delivery) -> Result<RenderedNotice, NotifyError> {
         let expires = delivery.token_expires_at.map(human_time);
         let unsubscribe_url = match (&self.unsubscribe, delivery.contact_id) {
@@ -86,6 +98,7 @@ impl NoticeSettings {
             display_name: delivery.display_name.as_deref(),
             incident_title: &incident.title,
             postmortem_markdown: &incident.postmortem,
+            postmortem_html: Some(&self.postmortem_html),
             token: delivery.token.as_deref(),
             token_expires: expires.as_deref(),
             unsubscribe_url: unsubscribe_url.as_deref(),
@@ -210,16 +223,21 @@ pub async fn send_deliveries(
                 if delivery.channel == "email" && delivery.contact_id.is_none() {
                     return (delivery, Outcome::Skip("the contact was removed"));
                 }
-                let outcome = transport.deliver(registry, incident, settings, &delivery).await;
+                let outcome = match transport.deliver(registry, incident, settings, &delivery).await {
+                    // Marked here, the moment the transport confirms, while
+                    // the other sends in flight go on.
+                    Outcome::Sent => match registry.mark_delivery_sent(delivery.id).await {
+                        Ok(()) => Outcome::Sent,
+                        Err(err) => Outcome::Fatal(err.into()),
+                    },
+                    other => other,
+                };
                 (delivery, outcome)
             })
             .buffer_unordered(concurrency);
         while let Some((delivery, outcome)) = sends.next().await {
             match outcome {
-                Outcome::Sent => {
-                    registry.mark_delivery_sent(delivery.id).await?;
-                    done += 1;
-                }
+                Outcome::Sent => done += 1,
                 Outcome::Skip(reason) => {
                     registry.mark_delivery_skipped(delivery.id, reason).await?;
                     done += 1;
@@ -237,8 +255,9 @@ pub async fn send_deliveries(
                     registry.mark_delivery_retry(delivery.id, &reason, now_ms() + wait.as_millis() as i64).await?;
                 }
                 Outcome::Fatal(err) => {
-                    // Put it back as it was: nothing was sent.
-                    registry.mark_delivery_retry(delivery.id, &err.to_string(), now_ms()).await?;
+                    // Put it back as due: a render or registry failure. (If
+                    // the registry failed after a send, the rerun repeats it.)
+                    let _ = registry.mark_delivery_retry(delivery.id, &err.to_string(), now_ms()).await;
                     return Err(err);
                 }
             }

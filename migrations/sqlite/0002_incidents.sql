@@ -57,7 +57,7 @@ CREATE TABLE deliveries (
     created_at      BIGINT NOT NULL,
     UNIQUE (incident_id, user_id, channel, address)
 );
-CREATE INDEX deliveries_due ON deliveries (state, next_attempt_at);
+CREATE INDEX deliveries_due ON deliveries (incident_id, channel, state, next_attempt_at);
 
 -- lifeboat's service account credentials obtained at run time (after a
 -- wipe, through shared-secret registration); never written to the config.

@@ -72,11 +72,12 @@ pub async fn run(context: &Context, args: Args) -> Outcome {
             None
         }
     };
-    let settings = NoticeSettings {
-        server_name: config.homeserver.server_name.clone(),
-        public_url: config.homeserver.public_url.clone(),
+    let settings = NoticeSettings::new(
+        config.homeserver.server_name.clone(),
+        config.homeserver.public_url.clone(),
         unsubscribe,
-    };
+        &incident,
+    );
 
     if args.dry_run {
         match registry.sample_recipient(incident.id).await? {
