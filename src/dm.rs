@@ -25,6 +25,9 @@ pub enum DmError {
     /// Will not work by retrying (bad user ID, invite refused, ...).
     #[error("{0}")]
     Permanent(String),
+    /// The sender itself cannot send (its token was rejected).
+    #[error("lifeboat's own account cannot send: {0}")]
+    Sender(String),
 }
 
 /// A logged-in service account that sends notice DMs.
@@ -67,20 +70,34 @@ impl DmSender {
         markdown: &str,
         transaction_id: &str,
     ) -> Result<(), DmError> {
-        let room_id = self.dm_room(registry, recipient).await?;
         let content = RoomMessageEventContent::text_markdown(markdown);
+        let stored = registry.dm_room(recipient).await.map_err(|err| DmError::Transient(err.to_string()))?;
+        if let Some(room_id) = stored.and_then(|room| OwnedRoomId::try_from(room).ok()) {
+            match self.send_in(room_id, &content, transaction_id).await {
+                // The room is gone (a wiped homeserver) or lifeboat is no
+                // longer in it: make a new one below.
+                Err(err) if room_is_gone(&err) => {}
+                other => return other.map_err(classify),
+            }
+        }
+        let room_id = self.create_dm_room(registry, recipient).await?;
+        self.send_in(room_id, &content, transaction_id).await.map_err(classify)
+    }
+
+    async fn send_in(
+        &self,
+        room_id: OwnedRoomId,
+        content: &RoomMessageEventContent,
+        transaction_id: &str,
+    ) -> Result<(), matrix_sdk::Error> {
         let txn: OwnedTransactionId = transaction_id.into();
-        let request = send_message_event::v3::Request::new(room_id, txn, &content)
-            .map_err(|err| DmError::Permanent(format!("cannot encode the message: {err}")))?;
-        self.client.send(request).await.map_err(|err| classify(err.into()))?;
+        let request =
+            send_message_event::v3::Request::new(room_id, txn, content).map_err(matrix_sdk::Error::SerdeJson)?;
+        self.client.send(request).await?;
         Ok(())
     }
 
-    async fn dm_room(&self, registry: &Registry, recipient: &str) -> Result<OwnedRoomId, DmError> {
-        let stored = registry.dm_room(recipient).await.map_err(|err| DmError::Transient(err.to_string()))?;
-        if let Some(room_id) = stored.and_then(|room| OwnedRoomId::try_from(room).ok()) {
-            return Ok(room_id);
-        }
+    async fn create_dm_room(&self, registry: &Registry, recipient: &str) -> Result<OwnedRoomId, DmError> {
         let user: OwnedUserId = recipient
             .try_into()
             .map_err(|err| DmError::Permanent(format!("`{recipient}` is not a Matrix user ID: {err}")))?;
@@ -131,10 +148,16 @@ impl DmSender {
     }
 }
 
+fn room_is_gone(err: &matrix_sdk::Error) -> bool {
+    use matrix_sdk::ruma::api::error::ErrorKind;
+    matches!(err.client_api_error_kind(), Some(ErrorKind::Forbidden | ErrorKind::NotFound | ErrorKind::Unknown))
+}
+
 fn classify(err: matrix_sdk::Error) -> DmError {
     use matrix_sdk::ruma::api::error::ErrorKind;
     match err.client_api_error_kind() {
         Some(ErrorKind::LimitExceeded(_)) => DmError::Transient(format!("rate limited: {err}")),
+        Some(ErrorKind::UnknownToken(_)) | Some(ErrorKind::MissingToken) => DmError::Sender(err.to_string()),
         Some(_) => DmError::Permanent(err.to_string()),
         // Network failures and 5xx carry no Matrix error code.
         None => DmError::Transient(err.to_string()),

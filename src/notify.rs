@@ -34,6 +34,10 @@ pub enum NotifyError {
     Registry(#[from] registry::Error),
     #[error("cannot render the notice: {0}")]
     Render(String),
+    /// The channel itself does not work (SMTP login refused, the sender's
+    /// Matrix token rejected, ...): retrying each message cannot help.
+    #[error("sending stopped: {0}")]
+    Channel(String),
 }
 
 /// What a run would do (the dry run's counts).
@@ -52,7 +56,7 @@ pub async fn plan(registry: &Registry, incident_id: i64, sender: &str) -> Result
     let summary = registry.incident_summary(incident_id).await?;
     Ok(NotifyPlan {
         affected: summary.affected,
-        tokens_to_create: registry.accounts_needing_notice_token(incident_id).await?.len(),
+        tokens_to_create: registry.accounts_needing_notice_token(incident_id, sender).await?.len(),
         dms: registry.planned_dms(incident_id, sender).await?,
         emails: registry.planned_emails(incident_id).await?,
     })
@@ -166,6 +170,7 @@ impl Transport<'_> {
                 Ok(Ok(email)) => match mailer.send(&email).await {
                     Ok(()) => Outcome::Sent,
                     Err(MailError::Transient(reason)) => Outcome::Retry(reason),
+                    Err(MailError::Config(reason)) => Outcome::Fatal(NotifyError::Channel(reason)),
                     Err(err) => Outcome::Failed(err.to_string()),
                 },
             },
@@ -177,6 +182,7 @@ impl Transport<'_> {
                     match sender.send(registry, &delivery.address, &notice.markdown, &transaction).await {
                         Ok(()) => Outcome::Sent,
                         Err(DmError::Transient(reason)) => Outcome::Retry(reason),
+                        Err(DmError::Sender(reason)) => Outcome::Fatal(NotifyError::Channel(reason)),
                         Err(DmError::Permanent(reason)) => Outcome::Failed(reason),
                     }
                 }
@@ -223,6 +229,14 @@ pub async fn send_deliveries(
                 if delivery.channel == "email" && delivery.contact_id.is_none() {
                     return (delivery, Outcome::Skip("the contact was removed"));
                 }
+                // Planned when the account survived; its ID has since been
+                // registered again, maybe by someone else.
+                if delivery.channel == "matrix"
+                    && delivery.address == delivery.user_id
+                    && delivery.recreated_at.is_some()
+                {
+                    return (delivery, Outcome::Skip("the account was registered again, maybe by someone else"));
+                }
                 let outcome = match transport.deliver(registry, incident, settings, &delivery).await {
                     // Marked here, the moment the transport confirms, while
                     // the other sends in flight go on.
@@ -251,7 +265,7 @@ pub async fn send_deliveries(
                     *count += 1;
                     let wait =
                         if *count < ATTEMPTS_PER_RUN { Duration::from_secs(1 << (*count - 1).min(4)) } else { LATER };
-                    tracing::warn!(delivery = delivery.id, error = %reason, "email will be retried");
+                    tracing::warn!(delivery = delivery.id, error = %reason, "notice will be retried");
                     registry.mark_delivery_retry(delivery.id, &reason, now_ms() + wait.as_millis() as i64).await?;
                 }
                 Outcome::Fatal(err) => {

@@ -27,18 +27,21 @@ fn new_token() -> String {
 
 /// Gives every affected person who needs one a notice token, and makes
 /// sure each recorded token exists in Synapse. Safe to run again after a
-/// crash: recorded-but-unconfirmed tokens are created again (Synapse's
-/// "already exists" counts as done). Returns how many were created.
+/// crash: recorded-but-unconfirmed tokens are created again, with a fresh
+/// expiry (Synapse's "already exists" counts as done). `service` is
+/// lifeboat's own account, which needs none. Returns how many were created.
 pub async fn ensure_notice_tokens(
     registry: &Registry,
     client: &SynapseClient,
     incident_id: i64,
     expiry: Duration,
+    service: &str,
 ) -> Result<u64, TokenError> {
     let expires_at = now_ms() + expiry.as_millis() as i64;
-    for user_id in registry.accounts_needing_notice_token(incident_id).await? {
+    for user_id in registry.accounts_needing_notice_token(incident_id, service).await? {
         registry.record_notice_token(incident_id, &user_id, &new_token(), expires_at).await?;
     }
+    registry.refresh_unconfirmed_tokens(incident_id, expires_at).await?;
     let unconfirmed: Vec<_> = registry
         .tokens(Some(incident_id))
         .await?

@@ -30,6 +30,10 @@ pub struct Args {
     /// Send without asking first (required when stdin is not a terminal).
     #[arg(long)]
     yes: bool,
+    /// Also send again what failed for good before (e.g. a rejected address
+    /// that has since been fixed).
+    #[arg(long)]
+    retry_failed: bool,
 }
 
 struct Bar(ProgressBar);
@@ -90,6 +94,7 @@ pub async fn run(context: &Context, args: Args) -> Outcome {
                     address: address.clone(),
                     attempts: 0,
                     display_name,
+                    recreated_at: None,
                     contact_id: Some(contact_id),
                     opted_out_at: None,
                     token: Some("SAMPLE-TOKEN-not-valid".to_owned()),
@@ -130,14 +135,19 @@ pub async fn run(context: &Context, args: Args) -> Outcome {
             }
         }
     };
-    let created = ensure_notice_tokens(&registry, &client, incident.id, config.tokens.expiry)
-        .await
-        .map_err(|err| Failure::new(exit::FAILED, format!("{err}; nothing was sent, run notify again")))?;
+    let created =
+        ensure_notice_tokens(&registry, &client, incident.id, config.tokens.expiry, service_user_id(&config).as_str())
+            .await
+            .map_err(|err| Failure::new(exit::FAILED, format!("{err}; nothing was sent, run notify again")))?;
     if created > 0 {
         println!("Created {created} registration tokens in Synapse.");
     }
     registry.plan_email_deliveries(incident.id).await?;
-    let dm_sender = match dm_sender(&config, &registry, &client).await? {
+    // Email does not depend on DMs: a DM sender that cannot start is a warning.
+    let dm_sender = match dm_sender(&config, &registry, &client).await.unwrap_or_else(|failure| {
+        eprintln!("note: no Matrix DMs this run: {}", failure.message);
+        None
+    }) {
         Some((sender, sender_id)) => {
             registry.plan_matrix_deliveries(incident.id, &sender_id).await?;
             Some(sender)
@@ -153,6 +163,9 @@ pub async fn run(context: &Context, args: Args) -> Outcome {
     };
     let mailer = Mailer::from_config(email, CONCURRENCY as u32).map_err(|err| Failure::new(exit::USAGE, err))?;
     // What an earlier run left unsent (or in flight when it died) is due now.
+    if args.retry_failed {
+        registry.retry_failed_deliveries(incident.id).await?;
+    }
     registry.resume_deliveries(incident.id).await?;
     let bar = Bar(progress_bar("notices"));
     let mut sent = send_deliveries(&registry, Transport::Email(&mailer), &incident, &settings, CONCURRENCY, &bar).await;
@@ -188,7 +201,7 @@ pub async fn run(context: &Context, args: Args) -> Outcome {
     Err(Failure::new(
         exit::FAILED,
         format!(
-            "{unfinished} notices were not delivered; fix the cause above and run `lifeboat notify {}` again: it sends only what is missing",
+            "{unfinished} notices were not delivered; fix the cause above and run `lifeboat notify {} --yes` again: it sends only what is missing (add --retry-failed to also resend those that failed for good)",
             incident.id
         ),
     ))

@@ -44,6 +44,8 @@ pub struct Delivery {
     pub address: String,
     pub attempts: i64,
     pub display_name: Option<String>,
+    /// Set when the account's ID was registered again (maybe by someone else).
+    pub recreated_at: Option<i64>,
     pub contact_id: Option<i64>,
     pub opted_out_at: Option<i64>,
     pub token: Option<String>,
@@ -188,6 +190,19 @@ impl Registry {
         .rows_affected())
     }
 
+    /// Puts an incident's failed deliveries back to pending (after the cause
+    /// was fixed). Returns how many.
+    pub async fn retry_failed_deliveries(&self, incident_id: i64) -> Result<u64> {
+        Ok(sqlx::query(
+            "UPDATE deliveries SET state = 'pending', next_attempt_at = $2 WHERE incident_id = $1 AND state = 'failed'",
+        )
+        .bind(incident_id)
+        .bind(now_ms())
+        .execute(&self.pool)
+        .await?
+        .rows_affected())
+    }
+
     /// Claims up to `limit` due deliveries of one channel (pending →
     /// sending), marked with `batch` (unique per claim), ready to render.
     pub async fn claim_deliveries(
@@ -212,12 +227,15 @@ impl Registry {
         .await?;
         let claimed = sqlx::query_as(
             "SELECT d.id, d.incident_id, d.user_id, d.channel, d.address, d.attempts, a.display_name, \
+                    a.recreated_at, \
                     c.id AS contact_id, c.opted_out_at, t.token, t.expires_at AS token_expires_at \
              FROM deliveries d \
              JOIN accounts a ON a.user_id = d.user_id \
              LEFT JOIN contacts c ON c.user_id = d.user_id AND c.kind = d.channel AND c.address = d.address \
              LEFT JOIN registration_tokens t ON t.incident_id = d.incident_id AND t.user_id = d.user_id \
                                             AND t.purpose = 'notice' AND t.confirmed_at IS NOT NULL \
+                                            AND t.revoked_at IS NULL \
+                                            AND NOT (d.channel = 'matrix' AND d.address = d.user_id) \
              WHERE d.incident_id = $1 AND d.state = 'sending' AND d.claimed_at = $2 ORDER BY d.id",
         )
         .bind(incident_id)

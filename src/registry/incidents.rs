@@ -178,18 +178,36 @@ impl Registry {
 
     /// Affected accounts that need a notice token and have none yet: those
     /// whose account is gone (missing) or held by someone else (recreated).
-    pub async fn accounts_needing_notice_token(&self, incident_id: i64) -> Result<Vec<String>> {
+    /// Never for accounts an admin had deactivated or locked, nor for
+    /// lifeboat's own account (`service`).
+    pub async fn accounts_needing_notice_token(&self, incident_id: i64, service: &str) -> Result<Vec<String>> {
         let rows: Vec<(String,)> = sqlx::query_as(
             "SELECT ia.user_id FROM incident_accounts ia JOIN accounts a ON a.user_id = ia.user_id \
-             WHERE ia.incident_id = $1 AND (a.state <> 'present' OR a.recreated_at IS NOT NULL) \
+             WHERE ia.incident_id = $1 AND (a.state = 'missing' OR a.recreated_at IS NOT NULL) \
+               AND a.deactivated = 0 AND a.locked = 0 AND a.user_id <> $2 \
                AND NOT EXISTS (SELECT 1 FROM registration_tokens t WHERE t.incident_id = ia.incident_id \
                                AND t.user_id = ia.user_id AND t.purpose = 'notice') \
              ORDER BY ia.user_id",
         )
         .bind(incident_id)
+        .bind(service)
         .fetch_all(&self.pool)
         .await?;
         Ok(rows.into_iter().map(|(id,)| id).collect())
+    }
+
+    /// Gives tokens not yet created in Synapse a fresh expiry: one recorded
+    /// by a run that failed long ago must not be created already expired.
+    pub async fn refresh_unconfirmed_tokens(&self, incident_id: i64, expires_at: i64) -> Result<()> {
+        sqlx::query(
+            "UPDATE registration_tokens SET expires_at = $2 \
+             WHERE incident_id = $1 AND confirmed_at IS NULL AND revoked_at IS NULL",
+        )
+        .bind(incident_id)
+        .bind(expires_at)
+        .execute(&self.pool)
+        .await?;
+        Ok(())
     }
 
     /// Records a token before it is created in Synapse, so a crash in

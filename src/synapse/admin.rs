@@ -79,7 +79,7 @@ impl SynapseClient {
         match created {
             Ok(_) => Ok(()),
             Err(Error::Rejected { message, .. }) if message.to_lowercase().contains("already exists") => Ok(()),
-            Err(err) => Err(err),
+            Err(err) => Err(err.hiding(token)),
         }
     }
 
@@ -88,7 +88,7 @@ impl SynapseClient {
         match self.get_json(&path, &[], true).await {
             Ok(token) => Ok(Some(token)),
             Err(Error::NotFound) => Ok(None),
-            Err(err) => Err(err),
+            Err(err) => Err(err.hiding(token)),
         }
     }
 
@@ -97,7 +97,7 @@ impl SynapseClient {
         let path = format!("/_synapse/admin/v1/registration_tokens/{}", urlencode(token));
         match self.request_json::<serde_json::Value>(Method::DELETE, &path, &[], None, true).await {
             Ok(_) | Err(Error::NotFound) => Ok(()),
-            Err(err) => Err(err),
+            Err(err) => Err(err.hiding(token)),
         }
     }
 

@@ -30,6 +30,18 @@ pub enum Error {
 }
 
 impl Error {
+    /// The same error with `secret` (e.g. a token in a request path) hidden.
+    pub fn hiding(self, secret: &str) -> Error {
+        let hide = |text: String| text.replace(secret, "[token]");
+        match self {
+            Error::Unavailable { url, detail } => Error::Unavailable { url, detail: hide(detail) },
+            Error::BadResponse { url, detail } => Error::BadResponse { url, detail: hide(detail) },
+            Error::Rejected { status, errcode, message } => Error::Rejected { status, errcode, message: hide(message) },
+            Error::Forbidden { errcode, message } => Error::Forbidden { errcode, message: hide(message) },
+            other => other,
+        }
+    }
+
     /// Worth another try after a pause.
     pub fn is_transient(&self) -> bool {
         matches!(self, Error::RateLimited { .. } | Error::Unavailable { .. })

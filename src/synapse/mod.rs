@@ -177,10 +177,10 @@ impl SynapseClient {
             let err = match build().send().await {
                 Ok(response) if response.status().is_success() => match response.bytes().await {
                     Ok(body) => return Ok(body),
-                    Err(err) => self.unavailable(&err),
+                    Err(err) => self.unavailable(err),
                 },
                 Ok(response) => self.error_from(response).await,
-                Err(err) => self.unavailable(&err),
+                Err(err) => self.unavailable(err),
             };
             if !err.is_transient() || attempt >= self.retries {
                 return Err(err);
@@ -226,7 +226,9 @@ impl SynapseClient {
         }
     }
 
-    fn unavailable(&self, err: &reqwest::Error) -> Error {
+    /// Without the URL: paths can hold registration tokens.
+    fn unavailable(&self, err: reqwest::Error) -> Error {
+        let err = err.without_url();
         let detail = if err.is_timeout() {
             "the request timed out (homeserver.timeout)".to_owned()
         } else if err.is_connect() {
