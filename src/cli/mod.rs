@@ -93,11 +93,13 @@ enum Command {
     /// Incidents: open one after a loss, show who can be reached, resolve it.
     #[command(subcommand)]
     Incident(incident::Command),
-    /// Send an incident's notices: a registration token per person, by email.
+    /// Send an incident's notices: a registration token per person, by email and Matrix DM.
     ///
-    /// Creates the missing tokens and deliveries, then sends. Resumable:
-    /// running it again sends only what was not delivered. Exit 0 when every
-    /// notice is delivered, 1 otherwise.
+    /// Creates the missing tokens and deliveries, then sends: emails to the
+    /// affected people's contacts, DMs to affected accounts that still exist
+    /// and to Matrix-ID contacts. Resumable: running it again sends only what
+    /// was not delivered. Exit 0 when every notice is delivered, 1 otherwise,
+    /// 2 for usage errors (e.g. no terminal to confirm on and no --yes).
     Notify(notify::Args),
     /// Registration tokens issued to affected people.
     #[command(subcommand)]
