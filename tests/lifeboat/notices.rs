@@ -300,3 +300,41 @@ async fn people_whose_account_survived_get_a_dm_even_when_synapse_rate_limits() 
     assert_eq!(again.code, 0, "{again:?}");
     assert_eq!(dm_bodies(&synapse, &synapse.user_id(&people[1])).await.len(), 1, "a rerun sends no second DM");
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn accounts_an_admin_had_locked_or_deactivated_get_no_token() {
+    let synapse = TestSynapse::start();
+    let registry = TestDatabase::sqlite();
+    let smtp = TestSmtp::start(None);
+    let lifeboat = lifeboat_with_mail(&synapse, &registry, &smtp);
+    let (kept, locked, gone) = (unique("kept"), unique("locked"), unique("gone"));
+    for name in [&kept, &locked, &gone] {
+        synapse.create_user(name, &[&format!("{name}@example.org")]).await;
+    }
+    synapse.lock_user(&locked).await;
+    synapse.deactivate_user(&gone).await;
+    assert_eq!(lifeboat.run(&["sync"]).await.code, 0);
+    // Deactivation drops the account's emails in Synapse; the admin adds one.
+    let add = lifeboat.run(&["contacts", "add", &synapse.user_id(&gone), &format!("{gone}@example.org")]).await;
+    assert_eq!(add.code, 0, "{add:?}");
+
+    synapse.wipe();
+    assert_eq!(lifeboat.run(&["recover"]).await.code, 0);
+    assert_eq!(lifeboat.run(&["sync"]).await.code, 0);
+    let open = lifeboat.run(&["incident", "open", "--title", "Lost", "--postmortem", "postmortem.md", "--json"]).await;
+    let id = open.json()["id"].to_string();
+    let notify = lifeboat.run(&["notify", &id, "--yes"]).await;
+    assert_eq!(notify.code, 0, "{notify:?}");
+
+    let tokens = lifeboat.run(&["tokens", "list", "--incident", &id, "--json"]).await.json();
+    let holders: Vec<&str> = tokens.as_array().unwrap().iter().map(|t| t["user_id"].as_str().unwrap()).collect();
+    assert!(holders.contains(&synapse.user_id(&kept).as_str()), "{holders:?}");
+    assert!(!holders.contains(&synapse.user_id(&locked).as_str()), "a locked account gets no way back in: {holders:?}");
+    assert!(!holders.contains(&synapse.user_id(&gone).as_str()), "nor a deactivated one: {holders:?}");
+    assert!(!holders.iter().any(|holder| holder.starts_with("@lifeboat:")), "nor lifeboat itself: {holders:?}");
+
+    // They are still told what happened, without a token.
+    let told = smtp.messages_to(&format!("{locked}@example.org"));
+    assert_eq!(told.len(), 1);
+    assert!(!told[0].text.as_deref().unwrap_or("").contains("Your personal registration token"), "{:?}", told[0].text);
+}
