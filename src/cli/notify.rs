@@ -84,28 +84,36 @@ pub async fn run(context: &Context, args: Args) -> Outcome {
     );
 
     if args.dry_run {
-        match registry.sample_recipient(incident.id).await? {
-            Some((user_id, display_name, address, contact_id)) => {
-                let sample = Delivery {
-                    id: 0,
-                    incident_id: incident.id,
-                    user_id,
-                    channel: "email".to_owned(),
-                    address: address.clone(),
-                    attempts: 0,
-                    display_name,
-                    recreated_at: None,
-                    contact_id: Some(contact_id),
-                    opted_out_at: None,
-                    token: Some("SAMPLE-TOKEN-not-valid".to_owned()),
-                    token_expires_at: Some(now_ms() + config.tokens.expiry.as_millis() as i64),
-                };
-                let rendered = settings.render(&incident, &sample).map_err(|err| Failure::new(exit::FAILED, err))?;
+        // Render every email (a template problem shows now, not mid-send);
+        // print the first. Tokens are placeholders: none is created.
+        let expires = now_ms() + config.tokens.expiry.as_millis() as i64;
+        let recipients = registry.email_recipients(incident.id).await?;
+        for (index, (user_id, display_name, address, contact_id)) in recipients.into_iter().enumerate() {
+            let sample = Delivery {
+                id: 0,
+                incident_id: incident.id,
+                user_id,
+                channel: "email".to_owned(),
+                address: address.clone(),
+                attempts: 0,
+                display_name,
+                recreated_at: None,
+                contact_id: Some(contact_id),
+                opted_out_at: None,
+                token: Some("SAMPLE-TOKEN-not-valid".to_owned()),
+                token_expires_at: Some(expires),
+            };
+            let rendered = settings
+                .render(&incident, &sample)
+                .map_err(|err| Failure::new(exit::FAILED, format!("the notice to {address} does not render: {err}")))?;
+            if index == 0 {
                 println!("--- sample email to {address} (the token is a placeholder) ---");
                 println!("Subject: {}\n\n{}", rendered.subject, rendered.text);
                 println!("--- end of sample ---");
             }
-            None => println!("No affected person has an email contact: nothing would be sent."),
+        }
+        if planned.emails.emails == 0 {
+            println!("No affected person has an email contact: no email would be sent.");
         }
         println!("Dry run: nothing was created or sent.");
         return Ok(exit::OK);

@@ -337,17 +337,17 @@ impl Registry {
 }
 
 impl Registry {
-    /// An affected person with an email, for a sample rendering:
+    /// Every email an incident's notify would send, for a dry run:
     /// (user ID, display name, address, contact id).
-    pub async fn sample_recipient(&self, incident_id: i64) -> Result<Option<(String, Option<String>, String, i64)>> {
+    pub async fn email_recipients(&self, incident_id: i64) -> Result<Vec<(String, Option<String>, String, i64)>> {
         Ok(sqlx::query_as(
             "SELECT a.user_id, a.display_name, c.address, c.id FROM incident_accounts ia \
              JOIN accounts a ON a.user_id = ia.user_id \
              JOIN contacts c ON c.user_id = ia.user_id AND c.kind = 'email' AND c.opted_out_at IS NULL \
-             WHERE ia.incident_id = $1 ORDER BY a.user_id, c.address LIMIT 1",
+             WHERE ia.incident_id = $1 ORDER BY a.user_id, c.address",
         )
         .bind(incident_id)
-        .fetch_optional(&self.pool)
+        .fetch_all(&self.pool)
         .await?)
     }
 }

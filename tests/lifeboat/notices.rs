@@ -75,7 +75,11 @@ async fn after_the_seed_incident_each_contact_gets_one_email_with_a_working_toke
     assert!(dry.stdout.contains("Our database was **lost**"), "a rendered sample: {dry:?}");
     assert!(smtp.messages().is_empty(), "a dry run sends nothing");
     let tokens = lifeboat.run(&["tokens", "list", "--json"]).await.json();
-    assert_eq!(tokens, serde_json::json!([]), "a dry run creates no token");
+    assert_eq!(tokens, serde_json::json!([]), "a dry run records no token");
+    synapse.register_admin("checker");
+    assert!(synapse.registration_tokens().await.is_empty(), "a dry run creates no token in Synapse");
+    let shown = lifeboat.run(&["incident", "show", &id, "--json"]).await.json();
+    assert_eq!(shown["deliveries"]["pending"], 0, "a dry run plans no delivery");
 
     let refused = lifeboat.run(&["notify", &id]).await;
     assert_eq!(refused.code, 2, "without --yes and without a terminal it refuses: {refused:?}");

@@ -149,6 +149,14 @@ impl TestSynapse {
         self.user_id(localpart)
     }
 
+    /// Every registration token Synapse has (admin API, current admin token).
+    pub async fn registration_tokens(&self) -> Vec<Value> {
+        let url = format!("{}/_synapse/admin/v1/registration_tokens", self.url);
+        let body: Value =
+            self.http.get(url).bearer_auth(self.admin_token()).send().await.unwrap().json().await.unwrap();
+        body["registration_tokens"].as_array().cloned().unwrap_or_else(|| panic!("no token list in {body}"))
+    }
+
     /// Synapse's own word on a registration token (no auth needed).
     pub async fn token_is_valid(&self, token: &str) -> bool {
         let url = format!("{}/_matrix/client/v1/register/m.login.registration_token/validity", self.url);
