@@ -204,7 +204,7 @@ async fn open_incident(registry: &Registry, people: usize) -> Result<Incident> {
 async fn deliveries_of(registry: &Registry, incident_id: i64) -> Result<Vec<Delivery>> {
     Ok(sqlx::query_as(
         "SELECT d.id, d.incident_id, d.user_id, d.channel, d.address, d.attempts, a.display_name, \
-                c.id AS contact_id, c.opted_out_at, t.token, t.expires_at AS token_expires_at \
+                a.recreated_at, a.state AS account_state, c.id AS contact_id, c.opted_out_at, t.token, t.expires_at AS token_expires_at \
          FROM deliveries d \
          JOIN accounts a ON a.user_id = d.user_id \
          LEFT JOIN contacts c ON c.user_id = d.user_id AND c.kind = d.channel AND c.address = d.address \

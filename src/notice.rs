@@ -26,6 +26,9 @@ pub struct NoticeContext<'a> {
     pub incident_title: &'a str,
     /// The postmortem, in Markdown, as the admin wrote it.
     pub postmortem_markdown: &'a str,
+    /// The account exists on the homeserver and is the person's (a
+    /// survivor): the notice then says so instead of how to register again.
+    pub account_works: bool,
     /// `markdown_to_safe_html(postmortem_markdown.trim())`, when the caller
     /// already has it (it is the same for every person of an incident).
     pub postmortem_html: Option<&'a str>,
@@ -57,6 +60,7 @@ pub enum NoticeError {
 
 /// What the templates see: every value prepared once.
 struct NoticeView {
+    account_works: bool,
     server_name: String,
     user_id: String,
     /// Display name, or the user ID when there is none.
@@ -132,9 +136,14 @@ impl NoticeView {
         let unsubscribe_url =
             ctx.unsubscribe_url.map(one_line).filter(|url| url.starts_with("https://") || url.starts_with("http://"));
         let postmortem_markdown = ctx.postmortem_markdown.trim().to_owned();
-        let subject = format!("[{server_name}] {incident_title}: your account and how to come back");
+        let subject = if ctx.account_works {
+            format!("[{server_name}] {incident_title}")
+        } else {
+            format!("[{server_name}] {incident_title}: your account and how to come back")
+        };
 
         NoticeView {
+            account_works: ctx.account_works,
             name_md: markdown_escape(&name),
             user_id_md: markdown_escape(&user_id),
             server_name_md: markdown_escape(&server_name),
@@ -254,6 +263,7 @@ mod tests {
             token: Some("Ab3~x.y_z-9"),
             token_expires: Some("2026-12-09 19:00 UTC"),
             unsubscribe_url: Some("https://lifeboat.example.org/unsubscribe?c=17&sig=ab"),
+            account_works: false,
             postmortem_html: None,
         }
     }
@@ -276,6 +286,17 @@ mod tests {
         ] {
             assert!(!lower.contains(bad), "{bad:?} survived in:\n{html}");
         }
+    }
+
+    #[test]
+    fn a_survivor_is_told_the_account_still_works_not_to_register() {
+        let notice = render_notice(&NoticeContext { account_works: true, token: None, ..context() }).unwrap();
+        for part in [&notice.text, &notice.markdown, &notice.html] {
+            assert!(part.contains("still works"), "{part}");
+            assert!(!part.contains("register again"), "{part}");
+            assert!(!part.contains("registration token"), "{part}");
+        }
+        assert!(!notice.subject.contains("how to come back"), "{}", notice.subject);
     }
 
     #[test]

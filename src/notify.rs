@@ -103,6 +103,7 @@ impl NoticeSettings {
             incident_title: &incident.title,
             postmortem_markdown: &incident.postmortem,
             postmortem_html: Some(&self.postmortem_html),
+            account_works: delivery.account_state == "present" && delivery.recreated_at.is_none(),
             token: delivery.token.as_deref(),
             token_expires: expires.as_deref(),
             unsubscribe_url: unsubscribe_url.as_deref(),

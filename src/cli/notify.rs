@@ -88,7 +88,9 @@ pub async fn run(context: &Context, args: Args) -> Outcome {
         // print the first. Tokens are placeholders: none is created.
         let expires = now_ms() + config.tokens.expiry.as_millis() as i64;
         let recipients = registry.email_recipients(incident.id).await?;
-        for (index, (user_id, display_name, address, contact_id)) in recipients.into_iter().enumerate() {
+        for (index, (user_id, display_name, address, contact_id, account_state, recreated_at)) in
+            recipients.into_iter().enumerate()
+        {
             let sample = Delivery {
                 id: 0,
                 incident_id: incident.id,
@@ -97,7 +99,8 @@ pub async fn run(context: &Context, args: Args) -> Outcome {
                 address: address.clone(),
                 attempts: 0,
                 display_name,
-                recreated_at: None,
+                recreated_at,
+                account_state,
                 contact_id: Some(contact_id),
                 opted_out_at: None,
                 token: Some("SAMPLE-TOKEN-not-valid".to_owned()),

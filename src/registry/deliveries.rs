@@ -46,6 +46,8 @@ pub struct Delivery {
     pub display_name: Option<String>,
     /// Set when the account's ID was registered again (maybe by someone else).
     pub recreated_at: Option<i64>,
+    /// The account's state in the registry: present, missing, deactivated.
+    pub account_state: String,
     pub contact_id: Option<i64>,
     pub opted_out_at: Option<i64>,
     pub token: Option<String>,
@@ -227,7 +229,7 @@ impl Registry {
         .await?;
         let claimed = sqlx::query_as(
             "SELECT d.id, d.incident_id, d.user_id, d.channel, d.address, d.attempts, a.display_name, \
-                    a.recreated_at, \
+                    a.recreated_at, a.state AS account_state, \
                     c.id AS contact_id, c.opted_out_at, t.token, t.expires_at AS token_expires_at \
              FROM deliveries d \
              JOIN accounts a ON a.user_id = d.user_id \
@@ -338,10 +340,14 @@ impl Registry {
 
 impl Registry {
     /// Every email an incident's notify would send, for a dry run:
-    /// (user ID, display name, address, contact id).
-    pub async fn email_recipients(&self, incident_id: i64) -> Result<Vec<(String, Option<String>, String, i64)>> {
+    /// (user ID, display name, address, contact id, account state, recreated at).
+    #[allow(clippy::type_complexity)]
+    pub async fn email_recipients(
+        &self,
+        incident_id: i64,
+    ) -> Result<Vec<(String, Option<String>, String, i64, String, Option<i64>)>> {
         Ok(sqlx::query_as(
-            "SELECT a.user_id, a.display_name, c.address, c.id FROM incident_accounts ia \
+            "SELECT a.user_id, a.display_name, c.address, c.id, a.state, a.recreated_at FROM incident_accounts ia \
              JOIN accounts a ON a.user_id = ia.user_id \
              JOIN contacts c ON c.user_id = ia.user_id AND c.kind = 'email' AND c.opted_out_at IS NULL \
              WHERE ia.incident_id = $1 ORDER BY a.user_id, c.address",

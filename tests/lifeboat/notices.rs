@@ -299,6 +299,7 @@ async fn people_whose_account_survived_get_a_dm_even_when_synapse_rate_limits() 
         bodies[0].contains("Our database was **lost**") || bodies[0].contains("Our database was lost"),
         "{bodies:?}"
     );
+    assert!(bodies[0].contains("still works"), "a survivor is not told to register again: {bodies:?}");
 
     let again = lifeboat.run(&["notify", &id, "--yes"]).await;
     assert_eq!(again.code, 0, "{again:?}");
