@@ -47,15 +47,18 @@ pub struct NotifyPlan {
     pub tokens_to_create: usize,
     /// DMs to affected accounts that exist now and to Matrix-ID contacts.
     pub dms: i64,
+    /// Affected people neither an email nor a DM can reach.
+    pub unreachable: i64,
     #[serde(flatten)]
     pub emails: PlannedEmails,
 }
 
 /// `sender`: lifeboat's own account, which gets no DM.
 pub async fn plan(registry: &Registry, incident_id: i64, sender: &str) -> Result<NotifyPlan, NotifyError> {
-    let summary = registry.incident_summary(incident_id).await?;
+    let summary = registry.incident_summary(incident_id, sender).await?;
     Ok(NotifyPlan {
         affected: summary.affected,
+        unreachable: summary.unreachable,
         tokens_to_create: registry.accounts_needing_notice_token(incident_id, sender).await?.len(),
         dms: registry.planned_dms(incident_id, sender).await?,
         emails: registry.planned_emails(incident_id).await?,

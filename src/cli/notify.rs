@@ -69,6 +69,7 @@ pub async fn run(context: &Context, args: Args) -> Outcome {
         planned.tokens_to_create
     );
     println!("Matrix DMs: {} (to affected accounts that exist now and to Matrix-ID contacts).", planned.dms);
+    println!("Unreachable by any channel: {} affected people.", planned.unreachable);
     let unsubscribe = match &config.web {
         Some(web) => Some((web.public_url.clone(), registry.generated_secret(LINK_KEY).await?)),
         None => {

@@ -22,7 +22,8 @@ pub struct IncidentSummary {
     pub affected: i64,
     /// Affected people with at least one email contact that has not opted out.
     pub reachable_by_email: i64,
-    /// Affected accounts present on Synapse now (survivors, re-registered).
+    /// Affected people a Matrix DM can reach: their account still exists
+    /// (and is theirs), or they have a Matrix-ID contact.
     pub reachable_by_matrix: i64,
     pub unreachable: i64,
     pub tokens: i64,
@@ -130,21 +131,27 @@ impl Registry {
         .await?)
     }
 
-    pub async fn incident_summary(&self, id: i64) -> Result<IncidentSummary> {
+    /// Counts as notify sees them: Matrix-reachable are accounts that still
+    /// exist and are their person's (not recreated, not lifeboat's own
+    /// `service` account) and people with a Matrix-ID contact.
+    pub async fn incident_summary(&self, id: i64, service: &str) -> Result<IncidentSummary> {
         let incident = self.require_incident(id).await?;
         let (affected, by_email, by_matrix, unreachable, tokens): (i64, i64, i64, i64, i64) = sqlx::query_as(
             "SELECT COUNT(*), \
                     COALESCE(SUM(CASE WHEN has_email THEN 1 ELSE 0 END), 0), \
-                    COALESCE(SUM(CASE WHEN is_present THEN 1 ELSE 0 END), 0), \
-                    COALESCE(SUM(CASE WHEN has_email OR is_present THEN 0 ELSE 1 END), 0), \
+                    COALESCE(SUM(CASE WHEN on_matrix THEN 1 ELSE 0 END), 0), \
+                    COALESCE(SUM(CASE WHEN has_email OR on_matrix THEN 0 ELSE 1 END), 0), \
                     (SELECT COUNT(*) FROM registration_tokens WHERE incident_id = $1) \
              FROM (SELECT EXISTS (SELECT 1 FROM contacts c WHERE c.user_id = ia.user_id AND c.kind = 'email' \
                                   AND c.opted_out_at IS NULL) AS has_email, \
-                          (a.state = 'present') AS is_present \
+                          ((a.state = 'present' AND a.recreated_at IS NULL AND a.user_id <> $2) \
+                           OR EXISTS (SELECT 1 FROM contacts m WHERE m.user_id = ia.user_id AND m.kind = 'matrix' \
+                                      AND m.opted_out_at IS NULL)) AS on_matrix \
                    FROM incident_accounts ia JOIN accounts a ON a.user_id = ia.user_id \
                    WHERE ia.incident_id = $1) people",
         )
         .bind(id)
+        .bind(service)
         .fetch_one(&self.pool)
         .await?;
         Ok(IncidentSummary {

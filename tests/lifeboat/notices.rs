@@ -72,6 +72,7 @@ async fn after_the_seed_incident_each_contact_gets_one_email_with_a_working_toke
         dry.stdout.contains("2 affected people have no email contact"),
         "the last person and the old admin: {dry:?}"
     );
+    assert!(dry.stdout.contains("Unreachable by any channel: 2 affected people."), "{dry:?}");
     assert!(dry.stdout.contains("Our database was **lost**"), "a rendered sample: {dry:?}");
     assert!(smtp.messages().is_empty(), "a dry run sends nothing");
     let tokens = lifeboat.run(&["tokens", "list", "--json"]).await.json();
