@@ -10,6 +10,9 @@ use crate::registry::{self, Actor, Registry};
 use crate::synapse::{self, SharedSecretError, SynapseClient};
 use crate::user_id::UserId;
 
+/// Registry setting: the service account's password, set by `recover`.
+const SERVICE_PASSWORD: &str = "service_account_password";
+
 /// Where the working admin token came from.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
 #[serde(rename_all = "snake_case")]
@@ -43,6 +46,10 @@ pub enum RecoverError {
         "{user_id} still exists on Synapse, so its database was not wiped: the admin token was revoked instead; put a current admin token in homeserver.admin_token"
     )]
     NotAWipe { user_id: String },
+    #[error(
+        "{user_id} is not an account of homeserver.server_name, so lifeboat cannot re-create it there; set bot.user_id to an account of that server"
+    )]
+    Foreign { user_id: String },
     #[error("cannot recover: {0}")]
     SharedSecret(#[from] SharedSecretError),
     #[error(transparent)]
@@ -102,12 +109,25 @@ pub async fn recover(config: &Config, registry: &Registry, actor: &Actor) -> Res
     };
     let user_id = service_user_id(config);
     if user_id.server_name() != config.homeserver.server_name {
-        return Err(RecoverError::NotAWipe { user_id: user_id.to_string() });
+        return Err(RecoverError::Foreign { user_id: user_id.to_string() });
     }
-    let password = SecretString::from(Alphanumeric.sample_string(&mut rand::rng(), 40));
+    // The password is kept before registering: if lifeboat dies between
+    // Synapse's answer and storing the token, the next recover logs in
+    // with it instead of taking its own account for a stranger's.
+    let password = match registry.setting(SERVICE_PASSWORD).await? {
+        Some(password) => SecretString::from(password),
+        None => {
+            let password = Alphanumeric.sample_string(&mut rand::rng(), 40);
+            registry.set_setting(SERVICE_PASSWORD, &password).await?;
+            SecretString::from(password)
+        }
+    };
     let registered = match base.register_with_shared_secret(&secret.value, user_id.localpart(), &password, true).await {
         Ok(registered) => registered,
-        Err(SharedSecretError::UserInUse) => return Err(RecoverError::NotAWipe { user_id: user_id.to_string() }),
+        Err(SharedSecretError::UserInUse) => match base.login_with_password(user_id.localpart(), &password).await? {
+            Some(ours) => ours,
+            None => return Err(RecoverError::NotAWipe { user_id: user_id.to_string() }),
+        },
         Err(err) => return Err(err.into()),
     };
     use secrecy::ExposeSecret;

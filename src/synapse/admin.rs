@@ -141,6 +141,30 @@ impl SynapseClient {
         }
     }
 
+    /// `POST /_matrix/client/v3/login` with a password; `None` when Synapse
+    /// refuses the password.
+    pub async fn login_with_password(
+        &self,
+        localpart: &str,
+        password: &SecretString,
+    ) -> Result<Option<Registered>, Error> {
+        let body = json!({
+            "type": "m.login.password",
+            "identifier": {"type": "m.id.user", "user": localpart},
+            "password": password.expose_secret(),
+            "initial_device_display_name": "lifeboat",
+        });
+        match self
+            .without_retries()
+            .request_json::<Registered>(Method::POST, "/_matrix/client/v3/login", &[], Some(&body), false)
+            .await
+        {
+            Ok(registered) => Ok(Some(registered)),
+            Err(Error::Forbidden { .. }) => Ok(None),
+            Err(err) => Err(err),
+        }
+    }
+
     fn without_retries(&self) -> SynapseClient {
         SynapseClient { retries: 0, ..self.clone() }
     }

@@ -344,3 +344,50 @@ async fn accounts_an_admin_had_locked_or_deactivated_get_no_token() {
     assert_eq!(told.len(), 1);
     assert!(!told[0].text.as_deref().unwrap_or("").contains("Your personal registration token"), "{:?}", told[0].text);
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_recover_interrupted_after_registering_finishes_on_the_next_run() {
+    let synapse = TestSynapse::start();
+    let registry = TestDatabase::sqlite();
+    let smtp = TestSmtp::start(None);
+    let lifeboat = lifeboat_with_mail(&synapse, &registry, &smtp);
+    synapse.create_user(&unique("dan"), &[]).await;
+    assert_eq!(lifeboat.run(&["sync"]).await.code, 0);
+    synapse.wipe();
+
+    // A recover that died after Synapse registered the account and before
+    // the token was stored: the kept password is all that is left of it.
+    let kept = secrecy::SecretString::from("kept-password-of-a-dead-run");
+    let store = lifeboat::registry::Registry::connect(&registry.url()).await.unwrap();
+    store.set_setting("service_account_password", "kept-password-of-a-dead-run").await.unwrap();
+    let client = lifeboat::synapse::SynapseClient::new(synapse.url.parse().unwrap(), None, Duration::from_secs(10), 0);
+    let secret = secrecy::SecretString::from(synapse.shared_secret.clone());
+    client.register_with_shared_secret(&secret, "lifeboat", &kept, true).await.unwrap();
+
+    let recover = lifeboat.run(&["recover"]).await;
+    assert_eq!(recover.code, 0, "{recover:?}");
+    assert_eq!(lifeboat.run(&["sync"]).await.code, 0, "the token it got works");
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn recover_refuses_when_the_token_was_revoked_rather_than_the_database_lost() {
+    let synapse = TestSynapse::start();
+    let registry = TestDatabase::sqlite();
+    let smtp = TestSmtp::start(None);
+    synapse.register("lifeboat");
+    let lifeboat =
+        lifeboat_with_mail(&synapse, &registry, &smtp).env("LIFEBOAT__HOMESERVER__ADMIN_TOKEN", "syt_revoked");
+    let recover = lifeboat.run(&["recover"]).await;
+    assert_eq!(recover.code, 1, "{recover:?}");
+    assert!(recover.stderr.contains("still exists on Synapse, so its database was not wiped"), "{recover:?}");
+
+    let without_secret = Lifeboat::with_config(&format!(
+        "[homeserver]\nurl = \"{}\"\nserver_name = \"{}\"\nadmin_token = \"syt_revoked\"\n[registry]\nurl = \"{}\"\n",
+        synapse.url,
+        synapse.server_name,
+        registry.url()
+    ));
+    let recover = without_secret.run(&["recover"]).await;
+    assert_eq!(recover.code, 1, "{recover:?}");
+    assert!(recover.stderr.contains("set homeserver.registration_shared_secret"), "{recover:?}");
+}
