@@ -44,10 +44,6 @@ pub trait SyncProgress: Send + Sync {
     fn details(&self, _done: u64, _total: u64) {}
 }
 
-/// No progress display.
-pub struct Quiet;
-impl SyncProgress for Quiet {}
-
 #[derive(Debug, Clone, Serialize)]
 pub struct SyncSummary {
     pub run_id: i64,

@@ -139,13 +139,4 @@ impl Registry {
         known.sort_unstable_by(|a, b| a.user_id.cmp(&b.user_id));
         Ok(known)
     }
-
-    /// Number of accounts in each state.
-    pub async fn account_counts(&self) -> Result<Vec<(AccountState, i64)>> {
-        let rows: Vec<(String, i64)> =
-            sqlx::query_as("SELECT state, COUNT(*) FROM accounts GROUP BY state ORDER BY state")
-                .fetch_all(&self.pool)
-                .await?;
-        Ok(rows.into_iter().map(|(state, count)| (AccountState::parse(&state), count)).collect())
-    }
 }

@@ -52,7 +52,6 @@ pub type Result<T, E = Error> = std::result::Result<T, E>;
 #[derive(Clone)]
 pub struct Registry {
     pool: AnyPool,
-    backend: Backend,
 }
 
 impl Registry {
@@ -92,11 +91,7 @@ impl Registry {
             Backend::Postgres => &POSTGRES_MIGRATIONS,
         };
         migrator.run(&pool).await.map_err(|source| Error::Migrate { url: shown, source })?;
-        Ok(Registry { pool, backend })
-    }
-
-    pub fn backend(&self) -> Backend {
-        self.backend
+        Ok(Registry { pool })
     }
 
     pub fn pool(&self) -> &AnyPool {
