@@ -76,6 +76,14 @@ CREATE TABLE dm_rooms (
     created_at BIGINT NOT NULL
 );
 
+-- Who is doing a job that must not run twice at once (a notify run per
+-- incident), until when; renewed while the job runs.
+CREATE TABLE leases (
+    name       TEXT PRIMARY KEY,
+    holder     TEXT NOT NULL,
+    expires_at BIGINT NOT NULL
+);
+
 CREATE TABLE settings (
     name  TEXT PRIMARY KEY,
     value TEXT NOT NULL

@@ -6,14 +6,14 @@ use indicatif::ProgressBar;
 
 use super::output::progress_bar;
 use super::{Context, Failure, Outcome, exit};
-use crate::config::Config;
+use crate::config::{Config, EmailConfig};
 use crate::dm::DmSender;
 use crate::links::LINK_KEY;
 use crate::mail::Mailer;
-use crate::notify::{NoticeSettings, NotifyProgress, Transport, plan, send_deliveries};
+use crate::notify::{NoticeSettings, NotifyPlan, NotifyProgress, Transport, plan, send_deliveries};
 use crate::recover::{AdminAccess, admin_access, recover, service_user_id};
 use crate::registry::Registry;
-use crate::registry::{Actor, Delivery, now_ms};
+use crate::registry::{Actor, Delivery, Incident, now_ms};
 use crate::synapse::SynapseClient;
 use crate::tokens::ensure_notice_tokens;
 
@@ -134,12 +134,28 @@ pub async fn run(context: &Context, args: Args) -> Outcome {
         return Ok(exit::OK);
     }
 
-    let client = match admin_access(&config, &registry).await.map_err(|err| Failure::new(exit::FAILED, err))? {
+    let lease = NotifyLease::take(&registry, incident.id).await?;
+    let outcome = send(&config, &registry, &incident, &planned, &settings, email, args.retry_failed).await;
+    lease.release().await;
+    outcome
+}
+
+/// Tokens, deliveries, then sending, under the incident's notify lease.
+async fn send(
+    config: &Config,
+    registry: &Registry,
+    incident: &Incident,
+    planned: &NotifyPlan,
+    settings: &NoticeSettings,
+    email: &EmailConfig,
+    retry_failed: bool,
+) -> Outcome {
+    let client = match admin_access(config, registry).await.map_err(|err| Failure::new(exit::FAILED, err))? {
         AdminAccess::Working { client, .. } => client,
         AdminAccess::Dead { .. } => {
             eprintln!("Every admin token is rejected: recovering lifeboat's account through the shared secret.");
-            recover(&config, &registry, &Actor::cli()).await.map_err(|err| Failure::new(exit::FAILED, err))?;
-            match admin_access(&config, &registry).await.map_err(|err| Failure::new(exit::FAILED, err))? {
+            recover(config, registry, &Actor::cli()).await.map_err(|err| Failure::new(exit::FAILED, err))?;
+            match admin_access(config, registry).await.map_err(|err| Failure::new(exit::FAILED, err))? {
                 AdminAccess::Working { client, .. } => client,
                 AdminAccess::Dead { .. } => {
                     return Err(Failure::new(exit::FAILED, "the recovered admin token does not work either"));
@@ -148,7 +164,7 @@ pub async fn run(context: &Context, args: Args) -> Outcome {
         }
     };
     let created =
-        ensure_notice_tokens(&registry, &client, incident.id, config.tokens.expiry, service_user_id(&config).as_str())
+        ensure_notice_tokens(registry, &client, incident.id, config.tokens.expiry, service_user_id(config).as_str())
             .await
             .map_err(|err| Failure::new(exit::FAILED, format!("{err}; nothing was sent, run notify again")))?;
     if created > 0 {
@@ -156,7 +172,7 @@ pub async fn run(context: &Context, args: Args) -> Outcome {
     }
     registry.plan_email_deliveries(incident.id).await?;
     // Email does not depend on DMs: a DM sender that cannot start is a warning.
-    let dm_sender = match dm_sender(&config, &registry, &client).await.unwrap_or_else(|failure| {
+    let dm_sender = match dm_sender(config, registry, &client).await.unwrap_or_else(|failure| {
         eprintln!("note: no Matrix DMs this run: {}", failure.message);
         None
     }) {
@@ -175,14 +191,14 @@ pub async fn run(context: &Context, args: Args) -> Outcome {
     };
     let mailer = Mailer::from_config(email, CONCURRENCY as u32).map_err(|err| Failure::new(exit::USAGE, err))?;
     // What an earlier run left unsent (or in flight when it died) is due now.
-    if args.retry_failed {
+    if retry_failed {
         registry.retry_failed_deliveries(incident.id).await?;
     }
     registry.resume_deliveries(incident.id).await?;
     let bar = Bar(progress_bar("notices"));
-    let mut sent = send_deliveries(&registry, Transport::Email(&mailer), &incident, &settings, CONCURRENCY, &bar).await;
+    let mut sent = send_deliveries(registry, Transport::Email(&mailer), incident, settings, CONCURRENCY, &bar).await;
     if let (Ok(_), Some(sender)) = (&sent, &dm_sender) {
-        sent = send_deliveries(&registry, Transport::Matrix(sender), &incident, &settings, CONCURRENCY, &bar).await;
+        sent = send_deliveries(registry, Transport::Matrix(sender), incident, settings, CONCURRENCY, &bar).await;
     }
     bar.0.finish_and_clear();
     mailer.shutdown().await;
@@ -217,6 +233,60 @@ pub async fn run(context: &Context, args: Args) -> Outcome {
             incident.id
         ),
     ))
+}
+
+/// One notify per incident at a time: a lease in the registry, renewed while
+/// the run lasts. A holder on this machine whose process is gone (killed
+/// mid-run) is taken over at once; any other holder is waited for.
+struct NotifyLease {
+    registry: Registry,
+    name: String,
+    holder: String,
+    renewer: tokio::task::JoinHandle<()>,
+}
+
+impl NotifyLease {
+    const TTL_MS: i64 = 120_000;
+
+    async fn take(registry: &Registry, incident_id: i64) -> Result<NotifyLease, Failure> {
+        let name = format!("notify:incident:{incident_id}");
+        let host = std::fs::read_to_string("/proc/sys/kernel/hostname").unwrap_or_default().trim().to_owned();
+        let holder = format!("{host}:{}", std::process::id());
+        let mut taken = registry.take_lease(&name, &holder, now_ms() + Self::TTL_MS, None).await?;
+        if let Err((current, _)) = &taken {
+            let current = current.clone();
+            let gone = current
+                .strip_prefix(&format!("{host}:"))
+                .is_some_and(|pid| !std::path::Path::new(&format!("/proc/{pid}")).exists());
+            if gone {
+                taken = registry.take_lease(&name, &holder, now_ms() + Self::TTL_MS, Some(&current)).await?;
+            }
+        }
+        if let Err((current, until)) = taken {
+            return Err(Failure::new(
+                exit::FAILED,
+                format!(
+                    "another `lifeboat notify {incident_id}` is running ({current}); let it finish, or if that process is gone, run again after {}",
+                    crate::registry::format_time(until).unwrap_or_default()
+                ),
+            ));
+        }
+        let renewer = {
+            let (registry, name, holder) = (registry.clone(), name.clone(), holder.clone());
+            tokio::spawn(async move {
+                loop {
+                    tokio::time::sleep(std::time::Duration::from_millis(Self::TTL_MS as u64 / 4)).await;
+                    let _ = registry.take_lease(&name, &holder, now_ms() + Self::TTL_MS, None).await;
+                }
+            })
+        };
+        Ok(NotifyLease { registry: registry.clone(), name, holder, renewer })
+    }
+
+    async fn release(self) {
+        self.renewer.abort();
+        let _ = self.registry.release_lease(&self.name, &self.holder).await;
+    }
 }
 
 /// lifeboat's own account, logged in for DMs: the recovered credentials, or

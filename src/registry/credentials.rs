@@ -62,6 +62,48 @@ impl Registry {
         Ok(())
     }
 
+    /// Takes the lease `name` for `holder` until `expires_at`, if it is free,
+    /// expired, already the holder's, or held by `stale` (a holder known to
+    /// be dead). Otherwise returns who holds it and until when.
+    pub async fn take_lease(
+        &self,
+        name: &str,
+        holder: &str,
+        expires_at: i64,
+        stale: Option<&str>,
+    ) -> Result<Result<(), (String, i64)>> {
+        let taken = sqlx::query(
+            "INSERT INTO leases (name, holder, expires_at) VALUES ($1, $2, $3) \
+             ON CONFLICT (name) DO UPDATE SET holder = excluded.holder, expires_at = excluded.expires_at \
+             WHERE leases.expires_at < $4 OR leases.holder = $2 OR leases.holder = $5",
+        )
+        .bind(name)
+        .bind(holder)
+        .bind(expires_at)
+        .bind(now_ms())
+        .bind(stale.unwrap_or(""))
+        .execute(&self.pool)
+        .await?
+        .rows_affected();
+        if taken == 1 {
+            return Ok(Ok(()));
+        }
+        let (current, until): (String, i64) = sqlx::query_as("SELECT holder, expires_at FROM leases WHERE name = $1")
+            .bind(name)
+            .fetch_one(&self.pool)
+            .await?;
+        Ok(Err((current, until)))
+    }
+
+    pub async fn release_lease(&self, name: &str, holder: &str) -> Result<()> {
+        sqlx::query("DELETE FROM leases WHERE name = $1 AND holder = $2")
+            .bind(name)
+            .bind(holder)
+            .execute(&self.pool)
+            .await?;
+        Ok(())
+    }
+
     pub async fn setting(&self, name: &str) -> Result<Option<String>> {
         let row: Option<(String,)> =
             sqlx::query_as("SELECT value FROM settings WHERE name = $1").bind(name).fetch_optional(&self.pool).await?;

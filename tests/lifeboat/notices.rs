@@ -391,3 +391,28 @@ async fn recover_refuses_when_the_token_was_revoked_rather_than_the_database_los
     assert_eq!(recover.code, 1, "{recover:?}");
     assert!(recover.stderr.contains("set homeserver.registration_shared_secret"), "{recover:?}");
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_second_notify_for_the_same_incident_waits_for_the_first() {
+    let synapse = TestSynapse::start();
+    let registry = TestDatabase::sqlite();
+    let smtp = TestSmtp::start(None);
+    let lifeboat = lifeboat_with_mail(&synapse, &registry, &smtp);
+    let (id, _) = incident_after_wipe(&synapse, &lifeboat, 2).await;
+    // A notify of this incident running on another machine holds the lease.
+    let store = lifeboat::registry::Registry::connect(&registry.url()).await.unwrap();
+    let until = lifeboat::registry::now_ms() + 60_000;
+    store.take_lease(&format!("notify:incident:{id}"), "elsewhere:4242", until, None).await.unwrap().unwrap();
+
+    let notify = lifeboat.run(&["notify", &id, "--yes"]).await;
+    assert_eq!(notify.code, 1, "{notify:?}");
+    assert!(
+        notify.stderr.contains("another `lifeboat notify") && notify.stderr.contains("elsewhere:4242"),
+        "{notify:?}"
+    );
+    assert!(smtp.messages().is_empty(), "nothing sent twice");
+
+    store.release_lease(&format!("notify:incident:{id}"), "elsewhere:4242").await.unwrap();
+    assert_eq!(lifeboat.run(&["notify", &id, "--yes"]).await.code, 0);
+    assert_eq!(smtp.messages().len(), 1);
+}
