@@ -55,7 +55,9 @@ pub mod exit {
     about = "Keeps an off-server registry of a Synapse homeserver's accounts and contacts, and detects account loss.",
     long_about = "Keeps an off-server registry of a Synapse homeserver's accounts and contact emails \
 (SQLite or PostgreSQL), compares it with Synapse's admin API listing to detect lost accounts, \
-and keeps the list of people to reach if the homeserver's database is ever lost.\n\n\
+and keeps the list of people to reach if the homeserver's database is ever lost. After a loss it \
+gets back in through Synapse's shared secret and sends every affected person a notice with their own \
+registration token, by email and Matrix DM.\n\n\
 Exit codes: 0 ok, 1 failed (or `check` could not tell), 2 usage or config error, 3 `check` found a loss.",
     after_help = "Configuration: a TOML file (see config.example.toml); any key can be overridden \
 with LIFEBOAT__<SECTION>__<KEY>, e.g. LIFEBOAT__HOMESERVER__URL."
