@@ -61,6 +61,27 @@ pub async fn ensure_notice_tokens(
     Ok(created)
 }
 
+/// Gives a fresh expiry to tokens not yet sent to their person that would
+/// expire within half of `expiry` (sending was held back, e.g. by a long
+/// SMTP outage): nobody gets a token that is dead or about to be. Returns
+/// how many were extended.
+pub async fn extend_unsent_tokens(
+    registry: &Registry,
+    client: &SynapseClient,
+    incident_id: i64,
+    expiry: Duration,
+) -> Result<u64, TokenError> {
+    let now = now_ms();
+    let expires_at = now + expiry.as_millis() as i64;
+    let mut extended = 0;
+    for token in registry.tokens_expiring_unsent(incident_id, now + expiry.as_millis() as i64 / 2).await? {
+        client.set_registration_token_expiry(&token.token, expires_at).await?;
+        registry.set_token_expiry(token.id, expires_at).await?;
+        extended += 1;
+    }
+    Ok(extended)
+}
+
 /// Deletes an incident's unused tokens in Synapse (never relying on
 /// `uses_allowed: 0`, which Synapse still accepts). Returns (revoked, used).
 pub async fn revoke_unused_tokens(

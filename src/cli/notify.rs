@@ -15,7 +15,7 @@ use crate::recover::{AdminAccess, admin_access, recover, service_user_id};
 use crate::registry::Registry;
 use crate::registry::{Actor, Delivery, Incident, now_ms};
 use crate::synapse::SynapseClient;
-use crate::tokens::ensure_notice_tokens;
+use crate::tokens::{ensure_notice_tokens, extend_unsent_tokens};
 
 /// Emails in flight at once (and SMTP connections in the pool).
 const CONCURRENCY: usize = 8;
@@ -169,6 +169,12 @@ async fn send(
             .map_err(|err| Failure::new(exit::FAILED, format!("{err}; nothing was sent, run notify again")))?;
     if created > 0 {
         println!("Created {created} registration tokens in Synapse.");
+    }
+    let extended = extend_unsent_tokens(registry, &client, incident.id, config.tokens.expiry)
+        .await
+        .map_err(|err| Failure::new(exit::FAILED, format!("{err}; nothing was sent, run notify again")))?;
+    if extended > 0 {
+        println!("Gave {extended} registration tokens not yet sent a fresh expiry.");
     }
     registry.plan_email_deliveries(incident.id).await?;
     // Email does not depend on DMs: a DM sender that cannot start is a warning.

@@ -240,6 +240,31 @@ impl Registry {
         Ok(())
     }
 
+    /// Confirmed, unrevoked notice tokens expiring before `before` whose
+    /// person has not been sent a notice yet (a long outage held it back).
+    pub async fn tokens_expiring_unsent(&self, incident_id: i64, before: i64) -> Result<Vec<NoticeToken>> {
+        Ok(sqlx::query_as(sqlx::AssertSqlSafe(format!(
+            "SELECT {TOKEN_COLUMNS} FROM registration_tokens t \
+             WHERE t.incident_id = $1 AND t.confirmed_at IS NOT NULL AND t.revoked_at IS NULL AND t.expires_at < $2 \
+               AND NOT EXISTS (SELECT 1 FROM deliveries d WHERE d.incident_id = t.incident_id \
+                               AND d.user_id = t.user_id AND d.state = 'sent') \
+             ORDER BY t.user_id"
+        )))
+        .bind(incident_id)
+        .bind(before)
+        .fetch_all(&self.pool)
+        .await?)
+    }
+
+    pub async fn set_token_expiry(&self, id: i64, expires_at: i64) -> Result<()> {
+        sqlx::query("UPDATE registration_tokens SET expires_at = $2 WHERE id = $1")
+            .bind(id)
+            .bind(expires_at)
+            .execute(&self.pool)
+            .await?;
+        Ok(())
+    }
+
     pub async fn confirm_token(&self, id: i64) -> Result<()> {
         sqlx::query("UPDATE registration_tokens SET confirmed_at = $2 WHERE id = $1")
             .bind(id)

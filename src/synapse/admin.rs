@@ -83,6 +83,16 @@ impl SynapseClient {
         }
     }
 
+    /// Moves a token's expiry (ms). Idempotent.
+    pub async fn set_registration_token_expiry(&self, token: &str, expiry_time_ms: i64) -> Result<(), Error> {
+        let path = format!("/_synapse/admin/v1/registration_tokens/{}", urlencode(token));
+        let body = json!({"expiry_time": expiry_time_ms});
+        self.request_json::<serde_json::Value>(Method::PUT, &path, &[], Some(&body), true)
+            .await
+            .map(|_| ())
+            .map_err(|err| err.hiding(token))
+    }
+
     pub async fn registration_token(&self, token: &str) -> Result<Option<RegistrationToken>, Error> {
         let path = format!("/_synapse/admin/v1/registration_tokens/{}", urlencode(token));
         match self.get_json(&path, &[], true).await {

@@ -416,3 +416,26 @@ async fn a_second_notify_for_the_same_incident_waits_for_the_first() {
     assert_eq!(lifeboat.run(&["notify", &id, "--yes"]).await.code, 0);
     assert_eq!(smtp.messages().len(), 1);
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn tokens_held_back_past_their_expiry_are_renewed_before_they_are_sent() {
+    let synapse = TestSynapse::start();
+    let registry = TestDatabase::sqlite();
+    let smtp = TestSmtp::start(Some(0));
+    let mut lifeboat = lifeboat_with_mail(&synapse, &registry, &smtp);
+    let (id, names) = incident_after_wipe(&synapse, &lifeboat, 2).await;
+
+    // SMTP refuses everything while the short-lived tokens run out.
+    lifeboat.set_env("LIFEBOAT__TOKENS__EXPIRY", "3s");
+    assert_eq!(lifeboat.run(&["notify", &id, "--yes"]).await.code, 1);
+    tokio::time::sleep(Duration::from_secs(4)).await;
+
+    smtp.heal();
+    lifeboat.set_env("LIFEBOAT__TOKENS__EXPIRY", "14d");
+    let notify = lifeboat.run(&["notify", &id, "--yes"]).await;
+    assert_eq!(notify.code, 0, "{notify:?}");
+    assert!(notify.stdout.contains("fresh expiry"), "{notify:?}");
+    let mail = &smtp.messages_to(&format!("{}@example.org", names[0]))[0];
+    let token = token_in(mail.text.as_deref().unwrap_or(""));
+    assert!(synapse.token_is_valid(&token).await, "the token sent works");
+}
