@@ -136,6 +136,9 @@ pub struct BotConfig {
     pub command_prefix: String,
     pub store_path: PathBuf,
     pub store_passphrase: Option<Secret>,
+    /// Send notice DMs end-to-end encrypted (default: unencrypted, because
+    /// a person who registers again has no device yet to decrypt them).
+    pub encrypted_notices: bool,
 }
 
 #[derive(Debug, Clone)]

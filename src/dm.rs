@@ -1,10 +1,14 @@
 //! Notices by Matrix DM from lifeboat's service account (matrix-sdk).
 //!
-//! One unencrypted DM room per person, remembered in the registry so a rerun
-//! never opens a second one; notices go unencrypted because a person who
-//! registers again has no device yet to decrypt them. Each message is sent
-//! with a transaction ID fixed per delivery, so a resend after a crash is
-//! deduplicated by Synapse. 429s are waited out inside matrix-sdk.
+//! One DM room per person, remembered in the registry so a rerun never opens
+//! a second one. Unencrypted by default, because a person who registers
+//! again has no device yet to decrypt a notice; encrypted when configured
+//! (`bot.encrypted_notices`), with a crypto store per device under
+//! `bot.store_path`. Each message is sent with a transaction ID fixed per
+//! delivery, so a resend after a crash is deduplicated by Synapse. 429s are
+//! waited out inside matrix-sdk.
+
+use std::path::PathBuf;
 
 use matrix_sdk::authentication::matrix::MatrixSession;
 use matrix_sdk::ruma::api::client::message::send_message_event;
@@ -33,6 +37,14 @@ pub enum DmError {
 /// A logged-in service account that sends notice DMs.
 pub struct DmSender {
     client: Client,
+    encrypted: bool,
+}
+
+/// Where an encrypting sender keeps its keys.
+pub struct CryptoStore {
+    /// `bot.store_path`; the store itself goes in a folder per device.
+    pub dir: PathBuf,
+    pub passphrase: Option<SecretString>,
 }
 
 impl DmSender {
@@ -42,12 +54,20 @@ impl DmSender {
         user_id: &str,
         access_token: &SecretString,
         device_id: &str,
+        encryption: Option<CryptoStore>,
     ) -> Result<DmSender, DmError> {
         let user_id: OwnedUserId = user_id
             .try_into()
             .map_err(|err| DmError::Permanent(format!("`{user_id}` is not a Matrix user ID: {err}")))?;
-        let client = Client::builder()
-            .homeserver_url(homeserver.as_str())
+        let mut builder = Client::builder().homeserver_url(homeserver.as_str());
+        if let Some(store) = &encryption {
+            // A store belongs to one device: a recovered account is a new one.
+            let dir = store.dir.join(device_id);
+            std::fs::create_dir_all(&dir)
+                .map_err(|err| DmError::Sender(format!("cannot create the crypto store {}: {err}", dir.display())))?;
+            builder = builder.sqlite_store(&dir, store.passphrase.as_ref().map(|p| p.expose_secret()));
+        }
+        let client = builder
             .build()
             .await
             .map_err(|err| DmError::Transient(format!("cannot set up the Matrix client: {err}")))?;
@@ -58,7 +78,12 @@ impl DmSender {
             })
             .await
             .map_err(|err| DmError::Transient(format!("cannot restore the service account's session: {err}")))?;
-        Ok(DmSender { client })
+        if encryption.is_some() {
+            // Uploads this device's keys and learns the rooms it is in.
+            let settings = matrix_sdk::config::SyncSettings::default().timeout(std::time::Duration::ZERO);
+            client.sync_once(settings).await.map_err(classify)?;
+        }
+        Ok(DmSender { client, encrypted: encryption.is_some() })
     }
 
     /// Sends `markdown` to `recipient` in their DM room (made on first use).
@@ -71,6 +96,9 @@ impl DmSender {
         transaction_id: &str,
     ) -> Result<(), DmError> {
         let content = RoomMessageEventContent::text_markdown(markdown);
+        if self.encrypted {
+            return self.send_encrypted(registry, recipient, content, transaction_id).await;
+        }
         let stored = registry.dm_room(recipient).await.map_err(|err| DmError::Transient(err.to_string()))?;
         if let Some(room_id) = stored.and_then(|room| OwnedRoomId::try_from(room).ok()) {
             match self.send_in(room_id, &content, transaction_id).await {
@@ -82,6 +110,39 @@ impl DmSender {
         }
         let room_id = self.create_dm_room(registry, recipient).await?;
         self.send_in(room_id, &content, transaction_id).await.map_err(classify)
+    }
+
+    /// Through the room object, so matrix-sdk encrypts for every device of
+    /// the room's members.
+    async fn send_encrypted(
+        &self,
+        registry: &Registry,
+        recipient: &str,
+        content: RoomMessageEventContent,
+        transaction_id: &str,
+    ) -> Result<(), DmError> {
+        let user: OwnedUserId = recipient
+            .try_into()
+            .map_err(|err| DmError::Permanent(format!("`{recipient}` is not a Matrix user ID: {err}")))?;
+        let stored = registry.dm_room(recipient).await.map_err(|err| DmError::Transient(err.to_string()))?;
+        let known = stored
+            .and_then(|room| OwnedRoomId::try_from(room).ok())
+            .and_then(|room_id| self.client.get_room(&room_id))
+            .filter(|room| room.state() == matrix_sdk::RoomState::Joined);
+        let room = match known {
+            Some(room) => room,
+            None => {
+                let room = self.client.create_dm(&user).await.map_err(classify)?;
+                registry
+                    .store_dm_room(recipient, room.room_id().as_str())
+                    .await
+                    .map_err(|err| DmError::Transient(err.to_string()))?;
+                room
+            }
+        };
+        let txn: OwnedTransactionId = transaction_id.into();
+        room.send(content).with_transaction_id(txn).await.map_err(classify)?;
+        Ok(())
     }
 
     async fn send_in(
@@ -109,42 +170,12 @@ impl DmSender {
         // one-shot sender never runs.
         let room_id = self.client.send(request).await.map_err(|err| classify(err.into()))?.room_id;
         registry.store_dm_room(recipient, room_id.as_str()).await.map_err(|err| DmError::Transient(err.to_string()))?;
-        if let Err(err) = self.mark_direct(&user, &room_id).await {
+        // The SDK serialises its m.direct read-modify-write per client.
+        if let Err(err) = self.client.account().mark_as_dm(&room_id, &[user]).await {
             // The DM works without it; clients just list it as a room.
             tracing::warn!(error = %err, "could not record the DM in m.direct");
         }
         Ok(room_id)
-    }
-
-    /// Adds the room to the sender's `m.direct` account data, so clients
-    /// show it as a DM (the inviter's side must do this itself).
-    async fn mark_direct(&self, user: &OwnedUserId, room_id: &OwnedRoomId) -> Result<(), matrix_sdk::Error> {
-        use matrix_sdk::ruma::api::client::config::{get_global_account_data, set_global_account_data};
-        use matrix_sdk::ruma::events::GlobalAccountDataEventType;
-        use matrix_sdk::ruma::serde::Raw;
-
-        let me = self.client.user_id().expect("a restored session has a user").to_owned();
-        let current = self
-            .client
-            .send(get_global_account_data::v3::Request::new(me.clone(), GlobalAccountDataEventType::Direct))
-            .await;
-        let mut direct: serde_json::Map<String, serde_json::Value> = match current {
-            Ok(response) => serde_json::from_str(response.account_data.json().get()).unwrap_or_default(),
-            Err(_) => serde_json::Map::new(),
-        };
-        let rooms = direct.entry(user.to_string()).or_insert_with(|| serde_json::Value::Array(Vec::new()));
-        if let Some(rooms) = rooms.as_array_mut() {
-            rooms.push(serde_json::Value::String(room_id.to_string()));
-        }
-        let raw = serde_json::value::to_raw_value(&direct).map_err(matrix_sdk::Error::SerdeJson)?;
-        self.client
-            .send(set_global_account_data::v3::Request::new_raw(
-                me,
-                GlobalAccountDataEventType::Direct,
-                Raw::from_json(raw),
-            ))
-            .await?;
-        Ok(())
     }
 }
 

@@ -74,6 +74,7 @@ fn print_summary(config: &Config) {
             println!("  command_prefix = {}", bot.command_prefix);
             println!("  store_path = {}", bot.store_path.display());
             println!("  store_passphrase = {}", secret(&bot.store_passphrase));
+            println!("  encrypted_notices = {}", bot.encrypted_notices);
         }
         None => println!("[bot] not configured"),
     }

@@ -7,7 +7,7 @@ use indicatif::ProgressBar;
 use super::output::progress_bar;
 use super::{Context, Failure, Outcome, exit};
 use crate::config::{Config, EmailConfig};
-use crate::dm::DmSender;
+use crate::dm::{CryptoStore, DmSender};
 use crate::links::LINK_KEY;
 use crate::mail::Mailer;
 use crate::notify::{NoticeSettings, NotifyPlan, NotifyProgress, Transport, plan, send_deliveries};
@@ -316,7 +316,11 @@ async fn dm_sender(
         .await
         .map_err(|err| Failure::new(exit::FAILED, format!("lifeboat's own account cannot send DMs: {err}")))?;
     let device = who.device_id.unwrap_or_else(|| "LIFEBOAT".to_owned());
-    let sender = DmSender::connect(&config.homeserver.url, &who.user_id, &token, &device)
+    let encryption = config.bot.as_ref().filter(|bot| bot.encrypted_notices).map(|bot| CryptoStore {
+        dir: bot.store_path.clone(),
+        passphrase: bot.store_passphrase.as_ref().map(|secret| secret.value.clone()),
+    });
+    let sender = DmSender::connect(&config.homeserver.url, &who.user_id, &token, &device, encryption)
         .await
         .map_err(|err| Failure::new(exit::FAILED, err))?;
     Ok(Some((sender, who.user_id)))

@@ -134,6 +134,9 @@ struct RawBot {
     store_path: Option<PathBuf>,
     store_passphrase: Option<String>,
     store_passphrase_file: Option<PathBuf>,
+    // `lenient::number` parses any FromStr, bools included ("true" from env).
+    #[serde(default, deserialize_with = "lenient::number")]
+    encrypted_notices: Option<bool>,
 }
 
 #[derive(Deserialize)]
@@ -408,6 +411,7 @@ impl RawConfig {
                     admins,
                     command_prefix: raw.command_prefix.unwrap_or_else(|| "!lifeboat".to_owned()),
                     store_path: ctx.path(&raw.store_path.unwrap_or_else(|| PathBuf::from("lifeboat-bot-store"))),
+                    encrypted_notices: raw.encrypted_notices.unwrap_or(false),
                     store_passphrase: ctx.secret(
                         "bot",
                         "store_passphrase",

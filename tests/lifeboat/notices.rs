@@ -439,3 +439,52 @@ async fn tokens_held_back_past_their_expiry_are_renewed_before_they_are_sent() {
     let token = token_in(mail.text.as_deref().unwrap_or(""));
     assert!(synapse.token_is_valid(&token).await, "the token sent works");
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn encrypted_notice_dms_are_readable_on_the_persons_device() {
+    use matrix_sdk::config::SyncSettings;
+    use matrix_sdk::room::MessagesOptions;
+
+    let synapse = TestSynapse::start();
+    let registry = TestDatabase::sqlite();
+    let smtp = TestSmtp::start(None);
+    let bot = synapse.register("lifeboat");
+    let ann = unique("ann");
+    synapse.create_user(&ann, &[]).await;
+    // Ann's client exists before the notice, so it has keys to encrypt for.
+    let client = matrix_sdk::Client::builder().homeserver_url(&synapse.url).build().await.unwrap();
+    client.matrix_auth().login_username(synapse.user_id(&ann), "correct horse battery").await.unwrap();
+    client.sync_once(SyncSettings::default()).await.unwrap();
+
+    let lifeboat = lifeboat_with_mail(&synapse, &registry, &smtp);
+    let config = std::fs::read_to_string(lifeboat.config_path()).unwrap();
+    lifeboat.write_config(&format!(
+        "{config}\n[bot]\nuser_id = \"{}\"\naccess_token = \"{}\"\nstore_path = \"bot-store\"\nencrypted_notices = true\n",
+        bot.user_id, bot.access_token
+    ));
+    assert_eq!(lifeboat.run(&["sync"]).await.code, 0);
+    let open = lifeboat
+        .run(&["incident", "open", "--title", "Lost", "--postmortem", "postmortem.md", "--affected", "all", "--json"])
+        .await;
+    let id = open.json()["id"].to_string();
+    let notify = lifeboat.run(&["notify", &id, "--yes"]).await;
+    assert_eq!(notify.code, 0, "{notify:?}");
+
+    client.sync_once(SyncSettings::default()).await.unwrap();
+    let room = client.invited_rooms().pop().expect("Ann is invited to the DM");
+    room.join().await.unwrap();
+    client.sync_once(SyncSettings::default()).await.unwrap();
+    let messages = room.messages(MessagesOptions::backward()).await.unwrap();
+    let mut bodies = Vec::new();
+    let mut encrypted = false;
+    for event in &messages.chunk {
+        encrypted |= event.encryption_info().is_some();
+        let json: serde_json::Value = serde_json::from_str(event.raw().json().get()).unwrap();
+        if json["type"] == "m.room.message" {
+            bodies.push(json["content"]["body"].as_str().unwrap_or("").to_owned());
+        }
+    }
+    assert!(encrypted, "the notice arrived encrypted");
+    assert_eq!(bodies.len(), 1, "{bodies:?}");
+    assert!(bodies[0].contains("still works"), "decrypted on Ann's device: {bodies:?}");
+}
