@@ -184,6 +184,11 @@ async fn send(
     }) {
         Some((sender, sender_id)) => {
             registry.plan_matrix_deliveries(incident.id, &sender_id).await?;
+            // Mass DMs from a throttled account would crawl; 429s are still
+            // waited out if the override cannot be set.
+            if let Err(err) = client.override_rate_limit(&sender_id).await {
+                eprintln!("note: could not lift the rate limits of {sender_id} ({err}); DMs may be slowed");
+            }
             Some(sender)
         }
         None => {

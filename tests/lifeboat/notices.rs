@@ -264,13 +264,15 @@ async fn people_whose_account_survived_get_a_dm_even_when_synapse_rate_limits() 
     for name in &people {
         synapse.create_user(name, &[]).await;
     }
-    let lifeboat = lifeboat_with_mail(&synapse, &registry, &smtp);
+    let mut lifeboat = lifeboat_with_mail(&synapse, &registry, &smtp);
     let config = std::fs::read_to_string(lifeboat.config_path()).unwrap();
     lifeboat.write_config(&format!(
         "{config}\n[bot]\nuser_id = \"{}\"\naccess_token = \"{}\"\n",
         bot.user_id, bot.access_token
     ));
     assert_eq!(lifeboat.run(&["sync"]).await.code, 0);
+    // Without an admin token lifeboat cannot lift its own rate limits.
+    lifeboat.set_env("LIFEBOAT__HOMESERVER__ADMIN_TOKEN", &bot.access_token);
     let open = lifeboat
         .run(&[
             "incident",
@@ -293,6 +295,7 @@ async fn people_whose_account_survived_get_a_dm_even_when_synapse_rate_limits() 
     assert!(notify.stdout.contains("Deliveries: 4 sent, 0 failed"), "{notify:?}");
     assert!(started.elapsed() >= Duration::from_secs(2), "the rate limit was in force");
     assert!(synapse.log().contains("429 - Too Many Requests (rc_message)"), "Synapse did answer 429");
+    assert!(notify.stderr.contains("could not lift the rate limits"), "{notify:?}");
 
     let bodies = dm_bodies(&synapse, &synapse.user_id(&people[0])).await;
     assert_eq!(bodies.len(), 1, "one notice: {bodies:?}");
@@ -469,6 +472,8 @@ async fn encrypted_notice_dms_are_readable_on_the_persons_device() {
     let id = open.json()["id"].to_string();
     let notify = lifeboat.run(&["notify", &id, "--yes"]).await;
     assert_eq!(notify.code, 0, "{notify:?}");
+    let limits = synapse.rate_limit_override(&bot.user_id).await;
+    assert_eq!(limits["messages_per_second"], 0, "notify lifted lifeboat's rate limits: {limits}");
 
     client.sync_once(SyncSettings::default()).await.unwrap();
     let room = client.invited_rooms().pop().expect("Ann is invited to the DM");

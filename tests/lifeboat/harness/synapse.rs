@@ -157,6 +157,12 @@ impl TestSynapse {
         body["registration_tokens"].as_array().cloned().unwrap_or_else(|| panic!("no token list in {body}"))
     }
 
+    /// The rate-limit override of an account (admin API).
+    pub async fn rate_limit_override(&self, user_id: &str) -> Value {
+        let url = format!("{}/_synapse/admin/v1/users/{user_id}/override_ratelimit", self.url);
+        self.http.get(url).bearer_auth(self.admin_token()).send().await.unwrap().json().await.unwrap()
+    }
+
     /// Synapse's own word on a registration token (no auth needed).
     pub async fn token_is_valid(&self, token: &str) -> bool {
         let url = format!("{}/_matrix/client/v1/register/m.login.registration_token/validity", self.url);
