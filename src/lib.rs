@@ -1,6 +1,7 @@
 //! lifeboat: an off-server registry of a Synapse homeserver's accounts and
 //! contacts, loss detection, and (in later parts) the way back in.
 
+pub mod backup;
 pub mod check;
 pub mod cli;
 pub mod config;

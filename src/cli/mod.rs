@@ -1,6 +1,7 @@
 //! The command line: parses arguments, loads config, runs one command, and
 //! turns the outcome into an exit code and one plain sentence on errors.
 
+mod backup;
 mod check;
 mod config_check;
 mod contacts;
@@ -112,6 +113,16 @@ enum Command {
     /// token still works; refuses when lifeboat's account still exists (then
     /// the token was revoked, not the database lost). Exit 0 ok, 1 failed.
     Recover(recover::Args),
+    /// Write a consistent snapshot of the registry to a portable file (safe while lifeboat runs).
+    ///
+    /// One JSON line per row; a backup of a SQLite registry restores into
+    /// PostgreSQL and back. Exit 0 ok, 1 failed.
+    Backup(backup::BackupArgs),
+    /// Load a backup into an empty registry (or, with --replace, into one emptied first).
+    ///
+    /// All or nothing, in one transaction; a truncated file is refused.
+    /// Exit 0 ok, 1 failed.
+    Restore(backup::RestoreArgs),
     /// Validate a config file.
     #[command(subcommand)]
     Config(config_check::Command),
@@ -175,6 +186,8 @@ async fn run(cli: Cli) -> Outcome {
         Command::Notify(args) => notify::run(&context, args).await,
         Command::Tokens(command) => tokens::run(&context, command).await,
         Command::Recover(args) => recover::run(&context, args).await,
+        Command::Backup(args) => backup::run_backup(&context, args).await,
+        Command::Restore(args) => backup::run_restore(&context, args).await,
         Command::Config(command) => config_check::run(&context, command),
     }
 }

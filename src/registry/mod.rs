@@ -52,6 +52,7 @@ pub type Result<T, E = Error> = std::result::Result<T, E>;
 #[derive(Clone)]
 pub struct Registry {
     pool: AnyPool,
+    backend: Backend,
 }
 
 impl Registry {
@@ -91,7 +92,12 @@ impl Registry {
             Backend::Postgres => &POSTGRES_MIGRATIONS,
         };
         migrator.run(&pool).await.map_err(|source| Error::Migrate { url: shown, source })?;
-        Ok(Registry { pool })
+        Ok(Registry { pool, backend })
+    }
+
+    /// PostgreSQL needs a few statements SQLite does not (and vice versa).
+    pub fn is_postgres(&self) -> bool {
+        self.backend == Backend::Postgres
     }
 
     pub fn pool(&self) -> &AnyPool {

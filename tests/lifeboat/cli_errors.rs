@@ -206,3 +206,28 @@ async fn urls_that_would_lose_data_or_leak_secrets_are_refused() {
     assert_eq!(run.code, 2, "{run:?}");
     assert!(!run.stderr.contains("hunter2"), "the password never reaches stderr: {run:?}");
 }
+
+#[tokio::test]
+async fn backup_and_restore_work_from_the_command_line_and_refuse_other_files() {
+    let registry = TestDatabase::sqlite();
+    let lifeboat = Lifeboat::with_config(&MINIMAL.replace("sqlite://lifeboat.db", &registry.url()));
+    let client = lifeboat::registry::Registry::connect(&registry.url()).await.unwrap();
+    seed_account(&client, "@alice:example.org").await;
+
+    let backup = lifeboat.run(&["backup", "--out", "registry.backup"]).await;
+    assert_eq!(backup.code, 0, "{backup:?}");
+    assert!(client.setting("last_backup_at").await.unwrap().is_some(), "the backup time is recorded");
+
+    let fresh = TestDatabase::sqlite();
+    let elsewhere = Lifeboat::with_config(&MINIMAL.replace("sqlite://lifeboat.db", &fresh.url()));
+    let path = lifeboat.dir().join("registry.backup");
+    let restore = elsewhere.run(&["restore", path.to_str().unwrap()]).await;
+    assert_eq!(restore.code, 0, "{restore:?}");
+    let users = elsewhere.run(&["users", "list", "--json"]).await.json();
+    assert_eq!(users[0]["user_id"], "@alice:example.org");
+
+    std::fs::write(lifeboat.dir().join("notes.txt"), "hello").unwrap();
+    let other = elsewhere.run(&["restore", lifeboat.dir().join("notes.txt").to_str().unwrap(), "--replace"]).await;
+    assert_eq!(other.code, 1, "{other:?}");
+    assert!(one_sentence(&other.stderr).contains("is not a lifeboat backup"), "{other:?}");
+}

@@ -1,5 +1,6 @@
 //! lifeboat's integration tests: one binary, real parts (see harness/).
 
+mod backups;
 mod cli_errors;
 mod harness;
 mod listing_failures;

@@ -1,0 +1,265 @@
+//! Backup and restore of the registry as a portable file: one JSON line per
+//! row, the same for SQLite and PostgreSQL (so a backup of one restores into
+//! the other). The snapshot is read in one transaction while lifeboat runs.
+//!
+//! File: a header line `{"lifeboat_backup": 1, ...}`, then
+//! `{"table": NAME, "row": [...]}` lines in the order restore needs, then
+//! `{"end": true, "rows": N}` so a truncated file is refused.
+
+use std::io::{BufRead, BufWriter, Write};
+use std::path::Path;
+
+use futures::TryStreamExt;
+use serde_json::{Value, json};
+use sqlx::Row;
+
+use crate::registry::{Actor, Registry, now_ms};
+
+const FORMAT_VERSION: i64 = 1;
+/// Registry setting: when the last backup was written.
+pub const LAST_BACKUP_SETTING: &str = "last_backup_at";
+
+/// The tables kept, parents before children, with their columns; `I` marks
+/// integer columns (all others are text). Staged listings and leases are
+/// run-time state and are not kept.
+const TABLES: &[(&str, &[&str])] = &[
+    (
+        "accounts",
+        &[
+            "user_id",
+            "display_name",
+            "admin:I",
+            "deactivated:I",
+            "locked:I",
+            "is_guest:I",
+            "user_type",
+            "synapse_created_at:I",
+            "first_seen_at:I",
+            "last_seen_present_at:I",
+            "state",
+            "missing_since:I",
+            "recreated_at:I",
+            "details_fetched_at:I",
+        ],
+    ),
+    ("contacts", &["id:I", "user_id", "kind", "address", "source", "verified_at:I", "opted_out_at:I", "added_at:I"]),
+    (
+        "sync_runs",
+        &[
+            "id:I",
+            "started_at:I",
+            "finished_at:I",
+            "status",
+            "listed:I",
+            "new_accounts:I",
+            "missing:I",
+            "newly_missing:I",
+            "recreated:I",
+            "deactivated:I",
+            "details_fetched:I",
+            "details_failed:I",
+            "emails_imported:I",
+            "error",
+        ],
+    ),
+    ("audit_log", &["id:I", "at:I", "actor", "actor_detail", "action", "subject", "detail"]),
+    ("incidents", &["id:I", "title", "postmortem", "scope", "opened_at:I", "resolved_at:I"]),
+    ("incident_accounts", &["incident_id:I", "user_id", "state_at_opening"]),
+    (
+        "registration_tokens",
+        &[
+            "id:I",
+            "token",
+            "incident_id:I",
+            "user_id",
+            "purpose",
+            "created_at:I",
+            "expires_at:I",
+            "confirmed_at:I",
+            "revoked_at:I",
+        ],
+    ),
+    (
+        "deliveries",
+        &[
+            "id:I",
+            "incident_id:I",
+            "user_id",
+            "channel",
+            "address",
+            "state",
+            "attempts:I",
+            "last_error",
+            "next_attempt_at:I",
+            "claimed_at:I",
+            "sent_at:I",
+            "created_at:I",
+        ],
+    ),
+    ("service_credentials", &["user_id", "access_token", "device_id", "obtained_at:I"]),
+    ("dm_rooms", &["user_id", "room_id", "created_at:I"]),
+    ("settings", &["name", "value"]),
+];
+
+/// Tables whose `id` PostgreSQL generates (restore must override it).
+const IDENTITY_TABLES: &[&str] =
+    &["contacts", "sync_runs", "audit_log", "incidents", "registration_tokens", "deliveries"];
+
+#[derive(Debug, thiserror::Error)]
+pub enum BackupError {
+    #[error("{0}")]
+    Io(String),
+    #[error("{0}")]
+    Invalid(String),
+    #[error(transparent)]
+    Registry(#[from] crate::registry::Error),
+}
+
+impl From<sqlx::Error> for BackupError {
+    fn from(err: sqlx::Error) -> Self {
+        BackupError::Registry(err.into())
+    }
+}
+
+fn column(spec: &str) -> (&str, bool) {
+    match spec.strip_suffix(":I") {
+        Some(name) => (name, true),
+        None => (spec, false),
+    }
+}
+
+fn select_sql(table: &str, columns: &[&str]) -> String {
+    let names: Vec<&str> = columns.iter().map(|spec| column(spec).0).collect();
+    let order: Vec<&str> = names.iter().copied().take(if table == "incident_accounts" { 2 } else { 1 }).collect();
+    format!("SELECT {} FROM {table} ORDER BY {}", names.join(", "), order.join(", "))
+}
+
+/// Every kept row, as the JSON lines a backup holds, in file order.
+pub async fn snapshot_lines(
+    registry: &Registry,
+    mut emit: impl FnMut(String) -> Result<(), BackupError>,
+) -> Result<u64, BackupError> {
+    let mut tx = registry.pool().begin().await?;
+    if registry.is_postgres() {
+        // One consistent view across all tables while others keep writing.
+        sqlx::query("SET TRANSACTION ISOLATION LEVEL REPEATABLE READ").execute(&mut *tx).await?;
+    }
+    let mut rows = 0;
+    for (table, columns) in TABLES {
+        let sql = select_sql(table, columns);
+        let mut stream = sqlx::query(sqlx::AssertSqlSafe(sql)).fetch(&mut *tx);
+        while let Some(row) = stream.try_next().await? {
+            let mut values = Vec::with_capacity(columns.len());
+            for (index, spec) in columns.iter().enumerate() {
+                let (_, integer) = column(spec);
+                values.push(if integer {
+                    row.try_get::<Option<i64>, _>(index)?.map(Value::from).unwrap_or(Value::Null)
+                } else {
+                    row.try_get::<Option<String>, _>(index)?.map(Value::from).unwrap_or(Value::Null)
+                });
+            }
+            emit(json!({"table": table, "row": values}).to_string())?;
+            rows += 1;
+        }
+    }
+    tx.commit().await?;
+    Ok(rows)
+}
+
+/// Writes a consistent snapshot to `out` (atomically: a temporary file
+/// renamed into place) and records when. Returns the number of rows.
+pub async fn backup(registry: &Registry, out: &Path, actor: &Actor) -> Result<u64, BackupError> {
+    let io = |err: std::io::Error| BackupError::Io(format!("cannot write {}: {err}", out.display()));
+    let partial = out.with_extension("partial");
+    let file = std::fs::File::create(&partial).map_err(io)?;
+    let mut writer = BufWriter::new(file);
+    let header = json!({"lifeboat_backup": FORMAT_VERSION, "created_at": now_ms(), "tables": TABLES.len()});
+    writeln!(writer, "{header}").map_err(io)?;
+    let rows = snapshot_lines(registry, |line| writeln!(writer, "{line}").map_err(io)).await?;
+    writeln!(writer, "{}", json!({"end": true, "rows": rows})).map_err(io)?;
+    let file = writer.into_inner().map_err(|err| io(err.into_error()))?;
+    file.sync_all().map_err(io)?;
+    std::fs::rename(&partial, out).map_err(io)?;
+    registry.set_setting(LAST_BACKUP_SETTING, &now_ms().to_string()).await?;
+    registry.audit(actor, "backup", Some(&out.display().to_string()), Some(&format!("{rows} rows"))).await?;
+    Ok(rows)
+}
+
+/// Loads a backup into the registry in one transaction. Refuses a registry
+/// that holds accounts or history unless `replace` (which empties it first).
+pub async fn restore(registry: &Registry, file: &Path, replace: bool, actor: &Actor) -> Result<u64, BackupError> {
+    let reader = std::io::BufReader::new(
+        std::fs::File::open(file).map_err(|err| BackupError::Io(format!("cannot read {}: {err}", file.display())))?,
+    );
+    let mut lines = reader.lines();
+    let invalid = |what: &str| BackupError::Invalid(format!("{} is not a lifeboat backup: {what}", file.display()));
+    let header: Value = lines
+        .next()
+        .and_then(|line| line.ok())
+        .and_then(|line| serde_json::from_str(&line).ok())
+        .ok_or_else(|| invalid("no header line"))?;
+    if header["lifeboat_backup"] != FORMAT_VERSION {
+        return Err(invalid(&format!("format {} is not {FORMAT_VERSION}", header["lifeboat_backup"])));
+    }
+
+    let mut tx = registry.pool().begin().await?;
+    let (held,): (i64,) = sqlx::query_as(
+        "SELECT (SELECT COUNT(*) FROM accounts) + (SELECT COUNT(*) FROM audit_log) + (SELECT COUNT(*) FROM incidents)",
+    )
+    .fetch_one(&mut *tx)
+    .await?;
+    if held > 0 && !replace {
+        return Err(BackupError::Invalid(
+            "the registry is not empty: restore into a new one, or pass --replace to empty this one first".to_owned(),
+        ));
+    }
+    for (table, _) in TABLES.iter().rev() {
+        sqlx::query(sqlx::AssertSqlSafe(format!("DELETE FROM {table}"))).execute(&mut *tx).await?;
+    }
+    sqlx::query("DELETE FROM listing_stage").execute(&mut *tx).await?;
+
+    let mut rows = 0u64;
+    let mut ended = None;
+    for line in lines {
+        let line = line.map_err(|err| BackupError::Io(format!("cannot read {}: {err}", file.display())))?;
+        let record: Value = serde_json::from_str(&line).map_err(|_| invalid("a line is not JSON"))?;
+        if record["end"] == true {
+            ended = record["rows"].as_u64();
+            break;
+        }
+        let table = record["table"].as_str().ok_or_else(|| invalid("a row names no table"))?;
+        let (_, columns) = TABLES.iter().find(|(name, _)| *name == table).ok_or_else(|| invalid("an unknown table"))?;
+        let values = record["row"].as_array().filter(|values| values.len() == columns.len());
+        let values = values.ok_or_else(|| invalid(&format!("a {table} row has the wrong number of columns")))?;
+        let names: Vec<&str> = columns.iter().map(|spec| column(spec).0).collect();
+        let placeholders: Vec<String> = (1..=names.len()).map(|n| format!("${n}")).collect();
+        let overriding =
+            if registry.is_postgres() && IDENTITY_TABLES.contains(&table) { " OVERRIDING SYSTEM VALUE" } else { "" };
+        let sql =
+            format!("INSERT INTO {table} ({}){overriding} VALUES ({})", names.join(", "), placeholders.join(", "));
+        let mut query = sqlx::query(sqlx::AssertSqlSafe(sql));
+        for (value, spec) in values.iter().zip(columns.iter()) {
+            query =
+                if column(spec).1 { query.bind(value.as_i64()) } else { query.bind(value.as_str().map(str::to_owned)) };
+        }
+        query.execute(&mut *tx).await?;
+        rows += 1;
+    }
+    match ended {
+        Some(expected) if expected == rows => {}
+        Some(expected) => return Err(invalid(&format!("it lists {expected} rows but holds {rows}"))),
+        None => return Err(invalid("it ends early (no end line): the file is truncated")),
+    }
+    if registry.is_postgres() {
+        for table in IDENTITY_TABLES {
+            sqlx::query(sqlx::AssertSqlSafe(format!(
+                "SELECT setval(pg_get_serial_sequence('{table}', 'id'), COALESCE((SELECT MAX(id) FROM {table}), 0) + 1, false)"
+            )))
+            .execute(&mut *tx)
+            .await?;
+        }
+    }
+    tx.commit().await?;
+    registry.audit(actor, "restore", Some(&file.display().to_string()), Some(&format!("{rows} rows"))).await?;
+    Ok(rows)
+}

@@ -1,0 +1,42 @@
+//! `lifeboat backup --out FILE` and `lifeboat restore FILE`
+
+use std::path::PathBuf;
+
+use super::{Context, Failure, Outcome, exit};
+use crate::backup::{backup, restore};
+use crate::registry::Actor;
+
+#[derive(clap::Args, Debug)]
+pub struct BackupArgs {
+    /// Where to write the backup (replaced atomically when complete).
+    #[arg(long, value_name = "FILE")]
+    out: PathBuf,
+}
+
+#[derive(clap::Args, Debug)]
+pub struct RestoreArgs {
+    /// A file written by `lifeboat backup`.
+    file: PathBuf,
+    /// Empty a registry that already holds data, then restore into it.
+    #[arg(long)]
+    replace: bool,
+}
+
+pub async fn run_backup(context: &Context, args: BackupArgs) -> Outcome {
+    let config = context.config()?;
+    let registry = context.registry(&config).await?;
+    let rows = backup(&registry, &args.out, &Actor::cli()).await.map_err(|err| Failure::new(exit::FAILED, err))?;
+    println!("Wrote {rows} rows to {}.", args.out.display());
+    println!("Keep it on another host than Synapse's database; `lifeboat restore FILE` loads it.");
+    Ok(exit::OK)
+}
+
+pub async fn run_restore(context: &Context, args: RestoreArgs) -> Outcome {
+    let config = context.config()?;
+    let registry = context.registry(&config).await?;
+    let rows = restore(&registry, &args.file, args.replace, &Actor::cli())
+        .await
+        .map_err(|err| Failure::new(exit::FAILED, format!("nothing was restored: {err}")))?;
+    println!("Restored {rows} rows from {}.", args.file.display());
+    Ok(exit::OK)
+}
