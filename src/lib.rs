@@ -6,6 +6,7 @@ pub mod check;
 pub mod cli;
 pub mod config;
 pub mod dm;
+pub mod drill;
 pub mod email;
 pub mod links;
 pub mod mail;

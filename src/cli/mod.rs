@@ -5,6 +5,7 @@ mod backup;
 mod check;
 mod config_check;
 mod contacts;
+mod drill;
 mod incident;
 mod notify;
 mod output;
@@ -113,6 +114,13 @@ enum Command {
     /// token still works; refuses when lifeboat's account still exists (then
     /// the token was revoked, not the database lost). Exit 0 ok, 1 failed.
     Recover(recover::Args),
+    /// Rehearse the way back in against the live homeserver, changing nothing there.
+    ///
+    /// Checks Synapse, the admin token, the shared secret (without creating
+    /// an account), registration tokens (one made and deleted), email (a test
+    /// message to alerts.email), the notice templates, the registry's
+    /// freshness and coverage, and the last backup. Exit 0 ready, 1 not.
+    Drill(drill::Args),
     /// Write a consistent snapshot of the registry to a portable file (safe while lifeboat runs).
     ///
     /// One JSON line per row; a backup of a SQLite registry restores into
@@ -186,6 +194,7 @@ async fn run(cli: Cli) -> Outcome {
         Command::Notify(args) => notify::run(&context, args).await,
         Command::Tokens(command) => tokens::run(&context, command).await,
         Command::Recover(args) => recover::run(&context, args).await,
+        Command::Drill(args) => drill::run(&context, args).await,
         Command::Backup(args) => backup::run_backup(&context, args).await,
         Command::Restore(args) => backup::run_restore(&context, args).await,
         Command::Config(command) => config_check::run(&context, command),

@@ -72,6 +72,19 @@ impl Registry {
         .await?)
     }
 
+    /// Accounts present on Synapse with no verified contact that has not
+    /// opted out: after a loss, nobody could reach their person.
+    pub async fn accounts_without_verified_contact(&self) -> Result<Vec<String>> {
+        let rows: Vec<(String,)> = sqlx::query_as(
+            "SELECT a.user_id FROM accounts a WHERE a.state = 'present' AND NOT EXISTS \
+             (SELECT 1 FROM contacts c WHERE c.user_id = a.user_id AND c.verified_at IS NOT NULL \
+              AND c.opted_out_at IS NULL) ORDER BY a.user_id",
+        )
+        .fetch_all(&self.pool)
+        .await?;
+        Ok(rows.into_iter().map(|(id,)| id).collect())
+    }
+
     /// Contact counts per account, for listings: (user_id, contacts).
     pub async fn contact_counts(&self) -> Result<Vec<(String, i64)>> {
         Ok(sqlx::query_as("SELECT user_id, COUNT(*) FROM contacts GROUP BY user_id").fetch_all(&self.pool).await?)

@@ -493,3 +493,54 @@ async fn encrypted_notice_dms_are_readable_on_the_persons_device() {
     assert_eq!(bodies.len(), 1, "{bodies:?}");
     assert!(bodies[0].contains("still works"), "decrypted on Ann's device: {bodies:?}");
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_drill_passes_on_a_ready_setup_and_changes_nothing_on_synapse() {
+    let synapse = TestSynapse::start();
+    let registry = TestDatabase::sqlite();
+    let smtp = TestSmtp::start(None);
+    let mut lifeboat = lifeboat_with_mail(&synapse, &registry, &smtp);
+    let config = std::fs::read_to_string(lifeboat.config_path()).unwrap();
+    lifeboat.write_config(&format!("{config}\n[alerts]\nemail = [\"ops@example.org\"]\n"));
+    let (reachable, silent) = (unique("reachable"), unique("silent"));
+    synapse.create_user(&reachable, &[&format!("{reachable}@example.org")]).await;
+    synapse.create_user(&silent, &[]).await;
+    assert_eq!(lifeboat.run(&["sync"]).await.code, 0);
+    assert_eq!(lifeboat.run(&["backup", "--out", "registry.backup"]).await.code, 0);
+
+    let drill = lifeboat.run(&["drill", "--json"]).await;
+    assert_eq!(drill.code, 0, "{drill:?}");
+    let report = drill.json();
+    let status = |check: &str| {
+        report["lines"].as_array().unwrap().iter().find(|line| line["check"] == check).unwrap()["status"].clone()
+    };
+    for check in [
+        "synapse",
+        "admin token",
+        "shared secret",
+        "registration tokens",
+        "email",
+        "templates",
+        "registry fresh",
+        "backup",
+    ] {
+        assert_eq!(status(check), "ok", "{check}: {report}");
+    }
+    assert_eq!(status("coverage"), "warn");
+    let uncovered =
+        report["lines"].as_array().unwrap().iter().find(|line| line["check"] == "coverage").unwrap()["accounts"]
+            .clone();
+    assert!(
+        uncovered.as_array().unwrap().iter().any(|id| id == &serde_json::json!(synapse.user_id(&silent))),
+        "{uncovered}"
+    );
+    assert_eq!(smtp.messages_to("ops@example.org").len(), 1, "a test message went to the alert address");
+    assert!(synapse.registration_tokens().await.is_empty(), "the drill's token was deleted");
+    let check = lifeboat.run(&["check", "--json"]).await;
+    assert_eq!(check.json()["new"], serde_json::json!([]), "the drill created no account: {check:?}");
+
+    lifeboat.set_env("LIFEBOAT__HOMESERVER__REGISTRATION_SHARED_SECRET", "not-the-secret");
+    let wrong = lifeboat.run(&["drill"]).await;
+    assert_eq!(wrong.code, 1, "{wrong:?}");
+    assert!(wrong.stdout.contains("[FAIL] shared secret") && wrong.stdout.contains("HMAC incorrect"), "{wrong:?}");
+}

@@ -1,0 +1,275 @@
+//! `drill`: a rehearsal of the way back in, against the live homeserver,
+//! that changes nothing there. Each line says what is ready and, if not,
+//! what to fix.
+
+use std::time::Duration;
+
+use rand::distr::{Alphanumeric, SampleString};
+use secrecy::SecretString;
+use serde::Serialize;
+
+use crate::config::Config;
+use crate::mail::{Mailer, OutgoingEmail};
+use crate::notice::{NoticeContext, render_notice};
+use crate::recover::{AdminAccess, admin_access};
+use crate::registry::{Actor, Registry, format_time, now_ms};
+use crate::synapse::{self, SharedSecretError};
+
+/// A backup older than this is reported as stale.
+const BACKUP_MAX_AGE: Duration = Duration::from_secs(7 * 24 * 3600);
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Status {
+    Ok,
+    /// Works, but something deserves attention.
+    Warn,
+    Fail,
+    /// Not checked (the part is not configured or not built).
+    Skip,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct Line {
+    pub check: &'static str,
+    pub status: Status,
+    pub detail: String,
+    /// Accounts concerned (coverage: those nobody could reach).
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub accounts: Vec<String>,
+}
+
+impl Line {
+    fn new(check: &'static str, status: Status, detail: impl Into<String>) -> Line {
+        Line { check, status, detail: detail.into(), accounts: Vec::new() }
+    }
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct Report {
+    pub ready: bool,
+    pub lines: Vec<Line>,
+}
+
+pub async fn drill(config: &Config, registry: &Registry, actor: &Actor) -> Report {
+    let mut lines = Vec::new();
+    let base = synapse::SynapseClient::from_config(&config.homeserver);
+
+    match base.server_version().await {
+        Ok(version) => lines.push(Line::new("synapse", Status::Ok, format!("Synapse {version} answers"))),
+        Err(err) => lines.push(Line::new("synapse", Status::Fail, err.to_string())),
+    }
+
+    let admin = match admin_access(config, registry).await {
+        Ok(AdminAccess::Working { client, source }) => match client.users_page(None, 1).await {
+            Ok(_) => {
+                lines.push(Line::new(
+                    "admin token",
+                    Status::Ok,
+                    format!("the {source:?} admin token works and is an admin's").to_lowercase(),
+                ));
+                Some(client)
+            }
+            Err(err) => {
+                lines.push(Line::new("admin token", Status::Fail, err.to_string()));
+                None
+            }
+        },
+        Ok(AdminAccess::Dead { .. }) => {
+            lines.push(Line::new(
+                "admin token",
+                Status::Fail,
+                "no admin token works: put a current one in homeserver.admin_token, or run `lifeboat recover` after a wipe",
+            ));
+            None
+        }
+        Err(err) => {
+            lines.push(Line::new("admin token", Status::Fail, err.to_string()));
+            None
+        }
+    };
+
+    lines.push(shared_secret(config, admin.as_ref()).await);
+    lines.push(registration_tokens(admin.as_ref()).await);
+    lines.push(email(config).await);
+    lines.push(Line::new("bot", Status::Skip, "not checked: the admin-room bot is not built yet"));
+    lines.push(templates(config));
+    lines.extend(registry_lines(config, registry).await);
+
+    let ready = lines.iter().all(|line| line.status != Status::Fail);
+    let failed = lines.iter().filter(|line| line.status == Status::Fail).count();
+    let _ = registry.audit(actor, "drill", None, Some(&format!("ready: {ready} ({failed} failed)"))).await;
+    Report { ready, lines }
+}
+
+/// Synapse checks the MAC before anything else, so registering an account
+/// that exists answers "user in use" with the right secret and "HMAC
+/// incorrect" with a wrong one: nothing is created either way.
+async fn shared_secret(config: &Config, admin: Option<&synapse::SynapseClient>) -> Line {
+    let Some(secret) = &config.homeserver.registration_shared_secret else {
+        return Line::new(
+            "shared secret",
+            Status::Fail,
+            "homeserver.registration_shared_secret is not set: without it lifeboat cannot get back in after a wipe",
+        );
+    };
+    let Some(admin) = admin else {
+        return Line::new(
+            "shared secret",
+            Status::Skip,
+            "not checked: it needs a working admin token to name an existing account",
+        );
+    };
+    let existing = match admin.whoami().await {
+        Ok(who) => who.user_id,
+        Err(err) => return Line::new("shared secret", Status::Fail, err.to_string()),
+    };
+    let localpart = existing.trim_start_matches('@').split(':').next().unwrap_or_default().to_owned();
+    let throwaway = SecretString::from(Alphanumeric.sample_string(&mut rand::rng(), 32));
+    match admin.register_with_shared_secret(&secret.value, &localpart, &throwaway, false).await {
+        Err(SharedSecretError::UserInUse) => {
+            Line::new("shared secret", Status::Ok, format!("Synapse accepts it (probed with {existing}, which exists)"))
+        }
+        Err(SharedSecretError::WrongSecret) => Line::new(
+            "shared secret",
+            Status::Fail,
+            "Synapse rejects it (HMAC incorrect): copy registration_shared_secret from homeserver.yaml",
+        ),
+        Err(err) => Line::new("shared secret", Status::Fail, err.to_string()),
+        Ok(_) => Line::new("shared secret", Status::Warn, format!("it works, but {existing} was registered anew")),
+    }
+}
+
+async fn registration_tokens(admin: Option<&synapse::SynapseClient>) -> Line {
+    let Some(admin) = admin else {
+        return Line::new("registration tokens", Status::Skip, "not checked: no working admin token");
+    };
+    let token = format!("lifeboat-drill-{}", Alphanumeric.sample_string(&mut rand::rng(), 12));
+    let created = admin.create_registration_token(&token, now_ms() + 60_000).await;
+    let deleted = admin.delete_registration_token(&token).await;
+    match (created, deleted) {
+        (Ok(()), Ok(())) => Line::new("registration tokens", Status::Ok, "one was created and deleted"),
+        (Err(err), _) | (_, Err(err)) => Line::new("registration tokens", Status::Fail, err.to_string()),
+    }
+}
+
+async fn email(config: &Config) -> Line {
+    let Some(email) = &config.email else {
+        return Line::new(
+            "email",
+            Status::Fail,
+            "[email] is not configured: after a loss, email is the only way to reach people",
+        );
+    };
+    let mailer = match Mailer::from_config(email, 1) {
+        Ok(mailer) => mailer,
+        Err(err) => return Line::new("email", Status::Fail, err.to_string()),
+    };
+    if config.alerts.email.is_empty() {
+        return match mailer.test_connection().await {
+            Ok(()) => Line::new(
+                "email",
+                Status::Warn,
+                "the SMTP server answers; set alerts.email to have drill send a test message",
+            ),
+            Err(err) => Line::new("email", Status::Fail, err.to_string()),
+        };
+    }
+    for to in &config.alerts.email {
+        let message = OutgoingEmail {
+            to: to.clone(),
+            subject: format!("[{}] lifeboat drill: test message", config.homeserver.server_name),
+            text: "lifeboat's drill sent this to check that notices and alerts can be mailed. Nothing to do.\n"
+                .to_owned(),
+            html: "<p>lifeboat's drill sent this to check that notices and alerts can be mailed. Nothing to do.</p>"
+                .to_owned(),
+            message_id: format!("drill-{}@{}", now_ms(), config.homeserver.server_name),
+            list_unsubscribe: None,
+        };
+        if let Err(err) = mailer.send(&message).await {
+            return Line::new("email", Status::Fail, format!("a test message to {to} failed: {err}"));
+        }
+    }
+    mailer.shutdown().await;
+    Line::new("email", Status::Ok, format!("a test message went to {} alert address(es)", config.alerts.email.len()))
+}
+
+fn templates(config: &Config) -> Line {
+    let sample = NoticeContext {
+        server_name: &config.homeserver.server_name,
+        homeserver_url: config.homeserver.public_url.as_str(),
+        user_id: "@someone:example.org",
+        display_name: Some("Someone"),
+        incident_title: "Drill",
+        postmortem_markdown: "# What happened\n\nNothing: this is a drill.",
+        token: Some("DRILL-TOKEN"),
+        token_expires: Some("tomorrow"),
+        unsubscribe_url: None,
+        account_works: false,
+        postmortem_html: None,
+    };
+    match render_notice(&sample) {
+        Ok(_) => Line::new("templates", Status::Ok, "a sample notice renders"),
+        Err(err) => Line::new("templates", Status::Fail, format!("the notice does not render: {err}")),
+    }
+}
+
+async fn registry_lines(config: &Config, registry: &Registry) -> Vec<Line> {
+    let mut lines = Vec::new();
+    let max_age = (config.watch.interval * 2).max(Duration::from_secs(3600));
+    lines.push(match registry.last_complete_sync().await {
+        Ok(Some(run)) => {
+            let age = Duration::from_millis((now_ms() - run.started_at).max(0) as u64);
+            let when = format_time(run.started_at).unwrap_or_default();
+            if age <= max_age {
+                Line::new("registry fresh", Status::Ok, format!("last complete sync {when}"))
+            } else {
+                Line::new(
+                    "registry fresh",
+                    Status::Fail,
+                    format!(
+                        "last complete sync {when}, older than {}: run `lifeboat sync` regularly",
+                        humantime::format_duration(max_age)
+                    ),
+                )
+            }
+        }
+        Ok(None) => Line::new("registry fresh", Status::Fail, "no complete sync yet: run `lifeboat sync`"),
+        Err(err) => Line::new("registry fresh", Status::Fail, err.to_string()),
+    });
+    lines.push(match registry.accounts_without_verified_contact().await {
+        Ok(ids) if ids.is_empty() => Line::new("coverage", Status::Ok, "every account has a verified contact"),
+        Ok(ids) => Line {
+            check: "coverage",
+            status: Status::Warn,
+            detail: format!(
+                "{} accounts have no verified contact and could not be reached after a loss: add one with `lifeboat contacts add`",
+                ids.len()
+            ),
+            accounts: ids,
+        },
+        Err(err) => Line::new("coverage", Status::Fail, err.to_string()),
+    });
+    lines.push(match registry.setting(crate::backup::LAST_BACKUP_SETTING).await {
+        Ok(Some(at)) => {
+            let at: i64 = at.parse().unwrap_or(0);
+            let when = format_time(at).unwrap_or_default();
+            if now_ms() - at <= BACKUP_MAX_AGE.as_millis() as i64 {
+                Line::new("backup", Status::Ok, format!("last backup {when}"))
+            } else {
+                Line::new(
+                    "backup",
+                    Status::Fail,
+                    format!("last backup {when}, over a week ago: run `lifeboat backup --out FILE` regularly"),
+                )
+            }
+        }
+        Ok(None) => Line::new(
+            "backup",
+            Status::Fail,
+            "no backup yet: run `lifeboat backup --out FILE` and keep it on another host",
+        ),
+        Err(err) => Line::new("backup", Status::Fail, err.to_string()),
+    });
+    lines
+}
