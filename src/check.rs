@@ -10,9 +10,7 @@ use serde::Serialize;
 
 use crate::reconcile::{Listed, Report, Verdict, merge_join};
 use crate::registry::{self, Registry};
-use crate::synapse::{self, SynapseClient};
-
-const LISTING_ATTEMPTS: u32 = 3;
+use crate::synapse::{self, LISTING_ATTEMPTS, SynapseClient};
 
 /// Registry setting: fingerprint of the admin token of the last complete sync.
 pub const WORKING_TOKEN_SETTING: &str = "working_admin_token_sha256";
@@ -120,14 +118,12 @@ async fn complete_listing(client: &SynapseClient, options: &CheckOptions) -> Res
         }
         listing.sort_unstable_by(|a, b| a.user_id.as_bytes().cmp(b.user_id.as_bytes()));
         listing.dedup_by(|a, b| a.user_id == b.user_id);
-        match pages.total {
-            Some(total) if (listing.len() as i64) < total => {
-                if attempt >= LISTING_ATTEMPTS {
-                    return Err(CheckError::Inconsistent { listed: listing.len(), total });
-                }
-                attempt += 1;
+        match pages.missed_some(listing.len() as u64) {
+            Some(total) if attempt >= LISTING_ATTEMPTS => {
+                return Err(CheckError::Inconsistent { listed: listing.len(), total });
             }
-            _ => return Ok(listing),
+            Some(_) => attempt += 1,
+            None => return Ok(listing),
         }
     }
 }

@@ -93,11 +93,25 @@ impl NoticeSettings {
     }
 
     pub fn render(&self, incident: &Incident, delivery: &Delivery) -> Result<RenderedNotice, NotifyError> {
-        let expires = delivery.token_expires_at.map(human_time);
-        let unsubscribe_url = match (&self.unsubscribe, delivery.contact_id) {
+        self.render_with(incident, delivery, self.unsubscribe_url(delivery).as_deref())
+    }
+
+    /// The signed one-click link for this delivery's contact, if the web
+    /// page is configured.
+    fn unsubscribe_url(&self, delivery: &Delivery) -> Option<String> {
+        match (&self.unsubscribe, delivery.contact_id) {
             (Some((base, key)), Some(contact_id)) => Some(crate::links::unsubscribe_url(base, key, contact_id)),
             _ => None,
-        };
+        }
+    }
+
+    fn render_with(
+        &self,
+        incident: &Incident,
+        delivery: &Delivery,
+        unsubscribe_url: Option<&str>,
+    ) -> Result<RenderedNotice, NotifyError> {
+        let expires = delivery.token_expires_at.map(human_time);
         let context = NoticeContext {
             server_name: &self.server_name,
             homeserver_url: self.public_url.as_str(),
@@ -109,21 +123,19 @@ impl NoticeSettings {
             account_works: delivery.account_state == "present" && delivery.recreated_at.is_none(),
             token: delivery.token.as_deref(),
             token_expires: expires.as_deref(),
-            unsubscribe_url: unsubscribe_url.as_deref(),
+            unsubscribe_url,
         };
         render_notice(&context).map_err(|err| NotifyError::Render(err.to_string()))
     }
 
     fn email(&self, incident: &Incident, delivery: &Delivery) -> Result<Result<OutgoingEmail, String>, NotifyError> {
-        let rendered = self.render(incident, delivery)?;
         let to = match EmailAddress::parse(&delivery.address) {
             Ok(to) => to,
             Err(err) => return Ok(Err(err.to_string())),
         };
-        let list_unsubscribe = match (&self.unsubscribe, delivery.contact_id) {
-            (Some((base, key)), Some(contact_id)) => Some(crate::links::unsubscribe_url(base, key, contact_id)),
-            _ => None,
-        };
+        // Signed once: the same link goes in the body and the header.
+        let list_unsubscribe = self.unsubscribe_url(delivery);
+        let rendered = self.render_with(incident, delivery, list_unsubscribe.as_deref())?;
         Ok(Ok(OutgoingEmail {
             to,
             subject: rendered.subject,

@@ -9,11 +9,8 @@ use serde::Serialize;
 
 use crate::email::EmailAddress;
 use crate::registry::{self, Actor, Registry, SyncApplied, now_ms};
-use crate::synapse::{self, SynapseClient, ThreePid};
+use crate::synapse::{self, LISTING_ATTEMPTS, SynapseClient, ThreePid};
 
-/// Times the whole listing is read when accounts registered while it was
-/// being read (offset paging then repeats some and may skip others).
-const LISTING_ATTEMPTS: u32 = 3;
 /// Accounts whose details are fetched per registry query.
 const DETAILS_BATCH: i64 = 500;
 
@@ -143,9 +140,9 @@ async fn stage_listing(
             None => break,
         }
     }
-    match pages.total {
-        Some(total) if (staged as i64) < total => Err(SyncError::Inconsistent { listed: staged, total }),
-        _ => Ok(()),
+    match pages.missed_some(staged) {
+        Some(total) => Err(SyncError::Inconsistent { listed: staged, total }),
+        None => Ok(()),
     }
 }
 

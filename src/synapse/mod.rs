@@ -251,6 +251,10 @@ fn urlencode(text: &str) -> String {
     url::form_urlencoded::byte_serialize(text.as_bytes()).collect::<String>().replace('+', "%20")
 }
 
+/// Times a whole listing is read when accounts registered while it was
+/// being read (offset paging then repeats some and may skip others).
+pub const LISTING_ATTEMPTS: u32 = 3;
+
 /// Cursor over the listing. A listing is complete only when Synapse says
 /// there is no next page; anything short of that is an error to the caller.
 pub struct UserPages<'a> {
@@ -264,6 +268,12 @@ pub struct UserPages<'a> {
 }
 
 impl UserPages<'_> {
+    /// Synapse's count, when it exceeds the `distinct` accounts read: someone
+    /// was skipped because the list changed while it was paged through.
+    pub fn missed_some(&self, distinct: u64) -> Option<i64> {
+        self.total.filter(|total| (distinct as i64) < *total)
+    }
+
     /// Refuse listings with accounts of another server: a `homeserver.url`
     /// pointing at the wrong Synapse must not look like everyone vanished.
     pub fn local_to(mut self, server_name: &str) -> Self {
