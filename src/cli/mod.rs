@@ -225,10 +225,10 @@ impl Context {
     ) -> Result<SynapseClient, AdminClientError> {
         match admin_access(config, registry).await? {
             AdminAccess::Working { client, .. } => Ok(client),
-            AdminAccess::Dead { client } => match &config.homeserver.admin_token {
-                Some(token) => Ok(client.with_token(token.value.clone())),
-                None => Err(AdminClientError::NoToken(config.require_admin_token().unwrap_err())),
-            },
+            AdminAccess::Dead { client } => config
+                .require_admin_token()
+                .map(|token| client.with_token(token.clone()))
+                .map_err(AdminClientError::NoToken),
         }
     }
 }
