@@ -2,6 +2,8 @@
 //! contacts, loss detection, and (in later parts) the way back in.
 
 pub mod backup;
+pub mod bot;
+pub mod campaign;
 pub mod check;
 pub mod cli;
 pub mod config;
@@ -13,9 +15,13 @@ pub mod mail;
 pub mod notice;
 pub mod notify;
 pub mod reconcile;
+pub mod serve;
 pub mod recover;
 pub mod registry;
 pub mod synapse;
 pub mod sync;
 pub mod tokens;
 pub mod user_id;
+pub mod watch;
+pub mod web;
+pub mod worker;

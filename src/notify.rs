@@ -68,6 +68,13 @@ pub async fn plan(registry: &Registry, incident_id: i64, sender: &str) -> Result
 /// Hook for a progress display: `done` of `total` deliveries finished.
 pub trait NotifyProgress: Send + Sync {
     fn deliveries(&self, _done: u64, _total: u64) {}
+    /// Something the person running it should know (a channel that is off).
+    fn note(&self, _text: &str) {}
+    /// True once the run should wind down (serve is shutting down): sends in
+    /// flight finish and are marked, the rest go back to pending.
+    fn stopping(&self) -> bool {
+        false
+    }
 }
 
 /// Everything a notice needs besides the delivery itself.
@@ -224,13 +231,16 @@ pub async fn send_deliveries(
     let mut tries: HashMap<i64, u32> = HashMap::new();
     let mut batch_stamp = now_ms();
     loop {
+        if progress.stopping() {
+            break;
+        }
         // Claims are marked with a stamp unique to this claim.
         batch_stamp = (batch_stamp + 1).max(now_ms());
         let batch =
             registry.claim_deliveries(incident.id, transport.channel(), (concurrency * 4) as i64, batch_stamp).await?;
         if batch.is_empty() {
             match registry.next_pending_at(incident.id, transport.channel()).await? {
-                Some(next) if next - now_ms() <= WAIT_FOR_RETRIES.as_millis() as i64 => {
+                Some(next) if next - now_ms() <= WAIT_FOR_RETRIES.as_millis() as i64 && !progress.stopping() => {
                     tokio::time::sleep(Duration::from_millis((next - now_ms()).max(10) as u64)).await;
                     continue;
                 }
@@ -239,6 +249,9 @@ pub async fn send_deliveries(
         }
         let mut sends = futures::stream::iter(batch)
             .map(|delivery| async move {
+                if progress.stopping() {
+                    return (delivery, Outcome::Release);
+                }
                 if delivery.opted_out_at.is_some() {
                     return (delivery, Outcome::Skip("the contact opted out"));
                 }
@@ -268,6 +281,9 @@ pub async fn send_deliveries(
         while let Some((delivery, outcome)) = sends.next().await {
             match outcome {
                 Outcome::Sent => done += 1,
+                Outcome::Release => {
+                    registry.mark_delivery_retry(delivery.id, "not sent yet: lifeboat was shutting down", now_ms()).await?;
+                }
                 Outcome::Skip(reason) => {
                     registry.mark_delivery_skipped(delivery.id, reason).await?;
                     done += 1;
@@ -299,6 +315,8 @@ pub async fn send_deliveries(
 
 enum Outcome {
     Sent,
+    /// Claimed but not started before a shutdown: back to pending.
+    Release,
     Skip(&'static str),
     Retry(String),
     Failed(String),

@@ -61,6 +61,25 @@ pub async fn ensure_notice_tokens(
     Ok(created)
 }
 
+/// Issues one new single-use token for one person of an incident (on
+/// request: the web page, or an admin's `token` command): recorded first,
+/// then created in Synapse, then confirmed. Returns the token and its
+/// expiry (UTC ms). The caller enforces any per-person limit.
+pub async fn issue_request_token(
+    registry: &Registry,
+    client: &SynapseClient,
+    incident_id: i64,
+    user_id: &str,
+    expiry: Duration,
+) -> Result<(String, i64), TokenError> {
+    let token = new_token();
+    let expires_at = now_ms() + expiry.as_millis() as i64;
+    let id = registry.record_request_token(incident_id, user_id, &token, expires_at).await?;
+    client.create_registration_token(&token, expires_at).await?;
+    registry.confirm_token(id).await?;
+    Ok((token, expires_at))
+}
+
 /// Gives a fresh expiry to tokens not yet sent to their person that would
 /// expire within half of `expiry` (sending was held back, e.g. by a long
 /// SMTP outage): nobody gets a token that is dead or about to be. Returns

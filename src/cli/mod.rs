@@ -10,6 +10,7 @@ mod incident;
 mod notify;
 mod output;
 mod recover;
+mod serve;
 mod sync;
 mod tokens;
 mod users;
@@ -131,6 +132,15 @@ enum Command {
     /// All or nothing, in one transaction; a truncated file is refused.
     /// Exit 0 ok, 1 failed.
     Restore(backup::RestoreArgs),
+    /// Run the long-lived service: web page, admin-room bot, watcher and delivery worker.
+    ///
+    /// Runs each face whose section is configured: [web] (the page plus
+    /// /healthz and /metrics on web.bind), [bot] (the admin-room bot), the
+    /// watcher (check and sync every watch.interval, alerts once per change
+    /// to the admin room and alerts.email) and the delivery worker (sends
+    /// due retries). SIGINT or SIGTERM stops it gracefully: nothing in
+    /// flight is lost or sent twice.
+    Serve(serve::Args),
     /// Validate a config file.
     #[command(subcommand)]
     Config(config_check::Command),
@@ -197,6 +207,7 @@ async fn run(cli: Cli) -> Outcome {
         Command::Drill(args) => drill::run(&context, args).await,
         Command::Backup(args) => backup::run_backup(&context, args).await,
         Command::Restore(args) => backup::run_restore(&context, args).await,
+        Command::Serve(args) => serve::run(&context, args).await,
         Command::Config(command) => config_check::run(&context, command),
     }
 }

@@ -6,19 +6,10 @@ use indicatif::ProgressBar;
 
 use super::output::progress_bar;
 use super::{Context, Failure, Outcome, exit};
-use crate::config::{Config, EmailConfig};
-use crate::dm::{CryptoStore, DmSender};
-use crate::links::LINK_KEY;
-use crate::mail::Mailer;
-use crate::notify::{NoticeSettings, NotifyPlan, NotifyProgress, Transport, plan, send_deliveries};
-use crate::recover::{AdminAccess, admin_access, recover, service_user_id};
-use crate::registry::Registry;
-use crate::registry::{Actor, Delivery, Incident, now_ms};
-use crate::synapse::SynapseClient;
-use crate::tokens::{ensure_notice_tokens, extend_unsent_tokens};
-
-/// Emails in flight at once (and SMTP connections in the pool).
-const CONCURRENCY: usize = 8;
+use crate::campaign::{CampaignOptions, notice_settings, run_campaign};
+use crate::notify::{NotifyProgress, plan};
+use crate::recover::service_user_id;
+use crate::registry::{Actor, Delivery, now_ms};
 
 #[derive(clap::Args, Debug)]
 pub struct Args {
@@ -42,6 +33,10 @@ impl NotifyProgress for Bar {
     fn deliveries(&self, done: u64, total: u64) {
         self.0.set_length(total);
         self.0.set_position(done);
+    }
+
+    fn note(&self, text: &str) {
+        self.0.suspend(|| eprintln!("note: {text}"));
     }
 }
 
@@ -70,19 +65,10 @@ pub async fn run(context: &Context, args: Args) -> Outcome {
     );
     println!("Matrix DMs: {} (to affected accounts that exist now and to Matrix-ID contacts).", planned.dms);
     println!("Unreachable by any channel: {} affected people.", planned.unreachable);
-    let unsubscribe = match &config.web {
-        Some(web) => Some((web.public_url.clone(), registry.generated_secret(LINK_KEY).await?)),
-        None => {
-            eprintln!("note: [web] public_url is not set, so the emails carry no unsubscribe link");
-            None
-        }
-    };
-    let settings = NoticeSettings::new(
-        config.homeserver.server_name.clone(),
-        config.homeserver.public_url.clone(),
-        unsubscribe,
-        &incident,
-    );
+    if config.web.is_none() {
+        eprintln!("note: [web] public_url is not set, so the emails carry no unsubscribe link");
+    }
+    let settings = notice_settings(&config, &registry, &incident).await?;
 
     if args.dry_run {
         // Render every email (a template problem shows now, not mid-send);
@@ -134,95 +120,18 @@ pub async fn run(context: &Context, args: Args) -> Outcome {
         return Ok(exit::OK);
     }
 
-    let lease = NotifyLease::take(&registry, incident.id).await?;
-    let outcome = send(&config, &registry, &incident, &planned, &settings, email, args.retry_failed).await;
-    lease.release().await;
-    outcome
-}
-
-/// Tokens, deliveries, then sending, under the incident's notify lease.
-async fn send(
-    config: &Config,
-    registry: &Registry,
-    incident: &Incident,
-    planned: &NotifyPlan,
-    settings: &NoticeSettings,
-    email: &EmailConfig,
-    retry_failed: bool,
-) -> Outcome {
-    let client = match admin_access(config, registry).await.map_err(|err| Failure::new(exit::FAILED, err))? {
-        AdminAccess::Working { client, .. } => client,
-        AdminAccess::Dead { .. } => {
-            eprintln!("Every admin token is rejected: recovering lifeboat's account through the shared secret.");
-            recover(config, registry, &Actor::cli()).await.map_err(|err| Failure::new(exit::FAILED, err))?;
-            match admin_access(config, registry).await.map_err(|err| Failure::new(exit::FAILED, err))? {
-                AdminAccess::Working { client, .. } => client,
-                AdminAccess::Dead { .. } => {
-                    return Err(Failure::new(exit::FAILED, "the recovered admin token does not work either"));
-                }
-            }
-        }
-    };
-    let created =
-        ensure_notice_tokens(registry, &client, incident.id, config.tokens.expiry, service_user_id(config).as_str())
-            .await
-            .map_err(|err| Failure::new(exit::FAILED, format!("{err}; nothing was sent, run notify again")))?;
-    if created > 0 {
-        println!("Created {created} registration tokens in Synapse.");
-    }
-    let extended = extend_unsent_tokens(registry, &client, incident.id, config.tokens.expiry)
-        .await
-        .map_err(|err| Failure::new(exit::FAILED, format!("{err}; nothing was sent, run notify again")))?;
-    if extended > 0 {
-        println!("Gave {extended} registration tokens not yet sent a fresh expiry.");
-    }
-    registry.plan_email_deliveries(incident.id).await?;
-    // Email does not depend on DMs: a DM sender that cannot start is a warning.
-    let dm_sender = match dm_sender(config, registry, &client).await.unwrap_or_else(|failure| {
-        eprintln!("note: no Matrix DMs this run: {}", failure.message);
-        None
-    }) {
-        Some((sender, sender_id)) => {
-            registry.plan_matrix_deliveries(incident.id, &sender_id).await?;
-            // Mass DMs from a throttled account would crawl; 429s are still
-            // waited out if the override cannot be set.
-            if let Err(err) = client.override_rate_limit(&sender_id).await {
-                eprintln!("note: could not lift the rate limits of {sender_id} ({err}); DMs may be slowed");
-            }
-            Some(sender)
-        }
-        None => {
-            if planned.dms > 0 {
-                eprintln!(
-                    "note: no Matrix DMs: lifeboat has no credentials of its own account yet (run `lifeboat recover` after a wipe, or set bot.access_token)"
-                );
-            }
-            None
-        }
-    };
-    let mailer = Mailer::from_config(email, CONCURRENCY as u32).map_err(|err| Failure::new(exit::USAGE, err))?;
-    // What an earlier run left unsent (or in flight when it died) is due now.
-    if retry_failed {
-        registry.retry_failed_deliveries(incident.id).await?;
-    }
-    registry.resume_deliveries(incident.id).await?;
     let bar = Bar(progress_bar("notices"));
-    let mut sent = send_deliveries(registry, Transport::Email(&mailer), incident, settings, CONCURRENCY, &bar).await;
-    if let (Ok(_), Some(sender)) = (&sent, &dm_sender) {
-        sent = send_deliveries(registry, Transport::Matrix(sender), incident, settings, CONCURRENCY, &bar).await;
-    }
+    let options = CampaignOptions { actor: Actor::cli(), plan_new: true, retry_failed: args.retry_failed, progress: &bar };
+    let outcome = run_campaign(&config, &registry, &incident, email, options).await;
     bar.0.finish_and_clear();
-    mailer.shutdown().await;
-    let counts = sent.map_err(|err| Failure::new(exit::FAILED, err))?;
-    let detail = format!(
-        "tokens created {created}; deliveries sent {}, failed {}, skipped {}, pending {}",
-        counts.sent,
-        counts.failed,
-        counts.skipped,
-        counts.pending + counts.sending
-    );
-    registry.audit(&Actor::cli(), "notify", Some(&format!("incident {}", incident.id)), Some(&detail)).await?;
-
+    let report = outcome.map_err(|err| Failure::new(exit::FAILED, err))?;
+    if report.tokens_created > 0 {
+        println!("Created {} registration tokens in Synapse.", report.tokens_created);
+    }
+    if report.tokens_extended > 0 {
+        println!("Gave {} registration tokens not yet sent a fresh expiry.", report.tokens_extended);
+    }
+    let counts = &report.counts;
     println!(
         "Deliveries: {} sent, {} failed, {} skipped (opted out), {} pending.",
         counts.sent,
@@ -230,105 +139,20 @@ async fn send(
         counts.skipped,
         counts.pending + counts.sending
     );
-    let unfinished = counts.pending + counts.sending + counts.failed;
-    if unfinished == 0 {
+    if report.unfinished() == 0 {
         return Ok(exit::OK);
     }
-    for (address, error) in registry.delivery_errors(incident.id, 5).await? {
+    for (address, error) in &report.errors {
         println!("  {address}: {error}");
     }
     Err(Failure::new(
         exit::FAILED,
         format!(
-            "{unfinished} notices were not delivered; fix the cause above and run `lifeboat notify {} --yes` again: it sends only what is missing (add --retry-failed to also resend those that failed for good)",
+            "{} notices were not delivered; fix the cause above and run `lifeboat notify {} --yes` again: it sends only what is missing (add --retry-failed to also resend those that failed for good)",
+            report.unfinished(),
             incident.id
         ),
     ))
-}
-
-/// One notify per incident at a time: a lease in the registry, renewed while
-/// the run lasts. A holder on this machine whose process is gone (killed
-/// mid-run) is taken over at once; any other holder is waited for.
-struct NotifyLease {
-    registry: Registry,
-    name: String,
-    holder: String,
-    renewer: tokio::task::JoinHandle<()>,
-}
-
-impl NotifyLease {
-    const TTL_MS: i64 = 120_000;
-
-    async fn take(registry: &Registry, incident_id: i64) -> Result<NotifyLease, Failure> {
-        let name = format!("notify:incident:{incident_id}");
-        let host = std::fs::read_to_string("/proc/sys/kernel/hostname").unwrap_or_default().trim().to_owned();
-        let holder = format!("{host}:{}", std::process::id());
-        let mut taken = registry.take_lease(&name, &holder, now_ms() + Self::TTL_MS, None).await?;
-        if let Err((current, _)) = &taken {
-            let current = current.clone();
-            let gone = current
-                .strip_prefix(&format!("{host}:"))
-                .is_some_and(|pid| !std::path::Path::new(&format!("/proc/{pid}")).exists());
-            if gone {
-                taken = registry.take_lease(&name, &holder, now_ms() + Self::TTL_MS, Some(&current)).await?;
-            }
-        }
-        if let Err((current, until)) = taken {
-            return Err(Failure::new(
-                exit::FAILED,
-                format!(
-                    "another `lifeboat notify {incident_id}` is running ({current}); let it finish, or if that process is gone, run again after {}",
-                    crate::registry::format_time(until).unwrap_or_default()
-                ),
-            ));
-        }
-        let renewer = {
-            let (registry, name, holder) = (registry.clone(), name.clone(), holder.clone());
-            tokio::spawn(async move {
-                loop {
-                    tokio::time::sleep(std::time::Duration::from_millis(Self::TTL_MS as u64 / 4)).await;
-                    let _ = registry.take_lease(&name, &holder, now_ms() + Self::TTL_MS, None).await;
-                }
-            })
-        };
-        Ok(NotifyLease { registry: registry.clone(), name, holder, renewer })
-    }
-
-    async fn release(self) {
-        self.renewer.abort();
-        let _ = self.registry.release_lease(&self.name, &self.holder).await;
-    }
-}
-
-/// lifeboat's own account, logged in for DMs: the recovered credentials, or
-/// `bot.access_token`. `None` when it has neither.
-async fn dm_sender(
-    config: &Config,
-    registry: &Registry,
-    admin: &SynapseClient,
-) -> Result<Option<(DmSender, String)>, Failure> {
-    let service = service_user_id(config);
-    let token = match registry.service_credential(service.as_str()).await? {
-        Some(stored) => stored.access_token,
-        None => match config.bot.as_ref().and_then(|bot| bot.access_token.as_ref()) {
-            Some(token) => token.value.clone(),
-            None => return Ok(None),
-        },
-    };
-    let who = admin
-        .with_token(token.clone())
-        .whoami()
-        .await
-        .map_err(|err| Failure::new(exit::FAILED, format!("lifeboat's own account cannot send DMs: {err}")))?;
-    let device = who.device_id.unwrap_or_else(|| "LIFEBOAT".to_owned());
-    let encryption = config.bot.as_ref().filter(|bot| bot.encrypted_notices).map(|bot| CryptoStore {
-        dir: bot.store_path.clone(),
-        passphrase: bot.store_passphrase.as_ref().map(|secret| secret.value.clone()),
-    });
-    let sender = DmSender::connect(&config.homeserver.url, &who.user_id, &token, &device, encryption)
-        .await
-        .map_err(|err| Failure::new(exit::FAILED, err))?;
-    Ok(Some((sender, who.user_id)))
 }
 
 /// Asks on the terminal; refuses to guess when there is none.

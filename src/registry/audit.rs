@@ -19,6 +19,21 @@ impl Actor {
         let user = std::env::var("SUDO_USER").or_else(|_| std::env::var("USER")).ok().filter(|user| !user.is_empty());
         Actor { face: "cli", detail: user }
     }
+
+    /// A part of `lifeboat serve` acting on its own (watcher, worker).
+    pub fn service(part: &str) -> Actor {
+        Actor { face: "serve", detail: Some(part.to_owned()) }
+    }
+
+    /// The bot, on behalf of the Matrix user who sent the command.
+    pub fn bot(sender: &str) -> Actor {
+        Actor { face: "bot", detail: Some(sender.to_owned()) }
+    }
+
+    /// The web page, with what it knows of the visitor (never a secret).
+    pub fn web(detail: Option<String>) -> Actor {
+        Actor { face: "web", detail }
+    }
 }
 
 #[derive(Debug, Clone, Serialize, sqlx::FromRow)]

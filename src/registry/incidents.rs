@@ -240,6 +240,55 @@ impl Registry {
         Ok(())
     }
 
+    /// Records a token issued on request (a person asked on the web page,
+    /// or an admin with the bot's `token` command), before it is created in
+    /// Synapse. Returns its id.
+    pub async fn record_request_token(
+        &self,
+        incident_id: i64,
+        user_id: &str,
+        token: &str,
+        expires_at: i64,
+    ) -> Result<i64> {
+        let (id,): (i64,) = sqlx::query_as(
+            "INSERT INTO registration_tokens (token, incident_id, user_id, purpose, created_at, expires_at) \
+             VALUES ($1, $2, $3, 'request', $4, $5) RETURNING id",
+        )
+        .bind(token)
+        .bind(incident_id)
+        .bind(user_id)
+        .bind(now_ms())
+        .bind(expires_at)
+        .fetch_one(&self.pool)
+        .await?;
+        Ok(id)
+    }
+
+    /// How many tokens were issued on request to `user_id` for an incident
+    /// (the per-person limit counts these).
+    pub async fn request_tokens_issued(&self, incident_id: i64, user_id: &str) -> Result<i64> {
+        let (count,): (i64,) = sqlx::query_as(
+            "SELECT COUNT(*) FROM registration_tokens WHERE incident_id = $1 AND user_id = $2 AND purpose = 'request'",
+        )
+        .bind(incident_id)
+        .bind(user_id)
+        .fetch_one(&self.pool)
+        .await?;
+        Ok(count)
+    }
+
+    /// The newest open incident that affects `user_id`, if any.
+    pub async fn open_incident_affecting(&self, user_id: &str) -> Result<Option<i64>> {
+        let row: Option<(i64,)> = sqlx::query_as(
+            "SELECT i.id FROM incidents i JOIN incident_accounts ia ON ia.incident_id = i.id \
+             WHERE ia.user_id = $1 AND i.resolved_at IS NULL ORDER BY i.id DESC LIMIT 1",
+        )
+        .bind(user_id)
+        .fetch_optional(&self.pool)
+        .await?;
+        Ok(row.map(|(id,)| id))
+    }
+
     /// Confirmed, unrevoked notice tokens expiring before `before` whose
     /// person has not been sent a notice yet (a long outage held it back).
     pub async fn tokens_expiring_unsent(&self, incident_id: i64, before: i64) -> Result<Vec<NoticeToken>> {

@@ -10,6 +10,7 @@ mod contacts;
 mod credentials;
 mod deliveries;
 mod incidents;
+mod status;
 mod sync_runs;
 
 use std::str::FromStr;
@@ -24,6 +25,7 @@ pub use contacts::{AddContact, Contact, ContactKind, ContactSource};
 pub use credentials::ServiceCredential;
 pub use deliveries::{Delivery, DeliveryCounts, DeliveryState, PlannedEmails};
 pub use incidents::{Incident, IncidentSummary, NoticeToken};
+pub use status::RegistryStatus;
 pub use sync_runs::{SyncApplied, SyncRun};
 
 static SQLITE_MIGRATIONS: sqlx::migrate::Migrator = sqlx::migrate!("./migrations/sqlite");

@@ -1,0 +1,269 @@
+//! One notify run for an incident, shared by the CLI, the bot and the
+//! delivery worker: get a working admin token (recovering after a wipe),
+//! create the missing tokens and deliveries, then send by email and DM
+//! under the incident's lease, so two runs never send the same outbox.
+
+use std::time::Duration;
+
+use crate::config::{Config, EmailConfig};
+use crate::dm::{CryptoStore, DmSender};
+use crate::links::LINK_KEY;
+use crate::mail::Mailer;
+use crate::notify::{NoticeSettings, NotifyError, NotifyProgress, Transport, send_deliveries};
+use crate::recover::{AdminAccess, RecoverError, admin_access, recover, service_user_id};
+use crate::registry::{self, Actor, DeliveryCounts, Incident, Registry, now_ms};
+use crate::synapse::SynapseClient;
+use crate::tokens::{TokenError, ensure_notice_tokens, extend_unsent_tokens};
+
+/// Emails in flight at once (and SMTP connections in the pool).
+pub const CONCURRENCY: usize = 8;
+
+#[derive(Debug, thiserror::Error)]
+pub enum CampaignError {
+    #[error(transparent)]
+    Registry(#[from] registry::Error),
+    #[error(transparent)]
+    Recover(#[from] RecoverError),
+    #[error("the recovered admin token does not work either")]
+    RecoveredTokenDead,
+    #[error("{0}; nothing was sent, run notify again")]
+    Tokens(#[from] TokenError),
+    #[error("{0}")]
+    Mail(#[from] crate::mail::MailError),
+    #[error(transparent)]
+    Notify(#[from] NotifyError),
+    #[error(
+        "another notify of incident {incident} is running ({holder}); let it finish, or if that process is gone, run again after {until}"
+    )]
+    Busy { incident: i64, holder: String, until: String },
+}
+
+/// What a run did.
+#[derive(Debug, Clone, Default)]
+pub struct CampaignReport {
+    pub tokens_created: u64,
+    pub tokens_extended: u64,
+    pub counts: DeliveryCounts,
+    /// A few addresses whose deliveries are not done, with the reason.
+    pub errors: Vec<(String, String)>,
+}
+
+impl CampaignReport {
+    pub fn unfinished(&self) -> i64 {
+        self.counts.pending + self.counts.sending + self.counts.failed
+    }
+}
+
+/// A client with a working admin token; after a wipe, lifeboat's account is
+/// recovered through the shared secret first.
+pub async fn admin_client_recovering(
+    config: &Config,
+    registry: &Registry,
+    actor: &Actor,
+    progress: &dyn NotifyProgress,
+) -> Result<SynapseClient, CampaignError> {
+    if let AdminAccess::Working { client, .. } = admin_access(config, registry).await? {
+        return Ok(client);
+    }
+    progress.note("every admin token is rejected: recovering lifeboat's account through the shared secret");
+    recover(config, registry, actor).await?;
+    match admin_access(config, registry).await? {
+        AdminAccess::Working { client, .. } => Ok(client),
+        AdminAccess::Dead { .. } => Err(CampaignError::RecoveredTokenDead),
+    }
+}
+
+/// The settings every notice of `incident` is rendered with.
+pub async fn notice_settings(
+    config: &Config,
+    registry: &Registry,
+    incident: &Incident,
+) -> Result<NoticeSettings, registry::Error> {
+    let unsubscribe = match &config.web {
+        Some(web) => Some((web.public_url.clone(), registry.generated_secret(LINK_KEY).await?)),
+        None => None,
+    };
+    Ok(NoticeSettings::new(
+        config.homeserver.server_name.clone(),
+        config.homeserver.public_url.clone(),
+        unsubscribe,
+        incident,
+    ))
+}
+
+/// Tokens, deliveries, then sending, under the incident's notify lease.
+/// `plan_new`: create missing tokens and deliveries (notify); the delivery
+/// worker only sends what is already planned.
+pub async fn run_campaign(
+    config: &Config,
+    registry: &Registry,
+    incident: &Incident,
+    email: &EmailConfig,
+    options: CampaignOptions<'_>,
+) -> Result<CampaignReport, CampaignError> {
+    let lease = NotifyLease::take(registry, incident.id).await?;
+    let outcome = send_under_lease(config, registry, incident, email, &options).await;
+    lease.release().await;
+    outcome
+}
+
+pub struct CampaignOptions<'a> {
+    pub actor: Actor,
+    pub plan_new: bool,
+    pub retry_failed: bool,
+    pub progress: &'a dyn NotifyProgress,
+}
+
+async fn send_under_lease(
+    config: &Config,
+    registry: &Registry,
+    incident: &Incident,
+    email: &EmailConfig,
+    options: &CampaignOptions<'_>,
+) -> Result<CampaignReport, CampaignError> {
+    let progress = options.progress;
+    let client = admin_client_recovering(config, registry, &options.actor, progress).await?;
+    let service = service_user_id(config);
+    let mut report = CampaignReport::default();
+    if options.plan_new {
+        report.tokens_created =
+            ensure_notice_tokens(registry, &client, incident.id, config.tokens.expiry, service.as_str()).await?;
+        report.tokens_extended = extend_unsent_tokens(registry, &client, incident.id, config.tokens.expiry).await?;
+        registry.plan_email_deliveries(incident.id).await?;
+    }
+    // Email does not depend on DMs: a DM sender that cannot start is a note.
+    let dm_sender = match dm_sender(config, registry, &client).await {
+        Ok(Some((sender, sender_id))) => {
+            if options.plan_new {
+                registry.plan_matrix_deliveries(incident.id, &sender_id).await?;
+            }
+            // Mass DMs from a throttled account would crawl; 429s are still
+            // waited out if the override cannot be set.
+            if let Err(err) = client.override_rate_limit(&sender_id).await {
+                progress.note(&format!("could not lift the rate limits of {sender_id} ({err}); DMs may be slowed"));
+            }
+            Some(sender)
+        }
+        Ok(None) => {
+            if options.plan_new && registry.planned_dms(incident.id, service.as_str()).await? > 0 {
+                progress.note(
+                    "no Matrix DMs: lifeboat has no credentials of its own account yet (run `lifeboat recover` after a wipe, or set bot.access_token)",
+                );
+            }
+            None
+        }
+        Err(reason) => {
+            progress.note(&format!("no Matrix DMs this run: {reason}"));
+            None
+        }
+    };
+    let mailer = Mailer::from_config(email, CONCURRENCY as u32)?;
+    if options.retry_failed {
+        registry.retry_failed_deliveries(incident.id).await?;
+    }
+    // What an earlier run left unsent (or in flight when it died) is due now.
+    registry.resume_deliveries(incident.id).await?;
+    let settings = notice_settings(config, registry, incident).await?;
+    let mut sent = send_deliveries(registry, Transport::Email(&mailer), incident, &settings, CONCURRENCY, progress).await;
+    if let (Ok(_), Some(sender)) = (&sent, &dm_sender) {
+        sent = send_deliveries(registry, Transport::Matrix(sender), incident, &settings, CONCURRENCY, progress).await;
+    }
+    mailer.shutdown().await;
+    report.counts = sent?;
+    let detail = format!(
+        "tokens created {}; deliveries sent {}, failed {}, skipped {}, pending {}",
+        report.tokens_created,
+        report.counts.sent,
+        report.counts.failed,
+        report.counts.skipped,
+        report.counts.pending + report.counts.sending
+    );
+    registry.audit(&options.actor, "notify", Some(&format!("incident {}", incident.id)), Some(&detail)).await?;
+    if report.unfinished() > 0 {
+        report.errors = registry.delivery_errors(incident.id, 5).await?;
+    }
+    Ok(report)
+}
+
+/// One notify per incident at a time: a lease in the registry, renewed while
+/// the run lasts. A holder on this machine whose process is gone (killed
+/// mid-run) is taken over at once; any other holder is waited for.
+pub struct NotifyLease {
+    registry: Registry,
+    name: String,
+    holder: String,
+    renewer: tokio::task::JoinHandle<()>,
+}
+
+impl NotifyLease {
+    const TTL_MS: i64 = 120_000;
+
+    pub async fn take(registry: &Registry, incident_id: i64) -> Result<NotifyLease, CampaignError> {
+        let name = format!("notify:incident:{incident_id}");
+        let host = std::fs::read_to_string("/proc/sys/kernel/hostname").unwrap_or_default().trim().to_owned();
+        let holder = format!("{host}:{}", std::process::id());
+        let mut taken = registry.take_lease(&name, &holder, now_ms() + Self::TTL_MS, None).await?;
+        if let Err((current, _)) = &taken {
+            let current = current.clone();
+            let gone = current
+                .strip_prefix(&format!("{host}:"))
+                .is_some_and(|pid| !std::path::Path::new(&format!("/proc/{pid}")).exists());
+            if gone {
+                taken = registry.take_lease(&name, &holder, now_ms() + Self::TTL_MS, Some(&current)).await?;
+            }
+        }
+        if let Err((holder, until)) = taken {
+            return Err(CampaignError::Busy {
+                incident: incident_id,
+                holder,
+                until: registry::format_time(until).unwrap_or_default(),
+            });
+        }
+        let renewer = {
+            let (registry, name, holder) = (registry.clone(), name.clone(), holder.clone());
+            tokio::spawn(async move {
+                loop {
+                    tokio::time::sleep(Duration::from_millis(Self::TTL_MS as u64 / 4)).await;
+                    let _ = registry.take_lease(&name, &holder, now_ms() + Self::TTL_MS, None).await;
+                }
+            })
+        };
+        Ok(NotifyLease { registry: registry.clone(), name, holder, renewer })
+    }
+
+    pub async fn release(self) {
+        self.renewer.abort();
+        let _ = self.registry.release_lease(&self.name, &self.holder).await;
+    }
+}
+
+/// lifeboat's own account, logged in for DMs: the recovered credentials, or
+/// `bot.access_token`. `None` when it has neither.
+pub async fn dm_sender(
+    config: &Config,
+    registry: &Registry,
+    admin: &SynapseClient,
+) -> Result<Option<(DmSender, String)>, String> {
+    let service = service_user_id(config);
+    let token = match registry.service_credential(service.as_str()).await.map_err(|err| err.to_string())? {
+        Some(stored) => stored.access_token,
+        None => match config.bot.as_ref().and_then(|bot| bot.access_token.as_ref()) {
+            Some(token) => token.value.clone(),
+            None => return Ok(None),
+        },
+    };
+    let who = admin
+        .with_token(token.clone())
+        .whoami()
+        .await
+        .map_err(|err| format!("lifeboat's own account cannot send DMs: {err}"))?;
+    let device = who.device_id.unwrap_or_else(|| "LIFEBOAT".to_owned());
+    let encryption = config.bot.as_ref().filter(|bot| bot.encrypted_notices).map(|bot| CryptoStore {
+        dir: bot.store_path.clone(),
+        passphrase: bot.store_passphrase.as_ref().map(|secret| secret.value.clone()),
+    });
+    let sender = DmSender::connect(&config.homeserver.url, &who.user_id, &token, &device, encryption)
+        .await
+        .map_err(|err| err.to_string())?;
+    Ok(Some((sender, who.user_id)))
+}

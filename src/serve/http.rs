@@ -1,0 +1,123 @@
+//! The HTTP side of `serve`: the web page's routes plus `/healthz` and
+//! `/metrics` (Prometheus text format).
+
+use std::fmt::Write as _;
+use std::sync::Arc;
+
+use axum::Router;
+use axum::extract::State;
+use axum::http::{StatusCode, header};
+use axum::response::IntoResponse;
+use axum::routing::get;
+
+use super::ServeState;
+use crate::registry::now_ms;
+
+pub fn router(state: Arc<ServeState>, pages: Router) -> Router {
+    Router::new()
+        .route("/healthz", get(healthz))
+        .route("/metrics", get(metrics))
+        .with_state(state)
+        .merge(pages)
+}
+
+/// Alive and able to reach the registry.
+async fn healthz(State(state): State<Arc<ServeState>>) -> impl IntoResponse {
+    match sqlx::query("SELECT 1").execute(state.registry.pool()).await {
+        Ok(_) => (StatusCode::OK, "ok\n"),
+        Err(_) => (StatusCode::SERVICE_UNAVAILABLE, "registry unreachable\n"),
+    }
+}
+
+async fn metrics(State(state): State<Arc<ServeState>>) -> impl IntoResponse {
+    match render_metrics(&state).await {
+        Ok(text) => (StatusCode::OK, [(header::CONTENT_TYPE, "text/plain; version=0.0.4; charset=utf-8")], text),
+        Err(err) => {
+            tracing::warn!(error = %err, "metrics: registry query failed");
+            (
+                StatusCode::SERVICE_UNAVAILABLE,
+                [(header::CONTENT_TYPE, "text/plain; charset=utf-8")],
+                "registry unreachable\n".to_owned(),
+            )
+        }
+    }
+}
+
+/// One gauge family: HELP, TYPE, then `name{label="value"} count` lines.
+fn family(out: &mut String, name: &str, help: &str, label: &str, rows: &[(String, i64)]) {
+    let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} gauge");
+    for (value, count) in rows {
+        let _ = writeln!(out, "{name}{{{label}=\"{}\"}} {count}", escape_label(value));
+    }
+}
+
+fn escape_label(value: &str) -> String {
+    value.replace('\\', "\\\\").replace('"', "\\\"").replace('\n', "\\n")
+}
+
+/// Fills in the states that have no rows, so a series never disappears.
+fn with_zeros(rows: Vec<(String, i64)>, states: &[&str]) -> Vec<(String, i64)> {
+    let mut all: Vec<(String, i64)> = states.iter().map(|state| (state.to_string(), 0)).collect();
+    for (state, count) in rows {
+        match all.iter_mut().find(|(known, _)| *known == state) {
+            Some(slot) => slot.1 = count,
+            None => all.push((state, count)),
+        }
+    }
+    all
+}
+
+pub(super) async fn render_metrics(state: &ServeState) -> Result<String, crate::registry::Error> {
+    let status = state.registry.status().await?;
+    let last_sync = state.registry.last_complete_sync().await?;
+    let mut out = String::new();
+    family(
+        &mut out,
+        "lifeboat_accounts",
+        "Accounts in the registry by state.",
+        "state",
+        &with_zeros(status.accounts, &["present", "missing", "deactivated"]),
+    );
+    family(
+        &mut out,
+        "lifeboat_contacts",
+        "Contacts that have not opted out, by kind.",
+        "kind",
+        &with_zeros(status.contacts, &["email", "matrix"]),
+    );
+    family(
+        &mut out,
+        "lifeboat_deliveries",
+        "Notice deliveries of every incident by state.",
+        "state",
+        &with_zeros(status.deliveries, &["pending", "sending", "sent", "failed", "skipped"]),
+    );
+    let _ = writeln!(
+        out,
+        "# HELP lifeboat_incidents_open Incidents not yet resolved.\n# TYPE lifeboat_incidents_open gauge\nlifeboat_incidents_open {}",
+        status.incidents_open
+    );
+    let _ = writeln!(
+        out,
+        "# HELP lifeboat_last_sync_age_seconds Seconds since the last complete sync (NaN: never).\n# TYPE lifeboat_last_sync_age_seconds gauge"
+    );
+    match last_sync.and_then(|run| run.finished_at) {
+        Some(finished) => {
+            let _ = writeln!(out, "lifeboat_last_sync_age_seconds {:.3}", (now_ms() - finished).max(0) as f64 / 1000.0);
+        }
+        None => out.push_str("lifeboat_last_sync_age_seconds NaN\n"),
+    }
+    let verdict = state.watch.current().verdict_label();
+    let verdicts = ["ok", "loss", "suspected_reset", "unknown"]
+        .iter()
+        .map(|label| (label.to_string(), i64::from(*label == verdict)))
+        .collect::<Vec<_>>();
+    family(
+        &mut out,
+        "lifeboat_verdict",
+        "The watcher's last verdict (1 for the current one; unknown: could not tell or not checked yet).",
+        "verdict",
+        &verdicts,
+    );
+    Ok(out)
+}

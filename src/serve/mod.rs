@@ -1,0 +1,104 @@
+//! `lifeboat serve`: one long-running process with the web page (and
+//! `/healthz`, `/metrics`), the admin-room bot, the watcher and the delivery
+//! worker. Each face runs when its config section is there. SIGINT or
+//! SIGTERM stops it within [`SHUTDOWN_GRACE`]: sends in flight finish and
+//! are marked, claimed ones go back to pending, nothing is lost or doubled.
+
+mod alerts;
+mod http;
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use tokio::task::JoinSet;
+use tokio_util::sync::CancellationToken;
+
+use crate::config::Config;
+use crate::registry::Registry;
+use crate::watch::WatchHandle;
+
+pub use alerts::ServeAlerts;
+
+/// How long a shutdown may take before the remaining tasks are dropped.
+pub const SHUTDOWN_GRACE: Duration = Duration::from_secs(20);
+
+/// What the parts of serve share.
+pub struct ServeState {
+    pub config: Arc<Config>,
+    pub registry: Registry,
+    pub watch: WatchHandle,
+    /// One recovery at a time (the watcher and the bot may both notice a wipe).
+    pub recover_lock: Arc<tokio::sync::Mutex<()>>,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum ServeError {
+    #[error("cannot listen on web.bind = {bind}: {source}")]
+    Bind { bind: std::net::SocketAddr, source: std::io::Error },
+}
+
+/// Runs until `shutdown` is cancelled (the CLI cancels it on SIGINT/SIGTERM).
+pub async fn run(config: Config, registry: Registry, shutdown: CancellationToken) -> Result<(), ServeError> {
+    let config = Arc::new(config);
+    let state = Arc::new(ServeState {
+        config: config.clone(),
+        registry: registry.clone(),
+        watch: WatchHandle::default(),
+        recover_lock: Arc::default(),
+    });
+    let mut tasks = JoinSet::new();
+
+    match &config.web {
+        Some(web) => {
+            let listener = tokio::net::TcpListener::bind(web.bind)
+                .await
+                .map_err(|source| ServeError::Bind { bind: web.bind, source })?;
+            let pages = crate::web::router(crate::web::WebState { config: config.clone(), registry: registry.clone() });
+            let app = http::router(state.clone(), pages);
+            let stop = shutdown.clone();
+            tracing::info!(bind = %web.bind, "web server listening");
+            tasks.spawn(async move {
+                let served = axum::serve(listener, app.into_make_service_with_connect_info::<std::net::SocketAddr>())
+                    .with_graceful_shutdown(stop.cancelled_owned())
+                    .await;
+                if let Err(err) = served {
+                    tracing::error!(error = %err, "web server stopped");
+                }
+            });
+        }
+        None => tracing::info!("web server off: no [web] section (it also serves /healthz and /metrics)"),
+    }
+
+    let (room_alerts, room_inbox) = tokio::sync::mpsc::unbounded_channel::<String>();
+    let bot_on = config.bot.as_ref().is_some_and(|bot| bot.admin_room.is_some() || !bot.admins.is_empty());
+    let alerts = ServeAlerts::new(&config, bot_on.then_some(room_alerts));
+    tasks.spawn(crate::watch::run(
+        config.clone(),
+        registry.clone(),
+        state.watch.clone(),
+        alerts,
+        state.recover_lock.clone(),
+        shutdown.clone(),
+    ));
+    tasks.spawn(crate::worker::run(config.clone(), registry.clone(), shutdown.clone()));
+    if bot_on {
+        tasks.spawn(crate::bot::run(state.clone(), room_inbox, shutdown.clone()));
+    } else {
+        drop(room_inbox);
+        tracing::info!("bot off: no [bot] section with admins");
+    }
+    tracing::info!("lifeboat serve is running");
+
+    shutdown.cancelled().await;
+    tracing::info!("shutting down");
+    let drained = tokio::time::timeout(SHUTDOWN_GRACE, async {
+        while tasks.join_next().await.is_some() {}
+    })
+    .await;
+    if drained.is_err() {
+        tracing::warn!("some tasks did not stop within {}s; deliveries left in flight resume on the next start", SHUTDOWN_GRACE.as_secs());
+        tasks.abort_all();
+    }
+    registry.close().await;
+    Ok(())
+}

@@ -1,0 +1,286 @@
+//! The watcher of `lifeboat serve`: every `watch.interval` it checks the
+//! registry against Synapse (read-only), then syncs, and raises an alert
+//! when what it sees changes: accounts missing or recreated, a suspected
+//! reset, lifeboat's token rejected. One alert per change, not one per
+//! interval: the last alerted state is kept in the registry, so a restart
+//! does not repeat it either.
+
+use std::sync::{Arc, RwLock};
+use std::time::Duration;
+
+use serde::Serialize;
+use sha2::{Digest, Sha256};
+use tokio_util::sync::CancellationToken;
+
+use crate::check::{CheckOptions, WORKING_TOKEN_SETTING, check};
+use crate::config::Config;
+use crate::reconcile::Verdict;
+use crate::recover::{AdminAccess, admin_access, recover, service_user_id};
+use crate::registry::{Actor, Registry, now_ms};
+use crate::synapse::SynapseClient;
+use crate::sync::{SyncOptions, SyncProgress, sync};
+
+/// Registry setting: what the last alert was about (see [`Observation::alert_key`]).
+const ALERTED_SETTING: &str = "watch_alerted_state";
+
+/// What one round of the watcher saw.
+#[derive(Debug, Clone, Default, Serialize)]
+pub struct Observation {
+    pub at: Option<i64>,
+    /// `None`: could not tell (Synapse down, listing failed, not checked yet).
+    pub verdict: Option<Verdict>,
+    pub reason: String,
+    pub missing: Vec<String>,
+    pub recreated: Vec<String>,
+    /// Every admin token lifeboat knows was rejected as unknown.
+    pub token_rejected: bool,
+    /// lifeboat got back in through the shared secret in this round.
+    pub recovered: bool,
+}
+
+impl Observation {
+    pub fn verdict_label(&self) -> &'static str {
+        self.verdict.map(Verdict::as_str).unwrap_or("unknown")
+    }
+
+    /// What an alert would be about, or `None` when all is well. Two rounds
+    /// with the same key are the same news. Accounts count the same whether
+    /// missing or recreated, so a wipe is one alert, not one per step of the
+    /// way back in.
+    pub fn alert_key(&self) -> Option<String> {
+        let mut lost: Vec<&str> = self.missing.iter().chain(&self.recreated).map(String::as_str).collect();
+        lost.sort_unstable();
+        lost.dedup();
+        match self.verdict {
+            Some(Verdict::Ok) => None,
+            Some(verdict) => {
+                let mut digest = Sha256::new();
+                for id in &lost {
+                    digest.update(id.as_bytes());
+                    digest.update(b"\n");
+                }
+                let verdict = if verdict == Verdict::SuspectedReset { "reset" } else { verdict.as_str() };
+                Some(format!("{verdict}:{}", hex::encode(&digest.finalize()[..8])))
+            }
+            None if self.token_rejected => Some("token_rejected".to_owned()),
+            None => None,
+        }
+    }
+
+    /// The alert, in Markdown: what happened and what to do next.
+    pub fn alert_markdown(&self, server_name: &str) -> String {
+        let mut text = match (self.verdict, self.token_rejected) {
+            (Some(Verdict::SuspectedReset), _) => format!(
+                "**Suspected database reset on {server_name}.** {}.",
+                self.reason.trim_end_matches('.')
+            ),
+            (Some(Verdict::Loss), _) => format!("**Accounts lost on {server_name}.** {}.", self.reason.trim_end_matches('.')),
+            (_, true) => format!(
+                "**lifeboat's admin token is rejected by {server_name}.** {}.",
+                self.reason.trim_end_matches('.')
+            ),
+            _ => format!("{server_name}: {}.", self.reason.trim_end_matches('.')),
+        };
+        for (label, ids) in [("Missing", &self.missing), ("Recreated (same ID, newer account)", &self.recreated)] {
+            if !ids.is_empty() {
+                let shown: Vec<&str> = ids.iter().take(20).map(String::as_str).collect();
+                let more = if ids.len() > shown.len() { format!(" and {} more", ids.len() - shown.len()) } else { String::new() };
+                text.push_str(&format!("\n\n{label} ({}): {}{more}", ids.len(), shown.join(", ")));
+            }
+        }
+        if self.recovered {
+            text.push_str("\n\nlifeboat re-created its own admin account through the shared secret.");
+        }
+        if matches!(self.verdict, Some(Verdict::Loss | Verdict::SuspectedReset)) {
+            text.push_str(
+                "\n\nNext: open an incident (`!lifeboat incident open <title>` with the postmortem below it, or \
+                 `lifeboat incident open`), then `notify <id>`.",
+            );
+        }
+        text
+    }
+}
+
+/// The latest observation, shared with `/metrics` and the bot's `status`.
+#[derive(Clone, Default)]
+pub struct WatchHandle(Arc<RwLock<Observation>>);
+
+impl WatchHandle {
+    pub fn current(&self) -> Observation {
+        self.0.read().map(|seen| seen.clone()).unwrap_or_default()
+    }
+
+    fn set(&self, observation: Observation) {
+        if let Ok(mut seen) = self.0.write() {
+            *seen = observation;
+        }
+    }
+}
+
+/// Where alerts go: the admin room (through the bot) and email.
+pub trait AlertSink: Send + Sync {
+    fn alert(&self, subject: &str, markdown: &str) -> impl Future<Output = ()> + Send;
+}
+
+struct Quiet;
+
+impl SyncProgress for Quiet {}
+
+/// One round: check, recover if lifeboat's token died and a secret is
+/// configured, then sync (which also imports new accounts and emails).
+pub async fn observe(config: &Config, registry: &Registry, recover_lock: &tokio::sync::Mutex<()>) -> Observation {
+    let actor = Actor::service("watcher");
+    let mut seen = Observation { at: Some(now_ms()), ..Observation::default() };
+    let options = CheckOptions {
+        page_size: config.sync.page_size,
+        loss_threshold: config.watch.loss_threshold,
+        server_name: config.homeserver.server_name.clone(),
+    };
+    let client = match admin_access(config, registry).await {
+        Ok(AdminAccess::Working { client, .. }) => client,
+        Ok(AdminAccess::Dead { client }) => {
+            seen.token_rejected = true;
+            client_that_worked(config, registry, client).await
+        }
+        Err(err) => {
+            seen.reason = format!("could not tell: {err}");
+            return seen;
+        }
+    };
+    match check(registry, &client, &options).await {
+        Ok(report) => {
+            seen.verdict = Some(report.report.verdict);
+            seen.reason = report.reason;
+            seen.missing = report.report.missing;
+            seen.recreated = report.report.recreated;
+        }
+        Err(err) => seen.reason = err.to_string(),
+    }
+    let client = if seen.token_rejected {
+        if config.homeserver.registration_shared_secret.is_none() {
+            if seen.verdict.is_none() {
+                seen.reason = format!(
+                    "{}; every admin token lifeboat knows is rejected: put a working one in homeserver.admin_token, or set homeserver.registration_shared_secret so lifeboat can get back in by itself",
+                    seen.reason
+                );
+            }
+            return seen;
+        }
+        let _guard = recover_lock.lock().await;
+        match recover(config, registry, &actor).await {
+            Ok(_) => {
+                seen.recovered = true;
+                match admin_access(config, registry).await {
+                    Ok(AdminAccess::Working { client, .. }) => client,
+                    _ => return seen,
+                }
+            }
+            Err(err) => {
+                seen.reason = format!("{}; recovery failed: {err}", seen.reason);
+                return seen;
+            }
+        }
+    } else {
+        client
+    };
+    if let Err(err) = sync(registry, &client, &SyncOptions::from_config(config), &actor, &Quiet).await {
+        tracing::warn!(error = %err, "watcher: sync failed");
+    }
+    seen
+}
+
+/// With every token dead, check with the one that worked for the last
+/// sync, so a wipe reads as a suspected reset rather than "could not tell".
+async fn client_that_worked(config: &Config, registry: &Registry, dead: SynapseClient) -> SynapseClient {
+    let working = registry.setting(WORKING_TOKEN_SETTING).await.ok().flatten();
+    let mut candidates = Vec::new();
+    if let Ok(Some(stored)) = registry.service_credential(service_user_id(config).as_str()).await {
+        candidates.push(stored.access_token);
+    }
+    if let Some(configured) = &config.homeserver.admin_token {
+        candidates.push(configured.value.clone());
+    }
+    let fallback = candidates.last().cloned();
+    for token in candidates {
+        let client = dead.with_token(token);
+        if working.is_some() && client.token_fingerprint() == working {
+            return client;
+        }
+    }
+    match fallback {
+        Some(token) => dead.with_token(token),
+        None => dead,
+    }
+}
+
+/// Runs rounds until cancelled, alerting once per change.
+pub async fn run(
+    config: Arc<Config>,
+    registry: Registry,
+    handle: WatchHandle,
+    alerts: impl AlertSink,
+    recover_lock: Arc<tokio::sync::Mutex<()>>,
+    cancel: CancellationToken,
+) {
+    loop {
+        let seen = tokio::select! {
+            seen = observe(&config, &registry, &recover_lock) => seen,
+            _ = cancel.cancelled() => return,
+        };
+        tracing::info!(verdict = seen.verdict_label(), reason = %seen.reason, "watcher round");
+        handle.set(seen.clone());
+        if let Err(err) = alert_on_change(&config, &registry, &seen, &alerts).await {
+            tracing::warn!(error = %err, "watcher: could not record the alerted state");
+        }
+        tokio::select! {
+            _ = tokio::time::sleep(config.watch.interval) => {}
+            _ = cancel.cancelled() => return,
+        }
+    }
+}
+
+async fn alert_on_change(
+    config: &Config,
+    registry: &Registry,
+    seen: &Observation,
+    alerts: &impl AlertSink,
+) -> Result<(), crate::registry::Error> {
+    // "Could not tell" says nothing new either way: keep the last state.
+    if seen.verdict.is_none() && !seen.token_rejected {
+        return Ok(());
+    }
+    let key = seen.alert_key();
+    let last = registry.setting(ALERTED_SETTING).await?;
+    let last = last.filter(|value| !value.is_empty());
+    if key == last {
+        return Ok(());
+    }
+    let server = &config.homeserver.server_name;
+    match &key {
+        Some(_) => {
+            let subject = match seen.verdict {
+                Some(Verdict::SuspectedReset) => format!("[lifeboat] {server}: suspected database reset"),
+                Some(Verdict::Loss) => format!("[lifeboat] {server}: accounts lost"),
+                _ => format!("[lifeboat] {server}: admin token rejected"),
+            };
+            alerts.alert(&subject, &seen.alert_markdown(server)).await;
+        }
+        None => {
+            let text = format!("**{server} is back to normal:** {}.", seen.reason.trim_end_matches('.'));
+            alerts.alert(&format!("[lifeboat] {server}: back to normal"), &text).await;
+        }
+    }
+    registry.set_setting(ALERTED_SETTING, key.as_deref().unwrap_or("")).await?;
+    registry
+        .audit(&Actor::service("watcher"), "alert", key.as_deref(), Some(&seen.reason))
+        .await?;
+    Ok(())
+}
+
+/// A pause that ends early when cancelled; true when it was cancelled.
+pub async fn pause(duration: Duration, cancel: &CancellationToken) -> bool {
+    tokio::select! {
+        _ = tokio::time::sleep(duration) => false,
+        _ = cancel.cancelled() => true,
+    }
+}

@@ -1,0 +1,82 @@
+//! The delivery worker of `lifeboat serve`: sends the deliveries that are
+//! due (retries after SMTP or Synapse trouble, and what a stopped run left
+//! behind) under the same per-incident lease as `notify`, so the two never
+//! send the same notice.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use tokio_util::sync::CancellationToken;
+
+use crate::campaign::{CampaignError, CampaignOptions, run_campaign};
+use crate::config::Config;
+use crate::notify::NotifyProgress;
+use crate::registry::{Actor, Registry, now_ms};
+
+/// How often the worker looks for due deliveries.
+pub const POLL_EVERY: Duration = Duration::from_secs(30);
+
+/// Progress of a run nobody watches: notes go to the log, and the run winds
+/// down when serve stops.
+pub struct Background(pub CancellationToken);
+
+impl NotifyProgress for Background {
+    fn note(&self, text: &str) {
+        tracing::warn!("{text}");
+    }
+
+    fn stopping(&self) -> bool {
+        self.0.is_cancelled()
+    }
+}
+
+pub async fn run(config: Arc<Config>, registry: Registry, cancel: CancellationToken) {
+    let Some(email) = config.email.clone() else {
+        tracing::info!("delivery worker off: no [email] section");
+        return;
+    };
+    loop {
+        match registry.incidents_with_due_deliveries(now_ms()).await {
+            Ok(incidents) => {
+                for id in incidents {
+                    if cancel.is_cancelled() {
+                        return;
+                    }
+                    send_due(&config, &registry, &email, id, &cancel).await;
+                }
+            }
+            Err(err) => tracing::warn!(error = %err, "delivery worker: registry query failed"),
+        }
+        if crate::watch::pause(POLL_EVERY, &cancel).await {
+            return;
+        }
+    }
+}
+
+async fn send_due(
+    config: &Config,
+    registry: &Registry,
+    email: &crate::config::EmailConfig,
+    incident_id: i64,
+    cancel: &CancellationToken,
+) {
+    let incident = match registry.require_incident(incident_id).await {
+        Ok(incident) => incident,
+        Err(err) => return tracing::warn!(error = %err, "delivery worker: incident unreadable"),
+    };
+    let progress = Background(cancel.clone());
+    let options =
+        CampaignOptions { actor: Actor::service("worker"), plan_new: false, retry_failed: false, progress: &progress };
+    match run_campaign(config, registry, &incident, email, options).await {
+        Ok(report) => tracing::info!(
+            incident = incident_id,
+            sent = report.counts.sent,
+            failed = report.counts.failed,
+            pending = report.counts.pending + report.counts.sending,
+            "delivery worker: round done"
+        ),
+        // A notify (CLI or bot) is on it.
+        Err(CampaignError::Busy { .. }) => {}
+        Err(err) => tracing::warn!(incident = incident_id, error = %err, "delivery worker: sending failed"),
+    }
+}
