@@ -20,8 +20,8 @@ const FORMAT_VERSION: i64 = 1;
 pub const LAST_BACKUP_SETTING: &str = "last_backup_at";
 
 /// The tables kept, parents before children, with their columns; `I` marks
-/// integer columns (all others are text). Staged listings and leases are
-/// run-time state and are not kept.
+/// integer columns (all others are text). Staged listings, leases and
+/// pending contact-verification codes are run-time state and are not kept.
 const TABLES: &[(&str, &[&str])] = &[
     (
         "accounts",

@@ -137,7 +137,7 @@ def record(seq, mail_from, rcpt_tos, msg, header_value):
 
 
 class Sink:
-    def __init__(self, directory, fail_after, durable):
+    def __init__(self, directory, fail_after, durable, delay=0.0):
         self.dir = os.path.abspath(directory)
         self.maildir = os.path.join(self.dir, "maildir")
         self.json_dir = os.path.join(self.dir, "json")
@@ -146,6 +146,9 @@ class Sink:
         os.makedirs(self.json_dir, exist_ok=True)
         self.fail_after = fail_after
         self.durable = durable
+        # Seconds to wait before answering DATA: a slow server, so tests can
+        # act while a send is under way.
+        self.delay = delay
         self.next_seq = 1
         # Messages given a sequence number (being written or written) and
         # messages fully written; only the event loop thread touches these.
@@ -174,6 +177,8 @@ class Sink:
     async def handle_DATA(self, server, session, envelope):
         if self.fail_after is not None and self.reserved >= self.fail_after:
             return "451 4.3.0 temporarily unavailable"
+        if self.delay:
+            await asyncio.sleep(self.delay)
         seq = self.next_seq
         self.next_seq += 1
         self.reserved += 1
@@ -227,9 +232,10 @@ async def main():
     parser.add_argument("--fail-after", type=int, default=None, metavar="K")
     parser.add_argument("--auth", default=None, metavar="USER:PASSWORD")
     parser.add_argument("--no-fsync", action="store_true")
+    parser.add_argument("--delay-ms", type=int, default=0, help="wait this long before accepting each message")
     args = parser.parse_args()
 
-    sink = Sink(args.dir, args.fail_after, durable=not args.no_fsync)
+    sink = Sink(args.dir, args.fail_after, durable=not args.no_fsync, delay=args.delay_ms / 1000)
     loop = asyncio.get_running_loop()
 
     smtp_options = {}

@@ -1,18 +1,398 @@
-//! The admin-room bot (being built).
+//! The admin-room bot of `lifeboat serve` (matrix-sdk): lives in one admin
+//! room, obeys only `bot.admins`, posts the watcher's alerts there, and lets
+//! anyone manage their own contact emails by DM.
+//!
+//! A supervisor keeps it alive: when the homeserver forgets the bot's token
+//! (a wipe), the session ends, credentials are recovered through the shared
+//! secret, a fresh store and a new admin room are made, and the admins are
+//! invited as soon as their accounts exist again.
 
-use std::sync::Arc;
+mod admin;
+pub mod commands;
+mod login;
+mod people;
 
+use std::collections::{HashMap, HashSet};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use matrix_sdk::config::SyncSettings;
+use matrix_sdk::event_handler::Ctx;
+use matrix_sdk::ruma::api::client::room::create_room::v3::{Request as CreateRoomRequest, RoomPreset};
+use matrix_sdk::ruma::events::room::member::{MembershipState, StrippedRoomMemberEvent};
+use matrix_sdk::ruma::events::room::message::{MessageType, OriginalSyncRoomMessageEvent, RoomMessageEventContent};
+use matrix_sdk::ruma::{OwnedRoomId, OwnedUserId, RoomAliasId, RoomId};
+use matrix_sdk::{Client, Room, RoomState, SessionChange};
 use tokio::sync::mpsc::UnboundedReceiver;
 use tokio_util::sync::CancellationToken;
 
+use crate::config::BotConfig;
 use crate::serve::ServeState;
+use crate::synapse::SynapseClient;
 
-pub async fn run(state: Arc<ServeState>, mut alerts: UnboundedReceiver<String>, cancel: CancellationToken) {
-    let _ = state;
-    loop {
-        tokio::select! {
-            alert = alerts.recv() => if alert.is_none() { return },
-            _ = cancel.cancelled() => return,
+/// Registry setting: the admin room the bot made itself (after a wipe, or
+/// when none is configured), so a restart goes back to it.
+const ROOM_SETTING: &str = "bot_admin_room";
+/// How often the bot checks whether admins can be invited to a new room.
+const INVITE_CHECK_EVERY: Duration = Duration::from_secs(5);
+/// Alerts kept while the bot has no room to post them in.
+const MAX_QUEUED_ALERTS: usize = 20;
+
+/// What the handlers share.
+pub(crate) struct Bot {
+    state: Arc<ServeState>,
+    config: BotConfig,
+    me: OwnedUserId,
+    admins: Vec<OwnedUserId>,
+    /// `bot.admin_room` as a room ID (aliases resolved at start).
+    configured_room: Mutex<Option<OwnedRoomId>>,
+    admin_room: Mutex<Option<OwnedRoomId>>,
+    /// Incidents whose dry run an admin saw: id → when.
+    confirmations: Mutex<HashMap<i64, Instant>>,
+    /// Admins invited to the current admin room by this process.
+    invited: Mutex<HashSet<OwnedUserId>>,
+}
+
+impl Bot {
+    fn is_admin(&self, user: &OwnedUserId) -> bool {
+        self.admins.contains(user)
+    }
+
+    fn admin_room(&self) -> Option<OwnedRoomId> {
+        self.admin_room.lock().ok().and_then(|room| room.clone())
+    }
+
+    fn set_admin_room(&self, room: OwnedRoomId) {
+        if let Ok(mut current) = self.admin_room.lock() {
+            *current = Some(room);
         }
+    }
+
+    fn prefix(&self) -> &str {
+        &self.config.command_prefix
+    }
+}
+
+/// How a session ended.
+enum Ended {
+    Cancelled,
+    /// The homeserver no longer knows the bot's token.
+    TokenDead,
+    Failed(String),
+}
+
+/// Runs the bot until `cancel`; `alerts` are the watcher's, for the room.
+pub async fn run(state: Arc<ServeState>, mut alerts: UnboundedReceiver<String>, cancel: CancellationToken) {
+    let Some(config) = state.config.bot.clone() else { return };
+    let me: OwnedUserId = match crate::recover::service_user_id(&state.config).as_str().try_into() {
+        Ok(me) => me,
+        Err(err) => return tracing::error!(error = %err, "bot off: bot.user_id is not a Matrix user ID"),
+    };
+    let admins = config.admins.iter().filter_map(|admin| admin.as_str().try_into().ok()).collect();
+    let bot = Arc::new(Bot {
+        state,
+        config,
+        me,
+        admins,
+        configured_room: Mutex::new(None),
+        admin_room: Mutex::new(None),
+        confirmations: Mutex::default(),
+        invited: Mutex::default(),
+    });
+    let mut queued: Vec<String> = Vec::new();
+    let mut backoff = Duration::from_secs(2);
+    loop {
+        let ended = session(&bot, &mut alerts, &mut queued, &cancel).await;
+        match ended {
+            Ended::Cancelled => return,
+            Ended::TokenDead => {
+                tracing::warn!("the bot's token was rejected: logging in again (recovering after a wipe if needed)");
+                backoff = Duration::from_secs(1);
+            }
+            Ended::Failed(reason) => tracing::warn!(error = %reason, "bot session ended; retrying"),
+        }
+        if crate::watch::pause(backoff, &cancel).await {
+            return;
+        }
+        backoff = (backoff * 2).min(Duration::from_secs(60));
+    }
+}
+
+/// One login's life: connect, settle the admin room, handle events.
+async fn session(
+    bot: &Arc<Bot>,
+    alerts: &mut UnboundedReceiver<String>,
+    queued: &mut Vec<String>,
+    cancel: &CancellationToken,
+) -> Ended {
+    let state = &bot.state;
+    let login = match login::credentials(&state.config, &bot.config, &state.registry, &state.recover_lock).await {
+        Ok(login) => login,
+        Err(err) => return Ended::Failed(err.to_string()),
+    };
+    let client = match login::client(&state.config, &bot.config, &state.registry, &login).await {
+        Ok(client) => client,
+        Err(err) => return Ended::Failed(err.to_string()),
+    };
+    tracing::info!(user = %login.user_id, device = %login.device_id, recovered = login.recovered, "bot logged in");
+    let mut changes = client.subscribe_to_session_changes();
+    // Known before the first sync, which may bring the admin's invite.
+    if let Some(configured) = &bot.config.admin_room {
+        let resolved = resolve_room(&client, configured).await;
+        if let Ok(mut slot) = bot.configured_room.lock() {
+            slot.clone_from(&resolved);
+        }
+    }
+    client.add_event_handler_context(bot.clone());
+    client.add_event_handler(on_invite);
+    // A first sync before reading messages, so old ones are not taken as
+    // new commands (the store keeps the position across restarts).
+    let first = match client.sync_once(SyncSettings::default().timeout(Duration::ZERO)).await {
+        Ok(first) => first,
+        Err(err) if is_unknown_token(&err) => return Ended::TokenDead,
+        Err(err) => return Ended::Failed(format!("first sync failed: {err}")),
+    };
+    let admin_client = SynapseClient::from_config(&state.config.homeserver).with_token(login.access_token.clone());
+    let made_new_room = match settle_admin_room(bot, &client, login.recovered).await {
+        Ok(made) => made,
+        Err(reason) => return Ended::Failed(reason),
+    };
+    client.add_event_handler(on_message);
+    if made_new_room && login.recovered {
+        queued.insert(0, what_happened(bot));
+    }
+    invite_admins(bot, &client, &admin_client).await;
+
+    let sync = client.sync(SyncSettings::default().token(first.next_batch));
+    tokio::pin!(sync);
+    let mut invite_check = tokio::time::interval(INVITE_CHECK_EVERY);
+    loop {
+        flush_alerts(bot, &client, queued).await;
+        tokio::select! {
+            result = &mut sync => {
+                return match result {
+                    Err(err) if is_unknown_token(&err) => Ended::TokenDead,
+                    Err(err) => Ended::Failed(format!("sync failed: {err}")),
+                    Ok(()) => Ended::Failed("sync stopped".to_owned()),
+                };
+            }
+            change = changes.recv() => {
+                if let Ok(SessionChange::UnknownToken(_)) = change {
+                    return Ended::TokenDead;
+                }
+            }
+            alert = alerts.recv() => match alert {
+                Some(text) => {
+                    queued.push(text);
+                    if queued.len() > MAX_QUEUED_ALERTS {
+                        queued.remove(0);
+                    }
+                }
+                None => {}
+            },
+            _ = invite_check.tick() => invite_admins(bot, &client, &admin_client).await,
+            _ = cancel.cancelled() => return Ended::Cancelled,
+        }
+    }
+}
+
+fn is_unknown_token(err: &matrix_sdk::Error) -> bool {
+    use matrix_sdk::ruma::api::error::ErrorKind;
+    matches!(err.client_api_error_kind(), Some(ErrorKind::UnknownToken { .. }))
+}
+
+/// Finds the admin room: the one the bot made (kept in the registry), else
+/// `bot.admin_room` (joined if invited or public). Makes a new one when
+/// none is configured, or when the bot's account was recovered after a
+/// wipe (the old room died with the database). Returns whether it made one.
+async fn settle_admin_room(bot: &Arc<Bot>, client: &Client, recovered: bool) -> Result<bool, String> {
+    let registry = &bot.state.registry;
+    let joined = |room_id: &RoomId| client.get_room(room_id).filter(|room| room.state() == RoomState::Joined);
+    let configured = bot.configured_room.lock().ok().and_then(|room| room.clone());
+    if let Some(room_id) = configured {
+        if joined(&room_id).is_some() || client.join_room_by_id(&room_id).await.is_ok() {
+            bot.set_admin_room(room_id);
+            return Ok(false);
+        }
+    }
+    let stored = registry.setting(ROOM_SETTING).await.map_err(|err| err.to_string())?;
+    if let Some(room_id) = stored.and_then(|id| OwnedRoomId::try_from(id).ok()) {
+        if joined(&room_id).is_some() {
+            bot.set_admin_room(room_id);
+            return Ok(false);
+        }
+    }
+    if bot.config.admin_room.is_some() && !recovered {
+        tracing::warn!(
+            room = bot.config.admin_room.as_deref().unwrap_or_default(),
+            "the bot is not in bot.admin_room: invite it there from an admin account"
+        );
+        return Ok(false);
+    }
+    let mut request = CreateRoomRequest::new();
+    request.name = Some(format!("lifeboat admin ({})", bot.state.config.homeserver.server_name));
+    request.topic = Some("Alerts and commands of lifeboat. Send `!lifeboat help`.".to_owned());
+    request.preset = Some(RoomPreset::PrivateChat);
+    // The plain request: `Client::create_room` would wait for a sync.
+    let room_id = client.send(request).await.map_err(|err| format!("cannot create an admin room: {err}"))?.room_id;
+    registry.set_setting(ROOM_SETTING, room_id.as_str()).await.map_err(|err| err.to_string())?;
+    let _ = client.sync_once(SyncSettings::default().timeout(Duration::ZERO)).await;
+    tracing::info!(room = %room_id, "made a new admin room");
+    if let Ok(mut invited) = bot.invited.lock() {
+        invited.clear();
+    }
+    bot.set_admin_room(room_id);
+    Ok(true)
+}
+
+async fn resolve_room(client: &Client, configured: &str) -> Option<OwnedRoomId> {
+    if let Ok(room_id) = OwnedRoomId::try_from(configured) {
+        return Some(room_id);
+    }
+    let alias = <&RoomAliasId>::try_from(configured).ok()?;
+    client.resolve_room_alias(alias).await.ok().map(|response| response.room_id)
+}
+
+/// Invites the admins who are neither in the admin room nor invited, once
+/// their account exists (after a wipe they come back one by one).
+async fn invite_admins(bot: &Arc<Bot>, client: &Client, admin_client: &SynapseClient) {
+    let Some(room) = bot.admin_room().and_then(|id| client.get_room(&id)) else { return };
+    for admin in &bot.admins {
+        if bot.invited.lock().is_ok_and(|invited| invited.contains(admin)) {
+            continue;
+        }
+        let membership = room.get_member_no_sync(admin).await.ok().flatten().map(|m| m.membership().clone());
+        if matches!(membership, Some(MembershipState::Join | MembershipState::Invite)) {
+            continue;
+        }
+        if admin.server_name() == bot.me.server_name() {
+            match admin_client.user_details(admin.as_str()).await {
+                Ok(Some(_)) => {}
+                Ok(None) => continue,
+                Err(err) => {
+                    tracing::debug!(error = %err, "cannot tell whether an admin's account exists yet");
+                    continue;
+                }
+            }
+        }
+        match room.invite_user_by_id(admin).await {
+            Ok(()) => {
+                tracing::info!(admin = %admin, "invited an admin to the admin room");
+                if let Ok(mut invited) = bot.invited.lock() {
+                    invited.insert(admin.clone());
+                }
+            }
+            Err(err) => tracing::warn!(admin = %admin, error = %err, "could not invite an admin"),
+        }
+    }
+}
+
+/// Posts queued alerts once there is an admin room to post them in.
+async fn flush_alerts(bot: &Arc<Bot>, client: &Client, queued: &mut Vec<String>) {
+    let Some(room) = bot.admin_room().and_then(|id| client.get_room(&id)) else { return };
+    while !queued.is_empty() {
+        let text = queued[0].clone();
+        match room.send(RoomMessageEventContent::text_markdown(&text)).await {
+            Ok(_) => {
+                queued.remove(0);
+            }
+            Err(err) => {
+                tracing::warn!(error = %err, "could not post an alert in the admin room; will retry");
+                return;
+            }
+        }
+    }
+}
+
+/// The first message in a room made after a wipe.
+fn what_happened(bot: &Bot) -> String {
+    let server = &bot.state.config.homeserver.server_name;
+    let seen = bot.state.watch.current();
+    let mut text = format!(
+        "**lifeboat is back after {server} lost its database.** My old token and admin room were gone, so I \
+         re-created my account through the shared secret and made this room. Admins are invited as soon as \
+         their accounts exist again."
+    );
+    if seen.verdict.is_some() {
+        text.push_str(&format!("\n\nLast check: **{}**: {}.", seen.verdict_label(), seen.reason.trim_end_matches('.')));
+    }
+    text.push_str(&format!(
+        "\n\nNext: `{} status`, then `{0} incident open <title>` with the postmortem on the following lines.",
+        bot.prefix()
+    ));
+    text
+}
+
+/// Invites: to the admin room from an admin, or a DM from anyone (people
+/// manage their contacts by DM). Everything else is declined.
+async fn on_invite(event: StrippedRoomMemberEvent, room: Room, Ctx(bot): Ctx<Arc<Bot>>) {
+    if event.state_key != bot.me || event.content.membership != MembershipState::Invite {
+        return;
+    }
+    let room_id = room.room_id().to_owned();
+    let configured = bot.configured_room.lock().ok().and_then(|room| room.clone());
+    let to_admin_room = configured.as_ref() == Some(&room_id) || bot.admin_room().as_ref() == Some(&room_id);
+    let accept = if to_admin_room { bot.is_admin(&event.sender) } else { event.content.is_direct == Some(true) };
+    tokio::spawn(async move {
+        if !accept {
+            tracing::info!(room = %room_id, from = %event.sender, "declined an invite");
+            let _ = room.leave().await;
+            return;
+        }
+        let mut delay = Duration::from_secs(1);
+        while let Err(err) = room.join().await {
+            if delay > Duration::from_secs(60) {
+                return tracing::warn!(room = %room_id, error = %err, "could not join");
+            }
+            tokio::time::sleep(delay).await;
+            delay *= 2;
+        }
+        if to_admin_room {
+            bot.set_admin_room(room_id);
+            let hello = format!("lifeboat is here. Send `{} help` for what I can do.", bot.prefix());
+            let _ = room.send(RoomMessageEventContent::text_markdown(hello)).await;
+        }
+    });
+}
+
+/// Admin commands in the admin room; contact commands in DMs.
+async fn on_message(event: OriginalSyncRoomMessageEvent, room: Room, Ctx(bot): Ctx<Arc<Bot>>) {
+    if event.sender == bot.me || room.state() != RoomState::Joined {
+        return;
+    }
+    let MessageType::Text(text) = &event.content.msgtype else { return };
+    let body = text.body.clone();
+    let sender = event.sender.clone();
+    if bot.admin_room().as_deref() == Some(room.room_id()) {
+        if !bot.is_admin(&sender) {
+            // No data for anyone else, not even an error.
+            if commands::parse_admin(bot.prefix(), &body).is_some() {
+                tracing::info!(from = %sender, "ignored a command from someone who is not in bot.admins");
+            }
+            return;
+        }
+        let Some(parsed) = commands::parse_admin(bot.prefix(), &body) else { return };
+        // Commands can take long (sync, notify): off the sync loop.
+        tokio::spawn(async move {
+            let reply = match parsed {
+                Ok(command) => admin::execute(&bot, &room, &sender, command).await,
+                Err(bad) => bad.0,
+            };
+            reply_to(&room, &reply).await;
+        });
+    } else if room.joined_members_count() <= 2 {
+        tokio::spawn(async move {
+            let reply = match commands::parse_person(bot.prefix(), &body) {
+                Ok(command) => people::execute(&bot, &sender, command).await,
+                Err(bad) => bad.0,
+            };
+            reply_to(&room, &reply).await;
+        });
+    }
+}
+
+async fn reply_to(room: &Room, markdown: &str) {
+    if let Err(err) = room.send(RoomMessageEventContent::text_markdown(markdown)).await {
+        tracing::warn!(room = %room.room_id(), error = %err, "could not reply");
     }
 }

@@ -8,7 +8,7 @@ mod contacts;
 mod drill;
 mod incident;
 mod notify;
-mod output;
+pub(crate) mod output;
 mod recover;
 mod serve;
 mod sync;
@@ -246,9 +246,10 @@ impl Context {
 
 fn init_logging(verbose: u8) {
     let default = match verbose {
-        // matrix-sdk logs expected 404s (absent account data) as errors.
-        0 => "warn,matrix_sdk::http_client=off",
-        1 => "lifeboat=info,warn",
+        // matrix-sdk logs expected 404s (absent account data) as errors, and
+        // warns every 30 s that the bot has no key backup (it needs none).
+        0 => "warn,matrix_sdk::http_client=off,matrix_sdk_crypto::backups=error",
+        1 => "lifeboat=info,warn,matrix_sdk::http_client=off,matrix_sdk_crypto::backups=error",
         _ => "lifeboat=debug,info",
     };
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()

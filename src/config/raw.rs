@@ -353,8 +353,8 @@ impl RawConfig {
                 format!("{} is not a share between 0 (exclusive) and 1, like 0.5", watch.loss_threshold),
             ));
         }
-        if watch.interval < Duration::from_secs(10) {
-            return Err(ctx.invalid("watch.interval", "must be at least 10s"));
+        if watch.interval < Duration::from_secs(1) {
+            return Err(ctx.invalid("watch.interval", "must be at least 1s"));
         }
 
         let tokens = TokensConfig {

@@ -20,9 +20,11 @@ impl Actor {
         Actor { face: "cli", detail: user }
     }
 
-    /// A part of `lifeboat serve` acting on its own (watcher, worker).
+    /// `lifeboat serve` acting on its own (the watcher, the delivery
+    /// worker, the bot's own recovery): audited as `watcher`, the part in
+    /// the detail.
     pub fn service(part: &str) -> Actor {
-        Actor { face: "serve", detail: Some(part.to_owned()) }
+        Actor { face: "watcher", detail: Some(part.to_owned()) }
     }
 
     /// The bot, on behalf of the Matrix user who sent the command.

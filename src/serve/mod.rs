@@ -12,6 +12,7 @@ use std::time::Duration;
 
 use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
 
 use crate::config::Config;
 use crate::registry::Registry;
@@ -29,6 +30,11 @@ pub struct ServeState {
     pub watch: WatchHandle,
     /// One recovery at a time (the watcher and the bot may both notice a wipe).
     pub recover_lock: Arc<tokio::sync::Mutex<()>>,
+    /// Cancelled when serve is asked to stop.
+    pub shutdown: CancellationToken,
+    /// Work started on request (a notify confirmed in the bot) that a
+    /// shutdown must wait for.
+    pub background: TaskTracker,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -45,6 +51,8 @@ pub async fn run(config: Config, registry: Registry, shutdown: CancellationToken
         registry: registry.clone(),
         watch: WatchHandle::default(),
         recover_lock: Arc::default(),
+        shutdown: shutdown.clone(),
+        background: TaskTracker::new(),
     });
     let mut tasks = JoinSet::new();
 
@@ -91,12 +99,12 @@ pub async fn run(config: Config, registry: Registry, shutdown: CancellationToken
 
     shutdown.cancelled().await;
     tracing::info!("shutting down");
-    let drained = tokio::time::timeout(SHUTDOWN_GRACE, async {
-        while tasks.join_next().await.is_some() {}
-    })
-    .await;
+    let drained = tokio::time::timeout(SHUTDOWN_GRACE, async { while tasks.join_next().await.is_some() {} }).await;
     if drained.is_err() {
-        tracing::warn!("some tasks did not stop within {}s; deliveries left in flight resume on the next start", SHUTDOWN_GRACE.as_secs());
+        tracing::warn!(
+            "some tasks did not stop within {}s; deliveries left in flight resume on the next start",
+            SHUTDOWN_GRACE.as_secs()
+        );
         tasks.abort_all();
     }
     registry.close().await;

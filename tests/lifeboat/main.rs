@@ -7,4 +7,5 @@ mod listing_failures;
 mod notices;
 mod registry_backends;
 mod sandbox;
+mod serve_bot;
 mod synapse_scenarios;

@@ -75,6 +75,23 @@ impl Lifeboat {
         command.spawn().expect("lifeboat starts")
     }
 
+    /// Starts `lifeboat -v serve`, its log in `serve.log` (appended across
+    /// restarts); killed when the child is dropped.
+    pub fn spawn_serve(&self) -> tokio::process::Child {
+        let log = std::fs::OpenOptions::new().create(true).append(true).open(self.serve_log_path()).unwrap();
+        let mut command = self.command(&["-v", "serve"]);
+        command.stdin(std::process::Stdio::null()).stdout(std::process::Stdio::null()).stderr(log).kill_on_drop(true);
+        command.spawn().expect("lifeboat serve starts")
+    }
+
+    pub fn serve_log_path(&self) -> PathBuf {
+        self.dir.path().join("serve.log")
+    }
+
+    pub fn serve_log(&self) -> String {
+        std::fs::read_to_string(self.serve_log_path()).unwrap_or_default()
+    }
+
     pub async fn run(&self, args: &[&str]) -> Run {
         let mut command = self.command(args);
         command.stdin(std::process::Stdio::null());

@@ -1,11 +1,13 @@
 //! Real parts for the tests: Synapse, registries, and the lifeboat binary.
 
 pub mod cli;
+pub mod matrix;
 pub mod registries;
 pub mod smtp;
 pub mod synapse;
 
 pub use cli::Lifeboat;
+pub use matrix::{MatrixUser, eventually};
 pub use registries::TestDatabase;
 pub use smtp::TestSmtp;
 pub use synapse::{TestSynapse, unique};

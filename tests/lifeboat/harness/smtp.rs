@@ -76,11 +76,23 @@ impl TestSmtp {
     ///
     /// [`heal`]: TestSmtp::heal
     pub fn start(fail_after: Option<u32>) -> TestSmtp {
+        Self::start_with(fail_after, 0)
+    }
+
+    /// A sink that takes `delay_ms` to accept each message (a slow server).
+    pub fn start_slow(delay_ms: u32) -> TestSmtp {
+        Self::start_with(None, delay_ms)
+    }
+
+    fn start_with(fail_after: Option<u32>, delay_ms: u32) -> TestSmtp {
         let dir = tempfile::Builder::new().prefix("lifeboat-smtp-").tempdir().unwrap();
         let mut command = Command::new(super::venv_python());
         command.arg(super::repo_root().join("tools/smtp_sink.py")).arg("--dir").arg(dir.path());
         if let Some(k) = fail_after {
             command.arg("--fail-after").arg(k.to_string());
+        }
+        if delay_ms > 0 {
+            command.arg("--delay-ms").arg(delay_ms.to_string());
         }
         let mut child = command
             .stdin(Stdio::piped())

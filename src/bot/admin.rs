@@ -1,0 +1,427 @@
+//! Admins' commands in the admin room: the CLI's operations, answered in
+//! short Markdown that says what to do next. Every command is audited with
+//! the admin's Matrix ID.
+
+use std::time::{Duration, Instant};
+
+use matrix_sdk::Room;
+use matrix_sdk::ruma::OwnedUserId;
+
+use super::Bot;
+use super::commands::{ADMIN_USAGE, AdminCommand, help};
+use crate::campaign::{CampaignOptions, admin_client_recovering, run_campaign};
+use crate::check::{CheckOptions, check};
+use crate::email::EmailAddress;
+use crate::mail::{Mailer, OutgoingEmail};
+use crate::notify::{NotifyProgress, human_time, plan};
+use crate::recover::service_user_id;
+use crate::registry::{Actor, ContactKind, ContactSource, format_time, now_ms};
+use crate::sync::{SyncOptions, SyncProgress, sync};
+use crate::tokens::{issue_request_token, revoke_unused_tokens};
+use crate::user_id::UserId;
+
+/// How long a `notify <id>` dry run stays confirmable.
+pub const CONFIRM_WITHIN: Duration = Duration::from_secs(5 * 60);
+
+struct Quiet;
+impl SyncProgress for Quiet {}
+
+/// Notes of a run started from the room, posted after it; the run winds
+/// down when serve stops.
+#[derive(Default)]
+struct Notes {
+    notes: std::sync::Mutex<Vec<String>>,
+    stop: Option<tokio_util::sync::CancellationToken>,
+}
+
+impl NotifyProgress for Notes {
+    fn note(&self, text: &str) {
+        if let Ok(mut notes) = self.notes.lock() {
+            notes.push(text.to_owned());
+        }
+    }
+
+    fn stopping(&self) -> bool {
+        self.stop.as_ref().is_some_and(|stop| stop.is_cancelled())
+    }
+}
+
+pub(super) async fn execute(bot: &Bot, room: &Room, sender: &OwnedUserId, command: AdminCommand) -> String {
+    let actor = Actor::bot(sender.as_str());
+    let name = command_name(&command);
+    if let Err(err) = bot.state.registry.audit(&actor, "bot.command", Some(&name), None).await {
+        return format!("The registry cannot be written, so nothing was done: {err}");
+    }
+    match run(bot, room, &actor, command).await {
+        Ok(reply) => reply,
+        Err(reason) => format!("**{name} failed:** {reason}"),
+    }
+}
+
+/// What the audit log calls a command (arguments that are not secrets).
+fn command_name(command: &AdminCommand) -> String {
+    match command {
+        AdminCommand::Help => "help".into(),
+        AdminCommand::Status => "status".into(),
+        AdminCommand::Sync => "sync".into(),
+        AdminCommand::Check => "check".into(),
+        AdminCommand::IncidentOpen { .. } => "incident open".into(),
+        AdminCommand::IncidentList => "incident list".into(),
+        AdminCommand::IncidentShow(id) => format!("incident show {id}"),
+        AdminCommand::IncidentResolve(id) => format!("incident resolve {id}"),
+        AdminCommand::Notify { id, confirm: false } => format!("notify {id}"),
+        AdminCommand::Notify { id, confirm: true } => format!("notify {id} confirm"),
+        AdminCommand::Token(user) => format!("token {user}"),
+        AdminCommand::ContactAdd(user, _) => format!("contact add {user}"),
+        AdminCommand::ContactRemove(user, _) => format!("contact remove {user}"),
+    }
+}
+
+async fn run(bot: &Bot, room: &Room, actor: &Actor, command: AdminCommand) -> Result<String, String> {
+    let state = &bot.state;
+    let (config, registry) = (&state.config, &state.registry);
+    let prefix = bot.prefix();
+    let text = |err: &dyn std::fmt::Display| err.to_string();
+    match command {
+        AdminCommand::Help => Ok(format!("**lifeboat commands**\n\n{}", help(&format!("{prefix} "), ADMIN_USAGE))),
+        AdminCommand::Status => status(bot).await,
+        AdminCommand::Sync => {
+            let client =
+                admin_client_recovering(config, registry, actor, &Notes::default()).await.map_err(|e| text(&e))?;
+            let summary = sync(registry, &client, &SyncOptions::from_config(config), actor, &Quiet)
+                .await
+                .map_err(|e| text(&e))?;
+            let report = &summary.applied.report;
+            Ok(format!(
+                "Synced: {} listed; {} new, {} missing ({} newly), {} recreated, {} deactivated; {} emails imported.",
+                report.listed,
+                report.new.len(),
+                report.missing.len(),
+                summary.applied.newly_missing,
+                report.recreated.len(),
+                report.deactivated.len(),
+                summary.emails_imported
+            ))
+        }
+        AdminCommand::Check => {
+            let client =
+                admin_client_recovering(config, registry, actor, &Notes::default()).await.map_err(|e| text(&e))?;
+            let options = CheckOptions {
+                page_size: config.sync.page_size,
+                loss_threshold: config.watch.loss_threshold,
+                server_name: config.homeserver.server_name.clone(),
+            };
+            let outcome = check(registry, &client, &options).await.map_err(|e| text(&e))?;
+            let report = &outcome.report;
+            let mut reply =
+                format!("Verdict **{}**: {}.", report.verdict.as_str(), outcome.reason.trim_end_matches('.'));
+            if !report.missing.is_empty() {
+                reply.push_str(&format!("\n\nMissing: {}", crate::cli::output::id_list(&report.missing, 20)));
+            }
+            if !report.recreated.is_empty() {
+                reply.push_str(&format!("\n\nRecreated: {}", crate::cli::output::id_list(&report.recreated, 20)));
+            }
+            Ok(reply)
+        }
+        AdminCommand::IncidentOpen { title, postmortem } => {
+            let (incident, affected) =
+                registry.open_incident(&title, &postmortem, "missing", actor).await.map_err(|e| text(&e))?;
+            Ok(format!(
+                "Opened incident **{}** \"{}\" ({affected} affected accounts). Next: `{prefix} notify {}` shows what would be sent.",
+                incident.id, incident.title, incident.id
+            ))
+        }
+        AdminCommand::IncidentList => {
+            let incidents = registry.incidents().await.map_err(|e| text(&e))?;
+            if incidents.is_empty() {
+                return Ok("No incidents.".to_owned());
+            }
+            let lines: Vec<String> = incidents
+                .iter()
+                .map(|incident| {
+                    let status = match incident.resolved_at {
+                        Some(at) => format!("resolved {}", human_time(at)),
+                        None => "**open**".to_owned(),
+                    };
+                    format!(
+                        "- {}: {} (opened {}, {status})",
+                        incident.id,
+                        incident.title,
+                        human_time(incident.opened_at)
+                    )
+                })
+                .collect();
+            Ok(lines.join("\n"))
+        }
+        AdminCommand::IncidentShow(id) => {
+            let summary =
+                registry.incident_summary(id, service_user_id(config).as_str()).await.map_err(|e| text(&e))?;
+            let d = &summary.deliveries;
+            Ok(format!(
+                "**Incident {id}: {}** ({})\n\n- affected: {}\n- reachable: {} by email, {} on Matrix, {} unreachable\n- tokens: {}\n- deliveries: {} sent, {} pending, {} sending, {} failed, {} skipped",
+                summary.incident.title,
+                if summary.incident.resolved_at.is_some() { "resolved" } else { "open" },
+                summary.affected,
+                summary.reachable_by_email,
+                summary.reachable_by_matrix,
+                summary.unreachable,
+                summary.tokens,
+                d.sent,
+                d.pending,
+                d.sending,
+                d.failed,
+                d.skipped
+            ))
+        }
+        AdminCommand::IncidentResolve(id) => {
+            registry.require_incident(id).await.map_err(|e| text(&e))?;
+            let client =
+                admin_client_recovering(config, registry, actor, &Notes::default()).await.map_err(|e| text(&e))?;
+            let (revoked, used) = revoke_unused_tokens(registry, &client, id)
+                .await
+                .map_err(|err| format!("incident {id} stays open: {err}"))?;
+            registry.resolve_incident(id, actor).await.map_err(|e| text(&e))?;
+            Ok(format!(
+                "Resolved incident {id}: deleted {revoked} unused registration tokens; {used} were used to register."
+            ))
+        }
+        AdminCommand::Notify { id, confirm } => notify(bot, room, actor, id, confirm).await,
+        AdminCommand::Token(user) => token(bot, actor, &user).await,
+        AdminCommand::ContactAdd(user, address) => {
+            let added = registry
+                .add_contact(
+                    user.as_str(),
+                    ContactKind::Email,
+                    address.as_str(),
+                    ContactSource::Admin,
+                    Some(now_ms()),
+                    actor,
+                )
+                .await
+                .map_err(|e| text(&e))?;
+            Ok(match added {
+                crate::registry::AddContact::Added => format!("Added {address} as a contact of {user}."),
+                crate::registry::AddContact::AlreadyKnown => format!("{address} was already a contact of {user}."),
+            })
+        }
+        AdminCommand::ContactRemove(user, address) => {
+            let removed = registry
+                .remove_contact(user.as_str(), ContactKind::Email, address.as_str(), actor)
+                .await
+                .map_err(|e| text(&e))?;
+            Ok(if removed {
+                format!("Removed {address} from the contacts of {user}.")
+            } else {
+                format!(
+                    "{user} has no contact {address}; `{prefix} status` and the CLI's `lifeboat users show` list them."
+                )
+            })
+        }
+    }
+}
+
+async fn status(bot: &Bot) -> Result<String, String> {
+    let registry = &bot.state.registry;
+    let counts = registry.status().await.map_err(|err| err.to_string())?;
+    let last = registry.last_complete_sync().await.map_err(|err| err.to_string())?;
+    let seen = bot.state.watch.current();
+    let count = |rows: &[(String, i64)], key: &str| rows.iter().find(|(k, _)| k == key).map(|(_, n)| *n).unwrap_or(0);
+    let accounts = &counts.accounts;
+    let mut reply = format!(
+        "**Registry:** {} accounts present, {} missing, {} deactivated; {} email and {} Matrix contacts.",
+        count(accounts, "present"),
+        count(accounts, "missing"),
+        count(accounts, "deactivated"),
+        count(&counts.contacts, "email"),
+        count(&counts.contacts, "matrix"),
+    );
+    match last.and_then(|run| run.finished_at) {
+        Some(at) => reply.push_str(&format!(
+            "\n\n**Last sync:** {} ({} ago).",
+            human_time(at),
+            humantime::format_duration(Duration::from_secs(((now_ms() - at).max(0) / 1000) as u64))
+        )),
+        None => reply.push_str("\n\n**Last sync:** never; send `sync`."),
+    }
+    reply.push_str(&format!("\n\n**Verdict:** {}", seen.verdict_label()));
+    if !seen.reason.is_empty() {
+        reply.push_str(&format!(" ({})", seen.reason.trim_end_matches('.')));
+    }
+    if let Some(at) = seen.at.and_then(format_time) {
+        reply.push_str(&format!(", checked {at}"));
+    }
+    reply.push('.');
+    let open: Vec<String> = registry
+        .incidents()
+        .await
+        .map_err(|err| err.to_string())?
+        .into_iter()
+        .filter(|incident| incident.resolved_at.is_none())
+        .map(|incident| format!("{} \"{}\"", incident.id, incident.title))
+        .collect();
+    reply.push_str(&match open.len() {
+        0 => "\n\n**Open incidents:** none.".to_owned(),
+        _ => format!("\n\n**Open incidents:** {}.", open.join(", ")),
+    });
+    Ok(reply)
+}
+
+/// `notify <id>` shows the dry run's counts; `notify <id> confirm` within
+/// [`CONFIRM_WITHIN`] sends, in the background, and posts the result.
+async fn notify(bot: &Bot, room: &Room, actor: &Actor, id: i64, confirm: bool) -> Result<String, String> {
+    let state = &bot.state;
+    let (config, registry) = (&state.config, &state.registry);
+    let incident = registry.require_incident(id).await.map_err(|err| err.to_string())?;
+    if incident.resolved_at.is_some() {
+        return Err(format!("incident {id} is resolved: notices go out for open incidents only"));
+    }
+    let Some(email) = config.email.clone() else {
+        return Err("notices go out by email: add an [email] section to lifeboat's config".to_owned());
+    };
+    if !confirm {
+        let planned = plan(registry, id, service_user_id(config).as_str()).await.map_err(|err| err.to_string())?;
+        if let Ok(mut pending) = bot.confirmations.lock() {
+            pending.insert(id, Instant::now());
+        }
+        return Ok(format!(
+            "Incident {id} \"{}\": {} affected; **{} emails** to {} people, **{} DMs**; {} people unreachable; {} tokens to create.\n\nTo send, reply `{} notify {id} confirm` within {} minutes.",
+            incident.title,
+            planned.affected,
+            planned.emails.emails,
+            planned.emails.people_with_email,
+            planned.dms,
+            planned.unreachable,
+            planned.tokens_to_create,
+            bot.prefix(),
+            CONFIRM_WITHIN.as_secs() / 60
+        ));
+    }
+    let asked = bot.confirmations.lock().ok().and_then(|mut pending| pending.remove(&id));
+    if !asked.is_some_and(|at| at.elapsed() <= CONFIRM_WITHIN) {
+        return Err(format!(
+            "there is no recent dry run of incident {id} to confirm: send `{} notify {id}` first, then confirm within {} minutes",
+            bot.prefix(),
+            CONFIRM_WITHIN.as_secs() / 60
+        ));
+    }
+    let (state, room, actor) = (bot.state.clone(), room.clone(), actor.clone());
+    let stop = state.shutdown.clone();
+    state.clone().background.spawn(async move {
+        let notes = Notes { stop: Some(stop), ..Notes::default() };
+        let options = CampaignOptions { actor, plan_new: true, retry_failed: false, progress: &notes };
+        let reply = match run_campaign(&state.config, &state.registry, &incident, &email, options).await {
+            Ok(report) => {
+                let counts = &report.counts;
+                let mut reply = format!(
+                    "Incident {id}: {} sent, {} failed, {} skipped, {} pending ({} tokens created).",
+                    counts.sent,
+                    counts.failed,
+                    counts.skipped,
+                    counts.pending + counts.sending,
+                    report.tokens_created
+                );
+                for (address, error) in &report.errors {
+                    reply.push_str(&format!("\n- {address}: {error}"));
+                }
+                if report.unfinished() > 0 {
+                    reply.push_str("\n\nWhat is left is retried by the delivery worker.");
+                }
+                reply
+            }
+            Err(err) => format!("**Sending incident {id} failed:** {err}"),
+        };
+        let notes = notes.notes.into_inner().unwrap_or_default();
+        let reply = if notes.is_empty() { reply } else { format!("{reply}\n\nNotes: {}", notes.join("; ")) };
+        super::reply_to(&room, &reply).await;
+    });
+    Ok(format!("Sending the notices of incident {id} now; I will post the result here."))
+}
+
+/// A fresh token for one affected person, mailed to their own addresses
+/// (never posted in the room: it is theirs).
+async fn token(bot: &Bot, actor: &Actor, user: &UserId) -> Result<String, String> {
+    let state = &bot.state;
+    let (config, registry) = (&state.config, &state.registry);
+    let Some(incident_id) = registry.open_incident_affecting(user.as_str()).await.map_err(|err| err.to_string())?
+    else {
+        return Err(format!(
+            "{user} is not affected by an open incident: open one first (`{} incident open`)",
+            bot.prefix()
+        ));
+    };
+    let Some(email) = config.email.as_ref() else {
+        return Err("tokens are mailed to the person: add an [email] section to lifeboat's config".to_owned());
+    };
+    let addresses: Vec<EmailAddress> = registry
+        .contacts_of(user.as_str())
+        .await
+        .map_err(|err| err.to_string())?
+        .into_iter()
+        .filter(|contact| contact.kind == "email" && contact.opted_out_at.is_none())
+        .filter_map(|contact| EmailAddress::parse(&contact.address).ok())
+        .collect();
+    if addresses.is_empty() {
+        return Err(format!(
+            "{user} has no email contact to send a token to: add one with `{} contact add {user} <email>`",
+            bot.prefix()
+        ));
+    }
+    let client =
+        admin_client_recovering(config, registry, actor, &Notes::default()).await.map_err(|e| e.to_string())?;
+    let (token, expires) = issue_request_token(registry, &client, incident_id, user.as_str(), config.tokens.expiry)
+        .await
+        .map_err(|err| err.to_string())?;
+    let server = &config.homeserver.server_name;
+    let text = format!(
+        "Hello,\n\nan administrator of {server} issued you a new registration token for {user}:\n\n    {token}\n\n\
+         It works once, until {}. To register again, open your Matrix client, choose {} as the homeserver, \
+         create an account (ideally with the same username) and enter the token when asked.\n\n-- \nlifeboat on {server}\n",
+        human_time(expires),
+        config.homeserver.public_url
+    );
+    let mailer = Mailer::from_config(email, 1).map_err(|err| err.to_string())?;
+    let mut mailed = Vec::new();
+    for (index, to) in addresses.iter().enumerate() {
+        let message = OutgoingEmail {
+            to: to.clone(),
+            subject: format!("Your new registration token for {server}"),
+            text: text.clone(),
+            html: crate::notice::markdown_to_safe_html(&text),
+            message_id: format!("token-{incident_id}-{}-{index}@{server}", now_ms()),
+            list_unsubscribe: None,
+        };
+        match mailer.send(&message).await {
+            Ok(()) => mailed.push(mask(to.as_str())),
+            Err(err) => tracing::warn!(error = %err, "could not mail a token"),
+        }
+    }
+    mailer.shutdown().await;
+    registry
+        .audit(
+            actor,
+            "token.issue",
+            Some(user.as_str()),
+            Some(&format!("incident {incident_id}, mailed {}", mailed.len())),
+        )
+        .await
+        .map_err(|err| err.to_string())?;
+    if mailed.is_empty() {
+        return Err(format!(
+            "the token was made but no email went out; check SMTP and try `{} token {user}` again",
+            bot.prefix()
+        ));
+    }
+    Ok(format!(
+        "Issued a new registration token for {user} (valid until {}) and mailed it to {}.",
+        human_time(expires),
+        mailed.join(", ")
+    ))
+}
+
+/// `alice@example.org` → `a…@example.org`: enough to recognise, not to harvest.
+pub(super) fn mask(address: &str) -> String {
+    match address.split_once('@') {
+        Some((local, domain)) => format!("{}…@{domain}", local.chars().next().unwrap_or('?')),
+        None => "…".to_owned(),
+    }
+}

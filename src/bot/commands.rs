@@ -1,0 +1,235 @@
+//! What people can say to the bot, parsed without side effects (so the
+//! grammar is tested on its own). Admin commands come with the prefix in
+//! the admin room; people's own contact commands come in a DM, prefix
+//! optional.
+
+use crate::email::EmailAddress;
+use crate::user_id::UserId;
+
+/// An admin's command in the admin room.
+#[derive(Debug, Clone, PartialEq)]
+pub enum AdminCommand {
+    Help,
+    Status,
+    Sync,
+    Check,
+    IncidentOpen { title: String, postmortem: String },
+    IncidentList,
+    IncidentShow(i64),
+    IncidentResolve(i64),
+    Notify { id: i64, confirm: bool },
+    Token(UserId),
+    ContactAdd(UserId, EmailAddress),
+    ContactRemove(UserId, EmailAddress),
+}
+
+/// A person's command about their own contacts, in a DM.
+#[derive(Debug, Clone, PartialEq)]
+pub enum PersonCommand {
+    Help,
+    ContactAdd(EmailAddress),
+    ContactVerify(String),
+    ContactList,
+    ContactRemove(EmailAddress),
+}
+
+pub const ADMIN_USAGE: &[(&str, &str)] = &[
+    ("help", "this list"),
+    ("status", "registry counts, last sync, verdict, open incidents"),
+    ("sync", "read Synapse's listing into the registry now"),
+    ("check", "compare the registry with Synapse now (read-only)"),
+    ("incident open <title>", "the postmortem (Markdown) goes on the following lines"),
+    ("incident list", "all incidents"),
+    ("incident show <id>", "who is affected and reachable, deliveries by state"),
+    ("incident resolve <id>", "close it and delete its unused tokens"),
+    ("notify <id>", "show what would be sent; `notify <id> confirm` sends it"),
+    ("token <user-id>", "issue a fresh registration token for one affected person (mailed to them)"),
+    ("contact add <user-id> <email>", "add a verified contact email"),
+    ("contact remove <user-id> <email>", "remove a contact email"),
+];
+
+pub const PERSON_USAGE: &[(&str, &str)] = &[
+    ("contact add <email>", "get notices at this address if the homeserver ever loses your account"),
+    ("contact verify <code>", "confirm the address with the code mailed to it"),
+    ("contact list", "your contact addresses"),
+    ("contact remove <email>", "stop using an address"),
+];
+
+/// The usage line of one command, for "bad arguments" replies.
+pub fn usage_of(prefix: &str, name: &str, table: &[(&str, &str)]) -> String {
+    let lines: Vec<String> = table
+        .iter()
+        .filter(|(syntax, _)| syntax.starts_with(name))
+        .map(|(syntax, what)| format!("`{prefix}{syntax}`: {what}"))
+        .collect();
+    format!("Usage: {}", lines.join("; "))
+}
+
+/// The help text as Markdown.
+pub fn help(prefix: &str, table: &[(&str, &str)]) -> String {
+    table.iter().map(|(syntax, what)| format!("- `{prefix}{syntax}`: {what}")).collect::<Vec<_>>().join("\n")
+}
+
+/// Why a message was not a command: the reply says how to write it.
+#[derive(Debug, Clone, PartialEq)]
+pub struct BadCommand(pub String);
+
+/// `None` when the message is not for the bot (no prefix).
+pub fn parse_admin(prefix: &str, body: &str) -> Option<Result<AdminCommand, BadCommand>> {
+    let rest = strip_prefix(prefix, body)?;
+    Some(parse_admin_words(prefix, rest))
+}
+
+fn parse_admin_words(prefix: &str, rest: &str) -> Result<AdminCommand, BadCommand> {
+    let (first_line, more) = rest.split_once('\n').unwrap_or((rest, ""));
+    let words: Vec<&str> = first_line.split_whitespace().collect();
+    let shown = format!("{prefix} ");
+    let usage = |name: &str| BadCommand(usage_of(&shown, name, ADMIN_USAGE));
+    let id = |word: Option<&&str>, name: &str| word.and_then(|w| w.parse::<i64>().ok()).ok_or_else(|| usage(name));
+    let user = |word: Option<&&str>, name: &str| word.and_then(|w| UserId::parse(w).ok()).ok_or_else(|| usage(name));
+    let email =
+        |word: Option<&&str>, name: &str| word.and_then(|w| EmailAddress::parse(w).ok()).ok_or_else(|| usage(name));
+    match words.as_slice() {
+        [] | ["help"] => Ok(AdminCommand::Help),
+        ["status"] => Ok(AdminCommand::Status),
+        ["sync"] => Ok(AdminCommand::Sync),
+        ["check"] => Ok(AdminCommand::Check),
+        ["incident", "open", ..] => {
+            let title = first_line.trim().splitn(3, char::is_whitespace).nth(2).unwrap_or("").trim();
+            let postmortem = more.trim();
+            if title.is_empty() || postmortem.is_empty() {
+                Err(usage("incident open"))
+            } else {
+                Ok(AdminCommand::IncidentOpen { title: title.to_owned(), postmortem: postmortem.to_owned() })
+            }
+        }
+        ["incident", "list"] => Ok(AdminCommand::IncidentList),
+        ["incident", "show", rest @ ..] if rest.len() == 1 => {
+            id(rest.first(), "incident show").map(AdminCommand::IncidentShow)
+        }
+        ["incident", "resolve", rest @ ..] if rest.len() == 1 => {
+            id(rest.first(), "incident resolve").map(AdminCommand::IncidentResolve)
+        }
+        ["notify", rest @ ..] => match rest {
+            [number] => id(Some(number), "notify").map(|id| AdminCommand::Notify { id, confirm: false }),
+            [number, "confirm"] => id(Some(number), "notify").map(|id| AdminCommand::Notify { id, confirm: true }),
+            _ => Err(usage("notify")),
+        },
+        ["token", rest @ ..] if rest.len() == 1 => user(rest.first(), "token").map(AdminCommand::Token),
+        ["contact", "add", rest @ ..] if rest.len() == 2 => {
+            Ok(AdminCommand::ContactAdd(user(rest.first(), "contact add")?, email(rest.get(1), "contact add")?))
+        }
+        ["contact", "remove", rest @ ..] if rest.len() == 2 => Ok(AdminCommand::ContactRemove(
+            user(rest.first(), "contact remove")?,
+            email(rest.get(1), "contact remove")?,
+        )),
+        [name, ..] if ADMIN_USAGE.iter().any(|(syntax, _)| syntax.starts_with(name)) => Err(usage(name)),
+        _ => Err(BadCommand(format!("Unknown command. Send `{prefix} help` for the list."))),
+    }
+}
+
+/// A person's DM: every message is for the bot (the prefix may be used).
+pub fn parse_person(prefix: &str, body: &str) -> Result<PersonCommand, BadCommand> {
+    let rest = strip_prefix(prefix, body).unwrap_or(body);
+    let words: Vec<&str> = rest.split_whitespace().collect();
+    let usage = |name: &str| BadCommand(usage_of("", name, PERSON_USAGE));
+    let email = |word: &str, name: &str| EmailAddress::parse(word).map_err(|_| usage(name));
+    match words.as_slice() {
+        [] | ["help"] => Ok(PersonCommand::Help),
+        ["contact", "add", address] => email(address, "contact add").map(PersonCommand::ContactAdd),
+        ["contact", "verify", code] => Ok(PersonCommand::ContactVerify((*code).to_owned())),
+        ["contact", "list"] => Ok(PersonCommand::ContactList),
+        ["contact", "remove", address] => email(address, "contact remove").map(PersonCommand::ContactRemove),
+        ["contact", ..] => Err(usage("contact")),
+        _ => Err(BadCommand(format!(
+            "I am lifeboat, the homeserver's safety net. I understand:\n\n{}",
+            help("", PERSON_USAGE)
+        ))),
+    }
+}
+
+/// The text after `prefix` (case-insensitive), when the message starts with it.
+fn strip_prefix<'a>(prefix: &str, body: &'a str) -> Option<&'a str> {
+    let body = body.trim_start();
+    let head = body.get(..prefix.len())?;
+    if !head.eq_ignore_ascii_case(prefix) {
+        return None;
+    }
+    let rest = &body[prefix.len()..];
+    // "!lifeboatx" is another word, not our prefix.
+    if rest.chars().next().is_some_and(|c| !c.is_whitespace()) {
+        return None;
+    }
+    Some(rest.trim_start_matches([' ', '\t']))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn admin(body: &str) -> Option<Result<AdminCommand, BadCommand>> {
+        parse_admin("!lifeboat", body)
+    }
+
+    #[test]
+    fn messages_without_the_prefix_are_not_commands() {
+        assert_eq!(admin("hello everyone"), None);
+        assert_eq!(admin("!lifeboatstatus"), None);
+    }
+
+    #[test]
+    fn simple_commands_parse() {
+        assert_eq!(admin("!lifeboat status"), Some(Ok(AdminCommand::Status)));
+        assert_eq!(admin("  !LIFEBOAT   sync "), Some(Ok(AdminCommand::Sync)));
+        assert_eq!(admin("!lifeboat"), Some(Ok(AdminCommand::Help)));
+        assert_eq!(admin("!lifeboat notify 3"), Some(Ok(AdminCommand::Notify { id: 3, confirm: false })));
+        assert_eq!(admin("!lifeboat notify 3 confirm"), Some(Ok(AdminCommand::Notify { id: 3, confirm: true })));
+    }
+
+    #[test]
+    fn incident_open_takes_the_title_from_the_first_line_and_the_postmortem_from_the_rest() {
+        let parsed = admin("!lifeboat incident open Database lost on 3 May\n# What happened\n\nA bad mount.");
+        assert_eq!(
+            parsed,
+            Some(Ok(AdminCommand::IncidentOpen {
+                title: "Database lost on 3 May".to_owned(),
+                postmortem: "# What happened\n\nA bad mount.".to_owned()
+            }))
+        );
+    }
+
+    #[test]
+    fn bad_arguments_get_the_usage_line() {
+        let Some(Err(BadCommand(text))) = admin("!lifeboat incident show seven") else { panic!("not refused") };
+        assert!(text.starts_with("Usage: `!lifeboat incident show <id>`"), "{text}");
+        let Some(Err(BadCommand(text))) = admin("!lifeboat incident open Lost everything") else {
+            panic!("an incident without a postmortem was accepted")
+        };
+        assert!(text.contains("postmortem"), "{text}");
+        let Some(Err(BadCommand(text))) = admin("!lifeboat token alice") else { panic!("not refused") };
+        assert!(text.contains("token <user-id>"), "{text}");
+        let Some(Err(BadCommand(text))) = admin("!lifeboat frobnicate") else { panic!("not refused") };
+        assert!(text.contains("help"), "{text}");
+    }
+
+    #[test]
+    fn contact_commands_check_the_user_id_and_the_address() {
+        assert!(matches!(
+            admin("!lifeboat contact add @alice:example.org alice@example.org"),
+            Some(Ok(AdminCommand::ContactAdd(_, _)))
+        ));
+        assert!(matches!(admin("!lifeboat contact add @alice:example.org not-an-address"), Some(Err(_))));
+    }
+
+    #[test]
+    fn people_can_manage_their_own_contacts_with_or_without_the_prefix() {
+        assert!(matches!(parse_person("!lifeboat", "contact add me@example.org"), Ok(PersonCommand::ContactAdd(_))));
+        assert!(matches!(
+            parse_person("!lifeboat", "!lifeboat contact verify 123456"),
+            Ok(PersonCommand::ContactVerify(code)) if code == "123456"
+        ));
+        assert_eq!(parse_person("!lifeboat", "contact list"), Ok(PersonCommand::ContactList));
+        assert!(parse_person("!lifeboat", "contact add nonsense").is_err());
+        assert!(parse_person("!lifeboat", "hello?").unwrap_err().0.contains("contact add <email>"));
+    }
+}

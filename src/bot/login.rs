@@ -1,0 +1,190 @@
+//! The bot's Matrix session: which credentials to use, and the client with
+//! its persistent store (one folder per device under `bot.store_path`, so
+//! a restart keeps its device and keys, and a recovered account, which is
+//! a new device, starts a fresh store).
+
+use matrix_sdk::authentication::matrix::MatrixSession;
+use matrix_sdk::{Client, SessionMeta, SessionTokens};
+use secrecy::{ExposeSecret, SecretString};
+use serde::{Deserialize, Serialize};
+
+use crate::config::{BotConfig, Config};
+use crate::recover::{recover, service_user_id};
+use crate::registry::{Actor, Registry};
+use crate::synapse::{self, SynapseClient};
+
+/// Registry setting: the session the bot made by password login (kept so a
+/// restart reuses its device instead of making a new one).
+const SESSION_SETTING: &str = "bot_session";
+/// Registry setting: the generated store passphrase, when the config has none.
+const STORE_PASSPHRASE: &str = "bot_store_passphrase";
+
+#[derive(Serialize, Deserialize)]
+struct StoredSession {
+    user_id: String,
+    device_id: String,
+    access_token: String,
+}
+
+/// Working credentials for the bot's account.
+pub struct BotLogin {
+    pub user_id: String,
+    pub device_id: String,
+    pub access_token: SecretString,
+    /// They came from credential recovery (the homeserver lost its
+    /// database, so the old admin room is gone too).
+    pub recovered: bool,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum LoginError {
+    /// Worth trying again later (Synapse down, ...).
+    #[error("{0}")]
+    Later(String),
+    /// No credential works and lifeboat cannot make one.
+    #[error("{0}")]
+    NoWayIn(String),
+}
+
+impl From<synapse::Error> for LoginError {
+    fn from(err: synapse::Error) -> Self {
+        LoginError::Later(err.to_string())
+    }
+}
+
+impl From<crate::registry::Error> for LoginError {
+    fn from(err: crate::registry::Error) -> Self {
+        LoginError::Later(err.to_string())
+    }
+}
+
+/// Tries, in order: the bot's own stored session, the recovered service
+/// credentials, `bot.access_token`, then a password login; when every one
+/// is rejected and a shared secret is configured, recovers the account.
+pub async fn credentials(
+    config: &Config,
+    bot: &BotConfig,
+    registry: &Registry,
+    recover_lock: &tokio::sync::Mutex<()>,
+) -> Result<BotLogin, LoginError> {
+    let base = SynapseClient::from_config(&config.homeserver);
+    let me = service_user_id(config).to_string();
+    if let Some(stored) = registry.setting(SESSION_SETTING).await?.filter(|value| !value.is_empty()) {
+        if let Ok(session) = serde_json::from_str::<StoredSession>(&stored) {
+            let token = SecretString::from(session.access_token);
+            if let Some(login) = working(&base, &me, token, Some(session.device_id), false).await? {
+                return Ok(login);
+            }
+        }
+        // Dead (a wipe, or logged out): forget it.
+        registry.set_setting(SESSION_SETTING, "").await?;
+    }
+    if let Some(login) = recovered(&base, registry, &me).await? {
+        return Ok(login);
+    }
+    if let Some(token) = &bot.access_token {
+        if let Some(login) = working(&base, &me, token.value.clone(), None, false).await? {
+            return Ok(login);
+        }
+    }
+    if let Some(password) = &bot.password {
+        let localpart = me.trim_start_matches('@').split(':').next().unwrap_or_default();
+        if let Some(registered) = base.login_with_password(localpart, &password.value).await? {
+            let device_id = registered.device_id.clone().unwrap_or_else(|| "LIFEBOAT".to_owned());
+            let stored = StoredSession {
+                user_id: registered.user_id.clone(),
+                device_id: device_id.clone(),
+                access_token: registered.access_token.expose_secret().to_owned(),
+            };
+            registry.set_setting(SESSION_SETTING, &serde_json::to_string(&stored).expect("plain strings")).await?;
+            return Ok(BotLogin {
+                user_id: registered.user_id,
+                device_id,
+                access_token: registered.access_token,
+                recovered: false,
+            });
+        }
+    }
+    if config.homeserver.registration_shared_secret.is_none() {
+        return Err(LoginError::NoWayIn(format!(
+            "the bot cannot log in as {me}: set bot.password or bot.access_token to working credentials, or homeserver.registration_shared_secret so lifeboat can re-create its account after a wipe"
+        )));
+    }
+    let _guard = recover_lock.lock().await;
+    // The watcher may have recovered while this waited for the lock.
+    if let Some(login) = recovered(&base, registry, &me).await? {
+        return Ok(login);
+    }
+    recover(config, registry, &Actor::service("bot"))
+        .await
+        .map_err(|err| LoginError::NoWayIn(format!("the bot's credentials are rejected and recovery failed: {err}")))?;
+    recovered(&base, registry, &me)
+        .await?
+        .ok_or_else(|| LoginError::Later("the recovered credentials do not work yet".to_owned()))
+}
+
+async fn recovered(base: &SynapseClient, registry: &Registry, me: &str) -> Result<Option<BotLogin>, LoginError> {
+    match registry.service_credential(me).await? {
+        Some(stored) => working(base, me, stored.access_token, stored.device_id, true).await,
+        None => Ok(None),
+    }
+}
+
+/// The login, if `token` is alive and belongs to `me`.
+async fn working(
+    base: &SynapseClient,
+    me: &str,
+    token: SecretString,
+    device_id: Option<String>,
+    recovered: bool,
+) -> Result<Option<BotLogin>, LoginError> {
+    match base.with_token(token.clone()).whoami().await {
+        Ok(who) if who.user_id == me => Ok(Some(BotLogin {
+            user_id: who.user_id,
+            device_id: who.device_id.or(device_id).unwrap_or_else(|| "LIFEBOAT".to_owned()),
+            access_token: token,
+            recovered,
+        })),
+        Ok(who) => Err(LoginError::NoWayIn(format!(
+            "the bot's access token belongs to {}, not to bot.user_id = {me}",
+            who.user_id
+        ))),
+        Err(synapse::Error::Unauthorized { .. }) => Ok(None),
+        Err(err) => Err(err.into()),
+    }
+}
+
+/// A matrix-sdk client restored into `login`'s session, with its store.
+pub async fn client(
+    config: &Config,
+    bot: &BotConfig,
+    registry: &Registry,
+    login: &BotLogin,
+) -> Result<Client, LoginError> {
+    let passphrase = match &bot.store_passphrase {
+        Some(secret) => secret.value.clone(),
+        None => registry.generated_secret(STORE_PASSPHRASE).await?,
+    };
+    let dir = bot.store_path.join(&login.device_id);
+    std::fs::create_dir_all(&dir)
+        .map_err(|err| LoginError::NoWayIn(format!("cannot create the bot's store {}: {err}", dir.display())))?;
+    let client = Client::builder()
+        .homeserver_url(config.homeserver.url.as_str())
+        .sqlite_store(&dir, Some(passphrase.expose_secret()))
+        .build()
+        .await
+        .map_err(|err| LoginError::Later(format!("cannot open the bot's store {}: {err}", dir.display())))?;
+    let user_id = login
+        .user_id
+        .as_str()
+        .try_into()
+        .map_err(|err| LoginError::NoWayIn(format!("`{}` is not a Matrix user ID: {err}", login.user_id)))?;
+    client
+        .restore_session(MatrixSession {
+            meta: SessionMeta { user_id, device_id: login.device_id.as_str().into() },
+            tokens: SessionTokens { access_token: login.access_token.expose_secret().to_owned(), refresh_token: None },
+        })
+        .await
+        .map_err(|err| LoginError::Later(format!("cannot restore the bot's session: {err}")))?;
+    Ok(client)
+}

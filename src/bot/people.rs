@@ -1,0 +1,134 @@
+//! People managing their own contact emails by DM: `contact add` mails a
+//! code to the address, `contact verify <code>` proves it, and only then is
+//! the address a verified contact. Each person sees and changes only their
+//! own contacts.
+
+use matrix_sdk::ruma::OwnedUserId;
+use rand::Rng;
+
+use super::Bot;
+use super::admin::mask;
+use super::commands::{PERSON_USAGE, PersonCommand, help};
+use crate::mail::{Mailer, OutgoingEmail};
+use crate::registry::{Actor, CodeCheck, ContactKind, MAX_CODE_ATTEMPTS, now_ms};
+
+/// How long a mailed code works.
+const CODE_VALID_MS: i64 = 30 * 60 * 1000;
+/// Codes one person may ask for per hour (each is an email to an address
+/// they typed: no mail bombing through the bot).
+const CODES_PER_HOUR: i64 = 5;
+
+pub(super) async fn execute(bot: &Bot, sender: &OwnedUserId, command: PersonCommand) -> String {
+    match run(bot, sender, command).await {
+        Ok(reply) | Err(reply) => reply,
+    }
+}
+
+async fn run(bot: &Bot, sender: &OwnedUserId, command: PersonCommand) -> Result<String, String> {
+    let state = &bot.state;
+    let (config, registry) = (&state.config, &state.registry);
+    let actor = Actor::bot(sender.as_str());
+    let broken = |err: crate::registry::Error| {
+        tracing::warn!(error = %err, "registry error in a DM command");
+        "Something went wrong on my side; please try again later.".to_owned()
+    };
+    if command == PersonCommand::Help {
+        return Ok(format!("I am lifeboat, the homeserver's safety net. I understand:\n\n{}", help("", PERSON_USAGE)));
+    }
+    // Contacts belong to accounts lifeboat keeps: this homeserver's.
+    if registry.account(sender.as_str()).await.map_err(broken)?.is_none() {
+        return Err(format!(
+            "I keep contacts for accounts of {} only, and {sender} is not one I know (yet: new accounts are added within {}).",
+            config.homeserver.server_name,
+            humantime::format_duration(config.watch.interval)
+        ));
+    }
+    match command {
+        PersonCommand::Help => unreachable!("answered above"),
+        PersonCommand::ContactAdd(address) => {
+            let Some(email) = &config.email else {
+                return Err("This lifeboat cannot send email, so it cannot verify addresses; ask an admin.".to_owned());
+            };
+            if registry.recent_contact_verifications(sender.as_str()).await.map_err(broken)? >= CODES_PER_HOUR {
+                return Err(
+                    "You asked for several codes in the last hour; please wait a while before asking again.".to_owned()
+                );
+            }
+            let code = format!("{:06}", rand::rng().random_range(0..1_000_000));
+            registry
+                .start_contact_verification(sender.as_str(), address.as_str(), &code, CODE_VALID_MS)
+                .await
+                .map_err(broken)?;
+            let server = &config.homeserver.server_name;
+            let message = OutgoingEmail {
+                to: address.clone(),
+                subject: format!("Your lifeboat code for {server}: {code}"),
+                text: format!(
+                    "Hello,\n\n{sender} asked lifeboat on {server} to use this address to reach them if the homeserver ever loses their account.\n\n\
+                     If that was you, send this to the lifeboat bot in your Matrix DM:\n\n    contact verify {code}\n\n\
+                     The code works for 30 minutes. If it was not you, ignore this email: nothing changes.\n\n-- \nlifeboat on {server}\n"
+                ),
+                html: String::new(),
+                message_id: format!("verify-{}-{}@{server}", now_ms(), rand::rng().random::<u32>()),
+                list_unsubscribe: None,
+            };
+            let message = OutgoingEmail { html: crate::notice::markdown_to_safe_html(&message.text), ..message };
+            let mailer =
+                Mailer::from_config(email, 1).map_err(|err| format!("I cannot send email right now: {err}"))?;
+            let sent = mailer.send(&message).await;
+            mailer.shutdown().await;
+            sent.map_err(|err| {
+                tracing::warn!(error = %err, "could not mail a verification code");
+                format!("I could not send the email to {address}; check the address and try again later.")
+            })?;
+            Ok(format!(
+                "I mailed a code to {}. Reply `contact verify <code>` within 30 minutes to confirm it is yours.",
+                mask(address.as_str())
+            ))
+        }
+        PersonCommand::ContactVerify(code) => {
+            match registry.check_contact_code(sender.as_str(), &code, &actor).await.map_err(broken)? {
+                CodeCheck::Verified(address) => Ok(format!(
+                    "Confirmed: {address} is now a verified contact of {sender}. If {} ever loses your account, lifeboat will write to you there.",
+                    config.homeserver.server_name
+                )),
+                CodeCheck::Wrong => Err(format!(
+                    "That code is not right. Codes work for 30 minutes and {MAX_CODE_ATTEMPTS} tries; `contact add <email>` sends a new one."
+                )),
+                CodeCheck::NothingPending => {
+                    Err("No code is waiting for you (it may have expired): send `contact add <email>` first."
+                        .to_owned())
+                }
+            }
+        }
+        PersonCommand::ContactList => {
+            let contacts = registry.contacts_of(sender.as_str()).await.map_err(broken)?;
+            if contacts.is_empty() {
+                return Ok("You have no contact addresses yet. Add one with `contact add <email>`.".to_owned());
+            }
+            let lines: Vec<String> = contacts
+                .iter()
+                .map(|contact| {
+                    let state = match (contact.verified_at, contact.opted_out_at) {
+                        (_, Some(_)) => "unsubscribed",
+                        (Some(_), None) => "verified",
+                        (None, None) => "not verified",
+                    };
+                    format!("- {} ({}, {state})", contact.address, contact.kind)
+                })
+                .collect();
+            Ok(format!("Your contacts:\n\n{}", lines.join("\n")))
+        }
+        PersonCommand::ContactRemove(address) => {
+            let removed = registry
+                .remove_contact(sender.as_str(), ContactKind::Email, address.as_str(), &actor)
+                .await
+                .map_err(broken)?;
+            Ok(if removed {
+                format!("Removed {address} from your contacts.")
+            } else {
+                format!("{address} is not one of your contacts; `contact list` shows them.")
+            })
+        }
+    }
+}

@@ -1,0 +1,109 @@
+//! Pending proofs that a person holds an email address (codes mailed by
+//! the bot). Codes are stored hashed and expire; a few wrong guesses use
+//! a code up.
+
+use sha2::{Digest, Sha256};
+
+use super::{Actor, ContactKind, ContactSource, Registry, Result, now_ms};
+
+/// Wrong codes tolerated per pending verification.
+pub const MAX_CODE_ATTEMPTS: i64 = 5;
+
+fn hash(code: &str) -> String {
+    hex::encode(Sha256::digest(code.trim().as_bytes()))
+}
+
+/// What sending a code back did.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum CodeCheck {
+    /// The contact is now verified: this address.
+    Verified(String),
+    /// Wrong code (the pending verifications lose one attempt).
+    Wrong,
+    /// Nothing pending (expired, used up, or never asked).
+    NothingPending,
+}
+
+impl Registry {
+    /// Records a pending verification; returns how many the person started
+    /// within the last hour (for rate limiting), this one included.
+    pub async fn start_contact_verification(
+        &self,
+        user_id: &str,
+        address: &str,
+        code: &str,
+        valid_ms: i64,
+    ) -> Result<i64> {
+        let now = now_ms();
+        sqlx::query(
+            "INSERT INTO contact_verifications (user_id, address, code_sha256, created_at, expires_at) \
+             VALUES ($1, $2, $3, $4, $5)",
+        )
+        .bind(user_id)
+        .bind(address)
+        .bind(hash(code))
+        .bind(now)
+        .bind(now + valid_ms)
+        .execute(&self.pool)
+        .await?;
+        self.recent_contact_verifications(user_id).await
+    }
+
+    pub async fn recent_contact_verifications(&self, user_id: &str) -> Result<i64> {
+        let (count,): (i64,) =
+            sqlx::query_as("SELECT COUNT(*) FROM contact_verifications WHERE user_id = $1 AND created_at > $2")
+                .bind(user_id)
+                .bind(now_ms() - 3_600_000)
+                .fetch_one(&self.pool)
+                .await?;
+        Ok(count)
+    }
+
+    /// Checks a code sent back by `user_id`; on a match the address becomes
+    /// a verified email contact of theirs (audited as `actor`).
+    pub async fn check_contact_code(&self, user_id: &str, code: &str, actor: &Actor) -> Result<CodeCheck> {
+        let now = now_ms();
+        let pending: Vec<(i64, String, String)> = sqlx::query_as(
+            "SELECT id, address, code_sha256 FROM contact_verifications \
+             WHERE user_id = $1 AND verified_at IS NULL AND expires_at > $2 AND attempts < $3 ORDER BY id DESC",
+        )
+        .bind(user_id)
+        .bind(now)
+        .bind(MAX_CODE_ATTEMPTS)
+        .fetch_all(&self.pool)
+        .await?;
+        if pending.is_empty() {
+            return Ok(CodeCheck::NothingPending);
+        }
+        let given = hash(code);
+        let Some((id, address, _)) = pending.iter().find(|(_, _, stored)| *stored == given) else {
+            sqlx::query(
+                "UPDATE contact_verifications SET attempts = attempts + 1 \
+                 WHERE user_id = $1 AND verified_at IS NULL AND expires_at > $2",
+            )
+            .bind(user_id)
+            .bind(now)
+            .execute(&self.pool)
+            .await?;
+            return Ok(CodeCheck::Wrong);
+        };
+        sqlx::query("UPDATE contact_verifications SET verified_at = $2 WHERE id = $1")
+            .bind(id)
+            .bind(now)
+            .execute(&self.pool)
+            .await?;
+        self.add_contact(user_id, ContactKind::Email, address, ContactSource::User, Some(now), actor).await?;
+        // Known before, unverified (e.g. added by an admin): now it is proven.
+        sqlx::query(
+            "UPDATE contacts SET verified_at = $4 \
+             WHERE user_id = $1 AND kind = $2 AND address = $3 AND verified_at IS NULL",
+        )
+        .bind(user_id)
+        .bind(ContactKind::Email.as_str())
+        .bind(address)
+        .bind(now)
+        .execute(&self.pool)
+        .await?;
+        Ok(CodeCheck::Verified(address.clone()))
+    }
+}

@@ -1,0 +1,370 @@
+//! `lifeboat serve` with its admin-room bot, watcher and delivery worker,
+//! against a real Synapse and a real SMTP server.
+
+use std::time::Duration;
+
+use crate::harness::{Lifeboat, MatrixUser, TestDatabase, TestSmtp, TestSynapse, eventually, unique};
+
+const ALERTS_TO: &str = "oncall@example.org";
+
+/// A Synapse with an admin of lifeboat (alice) in an admin room, the bot's
+/// account, lifeboat configured for all of it, and (once started) serve.
+struct Rig {
+    synapse: TestSynapse,
+    smtp: TestSmtp,
+    _registry: TestDatabase,
+    lifeboat: Lifeboat,
+    alice_localpart: String,
+    alice: MatrixUser,
+    bot: String,
+    admin_room: String,
+    web: String,
+    serve: Option<tokio::process::Child>,
+}
+
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
+}
+
+impl Rig {
+    /// `people`: accounts (localpart, email) made before the first sync.
+    async fn start(smtp: TestSmtp, people: &[(String, String)]) -> Rig {
+        let synapse = TestSynapse::start();
+        let registry = TestDatabase::sqlite();
+        let bot = synapse.register("lifeboat");
+        let alice_localpart = unique("alice");
+        let alice_account = synapse.register(&alice_localpart);
+        let alice = MatrixUser::new(&synapse.url, &alice_account.user_id, &alice_account.access_token);
+        let admin_room = alice.create_room(&[&bot.user_id], false).await;
+        for (localpart, email) in people {
+            synapse.create_user(localpart, &[email]).await;
+        }
+        let port = free_port();
+        let web = format!("http://127.0.0.1:{port}");
+        let lifeboat = Lifeboat::with_config(&format!(
+            "[homeserver]\nurl = \"{url}\"\nserver_name = \"{server}\"\nadmin_token = \"{admin}\"\n\
+             registration_shared_secret = \"{secret}\"\nretries = 1\ntimeout = \"10s\"\n\n\
+             [registry]\nurl = \"{registry}\"\n\n\
+             [email]\nsmtp_url = \"{smtp}\"\nfrom = \"Lifeboat <lifeboat@lifeboat.test>\"\n\n\
+             [bot]\nuser_id = \"{bot_id}\"\naccess_token = \"{bot_token}\"\nadmin_room = \"{admin_room}\"\n\
+             admins = [\"{alice_id}\"]\nstore_path = \"bot-store\"\n\n\
+             [web]\nbind = \"127.0.0.1:{port}\"\npublic_url = \"{web}\"\n\n\
+             [watch]\ninterval = \"2s\"\n\n[alerts]\nemail = [\"{ALERTS_TO}\"]\n",
+            url = synapse.url,
+            server = synapse.server_name,
+            admin = synapse.admin_token(),
+            secret = synapse.shared_secret,
+            registry = registry.url(),
+            smtp = smtp.smtp_url(),
+            bot_id = bot.user_id,
+            bot_token = bot.access_token,
+            alice_id = alice_account.user_id,
+        ));
+        let sync = lifeboat.run(&["sync"]).await;
+        assert_eq!(sync.code, 0, "{sync:?}");
+        Rig {
+            synapse,
+            smtp,
+            _registry: registry,
+            lifeboat,
+            alice_localpart,
+            alice,
+            bot: bot.user_id,
+            admin_room,
+            web,
+            serve: None,
+        }
+    }
+
+    /// Starts serve and waits until the bot has joined the admin room.
+    async fn serve(&mut self) {
+        self.serve = Some(self.lifeboat.spawn_serve());
+        let (alice, room, bot) = (&self.alice, &self.admin_room, &self.bot);
+        let joined = tokio::time::timeout(Duration::from_secs(60), async {
+            while alice.membership_of(room, bot).await.as_deref() != Some("join") {
+                tokio::time::sleep(Duration::from_millis(250)).await;
+            }
+        })
+        .await;
+        assert!(joined.is_ok(), "the bot did not join the admin room; serve log:\n{}", self.lifeboat.serve_log());
+    }
+
+    async fn say(&self, text: &str) {
+        self.alice.send(&self.admin_room, text).await;
+    }
+
+    async fn reply_containing(&self, needle: &str) -> String {
+        self.alice.wait_for_message(&self.admin_room, &self.bot, needle, Duration::from_secs(60)).await
+    }
+
+    async fn get(&self, path: &str) -> (u16, String) {
+        let response = reqwest::Client::builder()
+            .no_proxy()
+            .build()
+            .unwrap()
+            .get(format!("{}{path}", self.web))
+            .send()
+            .await
+            .unwrap();
+        (response.status().as_u16(), response.text().await.unwrap())
+    }
+
+    /// Sends SIGTERM and waits for serve to exit; returns its exit code.
+    async fn stop_serve(&mut self) -> Option<i32> {
+        let mut child = self.serve.take().expect("serve is running");
+        let pid = child.id().expect("serve has a pid") as i32;
+        unsafe { libc::kill(pid, libc::SIGTERM) };
+        let status = tokio::time::timeout(Duration::from_secs(40), child.wait())
+            .await
+            .expect("serve stops within its shutdown grace after SIGTERM")
+            .unwrap();
+        status.code()
+    }
+}
+
+fn people(count: usize) -> Vec<(String, String)> {
+    (0..count)
+        .map(|n| {
+            let localpart = unique(&format!("person{n}-"));
+            let email = format!("{localpart}@example.org");
+            (localpart, email)
+        })
+        .collect()
+}
+
+async fn present_accounts(lifeboat: &Lifeboat) -> usize {
+    let list = lifeboat.run(&["users", "list", "--json"]).await;
+    list.json().as_array().unwrap().iter().filter(|account| account["state"] == "present").count()
+}
+
+/// Every line of a Prometheus text exposition: a comment, or
+/// `name{labels} value` with a number (or NaN) as the value.
+fn assert_prometheus_text(text: &str) {
+    for line in text.lines().filter(|line| !line.is_empty()) {
+        if line.starts_with("# HELP ") || line.starts_with("# TYPE ") {
+            continue;
+        }
+        let (series, value) = line.rsplit_once(' ').unwrap_or_else(|| panic!("not a sample line: {line:?}"));
+        assert!(value == "NaN" || value.parse::<f64>().is_ok(), "not a sample value in {line:?}");
+        let name = series.split('{').next().unwrap();
+        assert!(
+            !name.is_empty() && name.chars().all(|c| c.is_ascii_alphanumeric() || c == '_' || c == ':'),
+            "not a metric name in {line:?}"
+        );
+        if let Some(labels) = series.strip_prefix(name) {
+            assert!(labels.is_empty() || (labels.starts_with('{') && labels.ends_with('}')), "bad labels in {line:?}");
+        }
+    }
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn an_admin_gets_the_status_in_the_admin_room_and_a_stranger_gets_nothing_back() {
+    let mut rig = Rig::start(TestSmtp::start(None), &[]).await;
+    let mallory_account = rig.synapse.register(&unique("mallory"));
+    let mallory = MatrixUser::new(&rig.synapse.url, &mallory_account.user_id, &mallory_account.access_token);
+    rig.alice.invite(&rig.admin_room, &mallory.user_id).await;
+    mallory.join(&rig.admin_room).await;
+    rig.serve().await;
+
+    rig.say("!lifeboat status").await;
+    let status = rig.reply_containing("Registry:").await;
+    let present = present_accounts(&rig.lifeboat).await;
+    assert!(status.contains(&format!("{present} accounts present")), "{status}");
+    assert!(status.contains("Open incidents:** none"), "{status}");
+
+    mallory.send(&rig.admin_room, "!lifeboat status").await;
+    mallory.send(&rig.admin_room, "!lifeboat incident list").await;
+    tokio::time::sleep(Duration::from_secs(5)).await;
+    let replies = rig.alice.messages_from(&rig.admin_room, &rig.bot).await;
+    assert_eq!(replies.iter().filter(|body| body.contains("Registry:")).count(), 1, "{replies:?}");
+    assert!(!replies.iter().any(|body| body.contains("No incidents")), "mallory got an answer: {replies:?}");
+
+    let elsewhere = mallory.create_room(&[&rig.bot], false).await;
+    eventually("the bot declines mallory's invite", Duration::from_secs(30), || async {
+        mallory.membership_of(&elsewhere, &rig.bot).await.as_deref() == Some("leave")
+    })
+    .await;
+
+    rig.say("!lifeboat incident show seven").await;
+    let usage = rig.reply_containing("Usage:").await;
+    assert!(usage.contains("incident show <id>"), "{usage}");
+
+    let (code, health) = rig.get("/healthz").await;
+    assert_eq!((code, health.trim()), (200, "ok"));
+    let (code, metrics) = rig.get("/metrics").await;
+    assert_eq!(code, 200);
+    assert_prometheus_text(&metrics);
+    assert!(metrics.contains(&format!("lifeboat_accounts{{state=\"present\"}} {present}\n")), "{metrics}");
+    assert!(metrics.contains("lifeboat_incidents_open 0\n"), "{metrics}");
+    assert!(metrics.contains("lifeboat_verdict{verdict=\"ok\"} 1\n"), "{metrics}");
+
+    assert_eq!(rig.stop_serve().await, Some(0), "serve exits cleanly on SIGTERM:\n{}", rig.lifeboat.serve_log());
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn notify_from_the_bot_sends_nothing_until_an_admin_confirms() {
+    let people = people(3);
+    let mut rig = Rig::start(TestSmtp::start(None), &people).await;
+    std::fs::write(rig.lifeboat.dir().join("postmortem.md"), "# What happened\n\nA drill.\n").unwrap();
+    let open = rig
+        .lifeboat
+        .run(&["incident", "open", "--title", "Drill", "--postmortem", "postmortem.md", "--affected", "all", "--json"])
+        .await;
+    assert_eq!(open.code, 0, "{open:?}");
+    let id = open.json()["id"].to_string();
+    rig.serve().await;
+
+    rig.say(&format!("!lifeboat notify {id}")).await;
+    let dry_run = rig.reply_containing("To send, reply").await;
+    assert!(dry_run.contains("3 emails"), "{dry_run}");
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    assert_eq!(rig.smtp.count(), 0, "a dry run in the room sent mail");
+
+    rig.say(&format!("!lifeboat notify {id} confirm")).await;
+    let done = rig.reply_containing("sent,").await;
+    assert!(done.contains("3 sent, 0 failed"), "{done}");
+    for (_, email) in &people {
+        assert_eq!(rig.smtp.messages_to(email).len(), 1, "{email} gets exactly one notice");
+    }
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_confirmation_without_a_recent_dry_run_is_refused() {
+    let people = people(1);
+    let mut rig = Rig::start(TestSmtp::start(None), &people).await;
+    std::fs::write(rig.lifeboat.dir().join("postmortem.md"), "Lost.\n").unwrap();
+    let open = rig
+        .lifeboat
+        .run(&["incident", "open", "--title", "T", "--postmortem", "postmortem.md", "--affected", "all", "--json"])
+        .await;
+    let id = open.json()["id"].to_string();
+    rig.serve().await;
+    rig.say(&format!("!lifeboat notify {id} confirm")).await;
+    let refused = rig.reply_containing("no recent dry run").await;
+    assert!(refused.contains(&format!("notify {id}")), "{refused}");
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    assert_eq!(rig.smtp.count(), 0);
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn after_a_wipe_the_bot_comes_back_in_a_new_admin_room_and_the_alert_is_mailed() {
+    let mut rig = Rig::start(TestSmtp::start(None), &people(2)).await;
+    rig.serve().await;
+
+    rig.synapse.wipe();
+    let smtp = &rig.smtp;
+    eventually("an alert email about the reset", Duration::from_secs(90), || async {
+        smtp.messages_to(ALERTS_TO)
+            .iter()
+            .any(|mail| mail.subject.as_deref().unwrap_or_default().contains("suspected database reset"))
+    })
+    .await;
+
+    // The admin registers again; the bot invites them to its new room.
+    let again = rig.synapse.register(&rig.alice_localpart);
+    let alice = MatrixUser::new(&rig.synapse.url, &again.user_id, &again.access_token);
+    let mut invited = Vec::new();
+    for _ in 0..240 {
+        invited = alice.invites().await;
+        if !invited.is_empty() {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    }
+    assert_eq!(invited.len(), 1, "one invite to a new admin room; serve log:\n{}", rig.lifeboat.serve_log());
+    let room = &invited[0];
+    assert_ne!(room, &rig.admin_room);
+    alice.join(room).await;
+    alice.wait_for_message(room, &rig.bot, "lifeboat is back", Duration::from_secs(30)).await;
+    alice.wait_for_message(room, &rig.bot, "Suspected database reset", Duration::from_secs(30)).await;
+
+    // And it obeys there.
+    alice.send(room, "!lifeboat status").await;
+    let status = alice.wait_for_message(room, &rig.bot, "Registry:", Duration::from_secs(60)).await;
+    assert!(status.contains("suspected_reset") || status.contains("missing"), "{status}");
+    let alerts = rig.smtp.messages_to(ALERTS_TO);
+    assert_eq!(
+        alerts
+            .iter()
+            .filter(|mail| mail.subject.as_deref().unwrap_or_default().contains("suspected database reset"))
+            .count(),
+        1,
+        "one alert per change, not one per interval: {:?}",
+        alerts.iter().map(|mail| mail.subject.clone()).collect::<Vec<_>>()
+    );
+    assert_eq!(rig.stop_serve().await, Some(0));
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_person_verifies_a_contact_email_by_dm() {
+    let bob_localpart = unique("bob");
+    let mut rig = Rig::start(TestSmtp::start(None), &[]).await;
+    let bob_account = rig.synapse.register(&bob_localpart);
+    assert_eq!(rig.lifeboat.run(&["sync"]).await.code, 0);
+    let bob = MatrixUser::new(&rig.synapse.url, &bob_account.user_id, &bob_account.access_token);
+    rig.serve().await;
+
+    let dm = bob.create_room(&[&rig.bot], true).await;
+    eventually("the bot joins bob's DM", Duration::from_secs(30), || async {
+        bob.membership_of(&dm, &rig.bot).await.as_deref() == Some("join")
+    })
+    .await;
+    let address = format!("{bob_localpart}@example.org");
+    bob.send(&dm, &format!("contact add {address}")).await;
+    bob.wait_for_message(&dm, &rig.bot, "I mailed a code", Duration::from_secs(30)).await;
+    let mail = rig.smtp.messages_to(&address).pop().expect("the code is mailed to the address");
+    let code = mail.subject.unwrap().rsplit(' ').next().unwrap().to_owned();
+    assert_eq!(code.len(), 6);
+
+    bob.send(&dm, "contact verify 000000x").await;
+    bob.wait_for_message(&dm, &rig.bot, "not right", Duration::from_secs(30)).await;
+    bob.send(&dm, &format!("contact verify {code}")).await;
+    bob.wait_for_message(&dm, &rig.bot, "Confirmed", Duration::from_secs(30)).await;
+
+    let shown = rig.lifeboat.run(&["users", "show", &bob_account.user_id, "--json"]).await;
+    let contacts = shown.json()["contacts"].as_array().unwrap().clone();
+    let contact = contacts.iter().find(|c| c["address"] == address.as_str()).expect("the contact is in the registry");
+    assert!(contact["verified_at"].is_i64(), "{contact}");
+    assert_eq!(contact["source"], "user");
+
+    bob.send(&dm, "contact list").await;
+    let listed = bob.wait_for_message(&dm, &rig.bot, "Your contacts", Duration::from_secs(30)).await;
+    assert!(listed.contains(&address) && listed.contains("verified"), "{listed}");
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn serve_stopped_by_sigterm_mid_delivery_finishes_after_restart_with_one_email_each() {
+    let people = people(60);
+    // 100 ms per message: the send is still under way when SIGTERM comes.
+    let mut rig = Rig::start(TestSmtp::start_slow(100), &people).await;
+    std::fs::write(rig.lifeboat.dir().join("postmortem.md"), "# Lost\n\nSorry.\n").unwrap();
+    let open = rig
+        .lifeboat
+        .run(&["incident", "open", "--title", "Lost", "--postmortem", "postmortem.md", "--affected", "all", "--json"])
+        .await;
+    let id = open.json()["id"].to_string();
+    rig.serve().await;
+    rig.say(&format!("!lifeboat notify {id}")).await;
+    rig.reply_containing("To send, reply").await;
+    rig.say(&format!("!lifeboat notify {id} confirm")).await;
+
+    let smtp = &rig.smtp;
+    eventually("the first notices go out", Duration::from_secs(60), || async { smtp.count() >= 10 }).await;
+    assert_eq!(rig.stop_serve().await, Some(0), "serve exits cleanly:\n{}", rig.lifeboat.serve_log());
+    let before_restart = rig.smtp.count();
+    assert!(before_restart < people.len(), "SIGTERM came after every notice was sent; the test proves nothing");
+
+    // The delivery worker picks up what was left.
+    rig.serve().await;
+    let smtp = &rig.smtp;
+    eventually("every notice is delivered after the restart", Duration::from_secs(90), || async {
+        smtp.count() >= people.len()
+    })
+    .await;
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    for (_, email) in &people {
+        assert_eq!(rig.smtp.messages_to(email).len(), 1, "{email} gets exactly one notice");
+    }
+    let shown = rig.lifeboat.run(&["incident", "show", &id, "--json"]).await;
+    assert_eq!(shown.json()["deliveries"]["sent"], people.len() as i64, "{shown:?}");
+}
