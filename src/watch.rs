@@ -9,7 +9,6 @@ use std::sync::{Arc, RwLock};
 use std::time::Duration;
 
 use serde::Serialize;
-use sha2::{Digest, Sha256};
 use tokio_util::sync::CancellationToken;
 
 use crate::check::{CheckOptions, WORKING_TOKEN_SETTING, check};
@@ -20,7 +19,7 @@ use crate::registry::{Actor, Registry, now_ms};
 use crate::synapse::SynapseClient;
 use crate::sync::{SyncOptions, SyncProgress, sync};
 
-/// Registry setting: what the last alert was about (see [`Observation::alert_key`]).
+/// Registry setting: what the last alert was about (an [`AlertedState`] as JSON).
 const ALERTED_SETTING: &str = "watch_alerted_state";
 
 /// What one round of the watcher saw.
@@ -43,28 +42,19 @@ impl Observation {
         self.verdict.map(Verdict::as_str).unwrap_or("unknown")
     }
 
-    /// What an alert would be about, or `None` when all is well. Two rounds
-    /// with the same key are the same news. Accounts count the same whether
-    /// missing or recreated, so a wipe is one alert, not one per step of the
-    /// way back in.
-    pub fn alert_key(&self) -> Option<String> {
-        let mut lost: Vec<&str> = self.missing.iter().chain(&self.recreated).map(String::as_str).collect();
+    /// What an alert would be about, or `None` when all is well.
+    pub fn alerted_state(&self) -> Option<AlertedState> {
+        let severity = match self.verdict {
+            Some(Verdict::Ok) => return None,
+            Some(Verdict::SuspectedReset) => 3,
+            Some(Verdict::Loss) => 2,
+            None if self.token_rejected => 1,
+            None => return None,
+        };
+        let mut lost: Vec<String> = self.missing.iter().chain(&self.recreated).cloned().collect();
         lost.sort_unstable();
         lost.dedup();
-        match self.verdict {
-            Some(Verdict::Ok) => None,
-            Some(verdict) => {
-                let mut digest = Sha256::new();
-                for id in &lost {
-                    digest.update(id.as_bytes());
-                    digest.update(b"\n");
-                }
-                let verdict = if verdict == Verdict::SuspectedReset { "reset" } else { verdict.as_str() };
-                Some(format!("{verdict}:{}", hex::encode(&digest.finalize()[..8])))
-            }
-            None if self.token_rejected => Some("token_rejected".to_owned()),
-            None => None,
-        }
+        Some(AlertedState { severity, lost })
     }
 
     /// The alert, in Markdown: what happened and what to do next.
@@ -103,6 +93,25 @@ impl Observation {
             );
         }
         text
+    }
+}
+
+/// What the last alert was about: how bad (1 token rejected, 2 loss,
+/// 3 suspected reset) and which accounts were lost.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, serde::Deserialize)]
+pub struct AlertedState {
+    pub severity: u8,
+    pub lost: Vec<String>,
+}
+
+impl AlertedState {
+    /// Worth an alert after `before`: worse than it, or with accounts lost
+    /// that it did not name. People coming back (a shrinking list) are not
+    /// news; a wipe seen first as a rejected token and then as a listing is
+    /// one alert.
+    pub fn is_news_after(&self, before: Option<&AlertedState>) -> bool {
+        let Some(before) = before else { return true };
+        self.severity > before.severity || self.lost.iter().any(|id| before.lost.binary_search(id).is_err())
     }
 }
 
@@ -254,29 +263,32 @@ async fn alert_on_change(
     if seen.verdict.is_none() && !seen.token_rejected {
         return Ok(());
     }
-    let key = seen.alert_key();
-    let last = registry.setting(ALERTED_SETTING).await?;
-    let last = last.filter(|value| !value.is_empty());
-    if key == last {
-        return Ok(());
-    }
+    let now = seen.alerted_state();
+    let before: Option<AlertedState> =
+        registry.setting(ALERTED_SETTING).await?.and_then(|stored| serde_json::from_str(&stored).ok());
     let server = &config.homeserver.server_name;
-    match &key {
-        Some(_) => {
+    match (&now, &before) {
+        (Some(state), _) if state.is_news_after(before.as_ref()) => {
             let subject = match seen.verdict {
                 Some(Verdict::SuspectedReset) => format!("[lifeboat] {server}: suspected database reset"),
                 Some(Verdict::Loss) => format!("[lifeboat] {server}: accounts lost"),
                 _ => format!("[lifeboat] {server}: admin token rejected"),
             };
             alerts.alert(&subject, &seen.alert_markdown(server)).await;
+            registry.audit(&Actor::service("watcher"), "alert", Some(&subject), Some(&seen.reason)).await?;
         }
-        None => {
+        (None, Some(_)) => {
             let text = format!("**{server} is back to normal:** {}.", seen.reason.trim_end_matches('.'));
-            alerts.alert(&format!("[lifeboat] {server}: back to normal"), &text).await;
+            let subject = format!("[lifeboat] {server}: back to normal");
+            alerts.alert(&subject, &text).await;
+            registry.audit(&Actor::service("watcher"), "alert", Some(&subject), Some(&seen.reason)).await?;
         }
+        _ => {}
     }
-    registry.set_setting(ALERTED_SETTING, key.as_deref().unwrap_or("")).await?;
-    registry.audit(&Actor::service("watcher"), "alert", key.as_deref(), Some(&seen.reason)).await?;
+    if now != before {
+        let stored = now.as_ref().map(|state| serde_json::to_string(state).expect("plain data")).unwrap_or_default();
+        registry.set_setting(ALERTED_SETTING, &stored).await?;
+    }
     Ok(())
 }
 
@@ -285,5 +297,36 @@ pub async fn pause(duration: Duration, cancel: &CancellationToken) -> bool {
     tokio::select! {
         _ = tokio::time::sleep(duration) => false,
         _ = cancel.cancelled() => true,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn state(severity: u8, lost: &[&str]) -> AlertedState {
+        AlertedState { severity, lost: lost.iter().map(|id| id.to_string()).collect() }
+    }
+
+    #[test]
+    fn the_first_problem_is_news() {
+        assert!(state(2, &["@a:x"]).is_news_after(None));
+    }
+
+    #[test]
+    fn people_coming_back_are_not_news_but_new_losses_and_worse_verdicts_are() {
+        let before = state(3, &["@a:x", "@b:x", "@c:x"]);
+        assert!(!state(3, &["@a:x", "@c:x"]).is_news_after(Some(&before)));
+        assert!(!state(2, &["@a:x"]).is_news_after(Some(&before)));
+        assert!(state(3, &["@a:x", "@d:x"]).is_news_after(Some(&before)));
+        assert!(state(3, &[]).is_news_after(Some(&state(1, &[]))));
+    }
+
+    #[test]
+    fn an_ok_round_has_nothing_to_alert() {
+        let seen = Observation { verdict: Some(Verdict::Ok), ..Observation::default() };
+        assert_eq!(seen.alerted_state(), None);
+        let rejected = Observation { token_rejected: true, ..Observation::default() };
+        assert_eq!(rejected.alerted_state(), Some(state(1, &[])));
     }
 }

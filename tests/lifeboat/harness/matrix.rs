@@ -10,6 +10,8 @@ pub struct MatrixUser {
     url: String,
     token: String,
     http: reqwest::Client,
+    since: std::sync::Mutex<Option<String>>,
+    invited: std::sync::Mutex<Vec<String>>,
 }
 
 impl MatrixUser {
@@ -19,6 +21,8 @@ impl MatrixUser {
             url: url.to_owned(),
             token: token.to_owned(),
             http: reqwest::Client::builder().no_proxy().build().unwrap(),
+            since: Default::default(),
+            invited: Default::default(),
         }
     }
 
@@ -101,10 +105,27 @@ impl MatrixUser {
         }
     }
 
-    /// Rooms this user is invited to now.
+    /// Rooms this user has been invited to so far. Syncs on from the last
+    /// position: Synapse answers a repeated initial sync from a cache.
     pub async fn invites(&self) -> Vec<String> {
-        let sync = self.call(reqwest::Method::GET, "/_matrix/client/v3/sync?timeout=0", None).await;
-        sync["rooms"]["invite"].as_object().map(|rooms| rooms.keys().cloned().collect()).unwrap_or_default()
+        let since = self.since.lock().unwrap().clone();
+        let path = match since {
+            Some(since) => format!("/_matrix/client/v3/sync?timeout=0&since={}", encode(&since)),
+            None => "/_matrix/client/v3/sync?timeout=0".to_owned(),
+        };
+        let sync = self.call(reqwest::Method::GET, &path, None).await;
+        *self.since.lock().unwrap() = sync["next_batch"].as_str().map(str::to_owned);
+        let mut invited = self.invited.lock().unwrap();
+        for room in sync["rooms"]["invite"]
+            .as_object()
+            .map(|rooms| rooms.keys().cloned().collect::<Vec<_>>())
+            .unwrap_or_default()
+        {
+            if !invited.contains(&room) {
+                invited.push(room);
+            }
+        }
+        invited.clone()
     }
 }
 
