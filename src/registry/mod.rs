@@ -12,6 +12,7 @@ mod deliveries;
 mod incidents;
 mod status;
 mod sync_runs;
+mod web;
 
 use std::str::FromStr;
 use std::time::{SystemTime, UNIX_EPOCH};
@@ -27,6 +28,7 @@ pub use deliveries::{Delivery, DeliveryCounts, DeliveryState, PlannedEmails};
 pub use incidents::{Incident, IncidentSummary, NoticeToken};
 pub use status::RegistryStatus;
 pub use sync_runs::{SyncApplied, SyncRun};
+pub use web::{MailableContact, WebLink};
 
 static SQLITE_MIGRATIONS: sqlx::migrate::Migrator = sqlx::migrate!("./migrations/sqlite");
 static POSTGRES_MIGRATIONS: sqlx::migrate::Migrator = sqlx::migrate!("./migrations/postgres");

@@ -53,7 +53,7 @@ pub async fn run(config: Config, registry: Registry, shutdown: CancellationToken
             let listener = tokio::net::TcpListener::bind(web.bind)
                 .await
                 .map_err(|source| ServeError::Bind { bind: web.bind, source })?;
-            let pages = crate::web::router(crate::web::WebState { config: config.clone(), registry: registry.clone() });
+            let pages = crate::web::router(crate::web::WebState::new(config.clone(), registry.clone()));
             let app = http::router(state.clone(), pages);
             let stop = shutdown.clone();
             tracing::info!(bind = %web.bind, "web server listening");
@@ -91,12 +91,12 @@ pub async fn run(config: Config, registry: Registry, shutdown: CancellationToken
 
     shutdown.cancelled().await;
     tracing::info!("shutting down");
-    let drained = tokio::time::timeout(SHUTDOWN_GRACE, async {
-        while tasks.join_next().await.is_some() {}
-    })
-    .await;
+    let drained = tokio::time::timeout(SHUTDOWN_GRACE, async { while tasks.join_next().await.is_some() {} }).await;
     if drained.is_err() {
-        tracing::warn!("some tasks did not stop within {}s; deliveries left in flight resume on the next start", SHUTDOWN_GRACE.as_secs());
+        tracing::warn!(
+            "some tasks did not stop within {}s; deliveries left in flight resume on the next start",
+            SHUTDOWN_GRACE.as_secs()
+        );
         tasks.abort_all();
     }
     registry.close().await;
