@@ -2,6 +2,7 @@
 //! sees one plain sentence, the log gets the cause.
 
 use askama::Template;
+use axum::extract::rejection::FormRejection;
 use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 
@@ -92,8 +93,12 @@ pub fn csrf_refused(state: &WebState) -> Response {
     html(StatusCode::FORBIDDEN, &page)
 }
 
-/// A body that is not a readable form.
-pub fn unreadable_form(state: &WebState) -> Response {
+/// A body that is not a readable form, or too large to read.
+pub fn unreadable_form(state: &WebState, rejection: FormRejection) -> Response {
+    if rejection.status() == StatusCode::PAYLOAD_TOO_LARGE {
+        let page = Message::new(state, "The form is too large", &["What you entered is too long. Please shorten it."]);
+        return html(StatusCode::PAYLOAD_TOO_LARGE, &page);
+    }
     let page = Message::new(state, "The form could not be read", &["Open the page again and fill in the form."]);
     html(StatusCode::BAD_REQUEST, &page)
 }

@@ -61,7 +61,10 @@ pub async fn request(
     headers: HeaderMap,
     form: Result<Form<RequestForm>, FormRejection>,
 ) -> Response {
-    let Ok(Form(form)) = form else { return pages::unreadable_form(&state) };
+    let Form(form) = match form {
+        Ok(form) => form,
+        Err(rejection) => return pages::unreadable_form(&state, rejection),
+    };
     let key = match state.key().await {
         Ok(key) => key.clone(),
         Err(err) => return WebError::from(err).page(&state),
@@ -191,7 +194,10 @@ pub async fn confirm(
     headers: HeaderMap,
     form: Result<Form<ConfirmFields>, FormRejection>,
 ) -> Response {
-    let Ok(Form(form)) = form else { return pages::unreadable_form(&state) };
+    let Form(form) = match form {
+        Ok(form) => form,
+        Err(rejection) => return pages::unreadable_form(&state, rejection),
+    };
     let key = match state.key().await {
         Ok(key) => key.clone(),
         Err(err) => return WebError::from(err).page(&state),

@@ -90,7 +90,10 @@ pub async fn request(
     headers: HeaderMap,
     form: Result<Form<RequestForm>, FormRejection>,
 ) -> Response {
-    let Ok(Form(form)) = form else { return pages::unreadable_form(&state) };
+    let Form(form) = match form {
+        Ok(form) => form,
+        Err(rejection) => return pages::unreadable_form(&state, rejection),
+    };
     let key = match state.key().await {
         Ok(key) => key.clone(),
         Err(err) => return WebError::from(err).page(&state),
@@ -193,7 +196,10 @@ pub async fn open(
     headers: HeaderMap,
     form: Result<Form<OpenForm>, FormRejection>,
 ) -> Response {
-    let Ok(Form(form)) = form else { return pages::unreadable_form(&state) };
+    let Form(form) = match form {
+        Ok(form) => form,
+        Err(rejection) => return pages::unreadable_form(&state, rejection),
+    };
     let key = match state.key().await {
         Ok(key) => key.clone(),
         Err(err) => return WebError::from(err).page(&state),

@@ -8,3 +8,4 @@ mod notices;
 mod registry_backends;
 mod sandbox;
 mod synapse_scenarios;
+mod web_pages;
