@@ -80,8 +80,15 @@ impl Browser {
     }
 
     pub async fn text(&self, css: &str) -> String {
-        let element =
-            self.client.find(Locator::Css(css)).await.unwrap_or_else(|err| panic!("no {css} on the page: {err}"));
+        let waited = self.client.wait().at_most(Duration::from_secs(10)).for_element(Locator::Css(css)).await;
+        let element = match waited {
+            Ok(element) => element,
+            Err(err) => {
+                let url = self.client.current_url().await.map(|url| url.to_string()).unwrap_or_default();
+                let source = self.client.source().await.unwrap_or_default();
+                panic!("no {css} on the page at {url}: {err}\n{source}")
+            }
+        };
         element.text().await.unwrap()
     }
 
