@@ -164,8 +164,7 @@ async fn send_under_lease(
     // What an earlier run left unsent (or in flight when it died) is due now.
     registry.resume_deliveries(incident.id).await?;
     let settings = notice_settings(config, registry, incident).await?;
-    let mut sent =
-        send_deliveries(registry, Transport::Email(&mailer), incident, &settings, CONCURRENCY, progress).await;
+    let mut sent = send_deliveries(registry, Transport::Email(&mailer), incident, &settings, CONCURRENCY, progress).await;
     if let (Ok(_), Some(sender)) = (&sent, &dm_sender) {
         sent = send_deliveries(registry, Transport::Matrix(sender), incident, &settings, CONCURRENCY, progress).await;
     }
