@@ -282,9 +282,7 @@ pub async fn send_deliveries(
             match outcome {
                 Outcome::Sent => done += 1,
                 Outcome::Release => {
-                    registry
-                        .mark_delivery_retry(delivery.id, "not sent yet: lifeboat was shutting down", now_ms())
-                        .await?;
+                    registry.mark_delivery_retry(delivery.id, "not sent yet: lifeboat was shutting down", now_ms()).await?;
                 }
                 Outcome::Skip(reason) => {
                     registry.mark_delivery_skipped(delivery.id, reason).await?;

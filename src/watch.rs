@@ -70,12 +70,11 @@ impl Observation {
     /// The alert, in Markdown: what happened and what to do next.
     pub fn alert_markdown(&self, server_name: &str) -> String {
         let mut text = match (self.verdict, self.token_rejected) {
-            (Some(Verdict::SuspectedReset), _) => {
-                format!("**Suspected database reset on {server_name}.** {}.", self.reason.trim_end_matches('.'))
-            }
-            (Some(Verdict::Loss), _) => {
-                format!("**Accounts lost on {server_name}.** {}.", self.reason.trim_end_matches('.'))
-            }
+            (Some(Verdict::SuspectedReset), _) => format!(
+                "**Suspected database reset on {server_name}.** {}.",
+                self.reason.trim_end_matches('.')
+            ),
+            (Some(Verdict::Loss), _) => format!("**Accounts lost on {server_name}.** {}.", self.reason.trim_end_matches('.')),
             (_, true) => format!(
                 "**lifeboat's admin token is rejected by {server_name}.** {}.",
                 self.reason.trim_end_matches('.')
@@ -85,11 +84,7 @@ impl Observation {
         for (label, ids) in [("Missing", &self.missing), ("Recreated (same ID, newer account)", &self.recreated)] {
             if !ids.is_empty() {
                 let shown: Vec<&str> = ids.iter().take(20).map(String::as_str).collect();
-                let more = if ids.len() > shown.len() {
-                    format!(" and {} more", ids.len() - shown.len())
-                } else {
-                    String::new()
-                };
+                let more = if ids.len() > shown.len() { format!(" and {} more", ids.len() - shown.len()) } else { String::new() };
                 text.push_str(&format!("\n\n{label} ({}): {}{more}", ids.len(), shown.join(", ")));
             }
         }
@@ -276,7 +271,9 @@ async fn alert_on_change(
         }
     }
     registry.set_setting(ALERTED_SETTING, key.as_deref().unwrap_or("")).await?;
-    registry.audit(&Actor::service("watcher"), "alert", key.as_deref(), Some(&seen.reason)).await?;
+    registry
+        .audit(&Actor::service("watcher"), "alert", key.as_deref(), Some(&seen.reason))
+        .await?;
     Ok(())
 }
 

@@ -121,8 +121,7 @@ pub async fn run(context: &Context, args: Args) -> Outcome {
     }
 
     let bar = Bar(progress_bar("notices"));
-    let options =
-        CampaignOptions { actor: Actor::cli(), plan_new: true, retry_failed: args.retry_failed, progress: &bar };
+    let options = CampaignOptions { actor: Actor::cli(), plan_new: true, retry_failed: args.retry_failed, progress: &bar };
     let outcome = run_campaign(&config, &registry, &incident, email, options).await;
     bar.0.finish_and_clear();
     let report = outcome.map_err(|err| Failure::new(exit::FAILED, err))?;

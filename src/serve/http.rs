@@ -14,7 +14,11 @@ use super::ServeState;
 use crate::registry::now_ms;
 
 pub fn router(state: Arc<ServeState>, pages: Router) -> Router {
-    Router::new().route("/healthz", get(healthz)).route("/metrics", get(metrics)).with_state(state).merge(pages)
+    Router::new()
+        .route("/healthz", get(healthz))
+        .route("/metrics", get(metrics))
+        .with_state(state)
+        .merge(pages)
 }
 
 /// Alive and able to reach the registry.

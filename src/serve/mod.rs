@@ -91,12 +91,12 @@ pub async fn run(config: Config, registry: Registry, shutdown: CancellationToken
 
     shutdown.cancelled().await;
     tracing::info!("shutting down");
-    let drained = tokio::time::timeout(SHUTDOWN_GRACE, async { while tasks.join_next().await.is_some() {} }).await;
+    let drained = tokio::time::timeout(SHUTDOWN_GRACE, async {
+        while tasks.join_next().await.is_some() {}
+    })
+    .await;
     if drained.is_err() {
-        tracing::warn!(
-            "some tasks did not stop within {}s; deliveries left in flight resume on the next start",
-            SHUTDOWN_GRACE.as_secs()
-        );
+        tracing::warn!("some tasks did not stop within {}s; deliveries left in flight resume on the next start", SHUTDOWN_GRACE.as_secs());
         tasks.abort_all();
     }
     registry.close().await;
