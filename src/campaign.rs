@@ -33,7 +33,7 @@ pub enum CampaignError {
     #[error(transparent)]
     Notify(#[from] NotifyError),
     #[error(
-        "another notify of incident {incident} is running ({holder}); let it finish, or if that process is gone, run again after {until}"
+        "another `lifeboat notify {incident}` (or a notify from the bot, or serve's delivery worker) is running ({holder}); let it finish, or if that process is gone, run again after {until}"
     )]
     Busy { incident: i64, holder: String, until: String },
 }

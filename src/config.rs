@@ -145,6 +145,17 @@ pub struct BotConfig {
 pub struct WebConfig {
     pub bind: std::net::SocketAddr,
     pub public_url: Url,
+    /// How people reach an admin (an email address, a Matrix ID, a URL), shown on every page.
+    pub admin_contact: Option<String>,
+    /// Peers whose `X-Forwarded-For` is believed (reverse proxies); nobody else's.
+    pub trusted_proxies: Vec<std::net::IpAddr>,
+    /// Form submissions per client IP per window.
+    pub rate_limit_per_ip: u32,
+    /// Form submissions naming the same account or address per window.
+    pub rate_limit_per_target: u32,
+    pub rate_limit_window: Duration,
+    /// Registration tokens a person may get from the web page per incident.
+    pub token_requests_per_person: u32,
 }
 
 #[derive(Debug, Clone, Default)]

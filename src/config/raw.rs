@@ -144,6 +144,16 @@ struct RawBot {
 struct RawWeb {
     bind: Option<String>,
     public_url: Option<String>,
+    admin_contact: Option<String>,
+    #[serde(default, deserialize_with = "lenient::list")]
+    trusted_proxies: Option<Vec<String>>,
+    #[serde(default, deserialize_with = "lenient::number")]
+    rate_limit_per_ip: Option<u32>,
+    #[serde(default, deserialize_with = "lenient::number")]
+    rate_limit_per_target: Option<u32>,
+    rate_limit_window: Option<String>,
+    #[serde(default, deserialize_with = "lenient::number")]
+    token_requests_per_person: Option<u32>,
 }
 
 #[derive(Deserialize, Default)]
@@ -432,7 +442,46 @@ impl RawConfig {
                 let public_url = raw
                     .public_url
                     .ok_or_else(|| ctx.missing("web", "public_url", "\"https://lifeboat.example.org\""))?;
-                Ok(WebConfig { bind, public_url: ctx.http_url("web.public_url", &public_url)? })
+                let trusted_proxies = raw
+                    .trusted_proxies
+                    .unwrap_or_default()
+                    .iter()
+                    .map(|text| {
+                        text.trim().parse().map_err(|_| {
+                            ctx.invalid(
+                                "web.trusted_proxies",
+                                format!("`{text}` is not an IP address like \"127.0.0.1\""),
+                            )
+                        })
+                    })
+                    .collect::<Result<Vec<_>, _>>()?;
+                let at_least_one = |key: &str, value: Option<u32>, default: u32| match value.unwrap_or(default) {
+                    0 => Err(ctx.invalid(key, "must be at least 1")),
+                    n => Ok(n),
+                };
+                Ok(WebConfig {
+                    bind,
+                    public_url: ctx.http_url("web.public_url", &public_url)?,
+                    admin_contact: raw.admin_contact.map(|text| text.trim().to_owned()).filter(|text| !text.is_empty()),
+                    trusted_proxies,
+                    rate_limit_per_ip: at_least_one("web.rate_limit_per_ip", raw.rate_limit_per_ip, 20)?,
+                    rate_limit_per_target: at_least_one("web.rate_limit_per_target", raw.rate_limit_per_target, 3)?,
+                    rate_limit_window: match ctx.duration(
+                        "web.rate_limit_window",
+                        raw.rate_limit_window,
+                        Duration::from_secs(15 * 60),
+                    )? {
+                        window if window < Duration::from_secs(1) => {
+                            return Err(ctx.invalid("web.rate_limit_window", "must be at least 1s"));
+                        }
+                        window => window,
+                    },
+                    token_requests_per_person: at_least_one(
+                        "web.token_requests_per_person",
+                        raw.token_requests_per_person,
+                        3,
+                    )?,
+                })
             })
             .transpose()?;
 

@@ -13,6 +13,7 @@ mod incidents;
 mod status;
 mod sync_runs;
 mod verifications;
+mod web;
 
 use std::str::FromStr;
 use std::time::{SystemTime, UNIX_EPOCH};
@@ -29,6 +30,7 @@ pub use incidents::{Incident, IncidentSummary, NoticeToken};
 pub use status::RegistryStatus;
 pub use sync_runs::{SyncApplied, SyncRun};
 pub use verifications::{CodeCheck, MAX_CODE_ATTEMPTS};
+pub use web::{MailableContact, WebLink};
 
 static SQLITE_MIGRATIONS: sqlx::migrate::Migrator = sqlx::migrate!("./migrations/sqlite");
 static POSTGRES_MIGRATIONS: sqlx::migrate::Migrator = sqlx::migrate!("./migrations/postgres");

@@ -61,7 +61,7 @@ pub async fn run(config: Config, registry: Registry, shutdown: CancellationToken
             let listener = tokio::net::TcpListener::bind(web.bind)
                 .await
                 .map_err(|source| ServeError::Bind { bind: web.bind, source })?;
-            let pages = crate::web::router(crate::web::WebState { config: config.clone(), registry: registry.clone() });
+            let pages = crate::web::router(crate::web::WebState::new(config.clone(), registry.clone()));
             let app = http::router(state.clone(), pages);
             let stop = shutdown.clone();
             tracing::info!(bind = %web.bind, "web server listening");

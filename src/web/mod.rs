@@ -2,23 +2,92 @@
 //! requests proven by a mailed link, contact subscriptions and one-click
 //! unsubscribe. `lifeboat serve` mounts [`router`] beside `/healthz` and
 //! `/metrics`.
+//!
+//! One module per concern: `guard` (security headers, CSRF, client IP,
+//! rate limits), `signing` (mailed links), `pages` (templates and the error
+//! page), then one module per page.
+
+mod guard;
+mod mail;
+mod pages;
+mod signing;
+mod status;
+mod subscribe;
+mod token;
+mod unsubscribe;
 
 use std::sync::Arc;
 
 use axum::Router;
+use axum::extract::DefaultBodyLimit;
+use axum::routing::get;
+use secrecy::SecretString;
+use tokio::sync::OnceCell;
 
-use crate::config::Config;
+use crate::config::{Config, WebConfig};
+use crate::mail::Mailer;
 use crate::registry::Registry;
+
+pub use guard::RateLimiter;
+
+/// Forms are a few short fields: anything larger is refused before parsing.
+const MAX_BODY: usize = 8 * 1024;
 
 /// What every page handler may use.
 #[derive(Clone)]
 pub struct WebState {
     pub config: Arc<Config>,
     pub registry: Registry,
+    inner: Arc<Shared>,
 }
 
-/// The public pages. (Issue 5 fills this in.)
+struct Shared {
+    /// The HMAC key for links and CSRF tokens, read once from the registry.
+    key: OnceCell<SecretString>,
+    mailer: Option<Mailer>,
+    limiter: RateLimiter,
+    status_cache: status::Cache,
+}
+
+impl WebState {
+    pub fn new(config: Arc<Config>, registry: Registry) -> WebState {
+        let mailer = config.email.as_ref().and_then(|email| match Mailer::from_config(email, 2) {
+            Ok(mailer) => Some(mailer),
+            Err(err) => {
+                tracing::error!(error = %err, "the web page cannot send email: token requests and subscriptions will not be mailed");
+                None
+            }
+        });
+        let limiter = match &config.web {
+            Some(web) => RateLimiter::new(web.rate_limit_per_ip, web.rate_limit_per_target, web.rate_limit_window),
+            None => RateLimiter::new(20, 3, std::time::Duration::from_secs(900)),
+        };
+        let inner = Arc::new(Shared { key: OnceCell::new(), mailer, limiter, status_cache: status::Cache::default() });
+        WebState { config, registry, inner }
+    }
+
+    /// `[web]`: the router is only built when it is there.
+    fn web(&self) -> &WebConfig {
+        self.config.web.as_ref().expect("the web page is served only with a [web] section")
+    }
+
+    async fn key(&self) -> Result<&SecretString, crate::registry::Error> {
+        self.inner.key.get_or_try_init(|| self.registry.generated_secret(crate::links::LINK_KEY)).await
+    }
+}
+
+/// The public pages.
 pub fn router(state: WebState) -> Router {
-    let _ = state;
     Router::new()
+        .route("/", get(status::page))
+        .route("/style.css", get(pages::stylesheet))
+        .route("/token", get(token::form).post(token::request))
+        .route("/token/open", get(token::confirm).post(token::open))
+        .route("/subscribe", get(subscribe::form).post(subscribe::request))
+        .route("/subscribe/confirm", get(subscribe::confirm_form).post(subscribe::confirm))
+        .route("/unsubscribe", get(unsubscribe::confirm).post(unsubscribe::unsubscribe))
+        .fallback(pages::not_found)
+        .layer(DefaultBodyLimit::max(MAX_BODY))
+        .layer(axum::middleware::from_fn(guard::security_headers))
+        .with_state(state)
 }

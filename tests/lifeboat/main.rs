@@ -9,3 +9,4 @@ mod registry_backends;
 mod sandbox;
 mod serve_bot;
 mod synapse_scenarios;
+mod web_pages;

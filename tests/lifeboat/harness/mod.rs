@@ -1,5 +1,6 @@
 //! Real parts for the tests: Synapse, registries, and the lifeboat binary.
 
+pub mod browser;
 pub mod cli;
 pub mod matrix;
 pub mod registries;

@@ -1,0 +1,175 @@
+//! What the web page keeps: signed single-use links (token requests and
+//! contact subscriptions), and contacts' opt-outs.
+
+use super::{Actor, Registry, Result, now_ms};
+
+/// An email contact a token-request link may be mailed to.
+#[derive(Debug, Clone, sqlx::FromRow)]
+pub struct MailableContact {
+    pub id: i64,
+    pub user_id: String,
+    pub address: String,
+}
+
+#[derive(Debug, Clone, sqlx::FromRow)]
+pub struct WebLink {
+    pub id: String,
+    pub purpose: String,
+    pub user_id: String,
+    pub address: String,
+    pub code_hash: Option<String>,
+    pub attempts: i64,
+    pub created_at: i64,
+    pub expires_at: i64,
+    pub used_at: Option<i64>,
+}
+
+impl WebLink {
+    /// Not used yet and not expired.
+    pub fn is_live(&self, now: i64) -> bool {
+        self.used_at.is_none() && self.expires_at > now
+    }
+}
+
+/// Only verified email contacts that have not opted out are ever written to.
+const MAILABLE: &str = "kind = 'email' AND verified_at IS NOT NULL AND opted_out_at IS NULL";
+
+impl Registry {
+    /// The mailable contacts holding `address` (one per account that has it).
+    pub async fn mailable_contacts_by_address(&self, address: &str) -> Result<Vec<MailableContact>> {
+        Ok(sqlx::query_as(sqlx::AssertSqlSafe(format!(
+            "SELECT id, user_id, address FROM contacts WHERE address = $1 AND {MAILABLE} ORDER BY id"
+        )))
+        .bind(address)
+        .fetch_all(&self.pool)
+        .await?)
+    }
+
+    /// The mailable contacts of one account.
+    pub async fn mailable_contacts_of(&self, user_id: &str) -> Result<Vec<MailableContact>> {
+        Ok(sqlx::query_as(sqlx::AssertSqlSafe(format!(
+            "SELECT id, user_id, address FROM contacts WHERE user_id = $1 AND {MAILABLE} ORDER BY id"
+        )))
+        .bind(user_id)
+        .fetch_all(&self.pool)
+        .await?)
+    }
+
+    /// Records a link before it is mailed. Expired links are swept here, so
+    /// the table stays small without a job of its own.
+    pub async fn create_web_link(
+        &self,
+        id: &str,
+        purpose: &str,
+        user_id: &str,
+        address: &str,
+        code_hash: Option<&str>,
+        expires_at: i64,
+    ) -> Result<()> {
+        let now = now_ms();
+        // Kept a day past expiry, so "expired" can still be told from "unknown".
+        sqlx::query("DELETE FROM web_links WHERE expires_at < $1")
+            .bind(now - 24 * 3600 * 1000)
+            .execute(&self.pool)
+            .await?;
+        sqlx::query(
+            "INSERT INTO web_links (id, purpose, user_id, address, code_hash, created_at, expires_at) \
+             VALUES ($1, $2, $3, $4, $5, $6, $7)",
+        )
+        .bind(id)
+        .bind(purpose)
+        .bind(user_id)
+        .bind(address)
+        .bind(code_hash)
+        .bind(now)
+        .bind(expires_at)
+        .execute(&self.pool)
+        .await?;
+        Ok(())
+    }
+
+    pub async fn web_link(&self, id: &str) -> Result<Option<WebLink>> {
+        Ok(sqlx::query_as(
+            "SELECT id, purpose, user_id, address, code_hash, attempts, created_at, expires_at, used_at \
+             FROM web_links WHERE id = $1",
+        )
+        .bind(id)
+        .fetch_optional(&self.pool)
+        .await?)
+    }
+
+    /// Marks a live link used; `false` when it was used already or expired
+    /// (one statement, so two clicks at once cannot both win).
+    pub async fn use_web_link(&self, id: &str) -> Result<bool> {
+        let now = now_ms();
+        let used =
+            sqlx::query("UPDATE web_links SET used_at = $2 WHERE id = $1 AND used_at IS NULL AND expires_at > $2")
+                .bind(id)
+                .bind(now)
+                .execute(&self.pool)
+                .await?
+                .rows_affected();
+        Ok(used == 1)
+    }
+
+    /// Counts a wrong code; returns the attempts so far.
+    pub async fn count_web_link_attempt(&self, id: &str) -> Result<i64> {
+        sqlx::query("UPDATE web_links SET attempts = attempts + 1 WHERE id = $1").bind(id).execute(&self.pool).await?;
+        let (attempts,): (i64,) =
+            sqlx::query_as("SELECT attempts FROM web_links WHERE id = $1").bind(id).fetch_one(&self.pool).await?;
+        Ok(attempts)
+    }
+
+    /// Stops everything to a contact (unsubscribe). Returns `false` for an
+    /// unknown contact; opting out twice keeps the first time.
+    pub async fn opt_out_contact(&self, contact_id: i64, actor: &Actor) -> Result<bool> {
+        let mut tx = self.pool.begin().await?;
+        let contact: Option<(String, String)> = sqlx::query_as("SELECT user_id, address FROM contacts WHERE id = $1")
+            .bind(contact_id)
+            .fetch_optional(&mut *tx)
+            .await?;
+        let Some((user_id, address)) = contact else {
+            tx.rollback().await?;
+            return Ok(false);
+        };
+        let changed = sqlx::query("UPDATE contacts SET opted_out_at = $2 WHERE id = $1 AND opted_out_at IS NULL")
+            .bind(contact_id)
+            .bind(now_ms())
+            .execute(&mut *tx)
+            .await?
+            .rows_affected();
+        if changed == 1 {
+            Self::audit_in(&mut tx, actor, "contact.opt_out", Some(&user_id), Some(&address)).await?;
+        }
+        tx.commit().await?;
+        Ok(true)
+    }
+
+    /// Whether a contact has opted out (`None`: no such contact).
+    pub async fn contact_opted_out(&self, contact_id: i64) -> Result<Option<bool>> {
+        let row: Option<(Option<i64>,)> = sqlx::query_as("SELECT opted_out_at FROM contacts WHERE id = $1")
+            .bind(contact_id)
+            .fetch_optional(&self.pool)
+            .await?;
+        Ok(row.map(|(at,)| at.is_some()))
+    }
+}
+
+impl Registry {
+    /// A person confirmed an address they had opted out with: mail to it again.
+    pub async fn resubscribe_contact(&self, user_id: &str, address: &str, actor: &Actor) -> Result<()> {
+        let mut tx = self.pool.begin().await?;
+        sqlx::query(
+            "UPDATE contacts SET opted_out_at = NULL, verified_at = COALESCE(verified_at, $3) \
+             WHERE user_id = $1 AND kind = 'email' AND address = $2",
+        )
+        .bind(user_id)
+        .bind(address)
+        .bind(now_ms())
+        .execute(&mut *tx)
+        .await?;
+        Self::audit_in(&mut tx, actor, "contact.resubscribe", Some(user_id), Some(address)).await?;
+        tx.commit().await?;
+        Ok(())
+    }
+}

@@ -1,0 +1,226 @@
+//! What stands between a visitor and the registry: security headers, CSRF
+//! tokens, the client's IP (proxies believed only when configured), and
+//! rate limits.
+
+use std::collections::HashMap;
+use std::net::{IpAddr, SocketAddr};
+use std::sync::Mutex;
+use std::time::{Duration, Instant};
+
+use axum::extract::{ConnectInfo, Request};
+use axum::http::header::{self, HeaderMap, HeaderValue};
+use axum::middleware::Next;
+use axum::response::Response;
+use rand::RngCore;
+
+use super::signing;
+
+/// No inline script or style anywhere: the pages use one same-origin
+/// stylesheet and no JavaScript at all.
+const CSP: &str = "default-src 'none'; style-src 'self'; img-src 'self'; form-action 'self'; \
+                   base-uri 'none'; frame-ancestors 'none'";
+
+pub async fn security_headers(request: Request, next: Next) -> Response {
+    let mut response = next.run(request).await;
+    let headers = response.headers_mut();
+    headers.insert(header::CONTENT_SECURITY_POLICY, HeaderValue::from_static(CSP));
+    headers.insert(header::X_FRAME_OPTIONS, HeaderValue::from_static("DENY"));
+    headers.insert(header::REFERRER_POLICY, HeaderValue::from_static("no-referrer"));
+    headers.insert(header::X_CONTENT_TYPE_OPTIONS, HeaderValue::from_static("nosniff"));
+    headers.insert("cross-origin-opener-policy", HeaderValue::from_static("same-origin"));
+    response
+}
+
+// ---- CSRF -----------------------------------------------------------------
+
+/// The cookie holding a random per-browser value; forms carry an HMAC of it,
+/// which another site can neither read nor compute.
+pub const CSRF_COOKIE: &str = "lifeboat_csrf";
+
+/// The browser's CSRF value, and whether it is new (then it must be set).
+pub struct CsrfCookie {
+    pub value: String,
+    pub is_new: bool,
+}
+
+pub fn csrf_cookie(headers: &HeaderMap) -> CsrfCookie {
+    match cookie(headers, CSRF_COOKIE).filter(|value| value.len() == 32 && value.bytes().all(|b| b.is_ascii_hexdigit()))
+    {
+        Some(value) => CsrfCookie { value, is_new: false },
+        None => {
+            let mut bytes = [0u8; 16];
+            rand::rng().fill_bytes(&mut bytes);
+            CsrfCookie { value: hex::encode(bytes), is_new: true }
+        }
+    }
+}
+
+/// `Set-Cookie` for a new CSRF value; `Secure` when the page is served over https.
+pub fn set_csrf_cookie(value: &str, https: bool) -> HeaderValue {
+    let secure = if https { "; Secure" } else { "" };
+    HeaderValue::from_str(&format!("{CSRF_COOKIE}={value}; Path=/; HttpOnly; SameSite=Strict{secure}"))
+        .expect("hex and fixed text make a valid header")
+}
+
+pub fn csrf_token(key: &secrecy::SecretString, cookie_value: &str) -> String {
+    signing::sign(key, &format!("csrf:{cookie_value}"))
+}
+
+/// Does the form's token match this browser's cookie?
+pub fn csrf_ok(key: &secrecy::SecretString, headers: &HeaderMap, token: Option<&str>) -> bool {
+    match (cookie(headers, CSRF_COOKIE), token) {
+        (Some(value), Some(token)) => signing::verify(key, &format!("csrf:{value}"), token),
+        _ => false,
+    }
+}
+
+fn cookie(headers: &HeaderMap, name: &str) -> Option<String> {
+    headers
+        .get_all(header::COOKIE)
+        .iter()
+        .filter_map(|value| value.to_str().ok())
+        .flat_map(|value| value.split(';'))
+        .filter_map(|pair| pair.trim().split_once('='))
+        .find(|(key, _)| *key == name)
+        .map(|(_, value)| value.to_owned())
+}
+
+// ---- Client IP ------------------------------------------------------------
+
+/// The visitor's IP: the peer, unless the peer is a configured proxy; then
+/// the nearest address in `X-Forwarded-For` that is not one of our proxies
+/// (addresses further left are whatever the client claimed).
+pub fn client_ip(peer: Option<ConnectInfo<SocketAddr>>, headers: &HeaderMap, trusted: &[IpAddr]) -> Option<IpAddr> {
+    let peer = peer?.0.ip();
+    if !trusted.contains(&peer) {
+        return Some(peer);
+    }
+    let forwarded: Vec<IpAddr> = headers
+        .get_all("x-forwarded-for")
+        .iter()
+        .filter_map(|value| value.to_str().ok())
+        .flat_map(|value| value.split(','))
+        .map(|part| part.trim().parse::<IpAddr>())
+        .collect::<Result<_, _>>()
+        .unwrap_or_default();
+    Some(forwarded.into_iter().rev().find(|ip| !trusted.contains(ip)).unwrap_or(peer))
+}
+
+/// The extractor handlers use: [`client_ip`] with the configured proxies.
+pub struct ClientIp(pub Option<IpAddr>);
+
+impl axum::extract::FromRequestParts<super::WebState> for ClientIp {
+    type Rejection = std::convert::Infallible;
+
+    async fn from_request_parts(
+        parts: &mut axum::http::request::Parts,
+        state: &super::WebState,
+    ) -> Result<Self, Self::Rejection> {
+        let peer = parts.extensions.get::<ConnectInfo<SocketAddr>>().cloned();
+        Ok(ClientIp(client_ip(peer, &parts.headers, &state.web().trusted_proxies)))
+    }
+}
+
+// ---- Rate limits ------------------------------------------------------------
+
+/// Fixed-window counters in memory, per client IP and per target (the
+/// account or address a form names). Memory is bounded: old windows are
+/// dropped when the map grows.
+pub struct RateLimiter {
+    per_ip: u32,
+    per_target: u32,
+    window: Duration,
+    counters: Mutex<HashMap<String, (Instant, u32)>>,
+}
+
+/// Above this many keys, expired windows are swept.
+const SWEEP_AT: usize = 10_000;
+
+impl RateLimiter {
+    pub fn new(per_ip: u32, per_target: u32, window: Duration) -> RateLimiter {
+        RateLimiter { per_ip, per_target, window, counters: Mutex::new(HashMap::new()) }
+    }
+
+    /// Counts one form submission from `ip`; `false` once over the limit.
+    pub fn allow_ip(&self, ip: Option<IpAddr>) -> bool {
+        let key = match ip {
+            Some(ip) => format!("ip:{ip}"),
+            None => "ip:unknown".to_owned(),
+        };
+        self.hit(key, self.per_ip)
+    }
+
+    /// Counts one submission naming `target` (already normalized) in `form`.
+    pub fn allow_target(&self, form: &str, target: &str) -> bool {
+        self.hit(format!("{form}:{target}"), self.per_target)
+    }
+
+    fn hit(&self, key: String, limit: u32) -> bool {
+        let now = Instant::now();
+        let mut counters = self.counters.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
+        if counters.len() >= SWEEP_AT {
+            counters.retain(|_, (start, _)| now.duration_since(*start) < self.window);
+        }
+        let entry = counters.entry(key).or_insert((now, 0));
+        if now.duration_since(entry.0) >= self.window {
+            *entry = (now, 0);
+        }
+        entry.1 = entry.1.saturating_add(1);
+        entry.1 <= limit
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn peer(ip: &str) -> Option<ConnectInfo<SocketAddr>> {
+        Some(ConnectInfo(SocketAddr::new(ip.parse().unwrap(), 1234)))
+    }
+
+    fn forwarded(value: &str) -> HeaderMap {
+        let mut headers = HeaderMap::new();
+        headers.insert("x-forwarded-for", value.parse().unwrap());
+        headers
+    }
+
+    #[test]
+    fn forwarded_for_is_ignored_unless_the_peer_is_a_trusted_proxy() {
+        let headers = forwarded("203.0.113.7");
+        assert_eq!(client_ip(peer("198.51.100.1"), &headers, &[]), Some("198.51.100.1".parse().unwrap()));
+        let proxy: IpAddr = "10.0.0.1".parse().unwrap();
+        assert_eq!(client_ip(peer("198.51.100.1"), &headers, &[proxy]), Some("198.51.100.1".parse().unwrap()));
+        assert_eq!(client_ip(peer("10.0.0.1"), &headers, &[proxy]), Some("203.0.113.7".parse().unwrap()));
+    }
+
+    #[test]
+    fn a_client_cannot_choose_its_ip_by_prepending_to_forwarded_for() {
+        let proxy: IpAddr = "10.0.0.1".parse().unwrap();
+        let headers = forwarded("1.2.3.4, 203.0.113.7");
+        assert_eq!(client_ip(peer("10.0.0.1"), &headers, &[proxy]), Some("203.0.113.7".parse().unwrap()));
+        let garbage = forwarded("not an ip");
+        assert_eq!(client_ip(peer("10.0.0.1"), &garbage, &[proxy]), Some(proxy));
+    }
+
+    #[test]
+    fn limits_count_per_key_within_a_window() {
+        let limiter = RateLimiter::new(2, 1, Duration::from_secs(60));
+        let ip = Some("192.0.2.1".parse().unwrap());
+        assert!(limiter.allow_ip(ip) && limiter.allow_ip(ip));
+        assert!(!limiter.allow_ip(ip));
+        assert!(limiter.allow_ip(Some("192.0.2.2".parse().unwrap())));
+        assert!(limiter.allow_target("token", "a@example.org"));
+        assert!(!limiter.allow_target("token", "a@example.org"));
+    }
+
+    #[test]
+    fn csrf_tokens_match_only_their_cookie() {
+        let key = secrecy::SecretString::from("k");
+        let mut headers = HeaderMap::new();
+        headers.insert(header::COOKIE, format!("other=1; {CSRF_COOKIE}=abc").parse().unwrap());
+        assert!(csrf_ok(&key, &headers, Some(&csrf_token(&key, "abc"))));
+        assert!(!csrf_ok(&key, &headers, Some(&csrf_token(&key, "abd"))));
+        assert!(!csrf_ok(&key, &headers, None));
+        assert!(!csrf_ok(&key, &HeaderMap::new(), Some(&csrf_token(&key, "abc"))));
+    }
+}

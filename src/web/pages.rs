@@ -1,0 +1,154 @@
+//! Templates, the frame every page shares, and the error page: a visitor
+//! sees one plain sentence, the log gets the cause.
+
+use askama::Template;
+use axum::extract::rejection::FormRejection;
+use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
+use axum::response::{IntoResponse, Response};
+
+use super::{WebState, guard};
+
+/// What every page shows around its content.
+pub struct Chrome {
+    pub server_name: String,
+    pub admin_contact: Option<String>,
+    /// The path of `web.public_url` without its trailing slash ("" at the root).
+    pub base: String,
+}
+
+impl Chrome {
+    pub fn of(state: &WebState) -> Chrome {
+        let web = state.web();
+        Chrome {
+            server_name: state.config.homeserver.server_name.clone(),
+            admin_contact: web.admin_contact.clone(),
+            base: web.public_url.path().trim_end_matches('/').to_owned(),
+        }
+    }
+}
+
+/// A page that is just a title and a few sentences (confirmations, errors).
+#[derive(Template)]
+#[template(path = "web/message.html")]
+pub struct Message {
+    pub chrome: Chrome,
+    pub title: String,
+    pub paragraphs: Vec<String>,
+    /// A link to go on with: (href relative to the base, text).
+    pub next: Option<(String, String)>,
+}
+
+impl Message {
+    pub fn new(state: &WebState, title: &str, paragraphs: &[&str]) -> Message {
+        Message {
+            chrome: Chrome::of(state),
+            title: title.to_owned(),
+            paragraphs: paragraphs.iter().map(|p| (*p).to_owned()).collect(),
+            next: None,
+        }
+    }
+
+    pub fn next(mut self, href: &str, text: &str) -> Message {
+        self.next = Some((href.to_owned(), text.to_owned()));
+        self
+    }
+}
+
+/// Renders a template as an HTML response. Pages are never cached: some
+/// show a person's token, and the status changes during an incident.
+pub fn html(status: StatusCode, page: &impl Template) -> Response {
+    match page.render() {
+        Ok(body) => {
+            let mut response = (status, axum::response::Html(body)).into_response();
+            response.headers_mut().insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
+            response
+        }
+        Err(err) => {
+            tracing::error!(error = %err, "a web page failed to render");
+            (StatusCode::INTERNAL_SERVER_ERROR, "Something went wrong on our side. Please try again later.")
+                .into_response()
+        }
+    }
+}
+
+/// The 429 page for every form.
+pub fn too_many(state: &WebState) -> Response {
+    let page = Message::new(
+        state,
+        "Too many requests",
+        &["You (or someone on your network) sent this form too often. Please wait a few minutes and try again."],
+    );
+    html(StatusCode::TOO_MANY_REQUESTS, &page)
+}
+
+/// A form posted without this browser's CSRF token (or with a stale one).
+pub fn csrf_refused(state: &WebState) -> Response {
+    let page = Message::new(
+        state,
+        "Please send the form again",
+        &[
+            "This form was sent without the check that proves it came from this site. Open the page again and resend it.",
+        ],
+    );
+    html(StatusCode::FORBIDDEN, &page)
+}
+
+/// A body that is not a readable form, or too large to read.
+pub fn unreadable_form(state: &WebState, rejection: FormRejection) -> Response {
+    if rejection.status() == StatusCode::PAYLOAD_TOO_LARGE {
+        let page = Message::new(state, "The form is too large", &["What you entered is too long. Please shorten it."]);
+        return html(StatusCode::PAYLOAD_TOO_LARGE, &page);
+    }
+    let page = Message::new(state, "The form could not be read", &["Open the page again and fill in the form."]);
+    html(StatusCode::BAD_REQUEST, &page)
+}
+
+/// Something failed on our side; the cause goes to the log only.
+pub struct WebError(pub String);
+
+impl<E: std::fmt::Display> From<E> for WebError {
+    fn from(err: E) -> Self {
+        WebError(err.to_string())
+    }
+}
+
+impl WebError {
+    pub fn page(self, state: &WebState) -> Response {
+        tracing::error!(error = %self.0, "a web request failed");
+        let page = Message::new(
+            state,
+            "Something went wrong",
+            &["Something went wrong on our side. Please try again in a few minutes."],
+        );
+        html(StatusCode::INTERNAL_SERVER_ERROR, &page)
+    }
+}
+
+pub async fn not_found(axum::extract::State(state): axum::extract::State<WebState>) -> Response {
+    let page = Message::new(&state, "Page not found", &["There is no page at this address."]).next("/", "Status page");
+    html(StatusCode::NOT_FOUND, &page)
+}
+
+const STYLESHEET: &str = include_str!("../../templates/web/style.css");
+
+pub async fn stylesheet() -> Response {
+    let mut response = ([(header::CONTENT_TYPE, "text/css; charset=utf-8")], STYLESHEET).into_response();
+    response.headers_mut().insert(header::CACHE_CONTROL, HeaderValue::from_static("public, max-age=3600"));
+    response
+}
+
+/// A page with a form: renders it with this browser's CSRF token, and sets
+/// the cookie when the browser had none.
+pub async fn with_csrf(state: &WebState, headers: &HeaderMap, page: impl FnOnce(String) -> Response) -> Response {
+    let key = match state.key().await {
+        Ok(key) => key,
+        Err(err) => return WebError::from(err).page(state),
+    };
+    let cookie = guard::csrf_cookie(headers);
+    let mut response = page(guard::csrf_token(key, &cookie.value));
+    if cookie.is_new {
+        let https = state.web().public_url.scheme() == "https";
+        response.headers_mut().append(header::SET_COOKIE, guard::set_csrf_cookie(&cookie.value, https));
+    }
+    response
+}

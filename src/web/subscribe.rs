@@ -1,0 +1,268 @@
+//! `/subscribe`: add an email address for a Matrix account's incident
+//! notices. Double opt-in: a link mailed to the address proves the inbox,
+//! and a code the service account DMs to the Matrix ID proves the account;
+//! the contact is recorded only when both meet on `/subscribe/confirm`.
+
+use std::time::Duration;
+
+use askama::Template;
+use axum::extract::rejection::FormRejection;
+use axum::extract::{Form, Query, State};
+use axum::http::{HeaderMap, StatusCode};
+use axum::response::Response;
+use rand::Rng;
+use serde::Deserialize;
+use sha2::{Digest, Sha256};
+
+use super::guard::{self, ClientIp};
+use super::pages::{self, Chrome, Message, WebError};
+use super::{WebState, mail, signing};
+use crate::email::EmailAddress;
+use crate::recover::AdminAccess;
+use crate::registry::{Actor, AddContact, ContactKind, ContactSource, now_ms};
+use crate::user_id::UserId;
+
+const PURPOSE: &str = "subscribe";
+const LINK_VALID: Duration = Duration::from_secs(30 * 60);
+/// Wrong codes before the link stops working.
+const MAX_ATTEMPTS: i64 = 5;
+
+#[derive(Template)]
+#[template(path = "web/subscribe_form.html")]
+struct SubscribeForm {
+    chrome: Chrome,
+    csrf: String,
+}
+
+#[derive(Template)]
+#[template(path = "web/subscribe_confirm.html")]
+struct ConfirmForm {
+    chrome: Chrome,
+    csrf: String,
+    link: String,
+    sig: String,
+}
+
+pub async fn form(State(state): State<WebState>, headers: HeaderMap) -> Response {
+    let chrome = Chrome::of(&state);
+    pages::with_csrf(&state, &headers, |csrf| pages::html(StatusCode::OK, &SubscribeForm { chrome, csrf })).await
+}
+
+#[derive(Deserialize)]
+pub struct RequestForm {
+    csrf: Option<String>,
+    matrix_id: Option<String>,
+    email: Option<String>,
+}
+
+pub async fn request(
+    State(state): State<WebState>,
+    ClientIp(ip): ClientIp,
+    headers: HeaderMap,
+    form: Result<Form<RequestForm>, FormRejection>,
+) -> Response {
+    let Form(form) = match form {
+        Ok(form) => form,
+        Err(rejection) => return pages::unreadable_form(&state, rejection),
+    };
+    let key = match state.key().await {
+        Ok(key) => key.clone(),
+        Err(err) => return WebError::from(err).page(&state),
+    };
+    if !guard::csrf_ok(&key, &headers, form.csrf.as_deref()) {
+        return pages::csrf_refused(&state);
+    }
+    if !state.inner.limiter.allow_ip(ip) {
+        return pages::too_many(&state);
+    }
+    let user_id = UserId::parse(form.matrix_id.as_deref().unwrap_or("").trim());
+    let email = EmailAddress::parse(form.email.as_deref().unwrap_or(""));
+    let (Ok(user_id), Ok(email)) = (user_id, email) else {
+        let page = Message::new(
+            &state,
+            "Please check what you entered",
+            &["Enter a Matrix ID like @you:example.org and an email address like you@example.org."],
+        )
+        .next("/subscribe", "Try again");
+        return pages::html(StatusCode::BAD_REQUEST, &page);
+    };
+    let account_ok = state.inner.limiter.allow_target(PURPOSE, &user_id.as_str().to_lowercase());
+    let address_ok = state.inner.limiter.allow_target(PURPOSE, email.as_str());
+    if !account_ok || !address_ok {
+        return pages::too_many(&state);
+    }
+    // Off the request path, like token requests: the answer is the same
+    // whether or not the account is known.
+    let worker = state.clone();
+    tokio::spawn(async move {
+        if let Err(err) = start(&worker, &key, user_id, email).await {
+            tracing::error!(error = %err.0, "a subscription could not be started");
+        }
+    });
+    let page = Message::new(
+        &state,
+        "Check your email and your Matrix account",
+        &[
+            "If this Matrix account is one we know, we have sent a link to the email address and a code to the Matrix account in a direct message.",
+            "Open the link within 30 minutes and enter the code.",
+        ],
+    )
+    .next("/", "Back to the status page");
+    pages::html(StatusCode::OK, &page)
+}
+
+fn code_hash(code: &str) -> String {
+    hex::encode(Sha256::digest(code.trim().as_bytes()))
+}
+
+async fn start(
+    state: &WebState,
+    key: &secrecy::SecretString,
+    user_id: UserId,
+    email: EmailAddress,
+) -> Result<(), WebError> {
+    let known = state.registry.account(user_id.as_str()).await?;
+    if !known.is_some_and(|account| account.state == crate::registry::AccountState::Present) {
+        return Ok(());
+    }
+    let code = format!("{:08}", rand::rng().random_range(0..100_000_000u32));
+    let id = signing::new_link_id();
+    let expires_at = now_ms() + LINK_VALID.as_millis() as i64;
+    let hash = code_hash(&code);
+    state.registry.create_web_link(&id, PURPOSE, user_id.as_str(), email.as_str(), Some(&hash), expires_at).await?;
+
+    let client = match crate::recover::admin_access(&state.config, &state.registry).await? {
+        AdminAccess::Working { client, .. } => client,
+        AdminAccess::Dead { .. } => return Err(WebError("no working admin token: cannot DM a code".to_owned())),
+    };
+    let Some((sender, _)) = crate::campaign::dm_sender(&state.config, &state.registry, &client).await? else {
+        return Err(WebError("lifeboat's own account has no credentials: cannot DM a code".to_owned()));
+    };
+    let server_name = &state.config.homeserver.server_name;
+    let text = format!(
+        "Your code to confirm an email address for incident notices from {server_name}: **{code}**\n\n\
+         Enter it on the page the emailed link opens. If you did not ask for this, ignore this message."
+    );
+    sender.send(&state.registry, user_id.as_str(), &text, &format!("lifeboat-subscribe-{id}")).await?;
+
+    let url = signing::link_url(&state.web().public_url, key, "/subscribe/confirm", PURPOSE, &id);
+    let email_text = mail::LinkEmail {
+        subject: format!("Confirm your email address for {server_name} incident notices"),
+        intro: format!(
+            "Someone (we hope you) asked that this address get incident notices for {} on {server_name}. \
+             Open this link and enter the code we sent to that Matrix account:",
+            user_id.as_str()
+        ),
+        action: "Confirm my email address".to_owned(),
+        url,
+    };
+    mail::send(state, email.as_str(), email_text).await
+}
+
+#[derive(Deserialize)]
+pub struct LinkQuery {
+    link: Option<String>,
+    sig: Option<String>,
+}
+
+pub async fn confirm_form(
+    State(state): State<WebState>,
+    headers: HeaderMap,
+    Query(query): Query<LinkQuery>,
+) -> Response {
+    let (Some(link), Some(sig)) = (query.link, query.sig) else { return bad_link(&state) };
+    match live_link(&state, &link, &sig).await {
+        Ok(Some(_)) => {}
+        Ok(None) => return bad_link(&state),
+        Err(err) => return err.page(&state),
+    }
+    let chrome = Chrome::of(&state);
+    pages::with_csrf(&state, &headers, |csrf| pages::html(StatusCode::OK, &ConfirmForm { chrome, csrf, link, sig }))
+        .await
+}
+
+#[derive(Deserialize)]
+pub struct ConfirmFields {
+    csrf: Option<String>,
+    link: Option<String>,
+    sig: Option<String>,
+    code: Option<String>,
+}
+
+pub async fn confirm(
+    State(state): State<WebState>,
+    headers: HeaderMap,
+    form: Result<Form<ConfirmFields>, FormRejection>,
+) -> Response {
+    let Form(form) = match form {
+        Ok(form) => form,
+        Err(rejection) => return pages::unreadable_form(&state, rejection),
+    };
+    let key = match state.key().await {
+        Ok(key) => key.clone(),
+        Err(err) => return WebError::from(err).page(&state),
+    };
+    if !guard::csrf_ok(&key, &headers, form.csrf.as_deref()) {
+        return pages::csrf_refused(&state);
+    }
+    let (Some(link), Some(sig)) = (form.link, form.sig) else { return bad_link(&state) };
+    match finish(&state, &link, &sig, form.code.as_deref().unwrap_or("")).await {
+        Ok(response) => response,
+        Err(err) => err.page(&state),
+    }
+}
+
+async fn finish(state: &WebState, link: &str, sig: &str, code: &str) -> Result<Response, WebError> {
+    let Some(found) = live_link(state, link, sig).await? else { return Ok(bad_link(state)) };
+    let right = found.code_hash.as_deref().is_some_and(|hash| {
+        // Equal-length hex digests: compare without an early exit.
+        let given = code_hash(code);
+        hash.len() == given.len() && hash.bytes().zip(given.bytes()).fold(0u8, |acc, (a, b)| acc | (a ^ b)) == 0
+    });
+    if !right {
+        if state.registry.count_web_link_attempt(link).await? >= MAX_ATTEMPTS {
+            state.registry.use_web_link(link).await?;
+            return Ok(bad_link(state));
+        }
+        let page =
+            Message::new(state, "That code is not right", &["Check the code in the direct message and try again."]);
+        return Ok(pages::html(StatusCode::BAD_REQUEST, &page));
+    }
+    if !state.registry.use_web_link(link).await? {
+        return Ok(bad_link(state));
+    }
+    let actor = Actor::web(Some("subscription".to_owned()));
+    let added = state
+        .registry
+        .add_contact(&found.user_id, ContactKind::Email, &found.address, ContactSource::User, Some(now_ms()), &actor)
+        .await?;
+    if added == AddContact::AlreadyKnown {
+        state.registry.resubscribe_contact(&found.user_id, &found.address, &actor).await?;
+    }
+    let page = Message::new(
+        state,
+        "Your email address is confirmed",
+        &["If your account is ever lost in an incident, we will write to this address."],
+    )
+    .next("/", "Back to the status page");
+    Ok(pages::html(StatusCode::OK, &page))
+}
+
+async fn live_link(state: &WebState, link: &str, sig: &str) -> Result<Option<crate::registry::WebLink>, WebError> {
+    let key = state.key().await?;
+    if link.len() > 64 || !signing::verify(key, &signing::link_message(PURPOSE, link), sig) {
+        return Ok(None);
+    }
+    let found = state.registry.web_link(link).await?;
+    Ok(found.filter(|found| found.purpose == PURPOSE && found.is_live(now_ms())))
+}
+
+fn bad_link(state: &WebState) -> Response {
+    let page = Message::new(
+        state,
+        "This link does not work",
+        &["The link is not valid, has expired (links work for 30 minutes), or was used already. You can start again."],
+    )
+    .next("/subscribe", "Start again");
+    pages::html(StatusCode::BAD_REQUEST, &page)
+}

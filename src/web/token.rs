@@ -1,0 +1,315 @@
+//! `/token`: a person asks for a registration token. The form answers the
+//! same page, at the same speed, whatever was typed; the lookup and the
+//! mail happen off the request path. The mailed link leads to
+//! `/token/open`, which shows that person's own token.
+
+use std::time::Duration;
+
+use askama::Template;
+use axum::extract::rejection::FormRejection;
+use axum::extract::{Form, Query, State};
+use axum::http::{HeaderMap, StatusCode};
+use axum::response::Response;
+use serde::Deserialize;
+
+use super::guard::{self, ClientIp};
+use super::pages::{self, Chrome, Message, WebError};
+use super::{WebState, mail, signing};
+use crate::email::EmailAddress;
+use crate::recover::AdminAccess;
+use crate::registry::{MailableContact, format_time, now_ms};
+use crate::user_id::UserId;
+
+pub const PURPOSE: &str = "token";
+const LINK_VALID: Duration = Duration::from_secs(30 * 60);
+
+#[derive(Template)]
+#[template(path = "web/token_form.html")]
+struct TokenForm {
+    chrome: Chrome,
+    csrf: String,
+}
+
+#[derive(Template)]
+#[template(path = "web/token_confirm.html")]
+struct TokenConfirm {
+    chrome: Chrome,
+    csrf: String,
+    link: String,
+    sig: String,
+}
+
+#[derive(Template)]
+#[template(path = "web/token_show.html")]
+struct TokenShow {
+    chrome: Chrome,
+    token: String,
+    expires: String,
+    homeserver_url: String,
+    localpart: String,
+}
+
+pub async fn form(State(state): State<WebState>, headers: HeaderMap) -> Response {
+    let chrome = Chrome::of(&state);
+    pages::with_csrf(&state, &headers, |csrf| pages::html(StatusCode::OK, &TokenForm { chrome, csrf })).await
+}
+
+#[derive(Deserialize)]
+pub struct RequestForm {
+    csrf: Option<String>,
+    who: Option<String>,
+}
+
+/// What the form named: a Matrix ID or an email address.
+enum Target {
+    Account(UserId),
+    Email(EmailAddress),
+}
+
+impl Target {
+    fn parse(input: &str) -> Option<Target> {
+        let input = input.trim();
+        if input.starts_with('@') {
+            UserId::parse(input).ok().map(Target::Account)
+        } else {
+            EmailAddress::parse(input).ok().map(Target::Email)
+        }
+    }
+
+    fn key(&self) -> String {
+        match self {
+            Target::Account(id) => id.as_str().to_lowercase(),
+            Target::Email(address) => address.as_str().to_owned(),
+        }
+    }
+}
+
+pub async fn request(
+    State(state): State<WebState>,
+    ClientIp(ip): ClientIp,
+    headers: HeaderMap,
+    form: Result<Form<RequestForm>, FormRejection>,
+) -> Response {
+    let Form(form) = match form {
+        Ok(form) => form,
+        Err(rejection) => return pages::unreadable_form(&state, rejection),
+    };
+    let key = match state.key().await {
+        Ok(key) => key.clone(),
+        Err(err) => return WebError::from(err).page(&state),
+    };
+    if !guard::csrf_ok(&key, &headers, form.csrf.as_deref()) {
+        return pages::csrf_refused(&state);
+    }
+    if !state.inner.limiter.allow_ip(ip) {
+        return pages::too_many(&state);
+    }
+    let who = form.who.unwrap_or_default();
+    let Some(target) = Target::parse(&who) else {
+        let page = Message::new(
+            &state,
+            "That is not a Matrix ID or an email address",
+            &["Enter a Matrix ID like @you:example.org, or an email address like you@example.org."],
+        )
+        .next("/token", "Try again");
+        return pages::html(StatusCode::BAD_REQUEST, &page);
+    };
+    if !state.inner.limiter.allow_target(PURPOSE, &target.key()) {
+        return pages::too_many(&state);
+    }
+    // Off the request path: the answer below must not depend on what exists.
+    let worker = state.clone();
+    tokio::spawn(async move {
+        if let Err(err) = mail_links(&worker, target, &key).await {
+            tracing::error!(error = %err.0, "a token request could not be handled");
+        }
+    });
+    let page = Message::new(
+        &state,
+        "Check your email",
+        &[
+            "If what you entered belongs to an account affected by an incident, we have sent a link to the email address we have for that account.",
+            "The link works once, for 30 minutes. If nothing arrives, check your spam folder, or contact the admin.",
+        ],
+    )
+    .next("/", "Back to the status page");
+    pages::html(StatusCode::OK, &page)
+}
+
+async fn mail_links(state: &WebState, target: Target, key: &secrecy::SecretString) -> Result<(), WebError> {
+    let contacts: Vec<MailableContact> = match &target {
+        Target::Account(id) => state.registry.mailable_contacts_of(id.as_str()).await?,
+        Target::Email(address) => state.registry.mailable_contacts_by_address(address.as_str()).await?,
+    };
+    for contact in contacts {
+        if state.registry.open_incident_affecting(&contact.user_id).await?.is_none() {
+            continue;
+        }
+        let id = signing::new_link_id();
+        let expires_at = now_ms() + LINK_VALID.as_millis() as i64;
+        state.registry.create_web_link(&id, PURPOSE, &contact.user_id, &contact.address, None, expires_at).await?;
+        let url = signing::link_url(&state.web().public_url, key, "/token/open", PURPOSE, &id);
+        let email = mail::LinkEmail {
+            subject: format!("Your link to a registration token for {}", state.config.homeserver.server_name),
+            intro: format!(
+                "Someone (we hope you) asked for a registration token for {} on {}. Open this link to see your token:",
+                contact.user_id, state.config.homeserver.server_name
+            ),
+            action: "Show my registration token".to_owned(),
+            url,
+        };
+        mail::send(state, &contact.address, email).await?;
+        tracing::info!(user_id = %contact.user_id, "token request link mailed");
+    }
+    Ok(())
+}
+
+#[derive(Deserialize)]
+pub struct LinkQuery {
+    link: Option<String>,
+    sig: Option<String>,
+}
+
+/// The link from the email: a button, so a mail scanner that follows links
+/// does not use up the single use.
+pub async fn confirm(State(state): State<WebState>, headers: HeaderMap, Query(query): Query<LinkQuery>) -> Response {
+    let (Some(link), Some(sig)) = (query.link, query.sig) else { return bad_link(&state) };
+    match live_link(&state, &link, &sig).await {
+        Ok(true) => {}
+        Ok(false) => return bad_link(&state),
+        Err(err) => return err.page(&state),
+    }
+    let chrome = Chrome::of(&state);
+    pages::with_csrf(&state, &headers, |csrf| pages::html(StatusCode::OK, &TokenConfirm { chrome, csrf, link, sig }))
+        .await
+}
+
+#[derive(Deserialize)]
+pub struct OpenForm {
+    csrf: Option<String>,
+    link: Option<String>,
+    sig: Option<String>,
+}
+
+pub async fn open(
+    State(state): State<WebState>,
+    headers: HeaderMap,
+    form: Result<Form<OpenForm>, FormRejection>,
+) -> Response {
+    let Form(form) = match form {
+        Ok(form) => form,
+        Err(rejection) => return pages::unreadable_form(&state, rejection),
+    };
+    let key = match state.key().await {
+        Ok(key) => key.clone(),
+        Err(err) => return WebError::from(err).page(&state),
+    };
+    if !guard::csrf_ok(&key, &headers, form.csrf.as_deref()) {
+        return pages::csrf_refused(&state);
+    }
+    let (Some(link), Some(sig)) = (form.link, form.sig) else { return bad_link(&state) };
+    match show_token(&state, &key, &link, &sig).await {
+        Ok(response) => response,
+        Err(err) => err.page(&state),
+    }
+}
+
+async fn live_link(state: &WebState, link: &str, sig: &str) -> Result<bool, WebError> {
+    let key = state.key().await?;
+    if link.len() > 64 || !signing::verify(key, &signing::link_message(PURPOSE, link), sig) {
+        return Ok(false);
+    }
+    let found = state.registry.web_link(link).await?;
+    Ok(found.is_some_and(|found| found.purpose == PURPOSE && found.is_live(now_ms())))
+}
+
+async fn show_token(
+    state: &WebState,
+    key: &secrecy::SecretString,
+    link: &str,
+    sig: &str,
+) -> Result<Response, WebError> {
+    if link.len() > 64 || !signing::verify(key, &signing::link_message(PURPOSE, link), sig) {
+        return Ok(bad_link(state));
+    }
+    let Some(found) = state.registry.web_link(link).await?.filter(|found| found.purpose == PURPOSE) else {
+        return Ok(bad_link(state));
+    };
+    if !state.registry.use_web_link(link).await? {
+        return Ok(bad_link(state));
+    }
+    let user_id = found.user_id;
+    let Some(incident) = state.registry.open_incident_affecting(&user_id).await? else {
+        let page = Message::new(
+            state,
+            "The incident is over",
+            &[
+                "The incident that affected your account has been resolved, so tokens are no longer handed out here. Please contact the admin.",
+            ],
+        );
+        return Ok(pages::html(StatusCode::OK, &page));
+    };
+    let client = match crate::recover::admin_access(&state.config, &state.registry).await? {
+        AdminAccess::Working { client, .. } => client,
+        AdminAccess::Dead { .. } => {
+            return Err(WebError("no working admin token: cannot check or issue registration tokens".to_owned()));
+        }
+    };
+    let now = now_ms();
+    let mut theirs: Vec<_> = state
+        .registry
+        .tokens(Some(incident))
+        .await?
+        .into_iter()
+        .filter(|token| token.user_id == user_id && token.confirmed_at.is_some() && token.revoked_at.is_none())
+        .filter(|token| token.expires_at > now)
+        .collect();
+    theirs.sort_by_key(|token| std::cmp::Reverse(token.created_at));
+    let mut usable = None;
+    for token in theirs {
+        // Synapse knows whether it was used; the registry does not.
+        if let Some(seen) = client.registration_token(&token.token).await? {
+            let unused = seen.completed == 0 && seen.pending == 0;
+            if unused && seen.expiry_time.is_none_or(|at| at > now) {
+                usable = Some((token.token, token.expires_at));
+                break;
+            }
+        }
+    }
+    let (token, expires_at) = match usable {
+        Some(found) => found,
+        None => {
+            let issued = state.registry.request_tokens_issued(incident, &user_id).await?;
+            if issued >= i64::from(state.web().token_requests_per_person) {
+                let page = Message::new(
+                    state,
+                    "No new token this time",
+                    &[
+                        "Your earlier registration tokens were used or have expired, and this page has handed out as many as it may for one person. Please contact the admin.",
+                    ],
+                );
+                return Ok(pages::html(StatusCode::OK, &page));
+            }
+            crate::tokens::issue_request_token(&state.registry, &client, incident, &user_id, state.config.tokens.expiry)
+                .await?
+        }
+    };
+    let page = TokenShow {
+        chrome: Chrome::of(state),
+        token,
+        expires: format_time(expires_at).unwrap_or_else(|| "it expires".to_owned()),
+        homeserver_url: state.config.homeserver.public_url.to_string(),
+        localpart: UserId::parse(&user_id).map(|id| id.localpart().to_owned()).unwrap_or(user_id),
+    };
+    Ok(pages::html(StatusCode::OK, &page))
+}
+
+fn bad_link(state: &WebState) -> Response {
+    let page = Message::new(
+        state,
+        "This link does not work",
+        &["The link is not valid, has expired (links work for 30 minutes), or was used already. You can ask for a new one."],
+    )
+    .next("/token", "Ask for a new link");
+    pages::html(StatusCode::BAD_REQUEST, &page)
+}

@@ -1,0 +1,372 @@
+//! The self-service web page, served by the real `lifeboat serve`: in
+//! headless Chromium for the story of a person coming back after a wipe,
+//! over plain HTTP for the guards (CSRF, headers, limits, proxies).
+
+use std::net::TcpListener;
+use std::time::{Duration, Instant};
+
+use lifeboat::registry::Registry;
+
+use crate::harness::browser::Browser;
+use crate::harness::{Lifeboat, TestDatabase, TestSmtp, TestSynapse, unique};
+
+const POSTMORTEM: &str =
+    "# What happened\n\nOur database was **lost** during maintenance.\n\n<script>alert(1)</script>\n";
+
+/// A running `lifeboat serve`, stopped when dropped.
+struct Served {
+    url: String,
+    child: tokio::process::Child,
+}
+
+impl Drop for Served {
+    fn drop(&mut self) {
+        let _ = self.child.start_kill();
+    }
+}
+
+fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
+}
+
+/// Adds a `[web]` section on a free port to `base` and starts serve.
+async fn serve(lifeboat: &Lifeboat, base: &str, web_extra: &str) -> Served {
+    let port = free_port();
+    let url = format!("http://127.0.0.1:{port}");
+    lifeboat.write_config(&format!(
+        "{base}\n[watch]\ninterval = \"1h\"\n\n[web]\nbind = \"127.0.0.1:{port}\"\npublic_url = \"{url}\"\n\
+         admin_contact = \"admin@example.org\"\n{web_extra}\n"
+    ));
+    let child = lifeboat.spawn(&["serve"]);
+    let served = Served { url, child };
+    let http = reqwest::Client::new();
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        if let Ok(response) = http.get(format!("{}/healthz", served.url)).send().await
+            && response.status().is_success()
+        {
+            return served;
+        }
+        assert!(Instant::now() < deadline, "lifeboat serve did not answer /healthz within 30s");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+async fn wait_for_mail(smtp: &TestSmtp, to: &str, count: usize) -> Vec<crate::harness::smtp::ReceivedMail> {
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        let mails = smtp.messages_to(to);
+        if mails.len() >= count {
+            return mails;
+        }
+        assert!(Instant::now() < deadline, "no mail to {to} within 20s");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+fn link_in(mail: &crate::harness::smtp::ReceivedMail, path: &str) -> String {
+    let text = mail.text.as_deref().unwrap_or("");
+    text.split_whitespace().find(|word| word.contains(path)).unwrap_or_else(|| panic!("a link in:\n{text}")).to_owned()
+}
+
+fn mail_base(synapse: &TestSynapse, registry: &TestDatabase, smtp: &TestSmtp) -> String {
+    format!(
+        "[homeserver]\nurl = \"{}\"\nserver_name = \"{}\"\nadmin_token = \"{}\"\nregistration_shared_secret = \"{}\"\n\
+         retries = 1\ntimeout = \"10s\"\n\n[registry]\nurl = \"{}\"\n\n[email]\nsmtp_url = \"{}\"\n\
+         from = \"Lifeboat <lifeboat@lifeboat.test>\"\n",
+        synapse.url,
+        synapse.server_name,
+        synapse.admin_token(),
+        synapse.shared_secret,
+        registry.url(),
+        smtp.smtp_url()
+    )
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_person_affected_by_a_wipe_gets_a_token_from_the_page_and_registers_with_it() {
+    let synapse = TestSynapse::start();
+    let registry = TestDatabase::sqlite();
+    let smtp = TestSmtp::start(None);
+    let base = mail_base(&synapse, &registry, &smtp);
+    let lifeboat = Lifeboat::with_config(&base);
+    std::fs::write(lifeboat.dir().join("postmortem.md"), POSTMORTEM).unwrap();
+    let name = unique("web");
+    let email = format!("{name}@example.org");
+    synapse.create_user(&name, &[&email]).await;
+    assert_eq!(lifeboat.run(&["sync"]).await.code, 0);
+    synapse.wipe();
+    assert_eq!(lifeboat.run(&["recover"]).await.code, 0);
+    assert_eq!(lifeboat.run(&["sync"]).await.code, 0);
+    let open = lifeboat
+        .run(&["incident", "open", "--title", "Database lost", "--postmortem", "postmortem.md", "--json"])
+        .await;
+    assert_eq!(open.code, 0, "{open:?}");
+
+    let served = serve(&lifeboat, &base, "rate_limit_per_target = 3\nrate_limit_per_ip = 50\n").await;
+    let browser = Browser::start().await;
+
+    browser.goto(&served.url).await;
+    let status = browser.body().await;
+    assert!(status.contains("Database lost") && status.contains("during maintenance"), "{status}");
+    assert_eq!(browser.text(".postmortem strong").await, "lost", "the postmortem is rendered from Markdown");
+    assert!(!browser.client.source().await.unwrap().contains("<script>alert"), "and sanitized");
+    assert!(status.contains("admin@example.org"), "the admin contact is shown: {status}");
+    browser.screenshot("status").await;
+
+    // Someone who is not in the registry: the same answer, no mail.
+    browser.goto(&format!("{}/token", served.url)).await;
+    browser.screenshot("token-form").await;
+    browser.fill("#who", "nobody-here@example.org").await;
+    browser.click("button[type=submit]").await;
+    let unknown_answer = browser.text("main").await;
+
+    browser.goto(&format!("{}/token", served.url)).await;
+    browser.fill("#who", &email.to_uppercase()).await;
+    browser.click("button[type=submit]").await;
+    let known_answer = browser.text("main").await;
+    assert!(known_answer.contains("Check your email"), "{known_answer}");
+    assert_eq!(unknown_answer, known_answer, "known and unknown addresses get the same page");
+    browser.screenshot("token-requested").await;
+
+    let mails = wait_for_mail(&smtp, &email, 1).await;
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    assert!(smtp.messages_to("nobody-here@example.org").is_empty(), "nothing is mailed to an unknown address");
+    assert_eq!(smtp.messages().len(), 1, "one mail, to the registry's address");
+    let link = link_in(&mails[0], "/token/open?");
+
+    browser.goto(&link).await;
+    browser.screenshot("token-confirm").await;
+    browser.click("#show-token").await;
+    let token = browser.text("#token").await;
+    assert!(browser.body().await.contains(&format!("Your old username, {name}")), "plain steps to register");
+    browser.screenshot("token").await;
+
+    let (code, body) = synapse.register_with_token(&name, &token).await;
+    assert_eq!(code, 200, "registration with the token from the page succeeds: {body}");
+
+    browser.goto(&link).await;
+    assert!(browser.body().await.contains("This link does not work"), "the link works a single time");
+    browser.screenshot("link-used").await;
+
+    // Three requests naming the same address are allowed per window; the fourth is not.
+    for attempt in 1..=4 {
+        browser.goto(&format!("{}/token", served.url)).await;
+        browser.fill("#who", "flood@example.org").await;
+        browser.click("button[type=submit]").await;
+        let answer = browser.text("main").await;
+        assert_eq!(answer.contains("Too many requests"), attempt == 4, "attempt {attempt}: {answer}");
+    }
+    browser.screenshot("rate-limited").await;
+
+    browser.client.set_window_size(390, 844).await.unwrap();
+    browser.goto(&served.url).await;
+    browser.screenshot("status-phone").await;
+    browser.close().await;
+}
+
+/// A registry with one affected account and its email contact, made
+/// directly (no Synapse needed for the guards). Returns the contact id.
+async fn affected_person(registry: &TestDatabase, user_id: &str, email: &str) -> i64 {
+    let registry = Registry::connect(&registry.url()).await.unwrap();
+    let pool = registry.pool();
+    sqlx::query("INSERT INTO accounts (user_id, first_seen_at, state) VALUES ($1, 1, 'missing')")
+        .bind(user_id)
+        .execute(pool)
+        .await
+        .unwrap();
+    let (contact,): (i64,) = sqlx::query_as(
+        "INSERT INTO contacts (user_id, kind, address, source, verified_at, added_at) \
+         VALUES ($1, 'email', $2, 'synapse', 1, 1) RETURNING id",
+    )
+    .bind(user_id)
+    .bind(email)
+    .fetch_one(pool)
+    .await
+    .unwrap();
+    let (incident,): (i64,) = sqlx::query_as(
+        "INSERT INTO incidents (title, postmortem, scope, opened_at) VALUES ('Lost', 'Lost.', 'missing', 1) RETURNING id",
+    )
+    .fetch_one(pool)
+    .await
+    .unwrap();
+    sqlx::query("INSERT INTO incident_accounts (incident_id, user_id, state_at_opening) VALUES ($1, $2, 'missing')")
+        .bind(incident)
+        .bind(user_id)
+        .execute(pool)
+        .await
+        .unwrap();
+    registry.close().await;
+    contact
+}
+
+fn base_without_synapse(registry: &TestDatabase, smtp: &TestSmtp) -> String {
+    format!(
+        "[homeserver]\nurl = \"http://127.0.0.1:9\"\nserver_name = \"example.org\"\nretries = 0\ntimeout = \"1s\"\n\n\
+         [registry]\nurl = \"{}\"\n\n[email]\nsmtp_url = \"{}\"\nfrom = \"Lifeboat <lifeboat@lifeboat.test>\"\n",
+        registry.url(),
+        smtp.smtp_url()
+    )
+}
+
+/// A form page's CSRF cookie and token, as a browser would get them.
+async fn form_csrf(http: &reqwest::Client, url: &str) -> (String, String) {
+    let response = http.get(url).send().await.unwrap();
+    let cookie = response
+        .headers()
+        .get("set-cookie")
+        .and_then(|value| value.to_str().ok())
+        .and_then(|value| value.split(';').next())
+        .expect("a form page sets the CSRF cookie")
+        .to_owned();
+    let html = response.text().await.unwrap();
+    let token = html
+        .split("name=\"csrf\" value=\"")
+        .nth(1)
+        .and_then(|rest| rest.split('"').next())
+        .expect("the form carries a CSRF token")
+        .to_owned();
+    (cookie, token)
+}
+
+async fn post_form(http: &reqwest::Client, url: &str, cookie: Option<&str>, body: &str) -> (u16, String) {
+    let mut request = http.post(url).header("content-type", "application/x-www-form-urlencoded").body(body.to_owned());
+    if let Some(cookie) = cookie {
+        request = request.header("cookie", cookie);
+    }
+    let response = request.send().await.unwrap();
+    (response.status().as_u16(), response.text().await.unwrap())
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn forms_refuse_posts_without_their_csrf_token_and_pages_carry_security_headers() {
+    let registry = TestDatabase::sqlite();
+    let smtp = TestSmtp::start(None);
+    let lifeboat = Lifeboat::with_config("");
+    let served = serve(&lifeboat, &base_without_synapse(&registry, &smtp), "").await;
+    let http = reqwest::Client::new();
+
+    for path in ["/", "/token", "/subscribe", "/nowhere"] {
+        let response = http.get(format!("{}{path}", served.url)).send().await.unwrap();
+        let headers = response.headers();
+        let csp = headers.get("content-security-policy").and_then(|v| v.to_str().ok()).unwrap_or("");
+        assert!(csp.contains("default-src 'none'") && !csp.contains("unsafe-inline"), "{path}: {csp}");
+        assert_eq!(headers.get("x-frame-options").unwrap(), "DENY", "{path}");
+        assert_eq!(headers.get("referrer-policy").unwrap(), "no-referrer", "{path}");
+        assert_eq!(headers.get("x-content-type-options").unwrap(), "nosniff", "{path}");
+        let html = response.text().await.unwrap();
+        assert!(!html.contains("<script"), "{path} works without JavaScript");
+        assert!(!html.contains("style=\""), "{path} has no inline style (the CSP would block it)");
+    }
+
+    let token_url = format!("{}/token", served.url);
+    let (cookie, csrf) = form_csrf(&http, &token_url).await;
+    let (code, page) = post_form(&http, &token_url, Some(&cookie), "who=a%40example.org").await;
+    assert_eq!(code, 403, "no CSRF token: {page}");
+    assert!(page.contains("Please send the form again"), "{page}");
+    let (code, _) = post_form(&http, &token_url, None, &format!("who=a%40example.org&csrf={csrf}")).await;
+    assert_eq!(code, 403, "a token without its cookie is refused");
+    let (code, _) = post_form(
+        &http,
+        &token_url,
+        Some("lifeboat_csrf=00000000000000000000000000000000"),
+        &format!("who=a%40example.org&csrf={csrf}"),
+    )
+    .await;
+    assert_eq!(code, 403, "a token for another browser's cookie is refused");
+    let (code, _) = post_form(
+        &http,
+        &format!("{}/subscribe", served.url),
+        Some(&cookie),
+        "matrix_id=%40a%3Aexample.org&email=a%40example.org",
+    )
+    .await;
+    assert_eq!(code, 403, "the subscription form is protected too");
+    let (code, page) = post_form(&http, &token_url, Some(&cookie), &format!("who=a%40example.org&csrf={csrf}")).await;
+    assert_eq!(code, 200, "with both it is accepted: {page}");
+
+    let hostile = format!("who=%3Cscript%3Ealert(1)%3C%2Fscript%3E%00&csrf={csrf}");
+    let (code, page) = post_form(&http, &token_url, Some(&cookie), &hostile).await;
+    assert_eq!(code, 400, "{page}");
+    assert!(page.contains("That is not a Matrix ID or an email address") && !page.contains("<script>alert"), "{page}");
+
+    let huge = format!("who={}&csrf={csrf}", "a".repeat(64 * 1024));
+    let (code, _) = post_form(&http, &token_url, Some(&cookie), &huge).await;
+    assert_eq!(code, 413, "bodies over the limit are refused before parsing");
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn one_click_unsubscribe_by_its_signed_link_stops_all_further_mail() {
+    let registry = TestDatabase::sqlite();
+    let smtp = TestSmtp::start(None);
+    let email = format!("{}@example.org", unique("unsub"));
+    let contact = affected_person(&registry, "@gone:example.org", &email).await;
+    let lifeboat = Lifeboat::with_config("");
+    let served = serve(&lifeboat, &base_without_synapse(&registry, &smtp), "").await;
+    let http = reqwest::Client::new();
+    let token_url = format!("{}/token", served.url);
+
+    let (cookie, csrf) = form_csrf(&http, &token_url).await;
+    let request = format!("who={}&csrf={csrf}", email.replace('@', "%40"));
+    assert_eq!(post_form(&http, &token_url, Some(&cookie), &request).await.0, 200);
+    wait_for_mail(&smtp, &email, 1).await;
+
+    let key = {
+        let registry = Registry::connect(&registry.url()).await.unwrap();
+        let key = registry.generated_secret(lifeboat::links::LINK_KEY).await.unwrap();
+        registry.close().await;
+        key
+    };
+    let link = lifeboat::links::unsubscribe_url(&url::Url::parse(&served.url).unwrap(), &key, contact);
+    let forged = lifeboat::links::unsubscribe_url(&url::Url::parse(&served.url).unwrap(), &key, contact + 1)
+        .replace(&format!("contact={}", contact + 1), &format!("contact={contact}"));
+
+    let page = http.get(&link).send().await.unwrap();
+    assert_eq!(page.status(), 200);
+    assert!(
+        page.text().await.unwrap().contains("id=\"unsubscribe\""),
+        "GET shows a confirm button and changes nothing"
+    );
+    let (code, _) = post_form(&http, &link, None, "").await;
+    assert_eq!(code, 403, "the page's form needs its CSRF token");
+    let (code, _) = post_form(&http, &forged, None, "List-Unsubscribe=One-Click").await;
+    assert_eq!(code, 400, "a signature for another contact does not work");
+
+    let (code, page) = post_form(&http, &link, None, "List-Unsubscribe=One-Click").await;
+    assert_eq!(code, 200, "RFC 8058 one-click needs no CSRF token: {page}");
+    assert!(page.contains("You are unsubscribed"), "{page}");
+
+    assert_eq!(post_form(&http, &token_url, Some(&cookie), &request).await.0, 200);
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    assert_eq!(smtp.messages_to(&email).len(), 1, "nothing more is mailed after the unsubscribe");
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn forwarded_for_is_believed_only_from_configured_proxies() {
+    let registry = TestDatabase::sqlite();
+    let smtp = TestSmtp::start(None);
+    let base = base_without_synapse(&registry, &smtp);
+    let http = reqwest::Client::new();
+
+    for (trusted, third_allowed) in [("", false), ("trusted_proxies = [\"127.0.0.1\"]\n", true)] {
+        let lifeboat = Lifeboat::with_config("");
+        let served = serve(&lifeboat, &base, &format!("rate_limit_per_ip = 2\n{trusted}")).await;
+        let token_url = format!("{}/token", served.url);
+        let (cookie, csrf) = form_csrf(&http, &token_url).await;
+        let mut codes = Vec::new();
+        for n in 0..3 {
+            let response = http
+                .post(&token_url)
+                .header("content-type", "application/x-www-form-urlencoded")
+                .header("cookie", &cookie)
+                .header("x-forwarded-for", format!("203.0.113.{n}"))
+                .body(format!("who=p{n}%40example.org&csrf={csrf}"))
+                .send()
+                .await
+                .unwrap();
+            codes.push(response.status().as_u16());
+        }
+        let expected = if third_allowed { vec![200, 200, 200] } else { vec![200, 200, 429] };
+        assert_eq!(codes, expected, "trusted proxies: {trusted:?}");
+    }
+}
