@@ -46,7 +46,7 @@ impl Rig {
              registration_shared_secret = \"{secret}\"\nretries = 1\ntimeout = \"10s\"\n\n\
              [registry]\nurl = \"{registry}\"\n\n\
              [email]\nsmtp_url = \"{smtp}\"\nfrom = \"Lifeboat <lifeboat@lifeboat.test>\"\n\n\
-             [bot]\nuser_id = \"{bot_id}\"\naccess_token = \"{bot_token}\"\nadmin_room = \"{admin_room}\"\n\
+             [bot]\nuser_id = \"{bot_id}\"\npassword = \"{bot_password}\"\nadmin_room = \"{admin_room}\"\n\
              admins = [\"{alice_id}\"]\nstore_path = \"bot-store\"\n\n\
              [web]\nbind = \"127.0.0.1:{port}\"\npublic_url = \"{web}\"\n\n\
              [watch]\ninterval = \"2s\"\n\n[alerts]\nemail = [\"{ALERTS_TO}\"]\n",
@@ -57,7 +57,7 @@ impl Rig {
             registry = registry.url(),
             smtp = smtp.smtp_url(),
             bot_id = bot.user_id,
-            bot_token = bot.access_token,
+            bot_password = bot.password.as_deref().expect("the harness returns the password"),
             alice_id = alice_account.user_id,
         ));
         let sync = lifeboat.run(&["sync"]).await;
@@ -366,8 +366,17 @@ async fn serve_stopped_by_sigterm_mid_delivery_finishes_after_restart_with_one_e
     let before_restart = rig.smtp.count();
     assert!(before_restart < people.len(), "SIGTERM came after every notice was sent; the test proves nothing");
 
-    // The delivery worker picks up what was left.
+    // The delivery worker picks up what was left; the bot keeps its device.
     rig.serve().await;
+    let devices = || -> Vec<String> {
+        let log = rig.lifeboat.serve_log();
+        let logins = log.lines().filter(|line| line.contains("bot logged in"));
+        logins.filter_map(|line| line.split("device=").nth(1)?.split_whitespace().next().map(str::to_owned)).collect()
+    };
+    eventually("the bot logs in again after the restart", Duration::from_secs(60), || async { devices().len() >= 2 })
+        .await;
+    let devices = devices();
+    assert!(devices.iter().all(|device| *device == devices[0]), "one device across restarts: {devices:?}");
     let smtp = &rig.smtp;
     eventually("every notice is delivered after the restart", Duration::from_secs(90), || async {
         smtp.count() >= people.len()

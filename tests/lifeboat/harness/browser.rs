@@ -79,17 +79,30 @@ impl Browser {
         self.client.goto(url).await.unwrap_or_else(|err| panic!("the browser opens {url}: {err}"));
     }
 
+    /// The text of the first `css` element, waiting up to 10 s for it. An
+    /// element found while a navigation ends can go stale: then it is
+    /// looked up again.
     pub async fn text(&self, css: &str) -> String {
-        let waited = self.client.wait().at_most(Duration::from_secs(10)).for_element(Locator::Css(css)).await;
-        let element = match waited {
-            Ok(element) => element,
-            Err(err) => {
-                let url = self.client.current_url().await.map(|url| url.to_string()).unwrap_or_default();
-                let source = self.client.source().await.unwrap_or_default();
-                panic!("no {css} on the page at {url}: {err}\n{source}")
+        let deadline = Instant::now() + Duration::from_secs(10);
+        loop {
+            let waited = self.client.wait().at_most(Duration::from_secs(10)).for_element(Locator::Css(css)).await;
+            let element = match waited {
+                Ok(element) => element,
+                Err(err) => {
+                    let url = self.client.current_url().await.map(|url| url.to_string()).unwrap_or_default();
+                    let source = self.client.source().await.unwrap_or_default();
+                    panic!("no {css} on the page at {url}: {err}\n{source}")
+                }
+            };
+            match element.text().await {
+                Ok(text) => return text,
+                Err(err) if Instant::now() < deadline => {
+                    let _ = err;
+                    tokio::time::sleep(Duration::from_millis(100)).await;
+                }
+                Err(err) => panic!("cannot read {css}: {err}"),
             }
-        };
-        element.text().await.unwrap()
+        }
     }
 
     pub async fn body(&self) -> String {
@@ -100,7 +113,10 @@ impl Browser {
         self.client.find(Locator::Css(css)).await.unwrap().send_keys(value).await.unwrap();
     }
 
+    /// Clicks `css` (a submit button or link) and waits for the page it
+    /// leads to, so what is read next is never the page before.
     pub async fn click(&self, css: &str) {
+        let before = self.client.find(Locator::Css("html")).await.unwrap();
         self.client
             .find(Locator::Css(css))
             .await
@@ -108,6 +124,12 @@ impl Browser {
             .click()
             .await
             .unwrap();
+        let deadline = Instant::now() + Duration::from_secs(10);
+        // The old document's root goes stale once the new page replaces it.
+        while before.tag_name().await.is_ok() {
+            assert!(Instant::now() < deadline, "clicking {css} led to no new page within 10 s");
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
     }
 
     /// Saves a PNG of the page under `target/test-artifacts/web/`.

@@ -22,6 +22,8 @@ pub struct Started {
 pub struct Registered {
     pub user_id: String,
     pub access_token: String,
+    #[serde(default)]
+    pub password: Option<String>,
 }
 
 pub struct TestSynapse {
