@@ -8,6 +8,7 @@ use rand::distr::{Alphanumeric, SampleString};
 use secrecy::SecretString;
 use serde::Serialize;
 
+use crate::bot::drill::BotDrill;
 use crate::config::Config;
 use crate::mail::{Mailer, OutgoingEmail};
 use crate::notice::{NoticeContext, render_notice};
@@ -25,7 +26,7 @@ pub enum Status {
     /// Works, but something deserves attention.
     Warn,
     Fail,
-    /// Not checked (the part is not configured or not built).
+    /// Not checked (the part is not configured).
     Skip,
 }
 
@@ -92,7 +93,12 @@ pub async fn drill(config: &Config, registry: &Registry, actor: &Actor) -> Repor
     lines.push(shared_secret(config, admin.as_ref()).await);
     lines.push(registration_tokens(admin.as_ref()).await);
     lines.push(email(config).await);
-    lines.push(Line::new("bot", Status::Skip, "not checked: the admin-room bot is not built yet"));
+    lines.push(match crate::bot::drill::post_test_message(config, registry).await {
+        BotDrill::NotConfigured => Line::new("bot", Status::Skip, "not checked: no [bot] section"),
+        BotDrill::Posted(detail) => Line::new("bot", Status::Ok, detail),
+        BotDrill::Warn(detail) => Line::new("bot", Status::Warn, detail),
+        BotDrill::Failed(detail) => Line::new("bot", Status::Fail, detail),
+    });
     lines.push(templates(config));
     lines.extend(registry_lines(config, registry).await);
 

@@ -58,6 +58,33 @@ impl From<crate::registry::Error> for LoginError {
     }
 }
 
+/// Credentials that work now, without logging in anew or recovering (so
+/// nothing changes on the homeserver): the stored session, the recovered
+/// service credentials, or `bot.access_token`.
+pub async fn existing_credentials(
+    config: &Config,
+    bot: &BotConfig,
+    registry: &Registry,
+) -> Result<Option<BotLogin>, LoginError> {
+    let base = SynapseClient::from_config(&config.homeserver);
+    let me = service_user_id(config).to_string();
+    if let Some(stored) = registry.setting(SESSION_SETTING).await?.filter(|value| !value.is_empty()) {
+        if let Ok(session) = serde_json::from_str::<StoredSession>(&stored) {
+            let token = SecretString::from(session.access_token);
+            if let Some(login) = working(&base, &me, token, Some(session.device_id), false).await? {
+                return Ok(Some(login));
+            }
+        }
+    }
+    if let Some(login) = recovered(&base, registry, &me).await? {
+        return Ok(Some(login));
+    }
+    match &bot.access_token {
+        Some(token) => working(&base, &me, token.value.clone(), None, false).await,
+        None => Ok(None),
+    }
+}
+
 /// Tries, in order: the bot's own stored session, the recovered service
 /// credentials, `bot.access_token`, then a password login; when every one
 /// is rejected and a shared secret is configured, recovers the account.

@@ -9,6 +9,7 @@
 
 mod admin;
 pub mod commands;
+pub mod drill;
 mod login;
 mod people;
 

@@ -400,3 +400,21 @@ async fn serve_stopped_by_sigterm_mid_delivery_finishes_after_restart_with_one_e
     })
     .await;
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn the_drill_checks_that_the_bot_can_post_in_the_admin_room() {
+    let mut rig = Rig::start(TestSmtp::start(None), &[]).await;
+    let before = rig.lifeboat.run(&["drill", "--json"]).await;
+    let bot_line = |report: &serde_json::Value| {
+        report["lines"].as_array().unwrap().iter().find(|line| line["check"] == "bot").unwrap().clone()
+    };
+    let line = bot_line(&before.json());
+    assert_eq!(line["status"], "warn", "no session before serve ran: {line}");
+    assert!(line["detail"].as_str().unwrap().contains("start `lifeboat serve` once"), "{line}");
+
+    rig.serve().await;
+    let drill = rig.lifeboat.run(&["drill", "--json"]).await;
+    let line = bot_line(&drill.json());
+    assert_eq!(line["status"], "ok", "{line}");
+    rig.alice.wait_for_message(&rig.admin_room, &rig.bot, "lifeboat drill", Duration::from_secs(30)).await;
+}

@@ -1,0 +1,97 @@
+//! The drill's bot line: can the bot post in its admin room right now?
+//! Uses the bot's existing session only (no new login, no recovery), and
+//! posts one short message saying it is a rehearsal.
+
+use std::time::Duration;
+
+use matrix_sdk::Client;
+use matrix_sdk::authentication::matrix::MatrixSession;
+use matrix_sdk::ruma::api::client::message::send_message_event;
+use matrix_sdk::ruma::events::room::message::RoomMessageEventContent;
+use matrix_sdk::ruma::{OwnedRoomId, OwnedTransactionId, RoomAliasId};
+use matrix_sdk::{SessionMeta, SessionTokens};
+use secrecy::ExposeSecret;
+
+use super::ROOM_SETTING;
+use super::login::existing_credentials;
+use crate::config::Config;
+use crate::registry::{Registry, now_ms};
+
+/// What the drill prints for the bot.
+pub enum BotDrill {
+    /// No `[bot]` section.
+    NotConfigured,
+    Posted(String),
+    /// Works in part, or not yet set up (no session yet).
+    Warn(String),
+    Failed(String),
+}
+
+pub async fn post_test_message(config: &Config, registry: &Registry) -> BotDrill {
+    let Some(bot) = &config.bot else { return BotDrill::NotConfigured };
+    let login = match existing_credentials(config, bot, registry).await {
+        Ok(Some(login)) => login,
+        Ok(None) if bot.password.is_some() => {
+            return BotDrill::Warn(
+                "the bot has no session yet: start `lifeboat serve` once so it logs in with bot.password".to_owned(),
+            );
+        }
+        Ok(None) => {
+            return BotDrill::Failed(
+                "the bot cannot log in: set bot.password or bot.access_token to working credentials".to_owned(),
+            );
+        }
+        Err(err) => return BotDrill::Failed(err.to_string()),
+    };
+    let client = match Client::builder().homeserver_url(config.homeserver.url.as_str()).build().await {
+        Ok(client) => client,
+        Err(err) => return BotDrill::Failed(format!("cannot set up a Matrix client: {err}")),
+    };
+    let Ok(user_id) = login.user_id.as_str().try_into() else {
+        return BotDrill::Failed(format!("`{}` is not a Matrix user ID", login.user_id));
+    };
+    let session = MatrixSession {
+        meta: SessionMeta { user_id, device_id: login.device_id.as_str().into() },
+        tokens: SessionTokens { access_token: login.access_token.expose_secret().to_owned(), refresh_token: None },
+    };
+    if let Err(err) = client.restore_session(session).await {
+        return BotDrill::Failed(format!("cannot use the bot's session: {err}"));
+    }
+    let Some(room_id) = admin_room(config, registry, &client).await else {
+        return BotDrill::Failed(
+            "the bot has no admin room: set bot.admin_room (and invite the bot there), or start `lifeboat serve` so it makes one"
+                .to_owned(),
+        );
+    };
+    let content = RoomMessageEventContent::text_markdown(
+        "lifeboat drill: the bot can post here. (A rehearsal: nothing was changed.)",
+    );
+    let txn: OwnedTransactionId = format!("lifeboat-drill-{}", now_ms()).into();
+    let request = match send_message_event::v3::Request::new(room_id.clone(), txn, &content) {
+        Ok(request) => request,
+        Err(err) => return BotDrill::Failed(err.to_string()),
+    };
+    match tokio::time::timeout(Duration::from_secs(30), client.send(request)).await {
+        Ok(Ok(_)) => BotDrill::Posted(format!("{} posted a test message in {room_id}", login.user_id)),
+        Ok(Err(err)) => BotDrill::Failed(format!(
+            "{} cannot post in {room_id} ({err}): invite the bot there from an admin account",
+            login.user_id
+        )),
+        Err(_) => BotDrill::Failed(format!("posting in {room_id} timed out")),
+    }
+}
+
+/// The room the bot made itself, else `bot.admin_room` (an alias resolved).
+async fn admin_room(config: &Config, registry: &Registry, client: &Client) -> Option<OwnedRoomId> {
+    if let Some(made) =
+        registry.setting(ROOM_SETTING).await.ok().flatten().and_then(|id| OwnedRoomId::try_from(id).ok())
+    {
+        return Some(made);
+    }
+    let configured = config.bot.as_ref()?.admin_room.as_deref()?;
+    if let Ok(room_id) = OwnedRoomId::try_from(configured) {
+        return Some(room_id);
+    }
+    let alias = <&RoomAliasId>::try_from(configured).ok()?;
+    client.resolve_room_alias(alias).await.ok().map(|response| response.room_id)
+}
