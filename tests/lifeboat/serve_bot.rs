@@ -15,6 +15,7 @@ struct Rig {
     _registry: TestDatabase,
     lifeboat: Lifeboat,
     alice_localpart: String,
+    alice_password: String,
     alice: MatrixUser,
     bot: String,
     admin_room: String,
@@ -29,13 +30,22 @@ fn free_port() -> u16 {
 impl Rig {
     /// `people`: accounts (localpart, email) made before the first sync.
     async fn start(smtp: TestSmtp, people: &[(String, String)]) -> Rig {
+        Self::start_with(smtp, people, false).await
+    }
+
+    /// With an end-to-end encrypted admin room.
+    async fn start_encrypted(smtp: TestSmtp) -> Rig {
+        Self::start_with(smtp, &[], true).await
+    }
+
+    async fn start_with(smtp: TestSmtp, people: &[(String, String)], encrypted: bool) -> Rig {
         let synapse = TestSynapse::start();
         let registry = TestDatabase::sqlite();
         let bot = synapse.register("lifeboat");
         let alice_localpart = unique("alice");
         let alice_account = synapse.register(&alice_localpart);
         let alice = MatrixUser::new(&synapse.url, &alice_account.user_id, &alice_account.access_token);
-        let admin_room = alice.create_room(&[&bot.user_id], false).await;
+        let admin_room = alice.create_room_with(&[&bot.user_id], false, encrypted).await;
         for (localpart, email) in people {
             synapse.create_user(localpart, &[email]).await;
         }
@@ -68,6 +78,7 @@ impl Rig {
             _registry: registry,
             lifeboat,
             alice_localpart,
+            alice_password: alice_account.password.clone().expect("the harness returns the password"),
             alice,
             bot: bot.user_id,
             admin_room,
@@ -417,4 +428,50 @@ async fn the_drill_checks_that_the_bot_can_post_in_the_admin_room() {
     let line = bot_line(&drill.json());
     assert_eq!(line["status"], "ok", "{line}");
     rig.alice.wait_for_message(&rig.admin_room, &rig.bot, "lifeboat drill", Duration::from_secs(30)).await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn commands_and_replies_work_in_an_end_to_end_encrypted_admin_room() {
+    use matrix_sdk::config::SyncSettings;
+    use matrix_sdk::room::MessagesOptions;
+    use matrix_sdk::ruma::events::room::message::RoomMessageEventContent;
+
+    let mut rig = Rig::start_encrypted(TestSmtp::start(None)).await;
+    rig.serve().await;
+    // Alice on a real client with its own keys.
+    let store = tempfile::tempdir().unwrap();
+    let client = matrix_sdk::Client::builder()
+        .homeserver_url(&rig.synapse.url)
+        .sqlite_store(store.path(), None)
+        .build()
+        .await
+        .unwrap();
+    client.matrix_auth().login_username(&rig.alice.user_id, &rig.alice_password).await.unwrap();
+    client.sync_once(SyncSettings::default()).await.unwrap();
+    let room_id: matrix_sdk::ruma::OwnedRoomId = rig.admin_room.as_str().try_into().unwrap();
+    let room = client.get_room(&room_id).expect("alice's client knows the admin room");
+    assert!(room.latest_encryption_state().await.unwrap().is_encrypted(), "the admin room is encrypted");
+    room.send(RoomMessageEventContent::text_plain("!lifeboat status")).await.unwrap();
+
+    let deadline = std::time::Instant::now() + Duration::from_secs(60);
+    let reply = loop {
+        client.sync_once(SyncSettings::default().timeout(Duration::from_secs(1))).await.unwrap();
+        let messages = room.messages(MessagesOptions::backward()).await.unwrap();
+        let found = messages.chunk.iter().find_map(|event| {
+            let json: serde_json::Value = serde_json::from_str(event.raw().json().get()).ok()?;
+            let body = json["content"]["body"].as_str()?;
+            (json["sender"] == rig.bot.as_str() && body.contains("Registry:"))
+                .then(|| (body.to_owned(), event.encryption_info().is_some()))
+        });
+        if let Some(found) = found {
+            break found;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "no decryptable reply from the bot:\n{}",
+            rig.lifeboat.serve_log()
+        );
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    };
+    assert!(reply.1, "the bot's reply was encrypted: {}", reply.0);
 }

@@ -40,7 +40,19 @@ impl MatrixUser {
 
     /// A private room with `invite`d people; `direct` marks it a DM.
     pub async fn create_room(&self, invite: &[&str], direct: bool) -> String {
-        let body = json!({"preset": "private_chat", "invite": invite, "is_direct": direct});
+        self.create_room_with(invite, direct, false).await
+    }
+
+    /// Like `create_room`; `encrypted` turns on end-to-end encryption.
+    pub async fn create_room_with(&self, invite: &[&str], direct: bool, encrypted: bool) -> String {
+        let mut body = json!({"preset": "private_chat", "invite": invite, "is_direct": direct});
+        if encrypted {
+            body["initial_state"] = json!([{
+                "type": "m.room.encryption",
+                "state_key": "",
+                "content": {"algorithm": "m.megolm.v1.aes-sha2"}
+            }]);
+        }
         let created = self.call(reqwest::Method::POST, "/_matrix/client/v3/createRoom", Some(body)).await;
         created["room_id"].as_str().unwrap().to_owned()
     }
