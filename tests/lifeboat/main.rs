@@ -7,6 +7,7 @@ mod listing_failures;
 mod notices;
 mod registry_backends;
 mod sandbox;
+mod seed_story;
 mod serve_bot;
 mod synapse_scenarios;
 mod web_pages;

@@ -9,17 +9,17 @@ const ALERTS_TO: &str = "oncall@example.org";
 
 /// A Synapse with an admin of lifeboat (alice) in an admin room, the bot's
 /// account, lifeboat configured for all of it, and (once started) serve.
-struct Rig {
-    synapse: TestSynapse,
-    smtp: TestSmtp,
+pub(crate) struct Rig {
+    pub(crate) synapse: TestSynapse,
+    pub(crate) smtp: TestSmtp,
     _registry: TestDatabase,
-    lifeboat: Lifeboat,
-    alice_localpart: String,
-    alice_password: String,
-    alice: MatrixUser,
-    bot: String,
-    admin_room: String,
-    web: String,
+    pub(crate) lifeboat: Lifeboat,
+    pub(crate) alice_localpart: String,
+    pub(crate) alice_password: String,
+    pub(crate) alice: MatrixUser,
+    pub(crate) bot: String,
+    pub(crate) admin_room: String,
+    pub(crate) web: String,
     serve: Option<tokio::process::Child>,
 }
 
@@ -29,7 +29,7 @@ fn free_port() -> u16 {
 
 impl Rig {
     /// `people`: accounts (localpart, email) made before the first sync.
-    async fn start(smtp: TestSmtp, people: &[(String, String)]) -> Rig {
+    pub(crate) async fn start(smtp: TestSmtp, people: &[(String, String)]) -> Rig {
         Self::start_with(smtp, people, false).await
     }
 
@@ -88,7 +88,7 @@ impl Rig {
     }
 
     /// Starts serve and waits until the bot has joined the admin room.
-    async fn serve(&mut self) {
+    pub(crate) async fn serve(&mut self) {
         self.serve = Some(self.lifeboat.spawn_serve());
         let (alice, room, bot) = (&self.alice, &self.admin_room, &self.bot);
         let joined = tokio::time::timeout(Duration::from_secs(60), async {
@@ -100,11 +100,11 @@ impl Rig {
         assert!(joined.is_ok(), "the bot did not join the admin room; serve log:\n{}", self.lifeboat.serve_log());
     }
 
-    async fn say(&self, text: &str) {
+    pub(crate) async fn say(&self, text: &str) {
         self.alice.send(&self.admin_room, text).await;
     }
 
-    async fn reply_containing(&self, needle: &str) -> String {
+    pub(crate) async fn reply_containing(&self, needle: &str) -> String {
         self.alice.wait_for_message(&self.admin_room, &self.bot, needle, Duration::from_secs(60)).await
     }
 
@@ -133,7 +133,7 @@ impl Rig {
     }
 }
 
-fn people(count: usize) -> Vec<(String, String)> {
+pub(crate) fn people(count: usize) -> Vec<(String, String)> {
     (0..count)
         .map(|n| {
             let localpart = unique(&format!("person{n}-"));

@@ -104,7 +104,9 @@ impl Lifeboat {
     }
 
     fn command(&self, args: &[&str]) -> tokio::process::Command {
-        let mut command = tokio::process::Command::new(env!("CARGO_BIN_EXE_lifeboat"));
+        // LIFEBOAT_TEST_BIN: measure with another build (e.g. release).
+        let binary = std::env::var("LIFEBOAT_TEST_BIN").unwrap_or_else(|_| env!("CARGO_BIN_EXE_lifeboat").to_owned());
+        let mut command = tokio::process::Command::new(binary);
         command.arg("--config").arg(&self.config).args(args).current_dir(self.dir.path());
         for (name, _) in std::env::vars().filter(|(name, _)| name.starts_with("LIFEBOAT")) {
             command.env_remove(name);

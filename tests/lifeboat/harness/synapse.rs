@@ -166,6 +166,16 @@ impl TestSynapse {
     }
 
     /// Synapse's own word on a registration token (no auth needed).
+    /// Makes a registration token expire `in_ms` from now (Synapse refuses
+    /// an expiry in the past).
+    pub async fn expire_token_in(&self, token: &str, in_ms: i64) {
+        let url = format!("{}/_synapse/admin/v1/registration_tokens/{token}", self.url);
+        let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_millis() as i64;
+        let body = json!({"expiry_time": now + in_ms});
+        let response = self.http.put(url).bearer_auth(self.admin_token()).json(&body).send().await.unwrap();
+        assert!(response.status().is_success(), "setting the token's expiry failed: {}", response.status());
+    }
+
     pub async fn token_is_valid(&self, token: &str) -> bool {
         let url = format!("{}/_matrix/client/v1/register/m.login.registration_token/validity", self.url);
         let body: Value = self.http.get(url).query(&[("token", token)]).send().await.unwrap().json().await.unwrap();
