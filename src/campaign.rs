@@ -238,19 +238,26 @@ impl NotifyLease {
     }
 }
 
-/// lifeboat's own account, logged in for DMs: the recovered credentials, or
-/// `bot.access_token`. `None` when it has neither.
+/// lifeboat's own account, logged in for DMs: the recovered credentials,
+/// `bot.access_token`, or the session the bot made with `bot.password`.
+/// `None` when it has none of them.
 pub async fn dm_sender(
     config: &Config,
     registry: &Registry,
     admin: &SynapseClient,
 ) -> Result<Option<(DmSender, String)>, String> {
     let service = service_user_id(config);
+    let encrypted = config.bot.as_ref().is_some_and(|bot| bot.encrypted_notices);
     let token = match registry.service_credential(service.as_str()).await.map_err(|err| err.to_string())? {
         Some(stored) => stored.access_token,
         None => match config.bot.as_ref().and_then(|bot| bot.access_token.as_ref()) {
             Some(token) => token.value.clone(),
-            None => return Ok(None),
+            // The running bot's device (its crypto store is the bot's own,
+            // so only for unencrypted notices).
+            None => match crate::bot::login::stored_session(registry).await.filter(|_| !encrypted) {
+                Some(token) => token,
+                None => return Ok(None),
+            },
         },
     };
     let who = admin

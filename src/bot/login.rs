@@ -58,6 +58,13 @@ impl From<crate::registry::Error> for LoginError {
     }
 }
 
+/// The bot's own stored session (made by a password login), for senders
+/// that need lifeboat's account and have no other token.
+pub async fn stored_session(registry: &Registry) -> Option<SecretString> {
+    let stored = registry.setting(SESSION_SETTING).await.ok().flatten().filter(|value| !value.is_empty())?;
+    serde_json::from_str::<StoredSession>(&stored).ok().map(|session| SecretString::from(session.access_token))
+}
+
 /// Credentials that work now, without logging in anew or recovering (so
 /// nothing changes on the homeserver): the stored session, the recovered
 /// service credentials, or `bot.access_token`.

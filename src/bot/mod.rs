@@ -10,7 +10,7 @@
 mod admin;
 pub mod commands;
 pub mod drill;
-mod login;
+pub(crate) mod login;
 mod people;
 
 use std::collections::{HashMap, HashSet};

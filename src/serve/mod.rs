@@ -99,7 +99,14 @@ pub async fn run(config: Config, registry: Registry, shutdown: CancellationToken
 
     shutdown.cancelled().await;
     tracing::info!("shutting down");
-    let drained = tokio::time::timeout(SHUTDOWN_GRACE, async { while tasks.join_next().await.is_some() {} }).await;
+    // Work started on request (a notify confirmed in the bot) winds down
+    // too: sends in flight finish and are marked, the rest are released.
+    state.background.close();
+    let drained = tokio::time::timeout(SHUTDOWN_GRACE, async {
+        while tasks.join_next().await.is_some() {}
+        state.background.wait().await;
+    })
+    .await;
     if drained.is_err() {
         tracing::warn!(
             "some tasks did not stop within {}s; deliveries left in flight resume on the next start",
@@ -108,5 +115,6 @@ pub async fn run(config: Config, registry: Registry, shutdown: CancellationToken
         tasks.abort_all();
     }
     registry.close().await;
+    tracing::info!("stopped");
     Ok(())
 }

@@ -395,10 +395,12 @@ async fn serve_stopped_by_sigterm_mid_delivery_finishes_after_restart_with_one_e
     .await;
     tokio::time::sleep(Duration::from_secs(2)).await;
     for (_, email) in &people {
+        let mails = rig.smtp.messages_to(email);
+        let copies: Vec<(u64, Option<String>)> = mails.iter().map(|mail| (mail.seq, mail.message_id.clone())).collect();
         assert_eq!(
-            rig.smtp.messages_to(email).len(),
+            mails.len(),
             1,
-            "{email} gets exactly one notice:\n{}",
+            "{email} gets exactly one notice; copies (seq, id) {copies:?}, {before_restart} accepted before the restart:\n{}",
             rig.lifeboat.serve_log()
         );
     }
@@ -474,4 +476,57 @@ async fn commands_and_replies_work_in_an_end_to_end_encrypted_admin_room() {
         tokio::time::sleep(Duration::from_millis(500)).await;
     };
     assert!(reply.1, "the bot's reply was encrypted: {}", reply.0);
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_person_subscribes_an_email_on_the_web_page_proven_by_a_mailed_link_and_a_dmed_code() {
+    let mut rig = Rig::start(TestSmtp::start(None), &[]).await;
+    let bob_localpart = unique("bob");
+    let bob_account = rig.synapse.register(&bob_localpart);
+    assert_eq!(rig.lifeboat.run(&["sync"]).await.code, 0);
+    let bob = MatrixUser::new(&rig.synapse.url, &bob_account.user_id, &bob_account.access_token);
+    rig.serve().await;
+    let address = format!("{bob_localpart}@example.org");
+
+    let browser = crate::harness::browser::Browser::start().await;
+    browser.goto(&format!("{}/subscribe", rig.web)).await;
+    browser.fill("#matrix_id", &bob.user_id).await;
+    browser.fill("#email", &address).await;
+    browser.click("button[type=submit]").await;
+    assert!(browser.text("main").await.contains("sent a link"), "the same answer for anyone");
+
+    let smtp = &rig.smtp;
+    eventually("the confirmation link is mailed", Duration::from_secs(30), || async {
+        !smtp.messages_to(&address).is_empty()
+    })
+    .await;
+    let mail = rig.smtp.messages_to(&address).pop().unwrap();
+    let text = mail.text.unwrap();
+    let link = text.split_whitespace().find(|word| word.contains("/subscribe/confirm?")).expect("a link").to_owned();
+
+    // The code comes to bob's Matrix account by DM.
+    let mut invites = Vec::new();
+    for _ in 0..120 {
+        invites = bob.invites().await;
+        if !invites.is_empty() {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    }
+    let dm = invites.first().expect("lifeboat opens a DM with bob").clone();
+    bob.join(&dm).await;
+    let message = bob.wait_for_message(&dm, &rig.bot, "Your code", Duration::from_secs(30)).await;
+    let code: String = message.split("**").nth(1).expect("the code in bold").to_owned();
+
+    browser.goto(&link).await;
+    browser.fill("#code", &code).await;
+    browser.click("button[type=submit]").await;
+    let done = browser.text("main").await;
+    browser.close().await;
+    assert!(!done.contains("not right"), "{done}");
+
+    let shown = rig.lifeboat.run(&["users", "show", &bob.user_id, "--json"]).await.json();
+    let contact = shown["contacts"].as_array().unwrap().iter().find(|c| c["address"] == address.as_str()).cloned();
+    let contact = contact.unwrap_or_else(|| panic!("the address is a contact of bob now: {shown}\npage: {done}"));
+    assert!(contact["verified_at"].is_i64(), "{contact}");
 }
