@@ -262,7 +262,8 @@ async fn invite_admins(bot: &Arc<Bot>, client: &Client, admin_client: &SynapseCl
         if bot.invited.lock().is_ok_and(|invited| invited.contains(admin)) {
             continue;
         }
-        let membership = room.get_member_no_sync(admin).await.ok().flatten().map(|m| m.membership().clone());
+        // Asks the server when the member list is not loaded yet.
+        let membership = room.get_member(admin).await.ok().flatten().map(|m| m.membership().clone());
         if matches!(membership, Some(MembershipState::Join | MembershipState::Invite)) {
             continue;
         }
@@ -279,6 +280,12 @@ async fn invite_admins(bot: &Arc<Bot>, client: &Client, admin_client: &SynapseCl
         match room.invite_user_by_id(admin).await {
             Ok(()) => {
                 tracing::info!(admin = %admin, "invited an admin to the admin room");
+                if let Ok(mut invited) = bot.invited.lock() {
+                    invited.insert(admin.clone());
+                }
+            }
+            // Joined meanwhile (or the member list was stale): nothing to do.
+            Err(err) if err.to_string().contains("already in the room") => {
                 if let Ok(mut invited) = bot.invited.lock() {
                     invited.insert(admin.clone());
                 }
