@@ -155,6 +155,8 @@ def say(base, token, me, bot, room, text, wait):
     if s != 200:
         fail(f"sync failed: {s} {b}")
     since = b["next_batch"]
+    sent_ms = int(time.time() * 1000) - 2000
+    seen = set()
     txn = f"sandbox-{time.time_ns()}"
     s, b = call(base, "PUT", f"/_matrix/client/v3/rooms/{q(room)}/send/m.room.message/{txn}",
         {"msgtype": "m.text", "body": text}, token)
@@ -170,6 +172,9 @@ def say(base, token, me, bot, room, text, wait):
         since = b["next_batch"]
         events = b.get("rooms", {}).get("join", {}).get(room, {}).get("timeline", {}).get("events", [])
         for e in events:
+            if e.get("event_id") in seen or e.get("origin_server_ts", 0) < sent_ms:
+                continue
+            seen.add(e.get("event_id"))
             if e.get("type") == "m.room.message" and e.get("sender") == bot:
                 print("--- " + bot)
                 print(e["content"].get("body", ""))
@@ -561,6 +566,15 @@ TOML
         3) warn "lifeboat check reports a loss (exit 3) on a fresh sandbox" ;;
         *) warn "lifeboat check could not tell (exit $rc)" ;;
     esac
+    # The admin gets notices too (the demo users' emails came from Synapse).
+    run_lifeboat contacts add "@admin:$SERVER_NAME" "$ALERT_EMAIL" >/dev/null ||
+        warn "could not add the admin's contact"
+    # The seed incident's lessons: a backup of the registry, and a rehearsal
+    # (drill also mails a test message to alerts.email: see `mail`).
+    run_lifeboat backup --out "$SANDBOX/registry-backup.jsonl" || warn "lifeboat backup failed"
+    rc=0
+    run_lifeboat drill || rc=$?
+    [ "$rc" -eq 0 ] || warn "lifeboat drill exited $rc"
 
     say "starting lifeboat serve (web, bot, watcher); log: $(show "$SERVE_LOG")"
     NO_COLOR=1 setsid "$bin" -v --config "$CONFIG" serve >>"$SERVE_LOG" 2>&1 </dev/null &
