@@ -464,7 +464,7 @@ HELP
 }
 
 cmd_start() {
-    local pid py port_args=() rc=0 token secret url smtp_port web_port room made bin
+    local pid py port_args=() rc=0 token secret url smtp_port web_port room bin
     if pid="$(daemon_pid)" && serve_pid >/dev/null && sink_pid >/dev/null; then
         say "the sandbox is already running (harness pid $pid)"
         print_help
@@ -509,13 +509,15 @@ cmd_start() {
         registered) say "registered the bot account $BOT_USER" ;;
         *) say "the bot account $BOT_USER exists" ;;
     esac
-    # The admin room: made by @admin, who invites the bot; the bot joins it
-    # when serve starts. Made again when Synapse no longer knows it.
-    room="$(cat "$ROOM_FILE" 2>/dev/null || true)"
-    if [ -z "$room" ] || [ "$(mx membership "$url" "$token" "$room" "@admin:$SERVER_NAME")" != join ]; then
+    # The admin room: the one the bot made after an incident (it goes back
+    # there), else the one an earlier start made, else a new one made by
+    # @admin, who invites the bot; the bot joins it when serve starts.
+    room="$(admin_room)"
+    if [ -n "$room" ] && [ "$room" != "$(cat "$ROOM_FILE" 2>/dev/null || true)" ]; then
+        say "the admin room is the one the bot made after the incident: $room"
+    elif [ -z "$room" ] || [ "$(mx membership "$url" "$token" "$room" "@admin:$SERVER_NAME")" != join ]; then
         room="$(mx make-room "$url" "$token" "$BOT_USER" "lifeboat admin (sandbox)")"
         printf '%s\n' "$room" >"$ROOM_FILE"
-        made=1
         say "@admin:$SERVER_NAME made the admin room $room and invited $BOT_USER"
     fi
 
