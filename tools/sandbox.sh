@@ -1,13 +1,20 @@
 #!/usr/bin/env bash
-# lifeboat newcomer sandbox: a throwaway Synapse on 127.0.0.1 with demo
-# accounts, and a lifeboat config pointing at it. Everything lives in
-# ./sandbox (git-ignored).
+# lifeboat newcomer sandbox: the whole story on one machine. A throwaway
+# Synapse on 127.0.0.1 with demo accounts and emails, a local SMTP server
+# whose mails you can read, and `lifeboat serve` (web page, admin-room bot,
+# watcher). Everything lives in ./sandbox (git-ignored).
 #
 # Usage (from the repository root):
-#   tools/sandbox.sh start          build lifeboat, start Synapse, sync, check
-#   tools/sandbox.sh stop [--clean] stop Synapse (--clean: also delete ./sandbox)
-#   tools/sandbox.sh wipe           lose Synapse's database, then `lifeboat check`
-#   tools/sandbox.sh status         is it running, where, with what
+#   tools/sandbox.sh start          build lifeboat; start Synapse, the SMTP
+#                                   sink and `lifeboat serve`; print what is where
+#   tools/sandbox.sh incident       the seed incident: stop Synapse, delete its
+#                                   database, start it again (alias: wipe)
+#   tools/sandbox.sh mail [N]       list the mails received; N: print mail N
+#   tools/sandbox.sh say TEXT       post TEXT in the admin room as the admin
+#                                   and print the bot's replies (no Matrix
+#                                   client needed), e.g. say '!lifeboat status'
+#   tools/sandbox.sh status         what runs, where
+#   tools/sandbox.sh stop [--clean] stop everything (--clean: delete ./sandbox)
 #
 # Environment:
 #   LIFEBOAT_SANDBOX_PROFILE=release  build and use target/release (default
@@ -16,26 +23,208 @@
 #   LIFEBOAT_SYNAPSE_VENV           where the Synapse venv lives (synapse-venv.sh)
 #   LIFEBOAT_SANDBOX_DIR            use this folder instead of ./sandbox (the
 #                                   test suite runs the sandbox this way)
+#   LIFEBOAT_SANDBOX_WEB_PORT       the web page's port (default 8090 when
+#                                   free; 0: any free port)
+#   LIFEBOAT_SANDBOX_SYNAPSE_PORT   Synapse's port on first start (default
+#                                   8008 when free; 0: any free port)
+#   LIFEBOAT_SANDBOX_WATCH_INTERVAL how often serve checks Synapse (default 10s)
 set -euo pipefail
 
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 SANDBOX="${LIFEBOAT_SANDBOX_DIR:-$ROOT/sandbox}"
 SYN_DIR="$SANDBOX/synapse"
 PIDFILE="$SYN_DIR/harness.pid"
+MAIL_DIR="$SANDBOX/mail"
+SINK_PIDFILE="$MAIL_DIR/sink.pid"
+KEEPER_PIDFILE="$MAIL_DIR/stdin-keeper.pid"
+SERVE_PIDFILE="$SANDBOX/serve.pid"
+SERVE_LOG="$SANDBOX/serve.log"
 CONFIG="$SANDBOX/lifeboat.toml"
-BIN_RECORD="$SANDBOX/lifeboat-bin"   # the binary start used, for wipe
+BIN_RECORD="$SANDBOX/lifeboat-bin"   # the binary start used, for incident
+ROOM_FILE="$SANDBOX/admin_room"      # the admin room start made
+WEB_PORT_FILE="$SANDBOX/web_port"
 HARNESS="$ROOT/tools/synapse_harness.py"
+SINK="$ROOT/tools/smtp_sink.py"
 PROFILE="${LIFEBOAT_SANDBOX_PROFILE:-debug}"
 DEFAULT_PORT=8008
+DEFAULT_WEB_PORT=8090
+SERVER_NAME="lifeboat.test"
+BOT_USER="@lifeboat:$SERVER_NAME"
+ALERT_EMAIL="admin@example.org"
+WATCH_INTERVAL="${LIFEBOAT_SANDBOX_WATCH_INTERVAL:-10s}"
 
 say() { printf '==> %s\n' "$*"; }
 warn() { printf 'sandbox: %s\n' "$*" >&2; }
 die() { warn "error: $*"; exit 1; }
+# Paths as the person sees them: relative to the repository when inside it.
+show() { local p="$1"; printf '%s\n' "${p#"$ROOT"/}"; }
 
 case "$PROFILE" in
     release | debug) ;;
     *) die "LIFEBOAT_SANDBOX_PROFILE must be release or debug, not '$PROFILE'" ;;
 esac
+
+# Small Matrix client-server and admin API calls, with the standard library
+# only: python3 -c "$MATRIX_PY" ACTION ARGS...
+MATRIX_PY='
+import hashlib, hmac, json, os, secrets, sqlite3, sys, time, urllib.error, urllib.parse, urllib.request
+
+opener = urllib.request.build_opener(urllib.request.ProxyHandler({}))
+
+def call(base, method, path, body=None, token=None, timeout=30):
+    data = None if body is None else json.dumps(body).encode()
+    req = urllib.request.Request(base + path, data=data, method=method)
+    req.add_header("Content-Type", "application/json")
+    if token:
+        req.add_header("Authorization", "Bearer " + token)
+    try:
+        with opener.open(req, timeout=timeout) as r:
+            return r.status, json.loads(r.read() or b"{}")
+    except urllib.error.HTTPError as e:
+        try:
+            return e.code, json.loads(e.read() or b"{}")
+        except ValueError:
+            return e.code, {}
+
+def q(s):
+    return urllib.parse.quote(s, safe="")
+
+def fail(msg):
+    print(msg, file=sys.stderr)
+    sys.exit(1)
+
+def register_bot(base, secret_file, localpart, password_file):
+    # Shared-secret registration of the bot as a Synapse admin; the password
+    # is generated once and kept in password_file.
+    secret = open(secret_file).read().strip()
+    if os.path.exists(password_file):
+        password = open(password_file).read().strip()
+    else:
+        password = secrets.token_urlsafe(18)
+    s, b = call(base, "GET", "/_synapse/admin/v1/register")
+    if s != 200:
+        fail(f"no registration nonce: {s} {b}")
+    mac = hmac.new(secret.encode(), digestmod=hashlib.sha1)
+    for part in (b["nonce"], localpart, password):
+        mac.update(part.encode()); mac.update(b"\x00")
+    mac.update(b"admin")
+    s, b = call(base, "POST", "/_synapse/admin/v1/register", {"nonce": b["nonce"], "username": localpart,
+        "password": password, "admin": True, "mac": mac.hexdigest()})
+    if s == 200:
+        old = os.umask(0o077)
+        with open(password_file + ".tmp", "w") as f:
+            f.write(password)
+        os.umask(old)
+        os.replace(password_file + ".tmp", password_file)
+        print("registered")
+    elif b.get("errcode") == "M_USER_IN_USE":
+        print("exists")
+    else:
+        fail(f"registering {localpart} failed: {s} {b}")
+
+def make_room(base, token, invitee, name):
+    s, b = call(base, "POST", "/_matrix/client/v3/createRoom", {"preset": "private_chat", "name": name,
+        "topic": "Alerts and commands of lifeboat. Send !lifeboat help", "invite": [invitee]}, token)
+    if s != 200:
+        fail(f"creating the admin room failed: {s} {b}")
+    print(b["room_id"])
+
+def membership(base, token, room, user):
+    s, b = call(base, "GET", f"/_matrix/client/v3/rooms/{q(room)}/state/m.room.member/{q(user)}", token=token)
+    print(b.get("membership", "none") if s == 200 else "none")
+
+def bot_room(db):
+    # The admin room the bot made itself after a wipe (a registry setting).
+    try:
+        con = sqlite3.connect(f"file:{db}?mode=ro", uri=True, timeout=5)
+        row = con.execute("SELECT value FROM settings WHERE name = ?", ("bot_admin_room",)).fetchone()
+        print(row[0] if row and row[0] else "")
+    except sqlite3.Error:
+        print("")
+
+def say(base, token, me, bot, room, text, wait):
+    s, b = call(base, "GET", f"/_matrix/client/v3/rooms/{q(room)}/state/m.room.member/{q(me)}", token=token)
+    if s != 200 or b.get("membership") != "join":
+        s, b = call(base, "POST", f"/_matrix/client/v3/join/{q(room)}", {}, token)
+        if s != 200:
+            fail(f"{me} cannot join the admin room {room}: {s} {b}")
+        print(f"(joined the admin room {room})")
+    filt = q(json.dumps({"room": {"rooms": [room], "timeline": {"limit": 50}},
+        "presence": {"types": []}, "account_data": {"types": []}}))
+    s, b = call(base, "GET", f"/_matrix/client/v3/sync?timeout=0&filter={filt}", token=token)
+    if s != 200:
+        fail(f"sync failed: {s} {b}")
+    since = b["next_batch"]
+    sent_ms = int(time.time() * 1000) - 2000
+    seen = set()
+    txn = f"sandbox-{time.time_ns()}"
+    s, b = call(base, "PUT", f"/_matrix/client/v3/rooms/{q(room)}/send/m.room.message/{txn}",
+        {"msgtype": "m.text", "body": text}, token)
+    if s != 200:
+        fail(f"sending failed: {s} {b}")
+    deadline = time.time() + wait
+    quiet_until = None
+    while time.time() < deadline and (quiet_until is None or time.time() < quiet_until):
+        s, b = call(base, "GET", f"/_matrix/client/v3/sync?timeout=2000&since={since}&filter={filt}",
+            token=token, timeout=30)
+        if s != 200:
+            time.sleep(1); continue
+        since = b["next_batch"]
+        events = b.get("rooms", {}).get("join", {}).get(room, {}).get("timeline", {}).get("events", [])
+        for e in events:
+            if e.get("event_id") in seen or e.get("origin_server_ts", 0) < sent_ms:
+                continue
+            seen.add(e.get("event_id"))
+            if e.get("type") == "m.room.message" and e.get("sender") == bot:
+                print("--- " + bot)
+                print(e["content"].get("body", ""))
+                quiet_until = time.time() + 3
+    if quiet_until is None:
+        print(f"(no reply from {bot} within {wait}s; see serve.log)")
+
+def mail(folder, which=""):
+    jdir = os.path.join(folder, "json")
+    items = []
+    for name in os.listdir(jdir) if os.path.isdir(jdir) else []:
+        if name.endswith(".json"):
+            with open(os.path.join(jdir, name)) as f:
+                items.append(json.load(f))
+    items.sort(key=lambda m: m["seq"])
+    if not which:
+        if not items:
+            print("no mail yet")
+        for m in items:
+            to = ", ".join(m.get("rcpt_tos") or [])
+            print("%3s  %-31s  %-24s  %s" % (m["seq"], m.get("date") or "", to, m.get("subject") or ""))
+        return
+    for m in items:
+        if str(m["seq"]) == which:
+            for h in ("From", "To", "Date", "Subject"):
+                print("%s: %s" % (h, m.get(h.lower()) or m.get("headers", {}).get(h, "")))
+            print()
+            print(m.get("text") or m.get("html") or "")
+            return
+    fail(f"no mail {which}; tools/sandbox.sh mail lists them")
+
+action, args = sys.argv[1], sys.argv[2:]
+if action == "register-bot": register_bot(*args)
+elif action == "make-room": make_room(*args)
+elif action == "membership": membership(*args)
+elif action == "bot-room": bot_room(*args)
+elif action == "say": say(*args[:6], int(args[6]))
+elif action == "mail": mail(*args)
+elif action == "free-port":
+    import socket
+    s = socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1]); s.close()
+elif action == "healthz":
+    try:
+        with opener.open(args[0], timeout=3) as r:
+            sys.exit(0 if r.status == 200 else 1)
+    except Exception:
+        sys.exit(1)
+else: fail(f"unknown action {action}")
+'
+mx() { python3 -c "$MATRIX_PY" "$@"; }
 
 venv_python() {
     local py
@@ -44,8 +233,8 @@ venv_python() {
     printf '%s\n' "$py"
 }
 
-# Which lifeboat to run: LIFEBOAT_BIN, else (for wipe) the one start used,
-# else the cargo output for the profile.
+# Which lifeboat to run: LIFEBOAT_BIN, else (after start) the one start
+# used, else the cargo output for the profile.
 lifeboat_bin() {
     if [ -n "${LIFEBOAT_BIN:-}" ]; then
         printf '%s\n' "$LIFEBOAT_BIN"
@@ -72,31 +261,66 @@ build_lifeboat() {
         die "cargo build failed"
 }
 
-# The harness daemon's pid, if it is running (checked against its command
-# line, so a stale pidfile whose pid was reused is not mistaken for it).
-daemon_pid() {
-    local pid
-    [ -f "$PIDFILE" ] || return 1
-    pid="$(tr -dc 0-9 <"$PIDFILE")"
+# The pid in FILE if that process is alive and its command line contains
+# PATTERN (so a stale pid file whose pid was reused is not mistaken for it).
+live_pid() {
+    local file="$1" pattern="$2" pid
+    [ -f "$file" ] || return 1
+    pid="$(tr -dc 0-9 <"$file")"
     [ -n "$pid" ] && kill -0 "$pid" 2>/dev/null || return 1
-    tr '\0' ' ' <"/proc/$pid/cmdline" 2>/dev/null | grep -q synapse_harness.py || return 1
+    tr '\0' ' ' <"/proc/$pid/cmdline" 2>/dev/null | grep -q -- "$pattern" || return 1
     printf '%s\n' "$pid"
 }
 
+daemon_pid() { live_pid "$PIDFILE" synapse_harness.py; }
+sink_pid() { live_pid "$SINK_PIDFILE" smtp_sink.py; }
+serve_pid() { live_pid "$SERVE_PIDFILE" " serve"; }
+
+# SIGTERM, then wait up to $3 seconds for the process to exit.
+stop_pid() {
+    local pid="$1" what="$2" seconds="$3" _
+    say "stopping $what (pid $pid)"
+    kill -TERM "$pid" 2>/dev/null || return 0
+    for _ in $(seq $((seconds * 10))); do
+        kill -0 "$pid" 2>/dev/null || return 0
+        sleep 0.1
+    done
+    die "$what (pid $pid) did not exit after $seconds s"
+}
+
 stop_daemon() {
-    local pid _
+    local pid
     if ! pid="$(daemon_pid)"; then
         rm -f "$PIDFILE"
         return 1
     fi
-    say "stopping Synapse (harness pid $pid)"
-    kill -TERM "$pid"
     # The harness gives Synapse 10 s before SIGKILL; allow for that.
-    for _ in $(seq 300); do
-        kill -0 "$pid" 2>/dev/null || return 0
-        sleep 0.1
-    done
-    die "harness pid $pid did not exit after 30 s"
+    stop_pid "$pid" "Synapse (harness)" 30
+}
+
+stop_serve() {
+    local pid
+    if ! pid="$(serve_pid)"; then
+        rm -f "$SERVE_PIDFILE"
+        return 1
+    fi
+    # serve's own grace for sends in flight is 20 s.
+    stop_pid "$pid" "lifeboat serve" 30
+    rm -f "$SERVE_PIDFILE"
+}
+
+stop_sink() {
+    local pid keeper stopped=1
+    if keeper="$(live_pid "$KEEPER_PIDFILE" sleep)"; then
+        kill -TERM "$keeper" 2>/dev/null || true
+    fi
+    if pid="$(sink_pid)"; then
+        # Its stdin just closed, which stops it; SIGTERM too, to be sure.
+        stop_pid "$pid" "the SMTP sink" 15
+        stopped=0
+    fi
+    rm -f "$SINK_PIDFILE" "$KEEPER_PIDFILE" "$MAIL_DIR/.stdin"
+    return "$stopped"
 }
 
 # harness.json field, read with the stdlib json module.
@@ -105,14 +329,14 @@ json_field() {
 }
 
 port_free() {
-    "$1" -c '
+    python3 -c '
 import socket, sys
 s = socket.socket()
 s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
 try:
     s.bind(("127.0.0.1", int(sys.argv[1])))
 except OSError:
-    sys.exit(1)' "$2"
+    sys.exit(1)' "$1"
 }
 
 # A TOML basic string.
@@ -129,66 +353,147 @@ write_secret() {
 start_harness() {
     # The harness prints its JSON line once Synapse is ready and registered,
     # then detaches; it also keeps the line in $SYN_DIR/harness.json.
-    "$@" >/dev/null || die "Synapse did not start; see $SYN_DIR/harness.log and $SYN_DIR/homeserver.log"
+    "$@" >/dev/null || die "Synapse did not start; see $(show "$SYN_DIR")/harness.log and homeserver.log"
 }
 
 run_lifeboat() {
     local bin rc=0
     bin="$(lifeboat_bin --used)"
-    say "lifeboat --config sandbox/lifeboat.toml $*"
+    say "lifeboat --config $(show "$CONFIG") $*"
     "$bin" --config "$CONFIG" "$@" || rc=$?
     return "$rc"
 }
 
-print_help() {
-    local url bin
+# The SMTP sink, detached, its stdin held open by a `sleep` through a fifo
+# (it stops when its stdin closes). Prints the port it listens on.
+start_sink() {
+    local py="$1" pid keeper port="" _
+    mkdir -p "$MAIL_DIR"
+    rm -f "$MAIL_DIR/.stdin" "$MAIL_DIR/sink.out"
+    mkfifo "$MAIL_DIR/.stdin"
+    setsid "$py" "$SINK" --dir "$MAIL_DIR" <"$MAIL_DIR/.stdin" >"$MAIL_DIR/sink.out" 2>>"$MAIL_DIR/sink.log" &
+    pid=$!
+    setsid sleep infinity >"$MAIL_DIR/.stdin" 2>/dev/null </dev/null &
+    keeper=$!
+    printf '%s\n' "$pid" >"$SINK_PIDFILE"
+    printf '%s\n' "$keeper" >"$KEEPER_PIDFILE"
+    for _ in $(seq 150); do
+        port="$(head -n 1 "$MAIL_DIR/sink.out" 2>/dev/null |
+            python3 -c 'import json, sys; print(json.load(sys.stdin)["port"])' 2>/dev/null)" && break
+        kill -0 "$pid" 2>/dev/null || break
+        sleep 0.1
+    done
+    [ -n "$port" ] || die "the SMTP sink did not start; see $(show "$MAIL_DIR")/sink.log"
+    printf '%s\n' "$port"
+}
+
+web_port() {
+    local port="${LIFEBOAT_SANDBOX_WEB_PORT:-}"
+    if [ -z "$port" ] && [ -f "$WEB_PORT_FILE" ]; then
+        port="$(tr -dc 0-9 <"$WEB_PORT_FILE")"
+    fi
+    [ -n "$port" ] || port="$DEFAULT_WEB_PORT"
+    if [ "$port" = 0 ] || ! port_free "$port"; then
+        [ "$port" = 0 ] || warn "port $port is busy; the web page gets a free port instead"
+        port="$(mx free-port)"
+    fi
+    printf '%s\n' "$port"
+}
+
+# The admin room now: the one the bot made after a wipe, else the one start made.
+admin_room() {
+    local room=""
+    [ -f "$SANDBOX/lifeboat.db" ] && room="$(mx bot-room "$SANDBOX/lifeboat.db")"
+    [ -n "$room" ] || room="$(cat "$ROOM_FILE" 2>/dev/null || true)"
+    printf '%s\n' "$room"
+}
+
+wait_healthz() {
+    local url="$1" pid="$2" _
+    for _ in $(seq 120); do
+        mx healthz "$url/healthz" && return 0
+        kill -0 "$pid" 2>/dev/null || return 1
+        sleep 0.5
+    done
+    return 1
+}
+
+# Waits up to $1 seconds for the bot to join room $2.
+wait_bot_joined() {
+    local seconds="$1" room="$2" url token _
     url="$(json_field "$SYN_DIR/harness.json" url)"
-    bin="$(lifeboat_bin --used)"
-    bin="${bin#"$ROOT"/}"
-    cat <<EOF
+    token="$(json_field "$SYN_DIR/harness.json" admin_token)"
+    for _ in $(seq "$seconds"); do
+        [ "$(mx membership "$url" "$token" "$room" "$BOT_USER")" = join ] && return 0
+        sleep 1
+    done
+    return 1
+}
+
+print_help() {
+    local url bin web admin_pw room
+    url="$(json_field "$SYN_DIR/harness.json" url)"
+    bin="$(show "$(lifeboat_bin --used)")"
+    web="$(cat "$SANDBOX/web_url" 2>/dev/null || echo '(web page off)')"
+    admin_pw="$(cat "$SYN_DIR/admin_password" 2>/dev/null || echo '?')"
+    room="$(admin_room)"
+    cat <<HELP
 
 The sandbox is running.
-  Synapse      $url  (server name lifeboat.test, loopback only)
-               logs: sandbox/synapse/homeserver.log
+  Synapse      $url  (server name $SERVER_NAME, loopback only)
+               log: $(show "$SYN_DIR")/homeserver.log
   Demo users   alice, bob, carol (emails <name>@example.org),
                dave (locked), erin (deactivated); passwords: <name>-sandbox
-  Admin token  sandbox/admin_token      shared secret: sandbox/shared_secret
-  Config       sandbox/lifeboat.toml    registry: sandbox/lifeboat.db
+  Admin        @admin:$SERVER_NAME  password: $admin_pw
+               (log in with any Matrix client at $url; lifeboat's bot obeys it)
+  Admin room   ${room:-(none)}  (the bot $BOT_USER is in it)
+  Web page     $web
+  Mail         every mail lifeboat sends lands in $(show "$MAIL_DIR")/maildir/new/*.eml
+               read them with: tools/sandbox.sh mail   (and: tools/sandbox.sh mail N)
+  serve        lifeboat serve, log: $(show "$SERVE_LOG")   (watch.interval $WATCH_INTERVAL)
+  Config       $(show "$CONFIG")    registry: $(show "$SANDBOX")/lifeboat.db
 
 Try:
-  $bin --config sandbox/lifeboat.toml sync
-  $bin --config sandbox/lifeboat.toml check
-  curl -s -H "Authorization: Bearer \$(cat sandbox/admin_token)" \\
-    '$url/_synapse/admin/v2/users?deactivated=true&locked=true&limit=100'
-  tools/sandbox.sh wipe      # simulate losing Synapse's database, then check
+  $bin --config $(show "$CONFIG") users list
+  tools/sandbox.sh say '!lifeboat status'     # the bot, as the admin
+  tools/sandbox.sh incident     # the seed incident: Synapse loses its database
   tools/sandbox.sh status
 
-Stop it with:  tools/sandbox.sh stop      (add --clean to delete ./sandbox)
-EOF
+Stop it with:  tools/sandbox.sh stop      (add --clean to delete $(show "$SANDBOX"))
+HELP
 }
 
 cmd_start() {
-    local pid py port_args=() rc=0 token secret url
-    if pid="$(daemon_pid)"; then
+    local pid py port_args=() rc=0 token secret url smtp_port web_port room bin
+    if pid="$(daemon_pid)" && serve_pid >/dev/null && sink_pid >/dev/null; then
         say "the sandbox is already running (harness pid $pid)"
         print_help
         return 0
     fi
+    # Whatever is left of an earlier run goes first; then all three start.
+    stop_serve || true
+    stop_sink || true
+    stop_daemon || true
     mkdir -p "$SANDBOX"
     py="$(venv_python)"
     build_lifeboat
-    [ -x "$(lifeboat_bin)" ] || die "no lifeboat binary at $(lifeboat_bin)"
-    lifeboat_bin >"$BIN_RECORD"
+    bin="$(lifeboat_bin)"
+    [ -x "$bin" ] || die "no lifeboat binary at $bin"
+    printf '%s\n' "$bin" >"$BIN_RECORD"
+
+    smtp_port="$(start_sink "$py")"
+    say "the SMTP sink listens on 127.0.0.1:$smtp_port; mail goes to $(show "$MAIL_DIR")"
 
     # The port is chosen once; later starts reuse the existing homeserver.yaml.
     if [ ! -f "$SYN_DIR/homeserver.yaml" ]; then
-        if port_free "$py" "$DEFAULT_PORT"; then
-            port_args=(--port "$DEFAULT_PORT")
-        else
-            say "port $DEFAULT_PORT is busy; using a free port instead"
+        local want="${LIFEBOAT_SANDBOX_SYNAPSE_PORT:-$DEFAULT_PORT}"
+        if [ "$want" != 0 ] && port_free "$want"; then
+            port_args=(--port "$want")
+        elif [ "$want" != 0 ]; then
+            say "port $want is busy; using a free port instead"
         fi
     fi
-    say "starting Synapse with demo users in sandbox/synapse"
+    say "starting Synapse with demo users in $(show "$SYN_DIR")"
     start_harness "$py" "$HARNESS" --dir "$SYN_DIR" --daemon --pidfile "$PIDFILE" --demo \
         ${port_args[@]+"${port_args[@]}"}
 
@@ -197,18 +502,62 @@ cmd_start() {
     secret="$(json_field "$SYN_DIR/harness.json" shared_secret)"
     write_secret "$SANDBOX/admin_token" "$token"
     write_secret "$SANDBOX/shared_secret" "$secret"
-    cat >"$CONFIG" <<EOF
-# Written by tools/sandbox.sh for the local sandbox Synapse.
+
+    # The bot's account, a Synapse admin with a password kept in
+    # sandbox/bot_password (after a wipe lifeboat re-creates it by itself).
+    case "$(mx register-bot "$url" "$SANDBOX/shared_secret" lifeboat "$SANDBOX/bot_password")" in
+        registered) say "registered the bot account $BOT_USER" ;;
+        *) say "the bot account $BOT_USER exists" ;;
+    esac
+    # The admin room: the one the bot made after an incident (it goes back
+    # there), else the one an earlier start made, else a new one made by
+    # @admin, who invites the bot; the bot joins it when serve starts.
+    room="$(admin_room)"
+    if [ -n "$room" ] && [ "$room" != "$(cat "$ROOM_FILE" 2>/dev/null || true)" ]; then
+        say "the admin room is the one the bot made after the incident: $room"
+    elif [ -z "$room" ] || [ "$(mx membership "$url" "$token" "$room" "@admin:$SERVER_NAME")" != join ]; then
+        room="$(mx make-room "$url" "$token" "$BOT_USER" "lifeboat admin (sandbox)")"
+        printf '%s\n' "$room" >"$ROOM_FILE"
+        say "@admin:$SERVER_NAME made the admin room $room and invited $BOT_USER"
+    fi
+
+    web_port="$(web_port)"
+    printf '%s\n' "$web_port" >"$WEB_PORT_FILE"
+    printf 'http://127.0.0.1:%s/\n' "$web_port" >"$SANDBOX/web_url"
+    cat >"$CONFIG" <<TOML
+# Written by tools/sandbox.sh for the local sandbox (rewritten on every start).
 [homeserver]
 url = $(toml_str "$url")
-server_name = "lifeboat.test"
+server_name = "$SERVER_NAME"
 admin_token_file = $(toml_str "$SANDBOX/admin_token")
 registration_shared_secret_file = $(toml_str "$SANDBOX/shared_secret")
 
 [registry]
 url = $(toml_str "sqlite://$SANDBOX/lifeboat.db")
-EOF
-    say "Synapse is up at $url; wrote sandbox/lifeboat.toml"
+
+[watch]
+interval = "$WATCH_INTERVAL"
+
+[email]
+smtp_url = "smtp://127.0.0.1:$smtp_port"
+from = "Lifeboat <lifeboat@example.org>"
+
+[alerts]
+email = ["$ALERT_EMAIL"]
+
+[bot]
+user_id = "$BOT_USER"
+password_file = $(toml_str "$SANDBOX/bot_password")
+admin_room = "$room"
+admins = ["@admin:$SERVER_NAME"]
+store_path = $(toml_str "$SANDBOX/bot-store")
+
+[web]
+bind = "127.0.0.1:$web_port"
+public_url = "http://127.0.0.1:$web_port"
+admin_contact = "$ALERT_EMAIL"
+TOML
+    say "wrote $(show "$CONFIG")"
 
     run_lifeboat sync || rc=$?
     [ "$rc" -eq 0 ] || warn "lifeboat sync exited with $rc"
@@ -219,6 +568,28 @@ EOF
         3) warn "lifeboat check reports a loss (exit 3) on a fresh sandbox" ;;
         *) warn "lifeboat check could not tell (exit $rc)" ;;
     esac
+    # The admin gets notices too (the demo users' emails came from Synapse).
+    run_lifeboat contacts add "@admin:$SERVER_NAME" "$ALERT_EMAIL" >/dev/null ||
+        warn "could not add the admin's contact"
+    # The seed incident's lessons: a backup of the registry, and a rehearsal
+    # (drill also mails a test message to alerts.email: see `mail`).
+    run_lifeboat backup --out "$SANDBOX/registry-backup.jsonl" || warn "lifeboat backup failed"
+    rc=0
+    run_lifeboat drill || rc=$?
+    [ "$rc" -eq 0 ] || warn "lifeboat drill exited $rc"
+
+    say "starting lifeboat serve (web, bot, watcher); log: $(show "$SERVE_LOG")"
+    NO_COLOR=1 setsid "$bin" -v --config "$CONFIG" serve >>"$SERVE_LOG" 2>&1 </dev/null &
+    pid=$!
+    printf '%s\n' "$pid" >"$SERVE_PIDFILE"
+    wait_healthz "http://127.0.0.1:$web_port" "$pid" ||
+        die "lifeboat serve did not answer /healthz; see $(show "$SERVE_LOG")"
+    say "lifeboat serve answers on http://127.0.0.1:$web_port/healthz"
+    if wait_bot_joined 60 "$room"; then
+        say "the bot joined the admin room"
+    else
+        warn "the bot has not joined the admin room $room yet; see $(show "$SERVE_LOG")"
+    fi
     print_help
 }
 
@@ -229,57 +600,156 @@ cmd_stop() {
         --clean) clean=true ;;
         *) die "usage: tools/sandbox.sh stop [--clean]" ;;
     esac
-    if stop_daemon; then
-        say "stopped"
-    else
-        say "Synapse was not running"
-    fi
+    stop_serve || say "lifeboat serve was not running"
+    stop_sink || say "the SMTP sink was not running"
+    stop_daemon || say "Synapse was not running"
+    say "stopped"
     if $clean; then
         rm -rf "$SANDBOX"
-        say "removed ./sandbox"
+        say "removed $(show "$SANDBOX")"
     fi
 }
 
-cmd_wipe() {
-    local py rc=0 bin
+# Waits up to $1 seconds for a mail whose subject contains $2; prints its number.
+wait_mail() {
+    local seconds="$1" pattern="$2" _ n
+    for _ in $(seq "$seconds"); do
+        n="$(mx mail "$MAIL_DIR" | grep -F -- "$pattern" | tail -n 1 | awk '{print $1}')" || true
+        [ -n "$n" ] && { printf '%s\n' "$n"; return 0; }
+        sleep 1
+    done
+    return 1
+}
+
+cmd_incident() {
+    local py rc=0 bin n room old_room url admin_pw
     [ -f "$SYN_DIR/homeserver.yaml" ] && [ -f "$CONFIG" ] ||
         die "no sandbox here; run tools/sandbox.sh start first"
     bin="$(lifeboat_bin --used)"
     [ -x "$bin" ] || die "no lifeboat binary at $bin; run tools/sandbox.sh start first"
     py="$(venv_python)"
+    old_room="$(admin_room)"
 
-    say "simulating the incident: Synapse loses its database"
+    say "the seed incident: Synapse loses its database"
     stop_daemon || true
     rm -f "$SYN_DIR"/homeserver.db "$SYN_DIR"/homeserver.db-wal \
         "$SYN_DIR"/homeserver.db-shm "$SYN_DIR"/homeserver.db-journal
+    say "deleted $(show "$SYN_DIR")/homeserver.db; starting Synapse again on the same config"
     # Same config (port, shared secret), empty database, no demo users. The
-    # harness registers a new "admin"; sandbox/admin_token keeps the OLD token
-    # on purpose, the way lifeboat would hold it after a real wipe.
+    # harness registers "admin" again (the admin re-creating their account);
+    # sandbox/admin_token keeps the OLD token on purpose, the way lifeboat
+    # would hold it after a real wipe.
     start_harness "$py" "$HARNESS" --dir "$SYN_DIR" --daemon --pidfile "$PIDFILE"
-    say "Synapse is back with an empty database; its new admin token is in sandbox/synapse/harness.json"
+    url="$(json_field "$SYN_DIR/harness.json" url)"
+    admin_pw="$(cat "$SYN_DIR/admin_password" 2>/dev/null || echo '?')"
+    say "Synapse is back at $url with an empty database: every account is gone"
+    say "the admin registered again: @admin:$SERVER_NAME, new password $admin_pw"
 
     run_lifeboat check || rc=$?
     case "$rc" in
         3) say "lifeboat check exited 3: loss detected, as it should be" ;;
         0) warn "lifeboat check exited 0 (no loss) after a wipe: that is a bug"; return 1 ;;
-        *) warn "lifeboat check exited $rc (could not tell); expected 3"; return 1 ;;
+        *) warn "lifeboat check exited $rc (could not tell); expected 3" ;;
     esac
+
+    if ! serve_pid >/dev/null; then
+        warn "lifeboat serve is not running, so nobody is alerted; run tools/sandbox.sh start"
+        return 0
+    fi
+    say "waiting for lifeboat serve to notice (it looks every $WATCH_INTERVAL) ..."
+    if n="$(wait_mail 120 "suspected database reset")"; then
+        say "the alert mail arrived: tools/sandbox.sh mail $n"
+    else
+        warn "no alert mail within 2 minutes; see $(show "$SERVE_LOG")"
+    fi
+    room=""
+    for _ in $(seq 60); do
+        room="$(admin_room)"
+        [ -n "$room" ] && [ "$room" != "$old_room" ] && break
+        room=""
+        sleep 1
+    done
+    if [ -n "$room" ]; then
+        say "the bot re-created $BOT_USER through the shared secret and made a new admin room $room;"
+        say "it invites @admin:$SERVER_NAME (accept it in your Matrix client; tools/sandbox.sh say joins it)"
+    else
+        warn "the bot has not made a new admin room yet; see $(show "$SERVE_LOG")"
+    fi
+    cat <<NEXT
+
+What happened: Synapse lost its database (the seed incident). lifeboat serve
+saw the admin token rejected by a Synapse that still answers, called it a
+suspected database reset, got back in through the shared secret, synced (every
+known account is now "missing" in the registry), and raised the alert:
+  tools/sandbox.sh mail                 the alert mail to $ALERT_EMAIL
+  tail $(show "$SERVE_LOG")
+  tools/sandbox.sh say '!lifeboat status'
+
+Next, tell everyone, from the CLI:
+  printf '# Database lost\\n\\nOur homeserver lost its database. Register again with your token.\\n' > $(show "$SANDBOX")/postmortem.md
+  $(show "$bin") --config $(show "$CONFIG") incident open --title "Database lost" --postmortem $(show "$SANDBOX")/postmortem.md
+  $(show "$bin") --config $(show "$CONFIG") notify 1 --yes
+or from the bot (as @admin, in your Matrix client or with tools/sandbox.sh say):
+  tools/sandbox.sh say '!lifeboat incident open Database lost
+  Our homeserver lost its database. Register again with your token.'
+  tools/sandbox.sh say '!lifeboat notify 1'
+  tools/sandbox.sh say '!lifeboat notify 1 confirm'
+Then read the notices (tools/sandbox.sh mail), and ask for a fresh token on
+$(cat "$SANDBOX/web_url" 2>/dev/null)token as alice@example.org: the link comes by mail.
+NEXT
+}
+
+cmd_mail() {
+    [ $# -le 1 ] || die "usage: tools/sandbox.sh mail [N]"
+    [ -d "$MAIL_DIR" ] || die "no mail folder; run tools/sandbox.sh start first"
+    mx mail "$MAIL_DIR" "${1:-}"
+}
+
+cmd_say() {
+    local url token room
+    [ $# -ge 1 ] || die "usage: tools/sandbox.sh say TEXT  (e.g. say '!lifeboat help')"
+    daemon_pid >/dev/null || die "Synapse is not running; run tools/sandbox.sh start"
+    url="$(json_field "$SYN_DIR/harness.json" url)"
+    token="$(json_field "$SYN_DIR/harness.json" admin_token)"
+    room="$(admin_room)"
+    [ -n "$room" ] || die "no admin room yet"
+    printf '@admin> %s\n' "$*"
+    mx say "$url" "$token" "@admin:$SERVER_NAME" "$BOT_USER" "$room" "$*" "${LIFEBOAT_SANDBOX_SAY_WAIT:-60}"
 }
 
 cmd_status() {
-    local pid url
-    if ! pid="$(daemon_pid)"; then
-        say "the sandbox is not running"
-        [ -d "$SANDBOX" ] && say "files are in ./sandbox; tools/sandbox.sh start resumes it"
-        return 0
+    local pid url running=false
+    if pid="$(daemon_pid)"; then
+        running=true
+        url="$(json_field "$SYN_DIR/harness.json" url)"
+        say "Synapse: running, harness pid $pid, Synapse pid $(json_field "$SYN_DIR/harness.json" pid), $url"
+        if command -v curl >/dev/null 2>&1; then
+            printf '    server_version: %s\n' \
+                "$(curl -s --max-time 5 --noproxy '*' "$url/_synapse/admin/v1/server_version" || echo unreachable)"
+        fi
+    else
+        say "Synapse: not running"
     fi
-    url="$(json_field "$SYN_DIR/harness.json" url)"
-    say "running: harness pid $pid, Synapse pid $(json_field "$SYN_DIR/harness.json" pid), $url"
-    if command -v curl >/dev/null 2>&1; then
-        printf '    server_version: %s\n' \
-            "$(curl -s --max-time 5 --noproxy '*' "$url/_synapse/admin/v1/server_version" || echo unreachable)"
+    if pid="$(sink_pid)"; then
+        running=true
+        say "SMTP sink: running, pid $pid, $(mx mail "$MAIL_DIR" | grep -c '^ *[0-9]' || true) mail(s) in $(show "$MAIL_DIR")"
+    else
+        say "SMTP sink: not running"
     fi
-    printf '    config: sandbox/lifeboat.toml; logs: sandbox/synapse/homeserver.log\n'
+    if pid="$(serve_pid)"; then
+        running=true
+        if mx healthz "$(cat "$SANDBOX/web_url")healthz"; then
+            say "lifeboat serve: running, pid $pid, $(cat "$SANDBOX/web_url") (healthz ok), log $(show "$SERVE_LOG")"
+        else
+            say "lifeboat serve: running, pid $pid, but /healthz does not answer; see $(show "$SERVE_LOG")"
+        fi
+    else
+        say "lifeboat serve: not running"
+    fi
+    if ! $running && [ -d "$SANDBOX" ]; then
+        say "files are in $(show "$SANDBOX"); tools/sandbox.sh start resumes it"
+    fi
+    return 0
 }
 
 main() {
@@ -288,7 +758,9 @@ main() {
     case "$cmd" in
         start) [ $# -eq 0 ] || die "usage: tools/sandbox.sh start"; cmd_start ;;
         stop) cmd_stop "$@" ;;
-        wipe) [ $# -eq 0 ] || die "usage: tools/sandbox.sh wipe"; cmd_wipe ;;
+        incident | wipe) [ $# -eq 0 ] || die "usage: tools/sandbox.sh incident"; cmd_incident ;;
+        mail) cmd_mail "$@" ;;
+        say) cmd_say "$@" ;;
         status) [ $# -eq 0 ] || die "usage: tools/sandbox.sh status"; cmd_status ;;
         *)
             # The header comment above is the usage text.
