@@ -237,10 +237,13 @@ pub async fn run(
     cancel: CancellationToken,
 ) {
     loop {
-        let seen = tokio::select! {
-            seen = observe(&config, &registry, &recover_lock) => seen,
-            _ = cancel.cancelled() => return,
-        };
+        // A round runs to its end even when serve is stopping: dropped inside
+        // a sync's transaction, it would leave SQLite locked for the parts
+        // still finishing (a notify marking what it sent).
+        let seen = observe(&config, &registry, &recover_lock).await;
+        if cancel.is_cancelled() {
+            return;
+        }
         tracing::info!(verdict = seen.verdict_label(), reason = %seen.reason, "watcher round");
         handle.set(seen.clone());
         if let Err(err) = alert_on_change(&config, &registry, &seen, &alerts).await {

@@ -380,8 +380,10 @@ async fn on_message(event: OriginalSyncRoomMessageEvent, room: Room, Ctx(bot): C
             return;
         }
         let Some(parsed) = commands::parse_admin(bot.prefix(), &body) else { return };
-        // Commands can take long (sync, notify): off the sync loop.
-        tokio::spawn(async move {
+        // Commands can take long (sync, notify): off the sync loop, and
+        // waited for when serve stops.
+        let background = bot.state.background.clone();
+        background.spawn(async move {
             let reply = match parsed {
                 Ok(command) => admin::execute(&bot, &room, &sender, command).await,
                 Err(bad) => bad.0,
@@ -389,7 +391,8 @@ async fn on_message(event: OriginalSyncRoomMessageEvent, room: Room, Ctx(bot): C
             reply_to(&room, &reply).await;
         });
     } else if room.joined_members_count() <= 2 {
-        tokio::spawn(async move {
+        let background = bot.state.background.clone();
+        background.spawn(async move {
             let reply = match commands::parse_person(bot.prefix(), &body) {
                 Ok(command) => people::execute(&bot, &sender, command).await,
                 Err(bad) => bad.0,
