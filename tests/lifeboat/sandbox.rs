@@ -137,8 +137,7 @@ fn the_sandbox_tells_the_whole_story() {
         .output()
         .unwrap();
     assert!(opened.status.success(), "{}", String::from_utf8_lossy(&opened.stderr));
-    let notified =
-        Command::new(bin).arg("--config").arg(&config).args(["notify", "1", "--yes"]).output().unwrap();
+    let notified = Command::new(bin).arg("--config").arg(&config).args(["notify", "1", "--yes"]).output().unwrap();
     assert!(notified.status.success(), "{}", String::from_utf8_lossy(&notified.stderr));
     let notices = mails(dir);
     for person in ["alice@example.org", "bob@example.org", "carol@example.org"] {

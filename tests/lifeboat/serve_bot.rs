@@ -530,3 +530,54 @@ async fn a_person_subscribes_an_email_on_the_web_page_proven_by_a_mailed_link_an
     let contact = contact.unwrap_or_else(|| panic!("the address is a contact of bob now: {shown}\npage: {done}"));
     assert!(contact["verified_at"].is_i64(), "{contact}");
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn the_bot_runs_the_clis_operations_for_an_admin() {
+    let people = people(2);
+    let mut rig = Rig::start(TestSmtp::start(None), &people).await;
+    rig.serve().await;
+
+    rig.say("!lifeboat sync").await;
+    let synced = rig.reply_containing("Synced:").await;
+    assert!(synced.contains("listed"), "{synced}");
+    rig.say("!lifeboat check").await;
+    let checked = rig.reply_containing("Verdict").await;
+    assert!(checked.contains("**ok**"), "{checked}");
+
+    // An admin records a second address for the first person.
+    let person = rig.synapse.user_id(&people[0].0);
+    let second = format!("second-{}", people[0].1);
+    rig.say(&format!("!lifeboat contact add {person} {second}")).await;
+    rig.reply_containing(&format!("Added {second}")).await;
+
+    std::fs::write(rig.lifeboat.dir().join("postmortem.md"), "Lost.\n").unwrap();
+    let open = rig
+        .lifeboat
+        .run(&["incident", "open", "--title", "Drill", "--postmortem", "postmortem.md", "--affected", "all", "--json"])
+        .await;
+    let id = open.json()["id"].to_string();
+    rig.say("!lifeboat incident list").await;
+    rig.reply_containing(&format!("{id}: Drill")).await;
+    rig.say(&format!("!lifeboat incident show {id}")).await;
+    let shown = rig.reply_containing(&format!("Incident {id}: Drill")).await;
+    assert!(shown.contains("reachable: 2 by email"), "{shown}");
+
+    // A fresh token goes to the person's own addresses, never into the room.
+    rig.say(&format!("!lifeboat token {person}")).await;
+    let issued = rig.reply_containing("Issued a new registration token").await;
+    let mails = rig.smtp.messages_to(&second);
+    assert_eq!(mails.len(), 1, "the token is mailed to each address of the person");
+    let text = mails[0].text.clone().unwrap();
+    let token = text.lines().map(str::trim).find(|line| line.len() == 24 && line.chars().all(char::is_alphanumeric));
+    let token = token.expect("the token stands on its own line").to_owned();
+    assert!(rig.synapse.token_is_valid(&token).await, "the mailed token works");
+    let room = rig.alice.messages_from(&rig.admin_room, &rig.bot).await;
+    assert!(!room.iter().any(|body| body.contains(&token)), "the token never appears in the room: {issued}");
+
+    rig.say(&format!("!lifeboat contact remove {person} {second}")).await;
+    rig.reply_containing(&format!("Removed {second}")).await;
+    rig.say(&format!("!lifeboat incident resolve {id}")).await;
+    let resolved = rig.reply_containing(&format!("Resolved incident {id}")).await;
+    assert!(resolved.contains("deleted 1 unused"), "{resolved}");
+    assert!(!rig.synapse.token_is_valid(&token).await, "resolving deleted the unused token");
+}
