@@ -370,3 +370,50 @@ async fn forwarded_for_is_believed_only_from_configured_proxies() {
         assert_eq!(codes, expected, "trusted proxies: {trusted:?}");
     }
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn the_page_shows_a_persons_unused_token_again_and_issues_new_ones_only_up_to_the_limit() {
+    let synapse = TestSynapse::start();
+    let registry = TestDatabase::sqlite();
+    let smtp = TestSmtp::start(None);
+    let base = mail_base(&synapse, &registry, &smtp);
+    let lifeboat = Lifeboat::with_config(&base);
+    std::fs::write(lifeboat.dir().join("postmortem.md"), POSTMORTEM).unwrap();
+    let name = unique("limit");
+    let email = format!("{name}@example.org");
+    synapse.create_user(&name, &[&email]).await;
+    assert_eq!(lifeboat.run(&["sync"]).await.code, 0);
+    synapse.wipe();
+    assert_eq!(lifeboat.run(&["recover"]).await.code, 0);
+    assert_eq!(lifeboat.run(&["sync"]).await.code, 0);
+    let open = lifeboat.run(&["incident", "open", "--title", "Lost", "--postmortem", "postmortem.md"]).await;
+    assert_eq!(open.code, 0, "{open:?}");
+    let served = serve(&lifeboat, &base, "rate_limit_per_target = 10\ntoken_requests_per_person = 1\n").await;
+    let browser = Browser::start().await;
+
+    // Each visit: ask on /token, open the mailed link, press the button.
+    let visit = |n: usize| {
+        let (browser, served, smtp, email) = (&browser, &served, &smtp, &email);
+        async move {
+            browser.goto(&format!("{}/token", served.url)).await;
+            browser.fill("#who", email).await;
+            browser.click("button[type=submit]").await;
+            let mails = wait_for_mail(smtp, email, n).await;
+            browser.goto(&link_in(&mails[n - 1], "/token/open?")).await;
+            browser.click("#show-token").await;
+            browser.text("main").await
+        }
+    };
+    let first = visit(1).await;
+    let token = browser.text("#token").await;
+    assert!(first.contains(&token));
+    let second = visit(2).await;
+    assert_eq!(browser.text("#token").await, token, "an unused token is shown again, not replaced");
+    assert!(second.contains(&token));
+
+    let (code, body) = synapse.register_with_token(&name, &token).await;
+    assert_eq!(code, 200, "{body}");
+    let third = visit(3).await;
+    assert!(third.contains("No new token this time"), "the limit of one issued token per person holds: {third}");
+    browser.close().await;
+}
