@@ -20,8 +20,9 @@ const FORMAT_VERSION: i64 = 1;
 pub const LAST_BACKUP_SETTING: &str = "last_backup_at";
 
 /// The tables kept, parents before children, with their columns; `I` marks
-/// integer columns (all others are text). Staged listings, leases and
-/// pending contact-verification codes are run-time state and are not kept.
+/// integer columns (all others are text). Staged listings, leases, pending
+/// contact-verification codes and the web page's 30-minute links are
+/// run-time state and are not kept.
 const TABLES: &[(&str, &[&str])] = &[
     (
         "accounts",
@@ -212,6 +213,10 @@ pub async fn restore(registry: &Registry, file: &Path, replace: bool, actor: &Ac
         return Err(BackupError::Invalid(
             "the registry is not empty: restore into a new one, or pass --replace to empty this one first".to_owned(),
         ));
+    }
+    // Run-time rows that point at accounts go first (they are not kept).
+    for table in ["web_links", "contact_verifications"] {
+        sqlx::query(sqlx::AssertSqlSafe(format!("DELETE FROM {table}"))).execute(&mut *tx).await?;
     }
     for (table, _) in TABLES.iter().rev() {
         sqlx::query(sqlx::AssertSqlSafe(format!("DELETE FROM {table}"))).execute(&mut *tx).await?;

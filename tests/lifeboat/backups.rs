@@ -78,6 +78,9 @@ async fn round_trip(from: TestDatabase, to: TestDatabase) {
         .add_contact("@a:x", ContactKind::Email, "a@example.org", ContactSource::Admin, None, &Actor::cli())
         .await
         .unwrap();
+    // Run-time rows pointing at accounts (a web link, a pending code) do not block --replace.
+    target.create_web_link("link-1", "token", "@a:x", "a@example.org", None, i64::MAX / 2).await.unwrap();
+    target.start_contact_verification("@a:x", "a@example.org", "123456", 60_000).await.unwrap();
     let refused = restore(&target, &file, false, &Actor::cli()).await.unwrap_err().to_string();
     assert!(refused.contains("the registry is not empty"), "{refused}");
     assert_eq!(restore(&target, &file, true, &Actor::cli()).await.unwrap(), written, "--replace empties it first");
