@@ -52,6 +52,10 @@ pub(crate) struct Bot {
     confirmations: Mutex<HashMap<i64, Instant>>,
     /// Admins invited to the current admin room by this process.
     invited: Mutex<HashSet<OwnedUserId>>,
+    /// Messages sent before this process started are not taken as commands
+    /// (they may be stale); later ones are, even if they arrive in the first
+    /// sync after a reconnect.
+    started_at: matrix_sdk::ruma::MilliSecondsSinceUnixEpoch,
 }
 
 impl Bot {
@@ -99,6 +103,7 @@ pub async fn run(state: Arc<ServeState>, mut alerts: UnboundedReceiver<String>, 
         admin_room: Mutex::new(None),
         confirmations: Mutex::default(),
         invited: Mutex::default(),
+        started_at: matrix_sdk::ruma::MilliSecondsSinceUnixEpoch::now(),
     });
     let mut queued: Vec<String> = Vec::new();
     let mut backoff = Duration::from_secs(2);
@@ -144,8 +149,22 @@ async fn session(
             slot.clone_from(&resolved);
         }
     }
+    // Until the admin room is settled, the one kept from last time (or the
+    // configured one) counts, so a command is never taken for a DM.
+    if bot.admin_room().is_none() {
+        let stored = bot.state.registry.setting(ROOM_SETTING).await.ok().flatten();
+        let tentative = stored
+            .and_then(|id| OwnedRoomId::try_from(id).ok())
+            .or_else(|| bot.configured_room.lock().ok().and_then(|room| room.clone()));
+        if let Some(room) = tentative {
+            bot.set_admin_room(room);
+        }
+    }
     client.add_event_handler_context(bot.clone());
     client.add_event_handler(on_invite);
+    // Before the first sync: a command sent while the bot reconnected
+    // arrives in it (older ones are skipped by their timestamp).
+    client.add_event_handler(on_message);
     // A first sync before reading messages, so old ones are not taken as
     // new commands (the store keeps the position across restarts).
     let first = match client.sync_once(SyncSettings::default().timeout(Duration::ZERO)).await {
@@ -158,7 +177,6 @@ async fn session(
         Ok(made) => made,
         Err(reason) => return Ended::Failed(reason),
     };
-    client.add_event_handler(on_message);
     if made_new_room && login.recovered {
         queued.insert(0, what_happened(bot));
     }
@@ -365,7 +383,7 @@ async fn on_invite(event: StrippedRoomMemberEvent, room: Room, Ctx(bot): Ctx<Arc
 
 /// Admin commands in the admin room; contact commands in DMs.
 async fn on_message(event: OriginalSyncRoomMessageEvent, room: Room, Ctx(bot): Ctx<Arc<Bot>>) {
-    if event.sender == bot.me || room.state() != RoomState::Joined {
+    if event.sender == bot.me || room.state() != RoomState::Joined || event.origin_server_ts < bot.started_at {
         return;
     }
     let MessageType::Text(text) = &event.content.msgtype else { return };

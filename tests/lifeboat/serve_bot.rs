@@ -105,7 +105,12 @@ impl Rig {
     }
 
     pub(crate) async fn reply_containing(&self, needle: &str) -> String {
-        self.alice.wait_for_message(&self.admin_room, &self.bot, needle, Duration::from_secs(60)).await
+        let found = self.alice.find_message(&self.admin_room, &self.bot, needle, Duration::from_secs(90)).await;
+        if let Some(found) = found {
+            return found;
+        }
+        let got = self.alice.messages_from(&self.admin_room, &self.bot).await;
+        panic!("no reply containing {needle:?}; replies {got:?}\nserve log:\n{}", self.lifeboat.serve_log())
     }
 
     async fn get(&self, path: &str) -> (u16, String) {

@@ -99,6 +99,23 @@ impl MatrixUser {
         bodies
     }
 
+    /// Waits for a message from `sender` containing `needle`; `None` when
+    /// none came within `within`.
+    pub async fn find_message(&self, room_id: &str, sender: &str, needle: &str, within: Duration) -> Option<String> {
+        let deadline = Instant::now() + within;
+        loop {
+            if let Some(found) =
+                self.messages_from(room_id, sender).await.into_iter().find(|body| body.contains(needle))
+            {
+                return Some(found);
+            }
+            if Instant::now() >= deadline {
+                return None;
+            }
+            tokio::time::sleep(Duration::from_millis(250)).await;
+        }
+    }
+
     /// Waits for a message from `sender` containing `needle`; returns it.
     pub async fn wait_for_message(&self, room_id: &str, sender: &str, needle: &str, within: Duration) -> String {
         let deadline = Instant::now() + within;
