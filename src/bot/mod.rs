@@ -182,17 +182,22 @@ async fn session(
     }
     invite_admins(bot, &client, &admin_client).await;
 
-    let sync = client.sync(SyncSettings::default().token(first.next_batch));
-    tokio::pin!(sync);
+    // The sync loop runs in its own task: posting alerts or inviting admins
+    // here must never hold it up (matrix-sdk may wait on the sync itself).
+    let mut sync = SyncTask(tokio::spawn({
+        let client = client.clone();
+        async move { client.sync(SyncSettings::default().token(first.next_batch)).await }
+    }));
     let mut invite_check = tokio::time::interval(INVITE_CHECK_EVERY);
     loop {
         flush_alerts(bot, &client, queued).await;
         tokio::select! {
-            result = &mut sync => {
+            result = &mut sync.0 => {
                 return match result {
-                    Err(err) if is_unknown_token(&err) => Ended::TokenDead,
-                    Err(err) => Ended::Failed(format!("sync failed: {err}")),
-                    Ok(()) => Ended::Failed("sync stopped".to_owned()),
+                    Ok(Err(err)) if is_unknown_token(&err) => Ended::TokenDead,
+                    Ok(Err(err)) => Ended::Failed(format!("sync failed: {err}")),
+                    Ok(Ok(())) => Ended::Failed("sync stopped".to_owned()),
+                    Err(err) => Ended::Failed(format!("sync task ended: {err}")),
                 };
             }
             change = changes.recv() => {
@@ -212,6 +217,15 @@ async fn session(
             _ = invite_check.tick() => invite_admins(bot, &client, &admin_client).await,
             _ = cancel.cancelled() => return Ended::Cancelled,
         }
+    }
+}
+
+/// The session's sync loop; stopped when the session ends.
+struct SyncTask(tokio::task::JoinHandle<matrix_sdk::Result<()>>);
+
+impl Drop for SyncTask {
+    fn drop(&mut self) {
+        self.0.abort();
     }
 }
 
@@ -280,8 +294,9 @@ async fn invite_admins(bot: &Arc<Bot>, client: &Client, admin_client: &SynapseCl
         if bot.invited.lock().is_ok_and(|invited| invited.contains(admin)) {
             continue;
         }
-        // Asks the server when the member list is not loaded yet.
-        let membership = room.get_member(admin).await.ok().flatten().map(|m| m.membership().clone());
+        // From the local state only: asking the server here could wait on
+        // the sync. An invite to someone already in is answered below.
+        let membership = room.get_member_no_sync(admin).await.ok().flatten().map(|m| m.membership().clone());
         if matches!(membership, Some(MembershipState::Join | MembershipState::Invite)) {
             continue;
         }
