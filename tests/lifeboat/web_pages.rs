@@ -83,21 +83,38 @@ fn mail_base(synapse: &TestSynapse, registry: &TestDatabase, smtp: &TestSmtp) ->
     )
 }
 
-#[tokio::test(flavor = "multi_thread")]
-async fn a_person_affected_by_a_wipe_gets_a_token_from_the_page_and_registers_with_it() {
+/// One person with an email, synced, then the seed incident and recovery:
+/// everything a token request needs but the incident.
+struct Wiped {
+    synapse: TestSynapse,
+    registry: TestDatabase,
+    smtp: TestSmtp,
+    base: String,
+    lifeboat: Lifeboat,
+    name: String,
+    email: String,
+}
+
+async fn wiped(prefix: &str) -> Wiped {
     let synapse = TestSynapse::start();
     let registry = TestDatabase::sqlite();
     let smtp = TestSmtp::start(None);
     let base = mail_base(&synapse, &registry, &smtp);
     let lifeboat = Lifeboat::with_config(&base);
     std::fs::write(lifeboat.dir().join("postmortem.md"), POSTMORTEM).unwrap();
-    let name = unique("web");
+    let name = unique(prefix);
     let email = format!("{name}@example.org");
     synapse.create_user(&name, &[&email]).await;
     assert_eq!(lifeboat.run(&["sync"]).await.code, 0);
     synapse.wipe();
     assert_eq!(lifeboat.run(&["recover"]).await.code, 0);
     assert_eq!(lifeboat.run(&["sync"]).await.code, 0);
+    Wiped { synapse, registry, smtp, base, lifeboat, name, email }
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_person_affected_by_a_wipe_gets_a_token_from_the_page_and_registers_with_it() {
+    let Wiped { synapse, registry: _registry, smtp, base, lifeboat, name, email } = wiped("web").await;
     let open = lifeboat
         .run(&["incident", "open", "--title", "Database lost", "--postmortem", "postmortem.md", "--json"])
         .await;
@@ -373,19 +390,7 @@ async fn forwarded_for_is_believed_only_from_configured_proxies() {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn the_page_shows_a_persons_unused_token_again_and_issues_new_ones_only_up_to_the_limit() {
-    let synapse = TestSynapse::start();
-    let registry = TestDatabase::sqlite();
-    let smtp = TestSmtp::start(None);
-    let base = mail_base(&synapse, &registry, &smtp);
-    let lifeboat = Lifeboat::with_config(&base);
-    std::fs::write(lifeboat.dir().join("postmortem.md"), POSTMORTEM).unwrap();
-    let name = unique("limit");
-    let email = format!("{name}@example.org");
-    synapse.create_user(&name, &[&email]).await;
-    assert_eq!(lifeboat.run(&["sync"]).await.code, 0);
-    synapse.wipe();
-    assert_eq!(lifeboat.run(&["recover"]).await.code, 0);
-    assert_eq!(lifeboat.run(&["sync"]).await.code, 0);
+    let Wiped { synapse, registry: _registry, smtp, base, lifeboat, name, email } = wiped("limit").await;
     let open = lifeboat.run(&["incident", "open", "--title", "Lost", "--postmortem", "postmortem.md"]).await;
     assert_eq!(open.code, 0, "{open:?}");
     let served = serve(&lifeboat, &base, "rate_limit_per_target = 10\ntoken_requests_per_person = 1\n").await;
