@@ -152,3 +152,19 @@ pub async fn with_csrf(state: &WebState, headers: &HeaderMap, page: impl FnOnce(
     }
     response
 }
+
+/// A posted form that is readable and carries this browser's CSRF token,
+/// with the signing key; otherwise the page that says why not.
+pub async fn checked_form<F>(
+    state: &WebState,
+    headers: &HeaderMap,
+    form: Result<axum::extract::Form<F>, FormRejection>,
+    csrf: impl Fn(&F) -> Option<&str>,
+) -> Result<(F, secrecy::SecretString), Response> {
+    let axum::extract::Form(form) = form.map_err(|rejection| unreadable_form(state, rejection))?;
+    let key = state.key().await.map_err(|err| WebError::from(err).page(state))?.clone();
+    if !guard::csrf_ok(&key, headers, csrf(&form)) {
+        return Err(csrf_refused(state));
+    }
+    Ok((form, key))
+}

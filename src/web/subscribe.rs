@@ -14,7 +14,7 @@ use rand::Rng;
 use serde::Deserialize;
 use sha2::{Digest, Sha256};
 
-use super::guard::{self, ClientIp};
+use super::guard::ClientIp;
 use super::pages::{self, Chrome, Message, WebError};
 use super::{WebState, mail, signing};
 use crate::email::EmailAddress;
@@ -61,17 +61,10 @@ pub async fn request(
     headers: HeaderMap,
     form: Result<Form<RequestForm>, FormRejection>,
 ) -> Response {
-    let Form(form) = match form {
-        Ok(form) => form,
-        Err(rejection) => return pages::unreadable_form(&state, rejection),
+    let (form, key) = match pages::checked_form(&state, &headers, form, |form| form.csrf.as_deref()).await {
+        Ok(checked) => checked,
+        Err(refused) => return refused,
     };
-    let key = match state.key().await {
-        Ok(key) => key.clone(),
-        Err(err) => return WebError::from(err).page(&state),
-    };
-    if !guard::csrf_ok(&key, &headers, form.csrf.as_deref()) {
-        return pages::csrf_refused(&state);
-    }
     if !state.inner.limiter.allow_ip(ip) {
         return pages::too_many(&state);
     }
@@ -194,17 +187,10 @@ pub async fn confirm(
     headers: HeaderMap,
     form: Result<Form<ConfirmFields>, FormRejection>,
 ) -> Response {
-    let Form(form) = match form {
-        Ok(form) => form,
-        Err(rejection) => return pages::unreadable_form(&state, rejection),
+    let (form, _) = match pages::checked_form(&state, &headers, form, |form| form.csrf.as_deref()).await {
+        Ok(checked) => checked,
+        Err(refused) => return refused,
     };
-    let key = match state.key().await {
-        Ok(key) => key.clone(),
-        Err(err) => return WebError::from(err).page(&state),
-    };
-    if !guard::csrf_ok(&key, &headers, form.csrf.as_deref()) {
-        return pages::csrf_refused(&state);
-    }
     let (Some(link), Some(sig)) = (form.link, form.sig) else { return bad_link(&state) };
     match finish(&state, &link, &sig, form.code.as_deref().unwrap_or("")).await {
         Ok(response) => response,
