@@ -6,10 +6,12 @@
 //! process killed mid-send can repeat at most the messages in flight at
 //! that moment (no more than `concurrency`), each with the same Message-ID.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, VecDeque};
 use std::time::Duration;
 
 use futures::StreamExt;
+use futures::future::BoxFuture;
+use futures::stream::FuturesUnordered;
 use secrecy::SecretString;
 use serde::Serialize;
 use url::Url;
@@ -179,6 +181,8 @@ impl Transport<'_> {
         }
     }
 
+    /// Sends one delivery. An email is rendered here and handed to its own
+    /// task, so building and sending it runs beside this run's bookkeeping.
     async fn deliver(
         self,
         registry: &Registry,
@@ -190,12 +194,16 @@ impl Transport<'_> {
             Transport::Email(mailer) => match settings.email(incident, delivery) {
                 Err(err) => Outcome::Fatal(err),
                 Ok(Err(bad_address)) => Outcome::Failed(bad_address),
-                Ok(Ok(email)) => match mailer.send(&email).await {
-                    Ok(()) => Outcome::Sent,
-                    Err(MailError::Transient(reason)) => Outcome::Retry(reason),
-                    Err(MailError::Config(reason)) => Outcome::Fatal(NotifyError::Channel(reason)),
-                    Err(err) => Outcome::Failed(err.to_string()),
-                },
+                Ok(Ok(email)) => {
+                    let mailer = mailer.clone();
+                    match tokio::spawn(async move { mailer.send(&email).await }).await {
+                        Ok(Ok(())) => Outcome::Sent,
+                        Ok(Err(MailError::Transient(reason))) => Outcome::Retry(reason),
+                        Ok(Err(MailError::Config(reason))) => Outcome::Fatal(NotifyError::Channel(reason)),
+                        Ok(Err(err)) => Outcome::Failed(err.to_string()),
+                        Err(panicked) => Outcome::Retry(format!("the send task failed: {panicked}")),
+                    }
+                }
             },
             Transport::Matrix(sender) => match settings.render(incident, delivery) {
                 Err(err) => Outcome::Fatal(err),
@@ -212,11 +220,35 @@ impl Transport<'_> {
             },
         }
     }
+
+    /// Why a claimed delivery is not sent at all, if it is not.
+    fn skip_reason(delivery: &Delivery) -> Option<&'static str> {
+        if delivery.opted_out_at.is_some() {
+            return Some("the contact opted out");
+        }
+        if delivery.channel == "email" && delivery.contact_id.is_none() {
+            return Some("the contact was removed");
+        }
+        // Planned when the account survived; its ID has since been
+        // registered again, maybe by someone else.
+        if delivery.channel == "matrix" && delivery.address == delivery.user_id && delivery.recreated_at.is_some() {
+            return Some("the account was registered again, maybe by someone else");
+        }
+        None
+    }
 }
 
 /// Sends an incident's deliveries of one channel until none is due;
 /// returns the counts by state (all channels) afterwards. Call
 /// `Registry::resume_deliveries` once before a run.
+///
+/// Up to `concurrency` messages are out at once, and a message counts
+/// against that limit until its outcome is in the registry: a crash can
+/// repeat at most `concurrency` messages. The registry work (claiming the
+/// next deliveries ahead of need, recording what finished) runs one write
+/// at a time beside the sends, and each write records every outcome that
+/// finished meanwhile, so it costs one transaction per group, not per
+/// message.
 pub async fn send_deliveries(
     registry: &Registry,
     transport: Transport<'_>,
@@ -225,100 +257,167 @@ pub async fn send_deliveries(
     concurrency: usize,
     progress: &dyn NotifyProgress,
 ) -> Result<DeliveryCounts, NotifyError> {
+    let concurrency = concurrency.max(1);
     let counts = registry.delivery_counts(incident.id).await?;
     let total = counts.total() as u64;
     let mut done = (counts.sent + counts.failed + counts.skipped) as u64;
     let mut tries: HashMap<i64, u32> = HashMap::new();
-    let mut batch_stamp = now_ms();
+    let mut claim_stamp = now_ms();
+
+    // Claimed, not started yet.
+    let mut queue: VecDeque<Delivery> = VecDeque::new();
+    let mut sends: FuturesUnordered<BoxFuture<'_, (i64, Outcome)>> = FuturesUnordered::new();
+    // Finished attempts waiting for the next registry write.
+    let mut unrecorded: Vec<Record> = Vec::new();
+    // The registry write under way, and how many outcomes it records.
+    let mut writing: Option<BoxFuture<'_, Result<Written, registry::Error>>> = None;
+    let mut being_recorded = 0;
+    // The last claim found nothing due.
+    let mut exhausted = false;
+    // A channel or render failure: no new sends; ends the run with it.
+    let mut fatal: Option<NotifyError> = None;
+
     loop {
-        if progress.stopping() {
-            break;
+        let winding_down = fatal.is_some() || progress.stopping();
+        if winding_down {
+            unrecorded.extend(queue.drain(..).map(|delivery| Record::Release(delivery.id)));
         }
-        // Claims are marked with a stamp unique to this claim.
-        batch_stamp = (batch_stamp + 1).max(now_ms());
-        let batch =
-            registry.claim_deliveries(incident.id, transport.channel(), (concurrency * 4) as i64, batch_stamp).await?;
-        if batch.is_empty() {
+        while !winding_down && sends.len() + unrecorded.len() + being_recorded < concurrency {
+            let Some(delivery) = queue.pop_front() else { break };
+            sends.push(Box::pin(async move {
+                let outcome = match Transport::skip_reason(&delivery) {
+                    Some(reason) => Outcome::Skip(reason),
+                    None => transport.deliver(registry, incident, settings, &delivery).await,
+                };
+                (delivery.id, outcome)
+            }));
+        }
+        if writing.is_none() {
+            if !unrecorded.is_empty() {
+                let records = std::mem::take(&mut unrecorded);
+                being_recorded = records.len();
+                writing = Some(Box::pin(async move { record(registry, records).await.map(Written::Recorded) }));
+            } else if !winding_down && !exhausted && queue.len() < concurrency {
+                // Claims are marked with a stamp unique to this claim.
+                claim_stamp = (claim_stamp + 1).max(now_ms());
+                let (stamp, limit) = (claim_stamp, (concurrency * 4) as i64);
+                writing = Some(Box::pin(async move {
+                    registry.claim_deliveries(incident.id, transport.channel(), limit, stamp).await.map(Written::Claimed)
+                }));
+            }
+        }
+        if sends.is_empty() && writing.is_none() {
+            // Nothing under way, nothing queued, nothing left to record.
+            if winding_down {
+                break;
+            }
             match registry.next_pending_at(incident.id, transport.channel()).await? {
-                Some(next) if next - now_ms() <= WAIT_FOR_RETRIES.as_millis() as i64 && !progress.stopping() => {
+                Some(next) if next - now_ms() <= WAIT_FOR_RETRIES.as_millis() as i64 => {
                     tokio::time::sleep(Duration::from_millis((next - now_ms()).max(10) as u64)).await;
+                    exhausted = false;
                     continue;
                 }
                 _ => break,
             }
         }
-        let mut sends = futures::stream::iter(batch)
-            .map(|delivery| async move {
-                if progress.stopping() {
-                    return (delivery, Outcome::Release);
-                }
-                if delivery.opted_out_at.is_some() {
-                    return (delivery, Outcome::Skip("the contact opted out"));
-                }
-                if delivery.channel == "email" && delivery.contact_id.is_none() {
-                    return (delivery, Outcome::Skip("the contact was removed"));
-                }
-                // Planned when the account survived; its ID has since been
-                // registered again, maybe by someone else.
-                if delivery.channel == "matrix"
-                    && delivery.address == delivery.user_id
-                    && delivery.recreated_at.is_some()
-                {
-                    return (delivery, Outcome::Skip("the account was registered again, maybe by someone else"));
-                }
-                let outcome = match transport.deliver(registry, incident, settings, &delivery).await {
-                    // Marked here, the moment the transport confirms, while
-                    // the other sends in flight go on.
-                    Outcome::Sent => match registry.mark_delivery_sent(delivery.id).await {
-                        Ok(()) => Outcome::Sent,
-                        Err(err) => Outcome::Fatal(err.into()),
-                    },
-                    other => other,
+
+        tokio::select! {
+            Some((id, outcome)) = sends.next(), if !sends.is_empty() => {
+                let record = match outcome {
+                    Outcome::Sent => Record::Sent(id),
+                    Outcome::Skip(reason) => Record::Skipped(id, reason),
+                    Outcome::Failed(reason) => Record::Failed(id, reason),
+                    Outcome::Retry(reason) => {
+                        let count = tries.entry(id).or_default();
+                        *count += 1;
+                        let wait = if *count < ATTEMPTS_PER_RUN {
+                            Duration::from_secs(1 << (*count - 1).min(4))
+                        } else {
+                            LATER
+                        };
+                        tracing::warn!(delivery = id, error = %reason, "notice will be retried");
+                        Record::Retry(id, reason, now_ms() + wait.as_millis() as i64)
+                    }
+                    Outcome::Fatal(err) => {
+                        // Put it back as due: a render or channel failure.
+                        let record = Record::Retry(id, err.to_string(), now_ms());
+                        fatal.get_or_insert(err);
+                        record
+                    }
                 };
-                (delivery, outcome)
-            })
-            .buffer_unordered(concurrency);
-        while let Some((delivery, outcome)) = sends.next().await {
-            match outcome {
-                Outcome::Sent => done += 1,
-                Outcome::Release => {
-                    registry
-                        .mark_delivery_retry(delivery.id, "not sent yet: lifeboat was shutting down", now_ms())
-                        .await?;
-                }
-                Outcome::Skip(reason) => {
-                    registry.mark_delivery_skipped(delivery.id, reason).await?;
-                    done += 1;
-                }
-                Outcome::Failed(reason) => {
-                    registry.mark_delivery_failed(delivery.id, &reason).await?;
-                    done += 1;
-                }
-                Outcome::Retry(reason) => {
-                    let count = tries.entry(delivery.id).or_default();
-                    *count += 1;
-                    let wait =
-                        if *count < ATTEMPTS_PER_RUN { Duration::from_secs(1 << (*count - 1).min(4)) } else { LATER };
-                    tracing::warn!(delivery = delivery.id, error = %reason, "notice will be retried");
-                    registry.mark_delivery_retry(delivery.id, &reason, now_ms() + wait.as_millis() as i64).await?;
-                }
-                Outcome::Fatal(err) => {
-                    // Put it back as due: a render or registry failure. (If
-                    // the registry failed after a send, the rerun repeats it.)
-                    let _ = registry.mark_delivery_retry(delivery.id, &err.to_string(), now_ms()).await;
-                    return Err(err);
+                unrecorded.push(record);
+            }
+            written = async { writing.as_mut().expect("checked by the guard").await }, if writing.is_some() => {
+                writing = None;
+                // If the registry fails after sends, a rerun repeats the
+                // ones not recorded (at most `concurrency`).
+                match written? {
+                    Written::Claimed(claimed) => {
+                        exhausted = claimed.is_empty();
+                        queue.extend(claimed);
+                    }
+                    Written::Recorded(finished) => {
+                        being_recorded = 0;
+                        done += finished;
+                        progress.deliveries(done, total);
+                    }
                 }
             }
-            progress.deliveries(done, total);
         }
+    }
+    if let Some(err) = fatal {
+        return Err(err);
     }
     Ok(registry.delivery_counts(incident.id).await?)
 }
 
+/// The end of one attempt, as the registry keeps it.
+enum Record {
+    Sent(i64),
+    /// Claimed but not started before the run wound down: back to pending.
+    Release(i64),
+    Skipped(i64, &'static str),
+    Failed(i64, String),
+    /// Due again at the given time (ms).
+    Retry(i64, String, i64),
+}
+
+/// What a registry write of the send loop returned.
+enum Written {
+    Claimed(Vec<Delivery>),
+    /// How many deliveries ended (sent, skipped or failed).
+    Recorded(u64),
+}
+
+/// Writes a group of outcomes: every sent one in one statement, the rarer
+/// others one by one.
+async fn record(registry: &Registry, records: Vec<Record>) -> Result<u64, registry::Error> {
+    let sent: Vec<i64> =
+        records.iter().filter_map(|record| if let Record::Sent(id) = record { Some(*id) } else { None }).collect();
+    registry.mark_deliveries_sent(&sent).await?;
+    let mut finished = sent.len() as u64;
+    for record in records {
+        match record {
+            Record::Sent(_) => {}
+            Record::Release(id) => {
+                registry.mark_delivery_retry(id, "not sent yet: the run stopped first", now_ms()).await?
+            }
+            Record::Skipped(id, reason) => {
+                registry.mark_delivery_skipped(id, reason).await?;
+                finished += 1;
+            }
+            Record::Failed(id, reason) => {
+                registry.mark_delivery_failed(id, &reason).await?;
+                finished += 1;
+            }
+            Record::Retry(id, reason, at) => registry.mark_delivery_retry(id, &reason, at).await?,
+        }
+    }
+    Ok(finished)
+}
+
 enum Outcome {
     Sent,
-    /// Claimed but not started before a shutdown: back to pending.
-    Release,
     Skip(&'static str),
     Retry(String),
     Failed(String),

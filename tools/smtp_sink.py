@@ -4,6 +4,7 @@
 Usage:
     python tools/smtp_sink.py --dir DIR [--port N] [--fail-after K]
                               [--auth USER:PASSWORD] [--no-fsync]
+                              [--tls starttls|implicit] [--no-pipelining]
 
 Run it with the venv python printed by tools/synapse-venv.sh (it has
 aiosmtpd). It listens on 127.0.0.1 only (port N, or a free one) and stores
@@ -22,10 +23,18 @@ disks); the renames still make each file appear whole.
 
 `--fail-after K`: after K accepted messages, every further DATA gets
 `451 4.3.0 temporarily unavailable` (a transient failure) until healed.
-`--auth USER:PASSWORD`: offer AUTH (PLAIN, LOGIN) over the plain connection
-and require it before MAIL.
+`--auth USER:PASSWORD`: offer AUTH (PLAIN, LOGIN), also over a plain
+connection, and require it before MAIL.
+`--tls starttls`: offer STARTTLS and require it before MAIL; `--tls
+implicit`: TLS from the first byte. Either way the sink makes a throwaway CA
+and a certificate for 127.0.0.1 and localhost in DIR/tls/ and names the CA
+file in its first line (`"ca"`), for clients to trust (SSL_CERT_FILE).
+The sink offers PIPELINING (RFC 2920), as Postfix does; aiosmtpd reads
+commands one at a time, so pipelined ones are served in order.
+`--no-pipelining` leaves it out of the EHLO reply.
 
-Protocol on stdio: prints one JSON line `{"port": N}` once listening, then
+Protocol on stdio: prints one JSON line `{"port": N}` once listening
+(with `"ca": PATH` under --tls), then
 reads commands from stdin, one per line:
   heal   -> stop failing, answers `ok`
   count  -> answers the number of accepted messages
@@ -34,6 +43,9 @@ EOF on stdin or SIGTERM/SIGINT stops the server.
 
 import argparse
 import asyncio
+import datetime
+import ipaddress
+import ssl
 import concurrent.futures
 import email
 import email.policy
@@ -136,8 +148,82 @@ def record(seq, mail_from, rcpt_tos, msg, header_value):
     }
 
 
+def make_certificates(directory):
+    """A throwaway CA and a server certificate it signed, for 127.0.0.1 and
+    localhost. Returns (ca.pem, server.pem, server.key) paths."""
+    from cryptography import x509
+    from cryptography.hazmat.primitives import hashes, serialization
+    from cryptography.hazmat.primitives.asymmetric import ec
+    from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
+
+    os.makedirs(directory, exist_ok=True)
+    now = datetime.datetime.now(datetime.timezone.utc)
+    start, end = now - datetime.timedelta(hours=1), now + datetime.timedelta(days=2)
+
+    def name(common_name):
+        return x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, common_name)])
+
+    ca_key = ec.generate_private_key(ec.SECP256R1())
+    ca = (
+        x509.CertificateBuilder()
+        .subject_name(name("lifeboat smtp_sink test CA"))
+        .issuer_name(name("lifeboat smtp_sink test CA"))
+        .public_key(ca_key.public_key())
+        .serial_number(x509.random_serial_number())
+        .not_valid_before(start)
+        .not_valid_after(end)
+        .add_extension(x509.BasicConstraints(ca=True, path_length=0), critical=True)
+        .add_extension(
+            x509.KeyUsage(
+                digital_signature=False, content_commitment=False, key_encipherment=False,
+                data_encipherment=False, key_agreement=False, key_cert_sign=True, crl_sign=True,
+                encipher_only=False, decipher_only=False,
+            ),
+            critical=True,
+        )
+        .add_extension(x509.SubjectKeyIdentifier.from_public_key(ca_key.public_key()), critical=False)
+        .sign(ca_key, hashes.SHA256())
+    )
+    key = ec.generate_private_key(ec.SECP256R1())
+    server = (
+        x509.CertificateBuilder()
+        .subject_name(name("localhost"))
+        .issuer_name(ca.subject)
+        .public_key(key.public_key())
+        .serial_number(x509.random_serial_number())
+        .not_valid_before(start)
+        .not_valid_after(end)
+        .add_extension(
+            x509.SubjectAlternativeName(
+                [x509.DNSName("localhost"), x509.IPAddress(ipaddress.ip_address("127.0.0.1"))]
+            ),
+            critical=False,
+        )
+        .add_extension(x509.BasicConstraints(ca=False, path_length=None), critical=True)
+        .add_extension(x509.ExtendedKeyUsage([ExtendedKeyUsageOID.SERVER_AUTH]), critical=False)
+        .add_extension(
+            x509.AuthorityKeyIdentifier.from_issuer_public_key(ca_key.public_key()), critical=False
+        )
+        .sign(ca_key, hashes.SHA256())
+    )
+    paths = [os.path.join(directory, name) for name in ("ca.pem", "server.pem", "server.key")]
+    with open(paths[0], "wb") as f:
+        f.write(ca.public_bytes(serialization.Encoding.PEM))
+    with open(paths[1], "wb") as f:
+        f.write(server.public_bytes(serialization.Encoding.PEM))
+    with open(paths[2], "wb") as f:
+        f.write(
+            key.private_bytes(
+                serialization.Encoding.PEM,
+                serialization.PrivateFormat.PKCS8,
+                serialization.NoEncryption(),
+            )
+        )
+    return paths
+
+
 class Sink:
-    def __init__(self, directory, fail_after, durable, delay=0.0):
+    def __init__(self, directory, fail_after, durable, delay=0.0, pipelining=True):
         self.dir = os.path.abspath(directory)
         self.maildir = os.path.join(self.dir, "maildir")
         self.json_dir = os.path.join(self.dir, "json")
@@ -149,6 +235,7 @@ class Sink:
         # Seconds to wait before answering DATA: a slow server, so tests can
         # act while a send is under way.
         self.delay = delay
+        self.pipelining = pipelining
         self.next_seq = 1
         # Messages given a sequence number (being written or written) and
         # messages fully written; only the event loop thread touches these.
@@ -173,6 +260,13 @@ class Sink:
         record = parse_message(seq, mail_from, rcpt_tos, raw)
         data = json.dumps(record, ensure_ascii=False, indent=1).encode("utf-8")
         write_atomically(self.json_dir, f"{seq}.json", data, self.durable)
+
+    async def handle_EHLO(self, server, session, envelope, hostname, responses):
+        # With this hook aiosmtpd leaves recording the name to it.
+        session.host_name = hostname
+        if self.pipelining:
+            responses.insert(1, "250-PIPELINING")
+        return responses
 
     async def handle_DATA(self, server, session, envelope):
         if self.fail_after is not None and self.reserved >= self.fail_after:
@@ -233,9 +327,17 @@ async def main():
     parser.add_argument("--auth", default=None, metavar="USER:PASSWORD")
     parser.add_argument("--no-fsync", action="store_true")
     parser.add_argument("--delay-ms", type=int, default=0, help="wait this long before accepting each message")
+    parser.add_argument("--tls", choices=["starttls", "implicit"], default=None)
+    parser.add_argument("--no-pipelining", action="store_true")
     args = parser.parse_args()
 
-    sink = Sink(args.dir, args.fail_after, durable=not args.no_fsync, delay=args.delay_ms / 1000)
+    sink = Sink(
+        args.dir,
+        args.fail_after,
+        durable=not args.no_fsync,
+        delay=args.delay_ms / 1000,
+        pipelining=not args.no_pipelining,
+    )
     loop = asyncio.get_running_loop()
 
     smtp_options = {}
@@ -255,6 +357,20 @@ async def main():
         warnings.filterwarnings("ignore", module="aiosmtpd")
         logging.getLogger("mail.log").setLevel(logging.ERROR)
 
+    listening = {}
+    server_tls = None
+    if args.tls is not None:
+        ca, cert, key = make_certificates(os.path.join(sink.dir, "tls"))
+        listening["ca"] = ca
+        server_tls = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+        server_tls.load_cert_chain(cert, key)
+        if args.tls == "starttls":
+            smtp_options.update(tls_context=server_tls, require_starttls=True)
+        # Keep aiosmtpd's warnings and the tracebacks of handshakes a test
+        # makes fail on purpose (an untrusted certificate) off stderr.
+        warnings.filterwarnings("ignore", module="aiosmtpd")
+        logging.getLogger("mail.log").setLevel(logging.CRITICAL)
+
     def factory():
         return SMTP(
             sink,
@@ -266,15 +382,16 @@ async def main():
             **smtp_options,
         )
 
-    server = await loop.create_server(factory, host="127.0.0.1", port=args.port or 0)
-    port = server.sockets[0].getsockname()[1]
+    implicit = server_tls if args.tls == "implicit" else None
+    server = await loop.create_server(factory, host="127.0.0.1", port=args.port or 0, ssl=implicit)
+    listening["port"] = server.sockets[0].getsockname()[1]
 
     stop = asyncio.Event()
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop.set)
     threading.Thread(target=read_commands, args=(loop, sink, stop), daemon=True).start()
 
-    sys.stdout.write(json.dumps({"port": port}) + "\n")
+    sys.stdout.write(json.dumps(listening) + "\n")
     sys.stdout.flush()
 
     await stop.wait()

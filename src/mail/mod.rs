@@ -8,24 +8,22 @@
 //! will not help for this message) and [`MailError::Config`] (fix the
 //! config), each one sentence with a hint, never containing the password.
 //!
-//! lettre builds the messages and speaks SMTP; the connection pool is ours
-//! (see `pool.rs` for why: lettre's pooled transport stalls ~40 ms per
-//! message on Nagle's algorithm).
+//! lettre builds the messages; the SMTP client (`smtp.rs`) and its
+//! connection pool (`pool.rs`) are lifeboat's own, for speed: see there.
 
 mod message;
 mod pool;
+mod smtp;
 mod smtp_url;
 
 use std::fmt;
 use std::sync::Arc;
 
 use lettre::message::Mailbox;
-use lettre::transport::smtp::authentication::Credentials;
-use lettre::transport::smtp::client::TlsParameters;
-use lettre::transport::smtp::extension::ClientId;
 use secrecy::{ExposeSecret, SecretString};
 
 use pool::{Endpoint, Failure, Pool};
+use smtp::{Reply, Setup, SmtpError, Tls};
 
 use crate::config::EmailConfig;
 use crate::email::EmailAddress;
@@ -119,8 +117,8 @@ impl Mailer {
             Some(secret) => Some(secret.value.expose_secret().to_owned()),
             None => url.password.clone(),
         };
-        let credentials = match (&url.username, password) {
-            (Some(user), Some(password)) => Some(Credentials::new(user.clone(), password)),
+        let login = match (&url.username, password) {
+            (Some(user), Some(password)) => Some((user.clone(), SecretString::from(password))),
             (None, None) => None,
             (Some(user), None) => {
                 return Err(MailError::Config(format!(
@@ -142,15 +140,12 @@ impl Mailer {
                 )));
             }
         };
-        let password_for_scrubbing = credentials.as_ref().and(match &email.smtp_password {
-            Some(secret) => Some(secret.value.clone()),
-            None => url.password.clone().map(SecretString::from),
-        });
+        let password_for_scrubbing = login.as_ref().map(|(_, password)| password.clone());
 
         let tls = match url.mode {
             TlsMode::Plain => None,
             TlsMode::StartTls | TlsMode::Opportunistic | TlsMode::Implicit => {
-                Some(TlsParameters::new(url.host.clone()).map_err(|err| {
+                Some(Tls::for_host(&url.host).map_err(|err| {
                     MailError::Config(format!(
                         "TLS for email.smtp_url {} cannot be set up ({err}); {URL_HINT}",
                         url.redacted
@@ -161,10 +156,13 @@ impl Mailer {
         let endpoint = Endpoint {
             host: url.host,
             port: url.port,
-            mode: url.mode,
-            tls,
-            hello_name: url.hello_name.map(ClientId::Domain).unwrap_or_default(),
-            credentials,
+            setup: Setup {
+                hello_name: url.hello_name.unwrap_or_else(smtp::default_hello_name),
+                tls,
+                implicit_tls: url.mode == TlsMode::Implicit,
+                tls_optional: url.mode == TlsMode::Opportunistic,
+                login,
+            },
         };
 
         Ok(Mailer {
@@ -196,10 +194,16 @@ impl Mailer {
     /// Sends one message; `Ok` once the server accepted it (250 after DATA).
     pub async fn send(&self, email: &OutgoingEmail) -> Result<(), MailError> {
         let message = message::build(&self.inner.from, email)?;
-        let bytes = message.formatted();
+        let envelope = message.envelope();
+        let (Some(from), [to]) = (envelope.from(), envelope.to()) else {
+            return Err(MailError::Permanent(format!(
+                "the message to {} has no single envelope recipient; this is a bug in lifeboat",
+                email.to
+            )));
+        };
         self.inner
             .pool
-            .send(message.envelope(), &bytes)
+            .send(from.as_ref(), to.as_ref(), &message.formatted())
             .await
             .map_err(|failure| self.classify(failure, Some(&email.to)))
     }
@@ -230,9 +234,8 @@ impl Mailer {
             // connection or login, never about one recipient.
             Failure::Setup(err) => match classify(&err, endpoint, None) {
                 MailError::Permanent(_) => MailError::Config(format!(
-                    "the mail server at {endpoint} refused lifeboat's connection ({}); {URL_HINT}, \
-                     and the user and password",
-                    reply_of(&err)
+                    "the mail server at {endpoint} refused lifeboat's connection ({err}); {URL_HINT}, \
+                     and the user and password"
                 )),
                 other => other,
             },
@@ -253,91 +256,62 @@ impl Mailer {
     }
 }
 
-/// Sorts a lettre error into the three kinds, with a message and a hint.
-fn classify(err: &lettre::transport::smtp::Error, endpoint: &str, to: Option<&EmailAddress>) -> MailError {
-    let detail = err.to_string();
+/// Sorts an SMTP error into the three kinds, with a message and a hint.
+fn classify(err: &SmtpError, endpoint: &str, to: Option<&EmailAddress>) -> MailError {
     let recipient = match to {
         Some(to) => format!("the message to {to}"),
         None => "the connection test".to_owned(),
     };
-
-    if let Some(code) = err.status() {
-        let code = code.to_string();
-        let reply = reply_text(&detail);
-        if err.is_transient() {
-            return MailError::Transient(format!(
-                "the mail server at {endpoint} deferred {recipient} ({code} {reply}); \
-                 it will be retried later"
-            ));
+    match err {
+        SmtpError::Refused(reply) => classify_refusal(reply, endpoint, &recipient),
+        SmtpError::Io(err) if err.kind() == std::io::ErrorKind::TimedOut => MailError::Transient(format!(
+            "the mail server at {endpoint} did not answer in time ({err}); {URL_HINT}, and whether the server is up"
+        )),
+        SmtpError::Io(_) | SmtpError::Protocol(_) => {
+            MailError::Transient(format!("could not talk to the mail server at {endpoint} ({err}); {URL_HINT}"))
         }
-        // Login refused or required, or TLS required before login: the
-        // config is wrong, not the message.
-        if matches!(code.as_str(), "530" | "534" | "535" | "538") {
-            return MailError::Config(format!(
-                "the mail server at {endpoint} refused the login ({code} {reply}); check the \
-                 user in email.smtp_url, email.smtp_password, and the TLS mode \
-                 (?tls=required or smtps://)"
-            ));
+        SmtpError::Tls(err) => MailError::Transient(format!(
+            "TLS with the mail server at {endpoint} failed ({err}); {URL_HINT}, and that the server's certificate \
+             is valid for its name"
+        )),
+        SmtpError::Unsupported(what) if what.contains("SMTPUTF8") => {
+            MailError::Permanent(format!("the mail server at {endpoint} cannot take {recipient}: {what}"))
         }
-        // Sender address refused (5.1.7 / 5.1.8 bad sender): every message
-        // would fail the same way.
-        if reply.starts_with("5.1.7") || reply.starts_with("5.1.8") {
-            return MailError::Config(format!(
-                "the mail server at {endpoint} refused the sender ({code} {reply}); check \
-                 email.from: the server must accept it as a sender address"
-            ));
-        }
-        return MailError::Permanent(format!(
-            "the mail server at {endpoint} rejected {recipient} ({code} {reply}); retrying will \
-             not help, the reply says why (usually an unknown or refused address)"
-        ));
+        SmtpError::Unsupported(what) => MailError::Config(format!(
+            "the mail server at {endpoint} cannot be used as configured: {what}; {URL_HINT}, and the user and \
+             password"
+        )),
     }
+}
 
-    if err.is_timeout() {
+fn classify_refusal(reply: &Reply, endpoint: &str, recipient: &str) -> MailError {
+    let code = reply.code;
+    let text = reply.text();
+    if code / 100 == 4 {
         return MailError::Transient(format!(
-            "the mail server at {endpoint} did not answer in time ({detail}); {URL_HINT}, and \
-             whether the server is up"
+            "the mail server at {endpoint} deferred {recipient} ({code} {text}); it will be retried later"
         ));
     }
-    if err.is_tls() {
-        return MailError::Transient(format!("TLS with the mail server at {endpoint} failed ({detail}); {URL_HINT}"));
+    // Login refused or required, or TLS required before login: the config
+    // is wrong, not the message.
+    if matches!(code, 530 | 534 | 535 | 538) {
+        return MailError::Config(format!(
+            "the mail server at {endpoint} refused the login ({code} {text}); check the user in \
+             email.smtp_url, email.smtp_password, and the TLS mode (?tls=required or smtps://)"
+        ));
     }
-    if err.is_client() {
-        if detail.contains("STARTTLS is not supported") {
-            return MailError::Config(format!(
-                "the mail server at {endpoint} does not offer STARTTLS ({detail}); {URL_HINT}"
-            ));
-        }
-        if detail.contains("authentication mechanism") {
-            return MailError::Config(format!(
-                "the mail server at {endpoint} offers no login method lettre supports \
-                 ({detail}); check that the server allows AUTH PLAIN or LOGIN, usually only \
-                 after TLS (?tls=required or smtps://)"
-            ));
-        }
-        if detail.contains("non-ascii") {
-            return MailError::Permanent(format!(
-                "the mail server at {endpoint} cannot take {recipient} ({detail}); it lacks \
-                 SMTPUTF8/8BITMIME support for this address"
-            ));
-        }
+    // Sender address refused (5.1.7 / 5.1.8 bad sender): every message
+    // would fail the same way.
+    if text.starts_with("5.1.7") || text.starts_with("5.1.8") {
+        return MailError::Config(format!(
+            "the mail server at {endpoint} refused the sender ({code} {text}); check email.from: the server \
+             must accept it as a sender address"
+        ));
     }
-    MailError::Transient(format!("could not talk to the mail server at {endpoint} ({detail}); {URL_HINT}"))
-}
-
-/// `CODE reply text` of an SMTP error, or its description when there is no
-/// reply code.
-fn reply_of(err: &lettre::transport::smtp::Error) -> String {
-    let detail = err.to_string();
-    match err.status() {
-        Some(code) => format!("{code} {}", reply_text(&detail)),
-        None => detail,
-    }
-}
-
-/// lettre formats reply errors as `permanent error (550): text`.
-fn reply_text(detail: &str) -> &str {
-    detail.split_once(": ").map_or(detail, |(_, reply)| reply).trim()
+    MailError::Permanent(format!(
+        "the mail server at {endpoint} rejected {recipient} ({code} {text}); retrying will not help, the \
+         reply says why (usually an unknown or refused address)"
+    ))
 }
 
 /// Replaces every occurrence of the password in the error text.
@@ -558,6 +532,31 @@ mod tests {
         let message = err.to_string();
         assert!(message.contains("alice@example.net"), "{message}");
         assert!(message.contains("550 5.1.1 no such user"), "{message}");
+    }
+
+    #[tokio::test]
+    async fn with_pipelining_a_message_goes_out_and_a_refusal_leaves_the_connection_usable() {
+        send_through(|verb| (verb == "EHLO").then_some("250-scripted\r\n250 PIPELINING")).await.unwrap();
+
+        let (port, accepted) = scripted_server(|verb| match verb {
+            "EHLO" => Some("250-scripted\r\n250 PIPELINING"),
+            "RCPT" => Some("550 5.1.1 no such user"),
+            _ => None,
+        })
+        .await;
+        let mailer = Mailer::from_config(&config(&format!("smtp://127.0.0.1:{port}"), None), 1).unwrap();
+        for _ in 0..2 {
+            let err = mailer.send(&email_to("alice@example.net")).await.unwrap_err();
+            assert!(matches!(err, MailError::Permanent(ref m) if m.contains("550 5.1.1 no such user")), "{err:?}");
+        }
+        assert_eq!(accepted.load(std::sync::atomic::Ordering::SeqCst), 1, "reset with RSET and reused");
+    }
+
+    #[tokio::test]
+    async fn a_server_that_does_not_speak_smtp_is_a_transient_failure() {
+        let err = send_through(|verb| (verb == "GREETING").then_some("HTTP/1.1 400 Bad Request")).await.unwrap_err();
+        assert!(err.is_transient(), "{err:?}");
+        assert!(err.to_string().contains("not SMTP"), "{err}");
     }
 
     #[tokio::test]

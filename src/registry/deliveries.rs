@@ -252,6 +252,27 @@ impl Registry {
         self.set_delivery_state(id, DeliveryState::Sent, None, None).await
     }
 
+    /// Marks many deliveries sent in one statement per 500: a notify run
+    /// records the messages its connections finished together, rather than
+    /// one transaction each.
+    pub async fn mark_deliveries_sent(&self, ids: &[i64]) -> Result<()> {
+        let now = now_ms();
+        for chunk in ids.chunks(500) {
+            let placeholders: Vec<String> = (0..chunk.len()).map(|n| format!("${}", n + 2)).collect();
+            let sql = format!(
+                "UPDATE deliveries SET state = 'sent', last_error = NULL, sent_at = $1 WHERE id IN ({})",
+                placeholders.join(", ")
+            );
+            // Only numbered placeholders are spliced in; the IDs are bound.
+            let mut query = sqlx::query(sqlx::AssertSqlSafe(sql)).bind(now);
+            for id in chunk {
+                query = query.bind(*id);
+            }
+            query.execute(&self.pool).await?;
+        }
+        Ok(())
+    }
+
     /// A transient failure: try again at `next_attempt_at`.
     pub async fn mark_delivery_retry(&self, id: i64, error: &str, next_attempt_at: i64) -> Result<()> {
         self.set_delivery_state(id, DeliveryState::Pending, Some(error), Some(next_attempt_at)).await

@@ -544,3 +544,57 @@ async fn a_drill_passes_on_a_ready_setup_and_changes_nothing_on_synapse() {
     assert_eq!(wrong.code, 1, "{wrong:?}");
     assert!(wrong.stdout.contains("[FAIL] shared secret") && wrong.stdout.contains("HMAC incorrect"), "{wrong:?}");
 }
+
+/// Mail leaves over STARTTLS and over TLS from the first byte, logged in,
+/// once the server's certificate is trusted; never to a server lifeboat
+/// cannot trust, nor with a wrong password, and the password is never shown.
+#[tokio::test(flavor = "multi_thread")]
+async fn mail_goes_out_over_tls_with_a_login_only_to_a_trusted_server() {
+    use crate::harness::smtp::SinkTls;
+    for tls in [SinkTls::StartTls, SinkTls::Implicit] {
+        let password = "s3cret-smtp-pass";
+        let smtp = TestSmtp::start_secured(tls, "lifeboat", password);
+        let registry = TestDatabase::sqlite();
+        let smtp_url = match tls {
+            SinkTls::StartTls => format!("smtp://lifeboat@127.0.0.1:{}?tls=required", smtp.port()),
+            SinkTls::Implicit => format!("smtps://lifeboat@127.0.0.1:{}", smtp.port()),
+        };
+        // Nothing listens on port 9 here: the drill's Synapse lines fail
+        // fast, and its email line is what this test reads.
+        let mut lifeboat = Lifeboat::with_config(&format!(
+            "[homeserver]\nurl = \"http://127.0.0.1:9\"\nserver_name = \"example.org\"\nadmin_token = \"t\"\n\
+             retries = 1\n\n[registry]\nurl = \"{}\"\n\n[email]\nsmtp_url = \"{smtp_url}\"\n\
+             smtp_password = \"{password}\"\nfrom = \"Lifeboat <lifeboat@lifeboat.test>\"\n\n\
+             [alerts]\nemail = [\"ops@example.org\"]\n",
+            registry.url(),
+        ));
+        let email_line = |run: &crate::harness::cli::Run| {
+            let report = run.json();
+            let line = report["lines"].as_array().unwrap().iter().find(|line| line["check"] == "email").cloned();
+            let line = line.unwrap_or_else(|| panic!("no email line: {run:?}"));
+            assert!(!run.stdout.contains(password) && !run.stderr.contains(password), "{run:?}");
+            (line["status"].as_str().unwrap().to_owned(), line["detail"].to_string())
+        };
+
+        let untrusted = lifeboat.run(&["drill", "--json"]).await;
+        let (status, detail) = email_line(&untrusted);
+        assert_eq!(status, "fail", "{tls:?}: {untrusted:?}");
+        assert!(detail.contains("invalid peer certificate"), "{tls:?}: {detail}");
+
+        lifeboat.set_env("SSL_CERT_FILE", smtp.ca_file().to_str().unwrap());
+        lifeboat.set_env("LIFEBOAT__EMAIL__SMTP_PASSWORD", "not-the-password");
+        let wrong_password = lifeboat.run(&["drill", "--json"]).await;
+        let (status, detail) = email_line(&wrong_password);
+        assert_eq!(status, "fail", "{tls:?}: {wrong_password:?}");
+        assert!(detail.contains("refused the login"), "{tls:?}: {detail}");
+        assert!(!wrong_password.stdout.contains("not-the-password"), "{wrong_password:?}");
+
+        lifeboat.set_env("LIFEBOAT__EMAIL__SMTP_PASSWORD", password);
+        let trusted = lifeboat.run(&["drill", "--json"]).await;
+        let (status, detail) = email_line(&trusted);
+        assert_eq!(status, "ok", "{tls:?}: {detail}");
+        let received = smtp.messages_to("ops@example.org");
+        assert_eq!(received.len(), 1, "{tls:?}: one test message, sent once trusted and logged in");
+        assert_eq!(received[0].mail_from, "lifeboat@lifeboat.test");
+    }
+}

@@ -59,6 +59,8 @@ impl ReceivedMail {
 
 pub struct TestSmtp {
     port: u16,
+    /// The CA that signed the sink's certificate, under TLS.
+    ca_file: Option<std::path::PathBuf>,
     dir: tempfile::TempDir,
     /// The sink's stdin (None once closed) and stdout.
     control: Mutex<(Option<ChildStdin>, BufReader<ChildStdout>)>,
@@ -68,6 +70,16 @@ pub struct TestSmtp {
 #[derive(Deserialize)]
 struct Listening {
     port: u16,
+    ca: Option<std::path::PathBuf>,
+}
+
+/// How a secured sink speaks TLS.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum SinkTls {
+    /// STARTTLS, required before MAIL.
+    StartTls,
+    /// TLS from the first byte (`smtps://`).
+    Implicit,
 }
 
 impl TestSmtp {
@@ -76,18 +88,30 @@ impl TestSmtp {
     ///
     /// [`heal`]: TestSmtp::heal
     pub fn start(fail_after: Option<u32>) -> TestSmtp {
-        Self::start_with(fail_after, 0)
+        Self::start_with(fail_after, 0, &[])
     }
 
     /// A sink that takes `delay_ms` to accept each message (a slow server).
     pub fn start_slow(delay_ms: u32) -> TestSmtp {
-        Self::start_with(None, delay_ms)
+        Self::start_with(None, delay_ms, &[])
     }
 
-    fn start_with(fail_after: Option<u32>, delay_ms: u32) -> TestSmtp {
+    /// A sink that speaks TLS with a certificate from a throwaway CA
+    /// ([`ca_file`]) and wants a login before MAIL.
+    ///
+    /// [`ca_file`]: TestSmtp::ca_file
+    pub fn start_secured(tls: SinkTls, user: &str, password: &str) -> TestSmtp {
+        let mode = match tls {
+            SinkTls::StartTls => "starttls",
+            SinkTls::Implicit => "implicit",
+        };
+        Self::start_with(None, 0, &["--tls", mode, "--auth", &format!("{user}:{password}")])
+    }
+
+    fn start_with(fail_after: Option<u32>, delay_ms: u32, extra: &[&str]) -> TestSmtp {
         let dir = tempfile::Builder::new().prefix("lifeboat-smtp-").tempdir().unwrap();
         let mut command = Command::new(super::venv_python());
-        command.arg(super::repo_root().join("tools/smtp_sink.py")).arg("--dir").arg(dir.path());
+        command.arg(super::repo_root().join("tools/smtp_sink.py")).arg("--dir").arg(dir.path()).args(extra);
         if let Some(k) = fail_after {
             command.arg("--fail-after").arg(k.to_string());
         }
@@ -106,7 +130,18 @@ impl TestSmtp {
         stdout.read_line(&mut line).unwrap();
         let listening: Listening =
             serde_json::from_str(&line).unwrap_or_else(|err| panic!("the SMTP sink did not start ({err}): {line:?}"));
-        TestSmtp { port: listening.port, dir, control: Mutex::new((Some(stdin), stdout)), child }
+        TestSmtp {
+            port: listening.port,
+            ca_file: listening.ca,
+            dir,
+            control: Mutex::new((Some(stdin), stdout)),
+            child,
+        }
+    }
+
+    /// The CA file to trust (SSL_CERT_FILE) for a secured sink.
+    pub fn ca_file(&self) -> &Path {
+        self.ca_file.as_deref().expect("a sink started with TLS")
     }
 
     pub fn port(&self) -> u16 {
