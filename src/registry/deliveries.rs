@@ -206,7 +206,9 @@ impl Registry {
     }
 
     /// Claims up to `limit` due deliveries of one channel (pending →
-    /// sending), marked with `batch` (unique per claim), ready to render.
+    /// sending), the longest due first, marked with `batch` (unique per
+    /// claim), ready to render. Both statements follow the `deliveries_due`
+    /// index, so a claim costs the same however many are pending.
     pub async fn claim_deliveries(
         &self,
         incident_id: i64,
@@ -218,7 +220,7 @@ impl Registry {
         sqlx::query(
             "UPDATE deliveries SET state = 'sending', claimed_at = $3, attempts = attempts + 1 \
              WHERE id IN (SELECT id FROM deliveries WHERE incident_id = $1 AND channel = $5 \
-                          AND state = 'pending' AND next_attempt_at <= $4 ORDER BY id LIMIT $2)",
+                          AND state = 'pending' AND next_attempt_at <= $4 ORDER BY next_attempt_at, id LIMIT $2)",
         )
         .bind(incident_id)
         .bind(limit)
@@ -238,10 +240,12 @@ impl Registry {
                                             AND t.purpose = 'notice' AND t.confirmed_at IS NOT NULL \
                                             AND t.revoked_at IS NULL \
                                             AND NOT (d.channel = 'matrix' AND d.address = d.user_id) \
-             WHERE d.incident_id = $1 AND d.state = 'sending' AND d.claimed_at = $2 ORDER BY d.id",
+             WHERE d.incident_id = $1 AND d.channel = $3 AND d.state = 'sending' AND d.claimed_at = $2 \
+             ORDER BY d.next_attempt_at, d.id",
         )
         .bind(incident_id)
         .bind(batch)
+        .bind(channel)
         .fetch_all(&mut *tx)
         .await?;
         tx.commit().await?;
