@@ -302,7 +302,10 @@ pub async fn send_deliveries(
                 claim_stamp = (claim_stamp + 1).max(now_ms());
                 let (stamp, limit) = (claim_stamp, (concurrency * 4) as i64);
                 writing = Some(Box::pin(async move {
-                    registry.claim_deliveries(incident.id, transport.channel(), limit, stamp).await.map(Written::Claimed)
+                    registry
+                        .claim_deliveries(incident.id, transport.channel(), limit, stamp)
+                        .await
+                        .map(Written::Claimed)
                 }));
             }
         }

@@ -297,7 +297,7 @@ async fn notify(bot: &Bot, room: &Room, actor: &Actor, id: i64, confirm: bool) -
         ));
     }
     let asked = bot.confirmations.lock().ok().and_then(|mut pending| pending.remove(&id));
-    if !asked.is_some_and(|at| at.elapsed() <= CONFIRM_WITHIN) {
+    if asked.is_none_or(|at| at.elapsed() > CONFIRM_WITHIN) {
         return Err(format!(
             "there is no recent dry run of incident {id} to confirm: send `{} notify {id}` first, then confirm within {} minutes",
             bot.prefix(),

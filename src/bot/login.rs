@@ -75,12 +75,12 @@ pub async fn existing_credentials(
 ) -> Result<Option<BotLogin>, LoginError> {
     let base = SynapseClient::from_config(&config.homeserver);
     let me = service_user_id(config).to_string();
-    if let Some(stored) = registry.setting(SESSION_SETTING).await?.filter(|value| !value.is_empty()) {
-        if let Ok(session) = serde_json::from_str::<StoredSession>(&stored) {
-            let token = SecretString::from(session.access_token);
-            if let Some(login) = working(&base, &me, token, Some(session.device_id), false).await? {
-                return Ok(Some(login));
-            }
+    if let Some(stored) = registry.setting(SESSION_SETTING).await?.filter(|value| !value.is_empty())
+        && let Ok(session) = serde_json::from_str::<StoredSession>(&stored)
+    {
+        let token = SecretString::from(session.access_token);
+        if let Some(login) = working(&base, &me, token, Some(session.device_id), false).await? {
+            return Ok(Some(login));
         }
     }
     if let Some(login) = recovered(&base, registry, &me).await? {
@@ -116,10 +116,10 @@ pub async fn credentials(
     if let Some(login) = recovered(&base, registry, &me).await? {
         return Ok(login);
     }
-    if let Some(token) = &bot.access_token {
-        if let Some(login) = working(&base, &me, token.value.clone(), None, false).await? {
-            return Ok(login);
-        }
+    if let Some(token) = &bot.access_token
+        && let Some(login) = working(&base, &me, token.value.clone(), None, false).await?
+    {
+        return Ok(login);
     }
     if let Some(password) = &bot.password {
         let localpart = me.trim_start_matches('@').split(':').next().unwrap_or_default();

@@ -205,14 +205,11 @@ async fn session(
                     return Ended::TokenDead;
                 }
             }
-            alert = alerts.recv() => match alert {
-                Some(text) => {
-                    queued.push(text);
-                    if queued.len() > MAX_QUEUED_ALERTS {
-                        queued.remove(0);
-                    }
+            alert = alerts.recv() => if let Some(text) = alert {
+                queued.push(text);
+                if queued.len() > MAX_QUEUED_ALERTS {
+                    queued.remove(0);
                 }
-                None => {}
             },
             _ = invite_check.tick() => invite_admins(bot, &client, &admin_client).await,
             _ = cancel.cancelled() => return Ended::Cancelled,
@@ -242,18 +239,18 @@ async fn settle_admin_room(bot: &Arc<Bot>, client: &Client, recovered: bool) -> 
     let registry = &bot.state.registry;
     let joined = |room_id: &RoomId| client.get_room(room_id).filter(|room| room.state() == RoomState::Joined);
     let configured = bot.configured_room.lock().ok().and_then(|room| room.clone());
-    if let Some(room_id) = configured {
-        if joined(&room_id).is_some() || client.join_room_by_id(&room_id).await.is_ok() {
-            bot.set_admin_room(room_id);
-            return Ok(false);
-        }
+    if let Some(room_id) = configured
+        && (joined(&room_id).is_some() || client.join_room_by_id(&room_id).await.is_ok())
+    {
+        bot.set_admin_room(room_id);
+        return Ok(false);
     }
     let stored = registry.setting(ROOM_SETTING).await.map_err(|err| err.to_string())?;
-    if let Some(room_id) = stored.and_then(|id| OwnedRoomId::try_from(id).ok()) {
-        if joined(&room_id).is_some() {
-            bot.set_admin_room(room_id);
-            return Ok(false);
-        }
+    if let Some(room_id) = stored.and_then(|id| OwnedRoomId::try_from(id).ok())
+        && joined(&room_id).is_some()
+    {
+        bot.set_admin_room(room_id);
+        return Ok(false);
     }
     if bot.config.admin_room.is_some() && !recovered {
         tracing::warn!(

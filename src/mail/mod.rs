@@ -1,4 +1,4 @@
-//! Sending email over SMTP (lettre, pooled connections).
+//! Sending email over SMTP (lettre builds the messages; pooled connections).
 //!
 //! [`Mailer`] is built from `[email]` in the config: `smtp_url` in lettre's
 //! URL form (`smtp://` plain, `smtp://…?tls=required` STARTTLS, `smtps://`
@@ -484,7 +484,9 @@ mod tests {
                             (None, "QUIT") => "221 bye".to_owned(),
                             (None, _) => "250 ok".to_owned(),
                         };
-                        if write.write_all(format!("{answer}\r\n").as_bytes()).await.is_err() || verb == "QUIT" {
+                        // After 421 a server closes the connection (RFC 5321 3.8).
+                        let closes = verb == "QUIT" || answer.starts_with("421");
+                        if write.write_all(format!("{answer}\r\n").as_bytes()).await.is_err() || closes {
                             break;
                         }
                     }
@@ -550,6 +552,21 @@ mod tests {
             assert!(matches!(err, MailError::Permanent(ref m) if m.contains("550 5.1.1 no such user")), "{err:?}");
         }
         assert_eq!(accepted.load(std::sync::atomic::Ordering::SeqCst), 1, "reset with RSET and reused");
+    }
+
+    #[tokio::test]
+    async fn a_pipelined_refusal_is_reported_even_when_the_server_hangs_up_after_it() {
+        let err = send_through(|verb| match verb {
+            "EHLO" => Some("250-scripted\r\n250 PIPELINING"),
+            "MAIL" => Some("421 4.3.2 shutting down"),
+            _ => None,
+        })
+        .await
+        .unwrap_err();
+        assert!(
+            matches!(err, MailError::Transient(ref m) if m.contains("deferred") && m.contains("421 4.3.2")),
+            "{err:?}"
+        );
     }
 
     #[tokio::test]

@@ -95,11 +95,12 @@ impl Tls {
         use rustls_platform_verifier::BuilderVerifierExt;
         let server_name =
             ServerName::try_from(host.to_owned()).map_err(|err| format!("`{host}` is not a TLS server name: {err}"))?;
-        let config = rustls::ClientConfig::builder_with_provider(Arc::new(rustls::crypto::aws_lc_rs::default_provider()))
-            .with_safe_default_protocol_versions()
-            .and_then(|builder| builder.with_platform_verifier())
-            .map_err(|err| err.to_string())?
-            .with_no_client_auth();
+        let config =
+            rustls::ClientConfig::builder_with_provider(Arc::new(rustls::crypto::aws_lc_rs::default_provider()))
+                .with_safe_default_protocol_versions()
+                .and_then(|builder| builder.with_platform_verifier())
+                .map_err(|err| err.to_string())?
+                .with_no_client_auth();
         Ok(Tls { config: Arc::new(config), server_name })
     }
 
@@ -196,7 +197,7 @@ impl Connection {
         match &result {
             // The server refused but the conversation is in step: reset it
             // for the next message.
-            Err(SmtpError::Refused(_)) => {
+            Err(SmtpError::Refused(_)) if !self.broken => {
                 if !matches!(self.command(b"RSET\r\n", 250).await, Ok(())) {
                     self.broken = true;
                 }
@@ -210,9 +211,7 @@ impl Connection {
     async fn transaction(&mut self, from: &str, to: &str, message: &[u8]) -> Result<(), SmtpError> {
         let international = !from.is_ascii() || !to.is_ascii();
         if international && !self.smtputf8 {
-            return Err(SmtpError::Unsupported(
-                "the address is not ASCII and the server does not offer SMTPUTF8",
-            ));
+            return Err(SmtpError::Unsupported("the address is not ASCII and the server does not offer SMTPUTF8"));
         }
         let option = if international { " SMTPUTF8" } else { "" };
         self.out.clear();
@@ -222,15 +221,27 @@ impl Connection {
             self.flush_out().await?;
             // Every reply is read before judging any, so the conversation
             // stays in step.
-            let mail = self.read_reply().await?;
-            let rcpt = self.read_reply().await?;
-            let data = self.read_reply().await?;
-            if let Some(refusal) = [&mail, &rcpt].into_iter().find(|reply| reply.code / 100 != 2) {
+            let mut replies = Vec::with_capacity(3);
+            while replies.len() < 3 {
+                match self.read_reply().await {
+                    Ok(reply) => replies.push(reply),
+                    // A server that refused and hung up: the refusal says more.
+                    Err(err) => {
+                        self.broken = true;
+                        return Err(replies
+                            .into_iter()
+                            .find(|reply| reply.code / 100 != 2)
+                            .map_or(err, |r| judge(r, 2)));
+                    }
+                }
+            }
+            let data = replies.pop().expect("three replies");
+            if let Some(refusal) = replies.into_iter().find(|reply| reply.code / 100 != 2) {
                 if data.code == 354 {
                     // Accepted DATA with nobody to deliver to: end it empty.
                     self.command(b".\r\n", 0).await.ok();
                 }
-                return Err(judge(refusal.clone(), 2));
+                return Err(judge(refusal, 2));
             }
             check(data, 354)?;
         } else {

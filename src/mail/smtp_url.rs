@@ -1,4 +1,4 @@
-//! `email.smtp_url` in lettre's URL form, checked and taken apart here:
+//! `email.smtp_url`, in the URL form lettre made common, checked and taken apart here:
 //! `smtp://` plain, `smtp://…?tls=required` STARTTLS, `?tls=opportunistic`,
 //! `smtps://` implicit TLS, optional `user:password@`, and an optional path
 //! naming the EHLO host (`smtp://host/client.example.org`). Error messages
@@ -66,7 +66,7 @@ pub(crate) fn parse(smtp_url: &str) -> Result<SmtpUrl, MailError> {
         ("smtps", None | Some("required")) => TlsMode::Implicit,
         ("smtp" | "smtps", Some(other)) => {
             return Err(MailError::Config(format!(
-                "email.smtp_url has ?tls={other}, which lettre does not know: use ?tls=required \
+                "email.smtp_url has ?tls={other}, which lifeboat does not know: use ?tls=required \
                  for STARTTLS on smtp://, or smtps:// for TLS from the start"
             )));
         }
@@ -106,7 +106,7 @@ pub(crate) fn parse(smtp_url: &str) -> Result<SmtpUrl, MailError> {
         })?),
     };
 
-    // lettre's defaults for these URLs.
+    // The usual ports: SMTP, submission (STARTTLS), submissions (TLS).
     let port = url.port().unwrap_or(match mode {
         TlsMode::Plain => 25,
         TlsMode::StartTls | TlsMode::Opportunistic => 587,

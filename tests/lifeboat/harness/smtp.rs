@@ -130,13 +130,7 @@ impl TestSmtp {
         stdout.read_line(&mut line).unwrap();
         let listening: Listening =
             serde_json::from_str(&line).unwrap_or_else(|err| panic!("the SMTP sink did not start ({err}): {line:?}"));
-        TestSmtp {
-            port: listening.port,
-            ca_file: listening.ca,
-            dir,
-            control: Mutex::new((Some(stdin), stdout)),
-            child,
-        }
+        TestSmtp { port: listening.port, ca_file: listening.ca, dir, control: Mutex::new((Some(stdin), stdout)), child }
     }
 
     /// The CA file to trust (SSL_CERT_FILE) for a secured sink.
