@@ -3,15 +3,14 @@
 //! create the missing tokens and deliveries, then send by email and DM
 //! under the incident's lease, so two runs never send the same outbox.
 
-use std::time::Duration;
-
 use crate::config::{Config, EmailConfig};
 use crate::dm::{CryptoStore, DmSender};
+use crate::lease::{Held, Lease};
 use crate::links::LINK_KEY;
 use crate::mail::Mailer;
 use crate::notify::{NoticeSettings, NotifyError, NotifyProgress, Transport, send_deliveries};
 use crate::recover::{AdminAccess, RecoverError, admin_access, recover, service_user_id};
-use crate::registry::{self, Actor, DeliveryCounts, Incident, Registry, now_ms};
+use crate::registry::{self, Actor, DeliveryCounts, Incident, Registry};
 use crate::synapse::SynapseClient;
 use crate::tokens::{TokenError, ensure_notice_tokens, extend_unsent_tokens};
 
@@ -101,7 +100,11 @@ pub async fn run_campaign(
     email: &EmailConfig,
     options: CampaignOptions<'_>,
 ) -> Result<CampaignReport, CampaignError> {
-    let lease = NotifyLease::take(registry, incident.id).await?;
+    // One notify per incident at a time (see `lease`).
+    let lease = match Lease::take(registry, &format!("notify:incident:{}", incident.id)).await? {
+        Ok(lease) => lease,
+        Err(Held { holder, until }) => return Err(CampaignError::Busy { incident: incident.id, holder, until }),
+    };
     let outcome = send_under_lease(config, registry, incident, email, &options).await;
     lease.release().await;
     outcome
@@ -184,58 +187,6 @@ async fn send_under_lease(
         report.errors = registry.delivery_errors(incident.id, 5).await?;
     }
     Ok(report)
-}
-
-/// One notify per incident at a time: a lease in the registry, renewed while
-/// the run lasts. A holder on this machine whose process is gone (killed
-/// mid-run) is taken over at once; any other holder is waited for.
-pub struct NotifyLease {
-    registry: Registry,
-    name: String,
-    holder: String,
-    renewer: tokio::task::JoinHandle<()>,
-}
-
-impl NotifyLease {
-    const TTL_MS: i64 = 120_000;
-
-    pub async fn take(registry: &Registry, incident_id: i64) -> Result<NotifyLease, CampaignError> {
-        let name = format!("notify:incident:{incident_id}");
-        let host = std::fs::read_to_string("/proc/sys/kernel/hostname").unwrap_or_default().trim().to_owned();
-        let holder = format!("{host}:{}", std::process::id());
-        let mut taken = registry.take_lease(&name, &holder, now_ms() + Self::TTL_MS, None).await?;
-        if let Err((current, _)) = &taken {
-            let current = current.clone();
-            let gone = current
-                .strip_prefix(&format!("{host}:"))
-                .is_some_and(|pid| !std::path::Path::new(&format!("/proc/{pid}")).exists());
-            if gone {
-                taken = registry.take_lease(&name, &holder, now_ms() + Self::TTL_MS, Some(&current)).await?;
-            }
-        }
-        if let Err((holder, until)) = taken {
-            return Err(CampaignError::Busy {
-                incident: incident_id,
-                holder,
-                until: registry::format_time(until).unwrap_or_default(),
-            });
-        }
-        let renewer = {
-            let (registry, name, holder) = (registry.clone(), name.clone(), holder.clone());
-            tokio::spawn(async move {
-                loop {
-                    tokio::time::sleep(Duration::from_millis(Self::TTL_MS as u64 / 4)).await;
-                    let _ = registry.take_lease(&name, &holder, now_ms() + Self::TTL_MS, None).await;
-                }
-            })
-        };
-        Ok(NotifyLease { registry: registry.clone(), name, holder, renewer })
-    }
-
-    pub async fn release(self) {
-        self.renewer.abort();
-        let _ = self.registry.release_lease(&self.name, &self.holder).await;
-    }
 }
 
 /// lifeboat's own account, logged in for DMs: the recovered credentials,

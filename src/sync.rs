@@ -8,6 +8,7 @@ use futures::StreamExt;
 use serde::Serialize;
 
 use crate::email::EmailAddress;
+use crate::lease::{Held, Lease};
 use crate::registry::{self, Actor, Registry, SyncApplied, now_ms};
 use crate::synapse::{self, LISTING_ATTEMPTS, SynapseClient, ThreePid};
 
@@ -61,11 +62,33 @@ pub enum SyncError {
     Inconsistent { listed: u64, total: i64 },
     #[error("the listing was applied, but importing emails stopped: {0}")]
     Details(synapse::Error),
+    #[error(
+        "another sync is running ({holder}, until {until} at the latest), so this one did not start; its result will be as fresh: let it finish"
+    )]
+    Busy { holder: String, until: String },
     #[error(transparent)]
     Registry(#[from] registry::Error),
 }
 
+/// One sync at a time across every process sharing the registry (the CLI,
+/// the watcher, the bot): a second one would fail the first's run.
 pub async fn sync(
+    registry: &Registry,
+    client: &SynapseClient,
+    options: &SyncOptions,
+    actor: &Actor,
+    progress: &dyn SyncProgress,
+) -> Result<SyncSummary, SyncError> {
+    let lease = match Lease::take(registry, "sync").await? {
+        Ok(lease) => lease,
+        Err(Held { holder, until }) => return Err(SyncError::Busy { holder, until }),
+    };
+    let outcome = sync_under_lease(registry, client, options, actor, progress).await;
+    lease.release().await;
+    outcome
+}
+
+async fn sync_under_lease(
     registry: &Registry,
     client: &SynapseClient,
     options: &SyncOptions,

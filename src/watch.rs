@@ -17,7 +17,7 @@ use crate::reconcile::Verdict;
 use crate::recover::{AdminAccess, admin_access, recover, service_user_id};
 use crate::registry::{Actor, Registry, now_ms};
 use crate::synapse::SynapseClient;
-use crate::sync::{SyncOptions, SyncProgress, sync};
+use crate::sync::{SyncError, SyncOptions, SyncProgress, sync};
 
 /// Registry setting: what the last alert was about (an [`AlertedState`] as JSON).
 const ALERTED_SETTING: &str = "watch_alerted_state";
@@ -197,8 +197,11 @@ pub async fn observe(config: &Config, registry: &Registry, recover_lock: &tokio:
     } else {
         client
     };
-    if let Err(err) = sync(registry, &client, &SyncOptions::from_config(config), &actor, &Quiet).await {
-        tracing::warn!(error = %err, "watcher: sync failed");
+    match sync(registry, &client, &SyncOptions::from_config(config), &actor, &Quiet).await {
+        Ok(_) => {}
+        // A sync from the CLI or the bot: it brings the registry up to date.
+        Err(err @ SyncError::Busy { .. }) => tracing::info!(reason = %err, "watcher: sync skipped this round"),
+        Err(err) => tracing::warn!(error = %err, "watcher: sync failed"),
     }
     seen
 }

@@ -191,3 +191,30 @@ async fn a_reregistered_id_after_the_wipe_is_reported_recreated() {
     assert_eq!(addresses, ["eve@example.org"]);
     assert!(shown["recreated_at"].is_i64());
 }
+
+/// A sync started while another runs (the watcher's, say) does not fail
+/// the other's run: it says who holds the sync and leaves. A holder on this
+/// machine whose process is gone is taken over at once.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_sync_while_another_runs_says_so_and_a_dead_ones_is_taken_over() {
+    let synapse = TestSynapse::start();
+    let registry = TestDatabase::sqlite();
+    let lifeboat = lifeboat_for(&synapse, &registry);
+    assert_eq!(lifeboat.run(&["sync"]).await.code, 0);
+    let store = lifeboat::registry::Registry::connect(&registry.url()).await.unwrap();
+    let until = lifeboat::registry::now_ms() + 60_000;
+
+    store.take_lease("sync", "elsewhere:4242", until, None).await.unwrap().unwrap();
+    let busy = lifeboat.run(&["sync"]).await;
+    assert_eq!(busy.code, 1, "{busy:?}");
+    assert!(busy.stderr.contains("another sync is running") && busy.stderr.contains("elsewhere:4242"), "{busy:?}");
+    store.release_lease("sync", "elsewhere:4242").await.unwrap();
+
+    // pid_max is at most 2^22 on Linux: this process cannot exist.
+    let host = std::fs::read_to_string("/proc/sys/kernel/hostname").unwrap().trim().to_owned();
+    let dead = format!("{host}:{}", 1 << 23);
+    store.take_lease("sync", &dead, until, None).await.unwrap().unwrap();
+    let taken_over = lifeboat.run(&["sync", "--json"]).await;
+    assert_eq!(taken_over.code, 0, "{taken_over:?}");
+    assert_eq!(taken_over.json()["report"]["present"], 1, "the admin, listed again");
+}

@@ -1,0 +1,63 @@
+//! Named leases in the registry: one holder at a time for work that two
+//! processes must not do at once (one notify per incident, one sync).
+//!
+//! A holder is `host:pid`. The lease is renewed while held and expires on
+//! its own if the holder vanishes; a holder on this machine whose process
+//! is gone (killed mid-run) is taken over at once.
+
+use std::time::Duration;
+
+use crate::registry::{self, Registry, now_ms};
+
+/// Who holds a lease that could not be taken, and until when (at most).
+#[derive(Debug, Clone)]
+pub struct Held {
+    pub holder: String,
+    /// `2026-11-26T01:02:03Z`
+    pub until: String,
+}
+
+pub struct Lease {
+    registry: Registry,
+    name: String,
+    holder: String,
+    renewer: tokio::task::JoinHandle<()>,
+}
+
+impl Lease {
+    const TTL_MS: i64 = 120_000;
+
+    /// Takes the lease `name`, or says who holds it.
+    pub async fn take(registry: &Registry, name: &str) -> Result<Result<Lease, Held>, registry::Error> {
+        let host = std::fs::read_to_string("/proc/sys/kernel/hostname").unwrap_or_default().trim().to_owned();
+        let holder = format!("{host}:{}", std::process::id());
+        let mut taken = registry.take_lease(name, &holder, now_ms() + Self::TTL_MS, None).await?;
+        if let Err((current, _)) = &taken {
+            let current = current.clone();
+            let gone = current
+                .strip_prefix(&format!("{host}:"))
+                .is_some_and(|pid| !std::path::Path::new(&format!("/proc/{pid}")).exists());
+            if gone {
+                taken = registry.take_lease(name, &holder, now_ms() + Self::TTL_MS, Some(&current)).await?;
+            }
+        }
+        if let Err((holder, until)) = taken {
+            return Ok(Err(Held { holder, until: registry::format_time(until).unwrap_or_default() }));
+        }
+        let renewer = {
+            let (registry, name, holder) = (registry.clone(), name.to_owned(), holder.clone());
+            tokio::spawn(async move {
+                loop {
+                    tokio::time::sleep(Duration::from_millis(Self::TTL_MS as u64 / 4)).await;
+                    let _ = registry.take_lease(&name, &holder, now_ms() + Self::TTL_MS, None).await;
+                }
+            })
+        };
+        Ok(Ok(Lease { registry: registry.clone(), name: name.to_owned(), holder, renewer }))
+    }
+
+    pub async fn release(self) {
+        self.renewer.abort();
+        let _ = self.registry.release_lease(&self.name, &self.holder).await;
+    }
+}
