@@ -3,6 +3,8 @@
 //! create the missing tokens and deliveries, then send by email and DM
 //! under the incident's lease, so two runs never send the same outbox.
 
+use std::time::Duration;
+
 use crate::config::{Config, EmailConfig};
 use crate::dm::{CryptoStore, DmSender};
 use crate::lease::{Held, Lease};
@@ -12,6 +14,7 @@ use crate::notify::{NoticeSettings, NotifyError, NotifyProgress, Transport, send
 use crate::recover::{AdminAccess, RecoverError, admin_access, recover, service_user_id};
 use crate::registry::{self, Actor, DeliveryCounts, Incident, Registry};
 use crate::synapse::SynapseClient;
+use crate::sync::{Quiet, SyncError, SyncOptions, sync};
 use crate::tokens::{TokenError, ensure_notice_tokens, extend_unsent_tokens};
 
 /// Emails in flight at once (and SMTP connections in the pool).
@@ -69,6 +72,56 @@ pub async fn admin_client_recovering(
     match admin_access(config, registry).await? {
         AdminAccess::Working { client, .. } => Ok(client),
         AdminAccess::Dead { .. } => Err(CampaignError::RecoveredTokenDead),
+    }
+}
+
+/// Opens an incident. With the default scope (`missing`: the accounts found
+/// missing) the registry is brought up to date first, so the snapshot is
+/// what Synapse holds at opening: a sync, after recovering lifeboat's
+/// account if every admin token is rejected (a wipe). If that cannot be
+/// done, a note says why and the last complete sync's view is used.
+pub async fn open_incident(
+    config: &Config,
+    registry: &Registry,
+    title: &str,
+    postmortem: &str,
+    scope: &str,
+    actor: &Actor,
+    progress: &dyn NotifyProgress,
+) -> Result<(Incident, i64), CampaignError> {
+    if scope == "missing"
+        && let Err(reason) = sync_first(config, registry, actor, progress).await
+    {
+        let last = registry.last_complete_sync().await?.and_then(|run| run.finished_at);
+        let when = last.and_then(registry::format_time).unwrap_or_else(|| "never".to_owned());
+        progress.note(&format!(
+            "could not sync before opening ({reason}); the affected accounts are those the last complete sync ({when}) marked missing"
+        ));
+    }
+    Ok(registry.open_incident(title, postmortem, scope, actor).await?)
+}
+
+/// How long `open_incident` waits for another process's sync to end.
+const WAIT_FOR_OTHER_SYNC: Duration = Duration::from_secs(120);
+
+async fn sync_first(
+    config: &Config,
+    registry: &Registry,
+    actor: &Actor,
+    progress: &dyn NotifyProgress,
+) -> Result<(), String> {
+    let client = admin_client_recovering(config, registry, actor, progress).await.map_err(|err| err.to_string())?;
+    let options = SyncOptions::from_config(config);
+    let started = std::time::Instant::now();
+    loop {
+        match sync(registry, &client, &options, actor, &Quiet).await {
+            Ok(_) => return Ok(()),
+            // The watcher's, or an admin's: wait for it, then list again.
+            Err(SyncError::Busy { .. }) if started.elapsed() < WAIT_FOR_OTHER_SYNC => {
+                tokio::time::sleep(Duration::from_secs(1)).await
+            }
+            Err(err) => return Err(err.to_string()),
+        }
     }
 }
 

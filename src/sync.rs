@@ -42,6 +42,11 @@ pub trait SyncProgress: Send + Sync {
     fn details(&self, _done: u64, _total: u64) {}
 }
 
+/// For syncs nobody watches (the watcher, the bot, before an incident opens).
+pub struct Quiet;
+
+impl SyncProgress for Quiet {}
+
 #[derive(Debug, Clone, Serialize)]
 pub struct SyncSummary {
     pub run_id: i64,

@@ -17,7 +17,7 @@ use crate::reconcile::Verdict;
 use crate::recover::{AdminAccess, admin_access, recover, service_user_id};
 use crate::registry::{Actor, Registry, now_ms};
 use crate::synapse::SynapseClient;
-use crate::sync::{SyncError, SyncOptions, SyncProgress, sync};
+use crate::sync::{Quiet, SyncError, SyncOptions, sync};
 
 /// Registry setting: what the last alert was about (an [`AlertedState`] as JSON).
 const ALERTED_SETTING: &str = "watch_alerted_state";
@@ -135,10 +135,6 @@ impl WatchHandle {
 pub trait AlertSink: Send + Sync {
     fn alert(&self, subject: &str, markdown: &str) -> impl Future<Output = ()> + Send;
 }
-
-struct Quiet;
-
-impl SyncProgress for Quiet {}
 
 /// One round: check, recover if lifeboat's token died and a secret is
 /// configured, then sync (which also imports new accounts and emails).

@@ -9,22 +9,19 @@ use matrix_sdk::ruma::OwnedUserId;
 
 use super::Bot;
 use super::commands::{ADMIN_USAGE, AdminCommand, help};
-use crate::campaign::{CampaignOptions, admin_client_recovering, run_campaign};
+use crate::campaign::{CampaignOptions, admin_client_recovering, open_incident, run_campaign};
 use crate::check::{CheckOptions, check};
 use crate::email::EmailAddress;
 use crate::mail::{Mailer, OutgoingEmail};
 use crate::notify::{NotifyProgress, human_time, plan};
 use crate::recover::service_user_id;
 use crate::registry::{Actor, ContactKind, ContactSource, format_time, now_ms};
-use crate::sync::{SyncOptions, SyncProgress, sync};
+use crate::sync::{Quiet, SyncOptions, sync};
 use crate::tokens::{issue_request_token, revoke_unused_tokens};
 use crate::user_id::UserId;
 
 /// How long a `notify <id>` dry run stays confirmable.
 pub const CONFIRM_WITHIN: Duration = Duration::from_secs(5 * 60);
-
-struct Quiet;
-impl SyncProgress for Quiet {}
 
 /// Notes of a run started from the room, posted after it; the run winds
 /// down when serve stops.
@@ -124,11 +121,17 @@ async fn run(bot: &Bot, room: &Room, actor: &Actor, command: AdminCommand) -> Re
             Ok(reply)
         }
         AdminCommand::IncidentOpen { title, postmortem } => {
-            let (incident, affected) =
-                registry.open_incident(&title, &postmortem, "missing", actor).await.map_err(|e| text(&e))?;
+            let notes = Notes::default();
+            let (incident, affected) = open_incident(config, registry, &title, &postmortem, "missing", actor, &notes)
+                .await
+                .map_err(|e| text(&e))?;
+            let notes = notes.notes.into_inner().unwrap_or_default();
             Ok(format!(
-                "Opened incident **{}** \"{}\" ({affected} affected accounts). Next: `{prefix} notify {}` shows what would be sent.",
-                incident.id, incident.title, incident.id
+                "Opened incident **{}** \"{}\" ({affected} affected accounts). Next: `{prefix} notify {}` shows what would be sent.{}",
+                incident.id,
+                incident.title,
+                incident.id,
+                if notes.is_empty() { String::new() } else { format!("\n\nNotes: {}", notes.join("; ")) }
             ))
         }
         AdminCommand::IncidentList => {

@@ -4,6 +4,8 @@ use std::path::PathBuf;
 
 use super::output::{print_json, time};
 use super::{Context, Failure, Outcome, exit};
+use crate::campaign::open_incident;
+use crate::notify::NotifyProgress;
 use crate::registry::{Actor, IncidentSummary};
 use crate::tokens::revoke_unused_tokens;
 
@@ -11,8 +13,11 @@ use crate::tokens::revoke_unused_tokens;
 pub enum Command {
     /// Open an incident: snapshot the affected accounts and keep the postmortem.
     ///
-    /// By default the affected accounts are those the registry marks missing
-    /// (run `lifeboat sync` first) plus recreated ones not covered before.
+    /// By default the affected accounts are those found missing, plus
+    /// recreated ones no incident covered before. To make that current, it
+    /// syncs first (recovering lifeboat's account through the shared secret
+    /// if every admin token is rejected, as after a wipe); when it cannot, it
+    /// says why and uses what the last complete sync found.
     Open {
         /// A short title, e.g. "Database lost on 2026-11-25".
         #[arg(long)]
@@ -71,7 +76,10 @@ pub async fn run(context: &Context, command: Command) -> Outcome {
                 Scope::Missing => "missing",
                 Scope::All => "all",
             };
-            let (incident, count) = registry.open_incident(title, &markdown, scope, &Actor::cli()).await?;
+            let (incident, count) =
+                open_incident(&config, &registry, title, &markdown, scope, &Actor::cli(), &StderrNotes)
+                    .await
+                    .map_err(|err| Failure::new(exit::FAILED, err))?;
             if json {
                 print_json(&serde_json::json!({"id": incident.id, "title": incident.title, "affected": count}))?;
             } else {
@@ -149,4 +157,13 @@ fn print_summary(summary: &IncidentSummary) {
         "  deliveries:  {} sent, {} pending, {} sending, {} failed, {} skipped",
         d.sent, d.pending, d.sending, d.failed, d.skipped
     );
+}
+
+/// Notes (the sync before opening could not run, ...) go to stderr.
+struct StderrNotes;
+
+impl NotifyProgress for StderrNotes {
+    fn note(&self, text: &str) {
+        eprintln!("note: {text}");
+    }
 }

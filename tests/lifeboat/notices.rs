@@ -26,7 +26,8 @@ fn lifeboat_with_mail(synapse: &TestSynapse, registry: &TestDatabase, smtp: &Tes
 }
 
 /// People with one email each (the last one with none), synced into the
-/// registry, then the seed incident, recovery, a sync and an open incident.
+/// registry, then the seed incident as the issue tells it: check → loss,
+/// recover, incident open (which syncs first, so no sync is run here).
 /// Returns the incident id and the people's localparts.
 async fn incident_after_wipe(synapse: &TestSynapse, lifeboat: &Lifeboat, people: usize) -> (String, Vec<String>) {
     let names: Vec<String> = (0..people).map(|n| unique(&format!("p{n}"))).collect();
@@ -42,14 +43,36 @@ async fn incident_after_wipe(synapse: &TestSynapse, lifeboat: &Lifeboat, people:
     let recover = lifeboat.run(&["recover"]).await;
     assert_eq!(recover.code, 0, "{recover:?}");
     assert!(recover.stdout.contains("re-created @lifeboat:"), "{recover:?}");
-    let sync = lifeboat.run(&["sync"]).await;
-    assert_eq!(sync.code, 0, "sync works again with the recovered token: {sync:?}");
 
     let open = lifeboat
         .run(&["incident", "open", "--title", "Database lost", "--postmortem", "postmortem.md", "--json"])
         .await;
     assert_eq!(open.code, 0, "{open:?}");
+    assert!(open.stderr.is_empty(), "synced first, nothing to note: {open:?}");
     (open.json()["id"].to_string(), names)
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn an_incident_opened_while_synapse_is_down_says_so_and_uses_the_last_sync() {
+    let synapse = TestSynapse::start();
+    let registry = TestDatabase::sqlite();
+    let smtp = TestSmtp::start(None);
+    let lifeboat = lifeboat_with_mail(&synapse, &registry, &smtp);
+    let name = unique("ann");
+    synapse.create_user(&name, &[&format!("{name}@example.org")]).await;
+    assert_eq!(lifeboat.run(&["sync"]).await.code, 0);
+    synapse.wipe();
+    assert_eq!(lifeboat.run(&["recover"]).await.code, 0);
+    assert_eq!(lifeboat.run(&["sync"]).await.code, 0, "marks Ann and the old admin missing");
+    synapse.stop();
+
+    let open = lifeboat
+        .run(&["incident", "open", "--title", "Database lost", "--postmortem", "postmortem.md", "--json"])
+        .await;
+    assert_eq!(open.code, 0, "{open:?}");
+    assert!(open.stderr.contains("note: could not sync before opening"), "{open:?}");
+    assert!(open.stderr.contains("the last complete sync"), "{open:?}");
+    assert_eq!(open.json()["affected"], 2, "Ann and the old admin, as the last sync found: {open:?}");
 }
 
 fn token_in(text: &str) -> String {
