@@ -3,6 +3,7 @@
 
 use std::time::Duration;
 
+use crate::harness::smtp::ReceivedMail;
 use crate::harness::{Lifeboat, MatrixUser, TestDatabase, TestSmtp, TestSynapse, eventually, unique};
 
 const ALERTS_TO: &str = "oncall@example.org";
@@ -322,6 +323,35 @@ async fn after_a_wipe_the_bot_comes_back_in_a_new_admin_room_and_the_alert_is_ma
         "one alert per change, not one per interval: {:?}",
         alerts.iter().map(|mail| mail.subject.clone()).collect::<Vec<_>>()
     );
+    assert_eq!(rig.stop_serve().await, Some(0));
+}
+
+/// The mail server may be down when the homeserver fails: the alert email
+/// is retried in the background until it goes out, once.
+#[tokio::test(flavor = "multi_thread")]
+async fn an_alert_email_that_could_not_go_out_is_retried_until_it_does() {
+    let mut rig = Rig::start(TestSmtp::start(Some(0)), &people(1)).await;
+    rig.serve().await;
+
+    rig.synapse.wipe();
+    let lifeboat = &rig.lifeboat;
+    eventually("the alert email to be deferred", Duration::from_secs(90), || async {
+        lifeboat.serve_log().contains("the alert email will be retried")
+    })
+    .await;
+    assert!(rig.smtp.messages().is_empty(), "the mail server refused everything so far");
+
+    rig.smtp.heal();
+    let smtp = &rig.smtp;
+    let is_reset_alert =
+        |mail: &ReceivedMail| mail.subject.as_deref().unwrap_or_default().contains("suspected database reset");
+    eventually("the alert email, retried", Duration::from_secs(60), || async {
+        smtp.messages_to(ALERTS_TO).iter().any(is_reset_alert)
+    })
+    .await;
+    assert!(lifeboat.serve_log().contains("alert emailed after retrying"), "{}", lifeboat.serve_log());
+    tokio::time::sleep(Duration::from_secs(6)).await;
+    assert_eq!(smtp.messages_to(ALERTS_TO).iter().filter(|mail| is_reset_alert(mail)).count(), 1, "sent once");
     assert_eq!(rig.stop_serve().await, Some(0));
 }
 
