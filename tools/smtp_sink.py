@@ -5,6 +5,7 @@ Usage:
     python tools/smtp_sink.py --dir DIR [--port N] [--fail-after K]
                               [--auth USER:PASSWORD] [--no-fsync]
                               [--tls starttls|implicit] [--no-pipelining]
+                              [--auth-only LOGIN|PLAIN]
 
 Run it with the venv python printed by tools/synapse-venv.sh (it has
 aiosmtpd). It listens on 127.0.0.1 only (port N, or a free one) and stores
@@ -24,7 +25,7 @@ disks); the renames still make each file appear whole.
 `--fail-after K`: after K accepted messages, every further DATA gets
 `451 4.3.0 temporarily unavailable` (a transient failure) until healed.
 `--auth USER:PASSWORD`: offer AUTH (PLAIN, LOGIN), also over a plain
-connection, and require it before MAIL.
+connection, and require it before MAIL; `--auth-only M` offers only M.
 `--tls starttls`: offer STARTTLS and require it before MAIL; `--tls
 implicit`: TLS from the first byte. Either way the sink makes a throwaway CA
 and a certificate for 127.0.0.1 and localhost in DIR/tls/ and names the CA
@@ -329,6 +330,7 @@ async def main():
     parser.add_argument("--delay-ms", type=int, default=0, help="wait this long before accepting each message")
     parser.add_argument("--tls", choices=["starttls", "implicit"], default=None)
     parser.add_argument("--no-pipelining", action="store_true")
+    parser.add_argument("--auth-only", choices=["LOGIN", "PLAIN"], default=None)
     args = parser.parse_args()
 
     sink = Sink(
@@ -352,6 +354,9 @@ async def main():
         smtp_options = dict(
             auth_required=True, auth_require_tls=False, auth_callback=check
         )
+        if args.auth_only is not None:
+            others = {"LOGIN", "PLAIN"} - {args.auth_only}
+            smtp_options["auth_exclude_mechanism"] = sorted(others)
         # Plain-text AUTH is deliberate here (loopback tests): keep aiosmtpd's
         # warnings about it off stderr.
         warnings.filterwarnings("ignore", module="aiosmtpd")

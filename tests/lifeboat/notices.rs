@@ -568,15 +568,16 @@ async fn a_drill_passes_on_a_ready_setup_and_changes_nothing_on_synapse() {
     assert!(wrong.stdout.contains("[FAIL] shared secret") && wrong.stdout.contains("HMAC incorrect"), "{wrong:?}");
 }
 
-/// Mail leaves over STARTTLS and over TLS from the first byte, logged in,
-/// once the server's certificate is trusted; never to a server lifeboat
-/// cannot trust, nor with a wrong password, and the password is never shown.
+/// Mail leaves over STARTTLS and over TLS from the first byte, logged in
+/// (AUTH PLAIN, AUTH LOGIN), once the server's certificate is trusted; never
+/// to a server lifeboat cannot trust, nor with a wrong password, and the
+/// password is never shown.
 #[tokio::test(flavor = "multi_thread")]
 async fn mail_goes_out_over_tls_with_a_login_only_to_a_trusted_server() {
     use crate::harness::smtp::SinkTls;
-    for tls in [SinkTls::StartTls, SinkTls::Implicit] {
+    for (tls, auth) in [(SinkTls::StartTls, "PLAIN"), (SinkTls::Implicit, "LOGIN")] {
         let password = "s3cret-smtp-pass";
-        let smtp = TestSmtp::start_secured(tls, "lifeboat", password);
+        let smtp = TestSmtp::start_secured(tls, auth, "lifeboat", password);
         let registry = TestDatabase::sqlite();
         let smtp_url = match tls {
             SinkTls::StartTls => format!("smtp://lifeboat@127.0.0.1:{}?tls=required", smtp.port()),

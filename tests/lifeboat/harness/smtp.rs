@@ -97,15 +97,16 @@ impl TestSmtp {
     }
 
     /// A sink that speaks TLS with a certificate from a throwaway CA
-    /// ([`ca_file`]) and wants a login before MAIL.
+    /// ([`ca_file`]) and wants a login before MAIL, offering only the
+    /// mechanism `auth` ("PLAIN" or "LOGIN").
     ///
     /// [`ca_file`]: TestSmtp::ca_file
-    pub fn start_secured(tls: SinkTls, user: &str, password: &str) -> TestSmtp {
+    pub fn start_secured(tls: SinkTls, auth: &str, user: &str, password: &str) -> TestSmtp {
         let mode = match tls {
             SinkTls::StartTls => "starttls",
             SinkTls::Implicit => "implicit",
         };
-        Self::start_with(None, 0, &["--tls", mode, "--auth", &format!("{user}:{password}")])
+        Self::start_with(None, 0, &["--tls", mode, "--auth", &format!("{user}:{password}"), "--auth-only", auth])
     }
 
     fn start_with(fail_after: Option<u32>, delay_ms: u32, extra: &[&str]) -> TestSmtp {
