@@ -359,6 +359,10 @@ impl Connection {
             let read = (&mut self.io).take(MAX_LINE).read_line(&mut self.line).await;
             match read {
                 Ok(0) => return Err(SmtpError::Io(io::ErrorKind::UnexpectedEof.into())),
+                // Cut off by the server hanging up, not by the limit.
+                Ok(n) if (n as u64) < MAX_LINE && !self.line.ends_with('\n') => {
+                    return Err(SmtpError::Io(io::ErrorKind::UnexpectedEof.into()));
+                }
                 Ok(_) => {}
                 Err(err) if err.kind() == io::ErrorKind::InvalidData => {
                     return Err(SmtpError::Protocol("a reply that is not UTF-8".into()));
