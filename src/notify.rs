@@ -199,6 +199,8 @@ impl Transport<'_> {
                     match tokio::spawn(async move { mailer.send(&email).await }).await {
                         Ok(Ok(())) => Outcome::Sent,
                         Ok(Err(MailError::Transient(reason))) => Outcome::Retry(reason),
+                        // Maybe delivered already: not again soon.
+                        Ok(Err(MailError::Uncertain(reason))) => Outcome::RetryLater(reason),
                         Ok(Err(MailError::Config(reason))) => Outcome::Fatal(NotifyError::Channel(reason)),
                         Ok(Err(err)) => Outcome::Failed(err.to_string()),
                         Err(panicked) => Outcome::Retry(format!("the send task failed: {panicked}")),
@@ -293,11 +295,15 @@ pub async fn send_deliveries(
             }));
         }
         if writing.is_none() {
-            if !unrecorded.is_empty() {
+            // Claiming comes first when the queue runs low, else the sends
+            // could starve behind a steady stream of records.
+            let claim_now = !winding_down && !exhausted && queue.len() < concurrency;
+            let claim_first = claim_now && queue.is_empty();
+            if !unrecorded.is_empty() && !claim_first {
                 let records = std::mem::take(&mut unrecorded);
                 being_recorded = records.len();
                 writing = Some(Box::pin(async move { record(registry, records).await.map(Written::Recorded) }));
-            } else if !winding_down && !exhausted && queue.len() < concurrency {
+            } else if claim_now {
                 // Claims are marked with a stamp unique to this claim.
                 claim_stamp = (claim_stamp + 1).max(now_ms());
                 let (stamp, limit) = (claim_stamp, (concurrency * 4) as i64);
@@ -316,7 +322,10 @@ pub async fn send_deliveries(
             }
             match registry.next_pending_at(incident.id, transport.channel()).await? {
                 Some(next) if next - now_ms() <= WAIT_FOR_RETRIES.as_millis() as i64 => {
-                    tokio::time::sleep(Duration::from_millis((next - now_ms()).max(10) as u64)).await;
+                    // In slices, so that a shutdown does not wait for it.
+                    while now_ms() < next && !progress.stopping() {
+                        tokio::time::sleep(Duration::from_millis((next - now_ms()).clamp(10, 250) as u64)).await;
+                    }
                     exhausted = false;
                     continue;
                 }
@@ -340,6 +349,10 @@ pub async fn send_deliveries(
                         };
                         tracing::warn!(delivery = id, error = %reason, "notice will be retried");
                         Record::Retry(id, reason, now_ms() + wait.as_millis() as i64)
+                    }
+                    Outcome::RetryLater(reason) => {
+                        tracing::warn!(delivery = id, error = %reason, "notice will be retried later");
+                        Record::Retry(id, reason, now_ms() + LATER.as_millis() as i64)
                     }
                     Outcome::Fatal(err) => {
                         // Put it back as due: a render or channel failure.
@@ -423,6 +436,8 @@ enum Outcome {
     Sent,
     Skip(&'static str),
     Retry(String),
+    /// Retry, but only after `LATER`.
+    RetryLater(String),
     Failed(String),
     Fatal(NotifyError),
 }

@@ -46,11 +46,16 @@ pub enum MailError {
     /// refused).
     #[error("{0}")]
     Config(String),
+    /// The whole message went out but no answer came: the server may have
+    /// taken it. Worth retrying, but not soon.
+    #[error("{0}")]
+    Uncertain(String),
 }
 
 impl MailError {
+    /// Worth trying again later (`Uncertain` included).
     pub fn is_transient(&self) -> bool {
-        matches!(self, MailError::Transient(_))
+        matches!(self, MailError::Transient(_) | MailError::Uncertain(_))
     }
 }
 
@@ -229,10 +234,16 @@ impl Mailer {
     fn classify(&self, failure: Failure, to: Option<&EmailAddress>) -> MailError {
         let endpoint = &self.inner.redacted_url;
         let error = match failure {
-            Failure::Smtp(err) => classify(&err, endpoint, to),
+            Failure::Smtp(err) => {
+                let what = match to {
+                    Some(to) => format!("the message to {to}"),
+                    None => "the connection test".to_owned(),
+                };
+                classify(&err, endpoint, &what)
+            }
             // A permanent refusal while connecting is about lifeboat's
             // connection or login, never about one recipient.
-            Failure::Setup(err) => match classify(&err, endpoint, None) {
+            Failure::Setup(err) => match classify(&err, endpoint, "lifeboat's connection") {
                 MailError::Permanent(_) => MailError::Config(format!(
                     "the mail server at {endpoint} refused lifeboat's connection ({err}); {URL_HINT}, \
                      and the user and password"
@@ -256,20 +267,37 @@ impl Mailer {
     }
 }
 
-/// Sorts an SMTP error into the three kinds, with a message and a hint.
-fn classify(err: &SmtpError, endpoint: &str, to: Option<&EmailAddress>) -> MailError {
-    let recipient = match to {
-        Some(to) => format!("the message to {to}"),
-        None => "the connection test".to_owned(),
-    };
+/// Sorts an SMTP error into the kinds, with a message and a hint;
+/// `recipient` names what was refused ("the message to …").
+fn classify(err: &SmtpError, endpoint: &str, recipient: &str) -> MailError {
     match err {
-        SmtpError::Refused(reply) => classify_refusal(reply, endpoint, &recipient),
+        SmtpError::Refused(reply) => classify_refusal(reply, endpoint, recipient),
+        // Every message would be refused the same way.
+        SmtpError::SenderRefused(reply) if reply.code / 100 == 5 => MailError::Config(format!(
+            "the mail server at {endpoint} refused the sender ({}); check email.from: the server must accept it \
+             as a sender address (and for the user lifeboat logs in as)",
+            reply.to_line()
+        )),
+        SmtpError::SenderRefused(reply) => classify_refusal(reply, endpoint, recipient),
+        SmtpError::NoAnswer { after_message: true } => MailError::Uncertain(format!(
+            "the mail server at {endpoint} gave no answer after {recipient} ({err}): it may have taken it, so it \
+             is retried only after a pause"
+        )),
+        SmtpError::NoAnswer { after_message: false } => MailError::Transient(format!(
+            "the mail server at {endpoint} did not answer in time; {URL_HINT}, and whether the server is up"
+        )),
         SmtpError::Io(err) if err.kind() == std::io::ErrorKind::TimedOut => MailError::Transient(format!(
             "the mail server at {endpoint} did not answer in time ({err}); {URL_HINT}, and whether the server is up"
         )),
         SmtpError::Io(_) | SmtpError::Protocol(_) => {
             MailError::Transient(format!("could not talk to the mail server at {endpoint} ({err}); {URL_HINT}"))
         }
+        // A certificate that is not trusted stays so: fix the config (or
+        // the server), retrying will not help.
+        SmtpError::Tls(tls) if is_certificate_error(tls) => MailError::Config(format!(
+            "the mail server at {endpoint} presented a certificate lifeboat does not trust ({tls}); check the \
+             host name in email.smtp_url, or add the CA that signed it (SSL_CERT_FILE)"
+        )),
         SmtpError::Tls(err) => MailError::Transient(format!(
             "TLS with the mail server at {endpoint} failed ({err}); {URL_HINT}, and that the server's certificate \
              is valid for its name"
@@ -282,6 +310,13 @@ fn classify(err: &SmtpError, endpoint: &str, to: Option<&EmailAddress>) -> MailE
              password"
         )),
     }
+}
+
+fn is_certificate_error(err: &std::io::Error) -> bool {
+    matches!(
+        err.get_ref().and_then(|inner| inner.downcast_ref::<rustls::Error>()),
+        Some(rustls::Error::InvalidCertificate(_))
+    )
 }
 
 fn classify_refusal(reply: &Reply, endpoint: &str, recipient: &str) -> MailError {
@@ -326,6 +361,7 @@ fn scrub(error: MailError, password: &str) -> MailError {
         MailError::Transient(text) => MailError::Transient(clean(text)),
         MailError::Permanent(text) => MailError::Permanent(clean(text)),
         MailError::Config(text) => MailError::Config(clean(text)),
+        MailError::Uncertain(text) => MailError::Uncertain(clean(text)),
     }
 }
 
@@ -475,6 +511,8 @@ mod tests {
                             line.split(' ').next().unwrap_or("").to_ascii_uppercase()
                         };
                         let answer = match (reply(&verb), verb.as_str()) {
+                            // A server that has gone quiet.
+                            (Some("SILENCE"), _) => continue,
                             (Some(answer), _) => answer.to_owned(),
                             (None, "EHLO") => "250-scripted\r\n250 8BITMIME".to_owned(),
                             (None, "DATA") => {
@@ -595,6 +633,37 @@ mod tests {
             .await
             .unwrap_err();
         assert!(matches!(err, MailError::Config(ref m) if m.contains("email.from")), "{err:?}");
+    }
+
+    #[tokio::test]
+    async fn any_refusal_of_the_sender_is_a_config_error_pipelined_or_not() {
+        let plain = send_through(|verb| (verb == "MAIL").then_some("553 sender rejected")).await.unwrap_err();
+        assert!(matches!(plain, MailError::Config(ref m) if m.contains("email.from")), "{plain:?}");
+        let pipelined = send_through(|verb| match verb {
+            "EHLO" => Some("250-scripted\r\n250 PIPELINING"),
+            "MAIL" => Some("553 5.7.1 Sender address rejected: not owned by user"),
+            _ => None,
+        })
+        .await
+        .unwrap_err();
+        assert!(matches!(pipelined, MailError::Config(ref m) if m.contains("refused the sender")), "{pipelined:?}");
+    }
+
+    #[tokio::test]
+    async fn a_password_is_never_sent_unencrypted_when_tls_was_asked_for() {
+        let (port, _) = scripted_server(|_| None).await;
+        let url = format!("smtp://lifeboat:hunter2@127.0.0.1:{port}?tls=opportunistic");
+        let mailer = Mailer::from_config(&config(&url, None), 1).unwrap();
+        let err = mailer.send(&email_to("alice@example.net")).await.unwrap_err();
+        assert!(matches!(err, MailError::Config(ref m) if m.contains("unencrypted")), "{err:?}");
+        assert!(!err.to_string().contains("hunter2"));
+    }
+
+    #[tokio::test]
+    async fn no_answer_after_the_whole_message_is_uncertain_not_a_quick_retry() {
+        let err = send_through(|verb| (verb == "END-OF-DATA").then_some("SILENCE")).await.unwrap_err();
+        assert!(matches!(err, MailError::Uncertain(ref m) if m.contains("may have taken it")), "{err:?}");
+        assert!(err.is_transient());
     }
 
     #[tokio::test]

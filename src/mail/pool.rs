@@ -13,10 +13,9 @@ use tokio::sync::Semaphore;
 
 use super::smtp::{Connection, Setup, SmtpError};
 
-/// How long connecting (TCP, greeting, EHLO, TLS, AUTH) may take.
+/// How long connecting (TCP, greeting, EHLO, TLS, AUTH) may take. (Each
+/// step of sending a message has its own limit: see `smtp.rs`.)
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(30);
-/// How long one message (MAIL, RCPT, DATA, body) may take.
-const SEND_TIMEOUT: Duration = Duration::from_secs(60);
 /// A connection idle for longer is checked with NOOP before reuse.
 const CHECK_AFTER: Duration = Duration::from_secs(2);
 /// A connection idle for longer is closed rather than reused (servers
@@ -68,14 +67,10 @@ impl Pool {
     pub async fn send(&self, from: &str, to: &str, message: &[u8]) -> Result<(), Failure> {
         let _permit = self.permits.acquire().await.map_err(|_| Failure::Closed)?;
         let mut conn = self.checkout().await?;
-        match tokio::time::timeout(SEND_TIMEOUT, conn.send(from, to, message)).await {
-            Ok(result) => {
-                self.checkin(conn);
-                result.map_err(Failure::Smtp)
-            }
-            // The connection is in an unknown state: drop it.
-            Err(_) => Err(Failure::Timeout("sending a message to")),
-        }
+        let result = conn.send(from, to, message).await;
+        // A connection in an unknown state (a timeout, garbage) is dropped.
+        self.checkin(conn);
+        result.map_err(Failure::Smtp)
     }
 
     /// Opens (or reuses) a connection and checks it with NOOP.

@@ -17,16 +17,24 @@ use std::io;
 use std::pin::Pin;
 use std::sync::Arc;
 use std::task::{Context, Poll};
+use std::time::Duration;
 
 use rustls::pki_types::ServerName;
 use secrecy::{ExposeSecret, SecretString};
 use tokio::io::{AsyncBufReadExt, AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, BufReader, ReadBuf};
 use tokio::net::TcpStream;
+use tokio::time::timeout;
 use tokio_rustls::TlsConnector;
 use tokio_rustls::client::TlsStream;
 
 /// Longest reply line read (RFC 5321 allows 512 bytes; be generous).
 const MAX_LINE: u64 = 4096;
+/// How long a command's reply, or a write, may take.
+const COMMAND_WAIT: Duration = Duration::from_secs(120);
+/// How long the reply to a whole message may take: RFC 5321 4.5.3.2.6 says
+/// 10 minutes, because giving up earlier, on a server that is still
+/// checking the message, is how people get it twice.
+const MESSAGE_WAIT: Duration = Duration::from_secs(if cfg!(test) { 2 } else { 600 });
 /// Most lines in one reply (EHLO lists one extension per line).
 const MAX_LINES: usize = 100;
 
@@ -54,6 +62,12 @@ impl Reply {
 pub(crate) enum SmtpError {
     /// The server refused: a 4xx or 5xx reply.
     Refused(Reply),
+    /// The server refused the envelope sender (MAIL FROM): it would refuse
+    /// every message the same way.
+    SenderRefused(Reply),
+    /// No answer in time. `after_message`: the whole message had been sent,
+    /// so the server may have accepted it.
+    NoAnswer { after_message: bool },
     /// The socket failed, or the server hung up.
     Io(io::Error),
     /// The TLS handshake failed (certificate, protocol).
@@ -65,10 +79,30 @@ pub(crate) enum SmtpError {
     Unsupported(&'static str),
 }
 
+impl SmtpError {
+    /// A refusal leaves the conversation in step: RSET makes the
+    /// connection usable again.
+    fn is_refusal(&self) -> bool {
+        matches!(self, SmtpError::Refused(_) | SmtpError::SenderRefused(_))
+    }
+
+    /// A refusal of MAIL FROM is about the sender.
+    fn of_sender(self) -> SmtpError {
+        match self {
+            SmtpError::Refused(reply) => SmtpError::SenderRefused(reply),
+            other => other,
+        }
+    }
+}
+
 impl std::fmt::Display for SmtpError {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         match self {
-            SmtpError::Refused(reply) => f.write_str(&reply.to_line()),
+            SmtpError::Refused(reply) | SmtpError::SenderRefused(reply) => f.write_str(&reply.to_line()),
+            SmtpError::NoAnswer { after_message: false } => f.write_str("no answer in time"),
+            SmtpError::NoAnswer { after_message: true } => {
+                write!(f, "no answer within {} minutes after the message", MESSAGE_WAIT.as_secs() / 60)
+            }
             SmtpError::Io(err) if err.kind() == io::ErrorKind::UnexpectedEof => {
                 f.write_str("the server closed the connection")
             }
@@ -138,7 +172,7 @@ pub(crate) struct Connection {
     io: BufReader<Stream>,
     /// Reused for every write.
     out: Vec<u8>,
-    line: String,
+    line: Vec<u8>,
     pipelining: bool,
     starttls: bool,
     smtputf8: bool,
@@ -163,6 +197,11 @@ impl Connection {
                 conn = conn.start_tls(tls, &setup.hello_name).await?;
             } else if !setup.tls_optional {
                 return Err(SmtpError::Unsupported("the server does not offer STARTTLS"));
+            } else if setup.login.is_some() {
+                return Err(SmtpError::Unsupported(
+                    "the server does not offer STARTTLS, and lifeboat does not send a password unencrypted when \
+                     ?tls=opportunistic asked for TLS; use ?tls=required, or plain smtp:// if that is meant",
+                ));
             }
         }
         if let Some((user, password)) = &setup.login {
@@ -175,7 +214,7 @@ impl Connection {
         Connection {
             io: BufReader::new(stream),
             out: Vec::with_capacity(16 * 1024),
-            line: String::new(),
+            line: Vec::new(),
             pipelining: false,
             starttls: false,
             smtputf8: false,
@@ -197,7 +236,7 @@ impl Connection {
         match &result {
             // The server refused but the conversation is in step: reset it
             // for the next message.
-            Err(SmtpError::Refused(_)) if !self.broken => {
+            Err(err) if err.is_refusal() && !self.broken => {
                 if !matches!(self.command(b"RSET\r\n", 250).await, Ok(())) {
                     self.broken = true;
                 }
@@ -228,32 +267,29 @@ impl Connection {
                     // A server that refused and hung up: the refusal says more.
                     Err(err) => {
                         self.broken = true;
-                        return Err(replies
-                            .into_iter()
-                            .find(|reply| reply.code / 100 != 2)
-                            .map_or(err, |r| judge(r, 2)));
+                        return Err(first_refusal(replies).unwrap_or(err));
                     }
                 }
             }
             let data = replies.pop().expect("three replies");
-            if let Some(refusal) = replies.into_iter().find(|reply| reply.code / 100 != 2) {
-                if data.code == 354 {
-                    // Accepted DATA with nobody to deliver to: end it empty.
-                    self.command(b".\r\n", 0).await.ok();
+            if let Some(refusal) = first_refusal(replies) {
+                // Accepted DATA with nobody to deliver to: end it empty.
+                if data.code == 354 && self.command(b".\r\n", 0).await.is_err() {
+                    self.broken = true;
                 }
-                return Err(judge(refusal, 2));
+                return Err(refusal);
             }
             check(data, 354)?;
         } else {
             self.flush_out().await?;
-            self.expect(250).await?;
+            self.expect(250).await.map_err(SmtpError::of_sender)?;
             self.command(format!("RCPT TO:<{to}>\r\n").as_bytes(), 250).await?;
             self.command(b"DATA\r\n", 354).await?;
         }
         self.out.clear();
         dot_stuff_into(message, &mut self.out);
         self.flush_out().await?;
-        self.expect(250).await
+        check(self.read_reply_within(MESSAGE_WAIT, true).await?, 250).map(drop)
     }
 
     /// NOOP: true when the server answers 250.
@@ -348,31 +384,46 @@ impl Connection {
 
     async fn flush_out(&mut self) -> Result<(), SmtpError> {
         let stream = self.io.get_mut();
-        stream.write_all(&self.out).await.map_err(SmtpError::Io)?;
-        stream.flush().await.map_err(SmtpError::Io)
+        let write = async {
+            stream.write_all(&self.out).await?;
+            stream.flush().await
+        };
+        match timeout(COMMAND_WAIT, write).await {
+            Ok(written) => written.map_err(SmtpError::Io),
+            Err(_) => Err(SmtpError::NoAnswer { after_message: false }),
+        }
     }
 
     async fn read_reply(&mut self) -> Result<Reply, SmtpError> {
+        self.read_reply_within(COMMAND_WAIT, false).await
+    }
+
+    async fn read_reply_within(&mut self, wait: Duration, after_message: bool) -> Result<Reply, SmtpError> {
+        match timeout(wait, self.read_reply_now()).await {
+            Ok(reply) => reply,
+            Err(_) => Err(SmtpError::NoAnswer { after_message }),
+        }
+    }
+
+    async fn read_reply_now(&mut self) -> Result<Reply, SmtpError> {
         let mut lines = Vec::new();
         loop {
             self.line.clear();
-            let read = (&mut self.io).take(MAX_LINE).read_line(&mut self.line).await;
-            match read {
+            match (&mut self.io).take(MAX_LINE).read_until(b'\n', &mut self.line).await {
                 Ok(0) => return Err(SmtpError::Io(io::ErrorKind::UnexpectedEof.into())),
                 // Cut off by the server hanging up, not by the limit.
-                Ok(n) if (n as u64) < MAX_LINE && !self.line.ends_with('\n') => {
+                Ok(n) if (n as u64) < MAX_LINE && !self.line.ends_with(b"\n") => {
                     return Err(SmtpError::Io(io::ErrorKind::UnexpectedEof.into()));
                 }
                 Ok(_) => {}
-                Err(err) if err.kind() == io::ErrorKind::InvalidData => {
-                    return Err(SmtpError::Protocol("a reply that is not UTF-8".into()));
-                }
                 Err(err) => return Err(SmtpError::Io(err)),
             }
-            if !self.line.ends_with('\n') {
+            if !self.line.ends_with(b"\n") {
                 return Err(SmtpError::Protocol("a reply line longer than 4 KiB".into()));
             }
-            let (code, last, text) = parse_line(self.line.trim_end_matches(['\r', '\n']))?;
+            // Some servers greet in Latin-1: the text is only shown to people.
+            let line = String::from_utf8_lossy(&self.line);
+            let (code, last, text) = parse_line(line.trim_end_matches(['\r', '\n']))?;
             lines.push(text.to_owned());
             if last {
                 return Ok(Reply { code, lines });
@@ -382,6 +433,14 @@ impl Connection {
             }
         }
     }
+}
+
+/// The first negative reply of a pipelined MAIL, RCPT (a refusal of MAIL is
+/// about the sender).
+fn first_refusal(replies: Vec<Reply>) -> Option<SmtpError> {
+    let (position, reply) = replies.into_iter().enumerate().find(|(_, reply)| reply.code / 100 != 2)?;
+    let refusal = judge(reply, 2);
+    Some(if position == 0 { refusal.of_sender() } else { refusal })
 }
 
 /// `250-text` → (250, false, "text"); `250 text` or `250` → (250, true, …).
