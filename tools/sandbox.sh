@@ -311,10 +311,13 @@ stop_serve() {
 
 stop_sink() {
     local pid keeper stopped=1
+    # Looked up first: once its stdin closes the sink exits on its own, and
+    # may be gone before a later look.
+    pid="$(sink_pid)" || pid=""
     if keeper="$(live_pid "$KEEPER_PIDFILE" sleep)"; then
         kill -TERM "$keeper" 2>/dev/null || true
     fi
-    if pid="$(sink_pid)"; then
+    if [ -n "$pid" ]; then
         # Its stdin just closed, which stops it; SIGTERM too, to be sure.
         stop_pid "$pid" "the SMTP sink" 15
         stopped=0
