@@ -8,6 +8,7 @@
 //! page), then one module per page.
 
 mod guard;
+mod links;
 mod mail;
 mod pages;
 mod signing;

@@ -15,6 +15,7 @@ use serde::Deserialize;
 use sha2::{Digest, Sha256};
 
 use super::guard::ClientIp;
+use super::links::{LinkKind, LinkQuery};
 use super::pages::{self, Chrome, Message, WebError};
 use super::{WebState, mail, signing};
 use crate::email::EmailAddress;
@@ -24,6 +25,7 @@ use crate::user_id::UserId;
 
 const PURPOSE: &str = "subscribe";
 const LINK_VALID: Duration = Duration::from_secs(30 * 60);
+const LINK: LinkKind = LinkKind { purpose: PURPOSE, again: ("/subscribe", "Start again"), hint: "start again" };
 /// Wrong codes before the link stops working.
 const MAX_ATTEMPTS: i64 = 5;
 
@@ -152,26 +154,13 @@ async fn start(
     mail::send(state, email.as_str(), email_text).await
 }
 
-#[derive(Deserialize)]
-pub struct LinkQuery {
-    link: Option<String>,
-    sig: Option<String>,
-}
-
+/// The link from the email: a form for the DMed code.
 pub async fn confirm_form(
     State(state): State<WebState>,
     headers: HeaderMap,
     Query(query): Query<LinkQuery>,
 ) -> Response {
-    let (Some(link), Some(sig)) = (query.link, query.sig) else { return bad_link(&state) };
-    match live_link(&state, &link, &sig).await {
-        Ok(Some(_)) => {}
-        Ok(None) => return bad_link(&state),
-        Err(err) => return err.page(&state),
-    }
-    let chrome = Chrome::of(&state);
-    pages::with_csrf(&state, &headers, |csrf| pages::html(StatusCode::OK, &ConfirmForm { chrome, csrf, link, sig }))
-        .await
+    LINK.confirm_page(&state, &headers, query, |chrome, csrf, link, sig| ConfirmForm { chrome, csrf, link, sig }).await
 }
 
 #[derive(Deserialize)]
@@ -191,7 +180,7 @@ pub async fn confirm(
         Ok(checked) => checked,
         Err(refused) => return refused,
     };
-    let (Some(link), Some(sig)) = (form.link, form.sig) else { return bad_link(&state) };
+    let (Some(link), Some(sig)) = (form.link, form.sig) else { return LINK.dead(&state) };
     match finish(&state, &link, &sig, form.code.as_deref().unwrap_or("")).await {
         Ok(response) => response,
         Err(err) => err.page(&state),
@@ -199,7 +188,7 @@ pub async fn confirm(
 }
 
 async fn finish(state: &WebState, link: &str, sig: &str, code: &str) -> Result<Response, WebError> {
-    let Some(found) = live_link(state, link, sig).await? else { return Ok(bad_link(state)) };
+    let Some(found) = LINK.live(state, link, sig).await? else { return Ok(LINK.dead(state)) };
     let right = found.code_hash.as_deref().is_some_and(|hash| {
         // Equal-length hex digests: compare without an early exit.
         let given = code_hash(code);
@@ -208,14 +197,14 @@ async fn finish(state: &WebState, link: &str, sig: &str, code: &str) -> Result<R
     if !right {
         if state.registry.count_web_link_attempt(link).await? >= MAX_ATTEMPTS {
             state.registry.use_web_link(link).await?;
-            return Ok(bad_link(state));
+            return Ok(LINK.dead(state));
         }
         let page =
             Message::new(state, "That code is not right", &["Check the code in the direct message and try again."]);
         return Ok(pages::html(StatusCode::BAD_REQUEST, &page));
     }
     if !state.registry.use_web_link(link).await? {
-        return Ok(bad_link(state));
+        return Ok(LINK.dead(state));
     }
     let actor = Actor::web(Some("subscription".to_owned()));
     let added = state
@@ -232,23 +221,4 @@ async fn finish(state: &WebState, link: &str, sig: &str, code: &str) -> Result<R
     )
     .next("/", "Back to the status page");
     Ok(pages::html(StatusCode::OK, &page))
-}
-
-async fn live_link(state: &WebState, link: &str, sig: &str) -> Result<Option<crate::registry::WebLink>, WebError> {
-    let key = state.key().await?;
-    if link.len() > 64 || !signing::verify(key, &signing::link_message(PURPOSE, link), sig) {
-        return Ok(None);
-    }
-    let found = state.registry.web_link(link).await?;
-    Ok(found.filter(|found| found.purpose == PURPOSE && found.is_live(now_ms())))
-}
-
-fn bad_link(state: &WebState) -> Response {
-    let page = Message::new(
-        state,
-        "This link does not work",
-        &["The link is not valid, has expired (links work for 30 minutes), or was used already. You can start again."],
-    )
-    .next("/subscribe", "Start again");
-    pages::html(StatusCode::BAD_REQUEST, &page)
 }

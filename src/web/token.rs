@@ -13,6 +13,7 @@ use axum::response::Response;
 use serde::Deserialize;
 
 use super::guard::ClientIp;
+use super::links::{LinkKind, LinkQuery};
 use super::pages::{self, Chrome, Message, WebError};
 use super::{WebState, mail, signing};
 use crate::email::EmailAddress;
@@ -22,6 +23,8 @@ use crate::user_id::UserId;
 
 pub const PURPOSE: &str = "token";
 const LINK_VALID: Duration = Duration::from_secs(30 * 60);
+const LINK: LinkKind =
+    LinkKind { purpose: PURPOSE, again: ("/token", "Ask for a new link"), hint: "ask for a new one" };
 
 #[derive(Template)]
 #[template(path = "web/token_form.html")]
@@ -157,24 +160,9 @@ async fn mail_links(state: &WebState, target: Target, key: &secrecy::SecretStrin
     Ok(())
 }
 
-#[derive(Deserialize)]
-pub struct LinkQuery {
-    link: Option<String>,
-    sig: Option<String>,
-}
-
-/// The link from the email: a button, so a mail scanner that follows links
-/// does not use up the single use.
+/// The link from the email: a button that shows the token.
 pub async fn confirm(State(state): State<WebState>, headers: HeaderMap, Query(query): Query<LinkQuery>) -> Response {
-    let (Some(link), Some(sig)) = (query.link, query.sig) else { return bad_link(&state) };
-    match live_link(&state, &link, &sig).await {
-        Ok(true) => {}
-        Ok(false) => return bad_link(&state),
-        Err(err) => return err.page(&state),
-    }
-    let chrome = Chrome::of(&state);
-    pages::with_csrf(&state, &headers, |csrf| pages::html(StatusCode::OK, &TokenConfirm { chrome, csrf, link, sig }))
-        .await
+    LINK.confirm_page(&state, &headers, query, |chrome, csrf, link, sig| TokenConfirm { chrome, csrf, link, sig }).await
 }
 
 #[derive(Deserialize)]
@@ -189,40 +177,21 @@ pub async fn open(
     headers: HeaderMap,
     form: Result<Form<OpenForm>, FormRejection>,
 ) -> Response {
-    let (form, key) = match pages::checked_form(&state, &headers, form, |form| form.csrf.as_deref()).await {
+    let (form, _) = match pages::checked_form(&state, &headers, form, |form| form.csrf.as_deref()).await {
         Ok(checked) => checked,
         Err(refused) => return refused,
     };
-    let (Some(link), Some(sig)) = (form.link, form.sig) else { return bad_link(&state) };
-    match show_token(&state, &key, &link, &sig).await {
+    let (Some(link), Some(sig)) = (form.link, form.sig) else { return LINK.dead(&state) };
+    match show_token(&state, &link, &sig).await {
         Ok(response) => response,
         Err(err) => err.page(&state),
     }
 }
 
-async fn live_link(state: &WebState, link: &str, sig: &str) -> Result<bool, WebError> {
-    let key = state.key().await?;
-    if link.len() > 64 || !signing::verify(key, &signing::link_message(PURPOSE, link), sig) {
-        return Ok(false);
-    }
-    let found = state.registry.web_link(link).await?;
-    Ok(found.is_some_and(|found| found.purpose == PURPOSE && found.is_live(now_ms())))
-}
-
-async fn show_token(
-    state: &WebState,
-    key: &secrecy::SecretString,
-    link: &str,
-    sig: &str,
-) -> Result<Response, WebError> {
-    if link.len() > 64 || !signing::verify(key, &signing::link_message(PURPOSE, link), sig) {
-        return Ok(bad_link(state));
-    }
-    let Some(found) = state.registry.web_link(link).await?.filter(|found| found.purpose == PURPOSE) else {
-        return Ok(bad_link(state));
-    };
+async fn show_token(state: &WebState, link: &str, sig: &str) -> Result<Response, WebError> {
+    let Some(found) = LINK.signed(state, link, sig).await? else { return Ok(LINK.dead(state)) };
     if !state.registry.use_web_link(link).await? {
-        return Ok(bad_link(state));
+        return Ok(LINK.dead(state));
     }
     let user_id = found.user_id;
     let Some(incident) = state.registry.open_incident_affecting(&user_id).await? else {
@@ -288,14 +257,4 @@ async fn show_token(
         localpart: UserId::parse(&user_id).map(|id| id.localpart().to_owned()).unwrap_or(user_id),
     };
     Ok(pages::html(StatusCode::OK, &page))
-}
-
-fn bad_link(state: &WebState) -> Response {
-    let page = Message::new(
-        state,
-        "This link does not work",
-        &["The link is not valid, has expired (links work for 30 minutes), or was used already. You can ask for a new one."],
-    )
-    .next("/token", "Ask for a new link");
-    pages::html(StatusCode::BAD_REQUEST, &page)
 }
