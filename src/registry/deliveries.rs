@@ -252,10 +252,6 @@ impl Registry {
         Ok(claimed)
     }
 
-    pub async fn mark_delivery_sent(&self, id: i64) -> Result<()> {
-        self.set_delivery_state(id, DeliveryState::Sent, None, None).await
-    }
-
     /// Marks many deliveries sent in one statement per 500: a notify run
     /// records the messages its connections finished together, rather than
     /// one transaction each.
