@@ -4,10 +4,12 @@
 //!
 //! Resumable: rerunning sends what was not sent and never what was. A
 //! process killed mid-send can repeat at most the messages in flight at
-//! that moment (no more than `concurrency`), each with the same Message-ID.
+//! that moment: those being sent (at most `concurrency`) and those sent but
+//! not yet recorded (at most `concurrency` more), each with the same
+//! Message-ID.
 
 use std::collections::{HashMap, VecDeque};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use futures::StreamExt;
 use futures::future::BoxFuture;
@@ -29,6 +31,13 @@ const ATTEMPTS_PER_RUN: u32 = 3;
 const LATER: Duration = Duration::from_secs(15 * 60);
 /// How long a run waits for retries that are due soon, rather than ending.
 const WAIT_FOR_RETRIES: Duration = Duration::from_secs(30);
+/// A finished send waits at most this long for its registry write (sooner
+/// once `concurrency` outcomes are waiting): a slow channel still records
+/// each message almost at once, a fast one writes them in groups.
+const RECORD_WITHIN: Duration = Duration::from_millis(50);
+/// The most deliveries one claim takes: about a tenth of a second of
+/// sending at the run's rate so far, never fewer than 4 × `concurrency`.
+const LARGEST_CLAIM: usize = 512;
 
 #[derive(Debug, thiserror::Error)]
 pub enum NotifyError {
@@ -244,13 +253,13 @@ impl Transport<'_> {
 /// returns the counts by state (all channels) afterwards. Call
 /// `Registry::resume_deliveries` once before a run.
 ///
-/// Up to `concurrency` messages are out at once, and a message counts
-/// against that limit until its outcome is in the registry: a crash can
-/// repeat at most `concurrency` messages. The registry work (claiming the
-/// next deliveries ahead of need, recording what finished) runs one write
-/// at a time beside the sends, and each write records every outcome that
-/// finished meanwhile, so it costs one transaction per group, not per
-/// message.
+/// Up to `concurrency` messages are out at once. The registry work runs
+/// one write at a time beside the sends: claiming the next deliveries
+/// before the queue runs dry, and recording finished outcomes in groups
+/// (one transaction per group, not per message). A finished message waits
+/// for its record at most `RECORD_WITHIN`, and no new send starts while
+/// `concurrency` outcomes wait: a crash can repeat at most 2 ×
+/// `concurrency` messages.
 pub async fn send_deliveries(
     registry: &Registry,
     transport: Transport<'_>,
@@ -265,12 +274,16 @@ pub async fn send_deliveries(
     let mut done = (counts.sent + counts.failed + counts.skipped) as u64;
     let mut tries: HashMap<i64, u32> = HashMap::new();
     let mut claim_stamp = now_ms();
+    let started = Instant::now();
+    let mut recorded_this_run: u64 = 0;
 
     // Claimed, not started yet.
     let mut queue: VecDeque<Delivery> = VecDeque::new();
     let mut sends: FuturesUnordered<BoxFuture<'_, (i64, Outcome)>> = FuturesUnordered::new();
-    // Finished attempts waiting for the next registry write.
+    // Finished attempts waiting for the next registry write, and since when
+    // the oldest of them waits.
     let mut unrecorded: Vec<Record> = Vec::new();
+    let mut waiting_since = Instant::now();
     // The registry write under way, and how many outcomes it records.
     let mut writing: Option<BoxFuture<'_, Result<Written, registry::Error>>> = None;
     let mut being_recorded = 0;
@@ -281,10 +294,15 @@ pub async fn send_deliveries(
 
     loop {
         let winding_down = fatal.is_some() || progress.stopping();
-        if winding_down {
+        if winding_down && !queue.is_empty() {
+            if unrecorded.is_empty() {
+                waiting_since = Instant::now();
+            }
             unrecorded.extend(queue.drain(..).map(|delivery| Record::Release(delivery.id)));
         }
-        while !winding_down && sends.len() + unrecorded.len() + being_recorded < concurrency {
+        // Sent or being sent, and not recorded: what a crash could repeat.
+        let at_risk = |sends: usize, unrecorded: usize| sends + unrecorded + being_recorded;
+        while !winding_down && sends.len() < concurrency && at_risk(sends.len(), unrecorded.len()) < 2 * concurrency {
             let Some(delivery) = queue.pop_front() else { break };
             sends.push(Box::pin(async move {
                 let outcome = match Transport::skip_reason(&delivery) {
@@ -294,19 +312,25 @@ pub async fn send_deliveries(
                 (delivery.id, outcome)
             }));
         }
+        let record_due = !unrecorded.is_empty()
+            && (unrecorded.len() >= concurrency
+                || sends.is_empty()
+                || winding_down
+                || waiting_since.elapsed() >= RECORD_WITHIN);
         if writing.is_none() {
+            let claim_size = claim_size(concurrency, recorded_this_run, started.elapsed());
+            let claim_now = !winding_down && !exhausted && queue.len() <= claim_size / 2;
             // Claiming comes first when the queue runs low, else the sends
             // could starve behind a steady stream of records.
-            let claim_now = !winding_down && !exhausted && queue.len() < concurrency;
-            let claim_first = claim_now && queue.is_empty();
-            if !unrecorded.is_empty() && !claim_first {
+            let claim_first = claim_now && queue.len() < concurrency;
+            if record_due && !claim_first {
                 let records = std::mem::take(&mut unrecorded);
                 being_recorded = records.len();
                 writing = Some(Box::pin(async move { record(registry, records).await.map(Written::Recorded) }));
             } else if claim_now {
                 // Claims are marked with a stamp unique to this claim.
                 claim_stamp = (claim_stamp + 1).max(now_ms());
-                let (stamp, limit) = (claim_stamp, (concurrency * 4) as i64);
+                let (stamp, limit) = (claim_stamp, claim_size as i64);
                 writing = Some(Box::pin(async move {
                     registry
                         .claim_deliveries(incident.id, transport.channel(), limit, stamp)
@@ -315,7 +339,7 @@ pub async fn send_deliveries(
                 }));
             }
         }
-        if sends.is_empty() && writing.is_none() {
+        if sends.is_empty() && writing.is_none() && unrecorded.is_empty() {
             // Nothing under way, nothing queued, nothing left to record.
             if winding_down {
                 break;
@@ -332,6 +356,10 @@ pub async fn send_deliveries(
                 _ => break,
             }
         }
+        // Outcomes that wait for the writer to be free or for their group
+        // to fill wake the loop when their time is up.
+        let record_at = (!unrecorded.is_empty() && !record_due && writing.is_none())
+            .then(|| tokio::time::Instant::from_std(waiting_since + RECORD_WITHIN));
 
         tokio::select! {
             Some((id, outcome)) = sends.next(), if !sends.is_empty() => {
@@ -361,30 +389,44 @@ pub async fn send_deliveries(
                         record
                     }
                 };
+                if unrecorded.is_empty() {
+                    waiting_since = Instant::now();
+                }
                 unrecorded.push(record);
             }
             written = async { writing.as_mut().expect("checked by the guard").await }, if writing.is_some() => {
                 writing = None;
                 // If the registry fails after sends, a rerun repeats the
-                // ones not recorded (at most `concurrency`).
+                // ones not recorded (at most 2 × `concurrency`).
                 match written? {
                     Written::Claimed(claimed) => {
                         exhausted = claimed.is_empty();
                         queue.extend(claimed);
                     }
                     Written::Recorded(finished) => {
+                        recorded_this_run += being_recorded as u64;
                         being_recorded = 0;
                         done += finished;
                         progress.deliveries(done, total);
                     }
                 }
             }
+            () = tokio::time::sleep_until(record_at.unwrap_or_else(tokio::time::Instant::now)), if record_at.is_some() => {}
         }
     }
     if let Some(err) = fatal {
         return Err(err);
     }
     Ok(registry.delivery_counts(incident.id).await?)
+}
+
+/// How many deliveries to claim at once: enough for about a tenth of a
+/// second at the rate of this run so far, so a fast channel claims rarely
+/// and a slow one does not hold many tokens it read long before sending.
+fn claim_size(concurrency: usize, recorded: u64, elapsed: Duration) -> usize {
+    let smallest = concurrency * 4;
+    let per_tenth_second = (recorded as f64 / elapsed.as_secs_f64().max(0.001) / 10.0) as usize;
+    per_tenth_second.clamp(smallest, LARGEST_CLAIM.max(smallest))
 }
 
 /// The end of one attempt, as the registry keeps it.
@@ -405,19 +447,19 @@ enum Written {
     Recorded(u64),
 }
 
-/// Writes a group of outcomes: every sent one in one statement, the rarer
-/// others one by one.
+/// Writes a group of outcomes: every sent one in one statement, every
+/// released one in another, the rarer others one by one.
 async fn record(registry: &Registry, records: Vec<Record>) -> Result<u64, registry::Error> {
     let sent: Vec<i64> =
         records.iter().filter_map(|record| if let Record::Sent(id) = record { Some(*id) } else { None }).collect();
     registry.mark_deliveries_sent(&sent).await?;
+    let released: Vec<i64> =
+        records.iter().filter_map(|record| if let Record::Release(id) = record { Some(*id) } else { None }).collect();
+    registry.release_deliveries(&released).await?;
     let mut finished = sent.len() as u64;
     for record in records {
         match record {
-            Record::Sent(_) => {}
-            Record::Release(id) => {
-                registry.mark_delivery_retry(id, "not sent yet: the run stopped first", now_ms()).await?
-            }
+            Record::Sent(_) | Record::Release(_) => {}
             Record::Skipped(id, reason) => {
                 registry.mark_delivery_skipped(id, reason).await?;
                 finished += 1;

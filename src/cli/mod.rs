@@ -184,7 +184,15 @@ pub fn main() -> ExitCode {
             return ExitCode::from(exit::FAILED);
         }
     };
-    match runtime.block_on(run(cli)) {
+    // The command runs as a task on the runtime's workers, not on this
+    // thread: the tasks it spawns (a notify run's sends) then wake it on the
+    // same worker instead of across threads (see benches/README.md).
+    let outcome = runtime.block_on(async {
+        tokio::spawn(run(cli)).await.unwrap_or_else(|panicked| {
+            Err(Failure::new(exit::FAILED, format!("lifeboat stopped unexpectedly: {panicked}")))
+        })
+    });
+    match outcome {
         Ok(code) => ExitCode::from(code),
         Err(failure) => {
             eprintln!("error: {}", failure.message);

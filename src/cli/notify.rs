@@ -85,6 +85,7 @@ pub async fn run(context: &Context, args: Args) -> Outcome {
                 channel: "email".to_owned(),
                 address: address.clone(),
                 attempts: 0,
+                next_attempt_at: 0,
                 display_name,
                 recreated_at,
                 account_state,
@@ -115,7 +116,7 @@ pub async fn run(context: &Context, args: Args) -> Outcome {
             "notices go out by email: add an [email] section with smtp_url and from (see config.example.toml)",
         )
     })?;
-    if !args.yes && !confirm(planned.emails.emails)? {
+    if !args.yes && !confirm(planned.emails.emails).await? {
         println!("Nothing sent.");
         return Ok(exit::OK);
     }
@@ -157,7 +158,7 @@ pub async fn run(context: &Context, args: Args) -> Outcome {
 }
 
 /// Asks on the terminal; refuses to guess when there is none.
-fn confirm(emails: i64) -> Result<bool, Failure> {
+async fn confirm(emails: i64) -> Result<bool, Failure> {
     if !std::io::stdin().is_terminal() {
         return Err(Failure::new(
             exit::USAGE,
@@ -166,7 +167,13 @@ fn confirm(emails: i64) -> Result<bool, Failure> {
     }
     print!("Send {emails} emails now? [y/N] ");
     std::io::stdout().flush().ok();
-    let mut answer = String::new();
-    std::io::stdin().lock().read_line(&mut answer).ok();
+    // Read off the runtime's workers, which go on renewing leases meanwhile.
+    let answer = tokio::task::spawn_blocking(|| {
+        let mut answer = String::new();
+        std::io::stdin().lock().read_line(&mut answer).ok();
+        answer
+    })
+    .await
+    .unwrap_or_default();
     Ok(matches!(answer.trim(), "y" | "Y" | "yes"))
 }

@@ -1,13 +1,14 @@
 //! Turning an [`OutgoingEmail`] into a lettre [`Message`].
 
 use lettre::Message;
-use lettre::message::header::{HeaderName, HeaderValue};
-use lettre::message::{Mailbox, MultiPart};
+use lettre::message::header::{ContentType, HeaderName, HeaderValue};
+use lettre::message::{Mailbox, MultiPart, SinglePart};
 
+use super::transfer_encoding::encode_text;
 use super::{MailError, OutgoingEmail};
 
 /// Builds the multipart/alternative message with every header lifeboat sets.
-pub(crate) fn build(from: &Mailbox, email: &OutgoingEmail) -> Result<Message, MailError> {
+pub fn build(from: &Mailbox, email: &OutgoingEmail) -> Result<Message, MailError> {
     let to_address = email.to.as_str().parse().map_err(|err| {
         MailError::Permanent(format!(
             "`{}` cannot be used as a recipient ({err}); correct or remove this contact",
@@ -35,7 +36,10 @@ pub(crate) fn build(from: &Mailbox, email: &OutgoingEmail) -> Result<Message, Ma
             ));
     }
 
-    builder.multipart(MultiPart::alternative_plain_html(email.text.clone(), email.html.clone())).map_err(|err| {
+    let parts = MultiPart::alternative()
+        .singlepart(SinglePart::builder().header(ContentType::TEXT_PLAIN).body(encode_text(&email.text)))
+        .singlepart(SinglePart::builder().header(ContentType::TEXT_HTML).body(encode_text(&email.html)));
+    builder.multipart(parts).map_err(|err| {
         MailError::Permanent(format!(
             "the message to {} could not be assembled ({err}); this is a bug in lifeboat",
             email.to

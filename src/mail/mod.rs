@@ -15,6 +15,7 @@ mod message;
 mod pool;
 mod smtp;
 mod smtp_url;
+mod transfer_encoding;
 
 use std::fmt;
 use std::sync::Arc;
@@ -28,6 +29,7 @@ use smtp::{Reply, Setup, SmtpError, Tls};
 use crate::config::EmailConfig;
 use crate::email::EmailAddress;
 
+pub use message::build as build_message;
 pub use smtp_url::TlsMode;
 
 const URL_HINT: &str = "check email.smtp_url: host, port, and TLS mode (smtp:// vs smtps:// vs ?tls=required)";

@@ -43,6 +43,8 @@ pub struct Delivery {
     pub channel: String,
     pub address: String,
     pub attempts: i64,
+    /// When it was due (claims are sent in this order, then by id).
+    pub next_attempt_at: i64,
     pub display_name: Option<String>,
     /// Set when the account's ID was registered again (maybe by someone else).
     pub recreated_at: Option<i64>,
@@ -207,8 +209,9 @@ impl Registry {
 
     /// Claims up to `limit` due deliveries of one channel (pending →
     /// sending), the longest due first, marked with `batch` (unique per
-    /// claim), ready to render. Both statements follow the `deliveries_due`
-    /// index, so a claim costs the same however many are pending.
+    /// claim), ready to render. The claim follows the `deliveries_due`
+    /// index (pending rows only) and the details are read by id, so a claim
+    /// costs the same however many deliveries the incident has.
     pub async fn claim_deliveries(
         &self,
         incident_id: i64,
@@ -217,54 +220,76 @@ impl Registry {
         batch: i64,
     ) -> Result<Vec<Delivery>> {
         let mut tx = self.pool.begin().await?;
-        sqlx::query(
+        let ids: Vec<(i64,)> = sqlx::query_as(
             "UPDATE deliveries SET state = 'sending', claimed_at = $3, attempts = attempts + 1 \
              WHERE id IN (SELECT id FROM deliveries WHERE incident_id = $1 AND channel = $5 \
-                          AND state = 'pending' AND next_attempt_at <= $4 ORDER BY next_attempt_at, id LIMIT $2)",
+                          AND state = 'pending' AND next_attempt_at <= $4 ORDER BY next_attempt_at, id LIMIT $2) \
+             RETURNING id",
         )
         .bind(incident_id)
         .bind(limit)
         .bind(batch)
         .bind(now_ms())
         .bind(channel)
-        .execute(&mut *tx)
-        .await?;
-        let claimed = sqlx::query_as(
-            "SELECT d.id, d.incident_id, d.user_id, d.channel, d.address, d.attempts, a.display_name, \
-                    a.recreated_at, a.state AS account_state, \
-                    c.id AS contact_id, c.opted_out_at, t.token, t.expires_at AS token_expires_at \
-             FROM deliveries d \
-             JOIN accounts a ON a.user_id = d.user_id \
-             LEFT JOIN contacts c ON c.user_id = d.user_id AND c.kind = d.channel AND c.address = d.address \
-             LEFT JOIN registration_tokens t ON t.incident_id = d.incident_id AND t.user_id = d.user_id \
-                                            AND t.purpose = 'notice' AND t.confirmed_at IS NOT NULL \
-                                            AND t.revoked_at IS NULL \
-                                            AND NOT (d.channel = 'matrix' AND d.address = d.user_id) \
-             WHERE d.incident_id = $1 AND d.channel = $3 AND d.state = 'sending' AND d.claimed_at = $2 \
-             ORDER BY d.next_attempt_at, d.id",
-        )
-        .bind(incident_id)
-        .bind(batch)
-        .bind(channel)
         .fetch_all(&mut *tx)
         .await?;
-        tx.commit().await?;
-        Ok(claimed)
-    }
-
-    /// Marks many deliveries sent in one statement per 500: a notify run
-    /// records the messages its connections finished together, rather than
-    /// one transaction each.
-    pub async fn mark_deliveries_sent(&self, ids: &[i64]) -> Result<()> {
-        let now = now_ms();
+        let mut claimed = Vec::with_capacity(ids.len());
         for chunk in ids.chunks(500) {
-            let placeholders: Vec<String> = (0..chunk.len()).map(|n| format!("${}", n + 2)).collect();
+            let placeholders: Vec<String> = (1..=chunk.len()).map(|n| format!("${n}")).collect();
             let sql = format!(
-                "UPDATE deliveries SET state = 'sent', last_error = NULL, sent_at = $1 WHERE id IN ({})",
+                "SELECT d.id, d.incident_id, d.user_id, d.channel, d.address, d.attempts, d.next_attempt_at, \
+                        a.display_name, a.recreated_at, a.state AS account_state, \
+                        c.id AS contact_id, c.opted_out_at, t.token, t.expires_at AS token_expires_at \
+                 FROM deliveries d \
+                 JOIN accounts a ON a.user_id = d.user_id \
+                 LEFT JOIN contacts c ON c.user_id = d.user_id AND c.kind = d.channel AND c.address = d.address \
+                 LEFT JOIN registration_tokens t ON t.incident_id = d.incident_id AND t.user_id = d.user_id \
+                                                AND t.purpose = 'notice' AND t.confirmed_at IS NOT NULL \
+                                                AND t.revoked_at IS NULL \
+                                                AND NOT (d.channel = 'matrix' AND d.address = d.user_id) \
+                 WHERE d.id IN ({})",
                 placeholders.join(", ")
             );
             // Only numbered placeholders are spliced in; the IDs are bound.
-            let mut query = sqlx::query(sqlx::AssertSqlSafe(sql)).bind(now);
+            let mut query = sqlx::query_as::<_, Delivery>(sqlx::AssertSqlSafe(sql));
+            for (id,) in chunk {
+                query = query.bind(*id);
+            }
+            claimed.extend(query.fetch_all(&mut *tx).await?);
+        }
+        tx.commit().await?;
+        claimed.sort_by_key(|delivery| (delivery.next_attempt_at, delivery.id));
+        Ok(claimed)
+    }
+
+    /// Marks many deliveries sent, in one statement per 500: a notify run
+    /// records the messages its connections finished together, rather than
+    /// one transaction each.
+    pub async fn mark_deliveries_sent(&self, ids: &[i64]) -> Result<()> {
+        self.update_each_of(ids, "state = 'sent', last_error = NULL, sent_at = $1", now_ms()).await
+    }
+
+    /// Puts claimed deliveries that were never tried back to pending, due
+    /// now (a run that stopped first). The claim counted an attempt; this
+    /// takes it back, and leaves the last error of an earlier try alone.
+    pub async fn release_deliveries(&self, ids: &[i64]) -> Result<()> {
+        self.update_each_of(
+            ids,
+            "state = 'pending', next_attempt_at = $1, attempts = CASE WHEN attempts > 0 THEN attempts - 1 ELSE 0 END",
+            now_ms(),
+        )
+        .await
+    }
+
+    /// `UPDATE deliveries SET {assignments} WHERE id IN (ids)`, one
+    /// statement per 500 ids; `$1` in `assignments` is `time`.
+    async fn update_each_of(&self, ids: &[i64], assignments: &'static str, time: i64) -> Result<()> {
+        for chunk in ids.chunks(500) {
+            let placeholders: Vec<String> = (0..chunk.len()).map(|n| format!("${}", n + 2)).collect();
+            let sql = format!("UPDATE deliveries SET {assignments} WHERE id IN ({})", placeholders.join(", "));
+            // Only a fixed assignment list and numbered placeholders are
+            // spliced in; the time and the IDs are bound.
+            let mut query = sqlx::query(sqlx::AssertSqlSafe(sql)).bind(time);
             for id in chunk {
                 query = query.bind(*id);
             }

@@ -78,6 +78,9 @@ impl Registry {
             AnyConnectOptions::from_str(&url).map_err(|source| Error::Connect { url: shown.clone(), source })?;
         let pool = AnyPoolOptions::new()
             .max_connections(if backend == Backend::Sqlite { 4 } else { 8 })
+            // A SQLite connection cannot go stale, and the check costs a
+            // round trip to its worker thread before every statement.
+            .test_before_acquire(backend == Backend::Postgres)
             .after_connect(move |conn, _meta| {
                 Box::pin(async move {
                     if backend == Backend::Sqlite {
