@@ -42,10 +42,17 @@ struct QuotedPrintable {
 }
 
 /// Printable ASCII but `=`, plus space and tab: these stand for themselves,
-/// except space and tab at the end of a line.
-fn stands_for_itself(byte: u8) -> bool {
-    matches!(byte, b' ' | b'\t' | b'!'..=b'<' | b'>'..=b'~')
-}
+/// except space and tab at the end of a line. A table, because this is
+/// asked of every byte of every message.
+static STANDS_FOR_ITSELF: [bool; 256] = {
+    let mut table = [false; 256];
+    let mut byte = 0;
+    while byte < 256 {
+        table[byte] = matches!(byte as u8, b' ' | b'\t' | b'!'..=b'<' | b'>'..=b'~');
+        byte += 1;
+    }
+    table
+};
 
 impl QuotedPrintable {
     fn encode(input: &[u8]) -> QuotedPrintable {
@@ -79,11 +86,13 @@ impl QuotedPrintable {
         let mut at = 0;
         while at < line.len() {
             // A run of bytes that stand for themselves, copied whole.
-            let run = line[at..].iter().take_while(|&&byte| stands_for_itself(byte)).count();
-            let mut run_end = at + run;
+            let mut run_end = at;
+            while run_end < line.len() && STANDS_FOR_ITSELF[usize::from(line[run_end])] {
+                run_end += 1;
+            }
             // Space or tab ending the line must be escaped (transports may
             // strip trailing white space).
-            if run_end == line.len() && run > 0 && matches!(line[run_end - 1], b' ' | b'\t') {
+            if run_end == line.len() && run_end > at && matches!(line[run_end - 1], b' ' | b'\t') {
                 run_end -= 1;
             }
             while at < run_end {

@@ -233,36 +233,31 @@ impl Registry {
         .bind(channel)
         .fetch_all(&mut *tx)
         .await?;
-        let mut claimed = Vec::with_capacity(ids.len());
-        for chunk in ids.chunks(500) {
-            let placeholders: Vec<String> = (1..=chunk.len()).map(|n| format!("${n}")).collect();
-            let sql = format!(
-                "SELECT d.id, d.incident_id, d.user_id, d.channel, d.address, d.attempts, d.next_attempt_at, \
-                        a.display_name, a.recreated_at, a.state AS account_state, \
-                        c.id AS contact_id, c.opted_out_at, t.token, t.expires_at AS token_expires_at \
-                 FROM deliveries d \
-                 JOIN accounts a ON a.user_id = d.user_id \
-                 LEFT JOIN contacts c ON c.user_id = d.user_id AND c.kind = d.channel AND c.address = d.address \
-                 LEFT JOIN registration_tokens t ON t.incident_id = d.incident_id AND t.user_id = d.user_id \
-                                                AND t.purpose = 'notice' AND t.confirmed_at IS NOT NULL \
-                                                AND t.revoked_at IS NULL \
-                                                AND NOT (d.channel = 'matrix' AND d.address = d.user_id) \
-                 WHERE d.id IN ({})",
-                placeholders.join(", ")
-            );
-            // Only numbered placeholders are spliced in; the IDs are bound.
-            let mut query = sqlx::query_as::<_, Delivery>(sqlx::AssertSqlSafe(sql));
-            for (id,) in chunk {
-                query = query.bind(*id);
-            }
-            claimed.extend(query.fetch_all(&mut *tx).await?);
-        }
+        let ids: Vec<i64> = ids.into_iter().map(|(id,)| id).collect();
+        let sql = format!(
+            "SELECT d.id, d.incident_id, d.user_id, d.channel, d.address, d.attempts, d.next_attempt_at, \
+                    a.display_name, a.recreated_at, a.state AS account_state, \
+                    c.id AS contact_id, c.opted_out_at, t.token, t.expires_at AS token_expires_at \
+             FROM deliveries d \
+             JOIN accounts a ON a.user_id = d.user_id \
+             LEFT JOIN contacts c ON c.user_id = d.user_id AND c.kind = d.channel AND c.address = d.address \
+             LEFT JOIN registration_tokens t ON t.incident_id = d.incident_id AND t.user_id = d.user_id \
+                                            AND t.purpose = 'notice' AND t.confirmed_at IS NOT NULL \
+                                            AND t.revoked_at IS NULL \
+                                            AND NOT (d.channel = 'matrix' AND d.address = d.user_id) \
+             WHERE d.id IN ({})",
+            self.ids_in_json(1)
+        );
+        let mut claimed: Vec<Delivery> = sqlx::query_as(sqlx::AssertSqlSafe(sql))
+            .bind(serde_json::to_string(&ids).expect("a list of integers is JSON"))
+            .fetch_all(&mut *tx)
+            .await?;
         tx.commit().await?;
         claimed.sort_by_key(|delivery| (delivery.next_attempt_at, delivery.id));
         Ok(claimed)
     }
 
-    /// Marks many deliveries sent, in one statement per 500: a notify run
+    /// Marks many deliveries sent, in one statement: a notify run
     /// records the messages its connections finished together, rather than
     /// one transaction each.
     pub async fn mark_deliveries_sent(&self, ids: &[i64]) -> Result<()> {
@@ -281,21 +276,32 @@ impl Registry {
         .await
     }
 
-    /// `UPDATE deliveries SET {assignments} WHERE id IN (ids)`, one
-    /// statement per 500 ids; `$1` in `assignments` is `time`.
+    /// `UPDATE deliveries SET {assignments} WHERE id IN (ids)`, where `$1`
+    /// in `assignments` is `time`.
     async fn update_each_of(&self, ids: &[i64], assignments: &'static str, time: i64) -> Result<()> {
-        for chunk in ids.chunks(500) {
-            let placeholders: Vec<String> = (0..chunk.len()).map(|n| format!("${}", n + 2)).collect();
-            let sql = format!("UPDATE deliveries SET {assignments} WHERE id IN ({})", placeholders.join(", "));
-            // Only a fixed assignment list and numbered placeholders are
-            // spliced in; the time and the IDs are bound.
-            let mut query = sqlx::query(sqlx::AssertSqlSafe(sql)).bind(time);
-            for id in chunk {
-                query = query.bind(*id);
-            }
-            query.execute(&self.pool).await?;
+        if ids.is_empty() {
+            return Ok(());
         }
+        let sql = format!("UPDATE deliveries SET {assignments} WHERE id IN ({})", self.ids_in_json(2));
+        // Only a fixed assignment list is spliced in; the time and the IDs
+        // are bound.
+        sqlx::query(sqlx::AssertSqlSafe(sql))
+            .bind(time)
+            .bind(serde_json::to_string(ids).expect("a list of integers is JSON"))
+            .execute(&self.pool)
+            .await?;
         Ok(())
+    }
+
+    /// A subquery yielding the integers of the JSON array bound as `$n`.
+    /// One parameter, not one per ID: SQLite looks parameters up by name
+    /// in a list, so binding hundreds of them costs more than the query.
+    fn ids_in_json(&self, n: usize) -> String {
+        if self.is_postgres() {
+            format!("SELECT value::BIGINT FROM json_array_elements_text(${n}::JSON)")
+        } else {
+            format!("SELECT value FROM json_each(${n})")
+        }
     }
 
     /// A transient failure: try again at `next_attempt_at`.
