@@ -52,6 +52,13 @@ pub struct RenderedNotice {
     pub markdown: String,
 }
 
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct EmailNotice {
+    pub subject: String,
+    pub text: String,
+    pub html: String,
+}
+
 #[derive(Debug, thiserror::Error)]
 pub enum NoticeError {
     #[error("the notice template could not be rendered ({0}); this is a bug in lifeboat")]
@@ -75,16 +82,35 @@ struct NoticeView {
     token_expires: Option<String>,
     unsubscribe_url: Option<String>,
     subject: String,
-    // Markdown-escaped versions for notice.md.
-    name_md: String,
-    user_id_md: String,
-    server_name_md: String,
-    localpart_md: String,
-    incident_title_md: String,
-    homeserver_url_md: Option<String>,
-    token_md: Option<String>,
-    token_expires_md: Option<String>,
-    unsubscribe_url_md: Option<String>,
+}
+
+/// Markdown-escaped versions of the view's values, for notice.md only.
+struct MarkdownView {
+    name: String,
+    user_id: String,
+    server_name: String,
+    localpart: String,
+    incident_title: String,
+    homeserver_url: Option<String>,
+    token: Option<String>,
+    token_expires: Option<String>,
+    unsubscribe_url: Option<String>,
+}
+
+impl MarkdownView {
+    fn new(n: &NoticeView) -> MarkdownView {
+        MarkdownView {
+            name: markdown_escape(&n.name),
+            user_id: markdown_escape(&n.user_id),
+            server_name: markdown_escape(&n.server_name),
+            localpart: markdown_escape(&n.localpart),
+            incident_title: markdown_escape(&n.incident_title),
+            homeserver_url: n.homeserver_url.as_deref().map(markdown_url),
+            token: n.token.as_deref().map(markdown_code),
+            token_expires: n.token_expires.as_deref().map(markdown_escape),
+            unsubscribe_url: n.unsubscribe_url.as_deref().map(markdown_url),
+        }
+    }
 }
 
 #[derive(Template)]
@@ -103,16 +129,29 @@ struct NoticeHtml<'a> {
 #[template(path = "notice.md")]
 struct NoticeMarkdown<'a> {
     n: &'a NoticeView,
+    m: &'a MarkdownView,
 }
 
 /// Renders the subject, the two email parts and the Matrix DM Markdown.
 pub fn render_notice(ctx: &NoticeContext) -> Result<RenderedNotice, NoticeError> {
     let view = NoticeView::new(ctx);
+    let markdown = MarkdownView::new(&view);
     Ok(RenderedNotice {
         subject: view.subject.clone(),
         text: NoticeText { n: &view }.render()?,
         html: NoticeHtml { n: &view }.render()?,
-        markdown: NoticeMarkdown { n: &view }.render()?,
+        markdown: NoticeMarkdown { n: &view, m: &markdown }.render()?,
+    })
+}
+
+/// The email's subject and its two parts: [`render_notice`] without the
+/// Matrix version, for the one path that renders a notice per message.
+pub fn render_email_notice(ctx: &NoticeContext) -> Result<EmailNotice, NoticeError> {
+    let view = NoticeView::new(ctx);
+    Ok(EmailNotice {
+        text: NoticeText { n: &view }.render()?,
+        html: NoticeHtml { n: &view }.render()?,
+        subject: view.subject,
     })
 }
 
@@ -144,15 +183,6 @@ impl NoticeView {
 
         NoticeView {
             account_works: ctx.account_works,
-            name_md: markdown_escape(&name),
-            user_id_md: markdown_escape(&user_id),
-            server_name_md: markdown_escape(&server_name),
-            localpart_md: markdown_escape(&localpart),
-            incident_title_md: markdown_escape(&incident_title),
-            homeserver_url_md: homeserver_url.as_deref().map(markdown_url),
-            token_md: token.as_deref().map(markdown_code),
-            token_expires_md: token_expires.as_deref().map(markdown_escape),
-            unsubscribe_url_md: unsubscribe_url.as_deref().map(markdown_url),
             postmortem_html: match ctx.postmortem_html {
                 Some(html) => html.to_owned(),
                 None => markdown_to_safe_html(&postmortem_markdown),

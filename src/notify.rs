@@ -21,7 +21,7 @@ use url::Url;
 use crate::dm::{DmError, DmSender};
 use crate::email::EmailAddress;
 use crate::mail::{MailError, Mailer, OutgoingEmail};
-use crate::notice::{NoticeContext, RenderedNotice, render_notice};
+use crate::notice::{NoticeContext, NoticeError, RenderedNotice, render_email_notice, render_notice};
 use crate::registry::{self, Delivery, DeliveryCounts, Incident, PlannedEmails, Registry, now_ms};
 
 /// Tries of one delivery within one run before it is left for later.
@@ -111,7 +111,7 @@ impl NoticeSettings {
     }
 
     pub fn render(&self, incident: &Incident, delivery: &Delivery) -> Result<RenderedNotice, NotifyError> {
-        self.render_with(incident, delivery, self.unsubscribe_url(delivery).as_deref())
+        self.render_with(incident, delivery, self.unsubscribe_url(delivery).as_deref(), render_notice)
     }
 
     /// The signed one-click link for this delivery's contact, if the web
@@ -123,12 +123,13 @@ impl NoticeSettings {
         }
     }
 
-    fn render_with(
+    fn render_with<T>(
         &self,
         incident: &Incident,
         delivery: &Delivery,
         unsubscribe_url: Option<&str>,
-    ) -> Result<RenderedNotice, NotifyError> {
+        render: impl FnOnce(&NoticeContext) -> Result<T, NoticeError>,
+    ) -> Result<T, NotifyError> {
         let expires = delivery.token_expires_at.map(human_time);
         let context = NoticeContext {
             server_name: &self.server_name,
@@ -143,7 +144,7 @@ impl NoticeSettings {
             token_expires: expires.as_deref(),
             unsubscribe_url,
         };
-        render_notice(&context).map_err(|err| NotifyError::Render(err.to_string()))
+        render(&context).map_err(|err| NotifyError::Render(err.to_string()))
     }
 
     fn email(&self, incident: &Incident, delivery: &Delivery) -> Result<Result<OutgoingEmail, String>, NotifyError> {
@@ -153,7 +154,7 @@ impl NoticeSettings {
         };
         // Signed once: the same link goes in the body and the header.
         let list_unsubscribe = self.unsubscribe_url(delivery);
-        let rendered = self.render_with(incident, delivery, list_unsubscribe.as_deref())?;
+        let rendered = self.render_with(incident, delivery, list_unsubscribe.as_deref(), render_email_notice)?;
         Ok(Ok(OutgoingEmail {
             to,
             subject: rendered.subject,
