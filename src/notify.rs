@@ -301,9 +301,11 @@ pub async fn send_deliveries(
             }
             unrecorded.extend(queue.drain(..).map(|delivery| Record::Release(delivery.id)));
         }
-        // Sent or being sent, and not recorded: what a crash could repeat.
-        let at_risk = |sends: usize, unrecorded: usize| sends + unrecorded + being_recorded;
-        while !winding_down && sends.len() < concurrency && at_risk(sends.len(), unrecorded.len()) < 2 * concurrency {
+        // Being sent, or sent and not recorded: what a crash could repeat.
+        while !winding_down
+            && sends.len() < concurrency
+            && sends.len() + unrecorded.len() + being_recorded < 2 * concurrency
+        {
             let Some(delivery) = queue.pop_front() else { break };
             sends.push(Box::pin(async move {
                 let outcome = match Transport::skip_reason(&delivery) {
