@@ -199,7 +199,7 @@ async fn open_incident(registry: &Registry, people: usize) -> Result<Incident> {
     Ok(incident)
 }
 
-/// The incident's deliveries as `claim_deliveries` would return them,
+/// The incident's deliveries as `due_deliveries` would return them,
 /// without claiming anything.
 async fn deliveries_of(registry: &Registry, incident_id: i64) -> Result<Vec<Delivery>> {
     Ok(sqlx::query_as(
@@ -810,13 +810,12 @@ fn show(who: &str, round: usize, measured: &Measured) {
 /// (untimed), as in the send loop, so that a claim meets only the rows in
 /// flight, not every earlier claim's.
 async fn claim_all(registry: &Registry, incident_id: i64, batch: usize) -> Result<(Vec<Delivery>, usize, Duration)> {
-    let mut claimed = Vec::new();
-    let mut stamp = now_ms();
+    let mut claimed: Vec<Delivery> = Vec::new();
     let (mut claims, mut claiming) = (0, Duration::ZERO);
     loop {
-        stamp = (stamp + 1).max(now_ms());
+        let after = claimed.last().map_or((i64::MIN, 0), |last| (last.next_attempt_at, last.id));
         let started = Instant::now();
-        let found = registry.claim_deliveries(incident_id, "email", batch as i64, stamp).await?;
+        let found = registry.due_deliveries(incident_id, "email", batch as i64, after).await?;
         claiming += started.elapsed();
         if found.is_empty() {
             return Ok((claimed, claims, claiming));
@@ -898,6 +897,14 @@ async fn phases(
     let (smtp_spawned, smtp_spawned_cpu) = (started.elapsed(), own_cpu() - cpu);
     mailer.shutdown().await;
 
+    // Each recording starts from pending rows, as in a run.
+    let back_to_pending = || async {
+        sqlx::query("UPDATE deliveries SET state = 'pending' WHERE incident_id = $1")
+            .bind(incident.id)
+            .execute(registry.pool())
+            .await
+    };
+    back_to_pending().await?;
     let started = Instant::now();
     for delivery in &claimed {
         registry.mark_deliveries_sent(std::slice::from_ref(&delivery.id)).await?;
@@ -905,10 +912,7 @@ async fn phases(
     let mark = started.elapsed();
 
     let ids: Vec<i64> = claimed.iter().map(|delivery| delivery.id).collect();
-    sqlx::query("UPDATE deliveries SET state = 'sending' WHERE incident_id = $1")
-        .bind(incident.id)
-        .execute(registry.pool())
-        .await?;
+    back_to_pending().await?;
     let started = Instant::now();
     for group in ids.chunks(concurrency) {
         registry.mark_deliveries_sent(group).await?;

@@ -274,7 +274,8 @@ pub async fn send_deliveries(
     let total = counts.total() as u64;
     let mut done = (counts.sent + counts.failed + counts.skipped) as u64;
     let mut tries: HashMap<i64, u32> = HashMap::new();
-    let mut claim_stamp = now_ms();
+    // Where the next claim starts: the due time and id of the last one read.
+    let mut claimed_up_to: (i64, i64) = (i64::MIN, 0);
     let started = Instant::now();
     let mut recorded_this_run: u64 = 0;
 
@@ -295,11 +296,9 @@ pub async fn send_deliveries(
 
     loop {
         let winding_down = fatal.is_some() || progress.stopping();
-        if winding_down && !queue.is_empty() {
-            if unrecorded.is_empty() {
-                waiting_since = Instant::now();
-            }
-            unrecorded.extend(queue.drain(..).map(|delivery| Record::Release(delivery.id)));
+        if winding_down {
+            // Read but not started: they are still pending in the registry.
+            queue.clear();
         }
         // Being sent, or sent and not recorded: what a crash could repeat.
         while !winding_down
@@ -331,14 +330,9 @@ pub async fn send_deliveries(
                 being_recorded = records.len();
                 writing = Some(Box::pin(async move { record(registry, records).await.map(Written::Recorded) }));
             } else if claim_now {
-                // Claims are marked with a stamp unique to this claim.
-                claim_stamp = (claim_stamp + 1).max(now_ms());
-                let (stamp, limit) = (claim_stamp, claim_size as i64);
+                let (after, limit) = (claimed_up_to, claim_size as i64);
                 writing = Some(Box::pin(async move {
-                    registry
-                        .claim_deliveries(incident.id, transport.channel(), limit, stamp)
-                        .await
-                        .map(Written::Claimed)
+                    registry.due_deliveries(incident.id, transport.channel(), limit, after).await.map(Written::Claimed)
                 }));
             }
         }
@@ -353,7 +347,9 @@ pub async fn send_deliveries(
                     while now_ms() < next && !progress.stopping() {
                         tokio::time::sleep(Duration::from_millis((next - now_ms()).clamp(10, 250) as u64)).await;
                     }
+                    // Nothing is in flight now: read from the start again.
                     exhausted = false;
+                    claimed_up_to = (i64::MIN, 0);
                     continue;
                 }
                 _ => break,
@@ -404,6 +400,9 @@ pub async fn send_deliveries(
                 match written? {
                     Written::Claimed(claimed) => {
                         exhausted = claimed.is_empty();
+                        if let Some(last) = claimed.last() {
+                            claimed_up_to = (last.next_attempt_at, last.id);
+                        }
                         queue.extend(claimed);
                     }
                     Written::Recorded(finished) => {
@@ -435,8 +434,6 @@ fn claim_size(concurrency: usize, recorded: u64, elapsed: Duration) -> usize {
 /// The end of one attempt, as the registry keeps it.
 enum Record {
     Sent(i64),
-    /// Claimed but not started before the run wound down: back to pending.
-    Release(i64),
     Skipped(i64, &'static str),
     Failed(i64, String),
     /// Due again at the given time (ms).
@@ -450,19 +447,16 @@ enum Written {
     Recorded(u64),
 }
 
-/// Writes a group of outcomes: every sent one in one statement, every
-/// released one in another, the rarer others one by one.
+/// Writes a group of outcomes: every sent one in one statement, the rarer
+/// others one by one.
 async fn record(registry: &Registry, records: Vec<Record>) -> Result<u64, registry::Error> {
     let sent: Vec<i64> =
         records.iter().filter_map(|record| if let Record::Sent(id) = record { Some(*id) } else { None }).collect();
     registry.mark_deliveries_sent(&sent).await?;
-    let released: Vec<i64> =
-        records.iter().filter_map(|record| if let Record::Release(id) = record { Some(*id) } else { None }).collect();
-    registry.release_deliveries(&released).await?;
     let mut finished = sent.len() as u64;
     for record in records {
         match record {
-            Record::Sent(_) | Record::Release(_) => {}
+            Record::Sent(_) => {}
             Record::Skipped(id, reason) => {
                 registry.mark_delivery_skipped(id, reason).await?;
                 finished += 1;

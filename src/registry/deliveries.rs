@@ -207,34 +207,22 @@ impl Registry {
         .rows_affected())
     }
 
-    /// Claims up to `limit` due deliveries of one channel (pending →
-    /// sending), the longest due first, marked with `batch` (unique per
-    /// claim), ready to render. The claim follows the `deliveries_due`
-    /// index (pending rows only) and the details are read by id, so a claim
-    /// costs the same however many deliveries the incident has.
-    pub async fn claim_deliveries(
+    /// Up to `limit` due deliveries of one channel, the longest due first
+    /// (then by id), starting after `after` (the due time and id of the
+    /// last one the run already has), ready to render.
+    ///
+    /// Only reads: the run's lease on the incident keeps any other sender
+    /// away, and a delivery stays pending until its outcome is recorded, so
+    /// what a crashed run had read is simply read again. The query follows
+    /// the `deliveries_due` index, which holds pending rows only.
+    pub async fn due_deliveries(
         &self,
         incident_id: i64,
         channel: &str,
         limit: i64,
-        batch: i64,
+        after: (i64, i64),
     ) -> Result<Vec<Delivery>> {
-        let mut tx = self.pool.begin().await?;
-        let ids: Vec<(i64,)> = sqlx::query_as(
-            "UPDATE deliveries SET state = 'sending', claimed_at = $3, attempts = attempts + 1 \
-             WHERE id IN (SELECT id FROM deliveries WHERE incident_id = $1 AND channel = $5 \
-                          AND state = 'pending' AND next_attempt_at <= $4 ORDER BY next_attempt_at, id LIMIT $2) \
-             RETURNING id",
-        )
-        .bind(incident_id)
-        .bind(limit)
-        .bind(batch)
-        .bind(now_ms())
-        .bind(channel)
-        .fetch_all(&mut *tx)
-        .await?;
-        let ids: Vec<i64> = ids.into_iter().map(|(id,)| id).collect();
-        let sql = format!(
+        Ok(sqlx::query_as(
             "SELECT d.id, d.incident_id, d.user_id, d.channel, d.address, d.attempts, d.next_attempt_at, \
                     a.display_name, a.recreated_at, a.state AS account_state, \
                     c.id AS contact_id, c.opted_out_at, t.token, t.expires_at AS token_expires_at \
@@ -245,35 +233,26 @@ impl Registry {
                                             AND t.purpose = 'notice' AND t.confirmed_at IS NOT NULL \
                                             AND t.revoked_at IS NULL \
                                             AND NOT (d.channel = 'matrix' AND d.address = d.user_id) \
-             WHERE d.id IN ({})",
-            self.ids_in_json(1)
-        );
-        let mut claimed: Vec<Delivery> = sqlx::query_as(sqlx::AssertSqlSafe(sql))
-            .bind(serde_json::to_string(&ids).expect("a list of integers is JSON"))
-            .fetch_all(&mut *tx)
-            .await?;
-        tx.commit().await?;
-        claimed.sort_by_key(|delivery| (delivery.next_attempt_at, delivery.id));
-        Ok(claimed)
+             WHERE d.incident_id = $1 AND d.channel = $2 AND d.state = 'pending' AND d.next_attempt_at <= $3 \
+               AND d.next_attempt_at >= $4 AND (d.next_attempt_at > $4 OR d.id > $5) \
+             ORDER BY d.next_attempt_at, d.id LIMIT $6",
+        )
+        .bind(incident_id)
+        .bind(channel)
+        .bind(now_ms())
+        .bind(after.0)
+        .bind(after.1)
+        .bind(limit)
+        .fetch_all(&self.pool)
+        .await?)
     }
 
     /// Marks many deliveries sent, in one statement: a notify run
     /// records the messages its connections finished together, rather than
     /// one transaction each.
     pub async fn mark_deliveries_sent(&self, ids: &[i64]) -> Result<()> {
-        self.update_each_of(ids, "state = 'sent', last_error = NULL, sent_at = $1", now_ms()).await
-    }
-
-    /// Puts claimed deliveries that were never tried back to pending, due
-    /// now (a run that stopped first). The claim counted an attempt; this
-    /// takes it back, and leaves the last error of an earlier try alone.
-    pub async fn release_deliveries(&self, ids: &[i64]) -> Result<()> {
-        self.update_each_of(
-            ids,
-            "state = 'pending', next_attempt_at = $1, attempts = CASE WHEN attempts > 0 THEN attempts - 1 ELSE 0 END",
-            now_ms(),
-        )
-        .await
+        self.update_each_of(ids, "state = 'sent', last_error = NULL, sent_at = $1, attempts = attempts + 1", now_ms())
+            .await
     }
 
     /// `UPDATE deliveries SET {assignments} WHERE id IN (ids)`, where `$1`
@@ -334,13 +313,16 @@ impl Registry {
         };
         sqlx::query(
             "UPDATE deliveries SET state = $2, last_error = $3, next_attempt_at = COALESCE($4, next_attempt_at), \
-             sent_at = CASE WHEN $2 = 'sent' THEN $5 ELSE sent_at END WHERE id = $1",
+             sent_at = CASE WHEN $2 = 'sent' THEN $5 ELSE sent_at END, attempts = attempts + $6 WHERE id = $1",
         )
         .bind(id)
         .bind(state_name)
         .bind(error)
         .bind(next_attempt_at)
         .bind(now)
+        // Every state set here ends an attempt, except a skip (nothing was
+        // tried).
+        .bind(i64::from(state != DeliveryState::Skipped))
         .execute(&self.pool)
         .await?;
         Ok(())
