@@ -1,8 +1,10 @@
-//! The outbox of notices. Each delivery moves pending → sending → sent;
-//! a transient failure puts it back to pending with a later attempt time,
-//! a permanent one ends in failed, an opted-out contact in skipped. A row
-//! is marked sent as soon as the transport confirms, so a crash can repeat
-//! only the messages that were in flight at that moment.
+//! The outbox of notices. A delivery stays pending until its outcome is
+//! recorded: sent, or back to pending with a later attempt time after a
+//! transient failure, failed after a permanent one, skipped for an
+//! opted-out contact. Outcomes are recorded right after the transport
+//! confirms (in groups, see `notify`), so a crash can repeat only the
+//! messages that were in flight at that moment. (`sending` is what older
+//! versions marked claimed rows with; `resume_deliveries` takes them back.)
 
 use serde::Serialize;
 
@@ -33,7 +35,7 @@ impl DeliveryCounts {
     }
 }
 
-/// A claimed email delivery with what is needed to render it.
+/// A due delivery, read by a notify run, with what is needed to render it.
 #[derive(Clone, sqlx::FromRow)]
 pub struct Delivery {
     pub id: i64,
@@ -179,8 +181,8 @@ impl Registry {
     }
 
     /// Makes every unfinished delivery of an incident due now. Rows left in
-    /// `sending` by a process that died are taken back: resending them is
-    /// the only way not to lose them (at most the in-flight ones repeat).
+    /// `sending` (by an older version that died mid-run) are taken back:
+    /// resending them is the only way not to lose them.
     /// Only one notify may run per incident at a time.
     pub async fn resume_deliveries(&self, incident_id: i64) -> Result<u64> {
         Ok(sqlx::query(
