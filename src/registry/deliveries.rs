@@ -251,38 +251,26 @@ impl Registry {
 
     /// Marks many deliveries sent, in one statement: a notify run
     /// records the messages its connections finished together, rather than
-    /// one transaction each.
+    /// one transaction each. The IDs go in as one JSON array, not one
+    /// parameter each: SQLite looks parameters up by name in a list, so
+    /// binding hundreds of them costs more than the update.
     pub async fn mark_deliveries_sent(&self, ids: &[i64]) -> Result<()> {
-        self.update_each_of(ids, "state = 'sent', last_error = NULL, sent_at = $1, attempts = attempts + 1", now_ms())
-            .await
-    }
-
-    /// `UPDATE deliveries SET {assignments} WHERE id IN (ids)`, where `$1`
-    /// in `assignments` is `time`.
-    async fn update_each_of(&self, ids: &[i64], assignments: &'static str, time: i64) -> Result<()> {
         if ids.is_empty() {
             return Ok(());
         }
-        let sql = format!("UPDATE deliveries SET {assignments} WHERE id IN ({})", self.ids_in_json(2));
-        // Only a fixed assignment list is spliced in; the time and the IDs
-        // are bound.
-        sqlx::query(sqlx::AssertSqlSafe(sql))
-            .bind(time)
+        let sql = if self.is_postgres() {
+            "UPDATE deliveries SET state = 'sent', last_error = NULL, sent_at = $1, attempts = attempts + 1 \
+             WHERE id IN (SELECT value::BIGINT FROM json_array_elements_text($2::JSON))"
+        } else {
+            "UPDATE deliveries SET state = 'sent', last_error = NULL, sent_at = $1, attempts = attempts + 1 \
+             WHERE id IN (SELECT value FROM json_each($2))"
+        };
+        sqlx::query(sql)
+            .bind(now_ms())
             .bind(serde_json::to_string(ids).expect("a list of integers is JSON"))
             .execute(&self.pool)
             .await?;
         Ok(())
-    }
-
-    /// A subquery yielding the integers of the JSON array bound as `$n`.
-    /// One parameter, not one per ID: SQLite looks parameters up by name
-    /// in a list, so binding hundreds of them costs more than the query.
-    fn ids_in_json(&self, n: usize) -> String {
-        if self.is_postgres() {
-            format!("SELECT value::BIGINT FROM json_array_elements_text(${n}::JSON)")
-        } else {
-            format!("SELECT value FROM json_each(${n})")
-        }
     }
 
     /// A transient failure: try again at `next_attempt_at`.
