@@ -199,22 +199,9 @@ async fn open_incident(registry: &Registry, people: usize) -> Result<Incident> {
     Ok(incident)
 }
 
-/// The incident's deliveries as `due_deliveries` would return them,
-/// without claiming anything.
+/// The incident's deliveries as a run reads them (claims only read).
 async fn deliveries_of(registry: &Registry, incident_id: i64) -> Result<Vec<Delivery>> {
-    Ok(sqlx::query_as(
-        "SELECT d.id, d.incident_id, d.user_id, d.channel, d.address, d.attempts, d.next_attempt_at, \
-                a.display_name, a.recreated_at, a.state AS account_state, c.id AS contact_id, c.opted_out_at, t.token, t.expires_at AS token_expires_at \
-         FROM deliveries d \
-         JOIN accounts a ON a.user_id = d.user_id \
-         LEFT JOIN contacts c ON c.user_id = d.user_id AND c.kind = d.channel AND c.address = d.address \
-         LEFT JOIN registration_tokens t ON t.incident_id = d.incident_id AND t.user_id = d.user_id \
-                                        AND t.purpose = 'notice' AND t.confirmed_at IS NOT NULL \
-         WHERE d.incident_id = $1 ORDER BY d.id",
-    )
-    .bind(incident_id)
-    .fetch_all(registry.pool())
-    .await?)
+    Ok(registry.due_deliveries(incident_id, "email", i64::MAX, (i64::MIN, 0)).await?)
 }
 
 fn settings() -> Result<NoticeSettings> {
@@ -821,8 +808,6 @@ async fn claim_all(registry: &Registry, incident_id: i64, batch: usize) -> Resul
             return Ok((claimed, claims, claiming));
         }
         claims += 1;
-        let ids: Vec<i64> = found.iter().map(|delivery| delivery.id).collect();
-        registry.mark_deliveries_sent(&ids).await?;
         claimed.extend(found);
     }
 }
@@ -904,10 +889,11 @@ async fn phases(
             .execute(registry.pool())
             .await
     };
+    let mut outbox = registry.outbox_writer().await?;
     back_to_pending().await?;
     let started = Instant::now();
     for delivery in &claimed {
-        registry.mark_deliveries_sent(std::slice::from_ref(&delivery.id)).await?;
+        outbox.mark_sent(std::slice::from_ref(&delivery.id)).await?;
     }
     let mark = started.elapsed();
 
@@ -915,7 +901,7 @@ async fn phases(
     back_to_pending().await?;
     let started = Instant::now();
     for group in ids.chunks(concurrency) {
-        registry.mark_deliveries_sent(group).await?;
+        outbox.mark_sent(group).await?;
     }
     let mark_grouped = started.elapsed();
 
@@ -928,9 +914,9 @@ async fn phases(
         per_message(postmortem, n)
     );
     println!("    {:>6.1}  build + format the lettre message (as mail/message.rs)", per_message(build, n));
-    println!("    {:>6.1}  mark sent one by one (mark_deliveries_sent of one id)", per_message(mark, n));
+    println!("    {:>6.1}  mark sent one by one (OutboxWriter::mark_sent of one id)", per_message(mark, n));
     println!(
-        "    {:>6.1}  mark sent in groups of {concurrency} (mark_deliveries_sent, as send_deliveries does at most)",
+        "    {:>6.1}  mark sent in groups of {concurrency} (OutboxWriter::mark_sent, as send_deliveries does at most)",
         per_message(mark_grouped, n)
     );
     println!(

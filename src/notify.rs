@@ -5,7 +5,8 @@
 //! Resumable: rerunning sends what was not sent and never what was. A
 //! process killed mid-send can repeat at most the messages in flight at
 //! that moment: those being sent (at most `concurrency`) and those sent but
-//! not yet recorded (at most `concurrency` more), each with the same
+//! not yet recorded (at most 2 × `concurrency` more: one group being
+//! written, the next filling), 3 × `concurrency` in all, each with the same
 //! Message-ID.
 
 use std::collections::{HashMap, VecDeque};
@@ -22,7 +23,7 @@ use crate::dm::{DmError, DmSender};
 use crate::email::EmailAddress;
 use crate::mail::{MailError, Mailer, OutgoingEmail};
 use crate::notice::{NoticeContext, NoticeError, RenderedNotice, render_email_notice, render_notice};
-use crate::registry::{self, Delivery, DeliveryCounts, Incident, PlannedEmails, Registry, now_ms};
+use crate::registry::{self, Delivery, DeliveryCounts, Incident, OutboxWriter, PlannedEmails, Registry, now_ms};
 
 /// Tries of one delivery within one run before it is left for later.
 const ATTEMPTS_PER_RUN: u32 = 3;
@@ -204,18 +205,14 @@ impl Transport<'_> {
             Transport::Email(mailer) => match settings.email(incident, delivery) {
                 Err(err) => Outcome::Fatal(err),
                 Ok(Err(bad_address)) => Outcome::Failed(bad_address),
-                Ok(Ok(email)) => {
-                    let mailer = mailer.clone();
-                    match tokio::spawn(async move { mailer.send(&email).await }).await {
-                        Ok(Ok(())) => Outcome::Sent,
-                        Ok(Err(MailError::Transient(reason))) => Outcome::Retry(reason),
-                        // Maybe delivered already: not again soon.
-                        Ok(Err(MailError::Uncertain(reason))) => Outcome::RetryLater(reason),
-                        Ok(Err(MailError::Config(reason))) => Outcome::Fatal(NotifyError::Channel(reason)),
-                        Ok(Err(err)) => Outcome::Failed(err.to_string()),
-                        Err(panicked) => Outcome::Retry(format!("the send task failed: {panicked}")),
-                    }
-                }
+                Ok(Ok(email)) => match mailer.send(&email).await {
+                    Ok(()) => Outcome::Sent,
+                    Err(MailError::Transient(reason)) => Outcome::Retry(reason),
+                    // Maybe delivered already: not again soon.
+                    Err(MailError::Uncertain(reason)) => Outcome::RetryLater(reason),
+                    Err(MailError::Config(reason)) => Outcome::Fatal(NotifyError::Channel(reason)),
+                    Err(err) => Outcome::Failed(err.to_string()),
+                },
             },
             Transport::Matrix(sender) => match settings.render(incident, delivery) {
                 Err(err) => Outcome::Fatal(err),
@@ -254,13 +251,15 @@ impl Transport<'_> {
 /// returns the counts by state (all channels) afterwards. Call
 /// `Registry::resume_deliveries` once before a run.
 ///
-/// Up to `concurrency` messages are out at once. The registry work runs
-/// one write at a time beside the sends: claiming the next deliveries
-/// before the queue runs dry, and recording finished outcomes in groups
-/// (one transaction per group, not per message). A finished message waits
-/// for its record at most `RECORD_WITHIN`, and no new send starts while
-/// `concurrency` outcomes wait: a crash can repeat at most 2 ×
-/// `concurrency` messages.
+/// Up to `concurrency` messages are out at once, all polled by this task
+/// (a task per message cost more in hand-offs than it gained). The registry
+/// work runs beside the sends: claims (reads, on a pooled connection) read
+/// the next deliveries before the queue runs dry, and finished outcomes are
+/// recorded in groups of up to `concurrency`, one statement per group, on a
+/// connection kept for the run, one write at a time. A finished message
+/// waits for its record at most `RECORD_WITHIN`. No new send starts while
+/// 3 × `concurrency` messages are being sent or wait for their record: a
+/// crash can repeat at most that many.
 pub async fn send_deliveries(
     registry: &Registry,
     transport: Transport<'_>,
@@ -286,9 +285,18 @@ pub async fn send_deliveries(
     // the oldest of them waits.
     let mut unrecorded: Vec<Record> = Vec::new();
     let mut waiting_since = Instant::now();
-    // The registry write under way, and how many outcomes it records.
-    let mut writing: Option<BoxFuture<'_, Result<Written, registry::Error>>> = None;
+    // Wakes the loop when the oldest waits `RECORD_WITHIN`; set once per
+    // group, not per turn of the loop (each new timer is a registration).
+    let record_timer = tokio::time::sleep(Duration::ZERO);
+    tokio::pin!(record_timer);
+    // Outcomes are written on a connection kept for the run; while a write
+    // is under way, the future holds it (and gives it back).
+    let mut writer = Some(registry.outbox_writer().await?);
+    let mut writing: Option<BoxFuture<'_, (OutboxWriter, Result<u64, registry::Error>)>> = None;
     let mut being_recorded = 0;
+    // The claim under way: a read, on a connection of its own, beside the
+    // writes.
+    let mut claiming: Option<BoxFuture<'_, Result<Vec<Delivery>, registry::Error>>> = None;
     // The last claim found nothing due.
     let mut exhausted = false;
     // A channel or render failure: no new sends; ends the run with it.
@@ -301,9 +309,11 @@ pub async fn send_deliveries(
             queue.clear();
         }
         // Being sent, or sent and not recorded: what a crash could repeat.
+        // One group of outcomes may be written while the next one fills,
+        // so the sends need not pause for each write.
         while !winding_down
             && sends.len() < concurrency
-            && sends.len() + unrecorded.len() + being_recorded < 2 * concurrency
+            && sends.len() + unrecorded.len() + being_recorded < 3 * concurrency
         {
             let Some(delivery) = queue.pop_front() else { break };
             sends.push(Box::pin(async move {
@@ -319,24 +329,20 @@ pub async fn send_deliveries(
                 || sends.is_empty()
                 || winding_down
                 || waiting_since.elapsed() >= RECORD_WITHIN);
-        if writing.is_none() {
-            let claim_size = claim_size(concurrency, recorded_this_run, started.elapsed());
-            let claim_now = !winding_down && !exhausted && queue.len() <= claim_size / 2;
-            // Claiming comes first when the queue runs low, else the sends
-            // could starve behind a steady stream of records.
-            let claim_first = claim_now && queue.len() < concurrency;
-            if record_due && !claim_first {
-                let records = std::mem::take(&mut unrecorded);
-                being_recorded = records.len();
-                writing = Some(Box::pin(async move { record(registry, records).await.map(Written::Recorded) }));
-            } else if claim_now {
-                let (after, limit) = (claimed_up_to, claim_size as i64);
-                writing = Some(Box::pin(async move {
-                    registry.due_deliveries(incident.id, transport.channel(), limit, after).await.map(Written::Claimed)
-                }));
-            }
+        if record_due && let Some(mut outbox) = writer.take() {
+            let records = std::mem::take(&mut unrecorded);
+            being_recorded = records.len();
+            writing = Some(Box::pin(async move {
+                let result = record(&mut outbox, records).await;
+                (outbox, result)
+            }));
         }
-        if sends.is_empty() && writing.is_none() && unrecorded.is_empty() {
+        let claim_size = claim_size(concurrency, recorded_this_run, started.elapsed());
+        if claiming.is_none() && !winding_down && !exhausted && queue.len() <= claim_size / 2 {
+            let (after, limit) = (claimed_up_to, claim_size as i64);
+            claiming = Some(Box::pin(registry.due_deliveries(incident.id, transport.channel(), limit, after)));
+        }
+        if sends.is_empty() && writing.is_none() && claiming.is_none() && unrecorded.is_empty() {
             // Nothing under way, nothing queued, nothing left to record.
             if winding_down {
                 break;
@@ -357,8 +363,7 @@ pub async fn send_deliveries(
         }
         // Outcomes that wait for the writer to be free or for their group
         // to fill wake the loop when their time is up.
-        let record_at = (!unrecorded.is_empty() && !record_due && writing.is_none())
-            .then(|| tokio::time::Instant::from_std(waiting_since + RECORD_WITHIN));
+        let wait_for_timer = !unrecorded.is_empty() && !record_due && writing.is_none();
 
         tokio::select! {
             Some((id, outcome)) = sends.next(), if !sends.is_empty() => {
@@ -390,30 +395,31 @@ pub async fn send_deliveries(
                 };
                 if unrecorded.is_empty() {
                     waiting_since = Instant::now();
+                    record_timer.as_mut().reset(tokio::time::Instant::from_std(waiting_since + RECORD_WITHIN));
                 }
                 unrecorded.push(record);
             }
-            written = async { writing.as_mut().expect("checked by the guard").await }, if writing.is_some() => {
+            (outbox, finished) = async { writing.as_mut().expect("checked by the guard").await }, if writing.is_some() => {
                 writing = None;
+                writer = Some(outbox);
                 // If the registry fails after sends, a rerun repeats the
-                // ones not recorded (at most 2 × `concurrency`).
-                match written? {
-                    Written::Claimed(claimed) => {
-                        exhausted = claimed.is_empty();
-                        if let Some(last) = claimed.last() {
-                            claimed_up_to = (last.next_attempt_at, last.id);
-                        }
-                        queue.extend(claimed);
-                    }
-                    Written::Recorded(finished) => {
-                        recorded_this_run += being_recorded as u64;
-                        being_recorded = 0;
-                        done += finished;
-                        progress.deliveries(done, total);
-                    }
-                }
+                // ones not recorded (at most 3 × `concurrency` in all).
+                let finished = finished?;
+                recorded_this_run += being_recorded as u64;
+                being_recorded = 0;
+                done += finished;
+                progress.deliveries(done, total);
             }
-            () = tokio::time::sleep_until(record_at.unwrap_or_else(tokio::time::Instant::now)), if record_at.is_some() => {}
+            claimed = async { claiming.as_mut().expect("checked by the guard").await }, if claiming.is_some() => {
+                claiming = None;
+                let claimed = claimed?;
+                exhausted = claimed.is_empty();
+                if let Some(last) = claimed.last() {
+                    claimed_up_to = (last.next_attempt_at, last.id);
+                }
+                queue.extend(claimed);
+            }
+            () = &mut record_timer, if wait_for_timer => {}
         }
     }
     if let Some(err) = fatal {
@@ -440,32 +446,26 @@ enum Record {
     Retry(i64, String, i64),
 }
 
-/// What a registry write of the send loop returned.
-enum Written {
-    Claimed(Vec<Delivery>),
-    /// How many deliveries ended (sent, skipped or failed).
-    Recorded(u64),
-}
-
 /// Writes a group of outcomes: every sent one in one statement, the rarer
-/// others one by one.
-async fn record(registry: &Registry, records: Vec<Record>) -> Result<u64, registry::Error> {
+/// others one by one. Returns how many deliveries ended (sent, skipped or
+/// failed).
+async fn record(outbox: &mut OutboxWriter, records: Vec<Record>) -> Result<u64, registry::Error> {
     let sent: Vec<i64> =
         records.iter().filter_map(|record| if let Record::Sent(id) = record { Some(*id) } else { None }).collect();
-    registry.mark_deliveries_sent(&sent).await?;
+    outbox.mark_sent(&sent).await?;
     let mut finished = sent.len() as u64;
     for record in records {
         match record {
             Record::Sent(_) => {}
             Record::Skipped(id, reason) => {
-                registry.mark_delivery_skipped(id, reason).await?;
+                outbox.mark_skipped(id, reason).await?;
                 finished += 1;
             }
             Record::Failed(id, reason) => {
-                registry.mark_delivery_failed(id, &reason).await?;
+                outbox.mark_failed(id, &reason).await?;
                 finished += 1;
             }
-            Record::Retry(id, reason, at) => registry.mark_delivery_retry(id, &reason, at).await?,
+            Record::Retry(id, reason, at) => outbox.mark_retry(id, &reason, at).await?,
         }
     }
     Ok(finished)

@@ -6,7 +6,12 @@
 //! messages that were in flight at that moment. (`sending` is what older
 //! versions marked claimed rows with; `resume_deliveries` takes them back.)
 
-use serde::Serialize;
+use std::sync::LazyLock;
+
+use serde::{Deserialize, Serialize};
+
+use sqlx::Any;
+use sqlx::pool::PoolConnection;
 
 use super::{Registry, Result, now_ms};
 
@@ -36,7 +41,7 @@ impl DeliveryCounts {
 }
 
 /// A due delivery, read by a notify run, with what is needed to render it.
-#[derive(Clone, sqlx::FromRow)]
+#[derive(Clone, Deserialize)]
 pub struct Delivery {
     pub id: i64,
     pub incident_id: i64,
@@ -70,6 +75,51 @@ pub struct PlannedEmails {
     pub emails: i64,
     pub people_with_email: i64,
     pub people_without_channel: i64,
+}
+
+/// The columns of a [`Delivery`], as `due_deliveries` reads them.
+const DUE_COLUMNS: &str = "d.id, d.incident_id, d.user_id, d.channel, d.address, d.attempts, d.next_attempt_at, \
+     a.display_name, a.recreated_at, a.state AS account_state, \
+     c.id AS contact_id, c.opted_out_at, t.token, t.expires_at AS token_expires_at";
+
+/// The next due deliveries of one channel, along the pending-only index.
+const DUE_ROWS: &str = "FROM deliveries d \
+     JOIN accounts a ON a.user_id = d.user_id \
+     LEFT JOIN contacts c ON c.user_id = d.user_id AND c.kind = d.channel AND c.address = d.address \
+     LEFT JOIN registration_tokens t ON t.incident_id = d.incident_id AND t.user_id = d.user_id \
+                                    AND t.purpose = 'notice' AND t.confirmed_at IS NOT NULL \
+                                    AND t.revoked_at IS NULL \
+                                    AND NOT (d.channel = 'matrix' AND d.address = d.user_id) \
+     WHERE d.incident_id = $1 AND d.channel = $2 AND d.state = 'pending' AND d.next_attempt_at <= $3 \
+       AND d.next_attempt_at >= $4 AND (d.next_attempt_at > $4 OR d.id > $5) \
+     ORDER BY d.next_attempt_at, d.id LIMIT $6";
+
+/// A claim comes back as one row holding a JSON array of deliveries. Row
+/// by row, sqlx's SQLite driver hands each row from its worker thread to
+/// the task through a channel of 50, waking one or the other every few
+/// rows, which cost more than the query; one row of JSON costs one hand-off.
+static DUE_DELIVERIES_SQLITE: LazyLock<String> = LazyLock::new(|| {
+    format!("SELECT json_group_array(json_object({})) FROM (SELECT {DUE_COLUMNS} {DUE_ROWS}) x", json_fields("x"))
+});
+
+static DUE_DELIVERIES_POSTGRES: LazyLock<String> = LazyLock::new(|| {
+    format!(
+        "SELECT COALESCE(json_agg(json_build_object({}))::TEXT, '[]') FROM (SELECT {DUE_COLUMNS} {DUE_ROWS}) x",
+        json_fields("x")
+    )
+});
+
+/// `'id', x.id, 'incident_id', x.incident_id, …` for every column of
+/// `DUE_COLUMNS`, under the name [`Delivery`] gives it.
+fn json_fields(table: &str) -> String {
+    DUE_COLUMNS
+        .split(',')
+        .map(|column| {
+            let name = column.rsplit([' ', '.']).next().expect("a column name").trim();
+            format!("'{name}', {table}.{name}")
+        })
+        .collect::<Vec<_>>()
+        .join(", ")
 }
 
 impl Registry {
@@ -224,98 +274,27 @@ impl Registry {
         limit: i64,
         after: (i64, i64),
     ) -> Result<Vec<Delivery>> {
-        Ok(sqlx::query_as(
-            "SELECT d.id, d.incident_id, d.user_id, d.channel, d.address, d.attempts, d.next_attempt_at, \
-                    a.display_name, a.recreated_at, a.state AS account_state, \
-                    c.id AS contact_id, c.opted_out_at, t.token, t.expires_at AS token_expires_at \
-             FROM deliveries d \
-             JOIN accounts a ON a.user_id = d.user_id \
-             LEFT JOIN contacts c ON c.user_id = d.user_id AND c.kind = d.channel AND c.address = d.address \
-             LEFT JOIN registration_tokens t ON t.incident_id = d.incident_id AND t.user_id = d.user_id \
-                                            AND t.purpose = 'notice' AND t.confirmed_at IS NOT NULL \
-                                            AND t.revoked_at IS NULL \
-                                            AND NOT (d.channel = 'matrix' AND d.address = d.user_id) \
-             WHERE d.incident_id = $1 AND d.channel = $2 AND d.state = 'pending' AND d.next_attempt_at <= $3 \
-               AND d.next_attempt_at >= $4 AND (d.next_attempt_at > $4 OR d.id > $5) \
-             ORDER BY d.next_attempt_at, d.id LIMIT $6",
-        )
-        .bind(incident_id)
-        .bind(channel)
-        .bind(now_ms())
-        .bind(after.0)
-        .bind(after.1)
-        .bind(limit)
-        .fetch_all(&self.pool)
-        .await?)
-    }
-
-    /// Marks many deliveries sent, in one statement: a notify run
-    /// records the messages its connections finished together, rather than
-    /// one transaction each. The IDs go in as one JSON array, not one
-    /// parameter each: SQLite looks parameters up by name in a list, so
-    /// binding hundreds of them costs more than the update.
-    pub async fn mark_deliveries_sent(&self, ids: &[i64]) -> Result<()> {
-        if ids.is_empty() {
-            return Ok(());
-        }
-        let sql = if self.is_postgres() {
-            "UPDATE deliveries SET state = 'sent', last_error = NULL, sent_at = $1, attempts = attempts + 1 \
-             WHERE id IN (SELECT value::BIGINT FROM json_array_elements_text($2::JSON))"
-        } else {
-            "UPDATE deliveries SET state = 'sent', last_error = NULL, sent_at = $1, attempts = attempts + 1 \
-             WHERE id IN (SELECT value FROM json_each($2))"
-        };
-        sqlx::query(sql)
+        let sql = if self.is_postgres() { &*DUE_DELIVERIES_POSTGRES } else { &*DUE_DELIVERIES_SQLITE };
+        let (json,): (String,) = sqlx::query_as(sql.as_str())
+            .bind(incident_id)
+            .bind(channel)
             .bind(now_ms())
-            .bind(serde_json::to_string(ids).expect("a list of integers is JSON"))
-            .execute(&self.pool)
+            .bind(after.0)
+            .bind(after.1)
+            .bind(limit)
+            .fetch_one(&self.pool)
             .await?;
-        Ok(())
+        let mut due: Vec<Delivery> = serde_json::from_str(&json).map_err(|err| sqlx::Error::Decode(Box::new(err)))?;
+        // Aggregates keep the subquery's order in practice; the cursor
+        // depends on it, so it is not left to chance.
+        due.sort_unstable_by_key(|delivery| (delivery.next_attempt_at, delivery.id));
+        Ok(due)
     }
 
-    /// A transient failure: try again at `next_attempt_at`.
-    pub async fn mark_delivery_retry(&self, id: i64, error: &str, next_attempt_at: i64) -> Result<()> {
-        self.set_delivery_state(id, DeliveryState::Pending, Some(error), Some(next_attempt_at)).await
-    }
-
-    pub async fn mark_delivery_failed(&self, id: i64, error: &str) -> Result<()> {
-        self.set_delivery_state(id, DeliveryState::Failed, Some(error), None).await
-    }
-
-    pub async fn mark_delivery_skipped(&self, id: i64, reason: &str) -> Result<()> {
-        self.set_delivery_state(id, DeliveryState::Skipped, Some(reason), None).await
-    }
-
-    async fn set_delivery_state(
-        &self,
-        id: i64,
-        state: DeliveryState,
-        error: Option<&str>,
-        next_attempt_at: Option<i64>,
-    ) -> Result<()> {
-        let now = now_ms();
-        let state_name = match state {
-            DeliveryState::Pending => "pending",
-            DeliveryState::Sending => "sending",
-            DeliveryState::Sent => "sent",
-            DeliveryState::Failed => "failed",
-            DeliveryState::Skipped => "skipped",
-        };
-        sqlx::query(
-            "UPDATE deliveries SET state = $2, last_error = $3, next_attempt_at = COALESCE($4, next_attempt_at), \
-             sent_at = CASE WHEN $2 = 'sent' THEN $5 ELSE sent_at END, attempts = attempts + $6 WHERE id = $1",
-        )
-        .bind(id)
-        .bind(state_name)
-        .bind(error)
-        .bind(next_attempt_at)
-        .bind(now)
-        // Every state set here ends an attempt, except a skip (nothing was
-        // tried).
-        .bind(i64::from(state != DeliveryState::Skipped))
-        .execute(&self.pool)
-        .await?;
-        Ok(())
+    /// A connection of its own for recording a run's outcomes (see
+    /// [`OutboxWriter`]).
+    pub async fn outbox_writer(&self) -> Result<OutboxWriter> {
+        Ok(OutboxWriter { conn: self.pool.acquire().await?, postgres: self.is_postgres() })
     }
 
     /// When the next pending delivery of an incident's channel is due, if any.
@@ -379,5 +358,100 @@ impl Registry {
         .bind(incident_id)
         .fetch_all(&self.pool)
         .await?)
+    }
+}
+
+/// Records the outcomes of a notify run on one connection, kept for the
+/// whole run. Each write is then one round trip to the database: a
+/// statement on the pool also takes a connection and gives it back, and
+/// sqlx checks every connection given back from a task of its own, a
+/// second round trip per write. Each statement commits on its own; the
+/// connection holds no transaction between writes.
+pub struct OutboxWriter {
+    conn: PoolConnection<Any>,
+    postgres: bool,
+}
+
+impl OutboxWriter {
+    /// Marks many deliveries sent, in one statement: a notify run records
+    /// the messages its connections finished together, rather than one
+    /// transaction each. The IDs go in as one JSON array, not one parameter
+    /// each: SQLite looks parameters up by name in a list, so binding
+    /// hundreds of them costs more than the update.
+    pub async fn mark_sent(&mut self, ids: &[i64]) -> Result<()> {
+        if ids.is_empty() {
+            return Ok(());
+        }
+        let sql = if self.postgres {
+            "UPDATE deliveries SET state = 'sent', last_error = NULL, sent_at = $1, attempts = attempts + 1 \
+             WHERE id IN (SELECT value::BIGINT FROM json_array_elements_text($2::JSON))"
+        } else {
+            "UPDATE deliveries SET state = 'sent', last_error = NULL, sent_at = $1, attempts = attempts + 1 \
+             WHERE id IN (SELECT value FROM json_each($2))"
+        };
+        sqlx::query(sql)
+            .bind(now_ms())
+            .bind(serde_json::to_string(ids).expect("a list of integers is JSON"))
+            .execute(&mut *self.conn)
+            .await?;
+        Ok(())
+    }
+
+    /// A transient failure: try again at `next_attempt_at`.
+    pub async fn mark_retry(&mut self, id: i64, error: &str, next_attempt_at: i64) -> Result<()> {
+        self.set_state(id, DeliveryState::Pending, Some(error), Some(next_attempt_at)).await
+    }
+
+    pub async fn mark_failed(&mut self, id: i64, error: &str) -> Result<()> {
+        self.set_state(id, DeliveryState::Failed, Some(error), None).await
+    }
+
+    pub async fn mark_skipped(&mut self, id: i64, reason: &str) -> Result<()> {
+        self.set_state(id, DeliveryState::Skipped, Some(reason), None).await
+    }
+
+    async fn set_state(
+        &mut self,
+        id: i64,
+        state: DeliveryState,
+        error: Option<&str>,
+        next_attempt_at: Option<i64>,
+    ) -> Result<()> {
+        let now = now_ms();
+        let state_name = match state {
+            DeliveryState::Pending => "pending",
+            DeliveryState::Sending => "sending",
+            DeliveryState::Sent => "sent",
+            DeliveryState::Failed => "failed",
+            DeliveryState::Skipped => "skipped",
+        };
+        sqlx::query(
+            "UPDATE deliveries SET state = $2, last_error = $3, next_attempt_at = COALESCE($4, next_attempt_at), \
+             sent_at = CASE WHEN $2 = 'sent' THEN $5 ELSE sent_at END, attempts = attempts + $6 WHERE id = $1",
+        )
+        .bind(id)
+        .bind(state_name)
+        .bind(error)
+        .bind(next_attempt_at)
+        .bind(now)
+        // Every state set here ends an attempt, except a skip (nothing was
+        // tried).
+        .bind(i64::from(state != DeliveryState::Skipped))
+        .execute(&mut *self.conn)
+        .await?;
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn every_claimed_column_goes_into_the_claims_json_under_its_own_name() {
+        let fields = super::json_fields("x");
+        assert!(fields.starts_with("'id', x.id, 'incident_id', x.incident_id, "), "{fields}");
+        assert!(fields.contains("'account_state', x.account_state, "), "{fields}");
+        assert!(fields.contains("'contact_id', x.contact_id, "), "{fields}");
+        assert!(fields.ends_with("'token_expires_at', x.token_expires_at"), "{fields}");
+        assert_eq!(fields.matches(", x.").count(), 14, "one per column: {fields}");
     }
 }

@@ -25,7 +25,7 @@ pub use accounts::{Account, AccountState};
 pub use audit::{Actor, AuditEntry};
 pub use contacts::{AddContact, Contact, ContactKind, ContactSource};
 pub use credentials::ServiceCredential;
-pub use deliveries::{Delivery, DeliveryCounts, DeliveryState, PlannedEmails};
+pub use deliveries::{Delivery, DeliveryCounts, DeliveryState, OutboxWriter, PlannedEmails};
 pub use incidents::{Incident, IncidentSummary, NoticeToken};
 pub use status::RegistryStatus;
 pub use sync_runs::{SyncApplied, SyncRun};
