@@ -7,6 +7,7 @@
 //! by [`markdown_to_safe_html`]. The Markdown version escapes what it
 //! interpolates, so a display name cannot inject Markdown or HTML.
 
+use std::borrow::Cow;
 use std::collections::HashSet;
 use std::sync::LazyLock;
 
@@ -65,22 +66,23 @@ pub enum NoticeError {
     Template(#[from] askama::Error),
 }
 
-/// What the templates see: every value prepared once.
-struct NoticeView {
+/// What the templates see: every value prepared once, borrowed from the
+/// context where it needs no change (a notify run renders one per person).
+struct NoticeView<'a> {
     account_works: bool,
-    server_name: String,
-    user_id: String,
+    server_name: Cow<'a, str>,
+    user_id: Cow<'a, str>,
     /// Display name, or the user ID when there is none.
-    name: String,
-    localpart: String,
-    incident_title: String,
-    postmortem_markdown: String,
-    postmortem_html: String,
+    name: Cow<'a, str>,
+    localpart: Cow<'a, str>,
+    incident_title: Cow<'a, str>,
+    postmortem_markdown: &'a str,
+    postmortem_html: Cow<'a, str>,
     /// The homeserver URL, when it says more than the server name.
-    homeserver_url: Option<String>,
-    token: Option<String>,
-    token_expires: Option<String>,
-    unsubscribe_url: Option<String>,
+    homeserver_url: Option<Cow<'a, str>>,
+    token: Option<Cow<'a, str>>,
+    token_expires: Option<Cow<'a, str>>,
+    unsubscribe_url: Option<Cow<'a, str>>,
     subject: String,
 }
 
@@ -98,7 +100,7 @@ struct MarkdownView {
 }
 
 impl MarkdownView {
-    fn new(n: &NoticeView) -> MarkdownView {
+    fn new(n: &NoticeView<'_>) -> MarkdownView {
         MarkdownView {
             name: markdown_escape(&n.name),
             user_id: markdown_escape(&n.user_id),
@@ -116,19 +118,19 @@ impl MarkdownView {
 #[derive(Template)]
 #[template(path = "notice.txt")]
 struct NoticeText<'a> {
-    n: &'a NoticeView,
+    n: &'a NoticeView<'a>,
 }
 
 #[derive(Template)]
 #[template(path = "notice.html")]
 struct NoticeHtml<'a> {
-    n: &'a NoticeView,
+    n: &'a NoticeView<'a>,
 }
 
 #[derive(Template)]
 #[template(path = "notice.md")]
 struct NoticeMarkdown<'a> {
-    n: &'a NoticeView,
+    n: &'a NoticeView<'a>,
     m: &'a MarkdownView,
 }
 
@@ -155,15 +157,12 @@ pub fn render_email_notice(ctx: &NoticeContext) -> Result<EmailNotice, NoticeErr
     })
 }
 
-impl NoticeView {
-    fn new(ctx: &NoticeContext) -> NoticeView {
+impl<'a> NoticeView<'a> {
+    fn new(ctx: &NoticeContext<'a>) -> NoticeView<'a> {
         let server_name = one_line(ctx.server_name);
         let user_id = one_line(ctx.user_id);
         let name = ctx.display_name.map(one_line).filter(|name| !name.is_empty()).unwrap_or_else(|| user_id.clone());
-        let localpart = user_id
-            .strip_prefix('@')
-            .and_then(|rest| rest.split_once(':'))
-            .map_or_else(|| user_id.clone(), |(localpart, _)| localpart.to_owned());
+        let localpart = localpart_of(&user_id);
         let incident_title = one_line(ctx.incident_title);
         let homeserver_url = Some(one_line(ctx.homeserver_url)).filter(|url| {
             let bare = url.trim_start_matches("https://").trim_start_matches("http://").trim_end_matches('/');
@@ -174,7 +173,7 @@ impl NoticeView {
         // Only a web link makes sense (and is safe) as the unsubscribe href.
         let unsubscribe_url =
             ctx.unsubscribe_url.map(one_line).filter(|url| url.starts_with("https://") || url.starts_with("http://"));
-        let postmortem_markdown = ctx.postmortem_markdown.trim().to_owned();
+        let postmortem_markdown = ctx.postmortem_markdown.trim();
         let subject = if ctx.account_works {
             format!("[{server_name}] {incident_title}")
         } else {
@@ -184,8 +183,8 @@ impl NoticeView {
         NoticeView {
             account_works: ctx.account_works,
             postmortem_html: match ctx.postmortem_html {
-                Some(html) => html.to_owned(),
-                None => markdown_to_safe_html(&postmortem_markdown),
+                Some(html) => Cow::Borrowed(html),
+                None => Cow::Owned(markdown_to_safe_html(postmortem_markdown)),
             },
             server_name,
             user_id,
@@ -233,8 +232,23 @@ static SANITIZER: LazyLock<ammonia::Builder<'static>> = LazyLock::new(|| {
 });
 
 /// Control characters (newlines included) become spaces, ends trimmed.
-fn one_line(text: &str) -> String {
-    text.chars().map(|c| if c.is_control() { ' ' } else { c }).collect::<String>().trim().to_owned()
+fn one_line(text: &str) -> Cow<'_, str> {
+    let trimmed = text.trim();
+    if trimmed.chars().any(char::is_control) {
+        Cow::Owned(trimmed.chars().map(|c| if c.is_control() { ' ' } else { c }).collect::<String>().trim().to_owned())
+    } else {
+        Cow::Borrowed(trimmed)
+    }
+}
+
+/// `alice` for `@alice:example.org`; the whole ID when it is not of that form.
+fn localpart_of<'a>(user_id: &Cow<'a, str>) -> Cow<'a, str> {
+    let localpart =
+        |id: &str| id.strip_prefix('@').and_then(|rest| rest.split_once(':')).map(|(localpart, _)| localpart.len());
+    match user_id {
+        Cow::Borrowed(id) => Cow::Borrowed(localpart(id).map_or(*id, |len| &id[1..=len])),
+        Cow::Owned(id) => Cow::Owned(localpart(id).map_or(id.as_str(), |len| &id[1..=len]).to_owned()),
+    }
 }
 
 /// Backslash-escapes the characters that mean something inside a line of

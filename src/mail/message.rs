@@ -1,15 +1,16 @@
 //! Turning an [`OutgoingEmail`] into a lettre [`Message`].
 
-use lettre::Message;
+use lettre::address::Envelope;
 use lettre::message::header::{ContentType, HeaderName, HeaderValue};
 use lettre::message::{Mailbox, MultiPart, SinglePart};
+use lettre::{Address, Message};
 
 use super::transfer_encoding::encode_text;
 use super::{MailError, OutgoingEmail};
 
 /// Builds the multipart/alternative message with every header lifeboat sets.
 pub fn build(from: &Mailbox, email: &OutgoingEmail) -> Result<Message, MailError> {
-    let to_address = email.to.as_str().parse().map_err(|err| {
+    let to_address: Address = email.to.as_str().parse().map_err(|err| {
         MailError::Permanent(format!(
             "`{}` cannot be used as a recipient ({err}); correct or remove this contact",
             email.to
@@ -17,7 +18,12 @@ pub fn build(from: &Mailbox, email: &OutgoingEmail) -> Result<Message, MailError
     })?;
     let message_id = check_message_id(&email.message_id)?;
 
+    // Given, so that lettre need not parse it back out of the headers.
+    let envelope = Envelope::new(Some(from.email.clone()), vec![to_address.clone()]).map_err(|err| {
+        MailError::Permanent(format!("no envelope for the message to {} ({err}); this is a bug in lifeboat", email.to))
+    })?;
     let mut builder = Message::builder()
+        .envelope(envelope)
         .from(from.clone())
         .to(Mailbox::new(None, to_address))
         .subject(one_line(&email.subject))
@@ -65,13 +71,20 @@ fn check_message_id(id: &str) -> Result<&str, MailError> {
     }
 }
 
-/// Only absolute http(s) URLs make sense for one-click unsubscribe (RFC 8058).
-fn check_unsubscribe_url(raw: &str) -> Result<String, MailError> {
-    match url::Url::parse(raw) {
-        Ok(url) if matches!(url.scheme(), "https" | "http") && url.host_str().is_some() => Ok(url.to_string()),
-        _ => Err(MailError::Permanent(format!(
+/// Only absolute http(s) URLs make sense for one-click unsubscribe (RFC 8058),
+/// and inside `<…>` in a header only printable ASCII without `<`, `>`, `"`
+/// or spaces. (The links are lifeboat's own, built from a parsed URL: this
+/// checks what the header needs without parsing each one again.)
+fn check_unsubscribe_url(raw: &str) -> Result<&str, MailError> {
+    let rest = raw.strip_prefix("https://").or_else(|| raw.strip_prefix("http://"));
+    let host_present = rest.is_some_and(|rest| !rest.is_empty() && !rest.starts_with(['/', '?', '#', ':', '@']));
+    let header_safe = raw.bytes().all(|b| b.is_ascii_graphic() && !matches!(b, b'<' | b'>' | b'"' | b'\\'));
+    if host_present && header_safe {
+        Ok(raw)
+    } else {
+        Err(MailError::Permanent(format!(
             "the unsubscribe link {raw:?} is not an absolute http(s) URL; check web.public_url"
-        ))),
+        )))
     }
 }
 
@@ -195,7 +208,15 @@ mod tests {
             email.message_id = id.to_owned();
             assert!(matches!(build(&from(), &email), Err(MailError::Permanent(_))), "{id:?}");
         }
-        for link in ["javascript:alert(1)", "/unsubscribe", "mailto:x@example.org"] {
+        for link in [
+            "javascript:alert(1)",
+            "/unsubscribe",
+            "mailto:x@example.org",
+            "https://",
+            "https:///path",
+            "https://host/a b",
+            "https://host/a>\r\nBcc: x@example.org",
+        ] {
             let mut email = email();
             email.list_unsubscribe = Some(link.to_owned());
             assert!(matches!(build(&from(), &email), Err(MailError::Permanent(_))), "{link:?}");
