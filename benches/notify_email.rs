@@ -53,6 +53,7 @@ use futures::StreamExt;
 use lettre::message::Mailbox;
 use lifeboat::config::EmailConfig;
 use lifeboat::email::EmailAddress;
+use lifeboat::links::UnsubscribeLinks;
 use lifeboat::mail::{Mailer, OutgoingEmail, build_message};
 use lifeboat::notify::{NoticeSettings, NotifyProgress, Transport, send_deliveries};
 use lifeboat::registry::{Actor, Delivery, Incident, Registry, now_ms};
@@ -208,9 +209,9 @@ fn settings() -> Result<NoticeSettings> {
     Ok(NoticeSettings {
         server_name: SERVER_NAME.to_owned(),
         public_url: Url::parse("https://matrix.bench.test")?,
-        unsubscribe: Some((
-            Url::parse("https://lifeboat.bench.test")?,
-            SecretString::from("bench-link-signing-key-0123456789abcdef".to_owned()),
+        unsubscribe: Some(UnsubscribeLinks::new(
+            &Url::parse("https://lifeboat.bench.test")?,
+            &SecretString::from("bench-link-signing-key-0123456789abcdef".to_owned()),
         )),
         postmortem_html: lifeboat::notice::markdown_to_safe_html(POSTMORTEM.trim()),
     })
@@ -234,7 +235,7 @@ impl NotifyProgress for NoProgress {}
 fn outgoing(settings: &NoticeSettings, incident: &Incident, delivery: &Delivery) -> Result<OutgoingEmail> {
     let rendered = settings.render(incident, delivery)?;
     let list_unsubscribe = match (&settings.unsubscribe, delivery.contact_id) {
-        (Some((base, key)), Some(contact_id)) => Some(lifeboat::links::unsubscribe_url(base, key, contact_id)),
+        (Some(links), Some(contact_id)) => Some(links.url(contact_id)),
         _ => None,
     };
     Ok(OutgoingEmail {

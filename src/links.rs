@@ -13,21 +13,37 @@ use url::Url;
 /// Name of the registry setting holding the signing key.
 pub const LINK_KEY: &str = "link_signing_key";
 
-fn signature(key: &SecretString, message: &str) -> String {
-    let mut mac =
-        Hmac::<Sha256>::new_from_slice(key.expose_secret().as_bytes()).expect("HMAC takes keys of any length");
-    mac.update(message.as_bytes());
-    hex::encode(mac.finalize().into_bytes())
+pub fn unsubscribe_url(public_url: &Url, key: &SecretString, contact_id: i64) -> String {
+    UnsubscribeLinks::new(public_url, key).url(contact_id)
 }
 
-pub fn unsubscribe_url(public_url: &Url, key: &SecretString, contact_id: i64) -> String {
-    let mut url = public_url.clone();
-    let base = url.path().trim_end_matches('/').to_owned();
-    url.set_path(&format!("{base}/unsubscribe"));
-    url.query_pairs_mut()
-        .append_pair("contact", &contact_id.to_string())
-        .append_pair("sig", &signature(key, &format!("unsubscribe:{contact_id}")));
-    url.to_string()
+/// Unsubscribe links for one web address and key: a notify run puts one in
+/// every message, so the address and the keyed HMAC are prepared once.
+#[derive(Clone)]
+pub struct UnsubscribeLinks {
+    /// `<web.public_url>/unsubscribe?contact=`
+    prefix: String,
+    mac: Hmac<Sha256>,
+}
+
+impl UnsubscribeLinks {
+    pub fn new(public_url: &Url, key: &SecretString) -> UnsubscribeLinks {
+        let mut url = public_url.clone();
+        let base = url.path().trim_end_matches('/').to_owned();
+        url.set_path(&format!("{base}/unsubscribe"));
+        url.set_fragment(None);
+        // The contact id (digits) and the signature (hex) need no escaping.
+        url.query_pairs_mut().append_pair("contact", "");
+        let mac =
+            Hmac::<Sha256>::new_from_slice(key.expose_secret().as_bytes()).expect("HMAC takes keys of any length");
+        UnsubscribeLinks { prefix: url.into(), mac }
+    }
+
+    pub fn url(&self, contact_id: i64) -> String {
+        let mut mac = self.mac.clone();
+        mac.update(format!("unsubscribe:{contact_id}").as_bytes());
+        format!("{}{contact_id}&sig={}", self.prefix, hex::encode(mac.finalize().into_bytes()))
+    }
 }
 
 /// Does `sig` sign an unsubscribe link for `contact_id`? (Constant time.)
@@ -42,6 +58,35 @@ pub fn verify_unsubscribe(key: &SecretString, contact_id: i64, sig: &str) -> boo
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// The signature made from scratch, as the link format describes it.
+    fn signature(key: &SecretString, message: &str) -> String {
+        let mut mac =
+            Hmac::<Sha256>::new_from_slice(key.expose_secret().as_bytes()).expect("HMAC takes keys of any length");
+        mac.update(message.as_bytes());
+        hex::encode(mac.finalize().into_bytes())
+    }
+
+    #[test]
+    fn prepared_links_are_the_same_as_one_made_alone() {
+        let key = SecretString::from("k");
+        for base in
+            ["https://lifeboat.example.org/", "https://lifeboat.example.org/base", "http://127.0.0.1:8080/x/?a=b"]
+        {
+            let base = Url::parse(base).unwrap();
+            let links = UnsubscribeLinks::new(&base, &key);
+            for contact in [1, 42, 9_000_000_000] {
+                let mut expected = base.clone();
+                let path = expected.path().trim_end_matches('/').to_owned();
+                expected.set_path(&format!("{path}/unsubscribe"));
+                expected
+                    .query_pairs_mut()
+                    .append_pair("contact", &contact.to_string())
+                    .append_pair("sig", &signature(&key, &format!("unsubscribe:{contact}")));
+                assert_eq!(links.url(contact), expected.as_str());
+            }
+        }
+    }
 
     #[test]
     fn unsubscribe_links_verify_only_for_their_contact() {

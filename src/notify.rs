@@ -21,6 +21,7 @@ use url::Url;
 
 use crate::dm::{DmError, DmSender};
 use crate::email::EmailAddress;
+use crate::links::UnsubscribeLinks;
 use crate::mail::{MailError, Mailer, OutgoingEmail};
 use crate::notice::{NoticeContext, NoticeError, RenderedNotice, render_email_notice, render_notice};
 use crate::registry::{self, Delivery, DeliveryCounts, Incident, OutboxWriter, PlannedEmails, Registry, now_ms};
@@ -93,9 +94,10 @@ pub trait NotifyProgress: Send + Sync {
 pub struct NoticeSettings {
     pub server_name: String,
     pub public_url: Url,
-    /// `web.public_url` and the link-signing key, when the web page is
-    /// configured: then every email carries a one-click unsubscribe link.
-    pub unsubscribe: Option<(Url, SecretString)>,
+    /// Made from `web.public_url` and the link-signing key, when the web
+    /// page is configured: then every email carries a one-click
+    /// unsubscribe link.
+    pub unsubscribe: Option<UnsubscribeLinks>,
     /// The incident's postmortem as sanitized HTML, rendered once.
     pub postmortem_html: String,
 }
@@ -108,6 +110,7 @@ impl NoticeSettings {
         incident: &Incident,
     ) -> Self {
         let postmortem_html = crate::notice::markdown_to_safe_html(incident.postmortem.trim());
+        let unsubscribe = unsubscribe.map(|(base, key)| UnsubscribeLinks::new(&base, &key));
         NoticeSettings { server_name, public_url, unsubscribe, postmortem_html }
     }
 
@@ -119,7 +122,7 @@ impl NoticeSettings {
     /// page is configured.
     fn unsubscribe_url(&self, delivery: &Delivery) -> Option<String> {
         match (&self.unsubscribe, delivery.contact_id) {
-            (Some((base, key)), Some(contact_id)) => Some(crate::links::unsubscribe_url(base, key, contact_id)),
+            (Some(links), Some(contact_id)) => Some(links.url(contact_id)),
             _ => None,
         }
     }

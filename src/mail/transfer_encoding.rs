@@ -86,10 +86,7 @@ impl QuotedPrintable {
         let mut at = 0;
         while at < line.len() {
             // A run of bytes that stand for themselves, copied whole.
-            let mut run_end = at;
-            while run_end < line.len() && STANDS_FOR_ITSELF[usize::from(line[run_end])] {
-                run_end += 1;
-            }
+            let mut run_end = plain_run_end(line, at);
             // Space or tab ending the line must be escaped (transports may
             // strip trailing white space).
             if run_end == line.len() && run_end > at && matches!(line[run_end - 1], b' ' | b'\t') {
@@ -129,6 +126,36 @@ impl QuotedPrintable {
     }
 }
 
+/// Where the run of bytes that stand for themselves from `at` ends: eight
+/// bytes at a time while all are plain, then byte by byte.
+fn plain_run_end(line: &[u8], mut at: usize) -> usize {
+    while let Some(word) = line.get(at..at + 8) {
+        if !all_plain(u64::from_le_bytes(word.try_into().expect("eight bytes"))) {
+            break;
+        }
+        at += 8;
+    }
+    while at < line.len() && STANDS_FOR_ITSELF[usize::from(line[at])] {
+        at += 1;
+    }
+    at
+}
+
+/// Are all eight bytes printable ASCII other than `=`? (Tab stands for
+/// itself too; it is left to the byte-by-byte loop.) Bit tricks on the
+/// whole word: a byte is zero after `^ c` exactly when it was `c`.
+fn all_plain(word: u64) -> bool {
+    const ONES: u64 = 0x0101_0101_0101_0101;
+    const HIGHS: u64 = 0x8080_8080_8080_8080;
+    // Some byte is below `n` (n <= 0x80); exact for "some", see
+    // "Bit Twiddling Hacks", hasless.
+    let has_below = |v: u64, n: u64| v.wrapping_sub(ONES * n) & !v & HIGHS != 0;
+    word & HIGHS == 0
+        && !has_below(word, 0x20)
+        && !has_below(word ^ (ONES * 0x7f), 1)
+        && !has_below(word ^ (ONES * u64::from(b'=')), 1)
+}
+
 fn base64_len(input_len: usize) -> usize {
     let chars = input_len.div_ceil(3) * 4;
     chars + chars.div_ceil(BASE64_LINE) * 2
@@ -155,6 +182,23 @@ fn base64_lines(input: &[u8]) -> Vec<u8> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn eight_bytes_are_plain_exactly_when_each_stands_for_itself() {
+        let plain = *b"abcdefgh";
+        for byte in 0..=255u8 {
+            for position in 0..8 {
+                let mut word = plain;
+                word[position] = byte;
+                let expected = STANDS_FOR_ITSELF[usize::from(byte)] && byte != b'\t';
+                assert_eq!(all_plain(u64::from_le_bytes(word)), expected, "byte {byte:#04x} at {position}");
+            }
+        }
+        // Mixed words, where a carry from one byte could hide another.
+        for (word, expected) in [(*b"\x00\x01 = \x7f\xff!", false), (*b"\x1f~~~~~~~", false), (*b" !<>~09Z", true)] {
+            assert_eq!(all_plain(u64::from_le_bytes(word)), expected, "{word:?}");
+        }
+    }
 
     fn encoded(text: &str) -> (ContentTransferEncoding, String) {
         let body = encode_text(text);
