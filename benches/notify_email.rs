@@ -219,7 +219,12 @@ fn settings() -> Result<NoticeSettings> {
 
 fn mailer(port: u16, pool_size: u32) -> Result<Mailer> {
     Ok(Mailer::from_config(
-        &EmailConfig { smtp_url: format!("smtp://127.0.0.1:{port}"), smtp_password: None, from: FROM.to_owned() },
+        &EmailConfig {
+            smtp_url: format!("smtp://127.0.0.1:{port}"),
+            smtp_password: None,
+            from: FROM.to_owned(),
+            connections: pool_size as usize,
+        },
         pool_size,
     )?)
 }

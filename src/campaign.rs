@@ -17,8 +17,8 @@ use crate::synapse::SynapseClient;
 use crate::sync::{Quiet, SyncError, SyncOptions, sync};
 use crate::tokens::{TokenError, ensure_notice_tokens, extend_unsent_tokens};
 
-/// Emails in flight at once (and SMTP connections in the pool).
-pub const CONCURRENCY: usize = 8;
+/// Matrix DMs in flight at once. (Emails: `email.connections`.)
+const DM_CONCURRENCY: usize = 8;
 
 #[derive(Debug, thiserror::Error)]
 pub enum CampaignError {
@@ -213,7 +213,7 @@ async fn send_under_lease(
             None
         }
     };
-    let mailer = Mailer::from_config(email, CONCURRENCY as u32)?;
+    let mailer = Mailer::from_config(email, email.connections as u32)?;
     if options.retry_failed {
         registry.retry_failed_deliveries(incident.id).await?;
     }
@@ -221,9 +221,10 @@ async fn send_under_lease(
     registry.resume_deliveries(incident.id).await?;
     let settings = notice_settings(config, registry, incident).await?;
     let mut sent =
-        send_deliveries(registry, Transport::Email(&mailer), incident, &settings, CONCURRENCY, progress).await;
+        send_deliveries(registry, Transport::Email(&mailer), incident, &settings, email.connections, progress).await;
     if let (Ok(_), Some(sender)) = (&sent, &dm_sender) {
-        sent = send_deliveries(registry, Transport::Matrix(sender), incident, &settings, CONCURRENCY, progress).await;
+        sent =
+            send_deliveries(registry, Transport::Matrix(sender), incident, &settings, DM_CONCURRENCY, progress).await;
     }
     mailer.shutdown().await;
     report.counts = sent?;

@@ -124,6 +124,9 @@ pub struct EmailConfig {
     pub smtp_url: String,
     pub smtp_password: Option<Secret>,
     pub from: String,
+    /// SMTP connections a notify run opens at once, each with one message
+    /// in flight (default 8).
+    pub connections: usize,
 }
 
 #[derive(Debug, Clone)]

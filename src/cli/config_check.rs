@@ -57,6 +57,7 @@ fn print_summary(config: &Config) {
             println!("  smtp_url = {}", crate::registry::redact_url(&email.smtp_url));
             println!("  smtp_password = {}", secret(&email.smtp_password));
             println!("  from = {}", email.from);
+            println!("  connections = {}", email.connections);
         }
         None => {
             println!("[email] not configured: notices and alerts by email need smtp_url and from")

@@ -14,6 +14,10 @@ use super::*;
 /// Where each `section.key` came from, when not from the file.
 pub(super) type Origins = BTreeMap<String, Origin>;
 
+/// More connections than this is a typo or a flood: mail servers limit
+/// clients to a few dozen (Postfix: 50 by default).
+const MAX_SMTP_CONNECTIONS: usize = 64;
+
 /// Folds `LIFEBOAT__SECTION__KEY=value` into the table as strings; the typed
 /// fields accept strings for numbers and lists, so `0.3` or `a,b` work.
 pub(super) fn apply_env_overrides(
@@ -117,6 +121,8 @@ struct RawEmail {
     smtp_password: Option<String>,
     smtp_password_file: Option<PathBuf>,
     from: Option<String>,
+    #[serde(default, deserialize_with = "lenient::number")]
+    connections: Option<usize>,
 }
 
 #[derive(Deserialize)]
@@ -391,10 +397,18 @@ impl RawConfig {
                 let from =
                     raw.from.ok_or_else(|| ctx.missing("email", "from", "\"Lifeboat <lifeboat@example.org>\""))?;
                 validate_mailbox(&from).map_err(|problem| ctx.invalid("email.from", problem))?;
+                let connections = raw.connections.unwrap_or(8);
+                if !(1..=MAX_SMTP_CONNECTIONS).contains(&connections) {
+                    return Err(ctx.invalid(
+                        "email.connections",
+                        format!("must be between 1 and {MAX_SMTP_CONNECTIONS} (SMTP connections notify opens at once)"),
+                    ));
+                }
                 Ok(EmailConfig {
                     smtp_url: smtp_url.trim().to_owned(),
                     smtp_password: ctx.secret("email", "smtp_password", raw.smtp_password, raw.smtp_password_file)?,
                     from,
+                    connections,
                 })
             })
             .transpose()?;

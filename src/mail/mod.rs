@@ -378,6 +378,7 @@ mod tests {
             smtp_password: password
                 .map(|value| Secret { value: SecretString::from(value.to_owned()), from_file: None }),
             from: "Lifeboat <lifeboat@example.org>".to_owned(),
+            connections: 8,
         }
     }
 

@@ -58,6 +58,25 @@ async fn a_bad_value_from_an_env_var_names_the_env_var() {
 }
 
 #[tokio::test]
+async fn smtp_connections_default_to_8_and_stay_between_1_and_64() {
+    let with_email = format!("{MINIMAL}[email]\nsmtp_url = \"smtp://127.0.0.1:25\"\nfrom = \"lifeboat@example.org\"\n");
+    let default = Lifeboat::with_config(&with_email).run(&["config", "check"]).await;
+    assert_eq!(default.code, 0, "{default:?}");
+    assert!(default.stdout.contains("  connections = 8\n"), "{}", default.stdout);
+
+    let from_env = Lifeboat::with_config(&with_email).env("LIFEBOAT__EMAIL__CONNECTIONS", "2");
+    let run = from_env.run(&["config", "check"]).await;
+    assert!(run.stdout.contains("  connections = 2\n"), "{run:?}");
+
+    for bad in ["0", "65"] {
+        let run = Lifeboat::with_config(&format!("{with_email}connections = {bad}\n")).run(&["config", "check"]).await;
+        assert_eq!(run.code, 2, "{run:?}");
+        let line = one_sentence(&run.stderr);
+        assert!(line.contains("`email.connections`") && line.contains("between 1 and 64"), "{line}");
+    }
+}
+
+#[tokio::test]
 async fn broken_toml_is_reported_with_its_line() {
     let lifeboat = Lifeboat::with_config("[homeserver]\nurl = \"http://x\n");
     let run = lifeboat.run(&["config", "check"]).await;
