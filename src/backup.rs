@@ -203,7 +203,7 @@ pub async fn restore(registry: &Registry, file: &Path, replace: bool, actor: &Ac
         return Err(invalid(&format!("format {} is not {FORMAT_VERSION}", header["lifeboat_backup"])));
     }
 
-    let mut tx = registry.pool().begin().await?;
+    let mut tx = registry.begin_write().await?;
     let (held,): (i64,) = sqlx::query_as(
         "SELECT (SELECT COUNT(*) FROM accounts) + (SELECT COUNT(*) FROM audit_log) + (SELECT COUNT(*) FROM incidents)",
     )

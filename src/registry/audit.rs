@@ -77,7 +77,7 @@ impl Registry {
     /// Records an operation that changed things outside one transaction
     /// (e.g. a notify run: tokens in Synapse, messages sent).
     pub async fn audit(&self, actor: &Actor, action: &str, subject: Option<&str>, detail: Option<&str>) -> Result<()> {
-        let mut tx = self.pool.begin().await?;
+        let mut tx = self.begin_write().await?;
         Self::audit_in(&mut tx, actor, action, subject, detail).await?;
         tx.commit().await?;
         Ok(())

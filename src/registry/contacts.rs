@@ -100,7 +100,7 @@ impl Registry {
         verified_at: Option<i64>,
         actor: &Actor,
     ) -> Result<AddContact> {
-        let mut tx = self.pool.begin().await?;
+        let mut tx = self.begin_write().await?;
         let known: Option<(String,)> = sqlx::query_as("SELECT user_id FROM accounts WHERE user_id = $1")
             .bind(user_id)
             .fetch_optional(&mut *tx)
@@ -135,7 +135,7 @@ impl Registry {
 
     /// Removes a contact; `false` when there was none to remove.
     pub async fn remove_contact(&self, user_id: &str, kind: ContactKind, address: &str, actor: &Actor) -> Result<bool> {
-        let mut tx = self.pool.begin().await?;
+        let mut tx = self.begin_write().await?;
         let removed = sqlx::query("DELETE FROM contacts WHERE user_id = $1 AND kind = $2 AND address = $3")
             .bind(user_id)
             .bind(kind.as_str())

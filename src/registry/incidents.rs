@@ -69,7 +69,7 @@ impl Registry {
         scope: &str,
         actor: &Actor,
     ) -> Result<(Incident, i64)> {
-        let mut tx = self.pool.begin().await?;
+        let mut tx = self.begin_write().await?;
         let (id,): (i64,) = sqlx::query_as(
             "INSERT INTO incidents (title, postmortem, scope, opened_at) VALUES ($1, $2, $3, $4) RETURNING id",
         )
@@ -171,7 +171,7 @@ impl Registry {
         if incident.resolved_at.is_some() {
             return Err(Error::Refused(format!("incident {id} is already resolved")));
         }
-        let mut tx = self.pool.begin().await?;
+        let mut tx = self.begin_write().await?;
         sqlx::query("UPDATE incidents SET resolved_at = $2 WHERE id = $1")
             .bind(id)
             .bind(now_ms())

@@ -113,6 +113,18 @@ impl Registry {
         &self.pool
     }
 
+    /// A transaction that writes. On SQLite it takes the write lock at
+    /// BEGIN (IMMEDIATE): a deferred transaction that reads first and
+    /// writes later fails at once ("database is locked") if another
+    /// connection wrote in between (serve's watcher, a web request), where
+    /// this one waits its turn like any other write.
+    pub(crate) async fn begin_write(&self) -> Result<sqlx::Transaction<'static, sqlx::Any>> {
+        Ok(match self.backend {
+            Backend::Sqlite => self.pool.begin_with("BEGIN IMMEDIATE").await?,
+            Backend::Postgres => self.pool.begin().await?,
+        })
+    }
+
     pub async fn close(&self) {
         self.pool.close().await;
     }

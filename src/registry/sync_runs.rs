@@ -62,7 +62,7 @@ impl Registry {
     /// mid-listing, and repeats are dropped here.
     pub async fn stage_listing_page(&self, run_id: i64, users: &[ListedUser]) -> Result<u64> {
         let mut staged = 0;
-        let mut tx = self.pool.begin().await?;
+        let mut tx = self.begin_write().await?;
         for chunk in users.chunks(STAGE_CHUNK) {
             let mut sql = String::from(
                 "INSERT INTO listing_stage (run_id, user_id, display_name, admin, deactivated, locked, \
@@ -101,7 +101,7 @@ impl Registry {
 
     /// Ends a run whose listing failed: drops what was staged, keeps the error.
     pub async fn fail_sync_run(&self, run_id: i64, error: &str) -> Result<()> {
-        let mut tx = self.pool.begin().await?;
+        let mut tx = self.begin_write().await?;
         sqlx::query("DELETE FROM listing_stage WHERE run_id = $1").bind(run_id).execute(&mut *tx).await?;
         sqlx::query("UPDATE sync_runs SET status = 'failed', finished_at = $2, error = $3 WHERE id = $1")
             .bind(run_id)
@@ -118,7 +118,7 @@ impl Registry {
     /// unlisted ones missing (never deleting them).
     pub async fn apply_listing(&self, run_id: i64, loss_threshold: f64, actor: &Actor) -> Result<SyncApplied> {
         let now = now_ms();
-        let mut tx = self.pool.begin().await?;
+        let mut tx = self.begin_write().await?;
 
         let mut report = ReportBuilder::default();
         {
@@ -249,7 +249,7 @@ impl Registry {
     /// addresses were new.
     pub async fn record_details(&self, user_id: &str, emails: &[(EmailAddress, Option<i64>)]) -> Result<u64> {
         let now = now_ms();
-        let mut tx = self.pool.begin().await?;
+        let mut tx = self.begin_write().await?;
         let mut added = 0;
         for (email, validated_at) in emails {
             added += sqlx::query(
@@ -282,7 +282,7 @@ impl Registry {
         imported: u64,
         actor: &Actor,
     ) -> Result<()> {
-        let mut tx = self.pool.begin().await?;
+        let mut tx = self.begin_write().await?;
         sqlx::query(
             "UPDATE sync_runs SET finished_at = $2, details_fetched = $3, details_failed = $4, \
              emails_imported = $5 WHERE id = $1",

@@ -123,7 +123,7 @@ impl Registry {
     /// Stops everything to a contact (unsubscribe). Returns `false` for an
     /// unknown contact; opting out twice keeps the first time.
     pub async fn opt_out_contact(&self, contact_id: i64, actor: &Actor) -> Result<bool> {
-        let mut tx = self.pool.begin().await?;
+        let mut tx = self.begin_write().await?;
         let contact: Option<(String, String)> = sqlx::query_as("SELECT user_id, address FROM contacts WHERE id = $1")
             .bind(contact_id)
             .fetch_optional(&mut *tx)
@@ -158,7 +158,7 @@ impl Registry {
 impl Registry {
     /// A person confirmed an address they had opted out with: mail to it again.
     pub async fn resubscribe_contact(&self, user_id: &str, address: &str, actor: &Actor) -> Result<()> {
-        let mut tx = self.pool.begin().await?;
+        let mut tx = self.begin_write().await?;
         sqlx::query(
             "UPDATE contacts SET opted_out_at = NULL, verified_at = COALESCE(verified_at, $3) \
              WHERE user_id = $1 AND kind = 'email' AND address = $2",
