@@ -284,12 +284,11 @@ pub async fn send_deliveries(
     // Claimed, not started yet.
     let mut queue: VecDeque<Delivery> = VecDeque::new();
     let mut sends: FuturesUnordered<BoxFuture<'_, (i64, Outcome)>> = FuturesUnordered::new();
-    // Finished attempts waiting for the next registry write, and since when
-    // the oldest of them waits.
+    // Finished attempts waiting for the next registry write.
     let mut unrecorded: Vec<Record> = Vec::new();
-    let mut waiting_since = Instant::now();
-    // Wakes the loop when the oldest waits `RECORD_WITHIN`; set once per
-    // group, not per turn of the loop (each new timer is a registration).
+    // Its deadline is when the oldest of them has waited `RECORD_WITHIN`;
+    // set once per group, not per turn of the loop (each new timer is a
+    // registration), and it wakes the loop then.
     let record_timer = tokio::time::sleep(Duration::ZERO);
     tokio::pin!(record_timer);
     // Outcomes are written on a connection kept for the run; while a write
@@ -331,7 +330,7 @@ pub async fn send_deliveries(
             && (unrecorded.len() >= concurrency
                 || sends.is_empty()
                 || winding_down
-                || waiting_since.elapsed() >= RECORD_WITHIN);
+                || tokio::time::Instant::now() >= record_timer.deadline());
         if record_due && let Some(mut outbox) = writer.take() {
             let records = std::mem::take(&mut unrecorded);
             being_recorded = records.len();
@@ -397,8 +396,7 @@ pub async fn send_deliveries(
                     }
                 };
                 if unrecorded.is_empty() {
-                    waiting_since = Instant::now();
-                    record_timer.as_mut().reset(tokio::time::Instant::from_std(waiting_since + RECORD_WITHIN));
+                    record_timer.as_mut().reset(tokio::time::Instant::now() + RECORD_WITHIN);
                 }
                 unrecorded.push(record);
             }

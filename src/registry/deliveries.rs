@@ -9,7 +9,6 @@
 use std::sync::LazyLock;
 
 use serde::{Deserialize, Serialize};
-
 use sqlx::Any;
 use sqlx::pool::PoolConnection;
 
