@@ -50,11 +50,10 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use futures::StreamExt;
-use lettre::message::Mailbox;
 use lifeboat::config::EmailConfig;
 use lifeboat::email::EmailAddress;
 use lifeboat::links::UnsubscribeLinks;
-use lifeboat::mail::{Mailer, OutgoingEmail, build_message};
+use lifeboat::mail::{Composer, Mailer, OutgoingEmail};
 use lifeboat::notify::{NoticeSettings, NotifyProgress, Transport, send_deliveries};
 use lifeboat::registry::{Actor, Delivery, Incident, Registry, now_ms};
 use lifeboat::synapse::ListedUser;
@@ -270,7 +269,7 @@ struct Prepared {
 /// ends with CRLF.
 fn data_content(formatted: &[u8]) -> Result<Vec<u8>> {
     if !formatted.ends_with(b"\r\n") {
-        return Err("lettre's formatted message does not end with CRLF".into());
+        return Err("the composed message does not end with CRLF".into());
     }
     Ok(formatted.to_vec())
 }
@@ -293,16 +292,13 @@ fn dot_stuff(content: &[u8]) -> Vec<u8> {
 /// Renders and formats every delivery of an incident, as the minimal
 /// sender's payload.
 fn prepare(settings: &NoticeSettings, incident: &Incident, deliveries: &[Delivery]) -> Result<Vec<Prepared>> {
-    let from: Mailbox = FROM.parse()?;
+    let composer = Composer::new(&FROM.parse()?);
     deliveries
         .iter()
         .map(|delivery| {
             let email = outgoing(settings, incident, delivery)?;
-            let message = build_message(&from, &email)?;
-            let envelope = message.envelope();
-            let sender = envelope.from().ok_or("the message has no envelope sender")?;
-            let recipient = envelope.to().first().ok_or("the message has no envelope recipient")?;
-            let content = data_content(&message.formatted())?;
+            let (sender, recipient) = (composer.envelope_from(), email.to.as_str());
+            let content = data_content(&composer.compose(&email)?)?;
             let (mail_from, rcpt_to) = (format!("MAIL FROM:<{sender}>\r\n"), format!("RCPT TO:<{recipient}>\r\n"));
             Ok(Prepared {
                 pipelined: format!("{mail_from}{rcpt_to}DATA\r\n").into_bytes(),
@@ -719,12 +715,34 @@ fn own_cpu() -> f64 {
 }
 
 fn process_cpu(pid: i32) -> f64 {
-    let Ok(stat) = std::fs::read_to_string(format!("/proc/{pid}/stat")) else { return 0.0 };
+    stat_cpu(&format!("/proc/{pid}/stat"))
+}
+
+/// CPU seconds from a `/proc/…/stat` file (user + system).
+fn stat_cpu(path: &str) -> f64 {
+    let Ok(stat) = std::fs::read_to_string(path) else { return 0.0 };
     let Some(close) = stat.rfind(')') else { return 0.0 };
     let fields: Vec<&str> = stat[close + 1..].split_whitespace().collect();
     let ticks = |i: usize| fields.get(i).and_then(|f| f.parse::<f64>().ok()).unwrap_or(0.0);
     // SAFETY: sysconf has no preconditions.
     (ticks(11) + ticks(12)) / unsafe { libc::sysconf(libc::_SC_CLK_TCK) } as f64
+}
+
+/// This process's CPU seconds by thread name (`tokio-rt-worker`,
+/// `sqlx-sqlite-worker-N` shortened by Linux to 15 bytes, …): where a
+/// run's CPU went.
+fn cpu_by_thread() -> std::collections::BTreeMap<String, f64> {
+    let mut by_name = std::collections::BTreeMap::new();
+    let Ok(tasks) = std::fs::read_dir("/proc/self/task") else { return by_name };
+    for task in tasks.flatten() {
+        let dir = task.path();
+        let name = std::fs::read_to_string(dir.join("comm")).unwrap_or_default();
+        // The SQLite workers are numbered; one line for all of them.
+        let name =
+            if name.starts_with("sqlx-sqlite") { "sqlx-sqlite workers".to_owned() } else { name.trim().to_owned() };
+        *by_name.entry(name).or_insert(0.0) += stat_cpu(&dir.join("stat").to_string_lossy());
+    }
+    by_name
 }
 
 // ---- rounds ------------------------------------------------------------------------------
@@ -736,6 +754,8 @@ struct Measured {
     cpu_us: f64,
     /// The sink's CPU per message, µs.
     sink_cpu_us: f64,
+    /// This process's CPU per message by thread name, µs.
+    threads_us: Vec<(String, f64)>,
 }
 
 async fn measure<F, Fut>(sink: &Sink, messages: usize, run: F) -> Result<Measured>
@@ -743,11 +763,19 @@ where
     F: FnOnce() -> Fut,
     Fut: std::future::Future<Output = Result<usize>>,
 {
-    let (cpu, sink_cpu) = (own_cpu(), process_cpu(sink.pid()));
+    let (cpu, sink_cpu, threads) = (own_cpu(), process_cpu(sink.pid()), cpu_by_thread());
     let started = Instant::now();
     let sent = run().await?;
     let seconds = started.elapsed().as_secs_f64();
     let (cpu, sink_cpu) = (own_cpu() - cpu, process_cpu(sink.pid()) - sink_cpu);
+    let threads_us = cpu_by_thread()
+        .into_iter()
+        .map(|(name, after)| {
+            let spent = after - threads.get(&name).copied().unwrap_or(0.0);
+            (name, spent * 1e6 / messages as f64)
+        })
+        .filter(|(_, us)| *us >= 0.5)
+        .collect();
     if sent != messages {
         return Err(format!("{sent} of {messages} messages were accepted").into());
     }
@@ -756,6 +784,7 @@ where
         seconds,
         cpu_us: cpu * 1e6 / messages as f64,
         sink_cpu_us: sink_cpu * 1e6 / messages as f64,
+        threads_us,
     })
 }
 
@@ -793,6 +822,8 @@ fn show(who: &str, round: usize, measured: &Measured) {
         "  round {round} {who:<18} {:>7.0} msg/s  ({:.2} s; CPU per message: bench process {:.0} µs, sink {:.0} µs)",
         measured.rate, measured.seconds, measured.cpu_us, measured.sink_cpu_us
     );
+    let threads: Vec<String> = measured.threads_us.iter().map(|(name, us)| format!("{name} {us:.0} µs")).collect();
+    println!("        of which by thread: {}", threads.join(", "));
 }
 
 // ---- phases ----------------------------------------------------------------------------------
@@ -849,10 +880,10 @@ async fn phases(
     }
     let postmortem = started.elapsed();
 
-    let from: Mailbox = FROM.parse()?;
+    let composer = Composer::new(&FROM.parse()?);
     let started = Instant::now();
     for email in &emails {
-        build_message(&from, email)?.formatted();
+        std::hint::black_box(composer.compose(email)?);
     }
     let build = started.elapsed();
 
@@ -919,7 +950,7 @@ async fn phases(
         "    {:>6.1}    of which the postmortem's Markdown -> sanitized HTML (the same for everyone)",
         per_message(postmortem, n)
     );
-    println!("    {:>6.1}  build + format the lettre message (as mail/message.rs)", per_message(build, n));
+    println!("    {:>6.1}  write the MIME message (Composer::compose, as Mailer::send does)", per_message(build, n));
     println!("    {:>6.1}  mark sent one by one (OutboxWriter::mark_sent of one id)", per_message(mark, n));
     println!(
         "    {:>6.1}  mark sent in groups of {concurrency} (OutboxWriter::mark_sent, as send_deliveries does at most)",

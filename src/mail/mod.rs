@@ -1,4 +1,5 @@
-//! Sending email over SMTP (lettre builds the messages; pooled connections).
+//! Sending email over SMTP (messages written by `message.rs`; pooled
+//! connections).
 //!
 //! [`Mailer`] is built from `[email]` in the config: `smtp_url` in lettre's
 //! URL form (`smtp://` plain, `smtp://…?tls=required` STARTTLS, `smtps://`
@@ -8,8 +9,9 @@
 //! will not help for this message) and [`MailError::Config`] (fix the
 //! config), each one sentence with a hint, never containing the password.
 //!
-//! lettre builds the messages; the SMTP client (`smtp.rs`) and its
-//! connection pool (`pool.rs`) are lifeboat's own, for speed: see there.
+//! The message writer (`message.rs`, with lettre for addresses and header
+//! encoding), the SMTP client (`smtp.rs`) and its connection pool
+//! (`pool.rs`) are lifeboat's own, for speed: see there.
 
 mod message;
 mod pool;
@@ -29,7 +31,7 @@ use smtp::{Reply, Setup, SmtpError, Tls};
 use crate::config::EmailConfig;
 use crate::email::EmailAddress;
 
-pub use message::build as build_message;
+pub use message::Composer;
 pub use smtp_url::TlsMode;
 
 const URL_HINT: &str = "check email.smtp_url: host, port, and TLS mode (smtp:// vs smtps:// vs ?tls=required)";
@@ -88,6 +90,7 @@ pub struct Mailer {
 struct Inner {
     pool: Pool,
     from: Mailbox,
+    composer: Composer,
     redacted_url: String,
     mode: TlsMode,
     /// Scrubbed from error texts, should a server ever echo it.
@@ -175,6 +178,7 @@ impl Mailer {
         Ok(Mailer {
             inner: Arc::new(Inner {
                 pool: Pool::new(endpoint, pool_size),
+                composer: Composer::new(&from),
                 from,
                 redacted_url: url.redacted,
                 mode: url.mode,
@@ -200,17 +204,11 @@ impl Mailer {
 
     /// Sends one message; `Ok` once the server accepted it (250 after DATA).
     pub async fn send(&self, email: &OutgoingEmail) -> Result<(), MailError> {
-        let message = message::build(&self.inner.from, email)?;
-        let envelope = message.envelope();
-        let (Some(from), [to]) = (envelope.from(), envelope.to()) else {
-            return Err(MailError::Permanent(format!(
-                "the message to {} has no single envelope recipient; this is a bug in lifeboat",
-                email.to
-            )));
-        };
+        let composer = &self.inner.composer;
+        let message = composer.compose(email)?;
         self.inner
             .pool
-            .send(from.as_ref(), to.as_ref(), &message.formatted())
+            .send(composer.envelope_from(), email.to.as_str(), &message)
             .await
             .map_err(|failure| self.classify(failure, Some(&email.to)))
     }

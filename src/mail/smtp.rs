@@ -1,6 +1,6 @@
 //! lifeboat's SMTP client: setting up a connection (greeting, EHLO,
 //! STARTTLS or TLS from the first byte, AUTH PLAIN or LOGIN) and sending
-//! one message at a time over it. lettre still builds every message.
+//! one message at a time over it. `message.rs` writes the messages.
 //!
 //! Why not lettre's client: it waits for the reply to each command before
 //! writing the next (four round trips per message), copies the body byte

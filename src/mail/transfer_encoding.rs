@@ -1,44 +1,89 @@
 //! Content-Transfer-Encoding of the text and HTML parts (RFC 2045): 7bit
-//! when the text already is mail-safe, else quoted-printable, or base64 when
-//! that is shorter (text mostly outside ASCII).
+//! when the text already is mail-safe (ASCII without control characters,
+//! lines of at most 998 octets), else quoted-printable, or base64 when that
+//! is shorter (text mostly outside ASCII).
 //!
-//! Why not lettre's own `Body::new`: it inserts each missing CR with a
-//! separate `String::insert` (quadratic in the number of lines), then runs
-//! an encoding chooser and a byte-at-a-time encoder. For a 7.8 kB notice
-//! that was most of the ~30 µs lettre spent per message in the
-//! `notify_email` bench. This is one pass that copies runs of plain bytes
-//! whole; lettre still assembles the message around the encoded bodies.
+//! 7bit allows lines up to 998 octets (RFC 2045 2.7, RFC 5322 2.1.1), and
+//! `=` stands for itself there: the HTML notice, whose every `style`
+//! attribute has `=` and whose lines are long, goes out as it is, with no
+//! byte escaped and nothing to decode. A reader sees the same text either
+//! way; quoted-printable's soft line breaks are invisible after decoding.
+//!
+//! The encoded text is written straight into the message being assembled,
+//! in one pass that copies runs of plain bytes whole.
 
 use base64::Engine;
-use lettre::message::Body;
-use lettre::message::header::ContentTransferEncoding;
 
 /// RFC 2045 6.7 (5): encoded lines are at most 76 characters. A soft line
 /// break's `=` counts, so the text of a broken line stops at 75.
 const LINE_LIMIT: usize = 75;
 /// RFC 2045 6.8: base64 lines of at most 76 characters.
 const BASE64_LINE: usize = 76;
+/// RFC 5322 2.1.1 and RFC 2045 2.7: no line of a message, and so of a 7bit
+/// part, may be longer than 998 octets (without its CRLF).
+const SEVEN_BIT_LINE: usize = 998;
 
-/// Encodes `text` (line breaks `\n` or `\r\n`) for a MIME part.
-pub(crate) fn encode_text(text: &str) -> Body {
-    let quoted = QuotedPrintable::encode(text.as_bytes());
-    if quoted.plain {
-        // Nothing needed escaping or breaking: the text is its own encoding.
-        return Body::dangerous_pre_encoded(quoted.out, ContentTransferEncoding::SevenBit);
+/// Writes a part's `Content-Transfer-Encoding` header, the empty line that
+/// ends the part's header, and `text` (line breaks `\n` or `\r\n`) encoded,
+/// with CRLF line breaks.
+pub(crate) fn write_encoded_part(text: &str, out: &mut Vec<u8>) {
+    let start = out.len();
+    out.extend_from_slice(b"Content-Transfer-Encoding: 7bit\r\n\r\n");
+    if copy_if_seven_bit(text.as_bytes(), out) {
+        return;
     }
-    if quoted.out.len() > base64_len(quoted.crlf_len) {
-        return Body::dangerous_pre_encoded(base64_lines(text.as_bytes()), ContentTransferEncoding::Base64);
+    out.truncate(start);
+    out.extend_from_slice(b"Content-Transfer-Encoding: quoted-printable\r\n\r\n");
+    let body_start = out.len();
+    let crlf_len = QuotedPrintable::encode(text.as_bytes(), out);
+    if out.len() - body_start > base64_len(crlf_len) {
+        out.truncate(start);
+        out.extend_from_slice(b"Content-Transfer-Encoding: base64\r\n\r\n");
+        base64_lines(text.as_bytes(), out);
     }
-    Body::dangerous_pre_encoded(quoted.out, ContentTransferEncoding::QuotedPrintable)
 }
 
-struct QuotedPrintable {
-    out: Vec<u8>,
-    /// No byte was escaped and no line was broken.
-    plain: bool,
-    /// The length of the input with every line break as CRLF (what base64
-    /// would encode).
-    crlf_len: usize,
+/// Copies `input` with CRLF line breaks when it is 7bit-safe; false (and
+/// `out` partly written) when it is not.
+fn copy_if_seven_bit(input: &[u8], out: &mut Vec<u8>) -> bool {
+    out.reserve(input.len() + input.len() / 32 + 2);
+    let mut rest = input;
+    loop {
+        let (line, next) = match memchr::memchr(b'\n', rest) {
+            Some(lf) => {
+                let line = &rest[..lf];
+                (line.strip_suffix(b"\r").unwrap_or(line), Some(&rest[lf + 1..]))
+            }
+            None => (rest, None),
+        };
+        if line.len() > SEVEN_BIT_LINE || !all_seven_bit_text(line) {
+            return false;
+        }
+        out.extend_from_slice(line);
+        match next {
+            Some(after) => {
+                out.extend_from_slice(b"\r\n");
+                rest = after;
+            }
+            None => return true,
+        }
+    }
+}
+
+/// Printable ASCII, space and tab: what a 7bit line may hold (a lone CR is
+/// a control character here). No early exit within a chunk, so that the
+/// compiler checks many bytes per instruction.
+fn all_seven_bit_text(line: &[u8]) -> bool {
+    line.chunks(64).all(|chunk| chunk.iter().fold(true, |all, &byte| all & is_seven_bit_text(byte)))
+}
+
+fn is_seven_bit_text(byte: u8) -> bool {
+    matches!(byte, b' '..=b'~' | b'\t')
+}
+
+/// Quoted-printable, written into the message being assembled.
+struct QuotedPrintable<'a> {
+    out: &'a mut Vec<u8>,
 }
 
 /// Printable ASCII but `=`, plus space and tab: these stand for themselves,
@@ -54,10 +99,13 @@ static STANDS_FOR_ITSELF: [bool; 256] = {
     table
 };
 
-impl QuotedPrintable {
-    fn encode(input: &[u8]) -> QuotedPrintable {
-        let mut encoded =
-            QuotedPrintable { out: Vec::with_capacity(input.len() + input.len() / 16 + 16), plain: true, crlf_len: 0 };
+impl QuotedPrintable<'_> {
+    /// Encodes `input` into `out`; returns the length of the input with
+    /// every line break as CRLF (what base64 would encode).
+    fn encode(input: &[u8], out: &mut Vec<u8>) -> usize {
+        out.reserve(input.len() + input.len() / 16 + 16);
+        let mut encoder = QuotedPrintable { out };
+        let mut crlf_len = 0;
         let mut rest = input;
         loop {
             let (line, next) = match memchr::memchr(b'\n', rest) {
@@ -67,15 +115,15 @@ impl QuotedPrintable {
                 }
                 None => (rest, None),
             };
-            encoded.line(line);
-            encoded.crlf_len += line.len();
+            encoder.line(line);
+            crlf_len += line.len();
             match next {
                 Some(after) => {
-                    encoded.out.extend_from_slice(b"\r\n");
-                    encoded.crlf_len += 2;
+                    encoder.out.extend_from_slice(b"\r\n");
+                    crlf_len += 2;
                     rest = after;
                 }
-                None => return encoded,
+                None => return crlf_len,
             }
         }
     }
@@ -116,13 +164,11 @@ impl QuotedPrintable {
 
     fn soft_break(&mut self) {
         self.out.extend_from_slice(b"=\r\n");
-        self.plain = false;
     }
 
     fn escape(&mut self, byte: u8) {
         const HEX: &[u8; 16] = b"0123456789ABCDEF";
         self.out.extend_from_slice(&[b'=', HEX[usize::from(byte >> 4)], HEX[usize::from(byte & 0x0f)]]);
-        self.plain = false;
     }
 }
 
@@ -141,19 +187,31 @@ fn plain_run_end(line: &[u8], mut at: usize) -> usize {
     at
 }
 
-/// Are all eight bytes printable ASCII other than `=`? (Tab stands for
-/// itself too; it is left to the byte-by-byte loop.) Bit tricks on the
-/// whole word: a byte is zero after `^ c` exactly when it was `c`.
+const ONES: u64 = 0x0101_0101_0101_0101;
+const HIGHS: u64 = 0x8080_8080_8080_8080;
+
+/// Some byte of `word` is below `n` (n <= 0x80); exact for "some", see
+/// "Bit Twiddling Hacks", hasless.
+fn has_below(word: u64, n: u64) -> bool {
+    word.wrapping_sub(ONES * n) & !word & HIGHS != 0
+}
+
+/// Some byte of `word` is `byte`: a byte is zero after `^ byte` exactly
+/// when it was `byte`.
+fn has_byte(word: u64, byte: u8) -> bool {
+    has_below(word ^ (ONES * u64::from(byte)), 1)
+}
+
+/// Are all eight bytes printable ASCII (space to `~`)? Tab is left to the
+/// byte-by-byte checks.
+fn all_printable(word: u64) -> bool {
+    word & HIGHS == 0 && !has_below(word, 0x20) && !has_byte(word, 0x7f)
+}
+
+/// Are all eight bytes printable ASCII other than `=`, so that they stand
+/// for themselves in quoted-printable?
 fn all_plain(word: u64) -> bool {
-    const ONES: u64 = 0x0101_0101_0101_0101;
-    const HIGHS: u64 = 0x8080_8080_8080_8080;
-    // Some byte is below `n` (n <= 0x80); exact for "some", see
-    // "Bit Twiddling Hacks", hasless.
-    let has_below = |v: u64, n: u64| v.wrapping_sub(ONES * n) & !v & HIGHS != 0;
-    word & HIGHS == 0
-        && !has_below(word, 0x20)
-        && !has_below(word ^ (ONES * 0x7f), 1)
-        && !has_below(word ^ (ONES * u64::from(b'=')), 1)
+    all_printable(word) && !has_byte(word, b'=')
 }
 
 fn base64_len(input_len: usize) -> usize {
@@ -162,7 +220,7 @@ fn base64_len(input_len: usize) -> usize {
 }
 
 /// The input with its line breaks as CRLF, base64-encoded in lines of 76.
-fn base64_lines(input: &[u8]) -> Vec<u8> {
+fn base64_lines(input: &[u8], out: &mut Vec<u8>) {
     let mut crlf = Vec::with_capacity(input.len() + input.len() / 32);
     for (index, line) in input.split(|&byte| byte == b'\n').enumerate() {
         if index > 0 {
@@ -171,12 +229,11 @@ fn base64_lines(input: &[u8]) -> Vec<u8> {
         crlf.extend_from_slice(line.strip_suffix(b"\r").unwrap_or(line));
     }
     let encoded = base64::engine::general_purpose::STANDARD.encode(&crlf);
-    let mut out = Vec::with_capacity(base64_len(crlf.len()));
+    out.reserve(base64_len(crlf.len()));
     for chunk in encoded.as_bytes().chunks(BASE64_LINE) {
         out.extend_from_slice(chunk);
         out.extend_from_slice(b"\r\n");
     }
-    out
 }
 
 #[cfg(test)]
@@ -200,24 +257,44 @@ mod tests {
         }
     }
 
-    fn encoded(text: &str) -> (ContentTransferEncoding, String) {
-        let body = encode_text(text);
-        (body.encoding(), String::from_utf8(body.into_vec()).unwrap())
+    #[test]
+    fn eight_bytes_are_printable_exactly_when_each_is() {
+        let plain = *b"abcdefgh";
+        for byte in 0..=255u8 {
+            for position in 0..8 {
+                let mut word = plain;
+                word[position] = byte;
+                let expected = (b' '..=b'~').contains(&byte);
+                assert_eq!(all_printable(u64::from_le_bytes(word)), expected, "byte {byte:#04x} at {position}");
+            }
+        }
+    }
+
+    /// The part's transfer encoding and its body, as written.
+    fn encoded(text: &str) -> (&'static str, String) {
+        let mut out = Vec::new();
+        write_encoded_part(text, &mut out);
+        let written = String::from_utf8(out).unwrap();
+        let (header, body) = written.split_once("\r\n\r\n").unwrap();
+        let encoding = match header.strip_prefix("Content-Transfer-Encoding: ").unwrap() {
+            "7bit" => "7bit",
+            "quoted-printable" => "quoted-printable",
+            "base64" => "base64",
+            other => panic!("unexpected encoding {other:?}"),
+        };
+        (encoding, body.to_owned())
     }
 
     /// What a mail reader gets back out of the body.
     fn decoded(text: &str) -> String {
-        let body = encode_text(text);
-        let bytes = match body.encoding() {
-            ContentTransferEncoding::SevenBit => body.into_vec(),
-            ContentTransferEncoding::QuotedPrintable => {
-                quoted_printable::decode(body.into_vec(), quoted_printable::ParseMode::Strict).unwrap()
-            }
-            ContentTransferEncoding::Base64 => {
-                let joined: Vec<u8> = body.into_vec().into_iter().filter(|b| !b"\r\n".contains(b)).collect();
+        let (encoding, body) = encoded(text);
+        let bytes = match encoding {
+            "7bit" => body.into_bytes(),
+            "quoted-printable" => quoted_printable::decode(body, quoted_printable::ParseMode::Strict).unwrap(),
+            _ => {
+                let joined: Vec<u8> = body.into_bytes().into_iter().filter(|b| !b"\r\n".contains(b)).collect();
                 base64::engine::general_purpose::STANDARD.decode(joined).unwrap()
             }
-            other => panic!("unexpected encoding {other:?}"),
         };
         String::from_utf8(bytes).unwrap()
     }
@@ -227,25 +304,42 @@ mod tests {
     }
 
     fn assert_mail_safe(text: &str) {
-        let (_, body) = encoded(text);
+        let (encoding, body) = encoded(text);
+        let longest = if encoding == "7bit" { 998 } else { 76 };
         for line in body.split("\r\n") {
-            assert!(line.len() <= 76, "line of {} characters: {line:?}", line.len());
+            assert!(line.len() <= longest, "{encoding} line of {} characters: {line:?}", line.len());
             assert!(line.bytes().all(|b| (32..=126).contains(&b) || b == b'\t'), "{line:?}");
-            assert!(!line.ends_with([' ', '\t']), "white space ends {line:?}");
+            if encoding != "7bit" {
+                assert!(!line.ends_with([' ', '\t']), "white space ends {line:?}");
+            }
         }
     }
 
     #[test]
-    fn short_ascii_lines_stay_as_they_are_with_crlf() {
+    fn ascii_lines_stay_as_they_are_with_crlf() {
         let text = "Hello Alice,\n\nyour token is abc~123.\r\nBye\n";
-        assert_eq!(encoded(text), (ContentTransferEncoding::SevenBit, with_crlf(text)));
+        assert_eq!(encoded(text), ("7bit", with_crlf(text)));
     }
 
     #[test]
-    fn long_lines_are_broken_softly_and_come_back_whole() {
-        let text = format!("{}\nshort\n{}", "x".repeat(200), "<p style=\"margin:0\">".repeat(9));
+    fn html_with_equals_signs_and_long_lines_needs_no_encoding() {
+        let text = format!("<div style=\"margin:0\">{}</div>\n", "<p style=\"margin:0; padding:0\">x</p>".repeat(25));
+        assert!(text.len() > 900 && text.len() < 998);
+        assert_eq!(encoded(&text), ("7bit", with_crlf(&text)));
+    }
+
+    #[test]
+    fn a_line_of_998_octets_is_7bit_and_one_of_999_is_not() {
+        assert_eq!(encoded(&"x".repeat(998)).0, "7bit");
+        assert_eq!(encoded(&format!("{}\r\n", "x".repeat(998))).0, "7bit");
+        assert_eq!(encoded(&"x".repeat(999)).0, "quoted-printable");
+    }
+
+    #[test]
+    fn lines_longer_than_998_octets_are_broken_softly_and_come_back_whole() {
+        let text = format!("{}\nshort\n{}", "x".repeat(999), "<p style=\"margin:0\">".repeat(60));
         let (encoding, _) = encoded(&text);
-        assert_eq!(encoding, ContentTransferEncoding::QuotedPrintable);
+        assert_eq!(encoding, "quoted-printable");
         assert_mail_safe(&text);
         assert_eq!(decoded(&text), with_crlf(&text));
     }
@@ -254,17 +348,28 @@ mod tests {
     fn equals_signs_non_ascii_and_trailing_white_space_are_escaped() {
         let text = "a=b Grüße — ok \nend\t\ncarriage\rreturn, and enough plain words to keep this quoted-printable";
         let (encoding, body) = encoded(text);
-        assert_eq!(encoding, ContentTransferEncoding::QuotedPrintable);
+        assert_eq!(encoding, "quoted-printable");
         assert!(body.starts_with("a=3Db Gr=C3=BC=C3=9Fe =E2=80=94 ok=20\r\nend=09\r\ncarriage=0Dreturn"), "{body}");
         assert_mail_safe(text);
         assert_eq!(decoded(text), with_crlf(text));
     }
 
     #[test]
+    fn control_characters_are_not_7bit() {
+        for text in ["bell\x07", "nul\x00", "delete\x7f", "lone\rreturn", "form\x0cfeed"] {
+            let (encoding, _) = encoded(text);
+            assert_eq!(encoding, "quoted-printable", "{text:?}");
+            assert_eq!(decoded(text), with_crlf(text));
+        }
+        // A tab is text.
+        assert_eq!(encoded("a\tb\n").0, "7bit");
+    }
+
+    #[test]
     fn text_mostly_outside_ascii_goes_as_base64() {
         let text = "Потеря базы данных: ваша учётная запись и как вернуться.\n".repeat(5);
         let (encoding, _) = encoded(&text);
-        assert_eq!(encoding, ContentTransferEncoding::Base64);
+        assert_eq!(encoding, "base64");
         assert_mail_safe(&text);
         assert_eq!(decoded(&text), with_crlf(&text));
     }
@@ -273,11 +378,14 @@ mod tests {
     fn any_text_comes_back_unchanged_in_mail_safe_lines() {
         // A deterministic spread of lengths, escapes at every column, lines
         // ending in spaces, CRLF and LF mixed.
-        let pieces = ["a", " ", "\t", "=", "é", "—", "\n", "\r\n", "xxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxx", ".", "日本"];
+        let any = ["a", " ", "\t", "=", "é", "—", "\n", "\r\n", "xxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxx", ".", "日本"];
+        // ASCII only, with lines around 998 octets: 7bit or not by length.
+        let ascii = ["a", " ", "=", "\n", "\r\n", &"x".repeat(200), "."];
         let mut state: u64 = 0x2545_f491_4f6c_dd1d;
-        for _ in 0..500 {
+        for round in 0..1000 {
+            let (pieces, most) = if round % 2 == 0 { (&any[..], 300) } else { (&ascii[..], 60) };
             let mut text = String::new();
-            for _ in 0..(state % 300) {
+            for _ in 0..(state % most) {
                 state ^= state << 13;
                 state ^= state >> 7;
                 state ^= state << 17;
