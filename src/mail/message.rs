@@ -68,12 +68,22 @@ impl Composer {
 
         let mut out = Vec::with_capacity(email.text.len() + email.html.len() + 1024);
         out.extend_from_slice(self.from_line.as_bytes());
-        // The values that come from people, encoded and folded by lettre.
-        let mut headers = Headers::new();
-        headers.set(header::To::from(Mailboxes::from(Mailbox::new(None, to))));
-        headers.set(header::Subject::from(one_line(&email.subject)));
-        headers.set(header::Date::now());
-        write!(out, "{headers}").expect("writing to memory cannot fail");
+        // The values that come from people: as they are when that is safe,
+        // else encoded and folded by lettre.
+        let mut encoded = Headers::new();
+        if !write_plain_header(&mut out, "To", to.as_ref()) {
+            encoded.set(header::To::from(Mailboxes::from(Mailbox::new(None, to))));
+        }
+        let subject = one_line(&email.subject);
+        if !write_plain_header(&mut out, "Subject", &subject) {
+            encoded.set(header::Subject::from(subject));
+        }
+        write!(out, "{encoded}").expect("writing to memory cannot fail");
+        // RFC 5322 prefers `+0000` to the `GMT` of HTTP dates.
+        let date = httpdate::fmt_http_date(std::time::SystemTime::now());
+        for piece in [b"Date: ", date.strip_suffix("GMT").unwrap_or(&date).as_bytes(), b"+0000\r\n"] {
+            out.extend_from_slice(piece);
+        }
         for piece in [b"Message-ID: <", message_id.as_bytes(), b">\r\n"] {
             out.extend_from_slice(piece);
         }
@@ -117,6 +127,20 @@ fn write_body(out: &mut Vec<u8>, boundary: &str, text: &str, html: &str) {
     for piece in [b"--", boundary, b"--\r\n"] {
         out.extend_from_slice(piece);
     }
+}
+
+/// Writes `Name: value` when the value needs no encoding or folding:
+/// printable ASCII, on a line of at most 78 characters (RFC 5322 2.1.1).
+/// Returns false, writing nothing, otherwise.
+fn write_plain_header(out: &mut Vec<u8>, name: &str, value: &str) -> bool {
+    let fits = name.len() + ": ".len() + value.len() <= 78;
+    if !fits || !value.bytes().all(|byte| byte.is_ascii_graphic() || byte == b' ') {
+        return false;
+    }
+    for piece in [name.as_bytes(), b": ", value.as_bytes(), b"\r\n"] {
+        out.extend_from_slice(piece);
+    }
+    true
 }
 
 /// `=_lifeboat_` and 24 random letters and digits.
@@ -299,6 +323,16 @@ mod tests {
         let lines = headers(&formatted(&email));
         assert!(header(&lines, "List-Unsubscribe").is_empty());
         assert!(header(&lines, "List-Unsubscribe-Post").is_empty());
+    }
+
+    #[test]
+    fn a_long_subject_is_folded_and_comes_back_whole() {
+        let mut email = email();
+        email.subject = format!("[example.org] {}", "a rather long incident title ".repeat(4).trim_end());
+        let raw = formatted(&email);
+        let head = raw.split("\r\n\r\n").next().unwrap();
+        assert!(head.split("\r\n").all(|line| line.len() <= 78), "{head}");
+        assert_eq!(header(&headers(&raw), "Subject"), [email.subject.as_str()]);
     }
 
     #[test]
