@@ -140,9 +140,9 @@ pub fn render_notice(ctx: &NoticeContext) -> Result<RenderedNotice, NoticeError>
     let markdown = MarkdownView::new(&view);
     Ok(RenderedNotice {
         subject: view.subject.clone(),
-        text: NoticeText { n: &view }.render()?,
-        html: NoticeHtml { n: &view }.render()?,
-        markdown: NoticeMarkdown { n: &view, m: &markdown }.render()?,
+        text: render_sized(&NoticeText { n: &view }, view.postmortem_markdown.len())?,
+        html: render_sized(&NoticeHtml { n: &view }, view.postmortem_html.len())?,
+        markdown: render_sized(&NoticeMarkdown { n: &view, m: &markdown }, view.postmortem_markdown.len())?,
     })
 }
 
@@ -151,10 +151,21 @@ pub fn render_notice(ctx: &NoticeContext) -> Result<RenderedNotice, NoticeError>
 pub fn render_email_notice(ctx: &NoticeContext) -> Result<EmailNotice, NoticeError> {
     let view = NoticeView::new(ctx);
     Ok(EmailNotice {
-        text: NoticeText { n: &view }.render()?,
-        html: NoticeHtml { n: &view }.render()?,
+        text: render_sized(&NoticeText { n: &view }, view.postmortem_markdown.len())?,
+        html: render_sized(&NoticeHtml { n: &view }, view.postmortem_html.len())?,
         subject: view.subject,
     })
+}
+
+/// Renders into a string sized for the template and the postmortem it
+/// holds: askama's own estimate knows only the template, and growing the
+/// string step by step copied the notice several times.
+fn render_sized<T: Template>(template: &T, postmortem_len: usize) -> Result<String, NoticeError> {
+    // The interpolated names, IDs, token and links.
+    const VALUES: usize = 1024;
+    let mut out = String::with_capacity(T::SIZE_HINT + postmortem_len + VALUES);
+    template.render_into(&mut out)?;
+    Ok(out)
 }
 
 impl<'a> NoticeView<'a> {
