@@ -10,10 +10,10 @@
 //! Here what is the same for every message (From, the boundary, the fixed
 //! headers) is prepared once per [`Composer`].
 
-use lettre::Address;
 use std::borrow::Cow;
 use std::io::Write;
 
+use lettre::Address;
 use lettre::message::header::{self, Headers};
 use lettre::message::{Mailbox, Mailboxes};
 use memchr::memmem;

@@ -47,27 +47,36 @@ pub(crate) fn write_encoded_part(text: &str, out: &mut Vec<u8>) {
 /// `out` partly written) when it is not.
 fn copy_if_seven_bit(input: &[u8], out: &mut Vec<u8>) -> bool {
     out.reserve(input.len() + input.len() / 32 + 2);
-    let mut rest = input;
-    loop {
-        let (line, next) = match memchr::memchr(b'\n', rest) {
-            Some(lf) => {
-                let line = &rest[..lf];
-                (line.strip_suffix(b"\r").unwrap_or(line), Some(&rest[lf + 1..]))
-            }
-            None => (rest, None),
-        };
+    for (line, line_break) in lines(input) {
         if line.len() > SEVEN_BIT_LINE || !all_seven_bit_text(line) {
             return false;
         }
         out.extend_from_slice(line);
-        match next {
-            Some(after) => {
-                out.extend_from_slice(b"\r\n");
-                rest = after;
-            }
-            None => return true,
+        if line_break {
+            out.extend_from_slice(b"\r\n");
         }
     }
+    true
+}
+
+/// The lines of `input` without their line breaks (`\n` or `\r\n`), each
+/// with whether a line break ended it.
+fn lines(input: &[u8]) -> impl Iterator<Item = (&[u8], bool)> {
+    let mut rest = Some(input);
+    std::iter::from_fn(move || {
+        let current = rest?;
+        Some(match memchr::memchr(b'\n', current) {
+            Some(lf) => {
+                rest = Some(&current[lf + 1..]);
+                let line = &current[..lf];
+                (line.strip_suffix(b"\r").unwrap_or(line), true)
+            }
+            None => {
+                rest = None;
+                (current, false)
+            }
+        })
+    })
 }
 
 /// Printable ASCII, space and tab: what a 7bit line may hold (a lone CR is
@@ -106,26 +115,15 @@ impl QuotedPrintable<'_> {
         out.reserve(input.len() + input.len() / 16 + 16);
         let mut encoder = QuotedPrintable { out };
         let mut crlf_len = 0;
-        let mut rest = input;
-        loop {
-            let (line, next) = match memchr::memchr(b'\n', rest) {
-                Some(lf) => {
-                    let line = &rest[..lf];
-                    (line.strip_suffix(b"\r").unwrap_or(line), Some(&rest[lf + 1..]))
-                }
-                None => (rest, None),
-            };
+        for (line, line_break) in lines(input) {
             encoder.line(line);
             crlf_len += line.len();
-            match next {
-                Some(after) => {
-                    encoder.out.extend_from_slice(b"\r\n");
-                    crlf_len += 2;
-                    rest = after;
-                }
-                None => return crlf_len,
+            if line_break {
+                encoder.out.extend_from_slice(b"\r\n");
+                crlf_len += 2;
             }
         }
+        crlf_len
     }
 
     /// One line of the input, without its line break.
@@ -222,11 +220,11 @@ fn base64_len(input_len: usize) -> usize {
 /// The input with its line breaks as CRLF, base64-encoded in lines of 76.
 fn base64_lines(input: &[u8], out: &mut Vec<u8>) {
     let mut crlf = Vec::with_capacity(input.len() + input.len() / 32);
-    for (index, line) in input.split(|&byte| byte == b'\n').enumerate() {
-        if index > 0 {
+    for (line, line_break) in lines(input) {
+        crlf.extend_from_slice(line);
+        if line_break {
             crlf.extend_from_slice(b"\r\n");
         }
-        crlf.extend_from_slice(line.strip_suffix(b"\r").unwrap_or(line));
     }
     let encoded = base64::engine::general_purpose::STANDARD.encode(&crlf);
     out.reserve(base64_len(crlf.len()));
