@@ -51,8 +51,6 @@ use std::time::{Duration, Instant};
 
 use futures::StreamExt;
 use lifeboat::config::EmailConfig;
-use lifeboat::email::EmailAddress;
-use lifeboat::links::UnsubscribeLinks;
 use lifeboat::mail::{Composer, Mailer, OutgoingEmail};
 use lifeboat::notify::{NoticeSettings, NotifyProgress, Transport, send_deliveries};
 use lifeboat::registry::{Actor, Delivery, Incident, Registry, now_ms};
@@ -204,16 +202,17 @@ async fn deliveries_of(registry: &Registry, incident_id: i64) -> Result<Vec<Deli
     Ok(registry.due_deliveries(incident_id, "email", i64::MAX, (i64::MIN, 0)).await?)
 }
 
-fn settings() -> Result<NoticeSettings> {
-    Ok(NoticeSettings {
-        server_name: SERVER_NAME.to_owned(),
-        public_url: Url::parse("https://matrix.bench.test")?,
-        unsubscribe: Some(UnsubscribeLinks::new(
-            &Url::parse("https://lifeboat.bench.test")?,
-            &SecretString::from("bench-link-signing-key-0123456789abcdef".to_owned()),
+/// What `notify` renders the incident's notices with.
+fn settings(incident: &Incident) -> Result<NoticeSettings> {
+    Ok(NoticeSettings::new(
+        SERVER_NAME.to_owned(),
+        Url::parse("https://matrix.bench.test")?,
+        Some((
+            Url::parse("https://lifeboat.bench.test")?,
+            SecretString::from("bench-link-signing-key-0123456789abcdef".to_owned()),
         )),
-        postmortem_html: lifeboat::notice::markdown_to_safe_html(POSTMORTEM.trim()),
-    })
+        incident,
+    ))
 }
 
 fn mailer(port: u16, pool_size: u32) -> Result<Mailer> {
@@ -234,22 +233,9 @@ impl NotifyProgress for NoProgress {}
 
 // ---- the messages, prepared for the minimal sender --------------------------------
 
-/// What `NoticeSettings` hands the mailer for one delivery (mirrors
-/// `notify.rs`).
+/// What `send_deliveries` hands the mailer for one delivery.
 fn outgoing(settings: &NoticeSettings, incident: &Incident, delivery: &Delivery) -> Result<OutgoingEmail> {
-    let rendered = settings.render(incident, delivery)?;
-    let list_unsubscribe = match (&settings.unsubscribe, delivery.contact_id) {
-        (Some(links), Some(contact_id)) => Some(links.url(contact_id)),
-        _ => None,
-    };
-    Ok(OutgoingEmail {
-        to: EmailAddress::parse(&delivery.address)?,
-        subject: rendered.subject,
-        text: rendered.text,
-        html: rendered.html,
-        message_id: format!("incident-{}.delivery-{}@{}", incident.id, delivery.id, settings.server_name),
-        list_unsubscribe,
-    })
+    Ok(settings.email(incident, delivery)??)
 }
 
 /// One message ready for the wire: commands and the dot-stuffed DATA with
@@ -668,7 +654,7 @@ async fn check_same_bytes(scratch: &Path) -> Result<String> {
     const PEOPLE: usize = 5;
     let registry = build_registry(&scratch.join("check.db"), PEOPLE).await?;
     let incident = open_incident(&registry, PEOPLE).await?;
-    let settings = settings()?;
+    let settings = settings(&incident)?;
     let prepared = prepare(&settings, &incident, &deliveries_of(&registry, incident.id).await?)?;
     let (port, captured) = capture_server().await?;
     let mailer = mailer(port, 2)?;
@@ -856,14 +842,9 @@ fn per_message(elapsed: Duration, messages: usize) -> f64 {
 /// Times lifeboat's phases one after the other on a fresh incident, each
 /// for all messages: claim, render, build+format, SMTP through the Mailer
 /// (no registry), mark sent.
-async fn phases(
-    registry: &Registry,
-    sink: &Sink,
-    settings: &NoticeSettings,
-    people: usize,
-    concurrency: usize,
-) -> Result<()> {
+async fn phases(registry: &Registry, sink: &Sink, people: usize, concurrency: usize) -> Result<()> {
     let incident = open_incident(registry, people).await?;
+    let settings = &settings(&incident)?;
 
     // What send_deliveries claims at once once it runs fast (LARGEST_CLAIM).
     let claim_batch = 512;
@@ -945,9 +926,12 @@ async fn phases(
     let n = people;
     println!("  phases of lifeboat's path, each alone over {n} messages (concurrency {concurrency}), µs per message:");
     println!("    {:>6.1}  claim ({claims} claims of up to {claim_batch})", per_message(claim, n));
-    println!("    {:>6.1}  render (NoticeSettings::render + unsubscribe link)", per_message(render, n));
     println!(
-        "    {:>6.1}    of which the postmortem's Markdown -> sanitized HTML (the same for everyone)",
+        "    {:>6.1}  render (NoticeSettings::email: the shape's stencil filled in, unsubscribe link)",
+        per_message(render, n)
+    );
+    println!(
+        "    {:>6.1}  (not in render: the postmortem's Markdown -> sanitized HTML, done once per incident)",
         per_message(postmortem, n)
     );
     println!("    {:>6.1}  write the MIME message (Composer::compose, as Mailer::send does)", per_message(build, n));
@@ -997,7 +981,6 @@ async fn bench(repo: &Path) -> Result<bool> {
         "notify_email: SQLite registry with {people} missing accounts, one email each, built in {:.1} s",
         started.elapsed().as_secs_f64()
     );
-    let settings = Arc::new(settings()?);
 
     let mut all_met = true;
     let mut summary = Vec::new();
@@ -1012,14 +995,15 @@ async fn bench(repo: &Path) -> Result<bool> {
                 None
             } else {
                 let deliveries = deliveries_of(&registry, incident.id).await?;
-                Some(Arc::new(prepare(&settings, &incident, &deliveries)?))
+                Some(Arc::new(prepare(&settings(&incident)?, &incident, &deliveries)?))
             };
             // Each round a different one goes first.
             for turn in 0..3 {
                 match ((turn + round) % 3, &messages) {
                     (0, _) => {
                         let measured =
-                            lifeboat_round(&registry, &sink, &incident, &settings, people, concurrency).await?;
+                            lifeboat_round(&registry, &sink, &incident, &settings(&incident)?, people, concurrency)
+                                .await?;
                         show("lifeboat", round, &measured);
                         ours.push(measured.rate);
                     }
@@ -1071,7 +1055,7 @@ async fn bench(repo: &Path) -> Result<bool> {
             if met { "" } else { "  <- below goal" }
         ));
         if with_phases {
-            phases(&registry, &sink, &settings, people, concurrency).await?;
+            phases(&registry, &sink, people, concurrency).await?;
         }
     }
     registry.close().await;

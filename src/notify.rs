@@ -23,7 +23,7 @@ use crate::dm::{DmError, DmSender};
 use crate::email::EmailAddress;
 use crate::links::UnsubscribeLinks;
 use crate::mail::{MailError, Mailer, OutgoingEmail};
-use crate::notice::{NoticeContext, NoticeError, RenderedNotice, render_email_notice, render_notice};
+use crate::notice::{EmailStencils, NoticeContext, NoticeError, RenderedNotice, render_notice};
 use crate::registry::{self, Delivery, DeliveryCounts, Incident, OutboxWriter, PlannedEmails, Registry, now_ms};
 
 /// Tries of one delivery within one run before it is left for later.
@@ -100,6 +100,8 @@ pub struct NoticeSettings {
     pub unsubscribe: Option<UnsubscribeLinks>,
     /// The incident's postmortem as sanitized HTML, rendered once.
     pub postmortem_html: String,
+    /// The incident's email notice, rendered once per shape.
+    email_stencils: EmailStencils,
 }
 
 impl NoticeSettings {
@@ -111,7 +113,20 @@ impl NoticeSettings {
     ) -> Self {
         let postmortem_html = crate::notice::markdown_to_safe_html(incident.postmortem.trim());
         let unsubscribe = unsubscribe.map(|(base, key)| UnsubscribeLinks::new(&base, &key));
-        NoticeSettings { server_name, public_url, unsubscribe, postmortem_html }
+        let email_stencils = EmailStencils::new(&NoticeContext {
+            server_name: &server_name,
+            homeserver_url: public_url.as_str(),
+            incident_title: &incident.title,
+            postmortem_markdown: &incident.postmortem,
+            postmortem_html: Some(&postmortem_html),
+            user_id: "",
+            display_name: None,
+            account_works: false,
+            token: None,
+            token_expires: None,
+            unsubscribe_url: None,
+        });
+        NoticeSettings { server_name, public_url, unsubscribe, postmortem_html, email_stencils }
     }
 
     pub fn render(&self, incident: &Incident, delivery: &Delivery) -> Result<RenderedNotice, NotifyError> {
@@ -151,14 +166,20 @@ impl NoticeSettings {
         render(&context).map_err(|err| NotifyError::Render(err.to_string()))
     }
 
-    fn email(&self, incident: &Incident, delivery: &Delivery) -> Result<Result<OutgoingEmail, String>, NotifyError> {
+    /// The email of one delivery, or why its address cannot be used.
+    pub fn email(
+        &self,
+        incident: &Incident,
+        delivery: &Delivery,
+    ) -> Result<Result<OutgoingEmail, String>, NotifyError> {
         let to = match EmailAddress::parse(&delivery.address) {
             Ok(to) => to,
             Err(err) => return Ok(Err(err.to_string())),
         };
         // Signed once: the same link goes in the body and the header.
         let list_unsubscribe = self.unsubscribe_url(delivery);
-        let rendered = self.render_with(incident, delivery, list_unsubscribe.as_deref(), render_email_notice)?;
+        let rendered =
+            self.render_with(incident, delivery, list_unsubscribe.as_deref(), |ctx| self.email_stencils.render(ctx))?;
         Ok(Ok(OutgoingEmail {
             to,
             subject: rendered.subject,
