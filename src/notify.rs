@@ -10,6 +10,7 @@
 //! Message-ID.
 
 use std::collections::{HashMap, VecDeque};
+use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
 use futures::StreamExt;
@@ -102,6 +103,27 @@ pub struct NoticeSettings {
     pub postmortem_html: String,
     /// The incident's email notice, rendered once per shape.
     email_stencils: EmailStencils,
+    expiry_labels: ExpiryLabels,
+}
+
+/// [`human_time`] of token expiries, formatted once per minute: a run's
+/// tokens were mostly made together, and formatting a date was a good part
+/// of a render.
+#[derive(Default)]
+struct ExpiryLabels {
+    /// The last one shown, by minute.
+    last: Mutex<Option<(i64, String)>>,
+}
+
+impl ExpiryLabels {
+    fn label(&self, ms: i64) -> String {
+        let minute = ms.div_euclid(60_000);
+        let mut last = self.last.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
+        match &*last {
+            Some((shown, label)) if *shown == minute => label.clone(),
+            _ => last.insert((minute, human_time(ms))).1.clone(),
+        }
+    }
 }
 
 impl NoticeSettings {
@@ -126,7 +148,14 @@ impl NoticeSettings {
             token_expires: None,
             unsubscribe_url: None,
         });
-        NoticeSettings { server_name, public_url, unsubscribe, postmortem_html, email_stencils }
+        NoticeSettings {
+            server_name,
+            public_url,
+            unsubscribe,
+            postmortem_html,
+            email_stencils,
+            expiry_labels: ExpiryLabels::default(),
+        }
     }
 
     pub fn render(&self, incident: &Incident, delivery: &Delivery) -> Result<RenderedNotice, NotifyError> {
@@ -149,7 +178,7 @@ impl NoticeSettings {
         unsubscribe_url: Option<&str>,
         render: impl FnOnce(&NoticeContext) -> Result<T, NoticeError>,
     ) -> Result<T, NotifyError> {
-        let expires = delivery.token_expires_at.map(human_time);
+        let expires = delivery.token_expires_at.map(|ms| self.expiry_labels.label(ms));
         let context = NoticeContext {
             server_name: &self.server_name,
             homeserver_url: self.public_url.as_str(),
@@ -501,4 +530,20 @@ enum Outcome {
     RetryLater(String),
     Failed(String),
     Fatal(NotifyError),
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn expiry_labels_are_formatted_once_a_minute_and_always_say_what_human_time_says() {
+        let labels = ExpiryLabels::default();
+        let minute = 1_796_000_000_000 / 60_000 * 60_000;
+        for ms in [minute, minute + 59_999, minute + 60_000, minute + 1, minute - 1, minute + 61_000, -1, 0] {
+            assert_eq!(labels.label(ms), human_time(ms), "at {ms}");
+        }
+        labels.label(minute);
+        assert_eq!(labels.last.lock().unwrap().as_ref().unwrap().0, minute / 60_000);
+    }
 }

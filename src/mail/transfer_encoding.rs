@@ -46,9 +46,15 @@ pub(crate) fn write_encoded_part(text: &str, out: &mut Vec<u8>) {
 /// Copies `input` with CRLF line breaks when it is 7bit-safe; false (and
 /// `out` partly written) when it is not.
 fn copy_if_seven_bit(input: &[u8], out: &mut Vec<u8>) -> bool {
+    // The bytes are checked in one pass over the whole text, which the
+    // compiler vectorizes; line by line, the checks of short lines cost
+    // more than their copies.
+    if !all_seven_bit_text_or_line_breaks(input) || has_lone_carriage_return(input) {
+        return false;
+    }
     out.reserve(input.len() + input.len() / 32 + 2);
     for (line, line_break) in lines(input) {
-        if line.len() > SEVEN_BIT_LINE || !all_seven_bit_text(line) {
+        if line.len() > SEVEN_BIT_LINE {
             return false;
         }
         out.extend_from_slice(line);
@@ -79,15 +85,20 @@ fn lines(input: &[u8]) -> impl Iterator<Item = (&[u8], bool)> {
     })
 }
 
-/// Printable ASCII, space and tab: what a 7bit line may hold (a lone CR is
-/// a control character here). No early exit within a chunk, so that the
-/// compiler checks many bytes per instruction.
-fn all_seven_bit_text(line: &[u8]) -> bool {
-    line.chunks(64).all(|chunk| chunk.iter().fold(true, |all, &byte| all & is_seven_bit_text(byte)))
+/// Printable ASCII, space and tab (what a 7bit line may hold), and CR and
+/// LF. No early exit within a chunk, so that the compiler checks many bytes
+/// per instruction.
+fn all_seven_bit_text_or_line_breaks(text: &[u8]) -> bool {
+    text.chunks(64).all(|chunk| chunk.iter().fold(true, |all, &byte| all & is_seven_bit_text_or_line_break(byte)))
 }
 
-fn is_seven_bit_text(byte: u8) -> bool {
-    matches!(byte, b' '..=b'~' | b'\t')
+fn is_seven_bit_text_or_line_break(byte: u8) -> bool {
+    matches!(byte, b' '..=b'~' | b'\t' | b'\r' | b'\n')
+}
+
+/// A CR that does not start a CRLF: a control character, not a line break.
+fn has_lone_carriage_return(text: &[u8]) -> bool {
+    memchr::memchr_iter(b'\r', text).any(|at| text.get(at + 1) != Some(&b'\n'))
 }
 
 /// Quoted-printable, written into the message being assembled.
@@ -336,7 +347,15 @@ mod tests {
 
     #[test]
     fn control_characters_are_not_7bit() {
-        for text in ["bell\x07", "nul\x00", "delete\x7f", "lone\rreturn", "form\x0cfeed"] {
+        for text in [
+            "bell\x07",
+            "nul\x00",
+            "delete\x7f",
+            "lone\rreturn",
+            "form\x0cfeed",
+            "ends in a return\r",
+            "two\r\r\nreturns",
+        ] {
             let (encoding, _) = encoded(text);
             assert_eq!(encoding, "quoted-printable", "{text:?}");
             assert_eq!(decoded(text), with_crlf(text));

@@ -295,7 +295,11 @@ static SANITIZER: LazyLock<ammonia::Builder<'static>> = LazyLock::new(|| {
 /// Control characters (newlines included) become spaces, ends trimmed.
 fn one_line(text: &str) -> Cow<'_, str> {
     let trimmed = text.trim();
-    if trimmed.chars().any(char::is_control) {
+    // Bytes first (this runs on every value of every notice): control
+    // characters are below 0x20, 0x7f, or U+0080 to U+009F, which UTF-8
+    // writes with a leading 0xc2.
+    let may_hold_control = trimmed.bytes().any(|byte| byte < 0x20 || byte == 0x7f || byte == 0xc2);
+    if may_hold_control && trimmed.chars().any(char::is_control) {
         Cow::Owned(trimmed.chars().map(|c| if c.is_control() { ' ' } else { c }).collect::<String>().trim().to_owned())
     } else {
         Cow::Borrowed(trimmed)
@@ -562,6 +566,12 @@ mod tests {
         assert!(notice.html.contains("<strong>No backups</strong>"), "{}", notice.html);
         assert!(notice.text.contains("**No backups** existed."));
         assert!(notice.markdown.contains("**No backups** existed."));
+    }
+
+    #[test]
+    fn every_control_character_becomes_a_space_and_nothing_else_changes() {
+        assert_eq!(one_line(" two\r\nlines\ttab\u{7f}del\u{85}next\u{9f}end "), "two  lines tab del next end");
+        assert!(matches!(one_line(" © 2026 Zoë, ok "), Cow::Borrowed("© 2026 Zoë, ok")));
     }
 
     #[test]
