@@ -918,7 +918,8 @@ async fn phases(registry: &Registry, sink: &Sink, people: usize, concurrency: us
     let ids: Vec<i64> = claimed.iter().map(|delivery| delivery.id).collect();
     back_to_pending().await?;
     let started = Instant::now();
-    for group in ids.chunks(concurrency) {
+    let group_size = 2 * concurrency;
+    for group in ids.chunks(group_size) {
         outbox.mark_sent(group).await?;
     }
     let mark_grouped = started.elapsed();
@@ -937,7 +938,7 @@ async fn phases(registry: &Registry, sink: &Sink, people: usize, concurrency: us
     println!("    {:>6.1}  write the MIME message (Composer::compose, as Mailer::send does)", per_message(build, n));
     println!("    {:>6.1}  mark sent one by one (OutboxWriter::mark_sent of one id)", per_message(mark, n));
     println!(
-        "    {:>6.1}  mark sent in groups of {concurrency} (OutboxWriter::mark_sent, as send_deliveries does at most)",
+        "    {:>6.1}  mark sent in groups of {group_size} (OutboxWriter::mark_sent, as send_deliveries does at most)",
         per_message(mark_grouped, n)
     );
     println!(
