@@ -6,6 +6,9 @@
 //! except the postmortem, which is inserted already rendered and sanitized
 //! by [`markdown_to_safe_html`]. The Markdown version escapes what it
 //! interpolates, so a display name cannot inject Markdown or HTML.
+//!
+//! A notify run's emails come from [`EmailStencils`] (`stencil.rs`): each
+//! shape of the notice rendered once, then filled in per person.
 
 use std::borrow::Cow;
 use std::collections::HashSet;
@@ -70,7 +73,7 @@ pub enum NoticeError {
 }
 
 /// What the templates see: every value prepared once, borrowed from the
-/// context where it needs no change (a notify run renders one per person).
+/// context where it needs no change.
 struct NoticeView<'a> {
     account_works: bool,
     server_name: Cow<'a, str>,
@@ -170,7 +173,8 @@ pub fn render_notice(ctx: &NoticeContext) -> Result<RenderedNotice, NoticeError>
 }
 
 /// The email's subject and its two parts: [`render_notice`] without the
-/// Matrix version, for the one path that renders a notice per message.
+/// Matrix version. A notify run gets the same from [`EmailStencils`],
+/// without rendering the templates for every person.
 pub fn render_email_notice(ctx: &NoticeContext) -> Result<EmailNotice, NoticeError> {
     let view = NoticeView::new(ctx);
     Ok(EmailNotice {
