@@ -134,19 +134,13 @@ impl NoticeSettings {
     ) -> Self {
         let postmortem_html = crate::notice::markdown_to_safe_html(incident.postmortem.trim());
         let unsubscribe = unsubscribe.map(|(base, key)| UnsubscribeLinks::new(&base, &key));
-        let email_stencils = EmailStencils::new(&NoticeContext {
-            server_name: &server_name,
-            homeserver_url: public_url.as_str(),
-            incident_title: &incident.title,
-            postmortem_markdown: &incident.postmortem,
-            postmortem_html: Some(&postmortem_html),
-            user_id: "",
-            display_name: None,
-            account_works: false,
-            token: None,
-            token_expires: None,
-            unsubscribe_url: None,
-        });
+        let email_stencils = EmailStencils::new(&NoticeContext::of_incident(
+            &server_name,
+            public_url.as_str(),
+            &incident.title,
+            &incident.postmortem,
+            Some(&postmortem_html),
+        ));
         NoticeSettings {
             server_name,
             public_url,

@@ -192,8 +192,8 @@ pub struct EmailStencils {
 }
 
 impl EmailStencils {
-    /// Stencils for the incident values of `ctx` (its person's values are
-    /// not read).
+    /// Stencils for the incident values of `ctx` (made with
+    /// [`NoticeContext::of_incident`]; a person's values are not read).
     pub fn new(ctx: &NoticeContext) -> EmailStencils {
         let incident = IncidentValues::new(ctx);
         let holds_placeholder = |text: &str| text.contains(|c| PLACEHOLDERS.contains(&c));
@@ -241,19 +241,13 @@ impl EmailStencils {
     }
 
     fn incident_values(&self) -> IncidentValues<'_> {
-        IncidentValues::new(&NoticeContext {
-            server_name: &self.server_name,
-            homeserver_url: &self.homeserver_url,
-            incident_title: &self.incident_title,
-            postmortem_markdown: &self.postmortem_markdown,
-            postmortem_html: Some(&self.postmortem_html),
-            user_id: "",
-            display_name: None,
-            account_works: false,
-            token: None,
-            token_expires: None,
-            unsubscribe_url: None,
-        })
+        IncidentValues::new(&NoticeContext::of_incident(
+            &self.server_name,
+            &self.homeserver_url,
+            &self.incident_title,
+            &self.postmortem_markdown,
+            Some(&self.postmortem_html),
+        ))
     }
 }
 
@@ -262,19 +256,13 @@ mod tests {
     use super::*;
 
     fn incident<'a>() -> NoticeContext<'a> {
-        NoticeContext {
-            server_name: "example.org",
-            homeserver_url: "https://matrix.example.org",
-            incident_title: "Database lost <on> 2026-11-20 & \"more\"",
-            postmortem_markdown: "We lost the **database**.\n\n<script>alert(1)</script> a = b\n",
-            postmortem_html: None,
-            user_id: "",
-            display_name: None,
-            account_works: false,
-            token: None,
-            token_expires: None,
-            unsubscribe_url: None,
-        }
+        NoticeContext::of_incident(
+            "example.org",
+            "https://matrix.example.org",
+            "Database lost <on> 2026-11-20 & \"more\"",
+            "We lost the **database**.\n\n<script>alert(1)</script> a = b\n",
+            None,
+        )
     }
 
     /// People of every shape, with values that need escaping, that are
