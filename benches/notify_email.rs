@@ -996,6 +996,8 @@ async fn bench(repo: &Path) -> Result<bool> {
                 None
             } else {
                 let deliveries = deliveries_of(&registry, incident.id).await?;
+                // Settings of their own: lifeboat's round starts with no
+                // stencil rendered, as a notify run does.
                 Some(Arc::new(prepare(&settings(&incident)?, &incident, &deliveries)?))
             };
             // Each round a different one goes first.
