@@ -37,6 +37,9 @@ const COMMAND_WAIT: Duration = Duration::from_secs(120);
 const MESSAGE_WAIT: Duration = Duration::from_secs(if cfg!(test) { 2 } else { 600 });
 /// Most lines in one reply (EHLO lists one extension per line).
 const MAX_LINES: usize = 100;
+/// Replies to EHLO that mean "no such command" (500 unrecognized, 502 not
+/// implemented): the server speaks only HELO.
+const EHLO_UNKNOWN: [u16; 2] = [500, 502];
 
 /// A complete reply: its code and its lines' text, without the codes.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -310,7 +313,15 @@ impl Connection {
         self.out.clear();
         self.out.extend_from_slice(format!("EHLO {hello_name}\r\n").as_bytes());
         self.flush_out().await?;
-        let reply = check(self.read_reply().await?, 250)?;
+        let reply = self.read_reply().await?;
+        if EHLO_UNKNOWN.contains(&reply.code) {
+            // A server from before ESMTP. It stays where it was after
+            // refusing EHLO (RFC 5321 4.1.1.1), so HELO can follow. No
+            // extensions then: commands go one at a time, and STARTTLS or
+            // a login, if configured, fails below as not offered.
+            return self.command(format!("HELO {hello_name}\r\n").as_bytes(), 250).await;
+        }
+        let reply = check(reply, 250)?;
         // The first line is the server's name; each later one an extension.
         for line in reply.lines.iter().skip(1) {
             let mut words = line.split([' ', '=']);

@@ -109,6 +109,14 @@ impl TestSmtp {
         Self::start_with(None, 0, &["--tls", mode, "--auth", &format!("{user}:{password}"), "--auth-only", auth])
     }
 
+    /// A sink like an older or plainer server: `--helo-only` refuses EHLO
+    /// as unknown (no extensions at all), `--no-pipelining` leaves
+    /// PIPELINING out of the EHLO reply.
+    pub fn start_old_fashioned(option: &str) -> TestSmtp {
+        assert!(["--helo-only", "--no-pipelining"].contains(&option), "not a sink option: {option}");
+        Self::start_with(None, 0, &[option])
+    }
+
     fn start_with(fail_after: Option<u32>, delay_ms: u32, extra: &[&str]) -> TestSmtp {
         let dir = tempfile::Builder::new().prefix("lifeboat-smtp-").tempdir().unwrap();
         let mut command = Command::new(super::venv_python());
