@@ -178,3 +178,44 @@ pub fn redact_url(url: &str) -> String {
     }
     parsed.to_string()
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    async fn audit(executor: impl sqlx::Executor<'_, Database = sqlx::Any>, action: &str) -> Result<()> {
+        sqlx::query("INSERT INTO audit_log (at, actor, action) VALUES ($1, 'cli', $2)")
+            .bind(now_ms())
+            .bind(action)
+            .execute(executor)
+            .await?;
+        Ok(())
+    }
+
+    /// The race `begin_write` is for: this transaction reads, another
+    /// connection writes, then this one writes. Begun deferred, the other
+    /// write commits in between and this one fails at once ("database is
+    /// locked"); begun IMMEDIATE, the other write waits for this commit.
+    #[tokio::test]
+    async fn a_write_transaction_that_reads_first_is_not_failed_by_a_write_in_between() {
+        let dir = tempfile::tempdir().unwrap();
+        let registry =
+            Registry::connect(&format!("sqlite://{}", dir.path().join("registry.db").display())).await.unwrap();
+        let mut tx = registry.begin_write().await.unwrap();
+        let (before,): (i64,) = sqlx::query_as("SELECT COUNT(*) FROM audit_log").fetch_one(&mut *tx).await.unwrap();
+
+        let pool = registry.pool().clone();
+        let other_write = tokio::spawn(async move { audit(&pool, "the other connection's").await });
+        // Time for the other write to commit, if nothing holds it back.
+        tokio::time::sleep(std::time::Duration::from_millis(300)).await;
+        audit(&mut *tx, "this transaction's").await.expect("the write after the read");
+        tx.commit().await.unwrap();
+        other_write.await.unwrap().expect("the other write, after this commit");
+
+        let actions: Vec<(String,)> =
+            sqlx::query_as("SELECT action FROM audit_log ORDER BY id").fetch_all(registry.pool()).await.unwrap();
+        let actions: Vec<&str> = actions.iter().map(|(action,)| action.as_str()).collect();
+        assert_eq!(before, 0);
+        assert_eq!(actions, ["this transaction's", "the other connection's"], "the other write waited its turn");
+    }
+}
