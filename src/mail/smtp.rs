@@ -316,9 +316,9 @@ impl Connection {
         let reply = self.read_reply().await?;
         if EHLO_UNKNOWN.contains(&reply.code) {
             // A server from before ESMTP. It stays where it was after
-            // refusing EHLO (RFC 5321 4.1.1.1), so HELO can follow. No
-            // extensions then: commands go one at a time, and STARTTLS or
-            // a login, if configured, fails below as not offered.
+            // refusing EHLO (RFC 5321 4.1.1.1), and RFC 1869 has the client
+            // say HELO then. No extensions: commands go one at a time, and
+            // STARTTLS or a login, if configured, fails below as not offered.
             return self.command(format!("HELO {hello_name}\r\n").as_bytes(), 250).await;
         }
         let reply = check(reply, 250)?;
