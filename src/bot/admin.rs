@@ -15,7 +15,7 @@ use crate::email::EmailAddress;
 use crate::mail::{Mailer, OutgoingEmail};
 use crate::notify::{NotifyProgress, human_time, plan};
 use crate::recover::service_user_id;
-use crate::registry::{Actor, ContactKind, ContactSource, format_time, now_ms};
+use crate::registry::{Actor, ContactSource, format_time, now_ms};
 use crate::sync::{Quiet, SyncOptions, sync};
 use crate::tokens::{issue_request_token, revoke_unused_tokens};
 use crate::user_id::UserId;
@@ -194,7 +194,7 @@ async fn run(bot: &Bot, room: &Room, actor: &Actor, command: AdminCommand) -> Re
             let added = registry
                 .add_contact(
                     user.as_str(),
-                    ContactKind::Email,
+                    address.kind(),
                     address.as_str(),
                     ContactSource::Admin,
                     Some(now_ms()),
@@ -209,7 +209,7 @@ async fn run(bot: &Bot, room: &Room, actor: &Actor, command: AdminCommand) -> Re
         }
         AdminCommand::ContactRemove(user, address) => {
             let removed = registry
-                .remove_contact(user.as_str(), ContactKind::Email, address.as_str(), actor)
+                .remove_contact(user.as_str(), address.kind(), address.as_str(), actor)
                 .await
                 .map_err(|e| text(&e))?;
             Ok(if removed {

@@ -4,6 +4,7 @@
 //! optional.
 
 use crate::email::EmailAddress;
+use crate::registry::ContactAddress;
 use crate::user_id::UserId;
 
 /// An admin's command in the admin room.
@@ -19,8 +20,8 @@ pub enum AdminCommand {
     IncidentResolve(i64),
     Notify { id: i64, confirm: bool },
     Token(UserId),
-    ContactAdd(UserId, EmailAddress),
-    ContactRemove(UserId, EmailAddress),
+    ContactAdd(UserId, ContactAddress),
+    ContactRemove(UserId, ContactAddress),
 }
 
 /// A person's command about their own contacts, in a DM.
@@ -44,8 +45,8 @@ pub const ADMIN_USAGE: &[(&str, &str)] = &[
     ("incident resolve <id>", "close it and delete its unused tokens"),
     ("notify <id>", "show what would be sent; `notify <id> confirm` sends it"),
     ("token <user-id>", "issue a fresh registration token for one affected person (mailed to them)"),
-    ("contact add <user-id> <email>", "add a verified contact email"),
-    ("contact remove <user-id> <email>", "remove a contact email"),
+    ("contact add <user-id> <email or Matrix ID>", "add a verified contact (a Matrix ID on another homeserver)"),
+    ("contact remove <user-id> <email or Matrix ID>", "remove a contact"),
 ];
 
 pub const PERSON_USAGE: &[(&str, &str)] = &[
@@ -87,8 +88,8 @@ fn parse_admin_words(prefix: &str, rest: &str) -> Result<AdminCommand, BadComman
     let usage = |name: &str| BadCommand(usage_of(&shown, name, ADMIN_USAGE));
     let id = |word: Option<&&str>, name: &str| word.and_then(|w| w.parse::<i64>().ok()).ok_or_else(|| usage(name));
     let user = |word: Option<&&str>, name: &str| word.and_then(|w| UserId::parse(w).ok()).ok_or_else(|| usage(name));
-    let email =
-        |word: Option<&&str>, name: &str| word.and_then(|w| EmailAddress::parse(w).ok()).ok_or_else(|| usage(name));
+    let contact =
+        |word: Option<&&str>, name: &str| word.and_then(|w| ContactAddress::parse(w).ok()).ok_or_else(|| usage(name));
     match words.as_slice() {
         [] | ["help"] => Ok(AdminCommand::Help),
         ["status"] => Ok(AdminCommand::Status),
@@ -117,11 +118,11 @@ fn parse_admin_words(prefix: &str, rest: &str) -> Result<AdminCommand, BadComman
         },
         ["token", rest @ ..] if rest.len() == 1 => user(rest.first(), "token").map(AdminCommand::Token),
         ["contact", "add", rest @ ..] if rest.len() == 2 => {
-            Ok(AdminCommand::ContactAdd(user(rest.first(), "contact add")?, email(rest.get(1), "contact add")?))
+            Ok(AdminCommand::ContactAdd(user(rest.first(), "contact add")?, contact(rest.get(1), "contact add")?))
         }
         ["contact", "remove", rest @ ..] if rest.len() == 2 => Ok(AdminCommand::ContactRemove(
             user(rest.first(), "contact remove")?,
-            email(rest.get(1), "contact remove")?,
+            contact(rest.get(1), "contact remove")?,
         )),
         [name, ..] if ADMIN_USAGE.iter().any(|(syntax, _)| syntax.starts_with(name)) => Err(usage(name)),
         _ => Err(BadCommand(format!("Unknown command. Send `{prefix} help` for the list."))),
@@ -216,9 +217,14 @@ mod tests {
     fn contact_commands_check_the_user_id_and_the_address() {
         assert!(matches!(
             admin("!lifeboat contact add @alice:example.org alice@example.org"),
-            Some(Ok(AdminCommand::ContactAdd(_, _)))
+            Some(Ok(AdminCommand::ContactAdd(_, ContactAddress::Email(_))))
+        ));
+        assert!(matches!(
+            admin("!lifeboat contact remove @alice:example.org @alice:example.net"),
+            Some(Ok(AdminCommand::ContactRemove(_, ContactAddress::Matrix(_))))
         ));
         assert!(matches!(admin("!lifeboat contact add @alice:example.org not-an-address"), Some(Err(_))));
+        assert!(matches!(admin("!lifeboat contact add @alice:example.org @alice"), Some(Err(_))));
     }
 
     #[test]

@@ -2,40 +2,38 @@
 
 use super::users::parse_user_id;
 use super::{Context, Outcome, exit};
-use crate::email::EmailAddress;
-use crate::registry::{Actor, AddContact, ContactKind, ContactSource, now_ms};
+use crate::registry::{Actor, AddContact, ContactAddress, ContactSource, now_ms};
 use crate::user_id::UserId;
 
 #[derive(clap::Subcommand, Debug)]
 pub enum Command {
-    /// Record an email address for an account in the registry (idempotent).
+    /// Record a way to reach an account's person (idempotent).
     ///
-    /// The address is validated and stored lowercased. Contacts added by an
-    /// admin count as verified.
+    /// ADDRESS is an email address, or a Matrix ID on another homeserver
+    /// (@alice:example.net) that gets the person's notices by DM: one on
+    /// this homeserver would be lost with the account. Email addresses are
+    /// validated and stored lowercased. Contacts added by an admin count as
+    /// verified.
     Add {
         /// The account, like @alice:example.org (it must be in the registry).
         #[arg(value_parser = parse_user_id)]
         user_id: UserId,
-        /// The email address to reach its person at.
-        #[arg(value_parser = parse_email)]
-        email: EmailAddress,
+        /// An email address, or a Matrix ID on another homeserver.
+        #[arg(value_parser = ContactAddress::parse)]
+        address: ContactAddress,
     },
-    /// Forget an email address of an account (idempotent).
+    /// Forget a contact of an account (idempotent).
     ///
-    /// An address Synapse itself still holds for the account is imported
-    /// again when sync next refreshes the account's details.
+    /// An email address Synapse itself still holds for the account is
+    /// imported again when sync next refreshes the account's details.
     Remove {
         /// The account, like @alice:example.org.
         #[arg(value_parser = parse_user_id)]
         user_id: UserId,
-        /// The email address to forget.
-        #[arg(value_parser = parse_email)]
-        email: EmailAddress,
+        /// The email address or Matrix ID to forget.
+        #[arg(value_parser = ContactAddress::parse)]
+        address: ContactAddress,
     },
-}
-
-fn parse_email(text: &str) -> Result<EmailAddress, String> {
-    EmailAddress::parse(text).map_err(|err| err.to_string())
 }
 
 pub async fn run(context: &Context, command: Command) -> Outcome {
@@ -43,29 +41,34 @@ pub async fn run(context: &Context, command: Command) -> Outcome {
     let registry = context.registry(&config).await?;
     let actor = Actor::cli();
     match command {
-        Command::Add { user_id, email } => {
+        Command::Add { user_id, address } => {
             let outcome = registry
                 .add_contact(
                     user_id.as_str(),
-                    ContactKind::Email,
-                    email.as_str(),
+                    address.kind(),
+                    address.as_str(),
                     ContactSource::Admin,
                     Some(now_ms()),
                     &actor,
                 )
                 .await?;
             match outcome {
-                AddContact::Added => println!("Added {email} to {user_id}."),
+                AddContact::Added => println!("Added {address} to {user_id}."),
                 AddContact::AlreadyKnown => {
-                    println!("{user_id} already has {email}; nothing changed.")
+                    println!("{user_id} already has {address}; nothing changed.")
                 }
             }
+            if let ContactAddress::Matrix(contact) = &address
+                && contact.server_name() == config.homeserver.server_name
+            {
+                println!("Note: {contact} is on this homeserver too, so a wipe would take it with the account.");
+            }
         }
-        Command::Remove { user_id, email } => {
-            if registry.remove_contact(user_id.as_str(), ContactKind::Email, email.as_str(), &actor).await? {
-                println!("Removed {email} from {user_id}.");
+        Command::Remove { user_id, address } => {
+            if registry.remove_contact(user_id.as_str(), address.kind(), address.as_str(), &actor).await? {
+                println!("Removed {address} from {user_id}.");
             } else {
-                println!("{user_id} has no contact {email}; nothing changed.");
+                println!("{user_id} has no contact {address}; nothing changed.");
             }
         }
     }

@@ -92,7 +92,7 @@ enum Command {
     /// Show the accounts in the registry.
     #[command(subcommand)]
     Users(users::Command),
-    /// Add or remove contact emails of an account.
+    /// Add or remove an account's contacts: email addresses, Matrix IDs elsewhere.
     #[command(subcommand)]
     Contacts(contacts::Command),
     /// Incidents: open one after a loss, show who can be reached, resolve it.

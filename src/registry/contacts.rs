@@ -4,6 +4,8 @@
 use serde::Serialize;
 
 use super::{Actor, Error, Registry, Result, now_ms};
+use crate::email::EmailAddress;
+use crate::user_id::UserId;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
 #[serde(rename_all = "lowercase")]
@@ -18,6 +20,46 @@ impl ContactKind {
             ContactKind::Email => "email",
             ContactKind::Matrix => "matrix",
         }
+    }
+}
+
+/// A contact's address as an admin writes it: an email address, or a
+/// Matrix ID (it starts with `@`), meant for an account on another
+/// homeserver, which a wipe of this one does not take with it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ContactAddress {
+    Email(EmailAddress),
+    Matrix(UserId),
+}
+
+impl ContactAddress {
+    /// One sentence when `text` is neither.
+    pub fn parse(text: &str) -> std::result::Result<ContactAddress, String> {
+        if text.trim_start().starts_with('@') {
+            UserId::parse(text).map(ContactAddress::Matrix).map_err(|err| err.to_string())
+        } else {
+            EmailAddress::parse(text).map(ContactAddress::Email).map_err(|err| err.to_string())
+        }
+    }
+
+    pub fn kind(&self) -> ContactKind {
+        match self {
+            ContactAddress::Email(_) => ContactKind::Email,
+            ContactAddress::Matrix(_) => ContactKind::Matrix,
+        }
+    }
+
+    pub fn as_str(&self) -> &str {
+        match self {
+            ContactAddress::Email(address) => address.as_str(),
+            ContactAddress::Matrix(user_id) => user_id.as_str(),
+        }
+    }
+}
+
+impl std::fmt::Display for ContactAddress {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
     }
 }
 
@@ -100,6 +142,11 @@ impl Registry {
         verified_at: Option<i64>,
         actor: &Actor,
     ) -> Result<AddContact> {
+        if kind == ContactKind::Matrix && address == user_id {
+            return Err(Error::Refused(format!(
+                "{address} is the account itself, not a contact: lifeboat sends it a DM anyway while it exists"
+            )));
+        }
         let mut tx = self.begin_write().await?;
         let known: Option<(String,)> = sqlx::query_as("SELECT user_id FROM accounts WHERE user_id = $1")
             .bind(user_id)

@@ -23,7 +23,7 @@ use sqlx::{AnyPool, Executor};
 
 pub use accounts::{Account, AccountState};
 pub use audit::{Actor, AuditEntry};
-pub use contacts::{AddContact, Contact, ContactKind, ContactSource};
+pub use contacts::{AddContact, Contact, ContactAddress, ContactKind, ContactSource};
 pub use credentials::ServiceCredential;
 pub use deliveries::{Delivery, DeliveryCounts, DeliveryState, OutboxWriter, PlannedEmails};
 pub use incidents::{Incident, IncidentSummary, NoticeToken};

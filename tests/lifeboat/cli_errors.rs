@@ -176,6 +176,39 @@ async fn contacts_are_validated_normalized_and_idempotent() {
     );
     let audit: Vec<String> = client.audit_log(10).await.unwrap().into_iter().map(|e| e.action).collect();
     assert_eq!(audit[..2], ["contact.remove", "contact.add"]);
+
+    // A Matrix ID is a contact too, reached by DM: meant for another homeserver.
+    let elsewhere = lifeboat.run(&["contacts", "add", "@alice:example.org", "@alice:example.net"]).await;
+    assert_eq!((elsewhere.code, elsewhere.stdout.trim()), (0, "Added @alice:example.net to @alice:example.org."));
+    let here = lifeboat.run(&["contacts", "add", "@alice:example.org", "@alice2:example.org"]).await;
+    assert_eq!(here.code, 0, "{here:?}");
+    assert!(here.stdout.contains("is on this homeserver too"), "a wipe would take it too: {here:?}");
+    let itself = lifeboat.run(&["contacts", "add", "@alice:example.org", "@alice:example.org"]).await;
+    assert_eq!(itself.code, 1, "{itself:?}");
+    assert!(one_sentence(&itself.stderr).contains("is the account itself, not a contact"), "{itself:?}");
+    let bad_matrix_id = lifeboat.run(&["contacts", "add", "@alice:example.org", "@alice"]).await;
+    assert_eq!(bad_matrix_id.code, 2, "{bad_matrix_id:?}");
+    assert!(
+        bad_matrix_id.stderr.contains("`@alice` is not a Matrix user ID: it has no :server part"),
+        "{bad_matrix_id:?}"
+    );
+    let mut kinds: Vec<(String, String)> = client
+        .contacts_of("@alice:example.org")
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|contact| (contact.kind, contact.address))
+        .collect();
+    kinds.sort();
+    assert_eq!(
+        kinds,
+        [
+            ("matrix".to_owned(), "@alice2:example.org".to_owned()),
+            ("matrix".to_owned(), "@alice:example.net".to_owned())
+        ]
+    );
+    let removed = lifeboat.run(&["contacts", "remove", "@alice:example.org", "@alice2:example.org"]).await;
+    assert_eq!((removed.code, removed.stdout.trim()), (0, "Removed @alice2:example.org from @alice:example.org."));
 }
 
 /// Puts one account into a registry the way a sync would.

@@ -254,8 +254,9 @@ async fn a_notify_killed_mid_send_and_rerun_reaches_everyone_repeating_at_most_t
     assert_eq!(unique_ids.len(), 150, "a repeat carries the same Message-ID");
 }
 
-/// The messages `user_id` can read in the first room they were invited to,
-/// read with a matrix-sdk client as a person's client would.
+/// The messages `user_id` can read in their one room (the DM they were
+/// invited to, joined here if not yet), read with a matrix-sdk client as a
+/// person's client would.
 async fn dm_bodies(synapse: &TestSynapse, user_id: &str) -> Vec<String> {
     use matrix_sdk::config::SyncSettings;
     use matrix_sdk::room::MessagesOptions;
@@ -263,10 +264,15 @@ async fn dm_bodies(synapse: &TestSynapse, user_id: &str) -> Vec<String> {
     let client = matrix_sdk::Client::builder().homeserver_url(&synapse.url).build().await.unwrap();
     client.matrix_auth().login_username(user_id, "correct horse battery").await.unwrap();
     client.sync_once(SyncSettings::default()).await.unwrap();
-    let invited = client.invited_rooms();
-    assert_eq!(invited.len(), 1, "{user_id} is invited to one DM room");
-    let room = invited[0].clone();
-    room.join().await.unwrap();
+    let (invited, joined) = (client.invited_rooms(), client.joined_rooms());
+    assert_eq!(invited.len() + joined.len(), 1, "{user_id} is in one DM room");
+    let room = match invited.first() {
+        Some(room) => {
+            room.join().await.unwrap();
+            room.clone()
+        }
+        None => joined[0].clone(),
+    };
     client.sync_once(SyncSettings::default()).await.unwrap();
     let messages = room.messages(MessagesOptions::backward()).await.unwrap();
     messages
@@ -334,6 +340,43 @@ async fn people_whose_account_survived_get_a_dm_even_when_synapse_rate_limits() 
     let again = lifeboat.run(&["notify", &id, "--yes"]).await;
     assert_eq!(again.code, 0, "{again:?}");
     assert_eq!(dm_bodies(&synapse, &synapse.user_id(&people[1])).await.len(), 1, "a rerun sends no second DM");
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_matrix_contact_gets_the_lost_persons_notice_and_token_by_dm() {
+    let synapse = TestSynapse::start();
+    let registry = TestDatabase::sqlite();
+    let smtp = TestSmtp::start(None);
+    let lifeboat = lifeboat_with_mail(&synapse, &registry, &smtp);
+    let (id, names) = incident_after_wipe(&synapse, &lifeboat, 2).await;
+    let lost = synapse.user_id(&names[0]);
+
+    // Her account on another homeserver: on the test's one Synapse, made
+    // after the wipe and never synced, so it is not affected itself.
+    synapse.register_admin(&unique("root"));
+    let elsewhere = synapse.create_user(&unique("elsewhere"), &[]).await;
+    let added = lifeboat.run(&["contacts", "add", &lost, &elsewhere]).await;
+    assert_eq!(added.code, 0, "{added:?}");
+
+    let dry = lifeboat.run(&["notify", &id, "--dry-run"]).await;
+    assert!(dry.stdout.contains("Matrix DMs: 1 "), "the contact, not the lost accounts: {dry:?}");
+    let notify = lifeboat.run(&["notify", &id, "--yes"]).await;
+    assert_eq!(notify.code, 0, "{notify:?}");
+    assert!(notify.stdout.contains("Deliveries: 2 sent, 0 failed"), "one email, one DM: {notify:?}");
+
+    let bodies = dm_bodies(&synapse, &elsewhere).await;
+    assert_eq!(bodies.len(), 1, "one notice: {bodies:?}");
+    assert!(bodies[0].contains(&format!("your Matrix account {lost}")), "about the lost account: {bodies:?}");
+    let token_line = bodies[0].lines().find(|line| line.contains("registration token:")).expect("a token");
+    let token = token_line.split_whitespace().last().unwrap().trim_matches(|c: char| !c.is_ascii_alphanumeric());
+    assert!(synapse.token_is_valid(token).await, "the DM carries her working token: {token_line}");
+    let mailed = smtp.messages_to(&format!("{}@example.org", names[0]));
+    assert_eq!(mailed.len(), 1);
+    assert_eq!(token_in(mailed[0].text.as_deref().unwrap_or("")), token, "the same token by both channels");
+
+    let again = lifeboat.run(&["notify", &id, "--yes"]).await;
+    assert_eq!(again.code, 0, "{again:?}");
+    assert_eq!(dm_bodies(&synapse, &elsewhere).await.len(), 1, "a rerun sends no second DM");
 }
 
 #[tokio::test(flavor = "multi_thread")]
