@@ -75,11 +75,12 @@ pub async fn admin_client_recovering(
     }
 }
 
-/// Opens an incident. With the default scope (`missing`: the accounts found
-/// missing) the registry is brought up to date first, so the snapshot is
-/// what Synapse holds at opening: a sync, after recovering lifeboat's
-/// account if every admin token is rejected (a wipe). If that cannot be
-/// done, a note says why and the last complete sync's view is used.
+/// Opens an incident. The registry is brought up to date first, so the
+/// snapshot is what Synapse holds at opening (with `missing`, who is lost;
+/// with `all`, who exists, which decides whose notice says the account
+/// still works): a sync, after recovering lifeboat's account if every admin
+/// token is rejected (a wipe). If that cannot be done, a note says why and
+/// the last complete sync's view is used.
 pub async fn open_incident(
     config: &Config,
     registry: &Registry,
@@ -89,14 +90,15 @@ pub async fn open_incident(
     actor: &Actor,
     progress: &dyn NotifyProgress,
 ) -> Result<(Incident, i64), CampaignError> {
-    if scope == "missing"
-        && let Err(reason) = sync_first(config, registry, actor, progress).await
-    {
+    if let Err(reason) = sync_first(config, registry, actor, progress).await {
         let last = registry.last_complete_sync().await?.and_then(|run| run.finished_at);
         let when = last.and_then(registry::format_time).unwrap_or_else(|| "never".to_owned());
-        progress.note(&format!(
-            "could not sync before opening ({reason}); the affected accounts are those the last complete sync ({when}) marked missing"
-        ));
+        let used = if scope == "missing" {
+            format!("the affected accounts are those the last complete sync ({when}) marked missing")
+        } else {
+            format!("the accounts and their states are those of the last complete sync ({when})")
+        };
+        progress.note(&format!("could not sync before opening ({reason}); {used}"));
     }
     Ok(registry.open_incident(title, postmortem, scope, actor).await?)
 }

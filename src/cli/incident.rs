@@ -14,10 +14,12 @@ pub enum Command {
     /// Open an incident: snapshot the affected accounts and keep the postmortem.
     ///
     /// By default the affected accounts are those found missing, plus
-    /// recreated ones no incident covered before. To make that current, it
-    /// syncs first (recovering lifeboat's account through the shared secret
-    /// if every admin token is rejected, as after a wipe); when it cannot, it
-    /// says why and uses what the last complete sync found.
+    /// recreated ones no incident covered before; with `--affected all`,
+    /// every account. To make that current (and whose account still works,
+    /// which the notices say), it syncs first, recovering lifeboat's account
+    /// through the shared secret if every admin token is rejected, as after
+    /// a wipe; when it cannot, it says why and uses what the last complete
+    /// sync found.
     Open {
         /// A short title, e.g. "Database lost on 2026-11-25".
         #[arg(long)]

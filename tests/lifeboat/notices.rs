@@ -75,6 +75,45 @@ async fn an_incident_opened_while_synapse_is_down_says_so_and_uses_the_last_sync
     assert_eq!(open.json()["affected"], 2, "Ann and the old admin, as the last sync found: {open:?}");
 }
 
+#[tokio::test(flavor = "multi_thread")]
+async fn after_a_wipe_incident_open_recovers_by_itself_and_even_for_everyone_knows_who_is_lost() {
+    let synapse = TestSynapse::start();
+    let registry = TestDatabase::sqlite();
+    let smtp = TestSmtp::start(None);
+    let lifeboat = lifeboat_with_mail(&synapse, &registry, &smtp);
+    let name = unique("ann");
+    let address = format!("{name}@example.org");
+    synapse.create_user(&name, &[&address]).await;
+    assert_eq!(lifeboat.run(&["sync"]).await.code, 0);
+    synapse.wipe();
+
+    // No `recover`, no `sync`: opening does both, for `all` as for `missing`.
+    let open = lifeboat
+        .run(&[
+            "incident",
+            "open",
+            "--title",
+            "Database lost",
+            "--postmortem",
+            "postmortem.md",
+            "--affected",
+            "all",
+            "--json",
+        ])
+        .await;
+    assert_eq!(open.code, 0, "{open:?}");
+    assert!(open.stderr.contains("recovering lifeboat's account through the shared secret"), "{open:?}");
+    let id = open.json()["id"].to_string();
+    let notify = lifeboat.run(&["notify", &id, "--yes"]).await;
+    assert_eq!(notify.code, 0, "{notify:?}");
+
+    let mails = smtp.messages_to(&address);
+    assert_eq!(mails.len(), 1, "{notify:?}");
+    let text = mails[0].text.as_deref().unwrap_or("");
+    assert!(!text.contains("still works"), "her account is gone, and her notice knows it: {text}");
+    assert!(synapse.token_is_valid(&token_in(text)).await, "with a token that works");
+}
+
 fn token_in(text: &str) -> String {
     let line = text.lines().find(|line| line.contains("registration token")).expect("the token is in the email");
     line.split_whitespace().last().unwrap().trim_matches(|c: char| !c.is_ascii_alphanumeric()).to_owned()
@@ -357,6 +396,9 @@ async fn a_matrix_contact_gets_the_lost_persons_notice_and_token_by_dm() {
     let elsewhere = synapse.create_user(&unique("elsewhere"), &[]).await;
     let added = lifeboat.run(&["contacts", "add", &lost, &elsewhere]).await;
     assert_eq!(added.code, 0, "{added:?}");
+    let shown = lifeboat.run(&["incident", "show", &id, "--json"]).await.json();
+    let reach = ["affected", "reachable_by_email", "reachable_by_matrix", "unreachable"].map(|key| shown[key].as_i64());
+    assert_eq!(reach, [Some(3), Some(1), Some(1), Some(2)], "both people and the old admin; she by both: {shown}");
 
     let dry = lifeboat.run(&["notify", &id, "--dry-run"]).await;
     assert!(dry.stdout.contains("Matrix DMs: 1 "), "the contact, not the lost accounts: {dry:?}");
