@@ -88,19 +88,7 @@ async fn after_a_wipe_incident_open_recovers_by_itself_and_even_for_everyone_kno
     synapse.wipe();
 
     // No `recover`, no `sync`: opening does both, for `all` as for `missing`.
-    let open = lifeboat
-        .run(&[
-            "incident",
-            "open",
-            "--title",
-            "Database lost",
-            "--postmortem",
-            "postmortem.md",
-            "--affected",
-            "all",
-            "--json",
-        ])
-        .await;
+    let open = open_for_everyone(&lifeboat, "Database lost").await;
     assert_eq!(open.code, 0, "{open:?}");
     assert!(open.stderr.contains("recovering lifeboat's account through the shared secret"), "{open:?}");
     let id = open.json()["id"].to_string();
@@ -112,6 +100,12 @@ async fn after_a_wipe_incident_open_recovers_by_itself_and_even_for_everyone_kno
     let text = mails[0].text.as_deref().unwrap_or("");
     assert!(!text.contains("still works"), "her account is gone, and her notice knows it: {text}");
     assert!(synapse.token_is_valid(&token_in(text)).await, "with a token that works");
+}
+
+/// `incident open --affected all --json` with the postmortem every test here writes.
+async fn open_for_everyone(lifeboat: &Lifeboat, title: &str) -> crate::harness::cli::Run {
+    let args = ["incident", "open", "--title", title, "--postmortem", "postmortem.md", "--affected", "all", "--json"];
+    lifeboat.run(&args).await
 }
 
 fn token_in(text: &str) -> String {
@@ -344,20 +338,7 @@ async fn people_whose_account_survived_get_a_dm_even_when_synapse_rate_limits() 
     assert_eq!(lifeboat.run(&["sync"]).await.code, 0);
     // Without an admin token lifeboat cannot lift its own rate limits.
     lifeboat.set_env("LIFEBOAT__HOMESERVER__ADMIN_TOKEN", &bot.access_token);
-    let open = lifeboat
-        .run(&[
-            "incident",
-            "open",
-            "--title",
-            "Messages lost",
-            "--postmortem",
-            "postmortem.md",
-            "--affected",
-            "all",
-            "--json",
-        ])
-        .await;
-    let id = open.json()["id"].to_string();
+    let id = open_for_everyone(&lifeboat, "Messages lost").await.json()["id"].to_string();
 
     let started = std::time::Instant::now();
     let notify = lifeboat.run(&["notify", &id, "--yes"]).await;
@@ -577,10 +558,7 @@ async fn encrypted_notice_dms_are_readable_on_the_persons_device() {
         bot.user_id, bot.access_token
     ));
     assert_eq!(lifeboat.run(&["sync"]).await.code, 0);
-    let open = lifeboat
-        .run(&["incident", "open", "--title", "Lost", "--postmortem", "postmortem.md", "--affected", "all", "--json"])
-        .await;
-    let id = open.json()["id"].to_string();
+    let id = open_for_everyone(&lifeboat, "Lost").await.json()["id"].to_string();
     let notify = lifeboat.run(&["notify", &id, "--yes"]).await;
     assert_eq!(notify.code, 0, "{notify:?}");
     let limits = synapse.rate_limit_override(&bot.user_id).await;
