@@ -10,10 +10,11 @@ pub enum Command {
     /// Record a way to reach an account's person (idempotent).
     ///
     /// ADDRESS is an email address, or a Matrix ID on another homeserver
-    /// (@alice:example.net) that gets the person's notices by DM: one on
-    /// this homeserver would be lost with the account. Email addresses are
-    /// validated and stored lowercased. Contacts added by an admin count as
-    /// verified.
+    /// (@alice:example.net) that gets the person's notices by DM. One on
+    /// this homeserver is accepted with a note, since a wipe would take it
+    /// with the account; the account's own ID is refused. Email addresses
+    /// are validated and stored lowercased. Contacts added by an admin count
+    /// as verified.
     Add {
         /// The account, like @alice:example.org (it must be in the registry).
         #[arg(value_parser = parse_user_id)]
