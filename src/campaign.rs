@@ -5,8 +5,9 @@
 
 use std::time::Duration;
 
-use crate::config::{Config, EmailConfig};
+use crate::config::{Config, EmailConfig, RecoveryMode};
 use crate::dm::{CryptoStore, DmSender};
+use crate::holds::{hold_lost_ids, holds_wanted};
 use crate::lease::{Held, Lease};
 use crate::links::LINK_KEY;
 use crate::mail::Mailer;
@@ -100,7 +101,29 @@ pub async fn open_incident(
         };
         progress.note(&format!("could not sync before opening ({reason}); {used}"));
     }
-    Ok(registry.open_incident(title, postmortem, scope, actor).await?)
+    let opened = registry.open_incident(title, postmortem, scope, actor).await?;
+    if holds_wanted(config, true) {
+        hold_after_opening(config, registry, actor, progress).await;
+    }
+    Ok(opened)
+}
+
+/// Holds the lost IDs once an incident is open. A failure is a note, not
+/// the end of the incident: the watcher (or the next `incident open` or
+/// `lifeboat holds make`) tries again.
+async fn hold_after_opening(config: &Config, registry: &Registry, actor: &Actor, progress: &dyn NotifyProgress) {
+    let client = match admin_client_recovering(config, registry, actor, progress).await {
+        Ok(client) => client,
+        Err(err) => {
+            progress.note(&format!("lost IDs are not held yet: {err}"));
+            return;
+        }
+    };
+    match hold_lost_ids(config, registry, &client, actor, &|_, _| {}).await {
+        Ok(report) if report.is_empty() => {}
+        Ok(report) => progress.note(&report.summary()),
+        Err(err) => progress.note(&format!("lost IDs are not held: {err}")),
+    }
 }
 
 /// How long `open_incident` waits for another process's sync to end.
@@ -137,10 +160,13 @@ pub async fn notice_settings(
         Some(web) => Some((web.public_url.clone(), registry.generated_secret(LINK_KEY).await?)),
         None => None,
     };
+    // Claim links only where lost IDs are held.
+    let claim_valid_for = (config.recovery.mode == RecoveryMode::Reclaim).then_some(config.tokens.expiry);
     Ok(NoticeSettings::new(
         config.homeserver.server_name.clone(),
         config.homeserver.public_url.clone(),
         unsubscribe,
+        claim_valid_for,
         incident,
     ))
 }

@@ -64,6 +64,7 @@ pub struct Config {
     pub bot: Option<BotConfig>,
     pub web: Option<WebConfig>,
     pub alerts: AlertsConfig,
+    pub recovery: RecoveryConfig,
 }
 
 #[derive(Debug, Clone)]
@@ -148,6 +149,8 @@ pub struct BotConfig {
 pub struct WebConfig {
     pub bind: std::net::SocketAddr,
     pub public_url: Url,
+    /// A Matrix client people are pointed to after claiming their ID.
+    pub client_url: Option<Url>,
     /// How people reach an admin (an email address, a Matrix ID, a URL), shown on every page.
     pub admin_contact: Option<String>,
     /// Peers whose `X-Forwarded-For` is believed (reverse proxies); nobody else's.
@@ -159,6 +162,52 @@ pub struct WebConfig {
     pub rate_limit_window: Duration,
     /// Registration tokens a person may get from the web page per incident.
     pub token_requests_per_person: u32,
+}
+
+/// How people get back in after a loss.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct RecoveryConfig {
+    pub mode: RecoveryMode,
+    pub hold: HoldPolicy,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum RecoveryMode {
+    /// Lost IDs are held and handed back to their owners by claim links;
+    /// registration tokens are for new names.
+    Reclaim,
+    /// Registration tokens only, which Synapse does not bind to an ID (for
+    /// homeservers where lifeboat cannot create accounts, e.g. under MAS).
+    Token,
+}
+
+/// When lost IDs are held.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum HoldPolicy {
+    /// As soon as a loss is seen (the watcher), and at `incident open`.
+    Auto,
+    /// Only when an incident is opened.
+    OnIncident,
+    Off,
+}
+
+impl RecoveryMode {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            RecoveryMode::Reclaim => "reclaim",
+            RecoveryMode::Token => "token",
+        }
+    }
+}
+
+impl HoldPolicy {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            HoldPolicy::Auto => "auto",
+            HoldPolicy::OnIncident => "on-incident",
+            HoldPolicy::Off => "off",
+        }
+    }
 }
 
 #[derive(Debug, Clone, Default)]

@@ -213,6 +213,9 @@ fn templates(config: &Config) -> Line {
         unsubscribe_url: None,
         account_works: false,
         postmortem_html: None,
+        id_held: true,
+        claim_url: Some("https://lifeboat.example.org/claim"),
+        id_taken: false,
     };
     match render_notice(&sample) {
         Ok(_) => Line::new("templates", Status::Ok, "a sample notice renders"),

@@ -10,6 +10,7 @@ pub mod config;
 pub mod dm;
 pub mod drill;
 pub mod email;
+pub mod holds;
 pub mod lease;
 pub mod links;
 pub mod mail;

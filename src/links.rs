@@ -1,9 +1,12 @@
-//! Signed links in emails (unsubscribe now; token requests later). The
-//! signature is an HMAC-SHA256 with a key generated once and kept in the
-//! registry, so links cannot be forged or altered.
+//! Signed links in notices: unsubscribe and claim. The signature is an
+//! HMAC-SHA256 with a key generated once and kept in the registry, so links
+//! cannot be forged or altered.
 //!
-//! Link format (fixed; the web page verifies it):
-//! `<web.public_url>/unsubscribe?contact=<contact id>&sig=<hex HMAC of "unsubscribe:<contact id>">`
+//! Link formats (fixed; the web page verifies them):
+//! - `<web.public_url>/unsubscribe?contact=<contact id>&sig=<hex HMAC of "unsubscribe:<contact id>">`
+//! - `<web.public_url>/claim?account=<user ID>&incident=<id>&hold=<held at>&until=<expiry>&sig=<hex HMAC
+//!   of "claim:<incident>:<held at>:<until>:<user ID>">` (times in UTC ms). `hold` names the hold
+//!   the link is for: once the ID is claimed, or held again after another loss, the link is dead.
 
 use hmac::{Hmac, Mac};
 use secrecy::{ExposeSecret, SecretString};
@@ -65,6 +68,58 @@ pub fn verify_unsubscribe(key: &SecretString, contact_id: i64, sig: &str) -> boo
     mac.verify_slice(&sig).is_ok()
 }
 
+/// What a claim link is for: one hold of one account, within one incident,
+/// until a time.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Deserialize)]
+pub struct ClaimLink {
+    pub account: String,
+    pub incident: i64,
+    /// The hold's `custody_at`.
+    pub hold: i64,
+    /// UTC ms after which the link is dead.
+    pub until: i64,
+}
+
+impl ClaimLink {
+    fn message(&self) -> String {
+        // Numbers first: they hold no ':', so the message names one link only.
+        format!("claim:{}:{}:{}:{}", self.incident, self.hold, self.until, self.account)
+    }
+
+    pub fn url(&self, public_url: &Url, key: &SecretString) -> String {
+        let mut url = public_url.clone();
+        let base = url.path().trim_end_matches('/').to_owned();
+        url.set_path(&format!("{base}/claim"));
+        url.set_fragment(None);
+        url.query_pairs_mut()
+            .clear()
+            .append_pair("account", &self.account)
+            .append_pair("incident", &self.incident.to_string())
+            .append_pair("hold", &self.hold.to_string())
+            .append_pair("until", &self.until.to_string())
+            .append_pair("sig", &sign(key, &self.message()));
+        url.into()
+    }
+
+    /// Does `sig` sign this link? (Constant time.) Whether it is still
+    /// usable (the time, the hold) is for the caller to check.
+    pub fn verify(&self, key: &SecretString, sig: &str) -> bool {
+        let Ok(sig) = hex::decode(sig) else { return false };
+        mac_of(key, &self.message()).verify_slice(&sig).is_ok()
+    }
+}
+
+fn mac_of(key: &SecretString, message: &str) -> Hmac<Sha256> {
+    let mut mac =
+        Hmac::<Sha256>::new_from_slice(key.expose_secret().as_bytes()).expect("HMAC takes keys of any length");
+    mac.update(message.as_bytes());
+    mac
+}
+
+fn sign(key: &SecretString, message: &str) -> String {
+    hex::encode(mac_of(key, message).finalize().into_bytes())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -108,5 +163,30 @@ mod tests {
         assert!(!verify_unsubscribe(&key, 43, sig));
         assert!(!verify_unsubscribe(&SecretString::from("other"), 42, sig));
         assert!(!verify_unsubscribe(&key, 42, "zz"));
+    }
+
+    fn claim() -> ClaimLink {
+        ClaimLink { account: "@alice:example.org".into(), incident: 3, hold: 1_700_000_000_000, until: 1_800_000_000_000 }
+    }
+
+    #[test]
+    fn a_claim_link_verifies_for_what_it_names_only() {
+        let key = SecretString::from("k");
+        let url = Url::parse(&claim().url(&Url::parse("https://lifeboat.example.org/base/").unwrap(), &key)).unwrap();
+        assert_eq!(url.path(), "/base/claim");
+        let query: std::collections::HashMap<_, _> = url.query_pairs().into_owned().collect();
+        let sig = &query["sig"];
+        assert_eq!(query["account"], "@alice:example.org");
+        assert!(claim().verify(&key, sig));
+        for other in [
+            ClaimLink { account: "@bob:example.org".into(), ..claim() },
+            ClaimLink { incident: 4, ..claim() },
+            ClaimLink { hold: 1, ..claim() },
+            ClaimLink { until: 1_900_000_000_000, ..claim() },
+        ] {
+            assert!(!other.verify(&key, sig), "{other:?}");
+        }
+        assert!(!claim().verify(&SecretString::from("other"), sig));
+        assert!(!claim().verify(&key, "not hex"));
     }
 }

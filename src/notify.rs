@@ -21,10 +21,10 @@ use url::Url;
 
 use crate::dm::{DmError, DmSender};
 use crate::email::EmailAddress;
-use crate::links::UnsubscribeLinks;
+use crate::links::{ClaimLink, UnsubscribeLinks};
 use crate::mail::{MailError, Mailer, OutgoingEmail};
-use crate::notice::{EmailStencils, NoticeContext, NoticeError, RenderedNotice, render_notice};
-use crate::registry::{self, Delivery, DeliveryCounts, Incident, OutboxWriter, PlannedEmails, Registry, now_ms};
+use crate::notice::{NoticeContext, NoticeError, RenderedNotice, render_email_notice, render_notice};
+use crate::registry::{self, AccountState, Delivery, DeliveryCounts, Incident, OutboxWriter, PlannedEmails, Registry, may_come_back, now_ms};
 
 /// Tries of one delivery within one run before it is left for later.
 const ATTEMPTS_PER_RUN: u32 = 3;
@@ -72,7 +72,7 @@ pub async fn plan(registry: &Registry, incident_id: i64, sender: &str) -> Result
     Ok(NotifyPlan {
         affected: summary.affected,
         unreachable: summary.unreachable,
-        tokens_to_create: registry.accounts_needing_notice_token(incident_id, sender).await?.len(),
+        tokens_to_create: crate::tokens::owed_notice_tokens(registry, incident_id, sender).await?.len(),
         dms: registry.planned_dms(incident_id, sender).await?,
         emails: registry.planned_emails(incident_id).await?,
     })
@@ -100,8 +100,9 @@ pub struct NoticeSettings {
     pub unsubscribe: Option<UnsubscribeLinks>,
     /// The incident's postmortem as sanitized HTML, rendered once.
     pub postmortem_html: String,
-    /// The incident's email notice, rendered once per shape.
-    email_stencils: EmailStencils,
+    /// Where claim links point, with the key that signs them, and how long
+    /// they work: when the web page is configured and lost IDs are held.
+    claims: Option<(Url, SecretString, Duration)>,
     expiry_labels: ExpiryLabels,
 }
 
@@ -129,26 +130,38 @@ impl NoticeSettings {
     pub fn new(
         server_name: String,
         public_url: Url,
-        unsubscribe: Option<(Url, SecretString)>,
+        web_links: Option<(Url, SecretString)>,
+        claim_valid_for: Option<Duration>,
         incident: &Incident,
     ) -> Self {
         let postmortem_html = crate::notice::markdown_to_safe_html(incident.postmortem.trim());
-        let unsubscribe = unsubscribe.map(|(base, key)| UnsubscribeLinks::new(&base, &key));
-        let email_stencils = EmailStencils::new(&NoticeContext::of_incident(
-            &server_name,
-            public_url.as_str(),
-            &incident.title,
-            &incident.postmortem,
-            Some(&postmortem_html),
-        ));
+        let unsubscribe = web_links.as_ref().map(|(base, key)| UnsubscribeLinks::new(base, key));
+        let claims = web_links.zip(claim_valid_for).map(|((base, key), valid)| (base, key, valid));
         NoticeSettings {
             server_name,
             public_url,
             unsubscribe,
             postmortem_html,
-            email_stencils,
+            claims,
             expiry_labels: ExpiryLabels::default(),
         }
+    }
+
+    /// The person's link to take their held ID back, if it is held for
+    /// them and they may have it back.
+    fn claim_url(&self, incident: &Incident, delivery: &Delivery) -> Option<String> {
+        let (base, key, valid_for) = self.claims.as_ref()?;
+        let held = delivery.account_state == AccountState::Held.as_str();
+        if !held || !may_come_back(delivery.locked != 0, delivery.deactivated != 0) {
+            return None;
+        }
+        let link = ClaimLink {
+            account: delivery.user_id.clone(),
+            incident: incident.id,
+            hold: delivery.held_at?,
+            until: now_ms() + valid_for.as_millis() as i64,
+        };
+        Some(link.url(base, key))
     }
 
     pub fn render(&self, incident: &Incident, delivery: &Delivery) -> Result<RenderedNotice, NotifyError> {
@@ -172,6 +185,7 @@ impl NoticeSettings {
         render: impl FnOnce(&NoticeContext) -> Result<T, NoticeError>,
     ) -> Result<T, NotifyError> {
         let expires = delivery.token_expires_at.map(|ms| self.expiry_labels.label(ms));
+        let claim_url = self.claim_url(incident, delivery);
         let context = NoticeContext {
             server_name: &self.server_name,
             homeserver_url: self.public_url.as_str(),
@@ -180,10 +194,13 @@ impl NoticeSettings {
             incident_title: &incident.title,
             postmortem_markdown: &incident.postmortem,
             postmortem_html: Some(&self.postmortem_html),
-            account_works: delivery.account_state == "present" && delivery.recreated_at.is_none(),
+            account_works: AccountState::parse(&delivery.account_state).is_its_persons(),
             token: delivery.token.as_deref(),
             token_expires: expires.as_deref(),
             unsubscribe_url,
+            id_held: delivery.account_state == AccountState::Held.as_str(),
+            claim_url: claim_url.as_deref(),
+            id_taken: delivery.account_state == AccountState::Recreated.as_str(),
         };
         render(&context).map_err(|err| NotifyError::Render(err.to_string()))
     }
@@ -201,7 +218,7 @@ impl NoticeSettings {
         // Signed once: the same link goes in the body and the header.
         let list_unsubscribe = self.unsubscribe_url(delivery);
         let rendered =
-            self.render_with(incident, delivery, list_unsubscribe.as_deref(), |ctx| self.email_stencils.render(ctx))?;
+            self.render_with(incident, delivery, list_unsubscribe.as_deref(), render_email_notice)?;
         Ok(Ok(OutgoingEmail {
             to,
             subject: rendered.subject,
@@ -284,10 +301,13 @@ impl Transport<'_> {
         if delivery.channel == "email" && delivery.contact_id.is_none() {
             return Some("the contact was removed");
         }
-        // Planned when the account survived; its ID has since been
-        // registered again, maybe by someone else.
-        if delivery.channel == "matrix" && delivery.address == delivery.user_id && delivery.recreated_at.is_some() {
-            return Some("the account was registered again, maybe by someone else");
+        // Planned when the account survived; since then its ID was lost
+        // (held) or registered again by someone lifeboat cannot vouch for.
+        if delivery.channel == "matrix"
+            && delivery.address == delivery.user_id
+            && !AccountState::parse(&delivery.account_state).is_its_persons()
+        {
+            return Some("the account is no longer its person's (lost, held, or registered again by someone else)");
         }
         None
     }

@@ -8,11 +8,16 @@ use std::cmp::Ordering;
 
 use serde::Serialize;
 
+use crate::registry::AccountState;
+
 /// An account as the registry knows it.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Known {
     pub user_id: String,
     pub created_at_ms: Option<i64>,
+    /// Who the ID belonged to at the last sync (held by lifeboat, taken by
+    /// a stranger, ...).
+    pub standing: AccountState,
 }
 
 /// An account as a complete listing shows it.
@@ -48,12 +53,23 @@ pub fn classify(known: Option<&Known>, listed: Option<&Listed>) -> Option<Class>
         (None, None) => None,
         (Some(_), None) => Some(Class::Missing),
         (None, Some(_)) => Some(Class::New),
-        (Some(known), Some(listed)) => Some(match (known.created_at_ms, listed.created_at_ms) {
-            (Some(before), Some(now)) if now > before => Class::Recreated,
+        (Some(known), Some(listed)) => Some(match known.standing {
+            // lifeboat made this account itself, for its owner.
+            AccountState::Held => Class::Present,
+            // Taken by a stranger: stays so until an operator settles it.
+            AccountState::Recreated => Class::Recreated,
+            _ if registered_again(known.created_at_ms, listed.created_at_ms) => Class::Recreated,
             _ if listed.deactivated => Class::Deactivated,
             _ => Class::Present,
         }),
     }
+}
+
+/// Is `listed` a later registration of the ID than `known`? Compared in
+/// whole seconds: Synapse keeps seconds, and lifeboat learns the creation
+/// time of an account it holds from an answer in seconds.
+pub fn registered_again(known: Option<i64>, listed: Option<i64>) -> bool {
+    matches!((known, listed), (Some(before), Some(now)) if now / 1000 > before / 1000)
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
@@ -102,10 +118,16 @@ pub struct ReportBuilder {
     recreated: Vec<String>,
     deactivated: Vec<String>,
     new: Vec<String>,
+    known_recreated: usize,
 }
 
 impl ReportBuilder {
     pub fn add(&mut self, known: Option<&Known>, listed: Option<&Listed>) {
+        // A recreation the registry recorded earlier is still reported, but
+        // it is not news: the verdict counts only what this listing found.
+        if known.is_some_and(|known| known.standing == AccountState::Recreated) && listed.is_some() {
+            self.known_recreated += 1;
+        }
         self.known += usize::from(known.is_some());
         self.listed += usize::from(listed.is_some());
         let id = || known.map(|k| &k.user_id).or(listed.map(|l| &l.user_id)).cloned().unwrap_or_default();
@@ -125,7 +147,7 @@ impl ReportBuilder {
         for ids in [&mut self.missing, &mut self.recreated, &mut self.deactivated, &mut self.new] {
             ids.sort_unstable();
         }
-        let lost = self.missing.len() + self.recreated.len();
+        let lost = self.missing.len() + self.recreated.len() - self.known_recreated;
         let lost_share = if self.known == 0 { 0.0 } else { lost as f64 / self.known as f64 };
         let verdict = if lost == 0 {
             Verdict::Ok
@@ -172,12 +194,16 @@ pub fn merge_join(known: &[Known], listed: &[Listed], loss_threshold: f64) -> Re
 mod tests {
     use super::*;
 
-    fn known(id: &str, created: i64) -> Known {
-        Known { user_id: id.into(), created_at_ms: Some(created) }
+    fn known(id: &str, created_s: i64) -> Known {
+        Known { user_id: id.into(), created_at_ms: Some(created_s * 1000), standing: AccountState::Present }
     }
 
-    fn listed(id: &str, created: i64, deactivated: bool) -> Listed {
-        Listed { user_id: id.into(), deactivated, created_at_ms: Some(created) }
+    fn known_as(id: &str, created_s: i64, standing: AccountState) -> Known {
+        Known { standing, ..known(id, created_s) }
+    }
+
+    fn listed(id: &str, created_s: i64, deactivated: bool) -> Listed {
+        Listed { user_id: id.into(), deactivated, created_at_ms: Some(created_s * 1000 + 123) }
     }
 
     #[test]
@@ -211,5 +237,26 @@ mod tests {
     fn an_older_creation_time_is_not_a_recreation() {
         let report = merge_join(&[known("@a:x", 5)], &[listed("@a:x", 5, false)], 0.5);
         assert_eq!((report.present, report.verdict), (1, Verdict::Ok));
+    }
+
+    #[test]
+    fn an_account_lifeboat_holds_is_present_though_created_later() {
+        let report = merge_join(&[known_as("@a:x", 1, AccountState::Held)], &[listed("@a:x", 9, false)], 0.5);
+        assert_eq!((report.present, report.recreated.len(), report.verdict), (1, 0, Verdict::Ok));
+    }
+
+    #[test]
+    fn a_taken_id_stays_recreated_but_is_not_news() {
+        let registry = [known_as("@a:x", 9, AccountState::Recreated), known("@b:x", 1)];
+        let report = merge_join(&registry, &[listed("@a:x", 9, false), listed("@b:x", 1, false)], 0.5);
+        assert_eq!(report.recreated, ["@a:x"]);
+        assert_eq!(report.verdict, Verdict::Ok, "recorded before, so no new loss");
+    }
+
+    #[test]
+    fn creation_times_are_compared_in_whole_seconds() {
+        assert!(!registered_again(Some(5_000), Some(5_999)));
+        assert!(registered_again(Some(5_999), Some(6_000)));
+        assert!(!registered_again(None, Some(6_000)));
     }
 }

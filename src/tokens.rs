@@ -25,6 +25,22 @@ fn new_token() -> String {
     Alphanumeric.sample_string(&mut rand::rng(), 24)
 }
 
+/// The affected people who are owed a notice token and have none yet: their
+/// ID is lost to them, and they may come back (`Account::may_come_back`).
+pub async fn owed_notice_tokens(
+    registry: &Registry,
+    incident_id: i64,
+    service: &str,
+) -> Result<Vec<String>, registry::Error> {
+    Ok(registry
+        .accounts_without_notice_token(incident_id, service)
+        .await?
+        .into_iter()
+        .filter(|account| account.may_come_back())
+        .map(|account| account.user_id)
+        .collect())
+}
+
 /// Gives every affected person who needs one a notice token, and makes
 /// sure each recorded token exists in Synapse. Safe to run again after a
 /// crash: recorded-but-unconfirmed tokens are created again, with a fresh
@@ -38,7 +54,7 @@ pub async fn ensure_notice_tokens(
     service: &str,
 ) -> Result<u64, TokenError> {
     let expires_at = now_ms() + expiry.as_millis() as i64;
-    for user_id in registry.accounts_needing_notice_token(incident_id, service).await? {
+    for user_id in owed_notice_tokens(registry, incident_id, service).await? {
         registry.record_notice_token(incident_id, &user_id, &new_token(), expires_at).await?;
     }
     registry.refresh_unconfirmed_tokens(incident_id, expires_at).await?;

@@ -13,6 +13,7 @@ use tokio_util::sync::CancellationToken;
 
 use crate::check::{CheckOptions, WORKING_TOKEN_SETTING, check};
 use crate::config::Config;
+use crate::holds::{hold_lost_ids, holds_wanted};
 use crate::reconcile::Verdict;
 use crate::recover::{AdminAccess, admin_access, recover, service_user_id};
 use crate::registry::{Actor, Registry, now_ms};
@@ -35,6 +36,12 @@ pub struct Observation {
     pub token_rejected: bool,
     /// lifeboat got back in through the shared secret in this round.
     pub recovered: bool,
+    /// Lost IDs held for their owners in this round.
+    pub held: Vec<String>,
+    /// IDs someone registered before lifeboat could hold them (this round).
+    pub taken: Vec<String>,
+    /// Of `taken`, those in `bot.admins`.
+    pub taken_admins: Vec<String>,
 }
 
 impl Observation {
@@ -54,7 +61,9 @@ impl Observation {
         let mut lost: Vec<String> = self.missing.iter().chain(&self.recreated).cloned().collect();
         lost.sort_unstable();
         lost.dedup();
-        Some(AlertedState { severity, lost })
+        let mut taken = self.taken.clone();
+        taken.sort_unstable();
+        Some(AlertedState { severity, lost, taken })
     }
 
     /// The alert, in Markdown: what happened and what to do next.
@@ -74,17 +83,31 @@ impl Observation {
         };
         for (label, ids) in [("Missing", &self.missing), ("Recreated (same ID, newer account)", &self.recreated)] {
             if !ids.is_empty() {
-                let shown: Vec<&str> = ids.iter().take(20).map(String::as_str).collect();
-                let more = if ids.len() > shown.len() {
-                    format!(" and {} more", ids.len() - shown.len())
-                } else {
-                    String::new()
-                };
-                text.push_str(&format!("\n\n{label} ({}): {}{more}", ids.len(), shown.join(", ")));
+                text.push_str(&format!("\n\n{label} ({}): {}", ids.len(), named(ids)));
             }
         }
         if self.recovered {
             text.push_str("\n\nlifeboat re-created its own admin account through the shared secret.");
+        }
+        if !self.held.is_empty() {
+            text.push_str(&format!(
+                "\n\nHeld for their owners ({}): {}. Nobody can register these IDs now; each owner takes theirs back with the claim link in their notice (`lifeboat holds list` shows them).",
+                self.held.len(),
+                named(&self.held)
+            ));
+        }
+        if !self.taken.is_empty() {
+            text.push_str(&format!(
+                "\n\n**Registered by someone else before lifeboat could hold them** ({}): {}. lifeboat treats them as strangers (no DMs, no web requests, never obeyed by the bot). If one is its owner, give it back with `lifeboat holds claim <id>` on the lifeboat host; otherwise deactivate it in Synapse.",
+                self.taken.len(),
+                named(&self.taken)
+            ));
+        }
+        if !self.taken_admins.is_empty() {
+            text.push_str(&format!(
+                "\n\n**An admin ID was taken: {}.** It is in bot.admins, but the bot will neither invite nor obey it until it is settled with `lifeboat holds claim` on the lifeboat host.",
+                self.taken_admins.join(", ")
+            ));
         }
         if matches!(self.verdict, Some(Verdict::Loss | Verdict::SuspectedReset)) {
             text.push_str(
@@ -96,12 +119,24 @@ impl Observation {
     }
 }
 
+/// The first 20 IDs, and how many more there are.
+fn named(ids: &[String]) -> String {
+    let shown: Vec<&str> = ids.iter().take(20).map(String::as_str).collect();
+    match ids.len() - shown.len() {
+        0 => shown.join(", "),
+        more => format!("{} and {more} more", shown.join(", ")),
+    }
+}
+
 /// What the last alert was about: how bad (1 token rejected, 2 loss,
 /// 3 suspected reset) and which accounts were lost.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, serde::Deserialize)]
 pub struct AlertedState {
     pub severity: u8,
     pub lost: Vec<String>,
+    /// IDs taken by strangers before lifeboat could hold them.
+    #[serde(default)]
+    pub taken: Vec<String>,
 }
 
 impl AlertedState {
@@ -111,7 +146,9 @@ impl AlertedState {
     /// one alert.
     pub fn is_news_after(&self, before: Option<&AlertedState>) -> bool {
         let Some(before) = before else { return true };
-        self.severity > before.severity || self.lost.iter().any(|id| before.lost.binary_search(id).is_err())
+        self.severity > before.severity
+            || self.lost.iter().any(|id| before.lost.binary_search(id).is_err())
+            || self.taken.iter().any(|id| before.taken.binary_search(id).is_err())
     }
 }
 
@@ -199,7 +236,28 @@ pub async fn observe(config: &Config, registry: &Registry, recover_lock: &tokio:
         Err(err @ SyncError::Busy { .. }) => tracing::info!(reason = %err, "watcher: sync skipped this round"),
         Err(err) => tracing::warn!(error = %err, "watcher: sync failed"),
     }
+    if holds_wanted(config, false) {
+        hold_lost(config, registry, &client, &actor, &mut seen).await;
+    }
     seen
+}
+
+/// Holds whatever the registry knows to be lost (create-only, so holding
+/// on what an earlier sync saw is safe), and notes it for the alert.
+async fn hold_lost(config: &Config, registry: &Registry, client: &SynapseClient, actor: &Actor, seen: &mut Observation) {
+    match hold_lost_ids(config, registry, client, actor, &|_, _| {}).await {
+        Ok(report) => {
+            if !report.failed.is_empty() {
+                tracing::warn!(count = report.failed.len(), first = ?report.failed.first(), "watcher: some lost IDs could not be held yet");
+            }
+            let admins: Vec<&str> =
+                config.bot.iter().flat_map(|bot| bot.admins.iter().map(|admin| admin.as_str())).collect();
+            seen.taken_admins = report.taken.iter().filter(|id| admins.contains(&id.as_str())).cloned().collect();
+            seen.held = report.held;
+            seen.taken = report.taken;
+        }
+        Err(err) => tracing::warn!(error = %err, "watcher: lost IDs are not held"),
+    }
 }
 
 /// With every token dead, check with the one that worked for the last
@@ -307,7 +365,7 @@ mod tests {
     use super::*;
 
     fn state(severity: u8, lost: &[&str]) -> AlertedState {
-        AlertedState { severity, lost: lost.iter().map(|id| id.to_string()).collect() }
+        AlertedState { severity, lost: lost.iter().map(|id| id.to_string()).collect(), taken: Vec::new() }
     }
 
     #[test]
@@ -322,6 +380,14 @@ mod tests {
         assert!(!state(2, &["@a:x"]).is_news_after(Some(&before)));
         assert!(state(3, &["@a:x", "@d:x"]).is_news_after(Some(&before)));
         assert!(state(3, &[]).is_news_after(Some(&state(1, &[]))));
+    }
+
+    #[test]
+    fn an_id_taken_before_its_hold_is_news_though_it_was_lost_already() {
+        let before = state(3, &["@a:x"]);
+        let now = AlertedState { taken: vec!["@a:x".to_owned()], ..state(3, &["@a:x"]) };
+        assert!(now.is_news_after(Some(&before)));
+        assert!(!now.is_news_after(Some(&now.clone())));
     }
 
     #[test]

@@ -17,6 +17,8 @@ use crate::notify::{NotifyProgress, human_time, plan};
 use crate::recover::service_user_id;
 use crate::registry::{Actor, ContactSource, format_time, now_ms};
 use crate::sync::{Quiet, SyncOptions, sync};
+use crate::holds::{WayBack, way_back};
+use crate::links::LINK_KEY;
 use crate::tokens::{issue_request_token, revoke_unused_tokens};
 use crate::user_id::UserId;
 
@@ -342,17 +344,18 @@ async fn notify(bot: &Bot, room: &Room, actor: &Actor, id: i64, confirm: bool) -
     Ok(format!("Sending the notices of incident {id} now; I will post the result here."))
 }
 
-/// A fresh token for one affected person, mailed to their own addresses
-/// (never posted in the room: it is theirs).
+/// A way back in for one affected person, mailed to their own addresses
+/// (never posted in the room: it is theirs): a fresh claim link when their
+/// ID is held for them, else a fresh registration token. Who gets what is
+/// `holds::way_back`, as on the web page.
 async fn token(bot: &Bot, actor: &Actor, user: &UserId) -> Result<String, String> {
     let state = &bot.state;
     let (config, registry) = (&state.config, &state.registry);
-    let Some(incident_id) = registry.open_incident_affecting(user.as_str()).await.map_err(|err| err.to_string())?
-    else {
-        return Err(format!(
-            "{user} is not affected by an open incident: open one first (`{} incident open`)",
-            bot.prefix()
-        ));
+    let way = way_back(config, registry, user.as_str(), config.tokens.expiry).await.map_err(|err| err.to_string())?;
+    let incident_id = match &way {
+        WayBack::Nothing(reason) => return Err(format!("nothing to send to {user}: {reason}")),
+        WayBack::Claim(link) => link.incident,
+        WayBack::Token { incident } => *incident,
     };
     let Some(email) = config.email.as_ref() else {
         return Err("tokens are mailed to the person: add an [email] section to lifeboat's config".to_owned());
@@ -371,25 +374,48 @@ async fn token(bot: &Bot, actor: &Actor, user: &UserId) -> Result<String, String
             bot.prefix()
         ));
     }
-    let client =
-        admin_client_recovering(config, registry, actor, &Notes::default()).await.map_err(|e| e.to_string())?;
-    let (token, expires) = issue_request_token(registry, &client, incident_id, user.as_str(), config.tokens.expiry)
-        .await
-        .map_err(|err| err.to_string())?;
     let server = &config.homeserver.server_name;
-    let text = format!(
-        "Hello,\n\nan administrator of {server} issued you a new registration token for {user}:\n\n    {token}\n\n\
-         It works once, until {}. To register again, open your Matrix client, choose {} as the homeserver, \
-         create an account (ideally with the same username) and enter the token when asked.\n\n-- \nlifeboat on {server}\n",
-        human_time(expires),
-        config.homeserver.public_url
-    );
+    let (subject, text, what, until) = match way {
+        WayBack::Claim(link) => {
+            let Some(web) = &config.web else {
+                return Err(format!(
+                    "{user} is held, and claim links need the web page: add a [web] section, or hand it back on the lifeboat host with `lifeboat holds claim {user}`"
+                ));
+            };
+            let key = registry.generated_secret(LINK_KEY).await.map_err(|err| err.to_string())?;
+            let url = link.url(&web.public_url, &key);
+            let text = format!(
+                "Hello,\n\nan administrator of {server} sent you a new link to take back your Matrix ID {user}, which is kept for you:\n\n{url}\n\n\
+                 Open it and choose a new password. It works once, until {}.\n\n-- \nlifeboat on {server}\n",
+                human_time(link.until)
+            );
+            (format!("Your link to take back your Matrix ID on {server}"), text, "claim link", link.until)
+        }
+        WayBack::Token { .. } => {
+            let client = admin_client_recovering(config, registry, actor, &Notes::default())
+                .await
+                .map_err(|e| e.to_string())?;
+            let (token, expires) =
+                issue_request_token(registry, &client, incident_id, user.as_str(), config.tokens.expiry)
+                    .await
+                    .map_err(|err| err.to_string())?;
+            let text = format!(
+                "Hello,\n\nan administrator of {server} issued you a new registration token for {user}:\n\n    {token}\n\n\
+                 It works once, until {}. To register again, open your Matrix client, choose {} as the homeserver, \
+                 create an account (ideally with the same username) and enter the token when asked.\n\n-- \nlifeboat on {server}\n",
+                human_time(expires),
+                config.homeserver.public_url
+            );
+            (format!("Your new registration token for {server}"), text, "registration token", expires)
+        }
+        WayBack::Nothing(_) => unreachable!("answered above"),
+    };
     let mailer = Mailer::from_config(email, 1).map_err(|err| err.to_string())?;
     let mut mailed = Vec::new();
     for (index, to) in addresses.iter().enumerate() {
         let message = OutgoingEmail {
             to: to.clone(),
-            subject: format!("Your new registration token for {server}"),
+            subject: subject.clone(),
             text: text.clone(),
             html: crate::notice::markdown_to_safe_html(&text),
             message_id: format!("token-{incident_id}-{}-{index}@{server}", now_ms()),
@@ -397,7 +423,7 @@ async fn token(bot: &Bot, actor: &Actor, user: &UserId) -> Result<String, String
         };
         match mailer.send(&message).await {
             Ok(()) => mailed.push(mask(to.as_str())),
-            Err(err) => tracing::warn!(error = %err, "could not mail a token"),
+            Err(err) => tracing::warn!(error = %err, "could not mail a way back in"),
         }
     }
     mailer.shutdown().await;
@@ -406,21 +432,17 @@ async fn token(bot: &Bot, actor: &Actor, user: &UserId) -> Result<String, String
             actor,
             "token.issue",
             Some(user.as_str()),
-            Some(&format!("incident {incident_id}, mailed {}", mailed.len())),
+            Some(&format!("incident {incident_id}, {what}, mailed {}", mailed.len())),
         )
         .await
         .map_err(|err| err.to_string())?;
     if mailed.is_empty() {
         return Err(format!(
-            "the token was made but no email went out; check SMTP and try `{} token {user}` again",
+            "the {what} was made but no email went out; check SMTP and try `{} token {user}` again",
             bot.prefix()
         ));
     }
-    Ok(format!(
-        "Issued a new registration token for {user} (valid until {}) and mailed it to {}.",
-        human_time(expires),
-        mailed.join(", ")
-    ))
+    Ok(format!("Mailed a new {what} for {user} (valid until {}) to {}.", human_time(until), mailed.join(", ")))
 }
 
 /// `alice@example.org` → `a…@example.org`: enough to recognise, not to harvest.

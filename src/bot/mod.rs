@@ -59,8 +59,20 @@ pub(crate) struct Bot {
 }
 
 impl Bot {
-    fn is_admin(&self, user: &OwnedUserId) -> bool {
-        self.admins.contains(user)
+    /// Is `user` an admin the bot obeys? In `bot.admins`, and not an ID
+    /// someone registered again after a loss (a stranger holding an admin's
+    /// ID until an operator settles it). When the registry cannot tell, no.
+    async fn is_admin(&self, user: &OwnedUserId) -> bool {
+        if !self.admins.contains(user) {
+            return false;
+        }
+        match self.state.registry.is_stranger(user.as_str()).await {
+            Ok(stranger) => !stranger,
+            Err(err) => {
+                tracing::warn!(error = %err, "cannot tell whether an admin's ID changed hands: not obeying it");
+                false
+            }
+        }
     }
 
     fn admin_room(&self) -> Option<OwnedRoomId> {
@@ -291,6 +303,10 @@ async fn invite_admins(bot: &Arc<Bot>, client: &Client, admin_client: &SynapseCl
         if bot.invited.lock().is_ok_and(|invited| invited.contains(admin)) {
             continue;
         }
+        // Never into the admin room: a stranger holding an admin's ID.
+        if !bot.is_admin(admin).await {
+            continue;
+        }
         // From the local state only: asking the server here could wait on
         // the sync. An invite to someone already in is answered below.
         let membership = room.get_member_no_sync(admin).await.ok().flatten().map(|m| m.membership().clone());
@@ -370,8 +386,9 @@ async fn on_invite(event: StrippedRoomMemberEvent, room: Room, Ctx(bot): Ctx<Arc
     let room_id = room.room_id().to_owned();
     let configured = bot.configured_room.lock().ok().and_then(|room| room.clone());
     let to_admin_room = configured.as_ref() == Some(&room_id) || bot.admin_room().as_ref() == Some(&room_id);
-    let accept = if to_admin_room { bot.is_admin(&event.sender) } else { event.content.is_direct == Some(true) };
     tokio::spawn(async move {
+        let accept =
+            if to_admin_room { bot.is_admin(&event.sender).await } else { event.content.is_direct == Some(true) };
         if !accept {
             tracing::info!(room = %room_id, from = %event.sender, "declined an invite");
             let _ = room.leave().await;
@@ -402,7 +419,7 @@ async fn on_message(event: OriginalSyncRoomMessageEvent, room: Room, Ctx(bot): C
     let body = text.body.clone();
     let sender = event.sender.clone();
     if bot.admin_room().as_deref() == Some(room.room_id()) {
-        if !bot.is_admin(&sender) {
+        if !bot.is_admin(&sender).await {
             // No data for anyone else, not even an error.
             if commands::parse_admin(bot.prefix(), &body).is_some() {
                 tracing::info!(from = %sender, "ignored a command from someone who is not in bot.admins");

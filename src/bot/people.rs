@@ -35,8 +35,11 @@ async fn run(bot: &Bot, sender: &OwnedUserId, command: PersonCommand) -> Result<
     if command == PersonCommand::Help {
         return Ok(format!("I am lifeboat, the homeserver's safety net. I understand:\n\n{}", help("", PERSON_USAGE)));
     }
-    // Contacts belong to accounts lifeboat keeps: this homeserver's.
-    if registry.account(sender.as_str()).await.map_err(broken)?.is_none() {
+    // Contacts belong to accounts lifeboat keeps: this homeserver's, and
+    // only while the account is its registry person's (an ID someone else
+    // registered again is a stranger, and learns nothing of that person).
+    let known = registry.account(sender.as_str()).await.map_err(broken)?;
+    if !known.is_some_and(|account| account.state.is_its_persons()) {
         return Err(format!(
             "I keep contacts for accounts of {} only, and {sender} is not one I know (yet: new accounts are added within {}).",
             config.homeserver.server_name,

@@ -75,7 +75,7 @@ pub async fn run(context: &Context, args: Args) -> Outcome {
         // print the first. Tokens are placeholders: none is created.
         let expires = now_ms() + config.tokens.expiry.as_millis() as i64;
         let recipients = registry.email_recipients(incident.id).await?;
-        for (index, (user_id, display_name, address, contact_id, account_state, recreated_at)) in
+        for (index, (user_id, display_name, address, contact_id, account_state, recreated_at, held_at, locked, deactivated)) in
             recipients.into_iter().enumerate()
         {
             let sample = Delivery {
@@ -89,6 +89,9 @@ pub async fn run(context: &Context, args: Args) -> Outcome {
                 display_name,
                 recreated_at,
                 account_state,
+                held_at,
+                locked,
+                deactivated,
                 contact_id: Some(contact_id),
                 opted_out_at: None,
                 token: Some("SAMPLE-TOKEN-not-valid".to_owned()),

@@ -67,6 +67,15 @@ pub(super) struct RawConfig {
     web: Option<RawWeb>,
     #[serde(default)]
     alerts: RawAlerts,
+    #[serde(default)]
+    recovery: RawRecovery,
+}
+
+#[derive(Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+struct RawRecovery {
+    mode: Option<String>,
+    hold: Option<String>,
 }
 
 #[derive(Deserialize)]
@@ -160,6 +169,7 @@ struct RawWeb {
     rate_limit_window: Option<String>,
     #[serde(default, deserialize_with = "lenient::number")]
     token_requests_per_person: Option<u32>,
+    client_url: Option<String>,
 }
 
 #[derive(Deserialize, Default)]
@@ -167,6 +177,43 @@ struct RawWeb {
 struct RawAlerts {
     #[serde(default, deserialize_with = "lenient::list")]
     email: Option<Vec<String>>,
+}
+
+impl RawRecovery {
+    fn validate(self, ctx: &Ctx) -> Result<RecoveryConfig, ConfigError> {
+        let mode = match self.mode.as_deref().map(str::trim) {
+            None | Some("reclaim") => RecoveryMode::Reclaim,
+            Some("token") => RecoveryMode::Token,
+            Some(other) => {
+                return Err(ctx.invalid(
+                    "recovery.mode",
+                    format!("`{other}` is not a mode: write \"reclaim\" (hold lost IDs for their owners) or \"token\" (registration tokens only)"),
+                ));
+            }
+        };
+        let hold = match self.hold.as_deref().map(str::trim) {
+            None => match mode {
+                RecoveryMode::Reclaim => HoldPolicy::Auto,
+                RecoveryMode::Token => HoldPolicy::Off,
+            },
+            Some("auto") => HoldPolicy::Auto,
+            Some("on-incident") => HoldPolicy::OnIncident,
+            Some("off") => HoldPolicy::Off,
+            Some(other) => {
+                return Err(ctx.invalid(
+                    "recovery.hold",
+                    format!("`{other}` is not a choice: write \"auto\", \"on-incident\" or \"off\""),
+                ));
+            }
+        };
+        if mode == RecoveryMode::Token && hold != HoldPolicy::Off {
+            return Err(ctx.invalid(
+                "recovery.hold",
+                "holds need recovery.mode = \"reclaim\" (in token mode lifeboat does not create accounts): set hold = \"off\" or remove it",
+            ));
+        }
+        Ok(RecoveryConfig { mode, hold })
+    }
 }
 
 /// Validation context: names keys and their origin in every error.
@@ -476,6 +523,7 @@ impl RawConfig {
                 Ok(WebConfig {
                     bind,
                     public_url: ctx.http_url("web.public_url", &public_url)?,
+                    client_url: raw.client_url.map(|url| ctx.http_url("web.client_url", &url)).transpose()?,
                     admin_contact: raw.admin_contact.map(|text| text.trim().to_owned()).filter(|text| !text.is_empty()),
                     trusted_proxies,
                     rate_limit_per_ip: at_least_one("web.rate_limit_per_ip", raw.rate_limit_per_ip, 20)?,
@@ -509,7 +557,21 @@ impl RawConfig {
                 .collect::<Result<_, _>>()?,
         };
 
-        Ok(Config { source: file.to_path_buf(), homeserver, registry, sync, watch, tokens, email, bot, web, alerts })
+        let recovery = self.recovery.validate(&ctx)?;
+
+        Ok(Config {
+            source: file.to_path_buf(),
+            homeserver,
+            registry,
+            sync,
+            watch,
+            tokens,
+            email,
+            bot,
+            web,
+            alerts,
+            recovery,
+        })
     }
 }
 

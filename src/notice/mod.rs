@@ -6,9 +6,6 @@
 //! except the postmortem, which is inserted already rendered and sanitized
 //! by [`markdown_to_safe_html`]. The Markdown version escapes what it
 //! interpolates, so a display name cannot inject Markdown or HTML.
-//!
-//! A notify run's emails come from [`EmailStencils`] (`stencil.rs`): each
-//! shape of the notice rendered once, then filled in per person.
 
 use std::borrow::Cow;
 use std::collections::HashSet;
@@ -17,8 +14,6 @@ use std::sync::LazyLock;
 use askama::Template;
 use pulldown_cmark::{CowStr, Event, Options, Parser, Tag, TagEnd};
 
-mod stencil;
-pub use stencil::EmailStencils;
 
 /// Everything a notice says, for one person.
 #[derive(Debug, Clone, Copy)]
@@ -45,11 +40,16 @@ pub struct NoticeContext<'a> {
     pub token_expires: Option<&'a str>,
     /// One-click unsubscribe link for the email footer.
     pub unsubscribe_url: Option<&'a str>,
+    /// lifeboat holds the person's lost ID for them.
+    pub id_held: bool,
+    /// Their personal link to take the held ID back (`/claim`).
+    pub claim_url: Option<&'a str>,
+    /// Their ID was registered again by someone lifeboat cannot vouch for.
+    pub id_taken: bool,
 }
 
 impl<'a> NoticeContext<'a> {
-    /// The values every notice of an incident shares, with no person's
-    /// (what [`EmailStencils::new`] reads).
+    /// The values every notice of an incident shares, with no person's.
     pub fn of_incident(
         server_name: &'a str,
         homeserver_url: &'a str,
@@ -69,6 +69,9 @@ impl<'a> NoticeContext<'a> {
             token: None,
             token_expires: None,
             unsubscribe_url: None,
+            id_held: false,
+            claim_url: None,
+            id_taken: false,
         }
     }
 }
@@ -115,6 +118,9 @@ struct NoticeView<'a> {
     token: Option<Cow<'a, str>>,
     token_expires: Option<Cow<'a, str>>,
     unsubscribe_url: Option<Cow<'a, str>>,
+    id_held: bool,
+    claim_url: Option<Cow<'a, str>>,
+    id_taken: bool,
     subject: String,
 }
 
@@ -136,6 +142,9 @@ struct PersonValues<'a> {
     token: Option<Cow<'a, str>>,
     token_expires: Option<Cow<'a, str>>,
     unsubscribe_url: Option<Cow<'a, str>>,
+    id_held: bool,
+    claim_url: Option<Cow<'a, str>>,
+    id_taken: bool,
 }
 
 /// Markdown-escaped versions of the view's values, for notice.md only.
@@ -149,6 +158,7 @@ struct MarkdownView {
     token: Option<String>,
     token_expires: Option<String>,
     unsubscribe_url: Option<String>,
+    claim_url: Option<String>,
 }
 
 impl MarkdownView {
@@ -163,6 +173,7 @@ impl MarkdownView {
             token: n.token.as_deref().map(markdown_code),
             token_expires: n.token_expires.as_deref().map(markdown_escape),
             unsubscribe_url: n.unsubscribe_url.as_deref().map(markdown_url),
+            claim_url: n.claim_url.as_deref().map(markdown_url),
         }
     }
 }
@@ -199,8 +210,7 @@ pub fn render_notice(ctx: &NoticeContext) -> Result<RenderedNotice, NoticeError>
 }
 
 /// The email's subject and its two parts: [`render_notice`] without the
-/// Matrix version. A notify run gets the same from [`EmailStencils`],
-/// without rendering the templates for every person.
+/// Matrix version.
 pub fn render_email_notice(ctx: &NoticeContext) -> Result<EmailNotice, NoticeError> {
     let view = NoticeView::new(ctx);
     Ok(EmailNotice {
@@ -247,6 +257,9 @@ impl<'a> NoticeView<'a> {
             token: person.token,
             token_expires: person.token_expires,
             unsubscribe_url: person.unsubscribe_url,
+            id_held: person.id_held,
+            claim_url: person.claim_url,
+            id_taken: person.id_taken,
             subject,
         }
     }
@@ -288,6 +301,12 @@ impl<'a> PersonValues<'a> {
                 .unsubscribe_url
                 .map(one_line)
                 .filter(|url| url.starts_with("https://") || url.starts_with("http://")),
+            id_held: ctx.id_held,
+            claim_url: ctx
+                .claim_url
+                .map(one_line)
+                .filter(|url| url.starts_with("https://") || url.starts_with("http://")),
+            id_taken: ctx.id_taken,
         }
     }
 }
@@ -404,6 +423,45 @@ mod tests {
             unsubscribe_url: Some("https://lifeboat.example.org/unsubscribe?c=17&sig=ab"),
             account_works: false,
             postmortem_html: None,
+            id_held: false,
+            claim_url: None,
+            id_taken: false,
+        }
+    }
+
+    const CLAIM: &str = "https://lifeboat.example.org/claim?account=%40alice%3Aexample.org&incident=1&hold=5&until=9&sig=ab";
+
+    #[test]
+    fn a_held_id_comes_with_its_claim_link_and_the_token_is_for_a_new_name() {
+        let ctx = NoticeContext { id_held: true, claim_url: Some(CLAIM), ..context() };
+        let notice = render_notice(&ctx).unwrap();
+        assert!(notice.text.contains(CLAIM), "{}", notice.text);
+        assert!(notice.markdown.contains(CLAIM), "{}", notice.markdown);
+        assert!(notice.html.contains(&CLAIM.replace('&', "&amp;")), "{}", notice.html);
+        for part in [&notice.text, &notice.html, &notice.markdown] {
+            assert!(part.contains("is kept for you"), "{part}");
+            assert!(part.contains("your old ID cannot be registered with it"), "{part}");
+            assert!(!part.contains("is yours again if it is still free"), "{part}");
+        }
+    }
+
+    #[test]
+    fn a_taken_id_is_named_as_taken_and_gets_no_claim_link() {
+        let notice = render_notice(&NoticeContext { id_taken: true, ..context() }).unwrap();
+        for part in [&notice.text, &notice.html, &notice.markdown] {
+            assert!(part.contains("registered again by someone we cannot"), "{part}");
+            assert!(!part.contains("/claim"), "{part}");
+            assert!(!part.contains("is yours again if it is still free"), "{part}");
+        }
+    }
+
+    #[test]
+    fn a_claim_link_that_is_not_a_web_address_is_left_out() {
+        let ctx = NoticeContext { id_held: true, claim_url: Some("javascript:alert(1)"), ..context() };
+        let notice = render_notice(&ctx).unwrap();
+        for part in [&notice.text, &notice.html, &notice.markdown] {
+            assert!(!part.contains("javascript:"), "{part}");
+            assert!(part.contains("Ask an admin"), "{part}");
         }
     }
 

@@ -1,36 +1,80 @@
 //! Accounts: never deleted; an account that vanishes from Synapse is marked
 //! missing, with the time it was first found missing.
+//!
+//! Who an ID belongs to now is one rule, [`STANDING_SQL`]: the listing's
+//! state (present, missing, deactivated), lifeboat's custody of a lost ID
+//! (held, claimed), and whether the ID was registered again by someone
+//! lifeboat cannot vouch for (recreated). Every query and every face reads
+//! it from there.
 
 use serde::Serialize;
 
 use super::{Registry, Result};
 use crate::reconcile::Known;
 
+/// Who an ID belongs to now (see [`STANDING_SQL`]).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
 #[serde(rename_all = "lowercase")]
 pub enum AccountState {
+    /// Listed by Synapse and its person's, as far as lifeboat knows.
     Present,
+    /// Not in the listing: lost.
     Missing,
+    /// Listed as deactivated.
     Deactivated,
+    /// Lost, then re-created and locked by lifeboat for its owner.
+    Held,
+    /// Handed back to its owner after a hold (or settled by an operator).
+    Claimed,
+    /// Registered again by someone lifeboat cannot vouch for: a stranger
+    /// until an operator settles it (`lifeboat holds claim`).
+    Recreated,
 }
 
 impl AccountState {
+    pub const ALL: [AccountState; 6] = [
+        AccountState::Present,
+        AccountState::Missing,
+        AccountState::Deactivated,
+        AccountState::Held,
+        AccountState::Claimed,
+        AccountState::Recreated,
+    ];
+
     pub fn as_str(self) -> &'static str {
         match self {
             AccountState::Present => "present",
             AccountState::Missing => "missing",
             AccountState::Deactivated => "deactivated",
+            AccountState::Held => "held",
+            AccountState::Claimed => "claimed",
+            AccountState::Recreated => "recreated",
         }
     }
 
-    fn parse(text: &str) -> AccountState {
-        match text {
-            "missing" => AccountState::Missing,
-            "deactivated" => AccountState::Deactivated,
-            _ => AccountState::Present,
-        }
+    pub(crate) fn parse(text: &str) -> AccountState {
+        AccountState::ALL.into_iter().find(|state| state.as_str() == text).unwrap_or(AccountState::Present)
+    }
+
+    /// Is the account on Synapse now its registry person's, so that what
+    /// arrives from it (a DM, a form naming it) speaks for that person?
+    pub fn is_its_persons(self) -> bool {
+        matches!(self, AccountState::Present | AccountState::Claimed)
     }
 }
+
+/// The one rule for an account's [`AccountState`], as an SQL expression
+/// over `accounts` aliased `a` (it holds no comma, so it can sit in a
+/// column list that is split on commas). A deactivated listing wins; then
+/// lifeboat's custody (a hold being made counts as held); then a recreated
+/// ID stays recreated, whatever later syncs see, until an operator settles
+/// it.
+pub const STANDING_SQL: &str = "CASE WHEN a.state = 'deactivated' THEN 'deactivated' \
+     WHEN a.custody = 'holding' OR a.custody = 'held' THEN 'held' \
+     WHEN a.state = 'missing' THEN 'missing' \
+     WHEN a.custody = 'claimed' THEN 'claimed' \
+     WHEN a.recreated_at IS NOT NULL THEN 'recreated' \
+     ELSE 'present' END";
 
 #[derive(Debug, Clone, Serialize)]
 pub struct Account {
@@ -48,10 +92,28 @@ pub struct Account {
     pub missing_since: Option<i64>,
     pub recreated_at: Option<i64>,
     pub details_fetched_at: Option<i64>,
+    /// When lifeboat's custody last changed (held: the hold's identity).
+    pub custody_at: Option<i64>,
+}
+
+impl Account {
+    /// May this account's person be handed a way back in (a registration
+    /// token, a claim link)? Not when an admin had locked or deactivated the
+    /// account before it was lost: lifeboat does not undo an admin's
+    /// decision. The one rule for every face: notices, `/token`, the bot.
+    pub fn may_come_back(&self) -> bool {
+        may_come_back(self.locked, self.deactivated)
+    }
+}
+
+/// [`Account::may_come_back`] from the two flags, where no whole account is
+/// at hand (a delivery being rendered).
+pub fn may_come_back(locked_by_admin: bool, deactivated: bool) -> bool {
+    !locked_by_admin && !deactivated
 }
 
 #[derive(sqlx::FromRow)]
-struct AccountRow {
+pub(super) struct AccountRow {
     user_id: String,
     display_name: Option<String>,
     admin: i64,
@@ -66,6 +128,7 @@ struct AccountRow {
     missing_since: Option<i64>,
     recreated_at: Option<i64>,
     details_fetched_at: Option<i64>,
+    custody_at: Option<i64>,
 }
 
 impl From<AccountRow> for Account {
@@ -85,43 +148,52 @@ impl From<AccountRow> for Account {
             missing_since: row.missing_since,
             recreated_at: row.recreated_at,
             details_fetched_at: row.details_fetched_at,
+            custody_at: row.custody_at,
         }
     }
 }
 
-/// The `SELECT` list of an [`AccountRow`], as a literal for `concat!`.
-macro_rules! account_columns {
-    () => {
-        "user_id, display_name, admin, deactivated, locked, is_guest, user_type, synapse_created_at, \
-         first_seen_at, last_seen_present_at, state, missing_since, recreated_at, details_fetched_at"
-    };
+/// The `SELECT` list of an [`AccountRow`], its state the standing.
+pub(super) fn account_columns() -> String {
+    format!(
+        "a.user_id, a.display_name, a.admin, a.deactivated, a.locked, a.is_guest, a.user_type, \
+         a.synapse_created_at, a.first_seen_at, a.last_seen_present_at, {STANDING_SQL} AS state, \
+         a.missing_since, a.recreated_at, a.details_fetched_at, a.custody_at"
+    )
 }
 
 impl Registry {
     pub async fn account(&self, user_id: &str) -> Result<Option<Account>> {
         let row: Option<AccountRow> =
-            sqlx::query_as(concat!("SELECT ", account_columns!(), " FROM accounts WHERE user_id = $1"))
+            sqlx::query_as(sqlx::AssertSqlSafe(format!("SELECT {} FROM accounts a WHERE a.user_id = $1", account_columns())))
                 .bind(user_id)
                 .fetch_optional(&self.pool)
                 .await?;
         Ok(row.map(Account::from))
     }
 
+    /// Is `user_id` an ID of this homeserver that someone lifeboat cannot
+    /// vouch for registered again (a [`AccountState::Recreated`])? Such an
+    /// account is a stranger on every face: what it sends is not its
+    /// registry person's, and nothing of theirs is given to it.
+    pub async fn is_stranger(&self, user_id: &str) -> Result<bool> {
+        Ok(self.account(user_id).await?.is_some_and(|account| account.state == AccountState::Recreated))
+    }
+
     /// Accounts in user-ID order, optionally only those in `state`.
     pub async fn accounts(&self, state: Option<AccountState>) -> Result<Vec<Account>> {
         let rows: Vec<AccountRow> = match state {
             Some(state) => {
-                sqlx::query_as(concat!(
-                    "SELECT ",
-                    account_columns!(),
-                    " FROM accounts WHERE state = $1 ORDER BY user_id"
-                ))
+                sqlx::query_as(sqlx::AssertSqlSafe(format!(
+                    "SELECT {} FROM accounts a WHERE {STANDING_SQL} = $1 ORDER BY a.user_id",
+                    account_columns()
+                )))
                 .bind(state.as_str())
                 .fetch_all(&self.pool)
                 .await?
             }
             None => {
-                sqlx::query_as(concat!("SELECT ", account_columns!(), " FROM accounts ORDER BY user_id"))
+                sqlx::query_as(sqlx::AssertSqlSafe(format!("SELECT {} FROM accounts a ORDER BY a.user_id", account_columns())))
                     .fetch_all(&self.pool)
                     .await?
             }
@@ -131,10 +203,19 @@ impl Registry {
 
     /// What reconciliation needs of every known account, sorted bytewise by ID.
     pub async fn known_accounts(&self) -> Result<Vec<Known>> {
-        let rows: Vec<(String, Option<i64>)> =
-            sqlx::query_as("SELECT user_id, synapse_created_at FROM accounts").fetch_all(&self.pool).await?;
-        let mut known: Vec<Known> =
-            rows.into_iter().map(|(user_id, created_at_ms)| Known { user_id, created_at_ms }).collect();
+        let rows: Vec<(String, Option<i64>, String)> = sqlx::query_as(sqlx::AssertSqlSafe(format!(
+            "SELECT a.user_id, a.synapse_created_at, {STANDING_SQL} FROM accounts a"
+        )))
+        .fetch_all(&self.pool)
+        .await?;
+        let mut known: Vec<Known> = rows
+            .into_iter()
+            .map(|(user_id, created_at_ms, state)| Known {
+                user_id,
+                created_at_ms,
+                standing: AccountState::parse(&state),
+            })
+            .collect();
         // Sorted here, not by SQL, so the order never depends on a collation.
         known.sort_unstable_by(|a, b| a.user_id.cmp(&b.user_id));
         Ok(known)

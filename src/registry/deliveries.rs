@@ -12,7 +12,7 @@ use serde::{Deserialize, Serialize};
 use sqlx::Any;
 use sqlx::pool::PoolConnection;
 
-use super::{Registry, Result, now_ms};
+use super::{Registry, Result, STANDING_SQL, now_ms};
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
 #[serde(rename_all = "lowercase")]
@@ -54,8 +54,14 @@ pub struct Delivery {
     pub display_name: Option<String>,
     /// Set when the account's ID was registered again (maybe by someone else).
     pub recreated_at: Option<i64>,
-    /// The account's state in the registry: present, missing, deactivated.
+    /// Who the account's ID belongs to now (an `AccountState`).
     pub account_state: String,
+    /// When lifeboat's custody last changed: for a held ID, the hold a
+    /// claim link names.
+    pub held_at: Option<i64>,
+    /// An admin had locked or deactivated the account before it was lost.
+    pub locked: i64,
+    pub deactivated: i64,
     pub contact_id: Option<i64>,
     pub opted_out_at: Option<i64>,
     pub token: Option<String>,
@@ -77,9 +83,13 @@ pub struct PlannedEmails {
 }
 
 /// The columns of a [`Delivery`], as `due_deliveries` reads them.
-const DUE_COLUMNS: &str = "d.id, d.incident_id, d.user_id, d.channel, d.address, d.attempts, d.next_attempt_at, \
-     a.display_name, a.recreated_at, a.state AS account_state, \
-     c.id AS contact_id, c.opted_out_at, t.token, t.expires_at AS token_expires_at";
+static DUE_COLUMNS: LazyLock<String> = LazyLock::new(|| {
+    format!(
+        "d.id, d.incident_id, d.user_id, d.channel, d.address, d.attempts, d.next_attempt_at, \
+         a.display_name, a.recreated_at, {STANDING_SQL} AS account_state, a.custody_at AS held_at, a.locked, \
+         a.deactivated, c.id AS contact_id, c.opted_out_at, t.token, t.expires_at AS token_expires_at"
+    )
+});
 
 /// The next due deliveries of one channel, along the pending-only index.
 const DUE_ROWS: &str = "FROM deliveries d \
@@ -98,13 +108,18 @@ const DUE_ROWS: &str = "FROM deliveries d \
 /// the task through a channel of 50, waking one or the other every few
 /// rows, which cost more than the query; one row of JSON costs one hand-off.
 static DUE_DELIVERIES_SQLITE: LazyLock<String> = LazyLock::new(|| {
-    format!("SELECT json_group_array(json_object({})) FROM (SELECT {DUE_COLUMNS} {DUE_ROWS}) x", json_fields("x"))
+    format!(
+        "SELECT json_group_array(json_object({})) FROM (SELECT {} {DUE_ROWS}) x",
+        json_fields("x"),
+        *DUE_COLUMNS
+    )
 });
 
 static DUE_DELIVERIES_POSTGRES: LazyLock<String> = LazyLock::new(|| {
     format!(
-        "SELECT COALESCE(json_agg(json_build_object({}))::TEXT, '[]') FROM (SELECT {DUE_COLUMNS} {DUE_ROWS}) x",
-        json_fields("x")
+        "SELECT COALESCE(json_agg(json_build_object({}))::TEXT, '[]') FROM (SELECT {} {DUE_ROWS}) x",
+        json_fields("x"),
+        *DUE_COLUMNS
     )
 });
 
@@ -146,13 +161,13 @@ impl Registry {
     /// `sender` (lifeboat's own account) never gets one.
     pub async fn plan_matrix_deliveries(&self, incident_id: i64, sender: &str) -> Result<u64> {
         let now = now_ms();
-        let survivors = sqlx::query(
+        let survivors = sqlx::query(sqlx::AssertSqlSafe(format!(
             "INSERT INTO deliveries (incident_id, user_id, channel, address, state, next_attempt_at, created_at) \
              SELECT ia.incident_id, a.user_id, 'matrix', a.user_id, 'pending', $2, $2 \
              FROM incident_accounts ia JOIN accounts a ON a.user_id = ia.user_id \
-             WHERE ia.incident_id = $1 AND a.state = 'present' AND a.recreated_at IS NULL AND a.user_id <> $3 \
-             ON CONFLICT (incident_id, user_id, channel, address) DO NOTHING",
-        )
+             WHERE ia.incident_id = $1 AND {STANDING_SQL} IN ('present', 'claimed') AND a.user_id <> $3 \
+             ON CONFLICT (incident_id, user_id, channel, address) DO NOTHING"
+        )))
         .bind(incident_id)
         .bind(now)
         .bind(sender)
@@ -198,13 +213,13 @@ impl Registry {
 
     /// How many DMs `plan_matrix_deliveries` would create.
     pub async fn planned_dms(&self, incident_id: i64, sender: &str) -> Result<i64> {
-        let (count,): (i64,) = sqlx::query_as(
+        let (count,): (i64,) = sqlx::query_as(sqlx::AssertSqlSafe(format!(
             "SELECT (SELECT COUNT(*) FROM incident_accounts ia JOIN accounts a ON a.user_id = ia.user_id \
-                     WHERE ia.incident_id = $1 AND a.state = 'present' AND a.recreated_at IS NULL \
+                     WHERE ia.incident_id = $1 AND {STANDING_SQL} IN ('present', 'claimed') \
                        AND a.user_id <> $2) \
                   + (SELECT COUNT(*) FROM incident_accounts ia JOIN contacts c ON c.user_id = ia.user_id \
-                     WHERE ia.incident_id = $1 AND c.kind = 'matrix' AND c.opted_out_at IS NULL)",
-        )
+                     WHERE ia.incident_id = $1 AND c.kind = 'matrix' AND c.opted_out_at IS NULL)"
+        )))
         .bind(incident_id)
         .bind(sender)
         .fetch_one(&self.pool)
@@ -342,18 +357,20 @@ impl Registry {
 
 impl Registry {
     /// Every email an incident's notify would send, for a dry run:
-    /// (user ID, display name, address, contact id, account state, recreated at).
+    /// (user ID, display name, address, contact id, account state, recreated at,
+    /// held at, locked, deactivated).
     #[allow(clippy::type_complexity)]
     pub async fn email_recipients(
         &self,
         incident_id: i64,
-    ) -> Result<Vec<(String, Option<String>, String, i64, String, Option<i64>)>> {
-        Ok(sqlx::query_as(
-            "SELECT a.user_id, a.display_name, c.address, c.id, a.state, a.recreated_at FROM incident_accounts ia \
-             JOIN accounts a ON a.user_id = ia.user_id \
+    ) -> Result<Vec<(String, Option<String>, String, i64, String, Option<i64>, Option<i64>, i64, i64)>> {
+        Ok(sqlx::query_as(sqlx::AssertSqlSafe(format!(
+            "SELECT a.user_id, a.display_name, c.address, c.id, {STANDING_SQL}, a.recreated_at, a.custody_at, \
+                    a.locked, a.deactivated \
+             FROM incident_accounts ia JOIN accounts a ON a.user_id = ia.user_id \
              JOIN contacts c ON c.user_id = ia.user_id AND c.kind = 'email' AND c.opted_out_at IS NULL \
-             WHERE ia.incident_id = $1 ORDER BY a.user_id, c.address",
-        )
+             WHERE ia.incident_id = $1 ORDER BY a.user_id, c.address"
+        )))
         .bind(incident_id)
         .fetch_all(&self.pool)
         .await?)

@@ -3,7 +3,8 @@
 
 use serde::Serialize;
 
-use super::{Actor, DeliveryCounts, Error, Registry, Result, now_ms};
+use super::accounts::{AccountRow, account_columns};
+use super::{Account, Actor, DeliveryCounts, Error, HoldCounts, Registry, Result, STANDING_SQL, now_ms};
 
 #[derive(Debug, Clone, Serialize, sqlx::FromRow)]
 pub struct Incident {
@@ -27,6 +28,8 @@ pub struct IncidentSummary {
     pub reachable_by_matrix: i64,
     pub unreachable: i64,
     pub tokens: i64,
+    /// Held, claimed and taken IDs among the affected.
+    pub holds: HoldCounts,
     pub deliveries: DeliveryCounts,
 }
 
@@ -54,10 +57,15 @@ const TOKEN_COLUMNS: &str =
     "id, token, incident_id, user_id, purpose, created_at, expires_at, confirmed_at, revoked_at";
 
 /// Who counts as affected when an incident opens with scope `missing`:
-/// accounts marked missing, and recreated accounts (someone else may hold
-/// the ID) that no earlier incident covered.
-const AFFECTED_MISSING: &str = "state = 'missing' OR (recreated_at IS NOT NULL AND NOT EXISTS \
-     (SELECT 1 FROM incident_accounts earlier WHERE earlier.user_id = accounts.user_id))";
+/// accounts lost (missing, or held by lifeboat for their owner), and
+/// recreated accounts (someone else may hold the ID) that no earlier
+/// incident covered.
+fn affected_missing() -> String {
+    format!(
+        "{STANDING_SQL} IN ('missing', 'held') OR ({STANDING_SQL} = 'recreated' AND NOT EXISTS \
+         (SELECT 1 FROM incident_accounts earlier WHERE earlier.user_id = a.user_id))"
+    )
+}
 
 impl Registry {
     /// Opens an incident and snapshots its affected accounts; refuses when
@@ -79,10 +87,10 @@ impl Registry {
         .bind(now_ms())
         .fetch_one(&mut *tx)
         .await?;
-        let filter = if scope == "all" { "1 = 1" } else { AFFECTED_MISSING };
+        let filter = if scope == "all" { "1 = 1".to_owned() } else { affected_missing() };
         let affected = sqlx::query(sqlx::AssertSqlSafe(format!(
             "INSERT INTO incident_accounts (incident_id, user_id, state_at_opening) \
-             SELECT $1, user_id, state FROM accounts WHERE {filter}"
+             SELECT $1, a.user_id, {STANDING_SQL} FROM accounts a WHERE {filter}"
         )))
         .bind(id)
         .execute(&mut *tx)
@@ -136,7 +144,7 @@ impl Registry {
     /// `service` account) and people with a Matrix-ID contact.
     pub async fn incident_summary(&self, id: i64, service: &str) -> Result<IncidentSummary> {
         let incident = self.require_incident(id).await?;
-        let (affected, by_email, by_matrix, unreachable, tokens): (i64, i64, i64, i64, i64) = sqlx::query_as(
+        let (affected, by_email, by_matrix, unreachable, tokens): (i64, i64, i64, i64, i64) = sqlx::query_as(sqlx::AssertSqlSafe(format!(
             "SELECT COUNT(*), \
                     COALESCE(SUM(CASE WHEN has_email THEN 1 ELSE 0 END), 0), \
                     COALESCE(SUM(CASE WHEN on_matrix THEN 1 ELSE 0 END), 0), \
@@ -144,12 +152,12 @@ impl Registry {
                     (SELECT COUNT(*) FROM registration_tokens WHERE incident_id = $1) \
              FROM (SELECT EXISTS (SELECT 1 FROM contacts c WHERE c.user_id = ia.user_id AND c.kind = 'email' \
                                   AND c.opted_out_at IS NULL) AS has_email, \
-                          ((a.state = 'present' AND a.recreated_at IS NULL AND a.user_id <> $2) \
+                          (({STANDING_SQL} IN ('present', 'claimed') AND a.user_id <> $2) \
                            OR EXISTS (SELECT 1 FROM contacts m WHERE m.user_id = ia.user_id AND m.kind = 'matrix' \
                                       AND m.opted_out_at IS NULL)) AS on_matrix \
                    FROM incident_accounts ia JOIN accounts a ON a.user_id = ia.user_id \
-                   WHERE ia.incident_id = $1) people",
-        )
+                   WHERE ia.incident_id = $1) people"
+        )))
         .bind(id)
         .bind(service)
         .fetch_one(&self.pool)
@@ -161,6 +169,7 @@ impl Registry {
             reachable_by_matrix: by_matrix,
             unreachable,
             tokens,
+            holds: self.incident_hold_counts(id).await?,
             deliveries: self.delivery_counts(id).await?,
         })
     }
@@ -183,24 +192,24 @@ impl Registry {
         Ok(())
     }
 
-    /// Affected accounts that need a notice token and have none yet: those
-    /// whose account is gone (missing) or held by someone else (recreated).
-    /// Never for accounts an admin had deactivated or locked, nor for
-    /// lifeboat's own account (`service`).
-    pub async fn accounts_needing_notice_token(&self, incident_id: i64, service: &str) -> Result<Vec<String>> {
-        let rows: Vec<(String,)> = sqlx::query_as(
-            "SELECT ia.user_id FROM incident_accounts ia JOIN accounts a ON a.user_id = ia.user_id \
-             WHERE ia.incident_id = $1 AND (a.state = 'missing' OR a.recreated_at IS NOT NULL) \
-               AND a.deactivated = 0 AND a.locked = 0 AND a.user_id <> $2 \
+    /// Affected accounts without a notice token whose person has lost the
+    /// use of their ID: gone (missing), held for them by lifeboat, or held
+    /// by someone else (recreated); never lifeboat's own account
+    /// (`service`). Whether each may have one is `Account::may_come_back`.
+    pub async fn accounts_without_notice_token(&self, incident_id: i64, service: &str) -> Result<Vec<Account>> {
+        let rows: Vec<AccountRow> = sqlx::query_as(sqlx::AssertSqlSafe(format!(
+            "SELECT {} FROM incident_accounts ia JOIN accounts a ON a.user_id = ia.user_id \
+             WHERE ia.incident_id = $1 AND {STANDING_SQL} IN ('missing', 'held', 'recreated') AND a.user_id <> $2 \
                AND NOT EXISTS (SELECT 1 FROM registration_tokens t WHERE t.incident_id = ia.incident_id \
                                AND t.user_id = ia.user_id AND t.purpose = 'notice') \
              ORDER BY ia.user_id",
-        )
+            account_columns()
+        )))
         .bind(incident_id)
         .bind(service)
         .fetch_all(&self.pool)
         .await?;
-        Ok(rows.into_iter().map(|(id,)| id).collect())
+        Ok(rows.into_iter().map(Account::from).collect())
     }
 
     /// Gives tokens not yet created in Synapse a fresh expiry: one recorded
@@ -275,6 +284,19 @@ impl Registry {
         .fetch_one(&self.pool)
         .await?;
         Ok(count)
+    }
+
+    /// Is incident `id` open, and does it affect `user_id`?
+    pub async fn incident_open_for(&self, id: i64, user_id: &str) -> Result<bool> {
+        let row: Option<(i64,)> = sqlx::query_as(
+            "SELECT i.id FROM incidents i JOIN incident_accounts ia ON ia.incident_id = i.id \
+             WHERE i.id = $1 AND ia.user_id = $2 AND i.resolved_at IS NULL",
+        )
+        .bind(id)
+        .bind(user_id)
+        .fetch_optional(&self.pool)
+        .await?;
+        Ok(row.is_some())
     }
 
     /// The newest open incident that affects `user_id`, if any.

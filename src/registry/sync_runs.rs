@@ -8,6 +8,7 @@ use serde::Serialize;
 use super::{Actor, Registry, Result, now_ms};
 use crate::email::EmailAddress;
 use crate::reconcile::{Known, Listed, Report, ReportBuilder};
+use crate::registry::accounts::{AccountState, STANDING_SQL};
 use crate::synapse::ListedUser;
 
 /// Rows per multi-row INSERT: far below every backend's bind-variable limit.
@@ -122,22 +123,27 @@ impl Registry {
 
         let mut report = ReportBuilder::default();
         {
-            let mut pairs = sqlx::query_as::<_, PairRow>(
+            let mut pairs = sqlx::query_as::<_, PairRow>(sqlx::AssertSqlSafe(format!(
                 // A full outer join written as two index lookups: SQLite
                 // plans the FULL OUTER JOIN form as a nested loop (quadratic).
                 "SELECT a.user_id AS known_id, a.synapse_created_at AS known_created, \
+                        {STANDING_SQL} AS known_standing, \
                         s.user_id AS listed_id, s.deactivated AS listed_deactivated, \
                         s.synapse_created_at AS listed_created \
                  FROM accounts a LEFT JOIN listing_stage s ON s.run_id = $1 AND s.user_id = a.user_id \
                  UNION ALL \
-                 SELECT NULL, NULL, s.user_id, s.deactivated, s.synapse_created_at \
+                 SELECT NULL, NULL, NULL, s.user_id, s.deactivated, s.synapse_created_at \
                  FROM listing_stage s WHERE s.run_id = $1 \
-                   AND NOT EXISTS (SELECT 1 FROM accounts a WHERE a.user_id = s.user_id)",
-            )
+                   AND NOT EXISTS (SELECT 1 FROM accounts a WHERE a.user_id = s.user_id)"
+            )))
             .bind(run_id)
             .fetch(&mut *tx);
             while let Some(pair) = pairs.try_next().await? {
-                let known = pair.known_id.map(|user_id| Known { user_id, created_at_ms: pair.known_created });
+                let known = pair.known_id.map(|user_id| Known {
+                    user_id,
+                    created_at_ms: pair.known_created,
+                    standing: AccountState::parse(pair.known_standing.as_deref().unwrap_or_default()),
+                });
                 let listed = pair.listed_id.map(|user_id| Listed {
                     user_id,
                     deactivated: pair.listed_deactivated.unwrap_or(0) != 0,
@@ -148,17 +154,23 @@ impl Registry {
         }
         let report = report.finish(loss_threshold);
 
+        // Registered again by someone else: never an account lifeboat made
+        // (a hold), and a claimed ID registered again after a second loss
+        // is a stranger's too. Seconds, as `reconcile::registered_again`.
         sqlx::query(
-            "UPDATE accounts SET recreated_at = $2 \
-             WHERE EXISTS (SELECT 1 FROM listing_stage s WHERE s.run_id = $1 AND s.user_id = accounts.user_id \
-                           AND s.synapse_created_at > accounts.synapse_created_at)",
+            "UPDATE accounts SET recreated_at = $2, custody = NULL, custody_at = NULL \
+             WHERE (custody IS NULL OR custody = 'claimed') \
+               AND EXISTS (SELECT 1 FROM listing_stage s WHERE s.run_id = $1 AND s.user_id = accounts.user_id \
+                           AND s.synapse_created_at / 1000 > accounts.synapse_created_at / 1000)",
         )
         .bind(run_id)
         .bind(now)
         .execute(&mut *tx)
         .await?;
+        // An account lost again (a second wipe) loses its hold or claim
+        // with it: it is held anew.
         let newly_missing = sqlx::query(
-            "UPDATE accounts SET state = 'missing', missing_since = $2 \
+            "UPDATE accounts SET state = 'missing', missing_since = $2, custody = NULL, custody_at = NULL \
              WHERE state <> 'missing' \
                AND NOT EXISTS (SELECT 1 FROM listing_stage s WHERE s.run_id = $1 AND s.user_id = accounts.user_id)",
         )
@@ -175,7 +187,9 @@ impl Registry {
              FROM listing_stage WHERE run_id = $1 \
              ON CONFLICT (user_id) DO UPDATE SET \
                  display_name = excluded.display_name, admin = excluded.admin, \
-                 deactivated = excluded.deactivated, locked = excluded.locked, is_guest = excluded.is_guest, \
+                 deactivated = excluded.deactivated, is_guest = excluded.is_guest, \
+                 locked = CASE WHEN accounts.custody IN ('holding', 'held') THEN accounts.locked \
+                               ELSE excluded.locked END, \
                  user_type = excluded.user_type, synapse_created_at = excluded.synapse_created_at, \
                  last_seen_present_at = excluded.last_seen_present_at, state = excluded.state, \
                  missing_since = NULL",
@@ -329,6 +343,7 @@ impl Registry {
 struct PairRow {
     known_id: Option<String>,
     known_created: Option<i64>,
+    known_standing: Option<String>,
     listed_id: Option<String>,
     listed_deactivated: Option<i64>,
     listed_created: Option<i64>,

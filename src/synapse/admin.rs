@@ -175,7 +175,7 @@ impl SynapseClient {
         }
     }
 
-    fn without_retries(&self) -> SynapseClient {
+    pub(super) fn without_retries(&self) -> SynapseClient {
         SynapseClient { retries: 0, ..self.clone() }
     }
 }

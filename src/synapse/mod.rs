@@ -4,6 +4,7 @@
 //! network failures. The admin token lives only in a `SecretString` and a
 //! header marked sensitive; it never reaches a log line or an error.
 
+mod accounts;
 mod admin;
 mod error;
 mod types;
@@ -17,6 +18,7 @@ use serde::de::DeserializeOwned;
 use sha2::{Digest, Sha256};
 use url::Url;
 
+pub use accounts::{Creation, HeldProfile};
 pub use admin::{Registered, RegistrationToken, SharedSecretError, Whoami};
 pub use error::Error;
 pub use types::{ListedUser, ThreePid, UserDetails, UsersPage};
@@ -133,8 +135,21 @@ impl SynapseClient {
         body: Option<&serde_json::Value>,
         authenticated: bool,
     ) -> Result<T, Error> {
+        self.request_json_status(method, path, query, body, authenticated).await.map(|(_, parsed)| parsed)
+    }
+
+    /// [`Self::request_json`], with the success status (201 Created tells
+    /// a new account from an existing one).
+    async fn request_json_status<T: DeserializeOwned>(
+        &self,
+        method: Method,
+        path: &str,
+        query: &[(&str, &str)],
+        body: Option<&serde_json::Value>,
+        authenticated: bool,
+    ) -> Result<(StatusCode, T), Error> {
         let url = self.url(path);
-        let body = self
+        let (status, body) = self
             .send(|| {
                 let mut request = self.http.request(method.clone(), url.clone()).query(query);
                 if let Some(body) = body {
@@ -144,10 +159,11 @@ impl SynapseClient {
             })
             .await?;
         let body: &[u8] = if body.is_empty() { b"{}" } else { &body };
-        serde_json::from_slice(body).map_err(|err| Error::BadResponse {
+        let parsed = serde_json::from_slice(body).map_err(|err| Error::BadResponse {
             url: self.base.to_string(),
             detail: format!("the JSON from {path} did not parse ({err})"),
-        })
+        })?;
+        Ok((status, parsed))
     }
 
     fn authorize(&self, request: RequestBuilder) -> RequestBuilder {
@@ -170,15 +186,18 @@ impl SynapseClient {
     }
 
     /// Sends, retrying transient failures (also while reading the body)
-    /// with backoff; returns the body of a 2xx.
-    async fn send(&self, build: impl Fn() -> RequestBuilder) -> Result<bytes::Bytes, Error> {
+    /// with backoff; returns the status and body of a 2xx.
+    async fn send(&self, build: impl Fn() -> RequestBuilder) -> Result<(StatusCode, bytes::Bytes), Error> {
         let mut attempt = 0;
         loop {
             let err = match build().send().await {
-                Ok(response) if response.status().is_success() => match response.bytes().await {
-                    Ok(body) => return Ok(body),
-                    Err(err) => self.unavailable(err),
-                },
+                Ok(response) if response.status().is_success() => {
+                    let status = response.status();
+                    match response.bytes().await {
+                        Ok(body) => return Ok((status, body)),
+                        Err(err) => self.unavailable(err),
+                    }
+                }
                 Ok(response) => self.error_from(response).await,
                 Err(err) => self.unavailable(err),
             };

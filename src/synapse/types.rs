@@ -85,7 +85,7 @@ fn lenient_bool<'de, D: Deserializer<'de>>(deserializer: D) -> Result<bool, D::E
     })
 }
 
-fn lenient_i64<'de, D: Deserializer<'de>>(deserializer: D) -> Result<Option<i64>, D::Error> {
+pub(super) fn lenient_i64<'de, D: Deserializer<'de>>(deserializer: D) -> Result<Option<i64>, D::Error> {
     Ok(match Option::<Loose>::deserialize(deserializer)? {
         Some(Loose::Int(value)) => Some(value),
         Some(Loose::Float(value)) => Some(value as i64),

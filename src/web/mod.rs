@@ -7,6 +7,7 @@
 //! rate limits), `signing` (mailed links), `pages` (templates and the error
 //! page), then one module per page.
 
+mod claim;
 mod guard;
 mod links;
 mod mail;
@@ -82,6 +83,7 @@ pub fn router(state: WebState) -> Router {
     Router::new()
         .route("/", get(status::page))
         .route("/style.css", get(pages::stylesheet))
+        .route("/claim", get(claim::page).post(claim::claim))
         .route("/token", get(token::form).post(token::request))
         .route("/token/open", get(token::confirm).post(token::open))
         .route("/subscribe", get(subscribe::form).post(subscribe::request))

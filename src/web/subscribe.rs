@@ -117,7 +117,9 @@ async fn start(
     email: EmailAddress,
 ) -> Result<(), WebError> {
     let known = state.registry.account(user_id.as_str()).await?;
-    if !known.is_some_and(|account| account.state == crate::registry::AccountState::Present) {
+    // Only an account that is its registry person's (never one a stranger
+    // registered again, nor one held for its owner) takes new contacts.
+    if !known.is_some_and(|account| account.state.is_its_persons()) {
         return Ok(());
     }
     let code = format!("{:08}", rand::rng().random_range(0..100_000_000u32));

@@ -17,8 +17,9 @@ use super::links::{LinkKind, LinkQuery};
 use super::pages::{self, Chrome, Message, WebError};
 use super::{WebState, mail, signing};
 use crate::email::EmailAddress;
+use crate::holds::{WayBack, way_back};
 use crate::recover::AdminAccess;
-use crate::registry::{MailableContact, format_time, now_ms};
+use crate::registry::{AccountState, MailableContact, format_time, now_ms};
 use crate::user_id::UserId;
 
 pub const PURPOSE: &str = "token";
@@ -134,28 +135,49 @@ pub async fn request(
 
 async fn mail_links(state: &WebState, target: Target, key: &secrecy::SecretString) -> Result<(), WebError> {
     let contacts: Vec<MailableContact> = match &target {
-        Target::Account(id) => state.registry.mailable_contacts_of(id.as_str()).await?,
+        // An ID someone else registered again is a stranger: a form naming
+        // it gets nothing (its person can still name their email address).
+        Target::Account(id) => match state.registry.account(id.as_str()).await? {
+            Some(account) if account.state != AccountState::Recreated => {
+                state.registry.mailable_contacts_of(id.as_str()).await?
+            }
+            _ => Vec::new(),
+        },
         Target::Email(address) => state.registry.mailable_contacts_by_address(address.as_str()).await?,
     };
+    let server_name = &state.config.homeserver.server_name;
     for contact in contacts {
-        if state.registry.open_incident_affecting(&contact.user_id).await?.is_none() {
-            continue;
-        }
-        let id = signing::new_link_id();
-        let expires_at = now_ms() + LINK_VALID.as_millis() as i64;
-        state.registry.create_web_link(&id, PURPOSE, &contact.user_id, &contact.address, None, expires_at).await?;
-        let url = signing::link_url(&state.web().public_url, key, "/token/open", PURPOSE, &id);
-        let email = mail::LinkEmail {
-            subject: format!("Your link to a registration token for {}", state.config.homeserver.server_name),
-            intro: format!(
-                "Someone (we hope you) asked for a registration token for {} on {}. Open this link to see your token:",
-                contact.user_id, state.config.homeserver.server_name
-            ),
-            action: "Show my registration token".to_owned(),
-            url,
+        let email = match way_back(&state.config, &state.registry, &contact.user_id, LINK_VALID).await? {
+            WayBack::Nothing(_) => continue,
+            WayBack::Claim(link) => mail::LinkEmail {
+                subject: format!("Your link to take back your Matrix ID on {server_name}"),
+                intro: format!(
+                    "Someone (we hope you) asked for a way back into {} on {server_name}. The ID is kept for you: open this link to choose a new password and take it back (the link works once, for 30 minutes):",
+                    contact.user_id
+                ),
+                action: "Take back my Matrix ID".to_owned(),
+                url: link.url(&state.web().public_url, key),
+            },
+            WayBack::Token { .. } => {
+                let id = signing::new_link_id();
+                let expires_at = now_ms() + LINK_VALID.as_millis() as i64;
+                state
+                    .registry
+                    .create_web_link(&id, PURPOSE, &contact.user_id, &contact.address, None, expires_at)
+                    .await?;
+                mail::LinkEmail {
+                    subject: format!("Your link to a registration token for {server_name}"),
+                    intro: format!(
+                        "Someone (we hope you) asked for a registration token for {} on {server_name}. Open this link to see your token:",
+                        contact.user_id
+                    ),
+                    action: "Show my registration token".to_owned(),
+                    url: signing::link_url(&state.web().public_url, key, "/token/open", PURPOSE, &id),
+                }
+            }
         };
         mail::send(state, &contact.address, email).await?;
-        tracing::info!(user_id = %contact.user_id, "token request link mailed");
+        tracing::info!(user_id = %contact.user_id, "way-back link mailed");
     }
     Ok(())
 }
@@ -194,14 +216,20 @@ async fn show_token(state: &WebState, link: &str, sig: &str) -> Result<Response,
         return Ok(LINK.dead(state));
     }
     let user_id = found.user_id;
-    let Some(incident) = state.registry.open_incident_affecting(&user_id).await? else {
+    // Checked again at use: the account may have changed hands or been
+    // claimed since the link was mailed.
+    let Some(incident) = (match way_back(&state.config, &state.registry, &user_id, LINK_VALID).await? {
+        WayBack::Token { incident } => Some(incident),
+        _ => None,
+    }) else {
         let page = Message::new(
             state,
-            "The incident is over",
+            "No token from this link",
             &[
-                "The incident that affected your account has been resolved, so tokens are no longer handed out here. Please contact the admin.",
+                "This link no longer gives a registration token: the incident was resolved, or your account's situation changed since (for example, your Matrix ID is now kept for you). Ask again for a link, or contact the admin.",
             ],
-        );
+        )
+        .next("/token", "Ask again");
         return Ok(pages::html(StatusCode::OK, &page));
     };
     let client = match crate::recover::admin_access(&state.config, &state.registry).await? {

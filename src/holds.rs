@@ -1,0 +1,334 @@
+//! Holding lost IDs for their owners.
+//!
+//! After a wipe any registration token, or anyone while registration is
+//! open, can register any lost ID, and whoever does inherits its person's
+//! rooms on other servers. So as soon as a loss is known, lifeboat creates
+//! each lost ID that is still free itself (create-only: it never changes an
+//! account it did not create), locks it, and gives it back its display name
+//! and verified emails. Its owner takes it back with a claim link
+//! (`web::claim`), or an operator with `lifeboat holds claim`.
+//!
+//! Resumable after kill -9: a hold is recorded (`holding`) before the
+//! create. If the rerun finds the ID existing, the account is the one the
+//! killed run made when it has no device (nobody could log in: it had no
+//! password and was locked, or about to be); with a device it is a
+//! stranger's, and left alone.
+
+use futures::StreamExt;
+use secrecy::SecretString;
+use serde::Serialize;
+
+use crate::config::{Config, HoldPolicy, RecoveryMode};
+use crate::links::ClaimLink;
+use crate::recover::service_user_id;
+use crate::registry::{self, Account, AccountState, Actor, HoldCandidate, Registry, now_ms};
+use crate::synapse::{self, Creation, HeldProfile, SynapseClient};
+
+/// Accounts created and locked at once. Synapse is one Python process:
+/// more in flight only queue there.
+pub const HOLD_CONCURRENCY: usize = 8;
+
+#[derive(Debug, thiserror::Error)]
+pub enum HoldError {
+    #[error(
+        "Synapse refuses to create accounts (403), so lost IDs cannot be held: if the homeserver delegates accounts to Matrix Authentication Service, set recovery.mode = \"token\" (registration tokens only, not bound to IDs)"
+    )]
+    NotAllowed,
+    #[error(transparent)]
+    Registry(#[from] registry::Error),
+}
+
+/// What a hold run did.
+#[derive(Debug, Clone, Default, Serialize)]
+pub struct HoldReport {
+    /// Newly held, in ID order.
+    pub held: Vec<String>,
+    /// Registered by someone else before lifeboat could hold them.
+    pub taken: Vec<String>,
+    /// Not held this time, with the reason (tried again on the next run).
+    pub failed: Vec<(String, String)>,
+}
+
+impl HoldReport {
+    pub fn is_empty(&self) -> bool {
+        self.held.is_empty() && self.taken.is_empty() && self.failed.is_empty()
+    }
+
+    /// One line for a CLI, the bot or an alert.
+    pub fn summary(&self) -> String {
+        let mut text = format!("held {} lost IDs for their owners", self.held.len());
+        if !self.taken.is_empty() {
+            text.push_str(&format!(
+                "; {} were registered by someone else first and are treated as strangers: {}",
+                self.taken.len(),
+                self.taken.join(", ")
+            ));
+        }
+        if !self.failed.is_empty() {
+            text.push_str(&format!("; {} could not be held yet (tried again next time)", self.failed.len()));
+        }
+        text
+    }
+}
+
+/// Holds are made when `policy` says so for this moment: `at_incident` for
+/// an incident being opened, else for the watcher seeing a loss.
+pub fn holds_wanted(config: &Config, at_incident: bool) -> bool {
+    match config.recovery.hold {
+        HoldPolicy::Auto => true,
+        HoldPolicy::OnIncident => at_incident,
+        HoldPolicy::Off => false,
+    }
+}
+
+/// Holds every lost ID that is not held yet (idempotent: held ones are
+/// skipped, interrupted ones resumed). `progress` hears (done, total).
+pub async fn hold_lost_ids(
+    config: &Config,
+    registry: &Registry,
+    client: &SynapseClient,
+    actor: &Actor,
+    progress: &(dyn Fn(u64, u64) + Send + Sync),
+) -> Result<HoldReport, HoldError> {
+    let service = service_user_id(config);
+    let candidates = registry.hold_candidates(service.as_str()).await?;
+    let total = candidates.len() as u64;
+    let mut report = HoldReport::default();
+    if candidates.is_empty() {
+        return Ok(report);
+    }
+    let mut outcomes = futures::stream::iter(candidates)
+        .map(|candidate| async move {
+            let user_id = candidate.user_id.clone();
+            (user_id, hold_one(registry, client, candidate, actor).await)
+        })
+        .buffer_unordered(HOLD_CONCURRENCY);
+    let mut done = 0;
+    let mut not_allowed = false;
+    while let Some((user_id, outcome)) = outcomes.next().await {
+        done += 1;
+        progress(done, total);
+        match outcome {
+            Ok(Outcome::Held) => report.held.push(user_id),
+            Ok(Outcome::Taken) => report.taken.push(user_id),
+            Ok(Outcome::Failed(reason)) => report.failed.push((user_id, reason)),
+            Ok(Outcome::NotAllowed) => not_allowed = true,
+            Err(err) => return Err(err.into()),
+        }
+    }
+    drop(outcomes);
+    if not_allowed && report.held.is_empty() {
+        return Err(HoldError::NotAllowed);
+    }
+    for ids in [&mut report.held, &mut report.taken] {
+        ids.sort_unstable();
+    }
+    report.failed.sort_unstable();
+    if !report.is_empty() {
+        let detail = report.summary();
+        registry.audit(actor, "hold.run", None, Some(&detail)).await?;
+    }
+    Ok(report)
+}
+
+enum Outcome {
+    Held,
+    Taken,
+    Failed(String),
+    NotAllowed,
+}
+
+async fn hold_one(
+    registry: &Registry,
+    client: &SynapseClient,
+    candidate: HoldCandidate,
+    actor: &Actor,
+) -> Result<Outcome, registry::Error> {
+    let user_id = candidate.user_id.as_str();
+    let resumed = candidate.begun_before != 0;
+    if !resumed {
+        registry.begin_hold(user_id).await?;
+    }
+    let created_at_ms = match client.create_account_if_free(user_id).await {
+        Ok(Creation::Created { created_at_ms }) => created_at_ms,
+        Ok(Creation::Existed) if resumed => match client.device_count(user_id).await {
+            // The account an interrupted run created: nobody has used it.
+            Ok(0) => None,
+            Ok(_) => {
+                registry.mark_taken_before_hold(user_id, actor).await?;
+                return Ok(Outcome::Taken);
+            }
+            Err(err) => return Ok(Outcome::Failed(err.to_string())),
+        },
+        Ok(Creation::Existed) => {
+            registry.mark_taken_before_hold(user_id, actor).await?;
+            return Ok(Outcome::Taken);
+        }
+        Err(synapse::Error::Forbidden { .. }) => {
+            registry.abandon_hold(user_id).await?;
+            return Ok(Outcome::NotAllowed);
+        }
+        // Maybe created, maybe not (a timeout): stays `holding`, and the
+        // rerun tells which by the devices.
+        Err(err) if err.is_transient() => return Ok(Outcome::Failed(err.to_string())),
+        Err(err) => {
+            registry.abandon_hold(user_id).await?;
+            return Ok(Outcome::Failed(err.to_string()));
+        }
+    };
+    let profile =
+        HeldProfile { display_name: candidate.display_name, emails: registry.verified_emails_of(user_id).await? };
+    // Locked before it counts as held; a failure here is resumed the same way.
+    if let Err(err) = client.lock_held_account(user_id, &profile).await {
+        return Ok(Outcome::Failed(err.to_string()));
+    }
+    registry.mark_held(user_id, created_at_ms).await?;
+    tracing::info!(user_id, "held a lost ID for its owner");
+    Ok(Outcome::Held)
+}
+
+/// What a person asking again for a way back in (the web page's `/token`,
+/// an admin's `token` command) is sent. One rule for every face.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum WayBack {
+    /// Their ID is held for them: a link to take it back.
+    Claim(ClaimLink),
+    /// A registration token (for a new name when their ID is not theirs to
+    /// take back), issued for this incident.
+    Token { incident: i64 },
+    /// Nothing, for this reason (for admins; a stranger learns nothing).
+    Nothing(&'static str),
+}
+
+pub async fn way_back(
+    config: &Config,
+    registry: &Registry,
+    user_id: &str,
+    claim_valid_for: std::time::Duration,
+) -> Result<WayBack, registry::Error> {
+    let Some(account) = registry.account(user_id).await? else {
+        return Ok(WayBack::Nothing("the account is not in the registry"));
+    };
+    let Some(incident) = registry.open_incident_affecting(user_id).await? else {
+        return Ok(WayBack::Nothing("the account is not affected by an open incident"));
+    };
+    if !account.may_come_back() {
+        return Ok(WayBack::Nothing("an admin had locked or deactivated the account before it was lost"));
+    }
+    Ok(match (account.state, account.custody_at) {
+        (AccountState::Held, Some(hold)) if config.recovery.mode == RecoveryMode::Reclaim => {
+            WayBack::Claim(ClaimLink {
+                account: account.user_id,
+                incident,
+                hold,
+                until: now_ms() + claim_valid_for.as_millis() as i64,
+            })
+        }
+        (AccountState::Claimed, _) => WayBack::Nothing("the account was handed back to its owner already"),
+        _ => WayBack::Token { incident },
+    })
+}
+
+/// What a claim link finds.
+#[derive(Debug)]
+pub enum ClaimCheck {
+    /// It may be used: the hold it names stands, for an open incident.
+    Usable(Account),
+    /// The ID was registered by someone else before lifeboat could hold it.
+    Taken,
+    /// Forged, expired, used, or for a hold or incident that is over.
+    Dead,
+}
+
+/// Checks a claim link and what it names (the one place that decides).
+pub async fn check_claim(
+    registry: &Registry,
+    key: &SecretString,
+    link: &ClaimLink,
+    sig: &str,
+) -> Result<ClaimCheck, registry::Error> {
+    if link.account.len() > 255 || !link.verify(key, sig) || link.until <= now_ms() {
+        return Ok(ClaimCheck::Dead);
+    }
+    if !registry.incident_open_for(link.incident, &link.account).await? {
+        return Ok(ClaimCheck::Dead);
+    }
+    let Some(account) = registry.account(&link.account).await? else { return Ok(ClaimCheck::Dead) };
+    Ok(match account.state {
+        AccountState::Recreated => ClaimCheck::Taken,
+        AccountState::Held if account.custody_at == Some(link.hold) && account.may_come_back() => {
+            ClaimCheck::Usable(account)
+        }
+        _ => ClaimCheck::Dead,
+    })
+}
+
+/// Why a new password is refused, if it is; stated the same on the page.
+pub fn password_problem(password: &str, user_id: &str) -> Option<&'static str> {
+    let localpart = user_id.trim_start_matches('@').split(':').next().unwrap_or_default();
+    let distinct: std::collections::HashSet<char> = password.chars().collect();
+    if password.chars().count() < MIN_PASSWORD_CHARS {
+        Some("The password is too short: use at least 10 characters.")
+    } else if password.len() > 512 {
+        Some("The password is too long: use at most 512 characters.")
+    } else if distinct.len() < 4 {
+        Some("The password repeats too few characters: use at least 4 different ones.")
+    } else if password.to_lowercase().contains(&localpart.to_lowercase()) && !localpart.is_empty() {
+        Some("The password must not contain your user name.")
+    } else {
+        None
+    }
+}
+
+pub const MIN_PASSWORD_CHARS: usize = 10;
+
+#[derive(Debug, thiserror::Error)]
+pub enum HandOverError {
+    #[error("Synapse did not take the new password: {0}")]
+    Synapse(#[from] synapse::Error),
+    #[error(transparent)]
+    Registry(#[from] registry::Error),
+}
+
+/// Hands a held ID to the person who proved it is theirs by its claim
+/// link: unlocks it with their new password (logging out every device),
+/// then records it claimed. `false` when another use of the link won.
+pub async fn claim_held(
+    registry: &Registry,
+    client: &SynapseClient,
+    account: &Account,
+    password: &SecretString,
+    actor: &Actor,
+) -> Result<bool, HandOverError> {
+    let Some(hold) = account.custody_at else { return Ok(false) };
+    client.hand_over_account(&account.user_id, password).await?;
+    Ok(registry.claim_hold(&account.user_id, hold, actor).await?)
+}
+
+/// An operator on the lifeboat host gives an ID to its person: held, or
+/// taken by someone lifeboat could not vouch for (whose devices are logged
+/// out). Afterwards the ID is trusted again.
+pub async fn hand_back(
+    registry: &Registry,
+    client: &SynapseClient,
+    user_id: &str,
+    password: &SecretString,
+    actor: &Actor,
+) -> Result<(), HandOverError> {
+    client.hand_over_account(user_id, password).await?;
+    registry.settle_as_claimed(user_id, actor).await?;
+    Ok(())
+}
+
+/// Ends a hold for good: the account is deactivated (Synapse cannot delete
+/// one), so its ID can never be registered again.
+pub async fn release(
+    registry: &Registry,
+    client: &SynapseClient,
+    user_id: &str,
+    actor: &Actor,
+) -> Result<(), HandOverError> {
+    client.deactivate_account(user_id).await?;
+    registry.release_hold(user_id, actor).await?;
+    Ok(())
+}

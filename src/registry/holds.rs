@@ -1,0 +1,212 @@
+//! Held IDs: lost IDs lifeboat re-created, locked, for their owners.
+//!
+//! A hold is recorded as `holding` before the account is created and as
+//! `held` once it is locked, so a run killed in between is recognised by
+//! the next one. A held account is `claimed` when its owner takes it back.
+
+use serde::Serialize;
+
+use super::accounts::STANDING_SQL;
+use super::{Actor, Registry, Result, now_ms};
+
+/// A lost ID to hold, with what the held account gets back of its person.
+#[derive(Debug, Clone, sqlx::FromRow)]
+pub struct HoldCandidate {
+    pub user_id: String,
+    pub display_name: Option<String>,
+    /// 1: a hold of it was begun by an earlier run that did not finish.
+    pub begun_before: i64,
+}
+
+/// An ID lifeboat holds or held, or one a stranger took.
+#[derive(Debug, Clone, Serialize, sqlx::FromRow)]
+pub struct HoldRow {
+    pub user_id: String,
+    pub display_name: Option<String>,
+    /// `held`, `claimed` or `recreated`.
+    pub state: String,
+    /// When it was held or claimed (for `recreated`: when that was seen).
+    pub since: Option<i64>,
+    pub missing_since: Option<i64>,
+}
+
+/// How the held, claimed and taken IDs of some accounts add up.
+#[derive(Debug, Clone, Copy, Default, Serialize, PartialEq, Eq)]
+pub struct HoldCounts {
+    pub held: i64,
+    pub claimed: i64,
+    /// Registered again by someone lifeboat cannot vouch for.
+    pub taken: i64,
+}
+
+impl Registry {
+    /// Lost IDs to hold: missing accounts not held yet, and holds an
+    /// earlier run began; never lifeboat's own account (`service`), which
+    /// recovery re-creates through the shared secret.
+    pub async fn hold_candidates(&self, service: &str) -> Result<Vec<HoldCandidate>> {
+        Ok(sqlx::query_as(
+            "SELECT user_id, display_name, CASE WHEN custody = 'holding' THEN 1 ELSE 0 END AS begun_before \
+             FROM accounts WHERE state = 'missing' AND (custody IS NULL OR custody = 'holding') \
+               AND user_id <> $1 ORDER BY user_id",
+        )
+        .bind(service)
+        .fetch_all(&self.pool)
+        .await?)
+    }
+
+    /// The verified email addresses of an account, restored on its hold.
+    pub async fn verified_emails_of(&self, user_id: &str) -> Result<Vec<String>> {
+        let rows: Vec<(String,)> = sqlx::query_as(
+            "SELECT address FROM contacts WHERE user_id = $1 AND kind = 'email' AND verified_at IS NOT NULL \
+             ORDER BY address",
+        )
+        .bind(user_id)
+        .fetch_all(&self.pool)
+        .await?;
+        Ok(rows.into_iter().map(|(address,)| address).collect())
+    }
+
+    /// Records that a hold of `user_id` is about to be made (before the
+    /// account is created, so a crash leaves a trace to resume from).
+    pub async fn begin_hold(&self, user_id: &str) -> Result<()> {
+        sqlx::query(
+            "UPDATE accounts SET custody = 'holding', custody_at = $2 \
+             WHERE user_id = $1 AND state = 'missing' AND custody IS NULL",
+        )
+        .bind(user_id)
+        .bind(now_ms())
+        .execute(&self.pool)
+        .await?;
+        Ok(())
+    }
+
+    /// The account lifeboat created for `user_id` is locked: it is held.
+    /// `created_at_ms` is its creation time, so later listings do not take
+    /// it for a stranger's.
+    pub async fn mark_held(&self, user_id: &str, created_at_ms: Option<i64>) -> Result<()> {
+        let now = now_ms();
+        sqlx::query(
+            "UPDATE accounts SET custody = 'held', custody_at = $2, state = 'present', \
+                    synapse_created_at = COALESCE($3, synapse_created_at), last_seen_present_at = $2 \
+             WHERE user_id = $1 AND custody = 'holding'",
+        )
+        .bind(user_id)
+        .bind(now)
+        .bind(created_at_ms)
+        .execute(&self.pool)
+        .await?;
+        Ok(())
+    }
+
+    /// Someone registered `user_id` before lifeboat could hold it: the ID is
+    /// a stranger's (recreated), and lifeboat does not touch that account.
+    pub async fn mark_taken_before_hold(&self, user_id: &str, actor: &Actor) -> Result<()> {
+        let now = now_ms();
+        let mut tx = self.begin_write().await?;
+        sqlx::query(
+            "UPDATE accounts SET custody = NULL, custody_at = NULL, recreated_at = $2, state = 'present' \
+             WHERE user_id = $1",
+        )
+        .bind(user_id)
+        .bind(now)
+        .execute(&mut *tx)
+        .await?;
+        Self::audit_in(&mut tx, actor, "hold.taken", Some(user_id), Some("registered by someone else before the hold"))
+            .await?;
+        tx.commit().await?;
+        Ok(())
+    }
+
+    /// A hold that cannot be made (Synapse refused to create the account):
+    /// the ID is left missing, to be tried again.
+    pub async fn abandon_hold(&self, user_id: &str) -> Result<()> {
+        sqlx::query("UPDATE accounts SET custody = NULL, custody_at = NULL WHERE user_id = $1 AND custody = 'holding'")
+            .bind(user_id)
+            .execute(&self.pool)
+            .await?;
+        Ok(())
+    }
+
+    /// Hands the hold identified by `held_at` back to its owner: `true` for
+    /// the one call that does it (a link works once, however many clicks).
+    pub async fn claim_hold(&self, user_id: &str, held_at: i64, actor: &Actor) -> Result<bool> {
+        let mut tx = self.begin_write().await?;
+        let claimed = sqlx::query(
+            "UPDATE accounts SET custody = 'claimed', custody_at = $3 \
+             WHERE user_id = $1 AND custody = 'held' AND custody_at = $2",
+        )
+        .bind(user_id)
+        .bind(held_at)
+        .bind(now_ms())
+        .execute(&mut *tx)
+        .await?
+        .rows_affected()
+            == 1;
+        if claimed {
+            Self::audit_in(&mut tx, actor, "hold.claim", Some(user_id), Some("handed back to its owner")).await?;
+        }
+        tx.commit().await?;
+        Ok(claimed)
+    }
+
+    /// An operator on the lifeboat host gave the ID to its person (a held
+    /// ID, or one a stranger took): it is theirs again.
+    pub async fn settle_as_claimed(&self, user_id: &str, actor: &Actor) -> Result<()> {
+        let mut tx = self.begin_write().await?;
+        sqlx::query(
+            "UPDATE accounts SET custody = 'claimed', custody_at = $2, recreated_at = NULL WHERE user_id = $1",
+        )
+        .bind(user_id)
+        .bind(now_ms())
+        .execute(&mut *tx)
+        .await?;
+        Self::audit_in(&mut tx, actor, "hold.claim", Some(user_id), Some("password set by an operator")).await?;
+        tx.commit().await?;
+        Ok(())
+    }
+
+    /// A hold ended for good: the account is deactivated on Synapse.
+    pub async fn release_hold(&self, user_id: &str, actor: &Actor) -> Result<()> {
+        let mut tx = self.begin_write().await?;
+        sqlx::query(
+            "UPDATE accounts SET custody = NULL, custody_at = $2, state = 'deactivated', deactivated = 1 \
+             WHERE user_id = $1",
+        )
+        .bind(user_id)
+        .bind(now_ms())
+        .execute(&mut *tx)
+        .await?;
+        Self::audit_in(&mut tx, actor, "hold.release", Some(user_id), Some("deactivated: the ID is retired")).await?;
+        tx.commit().await?;
+        Ok(())
+    }
+
+    /// Held, claimed and taken IDs, in ID order.
+    pub async fn holds(&self) -> Result<Vec<HoldRow>> {
+        Ok(sqlx::query_as(sqlx::AssertSqlSafe(format!(
+            "SELECT user_id, display_name, state, since, missing_since FROM \
+               (SELECT a.user_id, a.display_name, {STANDING_SQL} AS state, \
+                       CASE WHEN a.custody IS NULL THEN a.recreated_at ELSE a.custody_at END AS since, \
+                       a.missing_since \
+                FROM accounts a) x \
+             WHERE state IN ('held', 'claimed', 'recreated') ORDER BY user_id"
+        )))
+        .fetch_all(&self.pool)
+        .await?)
+    }
+
+    /// Held, claimed and taken IDs among an incident's affected accounts.
+    pub async fn incident_hold_counts(&self, incident_id: i64) -> Result<HoldCounts> {
+        let (held, claimed, taken): (i64, i64, i64) = sqlx::query_as(sqlx::AssertSqlSafe(format!(
+            "SELECT COALESCE(SUM(CASE WHEN state = 'held' THEN 1 ELSE 0 END), 0), \
+                    COALESCE(SUM(CASE WHEN state = 'claimed' THEN 1 ELSE 0 END), 0), \
+                    COALESCE(SUM(CASE WHEN state = 'recreated' THEN 1 ELSE 0 END), 0) \
+             FROM (SELECT {STANDING_SQL} AS state FROM accounts a \
+                   WHERE a.user_id IN (SELECT user_id FROM incident_accounts WHERE incident_id = $1)) x"
+        )))
+        .bind(incident_id)
+        .fetch_one(&self.pool)
+        .await?;
+        Ok(HoldCounts { held, claimed, taken })
+    }
+}

@@ -1,0 +1,118 @@
+//! Making and handing over accounts: what holding a lost ID needs.
+//!
+//! `PUT /_synapse/admin/v2/users/<id>` creates or modifies. With an empty
+//! body it answers 201 when it created the account and 200, changing
+//! nothing, when the ID existed: the only create-only call Synapse has, and
+//! the one lifeboat uses, so it never changes an account it did not create.
+
+use reqwest::{Method, StatusCode};
+use secrecy::{ExposeSecret, SecretString};
+use serde::Deserialize;
+use serde_json::json;
+
+use super::types::lenient_i64;
+use super::{Error, SynapseClient, urlencode};
+
+/// What a create-only `PUT {}` found.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Creation {
+    /// lifeboat created the account (201), at this time (ms, whole seconds).
+    Created { created_at_ms: Option<i64> },
+    /// The ID exists already (200); nothing was changed.
+    Existed,
+}
+
+/// What a held account is given back of its person: the display name and
+/// the verified email addresses the registry knows.
+#[derive(Debug, Clone, Default)]
+pub struct HeldProfile {
+    pub display_name: Option<String>,
+    pub emails: Vec<String>,
+}
+
+#[derive(Deserialize)]
+struct Created {
+    /// Seconds in this endpoint's answer (the listing uses milliseconds).
+    #[serde(default, deserialize_with = "lenient_i64")]
+    creation_ts: Option<i64>,
+}
+
+#[derive(Deserialize)]
+struct Devices {
+    #[serde(default)]
+    total: i64,
+}
+
+impl SynapseClient {
+    fn user_path(user_id: &str) -> String {
+        format!("/_synapse/admin/v2/users/{}", urlencode(user_id))
+    }
+
+    /// Creates the account `user_id` if the ID is free, with no password
+    /// and no device. Sent once, never retried: a retry of a create that
+    /// did happen would answer 200 and look like someone else's account.
+    pub async fn create_account_if_free(&self, user_id: &str) -> Result<Creation, Error> {
+        let (status, created): (StatusCode, Created) = self
+            .without_retries()
+            .request_json_status(Method::PUT, &Self::user_path(user_id), &[], Some(&json!({})), true)
+            .await?;
+        Ok(match status {
+            StatusCode::CREATED => Creation::Created { created_at_ms: created.creation_ts.map(|s| s * 1000) },
+            _ => Creation::Existed,
+        })
+    }
+
+    /// Locks an account lifeboat created and gives it its person's display
+    /// name and emails (Synapse ignores `locked` on creation, hence a
+    /// second call). Idempotent.
+    pub async fn lock_held_account(&self, user_id: &str, profile: &HeldProfile) -> Result<(), Error> {
+        let threepids: Vec<_> =
+            profile.emails.iter().map(|address| json!({"medium": "email", "address": address})).collect();
+        let mut body = json!({"locked": true, "threepids": threepids});
+        if let Some(name) = &profile.display_name {
+            body["displayname"] = json!(name);
+        }
+        self.request_json::<serde_json::Value>(Method::PUT, &Self::user_path(user_id), &[], Some(&body), true)
+            .await
+            .map(|_| ())
+    }
+
+    /// Hands an account to its person: unlocks it and sets their password,
+    /// logging out every device, in one call. The password is sent only in
+    /// the body, never logged.
+    pub async fn hand_over_account(&self, user_id: &str, password: &SecretString) -> Result<(), Error> {
+        let body = json!({"locked": false, "password": password.expose_secret(), "logout_devices": true});
+        self.request_json::<serde_json::Value>(Method::PUT, &Self::user_path(user_id), &[], Some(&body), true)
+            .await
+            .map(|_| ())
+    }
+
+    /// Deactivates an account for good (Synapse cannot delete one): its ID
+    /// can never be registered again.
+    pub async fn deactivate_account(&self, user_id: &str) -> Result<(), Error> {
+        let path = format!("/_synapse/admin/v1/deactivate/{}", urlencode(user_id));
+        self.request_json::<serde_json::Value>(Method::POST, &path, &[], Some(&json!({"erase": false})), true)
+            .await
+            .map(|_| ())
+    }
+
+    /// How many devices an account has. One lifeboat created has none
+    /// until someone logs in, which a locked account cannot.
+    pub async fn device_count(&self, user_id: &str) -> Result<i64, Error> {
+        let path = format!("{}/devices", Self::user_path(user_id));
+        let devices: Devices = self.get_json(&path, &[], true).await?;
+        Ok(devices.total)
+    }
+
+    /// Is lifeboat allowed to create and lock accounts? A create-only
+    /// `PUT {}` on an account that exists (its own) must answer 200 and
+    /// changes nothing; under Matrix Authentication Service it answers 403.
+    pub async fn may_create_accounts(&self, existing_user_id: &str) -> Result<bool, Error> {
+        match self.create_account_if_free(existing_user_id).await {
+            Ok(Creation::Existed) => Ok(true),
+            Ok(Creation::Created { .. }) => Ok(true),
+            Err(Error::Forbidden { .. }) => Ok(false),
+            Err(err) => Err(err),
+        }
+    }
+}

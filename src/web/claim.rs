@@ -1,0 +1,201 @@
+//! `/claim`: a person takes back the ID lifeboat held for them, with the
+//! personal link from their notice (or one `/token` mailed again).
+//!
+//! GET only shows the page (mail scanners follow links); the form's POST
+//! sets their new password. What the link may do is decided in
+//! `holds::check_claim`, the same for every request.
+
+use askama::Template;
+use axum::extract::rejection::FormRejection;
+use axum::extract::{Form, Query, State};
+use axum::http::{HeaderMap, StatusCode};
+use axum::response::Response;
+use secrecy::SecretString;
+use serde::Deserialize;
+
+use super::WebState;
+use super::guard::ClientIp;
+use super::pages::{self, Chrome, Message, WebError};
+use crate::holds::{ClaimCheck, MIN_PASSWORD_CHARS, check_claim, claim_held, password_problem};
+use crate::links::ClaimLink;
+use crate::recover::AdminAccess;
+use crate::registry::Actor;
+
+pub const PURPOSE: &str = "claim";
+
+#[derive(Template)]
+#[template(path = "web/claim_form.html")]
+struct ClaimForm {
+    chrome: Chrome,
+    csrf: String,
+    account: String,
+    incident: i64,
+    hold: i64,
+    until: i64,
+    sig: String,
+    min_chars: usize,
+    problem: Option<&'static str>,
+}
+
+#[derive(Template)]
+#[template(path = "web/claim_done.html")]
+struct ClaimDone {
+    chrome: Chrome,
+    account: String,
+    homeserver_url: String,
+    client_url: Option<String>,
+}
+
+/// The link's fields, as the URL and the form carry them.
+#[derive(Deserialize)]
+pub struct LinkFields {
+    account: Option<String>,
+    incident: Option<i64>,
+    hold: Option<i64>,
+    until: Option<i64>,
+    sig: Option<String>,
+}
+
+impl LinkFields {
+    fn link(self) -> Option<(ClaimLink, String)> {
+        Some((
+            ClaimLink { account: self.account?, incident: self.incident?, hold: self.hold?, until: self.until? },
+            self.sig?,
+        ))
+    }
+}
+
+/// The posted form: the link's fields, and the password twice. No
+/// `Debug`: it holds the password. (Not `#[serde(flatten)]`: form values
+/// are strings, which a flattened number would refuse.)
+#[derive(Deserialize)]
+pub struct ClaimPost {
+    csrf: Option<String>,
+    account: Option<String>,
+    incident: Option<i64>,
+    hold: Option<i64>,
+    until: Option<i64>,
+    sig: Option<String>,
+    password: Option<String>,
+    again: Option<String>,
+}
+
+fn dead(state: &WebState) -> Response {
+    let page = Message::new(
+        state,
+        "This link does not work",
+        &[
+            "The link is not valid, has expired, or was used already. If your ID is still kept for you, ask for a new link with your Matrix ID or email address.",
+        ],
+    )
+    .next("/token", "Ask for a new link");
+    pages::html(StatusCode::BAD_REQUEST, &page)
+}
+
+fn taken(state: &WebState, account: &str) -> Response {
+    let contact = state.web().admin_contact.clone().unwrap_or_else(|| "an admin of this homeserver".to_owned());
+    let sentence = format!(
+        "Someone registered {account} again before lifeboat could keep it for you, so it cannot be handed back through this page. If that was not you, contact {contact}: they can give the ID back to you."
+    );
+    let page = Message::new(state, "This ID was taken", &[sentence.as_str()]);
+    pages::html(StatusCode::CONFLICT, &page)
+}
+
+fn form_page(state: &WebState, csrf: String, link: ClaimLink, sig: String, problem: Option<&'static str>) -> Response {
+    let status = if problem.is_some() { StatusCode::BAD_REQUEST } else { StatusCode::OK };
+    let page = ClaimForm {
+        chrome: Chrome::of(state),
+        csrf,
+        account: link.account,
+        incident: link.incident,
+        hold: link.hold,
+        until: link.until,
+        sig,
+        min_chars: MIN_PASSWORD_CHARS,
+        problem,
+    };
+    pages::html(status, &page)
+}
+
+/// The mailed link: the account it is for and the password form.
+pub async fn page(State(state): State<WebState>, headers: HeaderMap, Query(fields): Query<LinkFields>) -> Response {
+    let Some((link, sig)) = fields.link() else { return dead(&state) };
+    let key = match state.key().await {
+        Ok(key) => key.clone(),
+        Err(err) => return WebError::from(err).page(&state),
+    };
+    match check_claim(&state.registry, &key, &link, &sig).await {
+        Ok(ClaimCheck::Usable(_)) => {
+            pages::with_csrf(&state, &headers, |csrf| form_page(&state, csrf, link, sig, None)).await
+        }
+        Ok(ClaimCheck::Taken) => taken(&state, &link.account),
+        Ok(ClaimCheck::Dead) => dead(&state),
+        Err(err) => WebError::from(err).page(&state),
+    }
+}
+
+pub async fn claim(
+    State(state): State<WebState>,
+    ClientIp(ip): ClientIp,
+    headers: HeaderMap,
+    form: Result<Form<ClaimPost>, FormRejection>,
+) -> Response {
+    let (form, key) = match pages::checked_form(&state, &headers, form, |form| form.csrf.as_deref()).await {
+        Ok(checked) => checked,
+        Err(refused) => return refused,
+    };
+    if !state.inner.limiter.allow_ip(ip) {
+        return pages::too_many(&state);
+    }
+    let fields = LinkFields {
+        account: form.account,
+        incident: form.incident,
+        hold: form.hold,
+        until: form.until,
+        sig: form.sig,
+    };
+    let Some((link, sig)) = fields.link() else { return dead(&state) };
+    if !state.inner.limiter.allow_target(PURPOSE, &link.account.to_lowercase()) {
+        return pages::too_many(&state);
+    }
+    let account = match check_claim(&state.registry, &key, &link, &sig).await {
+        Ok(ClaimCheck::Usable(account)) => account,
+        Ok(ClaimCheck::Taken) => return taken(&state, &link.account),
+        Ok(ClaimCheck::Dead) => return dead(&state),
+        Err(err) => return WebError::from(err).page(&state),
+    };
+    let (password, again) = (form.password.unwrap_or_default(), form.again.unwrap_or_default());
+    let problem = if password != again {
+        Some("The two passwords are not the same.")
+    } else {
+        password_problem(&password, &account.user_id)
+    };
+    if problem.is_some() {
+        let csrf = form.csrf.unwrap_or_default();
+        return form_page(&state, csrf, link, sig, problem);
+    }
+    let password = SecretString::from(password);
+    match hand_over(&state, &account, &password).await {
+        Ok(true) => {
+            tracing::info!(user_id = %account.user_id, "a held ID was claimed by its owner");
+            let page = ClaimDone {
+                chrome: Chrome::of(&state),
+                homeserver_url: state.config.homeserver.public_url.to_string(),
+                client_url: state.web().client_url.as_ref().map(|url| url.to_string()),
+                account: account.user_id,
+            };
+            pages::html(StatusCode::OK, &page)
+        }
+        Ok(false) => dead(&state),
+        Err(err) => err.page(&state),
+    }
+}
+
+async fn hand_over(state: &WebState, account: &crate::registry::Account, password: &SecretString) -> Result<bool, WebError> {
+    let client = match crate::recover::admin_access(&state.config, &state.registry).await? {
+        AdminAccess::Working { client, .. } => client,
+        AdminAccess::Dead { .. } => return Err(WebError("no working admin token: cannot hand a held ID back".to_owned())),
+    };
+    let actor = Actor::web(Some(format!("claim link of {}", account.user_id)));
+    Ok(claim_held(&state.registry, &client, account, password, &actor).await?)
+}
