@@ -19,6 +19,16 @@ const FORMAT_VERSION: i64 = 1;
 /// Registry setting: when the last backup was written.
 pub const LAST_BACKUP_SETTING: &str = "last_backup_at";
 
+/// How many of a table's last columns were added after format 1 was
+/// first written: older backups lack them, and they are restored as NULL.
+fn added_later(table: &str) -> usize {
+    match table {
+        // custody, custody_at (held IDs)
+        "accounts" => 2,
+        _ => 0,
+    }
+}
+
 /// The tables kept, parents before children, with their columns; `I` marks
 /// integer columns (all others are text). Staged listings, leases, pending
 /// contact-verification codes and the web page's 30-minute links are
@@ -41,6 +51,8 @@ const TABLES: &[(&str, &[&str])] = &[
             "missing_since:I",
             "recreated_at:I",
             "details_fetched_at:I",
+            "custody",
+            "custody_at:I",
         ],
     ),
     ("contacts", &["id:I", "user_id", "kind", "address", "source", "verified_at:I", "opted_out_at:I", "added_at:I"]),
@@ -234,8 +246,11 @@ pub async fn restore(registry: &Registry, file: &Path, replace: bool, actor: &Ac
         }
         let table = record["table"].as_str().ok_or_else(|| invalid("a row names no table"))?;
         let (_, columns) = TABLES.iter().find(|(name, _)| *name == table).ok_or_else(|| invalid("an unknown table"))?;
-        let values = record["row"].as_array().filter(|values| values.len() == columns.len());
+        let oldest = columns.len() - added_later(table);
+        let values = record["row"].as_array().filter(|values| (oldest..=columns.len()).contains(&values.len()));
         let values = values.ok_or_else(|| invalid(&format!("a {table} row has the wrong number of columns")))?;
+        // A backup written before the last columns existed leaves them NULL.
+        let columns = &columns[..values.len()];
         let names: Vec<&str> = columns.iter().map(|spec| column(spec).0).collect();
         let placeholders: Vec<String> = (1..=names.len()).map(|n| format!("${n}")).collect();
         let overriding =

@@ -9,7 +9,7 @@ use secrecy::SecretString;
 use serde::Serialize;
 
 use crate::bot::drill::BotDrill;
-use crate::config::Config;
+use crate::config::{Config, HoldPolicy, RecoveryMode};
 use crate::mail::{Mailer, OutgoingEmail};
 use crate::notice::{NoticeContext, render_notice};
 use crate::recover::{AdminAccess, admin_access};
@@ -92,6 +92,7 @@ pub async fn drill(config: &Config, registry: &Registry, actor: &Actor) -> Repor
 
     lines.push(shared_secret(config, admin.as_ref()).await);
     lines.push(registration_tokens(admin.as_ref()).await);
+    lines.push(holds(config, admin.as_ref()).await);
     lines.push(email(config).await);
     lines.push(match crate::bot::drill::post_test_message(config, registry).await {
         BotDrill::NotConfigured => Line::new("bot", Status::Skip, "not checked: no [bot] section"),
@@ -106,6 +107,45 @@ pub async fn drill(config: &Config, registry: &Registry, actor: &Actor) -> Repor
     let failed = lines.iter().filter(|line| line.status == Status::Fail).count();
     let _ = registry.audit(actor, "drill", None, Some(&format!("ready: {ready} ({failed} failed)"))).await;
     Report { ready, lines }
+}
+
+/// Can lost IDs be held? A create-only `PUT {}` on the admin token's own
+/// account answers 200 and changes nothing when lifeboat may create and
+/// lock accounts (403 under Matrix Authentication Service).
+async fn holds(config: &Config, admin: Option<&synapse::SynapseClient>) -> Line {
+    if config.recovery.mode == RecoveryMode::Token {
+        return Line::new(
+            "holds",
+            Status::Warn,
+            "recovery.mode = \"token\": lost IDs are not held, and Synapse does not bind registration tokens to IDs, so after a loss anyone holding any token can take anyone's ID",
+        );
+    }
+    let Some(admin) = admin else { return Line::new("holds", Status::Skip, "not checked: no working admin token") };
+    let me = match admin.whoami().await {
+        Ok(me) => me.user_id,
+        Err(err) => return Line::new("holds", Status::Fail, format!("cannot tell whose the admin token is: {err}")),
+    };
+    match admin.may_create_accounts(&me).await {
+        Ok(true) if config.recovery.hold == HoldPolicy::Off => Line::new(
+            "holds",
+            Status::Warn,
+            "lifeboat may create and lock accounts, but recovery.hold = \"off\": lost IDs are held only by `lifeboat holds make`",
+        ),
+        Ok(true) => Line::new(
+            "holds",
+            Status::Ok,
+            format!(
+                "lifeboat may create and lock accounts (a create-only call on {me} answered that it exists, changing nothing); recovery.hold = \"{}\"",
+                config.recovery.hold.as_str()
+            ),
+        ),
+        Ok(false) => Line::new(
+            "holds",
+            Status::Fail,
+            "Synapse refuses to create accounts (403), so lost IDs cannot be held: under Matrix Authentication Service set recovery.mode = \"token\"",
+        ),
+        Err(err) => Line::new("holds", Status::Fail, format!("cannot tell whether lifeboat may create accounts: {err}")),
+    }
 }
 
 /// Synapse checks the MAC before anything else, so registering an account

@@ -18,6 +18,7 @@ use crate::recover::service_user_id;
 use crate::registry::{Actor, ContactSource, format_time, now_ms};
 use crate::sync::{Quiet, SyncOptions, sync};
 use crate::holds::{WayBack, way_back};
+use crate::registry::AccountState;
 use crate::links::LINK_KEY;
 use crate::tokens::{issue_request_token, revoke_unused_tokens};
 use crate::user_id::UserId;
@@ -71,6 +72,9 @@ fn command_name(command: &AdminCommand) -> String {
         AdminCommand::Notify { id, confirm: false } => format!("notify {id}"),
         AdminCommand::Notify { id, confirm: true } => format!("notify {id} confirm"),
         AdminCommand::Token(user) => format!("token {user}"),
+        AdminCommand::Holds => "holds".into(),
+        AdminCommand::Release { user, confirm: false } => format!("release {user}"),
+        AdminCommand::Release { user, confirm: true } => format!("release {user} confirm"),
         AdminCommand::ContactAdd(user, _) => format!("contact add {user}"),
         AdminCommand::ContactRemove(user, _) => format!("contact remove {user}"),
     }
@@ -163,10 +167,13 @@ async fn run(bot: &Bot, room: &Room, actor: &Actor, command: AdminCommand) -> Re
                 registry.incident_summary(id, service_user_id(config).as_str()).await.map_err(|e| text(&e))?;
             let d = &summary.deliveries;
             Ok(format!(
-                "**Incident {id}: {}** ({})\n\n- affected: {}\n- reachable: {} by email, {} on Matrix, {} unreachable\n- tokens: {}\n- deliveries: {} sent, {} pending, {} sending, {} failed, {} skipped",
+                "**Incident {id}: {}** ({})\n\n- affected: {}\n- IDs: {} held, {} claimed, {} taken by someone else\n- reachable: {} by email, {} on Matrix, {} unreachable\n- tokens: {}\n- deliveries: {} sent, {} pending, {} sending, {} failed, {} skipped",
                 summary.incident.title,
                 if summary.incident.resolved_at.is_some() { "resolved" } else { "open" },
                 summary.affected,
+                summary.holds.held,
+                summary.holds.claimed,
+                summary.holds.taken,
                 summary.reachable_by_email,
                 summary.reachable_by_matrix,
                 summary.unreachable,
@@ -192,6 +199,8 @@ async fn run(bot: &Bot, room: &Room, actor: &Actor, command: AdminCommand) -> Re
         }
         AdminCommand::Notify { id, confirm } => notify(bot, room, actor, id, confirm).await,
         AdminCommand::Token(user) => token(bot, actor, &user).await,
+        AdminCommand::Holds => holds(bot).await,
+        AdminCommand::Release { user, confirm } => release_hold(bot, actor, &user, confirm).await,
         AdminCommand::ContactAdd(user, address) => {
             let added = registry
                 .add_contact(
@@ -443,6 +452,60 @@ async fn token(bot: &Bot, actor: &Actor, user: &UserId) -> Result<String, String
         ));
     }
     Ok(format!("Mailed a new {what} for {user} (valid until {}) to {}.", human_time(until), mailed.join(", ")))
+}
+
+/// The held, claimed and taken IDs.
+async fn holds(bot: &Bot) -> Result<String, String> {
+    let holds = bot.state.registry.holds().await.map_err(|err| err.to_string())?;
+    if holds.is_empty() {
+        return Ok("No held, claimed or taken IDs.".to_owned());
+    }
+    let mut reply = String::new();
+    for state in ["held", "claimed", "recreated"] {
+        let ids: Vec<String> =
+            holds.iter().filter(|hold| hold.state == state).map(|hold| hold.user_id.clone()).collect();
+        if !ids.is_empty() {
+            let label = match state {
+                "held" => "Held for their owners",
+                "claimed" => "Claimed (handed back)",
+                _ => "Taken by someone else before the hold (strangers until settled with `lifeboat holds claim`)",
+            };
+            reply.push_str(&format!("**{label}** ({}): {}\n\n", ids.len(), crate::cli::output::id_list(&ids, 30)));
+        }
+    }
+    Ok(reply.trim_end().to_owned())
+}
+
+/// Ends a hold for good, after a confirm step: the account is deactivated.
+async fn release_hold(bot: &Bot, actor: &Actor, user: &UserId, confirm: bool) -> Result<String, String> {
+    let state = &bot.state;
+    let (config, registry) = (&state.config, &state.registry);
+    let held = registry.account(user.as_str()).await.map_err(|err| err.to_string())?;
+    if !held.is_some_and(|account| account.state == AccountState::Held) {
+        return Err(format!("{user} is not held: `{} holds` lists the held IDs", bot.prefix()));
+    }
+    let key = format!("release {user}");
+    if !confirm {
+        if let Ok(mut pending) = bot.release_confirmations.lock() {
+            pending.insert(key, Instant::now());
+        }
+        return Ok(format!(
+            "Releasing {user} deactivates its account for good: nobody, its owner included, can ever register this ID again. To do it, reply `{} release {user} confirm` within {} minutes.",
+            bot.prefix(),
+            CONFIRM_WITHIN.as_secs() / 60
+        ));
+    }
+    let asked = bot.release_confirmations.lock().ok().and_then(|mut pending| pending.remove(&key));
+    if asked.is_none_or(|at| at.elapsed() > CONFIRM_WITHIN) {
+        return Err(format!(
+            "send `{} release {user}` first, then confirm within {} minutes",
+            bot.prefix(),
+            CONFIRM_WITHIN.as_secs() / 60
+        ));
+    }
+    let client = admin_client_recovering(config, registry, actor, &Notes::default()).await.map_err(|e| e.to_string())?;
+    crate::holds::release(registry, &client, user.as_str(), actor).await.map_err(|err| err.to_string())?;
+    Ok(format!("Released {user}: its account is deactivated, and the ID can never be registered again."))
 }
 
 /// `alice@example.org` → `a…@example.org`: enough to recognise, not to harvest.

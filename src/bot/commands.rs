@@ -20,6 +20,8 @@ pub enum AdminCommand {
     IncidentResolve(i64),
     Notify { id: i64, confirm: bool },
     Token(UserId),
+    Holds,
+    Release { user: UserId, confirm: bool },
     ContactAdd(UserId, ContactAddress),
     ContactRemove(UserId, ContactAddress),
 }
@@ -44,7 +46,9 @@ pub const ADMIN_USAGE: &[(&str, &str)] = &[
     ("incident show <id>", "who is affected and reachable, deliveries by state"),
     ("incident resolve <id>", "close it and delete its unused tokens"),
     ("notify <id>", "show what would be sent; `notify <id> confirm` sends it"),
-    ("token <user-id>", "issue a fresh registration token for one affected person (mailed to them)"),
+    ("token <user-id>", "mail one affected person a fresh claim link (if their ID is held) or registration token"),
+    ("holds", "lost IDs held for their owners, claimed, and taken by someone else"),
+    ("release <user-id>", "end a hold for good (deactivates the ID); `release <user-id> confirm` does it"),
     ("contact add <user-id> <email or Matrix ID>", "add a verified contact (a Matrix ID on another homeserver)"),
     ("contact remove <user-id> <email or Matrix ID>", "remove a contact"),
 ];
@@ -117,6 +121,12 @@ fn parse_admin_words(prefix: &str, rest: &str) -> Result<AdminCommand, BadComman
             _ => Err(usage("notify")),
         },
         ["token", rest @ ..] if rest.len() == 1 => user(rest.first(), "token").map(AdminCommand::Token),
+        ["holds"] => Ok(AdminCommand::Holds),
+        ["release", rest @ ..] => match rest {
+            [who] => user(Some(who), "release").map(|user| AdminCommand::Release { user, confirm: false }),
+            [who, "confirm"] => user(Some(who), "release").map(|user| AdminCommand::Release { user, confirm: true }),
+            _ => Err(usage("release")),
+        },
         ["contact", "add", rest @ ..] if rest.len() == 2 => {
             Ok(AdminCommand::ContactAdd(user(rest.first(), "contact add")?, contact(rest.get(1), "contact add")?))
         }

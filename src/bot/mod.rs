@@ -50,6 +50,8 @@ pub(crate) struct Bot {
     admin_room: Mutex<Option<OwnedRoomId>>,
     /// Incidents whose dry run an admin saw: id → when.
     confirmations: Mutex<HashMap<i64, Instant>>,
+    /// `release <id>` steps an admin saw: "release <id>" → when.
+    release_confirmations: Mutex<HashMap<String, Instant>>,
     /// Admins invited to the current admin room by this process.
     invited: Mutex<HashSet<OwnedUserId>>,
     /// Messages sent before this process started are not taken as commands
@@ -114,6 +116,7 @@ pub async fn run(state: Arc<ServeState>, mut alerts: UnboundedReceiver<String>, 
         configured_room: Mutex::new(None),
         admin_room: Mutex::new(None),
         confirmations: Mutex::default(),
+        release_confirmations: Mutex::default(),
         invited: Mutex::default(),
         started_at: matrix_sdk::ruma::MilliSecondsSinceUnixEpoch::now(),
     });

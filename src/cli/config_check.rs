@@ -84,12 +84,19 @@ fn print_summary(config: &Config) {
             println!("[web]");
             println!("  bind = {}", web.bind);
             println!("  public_url = {}", web.public_url);
+            match &web.client_url {
+                Some(url) => println!("  client_url = {url}"),
+                None => println!("  client_url = (not set)"),
+            }
         }
         None => println!("[web] not configured"),
     }
     let alerts: Vec<String> = config.alerts.email.iter().map(|email| email.to_string()).collect();
     println!("[alerts]");
     println!("  email = [{}]", alerts.join(", "));
+    println!("[recovery]");
+    println!("  mode = {}", config.recovery.mode.as_str());
+    println!("  hold = {}", config.recovery.hold.as_str());
     if hs.admin_token.is_none() {
         println!("note: homeserver.admin_token is not set; sync and check need an admin token");
     }

@@ -149,6 +149,11 @@ fn print_summary(summary: &IncidentSummary) {
         }
     );
     println!("  affected:    {} (scope {})", summary.affected, incident.scope);
+    let holds = &summary.holds;
+    println!(
+        "  IDs:         {} held for their owners, {} claimed, {} taken by someone else",
+        holds.held, holds.claimed, holds.taken
+    );
     println!(
         "  reachable:   {} by email, {} on Matrix now, {} unreachable",
         summary.reachable_by_email, summary.reachable_by_matrix, summary.unreachable
@@ -162,7 +167,7 @@ fn print_summary(summary: &IncidentSummary) {
 }
 
 /// Notes (the sync before opening could not run, ...) go to stderr.
-struct StderrNotes;
+pub(super) struct StderrNotes;
 
 impl NotifyProgress for StderrNotes {
     fn note(&self, text: &str) {

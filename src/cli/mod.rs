@@ -6,6 +6,7 @@ mod check;
 mod config_check;
 mod contacts;
 mod drill;
+mod holds;
 mod incident;
 mod notify;
 pub(crate) mod output;
@@ -95,6 +96,15 @@ enum Command {
     /// Add or remove an account's contacts: email addresses, Matrix IDs elsewhere.
     #[command(subcommand)]
     Contacts(contacts::Command),
+    /// Lost IDs held for their owners: list, hold now, hand back, release.
+    ///
+    /// After a loss anyone could register a lost ID again (Synapse does not
+    /// bind registration tokens to names) and inherit its person's rooms
+    /// elsewhere. lifeboat re-creates each lost ID that is still free as a
+    /// locked account and hands it back only to its owner (their claim link,
+    /// or `holds claim` here).
+    #[command(subcommand)]
+    Holds(holds::Command),
     /// Incidents: open one after a loss, show who can be reached, resolve it.
     #[command(subcommand)]
     Incident(incident::Command),
@@ -208,6 +218,7 @@ async fn run(cli: Cli) -> Outcome {
         Command::Check(args) => check::run(&context, args).await,
         Command::Users(command) => users::run(&context, command).await,
         Command::Contacts(command) => contacts::run(&context, command).await,
+        Command::Holds(command) => holds::run(&context, command).await,
         Command::Incident(command) => incident::run(&context, command).await,
         Command::Notify(args) => notify::run(&context, args).await,
         Command::Tokens(command) => tokens::run(&context, command).await,

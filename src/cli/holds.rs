@@ -1,0 +1,219 @@
+//! `lifeboat holds list|make|claim|release`: the lost IDs lifeboat holds
+//! for their owners, and what an operator on the lifeboat host may do with
+//! them.
+
+use std::io::{BufRead, IsTerminal, Write};
+
+use secrecy::SecretString;
+
+use super::output::{print_json, time};
+use super::incident::StderrNotes;
+use super::{Context, Failure, Outcome, exit};
+use crate::campaign::admin_client_recovering;
+use crate::holds::{hand_back, hold_lost_ids, password_problem, release};
+use crate::registry::{AccountState, Actor};
+use crate::user_id::UserId;
+
+#[derive(clap::Subcommand, Debug)]
+pub enum Command {
+    /// List held, claimed and taken IDs.
+    ///
+    /// held: re-created and locked by lifeboat, waiting for its owner's
+    /// claim. claimed: handed back. recreated: registered by someone else
+    /// before lifeboat could hold it; a stranger until settled with
+    /// `holds claim`.
+    List {
+        /// Print the result as JSON on stdout.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Hold every lost ID that is still free, now.
+    ///
+    /// `serve`'s watcher does this by itself (recovery.hold = "auto"), and
+    /// `incident open` too (unless recovery.hold = "off"). Each account is
+    /// created only if its ID is free (lifeboat never changes one it did not
+    /// create), then locked, with its display name and verified emails.
+    /// Safe to run again: held IDs are skipped, interrupted holds resumed.
+    Make,
+    /// Give an ID to its person with a new password (the CLI way of a claim).
+    ///
+    /// For a held ID, or one someone else registered again (recreated): the
+    /// account is unlocked, gets the new password, every device is logged
+    /// out, and the ID is trusted again (the bot obeys it if it is in
+    /// bot.admins). The password is read from the terminal (twice, not
+    /// shown), or as one line from stdin when that is not a terminal. It is
+    /// never stored or logged.
+    Claim {
+        /// The Matrix ID, e.g. @alice:example.org.
+        id: String,
+    },
+    /// End a hold for good: deactivate the held account, so nobody can ever
+    /// register its ID again.
+    ///
+    /// Synapse cannot delete an account, so this cannot be undone. Asks for
+    /// confirmation first (pass --yes when stdin is not a terminal).
+    Release {
+        /// The Matrix ID, e.g. @alice:example.org.
+        id: String,
+        /// Do not ask.
+        #[arg(long)]
+        yes: bool,
+    },
+}
+
+pub async fn run(context: &Context, command: Command) -> Outcome {
+    let config = context.config()?;
+    let registry = context.registry(&config).await?;
+    match command {
+        Command::List { json } => {
+            let holds = registry.holds().await?;
+            if json {
+                print_json(&holds)?;
+            } else if holds.is_empty() {
+                println!("No held, claimed or taken IDs.");
+            } else {
+                for hold in &holds {
+                    println!("{:<10} {}  {}", hold.state, time(hold.since), hold.user_id);
+                }
+                let count = |state: &str| holds.iter().filter(|hold| hold.state == state).count();
+                println!(
+                    "{} held, {} claimed, {} taken by someone else (recreated).",
+                    count("held"),
+                    count("claimed"),
+                    count("recreated")
+                );
+            }
+            Ok(exit::OK)
+        }
+        Command::Make => {
+            let client = admin_client_recovering(&config, &registry, &Actor::cli(), &StderrNotes)
+                .await
+                .map_err(|err| Failure::new(exit::FAILED, err))?;
+            let bar = super::output::progress_bar("holding lost IDs");
+            let report = hold_lost_ids(&config, &registry, &client, &Actor::cli(), &|done, total| {
+                bar.set_length(total);
+                bar.set_position(done);
+            })
+            .await
+            .map_err(|err| Failure::new(exit::FAILED, err))?;
+            bar.finish_and_clear();
+            if report.is_empty() {
+                println!("No lost ID is waiting to be held.");
+            } else {
+                println!("{}.", report.summary());
+            }
+            for (user_id, reason) in report.failed.iter().take(10) {
+                eprintln!("not held yet: {user_id}: {reason}");
+            }
+            Ok(if report.failed.is_empty() { exit::OK } else { exit::FAILED })
+        }
+        Command::Claim { id } => {
+            let user_id = known_id(&registry, &id).await?;
+            let account = registry.account(user_id.as_str()).await?.expect("known_id checked it");
+            if !matches!(account.state, AccountState::Held | AccountState::Recreated) {
+                return Err(Failure::new(
+                    exit::FAILED,
+                    format!(
+                        "{user_id} is {}, not held or taken: `lifeboat holds claim` gives back only a held ID or one someone else registered again",
+                        account.state.as_str()
+                    ),
+                ));
+            }
+            let password = read_new_password(user_id.as_str()).await?;
+            let client = admin_client_recovering(&config, &registry, &Actor::cli(), &StderrNotes)
+                .await
+                .map_err(|err| Failure::new(exit::FAILED, err))?;
+            hand_back(&registry, &client, user_id.as_str(), &password, &Actor::cli())
+                .await
+                .map_err(|err| Failure::new(exit::FAILED, err))?;
+            println!(
+                "{user_id} is its person's again: sign in with the new password at {} (every other session was logged out).",
+                config.homeserver.public_url
+            );
+            Ok(exit::OK)
+        }
+        Command::Release { id, yes } => {
+            let user_id = known_id(&registry, &id).await?;
+            let account = registry.account(user_id.as_str()).await?.expect("known_id checked it");
+            if account.state != AccountState::Held {
+                return Err(Failure::new(
+                    exit::FAILED,
+                    format!("{user_id} is {}, not held: only a held ID can be released", account.state.as_str()),
+                ));
+            }
+            if !yes && !confirm_release(user_id.as_str()).await? {
+                println!("Nothing changed.");
+                return Ok(exit::OK);
+            }
+            let client = admin_client_recovering(&config, &registry, &Actor::cli(), &StderrNotes)
+                .await
+                .map_err(|err| Failure::new(exit::FAILED, err))?;
+            release(&registry, &client, user_id.as_str(), &Actor::cli())
+                .await
+                .map_err(|err| Failure::new(exit::FAILED, err))?;
+            println!("Released {user_id}: the account is deactivated, and its ID can never be registered again.");
+            Ok(exit::OK)
+        }
+    }
+}
+
+/// A Matrix ID the registry knows, or the sentence saying why not.
+async fn known_id(registry: &crate::registry::Registry, text: &str) -> Result<UserId, Failure> {
+    let user_id =
+        UserId::parse(text).map_err(|err| Failure::new(exit::USAGE, format!("`{text}` is not a Matrix ID: {err}")))?;
+    if registry.account(user_id.as_str()).await?.is_none() {
+        return Err(Failure::new(
+            exit::FAILED,
+            format!("{user_id} is not in the registry: `lifeboat holds list` shows the held IDs"),
+        ));
+    }
+    Ok(user_id)
+}
+
+/// From the terminal, twice and unechoed; else one line of stdin.
+async fn read_new_password(user_id: &str) -> Result<SecretString, Failure> {
+    let user_id = user_id.to_owned();
+    let read = tokio::task::spawn_blocking(move || -> Result<String, Failure> {
+        let unreadable = |err: std::io::Error| Failure::new(exit::FAILED, format!("cannot read the password: {err}"));
+        let password = if std::io::stdin().is_terminal() {
+            let first = rpassword::prompt_password(format!("New password for {user_id}: ")).map_err(unreadable)?;
+            let again = rpassword::prompt_password("The same password again: ").map_err(unreadable)?;
+            if first != again {
+                return Err(Failure::new(exit::USAGE, "the two passwords are not the same; nothing changed"));
+            }
+            first
+        } else {
+            let mut line = String::new();
+            std::io::stdin().lock().read_line(&mut line).map_err(unreadable)?;
+            line.trim_end_matches(['\r', '\n']).to_owned()
+        };
+        if let Some(problem) = password_problem(&password, &user_id) {
+            return Err(Failure::new(exit::USAGE, format!("{problem} Nothing changed.")));
+        }
+        Ok(password)
+    });
+    let password = read.await.map_err(|err| Failure::new(exit::FAILED, err))??;
+    Ok(SecretString::from(password))
+}
+
+async fn confirm_release(user_id: &str) -> Result<bool, Failure> {
+    if !std::io::stdin().is_terminal() {
+        return Err(Failure::new(
+            exit::USAGE,
+            "stdin is not a terminal, so lifeboat cannot ask before releasing: pass --yes to release",
+        ));
+    }
+    print!(
+        "Release {user_id}? Its account is deactivated for good and the ID can never be registered again. Type the ID to confirm: "
+    );
+    std::io::stdout().flush().ok();
+    let answer = tokio::task::spawn_blocking(|| {
+        let mut answer = String::new();
+        std::io::stdin().lock().read_line(&mut answer).ok();
+        answer
+    })
+    .await
+    .unwrap_or_default();
+    Ok(answer.trim() == user_id)
+}
+
