@@ -7,7 +7,7 @@ use std::time::Duration;
 
 use crate::config::{Config, EmailConfig, RecoveryMode};
 use crate::dm::{CryptoStore, DmSender};
-use crate::holds::{hold_lost_ids, holds_wanted};
+use crate::holds::{HoldReport, hold_lost_ids, holds_wanted};
 use crate::lease::{Held, Lease};
 use crate::links::LINK_KEY;
 use crate::mail::Mailer;
@@ -90,7 +90,7 @@ pub async fn open_incident(
     scope: &str,
     actor: &Actor,
     progress: &dyn NotifyProgress,
-) -> Result<(Incident, i64), CampaignError> {
+) -> Result<OpenedIncident, CampaignError> {
     if let Err(reason) = sync_first(config, registry, actor, progress).await {
         let last = registry.last_complete_sync().await?.and_then(|run| run.finished_at);
         let when = last.and_then(registry::format_time).unwrap_or_else(|| "never".to_owned());
@@ -101,28 +101,42 @@ pub async fn open_incident(
         };
         progress.note(&format!("could not sync before opening ({reason}); {used}"));
     }
-    let opened = registry.open_incident(title, postmortem, scope, actor).await?;
-    if holds_wanted(config, true) {
-        hold_after_opening(config, registry, actor, progress).await;
-    }
-    Ok(opened)
+    let (incident, affected) = registry.open_incident(title, postmortem, scope, actor).await?;
+    let holds = if holds_wanted(config, true) { hold_after_opening(config, registry, actor, progress).await } else { None };
+    Ok(OpenedIncident { incident, affected, holds })
+}
+
+/// What `open_incident` did.
+pub struct OpenedIncident {
+    pub incident: Incident,
+    /// How many accounts it affects.
+    pub affected: i64,
+    /// The lost IDs held right after opening (when holds are on).
+    pub holds: Option<HoldReport>,
 }
 
 /// Holds the lost IDs once an incident is open. A failure is a note, not
 /// the end of the incident: the watcher (or the next `incident open` or
 /// `lifeboat holds make`) tries again.
-async fn hold_after_opening(config: &Config, registry: &Registry, actor: &Actor, progress: &dyn NotifyProgress) {
+async fn hold_after_opening(
+    config: &Config,
+    registry: &Registry,
+    actor: &Actor,
+    progress: &dyn NotifyProgress,
+) -> Option<HoldReport> {
     let client = match admin_client_recovering(config, registry, actor, progress).await {
         Ok(client) => client,
         Err(err) => {
             progress.note(&format!("lost IDs are not held yet: {err}"));
-            return;
+            return None;
         }
     };
     match hold_lost_ids(config, registry, &client, actor, &|_, _| {}).await {
-        Ok(report) if report.is_empty() => {}
-        Ok(report) => progress.note(&report.summary()),
-        Err(err) => progress.note(&format!("lost IDs are not held: {err}")),
+        Ok(report) => Some(report),
+        Err(err) => {
+            progress.note(&format!("lost IDs are not held: {err}"));
+            None
+        }
     }
 }
 

@@ -56,7 +56,7 @@ impl HoldReport {
 
     /// One line for a CLI, the bot or an alert.
     pub fn summary(&self) -> String {
-        let mut text = format!("held {} lost IDs for their owners", self.held.len());
+        let mut text = format!("Held {} lost IDs for their owners", self.held.len());
         if !self.taken.is_empty() {
             text.push_str(&format!(
                 "; {} were registered by someone else first and are treated as strangers: {}",

@@ -128,10 +128,14 @@ async fn run(bot: &Bot, room: &Room, actor: &Actor, command: AdminCommand) -> Re
         }
         AdminCommand::IncidentOpen { title, postmortem } => {
             let notes = Notes::default();
-            let (incident, affected) = open_incident(config, registry, &title, &postmortem, "missing", actor, &notes)
+            let opened = open_incident(config, registry, &title, &postmortem, "missing", actor, &notes)
                 .await
                 .map_err(|e| text(&e))?;
-            let notes = notes.notes.into_inner().unwrap_or_default();
+            let (incident, affected) = (opened.incident, opened.affected);
+            let mut notes = notes.notes.into_inner().unwrap_or_default();
+            if let Some(holds) = opened.holds.filter(|holds| !holds.is_empty()) {
+                notes.insert(0, holds.summary());
+            }
             Ok(format!(
                 "Opened incident **{}** \"{}\" ({affected} affected accounts). Next: `{prefix} notify {}` shows what would be sent.{}",
                 incident.id,

@@ -78,14 +78,22 @@ pub async fn run(context: &Context, command: Command) -> Outcome {
                 Scope::Missing => "missing",
                 Scope::All => "all",
             };
-            let (incident, count) =
-                open_incident(&config, &registry, title, &markdown, scope, &Actor::cli(), &StderrNotes)
-                    .await
-                    .map_err(|err| Failure::new(exit::FAILED, err))?;
+            let opened = open_incident(&config, &registry, title, &markdown, scope, &Actor::cli(), &StderrNotes)
+                .await
+                .map_err(|err| Failure::new(exit::FAILED, err))?;
+            let (incident, count) = (&opened.incident, opened.affected);
             if json {
-                print_json(&serde_json::json!({"id": incident.id, "title": incident.title, "affected": count}))?;
+                print_json(&serde_json::json!({
+                    "id": incident.id,
+                    "title": incident.title,
+                    "affected": count,
+                    "holds": opened.holds,
+                }))?;
             } else {
                 println!("Opened incident {} ({count} affected accounts).", incident.id);
+                if let Some(holds) = opened.holds.as_ref().filter(|holds| !holds.is_empty()) {
+                    println!("{}.", holds.summary());
+                }
                 println!("Next: `lifeboat notify {} --dry-run` to see what would be sent.", incident.id);
             }
             Ok(exit::OK)

@@ -33,9 +33,17 @@ pub enum Command {
 
 #[derive(clap::ValueEnum, Clone, Copy, Debug)]
 pub enum StateFilter {
+    /// Listed by Synapse, and its person's.
     Present,
+    /// Not in the listing: lost.
     Missing,
     Deactivated,
+    /// Lost, then held by lifeboat for its owner.
+    Held,
+    /// Held, then handed back to its owner.
+    Claimed,
+    /// Registered again by someone lifeboat cannot vouch for.
+    Recreated,
 }
 
 pub(super) fn parse_user_id(text: &str) -> Result<UserId, String> {
@@ -65,6 +73,9 @@ pub async fn run(context: &Context, command: Command) -> Outcome {
                 StateFilter::Present => AccountState::Present,
                 StateFilter::Missing => AccountState::Missing,
                 StateFilter::Deactivated => AccountState::Deactivated,
+                StateFilter::Held => AccountState::Held,
+                StateFilter::Claimed => AccountState::Claimed,
+                StateFilter::Recreated => AccountState::Recreated,
             });
             let counts: HashMap<String, i64> = registry.contact_counts().await?.into_iter().collect();
             let accounts: Vec<Listed> = registry
@@ -86,6 +97,8 @@ pub async fn run(context: &Context, command: Command) -> Outcome {
                 for Listed { account, contacts } in &accounts {
                     let since = match account.state {
                         AccountState::Missing => time(account.missing_since),
+                        AccountState::Held | AccountState::Claimed => time(account.custody_at),
+                        AccountState::Recreated => time(account.recreated_at),
                         _ => time(account.last_seen_present_at),
                     };
                     println!("{:<width$}  {:<11}  {:>8}  {since}", account.user_id, account.state.as_str(), contacts);

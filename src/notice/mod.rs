@@ -437,7 +437,7 @@ mod tests {
         let notice = render_notice(&ctx).unwrap();
         assert!(notice.text.contains(CLAIM), "{}", notice.text);
         assert!(notice.markdown.contains(CLAIM), "{}", notice.markdown);
-        assert!(notice.html.contains(&CLAIM.replace('&', "&amp;")), "{}", notice.html);
+        assert!(notice.html.contains(&CLAIM.replace('&', "&#38;")), "{}", notice.html);
         for part in [&notice.text, &notice.html, &notice.markdown] {
             assert!(part.contains("is kept for you"), "{part}");
             assert!(part.contains("your old ID cannot be registered with it"), "{part}");

@@ -468,6 +468,6 @@ mod tests {
         assert!(fields.contains("'account_state', x.account_state, "), "{fields}");
         assert!(fields.contains("'contact_id', x.contact_id, "), "{fields}");
         assert!(fields.ends_with("'token_expires_at', x.token_expires_at"), "{fields}");
-        assert_eq!(fields.matches(", x.").count(), 14, "one per column: {fields}");
+        assert_eq!(fields.matches(", x.").count(), 17, "one per column: {fields}");
     }
 }

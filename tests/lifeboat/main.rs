@@ -3,6 +3,7 @@
 mod backups;
 mod cli_errors;
 mod harness;
+mod holds;
 mod listing_failures;
 mod notices;
 mod registry_backends;

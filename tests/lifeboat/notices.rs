@@ -109,7 +109,7 @@ async fn open_for_everyone(lifeboat: &Lifeboat, title: &str) -> crate::harness::
 }
 
 fn token_in(text: &str) -> String {
-    let line = text.lines().find(|line| line.contains("registration token")).expect("the token is in the email");
+    let line = text.lines().find(|line| line.contains("registration token: ")).expect("the token is in the email");
     line.split_whitespace().last().unwrap().trim_matches(|c: char| !c.is_ascii_alphanumeric()).to_owned()
 }
 

@@ -38,8 +38,9 @@ macro_rules! on_both_backends {
     };
 }
 
+/// A listed account created at second `created` (the listing gives ms).
 fn user(id: &str, created: i64) -> ListedUser {
-    serde_json::from_value(json!({"name": id, "creation_ts": created, "displayname": id})).unwrap()
+    serde_json::from_value(json!({"name": id, "creation_ts": created * 1000, "displayname": id})).unwrap()
 }
 
 /// Stages `users` as one complete listing and applies it.
@@ -70,17 +71,52 @@ async fn vanished_accounts_are_marked_missing_never_deleted(registry: Registry) 
     assert_eq!(registry.contacts_of("@b:x").await.unwrap().len(), 1, "contacts survive the loss");
     let c = registry.account("@c:x").await.unwrap().unwrap();
     assert!(c.recreated_at.is_some());
-    assert_eq!(c.synapse_created_at, Some(9));
+    assert_eq!(c.synapse_created_at, Some(9_000));
+    assert_eq!(c.state, AccountState::Recreated);
 
     let third = sync_listing(&registry, &[user("@a:x", 1), user("@c:x", 9)]).await;
     assert_eq!(third.newly_missing, 0, "already missing is not newly missing");
     assert_eq!(third.report.missing, ["@b:x"]);
+    assert_eq!(third.report.recreated, ["@c:x"], "a recreated ID stays recreated until settled");
+    let c = registry.account("@c:x").await.unwrap().unwrap();
+    assert_eq!(c.state, AccountState::Recreated, "a later sync does not make it present");
     let back = sync_listing(&registry, &[user("@a:x", 1), user("@b:x", 1), user("@c:x", 9)]).await;
     assert!(back.report.missing.is_empty());
     let b = registry.account("@b:x").await.unwrap().unwrap();
     assert_eq!((b.state, b.missing_since), (AccountState::Present, None));
 }
 on_both_backends!(vanished_accounts_are_marked_missing_never_deleted);
+
+async fn a_held_id_is_never_taken_for_a_recreated_one_and_is_claimed_once(registry: Registry) {
+    sync_listing(&registry, &[user("@a:x", 1), user("@b:x", 1)]).await;
+    sync_listing(&registry, &[user("@a:x", 1)]).await;
+    let candidates = registry.hold_candidates("@lifeboat:x").await.unwrap();
+    assert_eq!(candidates.iter().map(|c| c.user_id.as_str()).collect::<Vec<_>>(), ["@b:x"]);
+    registry.begin_hold("@b:x").await.unwrap();
+    assert_eq!(registry.hold_candidates("@lifeboat:x").await.unwrap()[0].begun_before, 1, "resumable");
+    registry.mark_held("@b:x", Some(5_000)).await.unwrap();
+    assert!(registry.hold_candidates("@lifeboat:x").await.unwrap().is_empty());
+
+    // Listed again (created by lifeboat at second 5, a few ms later): held.
+    let listed = sync_listing(&registry, &[user("@a:x", 1), user("@b:x", 5)]).await;
+    assert!(listed.report.recreated.is_empty(), "{:?}", listed.report);
+    let b = registry.account("@b:x").await.unwrap().unwrap();
+    assert_eq!(b.state, AccountState::Held);
+    let hold = b.custody_at.unwrap();
+
+    let actor = Actor::cli();
+    assert!(!registry.claim_hold("@b:x", hold + 1, &actor).await.unwrap(), "another hold's link");
+    assert!(registry.claim_hold("@b:x", hold, &actor).await.unwrap());
+    assert!(!registry.claim_hold("@b:x", hold, &actor).await.unwrap(), "once only");
+    sync_listing(&registry, &[user("@a:x", 1), user("@b:x", 5)]).await;
+    assert_eq!(registry.account("@b:x").await.unwrap().unwrap().state, AccountState::Claimed);
+
+    // A second loss: missing again, and held anew.
+    sync_listing(&registry, &[user("@a:x", 1)]).await;
+    assert_eq!(registry.account("@b:x").await.unwrap().unwrap().state, AccountState::Missing);
+    assert_eq!(registry.hold_candidates("@lifeboat:x").await.unwrap().len(), 1);
+}
+on_both_backends!(a_held_id_is_never_taken_for_a_recreated_one_and_is_claimed_once);
 
 async fn a_failed_listing_changes_nothing(registry: Registry) {
     sync_listing(&registry, &[user("@a:x", 1), user("@b:x", 1)]).await;

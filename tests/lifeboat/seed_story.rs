@@ -1,8 +1,10 @@
 //! The seed incident end to end, across every face: people with contacts,
-//! `serve` running, the database wiped; the bot's alert in a new admin
-//! room, notices confirmed from the bot, one email each with a working
-//! token, a person whose token expired getting a fresh one from the web
-//! page, registering, and the next sync showing them back.
+//! `serve` running, the database wiped; every lost ID held for its owner,
+//! the admin taking hers back on the lifeboat host and finding the bot's
+//! alert in a new admin room, notices confirmed from the bot, one email
+//! each with a working token (for a new name) and a claim link, a person
+//! who lost their notice getting a fresh claim link from the web page,
+//! taking their ID back, and the next sync showing it claimed.
 //!
 //! `LIFEBOAT_SEED_STORY_PEOPLE=1000` (default 12) makes it the measurement
 //! the README reports; add `LIFEBOAT_TEST_BIN=target/release/lifeboat` to
@@ -11,14 +13,14 @@
 use std::time::{Duration, Instant};
 
 use crate::harness::browser::Browser;
-use crate::harness::{MatrixUser, TestSmtp, eventually};
+use crate::harness::{TestSmtp, eventually};
 use crate::serve_bot::{Rig, people};
 
 const POSTMORTEM: &str =
     "# What happened\n\nOur database was lost during maintenance.\n\nUse the token below to register again.";
 
 fn token_in(text: &str) -> String {
-    let line = text.lines().find(|line| line.contains("registration token")).expect("the token is in the email");
+    let line = text.lines().find(|line| line.contains("registration token: ")).expect("the token is in the email");
     line.split_whitespace().last().unwrap().trim_matches(|c: char| !c.is_ascii_alphanumeric()).to_owned()
 }
 
@@ -40,9 +42,8 @@ async fn after_a_wipe_everyone_is_told_once_and_a_person_comes_back_through_the_
     .await;
     let alerted = wiped.elapsed();
 
-    // The admin registers again and finds the bot in a new admin room.
-    let again = rig.synapse.register(&rig.alice_localpart);
-    let alice = MatrixUser::new(&rig.synapse.url, &again.user_id, &again.access_token);
+    // The admin takes her held ID back and finds the bot in a new admin room.
+    let alice = rig.alice_takes_her_id_back().await;
     let mut invites = Vec::new();
     for _ in 0..240 {
         invites = alice.invites().await;
@@ -55,11 +56,11 @@ async fn after_a_wipe_everyone_is_told_once_and_a_person_comes_back_through_the_
     alice.join(&room).await;
     alice.wait_for_message(&room, &rig.bot, "Suspected database reset", Duration::from_secs(30)).await;
 
-    // Wait for the watcher's sync to mark everyone missing, then open the incident.
+    // Wait for the watcher to hold everyone's ID, then open the incident.
     let lifeboat = &rig.lifeboat;
-    eventually("the registry marks the people missing", Duration::from_secs(120), || async {
-        let missing = lifeboat.run(&["users", "list", "--state", "missing", "--json"]).await;
-        missing.json().as_array().map(|accounts| accounts.len()).unwrap_or(0) >= count
+    eventually("the registry holds the people's IDs", Duration::from_secs(120), || async {
+        let held = lifeboat.run(&["users", "list", "--state", "held", "--json"]).await;
+        held.json().as_array().map(|accounts| accounts.len()).unwrap_or(0) >= count
     })
     .await;
     alice.send(&room, &format!("!lifeboat incident open Database lost\n{POSTMORTEM}")).await;
@@ -106,32 +107,31 @@ async fn after_a_wipe_everyone_is_told_once_and_a_person_comes_back_through_the_
         assert!(rig.synapse.token_is_valid(token).await, "the token in the notice works");
     }
 
-    // One person's token runs out before they use it; the web page gives a fresh one.
+    // One person lost their notice: the web page mails a fresh claim link,
+    // and they take their ID back in the browser.
     let (localpart, email) = &people[0];
-    rig.synapse.expire_token_in(&tokens[0], 1_000).await;
-    tokio::time::sleep(Duration::from_millis(1_500)).await;
-    assert!(!rig.synapse.token_is_valid(&tokens[0]).await);
     let browser = Browser::start().await;
     browser.goto(&format!("{}/token", rig.web)).await;
     browser.fill("#who", email).await;
     browser.click("button[type=submit]").await;
     assert!(browser.text("main").await.contains("Check your email"));
-    eventually("the token link is mailed", Duration::from_secs(30), || async { smtp.messages_to(email).len() >= 2 })
+    eventually("the claim link is mailed", Duration::from_secs(30), || async { smtp.messages_to(email).len() >= 2 })
         .await;
     let mail = rig.smtp.messages_to(email).pop().unwrap();
     let link =
-        mail.text.as_deref().unwrap().split_whitespace().find(|word| word.contains("/token/open?")).unwrap().to_owned();
+        mail.text.as_deref().unwrap().split_whitespace().find(|word| word.contains("/claim?")).unwrap().to_owned();
     browser.goto(&link).await;
-    browser.click("#show-token").await;
-    let fresh = browser.text("#token").await;
-    assert_ne!(fresh, tokens[0], "a new token, not the expired one");
+    browser.fill("#password", "back aboard at last").await;
+    browser.fill("#again", "back aboard at last").await;
+    browser.click("#claim").await;
+    assert_eq!(browser.text("#account").await, rig.synapse.user_id(localpart));
     browser.close().await;
-    let (code, body) = rig.synapse.register_with_token(localpart, &fresh).await;
-    assert_eq!(code, 200, "registering with the fresh token works: {body}");
+    let (code, body) = rig.synapse.login(localpart, "back aboard at last").await;
+    assert_eq!(code, 200, "signing in as the same ID works: {body}");
 
     let sync = rig.lifeboat.run(&["sync"]).await;
     assert_eq!(sync.code, 0, "{sync:?}");
     let user_id = rig.synapse.user_id(localpart);
     let shown = rig.lifeboat.run(&["users", "show", &user_id, "--json"]).await.json();
-    assert_eq!(shown["state"], "present", "the next sync shows them back: {shown}");
+    assert_eq!(shown["state"], "claimed", "the next sync shows them back, as themselves: {shown}");
 }

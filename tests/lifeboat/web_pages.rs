@@ -227,7 +227,7 @@ fn base_without_synapse(registry: &TestDatabase, smtp: &TestSmtp) -> String {
 }
 
 /// A form page's CSRF cookie and token, as a browser would get them.
-async fn form_csrf(http: &reqwest::Client, url: &str) -> (String, String) {
+pub(crate) async fn form_csrf(http: &reqwest::Client, url: &str) -> (String, String) {
     let response = http.get(url).send().await.unwrap();
     let cookie = response
         .headers()
@@ -246,7 +246,7 @@ async fn form_csrf(http: &reqwest::Client, url: &str) -> (String, String) {
     (cookie, token)
 }
 
-async fn post_form(http: &reqwest::Client, url: &str, cookie: Option<&str>, body: &str) -> (u16, String) {
+pub(crate) async fn post_form(http: &reqwest::Client, url: &str, cookie: Option<&str>, body: &str) -> (u16, String) {
     let mut request = http.post(url).header("content-type", "application/x-www-form-urlencoded").body(body.to_owned());
     if let Some(cookie) = cookie {
         request = request.header("cookie", cookie);

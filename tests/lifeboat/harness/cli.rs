@@ -103,6 +103,23 @@ impl Lifeboat {
         }
     }
 
+    /// Like [`Self::run`], with `input` on stdin (not a terminal).
+    pub async fn run_with_input(&self, args: &[&str], input: &str) -> Run {
+        use tokio::io::AsyncWriteExt;
+        let mut command = self.command(args);
+        command.stdin(std::process::Stdio::piped()).stdout(std::process::Stdio::piped()).stderr(std::process::Stdio::piped());
+        let mut child = command.spawn().expect("lifeboat runs");
+        let mut stdin = child.stdin.take().unwrap();
+        stdin.write_all(input.as_bytes()).await.unwrap();
+        drop(stdin);
+        let Output { status, stdout, stderr } = child.wait_with_output().await.expect("lifeboat runs");
+        Run {
+            code: status.code().unwrap_or(-1),
+            stdout: String::from_utf8_lossy(&stdout).into_owned(),
+            stderr: String::from_utf8_lossy(&stderr).into_owned(),
+        }
+    }
+
     fn command(&self, args: &[&str]) -> tokio::process::Command {
         // LIFEBOAT_TEST_BIN: measure with another build (e.g. release).
         let binary = std::env::var("LIFEBOAT_TEST_BIN").unwrap_or_else(|_| env!("CARGO_BIN_EXE_lifeboat").to_owned());

@@ -166,16 +166,6 @@ impl TestSynapse {
     }
 
     /// Synapse's own word on a registration token (no auth needed).
-    /// Makes a registration token expire `in_ms` from now (Synapse refuses
-    /// an expiry in the past).
-    pub async fn expire_token_in(&self, token: &str, in_ms: i64) {
-        let url = format!("{}/_synapse/admin/v1/registration_tokens/{token}", self.url);
-        let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_millis() as i64;
-        let body = json!({"expiry_time": now + in_ms});
-        let response = self.http.put(url).bearer_auth(self.admin_token()).json(&body).send().await.unwrap();
-        assert!(response.status().is_success(), "setting the token's expiry failed: {}", response.status());
-    }
-
     pub async fn token_is_valid(&self, token: &str) -> bool {
         let url = format!("{}/_matrix/client/v1/register/m.login.registration_token/validity", self.url);
         let body: Value = self.http.get(url).query(&[("token", token)]).send().await.unwrap().json().await.unwrap();
@@ -206,6 +196,22 @@ impl TestSynapse {
         let mut last = account;
         last["auth"] = json!({"type": "m.login.dummy", "session": session});
         post(last).await
+    }
+
+    /// The account as the admin API shows it (`GET /_synapse/admin/v2/users/<id>`).
+    pub async fn user(&self, localpart: &str) -> Value {
+        let url = format!("{}/_synapse/admin/v2/users/{}", self.url, self.user_id(localpart));
+        let response = self.http.get(url).bearer_auth(self.admin_token()).send().await.unwrap();
+        assert!(response.status().is_success(), "reading {localpart} failed: {}", response.status());
+        response.json().await.unwrap()
+    }
+
+    /// Signs in with a password, as a client does: (status, body).
+    pub async fn login(&self, localpart: &str, password: &str) -> (u16, Value) {
+        let url = format!("{}/_matrix/client/v3/login", self.url);
+        let body = json!({"type": "m.login.password", "identifier": {"type": "m.id.user", "user": localpart}, "password": password});
+        let response = self.http.post(url).json(&body).send().await.unwrap();
+        (response.status().as_u16(), response.json().await.unwrap_or_default())
     }
 
     pub async fn lock_user(&self, localpart: &str) {

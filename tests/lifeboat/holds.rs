@@ -1,0 +1,373 @@
+//! Held IDs: after a wipe every lost ID that is still free is held for its
+//! owner, no registration token can take it, and its owner gets the same ID
+//! back by following their notice. IDs taken before the hold are strangers.
+
+use std::time::Duration;
+
+use crate::harness::browser::Browser;
+use crate::harness::{Lifeboat, MatrixUser, TestDatabase, TestSmtp, TestSynapse, eventually, unique};
+use crate::serve_bot::{Rig, people};
+use crate::web_pages::{form_csrf, post_form};
+
+const POSTMORTEM: &str = "Our database was lost during maintenance.";
+
+/// The held IDs `holds list --json` shows, by state.
+async fn ids_in(lifeboat: &Lifeboat, state: &str) -> Vec<String> {
+    let listed = lifeboat.run(&["holds", "list", "--json"]).await.json();
+    listed
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|hold| hold["state"] == state)
+        .map(|hold| hold["user_id"].as_str().unwrap().to_owned())
+        .collect()
+}
+
+/// Are all these user IDs in `state`?
+async fn all_in(lifeboat: &Lifeboat, state: &str, ids: &[String]) -> bool {
+    let listed = ids_in(lifeboat, state).await;
+    ids.iter().all(|id| listed.contains(id))
+}
+
+/// The user IDs of `people` on `synapse`.
+fn ids_of(synapse: &TestSynapse, people: &[(String, String)]) -> Vec<String> {
+    people.iter().map(|(localpart, _)| synapse.user_id(localpart)).collect()
+}
+
+/// Opens an incident from the CLI and sends its notices; returns its id.
+async fn open_and_notify(lifeboat: &Lifeboat) -> String {
+    std::fs::write(lifeboat.dir().join("postmortem.md"), POSTMORTEM).unwrap();
+    let opened =
+        lifeboat.run(&["incident", "open", "--title", "Database lost", "--postmortem", "postmortem.md", "--json"]).await;
+    assert_eq!(opened.code, 0, "{opened:?}");
+    let id = opened.json()["id"].to_string();
+    let notified = lifeboat.run(&["notify", &id, "--yes"]).await;
+    assert_eq!(notified.code, 0, "{notified:?}");
+    id
+}
+
+/// The one word of a mail's text that contains `needle`.
+fn word_with(text: &str, needle: &str) -> String {
+    text.split_whitespace()
+        .find(|word| word.contains(needle))
+        .unwrap_or_else(|| panic!("no {needle} in:\n{text}"))
+        .to_owned()
+}
+
+fn token_in(text: &str) -> String {
+    let line = text.lines().find(|line| line.contains("registration token: ")).expect("the token is in the notice");
+    line.split_whitespace().last().unwrap().to_owned()
+}
+
+fn notice_to(rig: &Rig, email: &str) -> String {
+    let mails = rig.smtp.messages_to(email);
+    let notice = mails
+        .iter()
+        .find(|mail| mail.subject.as_deref().unwrap_or_default().contains("Database lost"))
+        .unwrap_or_else(|| panic!("no notice to {email}"));
+    notice.text.clone().unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn after_a_wipe_lost_ids_are_held_no_token_takes_one_and_each_owner_claims_theirs() {
+    let people = people(3);
+    let mut rig = Rig::start(TestSmtp::start(None), &people).await;
+    rig.serve().await;
+    rig.synapse.wipe();
+
+    // serve's watcher (interval 2 s) holds every lost ID, lifeboat's own excepted.
+    let (lifeboat, mut lost) = (&rig.lifeboat, ids_of(&rig.synapse, &people));
+    lost.push(rig.synapse.user_id(&rig.alice_localpart));
+    eventually("the watcher holds the lost IDs", Duration::from_secs(90), || async {
+        all_in(lifeboat, "held", &lost).await
+    })
+    .await;
+    assert!(!ids_in(lifeboat, "held").await.contains(&rig.bot), "lifeboat's own account is recovered, not held");
+    rig.synapse.register_admin(&unique("root"));
+    let (a, a_email) = &people[0];
+    let held = rig.synapse.user(a).await;
+    assert_eq!(held["locked"], true, "{held}");
+    assert_eq!(held["displayname"].as_str(), Some(a.as_str()), "the display name is back: {held}");
+    assert_eq!(held["threepids"][0]["address"].as_str(), Some(a_email.as_str()), "the email is back: {held}");
+
+    let alert = rig.smtp.messages_to("oncall@example.org");
+    assert!(
+        alert.iter().any(|mail| mail.text.as_deref().unwrap_or_default().contains("Held for their owners")),
+        "the alert says what was held"
+    );
+
+    open_and_notify(&rig.lifeboat).await;
+    let (b, b_email) = &people[1];
+    let a_notice = notice_to(&rig, a_email);
+    let b_token = token_in(&notice_to(&rig, b_email));
+
+    // B's token cannot take A's ID; it still registers a new name.
+    let (status, body) = rig.synapse.register_with_token(a, &b_token).await;
+    assert_eq!((status, body["errcode"].as_str()), (400, Some("M_USER_IN_USE")), "{body}");
+    let (status, body) = rig.synapse.register_with_token(b, &b_token).await;
+    assert_eq!(status, 400, "B's own old ID is held too, for B's claim: {body}");
+    let (status, body) = rig.synapse.register_with_token(&unique("b-new"), &b_token).await;
+    assert_eq!(status, 200, "the token is for a new name: {body}");
+
+    // A follows the claim link in A's notice (plain HTTP).
+    assert!(a_notice.contains("is kept for you"), "{a_notice}");
+    let link = word_with(&a_notice, "/claim?");
+    let http = reqwest::Client::builder().no_proxy().build().unwrap();
+    let (cookie, csrf) = form_csrf(&http, &link).await;
+    let query = link.split_once('?').unwrap().1;
+    let password = "sea shanty lighthouse";
+    let form = format!("csrf={csrf}&{query}&password=too+short&again=too+short");
+    let (status, page) = post_form(&http, &format!("{}/claim", rig.web), Some(&cookie), &form).await;
+    assert_eq!(status, 400, "a weak password is refused with the rule: {page}");
+    assert!(page.contains("at least 10 characters"), "{page}");
+    let form = format!("csrf={csrf}&{query}&password=sea+shanty+lighthouse&again=sea+shanty+lighthouse");
+    let (status, page) = post_form(&http, &format!("{}/claim", rig.web), Some(&cookie), &form).await;
+    assert_eq!(status, 200, "{page}");
+    assert!(page.contains("is yours again") && page.contains(&rig.synapse.user_id(a)), "{page}");
+    let (status, login) = rig.synapse.login(a, password).await;
+    assert_eq!(status, 200, "A signs in as the same ID: {login}");
+    assert_eq!(login["user_id"].as_str(), Some(rig.synapse.user_id(a).as_str()));
+    let claimed = rig.synapse.user(a).await;
+    assert_eq!((claimed["locked"].as_bool(), claimed["displayname"].as_str()), (Some(false), Some(a.as_str())));
+    assert_eq!(ids_in(&rig.lifeboat, "claimed").await, vec![rig.synapse.user_id(a)]);
+
+    // The link worked once.
+    let (status, page) = post_form(&http, &format!("{}/claim", rig.web), Some(&cookie), &form).await;
+    assert_eq!(status, 400, "a used link is refused: {page}");
+    assert!(page.contains("does not work"), "{page}");
+
+    // C claims in Chromium, at phone and desktop sizes.
+    let (c, c_email) = &people[2];
+    let c_link = word_with(&notice_to(&rig, c_email), "/claim?");
+    let browser = Browser::start().await;
+    browser.client.set_window_size(390, 844).await.unwrap();
+    browser.goto(&c_link).await;
+    assert_eq!(browser.text("#account").await, rig.synapse.user_id(c));
+    browser.screenshot("claim-phone").await;
+    browser.client.set_window_size(1024, 900).await.unwrap();
+    browser.screenshot("claim-desktop").await;
+    browser.fill("#password", "another quiet harbour").await;
+    browser.fill("#again", "another quiet harbour").await;
+    browser.click("#claim").await;
+    assert_eq!(browser.text("#account").await, rig.synapse.user_id(c));
+    browser.screenshot("claim-done").await;
+    browser.close().await;
+    let (status, login) = rig.synapse.login(c, "another quiet harbour").await;
+    assert_eq!(status, 200, "{login}");
+
+    // A later sync keeps them claimed, not recreated.
+    assert_eq!(rig.lifeboat.run(&["sync"]).await.code, 0);
+    let shown = rig.lifeboat.run(&["users", "show", &rig.synapse.user_id(a), "--json"]).await.json();
+    assert_eq!(shown["state"], "claimed", "{shown}");
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_claim_link_that_is_forged_altered_or_for_another_incident_is_refused() {
+    let people = people(1);
+    let mut rig = Rig::start(TestSmtp::start(None), &people).await;
+    rig.serve().await;
+    rig.synapse.wipe();
+    let (lifeboat, lost) = (&rig.lifeboat, ids_of(&rig.synapse, &people));
+    eventually("the lost ID is held", Duration::from_secs(90), || async { all_in(lifeboat, "held", &lost).await })
+        .await;
+    open_and_notify(&rig.lifeboat).await;
+    let (_, email) = &people[0];
+    let link = word_with(&notice_to(&rig, email), "/claim?");
+    let http = reqwest::Client::builder().no_proxy().build().unwrap();
+    let status_of = |url: String| {
+        let http = http.clone();
+        async move { http.get(url).send().await.unwrap().status().as_u16() }
+    };
+    assert_eq!(status_of(link.clone()).await, 200, "the link as mailed works");
+    let sig = link.split("sig=").nth(1).unwrap().to_owned();
+    let forged = link.replace(&sig, &"0".repeat(sig.len()));
+    assert_eq!(status_of(forged).await, 400, "a forged signature");
+    let other_incident = link.replace("incident=1", "incident=2");
+    assert_eq!(status_of(other_incident).await, 400, "another incident");
+    let other_account = link.replace("person0-", "person1-");
+    assert_eq!(status_of(other_account).await, 400, "another account");
+    let hold = link.split("hold=").nth(1).unwrap().split('&').next().unwrap().to_owned();
+    assert_eq!(status_of(link.replace(&format!("hold={hold}"), "hold=1")).await, 400, "another hold");
+    let until = link.split("until=").nth(1).unwrap().split('&').next().unwrap().to_owned();
+    assert_eq!(status_of(link.replace(&format!("until={until}"), "until=9999999999999")).await, 400, "a longer life");
+    assert_eq!(status_of(format!("{}/claim", rig.web)).await, 400, "no link at all");
+
+    // Resolving the incident keeps the hold, and ends the link.
+    let resolved = rig.lifeboat.run(&["incident", "resolve", "1"]).await;
+    assert_eq!(resolved.code, 0, "{resolved:?}");
+    assert!(all_in(&rig.lifeboat, "held", &lost).await, "the IDs stay held");
+    assert_eq!(status_of(link).await, 400, "a link of a resolved incident");
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn an_id_registered_before_its_hold_is_left_alone_and_treated_as_a_stranger_everywhere() {
+    let people = people(2);
+    let mut rig = Rig::start(TestSmtp::start(None), &people).await;
+    rig.synapse.wipe();
+    // Before lifeboat sees the wipe, someone registers the admin's ID and a person's.
+    let squatter = rig.synapse.register(&rig.alice_localpart);
+    let (victim, victim_email) = &people[0];
+    let victim_squatter = rig.synapse.register(victim);
+    rig.serve_in_background();
+
+    let lifeboat = &rig.lifeboat;
+    let taken = vec![squatter.user_id.clone(), victim_squatter.user_id.clone()];
+    let others = ids_of(&rig.synapse, &people[1..]);
+    eventually("the others are held", Duration::from_secs(90), || async {
+        all_in(lifeboat, "recreated", &taken).await && all_in(lifeboat, "held", &others).await
+    })
+    .await;
+    // Never modified: the squatters' passwords still work, nothing is locked.
+    for (localpart, registered) in [(&rig.alice_localpart, &squatter), (victim, &victim_squatter)] {
+        let (status, _) = rig.synapse.login(localpart, registered.password.as_deref().unwrap()).await;
+        assert_eq!(status, 200, "{localpart} is untouched");
+    }
+    rig.synapse.register_admin(&unique("root"));
+    assert_eq!(rig.synapse.user(victim).await["locked"], false);
+
+    // The admins are told, the admin ID by name.
+    let smtp = &rig.smtp;
+    eventually("the alert names the taken admin ID", Duration::from_secs(60), || async {
+        smtp.messages_to("oncall@example.org")
+            .iter()
+            .any(|mail| mail.text.as_deref().unwrap_or_default().contains("An admin ID was taken"))
+    })
+    .await;
+
+    // The bot neither invites nor obeys the squatted admin ID.
+    let squatted_admin = MatrixUser::new(&rig.synapse.url, &squatter.user_id, &squatter.access_token);
+    tokio::time::sleep(Duration::from_secs(8)).await;
+    assert!(squatted_admin.invites().await.is_empty(), "no invite to the new admin room");
+    let dm = squatted_admin.create_room(&[&rig.bot], true).await;
+    squatted_admin.send(&dm, "contact list").await;
+    let answer = squatted_admin.wait_for_message(&dm, &rig.bot, "not one I know", Duration::from_secs(60)).await;
+    assert!(!answer.contains(victim_email), "{answer}");
+
+    // The web page gives a stranger's ID nothing: no token link, no subscription.
+    open_and_notify(&rig.lifeboat).await;
+    let mails_before = rig.smtp.count();
+    let http = reqwest::Client::builder().no_proxy().build().unwrap();
+    let (cookie, csrf) = form_csrf(&http, &format!("{}/token", rig.web)).await;
+    let who = rig.synapse.user_id(victim).replace('@', "%40").replace(':', "%3A");
+    let (status, _) =
+        post_form(&http, &format!("{}/token", rig.web), Some(&cookie), &format!("csrf={csrf}&who={who}")).await;
+    assert_eq!(status, 200);
+    let (cookie, csrf) = form_csrf(&http, &format!("{}/subscribe", rig.web)).await;
+    let form = format!("csrf={csrf}&user_id={who}&email=attacker%40evil.example");
+    let (status, _) = post_form(&http, &format!("{}/subscribe", rig.web), Some(&cookie), &form).await;
+    assert_eq!(status, 200);
+    tokio::time::sleep(Duration::from_secs(5)).await;
+    let sent: Vec<String> = rig.smtp.messages().into_iter().skip(mails_before).flat_map(|mail| mail.rcpt_tos).collect();
+    assert!(sent.is_empty(), "nothing mailed for a stranger's ID: {sent:?}");
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn an_account_an_admin_locked_gets_no_token_and_no_claim_link_from_any_face() {
+    let people = people(2);
+    let mut rig = Rig::start(TestSmtp::start(None), &people).await;
+    let (locked, locked_email) = &people[0];
+    rig.synapse.lock_user(locked).await;
+    assert_eq!(rig.lifeboat.run(&["sync"]).await.code, 0);
+    rig.serve().await;
+    rig.synapse.wipe();
+    let (lifeboat, lost) = (&rig.lifeboat, ids_of(&rig.synapse, &people));
+    eventually("the lost IDs are held", Duration::from_secs(90), || async { all_in(lifeboat, "held", &lost).await })
+        .await;
+    open_and_notify(&rig.lifeboat).await;
+    let notice = notice_to(&rig, locked_email);
+    assert!(!notice.contains("/claim?") && !notice.contains("registration token: "), "{notice}");
+
+    let mails_before = rig.smtp.messages_to(locked_email).len();
+    let http = reqwest::Client::builder().no_proxy().build().unwrap();
+    let (cookie, csrf) = form_csrf(&http, &format!("{}/token", rig.web)).await;
+    let form = format!("csrf={csrf}&who={}", locked_email.replace('@', "%40"));
+    let (status, _) = post_form(&http, &format!("{}/token", rig.web), Some(&cookie), &form).await;
+    assert_eq!(status, 200);
+    let (_, other_email) = &people[1];
+    let (cookie, csrf) = form_csrf(&http, &format!("{}/token", rig.web)).await;
+    let form = format!("csrf={csrf}&who={}", other_email.replace('@', "%40"));
+    post_form(&http, &format!("{}/token", rig.web), Some(&cookie), &form).await;
+    let smtp = &rig.smtp;
+    eventually("the other person's link arrives", Duration::from_secs(30), || async {
+        smtp.messages_to(other_email).len() >= 2
+    })
+    .await;
+    assert_eq!(rig.smtp.messages_to(locked_email).len(), mails_before, "nothing for the locked account");
+    assert!(rig.smtp.messages_to(other_email).last().unwrap().text.as_deref().unwrap().contains("/claim?"));
+
+    // The admin takes their held ID back on the lifeboat host; the bot then
+    // trusts it again, invites it, and refuses the locked account a token too.
+    let alice_id = rig.synapse.user_id(&rig.alice_localpart);
+    let weak = rig.lifeboat.run_with_input(&["holds", "claim", &alice_id], "short\n").await;
+    assert_eq!(weak.code, 2, "a weak password is refused: {weak:?}");
+    let alice = rig.alice_takes_her_id_back().await;
+    let mut invites = Vec::new();
+    for _ in 0..240 {
+        invites = alice.invites().await;
+        if !invites.is_empty() {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    }
+    let room = invites.first().expect("the claimed admin is invited to the new admin room").clone();
+    alice.join(&room).await;
+    alice.send(&room, &format!("!lifeboat token {}", rig.synapse.user_id(locked))).await;
+    let refused = alice.wait_for_message(&room, &rig.bot, "nothing to send", Duration::from_secs(60)).await;
+    assert!(refused.contains("locked or deactivated"), "{refused}");
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn holding_a_thousand_ids_killed_midway_and_run_again_holds_each_exactly_once() {
+    let synapse = TestSynapse::start();
+    let registry = TestDatabase::sqlite();
+    let count = 1000;
+    let prefix = unique("many");
+    let client = reqwest::Client::builder().no_proxy().build().unwrap();
+    let token = synapse.admin_token();
+    futures::future::join_all((0..8).map(|lane| {
+        let (client, token, url, server, prefix) =
+            (client.clone(), token.clone(), synapse.url.clone(), synapse.server_name.clone(), prefix.clone());
+        async move {
+            for n in (lane..count).step_by(8) {
+                let id = format!("@{prefix}-{n:04}:{server}");
+                let response = client
+                    .put(format!("{url}/_synapse/admin/v2/users/{id}"))
+                    .bearer_auth(&token)
+                    .json(&serde_json::json!({"displayname": format!("Person {n}")}))
+                    .send()
+                    .await
+                    .unwrap();
+                assert!(response.status().is_success());
+            }
+        }
+    }))
+    .await;
+    let lifeboat = Lifeboat::with_config(&format!(
+        "[homeserver]\nurl = \"{}\"\nserver_name = \"{}\"\nadmin_token = \"{token}\"\n\
+         registration_shared_secret = \"{}\"\n\n[registry]\nurl = \"{}\"\n",
+        synapse.url,
+        synapse.server_name,
+        synapse.shared_secret,
+        registry.url()
+    ));
+    assert_eq!(lifeboat.run(&["sync"]).await.code, 0);
+    synapse.wipe();
+    // Recovers lifeboat's account and lists the loss; holds come later.
+    assert_eq!(lifeboat.run(&["recover"]).await.code, 0);
+    assert_eq!(lifeboat.run(&["sync"]).await.code, 0);
+
+    let mut first = lifeboat.spawn(&["holds", "make"]);
+    eventually("some are held", Duration::from_secs(120), || async { ids_in(&lifeboat, "held").await.len() >= 200 })
+        .await;
+    first.start_kill().unwrap();
+    first.wait().await.unwrap();
+    let after_kill = ids_in(&lifeboat, "held").await.len();
+    assert!(after_kill < count, "killed before the end ({after_kill} held)");
+
+    let rerun = lifeboat.run(&["holds", "make"]).await;
+    assert_eq!(rerun.code, 0, "{rerun:?}");
+    assert_eq!(ids_in(&lifeboat, "held").await.len(), count + 1, "every lost ID held (and the original admin)");
+    assert!(ids_in(&lifeboat, "recreated").await.is_empty(), "none taken for a stranger's: {rerun:?}");
+    let again = lifeboat.run(&["holds", "make"]).await;
+    assert!(again.stdout.contains("No lost ID is waiting"), "{again:?}");
+}
