@@ -82,17 +82,19 @@ pub async fn check(
     let reason = match report.verdict {
         Verdict::Ok => "every known account is listed".to_owned(),
         Verdict::Loss => format!(
-            "{} of {} known accounts are lost ({} missing, {} recreated)",
-            report.missing.len() + report.recreated.len(),
+            "{} of {} known accounts are lost ({} missing, {} held for their owners, {} recreated)",
+            report.missing.len() + report.held.len() + report.recreated.len(),
             report.known,
             report.missing.len(),
+            report.held.len(),
             report.recreated.len()
         ),
         Verdict::SuspectedReset => format!(
-            "{:.0}% of known accounts are lost ({} missing, {} recreated), at or above watch.loss_threshold = {}: \
-             Synapse's database was probably reset",
+            "{:.0}% of known accounts are lost ({} missing, {} held for their owners, {} recreated), at or above \
+             watch.loss_threshold = {}: Synapse's database was probably reset",
             report.lost_share * 100.0,
             report.missing.len(),
+            report.held.len(),
             report.recreated.len(),
             options.loss_threshold
         ),

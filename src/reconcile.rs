@@ -46,6 +46,8 @@ pub enum Class {
     Recreated,
     /// Listed, not yet known.
     New,
+    /// Lost, and held by lifeboat for its owner (still lost to them).
+    Held,
 }
 
 pub fn classify(known: Option<&Known>, listed: Option<&Listed>) -> Option<Class> {
@@ -55,7 +57,7 @@ pub fn classify(known: Option<&Known>, listed: Option<&Listed>) -> Option<Class>
         (None, Some(_)) => Some(Class::New),
         (Some(known), Some(listed)) => Some(match known.standing {
             // lifeboat made this account itself, for its owner.
-            AccountState::Held => Class::Present,
+            AccountState::Held => Class::Held,
             // Taken by a stranger: stays so until an operator settles it.
             AccountState::Recreated => Class::Recreated,
             _ if registered_again(known.created_at_ms, listed.created_at_ms) => Class::Recreated,
@@ -104,7 +106,9 @@ pub struct Report {
     pub recreated: Vec<String>,
     pub deactivated: Vec<String>,
     pub new: Vec<String>,
-    /// Lost accounts (missing or recreated) as a share of known accounts.
+    /// Lost IDs lifeboat holds for their owners (lost to them until claimed).
+    pub held: Vec<String>,
+    /// Lost accounts (missing, held, or newly recreated) as a share of known accounts.
     pub lost_share: f64,
 }
 
@@ -118,6 +122,7 @@ pub struct ReportBuilder {
     recreated: Vec<String>,
     deactivated: Vec<String>,
     new: Vec<String>,
+    held: Vec<String>,
     known_recreated: usize,
 }
 
@@ -138,16 +143,17 @@ impl ReportBuilder {
             Some(Class::Deactivated) => self.deactivated.push(id()),
             Some(Class::Recreated) => self.recreated.push(id()),
             Some(Class::New) => self.new.push(id()),
+            Some(Class::Held) => self.held.push(id()),
         }
     }
 
     /// `loss_threshold`: the lost share at or above which the verdict is
     /// `suspected_reset` (a mass loss), not `loss`.
     pub fn finish(mut self, loss_threshold: f64) -> Report {
-        for ids in [&mut self.missing, &mut self.recreated, &mut self.deactivated, &mut self.new] {
+        for ids in [&mut self.missing, &mut self.recreated, &mut self.deactivated, &mut self.new, &mut self.held] {
             ids.sort_unstable();
         }
-        let lost = self.missing.len() + self.recreated.len() - self.known_recreated;
+        let lost = self.missing.len() + self.held.len() + self.recreated.len() - self.known_recreated;
         let lost_share = if self.known == 0 { 0.0 } else { lost as f64 / self.known as f64 };
         let verdict = if lost == 0 {
             Verdict::Ok
@@ -165,6 +171,7 @@ impl ReportBuilder {
             recreated: self.recreated,
             deactivated: self.deactivated,
             new: self.new,
+            held: self.held,
             lost_share,
         }
     }
@@ -240,9 +247,12 @@ mod tests {
     }
 
     #[test]
-    fn an_account_lifeboat_holds_is_present_though_created_later() {
-        let report = merge_join(&[known_as("@a:x", 1, AccountState::Held)], &[listed("@a:x", 9, false)], 0.5);
-        assert_eq!((report.present, report.recreated.len(), report.verdict), (1, 0, Verdict::Ok));
+    fn an_account_lifeboat_holds_is_held_not_recreated_and_still_lost_to_its_owner() {
+        let registry = [known_as("@a:x", 1, AccountState::Held), known("@b:x", 1), known("@c:x", 1)];
+        let listing = [listed("@a:x", 9, false), listed("@b:x", 1, false), listed("@c:x", 1, false)];
+        let report = merge_join(&registry, &listing, 0.5);
+        assert_eq!((report.present, report.held.as_slice(), report.recreated.len()), (2, &["@a:x".to_owned()][..], 0));
+        assert_eq!(report.verdict, Verdict::Loss, "until its owner claims it");
     }
 
     #[test]

@@ -38,7 +38,8 @@ pub struct Observation {
     pub recovered: bool,
     /// Lost IDs held for their owners in this round.
     pub held: Vec<String>,
-    /// IDs someone registered before lifeboat could hold them (this round).
+    /// IDs registered again by someone lifeboat cannot vouch for: those
+    /// the check found recreated, and those a hold found taken.
     pub taken: Vec<String>,
     /// Of `taken`, those in `bot.admins`.
     pub taken_admins: Vec<String>,
@@ -81,10 +82,8 @@ impl Observation {
             ),
             _ => format!("{server_name}: {}.", self.reason.trim_end_matches('.')),
         };
-        for (label, ids) in [("Missing", &self.missing), ("Recreated (same ID, newer account)", &self.recreated)] {
-            if !ids.is_empty() {
-                text.push_str(&format!("\n\n{label} ({}): {}", ids.len(), named(ids)));
-            }
+        if !self.missing.is_empty() {
+            text.push_str(&format!("\n\nMissing ({}): {}", self.missing.len(), named(&self.missing)));
         }
         if self.recovered {
             text.push_str("\n\nlifeboat re-created its own admin account through the shared secret.");
@@ -98,7 +97,7 @@ impl Observation {
         }
         if !self.taken.is_empty() {
             text.push_str(&format!(
-                "\n\n**Registered by someone else before lifeboat could hold them** ({}): {}. lifeboat treats them as strangers (no DMs, no web requests, never obeyed by the bot). If one is its owner, give it back with `lifeboat holds claim <id>` on the lifeboat host; otherwise deactivate it in Synapse.",
+                "\n\n**Registered again by someone lifeboat cannot vouch for** ({}): {}. lifeboat treats them as strangers (no DMs, no web requests, never obeyed by the bot) and never changes them. If one is its owner, give it back with `lifeboat holds claim <id>` on the lifeboat host; otherwise deactivate it in Synapse.",
                 self.taken.len(),
                 named(&self.taken)
             ));
@@ -230,8 +229,11 @@ pub async fn observe(config: &Config, registry: &Registry, recover_lock: &tokio:
     } else {
         client
     };
+    seen.taken = seen.recreated.clone();
     match sync(registry, &client, &SyncOptions::from_config(config), &actor, &Quiet).await {
-        Ok(_) => {}
+        // IDs this sync found registered again (after a wipe, the check
+        // above could not list them).
+        Ok(summary) => seen.taken.extend(summary.applied.report.recreated),
         // A sync from the CLI or the bot: it brings the registry up to date.
         Err(err @ SyncError::Busy { .. }) => tracing::info!(reason = %err, "watcher: sync skipped this round"),
         Err(err) => tracing::warn!(error = %err, "watcher: sync failed"),
@@ -239,6 +241,9 @@ pub async fn observe(config: &Config, registry: &Registry, recover_lock: &tokio:
     if holds_wanted(config, false) {
         hold_lost(config, registry, &client, &actor, &mut seen).await;
     }
+    seen.taken.sort_unstable();
+    seen.taken.dedup();
+    seen.taken_admins = taken_admins(config, &seen.taken);
     seen
 }
 
@@ -250,14 +255,17 @@ async fn hold_lost(config: &Config, registry: &Registry, client: &SynapseClient,
             if !report.failed.is_empty() {
                 tracing::warn!(count = report.failed.len(), first = ?report.failed.first(), "watcher: some lost IDs could not be held yet");
             }
-            let admins: Vec<&str> =
-                config.bot.iter().flat_map(|bot| bot.admins.iter().map(|admin| admin.as_str())).collect();
-            seen.taken_admins = report.taken.iter().filter(|id| admins.contains(&id.as_str())).cloned().collect();
             seen.held = report.held;
-            seen.taken = report.taken;
+            seen.taken.extend(report.taken);
         }
         Err(err) => tracing::warn!(error = %err, "watcher: lost IDs are not held"),
     }
+}
+
+/// Who of the taken IDs is in `bot.admins`: named apart in the alert.
+fn taken_admins(config: &Config, taken: &[String]) -> Vec<String> {
+    let admins: Vec<&str> = config.bot.iter().flat_map(|bot| bot.admins.iter().map(|admin| admin.as_str())).collect();
+    taken.iter().filter(|id| admins.contains(&id.as_str())).cloned().collect()
 }
 
 /// With every token dead, check with the one that worked for the last

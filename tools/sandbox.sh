@@ -206,8 +206,23 @@ def mail(folder, which=""):
             return
     fail(f"no mail {which}; tools/sandbox.sh mail lists them")
 
+def login_admin(base, user, password_file, harness_json):
+    # Signs the admin in with the password in password_file and keeps the
+    # new access token in harness.json, where `say` and `status` read it.
+    password = open(password_file).read().strip()
+    s, b = call(base, "POST", "/_matrix/client/v3/login", {"type": "m.login.password",
+        "identifier": {"type": "m.id.user", "user": user}, "password": password})
+    if s != 200:
+        fail(f"signing in as {user} failed: {s} {b}")
+    info = json.load(open(harness_json))
+    info["admin_user"], info["admin_token"] = b["user_id"], b["access_token"]
+    with open(harness_json, "w") as f:
+        f.write(json.dumps(info) + "\n")
+    print(b["user_id"])
+
 action, args = sys.argv[1], sys.argv[2:]
 if action == "register-bot": register_bot(*args)
+elif action == "login-admin": login_admin(*args)
 elif action == "make-room": make_room(*args)
 elif action == "membership": membership(*args)
 elif action == "bot-room": bot_room(*args)
@@ -638,6 +653,87 @@ cmd_incident() {
     rm -f "$SYN_DIR"/homeserver.db "$SYN_DIR"/homeserver.db-wal \
         "$SYN_DIR"/homeserver.db-shm "$SYN_DIR"/homeserver.db-journal
     say "deleted $(show "$SYN_DIR")/homeserver.db; starting Synapse again on the same config"
+    # Same config (port, shared secret), empty database, no demo users, and
+    # no "admin" either: lifeboat holds that ID for its owner, who takes it
+    # back below. sandbox/admin_token keeps the OLD token on purpose, the
+    # way lifeboat would hold it after a real wipe.
+    start_harness "$py" "$HARNESS" --dir "$SYN_DIR" --no-admin --daemon --pidfile "$PIDFILE"
+    url="$(json_field "$SYN_DIR/harness.json" url)"
+    say "Synapse is back at $url with an empty database: every account is gone"
+
+    run_lifeboat check || rc=$?
+    case "$rc" in
+        0) say "lifeboat check: no loss (exit 0)" ;;
+        3) warn "lifeboat check reports a loss (exit 3) on a fresh sandbox" ;;
+        *) warn "lifeboat check could not tell (exit $rc)" ;;
+    esac
+    # The admin gets notices too (the demo users' emails came from Synapse).
+    run_lifeboat contacts add "@admin:$SERVER_NAME" "$ALERT_EMAIL" >/dev/null ||
+        warn "could not add the admin's contact"
+    # The seed incident's lessons: a backup of the registry, and a rehearsal
+    # (drill also mails a test message to alerts.email: see `mail`).
+    run_lifeboat backup --out "$SANDBOX/registry-backup.jsonl" || warn "lifeboat backup failed"
+    rc=0
+    run_lifeboat drill || rc=$?
+    [ "$rc" -eq 0 ] || warn "lifeboat drill exited $rc"
+
+    say "starting lifeboat serve (web, bot, watcher); log: $(show "$SERVE_LOG")"
+    NO_COLOR=1 setsid "$bin" -v --config "$CONFIG" serve >>"$SERVE_LOG" 2>&1 </dev/null &
+    pid=$!
+    printf '%s\n' "$pid" >"$SERVE_PIDFILE"
+    wait_healthz "http://127.0.0.1:$web_port" "$pid" ||
+        die "lifeboat serve did not answer /healthz; see $(show "$SERVE_LOG")"
+    say "lifeboat serve answers on http://127.0.0.1:$web_port/healthz"
+    if wait_bot_joined 60 "$room"; then
+        say "the bot joined the admin room"
+    else
+        warn "the bot has not joined the admin room $room yet; see $(show "$SERVE_LOG")"
+    fi
+    print_help
+}
+
+cmd_stop() {
+    local clean=false
+    case "${1:-}" in
+        "") ;;
+        --clean) clean=true ;;
+        *) die "usage: tools/sandbox.sh stop [--clean]" ;;
+    esac
+    stop_serve || say "lifeboat serve was not running"
+    stop_sink || say "the SMTP sink was not running"
+    stop_daemon || say "Synapse was not running"
+    say "stopped"
+    if $clean; then
+        rm -rf "$SANDBOX"
+        say "removed $(show "$SANDBOX")"
+    fi
+}
+
+# Waits up to $1 seconds for a mail whose subject contains $2; prints its number.
+wait_mail() {
+    local seconds="$1" pattern="$2" _ n
+    for _ in $(seq "$seconds"); do
+        n="$(mx mail "$MAIL_DIR" | grep -F -- "$pattern" | tail -n 1 | awk '{print $1}')" || true
+        [ -n "$n" ] && { printf '%s\n' "$n"; return 0; }
+        sleep 1
+    done
+    return 1
+}
+
+cmd_incident() {
+    local py rc=0 bin n room old_room url admin_pw
+    [ -f "$SYN_DIR/homeserver.yaml" ] && [ -f "$CONFIG" ] ||
+        die "no sandbox here; run tools/sandbox.sh start first"
+    bin="$(lifeboat_bin --used)"
+    [ -x "$bin" ] || die "no lifeboat binary at $bin; run tools/sandbox.sh start first"
+    py="$(venv_python)"
+    old_room="$(admin_room)"
+
+    say "the seed incident: Synapse loses its database"
+    stop_daemon || true
+    rm -f "$SYN_DIR"/homeserver.db "$SYN_DIR"/homeserver.db-wal \
+        "$SYN_DIR"/homeserver.db-shm "$SYN_DIR"/homeserver.db-journal
+    say "deleted $(show "$SYN_DIR")/homeserver.db; starting Synapse again on the same config"
     # Same config (port, shared secret), empty database, no demo users. The
     # harness registers "admin" again (the admin re-creating their account);
     # sandbox/admin_token keeps the OLD token on purpose, the way lifeboat
@@ -673,32 +769,53 @@ cmd_incident() {
         sleep 1
     done
     if [ -n "$room" ]; then
-        say "the bot re-created $BOT_USER through the shared secret and made a new admin room $room;"
-        say "it invites @admin:$SERVER_NAME (accept it in your Matrix client; tools/sandbox.sh say joins it)"
+        say "the bot re-created $BOT_USER through the shared secret and made a new admin room $room"
     else
         warn "the bot has not made a new admin room yet; see $(show "$SERVE_LOG")"
+    fi
+    # Every lost ID is held for its owner now; the admin takes theirs back
+    # on the lifeboat host (everyone else follows the claim link in their
+    # notice), and the bot invites them as soon as it is theirs again.
+    for _ in $(seq 60); do
+        "$bin" --config "$CONFIG" users show "@admin:$SERVER_NAME" --json 2>/dev/null | grep -q '"state": "held"' && break
+        sleep 1
+    done
+    say "lifeboat holds every lost ID for its owner: $(show "$bin") --config $(show "$CONFIG") holds list"
+    admin_pw="$("$py" -c 'import secrets; print(secrets.token_urlsafe(18))')"
+    if printf '%s\n' "$admin_pw" | run_lifeboat holds claim "@admin:$SERVER_NAME" >/dev/null; then
+        write_secret "$SYN_DIR/admin_password" "$admin_pw"
+        mx login-admin "$url" admin "$SYN_DIR/admin_password" "$SYN_DIR/harness.json" >/dev/null ||
+            warn "could not sign in as @admin:$SERVER_NAME"
+        say "the admin took @admin:$SERVER_NAME back (holds claim); new password $admin_pw"
+        say "the bot invites @admin:$SERVER_NAME to its new room (accept it in your Matrix client; tools/sandbox.sh say joins it)"
+    else
+        warn "could not hand @admin:$SERVER_NAME back; see \`lifeboat holds list\`"
     fi
     cat <<NEXT
 
 What happened: Synapse lost its database (the seed incident). lifeboat serve
 saw the admin token rejected by a Synapse that still answers, called it a
-suspected database reset, got back in through the shared secret, synced (every
-known account is now "missing" in the registry), and raised the alert:
+suspected database reset, got back in through the shared secret, synced,
+held every lost ID for its owner (re-created and locked, so no registration
+token can take it), and raised the alert. The admin took their ID back with
+`lifeboat holds claim`:
   tools/sandbox.sh mail                 the alert mail to $ALERT_EMAIL
   tail $(show "$SERVE_LOG")
   tools/sandbox.sh say '!lifeboat status'
 
 Next, tell everyone, from the CLI:
-  printf '# Database lost\\n\\nOur homeserver lost its database. Register again with your token.\\n' > $(show "$SANDBOX")/postmortem.md
+  printf 'Our homeserver lost its database. Take your Matrix ID back with the link below.\\n' > $(show "$SANDBOX")/postmortem.md
   $(show "$bin") --config $(show "$CONFIG") incident open --title "Database lost" --postmortem $(show "$SANDBOX")/postmortem.md
   $(show "$bin") --config $(show "$CONFIG") notify 1 --yes
 or from the bot (as @admin, in your Matrix client or with tools/sandbox.sh say):
   tools/sandbox.sh say '!lifeboat incident open Database lost
-  Our homeserver lost its database. Register again with your token.'
+  Our homeserver lost its database. Take your Matrix ID back with the link below.'
   tools/sandbox.sh say '!lifeboat notify 1'
   tools/sandbox.sh say '!lifeboat notify 1 confirm'
-Then read the notices (tools/sandbox.sh mail), and ask for a fresh token on
-$(cat "$SANDBOX/web_url" 2>/dev/null)token as alice@example.org: the link comes by mail.
+Then read the notices (tools/sandbox.sh mail N): each has the person's claim
+link; open alice's in a browser and choose a new password, then sign in as
+@alice:$SERVER_NAME. Lost the link? Ask on $(cat "$SANDBOX/web_url" 2>/dev/null)token
+as alice@example.org: a fresh one comes by mail.
 NEXT
 }
 

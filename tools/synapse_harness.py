@@ -7,7 +7,7 @@ tools/synapse-venv.sh; it needs only the standard library plus PyYAML, which
 Synapse ships.
 
     python tools/synapse_harness.py --dir DIR [--port N] [--server-name NAME]
-                                    [--demo] [--daemon --pidfile FILE]
+                                    [--demo] [--no-admin] [--daemon --pidfile FILE]
 
 It writes DIR/homeserver.yaml once (reused later, so a wiped server keeps its
 port and shared secret), starts Synapse bound to 127.0.0.1 only, waits until
@@ -555,11 +555,13 @@ def install_signal_handlers(signals):
         signal.signal(s, handler)
 
 
-def bring_up(synapse, demo):
-    """Start Synapse, get an admin session, return the JSON info dict."""
+def bring_up(synapse, demo, admin_account=True):
+    """Start Synapse, get an admin session (unless told not to: after a
+    wipe, the admin's ID may be held by lifeboat for its owner), return the
+    JSON info dict."""
     synapse.start()
-    admin = synapse.admin_session()
-    if demo:
+    admin = synapse.admin_session() if admin_account else {"user_id": None, "access_token": None}
+    if demo and admin_account:
         synapse.create_demo_users(admin["access_token"])
     return {
         "url": synapse.url,
@@ -602,11 +604,11 @@ def handle_command(synapse, info, line):
     raise HarnessError(f"unknown command {cmd!r}")
 
 
-def run_interactive(synapse, demo):
+def run_interactive(synapse, demo, admin_account=True):
     install_signal_handlers((signal.SIGTERM, signal.SIGINT, signal.SIGHUP))
     try:
         try:
-            info = bring_up(synapse, demo)
+            info = bring_up(synapse, demo, admin_account)
         except (HarnessError, OSError) as e:
             log(f"error: {e}")
             return 1
@@ -634,7 +636,7 @@ def run_interactive(synapse, demo):
     return 0
 
 
-def run_daemon(synapse, demo, pidfile):
+def run_daemon(synapse, demo, pidfile, admin_account=True):
     pidfile = os.path.abspath(pidfile)
     try:
         with open(pidfile) as f:
@@ -687,7 +689,7 @@ def run_daemon(synapse, demo, pidfile):
         write_private(pidfile, f"{os.getpid()}\n")
         log(f"daemon pid {os.getpid()} starting")
         try:
-            info = bring_up(synapse, demo)
+            info = bring_up(synapse, demo, admin_account)
         except (HarnessError, OSError) as e:
             log(f"error: {e}")
             report.write(f"error: {e}\n")
@@ -727,6 +729,11 @@ def main():
         metavar="PER_SECOND:BURST",
         help="limit messages (rc_message) so Synapse answers 429, e.g. 1:2 (default: unlimited)",
     )
+    parser.add_argument(
+        "--no-admin",
+        action="store_true",
+        help='do not register or log in "admin" (after a wipe, lifeboat holds that ID for its owner)',
+    )
     parser.add_argument("--daemon", action="store_true", help="detach after startup")
     parser.add_argument("--pidfile", help="daemon pid file (required with --daemon)")
     args = parser.parse_args()
@@ -743,8 +750,8 @@ def main():
         log(f"error: cannot prepare {args.dir}: {e}")
         return 1
     if args.daemon:
-        return run_daemon(synapse, args.demo, args.pidfile)
-    return run_interactive(synapse, args.demo)
+        return run_daemon(synapse, args.demo, args.pidfile, not args.no_admin)
+    return run_interactive(synapse, args.demo, not args.no_admin)
 
 
 if __name__ == "__main__":

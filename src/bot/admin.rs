@@ -96,11 +96,12 @@ async fn run(bot: &Bot, room: &Room, actor: &Actor, command: AdminCommand) -> Re
                 .map_err(|e| text(&e))?;
             let report = &summary.applied.report;
             Ok(format!(
-                "Synced: {} listed; {} new, {} missing ({} newly), {} recreated, {} deactivated; {} emails imported.",
+                "Synced: {} listed; {} new, {} missing ({} newly), {} held, {} recreated, {} deactivated; {} emails imported.",
                 report.listed,
                 report.new.len(),
                 report.missing.len(),
                 summary.applied.newly_missing,
+                report.held.len(),
                 report.recreated.len(),
                 report.deactivated.len(),
                 summary.emails_imported

@@ -38,12 +38,13 @@ pub async fn run(context: &Context, args: Args) -> Outcome {
         println!("verdict: {} ({})", report.verdict.as_str(), outcome.reason);
         if outcome.listing_complete {
             println!(
-                "Synapse {}: {} known, {} listed; present {}, missing {}, recreated {}, deactivated {}, new {}",
+                "Synapse {}: {} known, {} listed; present {}, missing {}, held {}, recreated {}, deactivated {}, new {}",
                 outcome.server_version,
                 report.known,
                 report.listed,
                 report.present,
                 report.missing.len(),
+                report.held.len(),
                 report.recreated.len(),
                 report.deactivated.len(),
                 report.new.len()
@@ -51,6 +52,7 @@ pub async fn run(context: &Context, args: Args) -> Outcome {
         }
         for (label, ids) in [
             ("missing", &report.missing),
+            ("held for their owners", &report.held),
             ("recreated", &report.recreated),
             ("deactivated", &report.deactivated),
             ("new", &report.new),

@@ -63,11 +63,12 @@ pub async fn run(context: &Context, args: Args) -> Outcome {
         let report = &summary.applied.report;
         println!("Sync run {} complete: {} accounts listed.", summary.run_id, report.listed);
         println!(
-            "  present {}, new {}, missing {} ({} newly), recreated {}, deactivated {}",
+            "  present {}, new {}, missing {} ({} newly), held {}, recreated {}, deactivated {}",
             report.present,
             report.new.len(),
             report.missing.len(),
             summary.applied.newly_missing,
+            report.held.len(),
             report.recreated.len(),
             report.deactivated.len()
         );

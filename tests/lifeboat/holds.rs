@@ -90,11 +90,13 @@ async fn after_a_wipe_lost_ids_are_held_no_token_takes_one_and_each_owner_claims
     assert_eq!(held["displayname"].as_str(), Some(a.as_str()), "the display name is back: {held}");
     assert_eq!(held["threepids"][0]["address"].as_str(), Some(a_email.as_str()), "the email is back: {held}");
 
-    let alert = rig.smtp.messages_to("oncall@example.org");
-    assert!(
-        alert.iter().any(|mail| mail.text.as_deref().unwrap_or_default().contains("Held for their owners")),
-        "the alert says what was held"
-    );
+    let smtp = &rig.smtp;
+    eventually("the alert says what was held", Duration::from_secs(30), || async {
+        smtp.messages_to("oncall@example.org")
+            .iter()
+            .any(|mail| mail.text.as_deref().unwrap_or_default().contains("Held for their owners"))
+    })
+    .await;
 
     open_and_notify(&rig.lifeboat).await;
     let (b, b_email) = &people[1];
@@ -253,7 +255,7 @@ async fn an_id_registered_before_its_hold_is_left_alone_and_treated_as_a_strange
         post_form(&http, &format!("{}/token", rig.web), Some(&cookie), &format!("csrf={csrf}&who={who}")).await;
     assert_eq!(status, 200);
     let (cookie, csrf) = form_csrf(&http, &format!("{}/subscribe", rig.web)).await;
-    let form = format!("csrf={csrf}&user_id={who}&email=attacker%40evil.example");
+    let form = format!("csrf={csrf}&matrix_id={who}&email=attacker%40evil.example");
     let (status, _) = post_form(&http, &format!("{}/subscribe", rig.web), Some(&cookie), &form).await;
     assert_eq!(status, 200);
     tokio::time::sleep(Duration::from_secs(5)).await;

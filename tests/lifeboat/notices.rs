@@ -179,9 +179,12 @@ async fn after_the_seed_incident_each_contact_gets_one_email_with_a_working_toke
     let distinct: std::collections::HashSet<&String> = tokens_by_person.values().collect();
     assert_eq!(distinct.len(), 3, "each person has their own token");
 
-    // A person comes back with their token.
+    // A person's old ID is held for them, out of any token's reach; their
+    // token registers a new name, once.
     let (status, body) = synapse.register_with_token(&names[0], &tokens_by_person[&names[0]]).await;
-    assert_eq!(status, 200, "registration with the mailed token succeeds: {body}");
+    assert_eq!((status, body["errcode"].as_str()), (400, Some("M_USER_IN_USE")), "the held ID: {body}");
+    let (status, body) = synapse.register_with_token(&unique("new-name"), &tokens_by_person[&names[0]]).await;
+    assert_eq!(status, 200, "registration of a new name with the mailed token succeeds: {body}");
     assert!(!synapse.token_is_valid(&tokens_by_person[&names[0]]).await, "single use");
 
     let again = lifeboat.run(&["notify", &id, "--yes"]).await;

@@ -112,6 +112,7 @@ fn the_sandbox_tells_the_whole_story() {
     assert_eq!(code, 0, "{out}");
     assert!(out.contains("verdict: suspected_reset"), "{out}");
     assert!(out.contains("made a new admin room"), "the bot came back by itself: {out}");
+    assert!(out.contains("the admin took @admin:"), "the admin's held ID is handed back on the host: {out}");
     let alert = loop {
         let found = mails(dir).into_iter().find(|(subject, _)| subject.contains("suspected database reset"));
         if let Some(found) = found {

@@ -73,7 +73,8 @@ fn mail_base(synapse: &TestSynapse, registry: &TestDatabase, smtp: &TestSmtp) ->
     format!(
         "[homeserver]\nurl = \"{}\"\nserver_name = \"{}\"\nadmin_token = \"{}\"\nregistration_shared_secret = \"{}\"\n\
          retries = 1\ntimeout = \"10s\"\n\n[registry]\nurl = \"{}\"\n\n[email]\nsmtp_url = \"{}\"\n\
-         from = \"Lifeboat <lifeboat@lifeboat.test>\"\n",
+         from = \"Lifeboat <lifeboat@lifeboat.test>\"\n\n\
+         [recovery]\n# The token page's own path (claims: tests/lifeboat/holds.rs).\nmode = \"token\"\nhold = \"off\"\n",
         synapse.url,
         synapse.server_name,
         synapse.admin_token(),

@@ -185,7 +185,10 @@ impl TestSynapse {
         };
         let account = json!({"username": localpart, "password": "a new life at sea", "inhibit_login": true});
         let (status, flows) = post(account.clone()).await;
-        assert_eq!(status, 401, "{flows}");
+        if status != 401 {
+            // Refused before any token is asked for (a taken ID: M_USER_IN_USE).
+            return (status, flows);
+        }
         let session = flows["session"].as_str().unwrap().to_owned();
         let mut step = account.clone();
         step["auth"] = json!({"type": "m.login.registration_token", "token": token, "session": session});
