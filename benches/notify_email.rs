@@ -211,6 +211,8 @@ fn settings(incident: &Incident) -> Result<NoticeSettings> {
             Url::parse("https://lifeboat.bench.test")?,
             SecretString::from("bench-link-signing-key-0123456789abcdef".to_owned()),
         )),
+        // The notices carry claim links as in reclaim mode (none here: no ID is held).
+        Some(std::time::Duration::from_secs(14 * 24 * 3600)),
         incident,
     ))
 }
@@ -928,7 +930,7 @@ async fn phases(registry: &Registry, sink: &Sink, people: usize, concurrency: us
     println!("  phases of lifeboat's path, each alone over {n} messages (concurrency {concurrency}), µs per message:");
     println!("    {:>6.1}  claim ({claims} claims of up to {claim_batch})", per_message(claim, n));
     println!(
-        "    {:>6.1}  render (NoticeSettings::email: the shape's stencil filled in, unsubscribe link)",
+        "    {:>6.1}  render (NoticeSettings::email: the askama render, unsubscribe link)",
         per_message(render, n)
     );
     println!(
@@ -996,8 +998,7 @@ async fn bench(repo: &Path) -> Result<bool> {
                 None
             } else {
                 let deliveries = deliveries_of(&registry, incident.id).await?;
-                // Settings of their own: lifeboat's round starts with no
-                // stencil rendered, as a notify run does.
+                // Settings of their own, as a notify run makes them.
                 Some(Arc::new(prepare(&settings(&incident)?, &incident, &deliveries)?))
             };
             // Each round a different one goes first.

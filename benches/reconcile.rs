@@ -17,6 +17,7 @@ use std::hint::black_box;
 use std::time::{Duration, Instant};
 
 use lifeboat::reconcile::{Known, Listed, Report, Verdict, merge_join};
+use lifeboat::registry::AccountState;
 use rand::rngs::StdRng;
 use rand::seq::SliceRandom;
 use rand::{Rng, SeedableRng};
@@ -127,7 +128,7 @@ fn build(universe: usize, mix: &Mix) -> (Vec<Known>, Vec<Listed>) {
     for (id, kind) in ids.into_iter().zip(kinds) {
         let created = base_ms + rng.random_range(0..150_000_000_000i64);
         if kind != Kind::New {
-            known.push(Known { user_id: id.clone(), created_at_ms: Some(created) });
+            known.push(Known { user_id: id.clone(), created_at_ms: Some(created), standing: AccountState::Present });
         }
         match kind {
             Kind::Missing => {}

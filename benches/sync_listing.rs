@@ -26,9 +26,9 @@
 //! later ones are warm) and read its peak RSS from wait4.
 
 use std::collections::HashSet;
-use std::io::{BufRead, BufReader, Read, Write};
+use std::io::Read;
 use std::path::{Path, PathBuf};
-use std::process::{Child, ChildStdin, Command, Stdio};
+use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 use futures::StreamExt;
@@ -54,84 +54,11 @@ fn env_number<T: std::str::FromStr>(name: &str, default: T) -> T {
 
 // ---- Synapse through the harness -------------------------------------------
 
-#[derive(Deserialize, Clone)]
-struct Info {
-    url: String,
-    server_name: String,
-    admin_token: String,
-    pid: i32,
-}
-
-/// A running harness. Its stdin stays open while this lives; dropping it
-/// closes stdin, which makes the harness stop Synapse and exit.
-struct Harness {
-    child: Child,
-    stdin: Option<ChildStdin>,
-    info: Info,
-}
-
-impl Harness {
-    fn start(python: &Path, repo: &Path, dir: &Path) -> Result<Harness> {
-        let mut child = Command::new(python)
-            .arg(repo.join("tools/synapse_harness.py"))
-            .arg("--dir")
-            .arg(dir)
-            .stdin(Stdio::piped())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::inherit())
-            .spawn()
-            .map_err(|err| format!("cannot start the Synapse harness with {}: {err}", python.display()))?;
-        let stdin = child.stdin.take();
-        let stdout = child.stdout.take().expect("piped stdout");
-        let mut line = String::new();
-        BufReader::new(stdout).read_line(&mut line)?;
-        if line.trim().is_empty() {
-            let status = child.wait()?;
-            return Err(format!("the Synapse harness exited ({status}) before reporting; see its log above").into());
-        }
-        let info: Info = serde_json::from_str(&line)
-            .map_err(|err| format!("the harness printed {line:?}, not its JSON line: {err}"))?;
-        Ok(Harness { child, stdin, info })
-    }
-
-    fn stop(mut self) {
-        self.shutdown();
-    }
-
-    fn shutdown(&mut self) {
-        // EOF on stdin: the harness stops Synapse gracefully and exits.
-        if let Some(mut stdin) = self.stdin.take() {
-            let _ = stdin.flush();
-        }
-        let deadline = Instant::now() + Duration::from_secs(30);
-        loop {
-            match self.child.try_wait() {
-                Ok(Some(_)) | Err(_) => return,
-                Ok(None) if Instant::now() >= deadline => {
-                    eprintln!("sync_listing: the harness did not exit in 30 s; killing it");
-                    let _ = self.child.kill();
-                    let _ = self.child.wait();
-                    return;
-                }
-                Ok(None) => std::thread::sleep(Duration::from_millis(100)),
-            }
-        }
-    }
-}
-
-impl Drop for Harness {
-    fn drop(&mut self) {
-        self.shutdown();
-    }
-}
-
-fn synapse_python(repo: &Path) -> Result<PathBuf> {
-    let output = Command::new(repo.join("tools/synapse-venv.sh")).stderr(Stdio::inherit()).output()?;
-    if !output.status.success() {
-        return Err(format!("tools/synapse-venv.sh failed ({})", output.status).into());
-    }
-    Ok(PathBuf::from(String::from_utf8(output.stdout)?.trim()))
-}
+// Each bench uses part of it.
+#[allow(dead_code)]
+#[path = "support/synapse.rs"]
+mod synapse;
+use synapse::{Harness, Info, synapse_python};
 
 // ---- CPU accounting ----------------------------------------------------------
 

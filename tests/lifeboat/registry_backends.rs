@@ -118,6 +118,39 @@ async fn a_held_id_is_never_taken_for_a_recreated_one_and_is_claimed_once(regist
 }
 on_both_backends!(a_held_id_is_never_taken_for_a_recreated_one_and_is_claimed_once);
 
+async fn a_claim_link_works_only_for_its_hold_and_open_incident_until_it_expires(registry: Registry) {
+    use lifeboat::holds::{ClaimCheck, check_claim};
+    use lifeboat::links::{ClaimLink, LINK_KEY};
+
+    sync_listing(&registry, &[user("@a:x", 1), user("@b:x", 1)]).await;
+    sync_listing(&registry, &[user("@b:x", 1)]).await;
+    registry.begin_hold("@a:x").await.unwrap();
+    registry.mark_held("@a:x", Some(5_000)).await.unwrap();
+    let (incident, _) = registry.open_incident("Lost", "it went", "missing", &Actor::cli()).await.unwrap();
+    let hold = registry.account("@a:x").await.unwrap().unwrap().custody_at.unwrap();
+    let key = registry.generated_secret(LINK_KEY).await.unwrap();
+    let now = lifeboat::registry::now_ms();
+    let link = ClaimLink { account: "@a:x".into(), incident: incident.id, hold, until: now + 60_000 };
+    let sig_of = |link: &ClaimLink| {
+        let url = url::Url::parse(&link.url(&url::Url::parse("https://l.test").unwrap(), &key)).unwrap();
+        url.query_pairs().find(|(name, _)| name == "sig").unwrap().1.into_owned()
+    };
+    let usable = |link: ClaimLink| {
+        let (registry, key, sig) = (registry.clone(), key.clone(), sig_of(&link));
+        async move { matches!(check_claim(&registry, &key, &link, &sig).await.unwrap(), ClaimCheck::Usable(_)) }
+    };
+    assert!(usable(link.clone()).await, "signed, live, for the standing hold of an open incident");
+    assert!(!usable(ClaimLink { until: now - 1, ..link.clone() }).await, "expired, though signed");
+    assert!(!usable(ClaimLink { incident: incident.id + 1, ..link.clone() }).await, "another incident");
+    assert!(!usable(ClaimLink { hold: hold - 1, ..link.clone() }).await, "an earlier hold");
+    assert!(!usable(ClaimLink { account: "@b:x".into(), ..link.clone() }).await, "an account not held");
+    let wrong = check_claim(&registry, &key, &link, &"0".repeat(64)).await.unwrap();
+    assert!(matches!(wrong, ClaimCheck::Dead), "a forged signature");
+    registry.claim_hold("@a:x", hold, &Actor::cli()).await.unwrap();
+    assert!(!usable(link).await, "used up by the claim");
+}
+on_both_backends!(a_claim_link_works_only_for_its_hold_and_open_incident_until_it_expires);
+
 async fn a_failed_listing_changes_nothing(registry: Registry) {
     sync_listing(&registry, &[user("@a:x", 1), user("@b:x", 1)]).await;
     let run = registry.begin_sync_run().await.unwrap();
