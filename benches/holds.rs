@@ -54,7 +54,13 @@ fn http() -> reqwest::Client {
     reqwest::Client::builder().no_proxy().build().expect("a plain reqwest client builds")
 }
 
-async fn put_user(http: &reqwest::Client, info: &Info, token: &str, user_id: &str, body: &serde_json::Value) -> Result<u16> {
+async fn put_user(
+    http: &reqwest::Client,
+    info: &Info,
+    token: &str,
+    user_id: &str,
+    body: &serde_json::Value,
+) -> Result<u16> {
     let url = format!("{}/_synapse/admin/v2/users/{user_id}", info.url);
     let response = http.put(url).bearer_auth(token).json(body).send().await?;
     let status = response.status().as_u16();

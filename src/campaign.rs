@@ -102,7 +102,8 @@ pub async fn open_incident(
         progress.note(&format!("could not sync before opening ({reason}); {used}"));
     }
     let (incident, affected) = registry.open_incident(title, postmortem, scope, actor).await?;
-    let holds = if holds_wanted(config, true) { hold_after_opening(config, registry, actor, progress).await } else { None };
+    let holds =
+        if holds_wanted(config, true) { hold_after_opening(config, registry, actor, progress).await } else { None };
     Ok(OpenedIncident { incident, affected, holds })
 }
 

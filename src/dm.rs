@@ -21,6 +21,14 @@ use url::Url;
 
 use crate::registry::Registry;
 
+/// A Matrix message from Markdown whose `formatted_body` is sanitized HTML
+/// (`notice::markdown_to_safe_html`): matrix-sdk's own Markdown passes raw
+/// HTML through, so a hostile title or postmortem would reach clients as
+/// markup. Every message lifeboat posts is made here.
+pub fn safe_message(markdown: &str) -> RoomMessageEventContent {
+    RoomMessageEventContent::text_html(markdown, crate::notice::markdown_to_safe_html(markdown))
+}
+
 #[derive(Debug, thiserror::Error)]
 pub enum DmError {
     /// Worth retrying: Synapse down, 5xx, rate limited past the SDK's patience.
@@ -95,7 +103,7 @@ impl DmSender {
         markdown: &str,
         transaction_id: &str,
     ) -> Result<(), DmError> {
-        let content = RoomMessageEventContent::text_markdown(markdown);
+        let content = safe_message(markdown);
         if self.encrypted {
             return self.send_encrypted(registry, recipient, content, transaction_id).await;
         }

@@ -144,7 +144,9 @@ async fn holds(config: &Config, admin: Option<&synapse::SynapseClient>) -> Line 
             Status::Fail,
             "Synapse refuses to create accounts (403), so lost IDs cannot be held: under Matrix Authentication Service set recovery.mode = \"token\"",
         ),
-        Err(err) => Line::new("holds", Status::Fail, format!("cannot tell whether lifeboat may create accounts: {err}")),
+        Err(err) => {
+            Line::new("holds", Status::Fail, format!("cannot tell whether lifeboat may create accounts: {err}"))
+        }
     }
 }
 

@@ -1,13 +1,20 @@
 //! Named leases in the registry: one holder at a time for work that two
 //! processes must not do at once (one notify per incident, one sync).
 //!
-//! A holder is `host:pid`. The lease is renewed while held and expires on
-//! its own if the holder vanishes; a holder on this machine whose process
-//! is gone (killed mid-run) is taken over at once.
+//! A holder is `host:pid:n`, `n` counting the leases this process took: a
+//! lease excludes every other holder, other tasks of the same process too
+//! (the bot's `notify confirm` and the delivery worker run in one `serve`).
+//! The lease is renewed while held and expires on its own if the holder
+//! vanishes; a holder on this machine whose process is gone (killed
+//! mid-run) is taken over at once.
 
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
 use crate::registry::{self, Registry, now_ms};
+
+/// Tells apart the leases one process takes.
+static NEXT_HOLDER: AtomicU64 = AtomicU64::new(1);
 
 /// Who holds a lease that could not be taken, and until when (at most).
 #[derive(Debug, Clone)]
@@ -30,12 +37,13 @@ impl Lease {
     /// Takes the lease `name`, or says who holds it.
     pub async fn take(registry: &Registry, name: &str) -> Result<Result<Lease, Held>, registry::Error> {
         let host = std::fs::read_to_string("/proc/sys/kernel/hostname").unwrap_or_default().trim().to_owned();
-        let holder = format!("{host}:{}", std::process::id());
+        let holder = format!("{host}:{}:{}", std::process::id(), NEXT_HOLDER.fetch_add(1, Ordering::Relaxed));
         let mut taken = registry.take_lease(name, &holder, now_ms() + Self::TTL_MS, None).await?;
         if let Err((current, _)) = &taken {
             let current = current.clone();
             let gone = current
                 .strip_prefix(&format!("{host}:"))
+                .and_then(|rest| rest.split(':').next())
                 .is_some_and(|pid| !std::path::Path::new(&format!("/proc/{pid}")).exists());
             if gone {
                 taken = registry.take_lease(name, &holder, now_ms() + Self::TTL_MS, Some(&current)).await?;

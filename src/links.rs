@@ -166,7 +166,12 @@ mod tests {
     }
 
     fn claim() -> ClaimLink {
-        ClaimLink { account: "@alice:example.org".into(), incident: 3, hold: 1_700_000_000_000, until: 1_800_000_000_000 }
+        ClaimLink {
+            account: "@alice:example.org".into(),
+            incident: 3,
+            hold: 1_700_000_000_000,
+            until: 1_800_000_000_000,
+        }
     }
 
     #[test]

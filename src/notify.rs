@@ -24,7 +24,10 @@ use crate::email::EmailAddress;
 use crate::links::{ClaimLink, UnsubscribeLinks};
 use crate::mail::{MailError, Mailer, OutgoingEmail};
 use crate::notice::{NoticeContext, NoticeError, RenderedNotice, render_email_notice, render_notice};
-use crate::registry::{self, AccountState, Delivery, DeliveryCounts, Incident, OutboxWriter, PlannedEmails, Registry, may_come_back, now_ms};
+use crate::registry::{
+    self, AccountState, Delivery, DeliveryCounts, Incident, OutboxWriter, PlannedEmails, Registry, may_come_back,
+    now_ms,
+};
 
 /// Tries of one delivery within one run before it is left for later.
 const ATTEMPTS_PER_RUN: u32 = 3;
@@ -217,8 +220,7 @@ impl NoticeSettings {
         };
         // Signed once: the same link goes in the body and the header.
         let list_unsubscribe = self.unsubscribe_url(delivery);
-        let rendered =
-            self.render_with(incident, delivery, list_unsubscribe.as_deref(), render_email_notice)?;
+        let rendered = self.render_with(incident, delivery, list_unsubscribe.as_deref(), render_email_notice)?;
         Ok(Ok(OutgoingEmail {
             to,
             subject: rendered.subject,

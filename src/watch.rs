@@ -249,7 +249,13 @@ pub async fn observe(config: &Config, registry: &Registry, recover_lock: &tokio:
 
 /// Holds whatever the registry knows to be lost (create-only, so holding
 /// on what an earlier sync saw is safe), and notes it for the alert.
-async fn hold_lost(config: &Config, registry: &Registry, client: &SynapseClient, actor: &Actor, seen: &mut Observation) {
+async fn hold_lost(
+    config: &Config,
+    registry: &Registry,
+    client: &SynapseClient,
+    actor: &Actor,
+    seen: &mut Observation,
+) {
     match hold_lost_ids(config, registry, client, actor, &|_, _| {}).await {
         Ok(report) => {
             if !report.failed.is_empty() {

@@ -663,89 +663,6 @@ cmd_incident() {
 
     run_lifeboat check || rc=$?
     case "$rc" in
-        0) say "lifeboat check: no loss (exit 0)" ;;
-        3) warn "lifeboat check reports a loss (exit 3) on a fresh sandbox" ;;
-        *) warn "lifeboat check could not tell (exit $rc)" ;;
-    esac
-    # The admin gets notices too (the demo users' emails came from Synapse).
-    run_lifeboat contacts add "@admin:$SERVER_NAME" "$ALERT_EMAIL" >/dev/null ||
-        warn "could not add the admin's contact"
-    # The seed incident's lessons: a backup of the registry, and a rehearsal
-    # (drill also mails a test message to alerts.email: see `mail`).
-    run_lifeboat backup --out "$SANDBOX/registry-backup.jsonl" || warn "lifeboat backup failed"
-    rc=0
-    run_lifeboat drill || rc=$?
-    [ "$rc" -eq 0 ] || warn "lifeboat drill exited $rc"
-
-    say "starting lifeboat serve (web, bot, watcher); log: $(show "$SERVE_LOG")"
-    NO_COLOR=1 setsid "$bin" -v --config "$CONFIG" serve >>"$SERVE_LOG" 2>&1 </dev/null &
-    pid=$!
-    printf '%s\n' "$pid" >"$SERVE_PIDFILE"
-    wait_healthz "http://127.0.0.1:$web_port" "$pid" ||
-        die "lifeboat serve did not answer /healthz; see $(show "$SERVE_LOG")"
-    say "lifeboat serve answers on http://127.0.0.1:$web_port/healthz"
-    if wait_bot_joined 60 "$room"; then
-        say "the bot joined the admin room"
-    else
-        warn "the bot has not joined the admin room $room yet; see $(show "$SERVE_LOG")"
-    fi
-    print_help
-}
-
-cmd_stop() {
-    local clean=false
-    case "${1:-}" in
-        "") ;;
-        --clean) clean=true ;;
-        *) die "usage: tools/sandbox.sh stop [--clean]" ;;
-    esac
-    stop_serve || say "lifeboat serve was not running"
-    stop_sink || say "the SMTP sink was not running"
-    stop_daemon || say "Synapse was not running"
-    say "stopped"
-    if $clean; then
-        rm -rf "$SANDBOX"
-        say "removed $(show "$SANDBOX")"
-    fi
-}
-
-# Waits up to $1 seconds for a mail whose subject contains $2; prints its number.
-wait_mail() {
-    local seconds="$1" pattern="$2" _ n
-    for _ in $(seq "$seconds"); do
-        n="$(mx mail "$MAIL_DIR" | grep -F -- "$pattern" | tail -n 1 | awk '{print $1}')" || true
-        [ -n "$n" ] && { printf '%s\n' "$n"; return 0; }
-        sleep 1
-    done
-    return 1
-}
-
-cmd_incident() {
-    local py rc=0 bin n room old_room url admin_pw
-    [ -f "$SYN_DIR/homeserver.yaml" ] && [ -f "$CONFIG" ] ||
-        die "no sandbox here; run tools/sandbox.sh start first"
-    bin="$(lifeboat_bin --used)"
-    [ -x "$bin" ] || die "no lifeboat binary at $bin; run tools/sandbox.sh start first"
-    py="$(venv_python)"
-    old_room="$(admin_room)"
-
-    say "the seed incident: Synapse loses its database"
-    stop_daemon || true
-    rm -f "$SYN_DIR"/homeserver.db "$SYN_DIR"/homeserver.db-wal \
-        "$SYN_DIR"/homeserver.db-shm "$SYN_DIR"/homeserver.db-journal
-    say "deleted $(show "$SYN_DIR")/homeserver.db; starting Synapse again on the same config"
-    # Same config (port, shared secret), empty database, no demo users. The
-    # harness registers "admin" again (the admin re-creating their account);
-    # sandbox/admin_token keeps the OLD token on purpose, the way lifeboat
-    # would hold it after a real wipe.
-    start_harness "$py" "$HARNESS" --dir "$SYN_DIR" --daemon --pidfile "$PIDFILE"
-    url="$(json_field "$SYN_DIR/harness.json" url)"
-    admin_pw="$(cat "$SYN_DIR/admin_password" 2>/dev/null || echo '?')"
-    say "Synapse is back at $url with an empty database: every account is gone"
-    say "the admin registered again: @admin:$SERVER_NAME, new password $admin_pw"
-
-    run_lifeboat check || rc=$?
-    case "$rc" in
         3) say "lifeboat check exited 3: loss detected, as it should be" ;;
         0) warn "lifeboat check exited 0 (no loss) after a wipe: that is a bug"; return 1 ;;
         *) warn "lifeboat check exited $rc (could not tell); expected 3" ;;
@@ -798,7 +715,7 @@ saw the admin token rejected by a Synapse that still answers, called it a
 suspected database reset, got back in through the shared secret, synced,
 held every lost ID for its owner (re-created and locked, so no registration
 token can take it), and raised the alert. The admin took their ID back with
-`lifeboat holds claim`:
+\`lifeboat holds claim\`:
   tools/sandbox.sh mail                 the alert mail to $ALERT_EMAIL
   tail $(show "$SERVE_LOG")
   tools/sandbox.sh say '!lifeboat status'

@@ -105,4 +105,3 @@ pub fn synapse_python(repo: &Path) -> Result<PathBuf> {
     }
     Ok(PathBuf::from(String::from_utf8(output.stdout)?.trim()))
 }
-

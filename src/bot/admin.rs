@@ -12,14 +12,14 @@ use super::commands::{ADMIN_USAGE, AdminCommand, help};
 use crate::campaign::{CampaignOptions, admin_client_recovering, open_incident, run_campaign};
 use crate::check::{CheckOptions, check};
 use crate::email::EmailAddress;
+use crate::holds::{WayBack, way_back};
+use crate::links::LINK_KEY;
 use crate::mail::{Mailer, OutgoingEmail};
 use crate::notify::{NotifyProgress, human_time, plan};
 use crate::recover::service_user_id;
+use crate::registry::AccountState;
 use crate::registry::{Actor, ContactSource, format_time, now_ms};
 use crate::sync::{Quiet, SyncOptions, sync};
-use crate::holds::{WayBack, way_back};
-use crate::registry::AccountState;
-use crate::links::LINK_KEY;
 use crate::tokens::{issue_request_token, revoke_unused_tokens};
 use crate::user_id::UserId;
 
@@ -406,9 +406,8 @@ async fn token(bot: &Bot, actor: &Actor, user: &UserId) -> Result<String, String
             (format!("Your link to take back your Matrix ID on {server}"), text, "claim link", link.until)
         }
         WayBack::Token { .. } => {
-            let client = admin_client_recovering(config, registry, actor, &Notes::default())
-                .await
-                .map_err(|e| e.to_string())?;
+            let client =
+                admin_client_recovering(config, registry, actor, &Notes::default()).await.map_err(|e| e.to_string())?;
             let (token, expires) =
                 issue_request_token(registry, &client, incident_id, user.as_str(), config.tokens.expiry)
                     .await
@@ -508,7 +507,8 @@ async fn release_hold(bot: &Bot, actor: &Actor, user: &UserId, confirm: bool) ->
             CONFIRM_WITHIN.as_secs() / 60
         ));
     }
-    let client = admin_client_recovering(config, registry, actor, &Notes::default()).await.map_err(|e| e.to_string())?;
+    let client =
+        admin_client_recovering(config, registry, actor, &Notes::default()).await.map_err(|e| e.to_string())?;
     crate::holds::release(registry, &client, user.as_str(), actor).await.map_err(|err| err.to_string())?;
     Ok(format!("Released {user}: its account is deactivated, and the ID can never be registered again."))
 }

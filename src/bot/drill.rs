@@ -7,7 +7,6 @@ use std::time::Duration;
 use matrix_sdk::Client;
 use matrix_sdk::authentication::matrix::MatrixSession;
 use matrix_sdk::ruma::api::client::message::send_message_event;
-use matrix_sdk::ruma::events::room::message::RoomMessageEventContent;
 use matrix_sdk::ruma::{OwnedRoomId, OwnedTransactionId, RoomAliasId};
 use matrix_sdk::{SessionMeta, SessionTokens};
 use secrecy::ExposeSecret;
@@ -63,9 +62,7 @@ pub async fn post_test_message(config: &Config, registry: &Registry) -> BotDrill
                 .to_owned(),
         );
     };
-    let content = RoomMessageEventContent::text_markdown(
-        "lifeboat drill: the bot can post here. (A rehearsal: nothing was changed.)",
-    );
+    let content = crate::dm::safe_message("lifeboat drill: the bot can post here. (A rehearsal: nothing was changed.)");
     let txn: OwnedTransactionId = format!("lifeboat-drill-{}", now_ms()).into();
     let request = match send_message_event::v3::Request::new(room_id.clone(), txn, &content) {
         Ok(request) => request,

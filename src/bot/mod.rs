@@ -21,13 +21,14 @@ use matrix_sdk::config::SyncSettings;
 use matrix_sdk::event_handler::Ctx;
 use matrix_sdk::ruma::api::client::room::create_room::v3::{Request as CreateRoomRequest, RoomPreset};
 use matrix_sdk::ruma::events::room::member::{MembershipState, StrippedRoomMemberEvent};
-use matrix_sdk::ruma::events::room::message::{MessageType, OriginalSyncRoomMessageEvent, RoomMessageEventContent};
+use matrix_sdk::ruma::events::room::message::{MessageType, OriginalSyncRoomMessageEvent};
 use matrix_sdk::ruma::{OwnedRoomId, OwnedUserId, RoomAliasId, RoomId};
 use matrix_sdk::{Client, Room, RoomState, SessionChange};
 use tokio::sync::mpsc::UnboundedReceiver;
 use tokio_util::sync::CancellationToken;
 
 use crate::config::BotConfig;
+use crate::dm::safe_message;
 use crate::serve::ServeState;
 use crate::synapse::SynapseClient;
 
@@ -349,7 +350,7 @@ async fn flush_alerts(bot: &Arc<Bot>, client: &Client, queued: &mut Vec<String>)
     let Some(room) = bot.admin_room().and_then(|id| client.get_room(&id)) else { return };
     while !queued.is_empty() {
         let text = queued[0].clone();
-        match room.send(RoomMessageEventContent::text_markdown(&text)).await {
+        match room.send(safe_message(&text)).await {
             Ok(_) => {
                 queued.remove(0);
             }
@@ -408,7 +409,7 @@ async fn on_invite(event: StrippedRoomMemberEvent, room: Room, Ctx(bot): Ctx<Arc
         if to_admin_room {
             bot.set_admin_room(room_id);
             let hello = format!("lifeboat is here. Send `{} help` for what I can do.", bot.prefix());
-            let _ = room.send(RoomMessageEventContent::text_markdown(hello)).await;
+            let _ = room.send(safe_message(&hello)).await;
         }
     });
 }
@@ -440,7 +441,7 @@ async fn on_message(event: OriginalSyncRoomMessageEvent, room: Room, Ctx(bot): C
             };
             reply_to(&room, &reply).await;
         });
-    } else if room.joined_members_count() <= 2 {
+    } else if is_one_to_one(&room, &sender).await {
         let background = bot.state.background.clone();
         background.spawn(async move {
             let reply = match commands::parse_person(bot.prefix(), &body) {
@@ -452,8 +453,18 @@ async fn on_message(event: OriginalSyncRoomMessageEvent, room: Room, Ctx(bot): C
     }
 }
 
+/// Personal commands are answered only where nobody else can read the
+/// answer: the room's members, joined or invited, are the sender and the bot.
+async fn is_one_to_one(room: &Room, sender: &OwnedUserId) -> bool {
+    let sender_joined = matches!(
+        room.get_member_no_sync(sender).await,
+        Ok(Some(member)) if *member.membership() == MembershipState::Join
+    );
+    sender_joined && room.joined_members_count() == 2 && room.active_members_count() == 2
+}
+
 async fn reply_to(room: &Room, markdown: &str) {
-    if let Err(err) = room.send(RoomMessageEventContent::text_markdown(markdown)).await {
+    if let Err(err) = room.send(safe_message(markdown)).await {
         tracing::warn!(room = %room.room_id(), error = %err, "could not reply");
     }
 }

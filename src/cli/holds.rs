@@ -2,12 +2,12 @@
 //! for their owners, and what an operator on the lifeboat host may do with
 //! them.
 
-use std::io::{BufRead, IsTerminal, Write};
+use std::io::{BufRead, IsTerminal};
 
 use secrecy::SecretString;
 
-use super::output::{print_json, time};
 use super::incident::StderrNotes;
+use super::output::{print_json, time};
 use super::{Context, Failure, Outcome, exit};
 use crate::campaign::admin_client_recovering;
 use crate::holds::{hand_back, hold_lost_ids, password_problem, release};
@@ -197,23 +197,12 @@ async fn read_new_password(user_id: &str) -> Result<SecretString, Failure> {
 }
 
 async fn confirm_release(user_id: &str) -> Result<bool, Failure> {
-    if !std::io::stdin().is_terminal() {
-        return Err(Failure::new(
-            exit::USAGE,
-            "stdin is not a terminal, so lifeboat cannot ask before releasing: pass --yes to release",
-        ));
-    }
-    print!(
-        "Release {user_id}? Its account is deactivated for good and the ID can never be registered again. Type the ID to confirm: "
-    );
-    std::io::stdout().flush().ok();
-    let answer = tokio::task::spawn_blocking(|| {
-        let mut answer = String::new();
-        std::io::stdin().lock().read_line(&mut answer).ok();
-        answer
-    })
-    .await
-    .unwrap_or_default();
-    Ok(answer.trim() == user_id)
+    let answer = super::output::ask(
+        &format!(
+            "Release {user_id}? Its account is deactivated for good and the ID can never be registered again. Type the ID to confirm:"
+        ),
+        "stdin is not a terminal, so lifeboat cannot ask before releasing: pass --yes to release",
+    )
+    .await?;
+    Ok(answer == user_id)
 }
-

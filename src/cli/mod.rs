@@ -186,6 +186,13 @@ pub type Outcome = Result<u8, Failure>;
 /// The program: parse, run, report.
 pub fn main() -> ExitCode {
     let cli = Cli::parse();
+    if !matches!(cli.command, Command::Serve(_)) {
+        // Output piped into `head` ends quietly once the reader is gone, as
+        // Unix tools do (Rust ignores SIGPIPE, and println! would panic).
+        // Not serve: a closed log pipe must never end the service.
+        // SAFETY: resetting a signal to its default before any thread starts.
+        unsafe { libc::signal(libc::SIGPIPE, libc::SIG_DFL) };
+    }
     init_logging(cli.verbose);
     let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
         Ok(runtime) => runtime,

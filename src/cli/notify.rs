@@ -1,7 +1,5 @@
 //! `lifeboat notify ID [--dry-run] [--yes]`
 
-use std::io::{BufRead, IsTerminal, Write};
-
 use indicatif::ProgressBar;
 
 use super::output::progress_bar;
@@ -75,8 +73,10 @@ pub async fn run(context: &Context, args: Args) -> Outcome {
         // print the first. Tokens are placeholders: none is created.
         let expires = now_ms() + config.tokens.expiry.as_millis() as i64;
         let recipients = registry.email_recipients(incident.id).await?;
-        for (index, (user_id, display_name, address, contact_id, account_state, recreated_at, held_at, locked, deactivated)) in
-            recipients.into_iter().enumerate()
+        for (
+            index,
+            (user_id, display_name, address, contact_id, account_state, recreated_at, held_at, locked, deactivated),
+        ) in recipients.into_iter().enumerate()
         {
             let sample = Delivery {
                 id: 0,
@@ -162,21 +162,10 @@ pub async fn run(context: &Context, args: Args) -> Outcome {
 
 /// Asks on the terminal; refuses to guess when there is none.
 async fn confirm(emails: i64) -> Result<bool, Failure> {
-    if !std::io::stdin().is_terminal() {
-        return Err(Failure::new(
-            exit::USAGE,
-            "stdin is not a terminal, so lifeboat cannot ask before sending: pass --yes to send",
-        ));
-    }
-    print!("Send {emails} emails now? [y/N] ");
-    std::io::stdout().flush().ok();
-    // Read off the runtime's workers, which go on renewing leases meanwhile.
-    let answer = tokio::task::spawn_blocking(|| {
-        let mut answer = String::new();
-        std::io::stdin().lock().read_line(&mut answer).ok();
-        answer
-    })
-    .await
-    .unwrap_or_default();
-    Ok(matches!(answer.trim(), "y" | "Y" | "yes"))
+    let answer = super::output::ask(
+        &format!("Send {emails} emails now? [y/N]"),
+        "stdin is not a terminal, so lifeboat cannot ask before sending: pass --yes to send",
+    )
+    .await?;
+    Ok(matches!(answer.as_str(), "y" | "Y" | "yes"))
 }

@@ -1,6 +1,6 @@
 //! Shared output helpers: JSON, timestamps, progress bars.
 
-use std::io::IsTerminal;
+use std::io::{BufRead, IsTerminal, Write};
 
 use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
 use serde::Serialize;
@@ -41,4 +41,23 @@ pub fn id_list(ids: &[String], limit: usize) -> String {
         text.push_str(&format!(", and {} more (--json lists all)", ids.len() - limit));
     }
     text
+}
+
+/// Asks `question` on the terminal and returns the answer line; refuses to
+/// guess when stdin is not a terminal (`without_terminal` says what to pass
+/// instead). Read off the runtime's workers, which go on meanwhile.
+pub async fn ask(question: &str, without_terminal: &str) -> Result<String, Failure> {
+    if !std::io::stdin().is_terminal() {
+        return Err(Failure::new(exit::USAGE, without_terminal));
+    }
+    print!("{question} ");
+    std::io::stdout().flush().ok();
+    let answer = tokio::task::spawn_blocking(|| {
+        let mut answer = String::new();
+        std::io::stdin().lock().read_line(&mut answer).ok();
+        answer
+    })
+    .await
+    .unwrap_or_default();
+    Ok(answer.trim().to_owned())
 }

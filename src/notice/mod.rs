@@ -14,7 +14,6 @@ use std::sync::LazyLock;
 use askama::Template;
 use pulldown_cmark::{CowStr, Event, Options, Parser, Tag, TagEnd};
 
-
 /// Everything a notice says, for one person.
 #[derive(Debug, Clone, Copy)]
 pub struct NoticeContext<'a> {
@@ -429,7 +428,8 @@ mod tests {
         }
     }
 
-    const CLAIM: &str = "https://lifeboat.example.org/claim?account=%40alice%3Aexample.org&incident=1&hold=5&until=9&sig=ab";
+    const CLAIM: &str =
+        "https://lifeboat.example.org/claim?account=%40alice%3Aexample.org&incident=1&hold=5&until=9&sig=ab";
 
     #[test]
     fn a_held_id_comes_with_its_claim_link_and_the_token_is_for_a_new_name() {

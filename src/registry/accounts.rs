@@ -164,11 +164,13 @@ pub(super) fn account_columns() -> String {
 
 impl Registry {
     pub async fn account(&self, user_id: &str) -> Result<Option<Account>> {
-        let row: Option<AccountRow> =
-            sqlx::query_as(sqlx::AssertSqlSafe(format!("SELECT {} FROM accounts a WHERE a.user_id = $1", account_columns())))
-                .bind(user_id)
-                .fetch_optional(&self.pool)
-                .await?;
+        let row: Option<AccountRow> = sqlx::query_as(sqlx::AssertSqlSafe(format!(
+            "SELECT {} FROM accounts a WHERE a.user_id = $1",
+            account_columns()
+        )))
+        .bind(user_id)
+        .fetch_optional(&self.pool)
+        .await?;
         Ok(row.map(Account::from))
     }
 
@@ -193,9 +195,12 @@ impl Registry {
                 .await?
             }
             None => {
-                sqlx::query_as(sqlx::AssertSqlSafe(format!("SELECT {} FROM accounts a ORDER BY a.user_id", account_columns())))
-                    .fetch_all(&self.pool)
-                    .await?
+                sqlx::query_as(sqlx::AssertSqlSafe(format!(
+                    "SELECT {} FROM accounts a ORDER BY a.user_id",
+                    account_columns()
+                )))
+                .fetch_all(&self.pool)
+                .await?
             }
         };
         Ok(rows.into_iter().map(Account::from).collect())

@@ -108,11 +108,7 @@ const DUE_ROWS: &str = "FROM deliveries d \
 /// the task through a channel of 50, waking one or the other every few
 /// rows, which cost more than the query; one row of JSON costs one hand-off.
 static DUE_DELIVERIES_SQLITE: LazyLock<String> = LazyLock::new(|| {
-    format!(
-        "SELECT json_group_array(json_object({})) FROM (SELECT {} {DUE_ROWS}) x",
-        json_fields("x"),
-        *DUE_COLUMNS
-    )
+    format!("SELECT json_group_array(json_object({})) FROM (SELECT {} {DUE_ROWS}) x", json_fields("x"), *DUE_COLUMNS)
 });
 
 static DUE_DELIVERIES_POSTGRES: LazyLock<String> = LazyLock::new(|| {

@@ -153,13 +153,11 @@ impl Registry {
     /// ID, or one a stranger took): it is theirs again.
     pub async fn settle_as_claimed(&self, user_id: &str, actor: &Actor) -> Result<()> {
         let mut tx = self.begin_write().await?;
-        sqlx::query(
-            "UPDATE accounts SET custody = 'claimed', custody_at = $2, recreated_at = NULL WHERE user_id = $1",
-        )
-        .bind(user_id)
-        .bind(now_ms())
-        .execute(&mut *tx)
-        .await?;
+        sqlx::query("UPDATE accounts SET custody = 'claimed', custody_at = $2, recreated_at = NULL WHERE user_id = $1")
+            .bind(user_id)
+            .bind(now_ms())
+            .execute(&mut *tx)
+            .await?;
         Self::audit_in(&mut tx, actor, "hold.claim", Some(user_id), Some("password set by an operator")).await?;
         tx.commit().await?;
         Ok(())

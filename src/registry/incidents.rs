@@ -144,8 +144,9 @@ impl Registry {
     /// `service` account) and people with a Matrix-ID contact.
     pub async fn incident_summary(&self, id: i64, service: &str) -> Result<IncidentSummary> {
         let incident = self.require_incident(id).await?;
-        let (affected, by_email, by_matrix, unreachable, tokens): (i64, i64, i64, i64, i64) = sqlx::query_as(sqlx::AssertSqlSafe(format!(
-            "SELECT COUNT(*), \
+        let (affected, by_email, by_matrix, unreachable, tokens): (i64, i64, i64, i64, i64) =
+            sqlx::query_as(sqlx::AssertSqlSafe(format!(
+                "SELECT COUNT(*), \
                     COALESCE(SUM(CASE WHEN has_email THEN 1 ELSE 0 END), 0), \
                     COALESCE(SUM(CASE WHEN on_matrix THEN 1 ELSE 0 END), 0), \
                     COALESCE(SUM(CASE WHEN has_email OR on_matrix THEN 0 ELSE 1 END), 0), \
@@ -157,11 +158,11 @@ impl Registry {
                                       AND m.opted_out_at IS NULL)) AS on_matrix \
                    FROM incident_accounts ia JOIN accounts a ON a.user_id = ia.user_id \
                    WHERE ia.incident_id = $1) people"
-        )))
-        .bind(id)
-        .bind(service)
-        .fetch_one(&self.pool)
-        .await?;
+            )))
+            .bind(id)
+            .bind(service)
+            .fetch_one(&self.pool)
+            .await?;
         Ok(IncidentSummary {
             incident,
             affected,

@@ -63,28 +63,25 @@ impl Registry {
     /// a verified email contact of theirs (audited as `actor`).
     pub async fn check_contact_code(&self, user_id: &str, code: &str, actor: &Actor) -> Result<CodeCheck> {
         let now = now_ms();
-        let pending: Vec<(i64, String, String)> = sqlx::query_as(
-            "SELECT id, address, code_sha256 FROM contact_verifications \
-             WHERE user_id = $1 AND verified_at IS NULL AND expires_at > $2 AND attempts < $3 ORDER BY id DESC",
+        // One try is spent on every live code before any is compared, in
+        // one statement: parallel guesses get MAX_CODE_ATTEMPTS in all.
+        let spent: Vec<(i64, String, String)> = sqlx::query_as(
+            "UPDATE contact_verifications SET attempts = attempts + 1 \
+             WHERE user_id = $1 AND verified_at IS NULL AND expires_at > $2 AND attempts < $3 \
+             RETURNING id, address, code_sha256",
         )
         .bind(user_id)
         .bind(now)
         .bind(MAX_CODE_ATTEMPTS)
         .fetch_all(&self.pool)
         .await?;
-        if pending.is_empty() {
+        if spent.is_empty() {
             return Ok(CodeCheck::NothingPending);
         }
         let given = hash(code);
-        let Some((id, address, _)) = pending.iter().find(|(_, _, stored)| *stored == given) else {
-            sqlx::query(
-                "UPDATE contact_verifications SET attempts = attempts + 1 \
-                 WHERE user_id = $1 AND verified_at IS NULL AND expires_at > $2",
-            )
-            .bind(user_id)
-            .bind(now)
-            .execute(&self.pool)
-            .await?;
+        // The newest code first, as they were mailed.
+        let Some((id, address, _)) = spent.iter().filter(|(_, _, stored)| *stored == given).max_by_key(|(id, ..)| *id)
+        else {
             return Ok(CodeCheck::Wrong);
         };
         sqlx::query("UPDATE contact_verifications SET verified_at = $2 WHERE id = $1")

@@ -112,12 +112,19 @@ impl Registry {
         Ok(used == 1)
     }
 
-    /// Counts a wrong code; returns the attempts so far.
-    pub async fn count_web_link_attempt(&self, id: &str) -> Result<i64> {
-        sqlx::query("UPDATE web_links SET attempts = attempts + 1 WHERE id = $1").bind(id).execute(&self.pool).await?;
-        let (attempts,): (i64,) =
-            sqlx::query_as("SELECT attempts FROM web_links WHERE id = $1").bind(id).fetch_one(&self.pool).await?;
-        Ok(attempts)
+    /// Spends one of a link's `max` tries at its code, before the code is
+    /// compared: one statement, so parallel guesses cannot share a try.
+    /// `false` when none is left (or the link is used).
+    pub async fn spend_web_link_attempt(&self, id: &str, max: i64) -> Result<bool> {
+        let spent = sqlx::query(
+            "UPDATE web_links SET attempts = attempts + 1 WHERE id = $1 AND attempts < $2 AND used_at IS NULL",
+        )
+        .bind(id)
+        .bind(max)
+        .execute(&self.pool)
+        .await?
+        .rows_affected();
+        Ok(spent == 1)
     }
 
     /// Stops everything to a contact (unsubscribe). Returns `false` for an

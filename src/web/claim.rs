@@ -191,10 +191,16 @@ pub async fn claim(
     }
 }
 
-async fn hand_over(state: &WebState, account: &crate::registry::Account, password: &SecretString) -> Result<bool, WebError> {
+async fn hand_over(
+    state: &WebState,
+    account: &crate::registry::Account,
+    password: &SecretString,
+) -> Result<bool, WebError> {
     let client = match crate::recover::admin_access(&state.config, &state.registry).await? {
         AdminAccess::Working { client, .. } => client,
-        AdminAccess::Dead { .. } => return Err(WebError("no working admin token: cannot hand a held ID back".to_owned())),
+        AdminAccess::Dead { .. } => {
+            return Err(WebError("no working admin token: cannot hand a held ID back".to_owned()));
+        }
     };
     let actor = Actor::web(Some(format!("claim link of {}", account.user_id)));
     Ok(claim_held(&state.registry, &client, account, password, &actor).await?)

@@ -191,13 +191,19 @@ pub async fn confirm(
 
 async fn finish(state: &WebState, link: &str, sig: &str, code: &str) -> Result<Response, WebError> {
     let Some(found) = LINK.live(state, link, sig).await? else { return Ok(LINK.dead(state)) };
+    // A try is spent before the code is compared, so parallel guesses
+    // get MAX_ATTEMPTS tries in all, not each.
+    if !state.registry.spend_web_link_attempt(link, MAX_ATTEMPTS).await? {
+        state.registry.use_web_link(link).await?;
+        return Ok(LINK.dead(state));
+    }
     let right = found.code_hash.as_deref().is_some_and(|hash| {
         // Equal-length hex digests: compare without an early exit.
         let given = code_hash(code);
         hash.len() == given.len() && hash.bytes().zip(given.bytes()).fold(0u8, |acc, (a, b)| acc | (a ^ b)) == 0
     });
     if !right {
-        if state.registry.count_web_link_attempt(link).await? >= MAX_ATTEMPTS {
+        if found.attempts + 1 >= MAX_ATTEMPTS {
             state.registry.use_web_link(link).await?;
             return Ok(LINK.dead(state));
         }

@@ -121,6 +121,28 @@ async fn the_example_config_loads_as_is() {
 }
 
 #[tokio::test]
+async fn output_piped_into_a_reader_that_went_away_ends_quietly() {
+    use std::os::fd::FromRawFd;
+    let example = std::fs::read_to_string(crate::harness::repo_root().join("config.example.toml")).unwrap();
+    let lifeboat = Lifeboat::with_config(&example);
+    // As `lifeboat config check | head -0`: the reading end is closed first.
+    let mut fds = [0; 2];
+    assert_eq!(unsafe { libc::pipe(fds.as_mut_ptr()) }, 0);
+    unsafe { libc::close(fds[0]) };
+    let stdout = unsafe { std::process::Stdio::from_raw_fd(fds[1]) };
+    let output = std::process::Command::new(env!("CARGO_BIN_EXE_lifeboat"))
+        .arg("--config")
+        .arg(lifeboat.config_path())
+        .args(["config", "check"])
+        .stdout(stdout)
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(!stderr.contains("panicked") && stderr.trim().is_empty(), "{stderr}");
+    assert_ne!(output.status.code(), Some(101), "no panic exit");
+}
+
+#[tokio::test]
 async fn an_unreachable_synapse_is_one_sentence_and_exit_1() {
     let registry = TestDatabase::sqlite();
     let lifeboat = Lifeboat::with_config(&MINIMAL.replace("sqlite://lifeboat.db", &registry.url()));

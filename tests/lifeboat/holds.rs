@@ -37,8 +37,9 @@ fn ids_of(synapse: &TestSynapse, people: &[(String, String)]) -> Vec<String> {
 /// Opens an incident from the CLI and sends its notices; returns its id.
 async fn open_and_notify(lifeboat: &Lifeboat) -> String {
     std::fs::write(lifeboat.dir().join("postmortem.md"), POSTMORTEM).unwrap();
-    let opened =
-        lifeboat.run(&["incident", "open", "--title", "Database lost", "--postmortem", "postmortem.md", "--json"]).await;
+    let opened = lifeboat
+        .run(&["incident", "open", "--title", "Database lost", "--postmortem", "postmortem.md", "--json"])
+        .await;
     assert_eq!(opened.code, 0, "{opened:?}");
     let id = opened.json()["id"].to_string();
     let notified = lifeboat.run(&["notify", &id, "--yes"]).await;
@@ -303,15 +304,7 @@ async fn an_account_an_admin_locked_gets_no_token_and_no_claim_link_from_any_fac
     let weak = rig.lifeboat.run_with_input(&["holds", "claim", &alice_id], "short\n").await;
     assert_eq!(weak.code, 2, "a weak password is refused: {weak:?}");
     let alice = rig.alice_takes_her_id_back().await;
-    let mut invites = Vec::new();
-    for _ in 0..240 {
-        invites = alice.invites().await;
-        if !invites.is_empty() {
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(250)).await;
-    }
-    let room = invites.first().expect("the claimed admin is invited to the new admin room").clone();
+    let room = alice.first_invite().await;
     alice.join(&room).await;
     alice.send(&room, &format!("!lifeboat token {}", rig.synapse.user_id(locked))).await;
     let refused = alice.wait_for_message(&room, &rig.bot, "nothing to send", Duration::from_secs(60)).await;
@@ -372,4 +365,39 @@ async fn holding_a_thousand_ids_killed_midway_and_run_again_holds_each_exactly_o
     assert!(ids_in(&lifeboat, "recreated").await.is_empty(), "none taken for a stranger's: {rerun:?}");
     let again = lifeboat.run(&["holds", "make"]).await;
     assert!(again.stdout.contains("No lost ID is waiting"), "{again:?}");
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn an_id_registered_between_the_sync_and_the_hold_is_found_taken_and_never_changed() {
+    let synapse = TestSynapse::start();
+    let registry = TestDatabase::sqlite();
+    let (first, second) = (unique("first"), unique("second"));
+    synapse.create_user(&first, &[&format!("{first}@example.org")]).await;
+    synapse.create_user(&second, &[&format!("{second}@example.org")]).await;
+    let lifeboat = Lifeboat::with_config(&format!(
+        "[homeserver]\nurl = \"{}\"\nserver_name = \"{}\"\nadmin_token = \"{}\"\n\
+         registration_shared_secret = \"{}\"\n\n[registry]\nurl = \"{}\"\n",
+        synapse.url,
+        synapse.server_name,
+        synapse.admin_token(),
+        synapse.shared_secret,
+        registry.url()
+    ));
+    assert_eq!(lifeboat.run(&["sync"]).await.code, 0);
+    synapse.wipe();
+    assert_eq!(lifeboat.run(&["recover"]).await.code, 0);
+    assert_eq!(lifeboat.run(&["sync"]).await.code, 0, "everyone missing, nothing held yet");
+    let squatter = synapse.register(&first);
+
+    let made = lifeboat.run(&["holds", "make"]).await;
+    assert_eq!(made.code, 0, "{made:?}");
+    assert!(made.stdout.contains("registered by someone else first"), "{made:?}");
+    assert_eq!(ids_in(&lifeboat, "recreated").await, vec![squatter.user_id.clone()]);
+    assert!(ids_in(&lifeboat, "held").await.contains(&synapse.user_id(&second)));
+    let (status, _) = synapse.login(&first, squatter.password.as_deref().unwrap()).await;
+    assert_eq!(status, 200, "the squatter's account is left as it was");
+    synapse.register_admin(&unique("root"));
+    let untouched = synapse.user(&first).await;
+    assert_eq!(untouched["locked"], false, "{untouched}");
+    assert!(untouched["threepids"].as_array().unwrap().is_empty(), "no email was given to it: {untouched}");
 }

@@ -217,3 +217,42 @@ async fn sqlite_registries_use_wal_and_enforce_foreign_keys() {
         .await;
     assert!(orphan.is_err(), "a contact for an unknown account is refused by the foreign key");
 }
+
+async fn a_lease_excludes_another_task_of_the_same_process(registry: Registry) {
+    use lifeboat::lease::Lease;
+    // As the bot's `notify confirm` and the delivery worker, both in one serve.
+    let first = Lease::take(&registry, "notify:incident:1").await.unwrap().expect("free at first");
+    let second = Lease::take(&registry, "notify:incident:1").await.unwrap();
+    let held = second.err().expect("a second task of this process is refused");
+    assert!(held.holder.starts_with(&format!("{}:{}:", hostname(), std::process::id())), "{}", held.holder);
+    first.release().await;
+    let again = Lease::take(&registry, "notify:incident:1").await.unwrap();
+    assert!(again.is_ok(), "free again once released");
+    again.unwrap().release().await;
+}
+on_both_backends!(a_lease_excludes_another_task_of_the_same_process);
+
+fn hostname() -> String {
+    std::fs::read_to_string("/proc/sys/kernel/hostname").unwrap_or_default().trim().to_owned()
+}
+
+async fn parallel_wrong_codes_spend_the_five_tries_and_no_more(registry: Registry) {
+    use lifeboat::registry::{CodeCheck, MAX_CODE_ATTEMPTS};
+    sync_listing(&registry, &[user("@a:x", 1)]).await;
+    registry.start_contact_verification("@a:x", "a@example.org", "123456", 600_000).await.unwrap();
+    let guesses = (0..60).map(|n| {
+        let registry = registry.clone();
+        async move { registry.check_contact_code("@a:x", &format!("{:06}", 200_000 + n), &Actor::cli()).await.unwrap() }
+    });
+    let answers = futures::future::join_all(guesses).await;
+    let wrong = answers.iter().filter(|answer| matches!(answer, CodeCheck::Wrong)).count();
+    assert_eq!(wrong as i64, MAX_CODE_ATTEMPTS, "exactly the allowed tries were compared");
+    let (attempts,): (i64,) = sqlx::query_as("SELECT attempts FROM contact_verifications WHERE user_id = '@a:x'")
+        .fetch_one(registry.pool())
+        .await
+        .unwrap();
+    assert_eq!(attempts, MAX_CODE_ATTEMPTS);
+    let late = registry.check_contact_code("@a:x", "123456", &Actor::cli()).await.unwrap();
+    assert!(matches!(late, CodeCheck::NothingPending), "the right code after the tries are spent: {late:?}");
+}
+on_both_backends!(parallel_wrong_codes_spend_the_five_tries_and_no_more);

@@ -44,15 +44,7 @@ async fn after_a_wipe_everyone_is_told_once_and_a_person_comes_back_through_the_
 
     // The admin takes her held ID back and finds the bot in a new admin room.
     let alice = rig.alice_takes_her_id_back().await;
-    let mut invites = Vec::new();
-    for _ in 0..240 {
-        invites = alice.invites().await;
-        if !invites.is_empty() {
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(250)).await;
-    }
-    let room = invites.first().expect("the admin is invited to a new admin room").clone();
+    let room = alice.first_invite().await;
     alice.join(&room).await;
     alice.wait_for_message(&room, &rig.bot, "Suspected database reset", Duration::from_secs(30)).await;
 

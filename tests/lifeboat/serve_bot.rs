@@ -419,6 +419,18 @@ async fn a_person_verifies_a_contact_email_by_dm() {
     bob.send(&dm, "contact list").await;
     let listed = bob.wait_for_message(&dm, &rig.bot, "Your contacts", Duration::from_secs(30)).await;
     assert!(listed.contains(&address) && listed.contains("verified"), "{listed}");
+
+    // A "DM" with a third member, invited (who could join and read the
+    // history later): the bot answers nothing personal there.
+    let eve = rig.synapse.register(&unique("eve"));
+    let crowded = bob.create_room(&[&rig.bot, &eve.user_id], true).await;
+    eventually("the bot joins the crowded room", Duration::from_secs(30), || async {
+        bob.membership_of(&crowded, &rig.bot).await.as_deref() == Some("join")
+    })
+    .await;
+    bob.send(&crowded, "contact list").await;
+    let answered = bob.find_message(&crowded, &rig.bot, "Your contacts", Duration::from_secs(8)).await;
+    assert_eq!(answered, None, "no contact list where a third member reads it");
 }
 
 #[tokio::test(flavor = "multi_thread")]
@@ -646,4 +658,24 @@ async fn the_bot_runs_the_clis_operations_for_an_admin() {
     let resolved = rig.reply_containing(&format!("Resolved incident {id}")).await;
     assert!(resolved.contains("deleted 1 unused"), "{resolved}");
     assert!(!rig.synapse.token_is_valid(&token).await, "resolving deleted the unused token");
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn what_the_bot_posts_carries_no_markup_from_a_title_or_postmortem() {
+    let mut rig = Rig::start(TestSmtp::start(None), &people(1)).await;
+    rig.serve().await;
+    std::fs::write(rig.lifeboat.dir().join("postmortem.md"), "gone").unwrap();
+    let title = "<script>alert(1)</script> <b>Lost</b> <img src=x onerror=alert(2)>";
+    let args = ["incident", "open", "--title", title, "--postmortem", "postmortem.md", "--affected", "all"];
+    assert_eq!(rig.lifeboat.run(&args).await.code, 0);
+    rig.say("!lifeboat incident list").await;
+    rig.reply_containing("alert(1)").await;
+    rig.say("!lifeboat incident show 1").await;
+    rig.reply_containing("Incident 1:").await;
+    let html = rig.alice.formatted_from(&rig.admin_room, &rig.bot).await;
+    assert!(html.iter().any(|body| body.contains("&lt;script&gt;") || body.contains("alert(1)")), "{html:?}");
+    for body in &html {
+        let lower = body.to_lowercase();
+        assert!(!lower.contains("<script") && !lower.contains("<b>lost") && !lower.contains("onerror"), "{body}");
+    }
 }

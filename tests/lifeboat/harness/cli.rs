@@ -107,7 +107,10 @@ impl Lifeboat {
     pub async fn run_with_input(&self, args: &[&str], input: &str) -> Run {
         use tokio::io::AsyncWriteExt;
         let mut command = self.command(args);
-        command.stdin(std::process::Stdio::piped()).stdout(std::process::Stdio::piped()).stderr(std::process::Stdio::piped());
+        command
+            .stdin(std::process::Stdio::piped())
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::piped());
         let mut child = command.spawn().expect("lifeboat runs");
         let mut stdin = child.stdin.take().unwrap();
         stdin.write_all(input.as_bytes()).await.unwrap();

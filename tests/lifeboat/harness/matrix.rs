@@ -99,6 +99,19 @@ impl MatrixUser {
         bodies
     }
 
+    /// The `formatted_body` (HTML) of every message `sender` sent in `room_id`.
+    pub async fn formatted_from(&self, room_id: &str, sender: &str) -> Vec<String> {
+        let path = format!("/_matrix/client/v3/rooms/{}/messages?dir=b&limit=100", encode(room_id));
+        let page = self.call(reqwest::Method::GET, &path, None).await;
+        page["chunk"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .filter(|event| event["type"] == "m.room.message" && event["sender"] == sender)
+            .filter_map(|event| event["content"]["formatted_body"].as_str().map(str::to_owned))
+            .collect()
+    }
+
     /// Waits for a message from `sender` containing `needle`; `None` when
     /// none came within `within`.
     pub async fn find_message(&self, room_id: &str, sender: &str, needle: &str, within: Duration) -> Option<String> {
@@ -155,6 +168,17 @@ impl MatrixUser {
             }
         }
         invited.clone()
+    }
+
+    /// The first room this user is invited to, waiting up to a minute.
+    pub async fn first_invite(&self) -> String {
+        for _ in 0..240 {
+            if let Some(room) = self.invites().await.first() {
+                return room.clone();
+            }
+            tokio::time::sleep(std::time::Duration::from_millis(250)).await;
+        }
+        panic!("{} was not invited to any room within a minute", self.user_id)
     }
 }
 
