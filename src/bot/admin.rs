@@ -15,6 +15,7 @@ use crate::email::EmailAddress;
 use crate::holds::{WayBack, way_back};
 use crate::links::LINK_KEY;
 use crate::mail::{Mailer, OutgoingEmail};
+use crate::notice::markdown_escape;
 use crate::notify::{NotifyProgress, human_time, plan};
 use crate::recover::service_user_id;
 use crate::registry::AccountState;
@@ -140,7 +141,7 @@ async fn run(bot: &Bot, room: &Room, actor: &Actor, command: AdminCommand) -> Re
             Ok(format!(
                 "Opened incident **{}** \"{}\" ({affected} affected accounts). Next: `{prefix} notify {}` shows what would be sent.{}",
                 incident.id,
-                incident.title,
+                markdown_escape(&incident.title),
                 incident.id,
                 if notes.is_empty() { String::new() } else { format!("\n\nNotes: {}", notes.join("; ")) }
             ))
@@ -160,7 +161,7 @@ async fn run(bot: &Bot, room: &Room, actor: &Actor, command: AdminCommand) -> Re
                     format!(
                         "- {}: {} (opened {}, {status})",
                         incident.id,
-                        incident.title,
+                        markdown_escape(&incident.title),
                         human_time(incident.opened_at)
                     )
                 })
@@ -173,7 +174,7 @@ async fn run(bot: &Bot, room: &Room, actor: &Actor, command: AdminCommand) -> Re
             let d = &summary.deliveries;
             Ok(format!(
                 "**Incident {id}: {}** ({})\n\n- affected: {}\n- IDs: {} held, {} claimed, {} taken by someone else\n- reachable: {} by email, {} on Matrix, {} unreachable\n- tokens: {}\n- deliveries: {} sent, {} pending, {} sending, {} failed, {} skipped",
-                summary.incident.title,
+                markdown_escape(&summary.incident.title),
                 if summary.incident.resolved_at.is_some() { "resolved" } else { "open" },
                 summary.affected,
                 summary.holds.held,
@@ -276,7 +277,7 @@ async fn status(bot: &Bot) -> Result<String, String> {
         .map_err(|err| err.to_string())?
         .into_iter()
         .filter(|incident| incident.resolved_at.is_none())
-        .map(|incident| format!("{} \"{}\"", incident.id, incident.title))
+        .map(|incident| format!("{} \"{}\"", incident.id, markdown_escape(&incident.title)))
         .collect();
     reply.push_str(&match open.len() {
         0 => "\n\n**Open incidents:** none.".to_owned(),
@@ -304,7 +305,7 @@ async fn notify(bot: &Bot, room: &Room, actor: &Actor, id: i64, confirm: bool) -
         }
         return Ok(format!(
             "Incident {id} \"{}\": {} affected; **{} emails** to {} people, **{} DMs**; {} people unreachable; {} tokens to create.\n\nTo send, reply `{} notify {id} confirm` within {} minutes.",
-            incident.title,
+            markdown_escape(&incident.title),
             planned.affected,
             planned.emails.emails,
             planned.emails.people_with_email,

@@ -23,7 +23,7 @@ use matrix_sdk::ruma::api::client::room::create_room::v3::{Request as CreateRoom
 use matrix_sdk::ruma::events::room::member::{MembershipState, StrippedRoomMemberEvent};
 use matrix_sdk::ruma::events::room::message::{MessageType, OriginalSyncRoomMessageEvent};
 use matrix_sdk::ruma::{OwnedRoomId, OwnedUserId, RoomAliasId, RoomId};
-use matrix_sdk::{Client, Room, RoomState, SessionChange};
+use matrix_sdk::{Client, Room, RoomMemberships, RoomState, SessionChange};
 use tokio::sync::mpsc::UnboundedReceiver;
 use tokio_util::sync::CancellationToken;
 
@@ -441,9 +441,12 @@ async fn on_message(event: OriginalSyncRoomMessageEvent, room: Room, Ctx(bot): C
             };
             reply_to(&room, &reply).await;
         });
-    } else if is_one_to_one(&room, &sender).await {
+    } else {
         let background = bot.state.background.clone();
         background.spawn(async move {
+            if !is_one_to_one(&room, &bot.me, &sender).await {
+                return;
+            }
             let reply = match commands::parse_person(bot.prefix(), &body) {
                 Ok(command) => people::execute(&bot, &sender, command).await,
                 Err(bad) => bad.0,
@@ -454,13 +457,21 @@ async fn on_message(event: OriginalSyncRoomMessageEvent, room: Room, Ctx(bot): C
 }
 
 /// Personal commands are answered only where nobody else can read the
-/// answer: the room's members, joined or invited, are the sender and the bot.
-async fn is_one_to_one(room: &Room, sender: &OwnedUserId) -> bool {
-    let sender_joined = matches!(
-        room.get_member_no_sync(sender).await,
-        Ok(Some(member)) if *member.membership() == MembershipState::Join
-    );
-    sender_joined && room.joined_members_count() == 2 && room.active_members_count() == 2
+/// answer: the room's members, joined or invited, are exactly the sender
+/// and the bot (the member list is fetched when lazy loading left it
+/// incomplete; when it cannot be had, no answer).
+async fn is_one_to_one(room: &Room, me: &OwnedUserId, sender: &OwnedUserId) -> bool {
+    match room.members(RoomMemberships::ACTIVE).await {
+        Ok(members) => {
+            members.len() == 2
+                && members.iter().any(|member| member.user_id() == sender)
+                && members.iter().any(|member| member.user_id() == me)
+        }
+        Err(err) => {
+            tracing::warn!(room = %room.room_id(), error = %err, "cannot tell who is in a DM: not answering there");
+            false
+        }
+    }
 }
 
 async fn reply_to(room: &Room, markdown: &str) {

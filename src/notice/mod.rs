@@ -369,7 +369,7 @@ fn localpart_of<'a>(user_id: &Cow<'a, str>) -> Cow<'a, str> {
 /// tables, heading closers), so user data shows literally. Values are always
 /// interpolated mid-line or after `## `, so line-start markers (`-`, `1.`)
 /// need no escaping, and `.`, `-`, `:` stay readable in the plain body.
-fn markdown_escape(text: &str) -> String {
+pub fn markdown_escape(text: &str) -> String {
     let mut out = String::with_capacity(text.len() + 8);
     for c in text.chars() {
         if matches!(c, '\\' | '`' | '*' | '_' | '[' | ']' | '<' | '>' | '!' | '&' | '~' | '|' | '#') {
