@@ -155,9 +155,6 @@ pub async fn claim(
         sig: form.sig,
     };
     let Some((link, sig)) = fields.link() else { return dead(&state) };
-    if !state.inner.limiter.allow_target(PURPOSE, &link.account.to_lowercase()) {
-        return pages::too_many(&state);
-    }
     let account = match check_claim(&state.registry, &key, &link, &sig).await {
         Ok(ClaimCheck::Usable(account)) => account,
         Ok(ClaimCheck::Taken) => return taken(&state, &link.account),
@@ -173,6 +170,11 @@ pub async fn claim(
     if problem.is_some() {
         let csrf = form.csrf.unwrap_or_default();
         return form_page(&state, csrf, link, sig, problem);
+    }
+    // Counted only for a password that may be set: a person retyping a
+    // weak one does not use up their own budget.
+    if !state.inner.limiter.allow_target(PURPOSE, &link.account.to_lowercase()) {
+        return pages::too_many(&state);
     }
     let password = SecretString::from(password);
     match hand_over(&state, &account, &password).await {
