@@ -140,13 +140,10 @@ pub async fn claim(
     headers: HeaderMap,
     form: Result<Form<ClaimPost>, FormRejection>,
 ) -> Response {
-    let (form, key) = match pages::checked_form(&state, &headers, form, |form| form.csrf.as_deref()).await {
+    let (form, key) = match pages::checked_public_form(&state, &headers, ip, form, |form| form.csrf.as_deref()).await {
         Ok(checked) => checked,
         Err(refused) => return refused,
     };
-    if !state.inner.limiter.allow_ip(ip) {
-        return pages::too_many(&state);
-    }
     let fields = LinkFields {
         account: form.account,
         incident: form.incident,

@@ -168,3 +168,19 @@ pub async fn checked_form<F>(
     }
     Ok((form, key))
 }
+
+/// [`checked_form`] for a form anyone may post, also within the client's
+/// per-IP rate limit (a 429 page otherwise).
+pub async fn checked_public_form<F>(
+    state: &WebState,
+    headers: &HeaderMap,
+    ip: Option<std::net::IpAddr>,
+    form: Result<axum::extract::Form<F>, FormRejection>,
+    csrf: impl Fn(&F) -> Option<&str>,
+) -> Result<(F, secrecy::SecretString), Response> {
+    let checked = checked_form(state, headers, form, csrf).await?;
+    if !state.inner.limiter.allow_ip(ip) {
+        return Err(too_many(state));
+    }
+    Ok(checked)
+}

@@ -63,13 +63,10 @@ pub async fn request(
     headers: HeaderMap,
     form: Result<Form<RequestForm>, FormRejection>,
 ) -> Response {
-    let (form, key) = match pages::checked_form(&state, &headers, form, |form| form.csrf.as_deref()).await {
+    let (form, key) = match pages::checked_public_form(&state, &headers, ip, form, |form| form.csrf.as_deref()).await {
         Ok(checked) => checked,
         Err(refused) => return refused,
     };
-    if !state.inner.limiter.allow_ip(ip) {
-        return pages::too_many(&state);
-    }
     let user_id = UserId::parse(form.matrix_id.as_deref().unwrap_or("").trim());
     let email = EmailAddress::parse(form.email.as_deref().unwrap_or(""));
     let (Ok(user_id), Ok(email)) = (user_id, email) else {

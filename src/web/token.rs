@@ -94,13 +94,10 @@ pub async fn request(
     headers: HeaderMap,
     form: Result<Form<RequestForm>, FormRejection>,
 ) -> Response {
-    let (form, key) = match pages::checked_form(&state, &headers, form, |form| form.csrf.as_deref()).await {
+    let (form, key) = match pages::checked_public_form(&state, &headers, ip, form, |form| form.csrf.as_deref()).await {
         Ok(checked) => checked,
         Err(refused) => return refused,
     };
-    if !state.inner.limiter.allow_ip(ip) {
-        return pages::too_many(&state);
-    }
     let who = form.who.unwrap_or_default();
     let Some(target) = Target::parse(&who) else {
         let page = Message::new(
