@@ -101,8 +101,8 @@ pub async fn run(context: &Context, args: Args) -> Outcome {
                 .render(&incident, &sample)
                 .map_err(|err| Failure::new(exit::FAILED, format!("the notice to {address} does not render: {err}")))?;
             if index == 0 {
-                println!("--- sample email to {address} (the token is a placeholder) ---");
-                println!("Subject: {}\n\n{}", rendered.subject, rendered.text);
+                println!("--- sample email to {address} (the token and the links' signatures are placeholders) ---");
+                println!("Subject: {}\n\n{}", rendered.subject, unusable_links(&rendered.text));
                 println!("--- end of sample ---");
             }
         }
@@ -168,4 +168,30 @@ async fn confirm(emails: i64) -> Result<bool, Failure> {
     )
     .await?;
     Ok(matches!(answer.as_str(), "y" | "Y" | "yes"))
+}
+
+/// The sample's signed links (unsubscribe, claim) with their signatures
+/// replaced: a dry run's output must not hand out links that work.
+fn unusable_links(text: &str) -> String {
+    let mut out = String::with_capacity(text.len());
+    let mut rest = text;
+    while let Some(at) = rest.find("sig=") {
+        out.push_str(&rest[..at + 4]);
+        rest = rest[at + 4..].trim_start_matches(|c: char| c.is_ascii_hexdigit());
+        out.push_str("SAMPLE-not-valid");
+    }
+    out.push_str(rest);
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn a_samples_signatures_are_replaced() {
+        let text = "Take back: https://l.test/claim?account=%40a%3Ax&sig=0a9f\nUnsubscribe: https://l.test/unsubscribe?contact=3&sig=ffee01 end";
+        assert_eq!(
+            super::unusable_links(text),
+            "Take back: https://l.test/claim?account=%40a%3Ax&sig=SAMPLE-not-valid\nUnsubscribe: https://l.test/unsubscribe?contact=3&sig=SAMPLE-not-valid end"
+        );
+    }
 }

@@ -130,6 +130,9 @@ async fn after_the_seed_incident_each_contact_gets_one_email_with_a_working_toke
     );
     assert!(dry.stdout.contains("Unreachable by any channel: 2 affected people."), "{dry:?}");
     assert!(dry.stdout.contains("Our database was **lost**"), "a rendered sample: {dry:?}");
+    // Its links are shown, but signed with nothing that works.
+    assert!(dry.stdout.contains("/claim?") && dry.stdout.contains("/unsubscribe?"), "{dry:?}");
+    assert_eq!(dry.stdout.matches("sig=SAMPLE-not-valid").count(), 2, "{dry:?}");
     assert!(smtp.messages().is_empty(), "a dry run sends nothing");
     let tokens = lifeboat.run(&["tokens", "list", "--json"]).await.json();
     assert_eq!(tokens, serde_json::json!([]), "a dry run records no token");
