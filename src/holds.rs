@@ -215,17 +215,37 @@ pub async fn way_back(
     if !account.may_come_back() {
         return Ok(WayBack::Nothing("an admin had locked or deactivated the account before it was lost"));
     }
-    Ok(match (account.state, account.custody_at) {
-        (AccountState::Held, Some(hold)) if config.recovery.mode == RecoveryMode::Reclaim => {
-            WayBack::Claim(ClaimLink {
-                account: account.user_id,
-                incident,
-                hold,
-                until: now_ms() + claim_valid_for.as_millis() as i64,
-            })
-        }
-        (AccountState::Claimed, _) => WayBack::Nothing("the account was handed back to its owner already"),
-        _ => WayBack::Token { incident },
+    if account.state == AccountState::Claimed {
+        return Ok(WayBack::Nothing("the account was handed back to its owner already"));
+    }
+    let claim = (config.recovery.mode == RecoveryMode::Reclaim)
+        .then(|| claim_link(&account.user_id, account.state, account.custody_at, true, incident, claim_valid_for))
+        .flatten();
+    Ok(match claim {
+        Some(link) => WayBack::Claim(link),
+        None => WayBack::Token { incident },
+    })
+}
+
+/// The link that hands a held ID back to its person, valid for
+/// `valid_for`, when the ID is held and its person may come back; the one
+/// rule for notices and for `way_back`.
+pub fn claim_link(
+    user_id: &str,
+    state: AccountState,
+    hold: Option<i64>,
+    may_come_back: bool,
+    incident: i64,
+    valid_for: std::time::Duration,
+) -> Option<ClaimLink> {
+    if state != AccountState::Held || !may_come_back {
+        return None;
+    }
+    Some(ClaimLink {
+        account: user_id.to_owned(),
+        incident,
+        hold: hold?,
+        until: now_ms() + valid_for.as_millis() as i64,
     })
 }
 

@@ -21,7 +21,8 @@ use url::Url;
 
 use crate::dm::{DmError, DmSender};
 use crate::email::EmailAddress;
-use crate::links::{ClaimLink, UnsubscribeLinks};
+use crate::holds::claim_link;
+use crate::links::UnsubscribeLinks;
 use crate::mail::{MailError, Mailer, OutgoingEmail};
 use crate::notice::{NoticeContext, NoticeError, RenderedNotice, render_email_notice, render_notice};
 use crate::registry::{
@@ -150,20 +151,11 @@ impl NoticeSettings {
         }
     }
 
-    /// The person's link to take their held ID back, if it is held for
-    /// them and they may have it back.
-    fn claim_url(&self, incident: &Incident, delivery: &Delivery) -> Option<String> {
+    /// The person's link to take their held ID back (`holds::claim_link`).
+    fn claim_url(&self, incident: &Incident, delivery: &Delivery, state: AccountState) -> Option<String> {
         let (base, key, valid_for) = self.claims.as_ref()?;
-        let held = delivery.account_state == AccountState::Held.as_str();
-        if !held || !may_come_back(delivery.locked != 0, delivery.deactivated != 0) {
-            return None;
-        }
-        let link = ClaimLink {
-            account: delivery.user_id.clone(),
-            incident: incident.id,
-            hold: delivery.held_at?,
-            until: now_ms() + valid_for.as_millis() as i64,
-        };
+        let may_come_back = may_come_back(delivery.locked != 0, delivery.deactivated != 0);
+        let link = claim_link(&delivery.user_id, state, delivery.held_at, may_come_back, incident.id, *valid_for)?;
         Some(link.url(base, key))
     }
 
@@ -188,7 +180,8 @@ impl NoticeSettings {
         render: impl FnOnce(&NoticeContext) -> Result<T, NoticeError>,
     ) -> Result<T, NotifyError> {
         let expires = delivery.token_expires_at.map(|ms| self.expiry_labels.label(ms));
-        let claim_url = self.claim_url(incident, delivery);
+        let state = AccountState::parse(&delivery.account_state);
+        let claim_url = self.claim_url(incident, delivery, state);
         let context = NoticeContext {
             server_name: &self.server_name,
             homeserver_url: self.public_url.as_str(),
@@ -197,13 +190,13 @@ impl NoticeSettings {
             incident_title: &incident.title,
             postmortem_markdown: &incident.postmortem,
             postmortem_html: Some(&self.postmortem_html),
-            account_works: AccountState::parse(&delivery.account_state).is_its_persons(),
+            account_works: state.is_its_persons(),
             token: delivery.token.as_deref(),
             token_expires: expires.as_deref(),
             unsubscribe_url,
-            id_held: delivery.account_state == AccountState::Held.as_str(),
+            id_held: state == AccountState::Held,
             claim_url: claim_url.as_deref(),
-            id_taken: delivery.account_state == AccountState::Recreated.as_str(),
+            id_taken: state.is_stranger(),
         };
         render(&context).map_err(|err| NotifyError::Render(err.to_string()))
     }

@@ -47,34 +47,6 @@ pub struct NoticeContext<'a> {
     pub id_taken: bool,
 }
 
-impl<'a> NoticeContext<'a> {
-    /// The values every notice of an incident shares, with no person's.
-    pub fn of_incident(
-        server_name: &'a str,
-        homeserver_url: &'a str,
-        incident_title: &'a str,
-        postmortem_markdown: &'a str,
-        postmortem_html: Option<&'a str>,
-    ) -> NoticeContext<'a> {
-        NoticeContext {
-            server_name,
-            homeserver_url,
-            incident_title,
-            postmortem_markdown,
-            postmortem_html,
-            user_id: "",
-            display_name: None,
-            account_works: false,
-            token: None,
-            token_expires: None,
-            unsubscribe_url: None,
-            id_held: false,
-            claim_url: None,
-            id_taken: false,
-        }
-    }
-}
-
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct RenderedNotice {
     pub subject: String,

@@ -56,6 +56,12 @@ impl AccountState {
         AccountState::ALL.into_iter().find(|state| state.as_str() == text).unwrap_or(AccountState::Present)
     }
 
+    /// Registered again by someone lifeboat cannot vouch for: a stranger on
+    /// every face (a form naming it, the bot's admins, DMs).
+    pub fn is_stranger(self) -> bool {
+        self == AccountState::Recreated
+    }
+
     /// Is the account on Synapse now its registry person's, so that what
     /// arrives from it (a DM, a form naming it) speaks for that person?
     pub fn is_its_persons(self) -> bool {
@@ -179,7 +185,7 @@ impl Registry {
     /// account is a stranger on every face: what it sends is not its
     /// registry person's, and nothing of theirs is given to it.
     pub async fn is_stranger(&self, user_id: &str) -> Result<bool> {
-        Ok(self.account(user_id).await?.is_some_and(|account| account.state == AccountState::Recreated))
+        Ok(self.account(user_id).await?.is_some_and(|account| account.state.is_stranger()))
     }
 
     /// Accounts in user-ID order, optionally only those in `state`.

@@ -19,7 +19,7 @@ use super::{WebState, mail, signing};
 use crate::email::EmailAddress;
 use crate::holds::{WayBack, way_back};
 use crate::recover::AdminAccess;
-use crate::registry::{AccountState, MailableContact, format_time, now_ms};
+use crate::registry::{MailableContact, format_time, now_ms};
 use crate::user_id::UserId;
 
 pub const PURPOSE: &str = "token";
@@ -135,9 +135,7 @@ async fn mail_links(state: &WebState, target: Target, key: &secrecy::SecretStrin
         // An ID someone else registered again is a stranger: a form naming
         // it gets nothing (its person can still name their email address).
         Target::Account(id) => match state.registry.account(id.as_str()).await? {
-            Some(account) if account.state != AccountState::Recreated => {
-                state.registry.mailable_contacts_of(id.as_str()).await?
-            }
+            Some(account) if !account.state.is_stranger() => state.registry.mailable_contacts_of(id.as_str()).await?,
             _ => Vec::new(),
         },
         Target::Email(address) => state.registry.mailable_contacts_by_address(address.as_str()).await?,
