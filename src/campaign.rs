@@ -91,7 +91,13 @@ pub async fn open_incident(
     actor: &Actor,
     progress: &dyn NotifyProgress,
 ) -> Result<OpenedIncident, CampaignError> {
-    if let Err(reason) = sync_first(config, registry, actor, progress).await {
+    // One working admin client (recovering after a wipe) for the sync and the holds.
+    let client = admin_client_recovering(config, registry, actor, progress).await.map_err(|err| err.to_string());
+    let synced = match &client {
+        Ok(client) => sync_first(config, registry, client, actor).await,
+        Err(reason) => Err(reason.clone()),
+    };
+    if let Err(reason) = synced {
         let last = registry.last_complete_sync().await?.and_then(|run| run.finished_at);
         let when = last.and_then(registry::format_time).unwrap_or_else(|| "never".to_owned());
         let used = if scope == "missing" {
@@ -102,8 +108,14 @@ pub async fn open_incident(
         progress.note(&format!("could not sync before opening ({reason}); {used}"));
     }
     let (incident, affected) = registry.open_incident(title, postmortem, scope, actor).await?;
-    let holds =
-        if holds_wanted(config, true) { hold_after_opening(config, registry, actor, progress).await } else { None };
+    let holds = match &client {
+        _ if !holds_wanted(config, true) => None,
+        Ok(client) => hold_after_opening(config, registry, client, actor, progress).await,
+        Err(reason) => {
+            progress.note(&format!("lost IDs are not held yet: {reason}"));
+            None
+        }
+    };
     Ok(OpenedIncident { incident, affected, holds })
 }
 
@@ -122,17 +134,11 @@ pub struct OpenedIncident {
 async fn hold_after_opening(
     config: &Config,
     registry: &Registry,
+    client: &SynapseClient,
     actor: &Actor,
     progress: &dyn NotifyProgress,
 ) -> Option<HoldReport> {
-    let client = match admin_client_recovering(config, registry, actor, progress).await {
-        Ok(client) => client,
-        Err(err) => {
-            progress.note(&format!("lost IDs are not held yet: {err}"));
-            return None;
-        }
-    };
-    match hold_lost_ids(config, registry, &client, actor, &|_, _| {}).await {
+    match hold_lost_ids(config, registry, client, actor, &|_, _| {}).await {
         Ok(report) => Some(report),
         Err(err) => {
             progress.note(&format!("lost IDs are not held: {err}"));
@@ -144,17 +150,11 @@ async fn hold_after_opening(
 /// How long `open_incident` waits for another process's sync to end.
 const WAIT_FOR_OTHER_SYNC: Duration = Duration::from_secs(120);
 
-async fn sync_first(
-    config: &Config,
-    registry: &Registry,
-    actor: &Actor,
-    progress: &dyn NotifyProgress,
-) -> Result<(), String> {
-    let client = admin_client_recovering(config, registry, actor, progress).await.map_err(|err| err.to_string())?;
+async fn sync_first(config: &Config, registry: &Registry, client: &SynapseClient, actor: &Actor) -> Result<(), String> {
     let options = SyncOptions::from_config(config);
     let started = std::time::Instant::now();
     loop {
-        match sync(registry, &client, &options, actor, &Quiet).await {
+        match sync(registry, client, &options, actor, &Quiet).await {
             Ok(_) => return Ok(()),
             // The watcher's, or an admin's: wait for it, then list again.
             Err(SyncError::Busy { .. }) if started.elapsed() < WAIT_FOR_OTHER_SYNC => {
