@@ -65,14 +65,11 @@ pub async fn run(context: &Context, command: Command) -> Outcome {
     match command {
         Command::Open { title, postmortem, affected, json } => {
             let title = title.trim();
-            if title.is_empty() {
-                return Err(Failure::new(exit::USAGE, "--title is empty: give the incident a short title"));
-            }
             let markdown = std::fs::read_to_string(&postmortem).map_err(|err| {
                 Failure::new(exit::USAGE, format!("cannot read the postmortem {}: {err}", postmortem.display()))
             })?;
-            if markdown.trim().is_empty() {
-                return Err(Failure::new(exit::USAGE, format!("the postmortem {} is empty", postmortem.display())));
+            if let Some(problem) = crate::campaign::incident_text_problem(title, &markdown) {
+                return Err(Failure::new(exit::USAGE, problem));
             }
             let scope = match affected {
                 Scope::Missing => "missing",

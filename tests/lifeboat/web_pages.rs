@@ -423,3 +423,26 @@ async fn the_page_shows_a_persons_unused_token_again_and_issues_new_ones_only_up
     assert!(third.contains("No new token this time"), "the limit of one issued token per person holds: {third}");
     browser.close().await;
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn healthz_names_a_registry_gone_down_within_seconds() {
+    let registry = TestDatabase::postgres().await;
+    let database: url::Url = registry.url().parse().unwrap();
+    let target = format!("127.0.0.1:{}", database.port().unwrap_or(5432)).parse().unwrap();
+    let proxy = crate::harness::proxy::TcpProxy::start(target).await;
+    let mut through_proxy = database.clone();
+    through_proxy.set_port(Some(proxy.port)).unwrap();
+    let base = format!(
+        "[homeserver]\nurl = \"http://127.0.0.1:9\"\nserver_name = \"example.org\"\nadmin_token = \"tok\"\n\
+         retries = 0\n\n[registry]\nurl = \"{through_proxy}\"\n"
+    );
+    let lifeboat = Lifeboat::with_config(&base);
+    let served = serve(&lifeboat, &base, "").await;
+
+    proxy.cut();
+    let http = reqwest::Client::builder().timeout(Duration::from_secs(15)).build().unwrap();
+    let response = http.get(format!("{}/healthz", served.url)).send().await.expect("an answer, not a hang");
+    assert_eq!(response.status().as_u16(), 503);
+    let body = response.text().await.unwrap();
+    assert!(body.contains("registry unreachable") && body.contains("refused"), "{body}");
+}
