@@ -88,9 +88,13 @@ fn print_summary(config: &Config) {
                 Some(url) => println!("  client_url = {url}"),
                 None => println!("  client_url = (not set)"),
             }
+            println!("  max_connections = {}", web.max_connections);
         }
         None => println!("[web] not configured"),
     }
+    println!("[metrics]");
+    let how = if config.metrics.configured { "" } else { " (default; skipped if taken)" };
+    println!("  bind = {}{how}", config.metrics.bind);
     let alerts: Vec<String> = config.alerts.email.iter().map(|email| email.to_string()).collect();
     println!("[alerts]");
     println!("  email = [{}]", alerts.join(", "));

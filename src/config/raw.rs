@@ -69,6 +69,14 @@ pub(super) struct RawConfig {
     alerts: RawAlerts,
     #[serde(default)]
     recovery: RawRecovery,
+    #[serde(default)]
+    metrics: RawMetrics,
+}
+
+#[derive(Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+struct RawMetrics {
+    bind: Option<String>,
 }
 
 #[derive(Deserialize, Default)]
@@ -170,6 +178,8 @@ struct RawWeb {
     #[serde(default, deserialize_with = "lenient::number")]
     token_requests_per_person: Option<u32>,
     client_url: Option<String>,
+    #[serde(default, deserialize_with = "lenient::number")]
+    max_connections: Option<u32>,
 }
 
 #[derive(Deserialize, Default)]
@@ -555,6 +565,7 @@ impl RawConfig {
                         raw.token_requests_per_person,
                         3,
                     )?,
+                    max_connections: at_least_one("web.max_connections", raw.max_connections, 256)?,
                 })
             })
             .transpose()?;
@@ -571,6 +582,14 @@ impl RawConfig {
 
         let recovery = self.recovery.validate(&ctx)?;
 
+        let metrics = {
+            let text = self.metrics.bind.clone().unwrap_or_else(|| crate::config::DEFAULT_METRICS_BIND.to_owned());
+            let bind = text.trim().parse().map_err(|_| {
+                ctx.invalid("metrics.bind", format!("`{text}` is not an address like \"127.0.0.1:9464\""))
+            })?;
+            MetricsConfig { bind, configured: self.metrics.bind.is_some() }
+        };
+
         Ok(Config {
             source: file.to_path_buf(),
             homeserver,
@@ -583,6 +602,7 @@ impl RawConfig {
             web,
             alerts,
             recovery,
+            metrics,
         })
     }
 }

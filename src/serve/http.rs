@@ -1,5 +1,6 @@
-//! The HTTP side of `serve`: the web page's routes plus `/healthz` and
-//! `/metrics` (Prometheus text format).
+//! The HTTP side of `serve`: the web page's routes plus `/healthz`, and
+//! apart from them `/metrics` (Prometheus text format) with `/healthz`
+//! again, for the operator's address only.
 
 use std::fmt::Write as _;
 use std::sync::Arc;
@@ -14,8 +15,14 @@ use axum::routing::get;
 use super::ServeState;
 use crate::registry::now_ms;
 
-pub fn router(state: Arc<ServeState>, pages: Router) -> Router {
-    Router::new().route("/healthz", get(healthz)).route("/metrics", get(metrics)).with_state(state).merge(pages)
+/// What the web address serves: the pages and `/healthz`.
+pub fn public_router(state: Arc<ServeState>, pages: Router) -> Router {
+    Router::new().route("/healthz", get(healthz)).with_state(state).merge(pages)
+}
+
+/// What the metrics address serves.
+pub fn metrics_router(state: Arc<ServeState>) -> Router {
+    Router::new().route("/metrics", get(metrics)).route("/healthz", get(healthz)).with_state(state)
 }
 
 /// A probe must get an answer in a couple of seconds, not a hang.

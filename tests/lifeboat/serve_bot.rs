@@ -21,6 +21,8 @@ pub(crate) struct Rig {
     pub(crate) bot: String,
     pub(crate) admin_room: String,
     pub(crate) web: String,
+    /// The operator's address for `/metrics`.
+    metrics: String,
     serve: Option<tokio::process::Child>,
 }
 
@@ -52,6 +54,7 @@ impl Rig {
         }
         let port = free_port();
         let web = format!("http://127.0.0.1:{port}");
+        let metrics_port = free_port();
         let lifeboat = Lifeboat::with_config(&format!(
             "[homeserver]\nurl = \"{url}\"\nserver_name = \"{server}\"\nadmin_token = \"{admin}\"\n\
              registration_shared_secret = \"{secret}\"\nretries = 1\ntimeout = \"10s\"\n\n\
@@ -60,6 +63,7 @@ impl Rig {
              [bot]\nuser_id = \"{bot_id}\"\npassword = \"{bot_password}\"\nadmin_room = \"{admin_room}\"\n\
              admins = [\"{alice_id}\"]\nstore_path = \"bot-store\"\n\n\
              [web]\nbind = \"127.0.0.1:{port}\"\npublic_url = \"{web}\"\n\n\
+             [metrics]\nbind = \"127.0.0.1:{metrics_port}\"\n\n\
              [watch]\ninterval = \"2s\"\n\n[alerts]\nemail = [\"{ALERTS_TO}\"]\n",
             url = synapse.url,
             server = synapse.server_name,
@@ -84,6 +88,7 @@ impl Rig {
             bot: bot.user_id,
             admin_room,
             web,
+            metrics: format!("http://127.0.0.1:{metrics_port}"),
             serve: None,
         }
     }
@@ -140,14 +145,12 @@ impl Rig {
     }
 
     async fn get(&self, path: &str) -> (u16, String) {
-        let response = reqwest::Client::builder()
-            .no_proxy()
-            .build()
-            .unwrap()
-            .get(format!("{}{path}", self.web))
-            .send()
-            .await
-            .unwrap();
+        Self::fetch(&self.web, path).await
+    }
+
+    async fn fetch(base: &str, path: &str) -> (u16, String) {
+        let response =
+            reqwest::Client::builder().no_proxy().build().unwrap().get(format!("{base}{path}")).send().await.unwrap();
         (response.status().as_u16(), response.text().await.unwrap())
     }
 
@@ -235,7 +238,8 @@ async fn an_admin_gets_the_status_in_the_admin_room_and_a_stranger_gets_nothing_
 
     let (code, health) = rig.get("/healthz").await;
     assert_eq!((code, health.trim()), (200, "ok"));
-    let (code, metrics) = rig.get("/metrics").await;
+    assert_eq!(rig.get("/metrics").await.0, 404, "the counts are not on the public address");
+    let (code, metrics) = Rig::fetch(&rig.metrics, "/metrics").await;
     assert_eq!(code, 200);
     assert_prometheus_text(&metrics);
     assert!(metrics.contains(&format!("lifeboat_accounts{{state=\"present\"}} {present}\n")), "{metrics}");

@@ -446,3 +446,78 @@ async fn healthz_names_a_registry_gone_down_within_seconds() {
     let body = response.text().await.unwrap();
     assert!(body.contains("registry unreachable") && body.contains("refused"), "{body}");
 }
+
+/// Whether the server closes `stream` (or answers and then closes it)
+/// within `limit`, reading whatever it sends.
+async fn closed_within(stream: &mut tokio::net::TcpStream, limit: Duration) -> bool {
+    use tokio::io::AsyncReadExt;
+    let mut buffer = [0u8; 4096];
+    let deadline = Instant::now() + limit;
+    loop {
+        match tokio::time::timeout_at(deadline.into(), stream.read(&mut buffer)).await {
+            Err(_) => return false,
+            Ok(Ok(0)) | Ok(Err(_)) => return true,
+            Ok(Ok(_)) => continue,
+        }
+    }
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn slow_and_idle_connections_are_closed_and_their_number_is_capped() {
+    use tokio::io::AsyncWriteExt;
+    use tokio::net::TcpStream;
+    let registry = TestDatabase::sqlite();
+    let base = format!(
+        "[homeserver]\nurl = \"http://127.0.0.1:9\"\nserver_name = \"example.org\"\nadmin_token = \"tok\"\n\
+         retries = 0\n\n[registry]\nurl = \"{}\"\n",
+        registry.url()
+    );
+    let lifeboat = Lifeboat::with_config(&base);
+    let served = serve(&lifeboat, &base, "max_connections = 3").await;
+    let address = served.url.trim_start_matches("http://").to_owned();
+
+    // Slowloris: headers begun and never finished hold all three slots...
+    let mut slow = Vec::new();
+    for _ in 0..3 {
+        let mut stream = TcpStream::connect(&address).await.unwrap();
+        stream.write_all(b"GET / HTTP/1.1\r\nHost: lifeboat\r\nX-Slow: ").await.unwrap();
+        slow.push(stream);
+    }
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let http = reqwest::Client::builder().timeout(Duration::from_secs(3)).build().unwrap();
+    assert!(http.get(format!("{}/healthz", served.url)).send().await.is_err(), "a fourth connection waits");
+
+    // ...until their time for headers is up; then the page answers again.
+    for stream in &mut slow {
+        assert!(closed_within(stream, Duration::from_secs(20)).await, "a half-sent request is cut off");
+    }
+    let patient = reqwest::Client::builder().timeout(Duration::from_secs(15)).build().unwrap();
+    assert!(patient.get(format!("{}/healthz", served.url)).send().await.unwrap().status().is_success());
+
+    // A kept-alive connection left idle is closed.
+    let mut idle = TcpStream::connect(&address).await.unwrap();
+    idle.write_all(b"GET /healthz HTTP/1.1\r\nHost: lifeboat\r\n\r\n").await.unwrap();
+    // A body trickled a byte a second is not waited on for long.
+    let mut trickle = TcpStream::connect(&address).await.unwrap();
+    trickle
+        .write_all(b"POST /token HTTP/1.1\r\nHost: lifeboat\r\nContent-Type: application/x-www-form-urlencoded\r\nContent-Length: 100\r\n\r\n")
+        .await
+        .unwrap();
+    let trickling = tokio::spawn(async move {
+        let started = Instant::now();
+        while started.elapsed() < Duration::from_secs(40) {
+            if trickle.write_all(b"a").await.is_err() {
+                return true;
+            }
+            tokio::time::sleep(Duration::from_secs(1)).await;
+            let mut probe = [0u8; 1];
+            if let Ok(Ok(_)) = tokio::time::timeout(Duration::from_millis(1), trickle.peek(&mut probe)).await {
+                // An answer (408) or the close: the server gave up on it.
+                return true;
+            }
+        }
+        false
+    });
+    assert!(closed_within(&mut idle, Duration::from_secs(20)).await, "an idle keep-alive connection is closed");
+    assert!(trickling.await.unwrap(), "a trickled body is cut off");
+}
