@@ -28,7 +28,7 @@ use tower::ServiceExt;
 
 /// Larger than any form lifeboat serves (the pages refuse more than 8 KiB
 /// themselves, with their own page).
-const MAX_BODY_BYTES: usize = 64 * 1024;
+const MAX_BODY_BYTES: usize = 256 * 1024;
 
 /// Limits for one listener.
 #[derive(Debug, Clone, Copy)]

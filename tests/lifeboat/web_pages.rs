@@ -270,7 +270,7 @@ async fn forms_refuse_posts_without_their_csrf_token_and_pages_carry_security_he
         let csp = headers.get("content-security-policy").and_then(|v| v.to_str().ok()).unwrap_or("");
         assert!(csp.contains("default-src 'none'") && !csp.contains("unsafe-inline"), "{path}: {csp}");
         assert_eq!(headers.get("x-frame-options").unwrap(), "DENY", "{path}");
-        assert_eq!(headers.get("referrer-policy").unwrap(), "no-referrer", "{path}");
+        assert_eq!(headers.get("referrer-policy").unwrap(), "same-origin", "{path}");
         assert_eq!(headers.get("x-content-type-options").unwrap(), "nosniff", "{path}");
         let html = response.text().await.unwrap();
         assert!(!html.contains("<script"), "{path} works without JavaScript");
@@ -292,6 +292,44 @@ async fn forms_refuse_posts_without_their_csrf_token_and_pages_carry_security_he
     )
     .await;
     assert_eq!(code, 403, "a token for another browser's cookie is refused");
+
+    // A cookie value the client chose (say, planted by a sibling site) is
+    // not taken: the page sets a new one, and a token for the chosen value
+    // does not work.
+    let chosen = "lifeboat_csrf=0123456789abcdef0123456789abcdef";
+    let page = http.get(&token_url).header("cookie", chosen).send().await.unwrap();
+    assert!(page.headers().get("set-cookie").is_some(), "a client-chosen cookie is replaced");
+    let html = page.text().await.unwrap();
+    let token_for_chosen = html.split("name=\"csrf\" value=\"").nth(1).and_then(|rest| rest.split('"').next()).unwrap();
+    let (code, _) =
+        post_form(&http, &token_url, Some(chosen), &format!("who=a%40example.org&csrf={token_for_chosen}")).await;
+    assert_eq!(code, 403, "a token issued for a client-chosen cookie is refused");
+
+    // A post another site makes the browser send is refused, even with
+    // the right cookie and token.
+    let body = format!("who=a%40example.org&csrf={csrf}");
+    for (header, value) in [("origin", "http://evil.example"), ("referer", "http://evil.example/form")] {
+        let response = http
+            .post(&token_url)
+            .header("content-type", "application/x-www-form-urlencoded")
+            .header("cookie", &cookie)
+            .header(header, value)
+            .body(body.clone())
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(response.status().as_u16(), 403, "{header}: {value}");
+    }
+    let same_site = http
+        .post(&token_url)
+        .header("content-type", "application/x-www-form-urlencoded")
+        .header("cookie", &cookie)
+        .header("origin", &served.url)
+        .body(body.clone())
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(same_site.status().as_u16(), 200, "this site's own origin is fine");
     let (code, _) = post_form(
         &http,
         &format!("{}/subscribe", served.url),
