@@ -23,6 +23,8 @@ use crate::registry::{MailableContact, format_time, now_ms};
 use crate::user_id::UserId;
 
 pub const PURPOSE: &str = "token";
+/// A claim link went out (the link itself is signed and stateless).
+const CLAIM_MAILED: &str = "claim-mailed";
 const LINK_VALID: Duration = Duration::from_secs(30 * 60);
 const LINK: LinkKind =
     LinkKind { purpose: PURPOSE, again: ("/token", "Ask for a new link"), hint: "ask for a new one" };
@@ -79,13 +81,6 @@ impl Target {
             EmailAddress::parse(input).ok().map(Target::Email)
         }
     }
-
-    fn key(&self) -> String {
-        match self {
-            Target::Account(id) => id.as_str().to_lowercase(),
-            Target::Email(address) => address.as_str().to_owned(),
-        }
-    }
 }
 
 pub async fn request(
@@ -108,9 +103,6 @@ pub async fn request(
         .next("/token", "Try again");
         return pages::html(StatusCode::BAD_REQUEST, &page);
     };
-    if !state.inner.limiter.allow_target(PURPOSE, &target.key()) {
-        return pages::too_many(&state);
-    }
     // Off the request path: the answer below must not depend on what exists.
     let worker = state.clone();
     tokio::spawn(async move {
@@ -123,7 +115,8 @@ pub async fn request(
         "Check your email",
         &[
             "If what you entered belongs to an account affected by an incident, we have sent a link to the email address we have for that account.",
-            "The link works once, for 30 minutes. If nothing arrives, check your spam folder, or contact the admin.",
+            "The link works once, for 30 minutes. If you asked in the last 30 minutes, the link we sent then still works, and no new one is sent until it expires.",
+            "If nothing arrives, check your spam folder, or contact the admin.",
         ],
     )
     .next("/", "Back to the status page");
@@ -142,17 +135,40 @@ async fn mail_links(state: &WebState, target: Target, key: &secrecy::SecretStrin
     };
     let server_name = &state.config.homeserver.server_name;
     for contact in contacts {
-        let email = match way_back(&state.config, &state.registry, &contact.user_id, LINK_VALID).await? {
+        let way_back = way_back(&state.config, &state.registry, &contact.user_id, LINK_VALID).await?;
+        let purpose = match &way_back {
             WayBack::Nothing(_) => continue,
-            WayBack::Claim(link) => mail::LinkEmail {
-                subject: format!("Your link to take back your Matrix ID on {server_name}"),
-                intro: format!(
-                    "Someone (we hope you) asked for a way back into {} on {server_name}. The ID is kept for you: open this link to choose a new password and take it back (the link works once, for 30 minutes):",
-                    contact.user_id
-                ),
-                action: "Take back my Matrix ID".to_owned(),
-                url: link.url(&state.web().public_url, key),
-            },
+            WayBack::Claim(_) => CLAIM_MAILED,
+            WayBack::Token { .. } => PURPOSE,
+        };
+        // Whoever asks, a contact gets one working link at a time: asking
+        // again (or someone else asking) mails nothing new, and never
+        // takes the person's own request away.
+        if state.registry.live_web_link(purpose, &contact.user_id, Some(&contact.address)).await?.is_some() {
+            tracing::info!(user_id = %contact.user_id, "an earlier way-back link still works: nothing new mailed");
+            continue;
+        }
+        let email = match way_back {
+            WayBack::Nothing(_) => continue,
+            WayBack::Claim(link) => {
+                // Claim links are signed, not stored; this row only
+                // records that one went out, and until when it works.
+                let expires_at = now_ms() + LINK_VALID.as_millis() as i64;
+                let id = signing::new_link_id();
+                state
+                    .registry
+                    .create_web_link(&id, CLAIM_MAILED, &contact.user_id, &contact.address, None, expires_at)
+                    .await?;
+                mail::LinkEmail {
+                    subject: format!("Your link to take back your Matrix ID on {server_name}"),
+                    intro: format!(
+                        "Someone (we hope you) asked for a way back into {} on {server_name}. The ID is kept for you: open this link to choose a new password and take it back (the link works once, for 30 minutes):",
+                        contact.user_id
+                    ),
+                    action: "Take back my Matrix ID".to_owned(),
+                    url: link.url(&state.web().public_url, key),
+                }
+            }
             WayBack::Token { .. } => {
                 let id = signing::new_link_id();
                 let expires_at = now_ms() + LINK_VALID.as_millis() as i64;
