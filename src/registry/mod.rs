@@ -47,17 +47,34 @@ pub enum Backend {
 
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
-    #[error("cannot open the registry at {url}: {source}; check registry.url and that the database is reachable")]
+    #[error("cannot open the registry at {url}: {}; check registry.url and that the database is reachable", describe(.source))]
     Connect { url: String, source: sqlx::Error },
     #[error("cannot bring the registry at {url} up to date: {source}")]
     Migrate { url: String, source: sqlx::migrate::MigrateError },
-    #[error("registry query failed: {0}")]
+    #[error("registry query failed: {}", describe(.0))]
     Query(#[from] sqlx::Error),
     #[error("{0}")]
     Refused(String),
 }
 
 pub type Result<T, E = Error> = std::result::Result<T, E>;
+
+/// A database error as one plain clause: the database's own message and
+/// code, without the server's source location PostgreSQL appends ("at line
+/// 3211" of its C code), and a pool timeout said as what it means.
+pub fn describe(err: &sqlx::Error) -> String {
+    match err {
+        sqlx::Error::Database(db) => match db.code() {
+            Some(code) => format!("{} (code {code})", db.message()),
+            None => db.message().to_owned(),
+        },
+        sqlx::Error::PoolTimedOut => format!(
+            "no connection to the registry within {}s: the database is down, unreachable or overloaded",
+            ACQUIRE_TIMEOUT.as_secs()
+        ),
+        other => other.to_string(),
+    }
+}
 
 #[derive(Clone)]
 pub struct Registry {
@@ -147,11 +164,11 @@ impl Registry {
         let query = sqlx::query("SELECT 1").execute(&self.pool);
         match tokio::time::timeout(limit, query).await {
             Ok(Ok(_)) => return Ok(()),
-            Ok(Err(err)) if !matches!(err, sqlx::Error::PoolTimedOut) => return Err(err.to_string()),
+            Ok(Err(err)) if !matches!(err, sqlx::Error::PoolTimedOut) => return Err(describe(&err)),
             _ => {}
         }
         match tokio::time::timeout(limit, probe(&self.options, self.backend)).await {
-            Ok(Err(err)) => Err(err.to_string()),
+            Ok(Err(err)) => Err(describe(&err)),
             Ok(Ok(())) => Err("the registry is busy: no connection was free in time".to_owned()),
             Err(_) => Err(format!("the registry did not answer within {}s", limit.as_secs())),
         }

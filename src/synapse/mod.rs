@@ -208,7 +208,8 @@ impl SynapseClient {
                 Error::RateLimited { retry_after: Some(after) } => (*after).min(MAX_WAIT),
                 _ => backoff(attempt),
             };
-            tracing::warn!(error = %err, attempt = attempt + 1, wait_ms = wait.as_millis() as u64, "retrying Synapse request");
+            // A retry is routine (the final failure is what gets reported): shown with -v.
+            tracing::info!(error = %err, attempt = attempt + 1, wait_ms = wait.as_millis() as u64, "retrying Synapse request");
             tokio::time::sleep(wait).await;
             attempt += 1;
         }

@@ -192,6 +192,18 @@ async fn an_unreachable_synapse_is_one_sentence_and_exit_1() {
         assert!(line.contains("Synapse at http://127.0.0.1:9/ is unavailable"), "{line}");
         assert!(line.contains("check that it is running"), "{line}");
     }
+
+    // Scripts still get one object on stdout; retries stay quiet without -v.
+    let retrying = Lifeboat::with_config(
+        &MINIMAL.replace("sqlite://lifeboat.db", &registry.url()).replace("retries = 0", "retries = 2"),
+    );
+    let run = retrying.run(&["check", "--json"]).await;
+    assert_eq!(run.code, 1, "{run:?}");
+    assert!(one_sentence(&run.stderr).contains("is unavailable"), "{run:?}");
+    let report = run.json();
+    assert_eq!(report["verdict"], "unknown", "{report}");
+    assert_eq!(report["listing_complete"], false, "{report}");
+    assert!(report["reason"].as_str().unwrap().contains("is unavailable"), "{report}");
 }
 
 #[tokio::test]

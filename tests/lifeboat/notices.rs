@@ -293,6 +293,39 @@ async fn a_notify_killed_mid_send_and_rerun_reaches_everyone_repeating_at_most_t
     assert_eq!(unique_ids.len(), 150, "a repeat carries the same Message-ID");
 }
 
+#[tokio::test(flavor = "multi_thread")]
+async fn an_interrupted_notify_finishes_what_is_in_flight_and_says_to_run_it_again() {
+    let synapse = TestSynapse::start();
+    let registry = TestDatabase::sqlite();
+    let smtp = TestSmtp::start_slow(200);
+    let lifeboat = lifeboat_with_mail(&synapse, &registry, &smtp);
+    let (id, names) = incident_after_wipe(&synapse, &lifeboat, 41).await;
+
+    let child = lifeboat.spawn_captured(&["notify", &id, "--yes"]);
+    let deadline = std::time::Instant::now() + Duration::from_secs(60);
+    while smtp.messages().is_empty() {
+        assert!(std::time::Instant::now() < deadline, "no mail arrived");
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    unsafe { libc::kill(child.id().unwrap() as i32, libc::SIGINT) };
+    let output = child.wait_with_output().await.unwrap();
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert_eq!(output.status.code(), Some(1), "{stderr}");
+    assert!(
+        stderr.contains("interrupted") && stderr.contains(&format!("run `lifeboat notify {id} --yes` again")),
+        "{stderr}"
+    );
+    let before = smtp.messages().len();
+    assert!(before < 40, "stopped before the end ({before} sent)");
+
+    // What was in flight was recorded: the rerun repeats nothing.
+    let rerun = lifeboat.run(&["notify", &id, "--yes"]).await;
+    assert_eq!(rerun.code, 0, "{rerun:?}");
+    for name in &names[..40] {
+        assert_eq!(smtp.messages_to(&format!("{name}@example.org")).len(), 1, "{name} got exactly one email");
+    }
+}
+
 /// The messages `user_id` can read in their one room (the DM they were
 /// invited to, joined here if not yet), read with a matrix-sdk client as a
 /// person's client would.
