@@ -4,7 +4,7 @@
 use std::collections::HashMap;
 use std::time::Duration;
 
-use crate::harness::{Lifeboat, TestDatabase, TestSmtp, TestSynapse, unique};
+use crate::harness::{Lifeboat, TestDatabase, TestSmtp, TestSynapse, eventually, unique};
 
 const POSTMORTEM: &str =
     "# What happened\n\nOur database was **lost** during maintenance.\n\nRegister again with your token.\n";
@@ -324,6 +324,36 @@ async fn an_interrupted_notify_finishes_what_is_in_flight_and_says_to_run_it_aga
     for name in &names[..40] {
         assert_eq!(smtp.messages_to(&format!("{name}@example.org")).len(), 1, "{name} got exactly one email");
     }
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn after_a_short_mail_outage_serve_sends_the_waiting_notices_within_a_minute() {
+    let synapse = TestSynapse::start();
+    let registry = TestDatabase::sqlite();
+    let smtp = TestSmtp::start(Some(0));
+    let lifeboat = lifeboat_with_mail(&synapse, &registry, &smtp);
+    let (id, names) = incident_after_wipe(&synapse, &lifeboat, 3).await;
+
+    // The relay refuses (451) for a whole run: the notices wait.
+    let run = lifeboat.run(&["notify", &id, "--yes"]).await;
+    assert_eq!(run.code, 1, "{run:?}");
+    let port = |_| std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+    let config = std::fs::read_to_string(lifeboat.config_path()).unwrap();
+    lifeboat.write_config(&format!(
+        "{}\n[watch]\ninterval = \"1h\"\n[metrics]\nbind = \"127.0.0.1:{}\"\n",
+        config.replace("[web]\n", &format!("[web]\nbind = \"127.0.0.1:{}\"\n", port(0))),
+        port(1)
+    ));
+    let _serve = lifeboat.spawn_serve();
+
+    // The relay is back: serve's worker notices and sends what waits, long
+    // before the wait a run set (a minute or more).
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    smtp.heal();
+    eventually("the waiting notices go out", Duration::from_secs(45), || async {
+        names[..2].iter().all(|name| !smtp.messages_to(&format!("{name}@example.org")).is_empty())
+    })
+    .await;
 }
 
 /// The messages `user_id` can read in their one room (the DM they were
