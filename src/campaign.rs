@@ -37,6 +37,8 @@ pub enum CampaignError {
     Notify(#[from] NotifyError),
     #[error("{0}")]
     BadText(String),
+    #[error("{}: its people would be notified twice", covering_text(.0))]
+    AlreadyCovered(Vec<(i64, i64)>),
     #[error(
         "another `lifeboat notify {incident}` (or a notify from the bot, or serve's delivery worker) is running ({holder}); let it finish, or if that process is gone, run again after {until}"
     )]
@@ -118,12 +120,26 @@ pub fn incident_text_problem(title: &str, postmortem: &str) -> Option<String> {
     None
 }
 
+/// "open incident 1 already covers 5 of its accounts" (and any others).
+fn covering_text(covering: &[(i64, i64)]) -> String {
+    let each: Vec<String> = covering
+        .iter()
+        .map(|(id, count)| format!("open incident {id} already covers {count} of the accounts this one would affect"))
+        .collect();
+    each.join("; ")
+}
+
+/// Opens an incident for `scope`. Unless `again`, refuses when an open
+/// incident already covers any of the accounts (a second notice and token
+/// for the same people is rarely what an admin means).
+#[allow(clippy::too_many_arguments)]
 pub async fn open_incident(
     config: &Config,
     registry: &Registry,
     title: &str,
     postmortem: &str,
     scope: &str,
+    again: bool,
     actor: &Actor,
     progress: &dyn NotifyProgress,
 ) -> Result<OpenedIncident, CampaignError> {
@@ -145,6 +161,12 @@ pub async fn open_incident(
             format!("the accounts and their states are those of the last complete sync ({when})")
         };
         progress.note(&format!("could not sync before opening ({reason}); {used}"));
+    }
+    if !again {
+        let covering = registry.open_incidents_covering(scope).await?;
+        if !covering.is_empty() {
+            return Err(CampaignError::AlreadyCovered(covering));
+        }
     }
     let (incident, affected) = registry.open_incident(title, postmortem, scope, actor).await?;
     let holds = match &client {

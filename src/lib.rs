@@ -17,6 +17,7 @@ pub mod mail;
 pub mod notice;
 pub mod notify;
 pub mod owner_only;
+pub mod plural;
 pub mod reconcile;
 pub mod recover;
 pub mod registry;

@@ -149,7 +149,7 @@ impl NoticeSettings {
         claim_valid_for: Option<Duration>,
         incident: &Incident,
     ) -> Self {
-        let postmortem_html = crate::notice::markdown_to_safe_html(incident.postmortem.trim());
+        let postmortem_html = crate::notice::markdown_to_safe_html(incident.postmortem_body().trim());
         let unsubscribe = web_links.as_ref().map(|(base, key)| UnsubscribeLinks::new(base, key));
         let claims = web_links.zip(claim_valid_for).map(|((base, key), valid)| (base, key, valid));
         NoticeSettings {
@@ -199,7 +199,7 @@ impl NoticeSettings {
             user_id: &delivery.user_id,
             display_name: delivery.display_name.as_deref(),
             incident_title: &incident.title,
-            postmortem_markdown: &incident.postmortem,
+            postmortem_markdown: incident.postmortem_body(),
             postmortem_html: Some(&self.postmortem_html),
             account_works: state.is_its_persons(),
             token: delivery.token.as_deref(),

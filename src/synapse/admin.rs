@@ -93,6 +93,16 @@ impl SynapseClient {
             .map_err(|err| err.hiding(token))
     }
 
+    /// Every registration token Synapse has, with its use counts.
+    pub async fn registration_tokens(&self) -> Result<Vec<RegistrationToken>, Error> {
+        #[derive(Deserialize)]
+        struct Listing {
+            registration_tokens: Vec<RegistrationToken>,
+        }
+        let listing: Listing = self.get_json("/_synapse/admin/v1/registration_tokens", &[], true).await?;
+        Ok(listing.registration_tokens)
+    }
+
     pub async fn registration_token(&self, token: &str) -> Result<Option<RegistrationToken>, Error> {
         let path = format!("/_synapse/admin/v1/registration_tokens/{}", urlencode(token));
         match self.get_json(&path, &[], true).await {

@@ -69,10 +69,10 @@ async fn render(state: &WebState) -> Result<String, WebError> {
     for incident in state.registry.incidents().await? {
         match incident.resolved_at {
             None => open.push(OpenIncident {
+                postmortem_html: crate::notice::markdown_to_safe_html(incident.postmortem_body()),
                 id: incident.id,
                 title: incident.title,
                 opened: when(incident.opened_at),
-                postmortem_html: crate::notice::markdown_to_safe_html(&incident.postmortem),
             }),
             Some(at) => resolved.push(ResolvedIncident {
                 title: incident.title,

@@ -157,6 +157,11 @@ async fn the_example_config_loads_as_is() {
     assert_eq!(run.code, 0, "{run:?}");
     assert!(run.stdout.contains("admin_token = (set)"), "{run:?}");
     assert!(!run.stdout.contains("change-me"), "secrets are redacted: {run:?}");
+    // Valid, but not anyone's server: the placeholders are named.
+    for key in ["homeserver.admin_token", "bot.password", "bot.admin_room", "homeserver.server_name"] {
+        assert!(run.stdout.contains(&format!("warning: {key} is ")), "{key}: {}", run.stdout);
+    }
+    assert!(run.stdout.contains("  trusted_proxies = [127.0.0.1]"), "every key in effect is shown: {}", run.stdout);
 }
 
 #[tokio::test]
@@ -360,6 +365,14 @@ async fn a_registry_that_refuses_connections_is_named_at_once_not_after_a_timeou
     assert_eq!(run.code, 1, "{run:?}");
     let line = one_sentence(&run.stderr);
     assert!(line.contains("Connection refused") && !line.contains("timed out"), "{line}");
+
+    let not_a_database = Lifeboat::with_config(MINIMAL);
+    std::fs::write(not_a_database.dir().join("lifeboat.db"), "these are my notes, not a database\n".repeat(200))
+        .unwrap();
+    let run = not_a_database.run(&["users", "list"]).await;
+    assert_eq!(run.code, 1, "{run:?}");
+    let line = one_sentence(&run.stderr);
+    assert!(line.contains("file is not a database") && !line.contains("timed out"), "{line}");
 }
 
 #[tokio::test]
@@ -386,4 +399,25 @@ async fn backup_and_restore_work_from_the_command_line_and_refuse_other_files() 
     let other = elsewhere.run(&["restore", lifeboat.dir().join("notes.txt").to_str().unwrap(), "--replace"]).await;
     assert_eq!(other.code, 1, "{other:?}");
     assert!(one_sentence(&other.stderr).contains("is not a lifeboat backup"), "{other:?}");
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_homeserver_url_that_cannot_work_is_named_with_its_fix_at_once() {
+    let synapse = crate::harness::TestSynapse::start();
+    let registry = TestDatabase::sqlite();
+    let port = url::Url::parse(&synapse.url).unwrap().port().unwrap();
+    let cases = [
+        (format!("https://127.0.0.1:{port}"), "answers plain HTTP on this port, not TLS: use http://"),
+        (format!("http://127.0.0.1:{port}/matrix"), "must point at Synapse itself"),
+    ];
+    for (url, fix) in cases {
+        let config = MINIMAL
+            .replace("http://127.0.0.1:9", &url)
+            .replace("retries = 0", "retries = 3")
+            .replace("sqlite://lifeboat.db", &registry.url());
+        let run = Lifeboat::with_config(&config).run(&["check"]).await;
+        assert_eq!(run.code, 1, "{run:?}");
+        let line = one_sentence(&run.stderr);
+        assert!(line.contains(fix), "{url}: {line}");
+    }
 }

@@ -356,6 +356,27 @@ async fn after_a_short_mail_outage_serve_sends_the_waiting_notices_within_a_minu
     .await;
 }
 
+#[tokio::test(flavor = "multi_thread")]
+async fn a_second_incident_for_the_same_people_is_refused_unless_forced() {
+    let synapse = TestSynapse::start();
+    let registry = TestDatabase::sqlite();
+    let smtp = TestSmtp::start(None);
+    let lifeboat = lifeboat_with_mail(&synapse, &registry, &smtp);
+    let (id, _) = incident_after_wipe(&synapse, &lifeboat, 2).await;
+
+    let args = ["incident", "open", "--title", "Database lost", "--postmortem", "postmortem.md"];
+    let again = lifeboat.run(&args).await;
+    assert_eq!(again.code, 2, "{again:?}");
+    assert!(again.stderr.contains(&format!("open incident {id} already covers")), "{again:?}");
+    assert!(again.stderr.contains("--force"), "{again:?}");
+    let listed = lifeboat.run(&["incident", "list", "--json"]).await.json();
+    assert_eq!(listed.as_array().unwrap().len(), 1, "nothing was opened: {listed}");
+
+    let forced = lifeboat.run(&[&args[..], &["--force"]].concat()).await;
+    assert_eq!(forced.code, 0, "{forced:?}");
+    assert!(forced.stdout.contains("Opened incident"), "{forced:?}");
+}
+
 /// The messages `user_id` can read in their one room (the DM they were
 /// invited to, joined here if not yet), read with a matrix-sdk client as a
 /// person's client would.

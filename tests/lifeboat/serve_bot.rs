@@ -768,6 +768,8 @@ async fn subscribing_mails_alike_for_any_account_and_dms_one_code_at_a_time_with
     assert_eq!(status, 200, "{page}");
     let shown = rig.lifeboat.run(&["users", "show", &bob.user_id, "--json"]).await.json();
     assert!(shown["contacts"].as_array().unwrap().iter().any(|c| c["address"] == last.as_str()), "{shown}");
+    let log = rig.lifeboat.serve_log();
+    assert!(!log.contains("might have been deleted") && !log.contains("Not sharing message history"), "{log}");
 }
 
 async fn eventually_invited(person: &MatrixUser) -> String {
