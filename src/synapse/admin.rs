@@ -67,7 +67,8 @@ struct Nonce {
 impl SynapseClient {
     /// `GET /_matrix/client/v3/account/whoami`: does this token still work?
     pub async fn whoami(&self) -> Result<Whoami, Error> {
-        self.get_json("/_matrix/client/v3/account/whoami", &[], true).await
+        const PATH: &str = "/_matrix/client/v3/account/whoami";
+        self.get_json(PATH, &[], true).await.map_err(|err| self.not_synapse_if_missing(err, PATH))
     }
 
     /// Creates a single-use registration token with the given string, so a

@@ -80,17 +80,23 @@ impl SynapseClient {
     /// even after a database wipe, so it tells "down" from "reset".
     pub async fn server_version(&self) -> Result<String, Error> {
         const PATH: &str = "/_synapse/admin/v1/server_version";
-        let version: types::ServerVersion = self.get_json(PATH, &[], false).await.map_err(|err| match err {
-            // Every Synapse answers this path: whatever answered 404 is not one.
+        let version: types::ServerVersion =
+            self.get_json(PATH, &[], false).await.map_err(|err| self.not_synapse_if_missing(err, PATH))?;
+        Ok(version.server_version)
+    }
+
+    /// A 404 for `path`, which every Synapse serves, means whatever answered
+    /// is not Synapse: say so, with the fix.
+    fn not_synapse_if_missing(&self, err: Error, path: &str) -> Error {
+        match err {
             Error::NotFound => Error::WrongUrl {
                 url: self.base.to_string(),
                 detail: format!(
-                    "it answered 404 for {PATH}, which every Synapse serves: homeserver.url must point at Synapse itself (its client port, e.g. http://127.0.0.1:8008), not at another server or a path a proxy does not forward"
+                    "it answered 404 for {path}, which every Synapse serves: homeserver.url must point at Synapse itself (its client port, e.g. http://127.0.0.1:8008), not at another server or a path a proxy does not forward"
                 ),
             },
             other => other,
-        })?;
-        Ok(version.server_version)
+        }
     }
 
     /// One page of the listing, locked and deactivated accounts included
