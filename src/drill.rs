@@ -258,6 +258,7 @@ fn templates(config: &Config) -> Line {
         id_held: true,
         claim_url: Some("https://lifeboat.example.org/claim"),
         id_taken: false,
+        locked_out: false,
     };
     match render_notice(&sample) {
         Ok(_) => Line::new("templates", Status::Ok, "a sample notice renders"),

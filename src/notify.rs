@@ -208,6 +208,7 @@ impl NoticeSettings {
             id_held: state == AccountState::Held,
             claim_url: claim_url.as_deref(),
             id_taken: state.is_stranger(),
+            locked_out: !may_come_back(delivery.locked != 0, delivery.deactivated != 0),
         };
         render(&context).map_err(|err| NotifyError::Render(err.to_string()))
     }

@@ -19,7 +19,7 @@ use super::{WebState, mail, signing};
 use crate::email::EmailAddress;
 use crate::holds::{WayBack, way_back};
 use crate::recover::AdminAccess;
-use crate::registry::{MailableContact, format_time, now_ms};
+use crate::registry::{MailableContact, now_ms};
 use crate::user_id::UserId;
 
 pub const PURPOSE: &str = "token";
@@ -291,7 +291,7 @@ async fn show_token(state: &WebState, link: &str, sig: &str) -> Result<Response,
     let page = TokenShow {
         chrome: Chrome::of(state),
         token,
-        expires: format_time(expires_at).unwrap_or_else(|| "it expires".to_owned()),
+        expires: crate::notify::human_time(expires_at),
         homeserver_url: state.config.homeserver.public_url.to_string(),
         localpart: UserId::parse(&user_id).map(|id| id.localpart().to_owned()).unwrap_or(user_id),
     };
