@@ -148,44 +148,31 @@ async fn mail_links(state: &WebState, target: Target, key: &secrecy::SecretStrin
             tracing::info!(user_id = %contact.user_id, "an earlier way-back link still works: nothing new mailed");
             continue;
         }
+        // Recorded before it is mailed. A claim link is signed, not stored:
+        // its row only says that one went out, and until when it works.
+        let id = signing::new_link_id();
+        let expires_at = now_ms() + LINK_VALID.as_millis() as i64;
+        state.registry.create_web_link(&id, purpose, &contact.user_id, &contact.address, None, expires_at).await?;
         let email = match way_back {
             WayBack::Nothing(_) => continue,
-            WayBack::Claim(link) => {
-                // Claim links are signed, not stored; this row only
-                // records that one went out, and until when it works.
-                let expires_at = now_ms() + LINK_VALID.as_millis() as i64;
-                let id = signing::new_link_id();
-                state
-                    .registry
-                    .create_web_link(&id, CLAIM_MAILED, &contact.user_id, &contact.address, None, expires_at)
-                    .await?;
-                mail::LinkEmail {
-                    subject: format!("Your link to take back your Matrix ID on {server_name}"),
-                    intro: format!(
-                        "Someone (we hope you) asked for a way back into {} on {server_name}. The ID is kept for you: open this link to choose a new password and take it back (the link works once, for 30 minutes):",
-                        contact.user_id
-                    ),
-                    action: "Take back my Matrix ID".to_owned(),
-                    url: link.url(&state.web().public_url, key),
-                }
-            }
-            WayBack::Token { .. } => {
-                let id = signing::new_link_id();
-                let expires_at = now_ms() + LINK_VALID.as_millis() as i64;
-                state
-                    .registry
-                    .create_web_link(&id, PURPOSE, &contact.user_id, &contact.address, None, expires_at)
-                    .await?;
-                mail::LinkEmail {
-                    subject: format!("Your link to a registration token for {server_name}"),
-                    intro: format!(
-                        "Someone (we hope you) asked for a registration token for {} on {server_name}. Open this link to see your token:",
-                        contact.user_id
-                    ),
-                    action: "Show my registration token".to_owned(),
-                    url: signing::link_url(&state.web().public_url, key, "/token/open", PURPOSE, &id),
-                }
-            }
+            WayBack::Claim(link) => mail::LinkEmail {
+                subject: format!("Your link to take back your Matrix ID on {server_name}"),
+                intro: format!(
+                    "Someone (we hope you) asked for a way back into {} on {server_name}. The ID is kept for you: open this link to choose a new password and take it back (the link works once, for 30 minutes):",
+                    contact.user_id
+                ),
+                action: "Take back my Matrix ID".to_owned(),
+                url: link.url(&state.web().public_url, key),
+            },
+            WayBack::Token { .. } => mail::LinkEmail {
+                subject: format!("Your link to a registration token for {server_name}"),
+                intro: format!(
+                    "Someone (we hope you) asked for a registration token for {} on {server_name}. Open this link to see your token:",
+                    contact.user_id
+                ),
+                action: "Show my registration token".to_owned(),
+                url: signing::link_url(&state.web().public_url, key, "/token/open", PURPOSE, &id),
+            },
         };
         mail::send(state, &contact.address, email).await?;
         tracing::info!(user_id = %contact.user_id, "way-back link mailed");
