@@ -431,7 +431,17 @@ mod tests {
         for part in [&notice.text, &notice.html, &notice.markdown] {
             assert!(part.contains("is kept for you"), "{part}");
             assert!(part.contains("your old ID cannot be registered with it"), "{part}");
-            assert!(!part.contains("is yours again if it is still free"), "{part}");
+            assert!(!part.contains("can be registered again if nobody took it first"), "{part}");
+        }
+    }
+
+    #[test]
+    fn an_id_lost_but_not_held_may_be_registered_again_and_is_vouched_for_by_an_admin() {
+        let notice = render_notice(&context()).unwrap();
+        for part in [&notice.text, &notice.html, &notice.markdown] {
+            let flat = part.split_whitespace().collect::<Vec<_>>().join(" ");
+            assert!(flat.contains("can be registered again if nobody took it first"), "{part}");
+            assert!(flat.contains("confirms it is you before it counts as yours"), "{part}");
         }
     }
 
@@ -441,7 +451,7 @@ mod tests {
         for part in [&notice.text, &notice.html, &notice.markdown] {
             assert!(part.contains("registered again by someone we cannot"), "{part}");
             assert!(!part.contains("/claim"), "{part}");
-            assert!(!part.contains("is yours again if it is still free"), "{part}");
+            assert!(!part.contains("can be registered again if nobody took it first"), "{part}");
         }
     }
 
