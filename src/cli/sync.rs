@@ -61,10 +61,12 @@ pub async fn run(context: &Context, args: Args) -> Outcome {
         print_json(&summary)?;
     } else {
         let report = &summary.applied.report;
+        // The run's number counts every attempt (failed ones, the watcher's,
+        // incident open's), so it comes last, as a reference for the audit.
         println!(
-            "Sync run {} complete: {} listed.",
-            summary.run_id,
-            crate::plural::count(report.listed as i64, "account", "accounts")
+            "Sync complete: {} listed (sync run {}).",
+            crate::plural::count(report.listed as i64, "account", "accounts"),
+            summary.run_id
         );
         println!(
             "  present {}, new {}, missing {} ({} newly), held {}, recreated {}, deactivated {}",

@@ -72,7 +72,10 @@ fn the_sandbox_tells_the_whole_story() {
 
     let (code, out) = sandbox.run(&["start"]);
     assert_eq!(code, 0, "{out}");
-    assert!(out.contains("Sync run 1 complete: 7 accounts listed."), "the demo accounts, the admin, the bot: {out}");
+    assert!(
+        out.contains("Sync complete: 7 accounts listed (sync run 1)."),
+        "the demo accounts, the admin, the bot: {out}"
+    );
     assert!(out.contains("lifeboat check: no loss (exit 0)"), "{out}");
     assert!(out.contains("the bot joined the admin room"), "{out}");
     assert!(out.contains("tools/sandbox.sh stop"), "it says how to stop it: {out}");
