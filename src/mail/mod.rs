@@ -63,6 +63,8 @@ const LOGIN_REFUSAL_HOLD: Duration = Duration::from_secs(10 * 60);
 /// A send refused for too many connections waits this long before it tries
 /// again on the lowered limit.
 const CROWDED_PAUSE: Duration = Duration::from_millis(500);
+/// How long closing the pool may wait for the servers' answers to QUIT.
+const QUIT_WAIT: Duration = Duration::from_secs(5);
 /// Pooled connections idle for longer are closed.
 const IDLE_TIMEOUT: Duration = Duration::from_secs(60);
 
@@ -341,7 +343,7 @@ impl Mailer {
         self.inner.permits.close();
         let slot = std::mem::replace(&mut *self.inner.transport.lock().unwrap(), Slot::ShutDown);
         if let Slot::Built(transport) = slot {
-            transport.shutdown().await;
+            quit(transport).await;
         }
     }
 
@@ -370,7 +372,7 @@ impl Mailer {
         if let Slot::Built(_) = &*slot
             && let Slot::Built(old) = std::mem::replace(&mut *slot, Slot::Unbuilt)
         {
-            tokio::spawn(async move { old.shutdown().await });
+            tokio::spawn(quit(old));
         }
     }
 
@@ -534,6 +536,12 @@ fn classify_unsupported(err: &lettre::transport::smtp::Error, endpoint: &str, wh
     } else {
         MailError::Config(format!("the mail server at {endpoint} cannot be used as configured ({reason}); {URL_HINT}"))
     }
+}
+
+/// Closes the pool's connections with QUIT, not waiting long for a server
+/// that has gone quiet (lettre waits for each QUIT's answer).
+async fn quit(transport: Transport) {
+    let _ = tokio::time::timeout(QUIT_WAIT, transport.shutdown()).await;
 }
 
 fn shut_down() -> MailError {
@@ -853,6 +861,21 @@ mod tests {
         mailer.send(&email_to("alice@example.net")).await
     }
 
+    /// `count` messages to bob, all sent at once from tasks of their own.
+    async fn send_at_once(mailer: &Mailer, count: usize) -> Vec<Result<(), MailError>> {
+        let sends: Vec<_> = (0..count)
+            .map(|_| {
+                let mailer = mailer.clone();
+                tokio::spawn(async move { mailer.send(&email_to("bob@example.net")).await })
+            })
+            .collect();
+        let mut results = Vec::new();
+        for send in sends {
+            results.push(send.await.unwrap());
+        }
+        results
+    }
+
     #[tokio::test]
     async fn the_scripted_server_accepts_when_told_nothing() {
         send_through(|_, _| None).await.unwrap();
@@ -866,12 +889,8 @@ mod tests {
             mailer.send(&email_to("alice@example.net")).await.unwrap();
         }
         assert!(seen.accepted.load(Ordering::SeqCst) <= 2, "one connection reused (and the setup check's)");
-        let sends = (0..40).map(|_| {
-            let mailer = mailer.clone();
-            tokio::spawn(async move { mailer.send(&email_to("bob@example.net")).await })
-        });
-        for send in sends.collect::<Vec<_>>() {
-            send.await.unwrap().unwrap();
+        for sent in send_at_once(&mailer, 40).await {
+            sent.unwrap();
         }
         assert_eq!(seen.commands_starting("DATA").len(), 45);
         let most_open = seen.most_open.load(Ordering::SeqCst);
@@ -977,12 +996,8 @@ mod tests {
         .await;
         let url = format!("smtp://lifeboat@127.0.0.1:{port}");
         let mailer = Mailer::from_config(&config(&url, Some("hunter2")), 8).unwrap();
-        let sends = (0..20).map(|_| {
-            let mailer = mailer.clone();
-            tokio::spawn(async move { mailer.send(&email_to("bob@example.net")).await })
-        });
-        for send in sends.collect::<Vec<_>>() {
-            let err = send.await.unwrap().unwrap_err();
+        for sent in send_at_once(&mailer, 20).await {
+            let err = sent.unwrap_err();
             assert!(matches!(err, MailError::Config(ref m) if m.contains("refused the login")), "{err:?}");
             assert!(err.to_string().contains("535 5.7.8"), "{err}");
             assert!(!err.to_string().contains("hunter2"), "{err}");
@@ -1003,12 +1018,8 @@ mod tests {
         };
         let (port, seen) = scripted_server(script).await;
         let mailer = Mailer::from_config(&config(&format!("smtp://127.0.0.1:{port}"), None), 8).unwrap();
-        let sends = (0..30).map(|_| {
-            let mailer = mailer.clone();
-            tokio::spawn(async move { mailer.send(&email_to("bob@example.net")).await })
-        });
-        for send in sends.collect::<Vec<_>>() {
-            send.await.unwrap().unwrap();
+        for sent in send_at_once(&mailer, 30).await {
+            sent.unwrap();
         }
         assert_eq!(seen.commands_starting("DATA").len(), 30);
         let allowed = mailer.connections_allowed();
