@@ -300,19 +300,16 @@ impl Mailer {
             tokio::task::yield_now().await;
             self.check_setup(false).await?;
             let transport = self.transport()?;
-            let sent =
-                match tokio::time::timeout(self.inner.deadline, transport.send_raw(message.envelope(), &bytes)).await {
-                    Ok(sent) => sent,
-                    Err(_) => {
-                        self.discard_transport();
-                        return Err(self.scrubbed(MailError::Uncertain(format!(
-                        "the mail server at {} gave no answer within {} minutes about {what}: it may have taken it, \
-                         so it is retried only after a pause",
-                        self.inner.redacted_url,
-                        self.inner.deadline.as_secs() / 60
-                    ))));
-                    }
-                };
+            let deadline = self.inner.deadline;
+            let Ok(sent) = tokio::time::timeout(deadline, transport.send_raw(message.envelope(), &bytes)).await else {
+                self.discard_transport();
+                return Err(MailError::Uncertain(format!(
+                    "the mail server at {} gave no answer within {} about {what}: it may have taken it, so it is \
+                     retried only after a pause",
+                    self.inner.redacted_url,
+                    humantime::format_duration(deadline)
+                )));
+            };
             let Err(err) = sent else { return Ok(()) };
             if is_crowded(&err) && self.allow_fewer(permit) {
                 tracing::info!(
@@ -437,7 +434,7 @@ impl Mailer {
     /// works). False, and `permit` returned, when this send is alone.
     fn allow_fewer(&self, permit: SemaphorePermit<'_>) -> bool {
         let mut allowed = self.inner.allowed.lock().unwrap();
-        let under_way = *allowed - self.inner.permits.available_permits();
+        let under_way = (*allowed).saturating_sub(self.inner.permits.available_permits());
         if under_way > 1 && *allowed > 1 {
             permit.forget();
             *allowed -= 1;
