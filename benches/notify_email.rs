@@ -255,13 +255,14 @@ struct Prepared {
     message_id: String,
 }
 
-/// What goes between DATA and the final ".": the formatted message, which
-/// ends with CRLF.
+/// What goes between DATA and the final ".", as lettre sends it: the
+/// formatted message, which ends with CRLF, and one more CRLF (lettre ends
+/// DATA with `\r\n.\r\n` whatever the message ends with).
 fn data_content(formatted: &[u8]) -> Result<Vec<u8>> {
     if !formatted.ends_with(b"\r\n") {
         return Err("the composed message does not end with CRLF".into());
     }
-    Ok(formatted.to_vec())
+    Ok([formatted, b"\r\n"].concat())
 }
 
 /// Dot-stuffs the DATA content and appends the terminating ".".
