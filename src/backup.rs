@@ -184,7 +184,7 @@ pub async fn snapshot_lines(
 pub async fn backup(registry: &Registry, out: &Path, actor: &Actor) -> Result<u64, BackupError> {
     let io = |err: std::io::Error| BackupError::Io(format!("cannot write {}: {err}", out.display()));
     let partial = out.with_extension("partial");
-    let file = std::fs::File::create(&partial).map_err(io)?;
+    let file = crate::owner_only::create(&partial).map_err(io)?;
     let mut writer = BufWriter::new(file);
     let header = json!({"lifeboat_backup": FORMAT_VERSION, "created_at": now_ms(), "tables": TABLES.len()});
     writeln!(writer, "{header}").map_err(io)?;

@@ -35,6 +35,10 @@ pub enum CampaignError {
     Mail(#[from] crate::mail::MailError),
     #[error(transparent)]
     Notify(#[from] NotifyError),
+    #[error("{0}")]
+    BadText(String),
+    #[error("{}: its people would be notified twice", covering_text(.0))]
+    AlreadyCovered(Vec<(i64, i64)>),
     #[error(
         "another `lifeboat notify {incident}` (or a notify from the bot, or serve's delivery worker) is running ({holder}); let it finish, or if that process is gone, run again after {until}"
     )]
@@ -82,15 +86,66 @@ pub async fn admin_client_recovering(
 /// still works): a sync, after recovering lifeboat's account if every admin
 /// token is rejected (a wipe). If that cannot be done, a note says why and
 /// the last complete sync's view is used.
+/// Longest postmortem: it goes into every email and DM, and onto the web page.
+pub const MAX_POSTMORTEM_BYTES: usize = 64 * 1024;
+/// Longest title: it is a subject line.
+pub const MAX_TITLE_CHARS: usize = 200;
+
+/// What is wrong with an incident's title or postmortem, if anything: the
+/// one rule for every face that opens incidents.
+pub fn incident_text_problem(title: &str, postmortem: &str) -> Option<String> {
+    let title = title.trim();
+    if title.is_empty() {
+        return Some("the title is empty: give the incident a short title".to_owned());
+    }
+    if title.chars().count() > MAX_TITLE_CHARS {
+        return Some(format!("the title is longer than {MAX_TITLE_CHARS} characters: it is a subject line"));
+    }
+    if title.chars().any(char::is_control) {
+        return Some("the title holds a control character (a line break, tab or NUL): write it on one line".into());
+    }
+    if postmortem.trim().is_empty() {
+        return Some("the postmortem is empty: say what happened and what people should do now".to_owned());
+    }
+    if postmortem.len() > MAX_POSTMORTEM_BYTES {
+        return Some(format!(
+            "the postmortem is {} KiB, more than the {} KiB that fit in a notice: shorten it, and link to a longer write-up",
+            postmortem.len().div_ceil(1024),
+            MAX_POSTMORTEM_BYTES / 1024
+        ));
+    }
+    if postmortem.chars().any(|c| c.is_control() && !matches!(c, '\n' | '\r' | '\t')) {
+        return Some("the postmortem holds a control character (such as NUL): only text, line breaks and tabs".into());
+    }
+    None
+}
+
+/// "open incident 1 already covers 5 of its accounts" (and any others).
+fn covering_text(covering: &[(i64, i64)]) -> String {
+    let each: Vec<String> = covering
+        .iter()
+        .map(|(id, count)| format!("open incident {id} already covers {count} of the accounts this one would affect"))
+        .collect();
+    each.join("; ")
+}
+
+/// Opens an incident for `scope`. Unless `again`, refuses when an open
+/// incident already covers any of the accounts (a second notice and token
+/// for the same people is rarely what an admin means).
+#[allow(clippy::too_many_arguments)]
 pub async fn open_incident(
     config: &Config,
     registry: &Registry,
     title: &str,
     postmortem: &str,
     scope: &str,
+    again: bool,
     actor: &Actor,
     progress: &dyn NotifyProgress,
 ) -> Result<OpenedIncident, CampaignError> {
+    if let Some(problem) = incident_text_problem(title, postmortem) {
+        return Err(CampaignError::BadText(problem));
+    }
     // One working admin client (recovering after a wipe) for the sync and the holds.
     let client = admin_client_recovering(config, registry, actor, progress).await.map_err(|err| err.to_string());
     let synced = match &client {
@@ -106,6 +161,12 @@ pub async fn open_incident(
             format!("the accounts and their states are those of the last complete sync ({when})")
         };
         progress.note(&format!("could not sync before opening ({reason}); {used}"));
+    }
+    if !again {
+        let covering = registry.open_incidents_covering(scope).await?;
+        if !covering.is_empty() {
+            return Err(CampaignError::AlreadyCovered(covering));
+        }
     }
     let (incident, affected) = registry.open_incident(title, postmortem, scope, actor).await?;
     let holds = match &client {
@@ -322,4 +383,27 @@ pub async fn dm_sender(
         .await
         .map_err(|err| err.to_string())?;
     Ok(Some((sender, who.user_id)))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_postmortem_may_fill_64_kib_of_text_with_lines_and_tabs_but_no_more_and_no_nul() {
+        let full = "a\tb\r\n".repeat(MAX_POSTMORTEM_BYTES / 5) + "x".repeat(MAX_POSTMORTEM_BYTES % 5).as_str();
+        assert_eq!(full.len(), MAX_POSTMORTEM_BYTES);
+        assert_eq!(incident_text_problem("Lost", &full), None);
+        assert!(incident_text_problem("Lost", &format!("{full}x")).is_some_and(|p| p.contains("64 KiB")));
+        assert!(incident_text_problem("Lost", "a\0b").is_some_and(|p| p.contains("control character")));
+        assert!(incident_text_problem("Lost", " \n ").is_some_and(|p| p.contains("empty")));
+    }
+
+    #[test]
+    fn a_title_is_one_short_line() {
+        assert_eq!(incident_text_problem(&"t".repeat(MAX_TITLE_CHARS), "p"), None);
+        assert!(incident_text_problem(&"t".repeat(MAX_TITLE_CHARS + 1), "p").is_some());
+        assert!(incident_text_problem("a\nb", "p").is_some_and(|p| p.contains("one line")));
+        assert!(incident_text_problem("  ", "p").is_some_and(|p| p.contains("empty")));
+    }
 }

@@ -65,6 +65,7 @@ pub struct Config {
     pub web: Option<WebConfig>,
     pub alerts: AlertsConfig,
     pub recovery: RecoveryConfig,
+    pub metrics: MetricsConfig,
 }
 
 #[derive(Debug, Clone)]
@@ -162,7 +163,22 @@ pub struct WebConfig {
     pub rate_limit_window: Duration,
     /// Registration tokens a person may get from the web page per incident.
     pub token_requests_per_person: u32,
+    /// Connections open at once; more wait until one closes.
+    pub max_connections: u32,
 }
+
+/// `/metrics` (Prometheus) on an address of its own, loopback unless
+/// configured: the counts and the verdict are for the operator only.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct MetricsConfig {
+    pub bind: std::net::SocketAddr,
+    /// Set in the config (then a bind failure stops serve), not the default
+    /// (then it is logged and serve goes on without metrics).
+    pub configured: bool,
+}
+
+/// Where `/metrics` listens when `[metrics] bind` is not set.
+pub const DEFAULT_METRICS_BIND: &str = "127.0.0.1:9464";
 
 /// How people get back in after a loss.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

@@ -258,6 +258,7 @@ fn templates(config: &Config) -> Line {
         id_held: true,
         claim_url: Some("https://lifeboat.example.org/claim"),
         id_taken: false,
+        locked_out: false,
     };
     match render_notice(&sample) {
         Ok(_) => Line::new("templates", Status::Ok, "a sample notice renders"),
@@ -288,14 +289,20 @@ async fn registry_lines(config: &Config, registry: &Registry) -> Vec<Line> {
         Ok(None) => Line::new("registry fresh", Status::Fail, "no complete sync yet: run `lifeboat sync`"),
         Err(err) => Line::new("registry fresh", Status::Fail, err.to_string()),
     });
-    lines.push(match registry.accounts_without_verified_contact().await {
+    // lifeboat's own account needs no contact: nobody is to be reached there.
+    let service = crate::recover::service_user_id(config);
+    let without_contact = registry
+        .accounts_without_verified_contact()
+        .await
+        .map(|ids| ids.into_iter().filter(|id| id.as_str() != service.as_str()).collect::<Vec<_>>());
+    lines.push(match without_contact {
         Ok(ids) if ids.is_empty() => Line::new("coverage", Status::Ok, "every account has a verified contact"),
         Ok(ids) => Line {
             check: "coverage",
             status: Status::Warn,
             detail: format!(
-                "{} accounts have no verified contact and could not be reached after a loss: add one with `lifeboat contacts add`",
-                ids.len()
+                "{} no verified contact and could not be reached after a loss: add one with `lifeboat contacts add`",
+                crate::plural::count(ids.len() as i64, "account has", "accounts have")
             ),
             accounts: ids,
         },

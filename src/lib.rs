@@ -16,6 +16,8 @@ pub mod links;
 pub mod mail;
 pub mod notice;
 pub mod notify;
+pub mod owner_only;
+pub mod plural;
 pub mod reconcile;
 pub mod recover;
 pub mod registry;

@@ -32,9 +32,20 @@ use crate::registry::{
 
 /// Tries of one delivery within one run before it is left for later.
 const ATTEMPTS_PER_RUN: u32 = 3;
-/// A delivery that failed that often in a run waits this long (a later run
-/// or the delivery worker picks it up).
+/// A message that may have gone out (no answer after the whole of it was
+/// sent) waits this long, so that a resend is unlikely to double it.
 const LATER: Duration = Duration::from_secs(15 * 60);
+/// A delivery left for a later run waits at least and at most this long;
+/// serve's worker also sends it as soon as the channel answers again.
+pub const PARKED_MIN: Duration = Duration::from_secs(60);
+pub const PARKED_MAX: Duration = Duration::from_secs(5 * 60);
+
+/// How long a delivery that failed `attempts` times in all waits for a
+/// later run: doubling from a minute up to five, so a short outage costs
+/// minutes, not a quarter of an hour.
+fn parked_for(attempts: i64) -> Duration {
+    Duration::from_secs(1u64 << attempts.clamp(0, 16)).clamp(PARKED_MIN, PARKED_MAX)
+}
 /// How long a run waits for retries that are due soon, rather than ending.
 const WAIT_FOR_RETRIES: Duration = Duration::from_secs(30);
 /// A finished send waits at most this long for its registry write (sooner
@@ -138,7 +149,7 @@ impl NoticeSettings {
         claim_valid_for: Option<Duration>,
         incident: &Incident,
     ) -> Self {
-        let postmortem_html = crate::notice::markdown_to_safe_html(incident.postmortem.trim());
+        let postmortem_html = crate::notice::markdown_to_safe_html(incident.postmortem_body().trim());
         let unsubscribe = web_links.as_ref().map(|(base, key)| UnsubscribeLinks::new(base, key));
         let claims = web_links.zip(claim_valid_for).map(|((base, key), valid)| (base, key, valid));
         NoticeSettings {
@@ -188,7 +199,7 @@ impl NoticeSettings {
             user_id: &delivery.user_id,
             display_name: delivery.display_name.as_deref(),
             incident_title: &incident.title,
-            postmortem_markdown: &incident.postmortem,
+            postmortem_markdown: incident.postmortem_body(),
             postmortem_html: Some(&self.postmortem_html),
             account_works: state.is_its_persons(),
             token: delivery.token.as_deref(),
@@ -197,6 +208,7 @@ impl NoticeSettings {
             id_held: state == AccountState::Held,
             claim_url: claim_url.as_deref(),
             id_taken: state.is_stranger(),
+            locked_out: !may_come_back(delivery.locked != 0, delivery.deactivated != 0),
         };
         render(&context).map_err(|err| NotifyError::Render(err.to_string()))
     }
@@ -341,7 +353,7 @@ pub async fn send_deliveries(
 
     // Claimed, not started yet.
     let mut queue: VecDeque<Delivery> = VecDeque::new();
-    let mut sends: FuturesUnordered<BoxFuture<'_, (i64, Outcome)>> = FuturesUnordered::new();
+    let mut sends: FuturesUnordered<BoxFuture<'_, (i64, i64, Outcome)>> = FuturesUnordered::new();
     // Finished attempts waiting for the next registry write.
     let mut unrecorded: Vec<Record> = Vec::new();
     // Its deadline is when the oldest of them has waited `RECORD_WITHIN`;
@@ -382,7 +394,7 @@ pub async fn send_deliveries(
                     Some(reason) => Outcome::Skip(reason),
                     None => transport.deliver(registry, incident, settings, &delivery).await,
                 };
-                (delivery.id, outcome)
+                (delivery.id, delivery.attempts, outcome)
             }));
         }
         let record_due = !unrecorded.is_empty()
@@ -427,7 +439,7 @@ pub async fn send_deliveries(
         let wait_for_timer = !unrecorded.is_empty() && !record_due && writing.is_none();
 
         tokio::select! {
-            Some((id, outcome)) = sends.next(), if !sends.is_empty() => {
+            Some((id, attempts_before, outcome)) = sends.next(), if !sends.is_empty() => {
                 let record = match outcome {
                     Outcome::Sent => Record::Sent(id),
                     Outcome::Skip(reason) => Record::Skipped(id, reason),
@@ -438,7 +450,7 @@ pub async fn send_deliveries(
                         let wait = if *count < ATTEMPTS_PER_RUN {
                             Duration::from_secs(1 << (*count - 1).min(4))
                         } else {
-                            LATER
+                            parked_for(attempts_before + i64::from(*count))
                         };
                         tracing::warn!(delivery = id, error = %reason, "notice will be retried");
                         Record::Retry(id, reason, now_ms() + wait.as_millis() as i64)

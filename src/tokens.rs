@@ -96,6 +96,65 @@ pub async fn issue_request_token(
     Ok((token, expires_at))
 }
 
+/// Where a recorded token stands, from what Synapse says of it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum TokenState {
+    /// Recorded, not yet created in Synapse (a later notify creates it).
+    NotInSynapse,
+    /// In Synapse, nobody has registered with it.
+    Unused,
+    /// Someone is registering with it right now (Synapse's `pending`).
+    InUse,
+    /// Someone registered with it.
+    Used,
+    /// Its expiry has passed unused.
+    Expired,
+    /// lifeboat deleted it (the incident was resolved, or it was replaced).
+    Revoked,
+    /// Created once, but Synapse no longer has it (deleted by hand, or
+    /// Synapse lost its database again).
+    Gone,
+}
+
+impl TokenState {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            TokenState::NotInSynapse => "not yet in Synapse",
+            TokenState::Unused => "unused",
+            TokenState::InUse => "in use",
+            TokenState::Used => "used",
+            TokenState::Expired => "expired",
+            TokenState::Revoked => "revoked",
+            TokenState::Gone => "gone from Synapse",
+        }
+    }
+}
+
+/// The one rule for a token's state: `in_synapse` is Synapse's record of
+/// it (`None`: Synapse has no such token).
+pub fn token_state(
+    recorded: &registry::NoticeToken,
+    in_synapse: Option<&synapse::RegistrationToken>,
+    now: i64,
+) -> TokenState {
+    if recorded.revoked_at.is_some() {
+        return TokenState::Revoked;
+    }
+    let Some(synapse) = in_synapse else {
+        return if recorded.confirmed_at.is_some() { TokenState::Gone } else { TokenState::NotInSynapse };
+    };
+    if synapse.completed > 0 {
+        TokenState::Used
+    } else if synapse.pending > 0 {
+        TokenState::InUse
+    } else if synapse.expiry_time.is_some_and(|expiry| expiry <= now) {
+        TokenState::Expired
+    } else {
+        TokenState::Unused
+    }
+}
+
 /// Gives a fresh expiry to tokens not yet sent to their person that would
 /// expire within half of `expiry` (sending was held back, e.g. by a long
 /// SMTP outage): nobody gets a token that is dead or about to be. Returns

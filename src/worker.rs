@@ -35,6 +35,9 @@ pub async fn run(config: Arc<Config>, registry: Registry, cancel: CancellationTo
         tracing::info!("delivery worker off: no [email] section");
         return;
     };
+    // Probes the relay while mail waits out a backoff: only a connection
+    // and a greeting, no message.
+    let probe = crate::mail::Mailer::from_config(&email, 1).ok();
     loop {
         match registry.incidents_with_due_deliveries(now_ms()).await {
             Ok(incidents) => {
@@ -47,8 +50,36 @@ pub async fn run(config: Arc<Config>, registry: Registry, cancel: CancellationTo
             }
             Err(err) => tracing::warn!(error = %err, "delivery worker: registry query failed"),
         }
+        if let Some(probe) = &probe
+            && channel_is_back(&registry, probe).await
+        {
+            continue;
+        }
         if crate::watch::pause(POLL_EVERY, &cancel).await {
             return;
+        }
+    }
+}
+
+/// When mail waits out a backoff and the relay answers again, makes it due
+/// now: a short outage then delays notices by one poll, not by the backoff.
+async fn channel_is_back(registry: &Registry, probe: &crate::mail::Mailer) -> bool {
+    let until = now_ms() + crate::notify::PARKED_MAX.as_millis() as i64;
+    match registry.parked_deliveries("email", until).await {
+        Ok(0) | Err(_) => return false,
+        Ok(_) => {}
+    }
+    if probe.test_connection().await.is_err() {
+        return false;
+    }
+    match registry.release_parked("email", until).await {
+        Ok(released) => {
+            tracing::info!(released, "the mail server answers again: waiting notices are due now");
+            released > 0
+        }
+        Err(err) => {
+            tracing::warn!(error = %err, "delivery worker: registry query failed");
+            false
         }
     }
 }

@@ -67,7 +67,10 @@ esac
 # Small Matrix client-server and admin API calls, with the standard library
 # only: python3 -c "$MATRIX_PY" ACTION ARGS...
 MATRIX_PY='
-import hashlib, hmac, json, os, secrets, sqlite3, sys, time, urllib.error, urllib.parse, urllib.request
+import hashlib, hmac, json, os, secrets, signal, sqlite3, sys, time, urllib.error, urllib.parse, urllib.request
+
+# Output piped into a reader that went away (`mail N | head`) ends quietly.
+signal.signal(signal.SIGPIPE, signal.SIG_DFL)
 
 opener = urllib.request.build_opener(urllib.request.ProxyHandler({}))
 
@@ -271,7 +274,11 @@ build_lifeboat() {
     fi
     local flags=()
     [ "$PROFILE" = release ] && flags=(--release)
-    say "building lifeboat ($PROFILE)"
+    if [ ! -x "$(lifeboat_bin)" ]; then
+        say "building lifeboat ($PROFILE) for the first time: this compiles matrix-sdk and takes about 6 to 16 minutes on 2 cores (later builds take a minute or two)"
+    else
+        say "building lifeboat ($PROFILE)"
+    fi
     (cd "$ROOT" && cargo build ${flags[@]+"${flags[@]}"} --bin lifeboat) ||
         die "cargo build failed"
 }

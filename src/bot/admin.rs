@@ -9,7 +9,7 @@ use matrix_sdk::ruma::OwnedUserId;
 
 use super::Bot;
 use super::commands::{ADMIN_USAGE, AdminCommand, help};
-use crate::campaign::{CampaignOptions, admin_client_recovering, open_incident, run_campaign};
+use crate::campaign::{CampaignError, CampaignOptions, admin_client_recovering, open_incident, run_campaign};
 use crate::check::{CheckOptions, check};
 use crate::email::EmailAddress;
 use crate::holds::{WayBack, way_back};
@@ -128,20 +128,27 @@ async fn run(bot: &Bot, room: &Room, actor: &Actor, command: AdminCommand) -> Re
             }
             Ok(reply)
         }
-        AdminCommand::IncidentOpen { title, postmortem } => {
+        AdminCommand::IncidentOpen { title, postmortem, again } => {
             let notes = Notes::default();
-            let opened = open_incident(config, registry, &title, &postmortem, "missing", actor, &notes)
+            let opened = open_incident(config, registry, &title, &postmortem, "missing", again, actor, &notes)
                 .await
-                .map_err(|e| text(&e))?;
+                .map_err(|err| match err {
+                    CampaignError::AlreadyCovered(ref covering) => format!(
+                        "{err}. Send that incident's notices (`{prefix} notify {}`), resolve it first, or send the same message with `incident open --force` to open another anyway.",
+                        covering[0].0
+                    ),
+                    other => text(&other),
+                })?;
             let (incident, affected) = (opened.incident, opened.affected);
             let mut notes = notes.notes.into_inner().unwrap_or_default();
             if let Some(holds) = opened.holds.filter(|holds| !holds.is_empty()) {
                 notes.insert(0, holds.summary());
             }
             Ok(format!(
-                "Opened incident **{}** \"{}\" ({affected} affected accounts). Next: `{prefix} notify {}` shows what would be sent.{}",
+                "Opened incident **{}** \"{}\" ({} affected). Next: `{prefix} notify {}` shows what would be sent.{}",
                 incident.id,
                 markdown_escape(&incident.title),
+                crate::plural::count(affected, "account", "accounts"),
                 incident.id,
                 if notes.is_empty() { String::new() } else { format!("\n\nNotes: {}", notes.join("; ")) }
             ))
@@ -248,8 +255,8 @@ async fn status(bot: &Bot) -> Result<String, String> {
     let count = |rows: &[(String, i64)], key: &str| rows.iter().find(|(k, _)| k == key).map(|(_, n)| *n).unwrap_or(0);
     let accounts = &counts.accounts;
     let mut reply = format!(
-        "**Registry:** {} accounts present, {} missing, {} deactivated; {} email and {} Matrix contacts.",
-        count(accounts, "present"),
+        "**Registry:** {} present, {} missing, {} deactivated; {} email and {} Matrix contacts.",
+        crate::plural::count(count(accounts, "present"), "account", "accounts"),
         count(accounts, "missing"),
         count(accounts, "deactivated"),
         count(&counts.contacts, "email"),

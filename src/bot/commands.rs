@@ -14,14 +14,25 @@ pub enum AdminCommand {
     Status,
     Sync,
     Check,
-    IncidentOpen { title: String, postmortem: String },
+    /// `again`: open it though an open incident covers some of the same people.
+    IncidentOpen {
+        title: String,
+        postmortem: String,
+        again: bool,
+    },
     IncidentList,
     IncidentShow(i64),
     IncidentResolve(i64),
-    Notify { id: i64, confirm: bool },
+    Notify {
+        id: i64,
+        confirm: bool,
+    },
     Token(UserId),
     Holds,
-    Release { user: UserId, confirm: bool },
+    Release {
+        user: UserId,
+        confirm: bool,
+    },
     ContactAdd(UserId, ContactAddress),
     ContactRemove(UserId, ContactAddress),
 }
@@ -41,7 +52,10 @@ pub const ADMIN_USAGE: &[(&str, &str)] = &[
     ("status", "registry counts, last sync, verdict, open incidents"),
     ("sync", "read Synapse's listing into the registry now"),
     ("check", "compare the registry with Synapse now (read-only)"),
-    ("incident open <title>", "the postmortem (Markdown) goes on the following lines"),
+    (
+        "incident open [--force] <title>",
+        "the postmortem (Markdown) goes on the following lines; `--force` when an open incident already covers some of the same people",
+    ),
     ("incident list", "all incidents"),
     ("incident show <id>", "who is affected and reachable, deliveries by state"),
     ("incident resolve <id>", "close it and delete its unused tokens"),
@@ -101,11 +115,15 @@ fn parse_admin_words(prefix: &str, rest: &str) -> Result<AdminCommand, BadComman
         ["check"] => Ok(AdminCommand::Check),
         ["incident", "open", ..] => {
             let title = first_line.trim().splitn(3, char::is_whitespace).nth(2).unwrap_or("").trim();
+            let (title, again) = match title.strip_prefix("--force") {
+                Some(rest) if rest.is_empty() || rest.starts_with(char::is_whitespace) => (rest.trim(), true),
+                _ => (title, false),
+            };
             let postmortem = more.trim();
             if title.is_empty() || postmortem.is_empty() {
                 Err(usage("incident open"))
             } else {
-                Ok(AdminCommand::IncidentOpen { title: title.to_owned(), postmortem: postmortem.to_owned() })
+                Ok(AdminCommand::IncidentOpen { title: title.to_owned(), postmortem: postmortem.to_owned(), again })
             }
         }
         ["incident", "list"] => Ok(AdminCommand::IncidentList),
@@ -204,7 +222,16 @@ mod tests {
             parsed,
             Some(Ok(AdminCommand::IncidentOpen {
                 title: "Database lost on 3 May".to_owned(),
-                postmortem: "# What happened\n\nA bad mount.".to_owned()
+                postmortem: "# What happened\n\nA bad mount.".to_owned(),
+                again: false,
+            }))
+        );
+        assert_eq!(
+            admin("!lifeboat incident open --force Lost again\nSorry."),
+            Some(Ok(AdminCommand::IncidentOpen {
+                title: "Lost again".to_owned(),
+                postmortem: "Sorry.".to_owned(),
+                again: true,
             }))
         );
     }

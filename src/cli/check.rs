@@ -3,7 +3,7 @@
 use super::AdminClientError;
 use super::output::{id_list, print_json};
 use super::{Context, Failure, Outcome, exit};
-use crate::check::{CheckError, CheckOptions, check};
+use crate::check::{CheckError, CheckOptions, CheckReport, check};
 use crate::reconcile::Verdict;
 use crate::recover::RecoverError;
 
@@ -15,6 +15,27 @@ pub struct Args {
 }
 
 pub async fn run(context: &Context, args: Args) -> Outcome {
+    let outcome = match checked(context).await {
+        Ok(outcome) => outcome,
+        Err(failure) if args.json && failure.code == exit::FAILED => {
+            // Scripts get one object whatever happens: here, that it could not tell.
+            print_json(&serde_json::json!({
+                "verdict": "unknown",
+                "listing_complete": false,
+                "reason": failure.message,
+            }))?;
+            return Err(failure);
+        }
+        Err(failure) => return Err(failure),
+    };
+    report(&outcome, args.json)?;
+    Ok(match outcome.report.verdict {
+        Verdict::Ok => exit::OK,
+        Verdict::Loss | Verdict::SuspectedReset => exit::LOSS,
+    })
+}
+
+async fn checked(context: &Context) -> Result<CheckReport, Failure> {
     let config = context.config()?;
     let registry = context.registry(&config).await?;
     let client = match context.admin_client(&config, &registry).await {
@@ -29,10 +50,12 @@ pub async fn run(context: &Context, args: Args) -> Outcome {
         loss_threshold: config.watch.loss_threshold,
         server_name: config.homeserver.server_name.clone(),
     };
-    let outcome = check(&registry, &client, &options).await.map_err(|err| Failure::new(exit::FAILED, err))?;
+    check(&registry, &client, &options).await.map_err(|err| Failure::new(exit::FAILED, err))
+}
 
-    if args.json {
-        print_json(&outcome)?;
+fn report(outcome: &CheckReport, json: bool) -> Result<(), Failure> {
+    if json {
+        print_json(outcome)?;
     } else {
         let report = &outcome.report;
         println!("verdict: {} ({})", report.verdict.as_str(), outcome.reason);
@@ -65,8 +88,5 @@ pub async fn run(context: &Context, args: Args) -> Outcome {
             println!("Run `lifeboat sync` to add the new accounts to the registry.");
         }
     }
-    Ok(match outcome.report.verdict {
-        Verdict::Ok => exit::OK,
-        Verdict::Loss | Verdict::SuspectedReset => exit::LOSS,
-    })
+    Ok(())
 }

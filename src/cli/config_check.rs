@@ -16,6 +16,9 @@ pub fn run(context: &Context, command: Command) -> Outcome {
         Command::Check => {
             let config = context.config()?;
             print_summary(&config);
+            for warning in placeholders(&config) {
+                println!("warning: {warning}");
+            }
             Ok(exit::OK)
         }
     }
@@ -27,6 +30,42 @@ fn secret(secret: &Option<Secret>) -> String {
         Some(Secret { from_file: Some(path), .. }) => format!("(set, read from {})", path.display()),
         Some(Secret { from_file: None, .. }) => "(set)".to_owned(),
     }
+}
+
+/// Values left as config.example.toml has them: valid, but not this server's.
+fn placeholders(config: &Config) -> Vec<String> {
+    use secrecy::ExposeSecret;
+    const EXAMPLE_SECRET: &str = "change-me";
+    let is_example =
+        |secret: &Option<Secret>| secret.as_ref().is_some_and(|secret| secret.value.expose_secret() == EXAMPLE_SECRET);
+    let mut found = Vec::new();
+    let mut secret = |key: &str, value: &Option<Secret>| {
+        if is_example(value) {
+            found.push(format!("{key} is still the example's placeholder: set the real one"));
+        }
+    };
+    secret("homeserver.admin_token", &config.homeserver.admin_token);
+    secret("homeserver.registration_shared_secret", &config.homeserver.registration_shared_secret);
+    if let Some(bot) = &config.bot {
+        secret("bot.password", &bot.password);
+        secret("bot.access_token", &bot.access_token);
+    }
+    let mut value = |key: &str, shown: &str, example: &str| {
+        if shown == example {
+            found.push(format!("{key} is the example's \"{example}\": set this server's own"));
+        }
+    };
+    value("homeserver.server_name", &config.homeserver.server_name, "example.org");
+    if let Some(bot) = &config.bot {
+        value("bot.admin_room", bot.admin_room.as_deref().unwrap_or(""), "!abc:example.org");
+        for admin in &bot.admins {
+            value("bot.admins", &admin.to_string(), "@alice:example.org");
+        }
+    }
+    if let Some(web) = &config.web {
+        value("web.public_url", web.public_url.as_str(), "https://lifeboat.example.org/");
+    }
+    found
 }
 
 fn print_summary(config: &Config) {
@@ -88,9 +127,20 @@ fn print_summary(config: &Config) {
                 Some(url) => println!("  client_url = {url}"),
                 None => println!("  client_url = (not set)"),
             }
+            println!("  admin_contact = {}", web.admin_contact.as_deref().unwrap_or("(not set)"));
+            let proxies: Vec<String> = web.trusted_proxies.iter().map(|ip| ip.to_string()).collect();
+            println!("  trusted_proxies = [{}]", proxies.join(", "));
+            println!("  rate_limit_per_ip = {}", web.rate_limit_per_ip);
+            println!("  rate_limit_per_target = {}", web.rate_limit_per_target);
+            println!("  rate_limit_window = {}", humantime::format_duration(web.rate_limit_window));
+            println!("  token_requests_per_person = {}", web.token_requests_per_person);
+            println!("  max_connections = {}", web.max_connections);
         }
         None => println!("[web] not configured"),
     }
+    println!("[metrics]");
+    let how = if config.metrics.configured { "" } else { " (default; skipped if taken)" };
+    println!("  bind = {}{how}", config.metrics.bind);
     let alerts: Vec<String> = config.alerts.email.iter().map(|email| email.to_string()).collect();
     println!("[alerts]");
     println!("  email = [{}]", alerts.join(", "));

@@ -4,7 +4,7 @@ use std::path::PathBuf;
 
 use super::output::{print_json, time};
 use super::{Context, Failure, Outcome, exit};
-use crate::campaign::open_incident;
+use crate::campaign::{CampaignError, open_incident};
 use crate::notify::NotifyProgress;
 use crate::registry::{Actor, IncidentSummary};
 use crate::tokens::revoke_unused_tokens;
@@ -30,6 +30,10 @@ pub enum Command {
         /// Who is affected.
         #[arg(long, value_enum, default_value = "missing")]
         affected: Scope,
+        /// Open it even though an open incident already covers some of the
+        /// same accounts (their people then get a second notice and token).
+        #[arg(long)]
+        force: bool,
         /// Print the new incident as JSON (with its `id`).
         #[arg(long)]
         json: bool,
@@ -42,13 +46,17 @@ pub enum Command {
     },
     /// Show an incident: who is affected, who can be reached, deliveries.
     Show {
+        /// The incident's number, as `incident list` shows it.
         id: i64,
         /// Print the result as JSON on stdout.
         #[arg(long)]
         json: bool,
     },
     /// Resolve an incident and delete its unused registration tokens in Synapse.
-    Resolve { id: i64 },
+    Resolve {
+        /// The incident's number, as `incident list` shows it.
+        id: i64,
+    },
 }
 
 #[derive(clap::ValueEnum, Clone, Copy, Debug)]
@@ -63,24 +71,30 @@ pub async fn run(context: &Context, command: Command) -> Outcome {
     let config = context.config()?;
     let registry = context.registry(&config).await?;
     match command {
-        Command::Open { title, postmortem, affected, json } => {
+        Command::Open { title, postmortem, affected, force, json } => {
             let title = title.trim();
-            if title.is_empty() {
-                return Err(Failure::new(exit::USAGE, "--title is empty: give the incident a short title"));
-            }
             let markdown = std::fs::read_to_string(&postmortem).map_err(|err| {
                 Failure::new(exit::USAGE, format!("cannot read the postmortem {}: {err}", postmortem.display()))
             })?;
-            if markdown.trim().is_empty() {
-                return Err(Failure::new(exit::USAGE, format!("the postmortem {} is empty", postmortem.display())));
+            if let Some(problem) = crate::campaign::incident_text_problem(title, &markdown) {
+                return Err(Failure::new(exit::USAGE, problem));
             }
             let scope = match affected {
                 Scope::Missing => "missing",
                 Scope::All => "all",
             };
-            let opened = open_incident(&config, &registry, title, &markdown, scope, &Actor::cli(), &StderrNotes)
+            let opened = open_incident(&config, &registry, title, &markdown, scope, force, &Actor::cli(), &StderrNotes)
                 .await
-                .map_err(|err| Failure::new(exit::FAILED, err))?;
+                .map_err(|err| match err {
+                    CampaignError::AlreadyCovered(ref covering) => Failure::new(
+                        exit::USAGE,
+                        format!(
+                            "{err}; send that incident's notices (`lifeboat notify {}`), resolve it first, or pass --force to open another anyway",
+                            covering[0].0
+                        ),
+                    ),
+                    other => Failure::new(exit::FAILED, other),
+                })?;
             let (incident, count) = (&opened.incident, opened.affected);
             if json {
                 print_json(&serde_json::json!({
@@ -90,7 +104,11 @@ pub async fn run(context: &Context, command: Command) -> Outcome {
                     "holds": opened.holds,
                 }))?;
             } else {
-                println!("Opened incident {} ({count} affected accounts).", incident.id);
+                println!(
+                    "Opened incident {} ({} affected).",
+                    incident.id,
+                    crate::plural::count(count, "account", "accounts")
+                );
                 if let Some(holds) = opened.holds.as_ref().filter(|holds| !holds.is_empty()) {
                     println!("{}.", holds.summary());
                 }
@@ -105,6 +123,7 @@ pub async fn run(context: &Context, command: Command) -> Outcome {
             } else if incidents.is_empty() {
                 println!("No incidents.");
             } else {
+                println!("{:>4}  {:<20}  {:<28}  title", "id", "opened", "status");
                 for incident in incidents {
                     let status = match incident.resolved_at {
                         Some(at) => format!("resolved {}", time(Some(at))),

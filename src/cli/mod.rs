@@ -270,12 +270,48 @@ impl Context {
     }
 }
 
+/// SIGINT (Ctrl-C) or SIGTERM (systemd, kill) starts a graceful stop:
+/// work in flight finishes and is recorded. A second signal ends the
+/// process at once.
+pub(crate) async fn stop_on_signal(stop: tokio_util::sync::CancellationToken) {
+    use tokio::signal::unix::{SignalKind, signal};
+    let (Ok(mut term), Ok(mut int)) = (signal(SignalKind::terminate()), signal(SignalKind::interrupt())) else {
+        tracing::error!("cannot listen for SIGTERM/SIGINT; stop lifeboat with SIGKILL");
+        return;
+    };
+    tokio::select! {
+        _ = term.recv() => tracing::info!("SIGTERM received"),
+        _ = int.recv() => tracing::info!("SIGINT received"),
+    }
+    stop.cancel();
+    tokio::select! {
+        _ = term.recv() => {}
+        _ = int.recv() => {}
+    }
+    std::process::exit(130);
+}
+
+/// matrix-sdk lines that sound alarming on a healthy start and need no
+/// action here: expected 404s for absent account data (logged as errors), a
+/// key backup the bot does not need (every 30 s), "our own device might
+/// have been deleted" for a device whose keys lifeboat never published (a
+/// DM sender that restores a session), and "not sharing message history"
+/// because the bot sets up no cross-signing (it needs none). `-vv` shows all.
+macro_rules! quiet_matrix_sdk {
+    () => {
+        "matrix_sdk::http_client=off,matrix_sdk_crypto::backups=error,\
+         matrix_sdk_crypto::identities::manager=error,matrix_sdk::room::shared_room_history=error"
+    };
+}
+
 fn init_logging(verbose: u8) {
     let default = match verbose {
         // matrix-sdk logs expected 404s (absent account data) as errors, and
         // warns every 30 s that the bot has no key backup (it needs none).
-        0 => "warn,matrix_sdk::http_client=off,matrix_sdk_crypto::backups=error",
-        1 => "lifeboat=info,warn,matrix_sdk::http_client=off,matrix_sdk_crypto::backups=error",
+        // sqlx's pool warns about connections it drops; the query that
+        // needed one reports the failure itself.
+        0 => concat!("warn,sqlx::pool=off,", quiet_matrix_sdk!()),
+        1 => concat!("lifeboat=info,warn,", quiet_matrix_sdk!()),
         _ => "lifeboat=debug,info",
     };
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()

@@ -1,6 +1,7 @@
 //! `lifeboat notify ID [--dry-run] [--yes]`
 
 use indicatif::ProgressBar;
+use tokio_util::sync::CancellationToken;
 
 use super::output::progress_bar;
 use super::{Context, Failure, Outcome, exit};
@@ -25,7 +26,8 @@ pub struct Args {
     retry_failed: bool,
 }
 
-struct Bar(ProgressBar);
+/// The progress bar, and Ctrl-C or SIGTERM asking the run to wind down.
+struct Bar(ProgressBar, CancellationToken);
 
 impl NotifyProgress for Bar {
     fn deliveries(&self, done: u64, total: u64) {
@@ -35,6 +37,10 @@ impl NotifyProgress for Bar {
 
     fn note(&self, text: &str) {
         self.0.suspend(|| eprintln!("note: {text}"));
+    }
+
+    fn stopping(&self) -> bool {
+        self.1.is_cancelled()
     }
 }
 
@@ -124,7 +130,9 @@ pub async fn run(context: &Context, args: Args) -> Outcome {
         return Ok(exit::OK);
     }
 
-    let bar = Bar(progress_bar("notices"));
+    let stop = CancellationToken::new();
+    tokio::spawn(super::stop_on_signal(stop.clone()));
+    let bar = Bar(progress_bar("notices"), stop.clone());
     let options =
         CampaignOptions { actor: Actor::cli(), plan_new: true, retry_failed: args.retry_failed, progress: &bar };
     let outcome = run_campaign(&config, &registry, &incident, email, options).await;
@@ -144,6 +152,16 @@ pub async fn run(context: &Context, args: Args) -> Outcome {
         counts.skipped,
         counts.pending + counts.sending
     );
+    if stop.is_cancelled() && report.unfinished() > 0 {
+        return Err(Failure::new(
+            exit::FAILED,
+            format!(
+                "interrupted: {} notices are not sent yet; run `lifeboat notify {} --yes` again: it sends only what is missing",
+                report.unfinished(),
+                incident.id
+            ),
+        ));
+    }
     if report.unfinished() == 0 {
         return Ok(exit::OK);
     }

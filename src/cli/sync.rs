@@ -61,7 +61,11 @@ pub async fn run(context: &Context, args: Args) -> Outcome {
         print_json(&summary)?;
     } else {
         let report = &summary.applied.report;
-        println!("Sync run {} complete: {} accounts listed.", summary.run_id, report.listed);
+        println!(
+            "Sync run {} complete: {} listed.",
+            summary.run_id,
+            crate::plural::count(report.listed as i64, "account", "accounts")
+        );
         println!(
             "  present {}, new {}, missing {} ({} newly), held {}, recreated {}, deactivated {}",
             report.present,

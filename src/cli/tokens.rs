@@ -1,7 +1,12 @@
 //! `lifeboat tokens list`
 
+use std::collections::HashMap;
+
 use super::output::{print_json, time};
 use super::{Context, Outcome, exit};
+use crate::registry::{NoticeToken, now_ms};
+use crate::synapse::RegistrationToken;
+use crate::tokens::{TokenState, token_state};
 
 #[derive(clap::Subcommand, Debug)]
 pub enum Command {
@@ -21,6 +26,20 @@ pub enum Command {
     },
 }
 
+/// A token as recorded, and its state as Synapse tells it (`None`: Synapse
+/// could not be asked).
+#[derive(serde::Serialize)]
+struct Row {
+    #[serde(flatten)]
+    token: NoticeToken,
+    state: Option<TokenState>,
+}
+
+fn note_unknown<T>(reason: &str) -> Option<T> {
+    eprintln!("note: Synapse could not be asked how the tokens stand ({reason}); their state is unknown");
+    None
+}
+
 fn masked(token: &str) -> String {
     format!("{}…", token.chars().take(4).collect::<String>())
 }
@@ -30,25 +49,39 @@ pub async fn run(context: &Context, command: Command) -> Outcome {
     let registry = context.registry(&config).await?;
     match command {
         Command::List { incident, reveal, json } => {
-            let mut tokens = registry.tokens(incident).await?;
-            if !reveal {
-                for token in &mut tokens {
-                    token.token = masked(&token.token);
+            let tokens = registry.tokens(incident).await?;
+            // What Synapse says of each: used, unused, expired, gone.
+            let in_synapse: Option<HashMap<String, RegistrationToken>> = if tokens.is_empty() {
+                Some(HashMap::new())
+            } else {
+                match context.admin_client(&config, &registry).await.map_err(|err| err.to_string()) {
+                    Ok(client) => match client.registration_tokens().await {
+                        Ok(listed) => Some(listed.into_iter().map(|token| (token.token.clone(), token)).collect()),
+                        Err(err) => note_unknown(&err.to_string()),
+                    },
+                    Err(err) => note_unknown(&err),
                 }
-            }
+            };
+            let now = now_ms();
+            let rows: Vec<Row> = tokens
+                .into_iter()
+                .map(|token| {
+                    let state = in_synapse.as_ref().map(|listed| token_state(&token, listed.get(&token.token), now));
+                    let shown = if reveal { token.token.clone() } else { masked(&token.token) };
+                    Row { token: NoticeToken { token: shown, ..token }, state }
+                })
+                .collect();
             if json {
-                print_json(&tokens)?;
-            } else if tokens.is_empty() {
+                print_json(&rows)?;
+            } else if rows.is_empty() {
                 println!("No registration tokens.");
             } else {
                 println!("{:>8}  {:<30}  {:<26}  {:<20}  STATE", "INCIDENT", "USER ID", "TOKEN", "EXPIRES");
-                for token in tokens {
-                    let state = if token.revoked_at.is_some() {
-                        "revoked"
-                    } else if token.confirmed_at.is_some() {
-                        "active"
-                    } else {
-                        "not yet in Synapse"
+                for Row { token, state } in rows {
+                    let state = match state {
+                        Some(state) => state.as_str(),
+                        None if token.revoked_at.is_some() => "revoked",
+                        None => "unknown (Synapse did not answer)",
                     };
                     println!(
                         "{:>8}  {:<30}  {:<26}  {:<20}  {state}",

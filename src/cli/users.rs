@@ -103,7 +103,7 @@ pub async fn run(context: &Context, command: Command) -> Outcome {
                     };
                     println!("{:<width$}  {:<11}  {:>8}  {since}", account.user_id, account.state.as_str(), contacts);
                 }
-                println!("{} accounts", accounts.len());
+                println!("{}", crate::plural::count(accounts.len() as i64, "account", "accounts"));
             }
             Ok(exit::OK)
         }

@@ -69,6 +69,14 @@ pub(super) struct RawConfig {
     alerts: RawAlerts,
     #[serde(default)]
     recovery: RawRecovery,
+    #[serde(default)]
+    metrics: RawMetrics,
+}
+
+#[derive(Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+struct RawMetrics {
+    bind: Option<String>,
 }
 
 #[derive(Deserialize, Default)]
@@ -170,6 +178,8 @@ struct RawWeb {
     #[serde(default, deserialize_with = "lenient::number")]
     token_requests_per_person: Option<u32>,
     client_url: Option<String>,
+    #[serde(default, deserialize_with = "lenient::number")]
+    max_connections: Option<u32>,
 }
 
 #[derive(Deserialize, Default)]
@@ -399,6 +409,12 @@ impl RawConfig {
                 Duration::from_secs(7 * 24 * 3600),
             )?,
         };
+        if sync.details_max_age < MIN_DETAILS_MAX_AGE {
+            return Err(ctx.invalid(
+                "sync.details_max_age",
+                "must be at least 1m: every sync would fetch every account's details again",
+            ));
+        }
         if sync.page_size == 0 {
             return Err(ctx.invalid("sync.page_size", "must be at least 1 (Synapse pages forever with limit=0)"));
         }
@@ -423,6 +439,12 @@ impl RawConfig {
         let tokens = TokensConfig {
             expiry: ctx.duration("tokens.expiry", self.tokens.expiry, Duration::from_secs(14 * 24 * 3600))?,
         };
+        if tokens.expiry < MIN_TOKEN_EXPIRY {
+            return Err(ctx.invalid(
+                "tokens.expiry",
+                "must be at least 1h: a token must outlive the time its mail takes to arrive and be read",
+            ));
+        }
 
         let email = self
             .email
@@ -543,6 +565,7 @@ impl RawConfig {
                         raw.token_requests_per_person,
                         3,
                     )?,
+                    max_connections: at_least_one("web.max_connections", raw.max_connections, 256)?,
                 })
             })
             .transpose()?;
@@ -559,6 +582,14 @@ impl RawConfig {
 
         let recovery = self.recovery.validate(&ctx)?;
 
+        let metrics = {
+            let text = self.metrics.bind.clone().unwrap_or_else(|| crate::config::DEFAULT_METRICS_BIND.to_owned());
+            let bind = text.trim().parse().map_err(|_| {
+                ctx.invalid("metrics.bind", format!("`{text}` is not an address like \"127.0.0.1:9464\""))
+            })?;
+            MetricsConfig { bind, configured: self.metrics.bind.is_some() }
+        };
+
         Ok(Config {
             source: file.to_path_buf(),
             homeserver,
@@ -571,6 +602,7 @@ impl RawConfig {
             web,
             alerts,
             recovery,
+            metrics,
         })
     }
 }
@@ -640,30 +672,47 @@ fn validate_mailbox(text: &str) -> Result<(), String> {
     EmailAddress::parse(address).map(|_| ()).map_err(|err| err.to_string())
 }
 
+/// Below this a mailed token would expire before its person could use it.
+const MIN_TOKEN_EXPIRY: Duration = Duration::from_secs(3600);
+/// Below this every sync fetches every account's details again.
+const MIN_DETAILS_MAX_AGE: Duration = Duration::from_secs(60);
+
 /// Deserializers that also take the strings env vars provide.
 mod lenient {
     use serde::{Deserialize, Deserializer};
     use std::str::FromStr;
 
+    /// Whatever TOML or the environment gave, read as text and parsed by
+    /// the setting's own type, so a number out of range (`page_size = -5`)
+    /// is named as such rather than as a failed serde variant.
     #[derive(Deserialize)]
     #[serde(untagged)]
-    enum NumberOrText<T> {
-        Number(T),
+    enum Scalar {
+        Bool(bool),
+        Integer(i64),
+        Float(f64),
         Text(String),
     }
 
     pub fn number<'de, D, T>(deserializer: D) -> Result<Option<T>, D::Error>
     where
         D: Deserializer<'de>,
-        T: FromStr + Deserialize<'de>,
+        T: FromStr,
     {
-        match Option::<NumberOrText<T>>::deserialize(deserializer)? {
-            None => Ok(None),
-            Some(NumberOrText::Number(value)) => Ok(Some(value)),
-            Some(NumberOrText::Text(text)) => {
-                text.trim().parse().map(Some).map_err(|_| serde::de::Error::custom(format!("`{text}` is not a number")))
-            }
-        }
+        let (text, numeric) = match Option::<Scalar>::deserialize(deserializer)? {
+            None => return Ok(None),
+            Some(Scalar::Bool(value)) => (value.to_string(), false),
+            Some(Scalar::Integer(value)) => (value.to_string(), true),
+            Some(Scalar::Float(value)) => (value.to_string(), true),
+            Some(Scalar::Text(text)) => (text.trim().to_owned(), text.trim().parse::<f64>().is_ok()),
+        };
+        text.parse().map(Some).map_err(|_| {
+            serde::de::Error::custom(if numeric {
+                format!("`{text}` is out of range for this setting")
+            } else {
+                format!("`{text}` is not a number")
+            })
+        })
     }
 
     #[derive(Deserialize)]

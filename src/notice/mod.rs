@@ -45,6 +45,9 @@ pub struct NoticeContext<'a> {
     pub claim_url: Option<&'a str>,
     /// Their ID was registered again by someone lifeboat cannot vouch for.
     pub id_taken: bool,
+    /// An admin had locked or deactivated the account before the loss: no
+    /// token and no claim link come with the notice, and it says why.
+    pub locked_out: bool,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -92,6 +95,7 @@ struct NoticeView<'a> {
     id_held: bool,
     claim_url: Option<Cow<'a, str>>,
     id_taken: bool,
+    locked_out: bool,
     subject: String,
 }
 
@@ -116,6 +120,7 @@ struct PersonValues<'a> {
     id_held: bool,
     claim_url: Option<Cow<'a, str>>,
     id_taken: bool,
+    locked_out: bool,
 }
 
 /// Markdown-escaped versions of the view's values, for notice.md only.
@@ -231,6 +236,7 @@ impl<'a> NoticeView<'a> {
             id_held: person.id_held,
             claim_url: person.claim_url,
             id_taken: person.id_taken,
+            locked_out: person.locked_out,
             subject,
         }
     }
@@ -278,6 +284,7 @@ impl<'a> PersonValues<'a> {
                 .map(one_line)
                 .filter(|url| url.starts_with("https://") || url.starts_with("http://")),
             id_taken: ctx.id_taken,
+            locked_out: ctx.locked_out,
         }
     }
 }
@@ -397,6 +404,17 @@ mod tests {
             id_held: false,
             claim_url: None,
             id_taken: false,
+            locked_out: false,
+        }
+    }
+
+    #[test]
+    fn a_person_an_admin_had_locked_out_is_told_why_no_token_comes_and_no_steps() {
+        let notice = render_notice(&NoticeContext { token: None, locked_out: true, ..context() }).unwrap();
+        for part in [&notice.text, &notice.html, &notice.markdown] {
+            assert!(part.contains("locked or deactivated by an admin"), "{part}");
+            assert!(!part.contains("could not create your personal registration token yet"), "{part}");
+            assert!(!part.contains("To register again"), "{part}");
         }
     }
 

@@ -308,6 +308,36 @@ impl Registry {
     }
 
     /// When the next pending delivery of an incident's channel is due, if any.
+    /// Pending deliveries on `channel` waiting out a backoff that ends
+    /// before `until`: those a working channel may send now. (A message
+    /// that may have gone out waits longer, and is not among them.)
+    pub async fn parked_deliveries(&self, channel: &str, until: i64) -> Result<i64> {
+        Ok(sqlx::query_scalar(
+            "SELECT COUNT(*) FROM deliveries WHERE channel = $1 AND state = 'pending' \
+             AND next_attempt_at > $2 AND next_attempt_at <= $3",
+        )
+        .bind(channel)
+        .bind(now_ms())
+        .bind(until)
+        .fetch_one(&self.pool)
+        .await?)
+    }
+
+    /// Makes the deliveries [`Registry::parked_deliveries`] counts due now.
+    pub async fn release_parked(&self, channel: &str, until: i64) -> Result<u64> {
+        let now = now_ms();
+        Ok(sqlx::query(
+            "UPDATE deliveries SET next_attempt_at = $2 WHERE channel = $1 AND state = 'pending' \
+             AND next_attempt_at > $2 AND next_attempt_at <= $3",
+        )
+        .bind(channel)
+        .bind(now)
+        .bind(until)
+        .execute(&self.pool)
+        .await?
+        .rows_affected())
+    }
+
     pub async fn next_pending_at(&self, incident_id: i64, channel: &str) -> Result<Option<i64>> {
         let (next,): (Option<i64>,) = sqlx::query_as(
             "SELECT MIN(next_attempt_at) FROM deliveries WHERE incident_id = $1 AND channel = $2 AND state = 'pending'",

@@ -16,6 +16,21 @@ pub struct Incident {
     pub resolved_at: Option<i64>,
 }
 
+impl Incident {
+    /// The postmortem as people read it under the title: without a first
+    /// heading that only repeats the title (`# Database lost` under the
+    /// title "Database lost"), which would show it twice.
+    pub fn postmortem_body(&self) -> &str {
+        let text = self.postmortem.trim_start();
+        let (first, rest) = text.split_once('\n').unwrap_or((text, ""));
+        let heading = first.trim().strip_prefix("# ").map(str::trim);
+        match heading {
+            Some(heading) if heading.eq_ignore_ascii_case(self.title.trim()) => rest.trim_start(),
+            _ => text,
+        }
+    }
+}
+
 #[derive(Debug, Clone, Serialize)]
 pub struct IncidentSummary {
     #[serde(flatten)]
@@ -115,6 +130,20 @@ impl Registry {
         tx.commit().await?;
         let incident = self.incident(id).await?.expect("the incident was just created");
         Ok((incident, affected))
+    }
+
+    /// Open incidents that already cover accounts an incident of `scope`
+    /// would affect now, with how many each: (incident id, accounts).
+    pub async fn open_incidents_covering(&self, scope: &str) -> Result<Vec<(i64, i64)>> {
+        let filter = if scope == "all" { "1 = 1".to_owned() } else { affected_missing() };
+        Ok(sqlx::query_as(sqlx::AssertSqlSafe(format!(
+            "SELECT o.id, COUNT(DISTINCT a.user_id) FROM accounts a \
+             JOIN incident_accounts covered ON covered.user_id = a.user_id \
+             JOIN incidents o ON o.id = covered.incident_id \
+             WHERE o.resolved_at IS NULL AND ({filter}) GROUP BY o.id ORDER BY o.id"
+        )))
+        .fetch_all(&self.pool)
+        .await?)
     }
 
     pub async fn incident(&self, id: i64) -> Result<Option<Incident>> {
@@ -374,5 +403,31 @@ impl Registry {
                 .await?
             }
         })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn incident(title: &str, postmortem: &str) -> Incident {
+        Incident {
+            id: 1,
+            title: title.to_owned(),
+            postmortem: postmortem.to_owned(),
+            scope: "missing".to_owned(),
+            opened_at: 0,
+            resolved_at: None,
+        }
+    }
+
+    #[test]
+    fn a_first_heading_that_repeats_the_title_is_shown_once() {
+        let doubled = incident("Database lost", "# Database lost\n\nWe lost it.\n");
+        assert_eq!(doubled.postmortem_body(), "We lost it.\n");
+        let other = incident("Database lost", "# What happened\n\nWe lost it.");
+        assert_eq!(other.postmortem_body(), "# What happened\n\nWe lost it.");
+        let subheading = incident("Database lost", "## Database lost\nWe lost it.");
+        assert_eq!(subheading.postmortem_body(), "## Database lost\nWe lost it.");
     }
 }

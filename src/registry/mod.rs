@@ -16,11 +16,13 @@ mod sync_runs;
 mod verifications;
 mod web;
 
+use std::path::Path;
 use std::str::FromStr;
-use std::time::{SystemTime, UNIX_EPOCH};
+use std::sync::Arc;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use sqlx::any::{AnyConnectOptions, AnyPoolOptions};
-use sqlx::{AnyPool, Executor};
+use sqlx::{AnyPool, Connection, Executor};
 
 pub use accounts::{Account, AccountState, STANDING_SQL, may_come_back};
 pub use audit::{Actor, AuditEntry};
@@ -45,11 +47,11 @@ pub enum Backend {
 
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
-    #[error("cannot open the registry at {url}: {source}; check registry.url and that the database is reachable")]
+    #[error("cannot open the registry at {url}: {}; check registry.url and that the database is reachable", describe(.source))]
     Connect { url: String, source: sqlx::Error },
     #[error("cannot bring the registry at {url} up to date: {source}")]
     Migrate { url: String, source: sqlx::migrate::MigrateError },
-    #[error("registry query failed: {0}")]
+    #[error("registry query failed: {}", describe(.0))]
     Query(#[from] sqlx::Error),
     #[error("{0}")]
     Refused(String),
@@ -57,10 +59,58 @@ pub enum Error {
 
 pub type Result<T, E = Error> = std::result::Result<T, E>;
 
+/// A database error as one plain clause: the database's own message and
+/// code, without the server's source location PostgreSQL appends ("at line
+/// 3211" of its C code), and a pool timeout said as what it means.
+pub fn describe(err: &sqlx::Error) -> String {
+    match err {
+        sqlx::Error::Database(db) => match db.code() {
+            Some(code) => format!("{} (code {code})", db.message()),
+            None => db.message().to_owned(),
+        },
+        sqlx::Error::PoolTimedOut => format!(
+            "no connection to the registry within {}s: the database is down, unreachable or overloaded",
+            ACQUIRE_TIMEOUT.as_secs()
+        ),
+        other => other.to_string(),
+    }
+}
+
 #[derive(Clone)]
 pub struct Registry {
     pool: AnyPool,
     backend: Backend,
+    /// For a plain connection that tells why the pool cannot connect.
+    options: Arc<AnyConnectOptions>,
+}
+
+/// How long a query waits for a pooled connection.
+const ACQUIRE_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// Settings every connection gets when it opens.
+async fn prepare(conn: &mut sqlx::AnyConnection, backend: Backend) -> Result<(), sqlx::Error> {
+    if backend == Backend::Sqlite {
+        // Per connection: SQLite forgets foreign keys otherwise.
+        conn.execute("PRAGMA foreign_keys = ON").await?;
+        conn.execute("PRAGMA journal_mode = WAL").await?;
+        conn.execute("PRAGMA synchronous = NORMAL").await?;
+        conn.execute("PRAGMA busy_timeout = 10000").await?;
+    }
+    Ok(())
+}
+
+/// Opens, prepares and closes one connection: its error is the real cause.
+async fn probe(options: &AnyConnectOptions, backend: Backend) -> Result<(), sqlx::Error> {
+    let mut conn = sqlx::AnyConnection::connect_with(options).await?;
+    prepare(&mut conn, backend).await?;
+    conn.close().await
+}
+
+/// The file a `sqlite://PATH?…` URL names (none for in-memory databases).
+fn sqlite_file(url: &str) -> Option<&str> {
+    let rest = url.strip_prefix("sqlite:")?.trim_start_matches("//");
+    let path = rest.split('?').next().unwrap_or("");
+    (!path.is_empty() && !path.starts_with(":memory:")).then_some(path)
 }
 
 impl Registry {
@@ -76,26 +126,27 @@ impl Registry {
             }
             _ => url.to_owned(),
         };
+        if backend == Backend::Sqlite {
+            if let Some(path) = sqlite_file(&url) {
+                crate::owner_only::create_if_missing(Path::new(path))
+                    .map_err(|err| Error::Connect { url: shown.clone(), source: sqlx::Error::Io(err) })?;
+            }
+        }
         let options =
             AnyConnectOptions::from_str(&url).map_err(|source| Error::Connect { url: shown.clone(), source })?;
+        // One plain connection first: the pool would retry a refused
+        // connection until its timeout and then report only that it timed out.
+        probe(&options, backend).await.map_err(|source| Error::Connect { url: shown.clone(), source })?;
         let pool = AnyPoolOptions::new()
             .max_connections(if backend == Backend::Sqlite { 4 } else { 8 })
+            // Long enough for a busy moment, short enough that a registry
+            // gone down is reported rather than waited on.
+            .acquire_timeout(ACQUIRE_TIMEOUT)
             // A SQLite connection cannot go stale, and the check costs a
             // round trip to its worker thread before every statement.
             .test_before_acquire(backend == Backend::Postgres)
-            .after_connect(move |conn, _meta| {
-                Box::pin(async move {
-                    if backend == Backend::Sqlite {
-                        // Per connection: SQLite forgets foreign keys otherwise.
-                        conn.execute("PRAGMA foreign_keys = ON").await?;
-                        conn.execute("PRAGMA journal_mode = WAL").await?;
-                        conn.execute("PRAGMA synchronous = NORMAL").await?;
-                        conn.execute("PRAGMA busy_timeout = 10000").await?;
-                    }
-                    Ok(())
-                })
-            })
-            .connect_with(options)
+            .after_connect(move |conn, _meta| Box::pin(prepare(conn, backend)))
+            .connect_with(options.clone())
             .await
             .map_err(|source| Error::Connect { url: shown.clone(), source })?;
         let migrator = match backend {
@@ -103,7 +154,24 @@ impl Registry {
             Backend::Postgres => &POSTGRES_MIGRATIONS,
         };
         migrator.run(&pool).await.map_err(|source| Error::Migrate { url: shown, source })?;
-        Ok(Registry { pool, backend })
+        Ok(Registry { pool, backend, options: Arc::new(options) })
+    }
+
+    /// Whether the registry answers within `limit`, and if not, why: the
+    /// database's own error (connection refused, disk I/O error) where one
+    /// plain connection can tell it. For health probes.
+    pub async fn health(&self, limit: Duration) -> Result<(), String> {
+        let query = sqlx::query("SELECT 1").execute(&self.pool);
+        match tokio::time::timeout(limit, query).await {
+            Ok(Ok(_)) => return Ok(()),
+            Ok(Err(err)) if !matches!(err, sqlx::Error::PoolTimedOut) => return Err(describe(&err)),
+            _ => {}
+        }
+        match tokio::time::timeout(limit, probe(&self.options, self.backend)).await {
+            Ok(Err(err)) => Err(describe(&err)),
+            Ok(Ok(())) => Err("the registry is busy: no connection was free in time".to_owned()),
+            Err(_) => Err(format!("the registry did not answer within {}s", limit.as_secs())),
+        }
     }
 
     /// PostgreSQL needs a few statements SQLite does not (and vice versa).

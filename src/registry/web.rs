@@ -88,6 +88,34 @@ impl Registry {
         Ok(())
     }
 
+    /// The newest link for `purpose` and `user_id` (mailed to `address`,
+    /// when given) that still works: unused and unexpired.
+    pub async fn live_web_link(&self, purpose: &str, user_id: &str, address: Option<&str>) -> Result<Option<WebLink>> {
+        Ok(sqlx::query_as(
+            "SELECT id, purpose, user_id, address, code_hash, attempts, created_at, expires_at, used_at \
+             FROM web_links WHERE purpose = $1 AND user_id = $2 AND ($3 IS NULL OR address = $3) \
+             AND used_at IS NULL AND expires_at > $4 ORDER BY expires_at DESC LIMIT 1",
+        )
+        .bind(purpose)
+        .bind(user_id)
+        .bind(address)
+        .bind(now_ms())
+        .fetch_optional(&self.pool)
+        .await?)
+    }
+
+    /// How many links for `purpose` mailed to `address` still work.
+    pub async fn live_web_links_to(&self, purpose: &str, address: &str) -> Result<i64> {
+        Ok(sqlx::query_scalar(
+            "SELECT COUNT(*) FROM web_links WHERE purpose = $1 AND address = $2 AND used_at IS NULL AND expires_at > $3",
+        )
+        .bind(purpose)
+        .bind(address)
+        .bind(now_ms())
+        .fetch_one(&self.pool)
+        .await?)
+    }
+
     pub async fn web_link(&self, id: &str) -> Result<Option<WebLink>> {
         Ok(sqlx::query_as(
             "SELECT id, purpose, user_id, address, code_hash, attempts, created_at, expires_at, used_at \

@@ -1,8 +1,10 @@
-//! The HTTP side of `serve`: the web page's routes plus `/healthz` and
-//! `/metrics` (Prometheus text format).
+//! The HTTP side of `serve`: the web page's routes plus `/healthz`, and
+//! apart from them `/metrics` (Prometheus text format) with `/healthz`
+//! again, for the operator's address only.
 
 use std::fmt::Write as _;
 use std::sync::Arc;
+use std::time::Duration;
 
 use axum::Router;
 use axum::extract::State;
@@ -13,15 +15,27 @@ use axum::routing::get;
 use super::ServeState;
 use crate::registry::now_ms;
 
-pub fn router(state: Arc<ServeState>, pages: Router) -> Router {
-    Router::new().route("/healthz", get(healthz)).route("/metrics", get(metrics)).with_state(state).merge(pages)
+/// What the web address serves: the pages and `/healthz`.
+pub fn public_router(state: Arc<ServeState>, pages: Router) -> Router {
+    Router::new().route("/healthz", get(healthz)).with_state(state).merge(pages)
 }
 
-/// Alive and able to reach the registry.
+/// What the metrics address serves.
+pub fn metrics_router(state: Arc<ServeState>) -> Router {
+    Router::new().route("/metrics", get(metrics)).route("/healthz", get(healthz)).with_state(state)
+}
+
+/// A probe must get an answer in a couple of seconds, not a hang.
+const HEALTH_LIMIT: Duration = Duration::from_secs(2);
+
+/// Alive and able to reach the registry; if not, why.
 async fn healthz(State(state): State<Arc<ServeState>>) -> impl IntoResponse {
-    match sqlx::query("SELECT 1").execute(state.registry.pool()).await {
-        Ok(_) => (StatusCode::OK, "ok\n"),
-        Err(_) => (StatusCode::SERVICE_UNAVAILABLE, "registry unreachable\n"),
+    match state.registry.health(HEALTH_LIMIT).await {
+        Ok(()) => (StatusCode::OK, "ok\n".to_owned()),
+        Err(cause) => {
+            tracing::warn!(%cause, "healthz: the registry is unreachable");
+            (StatusCode::SERVICE_UNAVAILABLE, format!("registry unreachable: {cause}\n"))
+        }
     }
 }
 

@@ -1,11 +1,12 @@
 //! `lifeboat serve`: one long-running process with the web page (and
-//! `/healthz`, `/metrics`), the admin-room bot, the watcher and the delivery
+//! `/healthz`; `/metrics` on an address of its own), the admin-room bot, the watcher and the delivery
 //! worker. Each face runs when its config section is there. SIGINT or
 //! SIGTERM stops it within [`SHUTDOWN_GRACE`]: sends in flight finish and
 //! are marked, claimed ones go back to pending, nothing is lost or doubled.
 
 mod alerts;
 mod http;
+mod listen;
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -19,6 +20,16 @@ use crate::registry::Registry;
 use crate::watch::WatchHandle;
 
 pub use alerts::ServeAlerts;
+
+/// What a client gets for sending its request (headers, then body) and
+/// for sitting idle between requests: generous for a person on a slow
+/// link, short for a slowloris.
+const LIMITS: listen::Limits = listen::Limits {
+    headers: Duration::from_secs(10),
+    body: Duration::from_secs(10),
+    idle: Duration::from_secs(15),
+    connections: 256,
+};
 
 /// How long a shutdown may take before the remaining tasks are dropped.
 pub const SHUTDOWN_GRACE: Duration = Duration::from_secs(20);
@@ -39,8 +50,8 @@ pub struct ServeState {
 
 #[derive(Debug, thiserror::Error)]
 pub enum ServeError {
-    #[error("cannot listen on web.bind = {bind}: {source}")]
-    Bind { bind: std::net::SocketAddr, source: std::io::Error },
+    #[error("cannot listen on {key} = {bind}: {source}")]
+    Bind { key: &'static str, bind: std::net::SocketAddr, source: std::io::Error },
 }
 
 /// Runs until `shutdown` is cancelled (the CLI cancels it on SIGINT/SIGTERM).
@@ -58,23 +69,34 @@ pub async fn run(config: Config, registry: Registry, shutdown: CancellationToken
 
     match &config.web {
         Some(web) => {
-            let listener = tokio::net::TcpListener::bind(web.bind)
-                .await
-                .map_err(|source| ServeError::Bind { bind: web.bind, source })?;
+            let listener = tokio::net::TcpListener::bind(web.bind).await.map_err(|source| ServeError::Bind {
+                key: "web.bind",
+                bind: web.bind,
+                source,
+            })?;
             let pages = crate::web::router(crate::web::WebState::new(config.clone(), registry.clone()));
-            let app = http::router(state.clone(), pages);
-            let stop = shutdown.clone();
+            let app = http::public_router(state.clone(), pages);
+            let limits = listen::Limits { connections: web.max_connections as usize, ..LIMITS };
             tracing::info!(bind = %web.bind, "web server listening");
-            tasks.spawn(async move {
-                let served = axum::serve(listener, app.into_make_service_with_connect_info::<std::net::SocketAddr>())
-                    .with_graceful_shutdown(stop.cancelled_owned())
-                    .await;
-                if let Err(err) = served {
-                    tracing::error!(error = %err, "web server stopped");
-                }
-            });
+            tasks.spawn(listen::serve(listener, app, limits, shutdown.clone()));
         }
-        None => tracing::info!("web server off: no [web] section (it also serves /healthz and /metrics)"),
+        None => tracing::info!("web server off: no [web] section (it also serves /healthz)"),
+    }
+    let metrics = &config.metrics;
+    match tokio::net::TcpListener::bind(metrics.bind).await {
+        Ok(listener) => {
+            let limits = listen::Limits { connections: 16, ..LIMITS };
+            tracing::info!(bind = %metrics.bind, "metrics listening");
+            tasks.spawn(listen::serve(listener, http::metrics_router(state.clone()), limits, shutdown.clone()));
+        }
+        Err(source) if metrics.configured => {
+            return Err(ServeError::Bind { key: "metrics.bind", bind: metrics.bind, source });
+        }
+        Err(err) => tracing::warn!(
+            bind = %metrics.bind,
+            error = %err,
+            "/metrics is not served: its default address is taken; set [metrics] bind"
+        ),
     }
 
     let (room_alerts, room_inbox) = tokio::sync::mpsc::unbounded_channel::<String>();

@@ -67,7 +67,8 @@ struct Nonce {
 impl SynapseClient {
     /// `GET /_matrix/client/v3/account/whoami`: does this token still work?
     pub async fn whoami(&self) -> Result<Whoami, Error> {
-        self.get_json("/_matrix/client/v3/account/whoami", &[], true).await
+        const PATH: &str = "/_matrix/client/v3/account/whoami";
+        self.get_json(PATH, &[], true).await.map_err(|err| self.not_synapse_if_missing(err, PATH))
     }
 
     /// Creates a single-use registration token with the given string, so a
@@ -91,6 +92,16 @@ impl SynapseClient {
             .await
             .map(|_| ())
             .map_err(|err| err.hiding(token))
+    }
+
+    /// Every registration token Synapse has, with its use counts.
+    pub async fn registration_tokens(&self) -> Result<Vec<RegistrationToken>, Error> {
+        #[derive(Deserialize)]
+        struct Listing {
+            registration_tokens: Vec<RegistrationToken>,
+        }
+        let listing: Listing = self.get_json("/_synapse/admin/v1/registration_tokens", &[], true).await?;
+        Ok(listing.registration_tokens)
     }
 
     pub async fn registration_token(&self, token: &str) -> Result<Option<RegistrationToken>, Error> {

@@ -20,6 +20,11 @@ pub enum Error {
     /// Connection refused, timeout, or a 5xx: Synapse may be down.
     #[error("Synapse at {url} is unavailable: {detail}; check that it is running and that homeserver.url is right")]
     Unavailable { url: String, detail: String },
+    /// homeserver.url cannot work as written: a name that does not resolve,
+    /// https:// against a plain-HTTP port, an untrusted certificate, a
+    /// server that is not Synapse. Retrying will not help.
+    #[error("cannot reach Synapse at {url}: {detail}")]
+    WrongUrl { url: String, detail: String },
     #[error("Synapse at {url} sent a response lifeboat cannot use: {detail}")]
     BadResponse { url: String, detail: String },
     /// Another 4xx: Synapse refused this particular request.
@@ -36,6 +41,7 @@ impl Error {
         match self {
             Error::Unavailable { url, detail } => Error::Unavailable { url, detail: hide(detail) },
             Error::BadResponse { url, detail } => Error::BadResponse { url, detail: hide(detail) },
+            Error::WrongUrl { url, detail } => Error::WrongUrl { url, detail: hide(detail) },
             Error::Rejected { status, errcode, message } => Error::Rejected { status, errcode, message: hide(message) },
             Error::Forbidden { errcode, message } => Error::Forbidden { errcode, message: hide(message) },
             other => other,

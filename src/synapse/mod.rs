@@ -79,8 +79,24 @@ impl SynapseClient {
     /// `GET /_synapse/admin/v1/server_version`: needs no token and answers
     /// even after a database wipe, so it tells "down" from "reset".
     pub async fn server_version(&self) -> Result<String, Error> {
-        let version: types::ServerVersion = self.get_json("/_synapse/admin/v1/server_version", &[], false).await?;
+        const PATH: &str = "/_synapse/admin/v1/server_version";
+        let version: types::ServerVersion =
+            self.get_json(PATH, &[], false).await.map_err(|err| self.not_synapse_if_missing(err, PATH))?;
         Ok(version.server_version)
+    }
+
+    /// A 404 for `path`, which every Synapse serves, means whatever answered
+    /// is not Synapse: say so, with the fix.
+    fn not_synapse_if_missing(&self, err: Error, path: &str) -> Error {
+        match err {
+            Error::NotFound => Error::WrongUrl {
+                url: self.base.to_string(),
+                detail: format!(
+                    "it answered 404 for {path}, which every Synapse serves: homeserver.url must point at Synapse itself (its client port, e.g. http://127.0.0.1:8008), not at another server or a path a proxy does not forward"
+                ),
+            },
+            other => other,
+        }
     }
 
     /// One page of the listing, locked and deactivated accounts included
@@ -199,7 +215,7 @@ impl SynapseClient {
                     }
                 }
                 Ok(response) => self.error_from(response).await,
-                Err(err) => self.unavailable(err),
+                Err(err) => self.connection_failed(err).await,
             };
             if !err.is_transient() || attempt >= self.retries {
                 return Err(err);
@@ -208,7 +224,8 @@ impl SynapseClient {
                 Error::RateLimited { retry_after: Some(after) } => (*after).min(MAX_WAIT),
                 _ => backoff(attempt),
             };
-            tracing::warn!(error = %err, attempt = attempt + 1, wait_ms = wait.as_millis() as u64, "retrying Synapse request");
+            // A retry is routine (the final failure is what gets reported): shown with -v.
+            tracing::info!(error = %err, attempt = attempt + 1, wait_ms = wait.as_millis() as u64, "retrying Synapse request");
             tokio::time::sleep(wait).await;
             attempt += 1;
         }
@@ -246,8 +263,33 @@ impl SynapseClient {
     }
 
     /// Without the URL: paths can hold registration tokens.
+    /// A request that got no response: [`Self::unavailable`], unless an
+    /// https:// URL's port answers plain HTTP (a TLS handshake there just
+    /// waits until it times out, request after request).
+    async fn connection_failed(&self, err: reqwest::Error) -> Error {
+        let waited = err.is_timeout() || err.is_connect();
+        let error = self.unavailable(err);
+        if waited
+            && self.base.scheme() == "https"
+            && matches!(error, Error::Unavailable { .. })
+            && speaks_plain_http(&self.base).await
+        {
+            let host = self.base.host_str().unwrap_or("the host");
+            return Error::WrongUrl {
+                url: self.base.to_string(),
+                detail: format!(
+                    "{host} answers plain HTTP on this port, not TLS: use http:// in homeserver.url, or the port that serves TLS"
+                ),
+            };
+        }
+        error
+    }
+
     fn unavailable(&self, err: reqwest::Error) -> Error {
         let err = err.without_url();
+        if let Some(detail) = wrong_url(&err, &self.base) {
+            return Error::WrongUrl { url: self.base.to_string(), detail };
+        }
         let detail = if err.is_timeout() {
             "the request timed out (homeserver.timeout)".to_owned()
         } else if err.is_connect() {
@@ -257,6 +299,50 @@ impl SynapseClient {
         };
         Error::Unavailable { url: self.base.to_string(), detail }
     }
+}
+
+/// Connection failures that mean homeserver.url cannot work as written,
+/// told from the error's causes (reqwest wraps hyper, rustls and the
+/// resolver): worth a sentence that names the fix, not retries.
+fn wrong_url(err: &reqwest::Error, base: &Url) -> Option<String> {
+    let mut causes = String::new();
+    let mut source: Option<&dyn std::error::Error> = Some(err);
+    while let Some(cause) = source {
+        causes.push_str(&format!("{cause:?} {cause} "));
+        source = cause.source();
+    }
+    let host = base.host_str().unwrap_or("the host");
+    if causes.contains("dns error") || causes.contains("failed to lookup address") {
+        return Some(format!("the name {host} does not resolve; check the host in homeserver.url"));
+    }
+    if causes.contains("InvalidContentType") || causes.contains("CorruptMessage") || causes.contains("corrupt message")
+    {
+        return Some(format!(
+            "the TLS handshake failed: {host} does not speak TLS on this port; use http:// in homeserver.url for a plain-HTTP port, or the port that serves TLS"
+        ));
+    }
+    if causes.contains("InvalidCertificate") || causes.contains("invalid peer certificate") {
+        return Some(format!(
+            "the certificate of {host} is not trusted ({}); use the name the certificate is for, or trust its CA",
+            std::error::Error::source(err).map(|cause| cause.to_string()).unwrap_or_default()
+        ));
+    }
+    None
+}
+
+/// Whether `base`'s port answers a plain HTTP request within a few
+/// seconds (only asked after a TLS connection to it failed).
+async fn speaks_plain_http(base: &Url) -> bool {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let (Some(host), Some(port)) = (base.host_str(), base.port_or_known_default()) else { return false };
+    let probe = async {
+        let mut stream = tokio::net::TcpStream::connect((host.trim_matches(['[', ']']), port)).await.ok()?;
+        stream.write_all(b"GET / HTTP/1.0\r\nHost: lifeboat\r\n\r\n").await.ok()?;
+        let mut start = [0u8; 5];
+        stream.read_exact(&mut start).await.ok()?;
+        Some(&start == b"HTTP/")
+    };
+    tokio::time::timeout(Duration::from_secs(3), probe).await.ok().flatten().unwrap_or(false)
 }
 
 /// Full jitter over an exponential ceiling.

@@ -25,7 +25,9 @@ pub async fn security_headers(request: Request, next: Next) -> Response {
     let headers = response.headers_mut();
     headers.insert(header::CONTENT_SECURITY_POLICY, HeaderValue::from_static(CSP));
     headers.insert(header::X_FRAME_OPTIONS, HeaderValue::from_static("DENY"));
-    headers.insert(header::REFERRER_POLICY, HeaderValue::from_static("no-referrer"));
+    // Nothing leaves for other sites; the page's own form posts keep a
+    // real `Origin` (under no-referrer browsers send `Origin: null`).
+    headers.insert(header::REFERRER_POLICY, HeaderValue::from_static("same-origin"));
     headers.insert(header::X_CONTENT_TYPE_OPTIONS, HeaderValue::from_static("nosniff"));
     headers.insert("cross-origin-opener-policy", HeaderValue::from_static("same-origin"));
     response
@@ -33,8 +35,10 @@ pub async fn security_headers(request: Request, next: Next) -> Response {
 
 // ---- CSRF -----------------------------------------------------------------
 
-/// The cookie holding a random per-browser value; forms carry an HMAC of it,
-/// which another site can neither read nor compute.
+/// The cookie holding a per-browser value the server made: a random part
+/// and its HMAC, so a value someone else chose (and planted) is never
+/// taken. Forms carry an HMAC of the whole value, which another site can
+/// neither read nor compute.
 pub const CSRF_COOKIE: &str = "lifeboat_csrf";
 
 /// The browser's CSRF value, and whether it is new (then it must be set).
@@ -43,35 +47,61 @@ pub struct CsrfCookie {
     pub is_new: bool,
 }
 
-pub fn csrf_cookie(headers: &HeaderMap) -> CsrfCookie {
-    match cookie(headers, CSRF_COOKIE).filter(|value| value.len() == 32 && value.bytes().all(|b| b.is_ascii_hexdigit()))
-    {
+/// The browser's cookie if this server issued it, else a new one.
+pub fn csrf_cookie(key: &secrecy::SecretString, headers: &HeaderMap) -> CsrfCookie {
+    match issued_cookie(key, headers) {
         Some(value) => CsrfCookie { value, is_new: false },
         None => {
             let mut bytes = [0u8; 16];
             rand::rng().fill_bytes(&mut bytes);
-            CsrfCookie { value: hex::encode(bytes), is_new: true }
+            let random = hex::encode(bytes);
+            let value = format!("{random}.{}", signing::sign(key, &format!("csrf-cookie:{random}")));
+            CsrfCookie { value, is_new: true }
         }
     }
+}
+
+/// The CSRF cookie, only when its signature shows this server made it.
+fn issued_cookie(key: &secrecy::SecretString, headers: &HeaderMap) -> Option<String> {
+    let value = cookie(headers, CSRF_COOKIE)?;
+    let (random, signature) = value.split_once('.')?;
+    let well_formed = random.len() == 32 && random.bytes().all(|b| b.is_ascii_hexdigit());
+    (well_formed && signing::verify(key, &format!("csrf-cookie:{random}"), signature)).then_some(value)
 }
 
 /// `Set-Cookie` for a new CSRF value; `Secure` when the page is served over https.
 pub fn set_csrf_cookie(value: &str, https: bool) -> HeaderValue {
     let secure = if https { "; Secure" } else { "" };
     HeaderValue::from_str(&format!("{CSRF_COOKIE}={value}; Path=/; HttpOnly; SameSite=Strict{secure}"))
-        .expect("hex and fixed text make a valid header")
+        .expect("hex, base64url and fixed text make a valid header")
 }
 
 pub fn csrf_token(key: &secrecy::SecretString, cookie_value: &str) -> String {
     signing::sign(key, &format!("csrf:{cookie_value}"))
 }
 
-/// Does the form's token match this browser's cookie?
+/// Does the form's token match this browser's server-issued cookie?
 pub fn csrf_ok(key: &secrecy::SecretString, headers: &HeaderMap, token: Option<&str>) -> bool {
-    match (cookie(headers, CSRF_COOKIE), token) {
+    match (issued_cookie(key, headers), token) {
         (Some(value), Some(token)) => signing::verify(key, &format!("csrf:{value}"), token),
         _ => false,
     }
+}
+
+/// A form post must not come from another site: when the browser says
+/// where it comes from (`Origin`, else `Referer`), that must be `public`'s
+/// origin. Neither header (privacy tools strip them) leaves the CSRF token
+/// to decide.
+pub fn same_origin(headers: &HeaderMap, public: &url::Url) -> bool {
+    let named = |name| headers.get(name).map(|value: &HeaderValue| value.to_str().unwrap_or("null").trim().to_owned());
+    let claimed = match named(header::ORIGIN) {
+        Some(origin) => origin,
+        None => match named(header::REFERER) {
+            Some(referer) => referer,
+            None => return true,
+        },
+    };
+    url::Url::parse(&claimed).is_ok_and(|url| url.origin() == public.origin())
 }
 
 fn cookie(headers: &HeaderMap, name: &str) -> Option<String> {
@@ -213,14 +243,46 @@ mod tests {
         assert!(!limiter.allow_target("token", "a@example.org"));
     }
 
-    #[test]
-    fn csrf_tokens_match_only_their_cookie() {
-        let key = secrecy::SecretString::from("k");
+    fn with_cookie(value: &str) -> HeaderMap {
         let mut headers = HeaderMap::new();
-        headers.insert(header::COOKIE, format!("other=1; {CSRF_COOKIE}=abc").parse().unwrap());
-        assert!(csrf_ok(&key, &headers, Some(&csrf_token(&key, "abc"))));
+        headers.insert(header::COOKIE, format!("other=1; {CSRF_COOKIE}={value}").parse().unwrap());
+        headers
+    }
+
+    #[test]
+    fn csrf_tokens_match_only_a_cookie_this_server_issued() {
+        let key = secrecy::SecretString::from("k");
+        let issued = csrf_cookie(&key, &HeaderMap::new());
+        assert!(issued.is_new);
+        let headers = with_cookie(&issued.value);
+        assert!(!csrf_cookie(&key, &headers).is_new, "an issued cookie is kept");
+        assert!(csrf_ok(&key, &headers, Some(&csrf_token(&key, &issued.value))));
         assert!(!csrf_ok(&key, &headers, Some(&csrf_token(&key, "abd"))));
         assert!(!csrf_ok(&key, &headers, None));
-        assert!(!csrf_ok(&key, &HeaderMap::new(), Some(&csrf_token(&key, "abc"))));
+        assert!(!csrf_ok(&key, &HeaderMap::new(), Some(&csrf_token(&key, &issued.value))));
+
+        let chosen = "0123456789abcdef0123456789abcdef";
+        assert!(csrf_cookie(&key, &with_cookie(chosen)).is_new, "a value the client chose is replaced");
+        assert!(!csrf_ok(&key, &with_cookie(chosen), Some(&csrf_token(&key, chosen))));
+        let other_key = secrecy::SecretString::from("other");
+        let foreign = csrf_cookie(&other_key, &HeaderMap::new()).value;
+        assert!(!csrf_ok(&key, &with_cookie(&foreign), Some(&csrf_token(&key, &foreign))));
+    }
+
+    #[test]
+    fn a_post_from_another_origin_is_refused_and_one_without_origin_is_left_to_the_token() {
+        let public: url::Url = "https://lifeboat.example.org/recover/".parse().unwrap();
+        let with = |name: &'static str, value: &str| {
+            let mut headers = HeaderMap::new();
+            headers.insert(name, value.parse().unwrap());
+            headers
+        };
+        assert!(same_origin(&with("origin", "https://lifeboat.example.org"), &public));
+        assert!(!same_origin(&with("origin", "https://evil.example"), &public));
+        assert!(!same_origin(&with("origin", "http://lifeboat.example.org"), &public));
+        assert!(!same_origin(&with("origin", "null"), &public));
+        assert!(same_origin(&with("referer", "https://lifeboat.example.org/recover/token"), &public));
+        assert!(!same_origin(&with("referer", "https://evil.example/lifeboat.example.org"), &public));
+        assert!(same_origin(&HeaderMap::new(), &public));
     }
 }

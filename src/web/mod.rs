@@ -27,7 +27,9 @@ use secrecy::SecretString;
 use tokio::sync::OnceCell;
 
 use crate::config::{Config, WebConfig};
+use crate::dm::DmSender;
 use crate::mail::Mailer;
+use crate::recover::AdminAccess;
 use crate::registry::Registry;
 
 pub use guard::RateLimiter;
@@ -49,6 +51,9 @@ struct Shared {
     mailer: Option<Mailer>,
     limiter: RateLimiter,
     status_cache: status::Cache,
+    /// One Matrix client for the codes the page DMs, made on first use:
+    /// a client per request would cost memory that is never given back.
+    dm_sender: tokio::sync::Mutex<Option<Arc<DmSender>>>,
 }
 
 impl WebState {
@@ -64,13 +69,41 @@ impl WebState {
             Some(web) => RateLimiter::new(web.rate_limit_per_ip, web.rate_limit_per_target, web.rate_limit_window),
             None => RateLimiter::new(20, 3, std::time::Duration::from_secs(900)),
         };
-        let inner = Arc::new(Shared { key: OnceCell::new(), mailer, limiter, status_cache: status::Cache::default() });
+        let inner = Arc::new(Shared {
+            key: OnceCell::new(),
+            mailer,
+            limiter,
+            status_cache: status::Cache::default(),
+            dm_sender: tokio::sync::Mutex::default(),
+        });
         WebState { config, registry, inner }
     }
 
     /// `[web]`: the router is only built when it is there.
     fn web(&self) -> &WebConfig {
         self.config.web.as_ref().expect("the web page is served only with a [web] section")
+    }
+
+    /// The service account's DM client, made once and kept.
+    async fn dm_sender(&self) -> Result<Arc<DmSender>, pages::WebError> {
+        let mut cached = self.inner.dm_sender.lock().await;
+        if let Some(sender) = cached.as_ref() {
+            return Ok(sender.clone());
+        }
+        let client = match crate::recover::admin_access(&self.config, &self.registry).await? {
+            AdminAccess::Working { client, .. } => client,
+            AdminAccess::Dead { .. } => return Err(pages::WebError("no working admin token: cannot DM a code".into())),
+        };
+        let Some((sender, _)) = crate::campaign::dm_sender(&self.config, &self.registry, &client).await? else {
+            return Err(pages::WebError("lifeboat's own account has no credentials: cannot DM a code".into()));
+        };
+        let sender = Arc::new(sender);
+        *cached = Some(sender.clone());
+        Ok(sender)
+    }
+
+    async fn forget_dm_sender(&self) {
+        self.inner.dm_sender.lock().await.take();
     }
 
     async fn key(&self) -> Result<&SecretString, crate::registry::Error> {

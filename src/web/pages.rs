@@ -144,7 +144,7 @@ pub async fn with_csrf(state: &WebState, headers: &HeaderMap, page: impl FnOnce(
         Ok(key) => key,
         Err(err) => return WebError::from(err).page(state),
     };
-    let cookie = guard::csrf_cookie(headers);
+    let cookie = guard::csrf_cookie(key, headers);
     let mut response = page(guard::csrf_token(key, &cookie.value));
     if cookie.is_new {
         let https = state.web().public_url.scheme() == "https";
@@ -153,8 +153,9 @@ pub async fn with_csrf(state: &WebState, headers: &HeaderMap, page: impl FnOnce(
     response
 }
 
-/// A posted form that is readable and carries this browser's CSRF token,
-/// with the signing key; otherwise the page that says why not.
+/// A posted form that is readable, not sent from another site, and carries
+/// this browser's CSRF token, with the signing key; otherwise the page that
+/// says why not.
 pub async fn checked_form<F>(
     state: &WebState,
     headers: &HeaderMap,
@@ -163,7 +164,7 @@ pub async fn checked_form<F>(
 ) -> Result<(F, secrecy::SecretString), Response> {
     let axum::extract::Form(form) = form.map_err(|rejection| unreadable_form(state, rejection))?;
     let key = state.key().await.map_err(|err| WebError::from(err).page(state))?.clone();
-    if !guard::csrf_ok(&key, headers, csrf(&form)) {
+    if !guard::same_origin(headers, &state.web().public_url) || !guard::csrf_ok(&key, headers, csrf(&form)) {
         return Err(csrf_refused(state));
     }
     Ok((form, key))

@@ -13,7 +13,6 @@ use axum::response::{Html, IntoResponse, Response};
 
 use super::WebState;
 use super::pages::{Chrome, WebError};
-use crate::registry::format_time;
 
 const FRESH_FOR: Duration = Duration::from_secs(1);
 
@@ -63,16 +62,17 @@ pub async fn page(State(state): State<WebState>) -> Response {
 }
 
 async fn render(state: &WebState) -> Result<String, WebError> {
-    let when = |ms: i64| format_time(ms).unwrap_or_else(|| "an unknown time".to_owned());
+    // As the emails show times ("2026-12-09 19:00 UTC"), not raw ISO.
+    let when = crate::notify::human_time;
     let mut open = Vec::new();
     let mut resolved = Vec::new();
     for incident in state.registry.incidents().await? {
         match incident.resolved_at {
             None => open.push(OpenIncident {
+                postmortem_html: crate::notice::markdown_to_safe_html(incident.postmortem_body()),
                 id: incident.id,
                 title: incident.title,
                 opened: when(incident.opened_at),
-                postmortem_html: crate::notice::markdown_to_safe_html(&incident.postmortem),
             }),
             Some(at) => resolved.push(ResolvedIncident {
                 title: incident.title,

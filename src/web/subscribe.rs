@@ -19,7 +19,6 @@ use super::links::{LinkKind, LinkQuery};
 use super::pages::{self, Chrome, Message, WebError};
 use super::{WebState, mail, signing};
 use crate::email::EmailAddress;
-use crate::recover::AdminAccess;
 use crate::registry::{Actor, AddContact, ContactKind, ContactSource, now_ms};
 use crate::user_id::UserId;
 
@@ -78,13 +77,8 @@ pub async fn request(
         .next("/subscribe", "Try again");
         return pages::html(StatusCode::BAD_REQUEST, &page);
     };
-    let account_ok = state.inner.limiter.allow_target(PURPOSE, &user_id.as_str().to_lowercase());
-    let address_ok = state.inner.limiter.allow_target(PURPOSE, email.as_str());
-    if !account_ok || !address_ok {
-        return pages::too_many(&state);
-    }
-    // Off the request path, like token requests: the answer is the same
-    // whether or not the account is known.
+    // Off the request path, like token requests: the answer, and the mail,
+    // are the same whether or not the account is known.
     let worker = state.clone();
     tokio::spawn(async move {
         if let Err(err) = start(&worker, &key, user_id, email).await {
@@ -95,8 +89,8 @@ pub async fn request(
         &state,
         "Check your email and your Matrix account",
         &[
-            "If this Matrix account is one we know, we have sent a link to the email address and a code to the Matrix account in a direct message.",
-            "Open the link within 30 minutes and enter the code.",
+            "We have sent a link to the email address. If the Matrix account is one we know, its code is in a direct message there.",
+            "Open the link within 30 minutes and enter the code. If you asked in the last 30 minutes, the link and code we sent then still work.",
         ],
     )
     .next("/", "Back to the status page");
@@ -107,50 +101,84 @@ fn code_hash(code: &str) -> String {
     hex::encode(Sha256::digest(code.trim().as_bytes()))
 }
 
+/// Links mailed to one address that may be live at once: a cap on mail to
+/// an inbox that someone else types in.
+const LIVE_LINKS_PER_ADDRESS: i64 = 3;
+/// A DMed code is reused for new links while it has this long left, so
+/// one account gets at most a DM per `LINK_VALID - CODE_REUSE_MARGIN`.
+const CODE_REUSE_MARGIN: Duration = Duration::from_secs(5 * 60);
+
+/// Mails the address a link whether or not the account is known, so the
+/// inbox cannot tell which accounts exist; DMs a code only to an account
+/// that is its person's, and at most one code per account at a time.
 async fn start(
     state: &WebState,
     key: &secrecy::SecretString,
     user_id: UserId,
     email: EmailAddress,
 ) -> Result<(), WebError> {
-    let known = state.registry.account(user_id.as_str()).await?;
-    // Only an account that is its registry person's (never one a stranger
-    // registered again, nor one held for its owner) takes new contacts.
-    if !known.is_some_and(|account| account.state.is_its_persons()) {
+    let (account, address) = (user_id.as_str(), email.as_str());
+    if state.registry.live_web_link(PURPOSE, account, Some(address)).await?.is_some()
+        || state.registry.live_web_links_to(PURPOSE, address).await? >= LIVE_LINKS_PER_ADDRESS
+    {
         return Ok(());
     }
-    let code = format!("{:08}", rand::rng().random_range(0..100_000_000u32));
+    let known = state.registry.account(account).await?;
+    // Only an account that is its registry person's (never one a stranger
+    // registered again, nor one held for its owner) takes new contacts.
+    let takes_contacts = known.is_some_and(|account| account.state.is_its_persons());
+    let now = now_ms();
+    let pending_code = match takes_contacts {
+        true => state
+            .registry
+            .live_web_link(PURPOSE, account, None)
+            .await?
+            .filter(|link| link.expires_at - now > CODE_REUSE_MARGIN.as_millis() as i64),
+        false => None,
+    };
+    let (hash, expires_at, code_to_send) = match pending_code {
+        Some(link) => (link.code_hash.unwrap_or_default(), link.expires_at, None),
+        None => {
+            let code = format!("{:08}", rand::rng().random_range(0..100_000_000u32));
+            // For an account that is not known the code goes nowhere, and
+            // the link cannot be confirmed.
+            (code_hash(&code), now + LINK_VALID.as_millis() as i64, takes_contacts.then_some(code))
+        }
+    };
     let id = signing::new_link_id();
-    let expires_at = now_ms() + LINK_VALID.as_millis() as i64;
-    let hash = code_hash(&code);
-    state.registry.create_web_link(&id, PURPOSE, user_id.as_str(), email.as_str(), Some(&hash), expires_at).await?;
+    state.registry.create_web_link(&id, PURPOSE, account, address, Some(&hash), expires_at).await?;
+    if let Some(code) = code_to_send {
+        dm_code(state, &user_id, &code, &id).await?;
+    }
 
-    let client = match crate::recover::admin_access(&state.config, &state.registry).await? {
-        AdminAccess::Working { client, .. } => client,
-        AdminAccess::Dead { .. } => return Err(WebError("no working admin token: cannot DM a code".to_owned())),
+    let server_name = &state.config.homeserver.server_name;
+    let url = signing::link_url(&state.web().public_url, key, "/subscribe/confirm", PURPOSE, &id);
+    let email_text = mail::LinkEmail {
+        subject: format!("Confirm your email address for {server_name} incident notices"),
+        intro: format!(
+            "Someone (we hope you) asked that this address get incident notices for {account} on {server_name}. \
+             This mail proves only that the address works. Open this link and enter the code sent to that Matrix \
+             account by direct message, if it is an account we know:"
+        ),
+        action: "Confirm my email address".to_owned(),
+        url,
     };
-    let Some((sender, _)) = crate::campaign::dm_sender(&state.config, &state.registry, &client).await? else {
-        return Err(WebError("lifeboat's own account has no credentials: cannot DM a code".to_owned()));
-    };
+    mail::send(state, address, email_text).await
+}
+
+async fn dm_code(state: &WebState, user_id: &UserId, code: &str, link_id: &str) -> Result<(), WebError> {
+    let sender = state.dm_sender().await?;
     let server_name = &state.config.homeserver.server_name;
     let text = format!(
         "Your code to confirm an email address for incident notices from {server_name}: **{code}**\n\n\
          Enter it on the page the emailed link opens. If you did not ask for this, ignore this message."
     );
-    sender.send(&state.registry, user_id.as_str(), &text, &format!("lifeboat-subscribe-{id}")).await?;
-
-    let url = signing::link_url(&state.web().public_url, key, "/subscribe/confirm", PURPOSE, &id);
-    let email_text = mail::LinkEmail {
-        subject: format!("Confirm your email address for {server_name} incident notices"),
-        intro: format!(
-            "Someone (we hope you) asked that this address get incident notices for {} on {server_name}. \
-             Open this link and enter the code we sent to that Matrix account:",
-            user_id.as_str()
-        ),
-        action: "Confirm my email address".to_owned(),
-        url,
-    };
-    mail::send(state, email.as_str(), email_text).await
+    let sent = sender.send(&state.registry, user_id.as_str(), &text, &format!("lifeboat-subscribe-{link_id}")).await;
+    if sent.is_err() {
+        // The next request builds a fresh sender (the token may have changed).
+        state.forget_dm_sender().await;
+    }
+    Ok(sent?)
 }
 
 /// The link from the email: a form for the DMed code.

@@ -19,10 +19,12 @@ use super::{WebState, mail, signing};
 use crate::email::EmailAddress;
 use crate::holds::{WayBack, way_back};
 use crate::recover::AdminAccess;
-use crate::registry::{MailableContact, format_time, now_ms};
+use crate::registry::{MailableContact, now_ms};
 use crate::user_id::UserId;
 
 pub const PURPOSE: &str = "token";
+/// A claim link went out (the link itself is signed and stateless).
+const CLAIM_MAILED: &str = "claim-mailed";
 const LINK_VALID: Duration = Duration::from_secs(30 * 60);
 const LINK: LinkKind =
     LinkKind { purpose: PURPOSE, again: ("/token", "Ask for a new link"), hint: "ask for a new one" };
@@ -79,13 +81,6 @@ impl Target {
             EmailAddress::parse(input).ok().map(Target::Email)
         }
     }
-
-    fn key(&self) -> String {
-        match self {
-            Target::Account(id) => id.as_str().to_lowercase(),
-            Target::Email(address) => address.as_str().to_owned(),
-        }
-    }
 }
 
 pub async fn request(
@@ -108,9 +103,6 @@ pub async fn request(
         .next("/token", "Try again");
         return pages::html(StatusCode::BAD_REQUEST, &page);
     };
-    if !state.inner.limiter.allow_target(PURPOSE, &target.key()) {
-        return pages::too_many(&state);
-    }
     // Off the request path: the answer below must not depend on what exists.
     let worker = state.clone();
     tokio::spawn(async move {
@@ -123,7 +115,8 @@ pub async fn request(
         "Check your email",
         &[
             "If what you entered belongs to an account affected by an incident, we have sent a link to the email address we have for that account.",
-            "The link works once, for 30 minutes. If nothing arrives, check your spam folder, or contact the admin.",
+            "The link works once, for 30 minutes. If you asked in the last 30 minutes, the link we sent then still works, and no new one is sent until it expires.",
+            "If nothing arrives, check your spam folder, or contact the admin.",
         ],
     )
     .next("/", "Back to the status page");
@@ -142,7 +135,25 @@ async fn mail_links(state: &WebState, target: Target, key: &secrecy::SecretStrin
     };
     let server_name = &state.config.homeserver.server_name;
     for contact in contacts {
-        let email = match way_back(&state.config, &state.registry, &contact.user_id, LINK_VALID).await? {
+        let way_back = way_back(&state.config, &state.registry, &contact.user_id, LINK_VALID).await?;
+        let purpose = match &way_back {
+            WayBack::Nothing(_) => continue,
+            WayBack::Claim(_) => CLAIM_MAILED,
+            WayBack::Token { .. } => PURPOSE,
+        };
+        // Whoever asks, a contact gets one working link at a time: asking
+        // again (or someone else asking) mails nothing new, and never
+        // takes the person's own request away.
+        if state.registry.live_web_link(purpose, &contact.user_id, Some(&contact.address)).await?.is_some() {
+            tracing::info!(user_id = %contact.user_id, "an earlier way-back link still works: nothing new mailed");
+            continue;
+        }
+        // Recorded before it is mailed. A claim link is signed, not stored:
+        // its row only says that one went out, and until when it works.
+        let id = signing::new_link_id();
+        let expires_at = now_ms() + LINK_VALID.as_millis() as i64;
+        state.registry.create_web_link(&id, purpose, &contact.user_id, &contact.address, None, expires_at).await?;
+        let email = match way_back {
             WayBack::Nothing(_) => continue,
             WayBack::Claim(link) => mail::LinkEmail {
                 subject: format!("Your link to take back your Matrix ID on {server_name}"),
@@ -153,23 +164,15 @@ async fn mail_links(state: &WebState, target: Target, key: &secrecy::SecretStrin
                 action: "Take back my Matrix ID".to_owned(),
                 url: link.url(&state.web().public_url, key),
             },
-            WayBack::Token { .. } => {
-                let id = signing::new_link_id();
-                let expires_at = now_ms() + LINK_VALID.as_millis() as i64;
-                state
-                    .registry
-                    .create_web_link(&id, PURPOSE, &contact.user_id, &contact.address, None, expires_at)
-                    .await?;
-                mail::LinkEmail {
-                    subject: format!("Your link to a registration token for {server_name}"),
-                    intro: format!(
-                        "Someone (we hope you) asked for a registration token for {} on {server_name}. Open this link to see your token:",
-                        contact.user_id
-                    ),
-                    action: "Show my registration token".to_owned(),
-                    url: signing::link_url(&state.web().public_url, key, "/token/open", PURPOSE, &id),
-                }
-            }
+            WayBack::Token { .. } => mail::LinkEmail {
+                subject: format!("Your link to a registration token for {server_name}"),
+                intro: format!(
+                    "Someone (we hope you) asked for a registration token for {} on {server_name}. Open this link to see your token:",
+                    contact.user_id
+                ),
+                action: "Show my registration token".to_owned(),
+                url: signing::link_url(&state.web().public_url, key, "/token/open", PURPOSE, &id),
+            },
         };
         mail::send(state, &contact.address, email).await?;
         tracing::info!(user_id = %contact.user_id, "way-back link mailed");
@@ -275,7 +278,7 @@ async fn show_token(state: &WebState, link: &str, sig: &str) -> Result<Response,
     let page = TokenShow {
         chrome: Chrome::of(state),
         token,
-        expires: format_time(expires_at).unwrap_or_else(|| "it expires".to_owned()),
+        expires: crate::notify::human_time(expires_at),
         homeserver_url: state.config.homeserver.public_url.to_string(),
         localpart: UserId::parse(&user_id).map(|id| id.localpart().to_owned()).unwrap_or(user_id),
     };

@@ -62,7 +62,7 @@ pub async fn unsubscribe(
     let one_click = is_one_click(&headers, &body);
     if !one_click {
         let csrf = url::form_urlencoded::parse(&body).find(|(name, _)| name == "csrf").map(|(_, value)| value);
-        if !guard::csrf_ok(&key, &headers, csrf.as_deref()) {
+        if !guard::same_origin(&headers, &state.web().public_url) || !guard::csrf_ok(&key, &headers, csrf.as_deref()) {
             return pages::csrf_refused(&state);
         }
     }

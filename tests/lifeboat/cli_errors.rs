@@ -58,6 +58,45 @@ async fn a_bad_value_from_an_env_var_names_the_env_var() {
 }
 
 #[tokio::test]
+async fn values_that_cannot_work_are_refused_with_their_minimum() {
+    let cases = [
+        ("LIFEBOAT__TOKENS__EXPIRY", "1s", "`tokens.expiry`", "at least 1h"),
+        ("LIFEBOAT__TOKENS__EXPIRY", "0s", "`tokens.expiry`", "at least 1h"),
+        ("LIFEBOAT__SYNC__DETAILS_MAX_AGE", "0s", "`sync.details_max_age`", "at least 1m"),
+        ("LIFEBOAT__SYNC__PAGE_SIZE", "-5", "`sync.page_size`", "`-5` is out of range"),
+    ];
+    for (var, value, key, problem) in cases {
+        let run = Lifeboat::with_config(MINIMAL).env(var, value).run(&["config", "check"]).await;
+        assert_eq!(run.code, 2, "{var}={value}: {run:?}");
+        let line = one_sentence(&run.stderr);
+        assert!(line.contains(key) && line.contains(problem), "{var}={value}: {line}");
+    }
+    let in_the_file = Lifeboat::with_config(&format!("{MINIMAL}[sync]\npage_size = -5\n"));
+    let line = in_the_file.run(&["config", "check"]).await.stderr;
+    assert!(line.contains("`-5` is out of range") && !line.contains("untagged"), "{line}");
+}
+
+#[tokio::test]
+async fn an_oversized_or_binary_postmortem_is_refused_before_anything_is_opened() {
+    let lifeboat = Lifeboat::with_config(MINIMAL);
+    let huge = "All accounts were lost. ".repeat(5 * 1024 * 1024 / 24);
+    let cases = [(huge.as_str(), "more than the 64 KiB"), ("Lost.\0Sorry.", "control character")];
+    for (postmortem, problem) in cases {
+        std::fs::write(lifeboat.dir().join("postmortem.md"), postmortem).unwrap();
+        let run = lifeboat.run(&["incident", "open", "--title", "Lost", "--postmortem", "postmortem.md"]).await;
+        assert_eq!(run.code, 2, "{run:?}");
+        assert!(one_sentence(&run.stderr).contains(problem), "{}", run.stderr);
+    }
+    std::fs::write(lifeboat.dir().join("postmortem.md"), "Lost.").unwrap();
+    let two_lines =
+        lifeboat.run(&["incident", "open", "--title", "Lost\nagain", "--postmortem", "postmortem.md"]).await;
+    assert_eq!(two_lines.code, 2, "{two_lines:?}");
+    assert!(one_sentence(&two_lines.stderr).contains("on one line"), "{}", two_lines.stderr);
+    let listed = lifeboat.run(&["incident", "list"]).await;
+    assert!(!listed.stdout.contains("Lost"), "nothing was opened: {listed:?}");
+}
+
+#[tokio::test]
 async fn smtp_connections_default_to_8_and_stay_between_1_and_64() {
     let with_email = format!("{MINIMAL}[email]\nsmtp_url = \"smtp://127.0.0.1:25\"\nfrom = \"lifeboat@example.org\"\n");
     let default = Lifeboat::with_config(&with_email).run(&["config", "check"]).await;
@@ -118,6 +157,11 @@ async fn the_example_config_loads_as_is() {
     assert_eq!(run.code, 0, "{run:?}");
     assert!(run.stdout.contains("admin_token = (set)"), "{run:?}");
     assert!(!run.stdout.contains("change-me"), "secrets are redacted: {run:?}");
+    // Valid, but not anyone's server: the placeholders are named.
+    for key in ["homeserver.admin_token", "bot.password", "bot.admin_room", "homeserver.server_name"] {
+        assert!(run.stdout.contains(&format!("warning: {key} is ")), "{key}: {}", run.stdout);
+    }
+    assert!(run.stdout.contains("  trusted_proxies = [127.0.0.1]"), "every key in effect is shown: {}", run.stdout);
 }
 
 #[tokio::test]
@@ -153,6 +197,18 @@ async fn an_unreachable_synapse_is_one_sentence_and_exit_1() {
         assert!(line.contains("Synapse at http://127.0.0.1:9/ is unavailable"), "{line}");
         assert!(line.contains("check that it is running"), "{line}");
     }
+
+    // Scripts still get one object on stdout; retries stay quiet without -v.
+    let retrying = Lifeboat::with_config(
+        &MINIMAL.replace("sqlite://lifeboat.db", &registry.url()).replace("retries = 0", "retries = 2"),
+    );
+    let run = retrying.run(&["check", "--json"]).await;
+    assert_eq!(run.code, 1, "{run:?}");
+    assert!(one_sentence(&run.stderr).contains("is unavailable"), "{run:?}");
+    let report = run.json();
+    assert_eq!(report["verdict"], "unknown", "{report}");
+    assert_eq!(report["listing_complete"], false, "{report}");
+    assert!(report["reason"].as_str().unwrap().contains("is unavailable"), "{report}");
 }
 
 #[tokio::test]
@@ -281,6 +337,44 @@ async fn urls_that_would_lose_data_or_leak_secrets_are_refused() {
     assert!(!run.stderr.contains("hunter2"), "the password never reaches stderr: {run:?}");
 }
 
+fn mode_of(path: &std::path::Path) -> u32 {
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::metadata(path).unwrap_or_else(|err| panic!("{}: {err}", path.display())).permissions().mode() & 0o777
+}
+
+#[tokio::test]
+async fn the_sqlite_registry_and_its_journal_are_readable_by_their_owner_only() {
+    let lifeboat = Lifeboat::with_config(MINIMAL);
+    // The umask these machines and most servers have: files 0644 by default.
+    let run = lifeboat.run(&["users", "list"]).await;
+    assert_eq!(run.code, 0, "{run:?}");
+    let registry = lifeboat.dir().join("lifeboat.db");
+    assert_eq!(mode_of(&registry), 0o600);
+    let client = lifeboat::registry::Registry::connect(&format!("sqlite://{}", registry.display())).await.unwrap();
+    seed_account(&client, "@alice:example.org").await;
+    for journal in ["lifeboat.db-wal", "lifeboat.db-shm"] {
+        assert_eq!(mode_of(&lifeboat.dir().join(journal)), 0o600, "{journal}");
+    }
+}
+
+#[tokio::test]
+async fn a_registry_that_refuses_connections_is_named_at_once_not_after_a_timeout() {
+    let refusing =
+        Lifeboat::with_config(&MINIMAL.replace("sqlite://lifeboat.db", "postgres://postgres@127.0.0.1:1/test"));
+    let run = refusing.run(&["users", "list"]).await;
+    assert_eq!(run.code, 1, "{run:?}");
+    let line = one_sentence(&run.stderr);
+    assert!(line.contains("Connection refused") && !line.contains("timed out"), "{line}");
+
+    let not_a_database = Lifeboat::with_config(MINIMAL);
+    std::fs::write(not_a_database.dir().join("lifeboat.db"), "these are my notes, not a database\n".repeat(200))
+        .unwrap();
+    let run = not_a_database.run(&["users", "list"]).await;
+    assert_eq!(run.code, 1, "{run:?}");
+    let line = one_sentence(&run.stderr);
+    assert!(line.contains("file is not a database") && !line.contains("timed out"), "{line}");
+}
+
 #[tokio::test]
 async fn backup_and_restore_work_from_the_command_line_and_refuse_other_files() {
     let registry = TestDatabase::sqlite();
@@ -290,6 +384,7 @@ async fn backup_and_restore_work_from_the_command_line_and_refuse_other_files() 
 
     let backup = lifeboat.run(&["backup", "--out", "registry.backup"]).await;
     assert_eq!(backup.code, 0, "{backup:?}");
+    assert_eq!(mode_of(&lifeboat.dir().join("registry.backup")), 0o600, "a backup holds secrets");
     assert!(client.setting("last_backup_at").await.unwrap().is_some(), "the backup time is recorded");
 
     let fresh = TestDatabase::sqlite();
@@ -304,4 +399,25 @@ async fn backup_and_restore_work_from_the_command_line_and_refuse_other_files() 
     let other = elsewhere.run(&["restore", lifeboat.dir().join("notes.txt").to_str().unwrap(), "--replace"]).await;
     assert_eq!(other.code, 1, "{other:?}");
     assert!(one_sentence(&other.stderr).contains("is not a lifeboat backup"), "{other:?}");
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_homeserver_url_that_cannot_work_is_named_with_its_fix_at_once() {
+    let synapse = crate::harness::TestSynapse::start();
+    let registry = TestDatabase::sqlite();
+    let port = url::Url::parse(&synapse.url).unwrap().port().unwrap();
+    let cases = [
+        (format!("https://127.0.0.1:{port}"), "answers plain HTTP on this port, not TLS: use http://"),
+        (format!("http://127.0.0.1:{port}/matrix"), "must point at Synapse itself"),
+    ];
+    for (url, fix) in cases {
+        let config = MINIMAL
+            .replace("http://127.0.0.1:9", &url)
+            .replace("retries = 0", "retries = 3")
+            .replace("sqlite://lifeboat.db", &registry.url());
+        let run = Lifeboat::with_config(&config).run(&["check"]).await;
+        assert_eq!(run.code, 1, "{run:?}");
+        let line = one_sentence(&run.stderr);
+        assert!(line.contains(fix), "{url}: {line}");
+    }
 }

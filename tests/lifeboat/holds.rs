@@ -260,8 +260,11 @@ async fn an_id_registered_before_its_hold_is_left_alone_and_treated_as_a_strange
     let (status, _) = post_form(&http, &format!("{}/subscribe", rig.web), Some(&cookie), &form).await;
     assert_eq!(status, 200);
     tokio::time::sleep(Duration::from_secs(5)).await;
+    // The subscription mails its address as for any ID (the inbox must
+    // not tell which exist), but no code goes to the stranger's ID.
     let sent: Vec<String> = rig.smtp.messages().into_iter().skip(mails_before).flat_map(|mail| mail.rcpt_tos).collect();
-    assert!(sent.is_empty(), "nothing mailed for a stranger's ID: {sent:?}");
+    assert!(sent.iter().all(|to| to == "attacker@evil.example"), "no token link for a stranger's ID: {sent:?}");
+    assert!(squatted_admin.invites().await.is_empty(), "no code DMed to a stranger's ID");
 }
 
 #[tokio::test(flavor = "multi_thread")]

@@ -4,7 +4,7 @@
 use std::collections::HashMap;
 use std::time::Duration;
 
-use crate::harness::{Lifeboat, TestDatabase, TestSmtp, TestSynapse, unique};
+use crate::harness::{Lifeboat, TestDatabase, TestSmtp, TestSynapse, eventually, unique};
 
 const POSTMORTEM: &str =
     "# What happened\n\nOur database was **lost** during maintenance.\n\nRegister again with your token.\n";
@@ -293,6 +293,90 @@ async fn a_notify_killed_mid_send_and_rerun_reaches_everyone_repeating_at_most_t
     assert_eq!(unique_ids.len(), 150, "a repeat carries the same Message-ID");
 }
 
+#[tokio::test(flavor = "multi_thread")]
+async fn an_interrupted_notify_finishes_what_is_in_flight_and_says_to_run_it_again() {
+    let synapse = TestSynapse::start();
+    let registry = TestDatabase::sqlite();
+    let smtp = TestSmtp::start_slow(200);
+    let lifeboat = lifeboat_with_mail(&synapse, &registry, &smtp);
+    let (id, names) = incident_after_wipe(&synapse, &lifeboat, 41).await;
+
+    let child = lifeboat.spawn_captured(&["notify", &id, "--yes"]);
+    let deadline = std::time::Instant::now() + Duration::from_secs(60);
+    while smtp.messages().is_empty() {
+        assert!(std::time::Instant::now() < deadline, "no mail arrived");
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    unsafe { libc::kill(child.id().unwrap() as i32, libc::SIGINT) };
+    let output = child.wait_with_output().await.unwrap();
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert_eq!(output.status.code(), Some(1), "{stderr}");
+    assert!(
+        stderr.contains("interrupted") && stderr.contains(&format!("run `lifeboat notify {id} --yes` again")),
+        "{stderr}"
+    );
+    let before = smtp.messages().len();
+    assert!(before < 40, "stopped before the end ({before} sent)");
+
+    // What was in flight was recorded: the rerun repeats nothing.
+    let rerun = lifeboat.run(&["notify", &id, "--yes"]).await;
+    assert_eq!(rerun.code, 0, "{rerun:?}");
+    for name in &names[..40] {
+        assert_eq!(smtp.messages_to(&format!("{name}@example.org")).len(), 1, "{name} got exactly one email");
+    }
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn after_a_short_mail_outage_serve_sends_the_waiting_notices_within_a_minute() {
+    let synapse = TestSynapse::start();
+    let registry = TestDatabase::sqlite();
+    let smtp = TestSmtp::start(Some(0));
+    let lifeboat = lifeboat_with_mail(&synapse, &registry, &smtp);
+    let (id, names) = incident_after_wipe(&synapse, &lifeboat, 3).await;
+
+    // The relay refuses (451) for a whole run: the notices wait.
+    let run = lifeboat.run(&["notify", &id, "--yes"]).await;
+    assert_eq!(run.code, 1, "{run:?}");
+    let port = |_| std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+    let config = std::fs::read_to_string(lifeboat.config_path()).unwrap();
+    lifeboat.write_config(&format!(
+        "{}\n[watch]\ninterval = \"1h\"\n[metrics]\nbind = \"127.0.0.1:{}\"\n",
+        config.replace("[web]\n", &format!("[web]\nbind = \"127.0.0.1:{}\"\n", port(0))),
+        port(1)
+    ));
+    let _serve = lifeboat.spawn_serve();
+
+    // The relay is back: serve's worker notices and sends what waits, long
+    // before the wait a run set (a minute or more).
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    smtp.heal();
+    eventually("the waiting notices go out", Duration::from_secs(45), || async {
+        names[..2].iter().all(|name| !smtp.messages_to(&format!("{name}@example.org")).is_empty())
+    })
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_second_incident_for_the_same_people_is_refused_unless_forced() {
+    let synapse = TestSynapse::start();
+    let registry = TestDatabase::sqlite();
+    let smtp = TestSmtp::start(None);
+    let lifeboat = lifeboat_with_mail(&synapse, &registry, &smtp);
+    let (id, _) = incident_after_wipe(&synapse, &lifeboat, 2).await;
+
+    let args = ["incident", "open", "--title", "Database lost", "--postmortem", "postmortem.md"];
+    let again = lifeboat.run(&args).await;
+    assert_eq!(again.code, 2, "{again:?}");
+    assert!(again.stderr.contains(&format!("open incident {id} already covers")), "{again:?}");
+    assert!(again.stderr.contains("--force"), "{again:?}");
+    let listed = lifeboat.run(&["incident", "list", "--json"]).await.json();
+    assert_eq!(listed.as_array().unwrap().len(), 1, "nothing was opened: {listed}");
+
+    let forced = lifeboat.run(&[&args[..], &["--force"]].concat()).await;
+    assert_eq!(forced.code, 0, "{forced:?}");
+    assert!(forced.stdout.contains("Opened incident"), "{forced:?}");
+}
+
 /// The messages `user_id` can read in their one room (the DM they were
 /// invited to, joined here if not yet), read with a matrix-sdk client as a
 /// person's client would.
@@ -519,17 +603,18 @@ async fn a_second_notify_for_the_same_incident_waits_for_the_first() {
 }
 
 #[tokio::test(flavor = "multi_thread")]
-async fn tokens_held_back_past_their_expiry_are_renewed_before_they_are_sent() {
+async fn tokens_held_back_near_their_expiry_are_renewed_before_they_are_sent() {
     let synapse = TestSynapse::start();
     let registry = TestDatabase::sqlite();
     let smtp = TestSmtp::start(Some(0));
     let mut lifeboat = lifeboat_with_mail(&synapse, &registry, &smtp);
     let (id, names) = incident_after_wipe(&synapse, &lifeboat, 2).await;
 
-    // SMTP refuses everything while the short-lived tokens run out.
-    lifeboat.set_env("LIFEBOAT__TOKENS__EXPIRY", "3s");
+    // SMTP refuses everything while the tokens, made to live the shortest
+    // time allowed, are held back; then they have less than half of the
+    // usual life left.
+    lifeboat.set_env("LIFEBOAT__TOKENS__EXPIRY", "1h");
     assert_eq!(lifeboat.run(&["notify", &id, "--yes"]).await.code, 1);
-    tokio::time::sleep(Duration::from_secs(4)).await;
 
     smtp.heal();
     lifeboat.set_env("LIFEBOAT__TOKENS__EXPIRY", "14d");

@@ -218,6 +218,16 @@ async fn sqlite_registries_use_wal_and_enforce_foreign_keys() {
     assert!(orphan.is_err(), "a contact for an unknown account is refused by the foreign key");
 }
 
+#[tokio::test]
+async fn a_postgresql_error_reads_as_its_message_and_code_without_the_servers_source_line() {
+    let database = TestDatabase::postgres().await;
+    let registry = Registry::connect(&database.url()).await.unwrap();
+    let failed = sqlx::query("SELECT * FROM no_such_table").execute(registry.pool()).await.unwrap_err();
+    let text = lifeboat::registry::Error::from(failed).to_string();
+    assert_eq!(text, "registry query failed: relation \"no_such_table\" does not exist (code 42P01)");
+    database.drop_database().await;
+}
+
 async fn a_lease_excludes_another_task_of_the_same_process(registry: Registry) {
     use lifeboat::lease::Lease;
     // As the bot's `notify confirm` and the delivery worker, both in one serve.

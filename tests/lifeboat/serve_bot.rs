@@ -21,6 +21,8 @@ pub(crate) struct Rig {
     pub(crate) bot: String,
     pub(crate) admin_room: String,
     pub(crate) web: String,
+    /// The operator's address for `/metrics`.
+    metrics: String,
     serve: Option<tokio::process::Child>,
 }
 
@@ -52,6 +54,7 @@ impl Rig {
         }
         let port = free_port();
         let web = format!("http://127.0.0.1:{port}");
+        let metrics_port = free_port();
         let lifeboat = Lifeboat::with_config(&format!(
             "[homeserver]\nurl = \"{url}\"\nserver_name = \"{server}\"\nadmin_token = \"{admin}\"\n\
              registration_shared_secret = \"{secret}\"\nretries = 1\ntimeout = \"10s\"\n\n\
@@ -60,6 +63,7 @@ impl Rig {
              [bot]\nuser_id = \"{bot_id}\"\npassword = \"{bot_password}\"\nadmin_room = \"{admin_room}\"\n\
              admins = [\"{alice_id}\"]\nstore_path = \"bot-store\"\n\n\
              [web]\nbind = \"127.0.0.1:{port}\"\npublic_url = \"{web}\"\n\n\
+             [metrics]\nbind = \"127.0.0.1:{metrics_port}\"\n\n\
              [watch]\ninterval = \"2s\"\n\n[alerts]\nemail = [\"{ALERTS_TO}\"]\n",
             url = synapse.url,
             server = synapse.server_name,
@@ -84,6 +88,7 @@ impl Rig {
             bot: bot.user_id,
             admin_room,
             web,
+            metrics: format!("http://127.0.0.1:{metrics_port}"),
             serve: None,
         }
     }
@@ -126,6 +131,14 @@ impl Rig {
         self.serve = Some(self.lifeboat.spawn_serve());
     }
 
+    /// The running serve's resident memory, in KiB (from /proc).
+    fn serve_rss_kib(&self) -> u64 {
+        let pid = self.serve.as_ref().and_then(|child| child.id()).expect("serve is running");
+        let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
+        let line = status.lines().find(|line| line.starts_with("VmRSS:")).expect("a VmRSS line");
+        line.split_whitespace().nth(1).unwrap().parse().unwrap()
+    }
+
     pub(crate) async fn say(&self, text: &str) {
         self.alice.send(&self.admin_room, text).await;
     }
@@ -140,14 +153,12 @@ impl Rig {
     }
 
     async fn get(&self, path: &str) -> (u16, String) {
-        let response = reqwest::Client::builder()
-            .no_proxy()
-            .build()
-            .unwrap()
-            .get(format!("{}{path}", self.web))
-            .send()
-            .await
-            .unwrap();
+        Self::fetch(&self.web, path).await
+    }
+
+    async fn fetch(base: &str, path: &str) -> (u16, String) {
+        let response =
+            reqwest::Client::builder().no_proxy().build().unwrap().get(format!("{base}{path}")).send().await.unwrap();
         (response.status().as_u16(), response.text().await.unwrap())
     }
 
@@ -235,7 +246,8 @@ async fn an_admin_gets_the_status_in_the_admin_room_and_a_stranger_gets_nothing_
 
     let (code, health) = rig.get("/healthz").await;
     assert_eq!((code, health.trim()), (200, "ok"));
-    let (code, metrics) = rig.get("/metrics").await;
+    assert_eq!(rig.get("/metrics").await.0, 404, "the counts are not on the public address");
+    let (code, metrics) = Rig::fetch(&rig.metrics, "/metrics").await;
     assert_eq!(code, 200);
     assert_prometheus_text(&metrics);
     assert!(metrics.contains(&format!("lifeboat_accounts{{state=\"present\"}} {present}\n")), "{metrics}");
@@ -679,4 +691,93 @@ async fn what_the_bot_posts_carries_no_markup_from_a_title_or_postmortem() {
         let lower = body.to_lowercase();
         assert!(!lower.contains("<script") && !lower.contains("<b>") && !lower.contains("<img"), "{body}");
     }
+}
+
+/// Posts the subscription form as a fresh visitor would.
+async fn subscribe(rig: &Rig, http: &reqwest::Client, matrix_id: &str, email: &str) -> u16 {
+    use crate::web_pages::{form_csrf, post_form};
+    let url = format!("{}/subscribe", rig.web);
+    let (cookie, csrf) = form_csrf(http, &url).await;
+    let form = format!(
+        "csrf={csrf}&matrix_id={}&email={}",
+        matrix_id.replace('@', "%40").replace(':', "%3A"),
+        email.replace('@', "%40")
+    );
+    post_form(http, &url, Some(&cookie), &form).await.0
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn subscribing_mails_alike_for_any_account_and_dms_one_code_at_a_time_without_growing_memory() {
+    let mut rig = Rig::start(TestSmtp::start(None), &[]).await;
+    let bob_localpart = unique("bob");
+    let bob_account = rig.synapse.register(&bob_localpart);
+    assert_eq!(rig.lifeboat.run(&["sync"]).await.code, 0);
+    let bob = MatrixUser::new(&rig.synapse.url, &bob_account.user_id, &bob_account.access_token);
+    let config = std::fs::read_to_string(rig.lifeboat.config_path()).unwrap();
+    rig.lifeboat.write_config(&config.replace("[web]\n", "[web]\nrate_limit_per_ip = 100000\n"));
+    rig.serve().await;
+    let http = reqwest::Client::builder().no_proxy().build().unwrap();
+
+    // The inbox cannot tell a known account from an unknown one.
+    let (known, unknown) = (format!("{bob_localpart}-1@example.org"), format!("{bob_localpart}-x@example.org"));
+    assert_eq!(subscribe(&rig, &http, &bob.user_id, &known).await, 200);
+    let nobody = rig.synapse.user_id(&unique("nobody"));
+    assert_eq!(subscribe(&rig, &http, &nobody, &unknown).await, 200);
+    let smtp = &rig.smtp;
+    eventually("both addresses get a link", Duration::from_secs(30), || async {
+        smtp.messages_to(&known).len() == 1 && smtp.messages_to(&unknown).len() == 1
+    })
+    .await;
+    let (to_known, to_unknown) = (smtp.messages_to(&known).pop().unwrap(), smtp.messages_to(&unknown).pop().unwrap());
+    assert_eq!(to_known.subject, to_unknown.subject);
+    assert!(to_unknown.text.as_deref().unwrap_or("").contains("proves only that the address works"));
+
+    // Asking again, whoever asks, mails nothing new and is never refused.
+    for _ in 0..4 {
+        assert_eq!(subscribe(&rig, &http, &bob.user_id, &known).await, 200, "never a 429");
+    }
+    let dm = eventually_invited(&bob).await;
+    bob.join(&dm).await;
+    let message = bob.wait_for_message(&dm, &rig.bot, "Your code", Duration::from_secs(30)).await;
+    let code: String = message.split("**").nth(1).expect("the code in bold").to_owned();
+
+    // Many more requests for bob with other addresses: one client, one DM.
+    let before = rig.serve_rss_kib();
+    for n in 0..150 {
+        assert_eq!(subscribe(&rig, &http, &bob.user_id, &format!("{bob_localpart}-m{n}@example.org")).await, 200);
+    }
+    let last = format!("{bob_localpart}-m149@example.org");
+    eventually("the last link is mailed", Duration::from_secs(60), || async { !smtp.messages_to(&last).is_empty() })
+        .await;
+    let grown_mib = rig.serve_rss_kib().saturating_sub(before) / 1024;
+    assert!(grown_mib < 30, "serve grew by {grown_mib} MiB over 150 subscription requests");
+    assert_eq!(smtp.messages_to(&known).len(), 1, "one live link per address");
+    let codes = bob.messages_from(&dm, &rig.bot).await.iter().filter(|body| body.contains("Your code")).count();
+    assert_eq!(codes, 1, "one code DMed while it is live, however many ask");
+
+    // That one code confirms any of bob's links.
+    let mail = smtp.messages_to(&last).pop().unwrap();
+    let link =
+        mail.text.unwrap().split_whitespace().find(|word| word.contains("/subscribe/confirm?")).unwrap().to_owned();
+    let (cookie, csrf) = crate::web_pages::form_csrf(&http, &link).await;
+    let query: std::collections::HashMap<String, String> =
+        url::Url::parse(&link).unwrap().query_pairs().into_owned().collect();
+    let form = format!("csrf={csrf}&link={}&sig={}&code={code}", query["link"], query["sig"]);
+    let url = format!("{}/subscribe/confirm", rig.web);
+    let (status, page) = crate::web_pages::post_form(&http, &url, Some(&cookie), &form).await;
+    assert_eq!(status, 200, "{page}");
+    let shown = rig.lifeboat.run(&["users", "show", &bob.user_id, "--json"]).await.json();
+    assert!(shown["contacts"].as_array().unwrap().iter().any(|c| c["address"] == last.as_str()), "{shown}");
+    let log = rig.lifeboat.serve_log();
+    assert!(!log.contains("might have been deleted") && !log.contains("Not sharing message history"), "{log}");
+}
+
+async fn eventually_invited(person: &MatrixUser) -> String {
+    for _ in 0..120 {
+        if let Some(room) = person.invites().await.into_iter().next() {
+            return room;
+        }
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    }
+    panic!("{} was not invited to a DM", person.user_id);
 }

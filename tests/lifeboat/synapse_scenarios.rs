@@ -148,7 +148,9 @@ async fn a_stopped_synapse_makes_check_exit_1_never_3() {
     synapse.stop();
     let check = lifeboat.run(&["check", "--json"]).await;
     assert_eq!(check.code, 1, "{check:?}");
-    assert!(check.stdout.is_empty(), "no report when nothing could be told: {check:?}");
+    let report = check.json();
+    assert_eq!(report["verdict"], "unknown", "one object that says it could not tell: {check:?}");
+    assert_eq!(report["listing_complete"], false, "{check:?}");
     assert!(check.stderr.contains("could not tell whether accounts were lost"), "{check:?}");
     assert!(check.stderr.contains("unavailable"), "{check:?}");
     let sync = lifeboat.run(&["sync"]).await;

@@ -75,6 +75,16 @@ impl Lifeboat {
         command.spawn().expect("lifeboat starts")
     }
 
+    /// Starts a command whose output is kept for `wait_with_output`.
+    pub fn spawn_captured(&self, args: &[&str]) -> tokio::process::Child {
+        let mut command = self.command(args);
+        command
+            .stdin(std::process::Stdio::null())
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::piped());
+        command.spawn().expect("lifeboat starts")
+    }
+
     /// Starts `lifeboat -v serve`, its log in `serve.log` (appended across
     /// restarts); killed when the child is dropped.
     pub fn spawn_serve(&self) -> tokio::process::Child {

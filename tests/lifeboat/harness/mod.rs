@@ -3,6 +3,7 @@
 pub mod browser;
 pub mod cli;
 pub mod matrix;
+pub mod proxy;
 pub mod registries;
 pub mod smtp;
 pub mod synapse;
