@@ -30,8 +30,11 @@
 //!             step waiting for its reply (four round trips). Its messages are
 //!             the same notices rendered and formatted before the clock starts.
 //!   minimal, pipelined: the same, but MAIL FROM, RCPT TO and DATA in one
-//!             write (RFC 2920, which the sink offers and lifeboat uses): two
-//!             round trips, like lifeboat's client.
+//!             write (RFC 2920, which the sink offers): two round trips.
+//!             lifeboat (lettre) pipelines nothing and checks a pooled
+//!             connection with NOOP before each message: five.
+//! The goal is the floor of issue 18, >= 2,000 msg/s; the ratios to the
+//! minimal senders are shown for information (their goal was withdrawn).
 //! Both include opening their connections. Before the rounds, one small
 //! incident goes through `send_deliveries` to an in-process capture server and
 //! its bytes are compared with the minimal sender's for the same deliveries.
@@ -64,8 +67,7 @@ use url::Url;
 type BoxError = Box<dyn std::error::Error + Send + Sync>;
 type Result<T, E = BoxError> = std::result::Result<T, E>;
 
-const RATE_GOAL: f64 = 1000.0;
-const RATIO_GOAL: f64 = 0.8;
+const RATE_GOAL: f64 = 2000.0;
 const FROM: &str = "Lifeboat <lifeboat@bench.test>";
 const SERVER_NAME: &str = "bench.test";
 const TOKEN_LIFETIME_MS: i64 = 14 * 24 * 3600 * 1000;
@@ -253,13 +255,14 @@ struct Prepared {
     message_id: String,
 }
 
-/// What goes between DATA and the final ".": the formatted message, which
-/// ends with CRLF.
+/// What goes between DATA and the final ".", as lettre sends it: the
+/// formatted message, which ends with CRLF, and one more CRLF (lettre ends
+/// DATA with `\r\n.\r\n` whatever the message ends with).
 fn data_content(formatted: &[u8]) -> Result<Vec<u8>> {
     if !formatted.ends_with(b"\r\n") {
         return Err("the composed message does not end with CRLF".into());
     }
-    Ok(formatted.to_vec())
+    Ok([formatted, b"\r\n"].concat())
 }
 
 /// Dot-stuffs the DATA content and appends the terminating ".".
@@ -285,8 +288,11 @@ fn prepare(settings: &NoticeSettings, incident: &Incident, deliveries: &[Deliver
         .iter()
         .map(|delivery| {
             let email = outgoing(settings, incident, delivery)?;
-            let (sender, recipient) = (composer.envelope_from(), email.to.as_str());
-            let content = data_content(&composer.compose(&email)?)?;
+            let message = composer.compose(&email)?;
+            let envelope = message.envelope();
+            let sender = envelope.from().ok_or("the envelope names no sender")?;
+            let recipient = envelope.to().first().ok_or("the envelope names no recipient")?;
+            let content = data_content(&message.formatted())?;
             let (mail_from, rcpt_to) = (format!("MAIL FROM:<{sender}>\r\n"), format!("RCPT TO:<{recipient}>\r\n"));
             Ok(Prepared {
                 pipelined: format!("{mail_from}{rcpt_to}DATA\r\n").into_bytes(),
@@ -866,7 +872,7 @@ async fn phases(registry: &Registry, sink: &Sink, people: usize, concurrency: us
     let composer = Composer::new(&FROM.parse()?);
     let started = Instant::now();
     for email in &emails {
-        std::hint::black_box(composer.compose(email)?);
+        std::hint::black_box(composer.compose(email)?.formatted());
     }
     let build = started.elapsed();
 
@@ -937,7 +943,10 @@ async fn phases(registry: &Registry, sink: &Sink, people: usize, concurrency: us
         "    {:>6.1}  (not in render: the postmortem's Markdown -> sanitized HTML, done once per incident)",
         per_message(postmortem, n)
     );
-    println!("    {:>6.1}  write the MIME message (Composer::compose, as Mailer::send does)", per_message(build, n));
+    println!(
+        "    {:>6.1}  build and format the message (lettre's builder, as Mailer::send does)",
+        per_message(build, n)
+    );
     println!("    {:>6.1}  mark sent one by one (OutboxWriter::mark_sent of one id)", per_message(mark, n));
     println!(
         "    {:>6.1}  mark sent in groups of {group_size} (OutboxWriter::mark_sent, as send_deliveries does at most)",
@@ -1043,15 +1052,13 @@ async fn bench(repo: &Path) -> Result<bool> {
         }
         let (theirs_median, pipelined_median) = (median(&theirs), median(&pipelined));
         let (ratio, pipelined_ratio) = (ours_median / theirs_median, ours_median / pipelined_median);
-        // The goal holds against both minimal senders.
-        let met = ours_median >= RATE_GOAL && ratio.min(pipelined_ratio) >= RATIO_GOAL;
+        let met = ours_median >= RATE_GOAL;
         all_met &= met;
         println!(
             "  median: lifeboat {ours_median:.0} msg/s, minimal {theirs_median:.0} msg/s (ratio {ratio:.2}), \
-             minimal pipelined {pipelined_median:.0} msg/s (ratio {pipelined_ratio:.2}); goals: >= {RATE_GOAL:.0} \
-             msg/s {}, >= {RATIO_GOAL}x {}",
-            if ours_median >= RATE_GOAL { "met" } else { "MISSED" },
-            if ratio.min(pipelined_ratio) >= RATIO_GOAL { "met" } else { "MISSED" }
+             minimal pipelined {pipelined_median:.0} msg/s (ratio {pipelined_ratio:.2}); goal: >= {RATE_GOAL:.0} \
+             msg/s {}",
+            if met { "met" } else { "MISSED" }
         );
         summary.push(format!(
             "concurrency {concurrency:>2}: lifeboat {ours_median:>5.0} msg/s, minimal {theirs_median:>5.0} msg/s \

@@ -5,7 +5,7 @@ Usage:
     python tools/smtp_sink.py --dir DIR [--port N] [--fail-after K]
                               [--auth USER:PASSWORD] [--no-fsync]
                               [--tls starttls|implicit] [--no-pipelining]
-                              [--auth-only LOGIN|PLAIN] [--helo-only]
+                              [--auth-only LOGIN|PLAIN]
 
 Run it with the venv python printed by tools/synapse-venv.sh (it has
 aiosmtpd). It listens on 127.0.0.1 only (port N, or a free one) and stores
@@ -32,9 +32,7 @@ and a certificate for 127.0.0.1 and localhost in DIR/tls/ and names the CA
 file in its first line (`"ca"`), for clients to trust (SSL_CERT_FILE).
 The sink offers PIPELINING (RFC 2920), as Postfix does; aiosmtpd reads
 commands one at a time, so pipelined ones are served in order.
-`--no-pipelining` leaves it out of the EHLO reply. `--helo-only` answers
-EHLO with `500` as a server from before ESMTP does, and takes HELO: no
-extensions at all.
+`--no-pipelining` leaves it out of the EHLO reply.
 
 Protocol on stdio: prints one JSON line `{"port": N}` once listening
 (with `"ca": PATH` under --tls), then
@@ -297,13 +295,6 @@ class Sink:
         return "250 2.0.0 OK: queued as %d" % seq
 
 
-class HeloOnlySMTP(SMTP):
-    """An RFC 821 server: EHLO is an unknown command."""
-
-    async def smtp_EHLO(self, hostname):
-        await self.push("500 5.5.1 Error: command not recognized")
-
-
 def read_commands(loop, sink, stop):
     """Runs in a thread: answers stdin commands until EOF."""
     def ask(fn):
@@ -340,7 +331,6 @@ async def main():
     parser.add_argument("--tls", choices=["starttls", "implicit"], default=None)
     parser.add_argument("--no-pipelining", action="store_true")
     parser.add_argument("--auth-only", choices=["LOGIN", "PLAIN"], default=None)
-    parser.add_argument("--helo-only", action="store_true", help="refuse EHLO as unknown (500)")
     args = parser.parse_args()
 
     sink = Sink(
@@ -386,10 +376,8 @@ async def main():
         warnings.filterwarnings("ignore", module="aiosmtpd")
         logging.getLogger("mail.log").setLevel(logging.CRITICAL)
 
-    server_class = HeloOnlySMTP if args.helo_only else SMTP
-
     def factory():
-        return server_class(
+        return SMTP(
             sink,
             hostname="smtp-sink.localhost",
             ident="lifeboat smtp_sink",

@@ -1,151 +1,72 @@
-//! Writing an [`OutgoingEmail`] as the bytes of a MIME message
-//! (RFC 5322, 2045, 2046): multipart/alternative, the text part first.
+//! An [`OutgoingEmail`] as a lettre [`Message`]: multipart/alternative with
+//! the text part first, lettre choosing each part's transfer encoding and
+//! encoding the header values that come from people (RFC 2047).
 //!
-//! lifeboat writes the message itself and leaves to lettre what needs care:
-//! parsing the addresses, and encoding and folding the header values that
-//! come from people (RFC 2047 for a subject or a name outside ASCII). Why
-//! not lettre's message builder: per message it builds a header map, draws
-//! a random boundary and copies each part twice; with the quoted-printable
-//! HTML that was a fifth of the send path's CPU in `benches/notify_email.rs`.
-//! Here what is the same for every message (From, the boundary, the fixed
-//! headers) is prepared once per [`Composer`].
+//! The envelope names the recipient's domain in punycode, as does the `To`
+//! header: a server without SMTPUTF8 takes an IDN domain that way (only a
+//! local part outside ASCII still needs SMTPUTF8).
 
-use std::borrow::Cow;
-use std::io::Write;
+use lettre::message::header::{HeaderName, HeaderValue, MessageId};
+use lettre::message::{Mailbox, MultiPart};
+use lettre::{Address, Message};
 
-use lettre::Address;
-use lettre::message::header::{self, Headers};
-use lettre::message::{Mailbox, Mailboxes};
-use memchr::memmem;
-use rand::distr::{Alphanumeric, SampleString};
-
-use super::transfer_encoding::write_encoded_part;
 use super::{MailError, OutgoingEmail};
 
-/// Writes the messages of one sender.
+const AUTO_SUBMITTED: HeaderName = HeaderName::new_from_ascii_str("Auto-Submitted");
+const LIST_UNSUBSCRIBE: HeaderName = HeaderName::new_from_ascii_str("List-Unsubscribe");
+const LIST_UNSUBSCRIBE_POST: HeaderName = HeaderName::new_from_ascii_str("List-Unsubscribe-Post");
+
+/// Builds the messages of one sender.
 #[derive(Clone)]
 pub struct Composer {
-    /// The `From:` line, encoded once.
-    from_line: String,
-    /// The envelope sender (`MAIL FROM`).
-    envelope_from: String,
-    /// The MIME boundary of every message: random per composer. `=_` cannot
-    /// occur in quoted-printable or base64 text; a 7bit part is checked.
-    boundary: String,
-    /// Finds the boundary in a part.
-    boundary_finder: memmem::Finder<'static>,
+    from: Mailbox,
 }
 
 impl Composer {
     pub fn new(from: &Mailbox) -> Composer {
-        let mut headers = Headers::new();
-        headers.set(header::From::from(Mailboxes::from(from.clone())));
-        let boundary = new_boundary();
-        Composer {
-            from_line: headers.to_string(),
-            envelope_from: from.email.to_string(),
-            boundary_finder: memmem::Finder::new(&boundary).into_owned(),
-            boundary,
-        }
+        Composer { from: from.clone() }
     }
 
-    /// The address `MAIL FROM` names.
-    pub fn envelope_from(&self) -> &str {
-        &self.envelope_from
-    }
-
-    /// The whole message, headers and body, with CRLF line breaks (not yet
-    /// dot-stuffed for SMTP).
-    pub fn compose(&self, email: &OutgoingEmail) -> Result<Vec<u8>, MailError> {
-        let to: Address = email.to.as_str().parse().map_err(|err| {
-            MailError::Permanent(format!(
-                "`{}` cannot be used as a recipient ({err}); correct or remove this contact",
-                email.to
-            ))
-        })?;
+    /// The message, with its envelope (`message.envelope()`) and its bytes
+    /// (`message.formatted()`).
+    pub fn compose(&self, email: &OutgoingEmail) -> Result<Message, MailError> {
+        let to = recipient(email.to.as_str())?;
         let message_id = check_message_id(&email.message_id)?;
         let unsubscribe = email.list_unsubscribe.as_deref().map(check_unsubscribe_url).transpose()?;
 
-        let mut out = Vec::with_capacity(email.text.len() + email.html.len() + 1024);
-        out.extend_from_slice(self.from_line.as_bytes());
-        // The values that come from people: as they are when that is safe,
-        // else encoded and folded by lettre.
-        let mut encoded = Headers::new();
-        if !write_plain_header(&mut out, "To", to.as_ref()) {
-            encoded.set(header::To::from(Mailboxes::from(Mailbox::new(None, to))));
-        }
-        let subject = one_line(&email.subject);
-        if !write_plain_header(&mut out, "Subject", &subject) {
-            encoded.set(header::Subject::from(subject));
-        }
-        write!(out, "{encoded}").expect("writing to memory cannot fail");
-        // RFC 5322 prefers `+0000` to the `GMT` of HTTP dates.
-        let date = httpdate::fmt_http_date(std::time::SystemTime::now());
-        for piece in [b"Date: ", date.strip_suffix("GMT").unwrap_or(&date).as_bytes(), b"+0000\r\n"] {
-            out.extend_from_slice(piece);
-        }
-        for piece in [b"Message-ID: <", message_id.as_bytes(), b">\r\n"] {
-            out.extend_from_slice(piece);
-        }
-        // RFC 3834: keeps vacation responders from answering a mass notice.
-        out.extend_from_slice(b"Auto-Submitted: auto-generated\r\n");
+        let mut builder = Message::builder()
+            .from(self.from.clone())
+            .to(Mailbox::new(None, to))
+            .subject(one_line(&email.subject))
+            .header(MessageId::from(format!("<{message_id}>")))
+            // RFC 3834: keeps vacation responders from answering a mass notice.
+            .raw_header(HeaderValue::new(AUTO_SUBMITTED, "auto-generated".to_owned()));
         if let Some(url) = unsubscribe {
-            for piece in [b"List-Unsubscribe: <", url.as_bytes(), b">\r\n"] {
-                out.extend_from_slice(piece);
-            }
-            out.extend_from_slice(b"List-Unsubscribe-Post: List-Unsubscribe=One-Click\r\n");
-        }
-        out.extend_from_slice(b"MIME-Version: 1.0\r\n");
-        // A boundary must not occur inside the parts (RFC 2046 5.1.1). The
-        // texts are checked as given: a 7bit part is the text itself, and
-        // quoted-printable or base64 never has `=_`.
-        let parts = [&email.text, &email.html];
-        let mut boundary = Cow::Borrowed(self.boundary.as_str());
-        if parts.iter().any(|part| self.boundary_finder.find(part.as_bytes()).is_some()) {
-            while parts.iter().any(|part| part.contains(&*boundary)) {
-                boundary = Cow::Owned(new_boundary());
+            builder = builder.raw_header(HeaderValue::new(LIST_UNSUBSCRIBE, format!("<{url}>")));
+            // RFC 8058 one-click needs an https link.
+            if url.starts_with("https://") {
+                builder = builder
+                    .raw_header(HeaderValue::new(LIST_UNSUBSCRIBE_POST, "List-Unsubscribe=One-Click".to_owned()));
             }
         }
-        write_body(&mut out, &boundary, &email.text, &email.html);
-        Ok(out)
+        builder
+            .multipart(MultiPart::alternative_plain_html(email.text.clone(), email.html.clone()))
+            .map_err(|err| MailError::Permanent(format!("the message to {} cannot be built ({err})", email.to)))
     }
 }
 
-/// The multipart/alternative content header and its two parts.
-fn write_body(out: &mut Vec<u8>, boundary: &str, text: &str, html: &str) {
-    let boundary = boundary.as_bytes();
-    for piece in [b"Content-Type: multipart/alternative;\r\n boundary=\"", boundary, b"\"\r\n\r\n"] {
-        out.extend_from_slice(piece);
-    }
-    for (content_type, part) in [(&b"text/plain"[..], text), (b"text/html", html)] {
-        for piece in [b"--", boundary, b"\r\nContent-Type: ", content_type, b"; charset=utf-8\r\n"] {
-            out.extend_from_slice(piece);
-        }
-        write_encoded_part(part, out);
-        out.extend_from_slice(b"\r\n");
-    }
-    for piece in [b"--", boundary, b"--\r\n"] {
-        out.extend_from_slice(piece);
-    }
-}
-
-/// Writes `Name: value` when the value needs no encoding or folding:
-/// printable ASCII, on a line of at most 78 characters (RFC 5322 2.1.1).
-/// Returns false, writing nothing, otherwise.
-fn write_plain_header(out: &mut Vec<u8>, name: &str, value: &str) -> bool {
-    let fits = name.len() + ": ".len() + value.len() <= 78;
-    if !fits || !value.bytes().all(|byte| byte.is_ascii_graphic() || byte == b' ') {
-        return false;
-    }
-    for piece in [name.as_bytes(), b": ", value.as_bytes(), b"\r\n"] {
-        out.extend_from_slice(piece);
-    }
-    true
-}
-
-/// `=_lifeboat_` and 24 random letters and digits.
-fn new_boundary() -> String {
-    format!("=_lifeboat_{}", Alphanumeric.sample_string(&mut rand::rng(), 24))
+/// The recipient with its domain in punycode.
+fn recipient(to: &str) -> Result<Address, MailError> {
+    let refuse = |reason: String| {
+        MailError::Permanent(format!("`{to}` cannot be used as a recipient ({reason}); correct or remove this contact"))
+    };
+    let (user, domain) = to.rsplit_once('@').ok_or_else(|| refuse("it has no @".to_owned()))?;
+    let ascii_domain = match url::Host::parse(domain) {
+        Ok(url::Host::Domain(ascii)) => ascii,
+        Ok(_) => domain.to_owned(),
+        Err(err) => return Err(refuse(format!("the domain: {err}"))),
+    };
+    Address::new(user, ascii_domain).map_err(|err| refuse(err.to_string()))
 }
 
 /// A Message-ID is `left@right` without the angle brackets: printable ASCII,
@@ -204,16 +125,12 @@ mod tests {
         }
     }
 
-    fn from() -> Mailbox {
-        "Lifeboat <lifeboat@example.org>".parse().unwrap()
-    }
-
-    fn composed(email: &OutgoingEmail) -> Result<Vec<u8>, MailError> {
-        Composer::new(&from()).compose(email)
+    fn composed(email: &OutgoingEmail) -> Result<Message, MailError> {
+        Composer::new(&"Lifeboat <lifeboat@example.org>".parse().unwrap()).compose(email)
     }
 
     fn formatted(email: &OutgoingEmail) -> String {
-        String::from_utf8(composed(email).unwrap()).unwrap()
+        String::from_utf8(composed(email).unwrap().formatted()).unwrap()
     }
 
     /// The header block only (before the first empty line), unfolded.
@@ -247,9 +164,7 @@ mod tests {
         assert_eq!(header(&lines, "List-Unsubscribe-Post"), ["List-Unsubscribe=One-Click"]);
         assert_eq!(header(&lines, "Auto-Submitted"), ["auto-generated"]);
         assert_eq!(header(&lines, "MIME-Version"), ["1.0"]);
-        let date = header(&lines, "Date");
-        assert_eq!(date.len(), 1, "{raw}");
-        assert!(date[0].ends_with("+0000"), "{}", date[0]);
+        assert_eq!(header(&lines, "Date").len(), 1, "{raw}");
         let content_type = header(&lines, "Content-Type");
         assert!(content_type[0].starts_with("multipart/alternative"), "{content_type:?}");
     }
@@ -264,49 +179,24 @@ mod tests {
         assert!(raw.contains("<code>abc~123</code>"));
     }
 
-    /// The boundary named in the header, and the parts between its
-    /// delimiters: (part headers, part body).
-    fn parts(raw: &str) -> (String, Vec<(String, String)>) {
-        let content_type = header(&headers(raw), "Content-Type")[0].to_owned();
-        let boundary = content_type.split_once("boundary=\"").unwrap().1.trim_end_matches('"').to_owned();
-        let body = raw.split_once("\r\n\r\n").unwrap().1;
-        let closing = format!("\r\n--{boundary}--\r\n");
-        assert!(body.ends_with(&closing), "the message must end with the closing delimiter");
-        let inside = body.strip_suffix(&closing).unwrap();
-        let parts = inside
-            .split(&format!("--{boundary}\r\n"))
-            .skip(1)
-            .map(|part| {
-                let part = part.strip_suffix("\r\n").unwrap_or(part);
-                let (head, body) = part.split_once("\r\n\r\n").unwrap();
-                (head.to_owned(), body.to_owned())
-            })
-            .collect();
-        (boundary, parts)
+    #[test]
+    fn the_envelope_names_the_sender_and_the_one_recipient() {
+        let message = composed(&email()).unwrap();
+        let envelope = message.envelope();
+        assert_eq!(envelope.from().map(ToString::to_string).as_deref(), Some("lifeboat@example.org"));
+        let to: Vec<String> = envelope.to().iter().map(ToString::to_string).collect();
+        assert_eq!(to, ["alice@example.net"]);
     }
 
     #[test]
-    fn the_parts_are_text_then_html_each_7bit_when_ascii() {
-        let raw = formatted(&email());
-        let (boundary, parts) = parts(&raw);
-        assert!(boundary.starts_with("=_lifeboat_"), "{boundary}");
-        assert_eq!(parts.len(), 2, "{raw}");
-        assert_eq!(parts[0].0, "Content-Type: text/plain; charset=utf-8\r\nContent-Transfer-Encoding: 7bit");
-        assert_eq!(parts[0].1, "Hello Alice,\r\n\r\nyour token is abc~123.\r\n");
-        assert_eq!(parts[1].0, "Content-Type: text/html; charset=utf-8\r\nContent-Transfer-Encoding: 7bit");
-        assert_eq!(parts[1].1, "<p>Hello Alice,</p><p>your token is <code>abc~123</code>.</p>");
-    }
-
-    #[test]
-    fn a_part_holding_the_boundary_gets_the_message_another_one() {
-        let composer = Composer::new(&from());
+    fn an_idn_domain_goes_out_in_punycode() {
         let mut email = email();
-        email.html = format!("<p>--{}</p>", composer.boundary);
-        let raw = String::from_utf8(composer.compose(&email).unwrap()).unwrap();
-        let (boundary, parts) = parts(&raw);
-        assert_ne!(boundary, composer.boundary);
-        assert_eq!(parts.len(), 2);
-        assert_eq!(parts[1].1, email.html);
+        email.to = EmailAddress::parse("anna@bücher.example").unwrap();
+        let message = composed(&email).unwrap();
+        let to: Vec<String> = message.envelope().to().iter().map(ToString::to_string).collect();
+        assert_eq!(to, ["anna@xn--bcher-kva.example"]);
+        let raw = String::from_utf8(message.formatted()).unwrap();
+        assert_eq!(header(&headers(&raw), "To"), ["anna@xn--bcher-kva.example"]);
     }
 
     #[test]
@@ -317,12 +207,17 @@ mod tests {
     }
 
     #[test]
-    fn no_unsubscribe_link_means_no_list_headers() {
+    fn no_unsubscribe_link_means_no_list_headers_and_http_gets_no_one_click() {
         let mut email = email();
         email.list_unsubscribe = None;
         let lines = headers(&formatted(&email));
         assert!(header(&lines, "List-Unsubscribe").is_empty());
         assert!(header(&lines, "List-Unsubscribe-Post").is_empty());
+
+        email.list_unsubscribe = Some("http://127.0.0.1:8080/unsubscribe?c=17&sig=0a1b".to_owned());
+        let lines = headers(&formatted(&email));
+        assert_eq!(header(&lines, "List-Unsubscribe"), ["<http://127.0.0.1:8080/unsubscribe?c=17&sig=0a1b>"]);
+        assert!(header(&lines, "List-Unsubscribe-Post").is_empty(), "RFC 8058 wants https");
     }
 
     #[test]
@@ -349,7 +244,7 @@ mod tests {
         let mut email = email();
         email.subject = "[example.org] Datenbank verloren — wie es weitergeht".to_owned();
         email.text = "Grüße\n".to_owned();
-        let raw = composed(&email).unwrap();
+        let raw = composed(&email).unwrap().formatted();
         assert!(raw.is_ascii(), "the message must be 7-bit clean");
         let raw = String::from_utf8(raw).unwrap();
         assert!(header(&headers(&raw), "Subject")[0].contains("=?utf-8?"), "{raw}");

@@ -1,32 +1,58 @@
-//! Sending email over SMTP (messages written by `message.rs`; pooled
-//! connections).
+//! Sending email over SMTP with lettre's async SMTP connection (tokio,
+//! rustls) on sockets lifeboat opens, a small pool of our own, and lettre's
+//! message builder (`message.rs`).
 //!
 //! [`Mailer`] is built from `[email]` in the config: `smtp_url` in lettre's
 //! URL form (`smtp://` plain, `smtp://…?tls=required` STARTTLS, `smtps://`
 //! implicit TLS, optional `user:password@`), `smtp_password(_file)`
 //! overriding the URL's password, and `from`. Errors are sorted into
 //! [`MailError::Transient`] (retry later), [`MailError::Permanent`] (retrying
-//! will not help for this message) and [`MailError::Config`] (fix the
-//! config), each one sentence with a hint, never containing the password.
+//! will not help for this message), [`MailError::Config`] (fix the config)
+//! and [`MailError::Uncertain`], each one sentence with a hint, never
+//! containing the password.
 //!
-//! The message writer (`message.rs`, with lettre for addresses and header
-//! encoding), the SMTP client (`smtp.rs`) and its connection pool
-//! (`pool.rs`) are lifeboat's own, for speed: see there.
+//! Why not lettre's `AsyncSmtpTransport`: lettre 0.11.23 leaves Nagle's
+//! algorithm on and writes a message and its final `\r\n.\r\n` in two
+//! writes, so each message waits for the server's delayed ACK (40 ms on
+//! Linux): 175 messages/s at 8 connections. Its pool offers no way to set
+//! TCP_NODELAY, so the mailer opens the sockets itself (with TCP_NODELAY)
+//! and hands them to lettre, which still speaks all of SMTP. lettre's PR
+//! 1159 sets TCP_NODELAY upstream; once a release has it, `AsyncSmtpTransport`
+//! can come back.
+//!
+//! Around lettre, the mailer adds what a mass mailing needs:
+//! - at most `pool_size` connections, each used by one send at a time and
+//!   kept open between messages (dropped when broken or idle too long);
+//! - the connection's setup (TLS, login) is checked by one send before the
+//!   others go: a refused login is tried once, not once per connection (a
+//!   fail2ban jail bans after five), and is then reported at once for
+//!   `LOGIN_REFUSAL_HOLD`;
+//! - a server that answers 421 (or refuses the connection) while other
+//!   sends are under way allows fewer connections: the limit drops by one
+//!   and the message waits its turn instead of failing;
+//! - one deadline per send, connecting included (lettre times nothing).
 
 mod message;
-mod pool;
-mod smtp;
 mod smtp_url;
-mod transfer_encoding;
 
-use std::fmt;
-use std::sync::Arc;
+use std::error::Error as _;
+use std::pin::Pin;
+use std::sync::{Arc, Mutex};
+use std::task::{Context, Poll};
+use std::time::{Duration, Instant};
+use std::{fmt, io};
 
 use lettre::message::Mailbox;
+use lettre::transport::smtp::authentication::{Credentials, Mechanism};
+#[allow(deprecated)] // public, and the only way to TLS-wrap a stream of ours
+use lettre::transport::smtp::client::AsyncNetworkStream;
+use lettre::transport::smtp::client::{AsyncSmtpConnection, AsyncTokioStream, TlsParameters};
+use lettre::transport::smtp::extension::ClientId;
 use secrecy::{ExposeSecret, SecretString};
-
-use pool::{Endpoint, Failure, Pool};
-use smtp::{Reply, Setup, SmtpError, Tls};
+use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
+use tokio::net::TcpStream;
+use tokio::sync::{Semaphore, SemaphorePermit};
+use tokio_util::compat::{Compat, FuturesAsyncReadCompatExt};
 
 use crate::config::EmailConfig;
 use crate::email::EmailAddress;
@@ -35,11 +61,33 @@ pub use message::Composer;
 pub use smtp_url::TlsMode;
 
 const URL_HINT: &str = "check email.smtp_url: host, port, and TLS mode (smtp:// vs smtps:// vs ?tls=required)";
+const LOGIN_HINT: &str = "check the user in email.smtp_url, email.smtp_password, and the TLS mode \
+                          (?tls=required or smtps://)";
+
+/// How long one send may take, connecting included: RFC 5321 4.5.3.2 lets
+/// a server take 5 minutes to greet and 10 to answer a whole message.
+/// Giving up earlier, on a server still checking the message, is how
+/// people get it twice.
+const SEND_DEADLINE: Duration = Duration::from_secs(10 * 60);
+/// Opening the TCP connection.
+const CONNECT_TIMEOUT: Duration = Duration::from_secs(30);
+/// After a refused login, sends fail at once for this long; then one tries
+/// again (the password may have been fixed on the server).
+const LOGIN_REFUSAL_HOLD: Duration = Duration::from_secs(10 * 60);
+/// A send refused for too many connections waits this long before it tries
+/// again on the lowered limit.
+const CROWDED_PAUSE: Duration = Duration::from_millis(500);
+/// How long closing the pool may wait for the servers' answers to QUIT.
+const QUIT_WAIT: Duration = Duration::from_secs(5);
+/// Pooled connections idle for longer are closed.
+const IDLE_TIMEOUT: Duration = Duration::from_secs(60);
+/// lettre's choice when the server offers both.
+const MECHANISMS: [Mechanism; 2] = [Mechanism::Plain, Mechanism::Login];
 
 /// Why a message was not sent.
 #[derive(Debug, thiserror::Error)]
 pub enum MailError {
-    /// Worth retrying later: connection refused/reset, timeout, SMTP 4xx.
+    /// Worth retrying later: connection refused/reset, SMTP 4xx.
     #[error("{0}")]
     Transient(String),
     /// Will not work by retrying: SMTP 5xx for this recipient/message,
@@ -47,11 +95,11 @@ pub enum MailError {
     #[error("{0}")]
     Permanent(String),
     /// The configuration itself is wrong (bad smtp_url, bad From, login
-    /// refused).
+    /// refused, certificate not trusted).
     #[error("{0}")]
     Config(String),
-    /// The whole message went out but no answer came: the server may have
-    /// taken it. Worth retrying, but not soon.
+    /// No answer in time: the server may have taken the message. Worth
+    /// retrying, but not soon.
     #[error("{0}")]
     Uncertain(String),
 }
@@ -75,8 +123,8 @@ pub struct OutgoingEmail {
     /// `left@right` without angle brackets, e.g.
     /// `incident-3.delivery-17@example.org`; a resend keeps the same id.
     pub message_id: String,
-    /// One-click unsubscribe URL: adds `List-Unsubscribe: <URL>` and
-    /// `List-Unsubscribe-Post: List-Unsubscribe=One-Click` (RFC 8058).
+    /// Unsubscribe URL: adds `List-Unsubscribe: <URL>`, and for an https
+    /// URL `List-Unsubscribe-Post: List-Unsubscribe=One-Click` (RFC 8058).
     pub list_unsubscribe: Option<String>,
 }
 
@@ -88,13 +136,50 @@ pub struct Mailer {
 }
 
 struct Inner {
-    pool: Pool,
+    server: Server,
+    pool: Mutex<Pool>,
+    /// A permit per send under way; permits are forgotten when the server
+    /// allows fewer connections, and closed by `shutdown`.
+    permits: Semaphore,
+    /// How many permits exist now (pool_size, less the forgotten ones).
+    allowed: Mutex<usize>,
+    setup: tokio::sync::Mutex<Setup>,
+    deadline: Duration,
     from: Mailbox,
     composer: Composer,
     redacted_url: String,
     mode: TlsMode,
     /// Scrubbed from error texts, should a server ever echo it.
     password: Option<SecretString>,
+}
+
+/// Where and how to connect.
+struct Server {
+    host: String,
+    port: u16,
+    mode: TlsMode,
+    /// For every mode but `Plain`.
+    tls: Option<TlsParameters>,
+    hello: ClientId,
+    login: Option<Credentials>,
+}
+
+/// The connections no send is using now.
+#[derive(Default)]
+struct Pool {
+    idle: Vec<(AsyncSmtpConnection, Instant)>,
+    shut_down: bool,
+}
+
+/// What is known of the connection's setup (TCP, TLS, login).
+enum Setup {
+    Unchecked,
+    Working,
+    /// A Config error while connecting: reported as it is until then.
+    Refused {
+        error: String,
+        until: Instant,
+    },
 }
 
 impl fmt::Debug for Mailer {
@@ -150,39 +235,49 @@ impl Mailer {
                 )));
             }
         };
-        let password_for_scrubbing = login.as_ref().map(|(_, password)| password.clone());
+        // lettre would log in over plain text when STARTTLS is not offered.
+        if url.mode == TlsMode::Opportunistic && login.is_some() {
+            return Err(MailError::Config(
+                "email.smtp_url has ?tls=opportunistic and a login: lifeboat does not risk sending the password \
+                 unencrypted to a server that offers no STARTTLS; use ?tls=required (or smtps://)"
+                    .to_owned(),
+            ));
+        }
 
         let tls = match url.mode {
             TlsMode::Plain => None,
-            TlsMode::StartTls | TlsMode::Opportunistic | TlsMode::Implicit => {
-                Some(Tls::for_host(&url.host).map_err(|err| {
-                    MailError::Config(format!(
-                        "TLS for email.smtp_url {} cannot be set up ({err}); {URL_HINT}",
-                        url.redacted
-                    ))
-                })?)
-            }
+            _ => Some(TlsParameters::builder(url.host.clone()).build_rustls().map_err(|err| {
+                MailError::Config(format!(
+                    "TLS for email.smtp_url {} cannot be set up ({}); {URL_HINT}",
+                    url.redacted,
+                    error_chain(&err)
+                ))
+            })?),
         };
-        let endpoint = Endpoint {
-            host: url.host,
+        let server = Server {
+            host: url.host.clone(),
             port: url.port,
-            setup: Setup {
-                hello_name: url.hello_name.unwrap_or_else(smtp::default_hello_name),
-                tls,
-                implicit_tls: url.mode == TlsMode::Implicit,
-                tls_optional: url.mode == TlsMode::Opportunistic,
-                login,
-            },
+            mode: url.mode,
+            tls,
+            hello: url.hello_name.map(ClientId::Domain).unwrap_or_default(),
+            login: login
+                .as_ref()
+                .map(|(user, password)| Credentials::new(user.clone(), password.expose_secret().to_owned())),
         };
 
         Ok(Mailer {
             inner: Arc::new(Inner {
-                pool: Pool::new(endpoint, pool_size),
+                server,
+                pool: Mutex::new(Pool::default()),
+                permits: Semaphore::new(pool_size as usize),
+                allowed: Mutex::new(pool_size as usize),
+                setup: tokio::sync::Mutex::new(Setup::Unchecked),
+                deadline: SEND_DEADLINE,
                 composer: Composer::new(&from),
                 from,
                 redacted_url: url.redacted,
                 mode: url.mode,
-                password: password_for_scrubbing,
+                password: login.map(|(_, password)| password),
             }),
         })
     }
@@ -202,64 +297,293 @@ impl Mailer {
         self.inner.from.to_string()
     }
 
-    /// Sends one message; `Ok` once the server accepted it (250 after DATA).
-    pub async fn send(&self, email: &OutgoingEmail) -> Result<(), MailError> {
-        let composer = &self.inner.composer;
-        let message = composer.compose(email)?;
-        self.inner
-            .pool
-            .send(composer.envelope_from(), email.to.as_str(), &message)
-            .await
-            .map_err(|failure| self.classify(failure, Some(&email.to)))
+    /// How many connections the mailer opens at once now: the pool size,
+    /// less one for each time the server said it allows fewer.
+    pub fn connections_allowed(&self) -> usize {
+        *self.inner.allowed.lock().unwrap()
     }
 
-    /// Opens a connection (or takes a pooled one) and says hello, logging in
-    /// when credentials are configured. For readiness checks.
-    pub async fn test_connection(&self) -> Result<(), MailError> {
-        match self.inner.pool.test_connection().await {
-            Ok(true) => Ok(()),
-            Ok(false) => Err(MailError::Transient(format!(
-                "the mail server at {} accepted the connection but did not answer NOOP; {URL_HINT}",
-                self.inner.redacted_url
-            ))),
-            Err(err) => Err(self.classify(err, None)),
+    /// Sends one message; `Ok` once the server accepted it (250 after DATA).
+    pub async fn send(&self, email: &OutgoingEmail) -> Result<(), MailError> {
+        let message = self.inner.composer.compose(email)?;
+        let bytes = message.formatted();
+        let what = format!("the message to {}", email.to);
+        loop {
+            let permit = self.permit().await?;
+            self.check_setup(false).await?;
+            let deadline = self.inner.deadline;
+            let attempt = async {
+                let mut connection = self.take().await?;
+                let sent = connection.send(message.envelope(), &bytes).await;
+                self.give_back(connection);
+                sent.map(drop).map_err(Failure::from)
+            };
+            // Running out of time drops the attempt and its connection,
+            // which may be mid-conversation: it is never reused.
+            let Ok(sent) = tokio::time::timeout(deadline, attempt).await else {
+                return Err(MailError::Uncertain(format!(
+                    "the mail server at {} gave no answer within {} about {what}: it may have taken it, so it is \
+                     retried only after a pause",
+                    self.inner.redacted_url,
+                    humantime::format_duration(deadline)
+                )));
+            };
+            let Err(err) = sent else { return Ok(()) };
+            if is_crowded(&err) && self.allow_fewer(permit) {
+                tracing::info!(
+                    smtp_url = %self.inner.redacted_url,
+                    connections = self.connections_allowed(),
+                    "the mail server allows fewer connections; sending over fewer"
+                );
+                tokio::time::sleep(CROWDED_PAUSE).await;
+                continue;
+            }
+            let error = self.classify(&err, &what);
+            if is_login_refusal(&err) {
+                self.hold_refusal(&error).await;
+            }
+            return Err(error);
         }
     }
 
-    /// Closes the pooled connections politely (QUIT). Later sends fail.
-    pub async fn shutdown(&self) {
-        self.inner.pool.shutdown().await;
+    /// Opens a connection (or takes a pooled one) and checks it with NOOP,
+    /// logging in when credentials are configured. For readiness checks.
+    pub async fn test_connection(&self) -> Result<(), MailError> {
+        let _permit = self.permit().await?;
+        self.check_setup(true).await
     }
 
-    fn classify(&self, failure: Failure, to: Option<&EmailAddress>) -> MailError {
+    /// Closes the pooled connections politely (QUIT, each waiting at most
+    /// `QUIT_WAIT`). Later sends fail; connections still sending are closed
+    /// when their send ends.
+    pub async fn shutdown(&self) {
+        self.inner.permits.close();
+        let idle = {
+            let mut pool = self.inner.pool.lock().unwrap();
+            pool.shut_down = true;
+            std::mem::take(&mut pool.idle)
+        };
+        let mut quits = tokio::task::JoinSet::new();
+        for (connection, _) in idle {
+            quits.spawn(quit(connection));
+        }
+        quits.join_all().await;
+    }
+
+    async fn permit(&self) -> Result<SemaphorePermit<'_>, MailError> {
+        self.inner.permits.acquire().await.map_err(|_| shut_down())
+    }
+
+    /// An idle connection that still answers NOOP (as lettre's pool checks
+    /// them), else a new one.
+    async fn take(&self) -> Result<AsyncSmtpConnection, Failure> {
+        loop {
+            let next = {
+                let mut pool = self.inner.pool.lock().unwrap();
+                if pool.shut_down {
+                    return Err(Failure::ShutDown);
+                }
+                pool.idle.pop()
+            };
+            let Some((mut connection, since)) = next else { break };
+            if since.elapsed() < IDLE_TIMEOUT && connection.test_connected().await {
+                return Ok(connection);
+            }
+            tokio::spawn(quit(connection));
+        }
+        self.open().await
+    }
+
+    /// Keeps a connection for the next send, unless it is broken, the pool
+    /// is shut down, or the server now allows fewer connections.
+    fn give_back(&self, connection: AsyncSmtpConnection) {
+        if connection.has_broken() {
+            return;
+        }
+        let mut pool = self.inner.pool.lock().unwrap();
+        if pool.shut_down || pool.idle.len() >= self.connections_allowed() {
+            drop(pool);
+            tokio::spawn(quit(connection));
+        } else {
+            pool.idle.push((connection, Instant::now()));
+        }
+    }
+
+    /// Opens a connection: our socket with TCP_NODELAY (see the module
+    /// comment), then lettre for greeting, EHLO, TLS and login.
+    async fn open(&self) -> Result<AsyncSmtpConnection, Failure> {
+        let server = &self.inner.server;
+        let connecting = TcpStream::connect((server.host.as_str(), server.port));
+        let socket = tokio::time::timeout(CONNECT_TIMEOUT, connecting)
+            .await
+            .unwrap_or_else(|_| Err(io::Error::new(io::ErrorKind::TimedOut, "connection timed out")))?;
+        socket.set_nodelay(true)?;
+        let stream: Box<dyn AsyncTokioStream> = match (&server.tls, server.mode) {
+            (Some(tls), TlsMode::Implicit) => {
+                #[allow(deprecated)]
+                let mut stream = AsyncNetworkStream::use_existing_tokio1(Box::new(socket));
+                stream.upgrade_tls(tls.clone()).await?;
+                Box::new(Encrypted(stream.compat()))
+            }
+            _ => Box::new(socket),
+        };
+        let mut connection = AsyncSmtpConnection::connect_with_transport(stream, &server.hello).await?;
+        match (&server.tls, server.mode) {
+            // Fails with lettre's "STARTTLS is not supported" when not offered.
+            (Some(tls), TlsMode::StartTls) => connection.starttls(tls.clone(), &server.hello).await?,
+            (Some(tls), TlsMode::Opportunistic) if connection.can_starttls() => {
+                connection.starttls(tls.clone(), &server.hello).await?
+            }
+            _ => {}
+        }
+        if let Some(login) = &server.login {
+            connection.auth(&MECHANISMS, login).await?;
+        }
+        Ok(connection)
+    }
+
+    /// Checks that a connection can be set up, unless one was (`again`:
+    /// check anyway). One check at a time: the sends that wait for it then
+    /// either go on or get its error.
+    async fn check_setup(&self, again: bool) -> Result<(), MailError> {
+        let mut setup = self.inner.setup.lock().await;
+        match &*setup {
+            Setup::Working if !again => return Ok(()),
+            Setup::Refused { error, until } if Instant::now() < *until => {
+                return Err(MailError::Config(error.clone()));
+            }
+            _ => {}
+        }
         let endpoint = &self.inner.redacted_url;
-        let error = match failure {
-            Failure::Smtp(err) => {
-                let what = match to {
-                    Some(to) => format!("the message to {to}"),
-                    None => "the connection test".to_owned(),
+        let check = async {
+            let mut connection = self.take().await?;
+            let answered = connection.test_connected().await;
+            self.give_back(connection);
+            Ok::<_, Failure>(answered)
+        };
+        let Ok(checked) = tokio::time::timeout(self.inner.deadline, check).await else {
+            return Err(MailError::Transient(format!(
+                "no answer in time while connecting to the mail server at {endpoint}; {URL_HINT}, and whether the \
+                 server is up"
+            )));
+        };
+        match checked {
+            Ok(true) => {
+                *setup = Setup::Working;
+                Ok(())
+            }
+            Ok(false) => Err(MailError::Transient(format!(
+                "the mail server at {endpoint} accepted the connection but did not answer NOOP; {URL_HINT}"
+            ))),
+            Err(err) => {
+                let error = match self.classify(&err, "lifeboat's connection") {
+                    // A refusal while connecting is about lifeboat's
+                    // connection or login, never about one message.
+                    MailError::Permanent(_) => self.scrubbed(MailError::Config(format!(
+                        "the mail server at {endpoint} refused lifeboat's connection ({}); {URL_HINT}, and the \
+                         user and password",
+                        err.reply()
+                    ))),
+                    other => other,
                 };
-                classify(&err, endpoint, &what)
+                if let MailError::Config(text) = &error {
+                    *setup = Setup::Refused { error: text.clone(), until: Instant::now() + LOGIN_REFUSAL_HOLD };
+                }
+                Err(error)
             }
-            // A permanent refusal while connecting is about lifeboat's
-            // connection or login, never about one recipient.
-            Failure::Setup(err) => match classify(&err, endpoint, "lifeboat's connection") {
-                MailError::Permanent(_) => MailError::Config(format!(
-                    "the mail server at {endpoint} refused lifeboat's connection ({err}); {URL_HINT}, \
-                     and the user and password"
-                )),
-                other => other,
-            },
-            Failure::Connect(err) => {
-                MailError::Transient(format!("could not connect to the mail server at {endpoint} ({err}); {URL_HINT}"))
-            }
-            Failure::Timeout(stage) => MailError::Transient(format!(
-                "no answer in time while {stage} the mail server at {endpoint}; {URL_HINT}, and whether the server is up"
-            )),
-            Failure::Closed => {
-                MailError::Transient("the mailer was shut down before the message went out; it will be retried".into())
+        }
+    }
+
+    async fn hold_refusal(&self, error: &MailError) {
+        *self.inner.setup.lock().await =
+            Setup::Refused { error: error.to_string(), until: Instant::now() + LOGIN_REFUSAL_HOLD };
+    }
+
+    /// Lowers the number of connections by one, giving up `permit` for
+    /// good, when other sends are under way (so at least one connection
+    /// works). False, and `permit` returned, when this send is alone.
+    fn allow_fewer(&self, permit: SemaphorePermit<'_>) -> bool {
+        let mut allowed = self.inner.allowed.lock().unwrap();
+        let under_way = (*allowed).saturating_sub(self.inner.permits.available_permits());
+        if under_way > 1 && *allowed > 1 {
+            permit.forget();
+            *allowed -= 1;
+            true
+        } else {
+            false
+        }
+    }
+
+    /// Sorts a failure into the kinds, with a message and a hint; `what`
+    /// names what was refused ("the message to …").
+    fn classify(&self, failure: &Failure, what: &str) -> MailError {
+        let endpoint = &self.inner.redacted_url;
+        let err = match failure {
+            Failure::Smtp(err) => err,
+            Failure::ShutDown => return shut_down(),
+            Failure::Socket(err) => {
+                return MailError::Transient(format!(
+                    "could not talk to the mail server at {endpoint} ({}); {URL_HINT}",
+                    error_chain(err)
+                ));
             }
         };
+        let error = if let Some(code) = err.status().map(u16::from) {
+            let reply = failure.reply();
+            if code / 100 == 4 {
+                MailError::Transient(format!(
+                    "the mail server at {endpoint} deferred {what} ({reply}); it will be retried later"
+                ))
+            } else if is_login_refusal(failure) {
+                MailError::Config(format!("the mail server at {endpoint} refused the login ({reply}); {LOGIN_HINT}"))
+            } else if is_sender_refusal(err) {
+                // Every message would be refused the same way.
+                MailError::Config(format!(
+                    "the mail server at {endpoint} refused the sender ({reply}); check email.from: the server must \
+                     accept it as a sender address (and for the user lifeboat logs in as)"
+                ))
+            } else {
+                MailError::Permanent(format!(
+                    "the mail server at {endpoint} rejected {what} ({reply}); retrying will not help, the reply says \
+                     why (usually an unknown or refused address)"
+                ))
+            }
+        } else if err.is_timeout() {
+            MailError::Transient(format!(
+                "the mail server at {endpoint} did not answer in time ({}); {URL_HINT}, and whether the server is up",
+                error_chain(err)
+            ))
+        } else if let Some(tls) = tls_error(err) {
+            // A certificate that is not trusted stays so: fix the config
+            // (or the server), retrying will not help.
+            if matches!(tls, rustls::Error::InvalidCertificate(_)) {
+                MailError::Config(format!(
+                    "the mail server at {endpoint} presented a certificate lifeboat does not trust ({tls}); check the \
+                     host name in email.smtp_url, or trust the CA that signed it (SSL_CERT_FILE, see the README)"
+                ))
+            } else {
+                MailError::Transient(format!(
+                    "TLS with the mail server at {endpoint} failed ({tls}); {URL_HINT}, and that the server's \
+                     certificate is valid for its name"
+                ))
+            }
+        } else if err.is_client() {
+            classify_unsupported(err, endpoint, what)
+        } else if err.is_response() {
+            MailError::Transient(format!(
+                "the mail server at {endpoint} did not answer in SMTP, or hung up ({}); {URL_HINT}",
+                error_chain(err)
+            ))
+        } else {
+            MailError::Transient(format!(
+                "could not talk to the mail server at {endpoint} ({}); {URL_HINT}",
+                error_chain(err)
+            ))
+        };
+        self.scrubbed(error)
+    }
+
+    fn scrubbed(&self, error: MailError) -> MailError {
         match &self.inner.password {
             Some(password) => scrub(error, password.expose_secret()),
             None => error,
@@ -267,86 +591,165 @@ impl Mailer {
     }
 }
 
-/// Sorts an SMTP error into the kinds, with a message and a hint;
-/// `recipient` names what was refused ("the message to …").
-fn classify(err: &SmtpError, endpoint: &str, recipient: &str) -> MailError {
-    match err {
-        SmtpError::Refused(reply) => classify_refusal(reply, endpoint, recipient),
-        // Every message would be refused the same way.
-        SmtpError::SenderRefused(reply) if reply.code / 100 == 5 => MailError::Config(format!(
-            "the mail server at {endpoint} refused the sender ({}); check email.from: the server must accept it \
-             as a sender address (and for the user lifeboat logs in as)",
-            reply.to_line()
-        )),
-        SmtpError::SenderRefused(reply) => classify_refusal(reply, endpoint, recipient),
-        SmtpError::NoAnswer { after_message: true } => MailError::Uncertain(format!(
-            "the mail server at {endpoint} gave no answer after {recipient} ({err}): it may have taken it, so it \
-             is retried only after a pause"
-        )),
-        SmtpError::NoAnswer { after_message: false } => MailError::Transient(format!(
-            "the mail server at {endpoint} did not answer in time; {URL_HINT}, and whether the server is up"
-        )),
-        SmtpError::Io(err) if err.kind() == std::io::ErrorKind::TimedOut => MailError::Transient(format!(
-            "the mail server at {endpoint} did not answer in time ({err}); {URL_HINT}, and whether the server is up"
-        )),
-        SmtpError::Io(_) | SmtpError::Protocol(_) => {
-            MailError::Transient(format!("could not talk to the mail server at {endpoint} ({err}); {URL_HINT}"))
-        }
-        // A certificate that is not trusted stays so: fix the config (or
-        // the server), retrying will not help.
-        SmtpError::Tls(tls) if is_certificate_error(tls) => MailError::Config(format!(
-            "the mail server at {endpoint} presented a certificate lifeboat does not trust ({tls}); check the \
-             host name in email.smtp_url, or add the CA that signed it (SSL_CERT_FILE)"
-        )),
-        SmtpError::Tls(err) => MailError::Transient(format!(
-            "TLS with the mail server at {endpoint} failed ({err}); {URL_HINT}, and that the server's certificate \
-             is valid for its name"
-        )),
-        SmtpError::Unsupported(what) if what.contains("SMTPUTF8") => {
-            MailError::Permanent(format!("the mail server at {endpoint} cannot take {recipient}: {what}"))
-        }
-        SmtpError::Unsupported(what) => MailError::Config(format!(
-            "the mail server at {endpoint} cannot be used as configured: {what}; {URL_HINT}, and the user and \
-             password"
-        )),
+/// What the server or the config lacks, as lettre's client says it.
+fn classify_unsupported(err: &lettre::transport::smtp::Error, endpoint: &str, what: &str) -> MailError {
+    let reason = err.source().map(ToString::to_string).unwrap_or_default();
+    if reason.contains("SMTPUTF8") || reason.contains("8BITMIME") {
+        MailError::Permanent(format!(
+            "the mail server at {endpoint} cannot take {what}: the address is not ASCII and the server does not \
+             offer SMTPUTF8 ({reason})"
+        ))
+    } else if reason.contains("STARTTLS") {
+        MailError::Config(format!(
+            "the mail server at {endpoint} does not offer STARTTLS, and email.smtp_url asks for TLS; {URL_HINT}"
+        ))
+    } else if reason.contains("authentication mechanism") {
+        MailError::Config(format!(
+            "the mail server at {endpoint} offers no login method lifeboat speaks (AUTH PLAIN or LOGIN), or none \
+             before TLS; {LOGIN_HINT}"
+        ))
+    } else {
+        MailError::Config(format!("the mail server at {endpoint} cannot be used as configured ({reason}); {URL_HINT}"))
     }
 }
 
-fn is_certificate_error(err: &std::io::Error) -> bool {
-    matches!(
-        err.get_ref().and_then(|inner| inner.downcast_ref::<rustls::Error>()),
-        Some(rustls::Error::InvalidCertificate(_))
-    )
+/// Closes a connection with QUIT, not waiting long for a server that has
+/// gone quiet (lettre waits for the answer).
+async fn quit(mut connection: AsyncSmtpConnection) {
+    let _ = tokio::time::timeout(QUIT_WAIT, connection.quit()).await;
 }
 
-fn classify_refusal(reply: &Reply, endpoint: &str, recipient: &str) -> MailError {
-    let code = reply.code;
-    let text = reply.text();
-    if code / 100 == 4 {
-        return MailError::Transient(format!(
-            "the mail server at {endpoint} deferred {recipient} ({code} {text}); it will be retried later"
-        ));
+/// Why a send or a check failed: lettre's error, or our socket's.
+#[derive(Debug)]
+enum Failure {
+    Smtp(lettre::transport::smtp::Error),
+    /// Opening the TCP connection (or setting TCP_NODELAY) failed.
+    Socket(io::Error),
+    ShutDown,
+}
+
+impl From<lettre::transport::smtp::Error> for Failure {
+    fn from(err: lettre::transport::smtp::Error) -> Failure {
+        Failure::Smtp(err)
     }
-    // Login refused or required, or TLS required before login: the config
-    // is wrong, not the message.
-    if matches!(code, 530 | 534 | 535 | 538) {
-        return MailError::Config(format!(
-            "the mail server at {endpoint} refused the login ({code} {text}); check the user in \
-             email.smtp_url, email.smtp_password, and the TLS mode (?tls=required or smtps://)"
-        ));
+}
+
+impl From<io::Error> for Failure {
+    fn from(err: io::Error) -> Failure {
+        Failure::Socket(err)
     }
-    // Sender address refused (5.1.7 / 5.1.8 bad sender): every message
-    // would fail the same way.
-    if text.starts_with("5.1.7") || text.starts_with("5.1.8") {
-        return MailError::Config(format!(
-            "the mail server at {endpoint} refused the sender ({code} {text}); check email.from: the server \
-             must accept it as a sender address"
-        ));
+}
+
+impl Failure {
+    fn status(&self) -> Option<u16> {
+        match self {
+            Failure::Smtp(err) => err.status().map(u16::from),
+            _ => None,
+        }
     }
-    MailError::Permanent(format!(
-        "the mail server at {endpoint} rejected {recipient} ({code} {text}); retrying will not help, the \
-         reply says why (usually an unknown or refused address)"
-    ))
+
+    /// `550 5.1.1 no such user`: the code and the server's text.
+    fn reply(&self) -> String {
+        let text = match self {
+            Failure::Smtp(err) => err.source().map(ToString::to_string).unwrap_or_default(),
+            _ => String::new(),
+        };
+        let code = self.status().map(|code| code.to_string()).unwrap_or_default();
+        format!("{code} {text}").trim().to_owned()
+    }
+}
+
+/// lettre's TLS stream (a futures-io stream) as the tokio stream that
+/// `connect_with_transport` takes, so that lettre does the TLS of
+/// `smtps://` on our socket.
+#[allow(deprecated)]
+#[derive(Debug)]
+struct Encrypted(Compat<AsyncNetworkStream>);
+
+impl AsyncTokioStream for Encrypted {
+    fn peer_addr(&self) -> io::Result<std::net::SocketAddr> {
+        self.0.get_ref().peer_addr()
+    }
+}
+
+impl AsyncRead for Encrypted {
+    fn poll_read(mut self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &mut ReadBuf<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.0).poll_read(cx, buf)
+    }
+}
+
+impl AsyncWrite for Encrypted {
+    fn poll_write(mut self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &[u8]) -> Poll<io::Result<usize>> {
+        Pin::new(&mut self.0).poll_write(cx, buf)
+    }
+
+    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.0).poll_flush(cx)
+    }
+
+    fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.0).poll_shutdown(cx)
+    }
+}
+
+fn shut_down() -> MailError {
+    MailError::Transient("the mailer was shut down before the message went out; it will be retried".to_owned())
+}
+
+/// lettre's error and its sources, each once: `Connection error: …`.
+fn error_chain(err: &dyn std::error::Error) -> String {
+    let mut text = err.to_string();
+    let mut source = err.source();
+    while let Some(cause) = source {
+        let cause_text = cause.to_string();
+        if !text.contains(&cause_text) {
+            text = format!("{text}: {cause_text}");
+        }
+        source = cause.source();
+    }
+    text
+}
+
+/// Login refused or required, or TLS required before login.
+fn is_login_refusal(failure: &Failure) -> bool {
+    matches!(failure.status(), Some(530 | 534 | 535 | 538))
+}
+
+/// A refusal of the envelope sender (lettre does not say which command was
+/// refused): the enhanced codes for a bad sender (5.1.7, 5.1.8), or a reply
+/// that names the sender, as Postfix's "Sender address rejected" does.
+fn is_sender_refusal(err: &lettre::transport::smtp::Error) -> bool {
+    let text = err.source().map(ToString::to_string).unwrap_or_default();
+    text.starts_with("5.1.7") || text.starts_with("5.1.8") || text.to_ascii_lowercase().contains("sender")
+}
+
+/// The server allows no more connections now: 421 (RFC 5321 3.8), or a
+/// refused TCP connection.
+fn is_crowded(failure: &Failure) -> bool {
+    match failure {
+        Failure::Socket(err) => err.kind() == io::ErrorKind::ConnectionRefused,
+        _ => failure.status() == Some(421),
+    }
+}
+
+/// The rustls error behind a failed handshake: lettre wraps it in an
+/// `io::Error`, whose `source()` skips it, hence `get_ref`.
+fn tls_error(err: &lettre::transport::smtp::Error) -> Option<&rustls::Error> {
+    let mut source = err.source();
+    while let Some(cause) = source {
+        if let Some(tls) = cause.downcast_ref::<rustls::Error>() {
+            return Some(tls);
+        }
+        if let Some(tls) = cause
+            .downcast_ref::<std::io::Error>()
+            .and_then(|io| io.get_ref())
+            .and_then(|inner| inner.downcast_ref::<rustls::Error>())
+        {
+            return Some(tls);
+        }
+        source = cause.source();
+    }
+    None
 }
 
 /// Replaces every occurrence of the password in the error text.
@@ -367,6 +770,10 @@ fn scrub(error: MailError, password: &str) -> MailError {
 
 #[cfg(test)]
 mod tests {
+    use std::sync::atomic::{AtomicUsize, Ordering};
+
+    use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
+
     use super::*;
     use crate::config::Secret;
 
@@ -388,19 +795,24 @@ mod tests {
         }
     }
 
+    fn email_to(to: &str) -> OutgoingEmail {
+        OutgoingEmail {
+            to: EmailAddress::parse(to).unwrap(),
+            subject: "s".into(),
+            text: "t".into(),
+            html: "<p>h</p>".into(),
+            message_id: "m@example.org".into(),
+            list_unsubscribe: None,
+        }
+    }
+
     #[test]
     fn builds_without_a_runtime_and_without_connecting() {
         let mailer = Mailer::from_config(&config("smtp://127.0.0.1:1", None), 4).unwrap();
         assert_eq!(mailer.smtp_url_redacted(), "smtp://127.0.0.1:1");
         assert_eq!(mailer.tls_mode(), TlsMode::Plain);
         assert_eq!(mailer.from_mailbox(), "Lifeboat <lifeboat@example.org>");
-    }
-
-    #[test]
-    fn tls_modes_from_the_url() {
-        let starttls = Mailer::from_config(&config("smtp://u:p@mail.example.org?tls=required", None), 1).unwrap();
-        assert_eq!(starttls.tls_mode(), TlsMode::StartTls);
-        assert_eq!(starttls.smtp_url_redacted(), "smtp://u@mail.example.org:587?tls=required");
+        assert_eq!(mailer.connections_allowed(), 4);
         let implicit = Mailer::from_config(&config("smtps://mail.example.org", None), 1).unwrap();
         assert_eq!(implicit.tls_mode(), TlsMode::Implicit);
     }
@@ -436,6 +848,15 @@ mod tests {
     }
 
     #[test]
+    fn a_password_is_never_risked_on_opportunistic_tls() {
+        let url = "smtp://lifeboat:hunter2@127.0.0.1:2525?tls=opportunistic";
+        let message = config_error(Mailer::from_config(&config(url, None), 1));
+        assert!(message.contains("unencrypted") && message.contains("?tls=required"), "{message}");
+        assert!(!message.contains("hunter2"));
+        Mailer::from_config(&config("smtp://127.0.0.1:2525?tls=opportunistic", None), 1).unwrap();
+    }
+
+    #[test]
     fn scrubbing_removes_the_password() {
         let scrubbed = scrub(MailError::Transient("server said: bad password hunter2!".to_owned()), "hunter2");
         assert_eq!(scrubbed.to_string(), "server said: bad password [redacted]!");
@@ -456,222 +877,313 @@ mod tests {
         assert!(message.contains(&format!("127.0.0.1:{port}")), "{message}");
         assert!(message.contains("check email.smtp_url"), "{message}");
         assert!(!message.contains("hunter2"), "{message}");
-
-        let email = OutgoingEmail {
-            to: EmailAddress::parse("alice@example.net").unwrap(),
-            subject: "s".into(),
-            text: "t".into(),
-            html: "<p>h</p>".into(),
-            message_id: "m@example.org".into(),
-            list_unsubscribe: None,
-        };
-        assert!(mailer.send(&email).await.unwrap_err().is_transient());
+        assert!(mailer.send(&email_to("alice@example.net")).await.unwrap_err().is_transient());
     }
 
-    fn email_to(to: &str) -> OutgoingEmail {
-        OutgoingEmail {
-            to: EmailAddress::parse(to).unwrap(),
-            subject: "s".into(),
-            text: "t".into(),
-            html: "<p>h</p>".into(),
-            message_id: "m@example.org".into(),
-            list_unsubscribe: None,
+    /// How the scripted server answers.
+    #[derive(Clone, Copy)]
+    struct Script {
+        /// The reply to a command verb (`GREETING`, `EHLO`, `MAIL`, `RCPT`,
+        /// `END-OF-DATA`, …) given the whole line, or `SILENCE`; `None`: the
+        /// usual answer.
+        reply: fn(&str, &str) -> Option<&'static str>,
+        /// These verbs wait `delay` before their reply.
+        slow: &'static [&'static str],
+        delay: Duration,
+        /// More connections at once get `421` as their greeting.
+        most_connections: usize,
+    }
+
+    impl Script {
+        fn replying(reply: fn(&str, &str) -> Option<&'static str>) -> Script {
+            Script { reply, slow: &[], delay: Duration::ZERO, most_connections: usize::MAX }
         }
     }
 
-    /// A scripted SMTP server on loopback for reply codes the test sink
-    /// cannot produce on demand. `reply` maps a command verb (`GREETING`,
-    /// `MAIL`, `RCPT`, `END-OF-DATA`) to the reply line; others get 250.
-    /// Returns the port and a count of the connections accepted so far.
-    async fn scripted_server(
-        reply: fn(&str) -> Option<&'static str>,
-    ) -> (u16, std::sync::Arc<std::sync::atomic::AtomicUsize>) {
-        use std::sync::atomic::Ordering;
-        use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
+    /// What the scripted server saw.
+    #[derive(Default)]
+    struct Seen {
+        accepted: AtomicUsize,
+        open: AtomicUsize,
+        most_open: AtomicUsize,
+        /// Every command line, in order (not the message's lines).
+        commands: Mutex<Vec<String>>,
+    }
+
+    impl Seen {
+        fn commands_starting(&self, prefix: &str) -> Vec<String> {
+            self.commands.lock().unwrap().iter().filter(|line| line.starts_with(prefix)).cloned().collect()
+        }
+    }
+
+    /// An SMTP server on loopback for replies the test sink cannot give on
+    /// demand. Returns its port and what it saw.
+    async fn scripted_server(script: Script) -> (u16, Arc<Seen>) {
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let port = listener.local_addr().unwrap().port();
-        let accepted = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
-        let counter = accepted.clone();
+        let seen = Arc::new(Seen::default());
+        let seen_by_server = seen.clone();
         tokio::spawn(async move {
             while let Ok((socket, _)) = listener.accept().await {
-                counter.fetch_add(1, Ordering::SeqCst);
+                let seen = seen_by_server.clone();
+                seen.accepted.fetch_add(1, Ordering::SeqCst);
+                let open = seen.open.fetch_add(1, Ordering::SeqCst) + 1;
+                seen.most_open.fetch_max(open, Ordering::SeqCst);
                 tokio::spawn(async move {
-                    let (read, mut write) = socket.into_split();
-                    let mut lines = BufReader::new(read).lines();
-                    let greeting = reply("GREETING").unwrap_or("220 scripted ESMTP");
-                    write.write_all(format!("{greeting}\r\n").as_bytes()).await.unwrap();
-                    let mut in_data = false;
-                    while let Ok(Some(line)) = lines.next_line().await {
-                        let verb = if in_data {
-                            if line != "." {
-                                continue;
-                            }
-                            in_data = false;
-                            "END-OF-DATA".to_owned()
-                        } else {
-                            line.split(' ').next().unwrap_or("").to_ascii_uppercase()
-                        };
-                        let answer = match (reply(&verb), verb.as_str()) {
-                            // A server that has gone quiet.
-                            (Some("SILENCE"), _) => continue,
-                            (Some(answer), _) => answer.to_owned(),
-                            (None, "EHLO") => "250-scripted\r\n250 8BITMIME".to_owned(),
-                            (None, "DATA") => {
-                                in_data = true;
-                                "354 go ahead".to_owned()
-                            }
-                            (None, "QUIT") => "221 bye".to_owned(),
-                            (None, _) => "250 ok".to_owned(),
-                        };
-                        // After 421 a server closes the connection (RFC 5321 3.8).
-                        let closes = verb == "QUIT" || answer.starts_with("421");
-                        if write.write_all(format!("{answer}\r\n").as_bytes()).await.is_err() || closes {
-                            break;
-                        }
-                    }
+                    converse(socket, script, &seen, open).await;
+                    seen.open.fetch_sub(1, Ordering::SeqCst);
                 });
             }
         });
-        (port, accepted)
+        (port, seen)
     }
 
-    async fn send_through(reply: fn(&str) -> Option<&'static str>) -> Result<(), MailError> {
-        let (port, _) = scripted_server(reply).await;
+    async fn converse(socket: tokio::net::TcpStream, script: Script, seen: &Seen, open: usize) {
+        let (read, mut write) = socket.into_split();
+        let mut lines = BufReader::new(read).lines();
+        let reply = |verb: &str, line: &str, usual: &str| {
+            let answer = if verb == "GREETING" && open > script.most_connections {
+                Some("421 4.7.0 too many connections")
+            } else {
+                (script.reply)(verb, line)
+            };
+            let delay = if script.slow.contains(&verb) { script.delay } else { Duration::ZERO };
+            (answer.unwrap_or(usual).to_owned(), delay)
+        };
+        let mut next = Some(reply("GREETING", "", "220 scripted ESMTP"));
+        let mut in_data = false;
+        loop {
+            if let Some((answer, delay)) = next.take() {
+                if answer == "SILENCE" {
+                    // A server that has gone quiet, until the client leaves.
+                    while let Ok(Some(_)) = lines.next_line().await {}
+                    return;
+                }
+                tokio::time::sleep(delay).await;
+                // After 421 a server closes the connection (RFC 5321 3.8).
+                let closes = answer.starts_with("421") || answer.starts_with("221");
+                if write.write_all(format!("{answer}\r\n").as_bytes()).await.is_err() || closes {
+                    return;
+                }
+            }
+            let Ok(Some(line)) = lines.next_line().await else { return };
+            let verb = if in_data {
+                if line != "." {
+                    continue;
+                }
+                "END-OF-DATA".to_owned()
+            } else {
+                seen.commands.lock().unwrap().push(line.clone());
+                line.split(' ').next().unwrap_or("").to_ascii_uppercase()
+            };
+            let usual = match verb.as_str() {
+                "EHLO" => "250-scripted\r\n250 8BITMIME",
+                "DATA" => "354 go ahead",
+                "QUIT" => "221 bye",
+                "AUTH" => "235 2.7.0 welcome",
+                _ => "250 ok",
+            };
+            let (answer, delay) = reply(&verb, &line, usual);
+            in_data = verb == "DATA" && answer.starts_with("354");
+            next = Some((answer, delay));
+        }
+    }
+
+    async fn send_through(reply: fn(&str, &str) -> Option<&'static str>) -> Result<(), MailError> {
+        let (port, _) = scripted_server(Script::replying(reply)).await;
         let mailer = Mailer::from_config(&config(&format!("smtp://127.0.0.1:{port}"), None), 1).unwrap();
         mailer.send(&email_to("alice@example.net")).await
     }
 
+    /// `count` messages to bob, all sent at once from tasks of their own.
+    async fn send_at_once(mailer: &Mailer, count: usize) -> Vec<Result<(), MailError>> {
+        let sends: Vec<_> = (0..count)
+            .map(|_| {
+                let mailer = mailer.clone();
+                tokio::spawn(async move { mailer.send(&email_to("bob@example.net")).await })
+            })
+            .collect();
+        let mut results = Vec::new();
+        for send in sends {
+            results.push(send.await.unwrap());
+        }
+        results
+    }
+
     #[tokio::test]
     async fn the_scripted_server_accepts_when_told_nothing() {
-        send_through(|_| None).await.unwrap();
+        send_through(|_, _| None).await.unwrap();
     }
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn connections_are_reused_and_bounded_by_the_pool_size() {
-        let (port, accepted) = scripted_server(|_| None).await;
+        let (port, seen) = scripted_server(Script::replying(|_, _| None)).await;
         let mailer = Mailer::from_config(&config(&format!("smtp://127.0.0.1:{port}"), None), 3).unwrap();
         for _ in 0..5 {
             mailer.send(&email_to("alice@example.net")).await.unwrap();
         }
-        assert_eq!(accepted.load(std::sync::atomic::Ordering::SeqCst), 1, "one connection, reused");
-        let sends = (0..40).map(|_| {
-            let mailer = mailer.clone();
-            tokio::spawn(async move { mailer.send(&email_to("bob@example.net")).await })
-        });
-        for send in sends.collect::<Vec<_>>() {
-            send.await.unwrap().unwrap();
+        assert!(seen.accepted.load(Ordering::SeqCst) <= 2, "one connection reused (and the setup check's)");
+        for sent in send_at_once(&mailer, 40).await {
+            sent.unwrap();
         }
-        assert!(accepted.load(std::sync::atomic::Ordering::SeqCst) <= 3, "never more than the pool size");
+        assert_eq!(seen.commands_starting("DATA").len(), 45);
+        let most_open = seen.most_open.load(Ordering::SeqCst);
+        assert!(most_open <= 4, "about the pool size at once, not one per message: {most_open}");
         mailer.shutdown().await;
         assert!(mailer.send(&email_to("carol@example.net")).await.unwrap_err().is_transient());
     }
 
     #[tokio::test]
-    async fn an_unknown_recipient_is_permanent() {
-        let err = send_through(|verb| (verb == "RCPT").then_some("550 5.1.1 no such user")).await.unwrap_err();
+    async fn an_unknown_recipient_is_permanent_and_the_next_message_still_goes() {
+        let (port, seen) = scripted_server(Script::replying(|verb, line| {
+            (verb == "RCPT" && line.contains("alice")).then_some("550 5.1.1 no such user")
+        }))
+        .await;
+        let mailer = Mailer::from_config(&config(&format!("smtp://127.0.0.1:{port}"), None), 1).unwrap();
+        let err = mailer.send(&email_to("alice@example.net")).await.unwrap_err();
         assert!(matches!(err, MailError::Permanent(_)), "{err:?}");
         let message = err.to_string();
         assert!(message.contains("alice@example.net"), "{message}");
         assert!(message.contains("550 5.1.1 no such user"), "{message}");
-    }
-
-    #[tokio::test]
-    async fn with_pipelining_a_message_goes_out_and_a_refusal_leaves_the_connection_usable() {
-        send_through(|verb| (verb == "EHLO").then_some("250-scripted\r\n250 PIPELINING")).await.unwrap();
-
-        let (port, accepted) = scripted_server(|verb| match verb {
-            "EHLO" => Some("250-scripted\r\n250 PIPELINING"),
-            "RCPT" => Some("550 5.1.1 no such user"),
-            _ => None,
-        })
-        .await;
-        let mailer = Mailer::from_config(&config(&format!("smtp://127.0.0.1:{port}"), None), 1).unwrap();
-        for _ in 0..2 {
-            let err = mailer.send(&email_to("alice@example.net")).await.unwrap_err();
-            assert!(matches!(err, MailError::Permanent(ref m) if m.contains("550 5.1.1 no such user")), "{err:?}");
-        }
-        assert_eq!(accepted.load(std::sync::atomic::Ordering::SeqCst), 1, "reset with RSET and reused");
-    }
-
-    #[tokio::test]
-    async fn a_pipelined_refusal_is_reported_even_when_the_server_hangs_up_after_it() {
-        let err = send_through(|verb| match verb {
-            "EHLO" => Some("250-scripted\r\n250 PIPELINING"),
-            "MAIL" => Some("421 4.3.2 shutting down"),
-            _ => None,
-        })
-        .await
-        .unwrap_err();
-        assert!(
-            matches!(err, MailError::Transient(ref m) if m.contains("deferred") && m.contains("421 4.3.2")),
-            "{err:?}"
-        );
-    }
-
-    #[tokio::test]
-    async fn a_server_that_does_not_speak_smtp_is_a_transient_failure() {
-        let err = send_through(|verb| (verb == "GREETING").then_some("HTTP/1.1 400 Bad Request")).await.unwrap_err();
-        assert!(err.is_transient(), "{err:?}");
-        assert!(err.to_string().contains("not SMTP"), "{err}");
+        mailer.send(&email_to("bob@example.net")).await.unwrap();
+        assert_eq!(seen.commands_starting("DATA").len(), 1);
     }
 
     #[tokio::test]
     async fn a_deferral_is_transient() {
         for verb_to_fail in ["MAIL", "RCPT", "END-OF-DATA"] {
-            let reply: fn(&str) -> Option<&'static str> = match verb_to_fail {
-                "MAIL" => |verb| (verb == "MAIL").then_some("421 4.3.2 try later"),
-                "RCPT" => |verb| (verb == "RCPT").then_some("450 4.2.1 mailbox busy"),
-                _ => |verb| (verb == "END-OF-DATA").then_some("451 4.3.0 temporarily unavailable"),
+            let reply: fn(&str, &str) -> Option<&'static str> = match verb_to_fail {
+                "MAIL" => |verb, _| (verb == "MAIL").then_some("421 4.3.2 try later"),
+                "RCPT" => |verb, _| (verb == "RCPT").then_some("450 4.2.1 mailbox busy"),
+                _ => |verb, _| (verb == "END-OF-DATA").then_some("451 4.3.0 temporarily unavailable"),
             };
             let err = send_through(reply).await.unwrap_err();
-            assert!(err.is_transient(), "{verb_to_fail}: {err:?}");
+            assert!(matches!(err, MailError::Transient(ref m) if m.contains("deferred")), "{verb_to_fail}: {err:?}");
         }
     }
 
     #[tokio::test]
+    async fn a_server_that_does_not_speak_smtp_is_a_transient_failure() {
+        let err = send_through(|verb, _| (verb == "GREETING").then_some("HTTP/1.1 400 Bad Request")).await.unwrap_err();
+        assert!(err.is_transient(), "{err:?}");
+        assert!(err.to_string().contains("did not answer in SMTP"), "{err}");
+    }
+
+    #[tokio::test]
     async fn a_refused_sender_is_a_config_error() {
-        let err = send_through(|verb| (verb == "MAIL").then_some("553 5.1.8 sender domain does not exist"))
-            .await
-            .unwrap_err();
-        assert!(matches!(err, MailError::Config(ref m) if m.contains("email.from")), "{err:?}");
+        let bad_domain = send_through(|verb, _| (verb == "MAIL").then_some("553 5.1.8 sender domain does not exist"));
+        let not_owned =
+            send_through(|verb, _| (verb == "MAIL").then_some("553 5.7.1 Sender address rejected: not owned by user"));
+        for (err, reply) in [
+            (bad_domain.await.unwrap_err(), "553 5.1.8 sender domain does not exist"),
+            (not_owned.await.unwrap_err(), "553 5.7.1 Sender address rejected: not owned by user"),
+        ] {
+            assert!(
+                matches!(err, MailError::Config(ref m) if m.contains("email.from") && m.contains(reply)),
+                "{err:?}"
+            );
+        }
     }
 
     #[tokio::test]
-    async fn any_refusal_of_the_sender_is_a_config_error_pipelined_or_not() {
-        let plain = send_through(|verb| (verb == "MAIL").then_some("553 sender rejected")).await.unwrap_err();
-        assert!(matches!(plain, MailError::Config(ref m) if m.contains("email.from")), "{plain:?}");
-        let pipelined = send_through(|verb| match verb {
-            "EHLO" => Some("250-scripted\r\n250 PIPELINING"),
-            "MAIL" => Some("553 5.7.1 Sender address rejected: not owned by user"),
-            _ => None,
-        })
-        .await
-        .unwrap_err();
-        assert!(matches!(pipelined, MailError::Config(ref m) if m.contains("refused the sender")), "{pipelined:?}");
-    }
-
-    #[tokio::test]
-    async fn a_password_is_never_sent_unencrypted_when_tls_was_asked_for() {
-        let (port, _) = scripted_server(|_| None).await;
-        let url = format!("smtp://lifeboat:hunter2@127.0.0.1:{port}?tls=opportunistic");
-        let mailer = Mailer::from_config(&config(&url, None), 1).unwrap();
+    async fn no_answer_in_time_is_uncertain_not_a_quick_retry() {
+        let (port, _) = scripted_server(Script::replying(|verb, _| (verb == "END-OF-DATA").then_some("SILENCE"))).await;
+        let mut mailer = Mailer::from_config(&config(&format!("smtp://127.0.0.1:{port}"), None), 1).unwrap();
+        Arc::get_mut(&mut mailer.inner).unwrap().deadline = Duration::from_secs(2);
         let err = mailer.send(&email_to("alice@example.net")).await.unwrap_err();
-        assert!(matches!(err, MailError::Config(ref m) if m.contains("unencrypted")), "{err:?}");
-        assert!(!err.to_string().contains("hunter2"));
-    }
-
-    #[tokio::test]
-    async fn no_answer_after_the_whole_message_is_uncertain_not_a_quick_retry() {
-        let err = send_through(|verb| (verb == "END-OF-DATA").then_some("SILENCE")).await.unwrap_err();
         assert!(matches!(err, MailError::Uncertain(ref m) if m.contains("may have taken it")), "{err:?}");
         assert!(err.is_transient());
+    }
+
+    /// RFC 5321 4.5.3.2: a server may take minutes to greet and to answer
+    /// a whole message; ten seconds each must not be given up on.
+    #[tokio::test]
+    async fn a_slow_server_still_gets_the_message() {
+        let script = Script {
+            slow: &["GREETING", "END-OF-DATA"],
+            delay: Duration::from_secs(10),
+            ..Script::replying(|_, _| None)
+        };
+        let (port, seen) = scripted_server(script).await;
+        let mailer = Mailer::from_config(&config(&format!("smtp://127.0.0.1:{port}"), None), 1).unwrap();
+        mailer.send(&email_to("alice@example.net")).await.unwrap();
+        assert_eq!(seen.commands_starting("DATA").len(), 1);
     }
 
     #[tokio::test]
     async fn a_refusal_while_connecting_is_a_config_error_not_the_recipients_fault() {
         let err =
-            send_through(|verb| (verb == "GREETING").then_some("554 5.7.1 no service for you")).await.unwrap_err();
+            send_through(|verb, _| (verb == "GREETING").then_some("554 5.7.1 no service for you")).await.unwrap_err();
         assert!(matches!(err, MailError::Config(_)), "{err:?}");
         assert!(err.to_string().contains("554 5.7.1 no service for you"), "{err}");
+    }
+
+    /// A fail2ban jail bans a host after a few failed logins: a refused
+    /// login is tried once, however many messages were waiting.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_refused_login_is_tried_once_not_once_per_connection() {
+        let (port, seen) = scripted_server(Script::replying(|verb, _| match verb {
+            "EHLO" => Some("250-scripted\r\n250 AUTH PLAIN LOGIN"),
+            "AUTH" => Some("535 5.7.8 authentication failed"),
+            _ => None,
+        }))
+        .await;
+        let url = format!("smtp://lifeboat@127.0.0.1:{port}");
+        let mailer = Mailer::from_config(&config(&url, Some("hunter2")), 8).unwrap();
+        for sent in send_at_once(&mailer, 20).await {
+            let err = sent.unwrap_err();
+            assert!(matches!(err, MailError::Config(ref m) if m.contains("refused the login")), "{err:?}");
+            assert!(err.to_string().contains("535 5.7.8"), "{err}");
+            assert!(!err.to_string().contains("hunter2"), "{err}");
+        }
+        assert_eq!(seen.commands_starting("AUTH").len(), 1, "{:?}", seen.commands.lock().unwrap());
+        assert!(seen.commands_starting("MAIL").is_empty());
+    }
+
+    /// A relay that takes two connections at once and answers a third with
+    /// 421: the mailer sends over two, and every message goes.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_relay_allowing_few_connections_gets_every_message_over_fewer() {
+        let script = Script {
+            most_connections: 2,
+            slow: &["END-OF-DATA"],
+            delay: Duration::from_millis(20),
+            ..Script::replying(|_, _| None)
+        };
+        let (port, seen) = scripted_server(script).await;
+        let mailer = Mailer::from_config(&config(&format!("smtp://127.0.0.1:{port}"), None), 8).unwrap();
+        for sent in send_at_once(&mailer, 30).await {
+            sent.unwrap();
+        }
+        assert_eq!(seen.commands_starting("DATA").len(), 30);
+        let allowed = mailer.connections_allowed();
+        assert!((1..=2).contains(&allowed), "{allowed}");
+    }
+
+    #[tokio::test]
+    async fn tls_fails_closed() {
+        // TLS from the first byte, to a server that speaks plain SMTP.
+        let (port, seen) = scripted_server(Script::replying(|_, _| None)).await;
+        let mailer = Mailer::from_config(&config(&format!("smtps://127.0.0.1:{port}"), None), 1).unwrap();
+        let err = mailer.send(&email_to("alice@example.net")).await.unwrap_err();
+        assert!(matches!(err, MailError::Transient(ref m) if m.contains("TLS")), "{err:?}");
+
+        // STARTTLS required, and not offered.
+        let url = format!("smtp://lifeboat@127.0.0.1:{port}?tls=required");
+        let mailer = Mailer::from_config(&config(&url, Some("hunter2")), 1).unwrap();
+        let err = mailer.send(&email_to("alice@example.net")).await.unwrap_err();
+        assert!(matches!(err, MailError::Config(ref m) if m.contains("does not offer STARTTLS")), "{err:?}");
+        assert!(seen.commands_starting("MAIL").is_empty() && seen.commands_starting("AUTH").is_empty());
+    }
+
+    #[tokio::test]
+    async fn an_idn_domain_reaches_a_server_without_smtputf8_in_punycode() {
+        let (port, seen) = scripted_server(Script::replying(|_, _| None)).await;
+        let mailer = Mailer::from_config(&config(&format!("smtp://127.0.0.1:{port}"), None), 1).unwrap();
+        mailer.send(&email_to("anna@bücher.example")).await.unwrap();
+        assert_eq!(seen.commands_starting("RCPT"), ["RCPT TO:<anna@xn--bcher-kva.example>"]);
+
+        let err = mailer.send(&email_to("jürgen@example.org")).await.unwrap_err();
+        assert!(matches!(err, MailError::Permanent(ref m) if m.contains("SMTPUTF8")), "{err:?}");
     }
 }

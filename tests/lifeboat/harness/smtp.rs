@@ -109,12 +109,9 @@ impl TestSmtp {
         Self::start_with(None, 0, &["--tls", mode, "--auth", &format!("{user}:{password}"), "--auth-only", auth])
     }
 
-    /// A sink like an older or plainer server: `--helo-only` refuses EHLO
-    /// as unknown (no extensions at all), `--no-pipelining` leaves
-    /// PIPELINING out of the EHLO reply.
-    pub fn start_old_fashioned(option: &str) -> TestSmtp {
-        assert!(["--helo-only", "--no-pipelining"].contains(&option), "not a sink option: {option}");
-        Self::start_with(None, 0, &[option])
+    /// A sink that leaves PIPELINING out of its EHLO reply.
+    pub fn start_without_pipelining() -> TestSmtp {
+        Self::start_with(None, 0, &["--no-pipelining"])
     }
 
     fn start_with(fail_after: Option<u32>, delay_ms: u32, extra: &[&str]) -> TestSmtp {
