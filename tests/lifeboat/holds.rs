@@ -86,6 +86,13 @@ async fn after_a_wipe_lost_ids_are_held_no_token_takes_one_and_each_owner_claims
     assert!(!ids_in(lifeboat, "held").await.contains(&rig.bot), "lifeboat's own account is recovered, not held");
     rig.synapse.register_admin(&unique("root"));
     let (a, a_email) = &people[0];
+    // "held" in the registry covers a hold still under way (the ID is
+    // already kept from others); wait until its profile is back too.
+    let synapse = &rig.synapse;
+    eventually("the held account is locked with its profile back", Duration::from_secs(30), || async {
+        synapse.user(a).await["locked"] == true
+    })
+    .await;
     let held = rig.synapse.user(a).await;
     assert_eq!(held["locked"], true, "{held}");
     assert_eq!(held["displayname"].as_str(), Some(a.as_str()), "the display name is back: {held}");
