@@ -146,10 +146,12 @@ async fn start(
         }
     };
     let id = signing::new_link_id();
-    state.registry.create_web_link(&id, PURPOSE, account, address, Some(&hash), expires_at).await?;
+    // The DM first: a link is recorded only once its code went out, so a
+    // failed DM never leaves a live code for later requests to reuse.
     if let Some(code) = code_to_send {
         dm_code(state, &user_id, &code, &id).await?;
     }
+    state.registry.create_web_link(&id, PURPOSE, account, address, Some(&hash), expires_at).await?;
 
     let server_name = &state.config.homeserver.server_name;
     let url = signing::link_url(&state.web().public_url, key, "/subscribe/confirm", PURPOSE, &id);
