@@ -174,7 +174,11 @@ async fn mail_links(state: &WebState, target: Target, key: &secrecy::SecretStrin
                 url: signing::link_url(&state.web().public_url, key, "/token/open", PURPOSE, &id),
             },
         };
-        mail::send(state, &contact.address, email).await?;
+        if let Err(err) = mail::send(state, &contact.address, email).await {
+            // A link that never arrived must not count as one that still works.
+            state.registry.use_web_link(&id).await?;
+            return Err(err);
+        }
         tracing::info!(user_id = %contact.user_id, "way-back link mailed");
     }
     Ok(())

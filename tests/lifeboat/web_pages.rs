@@ -572,3 +572,25 @@ async fn slow_and_idle_connections_are_closed_and_their_number_is_capped() {
     assert!(closed_within(&mut idle, Duration::from_secs(20)).await, "an idle keep-alive connection is closed");
     assert!(trickling.await.unwrap(), "a trickled body is cut off");
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_link_the_mail_server_refused_does_not_hold_back_the_next_request() {
+    let registry = TestDatabase::sqlite();
+    let smtp = TestSmtp::start(Some(0));
+    let email = format!("{}@example.org", unique("refused"));
+    affected_person(&registry, "@gone:example.org", &email).await;
+    let lifeboat = Lifeboat::with_config("");
+    let served = serve(&lifeboat, &base_without_synapse(&registry, &smtp), "").await;
+    let http = reqwest::Client::new();
+    let token_url = format!("{}/token", served.url);
+    let request = |csrf: &str| format!("who={}&csrf={csrf}", email.replace('@', "%40"));
+
+    let (cookie, csrf) = form_csrf(&http, &token_url).await;
+    assert_eq!(post_form(&http, &token_url, Some(&cookie), &request(&csrf)).await.0, 200);
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    assert!(smtp.messages_to(&email).is_empty(), "the sink refused it (451)");
+
+    smtp.heal();
+    assert_eq!(post_form(&http, &token_url, Some(&cookie), &request(&csrf)).await.0, 200);
+    wait_for_mail(&smtp, &email, 1).await;
+}
