@@ -20,6 +20,7 @@ pub mod owner_only;
 pub mod plural;
 pub mod reconcile;
 pub mod recover;
+pub mod rooms;
 pub mod registry;
 pub mod serve;
 pub mod synapse;

@@ -10,6 +10,7 @@ use serde::Serialize;
 use crate::email::EmailAddress;
 use crate::lease::{Held, Lease};
 use crate::registry::{self, Actor, Registry, SyncApplied, now_ms};
+use crate::rooms::{RoomSyncSummary, sync_rooms};
 use crate::synapse::{self, LISTING_ATTEMPTS, SynapseClient, ThreePid};
 
 /// Accounts whose details are fetched per registry query.
@@ -55,6 +56,11 @@ pub struct SyncSummary {
     pub details_fetched: u64,
     pub details_failed: u64,
     pub emails_imported: u64,
+    /// The room registry's part; `None` when it could not be read (the
+    /// accounts were synced all the same).
+    pub rooms: Option<RoomSyncSummary>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub rooms_error: Option<String>,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -131,12 +137,23 @@ async fn sync_under_lease(
     let outcome = import_emails(registry, client, options, progress, &mut counts).await;
     registry.finish_sync_run(run_id, counts.fetched, counts.failed, counts.imported, actor).await?;
     outcome?;
+    // Rooms after accounts: a room's local members are matched with the
+    // accounts just applied.
+    let (rooms, rooms_error) = match sync_rooms(registry, client, &options.server_name).await {
+        Ok(rooms) => (Some(rooms), None),
+        Err(err) => {
+            tracing::warn!(error = %err, "the room registry was not updated");
+            (None, Some(err.to_string()))
+        }
+    };
     Ok(SyncSummary {
         run_id,
         applied,
         details_fetched: counts.fetched,
         details_failed: counts.failed,
         emails_imported: counts.imported,
+        rooms,
+        rooms_error,
     })
 }
 

@@ -15,6 +15,7 @@ use crate::check::{CheckOptions, WORKING_TOKEN_SETTING, check};
 use crate::config::Config;
 use crate::holds::{hold_lost_ids, holds_wanted};
 use crate::reconcile::Verdict;
+use crate::rooms::bring_back;
 use crate::recover::{AdminAccess, admin_access, recover, service_user_id};
 use crate::registry::{Actor, Registry, now_ms};
 use crate::synapse::SynapseClient;
@@ -240,6 +241,12 @@ pub async fn observe(config: &Config, registry: &Registry, recover_lock: &tokio:
     }
     if holds_wanted(config, false) {
         hold_lost(config, registry, &client, &actor, &mut seen).await;
+    }
+    // People whose ID is theirs again go back into their rooms within a round.
+    match bring_back(config, registry, &client, &actor, false).await {
+        Ok(report) if !report.is_empty() => tracing::info!(summary = %report.summary(), "watcher: rooms"),
+        Ok(_) => {}
+        Err(err) => tracing::warn!(error = %err, "watcher: could not bring people back into their rooms"),
     }
     seen.taken.sort_unstable();
     seen.taken.dedup();

@@ -18,7 +18,7 @@ use crate::mail::{Mailer, OutgoingEmail};
 use crate::notice::markdown_escape;
 use crate::notify::{NotifyProgress, human_time, plan};
 use crate::recover::service_user_id;
-use crate::registry::AccountState;
+use crate::registry::{AccountState, RoomState};
 use crate::registry::{Actor, ContactSource, format_time, now_ms};
 use crate::sync::{Quiet, SyncOptions, sync};
 use crate::tokens::{issue_request_token, revoke_unused_tokens};
@@ -74,6 +74,12 @@ fn command_name(command: &AdminCommand) -> String {
         AdminCommand::Notify { id, confirm: true } => format!("notify {id} confirm"),
         AdminCommand::Token(user) => format!("token {user}"),
         AdminCommand::Holds => "holds".into(),
+        AdminCommand::Rooms => "rooms".into(),
+        AdminCommand::RoomsRecreate { room, confirm } => format!(
+            "rooms recreate {}{}",
+            room.as_deref().unwrap_or("--all"),
+            if *confirm { " confirm" } else { "" }
+        ),
         AdminCommand::Release { user, confirm: false } => format!("release {user}"),
         AdminCommand::Release { user, confirm: true } => format!("release {user} confirm"),
         AdminCommand::ContactAdd(user, _) => format!("contact add {user}"),
@@ -213,6 +219,8 @@ async fn run(bot: &Bot, room: &Room, actor: &Actor, command: AdminCommand) -> Re
         AdminCommand::Notify { id, confirm } => notify(bot, room, actor, id, confirm).await,
         AdminCommand::Token(user) => token(bot, actor, &user).await,
         AdminCommand::Holds => holds(bot).await,
+        AdminCommand::Rooms => rooms(bot).await,
+        AdminCommand::RoomsRecreate { room, confirm } => recreate_rooms(bot, actor, room, confirm).await,
         AdminCommand::Release { user, confirm } => release_hold(bot, actor, &user, confirm).await,
         AdminCommand::ContactAdd(user, address) => {
             let added = registry
@@ -486,6 +494,94 @@ async fn holds(bot: &Bot) -> Result<String, String> {
         }
     }
     Ok(reply.trim_end().to_owned())
+}
+
+async fn rooms(bot: &Bot) -> Result<String, String> {
+    let rooms = bot.state.registry.rooms(None).await.map_err(|err| err.to_string())?;
+    if rooms.is_empty() {
+        return Ok("No rooms known yet: every sync reads them.".to_owned());
+    }
+    let mut reply = String::new();
+    for (state, label) in [
+        (RoomState::Elsewhere, "Living on on other servers (people are joined again as they come back)"),
+        (RoomState::Lost, "Lost: they lived only here (`rooms recreate <room-id | --all>` makes them again)"),
+        (RoomState::Recreated, "Re-created"),
+    ] {
+        let listed: Vec<String> = rooms
+            .iter()
+            .filter(|room| room.state == state)
+            .map(|room| {
+                let back = if room.members > 0 {
+                    format!(" ({} of {} back, {} waiting)", room.rejoined, room.members, room.pending)
+                } else {
+                    String::new()
+                };
+                format!("{} `{}`{back}", crate::notice::markdown_escape(room.label()), room.room_id)
+            })
+            .collect();
+        if !listed.is_empty() {
+            reply.push_str(&format!("**{label}** ({}): {}\n\n", listed.len(), listed.iter().take(30).cloned().collect::<Vec<_>>().join(", ")));
+        }
+    }
+    let here = rooms.iter().filter(|room| room.state == RoomState::Here).count();
+    reply.push_str(&format!("{} on the homeserver now.", crate::plural::count(here as i64, "room", "rooms")));
+    Ok(reply)
+}
+
+/// Re-creates lost rooms, after a confirm step.
+async fn recreate_rooms(bot: &Bot, actor: &Actor, room: Option<String>, confirm: bool) -> Result<String, String> {
+    let state = &bot.state;
+    let (config, registry) = (&state.config, &state.registry);
+    let target = room.clone().unwrap_or_else(|| "--all".to_owned());
+    let mut rooms = match &room {
+        Some(room_id) => {
+            let known = registry.room(room_id).await.map_err(|err| err.to_string())?;
+            let known = known.ok_or_else(|| format!("{room_id} is not in the room registry: `{} rooms` lists them", bot.prefix()))?;
+            if let Some(problem) = crate::rooms::recreate_problem(&known) {
+                return Err(problem);
+            }
+            vec![known]
+        }
+        None => registry.rooms(Some(RoomState::Lost)).await.map_err(|err| err.to_string())?,
+    };
+    if rooms.is_empty() {
+        return Ok("No room is lost: nothing to re-create.".to_owned());
+    }
+    let key = format!("rooms recreate {target}");
+    if !confirm {
+        if let Ok(mut pending) = bot.release_confirmations.lock() {
+            pending.insert(key, Instant::now());
+        }
+        let names: Vec<String> = rooms.iter().take(10).map(|room| crate::notice::markdown_escape(room.label())).collect();
+        return Ok(format!(
+            "This makes {} again as new, empty rooms ({}); their history does not come back, and former members are invited as each comes back. To do it, reply `{} rooms recreate {target} confirm` within {} minutes.",
+            crate::plural::count(rooms.len() as i64, "room", "rooms"),
+            names.join(", "),
+            bot.prefix(),
+            CONFIRM_WITHIN.as_secs() / 60
+        ));
+    }
+    let asked = bot.release_confirmations.lock().ok().and_then(|mut pending| pending.remove(&key));
+    if asked.is_none_or(|at| at.elapsed() > CONFIRM_WITHIN) {
+        return Err(format!(
+            "send `{} rooms recreate {target}` first, then confirm within {} minutes",
+            bot.prefix(),
+            CONFIRM_WITHIN.as_secs() / 60
+        ));
+    }
+    let client =
+        admin_client_recovering(config, registry, actor, &Notes::default()).await.map_err(|e| e.to_string())?;
+    // Spaces last, so they get their re-created children.
+    rooms.sort_by_key(|room| room.is_space());
+    let mut lines = Vec::new();
+    for room in rooms {
+        let room = registry.room(&room.room_id).await.ok().flatten().unwrap_or(room);
+        match crate::rooms::recreate(config, registry, &client, &room, actor).await {
+            Ok(made) => lines.push(made.summary()),
+            Err(err) => lines.push(format!("Not re-created: {}: {err}", room.label())),
+        }
+    }
+    Ok(lines.join("\n"))
 }
 
 /// Ends a hold for good, after a confirm step: the account is deactivated.

@@ -29,6 +29,12 @@ pub enum AdminCommand {
     },
     Token(UserId),
     Holds,
+    Rooms,
+    /// `room`: a room ID, or `None` for every lost room.
+    RoomsRecreate {
+        room: Option<String>,
+        confirm: bool,
+    },
     Release {
         user: UserId,
         confirm: bool,
@@ -62,6 +68,11 @@ pub const ADMIN_USAGE: &[(&str, &str)] = &[
     ("notify <id>", "show what would be sent; `notify <id> confirm` sends it"),
     ("token <user-id>", "mail one affected person a fresh claim link (if their ID is held) or registration token"),
     ("holds", "lost IDs held for their owners, claimed, and taken by someone else"),
+    ("rooms", "rooms after a loss: living on elsewhere, lost, re-created; who is back in them"),
+    (
+        "rooms recreate <room-id | --all>",
+        "make a room that lived only here again; `rooms recreate <room-id | --all> confirm` does it",
+    ),
     ("release <user-id>", "end a hold for good (deactivates the ID); `release <user-id> confirm` does it"),
     ("contact add <user-id> <email or Matrix ID>", "add a verified contact (a Matrix ID on another homeserver)"),
     ("contact remove <user-id> <email or Matrix ID>", "remove a contact"),
@@ -140,6 +151,15 @@ fn parse_admin_words(prefix: &str, rest: &str) -> Result<AdminCommand, BadComman
         },
         ["token", rest @ ..] if rest.len() == 1 => user(rest.first(), "token").map(AdminCommand::Token),
         ["holds"] => Ok(AdminCommand::Holds),
+        ["rooms"] => Ok(AdminCommand::Rooms),
+        ["rooms", "recreate", target, rest @ ..] if rest.is_empty() || rest == ["confirm"] => {
+            let room = match *target {
+                "--all" => None,
+                id if id.starts_with('!') && id.contains(':') => Some(id.to_owned()),
+                _ => return Err(usage("rooms recreate")),
+            };
+            Ok(AdminCommand::RoomsRecreate { room, confirm: !rest.is_empty() })
+        }
         ["release", rest @ ..] => match rest {
             [who] => user(Some(who), "release").map(|user| AdminCommand::Release { user, confirm: false }),
             [who, "confirm"] => user(Some(who), "release").map(|user| AdminCommand::Release { user, confirm: true }),
@@ -213,6 +233,12 @@ mod tests {
         assert_eq!(admin("!lifeboat"), Some(Ok(AdminCommand::Help)));
         assert_eq!(admin("!lifeboat notify 3"), Some(Ok(AdminCommand::Notify { id: 3, confirm: false })));
         assert_eq!(admin("!lifeboat notify 3 confirm"), Some(Ok(AdminCommand::Notify { id: 3, confirm: true })));
+        assert_eq!(
+            admin("!lifeboat rooms recreate !abc:x.org confirm"),
+            Some(Ok(AdminCommand::RoomsRecreate { room: Some("!abc:x.org".to_owned()), confirm: true }))
+        );
+        assert_eq!(admin("!lifeboat rooms recreate --all"), Some(Ok(AdminCommand::RoomsRecreate { room: None, confirm: false })));
+        assert!(matches!(admin("!lifeboat rooms recreate everything"), Some(Err(_))));
     }
 
     #[test]

@@ -11,6 +11,7 @@ mod incident;
 mod notify;
 pub(crate) mod output;
 mod recover;
+mod rooms;
 mod serve;
 mod sync;
 mod tokens;
@@ -105,6 +106,15 @@ enum Command {
     /// or `holds claim` here).
     #[command(subcommand)]
     Holds(holds::Command),
+    /// Rooms: where each stands after a loss, bringing people back, re-creating lost ones.
+    ///
+    /// Every sync keeps a list of the homeserver's rooms and who was in
+    /// them. After a loss, rooms that had members on other servers live on
+    /// there: lifeboat rejoins them, re-points their local aliases, and
+    /// joins each person back as their ID is theirs again. Rooms that lived
+    /// only here can be made again.
+    #[command(subcommand)]
+    Rooms(rooms::Command),
     /// Incidents: open one after a loss, show who can be reached, resolve it.
     #[command(subcommand)]
     Incident(incident::Command),
@@ -226,6 +236,7 @@ async fn run(cli: Cli) -> Outcome {
         Command::Users(command) => users::run(&context, command).await,
         Command::Contacts(command) => contacts::run(&context, command).await,
         Command::Holds(command) => holds::run(&context, command).await,
+        Command::Rooms(command) => rooms::run(&context, command).await,
         Command::Incident(command) => incident::run(&context, command).await,
         Command::Notify(args) => notify::run(&context, args).await,
         Command::Tokens(command) => tokens::run(&context, command).await,

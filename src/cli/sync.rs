@@ -82,6 +82,14 @@ pub async fn run(context: &Context, args: Args) -> Outcome {
             "  emails: {} new from {} accounts' details ({} could not be fetched)",
             summary.emails_imported, summary.details_fetched, summary.details_failed
         );
+        match (&summary.rooms, &summary.rooms_error) {
+            (Some(rooms), _) => println!(
+                "  rooms: {} on the homeserver, {} read again ({} could not be read)",
+                rooms.listed, rooms.refreshed, rooms.failed
+            ),
+            (None, Some(err)) => println!("  rooms: not updated: {err}"),
+            (None, None) => {}
+        }
         if !report.missing.is_empty() {
             println!("  missing: {}", id_list(&report.missing, 20));
         }

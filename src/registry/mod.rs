@@ -11,6 +11,7 @@ mod credentials;
 mod deliveries;
 mod holds;
 mod incidents;
+mod rooms;
 mod status;
 mod sync_runs;
 mod verifications;
@@ -31,6 +32,9 @@ pub use credentials::ServiceCredential;
 pub use deliveries::{Delivery, DeliveryCounts, DeliveryState, OutboxWriter, PlannedEmails};
 pub use holds::{HoldCandidate, HoldCounts, HoldRow};
 pub use incidents::{Incident, IncidentSummary, NoticeToken};
+pub use rooms::{
+    MAX_REJOIN_ATTEMPTS, ROOMS_LISTED_SETTING, Rejoin, RejoinOutcome, Room, RoomDetails, RoomFate, RoomRecord, RoomState,
+};
 pub use status::RegistryStatus;
 pub use sync_runs::{SyncApplied, SyncRun};
 pub use verifications::{CodeCheck, MAX_CODE_ATTEMPTS};

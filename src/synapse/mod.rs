@@ -7,6 +7,7 @@
 mod accounts;
 mod admin;
 mod error;
+mod rooms;
 mod types;
 
 use std::time::Duration;
@@ -21,6 +22,7 @@ use url::Url;
 pub use accounts::{Creation, HeldProfile};
 pub use admin::{Registered, RegistrationToken, SharedSecretError, Whoami};
 pub use error::Error;
+pub use rooms::{JoinOutcome, ListedRoom, RoomsPage, StateEvent};
 pub use types::{ListedUser, ThreePid, UserDetails, UsersPage};
 
 /// Longest single wait between tries, whatever Synapse asks for.

@@ -1,0 +1,165 @@
+//! `lifeboat rooms list|rejoin|recreate`: the room registry, and bringing
+//! people back into their rooms after a loss.
+
+use super::incident::StderrNotes;
+use super::output::{ask, print_json};
+use super::{Context, Failure, Outcome, exit};
+use crate::campaign::admin_client_recovering;
+use crate::registry::{Actor, Room, RoomState};
+use crate::rooms::{bring_back, recreate, recreate_problem};
+
+#[derive(clap::Subcommand, Debug)]
+pub enum Command {
+    /// List the rooms lifeboat knows, and where each stands.
+    ///
+    /// here: on the homeserver now. elsewhere: gone from here, but it lives
+    /// on on other servers, and its people are joined to it again as they
+    /// come back. lost: it lived only here. recreated: lost, and made again
+    /// (`rooms recreate`). Every sync keeps this list.
+    List {
+        /// Only rooms in this state.
+        #[arg(long, value_parser = ["here", "elsewhere", "lost", "recreated"])]
+        state: Option<String>,
+        /// Print the result as JSON on stdout.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Bring people back into their rooms now (`serve`'s watcher does it every round).
+    ///
+    /// lifeboat's own account rejoins the surviving rooms people lost (and
+    /// re-points their local aliases, and lists them in the directory
+    /// again); then each person whose ID is theirs again (claimed) is joined
+    /// to every surviving room they were in, and invited to re-created ones.
+    Rejoin {
+        /// Also try again what failed too often to be tried by itself.
+        #[arg(long)]
+        retry: bool,
+    },
+    /// Make a room that lived only here again, with the same name, topic,
+    /// alias, join rule, directory listing, encryption and type.
+    ///
+    /// Its former members are invited as each comes back. History does not
+    /// come back: it was only on this server. Asks for confirmation first
+    /// (pass --yes when stdin is not a terminal).
+    Recreate {
+        /// The room's ID (from `rooms list --state lost`).
+        #[arg(required_unless_present = "all", conflicts_with = "all")]
+        room_id: Option<String>,
+        /// Every lost room (spaces last, so they get their re-created children).
+        #[arg(long)]
+        all: bool,
+        /// Do not ask.
+        #[arg(long)]
+        yes: bool,
+    },
+}
+
+pub async fn run(context: &Context, command: Command) -> Outcome {
+    let config = context.config()?;
+    let registry = context.registry(&config).await?;
+    match command {
+        Command::List { state, json } => {
+            let state = state.as_deref().and_then(RoomState::parse);
+            let rooms = registry.rooms(state).await?;
+            if json {
+                print_json(&rooms)?;
+            } else if rooms.is_empty() {
+                println!("No rooms known{}: `lifeboat sync` reads them.", state.map(|s| format!(" that are {}", s.as_str())).unwrap_or_default());
+            } else {
+                print_rooms(&rooms);
+            }
+            Ok(exit::OK)
+        }
+        Command::Rejoin { retry } => {
+            let client = admin_client_recovering(&config, &registry, &Actor::cli(), &StderrNotes)
+                .await
+                .map_err(|err| Failure::new(exit::FAILED, err))?;
+            let report = bring_back(&config, &registry, &client, &Actor::cli(), retry)
+                .await
+                .map_err(|err| Failure::new(exit::FAILED, err))?;
+            if report.is_empty() {
+                println!("Nobody is waiting to be brought back into a room.");
+            } else {
+                println!("{}.", report.summary());
+            }
+            for (who, room, reason) in report.failed.iter().take(10) {
+                eprintln!("not yet: {who} in {room}: {reason}");
+            }
+            Ok(if report.failed.is_empty() { exit::OK } else { exit::FAILED })
+        }
+        Command::Recreate { room_id, all: _, yes } => {
+            let rooms = match room_id {
+                Some(room_id) => {
+                    let Some(room) = registry.room(&room_id).await? else {
+                        return Err(Failure::new(
+                            exit::FAILED,
+                            format!("{room_id} is not in the room registry: `lifeboat rooms list --state lost` shows the rooms that can be re-created"),
+                        ));
+                    };
+                    if let Some(problem) = recreate_problem(&room) {
+                        return Err(Failure::new(exit::FAILED, problem));
+                    }
+                    vec![room]
+                }
+                None => spaces_last(registry.rooms(Some(RoomState::Lost)).await?),
+            };
+            if rooms.is_empty() {
+                println!("No room is lost: nothing to re-create.");
+                return Ok(exit::OK);
+            }
+            if !yes {
+                let question = format!(
+                    "Re-create {} ({}) as new, empty rooms, and invite their former members as each comes back? [y/N]",
+                    crate::plural::count(rooms.len() as i64, "room", "rooms"),
+                    rooms.iter().take(5).map(Room::label).collect::<Vec<_>>().join(", ")
+                );
+                let answer = ask(&question, "pass --yes to re-create rooms without a terminal").await?;
+                if !matches!(answer.trim(), "y" | "Y" | "yes") {
+                    println!("Nothing changed.");
+                    return Ok(exit::OK);
+                }
+            }
+            let client = admin_client_recovering(&config, &registry, &Actor::cli(), &StderrNotes)
+                .await
+                .map_err(|err| Failure::new(exit::FAILED, err))?;
+            let mut failed = 0;
+            for room in rooms {
+                // A space's children may have been re-created just before.
+                let room = registry.room(&room.room_id).await?.unwrap_or(room);
+                match recreate(&config, &registry, &client, &room, &Actor::cli()).await {
+                    Ok(made) => println!("{}", made.summary()),
+                    Err(err) => {
+                        failed += 1;
+                        eprintln!("not re-created: {}: {err}", room.label());
+                    }
+                }
+            }
+            Ok(if failed == 0 { exit::OK } else { exit::FAILED })
+        }
+    }
+}
+
+fn spaces_last(mut rooms: Vec<Room>) -> Vec<Room> {
+    rooms.sort_by_key(Room::is_space);
+    rooms
+}
+
+fn print_rooms(rooms: &[Room]) {
+    for room in rooms {
+        let kind = if room.is_space() { " (space)" } else { "" };
+        let back = if room.members > 0 {
+            format!("  {} of {} back, {} waiting", room.rejoined, room.members, room.pending)
+        } else {
+            String::new()
+        };
+        println!("{:<10} {}  {}{kind}{back}", room.state.as_str(), room.room_id, room.label());
+    }
+    let count = |state: RoomState| rooms.iter().filter(|room| room.state == state).count();
+    println!(
+        "{} here, {} living on elsewhere, {} lost (lived only here), {} re-created.",
+        count(RoomState::Here),
+        count(RoomState::Elsewhere),
+        count(RoomState::Lost),
+        count(RoomState::Recreated)
+    );
+}

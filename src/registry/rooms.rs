@@ -1,0 +1,501 @@
+//! Rooms and local accounts' memberships (see migrations/*/0008_rooms.sql).
+//!
+//! Where a room stands now is one rule, [`ROOM_STATE_SQL`]: here (in the
+//! latest complete room listing), re-created, living on elsewhere (gone
+//! from here, but it had joined members on other servers), or lost (it
+//! lived only here).
+
+use std::collections::HashMap;
+
+use serde::Serialize;
+
+use super::{Registry, Result, STANDING_SQL, now_ms};
+
+/// Registry setting: when the last complete room listing was applied.
+pub const ROOMS_LISTED_SETTING: &str = "rooms.listed_at";
+
+/// Rejoins of one person to one room tried before lifeboat stops trying
+/// by itself (`lifeboat rooms rejoin --retry` tries again).
+pub const MAX_REJOIN_ATTEMPTS: i64 = 5;
+
+/// Where a room stands (see [`ROOM_STATE_SQL`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum RoomState {
+    /// On this homeserver now.
+    Here,
+    /// Gone from here, alive on other servers: people can rejoin it.
+    Elsewhere,
+    /// It lived only on this server and is gone.
+    Lost,
+    /// Lost, and made again under a new room ID.
+    Recreated,
+}
+
+impl RoomState {
+    pub const ALL: [RoomState; 4] = [RoomState::Here, RoomState::Elsewhere, RoomState::Lost, RoomState::Recreated];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            RoomState::Here => "here",
+            RoomState::Elsewhere => "elsewhere",
+            RoomState::Lost => "lost",
+            RoomState::Recreated => "recreated",
+        }
+    }
+
+    pub fn parse(text: &str) -> Option<RoomState> {
+        RoomState::ALL.into_iter().find(|state| state.as_str() == text)
+    }
+
+    /// Does the room come back for a person who comes back?
+    pub fn comes_back(self) -> bool {
+        matches!(self, RoomState::Here | RoomState::Elsewhere)
+    }
+}
+
+/// The one rule for a room's [`RoomState`], over `rooms` aliased `r`, with
+/// `$1` the time of the latest complete room listing.
+const ROOM_STATE_SQL: &str = "CASE WHEN r.recreated_as IS NOT NULL THEN 'recreated' \
+     WHEN r.last_seen_at >= $1 THEN 'here' \
+     WHEN r.joined_remote > 0 THEN 'elsewhere' \
+     ELSE 'lost' END";
+
+/// What a sync learned of one room: the listing's summary, and, when the
+/// room changed, what its state and aliases say.
+#[derive(Debug, Clone, Default)]
+pub struct RoomRecord {
+    pub room_id: String,
+    pub name: Option<String>,
+    pub canonical_alias: Option<String>,
+    pub join_rule: Option<String>,
+    pub public: bool,
+    pub encrypted: bool,
+    pub room_type: Option<String>,
+    pub creator: Option<String>,
+    pub joined_local: i64,
+    pub joined_remote: i64,
+    pub state_events: i64,
+    /// Read from the room's state; `None` when it did not change.
+    pub details: Option<RoomDetails>,
+}
+
+#[derive(Debug, Clone, Default)]
+pub struct RoomDetails {
+    pub topic: Option<String>,
+    pub avatar_url: Option<String>,
+    pub aliases: Vec<String>,
+    pub children: Vec<String>,
+    pub via_servers: Vec<String>,
+    /// Local accounts joined or invited: (user ID, membership, power level).
+    pub members: Vec<(String, String, i64)>,
+}
+
+/// A room as the registry knows it.
+#[derive(Debug, Clone, Serialize)]
+pub struct Room {
+    pub room_id: String,
+    pub state: RoomState,
+    pub name: Option<String>,
+    pub canonical_alias: Option<String>,
+    pub topic: Option<String>,
+    pub avatar_url: Option<String>,
+    pub join_rule: Option<String>,
+    pub public: bool,
+    pub encrypted: bool,
+    pub room_type: Option<String>,
+    pub creator: Option<String>,
+    pub aliases: Vec<String>,
+    pub children: Vec<String>,
+    pub via_servers: Vec<String>,
+    pub joined_local: i64,
+    pub joined_remote: i64,
+    pub first_seen_at: i64,
+    pub last_seen_at: i64,
+    pub restored_at: Option<i64>,
+    pub restore_error: Option<String>,
+    pub recreated_as: Option<String>,
+    /// Local members the registry knows, and of them, how many were
+    /// brought back (joined again, or invited to the re-created room) and
+    /// how many are still waiting (their person is not back yet, or it
+    /// failed and is tried again).
+    pub members: i64,
+    pub rejoined: i64,
+    pub pending: i64,
+}
+
+impl Room {
+    /// The name people know it by: its name, alias, or ID.
+    pub fn label(&self) -> &str {
+        self.name
+            .as_deref()
+            .filter(|name| !name.is_empty())
+            .or(self.canonical_alias.as_deref())
+            .or(self.aliases.first().map(String::as_str))
+            .unwrap_or(&self.room_id)
+    }
+
+    pub fn is_space(&self) -> bool {
+        self.room_type.as_deref() == Some("m.space")
+    }
+}
+
+#[derive(sqlx::FromRow)]
+struct RoomRow {
+    room_id: String,
+    state: String,
+    name: Option<String>,
+    canonical_alias: Option<String>,
+    topic: Option<String>,
+    avatar_url: Option<String>,
+    join_rule: Option<String>,
+    public: i64,
+    encrypted: i64,
+    room_type: Option<String>,
+    creator: Option<String>,
+    aliases: String,
+    children: String,
+    via_servers: String,
+    joined_local: i64,
+    joined_remote: i64,
+    first_seen_at: i64,
+    last_seen_at: i64,
+    restored_at: Option<i64>,
+    restore_error: Option<String>,
+    recreated_as: Option<String>,
+    members: i64,
+    rejoined: i64,
+    pending: i64,
+}
+
+fn list(json: &str) -> Vec<String> {
+    serde_json::from_str(json).unwrap_or_default()
+}
+
+fn json_list(items: &[String]) -> String {
+    serde_json::to_string(items).expect("strings serialize")
+}
+
+impl From<RoomRow> for Room {
+    fn from(row: RoomRow) -> Room {
+        Room {
+            state: RoomState::parse(&row.state).unwrap_or(RoomState::Lost),
+            aliases: list(&row.aliases),
+            children: list(&row.children),
+            via_servers: list(&row.via_servers),
+            room_id: row.room_id,
+            name: row.name,
+            canonical_alias: row.canonical_alias,
+            topic: row.topic,
+            avatar_url: row.avatar_url,
+            join_rule: row.join_rule,
+            public: row.public != 0,
+            encrypted: row.encrypted != 0,
+            room_type: row.room_type,
+            creator: row.creator,
+            joined_local: row.joined_local,
+            joined_remote: row.joined_remote,
+            first_seen_at: row.first_seen_at,
+            last_seen_at: row.last_seen_at,
+            restored_at: row.restored_at,
+            restore_error: row.restore_error,
+            recreated_as: row.recreated_as,
+            members: row.members,
+            rejoined: row.rejoined,
+            pending: row.pending,
+        }
+    }
+}
+
+/// One person to bring back into one room.
+#[derive(Debug, Clone)]
+pub struct Rejoin {
+    pub room_id: String,
+    pub user_id: String,
+    pub room_state: RoomState,
+    pub via_servers: Vec<String>,
+    /// The room made in place of a lost one: they are invited there.
+    pub recreated_as: Option<String>,
+}
+
+/// What became of one of a person's rooms, for their notice.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RoomFate {
+    pub label: String,
+    pub state: RoomState,
+    pub encrypted: bool,
+}
+
+impl Registry {
+    async fn rooms_listed_at(&self) -> Result<i64> {
+        // Before any complete listing, no room counts as here.
+        Ok(self.setting(ROOMS_LISTED_SETTING).await?.and_then(|at| at.parse().ok()).unwrap_or(i64::MAX))
+    }
+
+    /// The listing's fingerprint of each known room, to tell which changed:
+    /// (state events, joined local, joined remote).
+    pub async fn room_fingerprints(&self) -> Result<HashMap<String, (i64, i64, i64)>> {
+        let rows: Vec<(String, i64, i64, i64)> =
+            sqlx::query_as("SELECT room_id, state_events, joined_local, joined_remote FROM rooms")
+                .fetch_all(&self.pool)
+                .await?;
+        Ok(rows.into_iter().map(|(room, events, local, remote)| (room, (events, local, remote))).collect())
+    }
+
+    /// Applies a complete room listing in one transaction: every listed
+    /// room is recorded as seen now; rooms not listed keep what the
+    /// registry last knew (they are gone from here, not forgotten).
+    pub async fn apply_room_listing(&self, rooms: &[RoomRecord]) -> Result<()> {
+        let now = now_ms();
+        let mut tx = self.begin_write().await?;
+        for room in rooms {
+            sqlx::query(
+                "INSERT INTO rooms (room_id, name, canonical_alias, join_rule, public, encrypted, room_type, creator, \
+                 joined_local, joined_remote, state_events, first_seen_at, last_seen_at) \
+                 VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $12) \
+                 ON CONFLICT (room_id) DO UPDATE SET name = excluded.name, canonical_alias = excluded.canonical_alias, \
+                 join_rule = excluded.join_rule, public = excluded.public, encrypted = excluded.encrypted, \
+                 room_type = excluded.room_type, creator = excluded.creator, joined_local = excluded.joined_local, \
+                 joined_remote = excluded.joined_remote, state_events = excluded.state_events, \
+                 last_seen_at = excluded.last_seen_at",
+            )
+            .bind(&room.room_id)
+            .bind(&room.name)
+            .bind(&room.canonical_alias)
+            .bind(&room.join_rule)
+            .bind(room.public as i64)
+            .bind(room.encrypted as i64)
+            .bind(&room.room_type)
+            .bind(&room.creator)
+            .bind(room.joined_local)
+            .bind(room.joined_remote)
+            .bind(room.state_events)
+            .bind(now)
+            .execute(&mut *tx)
+            .await?;
+            if let Some(details) = &room.details {
+                record_details(&mut tx, &room.room_id, details).await?;
+            }
+        }
+        sqlx::query(
+            "INSERT INTO settings (name, value) VALUES ($1, $2) ON CONFLICT (name) DO UPDATE SET value = excluded.value",
+        )
+        .bind(ROOMS_LISTED_SETTING)
+        .bind(now.to_string())
+        .execute(&mut *tx)
+        .await?;
+        tx.commit().await?;
+        Ok(())
+    }
+
+    /// Rooms, most local members first; only those in `state` if given.
+    pub async fn rooms(&self, state: Option<RoomState>) -> Result<Vec<Room>> {
+        let listed_at = self.rooms_listed_at().await?;
+        let sql = format!(
+            "SELECT * FROM (SELECT r.room_id, {ROOM_STATE_SQL} AS state, r.name, r.canonical_alias, r.topic, \
+             r.avatar_url, r.join_rule, r.public, r.encrypted, r.room_type, r.creator, r.aliases, r.children, \
+             r.via_servers, r.joined_local, r.joined_remote, r.first_seen_at, r.last_seen_at, r.restored_at, \
+             r.restore_error, r.recreated_as, \
+             (SELECT COUNT(*) FROM room_members m WHERE m.room_id = r.room_id) AS members, \
+             (SELECT COUNT(*) FROM room_members m WHERE m.room_id = r.room_id \
+                AND m.rejoin IN ('joined', 'invited')) AS rejoined, \
+             (SELECT COUNT(*) FROM room_members m WHERE m.room_id = r.room_id \
+                AND m.membership = 'join' AND (m.rejoin IS NULL OR m.rejoin = 'failed') \
+                AND EXISTS (SELECT 1 FROM accounts a WHERE a.user_id = m.user_id \
+                    AND ({STANDING_SQL}) IN ('missing', 'held', 'claimed', 'recreated'))) AS pending \
+             FROM rooms r) AS known WHERE ($2 = '' OR state = $2) \
+             ORDER BY joined_local DESC, room_id"
+        );
+        let rows: Vec<RoomRow> = sqlx::query_as(sqlx::AssertSqlSafe(sql))
+            .bind(listed_at)
+            .bind(state.map(RoomState::as_str).unwrap_or(""))
+            .fetch_all(&self.pool)
+            .await?;
+        Ok(rows.into_iter().map(Room::from).collect())
+    }
+
+    pub async fn room(&self, room_id: &str) -> Result<Option<Room>> {
+        Ok(self.rooms(None).await?.into_iter().find(|room| room.room_id == room_id))
+    }
+
+    /// How many rooms the registry knows.
+    pub async fn room_count(&self) -> Result<i64> {
+        let (count,): (i64,) = sqlx::query_as("SELECT COUNT(*) FROM rooms").fetch_one(&self.pool).await?;
+        Ok(count)
+    }
+
+    /// Records lifeboat's own account back in a room (`error` none), or
+    /// why it could not get in.
+    pub async fn mark_room_restored(&self, room_id: &str, error: Option<&str>) -> Result<()> {
+        let restored_at = error.is_none().then(now_ms);
+        sqlx::query("UPDATE rooms SET restored_at = $2, restore_error = $3 WHERE room_id = $1")
+            .bind(room_id)
+            .bind(restored_at)
+            .bind(error)
+            .execute(&self.pool)
+            .await?;
+        Ok(())
+    }
+
+    /// Records the room made in place of a lost one.
+    pub async fn mark_room_recreated(&self, room_id: &str, new_room_id: &str) -> Result<()> {
+        sqlx::query("UPDATE rooms SET recreated_as = $2, recreated_at = $3 WHERE room_id = $1")
+            .bind(room_id)
+            .bind(new_room_id)
+            .bind(now_ms())
+            .execute(&self.pool)
+            .await?;
+        Ok(())
+    }
+
+    /// People back on their ID (claimed) whose rooms they are not back in
+    /// yet: rooms that come back, and re-created ones. Failures are tried
+    /// again up to [`MAX_REJOIN_ATTEMPTS`] times (`retry_all`: whatever the
+    /// count).
+    pub async fn pending_rejoins(&self, retry_all: bool) -> Result<Vec<Rejoin>> {
+        let listed_at = self.rooms_listed_at().await?;
+        let sql = format!(
+            "SELECT m.room_id, m.user_id, {ROOM_STATE_SQL} AS state, r.via_servers, r.recreated_as \
+             FROM room_members m JOIN rooms r ON r.room_id = m.room_id \
+             JOIN accounts a ON a.user_id = m.user_id \
+             WHERE m.membership = 'join' AND ({STANDING_SQL}) = 'claimed' \
+             AND (m.rejoin IS NULL OR (m.rejoin = 'failed' AND ($2 = 1 OR m.rejoin_attempts < $3))) \
+             ORDER BY m.user_id, m.room_id"
+        );
+        let rows: Vec<(String, String, String, String, Option<String>)> = sqlx::query_as(sqlx::AssertSqlSafe(sql))
+            .bind(listed_at)
+            .bind(retry_all as i64)
+            .bind(MAX_REJOIN_ATTEMPTS)
+            .fetch_all(&self.pool)
+            .await?;
+        Ok(rows
+            .into_iter()
+            .filter_map(|(room_id, user_id, state, via, recreated_as)| {
+                let room_state = RoomState::parse(&state)?;
+                (room_state.comes_back() || room_state == RoomState::Recreated).then(|| Rejoin {
+                    room_id,
+                    user_id,
+                    room_state,
+                    via_servers: list(&via),
+                    recreated_as,
+                })
+            })
+            .collect())
+    }
+
+    /// Records how bringing one person back into one room went.
+    pub async fn record_rejoin(&self, room_id: &str, user_id: &str, outcome: RejoinOutcome<'_>) -> Result<()> {
+        let (rejoin, error) = match outcome {
+            RejoinOutcome::Joined => ("joined", None),
+            RejoinOutcome::Invited => ("invited", None),
+            RejoinOutcome::Failed(reason) => ("failed", Some(reason)),
+        };
+        sqlx::query(
+            "UPDATE room_members SET rejoin = $3, rejoin_error = $4, rejoin_at = $5, \
+             rejoin_attempts = rejoin_attempts + 1 WHERE room_id = $1 AND user_id = $2",
+        )
+        .bind(room_id)
+        .bind(user_id)
+        .bind(rejoin)
+        .bind(error)
+        .bind(now_ms())
+        .execute(&self.pool)
+        .await?;
+        Ok(())
+    }
+
+    /// Former members of a room (joined when it was last read), with
+    /// whether their ID is their person's again.
+    pub async fn room_members_back(&self, room_id: &str) -> Result<Vec<(String, bool)>> {
+        let sql = format!(
+            "SELECT m.user_id, ({STANDING_SQL}) FROM room_members m JOIN accounts a ON a.user_id = m.user_id \
+             WHERE m.room_id = $1 AND m.membership = 'join' ORDER BY m.user_id"
+        );
+        let rows: Vec<(String, String)> = sqlx::query_as(sqlx::AssertSqlSafe(sql)).bind(room_id).fetch_all(&self.pool).await?;
+        Ok(rows.into_iter().map(|(user_id, standing)| (user_id, matches!(standing.as_str(), "present" | "claimed"))).collect())
+    }
+
+    /// The rooms each of these people was joined to, for their notices.
+    pub async fn room_fates(&self, user_ids: &[String]) -> Result<HashMap<String, Vec<RoomFate>>> {
+        let wanted: std::collections::HashSet<&str> = user_ids.iter().map(String::as_str).collect();
+        let mut fates: HashMap<String, Vec<RoomFate>> = HashMap::new();
+        let rooms: HashMap<String, Room> =
+            self.rooms(None).await?.into_iter().map(|room| (room.room_id.clone(), room)).collect();
+        let memberships: Vec<(String, String)> =
+            sqlx::query_as("SELECT user_id, room_id FROM room_members WHERE membership = 'join' ORDER BY room_id")
+                .fetch_all(&self.pool)
+                .await?;
+        for (user_id, room_id) in memberships {
+            let (Some(room), true) = (rooms.get(&room_id), wanted.contains(user_id.as_str())) else { continue };
+            // A direct chat or unnamed room says nothing by its ID: left out.
+            if room.label() == room.room_id {
+                continue;
+            }
+            fates.entry(user_id).or_default().push(RoomFate {
+                label: room.label().to_owned(),
+                state: room.state,
+                encrypted: room.encrypted,
+            });
+        }
+        Ok(fates)
+    }
+}
+
+/// How bringing one person back into one room went.
+#[derive(Debug, Clone, Copy)]
+pub enum RejoinOutcome<'a> {
+    Joined,
+    Invited,
+    Failed(&'a str),
+}
+
+/// A changed room's details and memberships. A membership that the new
+/// state no longer shows is dropped only for a person who is here and not
+/// waiting to be brought back: a lost person's rooms are what their
+/// rejoin needs.
+async fn record_details(tx: &mut sqlx::Transaction<'static, sqlx::Any>, room_id: &str, details: &RoomDetails) -> Result<()> {
+    sqlx::query("UPDATE rooms SET topic = $2, avatar_url = $3, aliases = $4, children = $5, via_servers = $6 WHERE room_id = $1")
+        .bind(room_id)
+        .bind(&details.topic)
+        .bind(&details.avatar_url)
+        .bind(json_list(&details.aliases))
+        .bind(json_list(&details.children))
+        .bind(json_list(&details.via_servers))
+        .execute(&mut **tx)
+        .await?;
+    let sql = format!(
+        "SELECT m.user_id, m.rejoin, ({STANDING_SQL}) FROM room_members m LEFT JOIN accounts a ON a.user_id = m.user_id \
+         WHERE m.room_id = $1"
+    );
+    let known: Vec<(String, Option<String>, Option<String>)> = sqlx::query_as(sqlx::AssertSqlSafe(sql)).bind(room_id).fetch_all(&mut **tx).await?;
+    for (user_id, rejoin, standing) in known {
+        if details.members.iter().any(|(member, _, _)| *member == user_id) {
+            continue;
+        }
+        let here_for_good = match standing.as_deref() {
+            Some("present") | None => true,
+            Some("claimed") => rejoin.is_some_and(|rejoin| rejoin != "failed"),
+            _ => false,
+        };
+        if here_for_good {
+            sqlx::query("DELETE FROM room_members WHERE room_id = $1 AND user_id = $2")
+                .bind(room_id)
+                .bind(&user_id)
+                .execute(&mut **tx)
+                .await?;
+        }
+    }
+    for (user_id, membership, power_level) in &details.members {
+        sqlx::query(
+            "INSERT INTO room_members (room_id, user_id, membership, power_level) VALUES ($1, $2, $3, $4) \
+             ON CONFLICT (room_id, user_id) DO UPDATE SET membership = excluded.membership, power_level = excluded.power_level",
+        )
+        .bind(room_id)
+        .bind(user_id)
+        .bind(membership)
+        .bind(power_level)
+        .execute(&mut **tx)
+        .await?;
+    }
+    Ok(())
+}

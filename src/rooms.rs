@@ -1,0 +1,579 @@
+//! Rooms come back: the room registry kept by every sync, lifeboat's own
+//! account back in the rooms that survived on other servers (with their
+//! local aliases and directory listing), people brought back into their
+//! rooms once their ID is theirs again, and rooms that lived only here
+//! made again.
+//!
+//! A room that had joined members on other servers lives on there after a
+//! wipe; a returning local account is let back in by its old membership,
+//! which the surviving state still holds (../shared/SYNAPSE_NOTES.md,
+//! "Rooms").
+
+use std::collections::HashMap;
+
+use futures::StreamExt;
+use serde::Serialize;
+use serde_json::{Value, json};
+
+use crate::config::Config;
+use crate::recover::service_user_id;
+use crate::registry::{
+    self, Actor, Rejoin, RejoinOutcome, Registry, Room, RoomDetails, RoomRecord, RoomState,
+};
+use crate::synapse::{self, JoinOutcome, ListedRoom, StateEvent, SynapseClient};
+
+/// Rooms read per listing page (the listing is over summary tables: cheap).
+const ROOMS_PAGE: u32 = 500;
+/// Rooms whose state is read at once, and people joined at once. Synapse
+/// is one Python process: more in flight only queue there.
+pub const ROOM_CONCURRENCY: usize = 4;
+/// `via` servers kept per room: the ones with the most joined members.
+const VIA_SERVERS: usize = 5;
+/// A listing that keeps changing while it is read is read again this often.
+const LISTING_ATTEMPTS: u32 = 3;
+
+#[derive(Debug, thiserror::Error)]
+pub enum RoomsError {
+    #[error("the room listing failed, so the room registry was left unchanged: {0}")]
+    Synapse(#[from] synapse::Error),
+    #[error(
+        "the room list kept changing while it was read ({listed} rooms read, Synapse counts {total}), so the room registry was left unchanged"
+    )]
+    Inconsistent { listed: u64, total: i64 },
+    #[error(transparent)]
+    Registry(#[from] registry::Error),
+    #[error("{0}")]
+    Refused(String),
+}
+
+/// What a room sync did.
+#[derive(Debug, Clone, Default, Serialize)]
+pub struct RoomSyncSummary {
+    /// Rooms on the homeserver now.
+    pub listed: u64,
+    /// Rooms whose state was read (new or changed since the last sync).
+    pub refreshed: u64,
+    /// Rooms whose state could not be read (read again next time).
+    pub failed: u64,
+}
+
+/// Reads the complete room listing, and the state of rooms that are new or
+/// changed, into the registry. A listing that fails part-way changes
+/// nothing: rooms missing from it are never read as gone.
+pub async fn sync_rooms(
+    registry: &Registry,
+    client: &SynapseClient,
+    server_name: &str,
+) -> Result<RoomSyncSummary, RoomsError> {
+    let listed = complete_listing(client).await?;
+    let known = registry.room_fingerprints().await?;
+    let mut summary = RoomSyncSummary { listed: listed.len() as u64, ..RoomSyncSummary::default() };
+    let mut records: Vec<RoomRecord> = listed.into_iter().map(record_of).collect();
+    let changed: Vec<usize> = records
+        .iter()
+        .enumerate()
+        .filter(|(_, room)| known.get(&room.room_id) != Some(&(room.state_events, room.joined_local, room.joined_remote)))
+        .map(|(index, _)| index)
+        .collect();
+    let mut details = futures::stream::iter(changed)
+        .map(|index| {
+            let room_id = records[index].room_id.clone();
+            async move { (index, read_details(client, &room_id, server_name).await) }
+        })
+        .buffer_unordered(ROOM_CONCURRENCY);
+    let mut read = Vec::new();
+    while let Some((index, outcome)) = details.next().await {
+        read.push((index, outcome));
+    }
+    drop(details);
+    for (index, outcome) in read {
+        match outcome {
+            Ok(Some(found)) => {
+                records[index].details = Some(found);
+                summary.refreshed += 1;
+            }
+            // Gone since the listing: the next sync will not list it.
+            Ok(None) => {}
+            Err(err @ (synapse::Error::Unauthorized { .. } | synapse::Error::Forbidden { .. })) => return Err(err.into()),
+            Err(err) => {
+                tracing::warn!(room_id = %records[index].room_id, error = %err, "could not read a room's state");
+                // A fingerprint no listing has, so the next sync reads it.
+                records[index].state_events = -1;
+                summary.failed += 1;
+            }
+        }
+    }
+    registry.apply_room_listing(&records).await?;
+    Ok(summary)
+}
+
+async fn complete_listing(client: &SynapseClient) -> Result<Vec<ListedRoom>, RoomsError> {
+    let mut attempt = 1;
+    loop {
+        let mut rooms: HashMap<String, ListedRoom> = HashMap::new();
+        let mut from = 0;
+        let mut total = 0;
+        loop {
+            let page = client.rooms_page(from, ROOMS_PAGE).await?;
+            total = page.total_rooms.unwrap_or(total);
+            for room in page.rooms {
+                rooms.insert(room.room_id.clone(), room);
+            }
+            match page.next_batch {
+                Some(next) if next > from => from = next,
+                _ => break,
+            }
+        }
+        if total <= rooms.len() as i64 {
+            return Ok(rooms.into_values().collect());
+        }
+        if attempt >= LISTING_ATTEMPTS {
+            return Err(RoomsError::Inconsistent { listed: rooms.len() as u64, total });
+        }
+        attempt += 1;
+    }
+}
+
+fn record_of(room: ListedRoom) -> RoomRecord {
+    let joined = room.joined_members.unwrap_or(0).max(0);
+    let joined_local = room.joined_local_members.unwrap_or(0).clamp(0, joined);
+    RoomRecord {
+        room_id: room.room_id,
+        name: room.name,
+        canonical_alias: room.canonical_alias,
+        join_rule: room.join_rules,
+        public: room.public,
+        encrypted: room.encryption.is_some(),
+        room_type: room.room_type,
+        creator: room.creator,
+        joined_local,
+        joined_remote: joined - joined_local,
+        state_events: room.state_events.unwrap_or(0),
+        details: None,
+    }
+}
+
+async fn read_details(
+    client: &SynapseClient,
+    room_id: &str,
+    server_name: &str,
+) -> Result<Option<RoomDetails>, synapse::Error> {
+    let Some(state) = client.room_state(room_id).await? else { return Ok(None) };
+    let aliases = client.room_aliases(room_id).await?;
+    Ok(Some(details_from_state(&state, aliases, server_name)))
+}
+
+/// What a room's state says about it: topic, avatar, a space's children,
+/// local members with their power, and the servers to rejoin through.
+pub fn details_from_state(state: &[StateEvent], aliases: Vec<String>, server_name: &str) -> RoomDetails {
+    let content_of = |kind: &str| state.iter().find(|event| event.kind == kind).map(|event| &event.content);
+    let text = |kind: &str, key: &str| content_of(kind).and_then(|content| content[key].as_str()).map(str::to_owned);
+    let power_levels = content_of("m.room.power_levels");
+    let default_power = power_levels.and_then(|levels| levels["users_default"].as_i64()).unwrap_or(0);
+    let power_of = |user_id: &str| {
+        power_levels.and_then(|levels| levels["users"][user_id].as_i64()).unwrap_or(default_power)
+    };
+    let local_suffix = format!(":{server_name}");
+    let mut members = Vec::new();
+    let mut servers: HashMap<&str, usize> = HashMap::new();
+    for event in state.iter().filter(|event| event.kind == "m.room.member") {
+        let Some(user_id) = event.state_key.as_deref() else { continue };
+        let membership = event.content["membership"].as_str().unwrap_or_default();
+        if user_id.ends_with(&local_suffix) {
+            if matches!(membership, "join" | "invite") {
+                members.push((user_id.to_owned(), membership.to_owned(), power_of(user_id)));
+            }
+        } else if membership == "join" {
+            if let Some((_, server)) = user_id.split_once(':') {
+                *servers.entry(server).or_default() += 1;
+            }
+        }
+    }
+    let mut via: Vec<(&str, usize)> = servers.into_iter().collect();
+    via.sort_by(|a, b| b.1.cmp(&a.1).then(a.0.cmp(b.0)));
+    let children = state
+        .iter()
+        .filter(|event| event.kind == "m.space.child")
+        .filter(|event| event.content["via"].as_array().is_some_and(|via| !via.is_empty()))
+        .filter_map(|event| event.state_key.clone())
+        .collect();
+    RoomDetails {
+        topic: text("m.room.topic", "topic"),
+        avatar_url: text("m.room.avatar", "url"),
+        aliases: aliases.into_iter().filter(|alias| alias.ends_with(&local_suffix)).collect(),
+        children,
+        via_servers: via.into_iter().take(VIA_SERVERS).map(|(server, _)| server.to_owned()).collect(),
+        members,
+    }
+}
+
+/// What bringing people back did in one run.
+#[derive(Debug, Clone, Default, Serialize)]
+pub struct BringBackReport {
+    /// Rooms lifeboat's own account is back in.
+    pub restored: Vec<String>,
+    /// Local aliases pointing at their surviving room again.
+    pub aliases: Vec<String>,
+    /// People joined to a surviving room again.
+    pub rejoined: u64,
+    /// People invited to a re-created room.
+    pub invited: u64,
+    /// (who or which room, room, reason) that did not work this time.
+    pub failed: Vec<(String, String, String)>,
+}
+
+impl BringBackReport {
+    pub fn is_empty(&self) -> bool {
+        self.restored.is_empty() && self.rejoined == 0 && self.invited == 0 && self.failed.is_empty()
+    }
+
+    /// One line for the CLI, the bot or a log.
+    pub fn summary(&self) -> String {
+        let mut text = format!(
+            "lifeboat rejoined {} surviving rooms ({} aliases re-pointed); {} memberships restored, {} invitations to re-created rooms",
+            self.restored.len(),
+            self.aliases.len(),
+            self.rejoined,
+            self.invited
+        );
+        if !self.failed.is_empty() {
+            text.push_str(&format!("; {} did not work yet (tried again next round)", self.failed.len()));
+        }
+        text
+    }
+}
+
+/// Brings back what can come back now: lifeboat's own account first (so
+/// local aliases and the directory work again), then every person whose ID
+/// is theirs again, into each surviving room they were in. `client` acts
+/// as lifeboat's account. `retry_all` also retries what failed for good.
+pub async fn bring_back(
+    config: &Config,
+    registry: &Registry,
+    client: &SynapseClient,
+    actor: &Actor,
+    retry_all: bool,
+) -> Result<BringBackReport, RoomsError> {
+    let mut report = BringBackReport::default();
+    rejoin_own(config, registry, client, retry_all, &mut report).await?;
+    rejoin_people(registry, client, retry_all, &mut report).await?;
+    if !report.is_empty() {
+        registry.audit(actor, "rooms.rejoin", None, Some(&report.summary())).await?;
+    }
+    Ok(report)
+}
+
+/// Rooms lifeboat's account should be back in: surviving ones that people
+/// lost (so a room an admin purged on purpose is left alone) and that it
+/// may join: listed, public, or where its old membership stands.
+async fn rejoin_own(
+    config: &Config,
+    registry: &Registry,
+    client: &SynapseClient,
+    retry_all: bool,
+    report: &mut BringBackReport,
+) -> Result<(), RoomsError> {
+    let service = service_user_id(config);
+    let lost_rooms = registry.rooms(Some(RoomState::Elsewhere)).await?;
+    for room in lost_rooms {
+        let waiting = room.restored_at.is_none() && (room.restore_error.is_none() || retry_all);
+        if !waiting || room.pending == 0 {
+            continue;
+        }
+        let was_member = registry.room_members_back(&room.room_id).await?.iter().any(|(id, _)| id == service.as_str());
+        let open = room.public || room.join_rule.as_deref() == Some("public");
+        if !open && !was_member {
+            continue;
+        }
+        match client.join(&room.room_id, &room.via_servers).await? {
+            JoinOutcome::Joined => {
+                registry.mark_room_restored(&room.room_id, None).await?;
+                report.restored.push(room.room_id.clone());
+                for alias in &room.aliases {
+                    match client.set_alias(alias, &room.room_id).await {
+                        Ok(true) => report.aliases.push(alias.clone()),
+                        Ok(false) => tracing::warn!(alias, "a re-made alias points elsewhere: left alone"),
+                        Err(err) => report.failed.push((alias.clone(), room.room_id.clone(), err.to_string())),
+                    }
+                }
+                if room.public {
+                    if let Err(err) = client.list_in_directory(&room.room_id).await {
+                        report.failed.push(("directory".to_owned(), room.room_id.clone(), err.to_string()));
+                    }
+                }
+                tracing::info!(room_id = %room.room_id, "lifeboat is back in a surviving room");
+            }
+            JoinOutcome::Refused(reason) => {
+                registry.mark_room_restored(&room.room_id, Some(&reason)).await?;
+                report.failed.push((service.to_string(), room.room_id.clone(), reason));
+            }
+        }
+    }
+    Ok(())
+}
+
+async fn rejoin_people(
+    registry: &Registry,
+    client: &SynapseClient,
+    retry_all: bool,
+    report: &mut BringBackReport,
+) -> Result<(), RoomsError> {
+    let pending = registry.pending_rejoins(retry_all).await?;
+    let mut outcomes = futures::stream::iter(pending)
+        .map(|rejoin| async move {
+            let outcome = match &rejoin.recreated_as {
+                Some(new_room) => client.invite(new_room, &rejoin.user_id).await,
+                None => join_person(client, &rejoin).await,
+            };
+            (rejoin, outcome)
+        })
+        .buffer_unordered(ROOM_CONCURRENCY);
+    while let Some((rejoin, outcome)) = outcomes.next().await {
+        let invited = rejoin.recreated_as.is_some();
+        match outcome {
+            Ok(JoinOutcome::Joined) => {
+                let recorded = if invited { RejoinOutcome::Invited } else { RejoinOutcome::Joined };
+                registry.record_rejoin(&rejoin.room_id, &rejoin.user_id, recorded).await?;
+                if invited { report.invited += 1 } else { report.rejoined += 1 }
+            }
+            Ok(JoinOutcome::Refused(reason)) => {
+                registry.record_rejoin(&rejoin.room_id, &rejoin.user_id, RejoinOutcome::Failed(&reason)).await?;
+                report.failed.push((rejoin.user_id, rejoin.room_id, reason));
+            }
+            // Synapse down or busy: not an attempt; the next round tries.
+            Err(err) if err.is_transient() => {
+                report.failed.push((rejoin.user_id, rejoin.room_id, err.to_string()));
+            }
+            Err(err) => return Err(err.into()),
+        }
+    }
+    Ok(())
+}
+
+/// Joins one person to a surviving room. Once this server is back in a
+/// room, its surviving state already holds every former local member as
+/// joined (their old membership stands): then there is nothing to do.
+async fn join_person(client: &SynapseClient, rejoin: &Rejoin) -> Result<JoinOutcome, synapse::Error> {
+    if client.joined_rooms(&rejoin.user_id).await?.contains(&rejoin.room_id) {
+        return Ok(JoinOutcome::Joined);
+    }
+    client.admin_join(&rejoin.room_id, &rejoin.user_id, &rejoin.via_servers).await
+}
+
+/// What re-creating a room did.
+#[derive(Debug, Clone, Serialize)]
+pub struct Recreated {
+    pub room_id: String,
+    pub new_room_id: String,
+    pub label: String,
+    /// Former members invited now (the rest as each comes back).
+    pub invited: u64,
+    pub waiting: u64,
+    /// The local alias given to the new room, if it was free.
+    pub alias: Option<String>,
+}
+
+impl Recreated {
+    /// One line for the CLI and the bot.
+    pub fn summary(&self) -> String {
+        let alias = self.alias.as_deref().map(|alias| format!(", alias {alias}")).unwrap_or_default();
+        format!(
+            "Re-created {} as {}{alias}: {} invited now, {} as they come back.",
+            self.label, self.new_room_id, self.invited, self.waiting
+        )
+    }
+}
+
+/// Why a room cannot be re-created, if it cannot: the one rule for the
+/// CLI and the bot.
+pub fn recreate_problem(room: &Room) -> Option<String> {
+    match room.state {
+        RoomState::Lost => None,
+        RoomState::Recreated => Some(format!(
+            "{} was re-created already, as {}",
+            room.label(),
+            room.recreated_as.as_deref().unwrap_or("?")
+        )),
+        RoomState::Here => Some(format!("{} is on this homeserver: there is nothing to re-create", room.label())),
+        RoomState::Elsewhere => Some(format!(
+            "{} lives on on other servers: its people are brought back into it as they come back, so it is not re-created",
+            room.label()
+        )),
+    }
+}
+
+/// Makes a room that lived only here again: same name, topic, alias, join
+/// rule, directory listing, encryption and type (a space gets its children
+/// back), then invites its former members who are back; the rest are
+/// invited as each comes back.
+pub async fn recreate(
+    config: &Config,
+    registry: &Registry,
+    client: &SynapseClient,
+    room: &Room,
+    actor: &Actor,
+) -> Result<Recreated, RoomsError> {
+    if let Some(problem) = recreate_problem(room) {
+        return Err(RoomsError::Refused(problem));
+    }
+    let mut alias = None;
+    for candidate in &room.aliases {
+        if client.alias_target(candidate).await?.is_none() {
+            alias = Some(candidate.clone());
+            break;
+        }
+    }
+    let body = creation_body(room, alias.as_deref(), &children_now(registry, room).await?, &config.homeserver.server_name);
+    let new_room_id = client.create_room(&body).await?;
+    registry.mark_room_recreated(&room.room_id, &new_room_id).await?;
+    let mut invited = 0;
+    let mut waiting = 0;
+    for (user_id, back) in registry.room_members_back(&room.room_id).await? {
+        if user_id == service_user_id(config).as_str() {
+            continue;
+        }
+        if !back {
+            waiting += 1;
+            continue;
+        }
+        match client.invite(&new_room_id, &user_id).await? {
+            JoinOutcome::Joined => {
+                invited += 1;
+                registry.record_rejoin(&room.room_id, &user_id, RejoinOutcome::Invited).await?;
+            }
+            JoinOutcome::Refused(reason) => {
+                registry.record_rejoin(&room.room_id, &user_id, RejoinOutcome::Failed(&reason)).await?;
+            }
+        }
+    }
+    let detail = format!("{} re-created as {new_room_id}", room.label());
+    registry.audit(actor, "rooms.recreate", Some(&room.room_id), Some(&detail)).await?;
+    Ok(Recreated { room_id: room.room_id.clone(), new_room_id, label: room.label().to_owned(), invited, waiting, alias })
+}
+
+/// A space's children as they are now: the surviving room, or the one made
+/// in place of a lost one. Children lost and not re-created are left out.
+async fn children_now(registry: &Registry, room: &Room) -> Result<Vec<String>, RoomsError> {
+    let mut children = Vec::new();
+    for child in &room.children {
+        match registry.room(child).await? {
+            Some(known) if known.state == RoomState::Recreated => children.extend(known.recreated_as),
+            Some(known) if known.state.comes_back() => children.push(child.clone()),
+            Some(_) => {}
+            // Never seen here: a room on another server; it lives on.
+            None => children.push(child.clone()),
+        }
+    }
+    Ok(children)
+}
+
+fn creation_body(room: &Room, alias: Option<&str>, children: &[String], server_name: &str) -> Value {
+    let public = room.join_rule.as_deref() == Some("public");
+    let mut body = json!({
+        "preset": if public { "public_chat" } else { "private_chat" },
+        "visibility": if room.public { "public" } else { "private" },
+    });
+    if let Some(name) = room.name.as_deref().filter(|name| !name.is_empty()) {
+        body["name"] = json!(name);
+    }
+    if let Some(topic) = &room.topic {
+        body["topic"] = json!(topic);
+    }
+    if let Some(alias) = alias {
+        let localpart = alias.trim_start_matches('#').split(':').next().unwrap_or_default();
+        body["room_alias_name"] = json!(localpart);
+    }
+    let mut initial_state = Vec::new();
+    if room.encrypted {
+        initial_state.push(json!({
+            "type": "m.room.encryption", "state_key": "",
+            "content": {"algorithm": "m.megolm.v1.aes-sha2"}
+        }));
+    }
+    if let Some(join_rule) = room.join_rule.as_deref().filter(|rule| !matches!(*rule, "public" | "invite")) {
+        initial_state.push(json!({"type": "m.room.join_rules", "state_key": "", "content": {"join_rule": join_rule}}));
+    }
+    if let Some(avatar) = &room.avatar_url {
+        initial_state.push(json!({"type": "m.room.avatar", "state_key": "", "content": {"url": avatar}}));
+    }
+    for child in children {
+        initial_state.push(json!({"type": "m.space.child", "state_key": child, "content": {"via": [server_name]}}));
+    }
+    if !initial_state.is_empty() {
+        body["initial_state"] = json!(initial_state);
+    }
+    if room.is_space() {
+        body["creation_content"] = json!({"type": "m.space"});
+    }
+    body
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn event(kind: &str, state_key: &str, content: Value) -> StateEvent {
+        StateEvent { kind: kind.to_owned(), state_key: Some(state_key.to_owned()), content }
+    }
+
+    #[test]
+    fn a_rooms_state_gives_its_local_members_with_power_and_the_busiest_remote_servers_first() {
+        let state = vec![
+            event("m.room.topic", "", json!({"topic": "Boats"})),
+            event("m.room.power_levels", "", json!({"users": {"@alice:here.org": 100}, "users_default": 0})),
+            event("m.room.member", "@alice:here.org", json!({"membership": "join"})),
+            event("m.room.member", "@bob:here.org", json!({"membership": "invite"})),
+            event("m.room.member", "@carol:here.org", json!({"membership": "leave"})),
+            event("m.room.member", "@x:small.net", json!({"membership": "join"})),
+            event("m.room.member", "@y:big.net", json!({"membership": "join"})),
+            event("m.room.member", "@z:big.net", json!({"membership": "join"})),
+            event("m.room.member", "@gone:left.net", json!({"membership": "leave"})),
+            event("m.space.child", "!kept:here.org", json!({"via": ["here.org"]})),
+            event("m.space.child", "!removed:here.org", json!({})),
+        ];
+        let aliases = vec!["#boats:here.org".to_owned(), "#boats:other.net".to_owned()];
+        let details = details_from_state(&state, aliases, "here.org");
+        assert_eq!(details.topic.as_deref(), Some("Boats"));
+        assert_eq!(
+            details.members,
+            [("@alice:here.org".to_owned(), "join".to_owned(), 100), ("@bob:here.org".to_owned(), "invite".to_owned(), 0)]
+        );
+        assert_eq!(details.via_servers, ["big.net", "small.net"]);
+        assert_eq!(details.aliases, ["#boats:here.org"], "only local aliases can be re-pointed here");
+        assert_eq!(details.children, ["!kept:here.org"], "a child event without via is a removed child");
+    }
+
+    #[test]
+    fn only_a_room_that_lived_only_here_can_be_recreated() {
+        let room = |state| Room {
+            room_id: "!r:here.org".to_owned(),
+            state,
+            name: Some("Boats".to_owned()),
+            canonical_alias: None,
+            topic: None,
+            avatar_url: None,
+            join_rule: None,
+            public: false,
+            encrypted: false,
+            room_type: None,
+            creator: None,
+            aliases: Vec::new(),
+            children: Vec::new(),
+            via_servers: Vec::new(),
+            joined_local: 0,
+            joined_remote: 0,
+            first_seen_at: 0,
+            last_seen_at: 0,
+            restored_at: None,
+            restore_error: None,
+            recreated_as: Some("!new:here.org".to_owned()),
+            members: 0,
+            rejoined: 0,
+            pending: 0,
+        };
+        assert_eq!(recreate_problem(&room(RoomState::Lost)), None);
+        for state in [RoomState::Here, RoomState::Elsewhere, RoomState::Recreated] {
+            assert!(recreate_problem(&room(state)).unwrap().starts_with("Boats "), "{state:?}");
+        }
+    }
+}

@@ -1,0 +1,226 @@
+//! Rooms: the admin listing, one room's state and aliases, and what bringing
+//! people back needs (admin joins, aliases, the directory, new rooms).
+//!
+//! Facts (../shared/SYNAPSE_NOTES.md, "Rooms"): the listing is offset-paged
+//! over summary tables and cheap; the state of a room carries its members,
+//! power levels, topic, avatar and a space's children in one call.
+
+use reqwest::Method;
+use serde::Deserialize;
+use serde_json::{Value, json};
+
+use super::types::lenient_i64;
+use super::{Error, SynapseClient, urlencode};
+
+/// One room as the admin listing shows it.
+#[derive(Debug, Clone, Deserialize)]
+pub struct ListedRoom {
+    pub room_id: String,
+    #[serde(default)]
+    pub name: Option<String>,
+    #[serde(default)]
+    pub canonical_alias: Option<String>,
+    #[serde(default, deserialize_with = "lenient_i64")]
+    pub joined_members: Option<i64>,
+    #[serde(default, deserialize_with = "lenient_i64")]
+    pub joined_local_members: Option<i64>,
+    #[serde(default)]
+    pub creator: Option<String>,
+    #[serde(default)]
+    pub encryption: Option<String>,
+    /// Listed in this server's room directory.
+    #[serde(default)]
+    pub public: bool,
+    #[serde(default)]
+    pub join_rules: Option<String>,
+    #[serde(default, deserialize_with = "lenient_i64")]
+    pub state_events: Option<i64>,
+    #[serde(default)]
+    pub room_type: Option<String>,
+}
+
+#[derive(Debug, Deserialize)]
+pub struct RoomsPage {
+    #[serde(default)]
+    pub rooms: Vec<ListedRoom>,
+    #[serde(default, deserialize_with = "lenient_i64")]
+    pub next_batch: Option<i64>,
+    #[serde(default, deserialize_with = "lenient_i64")]
+    pub total_rooms: Option<i64>,
+}
+
+/// One state event, as much of it as lifeboat reads.
+#[derive(Debug, Clone, Deserialize)]
+pub struct StateEvent {
+    #[serde(rename = "type")]
+    pub kind: String,
+    #[serde(default)]
+    pub state_key: Option<String>,
+    #[serde(default)]
+    pub content: Value,
+}
+
+/// What an admin join found.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum JoinOutcome {
+    Joined,
+    /// Refused for good (not allowed in, no server could be reached, the
+    /// room is gone): the reason, to record and show.
+    Refused(String),
+}
+
+impl SynapseClient {
+    /// `GET /_synapse/admin/v1/rooms`, `limit` rooms from offset `from`.
+    /// Offset paging can repeat or skip a room when rooms come and go
+    /// meanwhile: the caller counts what it read against `total_rooms`.
+    pub async fn rooms_page(&self, from: i64, limit: u32) -> Result<RoomsPage, Error> {
+        let from = from.to_string();
+        let limit = limit.to_string();
+        let query = [("from", from.as_str()), ("limit", limit.as_str())];
+        self.get_json("/_synapse/admin/v1/rooms", &query, true).await
+    }
+
+    /// Every state event of a room (members, power levels, topic, avatar,
+    /// a space's children); `None` when Synapse does not know the room.
+    pub async fn room_state(&self, room_id: &str) -> Result<Option<Vec<StateEvent>>, Error> {
+        #[derive(Deserialize)]
+        struct State {
+            #[serde(default)]
+            state: Vec<StateEvent>,
+        }
+        let path = format!("/_synapse/admin/v1/rooms/{}/state", urlencode(room_id));
+        match self.get_json::<State>(&path, &[], true).await {
+            Ok(state) => Ok(Some(state.state)),
+            Err(Error::NotFound) => Ok(None),
+            Err(err) => Err(err),
+        }
+    }
+
+    /// The local aliases of a room (a server admin may read any room's).
+    pub async fn room_aliases(&self, room_id: &str) -> Result<Vec<String>, Error> {
+        #[derive(Deserialize)]
+        struct Aliases {
+            #[serde(default)]
+            aliases: Vec<String>,
+        }
+        let path = format!("/_matrix/client/v3/rooms/{}/aliases", urlencode(room_id));
+        match self.get_json::<Aliases>(&path, &[], true).await {
+            Ok(aliases) => Ok(aliases.aliases),
+            // Not visible to this admin (Synapse answers 403 in some setups).
+            Err(Error::NotFound | Error::Forbidden { .. }) => Ok(Vec::new()),
+            Err(err) => Err(err),
+        }
+    }
+
+    /// Joins `user_id` (a local account) to a room through the admin API,
+    /// asking the `via` servers when this server is not in the room (this
+    /// endpoint reads `server_name`, not `via`). In a room that is not
+    /// public, it invites from the admin first, so it is refused once this
+    /// server is back in the room and the admin is not: by then the surviving
+    /// state holds every former local member as joined, and
+    /// [`Self::joined_rooms`] shows it.
+    pub async fn admin_join(&self, room_id: &str, user_id: &str, via: &[String]) -> Result<JoinOutcome, Error> {
+        let path = format!("/_synapse/admin/v1/join/{}", urlencode(room_id));
+        let query: Vec<(&str, &str)> = via.iter().map(|server| ("server_name", server.as_str())).collect();
+        let body = json!({ "user_id": user_id });
+        let joined = self.request_json::<Value>(Method::POST, &path, &query, Some(&body), true).await;
+        refused_or(joined)
+    }
+
+    /// The rooms a local account is joined to (as this server sees it).
+    pub async fn joined_rooms(&self, user_id: &str) -> Result<Vec<String>, Error> {
+        #[derive(Deserialize)]
+        struct Joined {
+            #[serde(default)]
+            joined_rooms: Vec<String>,
+        }
+        let path = format!("/_synapse/admin/v1/users/{}/joined_rooms", urlencode(user_id));
+        Ok(self.get_json::<Joined>(&path, &[], true).await?.joined_rooms)
+    }
+
+    /// Joins the token's own account to a room (lifeboat's, after a loss).
+    pub async fn join(&self, room_id: &str, via: &[String]) -> Result<JoinOutcome, Error> {
+        let path = format!("/_matrix/client/v3/join/{}", urlencode(room_id));
+        let mut query: Vec<(&str, &str)> = via.iter().map(|server| ("via", server.as_str())).collect();
+        query.extend(via.iter().map(|server| ("server_name", server.as_str())));
+        let joined = self.request_json::<Value>(Method::POST, &path, &query, Some(&json!({})), true).await;
+        refused_or(joined)
+    }
+
+    /// Points a local alias at a room. `Ok(false)` when the alias points
+    /// elsewhere already (someone made it again): left alone.
+    pub async fn set_alias(&self, alias: &str, room_id: &str) -> Result<bool, Error> {
+        let path = format!("/_matrix/client/v3/directory/room/{}", urlencode(alias));
+        let body = json!({ "room_id": room_id });
+        match self.request_json::<Value>(Method::PUT, &path, &[], Some(&body), true).await {
+            Ok(_) => Ok(true),
+            Err(Error::Rejected { status: 409, .. }) => Ok(self.alias_target(alias).await?.as_deref() == Some(room_id)),
+            Err(err) => Err(err),
+        }
+    }
+
+    /// The room a local alias points at, if any.
+    pub async fn alias_target(&self, alias: &str) -> Result<Option<String>, Error> {
+        #[derive(Deserialize)]
+        struct Target {
+            room_id: String,
+        }
+        let path = format!("/_matrix/client/v3/directory/room/{}", urlencode(alias));
+        match self.get_json::<Target>(&path, &[], true).await {
+            Ok(target) => Ok(Some(target.room_id)),
+            Err(Error::NotFound) => Ok(None),
+            Err(err) => Err(err),
+        }
+    }
+
+    /// Lists a room in this server's room directory.
+    pub async fn list_in_directory(&self, room_id: &str) -> Result<(), Error> {
+        let path = format!("/_matrix/client/v3/directory/list/room/{}", urlencode(room_id));
+        let body = json!({ "visibility": "public" });
+        self.request_json::<Value>(Method::PUT, &path, &[], Some(&body), true).await.map(|_| ())
+    }
+
+    /// Creates a room as the token's account. Sent once: a retried create
+    /// would make a second room.
+    pub async fn create_room(&self, body: &Value) -> Result<String, Error> {
+        #[derive(Deserialize)]
+        struct Created {
+            room_id: String,
+        }
+        let created: Created = self
+            .without_retries()
+            .request_json(Method::POST, "/_matrix/client/v3/createRoom", &[], Some(body), true)
+            .await?;
+        Ok(created.room_id)
+    }
+
+    /// Invites a local account to a room the token's account is in.
+    /// An account already joined or invited counts as invited.
+    pub async fn invite(&self, room_id: &str, user_id: &str) -> Result<JoinOutcome, Error> {
+        let path = format!("/_matrix/client/v3/rooms/{}/invite", urlencode(room_id));
+        let body = json!({ "user_id": user_id });
+        match self.request_json::<Value>(Method::POST, &path, &[], Some(&body), true).await {
+            Err(Error::Forbidden { message, .. }) if message.contains("already in the room") => Ok(JoinOutcome::Joined),
+            other => refused_or(other),
+        }
+    }
+
+    /// Sets one state event in a room the token's account may change.
+    pub async fn set_state(&self, room_id: &str, kind: &str, state_key: &str, content: &Value) -> Result<(), Error> {
+        let path =
+            format!("/_matrix/client/v3/rooms/{}/state/{}/{}", urlencode(room_id), urlencode(kind), urlencode(state_key));
+        self.request_json::<Value>(Method::PUT, &path, &[], Some(content), true).await.map(|_| ())
+    }
+}
+
+/// A refusal that trying again will not change becomes a recorded reason;
+/// anything else (Synapse down, the token dead) stays an error.
+fn refused_or(result: Result<Value, Error>) -> Result<JoinOutcome, Error> {
+    match result {
+        Ok(_) => Ok(JoinOutcome::Joined),
+        Err(Error::Forbidden { errcode, message }) => Ok(JoinOutcome::Refused(format!("{errcode}: {message}"))),
+        Err(Error::Rejected { errcode, message, .. }) => Ok(JoinOutcome::Refused(format!("{errcode}: {message}"))),
+        Err(Error::NotFound) => Ok(JoinOutcome::Refused("no server could be reached that knows the room".to_owned())),
+        Err(err) => Err(err),
+    }
+}
