@@ -30,7 +30,8 @@ find each other without DNS or .well-known. Certificates are not verified,
 key servers are not used (keys are fetched from each server itself), and
 outgoing federation may reach 127.0.0.1 only (every other address is
 blocked). Anyone may publish rooms in the room directory (Synapse's
-default lets nobody). A wipe keeps certificate, signing key and ports, so
+default lets nobody). Servers that were down are retried after a second or
+two instead of minutes. A wipe keeps certificate, signing key and ports, so
 the other servers see the same server come back with an empty database.
 Like the other options it only counts when DIR/homeserver.yaml is first
 written.
@@ -397,6 +398,15 @@ class Synapse:
             # "public" silently leaves the room unlisted). Tests of directory
             # entries lost in a wipe need publishing to work.
             config["room_list_publication_rules"] = [{"action": "allow"}]
+            # Retry a server that was down (stopped, or wiped) within a
+            # second or two, not Synapse's up to 60 s per request and 10 min
+            # per destination: a queued transaction to a server that was
+            # restarted otherwise holds back everything after it.
+            config["federation"] = {
+                "max_long_retry_delay": "1s",
+                "destination_min_retry_interval": "1s",
+                "destination_max_retry_interval": "5s",
+            }
         # Written last and atomically: its presence means "directory set up".
         tmp = self.config_path + ".tmp"
         with open(tmp, "w") as f:
