@@ -7,15 +7,34 @@ tools/synapse-venv.sh; it needs only the standard library plus PyYAML, which
 Synapse ships.
 
     python tools/synapse_harness.py --dir DIR [--port N] [--server-name NAME]
-                                    [--demo] [--no-admin] [--daemon --pidfile FILE]
+                                    [--federation] [--demo] [--no-admin]
+                                    [--daemon --pidfile FILE]
 
 It writes DIR/homeserver.yaml once (reused later, so a wiped server keeps its
 port and shared secret), starts Synapse bound to 127.0.0.1 only, waits until
 it answers, registers the admin account "admin" through shared-secret
 registration and prints one JSON line on stdout:
 
-    {"url": ..., "port": ..., "server_name": ..., "admin_user": ...,
-     "admin_token": ..., "shared_secret": ..., "dir": ..., "pid": ...}
+    {"url": ..., "port": ..., "federation_port": ..., "server_name": ...,
+     "admin_user": ..., "admin_token": ..., "shared_secret": ..., "dir": ...,
+     "pid": ...}
+
+("federation_port" is null without --federation.)
+
+--federation makes a server that federates with other harness servers on
+this machine (and nothing else). A second free port F gets a TLS listener
+serving only the federation API, with a self-signed certificate (made with
+openssl(1), which must be installed) kept in DIR/federation.crt and .key. The
+server name defaults to "127.0.0.1:F", an IP literal with port, so servers
+find each other without DNS or .well-known. Certificates are not verified,
+key servers are not used (keys are fetched from each server itself), and
+outgoing federation may reach 127.0.0.1 only (every other address is
+blocked). Anyone may publish rooms in the room directory (Synapse's
+default lets nobody). Servers that were down are retried after a second or
+two instead of minutes. A wipe keeps certificate, signing key and ports, so
+the other servers see the same server come back with an empty database.
+Like the other options it only counts when DIR/homeserver.yaml is first
+written.
 
 Normal mode then answers commands read from stdin, one line each:
 
@@ -43,9 +62,11 @@ import ctypes
 import hashlib
 import hmac
 import http.client
+import ipaddress
 import json
 import os
 import secrets
+import shutil
 import signal
 import socket
 import string
@@ -100,6 +121,21 @@ def port_is_free(port):
         except OSError:
             return False
     return True
+
+
+def everything_but_loopback():
+    """CIDR ranges covering every address except 127.0.0.1."""
+    rest = ipaddress.ip_network("0.0.0.0/0").address_exclude(ipaddress.ip_network("127.0.0.1/32"))
+    return [str(net) for net in sorted(rest)] + ["::/0"]
+
+
+def federation_port_of(config):
+    """The port of the listener serving the federation API, or None."""
+    for listener in config.get("listeners") or []:
+        for resource in listener.get("resources") or []:
+            if "federation" in (resource.get("names") or []):
+                return int(listener["port"])
+    return None
 
 
 def pick_free_port():
@@ -161,7 +197,7 @@ def die_with_parent(parent_pid):
 class Synapse:
     """One Synapse process and the directory holding its state."""
 
-    def __init__(self, directory, port, server_name, message_rate=None):
+    def __init__(self, directory, port, server_name, message_rate=None, federation=False):
         # (per_second, burst) for rc_message, to make Synapse answer 429.
         self.message_rate = message_rate
         self.dir = os.path.abspath(directory)
@@ -171,22 +207,27 @@ class Synapse:
         # Synapse prints config errors to stderr before its logging is set up.
         self.stderr_path = os.path.join(self.dir, "synapse.stderr.log")
         self.admin_password_path = os.path.join(self.dir, "admin_password")
+        self.tls_certificate_path = os.path.join(self.dir, "federation.crt")
+        self.tls_private_key_path = os.path.join(self.dir, "federation.key")
         self.proc = None
         os.makedirs(self.dir, exist_ok=True)
-        self._load_or_write_config(port, server_name)
+        self._load_or_write_config(port, server_name, federation)
         # Never send loopback requests through an http_proxy from the environment.
         self._opener = urllib.request.build_opener(urllib.request.ProxyHandler({}))
 
     # ---- configuration -------------------------------------------------
 
-    def _load_or_write_config(self, port, server_name):
+    def _load_or_write_config(self, port, server_name, federation):
         if os.path.exists(self.config_path):
             # Reuse: a wiped or restarted server keeps its port and secret.
             with open(self.config_path) as f:
                 config = yaml.safe_load(f)
             self.port = int(config["listeners"][0]["port"])
+            self.fed_port = federation_port_of(config)
             self.server_name = config["server_name"]
             self.shared_secret = config["registration_shared_secret"]
+            if federation and self.fed_port is None:
+                log(f"--federation ignored: {self.config_path} exists and has no federation listener")
             if port is not None and port != self.port:
                 log(f"--port {port} ignored: {self.config_path} exists and uses port {self.port}")
             if server_name is not None and server_name != self.server_name:
@@ -194,7 +235,16 @@ class Synapse:
             return
 
         self.port = port if port is not None else pick_free_port()
-        self.server_name = server_name or "lifeboat.test"
+        self.fed_port = None
+        if federation:
+            self.fed_port = pick_free_port()
+            while self.fed_port == self.port:
+                self.fed_port = pick_free_port()
+            # Before anything is written, so a missing openssl leaves no
+            # half-made directory behind.
+            self._write_certificate()
+        default_name = f"127.0.0.1:{self.fed_port}" if federation else "lifeboat.test"
+        self.server_name = server_name or default_name
         self.shared_secret = secrets.token_urlsafe(32)
         signing_key_path = os.path.join(self.dir, "signing.key")
         log_config_path = os.path.join(self.dir, "log.config")
@@ -253,7 +303,7 @@ class Synapse:
             "server_name": self.server_name,
             "public_baseurl": f"http://127.0.0.1:{self.port}/",
             # Client API (which also serves /_synapse/admin) on loopback only;
-            # no federation listener at all.
+            # no federation listener unless --federation (added below).
             "listeners": [
                 {
                     "port": self.port,
@@ -280,7 +330,8 @@ class Synapse:
             # benchmarks) would otherwise take ~0.2 s each.
             "bcrypt_rounds": 4,
             # Nothing may leave the machine: no key servers, an empty
-            # federation allow-list, no URL previews, no presence fan-out.
+            # federation allow-list (--federation replaces it with IP
+            # ranges, below), no URL previews, no presence fan-out.
             "trusted_key_servers": [],
             "suppress_key_server_warning": True,
             "federation_domain_whitelist": [],
@@ -319,6 +370,43 @@ class Synapse:
             "rc_profile": unlimited(),
             "rc_key_requests": unlimited(),
         }
+        if federation:
+            config["listeners"].append(
+                {
+                    "port": self.fed_port,
+                    "bind_addresses": ["127.0.0.1"],
+                    "type": "http",
+                    "tls": True,
+                    "x_forwarded": False,
+                    "resources": [{"names": ["federation"], "compress": False}],
+                }
+            )
+            config["tls_certificate_path"] = self.tls_certificate_path
+            config["tls_private_key_path"] = self.tls_private_key_path
+            # The peers' certificates are self-signed too.
+            config["federation_verify_certificates"] = False
+            # An empty list would block all federation; absent means any
+            # server name, and the IP ranges below keep it on this machine.
+            del config["federation_domain_whitelist"]
+            # Loopback is blocked by default; block everything else instead.
+            # Listing 0.0.0.0/0 and allowing 127.0.0.1 is not enough: the
+            # check on IP-literal server names reads the block-list alone.
+            config["ip_range_blacklist"] = everything_but_loopback()
+            config["ip_range_whitelist"] = ["127.0.0.1"]
+            # Synapse's default ([]) lets nobody publish a room in the room
+            # directory, admins included (createRoom with "visibility":
+            # "public" silently leaves the room unlisted). Tests of directory
+            # entries lost in a wipe need publishing to work.
+            config["room_list_publication_rules"] = [{"action": "allow"}]
+            # Retry a server that was down (stopped, or wiped) within a
+            # second or two, not Synapse's up to 60 s per request and 10 min
+            # per destination: a queued transaction to a server that was
+            # restarted otherwise holds back everything after it.
+            config["federation"] = {
+                "max_long_retry_delay": "1s",
+                "destination_min_retry_interval": "1s",
+                "destination_max_retry_interval": "5s",
+            }
         # Written last and atomically: its presence means "directory set up".
         tmp = self.config_path + ".tmp"
         with open(tmp, "w") as f:
@@ -326,6 +414,33 @@ class Synapse:
             yaml.safe_dump(config, f, sort_keys=False)
         os.chmod(tmp, 0o600)  # It holds the shared secret.
         os.replace(tmp, self.config_path)
+
+    def _write_certificate(self):
+        """A self-signed certificate for the federation listener (kept if
+        there already is one)."""
+        if os.path.exists(self.tls_certificate_path) and os.path.exists(self.tls_private_key_path):
+            return
+        openssl = shutil.which("openssl")
+        if openssl is None:
+            raise HarnessError(
+                "--federation needs openssl(1) to make a TLS certificate, and it is not on PATH"
+            )
+        key_tmp = f"{self.tls_private_key_path}.tmp.{os.getpid()}"
+        cert_tmp = f"{self.tls_certificate_path}.tmp.{os.getpid()}"
+        result = subprocess.run(
+            [openssl, "req", "-x509", "-newkey", "rsa:2048", "-nodes",
+             "-subj", "/CN=127.0.0.1", "-days", "30",
+             "-keyout", key_tmp, "-out", cert_tmp],
+            stdin=subprocess.DEVNULL,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+        )
+        if result.returncode != 0:
+            output = " ".join(result.stdout.decode("utf-8", "replace").split())[-300:]
+            raise HarnessError(f"openssl could not make a certificate (status {result.returncode}): {output}")
+        os.chmod(key_tmp, 0o600)
+        os.replace(key_tmp, self.tls_private_key_path)
+        os.replace(cert_tmp, self.tls_certificate_path)
 
     # ---- HTTP ----------------------------------------------------------
 
@@ -365,8 +480,9 @@ class Synapse:
         if self.running():
             return
         # Otherwise the readiness probe could be answered by someone else.
-        if not port_is_free(self.port):
-            raise HarnessError(f"port {self.port} on 127.0.0.1 is already in use")
+        for port in (self.port, self.fed_port):
+            if port is not None and not port_is_free(port):
+                raise HarnessError(f"port {port} on 127.0.0.1 is already in use")
         started = time.monotonic()
         parent_pid = os.getpid()
         with open(self.stderr_path, "ab") as err:
@@ -394,7 +510,7 @@ class Synapse:
                 raise HarnessError(f"synapse exited with status {code} during startup")
             try:
                 status, _ = self.request("GET", "/_matrix/client/versions", timeout=2)
-                if status == 200:
+                if status == 200 and self._federation_listening():
                     return
             except (OSError, http.client.HTTPException):
                 pass  # Not listening yet (URLError is an OSError).
@@ -405,6 +521,15 @@ class Synapse:
             # Poll quickly at first (startup is a few seconds), then back off.
             time.sleep(delay)
             delay = min(delay * 1.5, 0.5)
+
+    def _federation_listening(self):
+        if self.fed_port is None:
+            return True
+        try:
+            with socket.create_connection(("127.0.0.1", self.fed_port), timeout=2):
+                return True
+        except OSError:
+            return False
 
     def _report_logs(self):
         log(f"--- tail of {self.stderr_path} ---\n{tail(self.stderr_path, 15)}")
@@ -566,6 +691,7 @@ def bring_up(synapse, demo, admin_account=True):
     return {
         "url": synapse.url,
         "port": synapse.port,
+        "federation_port": synapse.fed_port,
         "server_name": synapse.server_name,
         "admin_user": admin["user_id"],
         "admin_token": admin["access_token"],
@@ -723,6 +849,12 @@ def main():
     parser.add_argument("--dir", required=True, help="state directory (created if missing)")
     parser.add_argument("--port", type=int, help="loopback port (default: a free one)")
     parser.add_argument("--server-name", help='server name (default "lifeboat.test")')
+    parser.add_argument(
+        "--federation",
+        action="store_true",
+        help='federate with other harness servers on 127.0.0.1 (TLS listener on a second '
+        'port F, server name "127.0.0.1:F"; needs openssl)',
+    )
     parser.add_argument("--demo", action="store_true", help="create demo accounts")
     parser.add_argument(
         "--message-rate",
@@ -745,8 +877,8 @@ def main():
         if args.message_rate:
             per_second, burst = args.message_rate.split(":")
             rate = (float(per_second), int(burst))
-        synapse = Synapse(args.dir, args.port, args.server_name, rate)
-    except (OSError, KeyError, TypeError, yaml.YAMLError) as e:
+        synapse = Synapse(args.dir, args.port, args.server_name, rate, args.federation)
+    except (HarnessError, OSError, KeyError, TypeError, ValueError, yaml.YAMLError) as e:
         log(f"error: cannot prepare {args.dir}: {e}")
         return 1
     if args.daemon:

@@ -2,6 +2,7 @@
 
 mod backups;
 mod cli_errors;
+mod federation;
 mod harness;
 mod holds;
 mod listing_failures;

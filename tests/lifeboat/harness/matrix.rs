@@ -27,15 +27,19 @@ impl MatrixUser {
     }
 
     async fn call(&self, method: reqwest::Method, path: &str, body: Option<Value>) -> Value {
+        let (status, value) = self.try_call(method.clone(), path, body).await;
+        assert!((200..300).contains(&status), "{method} {path} as {}: {status} {value}", self.user_id);
+        value
+    }
+
+    /// Any request as this user: (status, JSON body or Null).
+    pub async fn try_call(&self, method: reqwest::Method, path: &str, body: Option<Value>) -> (u16, Value) {
         let mut request = self.http.request(method, format!("{}{path}", self.url)).bearer_auth(&self.token);
         if let Some(body) = body {
             request = request.json(&body);
         }
         let response = request.send().await.unwrap();
-        let status = response.status();
-        let value: Value = response.json().await.unwrap_or(Value::Null);
-        assert!(status.is_success(), "{} {path} as {}: {status} {value}", "request", self.user_id);
-        value
+        (response.status().as_u16(), response.json().await.unwrap_or(Value::Null))
     }
 
     /// A private room with `invite`d people; `direct` marks it a DM.
@@ -63,8 +67,76 @@ impl MatrixUser {
     }
 
     pub async fn join(&self, room_id: &str) {
-        self.call(reqwest::Method::POST, &format!("/_matrix/client/v3/join/{}", encode(room_id)), Some(json!({})))
-            .await;
+        self.join_via(room_id, &[]).await;
+    }
+
+    /// Joins a room by ID or alias through the given servers (`?via=`),
+    /// which a room ID needs when this server is not in the room (room IDs
+    /// name no server since room version 12).
+    pub async fn join_via(&self, room_id_or_alias: &str, via: &[&str]) {
+        let (status, body) = self.try_join_via(room_id_or_alias, via).await;
+        assert!(
+            (200..300).contains(&status),
+            "{} joining {room_id_or_alias} via {via:?}: {status} {body}",
+            self.user_id
+        );
+    }
+
+    /// Like `join_via`, for joins that may be refused: (status, body).
+    pub async fn try_join_via(&self, room_id_or_alias: &str, via: &[&str]) -> (u16, Value) {
+        let mut path = format!("/_matrix/client/v3/join/{}", encode(room_id_or_alias));
+        for (i, server) in via.iter().enumerate() {
+            path.push_str(if i == 0 { "?via=" } else { "&via=" });
+            path.push_str(&encode(server));
+        }
+        self.try_call(reqwest::Method::POST, &path, Some(json!({}))).await
+    }
+
+    /// A room as `spec` describes it; returns its ID.
+    pub async fn create_room_full(&self, spec: RoomSpec) -> String {
+        let created = self.call(reqwest::Method::POST, "/_matrix/client/v3/createRoom", Some(spec.body())).await;
+        created["room_id"].as_str().unwrap().to_owned()
+    }
+
+    pub async fn joined_rooms(&self) -> Vec<String> {
+        let body = self.call(reqwest::Method::GET, "/_matrix/client/v3/joined_rooms", None).await;
+        serde_json::from_value(body["joined_rooms"].clone()).unwrap()
+    }
+
+    /// The content of a state event, `None` if there is none (or no access).
+    pub async fn state(&self, room_id: &str, event_type: &str, state_key: &str) -> Option<Value> {
+        let path = format!("/_matrix/client/v3/rooms/{}/state/{event_type}/{}", encode(room_id), encode(state_key));
+        let (status, body) = self.try_call(reqwest::Method::GET, &path, None).await;
+        (status == 200).then_some(body)
+    }
+
+    pub async fn set_state(&self, room_id: &str, event_type: &str, state_key: &str, content: Value) {
+        let path = format!("/_matrix/client/v3/rooms/{}/state/{event_type}/{}", encode(room_id), encode(state_key));
+        self.call(reqwest::Method::PUT, &path, Some(content)).await;
+    }
+
+    pub async fn room_name(&self, room_id: &str) -> Option<String> {
+        self.state(room_id, "m.room.name", "").await.and_then(|c| c["name"].as_str().map(str::to_owned))
+    }
+
+    pub async fn room_topic(&self, room_id: &str) -> Option<String> {
+        self.state(room_id, "m.room.topic", "").await.and_then(|c| c["topic"].as_str().map(str::to_owned))
+    }
+
+    pub async fn set_topic(&self, room_id: &str, topic: &str) {
+        self.set_state(room_id, "m.room.topic", "", json!({"topic": topic})).await;
+    }
+
+    /// Adds `child` to the space `space` (`m.space.child`, `via` server names).
+    pub async fn add_space_child(&self, space: &str, child: &str, via: &[&str]) {
+        self.set_state(space, "m.space.child", child, json!({"via": via})).await;
+    }
+
+    /// This server's local aliases of a room (server admins may ask for any).
+    pub async fn aliases(&self, room_id: &str) -> Vec<String> {
+        let path = format!("/_matrix/client/v3/rooms/{}/aliases", encode(room_id));
+        let body = self.call(reqwest::Method::GET, &path, None).await;
+        serde_json::from_value(body["aliases"].clone()).unwrap()
     }
 
     pub async fn send(&self, room_id: &str, body: &str) {
@@ -182,7 +254,8 @@ impl MatrixUser {
     }
 }
 
-fn encode(part: &str) -> String {
+/// Percent-encodes one path or query part (room IDs, aliases, user IDs).
+pub fn encode(part: &str) -> String {
     url::form_urlencoded::byte_serialize(part.as_bytes()).collect::<String>().replace('+', "%20")
 }
 
@@ -196,5 +269,80 @@ where
     while !condition().await {
         assert!(Instant::now() < deadline, "{what} did not happen within {within:?}");
         tokio::time::sleep(Duration::from_millis(250)).await;
+    }
+}
+
+/// What `MatrixUser::create_room_full` makes. Start with `private()` or
+/// `public(alias)`, then add to it:
+///
+/// ```ignore
+/// RoomSpec::private().name("Crew").invite(&[&alice]).encrypted()
+/// RoomSpec::public("harbour").name("Harbour")   // #harbour:<server>, listed
+/// RoomSpec::private().space().child(&room, &[&server])
+/// ```
+#[derive(Debug, Clone)]
+pub struct RoomSpec {
+    body: Value,
+    initial_state: Vec<Value>,
+}
+
+impl RoomSpec {
+    /// Invite-only (`private_chat` preset), not listed.
+    pub fn private() -> RoomSpec {
+        RoomSpec { body: json!({"preset": "private_chat"}), initial_state: Vec::new() }
+    }
+
+    /// Anyone may join; alias `#<alias_localpart>:<server>`, listed in the
+    /// room directory (the federating harness allows publishing).
+    pub fn public(alias_localpart: &str) -> RoomSpec {
+        RoomSpec {
+            body: json!({"preset": "public_chat", "room_alias_name": alias_localpart, "visibility": "public"}),
+            initial_state: Vec::new(),
+        }
+    }
+
+    pub fn name(mut self, name: &str) -> RoomSpec {
+        self.body["name"] = json!(name);
+        self
+    }
+
+    pub fn topic(mut self, topic: &str) -> RoomSpec {
+        self.body["topic"] = json!(topic);
+        self
+    }
+
+    pub fn invite(mut self, user_ids: &[&str]) -> RoomSpec {
+        self.body["invite"] = json!(user_ids);
+        self
+    }
+
+    /// End-to-end encrypted (`m.room.encryption` in the initial state).
+    pub fn encrypted(mut self) -> RoomSpec {
+        self.initial_state.push(json!({
+            "type": "m.room.encryption",
+            "state_key": "",
+            "content": {"algorithm": "m.megolm.v1.aes-sha2"}
+        }));
+        self
+    }
+
+    /// A space (`creation_content.type = "m.space"`) rather than a room.
+    pub fn space(mut self) -> RoomSpec {
+        self.body["creation_content"] = json!({"type": "m.space"});
+        self
+    }
+
+    /// An `m.space.child` for `room_id`, reachable through `via` servers.
+    pub fn child(mut self, room_id: &str, via: &[&str]) -> RoomSpec {
+        self.initial_state.push(json!({"type": "m.space.child", "state_key": room_id, "content": {"via": via}}));
+        self
+    }
+
+    fn body(&self) -> Value {
+        let mut body = self.body.clone();
+        if !self.initial_state.is_empty() {
+            body["initial_state"] = json!(self.initial_state);
+        }
+        body
     }
 }

@@ -9,10 +9,10 @@ pub mod smtp;
 pub mod synapse;
 
 pub use cli::Lifeboat;
-pub use matrix::{MatrixUser, eventually};
+pub use matrix::{MatrixUser, RoomSpec, eventually};
 pub use registries::TestDatabase;
 pub use smtp::TestSmtp;
-pub use synapse::{TestSynapse, unique};
+pub use synapse::{TestSynapse, federation_pair, unique};
 
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};

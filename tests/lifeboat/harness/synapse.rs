@@ -10,9 +10,14 @@ use std::sync::Mutex;
 use serde::Deserialize;
 use serde_json::{Value, json};
 
+use super::matrix::{MatrixUser, encode};
+
 #[derive(Debug, Clone, Deserialize)]
 pub struct Started {
     pub url: String,
+    /// The TLS federation listener, with `--federation` only.
+    #[serde(default)]
+    pub federation_port: Option<u16>,
     pub server_name: String,
     pub admin_token: String,
     pub shared_secret: String,
@@ -29,6 +34,8 @@ pub struct Registered {
 pub struct TestSynapse {
     pub url: String,
     pub server_name: String,
+    /// Set when started with [`TestSynapse::start_federating`].
+    pub federation_port: Option<u16>,
     /// registration_shared_secret from its homeserver.yaml.
     pub shared_secret: String,
     admin_token: Mutex<String>,
@@ -42,6 +49,12 @@ impl TestSynapse {
     /// Starts a fresh Synapse with an admin account; blocks until it answers.
     pub fn start() -> TestSynapse {
         Self::start_with(&[])
+    }
+
+    /// A Synapse that federates with other federating test Synapses on this
+    /// machine; its server name is `127.0.0.1:<federation port>`.
+    pub fn start_federating() -> TestSynapse {
+        Self::start_with(&["--federation"])
     }
 
     /// Like [`start`], with more harness arguments (e.g. `--message-rate`).
@@ -66,6 +79,7 @@ impl TestSynapse {
         TestSynapse {
             url: started.url,
             server_name: started.server_name,
+            federation_port: started.federation_port,
             shared_secret: started.shared_secret,
             admin_token: Mutex::new(started.admin_token),
             control: Mutex::new((stdin, stdout)),
@@ -217,6 +231,65 @@ impl TestSynapse {
         (response.status().as_u16(), response.json().await.unwrap_or_default())
     }
 
+    /// A client for an account on this server.
+    pub fn client(&self, account: &Registered) -> MatrixUser {
+        MatrixUser::new(&self.url, &account.user_id, &account.access_token)
+    }
+
+    /// Any request with the current admin token: (status, JSON body or Null).
+    pub async fn admin_request(&self, method: reqwest::Method, path: &str, body: Option<Value>) -> (u16, Value) {
+        let mut request = self.http.request(method, format!("{}{path}", self.url)).bearer_auth(self.admin_token());
+        if let Some(body) = body {
+            request = request.json(&body);
+        }
+        let response = request.send().await.unwrap();
+        (response.status().as_u16(), response.json().await.unwrap_or(Value::Null))
+    }
+
+    /// GET with the admin token (admin or client API); fails the test unless 2xx.
+    pub async fn admin_get(&self, path: &str) -> Value {
+        let (status, body) = self.admin_request(reqwest::Method::GET, path, None).await;
+        assert!((200..300).contains(&status), "GET {path} as admin: {status} {body}");
+        body
+    }
+
+    /// Every room this server knows (`GET /_synapse/admin/v1/rooms`, all pages).
+    pub async fn rooms(&self) -> Vec<Value> {
+        let mut rooms = Vec::new();
+        let mut from = 0;
+        loop {
+            let page = self.admin_get(&format!("/_synapse/admin/v1/rooms?from={from}&limit=100")).await;
+            rooms.extend(page["rooms"].as_array().unwrap_or_else(|| panic!("no rooms in {page}")).iter().cloned());
+            match page["next_batch"].as_i64() {
+                Some(next) => from = next,
+                None => return rooms,
+            }
+        }
+    }
+
+    /// One room of the admin listing (`joined_members`, `joined_local_members`,
+    /// `public`, ...), `None` when this server does not know it.
+    pub async fn room(&self, room_id: &str) -> Option<Value> {
+        self.rooms().await.into_iter().find(|room| room["room_id"] == room_id)
+    }
+
+    /// Joined members, local and remote (`/_synapse/admin/v1/rooms/<id>/members`).
+    pub async fn room_members(&self, room_id: &str) -> Vec<String> {
+        let body = self.admin_get(&format!("/_synapse/admin/v1/rooms/{}/members", encode(room_id))).await;
+        serde_json::from_value(body["members"].clone()).unwrap_or_else(|_| panic!("no members in {body}"))
+    }
+
+    /// The room an alias points at (client directory API), `None` if unknown.
+    pub async fn resolve_alias(&self, alias: &str) -> Option<String> {
+        let path = format!("/_matrix/client/v3/directory/room/{}", encode(alias));
+        let (status, body) = self.admin_request(reqwest::Method::GET, &path, None).await;
+        match status {
+            200 => Some(body["room_id"].as_str().unwrap().to_owned()),
+            404 => None,
+            _ => panic!("resolving {alias}: {status} {body}"),
+        }
+    }
+
     pub async fn lock_user(&self, localpart: &str) {
         self.put_user(localpart, json!({"locked": true})).await;
     }
@@ -224,6 +297,13 @@ impl TestSynapse {
     pub async fn deactivate_user(&self, localpart: &str) {
         self.put_user(localpart, json!({"deactivated": true})).await;
     }
+}
+
+/// Two federating Synapses, started side by side (each takes a few seconds).
+pub fn federation_pair() -> (TestSynapse, TestSynapse) {
+    let first = std::thread::spawn(TestSynapse::start_federating);
+    let second = TestSynapse::start_federating();
+    (first.join().expect("the first federating Synapse starts"), second)
 }
 
 /// `prefix-<random>`: names no other test uses.
