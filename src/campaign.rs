@@ -244,7 +244,8 @@ pub async fn notice_settings(
         unsubscribe,
         claim_valid_for,
         incident,
-    ))
+    )
+    .with_rooms(registry.room_fates().await?))
 }
 
 /// Tokens, deliveries, then sending, under the incident's notify lease.

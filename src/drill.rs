@@ -259,6 +259,9 @@ fn templates(config: &Config) -> Line {
         claim_url: Some("https://lifeboat.example.org/claim"),
         id_taken: false,
         locked_out: false,
+        rooms_back: &["A room on another server".to_owned()],
+        rooms_gone: &["A room that lived only here".to_owned()],
+        encrypted_rooms: true,
     };
     match render_notice(&sample) {
         Ok(_) => Line::new("templates", Status::Ok, "a sample notice renders"),

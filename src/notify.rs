@@ -26,8 +26,8 @@ use crate::links::UnsubscribeLinks;
 use crate::mail::{MailError, Mailer, OutgoingEmail};
 use crate::notice::{NoticeContext, NoticeError, RenderedNotice, render_email_notice, render_notice};
 use crate::registry::{
-    self, AccountState, Delivery, DeliveryCounts, Incident, OutboxWriter, PlannedEmails, Registry, may_come_back,
-    now_ms,
+    self, AccountState, Delivery, DeliveryCounts, Incident, OutboxWriter, PlannedEmails, Registry, RoomFate, RoomState,
+    may_come_back, now_ms,
 };
 
 /// Tries of one delivery within one run before it is left for later.
@@ -119,6 +119,40 @@ pub struct NoticeSettings {
     /// they work: when the web page is configured and lost IDs are held.
     claims: Option<(Url, SecretString, Duration)>,
     expiry_labels: ExpiryLabels,
+    /// Each person's rooms, by user ID, as their notice names them.
+    rooms: HashMap<String, PersonRooms>,
+}
+
+/// What a notice says of one person's rooms.
+#[derive(Debug, Clone, Default)]
+pub struct PersonRooms {
+    pub back: Vec<String>,
+    pub gone: Vec<String>,
+    pub encrypted: bool,
+}
+
+/// Rooms named per list in a notice; more are summed up in one line.
+const ROOMS_NAMED: usize = 20;
+
+impl PersonRooms {
+    /// From what the registry knows of a person's rooms.
+    pub fn from_fates(fates: &[RoomFate]) -> PersonRooms {
+        let named = |wanted: &dyn Fn(RoomState) -> bool| {
+            let mut labels: Vec<String> =
+                fates.iter().filter(|fate| wanted(fate.state)).map(|fate| fate.label.clone()).collect();
+            if labels.len() > ROOMS_NAMED {
+                let more = labels.len() - ROOMS_NAMED;
+                labels.truncate(ROOMS_NAMED);
+                labels.push(format!("and {}", crate::plural::count(more as i64, "more room", "more rooms")));
+            }
+            labels
+        };
+        PersonRooms {
+            back: named(&|state| state.comes_back()),
+            gone: named(&|state| !state.comes_back()),
+            encrypted: fates.iter().any(|fate| fate.encrypted && fate.state.comes_back()),
+        }
+    }
 }
 
 /// [`human_time`] of token expiries, formatted once per minute: a run's
@@ -159,7 +193,14 @@ impl NoticeSettings {
             postmortem_html,
             claims,
             expiry_labels: ExpiryLabels::default(),
+            rooms: HashMap::new(),
         }
+    }
+
+    /// Notices name each person's rooms and what became of them.
+    pub fn with_rooms(mut self, fates: HashMap<String, Vec<RoomFate>>) -> Self {
+        self.rooms = fates.into_iter().map(|(user_id, fates)| (user_id, PersonRooms::from_fates(&fates))).collect();
+        self
     }
 
     /// The person's link to take their held ID back (`holds::claim_link`).
@@ -193,6 +234,8 @@ impl NoticeSettings {
         let expires = delivery.token_expires_at.map(|ms| self.expiry_labels.label(ms));
         let state = AccountState::parse(&delivery.account_state);
         let claim_url = self.claim_url(incident, delivery, state);
+        let no_rooms = PersonRooms::default();
+        let rooms = self.rooms.get(&delivery.user_id).unwrap_or(&no_rooms);
         let context = NoticeContext {
             server_name: &self.server_name,
             homeserver_url: self.public_url.as_str(),
@@ -209,6 +252,9 @@ impl NoticeSettings {
             claim_url: claim_url.as_deref(),
             id_taken: state.is_stranger(),
             locked_out: !may_come_back(delivery.locked != 0, delivery.deactivated != 0),
+            rooms_back: &rooms.back,
+            rooms_gone: &rooms.gone,
+            encrypted_rooms: rooms.encrypted,
         };
         render(&context).map_err(|err| NotifyError::Render(err.to_string()))
     }

@@ -17,9 +17,7 @@ use serde_json::{Value, json};
 
 use crate::config::Config;
 use crate::recover::service_user_id;
-use crate::registry::{
-    self, Actor, Rejoin, RejoinOutcome, Registry, Room, RoomDetails, RoomRecord, RoomState,
-};
+use crate::registry::{self, Actor, Registry, Rejoin, RejoinOutcome, Room, RoomDetails, RoomRecord, RoomState};
 use crate::synapse::{self, JoinOutcome, ListedRoom, StateEvent, SynapseClient};
 
 /// Rooms read per listing page (the listing is over summary tables: cheap).
@@ -72,7 +70,9 @@ pub async fn sync_rooms(
     let changed: Vec<usize> = records
         .iter()
         .enumerate()
-        .filter(|(_, room)| known.get(&room.room_id) != Some(&(room.state_events, room.joined_local, room.joined_remote)))
+        .filter(|(_, room)| {
+            known.get(&room.room_id) != Some(&(room.state_events, room.joined_local, room.joined_remote))
+        })
         .map(|(index, _)| index)
         .collect();
     let mut details = futures::stream::iter(changed)
@@ -94,7 +94,9 @@ pub async fn sync_rooms(
             }
             // Gone since the listing: the next sync will not list it.
             Ok(None) => {}
-            Err(err @ (synapse::Error::Unauthorized { .. } | synapse::Error::Forbidden { .. })) => return Err(err.into()),
+            Err(err @ (synapse::Error::Unauthorized { .. } | synapse::Error::Forbidden { .. })) => {
+                return Err(err.into());
+            }
             Err(err) => {
                 tracing::warn!(room_id = %records[index].room_id, error = %err, "could not read a room's state");
                 // A fingerprint no listing has, so the next sync reads it.
@@ -170,9 +172,8 @@ pub fn details_from_state(state: &[StateEvent], aliases: Vec<String>, server_nam
     let text = |kind: &str, key: &str| content_of(kind).and_then(|content| content[key].as_str()).map(str::to_owned);
     let power_levels = content_of("m.room.power_levels");
     let default_power = power_levels.and_then(|levels| levels["users_default"].as_i64()).unwrap_or(0);
-    let power_of = |user_id: &str| {
-        power_levels.and_then(|levels| levels["users"][user_id].as_i64()).unwrap_or(default_power)
-    };
+    let power_of =
+        |user_id: &str| power_levels.and_then(|levels| levels["users"][user_id].as_i64()).unwrap_or(default_power);
     let local_suffix = format!(":{server_name}");
     let mut members = Vec::new();
     let mut servers: HashMap<&str, usize> = HashMap::new();
@@ -389,11 +390,9 @@ impl Recreated {
 pub fn recreate_problem(room: &Room) -> Option<String> {
     match room.state {
         RoomState::Lost => None,
-        RoomState::Recreated => Some(format!(
-            "{} was re-created already, as {}",
-            room.label(),
-            room.recreated_as.as_deref().unwrap_or("?")
-        )),
+        RoomState::Recreated => {
+            Some(format!("{} was re-created already, as {}", room.label(), room.recreated_as.as_deref().unwrap_or("?")))
+        }
         RoomState::Here => Some(format!("{} is on this homeserver: there is nothing to re-create", room.label())),
         RoomState::Elsewhere => Some(format!(
             "{} lives on on other servers: its people are brought back into it as they come back, so it is not re-created",
@@ -423,7 +422,8 @@ pub async fn recreate(
             break;
         }
     }
-    let body = creation_body(room, alias.as_deref(), &children_now(registry, room).await?, &config.homeserver.server_name);
+    let body =
+        creation_body(room, alias.as_deref(), &children_now(registry, room).await?, &config.homeserver.server_name);
     let new_room_id = client.create_room(&body).await?;
     registry.mark_room_recreated(&room.room_id, &new_room_id).await?;
     let mut invited = 0;
@@ -448,7 +448,14 @@ pub async fn recreate(
     }
     let detail = format!("{} re-created as {new_room_id}", room.label());
     registry.audit(actor, "rooms.recreate", Some(&room.room_id), Some(&detail)).await?;
-    Ok(Recreated { room_id: room.room_id.clone(), new_room_id, label: room.label().to_owned(), invited, waiting, alias })
+    Ok(Recreated {
+        room_id: room.room_id.clone(),
+        new_room_id,
+        label: room.label().to_owned(),
+        invited,
+        waiting,
+        alias,
+    })
 }
 
 /// A space's children as they are now: the surviving room, or the one made
@@ -536,7 +543,10 @@ mod tests {
         assert_eq!(details.topic.as_deref(), Some("Boats"));
         assert_eq!(
             details.members,
-            [("@alice:here.org".to_owned(), "join".to_owned(), 100), ("@bob:here.org".to_owned(), "invite".to_owned(), 0)]
+            [
+                ("@alice:here.org".to_owned(), "join".to_owned(), 100),
+                ("@bob:here.org".to_owned(), "invite".to_owned(), 0)
+            ]
         );
         assert_eq!(details.via_servers, ["big.net", "small.net"]);
         assert_eq!(details.aliases, ["#boats:here.org"], "only local aliases can be re-pointed here");

@@ -15,9 +15,9 @@ use crate::check::{CheckOptions, WORKING_TOKEN_SETTING, check};
 use crate::config::Config;
 use crate::holds::{hold_lost_ids, holds_wanted};
 use crate::reconcile::Verdict;
-use crate::rooms::bring_back;
 use crate::recover::{AdminAccess, admin_access, recover, service_user_id};
 use crate::registry::{Actor, Registry, now_ms};
+use crate::rooms::bring_back;
 use crate::synapse::SynapseClient;
 use crate::sync::{Quiet, SyncError, SyncOptions, sync};
 

@@ -75,11 +75,9 @@ fn command_name(command: &AdminCommand) -> String {
         AdminCommand::Token(user) => format!("token {user}"),
         AdminCommand::Holds => "holds".into(),
         AdminCommand::Rooms => "rooms".into(),
-        AdminCommand::RoomsRecreate { room, confirm } => format!(
-            "rooms recreate {}{}",
-            room.as_deref().unwrap_or("--all"),
-            if *confirm { " confirm" } else { "" }
-        ),
+        AdminCommand::RoomsRecreate { room, confirm } => {
+            format!("rooms recreate {}{}", room.as_deref().unwrap_or("--all"), if *confirm { " confirm" } else { "" })
+        }
         AdminCommand::Release { user, confirm: false } => format!("release {user}"),
         AdminCommand::Release { user, confirm: true } => format!("release {user} confirm"),
         AdminCommand::ContactAdd(user, _) => format!("contact add {user}"),
@@ -520,7 +518,11 @@ async fn rooms(bot: &Bot) -> Result<String, String> {
             })
             .collect();
         if !listed.is_empty() {
-            reply.push_str(&format!("**{label}** ({}): {}\n\n", listed.len(), listed.iter().take(30).cloned().collect::<Vec<_>>().join(", ")));
+            reply.push_str(&format!(
+                "**{label}** ({}): {}\n\n",
+                listed.len(),
+                listed.iter().take(30).cloned().collect::<Vec<_>>().join(", ")
+            ));
         }
     }
     let here = rooms.iter().filter(|room| room.state == RoomState::Here).count();
@@ -536,7 +538,8 @@ async fn recreate_rooms(bot: &Bot, actor: &Actor, room: Option<String>, confirm:
     let mut rooms = match &room {
         Some(room_id) => {
             let known = registry.room(room_id).await.map_err(|err| err.to_string())?;
-            let known = known.ok_or_else(|| format!("{room_id} is not in the room registry: `{} rooms` lists them", bot.prefix()))?;
+            let known = known
+                .ok_or_else(|| format!("{room_id} is not in the room registry: `{} rooms` lists them", bot.prefix()))?;
             if let Some(problem) = crate::rooms::recreate_problem(&known) {
                 return Err(problem);
             }
@@ -552,7 +555,8 @@ async fn recreate_rooms(bot: &Bot, actor: &Actor, room: Option<String>, confirm:
         if let Ok(mut pending) = bot.release_confirmations.lock() {
             pending.insert(key, Instant::now());
         }
-        let names: Vec<String> = rooms.iter().take(10).map(|room| crate::notice::markdown_escape(room.label())).collect();
+        let names: Vec<String> =
+            rooms.iter().take(10).map(|room| crate::notice::markdown_escape(room.label())).collect();
         return Ok(format!(
             "This makes {} again as new, empty rooms ({}); their history does not come back, and former members are invited as each comes back. To do it, reply `{} rooms recreate {target} confirm` within {} minutes.",
             crate::plural::count(rooms.len() as i64, "room", "rooms"),

@@ -237,7 +237,10 @@ mod tests {
             admin("!lifeboat rooms recreate !abc:x.org confirm"),
             Some(Ok(AdminCommand::RoomsRecreate { room: Some("!abc:x.org".to_owned()), confirm: true }))
         );
-        assert_eq!(admin("!lifeboat rooms recreate --all"), Some(Ok(AdminCommand::RoomsRecreate { room: None, confirm: false })));
+        assert_eq!(
+            admin("!lifeboat rooms recreate --all"),
+            Some(Ok(AdminCommand::RoomsRecreate { room: None, confirm: false }))
+        );
         assert!(matches!(admin("!lifeboat rooms recreate everything"), Some(Err(_))));
     }
 

@@ -191,6 +191,11 @@ fn print_summary(summary: &IncidentSummary) {
         "  deliveries:  {} sent, {} pending, {} sending, {} failed, {} skipped",
         d.sent, d.pending, d.sending, d.failed, d.skipped
     );
+    let r = &summary.rooms;
+    println!(
+        "  rooms:       {} living on elsewhere, {} lost, {} re-created, {} here; people back in rooms: {} ({} waiting)",
+        r.elsewhere, r.lost, r.recreated, r.here, r.rejoined, r.pending
+    );
 }
 
 /// Notes (the sync before opening could not run, ...) go to stderr.

@@ -64,7 +64,10 @@ pub async fn run(context: &Context, command: Command) -> Outcome {
             if json {
                 print_json(&rooms)?;
             } else if rooms.is_empty() {
-                println!("No rooms known{}: `lifeboat sync` reads them.", state.map(|s| format!(" that are {}", s.as_str())).unwrap_or_default());
+                println!(
+                    "No rooms known{}: `lifeboat sync` reads them.",
+                    state.map(|s| format!(" that are {}", s.as_str())).unwrap_or_default()
+                );
             } else {
                 print_rooms(&rooms);
             }
@@ -93,7 +96,9 @@ pub async fn run(context: &Context, command: Command) -> Outcome {
                     let Some(room) = registry.room(&room_id).await? else {
                         return Err(Failure::new(
                             exit::FAILED,
-                            format!("{room_id} is not in the room registry: `lifeboat rooms list --state lost` shows the rooms that can be re-created"),
+                            format!(
+                                "{room_id} is not in the room registry: `lifeboat rooms list --state lost` shows the rooms that can be re-created"
+                            ),
                         ));
                     };
                     if let Some(problem) = recreate_problem(&room) {

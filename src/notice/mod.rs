@@ -48,6 +48,13 @@ pub struct NoticeContext<'a> {
     /// An admin had locked or deactivated the account before the loss: no
     /// token and no claim link come with the notice, and it says why.
     pub locked_out: bool,
+    /// Names of the person's rooms that live on on other servers: they are
+    /// joined to them again once their ID is theirs again.
+    pub rooms_back: &'a [String],
+    /// Names of the person's rooms that lived only here and are gone.
+    pub rooms_gone: &'a [String],
+    /// Some of the rooms that come back are encrypted: their history does not.
+    pub encrypted_rooms: bool,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -96,6 +103,9 @@ struct NoticeView<'a> {
     claim_url: Option<Cow<'a, str>>,
     id_taken: bool,
     locked_out: bool,
+    rooms_back: Vec<Cow<'a, str>>,
+    rooms_gone: Vec<Cow<'a, str>>,
+    encrypted_rooms: bool,
     subject: String,
 }
 
@@ -121,6 +131,9 @@ struct PersonValues<'a> {
     claim_url: Option<Cow<'a, str>>,
     id_taken: bool,
     locked_out: bool,
+    rooms_back: Vec<Cow<'a, str>>,
+    rooms_gone: Vec<Cow<'a, str>>,
+    encrypted_rooms: bool,
 }
 
 /// Markdown-escaped versions of the view's values, for notice.md only.
@@ -135,6 +148,8 @@ struct MarkdownView {
     token_expires: Option<String>,
     unsubscribe_url: Option<String>,
     claim_url: Option<String>,
+    rooms_back: Vec<String>,
+    rooms_gone: Vec<String>,
 }
 
 impl MarkdownView {
@@ -150,6 +165,8 @@ impl MarkdownView {
             token_expires: n.token_expires.as_deref().map(markdown_escape),
             unsubscribe_url: n.unsubscribe_url.as_deref().map(markdown_url),
             claim_url: n.claim_url.as_deref().map(markdown_url),
+            rooms_back: n.rooms_back.iter().map(|room| markdown_escape(room)).collect(),
+            rooms_gone: n.rooms_gone.iter().map(|room| markdown_escape(room)).collect(),
         }
     }
 }
@@ -208,6 +225,14 @@ fn render_sized<T: Template>(template: &T, postmortem_len: usize) -> Result<Stri
 }
 
 impl<'a> NoticeView<'a> {
+    /// Rooms are told to a person who is coming back to their ID.
+    fn tells_rooms(&self) -> bool {
+        !self.account_works
+            && !self.id_taken
+            && !self.locked_out
+            && (!self.rooms_back.is_empty() || !self.rooms_gone.is_empty())
+    }
+
     fn new(ctx: &NoticeContext<'a>) -> NoticeView<'a> {
         NoticeView::from_parts(IncidentValues::new(ctx), PersonValues::new(ctx))
     }
@@ -237,6 +262,9 @@ impl<'a> NoticeView<'a> {
             claim_url: person.claim_url,
             id_taken: person.id_taken,
             locked_out: person.locked_out,
+            rooms_back: person.rooms_back,
+            rooms_gone: person.rooms_gone,
+            encrypted_rooms: person.encrypted_rooms,
             subject,
         }
     }
@@ -285,6 +313,9 @@ impl<'a> PersonValues<'a> {
                 .filter(|url| url.starts_with("https://") || url.starts_with("http://")),
             id_taken: ctx.id_taken,
             locked_out: ctx.locked_out,
+            rooms_back: ctx.rooms_back.iter().map(|room| one_line(room)).collect(),
+            rooms_gone: ctx.rooms_gone.iter().map(|room| one_line(room)).collect(),
+            encrypted_rooms: ctx.encrypted_rooms,
         }
     }
 }
@@ -405,7 +436,42 @@ mod tests {
             claim_url: None,
             id_taken: false,
             locked_out: false,
+            rooms_back: &[],
+            rooms_gone: &[],
+            encrypted_rooms: false,
         }
+    }
+
+    #[test]
+    fn a_person_coming_back_is_told_which_rooms_come_back_and_which_were_lost_and_that_encrypted_history_does_not() {
+        let back = ["Across the water".to_owned(), "#harbour:example.org".to_owned()];
+        let gone = ["Kitchen <b>".to_owned()];
+        let ctx =
+            NoticeContext { id_held: true, rooms_back: &back, rooms_gone: &gone, encrypted_rooms: true, ..context() };
+        let notice = render_notice(&ctx).unwrap();
+        println!("{}", notice.text);
+        for part in [&notice.text, &notice.markdown] {
+            assert!(part.contains("live on on other servers"), "{part}");
+            assert!(part.contains("- Across the water\n"), "{part}");
+            assert!(part.contains("lived only on example.org"), "{part}");
+            assert!(part.contains("encrypted rooms from before the loss do not come back"), "{part}");
+        }
+        assert!(notice.text.contains("- Kitchen <b>"), "{}", notice.text);
+        assert!(
+            notice.html.contains("<li>Kitchen &#60;b&#62;</li>") || notice.html.contains("<li>Kitchen &lt;b&gt;</li>"),
+            "{}",
+            notice.html
+        );
+        assert!(
+            notice.markdown.contains("- \\#harbour:example.org") || notice.markdown.contains("- #harbour"),
+            "{}",
+            notice.markdown
+        );
+
+        let plain = render_notice(&NoticeContext { rooms_back: &back, encrypted_rooms: false, ..ctx }).unwrap();
+        assert!(!plain.text.contains("encrypted"), "{}", plain.text);
+        let taken = render_notice(&NoticeContext { id_held: false, id_taken: true, ..ctx }).unwrap();
+        assert!(!taken.text.contains("Your rooms"), "a stranger has the ID: its rooms are not the person's way back");
     }
 
     #[test]

@@ -3,6 +3,7 @@
 
 use serde::Serialize;
 
+use super::RoomCounts;
 use super::accounts::{AccountRow, account_columns};
 use super::{Account, Actor, DeliveryCounts, Error, HoldCounts, Registry, Result, STANDING_SQL, now_ms};
 
@@ -46,6 +47,8 @@ pub struct IncidentSummary {
     /// Held, claimed and taken IDs among the affected.
     pub holds: HoldCounts,
     pub deliveries: DeliveryCounts,
+    /// Where the homeserver's rooms stand, and the people back in them.
+    pub rooms: RoomCounts,
 }
 
 /// A registration token recorded against an affected account.
@@ -201,6 +204,7 @@ impl Registry {
             tokens,
             holds: self.incident_hold_counts(id).await?,
             deliveries: self.delivery_counts(id).await?,
+            rooms: self.room_counts().await?,
         })
     }
 

@@ -33,7 +33,8 @@ pub use deliveries::{Delivery, DeliveryCounts, DeliveryState, OutboxWriter, Plan
 pub use holds::{HoldCandidate, HoldCounts, HoldRow};
 pub use incidents::{Incident, IncidentSummary, NoticeToken};
 pub use rooms::{
-    MAX_REJOIN_ATTEMPTS, ROOMS_LISTED_SETTING, Rejoin, RejoinOutcome, Room, RoomDetails, RoomFate, RoomRecord, RoomState,
+    MAX_REJOIN_ATTEMPTS, ROOMS_LISTED_SETTING, Rejoin, RejoinOutcome, Room, RoomCounts, RoomDetails, RoomFate,
+    RoomRecord, RoomState,
 };
 pub use status::RegistryStatus;
 pub use sync_runs::{SyncApplied, SyncRun};

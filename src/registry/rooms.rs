@@ -207,6 +207,19 @@ impl From<RoomRow> for Room {
     }
 }
 
+/// Rooms by state, and memberships brought back or waiting.
+#[derive(Debug, Clone, Default, Serialize)]
+pub struct RoomCounts {
+    pub here: i64,
+    pub elsewhere: i64,
+    pub lost: i64,
+    pub recreated: i64,
+    /// People joined again to a surviving room, or invited to a re-created one.
+    pub rejoined: i64,
+    /// People not back in a room yet (not back themselves, or failed and retried).
+    pub pending: i64,
+}
+
 /// One person to bring back into one room.
 #[derive(Debug, Clone)]
 pub struct Rejoin {
@@ -318,10 +331,19 @@ impl Registry {
         Ok(self.rooms(None).await?.into_iter().find(|room| room.room_id == room_id))
     }
 
-    /// How many rooms the registry knows.
-    pub async fn room_count(&self) -> Result<i64> {
-        let (count,): (i64,) = sqlx::query_as("SELECT COUNT(*) FROM rooms").fetch_one(&self.pool).await?;
-        Ok(count)
+    pub async fn room_counts(&self) -> Result<RoomCounts> {
+        let mut counts = RoomCounts::default();
+        for room in self.rooms(None).await? {
+            *match room.state {
+                RoomState::Here => &mut counts.here,
+                RoomState::Elsewhere => &mut counts.elsewhere,
+                RoomState::Lost => &mut counts.lost,
+                RoomState::Recreated => &mut counts.recreated,
+            } += 1;
+            counts.rejoined += room.rejoined;
+            counts.pending += room.pending;
+        }
+        Ok(counts)
     }
 
     /// Records lifeboat's own account back in a room (`error` none), or
@@ -411,13 +433,16 @@ impl Registry {
             "SELECT m.user_id, ({STANDING_SQL}) FROM room_members m JOIN accounts a ON a.user_id = m.user_id \
              WHERE m.room_id = $1 AND m.membership = 'join' ORDER BY m.user_id"
         );
-        let rows: Vec<(String, String)> = sqlx::query_as(sqlx::AssertSqlSafe(sql)).bind(room_id).fetch_all(&self.pool).await?;
-        Ok(rows.into_iter().map(|(user_id, standing)| (user_id, matches!(standing.as_str(), "present" | "claimed"))).collect())
+        let rows: Vec<(String, String)> =
+            sqlx::query_as(sqlx::AssertSqlSafe(sql)).bind(room_id).fetch_all(&self.pool).await?;
+        Ok(rows
+            .into_iter()
+            .map(|(user_id, standing)| (user_id, matches!(standing.as_str(), "present" | "claimed")))
+            .collect())
     }
 
-    /// The rooms each of these people was joined to, for their notices.
-    pub async fn room_fates(&self, user_ids: &[String]) -> Result<HashMap<String, Vec<RoomFate>>> {
-        let wanted: std::collections::HashSet<&str> = user_ids.iter().map(String::as_str).collect();
+    /// The rooms each local account was joined to, for their notices.
+    pub async fn room_fates(&self) -> Result<HashMap<String, Vec<RoomFate>>> {
         let mut fates: HashMap<String, Vec<RoomFate>> = HashMap::new();
         let rooms: HashMap<String, Room> =
             self.rooms(None).await?.into_iter().map(|room| (room.room_id.clone(), room)).collect();
@@ -426,7 +451,7 @@ impl Registry {
                 .fetch_all(&self.pool)
                 .await?;
         for (user_id, room_id) in memberships {
-            let (Some(room), true) = (rooms.get(&room_id), wanted.contains(user_id.as_str())) else { continue };
+            let Some(room) = rooms.get(&room_id) else { continue };
             // A direct chat or unnamed room says nothing by its ID: left out.
             if room.label() == room.room_id {
                 continue;
@@ -453,7 +478,11 @@ pub enum RejoinOutcome<'a> {
 /// state no longer shows is dropped only for a person who is here and not
 /// waiting to be brought back: a lost person's rooms are what their
 /// rejoin needs.
-async fn record_details(tx: &mut sqlx::Transaction<'static, sqlx::Any>, room_id: &str, details: &RoomDetails) -> Result<()> {
+async fn record_details(
+    tx: &mut sqlx::Transaction<'static, sqlx::Any>,
+    room_id: &str,
+    details: &RoomDetails,
+) -> Result<()> {
     sqlx::query("UPDATE rooms SET topic = $2, avatar_url = $3, aliases = $4, children = $5, via_servers = $6 WHERE room_id = $1")
         .bind(room_id)
         .bind(&details.topic)
@@ -467,7 +496,8 @@ async fn record_details(tx: &mut sqlx::Transaction<'static, sqlx::Any>, room_id:
         "SELECT m.user_id, m.rejoin, ({STANDING_SQL}) FROM room_members m LEFT JOIN accounts a ON a.user_id = m.user_id \
          WHERE m.room_id = $1"
     );
-    let known: Vec<(String, Option<String>, Option<String>)> = sqlx::query_as(sqlx::AssertSqlSafe(sql)).bind(room_id).fetch_all(&mut **tx).await?;
+    let known: Vec<(String, Option<String>, Option<String>)> =
+        sqlx::query_as(sqlx::AssertSqlSafe(sql)).bind(room_id).fetch_all(&mut **tx).await?;
     for (user_id, rejoin, standing) in known {
         if details.members.iter().any(|(member, _, _)| *member == user_id) {
             continue;

@@ -207,8 +207,12 @@ impl SynapseClient {
 
     /// Sets one state event in a room the token's account may change.
     pub async fn set_state(&self, room_id: &str, kind: &str, state_key: &str, content: &Value) -> Result<(), Error> {
-        let path =
-            format!("/_matrix/client/v3/rooms/{}/state/{}/{}", urlencode(room_id), urlencode(kind), urlencode(state_key));
+        let path = format!(
+            "/_matrix/client/v3/rooms/{}/state/{}/{}",
+            urlencode(room_id),
+            urlencode(kind),
+            urlencode(state_key)
+        );
         self.request_json::<Value>(Method::PUT, &path, &[], Some(content), true).await.map(|_| ())
     }
 }

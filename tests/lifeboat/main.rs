@@ -8,6 +8,7 @@ mod holds;
 mod listing_failures;
 mod notices;
 mod registry_backends;
+mod rooms;
 mod sandbox;
 mod seed_story;
 mod serve_bot;

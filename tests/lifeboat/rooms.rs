@@ -1,0 +1,162 @@
+//! Rooms come back: on two federating Synapses, a wipe of ours loses the
+//! rooms that lived only here, while rooms with members on the other server
+//! live on there. lifeboat keeps the list, brings each person back into
+//! theirs once their ID is theirs again, re-points local aliases, and
+//! re-creates the lost rooms with their former members invited.
+
+use std::time::Duration;
+
+use serde_json::Value;
+
+use crate::harness::{
+    Lifeboat, MatrixUser, RoomSpec, TestDatabase, TestSmtp, TestSynapse, eventually, federation_pair,
+};
+
+const NEW_PASSWORD: &str = "a boat came back for me";
+
+/// Waits until `synapse`'s room listing counts `joined` members in `room_id`
+/// (a join over federation settles a moment after it returns).
+async fn joined_members_settle(synapse: &TestSynapse, room_id: &str, joined: i64) {
+    eventually(&format!("{room_id} counting {joined} joined members"), Duration::from_secs(30), || async {
+        synapse.room(room_id).await.is_some_and(|room| room["joined_members"] == joined)
+    })
+    .await;
+}
+
+/// `rooms list --json`, as (room ID → room).
+async fn rooms_by_id(lifeboat: &Lifeboat) -> std::collections::HashMap<String, Value> {
+    let listed = lifeboat.run(&["rooms", "list", "--json"]).await;
+    assert_eq!(listed.code, 0, "{listed:?}");
+    let rooms = listed.json().as_array().unwrap().clone();
+    rooms.into_iter().map(|room| (room["room_id"].as_str().unwrap().to_owned(), room)).collect()
+}
+
+async fn state_of(lifeboat: &Lifeboat, room_id: &str) -> String {
+    rooms_by_id(lifeboat).await[room_id]["state"].as_str().unwrap().to_owned()
+}
+
+/// Hands a held ID back with a new password (`holds claim`, the CLI claim).
+async fn claim(lifeboat: &Lifeboat, user_id: &str) {
+    let claimed = lifeboat.run_with_input(&["holds", "claim", user_id], &format!("{NEW_PASSWORD}\n")).await;
+    assert_eq!(claimed.code, 0, "{claimed:?}");
+}
+
+/// Signs in as a person who has their ID back.
+async fn sign_in(synapse: &TestSynapse, localpart: &str, password: &str) -> MatrixUser {
+    let (status, body) = synapse.login(localpart, password).await;
+    assert_eq!(status, 200, "{body}");
+    MatrixUser::new(&synapse.url, body["user_id"].as_str().unwrap(), body["access_token"].as_str().unwrap())
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn after_a_wipe_people_come_back_into_surviving_rooms_aliases_work_and_lost_rooms_are_recreated() {
+    let (ours, theirs) = federation_pair();
+    let smtp = TestSmtp::start(None);
+    let registry = TestDatabase::sqlite();
+    ours.create_user("alice", &["alice@example.org"]).await;
+    ours.create_user("carol", &["carol@example.org"]).await;
+    let alice = sign_in(&ours, "alice", "correct horse battery").await;
+    let carol = sign_in(&ours, "carol", "correct horse battery").await;
+    let bob = theirs.client(&theirs.register("bob"));
+
+    // A private, encrypted room on their server, with alice in it.
+    let across =
+        bob.create_room_full(RoomSpec::private().name("Across the water").encrypted().invite(&[&alice.user_id])).await;
+    alice.join(&across).await;
+    // A public room of ours with a local alias, joined from their server.
+    let harbour = alice.create_room_full(RoomSpec::public("harbour").name("Harbour").topic("boats")).await;
+    let alias = format!("#harbour:{}", ours.server_name);
+    bob.join_via(&alias, &[]).await;
+    // A room and a space only on ours.
+    let kitchen =
+        alice.create_room_full(RoomSpec::private().name("Kitchen").topic("tea").invite(&[&carol.user_id])).await;
+    carol.join(&kitchen).await;
+    let fleet =
+        alice.create_room_full(RoomSpec::private().name("Fleet").space().child(&kitchen, &[&ours.server_name])).await;
+    joined_members_settle(&ours, &across, 2).await;
+    joined_members_settle(&ours, &harbour, 2).await;
+
+    let lifeboat = Lifeboat::with_config(&format!(
+        "[homeserver]\nurl = \"{url}\"\nserver_name = \"{server}\"\nadmin_token = \"{admin}\"\n\
+         registration_shared_secret = \"{secret}\"\nretries = 1\ntimeout = \"10s\"\n\n\
+         [registry]\nurl = \"{registry}\"\n\n\
+         [email]\nsmtp_url = \"{smtp}\"\nfrom = \"Lifeboat <lifeboat@lifeboat.test>\"\n",
+        url = ours.url,
+        server = ours.server_name,
+        admin = ours.admin_token(),
+        secret = ours.shared_secret,
+        registry = registry.url(),
+        smtp = smtp.smtp_url(),
+    ));
+    let synced = lifeboat.run(&["sync"]).await;
+    assert_eq!(synced.code, 0, "{synced:?}");
+    assert!(synced.stdout.contains("rooms: 4 on the homeserver"), "{synced:?}");
+    let known = rooms_by_id(&lifeboat).await;
+    assert!([&across, &harbour, &kitchen, &fleet].iter().all(|room| known[*room]["state"] == "here"), "{known:?}");
+    assert_eq!(known[&across]["via_servers"][0], theirs.server_name.as_str(), "rejoins go through their server");
+    assert_eq!(known[&harbour]["aliases"][0], alias.as_str());
+    assert_eq!(known[&fleet]["children"][0], kitchen.as_str());
+
+    ours.wipe();
+    std::fs::write(lifeboat.dir().join("postmortem.md"), "Our database was lost.").unwrap();
+    let opened = lifeboat
+        .run(&["incident", "open", "--title", "Database lost", "--postmortem", "postmortem.md", "--json"])
+        .await;
+    assert_eq!(opened.code, 0, "{opened:?}");
+    let after = rooms_by_id(&lifeboat).await;
+    assert_eq!(after[&across]["state"], "elsewhere", "{after:?}");
+    assert_eq!(after[&harbour]["state"], "elsewhere");
+    assert_eq!(after[&kitchen]["state"], "lost", "it lived only on the wiped server");
+    assert_eq!(after[&fleet]["state"], "lost");
+
+    // The notice names each room's fate.
+    let id = opened.json()["id"].to_string();
+    let notified = lifeboat.run(&["notify", &id, "--yes"]).await;
+    assert_eq!(notified.code, 0, "{notified:?}");
+    let notice = smtp.messages_to("alice@example.org")[0].text.clone().unwrap();
+    let rooms_part = &notice[notice.find("Your rooms").expect("the notice has a rooms part")..];
+    let (back, gone) = rooms_part.split_at(rooms_part.find("lived only on").unwrap());
+    assert!(back.contains("- Across the water") && back.contains("- Harbour"), "{notice}");
+    assert!(back.contains("encrypted rooms from before the loss do not come back"), "{notice}");
+    assert!(gone.contains("- Kitchen") && gone.contains("- Fleet"), "{notice}");
+
+    // Alice takes her ID back; one rejoin run brings her and the alias back.
+    claim(&lifeboat, &alice.user_id).await;
+    let rejoined = lifeboat.run(&["rooms", "rejoin"]).await;
+    assert_eq!(rejoined.code, 0, "{rejoined:?}");
+    assert_eq!(
+        ours.resolve_alias(&alias).await.as_deref(),
+        Some(harbour.as_str()),
+        "the alias points at the room again"
+    );
+    let alice = sign_in(&ours, "alice", NEW_PASSWORD).await;
+    let joined = alice.joined_rooms().await;
+    assert!(joined.contains(&across) && joined.contains(&harbour), "{joined:?}");
+    assert_eq!(alice.room_name(&across).await.as_deref(), Some("Across the water"));
+    alice.send(&across, "back again").await;
+    let again = lifeboat.run(&["rooms", "rejoin"]).await;
+    assert!(again.stdout.contains("Nobody is waiting"), "a second run repeats nothing: {again:?}");
+
+    // The lost rooms are made again; alice is invited now, carol once back.
+    let recreated = lifeboat.run(&["rooms", "recreate", "--all", "--yes"]).await;
+    assert_eq!(recreated.code, 0, "{recreated:?}");
+    let now = rooms_by_id(&lifeboat).await;
+    let new_kitchen = now[&kitchen]["recreated_as"].as_str().expect("kitchen was re-created").to_owned();
+    let new_fleet = now[&fleet]["recreated_as"].as_str().expect("the space was re-created").to_owned();
+    assert!(alice.invites().await.contains(&new_kitchen), "a former member who is back is invited");
+    alice.join(&new_kitchen).await;
+    assert_eq!(alice.room_name(&new_kitchen).await.as_deref(), Some("Kitchen"));
+    assert_eq!(alice.room_topic(&new_kitchen).await.as_deref(), Some("tea"));
+    alice.join(&new_fleet).await;
+    assert!(alice.state(&new_fleet, "m.space.child", &new_kitchen).await.is_some(), "the space has its child back");
+    let twice = lifeboat.run(&["rooms", "recreate", &kitchen, "--yes"]).await;
+    assert_eq!(twice.code, 1, "{twice:?}");
+    assert!(twice.stderr.contains("re-created already"), "{twice:?}");
+
+    claim(&lifeboat, &carol.user_id).await;
+    let rejoined = lifeboat.run(&["rooms", "rejoin"]).await;
+    assert_eq!(rejoined.code, 0, "{rejoined:?}");
+    let carol = sign_in(&ours, "carol", NEW_PASSWORD).await;
+    assert!(carol.invites().await.contains(&new_kitchen), "carol is invited once her ID is hers again");
+    assert_eq!(state_of(&lifeboat, &kitchen).await, "recreated");
+}
