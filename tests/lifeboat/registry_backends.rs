@@ -2,7 +2,10 @@
 
 use std::future::Future;
 
-use lifeboat::registry::{AccountState, Actor, AddContact, ContactKind, ContactSource, Registry};
+use lifeboat::registry::{
+    AccountState, Actor, AddContact, ContactKind, ContactSource, MAX_REJOIN_ATTEMPTS, Registry, RejoinOutcome, Room,
+    RoomDetails, RoomRecord, RoomState,
+};
 use lifeboat::synapse::ListedUser;
 use serde_json::json;
 
@@ -266,3 +269,75 @@ async fn parallel_wrong_codes_spend_the_five_tries_and_no_more(registry: Registr
     assert!(matches!(late, CodeCheck::NothingPending), "the right code after the tries are spent: {late:?}");
 }
 on_both_backends!(parallel_wrong_codes_spend_the_five_tries_and_no_more);
+
+fn room(id: &str, remote: i64, members: &[(&str, i64)]) -> RoomRecord {
+    RoomRecord {
+        room_id: id.to_owned(),
+        name: Some(format!("Room {id}")),
+        joined_local: members.len() as i64,
+        joined_remote: remote,
+        state_events: 10 + members.len() as i64,
+        details: Some(RoomDetails {
+            via_servers: if remote > 0 { vec!["other.net".to_owned()] } else { Vec::new() },
+            members: members.iter().map(|(id, power)| (id.to_string(), "join".to_owned(), *power)).collect(),
+            ..RoomDetails::default()
+        }),
+        ..RoomRecord::default()
+    }
+}
+
+fn states(rooms: &[Room]) -> Vec<(&str, RoomState)> {
+    rooms.iter().map(|room| (room.room_id.as_str(), room.state)).collect()
+}
+
+async fn rooms_gone_from_a_listing_are_classified_and_a_lost_persons_memberships_wait_for_them(registry: Registry) {
+    sync_listing(&registry, &[user("@a:x", 1), user("@b:x", 1)]).await;
+    let shared = room("!shared", 2, &[("@a:x", 100), ("@b:x", 0)]);
+    let local = room("!local", 0, &[("@a:x", 0)]);
+    registry.apply_room_listing(&[shared.clone(), local.clone()]).await.unwrap();
+    let known = registry.rooms(None).await.unwrap();
+    assert_eq!(states(&known), [("!shared", RoomState::Here), ("!local", RoomState::Here)]);
+    assert_eq!(known[0].via_servers, ["other.net"]);
+
+    // The wipe: @a is lost, and no room is listed any more.
+    sync_listing(&registry, &[user("@b:x", 1)]).await;
+    registry.apply_room_listing(&[]).await.unwrap();
+    let after = registry.rooms(None).await.unwrap();
+    assert_eq!(states(&after), [("!shared", RoomState::Elsewhere), ("!local", RoomState::Lost)]);
+    assert_eq!((after[0].members, after[0].pending), (2, 1), "@a waits to come back; @b never left");
+    let fates = registry.room_fates().await.unwrap();
+    assert_eq!(fates["@a:x"].len(), 2);
+
+    // A later state of the room without either: @b left (here, for good),
+    // while lost @a's membership is what their rejoin needs.
+    let mut changed = room("!shared", 2, &[]);
+    changed.state_events = 99;
+    registry.apply_room_listing(&[changed]).await.unwrap();
+    registry.apply_room_listing(&[]).await.unwrap();
+    assert_eq!(registry.room("!shared").await.unwrap().unwrap().members, 1);
+    assert!(registry.pending_rejoins(false).await.unwrap().is_empty(), "nobody is back yet");
+
+    // @a registers again, and an operator vouches for them.
+    sync_listing(&registry, &[user("@a:x", 2), user("@b:x", 1)]).await;
+    assert!(registry.pending_rejoins(false).await.unwrap().is_empty(), "a stranger on the ID is joined nowhere");
+    registry.settle_as_claimed("@a:x", &Actor::cli()).await.unwrap();
+    let pending = registry.pending_rejoins(false).await.unwrap();
+    assert_eq!(pending.len(), 1, "only the surviving room: {pending:?}");
+    assert_eq!(
+        (pending[0].room_id.as_str(), pending[0].via_servers.as_slice()),
+        ("!shared", &["other.net".to_owned()][..])
+    );
+    for _ in 0..MAX_REJOIN_ATTEMPTS {
+        registry.record_rejoin("!shared", "@a:x", RejoinOutcome::Failed("M_FORBIDDEN")).await.unwrap();
+    }
+    assert!(registry.pending_rejoins(false).await.unwrap().is_empty(), "given up on by itself");
+    assert_eq!(registry.pending_rejoins(true).await.unwrap().len(), 1, "retried when asked");
+
+    registry.mark_room_recreated("!local", "!new").await.unwrap();
+    let pending = registry.pending_rejoins(false).await.unwrap();
+    assert_eq!(pending[0].recreated_as.as_deref(), Some("!new"), "invited to the room made again: {pending:?}");
+    registry.record_rejoin("!local", "@a:x", RejoinOutcome::Invited).await.unwrap();
+    let counts = registry.room_counts().await.unwrap();
+    assert_eq!((counts.elsewhere, counts.recreated, counts.rejoined, counts.pending), (1, 1, 1, 1));
+}
+on_both_backends!(rooms_gone_from_a_listing_are_classified_and_a_lost_persons_memberships_wait_for_them);
