@@ -184,7 +184,7 @@ async fn run(bot: &Bot, room: &Room, actor: &Actor, command: AdminCommand) -> Re
                 registry.incident_summary(id, service_user_id(config).as_str()).await.map_err(|e| text(&e))?;
             let d = &summary.deliveries;
             Ok(format!(
-                "**Incident {id}: {}** ({})\n\n- affected: {}\n- IDs: {} held, {} claimed, {} taken by someone else\n- reachable: {} by email, {} on Matrix, {} unreachable\n- tokens: {}\n- deliveries: {} sent, {} pending, {} sending, {} failed, {} skipped",
+                "**Incident {id}: {}** ({})\n\n- affected: {}\n- IDs: {} held, {} claimed, {} taken by someone else\n- reachable: {} by email, {} on Matrix, {} unreachable\n- tokens: {}\n- deliveries: {} sent, {} pending, {} sending, {} failed, {} skipped\n- rooms: {} living on elsewhere, {} lost, {} re-created; people back in rooms: {} ({} waiting)",
                 markdown_escape(&summary.incident.title),
                 if summary.incident.resolved_at.is_some() { "resolved" } else { "open" },
                 summary.affected,
@@ -199,7 +199,12 @@ async fn run(bot: &Bot, room: &Room, actor: &Actor, command: AdminCommand) -> Re
                 d.pending,
                 d.sending,
                 d.failed,
-                d.skipped
+                d.skipped,
+                summary.rooms.elsewhere,
+                summary.rooms.lost,
+                summary.rooms.recreated,
+                summary.rooms.rejoined,
+                summary.rooms.pending
             ))
         }
         AdminCommand::IncidentResolve(id) => {

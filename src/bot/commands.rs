@@ -155,7 +155,7 @@ fn parse_admin_words(prefix: &str, rest: &str) -> Result<AdminCommand, BadComman
         ["rooms", "recreate", target, rest @ ..] if rest.is_empty() || rest == ["confirm"] => {
             let room = match *target {
                 "--all" => None,
-                id if id.starts_with('!') && id.contains(':') => Some(id.to_owned()),
+                id if id.starts_with('!') && id.len() > 1 => Some(id.to_owned()),
                 _ => return Err(usage("rooms recreate")),
             };
             Ok(AdminCommand::RoomsRecreate { room, confirm: !rest.is_empty() })

@@ -633,6 +633,11 @@ async fn the_bot_runs_the_clis_operations_for_an_admin() {
     rig.say("!lifeboat check").await;
     let checked = rig.reply_containing("Verdict").await;
     assert!(checked.contains("**ok**"), "{checked}");
+    rig.say("!lifeboat rooms").await;
+    rig.reply_containing("on the homeserver now").await;
+    // Only a room that lived only here can be made again, whoever asks.
+    rig.say(&format!("!lifeboat rooms recreate {}", rig.admin_room)).await;
+    rig.reply_containing("is on this homeserver: there is nothing to re-create").await;
 
     // An admin records a second address for the first person.
     let person = rig.synapse.user_id(&people[0].0);
@@ -651,6 +656,7 @@ async fn the_bot_runs_the_clis_operations_for_an_admin() {
     rig.say(&format!("!lifeboat incident show {id}")).await;
     let shown = rig.reply_containing(&format!("Incident {id}: Drill")).await;
     assert!(shown.contains("reachable: 2 by email"), "{shown}");
+    assert!(shown.contains("rooms: 0 living on elsewhere"), "{shown}");
 
     // A fresh token goes to the person's own addresses, never into the room.
     rig.say(&format!("!lifeboat token {person}")).await;
