@@ -80,7 +80,8 @@ async fn after_a_wipe_people_come_back_into_surviving_rooms_aliases_work_and_los
         "[homeserver]\nurl = \"{url}\"\nserver_name = \"{server}\"\nadmin_token = \"{admin}\"\n\
          registration_shared_secret = \"{secret}\"\nretries = 1\ntimeout = \"10s\"\n\n\
          [registry]\nurl = \"{registry}\"\n\n\
-         [email]\nsmtp_url = \"{smtp}\"\nfrom = \"Lifeboat <lifeboat@lifeboat.test>\"\n",
+         [email]\nsmtp_url = \"{smtp}\"\nfrom = \"Lifeboat <lifeboat@lifeboat.test>\"\n\n\
+         [watch]\ninterval = \"2s\"\n",
         url = ours.url,
         server = ours.server_name,
         admin = ours.admin_token(),
@@ -153,10 +154,14 @@ async fn after_a_wipe_people_come_back_into_surviving_rooms_aliases_work_and_los
     assert_eq!(twice.code, 1, "{twice:?}");
     assert!(twice.stderr.contains("re-created already"), "{twice:?}");
 
+    // serve's watcher brings carol back within a round of her claim.
+    let mut serve = lifeboat.spawn_serve();
     claim(&lifeboat, &carol.user_id).await;
-    let rejoined = lifeboat.run(&["rooms", "rejoin"]).await;
-    assert_eq!(rejoined.code, 0, "{rejoined:?}");
     let carol = sign_in(&ours, "carol", NEW_PASSWORD).await;
-    assert!(carol.invites().await.contains(&new_kitchen), "carol is invited once her ID is hers again");
+    eventually("carol is invited to the re-created kitchen", Duration::from_secs(60), || async {
+        carol.invites().await.contains(&new_kitchen)
+    })
+    .await;
+    serve.kill().await.unwrap();
     assert_eq!(state_of(&lifeboat, &kitchen).await, "recreated");
 }
