@@ -364,7 +364,7 @@ pub async fn dm_sender(
             Some(token) => token.value.clone(),
             // The running bot's device (its crypto store is the bot's own,
             // so only for unencrypted notices).
-            None => match crate::bot::login::stored_session(registry).await.filter(|_| !encrypted) {
+            None => match crate::session::stored_session(registry).await.filter(|_| !encrypted) {
                 Some(token) => token,
                 None => return Ok(None),
             },

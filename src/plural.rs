@@ -1,9 +1,18 @@
-//! Counts in words: "1 account", "2 accounts".
+//! Counts and lists in words: "1 account", "2 accounts", "a, b, and 3 more".
 
 /// `n` and the noun that goes with it.
 pub fn count(n: impl Into<i64>, one: &str, many: &str) -> String {
     let n = n.into();
     format!("{n} {}", if n == 1 { one } else { many })
+}
+
+/// At most `limit` IDs, comma-separated, and how many more there are.
+pub fn id_list(ids: &[String], limit: usize) -> String {
+    let mut text = ids.iter().take(limit).cloned().collect::<Vec<_>>().join(", ");
+    if ids.len() > limit {
+        text.push_str(&format!(", and {} more", ids.len() - limit));
+    }
+    text
 }
 
 #[cfg(test)]

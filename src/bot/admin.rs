@@ -125,10 +125,10 @@ async fn run(bot: &Bot, room: &Room, actor: &Actor, command: AdminCommand) -> Re
             let mut reply =
                 format!("Verdict **{}**: {}.", report.verdict.as_str(), outcome.reason.trim_end_matches('.'));
             if !report.missing.is_empty() {
-                reply.push_str(&format!("\n\nMissing: {}", crate::cli::output::id_list(&report.missing, 20)));
+                reply.push_str(&format!("\n\nMissing: {}", crate::plural::id_list(&report.missing, 20)));
             }
             if !report.recreated.is_empty() {
-                reply.push_str(&format!("\n\nRecreated: {}", crate::cli::output::id_list(&report.recreated, 20)));
+                reply.push_str(&format!("\n\nRecreated: {}", crate::plural::id_list(&report.recreated, 20)));
             }
             Ok(reply)
         }
@@ -493,7 +493,7 @@ async fn holds(bot: &Bot) -> Result<String, String> {
                 "claimed" => "Claimed (handed back)",
                 _ => "Taken by someone else before the hold (strangers until settled with `lifeboat holds claim`)",
             };
-            reply.push_str(&format!("**{label}** ({}): {}\n\n", ids.len(), crate::cli::output::id_list(&ids, 30)));
+            reply.push_str(&format!("**{label}** ({}): {}\n\n", ids.len(), crate::plural::id_list(&ids, 30)));
         }
     }
     Ok(reply.trim_end().to_owned())

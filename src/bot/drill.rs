@@ -14,17 +14,8 @@ use secrecy::ExposeSecret;
 use super::ROOM_SETTING;
 use super::login::existing_credentials;
 use crate::config::Config;
+use crate::drill::BotDrill;
 use crate::registry::{Registry, now_ms};
-
-/// What the drill prints for the bot.
-pub enum BotDrill {
-    /// No `[bot]` section.
-    NotConfigured,
-    Posted(String),
-    /// Works in part, or not yet set up (no session yet).
-    Warn(String),
-    Failed(String),
-}
 
 pub async fn post_test_message(config: &Config, registry: &Registry) -> BotDrill {
     let Some(bot) = &config.bot else { return BotDrill::NotConfigured };

@@ -6,25 +6,15 @@
 use matrix_sdk::authentication::matrix::MatrixSession;
 use matrix_sdk::{Client, SessionMeta, SessionTokens};
 use secrecy::{ExposeSecret, SecretString};
-use serde::{Deserialize, Serialize};
 
 use crate::config::{BotConfig, Config};
 use crate::recover::{recover, service_user_id};
 use crate::registry::{Actor, Registry};
+use crate::session::{SESSION_SETTING, StoredSession};
 use crate::synapse::{self, SynapseClient};
 
-/// Registry setting: the session the bot made by password login (kept so a
-/// restart reuses its device instead of making a new one).
-const SESSION_SETTING: &str = "bot_session";
 /// Registry setting: the generated store passphrase, when the config has none.
 const STORE_PASSPHRASE: &str = "bot_store_passphrase";
-
-#[derive(Serialize, Deserialize)]
-struct StoredSession {
-    user_id: String,
-    device_id: String,
-    access_token: String,
-}
 
 /// Working credentials for the bot's account.
 pub struct BotLogin {
@@ -56,13 +46,6 @@ impl From<crate::registry::Error> for LoginError {
     fn from(err: crate::registry::Error) -> Self {
         LoginError::Later(err.to_string())
     }
-}
-
-/// The bot's own stored session (made by a password login), for senders
-/// that need lifeboat's account and have no other token.
-pub async fn stored_session(registry: &Registry) -> Option<SecretString> {
-    let stored = registry.setting(SESSION_SETTING).await.ok().flatten().filter(|value| !value.is_empty())?;
-    serde_json::from_str::<StoredSession>(&stored).ok().map(|session| SecretString::from(session.access_token))
 }
 
 /// Credentials that work now, without logging in anew or recovering (so

@@ -27,9 +27,9 @@ use matrix_sdk::{Client, Room, RoomMemberships, RoomState, SessionChange};
 use tokio::sync::mpsc::UnboundedReceiver;
 use tokio_util::sync::CancellationToken;
 
+use crate::app::Services;
 use crate::config::BotConfig;
 use crate::dm::safe_message;
-use crate::serve::ServeState;
 use crate::synapse::SynapseClient;
 
 /// Registry setting: the admin room the bot made itself (after a wipe, or
@@ -42,7 +42,7 @@ const MAX_QUEUED_ALERTS: usize = 20;
 
 /// What the handlers share.
 pub(crate) struct Bot {
-    state: Arc<ServeState>,
+    state: Arc<Services>,
     config: BotConfig,
     me: OwnedUserId,
     admins: Vec<OwnedUserId>,
@@ -102,7 +102,7 @@ enum Ended {
 }
 
 /// Runs the bot until `cancel`; `alerts` are the watcher's, for the room.
-pub async fn run(state: Arc<ServeState>, mut alerts: UnboundedReceiver<String>, cancel: CancellationToken) {
+pub async fn run(state: Arc<Services>, mut alerts: UnboundedReceiver<String>, cancel: CancellationToken) {
     let Some(config) = state.config.bot.clone() else { return };
     let me: OwnedUserId = match crate::recover::service_user_id(&state.config).as_str().try_into() {
         Ok(me) => me,

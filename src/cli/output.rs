@@ -36,11 +36,8 @@ pub fn progress_bar(message: &'static str) -> ProgressBar {
 
 /// Up to `limit` IDs joined, with a count of the rest.
 pub fn id_list(ids: &[String], limit: usize) -> String {
-    let mut text = ids.iter().take(limit).cloned().collect::<Vec<_>>().join(", ");
-    if ids.len() > limit {
-        text.push_str(&format!(", and {} more (--json lists all)", ids.len() - limit));
-    }
-    text
+    let text = crate::plural::id_list(ids, limit);
+    if ids.len() > limit { format!("{text} (--json lists all)") } else { text }
 }
 
 /// Asks `question` on the terminal and returns the answer line; refuses to

@@ -12,16 +12,16 @@ use axum::http::{StatusCode, header};
 use axum::response::IntoResponse;
 use axum::routing::get;
 
-use super::ServeState;
+use crate::app::Services;
 use crate::registry::now_ms;
 
 /// What the web address serves: the pages and `/healthz`.
-pub fn public_router(state: Arc<ServeState>, pages: Router) -> Router {
+pub fn public_router(state: Arc<Services>, pages: Router) -> Router {
     Router::new().route("/healthz", get(healthz)).with_state(state).merge(pages)
 }
 
 /// What the metrics address serves.
-pub fn metrics_router(state: Arc<ServeState>) -> Router {
+pub fn metrics_router(state: Arc<Services>) -> Router {
     Router::new().route("/metrics", get(metrics)).route("/healthz", get(healthz)).with_state(state)
 }
 
@@ -29,7 +29,7 @@ pub fn metrics_router(state: Arc<ServeState>) -> Router {
 const HEALTH_LIMIT: Duration = Duration::from_secs(2);
 
 /// Alive and able to reach the registry; if not, why.
-async fn healthz(State(state): State<Arc<ServeState>>) -> impl IntoResponse {
+async fn healthz(State(state): State<Arc<Services>>) -> impl IntoResponse {
     match state.registry.health(HEALTH_LIMIT).await {
         Ok(()) => (StatusCode::OK, "ok\n".to_owned()),
         Err(cause) => {
@@ -39,7 +39,7 @@ async fn healthz(State(state): State<Arc<ServeState>>) -> impl IntoResponse {
     }
 }
 
-async fn metrics(State(state): State<Arc<ServeState>>) -> impl IntoResponse {
+async fn metrics(State(state): State<Arc<Services>>) -> impl IntoResponse {
     match render_metrics(&state).await {
         Ok(text) => (StatusCode::OK, [(header::CONTENT_TYPE, "text/plain; version=0.0.4; charset=utf-8")], text),
         Err(err) => {
@@ -77,7 +77,7 @@ fn with_zeros(rows: Vec<(String, i64)>, states: &[&str]) -> Vec<(String, i64)> {
     all
 }
 
-pub(super) async fn render_metrics(state: &ServeState) -> Result<String, crate::registry::Error> {
+pub(super) async fn render_metrics(state: &Services) -> Result<String, crate::registry::Error> {
     let status = state.registry.status().await?;
     let last_sync = state.registry.last_complete_sync().await?;
     let mut out = String::new();

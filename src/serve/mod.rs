@@ -13,11 +13,10 @@ use std::time::Duration;
 
 use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
-use tokio_util::task::TaskTracker;
 
+use crate::app::Services;
 use crate::config::Config;
 use crate::registry::Registry;
-use crate::watch::WatchHandle;
 
 pub use alerts::ServeAlerts;
 
@@ -34,20 +33,6 @@ const LIMITS: listen::Limits = listen::Limits {
 /// How long a shutdown may take before the remaining tasks are dropped.
 pub const SHUTDOWN_GRACE: Duration = Duration::from_secs(20);
 
-/// What the parts of serve share.
-pub struct ServeState {
-    pub config: Arc<Config>,
-    pub registry: Registry,
-    pub watch: WatchHandle,
-    /// One recovery at a time (the watcher and the bot may both notice a wipe).
-    pub recover_lock: Arc<tokio::sync::Mutex<()>>,
-    /// Cancelled when serve is asked to stop.
-    pub shutdown: CancellationToken,
-    /// Work started on request (a notify confirmed in the bot) that a
-    /// shutdown must wait for.
-    pub background: TaskTracker,
-}
-
 #[derive(Debug, thiserror::Error)]
 pub enum ServeError {
     #[error("cannot listen on {key} = {bind}: {source}")]
@@ -57,14 +42,7 @@ pub enum ServeError {
 /// Runs until `shutdown` is cancelled (the CLI cancels it on SIGINT/SIGTERM).
 pub async fn run(config: Config, registry: Registry, shutdown: CancellationToken) -> Result<(), ServeError> {
     let config = Arc::new(config);
-    let state = Arc::new(ServeState {
-        config: config.clone(),
-        registry: registry.clone(),
-        watch: WatchHandle::default(),
-        recover_lock: Arc::default(),
-        shutdown: shutdown.clone(),
-        background: TaskTracker::new(),
-    });
+    let state = Arc::new(Services::new(config.clone(), registry.clone(), shutdown.clone()));
     let mut tasks = JoinSet::new();
 
     match &config.web {

@@ -1,0 +1,39 @@
+//! What a running lifeboat shares between its parts: built once by `serve`
+//! and handed to the bot, the web page's health and metrics, the watcher and
+//! the worker. It lives below every face, so no face imports another to
+//! reach it.
+
+use std::sync::Arc;
+
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+
+use crate::config::Config;
+use crate::registry::Registry;
+use crate::watch::WatchHandle;
+
+pub struct Services {
+    pub config: Arc<Config>,
+    pub registry: Registry,
+    pub watch: WatchHandle,
+    /// One recovery at a time (the watcher and the bot may both notice a wipe).
+    pub recover_lock: Arc<tokio::sync::Mutex<()>>,
+    /// Cancelled when serve is asked to stop.
+    pub shutdown: CancellationToken,
+    /// Work started on request (a notify confirmed in the bot) that a
+    /// shutdown must wait for.
+    pub background: TaskTracker,
+}
+
+impl Services {
+    pub fn new(config: Arc<Config>, registry: Registry, shutdown: CancellationToken) -> Services {
+        Services {
+            config,
+            registry,
+            watch: WatchHandle::default(),
+            recover_lock: Arc::default(),
+            shutdown,
+            background: TaskTracker::new(),
+        }
+    }
+}

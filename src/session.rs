@@ -1,0 +1,24 @@
+//! lifeboat's own stored Matrix session: made by the bot's password login
+//! (kept so a restart reuses its device), and read by whatever else sends
+//! as lifeboat and has no other token (the notice DMs).
+
+use secrecy::SecretString;
+use serde::{Deserialize, Serialize};
+
+use crate::registry::Registry;
+
+/// Registry setting holding the [`StoredSession`] as JSON.
+pub const SESSION_SETTING: &str = "bot_session";
+
+#[derive(Serialize, Deserialize)]
+pub struct StoredSession {
+    pub user_id: String,
+    pub device_id: String,
+    pub access_token: String,
+}
+
+/// The stored session's access token, if there is one.
+pub async fn stored_session(registry: &Registry) -> Option<SecretString> {
+    let stored = registry.setting(SESSION_SETTING).await.ok().flatten().filter(|value| !value.is_empty())?;
+    serde_json::from_str::<StoredSession>(&stored).ok().map(|session| SecretString::from(session.access_token))
+}
