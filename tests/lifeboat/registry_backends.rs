@@ -341,3 +341,33 @@ async fn rooms_gone_from_a_listing_are_classified_and_a_lost_persons_memberships
     assert_eq!((counts.elsewhere, counts.recreated, counts.rejoined, counts.pending), (1, 1, 1, 1));
 }
 on_both_backends!(rooms_gone_from_a_listing_are_classified_and_a_lost_persons_memberships_wait_for_them);
+
+/// Tables and their columns, as the database itself describes them.
+async fn schema(registry: &Registry) -> std::collections::BTreeSet<(String, String)> {
+    let sql = if registry.is_postgres() {
+        "SELECT table_name::text, column_name::text FROM information_schema.columns \
+         WHERE table_schema = current_schema() AND table_name <> '_sqlx_migrations'"
+    } else {
+        "SELECT m.name, p.name FROM sqlite_master m JOIN pragma_table_info(m.name) p \
+         WHERE m.type = 'table' AND m.name NOT IN ('_sqlx_migrations', 'sqlite_sequence')"
+    };
+    let rows: Vec<(String, String)> = sqlx::query_as(sql).fetch_all(registry.pool()).await.unwrap();
+    rows.into_iter().collect()
+}
+
+#[tokio::test]
+async fn the_sqlite_and_postgresql_schemas_have_the_same_tables_and_columns() {
+    let (sqlite, postgres) = (TestDatabase::sqlite(), TestDatabase::postgres().await);
+    let on_sqlite = Registry::connect(&sqlite.url()).await.unwrap();
+    let on_postgres = Registry::connect(&postgres.url()).await.unwrap();
+    let (lite, pg) = (schema(&on_sqlite).await, schema(&on_postgres).await);
+    assert!(lite.len() > 50, "the schema was read: {lite:?}");
+    let only_sqlite: Vec<_> = lite.difference(&pg).collect();
+    let only_postgres: Vec<_> = pg.difference(&lite).collect();
+    assert!(
+        only_sqlite.is_empty() && only_postgres.is_empty(),
+        "SQLite only: {only_sqlite:?}; PostgreSQL only: {only_postgres:?}"
+    );
+    on_postgres.close().await;
+    postgres.drop_database().await;
+}
