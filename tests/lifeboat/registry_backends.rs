@@ -342,21 +342,22 @@ async fn rooms_gone_from_a_listing_are_classified_and_a_lost_persons_memberships
 }
 on_both_backends!(rooms_gone_from_a_listing_are_classified_and_a_lost_persons_memberships_wait_for_them);
 
-/// Tables and their columns, as the database itself describes them.
-async fn schema(registry: &Registry) -> std::collections::BTreeSet<(String, String)> {
+/// Tables and their columns in order (a backup's rows follow it), as the
+/// database itself describes them.
+async fn schema(registry: &Registry) -> std::collections::BTreeSet<(String, i64, String)> {
     let sql = if registry.is_postgres() {
-        "SELECT table_name::text, column_name::text FROM information_schema.columns \
+        "SELECT table_name::text, ordinal_position::bigint, column_name::text FROM information_schema.columns \
          WHERE table_schema = current_schema() AND table_name <> '_sqlx_migrations'"
     } else {
-        "SELECT m.name, p.name FROM sqlite_master m JOIN pragma_table_info(m.name) p \
+        "SELECT m.name, p.cid + 1, p.name FROM sqlite_master m JOIN pragma_table_info(m.name) p \
          WHERE m.type = 'table' AND m.name NOT IN ('_sqlx_migrations', 'sqlite_sequence')"
     };
-    let rows: Vec<(String, String)> = sqlx::query_as(sql).fetch_all(registry.pool()).await.unwrap();
+    let rows: Vec<(String, i64, String)> = sqlx::query_as(sql).fetch_all(registry.pool()).await.unwrap();
     rows.into_iter().collect()
 }
 
 #[tokio::test]
-async fn the_sqlite_and_postgresql_schemas_have_the_same_tables_and_columns() {
+async fn the_sqlite_and_postgresql_schemas_have_the_same_tables_and_columns_in_the_same_order() {
     let (sqlite, postgres) = (TestDatabase::sqlite(), TestDatabase::postgres().await);
     let on_sqlite = Registry::connect(&sqlite.url()).await.unwrap();
     let on_postgres = Registry::connect(&postgres.url()).await.unwrap();
