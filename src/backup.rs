@@ -49,9 +49,6 @@ const TABLES: &[&str] = &[
     "room_members",
 ];
 
-/// Tables that hold run-time state only, deliberately not kept.
-const RUN_TIME_TABLES: &[&str] = &["listing_stage", "leases", "contact_verifications", "web_links"];
-
 /// One column of a kept table, as the schema describes it.
 struct Column {
     name: String,
@@ -251,6 +248,9 @@ pub async fn restore(registry: &Registry, file: &Path, replace: bool, actor: &Ac
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// Tables that hold run-time state only, deliberately not kept.
+    const RUN_TIME_TABLES: &[&str] = &["listing_stage", "leases", "contact_verifications", "web_links"];
 
     #[tokio::test]
     async fn every_table_of_the_schema_is_either_kept_or_known_as_run_time_state() {

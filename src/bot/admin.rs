@@ -555,11 +555,9 @@ async fn recreate_rooms(bot: &Bot, actor: &Actor, room: Option<String>, confirm:
     if rooms.is_empty() {
         return Ok("No room is lost: nothing to re-create.".to_owned());
     }
-    let key = format!("rooms recreate {target}");
+    let command = format!("rooms recreate {target}");
     if !confirm {
-        if let Ok(mut pending) = bot.release_confirmations.lock() {
-            pending.insert(key, Instant::now());
-        }
+        remember_asked(bot, &command);
         let names: Vec<String> =
             rooms.iter().take(10).map(|room| crate::notice::markdown_escape(room.label())).collect();
         return Ok(format!(
@@ -570,14 +568,7 @@ async fn recreate_rooms(bot: &Bot, actor: &Actor, room: Option<String>, confirm:
             CONFIRM_WITHIN.as_secs() / 60
         ));
     }
-    let asked = bot.release_confirmations.lock().ok().and_then(|mut pending| pending.remove(&key));
-    if asked.is_none_or(|at| at.elapsed() > CONFIRM_WITHIN) {
-        return Err(format!(
-            "send `{} rooms recreate {target}` first, then confirm within {} minutes",
-            bot.prefix(),
-            CONFIRM_WITHIN.as_secs() / 60
-        ));
-    }
+    confirmed_in_time(bot, &command)?;
     let client =
         admin_client_recovering(config, registry, actor, &Notes::default()).await.map_err(|e| e.to_string())?;
     // Spaces last, so they get their re-created children.
@@ -593,6 +584,27 @@ async fn recreate_rooms(bot: &Bot, actor: &Actor, room: Option<String>, confirm:
     Ok(lines.join("\n"))
 }
 
+/// A command that changes something for good asks first: this records
+/// that it asked, for [`confirmed_in_time`].
+fn remember_asked(bot: &Bot, command: &str) {
+    if let Ok(mut pending) = bot.confirmations.lock() {
+        pending.insert(command.to_owned(), Instant::now());
+    }
+}
+
+/// `command confirm` counts only within [`CONFIRM_WITHIN`] of `command`.
+fn confirmed_in_time(bot: &Bot, command: &str) -> Result<(), String> {
+    let asked = bot.confirmations.lock().ok().and_then(|mut pending| pending.remove(command));
+    if asked.is_none_or(|at| at.elapsed() > CONFIRM_WITHIN) {
+        return Err(format!(
+            "send `{} {command}` first, then confirm within {} minutes",
+            bot.prefix(),
+            CONFIRM_WITHIN.as_secs() / 60
+        ));
+    }
+    Ok(())
+}
+
 /// Ends a hold for good, after a confirm step: the account is deactivated.
 async fn release_hold(bot: &Bot, actor: &Actor, user: &UserId, confirm: bool) -> Result<String, String> {
     let state = &bot.state;
@@ -601,25 +613,16 @@ async fn release_hold(bot: &Bot, actor: &Actor, user: &UserId, confirm: bool) ->
     if !held.is_some_and(|account| account.state == AccountState::Held) {
         return Err(format!("{user} is not held: `{} holds` lists the held IDs", bot.prefix()));
     }
-    let key = format!("release {user}");
+    let command = format!("release {user}");
     if !confirm {
-        if let Ok(mut pending) = bot.release_confirmations.lock() {
-            pending.insert(key, Instant::now());
-        }
+        remember_asked(bot, &command);
         return Ok(format!(
             "Releasing {user} deactivates its account for good: nobody, its owner included, can ever register this ID again. To do it, reply `{} release {user} confirm` within {} minutes.",
             bot.prefix(),
             CONFIRM_WITHIN.as_secs() / 60
         ));
     }
-    let asked = bot.release_confirmations.lock().ok().and_then(|mut pending| pending.remove(&key));
-    if asked.is_none_or(|at| at.elapsed() > CONFIRM_WITHIN) {
-        return Err(format!(
-            "send `{} release {user}` first, then confirm within {} minutes",
-            bot.prefix(),
-            CONFIRM_WITHIN.as_secs() / 60
-        ));
-    }
+    confirmed_in_time(bot, &command)?;
     let client =
         admin_client_recovering(config, registry, actor, &Notes::default()).await.map_err(|e| e.to_string())?;
     crate::holds::release(registry, &client, user.as_str(), actor).await.map_err(|err| err.to_string())?;

@@ -52,7 +52,7 @@ pub(crate) struct Bot {
     /// Incidents whose dry run an admin saw: id → when.
     confirmations: Mutex<HashMap<i64, Instant>>,
     /// `release <id>` steps an admin saw: "release <id>" → when.
-    release_confirmations: Mutex<HashMap<String, Instant>>,
+    confirmations: Mutex<HashMap<String, Instant>>,
     /// Admins invited to the current admin room by this process.
     invited: Mutex<HashSet<OwnedUserId>>,
     /// Messages sent before this process started are not taken as commands
@@ -117,7 +117,7 @@ pub async fn run(state: Arc<Services>, mut alerts: UnboundedReceiver<String>, ca
         configured_room: Mutex::new(None),
         admin_room: Mutex::new(None),
         confirmations: Mutex::default(),
-        release_confirmations: Mutex::default(),
+        confirmations: Mutex::default(),
         invited: Mutex::default(),
         started_at: matrix_sdk::ruma::MilliSecondsSinceUnixEpoch::now(),
     });
