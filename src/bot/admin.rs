@@ -587,14 +587,14 @@ async fn recreate_rooms(bot: &Bot, actor: &Actor, room: Option<String>, confirm:
 /// A command that changes something for good asks first: this records
 /// that it asked, for [`confirmed_in_time`].
 fn remember_asked(bot: &Bot, command: &str) {
-    if let Ok(mut pending) = bot.confirmations.lock() {
+    if let Ok(mut pending) = bot.asked_to_confirm.lock() {
         pending.insert(command.to_owned(), Instant::now());
     }
 }
 
 /// `command confirm` counts only within [`CONFIRM_WITHIN`] of `command`.
 fn confirmed_in_time(bot: &Bot, command: &str) -> Result<(), String> {
-    let asked = bot.confirmations.lock().ok().and_then(|mut pending| pending.remove(command));
+    let asked = bot.asked_to_confirm.lock().ok().and_then(|mut pending| pending.remove(command));
     if asked.is_none_or(|at| at.elapsed() > CONFIRM_WITHIN) {
         return Err(format!(
             "send `{} {command}` first, then confirm within {} minutes",

@@ -51,8 +51,9 @@ pub(crate) struct Bot {
     admin_room: Mutex<Option<OwnedRoomId>>,
     /// Incidents whose dry run an admin saw: id → when.
     confirmations: Mutex<HashMap<i64, Instant>>,
-    /// `release <id>` steps an admin saw: "release <id>" → when.
-    confirmations: Mutex<HashMap<String, Instant>>,
+    /// Commands that change something for good an admin was asked to
+    /// confirm: "release <id>", "rooms recreate <id>" → when.
+    asked_to_confirm: Mutex<HashMap<String, Instant>>,
     /// Admins invited to the current admin room by this process.
     invited: Mutex<HashSet<OwnedUserId>>,
     /// Messages sent before this process started are not taken as commands
@@ -117,7 +118,7 @@ pub async fn run(state: Arc<Services>, mut alerts: UnboundedReceiver<String>, ca
         configured_room: Mutex::new(None),
         admin_room: Mutex::new(None),
         confirmations: Mutex::default(),
-        confirmations: Mutex::default(),
+        asked_to_confirm: Mutex::default(),
         invited: Mutex::default(),
         started_at: matrix_sdk::ruma::MilliSecondsSinceUnixEpoch::now(),
     });
