@@ -6,6 +6,7 @@
 //! a `<key>_file` (Docker/systemd credentials).
 
 mod raw;
+pub mod smtp_url;
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};

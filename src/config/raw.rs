@@ -451,17 +451,13 @@ impl RawConfig {
             .map(|raw| -> Result<EmailConfig, ConfigError> {
                 let smtp_url =
                     raw.smtp_url.ok_or_else(|| ctx.missing("email", "smtp_url", "\"smtp://127.0.0.1:25\""))?;
-                let parsed = Url::parse(smtp_url.trim()).map_err(|err| {
-                    ctx.invalid(
-                        "email.smtp_url",
-                        format!("`{}` is not a URL ({err})", crate::registry::redact_url(&smtp_url)),
-                    )
-                })?;
-                if !matches!(parsed.scheme(), "smtp" | "smtps") {
-                    return Err(ctx.invalid(
-                        "email.smtp_url",
-                        "must start with smtp:// (plain or STARTTLS with ?tls=required) or smtps:// (TLS)",
-                    ));
+                // Parsed and checked here, by the same rules the mailer
+                // uses, so `config check` refuses what sending would.
+                let parsed =
+                    super::smtp_url::parse(&smtp_url).map_err(|problem| ctx.invalid("email.smtp_url", problem))?;
+                let has_password_setting = raw.smtp_password.is_some() || raw.smtp_password_file.is_some();
+                if let Some(problem) = super::smtp_url::login_problem(&parsed, has_password_setting) {
+                    return Err(ctx.invalid("email.smtp_url", problem));
                 }
                 let from =
                     raw.from.ok_or_else(|| ctx.missing("email", "from", "\"Lifeboat <lifeboat@example.org>\""))?;

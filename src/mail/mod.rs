@@ -33,7 +33,6 @@
 //! - one deadline per send, connecting included (lettre times nothing).
 
 mod message;
-mod smtp_url;
 
 use std::error::Error as _;
 use std::pin::Pin;
@@ -57,8 +56,9 @@ use tokio_util::compat::{Compat, FuturesAsyncReadCompatExt};
 use crate::config::EmailConfig;
 use crate::email::EmailAddress;
 
+use crate::config::smtp_url;
+pub use crate::config::smtp_url::TlsMode;
 pub use message::Composer;
-pub use smtp_url::TlsMode;
 
 const URL_HINT: &str = "check email.smtp_url: host, port, and TLS mode (smtp:// vs smtps:// vs ?tls=required)";
 const LOGIN_HINT: &str = "check the user in email.smtp_url, email.smtp_password, and the TLS mode \
@@ -207,43 +207,15 @@ impl Mailer {
             ))
         })?;
 
-        let url = smtp_url::parse(&email.smtp_url)?;
+        let url = smtp_url::parse(&email.smtp_url).map_err(MailError::Config)?;
+        if let Some(problem) = smtp_url::login_problem(&url, email.smtp_password.is_some()) {
+            return Err(MailError::Config(problem));
+        }
         let password: Option<String> = match &email.smtp_password {
             Some(secret) => Some(secret.value.expose_secret().to_owned()),
             None => url.password.clone(),
         };
-        let login = match (&url.username, password) {
-            (Some(user), Some(password)) => Some((user.clone(), SecretString::from(password))),
-            (None, None) => None,
-            (Some(user), None) => {
-                return Err(MailError::Config(format!(
-                    "email.smtp_url names the user `{user}` but no password; set \
-                     email.smtp_password (or email.smtp_password_file), or drop the user to \
-                     send without logging in"
-                )));
-            }
-            (None, Some(_)) => {
-                let source = if email.smtp_password.is_some() {
-                    "email.smtp_password is set"
-                } else {
-                    "email.smtp_url has a password"
-                };
-                return Err(MailError::Config(format!(
-                    "{source} but email.smtp_url has no user name; write it like \
-                     smtp://USER@{}",
-                    url.redacted.split("://").nth(1).unwrap_or("host:port")
-                )));
-            }
-        };
-        // lettre would log in over plain text when STARTTLS is not offered.
-        if url.mode == TlsMode::Opportunistic && login.is_some() {
-            return Err(MailError::Config(
-                "email.smtp_url has ?tls=opportunistic and a login: lifeboat does not risk sending the password \
-                 unencrypted to a server that offers no STARTTLS; use ?tls=required (or smtps://)"
-                    .to_owned(),
-            ));
-        }
-
+        let login = url.username.clone().zip(password.map(SecretString::from));
         let tls = match url.mode {
             TlsMode::Plain => None,
             _ => Some(TlsParameters::builder(url.host.clone()).build_rustls().map_err(|err| {

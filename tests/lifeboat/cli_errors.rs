@@ -116,6 +116,24 @@ async fn smtp_connections_default_to_8_and_stay_between_1_and_64() {
 }
 
 #[tokio::test]
+async fn config_check_refuses_the_smtp_urls_that_sending_would_refuse() {
+    for (url, problem) in [
+        ("smtp://lifeboat@mail.example.org", "but no password"),
+        ("smtp://lifeboat:pw@mail.example.org?tls=opportunistic", "?tls=opportunistic and a login"),
+        ("smtp://mail.example.org?tls=yes", "?tls=yes"),
+        ("smtp://mail.example.org?ssl=1", "unknown parameter `ssl`"),
+        ("http://mail.example.org", "only smtp:// and smtps://"),
+    ] {
+        let config = format!("{MINIMAL}[email]\nsmtp_url = \"{url}\"\nfrom = \"lifeboat@example.org\"\n");
+        let run = Lifeboat::with_config(&config).run(&["config", "check"]).await;
+        assert_eq!(run.code, 2, "{url}: {run:?}");
+        let line = one_sentence(&run.stderr);
+        assert!(line.contains("email.smtp_url") && line.contains(problem), "{url}: {line}");
+        assert!(!line.contains(":pw@"), "the password is never repeated: {line}");
+    }
+}
+
+#[tokio::test]
 async fn broken_toml_is_reported_with_its_line() {
     let lifeboat = Lifeboat::with_config("[homeserver]\nurl = \"http://x\n");
     let run = lifeboat.run(&["config", "check"]).await;

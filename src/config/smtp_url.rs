@@ -6,8 +6,6 @@
 
 use url::Url;
 
-use super::MailError;
-
 const HINT: &str = "write it like smtp://host:25, smtp://user@host:587?tls=required or smtps://user@host:465";
 
 /// How the connection is protected.
@@ -25,7 +23,7 @@ pub enum TlsMode {
 
 /// A checked `email.smtp_url`.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub(crate) struct SmtpUrl {
+pub struct SmtpUrl {
     pub host: String,
     /// The port given, or the default for the TLS mode (25, 587, 465).
     pub port: u16,
@@ -41,21 +39,23 @@ pub(crate) struct SmtpUrl {
     pub password: Option<String>,
 }
 
-pub(crate) fn parse(smtp_url: &str) -> Result<SmtpUrl, MailError> {
+/// Checks and takes apart `email.smtp_url`; the error is one sentence that
+/// never repeats the password.
+pub fn parse(smtp_url: &str) -> Result<SmtpUrl, String> {
     // The url crate's parse errors never repeat the input, so the password
     // cannot leak through them.
-    let url = Url::parse(smtp_url.trim())
-        .map_err(|err| MailError::Config(format!("email.smtp_url is not a valid URL ({err}); {HINT}")))?;
+    let url =
+        Url::parse(smtp_url.trim()).map_err(|err| format!("email.smtp_url is not a valid URL ({err}); {HINT}"))?;
 
     let mut tls: Option<String> = None;
     for (key, value) in url.query_pairs() {
         if key == "tls" {
             tls = Some(value.into_owned());
         } else {
-            return Err(MailError::Config(format!(
+            return Err(format!(
                 "email.smtp_url has an unknown parameter `{key}`: the only one is ?tls=required \
                  (STARTTLS) or ?tls=opportunistic"
-            )));
+            ));
         }
     }
 
@@ -65,44 +65,40 @@ pub(crate) fn parse(smtp_url: &str) -> Result<SmtpUrl, MailError> {
         ("smtp", Some("opportunistic")) => TlsMode::Opportunistic,
         ("smtps", None | Some("required")) => TlsMode::Implicit,
         ("smtp" | "smtps", Some(other)) => {
-            return Err(MailError::Config(format!(
+            return Err(format!(
                 "email.smtp_url has ?tls={other}, which lifeboat does not know: use ?tls=required \
                  for STARTTLS on smtp://, or smtps:// for TLS from the start"
-            )));
+            ));
         }
         (scheme, _) => {
-            return Err(MailError::Config(format!(
+            return Err(format!(
                 "email.smtp_url starts with `{scheme}://`, but only smtp:// and smtps:// are \
                  supported; {HINT}"
-            )));
+            ));
         }
     };
 
     let host = match url.host_str() {
         Some(host) if !host.is_empty() => host.to_owned(),
         _ => {
-            return Err(MailError::Config(format!("email.smtp_url has no host name; {HINT}")));
+            return Err(format!("email.smtp_url has no host name; {HINT}"));
         }
     };
 
     let username = match url.username() {
         "" => None,
         user => Some(percent_decode(user).ok_or_else(|| {
-            MailError::Config(
-                "the user name in email.smtp_url is not valid percent-encoded UTF-8; \
-                 encode special characters as %XX"
-                    .to_owned(),
-            )
+            "the user name in email.smtp_url is not valid percent-encoded UTF-8; \
+             encode special characters as %XX"
+                .to_owned()
         })?),
     };
     let password = match url.password() {
         None | Some("") => None,
         Some(password) => Some(percent_decode(password).ok_or_else(|| {
-            MailError::Config(
-                "the password in email.smtp_url is not valid percent-encoded UTF-8; encode \
-                 special characters as %XX or use email.smtp_password instead"
-                    .to_owned(),
-            )
+            "the password in email.smtp_url is not valid percent-encoded UTF-8; encode \
+             special characters as %XX or use email.smtp_password instead"
+                .to_owned()
         })?),
     };
 
@@ -137,6 +133,37 @@ pub(crate) fn parse(smtp_url: &str) -> Result<SmtpUrl, MailError> {
     })
 }
 
+/// Why the login settings do not fit together, if they do not: a user
+/// without a password, a password without a user, or a login over
+/// opportunistic TLS (lettre would send it in the clear to a server that
+/// offers no STARTTLS). `password_setting`: email.smtp_password is set.
+/// One rule for the config check and the mailer.
+pub fn login_problem(url: &SmtpUrl, password_setting: bool) -> Option<String> {
+    let has_password = password_setting || url.password.is_some();
+    match (&url.username, has_password) {
+        (Some(user), false) => {
+            return Some(format!(
+                "email.smtp_url names the user `{user}` but no password; set \
+                 email.smtp_password (or email.smtp_password_file), or drop the user to \
+                 send without logging in"
+            ));
+        }
+        (None, true) => {
+            let source = if password_setting { "email.smtp_password is set" } else { "email.smtp_url has a password" };
+            return Some(format!(
+                "{source} but email.smtp_url has no user name; write it like smtp://USER@{}",
+                url.redacted.split("://").nth(1).unwrap_or("host:port")
+            ));
+        }
+        _ => {}
+    }
+    (url.mode == TlsMode::Opportunistic && url.username.is_some()).then(|| {
+        "email.smtp_url has ?tls=opportunistic and a login: lifeboat does not risk sending the password \
+         unencrypted to a server that offers no STARTTLS; use ?tls=required (or smtps://)"
+            .to_owned()
+    })
+}
+
 fn url_username_for_display(username: &Option<String>) -> Option<String> {
     username.as_ref().map(|user| user.chars().map(|c| if c.is_control() { '?' } else { c }).collect())
 }
@@ -166,7 +193,7 @@ mod tests {
 
     fn config_error(url: &str) -> String {
         match parse(url) {
-            Err(MailError::Config(message)) => message,
+            Err(message) => message,
             other => panic!("expected a config error for {url}, got {other:?}"),
         }
     }
