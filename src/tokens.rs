@@ -80,8 +80,8 @@ pub async fn ensure_notice_tokens(
 /// Issues one new single-use token for one person of an incident (on
 /// request: the web page, or an admin's `token` command): recorded first,
 /// then created in Synapse, then confirmed. Returns the token and its
-/// expiry (UTC ms). The caller enforces any per-person limit.
-pub async fn issue_request_token(
+/// expiry (UTC ms). [`token_for_person`] decides when.
+async fn issue_request_token(
     registry: &Registry,
     client: &SynapseClient,
     incident_id: i64,
@@ -94,6 +94,58 @@ pub async fn issue_request_token(
     client.create_registration_token(&token, expires_at).await?;
     registry.confirm_token(id).await?;
     Ok((token, expires_at))
+}
+
+/// What one person asking again for a registration token gets.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum PersonToken {
+    /// A token issued to them earlier that nobody has used and that is
+    /// still valid (Synapse says so): sent again rather than minting more.
+    Unused { token: String, expires_at: i64 },
+    /// A new one.
+    Issued { token: String, expires_at: i64 },
+    /// Their earlier ones were used or expired, and they had as many as
+    /// `limit` allows.
+    LimitReached,
+}
+
+/// The one rule for a token for one person of an incident, whoever asks
+/// (the web page: `limit` is its per-person cap; an admin: no cap): their
+/// newest valid token that Synapse says is unused, else a new one while
+/// under the cap.
+pub async fn token_for_person(
+    registry: &Registry,
+    client: &SynapseClient,
+    incident_id: i64,
+    user_id: &str,
+    expiry: Duration,
+    limit: Option<i64>,
+) -> Result<PersonToken, TokenError> {
+    let now = now_ms();
+    let mut theirs: Vec<_> = registry
+        .tokens(Some(incident_id))
+        .await?
+        .into_iter()
+        .filter(|token| token.user_id == user_id && token.confirmed_at.is_some() && token.revoked_at.is_none())
+        .filter(|token| token.expires_at > now)
+        .collect();
+    theirs.sort_by_key(|token| std::cmp::Reverse(token.created_at));
+    for token in theirs {
+        // Synapse knows whether it was used; the registry does not.
+        if let Some(seen) = client.registration_token(&token.token).await? {
+            let unused = seen.completed == 0 && seen.pending == 0;
+            if unused && seen.expiry_time.is_none_or(|at| at > now) {
+                return Ok(PersonToken::Unused { token: token.token, expires_at: token.expires_at });
+            }
+        }
+    }
+    if let Some(limit) = limit {
+        if registry.request_tokens_issued(incident_id, user_id).await? >= limit {
+            return Ok(PersonToken::LimitReached);
+        }
+    }
+    let (token, expires_at) = issue_request_token(registry, client, incident_id, user_id, expiry).await?;
+    Ok(PersonToken::Issued { token, expires_at })
 }
 
 /// Where a recorded token stands, from what Synapse says of it.

@@ -21,7 +21,7 @@ use crate::recover::service_user_id;
 use crate::registry::{AccountState, RoomState};
 use crate::registry::{Actor, ContactSource, format_time, now_ms};
 use crate::sync::{Quiet, SyncOptions, sync};
-use crate::tokens::{issue_request_token, revoke_unused_tokens};
+use crate::tokens::{PersonToken, revoke_unused_tokens, token_for_person};
 use crate::user_id::UserId;
 
 /// How long a `notify <id>` dry run stays confirmable.
@@ -427,10 +427,17 @@ async fn token(bot: &Bot, actor: &Actor, user: &UserId) -> Result<String, String
         WayBack::Token { .. } => {
             let client =
                 admin_client_recovering(config, registry, actor, &Notes::default()).await.map_err(|e| e.to_string())?;
+            // An admin is not capped; a token still unused is sent again.
             let (token, expires) =
-                issue_request_token(registry, &client, incident_id, user.as_str(), config.tokens.expiry)
+                match token_for_person(registry, &client, incident_id, user.as_str(), config.tokens.expiry, None)
                     .await
-                    .map_err(|err| err.to_string())?;
+                    .map_err(|err| err.to_string())?
+                {
+                    PersonToken::Unused { token, expires_at } | PersonToken::Issued { token, expires_at } => {
+                        (token, expires_at)
+                    }
+                    PersonToken::LimitReached => return Err(format!("no token for {user}: the per-person limit")),
+                };
             let text = format!(
                 "Hello,\n\nan administrator of {server} issued you a new registration token for {user}:\n\n    {token}\n\n\
                  It works once, until {}. To register again, open your Matrix client, choose {} as the homeserver, \

@@ -20,6 +20,7 @@ use crate::email::EmailAddress;
 use crate::holds::{WayBack, way_back};
 use crate::recover::AdminAccess;
 use crate::registry::{MailableContact, now_ms};
+use crate::tokens::PersonToken;
 use crate::user_id::UserId;
 
 pub const PURPOSE: &str = "token";
@@ -240,43 +241,27 @@ async fn show_token(state: &WebState, link: &str, sig: &str) -> Result<Response,
             return Err(WebError("no working admin token: cannot check or issue registration tokens".to_owned()));
         }
     };
-    let now = now_ms();
-    let mut theirs: Vec<_> = state
-        .registry
-        .tokens(Some(incident))
-        .await?
-        .into_iter()
-        .filter(|token| token.user_id == user_id && token.confirmed_at.is_some() && token.revoked_at.is_none())
-        .filter(|token| token.expires_at > now)
-        .collect();
-    theirs.sort_by_key(|token| std::cmp::Reverse(token.created_at));
-    let mut usable = None;
-    for token in theirs {
-        // Synapse knows whether it was used; the registry does not.
-        if let Some(seen) = client.registration_token(&token.token).await? {
-            let unused = seen.completed == 0 && seen.pending == 0;
-            if unused && seen.expiry_time.is_none_or(|at| at > now) {
-                usable = Some((token.token, token.expires_at));
-                break;
-            }
-        }
-    }
-    let (token, expires_at) = match usable {
-        Some(found) => found,
-        None => {
-            let issued = state.registry.request_tokens_issued(incident, &user_id).await?;
-            if issued >= i64::from(state.web().token_requests_per_person) {
-                let page = Message::new(
-                    state,
-                    "No new token this time",
-                    &[
-                        "Your earlier registration tokens were used or have expired, and this page has handed out as many as it may for one person. Please contact the admin.",
-                    ],
-                );
-                return Ok(pages::html(StatusCode::OK, &page));
-            }
-            crate::tokens::issue_request_token(&state.registry, &client, incident, &user_id, state.config.tokens.expiry)
-                .await?
+    let limit = i64::from(state.web().token_requests_per_person);
+    let (token, expires_at) = match crate::tokens::token_for_person(
+        &state.registry,
+        &client,
+        incident,
+        &user_id,
+        state.config.tokens.expiry,
+        Some(limit),
+    )
+    .await?
+    {
+        PersonToken::Unused { token, expires_at } | PersonToken::Issued { token, expires_at } => (token, expires_at),
+        PersonToken::LimitReached => {
+            let page = Message::new(
+                state,
+                "No new token this time",
+                &[
+                    "Your earlier registration tokens were used or have expired, and this page has handed out as many as it may for one person. Please contact the admin.",
+                ],
+            );
+            return Ok(pages::html(StatusCode::OK, &page));
         }
     };
     let page = TokenShow {
