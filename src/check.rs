@@ -79,7 +79,14 @@ pub async fn check(
         Err(err) => return Err(err),
     };
     let report = merge_join(&known, &listing, options.loss_threshold);
-    let reason = match report.verdict {
+    let reason = verdict_reason(&report, options.loss_threshold);
+    Ok(CheckReport { report, listing_complete: true, reason, server_version })
+}
+
+/// The verdict of a complete listing in one sentence: the one wording for
+/// `check` and for the watcher, whose rounds take the sync's listing.
+pub fn verdict_reason(report: &Report, loss_threshold: f64) -> String {
+    match report.verdict {
         Verdict::Ok => "every known account is listed".to_owned(),
         Verdict::Loss => format!(
             "{} of {} known accounts are lost ({} missing, {} held for their owners, {} recreated)",
@@ -96,10 +103,9 @@ pub async fn check(
             report.missing.len(),
             report.held.len(),
             report.recreated.len(),
-            options.loss_threshold
+            loss_threshold
         ),
-    };
-    Ok(CheckReport { report, listing_complete: true, reason, server_version })
+    }
 }
 
 /// A rejected token only signals a wipe if it is the one that worked

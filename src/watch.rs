@@ -11,10 +11,10 @@ use std::time::Duration;
 use serde::Serialize;
 use tokio_util::sync::CancellationToken;
 
-use crate::check::{CheckOptions, WORKING_TOKEN_SETTING, check};
+use crate::check::{CheckError, CheckOptions, CheckReport, WORKING_TOKEN_SETTING, check, verdict_reason};
 use crate::config::Config;
 use crate::holds::{hold_lost_ids, holds_wanted};
-use crate::reconcile::Verdict;
+use crate::reconcile::{Report, Verdict};
 use crate::recover::{AdminAccess, admin_access, recover, service_user_id};
 use crate::registry::{Actor, Registry, now_ms};
 use crate::rooms::bring_back;
@@ -47,6 +47,26 @@ pub struct Observation {
 }
 
 impl Observation {
+    /// A complete listing's classification (the round's sync).
+    fn saw(&mut self, report: Report, loss_threshold: f64) {
+        self.reason = verdict_reason(&report, loss_threshold);
+        self.verdict = Some(report.verdict);
+        self.taken = report.recreated.clone();
+        self.missing = report.missing;
+        self.recreated = report.recreated;
+    }
+
+    /// What `check` said, or why it could not tell.
+    fn checked(&mut self, checked: Result<CheckReport, CheckError>) {
+        match checked {
+            Ok(checked) => {
+                self.saw(checked.report, 0.0);
+                self.reason = checked.reason;
+            }
+            Err(err) => self.reason = err.to_string(),
+        }
+    }
+
     pub fn verdict_label(&self) -> &'static str {
         self.verdict.map(Verdict::as_str).unwrap_or("unknown")
     }
@@ -173,8 +193,10 @@ pub trait AlertSink: Send + Sync {
     fn alert(&self, subject: &str, markdown: &str) -> impl Future<Output = ()> + Send;
 }
 
-/// One round: check, recover if lifeboat's token died and a secret is
-/// configured, then sync (which also imports new accounts and emails).
+/// One round, one listing: a sync (which also imports new accounts and
+/// emails), whose classification gives the verdict. When every token is
+/// rejected: a check (a wipe, or a typo?), recovery if a secret is
+/// configured, then the sync.
 pub async fn observe(config: &Config, registry: &Registry, recover_lock: &tokio::sync::Mutex<()>) -> Observation {
     let actor = Actor::service("watcher");
     let mut seen = Observation { at: Some(now_ms()), ..Observation::default() };
@@ -183,7 +205,7 @@ pub async fn observe(config: &Config, registry: &Registry, recover_lock: &tokio:
         loss_threshold: config.watch.loss_threshold,
         server_name: config.homeserver.server_name.clone(),
     };
-    let client = match admin_access(config, registry).await {
+    let mut client = match admin_access(config, registry).await {
         Ok(AdminAccess::Working { client, .. }) => client,
         Ok(AdminAccess::Dead { client }) => {
             seen.token_rejected = true;
@@ -194,16 +216,21 @@ pub async fn observe(config: &Config, registry: &Registry, recover_lock: &tokio:
             return seen;
         }
     };
-    match check(registry, &client, &options).await {
-        Ok(report) => {
-            seen.verdict = Some(report.report.verdict);
-            seen.reason = report.reason;
-            seen.missing = report.report.missing;
-            seen.recreated = report.report.recreated;
+    if !seen.token_rejected {
+        // One listing a round: the sync's, classified as `check` would.
+        match sync(registry, &client, &SyncOptions::from_config(config), &actor, &Quiet).await {
+            Ok(summary) => seen.saw(summary.applied.report, config.watch.loss_threshold),
+            // A sync from the CLI or the bot is under way: a read-only
+            // check tells this round's verdict without waiting for it.
+            Err(err @ SyncError::Busy { .. }) => {
+                tracing::info!(reason = %err, "watcher: sync skipped this round");
+                seen.checked(check(registry, &client, &options).await);
+            }
+            Err(err) => seen.reason = format!("could not tell: {err}"),
         }
-        Err(err) => seen.reason = err.to_string(),
-    }
-    let client = if seen.token_rejected {
+    } else {
+        // A dead token lists nothing; check tells a wipe from a typo.
+        seen.checked(check(registry, &client, &options).await);
         if config.homeserver.registration_shared_secret.is_none() {
             if seen.verdict.is_none() {
                 seen.reason = format!(
@@ -213,31 +240,26 @@ pub async fn observe(config: &Config, registry: &Registry, recover_lock: &tokio:
             }
             return seen;
         }
-        let _guard = recover_lock.lock().await;
+        let guard = recover_lock.lock().await;
         match recover(config, registry, &actor).await {
-            Ok(_) => {
-                seen.recovered = true;
-                match admin_access(config, registry).await {
-                    Ok(AdminAccess::Working { client, .. }) => client,
-                    _ => return seen,
-                }
-            }
+            Ok(_) => seen.recovered = true,
             Err(err) => {
                 seen.reason = format!("{}; recovery failed: {err}", seen.reason);
                 return seen;
             }
         }
-    } else {
-        client
-    };
-    seen.taken = seen.recreated.clone();
-    match sync(registry, &client, &SyncOptions::from_config(config), &actor, &Quiet).await {
-        // IDs this sync found registered again (after a wipe, the check
-        // above could not list them).
-        Ok(summary) => seen.taken.extend(summary.applied.report.recreated),
-        // A sync from the CLI or the bot: it brings the registry up to date.
-        Err(err @ SyncError::Busy { .. }) => tracing::info!(reason = %err, "watcher: sync skipped this round"),
-        Err(err) => tracing::warn!(error = %err, "watcher: sync failed"),
+        drop(guard);
+        client = match admin_access(config, registry).await {
+            Ok(AdminAccess::Working { client, .. }) => client,
+            _ => return seen,
+        };
+        seen.taken = seen.recreated.clone();
+        match sync(registry, &client, &SyncOptions::from_config(config), &actor, &Quiet).await {
+            // IDs registered again since the wipe (the check could not list them).
+            Ok(summary) => seen.taken.extend(summary.applied.report.recreated),
+            Err(err @ SyncError::Busy { .. }) => tracing::info!(reason = %err, "watcher: sync skipped this round"),
+            Err(err) => tracing::warn!(error = %err, "watcher: sync failed"),
+        }
     }
     if holds_wanted(config, false) {
         hold_lost(config, registry, &client, &actor, &mut seen).await;

@@ -156,7 +156,7 @@ enum Command {
     ///
     /// Runs each face whose section is configured: [web] (the page plus
     /// /healthz and /metrics on web.bind), [bot] (the admin-room bot), the
-    /// watcher (check and sync every watch.interval, alerts once per change
+    /// watcher (one listing, a sync, every watch.interval, alerts once per change
     /// to the admin room and alerts.email) and the delivery worker (sends
     /// due retries). SIGINT or SIGTERM stops it gracefully: nothing in
     /// flight is lost or sent twice.
