@@ -220,3 +220,37 @@ async fn a_sync_while_another_runs_says_so_and_a_dead_ones_is_taken_over() {
     assert_eq!(taken_over.code, 0, "{taken_over:?}");
     assert_eq!(taken_over.json()["report"]["present"], 1, "the admin, listed again");
 }
+
+/// Listing requests Synapse has logged so far.
+fn listing_requests(synapse: &TestSynapse) -> usize {
+    synapse.log().matches("/_synapse/admin/v2/users?").count()
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn each_watcher_round_reads_the_account_listing_once() {
+    let synapse = TestSynapse::start();
+    let registry = TestDatabase::sqlite();
+    for name in ["ann", "ben", "cat"] {
+        synapse.create_user(&unique(name), &[]).await;
+    }
+    let lifeboat = lifeboat_for(&synapse, &registry);
+    assert_eq!(lifeboat.run(&["sync"]).await.code, 0);
+    let before = listing_requests(&synapse);
+    assert_eq!(lifeboat.run(&["check"]).await.code, 0);
+    let per_listing = listing_requests(&synapse) - before;
+    assert!(per_listing >= 2, "page_size 2 makes a listing of several pages: {per_listing}");
+
+    let config = std::fs::read_to_string(lifeboat.config_path()).unwrap();
+    lifeboat.write_config(&format!("{config}\n[watch]\ninterval = \"1s\"\n"));
+    let started = listing_requests(&synapse);
+    let mut serve = lifeboat.spawn_serve();
+    let rounds = |log: String| log.matches("watcher round").count();
+    crate::harness::eventually("four watcher rounds", std::time::Duration::from_secs(60), || async {
+        rounds(lifeboat.serve_log()) >= 4
+    })
+    .await;
+    serve.kill().await.unwrap();
+    let (rounds, listed) = (rounds(lifeboat.serve_log()), listing_requests(&synapse) - started);
+    // The round in flight when serve was stopped may have listed too.
+    assert!(listed <= (rounds + 1) * per_listing, "{listed} listing requests in {rounds} rounds of {per_listing}");
+}
