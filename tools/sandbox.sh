@@ -1,18 +1,26 @@
 #!/usr/bin/env bash
 # lifeboat newcomer sandbox: the whole story on one machine. A throwaway
-# Synapse on 127.0.0.1 with demo accounts and emails, a local SMTP server
-# whose mails you can read, and `lifeboat serve` (web page, admin-room bot,
-# watcher). Everything lives in ./sandbox (git-ignored).
+# Synapse on 127.0.0.1 with demo accounts and emails ("ours", the one
+# lifeboat watches), a neighbour Synapse it federates with over loopback,
+# demo rooms shared between the two, a local SMTP server whose mails you can
+# read, and `lifeboat serve` (web page, admin-room bot, watcher). Everything
+# lives in ./sandbox (git-ignored).
 #
 # Usage (from the repository root):
-#   tools/sandbox.sh start          build lifeboat; start Synapse, the SMTP
-#                                   sink and `lifeboat serve`; print what is where
-#   tools/sandbox.sh incident       the seed incident: stop Synapse, delete its
-#                                   database, start it again (alias: wipe)
+#   tools/sandbox.sh start          build lifeboat; start both Synapses (demo
+#                                   users and rooms), the SMTP sink and
+#                                   `lifeboat serve`; print what is where
+#   tools/sandbox.sh incident       the seed incident: stop our Synapse, delete
+#                                   its database, start it again (alias: wipe);
+#                                   the neighbour keeps running
 #   tools/sandbox.sh mail [N]       list the mails received; N: print mail N
 #   tools/sandbox.sh say TEXT       post TEXT in the admin room as the admin
 #                                   and print the bot's replies (no Matrix
 #                                   client needed), e.g. say '!lifeboat status'
+#   tools/sandbox.sh rooms NAME [PASSWORD]
+#                                   sign in as NAME on our Synapse (password
+#                                   default <NAME>-sandbox) and print their
+#                                   rooms, invites, and where #harbour points
 #   tools/sandbox.sh status         what runs, where
 #   tools/sandbox.sh stop [--clean] stop everything (--clean: delete ./sandbox)
 #
@@ -25,8 +33,10 @@
 #                                   test suite runs the sandbox this way)
 #   LIFEBOAT_SANDBOX_WEB_PORT       the web page's port (default 8090 when
 #                                   free; 0: any free port)
-#   LIFEBOAT_SANDBOX_SYNAPSE_PORT   Synapse's port on first start (default
-#                                   8008 when free; 0: any free port)
+#   LIFEBOAT_SANDBOX_SYNAPSE_PORT   our Synapse's port on first start (default
+#                                   8008 when free, its federation port 8448,
+#                                   the neighbour's 8009 and 8449; 0: free
+#                                   ports for all four)
 #   LIFEBOAT_SANDBOX_WATCH_INTERVAL how often serve checks Synapse (default 10s)
 set -euo pipefail
 
@@ -34,6 +44,9 @@ ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 SANDBOX="${LIFEBOAT_SANDBOX_DIR:-$ROOT/sandbox}"
 SYN_DIR="$SANDBOX/synapse"
 PIDFILE="$SYN_DIR/harness.pid"
+NB_DIR="$SANDBOX/neighbour"          # the neighbour homeserver
+NB_PIDFILE="$NB_DIR/harness.pid"
+ROOMS_FILE="$SANDBOX/rooms.json"     # the demo rooms start made
 MAIL_DIR="$SANDBOX/mail"
 SINK_PIDFILE="$MAIL_DIR/sink.pid"
 KEEPER_PIDFILE="$MAIL_DIR/stdin-keeper.pid"
@@ -47,9 +60,17 @@ HARNESS="$ROOT/tools/synapse_harness.py"
 SINK="$ROOT/tools/smtp_sink.py"
 PROFILE="${LIFEBOAT_SANDBOX_PROFILE:-debug}"
 DEFAULT_PORT=8008
+DEFAULT_FED_PORT=8448
+DEFAULT_NB_PORT=8009
+DEFAULT_NB_FED_PORT=8449
 DEFAULT_WEB_PORT=8090
-SERVER_NAME="lifeboat.test"
-BOT_USER="@lifeboat:$SERVER_NAME"
+# The person on the neighbour homeserver who shares rooms with ours.
+NB_USER=nina
+# Both servers federate, so each is named by its federation listener,
+# "127.0.0.1:<port>" (a name like lifeboat.test could not be reached by the
+# neighbour); names() reads them from the harness once Synapse has run.
+SERVER_NAME=""
+BOT_USER=""
 ALERT_EMAIL="admin@example.org"
 WATCH_INTERVAL="${LIFEBOAT_SANDBOX_WATCH_INTERVAL:-10s}"
 
@@ -223,10 +244,130 @@ def login_admin(base, user, password_file, harness_json):
         f.write(json.dumps(info) + "\n")
     print(b["user_id"])
 
+def login(base, user, password):
+    s, b = call(base, "POST", "/_matrix/client/v3/login", {"type": "m.login.password",
+        "identifier": {"type": "m.id.user", "user": user}, "password": password})
+    if s != 200:
+        fail(f"signing in as {user} at {base} failed: {s} {b}")
+    return b["user_id"], b["access_token"]
+
+def make_user(base, admin_token, user_id, password, displayname):
+    path = "/_synapse/admin/v2/users/" + q(user_id)
+    s, _ = call(base, "GET", path, token=admin_token)
+    if s == 200:
+        print("exists")
+        return
+    s, b = call(base, "PUT", path, {"password": password, "displayname": displayname}, admin_token)
+    if s not in (200, 201):
+        fail(f"creating {user_id} failed: {s} {b}")
+    print("made")
+
+def create_room(base, token, body):
+    s, b = call(base, "POST", "/_matrix/client/v3/createRoom", body, token, timeout=60)
+    if s != 200:
+        fail("creating the room " + body["name"] + f" failed: {s} {b}")
+    return b["room_id"]
+
+def join(base, token, room, via, who):
+    path = f"/_matrix/client/v3/join/{q(room)}"
+    if via:
+        path += "?" + "&".join("server_name=" + q(v) for v in via)
+    # A join over federation may meet a server that just started: retry.
+    for _ in range(15):
+        s, b = call(base, "POST", path, {}, token, timeout=60)
+        if s == 200:
+            return
+        time.sleep(1)
+    fail(f"{who} could not join {room}: {s} {b}")
+
+def send(base, token, room, text):
+    txn = f"sandbox-{time.time_ns()}"
+    s, b = call(base, "PUT", f"/_matrix/client/v3/rooms/{q(room)}/send/m.room.message/{txn}",
+        {"msgtype": "m.text", "body": text}, token)
+    if s != 200:
+        fail(f"sending in {room} failed: {s} {b}")
+
+def settle(base, admin_token, room, joined):
+    # A join over federation shows in the room listing a moment later; the
+    # first lifeboat sync should see it.
+    deadline = time.time() + 60
+    while time.time() < deadline:
+        s, b = call(base, "GET", f"/_synapse/admin/v1/rooms/{q(room)}", token=admin_token)
+        if s == 200 and b.get("joined_members") == joined:
+            return
+        time.sleep(0.5)
+    fail(f"{room} does not count {joined} joined members on {base} after 60 s")
+
+def demo_rooms(ours, theirs, ours_admin, ours_name, theirs_name, nb_user, out):
+    alice_id, alice = login(ours, "alice", "alice-sandbox")
+    bob_id, bob = login(ours, "bob", "bob-sandbox")
+    nb_id, nb = login(theirs, nb_user, nb_user + "-sandbox")
+    made = []
+    # On the neighbour: private and encrypted, alice invited and joined.
+    across = create_room(theirs, nb, {"preset": "private_chat", "name": "Across the water",
+        "topic": f"{nb_id} and friends on the neighbour homeserver", "invite": [alice_id],
+        "initial_state": [{"type": "m.room.encryption", "state_key": "",
+            "content": {"algorithm": "m.megolm.v1.aes-sha2"}}]})
+    join(ours, alice, across, [theirs_name], "alice")
+    made.append(("Across the water", across, f"on the neighbour, private, encrypted: {nb_user} and alice"))
+    # Ours: public, in the directory, with a local alias; the neighbour joins.
+    alias = f"#harbour:{ours_name}"
+    harbour = create_room(ours, alice, {"preset": "public_chat", "visibility": "public", "name": "Harbour",
+        "topic": "Boats coming and going: everyone welcome", "room_alias_name": "harbour"})
+    join(theirs, nb, alias, [], nb_user)
+    send(ours, alice, harbour, "Welcome to the harbour!")
+    made.append(("Harbour", harbour, f"ours, public, {alias}: alice and {nb_user}"))
+    # Only on ours: a room and a space.
+    kitchen = create_room(ours, alice, {"preset": "private_chat", "name": "Kitchen",
+        "topic": "Tea and gossip", "invite": [bob_id]})
+    join(ours, bob, kitchen, [], "bob")
+    send(ours, bob, kitchen, "The kettle is on.")
+    made.append(("Kitchen", kitchen, "only ours, private: alice and bob"))
+    fleet = create_room(ours, alice, {"preset": "private_chat", "name": "Fleet", "topic": "The boats alice looks after",
+        "creation_content": {"type": "m.space"}, "invite": [bob_id],
+        "initial_state": [{"type": "m.space.child", "state_key": child, "content": {"via": [ours_name]}}
+            for child in (harbour, kitchen)]})
+    join(ours, bob, fleet, [], "bob")
+    made.append(("Fleet", fleet, "only ours, a space holding Harbour and Kitchen: alice and bob"))
+    settle(ours, ours_admin, across, 2)
+    settle(ours, ours_admin, harbour, 2)
+    with open(out + ".tmp", "w") as f:
+        json.dump({"alias": alias, "rooms": [{"name": n, "room_id": r, "about": a} for n, r, a in made]}, f, indent=1)
+    os.replace(out + ".tmp", out)
+    for name, room, about in made:
+        print(f"{name:<17} {room}  {about}")
+
+def room_name(base, token, room):
+    s, b = call(base, "GET", f"/_matrix/client/v3/rooms/{q(room)}/state/m.room.name", token=token)
+    return b.get("name", "") if s == 200 else ""
+
+def rooms_of(base, user, password, alias):
+    user_id, token = login(base, user, password)
+    s, b = call(base, "GET", "/_matrix/client/v3/joined_rooms", token=token)
+    if s != 200:
+        fail(f"listing the rooms of {user_id} failed: {s} {b}")
+    joined = b["joined_rooms"]
+    print(f"{user_id} is in {len(joined)} room(s):")
+    for name, room in sorted((room_name(base, token, room), room) for room in joined):
+        print(f"  joined   {room}  {name}")
+    filt = q(json.dumps({"room": {"timeline": {"limit": 1}, "state": {"types": ["m.room.name"]}},
+        "presence": {"types": []}, "account_data": {"types": []}}))
+    s, b = call(base, "GET", f"/_matrix/client/v3/sync?timeout=0&filter={filt}", token=token)
+    for room, info in (b.get("rooms", {}).get("invite", {}) if s == 200 else {}).items():
+        names = [e["content"].get("name", "") for e in info.get("invite_state", {}).get("events", [])
+            if e.get("type") == "m.room.name"]
+        print(f"  invited  {room}  " + (names[0] if names else ""))
+    s, b = call(base, "GET", f"/_matrix/client/v3/directory/room/{q(alias)}", token=token)
+    target = b.get("room_id") if s == 200 else "nothing (" + str(b.get("errcode", s)) + ")"
+    print(f"{alias} -> {target}")
+
 action, args = sys.argv[1], sys.argv[2:]
 if action == "register-bot": register_bot(*args)
 elif action == "login-admin": login_admin(*args)
 elif action == "make-room": make_room(*args)
+elif action == "make-user": make_user(*args)
+elif action == "demo-rooms": demo_rooms(*args)
+elif action == "rooms-of": rooms_of(*args)
 elif action == "membership": membership(*args)
 elif action == "bot-room": bot_room(*args)
 elif action == "say": say(*args[:6], int(args[6]))
@@ -295,6 +436,7 @@ live_pid() {
 }
 
 daemon_pid() { live_pid "$PIDFILE" synapse_harness.py; }
+neighbour_pid() { live_pid "$NB_PIDFILE" synapse_harness.py; }
 sink_pid() { live_pid "$SINK_PIDFILE" smtp_sink.py; }
 serve_pid() { live_pid "$SERVE_PIDFILE" " serve"; }
 
@@ -318,6 +460,15 @@ stop_daemon() {
     fi
     # The harness gives Synapse 10 s before SIGKILL; allow for that.
     stop_pid "$pid" "Synapse (harness)" 30
+}
+
+stop_neighbour() {
+    local pid
+    if ! pid="$(neighbour_pid)"; then
+        rm -f "$NB_PIDFILE"
+        return 1
+    fi
+    stop_pid "$pid" "the neighbour Synapse (harness)" 30
 }
 
 stop_serve() {
@@ -377,8 +528,47 @@ write_secret() {
 
 start_harness() {
     # The harness prints its JSON line once Synapse is ready and registered,
-    # then detaches; it also keeps the line in $SYN_DIR/harness.json.
-    "$@" >/dev/null || die "Synapse did not start; see $(show "$SYN_DIR")/harness.log and homeserver.log"
+    # then detaches; it also keeps the line in DIR/harness.json.
+    local dir="$1"
+    shift
+    "$@" >/dev/null || die "Synapse did not start; see $(show "$dir")/harness.log and homeserver.log"
+}
+
+# Our server name and the bot's ID, as the harness reported them.
+names() {
+    [ -f "$SYN_DIR/harness.json" ] || die "no sandbox here; run tools/sandbox.sh start first"
+    SERVER_NAME="$(json_field "$SYN_DIR/harness.json" server_name)"
+    BOT_USER="@lifeboat:$SERVER_NAME"
+}
+
+# Appends "FLAG PORT" to PORT_ARGS when PORT is free (else the harness
+# picks a free one).
+PORT_ARGS=()
+want_port() {
+    if port_free "$2"; then
+        PORT_ARGS+=("$1" "$2")
+    else
+        say "port $2 is busy; using a free port instead"
+    fi
+}
+
+# The neighbour homeserver: another Synapse on loopback that federates
+# with ours, and one person on it. It never loses anything.
+start_neighbour() {
+    local py="$1" url token name
+    PORT_ARGS=()
+    if [ ! -f "$NB_DIR/homeserver.yaml" ] && [ "${LIFEBOAT_SANDBOX_SYNAPSE_PORT:-}" != 0 ]; then
+        want_port --port "$DEFAULT_NB_PORT"
+        want_port --federation-port "$DEFAULT_NB_FED_PORT"
+    fi
+    say "starting the neighbour Synapse in $(show "$NB_DIR")"
+    start_harness "$NB_DIR" "$py" "$HARNESS" --dir "$NB_DIR" --federation --daemon --pidfile "$NB_PIDFILE" \
+        ${PORT_ARGS[@]+"${PORT_ARGS[@]}"}
+    url="$(json_field "$NB_DIR/harness.json" url)"
+    token="$(json_field "$NB_DIR/harness.json" admin_token)"
+    name="$(json_field "$NB_DIR/harness.json" server_name)"
+    mx make-user "$url" "$token" "@$NB_USER:$name" "$NB_USER-sandbox" "Nina Neighbour" >/dev/null
+    say "the neighbour homeserver $name runs at $url, with @$NB_USER:$name"
 }
 
 run_lifeboat() {
@@ -456,8 +646,13 @@ wait_bot_joined() {
 }
 
 print_help() {
-    local url bin web admin_pw room
+    local url bin web admin_pw room nb_url nb_name rooms
+    names
     url="$(json_field "$SYN_DIR/harness.json" url)"
+    nb_url="$(json_field "$NB_DIR/harness.json" url)"
+    nb_name="$(json_field "$NB_DIR/harness.json" server_name)"
+    rooms="$(python3 -c 'import json, sys; print(", ".join(r["name"] for r in json.load(open(sys.argv[1]))["rooms"]))' \
+        "$ROOMS_FILE" 2>/dev/null || echo '(none)')"
     bin="$(show "$(lifeboat_bin --used)")"
     web="$(cat "$SANDBOX/web_url" 2>/dev/null || echo '(web page off)')"
     admin_pw="$(cat "$SYN_DIR/admin_password" 2>/dev/null || echo '?')"
@@ -467,11 +662,15 @@ print_help() {
 The sandbox is running.
   Synapse      $url  (server name $SERVER_NAME, loopback only)
                log: $(show "$SYN_DIR")/homeserver.log
+  Neighbour    $nb_url  (server name $nb_name), federating with ours;
+               @$NB_USER:$nb_name  password: $NB_USER-sandbox
   Demo users   alice, bob, carol (emails <name>@example.org),
                dave (locked), erin (deactivated); passwords: <name>-sandbox
   Admin        @admin:$SERVER_NAME  password: $admin_pw
                (log in with any Matrix client at $url; lifeboat's bot obeys it)
   Admin room   ${room:-(none)}  (the bot $BOT_USER is in it)
+  Rooms        $rooms
+               (see alice's: tools/sandbox.sh rooms alice)
   Web page     $web
   Mail         every mail lifeboat sends lands in $(show "$MAIL_DIR")/maildir/new/*.eml
                read them with: tools/sandbox.sh mail   (and: tools/sandbox.sh mail N)
@@ -480,8 +679,9 @@ The sandbox is running.
 
 Try:
   $bin --config $(show "$CONFIG") users list
+  $bin --config $(show "$CONFIG") rooms list
   tools/sandbox.sh say '!lifeboat status'     # the bot, as the admin
-  tools/sandbox.sh incident     # the seed incident: Synapse loses its database
+  tools/sandbox.sh incident     # the seed incident: our Synapse loses its database
   tools/sandbox.sh status
 
 Stop it with:  tools/sandbox.sh stop      (add --clean to delete $(show "$SANDBOX"))
@@ -489,8 +689,8 @@ HELP
 }
 
 cmd_start() {
-    local pid py port_args=() rc=0 token secret url smtp_port web_port room bin
-    if pid="$(daemon_pid)" && serve_pid >/dev/null && sink_pid >/dev/null; then
+    local pid py rc=0 token secret url smtp_port web_port room bin nb_url nb_name
+    if pid="$(daemon_pid)" && neighbour_pid >/dev/null && serve_pid >/dev/null && sink_pid >/dev/null; then
         say "the sandbox is already running (harness pid $pid)"
         print_help
         return 0
@@ -499,6 +699,10 @@ cmd_start() {
     stop_serve || true
     stop_sink || true
     stop_daemon || true
+    stop_neighbour || true
+    if [ -f "$SYN_DIR/homeserver.yaml" ] && ! grep -q '^tls_certificate_path:' "$SYN_DIR/homeserver.yaml"; then
+        die "$(show "$SANDBOX") was made before the sandbox had a neighbour homeserver (its Synapse does not federate); start afresh: tools/sandbox.sh stop --clean; tools/sandbox.sh start"
+    fi
     mkdir -p "$SANDBOX"
     py="$(venv_python)"
     build_lifeboat
@@ -509,18 +713,27 @@ cmd_start() {
     smtp_port="$(start_sink "$py")"
     say "the SMTP sink listens on 127.0.0.1:$smtp_port; mail goes to $(show "$MAIL_DIR")"
 
-    # The port is chosen once; later starts reuse the existing homeserver.yaml.
+    # The ports are chosen once; later starts reuse the existing
+    # homeserver.yaml. Ours is named after its federation port.
+    # The demo users are made on the first start only: after an incident
+    # their IDs are held or claimed, and "admin" is no server admin any more.
+    PORT_ARGS=()
+    local demo=()
     if [ ! -f "$SYN_DIR/homeserver.yaml" ]; then
+        demo=(--demo)
         local want="${LIFEBOAT_SANDBOX_SYNAPSE_PORT:-$DEFAULT_PORT}"
-        if [ "$want" != 0 ] && port_free "$want"; then
-            port_args=(--port "$want")
-        elif [ "$want" != 0 ]; then
-            say "port $want is busy; using a free port instead"
+        if [ "$want" != 0 ]; then
+            want_port --port "$want"
+            want_port --federation-port "$DEFAULT_FED_PORT"
         fi
     fi
-    say "starting Synapse with demo users in $(show "$SYN_DIR")"
-    start_harness "$py" "$HARNESS" --dir "$SYN_DIR" --daemon --pidfile "$PIDFILE" --demo \
-        ${port_args[@]+"${port_args[@]}"}
+    say "starting our Synapse${demo[0]:+ with demo users} in $(show "$SYN_DIR")"
+    start_harness "$SYN_DIR" "$py" "$HARNESS" --dir "$SYN_DIR" --federation --daemon --pidfile "$PIDFILE" \
+        ${demo[@]+"${demo[@]}"} ${PORT_ARGS[@]+"${PORT_ARGS[@]}"}
+    names
+    start_neighbour "$py"
+    nb_url="$(json_field "$NB_DIR/harness.json" url)"
+    nb_name="$(json_field "$NB_DIR/harness.json" server_name)"
 
     url="$(json_field "$SYN_DIR/harness.json" url)"
     token="$(json_field "$SYN_DIR/harness.json" admin_token)"
@@ -544,6 +757,13 @@ cmd_start() {
         room="$(mx make-room "$url" "$token" "$BOT_USER" "lifeboat admin (sandbox)")"
         printf '%s\n' "$room" >"$ROOM_FILE"
         say "@admin:$SERVER_NAME made the admin room $room and invited $BOT_USER"
+    fi
+    # The demo rooms, made once (after an incident, what is left of them is
+    # lifeboat's to bring back). The sync below records them.
+    if [ ! -f "$ROOMS_FILE" ]; then
+        say "making the demo rooms: alice and bob on $SERVER_NAME, $NB_USER on $nb_name"
+        mx demo-rooms "$url" "$nb_url" "$token" "$SERVER_NAME" "$nb_name" "$NB_USER" "$ROOMS_FILE" |
+            sed 's/^/    /' || die "making the demo rooms failed"
     fi
 
     web_port="$(web_port)"
@@ -628,6 +848,7 @@ cmd_stop() {
     stop_serve || say "lifeboat serve was not running"
     stop_sink || say "the SMTP sink was not running"
     stop_daemon || say "Synapse was not running"
+    stop_neighbour || say "the neighbour Synapse was not running"
     say "stopped"
     if $clean; then
         rm -rf "$SANDBOX"
@@ -653,9 +874,10 @@ cmd_incident() {
     bin="$(lifeboat_bin --used)"
     [ -x "$bin" ] || die "no lifeboat binary at $bin; run tools/sandbox.sh start first"
     py="$(venv_python)"
+    names
     old_room="$(admin_room)"
 
-    say "the seed incident: Synapse loses its database"
+    say "the seed incident: our Synapse ($SERVER_NAME) loses its database; the neighbour keeps running"
     stop_daemon || true
     rm -f "$SYN_DIR"/homeserver.db "$SYN_DIR"/homeserver.db-wal \
         "$SYN_DIR"/homeserver.db-shm "$SYN_DIR"/homeserver.db-journal
@@ -664,7 +886,7 @@ cmd_incident() {
     # no "admin" either: lifeboat holds that ID for its owner, who takes it
     # back below. sandbox/admin_token keeps the OLD token on purpose, the
     # way lifeboat would hold it after a real wipe.
-    start_harness "$py" "$HARNESS" --dir "$SYN_DIR" --no-admin --daemon --pidfile "$PIDFILE"
+    start_harness "$SYN_DIR" "$py" "$HARNESS" --dir "$SYN_DIR" --no-admin --daemon --pidfile "$PIDFILE"
     url="$(json_field "$SYN_DIR/harness.json" url)"
     say "Synapse is back at $url with an empty database: every account is gone"
 
@@ -740,6 +962,15 @@ Then read the notices (tools/sandbox.sh mail N): each has the person's claim
 link; open alice's in a browser and choose a new password, then sign in as
 @alice:$SERVER_NAME. Lost the link? Ask on $(cat "$SANDBOX/web_url" 2>/dev/null)token
 as alice@example.org: a fresh one comes by mail.
+
+The rooms: those shared with the neighbour live on there, those that lived
+only here are lost:
+  $(show "$bin") --config $(show "$CONFIG") rooms list
+Once alice's ID is hers again, serve's watcher joins her back into the
+surviving ones (or at once: rooms rejoin); see them with
+  tools/sandbox.sh rooms alice 'HER NEW PASSWORD'
+and make the lost ones again, inviting their former members:
+  $(show "$bin") --config $(show "$CONFIG") rooms recreate --all
 NEXT
 }
 
@@ -753,6 +984,7 @@ cmd_say() {
     local url token room
     [ $# -ge 1 ] || die "usage: tools/sandbox.sh say TEXT  (e.g. say '!lifeboat help')"
     daemon_pid >/dev/null || die "Synapse is not running; run tools/sandbox.sh start"
+    names
     url="$(json_field "$SYN_DIR/harness.json" url)"
     token="$(json_field "$SYN_DIR/harness.json" admin_token)"
     room="$(admin_room)"
@@ -761,18 +993,34 @@ cmd_say() {
     mx say "$url" "$token" "@admin:$SERVER_NAME" "$BOT_USER" "$room" "$*" "${LIFEBOAT_SANDBOX_SAY_WAIT:-60}"
 }
 
+cmd_rooms() {
+    local url alias
+    [ $# -ge 1 ] && [ $# -le 2 ] || die "usage: tools/sandbox.sh rooms NAME [PASSWORD]  (e.g. rooms alice)"
+    daemon_pid >/dev/null || die "Synapse is not running; run tools/sandbox.sh start"
+    names
+    url="$(json_field "$SYN_DIR/harness.json" url)"
+    alias="$(json_field "$ROOMS_FILE" alias 2>/dev/null || echo "#harbour:$SERVER_NAME")"
+    mx rooms-of "$url" "$1" "${2:-$1-sandbox}" "$alias"
+}
+
 cmd_status() {
     local pid url running=false
     if pid="$(daemon_pid)"; then
         running=true
         url="$(json_field "$SYN_DIR/harness.json" url)"
-        say "Synapse: running, harness pid $pid, Synapse pid $(json_field "$SYN_DIR/harness.json" pid), $url"
+        say "Synapse: running, harness pid $pid, Synapse pid $(json_field "$SYN_DIR/harness.json" pid), $url, server name $(json_field "$SYN_DIR/harness.json" server_name)"
         if command -v curl >/dev/null 2>&1; then
             printf '    server_version: %s\n' \
                 "$(curl -s --max-time 5 --noproxy '*' "$url/_synapse/admin/v1/server_version" || echo unreachable)"
         fi
     else
         say "Synapse: not running"
+    fi
+    if pid="$(neighbour_pid)"; then
+        running=true
+        say "neighbour Synapse: running, harness pid $pid, Synapse pid $(json_field "$NB_DIR/harness.json" pid), $(json_field "$NB_DIR/harness.json" url), server name $(json_field "$NB_DIR/harness.json" server_name)"
+    else
+        say "neighbour Synapse: not running"
     fi
     if pid="$(sink_pid)"; then
         running=true
@@ -805,6 +1053,7 @@ main() {
         incident | wipe) [ $# -eq 0 ] || die "usage: tools/sandbox.sh incident"; cmd_incident ;;
         mail) cmd_mail "$@" ;;
         say) cmd_say "$@" ;;
+        rooms) cmd_rooms "$@" ;;
         status) [ $# -eq 0 ] || die "usage: tools/sandbox.sh status"; cmd_status ;;
         *)
             # The header comment above is the usage text.

@@ -7,7 +7,8 @@ tools/synapse-venv.sh; it needs only the standard library plus PyYAML, which
 Synapse ships.
 
     python tools/synapse_harness.py --dir DIR [--port N] [--server-name NAME]
-                                    [--federation] [--demo] [--no-admin]
+                                    [--federation [--federation-port F]]
+                                    [--demo] [--no-admin]
                                     [--daemon --pidfile FILE]
 
 It writes DIR/homeserver.yaml once (reused later, so a wiped server keeps its
@@ -33,8 +34,9 @@ blocked). Anyone may publish rooms in the room directory (Synapse's
 default lets nobody). Servers that were down are retried after a second or
 two instead of minutes. A wipe keeps certificate, signing key and ports, so
 the other servers see the same server come back with an empty database.
-Like the other options it only counts when DIR/homeserver.yaml is first
-written.
+--federation-port F picks F instead of a free port (the
+server name is then "127.0.0.1:F"). Like the other options it only counts
+when DIR/homeserver.yaml is first written.
 
 Normal mode then answers commands read from stdin, one line each:
 
@@ -197,7 +199,7 @@ def die_with_parent(parent_pid):
 class Synapse:
     """One Synapse process and the directory holding its state."""
 
-    def __init__(self, directory, port, server_name, message_rate=None, federation=False):
+    def __init__(self, directory, port, server_name, message_rate=None, federation=False, fed_port=None):
         # (per_second, burst) for rc_message, to make Synapse answer 429.
         self.message_rate = message_rate
         self.dir = os.path.abspath(directory)
@@ -211,13 +213,13 @@ class Synapse:
         self.tls_private_key_path = os.path.join(self.dir, "federation.key")
         self.proc = None
         os.makedirs(self.dir, exist_ok=True)
-        self._load_or_write_config(port, server_name, federation)
+        self._load_or_write_config(port, server_name, federation, fed_port)
         # Never send loopback requests through an http_proxy from the environment.
         self._opener = urllib.request.build_opener(urllib.request.ProxyHandler({}))
 
     # ---- configuration -------------------------------------------------
 
-    def _load_or_write_config(self, port, server_name, federation):
+    def _load_or_write_config(self, port, server_name, federation, fed_port=None):
         if os.path.exists(self.config_path):
             # Reuse: a wiped or restarted server keeps its port and secret.
             with open(self.config_path) as f:
@@ -230,6 +232,8 @@ class Synapse:
                 log(f"--federation ignored: {self.config_path} exists and has no federation listener")
             if port is not None and port != self.port:
                 log(f"--port {port} ignored: {self.config_path} exists and uses port {self.port}")
+            if fed_port is not None and fed_port != self.fed_port:
+                log(f"--federation-port {fed_port} ignored: {self.config_path} exists")
             if server_name is not None and server_name != self.server_name:
                 log(f"--server-name {server_name} ignored: existing config uses {self.server_name}")
             return
@@ -237,7 +241,9 @@ class Synapse:
         self.port = port if port is not None else pick_free_port()
         self.fed_port = None
         if federation:
-            self.fed_port = pick_free_port()
+            self.fed_port = fed_port if fed_port is not None else pick_free_port()
+            if self.fed_port == self.port and fed_port is not None:
+                raise HarnessError(f"--federation-port {fed_port} is the client port too")
             while self.fed_port == self.port:
                 self.fed_port = pick_free_port()
             # Before anything is written, so a missing openssl leaves no
@@ -855,6 +861,12 @@ def main():
         help='federate with other harness servers on 127.0.0.1 (TLS listener on a second '
         'port F, server name "127.0.0.1:F"; needs openssl)',
     )
+    parser.add_argument(
+        "--federation-port",
+        type=int,
+        metavar="F",
+        help="the federation listener's port with --federation (default: a free one)",
+    )
     parser.add_argument("--demo", action="store_true", help="create demo accounts")
     parser.add_argument(
         "--message-rate",
@@ -871,13 +883,15 @@ def main():
     args = parser.parse_args()
     if args.daemon and not args.pidfile:
         parser.error("--daemon needs --pidfile")
+    if args.federation_port is not None and not args.federation:
+        parser.error("--federation-port needs --federation")
 
     try:
         rate = None
         if args.message_rate:
             per_second, burst = args.message_rate.split(":")
             rate = (float(per_second), int(burst))
-        synapse = Synapse(args.dir, args.port, args.server_name, rate, args.federation)
+        synapse = Synapse(args.dir, args.port, args.server_name, rate, args.federation, args.federation_port)
     except (HarnessError, OSError, KeyError, TypeError, ValueError, yaml.YAMLError) as e:
         log(f"error: cannot prepare {args.dir}: {e}")
         return 1
