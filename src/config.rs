@@ -111,7 +111,12 @@ pub struct SyncConfig {
 
 #[derive(Debug, Clone)]
 pub struct WatchConfig {
+    /// How often a full listing is read (a round).
     pub interval: Duration,
+    /// How often the probe looks between rounds; zero: never.
+    pub probe_interval: Duration,
+    /// Known accounts the probe looks up each time.
+    pub probe_sample: usize,
     /// Share of known accounts missing at or above which the verdict is
     /// `suspected_reset` rather than `loss`.
     pub loss_threshold: f64,

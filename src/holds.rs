@@ -321,7 +321,7 @@ pub async fn claim_held(
     actor: &Actor,
 ) -> Result<bool, HandOverError> {
     let Some(hold) = account.custody_at else { return Ok(false) };
-    client.hand_over_account(&account.user_id, password).await?;
+    client.hand_over_account(&account.user_id, password, account.admin).await?;
     Ok(registry.claim_hold(&account.user_id, hold, actor).await?)
 }
 
@@ -335,7 +335,8 @@ pub async fn hand_back(
     password: &SecretString,
     actor: &Actor,
 ) -> Result<(), HandOverError> {
-    client.hand_over_account(user_id, password).await?;
+    let was_admin = registry.account(user_id).await?.is_some_and(|account| account.admin);
+    client.hand_over_account(user_id, password, was_admin).await?;
     registry.settle_as_claimed(user_id, actor).await?;
     Ok(())
 }

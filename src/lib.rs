@@ -19,6 +19,7 @@ pub mod notice;
 pub mod notify;
 pub mod owner_only;
 pub mod plural;
+pub mod probe;
 pub mod reconcile;
 pub mod recover;
 pub mod registry;

@@ -385,6 +385,26 @@ impl Recreated {
     }
 }
 
+/// The rooms `recreate --all` makes again, spaces last (so they get their
+/// re-created children). lifeboat's own rooms (its admin room, its DMs)
+/// are left out: lifeboat makes those again by itself as it needs them.
+pub async fn all_to_recreate(config: &Config, registry: &Registry) -> Result<Vec<Room>, RoomsError> {
+    let service = service_user_id(config);
+    let admin_room = config.bot.as_ref().and_then(|bot| bot.admin_room.as_deref());
+    let mut rooms: Vec<Room> = registry
+        .rooms(Some(RoomState::Lost))
+        .await?
+        .into_iter()
+        .filter(|room| room.creator.as_deref() != Some(service.as_str()))
+        .filter(|room| {
+            Some(room.room_id.as_str()) != admin_room
+                && !room.aliases.iter().any(|alias| Some(alias.as_str()) == admin_room)
+        })
+        .collect();
+    rooms.sort_by_key(Room::is_space);
+    Ok(rooms)
+}
+
 /// Why a room cannot be re-created, if it cannot: the one rule for the
 /// CLI and the bot.
 pub fn recreate_problem(room: &Room) -> Option<String> {

@@ -14,6 +14,7 @@ use tokio_util::sync::CancellationToken;
 use crate::check::{CheckError, CheckOptions, CheckReport, WORKING_TOKEN_SETTING, check, verdict_reason};
 use crate::config::Config;
 use crate::holds::{hold_lost_ids, holds_wanted};
+use crate::probe::{FixedSample, Probe, probe};
 use crate::reconcile::{Report, Verdict};
 use crate::recover::{AdminAccess, admin_access, recover, service_user_id};
 use crate::registry::{Actor, Registry, now_ms};
@@ -349,9 +350,38 @@ pub async fn run(
         if let Err(err) = alert_on_change(&config, &registry, &seen, &alerts).await {
             tracing::warn!(error = %err, "watcher: could not record the alerted state");
         }
-        tokio::select! {
-            _ = tokio::time::sleep(config.watch.interval) => {}
-            _ = cancel.cancelled() => return,
+        if !wait_for_next_round(&config, &registry, &cancel).await {
+            return;
+        }
+    }
+}
+
+/// Waits `watch.interval`, probing every `watch.probe_interval`; the next
+/// round starts early when a probe sees what a loss would cause. `false`
+/// when cancelled.
+async fn wait_for_next_round(config: &Config, registry: &Registry, cancel: &CancellationToken) -> bool {
+    let next_round = tokio::time::Instant::now() + config.watch.interval;
+    let probing = !config.watch.probe_interval.is_zero();
+    let fixed = if probing { FixedSample::load(registry).await.unwrap_or_default() } else { FixedSample::default() };
+    loop {
+        let left = next_round.saturating_duration_since(tokio::time::Instant::now());
+        if left.is_zero() {
+            return true;
+        }
+        let wait = if probing { left.min(config.watch.probe_interval) } else { left };
+        if pause(wait, cancel).await {
+            return false;
+        }
+        if !probing || tokio::time::Instant::now() >= next_round {
+            continue;
+        }
+        match probe(config, registry, &fixed, config.watch.probe_sample).await {
+            Probe::Fine => {}
+            Probe::LooksWrong(why) => {
+                tracing::info!(why, "watcher: the probe saw something wrong; reading the listing now");
+                return true;
+            }
+            Probe::CouldNotTell(why) => tracing::debug!(why, "watcher: the probe could not tell"),
         }
     }
 }

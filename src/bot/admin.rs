@@ -547,7 +547,7 @@ async fn recreate_rooms(bot: &Bot, actor: &Actor, room: Option<String>, confirm:
     let state = &bot.state;
     let (config, registry) = (&state.config, &state.registry);
     let target = room.clone().unwrap_or_else(|| "--all".to_owned());
-    let mut rooms = match &room {
+    let rooms = match &room {
         Some(room_id) => {
             let known = registry.room(room_id).await.map_err(|err| err.to_string())?;
             let known = known
@@ -557,7 +557,7 @@ async fn recreate_rooms(bot: &Bot, actor: &Actor, room: Option<String>, confirm:
             }
             vec![known]
         }
-        None => registry.rooms(Some(RoomState::Lost)).await.map_err(|err| err.to_string())?,
+        None => crate::rooms::all_to_recreate(config, registry).await.map_err(|err| err.to_string())?,
     };
     if rooms.is_empty() {
         return Ok("No room is lost: nothing to re-create.".to_owned());
@@ -578,8 +578,6 @@ async fn recreate_rooms(bot: &Bot, actor: &Actor, room: Option<String>, confirm:
     confirmed_in_time(bot, &command)?;
     let client =
         admin_client_recovering(config, registry, actor, &Notes::default()).await.map_err(|e| e.to_string())?;
-    // Spaces last, so they get their re-created children.
-    rooms.sort_by_key(|room| room.is_space());
     let mut lines = Vec::new();
     for room in rooms {
         let room = registry.room(&room.room_id).await.ok().flatten().unwrap_or(room);

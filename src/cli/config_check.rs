@@ -87,6 +87,8 @@ fn print_summary(config: &Config) {
     println!("  details_max_age = {}", humantime::format_duration(config.sync.details_max_age));
     println!("[watch]");
     println!("  interval = {}", humantime::format_duration(config.watch.interval));
+    println!("  probe_interval = {}", humantime::format_duration(config.watch.probe_interval));
+    println!("  probe_sample = {}", config.watch.probe_sample);
     println!("  loss_threshold = {}", config.watch.loss_threshold);
     println!("[tokens]");
     println!("  expiry = {}", humantime::format_duration(config.tokens.expiry));

@@ -6,7 +6,7 @@ use super::output::{ask, print_json};
 use super::{Context, Failure, Outcome, exit};
 use crate::campaign::admin_client_recovering;
 use crate::registry::{Actor, Room, RoomState};
-use crate::rooms::{bring_back, recreate, recreate_problem};
+use crate::rooms::{all_to_recreate, bring_back, recreate, recreate_problem};
 
 #[derive(clap::Subcommand, Debug)]
 pub enum Command {
@@ -106,7 +106,7 @@ pub async fn run(context: &Context, command: Command) -> Outcome {
                     }
                     vec![room]
                 }
-                None => spaces_last(registry.rooms(Some(RoomState::Lost)).await?),
+                None => all_to_recreate(&config, &registry).await.map_err(|err| Failure::new(exit::FAILED, err))?,
             };
             if rooms.is_empty() {
                 println!("No room is lost: nothing to re-create.");
@@ -142,11 +142,6 @@ pub async fn run(context: &Context, command: Command) -> Outcome {
             Ok(if failed == 0 { exit::OK } else { exit::FAILED })
         }
     }
-}
-
-fn spaces_last(mut rooms: Vec<Room>) -> Vec<Room> {
-    rooms.sort_by_key(Room::is_space);
-    rooms
 }
 
 fn print_rooms(rooms: &[Room]) {

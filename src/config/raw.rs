@@ -121,6 +121,9 @@ struct RawSync {
 #[serde(deny_unknown_fields)]
 struct RawWatch {
     interval: Option<String>,
+    probe_interval: Option<String>,
+    #[serde(default, deserialize_with = "lenient::number")]
+    probe_sample: Option<usize>,
     #[serde(default, deserialize_with = "lenient::number")]
     loss_threshold: Option<f64>,
 }
@@ -424,8 +427,13 @@ impl RawConfig {
 
         let watch = WatchConfig {
             interval: ctx.duration("watch.interval", self.watch.interval, Duration::from_secs(15 * 60))?,
+            probe_interval: ctx.duration("watch.probe_interval", self.watch.probe_interval, Duration::from_secs(30))?,
+            probe_sample: self.watch.probe_sample.unwrap_or(32),
             loss_threshold: self.watch.loss_threshold.unwrap_or(0.5),
         };
+        if !(1..=1000).contains(&watch.probe_sample) {
+            return Err(ctx.invalid("watch.probe_sample", "must be between 1 and 1000 accounts"));
+        }
         if !(watch.loss_threshold > 0.0 && watch.loss_threshold <= 1.0) {
             return Err(ctx.invalid(
                 "watch.loss_threshold",

@@ -314,6 +314,7 @@ impl Registry {
                 AND m.rejoin IN ('joined', 'invited')) AS rejoined, \
              (SELECT COUNT(*) FROM room_members m WHERE m.room_id = r.room_id \
                 AND m.membership = 'join' AND (m.rejoin IS NULL OR m.rejoin = 'failed') \
+                AND NOT EXISTS (SELECT 1 FROM service_credentials c WHERE c.user_id = m.user_id) \
                 AND EXISTS (SELECT 1 FROM accounts a WHERE a.user_id = m.user_id \
                     AND ({STANDING_SQL}) IN ('missing', 'held', 'claimed', 'recreated'))) AS pending \
              FROM rooms r) AS known WHERE ($2 = '' OR state = $2) \

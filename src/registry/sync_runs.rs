@@ -186,7 +186,9 @@ impl Registry {
                     $2, $2, CASE WHEN deactivated <> 0 THEN 'deactivated' ELSE 'present' END, NULL \
              FROM listing_stage WHERE run_id = $1 \
              ON CONFLICT (user_id) DO UPDATE SET \
-                 display_name = excluded.display_name, admin = excluded.admin, \
+                 display_name = excluded.display_name, \
+                 admin = CASE WHEN accounts.custody IN ('holding', 'held') OR accounts.recreated_at IS NOT NULL \
+                              THEN accounts.admin ELSE excluded.admin END, \
                  deactivated = excluded.deactivated, is_guest = excluded.is_guest, \
                  locked = CASE WHEN accounts.custody IN ('holding', 'held') THEN accounts.locked \
                                ELSE excluded.locked END, \

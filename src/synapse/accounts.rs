@@ -77,11 +77,13 @@ impl SynapseClient {
             .map(|_| ())
     }
 
-    /// Hands an account to its person: unlocks it and sets their password,
-    /// logging out every device, in one call. The password is sent only in
-    /// the body, never logged.
-    pub async fn hand_over_account(&self, user_id: &str, password: &SecretString) -> Result<(), Error> {
-        let body = json!({"locked": false, "password": password.expose_secret(), "logout_devices": true});
+    /// Hands an account to its person: unlocks it, sets their password
+    /// (logging out every device) and gives back the server-admin flag it
+    /// had before the loss, in one call. The password is sent only in the
+    /// body, never logged.
+    pub async fn hand_over_account(&self, user_id: &str, password: &SecretString, admin: bool) -> Result<(), Error> {
+        let body =
+            json!({"locked": false, "password": password.expose_secret(), "logout_devices": true, "admin": admin});
         self.request_json::<serde_json::Value>(Method::PUT, &Self::user_path(user_id), &[], Some(&body), true)
             .await
             .map(|_| ())

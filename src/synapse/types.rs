@@ -39,6 +39,9 @@ pub struct UsersPage {
 pub struct UserDetails {
     #[serde(default)]
     pub threepids: Vec<ThreePid>,
+    /// Seconds in this endpoint's answer (the listing's are milliseconds).
+    #[serde(default, deserialize_with = "lenient_i64")]
+    pub creation_ts: Option<i64>,
 }
 
 #[derive(Debug, Clone, Deserialize)]

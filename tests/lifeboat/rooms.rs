@@ -164,4 +164,10 @@ async fn after_a_wipe_people_come_back_into_surviving_rooms_aliases_work_and_los
     .await;
     serve.kill().await.unwrap();
     assert_eq!(state_of(&lifeboat, &kitchen).await, "recreated");
+
+    // The server admin's ID, held through the watcher's syncs, is an admin
+    // again once claimed.
+    claim(&lifeboat, &ours.user_id("admin")).await;
+    ours.register_admin("root");
+    assert_eq!(ours.user("admin").await["admin"], true, "the server-admin flag comes back with the ID");
 }

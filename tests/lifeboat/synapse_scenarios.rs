@@ -254,3 +254,34 @@ async fn each_watcher_round_reads_the_account_listing_once() {
     // The round in flight when serve was stopped may have listed too.
     assert!(listed <= (rounds + 1) * per_listing, "{listed} listing requests in {rounds} rounds of {per_listing}");
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_wipe_is_seen_by_the_probe_within_seconds_though_the_next_listing_is_minutes_away() {
+    let synapse = TestSynapse::start();
+    let registry = TestDatabase::sqlite();
+    let smtp = crate::harness::TestSmtp::start(None);
+    synapse.create_user(&unique("ann"), &[]).await;
+    let lifeboat = lifeboat_for(&synapse, &registry);
+    let config = std::fs::read_to_string(lifeboat.config_path()).unwrap();
+    lifeboat.write_config(&format!(
+        "{config}\n[watch]\ninterval = \"10m\"\nprobe_interval = \"1s\"\n\n\
+         [email]\nsmtp_url = \"{}\"\nfrom = \"lifeboat@example.org\"\n\n[alerts]\nemail = [\"oncall@example.org\"]\n",
+        smtp.smtp_url()
+    ));
+    assert_eq!(lifeboat.run(&["sync"]).await.code, 0);
+    let mut serve = lifeboat.spawn_serve();
+    crate::harness::eventually("the first round", std::time::Duration::from_secs(60), || async {
+        lifeboat.serve_log().contains("watcher round")
+    })
+    .await;
+
+    synapse.wipe();
+    crate::harness::eventually("the reset alert", std::time::Duration::from_secs(60), || async {
+        smtp.messages_to("oncall@example.org")
+            .iter()
+            .any(|mail| mail.subject.as_deref().unwrap_or_default().contains("suspected database reset"))
+    })
+    .await;
+    assert!(lifeboat.serve_log().contains("the probe saw something wrong"), "{}", lifeboat.serve_log());
+    serve.kill().await.unwrap();
+}
