@@ -105,8 +105,11 @@ pub struct SyncConfig {
     pub page_size: u32,
     /// Parallel user-detail requests when importing emails.
     pub details_concurrency: usize,
-    /// Re-fetch an account's details (emails) when older than this.
+    /// Re-fetch an account's details (emails) after between half and all
+    /// of this (spread at random, so they do not all come due together).
     pub details_max_age: Duration,
+    /// Accounts whose details one sync reads again, at most.
+    pub details_per_round: u64,
 }
 
 #[derive(Debug, Clone)]
@@ -117,6 +120,8 @@ pub struct WatchConfig {
     pub probe_interval: Duration,
     /// Known accounts the probe looks up each time.
     pub probe_sample: usize,
+    /// The share of Synapse's time the watcher's listing may take.
+    pub max_synapse_share: f64,
     /// Share of known accounts missing at or above which the verdict is
     /// `suspected_reset` rather than `loss`.
     pub loss_threshold: f64,

@@ -9,7 +9,7 @@ use serde::Serialize;
 
 use crate::email::EmailAddress;
 use crate::lease::{Held, Lease};
-use crate::registry::{self, Actor, Registry, SyncApplied, now_ms};
+use crate::registry::{self, Actor, DetailsDue, Registry, SyncApplied, now_ms};
 use crate::rooms::{RoomSyncSummary, sync_rooms};
 use crate::synapse::{self, LISTING_ATTEMPTS, SynapseClient, ThreePid};
 
@@ -23,6 +23,12 @@ pub struct SyncOptions {
     pub details_max_age: Duration,
     pub loss_threshold: f64,
     pub server_name: String,
+    /// Accounts whose details are read again per sync, at most (new
+    /// accounts are always read).
+    pub details_per_round: u64,
+    /// The share of Synapse's time a listing may take (the watcher's
+    /// listings pace themselves; a sync an admin asks for does not).
+    pub pace: Option<f64>,
 }
 
 impl SyncOptions {
@@ -33,8 +39,25 @@ impl SyncOptions {
             details_max_age: config.sync.details_max_age,
             loss_threshold: config.watch.loss_threshold,
             server_name: config.homeserver.server_name.clone(),
+            details_per_round: config.sync.details_per_round,
+            pace: None,
         }
     }
+
+    /// For the watcher: listings that leave Synapse most of its time.
+    pub fn paced(mut self, config: &crate::config::Config) -> Self {
+        self.pace = Some(config.watch.max_synapse_share);
+        self
+    }
+}
+
+/// How long to wait after a page that took `took`, so that listing takes
+/// at most `share` of Synapse's time.
+pub fn pause_after(took: Duration, share: f64) -> Duration {
+    if !(share > 0.0 && share < 1.0) {
+        return Duration::ZERO;
+    }
+    took.mul_f64((1.0 - share) / share)
 }
 
 /// Hooks for showing progress; the CLI draws bars, others ignore them.
@@ -177,8 +200,12 @@ async fn stage_listing(
                 None => Ok(0),
             }
         };
+        let asked = std::time::Instant::now();
         let (fetched, written) = tokio::join!(pages.next_page(), write);
         staged += written?;
+        if let Some(share) = options.pace {
+            tokio::time::sleep(pause_after(asked.elapsed(), share)).await;
+        }
         progress.listing(staged, pages.total.map(|total| total.max(0) as u64));
         match fetched? {
             Some(users) => to_stage = Some(users),
@@ -198,8 +225,9 @@ struct DetailCounts {
     imported: u64,
 }
 
-/// Fetches details of new or stale accounts with bounded concurrency and
-/// records their emails. Per-account failures are counted, not fatal.
+/// Fetches details of new accounts, then of those due again (at most
+/// `details_per_round` of them), with bounded concurrency, and records
+/// their emails. Per-account failures are counted, not fatal.
 async fn import_emails(
     registry: &Registry,
     client: &SynapseClient,
@@ -207,13 +235,34 @@ async fn import_emails(
     progress: &dyn SyncProgress,
     counts: &mut DetailCounts,
 ) -> Result<(), SyncError> {
-    let stale_before = now_ms() - options.details_max_age.as_millis() as i64;
-    let total = registry.count_accounts_needing_details(stale_before).await? as u64;
+    let now = now_ms();
+    let again = DetailsDue::Again { now, stale_before: now - options.details_max_age.as_millis() as i64 };
+    let new = registry.count_accounts_needing_details(DetailsDue::New).await? as u64;
+    let due = (registry.count_accounts_needing_details(again).await? as u64).min(options.details_per_round);
+    let total = new + due;
+    read_details(registry, client, options, DetailsDue::New, u64::MAX, progress, total, counts).await?;
+    read_details(registry, client, options, again, options.details_per_round, progress, total, counts).await
+}
+
+/// One pass of [`import_emails`]: up to `cap` accounts that are `due`.
+#[allow(clippy::too_many_arguments)]
+async fn read_details(
+    registry: &Registry,
+    client: &SynapseClient,
+    options: &SyncOptions,
+    due: DetailsDue,
+    cap: u64,
+    progress: &dyn SyncProgress,
+    total: u64,
+    counts: &mut DetailCounts,
+) -> Result<(), SyncError> {
     let mut after = String::new();
-    loop {
-        let batch = registry.accounts_needing_details(stale_before, &after, DETAILS_BATCH).await?;
+    let mut read = 0u64;
+    while read < cap {
+        let batch = registry.accounts_needing_details(due, &after, DETAILS_BATCH.min((cap - read) as i64)).await?;
         let Some(last) = batch.last() else { break };
         after = last.clone();
+        read += batch.len() as u64;
         let mut results = futures::stream::iter(batch)
             .map(|user_id| async move {
                 let details = client.user_details(&user_id).await;
@@ -223,8 +272,8 @@ async fn import_emails(
         while let Some((user_id, details)) = results.next().await {
             match details {
                 Ok(Some(details)) => {
-                    counts.imported +=
-                        registry.record_details(&user_id, &emails_of(&user_id, &details.threepids)).await?;
+                    let emails = emails_of(&user_id, &details.threepids);
+                    counts.imported += registry.record_details(&user_id, &emails, next_due(options)).await?;
                     counts.fetched += 1;
                 }
                 // Gone since the listing: the next sync will see it missing.
@@ -243,6 +292,16 @@ async fn import_emails(
     Ok(())
 }
 
+/// When details just read are due again: after between half and all of
+/// `details_max_age`, at random, so accounts read together (the first
+/// sync) spread their next reads over the period instead of all coming
+/// due in one round.
+fn next_due(options: &SyncOptions) -> i64 {
+    use rand::Rng;
+    let max_age = options.details_max_age.as_millis() as i64;
+    now_ms() + max_age / 2 + rand::rng().random_range(0..=max_age / 2)
+}
+
 fn emails_of(user_id: &str, threepids: &[ThreePid]) -> Vec<(EmailAddress, Option<i64>)> {
     threepids
         .iter()
@@ -255,4 +314,17 @@ fn emails_of(user_id: &str, threepids: &[ThreePid]) -> Vec<(EmailAddress, Option
             }
         })
         .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_paced_listing_waits_so_that_synapse_spends_at_most_its_share_on_it() {
+        let took = Duration::from_millis(100);
+        assert_eq!(pause_after(took, 0.25), Duration::from_millis(300), "100 ms of 400 is a quarter");
+        assert_eq!(pause_after(took, 0.5), Duration::from_millis(100));
+        assert_eq!(pause_after(took, 1.0), Duration::ZERO, "all of its time: no pause");
+    }
 }

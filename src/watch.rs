@@ -219,7 +219,7 @@ pub async fn observe(config: &Config, registry: &Registry, recover_lock: &tokio:
     };
     if !seen.token_rejected {
         // One listing a round: the sync's, classified as `check` would.
-        match sync(registry, &client, &SyncOptions::from_config(config), &actor, &Quiet).await {
+        match sync(registry, &client, &SyncOptions::from_config(config).paced(config), &actor, &Quiet).await {
             Ok(summary) => seen.saw(summary.applied.report, config.watch.loss_threshold),
             // A sync from the CLI or the bot is under way: a read-only
             // check tells this round's verdict without waiting for it.

@@ -85,10 +85,12 @@ fn print_summary(config: &Config) {
     println!("  page_size = {}", config.sync.page_size);
     println!("  details_concurrency = {}", config.sync.details_concurrency);
     println!("  details_max_age = {}", humantime::format_duration(config.sync.details_max_age));
+    println!("  details_per_round = {}", config.sync.details_per_round);
     println!("[watch]");
     println!("  interval = {}", humantime::format_duration(config.watch.interval));
     println!("  probe_interval = {}", humantime::format_duration(config.watch.probe_interval));
     println!("  probe_sample = {}", config.watch.probe_sample);
+    println!("  max_synapse_share = {}", config.watch.max_synapse_share);
     println!("  loss_threshold = {}", config.watch.loss_threshold);
     println!("[tokens]");
     println!("  expiry = {}", humantime::format_duration(config.tokens.expiry));

@@ -115,6 +115,8 @@ struct RawSync {
     #[serde(default, deserialize_with = "lenient::number")]
     details_concurrency: Option<usize>,
     details_max_age: Option<String>,
+    #[serde(default, deserialize_with = "lenient::number")]
+    details_per_round: Option<u64>,
 }
 
 #[derive(Deserialize, Default)]
@@ -124,6 +126,8 @@ struct RawWatch {
     probe_interval: Option<String>,
     #[serde(default, deserialize_with = "lenient::number")]
     probe_sample: Option<usize>,
+    #[serde(default, deserialize_with = "lenient::number")]
+    max_synapse_share: Option<f64>,
     #[serde(default, deserialize_with = "lenient::number")]
     loss_threshold: Option<f64>,
 }
@@ -411,7 +415,11 @@ impl RawConfig {
                 self.sync.details_max_age,
                 Duration::from_secs(7 * 24 * 3600),
             )?,
+            details_per_round: self.sync.details_per_round.unwrap_or(2000),
         };
+        if sync.details_per_round == 0 {
+            return Err(ctx.invalid("sync.details_per_round", "must be at least 1"));
+        }
         if sync.details_max_age < MIN_DETAILS_MAX_AGE {
             return Err(ctx.invalid(
                 "sync.details_max_age",
@@ -429,8 +437,15 @@ impl RawConfig {
             interval: ctx.duration("watch.interval", self.watch.interval, Duration::from_secs(15 * 60))?,
             probe_interval: ctx.duration("watch.probe_interval", self.watch.probe_interval, Duration::from_secs(30))?,
             probe_sample: self.watch.probe_sample.unwrap_or(32),
+            max_synapse_share: self.watch.max_synapse_share.unwrap_or(0.25),
             loss_threshold: self.watch.loss_threshold.unwrap_or(0.5),
         };
+        if !(watch.max_synapse_share > 0.0 && watch.max_synapse_share <= 1.0) {
+            return Err(ctx.invalid(
+                "watch.max_synapse_share",
+                format!("{} is not a share between 0 (exclusive) and 1, like 0.25", watch.max_synapse_share),
+            ));
+        }
         if !(1..=1000).contains(&watch.probe_sample) {
             return Err(ctx.invalid("watch.probe_sample", "must be between 1 and 1000 accounts"));
         }

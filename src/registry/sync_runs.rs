@@ -233,37 +233,40 @@ impl Registry {
     /// may not be the person the registry knew, so their emails are not
     /// taken as that person's contacts. Listed in ID order after `after`
     /// (keyset paging keeps memory flat however many accounts there are).
-    pub async fn accounts_needing_details(&self, stale_before: i64, after: &str, limit: i64) -> Result<Vec<String>> {
-        let rows: Vec<(String,)> = sqlx::query_as(
-            "SELECT user_id FROM accounts \
-             WHERE state = 'present' AND recreated_at IS NULL \
-               AND (details_fetched_at IS NULL OR details_fetched_at < $1) \
-               AND user_id > $2 ORDER BY user_id LIMIT $3",
-        )
-        .bind(stale_before)
-        .bind(after)
-        .bind(limit)
-        .fetch_all(&self.pool)
-        .await?;
+    pub async fn accounts_needing_details(&self, due: DetailsDue, after: &str, limit: i64) -> Result<Vec<String>> {
+        let sql = format!(
+            "SELECT user_id FROM accounts WHERE {} AND user_id > $3 ORDER BY user_id LIMIT $4",
+            due.predicate()
+        );
+        let rows: Vec<(String,)> = sqlx::query_as(sqlx::AssertSqlSafe(sql))
+            .bind(due.now())
+            .bind(due.stale_before())
+            .bind(after)
+            .bind(limit)
+            .fetch_all(&self.pool)
+            .await?;
         Ok(rows.into_iter().map(|(id,)| id).collect())
     }
 
-    pub async fn count_accounts_needing_details(&self, stale_before: i64) -> Result<i64> {
-        let (count,): (i64,) = sqlx::query_as(
-            "SELECT COUNT(*) FROM accounts \
-             WHERE state = 'present' AND recreated_at IS NULL \
-               AND (details_fetched_at IS NULL OR details_fetched_at < $1)",
-        )
-        .bind(stale_before)
-        .fetch_one(&self.pool)
-        .await?;
+    pub async fn count_accounts_needing_details(&self, due: DetailsDue) -> Result<i64> {
+        let sql = format!("SELECT COUNT(*) FROM accounts WHERE {}", due.predicate());
+        let (count,): (i64,) = sqlx::query_as(sqlx::AssertSqlSafe(sql))
+            .bind(due.now())
+            .bind(due.stale_before())
+            .fetch_one(&self.pool)
+            .await?;
         Ok(count)
     }
 
     /// Stores the emails Synapse knows for an account (as verified contacts
     /// from Synapse) and notes when they were fetched. Returns how many
     /// addresses were new.
-    pub async fn record_details(&self, user_id: &str, emails: &[(EmailAddress, Option<i64>)]) -> Result<u64> {
+    pub async fn record_details(
+        &self,
+        user_id: &str,
+        emails: &[(EmailAddress, Option<i64>)],
+        due_at: i64,
+    ) -> Result<u64> {
         let now = now_ms();
         let mut tx = self.begin_write().await?;
         let mut added = 0;
@@ -280,9 +283,10 @@ impl Registry {
             .await?
             .rows_affected();
         }
-        sqlx::query("UPDATE accounts SET details_fetched_at = $2 WHERE user_id = $1")
+        sqlx::query("UPDATE accounts SET details_fetched_at = $2, details_due_at = $3 WHERE user_id = $1")
             .bind(user_id)
             .bind(now)
+            .bind(due_at)
             .execute(&mut *tx)
             .await?;
         tx.commit().await?;
@@ -349,4 +353,45 @@ struct PairRow {
     listed_id: Option<String>,
     listed_deactivated: Option<i64>,
     listed_created: Option<i64>,
+}
+
+/// Which accounts' details a sync reads: never read (new), or due again.
+/// Recreated IDs never: whoever holds one may not be the person the
+/// registry knew, so their emails are not taken as that person's.
+#[derive(Debug, Clone, Copy)]
+pub enum DetailsDue {
+    /// Never read.
+    New,
+    /// Read before, and due again at `now` (their due time, or, for
+    /// accounts read before due times existed, read before `stale_before`).
+    Again { now: i64, stale_before: i64 },
+}
+
+impl DetailsDue {
+    /// Over `accounts`, with `$1` now and `$2` stale_before.
+    fn predicate(self) -> &'static str {
+        match self {
+            DetailsDue::New => {
+                "state = 'present' AND recreated_at IS NULL AND details_fetched_at IS NULL AND $1 = $1 AND $2 = $2"
+            }
+            DetailsDue::Again { .. } => {
+                "state = 'present' AND recreated_at IS NULL AND details_fetched_at IS NOT NULL \
+                 AND (details_due_at <= $1 OR (details_due_at IS NULL AND details_fetched_at < $2))"
+            }
+        }
+    }
+
+    fn now(self) -> i64 {
+        match self {
+            DetailsDue::New => 0,
+            DetailsDue::Again { now, .. } => now,
+        }
+    }
+
+    fn stale_before(self) -> i64 {
+        match self {
+            DetailsDue::New => 0,
+            DetailsDue::Again { stale_before, .. } => stale_before,
+        }
+    }
 }

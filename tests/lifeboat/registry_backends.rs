@@ -372,3 +372,24 @@ async fn the_sqlite_and_postgresql_schemas_have_the_same_tables_and_columns_in_t
     on_postgres.close().await;
     postgres.drop_database().await;
 }
+
+async fn details_are_read_again_when_due_and_new_accounts_come_first(registry: Registry) {
+    use lifeboat::registry::DetailsDue;
+    sync_listing(&registry, &[user("@new:x", 1), user("@due:x", 1), user("@later:x", 1), user("@old:x", 1)]).await;
+    let now = lifeboat::registry::now_ms();
+    registry.record_details("@due:x", &[], now - 1).await.unwrap();
+    registry.record_details("@later:x", &[], now + 3_600_000).await.unwrap();
+    registry.record_details("@old:x", &[], now).await.unwrap();
+    // Read before due times existed: only its fetch time counts.
+    sqlx::query("UPDATE accounts SET details_due_at = NULL, details_fetched_at = 5 WHERE user_id = '@old:x'")
+        .execute(registry.pool())
+        .await
+        .unwrap();
+    let again = DetailsDue::Again { now, stale_before: now - 60_000 };
+    assert_eq!(registry.accounts_needing_details(DetailsDue::New, "", 10).await.unwrap(), ["@new:x"]);
+    assert_eq!(registry.accounts_needing_details(again, "", 10).await.unwrap(), ["@due:x", "@old:x"]);
+    assert_eq!(registry.accounts_needing_details(again, "@due:x", 10).await.unwrap(), ["@old:x"], "keyset paging");
+    assert_eq!(registry.count_accounts_needing_details(again).await.unwrap(), 2);
+    assert_eq!(registry.count_accounts_needing_details(DetailsDue::New).await.unwrap(), 1);
+}
+on_both_backends!(details_are_read_again_when_due_and_new_accounts_come_first);
