@@ -90,6 +90,8 @@ async fn run(bot: &Bot, room: &Room, actor: &Actor, command: AdminCommand) -> Re
     let (config, registry) = (&state.config, &state.registry);
     let prefix = bot.prefix();
     let text = |err: &dyn std::fmt::Display| err.to_string();
+    // The registry's refusals, in the bot's words (no CLI flags).
+    let said = |err: crate::registry::Error| err.for_bot(&prefix);
     match command {
         AdminCommand::Help => Ok(format!("**lifeboat commands**\n\n{}", help(&format!("{prefix} "), ADMIN_USAGE))),
         AdminCommand::Status => status(bot).await,
@@ -141,6 +143,7 @@ async fn run(bot: &Bot, room: &Room, actor: &Actor, command: AdminCommand) -> Re
                         "{err}. Send that incident's notices (`{prefix} notify {}`), resolve it first, or send the same message with `incident open --force` to open another anyway.",
                         covering[0].0
                     ),
+                    CampaignError::Registry(err) => said(err),
                     other => text(&other),
                 })?;
             let (incident, affected) = (opened.incident, opened.affected);
@@ -180,8 +183,7 @@ async fn run(bot: &Bot, room: &Room, actor: &Actor, command: AdminCommand) -> Re
             Ok(lines.join("\n"))
         }
         AdminCommand::IncidentShow(id) => {
-            let summary =
-                registry.incident_summary(id, service_user_id(config).as_str()).await.map_err(|e| text(&e))?;
+            let summary = registry.incident_summary(id, service_user_id(config).as_str()).await.map_err(said)?;
             let d = &summary.deliveries;
             Ok(format!(
                 "**Incident {id}: {}** ({})\n\n- affected: {}\n- IDs: {} held, {} claimed, {} taken by someone else\n- reachable: {} by email, {} on Matrix, {} unreachable\n- tokens: {}\n- deliveries: {} sent, {} pending, {} sending, {} failed, {} skipped\n- rooms: {} living on elsewhere, {} lost, {} re-created; people back in rooms: {} ({} waiting)",
@@ -208,13 +210,13 @@ async fn run(bot: &Bot, room: &Room, actor: &Actor, command: AdminCommand) -> Re
             ))
         }
         AdminCommand::IncidentResolve(id) => {
-            registry.require_incident(id).await.map_err(|e| text(&e))?;
+            registry.require_incident(id).await.map_err(said)?;
             let client =
                 admin_client_recovering(config, registry, actor, &Notes::default()).await.map_err(|e| text(&e))?;
             let (revoked, used) = revoke_unused_tokens(registry, &client, id)
                 .await
                 .map_err(|err| format!("incident {id} stays open: {err}"))?;
-            registry.resolve_incident(id, actor).await.map_err(|e| text(&e))?;
+            registry.resolve_incident(id, actor).await.map_err(said)?;
             Ok(format!(
                 "Resolved incident {id}: deleted {revoked} unused registration tokens; {used} were used to register."
             ))
@@ -236,17 +238,15 @@ async fn run(bot: &Bot, room: &Room, actor: &Actor, command: AdminCommand) -> Re
                     actor,
                 )
                 .await
-                .map_err(|e| text(&e))?;
+                .map_err(said)?;
             Ok(match added {
                 crate::registry::AddContact::Added => format!("Added {address} as a contact of {user}."),
                 crate::registry::AddContact::AlreadyKnown => format!("{address} was already a contact of {user}."),
             })
         }
         AdminCommand::ContactRemove(user, address) => {
-            let removed = registry
-                .remove_contact(user.as_str(), address.kind(), address.as_str(), actor)
-                .await
-                .map_err(|e| text(&e))?;
+            let removed =
+                registry.remove_contact(user.as_str(), address.kind(), address.as_str(), actor).await.map_err(said)?;
             Ok(if removed {
                 format!("Removed {address} from the contacts of {user}.")
             } else {
@@ -309,7 +309,7 @@ async fn status(bot: &Bot) -> Result<String, String> {
 async fn notify(bot: &Bot, room: &Room, actor: &Actor, id: i64, confirm: bool) -> Result<String, String> {
     let state = &bot.state;
     let (config, registry) = (&state.config, &state.registry);
-    let incident = registry.require_incident(id).await.map_err(|err| err.to_string())?;
+    let incident = registry.require_incident(id).await.map_err(|err| err.for_bot(&bot.prefix()))?;
     if incident.resolved_at.is_some() {
         return Err(format!("incident {id} is resolved: notices go out for open incidents only"));
     }

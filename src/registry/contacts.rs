@@ -153,9 +153,7 @@ impl Registry {
             .fetch_optional(&mut *tx)
             .await?;
         if known.is_none() {
-            return Err(Error::Refused(format!(
-                "{user_id} is not in the registry: check the ID, or run `lifeboat sync` if the account is new"
-            )));
+            return Err(Error::UnknownAccount(user_id.to_owned()));
         }
         let inserted = sqlx::query(
             "INSERT INTO contacts (user_id, kind, address, source, verified_at, added_at) \

@@ -116,11 +116,7 @@ impl Registry {
         .rows_affected() as i64;
         if affected == 0 {
             tx.rollback().await?;
-            return Err(Error::Refused(if scope == "all" {
-                "the registry has no accounts: run `lifeboat sync` first".to_owned()
-            } else {
-                "no account is marked missing, so nobody would be affected: run `lifeboat sync` (after `lifeboat recover` if Synapse lost its database), or pass --affected all".to_owned()
-            }));
+            return Err(if scope == "all" { Error::NoAccounts } else { Error::NobodyMissing });
         }
         Self::audit_in(
             &mut tx,
@@ -158,9 +154,7 @@ impl Registry {
 
     /// An incident that must exist, or a sentence saying it does not.
     pub async fn require_incident(&self, id: i64) -> Result<Incident> {
-        self.incident(id)
-            .await?
-            .ok_or_else(|| Error::Refused(format!("there is no incident {id}: `lifeboat incident list` shows them")))
+        self.incident(id).await?.ok_or(Error::NoSuchIncident(id))
     }
 
     pub async fn incidents(&self) -> Result<Vec<Incident>> {

@@ -60,6 +60,35 @@ pub enum Error {
     Query(#[from] sqlx::Error),
     #[error("{0}")]
     Refused(String),
+    /// The words are the CLI's; other faces say their own (`Error::hint`).
+    #[error("there is no incident {0}: `lifeboat incident list` shows them")]
+    NoSuchIncident(i64),
+    #[error(
+        "no account is marked missing, so nobody would be affected: run `lifeboat sync` (after `lifeboat recover` if Synapse lost its database), or pass --affected all"
+    )]
+    NobodyMissing,
+    #[error("the registry has no accounts: run `lifeboat sync` first")]
+    NoAccounts,
+    #[error("{0} is not in the registry: check the ID, or run `lifeboat sync` if the account is new")]
+    UnknownAccount(String),
+}
+
+impl Error {
+    /// The sentence for the admin-room bot, whose commands are written
+    /// `<prefix> <command>` and which has no command-line flags.
+    pub fn for_bot(&self, prefix: &str) -> String {
+        match self {
+            Error::NoSuchIncident(id) => format!("there is no incident {id}: `{prefix} incident list` shows them"),
+            Error::NobodyMissing => format!(
+                "no account is marked missing, so nobody would be affected: send `{prefix} sync` first (lifeboat gets back in by itself if Synapse lost its database)"
+            ),
+            Error::NoAccounts => format!("the registry has no accounts: send `{prefix} sync` first"),
+            Error::UnknownAccount(user_id) => {
+                format!("{user_id} is not in the registry: check the ID, or send `{prefix} sync` if the account is new")
+            }
+            other => other.to_string(),
+        }
+    }
 }
 
 pub type Result<T, E = Error> = std::result::Result<T, E>;

@@ -638,6 +638,12 @@ async fn the_bot_runs_the_clis_operations_for_an_admin() {
     // Only a room that lived only here can be made again, whoever asks.
     rig.say(&format!("!lifeboat rooms recreate {}", rig.admin_room)).await;
     rig.reply_containing("is on this homeserver: there is nothing to re-create").await;
+    // Refusals name the bot's commands, never the CLI's flags.
+    rig.say("!lifeboat incident show 99").await;
+    rig.reply_containing("`!lifeboat incident list` shows them").await;
+    rig.say("!lifeboat incident open Lost\nNobody is lost.").await;
+    let refused = rig.reply_containing("nobody would be affected").await;
+    assert!(refused.contains("`!lifeboat sync`") && !refused.contains("--affected"), "{refused}");
 
     // An admin records a second address for the first person.
     let person = rig.synapse.user_id(&people[0].0);
