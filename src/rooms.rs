@@ -442,9 +442,21 @@ pub async fn recreate(
             break;
         }
     }
-    let body =
-        creation_body(room, alias.as_deref(), &children_now(registry, room).await?, &config.homeserver.server_name);
-    let new_room_id = client.create_room(&body).await?;
+    // Made once: a run that stopped between making the room and recording
+    // it finds it by the mark in its creation event.
+    let made_before = match registry.room_recreation_begun(&room.room_id).await? {
+        true => made_for(client, &room.room_id).await?,
+        false => None,
+    };
+    let new_room_id = match made_before {
+        Some(made) => made,
+        None => {
+            registry.mark_room_recreating(&room.room_id).await?;
+            let children = children_now(registry, room).await?;
+            let body = creation_body(room, alias.as_deref(), &children, &config.homeserver.server_name);
+            client.create_room(&body).await?
+        }
+    };
     registry.mark_room_recreated(&room.room_id, &new_room_id).await?;
     let mut invited = 0;
     let mut waiting = 0;
@@ -476,6 +488,20 @@ pub async fn recreate(
         waiting,
         alias,
     })
+}
+
+/// Marks a re-created room's creation event with the room it replaces.
+const RECREATES_KEY: &str = "org.lifeboat.recreates";
+
+/// The room lifeboat's account made for `old_room_id` before, if any.
+async fn made_for(client: &SynapseClient, old_room_id: &str) -> Result<Option<String>, RoomsError> {
+    for room_id in client.own_joined_rooms().await? {
+        let content = client.creation_content(&room_id).await?;
+        if content.is_some_and(|content| content[RECREATES_KEY] == old_room_id) {
+            return Ok(Some(room_id));
+        }
+    }
+    Ok(None)
 }
 
 /// A space's children as they are now: the surviving room, or the one made
@@ -529,8 +555,9 @@ fn creation_body(room: &Room, alias: Option<&str>, children: &[String], server_n
     if !initial_state.is_empty() {
         body["initial_state"] = json!(initial_state);
     }
+    body["creation_content"] = json!({ RECREATES_KEY: room.room_id });
     if room.is_space() {
-        body["creation_content"] = json!({"type": "m.space"});
+        body["creation_content"]["type"] = json!("m.space");
     }
     body
 }

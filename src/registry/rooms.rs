@@ -360,6 +360,27 @@ impl Registry {
         Ok(())
     }
 
+    /// Records that a room is about to be made in place of a lost one, so
+    /// a rerun after a crash looks for it before making another.
+    pub async fn mark_room_recreating(&self, room_id: &str) -> Result<()> {
+        sqlx::query("UPDATE rooms SET recreated_at = $2 WHERE room_id = $1 AND recreated_as IS NULL")
+            .bind(room_id)
+            .bind(now_ms())
+            .execute(&self.pool)
+            .await?;
+        Ok(())
+    }
+
+    /// Was a room being made in place of this one when lifeboat stopped?
+    pub async fn room_recreation_begun(&self, room_id: &str) -> Result<bool> {
+        let row: Option<(Option<i64>, Option<String>)> =
+            sqlx::query_as("SELECT recreated_at, recreated_as FROM rooms WHERE room_id = $1")
+                .bind(room_id)
+                .fetch_optional(&self.pool)
+                .await?;
+        Ok(matches!(row, Some((Some(_), None))))
+    }
+
     /// Records the room made in place of a lost one.
     pub async fn mark_room_recreated(&self, room_id: &str, new_room_id: &str) -> Result<()> {
         sqlx::query("UPDATE rooms SET recreated_as = $2, recreated_at = $3 WHERE room_id = $1")

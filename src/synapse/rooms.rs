@@ -205,6 +205,26 @@ impl SynapseClient {
         }
     }
 
+    /// The rooms the token's own account is joined to.
+    pub async fn own_joined_rooms(&self) -> Result<Vec<String>, Error> {
+        #[derive(Deserialize)]
+        struct Joined {
+            #[serde(default)]
+            joined_rooms: Vec<String>,
+        }
+        Ok(self.get_json::<Joined>("/_matrix/client/v3/joined_rooms", &[], true).await?.joined_rooms)
+    }
+
+    /// The content of a room's creation event, as the token's account sees it.
+    pub async fn creation_content(&self, room_id: &str) -> Result<Option<Value>, Error> {
+        let path = format!("/_matrix/client/v3/rooms/{}/state/m.room.create/", urlencode(room_id));
+        match self.get_json::<Value>(&path, &[], true).await {
+            Ok(content) => Ok(Some(content)),
+            Err(Error::NotFound | Error::Forbidden { .. }) => Ok(None),
+            Err(err) => Err(err),
+        }
+    }
+
     /// Sets one state event in a room the token's account may change.
     pub async fn set_state(&self, room_id: &str, kind: &str, state_key: &str, content: &Value) -> Result<(), Error> {
         let path = format!(

@@ -154,6 +154,19 @@ async fn after_a_wipe_people_come_back_into_surviving_rooms_aliases_work_and_los
     assert_eq!(twice.code, 1, "{twice:?}");
     assert!(twice.stderr.contains("re-created already"), "{twice:?}");
 
+    // A run that stopped after making the room but before recording it
+    // finds the room it made, and makes no second one.
+    let direct = lifeboat::registry::Registry::connect(&registry.url()).await.unwrap();
+    sqlx::query("UPDATE rooms SET recreated_as = NULL WHERE room_id = $1")
+        .bind(&kitchen)
+        .execute(direct.pool())
+        .await
+        .unwrap();
+    direct.close().await;
+    let resumed = lifeboat.run(&["rooms", "recreate", &kitchen, "--yes"]).await;
+    assert_eq!(resumed.code, 0, "{resumed:?}");
+    assert_eq!(rooms_by_id(&lifeboat).await[&kitchen]["recreated_as"], new_kitchen.as_str(), "{resumed:?}");
+
     // serve's watcher brings carol back within a round of her claim.
     let mut serve = lifeboat.spawn_serve();
     claim(&lifeboat, &carol.user_id).await;
