@@ -259,7 +259,8 @@ async fn read_details(
     let mut after = String::new();
     let mut read = 0u64;
     while read < cap {
-        let batch = registry.accounts_needing_details(due, &after, DETAILS_BATCH.min((cap - read) as i64)).await?;
+        let limit = (cap - read).min(DETAILS_BATCH as u64) as i64;
+        let batch = registry.accounts_needing_details(due, &after, limit).await?;
         let Some(last) = batch.last() else { break };
         after = last.clone();
         read += batch.len() as u64;
