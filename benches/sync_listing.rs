@@ -721,7 +721,9 @@ async fn room_part(registry: &Registry, client: &SynapseClient, info: &Info) -> 
     let synapse_before = process_cpu(info.pid).unwrap_or(f64::NAN);
     let cpu_before = own_cpu();
     let started = Instant::now();
-    let summary = lifeboat::rooms::sync_rooms(registry, client, &info.server_name).await?;
+    let summary =
+        lifeboat::rooms::sync_rooms(registry, client, &info.server_name, std::time::Duration::from_secs(7 * 24 * 3600))
+            .await?;
     Ok(RoomPart {
         wall: started.elapsed(),
         own_cpu: own_cpu() - cpu_before,

@@ -25,6 +25,8 @@ fn added_later(table: &str) -> usize {
     match table {
         // custody, custody_at (held IDs), details_due_at
         "accounts" => 3,
+        // state_read_at
+        "rooms" => 1,
         _ => 0,
     }
 }

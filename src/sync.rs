@@ -162,7 +162,7 @@ async fn sync_under_lease(
     outcome?;
     // Rooms after accounts: a room's local members are matched with the
     // accounts just applied.
-    let (rooms, rooms_error) = match sync_rooms(registry, client, &options.server_name).await {
+    let (rooms, rooms_error) = match sync_rooms(registry, client, &options.server_name, options.details_max_age).await {
         Ok(rooms) => (Some(rooms), None),
         Err(err) => {
             tracing::warn!(error = %err, "the room registry was not updated");

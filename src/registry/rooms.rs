@@ -255,6 +255,21 @@ impl Registry {
         Ok(rows.into_iter().map(|(room, events, local, remote)| (room, (events, local, remote))).collect())
     }
 
+    /// Up to `limit` rooms whose state was last read before `before` (or
+    /// never recorded), oldest first: read again though their fingerprint
+    /// is the same (a new topic does not change it).
+    pub async fn rooms_read_before(&self, before: i64, limit: i64) -> Result<Vec<String>> {
+        let rows: Vec<(String,)> = sqlx::query_as(
+            "SELECT room_id FROM rooms WHERE state_read_at IS NULL OR state_read_at < $1 \
+             ORDER BY COALESCE(state_read_at, 0), room_id LIMIT $2",
+        )
+        .bind(before)
+        .bind(limit)
+        .fetch_all(&self.pool)
+        .await?;
+        Ok(rows.into_iter().map(|(room,)| room).collect())
+    }
+
     /// Applies a complete room listing in one transaction: every listed
     /// room is recorded as seen now; rooms not listed keep what the
     /// registry last knew (they are gone from here, not forgotten).
@@ -505,15 +520,19 @@ async fn record_details(
     room_id: &str,
     details: &RoomDetails,
 ) -> Result<()> {
-    sqlx::query("UPDATE rooms SET topic = $2, avatar_url = $3, aliases = $4, children = $5, via_servers = $6 WHERE room_id = $1")
-        .bind(room_id)
-        .bind(&details.topic)
-        .bind(&details.avatar_url)
-        .bind(json_list(&details.aliases))
-        .bind(json_list(&details.children))
-        .bind(json_list(&details.via_servers))
-        .execute(&mut **tx)
-        .await?;
+    sqlx::query(
+        "UPDATE rooms SET topic = $2, avatar_url = $3, aliases = $4, children = $5, via_servers = $6, \
+         state_read_at = $7 WHERE room_id = $1",
+    )
+    .bind(room_id)
+    .bind(&details.topic)
+    .bind(&details.avatar_url)
+    .bind(json_list(&details.aliases))
+    .bind(json_list(&details.children))
+    .bind(json_list(&details.via_servers))
+    .bind(now_ms())
+    .execute(&mut **tx)
+    .await?;
     let sql = format!(
         "SELECT m.user_id, m.rejoin, ({STANDING_SQL}) FROM room_members m LEFT JOIN accounts a ON a.user_id = m.user_id \
          WHERE m.room_id = $1"

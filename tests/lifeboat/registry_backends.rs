@@ -298,6 +298,13 @@ async fn rooms_gone_from_a_listing_are_classified_and_a_lost_persons_memberships
     let known = registry.rooms(None).await.unwrap();
     assert_eq!(states(&known), [("!shared", RoomState::Here), ("!local", RoomState::Here)]);
     assert_eq!(known[0].via_servers, ["other.net"]);
+    // A new topic leaves the fingerprint alone: old reads are read again.
+    let now = lifeboat::registry::now_ms();
+    let mut old = registry.rooms_read_before(now + 1, 10).await.unwrap();
+    old.sort();
+    assert_eq!(old, ["!local", "!shared"]);
+    assert!(registry.rooms_read_before(now - 60_000, 10).await.unwrap().is_empty(), "just read");
+    assert_eq!(registry.rooms_read_before(now + 1, 1).await.unwrap().len(), 1, "capped");
 
     // The wipe: @a is lost, and no room is listed any more.
     sync_listing(&registry, &[user("@b:x", 1)]).await;
