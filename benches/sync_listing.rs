@@ -752,27 +752,7 @@ async fn room_breakdown(registry: &Registry, client: &SynapseClient, info: &Info
     let step = Instant::now();
     let known = registry.room_fingerprints().await?;
     let fingerprints = step.elapsed();
-    let mut records: Vec<RoomRecord> = listed
-        .into_iter()
-        .map(|room| {
-            let joined = room.joined_members.unwrap_or(0).max(0);
-            let joined_local = room.joined_local_members.unwrap_or(0).clamp(0, joined);
-            RoomRecord {
-                room_id: room.room_id,
-                name: room.name,
-                canonical_alias: room.canonical_alias,
-                join_rule: room.join_rules,
-                public: room.public,
-                encrypted: room.encryption.is_some(),
-                room_type: room.room_type,
-                creator: room.creator,
-                joined_local,
-                joined_remote: joined - joined_local,
-                state_events: room.state_events.unwrap_or(0),
-                details: None,
-            }
-        })
-        .collect();
+    let mut records: Vec<RoomRecord> = listed.into_iter().map(lifeboat::rooms::record_of).collect();
     let changed: Vec<usize> = (0..records.len())
         .filter(|&i| {
             let room = &records[i];

@@ -147,7 +147,8 @@ async fn complete_listing(client: &SynapseClient) -> Result<Vec<ListedRoom>, Roo
     }
 }
 
-fn record_of(room: ListedRoom) -> RoomRecord {
+/// What the listing alone says of a room (its state not read yet).
+pub fn record_of(room: ListedRoom) -> RoomRecord {
     let joined = room.joined_members.unwrap_or(0).max(0);
     let joined_local = room.joined_local_members.unwrap_or(0).clamp(0, joined);
     RoomRecord {
