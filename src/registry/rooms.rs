@@ -318,6 +318,15 @@ impl Registry {
 
     /// Rooms, most local members first; only those in `state` if given.
     pub async fn rooms(&self, state: Option<RoomState>) -> Result<Vec<Room>> {
+        self.select_rooms(state, None).await
+    }
+
+    /// One room, read alone (the whole list costs three counts a room).
+    pub async fn room(&self, room_id: &str) -> Result<Option<Room>> {
+        Ok(self.select_rooms(None, Some(room_id)).await?.pop())
+    }
+
+    async fn select_rooms(&self, state: Option<RoomState>, room_id: Option<&str>) -> Result<Vec<Room>> {
         let listed_at = self.rooms_listed_at().await?;
         let sql = format!(
             "SELECT * FROM (SELECT r.room_id, {ROOM_STATE_SQL} AS state, r.name, r.canonical_alias, r.topic, \
@@ -332,19 +341,16 @@ impl Registry {
                 AND NOT EXISTS (SELECT 1 FROM service_credentials c WHERE c.user_id = m.user_id) \
                 AND EXISTS (SELECT 1 FROM accounts a WHERE a.user_id = m.user_id \
                     AND ({STANDING_SQL}) IN ('missing', 'held', 'claimed', 'recreated'))) AS pending \
-             FROM rooms r) AS known WHERE ($2 = '' OR state = $2) \
+             FROM rooms r WHERE ($3 = '' OR r.room_id = $3)) AS known WHERE ($2 = '' OR state = $2) \
              ORDER BY joined_local DESC, room_id"
         );
         let rows: Vec<RoomRow> = sqlx::query_as(sqlx::AssertSqlSafe(sql))
             .bind(listed_at)
             .bind(state.map(RoomState::as_str).unwrap_or(""))
+            .bind(room_id.unwrap_or(""))
             .fetch_all(&self.pool)
             .await?;
         Ok(rows.into_iter().map(Room::from).collect())
-    }
-
-    pub async fn room(&self, room_id: &str) -> Result<Option<Room>> {
-        Ok(self.rooms(None).await?.into_iter().find(|room| room.room_id == room_id))
     }
 
     pub async fn room_counts(&self) -> Result<RoomCounts> {
