@@ -17,6 +17,7 @@ pub mod links;
 pub mod mail;
 pub mod notice;
 pub mod notify;
+pub mod outbox;
 pub mod owner_only;
 pub mod plural;
 pub mod probe;

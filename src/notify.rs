@@ -1,72 +1,34 @@
-//! Notices after an incident: plan the outbox, then send it by email and by
-//! Matrix DM with bounded concurrency, marking each delivery the moment the
-//! transport accepts it.
+//! Notices after an incident: plan them into the outbox, then send them by
+//! email and by Matrix DM through the outbox's send loop, each rendered as
+//! it leaves.
 //!
 //! Resumable: rerunning sends what was not sent and never what was. A
 //! process killed mid-send can repeat at most the messages in flight at
-//! that moment: those being sent (at most `concurrency`) and those sent but
-//! not yet recorded (at most 2 × `concurrency` more: a group filling or
-//! being written), 3 × `concurrency` in all, each with the same Message-ID.
+//! that moment (3 × `concurrency`, see `outbox`), each with the same
+//! Message-ID or DM transaction ID.
 
-use std::collections::{HashMap, VecDeque};
+use std::collections::HashMap;
 use std::sync::Mutex;
-use std::time::{Duration, Instant};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::Duration;
 
-use futures::StreamExt;
-use futures::future::BoxFuture;
-use futures::stream::FuturesUnordered;
 use secrecy::SecretString;
 use serde::Serialize;
 use url::Url;
 
-use crate::dm::{DmError, DmSender};
+use crate::dm::DmSender;
 use crate::email::EmailAddress;
 use crate::holds::claim_link;
 use crate::links::UnsubscribeLinks;
-use crate::mail::{MailError, Mailer, OutgoingEmail};
+use crate::mail::{Mailer, OutgoingEmail};
 use crate::notice::{NoticeContext, NoticeError, RenderedNotice, render_email_notice, render_notice};
+use crate::outbox::Outcome;
 use crate::registry::{
-    self, AccountState, Delivery, DeliveryCounts, Incident, OutboxWriter, PlannedEmails, Registry, RoomFate, RoomState,
-    may_come_back, now_ms,
+    self, AccountState, Delivery, DeliveryCounts, Incident, PlannedEmails, Registry, RoomFate, RoomState, may_come_back,
 };
 
-/// Tries of one delivery within one run before it is left for later.
-const ATTEMPTS_PER_RUN: u32 = 3;
-/// A message that may have gone out (no answer after the whole of it was
-/// sent) waits this long, so that a resend is unlikely to double it.
-const LATER: Duration = Duration::from_secs(15 * 60);
-/// A delivery left for a later run waits at least and at most this long;
-/// serve's worker also sends it as soon as the channel answers again.
-pub const PARKED_MIN: Duration = Duration::from_secs(60);
-pub const PARKED_MAX: Duration = Duration::from_secs(5 * 60);
-
-/// How long a delivery that failed `attempts` times in all waits for a
-/// later run: doubling from a minute up to five, so a short outage costs
-/// minutes, not a quarter of an hour.
-fn parked_for(attempts: i64) -> Duration {
-    Duration::from_secs(1u64 << attempts.clamp(0, 16)).clamp(PARKED_MIN, PARKED_MAX)
-}
-/// How long a run waits for retries that are due soon, rather than ending.
-const WAIT_FOR_RETRIES: Duration = Duration::from_secs(30);
-/// A finished send waits at most this long for its registry write (sooner
-/// once 2 × `concurrency` outcomes are waiting): a slow channel still
-/// records each message almost at once, a fast one writes them in groups.
-const RECORD_WITHIN: Duration = Duration::from_millis(50);
-/// The most deliveries one claim takes: about a tenth of a second of
-/// sending at the run's rate so far, never fewer than 4 × `concurrency`.
-const LARGEST_CLAIM: usize = 512;
-
-#[derive(Debug, thiserror::Error)]
-pub enum NotifyError {
-    #[error(transparent)]
-    Registry(#[from] registry::Error),
-    #[error("cannot render the notice: {0}")]
-    Render(String),
-    /// The channel itself does not work (SMTP login refused, the sender's
-    /// Matrix token rejected, ...): retrying each message cannot help.
-    #[error("sending stopped: {0}")]
-    Channel(String),
-}
+/// Errors of a notify run: the outbox's.
+pub use crate::outbox::SendError as NotifyError;
 
 /// What a run would do (the dry run's counts).
 #[derive(Debug, Clone, Serialize)]
@@ -308,8 +270,7 @@ impl Transport<'_> {
         }
     }
 
-    /// Sends one delivery. An email is rendered here and handed to its own
-    /// task, so building and sending it runs beside this run's bookkeeping.
+    /// Sends one delivery, rendered here.
     async fn deliver(
         self,
         registry: &Registry,
@@ -321,26 +282,16 @@ impl Transport<'_> {
             Transport::Email(mailer) => match settings.email(incident, delivery) {
                 Err(err) => Outcome::Fatal(err),
                 Ok(Err(bad_address)) => Outcome::Failed(bad_address),
-                Ok(Ok(email)) => match mailer.send(&email).await {
-                    Ok(()) => Outcome::Sent,
-                    Err(MailError::Transient(reason)) => Outcome::Retry(reason),
-                    // Maybe delivered already: not again soon.
-                    Err(MailError::Uncertain(reason)) => Outcome::RetryLater(reason),
-                    Err(MailError::Config(reason)) => Outcome::Fatal(NotifyError::Channel(reason)),
-                    Err(err) => Outcome::Failed(err.to_string()),
-                },
+                Ok(Ok(email)) => crate::outbox::mail_outcome(mailer.send(&email).await),
             },
             Transport::Matrix(sender) => match settings.render(incident, delivery) {
                 Err(err) => Outcome::Fatal(err),
                 Ok(notice) => {
                     // Fixed per delivery: Synapse drops a repeat after a crash.
                     let transaction = format!("lifeboat-incident-{}-delivery-{}", incident.id, delivery.id);
-                    match sender.send(registry, &delivery.address, &notice.markdown, &transaction).await {
-                        Ok(()) => Outcome::Sent,
-                        Err(DmError::Transient(reason)) => Outcome::Retry(reason),
-                        Err(DmError::Sender(reason)) => Outcome::Fatal(NotifyError::Channel(reason)),
-                        Err(DmError::Permanent(reason)) => Outcome::Failed(reason),
-                    }
+                    crate::outbox::dm_outcome(
+                        sender.send(registry, &delivery.address, &notice.markdown, &transaction).await,
+                    )
                 }
             },
         }
@@ -366,19 +317,59 @@ impl Transport<'_> {
     }
 }
 
-/// Sends an incident's deliveries of one channel until none is due;
-/// returns the counts by state (all channels) afterwards. Call
-/// `Registry::resume_deliveries` once before a run.
-///
-/// Up to `concurrency` messages are out at once, all polled by this task
-/// (a task per message cost more in hand-offs than it gained). The registry
-/// work runs beside the sends: claims (reads, on a pooled connection) read
-/// the next deliveries before the queue runs dry, and finished outcomes are
-/// recorded in groups of up to 2 × `concurrency`, one statement per group,
-/// on a connection kept for the run, one write at a time. A finished
-/// message waits for its record at most `RECORD_WITHIN`. No new send starts
-/// while 3 × `concurrency` messages are being sent or wait for their
-/// record: a crash can repeat at most that many.
+/// One incident's deliveries on one channel, as the outbox's send loop
+/// sees them.
+struct IncidentNotices<'a> {
+    registry: &'a Registry,
+    transport: Transport<'a>,
+    incident: &'a Incident,
+    settings: &'a NoticeSettings,
+}
+
+impl crate::outbox::Channel for IncidentNotices<'_> {
+    type Row = Delivery;
+
+    async fn claim(&self, limit: usize) -> Result<Vec<Delivery>, registry::Error> {
+        self.registry.due_deliveries(self.incident.id, self.transport.channel(), limit as i64).await
+    }
+
+    async fn next_due(&self) -> Result<Option<i64>, registry::Error> {
+        self.registry.next_pending_at(self.incident.id, self.transport.channel()).await
+    }
+
+    fn key(delivery: &Delivery) -> (i64, i64) {
+        (delivery.id, delivery.attempts)
+    }
+
+    async fn deliver(&self, delivery: &Delivery) -> Outcome {
+        match Transport::skip_reason(delivery) {
+            Some(reason) => Outcome::Skip(reason),
+            None => self.transport.deliver(self.registry, self.incident, self.settings, delivery).await,
+        }
+    }
+}
+
+/// A notify run's progress, counted over every channel of the incident.
+struct Counted<'a> {
+    progress: &'a dyn NotifyProgress,
+    done: AtomicU64,
+    total: u64,
+}
+
+impl crate::outbox::Progress for Counted<'_> {
+    fn recorded(&self, finished: u64) {
+        let done = self.done.fetch_add(finished, Ordering::Relaxed) + finished;
+        self.progress.deliveries(done, self.total);
+    }
+
+    fn stopping(&self) -> bool {
+        self.progress.stopping()
+    }
+}
+
+/// Sends an incident's deliveries of one channel until none is due
+/// (`outbox::send_until_done`); returns the counts by state (all channels)
+/// afterwards. Call `Registry::resume_deliveries` once before a run.
 pub async fn send_deliveries(
     registry: &Registry,
     transport: Transport<'_>,
@@ -387,216 +378,15 @@ pub async fn send_deliveries(
     concurrency: usize,
     progress: &dyn NotifyProgress,
 ) -> Result<DeliveryCounts, NotifyError> {
-    let concurrency = concurrency.max(1);
     let counts = registry.delivery_counts(incident.id).await?;
-    let total = counts.total() as u64;
-    let mut done = (counts.sent + counts.failed + counts.skipped) as u64;
-    let mut tries: HashMap<i64, u32> = HashMap::new();
-    // Where the next claim starts: the due time and id of the last one read.
-    let mut claimed_up_to: (i64, i64) = (i64::MIN, 0);
-    let started = Instant::now();
-    let mut recorded_this_run: u64 = 0;
-
-    // Claimed, not started yet.
-    let mut queue: VecDeque<Delivery> = VecDeque::new();
-    let mut sends: FuturesUnordered<BoxFuture<'_, (i64, i64, Outcome)>> = FuturesUnordered::new();
-    // Finished attempts waiting for the next registry write.
-    let mut unrecorded: Vec<Record> = Vec::new();
-    // Its deadline is when the oldest of them has waited `RECORD_WITHIN`;
-    // set once per group, not per turn of the loop (each new timer is a
-    // registration), and it wakes the loop then.
-    let record_timer = tokio::time::sleep(Duration::ZERO);
-    tokio::pin!(record_timer);
-    // Outcomes are written on a connection kept for the run; while a write
-    // is under way, the future holds it (and gives it back).
-    let mut writer = Some(registry.outbox_writer().await?);
-    let mut writing: Option<BoxFuture<'_, (OutboxWriter, Result<u64, registry::Error>)>> = None;
-    let mut being_recorded = 0;
-    // The claim under way: a read, on a connection of its own, beside the
-    // writes.
-    let mut claiming: Option<BoxFuture<'_, Result<Vec<Delivery>, registry::Error>>> = None;
-    // The last claim found nothing due.
-    let mut exhausted = false;
-    // A channel or render failure: no new sends; ends the run with it.
-    let mut fatal: Option<NotifyError> = None;
-
-    loop {
-        let winding_down = fatal.is_some() || progress.stopping();
-        if winding_down {
-            // Read but not started: they are still pending in the registry.
-            queue.clear();
-        }
-        // Being sent, or sent and not recorded: what a crash could repeat.
-        // Groups of twice the sends: each write (a commit) costs about as
-        // much as thirty rows it marks, so halving the writes outweighs the
-        // sends' short pause while a full group is written.
-        while !winding_down
-            && sends.len() < concurrency
-            && sends.len() + unrecorded.len() + being_recorded < 3 * concurrency
-        {
-            let Some(delivery) = queue.pop_front() else { break };
-            sends.push(Box::pin(async move {
-                let outcome = match Transport::skip_reason(&delivery) {
-                    Some(reason) => Outcome::Skip(reason),
-                    None => transport.deliver(registry, incident, settings, &delivery).await,
-                };
-                (delivery.id, delivery.attempts, outcome)
-            }));
-        }
-        let record_due = !unrecorded.is_empty()
-            && (unrecorded.len() >= 2 * concurrency
-                || sends.is_empty()
-                || winding_down
-                || tokio::time::Instant::now() >= record_timer.deadline());
-        if record_due && let Some(mut outbox) = writer.take() {
-            let records = std::mem::take(&mut unrecorded);
-            being_recorded = records.len();
-            writing = Some(Box::pin(async move {
-                let result = record(&mut outbox, records).await;
-                (outbox, result)
-            }));
-        }
-        let claim_size = claim_size(concurrency, recorded_this_run, started.elapsed());
-        if claiming.is_none() && !winding_down && !exhausted && queue.len() <= claim_size / 2 {
-            let (after, limit) = (claimed_up_to, claim_size as i64);
-            claiming = Some(Box::pin(registry.due_deliveries(incident.id, transport.channel(), limit, after)));
-        }
-        if sends.is_empty() && writing.is_none() && claiming.is_none() && unrecorded.is_empty() {
-            // Nothing under way, nothing queued, nothing left to record.
-            if winding_down {
-                break;
-            }
-            match registry.next_pending_at(incident.id, transport.channel()).await? {
-                Some(next) if next - now_ms() <= WAIT_FOR_RETRIES.as_millis() as i64 => {
-                    // In slices, so that a shutdown does not wait for it.
-                    while now_ms() < next && !progress.stopping() {
-                        tokio::time::sleep(Duration::from_millis((next - now_ms()).clamp(10, 250) as u64)).await;
-                    }
-                    // Nothing is in flight now: read from the start again.
-                    exhausted = false;
-                    claimed_up_to = (i64::MIN, 0);
-                    continue;
-                }
-                _ => break,
-            }
-        }
-        // Outcomes that wait for the writer to be free or for their group
-        // to fill wake the loop when their time is up.
-        let wait_for_timer = !unrecorded.is_empty() && !record_due && writing.is_none();
-
-        tokio::select! {
-            Some((id, attempts_before, outcome)) = sends.next(), if !sends.is_empty() => {
-                let record = match outcome {
-                    Outcome::Sent => Record::Sent(id),
-                    Outcome::Skip(reason) => Record::Skipped(id, reason),
-                    Outcome::Failed(reason) => Record::Failed(id, reason),
-                    Outcome::Retry(reason) => {
-                        let count = tries.entry(id).or_default();
-                        *count += 1;
-                        let wait = if *count < ATTEMPTS_PER_RUN {
-                            Duration::from_secs(1 << (*count - 1).min(4))
-                        } else {
-                            parked_for(attempts_before + i64::from(*count))
-                        };
-                        tracing::warn!(delivery = id, error = %reason, "notice will be retried");
-                        Record::Retry(id, reason, now_ms() + wait.as_millis() as i64)
-                    }
-                    Outcome::RetryLater(reason) => {
-                        tracing::warn!(delivery = id, error = %reason, "notice will be retried later");
-                        Record::Retry(id, reason, now_ms() + LATER.as_millis() as i64)
-                    }
-                    Outcome::Fatal(err) => {
-                        // Put it back as due: a render or channel failure.
-                        let record = Record::Retry(id, err.to_string(), now_ms());
-                        fatal.get_or_insert(err);
-                        record
-                    }
-                };
-                if unrecorded.is_empty() {
-                    record_timer.as_mut().reset(tokio::time::Instant::now() + RECORD_WITHIN);
-                }
-                unrecorded.push(record);
-            }
-            (outbox, finished) = async { writing.as_mut().expect("checked by the guard").await }, if writing.is_some() => {
-                writing = None;
-                writer = Some(outbox);
-                // If the registry fails after sends, a rerun repeats the
-                // ones not recorded (at most 3 × `concurrency` in all).
-                let finished = finished?;
-                recorded_this_run += being_recorded as u64;
-                being_recorded = 0;
-                done += finished;
-                progress.deliveries(done, total);
-            }
-            claimed = async { claiming.as_mut().expect("checked by the guard").await }, if claiming.is_some() => {
-                claiming = None;
-                let claimed = claimed?;
-                exhausted = claimed.is_empty();
-                if let Some(last) = claimed.last() {
-                    claimed_up_to = (last.next_attempt_at, last.id);
-                }
-                queue.extend(claimed);
-            }
-            () = &mut record_timer, if wait_for_timer => {}
-        }
-    }
-    if let Some(err) = fatal {
-        return Err(err);
-    }
+    let counted = Counted {
+        progress,
+        done: AtomicU64::new((counts.sent + counts.failed + counts.skipped) as u64),
+        total: counts.total() as u64,
+    };
+    let notices = IncidentNotices { registry, transport, incident, settings };
+    crate::outbox::send_until_done(registry, &notices, concurrency, &counted).await?;
     Ok(registry.delivery_counts(incident.id).await?)
-}
-
-/// How many deliveries to claim at once: enough for about a tenth of a
-/// second at the rate of this run so far, so a fast channel claims rarely
-/// and a slow one does not hold many tokens it read long before sending.
-fn claim_size(concurrency: usize, recorded: u64, elapsed: Duration) -> usize {
-    let smallest = concurrency * 4;
-    let per_tenth_second = (recorded as f64 / elapsed.as_secs_f64().max(0.001) / 10.0) as usize;
-    per_tenth_second.clamp(smallest, LARGEST_CLAIM.max(smallest))
-}
-
-/// The end of one attempt, as the registry keeps it.
-enum Record {
-    Sent(i64),
-    Skipped(i64, &'static str),
-    Failed(i64, String),
-    /// Due again at the given time (ms).
-    Retry(i64, String, i64),
-}
-
-/// Writes a group of outcomes: every sent one in one statement, the rarer
-/// others one by one. Returns how many deliveries ended (sent, skipped or
-/// failed).
-async fn record(outbox: &mut OutboxWriter, records: Vec<Record>) -> Result<u64, registry::Error> {
-    let sent: Vec<i64> =
-        records.iter().filter_map(|record| if let Record::Sent(id) = record { Some(*id) } else { None }).collect();
-    outbox.mark_sent(&sent).await?;
-    let mut finished = sent.len() as u64;
-    for record in records {
-        match record {
-            Record::Sent(_) => {}
-            Record::Skipped(id, reason) => {
-                outbox.mark_skipped(id, reason).await?;
-                finished += 1;
-            }
-            Record::Failed(id, reason) => {
-                outbox.mark_failed(id, &reason).await?;
-                finished += 1;
-            }
-            Record::Retry(id, reason, at) => outbox.mark_retry(id, &reason, at).await?,
-        }
-    }
-    Ok(finished)
-}
-
-enum Outcome {
-    Sent,
-    Skip(&'static str),
-    Retry(String),
-    /// Retry, but only after `LATER`.
-    RetryLater(String),
-    Failed(String),
-    Fatal(NotifyError),
 }
 
 #[cfg(test)]

@@ -64,7 +64,7 @@ pub async fn run(config: Arc<Config>, registry: Registry, cancel: CancellationTo
 /// When mail waits out a backoff and the relay answers again, makes it due
 /// now: a short outage then delays notices by one poll, not by the backoff.
 async fn channel_is_back(registry: &Registry, probe: &crate::mail::Mailer) -> bool {
-    let until = now_ms() + crate::notify::PARKED_MAX.as_millis() as i64;
+    let until = now_ms() + crate::outbox::PARKED_MAX.as_millis() as i64;
     match registry.parked_deliveries("email", until).await {
         Ok(0) | Err(_) => return false,
         Ok(_) => {}

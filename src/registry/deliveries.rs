@@ -100,8 +100,7 @@ const DUE_ROWS: &str = "FROM deliveries d \
                                     AND t.revoked_at IS NULL \
                                     AND NOT (d.channel = 'matrix' AND d.address = d.user_id) \
      WHERE d.incident_id = $1 AND d.channel = $2 AND d.state = 'pending' AND d.next_attempt_at <= $3 \
-       AND d.next_attempt_at >= $4 AND (d.next_attempt_at > $4 OR d.id > $5) \
-     ORDER BY d.next_attempt_at, d.id LIMIT $6";
+     ORDER BY d.next_attempt_at, d.id LIMIT $4";
 
 /// A claim comes back as one row holding a JSON array of deliveries. Row
 /// by row, sqlx's SQLite driver hands each row from its worker thread to
@@ -270,33 +269,24 @@ impl Registry {
     }
 
     /// Up to `limit` due deliveries of one channel, the longest due first
-    /// (then by id), starting after `after` (the due time and id of the
-    /// last one the run already has), ready to render.
+    /// (then by id), ready to render.
     ///
     /// Only reads: the run's lease on the incident keeps any other sender
     /// away, and a delivery stays pending until its outcome is recorded, so
     /// what a crashed run had read is simply read again. The query follows
     /// the `deliveries_due` index, which holds pending rows only.
-    pub async fn due_deliveries(
-        &self,
-        incident_id: i64,
-        channel: &str,
-        limit: i64,
-        after: (i64, i64),
-    ) -> Result<Vec<Delivery>> {
+    pub async fn due_deliveries(&self, incident_id: i64, channel: &str, limit: i64) -> Result<Vec<Delivery>> {
         let sql = if self.is_postgres() { &*DUE_DELIVERIES_POSTGRES } else { &*DUE_DELIVERIES_SQLITE };
         let (json,): (String,) = sqlx::query_as(sql.as_str())
             .bind(incident_id)
             .bind(channel)
             .bind(now_ms())
-            .bind(after.0)
-            .bind(after.1)
             .bind(limit)
             .fetch_one(&self.pool)
             .await?;
         let mut due: Vec<Delivery> = serde_json::from_str(&json).map_err(|err| sqlx::Error::Decode(Box::new(err)))?;
-        // Aggregates keep the subquery's order in practice; the cursor
-        // depends on it, so it is not left to chance.
+        // Aggregates keep the subquery's order in practice; it is not left
+        // to chance.
         due.sort_unstable_by_key(|delivery| (delivery.next_attempt_at, delivery.id));
         Ok(due)
     }

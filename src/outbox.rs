@@ -1,0 +1,340 @@
+//! The one send loop every outgoing message goes through: claim a batch of
+//! due rows, send them with bounded concurrency, record the outcomes in
+//! groups as they finish. What a row is and how it leaves (a notice
+//! rendered from the registry, a stored message, by email or by DM) is the
+//! [`Channel`]'s business; the retry policy is this module's, the same for
+//! every kind.
+//!
+//! A crash can repeat at most the messages in flight: a message holds a
+//! permit from before it is sent until its outcome is written, and there
+//! are 3 × `concurrency` permits (at most `concurrency` being sent, the rest
+//! sent and waiting for, or in, a registry write).
+
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::{Duration, Instant};
+
+use futures::StreamExt;
+use tokio::sync::{OwnedSemaphorePermit, Semaphore, mpsc};
+
+use crate::dm::DmError;
+use crate::mail::MailError;
+use crate::registry::{self, OutboxWriter, Registry, now_ms};
+
+/// Tries of one row within one run before it is left for later.
+const ATTEMPTS_PER_RUN: u32 = 3;
+/// A message that may have gone out (no answer after the whole of it was
+/// sent) waits this long, so that a resend is unlikely to double it.
+const LATER: Duration = Duration::from_secs(15 * 60);
+/// A row left for a later run waits at least and at most this long;
+/// serve's worker also sends it as soon as the channel answers again.
+pub const PARKED_MIN: Duration = Duration::from_secs(60);
+pub const PARKED_MAX: Duration = Duration::from_secs(5 * 60);
+/// How long a run waits for retries that are due soon, rather than ending.
+const WAIT_FOR_RETRIES: Duration = Duration::from_secs(30);
+/// The most rows one claim takes: about a tenth of a second of sending at
+/// the run's rate so far, never fewer than 4 × `concurrency`.
+const LARGEST_CLAIM: usize = 512;
+
+#[derive(Debug, thiserror::Error)]
+pub enum SendError {
+    #[error(transparent)]
+    Registry(#[from] registry::Error),
+    #[error("cannot render the notice: {0}")]
+    Render(String),
+    /// The channel itself does not work (SMTP login refused, the sender's
+    /// Matrix token rejected, ...): retrying each message cannot help.
+    #[error("sending stopped: {0}")]
+    Channel(String),
+}
+
+/// How one attempt ended.
+pub enum Outcome {
+    Sent,
+    /// Not sent, and not to be: the reason is recorded.
+    Skip(&'static str),
+    Retry(String),
+    /// Retry, but only after `LATER`: it may have been delivered.
+    RetryLater(String),
+    Failed(String),
+    /// A render or channel failure: the row goes back as due and the run
+    /// ends with this error.
+    Fatal(SendError),
+}
+
+/// The outcome of handing one email to the relay.
+pub fn mail_outcome(sent: Result<(), MailError>) -> Outcome {
+    match sent {
+        Ok(()) => Outcome::Sent,
+        Err(MailError::Transient(reason)) => Outcome::Retry(reason),
+        // Maybe delivered already: not again soon.
+        Err(MailError::Uncertain(reason)) => Outcome::RetryLater(reason),
+        Err(MailError::Config(reason)) => Outcome::Fatal(SendError::Channel(reason)),
+        Err(err) => Outcome::Failed(err.to_string()),
+    }
+}
+
+/// The outcome of one Matrix DM.
+pub fn dm_outcome(sent: Result<(), DmError>) -> Outcome {
+    match sent {
+        Ok(()) => Outcome::Sent,
+        Err(DmError::Transient(reason)) => Outcome::Retry(reason),
+        Err(DmError::Sender(reason)) => Outcome::Fatal(SendError::Channel(reason)),
+        Err(DmError::Permanent(reason)) => Outcome::Failed(reason),
+    }
+}
+
+/// Where rows come from and how each one leaves.
+pub trait Channel: Sync {
+    type Row: Send + Sync;
+    /// Up to `limit` due rows, the longest due first. Only reads: a row
+    /// stays pending until its outcome is recorded.
+    fn claim(&self, limit: usize) -> impl Future<Output = Result<Vec<Self::Row>, registry::Error>> + Send;
+    /// When the next pending row is due, if any.
+    fn next_due(&self) -> impl Future<Output = Result<Option<i64>, registry::Error>> + Send;
+    /// The row's id and the attempts recorded before this run.
+    fn key(row: &Self::Row) -> (i64, i64);
+    fn deliver(&self, row: &Self::Row) -> impl Future<Output = Outcome> + Send;
+}
+
+/// Hook for a progress display and for winding down.
+pub trait Progress: Send + Sync {
+    /// `finished` more rows ended (sent, skipped or failed).
+    fn recorded(&self, _finished: u64) {}
+    /// True once the run should wind down (serve is shutting down): sends in
+    /// flight finish and are recorded, the rest stay pending.
+    fn stopping(&self) -> bool {
+        false
+    }
+}
+
+/// Sends the channel's due rows until none is due (or only rows due more
+/// than `WAIT_FOR_RETRIES` from now).
+pub async fn send_until_done<C: Channel>(
+    registry: &Registry,
+    channel: &C,
+    concurrency: usize,
+    progress: &dyn Progress,
+) -> Result<(), SendError> {
+    let concurrency = concurrency.max(1);
+    let mut run = Run {
+        concurrency,
+        tries: HashMap::new(),
+        fatal: None,
+        stop: AtomicBool::new(false),
+        writer: registry.outbox_writer().await?,
+    };
+    let started = Instant::now();
+    let mut recorded = 0u64;
+    while !run.stop.load(Ordering::Relaxed) && !progress.stopping() {
+        let batch = channel.claim(claim_size(concurrency, recorded, started.elapsed())).await?;
+        if batch.is_empty() {
+            match channel.next_due().await? {
+                Some(next) if next - now_ms() <= WAIT_FOR_RETRIES.as_millis() as i64 => {
+                    // In slices, so that a shutdown does not wait for it.
+                    while now_ms() < next && !progress.stopping() {
+                        tokio::time::sleep(Duration::from_millis((next - now_ms()).clamp(10, 250) as u64)).await;
+                    }
+                    continue;
+                }
+                _ => break,
+            }
+        }
+        recorded += run.send_batch(channel, batch, progress).await?;
+    }
+    match run.fatal {
+        Some(err) => Err(err),
+        None => Ok(()),
+    }
+}
+
+struct Run {
+    concurrency: usize,
+    /// Attempts per row in this run.
+    tries: HashMap<i64, u32>,
+    fatal: Option<SendError>,
+    /// Set by a fatal outcome: no new sends.
+    stop: AtomicBool,
+    writer: OutboxWriter,
+}
+
+/// A finished attempt, holding its permit until it is recorded.
+type Finished = ((i64, i64), Outcome, OwnedSemaphorePermit);
+
+impl Run {
+    /// Sends one batch; outcomes are written beside the sends, each write
+    /// taking every outcome that finished meanwhile (up to 2 ×
+    /// `concurrency`), so a slow registry makes fewer, larger writes.
+    /// Returns how many rows ended.
+    async fn send_batch<C: Channel>(
+        &mut self,
+        channel: &C,
+        batch: Vec<C::Row>,
+        progress: &dyn Progress,
+    ) -> Result<u64, SendError> {
+        let concurrency = self.concurrency;
+        let permits = Arc::new(Semaphore::new(3 * concurrency));
+        let (finished_tx, mut finished_rx) = mpsc::unbounded_channel::<Finished>();
+        let stop = &self.stop;
+        let sending = futures::stream::iter(batch)
+            .take_while(|_| std::future::ready(!stop.load(Ordering::Relaxed) && !progress.stopping()))
+            .then(|row| {
+                let permits = permits.clone();
+                async move { permits.acquire_owned().await.ok().map(|permit| (row, permit)) }
+            })
+            // The registry failed: the permits were closed.
+            .take_while(|claimed| std::future::ready(claimed.is_some()))
+            .map(|claimed| async move {
+                let (row, permit) = claimed.expect("taken while some");
+                let outcome = channel.deliver(&row).await;
+                if matches!(outcome, Outcome::Fatal(_)) {
+                    stop.store(true, Ordering::Relaxed);
+                }
+                (C::key(&row), outcome, permit)
+            })
+            .buffer_unordered(concurrency)
+            // Moved in: the channel closes when the last send is handed on.
+            .for_each(move |finished| {
+                let _ = finished_tx.send(finished);
+                std::future::ready(())
+            });
+        let tries = &mut self.tries;
+        let fatal = &mut self.fatal;
+        let writer = &mut self.writer;
+        let recording = async {
+            let mut ended = 0u64;
+            while let Some(first) = finished_rx.recv().await {
+                let mut group = vec![first];
+                while group.len() < 2 * concurrency
+                    && let Ok(more) = finished_rx.try_recv()
+                {
+                    group.push(more);
+                }
+                let records: Vec<Record> =
+                    group.iter_mut().map(|(key, outcome, _)| to_record(*key, outcome, tries, fatal)).collect();
+                match record(writer, records).await {
+                    Ok(finished) => {
+                        ended += finished;
+                        progress.recorded(finished);
+                    }
+                    Err(err) => {
+                        // If the registry fails after sends, a rerun repeats
+                        // the ones not recorded (within the permits).
+                        permits.close();
+                        return Err(err);
+                    }
+                }
+                drop(group);
+            }
+            Ok(ended)
+        };
+        let ((), ended) = tokio::join!(sending, recording);
+        Ok(ended?)
+    }
+}
+
+/// The record of one outcome under the one retry policy: a few quick
+/// retries within the run, then parked for a later one.
+fn to_record(
+    (id, attempts_before): (i64, i64),
+    outcome: &mut Outcome,
+    tries: &mut HashMap<i64, u32>,
+    fatal: &mut Option<SendError>,
+) -> Record {
+    match std::mem::replace(outcome, Outcome::Sent) {
+        Outcome::Sent => Record::Sent(id),
+        Outcome::Skip(reason) => Record::Skipped(id, reason),
+        Outcome::Failed(reason) => Record::Failed(id, reason),
+        Outcome::Retry(reason) => {
+            let count = tries.entry(id).or_default();
+            *count += 1;
+            let wait = if *count < ATTEMPTS_PER_RUN {
+                Duration::from_secs(1 << (*count - 1).min(4))
+            } else {
+                parked_for(attempts_before + i64::from(*count))
+            };
+            tracing::warn!(delivery = id, error = %reason, "message will be retried");
+            Record::Retry(id, reason, now_ms() + wait.as_millis() as i64)
+        }
+        Outcome::RetryLater(reason) => {
+            tracing::warn!(delivery = id, error = %reason, "message will be retried later");
+            Record::Retry(id, reason, now_ms() + LATER.as_millis() as i64)
+        }
+        Outcome::Fatal(err) => {
+            // Put it back as due.
+            let record = Record::Retry(id, err.to_string(), now_ms());
+            fatal.get_or_insert(err);
+            record
+        }
+    }
+}
+
+/// How long a row that failed `attempts` times in all waits for a later
+/// run: doubling from a minute up to five, so a short outage costs
+/// minutes, not a quarter of an hour.
+fn parked_for(attempts: i64) -> Duration {
+    Duration::from_secs(1u64 << attempts.clamp(0, 16)).clamp(PARKED_MIN, PARKED_MAX)
+}
+
+/// How many rows to claim at once: enough for about a tenth of a second at
+/// the rate of this run so far, so a fast channel claims rarely and a slow
+/// one does not hold rows it read long before sending.
+fn claim_size(concurrency: usize, recorded: u64, elapsed: Duration) -> usize {
+    let smallest = concurrency * 4;
+    let per_tenth_second = (recorded as f64 / elapsed.as_secs_f64().max(0.001) / 10.0) as usize;
+    per_tenth_second.clamp(smallest, LARGEST_CLAIM.max(smallest))
+}
+
+/// The end of one attempt, as the registry keeps it.
+enum Record {
+    Sent(i64),
+    Skipped(i64, &'static str),
+    Failed(i64, String),
+    /// Due again at the given time (ms).
+    Retry(i64, String, i64),
+}
+
+/// Writes a group of outcomes: every sent one in one statement, the rarer
+/// others one by one. Returns how many rows ended (sent, skipped or
+/// failed).
+async fn record(outbox: &mut OutboxWriter, records: Vec<Record>) -> Result<u64, registry::Error> {
+    let sent: Vec<i64> =
+        records.iter().filter_map(|record| if let Record::Sent(id) = record { Some(*id) } else { None }).collect();
+    outbox.mark_sent(&sent).await?;
+    let mut finished = sent.len() as u64;
+    for record in records {
+        match record {
+            Record::Sent(_) => {}
+            Record::Skipped(id, reason) => {
+                outbox.mark_skipped(id, reason).await?;
+                finished += 1;
+            }
+            Record::Failed(id, reason) => {
+                outbox.mark_failed(id, &reason).await?;
+                finished += 1;
+            }
+            Record::Retry(id, reason, at) => outbox.mark_retry(id, &reason, at).await?,
+        }
+    }
+    Ok(finished)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_row_that_keeps_failing_waits_longer_each_time_but_never_over_five_minutes() {
+        assert_eq!(parked_for(0), PARKED_MIN);
+        assert_eq!(parked_for(7), Duration::from_secs(128));
+        assert_eq!(parked_for(40), PARKED_MAX);
+    }
+
+    #[test]
+    fn a_claim_is_a_tenth_of_a_second_of_sending_within_its_bounds() {
+        assert_eq!(claim_size(8, 0, Duration::ZERO), 32, "at the start: four per connection");
+        assert_eq!(claim_size(8, 2_000, Duration::from_secs(1)), 200);
+        assert_eq!(claim_size(8, 100_000, Duration::from_secs(1)), LARGEST_CLAIM);
+    }
+}
