@@ -15,6 +15,7 @@ pub mod holds;
 pub mod lease;
 pub mod links;
 pub mod mail;
+pub mod messages;
 pub mod notice;
 pub mod notify;
 pub mod outbox;

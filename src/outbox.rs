@@ -5,6 +5,11 @@
 //! [`Channel`]'s business; the retry policy is this module's, the same for
 //! every kind.
 //!
+//! Every kind but the notices is queued rendered (`queue_email`) and sent
+//! by serve's worker, woken at once ([`QUEUED`]), with the same retries as
+//! a notice; so a link, a code or an alert outlives a relay outage and a
+//! restart.
+//!
 //! A crash can repeat at most the messages in flight: a message holds a
 //! permit from before it is sent until its outcome is written, and there
 //! are 3 × `concurrency` permits (at most `concurrency` being sent, the rest
@@ -16,11 +21,13 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
 use futures::StreamExt;
-use tokio::sync::{OwnedSemaphorePermit, Semaphore, mpsc};
+use tokio::sync::{Notify, OwnedSemaphorePermit, Semaphore, mpsc};
 
 use crate::dm::DmError;
-use crate::mail::MailError;
-use crate::registry::{self, OutboxWriter, Registry, now_ms};
+use crate::email::EmailAddress;
+use crate::mail::{MailError, Mailer, OutgoingEmail};
+use crate::messages::Rendered;
+use crate::registry::{self, MessageKind, NewMessage, OutboxWriter, Registry, StoredMessage, now_ms};
 
 /// Tries of one row within one run before it is left for later.
 const ATTEMPTS_PER_RUN: u32 = 3;
@@ -61,6 +68,125 @@ pub enum Outcome {
     /// A render or channel failure: the row goes back as due and the run
     /// ends with this error.
     Fatal(SendError),
+}
+
+/// Wakes serve's worker when a message is queued, so it leaves at once
+/// rather than at the next poll.
+pub static QUEUED: Notify = Notify::const_new();
+
+/// Queues an email of `kind` to `to`, worth sending until `expires_at`
+/// (ms), and wakes the worker; returns its outbox id.
+pub async fn queue_email(
+    registry: &Registry,
+    kind: MessageKind,
+    to: &EmailAddress,
+    message: &Rendered,
+    incident_id: Option<i64>,
+    expires_at: i64,
+) -> Result<i64, registry::Error> {
+    let id = registry
+        .queue_email(&NewMessage {
+            kind,
+            to: to.as_str(),
+            subject: &message.subject,
+            text: &message.text,
+            html: &message.html,
+            incident_id,
+            expires_at,
+            due_at: now_ms(),
+        })
+        .await?;
+    QUEUED.notify_one();
+    Ok(id)
+}
+
+/// The queued emails, as the send loop sees them.
+pub struct QueuedEmails<'a> {
+    pub registry: &'a Registry,
+    pub mailer: &'a Mailer,
+    /// For the Message-ID.
+    pub server_name: &'a str,
+}
+
+impl Channel for QueuedEmails<'_> {
+    type Row = StoredMessage;
+
+    async fn claim(&self, limit: usize) -> Result<Vec<StoredMessage>, registry::Error> {
+        self.registry.due_messages("email", limit as i64).await
+    }
+
+    async fn next_due(&self) -> Result<Option<i64>, registry::Error> {
+        self.registry.next_message_due("email").await
+    }
+
+    fn key(message: &StoredMessage) -> (i64, i64) {
+        (message.id, message.attempts)
+    }
+
+    async fn deliver(&self, message: &StoredMessage) -> Outcome {
+        if message.expires_at.is_some_and(|expires_at| expires_at < now_ms()) {
+            return Outcome::Skip("expired before it could be sent");
+        }
+        let (Some(subject), Some(text)) = (&message.subject, &message.body_text) else {
+            return Outcome::Failed("its text is gone".to_owned());
+        };
+        let to = match EmailAddress::parse(&message.address) {
+            Ok(to) => to,
+            Err(err) => return Outcome::Failed(err.to_string()),
+        };
+        let kind = message.kind().map_or("message", MessageKind::as_str);
+        let email = OutgoingEmail {
+            to,
+            subject: subject.clone(),
+            text: text.clone(),
+            html: message.body_html.clone().unwrap_or_default(),
+            // The same for every attempt, so a repeat is recognisable; it
+            // names only the outbox row, never a link or a code.
+            message_id: format!("{kind}-{}@{}", message.id, self.server_name),
+            list_unsubscribe: None,
+        };
+        mail_outcome(self.mailer.send(&email).await)
+    }
+}
+
+/// Queues an email and sends it at once, as `drill` does to report on it;
+/// the outcome is recorded like any other. The send loop may take it only
+/// once it expired (then to mark it skipped), so nobody sends it twice.
+/// Returns why it was not sent, if it was not.
+pub async fn send_at_once(
+    queued: &QueuedEmails<'_>,
+    kind: MessageKind,
+    to: &EmailAddress,
+    message: &Rendered,
+    expires_at: i64,
+) -> Result<Result<(), String>, SendError> {
+    let id = queued
+        .registry
+        .queue_email(&NewMessage {
+            kind,
+            to: to.as_str(),
+            subject: &message.subject,
+            text: &message.text,
+            html: &message.html,
+            incident_id: None,
+            expires_at,
+            due_at: expires_at,
+        })
+        .await?;
+    let Some(stored) = queued.registry.pending_message(id).await? else {
+        return Ok(Err("it was no longer waiting to be sent".to_owned()));
+    };
+    let mut outcome = queued.deliver(&stored).await;
+    let failure = match &outcome {
+        Outcome::Sent => None,
+        Outcome::Skip(reason) => Some((*reason).to_owned()),
+        Outcome::Retry(reason) | Outcome::RetryLater(reason) | Outcome::Failed(reason) => Some(reason.clone()),
+        Outcome::Fatal(err) => Some(err.to_string()),
+    };
+    let mut fatal = None;
+    let record = to_record(QueuedEmails::key(&stored), &mut outcome, &mut HashMap::new(), &mut fatal);
+    self::record(&mut queued.registry.outbox_writer().await?, vec![record]).await?;
+    Ok(failure.map_or(Ok(()), Err))
 }
 
 /// The outcome of handing one email to the relay.

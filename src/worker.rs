@@ -1,7 +1,9 @@
-//! The delivery worker of `lifeboat serve`: sends the deliveries that are
-//! due (retries after SMTP or Synapse trouble, and what a stopped run left
-//! behind) under the same per-incident lease as `notify`, so the two never
-//! send the same notice.
+//! The delivery worker of `lifeboat serve`: sends what the outbox holds.
+//! Queued messages (alerts, the web page's links, codes, mailed tokens)
+//! leave as soon as they are queued; incident notices that are due
+//! (retries after SMTP or Synapse trouble, and what a stopped run left
+//! behind) go under the same per-incident lease as `notify`, so the two
+//! never send the same notice.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -11,6 +13,7 @@ use tokio_util::sync::CancellationToken;
 use crate::campaign::{CampaignError, CampaignOptions, run_campaign};
 use crate::config::Config;
 use crate::notify::NotifyProgress;
+use crate::outbox::{QUEUED, QueuedEmails, send_until_done};
 use crate::registry::{Actor, Registry, now_ms};
 
 /// How often the worker looks for due deliveries.
@@ -19,6 +22,12 @@ pub const POLL_EVERY: Duration = Duration::from_secs(30);
 /// Progress of a run nobody watches: notes go to the log, and the run winds
 /// down when serve stops.
 pub struct Background(pub CancellationToken);
+
+impl crate::outbox::Progress for Background {
+    fn stopping(&self) -> bool {
+        self.0.is_cancelled()
+    }
+}
 
 impl NotifyProgress for Background {
     fn note(&self, text: &str) {
@@ -38,7 +47,16 @@ pub async fn run(config: Arc<Config>, registry: Registry, cancel: CancellationTo
     // Probes the relay while mail waits out a backoff: only a connection
     // and a greeting, no message.
     let probe = crate::mail::Mailer::from_config(&email, 1).ok();
+    let mailer = match crate::mail::Mailer::from_config(&email, email.connections as u32) {
+        Ok(mailer) => mailer,
+        Err(err) => return tracing::error!(error = %err, "delivery worker off: the mailer cannot be built"),
+    };
+    let queued = QueuedEmails { registry: &registry, mailer: &mailer, server_name: &config.homeserver.server_name };
     loop {
+        let background = Background(cancel.clone());
+        if let Err(err) = send_until_done(&registry, &queued, email.connections, &background).await {
+            tracing::warn!(error = %err, "delivery worker: queued messages not sent yet");
+        }
         match registry.incidents_with_due_deliveries(now_ms()).await {
             Ok(incidents) => {
                 for id in incidents {
@@ -55,8 +73,9 @@ pub async fn run(config: Arc<Config>, registry: Registry, cancel: CancellationTo
         {
             continue;
         }
-        if crate::watch::pause(POLL_EVERY, &cancel).await {
-            return;
+        tokio::select! {
+            stopped = crate::watch::pause(POLL_EVERY, &cancel) => if stopped { return },
+            () = QUEUED.notified() => {}
         }
     }
 }

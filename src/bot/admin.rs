@@ -14,10 +14,10 @@ use crate::check::{CheckOptions, check};
 use crate::email::EmailAddress;
 use crate::holds::{WayBack, way_back};
 use crate::links::LINK_KEY;
-use crate::mail::{Mailer, OutgoingEmail};
 use crate::notice::markdown_escape;
 use crate::notify::{NotifyProgress, human_time, plan};
 use crate::recover::service_user_id;
+use crate::registry::MessageKind;
 use crate::registry::{AccountState, RoomState};
 use crate::registry::{Actor, ContactSource, format_time, now_ms};
 use crate::sync::{Quiet, SyncOptions, sync};
@@ -390,9 +390,9 @@ async fn token(bot: &Bot, actor: &Actor, user: &UserId) -> Result<String, String
         WayBack::Claim(link) => link.incident,
         WayBack::Token { incident } => *incident,
     };
-    let Some(email) = config.email.as_ref() else {
+    if config.email.is_none() {
         return Err("tokens are mailed to the person: add an [email] section to lifeboat's config".to_owned());
-    };
+    }
     let addresses: Vec<EmailAddress> = registry
         .contacts_of(user.as_str())
         .await
@@ -408,7 +408,7 @@ async fn token(bot: &Bot, actor: &Actor, user: &UserId) -> Result<String, String
         ));
     }
     let server = &config.homeserver.server_name;
-    let (subject, text, what, until) = match way {
+    let (message, what, until) = match way {
         WayBack::Claim(link) => {
             let Some(web) = &config.web else {
                 return Err(format!(
@@ -417,12 +417,8 @@ async fn token(bot: &Bot, actor: &Actor, user: &UserId) -> Result<String, String
             };
             let key = registry.generated_secret(LINK_KEY).await.map_err(|err| err.to_string())?;
             let url = link.url(&web.public_url, &key);
-            let text = format!(
-                "Hello,\n\nan administrator of {server} sent you a new link to take back your Matrix ID {user}, which is kept for you:\n\n{url}\n\n\
-                 Open it and choose a new password. It works once, until {}.\n\n-- \nlifeboat on {server}\n",
-                human_time(link.until)
-            );
-            (format!("Your link to take back your Matrix ID on {server}"), text, "claim link", link.until)
+            let message = crate::messages::claim_link(server, user.as_str(), &url, &human_time(link.until));
+            (message, "claim link", link.until)
         }
         WayBack::Token { .. } => {
             let client =
@@ -438,50 +434,41 @@ async fn token(bot: &Bot, actor: &Actor, user: &UserId) -> Result<String, String
                     }
                     PersonToken::LimitReached => return Err(format!("no token for {user}: the per-person limit")),
                 };
-            let text = format!(
-                "Hello,\n\nan administrator of {server} issued you a new registration token for {user}:\n\n    {token}\n\n\
-                 It works once, until {}. To register again, open your Matrix client, choose {} as the homeserver, \
-                 create an account (ideally with the same username) and enter the token when asked.\n\n-- \nlifeboat on {server}\n",
-                human_time(expires),
-                config.homeserver.public_url
+            let message = crate::messages::registration_token(
+                server,
+                user.as_str(),
+                &token,
+                &human_time(expires),
+                config.homeserver.public_url.as_str(),
             );
-            (format!("Your new registration token for {server}"), text, "registration token", expires)
+            (message, "registration token", expires)
         }
         WayBack::Nothing(_) => unreachable!("answered above"),
     };
-    let mailer = Mailer::from_config(email, 1).map_err(|err| err.to_string())?;
+    // Worth sending while it works; serve's worker sends it.
     let mut mailed = Vec::new();
-    for (index, to) in addresses.iter().enumerate() {
-        let message = OutgoingEmail {
-            to: to.clone(),
-            subject: subject.clone(),
-            text: text.clone(),
-            html: crate::notice::markdown_to_safe_html(&text),
-            message_id: format!("token-{incident_id}-{}-{index}@{server}", now_ms()),
-            list_unsubscribe: None,
-        };
-        match mailer.send(&message).await {
-            Ok(()) => mailed.push(mask(to.as_str())),
-            Err(err) => tracing::warn!(error = %err, "could not mail a way back in"),
+    for to in &addresses {
+        match crate::outbox::queue_email(registry, MessageKind::Token, to, &message, Some(incident_id), until).await {
+            Ok(_) => mailed.push(mask(to.as_str())),
+            Err(err) => tracing::warn!(error = %err, "could not queue a way back in"),
         }
     }
-    mailer.shutdown().await;
     registry
         .audit(
             actor,
             "token.issue",
             Some(user.as_str()),
-            Some(&format!("incident {incident_id}, {what}, mailed {}", mailed.len())),
+            Some(&format!("incident {incident_id}, {what}, queued for {} address(es)", mailed.len())),
         )
         .await
         .map_err(|err| err.to_string())?;
     if mailed.is_empty() {
         return Err(format!(
-            "the {what} was made but no email went out; check SMTP and try `{} token {user}` again",
+            "the {what} was made but no email could be queued; check the registry and try `{} token {user}` again",
             bot.prefix()
         ));
     }
-    Ok(format!("Mailed a new {what} for {user} (valid until {}) to {}.", human_time(until), mailed.join(", ")))
+    Ok(format!("Mailing a new {what} for {user} (valid until {}) to {}.", human_time(until), mailed.join(", ")))
 }
 
 /// The held, claimed and taken IDs.

@@ -9,7 +9,7 @@ use rand::Rng;
 use super::Bot;
 use super::admin::mask;
 use super::commands::{PERSON_USAGE, PersonCommand, help};
-use crate::mail::{Mailer, OutgoingEmail};
+use crate::registry::MessageKind;
 use crate::registry::{Actor, CodeCheck, ContactKind, MAX_CODE_ATTEMPTS, now_ms};
 
 /// How long a mailed code works.
@@ -49,9 +49,9 @@ async fn run(bot: &Bot, sender: &OwnedUserId, command: PersonCommand) -> Result<
     match command {
         PersonCommand::Help => unreachable!("answered above"),
         PersonCommand::ContactAdd(address) => {
-            let Some(email) = &config.email else {
+            if config.email.is_none() {
                 return Err("This lifeboat cannot send email, so it cannot verify addresses; ask an admin.".to_owned());
-            };
+            }
             if registry.recent_contact_verifications(sender.as_str()).await.map_err(broken)? >= CODES_PER_HOUR {
                 return Err(
                     "You asked for several codes in the last hour; please wait a while before asking again.".to_owned()
@@ -62,30 +62,18 @@ async fn run(bot: &Bot, sender: &OwnedUserId, command: PersonCommand) -> Result<
                 .start_contact_verification(sender.as_str(), address.as_str(), &code, CODE_VALID_MS)
                 .await
                 .map_err(broken)?;
-            let server = &config.homeserver.server_name;
-            let message = OutgoingEmail {
-                to: address.clone(),
-                subject: format!("Your lifeboat code for {server}: {code}"),
-                text: format!(
-                    "Hello,\n\n{sender} asked lifeboat on {server} to use this address to reach them if the homeserver ever loses their account.\n\n\
-                     If that was you, send this to the lifeboat bot in your Matrix DM:\n\n    contact verify {code}\n\n\
-                     The code works for 30 minutes. If it was not you, ignore this email: nothing changes.\n\n-- \nlifeboat on {server}\n"
-                ),
-                html: String::new(),
-                message_id: format!("verify-{}-{}@{server}", now_ms(), rand::rng().random::<u32>()),
-                list_unsubscribe: None,
-            };
-            let message = OutgoingEmail { html: crate::notice::markdown_to_safe_html(&message.text), ..message };
-            let mailer =
-                Mailer::from_config(email, 1).map_err(|err| format!("I cannot send email right now: {err}"))?;
-            let sent = mailer.send(&message).await;
-            mailer.shutdown().await;
-            sent.map_err(|err| {
-                tracing::warn!(error = %err, "could not mail a verification code");
-                format!("I could not send the email to {address}; check the address and try again later.")
-            })?;
+            let message = crate::messages::contact_code(
+                &config.homeserver.server_name,
+                sender.as_str(),
+                &code,
+                CODE_VALID_MS as u64 / 60_000,
+            );
+            let expires_at = now_ms() + CODE_VALID_MS;
+            crate::outbox::queue_email(registry, MessageKind::Code, &address, &message, None, expires_at)
+                .await
+                .map_err(broken)?;
             Ok(format!(
-                "I mailed a code to {}. Reply `contact verify <code>` within 30 minutes to confirm it is yours.",
+                "I am mailing a code to {}. Reply `contact verify <code>` within 30 minutes to confirm it is yours.",
                 mask(address.as_str())
             ))
         }

@@ -1,8 +1,9 @@
-//! The outbox of notices. A delivery stays pending until its outcome is
+//! The outbox, and its notices (every other kind: `messages`). A delivery
+//! stays pending until its outcome is
 //! recorded: sent, or back to pending with a later attempt time after a
 //! transient failure, failed after a permanent one, skipped for an
 //! opted-out contact. Outcomes are recorded right after the transport
-//! confirms (in groups, see `notify`), so a crash can repeat only the
+//! confirms (in groups, see `crate::outbox`), so a crash can repeat only the
 //! messages that were in flight at that moment. (`sending` is what older
 //! versions marked claimed rows with; `resume_deliveries` takes them back.)
 
@@ -99,7 +100,8 @@ const DUE_ROWS: &str = "FROM deliveries d \
                                     AND t.purpose = 'notice' AND t.confirmed_at IS NOT NULL \
                                     AND t.revoked_at IS NULL \
                                     AND NOT (d.channel = 'matrix' AND d.address = d.user_id) \
-     WHERE d.incident_id = $1 AND d.channel = $2 AND d.state = 'pending' AND d.next_attempt_at <= $3 \
+     WHERE d.incident_id = $1 AND d.kind = 'notice' AND d.channel = $2 AND d.state = 'pending' \
+       AND d.next_attempt_at <= $3 \
      ORDER BY d.next_attempt_at, d.id LIMIT $4";
 
 /// A claim comes back as one row holding a JSON array of deliveries. Row
@@ -141,7 +143,7 @@ impl Registry {
              SELECT ia.incident_id, c.user_id, 'email', c.address, 'pending', $2, $2 \
              FROM incident_accounts ia JOIN contacts c ON c.user_id = ia.user_id \
              WHERE ia.incident_id = $1 AND c.kind = 'email' AND c.opted_out_at IS NULL \
-             ON CONFLICT (incident_id, user_id, channel, address) DO NOTHING",
+             ON CONFLICT (incident_id, user_id, channel, address) WHERE kind = 'notice' DO NOTHING",
         )
         .bind(incident_id)
         .bind(now)
@@ -161,7 +163,7 @@ impl Registry {
              SELECT ia.incident_id, a.user_id, 'matrix', a.user_id, 'pending', $2, $2 \
              FROM incident_accounts ia JOIN accounts a ON a.user_id = ia.user_id \
              WHERE ia.incident_id = $1 AND {STANDING_SQL} IN ('present', 'claimed') AND a.user_id <> $3 \
-             ON CONFLICT (incident_id, user_id, channel, address) DO NOTHING"
+             ON CONFLICT (incident_id, user_id, channel, address) WHERE kind = 'notice' DO NOTHING"
         )))
         .bind(incident_id)
         .bind(now)
@@ -174,7 +176,7 @@ impl Registry {
              SELECT ia.incident_id, c.user_id, 'matrix', c.address, 'pending', $2, $2 \
              FROM incident_accounts ia JOIN contacts c ON c.user_id = ia.user_id \
              WHERE ia.incident_id = $1 AND c.kind = 'matrix' AND c.opted_out_at IS NULL \
-             ON CONFLICT (incident_id, user_id, channel, address) DO NOTHING",
+             ON CONFLICT (incident_id, user_id, channel, address) WHERE kind = 'notice' DO NOTHING",
         )
         .bind(incident_id)
         .bind(now)
@@ -246,7 +248,7 @@ impl Registry {
     pub async fn resume_deliveries(&self, incident_id: i64) -> Result<u64> {
         Ok(sqlx::query(
             "UPDATE deliveries SET state = 'pending', next_attempt_at = $2 \
-             WHERE incident_id = $1 AND state IN ('pending', 'sending')",
+             WHERE incident_id = $1 AND kind = 'notice' AND state IN ('pending', 'sending')",
         )
         .bind(incident_id)
         .bind(now_ms())
@@ -259,7 +261,8 @@ impl Registry {
     /// was fixed). Returns how many.
     pub async fn retry_failed_deliveries(&self, incident_id: i64) -> Result<u64> {
         Ok(sqlx::query(
-            "UPDATE deliveries SET state = 'pending', next_attempt_at = $2 WHERE incident_id = $1 AND state = 'failed'",
+            "UPDATE deliveries SET state = 'pending', next_attempt_at = $2 \
+             WHERE incident_id = $1 AND kind = 'notice' AND state = 'failed'",
         )
         .bind(incident_id)
         .bind(now_ms())
@@ -330,7 +333,8 @@ impl Registry {
 
     pub async fn next_pending_at(&self, incident_id: i64, channel: &str) -> Result<Option<i64>> {
         let (next,): (Option<i64>,) = sqlx::query_as(
-            "SELECT MIN(next_attempt_at) FROM deliveries WHERE incident_id = $1 AND channel = $2 AND state = 'pending'",
+            "SELECT MIN(next_attempt_at) FROM deliveries \
+             WHERE incident_id = $1 AND kind = 'notice' AND channel = $2 AND state = 'pending'",
         )
         .bind(incident_id)
         .bind(channel)
@@ -340,11 +344,12 @@ impl Registry {
     }
 
     pub async fn delivery_counts(&self, incident_id: i64) -> Result<DeliveryCounts> {
-        let rows: Vec<(String, i64)> =
-            sqlx::query_as("SELECT state, COUNT(*) FROM deliveries WHERE incident_id = $1 GROUP BY state")
-                .bind(incident_id)
-                .fetch_all(&self.pool)
-                .await?;
+        let rows: Vec<(String, i64)> = sqlx::query_as(
+            "SELECT state, COUNT(*) FROM deliveries WHERE incident_id = $1 AND kind = 'notice' GROUP BY state",
+        )
+        .bind(incident_id)
+        .fetch_all(&self.pool)
+        .await?;
         let mut counts = DeliveryCounts::default();
         for (state, count) in rows {
             match state.as_str() {
@@ -361,8 +366,8 @@ impl Registry {
     /// The most recent errors of unfinished deliveries, for summaries.
     pub async fn delivery_errors(&self, incident_id: i64, limit: i64) -> Result<Vec<(String, String)>> {
         Ok(sqlx::query_as(
-            "SELECT address, last_error FROM deliveries WHERE incident_id = $1 AND last_error IS NOT NULL \
-             AND state IN ('pending', 'failed') ORDER BY id LIMIT $2",
+            "SELECT address, last_error FROM deliveries WHERE incident_id = $1 AND kind = 'notice' \
+             AND last_error IS NOT NULL AND state IN ('pending', 'failed') ORDER BY id LIMIT $2",
         )
         .bind(incident_id)
         .bind(limit)
@@ -393,7 +398,7 @@ impl Registry {
     }
 }
 
-/// Records the outcomes of a notify run on one connection, kept for the
+/// Records the outcomes of a send run on one connection, kept for the
 /// whole run. Each write is then one round trip to the database: a
 /// statement on the pool also takes a connection and gives it back, and
 /// sqlx checks every connection given back from a task of its own, a
@@ -405,7 +410,7 @@ pub struct OutboxWriter {
 }
 
 impl OutboxWriter {
-    /// Marks many deliveries sent, in one statement: a notify run records
+    /// Marks many deliveries sent, in one statement: a send run records
     /// the messages its connections finished together, rather than one
     /// transaction each. The IDs go in as one JSON array, not one parameter
     /// each: SQLite looks parameters up by name in a list, so binding
@@ -415,10 +420,12 @@ impl OutboxWriter {
             return Ok(());
         }
         let sql = if self.postgres {
-            "UPDATE deliveries SET state = 'sent', last_error = NULL, sent_at = $1, attempts = attempts + 1 \
+            "UPDATE deliveries SET state = 'sent', last_error = NULL, sent_at = $1, attempts = attempts + 1, \
+             subject = NULL, body_text = NULL, body_html = NULL \
              WHERE id IN (SELECT value::BIGINT FROM json_array_elements_text($2::JSON))"
         } else {
-            "UPDATE deliveries SET state = 'sent', last_error = NULL, sent_at = $1, attempts = attempts + 1 \
+            "UPDATE deliveries SET state = 'sent', last_error = NULL, sent_at = $1, attempts = attempts + 1, \
+             subject = NULL, body_text = NULL, body_html = NULL \
              WHERE id IN (SELECT value FROM json_each($2))"
         };
         sqlx::query(sql)
@@ -429,7 +436,8 @@ impl OutboxWriter {
         Ok(())
     }
 
-    /// A transient failure: try again at `next_attempt_at`.
+    /// A transient failure: try again at `next_attempt_at`. (A message's
+    /// stored text is kept only while it may still be sent.)
     pub async fn mark_retry(&mut self, id: i64, error: &str, next_attempt_at: i64) -> Result<()> {
         self.set_state(id, DeliveryState::Pending, Some(error), Some(next_attempt_at)).await
     }
@@ -459,7 +467,11 @@ impl OutboxWriter {
         };
         sqlx::query(
             "UPDATE deliveries SET state = $2, last_error = $3, next_attempt_at = COALESCE($4, next_attempt_at), \
-             sent_at = CASE WHEN $2 = 'sent' THEN $5 ELSE sent_at END, attempts = attempts + $6 WHERE id = $1",
+             sent_at = CASE WHEN $2 = 'sent' THEN $5 ELSE sent_at END, attempts = attempts + $6, \
+             subject = CASE WHEN $2 = 'pending' THEN subject END, \
+             body_text = CASE WHEN $2 = 'pending' THEN body_text END, \
+             body_html = CASE WHEN $2 = 'pending' THEN body_html END \
+             WHERE id = $1",
         )
         .bind(id)
         .bind(state_name)

@@ -346,7 +346,7 @@ impl Registry {
             "SELECT {TOKEN_COLUMNS} FROM registration_tokens t \
              WHERE t.incident_id = $1 AND t.confirmed_at IS NOT NULL AND t.revoked_at IS NULL AND t.expires_at < $2 \
                AND NOT EXISTS (SELECT 1 FROM deliveries d WHERE d.incident_id = t.incident_id \
-                               AND d.user_id = t.user_id AND d.state = 'sent') \
+                               AND d.user_id = t.user_id AND d.kind = 'notice' AND d.state = 'sent') \
              ORDER BY t.user_id"
         )))
         .bind(incident_id)

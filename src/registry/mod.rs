@@ -11,6 +11,7 @@ mod credentials;
 mod deliveries;
 mod holds;
 mod incidents;
+mod messages;
 mod rooms;
 mod status;
 mod sync_runs;
@@ -32,6 +33,7 @@ pub use credentials::ServiceCredential;
 pub use deliveries::{Delivery, DeliveryCounts, DeliveryState, OutboxWriter, PlannedEmails};
 pub use holds::{HoldCandidate, HoldCounts, HoldRow};
 pub use incidents::{Incident, IncidentSummary, NoticeToken};
+pub use messages::{MessageKind, NewMessage, StoredMessage};
 pub use rooms::{
     MAX_REJOIN_ATTEMPTS, ROOMS_LISTED_SETTING, Rejoin, RejoinOutcome, Room, RoomCounts, RoomDetails, RoomFate,
     RoomRecord, RoomState,

@@ -38,7 +38,7 @@ impl Registry {
     pub async fn incidents_with_due_deliveries(&self, now: i64) -> Result<Vec<i64>> {
         let rows: Vec<(i64,)> = sqlx::query_as(
             "SELECT DISTINCT d.incident_id FROM deliveries d JOIN incidents i ON i.id = d.incident_id \
-             WHERE i.resolved_at IS NULL AND d.state IN ('pending', 'sending') \
+             WHERE i.resolved_at IS NULL AND d.kind = 'notice' AND d.state IN ('pending', 'sending') \
              AND d.next_attempt_at <= $1 ORDER BY d.incident_id",
         )
         .bind(now)

@@ -48,7 +48,9 @@ pub struct WebState {
 struct Shared {
     /// The HMAC key for links and CSRF tokens, read once from the registry.
     key: OnceCell<SecretString>,
-    mailer: Option<Mailer>,
+    /// An [email] section that makes a mailer: the links can be mailed
+    /// (serve's worker sends them).
+    can_mail: bool,
     limiter: RateLimiter,
     status_cache: status::Cache,
     /// One Matrix client for the codes the page DMs, made on first use:
@@ -58,11 +60,11 @@ struct Shared {
 
 impl WebState {
     pub fn new(config: Arc<Config>, registry: Registry) -> WebState {
-        let mailer = config.email.as_ref().and_then(|email| match Mailer::from_config(email, 2) {
-            Ok(mailer) => Some(mailer),
+        let can_mail = config.email.as_ref().is_some_and(|email| match Mailer::from_config(email, 1) {
+            Ok(_) => true,
             Err(err) => {
                 tracing::error!(error = %err, "the web page cannot send email: token requests and subscriptions will not be mailed");
-                None
+                false
             }
         });
         let limiter = match &config.web {
@@ -71,7 +73,7 @@ impl WebState {
         };
         let inner = Arc::new(Shared {
             key: OnceCell::new(),
-            mailer,
+            can_mail,
             limiter,
             status_cache: status::Cache::default(),
             dm_sender: tokio::sync::Mutex::default(),

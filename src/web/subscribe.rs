@@ -165,7 +165,7 @@ async fn start(
         action: "Confirm my email address".to_owned(),
         url,
     };
-    mail::send(state, address, email_text).await
+    mail::send(state, address, email_text, expires_at).await
 }
 
 async fn dm_code(state: &WebState, user_id: &UserId, code: &str, link_id: &str) -> Result<(), WebError> {

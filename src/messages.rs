@@ -1,0 +1,171 @@
+//! The text of every message lifeboat sends besides the incident notices
+//! (those are `notice`'s), each from its template in `templates/`. The
+//! HTML part is the text read as Markdown, made safe, except for the web
+//! page's link, which has a template with a button.
+
+use askama::Template;
+
+use crate::notice::markdown_to_safe_html;
+
+/// A message ready for the outbox.
+pub struct Rendered {
+    pub subject: String,
+    pub text: String,
+    pub html: String,
+}
+
+impl Rendered {
+    fn from_text(subject: String, text: String) -> Rendered {
+        let html = markdown_to_safe_html(&text);
+        Rendered { subject, text, html }
+    }
+}
+
+#[derive(Template)]
+#[template(path = "messages/alert.txt", escape = "none")]
+struct AlertText<'a> {
+    markdown: &'a str,
+    server_name: &'a str,
+}
+
+/// The watcher's alert, by email: the same Markdown as in the admin room.
+pub fn alert(server_name: &str, subject: &str, markdown: &str) -> Rendered {
+    let text = render(AlertText { markdown, server_name });
+    Rendered { subject: subject.to_owned(), text, html: markdown_to_safe_html(markdown) }
+}
+
+/// The web page's mail: a signed link, with a sentence before it and the
+/// label of its button.
+pub struct LinkEmail {
+    pub subject: String,
+    pub intro: String,
+    pub action: String,
+    pub url: String,
+}
+
+#[derive(Template)]
+#[template(path = "web/link_email.txt", escape = "none")]
+struct LinkText<'a> {
+    intro: &'a str,
+    url: &'a str,
+    server_name: &'a str,
+}
+
+#[derive(Template)]
+#[template(path = "web/link_email.html")]
+struct LinkHtml<'a> {
+    subject: &'a str,
+    intro: &'a str,
+    action: &'a str,
+    url: &'a str,
+    server_name: &'a str,
+}
+
+pub fn link(server_name: &str, email: LinkEmail) -> Rendered {
+    let text = render(LinkText { intro: &email.intro, url: &email.url, server_name });
+    let html = render(LinkHtml {
+        subject: &email.subject,
+        intro: &email.intro,
+        action: &email.action,
+        url: &email.url,
+        server_name,
+    });
+    Rendered { subject: email.subject, text, html }
+}
+
+#[derive(Template)]
+#[template(path = "messages/code.txt", escape = "none")]
+struct CodeText<'a> {
+    user_id: &'a str,
+    code: &'a str,
+    valid_minutes: u64,
+    server_name: &'a str,
+}
+
+/// The code that proves an address, asked for by `user_id` in a DM.
+pub fn contact_code(server_name: &str, user_id: &str, code: &str, valid_minutes: u64) -> Rendered {
+    Rendered::from_text(
+        format!("Your lifeboat code for {server_name}: {code}"),
+        render(CodeText { user_id, code, valid_minutes, server_name }),
+    )
+}
+
+#[derive(Template)]
+#[template(path = "messages/claim_link.txt", escape = "none")]
+struct ClaimLinkText<'a> {
+    user_id: &'a str,
+    url: &'a str,
+    until: &'a str,
+    server_name: &'a str,
+}
+
+/// A claim link an admin had the bot mail.
+pub fn claim_link(server_name: &str, user_id: &str, url: &str, until: &str) -> Rendered {
+    Rendered::from_text(
+        format!("Your link to take back your Matrix ID on {server_name}"),
+        render(ClaimLinkText { user_id, url, until, server_name }),
+    )
+}
+
+#[derive(Template)]
+#[template(path = "messages/token.txt", escape = "none")]
+struct TokenText<'a> {
+    user_id: &'a str,
+    token: &'a str,
+    until: &'a str,
+    homeserver_url: &'a str,
+    server_name: &'a str,
+}
+
+/// A registration token an admin had the bot mail.
+pub fn registration_token(
+    server_name: &str,
+    user_id: &str,
+    token: &str,
+    until: &str,
+    homeserver_url: &str,
+) -> Rendered {
+    Rendered::from_text(
+        format!("Your new registration token for {server_name}"),
+        render(TokenText { user_id, token, until, homeserver_url, server_name }),
+    )
+}
+
+#[derive(Template)]
+#[template(path = "messages/drill.txt", escape = "none")]
+struct DrillText<'a> {
+    server_name: &'a str,
+}
+
+/// `drill`'s test message.
+pub fn drill(server_name: &str) -> Rendered {
+    Rendered::from_text(format!("[{server_name}] lifeboat drill: test message"), render(DrillText { server_name }))
+}
+
+/// These templates only interpolate strings: rendering cannot fail.
+fn render(template: impl Template) -> String {
+    template.render().expect("a message template renders")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_contact_code_mail_names_who_asked_the_code_and_how_long_it_works() {
+        let mail = contact_code("example.org", "@alice:example.org", "123456", 30);
+        assert_eq!(mail.subject, "Your lifeboat code for example.org: 123456");
+        assert!(mail.text.contains("@alice:example.org asked lifeboat on example.org"), "{}", mail.text);
+        assert!(mail.text.contains("    contact verify 123456\n"), "{}", mail.text);
+        assert!(mail.text.contains("works for 30 minutes"), "{}", mail.text);
+        assert!(mail.html.contains("123456"), "{}", mail.html);
+    }
+
+    #[test]
+    fn an_alert_mail_carries_the_alert_and_is_signed() {
+        let mail = alert("example.org", "Accounts lost", "**12 accounts** are gone");
+        assert!(mail.text.starts_with("**12 accounts** are gone\n"), "{}", mail.text);
+        assert!(mail.text.contains("lifeboat on example.org"), "{}", mail.text);
+        assert!(mail.html.contains("<strong>12 accounts</strong>"), "{}", mail.html);
+    }
+}

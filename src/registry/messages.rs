@@ -1,0 +1,152 @@
+//! The outbox's messages: every kind but incident notices. Each is stored
+//! rendered when it is queued, sent by the same loop as the notices
+//! (`crate::outbox`), and its text is emptied once it is sent or given up,
+//! so a link or a code does not outlive its sending in the registry.
+
+use serde::Serialize;
+
+use super::{Registry, Result, now_ms};
+
+/// What a message is for; each kind has its own template.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum MessageKind {
+    /// The watcher's alert, to `alerts.email`.
+    Alert,
+    /// The web page's signed link (a token, a claim, a subscription).
+    Link,
+    /// A code proving an address, asked for in a DM to the bot.
+    Code,
+    /// A way back in that an admin had the bot mail.
+    Token,
+    /// `drill`'s test message.
+    Drill,
+}
+
+impl MessageKind {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            MessageKind::Alert => "alert",
+            MessageKind::Link => "link",
+            MessageKind::Code => "code",
+            MessageKind::Token => "token",
+            MessageKind::Drill => "drill",
+        }
+    }
+
+    fn parse(text: &str) -> Option<MessageKind> {
+        [MessageKind::Alert, MessageKind::Link, MessageKind::Code, MessageKind::Token, MessageKind::Drill]
+            .into_iter()
+            .find(|kind| kind.as_str() == text)
+    }
+}
+
+/// A message to queue, already rendered.
+pub struct NewMessage<'a> {
+    pub kind: MessageKind,
+    pub to: &'a str,
+    pub subject: &'a str,
+    pub text: &'a str,
+    pub html: &'a str,
+    /// The incident it belongs to, if any.
+    pub incident_id: Option<i64>,
+    /// After this (ms), sending it is pointless (the link or code no longer
+    /// works): it is skipped.
+    pub expires_at: i64,
+    /// When the send loop may take it (ms): now, or later for one its
+    /// caller sends itself.
+    pub due_at: i64,
+}
+
+/// A queued message as the send loop reads it.
+#[derive(Clone, sqlx::FromRow)]
+pub struct StoredMessage {
+    pub id: i64,
+    kind: String,
+    pub address: String,
+    pub attempts: i64,
+    pub subject: Option<String>,
+    pub body_text: Option<String>,
+    pub body_html: Option<String>,
+    pub expires_at: Option<i64>,
+}
+
+impl StoredMessage {
+    pub fn kind(&self) -> Option<MessageKind> {
+        MessageKind::parse(&self.kind)
+    }
+}
+
+impl std::fmt::Debug for StoredMessage {
+    // The text may hold a link or a code: never printed.
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("StoredMessage").field("id", &self.id).field("kind", &self.kind).finish_non_exhaustive()
+    }
+}
+
+const MESSAGE_COLUMNS: &str = "id, kind, address, attempts, subject, body_text, body_html, expires_at";
+
+impl Registry {
+    /// Queues an email; returns its id.
+    pub async fn queue_email(&self, message: &NewMessage<'_>) -> Result<i64> {
+        let now = now_ms();
+        Ok(sqlx::query_scalar(
+            "INSERT INTO deliveries (kind, incident_id, channel, address, state, next_attempt_at, created_at, \
+                                     subject, body_text, body_html, expires_at) \
+             VALUES ($1, $2, 'email', $3, 'pending', $4, $5, $6, $7, $8, $9) RETURNING id",
+        )
+        .bind(message.kind.as_str())
+        .bind(message.incident_id)
+        .bind(message.to)
+        .bind(message.due_at)
+        .bind(now)
+        .bind(message.subject)
+        .bind(message.text)
+        .bind(message.html)
+        .bind(message.expires_at)
+        .fetch_one(&self.pool)
+        .await?)
+    }
+
+    /// Up to `limit` due messages on `channel`, the longest due first.
+    pub async fn due_messages(&self, channel: &str, limit: i64) -> Result<Vec<StoredMessage>> {
+        Ok(sqlx::query_as(sqlx::AssertSqlSafe(format!(
+            "SELECT {MESSAGE_COLUMNS} FROM deliveries \
+             WHERE kind <> 'notice' AND channel = $1 AND state = 'pending' AND next_attempt_at <= $2 \
+             ORDER BY next_attempt_at, id LIMIT $3"
+        )))
+        .bind(channel)
+        .bind(now_ms())
+        .bind(limit)
+        .fetch_all(&self.pool)
+        .await?)
+    }
+
+    /// One message, if it is still pending (to send it at once).
+    pub async fn pending_message(&self, id: i64) -> Result<Option<StoredMessage>> {
+        Ok(sqlx::query_as(sqlx::AssertSqlSafe(format!(
+            "SELECT {MESSAGE_COLUMNS} FROM deliveries WHERE id = $1 AND kind <> 'notice' AND state = 'pending'"
+        )))
+        .bind(id)
+        .fetch_optional(&self.pool)
+        .await?)
+    }
+
+    /// When the next pending message on `channel` is due, if any.
+    pub async fn next_message_due(&self, channel: &str) -> Result<Option<i64>> {
+        Ok(sqlx::query_scalar(
+            "SELECT MIN(next_attempt_at) FROM deliveries WHERE kind <> 'notice' AND channel = $1 AND state = 'pending'",
+        )
+        .bind(channel)
+        .fetch_one(&self.pool)
+        .await?)
+    }
+
+    /// A message's state and last error, for whoever queued it.
+    pub async fn message_outcome(&self, id: i64) -> Result<Option<(String, Option<String>)>> {
+        Ok(sqlx::query_as("SELECT state, last_error FROM deliveries WHERE id = $1")
+            .bind(id)
+            .fetch_optional(&self.pool)
+            .await?)
+    }
+}
