@@ -1221,6 +1221,8 @@ fn run_sync(binary: &Path, config: &Path, log_dir: &Path, label: &str, synapse_p
         .arg(config)
         .arg("sync")
         .arg("--json")
+        // lifeboat's own speed, not the pace it keeps for Synapse's sake.
+        .arg("--full-speed")
         .env_remove("RUST_LOG")
         .stdin(Stdio::null())
         .stdout(Stdio::piped())

@@ -6,6 +6,8 @@ use std::time::Duration;
 
 use futures::StreamExt;
 use serde::Serialize;
+use tokio::time::Instant;
+use tokio_util::sync::CancellationToken;
 
 use crate::email::EmailAddress;
 use crate::lease::{Held, Lease};
@@ -26,9 +28,13 @@ pub struct SyncOptions {
     /// Accounts whose details are read again per sync, at most (new
     /// accounts are always read).
     pub details_per_round: u64,
-    /// The share of Synapse's time a listing may take (the watcher's
-    /// listings pace themselves; a sync an admin asks for does not).
+    /// The share of Synapse's time the listing and the detail reads may
+    /// take (`None`: as fast as Synapse answers).
     pub pace: Option<f64>,
+    /// Cancelled to stop the sync early (Ctrl-C, serve stopping). It stops
+    /// between calls to Synapse, never inside a registry write: what was
+    /// read is kept, and the next sync reads the rest.
+    pub stop: CancellationToken,
 }
 
 impl SyncOptions {
@@ -41,17 +47,24 @@ impl SyncOptions {
             server_name: config.homeserver.server_name.clone(),
             details_per_round: config.sync.details_per_round,
             pace: None,
+            stop: CancellationToken::new(),
         }
     }
 
-    /// For the watcher: listings that leave Synapse most of its time.
+    /// For the watcher and the CLI: a sync that leaves Synapse most of its
+    /// time (`watch.max_synapse_share`), however many accounts it reads.
     pub fn paced(mut self, config: &crate::config::Config) -> Self {
-        self.pace = Some(config.watch.max_synapse_share);
+        self.pace = Some(config.watch.max_synapse_share).filter(|share| *share < 1.0);
+        self
+    }
+
+    pub fn stopped_by(mut self, stop: CancellationToken) -> Self {
+        self.stop = stop;
         self
     }
 }
 
-/// How long to wait after a page that took `took`, so that listing takes
+/// How long to wait after a call that took `took`, so that lifeboat takes
 /// at most `share` of Synapse's time.
 pub fn pause_after(took: Duration, share: f64) -> Duration {
     if !(share > 0.0 && share < 1.0) {
@@ -60,9 +73,23 @@ pub fn pause_after(took: Duration, share: f64) -> Duration {
     took.mul_f64((1.0 - share) / share)
 }
 
+/// The load bound, after every paced call or group of calls to Synapse
+/// (listing pages, detail reads): Synapse was busy for lifeboat since
+/// `asked`, so rest [`pause_after`] that. False when `stop` cut it short.
+async fn rest_after(asked: Instant, pace: Option<f64>, stop: &CancellationToken) -> bool {
+    let Some(share) = pace else { return !stop.is_cancelled() };
+    tokio::select! {
+        _ = tokio::time::sleep(pause_after(asked.elapsed(), share)) => !stop.is_cancelled(),
+        _ = stop.cancelled() => false,
+    }
+}
+
 /// Hooks for showing progress; the CLI draws bars, others ignore them.
 pub trait SyncProgress: Send + Sync {
     fn listing(&self, _accounts_seen: u64, _total: Option<u64>) {}
+    /// Once, before the details of `total` accounts are read, at most
+    /// `pace` of Synapse's time.
+    fn details_start(&self, _total: u64, _pace: Option<f64>) {}
     fn details(&self, _done: u64, _total: u64) {}
 }
 
@@ -76,9 +103,14 @@ pub struct SyncSummary {
     pub run_id: i64,
     #[serde(flatten)]
     pub applied: SyncApplied,
+    /// Accounts whose details this sync set out to read.
+    pub details_due: u64,
     pub details_fetched: u64,
     pub details_failed: u64,
     pub emails_imported: u64,
+    /// Stopped during the email import: the listing was applied and what
+    /// was read is kept; the next sync reads the rest (the rooms wait too).
+    pub stopped: bool,
     /// The room registry's part; `None` when it could not be read (the
     /// accounts were synced all the same).
     pub rooms: Option<RoomSyncSummary>,
@@ -96,6 +128,8 @@ pub enum SyncError {
     Inconsistent { listed: u64, total: i64 },
     #[error("the listing was applied, but importing emails stopped: {0}")]
     Details(synapse::Error),
+    #[error("stopped before the listing was complete, so the registry was left unchanged; run sync again")]
+    Stopped,
     #[error(
         "another sync is running ({holder}, until {until} at the latest), so this one did not start; its result will be as fresh: let it finish"
     )]
@@ -159,22 +193,28 @@ async fn sync_under_lease(
     let mut counts = DetailCounts::default();
     let outcome = import_emails(registry, client, options, progress, &mut counts).await;
     registry.finish_sync_run(run_id, counts.fetched, counts.failed, counts.imported, actor).await?;
-    outcome?;
+    let stopped = outcome? == Ran::Stopped || options.stop.is_cancelled();
     // Rooms after accounts: a room's local members are matched with the
     // accounts just applied.
-    let (rooms, rooms_error) = match sync_rooms(registry, client, &options.server_name, options.details_max_age).await {
-        Ok(rooms) => (Some(rooms), None),
-        Err(err) => {
-            tracing::warn!(error = %err, "the room registry was not updated");
-            (None, Some(err.to_string()))
+    let (rooms, rooms_error) = if stopped {
+        (None, None)
+    } else {
+        match sync_rooms(registry, client, &options.server_name, options.details_max_age).await {
+            Ok(rooms) => (Some(rooms), None),
+            Err(err) => {
+                tracing::warn!(error = %err, "the room registry was not updated");
+                (None, Some(err.to_string()))
+            }
         }
     };
     Ok(SyncSummary {
         run_id,
         applied,
+        details_due: counts.due,
         details_fetched: counts.fetched,
         details_failed: counts.failed,
         emails_imported: counts.imported,
+        stopped,
         rooms,
         rooms_error,
     })
@@ -200,16 +240,17 @@ async fn stage_listing(
                 None => Ok(0),
             }
         };
-        let asked = std::time::Instant::now();
+        let asked = Instant::now();
         let (fetched, written) = tokio::join!(pages.next_page(), write);
         staged += written?;
-        if let Some(share) = options.pace {
-            tokio::time::sleep(pause_after(asked.elapsed(), share)).await;
-        }
+        let fetched = fetched?;
         progress.listing(staged, pages.total.map(|total| total.max(0) as u64));
-        match fetched? {
-            Some(users) => to_stage = Some(users),
-            None => break,
+        let Some(users) = fetched else { break };
+        to_stage = Some(users);
+        // A stop comes between pages, never inside a page's write: the
+        // stage is dropped with the failed run.
+        if !rest_after(asked, options.pace, &options.stop).await {
+            return Err(SyncError::Stopped);
         }
     }
     match pages.missed_some(staged) {
@@ -220,32 +261,43 @@ async fn stage_listing(
 
 #[derive(Default)]
 struct DetailCounts {
+    due: u64,
     fetched: u64,
     failed: u64,
     imported: u64,
 }
 
+/// How a run of calls ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Ran {
+    ToTheEnd,
+    Stopped,
+}
+
 /// Fetches details of new accounts, then of those due again (at most
 /// `details_per_round` of them), with bounded concurrency, and records
-/// their emails. Per-account failures are counted, not fatal.
+/// their emails. Per-account failures are counted, not fatal. New accounts
+/// come first, so a sync stopped part-way continues where it stopped.
 async fn import_emails(
     registry: &Registry,
     client: &SynapseClient,
     options: &SyncOptions,
     progress: &dyn SyncProgress,
     counts: &mut DetailCounts,
-) -> Result<(), SyncError> {
+) -> Result<Ran, SyncError> {
     let now = now_ms();
     let again = DetailsDue::Again { now, stale_before: now - options.details_max_age.as_millis() as i64 };
     let new = registry.count_accounts_needing_details(DetailsDue::New).await? as u64;
     let due = (registry.count_accounts_needing_details(again).await? as u64).min(options.details_per_round);
-    let total = new + due;
-    read_details(registry, client, options, DetailsDue::New, u64::MAX, progress, total, counts).await?;
-    read_details(registry, client, options, again, options.details_per_round, progress, total, counts).await
+    counts.due = new + due;
+    progress.details_start(counts.due, options.pace);
+    if read_details(registry, client, options, DetailsDue::New, u64::MAX, progress, counts).await? == Ran::Stopped {
+        return Ok(Ran::Stopped);
+    }
+    read_details(registry, client, options, again, options.details_per_round, progress, counts).await
 }
 
 /// One pass of [`import_emails`]: up to `cap` accounts that are `due`.
-#[allow(clippy::too_many_arguments)]
 async fn read_details(
     registry: &Registry,
     client: &SynapseClient,
@@ -253,24 +305,31 @@ async fn read_details(
     due: DetailsDue,
     cap: u64,
     progress: &dyn SyncProgress,
-    total: u64,
     counts: &mut DetailCounts,
-) -> Result<(), SyncError> {
+) -> Result<Ran, SyncError> {
     let mut after = String::new();
     let mut read = 0u64;
     while read < cap {
+        if options.stop.is_cancelled() {
+            return Ok(Ran::Stopped);
+        }
         let limit = (cap - read).min(DETAILS_BATCH as u64) as i64;
         let batch = registry.accounts_needing_details(due, &after, limit).await?;
         let Some(last) = batch.last() else { break };
         after = last.clone();
         read += batch.len() as u64;
-        let mut results = futures::stream::iter(batch)
-            .map(|user_id| async move {
+        let outcomes = call_in_paced_groups(
+            batch,
+            options.details_concurrency,
+            options.pace,
+            &options.stop,
+            |user_id| async move {
                 let details = client.user_details(&user_id).await;
                 (user_id, details)
-            })
-            .buffer_unordered(options.details_concurrency);
-        while let Some((user_id, details)) = results.next().await {
+            },
+        );
+        let mut outcomes = std::pin::pin!(outcomes);
+        while let Some((user_id, details)) = outcomes.next().await {
             match details {
                 Ok(Some(details)) => {
                     let emails = emails_of(&user_id, &details.threepids);
@@ -287,10 +346,78 @@ async fn read_details(
                     counts.failed += 1;
                 }
             }
-            progress.details(counts.fetched + counts.failed, total);
+            progress.details(counts.fetched + counts.failed, counts.due);
+        }
+        if options.stop.is_cancelled() {
+            return Ok(Ran::Stopped);
         }
     }
-    Ok(())
+    Ok(Ran::ToTheEnd)
+}
+
+/// Calls Synapse for each of `items`, at most `concurrency` at once: the
+/// outcomes, as they come. Paced, the calls go in groups of `concurrency`,
+/// each followed by its rest ([`rest_after`]), taken once the group's last
+/// outcome was handled. A group's wall time counts as Synapse's time: its
+/// main process serves requests on one Python thread, so calls sent
+/// together mostly wait for each other there; the wall time also holds
+/// lifeboat's own writes between outcomes, which errs on Synapse's side.
+/// Resting after each group (never while calls are in flight) keeps every
+/// burst short, so other people's requests never queue behind hundreds of
+/// lifeboat's.
+///
+/// On `stop` the outcomes end between two of them: calls in flight are
+/// dropped unhandled, to be made again by the next sync.
+fn call_in_paced_groups<'a, T, R, F, Fut>(
+    items: Vec<T>,
+    concurrency: usize,
+    pace: Option<f64>,
+    stop: &'a CancellationToken,
+    call: F,
+) -> impl futures::Stream<Item = R> + 'a
+where
+    T: 'a,
+    F: FnMut(T) -> Fut + 'a,
+    Fut: Future<Output = R> + 'a,
+{
+    let concurrency = concurrency.max(1);
+    let group_size = if pace.is_some() { concurrency } else { items.len().max(1) };
+    let groups = Groups { items: items.into_iter(), group_size, call, current: None };
+    futures::stream::unfold(groups, move |mut groups| async move {
+        loop {
+            if let Some((asked, outcomes)) = &mut groups.current {
+                let outcome = tokio::select! {
+                    biased;
+                    _ = stop.cancelled() => return None,
+                    outcome = outcomes.next() => outcome,
+                };
+                if let Some(outcome) = outcome {
+                    return Some((outcome, groups));
+                }
+                let asked = *asked;
+                groups.current = None;
+                if !rest_after(asked, pace, stop).await {
+                    return None;
+                }
+            }
+            let group: Vec<T> = groups.items.by_ref().take(groups.group_size).collect();
+            if group.is_empty() {
+                return None;
+            }
+            let asked = Instant::now();
+            let calls: Vec<Fut> = group.into_iter().map(&mut groups.call).collect();
+            groups.current = Some((asked, futures::stream::iter(calls).buffer_unordered(concurrency)));
+        }
+    })
+}
+
+/// The state of [`call_in_paced_groups`]: items not yet called, and the
+/// group in flight with when it was sent.
+struct Groups<T, F, Fut: Future> {
+    items: std::vec::IntoIter<T>,
+    group_size: usize,
+    call: F,
+    current: Option<(Instant, futures::stream::BufferUnordered<futures::stream::Iter<std::vec::IntoIter<Fut>>>)>,
 }
 
 /// When details just read are due again: after between half and all of
@@ -327,5 +454,90 @@ mod tests {
         assert_eq!(pause_after(took, 0.25), Duration::from_millis(300), "100 ms of 400 is a quarter");
         assert_eq!(pause_after(took, 0.5), Duration::from_millis(100));
         assert_eq!(pause_after(took, 1.0), Duration::ZERO, "all of its time: no pause");
+    }
+
+    /// One call of a test: its item, when it started and when it ended.
+    type Call = (usize, std::time::Instant, std::time::Instant);
+
+    async fn ten_calls_of_10_ms(
+        pace: Option<f64>,
+        stop: &CancellationToken,
+        stop_after_recording: usize,
+    ) -> (Vec<usize>, Vec<Call>) {
+        let calls = std::sync::Mutex::new(Vec::<Call>::new());
+        let mut recorded = Vec::new();
+        {
+            let outcomes = call_in_paced_groups((0..10).collect(), 4, pace, stop, |item: usize| {
+                let calls = &calls;
+                async move {
+                    let started = std::time::Instant::now();
+                    tokio::time::sleep(Duration::from_millis(10)).await;
+                    calls.lock().unwrap().push((item, started, std::time::Instant::now()));
+                    item
+                }
+            });
+            let mut outcomes = std::pin::pin!(outcomes);
+            while let Some(item) = outcomes.next().await {
+                recorded.push(item);
+                if recorded.len() == stop_after_recording {
+                    stop.cancel();
+                }
+            }
+        }
+        recorded.sort_unstable();
+        (recorded, calls.into_inner().unwrap())
+    }
+
+    /// The first start and the last end of each group of four calls.
+    fn group_spans(calls: &[Call]) -> Vec<(std::time::Instant, std::time::Instant)> {
+        let mut spans = Vec::new();
+        for group in 0..calls.len().div_ceil(4) {
+            let members: Vec<_> = calls.iter().filter(|(item, _, _)| item / 4 == group).collect();
+            let first_start = members.iter().map(|(_, started, _)| *started).min().unwrap();
+            let last_end = members.iter().map(|(_, _, ended)| *ended).max().unwrap();
+            spans.push((first_start, last_end));
+        }
+        spans
+    }
+
+    // Lower bounds only: a busy machine makes every wait longer, never shorter.
+    #[tokio::test]
+    async fn paced_detail_calls_go_in_groups_each_followed_by_a_rest_of_three_times_its_length_at_a_quarter() {
+        let (recorded, calls) = ten_calls_of_10_ms(Some(0.25), &CancellationToken::new(), 0).await;
+        assert_eq!(recorded, (0..10).collect::<Vec<_>>(), "every outcome recorded once");
+        let spans = group_spans(&calls);
+        assert_eq!(spans.len(), 3, "groups of 4, 4 and 2");
+        for (number, pair) in spans.windows(2).enumerate() {
+            let ((started, ended), (next_started, _)) = (pair[0], pair[1]);
+            let (busy, rest) = (ended - started, next_started.saturating_duration_since(ended));
+            // (1 µs: the float arithmetic of `pause_after`.)
+            assert!(
+                rest + Duration::from_micros(1) >= busy * 3,
+                "group {number} kept Synapse busy {busy:?}, then rested only {rest:?}"
+            );
+        }
+    }
+
+    #[tokio::test]
+    async fn a_stop_ends_paced_calls_at_once_and_keeps_what_was_recorded() {
+        let stop = CancellationToken::new();
+        let (recorded, calls) = ten_calls_of_10_ms(Some(0.25), &stop, 1).await;
+        assert_eq!(recorded.len(), 1, "nothing recorded after the stop");
+        assert!(calls.iter().all(|(item, _, _)| *item < 4), "no call of the next group started: {calls:?}");
+
+        let stop = CancellationToken::new();
+        let (recorded, calls) = ten_calls_of_10_ms(Some(0.25), &stop, 4).await;
+        assert_eq!(recorded, [0, 1, 2, 3], "the whole first group");
+        assert!(calls.iter().all(|(item, _, _)| *item < 4), "{calls:?}");
+    }
+
+    #[tokio::test]
+    async fn a_stop_cuts_a_rest_short() {
+        let stop = CancellationToken::new();
+        stop.cancel();
+        // An hour's work would rest three hours.
+        let an_hour_ago = Instant::now().checked_sub(Duration::from_secs(3600)).unwrap();
+        let rested = tokio::time::timeout(Duration::from_secs(30), rest_after(an_hour_ago, Some(0.25), &stop)).await;
+        assert_eq!(rested.ok(), Some(false), "stopped at once, and says so");
     }
 }

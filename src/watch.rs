@@ -198,7 +198,12 @@ pub trait AlertSink: Send + Sync {
 /// emails), whose classification gives the verdict. When every token is
 /// rejected: a check (a wipe, or a typo?), recovery if a secret is
 /// configured, then the sync.
-pub async fn observe(config: &Config, registry: &Registry, recover_lock: &tokio::sync::Mutex<()>) -> Observation {
+pub async fn observe(
+    config: &Config,
+    registry: &Registry,
+    recover_lock: &tokio::sync::Mutex<()>,
+    cancel: &CancellationToken,
+) -> Observation {
     let actor = Actor::service("watcher");
     let mut seen = Observation { at: Some(now_ms()), ..Observation::default() };
     let options = CheckOptions {
@@ -219,7 +224,10 @@ pub async fn observe(config: &Config, registry: &Registry, recover_lock: &tokio:
     };
     if !seen.token_rejected {
         // One listing a round: the sync's, classified as `check` would.
-        match sync(registry, &client, &SyncOptions::from_config(config).paced(config), &actor, &Quiet).await {
+        // Paced, a first sync of a big server can take long: serve's stop
+        // ends it between calls, keeping what it read.
+        let paced = SyncOptions::from_config(config).paced(config).stopped_by(cancel.clone());
+        match sync(registry, &client, &paced, &actor, &Quiet).await {
             Ok(summary) => seen.saw(summary.applied.report, config.watch.loss_threshold),
             // A sync from the CLI or the bot is under way: a read-only
             // check tells this round's verdict without waiting for it.
@@ -261,6 +269,10 @@ pub async fn observe(config: &Config, registry: &Registry, recover_lock: &tokio:
             Err(err @ SyncError::Busy { .. }) => tracing::info!(reason = %err, "watcher: sync skipped this round"),
             Err(err) => tracing::warn!(error = %err, "watcher: sync failed"),
         }
+    }
+    if cancel.is_cancelled() {
+        // serve is stopping: holds and rejoins wait for its next start.
+        return seen;
     }
     if holds_wanted(config, false) {
         hold_lost(config, registry, &client, &actor, &mut seen).await;
@@ -338,10 +350,11 @@ pub async fn run(
     cancel: CancellationToken,
 ) {
     loop {
-        // A round runs to its end even when serve is stopping: dropped inside
+        // A round runs to its end even when serve is stopping (its sync
+        // stops early by itself, between calls): dropped inside
         // a sync's transaction, it would leave SQLite locked for the parts
         // still finishing (a notify marking what it sent).
-        let seen = observe(&config, &registry, &recover_lock).await;
+        let seen = observe(&config, &registry, &recover_lock, &cancel).await;
         if cancel.is_cancelled() {
             return;
         }

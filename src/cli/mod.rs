@@ -85,6 +85,7 @@ enum Command {
     /// Accounts that are no longer listed are marked missing, never deleted.
     /// A listing that fails part-way changes nothing. Emails are fetched for
     /// new accounts and for those not fetched within sync.details_max_age.
+    /// Ctrl-C stops it keeping what was read; run it again to continue.
     Sync(sync::Args),
     /// Compare the registry with Synapse's listing, without changing anything.
     ///

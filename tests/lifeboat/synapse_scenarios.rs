@@ -221,6 +221,93 @@ async fn a_sync_while_another_runs_says_so_and_a_dead_ones_is_taken_over() {
     assert_eq!(taken_over.json()["report"]["present"], 1, "the admin, listed again");
 }
 
+/// Emails the registry holds, all accounts together.
+async fn emails_in(store: &lifeboat::registry::Registry) -> i64 {
+    store.contact_counts().await.unwrap().iter().map(|(_, count)| count).sum()
+}
+
+/// The first sync of a big server reads every account's emails at a share
+/// of Synapse's time, which can take hours: Ctrl-C stops it keeping what it
+/// read, and the next sync reads only the rest.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_sync_stopped_during_the_email_import_keeps_what_it_read_and_the_next_reads_only_the_rest() {
+    let synapse = TestSynapse::start();
+    let registry = TestDatabase::sqlite();
+    let people = 120;
+    let prefix = unique("reader");
+    let client = reqwest::Client::builder().no_proxy().build().unwrap();
+    let token = synapse.admin_token();
+    futures::future::join_all((0..8).map(|lane| {
+        let (client, token, url, server, prefix) =
+            (client.clone(), token.clone(), synapse.url.clone(), synapse.server_name.clone(), prefix.clone());
+        async move {
+            for n in (lane..people).step_by(8) {
+                let localpart = format!("{prefix}-{n:03}");
+                let response = client
+                    .put(format!("{url}/_synapse/admin/v2/users/@{localpart}:{server}"))
+                    .bearer_auth(&token)
+                    .json(&serde_json::json!({"threepids": [{"medium": "email", "address": format!("{localpart}@example.org")}]}))
+                    .send()
+                    .await
+                    .unwrap();
+                assert!(response.status().is_success());
+            }
+        }
+    }))
+    .await;
+    // Two calls at a time, paced to 2% of Synapse's time: the import takes
+    // a minute or more, so the stop lands in it.
+    let lifeboat = Lifeboat::with_config(&format!(
+        "[homeserver]\nurl = \"{}\"\nserver_name = \"{}\"\nadmin_token = \"{token}\"\n\n\
+         [registry]\nurl = \"{}\"\n\n[sync]\npage_size = 500\ndetails_concurrency = 2\n\n\
+         [watch]\nmax_synapse_share = 0.02\n",
+        synapse.url,
+        synapse.server_name,
+        registry.url()
+    ));
+    let store = lifeboat::registry::Registry::connect(&registry.url()).await.unwrap();
+
+    let first = lifeboat.spawn_captured(&["sync", "--json"]);
+    crate::harness::eventually("some emails imported", std::time::Duration::from_secs(120), || async {
+        emails_in(&store).await >= 10
+    })
+    .await;
+    unsafe { libc::kill(first.id().unwrap() as i32, libc::SIGINT) };
+    let output = tokio::time::timeout(std::time::Duration::from_secs(30), first.wait_with_output())
+        .await
+        .expect("Ctrl-C stops the sync promptly")
+        .unwrap();
+    let (stdout, stderr) = (String::from_utf8_lossy(&output.stdout), String::from_utf8_lossy(&output.stderr));
+    assert_eq!(output.status.code(), Some(1), "{stdout}{stderr}");
+    assert!(stderr.contains("interrupted") && stderr.contains("run `lifeboat sync` again"), "{stderr}");
+    assert!(!stderr.contains("paced to"), "no note about pacing for a small server: {stderr}");
+    let stopped: Value = serde_json::from_str(&stdout).unwrap();
+    assert_eq!(stopped["stopped"], true, "{stopped}");
+    assert_eq!(stopped["details_due"], people + 1, "everyone and the admin: {stopped}");
+    let read_first = stopped["details_fetched"].as_u64().unwrap();
+    assert!(read_first > 0 && read_first <= people as u64, "stopped part-way: {stopped}");
+    assert_eq!(emails_in(&store).await, stopped["emails_imported"].as_i64().unwrap(), "what it read is kept");
+    let until = lifeboat::registry::now_ms() + 60_000;
+    assert!(
+        store.take_lease("sync", "test", until, None).await.unwrap().is_ok(),
+        "the stopped sync let go of its lease"
+    );
+    store.release_lease("sync", "test").await.unwrap();
+
+    let rerun = lifeboat.run(&["sync", "--json", "--full-speed"]).await;
+    assert_eq!(rerun.code, 0, "{rerun:?}");
+    let rest = rerun.json();
+    assert_eq!(rest["stopped"], false);
+    assert_eq!(rest["details_due"].as_u64(), Some(people as u64 + 1 - read_first), "only the rest: {rest}");
+    assert_eq!(rest["details_fetched"], rest["details_due"], "{rest}");
+    assert_eq!(emails_in(&store).await, people as i64, "every email imported");
+    assert_eq!(
+        stopped["emails_imported"].as_i64().unwrap() + rest["emails_imported"].as_i64().unwrap(),
+        people as i64,
+        "none read twice"
+    );
+}
+
 /// Listing requests Synapse has logged so far.
 fn listing_requests(synapse: &TestSynapse) -> usize {
     synapse.log().matches("/_synapse/admin/v2/users?").count()
