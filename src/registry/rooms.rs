@@ -274,8 +274,16 @@ impl Registry {
     /// room is recorded as seen now; rooms not listed keep what the
     /// registry last knew (they are gone from here, not forgotten).
     pub async fn apply_room_listing(&self, rooms: &[RoomRecord]) -> Result<()> {
-        let now = now_ms();
         let mut tx = self.begin_write().await?;
+        // Each listing's stamp is later than the last one's, even within a
+        // millisecond: a room in the previous listing only must not count
+        // as in this one (`ROOM_STATE_SQL` compares the two).
+        let previous: Option<String> = sqlx::query_scalar("SELECT value FROM settings WHERE name = $1")
+            .bind(ROOMS_LISTED_SETTING)
+            .fetch_optional(&mut *tx)
+            .await?;
+        let previous = previous.and_then(|stamp| stamp.parse::<i64>().ok()).unwrap_or(i64::MIN);
+        let now = now_ms().max(previous.saturating_add(1));
         for room in rooms {
             sqlx::query(
                 "INSERT INTO rooms (room_id, name, canonical_alias, join_rule, public, encrypted, room_type, creator, \

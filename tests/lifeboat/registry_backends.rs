@@ -3,8 +3,8 @@
 use std::future::Future;
 
 use lifeboat::registry::{
-    AccountState, Actor, AddContact, ContactKind, ContactSource, MAX_REJOIN_ATTEMPTS, Registry, RejoinOutcome, Room,
-    RoomDetails, RoomRecord, RoomState,
+    AccountState, Actor, AddContact, ContactKind, ContactSource, MAX_REJOIN_ATTEMPTS, MessageKind, Registry,
+    RejoinOutcome, Room, RoomDetails, RoomRecord, RoomState,
 };
 use lifeboat::synapse::ListedUser;
 use serde_json::json;
@@ -348,6 +348,36 @@ async fn rooms_gone_from_a_listing_are_classified_and_a_lost_persons_memberships
     assert_eq!((counts.elsewhere, counts.recreated, counts.rejoined, counts.pending), (1, 1, 1, 1));
 }
 on_both_backends!(rooms_gone_from_a_listing_are_classified_and_a_lost_persons_memberships_wait_for_them);
+
+async fn a_queued_message_past_its_expiry_is_skipped_and_its_text_emptied(registry: Registry) {
+    use lifeboat::email::EmailAddress;
+    use lifeboat::outbox::{Progress, QueuedEmails, queue_email, send_until_done};
+    struct Quiet;
+    impl Progress for Quiet {}
+    let message = lifeboat::messages::contact_code("example.org", "@a:x", "123456", 30);
+    let to = EmailAddress::parse("a@example.org").unwrap();
+    let past = lifeboat::registry::now_ms() - 1;
+    let id = queue_email(&registry, MessageKind::Code, &to, &message, None, past).await.unwrap();
+    // Nothing listens there: a send would fail, so a skip is the only way to end it.
+    let email = lifeboat::config::EmailConfig {
+        smtp_url: "smtp://127.0.0.1:9".to_owned(),
+        smtp_password: None,
+        from: "Lifeboat <lifeboat@example.org>".to_owned(),
+        connections: 1,
+    };
+    let mailer = lifeboat::mail::Mailer::from_config(&email, 1).unwrap();
+    let queued = QueuedEmails { registry: &registry, mailer: &mailer, server_name: "example.org" };
+    send_until_done(&registry, &queued, 1, &Quiet).await.unwrap();
+    let (state, reason) = registry.message_outcome(id).await.unwrap().unwrap();
+    assert_eq!((state.as_str(), reason.as_deref()), ("skipped", Some("expired before it could be sent")));
+    let (text,): (Option<String>,) = sqlx::query_as("SELECT body_text FROM deliveries WHERE id = $1")
+        .bind(id)
+        .fetch_one(registry.pool())
+        .await
+        .unwrap();
+    assert_eq!(text, None, "the code does not stay in the registry");
+}
+on_both_backends!(a_queued_message_past_its_expiry_is_skipped_and_its_text_emptied);
 
 /// Tables and their columns in order (a backup's rows follow it), as the
 /// database itself describes them.
