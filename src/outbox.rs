@@ -84,18 +84,7 @@ pub async fn queue_email(
     incident_id: Option<i64>,
     expires_at: i64,
 ) -> Result<i64, registry::Error> {
-    let id = registry
-        .queue_email(&NewMessage {
-            kind,
-            to: to.as_str(),
-            subject: &message.subject,
-            text: &message.text,
-            html: &message.html,
-            incident_id,
-            expires_at,
-            due_at: now_ms(),
-        })
-        .await?;
+    let id = registry.queue_email(&new_email(kind, to, message, incident_id, expires_at)).await?;
     QUEUED.notify_one();
     Ok(id)
 }
@@ -149,6 +138,26 @@ impl Channel for QueuedEmails<'_> {
     }
 }
 
+/// The outbox row of an email, due now.
+fn new_email<'a>(
+    kind: MessageKind,
+    to: &'a EmailAddress,
+    message: &'a Rendered,
+    incident_id: Option<i64>,
+    expires_at: i64,
+) -> NewMessage<'a> {
+    NewMessage {
+        kind,
+        to: to.as_str(),
+        subject: &message.subject,
+        text: &message.text,
+        html: &message.html,
+        incident_id,
+        expires_at,
+        due_at: now_ms(),
+    }
+}
+
 /// Queues an email and sends it at once, as `drill` does to report on it;
 /// the outcome is recorded like any other. The send loop may take it only
 /// once it expired (then to mark it skipped), so nobody sends it twice.
@@ -160,19 +169,8 @@ pub async fn send_at_once(
     message: &Rendered,
     expires_at: i64,
 ) -> Result<Result<(), String>, SendError> {
-    let id = queued
-        .registry
-        .queue_email(&NewMessage {
-            kind,
-            to: to.as_str(),
-            subject: &message.subject,
-            text: &message.text,
-            html: &message.html,
-            incident_id: None,
-            expires_at,
-            due_at: expires_at,
-        })
-        .await?;
+    let row = NewMessage { due_at: expires_at, ..new_email(kind, to, message, None, expires_at) };
+    let id = queued.registry.queue_email(&row).await?;
     let Some(stored) = queued.registry.pending_message(id).await? else {
         return Ok(Err("it was no longer waiting to be sent".to_owned()));
     };

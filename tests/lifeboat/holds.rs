@@ -338,26 +338,14 @@ async fn holding_a_thousand_ids_killed_midway_and_run_again_holds_each_exactly_o
     let registry = TestDatabase::sqlite();
     let count = 1000;
     let prefix = unique("many");
-    let client = reqwest::Client::builder().no_proxy().build().unwrap();
     let token = synapse.admin_token();
-    futures::future::join_all((0..8).map(|lane| {
-        let (client, token, url, server, prefix) =
-            (client.clone(), token.clone(), synapse.url.clone(), synapse.server_name.clone(), prefix.clone());
-        async move {
-            for n in (lane..count).step_by(8) {
-                let id = format!("@{prefix}-{n:04}:{server}");
-                let response = client
-                    .put(format!("{url}/_synapse/admin/v2/users/{id}"))
-                    .bearer_auth(&token)
-                    .json(&serde_json::json!({"displayname": format!("Person {n}")}))
-                    .send()
-                    .await
-                    .unwrap();
-                assert!(response.status().is_success());
-            }
-        }
-    }))
-    .await;
+    synapse
+        .create_accounts(
+            count,
+            |n| format!("{prefix}-{n:04}"),
+            |n| serde_json::json!({"displayname": format!("Person {n}")}),
+        )
+        .await;
     let lifeboat = Lifeboat::with_config(&format!(
         "[homeserver]\nurl = \"{}\"\nserver_name = \"{}\"\nadmin_token = \"{token}\"\n\
          registration_shared_secret = \"{}\"\n\n[registry]\nurl = \"{}\"\n",

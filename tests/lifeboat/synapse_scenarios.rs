@@ -235,26 +235,13 @@ async fn a_sync_stopped_during_the_email_import_keeps_what_it_read_and_the_next_
     let registry = TestDatabase::sqlite();
     let people = 120;
     let prefix = unique("reader");
-    let client = reqwest::Client::builder().no_proxy().build().unwrap();
     let token = synapse.admin_token();
-    futures::future::join_all((0..8).map(|lane| {
-        let (client, token, url, server, prefix) =
-            (client.clone(), token.clone(), synapse.url.clone(), synapse.server_name.clone(), prefix.clone());
-        async move {
-            for n in (lane..people).step_by(8) {
-                let localpart = format!("{prefix}-{n:03}");
-                let response = client
-                    .put(format!("{url}/_synapse/admin/v2/users/@{localpart}:{server}"))
-                    .bearer_auth(&token)
-                    .json(&serde_json::json!({"threepids": [{"medium": "email", "address": format!("{localpart}@example.org")}]}))
-                    .send()
-                    .await
-                    .unwrap();
-                assert!(response.status().is_success());
-            }
-        }
-    }))
-    .await;
+    let localpart = |n: usize| format!("{prefix}-{n:03}");
+    synapse
+        .create_accounts(people, localpart, |n| {
+            serde_json::json!({"threepids": [{"medium": "email", "address": format!("{}@example.org", localpart(n))}]})
+        })
+        .await;
     // Two calls at a time, paced to 2% of Synapse's time: the import takes
     // a minute or more, so the stop lands in it.
     let lifeboat = Lifeboat::with_config(&format!(

@@ -46,6 +46,36 @@ pub struct TestSynapse {
 }
 
 impl TestSynapse {
+    /// Creates `count` accounts through the admin API, 8 at a time: the
+    /// `n`th is `@{localpart(n)}:server` with `body(n)` as its admin PUT.
+    pub async fn create_accounts(
+        &self,
+        count: usize,
+        localpart: impl Fn(usize) -> String + Sync,
+        body: impl Fn(usize) -> serde_json::Value + Sync,
+    ) {
+        let client = reqwest::Client::builder().no_proxy().build().unwrap();
+        let token = self.admin_token();
+        let (localpart, body) = (&localpart, &body);
+        futures::future::join_all((0..8).map(|lane| {
+            let (client, token) = (client.clone(), token.clone());
+            async move {
+                for n in (lane..count).step_by(8) {
+                    let id = format!("@{}:{}", localpart(n), self.server_name);
+                    let response = client
+                        .put(format!("{}/_synapse/admin/v2/users/{id}", self.url))
+                        .bearer_auth(&token)
+                        .json(&body(n))
+                        .send()
+                        .await
+                        .unwrap();
+                    assert!(response.status().is_success(), "creating {id}: {}", response.status());
+                }
+            }
+        }))
+        .await;
+    }
+
     /// Starts a fresh Synapse with an admin account; blocks until it answers.
     pub fn start() -> TestSynapse {
         Self::start_with(&[])
