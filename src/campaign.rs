@@ -13,7 +13,7 @@ use crate::links::LINK_KEY;
 use crate::mail::Mailer;
 use crate::notify::{NoticeSettings, NotifyError, NotifyProgress, Transport, send_deliveries};
 use crate::recover::{AdminAccess, RecoverError, admin_access, recover, service_user_id};
-use crate::registry::{self, Actor, DeliveryCounts, Incident, Registry};
+use crate::registry::{self, Actor, DeliveryCounts, Incident, IncidentScope, Registry};
 use crate::synapse::SynapseClient;
 use crate::sync::{Quiet, SyncError, SyncOptions, sync};
 use crate::tokens::{TokenError, ensure_notice_tokens, extend_unsent_tokens};
@@ -138,7 +138,7 @@ pub async fn open_incident(
     registry: &Registry,
     title: &str,
     postmortem: &str,
-    scope: &str,
+    scope: IncidentScope,
     again: bool,
     actor: &Actor,
     progress: &dyn NotifyProgress,
@@ -155,7 +155,7 @@ pub async fn open_incident(
     if let Err(reason) = synced {
         let last = registry.last_complete_sync().await?.and_then(|run| run.finished_at);
         let when = last.and_then(registry::format_time).unwrap_or_else(|| "never".to_owned());
-        let used = if scope == "missing" {
+        let used = if scope == IncidentScope::Missing {
             format!("the affected accounts are those the last complete sync ({when}) marked missing")
         } else {
             format!("the accounts and their states are those of the last complete sync ({when})")

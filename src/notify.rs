@@ -24,7 +24,8 @@ use crate::mail::{Mailer, OutgoingEmail};
 use crate::notice::{NoticeContext, NoticeError, RenderedNotice, render_email_notice, render_notice};
 use crate::outbox::Outcome;
 use crate::registry::{
-    self, AccountState, Delivery, DeliveryCounts, Incident, PlannedEmails, Registry, RoomFate, RoomState, may_come_back,
+    self, AccountState, Delivery, DeliveryChannel, DeliveryCounts, Incident, PlannedEmails, Registry, RoomFate,
+    RoomState, may_come_back,
 };
 
 /// Errors of a notify run: the outbox's.
@@ -194,7 +195,7 @@ impl NoticeSettings {
         render: impl FnOnce(&NoticeContext) -> Result<T, NoticeError>,
     ) -> Result<T, NotifyError> {
         let expires = delivery.token_expires_at.map(|ms| self.expiry_labels.label(ms));
-        let state = AccountState::parse(&delivery.account_state);
+        let state = delivery.account_state;
         let claim_url = self.claim_url(incident, delivery, state);
         let no_rooms = PersonRooms::default();
         let rooms = self.rooms.get(&delivery.user_id).unwrap_or(&no_rooms);
@@ -263,10 +264,10 @@ pub enum Transport<'a> {
 }
 
 impl Transport<'_> {
-    fn channel(&self) -> &'static str {
+    fn channel(&self) -> DeliveryChannel {
         match self {
-            Transport::Email(_) => "email",
-            Transport::Matrix(_) => "matrix",
+            Transport::Email(_) => DeliveryChannel::Email,
+            Transport::Matrix(_) => DeliveryChannel::Matrix,
         }
     }
 
@@ -302,14 +303,14 @@ impl Transport<'_> {
         if delivery.opted_out_at.is_some() {
             return Some("the contact opted out");
         }
-        if delivery.channel == "email" && delivery.contact_id.is_none() {
+        if delivery.channel == DeliveryChannel::Email && delivery.contact_id.is_none() {
             return Some("the contact was removed");
         }
         // Planned when the account survived; since then its ID was lost
         // (held) or registered again by someone lifeboat cannot vouch for.
-        if delivery.channel == "matrix"
+        if delivery.channel == DeliveryChannel::Matrix
             && delivery.address == delivery.user_id
-            && !AccountState::parse(&delivery.account_state).is_its_persons()
+            && !delivery.account_state.is_its_persons()
         {
             return Some("the account is no longer its person's (lost, held, or registered again by someone else)");
         }

@@ -27,7 +27,7 @@ use crate::dm::DmError;
 use crate::email::EmailAddress;
 use crate::mail::{MailError, Mailer, OutgoingEmail};
 use crate::messages::Rendered;
-use crate::registry::{self, MessageKind, NewMessage, OutboxWriter, Registry, StoredMessage, now_ms};
+use crate::registry::{self, DeliveryChannel, MessageKind, NewMessage, OutboxWriter, Registry, StoredMessage, now_ms};
 
 /// Tries of one row within one run before it is left for later.
 const ATTEMPTS_PER_RUN: u32 = 3;
@@ -101,11 +101,11 @@ impl Channel for QueuedEmails<'_> {
     type Row = StoredMessage;
 
     async fn claim(&self, limit: usize) -> Result<Vec<StoredMessage>, registry::Error> {
-        self.registry.due_messages("email", limit as i64).await
+        self.registry.due_messages(DeliveryChannel::Email, limit as i64).await
     }
 
     async fn next_due(&self) -> Result<Option<i64>, registry::Error> {
-        self.registry.next_message_due("email").await
+        self.registry.next_message_due(DeliveryChannel::Email).await
     }
 
     fn key(message: &StoredMessage) -> (i64, i64) {
@@ -123,7 +123,6 @@ impl Channel for QueuedEmails<'_> {
             Ok(to) => to,
             Err(err) => return Outcome::Failed(err.to_string()),
         };
-        let kind = message.kind().map_or("message", MessageKind::as_str);
         let email = OutgoingEmail {
             to,
             subject: subject.clone(),
@@ -131,7 +130,7 @@ impl Channel for QueuedEmails<'_> {
             html: message.body_html.clone().unwrap_or_default(),
             // The same for every attempt, so a repeat is recognisable; it
             // names only the outbox row, never a link or a code.
-            message_id: format!("{kind}-{}@{}", message.id, self.server_name),
+            message_id: format!("{}-{}@{}", message.kind, message.id, self.server_name),
             list_unsubscribe: None,
         };
         mail_outcome(self.mailer.send(&email).await)

@@ -14,7 +14,7 @@ use crate::campaign::{CampaignError, CampaignOptions, run_campaign};
 use crate::config::Config;
 use crate::notify::NotifyProgress;
 use crate::outbox::{QUEUED, QueuedEmails, send_until_done};
-use crate::registry::{Actor, Registry, now_ms};
+use crate::registry::{Actor, DeliveryChannel, Registry, now_ms};
 
 /// How often the worker looks for due deliveries.
 pub const POLL_EVERY: Duration = Duration::from_secs(30);
@@ -84,14 +84,14 @@ pub async fn run(config: Arc<Config>, registry: Registry, cancel: CancellationTo
 /// now: a short outage then delays notices by one poll, not by the backoff.
 async fn channel_is_back(registry: &Registry, probe: &crate::mail::Mailer) -> bool {
     let until = now_ms() + crate::outbox::PARKED_MAX.as_millis() as i64;
-    match registry.parked_deliveries("email", until).await {
+    match registry.parked_deliveries(DeliveryChannel::Email, until).await {
         Ok(0) | Err(_) => return false,
         Ok(_) => {}
     }
     if probe.test_connection().await.is_err() {
         return false;
     }
-    match registry.release_parked("email", until).await {
+    match registry.release_parked(DeliveryChannel::Email, until).await {
         Ok(released) => {
             tracing::info!(released, "the mail server answers again: waiting notices are due now");
             released > 0

@@ -17,9 +17,9 @@ use crate::links::LINK_KEY;
 use crate::notice::markdown_escape;
 use crate::notify::{NotifyProgress, human_time, plan};
 use crate::recover::service_user_id;
-use crate::registry::MessageKind;
-use crate::registry::{AccountState, RoomState};
-use crate::registry::{Actor, ContactSource, format_time, now_ms};
+use crate::registry::{
+    AccountState, Actor, ContactKind, ContactSource, IncidentScope, MessageKind, RoomState, format_time, now_ms,
+};
 use crate::sync::{Quiet, SyncOptions, sync};
 use crate::tokens::{PersonToken, revoke_unused_tokens, token_for_person};
 use crate::user_id::UserId;
@@ -136,7 +136,7 @@ async fn run(bot: &Bot, room: &Room, actor: &Actor, command: AdminCommand) -> Re
         }
         AdminCommand::IncidentOpen { title, postmortem, again } => {
             let notes = Notes::default();
-            let opened = open_incident(config, registry, &title, &postmortem, "missing", again, actor, &notes)
+            let opened = open_incident(config, registry, &title, &postmortem, IncidentScope::Missing, again, actor, &notes)
                 .await
                 .map_err(|err| match err {
                     CampaignError::AlreadyCovered(ref covering) => format!(
@@ -398,7 +398,7 @@ async fn token(bot: &Bot, actor: &Actor, user: &UserId) -> Result<String, String
         .await
         .map_err(|err| err.to_string())?
         .into_iter()
-        .filter(|contact| contact.kind == "email" && contact.opted_out_at.is_none())
+        .filter(|contact| contact.kind == ContactKind::Email && contact.opted_out_at.is_none())
         .filter_map(|contact| EmailAddress::parse(&contact.address).ok())
         .collect();
     if addresses.is_empty() {
@@ -478,13 +478,13 @@ async fn holds(bot: &Bot) -> Result<String, String> {
         return Ok("No held, claimed or taken IDs.".to_owned());
     }
     let mut reply = String::new();
-    for state in ["held", "claimed", "recreated"] {
+    for state in [AccountState::Held, AccountState::Claimed, AccountState::Recreated] {
         let ids: Vec<String> =
             holds.iter().filter(|hold| hold.state == state).map(|hold| hold.user_id.clone()).collect();
         if !ids.is_empty() {
             let label = match state {
-                "held" => "Held for their owners",
-                "claimed" => "Claimed (handed back)",
+                AccountState::Held => "Held for their owners",
+                AccountState::Claimed => "Claimed (handed back)",
                 _ => "Taken by someone else before the hold (strangers until settled with `lifeboat holds claim`)",
             };
             reply.push_str(&format!("**{label}** ({}): {}\n\n", ids.len(), crate::plural::id_list(&ids, 30)));

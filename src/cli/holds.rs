@@ -75,12 +75,12 @@ pub async fn run(context: &Context, command: Command) -> Outcome {
                 for hold in &holds {
                     println!("{:<10} {}  {}", hold.state, time(hold.since), hold.user_id);
                 }
-                let count = |state: &str| holds.iter().filter(|hold| hold.state == state).count();
+                let count = |state| holds.iter().filter(|hold| hold.state == state).count();
                 println!(
                     "{} held, {} claimed, {} taken by someone else (recreated).",
-                    count("held"),
-                    count("claimed"),
-                    count("recreated")
+                    count(AccountState::Held),
+                    count(AccountState::Claimed),
+                    count(AccountState::Recreated)
                 );
             }
             Ok(exit::OK)

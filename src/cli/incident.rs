@@ -6,7 +6,7 @@ use super::output::{print_json, time};
 use super::{Context, Failure, Outcome, exit};
 use crate::campaign::{CampaignError, open_incident};
 use crate::notify::NotifyProgress;
-use crate::registry::{Actor, IncidentSummary};
+use crate::registry::{Actor, IncidentScope, IncidentSummary};
 use crate::tokens::revoke_unused_tokens;
 
 #[derive(clap::Subcommand, Debug)]
@@ -80,8 +80,8 @@ pub async fn run(context: &Context, command: Command) -> Outcome {
                 return Err(Failure::new(exit::USAGE, problem));
             }
             let scope = match affected {
-                Scope::Missing => "missing",
-                Scope::All => "all",
+                Scope::Missing => IncidentScope::Missing,
+                Scope::All => IncidentScope::All,
             };
             let opened = open_incident(&config, &registry, title, &markdown, scope, force, &Actor::cli(), &StderrNotes)
                 .await

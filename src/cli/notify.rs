@@ -8,7 +8,7 @@ use super::{Context, Failure, Outcome, exit};
 use crate::campaign::{CampaignOptions, notice_settings, run_campaign};
 use crate::notify::{NotifyProgress, plan};
 use crate::recover::service_user_id;
-use crate::registry::{Actor, Delivery, now_ms};
+use crate::registry::{Actor, Delivery, DeliveryChannel, now_ms};
 
 #[derive(clap::Args, Debug)]
 pub struct Args {
@@ -88,7 +88,7 @@ pub async fn run(context: &Context, args: Args) -> Outcome {
                 id: 0,
                 incident_id: incident.id,
                 user_id,
-                channel: "email".to_owned(),
+                channel: DeliveryChannel::Email,
                 address: address.clone(),
                 attempts: 0,
                 next_attempt_at: 0,

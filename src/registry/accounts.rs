@@ -9,10 +9,12 @@
 
 use serde::Serialize;
 
+use super::stored_as_text::stored_as_text;
 use super::{Registry, Result};
 use crate::reconcile::Known;
 
 /// Who an ID belongs to now (see [`STANDING_SQL`]).
+
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
 #[serde(rename_all = "lowercase")]
 pub enum AccountState {
@@ -30,6 +32,8 @@ pub enum AccountState {
     /// until an operator settles it (`lifeboat holds claim`).
     Recreated,
 }
+
+stored_as_text!(AccountState);
 
 impl AccountState {
     pub const ALL: [AccountState; 6] = [
@@ -50,10 +54,6 @@ impl AccountState {
             AccountState::Claimed => "claimed",
             AccountState::Recreated => "recreated",
         }
-    }
-
-    pub(crate) fn parse(text: &str) -> AccountState {
-        AccountState::ALL.into_iter().find(|state| state.as_str() == text).unwrap_or(AccountState::Present)
     }
 
     /// Registered again by someone lifeboat cannot vouch for: a stranger on
@@ -130,7 +130,7 @@ pub(super) struct AccountRow {
     synapse_created_at: Option<i64>,
     first_seen_at: i64,
     last_seen_present_at: Option<i64>,
-    state: String,
+    state: AccountState,
     missing_since: Option<i64>,
     recreated_at: Option<i64>,
     details_fetched_at: Option<i64>,
@@ -150,7 +150,7 @@ impl From<AccountRow> for Account {
             synapse_created_at: row.synapse_created_at,
             first_seen_at: row.first_seen_at,
             last_seen_present_at: row.last_seen_present_at,
-            state: AccountState::parse(&row.state),
+            state: row.state,
             missing_since: row.missing_since,
             recreated_at: row.recreated_at,
             details_fetched_at: row.details_fetched_at,
@@ -264,18 +264,14 @@ impl Registry {
 
     /// What reconciliation needs of every known account, sorted bytewise by ID.
     pub async fn known_accounts(&self) -> Result<Vec<Known>> {
-        let rows: Vec<(String, Option<i64>, String)> = sqlx::query_as(sqlx::AssertSqlSafe(format!(
+        let rows: Vec<(String, Option<i64>, AccountState)> = sqlx::query_as(sqlx::AssertSqlSafe(format!(
             "SELECT a.user_id, a.synapse_created_at, {STANDING_SQL} FROM accounts a"
         )))
         .fetch_all(&self.pool)
         .await?;
         let mut known: Vec<Known> = rows
             .into_iter()
-            .map(|(user_id, created_at_ms, state)| Known {
-                user_id,
-                created_at_ms,
-                standing: AccountState::parse(&state),
-            })
+            .map(|(user_id, created_at_ms, standing)| Known { user_id, created_at_ms, standing })
             .collect();
         // Sorted here, not by SQL, so the order never depends on a collation.
         known.sort_unstable_by(|a, b| a.user_id.cmp(&b.user_id));

@@ -3,6 +3,7 @@
 
 use serde::Serialize;
 
+use super::stored_as_text::stored_as_text;
 use super::{Actor, Error, Registry, Result, now_ms};
 use crate::email::EmailAddress;
 use crate::user_id::UserId;
@@ -14,7 +15,11 @@ pub enum ContactKind {
     Matrix,
 }
 
+stored_as_text!(ContactKind);
+
 impl ContactKind {
+    pub const ALL: [ContactKind; 2] = [ContactKind::Email, ContactKind::Matrix];
+
     pub fn as_str(self) -> &'static str {
         match self {
             ContactKind::Email => "email",
@@ -75,7 +80,11 @@ pub enum ContactSource {
     User,
 }
 
+stored_as_text!(ContactSource);
+
 impl ContactSource {
+    pub const ALL: [ContactSource; 3] = [ContactSource::Synapse, ContactSource::Admin, ContactSource::User];
+
     pub fn as_str(self) -> &'static str {
         match self {
             ContactSource::Synapse => "synapse",
@@ -88,9 +97,9 @@ impl ContactSource {
 #[derive(Debug, Clone, Serialize, sqlx::FromRow)]
 pub struct Contact {
     pub user_id: String,
-    pub kind: String,
+    pub kind: ContactKind,
     pub address: String,
-    pub source: String,
+    pub source: ContactSource,
     pub verified_at: Option<i64>,
     pub opted_out_at: Option<i64>,
     pub added_at: i64,

@@ -13,7 +13,30 @@ use serde::{Deserialize, Serialize};
 use sqlx::Any;
 use sqlx::pool::PoolConnection;
 
-use super::{Registry, Result, STANDING_SQL, now_ms};
+use super::stored_as_text::stored_as_text;
+use super::{AccountState, Registry, Result, STANDING_SQL, now_ms};
+
+/// How a delivery leaves.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum DeliveryChannel {
+    Email,
+    /// A Matrix DM.
+    Matrix,
+}
+
+stored_as_text!(DeliveryChannel);
+
+impl DeliveryChannel {
+    pub const ALL: [DeliveryChannel; 2] = [DeliveryChannel::Email, DeliveryChannel::Matrix];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            DeliveryChannel::Email => "email",
+            DeliveryChannel::Matrix => "matrix",
+        }
+    }
+}
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
 #[serde(rename_all = "lowercase")]
@@ -46,8 +69,7 @@ pub struct Delivery {
     pub id: i64,
     pub incident_id: i64,
     pub user_id: String,
-    /// `email` or `matrix`.
-    pub channel: String,
+    pub channel: DeliveryChannel,
     pub address: String,
     pub attempts: i64,
     /// When it was due (claims are sent in this order, then by id).
@@ -55,8 +77,8 @@ pub struct Delivery {
     pub display_name: Option<String>,
     /// Set when the account's ID was registered again (maybe by someone else).
     pub recreated_at: Option<i64>,
-    /// Who the account's ID belongs to now (an `AccountState`).
-    pub account_state: String,
+    /// Who the account's ID belongs to now.
+    pub account_state: AccountState,
     /// When lifeboat's custody last changed: for a held ID, the hold a
     /// claim link names.
     pub held_at: Option<i64>,
@@ -278,7 +300,12 @@ impl Registry {
     /// away, and a delivery stays pending until its outcome is recorded, so
     /// what a crashed run had read is simply read again. The query follows
     /// the `deliveries_due` index, which holds pending rows only.
-    pub async fn due_deliveries(&self, incident_id: i64, channel: &str, limit: i64) -> Result<Vec<Delivery>> {
+    pub async fn due_deliveries(
+        &self,
+        incident_id: i64,
+        channel: DeliveryChannel,
+        limit: i64,
+    ) -> Result<Vec<Delivery>> {
         let sql = if self.is_postgres() { &*DUE_DELIVERIES_POSTGRES } else { &*DUE_DELIVERIES_SQLITE };
         let (json,): (String,) = sqlx::query_as(sql.as_str())
             .bind(incident_id)
@@ -304,7 +331,7 @@ impl Registry {
     /// Pending deliveries on `channel` waiting out a backoff that ends
     /// before `until`: those a working channel may send now. (A message
     /// that may have gone out waits longer, and is not among them.)
-    pub async fn parked_deliveries(&self, channel: &str, until: i64) -> Result<i64> {
+    pub async fn parked_deliveries(&self, channel: DeliveryChannel, until: i64) -> Result<i64> {
         Ok(sqlx::query_scalar(
             "SELECT COUNT(*) FROM deliveries WHERE channel = $1 AND state = 'pending' \
              AND next_attempt_at > $2 AND next_attempt_at <= $3",
@@ -317,7 +344,7 @@ impl Registry {
     }
 
     /// Makes the deliveries [`Registry::parked_deliveries`] counts due now.
-    pub async fn release_parked(&self, channel: &str, until: i64) -> Result<u64> {
+    pub async fn release_parked(&self, channel: DeliveryChannel, until: i64) -> Result<u64> {
         let now = now_ms();
         Ok(sqlx::query(
             "UPDATE deliveries SET next_attempt_at = $2 WHERE channel = $1 AND state = 'pending' \
@@ -331,7 +358,7 @@ impl Registry {
         .rows_affected())
     }
 
-    pub async fn next_pending_at(&self, incident_id: i64, channel: &str) -> Result<Option<i64>> {
+    pub async fn next_pending_at(&self, incident_id: i64, channel: DeliveryChannel) -> Result<Option<i64>> {
         let (next,): (Option<i64>,) = sqlx::query_as(
             "SELECT MIN(next_attempt_at) FROM deliveries \
              WHERE incident_id = $1 AND kind = 'notice' AND channel = $2 AND state = 'pending'",
@@ -384,7 +411,7 @@ impl Registry {
     pub async fn email_recipients(
         &self,
         incident_id: i64,
-    ) -> Result<Vec<(String, Option<String>, String, i64, String, Option<i64>, Option<i64>, i64, i64)>> {
+    ) -> Result<Vec<(String, Option<String>, String, i64, AccountState, Option<i64>, Option<i64>, i64, i64)>> {
         Ok(sqlx::query_as(sqlx::AssertSqlSafe(format!(
             "SELECT a.user_id, a.display_name, c.address, c.id, {STANDING_SQL}, a.recreated_at, a.custody_at, \
                     a.locked, a.deactivated \

@@ -7,7 +7,7 @@
 use serde::Serialize;
 
 use super::accounts::STANDING_SQL;
-use super::{Actor, Registry, Result, now_ms};
+use super::{AccountState, Actor, Registry, Result, now_ms};
 
 /// A lost ID to hold, with what the held account gets back of its person.
 #[derive(Debug, Clone, sqlx::FromRow)]
@@ -23,8 +23,8 @@ pub struct HoldCandidate {
 pub struct HoldRow {
     pub user_id: String,
     pub display_name: Option<String>,
-    /// `held`, `claimed` or `recreated`.
-    pub state: String,
+    /// Held, claimed or recreated.
+    pub state: AccountState,
     /// When it was held or claimed (for `recreated`: when that was seen).
     pub since: Option<i64>,
     pub missing_since: Option<i64>,

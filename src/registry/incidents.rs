@@ -5,14 +5,46 @@ use serde::Serialize;
 
 use super::RoomCounts;
 use super::accounts::{AccountRow, account_columns};
+use super::stored_as_text::stored_as_text;
 use super::{Account, Actor, DeliveryCounts, Error, HoldCounts, Registry, Result, STANDING_SQL, now_ms};
+
+/// Who an incident covers.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum IncidentScope {
+    /// Accounts lost (missing, held, or taken) that no incident covered.
+    Missing,
+    /// Every account in the registry.
+    All,
+}
+
+stored_as_text!(IncidentScope);
+
+impl IncidentScope {
+    pub const ALL: [IncidentScope; 2] = [IncidentScope::Missing, IncidentScope::All];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            IncidentScope::Missing => "missing",
+            IncidentScope::All => "all",
+        }
+    }
+
+    /// The accounts it covers, as an SQL condition over `accounts a`.
+    fn filter(self) -> String {
+        match self {
+            IncidentScope::All => "1 = 1".to_owned(),
+            IncidentScope::Missing => affected_missing(),
+        }
+    }
+}
 
 #[derive(Debug, Clone, Serialize, sqlx::FromRow)]
 pub struct Incident {
     pub id: i64,
     pub title: String,
     pub postmortem: String,
-    pub scope: String,
+    pub scope: IncidentScope,
     pub opened_at: i64,
     pub resolved_at: Option<i64>,
 }
@@ -92,7 +124,7 @@ impl Registry {
         &self,
         title: &str,
         postmortem: &str,
-        scope: &str,
+        scope: IncidentScope,
         actor: &Actor,
     ) -> Result<(Incident, i64)> {
         let mut tx = self.begin_write().await?;
@@ -105,7 +137,7 @@ impl Registry {
         .bind(now_ms())
         .fetch_one(&mut *tx)
         .await?;
-        let filter = if scope == "all" { "1 = 1".to_owned() } else { affected_missing() };
+        let filter = scope.filter();
         let affected = sqlx::query(sqlx::AssertSqlSafe(format!(
             "INSERT INTO incident_accounts (incident_id, user_id, state_at_opening) \
              SELECT $1, a.user_id, {STANDING_SQL} FROM accounts a WHERE {filter}"
@@ -116,7 +148,10 @@ impl Registry {
         .rows_affected() as i64;
         if affected == 0 {
             tx.rollback().await?;
-            return Err(if scope == "all" { Error::NoAccounts } else { Error::NobodyMissing });
+            return Err(match scope {
+                IncidentScope::All => Error::NoAccounts,
+                IncidentScope::Missing => Error::NobodyMissing,
+            });
         }
         Self::audit_in(
             &mut tx,
@@ -133,8 +168,8 @@ impl Registry {
 
     /// Open incidents that already cover accounts an incident of `scope`
     /// would affect now, with how many each: (incident id, accounts).
-    pub async fn open_incidents_covering(&self, scope: &str) -> Result<Vec<(i64, i64)>> {
-        let filter = if scope == "all" { "1 = 1".to_owned() } else { affected_missing() };
+    pub async fn open_incidents_covering(&self, scope: IncidentScope) -> Result<Vec<(i64, i64)>> {
+        let filter = scope.filter();
         Ok(sqlx::query_as(sqlx::AssertSqlSafe(format!(
             "SELECT o.id, COUNT(DISTINCT a.user_id) FROM accounts a \
              JOIN incident_accounts covered ON covered.user_id = a.user_id \
@@ -413,7 +448,7 @@ mod tests {
             id: 1,
             title: title.to_owned(),
             postmortem: postmortem.to_owned(),
-            scope: "missing".to_owned(),
+            scope: IncidentScope::Missing,
             opened_at: 0,
             resolved_at: None,
         }

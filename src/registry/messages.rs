@@ -5,7 +5,8 @@
 
 use serde::Serialize;
 
-use super::{Registry, Result, now_ms};
+use super::stored_as_text::stored_as_text;
+use super::{DeliveryChannel, Registry, Result, now_ms};
 
 /// What a message is for; each kind has its own template.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
@@ -23,7 +24,12 @@ pub enum MessageKind {
     Drill,
 }
 
+stored_as_text!(MessageKind);
+
 impl MessageKind {
+    pub const ALL: [MessageKind; 5] =
+        [MessageKind::Alert, MessageKind::Link, MessageKind::Code, MessageKind::Token, MessageKind::Drill];
+
     pub fn as_str(self) -> &'static str {
         match self {
             MessageKind::Alert => "alert",
@@ -32,12 +38,6 @@ impl MessageKind {
             MessageKind::Token => "token",
             MessageKind::Drill => "drill",
         }
-    }
-
-    fn parse(text: &str) -> Option<MessageKind> {
-        [MessageKind::Alert, MessageKind::Link, MessageKind::Code, MessageKind::Token, MessageKind::Drill]
-            .into_iter()
-            .find(|kind| kind.as_str() == text)
     }
 }
 
@@ -62,19 +62,13 @@ pub struct NewMessage<'a> {
 #[derive(Clone, sqlx::FromRow)]
 pub struct StoredMessage {
     pub id: i64,
-    kind: String,
+    pub kind: MessageKind,
     pub address: String,
     pub attempts: i64,
     pub subject: Option<String>,
     pub body_text: Option<String>,
     pub body_html: Option<String>,
     pub expires_at: Option<i64>,
-}
-
-impl StoredMessage {
-    pub fn kind(&self) -> Option<MessageKind> {
-        MessageKind::parse(&self.kind)
-    }
 }
 
 impl std::fmt::Debug for StoredMessage {
@@ -109,7 +103,7 @@ impl Registry {
     }
 
     /// Up to `limit` due messages on `channel`, the longest due first.
-    pub async fn due_messages(&self, channel: &str, limit: i64) -> Result<Vec<StoredMessage>> {
+    pub async fn due_messages(&self, channel: DeliveryChannel, limit: i64) -> Result<Vec<StoredMessage>> {
         Ok(sqlx::query_as(sqlx::AssertSqlSafe(format!(
             "SELECT {MESSAGE_COLUMNS} FROM deliveries \
              WHERE kind <> 'notice' AND channel = $1 AND state = 'pending' AND next_attempt_at <= $2 \
@@ -133,7 +127,7 @@ impl Registry {
     }
 
     /// When the next pending message on `channel` is due, if any.
-    pub async fn next_message_due(&self, channel: &str) -> Result<Option<i64>> {
+    pub async fn next_message_due(&self, channel: DeliveryChannel) -> Result<Option<i64>> {
         Ok(sqlx::query_scalar(
             "SELECT MIN(next_attempt_at) FROM deliveries WHERE kind <> 'notice' AND channel = $1 AND state = 'pending'",
         )

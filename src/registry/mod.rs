@@ -14,6 +14,7 @@ mod incidents;
 mod messages;
 mod rooms;
 mod status;
+mod stored_as_text;
 mod sync_runs;
 mod verifications;
 mod web;
@@ -30,9 +31,9 @@ pub use accounts::{Account, AccountState, STANDING_SQL, may_come_back};
 pub use audit::{Actor, AuditEntry};
 pub use contacts::{AddContact, Contact, ContactAddress, ContactKind, ContactSource};
 pub use credentials::ServiceCredential;
-pub use deliveries::{Delivery, DeliveryCounts, DeliveryState, OutboxWriter, PlannedEmails};
+pub use deliveries::{Delivery, DeliveryChannel, DeliveryCounts, DeliveryState, OutboxWriter, PlannedEmails};
 pub use holds::{HoldCandidate, HoldCounts, HoldRow};
-pub use incidents::{Incident, IncidentSummary, NoticeToken};
+pub use incidents::{Incident, IncidentScope, IncidentSummary, NoticeToken};
 pub use messages::{MessageKind, NewMessage, StoredMessage};
 pub use rooms::{
     MAX_REJOIN_ATTEMPTS, ROOMS_LISTED_SETTING, Rejoin, RejoinOutcome, Room, RoomCounts, RoomDetails, RoomFate,

@@ -142,7 +142,7 @@ impl Registry {
                 let known = pair.known_id.map(|user_id| Known {
                     user_id,
                     created_at_ms: pair.known_created,
-                    standing: AccountState::parse(pair.known_standing.as_deref().unwrap_or_default()),
+                    standing: pair.known_standing.unwrap_or(AccountState::Present),
                 });
                 let listed = pair.listed_id.map(|user_id| Listed {
                     user_id,
@@ -349,7 +349,7 @@ impl Registry {
 struct PairRow {
     known_id: Option<String>,
     known_created: Option<i64>,
-    known_standing: Option<String>,
+    known_standing: Option<AccountState>,
     listed_id: Option<String>,
     listed_deactivated: Option<i64>,
     listed_created: Option<i64>,

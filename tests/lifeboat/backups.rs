@@ -27,7 +27,10 @@ async fn lived_in(registry: &Registry) {
         .await
         .unwrap();
     registry.add_contact("@c:x", ContactKind::Matrix, "@c:elsewhere", ContactSource::User, None, &actor).await.unwrap();
-    let (incident, _) = registry.open_incident("Lost", "# What\n\nit went", "missing", &actor).await.unwrap();
+    let (incident, _) = registry
+        .open_incident("Lost", "# What\n\nit went", lifeboat::registry::IncidentScope::Missing, &actor)
+        .await
+        .unwrap();
     registry.record_notice_token(incident.id, "@b:x", "TOKEN123", 99).await.unwrap();
     registry.plan_email_deliveries(incident.id).await.unwrap();
     registry.store_service_credential("@lifeboat:x", "syt_secret", Some("DEV"), &actor).await.unwrap();

@@ -293,7 +293,7 @@ async fn contacts_are_validated_normalized_and_idempotent() {
         .await
         .unwrap()
         .into_iter()
-        .map(|contact| (contact.kind, contact.address))
+        .map(|contact| (contact.kind.to_string(), contact.address))
         .collect();
     kinds.sort();
     assert_eq!(

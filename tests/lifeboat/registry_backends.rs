@@ -129,7 +129,10 @@ async fn a_claim_link_works_only_for_its_hold_and_open_incident_until_it_expires
     sync_listing(&registry, &[user("@b:x", 1)]).await;
     registry.begin_hold("@a:x").await.unwrap();
     registry.mark_held("@a:x", Some(5_000)).await.unwrap();
-    let (incident, _) = registry.open_incident("Lost", "it went", "missing", &Actor::cli()).await.unwrap();
+    let (incident, _) = registry
+        .open_incident("Lost", "it went", lifeboat::registry::IncidentScope::Missing, &Actor::cli())
+        .await
+        .unwrap();
     let hold = registry.account("@a:x").await.unwrap().unwrap().custody_at.unwrap();
     let key = registry.generated_secret(LINK_KEY).await.unwrap();
     let now = lifeboat::registry::now_ms();
