@@ -168,11 +168,16 @@ impl Registry {
         .execute(&mut *tx)
         .await?;
         // An account lost again (a second wipe) loses its hold or claim
-        // with it: it is held anew.
+        // with it: it is held anew. Not a hold made since this listing
+        // began: the listing is too old to say it is gone, and holding it
+        // anew would find lifeboat's own account there and take it for a
+        // stranger's.
         let newly_missing = sqlx::query(
             "UPDATE accounts SET state = 'missing', missing_since = $2, custody = NULL, custody_at = NULL \
              WHERE state <> 'missing' \
-               AND NOT EXISTS (SELECT 1 FROM listing_stage s WHERE s.run_id = $1 AND s.user_id = accounts.user_id)",
+               AND NOT EXISTS (SELECT 1 FROM listing_stage s WHERE s.run_id = $1 AND s.user_id = accounts.user_id) \
+               AND NOT (custody IS NOT NULL \
+                        AND custody_at >= (SELECT started_at FROM sync_runs WHERE id = $1))",
         )
         .bind(run_id)
         .bind(now)

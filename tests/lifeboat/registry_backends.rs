@@ -121,6 +121,26 @@ async fn a_held_id_is_never_taken_for_a_recreated_one_and_is_claimed_once(regist
 }
 on_both_backends!(a_held_id_is_never_taken_for_a_recreated_one_and_is_claimed_once);
 
+async fn a_hold_made_while_a_listing_was_read_is_not_lost_by_that_listing(registry: Registry) {
+    sync_listing(&registry, &[user("@a:x", 1), user("@b:x", 1)]).await;
+    sync_listing(&registry, &[user("@a:x", 1)]).await;
+    // A sync reads the listing (without @b) while @b is being held.
+    let run = registry.begin_sync_run().await.unwrap();
+    registry.stage_listing_page(run, &[user("@a:x", 1)]).await.unwrap();
+    tokio::time::sleep(std::time::Duration::from_millis(5)).await;
+    registry.begin_hold("@b:x").await.unwrap();
+    registry.mark_held("@b:x", Some(5_000)).await.unwrap();
+    registry.apply_listing(run, 0.5, &Actor::cli()).await.unwrap();
+    let b = registry.account("@b:x").await.unwrap().unwrap();
+    assert_eq!(b.state, AccountState::Held, "the older listing cannot say the hold is gone");
+    assert!(registry.hold_candidates("@lifeboat:x").await.unwrap().is_empty(), "not held a second time");
+    // The next listing that should show it and does not: lost again.
+    tokio::time::sleep(std::time::Duration::from_millis(5)).await;
+    sync_listing(&registry, &[user("@a:x", 1)]).await;
+    assert_eq!(registry.account("@b:x").await.unwrap().unwrap().state, AccountState::Missing);
+}
+on_both_backends!(a_hold_made_while_a_listing_was_read_is_not_lost_by_that_listing);
+
 async fn a_claim_link_works_only_for_its_hold_and_open_incident_until_it_expires(registry: Registry) {
     use lifeboat::holds::{ClaimCheck, check_claim};
     use lifeboat::links::{ClaimLink, LINK_KEY};
