@@ -105,6 +105,28 @@ pub struct PlannedEmails {
     pub people_without_channel: i64,
 }
 
+/// A notice already planned stays as it is (`deliveries_one_notice`).
+const ONE_NOTICE_EACH: &str = "ON CONFLICT (incident_id, user_id, channel, address) WHERE kind = 'notice' DO NOTHING";
+
+/// Who an incident's notices go to by email: each address of an affected
+/// person that has not opted out (`ia`, `c`; the incident is `$1`). The
+/// plan and its dry-run count read the same rows.
+const PLANNED_EMAILS: &str = "FROM incident_accounts ia JOIN contacts c ON c.user_id = ia.user_id \
+     WHERE ia.incident_id = $1 AND c.kind = 'email' AND c.opted_out_at IS NULL";
+
+/// Who gets a DM on their own account: affected people whose account is
+/// theirs now (`ia`, `a`), except lifeboat's own (`sender`, a parameter).
+fn planned_survivor_dms(sender: &str) -> String {
+    format!(
+        "FROM incident_accounts ia JOIN accounts a ON a.user_id = ia.user_id \
+         WHERE ia.incident_id = $1 AND {STANDING_SQL} IN ('present', 'claimed') AND a.user_id <> {sender}"
+    )
+}
+
+/// Who gets a DM at a Matrix-ID contact (`ia`, `c`).
+const PLANNED_CONTACT_DMS: &str = "FROM incident_accounts ia JOIN contacts c ON c.user_id = ia.user_id \
+     WHERE ia.incident_id = $1 AND c.kind = 'matrix' AND c.opted_out_at IS NULL";
+
 /// The columns of a [`Delivery`], as `due_deliveries` reads them.
 static DUE_COLUMNS: LazyLock<String> = LazyLock::new(|| {
     format!(
@@ -160,13 +182,11 @@ impl Registry {
     /// that has not opted out; existing ones are left as they are.
     pub async fn plan_email_deliveries(&self, incident_id: i64) -> Result<u64> {
         let now = now_ms();
-        Ok(sqlx::query(
+        Ok(sqlx::query(sqlx::AssertSqlSafe(format!(
             "INSERT INTO deliveries (incident_id, user_id, channel, address, state, next_attempt_at, created_at) \
-             SELECT ia.incident_id, c.user_id, 'email', c.address, 'pending', $2, $2 \
-             FROM incident_accounts ia JOIN contacts c ON c.user_id = ia.user_id \
-             WHERE ia.incident_id = $1 AND c.kind = 'email' AND c.opted_out_at IS NULL \
-             ON CONFLICT (incident_id, user_id, channel, address) WHERE kind = 'notice' DO NOTHING",
-        )
+             SELECT ia.incident_id, c.user_id, 'email', c.address, 'pending', $2, $2 {PLANNED_EMAILS} \
+             {ONE_NOTICE_EACH}"
+        )))
         .bind(incident_id)
         .bind(now)
         .execute(&self.pool)
@@ -182,10 +202,8 @@ impl Registry {
         let now = now_ms();
         let survivors = sqlx::query(sqlx::AssertSqlSafe(format!(
             "INSERT INTO deliveries (incident_id, user_id, channel, address, state, next_attempt_at, created_at) \
-             SELECT ia.incident_id, a.user_id, 'matrix', a.user_id, 'pending', $2, $2 \
-             FROM incident_accounts ia JOIN accounts a ON a.user_id = ia.user_id \
-             WHERE ia.incident_id = $1 AND {STANDING_SQL} IN ('present', 'claimed') AND a.user_id <> $3 \
-             ON CONFLICT (incident_id, user_id, channel, address) WHERE kind = 'notice' DO NOTHING"
+             SELECT ia.incident_id, a.user_id, 'matrix', a.user_id, 'pending', $2, $2 {} {ONE_NOTICE_EACH}",
+            planned_survivor_dms("$3")
         )))
         .bind(incident_id)
         .bind(now)
@@ -193,13 +211,11 @@ impl Registry {
         .execute(&self.pool)
         .await?
         .rows_affected();
-        let contacts = sqlx::query(
+        let contacts = sqlx::query(sqlx::AssertSqlSafe(format!(
             "INSERT INTO deliveries (incident_id, user_id, channel, address, state, next_attempt_at, created_at) \
-             SELECT ia.incident_id, c.user_id, 'matrix', c.address, 'pending', $2, $2 \
-             FROM incident_accounts ia JOIN contacts c ON c.user_id = ia.user_id \
-             WHERE ia.incident_id = $1 AND c.kind = 'matrix' AND c.opted_out_at IS NULL \
-             ON CONFLICT (incident_id, user_id, channel, address) WHERE kind = 'notice' DO NOTHING",
-        )
+             SELECT ia.incident_id, c.user_id, 'matrix', c.address, 'pending', $2, $2 {PLANNED_CONTACT_DMS} \
+             {ONE_NOTICE_EACH}"
+        )))
         .bind(incident_id)
         .bind(now)
         .execute(&self.pool)
@@ -233,11 +249,8 @@ impl Registry {
     /// How many DMs `plan_matrix_deliveries` would create.
     pub async fn planned_dms(&self, incident_id: i64, sender: &str) -> Result<i64> {
         let (count,): (i64,) = sqlx::query_as(sqlx::AssertSqlSafe(format!(
-            "SELECT (SELECT COUNT(*) FROM incident_accounts ia JOIN accounts a ON a.user_id = ia.user_id \
-                     WHERE ia.incident_id = $1 AND {STANDING_SQL} IN ('present', 'claimed') \
-                       AND a.user_id <> $2) \
-                  + (SELECT COUNT(*) FROM incident_accounts ia JOIN contacts c ON c.user_id = ia.user_id \
-                     WHERE ia.incident_id = $1 AND c.kind = 'matrix' AND c.opted_out_at IS NULL)"
+            "SELECT (SELECT COUNT(*) {}) + (SELECT COUNT(*) {PLANNED_CONTACT_DMS})",
+            planned_survivor_dms("$2")
         )))
         .bind(incident_id)
         .bind(sender)
@@ -248,15 +261,14 @@ impl Registry {
 
     /// What `plan_email_deliveries` would create, without creating it.
     pub async fn planned_emails(&self, incident_id: i64) -> Result<PlannedEmails> {
-        let (emails, with_email, without): (i64, i64, i64) = sqlx::query_as(
+        let (emails, with_email, without): (i64, i64, i64) = sqlx::query_as(sqlx::AssertSqlSafe(format!(
             "SELECT \
-               (SELECT COUNT(*) FROM incident_accounts ia JOIN contacts c ON c.user_id = ia.user_id \
-                WHERE ia.incident_id = $1 AND c.kind = 'email' AND c.opted_out_at IS NULL), \
+               (SELECT COUNT(*) {PLANNED_EMAILS}), \
                (SELECT COUNT(*) FROM incident_accounts ia WHERE ia.incident_id = $1 AND EXISTS \
                   (SELECT 1 FROM contacts c WHERE c.user_id = ia.user_id AND c.kind = 'email' AND c.opted_out_at IS NULL)), \
                (SELECT COUNT(*) FROM incident_accounts ia WHERE ia.incident_id = $1 AND NOT EXISTS \
-                  (SELECT 1 FROM contacts c WHERE c.user_id = ia.user_id AND c.kind = 'email' AND c.opted_out_at IS NULL))",
-        )
+                  (SELECT 1 FROM contacts c WHERE c.user_id = ia.user_id AND c.kind = 'email' AND c.opted_out_at IS NULL))"
+        )))
         .bind(incident_id)
         .fetch_one(&self.pool)
         .await?;
