@@ -91,6 +91,19 @@ pub fn contact_code(server_name: &str, user_id: &str, code: &str, valid_minutes:
 }
 
 #[derive(Template)]
+#[template(path = "messages/subscribe_code.md", escape = "none")]
+struct SubscribeCode<'a> {
+    code: &'a str,
+    server_name: &'a str,
+}
+
+/// The code the web page DMs to the account an email address is to be
+/// added to (Markdown, for a Matrix message).
+pub fn subscribe_code(server_name: &str, code: &str) -> String {
+    render(SubscribeCode { code, server_name })
+}
+
+#[derive(Template)]
 #[template(path = "messages/claim_link.txt", escape = "none")]
 struct ClaimLinkText<'a> {
     user_id: &'a str,

@@ -23,7 +23,7 @@ use std::time::{Duration, Instant};
 use futures::StreamExt;
 use tokio::sync::{Notify, OwnedSemaphorePermit, Semaphore, mpsc};
 
-use crate::dm::DmError;
+use crate::dm::{DmError, DmSender};
 use crate::email::EmailAddress;
 use crate::mail::{MailError, Mailer, OutgoingEmail};
 use crate::messages::Rendered;
@@ -84,7 +84,7 @@ pub async fn queue_email(
     incident_id: Option<i64>,
     expires_at: i64,
 ) -> Result<i64, registry::Error> {
-    let id = registry.queue_email(&new_email(kind, to, message, incident_id, expires_at)).await?;
+    let id = registry.queue_message(&new_email(kind, to, message, incident_id, expires_at)).await?;
     QUEUED.notify_one();
     Ok(id)
 }
@@ -137,8 +137,58 @@ impl Channel for QueuedEmails<'_> {
     }
 }
 
+/// A message DMed from lifeboat's own account, sent at once by whoever
+/// queued it (the worker sends no DMs but notices).
+pub struct QueuedDms<'a> {
+    pub registry: &'a Registry,
+    pub sender: &'a DmSender,
+}
+
+impl Channel for QueuedDms<'_> {
+    type Row = StoredMessage;
+
+    async fn claim(&self, limit: usize) -> Result<Vec<StoredMessage>, registry::Error> {
+        self.registry.due_messages(DeliveryChannel::Matrix, limit as i64).await
+    }
+
+    async fn next_due(&self) -> Result<Option<i64>, registry::Error> {
+        self.registry.next_message_due(DeliveryChannel::Matrix).await
+    }
+
+    fn key(message: &StoredMessage) -> (i64, i64) {
+        (message.id, message.attempts)
+    }
+
+    async fn deliver(&self, message: &StoredMessage) -> Outcome {
+        if message.expires_at.is_some_and(|expires_at| expires_at < now_ms()) {
+            return Outcome::Skip("expired before it could be sent");
+        }
+        let Some(text) = &message.body_text else {
+            return Outcome::Failed("its text is gone".to_owned());
+        };
+        // Fixed per row: Synapse drops a repeat.
+        let transaction = format!("lifeboat-{}-{}", message.kind, message.id);
+        dm_outcome(self.sender.send(self.registry, &message.address, text, &transaction).await)
+    }
+}
+
+/// The outbox row of a DM of `kind` to `to`, its Markdown `text`.
+pub fn new_dm<'a>(kind: MessageKind, to: &'a str, text: &'a str, expires_at: i64) -> NewMessage<'a> {
+    NewMessage {
+        kind,
+        channel: DeliveryChannel::Matrix,
+        to,
+        subject: "",
+        text,
+        html: "",
+        incident_id: None,
+        expires_at,
+        due_at: now_ms(),
+    }
+}
+
 /// The outbox row of an email, due now.
-fn new_email<'a>(
+pub fn new_email<'a>(
     kind: MessageKind,
     to: &'a EmailAddress,
     message: &'a Rendered,
@@ -147,6 +197,7 @@ fn new_email<'a>(
 ) -> NewMessage<'a> {
     NewMessage {
         kind,
+        channel: DeliveryChannel::Email,
         to: to.as_str(),
         subject: &message.subject,
         text: &message.text,
@@ -157,23 +208,21 @@ fn new_email<'a>(
     }
 }
 
-/// Queues an email and sends it at once, as `drill` does to report on it;
-/// the outcome is recorded like any other. The send loop may take it only
-/// once it expired (then to mark it skipped), so nobody sends it twice.
-/// Returns why it was not sent, if it was not.
-pub async fn send_at_once(
-    queued: &QueuedEmails<'_>,
-    kind: MessageKind,
-    to: &EmailAddress,
-    message: &Rendered,
-    expires_at: i64,
+/// Queues a message and sends it at once, for a caller that must know
+/// whether it went (`drill`, the web page's DMed code); the outcome is
+/// recorded like any other. It is due only once it expired, when the
+/// worker skips it (`Registry::skip_expired_messages`), so nobody else
+/// sends it. Returns why it was not sent, if it was not.
+pub async fn send_at_once<C: Channel<Row = StoredMessage>>(
+    registry: &Registry,
+    channel: &C,
+    row: NewMessage<'_>,
 ) -> Result<Result<(), String>, SendError> {
-    let row = NewMessage { due_at: expires_at, ..new_email(kind, to, message, None, expires_at) };
-    let id = queued.registry.queue_email(&row).await?;
-    let Some(stored) = queued.registry.pending_message(id).await? else {
+    let id = registry.queue_message(&NewMessage { due_at: row.expires_at, ..row }).await?;
+    let Some(stored) = registry.pending_message(id).await? else {
         return Ok(Err("it was no longer waiting to be sent".to_owned()));
     };
-    let mut outcome = queued.deliver(&stored).await;
+    let mut outcome = channel.deliver(&stored).await;
     let failure = match &outcome {
         Outcome::Sent => None,
         Outcome::Skip(reason) => Some((*reason).to_owned()),
@@ -181,8 +230,8 @@ pub async fn send_at_once(
         Outcome::Fatal(err) => Some(err.to_string()),
     };
     let mut fatal = None;
-    let record = to_record(QueuedEmails::key(&stored), &mut outcome, &mut HashMap::new(), &mut fatal);
-    self::record(&mut queued.registry.outbox_writer().await?, vec![record]).await?;
+    let record = to_record(C::key(&stored), &mut outcome, &mut HashMap::new(), &mut fatal);
+    self::record(&mut registry.outbox_writer().await?, vec![record]).await?;
     Ok(failure.map_or(Ok(()), Err))
 }
 

@@ -53,6 +53,9 @@ pub async fn run(config: Arc<Config>, registry: Registry, cancel: CancellationTo
     };
     let queued = QueuedEmails { registry: &registry, mailer: &mailer, server_name: &config.homeserver.server_name };
     loop {
+        if let Err(err) = registry.skip_expired_messages().await {
+            tracing::warn!(error = %err, "delivery worker: registry query failed");
+        }
         let background = Background(cancel.clone());
         if let Err(err) = send_until_done(&registry, &queued, email.connections, &background).await {
             tracing::warn!(error = %err, "delivery worker: queued messages not sent yet");

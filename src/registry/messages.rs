@@ -44,6 +44,8 @@ impl MessageKind {
 /// A message to queue, already rendered.
 pub struct NewMessage<'a> {
     pub kind: MessageKind,
+    pub channel: DeliveryChannel,
+    /// An email address, or a Matrix ID for a DM.
     pub to: &'a str,
     pub subject: &'a str,
     pub text: &'a str,
@@ -81,15 +83,15 @@ impl std::fmt::Debug for StoredMessage {
 const MESSAGE_COLUMNS: &str = "id, kind, address, attempts, subject, body_text, body_html, expires_at";
 
 impl Registry {
-    /// Queues an email; returns its id.
-    pub async fn queue_email(&self, message: &NewMessage<'_>) -> Result<i64> {
+    /// Queues a message; returns its id.
+    pub async fn queue_message(&self, message: &NewMessage<'_>) -> Result<i64> {
         let now = now_ms();
         Ok(sqlx::query_scalar(
             "INSERT INTO deliveries (kind, incident_id, channel, address, state, next_attempt_at, created_at, \
                                      subject, body_text, body_html, expires_at) \
-             VALUES ($1, $2, 'email', $3, 'pending', $4, $5, $6, $7, $8, $9) RETURNING id",
+             VALUES ($1, $2, $10, $3, 'pending', $4, $5, $6, $7, $8, $9) RETURNING id",
         )
-        .bind(message.kind.as_str())
+        .bind(message.kind)
         .bind(message.incident_id)
         .bind(message.to)
         .bind(message.due_at)
@@ -98,6 +100,7 @@ impl Registry {
         .bind(message.text)
         .bind(message.html)
         .bind(message.expires_at)
+        .bind(message.channel)
         .fetch_one(&self.pool)
         .await?)
     }
@@ -134,6 +137,20 @@ impl Registry {
         .bind(channel)
         .fetch_one(&self.pool)
         .await?)
+    }
+
+    /// Ends every queued message that expired unsent, on any channel (one
+    /// a stopped process was sending at once, say), emptying its text.
+    pub async fn skip_expired_messages(&self) -> Result<u64> {
+        Ok(sqlx::query(
+            "UPDATE deliveries SET state = 'skipped', last_error = 'expired before it could be sent', \
+                    subject = NULL, body_text = NULL, body_html = NULL \
+             WHERE kind <> 'notice' AND state = 'pending' AND expires_at < $1",
+        )
+        .bind(now_ms())
+        .execute(&self.pool)
+        .await?
+        .rows_affected())
     }
 
     /// A message's state and last error, for whoever queued it.

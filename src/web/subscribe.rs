@@ -19,7 +19,7 @@ use super::links::{LinkKind, LinkQuery};
 use super::pages::{self, Chrome, Message, WebError};
 use super::{WebState, mail, signing};
 use crate::email::EmailAddress;
-use crate::registry::{Actor, AddContact, ContactKind, ContactSource, now_ms};
+use crate::registry::{Actor, AddContact, ContactKind, ContactSource, MessageKind, now_ms};
 use crate::user_id::UserId;
 
 const PURPOSE: &str = "subscribe";
@@ -149,7 +149,7 @@ async fn start(
     // The DM first: a link is recorded only once its code went out, so a
     // failed DM never leaves a live code for later requests to reuse.
     if let Some(code) = code_to_send {
-        dm_code(state, &user_id, &code, &id).await?;
+        dm_code(state, &user_id, &code, expires_at).await?;
     }
     state.registry.create_web_link(&id, PURPOSE, account, address, Some(&hash), expires_at).await?;
 
@@ -168,19 +168,21 @@ async fn start(
     mail::send(state, address, email_text, expires_at).await
 }
 
-async fn dm_code(state: &WebState, user_id: &UserId, code: &str, link_id: &str) -> Result<(), WebError> {
+async fn dm_code(state: &WebState, user_id: &UserId, code: &str, expires_at: i64) -> Result<(), WebError> {
     let sender = state.dm_sender().await?;
-    let server_name = &state.config.homeserver.server_name;
-    let text = format!(
-        "Your code to confirm an email address for incident notices from {server_name}: **{code}**\n\n\
-         Enter it on the page the emailed link opens. If you did not ask for this, ignore this message."
-    );
-    let sent = sender.send(&state.registry, user_id.as_str(), &text, &format!("lifeboat-subscribe-{link_id}")).await;
-    if sent.is_err() {
+    let text = crate::messages::subscribe_code(&state.config.homeserver.server_name, code);
+    // Through the outbox like every message, but sent here and now: the
+    // link is recorded only if the code went out.
+    let row = crate::outbox::new_dm(MessageKind::Code, user_id.as_str(), &text, expires_at);
+    let queued = crate::outbox::QueuedDms { registry: &state.registry, sender: &sender };
+    let sent =
+        crate::outbox::send_at_once(&state.registry, &queued, row).await.unwrap_or_else(|err| Err(err.to_string()));
+    if let Err(err) = sent {
         // The next request builds a fresh sender (the token may have changed).
         state.forget_dm_sender().await;
+        return Err(WebError(format!("could not DM the code: {err}")));
     }
-    Ok(sent?)
+    Ok(())
 }
 
 /// The link from the email: a form for the DMed code.

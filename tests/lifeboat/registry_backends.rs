@@ -399,6 +399,19 @@ async fn a_queued_message_past_its_expiry_is_skipped_and_its_text_emptied(regist
         .await
         .unwrap();
     assert_eq!(text, None, "the code does not stay in the registry");
+
+    // A DM its sender never finished (it stopped): the worker's sweep ends it.
+    let dm = lifeboat::outbox::new_dm(MessageKind::Code, "@a:x", "Your code: **12345678**", past);
+    let id = registry.queue_message(&dm).await.unwrap();
+    assert_eq!(registry.skip_expired_messages().await.unwrap(), 1);
+    let (state, _) = registry.message_outcome(id).await.unwrap().unwrap();
+    assert_eq!(state, "skipped");
+    let (text,): (Option<String>,) = sqlx::query_as("SELECT body_text FROM deliveries WHERE id = $1")
+        .bind(id)
+        .fetch_one(registry.pool())
+        .await
+        .unwrap();
+    assert_eq!(text, None, "nor does a DMed one");
 }
 on_both_backends!(a_queued_message_past_its_expiry_is_skipped_and_its_text_emptied);
 
