@@ -1163,14 +1163,14 @@ fn print_rooms(r: &RoomsResult, accounts_only_warm: Option<(usize, f64)>) {
             100.0 * changed.wall.as_secs_f64() / changed_sync.1.wall.as_secs_f64()
         );
     }
-    if let Some((accounts, plain)) = accounts_only_warm {
-        if accounts == rs.accounts {
-            println!(
-                "cross-check: warm sync of {accounts} accounts on a Synapse without rooms {plain:.3} s (median above), with {} rooms {warm_sync:.3} s: +{:.3} s",
-                rs.rooms,
-                warm_sync - plain
-            );
-        }
+    if let Some((accounts, plain)) = accounts_only_warm
+        && accounts == rs.accounts
+    {
+        println!(
+            "cross-check: warm sync of {accounts} accounts on a Synapse without rooms {plain:.3} s (median above), with {} rooms {warm_sync:.3} s: +{:.3} s",
+            rs.rooms,
+            warm_sync - plain
+        );
     }
 }
 

@@ -27,6 +27,9 @@ fn added_later(table: &str) -> usize {
         "accounts" => 3,
         // state_read_at
         "rooms" => 1,
+        // kind (a notice, by default), subject, body_text, body_html,
+        // expires_at: one outbox for every message
+        "deliveries" => 5,
         _ => 0,
     }
 }
@@ -72,11 +75,6 @@ async fn columns_of(conn: &mut sqlx::AnyConnection, postgres: bool, table: &str)
     }
     Ok(rows.into_iter().map(|(name, kind)| Column { integer: kind.to_lowercase().contains("int"), name }).collect())
 }
-
-/// The tables kept, parents before children, with their columns; `I` marks
-/// integer columns (all others are text). Staged listings, leases, pending
-/// contact-verification codes and the web page's 30-minute links are
-/// run-time state and are not kept.
 
 /// Tables whose `id` PostgreSQL generates (restore must override it).
 const IDENTITY_TABLES: &[&str] =

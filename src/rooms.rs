@@ -196,10 +196,10 @@ pub fn details_from_state(state: &[StateEvent], aliases: Vec<String>, server_nam
             if matches!(membership, "join" | "invite") {
                 members.push((user_id.to_owned(), membership.to_owned(), power_of(user_id)));
             }
-        } else if membership == "join" {
-            if let Some((_, server)) = user_id.split_once(':') {
-                *servers.entry(server).or_default() += 1;
-            }
+        } else if membership == "join"
+            && let Some((_, server)) = user_id.split_once(':')
+        {
+            *servers.entry(server).or_default() += 1;
         }
     }
     let mut via: Vec<(&str, usize)> = servers.into_iter().collect();
@@ -309,10 +309,10 @@ async fn rejoin_own(
                         Err(err) => report.failed.push((alias.clone(), room.room_id.clone(), err.to_string())),
                     }
                 }
-                if room.public {
-                    if let Err(err) = client.list_in_directory(&room.room_id).await {
-                        report.failed.push(("directory".to_owned(), room.room_id.clone(), err.to_string()));
-                    }
+                if room.public
+                    && let Err(err) = client.list_in_directory(&room.room_id).await
+                {
+                    report.failed.push(("directory".to_owned(), room.room_id.clone(), err.to_string()));
                 }
                 tracing::info!(room_id = %room.room_id, "lifeboat is back in a surviving room");
             }

@@ -139,10 +139,10 @@ pub async fn token_for_person(
             }
         }
     }
-    if let Some(limit) = limit {
-        if registry.request_tokens_issued(incident_id, user_id).await? >= limit {
-            return Ok(PersonToken::LimitReached);
-        }
+    if let Some(limit) = limit
+        && registry.request_tokens_issued(incident_id, user_id).await? >= limit
+    {
+        return Ok(PersonToken::LimitReached);
     }
     let (token, expires_at) = issue_request_token(registry, client, incident_id, user_id, expiry).await?;
     Ok(PersonToken::Issued { token, expires_at })

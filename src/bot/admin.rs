@@ -91,7 +91,7 @@ async fn run(bot: &Bot, room: &Room, actor: &Actor, command: AdminCommand) -> Re
     let prefix = bot.prefix();
     let text = |err: &dyn std::fmt::Display| err.to_string();
     // The registry's refusals, in the bot's words (no CLI flags).
-    let said = |err: crate::registry::Error| err.for_bot(&prefix);
+    let said = |err: crate::registry::Error| err.for_bot(prefix);
     match command {
         AdminCommand::Help => Ok(format!("**lifeboat commands**\n\n{}", help(&format!("{prefix} "), ADMIN_USAGE))),
         AdminCommand::Status => status(bot).await,
@@ -309,7 +309,7 @@ async fn status(bot: &Bot) -> Result<String, String> {
 async fn notify(bot: &Bot, room: &Room, actor: &Actor, id: i64, confirm: bool) -> Result<String, String> {
     let state = &bot.state;
     let (config, registry) = (&state.config, &state.registry);
-    let incident = registry.require_incident(id).await.map_err(|err| err.for_bot(&bot.prefix()))?;
+    let incident = registry.require_incident(id).await.map_err(|err| err.for_bot(bot.prefix()))?;
     if incident.resolved_at.is_some() {
         return Err(format!("incident {id} is resolved: notices go out for open incidents only"));
     }

@@ -163,11 +163,11 @@ impl Registry {
             }
             _ => url.to_owned(),
         };
-        if backend == Backend::Sqlite {
-            if let Some(path) = sqlite_file(&url) {
-                crate::owner_only::create_if_missing(Path::new(path))
-                    .map_err(|err| Error::Connect { url: shown.clone(), source: sqlx::Error::Io(err) })?;
-            }
+        if backend == Backend::Sqlite
+            && let Some(path) = sqlite_file(&url)
+        {
+            crate::owner_only::create_if_missing(Path::new(path))
+                .map_err(|err| Error::Connect { url: shown.clone(), source: sqlx::Error::Io(err) })?;
         }
         let options =
             AnyConnectOptions::from_str(&url).map_err(|source| Error::Connect { url: shown.clone(), source })?;

@@ -127,3 +127,39 @@ async fn a_truncated_backup_is_refused_and_changes_nothing() {
     assert!(err.contains("truncated"), "{err}");
     assert!(lines(&target).await.is_empty(), "a failed restore leaves nothing behind");
 }
+
+/// A backup from before the last columns of some tables existed (the holds,
+/// the room reads, the outbox's message columns) still restores: the
+/// missing columns take their defaults, and its deliveries are notices.
+#[tokio::test]
+async fn a_backup_written_before_the_newest_columns_restores_with_their_defaults() {
+    let database = TestDatabase::sqlite();
+    let source = Registry::connect(&database.url()).await.unwrap();
+    lived_in(&source).await;
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("registry.backup");
+    let written = backup(&source, &file, &Actor::cli()).await.unwrap();
+    let text = std::fs::read_to_string(&file).unwrap();
+    let older: Vec<String> = text
+        .lines()
+        .map(|line| {
+            let mut record: Value = serde_json::from_str(line).unwrap();
+            let newer = match record["table"].as_str() {
+                Some("accounts") => 3,
+                Some("deliveries") => 5,
+                _ => 0,
+            };
+            if let Some(row) = record["row"].as_array_mut() {
+                row.truncate(row.len() - newer);
+            }
+            record.to_string()
+        })
+        .collect();
+    std::fs::write(&file, older.join("\n") + "\n").unwrap();
+
+    let target_db = TestDatabase::sqlite();
+    let target = Registry::connect(&target_db.url()).await.unwrap();
+    assert_eq!(restore(&target, &file, false, &Actor::cli()).await.unwrap(), written);
+    let kinds: Vec<(String,)> = sqlx::query_as("SELECT kind FROM deliveries").fetch_all(target.pool()).await.unwrap();
+    assert!(!kinds.is_empty() && kinds.iter().all(|(kind,)| kind == "notice"), "{kinds:?}");
+}

@@ -50,7 +50,7 @@ async fn rooms_aliases_and_spaces_made_on_one_server_are_reachable_from_the_othe
         a.admin_get(&format!("/_matrix/client/v3/rooms/{}/aliases", encode(&harbour))).await["aliases"][0],
         alias
     );
-    assert_eq!(erin.aliases(&harbour).await, [alias.clone()]);
+    assert_eq!(erin.aliases(&harbour).await, std::slice::from_ref(&alias));
     bob.join_via(&alias, &[]).await;
     assert_eq!(bob.room_topic(&harbour).await.as_deref(), Some("boats"));
     erin.set_topic(&harbour, "ships").await;
