@@ -23,6 +23,7 @@ use crate::links::ClaimLink;
 use crate::recover::service_user_id;
 use crate::registry::{self, Account, AccountState, Actor, HoldCandidate, Registry, now_ms};
 use crate::synapse::{self, Creation, HeldProfile, SynapseClient};
+use crate::user_id::UserId;
 
 /// Accounts created and locked at once. Synapse is one Python process:
 /// more in flight only queue there.
@@ -203,13 +204,13 @@ pub enum WayBack {
 pub async fn way_back(
     config: &Config,
     registry: &Registry,
-    user_id: &str,
+    user_id: &UserId,
     claim_valid_for: std::time::Duration,
 ) -> Result<WayBack, registry::Error> {
     let Some(account) = registry.account(user_id).await? else {
         return Ok(WayBack::Nothing("the account is not in the registry"));
     };
-    let Some(incident) = registry.open_incident_affecting(user_id).await? else {
+    let Some(incident) = registry.open_incident_affecting(user_id.as_str()).await? else {
         return Ok(WayBack::Nothing("the account is not affected by an open incident"));
     };
     if !account.may_come_back() {
@@ -273,7 +274,8 @@ pub async fn check_claim(
     if !registry.incident_open_for(link.incident, &link.account).await? {
         return Ok(ClaimCheck::Dead);
     }
-    let Some(account) = registry.account(&link.account).await? else { return Ok(ClaimCheck::Dead) };
+    let Ok(user_id) = UserId::parse(&link.account) else { return Ok(ClaimCheck::Dead) };
+    let Some(account) = registry.account(&user_id).await? else { return Ok(ClaimCheck::Dead) };
     Ok(match account.state {
         AccountState::Recreated => ClaimCheck::Taken,
         AccountState::Held if account.custody_at == Some(link.hold) && account.may_come_back() => {
@@ -331,13 +333,13 @@ pub async fn claim_held(
 pub async fn hand_back(
     registry: &Registry,
     client: &SynapseClient,
-    user_id: &str,
+    user_id: &UserId,
     password: &SecretString,
     actor: &Actor,
 ) -> Result<(), HandOverError> {
     let was_admin = registry.account(user_id).await?.is_some_and(|account| account.admin);
-    client.hand_over_account(user_id, password, was_admin).await?;
-    registry.settle_as_claimed(user_id, actor).await?;
+    client.hand_over_account(user_id.as_str(), password, was_admin).await?;
+    registry.settle_as_claimed(user_id.as_str(), actor).await?;
     Ok(())
 }
 

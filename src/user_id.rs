@@ -74,3 +74,26 @@ mod tests {
         }
     }
 }
+
+/// Bound as the text it is: the registry's API takes a checked ID.
+impl sqlx::Type<sqlx::Any> for UserId {
+    fn type_info() -> sqlx::any::AnyTypeInfo {
+        <str as sqlx::Type<sqlx::Any>>::type_info()
+    }
+}
+
+impl<'q> sqlx::Encode<'q, sqlx::Any> for UserId {
+    fn encode_by_ref(
+        &self,
+        buf: &mut <sqlx::Any as sqlx::Database>::ArgumentBuffer,
+    ) -> Result<sqlx::encode::IsNull, sqlx::error::BoxDynError> {
+        <String as sqlx::Encode<'q, sqlx::Any>>::encode_by_ref(&self.0, buf)
+    }
+}
+
+/// An ID the Matrix SDK parsed (a message's sender, say).
+impl From<&matrix_sdk::ruma::UserId> for UserId {
+    fn from(id: &matrix_sdk::ruma::UserId) -> Self {
+        UserId(id.as_str().to_owned())
+    }
+}

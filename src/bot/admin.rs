@@ -384,7 +384,7 @@ async fn notify(bot: &Bot, room: &Room, actor: &Actor, id: i64, confirm: bool) -
 async fn token(bot: &Bot, actor: &Actor, user: &UserId) -> Result<String, String> {
     let state = &bot.state;
     let (config, registry) = (&state.config, &state.registry);
-    let way = way_back(config, registry, user.as_str(), config.tokens.expiry).await.map_err(|err| err.to_string())?;
+    let way = way_back(config, registry, user, config.tokens.expiry).await.map_err(|err| err.to_string())?;
     let incident_id = match &way {
         WayBack::Nothing(reason) => return Err(format!("nothing to send to {user}: {reason}")),
         WayBack::Claim(link) => link.incident,
@@ -601,7 +601,7 @@ fn confirmed_in_time(bot: &Bot, command: &str) -> Result<(), String> {
 async fn release_hold(bot: &Bot, actor: &Actor, user: &UserId, confirm: bool) -> Result<String, String> {
     let state = &bot.state;
     let (config, registry) = (&state.config, &state.registry);
-    let held = registry.account(user.as_str()).await.map_err(|err| err.to_string())?;
+    let held = registry.account(user).await.map_err(|err| err.to_string())?;
     if !held.is_some_and(|account| account.state == AccountState::Held) {
         return Err(format!("{user} is not held: `{} holds` lists the held IDs", bot.prefix()));
     }

@@ -70,7 +70,7 @@ impl Bot {
         if !self.admins.contains(user) {
             return false;
         }
-        match self.state.registry.is_stranger(user.as_str()).await {
+        match self.state.registry.is_stranger(&crate::user_id::UserId::from(&**user)).await {
             Ok(stranger) => !stranger,
             Err(err) => {
                 tracing::warn!(error = %err, "cannot tell whether an admin's ID changed hands: not obeying it");

@@ -38,7 +38,7 @@ async fn run(bot: &Bot, sender: &OwnedUserId, command: PersonCommand) -> Result<
     // Contacts belong to accounts lifeboat keeps: this homeserver's, and
     // only while the account is its registry person's (an ID someone else
     // registered again is a stranger, and learns nothing of that person).
-    let known = registry.account(sender.as_str()).await.map_err(broken)?;
+    let known = registry.account(&crate::user_id::UserId::from(&**sender)).await.map_err(broken)?;
     if !known.is_some_and(|account| account.state.is_its_persons()) {
         return Err(format!(
             "I keep contacts for accounts of {} only, and {sender} is not one I know (yet: new accounts are added within {}).",

@@ -109,7 +109,7 @@ pub async fn run(context: &Context, command: Command) -> Outcome {
         }
         Command::Claim { id } => {
             let user_id = known_id(&registry, &id).await?;
-            let account = registry.account(user_id.as_str()).await?.expect("known_id checked it");
+            let account = registry.account(&user_id).await?.expect("known_id checked it");
             if !matches!(account.state, AccountState::Held | AccountState::Recreated) {
                 return Err(Failure::new(
                     exit::FAILED,
@@ -123,7 +123,7 @@ pub async fn run(context: &Context, command: Command) -> Outcome {
             let client = admin_client_recovering(&config, &registry, &Actor::cli(), &StderrNotes)
                 .await
                 .map_err(|err| Failure::new(exit::FAILED, err))?;
-            hand_back(&registry, &client, user_id.as_str(), &password, &Actor::cli())
+            hand_back(&registry, &client, &user_id, &password, &Actor::cli())
                 .await
                 .map_err(|err| Failure::new(exit::FAILED, err))?;
             println!(
@@ -134,7 +134,7 @@ pub async fn run(context: &Context, command: Command) -> Outcome {
         }
         Command::Release { id, yes } => {
             let user_id = known_id(&registry, &id).await?;
-            let account = registry.account(user_id.as_str()).await?.expect("known_id checked it");
+            let account = registry.account(&user_id).await?.expect("known_id checked it");
             if account.state != AccountState::Held {
                 return Err(Failure::new(
                     exit::FAILED,
@@ -161,7 +161,7 @@ pub async fn run(context: &Context, command: Command) -> Outcome {
 async fn known_id(registry: &crate::registry::Registry, text: &str) -> Result<UserId, Failure> {
     let user_id =
         UserId::parse(text).map_err(|err| Failure::new(exit::USAGE, format!("`{text}` is not a Matrix ID: {err}")))?;
-    if registry.account(user_id.as_str()).await?.is_none() {
+    if registry.account(&user_id).await?.is_none() {
         return Err(Failure::new(
             exit::FAILED,
             format!("{user_id} is not in the registry: `lifeboat holds list` shows the held IDs"),

@@ -108,7 +108,7 @@ pub async fn run(context: &Context, command: Command) -> Outcome {
             Ok(exit::OK)
         }
         Command::Show { user_id, json } => {
-            let Some(account) = registry.account(user_id.as_str()).await? else {
+            let Some(account) = registry.account(&user_id).await? else {
                 return Err(Failure::new(
                     exit::FAILED,
                     format!(

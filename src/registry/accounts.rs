@@ -12,6 +12,7 @@ use serde::Serialize;
 use super::stored_as_text::stored_as_text;
 use super::{Registry, Result};
 use crate::reconcile::Known;
+use crate::user_id::UserId;
 
 /// Who an ID belongs to now (see [`STANDING_SQL`]).
 
@@ -219,7 +220,7 @@ impl Registry {
         Ok(sample)
     }
 
-    pub async fn account(&self, user_id: &str) -> Result<Option<Account>> {
+    pub async fn account(&self, user_id: &UserId) -> Result<Option<Account>> {
         let row: Option<AccountRow> = sqlx::query_as(sqlx::AssertSqlSafe(format!(
             "SELECT {} FROM accounts a WHERE a.user_id = $1",
             account_columns()
@@ -234,7 +235,7 @@ impl Registry {
     /// vouch for registered again (a [`AccountState::Recreated`])? Such an
     /// account is a stranger on every face: what it sends is not its
     /// registry person's, and nothing of theirs is given to it.
-    pub async fn is_stranger(&self, user_id: &str) -> Result<bool> {
+    pub async fn is_stranger(&self, user_id: &UserId) -> Result<bool> {
         Ok(self.account(user_id).await?.is_some_and(|account| account.state.is_stranger()))
     }
 

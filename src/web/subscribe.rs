@@ -123,7 +123,7 @@ async fn start(
     {
         return Ok(());
     }
-    let known = state.registry.account(account).await?;
+    let known = state.registry.account(&user_id).await?;
     // Only an account that is its registry person's (never one a stranger
     // registered again, nor one held for its owner) takes new contacts.
     let takes_contacts = known.is_some_and(|account| account.state.is_its_persons());

@@ -128,7 +128,7 @@ async fn mail_links(state: &WebState, target: Target, key: &secrecy::SecretStrin
     let contacts: Vec<MailableContact> = match &target {
         // An ID someone else registered again is a stranger: a form naming
         // it gets nothing (its person can still name their email address).
-        Target::Account(id) => match state.registry.account(id.as_str()).await? {
+        Target::Account(id) => match state.registry.account(id).await? {
             Some(account) if !account.state.is_stranger() => state.registry.mailable_contacts_of(id.as_str()).await?,
             _ => Vec::new(),
         },
@@ -136,7 +136,9 @@ async fn mail_links(state: &WebState, target: Target, key: &secrecy::SecretStrin
     };
     let server_name = &state.config.homeserver.server_name;
     for contact in contacts {
-        let way_back = way_back(&state.config, &state.registry, &contact.user_id, LINK_VALID).await?;
+        // Read from the registry, which keeps checked IDs only.
+        let Ok(user_id) = UserId::parse(&contact.user_id) else { continue };
+        let way_back = way_back(&state.config, &state.registry, &user_id, LINK_VALID).await?;
         let purpose = match &way_back {
             WayBack::Nothing(_) => continue,
             WayBack::Claim(_) => CLAIM_MAILED,
@@ -218,7 +220,7 @@ async fn show_token(state: &WebState, link: &str, sig: &str) -> Result<Response,
     if !state.registry.use_web_link(link).await? {
         return Ok(LINK.dead(state));
     }
-    let user_id = found.user_id;
+    let Ok(user_id) = UserId::parse(&found.user_id) else { return Ok(LINK.dead(state)) };
     // Checked again at use: the account may have changed hands or been
     // claimed since the link was mailed.
     let Some(incident) = (match way_back(&state.config, &state.registry, &user_id, LINK_VALID).await? {
@@ -246,7 +248,7 @@ async fn show_token(state: &WebState, link: &str, sig: &str) -> Result<Response,
         &state.registry,
         &client,
         incident,
-        &user_id,
+        user_id.as_str(),
         state.config.tokens.expiry,
         Some(limit),
     )
@@ -269,7 +271,7 @@ async fn show_token(state: &WebState, link: &str, sig: &str) -> Result<Response,
         token,
         expires: crate::notify::human_time(expires_at),
         homeserver_url: state.config.homeserver.public_url.to_string(),
-        localpart: UserId::parse(&user_id).map(|id| id.localpart().to_owned()).unwrap_or(user_id),
+        localpart: user_id.localpart().to_owned(),
     };
     Ok(pages::html(StatusCode::OK, &page))
 }

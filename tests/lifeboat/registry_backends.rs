@@ -41,6 +41,11 @@ macro_rules! on_both_backends {
     };
 }
 
+/// A user ID as the registry's API takes it.
+fn id(text: &str) -> lifeboat::user_id::UserId {
+    lifeboat::user_id::UserId::parse(text).unwrap()
+}
+
 /// A listed account created at second `created` (the listing gives ms).
 fn user(id: &str, created: i64) -> ListedUser {
     serde_json::from_value(json!({"name": id, "creation_ts": created * 1000, "displayname": id})).unwrap()
@@ -68,11 +73,11 @@ async fn vanished_accounts_are_marked_missing_never_deleted(registry: Registry) 
     assert_eq!(second.report.recreated, ["@c:x"]);
     assert_eq!(second.newly_missing, 1);
 
-    let b = registry.account("@b:x").await.unwrap().expect("never deleted");
+    let b = registry.account(&id("@b:x")).await.unwrap().expect("never deleted");
     assert_eq!(b.state, AccountState::Missing);
     assert!(b.missing_since.is_some());
     assert_eq!(registry.contacts_of("@b:x").await.unwrap().len(), 1, "contacts survive the loss");
-    let c = registry.account("@c:x").await.unwrap().unwrap();
+    let c = registry.account(&id("@c:x")).await.unwrap().unwrap();
     assert!(c.recreated_at.is_some());
     assert_eq!(c.synapse_created_at, Some(9_000));
     assert_eq!(c.state, AccountState::Recreated);
@@ -81,11 +86,11 @@ async fn vanished_accounts_are_marked_missing_never_deleted(registry: Registry) 
     assert_eq!(third.newly_missing, 0, "already missing is not newly missing");
     assert_eq!(third.report.missing, ["@b:x"]);
     assert_eq!(third.report.recreated, ["@c:x"], "a recreated ID stays recreated until settled");
-    let c = registry.account("@c:x").await.unwrap().unwrap();
+    let c = registry.account(&id("@c:x")).await.unwrap().unwrap();
     assert_eq!(c.state, AccountState::Recreated, "a later sync does not make it present");
     let back = sync_listing(&registry, &[user("@a:x", 1), user("@b:x", 1), user("@c:x", 9)]).await;
     assert!(back.report.missing.is_empty());
-    let b = registry.account("@b:x").await.unwrap().unwrap();
+    let b = registry.account(&id("@b:x")).await.unwrap().unwrap();
     assert_eq!((b.state, b.missing_since), (AccountState::Present, None));
 }
 on_both_backends!(vanished_accounts_are_marked_missing_never_deleted);
@@ -103,7 +108,7 @@ async fn a_held_id_is_never_taken_for_a_recreated_one_and_is_claimed_once(regist
     // Listed again (created by lifeboat at second 5, a few ms later): held.
     let listed = sync_listing(&registry, &[user("@a:x", 1), user("@b:x", 5)]).await;
     assert!(listed.report.recreated.is_empty(), "{:?}", listed.report);
-    let b = registry.account("@b:x").await.unwrap().unwrap();
+    let b = registry.account(&id("@b:x")).await.unwrap().unwrap();
     assert_eq!(b.state, AccountState::Held);
     let hold = b.custody_at.unwrap();
 
@@ -112,11 +117,11 @@ async fn a_held_id_is_never_taken_for_a_recreated_one_and_is_claimed_once(regist
     assert!(registry.claim_hold("@b:x", hold, &actor).await.unwrap());
     assert!(!registry.claim_hold("@b:x", hold, &actor).await.unwrap(), "once only");
     sync_listing(&registry, &[user("@a:x", 1), user("@b:x", 5)]).await;
-    assert_eq!(registry.account("@b:x").await.unwrap().unwrap().state, AccountState::Claimed);
+    assert_eq!(registry.account(&id("@b:x")).await.unwrap().unwrap().state, AccountState::Claimed);
 
     // A second loss: missing again, and held anew.
     sync_listing(&registry, &[user("@a:x", 1)]).await;
-    assert_eq!(registry.account("@b:x").await.unwrap().unwrap().state, AccountState::Missing);
+    assert_eq!(registry.account(&id("@b:x")).await.unwrap().unwrap().state, AccountState::Missing);
     assert_eq!(registry.hold_candidates("@lifeboat:x").await.unwrap().len(), 1);
 }
 on_both_backends!(a_held_id_is_never_taken_for_a_recreated_one_and_is_claimed_once);
@@ -131,13 +136,13 @@ async fn a_hold_made_while_a_listing_was_read_is_not_lost_by_that_listing(regist
     registry.begin_hold("@b:x").await.unwrap();
     registry.mark_held("@b:x", Some(5_000)).await.unwrap();
     registry.apply_listing(run, 0.5, &Actor::cli()).await.unwrap();
-    let b = registry.account("@b:x").await.unwrap().unwrap();
+    let b = registry.account(&id("@b:x")).await.unwrap().unwrap();
     assert_eq!(b.state, AccountState::Held, "the older listing cannot say the hold is gone");
     assert!(registry.hold_candidates("@lifeboat:x").await.unwrap().is_empty(), "not held a second time");
     // The next listing that should show it and does not: lost again.
     tokio::time::sleep(std::time::Duration::from_millis(5)).await;
     sync_listing(&registry, &[user("@a:x", 1)]).await;
-    assert_eq!(registry.account("@b:x").await.unwrap().unwrap().state, AccountState::Missing);
+    assert_eq!(registry.account(&id("@b:x")).await.unwrap().unwrap().state, AccountState::Missing);
 }
 on_both_backends!(a_hold_made_while_a_listing_was_read_is_not_lost_by_that_listing);
 
@@ -153,7 +158,7 @@ async fn a_claim_link_works_only_for_its_hold_and_open_incident_until_it_expires
         .open_incident("Lost", "it went", lifeboat::registry::IncidentScope::Missing, &Actor::cli())
         .await
         .unwrap();
-    let hold = registry.account("@a:x").await.unwrap().unwrap().custody_at.unwrap();
+    let hold = registry.account(&id("@a:x")).await.unwrap().unwrap().custody_at.unwrap();
     let key = registry.generated_secret(LINK_KEY).await.unwrap();
     let now = lifeboat::registry::now_ms();
     let link = ClaimLink { account: "@a:x".into(), incident: incident.id, hold, until: now + 60_000 };
