@@ -220,7 +220,9 @@ pub async fn way_back(
         return Ok(WayBack::Nothing("the account was handed back to its owner already"));
     }
     let claim = (config.recovery.mode == RecoveryMode::Reclaim)
-        .then(|| claim_link(&account.user_id, account.state, account.custody_at, true, incident, claim_valid_for))
+        .then(|| {
+            claim_link(account.user_id.as_str(), account.state, account.custody_at, true, incident, claim_valid_for)
+        })
         .flatten();
     Ok(match claim {
         Some(link) => WayBack::Claim(link),
@@ -323,7 +325,7 @@ pub async fn claim_held(
     actor: &Actor,
 ) -> Result<bool, HandOverError> {
     let Some(hold) = account.custody_at else { return Ok(false) };
-    client.hand_over_account(&account.user_id, password, account.admin).await?;
+    client.hand_over_account(account.user_id.as_str(), password, account.admin).await?;
     Ok(registry.claim_hold(&account.user_id, hold, actor).await?)
 }
 
@@ -339,7 +341,7 @@ pub async fn hand_back(
 ) -> Result<(), HandOverError> {
     let was_admin = registry.account(user_id).await?.is_some_and(|account| account.admin);
     client.hand_over_account(user_id.as_str(), password, was_admin).await?;
-    registry.settle_as_claimed(user_id.as_str(), actor).await?;
+    registry.settle_as_claimed(user_id, actor).await?;
     Ok(())
 }
 
@@ -348,10 +350,10 @@ pub async fn hand_back(
 pub async fn release(
     registry: &Registry,
     client: &SynapseClient,
-    user_id: &str,
+    user_id: &UserId,
     actor: &Actor,
 ) -> Result<(), HandOverError> {
-    client.deactivate_account(user_id).await?;
+    client.deactivate_account(user_id.as_str()).await?;
     registry.release_hold(user_id, actor).await?;
     Ok(())
 }

@@ -37,7 +37,7 @@ pub async fn owed_notice_tokens(
         .await?
         .into_iter()
         .filter(|account| account.may_come_back())
-        .map(|account| account.user_id)
+        .map(|account| account.user_id.to_string())
         .collect())
 }
 

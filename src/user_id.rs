@@ -97,3 +97,18 @@ impl From<&matrix_sdk::ruma::UserId> for UserId {
         UserId(id.as_str().to_owned())
     }
 }
+
+/// Read back from the registry, which stores only checked IDs; one that
+/// does not parse is a decode error, not a stray string.
+impl<'r> sqlx::Decode<'r, sqlx::Any> for UserId {
+    fn decode(value: <sqlx::Any as sqlx::Database>::ValueRef<'r>) -> Result<Self, sqlx::error::BoxDynError> {
+        let text = <&str as sqlx::Decode<'r, sqlx::Any>>::decode(value)?;
+        Ok(UserId::parse(text)?)
+    }
+}
+
+impl serde::Serialize for UserId {
+    fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        serializer.serialize_str(&self.0)
+    }
+}

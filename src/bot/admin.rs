@@ -229,14 +229,7 @@ async fn run(bot: &Bot, room: &Room, actor: &Actor, command: AdminCommand) -> Re
         AdminCommand::Release { user, confirm } => release_hold(bot, actor, &user, confirm).await,
         AdminCommand::ContactAdd(user, address) => {
             let added = registry
-                .add_contact(
-                    user.as_str(),
-                    address.kind(),
-                    address.as_str(),
-                    ContactSource::Admin,
-                    Some(now_ms()),
-                    actor,
-                )
+                .add_contact(&user, address.kind(), address.as_str(), ContactSource::Admin, Some(now_ms()), actor)
                 .await
                 .map_err(said)?;
             Ok(match added {
@@ -246,7 +239,7 @@ async fn run(bot: &Bot, room: &Room, actor: &Actor, command: AdminCommand) -> Re
         }
         AdminCommand::ContactRemove(user, address) => {
             let removed =
-                registry.remove_contact(user.as_str(), address.kind(), address.as_str(), actor).await.map_err(said)?;
+                registry.remove_contact(&user, address.kind(), address.as_str(), actor).await.map_err(said)?;
             Ok(if removed {
                 format!("Removed {address} from the contacts of {user}.")
             } else {
@@ -394,7 +387,7 @@ async fn token(bot: &Bot, actor: &Actor, user: &UserId) -> Result<String, String
         return Err("tokens are mailed to the person: add an [email] section to lifeboat's config".to_owned());
     }
     let addresses: Vec<EmailAddress> = registry
-        .contacts_of(user.as_str())
+        .contacts_of(user)
         .await
         .map_err(|err| err.to_string())?
         .into_iter()
@@ -617,7 +610,7 @@ async fn release_hold(bot: &Bot, actor: &Actor, user: &UserId, confirm: bool) ->
     confirmed_in_time(bot, &command)?;
     let client =
         admin_client_recovering(config, registry, actor, &Notes::default()).await.map_err(|e| e.to_string())?;
-    crate::holds::release(registry, &client, user.as_str(), actor).await.map_err(|err| err.to_string())?;
+    crate::holds::release(registry, &client, user, actor).await.map_err(|err| err.to_string())?;
     Ok(format!("Released {user}: its account is deactivated, and the ID can never be registered again."))
 }
 

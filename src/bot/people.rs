@@ -78,7 +78,11 @@ async fn run(bot: &Bot, sender: &OwnedUserId, command: PersonCommand) -> Result<
             ))
         }
         PersonCommand::ContactVerify(code) => {
-            match registry.check_contact_code(sender.as_str(), &code, &actor).await.map_err(broken)? {
+            match registry
+                .check_contact_code(&crate::user_id::UserId::from(&**sender), &code, &actor)
+                .await
+                .map_err(broken)?
+            {
                 CodeCheck::Verified(address) => Ok(format!(
                     "Confirmed: {address} is now a verified contact of {sender}. If {} ever loses your account, lifeboat will write to you there.",
                     config.homeserver.server_name
@@ -93,7 +97,7 @@ async fn run(bot: &Bot, sender: &OwnedUserId, command: PersonCommand) -> Result<
             }
         }
         PersonCommand::ContactList => {
-            let contacts = registry.contacts_of(sender.as_str()).await.map_err(broken)?;
+            let contacts = registry.contacts_of(&crate::user_id::UserId::from(&**sender)).await.map_err(broken)?;
             if contacts.is_empty() {
                 return Ok("You have no contact addresses yet. Add one with `contact add <email>`.".to_owned());
             }
@@ -112,7 +116,7 @@ async fn run(bot: &Bot, sender: &OwnedUserId, command: PersonCommand) -> Result<
         }
         PersonCommand::ContactRemove(address) => {
             let removed = registry
-                .remove_contact(sender.as_str(), ContactKind::Email, address.as_str(), &actor)
+                .remove_contact(&crate::user_id::UserId::from(&**sender), ContactKind::Email, address.as_str(), &actor)
                 .await
                 .map_err(broken)?;
             Ok(if removed {

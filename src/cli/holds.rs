@@ -148,7 +148,7 @@ pub async fn run(context: &Context, command: Command) -> Outcome {
             let client = admin_client_recovering(&config, &registry, &Actor::cli(), &StderrNotes)
                 .await
                 .map_err(|err| Failure::new(exit::FAILED, err))?;
-            release(&registry, &client, user_id.as_str(), &Actor::cli())
+            release(&registry, &client, &user_id, &Actor::cli())
                 .await
                 .map_err(|err| Failure::new(exit::FAILED, err))?;
             println!("Released {user_id}: the account is deactivated, and its ID can never be registered again.");

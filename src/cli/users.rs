@@ -82,7 +82,7 @@ pub async fn run(context: &Context, command: Command) -> Outcome {
                 .accounts(state)
                 .await?
                 .into_iter()
-                .map(|account| Listed { contacts: counts.get(&account.user_id).copied().unwrap_or(0), account })
+                .map(|account| Listed { contacts: counts.get(account.user_id.as_str()).copied().unwrap_or(0), account })
                 .collect();
             if json {
                 print_json(&accounts)?;
@@ -92,7 +92,7 @@ pub async fn run(context: &Context, command: Command) -> Outcome {
                     if state.is_some() { " in that state" } else { "" }
                 );
             } else {
-                let width = accounts.iter().map(|a| a.account.user_id.len()).max().unwrap_or(7).max(7);
+                let width = accounts.iter().map(|a| a.account.user_id.as_str().len()).max().unwrap_or(7).max(7);
                 println!("{:<width$}  {:<11}  {:>8}  SINCE", "USER ID", "STATE", "CONTACTS");
                 for Listed { account, contacts } in &accounts {
                     let since = match account.state {
@@ -116,7 +116,7 @@ pub async fn run(context: &Context, command: Command) -> Outcome {
                     ),
                 ));
             };
-            let contacts = registry.contacts_of(user_id.as_str()).await?;
+            let contacts = registry.contacts_of(&user_id).await?;
             if json {
                 print_json(&Shown { account, contacts })?;
             } else {

@@ -85,7 +85,7 @@ pub const STANDING_SQL: &str = "CASE WHEN a.state = 'deactivated' THEN 'deactiva
 
 #[derive(Debug, Clone, Serialize)]
 pub struct Account {
-    pub user_id: String,
+    pub user_id: UserId,
     pub display_name: Option<String>,
     pub admin: bool,
     pub deactivated: bool,
@@ -121,7 +121,7 @@ pub fn may_come_back(locked_by_admin: bool, deactivated: bool) -> bool {
 
 #[derive(sqlx::FromRow)]
 pub(super) struct AccountRow {
-    user_id: String,
+    user_id: UserId,
     display_name: Option<String>,
     admin: i64,
     deactivated: i64,

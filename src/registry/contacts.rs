@@ -113,7 +113,7 @@ pub enum AddContact {
 }
 
 impl Registry {
-    pub async fn contacts_of(&self, user_id: &str) -> Result<Vec<Contact>> {
+    pub async fn contacts_of(&self, user_id: &UserId) -> Result<Vec<Contact>> {
         Ok(sqlx::query_as(
             "SELECT user_id, kind, address, source, verified_at, opted_out_at, added_at \
              FROM contacts WHERE user_id = $1 ORDER BY kind, address",
@@ -144,14 +144,14 @@ impl Registry {
     /// Adds a contact to a known account; adding it again changes nothing.
     pub async fn add_contact(
         &self,
-        user_id: &str,
+        user_id: &UserId,
         kind: ContactKind,
         address: &str,
         source: ContactSource,
         verified_at: Option<i64>,
         actor: &Actor,
     ) -> Result<AddContact> {
-        if kind == ContactKind::Matrix && address == user_id {
+        if kind == ContactKind::Matrix && address == user_id.as_str() {
             return Err(Error::Refused(format!(
                 "{address} is the account itself, not a contact: lifeboat sends it a DM anyway while it exists"
             )));
@@ -162,7 +162,7 @@ impl Registry {
             .fetch_optional(&mut *tx)
             .await?;
         if known.is_none() {
-            return Err(Error::UnknownAccount(user_id.to_owned()));
+            return Err(Error::UnknownAccount(user_id.to_string()));
         }
         let inserted = sqlx::query(
             "INSERT INTO contacts (user_id, kind, address, source, verified_at, added_at) \
@@ -182,13 +182,19 @@ impl Registry {
             return Ok(AddContact::AlreadyKnown);
         }
         let detail = format!("{} {address} ({})", kind.as_str(), source.as_str());
-        Self::audit_in(&mut tx, actor, "contact.add", Some(user_id), Some(&detail)).await?;
+        Self::audit_in(&mut tx, actor, "contact.add", Some(user_id.as_str()), Some(&detail)).await?;
         tx.commit().await?;
         Ok(AddContact::Added)
     }
 
     /// Removes a contact; `false` when there was none to remove.
-    pub async fn remove_contact(&self, user_id: &str, kind: ContactKind, address: &str, actor: &Actor) -> Result<bool> {
+    pub async fn remove_contact(
+        &self,
+        user_id: &UserId,
+        kind: ContactKind,
+        address: &str,
+        actor: &Actor,
+    ) -> Result<bool> {
         let mut tx = self.begin_write().await?;
         let removed = sqlx::query("DELETE FROM contacts WHERE user_id = $1 AND kind = $2 AND address = $3")
             .bind(user_id)
@@ -202,7 +208,7 @@ impl Registry {
             return Ok(false);
         }
         let detail = format!("{} {address}", kind.as_str());
-        Self::audit_in(&mut tx, actor, "contact.remove", Some(user_id), Some(&detail)).await?;
+        Self::audit_in(&mut tx, actor, "contact.remove", Some(user_id.as_str()), Some(&detail)).await?;
         tx.commit().await?;
         Ok(true)
     }

@@ -8,6 +8,7 @@ use serde::Serialize;
 
 use super::accounts::STANDING_SQL;
 use super::{AccountState, Actor, Registry, Result, now_ms};
+use crate::user_id::UserId;
 
 /// A lost ID to hold, with what the held account gets back of its person.
 #[derive(Debug, Clone, sqlx::FromRow)]
@@ -129,7 +130,7 @@ impl Registry {
 
     /// Hands the hold identified by `held_at` back to its owner: `true` for
     /// the one call that does it (a link works once, however many clicks).
-    pub async fn claim_hold(&self, user_id: &str, held_at: i64, actor: &Actor) -> Result<bool> {
+    pub async fn claim_hold(&self, user_id: &UserId, held_at: i64, actor: &Actor) -> Result<bool> {
         let mut tx = self.begin_write().await?;
         let claimed = sqlx::query(
             "UPDATE accounts SET custody = 'claimed', custody_at = $3 \
@@ -143,7 +144,8 @@ impl Registry {
         .rows_affected()
             == 1;
         if claimed {
-            Self::audit_in(&mut tx, actor, "hold.claim", Some(user_id), Some("handed back to its owner")).await?;
+            Self::audit_in(&mut tx, actor, "hold.claim", Some(user_id.as_str()), Some("handed back to its owner"))
+                .await?;
         }
         tx.commit().await?;
         Ok(claimed)
@@ -151,20 +153,21 @@ impl Registry {
 
     /// An operator on the lifeboat host gave the ID to its person (a held
     /// ID, or one a stranger took): it is theirs again.
-    pub async fn settle_as_claimed(&self, user_id: &str, actor: &Actor) -> Result<()> {
+    pub async fn settle_as_claimed(&self, user_id: &UserId, actor: &Actor) -> Result<()> {
         let mut tx = self.begin_write().await?;
         sqlx::query("UPDATE accounts SET custody = 'claimed', custody_at = $2, recreated_at = NULL WHERE user_id = $1")
             .bind(user_id)
             .bind(now_ms())
             .execute(&mut *tx)
             .await?;
-        Self::audit_in(&mut tx, actor, "hold.claim", Some(user_id), Some("password set by an operator")).await?;
+        Self::audit_in(&mut tx, actor, "hold.claim", Some(user_id.as_str()), Some("password set by an operator"))
+            .await?;
         tx.commit().await?;
         Ok(())
     }
 
     /// A hold ended for good: the account is deactivated on Synapse.
-    pub async fn release_hold(&self, user_id: &str, actor: &Actor) -> Result<()> {
+    pub async fn release_hold(&self, user_id: &UserId, actor: &Actor) -> Result<()> {
         let mut tx = self.begin_write().await?;
         sqlx::query(
             "UPDATE accounts SET custody = NULL, custody_at = $2, state = 'deactivated', deactivated = 1 \
@@ -174,7 +177,8 @@ impl Registry {
         .bind(now_ms())
         .execute(&mut *tx)
         .await?;
-        Self::audit_in(&mut tx, actor, "hold.release", Some(user_id), Some("deactivated: the ID is retired")).await?;
+        Self::audit_in(&mut tx, actor, "hold.release", Some(user_id.as_str()), Some("deactivated: the ID is retired"))
+            .await?;
         tx.commit().await?;
         Ok(())
     }

@@ -5,6 +5,7 @@
 use sha2::{Digest, Sha256};
 
 use super::{Actor, ContactKind, ContactSource, Registry, Result, now_ms};
+use crate::user_id::UserId;
 
 /// Wrong codes tolerated per pending verification.
 pub const MAX_CODE_ATTEMPTS: i64 = 5;
@@ -61,7 +62,7 @@ impl Registry {
 
     /// Checks a code sent back by `user_id`; on a match the address becomes
     /// a verified email contact of theirs (audited as `actor`).
-    pub async fn check_contact_code(&self, user_id: &str, code: &str, actor: &Actor) -> Result<CodeCheck> {
+    pub async fn check_contact_code(&self, user_id: &UserId, code: &str, actor: &Actor) -> Result<CodeCheck> {
         let now = now_ms();
         // One try is spent on every live code before any is compared, in
         // one statement: parallel guesses get MAX_CODE_ATTEMPTS in all.

@@ -162,7 +162,7 @@ pub async fn claim(
     let problem = if password != again {
         Some("The two passwords are not the same.")
     } else {
-        password_problem(&password, &account.user_id)
+        password_problem(&password, account.user_id.as_str())
     };
     if problem.is_some() {
         let csrf = form.csrf.unwrap_or_default();
@@ -181,7 +181,7 @@ pub async fn claim(
                 chrome: Chrome::of(&state),
                 homeserver_url: state.config.homeserver.public_url.to_string(),
                 client_url: state.web().client_url.as_ref().map(|url| url.to_string()),
-                account: account.user_id,
+                account: account.user_id.to_string(),
             };
             pages::html(StatusCode::OK, &page)
         }

@@ -244,9 +244,10 @@ async fn finish(state: &WebState, link: &str, sig: &str, code: &str) -> Result<R
         return Ok(LINK.dead(state));
     }
     let actor = Actor::web(Some("subscription".to_owned()));
+    let Ok(user_id) = UserId::parse(&found.user_id) else { return Ok(LINK.dead(state)) };
     let added = state
         .registry
-        .add_contact(&found.user_id, ContactKind::Email, &found.address, ContactSource::User, Some(now_ms()), &actor)
+        .add_contact(&user_id, ContactKind::Email, &found.address, ContactSource::User, Some(now_ms()), &actor)
         .await?;
     if added == AddContact::AlreadyKnown {
         state.registry.resubscribe_contact(&found.user_id, &found.address, &actor).await?;

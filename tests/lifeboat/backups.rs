@@ -5,7 +5,7 @@ use lifeboat::registry::{Actor, ContactKind, ContactSource, Registry};
 use lifeboat::synapse::ListedUser;
 use serde_json::{Value, json};
 
-use crate::harness::TestDatabase;
+use crate::harness::{TestDatabase, id};
 
 /// A registry with something in every kept table.
 async fn lived_in(registry: &Registry) {
@@ -23,10 +23,13 @@ async fn lived_in(registry: &Registry) {
         registry.apply_listing(run, 0.5, &actor).await.unwrap();
     }
     registry
-        .add_contact("@b:x", ContactKind::Email, "b@example.org", ContactSource::Admin, Some(1), &actor)
+        .add_contact(&id("@b:x"), ContactKind::Email, "b@example.org", ContactSource::Admin, Some(1), &actor)
         .await
         .unwrap();
-    registry.add_contact("@c:x", ContactKind::Matrix, "@c:elsewhere", ContactSource::User, None, &actor).await.unwrap();
+    registry
+        .add_contact(&id("@c:x"), ContactKind::Matrix, "@c:elsewhere", ContactSource::User, None, &actor)
+        .await
+        .unwrap();
     let (incident, _) = registry
         .open_incident("Lost", "# What\n\nit went", lifeboat::registry::IncidentScope::Missing, &actor)
         .await
@@ -78,7 +81,7 @@ async fn round_trip(from: TestDatabase, to: TestDatabase) {
 
     // New rows after a restore get fresh ids (sequences moved past the restored ones).
     target
-        .add_contact("@a:x", ContactKind::Email, "a@example.org", ContactSource::Admin, None, &Actor::cli())
+        .add_contact(&id("@a:x"), ContactKind::Email, "a@example.org", ContactSource::Admin, None, &Actor::cli())
         .await
         .unwrap();
     // Run-time rows pointing at accounts (a web link, a pending code) do not block --replace.

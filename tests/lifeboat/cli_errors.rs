@@ -1,6 +1,6 @@
 //! Bad input gets one clear sentence and the documented exit code.
 
-use crate::harness::{Lifeboat, TestDatabase};
+use crate::harness::{Lifeboat, TestDatabase, id};
 
 const MINIMAL: &str = "[homeserver]\nurl = \"http://127.0.0.1:9\"\nserver_name = \"example.org\"\n\
                        admin_token = \"tok\"\nretries = 0\n[registry]\nurl = \"sqlite://lifeboat.db\"\n";
@@ -252,7 +252,7 @@ async fn contacts_are_validated_normalized_and_idempotent() {
     let again = lifeboat.run(&["contacts", "add", "@alice:example.org", "alice@example.org"]).await;
     assert_eq!(again.code, 0);
     assert!(again.stdout.contains("nothing changed"), "{again:?}");
-    let contacts = client.contacts_of("@alice:example.org").await.unwrap();
+    let contacts = client.contacts_of(&id("@alice:example.org")).await.unwrap();
     assert_eq!(contacts.len(), 1);
     assert_eq!((contacts[0].address.as_str(), contacts[0].source.as_str()), ("alice@example.org", "admin"));
 
@@ -289,7 +289,7 @@ async fn contacts_are_validated_normalized_and_idempotent() {
         "{bad_matrix_id:?}"
     );
     let mut kinds: Vec<(String, String)> = client
-        .contacts_of("@alice:example.org")
+        .contacts_of(&id("@alice:example.org"))
         .await
         .unwrap()
         .into_iter()

@@ -35,3 +35,8 @@ pub fn venv_python() -> &'static PathBuf {
         PathBuf::from(String::from_utf8(output.stdout).unwrap().trim())
     })
 }
+
+/// A user ID as the registry's API takes it.
+pub fn id(text: &str) -> lifeboat::user_id::UserId {
+    lifeboat::user_id::UserId::parse(text).unwrap()
+}
