@@ -56,25 +56,6 @@ impl fmt::Display for UserId {
     }
 }
 
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn user_ids_split_into_localpart_and_server() {
-        let id = UserId::parse("@alice:example.org:8448").unwrap();
-        assert_eq!(id.localpart(), "alice");
-        assert_eq!(id.server_name(), "example.org:8448");
-    }
-
-    #[test]
-    fn malformed_user_ids_are_refused() {
-        for bad in ["alice", "@alice", "@:example.org", "@alice:", "@al ice:example.org"] {
-            assert!(UserId::parse(bad).is_err(), "{bad} should be refused");
-        }
-    }
-}
-
 /// Bound as the text it is: the registry's API takes a checked ID.
 impl sqlx::Type<sqlx::Any> for UserId {
     fn type_info() -> sqlx::any::AnyTypeInfo {
@@ -110,5 +91,24 @@ impl<'r> sqlx::Decode<'r, sqlx::Any> for UserId {
 impl serde::Serialize for UserId {
     fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
         serializer.serialize_str(&self.0)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn user_ids_split_into_localpart_and_server() {
+        let id = UserId::parse("@alice:example.org:8448").unwrap();
+        assert_eq!(id.localpart(), "alice");
+        assert_eq!(id.server_name(), "example.org:8448");
+    }
+
+    #[test]
+    fn malformed_user_ids_are_refused() {
+        for bad in ["alice", "@alice", "@:example.org", "@alice:", "@al ice:example.org"] {
+            assert!(UserId::parse(bad).is_err(), "{bad} should be refused");
+        }
     }
 }
