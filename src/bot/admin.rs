@@ -229,7 +229,7 @@ async fn run(bot: &Bot, room: &Room, actor: &Actor, command: AdminCommand) -> Re
         AdminCommand::Release { user, confirm } => release_hold(bot, actor, &user, confirm).await,
         AdminCommand::ContactAdd(user, address) => {
             let added = registry
-                .add_contact(&user, address.kind(), address.as_str(), ContactSource::Admin, Some(now_ms()), actor)
+                .add_contact(&user, &address, ContactSource::Admin, Some(now_ms()), actor)
                 .await
                 .map_err(said)?;
             Ok(match added {
@@ -238,8 +238,7 @@ async fn run(bot: &Bot, room: &Room, actor: &Actor, command: AdminCommand) -> Re
             })
         }
         AdminCommand::ContactRemove(user, address) => {
-            let removed =
-                registry.remove_contact(&user, address.kind(), address.as_str(), actor).await.map_err(said)?;
+            let removed = registry.remove_contact(&user, &address, actor).await.map_err(said)?;
             Ok(if removed {
                 format!("Removed {address} from the contacts of {user}.")
             } else {

@@ -9,8 +9,7 @@ use rand::Rng;
 use super::Bot;
 use super::admin::mask;
 use super::commands::{PERSON_USAGE, PersonCommand, help};
-use crate::registry::MessageKind;
-use crate::registry::{Actor, CodeCheck, ContactKind, MAX_CODE_ATTEMPTS, now_ms};
+use crate::registry::{Actor, CodeCheck, ContactAddress, MAX_CODE_ATTEMPTS, MessageKind, now_ms};
 
 /// How long a mailed code works.
 const CODE_VALID_MS: i64 = 30 * 60 * 1000;
@@ -116,7 +115,11 @@ async fn run(bot: &Bot, sender: &OwnedUserId, command: PersonCommand) -> Result<
         }
         PersonCommand::ContactRemove(address) => {
             let removed = registry
-                .remove_contact(&crate::user_id::UserId::from(&**sender), ContactKind::Email, address.as_str(), &actor)
+                .remove_contact(
+                    &crate::user_id::UserId::from(&**sender),
+                    &ContactAddress::Email(address.clone()),
+                    &actor,
+                )
                 .await
                 .map_err(broken)?;
             Ok(if removed {

@@ -43,9 +43,8 @@ pub async fn run(context: &Context, command: Command) -> Outcome {
     let actor = Actor::cli();
     match command {
         Command::Add { user_id, address } => {
-            let outcome = registry
-                .add_contact(&user_id, address.kind(), address.as_str(), ContactSource::Admin, Some(now_ms()), &actor)
-                .await?;
+            let outcome =
+                registry.add_contact(&user_id, &address, ContactSource::Admin, Some(now_ms()), &actor).await?;
             match outcome {
                 AddContact::Added => println!("Added {address} to {user_id}."),
                 AddContact::AlreadyKnown => {
@@ -59,7 +58,7 @@ pub async fn run(context: &Context, command: Command) -> Outcome {
             }
         }
         Command::Remove { user_id, address } => {
-            if registry.remove_contact(&user_id, address.kind(), address.as_str(), &actor).await? {
+            if registry.remove_contact(&user_id, &address, &actor).await? {
                 println!("Removed {address} from {user_id}.");
             } else {
                 println!("{user_id} has no contact {address}; nothing changed.");

@@ -145,13 +145,12 @@ impl Registry {
     pub async fn add_contact(
         &self,
         user_id: &UserId,
-        kind: ContactKind,
-        address: &str,
+        address: &ContactAddress,
         source: ContactSource,
         verified_at: Option<i64>,
         actor: &Actor,
     ) -> Result<AddContact> {
-        if kind == ContactKind::Matrix && address == user_id.as_str() {
+        if *address == ContactAddress::Matrix(user_id.clone()) {
             return Err(Error::Refused(format!(
                 "{address} is the account itself, not a contact: lifeboat sends it a DM anyway while it exists"
             )));
@@ -169,8 +168,8 @@ impl Registry {
              VALUES ($1, $2, $3, $4, $5, $6) ON CONFLICT (user_id, kind, address) DO NOTHING",
         )
         .bind(user_id)
-        .bind(kind.as_str())
-        .bind(address)
+        .bind(address.kind())
+        .bind(address.as_str())
         .bind(source.as_str())
         .bind(verified_at)
         .bind(now_ms())
@@ -181,25 +180,19 @@ impl Registry {
             tx.rollback().await?;
             return Ok(AddContact::AlreadyKnown);
         }
-        let detail = format!("{} {address} ({})", kind.as_str(), source.as_str());
+        let detail = format!("{} {address} ({})", address.kind(), source.as_str());
         Self::audit_in(&mut tx, actor, "contact.add", Some(user_id.as_str()), Some(&detail)).await?;
         tx.commit().await?;
         Ok(AddContact::Added)
     }
 
     /// Removes a contact; `false` when there was none to remove.
-    pub async fn remove_contact(
-        &self,
-        user_id: &UserId,
-        kind: ContactKind,
-        address: &str,
-        actor: &Actor,
-    ) -> Result<bool> {
+    pub async fn remove_contact(&self, user_id: &UserId, address: &ContactAddress, actor: &Actor) -> Result<bool> {
         let mut tx = self.begin_write().await?;
         let removed = sqlx::query("DELETE FROM contacts WHERE user_id = $1 AND kind = $2 AND address = $3")
             .bind(user_id)
-            .bind(kind.as_str())
-            .bind(address)
+            .bind(address.kind())
+            .bind(address.as_str())
             .execute(&mut *tx)
             .await?
             .rows_affected();
@@ -207,7 +200,7 @@ impl Registry {
             tx.rollback().await?;
             return Ok(false);
         }
-        let detail = format!("{} {address}", kind.as_str());
+        let detail = format!("{} {address}", address.kind());
         Self::audit_in(&mut tx, actor, "contact.remove", Some(user_id.as_str()), Some(&detail)).await?;
         tx.commit().await?;
         Ok(true)

@@ -4,7 +4,8 @@
 
 use sha2::{Digest, Sha256};
 
-use super::{Actor, ContactKind, ContactSource, Registry, Result, now_ms};
+use super::{Actor, ContactAddress, ContactKind, ContactSource, Error, Registry, Result, now_ms};
+use crate::email::EmailAddress;
 use crate::user_id::UserId;
 
 /// Wrong codes tolerated per pending verification.
@@ -90,7 +91,10 @@ impl Registry {
             .bind(now)
             .execute(&self.pool)
             .await?;
-        self.add_contact(user_id, ContactKind::Email, address, ContactSource::User, Some(now), actor).await?;
+        // Stored from a checked address when the code was sent.
+        let contact =
+            EmailAddress::parse(address).map(ContactAddress::Email).map_err(|err| Error::Refused(err.to_string()))?;
+        self.add_contact(user_id, &contact, ContactSource::User, Some(now), actor).await?;
         // Known before, unverified (e.g. added by an admin): now it is proven.
         sqlx::query(
             "UPDATE contacts SET verified_at = $4 \

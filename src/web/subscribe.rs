@@ -19,7 +19,7 @@ use super::links::{LinkKind, LinkQuery};
 use super::pages::{self, Chrome, Message, WebError};
 use super::{WebState, mail, signing};
 use crate::email::EmailAddress;
-use crate::registry::{Actor, AddContact, ContactKind, ContactSource, MessageKind, now_ms};
+use crate::registry::{Actor, AddContact, ContactAddress, ContactSource, MessageKind, now_ms};
 use crate::user_id::UserId;
 
 const PURPOSE: &str = "subscribe";
@@ -244,10 +244,12 @@ async fn finish(state: &WebState, link: &str, sig: &str, code: &str) -> Result<R
         return Ok(LINK.dead(state));
     }
     let actor = Actor::web(Some("subscription".to_owned()));
-    let Ok(user_id) = UserId::parse(&found.user_id) else { return Ok(LINK.dead(state)) };
+    let (Ok(user_id), Ok(address)) = (UserId::parse(&found.user_id), EmailAddress::parse(&found.address)) else {
+        return Ok(LINK.dead(state));
+    };
     let added = state
         .registry
-        .add_contact(&user_id, ContactKind::Email, &found.address, ContactSource::User, Some(now_ms()), &actor)
+        .add_contact(&user_id, &ContactAddress::Email(address), ContactSource::User, Some(now_ms()), &actor)
         .await?;
     if added == AddContact::AlreadyKnown {
         state.registry.resubscribe_contact(&found.user_id, &found.address, &actor).await?;

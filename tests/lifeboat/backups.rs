@@ -1,11 +1,11 @@
 //! A backup restores into a fresh registry, on either backend, row for row.
 
 use lifeboat::backup::{backup, restore, snapshot_lines};
-use lifeboat::registry::{Actor, ContactKind, ContactSource, Registry};
+use lifeboat::registry::{Actor, ContactSource, Registry};
 use lifeboat::synapse::ListedUser;
 use serde_json::{Value, json};
 
-use crate::harness::{TestDatabase, id};
+use crate::harness::{TestDatabase, contact, id};
 
 /// A registry with something in every kept table.
 async fn lived_in(registry: &Registry) {
@@ -22,14 +22,8 @@ async fn lived_in(registry: &Registry) {
         registry.stage_listing_page(run, &listing).await.unwrap();
         registry.apply_listing(run, 0.5, &actor).await.unwrap();
     }
-    registry
-        .add_contact(&id("@b:x"), ContactKind::Email, "b@example.org", ContactSource::Admin, Some(1), &actor)
-        .await
-        .unwrap();
-    registry
-        .add_contact(&id("@c:x"), ContactKind::Matrix, "@c:elsewhere", ContactSource::User, None, &actor)
-        .await
-        .unwrap();
+    registry.add_contact(&id("@b:x"), &contact("b@example.org"), ContactSource::Admin, Some(1), &actor).await.unwrap();
+    registry.add_contact(&id("@c:x"), &contact("@c:elsewhere"), ContactSource::User, None, &actor).await.unwrap();
     let (incident, _) = registry
         .open_incident("Lost", "# What\n\nit went", lifeboat::registry::IncidentScope::Missing, &actor)
         .await
@@ -81,7 +75,7 @@ async fn round_trip(from: TestDatabase, to: TestDatabase) {
 
     // New rows after a restore get fresh ids (sequences moved past the restored ones).
     target
-        .add_contact(&id("@a:x"), ContactKind::Email, "a@example.org", ContactSource::Admin, None, &Actor::cli())
+        .add_contact(&id("@a:x"), &contact("a@example.org"), ContactSource::Admin, None, &Actor::cli())
         .await
         .unwrap();
     // Run-time rows pointing at accounts (a web link, a pending code) do not block --replace.

@@ -3,13 +3,13 @@
 use std::future::Future;
 
 use lifeboat::registry::{
-    AccountState, Actor, AddContact, ContactKind, ContactSource, MAX_REJOIN_ATTEMPTS, MessageKind, Registry,
-    RejoinOutcome, Room, RoomDetails, RoomRecord, RoomState,
+    AccountState, Actor, AddContact, ContactSource, MAX_REJOIN_ATTEMPTS, MessageKind, Registry, RejoinOutcome, Room,
+    RoomDetails, RoomRecord, RoomState,
 };
 use lifeboat::synapse::ListedUser;
 use serde_json::json;
 
-use crate::harness::{TestDatabase, id};
+use crate::harness::{TestDatabase, contact, id};
 
 /// Runs `story` against a fresh registry on the given backend.
 async fn on<F, Fut>(database: TestDatabase, story: F)
@@ -59,7 +59,7 @@ async fn vanished_accounts_are_marked_missing_never_deleted(registry: Registry) 
     let first = sync_listing(&registry, &[user("@a:x", 1), user("@b:x", 1), user("@c:x", 1)]).await;
     assert_eq!(first.report.new, ["@a:x", "@b:x", "@c:x"]);
     registry
-        .add_contact(&id("@b:x"), ContactKind::Email, "b@example.org", ContactSource::Admin, None, &Actor::cli())
+        .add_contact(&id("@b:x"), &contact("b@example.org"), ContactSource::Admin, None, &Actor::cli())
         .await
         .unwrap();
 
@@ -203,12 +203,12 @@ on_both_backends!(repeated_accounts_in_a_listing_are_staged_once);
 async fn contacts_are_unique_and_every_change_is_audited(registry: Registry) {
     sync_listing(&registry, &[user("@a:x", 1)]).await;
     let actor = Actor { face: "bot", detail: Some("@admin:x".into()) };
-    let a = id("@a:x");
-    let add = || registry.add_contact(&a, ContactKind::Email, "a@example.org", ContactSource::User, None, &actor);
+    let (a, address) = (id("@a:x"), contact("a@example.org"));
+    let add = || registry.add_contact(&a, &address, ContactSource::User, None, &actor);
     assert_eq!(add().await.unwrap(), AddContact::Added);
     assert_eq!(add().await.unwrap(), AddContact::AlreadyKnown);
-    assert!(registry.remove_contact(&id("@a:x"), ContactKind::Email, "a@example.org", &actor).await.unwrap());
-    assert!(!registry.remove_contact(&id("@a:x"), ContactKind::Email, "a@example.org", &actor).await.unwrap());
+    assert!(registry.remove_contact(&id("@a:x"), &contact("a@example.org"), &actor).await.unwrap());
+    assert!(!registry.remove_contact(&id("@a:x"), &contact("a@example.org"), &actor).await.unwrap());
 
     let log = registry.audit_log(10).await.unwrap();
     let actions: Vec<(&str, &str, Option<&str>)> =

@@ -40,3 +40,9 @@ pub fn venv_python() -> &'static PathBuf {
 pub fn id(text: &str) -> lifeboat::user_id::UserId {
     lifeboat::user_id::UserId::parse(text).unwrap()
 }
+
+/// A contact address (an email address, or a Matrix ID) as the registry's
+/// API takes it.
+pub fn contact(text: &str) -> lifeboat::registry::ContactAddress {
+    lifeboat::registry::ContactAddress::parse(text).unwrap()
+}
