@@ -412,9 +412,7 @@ pub async fn run(
     // When serve starts, only the last listing's cost spaces the first one.
     let mut floor = Duration::ZERO;
     loop {
-        let last: Option<LastListing> =
-            registry.setting(LAST_LISTING_SETTING).await.ok().flatten().and_then(|stored| serde_json::from_str(&stored).ok());
-        if let Some(last) = last
+        if let Some(last) = last_listing(&registry).await
             && !wait_for_next_round(&config, &registry, &cancel, next_listing_due(last, floor)).await
         {
             return;
@@ -454,6 +452,24 @@ pub async fn run(
         if let Err(err) = outcome {
             tracing::warn!(error = %err, "watcher: could not record the alerted state");
         }
+    }
+}
+
+/// The watcher's last full listing, as it recorded it.
+async fn last_listing(registry: &Registry) -> Option<LastListing> {
+    let stored = registry.setting(LAST_LISTING_SETTING).await.ok().flatten()?;
+    serde_json::from_str(&stored).ok()
+}
+
+/// The gap the watcher keeps between full listings now: `watch.interval`,
+/// or longer on a big server ([`next_listing_due`]). For `drill`, which
+/// calls a registry stale past twice this.
+pub async fn listing_gap(config: &Config, registry: &Registry) -> Duration {
+    match last_listing(registry).await {
+        Some(last) => Duration::from_millis(
+            u64::try_from(next_listing_due(last, config.watch.interval).saturating_sub(last.ended_ms)).unwrap_or(0),
+        ),
+        None => config.watch.interval,
     }
 }
 
