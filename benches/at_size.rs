@@ -161,7 +161,11 @@ async fn fill(python: &Path, repo: &Path, cache: &Path, count: usize) -> Result<
     std::fs::copy(&db, cache.join("homeserver.db.filled"))?;
     std::fs::copy(dir.join("admin_password"), cache.join("admin_password.filled"))?;
     std::fs::write(&done, format!("{count}\n"))?;
-    println!("  filled Synapse with {count} accounts in {:.1} s ({})", started.elapsed().as_secs_f64(), cache.display());
+    println!(
+        "  filled Synapse with {count} accounts in {:.1} s ({})",
+        started.elapsed().as_secs_f64(),
+        cache.display()
+    );
     Ok(())
 }
 
@@ -253,7 +257,8 @@ async fn bare_cold(info: &Info, page_size: u32, concurrency: usize) -> Result<us
             let http = http.clone();
             async move {
                 let url = format!("{}/_synapse/admin/v2/users/{name}", info.url);
-                let body = http.get(url).bearer_auth(&info.admin_token).send().await?.error_for_status()?.bytes().await?;
+                let body =
+                    http.get(url).bearer_auth(&info.admin_token).send().await?.error_for_status()?.bytes().await?;
                 let _: serde_json::Value = serde_json::from_slice(&body)?;
                 Ok::<_, BoxError>(())
             }
@@ -414,7 +419,8 @@ async fn main() -> Result<()> {
     // watcher's own estimate of a listing's cost is its wall time times the
     // share it was paced to: the unpaced warm sync's (or the bare listing's).
     let estimate = if warm.is_empty() { bare_wall } else { median(&warm.iter().map(|c| c.wall).collect::<Vec<_>>()) };
-    let listing_cpu = if warm.is_empty() { bare_cpu } else { median(&warm.iter().map(|c| c.synapse).collect::<Vec<_>>()) };
+    let listing_cpu =
+        if warm.is_empty() { bare_cpu } else { median(&warm.iter().map(|c| c.synapse).collect::<Vec<_>>()) };
     let last = LastListing { ended_ms: 0, synapse_ms: (estimate * 1000.0) as i64 };
     let gap = next_listing_due(last, config.watch.interval) as f64 / 1000.0;
     let probes_per_hour = HOUR_S / config.watch.probe_interval.as_secs_f64();
@@ -441,7 +447,10 @@ async fn main() -> Result<()> {
         let cold_reg = Registry::connect(&cold_config.registry.url).await?;
         let concurrency = cold_config.sync.details_concurrency;
         let (bare_cost, n) = measured(pid, bare_cold(&info, page_size, concurrency)).await?;
-        println!("  bare cold loop: listing + {n} detail calls ({concurrency} at a time): {:.1} s, Synapse CPU {:.1} s", bare_cost.wall, bare_cost.synapse);
+        println!(
+            "  bare cold loop: listing + {n} detail calls ({concurrency} at a time): {:.1} s, Synapse CPU {:.1} s",
+            bare_cost.wall, bare_cost.synapse
+        );
         let options = SyncOptions::from_config(&cold_config);
         let (cold_cost, summary) =
             measured(pid, async { Ok(sync(&cold_reg, &client, &options, &actor, &Quiet).await?) }).await?;
@@ -476,9 +485,10 @@ async fn main() -> Result<()> {
         Ok(())
     })
     .await?;
-    let listed_in_window = registry.setting("watch_last_listing").await?.is_some_and(|now| {
-        serde_json::from_str::<LastListing>(&now).map(|now| now != just_listed).unwrap_or(false)
-    });
+    let listed_in_window = registry
+        .setting("watch_last_listing")
+        .await?
+        .is_some_and(|now| serde_json::from_str::<LastListing>(&now).map(|now| now != just_listed).unwrap_or(false));
     let share = (window.synapse - idle_rate * window.wall) / window.wall;
     println!(
         "  watcher with the defaults for {:.0} s: Synapse CPU {:.2} s, {:.2}% of a core above idle ({})",
