@@ -409,15 +409,20 @@ pub async fn run(
     recover_lock: Arc<tokio::sync::Mutex<()>>,
     cancel: CancellationToken,
 ) {
-    // When serve starts, only the last listing's cost spaces the first one.
-    let mut floor = Duration::ZERO;
+    // When serve starts, only the last listing's cost spaces the first
+    // round; later, `watch.interval` after the last round too (one that
+    // could not list, with Synapse down, waits like any other).
+    let mut last_round: Option<i64> = None;
     loop {
-        if let Some(last) = last_listing(&registry).await
-            && !wait_for_next_round(&config, &registry, &cancel, next_listing_due(last, floor)).await
-        {
+        let interval = if last_round.is_some() { config.watch.interval } else { Duration::ZERO };
+        let after_round = last_round.map_or(0, |ended| ended.saturating_add(interval.as_millis() as i64));
+        let due = match last_listing(&registry).await {
+            Some(last) => after_round.max(next_listing_due(last, interval)),
+            None => after_round,
+        };
+        if due > now_ms() && !wait_for_next_round(&config, &registry, &cancel, due).await {
             return;
         }
-        floor = config.watch.interval;
         // A round runs to its end even when serve is stopping (its sync
         // stops early by itself, between calls): dropped inside
         // a sync's transaction, it would leave SQLite locked for the parts
@@ -437,7 +442,10 @@ pub async fn run(
         if let Err(err) = alert_on_change(&config, &registry, &seen, &alerts).await {
             tracing::warn!(error = %err, "watcher: could not record the alerted state");
         }
-        let Some(client) = client else { continue };
+        let Some(client) = client else {
+            last_round = Some(now_ms());
+            continue;
+        };
         let taken_before = seen.taken.clone();
         after_listing(&config, &registry, &client, &mut seen).await;
         handle.set(seen.clone());
@@ -452,6 +460,7 @@ pub async fn run(
         if let Err(err) = outcome {
             tracing::warn!(error = %err, "watcher: could not record the alerted state");
         }
+        last_round = Some(now_ms());
     }
 }
 
