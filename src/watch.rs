@@ -39,7 +39,9 @@ const LAST_LISTING_SETTING: &str = "watch_last_listing";
 pub const LISTING_SHARE: f64 = 0.03;
 
 /// The watcher's last full listing: when it ended and how much of
-/// Synapse's time it took (its wall time, times the share it was paced to).
+/// Synapse's time it took (its wall time, times the share it was paced to;
+/// without the reading of account details, which a first sync does for
+/// every account once and later ones for at most `sync.details_per_round`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, serde::Deserialize)]
 pub struct LastListing {
     pub ended_ms: i64,
@@ -271,8 +273,12 @@ pub async fn observe(
         // ends it between calls, keeping what it read.
         let paced = SyncOptions::from_config(config).paced(config).stopped_by(cancel.clone());
         let mut share = paced.pace.unwrap_or(1.0);
+        let mut one_off = Duration::ZERO;
         match sync(registry, &client, &paced, &actor, &Quiet).await {
-            Ok(summary) => seen.saw(summary.applied.report, config.watch.loss_threshold),
+            Ok(summary) => {
+                one_off = summary.details_took;
+                seen.saw(summary.applied.report, config.watch.loss_threshold);
+            }
             // A sync from the CLI or the bot is under way: a read-only
             // check tells this round's verdict without waiting for it.
             Err(err @ SyncError::Busy { .. }) => {
@@ -284,7 +290,8 @@ pub async fn observe(
         }
         seen.listing = Some(LastListing {
             ended_ms: now_ms(),
-            synapse_ms: i64::try_from(began.elapsed().mul_f64(share).as_millis()).unwrap_or(i64::MAX),
+            synapse_ms: i64::try_from(began.elapsed().saturating_sub(one_off).mul_f64(share).as_millis())
+                .unwrap_or(i64::MAX),
         });
     } else {
         // A dead token lists nothing; check tells a wipe from a typo.
