@@ -14,6 +14,8 @@
 //!   LIFEBOAT_BENCH_SIZE_PROBES    probes timed one after the other (default 20)
 //!   LIFEBOAT_BENCH_SIZE_WATCH_S   seconds the watcher runs with the defaults
 //!                                 before the wipe (default 300)
+//!   LIFEBOAT_BENCH_SIZE_PAGE_SIZE `sync.page_size`, for the bare listing too
+//!                                 (default 2000, lifeboat's default)
 //!
 //! The fill (once per N, cached): the harness starts Synapse on an empty
 //! database and registers its admin; once `background_updates` is empty
@@ -285,12 +287,13 @@ impl AlertSink for Recorded {
 fn config_for(info: &Info, registry: &Path, dir: &Path) -> Result<Config> {
     let text = format!(
         "[homeserver]\nurl = \"{}\"\nserver_name = \"{}\"\nadmin_token = \"{}\"\nregistration_shared_secret = \"{}\"\n\n\
-         [registry]\nurl = \"sqlite://{}\"\n",
+         [registry]\nurl = \"sqlite://{}\"\n\n[sync]\npage_size = {}\n",
         info.url,
         info.server_name,
         info.admin_token,
         info.shared_secret,
-        registry.display()
+        registry.display(),
+        env_number("LIFEBOAT_BENCH_SIZE_PAGE_SIZE", 2000)
     );
     let path = dir.join("lifeboat.toml");
     std::fs::write(&path, &text)?;
@@ -330,6 +333,11 @@ async fn main() -> Result<()> {
     let config = config_for(&info, &registry_path, work.path())?;
     let registry = Registry::connect(&config.registry.url).await?;
     let client = lifeboat::synapse::SynapseClient::from_config(&config.homeserver);
+    // What a sync records: the token worked, so a rejection later reads
+    // as a wipe, not a typo (the warm registry was made without a sync).
+    if let Some(fingerprint) = client.token_fingerprint() {
+        registry.set_setting(lifeboat::check::WORKING_TOKEN_SETTING, &fingerprint).await?;
+    }
     let page_size = config.sync.page_size;
     let actor = Actor::cli();
 
