@@ -289,7 +289,9 @@ fn templates(config: &Config) -> Line {
 
 async fn registry_lines(config: &Config, registry: &Registry) -> Vec<Line> {
     let mut lines = Vec::new();
-    let max_age = (config.watch.interval * 2).max(Duration::from_secs(3600));
+    // Twice the watcher's gap between listings: `watch.interval`, or longer
+    // on a big server, where listings are spaced by their cost.
+    let max_age = (crate::watch::listing_gap(config, registry).await * 2).max(Duration::from_secs(3600));
     lines.push(match registry.last_complete_sync().await {
         Ok(Some(run)) => {
             let age = Duration::from_millis((now_ms() - run.started_at).max(0) as u64);

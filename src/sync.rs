@@ -111,6 +111,11 @@ pub struct SyncSummary {
     /// Stopped during the email import: the listing was applied and what
     /// was read is kept; the next sync reads the rest (the rooms wait too).
     pub stopped: bool,
+    /// Time spent reading account details (emails), rests included: for
+    /// the watcher, which spaces its listings by their cost without the
+    /// one-off import of a first sync.
+    #[serde(skip)]
+    pub details_took: Duration,
     /// The room registry's part; `None` when it could not be read (the
     /// accounts were synced all the same).
     pub rooms: Option<RoomSyncSummary>,
@@ -191,7 +196,9 @@ async fn sync_under_lease(
         registry.set_setting(crate::check::WORKING_TOKEN_SETTING, &fingerprint).await?;
     }
     let mut counts = DetailCounts::default();
+    let details_began = Instant::now();
     let outcome = import_emails(registry, client, options, progress, &mut counts).await;
+    let details_took = details_began.elapsed();
     registry.finish_sync_run(run_id, counts.fetched, counts.failed, counts.imported, actor).await?;
     let stopped = outcome? == Ran::Stopped || options.stop.is_cancelled();
     // Rooms after accounts: a room's local members are matched with the
@@ -215,6 +222,7 @@ async fn sync_under_lease(
         details_failed: counts.failed,
         emails_imported: counts.imported,
         stopped,
+        details_took,
         rooms,
         rooms_error,
     })

@@ -1,9 +1,12 @@
-//! The watcher of `lifeboat serve`: every `watch.interval` it checks the
-//! registry against Synapse (read-only), then syncs, and raises an alert
-//! when what it sees changes: accounts missing or recreated, a suspected
-//! reset, lifeboat's token rejected. One alert per change, not one per
-//! interval: the last alerted state is kept in the registry, so a restart
-//! does not repeat it either.
+//! The watcher of `lifeboat serve`: every `watch.interval` (or, on a big
+//! server, as often as a full listing's cost allows: [`next_listing_due`])
+//! it syncs, and raises an alert when what it sees changes: accounts
+//! missing or recreated, a suspected reset, lifeboat's token rejected.
+//! Between listings the probe looks, and brings the next one forward. One
+//! alert per change, not one per interval: the last alerted state is kept
+//! in the registry, so a restart does not repeat it either. The alert goes
+//! out before lost IDs are held (at size, holding takes hours); what was
+//! held follows in a message of its own.
 
 use std::sync::{Arc, RwLock};
 use std::time::Duration;
@@ -24,6 +27,37 @@ use crate::sync::{Quiet, SyncError, SyncOptions, sync};
 
 /// Registry setting: what the last alert was about (an [`AlertedState`] as JSON).
 const ALERTED_SETTING: &str = "watch_alerted_state";
+/// Registry setting: the watcher's last full listing (a [`LastListing`] as JSON).
+const LAST_LISTING_SETTING: &str = "watch_last_listing";
+
+/// The share of Synapse's time full listings may take on average, over
+/// the gaps between them. A listing's cost grows with the number of
+/// accounts (Synapse counts and skips rows for every page: 22 minutes of
+/// its CPU for 1,000,000 accounts on SQLite), the probe's does not, so on a big server
+/// the probe carries detection and listings come less often than
+/// `watch.interval`.
+pub const LISTING_SHARE: f64 = 0.03;
+
+/// The watcher's last full listing: when it ended and how much of
+/// Synapse's time it took (its wall time, times the share it was paced to;
+/// without the reading of account details, which a first sync does for
+/// every account once and later ones for at most `sync.details_per_round`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, serde::Deserialize)]
+pub struct LastListing {
+    pub ended_ms: i64,
+    pub synapse_ms: i64,
+}
+
+/// When the next full listing may start (ms since the epoch): `floor`
+/// after the last one ended (`watch.interval`; zero when serve starts, so
+/// a restart lists at once on a small server), and never sooner than its
+/// cost at [`LISTING_SHARE`] allows. A probe that sees something wrong
+/// starts a listing at once all the same.
+pub fn next_listing_due(last: LastListing, floor: Duration) -> i64 {
+    let cost = Duration::from_millis(last.synapse_ms.max(0) as u64);
+    let gap = floor.max(cost.div_f64(LISTING_SHARE));
+    last.ended_ms.saturating_add(i64::try_from(gap.as_millis()).unwrap_or(i64::MAX))
+}
 
 /// What one round of the watcher saw.
 #[derive(Debug, Clone, Default, Serialize)]
@@ -45,6 +79,9 @@ pub struct Observation {
     pub taken: Vec<String>,
     /// Of `taken`, those in `bot.admins`.
     pub taken_admins: Vec<String>,
+    /// This round's listing, for spacing the next one.
+    #[serde(skip)]
+    pub listing: Option<LastListing>,
 }
 
 impl Observation {
@@ -111,11 +148,8 @@ impl Observation {
             text.push_str("\n\nlifeboat re-created its own admin account through the shared secret.");
         }
         if !self.held.is_empty() {
-            text.push_str(&format!(
-                "\n\nHeld for their owners ({}): {}. Nobody can register these IDs now; each owner takes theirs back with the claim link in their notice (`lifeboat holds list` shows them).",
-                self.held.len(),
-                named(&self.held)
-            ));
+            text.push_str("\n\n");
+            text.push_str(&self.held_markdown());
         }
         if !self.taken.is_empty() {
             text.push_str(&format!(
@@ -137,6 +171,15 @@ impl Observation {
             );
         }
         text
+    }
+
+    /// What this round held, in Markdown.
+    pub fn held_markdown(&self) -> String {
+        format!(
+            "Held for their owners ({}): {}. Nobody can register these IDs now; each owner takes theirs back with the claim link in their notice (`lifeboat holds list` shows them).",
+            self.held.len(),
+            named(&self.held)
+        )
     }
 }
 
@@ -197,13 +240,14 @@ pub trait AlertSink: Send + Sync {
 /// One round, one listing: a sync (which also imports new accounts and
 /// emails), whose classification gives the verdict. When every token is
 /// rejected: a check (a wipe, or a typo?), recovery if a secret is
-/// configured, then the sync.
+/// configured, then the sync. Returns the client that worked, for what
+/// follows the alert ([`after_listing`]).
 pub async fn observe(
     config: &Config,
     registry: &Registry,
     recover_lock: &tokio::sync::Mutex<()>,
     cancel: &CancellationToken,
-) -> Observation {
+) -> (Observation, Option<SynapseClient>) {
     let actor = Actor::service("watcher");
     let mut seen = Observation { at: Some(now_ms()), ..Observation::default() };
     let options = CheckOptions {
@@ -211,6 +255,7 @@ pub async fn observe(
         loss_threshold: config.watch.loss_threshold,
         server_name: config.homeserver.server_name.clone(),
     };
+    let began = tokio::time::Instant::now();
     let mut client = match admin_access(config, registry).await {
         Ok(AdminAccess::Working { client, .. }) => client,
         Ok(AdminAccess::Dead { client }) => {
@@ -219,7 +264,7 @@ pub async fn observe(
         }
         Err(err) => {
             seen.reason = format!("could not tell: {err}");
-            return seen;
+            return (seen, None);
         }
     };
     if !seen.token_rejected {
@@ -227,16 +272,27 @@ pub async fn observe(
         // Paced, a first sync of a big server can take long: serve's stop
         // ends it between calls, keeping what it read.
         let paced = SyncOptions::from_config(config).paced(config).stopped_by(cancel.clone());
+        let mut share = paced.pace.unwrap_or(1.0);
+        let mut one_off = Duration::ZERO;
         match sync(registry, &client, &paced, &actor, &Quiet).await {
-            Ok(summary) => seen.saw(summary.applied.report, config.watch.loss_threshold),
+            Ok(summary) => {
+                one_off = summary.details_took;
+                seen.saw(summary.applied.report, config.watch.loss_threshold);
+            }
             // A sync from the CLI or the bot is under way: a read-only
             // check tells this round's verdict without waiting for it.
             Err(err @ SyncError::Busy { .. }) => {
                 tracing::info!(reason = %err, "watcher: sync skipped this round");
+                share = 1.0;
                 seen.checked(check(registry, &client, &options).await);
             }
             Err(err) => seen.reason = format!("could not tell: {err}"),
         }
+        seen.listing = Some(LastListing {
+            ended_ms: now_ms(),
+            synapse_ms: i64::try_from(began.elapsed().saturating_sub(one_off).mul_f64(share).as_millis())
+                .unwrap_or(i64::MAX),
+        });
     } else {
         // A dead token lists nothing; check tells a wipe from a typo.
         seen.checked(check(registry, &client, &options).await);
@@ -247,20 +303,20 @@ pub async fn observe(
                     seen.reason
                 );
             }
-            return seen;
+            return (seen, None);
         }
         let guard = recover_lock.lock().await;
         match recover(config, registry, &actor).await {
             Ok(_) => seen.recovered = true,
             Err(err) => {
                 seen.reason = format!("{}; recovery failed: {err}", seen.reason);
-                return seen;
+                return (seen, None);
             }
         }
         drop(guard);
         client = match admin_access(config, registry).await {
             Ok(AdminAccess::Working { client, .. }) => client,
-            _ => return seen,
+            _ => return (seen, None),
         };
         seen.taken = seen.recreated.clone();
         match sync(registry, &client, &SyncOptions::from_config(config), &actor, &Quiet).await {
@@ -269,16 +325,28 @@ pub async fn observe(
             Err(err @ SyncError::Busy { .. }) => tracing::info!(reason = %err, "watcher: sync skipped this round"),
             Err(err) => tracing::warn!(error = %err, "watcher: sync failed"),
         }
+        seen.listing = Some(LastListing {
+            ended_ms: now_ms(),
+            synapse_ms: i64::try_from(began.elapsed().as_millis()).unwrap_or(i64::MAX),
+        });
     }
-    if cancel.is_cancelled() {
-        // serve is stopping: holds and rejoins wait for its next start.
-        return seen;
-    }
+    seen.taken.sort_unstable();
+    seen.taken.dedup();
+    seen.taken_admins = taken_admins(config, &seen.taken);
+    (seen, Some(client))
+}
+
+/// After the round's alert: holds whatever is lost (`recovery.hold =
+/// "auto"`; at 30-odd holds a second, a wipe of a big server takes hours,
+/// which is why the alert does not wait for it) and brings people whose
+/// ID is theirs again back into their rooms.
+pub async fn after_listing(config: &Config, registry: &Registry, client: &SynapseClient, seen: &mut Observation) {
+    let actor = Actor::service("watcher");
     if holds_wanted(config, false) {
-        hold_lost(config, registry, &client, &actor, &mut seen).await;
+        hold_lost(config, registry, client, &actor, seen).await;
     }
     // People whose ID is theirs again go back into their rooms within a round.
-    match bring_back(config, registry, &client, &actor, false).await {
+    match bring_back(config, registry, client, &actor, false).await {
         Ok(report) if !report.is_empty() => tracing::info!(summary = %report.summary(), "watcher: rooms"),
         Ok(_) => {}
         Err(err) => tracing::warn!(error = %err, "watcher: could not bring people back into their rooms"),
@@ -286,7 +354,6 @@ pub async fn observe(
     seen.taken.sort_unstable();
     seen.taken.dedup();
     seen.taken_admins = taken_admins(config, &seen.taken);
-    seen
 }
 
 /// Holds whatever the registry knows to be lost (create-only, so holding
@@ -349,31 +416,85 @@ pub async fn run(
     recover_lock: Arc<tokio::sync::Mutex<()>>,
     cancel: CancellationToken,
 ) {
+    // When serve starts, only the last listing's cost spaces the first
+    // round; later, `watch.interval` after the last round too (one that
+    // could not list, with Synapse down, waits like any other).
+    let mut last_round: Option<i64> = None;
     loop {
+        let interval = if last_round.is_some() { config.watch.interval } else { Duration::ZERO };
+        let after_round = last_round.map_or(0, |ended| ended.saturating_add(interval.as_millis() as i64));
+        let due = match last_listing(&registry).await {
+            Some(last) => after_round.max(next_listing_due(last, interval)),
+            None => after_round,
+        };
+        if due > now_ms() && !wait_for_next_round(&config, &registry, &cancel, due).await {
+            return;
+        }
         // A round runs to its end even when serve is stopping (its sync
         // stops early by itself, between calls): dropped inside
         // a sync's transaction, it would leave SQLite locked for the parts
         // still finishing (a notify marking what it sent).
-        let seen = observe(&config, &registry, &recover_lock, &cancel).await;
+        let (mut seen, client) = observe(&config, &registry, &recover_lock, &cancel).await;
         if cancel.is_cancelled() {
             return;
         }
         tracing::info!(verdict = seen.verdict_label(), reason = %seen.reason, "watcher round");
+        if let Some(listing) = seen.listing {
+            let stored = serde_json::to_string(&listing).expect("plain data");
+            if let Err(err) = registry.set_setting(LAST_LISTING_SETTING, &stored).await {
+                tracing::warn!(error = %err, "watcher: could not record the listing's cost");
+            }
+        }
         handle.set(seen.clone());
         if let Err(err) = alert_on_change(&config, &registry, &seen, &alerts).await {
             tracing::warn!(error = %err, "watcher: could not record the alerted state");
         }
-        if !wait_for_next_round(&config, &registry, &cancel).await {
-            return;
+        let Some(client) = client else {
+            last_round = Some(now_ms());
+            continue;
+        };
+        let taken_before = seen.taken.clone();
+        after_listing(&config, &registry, &client, &mut seen).await;
+        handle.set(seen.clone());
+        let outcome = if seen.taken != taken_before {
+            // Taken before its hold: news, alerted with the held IDs.
+            alert_on_change(&config, &registry, &seen, &alerts).await
+        } else if !seen.held.is_empty() {
+            alert_held(&config, &registry, &seen, &alerts).await
+        } else {
+            Ok(())
+        };
+        if let Err(err) = outcome {
+            tracing::warn!(error = %err, "watcher: could not record the alerted state");
         }
+        last_round = Some(now_ms());
     }
 }
 
-/// Waits `watch.interval`, probing every `watch.probe_interval`; the next
-/// round starts early when a probe sees what a loss would cause. `false`
-/// when cancelled.
-async fn wait_for_next_round(config: &Config, registry: &Registry, cancel: &CancellationToken) -> bool {
-    let next_round = tokio::time::Instant::now() + config.watch.interval;
+/// The watcher's last full listing, as it recorded it.
+async fn last_listing(registry: &Registry) -> Option<LastListing> {
+    let stored = registry.setting(LAST_LISTING_SETTING).await.ok().flatten()?;
+    serde_json::from_str(&stored).ok()
+}
+
+/// The gap the watcher keeps between full listings now: `watch.interval`,
+/// or longer on a big server ([`next_listing_due`]). For `drill`, which
+/// calls a registry stale past twice this.
+pub async fn listing_gap(config: &Config, registry: &Registry) -> Duration {
+    match last_listing(registry).await {
+        Some(last) => Duration::from_millis(
+            u64::try_from(next_listing_due(last, config.watch.interval).saturating_sub(last.ended_ms)).unwrap_or(0),
+        ),
+        None => config.watch.interval,
+    }
+}
+
+/// Waits until `due` (ms since the epoch), probing every
+/// `watch.probe_interval`; the next round starts early when a probe sees
+/// what a loss would cause. `false` when cancelled.
+async fn wait_for_next_round(config: &Config, registry: &Registry, cancel: &CancellationToken, due: i64) -> bool {
+    let left_ms = u64::try_from(due.saturating_sub(now_ms())).unwrap_or(0);
+    let next_round = tokio::time::Instant::now() + Duration::from_millis(left_ms);
     let probing = !config.watch.probe_interval.is_zero();
     let fixed = if probing { FixedSample::load(registry).await.unwrap_or_default() } else { FixedSample::default() };
     loop {
@@ -397,6 +518,19 @@ async fn wait_for_next_round(config: &Config, registry: &Registry, cancel: &Canc
             Probe::CouldNotTell(why) => tracing::debug!(why, "watcher: the probe could not tell"),
         }
     }
+}
+
+/// The IDs a round held after its alert went out, in a message of their own.
+async fn alert_held(
+    config: &Config,
+    registry: &Registry,
+    seen: &Observation,
+    alerts: &impl AlertSink,
+) -> Result<(), crate::registry::Error> {
+    let server = &config.homeserver.server_name;
+    let subject = format!("[lifeboat] {server}: {} lost IDs held for their owners", seen.held.len());
+    alerts.alert(&subject, &seen.held_markdown()).await;
+    registry.audit(&Actor::service("watcher"), "alert", Some(&subject), None).await
 }
 
 async fn alert_on_change(
@@ -474,6 +608,24 @@ mod tests {
         let now = AlertedState { taken: vec!["@a:x".to_owned()], ..state(3, &["@a:x"]) };
         assert!(now.is_news_after(Some(&before)));
         assert!(!now.is_news_after(Some(&now.clone())));
+    }
+
+    #[test]
+    fn listings_come_every_interval_on_a_small_server_and_by_their_cost_on_a_big_one() {
+        let minute = Duration::from_secs(60);
+        let after = |synapse_s: i64, floor: Duration| {
+            let last = LastListing { ended_ms: 1_000_000, synapse_ms: synapse_s * 1000 };
+            Duration::from_millis((next_listing_due(last, floor) - 1_000_000) as u64)
+        };
+        // 100,000 accounts: a listing costs Synapse ~8 s, the interval rules.
+        assert_eq!(after(8, 15 * minute), 15 * minute);
+        // 1,000,000: ~566 s, so the next one after 566 s / 3% (~5.2 h): listings
+        // then take 3% of a core, wherever the interval is set.
+        assert_eq!(after(566, 15 * minute).as_secs(), 18_866);
+        assert!(after(566, 15 * minute) > 5 * 60 * minute);
+        // serve starting: a small server lists at once, a big one waits its gap.
+        assert_eq!(after(0, Duration::ZERO), Duration::ZERO);
+        assert_eq!(after(566, Duration::ZERO), after(566, 15 * minute));
     }
 
     #[test]

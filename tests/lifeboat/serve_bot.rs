@@ -117,6 +117,15 @@ impl Rig {
             held.code == 0 && held.json()["state"] == "held"
         })
         .await;
+        // "held" covers a hold still under way; the watcher alerts before
+        // it holds, so wait for the lock (a claim before it would be undone
+        // by the hold's lock).
+        let synapse = &self.synapse;
+        synapse.register_admin(&unique("root"));
+        eventually("alice's hold is locked", Duration::from_secs(60), || async {
+            synapse.user(&self.alice_localpart).await["locked"] == true
+        })
+        .await;
         let password = "alice takes the helm";
         let claimed = self.lifeboat.run_with_input(&["holds", "claim", &alice_id], &format!("{password}\n")).await;
         assert_eq!(claimed.code, 0, "{claimed:?}");

@@ -1,0 +1,528 @@
+//! Benchmark: the watcher and sync at size (issue 21 item 5), against a real
+//! Synapse filled quickly by inserting rows into its SQLite database.
+//!
+//! Run with `cargo bench --bench at_size` (see benches/README.md).
+//! Environment:
+//!   LIFEBOAT_BENCH_SIZE_ACCOUNTS  accounts inserted (default 100000; the
+//!                                 harness's admin makes N+1)
+//!   LIFEBOAT_BENCH_SIZE_DIR       where the filled Synapse is cached
+//!                                 (default $CARGO_TARGET_DIR or ./target, + /at-size)
+//!   LIFEBOAT_BENCH_SIZE_PAIRS     bare listing / warm sync pairs (default 2;
+//!                                 0: one bare listing only, for its cost)
+//!   LIFEBOAT_BENCH_SIZE_COLD      1: cold sync against a bare loop of the
+//!                                 same detail calls (default 1 up to 100,000)
+//!   LIFEBOAT_BENCH_SIZE_PROBES    probes timed one after the other (default 20)
+//!   LIFEBOAT_BENCH_SIZE_WATCH_S   seconds the watcher runs with the defaults
+//!                                 before the wipe (default 300)
+//!   LIFEBOAT_BENCH_SIZE_PAGE_SIZE `sync.page_size`, for the bare listing too
+//!                                 (default 2000, lifeboat's default)
+//!
+//! The fill (once per N, cached): the harness starts Synapse on an empty
+//! database and registers its admin; once `background_updates` is empty
+//! Synapse is stopped and N rows go into `users` (no password hash,
+//! `creation_ts` in seconds), `profiles` and `user_threepids` (one email
+//! each) in one INSERT … SELECT per table; `sqlite_stat1` is dropped if
+//! present. The filled database and the admin's password are kept apart and
+//! copied back before each run (the wipe at the end deletes the database).
+//! The registry is filled the same way: `accounts` and `contacts` from
+//! Synapse's rows through ATTACH, details fresh (what a finished cold sync
+//! leaves), so the watcher starts warm.
+
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use futures::StreamExt;
+use lifeboat::config::Config;
+use lifeboat::probe::{FixedSample, Probe, probe};
+use lifeboat::registry::{Actor, Registry, now_ms};
+use lifeboat::sync::{Quiet, SyncOptions, sync};
+use lifeboat::watch::{AlertSink, LISTING_SHARE, LastListing, WatchHandle, next_listing_due};
+use serde::Deserialize;
+use sqlx::Connection;
+use tokio_util::sync::CancellationToken;
+
+#[allow(dead_code)]
+#[path = "support/synapse.rs"]
+mod synapse;
+use synapse::{Harness, Info, synapse_python};
+
+type BoxError = Box<dyn std::error::Error + Send + Sync>;
+type Result<T, E = BoxError> = std::result::Result<T, E>;
+
+const LISTING_QUERY: &str = "deactivated=true&locked=true&guests=true&order_by=name&dir=f";
+/// Seconds in an hour (and CPU seconds in an hour of one core).
+const HOUR_S: f64 = 3600.0;
+
+fn env_number(name: &str, default: usize) -> usize {
+    match std::env::var(name) {
+        Ok(text) if !text.trim().is_empty() => {
+            text.trim().parse().unwrap_or_else(|_| panic!("{name}={text:?} is not a whole number"))
+        }
+        _ => default,
+    }
+}
+
+fn http() -> reqwest::Client {
+    reqwest::Client::builder().no_proxy().build().expect("a plain reqwest client builds")
+}
+
+/// User + system CPU seconds of a process, from /proc/<pid>/stat.
+fn process_cpu(pid: i32) -> f64 {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).expect("Synapse's /proc/PID/stat");
+    let rest = &stat[stat.rfind(')').expect("a command name") + 1..];
+    let fields: Vec<&str> = rest.split_whitespace().collect();
+    let ticks: f64 = fields[11].parse::<f64>().unwrap() + fields[12].parse::<f64>().unwrap();
+    // SAFETY: sysconf has no preconditions.
+    ticks / unsafe { libc::sysconf(libc::_SC_CLK_TCK) } as f64
+}
+
+/// Wall time and Synapse CPU of one measurement.
+#[derive(Clone, Copy, Debug)]
+struct Cost {
+    wall: f64,
+    synapse: f64,
+}
+
+async fn measured<T>(pid: i32, work: impl Future<Output = Result<T>>) -> Result<(Cost, T)> {
+    let (cpu, started) = (process_cpu(pid), Instant::now());
+    let out = work.await?;
+    Ok((Cost { wall: started.elapsed().as_secs_f64(), synapse: process_cpu(pid) - cpu }, out))
+}
+
+fn localpart_sql() -> &'static str {
+    // Two letters spread over the alphabet, so that the probe's rotating
+    // sample (from two random letters on) finds accounts everywhere.
+    "char(97 + (i * 7) % 26) || char(97 + (i / 26 * 11 + i) % 26) || printf('.user%07d', i)"
+}
+
+async fn sqlite(path: &Path) -> Result<sqlx::SqliteConnection> {
+    let options = sqlx::sqlite::SqliteConnectOptions::new().filename(path).create_if_missing(false);
+    Ok(sqlx::SqliteConnection::connect_with(&options).await?)
+}
+
+/// Fills the cache for `count` accounts, once.
+async fn fill(python: &Path, repo: &Path, cache: &Path, count: usize) -> Result<()> {
+    let done = cache.join("filled");
+    if done.exists() {
+        println!("  the filled Synapse of {count} accounts is cached in {}", cache.display());
+        return Ok(());
+    }
+    let _ = std::fs::remove_dir_all(cache);
+    let started = Instant::now();
+    let dir = cache.join("synapse");
+    let harness = Harness::start(python, repo, &dir)?;
+    let server_name = harness.info.server_name.clone();
+    let db = dir.join("homeserver.db");
+    // Synapse's own schema updates run in the background after a first start.
+    let deadline = Instant::now() + Duration::from_secs(600);
+    loop {
+        let mut conn = sqlite(&db).await?;
+        let (left,): (i64,) = sqlx::query_as("SELECT COUNT(*) FROM background_updates").fetch_one(&mut conn).await?;
+        conn.close().await?;
+        if left == 0 {
+            break;
+        }
+        if Instant::now() > deadline {
+            return Err(format!("{left} background updates still pending after 10 minutes").into());
+        }
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
+    harness.stop();
+    let mut conn = sqlite(&db).await?;
+    let numbers = format!("WITH RECURSIVE n(i) AS (SELECT 0 UNION ALL SELECT i + 1 FROM n WHERE i < {}) ", count - 1);
+    let lp = localpart_sql();
+    let mut tx = conn.begin().await?;
+    sqlx::query(sqlx::AssertSqlSafe(format!(
+        "INSERT INTO users (name, password_hash, creation_ts, admin, is_guest, deactivated, shadow_banned, approved, locked, suspended) \
+         {numbers} SELECT '@' || {lp} || ':{server_name}', NULL, 1600000000 + i, 0, 0, 0, 0, 1, 0, 0 FROM n"
+    )))
+    .execute(&mut *tx)
+    .await?;
+    sqlx::query(sqlx::AssertSqlSafe(format!(
+        "INSERT INTO profiles (user_id, displayname, full_user_id) {numbers} \
+         SELECT {lp}, 'Person ' || i, '@' || {lp} || ':{server_name}' FROM n"
+    )))
+    .execute(&mut *tx)
+    .await?;
+    sqlx::query(sqlx::AssertSqlSafe(format!(
+        "INSERT INTO user_threepids (user_id, medium, address, validated_at, added_at) {numbers} \
+         SELECT '@' || {lp} || ':{server_name}', 'email', {lp} || '@example.org', \
+         (1600000000 + i) * 1000, (1600000000 + i) * 1000 FROM n"
+    )))
+    .execute(&mut *tx)
+    .await?;
+    tx.commit().await?;
+    let stat: Option<(String,)> =
+        sqlx::query_as("SELECT name FROM sqlite_master WHERE name = 'sqlite_stat1'").fetch_optional(&mut conn).await?;
+    if stat.is_some() {
+        sqlx::query("DROP TABLE sqlite_stat1").execute(&mut conn).await?;
+    }
+    sqlx::query("PRAGMA wal_checkpoint(TRUNCATE)").execute(&mut conn).await?;
+    conn.close().await?;
+    std::fs::copy(&db, cache.join("homeserver.db.filled"))?;
+    std::fs::copy(dir.join("admin_password"), cache.join("admin_password.filled"))?;
+    std::fs::write(&done, format!("{count}\n"))?;
+    println!(
+        "  filled Synapse with {count} accounts in {:.1} s ({})",
+        started.elapsed().as_secs_f64(),
+        cache.display()
+    );
+    Ok(())
+}
+
+/// The filled database back in place, as before any run.
+fn restore(cache: &Path) -> Result<()> {
+    let dir = cache.join("synapse");
+    for suffix in ["", "-wal", "-shm", "-journal"] {
+        let _ = std::fs::remove_file(dir.join(format!("homeserver.db{suffix}")));
+    }
+    std::fs::copy(cache.join("homeserver.db.filled"), dir.join("homeserver.db"))?;
+    std::fs::copy(cache.join("admin_password.filled"), dir.join("admin_password"))?;
+    Ok(())
+}
+
+/// A registry that knows every account with fresh details, as a finished
+/// cold sync leaves it.
+async fn warm_registry(path: &Path, synapse_db: &Path) -> Result<()> {
+    let url = format!("sqlite://{}", path.display());
+    drop(Registry::connect(&url).await?);
+    let mut conn = sqlite(path).await?;
+    let now = now_ms();
+    let due = now + 30 * 24 * 3600 * 1000;
+    sqlx::query("ATTACH DATABASE ? AS syn").bind(synapse_db.display().to_string()).execute(&mut conn).await?;
+    let mut tx = conn.begin().await?;
+    sqlx::query(
+        "INSERT INTO accounts (user_id, display_name, admin, deactivated, locked, is_guest, user_type, synapse_created_at, \
+         first_seen_at, last_seen_present_at, state, details_fetched_at, details_due_at) \
+         SELECT u.name, p.displayname, u.admin, u.deactivated, u.locked, u.is_guest, u.user_type, u.creation_ts * 1000, \
+         $1, $1, 'present', $1, $2 FROM syn.users u LEFT JOIN syn.profiles p ON p.full_user_id = u.name",
+    )
+    .bind(now)
+    .bind(due)
+    .execute(&mut *tx)
+    .await?;
+    sqlx::query(
+        "INSERT INTO contacts (user_id, kind, address, source, added_at) \
+         SELECT user_id, 'email', address, 'synapse', $1 FROM syn.user_threepids WHERE medium = 'email'",
+    )
+    .bind(now)
+    .execute(&mut *tx)
+    .await?;
+    tx.commit().await?;
+    sqlx::query("DETACH DATABASE syn").execute(&mut conn).await?;
+    conn.close().await?;
+    Ok(())
+}
+
+#[derive(Deserialize)]
+struct BarePage {
+    users: Vec<BareUser>,
+    #[serde(default)]
+    next_token: Option<serde_json::Value>,
+}
+
+#[derive(Deserialize)]
+struct BareUser {
+    name: String,
+}
+
+/// A plain reqwest loop over the listing, keeping only the names.
+async fn bare_listing(info: &Info, page_size: u32) -> Result<Vec<String>> {
+    let http = http();
+    let mut from: Option<String> = None;
+    let mut names = Vec::new();
+    loop {
+        let mut url = format!("{}/_synapse/admin/v2/users?limit={page_size}&{LISTING_QUERY}", info.url);
+        if let Some(from) = &from {
+            url.push_str("&from=");
+            url.push_str(from);
+        }
+        let body = http.get(&url).bearer_auth(&info.admin_token).send().await?.error_for_status()?.bytes().await?;
+        let page: BarePage = serde_json::from_slice(&body)?;
+        names.extend(page.users.into_iter().map(|user| user.name));
+        match page.next_token {
+            Some(serde_json::Value::String(token)) => from = Some(token),
+            Some(serde_json::Value::Number(token)) => from = Some(token.to_string()),
+            _ => return Ok(names),
+        }
+    }
+}
+
+/// The bare counterpart of a cold sync: the listing, then every account's
+/// details, `concurrency` at a time, parsed and dropped.
+async fn bare_cold(info: &Info, page_size: u32, concurrency: usize) -> Result<usize> {
+    let names = bare_listing(info, page_size).await?;
+    let http = http();
+    let mut done = futures::stream::iter(names)
+        .map(|name| {
+            let http = http.clone();
+            async move {
+                let url = format!("{}/_synapse/admin/v2/users/{name}", info.url);
+                let body =
+                    http.get(url).bearer_auth(&info.admin_token).send().await?.error_for_status()?.bytes().await?;
+                let _: serde_json::Value = serde_json::from_slice(&body)?;
+                Ok::<_, BoxError>(())
+            }
+        })
+        .buffer_unordered(concurrency);
+    let mut count = 0;
+    while let Some(result) = done.next().await {
+        result?;
+        count += 1;
+    }
+    Ok(count)
+}
+
+/// Alerts, with the moment each arrived.
+struct Recorded(tokio::sync::mpsc::UnboundedSender<(Instant, String)>);
+
+impl AlertSink for Recorded {
+    fn alert(&self, subject: &str, _markdown: &str) -> impl Future<Output = ()> + Send {
+        let _ = self.0.send((Instant::now(), subject.to_owned()));
+        async {}
+    }
+}
+
+fn config_for(info: &Info, registry: &Path, dir: &Path) -> Result<Config> {
+    let text = format!(
+        "[homeserver]\nurl = \"{}\"\nserver_name = \"{}\"\nadmin_token = \"{}\"\nregistration_shared_secret = \"{}\"\n\n\
+         [registry]\nurl = \"sqlite://{}\"\n\n[sync]\npage_size = {}\n",
+        info.url,
+        info.server_name,
+        info.admin_token,
+        info.shared_secret,
+        registry.display(),
+        env_number("LIFEBOAT_BENCH_SIZE_PAGE_SIZE", 2000)
+    );
+    let path = dir.join("lifeboat.toml");
+    std::fs::write(&path, &text)?;
+    Ok(Config::from_toml(&text, &path, std::iter::empty())?)
+}
+
+fn median(values: &[f64]) -> f64 {
+    let mut sorted = values.to_vec();
+    sorted.sort_by(f64::total_cmp);
+    if sorted.is_empty() { f64::NAN } else { sorted[sorted.len() / 2] }
+}
+
+#[tokio::main]
+async fn main() -> Result<()> {
+    let count = env_number("LIFEBOAT_BENCH_SIZE_ACCOUNTS", 100_000);
+    let pairs = env_number("LIFEBOAT_BENCH_SIZE_PAIRS", 2);
+    let cold = env_number("LIFEBOAT_BENCH_SIZE_COLD", usize::from(count <= 100_000)) == 1;
+    let probes = env_number("LIFEBOAT_BENCH_SIZE_PROBES", 20);
+    let watch_s = env_number("LIFEBOAT_BENCH_SIZE_WATCH_S", 300) as u64;
+    let repo = PathBuf::from(env!("CARGO_MANIFEST_DIR"));
+    let target = std::env::var_os("CARGO_TARGET_DIR").map(PathBuf::from).unwrap_or_else(|| repo.join("target"));
+    let base = std::env::var_os("LIFEBOAT_BENCH_SIZE_DIR").map(PathBuf::from).unwrap_or_else(|| target.join("at-size"));
+    let cache = base.join(format!("accounts-{count}"));
+    let python = synapse_python(&repo)?;
+    println!("at_size: {count} accounts (+ the harness's admin)");
+    fill(&python, &repo, &cache, count).await?;
+
+    restore(&cache)?;
+    let work = tempfile::Builder::new().prefix("lifeboat-bench-at-size-").tempdir()?;
+    let mut harness = Harness::start(&python, &repo, &cache.join("synapse"))?;
+    let info = harness.info.clone();
+    let pid = info.pid;
+    let registry_path = work.path().join("registry.db");
+    let started = Instant::now();
+    warm_registry(&registry_path, &cache.join("synapse/homeserver.db")).await?;
+    println!("  registry filled (warm) in {:.1} s", started.elapsed().as_secs_f64());
+    let config = config_for(&info, &registry_path, work.path())?;
+    let registry = Registry::connect(&config.registry.url).await?;
+    let client = lifeboat::synapse::SynapseClient::from_config(&config.homeserver);
+    // What a sync records: the token worked, so a rejection later reads
+    // as a wipe, not a typo (the warm registry was made without a sync).
+    if let Some(fingerprint) = client.token_fingerprint() {
+        registry.set_setting(lifeboat::check::WORKING_TOKEN_SETTING, &fingerprint).await?;
+    }
+    let page_size = config.sync.page_size;
+    let actor = Actor::cli();
+
+    // Idle Synapse, for what the watcher's window is measured against.
+    let (idle, _) = measured(pid, async {
+        tokio::time::sleep(Duration::from_secs(30)).await;
+        Ok(())
+    })
+    .await?;
+    let idle_rate = idle.synapse / idle.wall;
+    println!("  Synapse idle: {:.2}% of a core", idle_rate * 100.0);
+
+    // 1. A bare listing against a warm round (an unpaced sync: what the
+    // watcher's paced round asks of Synapse, without its rests).
+    let (mut bare, mut warm) = (Vec::new(), Vec::new());
+    let (first, listed) = measured(pid, bare_listing(&info, page_size)).await?;
+    println!(
+        "  bare listing (warm-up): {} accounts, {:.1} s, Synapse CPU {:.1} s",
+        listed.len(),
+        first.wall,
+        first.synapse
+    );
+    if listed.len() != count + 1 {
+        return Err(format!("listed {} accounts, expected {}", listed.len(), count + 1).into());
+    }
+    drop(listed);
+    if pairs == 0 {
+        bare.push(first);
+    }
+    let options = SyncOptions::from_config(&config);
+    for pair in 0..pairs {
+        for turn in 0..2 {
+            if (pair + turn) % 2 == 0 {
+                let (cost, _) = measured(pid, bare_listing(&info, page_size)).await?;
+                println!("  pair {}: bare listing {:.2} s, Synapse CPU {:.2} s", pair + 1, cost.wall, cost.synapse);
+                bare.push(cost);
+            } else {
+                let (cost, summary) =
+                    measured(pid, async { Ok(sync(&registry, &client, &options, &actor, &Quiet).await?) }).await?;
+                println!(
+                    "  pair {}: warm sync {:.2} s, Synapse CPU {:.2} s (listed {}, details fetched {})",
+                    pair + 1,
+                    cost.wall,
+                    cost.synapse,
+                    summary.applied.report.listed,
+                    summary.details_fetched
+                );
+                warm.push(cost);
+            }
+        }
+    }
+    let bare_wall = median(&bare.iter().map(|c| c.wall).collect::<Vec<_>>());
+    let bare_cpu = median(&bare.iter().map(|c| c.synapse).collect::<Vec<_>>());
+    let ratios: Vec<f64> = warm.iter().zip(&bare).map(|(w, b)| w.wall / b.wall).collect();
+    if !warm.is_empty() {
+        println!(
+            "  warm round / bare listing (wall, per pair): {} — median {:.3} (goal <= 1.2); Synapse CPU {:.2} / {:.2} s",
+            ratios.iter().map(|r| format!("{r:.3}")).collect::<Vec<_>>().join(", "),
+            median(&ratios),
+            median(&warm.iter().map(|c| c.synapse).collect::<Vec<_>>()),
+            bare_cpu
+        );
+    }
+
+    // 2. The probe, as the watcher runs it between listings.
+    let fixed = FixedSample::load(&registry).await?;
+    let (probe_cost, outcomes) = measured(pid, async {
+        let mut outcomes = Vec::new();
+        for _ in 0..probes {
+            outcomes.push(probe(&config, &registry, &fixed, config.watch.probe_sample).await);
+        }
+        Ok(outcomes)
+    })
+    .await?;
+    if let Some(bad) = outcomes.iter().find(|outcome| **outcome != Probe::Fine) {
+        return Err(format!("a probe on the unchanged server said {bad:?}").into());
+    }
+    let per_probe = Cost { wall: probe_cost.wall / probes as f64, synapse: probe_cost.synapse / probes as f64 };
+    println!(
+        "  probe ({} accounts): {:.0} ms, Synapse CPU {:.1} ms each (mean of {probes})",
+        config.watch.probe_sample,
+        per_probe.wall * 1000.0,
+        per_probe.synapse * 1000.0
+    );
+
+    // 3. The schedule with the defaults, from the measured costs. The
+    // watcher's own estimate of a listing's cost is its wall time times the
+    // share it was paced to: the unpaced warm sync's (or the bare listing's).
+    let estimate = if warm.is_empty() { bare_wall } else { median(&warm.iter().map(|c| c.wall).collect::<Vec<_>>()) };
+    let listing_cpu =
+        if warm.is_empty() { bare_cpu } else { median(&warm.iter().map(|c| c.synapse).collect::<Vec<_>>()) };
+    let last = LastListing { ended_ms: 0, synapse_ms: (estimate * 1000.0) as i64 };
+    let gap = next_listing_due(last, config.watch.interval) as f64 / 1000.0;
+    let probes_per_hour = HOUR_S / config.watch.probe_interval.as_secs_f64();
+    let per_hour = listing_cpu * HOUR_S / gap + per_probe.synapse * probes_per_hour;
+    println!(
+        "  schedule (defaults): a listing every {:.0} s (interval {} s, cost {:.1} s / {LISTING_SHARE}), {probes_per_hour:.0} probes an hour",
+        gap,
+        config.watch.interval.as_secs(),
+        estimate
+    );
+    println!(
+        "  projected Synapse CPU for lifeboat: {:.0} s an hour = {:.2}% of a core (listings {:.2}%, probes {:.2}%; goal < 5% at 1M)",
+        per_hour,
+        per_hour / HOUR_S * 100.0,
+        listing_cpu / gap * 100.0,
+        per_probe.synapse * probes_per_hour / HOUR_S * 100.0
+    );
+
+    // 4. Cold sync: an empty registry, every account's details read,
+    // against a bare loop of the same calls.
+    if cold {
+        let cold_registry = work.path().join("cold.db");
+        let cold_config = config_for(&info, &cold_registry, work.path())?;
+        let cold_reg = Registry::connect(&cold_config.registry.url).await?;
+        let concurrency = cold_config.sync.details_concurrency;
+        let (bare_cost, n) = measured(pid, bare_cold(&info, page_size, concurrency)).await?;
+        println!(
+            "  bare cold loop: listing + {n} detail calls ({concurrency} at a time): {:.1} s, Synapse CPU {:.1} s",
+            bare_cost.wall, bare_cost.synapse
+        );
+        let options = SyncOptions::from_config(&cold_config);
+        let (cold_cost, summary) =
+            measured(pid, async { Ok(sync(&cold_reg, &client, &options, &actor, &Quiet).await?) }).await?;
+        println!(
+            "  cold sync: {:.1} s, Synapse CPU {:.1} s ({} details, {} emails); ratio {:.3} (goal <= 1.1)",
+            cold_cost.wall,
+            cold_cost.synapse,
+            summary.details_fetched,
+            summary.emails_imported,
+            cold_cost.wall / bare_cost.wall
+        );
+        drop(cold_reg);
+    }
+
+    // 5. The watcher with the defaults, as serve runs it, just after a
+    // listing (recorded as the watcher records its own), for a window; then
+    // the wipe, and the time until its alert.
+    let just_listed = LastListing { ended_ms: now_ms(), synapse_ms: (estimate * 1000.0) as i64 };
+    registry.set_setting("watch_last_listing", &serde_json::to_string(&just_listed)?).await?;
+    let (sender, mut alerts) = tokio::sync::mpsc::unbounded_channel();
+    let cancel = CancellationToken::new();
+    let watcher = tokio::spawn(lifeboat::watch::run(
+        Arc::new(config.clone()),
+        registry.clone(),
+        WatchHandle::default(),
+        Recorded(sender),
+        Arc::new(tokio::sync::Mutex::new(())),
+        cancel.clone(),
+    ));
+    let (window, _) = measured(pid, async {
+        tokio::time::sleep(Duration::from_secs(watch_s)).await;
+        Ok(())
+    })
+    .await?;
+    let listed_in_window = registry
+        .setting("watch_last_listing")
+        .await?
+        .is_some_and(|now| serde_json::from_str::<LastListing>(&now).map(|now| now != just_listed).unwrap_or(false));
+    let share = (window.synapse - idle_rate * window.wall) / window.wall;
+    println!(
+        "  watcher with the defaults for {:.0} s: Synapse CPU {:.2} s, {:.2}% of a core above idle ({})",
+        window.wall,
+        window.synapse,
+        share * 100.0,
+        if listed_in_window { "a listing ran in the window" } else { "probes only" }
+    );
+    while let Ok((_, subject)) = alerts.try_recv() {
+        println!("  (alert before the wipe: {subject})");
+    }
+    let wiped = Instant::now();
+    harness.command("wipe")?;
+    let back = wiped.elapsed().as_secs_f64();
+    let alert = tokio::time::timeout(Duration::from_secs(600), alerts.recv()).await;
+    match alert {
+        Ok(Some((at, subject))) => println!(
+            "  wipe → alert: {:.1} s ({subject}; Synapse was back after {back:.1} s; goal < 2 × probe_interval = {} s)",
+            at.duration_since(wiped).as_secs_f64(),
+            2 * config.watch.probe_interval.as_secs()
+        ),
+        _ => println!("  wipe → alert: none within 600 s"),
+    }
+    cancel.cancel();
+    watcher.abort();
+    drop(registry);
+    harness.stop();
+    Ok(())
+}
