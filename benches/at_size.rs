@@ -333,11 +333,6 @@ async fn main() -> Result<()> {
     let config = config_for(&info, &registry_path, work.path())?;
     let registry = Registry::connect(&config.registry.url).await?;
     let client = lifeboat::synapse::SynapseClient::from_config(&config.homeserver);
-    // What a sync records: the token worked, so a rejection later reads
-    // as a wipe, not a typo (the warm registry was made without a sync).
-    if let Some(fingerprint) = client.token_fingerprint() {
-        registry.set_setting(lifeboat::check::WORKING_TOKEN_SETTING, &fingerprint).await?;
-    }
     let page_size = config.sync.page_size;
     let actor = Actor::cli();
 
