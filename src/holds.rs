@@ -278,6 +278,11 @@ pub async fn check_claim(
     }
     let Ok(user_id) = UserId::parse(&link.account) else { return Ok(ClaimCheck::Dead) };
     let Some(account) = registry.account(&user_id).await? else { return Ok(ClaimCheck::Dead) };
+    // A link made while the hold was under way names a hold that its
+    // making replaces, and a claim now would be locked again by it.
+    if registry.hold_under_way(&user_id).await? {
+        return Ok(ClaimCheck::Dead);
+    }
     Ok(match account.state {
         AccountState::Recreated => ClaimCheck::Taken,
         AccountState::Held if account.custody_at == Some(link.hold) && account.may_come_back() => {
@@ -312,6 +317,10 @@ pub enum HandOverError {
     Synapse(#[from] synapse::Error),
     #[error(transparent)]
     Registry(#[from] registry::Error),
+    #[error(
+        "lifeboat is holding {0} right now: run this again once the hold is made (`lifeboat holds list` shows it as held)"
+    )]
+    HoldUnderWay(String),
 }
 
 /// Hands a held ID to the person who proved it is theirs by its claim
@@ -339,6 +348,9 @@ pub async fn hand_back(
     password: &SecretString,
     actor: &Actor,
 ) -> Result<(), HandOverError> {
+    if registry.hold_under_way(user_id).await? {
+        return Err(HandOverError::HoldUnderWay(user_id.to_string()));
+    }
     let was_admin = registry.account(user_id).await?.is_some_and(|account| account.admin);
     client.hand_over_account(user_id.as_str(), password, was_admin).await?;
     registry.settle_as_claimed(user_id, actor).await?;

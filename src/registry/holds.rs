@@ -69,6 +69,16 @@ impl Registry {
 
     /// Records that a hold of `user_id` is about to be made (before the
     /// account is created, so a crash leaves a trace to resume from).
+    /// Is a hold of `user_id` begun and not yet made? Until it is, its
+    /// account must not be handed over: the hold's lock would follow.
+    pub async fn hold_under_way(&self, user_id: &UserId) -> Result<bool> {
+        let custody: Option<(Option<String>,)> = sqlx::query_as("SELECT custody FROM accounts WHERE user_id = $1")
+            .bind(user_id)
+            .fetch_optional(&self.pool)
+            .await?;
+        Ok(custody.and_then(|(custody,)| custody).as_deref() == Some("holding"))
+    }
+
     pub async fn begin_hold(&self, user_id: &str) -> Result<()> {
         sqlx::query(
             "UPDATE accounts SET custody = 'holding', custody_at = $2 \

@@ -97,7 +97,9 @@ async fn a_held_id_is_never_taken_for_a_recreated_one_and_is_claimed_once(regist
     assert_eq!(candidates.iter().map(|c| c.user_id.as_str()).collect::<Vec<_>>(), ["@b:x"]);
     registry.begin_hold("@b:x").await.unwrap();
     assert_eq!(registry.hold_candidates("@lifeboat:x").await.unwrap()[0].begun_before, 1, "resumable");
+    assert!(registry.hold_under_way(&id("@b:x")).await.unwrap(), "no hand-over until the hold is made");
     registry.mark_held("@b:x", Some(5_000)).await.unwrap();
+    assert!(!registry.hold_under_way(&id("@b:x")).await.unwrap());
     assert!(registry.hold_candidates("@lifeboat:x").await.unwrap().is_empty());
 
     // Listed again (created by lifeboat at second 5, a few ms later): held.
