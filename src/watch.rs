@@ -497,14 +497,20 @@ async fn wait_for_next_round(config: &Config, registry: &Registry, cancel: &Canc
     let next_round = tokio::time::Instant::now() + Duration::from_millis(left_ms);
     let probing = !config.watch.probe_interval.is_zero();
     let fixed = if probing { FixedSample::load(registry).await.unwrap_or_default() } else { FixedSample::default() };
+    let mut rooms_due = tokio::time::Instant::now() + config.watch.interval;
     loop {
-        let left = next_round.saturating_duration_since(tokio::time::Instant::now());
+        let now = tokio::time::Instant::now();
+        let left = next_round.saturating_duration_since(now);
         if left.is_zero() {
             return true;
         }
         let wait = if probing { left.min(config.watch.probe_interval) } else { left };
-        if pause(wait, cancel).await {
+        if pause(wait.min(rooms_due.saturating_duration_since(now).max(Duration::from_millis(10))), cancel).await {
             return false;
+        }
+        if tokio::time::Instant::now() >= rooms_due {
+            rooms_between_listings(config, registry).await;
+            rooms_due = tokio::time::Instant::now() + config.watch.interval;
         }
         if !probing || tokio::time::Instant::now() >= next_round {
             continue;
@@ -517,6 +523,18 @@ async fn wait_for_next_round(config: &Config, registry: &Registry, cancel: &Canc
             }
             Probe::CouldNotTell(why) => tracing::debug!(why, "watcher: the probe could not tell"),
         }
+    }
+}
+
+/// Between full listings (hours apart on a big server), each
+/// `watch.interval` still brings people whose ID is theirs again back into
+/// their rooms: a claim should not wait for the next listing.
+async fn rooms_between_listings(config: &Config, registry: &Registry) {
+    let Ok(AdminAccess::Working { client, .. }) = admin_access(config, registry).await else { return };
+    match bring_back(config, registry, &client, &Actor::service("watcher"), false).await {
+        Ok(report) if !report.is_empty() => tracing::info!(summary = %report.summary(), "watcher: rooms"),
+        Ok(_) => {}
+        Err(err) => tracing::warn!(error = %err, "watcher: could not bring people back into their rooms"),
     }
 }
 
