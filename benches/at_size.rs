@@ -42,9 +42,12 @@ use serde::Deserialize;
 use sqlx::Connection;
 use tokio_util::sync::CancellationToken;
 
+#[path = "support/common.rs"]
+mod common;
 #[allow(dead_code)]
 #[path = "support/synapse.rs"]
 mod synapse;
+use common::{env_number, http};
 use synapse::{Harness, Info, synapse_python};
 
 type BoxError = Box<dyn std::error::Error + Send + Sync>;
@@ -53,19 +56,6 @@ type Result<T, E = BoxError> = std::result::Result<T, E>;
 const LISTING_QUERY: &str = "deactivated=true&locked=true&guests=true&order_by=name&dir=f";
 /// Seconds in an hour (and CPU seconds in an hour of one core).
 const HOUR_S: f64 = 3600.0;
-
-fn env_number(name: &str, default: usize) -> usize {
-    match std::env::var(name) {
-        Ok(text) if !text.trim().is_empty() => {
-            text.trim().parse().unwrap_or_else(|_| panic!("{name}={text:?} is not a whole number"))
-        }
-        _ => default,
-    }
-}
-
-fn http() -> reqwest::Client {
-    reqwest::Client::builder().no_proxy().build().expect("a plain reqwest client builds")
-}
 
 /// User + system CPU seconds of a process, from /proc/<pid>/stat.
 fn process_cpu(pid: i32) -> f64 {

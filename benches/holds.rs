@@ -30,29 +30,19 @@ use lifeboat::registry::{Actor, Registry};
 use lifeboat::sync::{Quiet, SyncOptions, sync};
 use serde_json::json;
 
+#[path = "support/common.rs"]
+mod common;
 // Each bench uses part of it.
 #[allow(dead_code)]
 #[path = "support/synapse.rs"]
 mod synapse;
+use common::{env_number, http};
 use synapse::{Harness, Info, synapse_python};
 
 type BoxError = Box<dyn std::error::Error + Send + Sync>;
 type Result<T, E = BoxError> = std::result::Result<T, E>;
 
 const RATIO_GOAL: f64 = 1.2;
-
-fn env_number(name: &str, default: usize) -> usize {
-    match std::env::var(name) {
-        Ok(text) if !text.trim().is_empty() => {
-            text.trim().parse().unwrap_or_else(|_| panic!("{name}={text:?} is not a whole number"))
-        }
-        _ => default,
-    }
-}
-
-fn http() -> reqwest::Client {
-    reqwest::Client::builder().no_proxy().build().expect("a plain reqwest client builds")
-}
 
 async fn put_user(
     http: &reqwest::Client,

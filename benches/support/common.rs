@@ -1,0 +1,17 @@
+//! Small helpers the benchmarks share. Included by each bench with
+//! `#[path]`, like `synapse.rs`.
+
+/// A whole number from the environment, or `default` when it is unset.
+pub fn env_number(name: &str, default: usize) -> usize {
+    match std::env::var(name) {
+        Ok(text) if !text.trim().is_empty() => {
+            text.trim().parse().unwrap_or_else(|_| panic!("{name}={text:?} is not a whole number"))
+        }
+        _ => default,
+    }
+}
+
+/// A client that never goes through a proxy: every server here is on loopback.
+pub fn http() -> reqwest::Client {
+    reqwest::Client::builder().no_proxy().build().expect("a plain reqwest client builds")
+}
