@@ -11,7 +11,7 @@ use serde::Serialize;
 use crate::config::{Config, HoldPolicy, RecoveryMode};
 use crate::mail::Mailer;
 use crate::notice::{NoticeContext, render_notice};
-use crate::outbox::{QueuedEmails, new_email, send_at_once};
+use crate::outbox::{Channel, QueuedEmails, new_email, send_at_once};
 use crate::recover::{AdminAccess, admin_access};
 use crate::registry::{Actor, MessageKind, Registry, format_time, now_ms};
 use crate::synapse::{self, SharedSecretError};
@@ -249,7 +249,9 @@ async fn email(config: &Config, registry: &Registry) -> Line {
     let queued = QueuedEmails { registry, mailer: &mailer, server_name: &config.homeserver.server_name };
     for to in &config.alerts.email {
         let expires_at = now_ms() + DRILL_MAIL_WORTH_SENDING.as_millis() as i64;
-        let sent = send_at_once(registry, &queued, new_email(MessageKind::Drill, to, &message, None, expires_at))
+        let row = new_email(MessageKind::Drill, to, &message, None, expires_at);
+        let queued = &queued;
+        let sent = send_at_once(registry, row, |stored| async move { queued.deliver(&stored).await })
             .await
             .unwrap_or_else(|err| Err(err.to_string()));
         if let Err(err) = sent {

@@ -27,7 +27,9 @@ use crate::dm::{DmError, DmSender};
 use crate::email::EmailAddress;
 use crate::mail::{MailError, Mailer, OutgoingEmail};
 use crate::messages::Rendered;
-use crate::registry::{self, DeliveryChannel, MessageKind, NewMessage, OutboxWriter, Registry, StoredMessage, now_ms};
+use crate::registry::{
+    self, DeliveryChannel, EXPIRED, MessageKind, NewMessage, OutboxWriter, Registry, StoredMessage, now_ms,
+};
 
 /// Tries of one row within one run before it is left for later.
 const ATTEMPTS_PER_RUN: u32 = 3;
@@ -113,12 +115,11 @@ impl Channel for QueuedEmails<'_> {
     }
 
     async fn deliver(&self, message: &StoredMessage) -> Outcome {
-        if message.expires_at.is_some_and(|expires_at| expires_at < now_ms()) {
-            return Outcome::Skip("expired before it could be sent");
-        }
-        let (Some(subject), Some(text)) = (&message.subject, &message.body_text) else {
-            return Outcome::Failed("its text is gone".to_owned());
+        let text = match sendable_text(message) {
+            Ok(text) => text,
+            Err(outcome) => return outcome,
         };
+        let Some(subject) = &message.subject else { return Outcome::Failed("its text is gone".to_owned()) };
         let to = match EmailAddress::parse(&message.address) {
             Ok(to) => to,
             Err(err) => return Outcome::Failed(err.to_string()),
@@ -126,7 +127,7 @@ impl Channel for QueuedEmails<'_> {
         let email = OutgoingEmail {
             to,
             subject: subject.clone(),
-            text: text.clone(),
+            text: text.to_owned(),
             html: message.body_html.clone().unwrap_or_default(),
             // The same for every attempt, so a repeat is recognisable; it
             // names only the outbox row, never a link or a code.
@@ -137,39 +138,25 @@ impl Channel for QueuedEmails<'_> {
     }
 }
 
-/// A message DMed from lifeboat's own account, sent at once by whoever
-/// queued it (the worker sends no DMs but notices).
-pub struct QueuedDms<'a> {
-    pub registry: &'a Registry,
-    pub sender: &'a DmSender,
+/// Sends a stored message as a DM from lifeboat's own account. Only ever
+/// sent at once by whoever queued it (the worker DMs nothing but notices).
+pub async fn deliver_dm(registry: &Registry, sender: &DmSender, message: &StoredMessage) -> Outcome {
+    let text = match sendable_text(message) {
+        Ok(text) => text,
+        Err(outcome) => return outcome,
+    };
+    // Fixed per row: Synapse drops a repeat.
+    let transaction = format!("lifeboat-{}-{}", message.kind, message.id);
+    dm_outcome(sender.send(registry, &message.address, text, &transaction).await)
 }
 
-impl Channel for QueuedDms<'_> {
-    type Row = StoredMessage;
-
-    async fn claim(&self, limit: usize) -> Result<Vec<StoredMessage>, registry::Error> {
-        self.registry.due_messages(DeliveryChannel::Matrix, limit as i64).await
+/// A stored message's text, or why it is not sent: it expired (its link
+/// or code no longer works), or its text is gone.
+fn sendable_text(message: &StoredMessage) -> Result<&str, Outcome> {
+    if message.expires_at.is_some_and(|expires_at| expires_at < now_ms()) {
+        return Err(Outcome::Skip(EXPIRED));
     }
-
-    async fn next_due(&self) -> Result<Option<i64>, registry::Error> {
-        self.registry.next_message_due(DeliveryChannel::Matrix).await
-    }
-
-    fn key(message: &StoredMessage) -> (i64, i64) {
-        (message.id, message.attempts)
-    }
-
-    async fn deliver(&self, message: &StoredMessage) -> Outcome {
-        if message.expires_at.is_some_and(|expires_at| expires_at < now_ms()) {
-            return Outcome::Skip("expired before it could be sent");
-        }
-        let Some(text) = &message.body_text else {
-            return Outcome::Failed("its text is gone".to_owned());
-        };
-        // Fixed per row: Synapse drops a repeat.
-        let transaction = format!("lifeboat-{}-{}", message.kind, message.id);
-        dm_outcome(self.sender.send(self.registry, &message.address, text, &transaction).await)
-    }
+    message.body_text.as_deref().ok_or_else(|| Outcome::Failed("its text is gone".to_owned()))
 }
 
 /// The outbox row of a DM of `kind` to `to`, its Markdown `text`.
@@ -213,16 +200,17 @@ pub fn new_email<'a>(
 /// recorded like any other. It is due only once it expired, when the
 /// worker skips it (`Registry::skip_expired_messages`), so nobody else
 /// sends it. Returns why it was not sent, if it was not.
-pub async fn send_at_once<C: Channel<Row = StoredMessage>>(
+pub async fn send_at_once<Fut: Future<Output = Outcome>>(
     registry: &Registry,
-    channel: &C,
     row: NewMessage<'_>,
+    deliver: impl FnOnce(StoredMessage) -> Fut,
 ) -> Result<Result<(), String>, SendError> {
     let id = registry.queue_message(&NewMessage { due_at: row.expires_at, ..row }).await?;
     let Some(stored) = registry.pending_message(id).await? else {
         return Ok(Err("it was no longer waiting to be sent".to_owned()));
     };
-    let mut outcome = channel.deliver(&stored).await;
+    let key = (stored.id, stored.attempts);
+    let mut outcome = deliver(stored).await;
     let failure = match &outcome {
         Outcome::Sent => None,
         Outcome::Skip(reason) => Some((*reason).to_owned()),
@@ -230,7 +218,7 @@ pub async fn send_at_once<C: Channel<Row = StoredMessage>>(
         Outcome::Fatal(err) => Some(err.to_string()),
     };
     let mut fatal = None;
-    let record = to_record(C::key(&stored), &mut outcome, &mut HashMap::new(), &mut fatal);
+    let record = to_record(key, &mut outcome, &mut HashMap::new(), &mut fatal);
     self::record(&mut registry.outbox_writer().await?, vec![record]).await?;
     Ok(failure.map_or(Ok(()), Err))
 }

@@ -8,6 +8,9 @@ use serde::Serialize;
 use super::stored_as_text::stored_as_text;
 use super::{DeliveryChannel, Registry, Result, now_ms};
 
+/// Why a message that expired unsent was skipped.
+pub const EXPIRED: &str = "expired before it could be sent";
+
 /// What a message is for; each kind has its own template.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
 #[serde(rename_all = "lowercase")]
@@ -143,11 +146,12 @@ impl Registry {
     /// a stopped process was sending at once, say), emptying its text.
     pub async fn skip_expired_messages(&self) -> Result<u64> {
         Ok(sqlx::query(
-            "UPDATE deliveries SET state = 'skipped', last_error = 'expired before it could be sent', \
+            "UPDATE deliveries SET state = 'skipped', last_error = $2, \
                     subject = NULL, body_text = NULL, body_html = NULL \
              WHERE kind <> 'notice' AND state = 'pending' AND expires_at < $1",
         )
         .bind(now_ms())
+        .bind(EXPIRED)
         .execute(&self.pool)
         .await?
         .rows_affected())

@@ -34,7 +34,7 @@ pub use credentials::ServiceCredential;
 pub use deliveries::{Delivery, DeliveryChannel, DeliveryCounts, DeliveryState, OutboxWriter, PlannedEmails};
 pub use holds::{HoldCandidate, HoldCounts, HoldRow};
 pub use incidents::{Incident, IncidentScope, IncidentSummary, NoticeToken};
-pub use messages::{MessageKind, NewMessage, StoredMessage};
+pub use messages::{EXPIRED, MessageKind, NewMessage, StoredMessage};
 pub use rooms::{
     MAX_REJOIN_ATTEMPTS, ROOMS_LISTED_SETTING, Rejoin, RejoinOutcome, Room, RoomCounts, RoomDetails, RoomFate,
     RoomRecord, RoomState,

@@ -174,9 +174,9 @@ async fn dm_code(state: &WebState, user_id: &UserId, code: &str, expires_at: i64
     // Through the outbox like every message, but sent here and now: the
     // link is recorded only if the code went out.
     let row = crate::outbox::new_dm(MessageKind::Code, user_id.as_str(), &text, expires_at);
-    let queued = crate::outbox::QueuedDms { registry: &state.registry, sender: &sender };
-    let sent =
-        crate::outbox::send_at_once(&state.registry, &queued, row).await.unwrap_or_else(|err| Err(err.to_string()));
+    let registry = &state.registry;
+    let deliver = |stored| async move { crate::outbox::deliver_dm(registry, &sender, &stored).await };
+    let sent = crate::outbox::send_at_once(registry, row, deliver).await.unwrap_or_else(|err| Err(err.to_string()));
     if let Err(err) = sent {
         // The next request builds a fresh sender (the token may have changed).
         state.forget_dm_sender().await;
