@@ -173,6 +173,13 @@ impl Observation {
         text
     }
 
+    /// The taken IDs once, in order, and which of them are admins'.
+    fn settle_taken(&mut self, config: &Config) {
+        self.taken.sort_unstable();
+        self.taken.dedup();
+        self.taken_admins = taken_admins(config, &self.taken);
+    }
+
     /// What this round held, in Markdown.
     pub fn held_markdown(&self) -> String {
         format!(
@@ -330,9 +337,7 @@ pub async fn observe(
             synapse_ms: i64::try_from(began.elapsed().as_millis()).unwrap_or(i64::MAX),
         });
     }
-    seen.taken.sort_unstable();
-    seen.taken.dedup();
-    seen.taken_admins = taken_admins(config, &seen.taken);
+    seen.settle_taken(config);
     (seen, Some(client))
 }
 
@@ -346,14 +351,18 @@ pub async fn after_listing(config: &Config, registry: &Registry, client: &Synaps
         hold_lost(config, registry, client, &actor, seen).await;
     }
     // People whose ID is theirs again go back into their rooms within a round.
-    match bring_back(config, registry, client, &actor, false).await {
+    rejoin_rooms(config, registry, client).await;
+    seen.settle_taken(config);
+}
+
+/// Brings people whose ID is theirs again back into their rooms, logging
+/// what it did.
+async fn rejoin_rooms(config: &Config, registry: &Registry, client: &SynapseClient) {
+    match bring_back(config, registry, client, &Actor::service("watcher"), false).await {
         Ok(report) if !report.is_empty() => tracing::info!(summary = %report.summary(), "watcher: rooms"),
         Ok(_) => {}
         Err(err) => tracing::warn!(error = %err, "watcher: could not bring people back into their rooms"),
     }
-    seen.taken.sort_unstable();
-    seen.taken.dedup();
-    seen.taken_admins = taken_admins(config, &seen.taken);
 }
 
 /// Holds whatever the registry knows to be lost (create-only, so holding
@@ -530,11 +539,8 @@ async fn wait_for_next_round(config: &Config, registry: &Registry, cancel: &Canc
 /// `watch.interval` still brings people whose ID is theirs again back into
 /// their rooms: a claim should not wait for the next listing.
 async fn rooms_between_listings(config: &Config, registry: &Registry) {
-    let Ok(AdminAccess::Working { client, .. }) = admin_access(config, registry).await else { return };
-    match bring_back(config, registry, &client, &Actor::service("watcher"), false).await {
-        Ok(report) if !report.is_empty() => tracing::info!(summary = %report.summary(), "watcher: rooms"),
-        Ok(_) => {}
-        Err(err) => tracing::warn!(error = %err, "watcher: could not bring people back into their rooms"),
+    if let Ok(AdminAccess::Working { client, .. }) = admin_access(config, registry).await {
+        rejoin_rooms(config, registry, &client).await;
     }
 }
 
