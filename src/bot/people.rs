@@ -27,6 +27,8 @@ async fn run(bot: &Bot, sender: &OwnedUserId, command: PersonCommand) -> Result<
     let state = &bot.state;
     let (config, registry) = (&state.config, &state.registry);
     let actor = Actor::bot(sender.as_str());
+    // The registry's form of the sender's ID.
+    let person = crate::user_id::UserId::from(&**sender);
     let broken = |err: crate::registry::Error| {
         tracing::warn!(error = %err, "registry error in a DM command");
         "Something went wrong on my side; please try again later.".to_owned()
@@ -37,7 +39,7 @@ async fn run(bot: &Bot, sender: &OwnedUserId, command: PersonCommand) -> Result<
     // Contacts belong to accounts lifeboat keeps: this homeserver's, and
     // only while the account is its registry person's (an ID someone else
     // registered again is a stranger, and learns nothing of that person).
-    let known = registry.account(&crate::user_id::UserId::from(&**sender)).await.map_err(broken)?;
+    let known = registry.account(&person).await.map_err(broken)?;
     if !known.is_some_and(|account| account.state.is_its_persons()) {
         return Err(format!(
             "I keep contacts for accounts of {} only, and {sender} is not one I know (yet: new accounts are added within {}).",
@@ -77,11 +79,7 @@ async fn run(bot: &Bot, sender: &OwnedUserId, command: PersonCommand) -> Result<
             ))
         }
         PersonCommand::ContactVerify(code) => {
-            match registry
-                .check_contact_code(&crate::user_id::UserId::from(&**sender), &code, &actor)
-                .await
-                .map_err(broken)?
-            {
+            match registry.check_contact_code(&person, &code, &actor).await.map_err(broken)? {
                 CodeCheck::Verified(address) => Ok(format!(
                     "Confirmed: {address} is now a verified contact of {sender}. If {} ever loses your account, lifeboat will write to you there.",
                     config.homeserver.server_name
@@ -96,7 +94,7 @@ async fn run(bot: &Bot, sender: &OwnedUserId, command: PersonCommand) -> Result<
             }
         }
         PersonCommand::ContactList => {
-            let contacts = registry.contacts_of(&crate::user_id::UserId::from(&**sender)).await.map_err(broken)?;
+            let contacts = registry.contacts_of(&person).await.map_err(broken)?;
             if contacts.is_empty() {
                 return Ok("You have no contact addresses yet. Add one with `contact add <email>`.".to_owned());
             }
@@ -115,11 +113,7 @@ async fn run(bot: &Bot, sender: &OwnedUserId, command: PersonCommand) -> Result<
         }
         PersonCommand::ContactRemove(address) => {
             let removed = registry
-                .remove_contact(
-                    &crate::user_id::UserId::from(&**sender),
-                    &ContactAddress::Email(address.clone()),
-                    &actor,
-                )
+                .remove_contact(&person, &ContactAddress::Email(address.clone()), &actor)
                 .await
                 .map_err(broken)?;
             Ok(if removed {
