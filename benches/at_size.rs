@@ -38,7 +38,6 @@ use lifeboat::probe::{FixedSample, Probe, probe};
 use lifeboat::registry::{Actor, Registry, now_ms};
 use lifeboat::sync::{Quiet, SyncOptions, sync};
 use lifeboat::watch::{AlertSink, LISTING_SHARE, LastListing, WatchHandle, next_listing_due};
-use serde::Deserialize;
 use sqlx::Connection;
 use tokio_util::sync::CancellationToken;
 
@@ -48,12 +47,11 @@ mod common;
 #[path = "support/synapse.rs"]
 mod synapse;
 use common::{env_number, http};
-use synapse::{Harness, Info, synapse_python};
+use synapse::{Harness, Info, bare_listing, lifeboat_config, synapse_python};
 
 type BoxError = Box<dyn std::error::Error + Send + Sync>;
 type Result<T, E = BoxError> = std::result::Result<T, E>;
 
-const LISTING_QUERY: &str = "deactivated=true&locked=true&guests=true&order_by=name&dir=f";
 /// Seconds in an hour (and CPU seconds in an hour of one core).
 const HOUR_S: f64 = 3600.0;
 
@@ -205,44 +203,17 @@ async fn warm_registry(path: &Path, synapse_db: &Path) -> Result<()> {
     Ok(())
 }
 
-#[derive(Deserialize)]
-struct BarePage {
-    users: Vec<BareUser>,
-    #[serde(default)]
-    next_token: Option<serde_json::Value>,
-}
-
-#[derive(Deserialize)]
-struct BareUser {
-    name: String,
-}
-
-/// A plain reqwest loop over the listing, keeping only the names.
-async fn bare_listing(info: &Info, page_size: u32) -> Result<Vec<String>> {
-    let http = http();
-    let mut from: Option<String> = None;
+/// The bare listing (`synapse::bare_listing`), keeping the names.
+async fn bare_names(info: &Info, page_size: u32) -> Result<Vec<String>> {
     let mut names = Vec::new();
-    loop {
-        let mut url = format!("{}/_synapse/admin/v2/users?limit={page_size}&{LISTING_QUERY}", info.url);
-        if let Some(from) = &from {
-            url.push_str("&from=");
-            url.push_str(from);
-        }
-        let body = http.get(&url).bearer_auth(&info.admin_token).send().await?.error_for_status()?.bytes().await?;
-        let page: BarePage = serde_json::from_slice(&body)?;
-        names.extend(page.users.into_iter().map(|user| user.name));
-        match page.next_token {
-            Some(serde_json::Value::String(token)) => from = Some(token),
-            Some(serde_json::Value::Number(token)) => from = Some(token.to_string()),
-            _ => return Ok(names),
-        }
-    }
+    bare_listing(&http(), info, page_size, |users| names.extend(users.into_iter().map(|user| user.name))).await?;
+    Ok(names)
 }
 
 /// The bare counterpart of a cold sync: the listing, then every account's
 /// details, `concurrency` at a time, parsed and dropped.
 async fn bare_cold(info: &Info, page_size: u32, concurrency: usize) -> Result<usize> {
-    let names = bare_listing(info, page_size).await?;
+    let names = bare_names(info, page_size).await?;
     let http = http();
     let mut done = futures::stream::iter(names)
         .map(|name| {
@@ -275,19 +246,7 @@ impl AlertSink for Recorded {
 }
 
 fn config_for(info: &Info, registry: &Path, dir: &Path) -> Result<Config> {
-    let text = format!(
-        "[homeserver]\nurl = \"{}\"\nserver_name = \"{}\"\nadmin_token = \"{}\"\nregistration_shared_secret = \"{}\"\n\n\
-         [registry]\nurl = \"sqlite://{}\"\n\n[sync]\npage_size = {}\n",
-        info.url,
-        info.server_name,
-        info.admin_token,
-        info.shared_secret,
-        registry.display(),
-        env_number("LIFEBOAT_BENCH_SIZE_PAGE_SIZE", 2000)
-    );
-    let path = dir.join("lifeboat.toml");
-    std::fs::write(&path, &text)?;
-    Ok(Config::from_toml(&text, &path, std::iter::empty())?)
+    lifeboat_config(info, registry, dir, env_number("LIFEBOAT_BENCH_SIZE_PAGE_SIZE", 2000))
 }
 
 fn median(values: &[f64]) -> f64 {
@@ -338,7 +297,7 @@ async fn main() -> Result<()> {
     // 1. A bare listing against a warm round (an unpaced sync: what the
     // watcher's paced round asks of Synapse, without its rests).
     let (mut bare, mut warm) = (Vec::new(), Vec::new());
-    let (first, listed) = measured(pid, bare_listing(&info, page_size)).await?;
+    let (first, listed) = measured(pid, bare_names(&info, page_size)).await?;
     println!(
         "  bare listing (warm-up): {} accounts, {:.1} s, Synapse CPU {:.1} s",
         listed.len(),
@@ -356,7 +315,7 @@ async fn main() -> Result<()> {
     for pair in 0..pairs {
         for turn in 0..2 {
             if (pair + turn) % 2 == 0 {
-                let (cost, _) = measured(pid, bare_listing(&info, page_size)).await?;
+                let (cost, _) = measured(pid, bare_names(&info, page_size)).await?;
                 println!("  pair {}: bare listing {:.2} s, Synapse CPU {:.2} s", pair + 1, cost.wall, cost.synapse);
                 bare.push(cost);
             } else {

@@ -37,7 +37,7 @@ mod common;
 #[path = "support/synapse.rs"]
 mod synapse;
 use common::{env_number, http};
-use synapse::{Harness, Info, synapse_python};
+use synapse::{Harness, Info, lifeboat_config, synapse_python};
 
 type BoxError = Box<dyn std::error::Error + Send + Sync>;
 type Result<T, E = BoxError> = std::result::Result<T, E>;
@@ -124,18 +124,7 @@ async fn main() -> Result<()> {
     let setup = Instant::now();
     create_accounts(&info, count).await?;
     println!("  created {count} accounts in {:.1} s", setup.elapsed().as_secs_f64());
-    let config_path = work.path().join("lifeboat.toml");
-    let config_text = format!(
-        "[homeserver]\nurl = \"{}\"\nserver_name = \"{}\"\nadmin_token = \"{}\"\nregistration_shared_secret = \"{}\"\n\n\
-         [registry]\nurl = \"sqlite://{}\"\n\n[sync]\npage_size = 2000\n",
-        info.url,
-        info.server_name,
-        info.admin_token,
-        info.shared_secret,
-        work.path().join("registry.db").display()
-    );
-    std::fs::write(&config_path, &config_text)?;
-    let config = Config::from_toml(&config_text, &config_path, std::iter::empty())?;
+    let config = lifeboat_config(&info, &work.path().join("registry.db"), work.path(), 2000)?;
     let registry = Registry::connect(&config.registry.url).await?;
     let actor = Actor::cli();
     let client = lifeboat::synapse::SynapseClient::from_config(&config.homeserver);

@@ -52,14 +52,12 @@ use lifeboat::registry::{Registry, RoomDetails, RoomRecord};
 use lifeboat::rooms::RoomSyncSummary;
 use lifeboat::synapse::SynapseClient;
 use secrecy::SecretString;
-use serde::Deserialize;
 
 type BoxError = Box<dyn std::error::Error + Send + Sync>;
 type Result<T, E = BoxError> = std::result::Result<T, E>;
 
 /// (b)/(a) at or below this is the goal.
 const RATIO_GOAL: f64 = 1.1;
-const LISTING_QUERY: &str = "deactivated=true&locked=true&guests=true&order_by=name&dir=f";
 
 fn env_number<T: std::str::FromStr>(name: &str, default: T) -> T {
     match std::env::var(name) {
@@ -76,7 +74,7 @@ fn env_number<T: std::str::FromStr>(name: &str, default: T) -> T {
 #[allow(dead_code)]
 #[path = "support/synapse.rs"]
 mod synapse;
-use synapse::{Harness, Info, synapse_python};
+use synapse::{BarePage, Harness, Info, LISTING_QUERY, bare_listing, synapse_python};
 
 // ---- CPU accounting ----------------------------------------------------------
 
@@ -107,48 +105,8 @@ fn timeval(tv: libc::timeval) -> f64 {
 
 // ---- listings ----------------------------------------------------------------
 
-#[derive(Deserialize)]
-struct BarePage {
-    users: Vec<BareUser>,
-    #[serde(default)]
-    next_token: Option<serde_json::Value>,
-}
-
-#[derive(Deserialize)]
-struct BareUser {
-    name: String,
-}
-
 fn bare_client() -> reqwest::Client {
     reqwest::Client::builder().no_proxy().build().expect("a plain reqwest client builds")
-}
-
-/// (a) The bare loop: page until there is no next_token, keeping only the
-/// names. Calls `each` with every page's names.
-async fn bare_listing(
-    http: &reqwest::Client,
-    info: &Info,
-    page_size: u32,
-    mut each: impl FnMut(Vec<BareUser>),
-) -> Result<usize> {
-    let mut from: Option<String> = None;
-    let mut count = 0;
-    loop {
-        let mut url = format!("{}/_synapse/admin/v2/users?limit={page_size}&{LISTING_QUERY}", info.url);
-        if let Some(from) = &from {
-            url.push_str("&from=");
-            url.push_str(&url::form_urlencoded::byte_serialize(from.as_bytes()).collect::<String>());
-        }
-        let body = http.get(&url).bearer_auth(&info.admin_token).send().await?.error_for_status()?.bytes().await?;
-        let page: BarePage = serde_json::from_slice(&body)?;
-        count += page.users.len();
-        each(page.users);
-        match page.next_token {
-            Some(serde_json::Value::String(token)) => from = Some(token),
-            Some(serde_json::Value::Number(token)) => from = Some(token.to_string()),
-            _ => return Ok(count),
-        }
-    }
 }
 
 /// (b) lifeboat's listing phase: `client.pages(P)` drained.

@@ -105,3 +105,65 @@ pub fn synapse_python(repo: &Path) -> Result<PathBuf> {
     }
     Ok(PathBuf::from(String::from_utf8(output.stdout)?.trim()))
 }
+
+/// The listing's query, as lifeboat asks it: every account, in ID order.
+pub const LISTING_QUERY: &str = "deactivated=true&locked=true&guests=true&order_by=name&dir=f";
+
+#[derive(Deserialize)]
+pub struct BarePage {
+    pub users: Vec<BareUser>,
+    #[serde(default)]
+    pub next_token: Option<serde_json::Value>,
+}
+
+#[derive(Deserialize)]
+pub struct BareUser {
+    pub name: String,
+}
+
+/// The bare loop a benchmark compares lifeboat with: pages until there is
+/// no next_token, keeping only the names. Calls `each` with every page's
+/// accounts; returns how many there were.
+pub async fn bare_listing(
+    http: &reqwest::Client,
+    info: &Info,
+    page_size: u32,
+    mut each: impl FnMut(Vec<BareUser>),
+) -> Result<usize> {
+    let mut from: Option<String> = None;
+    let mut count = 0;
+    loop {
+        let mut url = format!("{}/_synapse/admin/v2/users?limit={page_size}&{LISTING_QUERY}", info.url);
+        if let Some(from) = &from {
+            url.push_str("&from=");
+            url.push_str(&url::form_urlencoded::byte_serialize(from.as_bytes()).collect::<String>());
+        }
+        let body = http.get(&url).bearer_auth(&info.admin_token).send().await?.error_for_status()?.bytes().await?;
+        let page: BarePage = serde_json::from_slice(&body)?;
+        count += page.users.len();
+        each(page.users);
+        match page.next_token {
+            Some(serde_json::Value::String(token)) => from = Some(token),
+            Some(serde_json::Value::Number(token)) => from = Some(token.to_string()),
+            _ => return Ok(count),
+        }
+    }
+}
+
+/// lifeboat's config for this Synapse, with a SQLite registry at
+/// `registry` and listing pages of `page_size`, written to
+/// `dir/lifeboat.toml`.
+pub fn lifeboat_config(info: &Info, registry: &Path, dir: &Path, page_size: usize) -> Result<lifeboat::config::Config> {
+    let text = format!(
+        "[homeserver]\nurl = \"{}\"\nserver_name = \"{}\"\nadmin_token = \"{}\"\nregistration_shared_secret = \"{}\"\n\n\
+         [registry]\nurl = \"sqlite://{}\"\n\n[sync]\npage_size = {page_size}\n",
+        info.url,
+        info.server_name,
+        info.admin_token,
+        info.shared_secret,
+        registry.display(),
+    );
+    let path = dir.join("lifeboat.toml");
+    std::fs::write(&path, &text)?;
+    Ok(lifeboat::config::Config::from_toml(&text, &path, std::iter::empty())?)
+}
