@@ -210,6 +210,6 @@ async fn main() -> Result<()> {
 async fn client_token(config: &Config, registry: &Registry) -> Result<String> {
     use secrecy::ExposeSecret;
     let service = lifeboat::recover::service_user_id(config);
-    let credential = registry.service_credential(service.as_str()).await?.ok_or("no recovered token")?;
+    let credential = registry.service_credential(&service).await?.ok_or("no recovered token")?;
     Ok(credential.access_token.expose_secret().to_owned())
 }

@@ -9,12 +9,17 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
 use crate::config::Config;
+use crate::mail::Mailer;
 use crate::registry::Registry;
 use crate::watch::WatchHandle;
 
 pub struct Services {
     pub config: Arc<Config>,
     pub registry: Registry,
+    /// What serve mails through (the worker sends; the web page queues),
+    /// built once. `None` without an `[email]` section, or when it cannot
+    /// be built (said once, in the log).
+    pub mailer: Option<Arc<Mailer>>,
     pub watch: WatchHandle,
     /// One recovery at a time (the watcher and the bot may both notice a wipe).
     pub recover_lock: Arc<tokio::sync::Mutex<()>>,
@@ -27,9 +32,17 @@ pub struct Services {
 
 impl Services {
     pub fn new(config: Arc<Config>, registry: Registry, shutdown: CancellationToken) -> Services {
+        let mailer = config.email.as_ref().and_then(|email| match Mailer::from_config(email, email.connections as u32) {
+            Ok(mailer) => Some(Arc::new(mailer)),
+            Err(err) => {
+                tracing::error!(error = %err, "lifeboat cannot send email: no notices, alerts or links go out by mail");
+                None
+            }
+        });
         Services {
             config,
             registry,
+            mailer,
             watch: WatchHandle::default(),
             recover_lock: Arc::default(),
             shutdown,

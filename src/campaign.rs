@@ -17,6 +17,7 @@ use crate::registry::{self, Actor, DeliveryCounts, Incident, IncidentScope, Regi
 use crate::synapse::SynapseClient;
 use crate::sync::{Quiet, SyncError, SyncOptions, sync};
 use crate::tokens::{TokenError, ensure_notice_tokens, extend_unsent_tokens};
+use crate::user_id::UserId;
 
 /// Matrix DMs in flight at once. (Emails: `email.connections`.)
 const DM_CONCURRENCY: usize = 8;
@@ -288,7 +289,7 @@ async fn send_under_lease(
     let mut report = CampaignReport::default();
     if options.plan_new {
         report.tokens_created =
-            ensure_notice_tokens(registry, &client, incident.id, config.tokens.expiry, service.as_str()).await?;
+            ensure_notice_tokens(registry, &client, incident.id, config.tokens.expiry, &service).await?;
         report.tokens_extended = extend_unsent_tokens(registry, &client, incident.id, config.tokens.expiry).await?;
         registry.plan_email_deliveries(incident.id).await?;
     }
@@ -300,13 +301,13 @@ async fn send_under_lease(
             }
             // Mass DMs from a throttled account would crawl; 429s are still
             // waited out if the override cannot be set.
-            if let Err(err) = client.override_rate_limit(&sender_id).await {
+            if let Err(err) = client.override_rate_limit(sender_id.as_str()).await {
                 progress.note(&format!("could not lift the rate limits of {sender_id} ({err}); DMs may be slowed"));
             }
             Some(sender)
         }
         Ok(None) => {
-            if options.plan_new && registry.planned_dms(incident.id, service.as_str()).await? > 0 {
+            if options.plan_new && registry.planned_dms(incident.id, &service).await? > 0 {
                 progress.note(
                     "no Matrix DMs: lifeboat has no credentials of its own account yet (run `lifeboat recover` after a wipe, or set bot.access_token)",
                 );
@@ -355,10 +356,10 @@ pub async fn dm_sender(
     config: &Config,
     registry: &Registry,
     admin: &SynapseClient,
-) -> Result<Option<(DmSender, String)>, String> {
+) -> Result<Option<(DmSender, UserId)>, String> {
     let service = service_user_id(config);
     let encrypted = config.bot.as_ref().is_some_and(|bot| bot.encrypted_notices);
-    let token = match registry.service_credential(service.as_str()).await.map_err(|err| err.to_string())? {
+    let token = match registry.service_credential(&service).await.map_err(|err| err.to_string())? {
         Some(stored) => stored.access_token,
         None => match config.bot.as_ref().and_then(|bot| bot.access_token.as_ref()) {
             Some(token) => token.value.clone(),
@@ -383,7 +384,8 @@ pub async fn dm_sender(
     let sender = DmSender::connect(&config.homeserver.url, &who.user_id, &token, &device, encryption)
         .await
         .map_err(|err| err.to_string())?;
-    Ok(Some((sender, who.user_id)))
+    let sender_id = UserId::parse(&who.user_id).map_err(|err| err.to_string())?;
+    Ok(Some((sender, sender_id)))
 }
 
 #[cfg(test)]

@@ -20,6 +20,10 @@ use secrecy::{ExposeSecret, SecretString};
 use url::Url;
 
 use crate::registry::Registry;
+use crate::user_id::UserId;
+
+/// Whom a DM goes to: the registry's ID and the SDK's, checked once.
+type Recipient<'a> = (&'a UserId, OwnedUserId);
 
 /// A Matrix message from Markdown whose `formatted_body` is sanitized HTML
 /// (`notice::markdown_to_safe_html`): matrix-sdk's own Markdown passes raw
@@ -104,10 +108,16 @@ impl DmSender {
         transaction_id: &str,
     ) -> Result<(), DmError> {
         let content = safe_message(markdown);
+        // Checked once here: the outbox keeps every kind of address as text.
+        let not_an_id = |err: String| DmError::Permanent(format!("`{recipient}` is not a Matrix user ID: {err}"));
+        let user_id = UserId::parse(recipient).map_err(|err| not_an_id(err.to_string()))?;
+        let user: OwnedUserId =
+            recipient.try_into().map_err(|err: matrix_sdk::ruma::IdParseError| not_an_id(err.to_string()))?;
+        let recipient = (&user_id, user);
         if self.encrypted {
             return self.send_encrypted(registry, recipient, content, transaction_id).await;
         }
-        let stored = registry.dm_room(recipient).await.map_err(|err| DmError::Transient(err.to_string()))?;
+        let stored = registry.dm_room(&user_id).await.map_err(|err| DmError::Transient(err.to_string()))?;
         if let Some(room_id) = stored.and_then(|room| OwnedRoomId::try_from(room).ok()) {
             match self.send_in(room_id, &content, transaction_id).await {
                 // The room is gone (a wiped homeserver) or lifeboat is no
@@ -125,14 +135,11 @@ impl DmSender {
     async fn send_encrypted(
         &self,
         registry: &Registry,
-        recipient: &str,
+        (user_id, user): Recipient<'_>,
         content: RoomMessageEventContent,
         transaction_id: &str,
     ) -> Result<(), DmError> {
-        let user: OwnedUserId = recipient
-            .try_into()
-            .map_err(|err| DmError::Permanent(format!("`{recipient}` is not a Matrix user ID: {err}")))?;
-        let stored = registry.dm_room(recipient).await.map_err(|err| DmError::Transient(err.to_string()))?;
+        let stored = registry.dm_room(user_id).await.map_err(|err| DmError::Transient(err.to_string()))?;
         let known = stored
             .and_then(|room| OwnedRoomId::try_from(room).ok())
             .and_then(|room_id| self.client.get_room(&room_id))
@@ -142,7 +149,7 @@ impl DmSender {
             None => {
                 let room = self.client.create_dm(&user).await.map_err(classify)?;
                 registry
-                    .store_dm_room(recipient, room.room_id().as_str())
+                    .store_dm_room(user_id, room.room_id().as_str())
                     .await
                     .map_err(|err| DmError::Transient(err.to_string()))?;
                 room
@@ -166,10 +173,11 @@ impl DmSender {
         Ok(())
     }
 
-    async fn create_dm_room(&self, registry: &Registry, recipient: &str) -> Result<OwnedRoomId, DmError> {
-        let user: OwnedUserId = recipient
-            .try_into()
-            .map_err(|err| DmError::Permanent(format!("`{recipient}` is not a Matrix user ID: {err}")))?;
+    async fn create_dm_room(
+        &self,
+        registry: &Registry,
+        (user_id, user): Recipient<'_>,
+    ) -> Result<OwnedRoomId, DmError> {
         let mut request = CreateRoomRequest::new();
         request.invite = vec![user.clone()];
         request.is_direct = true;
@@ -177,7 +185,7 @@ impl DmSender {
         // The plain request: `Client::create_room` waits for a sync that a
         // one-shot sender never runs.
         let room_id = self.client.send(request).await.map_err(|err| classify(err.into()))?.room_id;
-        registry.store_dm_room(recipient, room_id.as_str()).await.map_err(|err| DmError::Transient(err.to_string()))?;
+        registry.store_dm_room(user_id, room_id.as_str()).await.map_err(|err| DmError::Transient(err.to_string()))?;
         // The SDK serialises its m.direct read-modify-write per client.
         if let Err(err) = self.client.account().mark_as_dm(&room_id, &[user]).await {
             // The DM works without it; clients just list it as a room.

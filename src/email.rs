@@ -62,6 +62,9 @@ impl fmt::Display for EmailAddress {
     }
 }
 
+// Bound and read back as the text it is: the registry's API takes checked addresses.
+crate::checked_text::checked_text!(EmailAddress);
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -43,11 +43,11 @@ pub enum HoldError {
 #[derive(Debug, Clone, Default, Serialize)]
 pub struct HoldReport {
     /// Newly held, in ID order.
-    pub held: Vec<String>,
+    pub held: Vec<UserId>,
     /// Registered by someone else before lifeboat could hold them.
-    pub taken: Vec<String>,
+    pub taken: Vec<UserId>,
     /// Not held this time, with the reason (tried again on the next run).
-    pub failed: Vec<(String, String)>,
+    pub failed: Vec<(UserId, String)>,
 }
 
 impl HoldReport {
@@ -62,7 +62,7 @@ impl HoldReport {
             text.push_str(&format!(
                 "; {} were registered by someone else first and are treated as strangers: {}",
                 self.taken.len(),
-                self.taken.join(", ")
+                crate::plural::id_list(&self.taken, usize::MAX)
             ));
         }
         if !self.failed.is_empty() {
@@ -92,7 +92,7 @@ pub async fn hold_lost_ids(
     progress: &(dyn Fn(u64, u64) + Send + Sync),
 ) -> Result<HoldReport, HoldError> {
     let service = service_user_id(config);
-    let candidates = registry.hold_candidates(service.as_str()).await?;
+    let candidates = registry.hold_candidates(&service).await?;
     let total = candidates.len() as u64;
     let mut report = HoldReport::default();
     if candidates.is_empty() {
@@ -145,14 +145,14 @@ async fn hold_one(
     candidate: HoldCandidate,
     actor: &Actor,
 ) -> Result<Outcome, registry::Error> {
-    let user_id = candidate.user_id.as_str();
+    let user_id = &candidate.user_id;
     let resumed = candidate.begun_before != 0;
     if !resumed {
         registry.begin_hold(user_id).await?;
     }
-    let created_at_ms = match client.create_account_if_free(user_id).await {
+    let created_at_ms = match client.create_account_if_free(user_id.as_str()).await {
         Ok(Creation::Created { created_at_ms }) => created_at_ms,
-        Ok(Creation::Existed) if resumed => match client.device_count(user_id).await {
+        Ok(Creation::Existed) if resumed => match client.device_count(user_id.as_str()).await {
             // The account an interrupted run created: nobody has used it.
             Ok(0) => None,
             Ok(_) => {
@@ -180,11 +180,11 @@ async fn hold_one(
     let profile =
         HeldProfile { display_name: candidate.display_name, emails: registry.verified_emails_of(user_id).await? };
     // Locked before it counts as held; a failure here is resumed the same way.
-    if let Err(err) = client.lock_held_account(user_id, &profile).await {
+    if let Err(err) = client.lock_held_account(user_id.as_str(), &profile).await {
         return Ok(Outcome::Failed(err.to_string()));
     }
     registry.mark_held(user_id, created_at_ms).await?;
-    tracing::info!(user_id, "held a lost ID for its owner");
+    tracing::info!(%user_id, "held a lost ID for its owner");
     Ok(Outcome::Held)
 }
 
@@ -210,7 +210,7 @@ pub async fn way_back(
     let Some(account) = registry.account(user_id).await? else {
         return Ok(WayBack::Nothing("the account is not in the registry"));
     };
-    let Some(incident) = registry.open_incident_affecting(user_id.as_str()).await? else {
+    let Some(incident) = registry.open_incident_affecting(user_id).await? else {
         return Ok(WayBack::Nothing("the account is not affected by an open incident"));
     };
     if !account.may_come_back() {
@@ -273,10 +273,10 @@ pub async fn check_claim(
     if link.account.len() > 255 || !link.verify(key, sig) || link.until <= now_ms() {
         return Ok(ClaimCheck::Dead);
     }
-    if !registry.incident_open_for(link.incident, &link.account).await? {
+    let Ok(user_id) = UserId::parse(&link.account) else { return Ok(ClaimCheck::Dead) };
+    if !registry.incident_open_for(link.incident, &user_id).await? {
         return Ok(ClaimCheck::Dead);
     }
-    let Ok(user_id) = UserId::parse(&link.account) else { return Ok(ClaimCheck::Dead) };
     let Some(account) = registry.account(&user_id).await? else { return Ok(ClaimCheck::Dead) };
     // A link made while the hold was under way names a hold that its
     // making replaces, and a claim now would be locked again by it.

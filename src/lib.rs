@@ -6,6 +6,7 @@ pub mod backup;
 pub mod bot;
 pub mod campaign;
 pub mod check;
+mod checked_text;
 pub mod cli;
 pub mod config;
 pub mod dm;

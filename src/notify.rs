@@ -27,6 +27,7 @@ use crate::registry::{
     self, AccountState, Delivery, DeliveryChannel, DeliveryCounts, Incident, PlannedEmails, Registry, RoomFate,
     RoomState, may_come_back,
 };
+use crate::user_id::UserId;
 
 /// Errors of a notify run: the outbox's.
 pub use crate::outbox::SendError as NotifyError;
@@ -45,7 +46,7 @@ pub struct NotifyPlan {
 }
 
 /// `sender`: lifeboat's own account, which gets no DM.
-pub async fn plan(registry: &Registry, incident_id: i64, sender: &str) -> Result<NotifyPlan, NotifyError> {
+pub async fn plan(registry: &Registry, incident_id: i64, sender: &UserId) -> Result<NotifyPlan, NotifyError> {
     let summary = registry.incident_summary(incident_id, sender).await?;
     Ok(NotifyPlan {
         affected: summary.affected,

@@ -7,8 +7,8 @@ pub fn count(n: impl Into<i64>, one: &str, many: &str) -> String {
 }
 
 /// At most `limit` IDs, comma-separated, and how many more there are.
-pub fn id_list(ids: &[String], limit: usize) -> String {
-    let mut text = ids.iter().take(limit).cloned().collect::<Vec<_>>().join(", ");
+pub fn id_list(ids: &[impl std::fmt::Display], limit: usize) -> String {
+    let mut text = ids.iter().take(limit).map(ToString::to_string).collect::<Vec<_>>().join(", ");
     if ids.len() > limit {
         text.push_str(&format!(", and {} more", ids.len() - limit));
     }

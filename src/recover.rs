@@ -81,7 +81,7 @@ pub fn service_user_id(config: &Config) -> UserId {
 pub async fn admin_access(config: &Config, registry: &Registry) -> Result<AdminAccess, RecoverError> {
     let base = SynapseClient::from_config(&config.homeserver);
     let mut candidates: Vec<(TokenSource, SecretString)> = Vec::new();
-    if let Some(stored) = registry.service_credential(service_user_id(config).as_str()).await? {
+    if let Some(stored) = registry.service_credential(&service_user_id(config)).await? {
         candidates.push((TokenSource::Recovered, stored.access_token));
     }
     if let Some(configured) = &config.homeserver.admin_token {
@@ -133,7 +133,7 @@ pub async fn recover(config: &Config, registry: &Registry, actor: &Actor) -> Res
     use secrecy::ExposeSecret;
     registry
         .store_service_credential(
-            &registered.user_id,
+            &user_id,
             registered.access_token.expose_secret(),
             registered.device_id.as_deref(),
             actor,

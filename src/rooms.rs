@@ -293,7 +293,7 @@ async fn rejoin_own(
         if !waiting || room.pending == 0 {
             continue;
         }
-        let was_member = registry.room_members_back(&room.room_id).await?.iter().any(|(id, _)| id == service.as_str());
+        let was_member = registry.room_members_back(&room.room_id).await?.iter().any(|(id, _)| id == &service);
         let open = room.public || room.join_rule.as_deref() == Some("public");
         if !open && !was_member {
             continue;
@@ -335,7 +335,7 @@ async fn rejoin_people(
     let mut outcomes = futures::stream::iter(pending)
         .map(|rejoin| async move {
             let outcome = match &rejoin.recreated_as {
-                Some(new_room) => client.invite(new_room, &rejoin.user_id).await,
+                Some(new_room) => client.invite(new_room, rejoin.user_id.as_str()).await,
                 None => join_person(client, &rejoin).await,
             };
             (rejoin, outcome)
@@ -351,11 +351,11 @@ async fn rejoin_people(
             }
             Ok(JoinOutcome::Refused(reason)) => {
                 registry.record_rejoin(&rejoin.room_id, &rejoin.user_id, RejoinOutcome::Failed(&reason)).await?;
-                report.failed.push((rejoin.user_id, rejoin.room_id, reason));
+                report.failed.push((rejoin.user_id.to_string(), rejoin.room_id, reason));
             }
             // Synapse down or busy: not an attempt; the next round tries.
             Err(err) if err.is_transient() => {
-                report.failed.push((rejoin.user_id, rejoin.room_id, err.to_string()));
+                report.failed.push((rejoin.user_id.to_string(), rejoin.room_id, err.to_string()));
             }
             Err(err) => return Err(err.into()),
         }
@@ -367,10 +367,10 @@ async fn rejoin_people(
 /// room, its surviving state already holds every former local member as
 /// joined (their old membership stands): then there is nothing to do.
 async fn join_person(client: &SynapseClient, rejoin: &Rejoin) -> Result<JoinOutcome, synapse::Error> {
-    if client.joined_rooms(&rejoin.user_id).await?.contains(&rejoin.room_id) {
+    if client.joined_rooms(rejoin.user_id.as_str()).await?.contains(&rejoin.room_id) {
         return Ok(JoinOutcome::Joined);
     }
-    client.admin_join(&rejoin.room_id, &rejoin.user_id, &rejoin.via_servers).await
+    client.admin_join(&rejoin.room_id, rejoin.user_id.as_str(), &rejoin.via_servers).await
 }
 
 /// What re-creating a room did.
@@ -473,14 +473,14 @@ pub async fn recreate(
     let mut invited = 0;
     let mut waiting = 0;
     for (user_id, back) in registry.room_members_back(&room.room_id).await? {
-        if user_id == service_user_id(config).as_str() {
+        if user_id == service_user_id(config) {
             continue;
         }
         if !back {
             waiting += 1;
             continue;
         }
-        match client.invite(&new_room_id, &user_id).await? {
+        match client.invite(&new_room_id, user_id.as_str()).await? {
             JoinOutcome::Joined => {
                 invited += 1;
                 registry.record_rejoin(&room.room_id, &user_id, RejoinOutcome::Invited).await?;

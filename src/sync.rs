@@ -324,7 +324,7 @@ async fn read_details(
         let limit = (cap - read).min(DETAILS_BATCH as u64) as i64;
         let batch = registry.accounts_needing_details(due, &after, limit).await?;
         let Some(last) = batch.last() else { break };
-        after = last.clone();
+        after = last.to_string();
         read += batch.len() as u64;
         let outcomes = call_in_paced_groups(
             batch,
@@ -332,7 +332,7 @@ async fn read_details(
             options.pace,
             &options.stop,
             |user_id| async move {
-                let details = client.user_details(&user_id).await;
+                let details = client.user_details(user_id.as_str()).await;
                 (user_id, details)
             },
         );
@@ -340,7 +340,7 @@ async fn read_details(
         while let Some((user_id, details)) = outcomes.next().await {
             match details {
                 Ok(Some(details)) => {
-                    let emails = emails_of(&user_id, &details.threepids);
+                    let emails = emails_of(user_id.as_str(), &details.threepids);
                     counts.imported += registry.record_details(&user_id, &emails, next_due(options)).await?;
                     counts.fetched += 1;
                 }

@@ -8,6 +8,7 @@ use rand::distr::{Alphanumeric, SampleString};
 
 use crate::registry::{self, Registry, now_ms};
 use crate::synapse::{self, SynapseClient};
+use crate::user_id::UserId;
 
 /// Parallel admin API calls when creating or deleting tokens.
 const CONCURRENCY: usize = 8;
@@ -30,14 +31,14 @@ fn new_token() -> String {
 pub async fn owed_notice_tokens(
     registry: &Registry,
     incident_id: i64,
-    service: &str,
-) -> Result<Vec<String>, registry::Error> {
+    service: &UserId,
+) -> Result<Vec<UserId>, registry::Error> {
     Ok(registry
         .accounts_without_notice_token(incident_id, service)
         .await?
         .into_iter()
         .filter(|account| account.may_come_back())
-        .map(|account| account.user_id.to_string())
+        .map(|account| account.user_id)
         .collect())
 }
 
@@ -51,7 +52,7 @@ pub async fn ensure_notice_tokens(
     client: &SynapseClient,
     incident_id: i64,
     expiry: Duration,
-    service: &str,
+    service: &UserId,
 ) -> Result<u64, TokenError> {
     let expires_at = now_ms() + expiry.as_millis() as i64;
     for user_id in owed_notice_tokens(registry, incident_id, service).await? {
@@ -85,7 +86,7 @@ async fn issue_request_token(
     registry: &Registry,
     client: &SynapseClient,
     incident_id: i64,
-    user_id: &str,
+    user_id: &UserId,
     expiry: Duration,
 ) -> Result<(String, i64), TokenError> {
     let token = new_token();
@@ -117,7 +118,7 @@ pub async fn token_for_person(
     registry: &Registry,
     client: &SynapseClient,
     incident_id: i64,
-    user_id: &str,
+    user_id: &UserId,
     expiry: Duration,
     limit: Option<i64>,
 ) -> Result<PersonToken, TokenError> {
@@ -126,7 +127,7 @@ pub async fn token_for_person(
         .tokens(Some(incident_id))
         .await?
         .into_iter()
-        .filter(|token| token.user_id == user_id && token.confirmed_at.is_some() && token.revoked_at.is_none())
+        .filter(|token| token.user_id == user_id.as_str() && token.confirmed_at.is_some() && token.revoked_at.is_none())
         .filter(|token| token.expires_at > now)
         .collect();
     theirs.sort_by_key(|token| std::cmp::Reverse(token.created_at));

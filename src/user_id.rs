@@ -56,22 +56,6 @@ impl fmt::Display for UserId {
     }
 }
 
-/// Bound as the text it is: the registry's API takes a checked ID.
-impl sqlx::Type<sqlx::Any> for UserId {
-    fn type_info() -> sqlx::any::AnyTypeInfo {
-        <str as sqlx::Type<sqlx::Any>>::type_info()
-    }
-}
-
-impl<'q> sqlx::Encode<'q, sqlx::Any> for UserId {
-    fn encode_by_ref(
-        &self,
-        buf: &mut <sqlx::Any as sqlx::Database>::ArgumentBuffer,
-    ) -> Result<sqlx::encode::IsNull, sqlx::error::BoxDynError> {
-        <String as sqlx::Encode<'q, sqlx::Any>>::encode_by_ref(&self.0, buf)
-    }
-}
-
 /// An ID the Matrix SDK parsed (a message's sender, say).
 impl From<&matrix_sdk::ruma::UserId> for UserId {
     fn from(id: &matrix_sdk::ruma::UserId) -> Self {
@@ -79,20 +63,8 @@ impl From<&matrix_sdk::ruma::UserId> for UserId {
     }
 }
 
-/// Read back from the registry, which stores only checked IDs; one that
-/// does not parse is a decode error, not a stray string.
-impl<'r> sqlx::Decode<'r, sqlx::Any> for UserId {
-    fn decode(value: <sqlx::Any as sqlx::Database>::ValueRef<'r>) -> Result<Self, sqlx::error::BoxDynError> {
-        let text = <&str as sqlx::Decode<'r, sqlx::Any>>::decode(value)?;
-        Ok(UserId::parse(text)?)
-    }
-}
-
-impl serde::Serialize for UserId {
-    fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
-        serializer.serialize_str(&self.0)
-    }
-}
+// Bound and read back as the text it is: the registry's API takes checked IDs.
+crate::checked_text::checked_text!(UserId);
 
 #[cfg(test)]
 mod tests {

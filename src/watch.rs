@@ -379,8 +379,8 @@ async fn hold_lost(
             if !report.failed.is_empty() {
                 tracing::warn!(count = report.failed.len(), first = ?report.failed.first(), "watcher: some lost IDs could not be held yet");
             }
-            seen.held = report.held;
-            seen.taken.extend(report.taken);
+            seen.held = report.held.iter().map(ToString::to_string).collect();
+            seen.taken.extend(report.taken.iter().map(ToString::to_string));
         }
         Err(err) => tracing::warn!(error = %err, "watcher: lost IDs are not held"),
     }
@@ -397,7 +397,7 @@ fn taken_admins(config: &Config, taken: &[String]) -> Vec<String> {
 async fn client_that_worked(config: &Config, registry: &Registry, dead: SynapseClient) -> SynapseClient {
     let working = registry.setting(WORKING_TOKEN_SETTING).await.ok().flatten();
     let mut candidates = Vec::new();
-    if let Ok(Some(stored)) = registry.service_credential(service_user_id(config).as_str()).await {
+    if let Ok(Some(stored)) = registry.service_credential(&service_user_id(config)).await {
         candidates.push(stored.access_token);
     }
     if let Some(configured) = &config.homeserver.admin_token {

@@ -10,6 +10,7 @@ use std::time::Duration;
 
 use tokio_util::sync::CancellationToken;
 
+use crate::app::Services;
 use crate::campaign::{CampaignError, CampaignOptions, run_campaign};
 use crate::config::Config;
 use crate::notify::NotifyProgress;
@@ -39,25 +40,22 @@ impl NotifyProgress for Background {
     }
 }
 
-pub async fn run(config: Arc<Config>, registry: Registry, cancel: CancellationToken) {
-    let Some(email) = config.email.clone() else {
-        tracing::info!("delivery worker off: no [email] section");
+pub async fn run(services: Arc<Services>) {
+    let Services { config, registry, shutdown: cancel, .. } = &*services;
+    let (Some(email), Some(mailer)) = (&config.email, &services.mailer) else {
+        tracing::info!("delivery worker off: no [email] section, or no mailer");
         return;
     };
     // Probes the relay while mail waits out a backoff: only a connection
     // and a greeting, no message.
-    let probe = crate::mail::Mailer::from_config(&email, 1).ok();
-    let mailer = match crate::mail::Mailer::from_config(&email, email.connections as u32) {
-        Ok(mailer) => mailer,
-        Err(err) => return tracing::error!(error = %err, "delivery worker off: the mailer cannot be built"),
-    };
-    let queued = QueuedEmails { registry: &registry, mailer: &mailer, server_name: &config.homeserver.server_name };
+    let probe = crate::mail::Mailer::from_config(email, 1).ok();
+    let queued = QueuedEmails { registry, mailer, server_name: &config.homeserver.server_name };
     loop {
         if let Err(err) = registry.skip_expired_messages().await {
             tracing::warn!(error = %err, "delivery worker: registry query failed");
         }
         let background = Background(cancel.clone());
-        if let Err(err) = send_until_done(&registry, &queued, email.connections, &background).await {
+        if let Err(err) = send_until_done(registry, &queued, email.connections, &background).await {
             tracing::warn!(error = %err, "delivery worker: queued messages not sent yet");
         }
         match registry.incidents_with_due_deliveries(now_ms()).await {
@@ -66,18 +64,18 @@ pub async fn run(config: Arc<Config>, registry: Registry, cancel: CancellationTo
                     if cancel.is_cancelled() {
                         return;
                     }
-                    send_due(&config, &registry, &email, id, &cancel).await;
+                    send_due(config, registry, email, id, cancel).await;
                 }
             }
             Err(err) => tracing::warn!(error = %err, "delivery worker: registry query failed"),
         }
         if let Some(probe) = &probe
-            && channel_is_back(&registry, probe).await
+            && channel_is_back(registry, probe).await
         {
             continue;
         }
         tokio::select! {
-            stopped = crate::watch::pause(POLL_EVERY, &cancel) => if stopped { return },
+            stopped = crate::watch::pause(POLL_EVERY, cancel) => if stopped { return },
             () = QUEUED.notified() => {}
         }
     }

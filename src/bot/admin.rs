@@ -183,7 +183,7 @@ async fn run(bot: &Bot, room: &Room, actor: &Actor, command: AdminCommand) -> Re
             Ok(lines.join("\n"))
         }
         AdminCommand::IncidentShow(id) => {
-            let summary = registry.incident_summary(id, service_user_id(config).as_str()).await.map_err(said)?;
+            let summary = registry.incident_summary(id, &service_user_id(config)).await.map_err(said)?;
             let d = &summary.deliveries;
             Ok(format!(
                 "**Incident {id}: {}** ({})\n\n- affected: {}\n- IDs: {} held, {} claimed, {} taken by someone else\n- reachable: {} by email, {} on Matrix, {} unreachable\n- tokens: {}\n- deliveries: {} sent, {} pending, {} sending, {} failed, {} skipped\n- rooms: {} living on elsewhere, {} lost, {} re-created; people back in rooms: {} ({} waiting)",
@@ -309,7 +309,7 @@ async fn notify(bot: &Bot, room: &Room, actor: &Actor, id: i64, confirm: bool) -
         return Err("notices go out by email: add an [email] section to lifeboat's config".to_owned());
     };
     if !confirm {
-        let planned = plan(registry, id, service_user_id(config).as_str()).await.map_err(|err| err.to_string())?;
+        let planned = plan(registry, id, &service_user_id(config)).await.map_err(|err| err.to_string())?;
         if let Ok(mut pending) = bot.confirmations.lock() {
             pending.insert(id, Instant::now());
         }
@@ -417,7 +417,7 @@ async fn token(bot: &Bot, actor: &Actor, user: &UserId) -> Result<String, String
                 admin_client_recovering(config, registry, actor, &Notes::default()).await.map_err(|e| e.to_string())?;
             // An admin is not capped; a token still unused is sent again.
             let (token, expires) =
-                match token_for_person(registry, &client, incident_id, user.as_str(), config.tokens.expiry, None)
+                match token_for_person(registry, &client, incident_id, user, config.tokens.expiry, None)
                     .await
                     .map_err(|err| err.to_string())?
                 {
@@ -471,7 +471,7 @@ async fn holds(bot: &Bot) -> Result<String, String> {
     }
     let mut reply = String::new();
     for state in [AccountState::Held, AccountState::Claimed, AccountState::Recreated] {
-        let ids: Vec<String> =
+        let ids: Vec<UserId> =
             holds.iter().filter(|hold| hold.state == state).map(|hold| hold.user_id.clone()).collect();
         if !ids.is_empty() {
             let label = match state {

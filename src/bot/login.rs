@@ -141,7 +141,8 @@ pub async fn credentials(
 }
 
 async fn recovered(base: &SynapseClient, registry: &Registry, me: &str) -> Result<Option<BotLogin>, LoginError> {
-    match registry.service_credential(me).await? {
+    let Ok(service) = crate::user_id::UserId::parse(me) else { return Ok(None) };
+    match registry.service_credential(&service).await? {
         Some(stored) => working(base, me, stored.access_token, stored.device_id, true).await,
         None => Ok(None),
     }

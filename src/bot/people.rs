@@ -53,16 +53,13 @@ async fn run(bot: &Bot, sender: &OwnedUserId, command: PersonCommand) -> Result<
             if config.email.is_none() {
                 return Err("This lifeboat cannot send email, so it cannot verify addresses; ask an admin.".to_owned());
             }
-            if registry.recent_contact_verifications(sender.as_str()).await.map_err(broken)? >= CODES_PER_HOUR {
+            if registry.recent_contact_verifications(&person).await.map_err(broken)? >= CODES_PER_HOUR {
                 return Err(
                     "You asked for several codes in the last hour; please wait a while before asking again.".to_owned()
                 );
             }
             let code = format!("{:06}", rand::rng().random_range(0..1_000_000));
-            registry
-                .start_contact_verification(sender.as_str(), address.as_str(), &code, CODE_VALID_MS)
-                .await
-                .map_err(broken)?;
+            registry.start_contact_verification(&person, &address, &code, CODE_VALID_MS).await.map_err(broken)?;
             let message = crate::messages::contact_code(
                 &config.homeserver.server_name,
                 sender.as_str(),

@@ -141,7 +141,7 @@ pub async fn run(context: &Context, command: Command) -> Outcome {
             Ok(exit::OK)
         }
         Command::Show { id, json } => {
-            let summary = registry.incident_summary(id, crate::recover::service_user_id(&config).as_str()).await?;
+            let summary = registry.incident_summary(id, &crate::recover::service_user_id(&config)).await?;
             if json {
                 print_json(&summary)?;
             } else {

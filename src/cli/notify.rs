@@ -54,9 +54,8 @@ pub async fn run(context: &Context, args: Args) -> Outcome {
             format!("incident {} is resolved: notices go out for open incidents only", incident.id),
         ));
     }
-    let planned = plan(&registry, incident.id, service_user_id(&config).as_str())
-        .await
-        .map_err(|err| Failure::new(exit::FAILED, err))?;
+    let planned =
+        plan(&registry, incident.id, &service_user_id(&config)).await.map_err(|err| Failure::new(exit::FAILED, err))?;
     println!(
         "Incident {} \"{}\": {} affected; {} emails to {} people; {} affected people have no email contact; {} registration tokens to create.",
         incident.id,

@@ -35,7 +35,7 @@ pub fn progress_bar(message: &'static str) -> ProgressBar {
 }
 
 /// Up to `limit` IDs joined, with a count of the rest.
-pub fn id_list(ids: &[String], limit: usize) -> String {
+pub fn id_list(ids: &[impl std::fmt::Display], limit: usize) -> String {
     let text = crate::plural::id_list(ids, limit);
     if ids.len() > limit { format!("{text} (--json lists all)") } else { text }
 }

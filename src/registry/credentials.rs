@@ -5,6 +5,7 @@ use rand::RngCore;
 use secrecy::SecretString;
 
 use super::{Actor, Registry, Result, now_ms};
+use crate::user_id::UserId;
 
 /// The service account's access token obtained by recovery.
 #[derive(Clone)]
@@ -22,7 +23,7 @@ impl std::fmt::Debug for ServiceCredential {
 }
 
 impl Registry {
-    pub async fn service_credential(&self, user_id: &str) -> Result<Option<ServiceCredential>> {
+    pub async fn service_credential(&self, user_id: &UserId) -> Result<Option<ServiceCredential>> {
         let row: Option<(String, String, Option<String>, i64)> = sqlx::query_as(
             "SELECT user_id, access_token, device_id, obtained_at FROM service_credentials WHERE user_id = $1",
         )
@@ -39,7 +40,7 @@ impl Registry {
 
     pub async fn store_service_credential(
         &self,
-        user_id: &str,
+        user_id: &UserId,
         access_token: &str,
         device_id: Option<&str>,
         actor: &Actor,
@@ -56,8 +57,14 @@ impl Registry {
         .bind(now_ms())
         .execute(&mut *tx)
         .await?;
-        Self::audit_in(&mut tx, actor, "recover", Some(user_id), Some("service account re-created by shared secret"))
-            .await?;
+        Self::audit_in(
+            &mut tx,
+            actor,
+            "recover",
+            Some(user_id.as_str()),
+            Some("service account re-created by shared secret"),
+        )
+        .await?;
         tx.commit().await?;
         Ok(())
     }

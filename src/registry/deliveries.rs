@@ -15,6 +15,7 @@ use sqlx::pool::PoolConnection;
 
 use super::stored_as_text::stored_as_text;
 use super::{AccountState, Registry, Result, STANDING_SQL, now_ms};
+use crate::user_id::UserId;
 
 /// How a delivery leaves.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
@@ -198,7 +199,7 @@ impl Registry {
     /// Synapse now (a survivor; not a recreated ID, which someone else may
     /// hold) and per Matrix-ID contact that has not opted out.
     /// `sender` (lifeboat's own account) never gets one.
-    pub async fn plan_matrix_deliveries(&self, incident_id: i64, sender: &str) -> Result<u64> {
+    pub async fn plan_matrix_deliveries(&self, incident_id: i64, sender: &UserId) -> Result<u64> {
         let now = now_ms();
         let survivors = sqlx::query(sqlx::AssertSqlSafe(format!(
             "INSERT INTO deliveries (incident_id, user_id, channel, address, state, next_attempt_at, created_at) \
@@ -225,7 +226,7 @@ impl Registry {
     }
 
     /// The DM room lifeboat uses with `user_id`, if one was made.
-    pub async fn dm_room(&self, user_id: &str) -> Result<Option<String>> {
+    pub async fn dm_room(&self, user_id: &UserId) -> Result<Option<String>> {
         let row: Option<(String,)> = sqlx::query_as("SELECT room_id FROM dm_rooms WHERE user_id = $1")
             .bind(user_id)
             .fetch_optional(&self.pool)
@@ -233,7 +234,7 @@ impl Registry {
         Ok(row.map(|(room,)| room))
     }
 
-    pub async fn store_dm_room(&self, user_id: &str, room_id: &str) -> Result<()> {
+    pub async fn store_dm_room(&self, user_id: &UserId, room_id: &str) -> Result<()> {
         sqlx::query(
             "INSERT INTO dm_rooms (user_id, room_id, created_at) VALUES ($1, $2, $3) \
              ON CONFLICT (user_id) DO UPDATE SET room_id = excluded.room_id, created_at = excluded.created_at",
@@ -247,7 +248,7 @@ impl Registry {
     }
 
     /// How many DMs `plan_matrix_deliveries` would create.
-    pub async fn planned_dms(&self, incident_id: i64, sender: &str) -> Result<i64> {
+    pub async fn planned_dms(&self, incident_id: i64, sender: &UserId) -> Result<i64> {
         let (count,): (i64,) = sqlx::query_as(sqlx::AssertSqlSafe(format!(
             "SELECT (SELECT COUNT(*) {}) + (SELECT COUNT(*) {PLANNED_CONTACT_DMS})",
             planned_survivor_dms("$2")

@@ -8,12 +8,13 @@ use serde::Serialize;
 
 use super::accounts::STANDING_SQL;
 use super::{AccountState, Actor, Registry, Result, now_ms};
+use crate::email::EmailAddress;
 use crate::user_id::UserId;
 
 /// A lost ID to hold, with what the held account gets back of its person.
 #[derive(Debug, Clone, sqlx::FromRow)]
 pub struct HoldCandidate {
-    pub user_id: String,
+    pub user_id: UserId,
     pub display_name: Option<String>,
     /// 1: a hold of it was begun by an earlier run that did not finish.
     pub begun_before: i64,
@@ -22,7 +23,7 @@ pub struct HoldCandidate {
 /// An ID lifeboat holds or held, or one a stranger took.
 #[derive(Debug, Clone, Serialize, sqlx::FromRow)]
 pub struct HoldRow {
-    pub user_id: String,
+    pub user_id: UserId,
     pub display_name: Option<String>,
     /// Held, claimed or recreated.
     pub state: AccountState,
@@ -44,7 +45,7 @@ impl Registry {
     /// Lost IDs to hold: missing accounts not held yet, and holds an
     /// earlier run began; never lifeboat's own account (`service`), which
     /// recovery re-creates through the shared secret.
-    pub async fn hold_candidates(&self, service: &str) -> Result<Vec<HoldCandidate>> {
+    pub async fn hold_candidates(&self, service: &UserId) -> Result<Vec<HoldCandidate>> {
         Ok(sqlx::query_as(
             "SELECT user_id, display_name, CASE WHEN custody = 'holding' THEN 1 ELSE 0 END AS begun_before \
              FROM accounts WHERE state = 'missing' AND (custody IS NULL OR custody = 'holding') \
@@ -56,8 +57,8 @@ impl Registry {
     }
 
     /// The verified email addresses of an account, restored on its hold.
-    pub async fn verified_emails_of(&self, user_id: &str) -> Result<Vec<String>> {
-        let rows: Vec<(String,)> = sqlx::query_as(
+    pub async fn verified_emails_of(&self, user_id: &UserId) -> Result<Vec<EmailAddress>> {
+        let rows: Vec<(EmailAddress,)> = sqlx::query_as(
             "SELECT address FROM contacts WHERE user_id = $1 AND kind = 'email' AND verified_at IS NOT NULL \
              ORDER BY address",
         )
@@ -67,8 +68,6 @@ impl Registry {
         Ok(rows.into_iter().map(|(address,)| address).collect())
     }
 
-    /// Records that a hold of `user_id` is about to be made (before the
-    /// account is created, so a crash leaves a trace to resume from).
     /// Is a hold of `user_id` begun and not yet made? Until it is, its
     /// account must not be handed over: the hold's lock would follow.
     pub async fn hold_under_way(&self, user_id: &UserId) -> Result<bool> {
@@ -79,7 +78,9 @@ impl Registry {
         Ok(custody.and_then(|(custody,)| custody).as_deref() == Some("holding"))
     }
 
-    pub async fn begin_hold(&self, user_id: &str) -> Result<()> {
+    /// Records that a hold of `user_id` is about to be made (before the
+    /// account is created, so a crash leaves a trace to resume from).
+    pub async fn begin_hold(&self, user_id: &UserId) -> Result<()> {
         sqlx::query(
             "UPDATE accounts SET custody = 'holding', custody_at = $2 \
              WHERE user_id = $1 AND state = 'missing' AND custody IS NULL",
@@ -94,7 +95,7 @@ impl Registry {
     /// The account lifeboat created for `user_id` is locked: it is held.
     /// `created_at_ms` is its creation time, so later listings do not take
     /// it for a stranger's.
-    pub async fn mark_held(&self, user_id: &str, created_at_ms: Option<i64>) -> Result<()> {
+    pub async fn mark_held(&self, user_id: &UserId, created_at_ms: Option<i64>) -> Result<()> {
         let now = now_ms();
         sqlx::query(
             "UPDATE accounts SET custody = 'held', custody_at = $2, state = 'present', \
@@ -111,7 +112,7 @@ impl Registry {
 
     /// Someone registered `user_id` before lifeboat could hold it: the ID is
     /// a stranger's (recreated), and lifeboat does not touch that account.
-    pub async fn mark_taken_before_hold(&self, user_id: &str, actor: &Actor) -> Result<()> {
+    pub async fn mark_taken_before_hold(&self, user_id: &UserId, actor: &Actor) -> Result<()> {
         let now = now_ms();
         let mut tx = self.begin_write().await?;
         sqlx::query(
@@ -122,15 +123,21 @@ impl Registry {
         .bind(now)
         .execute(&mut *tx)
         .await?;
-        Self::audit_in(&mut tx, actor, "hold.taken", Some(user_id), Some("registered by someone else before the hold"))
-            .await?;
+        Self::audit_in(
+            &mut tx,
+            actor,
+            "hold.taken",
+            Some(user_id.as_str()),
+            Some("registered by someone else before the hold"),
+        )
+        .await?;
         tx.commit().await?;
         Ok(())
     }
 
     /// A hold that cannot be made (Synapse refused to create the account):
     /// the ID is left missing, to be tried again.
-    pub async fn abandon_hold(&self, user_id: &str) -> Result<()> {
+    pub async fn abandon_hold(&self, user_id: &UserId) -> Result<()> {
         sqlx::query("UPDATE accounts SET custody = NULL, custody_at = NULL WHERE user_id = $1 AND custody = 'holding'")
             .bind(user_id)
             .execute(&self.pool)

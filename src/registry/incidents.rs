@@ -7,6 +7,7 @@ use super::RoomCounts;
 use super::accounts::{AccountRow, account_columns};
 use super::stored_as_text::stored_as_text;
 use super::{Account, Actor, DeliveryCounts, Error, HoldCounts, Registry, Result, STANDING_SQL, now_ms};
+use crate::user_id::UserId;
 
 /// Who an incident covers.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
@@ -203,7 +204,7 @@ impl Registry {
     /// Counts as notify sees them: Matrix-reachable are accounts that still
     /// exist and are their person's (not recreated, not lifeboat's own
     /// `service` account) and people with a Matrix-ID contact.
-    pub async fn incident_summary(&self, id: i64, service: &str) -> Result<IncidentSummary> {
+    pub async fn incident_summary(&self, id: i64, service: &UserId) -> Result<IncidentSummary> {
         let incident = self.require_incident(id).await?;
         let (affected, by_email, by_matrix, unreachable, tokens): (i64, i64, i64, i64, i64) =
             sqlx::query_as(sqlx::AssertSqlSafe(format!(
@@ -259,7 +260,7 @@ impl Registry {
     /// use of their ID: gone (missing), held for them by lifeboat, or held
     /// by someone else (recreated); never lifeboat's own account
     /// (`service`). Whether each may have one is `Account::may_come_back`.
-    pub async fn accounts_without_notice_token(&self, incident_id: i64, service: &str) -> Result<Vec<Account>> {
+    pub async fn accounts_without_notice_token(&self, incident_id: i64, service: &UserId) -> Result<Vec<Account>> {
         let rows: Vec<AccountRow> = sqlx::query_as(sqlx::AssertSqlSafe(format!(
             "SELECT {} FROM incident_accounts ia JOIN accounts a ON a.user_id = ia.user_id \
              WHERE ia.incident_id = $1 AND {STANDING_SQL} IN ('missing', 'held', 'recreated') AND a.user_id <> $2 \
@@ -294,7 +295,7 @@ impl Registry {
     pub async fn record_notice_token(
         &self,
         incident_id: i64,
-        user_id: &str,
+        user_id: &UserId,
         token: &str,
         expires_at: i64,
     ) -> Result<()> {
@@ -318,7 +319,7 @@ impl Registry {
     pub async fn record_request_token(
         &self,
         incident_id: i64,
-        user_id: &str,
+        user_id: &UserId,
         token: &str,
         expires_at: i64,
     ) -> Result<i64> {
@@ -338,7 +339,7 @@ impl Registry {
 
     /// How many tokens were issued on request to `user_id` for an incident
     /// (the per-person limit counts these).
-    pub async fn request_tokens_issued(&self, incident_id: i64, user_id: &str) -> Result<i64> {
+    pub async fn request_tokens_issued(&self, incident_id: i64, user_id: &UserId) -> Result<i64> {
         let (count,): (i64,) = sqlx::query_as(
             "SELECT COUNT(*) FROM registration_tokens WHERE incident_id = $1 AND user_id = $2 AND purpose = 'request'",
         )
@@ -350,7 +351,7 @@ impl Registry {
     }
 
     /// Is incident `id` open, and does it affect `user_id`?
-    pub async fn incident_open_for(&self, id: i64, user_id: &str) -> Result<bool> {
+    pub async fn incident_open_for(&self, id: i64, user_id: &UserId) -> Result<bool> {
         let row: Option<(i64,)> = sqlx::query_as(
             "SELECT i.id FROM incidents i JOIN incident_accounts ia ON ia.incident_id = i.id \
              WHERE i.id = $1 AND ia.user_id = $2 AND i.resolved_at IS NULL",
@@ -363,7 +364,7 @@ impl Registry {
     }
 
     /// The newest open incident that affects `user_id`, if any.
-    pub async fn open_incident_affecting(&self, user_id: &str) -> Result<Option<i64>> {
+    pub async fn open_incident_affecting(&self, user_id: &UserId) -> Result<Option<i64>> {
         let row: Option<(i64,)> = sqlx::query_as(
             "SELECT i.id FROM incidents i JOIN incident_accounts ia ON ia.incident_id = i.id \
              WHERE ia.user_id = $1 AND i.resolved_at IS NULL ORDER BY i.id DESC LIMIT 1",

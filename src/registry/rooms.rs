@@ -9,7 +9,8 @@ use std::collections::HashMap;
 
 use serde::Serialize;
 
-use super::{Registry, Result, STANDING_SQL, now_ms};
+use super::{AccountState, Registry, Result, STANDING_SQL, now_ms};
+use crate::user_id::UserId;
 
 /// Registry setting: when the last complete room listing was applied.
 pub const ROOMS_LISTED_SETTING: &str = "rooms.listed_at";
@@ -224,7 +225,7 @@ pub struct RoomCounts {
 #[derive(Debug, Clone)]
 pub struct Rejoin {
     pub room_id: String,
-    pub user_id: String,
+    pub user_id: UserId,
     pub room_state: RoomState,
     pub via_servers: Vec<String>,
     /// The room made in place of a lost one: they are invited there.
@@ -435,7 +436,7 @@ impl Registry {
              AND (m.rejoin IS NULL OR (m.rejoin = 'failed' AND ($2 = 1 OR m.rejoin_attempts < $3))) \
              ORDER BY m.user_id, m.room_id"
         );
-        let rows: Vec<(String, String, String, String, Option<String>)> = sqlx::query_as(sqlx::AssertSqlSafe(sql))
+        let rows: Vec<(String, UserId, String, String, Option<String>)> = sqlx::query_as(sqlx::AssertSqlSafe(sql))
             .bind(listed_at)
             .bind(retry_all as i64)
             .bind(MAX_REJOIN_ATTEMPTS)
@@ -457,7 +458,7 @@ impl Registry {
     }
 
     /// Records how bringing one person back into one room went.
-    pub async fn record_rejoin(&self, room_id: &str, user_id: &str, outcome: RejoinOutcome<'_>) -> Result<()> {
+    pub async fn record_rejoin(&self, room_id: &str, user_id: &UserId, outcome: RejoinOutcome<'_>) -> Result<()> {
         let (rejoin, error) = match outcome {
             RejoinOutcome::Joined => ("joined", None),
             RejoinOutcome::Invited => ("invited", None),
@@ -479,16 +480,16 @@ impl Registry {
 
     /// Former members of a room (joined when it was last read), with
     /// whether their ID is their person's again.
-    pub async fn room_members_back(&self, room_id: &str) -> Result<Vec<(String, bool)>> {
+    pub async fn room_members_back(&self, room_id: &str) -> Result<Vec<(UserId, bool)>> {
         let sql = format!(
             "SELECT m.user_id, ({STANDING_SQL}) FROM room_members m JOIN accounts a ON a.user_id = m.user_id \
              WHERE m.room_id = $1 AND m.membership = 'join' ORDER BY m.user_id"
         );
-        let rows: Vec<(String, String)> =
+        let rows: Vec<(UserId, AccountState)> =
             sqlx::query_as(sqlx::AssertSqlSafe(sql)).bind(room_id).fetch_all(&self.pool).await?;
         Ok(rows
             .into_iter()
-            .map(|(user_id, standing)| (user_id, matches!(standing.as_str(), "present" | "claimed")))
+            .map(|(user_id, standing)| (user_id, matches!(standing, AccountState::Present | AccountState::Claimed)))
             .collect())
     }
 

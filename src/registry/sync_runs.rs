@@ -7,13 +7,16 @@ use serde::Serialize;
 
 use super::{Actor, Registry, Result, now_ms};
 use crate::email::EmailAddress;
-use crate::reconcile::{Known, Listed, Report, ReportBuilder};
+use crate::reconcile::{Class, Known, Listed, Report, ReportBuilder, classify};
 use crate::registry::accounts::{AccountState, STANDING_SQL};
 use crate::synapse::ListedUser;
+use crate::user_id::UserId;
 
 /// Rows per multi-row INSERT: far below every backend's bind-variable limit.
 const STAGE_CHUNK: usize = 200;
 const STAGE_COLUMNS: usize = 9;
+/// IDs per `WHERE user_id IN (...)` when marking accounts.
+const MARK_CHUNK: usize = 500;
 
 #[derive(Debug, Clone, Serialize, sqlx::FromRow)]
 pub struct SyncRun {
@@ -122,17 +125,21 @@ impl Registry {
         let mut tx = self.begin_write().await?;
 
         let mut report = ReportBuilder::default();
+        let (mut to_mark_recreated, mut to_mark_missing) = (Vec::new(), Vec::new());
         {
             let mut pairs = sqlx::query_as::<_, PairRow>(sqlx::AssertSqlSafe(format!(
                 // A full outer join written as two index lookups: SQLite
                 // plans the FULL OUTER JOIN form as a nested loop (quadratic).
                 "SELECT a.user_id AS known_id, a.synapse_created_at AS known_created, \
-                        {STANDING_SQL} AS known_standing, \
+                        {STANDING_SQL} AS known_standing, a.state AS known_state, \
+                        CASE WHEN a.custody IS NOT NULL \
+                                  AND a.custody_at >= (SELECT started_at FROM sync_runs WHERE id = $1) \
+                             THEN 1 ELSE 0 END AS custody_since_listing, \
                         s.user_id AS listed_id, s.deactivated AS listed_deactivated, \
                         s.synapse_created_at AS listed_created \
                  FROM accounts a LEFT JOIN listing_stage s ON s.run_id = $1 AND s.user_id = a.user_id \
                  UNION ALL \
-                 SELECT NULL, NULL, NULL, s.user_id, s.deactivated, s.synapse_created_at \
+                 SELECT NULL, NULL, NULL, NULL, NULL, s.user_id, s.deactivated, s.synapse_created_at \
                  FROM listing_stage s WHERE s.run_id = $1 \
                    AND NOT EXISTS (SELECT 1 FROM accounts a WHERE a.user_id = s.user_id)"
             )))
@@ -150,40 +157,27 @@ impl Registry {
                     created_at_ms: pair.listed_created,
                 });
                 report.add(known.as_ref(), listed.as_ref());
+                let Some(known) = known else { continue };
+                let stored = Stored {
+                    state: pair.known_state.unwrap_or(AccountState::Present),
+                    custody_since_listing: pair.custody_since_listing.unwrap_or(0) != 0,
+                };
+                match mark_for(&known, listed.as_ref(), stored) {
+                    Some(Mark::Recreated) => to_mark_recreated.push(known.user_id),
+                    Some(Mark::Missing) => to_mark_missing.push(known.user_id),
+                    None => {}
+                }
             }
         }
         let report = report.finish(loss_threshold);
 
-        // Registered again by someone else: never an account lifeboat made
-        // (a hold), and a claimed ID registered again after a second loss
-        // is a stranger's too. Seconds, as `reconcile::registered_again`.
-        sqlx::query(
-            "UPDATE accounts SET recreated_at = $2, custody = NULL, custody_at = NULL \
-             WHERE (custody IS NULL OR custody = 'claimed') \
-               AND EXISTS (SELECT 1 FROM listing_stage s WHERE s.run_id = $1 AND s.user_id = accounts.user_id \
-                           AND s.synapse_created_at / 1000 > accounts.synapse_created_at / 1000)",
-        )
-        .bind(run_id)
-        .bind(now)
-        .execute(&mut *tx)
-        .await?;
-        // An account lost again (a second wipe) loses its hold or claim
-        // with it: it is held anew. Not a hold made since this listing
-        // began: the listing is too old to say it is gone, and holding it
-        // anew would find lifeboat's own account there and take it for a
-        // stranger's.
-        let newly_missing = sqlx::query(
-            "UPDATE accounts SET state = 'missing', missing_since = $2, custody = NULL, custody_at = NULL \
-             WHERE state <> 'missing' \
-               AND NOT EXISTS (SELECT 1 FROM listing_stage s WHERE s.run_id = $1 AND s.user_id = accounts.user_id) \
-               AND NOT (custody IS NOT NULL \
-                        AND custody_at >= (SELECT started_at FROM sync_runs WHERE id = $1))",
-        )
-        .bind(run_id)
-        .bind(now)
-        .execute(&mut *tx)
-        .await?
-        .rows_affected();
+        // Both marks end a hold or a claim: a stranger's ID is not held,
+        // and an account lost again (a second wipe) is held anew.
+        let set_recreated = "UPDATE accounts SET recreated_at = $1, custody = NULL, custody_at = NULL";
+        Self::mark_accounts(&mut tx, set_recreated, now, &to_mark_recreated).await?;
+        let set_missing =
+            "UPDATE accounts SET state = 'missing', missing_since = $1, custody = NULL, custody_at = NULL";
+        let newly_missing = Self::mark_accounts(&mut tx, set_missing, now, &to_mark_missing).await?;
         sqlx::query(
             "INSERT INTO accounts (user_id, display_name, admin, deactivated, locked, is_guest, user_type, \
                                    synapse_created_at, first_seen_at, last_seen_present_at, state, missing_since) \
@@ -233,17 +227,39 @@ impl Registry {
         Ok(SyncApplied { report, newly_missing })
     }
 
+    /// Runs `set` (an UPDATE whose `$1` is `now`) on the given accounts, in
+    /// chunks; returns how many rows changed.
+    async fn mark_accounts(
+        tx: &mut sqlx::Transaction<'_, sqlx::Any>,
+        set: &str,
+        now: i64,
+        user_ids: &[String],
+    ) -> Result<u64> {
+        let mut changed = 0;
+        for chunk in user_ids.chunks(MARK_CHUNK) {
+            let placeholders: Vec<String> = (2..chunk.len() + 2).map(|n| format!("${n}")).collect();
+            // Safe: `set` is a constant of the caller's, the rest numbered placeholders.
+            let sql = format!("{set} WHERE user_id IN ({})", placeholders.join(","));
+            let mut query = sqlx::query(sqlx::AssertSqlSafe(sql)).bind(now);
+            for user_id in chunk {
+                query = query.bind(user_id);
+            }
+            changed += query.execute(&mut **tx).await?.rows_affected();
+        }
+        Ok(changed)
+    }
+
     /// Present accounts whose emails were never fetched or are older than
     /// `stale_before`, except recreated ones: whoever holds a recreated ID
     /// may not be the person the registry knew, so their emails are not
     /// taken as that person's contacts. Listed in ID order after `after`
     /// (keyset paging keeps memory flat however many accounts there are).
-    pub async fn accounts_needing_details(&self, due: DetailsDue, after: &str, limit: i64) -> Result<Vec<String>> {
+    pub async fn accounts_needing_details(&self, due: DetailsDue, after: &str, limit: i64) -> Result<Vec<UserId>> {
         let sql = format!(
             "SELECT user_id FROM accounts WHERE {} AND user_id > $3 ORDER BY user_id LIMIT $4",
             due.predicate()
         );
-        let rows: Vec<(String,)> = sqlx::query_as(sqlx::AssertSqlSafe(sql))
+        let rows: Vec<(UserId,)> = sqlx::query_as(sqlx::AssertSqlSafe(sql))
             .bind(due.now())
             .bind(due.stale_before())
             .bind(after)
@@ -268,7 +284,7 @@ impl Registry {
     /// addresses were new.
     pub async fn record_details(
         &self,
-        user_id: &str,
+        user_id: &UserId,
         emails: &[(EmailAddress, Option<i64>)],
         due_at: i64,
     ) -> Result<u64> {
@@ -350,11 +366,41 @@ impl Registry {
     }
 }
 
+/// What the registry stores beside an account's standing, for the marks.
+#[derive(Debug, Clone, Copy)]
+struct Stored {
+    state: AccountState,
+    /// lifeboat took custody (a hold, a claim) after the listing began.
+    custody_since_listing: bool,
+}
+
+#[derive(Debug, PartialEq)]
+enum Mark {
+    Recreated,
+    Missing,
+}
+
+/// What a sync marks on a known account, from its classified pair: the
+/// one rule, so the writes cannot disagree with the report.
+fn mark_for(known: &Known, listed: Option<&Listed>, stored: Stored) -> Option<Mark> {
+    match classify(Some(known), listed)? {
+        // Newly taken by someone lifeboat cannot vouch for.
+        Class::Recreated if known.standing != AccountState::Recreated => Some(Mark::Recreated),
+        // Not a hold made since this listing began: the listing is too old
+        // to say it is gone, and holding it anew would find lifeboat's own
+        // account there and take it for a stranger's.
+        Class::Missing if stored.state != AccountState::Missing && !stored.custody_since_listing => Some(Mark::Missing),
+        _ => None,
+    }
+}
+
 #[derive(sqlx::FromRow)]
 struct PairRow {
     known_id: Option<String>,
     known_created: Option<i64>,
     known_standing: Option<AccountState>,
+    known_state: Option<AccountState>,
+    custody_since_listing: Option<i64>,
     listed_id: Option<String>,
     listed_deactivated: Option<i64>,
     listed_created: Option<i64>,
@@ -398,5 +444,62 @@ impl DetailsDue {
             DetailsDue::New => 0,
             DetailsDue::Again { stale_before, .. } => stale_before,
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn known(standing: AccountState, created_s: i64) -> Known {
+        Known { user_id: "@a:x".to_owned(), created_at_ms: Some(created_s * 1000), standing }
+    }
+
+    fn listed(created_s: i64) -> Listed {
+        Listed { user_id: "@a:x".to_owned(), deactivated: false, created_at_ms: Some(created_s * 1000 + 999) }
+    }
+
+    fn stored(state: AccountState) -> Stored {
+        Stored { state, custody_since_listing: false }
+    }
+
+    #[test]
+    fn an_id_registered_again_is_marked_once() {
+        let present = known(AccountState::Present, 10);
+        assert_eq!(mark_for(&present, Some(&listed(20)), stored(AccountState::Present)), Some(Mark::Recreated));
+        let claimed = known(AccountState::Claimed, 10);
+        assert_eq!(mark_for(&claimed, Some(&listed(20)), stored(AccountState::Present)), Some(Mark::Recreated));
+        let already = known(AccountState::Recreated, 10);
+        assert_eq!(mark_for(&already, Some(&listed(20)), stored(AccountState::Present)), None);
+    }
+
+    #[test]
+    fn the_same_second_is_the_same_registration() {
+        let present = known(AccountState::Present, 10);
+        assert_eq!(mark_for(&present, Some(&listed(10)), stored(AccountState::Present)), None);
+    }
+
+    #[test]
+    fn a_held_id_is_never_marked_a_strangers() {
+        let held = known(AccountState::Held, 10);
+        assert_eq!(mark_for(&held, Some(&listed(20)), stored(AccountState::Missing)), None);
+    }
+
+    #[test]
+    fn an_unlisted_account_is_marked_missing_once() {
+        let present = known(AccountState::Present, 10);
+        assert_eq!(mark_for(&present, None, stored(AccountState::Present)), Some(Mark::Missing));
+        let missing = known(AccountState::Missing, 10);
+        assert_eq!(mark_for(&missing, None, stored(AccountState::Missing)), None);
+        // Held, then lost again in a second wipe: held anew.
+        let held = known(AccountState::Held, 10);
+        assert_eq!(mark_for(&held, None, stored(AccountState::Present)), Some(Mark::Missing));
+    }
+
+    #[test]
+    fn a_hold_made_while_the_listing_ran_is_not_marked_missing() {
+        let held = known(AccountState::Held, 10);
+        let since = Stored { state: AccountState::Present, custody_since_listing: true };
+        assert_eq!(mark_for(&held, None, since), None);
     }
 }

@@ -31,8 +31,8 @@ impl Registry {
     /// within the last hour (for rate limiting), this one included.
     pub async fn start_contact_verification(
         &self,
-        user_id: &str,
-        address: &str,
+        user_id: &UserId,
+        address: &EmailAddress,
         code: &str,
         valid_ms: i64,
     ) -> Result<i64> {
@@ -51,7 +51,7 @@ impl Registry {
         self.recent_contact_verifications(user_id).await
     }
 
-    pub async fn recent_contact_verifications(&self, user_id: &str) -> Result<i64> {
+    pub async fn recent_contact_verifications(&self, user_id: &UserId) -> Result<i64> {
         let (count,): (i64,) =
             sqlx::query_as("SELECT COUNT(*) FROM contact_verifications WHERE user_id = $1 AND created_at > $2")
                 .bind(user_id)

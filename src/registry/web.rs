@@ -2,21 +2,23 @@
 //! contact subscriptions), and contacts' opt-outs.
 
 use super::{Actor, Registry, Result, now_ms};
+use crate::email::EmailAddress;
+use crate::user_id::UserId;
 
 /// An email contact a token-request link may be mailed to.
 #[derive(Debug, Clone, sqlx::FromRow)]
 pub struct MailableContact {
     pub id: i64,
-    pub user_id: String,
-    pub address: String,
+    pub user_id: UserId,
+    pub address: EmailAddress,
 }
 
 #[derive(Debug, Clone, sqlx::FromRow)]
 pub struct WebLink {
     pub id: String,
     pub purpose: String,
-    pub user_id: String,
-    pub address: String,
+    pub user_id: UserId,
+    pub address: EmailAddress,
     pub code_hash: Option<String>,
     pub attempts: i64,
     pub created_at: i64,
@@ -36,7 +38,7 @@ const MAILABLE: &str = "kind = 'email' AND verified_at IS NOT NULL AND opted_out
 
 impl Registry {
     /// The mailable contacts holding `address` (one per account that has it).
-    pub async fn mailable_contacts_by_address(&self, address: &str) -> Result<Vec<MailableContact>> {
+    pub async fn mailable_contacts_by_address(&self, address: &EmailAddress) -> Result<Vec<MailableContact>> {
         Ok(sqlx::query_as(sqlx::AssertSqlSafe(format!(
             "SELECT id, user_id, address FROM contacts WHERE address = $1 AND {MAILABLE} ORDER BY id"
         )))
@@ -46,7 +48,7 @@ impl Registry {
     }
 
     /// The mailable contacts of one account.
-    pub async fn mailable_contacts_of(&self, user_id: &str) -> Result<Vec<MailableContact>> {
+    pub async fn mailable_contacts_of(&self, user_id: &UserId) -> Result<Vec<MailableContact>> {
         Ok(sqlx::query_as(sqlx::AssertSqlSafe(format!(
             "SELECT id, user_id, address FROM contacts WHERE user_id = $1 AND {MAILABLE} ORDER BY id"
         )))
@@ -61,8 +63,8 @@ impl Registry {
         &self,
         id: &str,
         purpose: &str,
-        user_id: &str,
-        address: &str,
+        user_id: &UserId,
+        address: &EmailAddress,
         code_hash: Option<&str>,
         expires_at: i64,
     ) -> Result<()> {
@@ -90,7 +92,12 @@ impl Registry {
 
     /// The newest link for `purpose` and `user_id` (mailed to `address`,
     /// when given) that still works: unused and unexpired.
-    pub async fn live_web_link(&self, purpose: &str, user_id: &str, address: Option<&str>) -> Result<Option<WebLink>> {
+    pub async fn live_web_link(
+        &self,
+        purpose: &str,
+        user_id: &UserId,
+        address: Option<&EmailAddress>,
+    ) -> Result<Option<WebLink>> {
         Ok(sqlx::query_as(
             "SELECT id, purpose, user_id, address, code_hash, attempts, created_at, expires_at, used_at \
              FROM web_links WHERE purpose = $1 AND user_id = $2 AND ($3 IS NULL OR address = $3) \
@@ -105,7 +112,7 @@ impl Registry {
     }
 
     /// How many links for `purpose` mailed to `address` still work.
-    pub async fn live_web_links_to(&self, purpose: &str, address: &str) -> Result<i64> {
+    pub async fn live_web_links_to(&self, purpose: &str, address: &EmailAddress) -> Result<i64> {
         Ok(sqlx::query_scalar(
             "SELECT COUNT(*) FROM web_links WHERE purpose = $1 AND address = $2 AND used_at IS NULL AND expires_at > $3",
         )
@@ -180,19 +187,8 @@ impl Registry {
         Ok(true)
     }
 
-    /// Whether a contact has opted out (`None`: no such contact).
-    pub async fn contact_opted_out(&self, contact_id: i64) -> Result<Option<bool>> {
-        let row: Option<(Option<i64>,)> = sqlx::query_as("SELECT opted_out_at FROM contacts WHERE id = $1")
-            .bind(contact_id)
-            .fetch_optional(&self.pool)
-            .await?;
-        Ok(row.map(|(at,)| at.is_some()))
-    }
-}
-
-impl Registry {
     /// A person confirmed an address they had opted out with: mail to it again.
-    pub async fn resubscribe_contact(&self, user_id: &str, address: &str, actor: &Actor) -> Result<()> {
+    pub async fn resubscribe_contact(&self, user_id: &UserId, address: &EmailAddress, actor: &Actor) -> Result<()> {
         let mut tx = self.begin_write().await?;
         sqlx::query(
             "UPDATE contacts SET opted_out_at = NULL, verified_at = COALESCE(verified_at, $3) \
@@ -203,7 +199,7 @@ impl Registry {
         .bind(now_ms())
         .execute(&mut *tx)
         .await?;
-        Self::audit_in(&mut tx, actor, "contact.resubscribe", Some(user_id), Some(address)).await?;
+        Self::audit_in(&mut tx, actor, "contact.resubscribe", Some(user_id.as_str()), Some(address.as_str())).await?;
         tx.commit().await?;
         Ok(())
     }

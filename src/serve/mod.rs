@@ -52,7 +52,7 @@ pub async fn run(config: Config, registry: Registry, shutdown: CancellationToken
                 bind: web.bind,
                 source,
             })?;
-            let pages = crate::web::router(crate::web::WebState::new(config.clone(), registry.clone()));
+            let pages = crate::web::router(crate::web::WebState::new(&state));
             let app = http::public_router(state.clone(), pages);
             let limits = listen::Limits { connections: web.max_connections as usize, ..LIMITS };
             tracing::info!(bind = %web.bind, "web server listening");
@@ -88,7 +88,7 @@ pub async fn run(config: Config, registry: Registry, shutdown: CancellationToken
         state.recover_lock.clone(),
         shutdown.clone(),
     ));
-    tasks.spawn(crate::worker::run(config.clone(), registry.clone(), shutdown.clone()));
+    tasks.spawn(crate::worker::run(state.clone()));
     if bot_on {
         tasks.spawn(crate::bot::run(state.clone(), room_inbox, shutdown.clone()));
     } else {

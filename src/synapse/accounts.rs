@@ -27,7 +27,7 @@ pub enum Creation {
 #[derive(Debug, Clone, Default)]
 pub struct HeldProfile {
     pub display_name: Option<String>,
-    pub emails: Vec<String>,
+    pub emails: Vec<crate::email::EmailAddress>,
 }
 
 #[derive(Deserialize)]
@@ -67,7 +67,7 @@ impl SynapseClient {
     /// second call). Idempotent.
     pub async fn lock_held_account(&self, user_id: &str, profile: &HeldProfile) -> Result<(), Error> {
         let threepids: Vec<_> =
-            profile.emails.iter().map(|address| json!({"medium": "email", "address": address})).collect();
+            profile.emails.iter().map(|address| json!({"medium": "email", "address": address.as_str()})).collect();
         let mut body = json!({"locked": true, "threepids": threepids});
         if let Some(name) = &profile.display_name {
             body["displayname"] = json!(name);

@@ -6,16 +6,14 @@
 //! `holds::check_claim`, the same for every request.
 
 use askama::Template;
-use axum::extract::rejection::FormRejection;
-use axum::extract::{Form, Query, State};
+use axum::extract::{Query, State};
 use axum::http::{HeaderMap, StatusCode};
 use axum::response::Response;
 use secrecy::SecretString;
 use serde::Deserialize;
 
 use super::WebState;
-use super::guard::ClientIp;
-use super::pages::{self, Chrome, Message, WebError};
+use super::pages::{self, Chrome, Message, PostedForm, PublicForm, WebError};
 use crate::holds::{ClaimCheck, MIN_PASSWORD_CHARS, check_claim, claim_held, password_problem};
 use crate::links::ClaimLink;
 use crate::recover::AdminAccess;
@@ -134,16 +132,13 @@ pub async fn page(State(state): State<WebState>, headers: HeaderMap, Query(field
     }
 }
 
-pub async fn claim(
-    State(state): State<WebState>,
-    ClientIp(ip): ClientIp,
-    headers: HeaderMap,
-    form: Result<Form<ClaimPost>, FormRejection>,
-) -> Response {
-    let (form, key) = match pages::checked_public_form(&state, &headers, ip, form, |form| form.csrf.as_deref()).await {
-        Ok(checked) => checked,
-        Err(refused) => return refused,
-    };
+impl PostedForm for ClaimPost {
+    fn csrf(&self) -> Option<&str> {
+        self.csrf.as_deref()
+    }
+}
+
+pub async fn claim(State(state): State<WebState>, PublicForm(form, key): PublicForm<ClaimPost>) -> Response {
     let fields = LinkFields {
         account: form.account,
         incident: form.incident,

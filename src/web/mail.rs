@@ -10,12 +10,11 @@ use crate::registry::MessageKind;
 
 /// Queues the link, worth sending until the link stops working
 /// (`expires_at`, ms).
-pub async fn send(state: &WebState, to: &str, email: LinkEmail, expires_at: i64) -> Result<(), WebError> {
+pub async fn send(state: &WebState, to: &EmailAddress, email: LinkEmail, expires_at: i64) -> Result<(), WebError> {
     if !state.inner.can_mail {
         return Err(WebError("no [email] section: cannot mail a link".to_owned()));
     }
-    let to = EmailAddress::parse(to)?;
     let message = crate::messages::link(&state.config.homeserver.server_name, email);
-    crate::outbox::queue_email(&state.registry, MessageKind::Link, &to, &message, None, expires_at).await?;
+    crate::outbox::queue_email(&state.registry, MessageKind::Link, to, &message, None, expires_at).await?;
     Ok(())
 }

@@ -26,9 +26,9 @@ use axum::routing::get;
 use secrecy::SecretString;
 use tokio::sync::OnceCell;
 
+use crate::app::Services;
 use crate::config::{Config, WebConfig};
 use crate::dm::DmSender;
-use crate::mail::Mailer;
 use crate::recover::AdminAccess;
 use crate::registry::Registry;
 
@@ -59,14 +59,9 @@ struct Shared {
 }
 
 impl WebState {
-    pub fn new(config: Arc<Config>, registry: Registry) -> WebState {
-        let can_mail = config.email.as_ref().is_some_and(|email| match Mailer::from_config(email, 1) {
-            Ok(_) => true,
-            Err(err) => {
-                tracing::error!(error = %err, "the web page cannot send email: token requests and subscriptions will not be mailed");
-                false
-            }
-        });
+    pub fn new(services: &Services) -> WebState {
+        let (config, registry) = (services.config.clone(), services.registry.clone());
+        let can_mail = services.mailer.is_some();
         let limiter = match &config.web {
             Some(web) => RateLimiter::new(web.rate_limit_per_ip, web.rate_limit_per_target, web.rate_limit_window),
             None => RateLimiter::new(20, 3, std::time::Duration::from_secs(900)),

@@ -3,6 +3,7 @@
 
 use askama::Template;
 use axum::extract::rejection::FormRejection;
+use axum::extract::{Form, FromRequest, FromRequestParts, Request};
 use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 
@@ -153,35 +154,55 @@ pub async fn with_csrf(state: &WebState, headers: &HeaderMap, page: impl FnOnce(
     response
 }
 
-/// A posted form that is readable, not sent from another site, and carries
-/// this browser's CSRF token, with the signing key; otherwise the page that
-/// says why not.
-pub async fn checked_form<F>(
-    state: &WebState,
-    headers: &HeaderMap,
-    form: Result<axum::extract::Form<F>, FormRejection>,
-    csrf: impl Fn(&F) -> Option<&str>,
-) -> Result<(F, secrecy::SecretString), Response> {
-    let axum::extract::Form(form) = form.map_err(|rejection| unreadable_form(state, rejection))?;
-    let key = state.key().await.map_err(|err| WebError::from(err).page(state))?.clone();
-    if !guard::same_origin(headers, &state.web().public_url) || !guard::csrf_ok(&key, headers, csrf(&form)) {
-        return Err(csrf_refused(state));
-    }
-    Ok((form, key))
+/// A form a page posts: it carries the CSRF token its page was rendered with.
+pub trait PostedForm: serde::de::DeserializeOwned + Send {
+    fn csrf(&self) -> Option<&str>;
 }
 
-/// [`checked_form`] for a form anyone may post, also within the client's
-/// per-IP rate limit (a 429 page otherwise).
-pub async fn checked_public_form<F>(
-    state: &WebState,
-    headers: &HeaderMap,
-    ip: Option<std::net::IpAddr>,
-    form: Result<axum::extract::Form<F>, FormRejection>,
-    csrf: impl Fn(&F) -> Option<&str>,
-) -> Result<(F, secrecy::SecretString), Response> {
-    let checked = checked_form(state, headers, form, csrf).await?;
-    if !state.inner.limiter.allow_ip(ip) {
-        return Err(too_many(state));
+/// A posted form that is readable, not sent from another site, and carries
+/// this browser's CSRF token, with the signing key. A request that fails a
+/// check gets the page that says why, and never reaches the handler.
+pub struct CheckedForm<F>(pub F, pub secrecy::SecretString);
+
+/// A [`CheckedForm`] anyone may post: also within the client's per-IP rate
+/// limit (a 429 page otherwise).
+pub struct PublicForm<F>(pub F, pub secrecy::SecretString);
+
+impl<F: PostedForm> FromRequest<WebState> for CheckedForm<F> {
+    type Rejection = Response;
+
+    async fn from_request(request: Request, state: &WebState) -> Result<Self, Response> {
+        let headers = request.headers().clone();
+        let Form(form) =
+            Form::<F>::from_request(request, state).await.map_err(|rejection| unreadable_form(state, rejection))?;
+        let key = state.key().await.map_err(|err| WebError::from(err).page(state))?.clone();
+        if !guard::same_origin(&headers, &state.web().public_url) || !guard::csrf_ok(&key, &headers, form.csrf()) {
+            return Err(csrf_refused(state));
+        }
+        Ok(CheckedForm(form, key))
     }
-    Ok(checked)
+}
+
+impl<F: PostedForm> FromRequest<WebState> for PublicForm<F> {
+    type Rejection = Response;
+
+    async fn from_request(request: Request, state: &WebState) -> Result<Self, Response> {
+        let (mut parts, body) = request.into_parts();
+        let Ok(guard::ClientIp(ip)) = guard::ClientIp::from_request_parts(&mut parts, state).await;
+        let CheckedForm(form, key) = CheckedForm::from_request(Request::from_parts(parts, body), state).await?;
+        if !state.inner.limiter.allow_ip(ip) {
+            return Err(too_many(state));
+        }
+        Ok(PublicForm(form, key))
+    }
+}
+
+/// Does `work` after the answer has gone: an answer that must be the same
+/// whether or not what the form named exists cannot wait for it.
+pub fn after_answer(what: &'static str, work: impl Future<Output = Result<(), WebError>> + Send + 'static) {
+    tokio::spawn(async move {
+        if let Err(err) = work.await {
+            tracing::error!(error = %err.0, "{what}");
+        }
+    });
 }

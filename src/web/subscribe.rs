@@ -6,17 +6,15 @@
 use std::time::Duration;
 
 use askama::Template;
-use axum::extract::rejection::FormRejection;
-use axum::extract::{Form, Query, State};
+use axum::extract::{Query, State};
 use axum::http::{HeaderMap, StatusCode};
 use axum::response::Response;
 use rand::Rng;
 use serde::Deserialize;
 use sha2::{Digest, Sha256};
 
-use super::guard::ClientIp;
 use super::links::{LinkKind, LinkQuery};
-use super::pages::{self, Chrome, Message, WebError};
+use super::pages::{self, CheckedForm, Chrome, Message, PostedForm, PublicForm, WebError};
 use super::{WebState, mail, signing};
 use crate::email::EmailAddress;
 use crate::registry::{Actor, AddContact, ContactAddress, ContactSource, MessageKind, now_ms};
@@ -56,16 +54,13 @@ pub struct RequestForm {
     email: Option<String>,
 }
 
-pub async fn request(
-    State(state): State<WebState>,
-    ClientIp(ip): ClientIp,
-    headers: HeaderMap,
-    form: Result<Form<RequestForm>, FormRejection>,
-) -> Response {
-    let (form, key) = match pages::checked_public_form(&state, &headers, ip, form, |form| form.csrf.as_deref()).await {
-        Ok(checked) => checked,
-        Err(refused) => return refused,
-    };
+impl PostedForm for RequestForm {
+    fn csrf(&self) -> Option<&str> {
+        self.csrf.as_deref()
+    }
+}
+
+pub async fn request(State(state): State<WebState>, PublicForm(form, key): PublicForm<RequestForm>) -> Response {
     let user_id = UserId::parse(form.matrix_id.as_deref().unwrap_or("").trim());
     let email = EmailAddress::parse(form.email.as_deref().unwrap_or(""));
     let (Ok(user_id), Ok(email)) = (user_id, email) else {
@@ -80,11 +75,10 @@ pub async fn request(
     // Off the request path, like token requests: the answer, and the mail,
     // are the same whether or not the account is known.
     let worker = state.clone();
-    tokio::spawn(async move {
-        if let Err(err) = start(&worker, &key, user_id, email).await {
-            tracing::error!(error = %err.0, "a subscription could not be started");
-        }
-    });
+    pages::after_answer(
+        "a subscription could not be started",
+        async move { start(&worker, &key, user_id, email).await },
+    );
     let page = Message::new(
         &state,
         "Check your email and your Matrix account",
@@ -117,9 +111,8 @@ async fn start(
     user_id: UserId,
     email: EmailAddress,
 ) -> Result<(), WebError> {
-    let (account, address) = (user_id.as_str(), email.as_str());
-    if state.registry.live_web_link(PURPOSE, account, Some(address)).await?.is_some()
-        || state.registry.live_web_links_to(PURPOSE, address).await? >= LIVE_LINKS_PER_ADDRESS
+    if state.registry.live_web_link(PURPOSE, &user_id, Some(&email)).await?.is_some()
+        || state.registry.live_web_links_to(PURPOSE, &email).await? >= LIVE_LINKS_PER_ADDRESS
     {
         return Ok(());
     }
@@ -131,7 +124,7 @@ async fn start(
     let pending_code = match takes_contacts {
         true => state
             .registry
-            .live_web_link(PURPOSE, account, None)
+            .live_web_link(PURPOSE, &user_id, None)
             .await?
             .filter(|link| link.expires_at - now > CODE_REUSE_MARGIN.as_millis() as i64),
         false => None,
@@ -151,21 +144,21 @@ async fn start(
     if let Some(code) = code_to_send {
         dm_code(state, &user_id, &code, expires_at).await?;
     }
-    state.registry.create_web_link(&id, PURPOSE, account, address, Some(&hash), expires_at).await?;
+    state.registry.create_web_link(&id, PURPOSE, &user_id, &email, Some(&hash), expires_at).await?;
 
     let server_name = &state.config.homeserver.server_name;
     let url = signing::link_url(&state.web().public_url, key, "/subscribe/confirm", PURPOSE, &id);
     let email_text = mail::LinkEmail {
         subject: format!("Confirm your email address for {server_name} incident notices"),
         intro: format!(
-            "Someone (we hope you) asked that this address get incident notices for {account} on {server_name}. \
+            "Someone (we hope you) asked that this address get incident notices for {user_id} on {server_name}. \
              This mail proves only that the address works. Open this link and enter the code sent to that Matrix \
              account by direct message, if it is an account we know:"
         ),
         action: "Confirm my email address".to_owned(),
         url,
     };
-    mail::send(state, address, email_text, expires_at).await
+    mail::send(state, &email, email_text, expires_at).await
 }
 
 async fn dm_code(state: &WebState, user_id: &UserId, code: &str, expires_at: i64) -> Result<(), WebError> {
@@ -202,15 +195,13 @@ pub struct ConfirmFields {
     code: Option<String>,
 }
 
-pub async fn confirm(
-    State(state): State<WebState>,
-    headers: HeaderMap,
-    form: Result<Form<ConfirmFields>, FormRejection>,
-) -> Response {
-    let (form, _) = match pages::checked_form(&state, &headers, form, |form| form.csrf.as_deref()).await {
-        Ok(checked) => checked,
-        Err(refused) => return refused,
-    };
+impl PostedForm for ConfirmFields {
+    fn csrf(&self) -> Option<&str> {
+        self.csrf.as_deref()
+    }
+}
+
+pub async fn confirm(State(state): State<WebState>, CheckedForm(form, _): CheckedForm<ConfirmFields>) -> Response {
     let (Some(link), Some(sig)) = (form.link, form.sig) else { return LINK.dead(&state) };
     match finish(&state, &link, &sig, form.code.as_deref().unwrap_or("")).await {
         Ok(response) => response,
@@ -244,13 +235,9 @@ async fn finish(state: &WebState, link: &str, sig: &str, code: &str) -> Result<R
         return Ok(LINK.dead(state));
     }
     let actor = Actor::web(Some("subscription".to_owned()));
-    let (Ok(user_id), Ok(address)) = (UserId::parse(&found.user_id), EmailAddress::parse(&found.address)) else {
-        return Ok(LINK.dead(state));
-    };
-    let added = state
-        .registry
-        .add_contact(&user_id, &ContactAddress::Email(address), ContactSource::User, Some(now_ms()), &actor)
-        .await?;
+    let address = ContactAddress::Email(found.address.clone());
+    let added =
+        state.registry.add_contact(&found.user_id, &address, ContactSource::User, Some(now_ms()), &actor).await?;
     if added == AddContact::AlreadyKnown {
         state.registry.resubscribe_contact(&found.user_id, &found.address, &actor).await?;
     }

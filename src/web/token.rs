@@ -6,15 +6,13 @@
 use std::time::Duration;
 
 use askama::Template;
-use axum::extract::rejection::FormRejection;
-use axum::extract::{Form, Query, State};
+use axum::extract::{Query, State};
 use axum::http::{HeaderMap, StatusCode};
 use axum::response::Response;
 use serde::Deserialize;
 
-use super::guard::ClientIp;
 use super::links::{LinkKind, LinkQuery};
-use super::pages::{self, Chrome, Message, WebError};
+use super::pages::{self, CheckedForm, Chrome, Message, PostedForm, PublicForm, WebError};
 use super::{WebState, mail, signing};
 use crate::email::EmailAddress;
 use crate::holds::{WayBack, way_back};
@@ -84,16 +82,13 @@ impl Target {
     }
 }
 
-pub async fn request(
-    State(state): State<WebState>,
-    ClientIp(ip): ClientIp,
-    headers: HeaderMap,
-    form: Result<Form<RequestForm>, FormRejection>,
-) -> Response {
-    let (form, key) = match pages::checked_public_form(&state, &headers, ip, form, |form| form.csrf.as_deref()).await {
-        Ok(checked) => checked,
-        Err(refused) => return refused,
-    };
+impl PostedForm for RequestForm {
+    fn csrf(&self) -> Option<&str> {
+        self.csrf.as_deref()
+    }
+}
+
+pub async fn request(State(state): State<WebState>, PublicForm(form, key): PublicForm<RequestForm>) -> Response {
     let who = form.who.unwrap_or_default();
     let Some(target) = Target::parse(&who) else {
         let page = Message::new(
@@ -106,11 +101,7 @@ pub async fn request(
     };
     // Off the request path: the answer below must not depend on what exists.
     let worker = state.clone();
-    tokio::spawn(async move {
-        if let Err(err) = mail_links(&worker, target, &key).await {
-            tracing::error!(error = %err.0, "a token request could not be handled");
-        }
-    });
+    pages::after_answer("a token request could not be handled", async move { mail_links(&worker, target, &key).await });
     let page = Message::new(
         &state,
         "Check your email",
@@ -129,16 +120,14 @@ async fn mail_links(state: &WebState, target: Target, key: &secrecy::SecretStrin
         // An ID someone else registered again is a stranger: a form naming
         // it gets nothing (its person can still name their email address).
         Target::Account(id) => match state.registry.account(id).await? {
-            Some(account) if !account.state.is_stranger() => state.registry.mailable_contacts_of(id.as_str()).await?,
+            Some(account) if !account.state.is_stranger() => state.registry.mailable_contacts_of(id).await?,
             _ => Vec::new(),
         },
-        Target::Email(address) => state.registry.mailable_contacts_by_address(address.as_str()).await?,
+        Target::Email(address) => state.registry.mailable_contacts_by_address(address).await?,
     };
     let server_name = &state.config.homeserver.server_name;
     for contact in contacts {
-        // Read from the registry, which keeps checked IDs only.
-        let Ok(user_id) = UserId::parse(&contact.user_id) else { continue };
-        let way_back = way_back(&state.config, &state.registry, &user_id, LINK_VALID).await?;
+        let way_back = way_back(&state.config, &state.registry, &contact.user_id, LINK_VALID).await?;
         let purpose = match &way_back {
             WayBack::Nothing(_) => continue,
             WayBack::Claim(_) => CLAIM_MAILED,
@@ -199,15 +188,13 @@ pub struct OpenForm {
     sig: Option<String>,
 }
 
-pub async fn open(
-    State(state): State<WebState>,
-    headers: HeaderMap,
-    form: Result<Form<OpenForm>, FormRejection>,
-) -> Response {
-    let (form, _) = match pages::checked_form(&state, &headers, form, |form| form.csrf.as_deref()).await {
-        Ok(checked) => checked,
-        Err(refused) => return refused,
-    };
+impl PostedForm for OpenForm {
+    fn csrf(&self) -> Option<&str> {
+        self.csrf.as_deref()
+    }
+}
+
+pub async fn open(State(state): State<WebState>, CheckedForm(form, _): CheckedForm<OpenForm>) -> Response {
     let (Some(link), Some(sig)) = (form.link, form.sig) else { return LINK.dead(&state) };
     match show_token(&state, &link, &sig).await {
         Ok(response) => response,
@@ -220,7 +207,7 @@ async fn show_token(state: &WebState, link: &str, sig: &str) -> Result<Response,
     if !state.registry.use_web_link(link).await? {
         return Ok(LINK.dead(state));
     }
-    let Ok(user_id) = UserId::parse(&found.user_id) else { return Ok(LINK.dead(state)) };
+    let user_id = found.user_id;
     // Checked again at use: the account may have changed hands or been
     // claimed since the link was mailed.
     let Some(incident) = (match way_back(&state.config, &state.registry, &user_id, LINK_VALID).await? {
@@ -248,7 +235,7 @@ async fn show_token(state: &WebState, link: &str, sig: &str) -> Result<Response,
         &state.registry,
         &client,
         incident,
-        user_id.as_str(),
+        &user_id,
         state.config.tokens.expiry,
         Some(limit),
     )

@@ -5,7 +5,7 @@ use lifeboat::registry::{Actor, ContactSource, Registry};
 use lifeboat::synapse::ListedUser;
 use serde_json::{Value, json};
 
-use crate::harness::{TestDatabase, contact, id};
+use crate::harness::{TestDatabase, contact, email, id};
 
 /// A registry with something in every kept table.
 async fn lived_in(registry: &Registry) {
@@ -28,10 +28,10 @@ async fn lived_in(registry: &Registry) {
         .open_incident("Lost", "# What\n\nit went", lifeboat::registry::IncidentScope::Missing, &actor)
         .await
         .unwrap();
-    registry.record_notice_token(incident.id, "@b:x", "TOKEN123", 99).await.unwrap();
+    registry.record_notice_token(incident.id, &id("@b:x"), "TOKEN123", 99).await.unwrap();
     registry.plan_email_deliveries(incident.id).await.unwrap();
-    registry.store_service_credential("@lifeboat:x", "syt_secret", Some("DEV"), &actor).await.unwrap();
-    registry.store_dm_room("@a:x", "!room:x").await.unwrap();
+    registry.store_service_credential(&id("@lifeboat:x"), "syt_secret", Some("DEV"), &actor).await.unwrap();
+    registry.store_dm_room(&id("@a:x"), "!room:x").await.unwrap();
     registry.set_setting("link_signing_key", "abc").await.unwrap();
 }
 
@@ -79,8 +79,8 @@ async fn round_trip(from: TestDatabase, to: TestDatabase) {
         .await
         .unwrap();
     // Run-time rows pointing at accounts (a web link, a pending code) do not block --replace.
-    target.create_web_link("link-1", "token", "@a:x", "a@example.org", None, i64::MAX / 2).await.unwrap();
-    target.start_contact_verification("@a:x", "a@example.org", "123456", 60_000).await.unwrap();
+    target.create_web_link("link-1", "token", &id("@a:x"), &email("a@example.org"), None, i64::MAX / 2).await.unwrap();
+    target.start_contact_verification(&id("@a:x"), &email("a@example.org"), "123456", 60_000).await.unwrap();
     let refused = restore(&target, &file, false, &Actor::cli()).await.unwrap_err().to_string();
     assert!(refused.contains("the registry is not empty"), "{refused}");
     assert_eq!(restore(&target, &file, true, &Actor::cli()).await.unwrap(), written, "--replace empties it first");

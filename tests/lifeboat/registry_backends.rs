@@ -9,7 +9,7 @@ use lifeboat::registry::{
 use lifeboat::synapse::ListedUser;
 use serde_json::json;
 
-use crate::harness::{TestDatabase, contact, id};
+use crate::harness::{TestDatabase, contact, email, id};
 
 /// Runs `story` against a fresh registry on the given backend.
 async fn on<F, Fut>(database: TestDatabase, story: F)
@@ -93,14 +93,14 @@ on_both_backends!(vanished_accounts_are_marked_missing_never_deleted);
 async fn a_held_id_is_never_taken_for_a_recreated_one_and_is_claimed_once(registry: Registry) {
     sync_listing(&registry, &[user("@a:x", 1), user("@b:x", 1)]).await;
     sync_listing(&registry, &[user("@a:x", 1)]).await;
-    let candidates = registry.hold_candidates("@lifeboat:x").await.unwrap();
+    let candidates = registry.hold_candidates(&id("@lifeboat:x")).await.unwrap();
     assert_eq!(candidates.iter().map(|c| c.user_id.as_str()).collect::<Vec<_>>(), ["@b:x"]);
-    registry.begin_hold("@b:x").await.unwrap();
-    assert_eq!(registry.hold_candidates("@lifeboat:x").await.unwrap()[0].begun_before, 1, "resumable");
+    registry.begin_hold(&id("@b:x")).await.unwrap();
+    assert_eq!(registry.hold_candidates(&id("@lifeboat:x")).await.unwrap()[0].begun_before, 1, "resumable");
     assert!(registry.hold_under_way(&id("@b:x")).await.unwrap(), "no hand-over until the hold is made");
-    registry.mark_held("@b:x", Some(5_000)).await.unwrap();
+    registry.mark_held(&id("@b:x"), Some(5_000)).await.unwrap();
     assert!(!registry.hold_under_way(&id("@b:x")).await.unwrap());
-    assert!(registry.hold_candidates("@lifeboat:x").await.unwrap().is_empty());
+    assert!(registry.hold_candidates(&id("@lifeboat:x")).await.unwrap().is_empty());
 
     // Listed again (created by lifeboat at second 5, a few ms later): held.
     let listed = sync_listing(&registry, &[user("@a:x", 1), user("@b:x", 5)]).await;
@@ -119,7 +119,7 @@ async fn a_held_id_is_never_taken_for_a_recreated_one_and_is_claimed_once(regist
     // A second loss: missing again, and held anew.
     sync_listing(&registry, &[user("@a:x", 1)]).await;
     assert_eq!(registry.account(&id("@b:x")).await.unwrap().unwrap().state, AccountState::Missing);
-    assert_eq!(registry.hold_candidates("@lifeboat:x").await.unwrap().len(), 1);
+    assert_eq!(registry.hold_candidates(&id("@lifeboat:x")).await.unwrap().len(), 1);
 }
 on_both_backends!(a_held_id_is_never_taken_for_a_recreated_one_and_is_claimed_once);
 
@@ -130,12 +130,12 @@ async fn a_hold_made_while_a_listing_was_read_is_not_lost_by_that_listing(regist
     let run = registry.begin_sync_run().await.unwrap();
     registry.stage_listing_page(run, &[user("@a:x", 1)]).await.unwrap();
     tokio::time::sleep(std::time::Duration::from_millis(5)).await;
-    registry.begin_hold("@b:x").await.unwrap();
-    registry.mark_held("@b:x", Some(5_000)).await.unwrap();
+    registry.begin_hold(&id("@b:x")).await.unwrap();
+    registry.mark_held(&id("@b:x"), Some(5_000)).await.unwrap();
     registry.apply_listing(run, 0.5, &Actor::cli()).await.unwrap();
     let b = registry.account(&id("@b:x")).await.unwrap().unwrap();
     assert_eq!(b.state, AccountState::Held, "the older listing cannot say the hold is gone");
-    assert!(registry.hold_candidates("@lifeboat:x").await.unwrap().is_empty(), "not held a second time");
+    assert!(registry.hold_candidates(&id("@lifeboat:x")).await.unwrap().is_empty(), "not held a second time");
     // The next listing that should show it and does not: lost again.
     tokio::time::sleep(std::time::Duration::from_millis(5)).await;
     sync_listing(&registry, &[user("@a:x", 1)]).await;
@@ -149,8 +149,8 @@ async fn a_claim_link_works_only_for_its_hold_and_open_incident_until_it_expires
 
     sync_listing(&registry, &[user("@a:x", 1), user("@b:x", 1)]).await;
     sync_listing(&registry, &[user("@b:x", 1)]).await;
-    registry.begin_hold("@a:x").await.unwrap();
-    registry.mark_held("@a:x", Some(5_000)).await.unwrap();
+    registry.begin_hold(&id("@a:x")).await.unwrap();
+    registry.mark_held(&id("@a:x"), Some(5_000)).await.unwrap();
     let (incident, _) = registry
         .open_incident("Lost", "it went", lifeboat::registry::IncidentScope::Missing, &Actor::cli())
         .await
@@ -279,7 +279,7 @@ fn hostname() -> String {
 async fn parallel_wrong_codes_spend_the_five_tries_and_no_more(registry: Registry) {
     use lifeboat::registry::{CodeCheck, MAX_CODE_ATTEMPTS};
     sync_listing(&registry, &[user("@a:x", 1)]).await;
-    registry.start_contact_verification("@a:x", "a@example.org", "123456", 600_000).await.unwrap();
+    registry.start_contact_verification(&id("@a:x"), &email("a@example.org"), "123456", 600_000).await.unwrap();
     let guesses =
         (0..60).map(|n| {
             let registry = registry.clone();
@@ -365,7 +365,7 @@ async fn rooms_gone_from_a_listing_are_classified_and_a_lost_persons_memberships
         ("!shared", &["other.net".to_owned()][..])
     );
     for _ in 0..MAX_REJOIN_ATTEMPTS {
-        registry.record_rejoin("!shared", "@a:x", RejoinOutcome::Failed("M_FORBIDDEN")).await.unwrap();
+        registry.record_rejoin("!shared", &id("@a:x"), RejoinOutcome::Failed("M_FORBIDDEN")).await.unwrap();
     }
     assert!(registry.pending_rejoins(false).await.unwrap().is_empty(), "given up on by itself");
     assert_eq!(registry.pending_rejoins(true).await.unwrap().len(), 1, "retried when asked");
@@ -373,7 +373,7 @@ async fn rooms_gone_from_a_listing_are_classified_and_a_lost_persons_memberships
     registry.mark_room_recreated("!local", "!new").await.unwrap();
     let pending = registry.pending_rejoins(false).await.unwrap();
     assert_eq!(pending[0].recreated_as.as_deref(), Some("!new"), "invited to the room made again: {pending:?}");
-    registry.record_rejoin("!local", "@a:x", RejoinOutcome::Invited).await.unwrap();
+    registry.record_rejoin("!local", &id("@a:x"), RejoinOutcome::Invited).await.unwrap();
     let counts = registry.room_counts().await.unwrap();
     assert_eq!((counts.elsewhere, counts.recreated, counts.rejoined, counts.pending), (1, 1, 1, 1));
 }
@@ -457,18 +457,18 @@ async fn details_are_read_again_when_due_and_new_accounts_come_first(registry: R
     use lifeboat::registry::DetailsDue;
     sync_listing(&registry, &[user("@new:x", 1), user("@due:x", 1), user("@later:x", 1), user("@old:x", 1)]).await;
     let now = lifeboat::registry::now_ms();
-    registry.record_details("@due:x", &[], now - 1).await.unwrap();
-    registry.record_details("@later:x", &[], now + 3_600_000).await.unwrap();
-    registry.record_details("@old:x", &[], now).await.unwrap();
+    registry.record_details(&id("@due:x"), &[], now - 1).await.unwrap();
+    registry.record_details(&id("@later:x"), &[], now + 3_600_000).await.unwrap();
+    registry.record_details(&id("@old:x"), &[], now).await.unwrap();
     // Read before due times existed: only its fetch time counts.
     sqlx::query("UPDATE accounts SET details_due_at = NULL, details_fetched_at = 5 WHERE user_id = '@old:x'")
         .execute(registry.pool())
         .await
         .unwrap();
     let again = DetailsDue::Again { now, stale_before: now - 60_000 };
-    assert_eq!(registry.accounts_needing_details(DetailsDue::New, "", 10).await.unwrap(), ["@new:x"]);
-    assert_eq!(registry.accounts_needing_details(again, "", 10).await.unwrap(), ["@due:x", "@old:x"]);
-    assert_eq!(registry.accounts_needing_details(again, "@due:x", 10).await.unwrap(), ["@old:x"], "keyset paging");
+    assert_eq!(registry.accounts_needing_details(DetailsDue::New, "", 10).await.unwrap(), [id("@new:x")]);
+    assert_eq!(registry.accounts_needing_details(again, "", 10).await.unwrap(), [id("@due:x"), id("@old:x")]);
+    assert_eq!(registry.accounts_needing_details(again, "@due:x", 10).await.unwrap(), [id("@old:x")], "keyset paging");
     assert_eq!(registry.count_accounts_needing_details(again).await.unwrap(), 2);
     assert_eq!(registry.count_accounts_needing_details(DetailsDue::New).await.unwrap(), 1);
 }

@@ -41,6 +41,11 @@ pub fn id(text: &str) -> lifeboat::user_id::UserId {
     lifeboat::user_id::UserId::parse(text).unwrap()
 }
 
+/// An email address as the registry's API takes it.
+pub fn email(text: &str) -> lifeboat::email::EmailAddress {
+    lifeboat::email::EmailAddress::parse(text).unwrap()
+}
+
 /// A contact address (an email address, or a Matrix ID) as the registry's
 /// API takes it.
 pub fn contact(text: &str) -> lifeboat::registry::ContactAddress {
