@@ -33,11 +33,13 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use futures::StreamExt;
+use lifeboat::app::Services;
 use lifeboat::config::Config;
+use lifeboat::observation::LastListing;
 use lifeboat::probe::{FixedSample, Probe, probe};
 use lifeboat::registry::{Actor, Registry, now_ms};
 use lifeboat::sync::{Quiet, SyncOptions, sync};
-use lifeboat::watch::{AlertSink, LISTING_SHARE, LastListing, WatchHandle, next_listing_due};
+use lifeboat::watch::{AlertSink, LISTING_SHARE, next_listing_due};
 use sqlx::Connection;
 use tokio_util::sync::CancellationToken;
 
@@ -424,14 +426,8 @@ async fn main() -> Result<()> {
     registry.set_setting("watch_last_listing", &serde_json::to_string(&just_listed)?).await?;
     let (sender, mut alerts) = tokio::sync::mpsc::unbounded_channel();
     let cancel = CancellationToken::new();
-    let watcher = tokio::spawn(lifeboat::watch::run(
-        Arc::new(config.clone()),
-        registry.clone(),
-        WatchHandle::default(),
-        Recorded(sender),
-        Arc::new(tokio::sync::Mutex::new(())),
-        cancel.clone(),
-    ));
+    let services = Services::new(Arc::new(config.clone()), registry.clone(), cancel.clone());
+    let watcher = tokio::spawn(lifeboat::watch::run(Arc::new(services), Recorded(sender)));
     let (window, _) = measured(pid, async {
         tokio::time::sleep(Duration::from_secs(watch_s)).await;
         Ok(())

@@ -10,8 +10,8 @@ use tokio_util::task::TaskTracker;
 
 use crate::config::Config;
 use crate::mail::Mailer;
+use crate::observation::WatchHandle;
 use crate::registry::Registry;
-use crate::watch::WatchHandle;
 
 pub struct Services {
     pub config: Arc<Config>,

@@ -1,13 +1,12 @@
-//! Values checked once when they enter (a user ID, an email address) and
-//! kept in TEXT columns: [`checked_text!`] maps such a newtype to sqlx (the
-//! `Any` driver) and to JSON strings, from its `parse` and `as_str`. A
-//! column read back that does not parse is a decode error, not a stray
-//! string: the registry stores only checked values.
+//! Values the registry keeps in TEXT columns and reads back only as what
+//! they were: a user ID, an email address, one of an enum's names. A column
+//! that does not parse is a decode error, not a stray string.
 
-/// For a type with `pub fn parse(&str) -> Result<Self, E>` (E an error)
-/// and `pub fn as_str(&self) -> &str`.
-macro_rules! checked_text {
-    ($name:ident) => {
+/// Maps `$name` to sqlx (the `Any` driver, on SQLite and PostgreSQL alike)
+/// through `as_str` on the way in and `$parse` (text → `Result<$name, E>`,
+/// E an error) on the way out.
+macro_rules! text_column {
+    ($name:ident, $parse:expr) => {
         impl sqlx::Type<sqlx::Any> for $name {
             fn type_info() -> sqlx::any::AnyTypeInfo {
                 <str as sqlx::Type<sqlx::Any>>::type_info()
@@ -28,9 +27,18 @@ macro_rules! checked_text {
                 value: <sqlx::Any as sqlx::Database>::ValueRef<'r>,
             ) -> std::result::Result<$name, sqlx::error::BoxDynError> {
                 let text = <&str as sqlx::Decode<'r, sqlx::Any>>::decode(value)?;
-                Ok($name::parse(text)?)
+                Ok($parse(text)?)
             }
         }
+    };
+}
+
+/// For a type checked once when it enters, with
+/// `pub fn parse(&str) -> Result<Self, E>` (E an error) and
+/// `pub fn as_str(&self) -> &str`: a TEXT column and a JSON string.
+macro_rules! checked_text {
+    ($name:ident) => {
+        $crate::checked_text::text_column!($name, $name::parse);
 
         impl serde::Serialize for $name {
             fn serialize<S: serde::Serializer>(&self, serializer: S) -> std::result::Result<S::Ok, S::Error> {
@@ -40,4 +48,4 @@ macro_rules! checked_text {
     };
 }
 
-pub(crate) use checked_text;
+pub(crate) use {checked_text, text_column};

@@ -19,6 +19,7 @@ pub mod mail;
 pub mod messages;
 pub mod notice;
 pub mod notify;
+pub mod observation;
 pub mod outbox;
 pub mod owner_only;
 pub mod plural;

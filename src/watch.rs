@@ -8,17 +8,18 @@
 //! out before lost IDs are held (at size, holding takes hours); what was
 //! held follows in a message of its own.
 
-use std::sync::{Arc, RwLock};
+use std::sync::Arc;
 use std::time::Duration;
 
-use serde::Serialize;
 use tokio_util::sync::CancellationToken;
 
-use crate::check::{CheckError, CheckOptions, CheckReport, WORKING_TOKEN_SETTING, check, verdict_reason};
+use crate::app::Services;
+use crate::check::{CheckOptions, WORKING_TOKEN_SETTING, check};
 use crate::config::Config;
 use crate::holds::{hold_lost_ids, holds_wanted};
+use crate::observation::{AlertedState, LastListing, Observation};
 use crate::probe::{FixedSample, Probe, probe};
-use crate::reconcile::{Report, Verdict};
+use crate::reconcile::Verdict;
 use crate::recover::{AdminAccess, admin_access, recover, service_user_id};
 use crate::registry::{Actor, Registry, now_ms};
 use crate::rooms::bring_back;
@@ -38,16 +39,6 @@ const LAST_LISTING_SETTING: &str = "watch_last_listing";
 /// `watch.interval`.
 pub const LISTING_SHARE: f64 = 0.03;
 
-/// The watcher's last full listing: when it ended and how much of
-/// Synapse's time it took (its wall time, times the share it was paced to;
-/// without the reading of account details, which a first sync does for
-/// every account once and later ones for at most `sync.details_per_round`).
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, serde::Deserialize)]
-pub struct LastListing {
-    pub ended_ms: i64,
-    pub synapse_ms: i64,
-}
-
 /// When the next full listing may start (ms since the epoch): `floor`
 /// after the last one ended (`watch.interval`; zero when serve starts, so
 /// a restart lists at once on a small server), and never sooner than its
@@ -57,186 +48,6 @@ pub fn next_listing_due(last: LastListing, floor: Duration) -> i64 {
     let cost = Duration::from_millis(last.synapse_ms.max(0) as u64);
     let gap = floor.max(cost.div_f64(LISTING_SHARE));
     last.ended_ms.saturating_add(i64::try_from(gap.as_millis()).unwrap_or(i64::MAX))
-}
-
-/// What one round of the watcher saw.
-#[derive(Debug, Clone, Default, Serialize)]
-pub struct Observation {
-    pub at: Option<i64>,
-    /// `None`: could not tell (Synapse down, listing failed, not checked yet).
-    pub verdict: Option<Verdict>,
-    pub reason: String,
-    pub missing: Vec<String>,
-    pub recreated: Vec<String>,
-    /// Every admin token lifeboat knows was rejected as unknown.
-    pub token_rejected: bool,
-    /// lifeboat got back in through the shared secret in this round.
-    pub recovered: bool,
-    /// Lost IDs held for their owners in this round.
-    pub held: Vec<String>,
-    /// IDs registered again by someone lifeboat cannot vouch for: those
-    /// the check found recreated, and those a hold found taken.
-    pub taken: Vec<String>,
-    /// Of `taken`, those in `bot.admins`.
-    pub taken_admins: Vec<String>,
-    /// This round's listing, for spacing the next one.
-    #[serde(skip)]
-    pub listing: Option<LastListing>,
-}
-
-impl Observation {
-    /// A complete listing's classification (the round's sync).
-    fn saw(&mut self, report: Report, loss_threshold: f64) {
-        self.reason = verdict_reason(&report, loss_threshold);
-        self.verdict = Some(report.verdict);
-        self.taken = report.recreated.clone();
-        self.missing = report.missing;
-        self.recreated = report.recreated;
-    }
-
-    /// What `check` said, or why it could not tell.
-    fn checked(&mut self, checked: Result<CheckReport, CheckError>) {
-        match checked {
-            Ok(checked) => {
-                self.saw(checked.report, 0.0);
-                self.reason = checked.reason;
-            }
-            Err(err) => self.reason = err.to_string(),
-        }
-    }
-
-    pub fn verdict_label(&self) -> &'static str {
-        self.verdict.map(Verdict::as_str).unwrap_or("unknown")
-    }
-
-    /// What an alert would be about, or `None` when all is well.
-    pub fn alerted_state(&self) -> Option<AlertedState> {
-        let severity = match self.verdict {
-            Some(Verdict::Ok) => return None,
-            Some(Verdict::SuspectedReset) => 3,
-            Some(Verdict::Loss) => 2,
-            None if self.token_rejected => 1,
-            None => return None,
-        };
-        let mut lost: Vec<String> = self.missing.iter().chain(&self.recreated).cloned().collect();
-        lost.sort_unstable();
-        lost.dedup();
-        let mut taken = self.taken.clone();
-        taken.sort_unstable();
-        Some(AlertedState { severity, lost, taken })
-    }
-
-    /// The alert, in Markdown: what happened and what to do next.
-    pub fn alert_markdown(&self, server_name: &str) -> String {
-        let mut text = match (self.verdict, self.token_rejected) {
-            (Some(Verdict::SuspectedReset), _) => {
-                format!("**Suspected database reset on {server_name}.** {}.", self.reason.trim_end_matches('.'))
-            }
-            (Some(Verdict::Loss), _) => {
-                format!("**Accounts lost on {server_name}.** {}.", self.reason.trim_end_matches('.'))
-            }
-            (_, true) => format!(
-                "**lifeboat's admin token is rejected by {server_name}.** {}.",
-                self.reason.trim_end_matches('.')
-            ),
-            _ => format!("{server_name}: {}.", self.reason.trim_end_matches('.')),
-        };
-        if !self.missing.is_empty() {
-            text.push_str(&format!("\n\nMissing ({}): {}", self.missing.len(), named(&self.missing)));
-        }
-        if self.recovered {
-            text.push_str("\n\nlifeboat re-created its own admin account through the shared secret.");
-        }
-        if !self.held.is_empty() {
-            text.push_str("\n\n");
-            text.push_str(&self.held_markdown());
-        }
-        if !self.taken.is_empty() {
-            text.push_str(&format!(
-                "\n\n**Registered again by someone lifeboat cannot vouch for** ({}): {}. lifeboat treats them as strangers (no DMs, no web requests, never obeyed by the bot) and never changes them. If one is its owner, give it back with `lifeboat holds claim <id>` on the lifeboat host; otherwise deactivate it in Synapse.",
-                self.taken.len(),
-                named(&self.taken)
-            ));
-        }
-        if !self.taken_admins.is_empty() {
-            text.push_str(&format!(
-                "\n\n**An admin ID was taken: {}.** It is in bot.admins, but the bot will neither invite nor obey it until it is settled with `lifeboat holds claim` on the lifeboat host.",
-                self.taken_admins.join(", ")
-            ));
-        }
-        if matches!(self.verdict, Some(Verdict::Loss | Verdict::SuspectedReset)) {
-            text.push_str(
-                "\n\nNext: open an incident (`!lifeboat incident open <title>` with the postmortem below it, or \
-                 `lifeboat incident open`), then `notify <id>`.",
-            );
-        }
-        text
-    }
-
-    /// The taken IDs once, in order, and which of them are admins'.
-    fn settle_taken(&mut self, config: &Config) {
-        self.taken.sort_unstable();
-        self.taken.dedup();
-        self.taken_admins = taken_admins(config, &self.taken);
-    }
-
-    /// What this round held, in Markdown.
-    pub fn held_markdown(&self) -> String {
-        format!(
-            "Held for their owners ({}): {}. Nobody can register these IDs now; each owner takes theirs back with the claim link in their notice (`lifeboat holds list` shows them).",
-            self.held.len(),
-            named(&self.held)
-        )
-    }
-}
-
-/// The first 20 IDs, and how many more there are.
-fn named(ids: &[String]) -> String {
-    let shown: Vec<&str> = ids.iter().take(20).map(String::as_str).collect();
-    match ids.len() - shown.len() {
-        0 => shown.join(", "),
-        more => format!("{} and {more} more", shown.join(", ")),
-    }
-}
-
-/// What the last alert was about: how bad (1 token rejected, 2 loss,
-/// 3 suspected reset) and which accounts were lost.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, serde::Deserialize)]
-pub struct AlertedState {
-    pub severity: u8,
-    pub lost: Vec<String>,
-    /// IDs taken by strangers before lifeboat could hold them.
-    #[serde(default)]
-    pub taken: Vec<String>,
-}
-
-impl AlertedState {
-    /// Worth an alert after `before`: worse than it, or with accounts lost
-    /// that it did not name. People coming back (a shrinking list) are not
-    /// news; a wipe seen first as a rejected token and then as a listing is
-    /// one alert.
-    pub fn is_news_after(&self, before: Option<&AlertedState>) -> bool {
-        let Some(before) = before else { return true };
-        self.severity > before.severity
-            || self.lost.iter().any(|id| before.lost.binary_search(id).is_err())
-            || self.taken.iter().any(|id| before.taken.binary_search(id).is_err())
-    }
-}
-
-/// The latest observation, shared with `/metrics` and the bot's `status`.
-#[derive(Clone, Default)]
-pub struct WatchHandle(Arc<RwLock<Observation>>);
-
-impl WatchHandle {
-    pub fn current(&self) -> Observation {
-        self.0.read().map(|seen| seen.clone()).unwrap_or_default()
-    }
-
-    fn set(&self, observation: Observation) {
-        if let Ok(mut seen) = self.0.write() {
-            *seen = observation;
-        }
-    }
 }
 
 /// Where alerts go: the admin room (through the bot) and email.
@@ -386,12 +197,6 @@ async fn hold_lost(
     }
 }
 
-/// Who of the taken IDs is in `bot.admins`: named apart in the alert.
-fn taken_admins(config: &Config, taken: &[String]) -> Vec<String> {
-    let admins: Vec<&str> = config.bot.iter().flat_map(|bot| bot.admins.iter().map(|admin| admin.as_str())).collect();
-    taken.iter().filter(|id| admins.contains(&id.as_str())).cloned().collect()
-}
-
 /// With every token dead, check with the one that worked for the last
 /// sync, so a wipe reads as a suspected reset rather than "could not tell".
 async fn client_that_worked(config: &Config, registry: &Registry, dead: SynapseClient) -> SynapseClient {
@@ -417,14 +222,8 @@ async fn client_that_worked(config: &Config, registry: &Registry, dead: SynapseC
 }
 
 /// Runs rounds until cancelled, alerting once per change.
-pub async fn run(
-    config: Arc<Config>,
-    registry: Registry,
-    handle: WatchHandle,
-    alerts: impl AlertSink,
-    recover_lock: Arc<tokio::sync::Mutex<()>>,
-    cancel: CancellationToken,
-) {
+pub async fn run(services: Arc<Services>, alerts: impl AlertSink) {
+    let Services { config, registry, watch: handle, recover_lock, shutdown: cancel, .. } = &*services;
     // When serve starts, only the last listing's cost spaces the first
     // round; later, `watch.interval` after the last round too (one that
     // could not list, with Synapse down, waits like any other).
@@ -432,18 +231,18 @@ pub async fn run(
     loop {
         let interval = if last_round.is_some() { config.watch.interval } else { Duration::ZERO };
         let after_round = last_round.map_or(0, |ended| ended.saturating_add(interval.as_millis() as i64));
-        let due = match last_listing(&registry).await {
+        let due = match last_listing(registry).await {
             Some(last) => after_round.max(next_listing_due(last, interval)),
             None => after_round,
         };
-        if due > now_ms() && !wait_for_next_round(&config, &registry, &cancel, due).await {
+        if due > now_ms() && !wait_for_next_round(config, registry, cancel, due).await {
             return;
         }
         // A round runs to its end even when serve is stopping (its sync
         // stops early by itself, between calls): dropped inside
         // a sync's transaction, it would leave SQLite locked for the parts
         // still finishing (a notify marking what it sent).
-        let (mut seen, client) = observe(&config, &registry, &recover_lock, &cancel).await;
+        let (mut seen, client) = observe(config, registry, recover_lock, cancel).await;
         if cancel.is_cancelled() {
             return;
         }
@@ -455,7 +254,7 @@ pub async fn run(
             }
         }
         handle.set(seen.clone());
-        if let Err(err) = alert_on_change(&config, &registry, &seen, &alerts).await {
+        if let Err(err) = alert_on_change(config, registry, &seen, &alerts).await {
             tracing::warn!(error = %err, "watcher: could not record the alerted state");
         }
         let Some(client) = client else {
@@ -463,13 +262,13 @@ pub async fn run(
             continue;
         };
         let taken_before = seen.taken.clone();
-        after_listing(&config, &registry, &client, &mut seen).await;
+        after_listing(config, registry, &client, &mut seen).await;
         handle.set(seen.clone());
         let outcome = if seen.taken != taken_before {
             // Taken before its hold: news, alerted with the held IDs.
-            alert_on_change(&config, &registry, &seen, &alerts).await
+            alert_on_change(config, registry, &seen, &alerts).await
         } else if !seen.held.is_empty() {
-            alert_held(&config, &registry, &seen, &alerts).await
+            alert_held(config, registry, &seen, &alerts).await
         } else {
             Ok(())
         };

@@ -21,29 +21,9 @@ macro_rules! stored_as_text {
             }
         }
 
-        impl sqlx::Type<sqlx::Any> for $name {
-            fn type_info() -> sqlx::any::AnyTypeInfo {
-                <str as sqlx::Type<sqlx::Any>>::type_info()
-            }
-        }
-
-        impl<'q> sqlx::Encode<'q, sqlx::Any> for $name {
-            fn encode_by_ref(
-                &self,
-                buf: &mut <sqlx::Any as sqlx::Database>::ArgumentBuffer,
-            ) -> std::result::Result<sqlx::encode::IsNull, sqlx::error::BoxDynError> {
-                <&str as sqlx::Encode<'q, sqlx::Any>>::encode(self.as_str(), buf)
-            }
-        }
-
-        impl<'r> sqlx::Decode<'r, sqlx::Any> for $name {
-            fn decode(
-                value: <sqlx::Any as sqlx::Database>::ValueRef<'r>,
-            ) -> std::result::Result<$name, sqlx::error::BoxDynError> {
-                let text = <&str as sqlx::Decode<'r, sqlx::Any>>::decode(value)?;
-                $name::from_name(text).ok_or_else(|| format!("{text:?} is not a {}", stringify!($name)).into())
-            }
-        }
+        $crate::checked_text::text_column!($name, |text: &str| {
+            $name::from_name(text).ok_or_else(|| format!("{text:?} is not a {}", stringify!($name)))
+        });
 
         impl<'de> serde::Deserialize<'de> for $name {
             fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> std::result::Result<$name, D::Error> {
