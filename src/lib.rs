@@ -26,6 +26,7 @@ pub mod plural;
 pub mod probe;
 pub mod reconcile;
 pub mod recover;
+pub mod redact;
 pub mod registry;
 pub mod rooms;
 pub mod serve;
@@ -66,28 +67,75 @@ mod module_graph {
         }
     }
 
-    #[test]
-    fn no_module_imports_a_face_above_it() {
+    /// Top-level module → the top-level modules its code (not its
+    /// comments) names as `crate::<module>`.
+    fn imports() -> std::collections::BTreeMap<String, std::collections::BTreeSet<String>> {
         let src = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("src");
         let mut files = Vec::new();
         rust_files(&src, &mut files);
-        let mut upward = Vec::new();
-        for file in files {
-            let relative = file.strip_prefix(&src).unwrap();
-            let first = relative.components().next().unwrap().as_os_str().to_str().unwrap();
-            let module = first.trim_end_matches(".rs");
-            let text = std::fs::read_to_string(&file).unwrap();
-            for face in FACES {
-                let own = face == module;
-                let reaches = [format!("crate::{face}::"), format!("crate::{face};"), format!("crate::{face}::{{")];
-                if !own
-                    && !may_import(module).contains(&face)
-                    && reaches.iter().any(|edge| text.contains(edge.as_str()))
-                {
-                    upward.push(format!("{} imports crate::{face}", relative.display()));
+        let module_of = |path: &std::path::Path| {
+            let first = path.strip_prefix(&src).unwrap().components().next().unwrap();
+            first.as_os_str().to_str().unwrap().trim_end_matches(".rs").to_owned()
+        };
+        let modules: std::collections::BTreeSet<String> = files.iter().map(|file| module_of(file)).collect();
+        let mut graph: std::collections::BTreeMap<String, std::collections::BTreeSet<String>> = Default::default();
+        for file in &files {
+            let module = module_of(file);
+            let text = std::fs::read_to_string(file).unwrap();
+            let code = text.lines().filter(|line| !line.trim_start().starts_with("//"));
+            for line in code {
+                for (at, _) in line.match_indices("crate::") {
+                    let rest = &line[at + "crate::".len()..];
+                    let name: String = rest.chars().take_while(|c| c.is_alphanumeric() || *c == '_').collect();
+                    if name != module && modules.contains(&name) {
+                        graph.entry(module.clone()).or_default().insert(name);
+                    }
                 }
             }
         }
+        graph
+    }
+
+    /// A path back to `start` through `graph`, if there is one.
+    fn cycle_from(
+        start: &str,
+        graph: &std::collections::BTreeMap<String, std::collections::BTreeSet<String>>,
+    ) -> Option<Vec<String>> {
+        let mut stack = vec![vec![start.to_owned()]];
+        let mut seen = std::collections::BTreeSet::new();
+        while let Some(path) = stack.pop() {
+            for next in graph.get(path.last().unwrap()).into_iter().flatten() {
+                if next == start {
+                    return Some([path.clone(), vec![next.clone()]].concat());
+                }
+                if seen.insert(next.clone()) {
+                    stack.push([path.clone(), vec![next.clone()]].concat());
+                }
+            }
+        }
+        None
+    }
+
+    #[test]
+    fn no_two_modules_import_each_other_even_through_others() {
+        let graph = imports();
+        let cycles: Vec<String> =
+            graph.keys().filter_map(|module| cycle_from(module, &graph)).map(|path| path.join(" → ")).collect();
+        assert!(cycles.is_empty(), "import cycles between top-level modules: {cycles:#?}");
+    }
+
+    #[test]
+    fn no_module_imports_a_face_above_it() {
+        let upward: Vec<String> = imports()
+            .into_iter()
+            .flat_map(|(module, names)| {
+                let allowed = may_import(&module);
+                names
+                    .into_iter()
+                    .filter(|name| FACES.contains(&name.as_str()) && !allowed.contains(&name.as_str()))
+                    .map(move |face| format!("{module} imports crate::{face}"))
+            })
+            .collect();
         assert!(upward.is_empty(), "upward edges in the module graph: {upward:#?}");
     }
 }

@@ -80,7 +80,7 @@ fn print_summary(config: &Config) {
     println!("  timeout = {}", humantime::format_duration(hs.timeout));
     println!("  retries = {}", hs.retries);
     println!("[registry]");
-    println!("  url = {}", crate::registry::redact_url(&config.registry.url));
+    println!("  url = {}", crate::redact::redact_url(&config.registry.url));
     println!("[sync]");
     println!("  page_size = {}", config.sync.page_size);
     println!("  details_concurrency = {}", config.sync.details_concurrency);
@@ -97,7 +97,7 @@ fn print_summary(config: &Config) {
     match &config.email {
         Some(email) => {
             println!("[email]");
-            println!("  smtp_url = {}", crate::registry::redact_url(&email.smtp_url));
+            println!("  smtp_url = {}", crate::redact::redact_url(&email.smtp_url));
             println!("  smtp_password = {}", secret(&email.smtp_password));
             println!("  from = {}", email.from);
             println!("  connections = {}", email.connections);

@@ -315,7 +315,7 @@ impl Ctx<'_> {
     }
 
     fn http_url(&self, key: &str, text: &str) -> Result<Url, ConfigError> {
-        let shown = crate::registry::redact_url(text);
+        let shown = crate::redact::redact_url(text);
         let url = Url::parse(text.trim()).map_err(|err| {
             self.invalid(key, format!("`{shown}` is not a URL ({err}); write it like \"http://127.0.0.1:8008\""))
         })?;
@@ -645,7 +645,7 @@ fn expected_keys(serde_message: &str) -> String {
 /// Makes relative SQLite paths relative to the config file, not the cwd.
 fn resolve_registry_url(text: &str, base_dir: &Path) -> Result<String, String> {
     let text = text.trim();
-    let shown = crate::registry::redact_url(text);
+    let shown = crate::redact::redact_url(text);
     if text.starts_with("postgres://") || text.starts_with("postgresql://") {
         Url::parse(text).map_err(|err| format!("`{shown}` is not a valid PostgreSQL URL ({err})"))?;
         return Ok(text.to_owned());

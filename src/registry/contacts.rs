@@ -3,8 +3,8 @@
 
 use serde::Serialize;
 
-use super::stored_as_text::stored_as_text;
 use super::{Actor, Error, Registry, Result, now_ms};
+use crate::checked_text::stored_as_text;
 use crate::email::EmailAddress;
 use crate::user_id::UserId;
 

@@ -13,8 +13,8 @@ use serde::{Deserialize, Serialize};
 use sqlx::Any;
 use sqlx::pool::PoolConnection;
 
-use super::stored_as_text::stored_as_text;
 use super::{AccountState, Registry, Result, STANDING_SQL, now_ms};
+use crate::checked_text::stored_as_text;
 use crate::user_id::UserId;
 
 /// How a delivery leaves.

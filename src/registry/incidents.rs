@@ -5,8 +5,8 @@ use serde::Serialize;
 
 use super::RoomCounts;
 use super::accounts::{AccountRow, account_columns};
-use super::stored_as_text::stored_as_text;
 use super::{Account, Actor, DeliveryCounts, Error, HoldCounts, Registry, Result, STANDING_SQL, now_ms};
+use crate::checked_text::stored_as_text;
 use crate::user_id::UserId;
 
 /// Who an incident covers.

@@ -5,8 +5,8 @@
 
 use serde::Serialize;
 
-use super::stored_as_text::stored_as_text;
 use super::{DeliveryChannel, Registry, Result, now_ms};
+use crate::checked_text::stored_as_text;
 
 /// Why a message that expired unsent was skipped.
 pub const EXPIRED: &str = "expired before it could be sent";

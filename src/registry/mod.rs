@@ -14,7 +14,6 @@ mod incidents;
 mod messages;
 mod rooms;
 mod status;
-mod stored_as_text;
 mod sync_runs;
 mod verifications;
 mod web;
@@ -27,7 +26,8 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use sqlx::any::{AnyConnectOptions, AnyPoolOptions};
 use sqlx::{AnyPool, Connection, Executor};
 
-pub use accounts::{Account, AccountState, STANDING_SQL, may_come_back};
+pub use crate::reconcile::AccountState;
+pub use accounts::{Account, STANDING_SQL, may_come_back};
 pub use audit::{Actor, AuditEntry};
 pub use contacts::{AddContact, Contact, ContactAddress, ContactKind, ContactSource};
 pub use credentials::ServiceCredential;
@@ -154,7 +154,7 @@ impl Registry {
     /// Opens (creating a SQLite file if needed) and migrates the registry.
     pub async fn connect(url: &str) -> Result<Registry> {
         sqlx::any::install_default_drivers();
-        let shown = redact_url(url);
+        let shown = crate::redact::redact_url(url);
         let backend = if url.starts_with("postgres") { Backend::Postgres } else { Backend::Sqlite };
         let url = match backend {
             Backend::Sqlite if !url.contains("mode=") && !url.contains(":memory:") => {
@@ -242,19 +242,6 @@ pub fn now_ms() -> i64 {
     SystemTime::now().duration_since(UNIX_EPOCH).map(|elapsed| elapsed.as_millis() as i64).unwrap_or(0)
 }
 
-/// For text that is not even a URL: hide whatever sits between
-/// `scheme://user:` and `@`.
-fn redact_unparsed(text: &str) -> String {
-    let Some(start) = text.find("://").map(|i| i + 3) else { return text.to_owned() };
-    let authority_end = text[start..].find('/').map(|i| start + i).unwrap_or(text.len());
-    match (text[start..authority_end].rfind('@'), text[start..authority_end].find(':')) {
-        (Some(at), Some(colon)) if colon < at => {
-            format!("{}REDACTED{}", &text[..start + colon + 1], &text[start + at..])
-        }
-        _ => text.to_owned(),
-    }
-}
-
 /// `2026-11-25T19:30:00Z` for UTC milliseconds; `None` for a value no
 /// calendar can show (Synapse may send anything).
 pub fn format_time(ms: i64) -> Option<String> {
@@ -264,26 +251,6 @@ pub fn format_time(ms: i64) -> Option<String> {
     }
     let at = UNIX_EPOCH + std::time::Duration::from_millis(ms as u64);
     Some(humantime::format_rfc3339_seconds(at).to_string())
-}
-
-/// A registry URL fit for messages: any password replaced.
-pub fn redact_url(url: &str) -> String {
-    let Ok(mut parsed) = url::Url::parse(url) else { return redact_unparsed(url) };
-    if parsed.password().is_some() {
-        let _ = parsed.set_password(Some("REDACTED"));
-    }
-    let has_secret_query = parsed.query_pairs().any(|(name, _)| name.eq_ignore_ascii_case("password"));
-    if has_secret_query {
-        let pairs: Vec<(String, String)> = parsed
-            .query_pairs()
-            .map(|(name, value)| {
-                let value = if name.eq_ignore_ascii_case("password") { "REDACTED".into() } else { value.into_owned() };
-                (name.into_owned(), value)
-            })
-            .collect();
-        parsed.query_pairs_mut().clear().extend_pairs(pairs);
-    }
-    parsed.to_string()
 }
 
 #[cfg(test)]

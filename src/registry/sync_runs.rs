@@ -7,8 +7,9 @@ use serde::Serialize;
 
 use super::{Actor, Registry, Result, now_ms};
 use crate::email::EmailAddress;
+use crate::reconcile::AccountState;
 use crate::reconcile::{Class, Known, Listed, Report, ReportBuilder, classify};
-use crate::registry::accounts::{AccountState, STANDING_SQL};
+use crate::registry::accounts::STANDING_SQL;
 use crate::synapse::ListedUser;
 use crate::user_id::UserId;
 
