@@ -109,33 +109,6 @@ struct NoticeView<'a> {
     subject: String,
 }
 
-/// The view's values that every notice of an incident shares.
-struct IncidentValues<'a> {
-    server_name: Cow<'a, str>,
-    incident_title: Cow<'a, str>,
-    postmortem_markdown: &'a str,
-    postmortem_html: Cow<'a, str>,
-    homeserver_url: Option<Cow<'a, str>>,
-}
-
-/// The view's values that are one person's own.
-struct PersonValues<'a> {
-    account_works: bool,
-    user_id: Cow<'a, str>,
-    name: Cow<'a, str>,
-    localpart: Cow<'a, str>,
-    token: Option<Cow<'a, str>>,
-    token_expires: Option<Cow<'a, str>>,
-    unsubscribe_url: Option<Cow<'a, str>>,
-    id_held: bool,
-    claim_url: Option<Cow<'a, str>>,
-    id_taken: bool,
-    locked_out: bool,
-    rooms_back: Vec<Cow<'a, str>>,
-    rooms_gone: Vec<Cow<'a, str>>,
-    encrypted_rooms: bool,
-}
-
 /// Markdown-escaped versions of the view's values, for notice.md only.
 struct MarkdownView {
     name: String,
@@ -234,88 +207,47 @@ impl<'a> NoticeView<'a> {
     }
 
     fn new(ctx: &NoticeContext<'a>) -> NoticeView<'a> {
-        NoticeView::from_parts(IncidentValues::new(ctx), PersonValues::new(ctx))
-    }
-
-    fn from_parts(incident: IncidentValues<'a>, person: PersonValues<'a>) -> NoticeView<'a> {
-        let IncidentValues { server_name, incident_title, postmortem_markdown, postmortem_html, homeserver_url } =
-            incident;
-        let subject = if person.account_works {
-            format!("[{server_name}] {incident_title}")
-        } else {
-            format!("[{server_name}] {incident_title}: your account and how to come back")
-        };
-        NoticeView {
-            account_works: person.account_works,
-            server_name,
-            user_id: person.user_id,
-            name: person.name,
-            localpart: person.localpart,
-            incident_title,
-            postmortem_markdown,
-            postmortem_html,
-            homeserver_url,
-            token: person.token,
-            token_expires: person.token_expires,
-            unsubscribe_url: person.unsubscribe_url,
-            id_held: person.id_held,
-            claim_url: person.claim_url,
-            id_taken: person.id_taken,
-            locked_out: person.locked_out,
-            rooms_back: person.rooms_back,
-            rooms_gone: person.rooms_gone,
-            encrypted_rooms: person.encrypted_rooms,
-            subject,
-        }
-    }
-}
-
-impl<'a> IncidentValues<'a> {
-    fn new(ctx: &NoticeContext<'a>) -> IncidentValues<'a> {
         let server_name = one_line(ctx.server_name);
+        let incident_title = one_line(ctx.incident_title);
         let homeserver_url = Some(one_line(ctx.homeserver_url)).filter(|url| {
             let bare = url.trim_start_matches("https://").trim_start_matches("http://").trim_end_matches('/');
             !url.is_empty() && bare != server_name
         });
         let postmortem_markdown = ctx.postmortem_markdown.trim();
-        IncidentValues {
-            incident_title: one_line(ctx.incident_title),
+        let user_id = one_line(ctx.user_id);
+        // Only a web link makes sense (and is safe) as an href.
+        let web_link = |url: Option<&'a str>| {
+            url.map(one_line).filter(|url| url.starts_with("https://") || url.starts_with("http://"))
+        };
+        let subject = if ctx.account_works {
+            format!("[{server_name}] {incident_title}")
+        } else {
+            format!("[{server_name}] {incident_title}: your account and how to come back")
+        };
+        NoticeView {
+            account_works: ctx.account_works,
+            name: ctx.display_name.map(one_line).filter(|name| !name.is_empty()).unwrap_or_else(|| user_id.clone()),
+            localpart: localpart_of(&user_id),
+            user_id,
             postmortem_html: match ctx.postmortem_html {
                 Some(html) => Cow::Borrowed(html),
                 None => Cow::Owned(markdown_to_safe_html(postmortem_markdown)),
             },
             server_name,
+            incident_title,
             postmortem_markdown,
             homeserver_url,
-        }
-    }
-}
-
-impl<'a> PersonValues<'a> {
-    fn new(ctx: &NoticeContext<'a>) -> PersonValues<'a> {
-        let user_id = one_line(ctx.user_id);
-        PersonValues {
-            account_works: ctx.account_works,
-            name: ctx.display_name.map(one_line).filter(|name| !name.is_empty()).unwrap_or_else(|| user_id.clone()),
-            localpart: localpart_of(&user_id),
-            user_id,
             token: ctx.token.map(one_line).filter(|token| !token.is_empty()),
             token_expires: ctx.token_expires.map(one_line).filter(|e| !e.is_empty()),
-            // Only a web link makes sense (and is safe) as the unsubscribe href.
-            unsubscribe_url: ctx
-                .unsubscribe_url
-                .map(one_line)
-                .filter(|url| url.starts_with("https://") || url.starts_with("http://")),
+            unsubscribe_url: web_link(ctx.unsubscribe_url),
             id_held: ctx.id_held,
-            claim_url: ctx
-                .claim_url
-                .map(one_line)
-                .filter(|url| url.starts_with("https://") || url.starts_with("http://")),
+            claim_url: web_link(ctx.claim_url),
             id_taken: ctx.id_taken,
             locked_out: ctx.locked_out,
             rooms_back: ctx.rooms_back.iter().map(|room| one_line(room)).collect(),
             rooms_gone: ctx.rooms_gone.iter().map(|room| one_line(room)).collect(),
             encrypted_rooms: ctx.encrypted_rooms,
+            subject,
         }
     }
 }

@@ -220,6 +220,57 @@ async fn a_claim_link_that_is_forged_altered_or_for_another_incident_is_refused(
     assert_eq!(status_of(link).await, 400, "a link of a resolved incident");
 }
 
+/// Sets the custody of `user_id` in the registry straight in SQL: how a
+/// hold looks while it is being made (`holding`) and once made (`held`).
+async fn set_custody(rig: &Rig, user_id: &str, custody: &str) {
+    sqlx::any::install_default_drivers();
+    let pool = sqlx::AnyPool::connect(&rig.registry_url()).await.unwrap();
+    let changed = sqlx::query("UPDATE accounts SET custody = $1 WHERE user_id = $2")
+        .bind(custody)
+        .bind(user_id)
+        .execute(&pool)
+        .await
+        .unwrap()
+        .rows_affected();
+    assert_eq!(changed, 1);
+    pool.close().await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn while_an_ids_hold_is_being_made_neither_its_claim_link_nor_the_cli_hands_it_over() {
+    let people = people(1);
+    let mut rig = Rig::start(TestSmtp::start(None), &people).await;
+    rig.serve().await;
+    rig.synapse.wipe();
+    let (lifeboat, lost) = (&rig.lifeboat, ids_of(&rig.synapse, &people));
+    eventually("the lost ID is held", Duration::from_secs(90), || async { all_in(lifeboat, "held", &lost).await })
+        .await;
+    // Listed since (lifeboat's own account now): no round takes the ID for
+    // a hold to resume once the test marks it `holding`.
+    sync_beside_serve(&rig.lifeboat).await;
+    open_and_notify(&rig.lifeboat).await;
+    let link = word_with(&notice_to(&rig, &people[0].1), "/claim?");
+    let http = reqwest::Client::builder().no_proxy().build().unwrap();
+    let status_of = |url: String| {
+        let http = http.clone();
+        async move { http.get(url).send().await.unwrap().status().as_u16() }
+    };
+    assert_eq!(status_of(link.clone()).await, 200, "the link works while the ID is held");
+
+    // A hold of the same ID is being made again (its lock would undo a claim).
+    set_custody(&rig, &lost[0], "holding").await;
+    assert_eq!(status_of(link.clone()).await, 400, "the link reads as dead");
+    let page = http.get(link.clone()).send().await.unwrap().text().await.unwrap();
+    assert!(page.contains("This link does not work"), "{page}");
+    let by_hand = rig.lifeboat.run_with_input(&["holds", "claim", &lost[0]], "a-long-enough-passphrase\n").await;
+    assert_ne!(by_hand.code, 0, "{by_hand:?}");
+    assert!(by_hand.stderr.contains("run this again once the hold is made"), "{by_hand:?}");
+
+    // Once the hold is made, the same link works again.
+    set_custody(&rig, &lost[0], "held").await;
+    assert_eq!(status_of(link).await, 200, "the link works again");
+}
+
 #[tokio::test(flavor = "multi_thread")]
 async fn an_id_registered_before_its_hold_is_left_alone_and_treated_as_a_stranger_everywhere() {
     let people = people(2);

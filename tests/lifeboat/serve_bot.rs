@@ -13,7 +13,7 @@ const ALERTS_TO: &str = "oncall@example.org";
 pub(crate) struct Rig {
     pub(crate) synapse: TestSynapse,
     pub(crate) smtp: TestSmtp,
-    _registry: TestDatabase,
+    registry: TestDatabase,
     pub(crate) lifeboat: Lifeboat,
     pub(crate) alice_localpart: String,
     pub(crate) alice_password: String,
@@ -31,6 +31,11 @@ fn free_port() -> u16 {
 }
 
 impl Rig {
+    /// The registry serve and the CLI share.
+    pub(crate) fn registry_url(&self) -> String {
+        self.registry.url()
+    }
+
     /// `people`: accounts (localpart, email) made before the first sync.
     pub(crate) async fn start(smtp: TestSmtp, people: &[(String, String)]) -> Rig {
         Self::start_with(smtp, people, false).await
@@ -80,7 +85,7 @@ impl Rig {
         Rig {
             synapse,
             smtp,
-            _registry: registry,
+            registry,
             lifeboat,
             alice_localpart,
             alice_password: alice_account.password.clone().expect("the harness returns the password"),
