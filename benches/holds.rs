@@ -152,7 +152,15 @@ async fn main() -> Result<()> {
                 timed_bare = bare_loop(&info, &token, round, count).await?;
             } else {
                 let started = Instant::now();
-                let report = hold_lost_ids(&config, &registry, &client, &actor, &|_, _| {}).await?;
+                let report = hold_lost_ids(
+                    &config,
+                    &registry,
+                    &client,
+                    &actor,
+                    &|_, _| {},
+                    &tokio_util::sync::CancellationToken::new(),
+                )
+                .await?;
                 timed_ours = started.elapsed();
                 // Every account, and the harness's own admin.
                 if report.held.len() != count + 1 || !report.taken.is_empty() || !report.failed.is_empty() {

@@ -200,7 +200,9 @@ async fn hold_after_opening(
     actor: &Actor,
     progress: &dyn NotifyProgress,
 ) -> Option<HoldReport> {
-    match hold_lost_ids(config, registry, client, actor, &|_, _| {}).await {
+    // Not stopped half-way: opening an incident holds its accounts whole.
+    let never = tokio_util::sync::CancellationToken::new();
+    match hold_lost_ids(config, registry, client, actor, &|_, _| {}, &never).await {
         Ok(report) => Some(report),
         Err(err) => {
             progress.note(&format!("lost IDs are not held: {err}"));

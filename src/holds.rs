@@ -17,6 +17,7 @@
 use futures::StreamExt;
 use secrecy::SecretString;
 use serde::Serialize;
+use tokio_util::sync::CancellationToken;
 
 use crate::config::{Config, HoldPolicy, RecoveryMode};
 use crate::links::ClaimLink;
@@ -48,11 +49,14 @@ pub struct HoldReport {
     pub taken: Vec<UserId>,
     /// Not held this time, with the reason (tried again on the next run).
     pub failed: Vec<(UserId, String)>,
+    /// Asked to stop before every lost ID was tried: the holds begun were
+    /// finished, the rest wait for the next run.
+    pub stopped: bool,
 }
 
 impl HoldReport {
     pub fn is_empty(&self) -> bool {
-        self.held.is_empty() && self.taken.is_empty() && self.failed.is_empty()
+        self.held.is_empty() && self.taken.is_empty() && self.failed.is_empty() && !self.stopped
     }
 
     /// One line for a CLI, the bot or an alert.
@@ -67,6 +71,9 @@ impl HoldReport {
         }
         if !self.failed.is_empty() {
             text.push_str(&format!("; {} could not be held yet (tried again next time)", self.failed.len()));
+        }
+        if self.stopped {
+            text.push_str("; stopped before the rest, which the next run holds");
         }
         text
     }
@@ -84,12 +91,15 @@ pub fn holds_wanted(config: &Config, at_incident: bool) -> bool {
 
 /// Holds every lost ID that is not held yet (idempotent: held ones are
 /// skipped, interrupted ones resumed). `progress` hears (done, total).
+/// Once `stop` is cancelled no new hold begins; those under way finish
+/// (a big wipe takes hours to hold, and serve must be able to stop).
 pub async fn hold_lost_ids(
     config: &Config,
     registry: &Registry,
     client: &SynapseClient,
     actor: &Actor,
     progress: &(dyn Fn(u64, u64) + Send + Sync),
+    stop: &CancellationToken,
 ) -> Result<HoldReport, HoldError> {
     let service = service_user_id(config);
     let candidates = registry.hold_candidates(&service).await?;
@@ -99,6 +109,7 @@ pub async fn hold_lost_ids(
         return Ok(report);
     }
     let mut outcomes = futures::stream::iter(candidates)
+        .take_while(|_| std::future::ready(!stop.is_cancelled()))
         .map(|candidate| async move {
             let user_id = candidate.user_id.clone();
             (user_id, hold_one(registry, client, candidate, actor).await)
@@ -118,6 +129,7 @@ pub async fn hold_lost_ids(
         }
     }
     drop(outcomes);
+    report.stopped = done < total;
     if not_allowed && report.held.is_empty() {
         return Err(HoldError::NotAllowed);
     }

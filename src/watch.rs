@@ -153,13 +153,19 @@ pub async fn observe(
 }
 
 /// After the round's alert: holds whatever is lost (`recovery.hold =
-/// "auto"`; at 30-odd holds a second, a wipe of a big server takes hours,
-/// which is why the alert does not wait for it) and brings people whose
-/// ID is theirs again back into their rooms.
-pub async fn after_listing(config: &Config, registry: &Registry, client: &SynapseClient, seen: &mut Observation) {
+/// "auto"`; a wipe of a big server takes a long while to hold, which is
+/// why the alert does not wait for it, and why a stop ends it between
+/// holds) and brings people whose ID is theirs again back into their rooms.
+pub async fn after_listing(
+    config: &Config,
+    registry: &Registry,
+    client: &SynapseClient,
+    seen: &mut Observation,
+    stop: &CancellationToken,
+) {
     let actor = Actor::service("watcher");
     if holds_wanted(config, false) {
-        hold_lost(config, registry, client, &actor, seen).await;
+        hold_lost(config, registry, client, &actor, seen, stop).await;
     }
     // People whose ID is theirs again go back into their rooms within a round.
     rejoin_rooms(config, registry, client).await;
@@ -184,8 +190,9 @@ async fn hold_lost(
     client: &SynapseClient,
     actor: &Actor,
     seen: &mut Observation,
+    stop: &CancellationToken,
 ) {
-    match hold_lost_ids(config, registry, client, actor, &|_, _| {}).await {
+    match hold_lost_ids(config, registry, client, actor, &|_, _| {}, stop).await {
         Ok(report) => {
             if !report.failed.is_empty() {
                 tracing::warn!(count = report.failed.len(), first = ?report.failed.first(), "watcher: some lost IDs could not be held yet");
@@ -262,7 +269,7 @@ pub async fn run(services: Arc<Services>, alerts: impl AlertSink) {
             continue;
         };
         let taken_before = seen.taken.clone();
-        after_listing(config, registry, &client, &mut seen).await;
+        after_listing(config, registry, &client, &mut seen, cancel).await;
         handle.set(seen.clone());
         let outcome = if seen.taken != taken_before {
             // Taken before its hold: news, alerted with the held IDs.

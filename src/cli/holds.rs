@@ -9,6 +9,8 @@ use secrecy::SecretString;
 use super::incident::StderrNotes;
 use super::output::{print_json, time};
 use super::{Context, Failure, Outcome, exit};
+use tokio_util::sync::CancellationToken;
+
 use crate::campaign::admin_client_recovering;
 use crate::holds::{hand_back, hold_lost_ids, password_problem, release};
 use crate::registry::{AccountState, Actor};
@@ -89,13 +91,18 @@ pub async fn run(context: &Context, command: Command) -> Outcome {
             let client = admin_client_recovering(&config, &registry, &Actor::cli(), &StderrNotes)
                 .await
                 .map_err(|err| Failure::new(exit::FAILED, err))?;
+            // Ctrl-C stops between holds: those under way finish, the rest
+            // wait for the next run.
+            let stop = CancellationToken::new();
+            tokio::spawn(super::stop_on_signal(stop.clone()));
             let bar = super::output::progress_bar("holding lost IDs");
-            let report = hold_lost_ids(&config, &registry, &client, &Actor::cli(), &|done, total| {
+            let progress = |done, total| {
                 bar.set_length(total);
                 bar.set_position(done);
-            })
-            .await
-            .map_err(|err| Failure::new(exit::FAILED, err))?;
+            };
+            let report = hold_lost_ids(&config, &registry, &client, &Actor::cli(), &progress, &stop)
+                .await
+                .map_err(|err| Failure::new(exit::FAILED, err))?;
             bar.finish_and_clear();
             if report.is_empty() {
                 println!("No lost ID is waiting to be held.");
@@ -105,7 +112,7 @@ pub async fn run(context: &Context, command: Command) -> Outcome {
             for (user_id, reason) in report.failed.iter().take(10) {
                 eprintln!("not held yet: {user_id}: {reason}");
             }
-            Ok(if report.failed.is_empty() { exit::OK } else { exit::FAILED })
+            Ok(if report.failed.is_empty() && !report.stopped { exit::OK } else { exit::FAILED })
         }
         Command::Claim { id } => {
             let user_id = known_id(&registry, &id).await?;

@@ -384,7 +384,7 @@ async fn an_account_an_admin_locked_gets_no_token_and_no_claim_link_from_any_fac
 }
 
 #[tokio::test(flavor = "multi_thread")]
-async fn holding_a_thousand_ids_killed_midway_and_run_again_holds_each_exactly_once() {
+async fn holding_a_thousand_ids_stopped_then_killed_midway_and_run_again_holds_each_exactly_once() {
     let synapse = TestSynapse::start();
     let registry = TestDatabase::sqlite();
     let count = 1000;
@@ -411,9 +411,24 @@ async fn holding_a_thousand_ids_killed_midway_and_run_again_holds_each_exactly_o
     assert_eq!(lifeboat.run(&["recover"]).await.code, 0);
     assert_eq!(lifeboat.run(&["sync"]).await.code, 0);
 
-    let mut first = lifeboat.spawn(&["holds", "make"]);
-    eventually("some are held", Duration::from_secs(120), || async { ids_in(&lifeboat, "held").await.len() >= 200 })
+    // Ctrl-C: the holds under way finish, no new one begins.
+    let stopped = lifeboat.spawn_captured(&["holds", "make"]);
+    eventually("some are held", Duration::from_secs(120), || async { ids_in(&lifeboat, "held").await.len() >= 100 })
         .await;
+    unsafe { libc::kill(stopped.id().unwrap() as i32, libc::SIGINT) };
+    let stopped = stopped.wait_with_output().await.unwrap();
+    let said = String::from_utf8_lossy(&stopped.stdout);
+    assert_eq!(stopped.status.code(), Some(1), "{said}");
+    assert!(said.contains("stopped before the rest, which the next run holds"), "{said}");
+    let after_stop = ids_in(&lifeboat, "held").await.len();
+    assert!(after_stop < count, "stopped before the end ({after_stop} held)");
+
+    // kill -9: a hold may be left half made.
+    let mut first = lifeboat.spawn(&["holds", "make"]);
+    eventually("more are held", Duration::from_secs(120), || async {
+        ids_in(&lifeboat, "held").await.len() >= after_stop + 100
+    })
+    .await;
     first.start_kill().unwrap();
     first.wait().await.unwrap();
     let after_kill = ids_in(&lifeboat, "held").await.len();
