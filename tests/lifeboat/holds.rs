@@ -80,6 +80,23 @@ fn notice_to(rig: &Rig, email: &str) -> String {
     notice.text.clone().unwrap()
 }
 
+/// One person's ID wiped and held by serve's watcher, listed since (as
+/// lifeboat's own account), and an incident notified: the rig, the lost
+/// ID (alone in a list) and the claim link in the person's notice.
+async fn one_held_with_a_claim_link() -> (Rig, Vec<String>, String) {
+    let people = people(1);
+    let mut rig = Rig::start(TestSmtp::start(None), &people).await;
+    rig.serve().await;
+    rig.synapse.wipe();
+    let (lifeboat, lost) = (&rig.lifeboat, ids_of(&rig.synapse, &people));
+    eventually("the lost ID is held", Duration::from_secs(90), || async { all_in(lifeboat, "held", &lost).await })
+        .await;
+    sync_beside_serve(&rig.lifeboat).await;
+    open_and_notify(&rig.lifeboat).await;
+    let link = word_with(&notice_to(&rig, &people[0].1), "/claim?");
+    (rig, lost, link)
+}
+
 #[tokio::test(flavor = "multi_thread")]
 async fn after_a_wipe_lost_ids_are_held_no_token_takes_one_and_each_owner_claims_theirs() {
     let people = people(3);
@@ -184,16 +201,7 @@ async fn after_a_wipe_lost_ids_are_held_no_token_takes_one_and_each_owner_claims
 
 #[tokio::test(flavor = "multi_thread")]
 async fn a_claim_link_that_is_forged_altered_or_for_another_incident_is_refused() {
-    let people = people(1);
-    let mut rig = Rig::start(TestSmtp::start(None), &people).await;
-    rig.serve().await;
-    rig.synapse.wipe();
-    let (lifeboat, lost) = (&rig.lifeboat, ids_of(&rig.synapse, &people));
-    eventually("the lost ID is held", Duration::from_secs(90), || async { all_in(lifeboat, "held", &lost).await })
-        .await;
-    open_and_notify(&rig.lifeboat).await;
-    let (_, email) = &people[0];
-    let link = word_with(&notice_to(&rig, email), "/claim?");
+    let (rig, lost, link) = one_held_with_a_claim_link().await;
     let http = reqwest::Client::builder().no_proxy().build().unwrap();
     let status_of = |url: String| {
         let http = http.clone();
@@ -238,18 +246,7 @@ async fn set_custody(rig: &Rig, user_id: &str, custody: &str) {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn while_an_ids_hold_is_being_made_neither_its_claim_link_nor_the_cli_hands_it_over() {
-    let people = people(1);
-    let mut rig = Rig::start(TestSmtp::start(None), &people).await;
-    rig.serve().await;
-    rig.synapse.wipe();
-    let (lifeboat, lost) = (&rig.lifeboat, ids_of(&rig.synapse, &people));
-    eventually("the lost ID is held", Duration::from_secs(90), || async { all_in(lifeboat, "held", &lost).await })
-        .await;
-    // Listed since (lifeboat's own account now): no round takes the ID for
-    // a hold to resume once the test marks it `holding`.
-    sync_beside_serve(&rig.lifeboat).await;
-    open_and_notify(&rig.lifeboat).await;
-    let link = word_with(&notice_to(&rig, &people[0].1), "/claim?");
+    let (rig, lost, link) = one_held_with_a_claim_link().await;
     let http = reqwest::Client::builder().no_proxy().build().unwrap();
     let status_of = |url: String| {
         let http = http.clone();
