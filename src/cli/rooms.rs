@@ -59,7 +59,7 @@ pub async fn run(context: &Context, command: Command) -> Outcome {
     let registry = context.registry(&config).await?;
     match command {
         Command::List { state, json } => {
-            let state = state.as_deref().and_then(RoomState::parse);
+            let state = state.as_deref().and_then(RoomState::from_name);
             let rooms = registry.rooms(state).await?;
             if json {
                 print_json(&rooms)?;

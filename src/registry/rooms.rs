@@ -10,6 +10,7 @@ use std::collections::HashMap;
 use serde::Serialize;
 
 use super::{AccountState, Registry, Result, STANDING_SQL, now_ms};
+use crate::checked_text::stored_as_text;
 use crate::user_id::UserId;
 
 /// Registry setting: when the last complete room listing was applied.
@@ -33,6 +34,8 @@ pub enum RoomState {
     Recreated,
 }
 
+stored_as_text!(RoomState);
+
 impl RoomState {
     pub const ALL: [RoomState; 4] = [RoomState::Here, RoomState::Elsewhere, RoomState::Lost, RoomState::Recreated];
 
@@ -43,10 +46,6 @@ impl RoomState {
             RoomState::Lost => "lost",
             RoomState::Recreated => "recreated",
         }
-    }
-
-    pub fn parse(text: &str) -> Option<RoomState> {
-        RoomState::ALL.into_iter().find(|state| state.as_str() == text)
     }
 
     /// Does the room come back for a person who comes back?
@@ -144,7 +143,7 @@ impl Room {
 #[derive(sqlx::FromRow)]
 struct RoomRow {
     room_id: String,
-    state: String,
+    state: RoomState,
     name: Option<String>,
     canonical_alias: Option<String>,
     topic: Option<String>,
@@ -180,7 +179,7 @@ fn json_list(items: &[String]) -> String {
 impl From<RoomRow> for Room {
     fn from(row: RoomRow) -> Room {
         Room {
-            state: RoomState::parse(&row.state).unwrap_or(RoomState::Lost),
+            state: row.state,
             aliases: list(&row.aliases),
             children: list(&row.children),
             via_servers: list(&row.via_servers),
@@ -436,7 +435,7 @@ impl Registry {
              AND (m.rejoin IS NULL OR (m.rejoin = 'failed' AND ($2 = 1 OR m.rejoin_attempts < $3))) \
              ORDER BY m.user_id, m.room_id"
         );
-        let rows: Vec<(String, UserId, String, String, Option<String>)> = sqlx::query_as(sqlx::AssertSqlSafe(sql))
+        let rows: Vec<(String, UserId, RoomState, String, Option<String>)> = sqlx::query_as(sqlx::AssertSqlSafe(sql))
             .bind(listed_at)
             .bind(retry_all as i64)
             .bind(MAX_REJOIN_ATTEMPTS)
@@ -444,8 +443,7 @@ impl Registry {
             .await?;
         Ok(rows
             .into_iter()
-            .filter_map(|(room_id, user_id, state, via, recreated_as)| {
-                let room_state = RoomState::parse(&state)?;
+            .filter_map(|(room_id, user_id, room_state, via, recreated_as)| {
                 (room_state.comes_back() || room_state == RoomState::Recreated).then(|| Rejoin {
                     room_id,
                     user_id,
