@@ -20,6 +20,7 @@ use serde::Serialize;
 use tokio_util::sync::CancellationToken;
 
 use crate::config::{Config, HoldPolicy, RecoveryMode};
+use crate::lease::{Held, Lease};
 use crate::links::ClaimLink;
 use crate::recover::service_user_id;
 use crate::registry::{self, Account, AccountState, Actor, HoldCandidate, Registry, now_ms};
@@ -36,6 +37,10 @@ pub enum HoldError {
         "Synapse refuses to create accounts (403), so lost IDs cannot be held: if the homeserver delegates accounts to Matrix Authentication Service, set recovery.mode = \"token\" (registration tokens only, not bound to IDs)"
     )]
     NotAllowed,
+    #[error(
+        "another hold run is under way ({holder}, until {until} at the latest): it holds every lost ID it finds; `lifeboat holds list` shows its progress"
+    )]
+    Busy { holder: String, until: String },
     #[error(transparent)]
     Registry(#[from] registry::Error),
 }
@@ -94,6 +99,26 @@ pub fn holds_wanted(config: &Config, at_incident: bool) -> bool {
 /// Once `stop` is cancelled no new hold begins; those under way finish
 /// (a big wipe takes hours to hold, and serve must be able to stop).
 pub async fn hold_lost_ids(
+    config: &Config,
+    registry: &Registry,
+    client: &SynapseClient,
+    actor: &Actor,
+    progress: &(dyn Fn(u64, u64) + Send + Sync),
+    stop: &CancellationToken,
+) -> Result<HoldReport, HoldError> {
+    // One run at a time, across processes: a second run would read an ID
+    // the first has just created as already existing, and record
+    // lifeboat's own held account as a stranger's.
+    let lease = match Lease::take(registry, "holds").await? {
+        Ok(lease) => lease,
+        Err(Held { holder, until }) => return Err(HoldError::Busy { holder, until }),
+    };
+    let outcome = hold_under_lease(config, registry, client, actor, progress, stop).await;
+    lease.release().await;
+    outcome
+}
+
+async fn hold_under_lease(
     config: &Config,
     registry: &Registry,
     client: &SynapseClient,

@@ -16,7 +16,7 @@ use tokio_util::sync::CancellationToken;
 use crate::app::Services;
 use crate::check::{CheckOptions, WORKING_TOKEN_SETTING, check};
 use crate::config::Config;
-use crate::holds::{hold_lost_ids, holds_wanted};
+use crate::holds::{HoldError, hold_lost_ids, holds_wanted};
 use crate::observation::{AlertedState, LastListing, Observation};
 use crate::probe::{FixedSample, Probe, probe};
 use crate::reconcile::Verdict;
@@ -200,6 +200,7 @@ async fn hold_lost(
             seen.held = report.held.iter().map(ToString::to_string).collect();
             seen.taken.extend(report.taken.iter().map(ToString::to_string));
         }
+        Err(err @ HoldError::Busy { .. }) => tracing::info!(reason = %err, "watcher: lost IDs are held by another run"),
         Err(err) => tracing::warn!(error = %err, "watcher: lost IDs are not held"),
     }
 }

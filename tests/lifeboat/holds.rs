@@ -412,6 +412,11 @@ async fn holding_a_thousand_ids_stopped_then_killed_midway_and_run_again_holds_e
     let stopped = lifeboat.spawn_captured(&["holds", "make"]);
     eventually("some are held", Duration::from_secs(120), || async { ids_in(&lifeboat, "held").await.len() >= 100 })
         .await;
+    // A second run meanwhile would take the first one's new accounts for
+    // strangers'; it leaves the IDs to the first.
+    let second = lifeboat.run(&["holds", "make"]).await;
+    assert_eq!(second.code, 1, "{second:?}");
+    assert!(second.stderr.contains("another hold run is under way"), "{second:?}");
     unsafe { libc::kill(stopped.id().unwrap() as i32, libc::SIGINT) };
     let stopped = stopped.wait_with_output().await.unwrap();
     let said = String::from_utf8_lossy(&stopped.stdout);
