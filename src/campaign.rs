@@ -7,7 +7,7 @@ use std::time::Duration;
 
 use crate::config::{Config, EmailConfig, RecoveryMode};
 use crate::dm::{CryptoStore, DmSender};
-use crate::holds::{HoldReport, hold_lost_ids, holds_wanted};
+use crate::holds::{HoldError, HoldReport, hold_lost_ids, holds_wanted};
 use crate::lease::{Held, Lease};
 use crate::links::LINK_KEY;
 use crate::mail::Mailer;
@@ -192,7 +192,9 @@ pub struct OpenedIncident {
 
 /// Holds the lost IDs once an incident is open. A failure is a note, not
 /// the end of the incident: the watcher (or the next `incident open` or
-/// `lifeboat holds make`) tries again.
+/// `lifeboat holds make`) tries again. When another run is holding (the
+/// watcher, after the wipe it alerted about), waits for it, so the notices
+/// that follow find the IDs held; the lease ends if that run's process goes.
 async fn hold_after_opening(
     config: &Config,
     registry: &Registry,
@@ -202,14 +204,27 @@ async fn hold_after_opening(
 ) -> Option<HoldReport> {
     // Not stopped half-way: opening an incident holds its accounts whole.
     let never = tokio_util::sync::CancellationToken::new();
-    match hold_lost_ids(config, registry, client, actor, &|_, _| {}, &never).await {
-        Ok(report) => Some(report),
-        Err(err) => {
-            progress.note(&format!("lost IDs are not held: {err}"));
-            None
+    let mut waiting = false;
+    loop {
+        match hold_lost_ids(config, registry, client, actor, &|_, _| {}, &never).await {
+            Ok(report) => return Some(report),
+            Err(HoldError::Busy { holder, .. }) => {
+                if !waiting {
+                    progress.note(&format!("another run ({holder}) is holding lost IDs; waiting for it to finish"));
+                    waiting = true;
+                }
+                tokio::time::sleep(HOLD_RUN_POLL).await;
+            }
+            Err(err) => {
+                progress.note(&format!("lost IDs are not held: {err}"));
+                return None;
+            }
         }
     }
 }
+
+/// How often `open_incident` looks whether another hold run has ended.
+const HOLD_RUN_POLL: Duration = Duration::from_secs(2);
 
 /// How long `open_incident` waits for another process's sync to end.
 const WAIT_FOR_OTHER_SYNC: Duration = Duration::from_secs(120);

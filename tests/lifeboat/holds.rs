@@ -381,7 +381,7 @@ async fn an_account_an_admin_locked_gets_no_token_and_no_claim_link_from_any_fac
 }
 
 #[tokio::test(flavor = "multi_thread")]
-async fn holding_a_thousand_ids_stopped_then_killed_midway_and_run_again_holds_each_exactly_once() {
+async fn holding_a_thousand_ids_stopped_killed_and_waited_for_by_an_incident_holds_each_exactly_once() {
     let synapse = TestSynapse::start();
     let registry = TestDatabase::sqlite();
     let count = 1000;
@@ -436,8 +436,19 @@ async fn holding_a_thousand_ids_stopped_then_killed_midway_and_run_again_holds_e
     let after_kill = ids_in(&lifeboat, "held").await.len();
     assert!(after_kill < count, "killed before the end ({after_kill} held)");
 
-    let rerun = lifeboat.run(&["holds", "make"]).await;
+    // An incident opened while another run (another host's, for 8 s) holds
+    // waits for it, then holds the rest itself, so its notices find them held.
+    let registry_client = lifeboat::registry::Registry::connect(&registry.url()).await.unwrap();
+    let elsewhere = lifeboat::registry::now_ms() + 8_000;
+    let taken = registry_client.take_lease("holds", "another-host:1:1", elsewhere, None).await.unwrap();
+    // Over the killed run's lease, if it is still there.
+    if let Err((killed, _)) = taken {
+        registry_client.take_lease("holds", "another-host:1:1", elsewhere, Some(&killed)).await.unwrap().unwrap();
+    }
+    std::fs::write(lifeboat.dir().join("postmortem.md"), POSTMORTEM).unwrap();
+    let rerun = lifeboat.run(&["incident", "open", "--title", "Database lost", "--postmortem", "postmortem.md"]).await;
     assert_eq!(rerun.code, 0, "{rerun:?}");
+    assert!(rerun.stderr.contains("is holding lost IDs; waiting for it to finish"), "{rerun:?}");
     assert_eq!(ids_in(&lifeboat, "held").await.len(), count + 1, "every lost ID held (and the original admin)");
     assert!(ids_in(&lifeboat, "recreated").await.is_empty(), "none taken for a stranger's: {rerun:?}");
     let again = lifeboat.run(&["holds", "make"]).await;
