@@ -90,6 +90,42 @@ fn dead(state: &WebState) -> Response {
     pages::html(StatusCode::BAD_REQUEST, &page)
 }
 
+/// One hand-over per account at a time. A second POST of the same link
+/// (another tab, or whoever else has the link) while the first sets the
+/// password would set another one, and the page that says "done" could
+/// name a password that no longer works. The link is used up by the first.
+struct ClaimUnderWay {
+    state: WebState,
+    account: String,
+}
+
+impl ClaimUnderWay {
+    fn begin(state: &WebState, account: &str) -> Option<ClaimUnderWay> {
+        let mut under_way = state.inner.claims_under_way.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
+        under_way
+            .insert(account.to_owned())
+            .then(|| ClaimUnderWay { state: state.clone(), account: account.to_owned() })
+    }
+}
+
+impl Drop for ClaimUnderWay {
+    fn drop(&mut self) {
+        let mut under_way = self.state.inner.claims_under_way.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
+        under_way.remove(&self.account);
+    }
+}
+
+fn under_way(state: &WebState) -> Response {
+    let page = Message::new(
+        state,
+        "This ID is being handed back right now",
+        &[
+            "The same link was sent from another window a moment ago. Wait a minute: if that was you, sign in with the password you chose there; otherwise open the link again.",
+        ],
+    );
+    pages::html(StatusCode::CONFLICT, &page)
+}
+
 fn taken(state: &WebState, account: &str) -> Response {
     let contact = state.web().admin_contact.clone().unwrap_or_else(|| "an admin of this homeserver".to_owned());
     let sentence = format!(
@@ -168,6 +204,9 @@ pub async fn claim(State(state): State<WebState>, PublicForm(form, key): PublicF
     if !state.inner.limiter.allow_target(PURPOSE, &link.account.to_lowercase()) {
         return pages::too_many(&state);
     }
+    let Some(_under_way) = ClaimUnderWay::begin(&state, account.user_id.as_str()) else {
+        return under_way(&state);
+    };
     let password = SecretString::from(password);
     match hand_over(&state, &account, &password).await {
         Ok(true) => {

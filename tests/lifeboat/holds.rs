@@ -245,6 +245,34 @@ async fn set_custody(rig: &Rig, user_id: &str, custody: &str) {
 }
 
 #[tokio::test(flavor = "multi_thread")]
+async fn a_claim_link_posted_twice_at_once_is_handed_over_once_with_the_first_password() {
+    let (rig, lost, link) = one_held_with_a_claim_link().await;
+    let localpart = lost[0].trim_start_matches('@').split(':').next().unwrap().to_owned();
+    let http = reqwest::Client::builder().no_proxy().timeout(Duration::from_secs(20)).build().unwrap();
+    let (cookie, csrf) = form_csrf(&http, &link).await;
+    let (url, query) = (format!("{}/claim", rig.web), link.split_once('?').unwrap().1.to_owned());
+    let posted = |password: &str| format!("csrf={csrf}&{query}&password={password}&again={password}");
+    let (first, second) = (posted("sea+shanty+lighthouse"), posted("another+long+password"));
+
+    // With Synapse frozen, the first hand-over is still under way when the
+    // second one arrives.
+    rig.synapse.pause();
+    let first_post = tokio::spawn({
+        let (http, url, cookie) = (http.clone(), url.clone(), cookie.clone());
+        async move { post_form(&http, &url, Some(&cookie), &first).await }
+    });
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    let (status, page) = post_form(&http, &url, Some(&cookie), &second).await;
+    rig.synapse.resume();
+    assert_eq!(status, 409, "the second is turned away at once: {page}");
+    assert!(page.contains("being handed back right now"), "{page}");
+    let (status, page) = first_post.await.unwrap();
+    assert_eq!(status, 200, "{page}");
+    assert_eq!(rig.synapse.login(&localpart, "sea shanty lighthouse").await.0, 200, "the first password works");
+    assert_ne!(rig.synapse.login(&localpart, "another long password").await.0, 200, "the second was never set");
+}
+
+#[tokio::test(flavor = "multi_thread")]
 async fn while_an_ids_hold_is_being_made_neither_its_claim_link_nor_the_cli_hands_it_over() {
     let (rig, lost, link) = one_held_with_a_claim_link().await;
     let http = reqwest::Client::builder().no_proxy().build().unwrap();

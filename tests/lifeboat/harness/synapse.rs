@@ -137,6 +137,20 @@ impl TestSynapse {
         assert_eq!(self.command("start"), "ok");
     }
 
+    /// Freezes Synapse (SIGSTOP): requests to it wait until [`Self::resume`].
+    pub fn pause(&self) {
+        unsafe { libc::kill(self.pid(), libc::SIGSTOP) };
+    }
+
+    pub fn resume(&self) {
+        unsafe { libc::kill(self.pid(), libc::SIGCONT) };
+    }
+
+    fn pid(&self) -> i32 {
+        let info: Value = serde_json::from_str(&self.command("info")).unwrap();
+        info["pid"].as_i64().expect("synapse is running") as i32
+    }
+
     /// The seed incident: stop Synapse, delete its database, start it again.
     /// Every account and token is gone afterwards.
     pub fn wipe(&self) {
