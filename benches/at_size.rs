@@ -17,13 +17,14 @@
 //!   LIFEBOAT_BENCH_SIZE_PAGE_SIZE `sync.page_size`, for the bare listing too
 //!                                 (default 2000, lifeboat's default)
 //!
-//! The fill (once per N, cached): the harness starts Synapse on an empty
-//! database and registers its admin; once `background_updates` is empty
-//! Synapse is stopped and N rows go into `users` (no password hash,
-//! `creation_ts` in seconds), `profiles` and `user_threepids` (one email
-//! each) in one INSERT … SELECT per table; `sqlite_stat1` is dropped if
-//! present. The filled database and the admin's password are kept apart and
-//! copied back before each run (the wipe at the end deletes the database).
+//! The fill (once per N, cached) is benches/support/fill.rs's: the harness
+//! starts Synapse on an empty database and registers its admin; once
+//! `background_updates` is empty Synapse is stopped and N rows go into
+//! `users` (no password hash, `creation_ts` in seconds), `profiles` and
+//! `user_threepids` (one email each) in one INSERT … SELECT per table;
+//! `sqlite_stat1` is dropped if present. The filled database and the
+//! admin's password are kept apart and copied back before each run (the
+//! wipe at the end deletes the database).
 //! The registry is filled the same way: `accounts` and `contacts` from
 //! Synapse's rows through ATTACH, details fresh (what a finished cold sync
 //! leaves), so the watcher starts warm.
@@ -45,10 +46,13 @@ use tokio_util::sync::CancellationToken;
 
 #[path = "support/common.rs"]
 mod common;
+#[path = "support/fill.rs"]
+mod fill;
 #[allow(dead_code)]
 #[path = "support/synapse.rs"]
 mod synapse;
 use common::{env_number, http};
+use fill::sqlite;
 use synapse::{Harness, Info, bare_listing, lifeboat_config, synapse_python};
 
 type BoxError = Box<dyn std::error::Error + Send + Sync>;
@@ -86,12 +90,8 @@ fn localpart_sql() -> &'static str {
     "char(97 + (i * 7) % 26) || char(97 + (i / 26 * 11 + i) % 26) || printf('.user%07d', i)"
 }
 
-async fn sqlite(path: &Path) -> Result<sqlx::SqliteConnection> {
-    let options = sqlx::sqlite::SqliteConnectOptions::new().filename(path).create_if_missing(false);
-    Ok(sqlx::SqliteConnection::connect_with(&options).await?)
-}
-
-/// Fills the cache for `count` accounts, once.
+/// Fills the cache for `count` accounts, once (`fill::fill`, then the
+/// filled database and the admin's password kept apart).
 async fn fill(python: &Path, repo: &Path, cache: &Path, count: usize) -> Result<()> {
     let done = cache.join("filled");
     if done.exists() {
@@ -101,56 +101,8 @@ async fn fill(python: &Path, repo: &Path, cache: &Path, count: usize) -> Result<
     let _ = std::fs::remove_dir_all(cache);
     let started = Instant::now();
     let dir = cache.join("synapse");
-    let harness = Harness::start(python, repo, &dir)?;
-    let server_name = harness.info.server_name.clone();
-    let db = dir.join("homeserver.db");
-    // Synapse's own schema updates run in the background after a first start.
-    let deadline = Instant::now() + Duration::from_secs(600);
-    loop {
-        let mut conn = sqlite(&db).await?;
-        let (left,): (i64,) = sqlx::query_as("SELECT COUNT(*) FROM background_updates").fetch_one(&mut conn).await?;
-        conn.close().await?;
-        if left == 0 {
-            break;
-        }
-        if Instant::now() > deadline {
-            return Err(format!("{left} background updates still pending after 10 minutes").into());
-        }
-        tokio::time::sleep(Duration::from_millis(500)).await;
-    }
-    harness.stop();
-    let mut conn = sqlite(&db).await?;
-    let numbers = format!("WITH RECURSIVE n(i) AS (SELECT 0 UNION ALL SELECT i + 1 FROM n WHERE i < {}) ", count - 1);
-    let lp = localpart_sql();
-    let mut tx = conn.begin().await?;
-    sqlx::query(sqlx::AssertSqlSafe(format!(
-        "INSERT INTO users (name, password_hash, creation_ts, admin, is_guest, deactivated, shadow_banned, approved, locked, suspended) \
-         {numbers} SELECT '@' || {lp} || ':{server_name}', NULL, 1600000000 + i, 0, 0, 0, 0, 1, 0, 0 FROM n"
-    )))
-    .execute(&mut *tx)
-    .await?;
-    sqlx::query(sqlx::AssertSqlSafe(format!(
-        "INSERT INTO profiles (user_id, displayname, full_user_id) {numbers} \
-         SELECT {lp}, 'Person ' || i, '@' || {lp} || ':{server_name}' FROM n"
-    )))
-    .execute(&mut *tx)
-    .await?;
-    sqlx::query(sqlx::AssertSqlSafe(format!(
-        "INSERT INTO user_threepids (user_id, medium, address, validated_at, added_at) {numbers} \
-         SELECT '@' || {lp} || ':{server_name}', 'email', {lp} || '@example.org', \
-         (1600000000 + i) * 1000, (1600000000 + i) * 1000 FROM n"
-    )))
-    .execute(&mut *tx)
-    .await?;
-    tx.commit().await?;
-    let stat: Option<(String,)> =
-        sqlx::query_as("SELECT name FROM sqlite_master WHERE name = 'sqlite_stat1'").fetch_optional(&mut conn).await?;
-    if stat.is_some() {
-        sqlx::query("DROP TABLE sqlite_stat1").execute(&mut conn).await?;
-    }
-    sqlx::query("PRAGMA wal_checkpoint(TRUNCATE)").execute(&mut conn).await?;
-    conn.close().await?;
-    std::fs::copy(&db, cache.join("homeserver.db.filled"))?;
+    fill::fill(python, repo, &dir, count, localpart_sql()).await?;
+    std::fs::copy(dir.join("homeserver.db"), cache.join("homeserver.db.filled"))?;
     std::fs::copy(dir.join("admin_password"), cache.join("admin_password.filled"))?;
     std::fs::write(&done, format!("{count}\n"))?;
     println!(

@@ -1,48 +1,95 @@
 //! Benchmark: holding lost IDs after a wipe, against a real Synapse
 //! (tools/synapse_harness.py), compared in the same run with a bare loop of
-//! the same admin calls.
+//! the same admin calls; and the whole way from the wipe to every lost ID
+//! held and notified by email.
 //!
 //! Run with `cargo bench --bench holds` (see benches/README.md).
 //! Environment:
-//!   LIFEBOAT_BENCH_HOLD_ACCOUNTS   accounts lost in the wipe (default 2000)
-//!   LIFEBOAT_BENCH_ROUNDS          wipe-and-hold rounds (default 2)
+//!   LIFEBOAT_BENCH_HOLD_ACCOUNTS   accounts lost in the wipe (default 2000;
+//!                                  at most 99999)
+//!   LIFEBOAT_BENCH_ROUNDS          wipe-hold-notify rounds (default 2)
+//!   LIFEBOAT_BENCH_SINK            postfix (default) or aiosmtpd, the SMTP sink
+//!   LIFEBOAT_BENCH_POSTFIX_DIR     where Debian's postfix .deb is extracted
+//!                                  (default target/bench-tools/postfix,
+//!                                  fetched with `apt-get download postfix`)
+//!   (see benches/support/smtp_sink.rs for the last two)
 //!
 //! Setup: N accounts `hold-00000..`, each with a display name and an email,
-//! synced into a fresh SQLite registry (emails imported). Each round wipes
-//! Synapse, recovers lifeboat's account, syncs (everyone missing), then,
-//! in an order that alternates between rounds:
-//!   (a) the bare loop: for N fresh IDs, `PUT /_synapse/admin/v2/users/<id>`
-//!       with `{}`, then with `{locked, displayname, threepids}` (what a hold
-//!       sends), 8 accounts at a time, nothing recorded anywhere;
-//!   (b) lifeboat: `holds::hold_lost_ids`, which makes the same two calls per
-//!       account, 8 at a time, and records each hold in the registry.
-//! The ratio (b)/(a) is the goal (≤ 1.2); "wipe → all held" adds the
-//! recovery and the sync a real round needs first.
+//! inserted as rows into Synapse's database (benches/support/fill.rs: the
+//! admin API would take about 25 minutes for 10,000), then synced into a
+//! fresh SQLite registry (emails imported). A local SMTP sink
+//! (benches/support/smtp_sink.rs) takes the notices. Each round wipes
+//! Synapse and then does what `lifeboat incident open` and `lifeboat notify
+//! ID --yes` do, each step timed:
+//!   1. recovered and synced: lifeboat's account recovered through the
+//!      shared secret (`campaign::admin_client_recovering`), then a sync
+//!      (everyone missing);
+//!   2. the incident opened for the missing accounts (`Registry::open_incident`,
+//!      scope `missing`, as `campaign::open_incident` does after its sync);
+//!   3. holds: `holds::hold_lost_ids`, two admin calls per account, 8
+//!      accounts at a time, each hold recorded in the registry;
+//!   4. notify: `campaign::run_campaign` as `lifeboat notify ID --yes` runs
+//!      it: a registration token per person created in Synapse, the email
+//!      deliveries planned and sent to the sink (8 SMTP connections), the
+//!      DM sender started (no DMs: held accounts get none).
+//!
+//! Between 1 and 2, or after 4 (alternating by round), the bare loop:
+//! for N fresh IDs, `PUT /_synapse/admin/v2/users/<id>` with `{}`, then with
+//! `{locked, displayname, threepids}` (what a hold sends), 8 accounts at a
+//! time, nothing recorded anywhere. The ratio holds / bare loop is the goal
+//! (≤ 1.2); "wipe → all held and notified" is 1 + 2 + 3 + 4 (the bare loop
+//! left out), the goal under 5 minutes at 10,000. The round's incident is
+//! resolved in the registry at its end (its tokens go with the next wipe).
 
 use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
 use futures::StreamExt;
+use lifeboat::campaign::{CampaignOptions, admin_client_recovering, run_campaign};
 use lifeboat::config::Config;
-use lifeboat::holds::{HOLD_CONCURRENCY, hold_lost_ids};
-use lifeboat::recover::{AdminAccess, admin_access, recover};
-use lifeboat::registry::{Actor, Registry};
+use lifeboat::holds::{HOLD_CONCURRENCY, hold_lost_ids, holds_wanted};
+use lifeboat::notify::NotifyProgress;
+use lifeboat::registry::{Actor, IncidentScope, Registry};
 use lifeboat::sync::{Quiet, SyncOptions, sync};
 use serde_json::json;
+use tokio_util::sync::CancellationToken;
 
 #[path = "support/common.rs"]
 mod common;
 // Each bench uses part of it.
+#[path = "support/fill.rs"]
+mod fill;
+#[allow(dead_code)]
+#[path = "support/smtp_sink.rs"]
+mod smtp_sink;
 #[allow(dead_code)]
 #[path = "support/synapse.rs"]
 mod synapse;
 use common::{env_number, http};
-use synapse::{Harness, Info, lifeboat_config, synapse_python};
+use synapse::{Harness, Info, lifeboat_config_with, synapse_python};
 
 type BoxError = Box<dyn std::error::Error + Send + Sync>;
 type Result<T, E = BoxError> = std::result::Result<T, E>;
 
 const RATIO_GOAL: f64 = 1.2;
+/// Wipe → every one of 10,000 IDs held and notified (issue 16).
+const WHOLE_GOAL_S: f64 = 300.0;
+
+const TITLE: &str = "Homeserver database lost";
+const POSTMORTEM: &str = "\
+# The homeserver's database was lost
+
+Last night the server's database could not be recovered after a disk
+failure, and it was started again empty. Your account and its history on
+this server are gone.
+
+Your user ID is **held for you**: nobody else can register it. Use the
+registration token below (or the link, where there is one) to take it back,
+set a new password, and ask your contacts to invite you to your rooms again.
+Encrypted history comes back only from your own key backup.
+
+We are sorry. Questions: reply to this email.
+";
 
 async fn put_user(
     http: &reqwest::Client,
@@ -62,25 +109,6 @@ async fn put_user(
 
 fn user_id(info: &Info, prefix: &str, n: usize) -> String {
     format!("@{prefix}-{n:05}:{}", info.server_name)
-}
-
-/// The accounts that will be lost: a display name and an email each.
-async fn create_accounts(info: &Info, count: usize) -> Result<()> {
-    let http = http();
-    let mut created = futures::stream::iter(0..count)
-        .map(|n| {
-            let (http, id) = (http.clone(), user_id(info, "hold", n));
-            let body = json!({
-                "displayname": format!("Person {n}"),
-                "threepids": [{"medium": "email", "address": format!("hold-{n:05}@example.org")}],
-            });
-            async move { put_user(&http, info, &info.admin_token, &id, &body).await }
-        })
-        .buffer_unordered(8);
-    while let Some(result) = created.next().await {
-        result?;
-    }
-    Ok(())
 }
 
 /// (a) The same two calls a hold makes, on fresh IDs, with nothing recorded.
@@ -110,87 +138,152 @@ async fn bare_loop(info: &Info, token: &str, round: usize, count: usize) -> Resu
     Ok(started.elapsed())
 }
 
+/// Notes from the notify run (recovering, no DMs, ...) go to stderr.
+struct Notes;
+
+impl NotifyProgress for Notes {
+    fn note(&self, text: &str) {
+        eprintln!("  note: {text}");
+    }
+}
+
+/// The timed steps of lifeboat's part of one round.
+struct Steps {
+    opened: Duration,
+    holds: Duration,
+    notify: Duration,
+    emails: i64,
+    tokens: u64,
+}
+
+/// Steps 2-4: the incident opened, the lost IDs held, the notices sent.
+async fn lifeboat_turn(
+    config: &Config,
+    registry: &Registry,
+    client: &lifeboat::synapse::SynapseClient,
+    round: usize,
+    count: usize,
+) -> Result<Steps> {
+    let actor = Actor::cli();
+    let started = Instant::now();
+    let (incident, affected) = registry.open_incident(TITLE, POSTMORTEM, IncidentScope::Missing, &actor).await?;
+    let opened = started.elapsed();
+    // Every account and the harness's own admin; from the second round on
+    // also lifeboat's own account, which the recovery made again (counted as
+    // recreated, not covered by an incident before).
+    if affected < count as i64 + 1 || affected > count as i64 + 2 {
+        return Err(format!("round {round}: the incident affects {affected} accounts, expected {}", count + 1).into());
+    }
+    let started = Instant::now();
+    let report = hold_lost_ids(config, registry, client, &actor, &|_, _| {}, &CancellationToken::new()).await?;
+    let holds = started.elapsed();
+    if report.held.len() != count + 1 || !report.taken.is_empty() || !report.failed.is_empty() {
+        return Err(format!(
+            "round {round}: held {}, taken {}, failed {} (first: {:?})",
+            report.held.len(),
+            report.taken.len(),
+            report.failed.len(),
+            report.failed.first()
+        )
+        .into());
+    }
+    let email = config.email.as_ref().ok_or("no [email] in the bench's config")?;
+    let started = Instant::now();
+    let options = CampaignOptions { actor: actor.clone(), plan_new: true, retry_failed: false, progress: &Notes };
+    let sent = run_campaign(config, registry, &incident, email, options).await?;
+    let notify = started.elapsed();
+    // One email per account (the harness's admin has none).
+    if sent.counts.sent != count as i64 || sent.unfinished() > 0 {
+        return Err(format!("round {round}: notify ended with {:?}, errors {:?}", sent.counts, sent.errors).into());
+    }
+    registry.resolve_incident(incident.id, &actor).await?;
+    Ok(Steps { opened, holds, notify, emails: sent.counts.sent, tokens: sent.tokens_created })
+}
+
 #[tokio::main]
 async fn main() -> Result<()> {
     let count = env_number("LIFEBOAT_BENCH_HOLD_ACCOUNTS", 2000);
     let rounds = env_number("LIFEBOAT_BENCH_ROUNDS", 2);
+    if count == 0 || count > 99_999 || rounds == 0 {
+        return Err("LIFEBOAT_BENCH_HOLD_ACCOUNTS must be 1 to 99999 and LIFEBOAT_BENCH_ROUNDS at least 1".into());
+    }
     let repo = PathBuf::from(env!("CARGO_MANIFEST_DIR"));
     let python = synapse_python(&repo)?;
     let work = tempfile::Builder::new().prefix("lifeboat-bench-holds-").tempdir()?;
-    let mut harness = Harness::start(&python, &repo, &work.path().join("synapse"))?;
-    let info = harness.info.clone();
-    println!("holds: {count} accounts on Synapse at {}, {rounds} rounds", info.url);
+    let dir = work.path().join("synapse");
 
     let setup = Instant::now();
-    create_accounts(&info, count).await?;
-    println!("  created {count} accounts in {:.1} s", setup.elapsed().as_secs_f64());
-    let config = lifeboat_config(&info, &work.path().join("registry.db"), work.path(), 2000)?;
+    fill::fill(&python, &repo, &dir, count, "'hold-' || printf('%05d', i)").await?;
+    println!("holds: filled Synapse with {count} accounts in {:.1} s", setup.elapsed().as_secs_f64());
+    let mut harness = Harness::start(&python, &repo, &dir)?;
+    let info = harness.info.clone();
+    println!("holds: {count} accounts on Synapse at {}, {rounds} rounds", info.url);
+    let sink = smtp_sink::start_sink(&repo, work.path())?;
+    println!("holds: notices go to {} on 127.0.0.1:{}", sink.name, sink.port);
+    let email = format!(
+        "\n[email]\nsmtp_url = \"smtp://127.0.0.1:{}\"\nfrom = \"Lifeboat <lifeboat@bench.test>\"\n",
+        sink.port
+    );
+    let config = lifeboat_config_with(&info, &work.path().join("registry.db"), work.path(), 2000, &email)?;
+    if !holds_wanted(&config, true) {
+        return Err("the bench's config does not hold lost IDs at an incident".into());
+    }
     let registry = Registry::connect(&config.registry.url).await?;
     let actor = Actor::cli();
     let client = lifeboat::synapse::SynapseClient::from_config(&config.homeserver);
-    sync(&registry, &client, &SyncOptions::from_config(&config), &actor, &Quiet).await?;
+    let started = Instant::now();
+    let synced = sync(&registry, &client, &SyncOptions::from_config(&config), &actor, &Quiet).await?;
+    println!("holds: first sync {:.1} s ({} emails imported)", started.elapsed().as_secs_f64(), synced.emails_imported);
+    if synced.emails_imported != count as u64 {
+        return Err(format!("the first sync imported {} emails, expected {count}", synced.emails_imported).into());
+    }
 
-    let (mut ours, mut bare, mut whole) = (Vec::new(), Vec::new(), Vec::new());
+    let (mut ours, mut bare, mut whole, mut notify) = (Vec::new(), Vec::new(), Vec::new(), Vec::new());
     for round in 1..=rounds {
         let wiped = Instant::now();
         harness.command("wipe")?;
-        if let AdminAccess::Dead { .. } = admin_access(&config, &registry).await? {
-            recover(&config, &registry, &actor).await?;
-        }
-        let AdminAccess::Working { client, .. } = admin_access(&config, &registry).await? else {
-            return Err("no working admin token after recovery".into());
-        };
+        let client = admin_client_recovering(&config, &registry, &actor, &Notes).await?;
         sync(&registry, &client, &SyncOptions::from_config(&config), &actor, &Quiet).await?;
-        // Wipe → recovered and synced: what a real round does before holding.
+        // Wipe → recovered and synced: what `incident open` does before opening.
         let prepared = wiped.elapsed();
         let token = client_token(&config, &registry).await?;
-        let mut timed_ours = Duration::ZERO;
+        let mut steps = None;
         let mut timed_bare = Duration::ZERO;
         // Each round a different one goes first.
         for turn in 0..2 {
             if (turn + round) % 2 == 0 {
                 timed_bare = bare_loop(&info, &token, round, count).await?;
             } else {
-                let started = Instant::now();
-                let report = hold_lost_ids(
-                    &config,
-                    &registry,
-                    &client,
-                    &actor,
-                    &|_, _| {},
-                    &tokio_util::sync::CancellationToken::new(),
-                )
-                .await?;
-                timed_ours = started.elapsed();
-                // Every account, and the harness's own admin.
-                if report.held.len() != count + 1 || !report.taken.is_empty() || !report.failed.is_empty() {
-                    return Err(format!(
-                        "round {round}: held {}, taken {}, failed {} (first: {:?})",
-                        report.held.len(),
-                        report.taken.len(),
-                        report.failed.len(),
-                        report.failed.first()
-                    )
-                    .into());
-                }
-                // Not counting the bare loop when it went first.
-                whole.push(prepared + timed_ours);
+                steps = Some(lifeboat_turn(&config, &registry, &client, round, count).await?);
             }
         }
+        let steps = steps.expect("lifeboat's turn ran");
+        let total = prepared + steps.opened + steps.holds + steps.notify;
         // Per account: lifeboat also held the harness's admin.
-        let ours_each = timed_ours.as_secs_f64() / (count + 1) as f64;
+        let ours_each = steps.holds.as_secs_f64() / (count + 1) as f64;
         let bare_each = timed_bare.as_secs_f64() / count as f64;
         println!(
-            "  round {round}: wipe → recovered and synced {:.1} s; lifeboat {:.1} s ({:.0} holds/s), bare loop {:.1} s ({:.0}/s), ratio {:.3}",
+            "  round {round} ({} first): wipe → recovered and synced {:.1} s; incident opened {:.2} s; \
+             holds {:.1} s ({:.0} holds/s), bare loop {:.1} s ({:.0}/s), ratio {:.3}; \
+             notify {:.1} s ({} tokens created, {} emails, {:.0} emails/s); wipe → all held and notified {:.1} s",
+            if round % 2 == 1 { "lifeboat" } else { "bare loop" },
             prepared.as_secs_f64(),
-            timed_ours.as_secs_f64(),
+            steps.opened.as_secs_f64(),
+            steps.holds.as_secs_f64(),
             1.0 / ours_each,
             timed_bare.as_secs_f64(),
             1.0 / bare_each,
-            ours_each / bare_each
+            ours_each / bare_each,
+            steps.notify.as_secs_f64(),
+            steps.tokens,
+            steps.emails,
+            steps.emails as f64 / steps.notify.as_secs_f64(),
+            total.as_secs_f64()
         );
         ours.push(ours_each);
         bare.push(bare_each);
+        whole.push(total.as_secs_f64());
+        notify.push(steps.notify.as_secs_f64());
     }
     let median = |values: &mut Vec<f64>| {
         values.sort_by(f64::total_cmp);
@@ -198,19 +291,32 @@ async fn main() -> Result<()> {
     };
     let ratios: Vec<f64> = ours.iter().zip(&bare).map(|(ours, bare)| ours / bare).collect();
     let ratio = median(&mut ratios.clone());
-    let whole_s: Vec<f64> = whole.iter().map(Duration::as_secs_f64).collect();
+    let list =
+        |values: &[f64], digits: usize| values.iter().map(|v| format!("{v:.digits$}")).collect::<Vec<_>>().join(", ");
     println!(
-        "holds: {count} lost IDs; lifeboat {:.0} holds/s, bare loop {:.0}/s; ratio (median of {rounds}) {ratio:.3} (goal <= {RATIO_GOAL}): {}",
-        1.0 / median(&mut ours),
-        1.0 / median(&mut bare),
+        "holds: {count} lost IDs; lifeboat {:.0} holds/s, bare loop {:.0}/s; ratio per round {} (median {ratio:.3}, goal <= {RATIO_GOAL}: {})",
+        1.0 / median(&mut ours.clone()),
+        1.0 / median(&mut bare.clone()),
+        list(&ratios, 3),
         if ratio <= RATIO_GOAL { "met" } else { "missed" }
     );
+    let worst = whole.iter().copied().fold(0.0, f64::max);
     println!(
-        "  wipe → every ID held (recovery, sync, holds; per round): {}",
-        whole_s.iter().map(|s| format!("{s:.1} s")).collect::<Vec<_>>().join(", ")
+        "  wipe → every ID held and notified (recovery, sync, opening, holds, notify; per round): {} s; notify step {} s{}",
+        list(&whole, 1),
+        list(&notify, 1),
+        if count == 10_000 {
+            format!(
+                " (goal < {WHOLE_GOAL_S:.0} s at 10,000: {})",
+                if worst < WHOLE_GOAL_S { "met in every round" } else { "missed" }
+            )
+        } else {
+            String::new()
+        }
     );
     drop(registry);
     harness.stop();
+    drop(sink);
     Ok(())
 }
 

@@ -154,9 +154,20 @@ pub async fn bare_listing(
 /// `registry` and listing pages of `page_size`, written to
 /// `dir/lifeboat.toml`.
 pub fn lifeboat_config(info: &Info, registry: &Path, dir: &Path, page_size: usize) -> Result<lifeboat::config::Config> {
+    lifeboat_config_with(info, registry, dir, page_size, "")
+}
+
+/// [`lifeboat_config`] with more sections (`extra`, TOML) at its end.
+pub fn lifeboat_config_with(
+    info: &Info,
+    registry: &Path,
+    dir: &Path,
+    page_size: usize,
+    extra: &str,
+) -> Result<lifeboat::config::Config> {
     let text = format!(
         "[homeserver]\nurl = \"{}\"\nserver_name = \"{}\"\nadmin_token = \"{}\"\nregistration_shared_secret = \"{}\"\n\n\
-         [registry]\nurl = \"sqlite://{}\"\n\n[sync]\npage_size = {page_size}\n",
+         [registry]\nurl = \"sqlite://{}\"\n\n[sync]\npage_size = {page_size}\n{extra}",
         info.url,
         info.server_name,
         info.admin_token,
