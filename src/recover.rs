@@ -139,6 +139,7 @@ pub async fn recover(config: &Config, registry: &Registry, actor: &Actor) -> Res
             actor,
         )
         .await?;
+    registry.own_account_recreated(&user_id).await?;
     // Mass DMs from a throttled account would crawl; a wipe lost any override.
     let client = base.with_token(registered.access_token.clone());
     if let Err(err) = client.override_rate_limit(&registered.user_id).await {

@@ -69,6 +69,18 @@ impl Registry {
         Ok(())
     }
 
+    /// lifeboat registered its own account again (a recovery after a wipe):
+    /// the ID is lifeboat's, not a stranger's, so the account's old
+    /// creation time is dropped and the next listing records the new one
+    /// instead of reading the ID as registered again.
+    pub async fn own_account_recreated(&self, user_id: &UserId) -> Result<()> {
+        sqlx::query("UPDATE accounts SET synapse_created_at = NULL, recreated_at = NULL WHERE user_id = $1")
+            .bind(user_id)
+            .execute(&self.pool)
+            .await?;
+        Ok(())
+    }
+
     /// Takes the lease `name` for `holder` until `expires_at`, if it is free,
     /// expired, already the holder's, or held by `stale` (a holder known to
     /// be dead). Otherwise returns who holds it and until when.

@@ -555,6 +555,28 @@ async fn a_recover_interrupted_after_registering_finishes_on_the_next_run() {
 }
 
 #[tokio::test(flavor = "multi_thread")]
+async fn after_a_second_wipe_lifeboats_own_account_made_again_is_its_own_not_a_strangers() {
+    let synapse = TestSynapse::start();
+    let registry = TestDatabase::sqlite();
+    let smtp = TestSmtp::start(None);
+    let lifeboat = lifeboat_with_mail(&synapse, &registry, &smtp);
+    let own = format!("@lifeboat:{}", synapse.server_name);
+    for wipe in 1..=2 {
+        assert_eq!(lifeboat.run(&["sync"]).await.code, 0);
+        synapse.wipe();
+        let recover = lifeboat.run(&["recover"]).await;
+        assert_eq!(recover.code, 0, "wipe {wipe}: {recover:?}");
+        // A second apart, so the new account is younger by Synapse's seconds.
+        tokio::time::sleep(Duration::from_millis(1100)).await;
+    }
+    let check = lifeboat.run(&["check", "--json"]).await;
+    assert!(!check.stdout.contains(&own), "lifeboat's own account is not reported: {check:?}");
+    assert_eq!(lifeboat.run(&["sync"]).await.code, 0);
+    let shown = lifeboat.run(&["users", "show", &own, "--json"]).await;
+    assert_eq!(shown.json()["state"], "present", "{shown:?}");
+}
+
+#[tokio::test(flavor = "multi_thread")]
 async fn recover_refuses_when_the_token_was_revoked_rather_than_the_database_lost() {
     let synapse = TestSynapse::start();
     let registry = TestDatabase::sqlite();
