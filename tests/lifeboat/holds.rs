@@ -97,6 +97,17 @@ async fn one_held_with_a_claim_link() -> (Rig, Vec<String>, String) {
     (rig, lost, link)
 }
 
+/// The HTTP status and page a GET of `url` answers.
+async fn get_page(url: &str) -> (u16, String) {
+    let http = reqwest::Client::builder().no_proxy().build().unwrap();
+    let response = http.get(url).send().await.unwrap();
+    (response.status().as_u16(), response.text().await.unwrap())
+}
+
+async fn status_of(url: String) -> u16 {
+    get_page(&url).await.0
+}
+
 #[tokio::test(flavor = "multi_thread")]
 async fn after_a_wipe_lost_ids_are_held_no_token_takes_one_and_each_owner_claims_theirs() {
     let people = people(3);
@@ -202,11 +213,6 @@ async fn after_a_wipe_lost_ids_are_held_no_token_takes_one_and_each_owner_claims
 #[tokio::test(flavor = "multi_thread")]
 async fn a_claim_link_that_is_forged_altered_or_for_another_incident_is_refused() {
     let (rig, lost, link) = one_held_with_a_claim_link().await;
-    let http = reqwest::Client::builder().no_proxy().build().unwrap();
-    let status_of = |url: String| {
-        let http = http.clone();
-        async move { http.get(url).send().await.unwrap().status().as_u16() }
-    };
     assert_eq!(status_of(link.clone()).await, 200, "the link as mailed works");
     let sig = link.split("sig=").nth(1).unwrap().to_owned();
     let forged = link.replace(&sig, &"0".repeat(sig.len()));
@@ -275,17 +281,12 @@ async fn a_claim_link_posted_twice_at_once_is_handed_over_once_with_the_first_pa
 #[tokio::test(flavor = "multi_thread")]
 async fn while_an_ids_hold_is_being_made_neither_its_claim_link_nor_the_cli_hands_it_over() {
     let (rig, lost, link) = one_held_with_a_claim_link().await;
-    let http = reqwest::Client::builder().no_proxy().build().unwrap();
-    let status_of = |url: String| {
-        let http = http.clone();
-        async move { http.get(url).send().await.unwrap().status().as_u16() }
-    };
     assert_eq!(status_of(link.clone()).await, 200, "the link works while the ID is held");
 
     // A hold of the same ID is being made again (its lock would undo a claim).
     set_custody(&rig, &lost[0], "holding").await;
-    assert_eq!(status_of(link.clone()).await, 400, "the link reads as dead");
-    let page = http.get(link.clone()).send().await.unwrap().text().await.unwrap();
+    let (status, page) = get_page(&link).await;
+    assert_eq!(status, 400, "the link reads as dead: {page}");
     assert!(page.contains("This link does not work"), "{page}");
     let by_hand = rig.lifeboat.run_with_input(&["holds", "claim", &lost[0]], "a-long-enough-passphrase\n").await;
     assert_ne!(by_hand.code, 0, "{by_hand:?}");
