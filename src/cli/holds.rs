@@ -36,6 +36,9 @@ pub enum Command {
     /// created only if its ID is free (lifeboat never changes one it did not
     /// create), then locked, with its display name and verified emails.
     /// Safe to run again: held IDs are skipped, interrupted holds resumed.
+    /// Ctrl-C stops it between holds (those under way finish). One hold run
+    /// at a time: while another holds (serve's watcher, `incident open`),
+    /// this says who and leaves the IDs to it.
     Make,
     /// Give an ID to its person with a new password (the CLI way of a claim).
     ///

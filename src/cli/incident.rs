@@ -19,7 +19,9 @@ pub enum Command {
     /// which the notices say), it syncs first, recovering lifeboat's account
     /// through the shared secret if every admin token is rejected, as after
     /// a wipe; when it cannot, it says why and uses what the last complete
-    /// sync found.
+    /// sync found. Then it holds the lost IDs (recovery.hold), first waiting
+    /// for another hold run (serve's watcher) to end, so the notices find
+    /// them held.
     Open {
         /// A short title, e.g. "Database lost on 2026-11-25".
         #[arg(long)]
