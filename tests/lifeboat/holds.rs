@@ -80,6 +80,16 @@ fn notice_to(rig: &Rig, email: &str) -> String {
     notice.text.clone().unwrap()
 }
 
+/// Wipes Synapse under serve's watcher and waits until it holds the IDs
+/// of `people`; returns them.
+async fn wipe_until_held(rig: &Rig, people: &[(String, String)]) -> Vec<String> {
+    rig.synapse.wipe();
+    let (lifeboat, lost) = (&rig.lifeboat, ids_of(&rig.synapse, people));
+    eventually("the lost IDs are held", Duration::from_secs(90), || async { all_in(lifeboat, "held", &lost).await })
+        .await;
+    lost
+}
+
 /// One person's ID wiped and held by serve's watcher, listed since (as
 /// lifeboat's own account), and an incident notified: the rig, the lost
 /// ID (alone in a list) and the claim link in the person's notice.
@@ -87,10 +97,7 @@ async fn one_held_with_a_claim_link() -> (Rig, Vec<String>, String) {
     let people = people(1);
     let mut rig = Rig::start(TestSmtp::start(None), &people).await;
     rig.serve().await;
-    rig.synapse.wipe();
-    let (lifeboat, lost) = (&rig.lifeboat, ids_of(&rig.synapse, &people));
-    eventually("the lost ID is held", Duration::from_secs(90), || async { all_in(lifeboat, "held", &lost).await })
-        .await;
+    let lost = wipe_until_held(&rig, &people).await;
     sync_beside_serve(&rig.lifeboat).await;
     open_and_notify(&rig.lifeboat).await;
     let link = word_with(&notice_to(&rig, &people[0].1), "/claim?");
@@ -370,10 +377,7 @@ async fn an_account_an_admin_locked_gets_no_token_and_no_claim_link_from_any_fac
     rig.synapse.lock_user(locked).await;
     sync_beside_serve(&rig.lifeboat).await;
     rig.serve().await;
-    rig.synapse.wipe();
-    let (lifeboat, lost) = (&rig.lifeboat, ids_of(&rig.synapse, &people));
-    eventually("the lost IDs are held", Duration::from_secs(90), || async { all_in(lifeboat, "held", &lost).await })
-        .await;
+    wipe_until_held(&rig, &people).await;
     open_and_notify(&rig.lifeboat).await;
     let notice = notice_to(&rig, locked_email);
     assert!(!notice.contains("/claim?") && !notice.contains("registration token: "), "{notice}");
