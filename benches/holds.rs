@@ -26,7 +26,13 @@
 //!      (everyone missing);
 //!   2. the incident opened for the missing accounts (`Registry::open_incident`,
 //!      scope `missing`, as `campaign::open_incident` does after its sync);
-//!   3. holds: `holds::hold_lost_ids`, two admin calls per account, 8
+//!   3. holds: `holds::hold_lost_ids`, two admin calls per account (create;
+//!      lock with the emails), 8 accounts at a time, admins first, each hold
+//!      recorded in the registry;
+//!   4. notify, and beside it the display names restored
+//!      (`holds::restore_held_names`, one call per account), as serve's
+//!      watcher restores them after its alert while an admin sends the
+//!      notices:
 //!      accounts at a time, each hold recorded in the registry;
 //!   4. notify: `campaign::run_campaign` as `lifeboat notify ID --yes` runs
 //!      it: a registration token per person created in Synapse, the email
@@ -47,7 +53,7 @@ use std::time::{Duration, Instant};
 use futures::StreamExt;
 use lifeboat::campaign::{CampaignOptions, admin_client_recovering, run_campaign};
 use lifeboat::config::Config;
-use lifeboat::holds::{HOLD_CONCURRENCY, hold_lost_ids, holds_wanted};
+use lifeboat::holds::{HOLD_CONCURRENCY, hold_lost_ids, holds_wanted, restore_held_names};
 use lifeboat::notify::NotifyProgress;
 use lifeboat::registry::{Actor, IncidentScope, Registry};
 use lifeboat::sync::{Quiet, SyncOptions, sync};
@@ -111,8 +117,15 @@ fn user_id(info: &Info, prefix: &str, n: usize) -> String {
     format!("@{prefix}-{n:05}:{}", info.server_name)
 }
 
-/// (a) The same two calls a hold makes, on fresh IDs, with nothing recorded.
-async fn bare_loop(info: &Info, token: &str, round: usize, count: usize) -> Result<Duration> {
+/// The bare loop's two passes.
+struct Bare {
+    holds: Duration,
+    names: Duration,
+}
+
+/// (a) The same calls holds make, on fresh IDs, with nothing recorded: the
+/// two calls of each hold, then the display names.
+async fn bare_loop(info: &Info, token: &str, round: usize, count: usize) -> Result<Bare> {
     let http = http();
     let started = Instant::now();
     let mut done = futures::stream::iter(0..count)
@@ -125,7 +138,6 @@ async fn bare_loop(info: &Info, token: &str, round: usize, count: usize) -> Resu
                 }
                 let lock = json!({
                     "locked": true,
-                    "displayname": format!("Person {n}"),
                     "threepids": [{"medium": "email", "address": format!("bare{round}-{n:05}@example.org")}],
                 });
                 put_user(&http, info, token, &id, &lock).await.map(|_| ())
@@ -135,7 +147,20 @@ async fn bare_loop(info: &Info, token: &str, round: usize, count: usize) -> Resu
     while let Some(result) = done.next().await {
         result?;
     }
-    Ok(started.elapsed())
+    let holds = started.elapsed();
+    let started = Instant::now();
+    let mut done = futures::stream::iter(0..count)
+        .map(|n| {
+            let (http, id) = (http.clone(), user_id(info, &format!("bare{round}"), n));
+            async move {
+                put_user(&http, info, token, &id, &json!({"displayname": format!("Person {n}")})).await.map(|_| ())
+            }
+        })
+        .buffer_unordered(HOLD_CONCURRENCY);
+    while let Some(result) = done.next().await {
+        result?;
+    }
+    Ok(Bare { holds, names: started.elapsed() })
 }
 
 /// Notes from the notify run (recovering, no DMs, ...) go to stderr.
@@ -152,6 +177,8 @@ struct Steps {
     opened: Duration,
     holds: Duration,
     notify: Duration,
+    /// From the end of the holds, beside the notices.
+    names: Duration,
     emails: i64,
     tokens: u64,
 }
@@ -189,14 +216,28 @@ async fn lifeboat_turn(
     let email = config.email.as_ref().ok_or("no [email] in the bench's config")?;
     let started = Instant::now();
     let options = CampaignOptions { actor: actor.clone(), plan_new: true, retry_failed: false, progress: &Notes };
-    let sent = run_campaign(config, registry, &incident, email, options).await?;
-    let notify = started.elapsed();
+    let ((sent, notify), (names, names_took)) = tokio::join!(
+        async {
+            let sent = run_campaign(config, registry, &incident, email, options).await;
+            (sent, started.elapsed())
+        },
+        async {
+            let names = restore_held_names(registry, client, &|_, _| {}, &CancellationToken::new()).await;
+            (names, started.elapsed())
+        }
+    );
+    let sent = sent?;
+    match names? {
+        // Every account's (the harness's admin may have none).
+        Some(names) if names.restored >= count as u64 && names.failed == 0 => {}
+        other => return Err(format!("round {round}: display names restored: {other:?}").into()),
+    }
     // One email per account (the harness's admin has none).
     if sent.counts.sent != count as i64 || sent.unfinished() > 0 {
         return Err(format!("round {round}: notify ended with {:?}, errors {:?}", sent.counts, sent.errors).into());
     }
     registry.resolve_incident(incident.id, &actor).await?;
-    Ok(Steps { opened, holds, notify, emails: sent.counts.sent, tokens: sent.tokens_created })
+    Ok(Steps { opened, holds, notify, names: names_took, emails: sent.counts.sent, tokens: sent.tokens_created })
 }
 
 #[tokio::main]
@@ -238,6 +279,7 @@ async fn main() -> Result<()> {
     }
 
     let (mut ours, mut bare, mut whole, mut notify) = (Vec::new(), Vec::new(), Vec::new(), Vec::new());
+    let (mut names_ours, mut names_bare, mut whole_names) = (Vec::new(), Vec::new(), Vec::new());
     for round in 1..=rounds {
         let wiped = Instant::now();
         harness.command("wipe")?;
@@ -247,7 +289,7 @@ async fn main() -> Result<()> {
         let prepared = wiped.elapsed();
         let token = client_token(&config, &registry).await?;
         let mut steps = None;
-        let mut timed_bare = Duration::ZERO;
+        let mut timed_bare = Bare { holds: Duration::ZERO, names: Duration::ZERO };
         // Each round a different one goes first.
         for turn in 0..2 {
             if (turn + round) % 2 == 0 {
@@ -257,32 +299,42 @@ async fn main() -> Result<()> {
             }
         }
         let steps = steps.expect("lifeboat's turn ran");
-        let total = prepared + steps.opened + steps.holds + steps.notify;
+        let held = prepared + steps.opened + steps.holds;
+        let total = held + steps.notify;
+        let total_names = held + steps.notify.max(steps.names);
         // Per account: lifeboat also held the harness's admin.
         let ours_each = steps.holds.as_secs_f64() / (count + 1) as f64;
-        let bare_each = timed_bare.as_secs_f64() / count as f64;
+        let bare_each = timed_bare.holds.as_secs_f64() / count as f64;
         println!(
             "  round {round} ({} first): wipe → recovered and synced {:.1} s; incident opened {:.2} s; \
              holds {:.1} s ({:.0} holds/s), bare loop {:.1} s ({:.0}/s), ratio {:.3}; \
-             notify {:.1} s ({} tokens created, {} emails, {:.0} emails/s); wipe → all held and notified {:.1} s",
+             then notify {:.1} s ({} tokens created, {} emails, {:.0} emails/s) beside the display names {:.1} s \
+             (bare loop alone {:.1} s); wipe → all held {:.1} s, and notified {:.1} s, names restored too {:.1} s",
             if round % 2 == 1 { "lifeboat" } else { "bare loop" },
             prepared.as_secs_f64(),
             steps.opened.as_secs_f64(),
             steps.holds.as_secs_f64(),
             1.0 / ours_each,
-            timed_bare.as_secs_f64(),
+            timed_bare.holds.as_secs_f64(),
             1.0 / bare_each,
             ours_each / bare_each,
             steps.notify.as_secs_f64(),
             steps.tokens,
             steps.emails,
             steps.emails as f64 / steps.notify.as_secs_f64(),
-            total.as_secs_f64()
+            steps.names.as_secs_f64(),
+            timed_bare.names.as_secs_f64(),
+            held.as_secs_f64(),
+            total.as_secs_f64(),
+            total_names.as_secs_f64()
         );
         ours.push(ours_each);
         bare.push(bare_each);
         whole.push(total.as_secs_f64());
         notify.push(steps.notify.as_secs_f64());
+        names_ours.push(steps.names.as_secs_f64());
+        names_bare.push(timed_bare.names.as_secs_f64());
+        whole_names.push(total_names.as_secs_f64());
     }
     let median = |values: &mut Vec<f64>| {
         values.sort_by(f64::total_cmp);
@@ -300,6 +352,12 @@ async fn main() -> Result<()> {
         if ratio <= RATIO_GOAL { "met" } else { "missed" }
     );
     let worst = whole.iter().copied().fold(0.0, f64::max);
+    println!(
+        "  display names beside the notices: {} s (the bare loop's names alone: {} s); wipe → names restored too: {} s",
+        list(&names_ours, 1),
+        list(&names_bare, 1),
+        list(&whole_names, 1)
+    );
     println!(
         "  wipe → every ID held and notified (recovery, sync, opening, holds, notify; per round): {} s; notify step {} s{}",
         list(&whole, 1),

@@ -4,9 +4,12 @@
 //! open, can register any lost ID, and whoever does inherits its person's
 //! rooms on other servers. So as soon as a loss is known, lifeboat creates
 //! each lost ID that is still free itself (create-only: it never changes an
-//! account it did not create), locks it, and gives it back its display name
-//! and verified emails. Its owner takes it back with a claim link
-//! (`web::claim`), or an operator with `lifeboat holds claim`.
+//! account it did not create), locks it, and gives it back its verified
+//! emails; admins' IDs first, as the most worth taking. Display names follow
+//! once every lost ID is held ([`restore_held_names`]): a name costs Synapse
+//! more than the rest of a hold, and until its hold an ID is anyone's. Its
+//! owner takes it back with a claim link (`web::claim`), or an operator with
+//! `lifeboat holds claim`; either brings a name not restored yet.
 //!
 //! Resumable after kill -9: a hold is recorded (`holding`) before the
 //! create. If the rerun finds the ID existing, the account is the one the
@@ -24,7 +27,7 @@ use crate::lease::{Held, Lease};
 use crate::links::ClaimLink;
 use crate::recover::service_user_id;
 use crate::registry::{self, Account, AccountState, Actor, HoldCandidate, Registry, now_ms};
-use crate::synapse::{self, Creation, HeldProfile, SynapseClient};
+use crate::synapse::{self, Creation, SynapseClient};
 use crate::user_id::UserId;
 
 /// Accounts created and locked at once. Synapse is one Python process:
@@ -127,7 +130,9 @@ async fn hold_under_lease(
     stop: &CancellationToken,
 ) -> Result<HoldReport, HoldError> {
     let service = service_user_id(config);
-    let candidates = registry.hold_candidates(&service).await?;
+    let mut candidates = registry.hold_candidates(&service).await?;
+    let bot_admins = config.bot.as_ref().map_or(&[][..], |bot| bot.admins.as_slice());
+    admins_first(&mut candidates, bot_admins);
     let total = candidates.len() as u64;
     let mut report = HoldReport::default();
     if candidates.is_empty() {
@@ -167,6 +172,13 @@ async fn hold_under_lease(
         registry.audit(actor, "hold.run", None, Some(&detail)).await?;
     }
     Ok(report)
+}
+
+/// Puts the IDs most worth taking first: the bot's admins (whoever holds
+/// one commands the bot), then the server's admins, each in ID order.
+fn admins_first(candidates: &mut [HoldCandidate], bot_admins: &[UserId]) {
+    let rank = |candidate: &HoldCandidate| (!bot_admins.contains(&candidate.user_id), candidate.admin == 0);
+    candidates.sort_by(|a, b| rank(a).cmp(&rank(b)).then_with(|| a.user_id.as_str().cmp(b.user_id.as_str())));
 }
 
 enum Outcome {
@@ -214,15 +226,76 @@ async fn hold_one(
             return Ok(Outcome::Failed(err.to_string()));
         }
     };
-    let profile =
-        HeldProfile { display_name: candidate.display_name, emails: registry.verified_emails_of(user_id).await? };
+    let emails = registry.verified_emails_of(user_id).await?;
     // Locked before it counts as held; a failure here is resumed the same way.
-    if let Err(err) = client.lock_held_account(user_id.as_str(), &profile).await {
+    if let Err(err) = client.lock_held_account(user_id.as_str(), &emails).await {
         return Ok(Outcome::Failed(err.to_string()));
     }
-    registry.mark_held(user_id, created_at_ms).await?;
+    registry.mark_held(user_id, created_at_ms, candidate.display_name.is_some()).await?;
     tracing::info!(%user_id, "held a lost ID for its owner");
     Ok(Outcome::Held)
+}
+
+/// What a run giving held accounts back their display names did.
+#[derive(Debug, Clone, Default, Serialize, PartialEq, Eq)]
+pub struct NamesReport {
+    pub restored: u64,
+    /// Not restored this time (tried again on the next run).
+    pub failed: u64,
+    /// Why the first of those failed.
+    pub first_failure: Option<String>,
+    /// Asked to stop before every name was restored.
+    pub stopped: bool,
+}
+
+/// Gives held accounts back their display names, after their holds (see
+/// the module's header). Idempotent and resumable: a name stays due until
+/// Synapse has it. One run at a time across processes: `None` when another
+/// is under way, as it restores every name due.
+pub async fn restore_held_names(
+    registry: &Registry,
+    client: &SynapseClient,
+    progress: &(dyn Fn(u64, u64) + Send + Sync),
+    stop: &CancellationToken,
+) -> Result<Option<NamesReport>, registry::Error> {
+    let Ok(lease) = Lease::take(registry, "hold-names").await? else { return Ok(None) };
+    let outcome = restore_names_under_lease(registry, client, progress, stop).await;
+    lease.release().await;
+    outcome.map(Some)
+}
+
+async fn restore_names_under_lease(
+    registry: &Registry,
+    client: &SynapseClient,
+    progress: &(dyn Fn(u64, u64) + Send + Sync),
+    stop: &CancellationToken,
+) -> Result<NamesReport, registry::Error> {
+    let due = registry.held_names_due().await?;
+    let total = due.len() as u64;
+    let mut report = NamesReport::default();
+    // A claim meanwhile sets the same name itself; setting it again is harmless.
+    let mut outcomes = futures::stream::iter(due)
+        .take_while(|_| std::future::ready(!stop.is_cancelled()))
+        .map(|(user_id, name)| async move {
+            let outcome = client.set_display_name(user_id.as_str(), &name).await;
+            (user_id, outcome)
+        })
+        .buffer_unordered(HOLD_CONCURRENCY);
+    while let Some((user_id, outcome)) = outcomes.next().await {
+        match outcome {
+            Ok(()) => {
+                registry.held_name_restored(&user_id).await?;
+                report.restored += 1;
+            }
+            Err(err) => {
+                report.failed += 1;
+                report.first_failure.get_or_insert_with(|| err.to_string());
+            }
+        }
+        progress(report.restored + report.failed, total);
+    }
+    report.stopped = report.restored + report.failed < total;
+    Ok(report)
 }
 
 /// What a person asking again for a way back in (the web page's `/token`,
@@ -371,7 +444,8 @@ pub async fn claim_held(
     actor: &Actor,
 ) -> Result<bool, HandOverError> {
     let Some(hold) = account.custody_at else { return Ok(false) };
-    client.hand_over_account(account.user_id.as_str(), password, account.admin).await?;
+    let name = account.display_name.as_deref().filter(|_| account.display_name_due);
+    client.hand_over_account(account.user_id.as_str(), password, account.admin, name).await?;
     Ok(registry.claim_hold(&account.user_id, hold, actor).await?)
 }
 
@@ -388,8 +462,11 @@ pub async fn hand_back(
     if registry.hold_under_way(user_id).await? {
         return Err(HandOverError::HoldUnderWay(user_id.to_string()));
     }
-    let was_admin = registry.account(user_id).await?.is_some_and(|account| account.admin);
-    client.hand_over_account(user_id.as_str(), password, was_admin).await?;
+    let account = registry.account(user_id).await?;
+    let was_admin = account.as_ref().is_some_and(|account| account.admin);
+    let name =
+        account.as_ref().filter(|account| account.display_name_due).and_then(|account| account.display_name.as_deref());
+    client.hand_over_account(user_id.as_str(), password, was_admin, name).await?;
     registry.settle_as_claimed(user_id, actor).await?;
     Ok(())
 }
@@ -405,4 +482,32 @@ pub async fn release(
     client.deactivate_account(user_id.as_str()).await?;
     registry.release_hold(user_id, actor).await?;
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn candidate(id: &str, admin: bool) -> HoldCandidate {
+        let user_id = UserId::parse(id).unwrap();
+        HoldCandidate { user_id, display_name: None, begun_before: 0, admin: i64::from(admin) }
+    }
+
+    #[test]
+    fn the_bots_admins_are_held_first_then_the_servers_then_everyone_in_id_order() {
+        let mut candidates = vec![
+            candidate("@anna:example.org", false),
+            candidate("@root:example.org", true),
+            candidate("@zoe:example.org", false),
+            candidate("@boss:example.org", true),
+            candidate("@bea:example.org", false),
+        ];
+        let bot_admins = [UserId::parse("@zoe:example.org").unwrap()];
+        admins_first(&mut candidates, &bot_admins);
+        let order: Vec<_> = candidates.iter().map(|candidate| candidate.user_id.as_str()).collect();
+        assert_eq!(
+            order,
+            ["@zoe:example.org", "@boss:example.org", "@root:example.org", "@anna:example.org", "@bea:example.org"]
+        );
+    }
 }

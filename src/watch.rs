@@ -16,7 +16,7 @@ use tokio_util::sync::CancellationToken;
 use crate::app::Services;
 use crate::check::{CheckOptions, WORKING_TOKEN_SETTING, check};
 use crate::config::Config;
-use crate::holds::{HoldError, hold_lost_ids, holds_wanted};
+use crate::holds::{HoldError, hold_lost_ids, holds_wanted, restore_held_names};
 use crate::observation::{AlertedState, LastListing, Observation};
 use crate::probe::{FixedSample, Probe, probe};
 use crate::reconcile::Verdict;
@@ -283,7 +283,20 @@ pub async fn run(services: Arc<Services>, alerts: impl AlertSink) {
         if let Err(err) = outcome {
             tracing::warn!(error = %err, "watcher: could not record the alerted state");
         }
+        restore_names(registry, &client, cancel).await;
         last_round = Some(now_ms());
+    }
+}
+
+/// After the alert about them: gives held accounts (this round's, or any
+/// whose name is still due) their display names back.
+async fn restore_names(registry: &Registry, client: &SynapseClient, stop: &CancellationToken) {
+    match restore_held_names(registry, client, &|_, _| {}, stop).await {
+        Ok(Some(names)) if names.restored > 0 || names.failed > 0 => {
+            tracing::info!(restored = names.restored, failed = names.failed, first_failure = ?names.first_failure, "watcher: restored held accounts' display names")
+        }
+        Ok(_) => {}
+        Err(err) => tracing::warn!(error = %err, "watcher: held accounts' display names are not restored"),
     }
 }
 

@@ -149,7 +149,9 @@ async fn run(bot: &Bot, room: &Room, actor: &Actor, command: AdminCommand) -> Re
             let (incident, affected) = (opened.incident, opened.affected);
             let mut notes = notes.notes.into_inner().unwrap_or_default();
             if let Some(holds) = opened.holds.filter(|holds| !holds.is_empty()) {
-                notes.insert(0, holds.summary());
+                let names =
+                    if holds.held.is_empty() { "" } else { " (display names follow after the watcher's next round)" };
+                notes.insert(0, format!("{}{names}", holds.summary()));
             }
             Ok(format!(
                 "Opened incident **{}** \"{}\" ({} affected). Next: `{prefix} notify {}` shows what would be sent.{}",

@@ -12,7 +12,7 @@ use super::{Context, Failure, Outcome, exit};
 use tokio_util::sync::CancellationToken;
 
 use crate::campaign::admin_client_recovering;
-use crate::holds::{hand_back, hold_lost_ids, password_problem, release};
+use crate::holds::{hand_back, hold_lost_ids, password_problem, release, restore_held_names};
 use crate::registry::{AccountState, Actor};
 use crate::user_id::UserId;
 
@@ -34,7 +34,9 @@ pub enum Command {
     /// `serve`'s watcher does this by itself (recovery.hold = "auto"), and
     /// `incident open` too (unless recovery.hold = "off"). Each account is
     /// created only if its ID is free (lifeboat never changes one it did not
-    /// create), then locked, with its display name and verified emails.
+    /// create), then locked, with its verified emails; admins' IDs first.
+    /// Then the held accounts get their display names back (after every ID
+    /// is safe: a name costs Synapse more than the rest of a hold).
     /// Safe to run again: held IDs are skipped, interrupted holds resumed.
     /// Ctrl-C stops it between holds (those under way finish). One hold run
     /// at a time: while another holds (serve's watcher, `incident open`),
@@ -115,7 +117,33 @@ pub async fn run(context: &Context, command: Command) -> Outcome {
             for (user_id, reason) in report.failed.iter().take(10) {
                 eprintln!("not held yet: {user_id}: {reason}");
             }
-            Ok(if report.failed.is_empty() && !report.stopped { exit::OK } else { exit::FAILED })
+            if report.stopped {
+                return Ok(exit::FAILED);
+            }
+            let bar = super::output::progress_bar("restoring display names");
+            let progress = |done, total| {
+                bar.set_length(total);
+                bar.set_position(done);
+            };
+            let names = restore_held_names(&registry, &client, &progress, &stop).await?;
+            bar.finish_and_clear();
+            let names_failed = match names {
+                None => {
+                    println!("Display names are being restored by another run.");
+                    false
+                }
+                Some(names) => {
+                    if names.restored > 0 {
+                        let accounts = crate::plural::count(names.restored as i64, "held account", "held accounts");
+                        println!("Restored the display names of {accounts}.");
+                    }
+                    if let Some(reason) = &names.first_failure {
+                        eprintln!("{} display names not restored yet (tried again next time): {reason}", names.failed);
+                    }
+                    names.failed > 0 || names.stopped
+                }
+            };
+            Ok(if report.failed.is_empty() && !names_failed { exit::OK } else { exit::FAILED })
         }
         Command::Claim { id } => {
             let user_id = known_id(&registry, &id).await?;

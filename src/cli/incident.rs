@@ -113,6 +113,11 @@ pub async fn run(context: &Context, command: Command) -> Outcome {
                 );
                 if let Some(holds) = opened.holds.as_ref().filter(|holds| !holds.is_empty()) {
                     println!("{}.", holds.summary());
+                    if !holds.held.is_empty() {
+                        println!(
+                            "Their display names follow: serve's watcher restores them after its next round, `lifeboat holds make` now, and a claim its own."
+                        );
+                    }
                 }
                 println!("Next: `lifeboat notify {} --dry-run` to see what would be sent.", incident.id);
             }

@@ -44,6 +44,8 @@ pub struct Account {
     pub details_fetched_at: Option<i64>,
     /// When lifeboat's custody last changed (held: the hold's identity).
     pub custody_at: Option<i64>,
+    /// Held, with its display name not yet restored on Synapse.
+    pub display_name_due: bool,
 }
 
 impl Account {
@@ -79,6 +81,7 @@ pub(super) struct AccountRow {
     recreated_at: Option<i64>,
     details_fetched_at: Option<i64>,
     custody_at: Option<i64>,
+    display_name_due_at: Option<i64>,
 }
 
 impl From<AccountRow> for Account {
@@ -99,6 +102,7 @@ impl From<AccountRow> for Account {
             recreated_at: row.recreated_at,
             details_fetched_at: row.details_fetched_at,
             custody_at: row.custody_at,
+            display_name_due: row.display_name_due_at.is_some(),
         }
     }
 }
@@ -108,7 +112,7 @@ pub(super) fn account_columns() -> String {
     format!(
         "a.user_id, a.display_name, a.admin, a.deactivated, a.locked, a.is_guest, a.user_type, \
          a.synapse_created_at, a.first_seen_at, a.last_seen_present_at, {STANDING_SQL} AS state, \
-         a.missing_since, a.recreated_at, a.details_fetched_at, a.custody_at"
+         a.missing_since, a.recreated_at, a.details_fetched_at, a.custody_at, a.display_name_due_at"
     )
 }
 

@@ -18,6 +18,8 @@ pub struct HoldCandidate {
     pub display_name: Option<String>,
     /// 1: a hold of it was begun by an earlier run that did not finish.
     pub begun_before: i64,
+    /// 1: a server admin before the loss (held before the others).
+    pub admin: i64,
 }
 
 /// An ID lifeboat holds or held, or one a stranger took.
@@ -47,7 +49,7 @@ impl Registry {
     /// recovery re-creates through the shared secret.
     pub async fn hold_candidates(&self, service: &UserId) -> Result<Vec<HoldCandidate>> {
         Ok(sqlx::query_as(
-            "SELECT user_id, display_name, CASE WHEN custody = 'holding' THEN 1 ELSE 0 END AS begun_before \
+            "SELECT user_id, display_name, CASE WHEN custody = 'holding' THEN 1 ELSE 0 END AS begun_before, admin \
              FROM accounts WHERE state = 'missing' AND (custody IS NULL OR custody = 'holding') \
                AND user_id <> $1 ORDER BY user_id",
         )
@@ -94,19 +96,43 @@ impl Registry {
 
     /// The account lifeboat created for `user_id` is locked: it is held.
     /// `created_at_ms` is its creation time, so later listings do not take
-    /// it for a stranger's.
-    pub async fn mark_held(&self, user_id: &UserId, created_at_ms: Option<i64>) -> Result<()> {
+    /// it for a stranger's. `name_due`: its display name is still to be
+    /// restored ([`Registry::held_names_due`]).
+    pub async fn mark_held(&self, user_id: &UserId, created_at_ms: Option<i64>, name_due: bool) -> Result<()> {
         let now = now_ms();
         sqlx::query(
             "UPDATE accounts SET custody = 'held', custody_at = $2, state = 'present', \
-                    synapse_created_at = COALESCE($3, synapse_created_at), last_seen_present_at = $2 \
+                    synapse_created_at = COALESCE($3, synapse_created_at), last_seen_present_at = $2, \
+                    display_name_due_at = CASE WHEN $4 = 1 THEN $2 ELSE NULL END \
              WHERE user_id = $1 AND custody = 'holding'",
         )
         .bind(user_id)
         .bind(now)
         .bind(created_at_ms)
+        .bind(i64::from(name_due))
         .execute(&self.pool)
         .await?;
+        Ok(())
+    }
+
+    /// Held accounts whose display name is still to be restored, with it,
+    /// oldest hold first.
+    pub async fn held_names_due(&self) -> Result<Vec<(UserId, String)>> {
+        Ok(sqlx::query_as(
+            "SELECT user_id, display_name FROM accounts \
+             WHERE custody = 'held' AND display_name_due_at IS NOT NULL AND display_name IS NOT NULL \
+             ORDER BY display_name_due_at, user_id",
+        )
+        .fetch_all(&self.pool)
+        .await?)
+    }
+
+    /// The display name of held `user_id` is back on Synapse.
+    pub async fn held_name_restored(&self, user_id: &UserId) -> Result<()> {
+        sqlx::query("UPDATE accounts SET display_name_due_at = NULL WHERE user_id = $1")
+            .bind(user_id)
+            .execute(&self.pool)
+            .await?;
         Ok(())
     }
 
@@ -150,7 +176,7 @@ impl Registry {
     pub async fn claim_hold(&self, user_id: &UserId, held_at: i64, actor: &Actor) -> Result<bool> {
         let mut tx = self.begin_write().await?;
         let claimed = sqlx::query(
-            "UPDATE accounts SET custody = 'claimed', custody_at = $3 \
+            "UPDATE accounts SET custody = 'claimed', custody_at = $3, display_name_due_at = NULL \
              WHERE user_id = $1 AND custody = 'held' AND custody_at = $2",
         )
         .bind(user_id)
@@ -172,11 +198,14 @@ impl Registry {
     /// ID, or one a stranger took): it is theirs again.
     pub async fn settle_as_claimed(&self, user_id: &UserId, actor: &Actor) -> Result<()> {
         let mut tx = self.begin_write().await?;
-        sqlx::query("UPDATE accounts SET custody = 'claimed', custody_at = $2, recreated_at = NULL WHERE user_id = $1")
-            .bind(user_id)
-            .bind(now_ms())
-            .execute(&mut *tx)
-            .await?;
+        sqlx::query(
+            "UPDATE accounts SET custody = 'claimed', custody_at = $2, recreated_at = NULL, \
+                    display_name_due_at = NULL WHERE user_id = $1",
+        )
+        .bind(user_id)
+        .bind(now_ms())
+        .execute(&mut *tx)
+        .await?;
         Self::audit_in(&mut tx, actor, "hold.claim", Some(user_id.as_str()), Some("password set by an operator"))
             .await?;
         tx.commit().await?;

@@ -174,10 +174,11 @@ impl Registry {
 
         // Both marks end a hold or a claim: a stranger's ID is not held,
         // and an account lost again (a second wipe) is held anew.
-        let set_recreated = "UPDATE accounts SET recreated_at = $1, custody = NULL, custody_at = NULL";
+        let set_recreated =
+            "UPDATE accounts SET recreated_at = $1, custody = NULL, custody_at = NULL, display_name_due_at = NULL";
         Self::mark_accounts(&mut tx, set_recreated, now, &to_mark_recreated).await?;
-        let set_missing =
-            "UPDATE accounts SET state = 'missing', missing_since = $1, custody = NULL, custody_at = NULL";
+        let set_missing = "UPDATE accounts SET state = 'missing', missing_since = $1, custody = NULL, custody_at = NULL, \
+             display_name_due_at = NULL";
         let newly_missing = Self::mark_accounts(&mut tx, set_missing, now, &to_mark_missing).await?;
         sqlx::query(
             "INSERT INTO accounts (user_id, display_name, admin, deactivated, locked, is_guest, user_type, \
@@ -186,7 +187,8 @@ impl Registry {
                     $2, $2, CASE WHEN deactivated <> 0 THEN 'deactivated' ELSE 'present' END, NULL \
              FROM listing_stage WHERE run_id = $1 \
              ON CONFLICT (user_id) DO UPDATE SET \
-                 display_name = excluded.display_name, \
+                 display_name = CASE WHEN accounts.custody = 'holding' OR accounts.display_name_due_at IS NOT NULL \
+                                     THEN accounts.display_name ELSE excluded.display_name END, \
                  admin = CASE WHEN accounts.custody IN ('holding', 'held') OR accounts.recreated_at IS NOT NULL \
                               THEN accounts.admin ELSE excluded.admin END, \
                  deactivated = excluded.deactivated, is_guest = excluded.is_guest, \

@@ -22,14 +22,6 @@ pub enum Creation {
     Existed,
 }
 
-/// What a held account is given back of its person: the display name and
-/// the verified email addresses the registry knows.
-#[derive(Debug, Clone, Default)]
-pub struct HeldProfile {
-    pub display_name: Option<String>,
-    pub emails: Vec<crate::email::EmailAddress>,
-}
-
 #[derive(Deserialize)]
 struct Created {
     /// Seconds in this endpoint's answer (the listing uses milliseconds).
@@ -62,28 +54,44 @@ impl SynapseClient {
         })
     }
 
-    /// Locks an account lifeboat created and gives it its person's display
-    /// name and emails (Synapse ignores `locked` on creation, hence a
-    /// second call). Idempotent.
-    pub async fn lock_held_account(&self, user_id: &str, profile: &HeldProfile) -> Result<(), Error> {
+    /// Locks an account lifeboat created and gives it its person's emails
+    /// (Synapse ignores `locked` on creation, hence a second call; the
+    /// display name follows later, [`Self::set_display_name`]). Idempotent.
+    pub async fn lock_held_account(&self, user_id: &str, emails: &[crate::email::EmailAddress]) -> Result<(), Error> {
         let threepids: Vec<_> =
-            profile.emails.iter().map(|address| json!({"medium": "email", "address": address.as_str()})).collect();
-        let mut body = json!({"locked": true, "threepids": threepids});
-        if let Some(name) = &profile.display_name {
-            body["displayname"] = json!(name);
-        }
+            emails.iter().map(|address| json!({"medium": "email", "address": address.as_str()})).collect();
+        let body = json!({"locked": true, "threepids": threepids});
+        self.request_json::<serde_json::Value>(Method::PUT, &Self::user_path(user_id), &[], Some(&body), true)
+            .await
+            .map(|_| ())
+    }
+
+    /// Gives an account lifeboat holds its person's display name. On its
+    /// own because it is most of what a hold costs Synapse (its user
+    /// directory): holds restore names once every lost ID is safe.
+    pub async fn set_display_name(&self, user_id: &str, name: &str) -> Result<(), Error> {
+        let body = json!({"displayname": name});
         self.request_json::<serde_json::Value>(Method::PUT, &Self::user_path(user_id), &[], Some(&body), true)
             .await
             .map(|_| ())
     }
 
     /// Hands an account to its person: unlocks it, sets their password
-    /// (logging out every device) and gives back the server-admin flag it
-    /// had before the loss, in one call. The password is sent only in the
-    /// body, never logged.
-    pub async fn hand_over_account(&self, user_id: &str, password: &SecretString, admin: bool) -> Result<(), Error> {
-        let body =
+    /// (logging out every device), gives back the server-admin flag it had
+    /// before the loss and, when given, a display name not restored yet,
+    /// in one call. The password is sent only in the body, never logged.
+    pub async fn hand_over_account(
+        &self,
+        user_id: &str,
+        password: &SecretString,
+        admin: bool,
+        display_name: Option<&str>,
+    ) -> Result<(), Error> {
+        let mut body =
             json!({"locked": false, "password": password.expose_secret(), "logout_devices": true, "admin": admin});
+        if let Some(name) = display_name {
+            body["displayname"] = json!(name);
+        }
         self.request_json::<serde_json::Value>(Method::PUT, &Self::user_path(user_id), &[], Some(&body), true)
             .await
             .map(|_| ())

@@ -115,10 +115,26 @@ async fn status_of(url: String) -> u16 {
     get_page(&url).await.0
 }
 
+/// Gives `localpart` a display name unlike the one Synapse makes up for a
+/// new account (its localpart), so a test can tell the two apart.
+async fn rename(synapse: &TestSynapse, localpart: &str, name: &str) {
+    let path = format!("/_synapse/admin/v2/users/{}", synapse.user_id(localpart));
+    let (status, body) =
+        synapse.admin_request(reqwest::Method::PUT, &path, Some(serde_json::json!({"displayname": name}))).await;
+    assert_eq!(status, 200, "{body}");
+}
+
+async fn display_name_on_synapse(synapse: &TestSynapse, localpart: &str) -> String {
+    synapse.user(localpart).await["displayname"].as_str().unwrap_or_default().to_owned()
+}
+
 #[tokio::test(flavor = "multi_thread")]
 async fn after_a_wipe_lost_ids_are_held_no_token_takes_one_and_each_owner_claims_theirs() {
     let people = people(3);
     let mut rig = Rig::start(TestSmtp::start(None), &people).await;
+    let a_name = "Ann of the Harbour";
+    rename(&rig.synapse, &people[0].0, a_name).await;
+    assert_eq!(rig.lifeboat.run(&["sync"]).await.code, 0);
     rig.serve().await;
     rig.synapse.wipe();
 
@@ -133,15 +149,14 @@ async fn after_a_wipe_lost_ids_are_held_no_token_takes_one_and_each_owner_claims
     rig.synapse.register_admin(&unique("root"));
     let (a, a_email) = &people[0];
     // "held" in the registry covers a hold still under way (the ID is
-    // already kept from others); wait until its profile is back too.
+    // already kept from others); the display name follows every hold.
     let synapse = &rig.synapse;
     eventually("the held account is locked with its profile back", Duration::from_secs(30), || async {
-        synapse.user(a).await["locked"] == true
+        let held = synapse.user(a).await;
+        held["locked"] == true && held["displayname"] == a_name
     })
     .await;
     let held = rig.synapse.user(a).await;
-    assert_eq!(held["locked"], true, "{held}");
-    assert_eq!(held["displayname"].as_str(), Some(a.as_str()), "the display name is back: {held}");
     assert_eq!(held["threepids"][0]["address"].as_str(), Some(a_email.as_str()), "the email is back: {held}");
 
     let smtp = &rig.smtp;
@@ -184,7 +199,7 @@ async fn after_a_wipe_lost_ids_are_held_no_token_takes_one_and_each_owner_claims
     assert_eq!(status, 200, "A signs in as the same ID: {login}");
     assert_eq!(login["user_id"].as_str(), Some(rig.synapse.user_id(a).as_str()));
     let claimed = rig.synapse.user(a).await;
-    assert_eq!((claimed["locked"].as_bool(), claimed["displayname"].as_str()), (Some(false), Some(a.as_str())));
+    assert_eq!((claimed["locked"].as_bool(), claimed["displayname"].as_str()), (Some(false), Some(a_name)));
     assert_eq!(ids_in(&rig.lifeboat, "claimed").await, vec![rig.synapse.user_id(a)]);
 
     // The link worked once.
@@ -521,4 +536,55 @@ async fn an_id_registered_between_the_sync_and_the_hold_is_found_taken_and_never
     let untouched = synapse.user(&first).await;
     assert_eq!(untouched["locked"], false, "{untouched}");
     assert!(untouched["threepids"].as_array().unwrap().is_empty(), "no email was given to it: {untouched}");
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn display_names_follow_the_holds_and_neither_a_sync_nor_a_claim_before_them_loses_one() {
+    let synapse = TestSynapse::start();
+    let registry = TestDatabase::sqlite();
+    let (first, second) = (unique("first"), unique("second"));
+    let (first_name, second_name) = ("Fern Lighthouse", "Sam Quayside");
+    for (localpart, name) in [(&first, first_name), (&second, second_name)] {
+        synapse.create_user(localpart, &[&format!("{localpart}@example.org")]).await;
+        rename(&synapse, localpart, name).await;
+    }
+    let lifeboat = Lifeboat::with_config(&format!(
+        "[homeserver]\nurl = \"{}\"\nserver_name = \"{}\"\nadmin_token = \"{}\"\n\
+         registration_shared_secret = \"{}\"\n\n[registry]\nurl = \"{}\"\n",
+        synapse.url,
+        synapse.server_name,
+        synapse.admin_token(),
+        synapse.shared_secret,
+        registry.url()
+    ));
+    assert_eq!(lifeboat.run(&["sync"]).await.code, 0);
+    synapse.wipe();
+    std::fs::write(lifeboat.dir().join("postmortem.md"), POSTMORTEM).unwrap();
+    let opened = lifeboat.run(&["incident", "open", "--title", "Database lost", "--postmortem", "postmortem.md"]).await;
+    assert_eq!(opened.code, 0, "{opened:?}");
+    assert!(opened.stdout.contains("Their display names follow"), "{opened:?}");
+    synapse.register_admin(&unique("root"));
+    assert_eq!(synapse.user(&first).await["locked"], true, "held at once");
+    assert_eq!(display_name_on_synapse(&synapse, &first).await, first, "the name waits: Synapse's own for now");
+
+    // A sync meanwhile lists Synapse's made-up name; the registry keeps the person's.
+    assert_eq!(lifeboat.run(&["sync"]).await.code, 0);
+    let shown = lifeboat.run(&["users", "show", &synapse.user_id(&first), "--json"]).await.json();
+    assert_eq!(shown["display_name"], first_name, "{shown}");
+
+    // A claim before the name is restored brings it along.
+    let claimed =
+        lifeboat.run_with_input(&["holds", "claim", &synapse.user_id(&first)], "a-long-enough-passphrase\n").await;
+    assert_eq!(claimed.code, 0, "{claimed:?}");
+    let first_now = synapse.user(&first).await;
+    assert_eq!((first_now["locked"].as_bool(), first_now["displayname"].as_str()), (Some(false), Some(first_name)));
+
+    // `holds make` restores the rest, once.
+    let made = lifeboat.run(&["holds", "make"]).await;
+    assert_eq!(made.code, 0, "{made:?}");
+    // The second person's, and the harness's first admin's (lost too).
+    assert!(made.stdout.contains("Restored the display names of 2 held accounts"), "{made:?}");
+    assert_eq!(display_name_on_synapse(&synapse, &second).await, second_name);
+    let again = lifeboat.run(&["holds", "make"]).await;
+    assert!(!again.stdout.contains("Restored"), "{again:?}");
 }

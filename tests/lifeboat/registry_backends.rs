@@ -98,23 +98,35 @@ async fn a_held_id_is_never_taken_for_a_recreated_one_and_is_claimed_once(regist
     registry.begin_hold(&id("@b:x")).await.unwrap();
     assert_eq!(registry.hold_candidates(&id("@lifeboat:x")).await.unwrap()[0].begun_before, 1, "resumable");
     assert!(registry.hold_under_way(&id("@b:x")).await.unwrap(), "no hand-over until the hold is made");
-    registry.mark_held(&id("@b:x"), Some(5_000)).await.unwrap();
+    registry.mark_held(&id("@b:x"), Some(5_000), true).await.unwrap();
     assert!(!registry.hold_under_way(&id("@b:x")).await.unwrap());
     assert!(registry.hold_candidates(&id("@lifeboat:x")).await.unwrap().is_empty());
+    let due = registry.held_names_due().await.unwrap();
+    assert_eq!(due, [(id("@b:x"), "@b:x".to_owned())], "its display name is still to restore");
 
-    // Listed again (created by lifeboat at second 5, a few ms later): held.
-    let listed = sync_listing(&registry, &[user("@a:x", 1), user("@b:x", 5)]).await;
+    // Listed again (created by lifeboat at second 5, a few ms later, with
+    // the name Synapse gives a new account): held, and still its person's name.
+    let mut made_up = user("@b:x", 5);
+    made_up.display_name = Some("b".into());
+    let listed = sync_listing(&registry, &[user("@a:x", 1), made_up.clone()]).await;
     assert!(listed.report.recreated.is_empty(), "{:?}", listed.report);
     let b = registry.account(&id("@b:x")).await.unwrap().unwrap();
-    assert_eq!(b.state, AccountState::Held);
+    assert_eq!((b.state, b.display_name.as_deref(), b.display_name_due), (AccountState::Held, Some("@b:x"), true));
     let hold = b.custody_at.unwrap();
+    registry.held_name_restored(&id("@b:x")).await.unwrap();
+    assert!(registry.held_names_due().await.unwrap().is_empty());
 
     let actor = Actor::cli();
     assert!(!registry.claim_hold(&id("@b:x"), hold + 1, &actor).await.unwrap(), "another hold's link");
     assert!(registry.claim_hold(&id("@b:x"), hold, &actor).await.unwrap());
     assert!(!registry.claim_hold(&id("@b:x"), hold, &actor).await.unwrap(), "once only");
-    sync_listing(&registry, &[user("@a:x", 1), user("@b:x", 5)]).await;
-    assert_eq!(registry.account(&id("@b:x")).await.unwrap().unwrap().state, AccountState::Claimed);
+    sync_listing(&registry, &[user("@a:x", 1), made_up]).await;
+    let b = registry.account(&id("@b:x")).await.unwrap().unwrap();
+    assert_eq!(
+        (b.state, b.display_name.as_deref()),
+        (AccountState::Claimed, Some("b")),
+        "theirs: names follow Synapse"
+    );
 
     // A second loss: missing again, and held anew.
     sync_listing(&registry, &[user("@a:x", 1)]).await;
@@ -131,7 +143,7 @@ async fn a_hold_made_while_a_listing_was_read_is_not_lost_by_that_listing(regist
     registry.stage_listing_page(run, &[user("@a:x", 1)]).await.unwrap();
     tokio::time::sleep(std::time::Duration::from_millis(5)).await;
     registry.begin_hold(&id("@b:x")).await.unwrap();
-    registry.mark_held(&id("@b:x"), Some(5_000)).await.unwrap();
+    registry.mark_held(&id("@b:x"), Some(5_000), false).await.unwrap();
     registry.apply_listing(run, 0.5, &Actor::cli()).await.unwrap();
     let b = registry.account(&id("@b:x")).await.unwrap().unwrap();
     assert_eq!(b.state, AccountState::Held, "the older listing cannot say the hold is gone");
@@ -150,7 +162,7 @@ async fn a_claim_link_works_only_for_its_hold_and_open_incident_until_it_expires
     sync_listing(&registry, &[user("@a:x", 1), user("@b:x", 1)]).await;
     sync_listing(&registry, &[user("@b:x", 1)]).await;
     registry.begin_hold(&id("@a:x")).await.unwrap();
-    registry.mark_held(&id("@a:x"), Some(5_000)).await.unwrap();
+    registry.mark_held(&id("@a:x"), Some(5_000), false).await.unwrap();
     let (incident, _) = registry
         .open_incident("Lost", "it went", lifeboat::registry::IncidentScope::Missing, &Actor::cli())
         .await
