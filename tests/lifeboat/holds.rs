@@ -503,14 +503,9 @@ async fn holding_a_thousand_ids_stopped_killed_and_waited_for_by_an_incident_hol
     assert!(again.stdout.contains("No lost ID is waiting"), "{again:?}");
 }
 
-#[tokio::test(flavor = "multi_thread")]
-async fn an_id_registered_between_the_sync_and_the_hold_is_found_taken_and_never_changed() {
-    let synapse = TestSynapse::start();
-    let registry = TestDatabase::sqlite();
-    let (first, second) = (unique("first"), unique("second"));
-    synapse.create_user(&first, &[&format!("{first}@example.org")]).await;
-    synapse.create_user(&second, &[&format!("{second}@example.org")]).await;
-    let lifeboat = Lifeboat::with_config(&format!(
+/// lifeboat with only Synapse (admin token and shared secret) and a registry.
+fn lifeboat_on(synapse: &TestSynapse, registry: &TestDatabase) -> Lifeboat {
+    Lifeboat::with_config(&format!(
         "[homeserver]\nurl = \"{}\"\nserver_name = \"{}\"\nadmin_token = \"{}\"\n\
          registration_shared_secret = \"{}\"\n\n[registry]\nurl = \"{}\"\n",
         synapse.url,
@@ -518,7 +513,17 @@ async fn an_id_registered_between_the_sync_and_the_hold_is_found_taken_and_never
         synapse.admin_token(),
         synapse.shared_secret,
         registry.url()
-    ));
+    ))
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn an_id_registered_between_the_sync_and_the_hold_is_found_taken_and_never_changed() {
+    let synapse = TestSynapse::start();
+    let registry = TestDatabase::sqlite();
+    let (first, second) = (unique("first"), unique("second"));
+    synapse.create_user(&first, &[&format!("{first}@example.org")]).await;
+    synapse.create_user(&second, &[&format!("{second}@example.org")]).await;
+    let lifeboat = lifeboat_on(&synapse, &registry);
     assert_eq!(lifeboat.run(&["sync"]).await.code, 0);
     synapse.wipe();
     assert_eq!(lifeboat.run(&["recover"]).await.code, 0);
@@ -548,15 +553,7 @@ async fn display_names_follow_the_holds_and_neither_a_sync_nor_a_claim_before_th
         synapse.create_user(localpart, &[&format!("{localpart}@example.org")]).await;
         rename(&synapse, localpart, name).await;
     }
-    let lifeboat = Lifeboat::with_config(&format!(
-        "[homeserver]\nurl = \"{}\"\nserver_name = \"{}\"\nadmin_token = \"{}\"\n\
-         registration_shared_secret = \"{}\"\n\n[registry]\nurl = \"{}\"\n",
-        synapse.url,
-        synapse.server_name,
-        synapse.admin_token(),
-        synapse.shared_secret,
-        registry.url()
-    ));
+    let lifeboat = lifeboat_on(&synapse, &registry);
     assert_eq!(lifeboat.run(&["sync"]).await.code, 0);
     synapse.wipe();
     std::fs::write(lifeboat.dir().join("postmortem.md"), POSTMORTEM).unwrap();
