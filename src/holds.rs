@@ -444,7 +444,7 @@ pub async fn claim_held(
     actor: &Actor,
 ) -> Result<bool, HandOverError> {
     let Some(hold) = account.custody_at else { return Ok(false) };
-    let name = account.display_name.as_deref().filter(|_| account.display_name_due);
+    let name = account.display_name_to_restore();
     client.hand_over_account(account.user_id.as_str(), password, account.admin, name).await?;
     Ok(registry.claim_hold(&account.user_id, hold, actor).await?)
 }
@@ -464,8 +464,7 @@ pub async fn hand_back(
     }
     let account = registry.account(user_id).await?;
     let was_admin = account.as_ref().is_some_and(|account| account.admin);
-    let name =
-        account.as_ref().filter(|account| account.display_name_due).and_then(|account| account.display_name.as_deref());
+    let name = account.as_ref().and_then(Account::display_name_to_restore);
     client.hand_over_account(user_id.as_str(), password, was_admin, name).await?;
     registry.settle_as_claimed(user_id, actor).await?;
     Ok(())

@@ -56,6 +56,12 @@ impl Account {
     pub fn may_come_back(&self) -> bool {
         may_come_back(self.locked, self.deactivated)
     }
+
+    /// The display name a hand-over must bring along: the person's, when
+    /// its hold has not restored it yet.
+    pub fn display_name_to_restore(&self) -> Option<&str> {
+        self.display_name.as_deref().filter(|_| self.display_name_due)
+    }
 }
 
 /// [`Account::may_come_back`] from the two flags, where no whole account is
