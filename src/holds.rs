@@ -237,7 +237,7 @@ async fn hold_one(
 }
 
 /// What a run giving held accounts back their display names did.
-#[derive(Debug, Clone, Default, Serialize, PartialEq, Eq)]
+#[derive(Debug, Clone, Default)]
 pub struct NamesReport {
     pub restored: u64,
     /// Not restored this time (tried again on the next run).
