@@ -9,6 +9,10 @@
 //!                                 (default $CARGO_TARGET_DIR or ./target, + /at-size)
 //!   LIFEBOAT_BENCH_SIZE_PAIRS     bare listing / warm sync pairs (default 2;
 //!                                 0: one bare listing only, for its cost)
+//!   LIFEBOAT_BENCH_SIZE_WARMUP    0: no warm-up listing; the pairs then start
+//!                                 with the warm round, so a cold cache counts
+//!                                 against lifeboat (default 1; at 1,000,000
+//!                                 a listing takes about half an hour)
 //!   LIFEBOAT_BENCH_SIZE_COLD      1: cold sync against a bare loop of the
 //!                                 same detail calls (default 1 up to 100,000)
 //!   LIFEBOAT_BENCH_SIZE_PROBES    probes timed one after the other (default 20)
@@ -213,6 +217,7 @@ fn median(values: &[f64]) -> f64 {
 async fn main() -> Result<()> {
     let count = env_number("LIFEBOAT_BENCH_SIZE_ACCOUNTS", 100_000);
     let pairs = env_number("LIFEBOAT_BENCH_SIZE_PAIRS", 2);
+    let warm_up = env_number("LIFEBOAT_BENCH_SIZE_WARMUP", 1) == 1;
     let cold = env_number("LIFEBOAT_BENCH_SIZE_COLD", usize::from(count <= 100_000)) == 1;
     let probes = env_number("LIFEBOAT_BENCH_SIZE_PROBES", 20);
     let watch_s = env_number("LIFEBOAT_BENCH_SIZE_WATCH_S", 300) as u64;
@@ -251,26 +256,31 @@ async fn main() -> Result<()> {
     // 1. A bare listing against a warm round (an unpaced sync: what the
     // watcher's paced round asks of Synapse, without its rests).
     let (mut bare, mut warm) = (Vec::new(), Vec::new());
-    let (first, listed) = measured(pid, bare_names(&info, page_size)).await?;
-    println!(
-        "  bare listing (warm-up): {} accounts, {:.1} s, Synapse CPU {:.1} s",
-        listed.len(),
-        first.wall,
-        first.synapse
-    );
-    if listed.len() != count + 1 {
-        return Err(format!("listed {} accounts, expected {}", listed.len(), count + 1).into());
+    let expect_listed = |listed: usize| {
+        if listed == count + 1 { Ok(()) } else { Err(format!("listed {listed} accounts, expected {}", count + 1)) }
+    };
+    if warm_up || pairs == 0 {
+        let (first, listed) = measured(pid, bare_names(&info, page_size)).await?;
+        println!(
+            "  bare listing (warm-up): {} accounts, {:.1} s, Synapse CPU {:.1} s",
+            listed.len(),
+            first.wall,
+            first.synapse
+        );
+        expect_listed(listed.len())?;
+        if pairs == 0 {
+            bare.push(first);
+        }
     }
-    drop(listed);
-    if pairs == 0 {
-        bare.push(first);
-    }
+    // Without a warm-up the warm round goes first.
+    let bare_turn = usize::from(!warm_up);
     let options = SyncOptions::from_config(&config);
     for pair in 0..pairs {
         for turn in 0..2 {
-            if (pair + turn) % 2 == 0 {
-                let (cost, _) = measured(pid, bare_names(&info, page_size)).await?;
+            if (pair + turn) % 2 == bare_turn {
+                let (cost, listed) = measured(pid, bare_names(&info, page_size)).await?;
                 println!("  pair {}: bare listing {:.2} s, Synapse CPU {:.2} s", pair + 1, cost.wall, cost.synapse);
+                expect_listed(listed.len())?;
                 bare.push(cost);
             } else {
                 let (cost, summary) =
@@ -283,6 +293,7 @@ async fn main() -> Result<()> {
                     summary.applied.report.listed,
                     summary.details_fetched
                 );
+                expect_listed(summary.applied.report.listed)?;
                 warm.push(cost);
             }
         }

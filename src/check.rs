@@ -22,6 +22,17 @@ pub struct CheckOptions {
     pub server_name: String,
 }
 
+impl CheckOptions {
+    /// A check as the config asks for it (the watcher's loss threshold).
+    pub fn from_config(config: &crate::config::Config) -> Self {
+        CheckOptions {
+            page_size: config.sync.page_size,
+            loss_threshold: config.watch.loss_threshold,
+            server_name: config.homeserver.server_name.clone(),
+        }
+    }
+}
+
 #[derive(Debug, Clone, Serialize)]
 pub struct CheckReport {
     #[serde(flatten)]

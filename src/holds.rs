@@ -240,6 +240,9 @@ async fn hold_one(
 #[derive(Debug, Clone, Default)]
 pub struct NamesReport {
     pub restored: u64,
+    /// No longer held on Synapse (gone after another wipe, or unlocked: a
+    /// stranger's account now): left alone, for the next sync to settle.
+    pub not_held: u64,
     /// Not restored this time (tried again on the next run).
     pub failed: u64,
     /// Why the first of those failed.
@@ -277,25 +280,37 @@ async fn restore_names_under_lease(
     let mut outcomes = futures::stream::iter(due)
         .take_while(|_| std::future::ready(!stop.is_cancelled()))
         .map(|(user_id, name)| async move {
-            let outcome = client.set_display_name(user_id.as_str(), &name).await;
+            let outcome = restore_name_if_still_held(client, user_id.as_str(), &name).await;
             (user_id, outcome)
         })
         .buffer_unordered(HOLD_CONCURRENCY);
     while let Some((user_id, outcome)) = outcomes.next().await {
         match outcome {
-            Ok(()) => {
+            Ok(true) => {
                 registry.held_name_restored(&user_id).await?;
                 report.restored += 1;
             }
+            Ok(false) => report.not_held += 1,
             Err(err) => {
                 report.failed += 1;
                 report.first_failure.get_or_insert_with(|| err.to_string());
             }
         }
-        progress(report.restored + report.failed, total);
+        progress(report.restored + report.not_held + report.failed, total);
     }
-    report.stopped = report.restored + report.failed < total;
+    report.stopped = report.restored + report.not_held + report.failed < total;
     Ok(report)
+}
+
+/// Sets a held account's display name, if Synapse still has it locked as
+/// lifeboat left it. The registry's word is minutes old by now: after
+/// another wipe whoever registered the ID first must not get the person's
+/// name. `false` when it is not held any more.
+async fn restore_name_if_still_held(client: &SynapseClient, user_id: &str, name: &str) -> Result<bool, synapse::Error> {
+    match client.user_details(user_id).await? {
+        Some(details) if details.locked => client.set_display_name(user_id, name).await.map(|()| true),
+        _ => Ok(false),
+    }
 }
 
 /// What a person asking again for a way back in (the web page's `/token`,

@@ -68,11 +68,7 @@ pub async fn observe(
 ) -> (Observation, Option<SynapseClient>) {
     let actor = Actor::service("watcher");
     let mut seen = Observation { at: Some(now_ms()), ..Observation::default() };
-    let options = CheckOptions {
-        page_size: config.sync.page_size,
-        loss_threshold: config.watch.loss_threshold,
-        server_name: config.homeserver.server_name.clone(),
-    };
+    let options = CheckOptions::from_config(config);
     let began = tokio::time::Instant::now();
     let mut client = match admin_access(config, registry).await {
         Ok(AdminAccess::Working { client, .. }) => client,
@@ -292,8 +288,8 @@ pub async fn run(services: Arc<Services>, alerts: impl AlertSink) {
 /// whose name is still due) their display names back.
 async fn restore_names(registry: &Registry, client: &SynapseClient, stop: &CancellationToken) {
     match restore_held_names(registry, client, &|_, _| {}, stop).await {
-        Ok(Some(names)) if names.restored > 0 || names.failed > 0 => {
-            tracing::info!(restored = names.restored, failed = names.failed, first_failure = ?names.first_failure, "watcher: restored held accounts' display names")
+        Ok(Some(names)) if names.restored > 0 || names.not_held > 0 || names.failed > 0 => {
+            tracing::info!(restored = names.restored, not_held = names.not_held, failed = names.failed, first_failure = ?names.first_failure, "watcher: restored held accounts' display names")
         }
         Ok(_) => {}
         Err(err) => tracing::warn!(error = %err, "watcher: held accounts' display names are not restored"),

@@ -117,11 +117,7 @@ async fn run(bot: &Bot, room: &Room, actor: &Actor, command: AdminCommand) -> Re
         AdminCommand::Check => {
             let client =
                 admin_client_recovering(config, registry, actor, &Notes::default()).await.map_err(|e| text(&e))?;
-            let options = CheckOptions {
-                page_size: config.sync.page_size,
-                loss_threshold: config.watch.loss_threshold,
-                server_name: config.homeserver.server_name.clone(),
-            };
+            let options = CheckOptions::from_config(config);
             let outcome = check(registry, &client, &options).await.map_err(|e| text(&e))?;
             let report = &outcome.report;
             let mut reply =

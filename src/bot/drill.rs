@@ -7,7 +7,7 @@ use std::time::Duration;
 use matrix_sdk::Client;
 use matrix_sdk::authentication::matrix::MatrixSession;
 use matrix_sdk::ruma::api::client::message::send_message_event;
-use matrix_sdk::ruma::{OwnedRoomId, OwnedTransactionId, RoomAliasId};
+use matrix_sdk::ruma::{OwnedRoomId, OwnedTransactionId};
 use matrix_sdk::{SessionMeta, SessionTokens};
 use secrecy::ExposeSecret;
 
@@ -77,9 +77,5 @@ async fn admin_room(config: &Config, registry: &Registry, client: &Client) -> Op
         return Some(made);
     }
     let configured = config.bot.as_ref()?.admin_room.as_deref()?;
-    if let Ok(room_id) = OwnedRoomId::try_from(configured) {
-        return Some(room_id);
-    }
-    let alias = <&RoomAliasId>::try_from(configured).ok()?;
-    client.resolve_room_alias(alias).await.ok().map(|response| response.room_id)
+    super::resolve_room(client, configured).await
 }

@@ -45,11 +45,7 @@ async fn checked(context: &Context) -> Result<CheckReport, Failure> {
         }
         Err(err) => return Err(err.into()),
     };
-    let options = CheckOptions {
-        page_size: config.sync.page_size,
-        loss_threshold: config.watch.loss_threshold,
-        server_name: config.homeserver.server_name.clone(),
-    };
+    let options = CheckOptions::from_config(&config);
     check(&registry, &client, &options).await.map_err(|err| Failure::new(exit::FAILED, err))
 }
 

@@ -80,7 +80,8 @@ pub async fn run(context: &Context, command: Command) -> Outcome {
                 println!("No held, claimed or taken IDs.");
             } else {
                 for hold in &holds {
-                    println!("{:<10} {}  {}", hold.state, time(hold.since), hold.user_id);
+                    let due = if hold.display_name_due_at.is_some() { "  (display name not restored yet)" } else { "" };
+                    println!("{:<10} {}  {}{due}", hold.state, time(hold.since), hold.user_id);
                 }
                 let count = |state| holds.iter().filter(|hold| hold.state == state).count();
                 println!(
@@ -136,6 +137,13 @@ pub async fn run(context: &Context, command: Command) -> Outcome {
                     if names.restored > 0 {
                         let accounts = crate::plural::count(names.restored as i64, "held account", "held accounts");
                         println!("Restored the display names of {accounts}.");
+                    }
+                    if names.not_held > 0 {
+                        let accounts =
+                            crate::plural::count(names.not_held as i64, "held account is", "held accounts are");
+                        println!(
+                            "{accounts} no longer held on Synapse (gone, or someone else's account now): their names were left alone; the next sync settles them."
+                        );
                     }
                     if let Some(reason) = &names.first_failure {
                         eprintln!("{} display names not restored yet (tried again next time): {reason}", names.failed);

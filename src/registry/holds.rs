@@ -32,6 +32,8 @@ pub struct HoldRow {
     /// When it was held or claimed (for `recreated`: when that was seen).
     pub since: Option<i64>,
     pub missing_since: Option<i64>,
+    /// Held, and its display name not back on Synapse yet: since when.
+    pub display_name_due_at: Option<i64>,
 }
 
 /// How the held, claimed and taken IDs of some accounts add up.
@@ -232,10 +234,10 @@ impl Registry {
     /// Held, claimed and taken IDs, in ID order.
     pub async fn holds(&self) -> Result<Vec<HoldRow>> {
         Ok(sqlx::query_as(sqlx::AssertSqlSafe(format!(
-            "SELECT user_id, display_name, state, since, missing_since FROM \
+            "SELECT user_id, display_name, state, since, missing_since, display_name_due_at FROM \
                (SELECT a.user_id, a.display_name, {STANDING_SQL} AS state, \
                        CASE WHEN a.custody IS NULL THEN a.recreated_at ELSE a.custody_at END AS since, \
-                       a.missing_since \
+                       a.missing_since, a.display_name_due_at \
                 FROM accounts a) x \
              WHERE state IN ('held', 'claimed', 'recreated') ORDER BY user_id"
         )))

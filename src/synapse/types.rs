@@ -42,6 +42,9 @@ pub struct UserDetails {
     /// Seconds in this endpoint's answer (the listing's are milliseconds).
     #[serde(default, deserialize_with = "lenient_i64")]
     pub creation_ts: Option<i64>,
+    /// Every account lifeboat holds is locked; a stranger's new one is not.
+    #[serde(default)]
+    pub locked: bool,
 }
 
 #[derive(Debug, Clone, Deserialize)]

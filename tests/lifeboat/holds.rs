@@ -563,6 +563,13 @@ async fn display_names_follow_the_holds_and_neither_a_sync_nor_a_claim_before_th
     synapse.register_admin(&unique("root"));
     assert_eq!(synapse.user(&first).await["locked"], true, "held at once");
     assert_eq!(display_name_on_synapse(&synapse, &first).await, first, "the name waits: Synapse's own for now");
+    let name_due = |listed: &serde_json::Value, localpart: &str| {
+        let id = synapse.user_id(localpart);
+        listed.as_array().unwrap().iter().find(|hold| hold["user_id"] == id.as_str()).unwrap()["display_name_due_at"]
+            .is_number()
+    };
+    let listed = lifeboat.run(&["holds", "list", "--json"]).await.json();
+    assert!(name_due(&listed, &second), "{listed}");
 
     // A sync meanwhile lists Synapse's made-up name; the registry keeps the person's.
     assert_eq!(lifeboat.run(&["sync"]).await.code, 0);
@@ -582,6 +589,36 @@ async fn display_names_follow_the_holds_and_neither_a_sync_nor_a_claim_before_th
     // The second person's, and the harness's first admin's (lost too).
     assert!(made.stdout.contains("Restored the display names of 2 held accounts"), "{made:?}");
     assert_eq!(display_name_on_synapse(&synapse, &second).await, second_name);
+    let listed = lifeboat.run(&["holds", "list", "--json"]).await.json();
+    assert!(!name_due(&listed, &second), "{listed}");
     let again = lifeboat.run(&["holds", "make"]).await;
     assert!(!again.stdout.contains("Restored"), "{again:?}");
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_stranger_who_takes_a_held_id_after_another_wipe_does_not_get_its_persons_display_name() {
+    let synapse = TestSynapse::start();
+    let registry = TestDatabase::sqlite();
+    let person = unique("wren");
+    synapse.create_user(&person, &[&format!("{person}@example.org")]).await;
+    rename(&synapse, &person, "Wren of the Breakwater").await;
+    let lifeboat = lifeboat_on(&synapse, &registry);
+    assert_eq!(lifeboat.run(&["sync"]).await.code, 0);
+    synapse.wipe();
+    std::fs::write(lifeboat.dir().join("postmortem.md"), POSTMORTEM).unwrap();
+    let opened = lifeboat.run(&["incident", "open", "--title", "Database lost", "--postmortem", "postmortem.md"]).await;
+    assert_eq!(opened.code, 0, "{opened:?}");
+    synapse.register_admin(&unique("root"));
+    assert_eq!(synapse.user(&person).await["locked"], true, "held, its name still due");
+
+    // Another wipe before the names pass, and a stranger registers the ID
+    // before lifeboat has listed the server again.
+    synapse.wipe();
+    synapse.register_admin(&unique("root"));
+    synapse.register(&person);
+
+    let made = lifeboat.run(&["holds", "make"]).await;
+    assert!(!made.stdout.contains("Restored"), "{made:?}");
+    assert!(made.stdout.contains("no longer held on Synapse"), "{made:?}");
+    assert_eq!(display_name_on_synapse(&synapse, &person).await, person, "the stranger keeps Synapse's own name");
 }
