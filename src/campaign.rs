@@ -163,13 +163,15 @@ pub async fn open_incident(
         };
         progress.note(&format!("could not sync before opening ({reason}); {used}"));
     }
-    if !again {
-        let covering = registry.open_incidents_covering(scope).await?;
-        if !covering.is_empty() {
-            return Err(CampaignError::AlreadyCovered(covering));
-        }
-    }
-    let (incident, affected) = registry.open_incident(title, postmortem, scope, actor).await?;
+    let opened = if again {
+        registry.open_incident(title, postmortem, scope, actor).await
+    } else {
+        registry.open_incident_unless_covered(title, postmortem, scope, actor).await
+    };
+    let (incident, affected) = opened.map_err(|err| match err {
+        registry::Error::AlreadyCovered(covering) => CampaignError::AlreadyCovered(covering),
+        other => other.into(),
+    })?;
     let holds = match &client {
         _ if !holds_wanted(config, true) => None,
         Ok(client) => hold_after_opening(config, registry, client, actor, progress).await,

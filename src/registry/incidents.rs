@@ -5,7 +5,7 @@ use serde::Serialize;
 
 use super::RoomCounts;
 use super::accounts::{AccountRow, account_columns};
-use super::{Account, Actor, DeliveryCounts, Error, HoldCounts, Registry, Result, STANDING_SQL, now_ms};
+use super::{Account, Actor, Backend, DeliveryCounts, Error, HoldCounts, Registry, Result, STANDING_SQL, now_ms};
 use crate::checked_text::stored_as_text;
 use crate::user_id::UserId;
 
@@ -128,7 +128,43 @@ impl Registry {
         scope: IncidentScope,
         actor: &Actor,
     ) -> Result<(Incident, i64)> {
+        self.open_incident_if(title, postmortem, scope, false, actor).await
+    }
+
+    /// Opens an incident unless an open one already covers any account it
+    /// would affect (`Error::AlreadyCovered`). Checked in the transaction
+    /// that opens it, so two opens at the same moment cannot both pass.
+    pub async fn open_incident_unless_covered(
+        &self,
+        title: &str,
+        postmortem: &str,
+        scope: IncidentScope,
+        actor: &Actor,
+    ) -> Result<(Incident, i64)> {
+        self.open_incident_if(title, postmortem, scope, true, actor).await
+    }
+
+    async fn open_incident_if(
+        &self,
+        title: &str,
+        postmortem: &str,
+        scope: IncidentScope,
+        unless_covered: bool,
+        actor: &Actor,
+    ) -> Result<(Incident, i64)> {
         let mut tx = self.begin_write().await?;
+        if unless_covered {
+            if self.backend == Backend::Postgres {
+                // SQLite's BEGIN IMMEDIATE already lets one writer in at a time.
+                sqlx::query("LOCK TABLE incidents IN SHARE ROW EXCLUSIVE MODE").execute(&mut *tx).await?;
+            }
+            let covering: Vec<(i64, i64)> =
+                sqlx::query_as(sqlx::AssertSqlSafe(covering_query(scope))).fetch_all(&mut *tx).await?;
+            if !covering.is_empty() {
+                tx.rollback().await?;
+                return Err(Error::AlreadyCovered(covering));
+            }
+        }
         let (id,): (i64,) = sqlx::query_as(
             "INSERT INTO incidents (title, postmortem, scope, opened_at) VALUES ($1, $2, $3, $4) RETURNING id",
         )
@@ -165,20 +201,6 @@ impl Registry {
         tx.commit().await?;
         let incident = self.incident(id).await?.expect("the incident was just created");
         Ok((incident, affected))
-    }
-
-    /// Open incidents that already cover accounts an incident of `scope`
-    /// would affect now, with how many each: (incident id, accounts).
-    pub async fn open_incidents_covering(&self, scope: IncidentScope) -> Result<Vec<(i64, i64)>> {
-        let filter = scope.filter();
-        Ok(sqlx::query_as(sqlx::AssertSqlSafe(format!(
-            "SELECT o.id, COUNT(DISTINCT a.user_id) FROM accounts a \
-             JOIN incident_accounts covered ON covered.user_id = a.user_id \
-             JOIN incidents o ON o.id = covered.incident_id \
-             WHERE o.resolved_at IS NULL AND ({filter}) GROUP BY o.id ORDER BY o.id"
-        )))
-        .fetch_all(&self.pool)
-        .await?)
     }
 
     pub async fn incident(&self, id: i64) -> Result<Option<Incident>> {
@@ -438,6 +460,18 @@ impl Registry {
             }
         })
     }
+}
+
+/// Open incidents that already cover accounts an incident of `scope` would
+/// affect now, with how many each: (incident id, accounts).
+fn covering_query(scope: IncidentScope) -> String {
+    let filter = scope.filter();
+    format!(
+        "SELECT o.id, COUNT(DISTINCT a.user_id) FROM accounts a \
+         JOIN incident_accounts covered ON covered.user_id = a.user_id \
+         JOIN incidents o ON o.id = covered.incident_id \
+         WHERE o.resolved_at IS NULL AND ({filter}) GROUP BY o.id ORDER BY o.id"
+    )
 }
 
 #[cfg(test)]

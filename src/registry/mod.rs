@@ -74,6 +74,9 @@ pub enum Error {
     NoAccounts,
     #[error("{0} is not in the registry: check the ID, or run `lifeboat sync` if the account is new")]
     UnknownAccount(String),
+    /// Open incidents already cover accounts a new one would affect: (incident, accounts).
+    #[error("open incidents already cover accounts this one would affect")]
+    AlreadyCovered(Vec<(i64, i64)>),
 }
 
 impl Error {

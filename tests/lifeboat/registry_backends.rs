@@ -485,3 +485,30 @@ async fn details_are_read_again_when_due_and_new_accounts_come_first(registry: R
     assert_eq!(registry.count_accounts_needing_details(DetailsDue::New).await.unwrap(), 1);
 }
 on_both_backends!(details_are_read_again_when_due_and_new_accounts_come_first);
+
+async fn of_incidents_opened_at_the_same_moment_for_the_same_people_only_one_opens(registry: Registry) {
+    use lifeboat::registry::{Error, IncidentScope};
+
+    let everyone: Vec<ListedUser> = (0..400).map(|n| user(&format!("@p{n:03}:x"), 1)).collect();
+    sync_listing(&registry, &everyone).await;
+    sync_listing(&registry, &everyone[..1]).await;
+    let opens = (0..4).map(|n| {
+        let registry = registry.clone();
+        async move {
+            registry
+                .open_incident_unless_covered(&format!("Lost {n}"), "it went", IncidentScope::Missing, &Actor::cli())
+                .await
+        }
+    });
+    let outcomes = futures::future::join_all(opens).await;
+    let opened = outcomes.iter().filter(|outcome| outcome.is_ok()).count();
+    assert_eq!(opened, 1, "{outcomes:?}");
+    for outcome in &outcomes {
+        match outcome {
+            Ok((_, affected)) => assert_eq!(*affected, 399),
+            Err(Error::AlreadyCovered(covering)) => assert_eq!(covering.len(), 1, "{covering:?}"),
+            Err(other) => panic!("refused for another reason: {other}"),
+        }
+    }
+}
+on_both_backends!(of_incidents_opened_at_the_same_moment_for_the_same_people_only_one_opens);
