@@ -61,9 +61,15 @@ impl Registry {
     }
 
     /// The verified email addresses of an account, restored on its hold.
+    /// Not one that another account on Synapse has now (the person's new
+    /// account, say): Synapse would move it to the hold without a word, as
+    /// it keeps one account per address.
     pub async fn verified_emails_of(&self, user_id: &UserId) -> Result<Vec<EmailAddress>> {
         let rows: Vec<(EmailAddress,)> = sqlx::query_as(
-            "SELECT address FROM contacts WHERE user_id = $1 AND kind = 'email' AND verified_at IS NOT NULL \
+            "SELECT address FROM contacts c WHERE user_id = $1 AND kind = 'email' AND verified_at IS NOT NULL \
+               AND NOT EXISTS (SELECT 1 FROM contacts other JOIN accounts a ON a.user_id = other.user_id \
+                               WHERE other.kind = 'email' AND other.address = c.address AND other.user_id <> c.user_id \
+                                 AND other.source = 'synapse' AND a.state = 'present') \
              ORDER BY address",
         )
         .bind(user_id)

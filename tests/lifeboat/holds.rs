@@ -622,3 +622,29 @@ async fn a_stranger_who_takes_a_held_id_after_another_wipe_does_not_get_its_pers
     assert!(made.stdout.contains("no longer held on Synapse"), "{made:?}");
     assert_eq!(display_name_on_synapse(&synapse, &person).await, person, "the stranger keeps Synapse's own name");
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_hold_does_not_take_an_email_from_the_new_account_its_person_made_after_the_wipe() {
+    let synapse = TestSynapse::start();
+    let registry = TestDatabase::sqlite();
+    let person = unique("tern");
+    let address = format!("{person}@example.org");
+    synapse.create_user(&person, &[&address]).await;
+    let lifeboat = lifeboat_on(&synapse, &registry);
+    assert_eq!(lifeboat.run(&["sync"]).await.code, 0);
+    synapse.wipe();
+    synapse.register_admin(&unique("root"));
+    // Before any hold, the person starts afresh under a new name, with the
+    // same address (Synapse keeps one account per address).
+    let fresh = format!("{person}-new");
+    synapse.create_user(&fresh, &[&address]).await;
+
+    std::fs::write(lifeboat.dir().join("postmortem.md"), POSTMORTEM).unwrap();
+    let opened = lifeboat.run(&["incident", "open", "--title", "Database lost", "--postmortem", "postmortem.md"]).await;
+    assert_eq!(opened.code, 0, "{opened:?}");
+    let held = synapse.user(&person).await;
+    assert_eq!(held["locked"], true, "held: {held}");
+    assert!(held["threepids"].as_array().unwrap().is_empty(), "the address stays where it is: {held}");
+    let new_account = synapse.user(&fresh).await;
+    assert_eq!(new_account["threepids"][0]["address"].as_str(), Some(address.as_str()), "{new_account}");
+}
