@@ -1,7 +1,7 @@
 //! What the web page keeps: signed single-use links (token requests and
 //! contact subscriptions), and contacts' opt-outs.
 
-use super::{Actor, Registry, Result, now_ms};
+use super::{Actor, Backend, Registry, Result, now_ms};
 use crate::email::EmailAddress;
 use crate::user_id::UserId;
 
@@ -147,19 +147,41 @@ impl Registry {
         Ok(used == 1)
     }
 
-    /// Spends one of a link's `max` tries at its code, before the code is
-    /// compared: one statement, so parallel guesses cannot share a try.
-    /// `false` when none is left (or the link is used).
+    /// Spends one try at the code a link carries, before the code is
+    /// compared. The links to one account share its code, and so its
+    /// `max` tries: a guesser who asks for a link from each of many
+    /// addresses gets no more. One writer at a time, so parallel guesses
+    /// cannot share a try. `false` when none is left (or the link is used).
     pub async fn spend_web_link_attempt(&self, id: &str, max: i64) -> Result<bool> {
+        let mut tx = self.begin_write().await?;
+        if self.backend == Backend::Postgres {
+            // SQLite's BEGIN IMMEDIATE already lets one writer in at a time.
+            sqlx::query("LOCK TABLE web_links IN SHARE ROW EXCLUSIVE MODE").execute(&mut *tx).await?;
+        }
         let spent = sqlx::query(
-            "UPDATE web_links SET attempts = attempts + 1 WHERE id = $1 AND attempts < $2 AND used_at IS NULL",
+            "UPDATE web_links SET attempts = attempts + 1 WHERE id = $1 AND attempts < $2 AND used_at IS NULL \
+               AND (SELECT COALESCE(SUM(same.attempts), 0) FROM web_links same WHERE same.purpose = web_links.purpose \
+                    AND same.user_id = web_links.user_id AND same.code_hash = web_links.code_hash) < $2",
         )
         .bind(id)
         .bind(max)
-        .execute(&self.pool)
+        .execute(&mut *tx)
         .await?
         .rows_affected();
+        tx.commit().await?;
         Ok(spent == 1)
+    }
+
+    /// Tries spent at a code, across every link that carries it.
+    pub async fn code_tries_spent(&self, purpose: &str, user_id: &UserId, code_hash: &str) -> Result<i64> {
+        Ok(sqlx::query_scalar(
+            "SELECT COALESCE(SUM(attempts), 0) FROM web_links WHERE purpose = $1 AND user_id = $2 AND code_hash = $3",
+        )
+        .bind(purpose)
+        .bind(user_id)
+        .bind(code_hash)
+        .fetch_one(&self.pool)
+        .await?)
     }
 
     /// Stops everything to a contact (unsubscribe). Returns `false` for an

@@ -23,7 +23,8 @@ use crate::user_id::UserId;
 const PURPOSE: &str = "subscribe";
 const LINK_VALID: Duration = Duration::from_secs(30 * 60);
 const LINK: LinkKind = LinkKind { purpose: PURPOSE, again: ("/subscribe", "Start again"), hint: "start again" };
-/// Wrong codes before the link stops working.
+/// Tries at a DMed code, across all the links that carry it (every link
+/// to one account while its code is live), before they stop working.
 const MAX_ATTEMPTS: i64 = 5;
 
 #[derive(Template)]
@@ -130,7 +131,15 @@ async fn start(
         false => None,
     };
     let (hash, expires_at, code_to_send) = match pending_code {
-        Some(link) => (link.code_hash.unwrap_or_default(), link.expires_at, None),
+        Some(link) => {
+            let hash = link.code_hash.unwrap_or_default();
+            // Its tries are spent (someone guessing): no new link until a
+            // new code is due, and no more DMs to the account meanwhile.
+            if state.registry.code_tries_spent(PURPOSE, &user_id, &hash).await? >= MAX_ATTEMPTS {
+                return Ok(());
+            }
+            (hash, link.expires_at, None)
+        }
         None => {
             let code = format!("{:08}", rand::rng().random_range(0..100_000_000u32));
             // For an account that is not known the code goes nowhere, and

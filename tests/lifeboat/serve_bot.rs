@@ -792,18 +792,49 @@ async fn subscribing_mails_alike_for_any_account_and_dms_one_code_at_a_time_with
     assert_eq!(codes, 1, "one code DMed while it is live, however many ask");
 
     // That one code confirms any of bob's links.
-    let mail = smtp.messages_to(&last).pop().unwrap();
-    let link =
-        mail.text.unwrap().split_whitespace().find(|word| word.contains("/subscribe/confirm?")).unwrap().to_owned();
-    let (cookie, csrf) = crate::web_pages::form_csrf(&http, &link).await;
-    let query: std::collections::HashMap<String, String> =
-        url::Url::parse(&link).unwrap().query_pairs().into_owned().collect();
-    let form = format!("csrf={csrf}&link={}&sig={}&code={code}", query["link"], query["sig"]);
-    let url = format!("{}/subscribe/confirm", rig.web);
-    let (status, page) = crate::web_pages::post_form(&http, &url, Some(&cookie), &form).await;
+    let confirm = |address: String, code: String| {
+        let (http, smtp, url) = (http.clone(), &smtp, format!("{}/subscribe/confirm", rig.web));
+        async move {
+            let mail = smtp.messages_to(&address).pop().unwrap();
+            let link = mail
+                .text
+                .unwrap()
+                .split_whitespace()
+                .find(|word| word.contains("/subscribe/confirm?"))
+                .unwrap()
+                .to_owned();
+            let (cookie, csrf) = crate::web_pages::form_csrf(&http, &link).await;
+            let query: std::collections::HashMap<String, String> =
+                url::Url::parse(&link).unwrap().query_pairs().into_owned().collect();
+            let form = format!("csrf={csrf}&link={}&sig={}&code={code}", query["link"], query["sig"]);
+            crate::web_pages::post_form(&http, &url, Some(&cookie), &form).await
+        }
+    };
+    let (status, page) = confirm(last.clone(), code.clone()).await;
     assert_eq!(status, 200, "{page}");
     let shown = rig.lifeboat.run(&["users", "show", &bob.user_id, "--json"]).await.json();
     assert!(shown["contacts"].as_array().unwrap().iter().any(|c| c["address"] == last.as_str()), "{shown}");
+
+    // The links share the code's five tries: a guesser with an address per
+    // guess gets no more than one link gives.
+    let wrong = if code == "00000000" { "11111111" } else { "00000000" };
+    for n in 0..4 {
+        let (status, page) = confirm(format!("{bob_localpart}-m{n}@example.org"), wrong.to_owned()).await;
+        assert!(status == 400 && page.contains("That code is not right"), "{status} {page}");
+    }
+    let (status, page) = confirm(format!("{bob_localpart}-m4@example.org"), code.clone()).await;
+    assert!(status == 400 && page.contains("This link does not work"), "the code's tries are spent: {status} {page}");
+    // Nor does asking from yet another address bring a link with that code.
+    let fresh = format!("{bob_localpart}-fresh@example.org");
+    assert_eq!(subscribe(&rig, &http, &bob.user_id, &fresh).await, 200);
+    let marker = format!("{bob_localpart}-marker@example.org");
+    assert_eq!(subscribe(&rig, &http, "@nobody-here:example.org", &marker).await, 200);
+    eventually("a later request is mailed", Duration::from_secs(60), || async {
+        !smtp.messages_to(&marker).is_empty()
+    })
+    .await;
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    assert!(smtp.messages_to(&fresh).is_empty(), "no link while the code's tries are spent");
     let log = rig.lifeboat.serve_log();
     assert!(!log.contains("might have been deleted") && !log.contains("Not sharing message history"), "{log}");
 }
