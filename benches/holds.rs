@@ -42,7 +42,8 @@
 //! Then Synapse is wiped again (both sides start from an empty server) and
 //! the bare loop runs: for N fresh IDs, `PUT /_synapse/admin/v2/users/<id>`
 //! with `{}`, then with `{locked, threepids}` (what a hold sends), then a
-//! pass of `{displayname}`, 8 accounts at a time, nothing recorded
+//! pass of a lookup (still locked?) and `{displayname}`, 8 accounts at a
+//! time, nothing recorded
 //! anywhere. The ratio holds / the bare loop's holds is the goal (≤ 1.2);
 //! "wipe → all held and notified" is 1 + 2 + 3 + 4 (the names beside 4 and
 //! the bare loop left out), the goal under 5 minutes at 10,000. The round's
@@ -154,6 +155,13 @@ async fn bare_loop(info: &Info, token: &str, round: usize, count: usize) -> Resu
         .map(|n| {
             let (http, id) = (http.clone(), user_id(info, &format!("bare{round}"), n));
             async move {
+                // As lifeboat does: the account looked up first (still locked?).
+                let url = format!("{}/_synapse/admin/v2/users/{id}", info.url);
+                let details: serde_json::Value =
+                    http.get(url).bearer_auth(token).send().await?.error_for_status()?.json().await?;
+                if details["locked"] != true {
+                    return Err(format!("{id} is not locked").into());
+                }
                 put_user(&http, info, token, &id, &json!({"displayname": format!("Person {n}")})).await.map(|_| ())
             }
         })

@@ -279,7 +279,10 @@ pub async fn run(services: Arc<Services>, alerts: impl AlertSink) {
         if let Err(err) = outcome {
             tracing::warn!(error = %err, "watcher: could not record the alerted state");
         }
-        restore_names(registry, &client, cancel).await;
+        // Beside the rounds, so that probes go on meanwhile (at 10,000
+        // held IDs the names take minutes); one run at a time by its lease.
+        let (registry, stop) = (registry.clone(), cancel.clone());
+        services.background.spawn(async move { restore_names(&registry, &client, &stop).await });
         last_round = Some(now_ms());
     }
 }
