@@ -17,6 +17,8 @@
 //! password and was locked, or about to be); with a device it is a
 //! stranger's, and left alone.
 
+use std::sync::atomic::Ordering;
+
 use futures::StreamExt;
 use secrecy::SecretString;
 use serde::Serialize;
@@ -138,8 +140,11 @@ async fn hold_under_lease(
     if candidates.is_empty() {
         return Ok(report);
     }
+    // A Synapse that refuses the first creations (accounts delegated to
+    // Matrix Authentication Service) refuses them all: no new hold starts.
+    let refused = std::sync::atomic::AtomicBool::new(false);
     let mut outcomes = futures::stream::iter(candidates)
-        .take_while(|_| std::future::ready(!stop.is_cancelled()))
+        .take_while(|_| std::future::ready(!stop.is_cancelled() && !refused.load(Ordering::Relaxed)))
         .map(|candidate| async move {
             let user_id = candidate.user_id.clone();
             (user_id, hold_one(registry, client, candidate, actor).await)
@@ -154,7 +159,12 @@ async fn hold_under_lease(
             Ok(Outcome::Held) => report.held.push(user_id),
             Ok(Outcome::Taken) => report.taken.push(user_id),
             Ok(Outcome::Failed(reason)) => report.failed.push((user_id, reason)),
-            Ok(Outcome::NotAllowed) => not_allowed = true,
+            Ok(Outcome::NotAllowed) => {
+                not_allowed = true;
+                if report.held.is_empty() {
+                    refused.store(true, Ordering::Relaxed);
+                }
+            }
             Err(err) => return Err(err.into()),
         }
     }

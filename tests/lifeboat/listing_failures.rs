@@ -266,3 +266,42 @@ async fn a_url_pointing_at_another_server_is_not_read_as_loss() {
     }
     assert_nobody_missing(&lifeboat).await;
 }
+
+#[tokio::test]
+async fn a_synapse_that_refuses_to_create_accounts_is_asked_for_a_few_holds_not_one_per_lost_id() {
+    let registry = TestDatabase::sqlite();
+    let config = |url: &str| {
+        format!(
+            "[homeserver]\nurl = \"{url}\"\nserver_name = \"mock.test\"\nadmin_token = \"{TOKEN}\"\n\
+             retries = 1\ntimeout = \"1s\"\n[registry]\nurl = \"{}\"\n",
+            registry.url()
+        )
+    };
+    let listing = |users: Vec<Value>| {
+        let total = users.len();
+        ResponseTemplate::new(200).set_body_json(json!({"users": users, "total": total}))
+    };
+    let before = mock_synapse().await;
+    Mock::given(method("GET")).and(path(USERS)).respond_with(listing((0..40).map(user).collect())).mount(&before).await;
+    let lifeboat = Lifeboat::with_config(&config(&before.uri()));
+    assert_eq!(lifeboat.run(&["sync"]).await.code, 0);
+
+    // Wiped, on a server whose accounts Matrix Authentication Service makes:
+    // every creation through the admin API is refused.
+    let wiped = mock_synapse().await;
+    Mock::given(method("GET")).and(path(USERS)).respond_with(listing(Vec::new())).mount(&wiped).await;
+    Mock::given(method("PUT"))
+        .and(wiremock::matchers::path_regex("^/_synapse/admin/v2/users/"))
+        .respond_with(
+            ResponseTemplate::new(403).set_body_json(json!({"errcode": "M_FORBIDDEN", "error": "delegated to MAS"})),
+        )
+        .mount(&wiped)
+        .await;
+    lifeboat.write_config(&config(&wiped.uri()));
+    assert_eq!(lifeboat.run(&["sync"]).await.code, 0);
+    let made = lifeboat.run(&["holds", "make"]).await;
+    assert_ne!(made.code, 0, "{made:?}");
+    assert!(made.stderr.contains("Matrix Authentication Service"), "{made:?}");
+    let asked = wiped.received_requests().await.unwrap().iter().filter(|r| r.method.as_str() == "PUT").count();
+    assert!(asked <= lifeboat::holds::HOLD_CONCURRENCY, "{asked} creations asked of 40 lost IDs");
+}
