@@ -55,7 +55,7 @@ mod fill;
 #[allow(dead_code)]
 #[path = "support/synapse.rs"]
 mod synapse;
-use common::{env_number, http};
+use common::{env_number, http, median};
 use fill::sqlite;
 use synapse::{Harness, Info, bare_listing, lifeboat_config, synapse_python};
 
@@ -205,12 +205,6 @@ impl AlertSink for Recorded {
 
 fn config_for(info: &Info, registry: &Path, dir: &Path) -> Result<Config> {
     lifeboat_config(info, registry, dir, env_number("LIFEBOAT_BENCH_SIZE_PAGE_SIZE", 2000))
-}
-
-fn median(values: &[f64]) -> f64 {
-    let mut sorted = values.to_vec();
-    sorted.sort_by(f64::total_cmp);
-    if sorted.is_empty() { f64::NAN } else { sorted[sorted.len() / 2] }
 }
 
 #[tokio::main]

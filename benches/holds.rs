@@ -73,7 +73,7 @@ mod smtp_sink;
 #[allow(dead_code)]
 #[path = "support/synapse.rs"]
 mod synapse;
-use common::{env_number, http};
+use common::{env_number, http, median};
 use synapse::{Harness, Info, lifeboat_config_with, synapse_python};
 
 type BoxError = Box<dyn std::error::Error + Send + Sync>;
@@ -340,18 +340,14 @@ async fn main() -> Result<()> {
         names_bare.push(timed_bare.names.as_secs_f64());
         whole_names.push(total_names.as_secs_f64());
     }
-    let median = |values: &mut Vec<f64>| {
-        values.sort_by(f64::total_cmp);
-        values[values.len() / 2]
-    };
     let ratios: Vec<f64> = ours.iter().zip(&bare).map(|(ours, bare)| ours / bare).collect();
-    let ratio = median(&mut ratios.clone());
+    let ratio = median(&ratios);
     let list =
         |values: &[f64], digits: usize| values.iter().map(|v| format!("{v:.digits$}")).collect::<Vec<_>>().join(", ");
     println!(
         "holds: {count} lost IDs; lifeboat {:.0} holds/s, bare loop {:.0}/s; ratio per round {} (median {ratio:.3}, goal <= {RATIO_GOAL}: {})",
-        1.0 / median(&mut ours.clone()),
-        1.0 / median(&mut bare.clone()),
+        1.0 / median(&ours),
+        1.0 / median(&bare),
         list(&ratios, 3),
         if ratio <= RATIO_GOAL { "met" } else { "missed" }
     );

@@ -456,6 +456,21 @@ pub enum HandOverError {
         "lifeboat is holding {0} right now: run this again once the hold is made (`lifeboat holds list` shows it as held)"
     )]
     HoldUnderWay(String),
+    #[error(
+        "{0} is being handed over right now (by its claim link or another `lifeboat holds claim`): wait a minute, then see `lifeboat holds list`"
+    )]
+    UnderWay(String),
+}
+
+/// One hand-over of an ID at a time, across processes and faces (the claim
+/// page, `lifeboat holds claim`): a second one while the first sets the
+/// password would set another, and the first would then name a password
+/// that no longer works. Release the lease once the hand-over is done.
+pub async fn begin_hand_over(registry: &Registry, user_id: &UserId) -> Result<Lease, HandOverError> {
+    match Lease::take(registry, &format!("hand-over:{user_id}")).await? {
+        Ok(lease) => Ok(lease),
+        Err(_) => Err(HandOverError::UnderWay(user_id.to_string())),
+    }
 }
 
 /// Hands a held ID to the person who proved it is theirs by its claim
@@ -469,6 +484,12 @@ pub async fn claim_held(
     actor: &Actor,
 ) -> Result<bool, HandOverError> {
     let Some(hold) = account.custody_at else { return Ok(false) };
+    // Read again under the hand-over's lease: a claim that ended a moment
+    // ago leaves nothing to hand over.
+    let now = registry.account(&account.user_id).await?;
+    if !now.is_some_and(|now| now.state == AccountState::Held && now.custody_at == Some(hold)) {
+        return Ok(false);
+    }
     let name = account.display_name_to_restore();
     client.hand_over_account(account.user_id.as_str(), password, account.admin, name).await?;
     Ok(registry.claim_hold(&account.user_id, hold, actor).await?)
@@ -478,6 +499,19 @@ pub async fn claim_held(
 /// taken by someone lifeboat could not vouch for (whose devices are logged
 /// out). Afterwards the ID is trusted again.
 pub async fn hand_back(
+    registry: &Registry,
+    client: &SynapseClient,
+    user_id: &UserId,
+    password: &SecretString,
+    actor: &Actor,
+) -> Result<(), HandOverError> {
+    let lease = begin_hand_over(registry, user_id).await?;
+    let outcome = hand_back_under_lease(registry, client, user_id, password, actor).await;
+    lease.release().await;
+    outcome
+}
+
+async fn hand_back_under_lease(
     registry: &Registry,
     client: &SynapseClient,
     user_id: &UserId,

@@ -69,3 +69,12 @@ impl Lease {
         let _ = self.registry.release_lease(&self.name, &self.holder).await;
     }
 }
+
+/// A lease dropped unreleased (its task cancelled, a panic) stops being
+/// renewed and expires within `TTL_MS`, rather than living as long as the
+/// process.
+impl Drop for Lease {
+    fn drop(&mut self) {
+        self.renewer.abort();
+    }
+}

@@ -14,7 +14,9 @@ use serde::Deserialize;
 
 use super::WebState;
 use super::pages::{self, Chrome, Message, PostedForm, PublicForm, WebError};
-use crate::holds::{ClaimCheck, MIN_PASSWORD_CHARS, check_claim, claim_held, password_problem};
+use crate::holds::{
+    ClaimCheck, HandOverError, MIN_PASSWORD_CHARS, begin_hand_over, check_claim, claim_held, password_problem,
+};
 use crate::links::ClaimLink;
 use crate::recover::AdminAccess;
 use crate::registry::Actor;
@@ -88,31 +90,6 @@ fn dead(state: &WebState) -> Response {
     )
     .next("/token", "Ask for a new link");
     pages::html(StatusCode::BAD_REQUEST, &page)
-}
-
-/// One hand-over per account at a time. A second POST of the same link
-/// (another tab, or whoever else has the link) while the first sets the
-/// password would set another one, and the page that says "done" could
-/// name a password that no longer works. The link is used up by the first.
-struct ClaimUnderWay {
-    state: WebState,
-    account: String,
-}
-
-impl ClaimUnderWay {
-    fn begin(state: &WebState, account: &str) -> Option<ClaimUnderWay> {
-        let mut under_way = state.inner.claims_under_way.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
-        under_way
-            .insert(account.to_owned())
-            .then(|| ClaimUnderWay { state: state.clone(), account: account.to_owned() })
-    }
-}
-
-impl Drop for ClaimUnderWay {
-    fn drop(&mut self) {
-        let mut under_way = self.state.inner.claims_under_way.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
-        under_way.remove(&self.account);
-    }
 }
 
 fn under_way(state: &WebState) -> Response {
@@ -204,11 +181,17 @@ pub async fn claim(State(state): State<WebState>, PublicForm(form, key): PublicF
     if !state.inner.limiter.allow_target(PURPOSE, &link.account.to_lowercase()) {
         return pages::too_many(&state);
     }
-    let Some(_under_way) = ClaimUnderWay::begin(&state, account.user_id.as_str()) else {
-        return under_way(&state);
+    // One hand-over at a time (another tab, whoever else has the link, or
+    // `lifeboat holds claim`); the link is used up by the first.
+    let lease = match begin_hand_over(&state.registry, &account.user_id).await {
+        Ok(lease) => lease,
+        Err(HandOverError::UnderWay(_)) => return under_way(&state),
+        Err(err) => return WebError::from(err).page(&state),
     };
     let password = SecretString::from(password);
-    match hand_over(&state, &account, &password).await {
+    let outcome = hand_over(&state, &account, &password).await;
+    lease.release().await;
+    match outcome {
         Ok(true) => {
             tracing::info!(user_id = %account.user_id, "a held ID was claimed by its owner");
             let page = ClaimDone {

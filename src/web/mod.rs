@@ -56,8 +56,6 @@ struct Shared {
     /// One Matrix client for the codes the page DMs, made on first use:
     /// a client per request would cost memory that is never given back.
     dm_sender: tokio::sync::Mutex<Option<Arc<DmSender>>>,
-    /// Accounts whose claim is being handed over now (`claim::ClaimUnderWay`).
-    claims_under_way: std::sync::Mutex<std::collections::HashSet<String>>,
 }
 
 impl WebState {
@@ -74,7 +72,6 @@ impl WebState {
             limiter,
             status_cache: status::Cache::default(),
             dm_sender: tokio::sync::Mutex::default(),
-            claims_under_way: std::sync::Mutex::default(),
         });
         WebState { config, registry, inner }
     }

@@ -648,3 +648,27 @@ async fn a_hold_does_not_take_an_email_from_the_new_account_its_person_made_afte
     let new_account = synapse.user(&fresh).await;
     assert_eq!(new_account["threepids"][0]["address"].as_str(), Some(address.as_str()), "{new_account}");
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_hand_over_under_way_in_another_process_turns_away_both_the_claim_link_and_the_cli() {
+    let (rig, lost, link) = one_held_with_a_claim_link().await;
+    let registry = lifeboat::registry::Registry::connect(&rig.registry_url()).await.unwrap();
+    let user_id = lifeboat::user_id::UserId::parse(&lost[0]).unwrap();
+    let elsewhere = lifeboat::holds::begin_hand_over(&registry, &user_id).await.unwrap();
+
+    let by_hand = rig.lifeboat.run_with_input(&["holds", "claim", &lost[0]], "a-long-enough-passphrase\n").await;
+    assert_ne!(by_hand.code, 0, "{by_hand:?}");
+    assert!(by_hand.stderr.contains("is being handed over right now"), "{by_hand:?}");
+    let http = reqwest::Client::builder().no_proxy().build().unwrap();
+    let (cookie, csrf) = form_csrf(&http, &link).await;
+    let (url, query) = (format!("{}/claim", rig.web), link.split_once('?').unwrap().1.to_owned());
+    let form = format!("csrf={csrf}&{query}&password=sea+shanty+lighthouse&again=sea+shanty+lighthouse");
+    let (status, page) = post_form(&http, &url, Some(&cookie), &form).await;
+    assert_eq!(status, 409, "{page}");
+
+    // Once that one is done, the link works.
+    elsewhere.release().await;
+    let (status, page) = post_form(&http, &url, Some(&cookie), &form).await;
+    assert_eq!(status, 200, "{page}");
+    registry.close().await;
+}
