@@ -23,6 +23,14 @@ async fn ids_in(lifeboat: &Lifeboat, state: &str) -> Vec<String> {
         .collect()
 }
 
+/// `incident open` from the CLI, which holds the lost IDs; it must succeed.
+async fn open_incident(lifeboat: &Lifeboat) -> crate::harness::cli::Run {
+    std::fs::write(lifeboat.dir().join("postmortem.md"), POSTMORTEM).unwrap();
+    let opened = lifeboat.run(&["incident", "open", "--title", "Database lost", "--postmortem", "postmortem.md"]).await;
+    assert_eq!(opened.code, 0, "{opened:?}");
+    opened
+}
+
 /// Are all these user IDs in `state`?
 async fn all_in(lifeboat: &Lifeboat, state: &str, ids: &[String]) -> bool {
     let listed = ids_in(lifeboat, state).await;
@@ -556,9 +564,7 @@ async fn display_names_follow_the_holds_and_neither_a_sync_nor_a_claim_before_th
     let lifeboat = lifeboat_on(&synapse, &registry);
     assert_eq!(lifeboat.run(&["sync"]).await.code, 0);
     synapse.wipe();
-    std::fs::write(lifeboat.dir().join("postmortem.md"), POSTMORTEM).unwrap();
-    let opened = lifeboat.run(&["incident", "open", "--title", "Database lost", "--postmortem", "postmortem.md"]).await;
-    assert_eq!(opened.code, 0, "{opened:?}");
+    let opened = open_incident(&lifeboat).await;
     assert!(opened.stdout.contains("Their display names follow"), "{opened:?}");
     synapse.register_admin(&unique("root"));
     assert_eq!(synapse.user(&first).await["locked"], true, "held at once");
@@ -605,9 +611,7 @@ async fn a_stranger_who_takes_a_held_id_after_another_wipe_does_not_get_its_pers
     let lifeboat = lifeboat_on(&synapse, &registry);
     assert_eq!(lifeboat.run(&["sync"]).await.code, 0);
     synapse.wipe();
-    std::fs::write(lifeboat.dir().join("postmortem.md"), POSTMORTEM).unwrap();
-    let opened = lifeboat.run(&["incident", "open", "--title", "Database lost", "--postmortem", "postmortem.md"]).await;
-    assert_eq!(opened.code, 0, "{opened:?}");
+    open_incident(&lifeboat).await;
     synapse.register_admin(&unique("root"));
     assert_eq!(synapse.user(&person).await["locked"], true, "held, its name still due");
 
@@ -639,9 +643,7 @@ async fn a_hold_does_not_take_an_email_from_the_new_account_its_person_made_afte
     let fresh = format!("{person}-new");
     synapse.create_user(&fresh, &[&address]).await;
 
-    std::fs::write(lifeboat.dir().join("postmortem.md"), POSTMORTEM).unwrap();
-    let opened = lifeboat.run(&["incident", "open", "--title", "Database lost", "--postmortem", "postmortem.md"]).await;
-    assert_eq!(opened.code, 0, "{opened:?}");
+    open_incident(&lifeboat).await;
     let held = synapse.user(&person).await;
     assert_eq!(held["locked"], true, "held: {held}");
     assert!(held["threepids"].as_array().unwrap().is_empty(), "the address stays where it is: {held}");
