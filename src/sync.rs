@@ -168,6 +168,7 @@ async fn sync_under_lease(
     actor: &Actor,
     progress: &dyn SyncProgress,
 ) -> Result<SyncSummary, SyncError> {
+    let previous_listing = registry.last_complete_sync().await?.and_then(|run| run.finished_at);
     let mut attempt = 1;
     let run_id = loop {
         let run_id = registry.begin_sync_run().await?;
@@ -197,7 +198,13 @@ async fn sync_under_lease(
     }
     let mut counts = DetailCounts::default();
     let details_began = Instant::now();
-    let outcome = import_emails(registry, client, options, progress, &mut counts).await;
+    let quota = refresh_quota(
+        options.details_per_round,
+        options.details_max_age,
+        applied.report.listed as u64,
+        previous_listing.map(|ended| now_ms() - ended),
+    );
+    let outcome = import_emails(registry, client, options, quota, progress, &mut counts).await;
     let details_took = details_began.elapsed();
     registry.finish_sync_run(run_id, counts.fetched, counts.failed, counts.imported, actor).await?;
     let stopped = outcome? == Ran::Stopped || options.stop.is_cancelled();
@@ -282,27 +289,40 @@ enum Ran {
     Stopped,
 }
 
+/// How many accounts due again one sync reads: `details_per_round`, or more
+/// when that would fall behind. Every account is due once per
+/// `details_max_age`, so a sync `since_last` after the last one needs
+/// `accounts × since_last / details_max_age` to keep up (a quarter more, for
+/// a backlog): a million accounts listed ten hours apart need about 60,000,
+/// where 2,000 would read each account every 31 weeks, not every week.
+fn refresh_quota(per_round: u64, max_age: Duration, accounts: u64, since_last_ms: Option<i64>) -> u64 {
+    let max_age_ms = max_age.as_millis().max(1) as f64;
+    let keep_up = since_last_ms.map_or(0.0, |ms| accounts as f64 * ms.max(0) as f64 / max_age_ms * 1.25);
+    per_round.max(keep_up.ceil() as u64)
+}
+
 /// Fetches details of new accounts, then of those due again (at most
-/// `details_per_round` of them), with bounded concurrency, and records
+/// `quota` of them, see [`refresh_quota`]), with bounded concurrency, and records
 /// their emails. Per-account failures are counted, not fatal. New accounts
 /// come first, so a sync stopped part-way continues where it stopped.
 async fn import_emails(
     registry: &Registry,
     client: &SynapseClient,
     options: &SyncOptions,
+    quota: u64,
     progress: &dyn SyncProgress,
     counts: &mut DetailCounts,
 ) -> Result<Ran, SyncError> {
     let now = now_ms();
     let again = DetailsDue::Again { now, stale_before: now - options.details_max_age.as_millis() as i64 };
     let new = registry.count_accounts_needing_details(DetailsDue::New).await? as u64;
-    let due = (registry.count_accounts_needing_details(again).await? as u64).min(options.details_per_round);
+    let due = (registry.count_accounts_needing_details(again).await? as u64).min(quota);
     counts.due = new + due;
     progress.details_start(counts.due, options.pace);
     if read_details(registry, client, options, DetailsDue::New, u64::MAX, progress, counts).await? == Ran::Stopped {
         return Ok(Ran::Stopped);
     }
-    read_details(registry, client, options, again, options.details_per_round, progress, counts).await
+    read_details(registry, client, options, again, quota, progress, counts).await
 }
 
 /// One pass of [`import_emails`]: up to `cap` accounts that are `due`.
@@ -454,6 +474,18 @@ fn emails_of(user_id: &str, threepids: &[ThreePid]) -> Vec<(EmailAddress, Option
 
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn a_big_server_listed_hours_apart_refreshes_enough_details_to_keep_up_and_a_small_one_its_round() {
+        let week = Duration::from_secs(7 * 24 * 3600);
+        let hours = |h: i64| Some(h * 3600 * 1000);
+        // 1,000,000 accounts, ten hours since the last sync: 1.25 × 1e6 × 10 / 168.
+        assert_eq!(super::refresh_quota(2000, week, 1_000_000, hours(10)), 74_405);
+        // 10,000 accounts every 15 minutes need far fewer than the round allows.
+        assert_eq!(super::refresh_quota(2000, week, 10_000, Some(15 * 60 * 1000)), 2000);
+        // A first sync has no last one.
+        assert_eq!(super::refresh_quota(2000, week, 1_000_000, None), 2000);
+    }
+
     use super::*;
 
     #[test]
