@@ -23,7 +23,8 @@ pub enum Command {
     /// held: re-created and locked by lifeboat, waiting for its owner's
     /// claim. claimed: handed back. recreated: registered by someone else
     /// before lifeboat could hold it; a stranger until settled with
-    /// `holds claim`.
+    /// `holds claim`. A held ID whose display name is not back on Synapse
+    /// yet says so (`display_name_due_at` in the JSON).
     List {
         /// Print the result as JSON on stdout.
         #[arg(long)]
@@ -49,7 +50,8 @@ pub enum Command {
     /// out, and the ID is trusted again (the bot obeys it if it is in
     /// bot.admins). The password is read from the terminal (twice, not
     /// shown), or as one line from stdin when that is not a terminal. It is
-    /// never stored or logged.
+    /// never stored or logged. One hand-over of an ID at a time: while its
+    /// claim link is being used, this says so and changes nothing.
     Claim {
         /// The Matrix ID, e.g. @alice:example.org.
         id: String,
