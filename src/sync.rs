@@ -290,14 +290,15 @@ enum Ran {
 }
 
 /// How many accounts due again one sync reads: `details_per_round`, or more
-/// when that would fall behind. Every account is due once per
-/// `details_max_age`, so a sync `since_last` after the last one needs
-/// `accounts × since_last / details_max_age` to keep up (a quarter more, for
-/// a backlog): a million accounts listed ten hours apart need about 60,000,
+/// when that would fall behind. A read account is due again after three
+/// quarters of `details_max_age` on average ([`next_due`]), so a
+/// sync `since_last` after the last one needs `accounts × since_last /
+/// (0.75 × details_max_age)` to keep up, and takes a quarter more for a
+/// backlog: about 99,000 for a million accounts listed ten hours apart,
 /// where 2,000 would read each account every 31 weeks, not every week.
 fn refresh_quota(per_round: u64, max_age: Duration, accounts: u64, since_last_ms: Option<i64>) -> u64 {
-    let max_age_ms = max_age.as_millis().max(1) as f64;
-    let keep_up = since_last_ms.map_or(0.0, |ms| accounts as f64 * ms.max(0) as f64 / max_age_ms * 1.25);
+    let mean_gap_ms = max_age.as_millis().max(1) as f64 * 0.75;
+    let keep_up = since_last_ms.map_or(0.0, |ms| accounts as f64 * ms.max(0) as f64 / mean_gap_ms * 1.25);
     per_round.max(keep_up.ceil() as u64)
 }
 
@@ -474,19 +475,19 @@ fn emails_of(user_id: &str, threepids: &[ThreePid]) -> Vec<(EmailAddress, Option
 
 #[cfg(test)]
 mod tests {
+    use super::*;
+
     #[test]
     fn a_big_server_listed_hours_apart_refreshes_enough_details_to_keep_up_and_a_small_one_its_round() {
         let week = Duration::from_secs(7 * 24 * 3600);
         let hours = |h: i64| Some(h * 3600 * 1000);
-        // 1,000,000 accounts, ten hours since the last sync: 1.25 × 1e6 × 10 / 168.
-        assert_eq!(super::refresh_quota(2000, week, 1_000_000, hours(10)), 74_405);
+        // 1,000,000 accounts, ten hours since the last sync: 1.25 × 1e6 × 10 / (0.75 × 168).
+        assert_eq!(refresh_quota(2000, week, 1_000_000, hours(10)), 99_207);
         // 10,000 accounts every 15 minutes need far fewer than the round allows.
-        assert_eq!(super::refresh_quota(2000, week, 10_000, Some(15 * 60 * 1000)), 2000);
+        assert_eq!(refresh_quota(2000, week, 10_000, Some(15 * 60 * 1000)), 2000);
         // A first sync has no last one.
-        assert_eq!(super::refresh_quota(2000, week, 1_000_000, None), 2000);
+        assert_eq!(refresh_quota(2000, week, 1_000_000, None), 2000);
     }
-
-    use super::*;
 
     #[test]
     fn a_paced_listing_waits_so_that_synapse_spends_at_most_its_share_on_it() {
