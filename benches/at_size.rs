@@ -12,7 +12,9 @@
 //!   LIFEBOAT_BENCH_SIZE_WARMUP    0: no warm-up listing; the pairs then start
 //!                                 with the warm round, so a cold cache counts
 //!                                 against lifeboat (default 1; at 1,000,000
-//!                                 a listing takes about half an hour)
+//!                                 a listing takes about half an hour). With
+//!                                 PAIRS=0 too, no listing at all and no
+//!                                 schedule: for the cold sync alone
 //!   LIFEBOAT_BENCH_SIZE_COLD      1: cold sync against a bare loop of the
 //!                                 same detail calls (default 1 up to 100,000)
 //!   LIFEBOAT_BENCH_SIZE_PROBES    probes timed one after the other (default 20)
@@ -253,7 +255,7 @@ async fn main() -> Result<()> {
     let expect_listed = |listed: usize| {
         if listed == count + 1 { Ok(()) } else { Err(format!("listed {listed} accounts, expected {}", count + 1)) }
     };
-    if warm_up || pairs == 0 {
+    if warm_up {
         let (first, listed) = measured(pid, bare_names(&info, page_size)).await?;
         println!(
             "  bare listing (warm-up): {} accounts, {:.1} s, Synapse CPU {:.1} s",
@@ -329,26 +331,15 @@ async fn main() -> Result<()> {
     // 3. The schedule with the defaults, from the measured costs. The
     // watcher's own estimate of a listing's cost is its wall time times the
     // share it was paced to: the unpaced warm sync's (or the bare listing's).
+    let listed_at_all = !(warm.is_empty() && bare.is_empty());
     let estimate = if warm.is_empty() { bare_wall } else { median(&warm.iter().map(|c| c.wall).collect::<Vec<_>>()) };
     let listing_cpu =
         if warm.is_empty() { bare_cpu } else { median(&warm.iter().map(|c| c.synapse).collect::<Vec<_>>()) };
-    let last = LastListing { ended_ms: 0, synapse_ms: (estimate * 1000.0) as i64 };
-    let gap = next_listing_due(last, config.watch.interval) as f64 / 1000.0;
-    let probes_per_hour = HOUR_S / config.watch.probe_interval.as_secs_f64();
-    let per_hour = listing_cpu * HOUR_S / gap + per_probe.synapse * probes_per_hour;
-    println!(
-        "  schedule (defaults): a listing every {:.0} s (interval {} s, cost {:.1} s / {LISTING_SHARE}), {probes_per_hour:.0} probes an hour",
-        gap,
-        config.watch.interval.as_secs(),
-        estimate
-    );
-    println!(
-        "  projected Synapse CPU for lifeboat: {:.0} s an hour = {:.2}% of a core (listings {:.2}%, probes {:.2}%; goal < 5% at 1M)",
-        per_hour,
-        per_hour / HOUR_S * 100.0,
-        listing_cpu / gap * 100.0,
-        per_probe.synapse * probes_per_hour / HOUR_S * 100.0
-    );
+    if listed_at_all {
+        print_schedule(&config, estimate, listing_cpu, per_probe);
+    } else {
+        println!("  schedule: not projected (no listing measured: PAIRS=0 and WARMUP=0)");
+    }
 
     // 4. Cold sync: an empty registry, every account's details read,
     // against a bare loop of the same calls.
@@ -379,7 +370,9 @@ async fn main() -> Result<()> {
     // 5. The watcher with the defaults, as serve runs it, just after a
     // listing (recorded as the watcher records its own), for a window; then
     // the wipe, and the time until its alert.
-    let just_listed = LastListing { ended_ms: now_ms(), synapse_ms: (estimate * 1000.0) as i64 };
+    // Without a measured listing the next one is due a plain interval later.
+    let listing_ms = if listed_at_all { (estimate * 1000.0) as i64 } else { 0 };
+    let just_listed = LastListing { ended_ms: now_ms(), synapse_ms: listing_ms };
     registry.set_setting("watch_last_listing", &serde_json::to_string(&just_listed)?).await?;
     let (sender, mut alerts) = tokio::sync::mpsc::unbounded_channel();
     let cancel = CancellationToken::new();
@@ -422,4 +415,26 @@ async fn main() -> Result<()> {
     drop(registry);
     harness.stop();
     Ok(())
+}
+
+/// The watcher's schedule with the defaults, from a listing's measured cost:
+/// how often it lists, and the Synapse CPU an hour that comes to.
+fn print_schedule(config: &Config, estimate: f64, listing_cpu: f64, per_probe: Cost) {
+    let last = LastListing { ended_ms: 0, synapse_ms: (estimate * 1000.0) as i64 };
+    let gap = next_listing_due(last, config.watch.interval) as f64 / 1000.0;
+    let probes_per_hour = HOUR_S / config.watch.probe_interval.as_secs_f64();
+    let per_hour = listing_cpu * HOUR_S / gap + per_probe.synapse * probes_per_hour;
+    println!(
+        "  schedule (defaults): a listing every {:.0} s (interval {} s, cost {:.1} s / {LISTING_SHARE}), {probes_per_hour:.0} probes an hour",
+        gap,
+        config.watch.interval.as_secs(),
+        estimate
+    );
+    println!(
+        "  projected Synapse CPU for lifeboat: {:.0} s an hour = {:.2}% of a core (listings {:.2}%, probes {:.2}%; goal < 5% at 1M)",
+        per_hour,
+        per_hour / HOUR_S * 100.0,
+        listing_cpu / gap * 100.0,
+        per_probe.synapse * probes_per_hour / HOUR_S * 100.0
+    );
 }

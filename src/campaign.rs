@@ -339,11 +339,8 @@ async fn send_under_lease(
         }
     };
     let mailer = Mailer::from_config(email, email.connections as u32)?;
-    if options.retry_failed {
-        registry.retry_failed_deliveries(incident.id).await?;
-    }
     // What an earlier run left unsent (or in flight when it died) is due now.
-    registry.resume_deliveries(incident.id).await?;
+    registry.resume_deliveries(incident.id, options.retry_failed).await?;
     let settings = notice_settings(config, registry, incident).await?;
     let mut sent =
         send_deliveries(registry, Transport::Email(&mailer), incident, &settings, email.connections, progress).await;

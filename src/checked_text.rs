@@ -48,14 +48,34 @@ macro_rules! checked_text {
     };
 }
 
-/// For an enum kept by name, with `pub fn as_str(self) -> &'static str`
-/// and `pub const ALL: [Self; N]`: also `from_name`, `Display` and JSON.
+/// Declares an enum kept by name: each variant written `Variant = "name"`.
+/// It gets `ALL`, `as_str`, `from_name`, `Display`, JSON both ways and a
+/// TEXT column, so a name is written once.
 macro_rules! stored_as_text {
-    ($name:ident) => {
+    (
+        $(#[$meta:meta])*
+        $vis:vis enum $name:ident {
+            $($(#[$variant_meta:meta])* $variant:ident = $text:literal),+ $(,)?
+        }
+    ) => {
+        $(#[$meta])*
+        #[derive(Debug, Clone, Copy, PartialEq, Eq)]
+        $vis enum $name {
+            $($(#[$variant_meta])* $variant),+
+        }
+
         impl $name {
+            pub const ALL: &'static [$name] = &[$($name::$variant),+];
+
+            pub fn as_str(self) -> &'static str {
+                match self {
+                    $($name::$variant => $text),+
+                }
+            }
+
             /// The value stored as `text`, if it is one.
             pub fn from_name(text: &str) -> Option<$name> {
-                $name::ALL.into_iter().find(|value| value.as_str() == text)
+                $name::ALL.iter().copied().find(|value| value.as_str() == text)
             }
         }
 
@@ -69,6 +89,12 @@ macro_rules! stored_as_text {
         $crate::checked_text::text_column!($name, |text: &str| {
             $name::from_name(text).ok_or_else(|| format!("{text:?} is not a {}", stringify!($name)))
         });
+
+        impl serde::Serialize for $name {
+            fn serialize<S: serde::Serializer>(&self, serializer: S) -> std::result::Result<S::Ok, S::Error> {
+                serializer.serialize_str(self.as_str())
+            }
+        }
 
         impl<'de> serde::Deserialize<'de> for $name {
             fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> std::result::Result<$name, D::Error> {

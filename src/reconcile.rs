@@ -10,49 +10,27 @@ use serde::Serialize;
 
 use crate::checked_text::stored_as_text;
 
-/// Who an ID belongs to now, as the registry keeps it (the rule that
-/// decides it is `registry::STANDING_SQL`).
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
-#[serde(rename_all = "lowercase")]
-pub enum AccountState {
-    /// Listed by Synapse and its person's, as far as lifeboat knows.
-    Present,
-    /// Not in the listing: lost.
-    Missing,
-    /// Listed as deactivated.
-    Deactivated,
-    /// Lost, then re-created and locked by lifeboat for its owner.
-    Held,
-    /// Handed back to its owner after a hold (or settled by an operator).
-    Claimed,
-    /// Registered again by someone lifeboat cannot vouch for: a stranger
-    /// until an operator settles it (`lifeboat holds claim`).
-    Recreated,
+stored_as_text! {
+    /// Who an ID belongs to now, as the registry keeps it (the rule that
+    /// decides it is `registry::STANDING_SQL`).
+    pub enum AccountState {
+        /// Listed by Synapse and its person's, as far as lifeboat knows.
+        Present = "present",
+        /// Not in the listing: lost.
+        Missing = "missing",
+        /// Listed as deactivated.
+        Deactivated = "deactivated",
+        /// Lost, then re-created and locked by lifeboat for its owner.
+        Held = "held",
+        /// Handed back to its owner after a hold (or settled by an operator).
+        Claimed = "claimed",
+        /// Registered again by someone lifeboat cannot vouch for: a stranger
+        /// until an operator settles it (`lifeboat holds claim`).
+        Recreated = "recreated",
+    }
 }
 
-stored_as_text!(AccountState);
-
 impl AccountState {
-    pub const ALL: [AccountState; 6] = [
-        AccountState::Present,
-        AccountState::Missing,
-        AccountState::Deactivated,
-        AccountState::Held,
-        AccountState::Claimed,
-        AccountState::Recreated,
-    ];
-
-    pub fn as_str(self) -> &'static str {
-        match self {
-            AccountState::Present => "present",
-            AccountState::Missing => "missing",
-            AccountState::Deactivated => "deactivated",
-            AccountState::Held => "held",
-            AccountState::Claimed => "claimed",
-            AccountState::Recreated => "recreated",
-        }
-    }
-
     /// Registered again by someone lifeboat cannot vouch for: a stranger on
     /// every face (a form naming it, the bot's admins, DMs).
     pub fn is_stranger(self) -> bool {

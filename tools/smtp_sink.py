@@ -37,7 +37,9 @@ commands one at a time, so pipelined ones are served in order.
 Protocol on stdio: prints one JSON line `{"port": N}` once listening
 (with `"ca": PATH` under --tls), then
 reads commands from stdin, one per line:
-  heal   -> stop failing, answers `ok`
+  heal   -> stop failing (and refusing), answers `ok`
+  refuse -> every further DATA gets `550 5.7.1 refused by policy` (a
+            permanent failure) until healed, answers `ok`
   count  -> answers the number of accepted messages
 EOF on stdin or SIGTERM/SIGINT stops the server.
 """
@@ -232,6 +234,7 @@ class Sink:
             os.makedirs(os.path.join(self.maildir, sub), exist_ok=True)
         os.makedirs(self.json_dir, exist_ok=True)
         self.fail_after = fail_after
+        self.refusing = False
         self.durable = durable
         # Seconds to wait before answering DATA: a slow server, so tests can
         # act while a send is under way.
@@ -270,6 +273,8 @@ class Sink:
         return responses
 
     async def handle_DATA(self, server, session, envelope):
+        if self.refusing:
+            return "550 5.7.1 refused by policy"
         if self.fail_after is not None and self.reserved >= self.fail_after:
             return "451 4.3.0 temporarily unavailable"
         if self.delay:
@@ -307,14 +312,20 @@ def read_commands(loop, sink, stop):
         if command == "heal":
             def heal():
                 sink.fail_after = None
+                sink.refusing = False
                 return "ok"
             answer = ask(heal)
+        elif command == "refuse":
+            def refuse():
+                sink.refusing = True
+                return "ok"
+            answer = ask(refuse)
         elif command == "count":
             answer = str(ask(lambda: sink.accepted))
         elif command == "":
             continue
         else:
-            answer = f"error: unknown command {command!r} (heal, count)"
+            answer = f"error: unknown command {command!r} (heal, refuse, count)"
         sys.stdout.write(answer + "\n")
         sys.stdout.flush()
     loop.call_soon_threadsafe(stop.set)

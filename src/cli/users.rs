@@ -13,9 +13,12 @@ use crate::user_id::UserId;
 pub enum Command {
     /// List the accounts in the registry, in ID order.
     List {
-        /// Only accounts in this state.
+        /// Only accounts in this state: present (listed by Synapse), missing
+        /// (lost), deactivated, held (lost, held by lifeboat for its
+        /// owner), claimed (handed back) or recreated (registered again by
+        /// someone lifeboat cannot vouch for).
         #[arg(long, value_enum)]
-        state: Option<StateFilter>,
+        state: Option<AccountState>,
         /// Print the result as JSON on stdout.
         #[arg(long)]
         json: bool,
@@ -31,19 +34,15 @@ pub enum Command {
     },
 }
 
-#[derive(clap::ValueEnum, Clone, Copy, Debug)]
-pub enum StateFilter {
-    /// Listed by Synapse, and its person's.
-    Present,
-    /// Not in the listing: lost.
-    Missing,
-    Deactivated,
-    /// Lost, then held by lifeboat for its owner.
-    Held,
-    /// Held, then handed back to its owner.
-    Claimed,
-    /// Registered again by someone lifeboat cannot vouch for.
-    Recreated,
+/// `--state` takes the registry's own names for the states.
+impl clap::ValueEnum for AccountState {
+    fn value_variants<'a>() -> &'a [Self] {
+        AccountState::ALL
+    }
+
+    fn to_possible_value(&self) -> Option<clap::builder::PossibleValue> {
+        Some(clap::builder::PossibleValue::new(self.as_str()))
+    }
 }
 
 pub(super) fn parse_user_id(text: &str) -> Result<UserId, String> {
@@ -69,14 +68,6 @@ pub async fn run(context: &Context, command: Command) -> Outcome {
     let registry = context.registry(&config).await?;
     match command {
         Command::List { state, json } => {
-            let state = state.map(|state| match state {
-                StateFilter::Present => AccountState::Present,
-                StateFilter::Missing => AccountState::Missing,
-                StateFilter::Deactivated => AccountState::Deactivated,
-                StateFilter::Held => AccountState::Held,
-                StateFilter::Claimed => AccountState::Claimed,
-                StateFilter::Recreated => AccountState::Recreated,
-            });
             let counts: HashMap<String, i64> = registry.contact_counts().await?.into_iter().collect();
             let accounts: Vec<Listed> = registry
                 .accounts(state)

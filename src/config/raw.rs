@@ -257,13 +257,25 @@ impl Ctx<'_> {
         ))
     }
 
-    fn duration(&self, key: &str, value: Option<String>, default: Duration) -> Result<Duration, ConfigError> {
-        match value {
-            None => Ok(default),
+    /// `key`'s duration, or `default`; one shorter than `minimum` is refused
+    /// with `too_short` (what goes wrong below it).
+    fn duration(
+        &self,
+        key: &str,
+        value: Option<String>,
+        default: Duration,
+        (minimum, too_short): (Duration, &str),
+    ) -> Result<Duration, ConfigError> {
+        let duration = match value {
+            None => default,
             Some(text) => humantime::parse_duration(text.trim()).map_err(|_| {
                 self.invalid(key, format!("`{text}` is not a duration: write it like \"30s\", \"15m\" or \"14d\""))
-            }),
+            })?,
+        };
+        if duration < minimum {
+            return Err(self.invalid(key, too_short));
         }
+        Ok(duration)
     }
 
     fn path(&self, path: &Path) -> PathBuf {
@@ -385,12 +397,7 @@ impl RawConfig {
                 hs.registration_shared_secret,
                 hs.registration_shared_secret_file,
             )?,
-            timeout: match ctx.duration("homeserver.timeout", hs.timeout, Duration::from_secs(30))? {
-                timeout if timeout < Duration::from_secs(1) => {
-                    return Err(ctx.invalid("homeserver.timeout", "must be at least 1s"));
-                }
-                timeout => timeout,
-            },
+            timeout: ctx.duration("homeserver.timeout", hs.timeout, Duration::from_secs(30), AT_LEAST_A_SECOND)?,
             retries: hs.retries.unwrap_or(4),
             server_name,
         };
@@ -414,17 +421,12 @@ impl RawConfig {
                 "sync.details_max_age",
                 self.sync.details_max_age,
                 Duration::from_secs(7 * 24 * 3600),
+                (Duration::from_secs(60), "must be at least 1m: every sync would fetch every account's details again"),
             )?,
             details_per_round: self.sync.details_per_round.unwrap_or(2000),
         };
         if sync.details_per_round == 0 {
             return Err(ctx.invalid("sync.details_per_round", "must be at least 1"));
-        }
-        if sync.details_max_age < MIN_DETAILS_MAX_AGE {
-            return Err(ctx.invalid(
-                "sync.details_max_age",
-                "must be at least 1m: every sync would fetch every account's details again",
-            ));
         }
         if sync.page_size == 0 {
             return Err(ctx.invalid("sync.page_size", "must be at least 1 (Synapse pages forever with limit=0)"));
@@ -434,8 +436,19 @@ impl RawConfig {
         }
 
         let watch = WatchConfig {
-            interval: ctx.duration("watch.interval", self.watch.interval, Duration::from_secs(15 * 60))?,
-            probe_interval: ctx.duration("watch.probe_interval", self.watch.probe_interval, Duration::from_secs(30))?,
+            interval: ctx.duration(
+                "watch.interval",
+                self.watch.interval,
+                Duration::from_secs(15 * 60),
+                AT_LEAST_A_SECOND,
+            )?,
+            // 0 turns probing off.
+            probe_interval: ctx.duration(
+                "watch.probe_interval",
+                self.watch.probe_interval,
+                Duration::from_secs(30),
+                (Duration::ZERO, ""),
+            )?,
             probe_sample: self.watch.probe_sample.unwrap_or(32),
             max_synapse_share: self.watch.max_synapse_share.unwrap_or(0.25),
             loss_threshold: self.watch.loss_threshold.unwrap_or(0.5),
@@ -455,19 +468,18 @@ impl RawConfig {
                 format!("{} is not a share between 0 (exclusive) and 1, like 0.5", watch.loss_threshold),
             ));
         }
-        if watch.interval < Duration::from_secs(1) {
-            return Err(ctx.invalid("watch.interval", "must be at least 1s"));
-        }
 
         let tokens = TokensConfig {
-            expiry: ctx.duration("tokens.expiry", self.tokens.expiry, Duration::from_secs(14 * 24 * 3600))?,
-        };
-        if tokens.expiry < MIN_TOKEN_EXPIRY {
-            return Err(ctx.invalid(
+            expiry: ctx.duration(
                 "tokens.expiry",
-                "must be at least 1h: a token must outlive the time its mail takes to arrive and be read",
-            ));
-        }
+                self.tokens.expiry,
+                Duration::from_secs(14 * 24 * 3600),
+                (
+                    Duration::from_secs(3600),
+                    "must be at least 1h: a token must outlive the time its mail takes to arrive and be read",
+                ),
+            )?,
+        };
 
         let email = self
             .email
@@ -569,16 +581,12 @@ impl RawConfig {
                     trusted_proxies,
                     rate_limit_per_ip: at_least_one("web.rate_limit_per_ip", raw.rate_limit_per_ip, 20)?,
                     rate_limit_per_target: at_least_one("web.rate_limit_per_target", raw.rate_limit_per_target, 3)?,
-                    rate_limit_window: match ctx.duration(
+                    rate_limit_window: ctx.duration(
                         "web.rate_limit_window",
                         raw.rate_limit_window,
                         Duration::from_secs(15 * 60),
-                    )? {
-                        window if window < Duration::from_secs(1) => {
-                            return Err(ctx.invalid("web.rate_limit_window", "must be at least 1s"));
-                        }
-                        window => window,
-                    },
+                        AT_LEAST_A_SECOND,
+                    )?,
                     token_requests_per_person: at_least_one(
                         "web.token_requests_per_person",
                         raw.token_requests_per_person,
@@ -691,10 +699,8 @@ fn validate_mailbox(text: &str) -> Result<(), String> {
     EmailAddress::parse(address).map(|_| ()).map_err(|err| err.to_string())
 }
 
-/// Below this a mailed token would expire before its person could use it.
-const MIN_TOKEN_EXPIRY: Duration = Duration::from_secs(3600);
-/// Below this every sync fetches every account's details again.
-const MIN_DETAILS_MAX_AGE: Duration = Duration::from_secs(60);
+/// The least of most durations: a zero one would spin.
+const AT_LEAST_A_SECOND: (Duration, &str) = (Duration::from_secs(1), "must be at least 1s");
 
 /// Deserializers that also take the strings env vars provide.
 mod lenient {

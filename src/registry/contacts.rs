@@ -8,23 +8,10 @@ use crate::checked_text::stored_as_text;
 use crate::email::EmailAddress;
 use crate::user_id::UserId;
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
-#[serde(rename_all = "lowercase")]
-pub enum ContactKind {
-    Email,
-    Matrix,
-}
-
-stored_as_text!(ContactKind);
-
-impl ContactKind {
-    pub const ALL: [ContactKind; 2] = [ContactKind::Email, ContactKind::Matrix];
-
-    pub fn as_str(self) -> &'static str {
-        match self {
-            ContactKind::Email => "email",
-            ContactKind::Matrix => "matrix",
-        }
+stored_as_text! {
+    pub enum ContactKind {
+        Email = "email",
+        Matrix = "matrix",
     }
 }
 
@@ -68,29 +55,15 @@ impl std::fmt::Display for ContactAddress {
     }
 }
 
-/// Who told lifeboat about a contact.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
-#[serde(rename_all = "lowercase")]
-pub enum ContactSource {
-    /// Imported from the account's threepids in Synapse.
-    Synapse,
-    /// Added by an admin.
-    Admin,
-    /// Added by the person themself.
-    User,
-}
-
-stored_as_text!(ContactSource);
-
-impl ContactSource {
-    pub const ALL: [ContactSource; 3] = [ContactSource::Synapse, ContactSource::Admin, ContactSource::User];
-
-    pub fn as_str(self) -> &'static str {
-        match self {
-            ContactSource::Synapse => "synapse",
-            ContactSource::Admin => "admin",
-            ContactSource::User => "user",
-        }
+stored_as_text! {
+    /// Who told lifeboat about a contact.
+    pub enum ContactSource {
+        /// Imported from the account's threepids in Synapse.
+        Synapse = "synapse",
+        /// Added by an admin.
+        Admin = "admin",
+        /// Added by the person themself.
+        User = "user",
     }
 }
 

@@ -17,25 +17,12 @@ use super::{AccountState, Registry, Result, STANDING_SQL, now_ms};
 use crate::checked_text::stored_as_text;
 use crate::user_id::UserId;
 
-/// How a delivery leaves.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
-#[serde(rename_all = "lowercase")]
-pub enum DeliveryChannel {
-    Email,
-    /// A Matrix DM.
-    Matrix,
-}
-
-stored_as_text!(DeliveryChannel);
-
-impl DeliveryChannel {
-    pub const ALL: [DeliveryChannel; 2] = [DeliveryChannel::Email, DeliveryChannel::Matrix];
-
-    pub fn as_str(self) -> &'static str {
-        match self {
-            DeliveryChannel::Email => "email",
-            DeliveryChannel::Matrix => "matrix",
-        }
+stored_as_text! {
+    /// How a delivery leaves.
+    pub enum DeliveryChannel {
+        Email = "email",
+        /// A Matrix DM.
+        Matrix = "matrix",
     }
 }
 
@@ -276,29 +263,17 @@ impl Registry {
         Ok(PlannedEmails { emails, people_with_email: with_email, people_without_channel: without })
     }
 
-    /// Makes every unfinished delivery of an incident due now. Rows left in
-    /// `sending` (by an older version that died mid-run) are taken back:
-    /// resending them is the only way not to lose them.
+    /// Makes every unfinished delivery of an incident due now, and with
+    /// `retry_failed` the failed ones too (after their cause was fixed).
+    /// Rows left in `sending` (by an older version that died mid-run) are
+    /// taken back: resending them is the only way not to lose them.
     /// Only one notify may run per incident at a time.
-    pub async fn resume_deliveries(&self, incident_id: i64) -> Result<u64> {
-        Ok(sqlx::query(
+    pub async fn resume_deliveries(&self, incident_id: i64, retry_failed: bool) -> Result<u64> {
+        let states = if retry_failed { "'pending', 'sending', 'failed'" } else { "'pending', 'sending'" };
+        Ok(sqlx::query(sqlx::AssertSqlSafe(format!(
             "UPDATE deliveries SET state = 'pending', next_attempt_at = $2 \
-             WHERE incident_id = $1 AND kind = 'notice' AND state IN ('pending', 'sending')",
-        )
-        .bind(incident_id)
-        .bind(now_ms())
-        .execute(&self.pool)
-        .await?
-        .rows_affected())
-    }
-
-    /// Puts an incident's failed deliveries back to pending (after the cause
-    /// was fixed). Returns how many.
-    pub async fn retry_failed_deliveries(&self, incident_id: i64) -> Result<u64> {
-        Ok(sqlx::query(
-            "UPDATE deliveries SET state = 'pending', next_attempt_at = $2 \
-             WHERE incident_id = $1 AND kind = 'notice' AND state = 'failed'",
-        )
+             WHERE incident_id = $1 AND kind = 'notice' AND state IN ({states})"
+        )))
         .bind(incident_id)
         .bind(now_ms())
         .execute(&self.pool)

@@ -9,28 +9,17 @@ use super::{Account, Actor, Backend, DeliveryCounts, Error, HoldCounts, Registry
 use crate::checked_text::stored_as_text;
 use crate::user_id::UserId;
 
-/// Who an incident covers.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
-#[serde(rename_all = "lowercase")]
-pub enum IncidentScope {
-    /// Accounts lost (missing, held, or taken) that no incident covered.
-    Missing,
-    /// Every account in the registry.
-    All,
+stored_as_text! {
+    /// Who an incident covers.
+    pub enum IncidentScope {
+        /// Accounts lost (missing, held, or taken) that no incident covered.
+        Missing = "missing",
+        /// Every account in the registry.
+        All = "all",
+    }
 }
 
-stored_as_text!(IncidentScope);
-
 impl IncidentScope {
-    pub const ALL: [IncidentScope; 2] = [IncidentScope::Missing, IncidentScope::All];
-
-    pub fn as_str(self) -> &'static str {
-        match self {
-            IncidentScope::Missing => "missing",
-            IncidentScope::All => "all",
-        }
-    }
-
     /// The accounts it covers, as an SQL condition over `accounts a`.
     fn filter(self) -> String {
         match self {

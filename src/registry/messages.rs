@@ -3,44 +3,25 @@
 //! (`crate::outbox`), and its text is emptied once it is sent or given up,
 //! so a link or a code does not outlive its sending in the registry.
 
-use serde::Serialize;
-
 use super::{DeliveryChannel, Registry, Result, now_ms};
 use crate::checked_text::stored_as_text;
 
 /// Why a message that expired unsent was skipped.
 pub const EXPIRED: &str = "expired before it could be sent";
 
-/// What a message is for; each kind has its own template.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
-#[serde(rename_all = "lowercase")]
-pub enum MessageKind {
-    /// The watcher's alert, to `alerts.email`.
-    Alert,
-    /// The web page's signed link (a token, a claim, a subscription).
-    Link,
-    /// A code proving an address, asked for in a DM to the bot.
-    Code,
-    /// A way back in that an admin had the bot mail.
-    Token,
-    /// `drill`'s test message.
-    Drill,
-}
-
-stored_as_text!(MessageKind);
-
-impl MessageKind {
-    pub const ALL: [MessageKind; 5] =
-        [MessageKind::Alert, MessageKind::Link, MessageKind::Code, MessageKind::Token, MessageKind::Drill];
-
-    pub fn as_str(self) -> &'static str {
-        match self {
-            MessageKind::Alert => "alert",
-            MessageKind::Link => "link",
-            MessageKind::Code => "code",
-            MessageKind::Token => "token",
-            MessageKind::Drill => "drill",
-        }
+stored_as_text! {
+    /// What a message is for; each kind has its own template.
+    pub enum MessageKind {
+        /// The watcher's alert, to `alerts.email`.
+        Alert = "alert",
+        /// The web page's signed link (a token, a claim, a subscription).
+        Link = "link",
+        /// A code proving an address, asked for in a DM to the bot.
+        Code = "code",
+        /// A way back in that an admin had the bot mail.
+        Token = "token",
+        /// `drill`'s test message.
+        Drill = "drill",
     }
 }
 

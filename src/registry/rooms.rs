@@ -20,34 +20,21 @@ pub const ROOMS_LISTED_SETTING: &str = "rooms.listed_at";
 /// by itself (`lifeboat rooms rejoin --retry` tries again).
 pub const MAX_REJOIN_ATTEMPTS: i64 = 5;
 
-/// Where a room stands (see [`ROOM_STATE_SQL`]).
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
-#[serde(rename_all = "lowercase")]
-pub enum RoomState {
-    /// On this homeserver now.
-    Here,
-    /// Gone from here, alive on other servers: people can rejoin it.
-    Elsewhere,
-    /// It lived only on this server and is gone.
-    Lost,
-    /// Lost, and made again under a new room ID.
-    Recreated,
+stored_as_text! {
+    /// Where a room stands (see [`ROOM_STATE_SQL`]).
+    pub enum RoomState {
+        /// On this homeserver now.
+        Here = "here",
+        /// Gone from here, alive on other servers: people can rejoin it.
+        Elsewhere = "elsewhere",
+        /// It lived only on this server and is gone.
+        Lost = "lost",
+        /// Lost, and made again under a new room ID.
+        Recreated = "recreated",
+    }
 }
 
-stored_as_text!(RoomState);
-
 impl RoomState {
-    pub const ALL: [RoomState; 4] = [RoomState::Here, RoomState::Elsewhere, RoomState::Lost, RoomState::Recreated];
-
-    pub fn as_str(self) -> &'static str {
-        match self {
-            RoomState::Here => "here",
-            RoomState::Elsewhere => "elsewhere",
-            RoomState::Lost => "lost",
-            RoomState::Recreated => "recreated",
-        }
-    }
-
     /// Does the room come back for a person who comes back?
     pub fn comes_back(self) -> bool {
         matches!(self, RoomState::Here | RoomState::Elsewhere)

@@ -258,6 +258,30 @@ async fn when_smtp_fails_part_way_a_second_run_completes_with_one_email_each() {
 }
 
 #[tokio::test(flavor = "multi_thread")]
+async fn notices_refused_for_good_are_sent_again_only_with_retry_failed() {
+    let synapse = TestSynapse::start();
+    let registry = TestDatabase::sqlite();
+    let smtp = TestSmtp::start(None);
+    let lifeboat = lifeboat_with_mail(&synapse, &registry, &smtp);
+    // Three people, the last without an email.
+    let (id, names) = incident_after_wipe(&synapse, &lifeboat, 3).await;
+
+    smtp.refuse();
+    let refused = lifeboat.run(&["notify", &id, "--yes"]).await;
+    assert_eq!(refused.code, 1, "{refused:?}");
+    assert!(refused.stderr.contains("--retry-failed"), "{refused:?}");
+    smtp.heal();
+
+    let again = lifeboat.run(&["notify", &id, "--yes"]).await;
+    assert_eq!(smtp.count(), 0, "a plain rerun leaves what failed for good alone: {again:?}");
+    let retried = lifeboat.run(&["notify", &id, "--yes", "--retry-failed"]).await;
+    assert_eq!(retried.code, 0, "{retried:?}");
+    for name in &names[..2] {
+        assert_eq!(smtp.messages_to(&format!("{name}@example.org")).len(), 1, "one email to {name}: {retried:?}");
+    }
+}
+
+#[tokio::test(flavor = "multi_thread")]
 async fn a_notify_killed_mid_send_and_rerun_reaches_everyone_repeating_at_most_the_in_flight() {
     let synapse = TestSynapse::start();
     let registry = TestDatabase::sqlite();

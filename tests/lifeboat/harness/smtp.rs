@@ -169,9 +169,16 @@ impl TestSmtp {
         line.trim().to_owned()
     }
 
-    /// Stops answering 451: every later message is accepted.
+    /// Stops answering 451 (or 550): every later message is accepted.
     pub fn heal(&self) {
         assert_eq!(self.command("heal"), "ok");
+    }
+
+    /// Refuses every later message for good (`550 5.7.1`) until [`heal`].
+    ///
+    /// [`heal`]: TestSmtp::heal
+    pub fn refuse(&self) {
+        assert_eq!(self.command("refuse"), "ok");
     }
 
     /// How many messages the sink has accepted (answered 250) so far.
