@@ -22,18 +22,26 @@
 //!                                 before the wipe (default 300)
 //!   LIFEBOAT_BENCH_SIZE_PAGE_SIZE `sync.page_size`, for the bare listing too
 //!                                 (default 2000, lifeboat's default)
+//!   LIFEBOAT_BENCH_SIZE_SYNAPSE_DB  sqlite (default) or postgres: Synapse's
+//!                                 database on the local PostgreSQL
+//!                                 (127.0.0.1:5432, user postgres), as large
+//!                                 servers run it
 //!
-//! The fill (once per N, cached) is benches/support/fill.rs's: the harness
-//! starts Synapse on an empty database and registers its admin; once
-//! `background_updates` is empty Synapse is stopped and N rows go into
+//! The fill (once per N and database, cached) is benches/support/fill.rs's:
+//! the harness starts Synapse on an empty database and registers its admin;
+//! once `background_updates` is empty Synapse is stopped and N rows go into
 //! `users` (no password hash, `creation_ts` in seconds), `profiles` and
 //! `user_threepids` (one email each) in one INSERT … SELECT per table;
-//! `sqlite_stat1` is dropped if present. The filled database and the
-//! admin's password are kept apart and copied back before each run (the
-//! wipe at the end deletes the database).
+//! `sqlite_stat1` is dropped if present (PostgreSQL: the tables are
+//! analyzed). The filled database and the admin's password are kept apart
+//! and copied back before each run (the wipe at the end deletes the
+//! database); on PostgreSQL the filled database is the template the run's
+//! database is created from.
 //! The registry is filled the same way: `accounts` and `contacts` from
-//! Synapse's rows through ATTACH, details fresh (what a finished cold sync
-//! leaves), so the watcher starts warm.
+//! Synapse's rows, details fresh (what a finished cold sync leaves), so the
+//! watcher starts warm.
+//! Synapse's CPU is its process's; on PostgreSQL plus that of the server
+//! processes serving its database.
 
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -58,7 +66,7 @@ mod fill;
 #[path = "support/synapse.rs"]
 mod synapse;
 use common::{env_number, http, median};
-use fill::sqlite;
+use fill::{SynapseDb, postgres_url, sqlite};
 use synapse::{Harness, Info, bare_listing, lifeboat_config, synapse_python};
 
 type BoxError = Box<dyn std::error::Error + Send + Sync>;
@@ -68,13 +76,14 @@ type Result<T, E = BoxError> = std::result::Result<T, E>;
 const HOUR_S: f64 = 3600.0;
 
 /// User + system CPU seconds of a process, from /proc/<pid>/stat.
-fn process_cpu(pid: i32) -> f64 {
-    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).expect("Synapse's /proc/PID/stat");
+/// `None` once the process is gone.
+fn process_cpu(pid: i32) -> Option<f64> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
     let rest = &stat[stat.rfind(')').expect("a command name") + 1..];
     let fields: Vec<&str> = rest.split_whitespace().collect();
     let ticks: f64 = fields[11].parse::<f64>().unwrap() + fields[12].parse::<f64>().unwrap();
     // SAFETY: sysconf has no preconditions.
-    ticks / unsafe { libc::sysconf(libc::_SC_CLK_TCK) } as f64
+    Some(ticks / unsafe { libc::sysconf(libc::_SC_CLK_TCK) } as f64)
 }
 
 /// Wall time and Synapse CPU of one measurement.
@@ -84,31 +93,112 @@ struct Cost {
     synapse: f64,
 }
 
-async fn measured<T>(pid: i32, work: impl Future<Output = Result<T>>) -> Result<(Cost, T)> {
-    let (cpu, started) = (process_cpu(pid), Instant::now());
-    let out = work.await?;
-    Ok((Cost { wall: started.elapsed().as_secs_f64(), synapse: process_cpu(pid) - cpu }, out))
+/// Whose CPU counts as Synapse's: its process, and on PostgreSQL the
+/// server processes (backends) serving its database.
+struct SynapseCpu {
+    pid: i32,
+    database: Option<String>,
 }
 
-fn localpart_sql() -> &'static str {
+impl SynapseCpu {
+    /// CPU seconds so far, per process.
+    async fn now(&self) -> Result<Vec<(i32, f64)>> {
+        let mut processes = vec![(self.pid, process_cpu(self.pid).ok_or("Synapse's process is gone")?)];
+        if let Some(database) = &self.database {
+            let mut conn = sqlx::PgConnection::connect(&postgres_url("postgres")).await?;
+            let backends: Vec<(i32,)> =
+                sqlx::query_as("SELECT pid FROM pg_stat_activity WHERE datname = $1 AND pid <> pg_backend_pid()")
+                    .bind(database)
+                    .fetch_all(&mut conn)
+                    .await?;
+            conn.close().await?;
+            processes.extend(backends.into_iter().filter_map(|(pid,)| Some((pid, process_cpu(pid)?))));
+        }
+        Ok(processes)
+    }
+
+    /// CPU seconds between two readings; a backend that started in between
+    /// counts from zero (one that ended in between is not seen).
+    fn spent(before: &[(i32, f64)], after: &[(i32, f64)]) -> f64 {
+        after
+            .iter()
+            .map(|(pid, cpu)| cpu - before.iter().find(|(then, _)| then == pid).map_or(0.0, |(_, cpu)| *cpu))
+            .sum()
+    }
+}
+
+async fn measured<T>(cpu: &SynapseCpu, work: impl Future<Output = Result<T>>) -> Result<(Cost, T)> {
+    let (before, started) = (cpu.now().await?, Instant::now());
+    let out = work.await?;
+    let wall = started.elapsed().as_secs_f64();
+    Ok((Cost { wall, synapse: SynapseCpu::spent(&before, &cpu.now().await?) }, out))
+}
+
+fn localpart_sql(db: &SynapseDb) -> &'static str {
     // Two letters spread over the alphabet, so that the probe's rotating
     // sample (from two random letters on) finds accounts everywhere.
-    "char(97 + (i * 7) % 26) || char(97 + (i / 26 * 11 + i) % 26) || printf('.user%07d', i)"
+    match db {
+        SynapseDb::Sqlite => "char(97 + (i * 7) % 26) || char(97 + (i / 26 * 11 + i) % 26) || printf('.user%07d', i)",
+        SynapseDb::Postgres(_) => {
+            "chr(97 + (i * 7) % 26) || chr(97 + (i / 26 * 11 + i) % 26) || '.user' || lpad(i::text, 7, '0')"
+        }
+    }
+}
+
+/// The database of the run's Synapse on PostgreSQL, and the filled one it
+/// is made from.
+const RUN_DATABASE: &str = "lifeboat_at_size_run";
+
+fn filled_database(count: usize) -> String {
+    format!("lifeboat_at_size_{count}_filled")
+}
+
+async fn database_exists(name: &str) -> Result<bool> {
+    let mut conn = sqlx::PgConnection::connect(&postgres_url("postgres")).await?;
+    let found: Option<(i32,)> =
+        sqlx::query_as("SELECT 1 FROM pg_database WHERE datname = $1").bind(name).fetch_optional(&mut conn).await?;
+    conn.close().await?;
+    Ok(found.is_some())
+}
+
+/// `DROP DATABASE` (if there) then, with `template`, `CREATE DATABASE`.
+async fn remake_database(name: &str, template: Option<&str>) -> Result<()> {
+    let mut conn = sqlx::PgConnection::connect(&postgres_url("postgres")).await?;
+    sqlx::query(sqlx::AssertSqlSafe(format!("DROP DATABASE IF EXISTS {name}"))).execute(&mut conn).await?;
+    if let Some(template) = template {
+        sqlx::query(sqlx::AssertSqlSafe(format!("CREATE DATABASE {name} TEMPLATE {template}")))
+            .execute(&mut conn)
+            .await?;
+    }
+    conn.close().await?;
+    Ok(())
 }
 
 /// Fills the cache for `count` accounts, once (`fill::fill`, then the
 /// filled database and the admin's password kept apart).
-async fn fill(python: &Path, repo: &Path, cache: &Path, count: usize) -> Result<()> {
+async fn fill(python: &Path, repo: &Path, cache: &Path, db: &SynapseDb, count: usize) -> Result<()> {
     let done = cache.join("filled");
-    if done.exists() {
+    let template_there = match db {
+        SynapseDb::Sqlite => true,
+        SynapseDb::Postgres(_) => database_exists(&filled_database(count)).await?,
+    };
+    if done.exists() && template_there {
         println!("  the filled Synapse of {count} accounts is cached in {}", cache.display());
         return Ok(());
     }
     let _ = std::fs::remove_dir_all(cache);
     let started = Instant::now();
     let dir = cache.join("synapse");
-    fill::fill(python, repo, &dir, count, localpart_sql()).await?;
-    std::fs::copy(dir.join("homeserver.db"), cache.join("homeserver.db.filled"))?;
+    if let SynapseDb::Postgres(run) = db {
+        remake_database(run, None).await?;
+    }
+    fill::fill(python, repo, &dir, db, count, localpart_sql(db)).await?;
+    match db {
+        SynapseDb::Sqlite => {
+            std::fs::copy(dir.join("homeserver.db"), cache.join("homeserver.db.filled"))?;
+        }
+        SynapseDb::Postgres(run) => remake_database(&filled_database(count), Some(run)).await?,
+    }
     std::fs::copy(dir.join("admin_password"), cache.join("admin_password.filled"))?;
     std::fs::write(&done, format!("{count}\n"))?;
     println!(
@@ -120,24 +210,35 @@ async fn fill(python: &Path, repo: &Path, cache: &Path, count: usize) -> Result<
 }
 
 /// The filled database back in place, as before any run.
-fn restore(cache: &Path) -> Result<()> {
+async fn restore(cache: &Path, db: &SynapseDb, count: usize) -> Result<()> {
     let dir = cache.join("synapse");
-    for suffix in ["", "-wal", "-shm", "-journal"] {
-        let _ = std::fs::remove_file(dir.join(format!("homeserver.db{suffix}")));
+    match db {
+        SynapseDb::Sqlite => {
+            for suffix in ["", "-wal", "-shm", "-journal"] {
+                let _ = std::fs::remove_file(dir.join(format!("homeserver.db{suffix}")));
+            }
+            std::fs::copy(cache.join("homeserver.db.filled"), dir.join("homeserver.db"))?;
+        }
+        SynapseDb::Postgres(run) => remake_database(run, Some(&filled_database(count))).await?,
     }
-    std::fs::copy(cache.join("homeserver.db.filled"), dir.join("homeserver.db"))?;
     std::fs::copy(cache.join("admin_password.filled"), dir.join("admin_password"))?;
     Ok(())
 }
 
 /// A registry that knows every account with fresh details, as a finished
 /// cold sync leaves it.
-async fn warm_registry(path: &Path, synapse_db: &Path) -> Result<()> {
+async fn warm_registry(path: &Path, synapse_dir: &Path, db: &SynapseDb) -> Result<()> {
     let url = format!("sqlite://{}", path.display());
     drop(Registry::connect(&url).await?);
     let mut conn = sqlite(path).await?;
     let now = now_ms();
     let due = now + 30 * 24 * 3600 * 1000;
+    if let SynapseDb::Postgres(name) = db {
+        warm_registry_from_postgres(&mut conn, name, now, due).await?;
+        conn.close().await?;
+        return Ok(());
+    }
+    let synapse_db = synapse_dir.join("homeserver.db");
     sqlx::query("ATTACH DATABASE ? AS syn").bind(synapse_db.display().to_string()).execute(&mut conn).await?;
     let mut tx = conn.begin().await?;
     sqlx::query(
@@ -160,6 +261,64 @@ async fn warm_registry(path: &Path, synapse_db: &Path) -> Result<()> {
     tx.commit().await?;
     sqlx::query("DETACH DATABASE syn").execute(&mut conn).await?;
     conn.close().await?;
+    Ok(())
+}
+
+/// `warm_registry` from a Synapse on PostgreSQL: the same rows, read from
+/// there and written here one by one (no ATTACH across servers).
+async fn warm_registry_from_postgres(
+    registry: &mut sqlx::SqliteConnection,
+    name: &str,
+    now: i64,
+    due: i64,
+) -> Result<()> {
+    use futures::TryStreamExt;
+    type UserRow = (String, Option<String>, i16, i16, bool, i16, Option<String>, i64);
+    let mut synapse = sqlx::PgConnection::connect(&postgres_url(name)).await?;
+    let mut tx = registry.begin().await?;
+    let mut users = sqlx::query_as::<_, UserRow>(
+        "SELECT u.name, p.displayname, u.admin, u.deactivated, COALESCE(u.locked, FALSE), u.is_guest, u.user_type, \
+         u.creation_ts FROM users u LEFT JOIN profiles p ON p.full_user_id = u.name",
+    )
+    .fetch(&mut synapse);
+    while let Some((user_id, display_name, admin, deactivated, locked, is_guest, user_type, created)) =
+        users.try_next().await?
+    {
+        sqlx::query(
+            "INSERT INTO accounts (user_id, display_name, admin, deactivated, locked, is_guest, user_type, \
+             synapse_created_at, first_seen_at, last_seen_present_at, state, details_fetched_at, details_due_at) \
+             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $9, 'present', $9, $10)",
+        )
+        .bind(user_id)
+        .bind(display_name)
+        .bind(admin != 0)
+        .bind(deactivated != 0)
+        .bind(locked)
+        .bind(is_guest != 0)
+        .bind(user_type)
+        .bind(created * 1000)
+        .bind(now)
+        .bind(due)
+        .execute(&mut *tx)
+        .await?;
+    }
+    drop(users);
+    let mut emails =
+        sqlx::query_as::<_, (String, String)>("SELECT user_id, address FROM user_threepids WHERE medium = 'email'")
+            .fetch(&mut synapse);
+    while let Some((user_id, address)) = emails.try_next().await? {
+        sqlx::query(
+            "INSERT INTO contacts (user_id, kind, address, source, added_at) VALUES ($1, 'email', $2, 'synapse', $3)",
+        )
+        .bind(user_id)
+        .bind(address)
+        .bind(now)
+        .execute(&mut *tx)
+        .await?;
+    }
+    drop(emails);
+    tx.commit().await?;
+    synapse.close().await?;
     Ok(())
 }
 
@@ -220,19 +379,33 @@ async fn main() -> Result<()> {
     let repo = PathBuf::from(env!("CARGO_MANIFEST_DIR"));
     let target = std::env::var_os("CARGO_TARGET_DIR").map(PathBuf::from).unwrap_or_else(|| repo.join("target"));
     let base = std::env::var_os("LIFEBOAT_BENCH_SIZE_DIR").map(PathBuf::from).unwrap_or_else(|| target.join("at-size"));
-    let cache = base.join(format!("accounts-{count}"));
+    let db = match std::env::var("LIFEBOAT_BENCH_SIZE_SYNAPSE_DB").as_deref() {
+        Err(_) | Ok("sqlite") => SynapseDb::Sqlite,
+        Ok("postgres") => SynapseDb::Postgres(RUN_DATABASE.to_owned()),
+        Ok(other) => return Err(format!("LIFEBOAT_BENCH_SIZE_SYNAPSE_DB={other:?}: sqlite or postgres").into()),
+    };
+    let cache = match db {
+        SynapseDb::Sqlite => base.join(format!("accounts-{count}")),
+        SynapseDb::Postgres(_) => base.join(format!("accounts-{count}-postgres")),
+    };
     let python = synapse_python(&repo)?;
-    println!("at_size: {count} accounts (+ the harness's admin)");
-    fill(&python, &repo, &cache, count).await?;
+    println!("at_size: {count} accounts (+ the harness's admin), Synapse on {db:?}");
+    fill(&python, &repo, &cache, &db, count).await?;
 
-    restore(&cache)?;
+    restore(&cache, &db, count).await?;
     let work = tempfile::Builder::new().prefix("lifeboat-bench-at-size-").tempdir()?;
-    let mut harness = Harness::start(&python, &repo, &cache.join("synapse"))?;
+    let mut harness = Harness::start_with(&python, &repo, &cache.join("synapse"), &db.harness_args())?;
     let info = harness.info.clone();
-    let pid = info.pid;
+    let cpu = SynapseCpu {
+        pid: info.pid,
+        database: match &db {
+            SynapseDb::Sqlite => None,
+            SynapseDb::Postgres(name) => Some(name.clone()),
+        },
+    };
     let registry_path = work.path().join("registry.db");
     let started = Instant::now();
-    warm_registry(&registry_path, &cache.join("synapse/homeserver.db")).await?;
+    warm_registry(&registry_path, &cache.join("synapse"), &db).await?;
     println!("  registry filled (warm) in {:.1} s", started.elapsed().as_secs_f64());
     let config = config_for(&info, &registry_path, work.path())?;
     let registry = Registry::connect(&config.registry.url).await?;
@@ -241,7 +414,7 @@ async fn main() -> Result<()> {
     let actor = Actor::cli();
 
     // Idle Synapse, for what the watcher's window is measured against.
-    let (idle, _) = measured(pid, async {
+    let (idle, _) = measured(&cpu, async {
         tokio::time::sleep(Duration::from_secs(30)).await;
         Ok(())
     })
@@ -256,7 +429,7 @@ async fn main() -> Result<()> {
         if listed == count + 1 { Ok(()) } else { Err(format!("listed {listed} accounts, expected {}", count + 1)) }
     };
     if warm_up {
-        let (first, listed) = measured(pid, bare_names(&info, page_size)).await?;
+        let (first, listed) = measured(&cpu, bare_names(&info, page_size)).await?;
         println!(
             "  bare listing (warm-up): {} accounts, {:.1} s, Synapse CPU {:.1} s",
             listed.len(),
@@ -274,13 +447,13 @@ async fn main() -> Result<()> {
     for pair in 0..pairs {
         for turn in 0..2 {
             if (pair + turn) % 2 == bare_turn {
-                let (cost, listed) = measured(pid, bare_names(&info, page_size)).await?;
+                let (cost, listed) = measured(&cpu, bare_names(&info, page_size)).await?;
                 println!("  pair {}: bare listing {:.2} s, Synapse CPU {:.2} s", pair + 1, cost.wall, cost.synapse);
                 expect_listed(listed.len())?;
                 bare.push(cost);
             } else {
                 let (cost, summary) =
-                    measured(pid, async { Ok(sync(&registry, &client, &options, &actor, &Quiet).await?) }).await?;
+                    measured(&cpu, async { Ok(sync(&registry, &client, &options, &actor, &Quiet).await?) }).await?;
                 println!(
                     "  pair {}: warm sync {:.2} s, Synapse CPU {:.2} s (listed {}, details fetched {})",
                     pair + 1,
@@ -309,7 +482,7 @@ async fn main() -> Result<()> {
 
     // 2. The probe, as the watcher runs it between listings.
     let fixed = FixedSample::load(&registry).await?;
-    let (probe_cost, outcomes) = measured(pid, async {
+    let (probe_cost, outcomes) = measured(&cpu, async {
         let mut outcomes = Vec::new();
         for _ in 0..probes {
             outcomes.push(probe(&config, &registry, &fixed, config.watch.probe_sample).await);
@@ -348,14 +521,14 @@ async fn main() -> Result<()> {
         let cold_config = config_for(&info, &cold_registry, work.path())?;
         let cold_reg = Registry::connect(&cold_config.registry.url).await?;
         let concurrency = cold_config.sync.details_concurrency;
-        let (bare_cost, n) = measured(pid, bare_cold(&info, page_size, concurrency)).await?;
+        let (bare_cost, n) = measured(&cpu, bare_cold(&info, page_size, concurrency)).await?;
         println!(
             "  bare cold loop: listing + {n} detail calls ({concurrency} at a time): {:.1} s, Synapse CPU {:.1} s",
             bare_cost.wall, bare_cost.synapse
         );
         let options = SyncOptions::from_config(&cold_config);
         let (cold_cost, summary) =
-            measured(pid, async { Ok(sync(&cold_reg, &client, &options, &actor, &Quiet).await?) }).await?;
+            measured(&cpu, async { Ok(sync(&cold_reg, &client, &options, &actor, &Quiet).await?) }).await?;
         println!(
             "  cold sync: {:.1} s, Synapse CPU {:.1} s ({} details, {} emails); ratio {:.3} (goal <= 1.1)",
             cold_cost.wall,
@@ -378,7 +551,7 @@ async fn main() -> Result<()> {
     let cancel = CancellationToken::new();
     let services = Services::new(Arc::new(config.clone()), registry.clone(), cancel.clone());
     let watcher = tokio::spawn(lifeboat::watch::run(Arc::new(services), Recorded(sender)));
-    let (window, _) = measured(pid, async {
+    let (window, _) = measured(&cpu, async {
         tokio::time::sleep(Duration::from_secs(watch_s)).await;
         Ok(())
     })

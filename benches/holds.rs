@@ -65,6 +65,7 @@ use tokio_util::sync::CancellationToken;
 #[path = "support/common.rs"]
 mod common;
 // Each bench uses part of it.
+#[allow(dead_code)]
 #[path = "support/fill.rs"]
 mod fill;
 #[allow(dead_code)]
@@ -262,7 +263,7 @@ async fn main() -> Result<()> {
     let dir = work.path().join("synapse");
 
     let setup = Instant::now();
-    fill::fill(&python, &repo, &dir, count, "'hold-' || printf('%05d', i)").await?;
+    fill::fill(&python, &repo, &dir, &fill::SynapseDb::Sqlite, count, "'hold-' || printf('%05d', i)").await?;
     println!("holds: filled Synapse with {count} accounts in {:.1} s", setup.elapsed().as_secs_f64());
     let mut harness = Harness::start(&python, &repo, &dir)?;
     let info = harness.info.clone();

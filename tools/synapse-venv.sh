@@ -18,8 +18,10 @@ set -euo pipefail
 
 SYNAPSE_VERSION=1.163.2
 AIOSMTPD_VERSION=1.4.6
+# Synapse's PostgreSQL driver, for the harness's --postgres (benchmarks).
+PSYCOPG2_VERSION=2.9.13
 # The marker records what was installed, so bumping a pin rebuilds the venv.
-MARKER_CONTENT="matrix-synapse==${SYNAPSE_VERSION} aiosmtpd==${AIOSMTPD_VERSION}"
+MARKER_CONTENT="matrix-synapse==${SYNAPSE_VERSION} aiosmtpd==${AIOSMTPD_VERSION} psycopg2-binary==${PSYCOPG2_VERSION}"
 
 say() { printf 'synapse-venv: %s\n' "$*" >&2; }
 die() { say "error: $*"; exit 1; }
@@ -44,15 +46,17 @@ marker_ok() {
 # are installed at exactly the pinned versions.
 versions_ok() {
     [ -x "$python_bin" ] || return 1
-    "$python_bin" - "$SYNAPSE_VERSION" "$AIOSMTPD_VERSION" <<'EOF' >/dev/null 2>&1
+    "$python_bin" - "$SYNAPSE_VERSION" "$AIOSMTPD_VERSION" "$PSYCOPG2_VERSION" <<'EOF' >/dev/null 2>&1
 import sys
 from importlib.metadata import version
 import synapse
 import aiosmtpd
-want_synapse, want_aiosmtpd = sys.argv[1], sys.argv[2]
+import psycopg2
+want_synapse, want_aiosmtpd, want_psycopg2 = sys.argv[1], sys.argv[2], sys.argv[3]
 ok = (synapse.__version__ == want_synapse
       and version("matrix-synapse") == want_synapse
-      and version("aiosmtpd") == want_aiosmtpd)
+      and version("aiosmtpd") == want_aiosmtpd
+      and version("psycopg2-binary") == want_psycopg2)
 sys.exit(0 if ok else 1)
 EOF
 }
@@ -84,7 +88,7 @@ if marker_ok; then
 fi
 
 if versions_ok; then
-    say "adopting existing venv $venv (matrix-synapse $SYNAPSE_VERSION, aiosmtpd $AIOSMTPD_VERSION)"
+    say "adopting existing venv $venv (matrix-synapse $SYNAPSE_VERSION, aiosmtpd $AIOSMTPD_VERSION, psycopg2-binary $PSYCOPG2_VERSION)"
     write_marker
     printf '%s\n' "$python_bin"
     exit 0
@@ -108,9 +112,9 @@ command -v "$base_python" >/dev/null 2>&1 || die "$base_python not found (set PY
 
 say "creating venv $venv"
 "$base_python" -m venv "$venv" >&2
-say "installing matrix-synapse==$SYNAPSE_VERSION aiosmtpd==$AIOSMTPD_VERSION (this takes a minute)"
+say "installing matrix-synapse==$SYNAPSE_VERSION aiosmtpd==$AIOSMTPD_VERSION psycopg2-binary==$PSYCOPG2_VERSION (this takes a minute)"
 "$python_bin" -m pip install --disable-pip-version-check --no-input \
-    "matrix-synapse==$SYNAPSE_VERSION" "aiosmtpd==$AIOSMTPD_VERSION" >&2 ||
+    "matrix-synapse==$SYNAPSE_VERSION" "aiosmtpd==$AIOSMTPD_VERSION" "psycopg2-binary==$PSYCOPG2_VERSION" >&2 ||
     die "pip install failed; the venv at $venv is left unmarked and will be rebuilt next time"
 
 versions_ok || die "install finished but synapse $SYNAPSE_VERSION does not import from $venv"

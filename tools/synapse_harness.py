@@ -8,6 +8,7 @@ Synapse ships.
 
     python tools/synapse_harness.py --dir DIR [--port N] [--server-name NAME]
                                     [--federation [--federation-port F]]
+                                    [--postgres DATABASE]
                                     [--demo] [--no-admin]
                                     [--daemon --pidfile FILE]
 
@@ -37,6 +38,13 @@ the other servers see the same server come back with an empty database.
 --federation-port F picks F instead of a free port (the
 server name is then "127.0.0.1:F"). Like the other options it only counts
 when DIR/homeserver.yaml is first written.
+
+--postgres DATABASE keeps Synapse's database in PostgreSQL on
+127.0.0.1:5432 (user postgres, no password, as on these machines) instead
+of SQLite, as large servers do; the benchmarks at size use it. The
+database is created if missing (UTF8, C collation, as Synapse requires;
+an existing one is used as it is) and a wipe drops and creates it again.
+Synapse needs psycopg2 for it, which tools/synapse-venv.sh installs.
 
 Normal mode then answers commands read from stdin, one line each:
 
@@ -86,6 +94,8 @@ STOP_GRACE_S = 10
 LOG_TAIL_LINES = 40
 # SQLite keeps a database in up to four files; a wipe must remove them all.
 DB_SUFFIXES = ("", "-wal", "-shm", "-journal")
+# Where --postgres databases live.
+POSTGRES = {"host": "127.0.0.1", "port": 5432, "user": "postgres"}
 # High enough that no test or benchmark ever meets a rate limit.
 RATE_UNLIMITED = {"per_second": 100000, "burst_count": 100000}
 DEMO_USERS = [
@@ -199,7 +209,8 @@ def die_with_parent(parent_pid):
 class Synapse:
     """One Synapse process and the directory holding its state."""
 
-    def __init__(self, directory, port, server_name, message_rate=None, federation=False, fed_port=None):
+    def __init__(self, directory, port, server_name, message_rate=None, federation=False, fed_port=None,
+                 postgres=None):
         # (per_second, burst) for rc_message, to make Synapse answer 429.
         self.message_rate = message_rate
         self.dir = os.path.abspath(directory)
@@ -212,8 +223,12 @@ class Synapse:
         self.tls_certificate_path = os.path.join(self.dir, "federation.crt")
         self.tls_private_key_path = os.path.join(self.dir, "federation.key")
         self.proc = None
+        # The PostgreSQL database's name, or None on SQLite.
+        self.postgres = postgres
         os.makedirs(self.dir, exist_ok=True)
         self._load_or_write_config(port, server_name, federation, fed_port)
+        if self.postgres is not None:
+            postgres_database(self.postgres, drop=False)
         # Never send loopback requests through an http_proxy from the environment.
         self._opener = urllib.request.build_opener(urllib.request.ProxyHandler({}))
 
@@ -228,6 +243,11 @@ class Synapse:
             self.fed_port = federation_port_of(config)
             self.server_name = config["server_name"]
             self.shared_secret = config["registration_shared_secret"]
+            database = config["database"]
+            kept = database["args"]["database"] if database["name"] == "psycopg2" else None
+            if self.postgres is not None and self.postgres != kept:
+                log(f"--postgres {self.postgres} ignored: {self.config_path} exists")
+            self.postgres = kept
             if federation and self.fed_port is None:
                 log(f"--federation ignored: {self.config_path} exists and has no federation listener")
             if port is not None and port != self.port:
@@ -320,7 +340,14 @@ class Synapse:
                     "resources": [{"names": ["client"], "compress": False}],
                 }
             ],
-            "database": {"name": "sqlite3", "args": {"database": self.db_path}},
+            "database": (
+                {"name": "sqlite3", "args": {"database": self.db_path}}
+                if self.postgres is None
+                else {
+                    "name": "psycopg2",
+                    "args": {**POSTGRES, "database": self.postgres, "cp_min": 5, "cp_max": 10},
+                }
+            ),
             "log_config": log_config_path,
             "media_store_path": os.path.join(self.dir, "media_store"),
             "signing_key_path": signing_key_path,
@@ -560,6 +587,8 @@ class Synapse:
     def wipe(self):
         """The seed incident: the database is lost, the config survives."""
         self.stop()
+        if self.postgres is not None:
+            postgres_database(self.postgres, drop=True)
         for suffix in DB_SUFFIXES:
             try:
                 os.remove(self.db_path + suffix)
@@ -673,6 +702,34 @@ class Synapse:
 
 
 # ---- modes -----------------------------------------------------------------
+
+
+def postgres_database(name, drop):
+    """Creates the --postgres database if it is missing (after dropping it
+    with `drop`), with the encoding and collation Synapse insists on."""
+    if not all(c in string.ascii_lowercase + string.digits + "_" for c in name) or not name:
+        raise HarnessError(f"--postgres {name!r}: use lowercase letters, digits and _ only")
+    try:
+        import psycopg2  # Only --postgres needs it (tools/synapse-venv.sh installs it).
+    except ImportError as e:
+        raise HarnessError(f"--postgres needs psycopg2 in Synapse's venv (tools/synapse-venv.sh): {e}")
+    try:
+        conn = psycopg2.connect(dbname="postgres", **POSTGRES)
+    except psycopg2.Error as e:
+        raise HarnessError(f"cannot reach PostgreSQL on 127.0.0.1:5432 as postgres: {e}".strip())
+    conn.autocommit = True
+    try:
+        with conn.cursor() as cur:
+            if drop:
+                cur.execute(f'DROP DATABASE IF EXISTS "{name}"')
+            cur.execute("SELECT 1 FROM pg_database WHERE datname = %s", (name,))
+            if cur.fetchone() is None:
+                cur.execute(
+                    f'CREATE DATABASE "{name}" ENCODING \'UTF8\' LC_COLLATE \'C\' LC_CTYPE \'C\' '
+                    "TEMPLATE template0"
+                )
+    finally:
+        conn.close()
 
 
 def install_signal_handlers(signals):
@@ -867,6 +924,11 @@ def main():
         metavar="F",
         help="the federation listener's port with --federation (default: a free one)",
     )
+    parser.add_argument(
+        "--postgres",
+        metavar="DATABASE",
+        help="keep Synapse's database in PostgreSQL on 127.0.0.1:5432 (created if missing; needs psycopg2)",
+    )
     parser.add_argument("--demo", action="store_true", help="create demo accounts")
     parser.add_argument(
         "--message-rate",
@@ -891,7 +953,9 @@ def main():
         if args.message_rate:
             per_second, burst = args.message_rate.split(":")
             rate = (float(per_second), int(burst))
-        synapse = Synapse(args.dir, args.port, args.server_name, rate, args.federation, args.federation_port)
+        synapse = Synapse(
+            args.dir, args.port, args.server_name, rate, args.federation, args.federation_port, args.postgres
+        )
     except (HarnessError, OSError, KeyError, TypeError, ValueError, yaml.YAMLError) as e:
         log(f"error: cannot prepare {args.dir}: {e}")
         return 1

@@ -32,10 +32,16 @@ pub struct Harness {
 
 impl Harness {
     pub fn start(python: &Path, repo: &Path, dir: &Path) -> Result<Harness> {
+        Self::start_with(python, repo, dir, &[])
+    }
+
+    /// With more of the harness's options (`--postgres DATABASE`, ...).
+    pub fn start_with(python: &Path, repo: &Path, dir: &Path, args: &[String]) -> Result<Harness> {
         let mut child = Command::new(python)
             .arg(repo.join("tools/synapse_harness.py"))
             .arg("--dir")
             .arg(dir)
+            .args(args)
             .stdin(Stdio::piped())
             .stdout(Stdio::piped())
             .stderr(Stdio::inherit())
