@@ -6,6 +6,7 @@ use futures::TryStreamExt;
 use serde::Serialize;
 
 use super::{Actor, Registry, Result, now_ms};
+use crate::checked_text::stored_as_text;
 use crate::email::EmailAddress;
 use crate::reconcile::AccountState;
 use crate::reconcile::{Class, Known, Listed, Report, ReportBuilder, classify};
@@ -19,12 +20,24 @@ const STAGE_COLUMNS: usize = 9;
 /// IDs per `WHERE user_id IN (...)` when marking accounts.
 const MARK_CHUNK: usize = 500;
 
+stored_as_text! {
+    /// Where a sync run stands.
+    pub enum SyncStatus {
+        /// Under way, or its process died (the next sync takes over).
+        Running = "running",
+        /// Its listing was whole and applied.
+        Complete = "complete",
+        /// It stopped on an error; the accounts were left as they were.
+        Failed = "failed",
+    }
+}
+
 #[derive(Debug, Clone, Serialize, sqlx::FromRow)]
 pub struct SyncRun {
     pub id: i64,
     pub started_at: i64,
     pub finished_at: Option<i64>,
-    pub status: String,
+    pub status: SyncStatus,
     pub listed: i64,
     pub new_accounts: i64,
     pub missing: i64,
