@@ -98,9 +98,10 @@ async fn run(bot: &Bot, room: &Room, actor: &Actor, command: AdminCommand) -> Re
         AdminCommand::Sync => {
             let client =
                 admin_client_recovering(config, registry, actor, &Notes::default()).await.map_err(|e| text(&e))?;
-            let summary = sync(registry, &client, &SyncOptions::from_config(config), actor, &Quiet)
-                .await
-                .map_err(|e| text(&e))?;
+            // Paced like the CLI's and the watcher's: on a big server a full
+            // sync must not take Synapse from its users.
+            let options = SyncOptions::from_config(config).paced(config).stopped_by(state.shutdown.clone());
+            let summary = sync(registry, &client, &options, actor, &Quiet).await.map_err(|e| text(&e))?;
             let report = &summary.applied.report;
             Ok(format!(
                 "Synced: {} listed; {} new, {} missing ({} newly), {} held, {} recreated, {} deactivated; {} emails imported.",

@@ -56,7 +56,7 @@ pub enum PersonCommand {
 pub const ADMIN_USAGE: &[(&str, &str)] = &[
     ("help", "this list"),
     ("status", "registry counts, last sync, verdict, open incidents"),
-    ("sync", "read Synapse's listing into the registry now"),
+    ("sync", "read Synapse's listing into the registry now (paced, as the watcher's)"),
     ("check", "compare the registry with Synapse now (read-only)"),
     (
         "incident open [--force] <title>",
