@@ -22,6 +22,7 @@
 //!                                 before the wipe (default 300)
 //!   LIFEBOAT_BENCH_SIZE_PAGE_SIZE `sync.page_size`, for the bare listing too
 //!                                 (default 2000, lifeboat's default)
+//!   LIFEBOAT_BENCH_SIZE_FILL_ONLY 1: fill the cache and stop (default 0)
 //!   LIFEBOAT_BENCH_SIZE_SYNAPSE_DB  sqlite (default) or postgres: Synapse's
 //!                                 database on the local PostgreSQL
 //!                                 (127.0.0.1:5432, user postgres), as large
@@ -391,6 +392,9 @@ async fn main() -> Result<()> {
     let python = synapse_python(&repo)?;
     println!("at_size: {count} accounts (+ the harness's admin), Synapse on {db:?}");
     fill(&python, &repo, &cache, &db, count).await?;
+    if env_number("LIFEBOAT_BENCH_SIZE_FILL_ONLY", 0) == 1 {
+        return Ok(());
+    }
 
     restore(&cache, &db, count).await?;
     let work = tempfile::Builder::new().prefix("lifeboat-bench-at-size-").tempdir()?;
