@@ -203,7 +203,7 @@ async fn lifeboat_turn(
 ) -> Result<Steps> {
     let actor = Actor::cli();
     let started = Instant::now();
-    let (incident, affected) = registry.open_incident(TITLE, POSTMORTEM, IncidentScope::Missing, &actor).await?;
+    let (incident, affected) = registry.open_incident(TITLE, POSTMORTEM, IncidentScope::Missing, true, &actor).await?;
     let opened = started.elapsed();
     // Every account and the harness's own admin (lifeboat's own account,
     // made again by the recovery, is lifeboat's, not a stranger's).

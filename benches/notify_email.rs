@@ -147,7 +147,7 @@ async fn build_registry(path: &Path, people: usize) -> Result<Registry> {
 /// notice token, and plans the email deliveries (one per account).
 async fn open_incident(registry: &Registry, people: usize) -> Result<Incident> {
     let (incident, affected) = registry
-        .open_incident("Database lost", POSTMORTEM, lifeboat::registry::IncidentScope::Missing, &Actor::cli())
+        .open_incident("Database lost", POSTMORTEM, lifeboat::registry::IncidentScope::Missing, true, &Actor::cli())
         .await?;
     if affected != people as i64 {
         return Err(format!("the incident covers {affected} accounts, expected {people}").into());

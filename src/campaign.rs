@@ -163,11 +163,7 @@ pub async fn open_incident(
         };
         progress.note(&format!("could not sync before opening ({reason}); {used}"));
     }
-    let opened = if again {
-        registry.open_incident(title, postmortem, scope, actor).await
-    } else {
-        registry.open_incident_unless_covered(title, postmortem, scope, actor).await
-    };
+    let opened = registry.open_incident(title, postmortem, scope, again, actor).await;
     let (incident, affected) = opened.map_err(|err| match err {
         registry::Error::AlreadyCovered(covering) => CampaignError::AlreadyCovered(covering),
         other => other.into(),

@@ -109,40 +109,20 @@ fn affected_missing() -> String {
 
 impl Registry {
     /// Opens an incident and snapshots its affected accounts; refuses when
-    /// nobody would be affected.
+    /// nobody would be affected, and unless `even_if_covered`, when an open
+    /// incident already covers any account it would affect
+    /// (`Error::AlreadyCovered`). That is checked in the transaction that
+    /// opens it, so two opens at the same moment cannot both pass.
     pub async fn open_incident(
         &self,
         title: &str,
         postmortem: &str,
         scope: IncidentScope,
-        actor: &Actor,
-    ) -> Result<(Incident, i64)> {
-        self.open_incident_if(title, postmortem, scope, false, actor).await
-    }
-
-    /// Opens an incident unless an open one already covers any account it
-    /// would affect (`Error::AlreadyCovered`). Checked in the transaction
-    /// that opens it, so two opens at the same moment cannot both pass.
-    pub async fn open_incident_unless_covered(
-        &self,
-        title: &str,
-        postmortem: &str,
-        scope: IncidentScope,
-        actor: &Actor,
-    ) -> Result<(Incident, i64)> {
-        self.open_incident_if(title, postmortem, scope, true, actor).await
-    }
-
-    async fn open_incident_if(
-        &self,
-        title: &str,
-        postmortem: &str,
-        scope: IncidentScope,
-        unless_covered: bool,
+        even_if_covered: bool,
         actor: &Actor,
     ) -> Result<(Incident, i64)> {
         let mut tx = self.begin_write().await?;
-        if unless_covered {
+        if !even_if_covered {
             if self.backend == Backend::Postgres {
                 // SQLite's BEGIN IMMEDIATE already lets one writer in at a time.
                 sqlx::query("LOCK TABLE incidents IN SHARE ROW EXCLUSIVE MODE").execute(&mut *tx).await?;

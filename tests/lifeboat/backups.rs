@@ -25,7 +25,7 @@ async fn lived_in(registry: &Registry) {
     registry.add_contact(&id("@b:x"), &contact("b@example.org"), ContactSource::Admin, Some(1), &actor).await.unwrap();
     registry.add_contact(&id("@c:x"), &contact("@c:elsewhere"), ContactSource::User, None, &actor).await.unwrap();
     let (incident, _) = registry
-        .open_incident("Lost", "# What\n\nit went", lifeboat::registry::IncidentScope::Missing, &actor)
+        .open_incident("Lost", "# What\n\nit went", lifeboat::registry::IncidentScope::Missing, true, &actor)
         .await
         .unwrap();
     registry.record_notice_token(incident.id, &id("@b:x"), "TOKEN123", 99).await.unwrap();

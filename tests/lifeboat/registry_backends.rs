@@ -164,7 +164,7 @@ async fn a_claim_link_works_only_for_its_hold_and_open_incident_until_it_expires
     registry.begin_hold(&id("@a:x")).await.unwrap();
     registry.mark_held(&id("@a:x"), Some(5_000), false).await.unwrap();
     let (incident, _) = registry
-        .open_incident("Lost", "it went", lifeboat::registry::IncidentScope::Missing, &Actor::cli())
+        .open_incident("Lost", "it went", lifeboat::registry::IncidentScope::Missing, true, &Actor::cli())
         .await
         .unwrap();
     let hold = registry.account(&id("@a:x")).await.unwrap().unwrap().custody_at.unwrap();
@@ -495,9 +495,7 @@ async fn of_incidents_opened_at_the_same_moment_for_the_same_people_only_one_ope
     let opens = (0..4).map(|n| {
         let registry = registry.clone();
         async move {
-            registry
-                .open_incident_unless_covered(&format!("Lost {n}"), "it went", IncidentScope::Missing, &Actor::cli())
-                .await
+            registry.open_incident(&format!("Lost {n}"), "it went", IncidentScope::Missing, false, &Actor::cli()).await
         }
     });
     let outcomes = futures::future::join_all(opens).await;
