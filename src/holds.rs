@@ -237,8 +237,19 @@ async fn hold_one(
         }
     };
     let emails = registry.verified_emails_of(user_id).await?;
+    // The registry knows other accounts' addresses as of the last sync;
+    // Synapse knows them now (one registered in between, say). Synapse
+    // would move an address to the hold without a word.
+    let mut free = Vec::with_capacity(emails.len());
+    for address in emails {
+        match client.user_with_email(&address).await {
+            Ok(Some(owner)) if owner != user_id.as_str() => {}
+            Ok(_) => free.push(address),
+            Err(err) => return Ok(Outcome::Failed(err.to_string())),
+        }
+    }
     // Locked before it counts as held; a failure here is resumed the same way.
-    if let Err(err) = client.lock_held_account(user_id.as_str(), &emails).await {
+    if let Err(err) = client.lock_held_account(user_id.as_str(), &free).await {
         return Ok(Outcome::Failed(err.to_string()));
     }
     registry.mark_held(user_id, created_at_ms, candidate.display_name.is_some()).await?;

@@ -61,9 +61,10 @@ impl Registry {
     }
 
     /// The verified email addresses of an account, restored on its hold.
-    /// Not one that another account on Synapse has now (the person's new
-    /// account, say): Synapse would move it to the hold without a word, as
-    /// it keeps one account per address.
+    /// Not one that another account on Synapse had at the last sync (the
+    /// person's new account, say): Synapse would move it to the hold
+    /// without a word, as it keeps one account per address. The hold asks
+    /// Synapse too, for accounts registered since.
     pub async fn verified_emails_of(&self, user_id: &UserId) -> Result<Vec<EmailAddress>> {
         let rows: Vec<(EmailAddress,)> = sqlx::query_as(
             "SELECT address FROM contacts c WHERE user_id = $1 AND kind = 'email' AND verified_at IS NOT NULL \

@@ -66,6 +66,21 @@ impl SynapseClient {
             .map(|_| ())
     }
 
+    /// The account that has `address` as an email threepid now, if any
+    /// (Synapse keeps one account per address).
+    pub async fn user_with_email(&self, address: &crate::email::EmailAddress) -> Result<Option<String>, Error> {
+        #[derive(Deserialize)]
+        struct Owner {
+            user_id: String,
+        }
+        let path = format!("/_synapse/admin/v1/threepid/email/users/{}", urlencode(address.as_str()));
+        match self.get_json::<Owner>(&path, &[], true).await {
+            Ok(owner) => Ok(Some(owner.user_id)),
+            Err(Error::NotFound) => Ok(None),
+            Err(err) => Err(err),
+        }
+    }
+
     /// Gives an account lifeboat holds its person's display name. On its
     /// own because it is most of what a hold costs Synapse (its user
     /// directory): holds restore names once every lost ID is safe.

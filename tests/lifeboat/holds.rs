@@ -652,6 +652,32 @@ async fn a_hold_does_not_take_an_email_from_the_new_account_its_person_made_afte
 }
 
 #[tokio::test(flavor = "multi_thread")]
+async fn a_hold_does_not_take_an_email_from_an_account_registered_since_the_last_sync() {
+    let synapse = TestSynapse::start();
+    let registry = TestDatabase::sqlite();
+    let person = unique("petrel");
+    let address = format!("{person}@example.org");
+    synapse.create_user(&person, &[&address]).await;
+    let lifeboat = lifeboat_on(&synapse, &registry);
+    assert_eq!(lifeboat.run(&["sync"]).await.code, 0);
+    synapse.wipe();
+    synapse.register_admin(&unique("root"));
+    assert_eq!(lifeboat.run(&["recover"]).await.code, 0);
+    assert_eq!(lifeboat.run(&["sync"]).await.code, 0, "the person is missing now");
+    // Registered after that sync: the registry does not know it has the address.
+    let fresh = format!("{person}-new");
+    synapse.create_user(&fresh, &[&address]).await;
+
+    let make = lifeboat.run(&["holds", "make"]).await;
+    assert_eq!(make.code, 0, "{make:?}");
+    let held = synapse.user(&person).await;
+    assert_eq!(held["locked"], true, "held: {held}");
+    assert!(held["threepids"].as_array().unwrap().is_empty(), "the address stays where it is: {held}");
+    let new_account = synapse.user(&fresh).await;
+    assert_eq!(new_account["threepids"][0]["address"].as_str(), Some(address.as_str()), "{new_account}");
+}
+
+#[tokio::test(flavor = "multi_thread")]
 async fn a_hand_over_under_way_in_another_process_turns_away_both_the_claim_link_and_the_cli() {
     let (rig, lost, link) = one_held_with_a_claim_link().await;
     let registry = lifeboat::registry::Registry::connect(&rig.registry_url()).await.unwrap();
