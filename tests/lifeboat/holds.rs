@@ -627,41 +627,47 @@ async fn a_stranger_who_takes_a_held_id_after_another_wipe_does_not_get_its_pers
     assert_eq!(display_name_on_synapse(&synapse, &person).await, person, "the stranger keeps Synapse's own name");
 }
 
+/// A person with an email, synced, then the wipe: the lifeboat, their
+/// ID and their address.
+async fn one_person_then_a_wipe(synapse: &TestSynapse, registry: &TestDatabase) -> (Lifeboat, String, String) {
+    let person = unique("tern");
+    let address = format!("{person}@example.org");
+    synapse.create_user(&person, &[&address]).await;
+    let lifeboat = lifeboat_on(synapse, registry);
+    assert_eq!(lifeboat.run(&["sync"]).await.code, 0);
+    synapse.wipe();
+    synapse.register_admin(&unique("root"));
+    (lifeboat, person, address)
+}
+
+/// The held ID got no email, and `fresh` kept `address`.
+async fn the_address_stayed_with(synapse: &TestSynapse, held: &str, fresh: &str, address: &str) {
+    let held = synapse.user(held).await;
+    assert_eq!(held["locked"], true, "held: {held}");
+    assert!(held["threepids"].as_array().unwrap().is_empty(), "the address stays where it is: {held}");
+    let new_account = synapse.user(fresh).await;
+    assert_eq!(new_account["threepids"][0]["address"].as_str(), Some(address), "{new_account}");
+}
+
 #[tokio::test(flavor = "multi_thread")]
 async fn a_hold_does_not_take_an_email_from_the_new_account_its_person_made_after_the_wipe() {
     let synapse = TestSynapse::start();
     let registry = TestDatabase::sqlite();
-    let person = unique("tern");
-    let address = format!("{person}@example.org");
-    synapse.create_user(&person, &[&address]).await;
-    let lifeboat = lifeboat_on(&synapse, &registry);
-    assert_eq!(lifeboat.run(&["sync"]).await.code, 0);
-    synapse.wipe();
-    synapse.register_admin(&unique("root"));
+    let (lifeboat, person, address) = one_person_then_a_wipe(&synapse, &registry).await;
     // Before any hold, the person starts afresh under a new name, with the
     // same address (Synapse keeps one account per address).
     let fresh = format!("{person}-new");
     synapse.create_user(&fresh, &[&address]).await;
 
     open_incident(&lifeboat).await;
-    let held = synapse.user(&person).await;
-    assert_eq!(held["locked"], true, "held: {held}");
-    assert!(held["threepids"].as_array().unwrap().is_empty(), "the address stays where it is: {held}");
-    let new_account = synapse.user(&fresh).await;
-    assert_eq!(new_account["threepids"][0]["address"].as_str(), Some(address.as_str()), "{new_account}");
+    the_address_stayed_with(&synapse, &person, &fresh, &address).await;
 }
 
 #[tokio::test(flavor = "multi_thread")]
 async fn a_hold_does_not_take_an_email_from_an_account_registered_since_the_last_sync() {
     let synapse = TestSynapse::start();
     let registry = TestDatabase::sqlite();
-    let person = unique("petrel");
-    let address = format!("{person}@example.org");
-    synapse.create_user(&person, &[&address]).await;
-    let lifeboat = lifeboat_on(&synapse, &registry);
-    assert_eq!(lifeboat.run(&["sync"]).await.code, 0);
-    synapse.wipe();
-    synapse.register_admin(&unique("root"));
+    let (lifeboat, person, address) = one_person_then_a_wipe(&synapse, &registry).await;
     assert_eq!(lifeboat.run(&["recover"]).await.code, 0);
     assert_eq!(lifeboat.run(&["sync"]).await.code, 0, "the person is missing now");
     // Registered after that sync: the registry does not know it has the address.
@@ -670,11 +676,7 @@ async fn a_hold_does_not_take_an_email_from_an_account_registered_since_the_last
 
     let make = lifeboat.run(&["holds", "make"]).await;
     assert_eq!(make.code, 0, "{make:?}");
-    let held = synapse.user(&person).await;
-    assert_eq!(held["locked"], true, "held: {held}");
-    assert!(held["threepids"].as_array().unwrap().is_empty(), "the address stays where it is: {held}");
-    let new_account = synapse.user(&fresh).await;
-    assert_eq!(new_account["threepids"][0]["address"].as_str(), Some(address.as_str()), "{new_account}");
+    the_address_stayed_with(&synapse, &person, &fresh, &address).await;
 }
 
 #[tokio::test(flavor = "multi_thread")]
