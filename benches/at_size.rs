@@ -17,6 +17,10 @@
 //!                                 schedule: for the cold sync alone
 //!   LIFEBOAT_BENCH_SIZE_COLD      1: cold sync against a bare loop of the
 //!                                 same detail calls (default 1 up to 100,000)
+//!   LIFEBOAT_BENCH_SIZE_COLD_FIRST  sync (default) or bare: which side of the
+//!                                 cold comparison runs first. Synapse is
+//!                                 restarted before each side, so neither
+//!                                 inherits the other's caches and heap
 //!   LIFEBOAT_BENCH_SIZE_PROBES    probes timed one after the other (default 20)
 //!   LIFEBOAT_BENCH_SIZE_WATCH_S   seconds the watcher runs with the defaults
 //!                                 before the wipe (default 300)
@@ -375,6 +379,11 @@ async fn main() -> Result<()> {
     let pairs = env_number("LIFEBOAT_BENCH_SIZE_PAIRS", 2);
     let warm_up = env_number("LIFEBOAT_BENCH_SIZE_WARMUP", 1) == 1;
     let cold = env_number("LIFEBOAT_BENCH_SIZE_COLD", usize::from(count <= 100_000)) == 1;
+    let sync_first = match std::env::var("LIFEBOAT_BENCH_SIZE_COLD_FIRST").as_deref() {
+        Err(_) | Ok("sync") => true,
+        Ok("bare") => false,
+        Ok(other) => return Err(format!("LIFEBOAT_BENCH_SIZE_COLD_FIRST={other:?}: sync or bare").into()),
+    };
     let probes = env_number("LIFEBOAT_BENCH_SIZE_PROBES", 20);
     let watch_s = env_number("LIFEBOAT_BENCH_SIZE_WATCH_S", 300) as u64;
     let repo = PathBuf::from(env!("CARGO_MANIFEST_DIR"));
@@ -400,7 +409,7 @@ async fn main() -> Result<()> {
     let work = tempfile::Builder::new().prefix("lifeboat-bench-at-size-").tempdir()?;
     let mut harness = Harness::start_with(&python, &repo, &cache.join("synapse"), &db.harness_args())?;
     let info = harness.info.clone();
-    let cpu = SynapseCpu {
+    let mut cpu = SynapseCpu {
         pid: info.pid,
         database: match &db {
             SynapseDb::Sqlite => None,
@@ -525,21 +534,33 @@ async fn main() -> Result<()> {
         let cold_config = config_for(&info, &cold_registry, work.path())?;
         let cold_reg = Registry::connect(&cold_config.registry.url).await?;
         let concurrency = cold_config.sync.details_concurrency;
-        let (bare_cost, n) = measured(&cpu, bare_cold(&info, page_size, concurrency)).await?;
-        println!(
-            "  bare cold loop: listing + {n} detail calls ({concurrency} at a time): {:.1} s, Synapse CPU {:.1} s",
-            bare_cost.wall, bare_cost.synapse
-        );
         let options = SyncOptions::from_config(&cold_config);
-        let (cold_cost, summary) =
-            measured(&cpu, async { Ok(sync(&cold_reg, &client, &options, &actor, &Quiet).await?) }).await?;
+        let (mut bare_cost, mut cold_cost) = (None, None);
+        for side_is_sync in [sync_first, !sync_first] {
+            cpu.pid = restart(&mut harness)?;
+            if side_is_sync {
+                let (cost, summary) =
+                    measured(&cpu, async { Ok(sync(&cold_reg, &client, &options, &actor, &Quiet).await?) }).await?;
+                println!(
+                    "  cold sync: {:.1} s, Synapse CPU {:.1} s ({} details, {} emails)",
+                    cost.wall, cost.synapse, summary.details_fetched, summary.emails_imported
+                );
+                cold_cost = Some(cost);
+            } else {
+                let (cost, n) = measured(&cpu, bare_cold(&info, page_size, concurrency)).await?;
+                println!(
+                    "  bare cold loop: listing + {n} detail calls ({concurrency} at a time): {:.1} s, Synapse CPU {:.1} s",
+                    cost.wall, cost.synapse
+                );
+                bare_cost = Some(cost);
+            }
+        }
+        let (bare_cost, cold_cost) = (bare_cost.expect("measured"), cold_cost.expect("measured"));
         println!(
-            "  cold sync: {:.1} s, Synapse CPU {:.1} s ({} details, {} emails); ratio {:.3} (goal <= 1.1)",
-            cold_cost.wall,
-            cold_cost.synapse,
-            summary.details_fetched,
-            summary.emails_imported,
-            cold_cost.wall / bare_cost.wall
+            "  cold sync / bare cold loop ({} first, Synapse restarted before each): {:.3} (goal <= 1.1); Synapse CPU {:.3}",
+            if sync_first { "sync" } else { "bare loop" },
+            cold_cost.wall / bare_cost.wall,
+            cold_cost.synapse / bare_cost.synapse
         );
         drop(cold_reg);
     }
@@ -592,6 +613,15 @@ async fn main() -> Result<()> {
     drop(registry);
     harness.stop();
     Ok(())
+}
+
+/// Stops and starts Synapse on the same database: a fresh process, with
+/// empty caches. Its new pid.
+fn restart(harness: &mut Harness) -> Result<i32> {
+    harness.command("stop")?;
+    harness.command("start")?;
+    let info: serde_json::Value = serde_json::from_str(&harness.command("info")?)?;
+    Ok(info["pid"].as_i64().ok_or("the harness reports no pid after a start")? as i32)
 }
 
 /// The watcher's schedule with the defaults, from a listing's measured cost:

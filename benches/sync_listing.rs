@@ -679,9 +679,10 @@ async fn room_part(registry: &Registry, client: &SynapseClient, info: &Info) -> 
     let synapse_before = process_cpu(info.pid).unwrap_or(f64::NAN);
     let cpu_before = own_cpu();
     let started = Instant::now();
-    let summary =
-        lifeboat::rooms::sync_rooms(registry, client, &info.server_name, std::time::Duration::from_secs(7 * 24 * 3600))
-            .await?;
+    // Unpaced, as an incident's sync reads them: the cost, not the rests.
+    let week = std::time::Duration::from_secs(7 * 24 * 3600);
+    let stop = tokio_util::sync::CancellationToken::new();
+    let summary = lifeboat::rooms::sync_rooms(registry, client, &info.server_name, week, None, &stop).await?;
     Ok(RoomPart {
         wall: started.elapsed(),
         own_cpu: own_cpu() - cpu_before,

@@ -22,6 +22,7 @@ pub mod notify;
 pub mod observation;
 pub mod outbox;
 pub mod owner_only;
+pub mod pace;
 pub mod plural;
 pub mod probe;
 pub mod reconcile;

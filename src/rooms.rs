@@ -14,8 +14,11 @@ use std::collections::HashMap;
 use futures::StreamExt;
 use serde::Serialize;
 use serde_json::{Value, json};
+use tokio::time::Instant;
+use tokio_util::sync::CancellationToken;
 
 use crate::config::Config;
+use crate::pace::{call_in_paced_groups, rest_after};
 use crate::recover::service_user_id;
 use crate::registry::{self, Actor, Registry, Rejoin, RejoinOutcome, Room, RoomDetails, RoomRecord, RoomState};
 use crate::synapse::{self, JoinOutcome, ListedRoom, StateEvent, SynapseClient};
@@ -46,6 +49,8 @@ pub enum RoomsError {
     Registry(#[from] registry::Error),
     #[error("{0}")]
     Refused(String),
+    #[error("stopped before the rooms were read, so the room registry was left unchanged; the next sync reads them")]
+    Stopped,
 }
 
 /// What a room sync did.
@@ -61,14 +66,18 @@ pub struct RoomSyncSummary {
 
 /// Reads the complete room listing, and the state of rooms that are new or
 /// changed, into the registry. A listing that fails part-way changes
-/// nothing: rooms missing from it are never read as gone.
+/// nothing: rooms missing from it are never read as gone. Paced like the
+/// account listing (`pace`: a share of Synapse's time); a `stop` also
+/// changes nothing.
 pub async fn sync_rooms(
     registry: &Registry,
     client: &SynapseClient,
     server_name: &str,
     refresh_after: std::time::Duration,
+    pace: Option<f64>,
+    stop: &CancellationToken,
 ) -> Result<RoomSyncSummary, RoomsError> {
-    let listed = complete_listing(client).await?;
+    let listed = complete_listing(client, pace, stop).await?;
     let known = registry.room_fingerprints().await?;
     // Read again though unchanged by the fingerprint (a new topic or
     // avatar does not change it): the oldest reads, a few hundred a sync.
@@ -86,17 +95,15 @@ pub async fn sync_rooms(
         })
         .map(|(index, _)| index)
         .collect();
-    let mut details = futures::stream::iter(changed)
-        .map(|index| {
-            let room_id = records[index].room_id.clone();
-            async move { (index, read_details(client, &room_id, server_name).await) }
-        })
-        .buffer_unordered(ROOM_CONCURRENCY);
-    let mut read = Vec::new();
-    while let Some((index, outcome)) = details.next().await {
-        read.push((index, outcome));
+    let to_read: Vec<(usize, String)> =
+        changed.into_iter().map(|index| (index, records[index].room_id.clone())).collect();
+    let details = call_in_paced_groups(to_read, ROOM_CONCURRENCY, pace, stop, |(index, room_id)| async move {
+        (index, read_details(client, &room_id, server_name).await)
+    });
+    let read: Vec<_> = details.collect().await;
+    if stop.is_cancelled() {
+        return Err(RoomsError::Stopped);
     }
-    drop(details);
     for (index, outcome) in read {
         match outcome {
             Ok(Some(found)) => {
@@ -120,14 +127,22 @@ pub async fn sync_rooms(
     Ok(summary)
 }
 
-async fn complete_listing(client: &SynapseClient) -> Result<Vec<ListedRoom>, RoomsError> {
+async fn complete_listing(
+    client: &SynapseClient,
+    pace: Option<f64>,
+    stop: &CancellationToken,
+) -> Result<Vec<ListedRoom>, RoomsError> {
     let mut attempt = 1;
     loop {
         let mut rooms: HashMap<String, ListedRoom> = HashMap::new();
         let mut from = 0;
         let mut total = 0;
         loop {
+            let asked = Instant::now();
             let page = client.rooms_page(from, ROOMS_PAGE).await?;
+            if !rest_after(asked, pace, stop).await {
+                return Err(RoomsError::Stopped);
+            }
             total = page.total_rooms.unwrap_or(total);
             for room in page.rooms {
                 rooms.insert(room.room_id.clone(), room);

@@ -11,9 +11,11 @@ use tokio_util::sync::CancellationToken;
 
 use crate::email::EmailAddress;
 use crate::lease::{Held, Lease};
-use crate::registry::{self, Actor, DetailsDue, Registry, SyncApplied, now_ms};
-use crate::rooms::{RoomSyncSummary, sync_rooms};
+use crate::pace::{call_in_paced_groups, rest_after};
+use crate::registry::{self, AccountDetails, Actor, DetailsDue, Registry, SyncApplied, now_ms};
+use crate::rooms::{RoomSyncSummary, RoomsError, sync_rooms};
 use crate::synapse::{self, LISTING_ATTEMPTS, SynapseClient, ThreePid};
+use crate::user_id::UserId;
 
 /// Accounts whose details are fetched per registry query.
 const DETAILS_BATCH: i64 = 500;
@@ -64,26 +66,6 @@ impl SyncOptions {
     }
 }
 
-/// How long to wait after a call that took `took`, so that lifeboat takes
-/// at most `share` of Synapse's time.
-pub fn pause_after(took: Duration, share: f64) -> Duration {
-    if !(share > 0.0 && share < 1.0) {
-        return Duration::ZERO;
-    }
-    took.mul_f64((1.0 - share) / share)
-}
-
-/// The load bound, after every paced call or group of calls to Synapse
-/// (listing pages, detail reads): Synapse was busy for lifeboat since
-/// `asked`, so rest [`pause_after`] that. False when `stop` cut it short.
-async fn rest_after(asked: Instant, pace: Option<f64>, stop: &CancellationToken) -> bool {
-    let Some(share) = pace else { return !stop.is_cancelled() };
-    tokio::select! {
-        _ = tokio::time::sleep(pause_after(asked.elapsed(), share)) => !stop.is_cancelled(),
-        _ = stop.cancelled() => false,
-    }
-}
-
 /// Hooks for showing progress; the CLI draws bars, others ignore them.
 pub trait SyncProgress: Send + Sync {
     fn listing(&self, _accounts_seen: u64, _total: Option<u64>) {}
@@ -108,8 +90,9 @@ pub struct SyncSummary {
     pub details_fetched: u64,
     pub details_failed: u64,
     pub emails_imported: u64,
-    /// Stopped during the email import: the listing was applied and what
-    /// was read is kept; the next sync reads the rest (the rooms wait too).
+    /// Stopped during the email import or the rooms: the listing was
+    /// applied and what was read is kept; the next sync reads the rest (a
+    /// room listing is kept only whole, so the rooms wait for it).
     pub stopped: bool,
     /// Time spent reading account details (emails), rests included: for
     /// the watcher, which spaces its listings by their cost without the
@@ -207,14 +190,20 @@ async fn sync_under_lease(
     let outcome = import_emails(registry, client, options, quota, progress, &mut counts).await;
     let details_took = details_began.elapsed();
     registry.finish_sync_run(run_id, counts.fetched, counts.failed, counts.imported, actor).await?;
-    let stopped = outcome? == Ran::Stopped || options.stop.is_cancelled();
+    let mut stopped = outcome? == Ran::Stopped || options.stop.is_cancelled();
     // Rooms after accounts: a room's local members are matched with the
     // accounts just applied.
     let (rooms, rooms_error) = if stopped {
         (None, None)
     } else {
-        match sync_rooms(registry, client, &options.server_name, options.details_max_age).await {
+        match sync_rooms(registry, client, &options.server_name, options.details_max_age, options.pace, &options.stop)
+            .await
+        {
             Ok(rooms) => (Some(rooms), None),
+            Err(RoomsError::Stopped) => {
+                stopped = true;
+                (None, None)
+            }
             Err(err) => {
                 tracing::warn!(error = %err, "the room registry was not updated");
                 (None, Some(err.to_string()))
@@ -326,7 +315,11 @@ async fn import_emails(
     read_details(registry, client, options, again, quota, progress, counts).await
 }
 
-/// One pass of [`import_emails`]: up to `cap` accounts that are `due`.
+/// One pass of [`import_emails`]: up to `cap` accounts that are `due`, a
+/// batch at a time. A batch's answers are written in one transaction while
+/// the next batch's calls are in flight, so Synapse never waits for the
+/// registry (one write per account used to stall the calls for a tenth of
+/// a cold sync at 1,000,000 accounts).
 async fn read_details(
     registry: &Registry,
     client: &SynapseClient,
@@ -337,116 +330,78 @@ async fn read_details(
     counts: &mut DetailCounts,
 ) -> Result<Ran, SyncError> {
     let mut after = String::new();
-    let mut read = 0u64;
-    while read < cap {
-        if options.stop.is_cancelled() {
-            return Ok(Ran::Stopped);
-        }
-        let limit = (cap - read).min(DETAILS_BATCH as u64) as i64;
-        let batch = registry.accounts_needing_details(due, &after, limit).await?;
-        let Some(last) = batch.last() else { break };
-        after = last.to_string();
-        read += batch.len() as u64;
-        let outcomes = call_in_paced_groups(
-            batch,
-            options.details_concurrency,
-            options.pace,
-            &options.stop,
-            |user_id| async move {
-                let details = client.user_details(user_id.as_str()).await;
-                (user_id, details)
-            },
-        );
-        let mut outcomes = std::pin::pin!(outcomes);
-        while let Some((user_id, details)) = outcomes.next().await {
-            match details {
-                Ok(Some(details)) => {
-                    let emails = emails_of(user_id.as_str(), &details.threepids);
-                    counts.imported += registry.record_details(&user_id, &emails, next_due(options)).await?;
-                    counts.fetched += 1;
-                }
-                // Gone since the listing: the next sync will see it missing.
-                Ok(None) => counts.fetched += 1,
-                Err(err @ (synapse::Error::Unauthorized { .. } | synapse::Error::Forbidden { .. })) => {
-                    return Err(SyncError::Details(err));
-                }
-                Err(err) => {
-                    tracing::warn!(user_id = %user_id, error = %err, "could not fetch account details");
-                    counts.failed += 1;
-                }
+    let mut listed = 0u64;
+    let mut to_write = Vec::new();
+    loop {
+        let mut batch = Vec::new();
+        if listed < cap && !options.stop.is_cancelled() {
+            let limit = (cap - listed).min(DETAILS_BATCH as u64) as i64;
+            batch = registry.accounts_needing_details(due, &after, limit).await?;
+            if let Some(last) = batch.last() {
+                after = last.to_string();
+                listed += batch.len() as u64;
             }
-            progress.details(counts.fetched + counts.failed, counts.due);
         }
-        if options.stop.is_cancelled() {
-            return Ok(Ran::Stopped);
+        if batch.is_empty() && to_write.is_empty() {
+            break;
+        }
+        let (answers, written) =
+            tokio::join!(read_batch(client, options, batch, progress, counts), registry.record_details(&to_write));
+        counts.imported += written?;
+        to_write = answers.read;
+        if let Some(refused) = answers.refused {
+            // What was read before the refusal is kept.
+            counts.imported += registry.record_details(&to_write).await?;
+            return Err(SyncError::Details(refused));
         }
     }
-    Ok(Ran::ToTheEnd)
+    Ok(if options.stop.is_cancelled() { Ran::Stopped } else { Ran::ToTheEnd })
 }
 
-/// Calls Synapse for each of `items`, at most `concurrency` at once: the
-/// outcomes, as they come. Paced, the calls go in groups of `concurrency`,
-/// each followed by its rest ([`rest_after`]), taken once the group's last
-/// outcome was handled. A group's wall time counts as Synapse's time: its
-/// main process serves requests on one Python thread, so calls sent
-/// together mostly wait for each other there; the wall time also holds
-/// lifeboat's own writes between outcomes, which errs on Synapse's side.
-/// Resting after each group (never while calls are in flight) keeps every
-/// burst short, so other people's requests never queue behind hundreds of
-/// lifeboat's.
-///
-/// On `stop` the outcomes end between two of them: calls in flight are
-/// dropped unhandled, to be made again by the next sync.
-fn call_in_paced_groups<'a, T, R, F, Fut>(
-    items: Vec<T>,
-    concurrency: usize,
-    pace: Option<f64>,
-    stop: &'a CancellationToken,
-    call: F,
-) -> impl futures::Stream<Item = R> + 'a
-where
-    T: 'a,
-    F: FnMut(T) -> Fut + 'a,
-    Fut: Future<Output = R> + 'a,
-{
-    let concurrency = concurrency.max(1);
-    let group_size = if pace.is_some() { concurrency } else { items.len().max(1) };
-    let groups = Groups { items: items.into_iter(), group_size, call, current: None };
-    futures::stream::unfold(groups, move |mut groups| async move {
-        loop {
-            if let Some((asked, outcomes)) = &mut groups.current {
-                let outcome = tokio::select! {
-                    biased;
-                    _ = stop.cancelled() => return None,
-                    outcome = outcomes.next() => outcome,
-                };
-                if let Some(outcome) = outcome {
-                    return Some((outcome, groups));
-                }
-                let asked = *asked;
-                groups.current = None;
-                if !rest_after(asked, pace, stop).await {
-                    return None;
-                }
+/// The answers of one batch of detail calls.
+struct BatchRead {
+    read: Vec<AccountDetails>,
+    /// Synapse refused the admin token: the sync stops here.
+    refused: Option<synapse::Error>,
+}
+
+/// Reads the details of `batch` ([`call_in_paced_groups`]), counting each
+/// answer in `counts` as it comes; writes nothing.
+async fn read_batch(
+    client: &SynapseClient,
+    options: &SyncOptions,
+    batch: Vec<UserId>,
+    progress: &dyn SyncProgress,
+    counts: &mut DetailCounts,
+) -> BatchRead {
+    let outcomes =
+        call_in_paced_groups(batch, options.details_concurrency, options.pace, &options.stop, |user_id| async move {
+            let details = client.user_details(user_id.as_str()).await;
+            (user_id, details)
+        });
+    let mut outcomes = std::pin::pin!(outcomes);
+    let mut answers = BatchRead { read: Vec::new(), refused: None };
+    while let Some((user_id, details)) = outcomes.next().await {
+        match details {
+            Ok(Some(details)) => {
+                let emails = emails_of(user_id.as_str(), &details.threepids);
+                answers.read.push(AccountDetails { user_id, emails, due_at: next_due(options) });
+                counts.fetched += 1;
             }
-            let group: Vec<T> = groups.items.by_ref().take(groups.group_size).collect();
-            if group.is_empty() {
-                return None;
+            // Gone since the listing: the next sync will see it missing.
+            Ok(None) => counts.fetched += 1,
+            Err(err @ (synapse::Error::Unauthorized { .. } | synapse::Error::Forbidden { .. })) => {
+                answers.refused = Some(err);
+                break;
             }
-            let asked = Instant::now();
-            let calls: Vec<Fut> = group.into_iter().map(&mut groups.call).collect();
-            groups.current = Some((asked, futures::stream::iter(calls).buffer_unordered(concurrency)));
+            Err(err) => {
+                tracing::warn!(user_id = %user_id, error = %err, "could not fetch account details");
+                counts.failed += 1;
+            }
         }
-    })
-}
-
-/// The state of [`call_in_paced_groups`]: items not yet called, and the
-/// group in flight with when it was sent.
-struct Groups<T, F, Fut: Future> {
-    items: std::vec::IntoIter<T>,
-    group_size: usize,
-    call: F,
-    current: Option<(Instant, futures::stream::BufferUnordered<futures::stream::Iter<std::vec::IntoIter<Fut>>>)>,
+        progress.details(counts.fetched + counts.failed, counts.due);
+    }
+    answers
 }
 
 /// When details just read are due again: after between half and all of
@@ -487,98 +442,5 @@ mod tests {
         assert_eq!(refresh_quota(2000, week, 10_000, Some(15 * 60 * 1000)), 2000);
         // A first sync has no last one.
         assert_eq!(refresh_quota(2000, week, 1_000_000, None), 2000);
-    }
-
-    #[test]
-    fn a_paced_listing_waits_so_that_synapse_spends_at_most_its_share_on_it() {
-        let took = Duration::from_millis(100);
-        assert_eq!(pause_after(took, 0.25), Duration::from_millis(300), "100 ms of 400 is a quarter");
-        assert_eq!(pause_after(took, 0.5), Duration::from_millis(100));
-        assert_eq!(pause_after(took, 1.0), Duration::ZERO, "all of its time: no pause");
-    }
-
-    /// One call of a test: its item, when it started and when it ended.
-    type Call = (usize, std::time::Instant, std::time::Instant);
-
-    async fn ten_calls_of_10_ms(
-        pace: Option<f64>,
-        stop: &CancellationToken,
-        stop_after_recording: usize,
-    ) -> (Vec<usize>, Vec<Call>) {
-        let calls = std::sync::Mutex::new(Vec::<Call>::new());
-        let mut recorded = Vec::new();
-        {
-            let outcomes = call_in_paced_groups((0..10).collect(), 4, pace, stop, |item: usize| {
-                let calls = &calls;
-                async move {
-                    let started = std::time::Instant::now();
-                    tokio::time::sleep(Duration::from_millis(10)).await;
-                    calls.lock().unwrap().push((item, started, std::time::Instant::now()));
-                    item
-                }
-            });
-            let mut outcomes = std::pin::pin!(outcomes);
-            while let Some(item) = outcomes.next().await {
-                recorded.push(item);
-                if recorded.len() == stop_after_recording {
-                    stop.cancel();
-                }
-            }
-        }
-        recorded.sort_unstable();
-        (recorded, calls.into_inner().unwrap())
-    }
-
-    /// The first start and the last end of each group of four calls.
-    fn group_spans(calls: &[Call]) -> Vec<(std::time::Instant, std::time::Instant)> {
-        let mut spans = Vec::new();
-        for group in 0..calls.len().div_ceil(4) {
-            let members: Vec<_> = calls.iter().filter(|(item, _, _)| item / 4 == group).collect();
-            let first_start = members.iter().map(|(_, started, _)| *started).min().unwrap();
-            let last_end = members.iter().map(|(_, _, ended)| *ended).max().unwrap();
-            spans.push((first_start, last_end));
-        }
-        spans
-    }
-
-    // Lower bounds only: a busy machine makes every wait longer, never shorter.
-    #[tokio::test]
-    async fn paced_detail_calls_go_in_groups_each_followed_by_a_rest_of_three_times_its_length_at_a_quarter() {
-        let (recorded, calls) = ten_calls_of_10_ms(Some(0.25), &CancellationToken::new(), 0).await;
-        assert_eq!(recorded, (0..10).collect::<Vec<_>>(), "every outcome recorded once");
-        let spans = group_spans(&calls);
-        assert_eq!(spans.len(), 3, "groups of 4, 4 and 2");
-        for (number, pair) in spans.windows(2).enumerate() {
-            let ((started, ended), (next_started, _)) = (pair[0], pair[1]);
-            let (busy, rest) = (ended - started, next_started.saturating_duration_since(ended));
-            // (1 µs: the float arithmetic of `pause_after`.)
-            assert!(
-                rest + Duration::from_micros(1) >= busy * 3,
-                "group {number} kept Synapse busy {busy:?}, then rested only {rest:?}"
-            );
-        }
-    }
-
-    #[tokio::test]
-    async fn a_stop_ends_paced_calls_at_once_and_keeps_what_was_recorded() {
-        let stop = CancellationToken::new();
-        let (recorded, calls) = ten_calls_of_10_ms(Some(0.25), &stop, 1).await;
-        assert_eq!(recorded.len(), 1, "nothing recorded after the stop");
-        assert!(calls.iter().all(|(item, _, _)| *item < 4), "no call of the next group started: {calls:?}");
-
-        let stop = CancellationToken::new();
-        let (recorded, calls) = ten_calls_of_10_ms(Some(0.25), &stop, 4).await;
-        assert_eq!(recorded, [0, 1, 2, 3], "the whole first group");
-        assert!(calls.iter().all(|(item, _, _)| *item < 4), "{calls:?}");
-    }
-
-    #[tokio::test]
-    async fn a_stop_cuts_a_rest_short() {
-        let stop = CancellationToken::new();
-        stop.cancel();
-        // An hour's work would rest three hours.
-        let an_hour_ago = Instant::now().checked_sub(Duration::from_secs(3600)).unwrap();
-        let rested = tokio::time::timeout(Duration::from_secs(30), rest_after(an_hour_ago, Some(0.25), &stop)).await;
-        assert_eq!(rested.ok(), Some(false), "stopped at once, and says so");
     }
 }

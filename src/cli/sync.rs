@@ -95,7 +95,7 @@ pub async fn run(context: &Context, args: Args) -> Outcome {
         return Err(Failure::new(
             exit::FAILED,
             format!(
-                "interrupted: the listing of {} was applied and the emails of {} of {} accounts were read; run `lifeboat sync` again to read the rest",
+                "interrupted: the listing of {} was applied and the emails of {} of {} accounts were read; run `lifeboat sync` again to read the rest and the rooms",
                 crate::plural::count(summary.applied.report.listed as i64, "account", "accounts"),
                 summary.details_fetched,
                 summary.details_due

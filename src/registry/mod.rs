@@ -40,7 +40,7 @@ pub use rooms::{
     RoomRecord, RoomState,
 };
 pub use status::RegistryStatus;
-pub use sync_runs::{DetailsDue, SyncApplied, SyncRun, SyncStatus};
+pub use sync_runs::{AccountDetails, DetailsDue, SyncApplied, SyncRun, SyncStatus};
 pub use verifications::{CodeCheck, MAX_CODE_ATTEMPTS};
 pub use web::{MailableContact, WebLink};
 

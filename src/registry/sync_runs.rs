@@ -50,6 +50,15 @@ pub struct SyncRun {
     pub error: Option<String>,
 }
 
+/// What a sync read of one account: the emails Synapse holds for it, with
+/// when each was validated, and when its details are due to be read again.
+#[derive(Debug, Clone)]
+pub struct AccountDetails {
+    pub user_id: UserId,
+    pub emails: Vec<(EmailAddress, Option<i64>)>,
+    pub due_at: i64,
+}
+
 /// What applying a complete listing found and changed.
 #[derive(Debug, Clone, Serialize)]
 pub struct SyncApplied {
@@ -295,37 +304,38 @@ impl Registry {
         Ok(count)
     }
 
-    /// Stores the emails Synapse knows for an account (as verified contacts
-    /// from Synapse) and notes when they were fetched. Returns how many
-    /// addresses were new.
-    pub async fn record_details(
-        &self,
-        user_id: &UserId,
-        emails: &[(EmailAddress, Option<i64>)],
-        due_at: i64,
-    ) -> Result<u64> {
+    /// Stores the emails Synapse knows for each account read (as verified
+    /// contacts from Synapse) and notes when they were fetched, all in one
+    /// transaction: a sync writes its answers a batch at a time. Returns
+    /// how many addresses were new.
+    pub async fn record_details(&self, read: &[AccountDetails]) -> Result<u64> {
+        if read.is_empty() {
+            return Ok(0);
+        }
         let now = now_ms();
         let mut tx = self.begin_write().await?;
         let mut added = 0;
-        for (email, validated_at) in emails {
-            added += sqlx::query(
-                "INSERT INTO contacts (user_id, kind, address, source, verified_at, added_at) \
-                 VALUES ($1, 'email', $2, 'synapse', $3, $4) ON CONFLICT (user_id, kind, address) DO NOTHING",
-            )
-            .bind(user_id)
-            .bind(email.as_str())
-            .bind(validated_at.unwrap_or(now))
-            .bind(now)
-            .execute(&mut *tx)
-            .await?
-            .rows_affected();
+        for account in read {
+            for (email, validated_at) in &account.emails {
+                added += sqlx::query(
+                    "INSERT INTO contacts (user_id, kind, address, source, verified_at, added_at) \
+                     VALUES ($1, 'email', $2, 'synapse', $3, $4) ON CONFLICT (user_id, kind, address) DO NOTHING",
+                )
+                .bind(&account.user_id)
+                .bind(email.as_str())
+                .bind(validated_at.unwrap_or(now))
+                .bind(now)
+                .execute(&mut *tx)
+                .await?
+                .rows_affected();
+            }
+            sqlx::query("UPDATE accounts SET details_fetched_at = $2, details_due_at = $3 WHERE user_id = $1")
+                .bind(&account.user_id)
+                .bind(now)
+                .bind(account.due_at)
+                .execute(&mut *tx)
+                .await?;
         }
-        sqlx::query("UPDATE accounts SET details_fetched_at = $2, details_due_at = $3 WHERE user_id = $1")
-            .bind(user_id)
-            .bind(now)
-            .bind(due_at)
-            .execute(&mut *tx)
-            .await?;
         tx.commit().await?;
         Ok(added)
     }

@@ -466,12 +466,14 @@ async fn the_sqlite_and_postgresql_schemas_have_the_same_tables_and_columns_in_t
 }
 
 async fn details_are_read_again_when_due_and_new_accounts_come_first(registry: Registry) {
-    use lifeboat::registry::DetailsDue;
+    use lifeboat::registry::{AccountDetails, DetailsDue};
     sync_listing(&registry, &[user("@new:x", 1), user("@due:x", 1), user("@later:x", 1), user("@old:x", 1)]).await;
     let now = lifeboat::registry::now_ms();
-    registry.record_details(&id("@due:x"), &[], now - 1).await.unwrap();
-    registry.record_details(&id("@later:x"), &[], now + 3_600_000).await.unwrap();
-    registry.record_details(&id("@old:x"), &[], now).await.unwrap();
+    let read = |user: &str, due_at| AccountDetails { user_id: id(user), emails: Vec::new(), due_at };
+    registry
+        .record_details(&[read("@due:x", now - 1), read("@later:x", now + 3_600_000), read("@old:x", now)])
+        .await
+        .unwrap();
     // Read before due times existed: only its fetch time counts.
     sqlx::query("UPDATE accounts SET details_due_at = NULL, details_fetched_at = 5 WHERE user_id = '@old:x'")
         .execute(registry.pool())

@@ -1,5 +1,7 @@
 //! Sync and check against a real Synapse, including the seed incident.
 
+use std::time::Duration;
+
 use serde_json::Value;
 
 use crate::harness::{Lifeboat, TestDatabase, TestSynapse, unique};
@@ -255,12 +257,15 @@ async fn a_sync_stopped_during_the_email_import_keeps_what_it_read_and_the_next_
     let store = lifeboat::registry::Registry::connect(&registry.url()).await.unwrap();
 
     let first = lifeboat.spawn_captured(&["sync", "--json"]);
-    crate::harness::eventually("some emails imported", std::time::Duration::from_secs(120), || async {
-        emails_in(&store).await >= 10
+    // Answers are written a batch at a time, so Synapse's log shows the
+    // reading first.
+    let details_asked = format!("/_synapse/admin/v2/users/%40{prefix}");
+    crate::harness::eventually("some details read", Duration::from_secs(120), || async {
+        synapse.log().matches(&details_asked).count() >= 10
     })
     .await;
     unsafe { libc::kill(first.id().unwrap() as i32, libc::SIGINT) };
-    let output = tokio::time::timeout(std::time::Duration::from_secs(30), first.wait_with_output())
+    let output = tokio::time::timeout(Duration::from_secs(30), first.wait_with_output())
         .await
         .expect("Ctrl-C stops the sync promptly")
         .unwrap();
@@ -295,6 +300,31 @@ async fn a_sync_stopped_during_the_email_import_keeps_what_it_read_and_the_next_
     );
 }
 
+/// The rooms part of a sync is paced like the accounts, so it can be stopped
+/// between its calls; a stop keeps the room registry as it was (a room
+/// listing counts only whole), for the next sync to read.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_sync_stopped_while_reading_rooms_leaves_the_room_registry_unchanged() {
+    use lifeboat::rooms::{RoomsError, sync_rooms};
+    let synapse = TestSynapse::start();
+    let registry = TestDatabase::sqlite();
+    synapse.client(&synapse.register(&unique("roomy"))).create_room(&[], false).await;
+    let store = lifeboat::registry::Registry::connect(&registry.url()).await.unwrap();
+    let token = Some(synapse.admin_token().into());
+    let client = lifeboat::synapse::SynapseClient::new(synapse.url.parse().unwrap(), token, Duration::from_secs(10), 0);
+    let (day, half) = (Duration::from_secs(86_400), Some(0.5));
+
+    let stop = tokio_util::sync::CancellationToken::new();
+    stop.cancel();
+    let stopped = sync_rooms(&store, &client, &synapse.server_name, day, half, &stop).await;
+    assert!(matches!(stopped, Err(RoomsError::Stopped)), "{stopped:?}");
+    assert!(store.room_fingerprints().await.unwrap().is_empty(), "nothing of a stopped room sync was kept");
+
+    let read = sync_rooms(&store, &client, &synapse.server_name, day, half, &Default::default()).await.unwrap();
+    assert!(read.listed >= 1 && read.refreshed >= 1, "{read:?}");
+    assert_eq!(store.room_fingerprints().await.unwrap().len() as u64, read.listed);
+}
+
 /// Listing requests Synapse has logged so far.
 fn listing_requests(synapse: &TestSynapse) -> usize {
     synapse.log().matches("/_synapse/admin/v2/users?").count()
@@ -319,7 +349,7 @@ async fn each_watcher_round_reads_the_account_listing_once() {
     let started = listing_requests(&synapse);
     let mut serve = lifeboat.spawn_serve();
     let rounds = |log: String| log.matches("watcher round").count();
-    crate::harness::eventually("four watcher rounds", std::time::Duration::from_secs(60), || async {
+    crate::harness::eventually("four watcher rounds", Duration::from_secs(60), || async {
         rounds(lifeboat.serve_log()) >= 4
     })
     .await;
@@ -344,13 +374,13 @@ async fn a_wipe_is_seen_by_the_probe_within_seconds_though_the_next_listing_is_m
     ));
     assert_eq!(lifeboat.run(&["sync"]).await.code, 0);
     let mut serve = lifeboat.spawn_serve();
-    crate::harness::eventually("the first round", std::time::Duration::from_secs(60), || async {
+    crate::harness::eventually("the first round", Duration::from_secs(60), || async {
         lifeboat.serve_log().contains("watcher round")
     })
     .await;
 
     synapse.wipe();
-    crate::harness::eventually("the reset alert", std::time::Duration::from_secs(60), || async {
+    crate::harness::eventually("the reset alert", Duration::from_secs(60), || async {
         smtp.messages_to("oncall@example.org")
             .iter()
             .any(|mail| mail.subject.as_deref().unwrap_or_default().contains("suspected database reset"))
