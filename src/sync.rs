@@ -330,16 +330,16 @@ async fn read_details(
     counts: &mut DetailCounts,
 ) -> Result<Ran, SyncError> {
     let mut after = String::new();
-    let mut listed = 0u64;
+    let mut taken = 0u64;
     let mut to_write = Vec::new();
     loop {
         let mut batch = Vec::new();
-        if listed < cap && !options.stop.is_cancelled() {
-            let limit = (cap - listed).min(DETAILS_BATCH as u64) as i64;
+        if taken < cap && !options.stop.is_cancelled() {
+            let limit = (cap - taken).min(DETAILS_BATCH as u64) as i64;
             batch = registry.accounts_needing_details(due, &after, limit).await?;
             if let Some(last) = batch.last() {
                 after = last.to_string();
-                listed += batch.len() as u64;
+                taken += batch.len() as u64;
             }
         }
         if batch.is_empty() && to_write.is_empty() {
