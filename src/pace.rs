@@ -10,7 +10,7 @@ use tokio_util::sync::CancellationToken;
 
 /// How long to wait after a call that took `took`, so that lifeboat takes
 /// at most `share` of Synapse's time.
-pub fn pause_after(took: Duration, share: f64) -> Duration {
+fn pause_after(took: Duration, share: f64) -> Duration {
     if !(share > 0.0 && share < 1.0) {
         return Duration::ZERO;
     }
@@ -34,7 +34,7 @@ pub async fn rest_after(asked: Instant, pace: Option<f64>, stop: &CancellationTo
 /// outcome was handled. A group's wall time counts as Synapse's time: its
 /// main process serves requests on one Python thread, so calls sent
 /// together mostly wait for each other there; the wall time also holds
-/// lifeboat's own writes between outcomes, which errs on Synapse's side.
+/// lifeboat's own work between outcomes, which errs on Synapse's side.
 /// Resting after each group (never while calls are in flight) keeps every
 /// burst short, so other people's requests never queue behind hundreds of
 /// lifeboat's.

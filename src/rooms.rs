@@ -140,9 +140,6 @@ async fn complete_listing(
         loop {
             let asked = Instant::now();
             let page = client.rooms_page(from, ROOMS_PAGE).await?;
-            if !rest_after(asked, pace, stop).await {
-                return Err(RoomsError::Stopped);
-            }
             total = page.total_rooms.unwrap_or(total);
             for room in page.rooms {
                 rooms.insert(room.room_id.clone(), room);
@@ -150,6 +147,10 @@ async fn complete_listing(
             match page.next_batch {
                 Some(next) if next > from => from = next,
                 _ => break,
+            }
+            // A rest between pages, none after the last.
+            if !rest_after(asked, pace, stop).await {
+                return Err(RoomsError::Stopped);
             }
         }
         if total <= rooms.len() as i64 {
