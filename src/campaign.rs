@@ -275,13 +275,10 @@ pub async fn run_campaign(
     options: CampaignOptions<'_>,
 ) -> Result<CampaignReport, CampaignError> {
     // One notify per incident at a time (see `lease`).
-    let lease = match Lease::take(registry, &format!("notify:incident:{}", incident.id)).await? {
-        Ok(lease) => lease,
-        Err(Held { holder, until }) => return Err(CampaignError::Busy { incident: incident.id, holder, until }),
-    };
-    let outcome = send_under_lease(config, registry, incident, email, &options).await;
-    lease.release().await;
-    outcome
+    let work = send_under_lease(config, registry, incident, email, &options);
+    Lease::run(registry, &format!("notify:incident:{}", incident.id), work)
+        .await?
+        .unwrap_or_else(|Held { holder, until }| Err(CampaignError::Busy { incident: incident.id, holder, until }))
 }
 
 pub struct CampaignOptions<'a> {

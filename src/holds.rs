@@ -114,13 +114,10 @@ pub async fn hold_lost_ids(
     // One run at a time, across processes: a second run would read an ID
     // the first has just created as already existing, and record
     // lifeboat's own held account as a stranger's.
-    let lease = match Lease::take(registry, "holds").await? {
-        Ok(lease) => lease,
-        Err(Held { holder, until }) => return Err(HoldError::Busy { holder, until }),
-    };
-    let outcome = hold_under_lease(config, registry, client, actor, progress, stop).await;
-    lease.release().await;
-    outcome
+    let work = hold_under_lease(config, registry, client, actor, progress, stop);
+    Lease::run(registry, "holds", work)
+        .await?
+        .unwrap_or_else(|Held { holder, until }| Err(HoldError::Busy { holder, until }))
 }
 
 async fn hold_under_lease(
@@ -282,10 +279,8 @@ pub async fn restore_held_names(
     progress: &(dyn Fn(u64, u64) + Send + Sync),
     stop: &CancellationToken,
 ) -> Result<Option<NamesReport>, registry::Error> {
-    let Ok(lease) = Lease::take(registry, "hold-names").await? else { return Ok(None) };
-    let outcome = restore_names_under_lease(registry, client, progress, stop).await;
-    lease.release().await;
-    outcome.map(Some)
+    let work = restore_names_under_lease(registry, client, progress, stop);
+    Lease::run(registry, "hold-names", work).await?.map_or(Ok(None), |outcome| outcome.map(Some))
 }
 
 async fn restore_names_under_lease(

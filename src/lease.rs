@@ -64,6 +64,23 @@ impl Lease {
         Ok(Ok(Lease { registry: registry.clone(), name: name.to_owned(), holder, renewer }))
     }
 
+    /// Runs `work` under the lease `name`, released once it is done, or
+    /// says who holds it (then `work` never starts: a future does nothing
+    /// until awaited).
+    pub async fn run<T>(
+        registry: &Registry,
+        name: &str,
+        work: impl Future<Output = T>,
+    ) -> Result<Result<T, Held>, registry::Error> {
+        let lease = match Lease::take(registry, name).await? {
+            Ok(lease) => lease,
+            Err(held) => return Ok(Err(held)),
+        };
+        let outcome = work.await;
+        lease.release().await;
+        Ok(Ok(outcome))
+    }
+
     pub async fn release(self) {
         self.renewer.abort();
         let _ = self.registry.release_lease(&self.name, &self.holder).await;

@@ -135,13 +135,10 @@ pub async fn sync(
     actor: &Actor,
     progress: &dyn SyncProgress,
 ) -> Result<SyncSummary, SyncError> {
-    let lease = match Lease::take(registry, "sync").await? {
-        Ok(lease) => lease,
-        Err(Held { holder, until }) => return Err(SyncError::Busy { holder, until }),
-    };
-    let outcome = sync_under_lease(registry, client, options, actor, progress).await;
-    lease.release().await;
-    outcome
+    let work = sync_under_lease(registry, client, options, actor, progress);
+    Lease::run(registry, "sync", work)
+        .await?
+        .unwrap_or_else(|Held { holder, until }| Err(SyncError::Busy { holder, until }))
 }
 
 async fn sync_under_lease(
