@@ -134,20 +134,21 @@ pub async fn snapshot_lines(
     Ok(rows)
 }
 
-/// Writes a consistent snapshot to `out` (atomically: a temporary file
-/// renamed into place) and records when. Returns the number of rows.
+/// Writes a consistent snapshot to `out` (atomically: a temporary file,
+/// mode 0600 as it holds secrets, renamed into place) and records when.
+/// Returns the number of rows.
 pub async fn backup(registry: &Registry, out: &Path, actor: &Actor) -> Result<u64, BackupError> {
     let io = |err: std::io::Error| BackupError::Io(format!("cannot write {}: {err}", out.display()));
-    let partial = out.with_extension("partial");
-    let file = crate::owner_only::create(&partial).map_err(io)?;
-    let mut writer = BufWriter::new(file);
+    // Beside `out`: a rename does not cross file systems.
+    let dir = out.parent().filter(|dir| !dir.as_os_str().is_empty()).unwrap_or(Path::new("."));
+    let mut writer = BufWriter::new(tempfile::NamedTempFile::new_in(dir).map_err(io)?);
     let header = json!({"lifeboat_backup": FORMAT_VERSION, "created_at": now_ms(), "tables": TABLES.len()});
     writeln!(writer, "{header}").map_err(io)?;
     let rows = snapshot_lines(registry, |line| writeln!(writer, "{line}").map_err(io)).await?;
     writeln!(writer, "{}", json!({"end": true, "rows": rows})).map_err(io)?;
     let file = writer.into_inner().map_err(|err| io(err.into_error()))?;
-    file.sync_all().map_err(io)?;
-    std::fs::rename(&partial, out).map_err(io)?;
+    file.as_file().sync_all().map_err(io)?;
+    file.persist(out).map_err(|err| io(err.error))?;
     registry.set_setting(LAST_BACKUP_SETTING, &now_ms().to_string()).await?;
     registry.audit(actor, "backup", Some(&out.display().to_string()), Some(&format!("{rows} rows"))).await?;
     Ok(rows)

@@ -12,8 +12,9 @@ use crate::lease::{Held, Lease};
 use crate::links::LINK_KEY;
 use crate::mail::Mailer;
 use crate::notify::{NoticeSettings, NotifyError, NotifyProgress, Transport, send_deliveries};
-use crate::recover::{AdminAccess, RecoverError, admin_access, recover, service_user_id};
+use crate::recover::{RecoverError, admin_access, recover, service_user_id};
 use crate::registry::{self, Actor, DeliveryCounts, Incident, IncidentScope, Registry};
+use crate::session::store_passphrase;
 use crate::synapse::SynapseClient;
 use crate::sync::{Quiet, SyncError, SyncOptions, sync};
 use crate::tokens::{TokenError, ensure_notice_tokens, extend_unsent_tokens};
@@ -70,23 +71,14 @@ pub async fn admin_client_recovering(
     actor: &Actor,
     progress: &dyn NotifyProgress,
 ) -> Result<SynapseClient, CampaignError> {
-    if let AdminAccess::Working { client, .. } = admin_access(config, registry).await? {
+    if let Some(client) = admin_access(config, registry).await?.working() {
         return Ok(client);
     }
     progress.note("every admin token is rejected: recovering lifeboat's account through the shared secret");
     recover(config, registry, actor).await?;
-    match admin_access(config, registry).await? {
-        AdminAccess::Working { client, .. } => Ok(client),
-        AdminAccess::Dead { .. } => Err(CampaignError::RecoveredTokenDead),
-    }
+    admin_access(config, registry).await?.working().ok_or(CampaignError::RecoveredTokenDead)
 }
 
-/// Opens an incident. The registry is brought up to date first, so the
-/// snapshot is what Synapse holds at opening (with `missing`, who is lost;
-/// with `all`, who exists, which decides whose notice says the account
-/// still works): a sync, after recovering lifeboat's account if every admin
-/// token is rejected (a wipe). If that cannot be done, a note says why and
-/// the last complete sync's view is used.
 /// Longest postmortem: it goes into every email and DM, and onto the web page.
 pub const MAX_POSTMORTEM_BYTES: usize = 64 * 1024;
 /// Longest title: it is a subject line.
@@ -132,7 +124,13 @@ fn covering_text(covering: &[(i64, i64)]) -> String {
 
 /// Opens an incident for `scope`. Unless `again`, refuses when an open
 /// incident already covers any of the accounts (a second notice and token
-/// for the same people is rarely what an admin means).
+/// for the same people is rarely what an admin means). The registry is
+/// brought up to date first, so the snapshot is what Synapse holds at
+/// opening (with `missing`, who is lost; with `all`, who exists, which
+/// decides whose notice says the account still works): a sync, after
+/// recovering lifeboat's account if every admin token is rejected (a wipe).
+/// If that cannot be done, a note says why and the last complete sync's
+/// view is used.
 #[allow(clippy::too_many_arguments)]
 pub async fn open_incident(
     config: &Config,
@@ -386,10 +384,13 @@ pub async fn dm_sender(
         .await
         .map_err(|err| format!("lifeboat's own account cannot send DMs: {err}"))?;
     let device = who.device_id.unwrap_or_else(|| "LIFEBOAT".to_owned());
-    let encryption = config.bot.as_ref().filter(|bot| bot.encrypted_notices).map(|bot| CryptoStore {
-        dir: bot.store_path.clone(),
-        passphrase: bot.store_passphrase.as_ref().map(|secret| secret.value.clone()),
-    });
+    let encryption = match config.bot.as_ref().filter(|bot| bot.encrypted_notices) {
+        Some(bot) => Some(CryptoStore {
+            dir: bot.store_path.clone(),
+            passphrase: store_passphrase(bot, registry).await.map_err(|err| err.to_string())?,
+        }),
+        None => None,
+    };
     let sender = DmSender::connect(&config.homeserver.url, &who.user_id, &token, &device, encryption)
         .await
         .map_err(|err| err.to_string())?;

@@ -56,7 +56,7 @@ pub struct DmSender {
 pub struct CryptoStore {
     /// `bot.store_path`; the store itself goes in a folder per device.
     pub dir: PathBuf,
-    pub passphrase: Option<SecretString>,
+    pub passphrase: SecretString,
 }
 
 impl DmSender {
@@ -77,7 +77,7 @@ impl DmSender {
             let dir = store.dir.join(device_id);
             std::fs::create_dir_all(&dir)
                 .map_err(|err| DmError::Sender(format!("cannot create the crypto store {}: {err}", dir.display())))?;
-            builder = builder.sqlite_store(&dir, store.passphrase.as_ref().map(|p| p.expose_secret()));
+            builder = builder.sqlite_store(&dir, Some(store.passphrase.expose_secret()));
         }
         let client = builder
             .build()

@@ -16,16 +16,6 @@ use crate::recover::{AdminAccess, admin_access};
 use crate::registry::{Actor, MessageKind, Registry, format_time, now_ms};
 use crate::synapse::{self, SharedSecretError};
 
-/// What the drill prints for the bot.
-pub enum BotDrill {
-    /// No `[bot]` section.
-    NotConfigured,
-    Posted(String),
-    /// Works in part, or not yet set up (no session yet).
-    Warn(String),
-    Failed(String),
-}
-
 /// A backup older than this is reported as stale.
 const BACKUP_MAX_AGE: Duration = Duration::from_secs(7 * 24 * 3600);
 /// The drill's test message is sent at once or not at all.
@@ -65,12 +55,12 @@ pub struct Report {
 }
 
 /// `bot_check` is the face's own check that the bot can post in its admin
-/// room (it lives with the bot; the drill only reports it).
+/// room (it lives with the bot; the drill only reports its line).
 pub async fn drill(
     config: &Config,
     registry: &Registry,
     actor: &Actor,
-    bot_check: impl Future<Output = BotDrill>,
+    bot_check: impl Future<Output = (Status, String)>,
 ) -> Report {
     let mut lines = Vec::new();
     let base = synapse::SynapseClient::from_config(&config.homeserver);
@@ -113,12 +103,8 @@ pub async fn drill(
     lines.push(registration_tokens(admin.as_ref()).await);
     lines.push(holds(config, admin.as_ref()).await);
     lines.push(email(config, registry).await);
-    lines.push(match bot_check.await {
-        BotDrill::NotConfigured => Line::new("bot", Status::Skip, "not checked: no [bot] section"),
-        BotDrill::Posted(detail) => Line::new("bot", Status::Ok, detail),
-        BotDrill::Warn(detail) => Line::new("bot", Status::Warn, detail),
-        BotDrill::Failed(detail) => Line::new("bot", Status::Fail, detail),
-    });
+    let (status, detail) = bot_check.await;
+    lines.push(Line::new("bot", status, detail));
     lines.push(templates(config));
     lines.extend(registry_lines(config, registry).await);
 

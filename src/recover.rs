@@ -36,6 +36,16 @@ pub enum AdminAccess {
     },
 }
 
+impl AdminAccess {
+    /// The client, if a token works.
+    pub fn working(self) -> Option<SynapseClient> {
+        match self {
+            AdminAccess::Working { client, .. } => Some(client),
+            AdminAccess::Dead { .. } => None,
+        }
+    }
+}
+
 #[derive(Debug, thiserror::Error)]
 pub enum RecoverError {
     #[error(

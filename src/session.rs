@@ -5,10 +5,24 @@
 use secrecy::SecretString;
 use serde::{Deserialize, Serialize};
 
-use crate::registry::Registry;
+use crate::config::BotConfig;
+use crate::registry::{self, Registry};
 
 /// Registry setting holding the [`StoredSession`] as JSON.
 pub const SESSION_SETTING: &str = "bot_session";
+
+/// Registry setting: the generated store passphrase, when the config has none.
+const STORE_PASSPHRASE: &str = "bot_store_passphrase";
+
+/// The passphrase of the stores under `bot.store_path`: the config's, else
+/// one generated once and kept in the registry. The bot and the notice DMs
+/// can be one device with one store, so both take it from here.
+pub async fn store_passphrase(bot: &BotConfig, registry: &Registry) -> Result<SecretString, registry::Error> {
+    match &bot.store_passphrase {
+        Some(secret) => Ok(secret.value.clone()),
+        None => registry.generated_secret(STORE_PASSPHRASE).await,
+    }
+}
 
 #[derive(Serialize, Deserialize)]
 pub struct StoredSession {

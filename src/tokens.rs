@@ -78,42 +78,12 @@ pub async fn ensure_notice_tokens(
     Ok(created)
 }
 
-/// Issues one new single-use token for one person of an incident (on
-/// request: the web page, or an admin's `token` command): recorded first,
-/// then created in Synapse, then confirmed. Returns the token and its
-/// expiry (UTC ms). [`token_for_person`] decides when.
-async fn issue_request_token(
-    registry: &Registry,
-    client: &SynapseClient,
-    incident_id: i64,
-    user_id: &UserId,
-    expiry: Duration,
-) -> Result<(String, i64), TokenError> {
-    let token = new_token();
-    let expires_at = now_ms() + expiry.as_millis() as i64;
-    let id = registry.record_request_token(incident_id, user_id, &token, expires_at).await?;
-    client.create_registration_token(&token, expires_at).await?;
-    registry.confirm_token(id).await?;
-    Ok((token, expires_at))
-}
-
-/// What one person asking again for a registration token gets.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum PersonToken {
-    /// A token issued to them earlier that nobody has used and that is
-    /// still valid (Synapse says so): sent again rather than minting more.
-    Unused { token: String, expires_at: i64 },
-    /// A new one.
-    Issued { token: String, expires_at: i64 },
-    /// Their earlier ones were used or expired, and they had as many as
-    /// `limit` allows.
-    LimitReached,
-}
-
 /// The one rule for a token for one person of an incident, whoever asks
 /// (the web page: `limit` is its per-person cap; an admin: no cap): their
 /// newest valid token that Synapse says is unused, else a new one while
-/// under the cap.
+/// under the cap. Returns the token and its expiry (UTC ms), or `None`
+/// when their earlier ones were used or expired and they had as many as
+/// `limit` allows.
 pub async fn token_for_person(
     registry: &Registry,
     client: &SynapseClient,
@@ -121,7 +91,7 @@ pub async fn token_for_person(
     user_id: &UserId,
     expiry: Duration,
     limit: Option<i64>,
-) -> Result<PersonToken, TokenError> {
+) -> Result<Option<(String, i64)>, TokenError> {
     let now = now_ms();
     let mut theirs: Vec<_> = registry
         .tokens(Some(incident_id))
@@ -136,17 +106,22 @@ pub async fn token_for_person(
         if let Some(seen) = client.registration_token(&token.token).await? {
             let unused = seen.completed == 0 && seen.pending == 0;
             if unused && seen.expiry_time.is_none_or(|at| at > now) {
-                return Ok(PersonToken::Unused { token: token.token, expires_at: token.expires_at });
+                return Ok(Some((token.token, token.expires_at)));
             }
         }
     }
     if let Some(limit) = limit
         && registry.request_tokens_issued(incident_id, user_id).await? >= limit
     {
-        return Ok(PersonToken::LimitReached);
+        return Ok(None);
     }
-    let (token, expires_at) = issue_request_token(registry, client, incident_id, user_id, expiry).await?;
-    Ok(PersonToken::Issued { token, expires_at })
+    // Recorded first, then created in Synapse, then confirmed.
+    let token = new_token();
+    let expires_at = now_ms() + expiry.as_millis() as i64;
+    let id = registry.record_request_token(incident_id, user_id, &token, expires_at).await?;
+    client.create_registration_token(&token, expires_at).await?;
+    registry.confirm_token(id).await?;
+    Ok(Some((token, expires_at)))
 }
 
 /// Where a recorded token stands, from what Synapse says of it.

@@ -21,7 +21,7 @@ use crate::registry::{
     AccountState, Actor, ContactKind, ContactSource, IncidentScope, MessageKind, RoomState, format_time, now_ms,
 };
 use crate::sync::{Quiet, SyncOptions, sync};
-use crate::tokens::{PersonToken, revoke_unused_tokens, token_for_person};
+use crate::tokens::{revoke_unused_tokens, token_for_person};
 use crate::user_id::UserId;
 
 /// How long a `notify <id>` dry run stays confirmable.
@@ -415,16 +415,13 @@ async fn token(bot: &Bot, actor: &Actor, user: &UserId) -> Result<String, String
             let client =
                 admin_client_recovering(config, registry, actor, &Notes::default()).await.map_err(|e| e.to_string())?;
             // An admin is not capped; a token still unused is sent again.
-            let (token, expires) =
-                match token_for_person(registry, &client, incident_id, user, config.tokens.expiry, None)
+            let Some((token, expires)) =
+                token_for_person(registry, &client, incident_id, user, config.tokens.expiry, None)
                     .await
                     .map_err(|err| err.to_string())?
-                {
-                    PersonToken::Unused { token, expires_at } | PersonToken::Issued { token, expires_at } => {
-                        (token, expires_at)
-                    }
-                    PersonToken::LimitReached => return Err(format!("no token for {user}: the per-person limit")),
-                };
+            else {
+                return Err(format!("no token for {user}: the per-person limit"));
+            };
             let message = crate::messages::registration_token(
                 server,
                 user.as_str(),

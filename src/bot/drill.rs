@@ -14,41 +14,44 @@ use secrecy::ExposeSecret;
 use super::ROOM_SETTING;
 use super::login::existing_credentials;
 use crate::config::Config;
-use crate::drill::BotDrill;
+use crate::drill::Status;
 use crate::registry::{Registry, now_ms};
 
-pub async fn post_test_message(config: &Config, registry: &Registry) -> BotDrill {
-    let Some(bot) = &config.bot else { return BotDrill::NotConfigured };
-    let login = match existing_credentials(config, bot, registry).await {
+pub async fn post_test_message(config: &Config, registry: &Registry) -> (Status, String) {
+    let Some(bot) = &config.bot else { return (Status::Skip, "not checked: no [bot] section".to_owned()) };
+    let login = match existing_credentials(config, bot, registry, false).await {
         Ok(Some(login)) => login,
         Ok(None) if bot.password.is_some() => {
-            return BotDrill::Warn(
+            return (
+                Status::Warn,
                 "the bot has no session yet: start `lifeboat serve` once so it logs in with bot.password".to_owned(),
             );
         }
         Ok(None) => {
-            return BotDrill::Failed(
+            return (
+                Status::Fail,
                 "the bot cannot log in: set bot.password or bot.access_token to working credentials".to_owned(),
             );
         }
-        Err(err) => return BotDrill::Failed(err.to_string()),
+        Err(err) => return (Status::Fail, err.to_string()),
     };
     let client = match Client::builder().homeserver_url(config.homeserver.url.as_str()).build().await {
         Ok(client) => client,
-        Err(err) => return BotDrill::Failed(format!("cannot set up a Matrix client: {err}")),
+        Err(err) => return (Status::Fail, format!("cannot set up a Matrix client: {err}")),
     };
     let Ok(user_id) = login.user_id.as_str().try_into() else {
-        return BotDrill::Failed(format!("`{}` is not a Matrix user ID", login.user_id));
+        return (Status::Fail, format!("`{}` is not a Matrix user ID", login.user_id));
     };
     let session = MatrixSession {
         meta: SessionMeta { user_id, device_id: login.device_id.as_str().into() },
         tokens: SessionTokens { access_token: login.access_token.expose_secret().to_owned(), refresh_token: None },
     };
     if let Err(err) = client.restore_session(session).await {
-        return BotDrill::Failed(format!("cannot use the bot's session: {err}"));
+        return (Status::Fail, format!("cannot use the bot's session: {err}"));
     }
     let Some(room_id) = admin_room(config, registry, &client).await else {
-        return BotDrill::Failed(
+        return (
+            Status::Fail,
             "the bot has no admin room: set bot.admin_room (and invite the bot there), or start `lifeboat serve` so it makes one"
                 .to_owned(),
         );
@@ -57,25 +60,25 @@ pub async fn post_test_message(config: &Config, registry: &Registry) -> BotDrill
     let txn: OwnedTransactionId = format!("lifeboat-drill-{}", now_ms()).into();
     let request = match send_message_event::v3::Request::new(room_id.clone(), txn, &content) {
         Ok(request) => request,
-        Err(err) => return BotDrill::Failed(err.to_string()),
+        Err(err) => return (Status::Fail, err.to_string()),
     };
     match tokio::time::timeout(Duration::from_secs(30), client.send(request)).await {
-        Ok(Ok(_)) => BotDrill::Posted(format!("{} posted a test message in {room_id}", login.user_id)),
-        Ok(Err(err)) => BotDrill::Failed(format!(
-            "{} cannot post in {room_id} ({err}): invite the bot there from an admin account",
-            login.user_id
-        )),
-        Err(_) => BotDrill::Failed(format!("posting in {room_id} timed out")),
+        Ok(Ok(_)) => (Status::Ok, format!("{} posted a test message in {room_id}", login.user_id)),
+        Ok(Err(err)) => (
+            Status::Fail,
+            format!("{} cannot post in {room_id} ({err}): invite the bot there from an admin account", login.user_id),
+        ),
+        Err(_) => (Status::Fail, format!("posting in {room_id} timed out")),
     }
 }
 
-/// The room the bot made itself, else `bot.admin_room` (an alias resolved).
+/// `bot.admin_room` (an alias resolved), else the room the bot made
+/// itself: the order the running bot settles in (`settle_admin_room`).
 async fn admin_room(config: &Config, registry: &Registry, client: &Client) -> Option<OwnedRoomId> {
-    if let Some(made) =
-        registry.setting(ROOM_SETTING).await.ok().flatten().and_then(|id| OwnedRoomId::try_from(id).ok())
+    if let Some(configured) = config.bot.as_ref().and_then(|bot| bot.admin_room.as_deref())
+        && let Some(room_id) = super::resolve_room(client, configured).await
     {
-        return Some(made);
+        return Some(room_id);
     }
-    let configured = config.bot.as_ref()?.admin_room.as_deref()?;
-    super::resolve_room(client, configured).await
+    registry.setting(ROOM_SETTING).await.ok().flatten().and_then(|id| OwnedRoomId::try_from(id).ok())
 }

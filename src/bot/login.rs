@@ -10,11 +10,8 @@ use secrecy::{ExposeSecret, SecretString};
 use crate::config::{BotConfig, Config};
 use crate::recover::{recover, service_user_id};
 use crate::registry::{Actor, Registry};
-use crate::session::{SESSION_SETTING, StoredSession};
+use crate::session::{SESSION_SETTING, StoredSession, store_passphrase};
 use crate::synapse::{self, SynapseClient};
-
-/// Registry setting: the generated store passphrase, when the config has none.
-const STORE_PASSPHRASE: &str = "bot_store_passphrase";
 
 /// Working credentials for the bot's account.
 pub struct BotLogin {
@@ -26,44 +23,45 @@ pub struct BotLogin {
     pub recovered: bool,
 }
 
+/// Why the bot has no working session (only ever shown).
 #[derive(Debug, thiserror::Error)]
-pub enum LoginError {
-    /// Worth trying again later (Synapse down, ...).
-    #[error("{0}")]
-    Later(String),
-    /// No credential works and lifeboat cannot make one.
-    #[error("{0}")]
-    NoWayIn(String),
-}
+#[error("{0}")]
+pub struct LoginError(String);
 
 impl From<synapse::Error> for LoginError {
     fn from(err: synapse::Error) -> Self {
-        LoginError::Later(err.to_string())
+        LoginError(err.to_string())
     }
 }
 
 impl From<crate::registry::Error> for LoginError {
     fn from(err: crate::registry::Error) -> Self {
-        LoginError::Later(err.to_string())
+        LoginError(err.to_string())
     }
 }
 
 /// Credentials that work now, without logging in anew or recovering (so
 /// nothing changes on the homeserver): the stored session, the recovered
-/// service credentials, or `bot.access_token`.
+/// service credentials, or `bot.access_token`. With `forget_dead`, a
+/// stored session that does not work is cleared.
 pub async fn existing_credentials(
     config: &Config,
     bot: &BotConfig,
     registry: &Registry,
+    forget_dead: bool,
 ) -> Result<Option<BotLogin>, LoginError> {
     let base = SynapseClient::from_config(&config.homeserver);
     let me = service_user_id(config).to_string();
-    if let Some(stored) = registry.setting(SESSION_SETTING).await?.filter(|value| !value.is_empty())
-        && let Ok(session) = serde_json::from_str::<StoredSession>(&stored)
-    {
-        let token = SecretString::from(session.access_token);
-        if let Some(login) = working(&base, &me, token, Some(session.device_id), false).await? {
-            return Ok(Some(login));
+    if let Some(stored) = registry.setting(SESSION_SETTING).await?.filter(|value| !value.is_empty()) {
+        if let Ok(session) = serde_json::from_str::<StoredSession>(&stored) {
+            let token = SecretString::from(session.access_token);
+            if let Some(login) = working(&base, &me, token, Some(session.device_id), false).await? {
+                return Ok(Some(login));
+            }
+        }
+        if forget_dead {
+            // Dead (a wipe, or logged out).
+            registry.set_setting(SESSION_SETTING, "").await?;
         }
     }
     if let Some(login) = recovered(&base, registry, &me).await? {
@@ -75,35 +73,20 @@ pub async fn existing_credentials(
     }
 }
 
-/// Tries, in order: the bot's own stored session, the recovered service
-/// credentials, `bot.access_token`, then a password login; when every one
-/// is rejected and a shared secret is configured, recovers the account.
+/// Tries, in order: [`existing_credentials`] (forgetting a dead stored
+/// session), then a password login; when every one is rejected and a
+/// shared secret is configured, recovers the account.
 pub async fn credentials(
     config: &Config,
     bot: &BotConfig,
     registry: &Registry,
     recover_lock: &tokio::sync::Mutex<()>,
 ) -> Result<BotLogin, LoginError> {
+    if let Some(login) = existing_credentials(config, bot, registry, true).await? {
+        return Ok(login);
+    }
     let base = SynapseClient::from_config(&config.homeserver);
     let me = service_user_id(config).to_string();
-    if let Some(stored) = registry.setting(SESSION_SETTING).await?.filter(|value| !value.is_empty()) {
-        if let Ok(session) = serde_json::from_str::<StoredSession>(&stored) {
-            let token = SecretString::from(session.access_token);
-            if let Some(login) = working(&base, &me, token, Some(session.device_id), false).await? {
-                return Ok(login);
-            }
-        }
-        // Dead (a wipe, or logged out): forget it.
-        registry.set_setting(SESSION_SETTING, "").await?;
-    }
-    if let Some(login) = recovered(&base, registry, &me).await? {
-        return Ok(login);
-    }
-    if let Some(token) = &bot.access_token
-        && let Some(login) = working(&base, &me, token.value.clone(), None, false).await?
-    {
-        return Ok(login);
-    }
     if let Some(password) = &bot.password {
         let localpart = me.trim_start_matches('@').split(':').next().unwrap_or_default();
         if let Some(registered) = base.login_with_password(localpart, &password.value).await? {
@@ -123,7 +106,7 @@ pub async fn credentials(
         }
     }
     if config.homeserver.registration_shared_secret.is_none() {
-        return Err(LoginError::NoWayIn(format!(
+        return Err(LoginError(format!(
             "the bot cannot log in as {me}: set bot.password or bot.access_token to working credentials, or homeserver.registration_shared_secret so lifeboat can re-create its account after a wipe"
         )));
     }
@@ -134,10 +117,10 @@ pub async fn credentials(
     }
     recover(config, registry, &Actor::service("bot"))
         .await
-        .map_err(|err| LoginError::NoWayIn(format!("the bot's credentials are rejected and recovery failed: {err}")))?;
+        .map_err(|err| LoginError(format!("the bot's credentials are rejected and recovery failed: {err}")))?;
     recovered(&base, registry, &me)
         .await?
-        .ok_or_else(|| LoginError::Later("the recovered credentials do not work yet".to_owned()))
+        .ok_or_else(|| LoginError("the recovered credentials do not work yet".to_owned()))
 }
 
 async fn recovered(base: &SynapseClient, registry: &Registry, me: &str) -> Result<Option<BotLogin>, LoginError> {
@@ -163,10 +146,9 @@ async fn working(
             access_token: token,
             recovered,
         })),
-        Ok(who) => Err(LoginError::NoWayIn(format!(
-            "the bot's access token belongs to {}, not to bot.user_id = {me}",
-            who.user_id
-        ))),
+        Ok(who) => {
+            Err(LoginError(format!("the bot's access token belongs to {}, not to bot.user_id = {me}", who.user_id)))
+        }
         Err(synapse::Error::Unauthorized { .. }) => Ok(None),
         Err(err) => Err(err.into()),
     }
@@ -179,30 +161,27 @@ pub async fn client(
     registry: &Registry,
     login: &BotLogin,
 ) -> Result<Client, LoginError> {
-    let passphrase = match &bot.store_passphrase {
-        Some(secret) => secret.value.clone(),
-        None => registry.generated_secret(STORE_PASSPHRASE).await?,
-    };
+    let passphrase = store_passphrase(bot, registry).await?;
     let dir = bot.store_path.join(&login.device_id);
     std::fs::create_dir_all(&dir)
-        .map_err(|err| LoginError::NoWayIn(format!("cannot create the bot's store {}: {err}", dir.display())))?;
+        .map_err(|err| LoginError(format!("cannot create the bot's store {}: {err}", dir.display())))?;
     let client = Client::builder()
         .homeserver_url(config.homeserver.url.as_str())
         .sqlite_store(&dir, Some(passphrase.expose_secret()))
         .build()
         .await
-        .map_err(|err| LoginError::Later(format!("cannot open the bot's store {}: {err}", dir.display())))?;
+        .map_err(|err| LoginError(format!("cannot open the bot's store {}: {err}", dir.display())))?;
     let user_id = login
         .user_id
         .as_str()
         .try_into()
-        .map_err(|err| LoginError::NoWayIn(format!("`{}` is not a Matrix user ID: {err}", login.user_id)))?;
+        .map_err(|err| LoginError(format!("`{}` is not a Matrix user ID: {err}", login.user_id)))?;
     client
         .restore_session(MatrixSession {
             meta: SessionMeta { user_id, device_id: login.device_id.as_str().into() },
             tokens: SessionTokens { access_token: login.access_token.expose_secret().to_owned(), refresh_token: None },
         })
         .await
-        .map_err(|err| LoginError::Later(format!("cannot restore the bot's session: {err}")))?;
+        .map_err(|err| LoginError(format!("cannot restore the bot's session: {err}")))?;
     Ok(client)
 }

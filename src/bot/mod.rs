@@ -83,6 +83,10 @@ impl Bot {
         self.admin_room.lock().ok().and_then(|room| room.clone())
     }
 
+    fn configured_room(&self) -> Option<OwnedRoomId> {
+        self.configured_room.lock().ok().and_then(|room| room.clone())
+    }
+
     fn set_admin_room(&self, room: OwnedRoomId) {
         if let Ok(mut current) = self.admin_room.lock() {
             *current = Some(room);
@@ -170,9 +174,7 @@ async fn session(
     // configured one) counts, so a command is never taken for a DM.
     if bot.admin_room().is_none() {
         let stored = bot.state.registry.setting(ROOM_SETTING).await.ok().flatten();
-        let tentative = stored
-            .and_then(|id| OwnedRoomId::try_from(id).ok())
-            .or_else(|| bot.configured_room.lock().ok().and_then(|room| room.clone()));
+        let tentative = stored.and_then(|id| OwnedRoomId::try_from(id).ok()).or_else(|| bot.configured_room());
         if let Some(room) = tentative {
             bot.set_admin_room(room);
         }
@@ -255,7 +257,7 @@ fn is_unknown_token(err: &matrix_sdk::Error) -> bool {
 async fn settle_admin_room(bot: &Arc<Bot>, client: &Client, recovered: bool) -> Result<bool, String> {
     let registry = &bot.state.registry;
     let joined = |room_id: &RoomId| client.get_room(room_id).filter(|room| room.state() == RoomState::Joined);
-    let configured = bot.configured_room.lock().ok().and_then(|room| room.clone());
+    let configured = bot.configured_room();
     if let Some(room_id) = configured
         && (joined(&room_id).is_some() || client.join_room_by_id(&room_id).await.is_ok())
     {
@@ -329,19 +331,16 @@ async fn invite_admins(bot: &Arc<Bot>, client: &Client, admin_client: &SynapseCl
             }
         }
         match room.invite_user_by_id(admin).await {
-            Ok(()) => {
-                tracing::info!(admin = %admin, "invited an admin to the admin room");
-                if let Ok(mut invited) = bot.invited.lock() {
-                    invited.insert(admin.clone());
-                }
-            }
+            Ok(()) => tracing::info!(admin = %admin, "invited an admin to the admin room"),
             // Joined meanwhile (or the member list was stale): nothing to do.
-            Err(err) if err.to_string().contains("already in the room") => {
-                if let Ok(mut invited) = bot.invited.lock() {
-                    invited.insert(admin.clone());
-                }
+            Err(err) if err.to_string().contains("already in the room") => {}
+            Err(err) => {
+                tracing::warn!(admin = %admin, error = %err, "could not invite an admin");
+                continue;
             }
-            Err(err) => tracing::warn!(admin = %admin, error = %err, "could not invite an admin"),
+        }
+        if let Ok(mut invited) = bot.invited.lock() {
+            invited.insert(admin.clone());
         }
     }
 }
@@ -389,7 +388,7 @@ async fn on_invite(event: StrippedRoomMemberEvent, room: Room, Ctx(bot): Ctx<Arc
         return;
     }
     let room_id = room.room_id().to_owned();
-    let configured = bot.configured_room.lock().ok().and_then(|room| room.clone());
+    let configured = bot.configured_room();
     let to_admin_room = configured.as_ref() == Some(&room_id) || bot.admin_room().as_ref() == Some(&room_id);
     tokio::spawn(async move {
         let accept =
@@ -449,7 +448,7 @@ async fn on_message(event: OriginalSyncRoomMessageEvent, room: Room, Ctx(bot): C
                 return;
             }
             let reply = match commands::parse_person(bot.prefix(), &body) {
-                Ok(command) => people::execute(&bot, &sender, command).await,
+                Ok(command) => people::run(&bot, &sender, command).await.unwrap_or_else(|reply| reply),
                 Err(bad) => bad.0,
             };
             reply_to(&room, &reply).await;

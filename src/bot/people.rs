@@ -17,13 +17,8 @@ const CODE_VALID_MS: i64 = 30 * 60 * 1000;
 /// they typed: no mail bombing through the bot).
 const CODES_PER_HOUR: i64 = 5;
 
-pub(super) async fn execute(bot: &Bot, sender: &OwnedUserId, command: PersonCommand) -> String {
-    match run(bot, sender, command).await {
-        Ok(reply) | Err(reply) => reply,
-    }
-}
-
-async fn run(bot: &Bot, sender: &OwnedUserId, command: PersonCommand) -> Result<String, String> {
+/// The reply to one person's DM command (`Err`: a refusal or failure).
+pub(super) async fn run(bot: &Bot, sender: &OwnedUserId, command: PersonCommand) -> Result<String, String> {
     let state = &bot.state;
     let (config, registry) = (&state.config, &state.registry);
     let actor = Actor::bot(sender.as_str());

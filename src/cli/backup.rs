@@ -23,8 +23,7 @@ pub struct RestoreArgs {
 }
 
 pub async fn run_backup(context: &Context, args: BackupArgs) -> Outcome {
-    let config = context.config()?;
-    let registry = context.registry(&config).await?;
+    let (_, registry) = context.open().await?;
     let rows = backup(&registry, &args.out, &Actor::cli()).await.map_err(|err| Failure::new(exit::FAILED, err))?;
     println!("Wrote {rows} rows to {}.", args.out.display());
     println!("Keep it on another host than Synapse's database; `lifeboat restore FILE` loads it.");
@@ -32,8 +31,7 @@ pub async fn run_backup(context: &Context, args: BackupArgs) -> Outcome {
 }
 
 pub async fn run_restore(context: &Context, args: RestoreArgs) -> Outcome {
-    let config = context.config()?;
-    let registry = context.registry(&config).await?;
+    let (_, registry) = context.open().await?;
     let rows = restore(&registry, &args.file, args.replace, &Actor::cli())
         .await
         .map_err(|err| Failure::new(exit::FAILED, format!("nothing was restored: {err}")))?;

@@ -36,8 +36,7 @@ pub async fn run(context: &Context, args: Args) -> Outcome {
 }
 
 async fn checked(context: &Context) -> Result<CheckReport, Failure> {
-    let config = context.config()?;
-    let registry = context.registry(&config).await?;
+    let (config, registry) = context.open().await?;
     let client = match context.admin_client(&config, &registry).await {
         Ok(client) => client,
         Err(AdminClientError::Access(RecoverError::Synapse(err))) => {

@@ -1,6 +1,5 @@
 //! `lifeboat contacts add|remove`
 
-use super::users::parse_user_id;
 use super::{Context, Outcome, exit};
 use crate::registry::{Actor, AddContact, ContactAddress, ContactSource, now_ms};
 use crate::user_id::UserId;
@@ -17,7 +16,7 @@ pub enum Command {
     /// as verified.
     Add {
         /// The account, like @alice:example.org (it must be in the registry).
-        #[arg(value_parser = parse_user_id)]
+        #[arg(value_parser = UserId::parse)]
         user_id: UserId,
         /// An email address, or a Matrix ID on another homeserver.
         #[arg(value_parser = ContactAddress::parse)]
@@ -29,7 +28,7 @@ pub enum Command {
     /// imported again when sync next refreshes the account's details.
     Remove {
         /// The account, like @alice:example.org.
-        #[arg(value_parser = parse_user_id)]
+        #[arg(value_parser = UserId::parse)]
         user_id: UserId,
         /// The email address or Matrix ID to forget.
         #[arg(value_parser = ContactAddress::parse)]
@@ -38,8 +37,7 @@ pub enum Command {
 }
 
 pub async fn run(context: &Context, command: Command) -> Outcome {
-    let config = context.config()?;
-    let registry = context.registry(&config).await?;
+    let (config, registry) = context.open().await?;
     let actor = Actor::cli();
     match command {
         Command::Add { user_id, address } => {

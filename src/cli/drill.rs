@@ -13,8 +13,7 @@ pub struct Args {
 }
 
 pub async fn run(context: &Context, args: Args) -> Outcome {
-    let config = context.config()?;
-    let registry = context.registry(&config).await?;
+    let (config, registry) = context.open().await?;
     let bot_check = crate::bot::drill::post_test_message(&config, &registry);
     let report = drill(&config, &registry, &Actor::cli(), bot_check).await;
     if args.json {

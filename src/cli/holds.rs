@@ -6,12 +6,10 @@ use std::io::{BufRead, IsTerminal};
 
 use secrecy::SecretString;
 
-use super::incident::StderrNotes;
 use super::output::{print_json, time};
 use super::{Context, Failure, Outcome, exit};
 use tokio_util::sync::CancellationToken;
 
-use crate::campaign::admin_client_recovering;
 use crate::holds::{hand_back, hold_lost_ids, password_problem, release, restore_held_names};
 use crate::registry::{AccountState, Actor};
 use crate::user_id::UserId;
@@ -71,8 +69,7 @@ pub enum Command {
 }
 
 pub async fn run(context: &Context, command: Command) -> Outcome {
-    let config = context.config()?;
-    let registry = context.registry(&config).await?;
+    let (config, registry) = context.open().await?;
     match command {
         Command::List { json } => {
             let holds = registry.holds().await?;
@@ -96,9 +93,7 @@ pub async fn run(context: &Context, command: Command) -> Outcome {
             Ok(exit::OK)
         }
         Command::Make => {
-            let client = admin_client_recovering(&config, &registry, &Actor::cli(), &StderrNotes)
-                .await
-                .map_err(|err| Failure::new(exit::FAILED, err))?;
+            let client = context.admin_client_recovering(&config, &registry).await?;
             // Ctrl-C stops between holds: those under way finish, the rest
             // wait for the next run.
             let stop = CancellationToken::new();
@@ -168,9 +163,7 @@ pub async fn run(context: &Context, command: Command) -> Outcome {
                 ));
             }
             let password = read_new_password(user_id.as_str()).await?;
-            let client = admin_client_recovering(&config, &registry, &Actor::cli(), &StderrNotes)
-                .await
-                .map_err(|err| Failure::new(exit::FAILED, err))?;
+            let client = context.admin_client_recovering(&config, &registry).await?;
             hand_back(&registry, &client, &user_id, &password, &Actor::cli())
                 .await
                 .map_err(|err| Failure::new(exit::FAILED, err))?;
@@ -193,9 +186,7 @@ pub async fn run(context: &Context, command: Command) -> Outcome {
                 println!("Nothing changed.");
                 return Ok(exit::OK);
             }
-            let client = admin_client_recovering(&config, &registry, &Actor::cli(), &StderrNotes)
-                .await
-                .map_err(|err| Failure::new(exit::FAILED, err))?;
+            let client = context.admin_client_recovering(&config, &registry).await?;
             release(&registry, &client, &user_id, &Actor::cli())
                 .await
                 .map_err(|err| Failure::new(exit::FAILED, err))?;

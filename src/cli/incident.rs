@@ -70,8 +70,7 @@ pub enum Scope {
 }
 
 pub async fn run(context: &Context, command: Command) -> Outcome {
-    let config = context.config()?;
-    let registry = context.registry(&config).await?;
+    let (config, registry) = context.open().await?;
     match command {
         Command::Open { title, postmortem, affected, force, json } => {
             let title = title.trim();

@@ -22,9 +22,10 @@ use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
 
+use crate::campaign::admin_client_recovering;
 use crate::config::{Config, ConfigError};
 use crate::recover::{AdminAccess, RecoverError, admin_access};
-use crate::registry::Registry;
+use crate::registry::{Actor, Registry};
 use crate::synapse::SynapseClient;
 
 /// Why no admin client could be made.
@@ -262,6 +263,24 @@ impl Context {
 
     pub(crate) async fn registry(&self, config: &Config) -> Result<Registry, Failure> {
         Ok(Registry::connect(&config.registry.url).await?)
+    }
+
+    /// The config and the registry it names.
+    pub(crate) async fn open(&self) -> Result<(Config, Registry), Failure> {
+        let config = self.config()?;
+        let registry = self.registry(&config).await?;
+        Ok((config, registry))
+    }
+
+    /// [`admin_client_recovering`] for the command line: notes on stderr.
+    pub(crate) async fn admin_client_recovering(
+        &self,
+        config: &Config,
+        registry: &Registry,
+    ) -> Result<SynapseClient, Failure> {
+        admin_client_recovering(config, registry, &Actor::cli(), &incident::StderrNotes)
+            .await
+            .map_err(|err| Failure::new(exit::FAILED, err))
     }
 
     /// A client with a working admin token (recovered or configured). When

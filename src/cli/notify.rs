@@ -8,7 +8,7 @@ use super::{Context, Failure, Outcome, exit};
 use crate::campaign::{CampaignOptions, notice_settings, run_campaign};
 use crate::notify::{NotifyProgress, plan};
 use crate::recover::service_user_id;
-use crate::registry::{Actor, Delivery, DeliveryChannel, now_ms};
+use crate::registry::{Actor, now_ms};
 
 #[derive(clap::Args, Debug)]
 pub struct Args {
@@ -78,30 +78,10 @@ pub async fn run(context: &Context, args: Args) -> Outcome {
         // print the first. Tokens are placeholders: none is created.
         let expires = now_ms() + config.tokens.expiry.as_millis() as i64;
         let recipients = registry.email_recipients(incident.id).await?;
-        for (
-            index,
-            (user_id, display_name, address, contact_id, account_state, recreated_at, held_at, locked, deactivated),
-        ) in recipients.into_iter().enumerate()
-        {
-            let sample = Delivery {
-                id: 0,
-                incident_id: incident.id,
-                user_id,
-                channel: DeliveryChannel::Email,
-                address: address.clone(),
-                attempts: 0,
-                next_attempt_at: 0,
-                display_name,
-                recreated_at,
-                account_state,
-                held_at,
-                locked,
-                deactivated,
-                contact_id: Some(contact_id),
-                opted_out_at: None,
-                token: Some("SAMPLE-TOKEN-not-valid".to_owned()),
-                token_expires_at: Some(expires),
-            };
+        for (index, mut sample) in recipients.into_iter().enumerate() {
+            sample.token = Some("SAMPLE-TOKEN-not-valid".to_owned());
+            sample.token_expires_at = Some(expires);
+            let address = &sample.address;
             let rendered = settings
                 .render(&incident, &sample)
                 .map_err(|err| Failure::new(exit::FAILED, format!("the notice to {address} does not render: {err}")))?;

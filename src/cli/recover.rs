@@ -13,8 +13,7 @@ pub struct Args {
 }
 
 pub async fn run(context: &Context, args: Args) -> Outcome {
-    let config = context.config()?;
-    let registry = context.registry(&config).await?;
+    let (config, registry) = context.open().await?;
     let outcome = recover(&config, &registry, &Actor::cli()).await.map_err(|err| Failure::new(exit::FAILED, err))?;
     if args.json {
         print_json(&outcome)?;

@@ -1,10 +1,8 @@
 //! `lifeboat rooms list|rejoin|recreate`: the room registry, and bringing
 //! people back into their rooms after a loss.
 
-use super::incident::StderrNotes;
 use super::output::{ask, print_json};
 use super::{Context, Failure, Outcome, exit};
-use crate::campaign::admin_client_recovering;
 use crate::registry::{Actor, Room, RoomState};
 use crate::rooms::{all_to_recreate, bring_back, recreate, recreate_problem};
 
@@ -55,8 +53,7 @@ pub enum Command {
 }
 
 pub async fn run(context: &Context, command: Command) -> Outcome {
-    let config = context.config()?;
-    let registry = context.registry(&config).await?;
+    let (config, registry) = context.open().await?;
     match command {
         Command::List { state, json } => {
             let state = state.as_deref().and_then(RoomState::from_name);
@@ -74,9 +71,7 @@ pub async fn run(context: &Context, command: Command) -> Outcome {
             Ok(exit::OK)
         }
         Command::Rejoin { retry } => {
-            let client = admin_client_recovering(&config, &registry, &Actor::cli(), &StderrNotes)
-                .await
-                .map_err(|err| Failure::new(exit::FAILED, err))?;
+            let client = context.admin_client_recovering(&config, &registry).await?;
             let report = bring_back(&config, &registry, &client, &Actor::cli(), retry)
                 .await
                 .map_err(|err| Failure::new(exit::FAILED, err))?;
@@ -124,9 +119,7 @@ pub async fn run(context: &Context, command: Command) -> Outcome {
                     return Ok(exit::OK);
                 }
             }
-            let client = admin_client_recovering(&config, &registry, &Actor::cli(), &StderrNotes)
-                .await
-                .map_err(|err| Failure::new(exit::FAILED, err))?;
+            let client = context.admin_client_recovering(&config, &registry).await?;
             let mut failed = 0;
             for room in rooms {
                 // A space's children may have been re-created just before.

@@ -8,8 +8,7 @@ use super::{Context, Failure, Outcome, exit};
 pub struct Args {}
 
 pub async fn run(context: &Context, _args: Args) -> Outcome {
-    let config = context.config()?;
-    let registry = context.registry(&config).await?;
+    let (config, registry) = context.open().await?;
     let shutdown = CancellationToken::new();
     tokio::spawn(super::stop_on_signal(shutdown.clone()));
     crate::serve::run(config, registry, shutdown).await.map_err(|err| Failure::new(exit::FAILED, err))?;

@@ -70,8 +70,7 @@ pub async fn run(context: &Context, args: Args) -> Outcome {
     // second one ends the process at once (the lease is then taken over).
     let stop = CancellationToken::new();
     tokio::spawn(super::stop_on_signal(stop.clone()));
-    let config = context.config()?;
-    let registry = context.registry(&config).await?;
+    let (config, registry) = context.open().await?;
     let client = match context.admin_client(&config, &registry).await {
         Ok(client) => client,
         Err(AdminClientError::Access(RecoverError::Synapse(err))) => {

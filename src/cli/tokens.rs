@@ -45,8 +45,7 @@ fn masked(token: &str) -> String {
 }
 
 pub async fn run(context: &Context, command: Command) -> Outcome {
-    let config = context.config()?;
-    let registry = context.registry(&config).await?;
+    let (config, registry) = context.open().await?;
     match command {
         Command::List { incident, reveal, json } => {
             let tokens = registry.tokens(incident).await?;

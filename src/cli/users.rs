@@ -26,7 +26,7 @@ pub enum Command {
     /// Show one account and its contacts.
     Show {
         /// Matrix user ID, like @alice:example.org.
-        #[arg(value_parser = parse_user_id)]
+        #[arg(value_parser = UserId::parse)]
         user_id: UserId,
         /// Print the result as JSON on stdout.
         #[arg(long)]
@@ -45,10 +45,6 @@ impl clap::ValueEnum for AccountState {
     }
 }
 
-pub(super) fn parse_user_id(text: &str) -> Result<UserId, String> {
-    UserId::parse(text).map_err(|err| err.to_string())
-}
-
 #[derive(Serialize)]
 struct Listed {
     #[serde(flatten)]
@@ -64,8 +60,7 @@ struct Shown {
 }
 
 pub async fn run(context: &Context, command: Command) -> Outcome {
-    let config = context.config()?;
-    let registry = context.registry(&config).await?;
+    let (_, registry) = context.open().await?;
     match command {
         Command::List { state, json } => {
             let counts: HashMap<String, i64> = registry.contact_counts().await?.into_iter().collect();

@@ -148,7 +148,6 @@ struct Inner {
     from: Mailbox,
     composer: Composer,
     redacted_url: String,
-    mode: TlsMode,
     /// Scrubbed from error texts, should a server ever echo it.
     password: Option<SecretString>,
 }
@@ -180,6 +179,11 @@ enum Setup {
         error: String,
         until: Instant,
     },
+}
+
+/// Sends fail at once with `error` for [`LOGIN_REFUSAL_HOLD`].
+fn hold_refusal(setup: &mut Setup, error: &MailError) {
+    *setup = Setup::Refused { error: error.to_string(), until: Instant::now() + LOGIN_REFUSAL_HOLD };
 }
 
 impl fmt::Debug for Mailer {
@@ -248,7 +252,6 @@ impl Mailer {
                 composer: Composer::new(&from),
                 from,
                 redacted_url: url.redacted,
-                mode: url.mode,
                 password: login.map(|(_, password)| password),
             }),
         })
@@ -261,7 +264,7 @@ impl Mailer {
     }
 
     pub fn tls_mode(&self) -> TlsMode {
-        self.inner.mode
+        self.inner.server.mode
     }
 
     /// The From mailbox as it appears in the header.
@@ -312,7 +315,7 @@ impl Mailer {
             }
             let error = self.classify(&err, &what);
             if is_login_refusal(&err) {
-                self.hold_refusal(&error).await;
+                hold_refusal(&mut *self.inner.setup.lock().await, &error);
             }
             return Err(error);
         }
@@ -458,17 +461,12 @@ impl Mailer {
                     ))),
                     other => other,
                 };
-                if let MailError::Config(text) = &error {
-                    *setup = Setup::Refused { error: text.clone(), until: Instant::now() + LOGIN_REFUSAL_HOLD };
+                if matches!(error, MailError::Config(_)) {
+                    hold_refusal(&mut setup, &error);
                 }
                 Err(error)
             }
         }
-    }
-
-    async fn hold_refusal(&self, error: &MailError) {
-        *self.inner.setup.lock().await =
-            Setup::Refused { error: error.to_string(), until: Instant::now() + LOGIN_REFUSAL_HOLD };
     }
 
     /// Lowers the number of connections by one, giving up `permit` for

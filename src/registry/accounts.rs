@@ -8,6 +8,8 @@
 //! it from there.
 
 use serde::Serialize;
+use sqlx::Row;
+use sqlx::any::AnyRow;
 
 use super::{Registry, Result};
 use crate::reconcile::{AccountState, Known};
@@ -70,50 +72,32 @@ pub fn may_come_back(locked_by_admin: bool, deactivated: bool) -> bool {
     !locked_by_admin && !deactivated
 }
 
-#[derive(sqlx::FromRow)]
-pub(super) struct AccountRow {
-    user_id: UserId,
-    display_name: Option<String>,
-    admin: i64,
-    deactivated: i64,
-    locked: i64,
-    is_guest: i64,
-    user_type: Option<String>,
-    synapse_created_at: Option<i64>,
-    first_seen_at: i64,
-    last_seen_present_at: Option<i64>,
-    state: AccountState,
-    missing_since: Option<i64>,
-    recreated_at: Option<i64>,
-    details_fetched_at: Option<i64>,
-    custody_at: Option<i64>,
-    display_name_due_at: Option<i64>,
-}
-
-impl From<AccountRow> for Account {
-    fn from(row: AccountRow) -> Self {
-        Account {
-            user_id: row.user_id,
-            display_name: row.display_name,
-            admin: row.admin != 0,
-            deactivated: row.deactivated != 0,
-            locked: row.locked != 0,
-            is_guest: row.is_guest != 0,
-            user_type: row.user_type,
-            synapse_created_at: row.synapse_created_at,
-            first_seen_at: row.first_seen_at,
-            last_seen_present_at: row.last_seen_present_at,
-            state: row.state,
-            missing_since: row.missing_since,
-            recreated_at: row.recreated_at,
-            details_fetched_at: row.details_fetched_at,
-            custody_at: row.custody_at,
-            display_name_due: row.display_name_due_at.is_some(),
-        }
+// By hand: the Any driver does not decode an integer column as a bool.
+impl<'r> sqlx::FromRow<'r, AnyRow> for Account {
+    fn from_row(row: &'r AnyRow) -> sqlx::Result<Account> {
+        let flag = |column: &str| row.try_get::<i64, _>(column).map(|value| value != 0);
+        Ok(Account {
+            user_id: row.try_get("user_id")?,
+            display_name: row.try_get("display_name")?,
+            admin: flag("admin")?,
+            deactivated: flag("deactivated")?,
+            locked: flag("locked")?,
+            is_guest: flag("is_guest")?,
+            user_type: row.try_get("user_type")?,
+            synapse_created_at: row.try_get("synapse_created_at")?,
+            first_seen_at: row.try_get("first_seen_at")?,
+            last_seen_present_at: row.try_get("last_seen_present_at")?,
+            state: row.try_get("state")?,
+            missing_since: row.try_get("missing_since")?,
+            recreated_at: row.try_get("recreated_at")?,
+            details_fetched_at: row.try_get("details_fetched_at")?,
+            custody_at: row.try_get("custody_at")?,
+            display_name_due: row.try_get::<Option<i64>, _>("display_name_due_at")?.is_some(),
+        })
     }
 }
 
-/// The `SELECT` list of an [`AccountRow`], its state the standing.
+/// The `SELECT` list of an [`Account`], its state the standing.
 pub(super) fn account_columns() -> String {
     format!(
         "a.user_id, a.display_name, a.admin, a.deactivated, a.locked, a.is_guest, a.user_type, \
@@ -174,14 +158,13 @@ impl Registry {
     }
 
     pub async fn account(&self, user_id: &UserId) -> Result<Option<Account>> {
-        let row: Option<AccountRow> = sqlx::query_as(sqlx::AssertSqlSafe(format!(
+        Ok(sqlx::query_as(sqlx::AssertSqlSafe(format!(
             "SELECT {} FROM accounts a WHERE a.user_id = $1",
             account_columns()
         )))
         .bind(user_id)
         .fetch_optional(&self.pool)
-        .await?;
-        Ok(row.map(Account::from))
+        .await?)
     }
 
     /// Is `user_id` an ID of this homeserver that someone lifeboat cannot
@@ -194,7 +177,7 @@ impl Registry {
 
     /// Accounts in user-ID order, optionally only those in `state`.
     pub async fn accounts(&self, state: Option<AccountState>) -> Result<Vec<Account>> {
-        let rows: Vec<AccountRow> = match state {
+        Ok(match state {
             Some(state) => {
                 sqlx::query_as(sqlx::AssertSqlSafe(format!(
                     "SELECT {} FROM accounts a WHERE {STANDING_SQL} = $1 ORDER BY a.user_id",
@@ -212,8 +195,7 @@ impl Registry {
                 .fetch_all(&self.pool)
                 .await?
             }
-        };
-        Ok(rows.into_iter().map(Account::from).collect())
+        })
     }
 
     /// What reconciliation needs of every known account, sorted bytewise by ID.

@@ -26,14 +26,14 @@ stored_as_text! {
     }
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
-#[serde(rename_all = "lowercase")]
-pub enum DeliveryState {
-    Pending,
-    Sending,
-    Sent,
-    Failed,
-    Skipped,
+stored_as_text! {
+    pub enum DeliveryState {
+        Pending = "pending",
+        Sending = "sending",
+        Sent = "sent",
+        Failed = "failed",
+        Skipped = "skipped",
+    }
 }
 
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize)]
@@ -52,7 +52,7 @@ impl DeliveryCounts {
 }
 
 /// A due delivery, read by a notify run, with what is needed to render it.
-#[derive(Clone, Deserialize)]
+#[derive(Clone, Deserialize, sqlx::FromRow)]
 pub struct Delivery {
     pub id: i64,
     pub incident_id: i64,
@@ -315,7 +315,6 @@ impl Registry {
         Ok(OutboxWriter { conn: self.pool.acquire().await?, postgres: self.is_postgres() })
     }
 
-    /// When the next pending delivery of an incident's channel is due, if any.
     /// Pending deliveries on `channel` waiting out a backoff that ends
     /// before `until`: those a working channel may send now. (A message
     /// that may have gone out waits longer, and is not among them.)
@@ -346,6 +345,7 @@ impl Registry {
         .rows_affected())
     }
 
+    /// When the next pending delivery of an incident's channel is due, if any.
     pub async fn next_pending_at(&self, incident_id: i64, channel: DeliveryChannel) -> Result<Option<i64>> {
         let (next,): (Option<i64>,) = sqlx::query_as(
             "SELECT MIN(next_attempt_at) FROM deliveries \
@@ -392,17 +392,16 @@ impl Registry {
 }
 
 impl Registry {
-    /// Every email an incident's notify would send, for a dry run:
-    /// (user ID, display name, address, contact id, account state, recreated at,
-    /// held at, locked, deactivated).
-    #[allow(clippy::type_complexity)]
-    pub async fn email_recipients(
-        &self,
-        incident_id: i64,
-    ) -> Result<Vec<(String, Option<String>, String, i64, AccountState, Option<i64>, Option<i64>, i64, i64)>> {
+    /// Every email an incident's notify would send, for a dry run: never
+    /// stored, so no id, attempt or token. (The casts give PostgreSQL's
+    /// literals the types the Any driver decodes.)
+    pub async fn email_recipients(&self, incident_id: i64) -> Result<Vec<Delivery>> {
         Ok(sqlx::query_as(sqlx::AssertSqlSafe(format!(
-            "SELECT a.user_id, a.display_name, c.address, c.id, {STANDING_SQL}, a.recreated_at, a.custody_at, \
-                    a.locked, a.deactivated \
+            "SELECT CAST(0 AS BIGINT) AS id, ia.incident_id, a.user_id, c.kind AS channel, c.address, \
+                    CAST(0 AS BIGINT) AS attempts, CAST(0 AS BIGINT) AS next_attempt_at, a.display_name, \
+                    a.recreated_at, {STANDING_SQL} AS account_state, a.custody_at AS held_at, a.locked, \
+                    a.deactivated, c.id AS contact_id, c.opted_out_at, CAST(NULL AS TEXT) AS token, \
+                    CAST(NULL AS BIGINT) AS token_expires_at \
              FROM incident_accounts ia JOIN accounts a ON a.user_id = ia.user_id \
              JOIN contacts c ON c.user_id = ia.user_id AND c.kind = 'email' AND c.opted_out_at IS NULL \
              WHERE ia.incident_id = $1 ORDER BY a.user_id, c.address"
@@ -473,13 +472,6 @@ impl OutboxWriter {
         next_attempt_at: Option<i64>,
     ) -> Result<()> {
         let now = now_ms();
-        let state_name = match state {
-            DeliveryState::Pending => "pending",
-            DeliveryState::Sending => "sending",
-            DeliveryState::Sent => "sent",
-            DeliveryState::Failed => "failed",
-            DeliveryState::Skipped => "skipped",
-        };
         sqlx::query(
             "UPDATE deliveries SET state = $2, last_error = $3, next_attempt_at = COALESCE($4, next_attempt_at), \
              sent_at = CASE WHEN $2 = 'sent' THEN $5 ELSE sent_at END, attempts = attempts + $6, \
@@ -489,7 +481,7 @@ impl OutboxWriter {
              WHERE id = $1",
         )
         .bind(id)
-        .bind(state_name)
+        .bind(state)
         .bind(error)
         .bind(next_attempt_at)
         .bind(now)

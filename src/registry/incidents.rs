@@ -4,7 +4,7 @@
 use serde::Serialize;
 
 use super::RoomCounts;
-use super::accounts::{AccountRow, account_columns};
+use super::accounts::account_columns;
 use super::{Account, Actor, Backend, DeliveryCounts, Error, HoldCounts, Registry, Result, STANDING_SQL, now_ms};
 use crate::checked_text::stored_as_text;
 use crate::user_id::UserId;
@@ -252,7 +252,7 @@ impl Registry {
     /// by someone else (recreated); never lifeboat's own account
     /// (`service`). Whether each may have one is `Account::may_come_back`.
     pub async fn accounts_without_notice_token(&self, incident_id: i64, service: &UserId) -> Result<Vec<Account>> {
-        let rows: Vec<AccountRow> = sqlx::query_as(sqlx::AssertSqlSafe(format!(
+        Ok(sqlx::query_as(sqlx::AssertSqlSafe(format!(
             "SELECT {} FROM incident_accounts ia JOIN accounts a ON a.user_id = ia.user_id \
              WHERE ia.incident_id = $1 AND {STANDING_SQL} IN ('missing', 'held', 'recreated') AND a.user_id <> $2 \
                AND NOT EXISTS (SELECT 1 FROM registration_tokens t WHERE t.incident_id = ia.incident_id \
@@ -263,8 +263,7 @@ impl Registry {
         .bind(incident_id)
         .bind(service)
         .fetch_all(&self.pool)
-        .await?;
-        Ok(rows.into_iter().map(Account::from).collect())
+        .await?)
     }
 
     /// Gives tokens not yet created in Synapse a fresh expiry: one recorded

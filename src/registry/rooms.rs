@@ -8,6 +8,8 @@
 use std::collections::HashMap;
 
 use serde::Serialize;
+use sqlx::Row;
+use sqlx::any::AnyRow;
 
 use super::{AccountState, Registry, Result, STANDING_SQL, now_ms};
 use crate::checked_text::stored_as_text;
@@ -127,34 +129,6 @@ impl Room {
     }
 }
 
-#[derive(sqlx::FromRow)]
-struct RoomRow {
-    room_id: String,
-    state: RoomState,
-    name: Option<String>,
-    canonical_alias: Option<String>,
-    topic: Option<String>,
-    avatar_url: Option<String>,
-    join_rule: Option<String>,
-    public: i64,
-    encrypted: i64,
-    room_type: Option<String>,
-    creator: Option<String>,
-    aliases: String,
-    children: String,
-    via_servers: String,
-    joined_local: i64,
-    joined_remote: i64,
-    first_seen_at: i64,
-    last_seen_at: i64,
-    restored_at: Option<i64>,
-    restore_error: Option<String>,
-    recreated_as: Option<String>,
-    members: i64,
-    rejoined: i64,
-    pending: i64,
-}
-
 fn list(json: &str) -> Vec<String> {
     serde_json::from_str(json).unwrap_or_default()
 }
@@ -163,34 +137,37 @@ fn json_list(items: &[String]) -> String {
     serde_json::to_string(items).expect("strings serialize")
 }
 
-impl From<RoomRow> for Room {
-    fn from(row: RoomRow) -> Room {
-        Room {
-            state: row.state,
-            aliases: list(&row.aliases),
-            children: list(&row.children),
-            via_servers: list(&row.via_servers),
-            room_id: row.room_id,
-            name: row.name,
-            canonical_alias: row.canonical_alias,
-            topic: row.topic,
-            avatar_url: row.avatar_url,
-            join_rule: row.join_rule,
-            public: row.public != 0,
-            encrypted: row.encrypted != 0,
-            room_type: row.room_type,
-            creator: row.creator,
-            joined_local: row.joined_local,
-            joined_remote: row.joined_remote,
-            first_seen_at: row.first_seen_at,
-            last_seen_at: row.last_seen_at,
-            restored_at: row.restored_at,
-            restore_error: row.restore_error,
-            recreated_as: row.recreated_as,
-            members: row.members,
-            rejoined: row.rejoined,
-            pending: row.pending,
-        }
+// By hand: the Any driver does not decode an integer column as a bool.
+impl<'r> sqlx::FromRow<'r, AnyRow> for Room {
+    fn from_row(row: &'r AnyRow) -> sqlx::Result<Room> {
+        let flag = |column: &str| row.try_get::<i64, _>(column).map(|value| value != 0);
+        let strings = |column: &str| row.try_get::<String, _>(column).map(|json| list(&json));
+        Ok(Room {
+            room_id: row.try_get("room_id")?,
+            state: row.try_get("state")?,
+            name: row.try_get("name")?,
+            canonical_alias: row.try_get("canonical_alias")?,
+            topic: row.try_get("topic")?,
+            avatar_url: row.try_get("avatar_url")?,
+            join_rule: row.try_get("join_rule")?,
+            public: flag("public")?,
+            encrypted: flag("encrypted")?,
+            room_type: row.try_get("room_type")?,
+            creator: row.try_get("creator")?,
+            aliases: strings("aliases")?,
+            children: strings("children")?,
+            via_servers: strings("via_servers")?,
+            joined_local: row.try_get("joined_local")?,
+            joined_remote: row.try_get("joined_remote")?,
+            first_seen_at: row.try_get("first_seen_at")?,
+            last_seen_at: row.try_get("last_seen_at")?,
+            restored_at: row.try_get("restored_at")?,
+            restore_error: row.try_get("restore_error")?,
+            recreated_as: row.try_get("recreated_as")?,
+            members: row.try_get("members")?,
+            rejoined: row.try_get("rejoined")?,
+            pending: row.try_get("pending")?,
+        })
     }
 }
 
@@ -339,13 +316,12 @@ impl Registry {
              FROM rooms r WHERE ($3 = '' OR r.room_id = $3)) AS known WHERE ($2 = '' OR state = $2) \
              ORDER BY joined_local DESC, room_id"
         );
-        let rows: Vec<RoomRow> = sqlx::query_as(sqlx::AssertSqlSafe(sql))
+        Ok(sqlx::query_as(sqlx::AssertSqlSafe(sql))
             .bind(listed_at)
             .bind(state.map(RoomState::as_str).unwrap_or(""))
             .bind(room_id.unwrap_or(""))
             .fetch_all(&self.pool)
-            .await?;
-        Ok(rows.into_iter().map(Room::from).collect())
+            .await?)
     }
 
     pub async fn room_counts(&self) -> Result<RoomCounts> {

@@ -284,9 +284,10 @@ impl Registry {
             "SELECT user_id FROM accounts WHERE {} AND user_id > $3 ORDER BY user_id LIMIT $4",
             due.predicate()
         );
+        let (now, stale_before) = due.bounds();
         let rows: Vec<(UserId,)> = sqlx::query_as(sqlx::AssertSqlSafe(sql))
-            .bind(due.now())
-            .bind(due.stale_before())
+            .bind(now)
+            .bind(stale_before)
             .bind(after)
             .bind(limit)
             .fetch_all(&self.pool)
@@ -296,11 +297,9 @@ impl Registry {
 
     pub async fn count_accounts_needing_details(&self, due: DetailsDue) -> Result<i64> {
         let sql = format!("SELECT COUNT(*) FROM accounts WHERE {}", due.predicate());
-        let (count,): (i64,) = sqlx::query_as(sqlx::AssertSqlSafe(sql))
-            .bind(due.now())
-            .bind(due.stale_before())
-            .fetch_one(&self.pool)
-            .await?;
+        let (now, stale_before) = due.bounds();
+        let (count,): (i64,) =
+            sqlx::query_as(sqlx::AssertSqlSafe(sql)).bind(now).bind(stale_before).fetch_one(&self.pool).await?;
         Ok(count)
     }
 
@@ -371,26 +370,19 @@ impl Registry {
 
     /// The most recent run whose listing was complete.
     pub async fn last_complete_sync(&self) -> Result<Option<SyncRun>> {
-        Ok(sqlx::query_as(
-            "SELECT id, started_at, finished_at, status, listed, new_accounts, missing, newly_missing, recreated, \
-                    deactivated, details_fetched, details_failed, emails_imported, error \
-             FROM sync_runs WHERE status = 'complete' ORDER BY id DESC LIMIT 1",
-        )
-        .fetch_optional(&self.pool)
-        .await?)
+        let sql = format!("{SELECT_SYNC_RUNS} WHERE status = 'complete' ORDER BY id DESC LIMIT 1");
+        Ok(sqlx::query_as(sqlx::AssertSqlSafe(sql)).fetch_optional(&self.pool).await?)
     }
 
     pub async fn sync_run(&self, id: i64) -> Result<Option<SyncRun>> {
-        Ok(sqlx::query_as(
-            "SELECT id, started_at, finished_at, status, listed, new_accounts, missing, newly_missing, recreated, \
-                    deactivated, details_fetched, details_failed, emails_imported, error \
-             FROM sync_runs WHERE id = $1",
-        )
-        .bind(id)
-        .fetch_optional(&self.pool)
-        .await?)
+        let sql = format!("{SELECT_SYNC_RUNS} WHERE id = $1");
+        Ok(sqlx::query_as(sqlx::AssertSqlSafe(sql)).bind(id).fetch_optional(&self.pool).await?)
     }
 }
+
+/// Reads [`SyncRun`]s.
+const SELECT_SYNC_RUNS: &str = "SELECT id, started_at, finished_at, status, listed, new_accounts, missing, \
+     newly_missing, recreated, deactivated, details_fetched, details_failed, emails_imported, error FROM sync_runs";
 
 /// What the registry stores beside an account's standing, for the marks.
 #[derive(Debug, Clone, Copy)]
@@ -458,17 +450,11 @@ impl DetailsDue {
         }
     }
 
-    fn now(self) -> i64 {
+    /// `$1` (now) and `$2` (stale_before) of [`Self::predicate`].
+    fn bounds(self) -> (i64, i64) {
         match self {
-            DetailsDue::New => 0,
-            DetailsDue::Again { now, .. } => now,
-        }
-    }
-
-    fn stale_before(self) -> i64 {
-        match self {
-            DetailsDue::New => 0,
-            DetailsDue::Again { stale_before, .. } => stale_before,
+            DetailsDue::New => (0, 0),
+            DetailsDue::Again { now, stale_before } => (now, stale_before),
         }
     }
 }

@@ -36,6 +36,12 @@ impl WebLink {
 /// Only verified email contacts that have not opted out are ever written to.
 const MAILABLE: &str = "kind = 'email' AND verified_at IS NOT NULL AND opted_out_at IS NULL";
 
+/// A live link whose email may still arrive: its delivery was not given up
+/// (refused for good, or out of time). One that never arrived must not
+/// hold back the person's next request.
+const MAY_ARRIVE: &str = "NOT EXISTS (SELECT 1 FROM deliveries d WHERE d.id = web_links.delivery_id \
+                          AND d.state IN ('failed', 'skipped'))";
+
 impl Registry {
     /// The mailable contacts holding `address` (one per account that has it).
     pub async fn mailable_contacts_by_address(&self, address: &EmailAddress) -> Result<Vec<MailableContact>> {
@@ -90,32 +96,55 @@ impl Registry {
         Ok(())
     }
 
-    /// The newest link for `purpose` and `user_id` (mailed to `address`,
-    /// when given) that still works: unused and unexpired.
-    pub async fn live_web_link(
-        &self,
-        purpose: &str,
-        user_id: &UserId,
-        address: Option<&EmailAddress>,
-    ) -> Result<Option<WebLink>> {
-        Ok(sqlx::query_as(
-            "SELECT id, purpose, user_id, address, code_hash, attempts, created_at, expires_at, used_at \
-             FROM web_links WHERE purpose = $1 AND user_id = $2 AND ($3 IS NULL OR address = $3) \
-             AND used_at IS NULL AND expires_at > $4 ORDER BY expires_at DESC LIMIT 1",
-        )
+    /// Which delivery carries link `id`'s email.
+    pub async fn set_web_link_delivery(&self, id: &str, delivery_id: i64) -> Result<()> {
+        sqlx::query("UPDATE web_links SET delivery_id = $2 WHERE id = $1")
+            .bind(id)
+            .bind(delivery_id)
+            .execute(&self.pool)
+            .await?;
+        Ok(())
+    }
+
+    /// Does a live link for `purpose` and `user_id`, mailed to `address`,
+    /// still stand a chance of arriving?
+    pub async fn live_web_link_to(&self, purpose: &str, user_id: &UserId, address: &EmailAddress) -> Result<bool> {
+        let found: Option<String> = sqlx::query_scalar(sqlx::AssertSqlSafe(format!(
+            "SELECT id FROM web_links WHERE purpose = $1 AND user_id = $2 AND address = $3 \
+             AND used_at IS NULL AND expires_at > $4 AND {MAY_ARRIVE} LIMIT 1"
+        )))
         .bind(purpose)
         .bind(user_id)
         .bind(address)
         .bind(now_ms())
         .fetch_optional(&self.pool)
+        .await?;
+        Ok(found.is_some())
+    }
+
+    /// The newest live link for `purpose` and `user_id`, wherever it was
+    /// mailed and whether or not the mail arrived: the code it carries went
+    /// by DM, and stays the person's while the link lives.
+    pub async fn live_code_link(&self, purpose: &str, user_id: &UserId) -> Result<Option<WebLink>> {
+        Ok(sqlx::query_as(
+            "SELECT id, purpose, user_id, address, code_hash, attempts, created_at, expires_at, used_at \
+             FROM web_links WHERE purpose = $1 AND user_id = $2 AND used_at IS NULL AND expires_at > $3 \
+             ORDER BY expires_at DESC LIMIT 1",
+        )
+        .bind(purpose)
+        .bind(user_id)
+        .bind(now_ms())
+        .fetch_optional(&self.pool)
         .await?)
     }
 
-    /// How many links for `purpose` mailed to `address` still work.
+    /// How many links for `purpose` mailed to `address` still work and may
+    /// still arrive.
     pub async fn live_web_links_to(&self, purpose: &str, address: &EmailAddress) -> Result<i64> {
-        Ok(sqlx::query_scalar(
-            "SELECT COUNT(*) FROM web_links WHERE purpose = $1 AND address = $2 AND used_at IS NULL AND expires_at > $3",
-        )
+        Ok(sqlx::query_scalar(sqlx::AssertSqlSafe(format!(
+            "SELECT COUNT(*) FROM web_links WHERE purpose = $1 AND address = $2 \
+             AND used_at IS NULL AND expires_at > $3 AND {MAY_ARRIVE}"
+        )))
         .bind(purpose)
         .bind(address)
         .bind(now_ms())

@@ -11,7 +11,7 @@ use serde::Deserialize;
 use serde_json::json;
 
 use super::types::lenient_i64;
-use super::{Error, SynapseClient, urlencode};
+use super::{Error, SynapseClient, found, urlencode};
 
 /// What a create-only `PUT {}` found.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -61,9 +61,7 @@ impl SynapseClient {
         let threepids: Vec<_> =
             emails.iter().map(|address| json!({"medium": "email", "address": address.as_str()})).collect();
         let body = json!({"locked": true, "threepids": threepids});
-        self.request_json::<serde_json::Value>(Method::PUT, &Self::user_path(user_id), &[], Some(&body), true)
-            .await
-            .map(|_| ())
+        self.call(Method::PUT, &Self::user_path(user_id), Some(&body)).await
     }
 
     /// The account that has `address` as an email threepid now, if any
@@ -74,11 +72,7 @@ impl SynapseClient {
             user_id: String,
         }
         let path = format!("/_synapse/admin/v1/threepid/email/users/{}", urlencode(address.as_str()));
-        match self.get_json::<Owner>(&path, &[], true).await {
-            Ok(owner) => Ok(Some(owner.user_id)),
-            Err(Error::NotFound) => Ok(None),
-            Err(err) => Err(err),
-        }
+        Ok(found(self.get_json::<Owner>(&path, &[], true).await)?.map(|owner| owner.user_id))
     }
 
     /// Gives an account lifeboat holds its person's display name. On its
@@ -86,9 +80,7 @@ impl SynapseClient {
     /// directory): holds restore names once every lost ID is safe.
     pub async fn set_display_name(&self, user_id: &str, name: &str) -> Result<(), Error> {
         let body = json!({"displayname": name});
-        self.request_json::<serde_json::Value>(Method::PUT, &Self::user_path(user_id), &[], Some(&body), true)
-            .await
-            .map(|_| ())
+        self.call(Method::PUT, &Self::user_path(user_id), Some(&body)).await
     }
 
     /// Hands an account to its person: unlocks it, sets their password
@@ -107,18 +99,14 @@ impl SynapseClient {
         if let Some(name) = display_name {
             body["displayname"] = json!(name);
         }
-        self.request_json::<serde_json::Value>(Method::PUT, &Self::user_path(user_id), &[], Some(&body), true)
-            .await
-            .map(|_| ())
+        self.call(Method::PUT, &Self::user_path(user_id), Some(&body)).await
     }
 
     /// Deactivates an account for good (Synapse cannot delete one): its ID
     /// can never be registered again.
     pub async fn deactivate_account(&self, user_id: &str) -> Result<(), Error> {
         let path = format!("/_synapse/admin/v1/deactivate/{}", urlencode(user_id));
-        self.request_json::<serde_json::Value>(Method::POST, &path, &[], Some(&json!({"erase": false})), true)
-            .await
-            .map(|_| ())
+        self.call(Method::POST, &path, Some(&json!({"erase": false}))).await
     }
 
     /// How many devices an account has. One lifeboat created has none

@@ -7,7 +7,7 @@ use secrecy::{ExposeSecret, SecretString};
 use serde::Deserialize;
 use serde_json::json;
 
-use super::{Error, SynapseClient, urlencode};
+use super::{Error, SynapseClient, found, urlencode};
 
 #[derive(Debug, Clone, Deserialize)]
 pub struct Whoami {
@@ -88,10 +88,7 @@ impl SynapseClient {
     pub async fn set_registration_token_expiry(&self, token: &str, expiry_time_ms: i64) -> Result<(), Error> {
         let path = format!("/_synapse/admin/v1/registration_tokens/{}", urlencode(token));
         let body = json!({"expiry_time": expiry_time_ms});
-        self.request_json::<serde_json::Value>(Method::PUT, &path, &[], Some(&body), true)
-            .await
-            .map(|_| ())
-            .map_err(|err| err.hiding(token))
+        self.call(Method::PUT, &path, Some(&body)).await.map_err(|err| err.hiding(token))
     }
 
     /// Every registration token Synapse has, with its use counts.
@@ -106,20 +103,13 @@ impl SynapseClient {
 
     pub async fn registration_token(&self, token: &str) -> Result<Option<RegistrationToken>, Error> {
         let path = format!("/_synapse/admin/v1/registration_tokens/{}", urlencode(token));
-        match self.get_json(&path, &[], true).await {
-            Ok(token) => Ok(Some(token)),
-            Err(Error::NotFound) => Ok(None),
-            Err(err) => Err(err.hiding(token)),
-        }
+        found(self.get_json(&path, &[], true).await).map_err(|err| err.hiding(token))
     }
 
     /// Deletes a token; one that is already gone counts as deleted.
     pub async fn delete_registration_token(&self, token: &str) -> Result<(), Error> {
         let path = format!("/_synapse/admin/v1/registration_tokens/{}", urlencode(token));
-        match self.request_json::<serde_json::Value>(Method::DELETE, &path, &[], None, true).await {
-            Ok(_) | Err(Error::NotFound) => Ok(()),
-            Err(err) => Err(err.hiding(token)),
-        }
+        found(self.call(Method::DELETE, &path, None).await).map(drop).map_err(|err| err.hiding(token))
     }
 
     /// Lifts the message rate limits of an account (lifeboat's own, so mass
@@ -127,7 +117,7 @@ impl SynapseClient {
     pub async fn override_rate_limit(&self, user_id: &str) -> Result<(), Error> {
         let path = format!("/_synapse/admin/v1/users/{}/override_ratelimit", urlencode(user_id));
         let body = json!({"messages_per_second": 0, "burst_count": 0});
-        self.request_json::<serde_json::Value>(Method::POST, &path, &[], Some(&body), true).await.map(|_| ())
+        self.call(Method::POST, &path, Some(&body)).await
     }
 
     /// Registers an account through `/_synapse/admin/v1/register` with the

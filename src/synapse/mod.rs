@@ -122,11 +122,7 @@ impl SynapseClient {
     /// A user's details (emails); `None` when Synapse no longer knows them.
     pub async fn user_details(&self, user_id: &str) -> Result<Option<UserDetails>, Error> {
         let path = format!("/_synapse/admin/v2/users/{}", urlencode(user_id));
-        match self.get_json(&path, &[], true).await {
-            Ok(details) => Ok(Some(details)),
-            Err(Error::NotFound) => Ok(None),
-            Err(err) => Err(err),
-        }
+        found(self.get_json(&path, &[], true).await)
     }
 
     /// Walks the whole listing, page after page.
@@ -141,6 +137,11 @@ impl SynapseClient {
         authenticated: bool,
     ) -> Result<T, Error> {
         self.request_json(Method::GET, path, query, None, authenticated).await
+    }
+
+    /// An authenticated request whose answer only matters as success.
+    async fn call(&self, method: Method, path: &str, body: Option<&serde_json::Value>) -> Result<(), Error> {
+        self.request_json::<serde_json::Value>(method, path, &[], body, true).await.map(|_| ())
     }
 
     /// One JSON request, retried on transient failures. Only idempotent
@@ -264,7 +265,6 @@ impl SynapseClient {
         }
     }
 
-    /// Without the URL: paths can hold registration tokens.
     /// A request that got no response: [`Self::unavailable`], unless an
     /// https:// URL's port answers plain HTTP (a TLS handshake there just
     /// waits until it times out, request after request).
@@ -287,6 +287,7 @@ impl SynapseClient {
         error
     }
 
+    /// Without the URL: paths can hold registration tokens.
     fn unavailable(&self, err: reqwest::Error) -> Error {
         let err = err.without_url();
         if let Some(detail) = wrong_url(&err, &self.base) {
@@ -352,6 +353,15 @@ fn backoff(attempt: u32) -> Duration {
     let ceiling = BACKOFF_BASE.saturating_mul(2u32.saturating_pow(attempt)).min(BACKOFF_CAP);
     let millis = rand::rng().random_range(ceiling.as_millis() as u64 / 2..=ceiling.as_millis() as u64);
     Duration::from_millis(millis)
+}
+
+/// A 404 as `None`: something Synapse does not know (any more).
+fn found<T>(result: Result<T, Error>) -> Result<Option<T>, Error> {
+    match result {
+        Ok(value) => Ok(Some(value)),
+        Err(Error::NotFound) => Ok(None),
+        Err(err) => Err(err),
+    }
 }
 
 fn urlencode(text: &str) -> String {

@@ -10,7 +10,7 @@ use serde::Deserialize;
 use serde_json::{Value, json};
 
 use super::types::lenient_i64;
-use super::{Error, SynapseClient, urlencode};
+use super::{Error, SynapseClient, found, urlencode};
 
 /// One room as the admin listing shows it.
 #[derive(Debug, Clone, Deserialize)]
@@ -89,11 +89,7 @@ impl SynapseClient {
             state: Vec<StateEvent>,
         }
         let path = format!("/_synapse/admin/v1/rooms/{}/state", urlencode(room_id));
-        match self.get_json::<State>(&path, &[], true).await {
-            Ok(state) => Ok(Some(state.state)),
-            Err(Error::NotFound) => Ok(None),
-            Err(err) => Err(err),
-        }
+        Ok(found(self.get_json::<State>(&path, &[], true).await)?.map(|state| state.state))
     }
 
     /// The local aliases of a room (a server admin may read any room's).
@@ -152,8 +148,8 @@ impl SynapseClient {
     pub async fn set_alias(&self, alias: &str, room_id: &str) -> Result<bool, Error> {
         let path = format!("/_matrix/client/v3/directory/room/{}", urlencode(alias));
         let body = json!({ "room_id": room_id });
-        match self.request_json::<Value>(Method::PUT, &path, &[], Some(&body), true).await {
-            Ok(_) => Ok(true),
+        match self.call(Method::PUT, &path, Some(&body)).await {
+            Ok(()) => Ok(true),
             Err(Error::Rejected { status: 409, .. }) => Ok(self.alias_target(alias).await?.as_deref() == Some(room_id)),
             Err(err) => Err(err),
         }
@@ -166,18 +162,14 @@ impl SynapseClient {
             room_id: String,
         }
         let path = format!("/_matrix/client/v3/directory/room/{}", urlencode(alias));
-        match self.get_json::<Target>(&path, &[], true).await {
-            Ok(target) => Ok(Some(target.room_id)),
-            Err(Error::NotFound) => Ok(None),
-            Err(err) => Err(err),
-        }
+        Ok(found(self.get_json::<Target>(&path, &[], true).await)?.map(|target| target.room_id))
     }
 
     /// Lists a room in this server's room directory.
     pub async fn list_in_directory(&self, room_id: &str) -> Result<(), Error> {
         let path = format!("/_matrix/client/v3/directory/list/room/{}", urlencode(room_id));
         let body = json!({ "visibility": "public" });
-        self.request_json::<Value>(Method::PUT, &path, &[], Some(&body), true).await.map(|_| ())
+        self.call(Method::PUT, &path, Some(&body)).await
     }
 
     /// Creates a room as the token's account. Sent once: a retried create
@@ -233,7 +225,7 @@ impl SynapseClient {
             urlencode(kind),
             urlencode(state_key)
         );
-        self.request_json::<Value>(Method::PUT, &path, &[], Some(content), true).await.map(|_| ())
+        self.call(Method::PUT, &path, Some(content)).await
     }
 }
 

@@ -18,7 +18,6 @@ use crate::holds::{
     ClaimCheck, HandOverError, MIN_PASSWORD_CHARS, begin_hand_over, check_claim, claim_held, password_problem,
 };
 use crate::links::ClaimLink;
-use crate::recover::AdminAccess;
 use crate::registry::Actor;
 
 pub const PURPOSE: &str = "claim";
@@ -46,28 +45,9 @@ struct ClaimDone {
     client_url: Option<String>,
 }
 
-/// The link's fields, as the URL and the form carry them.
-#[derive(Deserialize)]
-pub struct LinkFields {
-    account: Option<String>,
-    incident: Option<i64>,
-    hold: Option<i64>,
-    until: Option<i64>,
-    sig: Option<String>,
-}
-
-impl LinkFields {
-    fn link(self) -> Option<(ClaimLink, String)> {
-        Some((
-            ClaimLink { account: self.account?, incident: self.incident?, hold: self.hold?, until: self.until? },
-            self.sig?,
-        ))
-    }
-}
-
-/// The posted form: the link's fields, and the password twice. No
-/// `Debug`: it holds the password. (Not `#[serde(flatten)]`: form values
-/// are strings, which a flattened number would refuse.)
+/// The link's fields, as the URL and the form carry them, and the posted
+/// form's CSRF token and password twice (the page ignores them in a URL).
+/// No `Debug`: it holds the password.
 #[derive(Deserialize)]
 pub struct ClaimPost {
     csrf: Option<String>,
@@ -78,6 +58,15 @@ pub struct ClaimPost {
     sig: Option<String>,
     password: Option<String>,
     again: Option<String>,
+}
+
+impl ClaimPost {
+    fn link(&mut self) -> Option<(ClaimLink, String)> {
+        Some((
+            ClaimLink { account: self.account.take()?, incident: self.incident?, hold: self.hold?, until: self.until? },
+            self.sig.take()?,
+        ))
+    }
 }
 
 fn dead(state: &WebState) -> Response {
@@ -129,7 +118,7 @@ fn form_page(state: &WebState, csrf: String, link: ClaimLink, sig: String, probl
 }
 
 /// The mailed link: the account it is for and the password form.
-pub async fn page(State(state): State<WebState>, headers: HeaderMap, Query(fields): Query<LinkFields>) -> Response {
+pub async fn page(State(state): State<WebState>, headers: HeaderMap, Query(mut fields): Query<ClaimPost>) -> Response {
     let Some((link, sig)) = fields.link() else { return dead(&state) };
     let key = match state.key().await {
         Ok(key) => key.clone(),
@@ -151,15 +140,8 @@ impl PostedForm for ClaimPost {
     }
 }
 
-pub async fn claim(State(state): State<WebState>, PublicForm(form, key): PublicForm<ClaimPost>) -> Response {
-    let fields = LinkFields {
-        account: form.account,
-        incident: form.incident,
-        hold: form.hold,
-        until: form.until,
-        sig: form.sig,
-    };
-    let Some((link, sig)) = fields.link() else { return dead(&state) };
+pub async fn claim(State(state): State<WebState>, PublicForm(mut form, key): PublicForm<ClaimPost>) -> Response {
+    let Some((link, sig)) = form.link() else { return dead(&state) };
     let account = match check_claim(&state.registry, &key, &link, &sig).await {
         Ok(ClaimCheck::Usable(account)) => account,
         Ok(ClaimCheck::Taken) => return taken(&state, &link.account),
@@ -212,11 +194,8 @@ async fn hand_over(
     account: &crate::registry::Account,
     password: &SecretString,
 ) -> Result<bool, WebError> {
-    let client = match crate::recover::admin_access(&state.config, &state.registry).await? {
-        AdminAccess::Working { client, .. } => client,
-        AdminAccess::Dead { .. } => {
-            return Err(WebError("no working admin token: cannot hand a held ID back".to_owned()));
-        }
+    let Some(client) = crate::recover::admin_access(&state.config, &state.registry).await?.working() else {
+        return Err(WebError("no working admin token: cannot hand a held ID back".to_owned()));
     };
     let actor = Actor::web(Some(format!("claim link of {}", account.user_id)));
     Ok(claim_held(&state.registry, &client, account, password, &actor).await?)

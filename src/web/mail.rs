@@ -8,13 +8,22 @@ use crate::email::EmailAddress;
 pub use crate::messages::LinkEmail;
 use crate::registry::MessageKind;
 
-/// Queues the link, worth sending until the link stops working
-/// (`expires_at`, ms).
-pub async fn send(state: &WebState, to: &EmailAddress, email: LinkEmail, expires_at: i64) -> Result<(), WebError> {
+/// Queues the email of link `link_id`, worth sending until the link stops
+/// working (`expires_at`, ms), and ties the two: a link whose email is
+/// given up stops counting as on its way.
+pub async fn send(
+    state: &WebState,
+    link_id: &str,
+    to: &EmailAddress,
+    email: LinkEmail,
+    expires_at: i64,
+) -> Result<(), WebError> {
     if !state.inner.can_mail {
         return Err(WebError("no [email] section: cannot mail a link".to_owned()));
     }
     let message = crate::messages::link(&state.config.homeserver.server_name, email);
-    crate::outbox::queue_email(&state.registry, MessageKind::Link, to, &message, None, expires_at).await?;
+    let delivery =
+        crate::outbox::queue_email(&state.registry, MessageKind::Link, to, &message, None, expires_at).await?;
+    state.registry.set_web_link_delivery(link_id, delivery).await?;
     Ok(())
 }

@@ -29,7 +29,6 @@ use tokio::sync::OnceCell;
 use crate::app::Services;
 use crate::config::{Config, WebConfig};
 use crate::dm::DmSender;
-use crate::recover::AdminAccess;
 use crate::registry::Registry;
 
 pub use guard::RateLimiter;
@@ -87,9 +86,8 @@ impl WebState {
         if let Some(sender) = cached.as_ref() {
             return Ok(sender.clone());
         }
-        let client = match crate::recover::admin_access(&self.config, &self.registry).await? {
-            AdminAccess::Working { client, .. } => client,
-            AdminAccess::Dead { .. } => return Err(pages::WebError("no working admin token: cannot DM a code".into())),
+        let Some(client) = crate::recover::admin_access(&self.config, &self.registry).await?.working() else {
+            return Err(pages::WebError("no working admin token: cannot DM a code".into()));
         };
         let Some((sender, _)) = crate::campaign::dm_sender(&self.config, &self.registry, &client).await? else {
             return Err(pages::WebError("lifeboat's own account has no credentials: cannot DM a code".into()));

@@ -112,7 +112,7 @@ async fn start(
     user_id: UserId,
     email: EmailAddress,
 ) -> Result<(), WebError> {
-    if state.registry.live_web_link(PURPOSE, &user_id, Some(&email)).await?.is_some()
+    if state.registry.live_web_link_to(PURPOSE, &user_id, &email).await?
         || state.registry.live_web_links_to(PURPOSE, &email).await? >= LIVE_LINKS_PER_ADDRESS
     {
         return Ok(());
@@ -125,7 +125,7 @@ async fn start(
     let pending_code = match takes_contacts {
         true => state
             .registry
-            .live_web_link(PURPOSE, &user_id, None)
+            .live_code_link(PURPOSE, &user_id)
             .await?
             .filter(|link| link.expires_at - now > CODE_REUSE_MARGIN.as_millis() as i64),
         false => None,
@@ -167,7 +167,7 @@ async fn start(
         action: "Confirm my email address".to_owned(),
         url,
     };
-    mail::send(state, &email, email_text, expires_at).await
+    mail::send(state, &id, &email, email_text, expires_at).await
 }
 
 async fn dm_code(state: &WebState, user_id: &UserId, code: &str, expires_at: i64) -> Result<(), WebError> {

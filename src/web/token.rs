@@ -16,9 +16,7 @@ use super::pages::{self, CheckedForm, Chrome, Message, PostedForm, PublicForm, W
 use super::{WebState, mail, signing};
 use crate::email::EmailAddress;
 use crate::holds::{WayBack, way_back};
-use crate::recover::AdminAccess;
 use crate::registry::{MailableContact, now_ms};
-use crate::tokens::PersonToken;
 use crate::user_id::UserId;
 
 pub const PURPOSE: &str = "token";
@@ -107,7 +105,7 @@ pub async fn request(State(state): State<WebState>, PublicForm(form, key): Publi
         "Check your email",
         &[
             "If what you entered belongs to an account affected by an incident, we have sent a link to the email address we have for that account.",
-            "The link works once, for 30 minutes. If you asked in the last 30 minutes, the link we sent then still works, and no new one is sent until it expires.",
+            "The link works once, for 30 minutes. If you asked in the last 30 minutes, the link we sent then still works, and no new one is sent until it expires (unless your mail server refused it).",
             "If nothing arrives, check your spam folder, or contact the admin.",
         ],
     )
@@ -136,7 +134,7 @@ async fn mail_links(state: &WebState, target: Target, key: &secrecy::SecretStrin
         // Whoever asks, a contact gets one working link at a time: asking
         // again (or someone else asking) mails nothing new, and never
         // takes the person's own request away.
-        if state.registry.live_web_link(purpose, &contact.user_id, Some(&contact.address)).await?.is_some() {
+        if state.registry.live_web_link_to(purpose, &contact.user_id, &contact.address).await? {
             tracing::info!(user_id = %contact.user_id, "an earlier way-back link still works: nothing new mailed");
             continue;
         }
@@ -166,7 +164,7 @@ async fn mail_links(state: &WebState, target: Target, key: &secrecy::SecretStrin
                 url: signing::link_url(&state.web().public_url, key, "/token/open", PURPOSE, &id),
             },
         };
-        if let Err(err) = mail::send(state, &contact.address, email, expires_at).await {
+        if let Err(err) = mail::send(state, &id, &contact.address, email, expires_at).await {
             // A link that never arrived must not count as one that still works.
             state.registry.use_web_link(&id).await?;
             return Err(err);
@@ -224,14 +222,11 @@ async fn show_token(state: &WebState, link: &str, sig: &str) -> Result<Response,
         .next("/token", "Ask again");
         return Ok(pages::html(StatusCode::OK, &page));
     };
-    let client = match crate::recover::admin_access(&state.config, &state.registry).await? {
-        AdminAccess::Working { client, .. } => client,
-        AdminAccess::Dead { .. } => {
-            return Err(WebError("no working admin token: cannot check or issue registration tokens".to_owned()));
-        }
+    let Some(client) = crate::recover::admin_access(&state.config, &state.registry).await?.working() else {
+        return Err(WebError("no working admin token: cannot check or issue registration tokens".to_owned()));
     };
     let limit = i64::from(state.web().token_requests_per_person);
-    let (token, expires_at) = match crate::tokens::token_for_person(
+    let Some((token, expires_at)) = crate::tokens::token_for_person(
         &state.registry,
         &client,
         incident,
@@ -240,18 +235,15 @@ async fn show_token(state: &WebState, link: &str, sig: &str) -> Result<Response,
         Some(limit),
     )
     .await?
-    {
-        PersonToken::Unused { token, expires_at } | PersonToken::Issued { token, expires_at } => (token, expires_at),
-        PersonToken::LimitReached => {
-            let page = Message::new(
-                state,
-                "No new token this time",
-                &[
-                    "Your earlier registration tokens were used or have expired, and this page has handed out as many as it may for one person. Please contact the admin.",
-                ],
-            );
-            return Ok(pages::html(StatusCode::OK, &page));
-        }
+    else {
+        let page = Message::new(
+            state,
+            "No new token this time",
+            &[
+                "Your earlier registration tokens were used or have expired, and this page has handed out as many as it may for one person. Please contact the admin.",
+            ],
+        );
+        return Ok(pages::html(StatusCode::OK, &page));
     };
     let page = TokenShow {
         chrome: Chrome::of(state),

@@ -4,7 +4,7 @@
 use std::collections::HashMap;
 use std::time::Duration;
 
-use crate::harness::{Lifeboat, TestDatabase, TestSmtp, TestSynapse, eventually, unique};
+use crate::harness::{Lifeboat, MatrixUser, TestDatabase, TestSmtp, TestSynapse, eventually, unique};
 
 const POSTMORTEM: &str =
     "# What happened\n\nOur database was **lost** during maintenance.\n\nRegister again with your token.\n";
@@ -672,8 +672,11 @@ async fn tokens_held_back_near_their_expiry_are_renewed_before_they_are_sent() {
     assert!(synapse.token_is_valid(&token).await, "the token sent works");
 }
 
+/// The bot logged in with `bot.access_token` and the notice DMs share a
+/// device, so they share its crypto store: the bot runs first here, and
+/// the CLI's notices must still open the store it made.
 #[tokio::test(flavor = "multi_thread")]
-async fn encrypted_notice_dms_are_readable_on_the_persons_device() {
+async fn encrypted_notice_dms_are_readable_on_the_persons_device_after_the_bot_has_used_the_store() {
     use matrix_sdk::config::SyncSettings;
     use matrix_sdk::room::MessagesOptions;
 
@@ -681,6 +684,9 @@ async fn encrypted_notice_dms_are_readable_on_the_persons_device() {
     let registry = TestDatabase::sqlite();
     let smtp = TestSmtp::start(None);
     let bot = synapse.register("lifeboat");
+    let admin_account = synapse.register(&unique("admin"));
+    let admin = MatrixUser::new(&synapse.url, &admin_account.user_id, &admin_account.access_token);
+    let admin_room = admin.create_room_with(&[&bot.user_id], false, false).await;
     let ann = unique("ann");
     synapse.create_user(&ann, &[]).await;
     // Ann's client exists before the notice, so it has keys to encrypt for.
@@ -691,10 +697,18 @@ async fn encrypted_notice_dms_are_readable_on_the_persons_device() {
     let lifeboat = lifeboat_with_mail(&synapse, &registry, &smtp);
     let config = std::fs::read_to_string(lifeboat.config_path()).unwrap();
     lifeboat.write_config(&format!(
-        "{config}\n[bot]\nuser_id = \"{}\"\naccess_token = \"{}\"\nstore_path = \"bot-store\"\nencrypted_notices = true\n",
-        bot.user_id, bot.access_token
+        "{config}\n[bot]\nuser_id = \"{}\"\naccess_token = \"{}\"\nstore_path = \"bot-store\"\nencrypted_notices = true\n\
+         admin_room = \"{admin_room}\"\nadmins = [\"{}\"]\n",
+        bot.user_id, bot.access_token, admin_account.user_id
     ));
     assert_eq!(lifeboat.run(&["sync"]).await.code, 0);
+    let mut serve = lifeboat.spawn_serve();
+    eventually("the bot joins the admin room", Duration::from_secs(60), || async {
+        admin.membership_of(&admin_room, &bot.user_id).await.as_deref() == Some("join")
+    })
+    .await;
+    unsafe { libc::kill(serve.id().unwrap() as i32, libc::SIGTERM) };
+    serve.wait().await.unwrap();
     let id = open_for_everyone(&lifeboat, "Lost").await.json()["id"].to_string();
     let notify = lifeboat.run(&["notify", &id, "--yes"]).await;
     assert_eq!(notify.code, 0, "{notify:?}");

@@ -530,6 +530,10 @@ async fn the_drill_checks_that_the_bot_can_post_in_the_admin_room() {
     assert!(line["detail"].as_str().unwrap().contains("start `lifeboat serve` once"), "{line}");
 
     rig.serve().await;
+    // A room the bot once made for itself, before bot.admin_room was set:
+    // the bot lives in the configured room now, so the drill posts there.
+    let registry = lifeboat::registry::Registry::connect(&rig.registry_url()).await.unwrap();
+    registry.set_setting("bot_admin_room", &format!("!made-before:{}", rig.synapse.server_name)).await.unwrap();
     let drill = rig.lifeboat.run(&["drill", "--json"]).await;
     let line = bot_line(&drill.json());
     assert_eq!(line["status"], "ok", "{line}");
