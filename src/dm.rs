@@ -59,6 +59,38 @@ pub struct CryptoStore {
     pub passphrase: SecretString,
 }
 
+/// A matrix-sdk client in an existing session (no new device is made),
+/// with the device's store when given: the bot's, its drill's and the
+/// notice DMs' one way in.
+pub async fn restored_client(
+    homeserver: &Url,
+    user_id: &str,
+    access_token: &SecretString,
+    device_id: &str,
+    store: Option<&CryptoStore>,
+) -> Result<Client, DmError> {
+    let user_id: OwnedUserId =
+        user_id.try_into().map_err(|err| DmError::Permanent(format!("`{user_id}` is not a Matrix user ID: {err}")))?;
+    let mut builder = Client::builder().homeserver_url(homeserver.as_str());
+    if let Some(store) = store {
+        // A store belongs to one device: a recovered account is a new one.
+        let dir = store.dir.join(device_id);
+        std::fs::create_dir_all(&dir)
+            .map_err(|err| DmError::Sender(format!("cannot create the store {}: {err}", dir.display())))?;
+        builder = builder.sqlite_store(&dir, Some(store.passphrase.expose_secret()));
+    }
+    let client =
+        builder.build().await.map_err(|err| DmError::Transient(format!("cannot set up the Matrix client: {err}")))?;
+    client
+        .restore_session(MatrixSession {
+            meta: SessionMeta { user_id, device_id: device_id.into() },
+            tokens: SessionTokens { access_token: access_token.expose_secret().to_owned(), refresh_token: None },
+        })
+        .await
+        .map_err(|err| DmError::Transient(format!("cannot restore the session of {device_id}: {err}")))?;
+    Ok(client)
+}
+
 impl DmSender {
     /// Restores a session from an access token (no new device is made).
     pub async fn connect(
@@ -68,28 +100,7 @@ impl DmSender {
         device_id: &str,
         encryption: Option<CryptoStore>,
     ) -> Result<DmSender, DmError> {
-        let user_id: OwnedUserId = user_id
-            .try_into()
-            .map_err(|err| DmError::Permanent(format!("`{user_id}` is not a Matrix user ID: {err}")))?;
-        let mut builder = Client::builder().homeserver_url(homeserver.as_str());
-        if let Some(store) = &encryption {
-            // A store belongs to one device: a recovered account is a new one.
-            let dir = store.dir.join(device_id);
-            std::fs::create_dir_all(&dir)
-                .map_err(|err| DmError::Sender(format!("cannot create the crypto store {}: {err}", dir.display())))?;
-            builder = builder.sqlite_store(&dir, Some(store.passphrase.expose_secret()));
-        }
-        let client = builder
-            .build()
-            .await
-            .map_err(|err| DmError::Transient(format!("cannot set up the Matrix client: {err}")))?;
-        client
-            .restore_session(MatrixSession {
-                meta: SessionMeta { user_id, device_id: device_id.into() },
-                tokens: SessionTokens { access_token: access_token.expose_secret().to_owned(), refresh_token: None },
-            })
-            .await
-            .map_err(|err| DmError::Transient(format!("cannot restore the service account's session: {err}")))?;
+        let client = restored_client(homeserver, user_id, access_token, device_id, encryption.as_ref()).await?;
         if encryption.is_some() {
             // Uploads this device's keys and learns the rooms it is in.
             let settings = matrix_sdk::config::SyncSettings::default().timeout(std::time::Duration::ZERO);

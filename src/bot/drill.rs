@@ -5,15 +5,13 @@
 use std::time::Duration;
 
 use matrix_sdk::Client;
-use matrix_sdk::authentication::matrix::MatrixSession;
 use matrix_sdk::ruma::api::client::message::send_message_event;
 use matrix_sdk::ruma::{OwnedRoomId, OwnedTransactionId};
-use matrix_sdk::{SessionMeta, SessionTokens};
-use secrecy::ExposeSecret;
 
 use super::ROOM_SETTING;
 use super::login::existing_credentials;
 use crate::config::Config;
+use crate::dm::restored_client;
 use crate::drill::Status;
 use crate::registry::{Registry, now_ms};
 
@@ -35,20 +33,12 @@ pub async fn post_test_message(config: &Config, registry: &Registry) -> (Status,
         }
         Err(err) => return (Status::Fail, err.to_string()),
     };
-    let client = match Client::builder().homeserver_url(config.homeserver.url.as_str()).build().await {
+    // No store: a drill must not touch the running bot's keys.
+    let (user_id, token, device) = (&login.user_id, &login.access_token, &login.device_id);
+    let client = match restored_client(&config.homeserver.url, user_id, token, device, None).await {
         Ok(client) => client,
-        Err(err) => return (Status::Fail, format!("cannot set up a Matrix client: {err}")),
+        Err(err) => return (Status::Fail, format!("the bot's session: {err}")),
     };
-    let Ok(user_id) = login.user_id.as_str().try_into() else {
-        return (Status::Fail, format!("`{}` is not a Matrix user ID", login.user_id));
-    };
-    let session = MatrixSession {
-        meta: SessionMeta { user_id, device_id: login.device_id.as_str().into() },
-        tokens: SessionTokens { access_token: login.access_token.expose_secret().to_owned(), refresh_token: None },
-    };
-    if let Err(err) = client.restore_session(session).await {
-        return (Status::Fail, format!("cannot use the bot's session: {err}"));
-    }
     let Some(room_id) = admin_room(config, registry, &client).await else {
         return (
             Status::Fail,

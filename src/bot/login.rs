@@ -3,11 +3,11 @@
 //! a restart keeps its device and keys, and a recovered account, which is
 //! a new device, starts a fresh store).
 
-use matrix_sdk::authentication::matrix::MatrixSession;
-use matrix_sdk::{Client, SessionMeta, SessionTokens};
+use matrix_sdk::Client;
 use secrecy::{ExposeSecret, SecretString};
 
 use crate::config::{BotConfig, Config};
+use crate::dm::{CryptoStore, restored_client};
 use crate::recover::{recover, service_user_id};
 use crate::registry::{Actor, Registry};
 use crate::session::{SESSION_SETTING, StoredSession, store_passphrase};
@@ -161,27 +161,9 @@ pub async fn client(
     registry: &Registry,
     login: &BotLogin,
 ) -> Result<Client, LoginError> {
-    let passphrase = store_passphrase(bot, registry).await?;
-    let dir = bot.store_path.join(&login.device_id);
-    std::fs::create_dir_all(&dir)
-        .map_err(|err| LoginError(format!("cannot create the bot's store {}: {err}", dir.display())))?;
-    let client = Client::builder()
-        .homeserver_url(config.homeserver.url.as_str())
-        .sqlite_store(&dir, Some(passphrase.expose_secret()))
-        .build()
+    let store = CryptoStore { dir: bot.store_path.clone(), passphrase: store_passphrase(bot, registry).await? };
+    let (user_id, token, device) = (&login.user_id, &login.access_token, &login.device_id);
+    restored_client(&config.homeserver.url, user_id, token, device, Some(&store))
         .await
-        .map_err(|err| LoginError(format!("cannot open the bot's store {}: {err}", dir.display())))?;
-    let user_id = login
-        .user_id
-        .as_str()
-        .try_into()
-        .map_err(|err| LoginError(format!("`{}` is not a Matrix user ID: {err}", login.user_id)))?;
-    client
-        .restore_session(MatrixSession {
-            meta: SessionMeta { user_id, device_id: login.device_id.as_str().into() },
-            tokens: SessionTokens { access_token: login.access_token.expose_secret().to_owned(), refresh_token: None },
-        })
-        .await
-        .map_err(|err| LoginError(format!("cannot restore the bot's session: {err}")))?;
-    Ok(client)
+        .map_err(|err| LoginError(format!("the bot's session: {err}")))
 }
