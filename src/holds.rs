@@ -471,12 +471,25 @@ pub enum HandOverError {
 /// One hand-over of an ID at a time, across processes and faces (the claim
 /// page, `lifeboat holds claim`): a second one while the first sets the
 /// password would set another, and the first would then name a password
-/// that no longer works. Release the lease once the hand-over is done.
+/// that no longer works. Runs `work` under the ID's hand-over lease.
+pub async fn one_hand_over<T>(
+    registry: &Registry,
+    user_id: &UserId,
+    work: impl Future<Output = T>,
+) -> Result<T, HandOverError> {
+    let lease = Lease::run(registry, &hand_over_lease(user_id), work).await?;
+    lease.map_err(|_| HandOverError::UnderWay(user_id.to_string()))
+}
+
+/// The hand-over lease of `user_id`, taken by hand (as another process
+/// would); release it once done.
 pub async fn begin_hand_over(registry: &Registry, user_id: &UserId) -> Result<Lease, HandOverError> {
-    match Lease::take(registry, &format!("hand-over:{user_id}")).await? {
-        Ok(lease) => Ok(lease),
-        Err(_) => Err(HandOverError::UnderWay(user_id.to_string())),
-    }
+    let lease = Lease::take(registry, &hand_over_lease(user_id)).await?;
+    lease.map_err(|_| HandOverError::UnderWay(user_id.to_string()))
+}
+
+fn hand_over_lease(user_id: &UserId) -> String {
+    format!("hand-over:{user_id}")
 }
 
 /// Hands a held ID to the person who proved it is theirs by its claim
@@ -511,10 +524,7 @@ pub async fn hand_back(
     password: &SecretString,
     actor: &Actor,
 ) -> Result<(), HandOverError> {
-    let lease = begin_hand_over(registry, user_id).await?;
-    let outcome = hand_back_under_lease(registry, client, user_id, password, actor).await;
-    lease.release().await;
-    outcome
+    one_hand_over(registry, user_id, hand_back_under_lease(registry, client, user_id, password, actor)).await?
 }
 
 async fn hand_back_under_lease(

@@ -15,7 +15,7 @@ use serde::Deserialize;
 use super::WebState;
 use super::pages::{self, Chrome, Message, PostedForm, PublicForm, WebError};
 use crate::holds::{
-    ClaimCheck, HandOverError, MIN_PASSWORD_CHARS, begin_hand_over, check_claim, claim_held, password_problem,
+    ClaimCheck, HandOverError, MIN_PASSWORD_CHARS, check_claim, claim_held, one_hand_over, password_problem,
 };
 use crate::links::ClaimLink;
 use crate::registry::Actor;
@@ -164,15 +164,19 @@ pub async fn claim(State(state): State<WebState>, PublicForm(mut form, key): Pub
         return pages::too_many(&state);
     }
     // One hand-over at a time (another tab, whoever else has the link, or
-    // `lifeboat holds claim`); the link is used up by the first.
-    let lease = match begin_hand_over(&state.registry, &account.user_id).await {
-        Ok(lease) => lease,
-        Err(HandOverError::UnderWay(_)) => return under_way(&state),
-        Err(err) => return WebError::from(err).page(&state),
+    // `lifeboat holds claim`); the link is used up by the first. Its own
+    // task: a visitor who leaves mid-way drops this request, and must not
+    // cut the hand-over short between Synapse and the registry.
+    let work = {
+        let (state, account, password) = (state.clone(), account.clone(), SecretString::from(password));
+        async move { one_hand_over(&state.registry, &account.user_id, hand_over(&state, &account, &password)).await }
     };
-    let password = SecretString::from(password);
-    let outcome = hand_over(&state, &account, &password).await;
-    lease.release().await;
+    let outcome = match tokio::spawn(work).await {
+        Ok(Ok(outcome)) => outcome,
+        Ok(Err(HandOverError::UnderWay(_))) => return under_way(&state),
+        Ok(Err(err)) => Err(WebError::from(err)),
+        Err(err) => Err(WebError(format!("the hand-over stopped: {err}"))),
+    };
     match outcome {
         Ok(true) => {
             tracing::info!(user_id = %account.user_id, "a held ID was claimed by its owner");

@@ -308,6 +308,38 @@ async fn a_claim_link_posted_twice_at_once_is_handed_over_once_with_the_first_pa
     assert_ne!(rig.synapse.login(&localpart, "another long password").await.0, 200, "the second was never set");
 }
 
+/// A visitor who closes the tab while their ID is handed over must not
+/// cut the hand-over short: it finishes, and is recorded, without them.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_claim_whose_visitor_leaves_mid_hand_over_still_finishes() {
+    let (rig, lost, link) = one_held_with_a_claim_link().await;
+    let localpart = lost[0].trim_start_matches('@').split(':').next().unwrap().to_owned();
+    let http = reqwest::Client::builder().no_proxy().build().unwrap();
+    let (cookie, csrf) = form_csrf(&http, &link).await;
+    let (url, query) = (format!("{}/claim", rig.web), link.split_once('?').unwrap().1.to_owned());
+    let form = format!("csrf={csrf}&{query}&password=sea+shanty+lighthouse&again=sea+shanty+lighthouse");
+
+    // With Synapse frozen, the visitor gives up while the hand-over waits.
+    rig.synapse.pause();
+    let impatient = reqwest::Client::builder().no_proxy().timeout(Duration::from_secs(2)).build().unwrap();
+    let left = impatient
+        .post(&url)
+        .header("content-type", "application/x-www-form-urlencoded")
+        .header("cookie", &cookie)
+        .body(form)
+        .send()
+        .await;
+    assert!(left.is_err(), "the visitor left before an answer: {left:?}");
+    rig.synapse.resume();
+
+    eventually("the hand-over finishes without its visitor", Duration::from_secs(60), || async {
+        let shown = rig.lifeboat.run(&["users", "show", &lost[0], "--json"]).await;
+        shown.code == 0 && shown.json()["state"] == "claimed"
+    })
+    .await;
+    assert_eq!(rig.synapse.login(&localpart, "sea shanty lighthouse").await.0, 200, "their password works");
+}
+
 #[tokio::test(flavor = "multi_thread")]
 async fn while_an_ids_hold_is_being_made_neither_its_claim_link_nor_the_cli_hands_it_over() {
     let (rig, lost, link) = one_held_with_a_claim_link().await;
