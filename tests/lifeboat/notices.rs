@@ -214,25 +214,39 @@ async fn after_the_seed_incident_each_contact_gets_one_email_with_a_working_toke
     }
 }
 
+/// One contact opts out before the notices are planned, another after
+/// (while the mail server defers them): neither gets anything.
 #[tokio::test(flavor = "multi_thread")]
 async fn opted_out_contacts_get_nothing() {
     let synapse = TestSynapse::start();
     let registry = TestDatabase::sqlite();
-    let smtp = TestSmtp::start(None);
+    let smtp = TestSmtp::start(Some(0));
     let lifeboat = lifeboat_with_mail(&synapse, &registry, &smtp);
-    let (id, names) = incident_after_wipe(&synapse, &lifeboat, 3).await;
-    let opted_out = format!("{}@example.org", names[0]);
+    let (id, names) = incident_after_wipe(&synapse, &lifeboat, 4).await;
     let client = lifeboat::registry::Registry::connect(&registry.url()).await.unwrap();
-    sqlx::query("UPDATE contacts SET opted_out_at = 1 WHERE address = $1")
-        .bind(&opted_out)
-        .execute(client.pool())
-        .await
-        .unwrap();
+    let opt_out = |name: &str| {
+        let address = format!("{name}@example.org");
+        let pool = client.pool().clone();
+        async move {
+            sqlx::query("UPDATE contacts SET opted_out_at = 1 WHERE address = $1")
+                .bind(&address)
+                .execute(&pool)
+                .await
+                .unwrap();
+        }
+    };
+    opt_out(&names[0]).await;
+    let deferred = lifeboat.run(&["notify", &id, "--yes"]).await;
+    assert_eq!(deferred.code, 1, "the sink deferred every notice: {deferred:?}");
+    opt_out(&names[1]).await;
 
+    smtp.heal();
     let notify = lifeboat.run(&["notify", &id, "--yes"]).await;
     assert_eq!(notify.code, 0, "{notify:?}");
-    assert!(smtp.messages_to(&opted_out).is_empty());
-    assert_eq!(smtp.messages().len(), 1);
+    for name in &names[..2] {
+        assert!(smtp.messages_to(&format!("{name}@example.org")).is_empty(), "{name} opted out");
+    }
+    assert_eq!(smtp.messages().len(), 1, "only the one who did not opt out");
 }
 
 #[tokio::test(flavor = "multi_thread")]
@@ -285,18 +299,39 @@ async fn notices_refused_for_good_are_sent_again_only_with_retry_failed() {
 async fn a_notify_killed_mid_send_and_rerun_reaches_everyone_repeating_at_most_the_in_flight() {
     let synapse = TestSynapse::start();
     let registry = TestDatabase::sqlite();
-    let smtp = TestSmtp::start(None);
+    // Slow enough (8 connections, 100 ms a message) to stop the registry
+    // just after the second claim of 32 began.
+    let smtp = TestSmtp::start_slow(100);
     let lifeboat = lifeboat_with_mail(&synapse, &registry, &smtp);
     let (id, names) = incident_after_wipe(&synapse, &lifeboat, 151).await;
 
     let mut child = lifeboat.spawn(&["notify", &id, "--yes"]);
     let deadline = std::time::Instant::now() + Duration::from_secs(60);
-    while smtp.messages().len() < 20 {
+    while smtp.messages().len() < 33 {
         assert!(std::time::Instant::now() < deadline, "no mail arrived");
         tokio::time::sleep(Duration::from_millis(10)).await;
     }
+    // Then the registry stops taking writes: the sends may run ahead of
+    // their records by the bound and no further (not the whole claim),
+    // and the kill comes once they have stalled (well inside SQLite's
+    // 10 s busy timeout, so notify itself does not give up first).
+    let client = lifeboat::registry::Registry::connect(&registry.url()).await.unwrap();
+    let mut writer = client.pool().acquire().await.unwrap();
+    sqlx::query("BEGIN IMMEDIATE").execute(&mut *writer).await.unwrap();
+    let mut seen = smtp.messages().len();
+    for _ in 0..30 {
+        tokio::time::sleep(Duration::from_millis(200)).await;
+        let now = smtp.messages().len();
+        if now == seen {
+            break;
+        }
+        seen = now;
+    }
     unsafe { libc::kill(child.id().unwrap() as i32, libc::SIGKILL) };
     child.wait().await.unwrap();
+    sqlx::query("ROLLBACK").execute(&mut *writer).await.unwrap();
+    drop(writer);
+    client.close().await;
     let before = smtp.messages().len();
     assert!(before < 150, "killed before the end ({before} sent)");
 
@@ -309,8 +344,7 @@ async fn a_notify_killed_mid_send_and_rerun_reaches_everyone_repeating_at_most_t
         repeats += count - 1;
     }
     // notify sends 8 at a time, and up to 16 more may be sent but not yet
-    // recorded (one group of 8 being written, the next filling; see
-    // src/notify.rs): at most those 24 can repeat.
+    // recorded (the permits in src/outbox.rs): at most those 24 can repeat.
     assert!(repeats <= 24, "at most the messages in flight (8 + 16) repeat, got {repeats}");
     let unique_ids: std::collections::HashSet<Option<String>> =
         smtp.messages().into_iter().map(|m| m.message_id).collect();
