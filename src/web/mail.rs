@@ -10,7 +10,8 @@ use crate::registry::MessageKind;
 
 /// Queues the email of link `link_id`, worth sending until the link stops
 /// working (`expires_at`, ms), and ties the two: a link whose email is
-/// given up stops counting as on its way.
+/// given up stops counting as on its way. One that could not even be
+/// queued is retired at once.
 pub async fn send(
     state: &WebState,
     link_id: &str,
@@ -18,12 +19,18 @@ pub async fn send(
     email: LinkEmail,
     expires_at: i64,
 ) -> Result<(), WebError> {
-    if !state.inner.can_mail {
-        return Err(WebError("no [email] section: cannot mail a link".to_owned()));
+    let queued = async {
+        if !state.inner.can_mail {
+            return Err(WebError("no [email] section: cannot mail a link".to_owned()));
+        }
+        let message = crate::messages::link(&state.config.homeserver.server_name, email);
+        Ok(crate::outbox::queue_email(&state.registry, MessageKind::Link, to, &message, None, expires_at).await?)
+    };
+    match queued.await {
+        Ok(delivery) => Ok(state.registry.set_web_link_delivery(link_id, delivery).await?),
+        Err(err) => {
+            state.registry.use_web_link(link_id).await?;
+            Err(err)
+        }
     }
-    let message = crate::messages::link(&state.config.homeserver.server_name, email);
-    let delivery =
-        crate::outbox::queue_email(&state.registry, MessageKind::Link, to, &message, None, expires_at).await?;
-    state.registry.set_web_link_delivery(link_id, delivery).await?;
-    Ok(())
 }
