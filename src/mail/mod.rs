@@ -1110,6 +1110,33 @@ mod tests {
         assert!(seen.commands_starting("MAIL").is_empty());
     }
 
+    /// A relay that accepts the first login and refuses the later ones
+    /// (the password changed, a jail began counting): the refusal is held
+    /// like one at setup, so new connections stop trying it.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_login_refused_after_setup_worked_is_not_tried_again_by_every_send() {
+        static LOGINS: AtomicUsize = AtomicUsize::new(0);
+        let (port, seen) = scripted_server(Script::replying(|verb, _| match verb {
+            "EHLO" => Some("250-scripted\r\n250 AUTH PLAIN LOGIN"),
+            "AUTH" if LOGINS.fetch_add(1, Ordering::SeqCst) > 0 => Some("535 5.7.8 authentication failed"),
+            _ => None,
+        }))
+        .await;
+        let url = format!("smtp://lifeboat@127.0.0.1:{port}");
+        let mailer = Mailer::from_config(&config(&url, Some("hunter2")), 4).unwrap();
+        mailer.send(&email_to("alice@example.net")).await.unwrap();
+
+        let refused = send_at_once(&mailer, 12).await.into_iter().filter(Result::is_err).count();
+        assert!(refused > 0, "the new connections were refused");
+        let tries = seen.commands_starting("AUTH").len();
+        assert!(tries <= 4, "one try per connection open at once, not one per send: {tries}");
+        for sent in send_at_once(&mailer, 12).await {
+            let err = sent.unwrap_err();
+            assert!(matches!(err, MailError::Config(ref m) if m.contains("refused the login")), "{err:?}");
+        }
+        assert_eq!(seen.commands_starting("AUTH").len(), tries, "held: no more tries");
+    }
+
     /// A relay that takes two connections at once and answers a third with
     /// 421: the mailer sends over two, and every message goes.
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
