@@ -250,8 +250,8 @@ fn is_unknown_token(err: &matrix_sdk::Error) -> bool {
     matches!(err.client_api_error_kind(), Some(ErrorKind::UnknownToken { .. }))
 }
 
-/// Finds the admin room: the one the bot made (kept in the registry), else
-/// `bot.admin_room` (joined if invited or public). Makes a new one when
+/// Finds the admin room: `bot.admin_room` (joined if invited or public),
+/// else the one the bot made (kept in the registry). Makes a new one when
 /// none is configured, or when the bot's account was recovered after a
 /// wipe (the old room died with the database). Returns whether it made one.
 async fn settle_admin_room(bot: &Arc<Bot>, client: &Client, recovered: bool) -> Result<bool, String> {

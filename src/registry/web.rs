@@ -122,14 +122,14 @@ impl Registry {
         Ok(found.is_some())
     }
 
-    /// The newest live link for `purpose` and `user_id`, wherever it was
-    /// mailed and whether or not the mail arrived: the code it carries went
-    /// by DM, and stays the person's while the link lives.
+    /// The newest live link for `purpose` and `user_id` carrying a code,
+    /// wherever it was mailed and whether or not the mail arrived: the code
+    /// went by DM, and stays the person's while the link lives.
     pub async fn live_code_link(&self, purpose: &str, user_id: &UserId) -> Result<Option<WebLink>> {
         Ok(sqlx::query_as(
             "SELECT id, purpose, user_id, address, code_hash, attempts, created_at, expires_at, used_at \
              FROM web_links WHERE purpose = $1 AND user_id = $2 AND used_at IS NULL AND expires_at > $3 \
-             ORDER BY expires_at DESC LIMIT 1",
+             AND code_hash IS NOT NULL ORDER BY expires_at DESC LIMIT 1",
         )
         .bind(purpose)
         .bind(user_id)

@@ -169,7 +169,19 @@ pub async fn claim(State(state): State<WebState>, PublicForm(mut form, key): Pub
     // cut the hand-over short between Synapse and the registry.
     let work = {
         let (state, account, password) = (state.clone(), account.clone(), SecretString::from(password));
-        async move { one_hand_over(&state.registry, &account.user_id, hand_over(&state, &account, &password)).await }
+        async move {
+            let outcome =
+                one_hand_over(&state.registry, &account.user_id, hand_over(&state, &account, &password)).await;
+            // Said here too: the visitor may be gone before the page is.
+            match &outcome {
+                Ok(Ok(true)) => tracing::info!(user_id = %account.user_id, "a held ID was claimed by its owner"),
+                Ok(Err(err)) => {
+                    tracing::warn!(user_id = %account.user_id, error = %err.0, "a claim's hand-over failed")
+                }
+                _ => {}
+            }
+            outcome
+        }
     };
     let outcome = match tokio::spawn(work).await {
         Ok(Ok(outcome)) => outcome,
@@ -179,7 +191,6 @@ pub async fn claim(State(state): State<WebState>, PublicForm(mut form, key): Pub
     };
     match outcome {
         Ok(true) => {
-            tracing::info!(user_id = %account.user_id, "a held ID was claimed by its owner");
             let page = ClaimDone {
                 chrome: Chrome::of(&state),
                 homeserver_url: state.config.homeserver.public_url.to_string(),

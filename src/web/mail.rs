@@ -27,8 +27,16 @@ pub async fn send(
         Ok(crate::outbox::queue_email(&state.registry, MessageKind::Link, to, &message, None, expires_at).await?)
     };
     match queued.await {
-        Ok(delivery) => Ok(state.registry.set_web_link_delivery(link_id, delivery).await?),
+        Ok(delivery) => {
+            // The mail goes out either way; without the tie the link only
+            // counts as on its way until it expires.
+            if let Err(err) = state.registry.set_web_link_delivery(link_id, delivery).await {
+                tracing::warn!(error = %err, "a queued link was not tied to its delivery");
+            }
+            Ok(())
+        }
         Err(err) => {
+            tracing::warn!(error = %err.0, "a link's email could not be queued: the link is retired");
             state.registry.use_web_link(link_id).await?;
             Err(err)
         }

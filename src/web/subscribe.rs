@@ -112,6 +112,11 @@ async fn start(
     user_id: UserId,
     email: EmailAddress,
 ) -> Result<(), WebError> {
+    // Without mail no link can arrive, so a code would only be a DM a
+    // stranger could send someone at will.
+    if !state.inner.can_mail {
+        return Ok(());
+    }
     if state.registry.live_web_link_to(PURPOSE, &user_id, &email).await?
         || state.registry.live_web_links_to(PURPOSE, &email).await? >= LIVE_LINKS_PER_ADDRESS
     {
@@ -153,7 +158,10 @@ async fn start(
     if let Some(code) = code_to_send {
         dm_code(state, &user_id, &code, expires_at).await?;
     }
-    state.registry.create_web_link(&id, PURPOSE, &user_id, &email, Some(&hash), expires_at).await?;
+    // A code that went nowhere is not kept: later requests, once the
+    // account is its person's, must not reuse a code they never got.
+    let sent_code = takes_contacts.then_some(hash.as_str());
+    state.registry.create_web_link(&id, PURPOSE, &user_id, &email, sent_code, expires_at).await?;
 
     let server_name = &state.config.homeserver.server_name;
     let url = signing::link_url(&state.web().public_url, key, "/subscribe/confirm", PURPOSE, &id);

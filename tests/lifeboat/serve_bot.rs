@@ -843,6 +843,61 @@ async fn subscribing_mails_alike_for_any_account_and_dms_one_code_at_a_time_with
     assert!(!log.contains("might have been deleted") && !log.contains("Not sharing message history"), "{log}");
 }
 
+/// A request for an ID lifeboat does not know (yet) DMs nothing: once the
+/// account is known, its person's own request must bring a code, not
+/// reuse the one that went nowhere.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_code_that_went_nowhere_is_never_reused_once_the_account_is_known() {
+    let mut rig = Rig::start(TestSmtp::start(None), &[]).await;
+    rig.serve().await;
+    let http = reqwest::Client::builder().no_proxy().build().unwrap();
+    let bob_localpart = unique("bob");
+    let bob_id = rig.synapse.user_id(&bob_localpart);
+    let early = format!("{bob_localpart}-early@example.org");
+    assert_eq!(subscribe(&rig, &http, &bob_id, &early).await, 200);
+    eventually("the early link is mailed", Duration::from_secs(30), || async {
+        !rig.smtp.messages_to(&early).is_empty()
+    })
+    .await;
+
+    let bob_account = rig.synapse.register(&bob_localpart);
+    let lifeboat = &rig.lifeboat;
+    eventually("the watcher knows bob", Duration::from_secs(60), || async {
+        let shown = lifeboat.run(&["users", "show", &bob_id, "--json"]).await;
+        shown.code == 0 && shown.json()["state"] == "present"
+    })
+    .await;
+    let bob = MatrixUser::new(&rig.synapse.url, &bob_account.user_id, &bob_account.access_token);
+    assert_eq!(subscribe(&rig, &http, &bob_id, &format!("{bob_localpart}-own@example.org")).await, 200);
+    let dm = eventually_invited(&bob).await;
+    bob.join(&dm).await;
+    bob.wait_for_message(&dm, &rig.bot, "Your code", Duration::from_secs(30)).await;
+}
+
+/// With no [email] section no subscription link can arrive: the form must
+/// not become a way for strangers to DM codes to someone at will.
+#[tokio::test(flavor = "multi_thread")]
+async fn without_mail_the_subscription_form_dms_no_codes() {
+    let mut rig = Rig::start(TestSmtp::start(None), &[]).await;
+    let bob_localpart = unique("bob");
+    let bob_account = rig.synapse.register(&bob_localpart);
+    assert_eq!(rig.lifeboat.run(&["sync"]).await.code, 0);
+    let bob = MatrixUser::new(&rig.synapse.url, &bob_account.user_id, &bob_account.access_token);
+    let config = std::fs::read_to_string(rig.lifeboat.config_path()).unwrap();
+    let email_section = config.find("[email]").unwrap();
+    let after = email_section + config[email_section..].find("\n\n").unwrap() + 2;
+    let config = format!("{}{}", &config[..email_section], &config[after..]);
+    rig.lifeboat.write_config(&config);
+    rig.serve().await;
+    let http = reqwest::Client::builder().no_proxy().build().unwrap();
+
+    for n in 0..3 {
+        assert_eq!(subscribe(&rig, &http, &bob.user_id, &format!("{bob_localpart}-{n}@example.org")).await, 200);
+    }
+    tokio::time::sleep(Duration::from_secs(5)).await;
+    assert!(bob.invites().await.is_empty(), "no DM; serve log:\n{}", rig.lifeboat.serve_log());
+}
+
 async fn eventually_invited(person: &MatrixUser) -> String {
     for _ in 0..120 {
         if let Some(room) = person.invites().await.into_iter().next() {
