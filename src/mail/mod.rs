@@ -930,8 +930,12 @@ mod tests {
                     return;
                 }
                 tokio::time::sleep(delay).await;
-                // After 421 a server closes the connection (RFC 5321 3.8).
-                let closes = answer.starts_with("421") || answer.starts_with("221");
+                // After 421 a server closes the connection (RFC 5321 3.8);
+                // "… then close" closes after an ordinary answer.
+                let (answer, closes) = match answer.strip_suffix(" then close") {
+                    Some(answer) => (answer.to_owned(), true),
+                    None => (answer.clone(), answer.starts_with("421") || answer.starts_with("221")),
+                };
                 if write.write_all(format!("{answer}\r\n").as_bytes()).await.is_err() || closes {
                     return;
                 }
@@ -1017,6 +1021,21 @@ mod tests {
         assert!(message.contains("550 5.1.1 no such user"), "{message}");
         mailer.send(&email_to("bob@example.net")).await.unwrap();
         assert_eq!(seen.commands_starting("DATA").len(), 1);
+    }
+
+    /// A relay that drops connections once they have carried a message:
+    /// the pooled one is found dead before use (NOOP), not sent into.
+    #[tokio::test]
+    async fn a_pooled_connection_the_server_dropped_is_replaced_before_the_next_message() {
+        let (port, seen) = scripted_server(Script::replying(|verb, _| {
+            (verb == "END-OF-DATA").then_some("250 2.0.0 queued then close")
+        }))
+        .await;
+        let mailer = Mailer::from_config(&config(&format!("smtp://127.0.0.1:{port}"), None), 1).unwrap();
+        mailer.send(&email_to("alice@example.net")).await.unwrap();
+        mailer.send(&email_to("bob@example.net")).await.unwrap();
+        assert_eq!(seen.commands_starting("DATA").len(), 2);
+        assert_eq!(seen.accepted.load(Ordering::SeqCst), 2, "one new connection for the second message");
     }
 
     #[tokio::test]
