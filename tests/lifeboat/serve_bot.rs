@@ -540,41 +540,48 @@ async fn the_drill_checks_that_the_bot_can_post_in_the_admin_room() {
     rig.alice.wait_for_message(&rig.admin_room, &rig.bot, "lifeboat drill", Duration::from_secs(30)).await;
 }
 
-#[tokio::test(flavor = "multi_thread")]
-async fn commands_and_replies_work_in_an_end_to_end_encrypted_admin_room() {
+/// A real client of `user_id` with its own keys (its store lives in `store`).
+async fn e2e_client(
+    synapse: &TestSynapse,
+    user_id: &str,
+    password: &str,
+    store: &std::path::Path,
+) -> matrix_sdk::Client {
+    let client =
+        matrix_sdk::Client::builder().homeserver_url(&synapse.url).sqlite_store(store, None).build().await.unwrap();
+    client.matrix_auth().login_username(user_id, password).await.unwrap();
+    client.sync_once(matrix_sdk::config::SyncSettings::default()).await.unwrap();
+    client
+}
+
+/// Sends `!lifeboat status` in the encrypted admin room from alice's real
+/// client and waits for the bot's reply: whether it came encrypted, and
+/// that alice could read it.
+async fn status_in_encrypted_room(rig: &Rig, alice: &matrix_sdk::Client, nth: usize) -> bool {
     use matrix_sdk::config::SyncSettings;
     use matrix_sdk::room::MessagesOptions;
     use matrix_sdk::ruma::events::room::message::RoomMessageEventContent;
 
-    let mut rig = Rig::start_encrypted(TestSmtp::start(None)).await;
-    rig.serve().await;
-    // Alice on a real client with its own keys.
-    let store = tempfile::tempdir().unwrap();
-    let client = matrix_sdk::Client::builder()
-        .homeserver_url(&rig.synapse.url)
-        .sqlite_store(store.path(), None)
-        .build()
-        .await
-        .unwrap();
-    client.matrix_auth().login_username(&rig.alice.user_id, &rig.alice_password).await.unwrap();
-    client.sync_once(SyncSettings::default()).await.unwrap();
     let room_id: matrix_sdk::ruma::OwnedRoomId = rig.admin_room.as_str().try_into().unwrap();
-    let room = client.get_room(&room_id).expect("alice's client knows the admin room");
+    let room = alice.get_room(&room_id).expect("alice's client knows the admin room");
     assert!(room.latest_encryption_state().await.unwrap().is_encrypted(), "the admin room is encrypted");
     room.send(RoomMessageEventContent::text_plain("!lifeboat status")).await.unwrap();
-
     let deadline = std::time::Instant::now() + Duration::from_secs(60);
-    let reply = loop {
-        client.sync_once(SyncSettings::default().timeout(Duration::from_secs(1))).await.unwrap();
+    loop {
+        alice.sync_once(SyncSettings::default().timeout(Duration::from_secs(1))).await.unwrap();
         let messages = room.messages(MessagesOptions::backward()).await.unwrap();
-        let found = messages.chunk.iter().find_map(|event| {
-            let json: serde_json::Value = serde_json::from_str(event.raw().json().get()).ok()?;
-            let body = json["content"]["body"].as_str()?;
-            (json["sender"] == rig.bot.as_str() && body.contains("Registry:"))
-                .then(|| (body.to_owned(), event.encryption_info().is_some()))
-        });
-        if let Some(found) = found {
-            break found;
+        let replies: Vec<bool> = messages
+            .chunk
+            .iter()
+            .filter_map(|event| {
+                let json: serde_json::Value = serde_json::from_str(event.raw().json().get()).ok()?;
+                let body = json["content"]["body"].as_str()?;
+                (json["sender"] == rig.bot.as_str() && body.contains("Registry:"))
+                    .then(|| event.encryption_info().is_some())
+            })
+            .collect();
+        if replies.len() >= nth {
+            return replies.iter().all(|encrypted| *encrypted);
         }
         assert!(
             std::time::Instant::now() < deadline,
@@ -582,8 +589,86 @@ async fn commands_and_replies_work_in_an_end_to_end_encrypted_admin_room() {
             rig.lifeboat.serve_log()
         );
         tokio::time::sleep(Duration::from_millis(500)).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn commands_and_replies_work_in_an_end_to_end_encrypted_admin_room() {
+    let mut rig = Rig::start_encrypted(TestSmtp::start(None)).await;
+    rig.serve().await;
+    let store = tempfile::tempdir().unwrap();
+    let alice = e2e_client(&rig.synapse, &rig.alice.user_id, &rig.alice_password, store.path()).await;
+    assert!(status_in_encrypted_room(&rig, &alice, 1).await, "the bot's reply was encrypted");
+}
+
+/// A bot logged in with `bot.access_token` and the encrypted notice DMs
+/// are one device with one store: notices sent by the CLI while serve runs
+/// must reach their person readable, and leave the bot able to read and
+/// answer its encrypted admin room.
+#[tokio::test(flavor = "multi_thread")]
+async fn encrypted_notices_beside_a_running_bot_on_its_device_leave_both_readable() {
+    use matrix_sdk::config::SyncSettings;
+    use matrix_sdk::room::MessagesOptions;
+
+    let mut rig = Rig::start_encrypted(TestSmtp::start(None)).await;
+    let config = std::fs::read_to_string(rig.lifeboat.config_path()).unwrap();
+    let bot_section = config.find("[bot]").unwrap();
+    let password_line = bot_section + config[bot_section..].find("password = \"").unwrap();
+    let line_end = password_line + config[password_line..].find('\n').unwrap();
+    let password = config[password_line..line_end].trim_start_matches("password = \"").trim_end_matches('"');
+    let bot_localpart = rig.bot.trim_start_matches('@').split(':').next().unwrap().to_owned();
+    let (status, login) = rig.synapse.login(&bot_localpart, password).await;
+    assert_eq!(status, 200, "{login}");
+    let token = login["access_token"].as_str().unwrap();
+    rig.lifeboat.write_config(&format!(
+        "{}access_token = \"{token}\"\nencrypted_notices = true{}",
+        &config[..password_line],
+        &config[line_end..]
+    ));
+    let ann = unique("ann");
+    rig.synapse.create_user(&ann, &[]).await;
+    assert_eq!(rig.lifeboat.run(&["sync"]).await.code, 0);
+    rig.serve().await;
+    let stores = tempfile::tempdir().unwrap();
+    let alice = e2e_client(&rig.synapse, &rig.alice.user_id, &rig.alice_password, &stores.path().join("alice")).await;
+    assert!(status_in_encrypted_room(&rig, &alice, 1).await, "the bot answers before the notices");
+    let ann_client =
+        e2e_client(&rig.synapse, &rig.synapse.user_id(&ann), "correct horse battery", &stores.path().join("ann")).await;
+
+    let args = ["incident", "open", "--title", "Lost", "--postmortem", "postmortem.md", "--affected", "all", "--json"];
+    std::fs::write(rig.lifeboat.dir().join("postmortem.md"), "# Lost\n\nIt went.\n").unwrap();
+    let open = rig.lifeboat.run(&args).await;
+    assert_eq!(open.code, 0, "{open:?}");
+    let notify = rig.lifeboat.run(&["notify", &open.json()["id"].to_string(), "--yes"]).await;
+    assert_eq!(notify.code, 0, "{notify:?}");
+
+    let deadline = std::time::Instant::now() + Duration::from_secs(60);
+    let notice = loop {
+        ann_client.sync_once(SyncSettings::default().timeout(Duration::from_secs(1))).await.unwrap();
+        if let Some(room) = ann_client.invited_rooms().pop() {
+            room.join().await.unwrap();
+            continue;
+        }
+        let mut found = None;
+        for room in ann_client.joined_rooms() {
+            for event in room.messages(MessagesOptions::backward()).await.unwrap().chunk {
+                let json: serde_json::Value = serde_json::from_str(event.raw().json().get()).unwrap();
+                if json["type"] == "m.room.message" {
+                    found = Some((
+                        json["content"]["body"].as_str().unwrap_or("").to_owned(),
+                        event.encryption_info().is_some(),
+                    ));
+                }
+            }
+        }
+        if let Some(found) = found {
+            break found;
+        }
+        assert!(std::time::Instant::now() < deadline, "no notice reached ann:\n{}", rig.lifeboat.serve_log());
+        tokio::time::sleep(Duration::from_millis(500)).await;
     };
-    assert!(reply.1, "the bot's reply was encrypted: {}", reply.0);
+    assert!(notice.1 && notice.0.contains("Lost"), "ann read the encrypted notice: {notice:?}");
+    assert!(status_in_encrypted_room(&rig, &alice, 2).await, "the bot still answers, encrypted");
 }
 
 #[tokio::test(flavor = "multi_thread")]
