@@ -106,20 +106,25 @@ impl Registry {
         Ok(())
     }
 
-    /// Does a live link for `purpose` and `user_id`, mailed to `address`,
-    /// still stand a chance of arriving?
-    pub async fn live_web_link_to(&self, purpose: &str, user_id: &UserId, address: &EmailAddress) -> Result<bool> {
-        let found: Option<String> = sqlx::query_scalar(sqlx::AssertSqlSafe(format!(
-            "SELECT id FROM web_links WHERE purpose = $1 AND user_id = $2 AND address = $3 \
-             AND used_at IS NULL AND expires_at > $4 AND {MAY_ARRIVE} LIMIT 1"
+    /// The newest live link for `purpose` and `user_id`, mailed to
+    /// `address`, that still stands a chance of arriving.
+    pub async fn live_web_link_to(
+        &self,
+        purpose: &str,
+        user_id: &UserId,
+        address: &EmailAddress,
+    ) -> Result<Option<WebLink>> {
+        Ok(sqlx::query_as(sqlx::AssertSqlSafe(format!(
+            "SELECT id, purpose, user_id, address, code_hash, attempts, created_at, expires_at, used_at \
+             FROM web_links WHERE purpose = $1 AND user_id = $2 AND address = $3 \
+             AND used_at IS NULL AND expires_at > $4 AND {MAY_ARRIVE} ORDER BY expires_at DESC LIMIT 1"
         )))
         .bind(purpose)
         .bind(user_id)
         .bind(address)
         .bind(now_ms())
         .fetch_optional(&self.pool)
-        .await?;
-        Ok(found.is_some())
+        .await?)
     }
 
     /// The newest live link for `purpose` and `user_id` carrying a code,

@@ -117,15 +117,19 @@ async fn start(
     if !state.inner.can_mail {
         return Ok(());
     }
-    if state.registry.live_web_link_to(PURPOSE, &user_id, &email).await?
-        || state.registry.live_web_links_to(PURPOSE, &email).await? >= LIVE_LINKS_PER_ADDRESS
-    {
-        return Ok(());
-    }
     let known = state.registry.account(&user_id).await?;
     // Only an account that is its registry person's (never one a stranger
     // registered again, nor one held for its owner) takes new contacts.
     let takes_contacts = known.is_some_and(|account| account.state.is_its_persons());
+    // A link on its way to this address serves, unless it carries no code
+    // while the account now takes one (asked for before it was its
+    // person's, perhaps by someone else).
+    let on_its_way = state.registry.live_web_link_to(PURPOSE, &user_id, &email).await?;
+    if on_its_way.is_some_and(|link| link.code_hash.is_some() || !takes_contacts)
+        || state.registry.live_web_links_to(PURPOSE, &email).await? >= LIVE_LINKS_PER_ADDRESS
+    {
+        return Ok(());
+    }
     let now = now_ms();
     let pending_code = match takes_contacts {
         true => state

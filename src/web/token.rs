@@ -134,7 +134,7 @@ async fn mail_links(state: &WebState, target: Target, key: &secrecy::SecretStrin
         // Whoever asks, a contact gets one working link at a time: asking
         // again (or someone else asking) mails nothing new, and never
         // takes the person's own request away.
-        if state.registry.live_web_link_to(purpose, &contact.user_id, &contact.address).await? {
+        if state.registry.live_web_link_to(purpose, &contact.user_id, &contact.address).await?.is_some() {
             tracing::info!(user_id = %contact.user_id, "an earlier way-back link still works: nothing new mailed");
             continue;
         }

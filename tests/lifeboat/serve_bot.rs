@@ -953,10 +953,15 @@ async fn a_code_that_went_nowhere_is_never_reused_once_the_account_is_known() {
     })
     .await;
     let bob = MatrixUser::new(&rig.synapse.url, &bob_account.user_id, &bob_account.access_token);
-    assert_eq!(subscribe(&rig, &http, &bob_id, &format!("{bob_localpart}-own@example.org")).await, 200);
+    // The same address: the early link, still live, must not stand in.
+    assert_eq!(subscribe(&rig, &http, &bob_id, &early).await, 200);
     let dm = eventually_invited(&bob).await;
     bob.join(&dm).await;
     bob.wait_for_message(&dm, &rig.bot, "Your code", Duration::from_secs(30)).await;
+    eventually("a link that goes with the code", Duration::from_secs(30), || async {
+        rig.smtp.messages_to(&early).len() == 2
+    })
+    .await;
 }
 
 /// With no [email] section no subscription link can arrive: the form must
