@@ -964,6 +964,32 @@ async fn a_code_that_went_nowhere_is_never_reused_once_the_account_is_known() {
     .await;
 }
 
+/// A code whose DM failed is not kept: the next request DMs one, rather
+/// than reusing a code its person never got.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_code_whose_dm_failed_is_not_reused() {
+    let mut rig = Rig::start(TestSmtp::start(None), &[]).await;
+    let bob_localpart = unique("bob");
+    let bob_account = rig.synapse.register(&bob_localpart);
+    assert_eq!(rig.lifeboat.run(&["sync"]).await.code, 0);
+    let bob = MatrixUser::new(&rig.synapse.url, &bob_account.user_id, &bob_account.access_token);
+    rig.serve().await;
+    let http = reqwest::Client::builder().no_proxy().build().unwrap();
+    let address = format!("{bob_localpart}@example.org");
+
+    // Synapse down: the code cannot be DMed, so nothing is mailed either.
+    rig.synapse.stop();
+    assert_eq!(subscribe(&rig, &http, &bob.user_id, &address).await, 200);
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    rig.synapse.start_again();
+    assert!(rig.smtp.messages_to(&address).is_empty(), "no link without its code");
+
+    assert_eq!(subscribe(&rig, &http, &bob.user_id, &address).await, 200);
+    let dm = eventually_invited(&bob).await;
+    bob.join(&dm).await;
+    bob.wait_for_message(&dm, &rig.bot, "Your code", Duration::from_secs(30)).await;
+}
+
 /// With no [email] section no subscription link can arrive: the form must
 /// not become a way for strangers to DM codes to someone at will.
 #[tokio::test(flavor = "multi_thread")]
