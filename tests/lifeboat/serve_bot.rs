@@ -98,6 +98,14 @@ impl Rig {
         }
     }
 
+    /// Registers `localpart` on Synapse and syncs it into the registry: an
+    /// account lifeboat knows as its person's.
+    pub(crate) async fn known_person(&self, localpart: &str) -> MatrixUser {
+        let account = self.synapse.register(localpart);
+        assert_eq!(self.lifeboat.run(&["sync"]).await.code, 0);
+        MatrixUser::new(&self.synapse.url, &account.user_id, &account.access_token)
+    }
+
     /// Starts serve and waits until the bot has joined the admin room.
     pub(crate) async fn serve(&mut self) {
         self.serve = Some(self.lifeboat.spawn_serve());
@@ -412,9 +420,7 @@ async fn an_alert_email_that_could_not_go_out_waits_in_the_outbox_through_a_rest
 async fn a_person_verifies_a_contact_email_by_dm() {
     let bob_localpart = unique("bob");
     let mut rig = Rig::start(TestSmtp::start(None), &[]).await;
-    let bob_account = rig.synapse.register(&bob_localpart);
-    assert_eq!(rig.lifeboat.run(&["sync"]).await.code, 0);
-    let bob = MatrixUser::new(&rig.synapse.url, &bob_account.user_id, &bob_account.access_token);
+    let bob = rig.known_person(&bob_localpart).await;
     rig.serve().await;
 
     let dm = bob.create_room(&[&rig.bot], true).await;
@@ -436,7 +442,7 @@ async fn a_person_verifies_a_contact_email_by_dm() {
     bob.send(&dm, &format!("contact verify {code}")).await;
     bob.wait_for_message(&dm, &rig.bot, "Confirmed", Duration::from_secs(30)).await;
 
-    let shown = rig.lifeboat.run(&["users", "show", &bob_account.user_id, "--json"]).await;
+    let shown = rig.lifeboat.run(&["users", "show", &bob.user_id, "--json"]).await;
     let contacts = shown.json()["contacts"].as_array().unwrap().clone();
     let contact = contacts.iter().find(|c| c["address"] == address.as_str()).expect("the contact is in the registry");
     assert!(contact["verified_at"].is_i64(), "{contact}");
@@ -675,9 +681,7 @@ async fn encrypted_notices_beside_a_running_bot_on_its_device_leave_both_readabl
 async fn a_person_subscribes_an_email_on_the_web_page_proven_by_a_mailed_link_and_a_dmed_code() {
     let mut rig = Rig::start(TestSmtp::start(None), &[]).await;
     let bob_localpart = unique("bob");
-    let bob_account = rig.synapse.register(&bob_localpart);
-    assert_eq!(rig.lifeboat.run(&["sync"]).await.code, 0);
-    let bob = MatrixUser::new(&rig.synapse.url, &bob_account.user_id, &bob_account.access_token);
+    let bob = rig.known_person(&bob_localpart).await;
     rig.serve().await;
     let address = format!("{bob_localpart}@example.org");
 
@@ -835,9 +839,7 @@ async fn subscribe(rig: &Rig, http: &reqwest::Client, matrix_id: &str, email: &s
 async fn subscribing_mails_alike_for_any_account_and_dms_one_code_at_a_time_without_growing_memory() {
     let mut rig = Rig::start(TestSmtp::start(None), &[]).await;
     let bob_localpart = unique("bob");
-    let bob_account = rig.synapse.register(&bob_localpart);
-    assert_eq!(rig.lifeboat.run(&["sync"]).await.code, 0);
-    let bob = MatrixUser::new(&rig.synapse.url, &bob_account.user_id, &bob_account.access_token);
+    let bob = rig.known_person(&bob_localpart).await;
     let config = std::fs::read_to_string(rig.lifeboat.config_path()).unwrap();
     rig.lifeboat.write_config(&config.replace("[web]\n", "[web]\nrate_limit_per_ip = 100000\n"));
     rig.serve().await;
@@ -861,9 +863,7 @@ async fn subscribing_mails_alike_for_any_account_and_dms_one_code_at_a_time_with
     for _ in 0..4 {
         assert_eq!(subscribe(&rig, &http, &bob.user_id, &known).await, 200, "never a 429");
     }
-    let dm = eventually_invited(&bob).await;
-    bob.join(&dm).await;
-    let message = bob.wait_for_message(&dm, &rig.bot, "Your code", Duration::from_secs(30)).await;
+    let (dm, message) = code_dmed_to(&rig, &bob).await;
     let code: String = message.split("**").nth(1).expect("the code in bold").to_owned();
 
     // Many more requests for bob with other addresses: one client, one DM.
@@ -955,9 +955,7 @@ async fn a_code_that_went_nowhere_is_never_reused_once_the_account_is_known() {
     let bob = MatrixUser::new(&rig.synapse.url, &bob_account.user_id, &bob_account.access_token);
     // The same address: the early link, still live, must not stand in.
     assert_eq!(subscribe(&rig, &http, &bob_id, &early).await, 200);
-    let dm = eventually_invited(&bob).await;
-    bob.join(&dm).await;
-    bob.wait_for_message(&dm, &rig.bot, "Your code", Duration::from_secs(30)).await;
+    code_dmed_to(&rig, &bob).await;
     eventually("a link that goes with the code", Duration::from_secs(30), || async {
         rig.smtp.messages_to(&early).len() == 2
     })
@@ -970,9 +968,7 @@ async fn a_code_that_went_nowhere_is_never_reused_once_the_account_is_known() {
 async fn a_code_whose_dm_failed_is_not_reused() {
     let mut rig = Rig::start(TestSmtp::start(None), &[]).await;
     let bob_localpart = unique("bob");
-    let bob_account = rig.synapse.register(&bob_localpart);
-    assert_eq!(rig.lifeboat.run(&["sync"]).await.code, 0);
-    let bob = MatrixUser::new(&rig.synapse.url, &bob_account.user_id, &bob_account.access_token);
+    let bob = rig.known_person(&bob_localpart).await;
     rig.serve().await;
     let http = reqwest::Client::builder().no_proxy().build().unwrap();
     let address = format!("{bob_localpart}@example.org");
@@ -985,9 +981,7 @@ async fn a_code_whose_dm_failed_is_not_reused() {
     assert!(rig.smtp.messages_to(&address).is_empty(), "no link without its code");
 
     assert_eq!(subscribe(&rig, &http, &bob.user_id, &address).await, 200);
-    let dm = eventually_invited(&bob).await;
-    bob.join(&dm).await;
-    bob.wait_for_message(&dm, &rig.bot, "Your code", Duration::from_secs(30)).await;
+    code_dmed_to(&rig, &bob).await;
 }
 
 /// With no [email] section no subscription link can arrive: the form must
@@ -996,9 +990,7 @@ async fn a_code_whose_dm_failed_is_not_reused() {
 async fn without_mail_the_subscription_form_dms_no_codes() {
     let mut rig = Rig::start(TestSmtp::start(None), &[]).await;
     let bob_localpart = unique("bob");
-    let bob_account = rig.synapse.register(&bob_localpart);
-    assert_eq!(rig.lifeboat.run(&["sync"]).await.code, 0);
-    let bob = MatrixUser::new(&rig.synapse.url, &bob_account.user_id, &bob_account.access_token);
+    let bob = rig.known_person(&bob_localpart).await;
     let config = std::fs::read_to_string(rig.lifeboat.config_path()).unwrap();
     let email_section = config.find("[email]").unwrap();
     let after = email_section + config[email_section..].find("\n\n").unwrap() + 2;
@@ -1012,6 +1004,14 @@ async fn without_mail_the_subscription_form_dms_no_codes() {
     }
     tokio::time::sleep(Duration::from_secs(5)).await;
     assert!(bob.invites().await.is_empty(), "no DM; serve log:\n{}", rig.lifeboat.serve_log());
+}
+
+/// The DM room the bot invited `person` to, and the code message in it.
+async fn code_dmed_to(rig: &Rig, person: &MatrixUser) -> (String, String) {
+    let dm = eventually_invited(person).await;
+    person.join(&dm).await;
+    let message = person.wait_for_message(&dm, &rig.bot, "Your code", Duration::from_secs(30)).await;
+    (dm, message)
 }
 
 async fn eventually_invited(person: &MatrixUser) -> String {
