@@ -11,7 +11,7 @@ use serde::Serialize;
 use sqlx::Row;
 use sqlx::any::AnyRow;
 
-use super::{Registry, Result};
+use super::{Registry, Result, flag};
 use crate::reconcile::{AccountState, Known};
 use crate::user_id::UserId;
 
@@ -72,17 +72,16 @@ pub fn may_come_back(locked_by_admin: bool, deactivated: bool) -> bool {
     !locked_by_admin && !deactivated
 }
 
-// By hand: the Any driver does not decode an integer column as a bool.
+// By hand, for its flags (see `flag`).
 impl<'r> sqlx::FromRow<'r, AnyRow> for Account {
     fn from_row(row: &'r AnyRow) -> sqlx::Result<Account> {
-        let flag = |column: &str| row.try_get::<i64, _>(column).map(|value| value != 0);
         Ok(Account {
             user_id: row.try_get("user_id")?,
             display_name: row.try_get("display_name")?,
-            admin: flag("admin")?,
-            deactivated: flag("deactivated")?,
-            locked: flag("locked")?,
-            is_guest: flag("is_guest")?,
+            admin: flag(row, "admin")?,
+            deactivated: flag(row, "deactivated")?,
+            locked: flag(row, "locked")?,
+            is_guest: flag(row, "is_guest")?,
             user_type: row.try_get("user_type")?,
             synapse_created_at: row.try_get("synapse_created_at")?,
             first_seen_at: row.try_get("first_seen_at")?,

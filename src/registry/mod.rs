@@ -241,6 +241,12 @@ impl Registry {
 }
 
 /// UTC milliseconds since the Unix epoch.
+/// A 0/1 column read as a bool: sqlx's Any driver decodes no integer
+/// column as a bool, so rows holding flags are read by hand.
+fn flag(row: &sqlx::any::AnyRow, column: &str) -> sqlx::Result<bool> {
+    sqlx::Row::try_get::<i64, _>(row, column).map(|value| value != 0)
+}
+
 pub fn now_ms() -> i64 {
     SystemTime::now().duration_since(UNIX_EPOCH).map(|elapsed| elapsed.as_millis() as i64).unwrap_or(0)
 }

@@ -11,7 +11,7 @@ use serde::Serialize;
 use sqlx::Row;
 use sqlx::any::AnyRow;
 
-use super::{AccountState, Registry, Result, STANDING_SQL, now_ms};
+use super::{AccountState, Registry, Result, STANDING_SQL, flag, now_ms};
 use crate::checked_text::stored_as_text;
 use crate::user_id::UserId;
 
@@ -137,10 +137,9 @@ fn json_list(items: &[String]) -> String {
     serde_json::to_string(items).expect("strings serialize")
 }
 
-// By hand: the Any driver does not decode an integer column as a bool.
+// By hand, for its flags (see `flag`).
 impl<'r> sqlx::FromRow<'r, AnyRow> for Room {
     fn from_row(row: &'r AnyRow) -> sqlx::Result<Room> {
-        let flag = |column: &str| row.try_get::<i64, _>(column).map(|value| value != 0);
         let strings = |column: &str| row.try_get::<String, _>(column).map(|json| list(&json));
         Ok(Room {
             room_id: row.try_get("room_id")?,
@@ -150,8 +149,8 @@ impl<'r> sqlx::FromRow<'r, AnyRow> for Room {
             topic: row.try_get("topic")?,
             avatar_url: row.try_get("avatar_url")?,
             join_rule: row.try_get("join_rule")?,
-            public: flag("public")?,
-            encrypted: flag("encrypted")?,
+            public: flag(row, "public")?,
+            encrypted: flag(row, "encrypted")?,
             room_type: row.try_get("room_type")?,
             creator: row.try_get("creator")?,
             aliases: strings("aliases")?,
