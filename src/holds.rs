@@ -477,19 +477,8 @@ pub async fn one_hand_over<T>(
     user_id: &UserId,
     work: impl Future<Output = T>,
 ) -> Result<T, HandOverError> {
-    let lease = Lease::run(registry, &hand_over_lease(user_id), work).await?;
+    let lease = Lease::run(registry, &format!("hand-over:{user_id}"), work).await?;
     lease.map_err(|_| HandOverError::UnderWay(user_id.to_string()))
-}
-
-/// The hand-over lease of `user_id`, taken by hand (as another process
-/// would); release it once done.
-pub async fn begin_hand_over(registry: &Registry, user_id: &UserId) -> Result<Lease, HandOverError> {
-    let lease = Lease::take(registry, &hand_over_lease(user_id)).await?;
-    lease.map_err(|_| HandOverError::UnderWay(user_id.to_string()))
-}
-
-fn hand_over_lease(user_id: &UserId) -> String {
-    format!("hand-over:{user_id}")
 }
 
 /// Hands a held ID to the person who proved it is theirs by its claim

@@ -716,7 +716,20 @@ async fn a_hand_over_under_way_in_another_process_turns_away_both_the_claim_link
     let (rig, lost, link) = one_held_with_a_claim_link().await;
     let registry = lifeboat::registry::Registry::connect(&rig.registry_url()).await.unwrap();
     let user_id = lifeboat::user_id::UserId::parse(&lost[0]).unwrap();
-    let elsewhere = lifeboat::holds::begin_hand_over(&registry, &user_id).await.unwrap();
+    // Another process's hand-over, under way until told to finish.
+    let (started, under_way) = tokio::sync::oneshot::channel::<()>();
+    let (finish, finished) = tokio::sync::oneshot::channel::<()>();
+    let elsewhere = tokio::spawn({
+        let (registry, user_id) = (registry.clone(), user_id.clone());
+        async move {
+            let work = async {
+                started.send(()).unwrap();
+                finished.await.ok();
+            };
+            lifeboat::holds::one_hand_over(&registry, &user_id, work).await.unwrap();
+        }
+    });
+    under_way.await.unwrap();
 
     let by_hand = rig.lifeboat.run_with_input(&["holds", "claim", &lost[0]], "a-long-enough-passphrase\n").await;
     assert_ne!(by_hand.code, 0, "{by_hand:?}");
@@ -729,7 +742,8 @@ async fn a_hand_over_under_way_in_another_process_turns_away_both_the_claim_link
     assert_eq!(status, 409, "{page}");
 
     // Once that one is done, the link works.
-    elsewhere.release().await;
+    finish.send(()).unwrap();
+    elsewhere.await.unwrap();
     let (status, page) = post_form(&http, &url, Some(&cookie), &form).await;
     assert_eq!(status, 200, "{page}");
     registry.close().await;
