@@ -147,13 +147,14 @@ async fn start(
             if state.registry.code_tries_spent(PURPOSE, &user_id, &hash).await? >= MAX_ATTEMPTS {
                 return Ok(());
             }
-            (hash, link.expires_at, None)
+            (Some(hash), link.expires_at, None)
         }
         None => {
-            let code = format!("{:08}", rand::rng().random_range(0..100_000_000u32));
-            // For an account that is not known the code goes nowhere, and
-            // the link cannot be confirmed.
-            (code_hash(&code), now + LINK_VALID.as_millis() as i64, takes_contacts.then_some(code))
+            // For an account that is not its person's no code is made: the
+            // link cannot be confirmed, and nothing from it can be reused
+            // once the account is.
+            let code = takes_contacts.then(|| format!("{:08}", rand::rng().random_range(0..100_000_000u32)));
+            (code.as_deref().map(code_hash), now + LINK_VALID.as_millis() as i64, code)
         }
     };
     let id = signing::new_link_id();
@@ -162,10 +163,7 @@ async fn start(
     if let Some(code) = code_to_send {
         dm_code(state, &user_id, &code, expires_at).await?;
     }
-    // A code that went nowhere is not kept: later requests, once the
-    // account is its person's, must not reuse a code they never got.
-    let sent_code = takes_contacts.then_some(hash.as_str());
-    state.registry.create_web_link(&id, PURPOSE, &user_id, &email, sent_code, expires_at).await?;
+    state.registry.create_web_link(&id, PURPOSE, &user_id, &email, hash.as_deref(), expires_at).await?;
 
     let server_name = &state.config.homeserver.server_name;
     let url = signing::link_url(&state.web().public_url, key, "/subscribe/confirm", PURPOSE, &id);
