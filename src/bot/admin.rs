@@ -85,23 +85,31 @@ fn command_name(command: &AdminCommand) -> String {
     }
 }
 
+/// An error as the reply says it.
+fn text(err: impl std::fmt::Display) -> String {
+    err.to_string()
+}
+
+/// The Synapse admin client for a command, recovering credentials if need be.
+async fn admin_client(bot: &Bot, actor: &Actor) -> Result<crate::synapse::SynapseClient, String> {
+    admin_client_recovering(&bot.state.config, &bot.state.registry, actor, &Notes::default()).await.map_err(text)
+}
+
 async fn run(bot: &Bot, room: &Room, actor: &Actor, command: AdminCommand) -> Result<String, String> {
     let state = &bot.state;
     let (config, registry) = (&state.config, &state.registry);
     let prefix = bot.prefix();
-    let text = |err: &dyn std::fmt::Display| err.to_string();
     // The registry's refusals, in the bot's words (no CLI flags).
     let said = |err: crate::registry::Error| err.for_bot(prefix);
     match command {
         AdminCommand::Help => Ok(format!("**lifeboat commands**\n\n{}", help(&format!("{prefix} "), ADMIN_USAGE))),
         AdminCommand::Status => status(bot).await,
         AdminCommand::Sync => {
-            let client =
-                admin_client_recovering(config, registry, actor, &Notes::default()).await.map_err(|e| text(&e))?;
+            let client = admin_client(bot, actor).await?;
             // Paced like the CLI's and the watcher's: on a big server a full
             // sync must not take Synapse from its users.
             let options = SyncOptions::from_config(config).paced(config).stopped_by(state.shutdown.clone());
-            let summary = sync(registry, &client, &options, actor, &Quiet).await.map_err(|e| text(&e))?;
+            let summary = sync(registry, &client, &options, actor, &Quiet).await.map_err(text)?;
             let report = &summary.applied.report;
             Ok(format!(
                 "Synced: {} listed; {} new, {} missing ({} newly), {} held, {} recreated, {} deactivated; {} emails imported.",
@@ -116,10 +124,9 @@ async fn run(bot: &Bot, room: &Room, actor: &Actor, command: AdminCommand) -> Re
             ))
         }
         AdminCommand::Check => {
-            let client =
-                admin_client_recovering(config, registry, actor, &Notes::default()).await.map_err(|e| text(&e))?;
+            let client = admin_client(bot, actor).await?;
             let options = CheckOptions::from_config(config);
-            let outcome = check(registry, &client, &options).await.map_err(|e| text(&e))?;
+            let outcome = check(registry, &client, &options).await.map_err(text)?;
             let report = &outcome.report;
             let mut reply =
                 format!("Verdict **{}**: {}.", report.verdict.as_str(), outcome.reason.trim_end_matches('.'));
@@ -141,7 +148,7 @@ async fn run(bot: &Bot, room: &Room, actor: &Actor, command: AdminCommand) -> Re
                         covering[0].0
                     ),
                     CampaignError::Registry(err) => said(err),
-                    other => text(&other),
+                    other => text(other),
                 })?;
             let (incident, affected) = (opened.incident, opened.affected);
             let mut notes = notes.notes.into_inner().unwrap_or_default();
@@ -160,7 +167,7 @@ async fn run(bot: &Bot, room: &Room, actor: &Actor, command: AdminCommand) -> Re
             ))
         }
         AdminCommand::IncidentList => {
-            let incidents = registry.incidents().await.map_err(|e| text(&e))?;
+            let incidents = registry.incidents().await.map_err(text)?;
             if incidents.is_empty() {
                 return Ok("No incidents.".to_owned());
             }
@@ -210,8 +217,7 @@ async fn run(bot: &Bot, room: &Room, actor: &Actor, command: AdminCommand) -> Re
         }
         AdminCommand::IncidentResolve(id) => {
             registry.require_incident(id).await.map_err(said)?;
-            let client =
-                admin_client_recovering(config, registry, actor, &Notes::default()).await.map_err(|e| text(&e))?;
+            let client = admin_client(bot, actor).await?;
             let (revoked, used) = revoke_unused_tokens(registry, &client, id)
                 .await
                 .map_err(|err| format!("incident {id} stays open: {err}"))?;
@@ -251,8 +257,8 @@ async fn run(bot: &Bot, room: &Room, actor: &Actor, command: AdminCommand) -> Re
 
 async fn status(bot: &Bot) -> Result<String, String> {
     let registry = &bot.state.registry;
-    let counts = registry.status().await.map_err(|err| err.to_string())?;
-    let last = registry.last_complete_sync().await.map_err(|err| err.to_string())?;
+    let counts = registry.status().await.map_err(text)?;
+    let last = registry.last_complete_sync().await.map_err(text)?;
     let seen = bot.state.watch.current();
     let count = |rows: &[(String, i64)], key: &str| rows.iter().find(|(k, _)| k == key).map(|(_, n)| *n).unwrap_or(0);
     let accounts = &counts.accounts;
@@ -283,7 +289,7 @@ async fn status(bot: &Bot) -> Result<String, String> {
     let open: Vec<String> = registry
         .incidents()
         .await
-        .map_err(|err| err.to_string())?
+        .map_err(text)?
         .into_iter()
         .filter(|incident| incident.resolved_at.is_none())
         .map(|incident| format!("{} \"{}\"", incident.id, markdown_escape(&incident.title)))
@@ -298,8 +304,7 @@ async fn status(bot: &Bot) -> Result<String, String> {
 /// `notify <id>` shows the dry run's counts; `notify <id> confirm` within
 /// [`CONFIRM_WITHIN`] sends, in the background, and posts the result.
 async fn notify(bot: &Bot, room: &Room, actor: &Actor, id: i64, confirm: bool) -> Result<String, String> {
-    let state = &bot.state;
-    let (config, registry) = (&state.config, &state.registry);
+    let (config, registry) = (&bot.state.config, &bot.state.registry);
     let incident = registry.require_incident(id).await.map_err(|err| err.for_bot(bot.prefix()))?;
     if incident.resolved_at.is_some() {
         return Err(format!("incident {id} is resolved: notices go out for open incidents only"));
@@ -308,10 +313,8 @@ async fn notify(bot: &Bot, room: &Room, actor: &Actor, id: i64, confirm: bool) -
         return Err("notices go out by email: add an [email] section to lifeboat's config".to_owned());
     };
     if !confirm {
-        let planned = plan(registry, id, &service_user_id(config)).await.map_err(|err| err.to_string())?;
-        if let Ok(mut pending) = bot.confirmations.lock() {
-            pending.insert(id, Instant::now());
-        }
+        let planned = plan(registry, id, &service_user_id(config)).await.map_err(text)?;
+        remember_asked(bot, &format!("notify {id}"));
         return Ok(format!(
             "Incident {id} \"{}\": {} affected; **{} emails** to {} people, **{} DMs**; {} people unreachable; {} tokens to create.\n\nTo send, reply `{} notify {id} confirm` within {} minutes.",
             markdown_escape(&incident.title),
@@ -325,8 +328,7 @@ async fn notify(bot: &Bot, room: &Room, actor: &Actor, id: i64, confirm: bool) -
             CONFIRM_WITHIN.as_secs() / 60
         ));
     }
-    let asked = bot.confirmations.lock().ok().and_then(|mut pending| pending.remove(&id));
-    if asked.is_none_or(|at| at.elapsed() > CONFIRM_WITHIN) {
+    if confirmed_in_time(bot, &format!("notify {id}")).is_err() {
         return Err(format!(
             "there is no recent dry run of incident {id} to confirm: send `{} notify {id}` first, then confirm within {} minutes",
             bot.prefix(),
@@ -373,9 +375,8 @@ async fn notify(bot: &Bot, room: &Room, actor: &Actor, id: i64, confirm: bool) -
 /// ID is held for them, else a fresh registration token. Who gets what is
 /// `holds::way_back`, as on the web page.
 async fn token(bot: &Bot, actor: &Actor, user: &UserId) -> Result<String, String> {
-    let state = &bot.state;
-    let (config, registry) = (&state.config, &state.registry);
-    let way = way_back(config, registry, user, config.tokens.expiry).await.map_err(|err| err.to_string())?;
+    let (config, registry) = (&bot.state.config, &bot.state.registry);
+    let way = way_back(config, registry, user, config.tokens.expiry).await.map_err(text)?;
     let incident_id = match &way {
         WayBack::Nothing(reason) => return Err(format!("nothing to send to {user}: {reason}")),
         WayBack::Claim(link) => link.incident,
@@ -387,7 +388,7 @@ async fn token(bot: &Bot, actor: &Actor, user: &UserId) -> Result<String, String
     let addresses: Vec<EmailAddress> = registry
         .contacts_of(user)
         .await
-        .map_err(|err| err.to_string())?
+        .map_err(text)?
         .into_iter()
         .filter(|contact| contact.kind == ContactKind::Email && contact.opted_out_at.is_none())
         .filter_map(|contact| EmailAddress::parse(&contact.address).ok())
@@ -406,19 +407,18 @@ async fn token(bot: &Bot, actor: &Actor, user: &UserId) -> Result<String, String
                     "{user} is held, and claim links need the web page: add a [web] section, or hand it back on the lifeboat host with `lifeboat holds claim {user}`"
                 ));
             };
-            let key = registry.generated_secret(LINK_KEY).await.map_err(|err| err.to_string())?;
+            let key = registry.generated_secret(LINK_KEY).await.map_err(text)?;
             let url = link.url(&web.public_url, &key);
             let message = crate::messages::claim_link(server, user.as_str(), &url, &human_time(link.until));
             (message, "claim link", link.until)
         }
         WayBack::Token { .. } => {
-            let client =
-                admin_client_recovering(config, registry, actor, &Notes::default()).await.map_err(|e| e.to_string())?;
+            let client = admin_client(bot, actor).await?;
             // An admin is not capped; a token still unused is sent again.
             let Some((token, expires)) =
                 token_for_person(registry, &client, incident_id, user, config.tokens.expiry, None)
                     .await
-                    .map_err(|err| err.to_string())?
+                    .map_err(text)?
             else {
                 return Err(format!("no token for {user}: the per-person limit"));
             };
@@ -449,7 +449,7 @@ async fn token(bot: &Bot, actor: &Actor, user: &UserId) -> Result<String, String
             Some(&format!("incident {incident_id}, {what}, queued for {} address(es)", mailed.len())),
         )
         .await
-        .map_err(|err| err.to_string())?;
+        .map_err(text)?;
     if mailed.is_empty() {
         return Err(format!(
             "the {what} was made but no email could be queued; check the registry and try `{} token {user}` again",
@@ -461,7 +461,7 @@ async fn token(bot: &Bot, actor: &Actor, user: &UserId) -> Result<String, String
 
 /// The held, claimed and taken IDs.
 async fn holds(bot: &Bot) -> Result<String, String> {
-    let holds = bot.state.registry.holds().await.map_err(|err| err.to_string())?;
+    let holds = bot.state.registry.holds().await.map_err(text)?;
     if holds.is_empty() {
         return Ok("No held, claimed or taken IDs.".to_owned());
     }
@@ -482,7 +482,7 @@ async fn holds(bot: &Bot) -> Result<String, String> {
 }
 
 async fn rooms(bot: &Bot) -> Result<String, String> {
-    let rooms = bot.state.registry.rooms(None).await.map_err(|err| err.to_string())?;
+    let rooms = bot.state.registry.rooms(None).await.map_err(text)?;
     if rooms.is_empty() {
         return Ok("No rooms known yet: every sync reads them.".to_owned());
     }
@@ -508,7 +508,7 @@ async fn rooms(bot: &Bot) -> Result<String, String> {
             reply.push_str(&format!(
                 "**{label}** ({}): {}\n\n",
                 listed.len(),
-                listed.iter().take(30).cloned().collect::<Vec<_>>().join(", ")
+                listed[..listed.len().min(30)].join(", ")
             ));
         }
     }
@@ -519,12 +519,11 @@ async fn rooms(bot: &Bot) -> Result<String, String> {
 
 /// Re-creates lost rooms, after a confirm step.
 async fn recreate_rooms(bot: &Bot, actor: &Actor, room: Option<String>, confirm: bool) -> Result<String, String> {
-    let state = &bot.state;
-    let (config, registry) = (&state.config, &state.registry);
+    let (config, registry) = (&bot.state.config, &bot.state.registry);
     let target = room.clone().unwrap_or_else(|| "--all".to_owned());
     let rooms = match &room {
         Some(room_id) => {
-            let known = registry.room(room_id).await.map_err(|err| err.to_string())?;
+            let known = registry.room(room_id).await.map_err(text)?;
             let known = known
                 .ok_or_else(|| format!("{room_id} is not in the room registry: `{} rooms` lists them", bot.prefix()))?;
             if let Some(problem) = crate::rooms::recreate_problem(&known) {
@@ -532,7 +531,7 @@ async fn recreate_rooms(bot: &Bot, actor: &Actor, room: Option<String>, confirm:
             }
             vec![known]
         }
-        None => crate::rooms::all_to_recreate(config, registry).await.map_err(|err| err.to_string())?,
+        None => crate::rooms::all_to_recreate(config, registry).await.map_err(text)?,
     };
     if rooms.is_empty() {
         return Ok("No room is lost: nothing to re-create.".to_owned());
@@ -551,8 +550,7 @@ async fn recreate_rooms(bot: &Bot, actor: &Actor, room: Option<String>, confirm:
         ));
     }
     confirmed_in_time(bot, &command)?;
-    let client =
-        admin_client_recovering(config, registry, actor, &Notes::default()).await.map_err(|e| e.to_string())?;
+    let client = admin_client(bot, actor).await?;
     let mut lines = Vec::new();
     for room in rooms {
         let room = registry.room(&room.room_id).await.ok().flatten().unwrap_or(room);
@@ -587,9 +585,8 @@ fn confirmed_in_time(bot: &Bot, command: &str) -> Result<(), String> {
 
 /// Ends a hold for good, after a confirm step: the account is deactivated.
 async fn release_hold(bot: &Bot, actor: &Actor, user: &UserId, confirm: bool) -> Result<String, String> {
-    let state = &bot.state;
-    let (config, registry) = (&state.config, &state.registry);
-    let held = registry.account(user).await.map_err(|err| err.to_string())?;
+    let registry = &bot.state.registry;
+    let held = registry.account(user).await.map_err(text)?;
     if !held.is_some_and(|account| account.state == AccountState::Held) {
         return Err(format!("{user} is not held: `{} holds` lists the held IDs", bot.prefix()));
     }
@@ -603,9 +600,8 @@ async fn release_hold(bot: &Bot, actor: &Actor, user: &UserId, confirm: bool) ->
         ));
     }
     confirmed_in_time(bot, &command)?;
-    let client =
-        admin_client_recovering(config, registry, actor, &Notes::default()).await.map_err(|e| e.to_string())?;
-    crate::holds::release(registry, &client, user, actor).await.map_err(|err| err.to_string())?;
+    let client = admin_client(bot, actor).await?;
+    crate::holds::release(registry, &client, user, actor).await.map_err(text)?;
     Ok(format!("Released {user}: its account is deactivated, and the ID can never be registered again."))
 }
 

@@ -95,6 +95,11 @@ pub fn usage_of(prefix: &str, name: &str, table: &[(&str, &str)]) -> String {
     format!("Usage: {}", lines.join("; "))
 }
 
+/// What a person's DM gets for `help`, or for anything it does not understand.
+pub fn person_help() -> String {
+    format!("I am lifeboat, the homeserver's safety net. I understand:\n\n{}", help("", PERSON_USAGE))
+}
+
 /// The help text as Markdown.
 pub fn help(prefix: &str, table: &[(&str, &str)]) -> String {
     table.iter().map(|(syntax, what)| format!("- `{prefix}{syntax}`: {what}")).collect::<Vec<_>>().join("\n")
@@ -115,10 +120,9 @@ fn parse_admin_words(prefix: &str, rest: &str) -> Result<AdminCommand, BadComman
     let words: Vec<&str> = first_line.split_whitespace().collect();
     let shown = format!("{prefix} ");
     let usage = |name: &str| BadCommand(usage_of(&shown, name, ADMIN_USAGE));
-    let id = |word: Option<&&str>, name: &str| word.and_then(|w| w.parse::<i64>().ok()).ok_or_else(|| usage(name));
-    let user = |word: Option<&&str>, name: &str| word.and_then(|w| UserId::parse(w).ok()).ok_or_else(|| usage(name));
-    let contact =
-        |word: Option<&&str>, name: &str| word.and_then(|w| ContactAddress::parse(w).ok()).ok_or_else(|| usage(name));
+    let id = |word: &str, name: &str| word.parse::<i64>().map_err(|_| usage(name));
+    let user = |word: &str, name: &str| UserId::parse(word).map_err(|_| usage(name));
+    let contact = |word: &str, name: &str| ContactAddress::parse(word).map_err(|_| usage(name));
     match words.as_slice() {
         [] | ["help"] => Ok(AdminCommand::Help),
         ["status"] => Ok(AdminCommand::Status),
@@ -138,18 +142,12 @@ fn parse_admin_words(prefix: &str, rest: &str) -> Result<AdminCommand, BadComman
             }
         }
         ["incident", "list"] => Ok(AdminCommand::IncidentList),
-        ["incident", "show", rest @ ..] if rest.len() == 1 => {
-            id(rest.first(), "incident show").map(AdminCommand::IncidentShow)
+        ["incident", "show", number] => id(number, "incident show").map(AdminCommand::IncidentShow),
+        ["incident", "resolve", number] => id(number, "incident resolve").map(AdminCommand::IncidentResolve),
+        ["notify", number, rest @ ..] if rest.is_empty() || rest == ["confirm"] => {
+            id(number, "notify").map(|id| AdminCommand::Notify { id, confirm: !rest.is_empty() })
         }
-        ["incident", "resolve", rest @ ..] if rest.len() == 1 => {
-            id(rest.first(), "incident resolve").map(AdminCommand::IncidentResolve)
-        }
-        ["notify", rest @ ..] => match rest {
-            [number] => id(Some(number), "notify").map(|id| AdminCommand::Notify { id, confirm: false }),
-            [number, "confirm"] => id(Some(number), "notify").map(|id| AdminCommand::Notify { id, confirm: true }),
-            _ => Err(usage("notify")),
-        },
-        ["token", rest @ ..] if rest.len() == 1 => user(rest.first(), "token").map(AdminCommand::Token),
+        ["token", who] => user(who, "token").map(AdminCommand::Token),
         ["holds"] => Ok(AdminCommand::Holds),
         ["rooms"] => Ok(AdminCommand::Rooms),
         ["rooms", "recreate", target, rest @ ..] if rest.is_empty() || rest == ["confirm"] => {
@@ -160,18 +158,15 @@ fn parse_admin_words(prefix: &str, rest: &str) -> Result<AdminCommand, BadComman
             };
             Ok(AdminCommand::RoomsRecreate { room, confirm: !rest.is_empty() })
         }
-        ["release", rest @ ..] => match rest {
-            [who] => user(Some(who), "release").map(|user| AdminCommand::Release { user, confirm: false }),
-            [who, "confirm"] => user(Some(who), "release").map(|user| AdminCommand::Release { user, confirm: true }),
-            _ => Err(usage("release")),
-        },
-        ["contact", "add", rest @ ..] if rest.len() == 2 => {
-            Ok(AdminCommand::ContactAdd(user(rest.first(), "contact add")?, contact(rest.get(1), "contact add")?))
+        ["release", who, rest @ ..] if rest.is_empty() || rest == ["confirm"] => {
+            user(who, "release").map(|user| AdminCommand::Release { user, confirm: !rest.is_empty() })
         }
-        ["contact", "remove", rest @ ..] if rest.len() == 2 => Ok(AdminCommand::ContactRemove(
-            user(rest.first(), "contact remove")?,
-            contact(rest.get(1), "contact remove")?,
-        )),
+        ["contact", "add", who, address] => {
+            Ok(AdminCommand::ContactAdd(user(who, "contact add")?, contact(address, "contact add")?))
+        }
+        ["contact", "remove", who, address] => {
+            Ok(AdminCommand::ContactRemove(user(who, "contact remove")?, contact(address, "contact remove")?))
+        }
         [name, ..] if ADMIN_USAGE.iter().any(|(syntax, _)| syntax.starts_with(name)) => Err(usage(name)),
         _ => Err(BadCommand(format!("Unknown command. Send `{prefix} help` for the list."))),
     }
@@ -190,10 +185,7 @@ pub fn parse_person(prefix: &str, body: &str) -> Result<PersonCommand, BadComman
         ["contact", "list"] => Ok(PersonCommand::ContactList),
         ["contact", "remove", address] => email(address, "contact remove").map(PersonCommand::ContactRemove),
         ["contact", ..] => Err(usage("contact")),
-        _ => Err(BadCommand(format!(
-            "I am lifeboat, the homeserver's safety net. I understand:\n\n{}",
-            help("", PERSON_USAGE)
-        ))),
+        _ => Err(BadCommand(person_help())),
     }
 }
 

@@ -24,18 +24,10 @@ pub struct BotLogin {
 }
 
 /// Why the bot has no working session (only ever shown).
-#[derive(Debug, thiserror::Error)]
-#[error("{0}")]
-pub struct LoginError(String);
+pub struct LoginError(pub String);
 
-impl From<synapse::Error> for LoginError {
-    fn from(err: synapse::Error) -> Self {
-        LoginError(err.to_string())
-    }
-}
-
-impl From<crate::registry::Error> for LoginError {
-    fn from(err: crate::registry::Error) -> Self {
+impl<E: std::fmt::Display> From<E> for LoginError {
+    fn from(err: E) -> Self {
         LoginError(err.to_string())
     }
 }

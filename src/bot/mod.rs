@@ -49,10 +49,9 @@ pub(crate) struct Bot {
     /// `bot.admin_room` as a room ID (aliases resolved at start).
     configured_room: Mutex<Option<OwnedRoomId>>,
     admin_room: Mutex<Option<OwnedRoomId>>,
-    /// Incidents whose dry run an admin saw: id → when.
-    confirmations: Mutex<HashMap<i64, Instant>>,
-    /// Commands that change something for good an admin was asked to
-    /// confirm: "release <id>", "rooms recreate <id>" → when.
+    /// Commands an admin was asked to confirm (a dry run seen, or something
+    /// changed for good): "notify <id>", "release <id>", "rooms recreate
+    /// <id>" → when.
     asked_to_confirm: Mutex<HashMap<String, Instant>>,
     /// Admins invited to the current admin room by this process.
     invited: Mutex<HashSet<OwnedUserId>>,
@@ -121,7 +120,6 @@ pub async fn run(state: Arc<Services>, mut alerts: UnboundedReceiver<String>, ca
         admins,
         configured_room: Mutex::new(None),
         admin_room: Mutex::new(None),
-        confirmations: Mutex::default(),
         asked_to_confirm: Mutex::default(),
         invited: Mutex::default(),
         started_at: matrix_sdk::ruma::MilliSecondsSinceUnixEpoch::now(),
@@ -129,8 +127,7 @@ pub async fn run(state: Arc<Services>, mut alerts: UnboundedReceiver<String>, ca
     let mut queued: Vec<String> = Vec::new();
     let mut backoff = Duration::from_secs(2);
     loop {
-        let ended = session(&bot, &mut alerts, &mut queued, &cancel).await;
-        match ended {
+        match session(&bot, &mut alerts, &mut queued, &cancel).await {
             Ended::Cancelled => return,
             Ended::TokenDead => {
                 tracing::warn!("the bot's token was rejected: logging in again (recovering after a wipe if needed)");
@@ -155,11 +152,11 @@ async fn session(
     let state = &bot.state;
     let login = match login::credentials(&state.config, &bot.config, &state.registry, &state.recover_lock).await {
         Ok(login) => login,
-        Err(err) => return Ended::Failed(err.to_string()),
+        Err(err) => return Ended::Failed(err.0),
     };
     let client = match login::client(&state.config, &bot.config, &state.registry, &login).await {
         Ok(client) => client,
-        Err(err) => return Ended::Failed(err.to_string()),
+        Err(err) => return Ended::Failed(err.0),
     };
     tracing::info!(user = %login.user_id, device = %login.device_id, recovered = login.recovered, "bot logged in");
     let mut changes = client.subscribe_to_session_changes();
@@ -348,17 +345,12 @@ async fn invite_admins(bot: &Arc<Bot>, client: &Client, admin_client: &SynapseCl
 /// Posts queued alerts once there is an admin room to post them in.
 async fn flush_alerts(bot: &Arc<Bot>, client: &Client, queued: &mut Vec<String>) {
     let Some(room) = bot.admin_room().and_then(|id| client.get_room(&id)) else { return };
-    while !queued.is_empty() {
-        let text = queued[0].clone();
-        match room.send(safe_message(&text)).await {
-            Ok(_) => {
-                queued.remove(0);
-            }
-            Err(err) => {
-                tracing::warn!(error = %err, "could not post an alert in the admin room; will retry");
-                return;
-            }
+    while let Some(text) = queued.first() {
+        if let Err(err) = room.send(safe_message(text)).await {
+            tracing::warn!(error = %err, "could not post an alert in the admin room; will retry");
+            return;
         }
+        queued.remove(0);
     }
 }
 
@@ -433,8 +425,7 @@ async fn on_message(event: OriginalSyncRoomMessageEvent, room: Room, Ctx(bot): C
         let Some(parsed) = commands::parse_admin(bot.prefix(), &body) else { return };
         // Commands can take long (sync, notify): off the sync loop, and
         // waited for when serve stops.
-        let background = bot.state.background.clone();
-        background.spawn(async move {
+        bot.state.background.clone().spawn(async move {
             let reply = match parsed {
                 Ok(command) => admin::execute(&bot, &room, &sender, command).await,
                 Err(bad) => bad.0,
@@ -442,8 +433,7 @@ async fn on_message(event: OriginalSyncRoomMessageEvent, room: Room, Ctx(bot): C
             reply_to(&room, &reply).await;
         });
     } else {
-        let background = bot.state.background.clone();
-        background.spawn(async move {
+        bot.state.background.clone().spawn(async move {
             if !is_one_to_one(&room, &bot.me, &sender).await {
                 return;
             }

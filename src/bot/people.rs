@@ -8,7 +8,7 @@ use rand::Rng;
 
 use super::Bot;
 use super::admin::mask;
-use super::commands::{PERSON_USAGE, PersonCommand, help};
+use super::commands::{PersonCommand, person_help};
 use crate::registry::{Actor, CodeCheck, ContactAddress, MAX_CODE_ATTEMPTS, MessageKind, now_ms};
 
 /// How long a mailed code works.
@@ -29,7 +29,7 @@ pub(super) async fn run(bot: &Bot, sender: &OwnedUserId, command: PersonCommand)
         "Something went wrong on my side; please try again later.".to_owned()
     };
     if command == PersonCommand::Help {
-        return Ok(format!("I am lifeboat, the homeserver's safety net. I understand:\n\n{}", help("", PERSON_USAGE)));
+        return Ok(person_help());
     }
     // Contacts belong to accounts lifeboat keeps: this homeserver's, and
     // only while the account is its registry person's (an ID someone else
