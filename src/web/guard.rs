@@ -94,13 +94,7 @@ pub fn csrf_ok(key: &secrecy::SecretString, headers: &HeaderMap, token: Option<&
 /// to decide.
 pub fn same_origin(headers: &HeaderMap, public: &url::Url) -> bool {
     let named = |name| headers.get(name).map(|value: &HeaderValue| value.to_str().unwrap_or("null").trim().to_owned());
-    let claimed = match named(header::ORIGIN) {
-        Some(origin) => origin,
-        None => match named(header::REFERER) {
-            Some(referer) => referer,
-            None => return true,
-        },
-    };
+    let Some(claimed) = named(header::ORIGIN).or_else(|| named(header::REFERER)) else { return true };
     url::Url::parse(&claimed).is_ok_and(|url| url.origin() == public.origin())
 }
 
@@ -173,11 +167,7 @@ impl RateLimiter {
 
     /// Counts one form submission from `ip`; `false` once over the limit.
     pub fn allow_ip(&self, ip: Option<IpAddr>) -> bool {
-        let key = match ip {
-            Some(ip) => format!("ip:{ip}"),
-            None => "ip:unknown".to_owned(),
-        };
-        self.hit(key, self.per_ip)
+        self.hit(ip.map_or_else(|| "ip:unknown".to_owned(), |ip| format!("ip:{ip}")), self.per_ip)
     }
 
     /// Counts one submission naming `target` (already normalized) in `form`.

@@ -60,14 +60,13 @@ struct Shared {
 impl WebState {
     pub fn new(services: &Services) -> WebState {
         let (config, registry) = (services.config.clone(), services.registry.clone());
-        let can_mail = services.mailer.is_some();
         let limiter = match &config.web {
             Some(web) => RateLimiter::new(web.rate_limit_per_ip, web.rate_limit_per_target, web.rate_limit_window),
             None => RateLimiter::new(20, 3, std::time::Duration::from_secs(900)),
         };
         let inner = Arc::new(Shared {
             key: OnceCell::new(),
-            can_mail,
+            can_mail: services.mailer.is_some(),
             limiter,
             status_cache: status::Cache::default(),
             dm_sender: tokio::sync::Mutex::default(),

@@ -4,7 +4,7 @@
 use askama::Template;
 use axum::extract::rejection::FormRejection;
 use axum::extract::{Form, FromRequest, FromRequestParts, Request};
-use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
+use axum::http::{HeaderMap, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 
 use super::{WebState, guard};
@@ -59,11 +59,7 @@ impl Message {
 /// show a person's token, and the status changes during an incident.
 pub fn html(status: StatusCode, page: &impl Template) -> Response {
     match page.render() {
-        Ok(body) => {
-            let mut response = (status, axum::response::Html(body)).into_response();
-            response.headers_mut().insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
-            response
-        }
+        Ok(body) => (status, [(header::CACHE_CONTROL, "no-store")], axum::response::Html(body)).into_response(),
         Err(err) => {
             tracing::error!(error = %err, "a web page failed to render");
             (StatusCode::INTERNAL_SERVER_ERROR, "Something went wrong on our side. Please try again later.")
@@ -133,9 +129,8 @@ pub async fn not_found(axum::extract::State(state): axum::extract::State<WebStat
 const STYLESHEET: &str = include_str!("../../templates/web/style.css");
 
 pub async fn stylesheet() -> Response {
-    let mut response = ([(header::CONTENT_TYPE, "text/css; charset=utf-8")], STYLESHEET).into_response();
-    response.headers_mut().insert(header::CACHE_CONTROL, HeaderValue::from_static("public, max-age=3600"));
-    response
+    let headers = [(header::CONTENT_TYPE, "text/css; charset=utf-8"), (header::CACHE_CONTROL, "public, max-age=3600")];
+    (headers, STYLESHEET).into_response()
 }
 
 /// A page with a form: renders it with this browser's CSRF token, and sets

@@ -56,9 +56,7 @@ pub async fn page(State(state): State<WebState>) -> Response {
             Err(err) => return err.page(&state),
         },
     };
-    let mut response = (StatusCode::OK, Html(body.to_string())).into_response();
-    response.headers_mut().insert(axum::http::header::CACHE_CONTROL, "no-cache".parse().expect("static header"));
-    response
+    (StatusCode::OK, [(axum::http::header::CACHE_CONTROL, "no-cache")], Html(body.to_string())).into_response()
 }
 
 async fn render(state: &WebState) -> Result<String, WebError> {

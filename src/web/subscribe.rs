@@ -222,10 +222,7 @@ impl PostedForm for ConfirmFields {
 
 pub async fn confirm(State(state): State<WebState>, CheckedForm(form, _): CheckedForm<ConfirmFields>) -> Response {
     let (Some(link), Some(sig)) = (form.link, form.sig) else { return LINK.dead(&state) };
-    match finish(&state, &link, &sig, form.code.as_deref().unwrap_or("")).await {
-        Ok(response) => response,
-        Err(err) => err.page(&state),
-    }
+    finish(&state, &link, &sig, form.code.as_deref().unwrap_or("")).await.unwrap_or_else(|err| err.page(&state))
 }
 
 async fn finish(state: &WebState, link: &str, sig: &str, code: &str) -> Result<Response, WebError> {

@@ -190,10 +190,7 @@ impl PostedForm for OpenForm {
 
 pub async fn open(State(state): State<WebState>, CheckedForm(form, _): CheckedForm<OpenForm>) -> Response {
     let (Some(link), Some(sig)) = (form.link, form.sig) else { return LINK.dead(&state) };
-    match show_token(&state, &link, &sig).await {
-        Ok(response) => response,
-        Err(err) => err.page(&state),
-    }
+    show_token(&state, &link, &sig).await.unwrap_or_else(|err| err.page(&state))
 }
 
 async fn show_token(state: &WebState, link: &str, sig: &str) -> Result<Response, WebError> {
@@ -204,10 +201,7 @@ async fn show_token(state: &WebState, link: &str, sig: &str) -> Result<Response,
     let user_id = found.user_id;
     // Checked again at use: the account may have changed hands or been
     // claimed since the link was mailed.
-    let Some(incident) = (match way_back(&state.config, &state.registry, &user_id, LINK_VALID).await? {
-        WayBack::Token { incident } => Some(incident),
-        _ => None,
-    }) else {
+    let WayBack::Token { incident } = way_back(&state.config, &state.registry, &user_id, LINK_VALID).await? else {
         let page = Message::new(
             state,
             "No token from this link",

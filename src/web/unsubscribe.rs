@@ -68,20 +68,14 @@ pub async fn unsubscribe(
     }
     let detail = if one_click { "one-click unsubscribe" } else { "unsubscribe page" };
     match state.registry.opt_out_contact(contact, &Actor::web(Some(detail.to_owned()))).await {
-        Ok(true) => {
-            let page = Message::new(
-                &state,
-                "You are unsubscribed",
-                &[
-                    "We will send nothing more to this email address. To hear from us again, add it on the subscription page.",
-                ],
-            );
-            pages::html(StatusCode::OK, &page)
-        }
-        // Signed for a contact since removed: nothing is sent to it either.
-        Ok(false) => {
-            let page = Message::new(&state, "You are unsubscribed", &["We will send nothing more to this address."]);
-            pages::html(StatusCode::OK, &page)
+        Ok(known) => {
+            let sentence = if known {
+                "We will send nothing more to this email address. To hear from us again, add it on the subscription page."
+            } else {
+                // Signed for a contact since removed: nothing is sent to it either.
+                "We will send nothing more to this address."
+            };
+            pages::html(StatusCode::OK, &Message::new(&state, "You are unsubscribed", &[sentence]))
         }
         Err(err) => WebError::from(err).page(&state),
     }
