@@ -46,6 +46,13 @@ pub enum DmError {
     Sender(String),
 }
 
+/// The registry is lifeboat's own: failing to read or write it is passing.
+impl From<crate::registry::Error> for DmError {
+    fn from(err: crate::registry::Error) -> Self {
+        DmError::Transient(err.to_string())
+    }
+}
+
 /// A logged-in service account that sends notice DMs.
 pub struct DmSender {
     client: Client,
@@ -128,7 +135,7 @@ impl DmSender {
         if self.encrypted {
             return self.send_encrypted(registry, recipient, content, transaction_id).await;
         }
-        let stored = registry.dm_room(&user_id).await.map_err(|err| DmError::Transient(err.to_string()))?;
+        let stored = registry.dm_room(&user_id).await?;
         if let Some(room_id) = stored.and_then(|room| OwnedRoomId::try_from(room).ok()) {
             match self.send_in(room_id, &content, transaction_id).await {
                 // The room is gone (a wiped homeserver) or lifeboat is no
@@ -150,7 +157,7 @@ impl DmSender {
         content: RoomMessageEventContent,
         transaction_id: &str,
     ) -> Result<(), DmError> {
-        let stored = registry.dm_room(user_id).await.map_err(|err| DmError::Transient(err.to_string()))?;
+        let stored = registry.dm_room(user_id).await?;
         let known = stored
             .and_then(|room| OwnedRoomId::try_from(room).ok())
             .and_then(|room_id| self.client.get_room(&room_id))
@@ -159,10 +166,7 @@ impl DmSender {
             Some(room) => room,
             None => {
                 let room = self.client.create_dm(&user).await.map_err(classify)?;
-                registry
-                    .store_dm_room(user_id, room.room_id().as_str())
-                    .await
-                    .map_err(|err| DmError::Transient(err.to_string()))?;
+                registry.store_dm_room(user_id, room.room_id().as_str()).await?;
                 room
             }
         };
@@ -196,7 +200,7 @@ impl DmSender {
         // The plain request: `Client::create_room` waits for a sync that a
         // one-shot sender never runs.
         let room_id = self.client.send(request).await.map_err(|err| classify(err.into()))?.room_id;
-        registry.store_dm_room(user_id, room_id.as_str()).await.map_err(|err| DmError::Transient(err.to_string()))?;
+        registry.store_dm_room(user_id, room_id.as_str()).await?;
         // The SDK serialises its m.direct read-modify-write per client.
         if let Err(err) = self.client.account().mark_as_dm(&room_id, &[user]).await {
             // The DM works without it; clients just list it as a room.

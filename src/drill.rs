@@ -70,34 +70,21 @@ pub async fn drill(
         Err(err) => lines.push(Line::new("synapse", Status::Fail, err.to_string())),
     }
 
-    let admin = match admin_access(config, registry).await {
+    let fail = |detail: String| (Status::Fail, detail, None);
+    let (status, detail, admin) = match admin_access(config, registry).await {
         Ok(AdminAccess::Working { client, source }) => match client.users_page(None, 1).await {
             Ok(_) => {
-                lines.push(Line::new(
-                    "admin token",
-                    Status::Ok,
-                    format!("the {source:?} admin token works and is an admin's").to_lowercase(),
-                ));
-                Some(client)
+                (Status::Ok, format!("the {source:?} admin token works and is an admin's").to_lowercase(), Some(client))
             }
-            Err(err) => {
-                lines.push(Line::new("admin token", Status::Fail, err.to_string()));
-                None
-            }
+            Err(err) => fail(err.to_string()),
         },
-        Ok(AdminAccess::Dead { .. }) => {
-            lines.push(Line::new(
-                "admin token",
-                Status::Fail,
-                "no admin token works: put a current one in homeserver.admin_token, or run `lifeboat recover` after a wipe",
-            ));
-            None
-        }
-        Err(err) => {
-            lines.push(Line::new("admin token", Status::Fail, err.to_string()));
-            None
-        }
+        Ok(AdminAccess::Dead { .. }) => fail(
+            "no admin token works: put a current one in homeserver.admin_token, or run `lifeboat recover` after a wipe"
+                .to_owned(),
+        ),
+        Err(err) => fail(err.to_string()),
     };
+    lines.push(Line::new("admin token", status, detail));
 
     lines.push(shared_secret(config, admin.as_ref()).await);
     lines.push(registration_tokens(admin.as_ref()).await);

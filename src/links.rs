@@ -26,6 +26,7 @@ pub fn unsubscribe_url(public_url: &Url, key: &SecretString, contact_id: i64) ->
 pub struct UnsubscribeLinks {
     /// `<web.public_url>/unsubscribe?contact=`
     prefix: String,
+    /// Keyed, and fed `unsubscribe:` already.
     mac: Hmac<Sha256>,
 }
 
@@ -37,15 +38,12 @@ impl UnsubscribeLinks {
         url.set_fragment(None);
         // The contact id (digits) and the signature (hex) need no escaping.
         url.query_pairs_mut().append_pair("contact", "");
-        let mac =
-            Hmac::<Sha256>::new_from_slice(key.expose_secret().as_bytes()).expect("HMAC takes keys of any length");
-        UnsubscribeLinks { prefix: url.into(), mac }
+        UnsubscribeLinks { prefix: url.into(), mac: mac_of(key, "unsubscribe:") }
     }
 
     pub fn url(&self, contact_id: i64) -> String {
         let id = contact_id.to_string();
         let mut mac = self.mac.clone();
-        mac.update(b"unsubscribe:");
         mac.update(id.as_bytes());
         let mut sig = [0u8; 64];
         hex::encode_to_slice(mac.finalize().into_bytes(), &mut sig).expect("32 bytes are 64 hex digits");

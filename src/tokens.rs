@@ -212,10 +212,7 @@ pub async fn revoke_unused_tokens(
     incident_id: i64,
 ) -> Result<(u64, u64), TokenError> {
     let (mut revoked, mut used) = (0, 0);
-    for token in registry.tokens(Some(incident_id)).await? {
-        if token.revoked_at.is_some() {
-            continue;
-        }
+    for token in registry.tokens(Some(incident_id)).await?.into_iter().filter(|token| token.revoked_at.is_none()) {
         match client.registration_token(&token.token).await? {
             Some(info) if info.completed > 0 => used += 1,
             _ => {
