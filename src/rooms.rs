@@ -21,7 +21,7 @@ use crate::config::Config;
 use crate::pace::{call_in_paced_groups, rest_after};
 use crate::recover::service_user_id;
 use crate::registry::{self, Actor, Registry, Rejoin, RejoinOutcome, Room, RoomDetails, RoomRecord, RoomState};
-use crate::synapse::{self, JoinOutcome, ListedRoom, StateEvent, SynapseClient};
+use crate::synapse::{self, JoinOutcome, LISTING_ATTEMPTS, ListedRoom, StateEvent, SynapseClient};
 
 /// Rooms read per listing page. Synapse counts and sorts every room for
 /// each page, so few big pages are much cheaper than many small ones
@@ -34,8 +34,6 @@ const ROOM_REFRESHES_PER_SYNC: i64 = 500;
 pub const ROOM_CONCURRENCY: usize = 4;
 /// `via` servers kept per room: the ones with the most joined members.
 const VIA_SERVERS: usize = 5;
-/// A listing that keeps changing while it is read is read again this often.
-const LISTING_ATTEMPTS: u32 = 3;
 
 #[derive(Debug, thiserror::Error)]
 pub enum RoomsError {
@@ -86,17 +84,15 @@ pub async fn sync_rooms(
         registry.rooms_read_before(before, ROOM_REFRESHES_PER_SYNC).await?.into_iter().collect();
     let mut summary = RoomSyncSummary { listed: listed.len() as u64, ..RoomSyncSummary::default() };
     let mut records: Vec<RoomRecord> = listed.into_iter().map(record_of).collect();
-    let changed: Vec<usize> = records
+    let to_read: Vec<(usize, String)> = records
         .iter()
         .enumerate()
         .filter(|(_, room)| {
             known.get(&room.room_id) != Some(&(room.state_events, room.joined_local, room.joined_remote))
                 || old.contains(&room.room_id)
         })
-        .map(|(index, _)| index)
+        .map(|(index, room)| (index, room.room_id.clone()))
         .collect();
-    let to_read: Vec<(usize, String)> =
-        changed.into_iter().map(|index| (index, records[index].room_id.clone())).collect();
     let details = call_in_paced_groups(to_read, ROOM_CONCURRENCY, pace, stop, |(index, room_id)| async move {
         (index, read_details(client, &room_id, server_name).await)
     });
@@ -141,9 +137,7 @@ async fn complete_listing(
             let asked = Instant::now();
             let page = client.rooms_page(from, ROOMS_PAGE).await?;
             total = page.total_rooms.unwrap_or(total);
-            for room in page.rooms {
-                rooms.insert(room.room_id.clone(), room);
-            }
+            rooms.extend(page.rooms.into_iter().map(|room| (room.room_id.clone(), room)));
             match page.next_batch {
                 Some(next) if next > from => from = next,
                 _ => break,

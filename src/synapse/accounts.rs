@@ -10,8 +10,7 @@ use secrecy::{ExposeSecret, SecretString};
 use serde::Deserialize;
 use serde_json::json;
 
-use super::types::lenient_i64;
-use super::{Error, SynapseClient, found, urlencode};
+use super::{Error, SynapseClient, UserDetails, found, urlencode};
 
 /// What a create-only `PUT {}` found.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -20,13 +19,6 @@ pub enum Creation {
     Created { created_at_ms: Option<i64> },
     /// The ID exists already (200); nothing was changed.
     Existed,
-}
-
-#[derive(Deserialize)]
-struct Created {
-    /// Seconds in this endpoint's answer (the listing uses milliseconds).
-    #[serde(default, deserialize_with = "lenient_i64")]
-    creation_ts: Option<i64>,
 }
 
 #[derive(Deserialize)]
@@ -44,7 +36,8 @@ impl SynapseClient {
     /// and no device. Sent once, never retried: a retry of a create that
     /// did happen would answer 200 and look like someone else's account.
     pub async fn create_account_if_free(&self, user_id: &str) -> Result<Creation, Error> {
-        let (status, created): (StatusCode, Created) = self
+        // The answer is the account as `GET` shows it ([`Self::user_details`]).
+        let (status, created): (StatusCode, UserDetails) = self
             .without_retries()
             .request_json_status(Method::PUT, &Self::user_path(user_id), &[], Some(&json!({})), true)
             .await?;
@@ -122,8 +115,7 @@ impl SynapseClient {
     /// changes nothing; under Matrix Authentication Service it answers 403.
     pub async fn may_create_accounts(&self, existing_user_id: &str) -> Result<bool, Error> {
         match self.create_account_if_free(existing_user_id).await {
-            Ok(Creation::Existed) => Ok(true),
-            Ok(Creation::Created { .. }) => Ok(true),
+            Ok(_) => Ok(true),
             Err(Error::Forbidden { .. }) => Ok(false),
             Err(err) => Err(err),
         }

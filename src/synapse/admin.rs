@@ -185,12 +185,9 @@ impl SynapseClient {
 fn registration_mac(secret: &SecretString, nonce: &str, user: &str, password: &SecretString, admin: bool) -> String {
     let mut mac =
         Hmac::<sha1::Sha1>::new_from_slice(secret.expose_secret().as_bytes()).expect("HMAC takes keys of any length");
-    for (index, part) in
-        [nonce, user, password.expose_secret(), if admin { "admin" } else { "notadmin" }].iter().enumerate()
-    {
-        if index > 0 {
-            mac.update(b"\0");
-        }
+    mac.update(nonce.as_bytes());
+    for part in [user, password.expose_secret(), if admin { "admin" } else { "notadmin" }] {
+        mac.update(b"\0");
         mac.update(part.as_bytes());
     }
     hex::encode(mac.finalize().into_bytes())

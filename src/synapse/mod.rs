@@ -113,9 +113,7 @@ impl SynapseClient {
             ("order_by", "name"),
             ("dir", "f"),
         ];
-        if let Some(from) = from {
-            query.push(("from", from));
-        }
+        query.extend(from.map(|from| ("from", from)));
         self.get_json("/_synapse/admin/v2/users", &query, true).await
     }
 
@@ -368,8 +366,8 @@ fn urlencode(text: &str) -> String {
     url::form_urlencoded::byte_serialize(text.as_bytes()).collect::<String>().replace('+', "%20")
 }
 
-/// Times a whole listing is read when accounts registered while it was
-/// being read (offset paging then repeats some and may skip others).
+/// Times a whole listing (accounts, rooms) is read when it changed while it
+/// was being read (offset paging then repeats some and may skip others).
 pub const LISTING_ATTEMPTS: u32 = 3;
 
 /// Cursor over the listing. A listing is complete only when Synapse says

@@ -60,6 +60,19 @@ pub struct StateEvent {
     pub content: Value,
 }
 
+/// The rooms an account is joined to.
+#[derive(Deserialize)]
+struct Joined {
+    #[serde(default)]
+    joined_rooms: Vec<String>,
+}
+
+/// A room an alias points at, or one just made.
+#[derive(Deserialize)]
+struct RoomId {
+    room_id: String,
+}
+
 /// What an admin join found.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum JoinOutcome {
@@ -125,11 +138,6 @@ impl SynapseClient {
 
     /// The rooms a local account is joined to (as this server sees it).
     pub async fn joined_rooms(&self, user_id: &str) -> Result<Vec<String>, Error> {
-        #[derive(Deserialize)]
-        struct Joined {
-            #[serde(default)]
-            joined_rooms: Vec<String>,
-        }
         let path = format!("/_synapse/admin/v1/users/{}/joined_rooms", urlencode(user_id));
         Ok(self.get_json::<Joined>(&path, &[], true).await?.joined_rooms)
     }
@@ -157,12 +165,8 @@ impl SynapseClient {
 
     /// The room a local alias points at, if any.
     pub async fn alias_target(&self, alias: &str) -> Result<Option<String>, Error> {
-        #[derive(Deserialize)]
-        struct Target {
-            room_id: String,
-        }
         let path = format!("/_matrix/client/v3/directory/room/{}", urlencode(alias));
-        Ok(found(self.get_json::<Target>(&path, &[], true).await)?.map(|target| target.room_id))
+        Ok(found(self.get_json::<RoomId>(&path, &[], true).await)?.map(|target| target.room_id))
     }
 
     /// Lists a room in this server's room directory.
@@ -175,11 +179,7 @@ impl SynapseClient {
     /// Creates a room as the token's account. Sent once: a retried create
     /// would make a second room.
     pub async fn create_room(&self, body: &Value) -> Result<String, Error> {
-        #[derive(Deserialize)]
-        struct Created {
-            room_id: String,
-        }
-        let created: Created = self
+        let created: RoomId = self
             .without_retries()
             .request_json(Method::POST, "/_matrix/client/v3/createRoom", &[], Some(body), true)
             .await?;
@@ -199,11 +199,6 @@ impl SynapseClient {
 
     /// The rooms the token's own account is joined to.
     pub async fn own_joined_rooms(&self) -> Result<Vec<String>, Error> {
-        #[derive(Deserialize)]
-        struct Joined {
-            #[serde(default)]
-            joined_rooms: Vec<String>,
-        }
         Ok(self.get_json::<Joined>("/_matrix/client/v3/joined_rooms", &[], true).await?.joined_rooms)
     }
 
