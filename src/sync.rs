@@ -187,7 +187,8 @@ async fn sync_under_lease(
     let outcome = import_emails(registry, client, options, quota, progress, &mut counts).await;
     let details_took = details_began.elapsed();
     registry.finish_sync_run(run_id, counts.fetched, counts.failed, counts.imported, actor).await?;
-    let mut stopped = outcome? == Ran::Stopped || options.stop.is_cancelled();
+    outcome?;
+    let mut stopped = options.stop.is_cancelled();
     // Rooms after accounts: a room's local members are matched with the
     // accounts just applied.
     let (rooms, rooms_error) = if stopped {
@@ -234,10 +235,9 @@ async fn stage_listing(
     let mut staged: u64 = 0;
     let mut to_stage: Option<Vec<synapse::ListedUser>> = None;
     loop {
-        let writing = to_stage.take();
         let write = async {
-            match &writing {
-                Some(users) => registry.stage_listing_page(run_id, users).await,
+            match to_stage.take() {
+                Some(users) => registry.stage_listing_page(run_id, &users).await,
                 None => Ok(0),
             }
         };
@@ -254,10 +254,7 @@ async fn stage_listing(
             return Err(SyncError::Stopped);
         }
     }
-    match pages.missed_some(staged) {
-        Some(total) => Err(SyncError::Inconsistent { listed: staged, total }),
-        None => Ok(()),
-    }
+    pages.missed_some(staged).map_or(Ok(()), |total| Err(SyncError::Inconsistent { listed: staged, total }))
 }
 
 #[derive(Default)]
@@ -266,13 +263,6 @@ struct DetailCounts {
     fetched: u64,
     failed: u64,
     imported: u64,
-}
-
-/// How a run of calls ended.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum Ran {
-    ToTheEnd,
-    Stopped,
 }
 
 /// How many accounts due again one sync reads: `details_per_round`, or more
@@ -291,7 +281,8 @@ fn refresh_quota(per_round: u64, max_age: Duration, accounts: u64, since_last_ms
 /// Fetches details of new accounts, then of those due again (at most
 /// `quota` of them, see [`refresh_quota`]), with bounded concurrency, and records
 /// their emails. Per-account failures are counted, not fatal. New accounts
-/// come first, so a sync stopped part-way continues where it stopped.
+/// come first, so a sync stopped part-way continues where it stopped (once
+/// stopped, the second pass calls nothing).
 async fn import_emails(
     registry: &Registry,
     client: &SynapseClient,
@@ -299,16 +290,14 @@ async fn import_emails(
     quota: u64,
     progress: &dyn SyncProgress,
     counts: &mut DetailCounts,
-) -> Result<Ran, SyncError> {
+) -> Result<(), SyncError> {
     let now = now_ms();
     let again = DetailsDue::Again { now, stale_before: now - options.details_max_age.as_millis() as i64 };
     let new = registry.count_accounts_needing_details(DetailsDue::New).await? as u64;
     let due = (registry.count_accounts_needing_details(again).await? as u64).min(quota);
     counts.due = new + due;
     progress.details_start(counts.due, options.pace);
-    if read_details(registry, client, options, DetailsDue::New, u64::MAX, progress, counts).await? == Ran::Stopped {
-        return Ok(Ran::Stopped);
-    }
+    read_details(registry, client, options, DetailsDue::New, u64::MAX, progress, counts).await?;
     read_details(registry, client, options, again, quota, progress, counts).await
 }
 
@@ -325,7 +314,7 @@ async fn read_details(
     cap: u64,
     progress: &dyn SyncProgress,
     counts: &mut DetailCounts,
-) -> Result<Ran, SyncError> {
+) -> Result<(), SyncError> {
     let mut after = String::new();
     let mut taken = 0u64;
     let mut to_write = Vec::new();
@@ -342,54 +331,46 @@ async fn read_details(
         if batch.is_empty() && to_write.is_empty() {
             break;
         }
-        let (answers, written) =
+        let ((read, refused), written) =
             tokio::join!(read_batch(client, options, batch, progress, counts), registry.record_details(&to_write));
         counts.imported += written?;
-        to_write = answers.read;
-        if let Some(refused) = answers.refused {
+        to_write = read;
+        if let Some(refused) = refused {
             // What was read before the refusal is kept.
             counts.imported += registry.record_details(&to_write).await?;
             return Err(SyncError::Details(refused));
         }
     }
-    Ok(if options.stop.is_cancelled() { Ran::Stopped } else { Ran::ToTheEnd })
-}
-
-/// The answers of one batch of detail calls.
-struct BatchRead {
-    read: Vec<AccountDetails>,
-    /// Synapse refused the admin token: the sync stops here.
-    refused: Option<synapse::Error>,
+    Ok(())
 }
 
 /// Reads the details of `batch` ([`call_in_paced_groups`]), counting each
-/// answer in `counts` as it comes; writes nothing.
+/// answer in `counts` as it comes; writes nothing. Returns what was read
+/// and, if Synapse refused the admin token, the refusal (the sync stops).
 async fn read_batch(
     client: &SynapseClient,
     options: &SyncOptions,
     batch: Vec<UserId>,
     progress: &dyn SyncProgress,
     counts: &mut DetailCounts,
-) -> BatchRead {
+) -> (Vec<AccountDetails>, Option<synapse::Error>) {
     let outcomes =
         call_in_paced_groups(batch, options.details_concurrency, options.pace, &options.stop, |user_id| async move {
-            let details = client.user_details(user_id.as_str()).await;
-            (user_id, details)
+            (client.user_details(user_id.as_str()).await, user_id)
         });
     let mut outcomes = std::pin::pin!(outcomes);
-    let mut answers = BatchRead { read: Vec::new(), refused: None };
-    while let Some((user_id, details)) = outcomes.next().await {
+    let mut read = Vec::new();
+    while let Some((details, user_id)) = outcomes.next().await {
         match details {
             Ok(Some(details)) => {
                 let emails = emails_of(user_id.as_str(), &details.threepids);
-                answers.read.push(AccountDetails { user_id, emails, due_at: next_due(options) });
+                read.push(AccountDetails { user_id, emails, due_at: next_due(options) });
                 counts.fetched += 1;
             }
             // Gone since the listing: the next sync will see it missing.
             Ok(None) => counts.fetched += 1,
             Err(err @ (synapse::Error::Unauthorized { .. } | synapse::Error::Forbidden { .. })) => {
-                answers.refused = Some(err);
-                break;
+                return (read, Some(err));
             }
             Err(err) => {
                 tracing::warn!(user_id = %user_id, error = %err, "could not fetch account details");
@@ -398,7 +379,7 @@ async fn read_batch(
         }
         progress.details(counts.fetched + counts.failed, counts.due);
     }
-    answers
+    (read, None)
 }
 
 /// When details just read are due again: after between half and all of
