@@ -134,18 +134,12 @@ async fn hold_under_lease(
     admins_first(&mut candidates, bot_admins);
     let total = candidates.len() as u64;
     let mut report = HoldReport::default();
-    if candidates.is_empty() {
-        return Ok(report);
-    }
     // A Synapse that refuses the first creations (accounts delegated to
     // Matrix Authentication Service) refuses them all: no new hold starts.
     let refused = std::sync::atomic::AtomicBool::new(false);
     let mut outcomes = futures::stream::iter(candidates)
         .take_while(|_| std::future::ready(!stop.is_cancelled() && !refused.load(Ordering::Relaxed)))
-        .map(|candidate| async move {
-            let user_id = candidate.user_id.clone();
-            (user_id, hold_one(registry, client, candidate, actor).await)
-        })
+        .map(|candidate| async move { (candidate.user_id.clone(), hold_one(registry, client, candidate, actor).await) })
         .buffer_unordered(HOLD_CONCURRENCY);
     let mut done = 0;
     let mut not_allowed = false;
@@ -165,18 +159,15 @@ async fn hold_under_lease(
             Err(err) => return Err(err.into()),
         }
     }
-    drop(outcomes);
     report.stopped = done < total;
     if not_allowed && report.held.is_empty() {
         return Err(HoldError::NotAllowed);
     }
-    for ids in [&mut report.held, &mut report.taken] {
-        ids.sort_unstable();
-    }
+    report.held.sort_unstable();
+    report.taken.sort_unstable();
     report.failed.sort_unstable();
     if !report.is_empty() {
-        let detail = report.summary();
-        registry.audit(actor, "hold.run", None, Some(&detail)).await?;
+        registry.audit(actor, "hold.run", None, Some(&report.summary())).await?;
     }
     Ok(report)
 }
@@ -360,15 +351,10 @@ pub async fn way_back(
     if account.state == AccountState::Claimed {
         return Ok(WayBack::Nothing("the account was handed back to its owner already"));
     }
-    let claim = (config.recovery.mode == RecoveryMode::Reclaim)
-        .then(|| {
-            claim_link(account.user_id.as_str(), account.state, account.custody_at, true, incident, claim_valid_for)
-        })
-        .flatten();
-    Ok(match claim {
-        Some(link) => WayBack::Claim(link),
-        None => WayBack::Token { incident },
-    })
+    let claim =
+        claim_link(account.user_id.as_str(), account.state, account.custody_at, true, incident, claim_valid_for)
+            .filter(|_| config.recovery.mode == RecoveryMode::Reclaim);
+    Ok(claim.map_or(WayBack::Token { incident }, WayBack::Claim))
 }
 
 /// The link that hands a held ID back to its person, valid for
