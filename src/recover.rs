@@ -90,14 +90,11 @@ pub fn service_user_id(config: &Config) -> UserId {
 /// any token that died with a wipe), then the configured one.
 pub async fn admin_access(config: &Config, registry: &Registry) -> Result<AdminAccess, RecoverError> {
     let base = SynapseClient::from_config(&config.homeserver);
-    let mut candidates: Vec<(TokenSource, SecretString)> = Vec::new();
-    if let Some(stored) = registry.service_credential(&service_user_id(config)).await? {
-        candidates.push((TokenSource::Recovered, stored.access_token));
-    }
-    if let Some(configured) = &config.homeserver.admin_token {
-        candidates.push((TokenSource::Config, configured.value.clone()));
-    }
-    for (source, token) in candidates {
+    let stored = registry.service_credential(&service_user_id(config)).await?;
+    let recovered = stored.map(|stored| (TokenSource::Recovered, stored.access_token));
+    let configured =
+        config.homeserver.admin_token.as_ref().map(|configured| (TokenSource::Config, configured.value.clone()));
+    for (source, token) in recovered.into_iter().chain(configured) {
         let client = base.with_token(token);
         match client.whoami().await {
             Ok(_) => return Ok(AdminAccess::Working { client, source }),

@@ -70,6 +70,7 @@ pub async fn observe(
     let mut seen = Observation { at: Some(now_ms()), ..Observation::default() };
     let options = CheckOptions::from_config(config);
     let began = tokio::time::Instant::now();
+    let (mut share, mut one_off) = (1.0, Duration::ZERO);
     let mut client = match admin_access(config, registry).await {
         Ok(AdminAccess::Working { client, .. }) => client,
         Ok(AdminAccess::Dead { client }) => {
@@ -86,8 +87,7 @@ pub async fn observe(
         // Paced, a first sync of a big server can take long: serve's stop
         // ends it between calls, keeping what it read.
         let paced = SyncOptions::from_config(config).paced(config).stopped_by(cancel.clone());
-        let mut share = paced.pace.unwrap_or(1.0);
-        let mut one_off = Duration::ZERO;
+        share = paced.pace.unwrap_or(1.0);
         match sync(registry, &client, &paced, &actor, &Quiet).await {
             Ok(summary) => {
                 one_off = summary.details_took;
@@ -102,11 +102,6 @@ pub async fn observe(
             }
             Err(err) => seen.reason = format!("could not tell: {err}"),
         }
-        seen.listing = Some(LastListing {
-            ended_ms: now_ms(),
-            synapse_ms: i64::try_from(began.elapsed().saturating_sub(one_off).mul_f64(share).as_millis())
-                .unwrap_or(i64::MAX),
-        });
     } else {
         // A dead token lists nothing; check tells a wipe from a typo.
         seen.checked(check(registry, &client, &options).await);
@@ -139,11 +134,12 @@ pub async fn observe(
             Err(err @ SyncError::Busy { .. }) => tracing::info!(reason = %err, "watcher: sync skipped this round"),
             Err(err) => tracing::warn!(error = %err, "watcher: sync failed"),
         }
-        seen.listing = Some(LastListing {
-            ended_ms: now_ms(),
-            synapse_ms: i64::try_from(began.elapsed().as_millis()).unwrap_or(i64::MAX),
-        });
     }
+    seen.listing = Some(LastListing {
+        ended_ms: now_ms(),
+        synapse_ms: i64::try_from(began.elapsed().saturating_sub(one_off).mul_f64(share).as_millis())
+            .unwrap_or(i64::MAX),
+    });
     seen.settle_taken(config);
     (seen, Some(client))
 }
@@ -205,23 +201,13 @@ async fn hold_lost(
 /// sync, so a wipe reads as a suspected reset rather than "could not tell".
 async fn client_that_worked(config: &Config, registry: &Registry, dead: SynapseClient) -> SynapseClient {
     let working = registry.setting(WORKING_TOKEN_SETTING).await.ok().flatten();
-    let mut candidates = Vec::new();
-    if let Ok(Some(stored)) = registry.service_credential(&service_user_id(config)).await {
-        candidates.push(stored.access_token);
-    }
-    if let Some(configured) = &config.homeserver.admin_token {
-        candidates.push(configured.value.clone());
-    }
-    let fallback = candidates.last().cloned();
-    for token in candidates {
-        let client = dead.with_token(token);
-        if working.is_some() && client.token_fingerprint() == working {
-            return client;
-        }
-    }
-    match fallback {
-        Some(token) => dead.with_token(token),
-        None => dead,
+    let stored =
+        registry.service_credential(&service_user_id(config)).await.ok().flatten().map(|stored| stored.access_token);
+    let configured = config.homeserver.admin_token.as_ref().map(|configured| configured.value.clone());
+    let mut candidates: Vec<_> = stored.into_iter().chain(configured).map(|token| dead.with_token(token)).collect();
+    match candidates.iter().position(|client| working.is_some() && client.token_fingerprint() == working) {
+        Some(index) => candidates.swap_remove(index),
+        None => candidates.pop().unwrap_or(dead),
     }
 }
 
