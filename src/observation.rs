@@ -90,18 +90,12 @@ impl Observation {
 
     /// The alert, in Markdown: what happened and what to do next.
     pub fn alert_markdown(&self, server_name: &str) -> String {
+        let reason = self.reason.trim_end_matches('.');
         let mut text = match (self.verdict, self.token_rejected) {
-            (Some(Verdict::SuspectedReset), _) => {
-                format!("**Suspected database reset on {server_name}.** {}.", self.reason.trim_end_matches('.'))
-            }
-            (Some(Verdict::Loss), _) => {
-                format!("**Accounts lost on {server_name}.** {}.", self.reason.trim_end_matches('.'))
-            }
-            (_, true) => format!(
-                "**lifeboat's admin token is rejected by {server_name}.** {}.",
-                self.reason.trim_end_matches('.')
-            ),
-            _ => format!("{server_name}: {}.", self.reason.trim_end_matches('.')),
+            (Some(Verdict::SuspectedReset), _) => format!("**Suspected database reset on {server_name}.** {reason}."),
+            (Some(Verdict::Loss), _) => format!("**Accounts lost on {server_name}.** {reason}."),
+            (_, true) => format!("**lifeboat's admin token is rejected by {server_name}.** {reason}."),
+            _ => format!("{server_name}: {reason}."),
         };
         if !self.missing.is_empty() {
             text.push_str(&format!("\n\nMissing ({}): {}", self.missing.len(), named(&self.missing)));

@@ -55,7 +55,7 @@ where
 {
     let concurrency = concurrency.max(1);
     let group_size = if pace.is_some() { concurrency } else { items.len().max(1) };
-    let groups = Groups { items: items.into_iter(), group_size, call, current: None };
+    let groups = Groups { items: items.into_iter(), call, current: None };
     futures::stream::unfold(groups, move |mut groups| async move {
         loop {
             if let Some((asked, outcomes)) = &mut groups.current {
@@ -73,7 +73,7 @@ where
                     return None;
                 }
             }
-            let group: Vec<T> = groups.items.by_ref().take(groups.group_size).collect();
+            let group: Vec<T> = groups.items.by_ref().take(group_size).collect();
             if group.is_empty() {
                 return None;
             }
@@ -88,7 +88,6 @@ where
 /// group in flight with when it was sent.
 struct Groups<T, F, Fut: Future> {
     items: std::vec::IntoIter<T>,
-    group_size: usize,
     call: F,
     current: Option<(Instant, futures::stream::BufferUnordered<futures::stream::Iter<std::vec::IntoIter<Fut>>>)>,
 }

@@ -61,17 +61,12 @@ pub async fn probe(config: &Config, registry: &Registry, fixed: &FixedSample, si
     let mut sample: Vec<(String, Option<i64>)> = fixed.accounts.iter().cloned().chain(rotating).collect();
     sample.sort();
     sample.dedup();
+    let client = &client;
     let mut looked = futures::stream::iter(sample)
-        .map(|(user_id, created_ms)| {
-            let client = &client;
-            async move {
-                let found = client.user_details(&user_id).await;
-                (user_id, created_ms, found)
-            }
-        })
+        .map(|(user_id, created_ms)| async move { (client.user_details(&user_id).await, user_id, created_ms) })
         .buffer_unordered(CONCURRENCY);
     let mut outcome = Probe::Fine;
-    while let Some((user_id, created_ms, found)) = looked.next().await {
+    while let Some((found, user_id, created_ms)) = looked.next().await {
         match found {
             Ok(None) => return Probe::LooksWrong(format!("{user_id} is gone")),
             // Whole seconds, as the listing's comparison (`reconcile`).

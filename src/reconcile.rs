@@ -222,11 +222,8 @@ pub fn merge_join(known: &[Known], listed: &[Listed], loss_threshold: f64) -> Re
             (None, Some(_)) => Ordering::Greater,
             (Some(a), Some(b)) => a.user_id.as_bytes().cmp(b.user_id.as_bytes()),
         };
-        match order {
-            Ordering::Less => report.add(k.next(), None),
-            Ordering::Greater => report.add(None, l.next()),
-            Ordering::Equal => report.add(k.next(), l.next()),
-        }
+        // The smaller ID goes alone; equal IDs go as a pair.
+        report.add(k.next_if(|_| order.is_le()), l.next_if(|_| order.is_ge()));
     }
     report.finish(loss_threshold)
 }
