@@ -191,23 +191,19 @@ async fn sync_under_lease(
     let mut stopped = options.stop.is_cancelled();
     // Rooms after accounts: a room's local members are matched with the
     // accounts just applied.
-    let (rooms, rooms_error) = if stopped {
-        (None, None)
-    } else {
+    let (mut rooms, mut rooms_error) = (None, None);
+    if !stopped {
         match sync_rooms(registry, client, &options.server_name, options.details_max_age, options.pace, &options.stop)
             .await
         {
-            Ok(rooms) => (Some(rooms), None),
-            Err(RoomsError::Stopped) => {
-                stopped = true;
-                (None, None)
-            }
+            Ok(summary) => rooms = Some(summary),
+            Err(RoomsError::Stopped) => stopped = true,
             Err(err) => {
                 tracing::warn!(error = %err, "the room registry was not updated");
-                (None, Some(err.to_string()))
+                rooms_error = Some(err.to_string());
             }
         }
-    };
+    }
     Ok(SyncSummary {
         run_id,
         applied,

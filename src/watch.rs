@@ -221,10 +221,8 @@ pub async fn run(services: Arc<Services>, alerts: impl AlertSink) {
     loop {
         let interval = if last_round.is_some() { config.watch.interval } else { Duration::ZERO };
         let after_round = last_round.map_or(0, |ended| ended.saturating_add(interval.as_millis() as i64));
-        let due = match last_listing(registry).await {
-            Some(last) => after_round.max(next_listing_due(last, interval)),
-            None => after_round,
-        };
+        let due =
+            last_listing(registry).await.map_or(after_round, |last| after_round.max(next_listing_due(last, interval)));
         if due > now_ms() && !wait_for_next_round(config, registry, cancel, due).await {
             return;
         }
