@@ -129,11 +129,14 @@ impl Observation {
         text
     }
 
-    /// The taken IDs once, in order, and which of them are admins'.
+    /// The taken IDs once, in order, and which of them are in `bot.admins`
+    /// (named apart in the alert).
     pub(crate) fn settle_taken(&mut self, config: &Config) {
         self.taken.sort_unstable();
         self.taken.dedup();
-        self.taken_admins = taken_admins(config, &self.taken);
+        let admins: Vec<&str> =
+            config.bot.iter().flat_map(|bot| bot.admins.iter().map(|admin| admin.as_str())).collect();
+        self.taken_admins = self.taken.iter().filter(|id| admins.contains(&id.as_str())).cloned().collect();
     }
 
     /// What this round held, in Markdown.
@@ -193,10 +196,4 @@ impl WatchHandle {
             *seen = observation;
         }
     }
-}
-
-/// Who of the taken IDs is in `bot.admins`: named apart in the alert.
-fn taken_admins(config: &Config, taken: &[String]) -> Vec<String> {
-    let admins: Vec<&str> = config.bot.iter().flat_map(|bot| bot.admins.iter().map(|admin| admin.as_str())).collect();
-    taken.iter().filter(|id| admins.contains(&id.as_str())).cloned().collect()
 }

@@ -155,9 +155,22 @@ pub async fn after_listing(
     seen: &mut Observation,
     stop: &CancellationToken,
 ) {
-    let actor = Actor::service("watcher");
+    // Whatever the registry knows to be lost: create-only, so holding on
+    // what an earlier sync saw is safe.
     if holds_wanted(config, false) {
-        hold_lost(config, registry, client, &actor, seen, stop).await;
+        match hold_lost_ids(config, registry, client, &Actor::service("watcher"), &|_, _| {}, stop).await {
+            Ok(report) => {
+                if !report.failed.is_empty() {
+                    tracing::warn!(count = report.failed.len(), first = ?report.failed.first(), "watcher: some lost IDs could not be held yet");
+                }
+                seen.held = report.held.iter().map(ToString::to_string).collect();
+                seen.taken.extend(report.taken.iter().map(ToString::to_string));
+            }
+            Err(err @ HoldError::Busy { .. }) => {
+                tracing::info!(reason = %err, "watcher: lost IDs are held by another run")
+            }
+            Err(err) => tracing::warn!(error = %err, "watcher: lost IDs are not held"),
+        }
     }
     // People whose ID is theirs again go back into their rooms within a round.
     rejoin_rooms(config, registry, client).await;
@@ -171,29 +184,6 @@ async fn rejoin_rooms(config: &Config, registry: &Registry, client: &SynapseClie
         Ok(report) if !report.is_empty() => tracing::info!(summary = %report.summary(), "watcher: rooms"),
         Ok(_) => {}
         Err(err) => tracing::warn!(error = %err, "watcher: could not bring people back into their rooms"),
-    }
-}
-
-/// Holds whatever the registry knows to be lost (create-only, so holding
-/// on what an earlier sync saw is safe), and notes it for the alert.
-async fn hold_lost(
-    config: &Config,
-    registry: &Registry,
-    client: &SynapseClient,
-    actor: &Actor,
-    seen: &mut Observation,
-    stop: &CancellationToken,
-) {
-    match hold_lost_ids(config, registry, client, actor, &|_, _| {}, stop).await {
-        Ok(report) => {
-            if !report.failed.is_empty() {
-                tracing::warn!(count = report.failed.len(), first = ?report.failed.first(), "watcher: some lost IDs could not be held yet");
-            }
-            seen.held = report.held.iter().map(ToString::to_string).collect();
-            seen.taken.extend(report.taken.iter().map(ToString::to_string));
-        }
-        Err(err @ HoldError::Busy { .. }) => tracing::info!(reason = %err, "watcher: lost IDs are held by another run"),
-        Err(err) => tracing::warn!(error = %err, "watcher: lost IDs are not held"),
     }
 }
 
@@ -256,7 +246,11 @@ pub async fn run(services: Arc<Services>, alerts: impl AlertSink) {
             // Taken before its hold: news, alerted with the held IDs.
             alert_on_change(config, registry, &seen, &alerts).await
         } else if !seen.held.is_empty() {
-            alert_held(config, registry, &seen, &alerts).await
+            // The IDs held after the alert went out, in a message of their own.
+            let server = &config.homeserver.server_name;
+            let subject = format!("[lifeboat] {server}: {} lost IDs held for their owners", seen.held.len());
+            alerts.alert(&subject, &seen.held_markdown()).await;
+            registry.audit(&Actor::service("watcher"), "alert", Some(&subject), None).await
         } else {
             Ok(())
         };
@@ -320,8 +314,13 @@ async fn wait_for_next_round(config: &Config, registry: &Registry, cancel: &Canc
         if pause(wait.min(rooms_due.saturating_duration_since(now).max(Duration::from_millis(10))), cancel).await {
             return false;
         }
+        // Between full listings (hours apart on a big server), each
+        // `watch.interval` still brings people whose ID is theirs again back
+        // into their rooms: a claim should not wait for the next listing.
         if tokio::time::Instant::now() >= rooms_due {
-            rooms_between_listings(config, registry).await;
+            if let Ok(AdminAccess::Working { client, .. }) = admin_access(config, registry).await {
+                rejoin_rooms(config, registry, &client).await;
+            }
             rooms_due = tokio::time::Instant::now() + config.watch.interval;
         }
         if !probing || tokio::time::Instant::now() >= next_round {
@@ -336,28 +335,6 @@ async fn wait_for_next_round(config: &Config, registry: &Registry, cancel: &Canc
             Probe::CouldNotTell(why) => tracing::debug!(why, "watcher: the probe could not tell"),
         }
     }
-}
-
-/// Between full listings (hours apart on a big server), each
-/// `watch.interval` still brings people whose ID is theirs again back into
-/// their rooms: a claim should not wait for the next listing.
-async fn rooms_between_listings(config: &Config, registry: &Registry) {
-    if let Ok(AdminAccess::Working { client, .. }) = admin_access(config, registry).await {
-        rejoin_rooms(config, registry, &client).await;
-    }
-}
-
-/// The IDs a round held after its alert went out, in a message of their own.
-async fn alert_held(
-    config: &Config,
-    registry: &Registry,
-    seen: &Observation,
-    alerts: &impl AlertSink,
-) -> Result<(), crate::registry::Error> {
-    let server = &config.homeserver.server_name;
-    let subject = format!("[lifeboat] {server}: {} lost IDs held for their owners", seen.held.len());
-    alerts.alert(&subject, &seen.held_markdown()).await;
-    registry.audit(&Actor::service("watcher"), "alert", Some(&subject), None).await
 }
 
 async fn alert_on_change(
