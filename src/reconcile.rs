@@ -108,21 +108,11 @@ pub fn registered_again(known: Option<i64>, listed: Option<i64>) -> bool {
     matches!((known, listed), (Some(before), Some(now)) if now / 1000 > before / 1000)
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
-#[serde(rename_all = "snake_case")]
-pub enum Verdict {
-    Ok,
-    Loss,
-    SuspectedReset,
-}
-
-impl Verdict {
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Verdict::Ok => "ok",
-            Verdict::Loss => "loss",
-            Verdict::SuspectedReset => "suspected_reset",
-        }
+stored_as_text! {
+    pub enum Verdict {
+        Ok = "ok",
+        Loss = "loss",
+        SuspectedReset = "suspected_reset",
     }
 }
 
