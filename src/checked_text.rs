@@ -2,10 +2,16 @@
 //! they were: a user ID, an email address, one of an enum's names. A column
 //! that does not parse is a decode error, not a stray string.
 
-/// Maps `$name` to sqlx (the `Any` driver, on SQLite and PostgreSQL alike)
+/// For a type checked once when it enters, with
+/// `pub fn parse(&str) -> Result<Self, E>` (E an error) and
+/// `pub fn as_str(&self) -> &str`: a TEXT column and a JSON string. The
+/// column maps to sqlx (the `Any` driver, on SQLite and PostgreSQL alike)
 /// through `as_str` on the way in and `$parse` (text → `Result<$name, E>`,
-/// E an error) on the way out.
-macro_rules! text_column {
+/// `$name::parse` unless given) on the way out.
+macro_rules! checked_text {
+    ($name:ident) => {
+        $crate::checked_text::checked_text!($name, $name::parse);
+    };
     ($name:ident, $parse:expr) => {
         impl sqlx::Type<sqlx::Any> for $name {
             fn type_info() -> sqlx::any::AnyTypeInfo {
@@ -30,15 +36,6 @@ macro_rules! text_column {
                 Ok($parse(text)?)
             }
         }
-    };
-}
-
-/// For a type checked once when it enters, with
-/// `pub fn parse(&str) -> Result<Self, E>` (E an error) and
-/// `pub fn as_str(&self) -> &str`: a TEXT column and a JSON string.
-macro_rules! checked_text {
-    ($name:ident) => {
-        $crate::checked_text::text_column!($name, $name::parse);
 
         impl serde::Serialize for $name {
             fn serialize<S: serde::Serializer>(&self, serializer: S) -> std::result::Result<S::Ok, S::Error> {
@@ -86,15 +83,9 @@ macro_rules! stored_as_text {
             }
         }
 
-        $crate::checked_text::text_column!($name, |text: &str| {
+        $crate::checked_text::checked_text!($name, |text: &str| {
             $name::from_name(text).ok_or_else(|| format!("{text:?} is not a {}", stringify!($name)))
         });
-
-        impl serde::Serialize for $name {
-            fn serialize<S: serde::Serializer>(&self, serializer: S) -> std::result::Result<S::Ok, S::Error> {
-                serializer.serialize_str(self.as_str())
-            }
-        }
 
         impl<'de> serde::Deserialize<'de> for $name {
             fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> std::result::Result<$name, D::Error> {
@@ -106,4 +97,4 @@ macro_rules! stored_as_text {
     };
 }
 
-pub(crate) use {checked_text, stored_as_text, text_column};
+pub(crate) use {checked_text, stored_as_text};
