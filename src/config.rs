@@ -26,12 +26,6 @@ pub const DEFAULT_CONFIG_PATH: &str = "lifeboat.toml";
 #[error("{0}")]
 pub struct ConfigError(pub String);
 
-impl ConfigError {
-    fn at(key: &str, origin: &Origin, problem: impl std::fmt::Display) -> Self {
-        ConfigError(format!("config key `{key}` {origin}: {problem}"))
-    }
-}
-
 /// Where a value came from, so errors can point at it.
 #[derive(Debug, Clone)]
 pub enum Origin {
@@ -198,42 +192,25 @@ pub struct RecoveryConfig {
     pub hold: HoldPolicy,
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum RecoveryMode {
-    /// Lost IDs are held and handed back to their owners by claim links;
-    /// registration tokens are for new names.
-    Reclaim,
-    /// Registration tokens only, which Synapse does not bind to an ID (for
-    /// homeservers where lifeboat cannot create accounts, e.g. under MAS).
-    Token,
-}
-
-/// When lost IDs are held.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum HoldPolicy {
-    /// As soon as a loss is seen (the watcher), and at `incident open`.
-    Auto,
-    /// Only when an incident is opened.
-    OnIncident,
-    Off,
-}
-
-impl RecoveryMode {
-    pub fn as_str(self) -> &'static str {
-        match self {
-            RecoveryMode::Reclaim => "reclaim",
-            RecoveryMode::Token => "token",
-        }
+crate::checked_text::stored_as_text! {
+    pub enum RecoveryMode {
+        /// Lost IDs are held and handed back to their owners by claim links;
+        /// registration tokens are for new names.
+        Reclaim = "reclaim",
+        /// Registration tokens only, which Synapse does not bind to an ID (for
+        /// homeservers where lifeboat cannot create accounts, e.g. under MAS).
+        Token = "token",
     }
 }
 
-impl HoldPolicy {
-    pub fn as_str(self) -> &'static str {
-        match self {
-            HoldPolicy::Auto => "auto",
-            HoldPolicy::OnIncident => "on-incident",
-            HoldPolicy::Off => "off",
-        }
+crate::checked_text::stored_as_text! {
+    /// When lost IDs are held.
+    pub enum HoldPolicy {
+        /// As soon as a loss is seen (the watcher), and at `incident open`.
+        Auto = "auto",
+        /// Only when an incident is opened.
+        OnIncident = "on-incident",
+        Off = "off",
     }
 }
 
@@ -268,18 +245,13 @@ impl Config {
         let mut table: toml::Table = toml::from_str(text).map_err(|err| {
             let place = err
                 .span()
-                .map(|span| {
-                    let line = text[..span.start].matches('\n').count() + 1;
-                    format!(" at line {line}")
-                })
+                .map(|span| format!(" at line {}", text[..span.start].matches('\n').count() + 1))
                 .unwrap_or_default();
             ConfigError(format!("{} is not valid TOML{place}: {}", path.display(), err.message()))
         })?;
         let mut origins = BTreeMap::new();
         raw::apply_env_overrides(&mut table, env, &mut origins)?;
-        let raw = raw::RawConfig::parse(table, path, &origins)?;
-        let base_dir = path.parent().filter(|dir| !dir.as_os_str().is_empty()).unwrap_or(Path::new(".")).to_path_buf();
-        raw.validate(path, &base_dir, &origins)
+        raw::RawConfig::load(table, path, &origins)
     }
 
     /// The admin token, or a sentence saying how to configure one.

@@ -199,29 +199,23 @@ struct RawAlerts {
 impl RawRecovery {
     fn validate(self, ctx: &Ctx) -> Result<RecoveryConfig, ConfigError> {
         let mode = match self.mode.as_deref().map(str::trim) {
-            None | Some("reclaim") => RecoveryMode::Reclaim,
-            Some("token") => RecoveryMode::Token,
-            Some(other) => {
-                return Err(ctx.invalid(
+            None => RecoveryMode::Reclaim,
+            Some(text) => RecoveryMode::from_name(text).ok_or_else(|| {
+                ctx.invalid(
                     "recovery.mode",
-                    format!("`{other}` is not a mode: write \"reclaim\" (hold lost IDs for their owners) or \"token\" (registration tokens only)"),
-                ));
-            }
+                    format!("`{text}` is not a mode: write \"reclaim\" (hold lost IDs for their owners) or \"token\" (registration tokens only)"),
+                )
+            })?,
         };
         let hold = match self.hold.as_deref().map(str::trim) {
-            None => match mode {
-                RecoveryMode::Reclaim => HoldPolicy::Auto,
-                RecoveryMode::Token => HoldPolicy::Off,
-            },
-            Some("auto") => HoldPolicy::Auto,
-            Some("on-incident") => HoldPolicy::OnIncident,
-            Some("off") => HoldPolicy::Off,
-            Some(other) => {
-                return Err(ctx.invalid(
+            None if mode == RecoveryMode::Token => HoldPolicy::Off,
+            None => HoldPolicy::Auto,
+            Some(text) => HoldPolicy::from_name(text).ok_or_else(|| {
+                ctx.invalid(
                     "recovery.hold",
-                    format!("`{other}` is not a choice: write \"auto\", \"on-incident\" or \"off\""),
-                ));
-            }
+                    format!("`{text}` is not a choice: write \"auto\", \"on-incident\" or \"off\""),
+                )
+            })?,
         };
         if mode == RecoveryMode::Token && hold != HoldPolicy::Off {
             return Err(ctx.invalid(
@@ -236,6 +230,8 @@ impl RawRecovery {
 /// Validation context: names keys and their origin in every error.
 struct Ctx<'a> {
     file: &'a Path,
+    /// The config file's folder, which relative paths are in (`join` keeps
+    /// an absolute one as it is).
     base_dir: &'a Path,
     origins: &'a Origins,
 }
@@ -246,7 +242,7 @@ impl Ctx<'_> {
     }
 
     fn invalid(&self, key: &str, problem: impl std::fmt::Display) -> ConfigError {
-        ConfigError::at(key, &self.origin(key), problem)
+        ConfigError(format!("config key `{key}` {}: {problem}", self.origin(key)))
     }
 
     fn missing(&self, section: &str, key: &str, hint: &str) -> ConfigError {
@@ -278,8 +274,40 @@ impl Ctx<'_> {
         Ok(duration)
     }
 
-    fn path(&self, path: &Path) -> PathBuf {
-        if path.is_absolute() { path.to_path_buf() } else { self.base_dir.join(path) }
+    /// `value`, or `default`; zero is refused.
+    fn at_least_one<T: PartialEq + From<u8>>(&self, key: &str, value: Option<T>, default: T) -> Result<T, ConfigError> {
+        let value = value.unwrap_or(default);
+        if value == T::from(0) {
+            return Err(self.invalid(key, "must be at least 1"));
+        }
+        Ok(value)
+    }
+
+    /// `value`, or `default`: a share, above 0 and at most 1.
+    fn share(&self, key: &str, value: Option<f64>, default: f64) -> Result<f64, ConfigError> {
+        let share = value.unwrap_or(default);
+        if !(share > 0.0 && share <= 1.0) {
+            return Err(
+                self.invalid(key, format!("{share} is not a share between 0 (exclusive) and 1, like {default}"))
+            );
+        }
+        Ok(share)
+    }
+
+    /// The address to listen on, or `default`.
+    fn bind(&self, key: &str, value: Option<String>, default: &str) -> Result<std::net::SocketAddr, ConfigError> {
+        let text = value.unwrap_or_else(|| default.to_owned());
+        text.trim().parse().map_err(|_| self.invalid(key, format!("`{text}` is not an address like \"{default}\"")))
+    }
+
+    /// Each item of a list, parsed.
+    fn list<T, E: std::fmt::Display>(
+        &self,
+        key: &str,
+        items: Option<Vec<String>>,
+        parse: impl Fn(&str) -> Result<T, E>,
+    ) -> Result<Vec<T>, ConfigError> {
+        items.unwrap_or_default().iter().map(|text| parse(text).map_err(|err| self.invalid(key, err))).collect()
     }
 
     /// Reads `key` inline or from `key_file`, never both.
@@ -291,15 +319,12 @@ impl Ctx<'_> {
         file: Option<PathBuf>,
     ) -> Result<Option<Secret>, ConfigError> {
         let dotted = format!("{section}.{key}");
+        let file_key = format!("{dotted}_file");
         // The environment overrides the file, also across `key` / `key_file`.
         let from_env = |name: &str| matches!(self.origins.get(name), Some(Origin::Env(_)));
         let (inline, file) = match (inline, file) {
-            (Some(inline), Some(_file)) if from_env(&dotted) && !from_env(&format!("{dotted}_file")) => {
-                (Some(inline), None)
-            }
-            (Some(_inline), Some(file)) if !from_env(&dotted) && from_env(&format!("{dotted}_file")) => {
-                (None, Some(file))
-            }
+            (Some(inline), Some(_)) if from_env(&dotted) && !from_env(&file_key) => (Some(inline), None),
+            (Some(_), Some(file)) if !from_env(&dotted) && from_env(&file_key) => (None, Some(file)),
             other => other,
         };
         match (inline, file) {
@@ -313,8 +338,7 @@ impl Ctx<'_> {
                 Ok(Some(Secret { value: SecretString::from(value.trim().to_owned()), from_file: None }))
             }
             (None, Some(path)) => {
-                let file_key = format!("{dotted}_file");
-                let path = self.path(&path);
+                let path = self.base_dir.join(path);
                 let contents = std::fs::read_to_string(&path)
                     .map_err(|err| self.invalid(&file_key, format!("cannot read {}: {err}", path.display())))?;
                 if contents.trim().is_empty() {
@@ -339,33 +363,29 @@ impl Ctx<'_> {
         }
         Ok(url)
     }
-
-    fn user_id(&self, key: &str, text: &str) -> Result<UserId, ConfigError> {
-        UserId::parse(text).map_err(|err| self.invalid(key, err))
-    }
 }
 
 impl RawConfig {
-    pub(super) fn parse(table: toml::Table, file: &Path, origins: &Origins) -> Result<Self, ConfigError> {
-        serde_path_to_error::deserialize(toml::Value::Table(table)).map_err(|err| {
+    /// Reads `table`, as read from `file`, into the typed [`Config`].
+    pub(super) fn load(table: toml::Table, file: &Path, origins: &Origins) -> Result<Config, ConfigError> {
+        let base_dir = file.parent().filter(|dir| !dir.as_os_str().is_empty()).unwrap_or(Path::new("."));
+        let ctx = Ctx { file, base_dir, origins };
+        let raw: RawConfig = serde_path_to_error::deserialize(toml::Value::Table(table)).map_err(|err| {
             let key = err.path().to_string();
-            let origin = origins.get(&key).cloned().unwrap_or_else(|| Origin::File(file.to_path_buf()));
             // toml appends "\nin <path>" to its messages; the key is named already.
             let inner = err.into_inner().to_string();
             let inner = inner.lines().next().unwrap_or_default().trim().trim_end_matches('.').to_owned();
             if inner.starts_with("unknown field") {
-                ConfigError(
-                    format!("{} {origin} {}", unknown_key(&key, &inner), "is not a lifeboat setting")
-                        + expected_keys(&inner).as_str(),
-                )
+                ConfigError(unknown_key(&key, &ctx.origin(&key), &inner))
             } else {
-                ConfigError::at(&key, &origin, inner)
+                ctx.invalid(&key, inner)
             }
-        })
+        })?;
+        raw.validate(&ctx)
     }
 
-    pub(super) fn validate(self, file: &Path, base_dir: &Path, origins: &Origins) -> Result<Config, ConfigError> {
-        let ctx = Ctx { file, base_dir, origins };
+    fn validate(self, ctx: &Ctx) -> Result<Config, ConfigError> {
+        let file = ctx.file;
 
         let Some(hs) = self.homeserver else {
             return Err(ConfigError(format!(
@@ -410,30 +430,28 @@ impl RawConfig {
         };
         let registry_url = registry.url.ok_or_else(|| ctx.missing("registry", "url", "\"sqlite://lifeboat.db\""))?;
         let registry = RegistryConfig {
-            url: resolve_registry_url(&registry_url, base_dir)
+            url: resolve_registry_url(&registry_url, ctx.base_dir)
                 .map_err(|problem| ctx.invalid("registry.url", problem))?,
         };
 
         let sync = SyncConfig {
-            page_size: self.sync.page_size.unwrap_or(2000),
-            details_concurrency: self.sync.details_concurrency.unwrap_or(8),
             details_max_age: ctx.duration(
                 "sync.details_max_age",
                 self.sync.details_max_age,
                 Duration::from_secs(7 * 24 * 3600),
                 (Duration::from_secs(60), "must be at least 1m: every sync would fetch every account's details again"),
             )?,
-            details_per_round: self.sync.details_per_round.unwrap_or(2000),
+            details_per_round: ctx.at_least_one("sync.details_per_round", self.sync.details_per_round, 2000)?,
+            page_size: match self.sync.page_size.unwrap_or(2000) {
+                0 => {
+                    return Err(
+                        ctx.invalid("sync.page_size", "must be at least 1 (Synapse pages forever with limit=0)")
+                    );
+                }
+                size => size,
+            },
+            details_concurrency: ctx.at_least_one("sync.details_concurrency", self.sync.details_concurrency, 8)?,
         };
-        if sync.details_per_round == 0 {
-            return Err(ctx.invalid("sync.details_per_round", "must be at least 1"));
-        }
-        if sync.page_size == 0 {
-            return Err(ctx.invalid("sync.page_size", "must be at least 1 (Synapse pages forever with limit=0)"));
-        }
-        if sync.details_concurrency == 0 {
-            return Err(ctx.invalid("sync.details_concurrency", "must be at least 1"));
-        }
 
         let watch = WatchConfig {
             interval: ctx.duration(
@@ -449,25 +467,13 @@ impl RawConfig {
                 Duration::from_secs(30),
                 (Duration::ZERO, ""),
             )?,
-            probe_sample: self.watch.probe_sample.unwrap_or(32),
-            max_synapse_share: self.watch.max_synapse_share.unwrap_or(0.25),
-            loss_threshold: self.watch.loss_threshold.unwrap_or(0.5),
+            max_synapse_share: ctx.share("watch.max_synapse_share", self.watch.max_synapse_share, 0.25)?,
+            probe_sample: match self.watch.probe_sample.unwrap_or(32) {
+                sample @ 1..=1000 => sample,
+                _ => return Err(ctx.invalid("watch.probe_sample", "must be between 1 and 1000 accounts")),
+            },
+            loss_threshold: ctx.share("watch.loss_threshold", self.watch.loss_threshold, 0.5)?,
         };
-        if !(watch.max_synapse_share > 0.0 && watch.max_synapse_share <= 1.0) {
-            return Err(ctx.invalid(
-                "watch.max_synapse_share",
-                format!("{} is not a share between 0 (exclusive) and 1, like 0.25", watch.max_synapse_share),
-            ));
-        }
-        if !(1..=1000).contains(&watch.probe_sample) {
-            return Err(ctx.invalid("watch.probe_sample", "must be between 1 and 1000 accounts"));
-        }
-        if !(watch.loss_threshold > 0.0 && watch.loss_threshold <= 1.0) {
-            return Err(ctx.invalid(
-                "watch.loss_threshold",
-                format!("{} is not a share between 0 (exclusive) and 1, like 0.5", watch.loss_threshold),
-            ));
-        }
 
         let tokens = TokensConfig {
             expiry: ctx.duration(
@@ -517,16 +523,11 @@ impl RawConfig {
             .bot
             .map(|raw| -> Result<BotConfig, ConfigError> {
                 let user_id = match raw.user_id {
-                    Some(text) => ctx.user_id("bot.user_id", &text)?,
+                    Some(text) => UserId::parse(&text).map_err(|err| ctx.invalid("bot.user_id", err))?,
                     None => UserId::parse(&format!("@lifeboat:{}", homeserver.server_name))
                         .map_err(|err| ctx.invalid("homeserver.server_name", err))?,
                 };
-                let admins = raw
-                    .admins
-                    .unwrap_or_default()
-                    .iter()
-                    .map(|text| ctx.user_id("bot.admins", text))
-                    .collect::<Result<Vec<_>, _>>()?;
+                let admins = ctx.list("bot.admins", raw.admins, UserId::parse)?;
                 Ok(BotConfig {
                     user_id,
                     password: ctx.secret("bot", "password", raw.password, raw.password_file)?,
@@ -534,7 +535,9 @@ impl RawConfig {
                     admin_room: raw.admin_room.filter(|room| !room.trim().is_empty()),
                     admins,
                     command_prefix: raw.command_prefix.unwrap_or_else(|| "!lifeboat".to_owned()),
-                    store_path: ctx.path(&raw.store_path.unwrap_or_else(|| PathBuf::from("lifeboat-bot-store"))),
+                    store_path: ctx
+                        .base_dir
+                        .join(raw.store_path.unwrap_or_else(|| PathBuf::from("lifeboat-bot-store"))),
                     encrypted_notices: raw.encrypted_notices.unwrap_or(false),
                     store_passphrase: ctx.secret(
                         "bot",
@@ -549,72 +552,47 @@ impl RawConfig {
         let web = self
             .web
             .map(|raw| -> Result<WebConfig, ConfigError> {
-                let bind = raw.bind.unwrap_or_else(|| "127.0.0.1:8090".to_owned());
-                let bind = bind.trim().parse().map_err(|_| {
-                    ctx.invalid("web.bind", format!("`{bind}` is not an address like \"127.0.0.1:8090\""))
-                })?;
+                let bind = ctx.bind("web.bind", raw.bind, "127.0.0.1:8090")?;
                 let public_url = raw
                     .public_url
                     .ok_or_else(|| ctx.missing("web", "public_url", "\"https://lifeboat.example.org\""))?;
-                let trusted_proxies = raw
-                    .trusted_proxies
-                    .unwrap_or_default()
-                    .iter()
-                    .map(|text| {
-                        text.trim().parse().map_err(|_| {
-                            ctx.invalid(
-                                "web.trusted_proxies",
-                                format!("`{text}` is not an IP address like \"127.0.0.1\""),
-                            )
-                        })
-                    })
-                    .collect::<Result<Vec<_>, _>>()?;
-                let at_least_one = |key: &str, value: Option<u32>, default: u32| match value.unwrap_or(default) {
-                    0 => Err(ctx.invalid(key, "must be at least 1")),
-                    n => Ok(n),
-                };
                 Ok(WebConfig {
                     bind,
+                    trusted_proxies: ctx.list("web.trusted_proxies", raw.trusted_proxies, |text| {
+                        text.trim().parse().map_err(|_| format!("`{text}` is not an IP address like \"127.0.0.1\""))
+                    })?,
                     public_url: ctx.http_url("web.public_url", &public_url)?,
                     client_url: raw.client_url.map(|url| ctx.http_url("web.client_url", &url)).transpose()?,
                     admin_contact: raw.admin_contact.map(|text| text.trim().to_owned()).filter(|text| !text.is_empty()),
-                    trusted_proxies,
-                    rate_limit_per_ip: at_least_one("web.rate_limit_per_ip", raw.rate_limit_per_ip, 20)?,
-                    rate_limit_per_target: at_least_one("web.rate_limit_per_target", raw.rate_limit_per_target, 3)?,
+                    rate_limit_per_ip: ctx.at_least_one("web.rate_limit_per_ip", raw.rate_limit_per_ip, 20)?,
+                    rate_limit_per_target: ctx.at_least_one(
+                        "web.rate_limit_per_target",
+                        raw.rate_limit_per_target,
+                        3,
+                    )?,
                     rate_limit_window: ctx.duration(
                         "web.rate_limit_window",
                         raw.rate_limit_window,
                         Duration::from_secs(15 * 60),
                         AT_LEAST_A_SECOND,
                     )?,
-                    token_requests_per_person: at_least_one(
+                    token_requests_per_person: ctx.at_least_one(
                         "web.token_requests_per_person",
                         raw.token_requests_per_person,
                         3,
                     )?,
-                    max_connections: at_least_one("web.max_connections", raw.max_connections, 256)?,
+                    max_connections: ctx.at_least_one("web.max_connections", raw.max_connections, 256)?,
                 })
             })
             .transpose()?;
 
-        let alerts = AlertsConfig {
-            email: self
-                .alerts
-                .email
-                .unwrap_or_default()
-                .iter()
-                .map(|text| EmailAddress::parse(text).map_err(|err| ctx.invalid("alerts.email", err)))
-                .collect::<Result<_, _>>()?,
-        };
+        let alerts = AlertsConfig { email: ctx.list("alerts.email", self.alerts.email, EmailAddress::parse)? };
 
-        let recovery = self.recovery.validate(&ctx)?;
+        let recovery = self.recovery.validate(ctx)?;
 
-        let metrics = {
-            let text = self.metrics.bind.clone().unwrap_or_else(|| crate::config::DEFAULT_METRICS_BIND.to_owned());
-            let bind = text.trim().parse().map_err(|_| {
-                ctx.invalid("metrics.bind", format!("`{text}` is not an address like \"127.0.0.1:9464\""))
-            })?;
-            MetricsConfig { bind, configured: self.metrics.bind.is_some() }
+        let metrics = MetricsConfig {
+            configured: self.metrics.bind.is_some(),
+            bind: ctx.bind("metrics.bind", self.metrics.bind, DEFAULT_METRICS_BIND)?,
         };
 
         Ok(Config {
@@ -635,19 +613,17 @@ impl RawConfig {
 }
 
 /// serde says "unknown field `x`, expected one of …" with the path of the
-/// section or of the key itself; returns the full dotted key, quoted.
-fn unknown_key(path: &str, serde_message: &str) -> String {
+/// section or of the key itself; this names the full dotted key, quoted,
+/// and the keys expected.
+fn unknown_key(path: &str, origin: &Origin, serde_message: &str) -> String {
     let field = serde_message.split('`').nth(1).unwrap_or(serde_message);
     let section = path.trim_end_matches(field).trim_end_matches('.');
-    if section.is_empty() || section == "." { format!("`{field}`") } else { format!("`{section}.{field}`") }
-}
-
-fn expected_keys(serde_message: &str) -> String {
+    let key = if section.is_empty() || section == "." { format!("`{field}`") } else { format!("`{section}.{field}`") };
     let expected = serde_message
         .split_once("expected ")
         .map(|(_, rest)| format!(" (expected {})", rest.replace('`', "")))
         .unwrap_or_default();
-    format!("{expected}; check its spelling against config.example.toml")
+    format!("{key} {origin} is not a lifeboat setting{expected}; check its spelling against config.example.toml")
 }
 
 /// Makes relative SQLite paths relative to the config file, not the cwd.
@@ -670,21 +646,12 @@ fn resolve_registry_url(text: &str, base_dir: &Path) -> Result<String, String> {
                 .to_owned(),
         );
     }
-    let (path, query) = match rest.split_once('?') {
-        Some((path, query)) => (path, Some(query)),
-        None => (rest, None),
-    };
+    // The query, if any, keeps its `?`.
+    let (path, query) = rest.split_at(rest.find('?').unwrap_or(rest.len()));
     if path.is_empty() {
         return Err("the SQLite URL names no file; write it like \"sqlite://lifeboat.db\"".to_owned());
     }
-    let path = Path::new(path);
-    let absolute = if path.is_absolute() { path.to_path_buf() } else { base_dir.join(path) };
-    let mut url = format!("sqlite://{}", absolute.display());
-    if let Some(query) = query {
-        url.push('?');
-        url.push_str(query);
-    }
-    Ok(url)
+    Ok(format!("sqlite://{}{query}", base_dir.join(path).display()))
 }
 
 /// `Name <addr@host>` or a bare address.
