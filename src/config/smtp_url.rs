@@ -111,10 +111,8 @@ pub fn parse(smtp_url: &str) -> Result<SmtpUrl, String> {
 
     let hello_name = Some(url.path().trim_matches('/')).filter(|path| !path.is_empty()).map(str::to_owned);
 
-    let user_part = match url_username_for_display(&username) {
-        Some(user) => format!("{user}@"),
-        None => String::new(),
-    };
+    let user_part =
+        username.as_ref().map(|user| format!("{}@", user.replace(char::is_control, "?"))).unwrap_or_default();
     let tls_part = match mode {
         TlsMode::StartTls => "?tls=required",
         TlsMode::Opportunistic => "?tls=opportunistic",
@@ -141,48 +139,38 @@ pub fn parse(smtp_url: &str) -> Result<SmtpUrl, String> {
 pub fn login_problem(url: &SmtpUrl, password_setting: bool) -> Option<String> {
     let has_password = password_setting || url.password.is_some();
     match (&url.username, has_password) {
-        (Some(user), false) => {
-            return Some(format!(
-                "email.smtp_url names the user `{user}` but no password; set \
-                 email.smtp_password (or email.smtp_password_file), or drop the user to \
-                 send without logging in"
-            ));
-        }
+        (Some(user), false) => Some(format!(
+            "email.smtp_url names the user `{user}` but no password; set \
+             email.smtp_password (or email.smtp_password_file), or drop the user to \
+             send without logging in"
+        )),
         (None, true) => {
             let source = if password_setting { "email.smtp_password is set" } else { "email.smtp_url has a password" };
-            return Some(format!(
+            Some(format!(
                 "{source} but email.smtp_url has no user name; write it like smtp://USER@{}",
                 url.redacted.split("://").nth(1).unwrap_or("host:port")
-            ));
+            ))
         }
-        _ => {}
+        (Some(_), true) if url.mode == TlsMode::Opportunistic => Some(
+            "email.smtp_url has ?tls=opportunistic and a login: lifeboat does not risk sending the password \
+             unencrypted to a server that offers no STARTTLS; use ?tls=required (or smtps://)"
+                .to_owned(),
+        ),
+        _ => None,
     }
-    (url.mode == TlsMode::Opportunistic && url.username.is_some()).then(|| {
-        "email.smtp_url has ?tls=opportunistic and a login: lifeboat does not risk sending the password \
-         unencrypted to a server that offers no STARTTLS; use ?tls=required (or smtps://)"
-            .to_owned()
-    })
-}
-
-fn url_username_for_display(username: &Option<String>) -> Option<String> {
-    username.as_ref().map(|user| user.chars().map(|c| if c.is_control() { '?' } else { c }).collect())
 }
 
 /// Decodes `%XX` escapes; `None` for a broken escape or invalid UTF-8.
 fn percent_decode(input: &str) -> Option<String> {
-    let bytes = input.as_bytes();
-    let mut out = Vec::with_capacity(bytes.len());
-    let mut i = 0;
-    while i < bytes.len() {
-        if bytes[i] == b'%' {
-            let hex = bytes.get(i + 1..i + 3)?;
-            let hex = std::str::from_utf8(hex).ok()?;
-            out.push(u8::from_str_radix(hex, 16).ok()?);
-            i += 3;
+    let mut bytes = input.bytes();
+    let mut out = Vec::with_capacity(input.len());
+    while let Some(byte) = bytes.next() {
+        out.push(if byte == b'%' {
+            let hex = [bytes.next()?, bytes.next()?];
+            u8::from_str_radix(std::str::from_utf8(&hex).ok()?, 16).ok()?
         } else {
-            out.push(bytes[i]);
-            i += 1;
-        }
+            byte
+        });
     }
     String::from_utf8(out).ok()
 }
