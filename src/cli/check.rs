@@ -1,11 +1,9 @@
 //! `lifeboat check`
 
-use super::AdminClientError;
 use super::output::{id_list, print_json};
 use super::{Context, Failure, Outcome, exit};
 use crate::check::{CheckError, CheckOptions, CheckReport, check};
 use crate::reconcile::Verdict;
-use crate::recover::RecoverError;
 
 #[derive(clap::Args, Debug)]
 pub struct Args {
@@ -37,15 +35,9 @@ pub async fn run(context: &Context, args: Args) -> Outcome {
 
 async fn checked(context: &Context) -> Result<CheckReport, Failure> {
     let (config, registry) = context.open().await?;
-    let client = match context.admin_client(&config, &registry).await {
-        Ok(client) => client,
-        Err(AdminClientError::Access(RecoverError::Synapse(err))) => {
-            return Err(Failure::new(exit::FAILED, CheckError::Synapse(err)));
-        }
-        Err(err) => return Err(err.into()),
-    };
+    let client = context.admin_client(&config, &registry, CheckError::Synapse).await?;
     let options = CheckOptions::from_config(&config);
-    check(&registry, &client, &options).await.map_err(|err| Failure::new(exit::FAILED, err))
+    check(&registry, &client, &options).await.map_err(Failure::failed)
 }
 
 fn report(outcome: &CheckReport, json: bool) -> Result<(), Failure> {

@@ -2,6 +2,7 @@
 
 use super::{Context, Outcome, exit};
 use crate::config::{Config, Secret};
+use crate::plural::id_list;
 
 #[derive(clap::Subcommand, Debug)]
 pub enum Command {
@@ -36,11 +37,9 @@ fn secret(secret: &Option<Secret>) -> String {
 fn placeholders(config: &Config) -> Vec<String> {
     use secrecy::ExposeSecret;
     const EXAMPLE_SECRET: &str = "change-me";
-    let is_example =
-        |secret: &Option<Secret>| secret.as_ref().is_some_and(|secret| secret.value.expose_secret() == EXAMPLE_SECRET);
     let mut found = Vec::new();
     let mut secret = |key: &str, value: &Option<Secret>| {
-        if is_example(value) {
+        if value.as_ref().is_some_and(|secret| secret.value.expose_secret() == EXAMPLE_SECRET) {
             found.push(format!("{key} is still the example's placeholder: set the real one"));
         }
     };
@@ -113,8 +112,7 @@ fn print_summary(config: &Config) {
             println!("  password = {}", secret(&bot.password));
             println!("  access_token = {}", secret(&bot.access_token));
             println!("  admin_room = {}", bot.admin_room.as_deref().unwrap_or("(not set)"));
-            let admins: Vec<String> = bot.admins.iter().map(|id| id.to_string()).collect();
-            println!("  admins = [{}]", admins.join(", "));
+            println!("  admins = [{}]", id_list(&bot.admins, usize::MAX));
             println!("  command_prefix = {}", bot.command_prefix);
             println!("  store_path = {}", bot.store_path.display());
             println!("  store_passphrase = {}", secret(&bot.store_passphrase));
@@ -132,8 +130,7 @@ fn print_summary(config: &Config) {
                 None => println!("  client_url = (not set)"),
             }
             println!("  admin_contact = {}", web.admin_contact.as_deref().unwrap_or("(not set)"));
-            let proxies: Vec<String> = web.trusted_proxies.iter().map(|ip| ip.to_string()).collect();
-            println!("  trusted_proxies = [{}]", proxies.join(", "));
+            println!("  trusted_proxies = [{}]", id_list(&web.trusted_proxies, usize::MAX));
             println!("  rate_limit_per_ip = {}", web.rate_limit_per_ip);
             println!("  rate_limit_per_target = {}", web.rate_limit_per_target);
             println!("  rate_limit_window = {}", humantime::format_duration(web.rate_limit_window));
@@ -145,9 +142,8 @@ fn print_summary(config: &Config) {
     println!("[metrics]");
     let how = if config.metrics.configured { "" } else { " (default; skipped if taken)" };
     println!("  bind = {}{how}", config.metrics.bind);
-    let alerts: Vec<String> = config.alerts.email.iter().map(|email| email.to_string()).collect();
     println!("[alerts]");
-    println!("  email = [{}]", alerts.join(", "));
+    println!("  email = [{}]", id_list(&config.alerts.email, usize::MAX));
     println!("[recovery]");
     println!("  mode = {}", config.recovery.mode.as_str());
     println!("  hold = {}", config.recovery.hold.as_str());

@@ -11,7 +11,7 @@ use super::{Context, Failure, Outcome, exit};
 use tokio_util::sync::CancellationToken;
 
 use crate::holds::{hand_back, hold_lost_ids, password_problem, release, restore_held_names};
-use crate::registry::{AccountState, Actor};
+use crate::registry::{Account, AccountState, Actor};
 use crate::user_id::UserId;
 
 #[derive(clap::Subcommand, Debug)]
@@ -105,7 +105,7 @@ pub async fn run(context: &Context, command: Command) -> Outcome {
             };
             let report = hold_lost_ids(&config, &registry, &client, &Actor::cli(), &progress, &stop)
                 .await
-                .map_err(|err| Failure::new(exit::FAILED, err))?;
+                .map_err(Failure::failed)?;
             bar.finish_and_clear();
             if report.is_empty() {
                 println!("No lost ID is waiting to be held.");
@@ -151,22 +151,17 @@ pub async fn run(context: &Context, command: Command) -> Outcome {
             Ok(if report.failed.is_empty() && !names_failed { exit::OK } else { exit::FAILED })
         }
         Command::Claim { id } => {
-            let user_id = known_id(&registry, &id).await?;
-            let account = registry.account(&user_id).await?.expect("known_id checked it");
+            let account = known_account(&registry, &id).await?;
+            let user_id = account.user_id;
             if !matches!(account.state, AccountState::Held | AccountState::Recreated) {
-                return Err(Failure::new(
-                    exit::FAILED,
-                    format!(
-                        "{user_id} is {}, not held or taken: `lifeboat holds claim` gives back only a held ID or one someone else registered again",
-                        account.state.as_str()
-                    ),
-                ));
+                return Err(Failure::failed(format!(
+                    "{user_id} is {}, not held or taken: `lifeboat holds claim` gives back only a held ID or one someone else registered again",
+                    account.state.as_str()
+                )));
             }
             let password = read_new_password(user_id.as_str()).await?;
             let client = context.admin_client_recovering(&config, &registry).await?;
-            hand_back(&registry, &client, &user_id, &password, &Actor::cli())
-                .await
-                .map_err(|err| Failure::new(exit::FAILED, err))?;
+            hand_back(&registry, &client, &user_id, &password, &Actor::cli()).await.map_err(Failure::failed)?;
             println!(
                 "{user_id} is its person's again: sign in with the new password at {} (every other session was logged out).",
                 config.homeserver.public_url
@@ -174,46 +169,40 @@ pub async fn run(context: &Context, command: Command) -> Outcome {
             Ok(exit::OK)
         }
         Command::Release { id, yes } => {
-            let user_id = known_id(&registry, &id).await?;
-            let account = registry.account(&user_id).await?.expect("known_id checked it");
+            let account = known_account(&registry, &id).await?;
+            let user_id = account.user_id;
             if account.state != AccountState::Held {
-                return Err(Failure::new(
-                    exit::FAILED,
-                    format!("{user_id} is {}, not held: only a held ID can be released", account.state.as_str()),
-                ));
+                return Err(Failure::failed(format!(
+                    "{user_id} is {}, not held: only a held ID can be released",
+                    account.state.as_str()
+                )));
             }
             if !yes && !confirm_release(user_id.as_str()).await? {
                 println!("Nothing changed.");
                 return Ok(exit::OK);
             }
             let client = context.admin_client_recovering(&config, &registry).await?;
-            release(&registry, &client, &user_id, &Actor::cli())
-                .await
-                .map_err(|err| Failure::new(exit::FAILED, err))?;
+            release(&registry, &client, &user_id, &Actor::cli()).await.map_err(Failure::failed)?;
             println!("Released {user_id}: the account is deactivated, and its ID can never be registered again.");
             Ok(exit::OK)
         }
     }
 }
 
-/// A Matrix ID the registry knows, or the sentence saying why not.
-async fn known_id(registry: &crate::registry::Registry, text: &str) -> Result<UserId, Failure> {
+/// The account of a Matrix ID the registry knows, or the sentence saying why not.
+async fn known_account(registry: &crate::registry::Registry, text: &str) -> Result<Account, Failure> {
     let user_id =
         UserId::parse(text).map_err(|err| Failure::new(exit::USAGE, format!("`{text}` is not a Matrix ID: {err}")))?;
-    if registry.account(&user_id).await?.is_none() {
-        return Err(Failure::new(
-            exit::FAILED,
-            format!("{user_id} is not in the registry: `lifeboat holds list` shows the held IDs"),
-        ));
-    }
-    Ok(user_id)
+    registry.account(&user_id).await?.ok_or_else(|| {
+        Failure::failed(format!("{user_id} is not in the registry: `lifeboat holds list` shows the held IDs"))
+    })
 }
 
 /// From the terminal, twice and unechoed; else one line of stdin.
 async fn read_new_password(user_id: &str) -> Result<SecretString, Failure> {
     let user_id = user_id.to_owned();
     let read = tokio::task::spawn_blocking(move || -> Result<String, Failure> {
-        let unreadable = |err: std::io::Error| Failure::new(exit::FAILED, format!("cannot read the password: {err}"));
+        let unreadable = |err: std::io::Error| Failure::failed(format!("cannot read the password: {err}"));
         let password = if std::io::stdin().is_terminal() {
             let first = rpassword::prompt_password(format!("New password for {user_id}: ")).map_err(unreadable)?;
             let again = rpassword::prompt_password("The same password again: ").map_err(unreadable)?;
@@ -231,7 +220,7 @@ async fn read_new_password(user_id: &str) -> Result<SecretString, Failure> {
         }
         Ok(password)
     });
-    let password = read.await.map_err(|err| Failure::new(exit::FAILED, err))??;
+    let password = read.await.map_err(Failure::failed)??;
     Ok(SecretString::from(password))
 }
 

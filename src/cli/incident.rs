@@ -94,7 +94,7 @@ pub async fn run(context: &Context, command: Command) -> Outcome {
                             covering[0].0
                         ),
                     ),
-                    other => Failure::new(exit::FAILED, other),
+                    other => Failure::failed(other),
                 })?;
             let (incident, count) = (&opened.incident, opened.affected);
             if json {
@@ -131,15 +131,11 @@ pub async fn run(context: &Context, command: Command) -> Outcome {
             } else {
                 println!("{:>4}  {:<20}  {:<28}  title", "id", "opened", "status");
                 for incident in incidents {
-                    let status = match incident.resolved_at {
-                        Some(at) => format!("resolved {}", time(Some(at))),
-                        None => "open".to_owned(),
-                    };
                     println!(
                         "{:>4}  {}  {:<28}  {}",
                         incident.id,
                         time(Some(incident.opened_at)),
-                        status,
+                        status(incident.resolved_at),
                         incident.title
                     );
                 }
@@ -157,10 +153,10 @@ pub async fn run(context: &Context, command: Command) -> Outcome {
         }
         Command::Resolve { id } => {
             registry.require_incident(id).await?;
-            let client = context.admin_client(&config, &registry).await?;
+            let client = context.admin_client(&config, &registry, std::convert::identity).await?;
             let (revoked, used) = revoke_unused_tokens(&registry, &client, id)
                 .await
-                .map_err(|err| Failure::new(exit::FAILED, format!("incident {id} stays open: {err}")))?;
+                .map_err(|err| Failure::failed(format!("incident {id} stays open: {err}")))?;
             registry.resolve_incident(id, &Actor::cli()).await?;
             println!(
                 "Resolved incident {id}: deleted {revoked} unused registration tokens in Synapse; {used} had been used to register."
@@ -170,17 +166,16 @@ pub async fn run(context: &Context, command: Command) -> Outcome {
     }
 }
 
+/// "open", or "resolved" and when.
+fn status(resolved_at: Option<i64>) -> String {
+    resolved_at.map_or_else(|| "open".to_owned(), |at| format!("resolved {}", time(Some(at))))
+}
+
 fn print_summary(summary: &IncidentSummary) {
     let incident = &summary.incident;
     println!("Incident {}: {}", incident.id, incident.title);
     println!("  opened:      {}", time(Some(incident.opened_at)));
-    println!(
-        "  status:      {}",
-        match incident.resolved_at {
-            Some(at) => format!("resolved {}", time(Some(at))),
-            None => "open".to_owned(),
-        }
-    );
+    println!("  status:      {}", status(incident.resolved_at));
     println!("  affected:    {} (scope {})", summary.affected, incident.scope);
     let holds = &summary.holds;
     println!(

@@ -26,25 +26,7 @@ use crate::campaign::admin_client_recovering;
 use crate::config::{Config, ConfigError};
 use crate::recover::{AdminAccess, RecoverError, admin_access};
 use crate::registry::{Actor, Registry};
-use crate::synapse::SynapseClient;
-
-/// Why no admin client could be made.
-#[derive(Debug, thiserror::Error)]
-pub(crate) enum AdminClientError {
-    #[error(transparent)]
-    NoToken(ConfigError),
-    #[error(transparent)]
-    Access(#[from] RecoverError),
-}
-
-impl From<AdminClientError> for Failure {
-    fn from(err: AdminClientError) -> Self {
-        match err {
-            AdminClientError::NoToken(err) => err.into(),
-            AdminClientError::Access(err) => Failure::new(exit::FAILED, err),
-        }
-    }
-}
+use crate::synapse::{self, SynapseClient};
 
 /// Exit codes scripts and monitoring rely on (see the README).
 pub mod exit {
@@ -179,6 +161,11 @@ impl Failure {
     pub fn new(code: u8, message: impl std::fmt::Display) -> Self {
         Failure { code, message: message.to_string() }
     }
+
+    /// A failure that exits 1, the code of most.
+    pub fn failed(message: impl std::fmt::Display) -> Self {
+        Failure::new(exit::FAILED, message)
+    }
 }
 
 impl From<ConfigError> for Failure {
@@ -189,7 +176,7 @@ impl From<ConfigError> for Failure {
 
 impl From<crate::registry::Error> for Failure {
     fn from(err: crate::registry::Error) -> Self {
-        Failure::new(exit::FAILED, err)
+        Failure::failed(err)
     }
 }
 
@@ -217,9 +204,9 @@ pub fn main() -> ExitCode {
     // thread: the tasks it spawns (a notify run's sends) then wake it on the
     // same worker instead of across threads (see benches/README.md).
     let outcome = runtime.block_on(async {
-        tokio::spawn(run(cli)).await.unwrap_or_else(|panicked| {
-            Err(Failure::new(exit::FAILED, format!("lifeboat stopped unexpectedly: {panicked}")))
-        })
+        tokio::spawn(run(cli))
+            .await
+            .unwrap_or_else(|panicked| Err(Failure::failed(format!("lifeboat stopped unexpectedly: {panicked}"))))
     });
     match outcome {
         Ok(code) => ExitCode::from(code),
@@ -261,14 +248,10 @@ impl Context {
         Ok(Config::load(&self.config_path, std::env::vars())?)
     }
 
-    pub(crate) async fn registry(&self, config: &Config) -> Result<Registry, Failure> {
-        Ok(Registry::connect(&config.registry.url).await?)
-    }
-
     /// The config and the registry it names.
     pub(crate) async fn open(&self) -> Result<(Config, Registry), Failure> {
         let config = self.config()?;
-        let registry = self.registry(&config).await?;
+        let registry = Registry::connect(&config.registry.url).await?;
         Ok((config, registry))
     }
 
@@ -278,25 +261,24 @@ impl Context {
         config: &Config,
         registry: &Registry,
     ) -> Result<SynapseClient, Failure> {
-        admin_client_recovering(config, registry, &Actor::cli(), &incident::StderrNotes)
-            .await
-            .map_err(|err| Failure::new(exit::FAILED, err))
+        admin_client_recovering(config, registry, &Actor::cli(), &incident::StderrNotes).await.map_err(Failure::failed)
     }
 
     /// A client with a working admin token (recovered or configured). When
     /// every token is rejected as unknown, the configured one is used anyway
     /// so the caller reports what Synapse says (check: a suspected reset).
-    pub(crate) async fn admin_client(
+    /// `synapse_failed` words a failure of Synapse itself as the command's.
+    pub(crate) async fn admin_client<E: std::fmt::Display>(
         &self,
         config: &Config,
         registry: &Registry,
-    ) -> Result<SynapseClient, AdminClientError> {
-        match admin_access(config, registry).await? {
-            AdminAccess::Working { client, .. } => Ok(client),
-            AdminAccess::Dead { client } => config
-                .require_admin_token()
-                .map(|token| client.with_token(token.clone()))
-                .map_err(AdminClientError::NoToken),
+        synapse_failed: impl FnOnce(synapse::Error) -> E,
+    ) -> Result<SynapseClient, Failure> {
+        match admin_access(config, registry).await {
+            Ok(AdminAccess::Working { client, .. }) => Ok(client),
+            Ok(AdminAccess::Dead { client }) => Ok(client.with_token(config.require_admin_token()?.clone())),
+            Err(RecoverError::Synapse(err)) => Err(Failure::failed(synapse_failed(err))),
+            Err(err) => Err(Failure::failed(err)),
         }
     }
 }

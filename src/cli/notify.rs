@@ -45,17 +45,15 @@ impl NotifyProgress for Bar {
 }
 
 pub async fn run(context: &Context, args: Args) -> Outcome {
-    let config = context.config()?;
-    let registry = context.registry(&config).await?;
+    let (config, registry) = context.open().await?;
     let incident = registry.require_incident(args.id).await?;
     if incident.resolved_at.is_some() {
-        return Err(Failure::new(
-            exit::FAILED,
-            format!("incident {} is resolved: notices go out for open incidents only", incident.id),
-        ));
+        return Err(Failure::failed(format!(
+            "incident {} is resolved: notices go out for open incidents only",
+            incident.id
+        )));
     }
-    let planned =
-        plan(&registry, incident.id, &service_user_id(&config)).await.map_err(|err| Failure::new(exit::FAILED, err))?;
+    let planned = plan(&registry, incident.id, &service_user_id(&config)).await.map_err(Failure::failed)?;
     println!(
         "Incident {} \"{}\": {} affected; {} emails to {} people; {} affected people have no email contact; {} registration tokens to create.",
         incident.id,
@@ -84,7 +82,7 @@ pub async fn run(context: &Context, args: Args) -> Outcome {
             let address = &sample.address;
             let rendered = settings
                 .render(&incident, &sample)
-                .map_err(|err| Failure::new(exit::FAILED, format!("the notice to {address} does not render: {err}")))?;
+                .map_err(|err| Failure::failed(format!("the notice to {address} does not render: {err}")))?;
             if index == 0 {
                 println!("--- sample email to {address} (the token and the links' signatures are placeholders) ---");
                 println!("Subject: {}\n\n{}", rendered.subject, unusable_links(&rendered.text));
@@ -116,7 +114,7 @@ pub async fn run(context: &Context, args: Args) -> Outcome {
         CampaignOptions { actor: Actor::cli(), plan_new: true, retry_failed: args.retry_failed, progress: &bar };
     let outcome = run_campaign(&config, &registry, &incident, email, options).await;
     bar.0.finish_and_clear();
-    let report = outcome.map_err(|err| Failure::new(exit::FAILED, err))?;
+    let report = outcome.map_err(Failure::failed)?;
     if report.tokens_created > 0 {
         println!("Created {} registration tokens in Synapse.", report.tokens_created);
     }
@@ -132,14 +130,11 @@ pub async fn run(context: &Context, args: Args) -> Outcome {
         counts.pending + counts.sending
     );
     if stop.is_cancelled() && report.unfinished() > 0 {
-        return Err(Failure::new(
-            exit::FAILED,
-            format!(
-                "interrupted: {} notices are not sent yet; run `lifeboat notify {} --yes` again: it sends only what is missing",
-                report.unfinished(),
-                incident.id
-            ),
-        ));
+        return Err(Failure::failed(format!(
+            "interrupted: {} notices are not sent yet; run `lifeboat notify {} --yes` again: it sends only what is missing",
+            report.unfinished(),
+            incident.id
+        )));
     }
     if report.unfinished() == 0 {
         return Ok(exit::OK);
@@ -147,14 +142,11 @@ pub async fn run(context: &Context, args: Args) -> Outcome {
     for (address, error) in &report.errors {
         println!("  {address}: {error}");
     }
-    Err(Failure::new(
-        exit::FAILED,
-        format!(
-            "{} notices were not delivered; fix the cause above and run `lifeboat notify {} --yes` again: it sends only what is missing (add --retry-failed to also resend those that failed for good)",
-            report.unfinished(),
-            incident.id
-        ),
-    ))
+    Err(Failure::failed(format!(
+        "{} notices were not delivered; fix the cause above and run `lifeboat notify {} --yes` again: it sends only what is missing (add --retry-failed to also resend those that failed for good)",
+        report.unfinished(),
+        incident.id
+    )))
 }
 
 /// Asks on the terminal; refuses to guess when there is none.

@@ -8,8 +8,8 @@ use serde::Serialize;
 use super::{Failure, exit};
 
 pub fn print_json(value: &impl Serialize) -> Result<(), Failure> {
-    let text = serde_json::to_string_pretty(value)
-        .map_err(|err| Failure::new(exit::FAILED, format!("cannot write JSON: {err}")))?;
+    let text =
+        serde_json::to_string_pretty(value).map_err(|err| Failure::failed(format!("cannot write JSON: {err}")))?;
     println!("{text}");
     Ok(())
 }

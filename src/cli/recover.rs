@@ -14,7 +14,7 @@ pub struct Args {
 
 pub async fn run(context: &Context, args: Args) -> Outcome {
     let (config, registry) = context.open().await?;
-    let outcome = recover(&config, &registry, &Actor::cli()).await.map_err(|err| Failure::new(exit::FAILED, err))?;
+    let outcome = recover(&config, &registry, &Actor::cli()).await.map_err(Failure::failed)?;
     if args.json {
         print_json(&outcome)?;
         return Ok(exit::OK);

@@ -72,9 +72,8 @@ pub async fn run(context: &Context, command: Command) -> Outcome {
         }
         Command::Rejoin { retry } => {
             let client = context.admin_client_recovering(&config, &registry).await?;
-            let report = bring_back(&config, &registry, &client, &Actor::cli(), retry)
-                .await
-                .map_err(|err| Failure::new(exit::FAILED, err))?;
+            let report =
+                bring_back(&config, &registry, &client, &Actor::cli(), retry).await.map_err(Failure::failed)?;
             if report.is_empty() {
                 println!("Nobody is waiting to be brought back into a room.");
             } else {
@@ -89,19 +88,16 @@ pub async fn run(context: &Context, command: Command) -> Outcome {
             let rooms = match room_id {
                 Some(room_id) => {
                     let Some(room) = registry.room(&room_id).await? else {
-                        return Err(Failure::new(
-                            exit::FAILED,
-                            format!(
-                                "{room_id} is not in the room registry: `lifeboat rooms list --state lost` shows the rooms that can be re-created"
-                            ),
-                        ));
+                        return Err(Failure::failed(format!(
+                            "{room_id} is not in the room registry: `lifeboat rooms list --state lost` shows the rooms that can be re-created"
+                        )));
                     };
                     if let Some(problem) = recreate_problem(&room) {
-                        return Err(Failure::new(exit::FAILED, problem));
+                        return Err(Failure::failed(problem));
                     }
                     vec![room]
                 }
-                None => all_to_recreate(&config, &registry).await.map_err(|err| Failure::new(exit::FAILED, err))?,
+                None => all_to_recreate(&config, &registry).await.map_err(Failure::failed)?,
             };
             if rooms.is_empty() {
                 println!("No room is lost: nothing to re-create.");

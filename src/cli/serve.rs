@@ -11,6 +11,6 @@ pub async fn run(context: &Context, _args: Args) -> Outcome {
     let (config, registry) = context.open().await?;
     let shutdown = CancellationToken::new();
     tokio::spawn(super::stop_on_signal(shutdown.clone()));
-    crate::serve::run(config, registry, shutdown).await.map_err(|err| Failure::new(exit::FAILED, err))?;
+    crate::serve::run(config, registry, shutdown).await.map_err(Failure::failed)?;
     Ok(exit::OK)
 }

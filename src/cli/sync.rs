@@ -5,10 +5,8 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use indicatif::ProgressBar;
 use tokio_util::sync::CancellationToken;
 
-use super::AdminClientError;
 use super::output::{id_list, print_json, progress_bar};
 use super::{Context, Failure, Outcome, exit};
-use crate::recover::RecoverError;
 use crate::registry::Actor;
 use crate::sync::{SyncError, SyncOptions, SyncProgress, sync};
 
@@ -71,13 +69,7 @@ pub async fn run(context: &Context, args: Args) -> Outcome {
     let stop = CancellationToken::new();
     tokio::spawn(super::stop_on_signal(stop.clone()));
     let (config, registry) = context.open().await?;
-    let client = match context.admin_client(&config, &registry).await {
-        Ok(client) => client,
-        Err(AdminClientError::Access(RecoverError::Synapse(err))) => {
-            return Err(Failure::new(exit::FAILED, SyncError::Listing(err)));
-        }
-        Err(err) => return Err(err.into()),
-    };
+    let client = context.admin_client(&config, &registry, SyncError::Listing).await?;
     let progress = Bar { bar: progress_bar("accounts"), in_details: AtomicBool::new(false) };
     let mut options = SyncOptions::from_config(&config).stopped_by(stop);
     if !args.full_speed {
@@ -85,21 +77,18 @@ pub async fn run(context: &Context, args: Args) -> Outcome {
     }
     let result = sync(&registry, &client, &options, &Actor::cli(), &progress).await;
     progress.bar.finish_and_clear();
-    let summary = result.map_err(|err| Failure::new(exit::FAILED, err))?;
+    let summary = result.map_err(Failure::failed)?;
 
     if args.json {
         print_json(&summary)?;
     }
     if summary.stopped {
-        return Err(Failure::new(
-            exit::FAILED,
-            format!(
-                "interrupted: the listing of {} was applied and the emails of {} of {} accounts were read; run `lifeboat sync` again to read the rest and the rooms",
-                crate::plural::count(summary.applied.report.listed as i64, "account", "accounts"),
-                summary.details_fetched,
-                summary.details_due
-            ),
-        ));
+        return Err(Failure::failed(format!(
+            "interrupted: the listing of {} was applied and the emails of {} of {} accounts were read; run `lifeboat sync` again to read the rest and the rooms",
+            crate::plural::count(summary.applied.report.listed as i64, "account", "accounts"),
+            summary.details_fetched,
+            summary.details_due
+        )));
     }
     if !args.json {
         let report = &summary.applied.report;
@@ -140,13 +129,10 @@ pub async fn run(context: &Context, args: Args) -> Outcome {
         }
     }
     if summary.details_failed > 0 {
-        return Err(Failure::new(
-            exit::FAILED,
-            format!(
-                "the listing was applied, but the details of {} accounts could not be fetched; run sync again to import their emails",
-                summary.details_failed
-            ),
-        ));
+        return Err(Failure::failed(format!(
+            "the listing was applied, but the details of {} accounts could not be fetched; run sync again to import their emails",
+            summary.details_failed
+        )));
     }
     Ok(exit::OK)
 }

@@ -53,12 +53,12 @@ pub async fn run(context: &Context, command: Command) -> Outcome {
             let in_synapse: Option<HashMap<String, RegistrationToken>> = if tokens.is_empty() {
                 Some(HashMap::new())
             } else {
-                match context.admin_client(&config, &registry).await.map_err(|err| err.to_string()) {
+                match context.admin_client(&config, &registry, std::convert::identity).await {
                     Ok(client) => match client.registration_tokens().await {
                         Ok(listed) => Some(listed.into_iter().map(|token| (token.token.clone(), token)).collect()),
                         Err(err) => note_unknown(&err.to_string()),
                     },
-                    Err(err) => note_unknown(&err),
+                    Err(failure) => note_unknown(&failure.message),
                 }
             };
             let now = now_ms();

@@ -95,12 +95,9 @@ pub async fn run(context: &Context, command: Command) -> Outcome {
         }
         Command::Show { user_id, json } => {
             let Some(account) = registry.account(&user_id).await? else {
-                return Err(Failure::new(
-                    exit::FAILED,
-                    format!(
-                        "{user_id} is not in the registry: check the ID, or run `lifeboat sync` if the account is new"
-                    ),
-                ));
+                return Err(Failure::failed(format!(
+                    "{user_id} is not in the registry: check the ID, or run `lifeboat sync` if the account is new"
+                )));
             };
             let contacts = registry.contacts_of(&user_id).await?;
             if json {
@@ -136,11 +133,10 @@ fn print_account(account: &Account, contacts: &[Contact]) {
     } else {
         println!("  contacts:");
         for contact in contacts {
-            let mut notes = vec![format!("from {}", contact.source)];
-            notes.push(match contact.verified_at {
-                Some(at) => format!("verified {}", time(Some(at))),
-                None => "unverified".to_owned(),
-            });
+            let verified = contact
+                .verified_at
+                .map_or_else(|| "unverified".to_owned(), |at| format!("verified {}", time(Some(at))));
+            let mut notes = vec![format!("from {}", contact.source), verified];
             if contact.opted_out_at.is_some() {
                 notes.push(format!("opted out {}", time(contact.opted_out_at)));
             }
