@@ -46,6 +46,9 @@ pub mod worker;
 /// page) sit above them.
 #[cfg(test)]
 mod module_graph {
+    use std::collections::{BTreeMap, BTreeSet};
+    use std::path::{Path, PathBuf};
+
     const FACES: [&str; 4] = ["cli", "bot", "web", "serve"];
 
     /// Faces `module` may import.
@@ -57,7 +60,7 @@ mod module_graph {
         }
     }
 
-    fn rust_files(dir: &std::path::Path, out: &mut Vec<std::path::PathBuf>) {
+    fn rust_files(dir: &Path, out: &mut Vec<PathBuf>) {
         for entry in std::fs::read_dir(dir).unwrap() {
             let path = entry.unwrap().path();
             if path.is_dir() {
@@ -70,16 +73,16 @@ mod module_graph {
 
     /// Top-level module → the top-level modules its code (not its
     /// comments) names as `crate::<module>`.
-    fn imports() -> std::collections::BTreeMap<String, std::collections::BTreeSet<String>> {
-        let src = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("src");
+    fn imports() -> BTreeMap<String, BTreeSet<String>> {
+        let src = Path::new(env!("CARGO_MANIFEST_DIR")).join("src");
         let mut files = Vec::new();
         rust_files(&src, &mut files);
-        let module_of = |path: &std::path::Path| {
+        let module_of = |path: &Path| {
             let first = path.strip_prefix(&src).unwrap().components().next().unwrap();
             first.as_os_str().to_str().unwrap().trim_end_matches(".rs").to_owned()
         };
-        let modules: std::collections::BTreeSet<String> = files.iter().map(|file| module_of(file)).collect();
-        let mut graph: std::collections::BTreeMap<String, std::collections::BTreeSet<String>> = Default::default();
+        let modules: BTreeSet<String> = files.iter().map(|file| module_of(file)).collect();
+        let mut graph: BTreeMap<String, BTreeSet<String>> = Default::default();
         for file in &files {
             let module = module_of(file);
             let text = std::fs::read_to_string(file).unwrap();
@@ -98,12 +101,9 @@ mod module_graph {
     }
 
     /// A path back to `start` through `graph`, if there is one.
-    fn cycle_from(
-        start: &str,
-        graph: &std::collections::BTreeMap<String, std::collections::BTreeSet<String>>,
-    ) -> Option<Vec<String>> {
+    fn cycle_from(start: &str, graph: &BTreeMap<String, BTreeSet<String>>) -> Option<Vec<String>> {
         let mut stack = vec![vec![start.to_owned()]];
-        let mut seen = std::collections::BTreeSet::new();
+        let mut seen = BTreeSet::new();
         while let Some(path) = stack.pop() {
             for next in graph.get(path.last().unwrap()).into_iter().flatten() {
                 if next == start {

@@ -11,8 +11,7 @@ use std::path::Path;
 /// it as a new database and gives its `-wal` and `-shm` files the same mode.
 pub fn create_if_missing(path: &Path) -> io::Result<()> {
     match OpenOptions::new().write(true).create_new(true).mode(0o600).open(path) {
-        Ok(_) => Ok(()),
-        Err(err) if err.kind() == io::ErrorKind::AlreadyExists => Ok(()),
-        Err(err) => Err(err),
+        Err(err) if err.kind() != io::ErrorKind::AlreadyExists => Err(err),
+        _ => Ok(()),
     }
 }

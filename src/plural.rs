@@ -8,11 +8,8 @@ pub fn count(n: impl Into<i64>, one: &str, many: &str) -> String {
 
 /// At most `limit` IDs, comma-separated, and how many more there are.
 pub fn id_list(ids: &[impl std::fmt::Display], limit: usize) -> String {
-    let mut text = ids.iter().take(limit).map(ToString::to_string).collect::<Vec<_>>().join(", ");
-    if ids.len() > limit {
-        text.push_str(&format!(", and {} more", ids.len() - limit));
-    }
-    text
+    let text = ids.iter().take(limit).map(ToString::to_string).collect::<Vec<_>>().join(", ");
+    if ids.len() > limit { format!("{text}, and {} more", ids.len() - limit) } else { text }
 }
 
 #[cfg(test)]
