@@ -187,27 +187,22 @@ mod tests {
     }
 
     #[test]
-    fn plain_smtp_with_default_port() {
-        let parsed = parse("smtp://127.0.0.1").unwrap();
-        assert_eq!(parsed.mode, TlsMode::Plain);
-        assert_eq!(parsed.redacted, "smtp://127.0.0.1:25");
-        assert_eq!(parsed.port, 25);
-        assert_eq!(parsed.username, None);
-        assert_eq!(parsed.password, None);
-    }
-
-    #[test]
-    fn starttls_and_implicit_tls() {
-        let starttls = parse("smtp://mail.example.org?tls=required").unwrap();
-        assert_eq!(starttls.mode, TlsMode::StartTls);
-        assert_eq!(starttls.redacted, "smtp://mail.example.org:587?tls=required");
-
-        let opportunistic = parse("smtp://mail.example.org:2525?tls=opportunistic").unwrap();
-        assert_eq!(opportunistic.mode, TlsMode::Opportunistic);
-
-        let implicit = parse("smtps://mail.example.org").unwrap();
-        assert_eq!(implicit.mode, TlsMode::Implicit);
-        assert_eq!(implicit.redacted, "smtps://mail.example.org:465");
+    fn each_tls_mode_with_its_default_port() {
+        for (url, mode, redacted) in [
+            ("smtp://127.0.0.1", TlsMode::Plain, "smtp://127.0.0.1:25"),
+            ("smtp://mail.example.org?tls=required", TlsMode::StartTls, "smtp://mail.example.org:587?tls=required"),
+            (
+                "smtp://mail.example.org:2525?tls=opportunistic",
+                TlsMode::Opportunistic,
+                "smtp://mail.example.org:2525?tls=opportunistic",
+            ),
+            ("smtps://mail.example.org", TlsMode::Implicit, "smtps://mail.example.org:465"),
+        ] {
+            let parsed = parse(url).unwrap();
+            assert_eq!((parsed.mode, parsed.redacted.as_str()), (mode, redacted), "{url}");
+        }
+        let plain = parse("smtp://127.0.0.1").unwrap();
+        assert_eq!((plain.port, plain.username, plain.password), (25, None, None));
     }
 
     #[test]
