@@ -11,48 +11,37 @@ use lettre::message::{Mailbox, MultiPart};
 use lettre::{Address, Message};
 
 use super::{MailError, OutgoingEmail};
+use crate::notice::one_line;
 
 const AUTO_SUBMITTED: HeaderName = HeaderName::new_from_ascii_str("Auto-Submitted");
 const LIST_UNSUBSCRIBE: HeaderName = HeaderName::new_from_ascii_str("List-Unsubscribe");
 const LIST_UNSUBSCRIBE_POST: HeaderName = HeaderName::new_from_ascii_str("List-Unsubscribe-Post");
 
-/// Builds the messages of one sender.
-#[derive(Clone)]
-pub struct Composer {
-    from: Mailbox,
-}
+/// The message from `from`, with its envelope (`message.envelope()`) and
+/// its bytes (`message.formatted()`).
+pub(super) fn compose(from: &Mailbox, email: &OutgoingEmail) -> Result<Message, MailError> {
+    let to = recipient(email.to.as_str())?;
+    let message_id = check_message_id(&email.message_id)?;
+    let unsubscribe = email.list_unsubscribe.as_deref().map(check_unsubscribe_url).transpose()?;
 
-impl Composer {
-    pub fn new(from: &Mailbox) -> Composer {
-        Composer { from: from.clone() }
-    }
-
-    /// The message, with its envelope (`message.envelope()`) and its bytes
-    /// (`message.formatted()`).
-    pub fn compose(&self, email: &OutgoingEmail) -> Result<Message, MailError> {
-        let to = recipient(email.to.as_str())?;
-        let message_id = check_message_id(&email.message_id)?;
-        let unsubscribe = email.list_unsubscribe.as_deref().map(check_unsubscribe_url).transpose()?;
-
-        let mut builder = Message::builder()
-            .from(self.from.clone())
-            .to(Mailbox::new(None, to))
-            .subject(one_line(&email.subject))
-            .header(MessageId::from(format!("<{message_id}>")))
-            // RFC 3834: keeps vacation responders from answering a mass notice.
-            .raw_header(HeaderValue::new(AUTO_SUBMITTED, "auto-generated".to_owned()));
-        if let Some(url) = unsubscribe {
-            builder = builder.raw_header(HeaderValue::new(LIST_UNSUBSCRIBE, format!("<{url}>")));
-            // RFC 8058 one-click needs an https link.
-            if url.starts_with("https://") {
-                builder = builder
-                    .raw_header(HeaderValue::new(LIST_UNSUBSCRIBE_POST, "List-Unsubscribe=One-Click".to_owned()));
-            }
+    let mut builder = Message::builder()
+        .from(from.clone())
+        .to(Mailbox::new(None, to))
+        .subject(one_line(&email.subject))
+        .header(MessageId::from(format!("<{message_id}>")))
+        // RFC 3834: keeps vacation responders from answering a mass notice.
+        .raw_header(HeaderValue::new(AUTO_SUBMITTED, "auto-generated".to_owned()));
+    if let Some(url) = unsubscribe {
+        builder = builder.raw_header(HeaderValue::new(LIST_UNSUBSCRIBE, format!("<{url}>")));
+        // RFC 8058 one-click needs an https link.
+        if url.starts_with("https://") {
+            builder =
+                builder.raw_header(HeaderValue::new(LIST_UNSUBSCRIBE_POST, "List-Unsubscribe=One-Click".to_owned()));
         }
-        builder
-            .multipart(MultiPart::alternative_plain_html(email.text.clone(), email.html.clone()))
-            .map_err(|err| MailError::Permanent(format!("the message to {} cannot be built ({err})", email.to)))
     }
+    builder
+        .multipart(MultiPart::alternative_plain_html(email.text.clone(), email.html.clone()))
+        .map_err(|err| MailError::Permanent(format!("the message to {} cannot be built ({err})", email.to)))
 }
 
 /// The recipient with its domain in punycode.
@@ -104,11 +93,6 @@ fn check_unsubscribe_url(raw: &str) -> Result<&str, MailError> {
     }
 }
 
-/// Header text on one line: control characters (CR, LF, tab…) become spaces.
-fn one_line(text: &str) -> String {
-    text.chars().map(|c| if c.is_control() { ' ' } else { c }).collect::<String>().trim().to_owned()
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -126,7 +110,7 @@ mod tests {
     }
 
     fn composed(email: &OutgoingEmail) -> Result<Message, MailError> {
-        Composer::new(&"Lifeboat <lifeboat@example.org>".parse().unwrap()).compose(email)
+        compose(&"Lifeboat <lifeboat@example.org>".parse().unwrap(), email)
     }
 
     fn formatted(email: &OutgoingEmail) -> String {

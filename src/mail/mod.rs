@@ -54,11 +54,8 @@ use tokio::sync::{Semaphore, SemaphorePermit};
 use tokio_util::compat::{Compat, FuturesAsyncReadCompatExt};
 
 use crate::config::EmailConfig;
+use crate::config::smtp_url::{self, TlsMode};
 use crate::email::EmailAddress;
-
-use crate::config::smtp_url;
-pub use crate::config::smtp_url::TlsMode;
-pub use message::Composer;
 
 const URL_HINT: &str = "check email.smtp_url: host, port, and TLS mode (smtp:// vs smtps:// vs ?tls=required)";
 const LOGIN_HINT: &str = "check the user in email.smtp_url, email.smtp_password, and the TLS mode \
@@ -146,7 +143,6 @@ struct Inner {
     setup: tokio::sync::Mutex<Setup>,
     deadline: Duration,
     from: Mailbox,
-    composer: Composer,
     redacted_url: String,
     /// Scrubbed from error texts, should a server ever echo it.
     password: Option<SecretString>,
@@ -215,10 +211,8 @@ impl Mailer {
         if let Some(problem) = smtp_url::login_problem(&url, email.smtp_password.is_some()) {
             return Err(MailError::Config(problem));
         }
-        let password: Option<String> = match &email.smtp_password {
-            Some(secret) => Some(secret.value.expose_secret().to_owned()),
-            None => url.password.clone(),
-        };
+        let password =
+            email.smtp_password.as_ref().map(|secret| secret.value.expose_secret().to_owned()).or(url.password.clone());
         let login = url.username.clone().zip(password.map(SecretString::from));
         let tls = match url.mode {
             TlsMode::Plain => None,
@@ -249,27 +243,11 @@ impl Mailer {
                 allowed: Mutex::new(pool_size as usize),
                 setup: tokio::sync::Mutex::new(Setup::Unchecked),
                 deadline: SEND_DEADLINE,
-                composer: Composer::new(&from),
                 from,
                 redacted_url: url.redacted,
                 password: login.map(|(_, password)| password),
             }),
         })
-    }
-
-    /// The SMTP URL without its password, with the effective port, e.g.
-    /// `smtp://lifeboat@mail.example.org:587?tls=required`.
-    pub fn smtp_url_redacted(&self) -> &str {
-        &self.inner.redacted_url
-    }
-
-    pub fn tls_mode(&self) -> TlsMode {
-        self.inner.server.mode
-    }
-
-    /// The From mailbox as it appears in the header.
-    pub fn from_mailbox(&self) -> String {
-        self.inner.from.to_string()
     }
 
     /// How many connections the mailer opens at once now: the pool size,
@@ -280,7 +258,7 @@ impl Mailer {
 
     /// Sends one message; `Ok` once the server accepted it (250 after DATA).
     pub async fn send(&self, email: &OutgoingEmail) -> Result<(), MailError> {
-        let message = self.inner.composer.compose(email)?;
+        let message = message::compose(&self.inner.from, email)?;
         let bytes = message.formatted();
         let what = format!("the message to {}", email.to);
         loop {
@@ -590,24 +568,15 @@ async fn quit(mut connection: AsyncSmtpConnection) {
 }
 
 /// Why a send or a check failed: lettre's error, or our socket's.
-#[derive(Debug)]
+#[derive(Debug, thiserror::Error)]
 enum Failure {
-    Smtp(lettre::transport::smtp::Error),
+    #[error(transparent)]
+    Smtp(#[from] lettre::transport::smtp::Error),
     /// Opening the TCP connection (or setting TCP_NODELAY) failed.
-    Socket(io::Error),
+    #[error(transparent)]
+    Socket(#[from] io::Error),
+    #[error("the mailer was shut down")]
     ShutDown,
-}
-
-impl From<lettre::transport::smtp::Error> for Failure {
-    fn from(err: lettre::transport::smtp::Error) -> Failure {
-        Failure::Smtp(err)
-    }
-}
-
-impl From<io::Error> for Failure {
-    fn from(err: io::Error) -> Failure {
-        Failure::Socket(err)
-    }
 }
 
 impl Failure {
@@ -669,13 +638,11 @@ fn shut_down() -> MailError {
 /// lettre's error and its sources, each once: `Connection error: …`.
 fn error_chain(err: &dyn std::error::Error) -> String {
     let mut text = err.to_string();
-    let mut source = err.source();
-    while let Some(cause) = source {
+    for cause in std::iter::successors(err.source(), |&cause| cause.source()) {
         let cause_text = cause.to_string();
         if !text.contains(&cause_text) {
             text = format!("{text}: {cause_text}");
         }
-        source = cause.source();
     }
     text
 }
@@ -705,21 +672,9 @@ fn is_crowded(failure: &Failure) -> bool {
 /// The rustls error behind a failed handshake: lettre wraps it in an
 /// `io::Error`, whose `source()` skips it, hence `get_ref`.
 fn tls_error(err: &lettre::transport::smtp::Error) -> Option<&rustls::Error> {
-    let mut source = err.source();
-    while let Some(cause) = source {
-        if let Some(tls) = cause.downcast_ref::<rustls::Error>() {
-            return Some(tls);
-        }
-        if let Some(tls) = cause
-            .downcast_ref::<std::io::Error>()
-            .and_then(|io| io.get_ref())
-            .and_then(|inner| inner.downcast_ref::<rustls::Error>())
-        {
-            return Some(tls);
-        }
-        source = cause.source();
-    }
-    None
+    std::iter::successors(err.source(), |&cause| cause.source()).find_map(|cause| {
+        cause.downcast_ref::<rustls::Error>().or_else(|| cause.downcast_ref::<io::Error>()?.get_ref()?.downcast_ref())
+    })
 }
 
 /// Replaces every occurrence of the password in the error text.
@@ -727,9 +682,7 @@ fn scrub(error: MailError, password: &str) -> MailError {
     if password.is_empty() {
         return error;
     }
-    let clean = |text: String| {
-        if text.contains(password) { text.replace(password, "[redacted]") } else { text }
-    };
+    let clean = |text: String| text.replace(password, "[redacted]");
     match error {
         MailError::Transient(text) => MailError::Transient(clean(text)),
         MailError::Permanent(text) => MailError::Permanent(clean(text)),
@@ -779,12 +732,12 @@ mod tests {
     #[test]
     fn builds_without_a_runtime_and_without_connecting() {
         let mailer = Mailer::from_config(&config("smtp://127.0.0.1:1", None), 4).unwrap();
-        assert_eq!(mailer.smtp_url_redacted(), "smtp://127.0.0.1:1");
-        assert_eq!(mailer.tls_mode(), TlsMode::Plain);
-        assert_eq!(mailer.from_mailbox(), "Lifeboat <lifeboat@example.org>");
+        assert_eq!(mailer.inner.redacted_url, "smtp://127.0.0.1:1");
+        assert_eq!(mailer.inner.server.mode, TlsMode::Plain);
+        assert_eq!(mailer.inner.from.to_string(), "Lifeboat <lifeboat@example.org>");
         assert_eq!(mailer.connections_allowed(), 4);
         let implicit = Mailer::from_config(&config("smtps://mail.example.org", None), 1).unwrap();
-        assert_eq!(implicit.tls_mode(), TlsMode::Implicit);
+        assert_eq!(implicit.inner.server.mode, TlsMode::Implicit);
     }
 
     #[test]
@@ -971,17 +924,11 @@ mod tests {
 
     /// `count` messages to bob, all sent at once from tasks of their own.
     async fn send_at_once(mailer: &Mailer, count: usize) -> Vec<Result<(), MailError>> {
-        let sends: Vec<_> = (0..count)
-            .map(|_| {
-                let mailer = mailer.clone();
-                tokio::spawn(async move { mailer.send(&email_to("bob@example.net")).await })
-            })
-            .collect();
-        let mut results = Vec::new();
-        for send in sends {
-            results.push(send.await.unwrap());
-        }
-        results
+        let sends = (0..count).map(|_| {
+            let mailer = mailer.clone();
+            tokio::spawn(async move { mailer.send(&email_to("bob@example.net")).await })
+        });
+        futures::future::join_all(sends).await.into_iter().map(Result::unwrap).collect()
     }
 
     #[tokio::test]

@@ -283,7 +283,7 @@ static SANITIZER: LazyLock<ammonia::Builder<'static>> = LazyLock::new(|| {
 });
 
 /// Control characters (newlines included) become spaces, ends trimmed.
-fn one_line(text: &str) -> Cow<'_, str> {
+pub(crate) fn one_line(text: &str) -> Cow<'_, str> {
     let trimmed = text.trim();
     // Bytes first (this runs on every value of every notice): control
     // characters are below 0x20, 0x7f, or U+0080 to U+009F, which UTF-8
