@@ -28,7 +28,8 @@ use crate::email::EmailAddress;
 use crate::mail::{MailError, Mailer, OutgoingEmail};
 use crate::messages::Rendered;
 use crate::registry::{
-    self, DeliveryChannel, EXPIRED, MessageKind, NewMessage, OutboxWriter, Registry, StoredMessage, now_ms,
+    self, DeliveryChannel, DeliveryState, EXPIRED, MessageKind, NewMessage, OutboxWriter, Registry, StoredMessage,
+    now_ms,
 };
 
 /// Tries of one row within one run before it is left for later.
@@ -210,15 +211,12 @@ pub async fn send_at_once<Fut: Future<Output = Outcome>>(
         return Ok(Err("it was no longer waiting to be sent".to_owned()));
     };
     let key = (stored.id, stored.attempts);
-    let mut outcome = deliver(stored).await;
-    let failure = match &outcome {
-        Outcome::Sent => None,
-        Outcome::Skip(reason) => Some((*reason).to_owned()),
-        Outcome::Retry(reason) | Outcome::RetryLater(reason) | Outcome::Failed(reason) => Some(reason.clone()),
-        Outcome::Fatal(err) => Some(err.to_string()),
+    let record = to_record(key, deliver(stored).await, &mut HashMap::new(), &mut None);
+    // Every outcome but a send is recorded with its reason.
+    let failure = match &record {
+        Record::Sent(_) => None,
+        Record::Ended { reason, .. } => Some(reason.clone()),
     };
-    let mut fatal = None;
-    let record = to_record(key, &mut outcome, &mut HashMap::new(), &mut fatal);
     self::record(&mut registry.outbox_writer().await?, vec![record]).await?;
     Ok(failure.map_or(Ok(()), Err))
 }
@@ -303,10 +301,7 @@ pub async fn send_until_done<C: Channel>(
         }
         recorded += run.send_batch(channel, batch, progress).await?;
     }
-    match run.fatal {
-        Some(err) => Err(err),
-        None => Ok(()),
-    }
+    run.fatal.map_or(Ok(()), Err)
 }
 
 struct Run {
@@ -371,8 +366,11 @@ impl Run {
                 {
                     group.push(more);
                 }
-                let records: Vec<Record> =
-                    group.iter_mut().map(|(key, outcome, _)| to_record(*key, outcome, tries, fatal)).collect();
+                // The permits are held until the outcomes are written.
+                let (records, held): (Vec<Record>, Vec<_>) = group
+                    .into_iter()
+                    .map(|(key, outcome, permit)| (to_record(key, outcome, tries, fatal), permit))
+                    .unzip();
                 match record(writer, records).await {
                     Ok(finished) => {
                         ended += finished;
@@ -385,7 +383,7 @@ impl Run {
                         return Err(err);
                     }
                 }
-                drop(group);
+                drop(held);
             }
             Ok(ended)
         };
@@ -398,14 +396,15 @@ impl Run {
 /// retries within the run, then parked for a later one.
 fn to_record(
     (id, attempts_before): (i64, i64),
-    outcome: &mut Outcome,
+    outcome: Outcome,
     tries: &mut HashMap<i64, u32>,
     fatal: &mut Option<SendError>,
 ) -> Record {
-    match std::mem::replace(outcome, Outcome::Sent) {
+    let ended = |state, reason, due_at| Record::Ended { id, state, reason, due_at };
+    match outcome {
         Outcome::Sent => Record::Sent(id),
-        Outcome::Skip(reason) => Record::Skipped(id, reason),
-        Outcome::Failed(reason) => Record::Failed(id, reason),
+        Outcome::Skip(reason) => ended(DeliveryState::Skipped, reason.to_owned(), None),
+        Outcome::Failed(reason) => ended(DeliveryState::Failed, reason, None),
         Outcome::Retry(reason) => {
             let count = tries.entry(id).or_default();
             *count += 1;
@@ -415,15 +414,15 @@ fn to_record(
                 parked_for(attempts_before + i64::from(*count))
             };
             tracing::warn!(delivery = id, error = %reason, "message will be retried");
-            Record::Retry(id, reason, now_ms() + wait.as_millis() as i64)
+            ended(DeliveryState::Pending, reason, Some(now_ms() + wait.as_millis() as i64))
         }
         Outcome::RetryLater(reason) => {
             tracing::warn!(delivery = id, error = %reason, "message will be retried later");
-            Record::Retry(id, reason, now_ms() + LATER.as_millis() as i64)
+            ended(DeliveryState::Pending, reason, Some(now_ms() + LATER.as_millis() as i64))
         }
         Outcome::Fatal(err) => {
             // Put it back as due.
-            let record = Record::Retry(id, err.to_string(), now_ms());
+            let record = ended(DeliveryState::Pending, err.to_string(), Some(now_ms()));
             fatal.get_or_insert(err);
             record
         }
@@ -449,10 +448,13 @@ fn claim_size(concurrency: usize, recorded: u64, elapsed: Duration) -> usize {
 /// The end of one attempt, as the registry keeps it.
 enum Record {
     Sent(i64),
-    Skipped(i64, &'static str),
-    Failed(i64, String),
-    /// Due again at the given time (ms).
-    Retry(i64, String, i64),
+    /// Skipped, failed, or pending again and due at `due_at` (ms), and why.
+    Ended {
+        id: i64,
+        state: DeliveryState,
+        reason: String,
+        due_at: Option<i64>,
+    },
 }
 
 /// Writes a group of outcomes: every sent one in one statement, the rarer
@@ -464,17 +466,9 @@ async fn record(outbox: &mut OutboxWriter, records: Vec<Record>) -> Result<u64, 
     outbox.mark_sent(&sent).await?;
     let mut finished = sent.len() as u64;
     for record in records {
-        match record {
-            Record::Sent(_) => {}
-            Record::Skipped(id, reason) => {
-                outbox.mark_skipped(id, reason).await?;
-                finished += 1;
-            }
-            Record::Failed(id, reason) => {
-                outbox.mark_failed(id, &reason).await?;
-                finished += 1;
-            }
-            Record::Retry(id, reason, at) => outbox.mark_retry(id, &reason, at).await?,
+        if let Record::Ended { id, state, reason, due_at } = record {
+            outbox.mark_ended(id, state, &reason, due_at).await?;
+            finished += u64::from(state != DeliveryState::Pending);
         }
     }
     Ok(finished)

@@ -214,11 +214,10 @@ impl Registry {
 
     /// The DM room lifeboat uses with `user_id`, if one was made.
     pub async fn dm_room(&self, user_id: &UserId) -> Result<Option<String>> {
-        let row: Option<(String,)> = sqlx::query_as("SELECT room_id FROM dm_rooms WHERE user_id = $1")
+        Ok(sqlx::query_scalar("SELECT room_id FROM dm_rooms WHERE user_id = $1")
             .bind(user_id)
             .fetch_optional(&self.pool)
-            .await?;
-        Ok(row.map(|(room,)| room))
+            .await?)
     }
 
     pub async fn store_dm_room(&self, user_id: &UserId, room_id: &str) -> Result<()> {
@@ -236,15 +235,14 @@ impl Registry {
 
     /// How many DMs `plan_matrix_deliveries` would create.
     pub async fn planned_dms(&self, incident_id: i64, sender: &UserId) -> Result<i64> {
-        let (count,): (i64,) = sqlx::query_as(sqlx::AssertSqlSafe(format!(
+        Ok(sqlx::query_scalar(sqlx::AssertSqlSafe(format!(
             "SELECT (SELECT COUNT(*) {}) + (SELECT COUNT(*) {PLANNED_CONTACT_DMS})",
             planned_survivor_dms("$2")
         )))
         .bind(incident_id)
         .bind(sender)
         .fetch_one(&self.pool)
-        .await?;
-        Ok(count)
+        .await?)
     }
 
     /// What `plan_email_deliveries` would create, without creating it.
@@ -295,7 +293,7 @@ impl Registry {
         limit: i64,
     ) -> Result<Vec<Delivery>> {
         let sql = if self.is_postgres() { &*DUE_DELIVERIES_POSTGRES } else { &*DUE_DELIVERIES_SQLITE };
-        let (json,): (String,) = sqlx::query_as(sql.as_str())
+        let json: String = sqlx::query_scalar(sql.as_str())
             .bind(incident_id)
             .bind(channel)
             .bind(now_ms())
@@ -347,15 +345,14 @@ impl Registry {
 
     /// When the next pending delivery of an incident's channel is due, if any.
     pub async fn next_pending_at(&self, incident_id: i64, channel: DeliveryChannel) -> Result<Option<i64>> {
-        let (next,): (Option<i64>,) = sqlx::query_as(
+        Ok(sqlx::query_scalar(
             "SELECT MIN(next_attempt_at) FROM deliveries \
              WHERE incident_id = $1 AND kind = 'notice' AND channel = $2 AND state = 'pending'",
         )
         .bind(incident_id)
         .bind(channel)
         .fetch_one(&self.pool)
-        .await?;
-        Ok(next)
+        .await?)
     }
 
     pub async fn delivery_counts(&self, incident_id: i64) -> Result<DeliveryCounts> {
@@ -389,9 +386,7 @@ impl Registry {
         .fetch_all(&self.pool)
         .await?)
     }
-}
 
-impl Registry {
     /// Every email an incident's notify would send, for a dry run: never
     /// stored, so no id, attempt or token. (The casts give PostgreSQL's
     /// literals the types the Any driver decodes.)
@@ -433,48 +428,36 @@ impl OutboxWriter {
         if ids.is_empty() {
             return Ok(());
         }
-        let sql = if self.postgres {
-            "UPDATE deliveries SET state = 'sent', last_error = NULL, sent_at = $1, attempts = attempts + 1, \
-             subject = NULL, body_text = NULL, body_html = NULL \
-             WHERE id IN (SELECT value::BIGINT FROM json_array_elements_text($2::JSON))"
+        let listed = if self.postgres {
+            "SELECT value::BIGINT FROM json_array_elements_text($2::JSON)"
         } else {
-            "UPDATE deliveries SET state = 'sent', last_error = NULL, sent_at = $1, attempts = attempts + 1, \
-             subject = NULL, body_text = NULL, body_html = NULL \
-             WHERE id IN (SELECT value FROM json_each($2))"
+            "SELECT value FROM json_each($2)"
         };
-        sqlx::query(sql)
-            .bind(now_ms())
-            .bind(serde_json::to_string(ids).expect("a list of integers is JSON"))
-            .execute(&mut *self.conn)
-            .await?;
+        sqlx::query(sqlx::AssertSqlSafe(format!(
+            "UPDATE deliveries SET state = 'sent', last_error = NULL, sent_at = $1, attempts = attempts + 1, \
+             subject = NULL, body_text = NULL, body_html = NULL WHERE id IN ({listed})"
+        )))
+        .bind(now_ms())
+        .bind(serde_json::to_string(ids).expect("a list of integers is JSON"))
+        .execute(&mut *self.conn)
+        .await?;
         Ok(())
     }
 
-    /// A transient failure: try again at `next_attempt_at`. (A message's
-    /// stored text is kept only while it may still be sent.)
-    pub async fn mark_retry(&mut self, id: i64, error: &str, next_attempt_at: i64) -> Result<()> {
-        self.set_state(id, DeliveryState::Pending, Some(error), Some(next_attempt_at)).await
-    }
-
-    pub async fn mark_failed(&mut self, id: i64, error: &str) -> Result<()> {
-        self.set_state(id, DeliveryState::Failed, Some(error), None).await
-    }
-
-    pub async fn mark_skipped(&mut self, id: i64, reason: &str) -> Result<()> {
-        self.set_state(id, DeliveryState::Skipped, Some(reason), None).await
-    }
-
-    async fn set_state(
+    /// Ends an attempt other than by a send (`mark_sent`): `Pending` again
+    /// after a transient failure, due at `next_attempt_at`, or `Failed`, or
+    /// `Skipped`, with the reason. (A message's stored text is kept only
+    /// while it may still be sent.)
+    pub async fn mark_ended(
         &mut self,
         id: i64,
         state: DeliveryState,
-        error: Option<&str>,
+        error: &str,
         next_attempt_at: Option<i64>,
     ) -> Result<()> {
-        let now = now_ms();
         sqlx::query(
             "UPDATE deliveries SET state = $2, last_error = $3, next_attempt_at = COALESCE($4, next_attempt_at), \
-             sent_at = CASE WHEN $2 = 'sent' THEN $5 ELSE sent_at END, attempts = attempts + $6, \
+             attempts = attempts + $5, \
              subject = CASE WHEN $2 = 'pending' THEN subject END, \
              body_text = CASE WHEN $2 = 'pending' THEN body_text END, \
              body_html = CASE WHEN $2 = 'pending' THEN body_html END \
@@ -484,7 +467,6 @@ impl OutboxWriter {
         .bind(state)
         .bind(error)
         .bind(next_attempt_at)
-        .bind(now)
         // Every state set here ends an attempt, except a skip (nothing was
         // tried).
         .bind(i64::from(state != DeliveryState::Skipped))
