@@ -134,7 +134,7 @@ impl Registry {
                 return Err(Error::AlreadyCovered(covering));
             }
         }
-        let (id,): (i64,) = sqlx::query_as(
+        let id: i64 = sqlx::query_scalar(
             "INSERT INTO incidents (title, postmortem, scope, opened_at) VALUES ($1, $2, $3, $4) RETURNING id",
         )
         .bind(title)
@@ -313,7 +313,7 @@ impl Registry {
         token: &str,
         expires_at: i64,
     ) -> Result<i64> {
-        let (id,): (i64,) = sqlx::query_as(
+        Ok(sqlx::query_scalar(
             "INSERT INTO registration_tokens (token, incident_id, user_id, purpose, created_at, expires_at) \
              VALUES ($1, $2, $3, 'request', $4, $5) RETURNING id",
         )
@@ -323,26 +323,24 @@ impl Registry {
         .bind(now_ms())
         .bind(expires_at)
         .fetch_one(&self.pool)
-        .await?;
-        Ok(id)
+        .await?)
     }
 
     /// How many tokens were issued on request to `user_id` for an incident
     /// (the per-person limit counts these).
     pub async fn request_tokens_issued(&self, incident_id: i64, user_id: &UserId) -> Result<i64> {
-        let (count,): (i64,) = sqlx::query_as(
+        Ok(sqlx::query_scalar(
             "SELECT COUNT(*) FROM registration_tokens WHERE incident_id = $1 AND user_id = $2 AND purpose = 'request'",
         )
         .bind(incident_id)
         .bind(user_id)
         .fetch_one(&self.pool)
-        .await?;
-        Ok(count)
+        .await?)
     }
 
     /// Is incident `id` open, and does it affect `user_id`?
     pub async fn incident_open_for(&self, id: i64, user_id: &UserId) -> Result<bool> {
-        let row: Option<(i64,)> = sqlx::query_as(
+        let row: Option<i64> = sqlx::query_scalar(
             "SELECT i.id FROM incidents i JOIN incident_accounts ia ON ia.incident_id = i.id \
              WHERE i.id = $1 AND ia.user_id = $2 AND i.resolved_at IS NULL",
         )
@@ -355,14 +353,13 @@ impl Registry {
 
     /// The newest open incident that affects `user_id`, if any.
     pub async fn open_incident_affecting(&self, user_id: &UserId) -> Result<Option<i64>> {
-        let row: Option<(i64,)> = sqlx::query_as(
+        Ok(sqlx::query_scalar(
             "SELECT i.id FROM incidents i JOIN incident_accounts ia ON ia.incident_id = i.id \
              WHERE ia.user_id = $1 AND i.resolved_at IS NULL ORDER BY i.id DESC LIMIT 1",
         )
         .bind(user_id)
         .fetch_optional(&self.pool)
-        .await?;
-        Ok(row.map(|(id,)| id))
+        .await?)
     }
 
     /// Confirmed, unrevoked notice tokens expiring before `before` whose
@@ -410,23 +407,14 @@ impl Registry {
 
     /// Tokens, newest incident first; optionally of one incident.
     pub async fn tokens(&self, incident_id: Option<i64>) -> Result<Vec<NoticeToken>> {
-        Ok(match incident_id {
-            Some(id) => {
-                sqlx::query_as(sqlx::AssertSqlSafe(format!(
-                    "SELECT {TOKEN_COLUMNS} FROM registration_tokens WHERE incident_id = $1 ORDER BY user_id"
-                )))
-                .bind(id)
-                .fetch_all(&self.pool)
-                .await?
-            }
-            None => {
-                sqlx::query_as(sqlx::AssertSqlSafe(format!(
-                    "SELECT {TOKEN_COLUMNS} FROM registration_tokens ORDER BY incident_id DESC, user_id"
-                )))
-                .fetch_all(&self.pool)
-                .await?
-            }
-        })
+        let filter = if incident_id.is_some() { "WHERE incident_id = $1" } else { "" };
+        let mut query = sqlx::query_as(sqlx::AssertSqlSafe(format!(
+            "SELECT {TOKEN_COLUMNS} FROM registration_tokens {filter} ORDER BY incident_id DESC, user_id"
+        )));
+        if let Some(id) = incident_id {
+            query = query.bind(id);
+        }
+        Ok(query.fetch_all(&self.pool).await?)
     }
 }
 
