@@ -182,10 +182,7 @@ impl NoticeSettings {
     /// The signed one-click link for this delivery's contact, if the web
     /// page is configured.
     fn unsubscribe_url(&self, delivery: &Delivery) -> Option<String> {
-        match (&self.unsubscribe, delivery.contact_id) {
-            (Some(links), Some(contact_id)) => Some(links.url(contact_id)),
-            _ => None,
-        }
+        Some(self.unsubscribe.as_ref()?.url(delivery.contact_id?))
     }
 
     fn render_with<T>(
@@ -251,10 +248,7 @@ impl NoticeSettings {
 
 /// "2026-12-09 19:00 UTC"
 pub fn human_time(ms: i64) -> String {
-    match registry::format_time(ms) {
-        Some(stamp) => format!("{} UTC", stamp[..16].replace('T', " ")),
-        None => "-".to_owned(),
-    }
+    registry::format_time(ms).map_or_else(|| "-".to_owned(), |stamp| format!("{} UTC", stamp[..16].replace('T', " ")))
 }
 
 /// How a channel's deliveries leave.
@@ -269,33 +263,6 @@ impl Transport<'_> {
         match self {
             Transport::Email(_) => DeliveryChannel::Email,
             Transport::Matrix(_) => DeliveryChannel::Matrix,
-        }
-    }
-
-    /// Sends one delivery, rendered here.
-    async fn deliver(
-        self,
-        registry: &Registry,
-        incident: &Incident,
-        settings: &NoticeSettings,
-        delivery: &Delivery,
-    ) -> Outcome {
-        match self {
-            Transport::Email(mailer) => match settings.email(incident, delivery) {
-                Err(err) => Outcome::Fatal(err),
-                Ok(Err(bad_address)) => Outcome::Failed(bad_address),
-                Ok(Ok(email)) => crate::outbox::mail_outcome(mailer.send(&email).await),
-            },
-            Transport::Matrix(sender) => match settings.render(incident, delivery) {
-                Err(err) => Outcome::Fatal(err),
-                Ok(notice) => {
-                    // Fixed per delivery: Synapse drops a repeat after a crash.
-                    let transaction = format!("lifeboat-incident-{}-delivery-{}", incident.id, delivery.id);
-                    crate::outbox::dm_outcome(
-                        sender.send(registry, &delivery.address, &notice.markdown, &transaction).await,
-                    )
-                }
-            },
         }
     }
 
@@ -343,10 +310,28 @@ impl crate::outbox::Channel for IncidentNotices<'_> {
         (delivery.id, delivery.attempts)
     }
 
+    /// Sends one delivery, rendered here.
     async fn deliver(&self, delivery: &Delivery) -> Outcome {
-        match Transport::skip_reason(delivery) {
-            Some(reason) => Outcome::Skip(reason),
-            None => self.transport.deliver(self.registry, self.incident, self.settings, delivery).await,
+        if let Some(reason) = Transport::skip_reason(delivery) {
+            return Outcome::Skip(reason);
+        }
+        let (incident, settings) = (self.incident, self.settings);
+        match self.transport {
+            Transport::Email(mailer) => match settings.email(incident, delivery) {
+                Err(err) => Outcome::Fatal(err),
+                Ok(Err(bad_address)) => Outcome::Failed(bad_address),
+                Ok(Ok(email)) => crate::outbox::mail_outcome(mailer.send(&email).await),
+            },
+            Transport::Matrix(sender) => match settings.render(incident, delivery) {
+                Err(err) => Outcome::Fatal(err),
+                Ok(notice) => {
+                    // Fixed per delivery: Synapse drops a repeat after a crash.
+                    let transaction = format!("lifeboat-incident-{}-delivery-{}", incident.id, delivery.id);
+                    crate::outbox::dm_outcome(
+                        sender.send(self.registry, &delivery.address, &notice.markdown, &transaction).await,
+                    )
+                }
+            },
         }
     }
 }
