@@ -115,11 +115,10 @@ pub fn incident_text_problem(title: &str, postmortem: &str) -> Option<String> {
 
 /// "open incident 1 already covers 5 of its accounts" (and any others).
 fn covering_text(covering: &[(i64, i64)]) -> String {
-    let each: Vec<String> = covering
+    let each = covering
         .iter()
-        .map(|(id, count)| format!("open incident {id} already covers {count} of the accounts this one would affect"))
-        .collect();
-    each.join("; ")
+        .map(|(id, count)| format!("open incident {id} already covers {count} of the accounts this one would affect"));
+    each.collect::<Vec<_>>().join("; ")
 }
 
 /// Opens an incident for `scope`. Unless `again`, refuses when an open

@@ -85,11 +85,8 @@ pub async fn run(services: Arc<Services>) {
 /// now: a short outage then delays notices by one poll, not by the backoff.
 async fn channel_is_back(registry: &Registry, probe: &crate::mail::Mailer) -> bool {
     let until = now_ms() + crate::outbox::PARKED_MAX.as_millis() as i64;
-    match registry.parked_deliveries(DeliveryChannel::Email, until).await {
-        Ok(0) | Err(_) => return false,
-        Ok(_) => {}
-    }
-    if probe.test_connection().await.is_err() {
+    let parked = registry.parked_deliveries(DeliveryChannel::Email, until).await;
+    if !matches!(parked, Ok(1..)) || probe.test_connection().await.is_err() {
         return false;
     }
     match registry.release_parked(DeliveryChannel::Email, until).await {
