@@ -466,15 +466,16 @@ impl Mailer {
     /// names what was refused ("the message to …").
     fn classify(&self, failure: &Failure, what: &str) -> MailError {
         let endpoint = &self.inner.redacted_url;
+        let could_not_talk = |err: &dyn std::error::Error| {
+            MailError::Transient(format!(
+                "could not talk to the mail server at {endpoint} ({}); {URL_HINT}",
+                error_chain(err)
+            ))
+        };
         let err = match failure {
             Failure::Smtp(err) => err,
             Failure::ShutDown => return shut_down(),
-            Failure::Socket(err) => {
-                return MailError::Transient(format!(
-                    "could not talk to the mail server at {endpoint} ({}); {URL_HINT}",
-                    error_chain(err)
-                ));
-            }
+            Failure::Socket(err) => return could_not_talk(err),
         };
         let error = if let Some(code) = err.status().map(u16::from) {
             let reply = failure.reply();
@@ -523,10 +524,7 @@ impl Mailer {
                 error_chain(err)
             ))
         } else {
-            MailError::Transient(format!(
-                "could not talk to the mail server at {endpoint} ({}); {URL_HINT}",
-                error_chain(err)
-            ))
+            could_not_talk(err)
         };
         self.scrubbed(error)
     }

@@ -55,7 +55,6 @@ impl DeliveryCounts {
 #[derive(Clone, Deserialize, sqlx::FromRow)]
 pub struct Delivery {
     pub id: i64,
-    pub incident_id: i64,
     pub user_id: String,
     pub channel: DeliveryChannel,
     pub address: String,
@@ -63,8 +62,6 @@ pub struct Delivery {
     /// When it was due (claims are sent in this order, then by id).
     pub next_attempt_at: i64,
     pub display_name: Option<String>,
-    /// Set when the account's ID was registered again (maybe by someone else).
-    pub recreated_at: Option<i64>,
     /// Who the account's ID belongs to now.
     pub account_state: AccountState,
     /// When lifeboat's custody last changed: for a held ID, the hold a
@@ -118,8 +115,8 @@ const PLANNED_CONTACT_DMS: &str = "FROM incident_accounts ia JOIN contacts c ON 
 /// The columns of a [`Delivery`], as `due_deliveries` reads them.
 static DUE_COLUMNS: LazyLock<String> = LazyLock::new(|| {
     format!(
-        "d.id, d.incident_id, d.user_id, d.channel, d.address, d.attempts, d.next_attempt_at, \
-         a.display_name, a.recreated_at, {STANDING_SQL} AS account_state, a.custody_at AS held_at, a.locked, \
+        "d.id, d.user_id, d.channel, d.address, d.attempts, d.next_attempt_at, \
+         a.display_name, {STANDING_SQL} AS account_state, a.custody_at AS held_at, a.locked, \
          a.deactivated, c.id AS contact_id, c.opted_out_at, t.token, t.expires_at AS token_expires_at"
     )
 });
@@ -392,9 +389,9 @@ impl Registry {
     /// literals the types the Any driver decodes.)
     pub async fn email_recipients(&self, incident_id: i64) -> Result<Vec<Delivery>> {
         Ok(sqlx::query_as(sqlx::AssertSqlSafe(format!(
-            "SELECT CAST(0 AS BIGINT) AS id, ia.incident_id, a.user_id, c.kind AS channel, c.address, \
+            "SELECT CAST(0 AS BIGINT) AS id, a.user_id, c.kind AS channel, c.address, \
                     CAST(0 AS BIGINT) AS attempts, CAST(0 AS BIGINT) AS next_attempt_at, a.display_name, \
-                    a.recreated_at, {STANDING_SQL} AS account_state, a.custody_at AS held_at, a.locked, \
+                    {STANDING_SQL} AS account_state, a.custody_at AS held_at, a.locked, \
                     a.deactivated, c.id AS contact_id, c.opted_out_at, CAST(NULL AS TEXT) AS token, \
                     CAST(NULL AS BIGINT) AS token_expires_at \
              FROM incident_accounts ia JOIN accounts a ON a.user_id = ia.user_id \
@@ -481,10 +478,10 @@ mod tests {
     #[test]
     fn every_claimed_column_goes_into_the_claims_json_under_its_own_name() {
         let fields = super::json_fields("x");
-        assert!(fields.starts_with("'id', x.id, 'incident_id', x.incident_id, "), "{fields}");
+        assert!(fields.starts_with("'id', x.id, 'user_id', x.user_id, "), "{fields}");
         assert!(fields.contains("'account_state', x.account_state, "), "{fields}");
         assert!(fields.contains("'contact_id', x.contact_id, "), "{fields}");
         assert!(fields.ends_with("'token_expires_at', x.token_expires_at"), "{fields}");
-        assert_eq!(fields.matches(", x.").count(), 17, "one per column: {fields}");
+        assert_eq!(fields.matches(", x.").count(), 15, "one per column: {fields}");
     }
 }
