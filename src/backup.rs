@@ -13,7 +13,7 @@ use futures::TryStreamExt;
 use serde_json::{Value, json};
 use sqlx::Row;
 
-use crate::registry::{Actor, Registry, now_ms};
+use crate::registry::{Actor, Registry, now_ms, placeholders};
 
 const FORMAT_VERSION: i64 = 1;
 /// Registry setting: when the last backup was written.
@@ -118,14 +118,17 @@ pub async fn snapshot_lines(
         let sql = select_sql(table, &columns);
         let mut stream = sqlx::query(sqlx::AssertSqlSafe(sql)).fetch(&mut *tx);
         while let Some(row) = stream.try_next().await? {
-            let mut values = Vec::with_capacity(columns.len());
-            for (index, column) in columns.iter().enumerate() {
-                values.push(if column.integer {
-                    row.try_get::<Option<i64>, _>(index)?.map(Value::from).unwrap_or(Value::Null)
-                } else {
-                    row.try_get::<Option<String>, _>(index)?.map(Value::from).unwrap_or(Value::Null)
-                });
-            }
+            let values = columns
+                .iter()
+                .enumerate()
+                .map(|(index, column)| {
+                    if column.integer {
+                        row.try_get::<Option<i64>, _>(index).map(Value::from)
+                    } else {
+                        row.try_get::<Option<String>, _>(index).map(Value::from)
+                    }
+                })
+                .collect::<Result<Vec<_>, _>>()?;
             emit(json!({"table": table, "row": values}).to_string())?;
             rows += 1;
         }
@@ -157,10 +160,8 @@ pub async fn backup(registry: &Registry, out: &Path, actor: &Actor) -> Result<u6
 /// Loads a backup into the registry in one transaction. Refuses a registry
 /// that holds accounts or history unless `replace` (which empties it first).
 pub async fn restore(registry: &Registry, file: &Path, replace: bool, actor: &Actor) -> Result<u64, BackupError> {
-    let reader = std::io::BufReader::new(
-        std::fs::File::open(file).map_err(|err| BackupError::Io(format!("cannot read {}: {err}", file.display())))?,
-    );
-    let mut lines = reader.lines();
+    let unreadable = |err| BackupError::Io(format!("cannot read {}: {err}", file.display()));
+    let mut lines = std::io::BufReader::new(std::fs::File::open(file).map_err(unreadable)?).lines();
     let invalid = |what: &str| BackupError::Invalid(format!("{} is not a lifeboat backup: {what}", file.display()));
     let header: Value = lines
         .next()
@@ -183,19 +184,16 @@ pub async fn restore(registry: &Registry, file: &Path, replace: bool, actor: &Ac
         ));
     }
     // Run-time rows that point at accounts go first (they are not kept).
-    for table in ["web_links", "contact_verifications"] {
+    let emptied = ["web_links", "contact_verifications"].into_iter().chain(TABLES.iter().rev().copied());
+    for table in emptied.chain(["listing_stage"]) {
         sqlx::query(sqlx::AssertSqlSafe(format!("DELETE FROM {table}"))).execute(&mut *tx).await?;
     }
-    for table in TABLES.iter().rev() {
-        sqlx::query(sqlx::AssertSqlSafe(format!("DELETE FROM {table}"))).execute(&mut *tx).await?;
-    }
-    sqlx::query("DELETE FROM listing_stage").execute(&mut *tx).await?;
 
     let mut rows = 0u64;
     let mut ended = None;
     let mut columns: std::collections::HashMap<&str, Vec<Column>> = std::collections::HashMap::new();
     for line in lines {
-        let line = line.map_err(|err| BackupError::Io(format!("cannot read {}: {err}", file.display())))?;
+        let line = line.map_err(unreadable)?;
         let record: Value = serde_json::from_str(&line).map_err(|_| invalid("a line is not JSON"))?;
         if record["end"] == true {
             ended = record["rows"].as_u64();
@@ -204,8 +202,7 @@ pub async fn restore(registry: &Registry, file: &Path, replace: bool, actor: &Ac
         let table = record["table"].as_str().ok_or_else(|| invalid("a row names no table"))?;
         let table = *TABLES.iter().find(|name| **name == table).ok_or_else(|| invalid("an unknown table"))?;
         if !columns.contains_key(table) {
-            let read = columns_of(&mut tx, registry.is_postgres(), table).await?;
-            columns.insert(table, read);
+            columns.insert(table, columns_of(&mut tx, registry.is_postgres(), table).await?);
         }
         let columns = &columns[table];
         let oldest = columns.len() - added_later(table);
@@ -214,11 +211,13 @@ pub async fn restore(registry: &Registry, file: &Path, replace: bool, actor: &Ac
         // A backup written before the last columns existed leaves them NULL.
         let columns = &columns[..values.len()];
         let names: Vec<&str> = columns.iter().map(|column| column.name.as_str()).collect();
-        let placeholders: Vec<String> = (1..=names.len()).map(|n| format!("${n}")).collect();
         let overriding =
             if registry.is_postgres() && IDENTITY_TABLES.contains(&table) { " OVERRIDING SYSTEM VALUE" } else { "" };
-        let sql =
-            format!("INSERT INTO {table} ({}){overriding} VALUES ({})", names.join(", "), placeholders.join(", "));
+        let sql = format!(
+            "INSERT INTO {table} ({}){overriding} VALUES ({})",
+            names.join(", "),
+            placeholders(1..=names.len())
+        );
         let mut query = sqlx::query(sqlx::AssertSqlSafe(sql));
         for (value, column) in values.iter().zip(columns.iter()) {
             query =

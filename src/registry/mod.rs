@@ -166,17 +166,16 @@ impl Registry {
             }
             _ => url.to_owned(),
         };
+        let unreachable = |source| Error::Connect { url: shown.clone(), source };
         if backend == Backend::Sqlite
             && let Some(path) = sqlite_file(&url)
         {
-            crate::owner_only::create_if_missing(Path::new(path))
-                .map_err(|err| Error::Connect { url: shown.clone(), source: sqlx::Error::Io(err) })?;
+            crate::owner_only::create_if_missing(Path::new(path)).map_err(|err| unreachable(sqlx::Error::Io(err)))?;
         }
-        let options =
-            AnyConnectOptions::from_str(&url).map_err(|source| Error::Connect { url: shown.clone(), source })?;
+        let options = AnyConnectOptions::from_str(&url).map_err(unreachable)?;
         // One plain connection first: the pool would retry a refused
         // connection until its timeout and then report only that it timed out.
-        probe(&options, backend).await.map_err(|source| Error::Connect { url: shown.clone(), source })?;
+        probe(&options, backend).await.map_err(unreachable)?;
         let pool = AnyPoolOptions::new()
             .max_connections(if backend == Backend::Sqlite { 4 } else { 8 })
             // Long enough for a busy moment, short enough that a registry
@@ -188,7 +187,7 @@ impl Registry {
             .after_connect(move |conn, _meta| Box::pin(prepare(conn, backend)))
             .connect_with(options.clone())
             .await
-            .map_err(|source| Error::Connect { url: shown.clone(), source })?;
+            .map_err(unreachable)?;
         let migrator = match backend {
             Backend::Sqlite => &SQLITE_MIGRATIONS,
             Backend::Postgres => &POSTGRES_MIGRATIONS,
@@ -240,15 +239,20 @@ impl Registry {
     }
 }
 
-/// UTC milliseconds since the Unix epoch.
 /// A 0/1 column read as a bool: sqlx's Any driver decodes no integer
 /// column as a bool, so rows holding flags are read by hand.
 fn flag(row: &sqlx::any::AnyRow, column: &str) -> sqlx::Result<bool> {
     sqlx::Row::try_get::<i64, _>(row, column).map(|value| value != 0)
 }
 
+/// UTC milliseconds since the Unix epoch.
 pub fn now_ms() -> i64 {
     SystemTime::now().duration_since(UNIX_EPOCH).map(|elapsed| elapsed.as_millis() as i64).unwrap_or(0)
+}
+
+/// `$first,…,$last`: numbered placeholders for SQL written at run time.
+pub(crate) fn placeholders(numbers: std::ops::RangeInclusive<usize>) -> String {
+    numbers.map(|n| format!("${n}")).collect::<Vec<_>>().join(",")
 }
 
 /// `2026-11-25T19:30:00Z` for UTC milliseconds; `None` for a value no

@@ -5,7 +5,7 @@
 use futures::TryStreamExt;
 use serde::Serialize;
 
-use super::{Actor, Registry, Result, now_ms};
+use super::{Actor, Registry, Result, now_ms, placeholders};
 use crate::checked_text::stored_as_text;
 use crate::email::EmailAddress;
 use crate::reconcile::AccountState;
@@ -71,17 +71,15 @@ impl Registry {
     /// Starts a run. Runs left `running` by a process that died are closed
     /// as failed and their staged rows dropped (one sync at a time).
     pub async fn begin_sync_run(&self) -> Result<i64> {
-        let stale: Vec<(i64,)> =
-            sqlx::query_as("SELECT id FROM sync_runs WHERE status = 'running'").fetch_all(&self.pool).await?;
-        for (id,) in stale {
+        let stale: Vec<i64> =
+            sqlx::query_scalar("SELECT id FROM sync_runs WHERE status = 'running'").fetch_all(&self.pool).await?;
+        for id in stale {
             self.fail_sync_run(id, "interrupted: the process ended before the listing was applied").await?;
         }
-        let (id,): (i64,) =
-            sqlx::query_as("INSERT INTO sync_runs (started_at, status) VALUES ($1, 'running') RETURNING id")
-                .bind(now_ms())
-                .fetch_one(&self.pool)
-                .await?;
-        Ok(id)
+        Ok(sqlx::query_scalar("INSERT INTO sync_runs (started_at, status) VALUES ($1, 'running') RETURNING id")
+            .bind(now_ms())
+            .fetch_one(&self.pool)
+            .await?)
     }
 
     /// Stages one page of the listing. Returns how many accounts were new to
@@ -91,21 +89,14 @@ impl Registry {
         let mut staged = 0;
         let mut tx = self.begin_write().await?;
         for chunk in users.chunks(STAGE_CHUNK) {
-            let mut sql = String::from(
+            let rows: Vec<String> = (0..chunk.len())
+                .map(|row| format!("({})", placeholders(row * STAGE_COLUMNS + 1..=(row + 1) * STAGE_COLUMNS)))
+                .collect();
+            let sql = format!(
                 "INSERT INTO listing_stage (run_id, user_id, display_name, admin, deactivated, locked, \
-                 is_guest, user_type, synapse_created_at) VALUES ",
+                 is_guest, user_type, synapse_created_at) VALUES {} ON CONFLICT (run_id, user_id) DO NOTHING",
+                rows.join(",")
             );
-            for row in 0..chunk.len() {
-                let first = row * STAGE_COLUMNS + 1;
-                let placeholders: Vec<String> = (first..first + STAGE_COLUMNS).map(|n| format!("${n}")).collect();
-                if row > 0 {
-                    sql.push(',');
-                }
-                sql.push('(');
-                sql.push_str(&placeholders.join(","));
-                sql.push(')');
-            }
-            sql.push_str(" ON CONFLICT (run_id, user_id) DO NOTHING");
             // Safe: the dynamic part is only numbered placeholders.
             let mut query = sqlx::query(sqlx::AssertSqlSafe(sql));
             for user in chunk {
@@ -181,11 +172,8 @@ impl Registry {
                 });
                 report.add(known.as_ref(), listed.as_ref());
                 let Some(known) = known else { continue };
-                let stored = Stored {
-                    state: pair.known_state.unwrap_or(AccountState::Present),
-                    custody_since_listing: pair.custody_since_listing.unwrap_or(0) != 0,
-                };
-                match mark_for(&known, listed.as_ref(), stored) {
+                let state = pair.known_state.unwrap_or(AccountState::Present);
+                match mark_for(&known, listed.as_ref(), state, pair.custody_since_listing.unwrap_or(0) != 0) {
                     Some(Mark::Recreated) => to_mark_recreated.push(known.user_id),
                     Some(Mark::Missing) => to_mark_missing.push(known.user_id),
                     None => {}
@@ -262,13 +250,9 @@ impl Registry {
     ) -> Result<u64> {
         let mut changed = 0;
         for chunk in user_ids.chunks(MARK_CHUNK) {
-            let placeholders: Vec<String> = (2..chunk.len() + 2).map(|n| format!("${n}")).collect();
             // Safe: `set` is a constant of the caller's, the rest numbered placeholders.
-            let sql = format!("{set} WHERE user_id IN ({})", placeholders.join(","));
-            let mut query = sqlx::query(sqlx::AssertSqlSafe(sql)).bind(now);
-            for user_id in chunk {
-                query = query.bind(user_id);
-            }
+            let sql = format!("{set} WHERE user_id IN ({})", placeholders(2..=chunk.len() + 1));
+            let query = chunk.iter().fold(sqlx::query(sqlx::AssertSqlSafe(sql)).bind(now), |query, id| query.bind(id));
             changed += query.execute(&mut **tx).await?.rows_affected();
         }
         Ok(changed)
@@ -285,22 +269,19 @@ impl Registry {
             due.predicate()
         );
         let (now, stale_before) = due.bounds();
-        let rows: Vec<(UserId,)> = sqlx::query_as(sqlx::AssertSqlSafe(sql))
+        Ok(sqlx::query_scalar(sqlx::AssertSqlSafe(sql))
             .bind(now)
             .bind(stale_before)
             .bind(after)
             .bind(limit)
             .fetch_all(&self.pool)
-            .await?;
-        Ok(rows.into_iter().map(|(id,)| id).collect())
+            .await?)
     }
 
     pub async fn count_accounts_needing_details(&self, due: DetailsDue) -> Result<i64> {
         let sql = format!("SELECT COUNT(*) FROM accounts WHERE {}", due.predicate());
         let (now, stale_before) = due.bounds();
-        let (count,): (i64,) =
-            sqlx::query_as(sqlx::AssertSqlSafe(sql)).bind(now).bind(stale_before).fetch_one(&self.pool).await?;
-        Ok(count)
+        Ok(sqlx::query_scalar(sqlx::AssertSqlSafe(sql)).bind(now).bind(stale_before).fetch_one(&self.pool).await?)
     }
 
     /// Stores the emails Synapse knows for each account read (as verified
@@ -384,14 +365,6 @@ impl Registry {
 const SELECT_SYNC_RUNS: &str = "SELECT id, started_at, finished_at, status, listed, new_accounts, missing, \
      newly_missing, recreated, deactivated, details_fetched, details_failed, emails_imported, error FROM sync_runs";
 
-/// What the registry stores beside an account's standing, for the marks.
-#[derive(Debug, Clone, Copy)]
-struct Stored {
-    state: AccountState,
-    /// lifeboat took custody (a hold, a claim) after the listing began.
-    custody_since_listing: bool,
-}
-
 #[derive(Debug, PartialEq)]
 enum Mark {
     Recreated,
@@ -399,15 +372,17 @@ enum Mark {
 }
 
 /// What a sync marks on a known account, from its classified pair: the
-/// one rule, so the writes cannot disagree with the report.
-fn mark_for(known: &Known, listed: Option<&Listed>, stored: Stored) -> Option<Mark> {
+/// one rule, so the writes cannot disagree with the report. `state` is
+/// the one stored beside its standing; `custody_since_listing`: lifeboat
+/// took custody (a hold, a claim) after the listing began.
+fn mark_for(known: &Known, listed: Option<&Listed>, state: AccountState, custody_since_listing: bool) -> Option<Mark> {
     match classify(Some(known), listed)? {
         // Newly taken by someone lifeboat cannot vouch for.
         Class::Recreated if known.standing != AccountState::Recreated => Some(Mark::Recreated),
         // Not a hold made since this listing began: the listing is too old
         // to say it is gone, and holding it anew would find lifeboat's own
         // account there and take it for a stranger's.
-        Class::Missing if stored.state != AccountState::Missing && !stored.custody_since_listing => Some(Mark::Missing),
+        Class::Missing if state != AccountState::Missing && !custody_since_listing => Some(Mark::Missing),
         _ => None,
     }
 }
@@ -462,56 +437,38 @@ impl DetailsDue {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    fn known(standing: AccountState, created_s: i64) -> Known {
-        Known { user_id: "@a:x".to_owned(), created_at_ms: Some(created_s * 1000), standing }
-    }
-
-    fn listed(created_s: i64) -> Listed {
-        Listed { user_id: "@a:x".to_owned(), deactivated: false, created_at_ms: Some(created_s * 1000 + 999) }
-    }
-
-    fn stored(state: AccountState) -> Stored {
-        Stored { state, custody_since_listing: false }
-    }
+    use AccountState::{Claimed, Held, Missing, Present, Recreated};
 
     #[test]
-    fn an_id_registered_again_is_marked_once() {
-        let present = known(AccountState::Present, 10);
-        assert_eq!(mark_for(&present, Some(&listed(20)), stored(AccountState::Present)), Some(Mark::Recreated));
-        let claimed = known(AccountState::Claimed, 10);
-        assert_eq!(mark_for(&claimed, Some(&listed(20)), stored(AccountState::Present)), Some(Mark::Recreated));
-        let already = known(AccountState::Recreated, 10);
-        assert_eq!(mark_for(&already, Some(&listed(20)), stored(AccountState::Present)), None);
-    }
-
-    #[test]
-    fn the_same_second_is_the_same_registration() {
-        let present = known(AccountState::Present, 10);
-        assert_eq!(mark_for(&present, Some(&listed(10)), stored(AccountState::Present)), None);
-    }
-
-    #[test]
-    fn a_held_id_is_never_marked_a_strangers() {
-        let held = known(AccountState::Held, 10);
-        assert_eq!(mark_for(&held, Some(&listed(20)), stored(AccountState::Missing)), None);
-    }
-
-    #[test]
-    fn an_unlisted_account_is_marked_missing_once() {
-        let present = known(AccountState::Present, 10);
-        assert_eq!(mark_for(&present, None, stored(AccountState::Present)), Some(Mark::Missing));
-        let missing = known(AccountState::Missing, 10);
-        assert_eq!(mark_for(&missing, None, stored(AccountState::Missing)), None);
-        // Held, then lost again in a second wipe: held anew.
-        let held = known(AccountState::Held, 10);
-        assert_eq!(mark_for(&held, None, stored(AccountState::Present)), Some(Mark::Missing));
-    }
-
-    #[test]
-    fn a_hold_made_while_the_listing_ran_is_not_marked_missing() {
-        let held = known(AccountState::Held, 10);
-        let since = Stored { state: AccountState::Present, custody_since_listing: true };
-        assert_eq!(mark_for(&held, None, since), None);
+    fn a_sync_marks_a_known_account_by_its_classified_pair() {
+        // (standing, listed with a creation second, stored state, custody
+        // taken since the listing began, the mark); created at second 10.
+        let cases = [
+            // An ID registered again is marked once.
+            (Present, Some(20), Present, false, Some(Mark::Recreated)),
+            (Claimed, Some(20), Present, false, Some(Mark::Recreated)),
+            (Recreated, Some(20), Present, false, None),
+            // The same second is the same registration.
+            (Present, Some(10), Present, false, None),
+            // A held ID is never marked a stranger's.
+            (Held, Some(20), Missing, false, None),
+            // An unlisted account is marked missing once.
+            (Present, None, Present, false, Some(Mark::Missing)),
+            (Missing, None, Missing, false, None),
+            // Held, then lost again in a second wipe: held anew.
+            (Held, None, Present, false, Some(Mark::Missing)),
+            // A hold made while the listing ran is not marked missing.
+            (Held, None, Present, true, None),
+        ];
+        for (standing, listed_s, state, custody_since_listing, mark) in cases {
+            let known = Known { user_id: "@a:x".to_owned(), created_at_ms: Some(10_000), standing };
+            let listed = listed_s.map(|created_s: i64| Listed {
+                user_id: "@a:x".to_owned(),
+                deactivated: false,
+                created_at_ms: Some(created_s * 1000 + 999),
+            });
+            let marked = mark_for(&known, listed.as_ref(), state, custody_since_listing);
+            assert_eq!(marked, mark, "{standing:?}, listed {listed_s:?}, stored {state:?}, {custody_since_listing}");
+        }
     }
 }
