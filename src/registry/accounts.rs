@@ -106,52 +106,33 @@ pub(super) fn account_columns() -> String {
 }
 
 /// Accounts a probe may look up: on Synapse and their person's, as far as
-/// lifeboat knows.
-const PROBED: &str = "state = 'present' AND (custody IS NULL OR custody = 'claimed') AND recreated_at IS NULL \
-     AND deactivated = 0";
+/// lifeboat knows; `rest` says which of them, and in what order.
+fn probed<'q>(rest: &str) -> sqlx::query::QueryAs<'q, sqlx::Any, (String, Option<i64>), sqlx::any::AnyArguments> {
+    sqlx::query_as(sqlx::AssertSqlSafe(format!(
+        "SELECT user_id, synapse_created_at FROM accounts WHERE state = 'present' \
+         AND (custody IS NULL OR custody = 'claimed') AND recreated_at IS NULL AND deactivated = 0 AND {rest}"
+    )))
+}
 
 impl Registry {
     /// The fixed part of a probe's sample: the `each` oldest accounts and
     /// up to `each` admins, with their creation times (ms).
     pub async fn probe_sample_fixed(&self, each: i64) -> Result<Vec<(String, Option<i64>)>> {
-        let oldest = format!(
-            "SELECT user_id, synapse_created_at FROM accounts WHERE {PROBED} AND synapse_created_at IS NOT NULL \
-             ORDER BY synapse_created_at, user_id LIMIT $1"
-        );
-        let admins = format!(
-            "SELECT user_id, synapse_created_at FROM accounts WHERE {PROBED} AND admin = 1 ORDER BY user_id LIMIT $1"
-        );
-        let mut sample: Vec<(String, Option<i64>)> =
-            sqlx::query_as(sqlx::AssertSqlSafe(oldest)).bind(each).fetch_all(&self.pool).await?;
-        sample.extend(
-            sqlx::query_as::<_, (String, Option<i64>)>(sqlx::AssertSqlSafe(admins))
-                .bind(each)
-                .fetch_all(&self.pool)
-                .await?,
-        );
+        let oldest = "synapse_created_at IS NOT NULL ORDER BY synapse_created_at, user_id LIMIT $1";
+        let mut sample = probed(oldest).bind(each).fetch_all(&self.pool).await?;
+        sample.extend(probed("admin = 1 ORDER BY user_id LIMIT $1").bind(each).fetch_all(&self.pool).await?);
         Ok(sample)
     }
 
     /// Up to `limit` accounts in ID order from `start`, wrapping around: a
     /// probe's rotating part, read through the primary key's index.
     pub async fn probe_sample_from(&self, start: &str, limit: i64) -> Result<Vec<(String, Option<i64>)>> {
-        let after = format!(
-            "SELECT user_id, synapse_created_at FROM accounts WHERE {PROBED} AND user_id >= $1 ORDER BY user_id LIMIT $2"
-        );
-        let before = format!(
-            "SELECT user_id, synapse_created_at FROM accounts WHERE {PROBED} AND user_id < $1 ORDER BY user_id LIMIT $2"
-        );
-        let mut sample: Vec<(String, Option<i64>)> =
-            sqlx::query_as(sqlx::AssertSqlSafe(after)).bind(start).bind(limit).fetch_all(&self.pool).await?;
+        let after = probed("user_id >= $1 ORDER BY user_id LIMIT $2");
+        let mut sample = after.bind(start).bind(limit).fetch_all(&self.pool).await?;
         let missing = limit - sample.len() as i64;
         if missing > 0 {
-            sample.extend(
-                sqlx::query_as::<_, (String, Option<i64>)>(sqlx::AssertSqlSafe(before))
-                    .bind(start)
-                    .bind(missing)
-                    .fetch_all(&self.pool)
-                    .await?,
-            );
+            let before = probed("user_id < $1 ORDER BY user_id LIMIT $2");
+            sample.extend(before.bind(start).bind(missing).fetch_all(&self.pool).await?);
         }
         Ok(sample)
     }
@@ -176,25 +157,13 @@ impl Registry {
 
     /// Accounts in user-ID order, optionally only those in `state`.
     pub async fn accounts(&self, state: Option<AccountState>) -> Result<Vec<Account>> {
-        Ok(match state {
-            Some(state) => {
-                sqlx::query_as(sqlx::AssertSqlSafe(format!(
-                    "SELECT {} FROM accounts a WHERE {STANDING_SQL} = $1 ORDER BY a.user_id",
-                    account_columns()
-                )))
-                .bind(state.as_str())
-                .fetch_all(&self.pool)
-                .await?
-            }
-            None => {
-                sqlx::query_as(sqlx::AssertSqlSafe(format!(
-                    "SELECT {} FROM accounts a ORDER BY a.user_id",
-                    account_columns()
-                )))
-                .fetch_all(&self.pool)
-                .await?
-            }
-        })
+        Ok(sqlx::query_as(sqlx::AssertSqlSafe(format!(
+            "SELECT {} FROM accounts a WHERE ($1 = '' OR {STANDING_SQL} = $1) ORDER BY a.user_id",
+            account_columns()
+        )))
+        .bind(state.map_or("", AccountState::as_str))
+        .fetch_all(&self.pool)
+        .await?)
     }
 
     /// What reconciliation needs of every known account, sorted bytewise by ID.
