@@ -66,7 +66,7 @@ impl Registry {
     /// without a word, as it keeps one account per address. The hold asks
     /// Synapse too, for accounts registered since.
     pub async fn verified_emails_of(&self, user_id: &UserId) -> Result<Vec<EmailAddress>> {
-        let rows: Vec<(EmailAddress,)> = sqlx::query_as(
+        Ok(sqlx::query_scalar(
             "SELECT address FROM contacts c WHERE user_id = $1 AND kind = 'email' AND verified_at IS NOT NULL \
                AND NOT EXISTS (SELECT 1 FROM contacts other JOIN accounts a ON a.user_id = other.user_id \
                                WHERE other.kind = 'email' AND other.address = c.address AND other.user_id <> c.user_id \
@@ -75,18 +75,17 @@ impl Registry {
         )
         .bind(user_id)
         .fetch_all(&self.pool)
-        .await?;
-        Ok(rows.into_iter().map(|(address,)| address).collect())
+        .await?)
     }
 
     /// Is a hold of `user_id` begun and not yet made? Until it is, its
     /// account must not be handed over: the hold's lock would follow.
     pub async fn hold_under_way(&self, user_id: &UserId) -> Result<bool> {
-        let custody: Option<(Option<String>,)> = sqlx::query_as("SELECT custody FROM accounts WHERE user_id = $1")
+        let custody: Option<Option<String>> = sqlx::query_scalar("SELECT custody FROM accounts WHERE user_id = $1")
             .bind(user_id)
             .fetch_optional(&self.pool)
             .await?;
-        Ok(custody.and_then(|(custody,)| custody).as_deref() == Some("holding"))
+        Ok(custody.flatten().as_deref() == Some("holding"))
     }
 
     /// Records that a hold of `user_id` is about to be made (before the
@@ -148,26 +147,8 @@ impl Registry {
     /// Someone registered `user_id` before lifeboat could hold it: the ID is
     /// a stranger's (recreated), and lifeboat does not touch that account.
     pub async fn mark_taken_before_hold(&self, user_id: &UserId, actor: &Actor) -> Result<()> {
-        let now = now_ms();
-        let mut tx = self.begin_write().await?;
-        sqlx::query(
-            "UPDATE accounts SET custody = NULL, custody_at = NULL, recreated_at = $2, state = 'present' \
-             WHERE user_id = $1",
-        )
-        .bind(user_id)
-        .bind(now)
-        .execute(&mut *tx)
-        .await?;
-        Self::audit_in(
-            &mut tx,
-            actor,
-            "hold.taken",
-            Some(user_id.as_str()),
-            Some("registered by someone else before the hold"),
-        )
-        .await?;
-        tx.commit().await?;
-        Ok(())
+        let set = "custody = NULL, custody_at = NULL, recreated_at = $2, state = 'present'";
+        self.settle(user_id, set, actor, "hold.taken", "registered by someone else before the hold").await
     }
 
     /// A hold that cannot be made (Synapse refused to create the account):
@@ -206,34 +187,31 @@ impl Registry {
     /// An operator on the lifeboat host gave the ID to its person (a held
     /// ID, or one a stranger took): it is theirs again.
     pub async fn settle_as_claimed(&self, user_id: &UserId, actor: &Actor) -> Result<()> {
-        let mut tx = self.begin_write().await?;
-        sqlx::query(
-            "UPDATE accounts SET custody = 'claimed', custody_at = $2, recreated_at = NULL, \
-                    display_name_due_at = NULL WHERE user_id = $1",
-        )
-        .bind(user_id)
-        .bind(now_ms())
-        .execute(&mut *tx)
-        .await?;
-        Self::audit_in(&mut tx, actor, "hold.claim", Some(user_id.as_str()), Some("password set by an operator"))
-            .await?;
-        tx.commit().await?;
-        Ok(())
+        let set = "custody = 'claimed', custody_at = $2, recreated_at = NULL, display_name_due_at = NULL";
+        self.settle(user_id, set, actor, "hold.claim", "password set by an operator").await
     }
 
     /// A hold ended for good: the account is deactivated on Synapse.
     pub async fn release_hold(&self, user_id: &UserId, actor: &Actor) -> Result<()> {
+        let set = "custody = NULL, custody_at = $2, state = 'deactivated', deactivated = 1";
+        self.settle(user_id, set, actor, "hold.release", "deactivated: the ID is retired").await
+    }
+
+    /// Sets `set` (`$2` is now) on the account and audits it, in one
+    /// transaction.
+    async fn settle(
+        &self,
+        user_id: &UserId,
+        set: &'static str,
+        actor: &Actor,
+        action: &str,
+        detail: &str,
+    ) -> Result<()> {
         let mut tx = self.begin_write().await?;
-        sqlx::query(
-            "UPDATE accounts SET custody = NULL, custody_at = $2, state = 'deactivated', deactivated = 1 \
-             WHERE user_id = $1",
-        )
-        .bind(user_id)
-        .bind(now_ms())
-        .execute(&mut *tx)
-        .await?;
-        Self::audit_in(&mut tx, actor, "hold.release", Some(user_id.as_str()), Some("deactivated: the ID is retired"))
-            .await?;
+        // Safe: `set` is a constant of the caller's.
+        let sql = format!("UPDATE accounts SET {set} WHERE user_id = $1");
+        sqlx::query(sqlx::AssertSqlSafe(sql)).bind(user_id).bind(now_ms()).execute(&mut *tx).await?;
+        Self::audit_in(&mut tx, actor, action, Some(user_id.as_str()), Some(detail)).await?;
         tx.commit().await?;
         Ok(())
     }
