@@ -99,14 +99,13 @@ impl Registry {
     /// Accounts present on Synapse with no verified contact that has not
     /// opted out: after a loss, nobody could reach their person.
     pub async fn accounts_without_verified_contact(&self) -> Result<Vec<String>> {
-        let rows: Vec<(String,)> = sqlx::query_as(
+        Ok(sqlx::query_scalar(
             "SELECT a.user_id FROM accounts a WHERE a.state = 'present' AND NOT EXISTS \
              (SELECT 1 FROM contacts c WHERE c.user_id = a.user_id AND c.verified_at IS NOT NULL \
               AND c.opted_out_at IS NULL) ORDER BY a.user_id",
         )
         .fetch_all(&self.pool)
-        .await?;
-        Ok(rows.into_iter().map(|(id,)| id).collect())
+        .await?)
     }
 
     /// Contact counts per account, for listings: (user_id, contacts).
@@ -129,11 +128,8 @@ impl Registry {
             )));
         }
         let mut tx = self.begin_write().await?;
-        let known: Option<(String,)> = sqlx::query_as("SELECT user_id FROM accounts WHERE user_id = $1")
-            .bind(user_id)
-            .fetch_optional(&mut *tx)
-            .await?;
-        if known.is_none() {
+        let known = sqlx::query("SELECT 1 FROM accounts WHERE user_id = $1").bind(user_id).fetch_optional(&mut *tx);
+        if known.await?.is_none() {
             return Err(Error::UnknownAccount(user_id.to_string()));
         }
         let inserted = sqlx::query(

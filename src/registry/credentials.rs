@@ -107,11 +107,8 @@ impl Registry {
         if taken == 1 {
             return Ok(Ok(()));
         }
-        let (current, until): (String, i64) = sqlx::query_as("SELECT holder, expires_at FROM leases WHERE name = $1")
-            .bind(name)
-            .fetch_one(&self.pool)
-            .await?;
-        Ok(Err((current, until)))
+        let held = sqlx::query_as("SELECT holder, expires_at FROM leases WHERE name = $1").bind(name);
+        Ok(Err(held.fetch_one(&self.pool).await?))
     }
 
     pub async fn release_lease(&self, name: &str, holder: &str) -> Result<()> {
@@ -124,9 +121,11 @@ impl Registry {
     }
 
     pub async fn setting(&self, name: &str) -> Result<Option<String>> {
-        let row: Option<(String,)> =
-            sqlx::query_as("SELECT value FROM settings WHERE name = $1").bind(name).fetch_optional(&self.pool).await?;
-        Ok(row.map(|(value,)| value))
+        let value: Option<String> = sqlx::query_scalar("SELECT value FROM settings WHERE name = $1")
+            .bind(name)
+            .fetch_optional(&self.pool)
+            .await?;
+        Ok(value)
     }
 
     pub async fn set_setting(&self, name: &str, value: &str) -> Result<()> {
@@ -148,8 +147,8 @@ impl Registry {
             .bind(hex::encode(bytes))
             .execute(&self.pool)
             .await?;
-        let (value,): (String,) =
-            sqlx::query_as("SELECT value FROM settings WHERE name = $1").bind(name).fetch_one(&self.pool).await?;
+        let value: String =
+            sqlx::query_scalar("SELECT value FROM settings WHERE name = $1").bind(name).fetch_one(&self.pool).await?;
         Ok(SecretString::from(value))
     }
 }

@@ -222,15 +222,14 @@ impl Registry {
     /// never recorded), oldest first: read again though their fingerprint
     /// is the same (a new topic does not change it).
     pub async fn rooms_read_before(&self, before: i64, limit: i64) -> Result<Vec<String>> {
-        let rows: Vec<(String,)> = sqlx::query_as(
+        Ok(sqlx::query_scalar(
             "SELECT room_id FROM rooms WHERE state_read_at IS NULL OR state_read_at < $1 \
              ORDER BY COALESCE(state_read_at, 0), room_id LIMIT $2",
         )
         .bind(before)
         .bind(limit)
         .fetch_all(&self.pool)
-        .await?;
-        Ok(rows.into_iter().map(|(room,)| room).collect())
+        .await?)
     }
 
     /// Applies a complete room listing in one transaction: every listed
@@ -515,15 +514,13 @@ async fn record_details(
     let known: Vec<(String, Option<String>, Option<String>)> =
         sqlx::query_as(sqlx::AssertSqlSafe(sql)).bind(room_id).fetch_all(&mut **tx).await?;
     for (user_id, rejoin, standing) in known {
-        if details.members.iter().any(|(member, _, _)| *member == user_id) {
-            continue;
-        }
+        let still_member = details.members.iter().any(|(member, _, _)| *member == user_id);
         let here_for_good = match standing.as_deref() {
             Some("present") | None => true,
             Some("claimed") => rejoin.is_some_and(|rejoin| rejoin != "failed"),
             _ => false,
         };
-        if here_for_good {
+        if !still_member && here_for_good {
             sqlx::query("DELETE FROM room_members WHERE room_id = $1 AND user_id = $2")
                 .bind(room_id)
                 .bind(&user_id)

@@ -26,9 +26,8 @@ impl Registry {
         .fetch_all(&self.pool);
         let deliveries = sqlx::query_as("SELECT state, COUNT(*) FROM deliveries GROUP BY state ORDER BY state")
             .fetch_all(&self.pool);
-        let open = sqlx::query_as::<_, (i64,)>("SELECT COUNT(*) FROM incidents WHERE resolved_at IS NULL")
-            .fetch_one(&self.pool);
-        let (accounts, contacts, deliveries, (incidents_open,)) =
+        let open = sqlx::query_scalar("SELECT COUNT(*) FROM incidents WHERE resolved_at IS NULL").fetch_one(&self.pool);
+        let (accounts, contacts, deliveries, incidents_open) =
             futures::try_join!(accounts, contacts, deliveries, open)?;
         Ok(RegistryStatus { accounts, contacts, deliveries, incidents_open })
     }
@@ -36,14 +35,13 @@ impl Registry {
     /// Incidents that still have deliveries to send (pending or in flight)
     /// whose next attempt is due by `now`: the delivery worker's work list.
     pub async fn incidents_with_due_deliveries(&self, now: i64) -> Result<Vec<i64>> {
-        let rows: Vec<(i64,)> = sqlx::query_as(
+        Ok(sqlx::query_scalar(
             "SELECT DISTINCT d.incident_id FROM deliveries d JOIN incidents i ON i.id = d.incident_id \
              WHERE i.resolved_at IS NULL AND d.kind = 'notice' AND d.state IN ('pending', 'sending') \
              AND d.next_attempt_at <= $1 ORDER BY d.incident_id",
         )
         .bind(now)
         .fetch_all(&self.pool)
-        .await?;
-        Ok(rows.into_iter().map(|(id,)| id).collect())
+        .await?)
     }
 }

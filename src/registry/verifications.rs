@@ -52,13 +52,11 @@ impl Registry {
     }
 
     pub async fn recent_contact_verifications(&self, user_id: &UserId) -> Result<i64> {
-        let (count,): (i64,) =
-            sqlx::query_as("SELECT COUNT(*) FROM contact_verifications WHERE user_id = $1 AND created_at > $2")
-                .bind(user_id)
-                .bind(now_ms() - 3_600_000)
-                .fetch_one(&self.pool)
-                .await?;
-        Ok(count)
+        Ok(sqlx::query_scalar("SELECT COUNT(*) FROM contact_verifications WHERE user_id = $1 AND created_at > $2")
+            .bind(user_id)
+            .bind(now_ms() - 3_600_000)
+            .fetch_one(&self.pool)
+            .await?)
     }
 
     /// Checks a code sent back by `user_id`; on a match the address becomes
