@@ -39,15 +39,12 @@ impl Lease {
         let host = std::fs::read_to_string("/proc/sys/kernel/hostname").unwrap_or_default().trim().to_owned();
         let holder = format!("{host}:{}:{}", std::process::id(), NEXT_HOLDER.fetch_add(1, Ordering::Relaxed));
         let mut taken = registry.take_lease(name, &holder, now_ms() + Self::TTL_MS, None).await?;
-        if let Err((current, _)) = &taken {
+        if let Err((current, _)) = &taken
+            && let Some(pid) = current.strip_prefix(&format!("{host}:")).and_then(|rest| rest.split(':').next())
+            && !std::path::Path::new(&format!("/proc/{pid}")).exists()
+        {
             let current = current.clone();
-            let gone = current
-                .strip_prefix(&format!("{host}:"))
-                .and_then(|rest| rest.split(':').next())
-                .is_some_and(|pid| !std::path::Path::new(&format!("/proc/{pid}")).exists());
-            if gone {
-                taken = registry.take_lease(name, &holder, now_ms() + Self::TTL_MS, Some(&current)).await?;
-            }
+            taken = registry.take_lease(name, &holder, now_ms() + Self::TTL_MS, Some(&current)).await?;
         }
         if let Err((holder, until)) = taken {
             return Ok(Err(Held { holder, until: registry::format_time(until).unwrap_or_default() }));

@@ -1,7 +1,7 @@
 //! What the web page keeps: signed single-use links (token requests and
 //! contact subscriptions), and contacts' opt-outs.
 
-use super::{Actor, Backend, Registry, Result, now_ms};
+use super::{Actor, Registry, Result, now_ms};
 use crate::email::EmailAddress;
 use crate::user_id::UserId;
 
@@ -32,6 +32,10 @@ impl WebLink {
         self.used_at.is_none() && self.expires_at > now
     }
 }
+
+/// Reads [`WebLink`]s.
+const SELECT_WEB_LINKS: &str =
+    "SELECT id, purpose, user_id, address, code_hash, attempts, created_at, expires_at, used_at FROM web_links";
 
 /// Only verified email contacts that have not opted out are ever written to.
 const MAILABLE: &str = "kind = 'email' AND verified_at IS NOT NULL AND opted_out_at IS NULL";
@@ -115,8 +119,7 @@ impl Registry {
         address: &EmailAddress,
     ) -> Result<Option<WebLink>> {
         Ok(sqlx::query_as(sqlx::AssertSqlSafe(format!(
-            "SELECT id, purpose, user_id, address, code_hash, attempts, created_at, expires_at, used_at \
-             FROM web_links WHERE purpose = $1 AND user_id = $2 AND address = $3 \
+            "{SELECT_WEB_LINKS} WHERE purpose = $1 AND user_id = $2 AND address = $3 \
              AND used_at IS NULL AND expires_at > $4 AND {MAY_ARRIVE} ORDER BY expires_at DESC LIMIT 1"
         )))
         .bind(purpose)
@@ -131,11 +134,10 @@ impl Registry {
     /// wherever it was mailed and whether or not the mail arrived: the code
     /// went by DM, and stays the person's while the link lives.
     pub async fn live_code_link(&self, purpose: &str, user_id: &UserId) -> Result<Option<WebLink>> {
-        Ok(sqlx::query_as(
-            "SELECT id, purpose, user_id, address, code_hash, attempts, created_at, expires_at, used_at \
-             FROM web_links WHERE purpose = $1 AND user_id = $2 AND used_at IS NULL AND expires_at > $3 \
-             AND code_hash IS NOT NULL ORDER BY expires_at DESC LIMIT 1",
-        )
+        Ok(sqlx::query_as(sqlx::AssertSqlSafe(format!(
+            "{SELECT_WEB_LINKS} WHERE purpose = $1 AND user_id = $2 AND used_at IS NULL AND expires_at > $3 \
+             AND code_hash IS NOT NULL ORDER BY expires_at DESC LIMIT 1"
+        )))
         .bind(purpose)
         .bind(user_id)
         .bind(now_ms())
@@ -158,27 +160,20 @@ impl Registry {
     }
 
     pub async fn web_link(&self, id: &str) -> Result<Option<WebLink>> {
-        Ok(sqlx::query_as(
-            "SELECT id, purpose, user_id, address, code_hash, attempts, created_at, expires_at, used_at \
-             FROM web_links WHERE id = $1",
-        )
-        .bind(id)
-        .fetch_optional(&self.pool)
-        .await?)
+        let sql = format!("{SELECT_WEB_LINKS} WHERE id = $1");
+        Ok(sqlx::query_as(sqlx::AssertSqlSafe(sql)).bind(id).fetch_optional(&self.pool).await?)
     }
 
     /// Marks a live link used; `false` when it was used already or expired
     /// (one statement, so two clicks at once cannot both win).
     pub async fn use_web_link(&self, id: &str) -> Result<bool> {
-        let now = now_ms();
         let used =
             sqlx::query("UPDATE web_links SET used_at = $2 WHERE id = $1 AND used_at IS NULL AND expires_at > $2")
                 .bind(id)
-                .bind(now)
+                .bind(now_ms())
                 .execute(&self.pool)
-                .await?
-                .rows_affected();
-        Ok(used == 1)
+                .await?;
+        Ok(used.rows_affected() == 1)
     }
 
     /// Spends one try at the code a link carries, before the code is
@@ -188,7 +183,7 @@ impl Registry {
     /// cannot share a try. `false` when none is left (or the link is used).
     pub async fn spend_web_link_attempt(&self, id: &str, max: i64) -> Result<bool> {
         let mut tx = self.begin_write().await?;
-        if self.backend == Backend::Postgres {
+        if self.is_postgres() {
             // SQLite's BEGIN IMMEDIATE already lets one writer in at a time.
             sqlx::query("LOCK TABLE web_links IN SHARE ROW EXCLUSIVE MODE").execute(&mut *tx).await?;
         }
