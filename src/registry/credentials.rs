@@ -8,9 +8,10 @@ use super::{Actor, Registry, Result, now_ms};
 use crate::user_id::UserId;
 
 /// The service account's access token obtained by recovery.
-#[derive(Clone)]
+#[derive(Clone, sqlx::FromRow)]
 pub struct ServiceCredential {
     pub user_id: String,
+    #[sqlx(try_from = "String")]
     pub access_token: SecretString,
     pub device_id: Option<String>,
     pub obtained_at: i64,
@@ -24,18 +25,12 @@ impl std::fmt::Debug for ServiceCredential {
 
 impl Registry {
     pub async fn service_credential(&self, user_id: &UserId) -> Result<Option<ServiceCredential>> {
-        let row: Option<(String, String, Option<String>, i64)> = sqlx::query_as(
+        Ok(sqlx::query_as(
             "SELECT user_id, access_token, device_id, obtained_at FROM service_credentials WHERE user_id = $1",
         )
         .bind(user_id)
         .fetch_optional(&self.pool)
-        .await?;
-        Ok(row.map(|(user_id, token, device_id, obtained_at)| ServiceCredential {
-            user_id,
-            access_token: SecretString::from(token),
-            device_id,
-            obtained_at,
-        }))
+        .await?)
     }
 
     pub async fn store_service_credential(

@@ -37,7 +37,7 @@ pub struct HoldRow {
 }
 
 /// How the held, claimed and taken IDs of some accounts add up.
-#[derive(Debug, Clone, Copy, Default, Serialize, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, Default, Serialize, PartialEq, Eq, sqlx::FromRow)]
 pub struct HoldCounts {
     pub held: i64,
     pub claimed: i64,
@@ -232,16 +232,15 @@ impl Registry {
 
     /// Held, claimed and taken IDs among an incident's affected accounts.
     pub async fn incident_hold_counts(&self, incident_id: i64) -> Result<HoldCounts> {
-        let (held, claimed, taken): (i64, i64, i64) = sqlx::query_as(sqlx::AssertSqlSafe(format!(
-            "SELECT COALESCE(SUM(CASE WHEN state = 'held' THEN 1 ELSE 0 END), 0), \
-                    COALESCE(SUM(CASE WHEN state = 'claimed' THEN 1 ELSE 0 END), 0), \
-                    COALESCE(SUM(CASE WHEN state = 'recreated' THEN 1 ELSE 0 END), 0) \
+        Ok(sqlx::query_as(sqlx::AssertSqlSafe(format!(
+            "SELECT COALESCE(SUM(CASE WHEN state = 'held' THEN 1 ELSE 0 END), 0) AS held, \
+                    COALESCE(SUM(CASE WHEN state = 'claimed' THEN 1 ELSE 0 END), 0) AS claimed, \
+                    COALESCE(SUM(CASE WHEN state = 'recreated' THEN 1 ELSE 0 END), 0) AS taken \
              FROM (SELECT {STANDING_SQL} AS state FROM accounts a \
                    WHERE a.user_id IN (SELECT user_id FROM incident_accounts WHERE incident_id = $1)) x"
         )))
         .bind(incident_id)
         .fetch_one(&self.pool)
-        .await?;
-        Ok(HoldCounts { held, claimed, taken })
+        .await?)
     }
 }
