@@ -213,27 +213,24 @@ impl Registry {
         .execute(&mut *tx)
         .await?;
         sqlx::query("DELETE FROM listing_stage WHERE run_id = $1").bind(run_id).execute(&mut *tx).await?;
+        let (listed, new, missing) = (report.listed, report.new.len(), report.missing.len());
+        let (recreated, deactivated) = (report.recreated.len(), report.deactivated.len());
         sqlx::query(
             "UPDATE sync_runs SET status = 'complete', listed = $2, new_accounts = $3, missing = $4, \
              newly_missing = $5, recreated = $6, deactivated = $7 WHERE id = $1",
         )
         .bind(run_id)
-        .bind(report.listed as i64)
-        .bind(report.new.len() as i64)
-        .bind(report.missing.len() as i64)
+        .bind(listed as i64)
+        .bind(new as i64)
+        .bind(missing as i64)
         .bind(newly_missing as i64)
-        .bind(report.recreated.len() as i64)
-        .bind(report.deactivated.len() as i64)
+        .bind(recreated as i64)
+        .bind(deactivated as i64)
         .execute(&mut *tx)
         .await?;
         let detail = format!(
-            "listed {}, new {}, missing {} ({} newly), recreated {}, deactivated {}",
-            report.listed,
-            report.new.len(),
-            report.missing.len(),
-            newly_missing,
-            report.recreated.len(),
-            report.deactivated.len()
+            "listed {listed}, new {new}, missing {missing} ({newly_missing} newly), recreated {recreated}, \
+             deactivated {deactivated}"
         );
         Self::audit_in(&mut tx, actor, "sync.apply", Some(&format!("sync run {run_id}")), Some(&detail)).await?;
         tx.commit().await?;
