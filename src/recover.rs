@@ -5,6 +5,7 @@ use rand::distr::{Alphanumeric, SampleString};
 use secrecy::SecretString;
 use serde::Serialize;
 
+use crate::check::WORKING_TOKEN_SETTING;
 use crate::config::Config;
 use crate::registry::{self, Actor, Registry};
 use crate::synapse::{self, SharedSecretError, SynapseClient};
@@ -29,8 +30,9 @@ pub enum AdminAccess {
         source: TokenSource,
     },
     /// Every known token is rejected as unknown (as after a wipe). The client
-    /// carries the configured token, if any, so callers can show what
-    /// Synapse says about it.
+    /// carries the one that worked for the last sync (else the configured
+    /// one, if any), so callers can show what Synapse says about it: a wipe
+    /// reads as a suspected reset rather than "could not tell".
     Dead {
         client: SynapseClient,
     },
@@ -94,15 +96,21 @@ pub async fn admin_access(config: &Config, registry: &Registry) -> Result<AdminA
     let recovered = stored.map(|stored| (TokenSource::Recovered, stored.access_token));
     let configured =
         config.homeserver.admin_token.as_ref().map(|configured| (TokenSource::Config, configured.value.clone()));
+    let mut dead = Vec::new();
     for (source, token) in recovered.into_iter().chain(configured) {
         let client = base.with_token(token);
         match client.whoami().await {
             Ok(_) => return Ok(AdminAccess::Working { client, source }),
-            Err(synapse::Error::Unauthorized { .. }) => continue,
+            Err(synapse::Error::Unauthorized { .. }) => dead.push(client),
             Err(err) => return Err(err.into()),
         }
     }
-    Ok(AdminAccess::Dead { client: base })
+    let working = registry.setting(WORKING_TOKEN_SETTING).await.ok().flatten();
+    let client = match dead.iter().position(|client| working.is_some() && client.token_fingerprint() == working) {
+        Some(index) => dead.swap_remove(index),
+        None => dead.pop().unwrap_or(base),
+    };
+    Ok(AdminAccess::Dead { client })
 }
 
 /// After a wipe: registers the service account again as an admin with the

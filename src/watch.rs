@@ -14,13 +14,13 @@ use std::time::Duration;
 use tokio_util::sync::CancellationToken;
 
 use crate::app::Services;
-use crate::check::{CheckOptions, WORKING_TOKEN_SETTING, check};
+use crate::check::{CheckOptions, check};
 use crate::config::Config;
 use crate::holds::{HoldError, hold_lost_ids, holds_wanted, restore_held_names};
 use crate::observation::{AlertedState, LastListing, Observation};
 use crate::probe::{FixedSample, Probe, probe};
 use crate::reconcile::Verdict;
-use crate::recover::{AdminAccess, admin_access, recover, service_user_id};
+use crate::recover::{AdminAccess, admin_access, recover};
 use crate::registry::{Actor, Registry, now_ms};
 use crate::rooms::bring_back;
 use crate::synapse::SynapseClient;
@@ -75,7 +75,7 @@ pub async fn observe(
         Ok(AdminAccess::Working { client, .. }) => client,
         Ok(AdminAccess::Dead { client }) => {
             seen.token_rejected = true;
-            client_that_worked(config, registry, client).await
+            client
         }
         Err(err) => {
             seen.reason = format!("could not tell: {err}");
@@ -184,20 +184,6 @@ async fn rejoin_rooms(config: &Config, registry: &Registry, client: &SynapseClie
         Ok(report) if !report.is_empty() => tracing::info!(summary = %report.summary(), "watcher: rooms"),
         Ok(_) => {}
         Err(err) => tracing::warn!(error = %err, "watcher: could not bring people back into their rooms"),
-    }
-}
-
-/// With every token dead, check with the one that worked for the last
-/// sync, so a wipe reads as a suspected reset rather than "could not tell".
-async fn client_that_worked(config: &Config, registry: &Registry, dead: SynapseClient) -> SynapseClient {
-    let working = registry.setting(WORKING_TOKEN_SETTING).await.ok().flatten();
-    let stored =
-        registry.service_credential(&service_user_id(config)).await.ok().flatten().map(|stored| stored.access_token);
-    let configured = config.homeserver.admin_token.as_ref().map(|configured| configured.value.clone());
-    let mut candidates: Vec<_> = stored.into_iter().chain(configured).map(|token| dead.with_token(token)).collect();
-    match candidates.iter().position(|client| working.is_some() && client.token_fingerprint() == working) {
-        Some(index) => candidates.swap_remove(index),
-        None => candidates.pop().unwrap_or(dead),
     }
 }
 
