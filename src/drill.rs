@@ -269,20 +269,8 @@ async fn registry_lines(config: &Config, registry: &Registry) -> Vec<Line> {
     let max_age = (crate::watch::listing_gap(config, registry).await * 2).max(Duration::from_secs(3600));
     lines.push(match registry.last_complete_sync().await {
         Ok(Some(run)) => {
-            let age = Duration::from_millis((now_ms() - run.started_at).max(0) as u64);
-            let when = format_time(run.started_at).unwrap_or_default();
-            if age <= max_age {
-                Line::new("registry fresh", Status::Ok, format!("last complete sync {when}"))
-            } else {
-                Line::new(
-                    "registry fresh",
-                    Status::Fail,
-                    format!(
-                        "last complete sync {when}, older than {}: run `lifeboat sync` regularly",
-                        humantime::format_duration(max_age)
-                    ),
-                )
-            }
+            let stale = format!("older than {}: run `lifeboat sync` regularly", humantime::format_duration(max_age));
+            fresh("registry fresh", "last complete sync", run.started_at, max_age, &stale)
         }
         Ok(None) => Line::new("registry fresh", Status::Fail, "no complete sync yet: run `lifeboat sync`"),
         Err(err) => Line::new("registry fresh", Status::Fail, err.to_string()),
@@ -308,17 +296,8 @@ async fn registry_lines(config: &Config, registry: &Registry) -> Vec<Line> {
     });
     lines.push(match registry.setting(crate::backup::LAST_BACKUP_SETTING).await {
         Ok(Some(at)) => {
-            let at: i64 = at.parse().unwrap_or(0);
-            let when = format_time(at).unwrap_or_default();
-            if now_ms() - at <= BACKUP_MAX_AGE.as_millis() as i64 {
-                Line::new("backup", Status::Ok, format!("last backup {when}"))
-            } else {
-                Line::new(
-                    "backup",
-                    Status::Fail,
-                    format!("last backup {when}, over a week ago: run `lifeboat backup --out FILE` regularly"),
-                )
-            }
+            let stale = "over a week ago: run `lifeboat backup --out FILE` regularly";
+            fresh("backup", "last backup", at.parse().unwrap_or(0), BACKUP_MAX_AGE, stale)
         }
         Ok(None) => Line::new(
             "backup",
@@ -328,4 +307,15 @@ async fn registry_lines(config: &Config, registry: &Registry) -> Vec<Line> {
         Err(err) => Line::new("backup", Status::Fail, err.to_string()),
     });
     lines
+}
+
+/// A `what` done at `at` (ms): fine within `max_age`, else a failure that
+/// says it is `stale`.
+fn fresh(check: &'static str, what: &str, at: i64, max_age: Duration, stale: &str) -> Line {
+    let when = format_time(at).unwrap_or_default();
+    if now_ms() - at <= max_age.as_millis() as i64 {
+        Line::new(check, Status::Ok, format!("{what} {when}"))
+    } else {
+        Line::new(check, Status::Fail, format!("{what} {when}, {stale}"))
+    }
 }
