@@ -10,6 +10,7 @@
 use futures::StreamExt;
 
 use crate::config::Config;
+use crate::reconcile::registered_again;
 use crate::recover::{AdminAccess, admin_access};
 use crate::registry::{self, Registry};
 
@@ -69,10 +70,8 @@ pub async fn probe(config: &Config, registry: &Registry, fixed: &FixedSample, si
     while let Some((found, user_id, created_ms)) = looked.next().await {
         match found {
             Ok(None) => return Probe::LooksWrong(format!("{user_id} is gone")),
-            // Whole seconds, as the listing's comparison (`reconcile`).
-            Ok(Some(details))
-                if details.creation_ts.zip(created_ms).is_some_and(|(now_s, known_ms)| now_s > known_ms / 1000) =>
-            {
+            // The listing's rule (`reconcile`), on Synapse's seconds.
+            Ok(Some(details)) if registered_again(created_ms, details.creation_ts.map(|s| s.saturating_mul(1000))) => {
                 return Probe::LooksWrong(format!("{user_id} was registered again"));
             }
             Ok(Some(_)) => {}
