@@ -274,5 +274,10 @@ mod tests {
         assert!(same_origin(&with("referer", "https://lifeboat.example.org/recover/token"), &public));
         assert!(!same_origin(&with("referer", "https://evil.example/lifeboat.example.org"), &public));
         assert!(same_origin(&HeaderMap::new(), &public));
+        // A page elsewhere that also sends a Referer of ours is still refused:
+        // Origin, when sent, decides.
+        let mut both = with("origin", "https://evil.example");
+        both.insert("referer", "https://lifeboat.example.org/recover/token".parse().unwrap());
+        assert!(!same_origin(&both, &public));
     }
 }
