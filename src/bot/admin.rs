@@ -17,9 +17,7 @@ use crate::links::LINK_KEY;
 use crate::notice::markdown_escape;
 use crate::notify::{NotifyProgress, human_time, plan};
 use crate::recover::service_user_id;
-use crate::registry::{
-    AccountState, Actor, ContactKind, ContactSource, IncidentScope, MessageKind, RoomState, format_time, now_ms,
-};
+use crate::registry::{AccountState, Actor, ContactSource, IncidentScope, MessageKind, RoomState, format_time, now_ms};
 use crate::sync::{Quiet, SyncOptions, sync};
 use crate::tokens::{revoke_unused_tokens, token_for_person};
 use crate::user_id::UserId;
@@ -385,14 +383,9 @@ async fn token(bot: &Bot, actor: &Actor, user: &UserId) -> Result<String, String
     if config.email.is_none() {
         return Err("tokens are mailed to the person: add an [email] section to lifeboat's config".to_owned());
     }
-    let addresses: Vec<EmailAddress> = registry
-        .contacts_of(user)
-        .await
-        .map_err(text)?
-        .into_iter()
-        .filter(|contact| contact.kind == ContactKind::Email && contact.opted_out_at.is_none())
-        .filter_map(|contact| EmailAddress::parse(&contact.address).ok())
-        .collect();
+    // Who may be mailed is the registry's one rule, as for the web page.
+    let addresses: Vec<EmailAddress> =
+        registry.mailable_contacts_of(user).await.map_err(text)?.into_iter().map(|contact| contact.address).collect();
     if addresses.is_empty() {
         return Err(format!(
             "{user} has no email contact to send a token to: add one with `{} contact add {user} <email>`",
