@@ -225,7 +225,14 @@ async fn lifeboat_turn(
     }
     let email = config.email.as_ref().ok_or("no [email] in the bench's config")?;
     let started = Instant::now();
-    let options = CampaignOptions { actor: actor.clone(), plan_new: true, retry_failed: false, progress: &Notes };
+    let devices = lifeboat::dm::Devices::default();
+    let options = CampaignOptions {
+        actor: actor.clone(),
+        plan_new: true,
+        retry_failed: false,
+        progress: &Notes,
+        devices: &devices,
+    };
     let ((sent, notify), (names, names_took)) = tokio::join!(
         async {
             let sent = run_campaign(config, registry, &incident, email, options).await;

@@ -9,6 +9,7 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
 use crate::config::Config;
+use crate::dm::Devices;
 use crate::mail::Mailer;
 use crate::observation::WatchHandle;
 use crate::registry::Registry;
@@ -20,6 +21,9 @@ pub struct Services {
     /// built once. `None` without an `[email]` section, or when it cannot
     /// be built (said once, in the log).
     pub mailer: Option<Arc<Mailer>>,
+    /// lifeboat's own Matrix clients, one per device: the bot's, and the
+    /// one sending DMs (often the same device).
+    pub devices: Arc<Devices>,
     pub watch: WatchHandle,
     /// One recovery at a time (the watcher and the bot may both notice a wipe).
     pub recover_lock: Arc<tokio::sync::Mutex<()>>,
@@ -43,6 +47,7 @@ impl Services {
             config,
             registry,
             mailer,
+            devices: Arc::default(),
             watch: WatchHandle::default(),
             recover_lock: Arc::default(),
             shutdown,

@@ -6,7 +6,7 @@
 use std::time::Duration;
 
 use crate::config::{Config, EmailConfig, RecoveryMode};
-use crate::dm::{CryptoStore, DmSender};
+use crate::dm::{CryptoStore, Devices, DmSender, Login};
 use crate::holds::{HoldError, HoldReport, hold_lost_ids, holds_wanted};
 use crate::lease::{Held, Lease};
 use crate::links::LINK_KEY;
@@ -283,6 +283,8 @@ pub struct CampaignOptions<'a> {
     pub plan_new: bool,
     pub retry_failed: bool,
     pub progress: &'a dyn NotifyProgress,
+    /// The process's Matrix clients (serve's, or the CLI's own).
+    pub devices: &'a Devices,
 }
 
 async fn send_under_lease(
@@ -303,7 +305,7 @@ async fn send_under_lease(
         registry.plan_email_deliveries(incident.id).await?;
     }
     // Email does not depend on DMs: a DM sender that cannot start is a note.
-    let dm_sender = match dm_sender(config, registry, &client).await {
+    let dm_sender = match dm_sender(config, registry, &client, options.devices).await {
         Ok(Some((sender, sender_id))) => {
             if options.plan_new {
                 registry.plan_matrix_deliveries(incident.id, &sender_id).await?;
@@ -362,6 +364,7 @@ pub async fn dm_sender(
     config: &Config,
     registry: &Registry,
     admin: &SynapseClient,
+    devices: &Devices,
 ) -> Result<Option<(DmSender, UserId)>, String> {
     let service = service_user_id(config);
     let encrypted = config.bot.as_ref().is_some_and(|bot| bot.encrypted_notices);
@@ -390,9 +393,9 @@ pub async fn dm_sender(
         }),
         None => None,
     };
-    let sender = DmSender::connect(&config.homeserver.url, &who.user_id, &token, &device, encryption)
-        .await
-        .map_err(|err| err.to_string())?;
+    let login =
+        Login { homeserver: &config.homeserver.url, user_id: &who.user_id, access_token: &token, device_id: &device };
+    let sender = DmSender::connect(devices, &login, encryption).await.map_err(|err| err.to_string())?;
     let sender_id = UserId::parse(&who.user_id).map_err(|err| err.to_string())?;
     Ok(Some((sender, sender_id)))
 }

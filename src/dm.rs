@@ -8,7 +8,10 @@
 //! delivery, so a resend after a crash is deduplicated by Synapse. 429s are
 //! waited out inside matrix-sdk.
 
+use std::collections::HashMap;
 use std::path::PathBuf;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 
 use matrix_sdk::authentication::matrix::MatrixSession;
 use matrix_sdk::ruma::api::client::message::send_message_event;
@@ -69,13 +72,8 @@ pub struct CryptoStore {
 /// A matrix-sdk client in an existing session (no new device is made),
 /// with the device's store when given: the bot's, its drill's and the
 /// notice DMs' one way in.
-pub async fn restored_client(
-    homeserver: &Url,
-    user_id: &str,
-    access_token: &SecretString,
-    device_id: &str,
-    store: Option<&CryptoStore>,
-) -> Result<Client, DmError> {
+pub async fn restored_client(login: &Login<'_>, store: Option<&CryptoStore>) -> Result<Client, DmError> {
+    let Login { homeserver, user_id, access_token, device_id } = *login;
     let user_id: OwnedUserId =
         user_id.try_into().map_err(|err| DmError::Permanent(format!("`{user_id}` is not a Matrix user ID: {err}")))?;
     let mut builder = Client::builder().homeserver_url(homeserver.as_str());
@@ -85,6 +83,7 @@ pub async fn restored_client(
         std::fs::create_dir_all(&dir)
             .map_err(|err| DmError::Sender(format!("cannot create the store {}: {err}", dir.display())))?;
         builder = builder.sqlite_store(&dir, Some(store.passphrase.expose_secret()));
+        tracing::info!(device = device_id, "opened the Matrix client and crypto store of a device");
     }
     let client =
         builder.build().await.map_err(|err| DmError::Transient(format!("cannot set up the Matrix client: {err}")))?;
@@ -98,21 +97,79 @@ pub async fn restored_client(
     Ok(client)
 }
 
+/// The matrix-sdk clients of one process, one per device and store. Two
+/// clients on one device's crypto store would each keep an Olm account in
+/// memory and overwrite each other's keys, so the bot, the web page's codes
+/// and the notices in `serve` all take the device's client from here.
+#[derive(Default)]
+pub struct Devices(tokio::sync::Mutex<HashMap<(String, bool), Device>>);
+
+struct Device {
+    client: Client,
+    /// Up while the bot's sync loop keeps the client current.
+    kept_in_sync: Arc<AtomicBool>,
+}
+
+/// A session to restore: who, with which token, on which device.
+pub struct Login<'a> {
+    pub homeserver: &'a Url,
+    pub user_id: &'a str,
+    pub access_token: &'a SecretString,
+    pub device_id: &'a str,
+}
+
+impl Devices {
+    /// The device's client for sending. An encrypting one is synced first
+    /// (it uploads the device's keys and learns the rooms others made)
+    /// unless the bot's sync loop keeps it current.
+    pub async fn for_sending(&self, login: &Login<'_>, store: Option<&CryptoStore>) -> Result<Client, DmError> {
+        let mut devices = self.0.lock().await;
+        let device = Self::device(&mut devices, login, store).await?;
+        if store.is_some() && !device.kept_in_sync.load(Ordering::SeqCst) {
+            let settings = matrix_sdk::config::SyncSettings::default().timeout(std::time::Duration::ZERO);
+            device.client.sync_once(settings).await.map_err(classify)?;
+        }
+        Ok(device.client.clone())
+    }
+
+    /// The device's client for the bot, with the flag its sync loop holds
+    /// up while it runs.
+    pub async fn for_syncing(
+        &self,
+        login: &Login<'_>,
+        store: &CryptoStore,
+    ) -> Result<(Client, Arc<AtomicBool>), DmError> {
+        let mut devices = self.0.lock().await;
+        let device = Self::device(&mut devices, login, Some(store)).await?;
+        device.kept_in_sync.store(true, Ordering::SeqCst);
+        Ok((device.client.clone(), device.kept_in_sync.clone()))
+    }
+
+    /// The device's entry, restored on first use (or when its token changed).
+    async fn device<'m>(
+        devices: &'m mut HashMap<(String, bool), Device>,
+        login: &Login<'_>,
+        store: Option<&CryptoStore>,
+    ) -> Result<&'m Device, DmError> {
+        let key = (login.device_id.to_owned(), store.is_some());
+        let token = login.access_token.expose_secret();
+        if devices.get(&key).is_none_or(|device| device.client.access_token().as_deref() != Some(token)) {
+            let client = restored_client(login, store).await?;
+            devices.insert(key.clone(), Device { client, kept_in_sync: Arc::default() });
+        }
+        Ok(&devices[&key])
+    }
+}
+
 impl DmSender {
-    /// Restores a session from an access token (no new device is made).
+    /// Restores a session from an access token (no new device is made),
+    /// sharing the device's client with whatever else uses it here.
     pub async fn connect(
-        homeserver: &Url,
-        user_id: &str,
-        access_token: &SecretString,
-        device_id: &str,
+        devices: &Devices,
+        login: &Login<'_>,
         encryption: Option<CryptoStore>,
     ) -> Result<DmSender, DmError> {
-        let client = restored_client(homeserver, user_id, access_token, device_id, encryption.as_ref()).await?;
-        if encryption.is_some() {
-            // Uploads this device's keys and learns the rooms it is in.
-            let settings = matrix_sdk::config::SyncSettings::default().timeout(std::time::Duration::ZERO);
-            client.sync_once(settings).await.map_err(classify)?;
-        }
+        let client = devices.for_sending(login, encryption.as_ref()).await?;
         Ok(DmSender { client, encrypted: encryption.is_some() })
     }
 

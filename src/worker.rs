@@ -12,7 +12,6 @@ use tokio_util::sync::CancellationToken;
 
 use crate::app::Services;
 use crate::campaign::{CampaignError, CampaignOptions, run_campaign};
-use crate::config::Config;
 use crate::notify::NotifyProgress;
 use crate::outbox::{QUEUED, QueuedEmails, send_until_done};
 use crate::registry::{Actor, DeliveryChannel, Registry, now_ms};
@@ -64,7 +63,7 @@ pub async fn run(services: Arc<Services>) {
                     if cancel.is_cancelled() {
                         return;
                     }
-                    send_due(config, registry, email, id, cancel).await;
+                    send_due(&services, email, id).await;
                 }
             }
             Err(err) => tracing::warn!(error = %err, "delivery worker: registry query failed"),
@@ -101,20 +100,20 @@ async fn channel_is_back(registry: &Registry, probe: &crate::mail::Mailer) -> bo
     }
 }
 
-async fn send_due(
-    config: &Config,
-    registry: &Registry,
-    email: &crate::config::EmailConfig,
-    incident_id: i64,
-    cancel: &CancellationToken,
-) {
+async fn send_due(services: &Services, email: &crate::config::EmailConfig, incident_id: i64) {
+    let Services { config, registry, shutdown: cancel, devices, .. } = services;
     let incident = match registry.require_incident(incident_id).await {
         Ok(incident) => incident,
         Err(err) => return tracing::warn!(error = %err, "delivery worker: incident unreadable"),
     };
     let progress = Background(cancel.clone());
-    let options =
-        CampaignOptions { actor: Actor::service("worker"), plan_new: false, retry_failed: false, progress: &progress };
+    let options = CampaignOptions {
+        actor: Actor::service("worker"),
+        plan_new: false,
+        retry_failed: false,
+        progress: &progress,
+        devices,
+    };
     match run_campaign(config, registry, &incident, email, options).await {
         Ok(report) => tracing::info!(
             incident = incident_id,

@@ -337,7 +337,8 @@ async fn notify(bot: &Bot, room: &Room, actor: &Actor, id: i64, confirm: bool) -
     let stop = state.shutdown.clone();
     state.clone().background.spawn(async move {
         let notes = Notes { stop: Some(stop), ..Notes::default() };
-        let options = CampaignOptions { actor, plan_new: true, retry_failed: false, progress: &notes };
+        let options =
+            CampaignOptions { actor, plan_new: true, retry_failed: false, progress: &notes, devices: &state.devices };
         let outcome = run_campaign(&state.config, &state.registry, &incident, &email, options).await;
         tracing::info!(incident = id, ok = outcome.is_ok(), "notify from the bot finished");
         let reply = match outcome {

@@ -34,8 +34,7 @@ pub async fn post_test_message(config: &Config, registry: &Registry) -> (Status,
         Err(err) => return (Status::Fail, err.0),
     };
     // No store: a drill must not touch the running bot's keys.
-    let (user_id, token, device) = (&login.user_id, &login.access_token, &login.device_id);
-    let client = match restored_client(&config.homeserver.url, user_id, token, device, None).await {
+    let client = match restored_client(&login.on(&config.homeserver.url), None).await {
         Ok(client) => client,
         Err(err) => return (Status::Fail, format!("the bot's session: {err}")),
     };

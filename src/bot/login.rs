@@ -3,11 +3,14 @@
 //! a restart keeps its device and keys, and a recovered account, which is
 //! a new device, starts a fresh store).
 
+use std::sync::Arc;
+use std::sync::atomic::AtomicBool;
+
 use matrix_sdk::Client;
 use secrecy::{ExposeSecret, SecretString};
 
 use crate::config::{BotConfig, Config};
-use crate::dm::{CryptoStore, restored_client};
+use crate::dm::{CryptoStore, Devices, Login};
 use crate::recover::{recover, service_user_id};
 use crate::registry::{Actor, Registry};
 use crate::session::{SESSION_SETTING, StoredSession, store_passphrase};
@@ -21,6 +24,13 @@ pub struct BotLogin {
     /// They came from credential recovery (the homeserver lost its
     /// database, so the old admin room is gone too).
     pub recovered: bool,
+}
+
+impl BotLogin {
+    /// The session to restore on `homeserver`.
+    pub fn on<'a>(&'a self, homeserver: &'a url::Url) -> Login<'a> {
+        Login { homeserver, user_id: &self.user_id, access_token: &self.access_token, device_id: &self.device_id }
+    }
 }
 
 /// Why the bot has no working session (only ever shown).
@@ -146,16 +156,18 @@ async fn working(
     }
 }
 
-/// A matrix-sdk client restored into `login`'s session, with its store.
+/// The matrix-sdk client of `login`'s device, with its store: the one the
+/// notice DMs use too when they send from this device.
 pub async fn client(
     config: &Config,
     bot: &BotConfig,
     registry: &Registry,
     login: &BotLogin,
-) -> Result<Client, LoginError> {
+    devices: &Devices,
+) -> Result<(Client, Arc<AtomicBool>), LoginError> {
     let store = CryptoStore { dir: bot.store_path.clone(), passphrase: store_passphrase(bot, registry).await? };
-    let (user_id, token, device) = (&login.user_id, &login.access_token, &login.device_id);
-    restored_client(&config.homeserver.url, user_id, token, device, Some(&store))
+    devices
+        .for_syncing(&login.on(&config.homeserver.url), &store)
         .await
         .map_err(|err| LoginError(format!("the bot's session: {err}")))
 }

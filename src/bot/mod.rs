@@ -154,10 +154,11 @@ async fn session(
         Ok(login) => login,
         Err(err) => return Ended::Failed(err.0),
     };
-    let client = match login::client(&state.config, &bot.config, &state.registry, &login).await {
-        Ok(client) => client,
-        Err(err) => return Ended::Failed(err.0),
-    };
+    let (client, kept_in_sync) =
+        match login::client(&state.config, &bot.config, &state.registry, &login, &state.devices).await {
+            Ok(client) => client,
+            Err(err) => return Ended::Failed(err.0),
+        };
     tracing::info!(user = %login.user_id, device = %login.device_id, recovered = login.recovered, "bot logged in");
     let mut changes = client.subscribe_to_session_changes();
     // Known before the first sync, which may bring the admin's invite.
@@ -177,10 +178,14 @@ async fn session(
         }
     }
     client.add_event_handler_context(bot.clone());
-    client.add_event_handler(on_invite);
     // Before the first sync: a command sent while the bot reconnected
-    // arrives in it (older ones are skipped by their timestamp).
-    client.add_event_handler(on_message);
+    // arrives in it (older ones are skipped by their timestamp). The client
+    // outlives the session (see `Devices`), the handlers do not.
+    let _handlers = Handlers {
+        client: client.clone(),
+        handles: vec![client.add_event_handler(on_invite), client.add_event_handler(on_message)],
+        kept_in_sync,
+    };
     // A first sync before reading messages, so old ones are not taken as
     // new commands (the store keeps the position across restarts).
     let first = match client.sync_once(SyncSettings::default().timeout(Duration::ZERO)).await {
@@ -239,6 +244,24 @@ struct SyncTask(tokio::task::JoinHandle<matrix_sdk::Result<()>>);
 impl Drop for SyncTask {
     fn drop(&mut self) {
         self.0.abort();
+    }
+}
+
+/// The session's event handlers; removed when the session ends, so the
+/// next session on the same client does not answer every command twice.
+/// Its sync loop ends with it, so DMs on the client sync for themselves.
+struct Handlers {
+    client: Client,
+    handles: Vec<matrix_sdk::event_handler::EventHandlerHandle>,
+    kept_in_sync: Arc<std::sync::atomic::AtomicBool>,
+}
+
+impl Drop for Handlers {
+    fn drop(&mut self) {
+        self.kept_in_sync.store(false, std::sync::atomic::Ordering::SeqCst);
+        for handle in self.handles.drain(..) {
+            self.client.remove_event_handler(handle);
+        }
     }
 }
 

@@ -110,8 +110,14 @@ pub async fn run(context: &Context, args: Args) -> Outcome {
     let stop = CancellationToken::new();
     tokio::spawn(super::stop_on_signal(stop.clone()));
     let bar = Bar(progress_bar("notices"), stop.clone());
-    let options =
-        CampaignOptions { actor: Actor::cli(), plan_new: true, retry_failed: args.retry_failed, progress: &bar };
+    let devices = crate::dm::Devices::default();
+    let options = CampaignOptions {
+        actor: Actor::cli(),
+        plan_new: true,
+        retry_failed: args.retry_failed,
+        progress: &bar,
+        devices: &devices,
+    };
     let outcome = run_campaign(&config, &registry, &incident, email, options).await;
     bar.0.finish_and_clear();
     let report = outcome.map_err(Failure::failed)?;

@@ -28,7 +28,7 @@ use tokio::sync::OnceCell;
 
 use crate::app::Services;
 use crate::config::{Config, WebConfig};
-use crate::dm::DmSender;
+use crate::dm::{Devices, DmSender};
 use crate::registry::Registry;
 
 pub use guard::RateLimiter;
@@ -52,9 +52,10 @@ struct Shared {
     can_mail: bool,
     limiter: RateLimiter,
     status_cache: status::Cache,
-    /// One Matrix client for the codes the page DMs, made on first use:
-    /// a client per request would cost memory that is never given back.
-    dm_sender: tokio::sync::Mutex<Option<Arc<DmSender>>>,
+    /// serve's Matrix clients: the codes the page DMs go out on the
+    /// device's one client (a client per request would also cost memory
+    /// that is never given back).
+    devices: Arc<Devices>,
 }
 
 impl WebState {
@@ -69,7 +70,7 @@ impl WebState {
             can_mail: services.mailer.is_some(),
             limiter,
             status_cache: status::Cache::default(),
-            dm_sender: tokio::sync::Mutex::default(),
+            devices: services.devices.clone(),
         });
         WebState { config, registry, inner }
     }
@@ -79,25 +80,17 @@ impl WebState {
         self.config.web.as_ref().expect("the web page is served only with a [web] section")
     }
 
-    /// The service account's DM client, made once and kept.
-    async fn dm_sender(&self) -> Result<Arc<DmSender>, pages::WebError> {
-        let mut cached = self.inner.dm_sender.lock().await;
-        if let Some(sender) = cached.as_ref() {
-            return Ok(sender.clone());
-        }
+    /// The service account's DM sender, with the credentials that work now.
+    async fn dm_sender(&self) -> Result<DmSender, pages::WebError> {
         let Some(client) = crate::recover::admin_access(&self.config, &self.registry).await?.working() else {
             return Err(pages::WebError("no working admin token: cannot DM a code".into()));
         };
-        let Some((sender, _)) = crate::campaign::dm_sender(&self.config, &self.registry, &client).await? else {
+        let devices = &self.inner.devices;
+        let Some((sender, _)) = crate::campaign::dm_sender(&self.config, &self.registry, &client, devices).await?
+        else {
             return Err(pages::WebError("lifeboat's own account has no credentials: cannot DM a code".into()));
         };
-        let sender = Arc::new(sender);
-        *cached = Some(sender.clone());
         Ok(sender)
-    }
-
-    async fn forget_dm_sender(&self) {
-        self.inner.dm_sender.lock().await.take();
     }
 
     async fn key(&self) -> Result<&SecretString, crate::registry::Error> {

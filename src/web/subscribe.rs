@@ -189,12 +189,7 @@ async fn dm_code(state: &WebState, user_id: &UserId, code: &str, expires_at: i64
     let registry = &state.registry;
     let deliver = |stored| async move { crate::outbox::deliver_dm(registry, &sender, &stored).await };
     let sent = crate::outbox::send_at_once(registry, row, deliver).await.unwrap_or_else(|err| Err(err.to_string()));
-    if let Err(err) = sent {
-        // The next request builds a fresh sender (the token may have changed).
-        state.forget_dm_sender().await;
-        return Err(WebError(format!("could not DM the code: {err}")));
-    }
-    Ok(())
+    sent.map_err(|err| WebError(format!("could not DM the code: {err}")))
 }
 
 /// The link from the email: a form for the DMed code.

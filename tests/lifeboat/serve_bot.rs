@@ -564,6 +564,18 @@ async fn e2e_client(
 /// client and waits for the bot's reply: whether it came encrypted, and
 /// that alice could read it.
 async fn status_in_encrypted_room(rig: &Rig, alice: &matrix_sdk::Client, nth: usize) -> bool {
+    asked_in_encrypted_room(rig, alice, "!lifeboat status", "Registry:", nth).await
+}
+
+/// Alice sends `command` in the encrypted admin room; true once the bot has
+/// posted `nth` replies containing `needle`, every one of them encrypted.
+async fn asked_in_encrypted_room(
+    rig: &Rig,
+    alice: &matrix_sdk::Client,
+    command: &str,
+    needle: &str,
+    nth: usize,
+) -> bool {
     use matrix_sdk::config::SyncSettings;
     use matrix_sdk::room::MessagesOptions;
     use matrix_sdk::ruma::events::room::message::RoomMessageEventContent;
@@ -571,7 +583,7 @@ async fn status_in_encrypted_room(rig: &Rig, alice: &matrix_sdk::Client, nth: us
     let room_id: matrix_sdk::ruma::OwnedRoomId = rig.admin_room.as_str().try_into().unwrap();
     let room = alice.get_room(&room_id).expect("alice's client knows the admin room");
     assert!(room.latest_encryption_state().await.unwrap().is_encrypted(), "the admin room is encrypted");
-    room.send(RoomMessageEventContent::text_plain("!lifeboat status")).await.unwrap();
+    room.send(RoomMessageEventContent::text_plain(command)).await.unwrap();
     let deadline = std::time::Instant::now() + Duration::from_secs(60);
     loop {
         alice.sync_once(SyncSettings::default().timeout(Duration::from_secs(1))).await.unwrap();
@@ -582,8 +594,7 @@ async fn status_in_encrypted_room(rig: &Rig, alice: &matrix_sdk::Client, nth: us
             .filter_map(|event| {
                 let json: serde_json::Value = serde_json::from_str(event.raw().json().get()).ok()?;
                 let body = json["content"]["body"].as_str()?;
-                (json["sender"] == rig.bot.as_str() && body.contains("Registry:"))
-                    .then(|| event.encryption_info().is_some())
+                (json["sender"] == rig.bot.as_str() && body.contains(needle)).then(|| event.encryption_info().is_some())
             })
             .collect();
         if replies.len() >= nth {
@@ -598,6 +609,34 @@ async fn status_in_encrypted_room(rig: &Rig, alice: &matrix_sdk::Client, nth: us
     }
 }
 
+/// The bot's next session after Synapse was away runs on the same device,
+/// so on the same client (see `dm::Devices`): its commands are still
+/// answered once each, not once per session it has had.
+#[tokio::test(flavor = "multi_thread")]
+async fn after_synapse_was_away_the_bot_answers_each_command_once() {
+    let mut rig = Rig::start(TestSmtp::start(None), &[]).await;
+    rig.serve().await;
+    rig.say("!lifeboat status").await;
+    rig.reply_containing("Registry:").await;
+
+    rig.synapse.stop();
+    let sessions_ended = || rig.lifeboat.serve_log().matches("bot session ended").count();
+    eventually("the bot's session ends while Synapse is away", Duration::from_secs(120), || async {
+        sessions_ended() > 0
+    })
+    .await;
+    rig.synapse.start_again();
+    let logged_in = || rig.lifeboat.serve_log().matches("bot logged in").count();
+    eventually("the bot logs in again", Duration::from_secs(120), || async { logged_in() > 1 }).await;
+
+    rig.say("!lifeboat incident list").await;
+    rig.reply_containing("No incidents.").await;
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    let replies = rig.alice.messages_from(&rig.admin_room, &rig.bot).await;
+    let answers = replies.iter().filter(|reply| reply.contains("No incidents.")).count();
+    assert_eq!(answers, 1, "one answer to one command: {replies:?}\n{}", rig.lifeboat.serve_log());
+}
+
 #[tokio::test(flavor = "multi_thread")]
 async fn commands_and_replies_work_in_an_end_to_end_encrypted_admin_room() {
     let mut rig = Rig::start_encrypted(TestSmtp::start(None)).await;
@@ -607,16 +646,9 @@ async fn commands_and_replies_work_in_an_end_to_end_encrypted_admin_room() {
     assert!(status_in_encrypted_room(&rig, &alice, 1).await, "the bot's reply was encrypted");
 }
 
-/// A bot logged in with `bot.access_token` and the encrypted notice DMs
-/// are one device with one store: notices sent by the CLI while serve runs
-/// must reach their person readable, and leave the bot able to read and
-/// answer its encrypted admin room.
-#[tokio::test(flavor = "multi_thread")]
-async fn encrypted_notices_beside_a_running_bot_on_its_device_leave_both_readable() {
-    use matrix_sdk::config::SyncSettings;
-    use matrix_sdk::room::MessagesOptions;
-
-    let mut rig = Rig::start_encrypted(TestSmtp::start(None)).await;
+/// The bot on `bot.access_token` (so the notice DMs send from its device)
+/// with `encrypted_notices`; Ann is a known account with a password.
+async fn bot_device_sends_encrypted_notices(rig: &Rig) -> String {
     let config = std::fs::read_to_string(rig.lifeboat.config_path()).unwrap();
     let bot_section = config.find("[bot]").unwrap();
     let password_line = bot_section + config[bot_section..].find("password = \"").unwrap();
@@ -634,6 +666,26 @@ async fn encrypted_notices_beside_a_running_bot_on_its_device_leave_both_readabl
     let ann = unique("ann");
     rig.synapse.create_user(&ann, &[]).await;
     assert_eq!(rig.lifeboat.run(&["sync"]).await.code, 0);
+    ann
+}
+
+/// Opens an incident affecting everyone; its ID.
+async fn incident_lost(rig: &Rig) -> String {
+    let args = ["incident", "open", "--title", "Lost", "--postmortem", "postmortem.md", "--affected", "all", "--json"];
+    std::fs::write(rig.lifeboat.dir().join("postmortem.md"), "# Lost\n\nIt went.\n").unwrap();
+    let open = rig.lifeboat.run(&args).await;
+    assert_eq!(open.code, 0, "{open:?}");
+    open.json()["id"].to_string()
+}
+
+/// A bot logged in with `bot.access_token` and the encrypted notice DMs
+/// are one device with one store: notices sent by the CLI while serve runs
+/// must reach their person readable, and leave the bot able to read and
+/// answer its encrypted admin room.
+#[tokio::test(flavor = "multi_thread")]
+async fn encrypted_notices_beside_a_running_bot_on_its_device_leave_both_readable() {
+    let mut rig = Rig::start_encrypted(TestSmtp::start(None)).await;
+    let ann = bot_device_sends_encrypted_notices(&rig).await;
     rig.serve().await;
     let stores = tempfile::tempdir().unwrap();
     let alice = e2e_client(&rig.synapse, &rig.alice.user_id, &rig.alice_password, &stores.path().join("alice")).await;
@@ -641,15 +693,48 @@ async fn encrypted_notices_beside_a_running_bot_on_its_device_leave_both_readabl
     let ann_client =
         e2e_client(&rig.synapse, &rig.synapse.user_id(&ann), "correct horse battery", &stores.path().join("ann")).await;
 
-    let args = ["incident", "open", "--title", "Lost", "--postmortem", "postmortem.md", "--affected", "all", "--json"];
-    std::fs::write(rig.lifeboat.dir().join("postmortem.md"), "# Lost\n\nIt went.\n").unwrap();
-    let open = rig.lifeboat.run(&args).await;
-    assert_eq!(open.code, 0, "{open:?}");
-    let notify = rig.lifeboat.run(&["notify", &open.json()["id"].to_string(), "--yes"]).await;
+    let notify = rig.lifeboat.run(&["notify", &incident_lost(&rig).await, "--yes"]).await;
     assert_eq!(notify.code, 0, "{notify:?}");
 
+    let notice = notice_read_by(&rig, &ann_client).await;
+    assert!(notice.1 && notice.0.contains("Lost"), "ann read the encrypted notice: {notice:?}");
+    assert!(status_in_encrypted_room(&rig, &alice, 2).await, "the bot still answers, encrypted");
+}
+
+/// The same device inside serve: the bot's `notify` sends on the bot's own
+/// client, which opens the device's store once.
+#[tokio::test(flavor = "multi_thread")]
+async fn notices_the_bot_sends_from_its_own_device_use_its_one_client_and_both_stay_readable() {
+    let mut rig = Rig::start_encrypted(TestSmtp::start(None)).await;
+    let ann = bot_device_sends_encrypted_notices(&rig).await;
+    let id = incident_lost(&rig).await;
+    rig.serve().await;
+    let stores = tempfile::tempdir().unwrap();
+    let alice = e2e_client(&rig.synapse, &rig.alice.user_id, &rig.alice_password, &stores.path().join("alice")).await;
+    let ann_client =
+        e2e_client(&rig.synapse, &rig.synapse.user_id(&ann), "correct horse battery", &stores.path().join("ann")).await;
+
+    let dry_run = format!("!lifeboat notify {id}");
+    assert!(asked_in_encrypted_room(&rig, &alice, &dry_run, "To send, reply", 1).await, "an encrypted dry run");
+    let confirm = format!("!lifeboat notify {id} confirm");
+    assert!(asked_in_encrypted_room(&rig, &alice, &confirm, " sent, ", 1).await, "an encrypted report");
+
+    let notice = notice_read_by(&rig, &ann_client).await;
+    assert!(notice.1 && notice.0.contains("Lost"), "ann read the encrypted notice: {notice:?}");
+    assert!(status_in_encrypted_room(&rig, &alice, 1).await, "the bot still answers, encrypted");
+    let log = rig.lifeboat.serve_log();
+    let opened = log.matches("opened the Matrix client and crypto store").count();
+    assert_eq!(opened, 1, "the bot and its notices opened the device's store once:\n{log}");
+}
+
+/// The last message in Ann's rooms once one arrives (her DM invite is
+/// accepted on the way): its text, and whether it came encrypted.
+async fn notice_read_by(rig: &Rig, ann_client: &matrix_sdk::Client) -> (String, bool) {
+    use matrix_sdk::config::SyncSettings;
+    use matrix_sdk::room::MessagesOptions;
+
     let deadline = std::time::Instant::now() + Duration::from_secs(60);
-    let notice = loop {
+    loop {
         ann_client.sync_once(SyncSettings::default().timeout(Duration::from_secs(1))).await.unwrap();
         if let Some(room) = ann_client.invited_rooms().pop() {
             room.join().await.unwrap();
@@ -668,13 +753,11 @@ async fn encrypted_notices_beside_a_running_bot_on_its_device_leave_both_readabl
             }
         }
         if let Some(found) = found {
-            break found;
+            return found;
         }
         assert!(std::time::Instant::now() < deadline, "no notice reached ann:\n{}", rig.lifeboat.serve_log());
         tokio::time::sleep(Duration::from_millis(500)).await;
-    };
-    assert!(notice.1 && notice.0.contains("Lost"), "ann read the encrypted notice: {notice:?}");
-    assert!(status_in_encrypted_room(&rig, &alice, 2).await, "the bot still answers, encrypted");
+    }
 }
 
 #[tokio::test(flavor = "multi_thread")]
