@@ -5,15 +5,17 @@
 
 use std::time::Duration;
 
+use secrecy::SecretString;
+
 use crate::config::{Config, EmailConfig, RecoveryMode};
-use crate::dm::{CryptoStore, Devices, DmSender, Login};
+use crate::dm::{CryptoStore, Devices, DmError, DmSender, Login};
 use crate::holds::{HoldError, HoldReport, hold_lost_ids, holds_wanted};
 use crate::lease::{Held, Lease};
 use crate::links::LINK_KEY;
 use crate::mail::Mailer;
 use crate::notify::{NoticeSettings, NotifyError, NotifyProgress, Transport, send_deliveries};
 use crate::recover::{RecoverError, admin_access, recover, service_user_id};
-use crate::registry::{self, Actor, DeliveryCounts, Incident, IncidentScope, Registry};
+use crate::registry::{self, Actor, DeliveryChannel, DeliveryCounts, Incident, IncidentScope, Registry};
 use crate::session::store_passphrase;
 use crate::synapse::SynapseClient;
 use crate::sync::{Quiet, SyncError, SyncOptions, sync};
@@ -55,11 +57,17 @@ pub struct CampaignReport {
     pub counts: DeliveryCounts,
     /// A few addresses whose deliveries are not done, with the reason.
     pub errors: Vec<(String, String)>,
+    /// The DMs left to the process that has the device's crypto store open
+    /// (`lifeboat serve`, whose delivery worker sends them): its name, and
+    /// how many.
+    pub dms_left_to: Option<(String, i64)>,
 }
 
 impl CampaignReport {
+    /// Notices not sent, and not left to another process either.
     pub fn unfinished(&self) -> i64 {
-        self.counts.pending + self.counts.sending + self.counts.failed
+        let left = self.dms_left_to.as_ref().map_or(0, |(_, count)| *count);
+        self.counts.pending + self.counts.sending + self.counts.failed - left
     }
 }
 
@@ -305,17 +313,32 @@ async fn send_under_lease(
         registry.plan_email_deliveries(incident.id).await?;
     }
     // Email does not depend on DMs: a DM sender that cannot start is a note.
-    let dm_sender = match dm_sender(config, registry, &client, options.devices).await {
-        Ok(Some((sender, sender_id))) => {
+    let dm_sender = match DmAccount::find(config, registry, &client).await {
+        Ok(Some(account)) => {
+            let sender_id = account.user_id.clone();
             if options.plan_new {
                 registry.plan_matrix_deliveries(incident.id, &sender_id).await?;
             }
-            // Mass DMs from a throttled account would crawl; 429s are still
-            // waited out if the override cannot be set.
-            if let Err(err) = client.override_rate_limit(sender_id.as_str()).await {
-                progress.note(&format!("could not lift the rate limits of {sender_id} ({err}); DMs may be slowed"));
+            // Planned either way: DMs this run cannot send stay pending.
+            match account.connect(config, registry, options.devices).await {
+                Ok(sender) => {
+                    // Mass DMs from a throttled account would crawl; 429s
+                    // are still waited out if the override cannot be set.
+                    if let Err(err) = client.override_rate_limit(sender_id.as_str()).await {
+                        progress
+                            .note(&format!("could not lift the rate limits of {sender_id} ({err}); DMs may be slowed"));
+                    }
+                    Some(sender)
+                }
+                Err(DmError::StoreBusy { holder, .. }) => {
+                    report.dms_left_to = Some((holder, 0));
+                    None
+                }
+                Err(err) => {
+                    progress.note(&format!("no Matrix DMs this run, they stay pending: {err}"));
+                    None
+                }
             }
-            Some(sender)
         }
         Ok(None) => {
             if options.plan_new && registry.planned_dms(incident.id, &service).await? > 0 {
@@ -342,6 +365,9 @@ async fn send_under_lease(
     }
     mailer.shutdown().await;
     report.counts = sent?;
+    if let Some((_, left)) = &mut report.dms_left_to {
+        *left = registry.unsent_notices(incident.id, DeliveryChannel::Matrix).await?;
+    }
     let detail = format!(
         "tokens created {}; deliveries sent {}, failed {}, skipped {}, pending {}",
         report.tokens_created,
@@ -357,47 +383,64 @@ async fn send_under_lease(
     Ok(report)
 }
 
-/// lifeboat's own account, logged in for DMs: the recovered credentials,
-/// `bot.access_token`, or the session the bot made with `bot.password`.
-/// `None` when it has none of them.
-pub async fn dm_sender(
-    config: &Config,
-    registry: &Registry,
-    admin: &SynapseClient,
-    devices: &Devices,
-) -> Result<Option<(DmSender, UserId)>, String> {
-    let service = service_user_id(config);
-    let encrypted = config.bot.as_ref().is_some_and(|bot| bot.encrypted_notices);
-    let token = match registry.service_credential(&service).await.map_err(|err| err.to_string())? {
-        Some(stored) => stored.access_token,
-        None => match config.bot.as_ref().and_then(|bot| bot.access_token.as_ref()) {
-            Some(token) => token.value.clone(),
-            // The running bot's device (its crypto store is the bot's own,
-            // so only for unencrypted notices).
-            None => match crate::session::stored_session(registry).await.filter(|_| !encrypted) {
-                Some(token) => token,
-                None => return Ok(None),
+/// lifeboat's own account as it sends DMs: its working token and device.
+pub struct DmAccount {
+    pub user_id: UserId,
+    token: SecretString,
+    device: String,
+    encryption: Option<CryptoStore>,
+}
+
+impl DmAccount {
+    /// The recovered credentials, `bot.access_token`, or the session the bot
+    /// made with `bot.password`, checked with Synapse. `None` when lifeboat
+    /// has none of them.
+    pub async fn find(
+        config: &Config,
+        registry: &Registry,
+        admin: &SynapseClient,
+    ) -> Result<Option<DmAccount>, String> {
+        let service = service_user_id(config);
+        let encrypted = config.bot.as_ref().is_some_and(|bot| bot.encrypted_notices);
+        let token = match registry.service_credential(&service).await.map_err(|err| err.to_string())? {
+            Some(stored) => stored.access_token,
+            None => match config.bot.as_ref().and_then(|bot| bot.access_token.as_ref()) {
+                Some(token) => token.value.clone(),
+                // The running bot's device (its crypto store is the bot's own,
+                // so only for unencrypted notices).
+                None => match crate::session::stored_session(registry).await.filter(|_| !encrypted) {
+                    Some(token) => token,
+                    None => return Ok(None),
+                },
             },
-        },
-    };
-    let who = admin
-        .with_token(token.clone())
-        .whoami()
-        .await
-        .map_err(|err| format!("lifeboat's own account cannot send DMs: {err}"))?;
-    let device = who.device_id.unwrap_or_else(|| "LIFEBOAT".to_owned());
-    let encryption = match config.bot.as_ref().filter(|bot| bot.encrypted_notices) {
-        Some(bot) => Some(CryptoStore {
-            dir: bot.store_path.clone(),
-            passphrase: store_passphrase(bot, registry).await.map_err(|err| err.to_string())?,
-        }),
-        None => None,
-    };
-    let login =
-        Login { homeserver: &config.homeserver.url, user_id: &who.user_id, access_token: &token, device_id: &device };
-    let sender = DmSender::connect(devices, &login, encryption).await.map_err(|err| err.to_string())?;
-    let sender_id = UserId::parse(&who.user_id).map_err(|err| err.to_string())?;
-    Ok(Some((sender, sender_id)))
+        };
+        let who = admin
+            .with_token(token.clone())
+            .whoami()
+            .await
+            .map_err(|err| format!("lifeboat's own account cannot send DMs: {err}"))?;
+        let device = who.device_id.unwrap_or_else(|| "LIFEBOAT".to_owned());
+        let encryption = match config.bot.as_ref().filter(|bot| bot.encrypted_notices) {
+            Some(bot) => Some(CryptoStore {
+                dir: bot.store_path.clone(),
+                passphrase: store_passphrase(bot, registry).await.map_err(|err| err.to_string())?,
+            }),
+            None => None,
+        };
+        let user_id = UserId::parse(&who.user_id).map_err(|err| err.to_string())?;
+        Ok(Some(DmAccount { user_id, token, device, encryption }))
+    }
+
+    /// A sender on the device's client, in `devices`.
+    pub async fn connect(self, config: &Config, registry: &Registry, devices: &Devices) -> Result<DmSender, DmError> {
+        let login = Login {
+            homeserver: &config.homeserver.url,
+            user_id: self.user_id.as_str(),
+            access_token: &self.token,
+            device_id: &self.device,
+        };
+        DmSender::connect(devices, registry, &login, self.encryption).await
+    }
 }
 
 #[cfg(test)]

@@ -22,6 +22,7 @@ use matrix_sdk::{Client, SessionMeta, SessionTokens};
 use secrecy::{ExposeSecret, SecretString};
 use url::Url;
 
+use crate::lease::{Held, Lease};
 use crate::registry::Registry;
 use crate::user_id::UserId;
 
@@ -47,6 +48,9 @@ pub enum DmError {
     /// The sender itself cannot send (its token was rejected).
     #[error("lifeboat's own account cannot send: {0}")]
     Sender(String),
+    /// Another lifeboat process has the device's crypto store open.
+    #[error("device {device}'s crypto store is open in another lifeboat process ({holder}, until {until} at most)")]
+    StoreBusy { device: String, holder: String, until: String },
 }
 
 /// The registry is lifeboat's own: failing to read or write it is passing.
@@ -100,7 +104,9 @@ pub async fn restored_client(login: &Login<'_>, store: Option<&CryptoStore>) -> 
 /// The matrix-sdk clients of one process, one per device and store. Two
 /// clients on one device's crypto store would each keep an Olm account in
 /// memory and overwrite each other's keys, so the bot, the web page's codes
-/// and the notices in `serve` all take the device's client from here.
+/// and the notices in `serve` all take the device's client from here, and a
+/// store is open in one process at a time (a lease in the registry, held
+/// while the client lives).
 #[derive(Default)]
 pub struct Devices(tokio::sync::Mutex<HashMap<(String, bool), Device>>);
 
@@ -108,6 +114,8 @@ struct Device {
     client: Client,
     /// Up while the bot's sync loop keeps the client current.
     kept_in_sync: Arc<AtomicBool>,
+    /// The store's lease; a client without a store needs none.
+    lease: Option<Lease>,
 }
 
 /// A session to restore: who, with which token, on which device.
@@ -122,9 +130,14 @@ impl Devices {
     /// The device's client for sending. An encrypting one is synced first
     /// (it uploads the device's keys and learns the rooms others made)
     /// unless the bot's sync loop keeps it current.
-    pub async fn for_sending(&self, login: &Login<'_>, store: Option<&CryptoStore>) -> Result<Client, DmError> {
+    pub async fn for_sending(
+        &self,
+        registry: &Registry,
+        login: &Login<'_>,
+        store: Option<&CryptoStore>,
+    ) -> Result<Client, DmError> {
         let mut devices = self.0.lock().await;
-        let device = Self::device(&mut devices, login, store).await?;
+        let device = Self::device(&mut devices, registry, login, store).await?;
         if store.is_some() && !device.kept_in_sync.load(Ordering::SeqCst) {
             let settings = matrix_sdk::config::SyncSettings::default().timeout(std::time::Duration::ZERO);
             device.client.sync_once(settings).await.map_err(classify)?;
@@ -136,11 +149,12 @@ impl Devices {
     /// up while it runs.
     pub async fn for_syncing(
         &self,
+        registry: &Registry,
         login: &Login<'_>,
         store: &CryptoStore,
     ) -> Result<(Client, Arc<AtomicBool>), DmError> {
         let mut devices = self.0.lock().await;
-        let device = Self::device(&mut devices, login, Some(store)).await?;
+        let device = Self::device(&mut devices, registry, login, Some(store)).await?;
         device.kept_in_sync.store(true, Ordering::SeqCst);
         Ok((device.client.clone(), device.kept_in_sync.clone()))
     }
@@ -148,16 +162,32 @@ impl Devices {
     /// The device's entry, restored on first use (or when its token changed).
     async fn device<'m>(
         devices: &'m mut HashMap<(String, bool), Device>,
+        registry: &Registry,
         login: &Login<'_>,
         store: Option<&CryptoStore>,
     ) -> Result<&'m Device, DmError> {
         let key = (login.device_id.to_owned(), store.is_some());
         let token = login.access_token.expose_secret();
         if devices.get(&key).is_none_or(|device| device.client.access_token().as_deref() != Some(token)) {
+            if let Some(lease) = devices.remove(&key).and_then(|stale| stale.lease) {
+                lease.release().await;
+            }
+            let lease = match store {
+                Some(_) => Some(store_lease(registry, login.device_id).await?),
+                None => None,
+            };
             let client = restored_client(login, store).await?;
-            devices.insert(key.clone(), Device { client, kept_in_sync: Arc::default() });
+            devices.insert(key.clone(), Device { client, kept_in_sync: Arc::default(), lease });
         }
         Ok(&devices[&key])
+    }
+}
+
+/// The lease on a device's crypto store, or who holds it.
+async fn store_lease(registry: &Registry, device: &str) -> Result<Lease, DmError> {
+    match Lease::take(registry, &format!("matrix-store:{device}")).await? {
+        Ok(lease) => Ok(lease),
+        Err(Held { holder, until }) => Err(DmError::StoreBusy { device: device.to_owned(), holder, until }),
     }
 }
 
@@ -166,10 +196,11 @@ impl DmSender {
     /// sharing the device's client with whatever else uses it here.
     pub async fn connect(
         devices: &Devices,
+        registry: &Registry,
         login: &Login<'_>,
         encryption: Option<CryptoStore>,
     ) -> Result<DmSender, DmError> {
-        let client = devices.for_sending(login, encryption.as_ref()).await?;
+        let client = devices.for_sending(registry, login, encryption.as_ref()).await?;
         Ok(DmSender { client, encrypted: encryption.is_some() })
     }
 

@@ -240,6 +240,7 @@ pub fn dm_outcome(sent: Result<(), DmError>) -> Outcome {
         Err(DmError::Transient(reason)) => Outcome::Retry(reason),
         Err(DmError::Sender(reason)) => Outcome::Fatal(SendError::Channel(reason)),
         Err(DmError::Permanent(reason)) => Outcome::Failed(reason),
+        Err(busy @ DmError::StoreBusy { .. }) => Outcome::Retry(busy.to_string()),
     }
 }
 

@@ -355,7 +355,8 @@ async fn notify(bot: &Bot, room: &Room, actor: &Actor, id: i64, confirm: bool) -
                 for (address, error) in &report.errors {
                     reply.push_str(&format!("\n- {address}: {error}"));
                 }
-                if report.unfinished() > 0 {
+                // DMs left to a process holding the device's store wait too.
+                if report.unfinished() > 0 || report.dms_left_to.is_some() {
                     reply.push_str("\n\nWhat is left is retried by the delivery worker.");
                 }
                 reply

@@ -167,7 +167,7 @@ pub async fn client(
 ) -> Result<(Client, Arc<AtomicBool>), LoginError> {
     let store = CryptoStore { dir: bot.store_path.clone(), passphrase: store_passphrase(bot, registry).await? };
     devices
-        .for_syncing(&login.on(&config.homeserver.url), &store)
+        .for_syncing(registry, &login.on(&config.homeserver.url), &store)
         .await
         .map_err(|err| LoginError(format!("the bot's session: {err}")))
 }

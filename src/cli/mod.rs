@@ -107,8 +107,10 @@ enum Command {
     /// Creates the missing tokens and deliveries, then sends: emails to the
     /// affected people's contacts, DMs to affected accounts that still exist
     /// and to Matrix-ID contacts. Resumable: running it again sends only what
-    /// was not delivered. Exit 0 when every notice is delivered, 1 otherwise,
-    /// 2 for usage errors (e.g. no terminal to confirm on and no --yes).
+    /// was not delivered. Encrypted DMs whose device store `lifeboat serve`
+    /// has open are left to serve's delivery worker. Exit 0 when every
+    /// notice is delivered (or left to serve), 1 otherwise, 2 for usage
+    /// errors (e.g. no terminal to confirm on and no --yes).
     Notify(notify::Args),
     /// Registration tokens issued to affected people.
     #[command(subcommand)]

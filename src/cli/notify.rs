@@ -135,6 +135,13 @@ pub async fn run(context: &Context, args: Args) -> Outcome {
         counts.skipped,
         counts.pending + counts.sending
     );
+    if let Some((holder, left)) = report.dms_left_to.as_ref().filter(|(_, left)| *left > 0) {
+        println!(
+            "{left} Matrix DMs are left to the lifeboat process that has the device's crypto store open ({holder}): \
+             `lifeboat serve`'s delivery worker sends them; `lifeboat incident show {}` counts them.",
+            incident.id
+        );
+    }
     if stop.is_cancelled() && report.unfinished() > 0 {
         return Err(Failure::failed(format!(
             "interrupted: {} notices are not sent yet; run `lifeboat notify {} --yes` again: it sends only what is missing",

@@ -372,6 +372,18 @@ impl Registry {
         Ok(counts)
     }
 
+    /// The incident's notices by `channel` not sent yet (due or in flight).
+    pub async fn unsent_notices(&self, incident_id: i64, channel: DeliveryChannel) -> Result<i64> {
+        Ok(sqlx::query_scalar(
+            "SELECT COUNT(*) FROM deliveries WHERE incident_id = $1 AND kind = 'notice' AND channel = $2 \
+             AND state IN ('pending', 'sending')",
+        )
+        .bind(incident_id)
+        .bind(channel)
+        .fetch_one(&self.pool)
+        .await?)
+    }
+
     /// The most recent errors of unfinished deliveries, for summaries.
     pub async fn delivery_errors(&self, incident_id: i64, limit: i64) -> Result<Vec<(String, String)>> {
         Ok(sqlx::query_as(

@@ -85,12 +85,11 @@ impl WebState {
         let Some(client) = crate::recover::admin_access(&self.config, &self.registry).await?.working() else {
             return Err(pages::WebError("no working admin token: cannot DM a code".into()));
         };
-        let devices = &self.inner.devices;
-        let Some((sender, _)) = crate::campaign::dm_sender(&self.config, &self.registry, &client, devices).await?
-        else {
+        let Some(account) = crate::campaign::DmAccount::find(&self.config, &self.registry, &client).await? else {
             return Err(pages::WebError("lifeboat's own account has no credentials: cannot DM a code".into()));
         };
-        Ok(sender)
+        let sender = account.connect(&self.config, &self.registry, &self.inner.devices).await;
+        sender.map_err(|err| pages::WebError(err.to_string()))
     }
 
     async fn key(&self) -> Result<&SecretString, crate::registry::Error> {

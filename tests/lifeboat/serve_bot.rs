@@ -679,9 +679,10 @@ async fn incident_lost(rig: &Rig) -> String {
 }
 
 /// A bot logged in with `bot.access_token` and the encrypted notice DMs
-/// are one device with one store: notices sent by the CLI while serve runs
-/// must reach their person readable, and leave the bot able to read and
-/// answer its encrypted admin room.
+/// are one device with one store, which one process at a time opens: a
+/// CLI notify while serve runs leaves the DMs to serve's worker. They
+/// reach their person readable, and the bot still reads and answers its
+/// encrypted admin room.
 #[tokio::test(flavor = "multi_thread")]
 async fn encrypted_notices_beside_a_running_bot_on_its_device_leave_both_readable() {
     let mut rig = Rig::start_encrypted(TestSmtp::start(None)).await;
@@ -695,6 +696,7 @@ async fn encrypted_notices_beside_a_running_bot_on_its_device_leave_both_readabl
 
     let notify = rig.lifeboat.run(&["notify", &incident_lost(&rig).await, "--yes"]).await;
     assert_eq!(notify.code, 0, "{notify:?}");
+    assert!(notify.stdout.contains("Matrix DMs are left to the lifeboat process"), "{notify:?}");
 
     let notice = notice_read_by(&rig, &ann_client).await;
     assert!(notice.1 && notice.0.contains("Lost"), "ann read the encrypted notice: {notice:?}");
@@ -733,7 +735,7 @@ async fn notice_read_by(rig: &Rig, ann_client: &matrix_sdk::Client) -> (String, 
     use matrix_sdk::config::SyncSettings;
     use matrix_sdk::room::MessagesOptions;
 
-    let deadline = std::time::Instant::now() + Duration::from_secs(60);
+    let deadline = std::time::Instant::now() + Duration::from_secs(120);
     loop {
         ann_client.sync_once(SyncSettings::default().timeout(Duration::from_secs(1))).await.unwrap();
         if let Some(room) = ann_client.invited_rooms().pop() {
