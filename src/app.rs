@@ -47,7 +47,7 @@ impl Services {
             config,
             registry,
             mailer,
-            devices: Arc::default(),
+            devices: Arc::new(Devices::serving()),
             watch: WatchHandle::default(),
             recover_lock: Arc::default(),
             shutdown,

@@ -8,7 +8,7 @@ use std::time::Duration;
 use secrecy::SecretString;
 
 use crate::config::{Config, EmailConfig, RecoveryMode};
-use crate::dm::{CryptoStore, Devices, DmError, DmSender, Login};
+use crate::dm::{CryptoStore, Devices, DmError, DmSender, Login, held_by_serve};
 use crate::holds::{HoldError, HoldReport, hold_lost_ids, holds_wanted};
 use crate::lease::{Held, Lease};
 use crate::links::LINK_KEY;
@@ -57,9 +57,8 @@ pub struct CampaignReport {
     pub counts: DeliveryCounts,
     /// A few addresses whose deliveries are not done, with the reason.
     pub errors: Vec<(String, String)>,
-    /// The DMs left to the process that has the device's crypto store open
-    /// (`lifeboat serve`, whose delivery worker sends them): its name, and
-    /// how many.
+    /// The DMs left to the `lifeboat serve` that has the device's crypto
+    /// store open (its delivery worker sends them): its name, and how many.
     pub dms_left_to: Option<(String, i64)>,
 }
 
@@ -330,7 +329,7 @@ async fn send_under_lease(
                     }
                     Some(sender)
                 }
-                Err(DmError::StoreBusy { holder, .. }) => {
+                Err(DmError::StoreBusy { holder, .. }) if held_by_serve(&holder) => {
                     report.dms_left_to = Some((holder, 0));
                     None
                 }

@@ -108,12 +108,26 @@ pub async fn restored_client(login: &Login<'_>, store: Option<&CryptoStore>) -> 
 /// store is open in one process at a time (a lease in the registry, held
 /// while the client lives).
 #[derive(Default)]
-pub struct Devices(tokio::sync::Mutex<HashMap<(String, bool), Device>>);
+pub struct Devices {
+    /// By device and whether it has a store; each behind a lock of its own,
+    /// held while its client is made or synced, so a slow device holds up
+    /// nobody else.
+    slots: std::sync::Mutex<HashMap<(String, bool), Slot>>,
+    /// `serve`'s: its leases say so, and DMs left to it are sent by its
+    /// delivery worker.
+    serving: bool,
+}
+
+/// One device's client, made on first use.
+type Slot = Arc<tokio::sync::Mutex<Option<Device>>>;
 
 struct Device {
     client: Client,
     /// Up while the bot's sync loop keeps the client current.
     kept_in_sync: Arc<AtomicBool>,
+    /// The bot's event handlers are on this client (added once: they serve
+    /// every sync of it, a sender's too, so no command is passed over).
+    bot_attached: bool,
     /// The store's lease; a client without a store needs none.
     lease: Option<Lease>,
 }
@@ -126,7 +140,34 @@ pub struct Login<'a> {
     pub device_id: &'a str,
 }
 
+/// The bot's hold on its device's client: the sync loop keeps the client
+/// current until this is dropped.
+pub struct Syncing {
+    pub client: Client,
+    /// The bot's handlers still have to be added (its first use of it).
+    pub attach: bool,
+    kept_in_sync: Arc<AtomicBool>,
+}
+
+impl Drop for Syncing {
+    fn drop(&mut self) {
+        self.kept_in_sync.store(false, Ordering::SeqCst);
+    }
+}
+
+/// Longest wait for a sender's first sync (matrix-sdk retries a failing
+/// homeserver for up to 15 minutes by itself).
+const FIRST_SYNC_WITHIN: std::time::Duration = std::time::Duration::from_secs(60);
+
+/// How `serve` signs the store leases it holds.
+const SERVE_HOLDER: &str = "serve";
+
 impl Devices {
+    /// `serve`'s clients.
+    pub fn serving() -> Devices {
+        Devices { serving: true, ..Devices::default() }
+    }
+
     /// The device's client for sending. An encrypting one is synced first
     /// (it uploads the device's keys and learns the rooms others made)
     /// unless the bot's sync loop keeps it current.
@@ -136,59 +177,111 @@ impl Devices {
         login: &Login<'_>,
         store: Option<&CryptoStore>,
     ) -> Result<Client, DmError> {
-        let mut devices = self.0.lock().await;
-        let device = Self::device(&mut devices, registry, login, store).await?;
+        let slot = self.slot(login.device_id, store.is_some());
+        let mut slot = slot.lock().await;
+        let device = self.ready(&mut slot, registry, login, store).await?;
         if store.is_some() && !device.kept_in_sync.load(Ordering::SeqCst) {
             let settings = matrix_sdk::config::SyncSettings::default().timeout(std::time::Duration::ZERO);
-            device.client.sync_once(settings).await.map_err(classify)?;
+            tokio::time::timeout(FIRST_SYNC_WITHIN, device.client.sync_once(settings))
+                .await
+                .map_err(|_| DmError::Transient("the homeserver did not answer a sync within a minute".into()))?
+                .map_err(classify)?;
         }
         Ok(device.client.clone())
     }
 
-    /// The device's client for the bot, with the flag its sync loop holds
-    /// up while it runs.
+    /// The device's client for the bot's sync loop.
     pub async fn for_syncing(
         &self,
         registry: &Registry,
         login: &Login<'_>,
         store: &CryptoStore,
-    ) -> Result<(Client, Arc<AtomicBool>), DmError> {
-        let mut devices = self.0.lock().await;
-        let device = Self::device(&mut devices, registry, login, Some(store)).await?;
+    ) -> Result<Syncing, DmError> {
+        let slot = self.slot(login.device_id, true);
+        let mut slot = slot.lock().await;
+        let device = self.ready(&mut slot, registry, login, Some(store)).await?;
         device.kept_in_sync.store(true, Ordering::SeqCst);
-        Ok((device.client.clone(), device.kept_in_sync.clone()))
+        let attach = !std::mem::replace(&mut device.bot_attached, true);
+        Ok(Syncing { client: device.client.clone(), attach, kept_in_sync: device.kept_in_sync.clone() })
     }
 
-    /// The device's entry, restored on first use (or when its token changed).
-    async fn device<'m>(
-        devices: &'m mut HashMap<(String, bool), Device>,
+    /// Drops a device whose token is dead (a wipe, a logout), giving back
+    /// its store's lease.
+    pub async fn forget(&self, device_id: &str) {
+        let slots: Vec<_> = {
+            let mut slots = self.slots.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
+            [true, false].into_iter().filter_map(|store| slots.remove(&(device_id.to_owned(), store))).collect()
+        };
+        for slot in slots {
+            if let Some(lease) = slot.lock().await.take().and_then(|device| device.lease) {
+                lease.release().await;
+            }
+        }
+    }
+
+    /// Gives back every store's lease (a CLI run ends).
+    pub async fn close(&self) {
+        let devices: Vec<String> = {
+            let slots = self.slots.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
+            slots.keys().map(|(device, _)| device.clone()).collect()
+        };
+        for device in devices {
+            self.forget(&device).await;
+        }
+    }
+
+    fn slot(&self, device_id: &str, store: bool) -> Slot {
+        let mut slots = self.slots.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
+        slots.entry((device_id.to_owned(), store)).or_default().clone()
+    }
+
+    /// The slot's client, made on first use, or anew when the token changed
+    /// (unless the bot syncs the one there: that one works, so it serves).
+    async fn ready<'s>(
+        &self,
+        slot: &'s mut Option<Device>,
         registry: &Registry,
         login: &Login<'_>,
         store: Option<&CryptoStore>,
-    ) -> Result<&'m Device, DmError> {
-        let key = (login.device_id.to_owned(), store.is_some());
+    ) -> Result<&'s mut Device, DmError> {
         let token = login.access_token.expose_secret();
-        if devices.get(&key).is_none_or(|device| device.client.access_token().as_deref() != Some(token)) {
-            if let Some(lease) = devices.remove(&key).and_then(|stale| stale.lease) {
-                lease.release().await;
-            }
-            let lease = match store {
-                Some(_) => Some(store_lease(registry, login.device_id).await?),
-                None => None,
+        let usable = |device: &Device| {
+            device.kept_in_sync.load(Ordering::SeqCst) || device.client.access_token().as_deref() == Some(token)
+        };
+        if !slot.as_ref().is_some_and(usable) {
+            // The lease is the device's, not the token's: a new client keeps it.
+            let lease = match (slot.take().and_then(|old| old.lease), store) {
+                (Some(lease), _) => Some(lease),
+                (None, Some(_)) => Some(self.store_lease(registry, login.device_id).await?),
+                (None, None) => None,
             };
-            let client = restored_client(login, store).await?;
-            devices.insert(key.clone(), Device { client, kept_in_sync: Arc::default(), lease });
+            match restored_client(login, store).await {
+                Ok(client) => *slot = Some(Device { client, kept_in_sync: Arc::default(), bot_attached: false, lease }),
+                Err(err) => {
+                    if let Some(lease) = lease {
+                        lease.release().await;
+                    }
+                    return Err(err);
+                }
+            }
         }
-        Ok(&devices[&key])
+        Ok(slot.as_mut().expect("filled above"))
+    }
+
+    /// The lease on a device's crypto store, or who holds it.
+    async fn store_lease(&self, registry: &Registry, device: &str) -> Result<Lease, DmError> {
+        let label = self.serving.then_some(SERVE_HOLDER);
+        match Lease::take_as(registry, &format!("matrix-store:{device}"), label).await? {
+            Ok(lease) => Ok(lease),
+            Err(Held { holder, until }) => Err(DmError::StoreBusy { device: device.to_owned(), holder, until }),
+        }
     }
 }
 
-/// The lease on a device's crypto store, or who holds it.
-async fn store_lease(registry: &Registry, device: &str) -> Result<Lease, DmError> {
-    match Lease::take(registry, &format!("matrix-store:{device}")).await? {
-        Ok(lease) => Ok(lease),
-        Err(Held { holder, until }) => Err(DmError::StoreBusy { device: device.to_owned(), holder, until }),
-    }
+/// Whether a store lease's holder is `serve`, whose delivery worker sends
+/// what waits for the store.
+pub fn held_by_serve(holder: &str) -> bool {
+    holder.strip_suffix(SERVE_HOLDER).is_some_and(|rest| rest.ends_with(':'))
 }
 
 impl DmSender {

@@ -1,7 +1,8 @@
 //! Named leases in the registry: one holder at a time for work that two
 //! processes must not do at once (one notify per incident, one sync).
 //!
-//! A holder is `host:pid:n`, `n` counting the leases this process took: a
+//! A holder is `host:pid:n` (`host:pid:n:label` when it says what it is),
+//! `n` counting the leases this process took: a
 //! lease excludes every other holder, other tasks of the same process too
 //! (the bot's `notify confirm` and the delivery worker run in one `serve`).
 //! The lease is renewed while held and expires on its own if the holder
@@ -36,8 +37,21 @@ impl Lease {
 
     /// Takes the lease `name`, or says who holds it.
     pub async fn take(registry: &Registry, name: &str) -> Result<Result<Lease, Held>, registry::Error> {
+        Self::take_as(registry, name, None).await
+    }
+
+    /// [`Lease::take`], with what the holder is (`host:pid:n:label`), for
+    /// whoever finds the lease held.
+    pub async fn take_as(
+        registry: &Registry,
+        name: &str,
+        label: Option<&str>,
+    ) -> Result<Result<Lease, Held>, registry::Error> {
         let host = std::fs::read_to_string("/proc/sys/kernel/hostname").unwrap_or_default().trim().to_owned();
-        let holder = format!("{host}:{}:{}", std::process::id(), NEXT_HOLDER.fetch_add(1, Ordering::Relaxed));
+        let mut holder = format!("{host}:{}:{}", std::process::id(), NEXT_HOLDER.fetch_add(1, Ordering::Relaxed));
+        if let Some(label) = label {
+            holder = format!("{holder}:{label}");
+        }
         let mut taken = registry.take_lease(name, &holder, now_ms() + Self::TTL_MS, None).await?;
         if let Err((current, _)) = &taken
             && let Some(pid) = current.strip_prefix(&format!("{host}:")).and_then(|rest| rest.split(':').next())

@@ -356,7 +356,7 @@ async fn notify(bot: &Bot, room: &Room, actor: &Actor, id: i64, confirm: bool) -
                     reply.push_str(&format!("\n- {address}: {error}"));
                 }
                 // DMs left to a process holding the device's store wait too.
-                if report.unfinished() > 0 || report.dms_left_to.is_some() {
+                if report.unfinished() > 0 || report.dms_left_to.as_ref().is_some_and(|(_, left)| *left > 0) {
                     reply.push_str("\n\nWhat is left is retried by the delivery worker.");
                 }
                 reply

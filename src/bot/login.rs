@@ -3,14 +3,10 @@
 //! a restart keeps its device and keys, and a recovered account, which is
 //! a new device, starts a fresh store).
 
-use std::sync::Arc;
-use std::sync::atomic::AtomicBool;
-
-use matrix_sdk::Client;
 use secrecy::{ExposeSecret, SecretString};
 
 use crate::config::{BotConfig, Config};
-use crate::dm::{CryptoStore, Devices, Login};
+use crate::dm::{CryptoStore, Devices, Login, Syncing};
 use crate::recover::{recover, service_user_id};
 use crate::registry::{Actor, Registry};
 use crate::session::{SESSION_SETTING, StoredSession, store_passphrase};
@@ -164,7 +160,7 @@ pub async fn client(
     registry: &Registry,
     login: &BotLogin,
     devices: &Devices,
-) -> Result<(Client, Arc<AtomicBool>), LoginError> {
+) -> Result<Syncing, LoginError> {
     let store = CryptoStore { dir: bot.store_path.clone(), passphrase: store_passphrase(bot, registry).await? };
     devices
         .for_syncing(registry, &login.on(&config.homeserver.url), &store)

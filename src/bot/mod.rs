@@ -154,12 +154,31 @@ async fn session(
         Ok(login) => login,
         Err(err) => return Ended::Failed(err.0),
     };
-    let (client, kept_in_sync) =
-        match login::client(&state.config, &bot.config, &state.registry, &login, &state.devices).await {
-            Ok(client) => client,
-            Err(err) => return Ended::Failed(err.0),
-        };
+    let syncing = match login::client(&state.config, &bot.config, &state.registry, &login, &state.devices).await {
+        Ok(syncing) => syncing,
+        Err(err) => return Ended::Failed(err.0),
+    };
     tracing::info!(user = %login.user_id, device = %login.device_id, recovered = login.recovered, "bot logged in");
+    let ended = connected(bot, &login, syncing, alerts, queued, cancel).await;
+    if let Ended::TokenDead = ended {
+        // The device is gone with its token: its client and store lease too.
+        state.devices.forget(&login.device_id).await;
+    }
+    ended
+}
+
+/// The session on its device's client: settle the admin room, then handle
+/// events until the session ends.
+async fn connected(
+    bot: &Arc<Bot>,
+    login: &login::BotLogin,
+    syncing: crate::dm::Syncing,
+    alerts: &mut UnboundedReceiver<String>,
+    queued: &mut Vec<String>,
+    cancel: &CancellationToken,
+) -> Ended {
+    let state = &bot.state;
+    let client = syncing.client.clone();
     let mut changes = client.subscribe_to_session_changes();
     // Known before the first sync, which may bring the admin's invite.
     if let Some(configured) = &bot.config.admin_room {
@@ -177,15 +196,15 @@ async fn session(
             bot.set_admin_room(room);
         }
     }
-    client.add_event_handler_context(bot.clone());
     // Before the first sync: a command sent while the bot reconnected
-    // arrives in it (older ones are skipped by their timestamp). The client
-    // outlives the session (see `Devices`), the handlers do not.
-    let _handlers = Handlers {
-        client: client.clone(),
-        handles: vec![client.add_event_handler(on_invite), client.add_event_handler(on_message)],
-        kept_in_sync,
-    };
+    // arrives in it (older ones are skipped by their timestamp). Once per
+    // client, which outlives the session (see `Devices`), so a command in
+    // a sync a DM sender made meanwhile is handled too, and only once.
+    if syncing.attach {
+        client.add_event_handler_context(bot.clone());
+        client.add_event_handler(on_invite);
+        client.add_event_handler(on_message);
+    }
     // A first sync before reading messages, so old ones are not taken as
     // new commands (the store keeps the position across restarts).
     let first = match client.sync_once(SyncSettings::default().timeout(Duration::ZERO)).await {
@@ -244,24 +263,6 @@ struct SyncTask(tokio::task::JoinHandle<matrix_sdk::Result<()>>);
 impl Drop for SyncTask {
     fn drop(&mut self) {
         self.0.abort();
-    }
-}
-
-/// The session's event handlers; removed when the session ends, so the
-/// next session on the same client does not answer every command twice.
-/// Its sync loop ends with it, so DMs on the client sync for themselves.
-struct Handlers {
-    client: Client,
-    handles: Vec<matrix_sdk::event_handler::EventHandlerHandle>,
-    kept_in_sync: Arc<std::sync::atomic::AtomicBool>,
-}
-
-impl Drop for Handlers {
-    fn drop(&mut self) {
-        self.kept_in_sync.store(false, std::sync::atomic::Ordering::SeqCst);
-        for handle in self.handles.drain(..) {
-            self.client.remove_event_handler(handle);
-        }
     }
 }
 

@@ -119,6 +119,7 @@ pub async fn run(context: &Context, args: Args) -> Outcome {
         devices: &devices,
     };
     let outcome = run_campaign(&config, &registry, &incident, email, options).await;
+    devices.close().await;
     bar.0.finish_and_clear();
     let report = outcome.map_err(Failure::failed)?;
     if report.tokens_created > 0 {

@@ -634,7 +634,10 @@ async fn after_synapse_was_away_the_bot_answers_each_command_once() {
     tokio::time::sleep(Duration::from_secs(3)).await;
     let replies = rig.alice.messages_from(&rig.admin_room, &rig.bot).await;
     let answers = replies.iter().filter(|reply| reply.contains("No incidents.")).count();
-    assert_eq!(answers, 1, "one answer to one command: {replies:?}\n{}", rig.lifeboat.serve_log());
+    let log = rig.lifeboat.serve_log();
+    assert_eq!(answers, 1, "one answer to one command: {replies:?}\n{log}");
+    let opened = log.matches("opened the Matrix client and crypto store").count();
+    assert_eq!(opened, 1, "both sessions ran on the device's one client:\n{log}");
 }
 
 #[tokio::test(flavor = "multi_thread")]
@@ -647,8 +650,9 @@ async fn commands_and_replies_work_in_an_end_to_end_encrypted_admin_room() {
 }
 
 /// The bot on `bot.access_token` (so the notice DMs send from its device)
-/// with `encrypted_notices`; Ann is a known account with a password.
-async fn bot_device_sends_encrypted_notices(rig: &Rig) -> String {
+/// with `encrypted_notices`; Ann is a known account with a password. Ann's
+/// localpart, and the device.
+async fn bot_device_sends_encrypted_notices(rig: &Rig) -> (String, String) {
     let config = std::fs::read_to_string(rig.lifeboat.config_path()).unwrap();
     let bot_section = config.find("[bot]").unwrap();
     let password_line = bot_section + config[bot_section..].find("password = \"").unwrap();
@@ -666,7 +670,7 @@ async fn bot_device_sends_encrypted_notices(rig: &Rig) -> String {
     let ann = unique("ann");
     rig.synapse.create_user(&ann, &[]).await;
     assert_eq!(rig.lifeboat.run(&["sync"]).await.code, 0);
-    ann
+    (ann, login["device_id"].as_str().unwrap().to_owned())
 }
 
 /// Opens an incident affecting everyone; its ID.
@@ -686,7 +690,7 @@ async fn incident_lost(rig: &Rig) -> String {
 #[tokio::test(flavor = "multi_thread")]
 async fn encrypted_notices_beside_a_running_bot_on_its_device_leave_both_readable() {
     let mut rig = Rig::start_encrypted(TestSmtp::start(None)).await;
-    let ann = bot_device_sends_encrypted_notices(&rig).await;
+    let (ann, _) = bot_device_sends_encrypted_notices(&rig).await;
     rig.serve().await;
     let stores = tempfile::tempdir().unwrap();
     let alice = e2e_client(&rig.synapse, &rig.alice.user_id, &rig.alice_password, &stores.path().join("alice")).await;
@@ -708,7 +712,7 @@ async fn encrypted_notices_beside_a_running_bot_on_its_device_leave_both_readabl
 #[tokio::test(flavor = "multi_thread")]
 async fn notices_the_bot_sends_from_its_own_device_use_its_one_client_and_both_stay_readable() {
     let mut rig = Rig::start_encrypted(TestSmtp::start(None)).await;
-    let ann = bot_device_sends_encrypted_notices(&rig).await;
+    let (ann, _) = bot_device_sends_encrypted_notices(&rig).await;
     let id = incident_lost(&rig).await;
     rig.serve().await;
     let stores = tempfile::tempdir().unwrap();
@@ -727,6 +731,32 @@ async fn notices_the_bot_sends_from_its_own_device_use_its_one_client_and_both_s
     let log = rig.lifeboat.serve_log();
     let opened = log.matches("opened the Matrix client and crypto store").count();
     assert_eq!(opened, 1, "the bot and its notices opened the device's store once:\n{log}");
+}
+
+/// DMs wait for a device store held elsewhere; they count as done only
+/// when a `serve` holds it (its worker sends them), never for another
+/// notify, which nothing would follow up.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_notify_leaves_dms_to_a_serve_holding_the_device_store_and_to_nobody_else() {
+    let rig = Rig::start_encrypted(TestSmtp::start(None)).await;
+    let (_, device) = bot_device_sends_encrypted_notices(&rig).await;
+    let id = incident_lost(&rig).await;
+    let store = lifeboat::registry::Registry::connect(&rig.registry_url()).await.unwrap();
+    let lease = format!("matrix-store:{device}");
+    let until = lifeboat::registry::now_ms() + 60_000;
+
+    store.take_lease(&lease, "elsewhere:4242:1", until, None).await.unwrap().unwrap();
+    let notify = rig.lifeboat.run(&["notify", &id, "--yes"]).await;
+    assert_eq!(notify.code, 1, "another notify will not send them: {notify:?}");
+    assert!(!notify.stdout.contains("left to"), "{notify:?}");
+    assert!(format!("{notify:?}").contains("open in another lifeboat process (elsewhere:4242:1"), "{notify:?}");
+    store.release_lease(&lease, "elsewhere:4242:1").await.unwrap();
+
+    store.take_lease(&lease, "elsewhere:4242:2:serve", until, None).await.unwrap().unwrap();
+    let notify = rig.lifeboat.run(&["notify", &id, "--yes"]).await;
+    assert_eq!(notify.code, 0, "serve's worker sends them: {notify:?}");
+    assert!(notify.stdout.contains("Matrix DMs are left to the lifeboat process"), "{notify:?}");
+    assert!(notify.stdout.contains("elsewhere:4242:2:serve"), "{notify:?}");
 }
 
 /// The last message in Ann's rooms once one arrives (her DM invite is
