@@ -147,6 +147,15 @@ pub struct Syncing {
     /// The bot's handlers still have to be added (its first use of it).
     pub attach: bool,
     kept_in_sync: Arc<AtomicBool>,
+    store_lost: Arc<AtomicBool>,
+}
+
+impl Syncing {
+    /// Another process took the device's store (this one's lease ran out):
+    /// the client's keys in memory are no longer the store's.
+    pub fn store_lost(&self) -> bool {
+        self.store_lost.load(Ordering::SeqCst)
+    }
 }
 
 impl Drop for Syncing {
@@ -202,7 +211,8 @@ impl Devices {
         let device = self.ready(&mut slot, registry, login, Some(store)).await?;
         device.kept_in_sync.store(true, Ordering::SeqCst);
         let attach = !std::mem::replace(&mut device.bot_attached, true);
-        Ok(Syncing { client: device.client.clone(), attach, kept_in_sync: device.kept_in_sync.clone() })
+        let store_lost = device.lease.as_ref().map(Lease::lost).unwrap_or_default();
+        Ok(Syncing { client: device.client.clone(), attach, kept_in_sync: device.kept_in_sync.clone(), store_lost })
     }
 
     /// Drops a device whose token is dead (a wipe, a logout), giving back
@@ -236,7 +246,9 @@ impl Devices {
     }
 
     /// The slot's client, made on first use, or anew when the token changed
-    /// (unless the bot syncs the one there: that one works, so it serves).
+    /// (unless the bot syncs the one there: that one works, so it serves) or
+    /// when another process took the store meanwhile (its keys in memory
+    /// are stale: a new client reads the store again).
     async fn ready<'s>(
         &self,
         slot: &'s mut Option<Device>,
@@ -245,12 +257,18 @@ impl Devices {
         store: Option<&CryptoStore>,
     ) -> Result<&'s mut Device, DmError> {
         let token = login.access_token.expose_secret();
+        let store_lost =
+            |device: &Device| device.lease.as_ref().is_some_and(|lease| lease.lost().load(Ordering::SeqCst));
         let usable = |device: &Device| {
-            device.kept_in_sync.load(Ordering::SeqCst) || device.client.access_token().as_deref() == Some(token)
+            !store_lost(device)
+                && (device.kept_in_sync.load(Ordering::SeqCst)
+                    || device.client.access_token().as_deref() == Some(token))
         };
         if !slot.as_ref().is_some_and(usable) {
-            // The lease is the device's, not the token's: a new client keeps it.
-            let lease = match (slot.take().and_then(|old| old.lease), store) {
+            // The lease is the device's, not the token's: a new client keeps
+            // it, unless it was lost.
+            let kept = slot.take().filter(|old| !store_lost(old)).and_then(|old| old.lease);
+            let lease = match (kept, store) {
                 (Some(lease), _) => Some(lease),
                 (None, Some(_)) => Some(self.store_lease(registry, login.device_id).await?),
                 (None, None) => None,

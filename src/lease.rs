@@ -9,7 +9,8 @@
 //! vanishes; a holder on this machine whose process is gone (killed
 //! mid-run) is taken over at once.
 
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::Duration;
 
 use crate::registry::{self, Registry, now_ms};
@@ -30,6 +31,9 @@ pub struct Lease {
     name: String,
     holder: String,
     renewer: tokio::task::JoinHandle<()>,
+    /// Set when a renewal finds another holder: this one ran out (the
+    /// registry was out of reach longer than the lease) and was taken.
+    lost: Arc<AtomicBool>,
 }
 
 impl Lease {
@@ -63,16 +67,21 @@ impl Lease {
         if let Err((holder, until)) = taken {
             return Ok(Err(Held { holder, until: registry::format_time(until).unwrap_or_default() }));
         }
+        let lost = Arc::new(AtomicBool::new(false));
         let renewer = {
-            let (registry, name, holder) = (registry.clone(), name.to_owned(), holder.clone());
+            let (registry, name, holder, lost) = (registry.clone(), name.to_owned(), holder.clone(), lost.clone());
             tokio::spawn(async move {
                 loop {
                     tokio::time::sleep(Duration::from_millis(Self::TTL_MS as u64 / 4)).await;
-                    let _ = registry.take_lease(&name, &holder, now_ms() + Self::TTL_MS, None).await;
+                    // A registry out of reach is tried again; another holder is final.
+                    if let Ok(Err(_)) = registry.take_lease(&name, &holder, now_ms() + Self::TTL_MS, None).await {
+                        lost.store(true, Ordering::SeqCst);
+                        return;
+                    }
                 }
             })
         };
-        Ok(Ok(Lease { registry: registry.clone(), name: name.to_owned(), holder, renewer }))
+        Ok(Ok(Lease { registry: registry.clone(), name: name.to_owned(), holder, renewer, lost }))
     }
 
     /// Runs `work` under the lease `name`, released once it is done, or
@@ -90,6 +99,11 @@ impl Lease {
         let outcome = work.await;
         lease.release().await;
         Ok(Ok(outcome))
+    }
+
+    /// Another holder has it now (see `lost`); what it guarded is theirs.
+    pub fn lost(&self) -> Arc<AtomicBool> {
+        self.lost.clone()
     }
 
     pub async fn release(self) {

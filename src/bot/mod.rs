@@ -251,7 +251,12 @@ async fn connected(
                     queued.remove(0);
                 }
             },
-            _ = invite_check.tick() => invite_admins(bot, &client, &admin_client).await,
+            _ = invite_check.tick() => {
+                if syncing.store_lost() {
+                    return Ended::Failed("another lifeboat process took the device's crypto store".to_owned());
+                }
+                invite_admins(bot, &client, &admin_client).await
+            }
             _ = cancel.cancelled() => return Ended::Cancelled,
         }
     }

@@ -759,6 +759,38 @@ async fn a_notify_leaves_dms_to_a_serve_holding_the_device_store_and_to_nobody_e
     assert!(notify.stdout.contains("elsewhere:4242:2:serve"), "{notify:?}");
 }
 
+/// A serve whose store lease ran out and was taken meanwhile (the registry
+/// out of reach for longer than the lease) stops using the store: the bot
+/// steps back until the store is free, then comes back on a fresh client
+/// that reads the store again, and answers what was asked meanwhile.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_bot_whose_store_was_taken_meanwhile_steps_back_until_it_is_free() {
+    let mut rig = Rig::start(TestSmtp::start(None), &[]).await;
+    let (_, device) = bot_device_sends_encrypted_notices(&rig).await;
+    rig.serve().await;
+    rig.say("!lifeboat status").await;
+    rig.reply_containing("Registry:").await;
+
+    let store = lifeboat::registry::Registry::connect(&rig.registry_url()).await.unwrap();
+    let lease = format!("matrix-store:{device}");
+    let until = lifeboat::registry::now_ms() + 600_000;
+    let Err((serve, _)) = store.take_lease(&lease, "elsewhere:4242:1", until, None).await.unwrap() else {
+        panic!("serve holds the device's store");
+    };
+    store.take_lease(&lease, "elsewhere:4242:1", until, Some(&serve)).await.unwrap().unwrap();
+    eventually("the bot steps back from the store", Duration::from_secs(90), || async {
+        rig.lifeboat.serve_log().contains("another lifeboat process took the device's crypto store")
+    })
+    .await;
+
+    rig.say("!lifeboat incident list").await;
+    store.release_lease(&lease, "elsewhere:4242:1").await.unwrap();
+    rig.reply_containing("No incidents.").await;
+    let log = rig.lifeboat.serve_log();
+    let opened = log.matches("opened the Matrix client and crypto store").count();
+    assert_eq!(opened, 2, "a fresh client read the store again:\n{log}");
+}
+
 /// The last message in Ann's rooms once one arrives (her DM invite is
 /// accepted on the way): its text, and whether it came encrypted.
 async fn notice_read_by(rig: &Rig, ann_client: &matrix_sdk::Client) -> (String, bool) {
