@@ -41,7 +41,8 @@
 //!
 //! Then Synapse is wiped again (both sides start from an empty server) and
 //! the bare loop runs: for N fresh IDs, `PUT /_synapse/admin/v2/users/<id>`
-//! with `{}`, then with `{locked, threepids}` (what a hold sends), then a
+//! with `{}`, a lookup of who has its address, then the PUT with
+//! `{locked, threepids}` (what a hold sends), then a
 //! pass of a lookup (still locked?) and `{displayname}`, 8 accounts at a
 //! time, nothing recorded
 //! anywhere. The ratio holds / the bare loop's holds is the goal (≤ 1.2);
@@ -139,9 +140,16 @@ async fn bare_loop(info: &Info, token: &str, round: usize, count: usize) -> Resu
                 if status != 201 {
                     return Err(format!("{id} existed already").into());
                 }
+                // As lifeboat does: who has the address now (nobody: 404).
+                let address = format!("bare{round}-{n:05}@example.org");
+                let url = format!("{}/_synapse/admin/v1/threepid/email/users/{address}", info.url);
+                let owner = http.get(url).bearer_auth(token).send().await?.status();
+                if owner != 404 {
+                    return Err(format!("{address}: {owner} from the owner lookup").into());
+                }
                 let lock = json!({
                     "locked": true,
-                    "threepids": [{"medium": "email", "address": format!("bare{round}-{n:05}@example.org")}],
+                    "threepids": [{"medium": "email", "address": address}],
                 });
                 put_user(&http, info, token, &id, &lock).await.map(|_| ())
             }
