@@ -64,6 +64,8 @@ impl From<crate::registry::Error> for DmError {
 pub struct DmSender {
     client: Client,
     encrypted: bool,
+    /// Set if the device's store lease is lost mid-run (see `Devices`).
+    store_lost: Arc<AtomicBool>,
 }
 
 /// Where an encrypting sender keeps its keys.
@@ -125,12 +127,16 @@ struct Device {
     client: Client,
     /// Up while the bot's sync loop keeps the client current.
     kept_in_sync: Arc<AtomicBool>,
-    /// The bot's event handlers are on this client (added once: they serve
-    /// every sync of it, a sender's too, so no command is passed over).
-    bot_attached: bool,
+    /// How the bot puts its event handlers on this device's clients, once
+    /// it has used the device: once per client, for every sync of it (a
+    /// sender's too), so no command is passed over.
+    bot: Option<AttachBot>,
     /// The store's lease; a client without a store needs none.
     lease: Option<Lease>,
 }
+
+/// Puts the bot's event handlers on a client.
+pub type AttachBot = Arc<dyn Fn(&Client) + Send + Sync>;
 
 /// A session to restore: who, with which token, on which device.
 pub struct Login<'a> {
@@ -144,15 +150,13 @@ pub struct Login<'a> {
 /// current until this is dropped.
 pub struct Syncing {
     pub client: Client,
-    /// The bot's handlers still have to be added (its first use of it).
-    pub attach: bool,
     kept_in_sync: Arc<AtomicBool>,
     store_lost: Arc<AtomicBool>,
 }
 
 impl Syncing {
-    /// Another process took the device's store (this one's lease ran out):
-    /// the client's keys in memory are no longer the store's.
+    /// The device's store may be another process's now (this one's lease
+    /// was lost): the client's keys in memory are not to be trusted.
     pub fn store_lost(&self) -> bool {
         self.store_lost.load(Ordering::SeqCst)
     }
@@ -185,7 +189,7 @@ impl Devices {
         registry: &Registry,
         login: &Login<'_>,
         store: Option<&CryptoStore>,
-    ) -> Result<Client, DmError> {
+    ) -> Result<(Client, Arc<AtomicBool>), DmError> {
         let slot = self.slot(login.device_id, store.is_some());
         let mut slot = slot.lock().await;
         let device = self.ready(&mut slot, registry, login, store).await?;
@@ -196,23 +200,28 @@ impl Devices {
                 .map_err(|_| DmError::Transient("the homeserver did not answer a sync within a minute".into()))?
                 .map_err(classify)?;
         }
-        Ok(device.client.clone())
+        Ok((device.client.clone(), device.store_lost()))
     }
 
-    /// The device's client for the bot's sync loop.
+    /// The device's client for the bot's sync loop, with `attach_bot`'s
+    /// handlers on it.
     pub async fn for_syncing(
         &self,
         registry: &Registry,
         login: &Login<'_>,
         store: &CryptoStore,
+        attach_bot: &AttachBot,
     ) -> Result<Syncing, DmError> {
         let slot = self.slot(login.device_id, true);
         let mut slot = slot.lock().await;
         let device = self.ready(&mut slot, registry, login, Some(store)).await?;
+        if device.bot.is_none() {
+            attach_bot(&device.client);
+            device.bot = Some(attach_bot.clone());
+        }
         device.kept_in_sync.store(true, Ordering::SeqCst);
-        let attach = !std::mem::replace(&mut device.bot_attached, true);
-        let store_lost = device.lease.as_ref().map(Lease::lost).unwrap_or_default();
-        Ok(Syncing { client: device.client.clone(), attach, kept_in_sync: device.kept_in_sync.clone(), store_lost })
+        let (kept_in_sync, store_lost) = (device.kept_in_sync.clone(), device.store_lost());
+        Ok(Syncing { client: device.client.clone(), kept_in_sync, store_lost })
     }
 
     /// Drops a device whose token is dead (a wipe, a logout), giving back
@@ -257,24 +266,36 @@ impl Devices {
         store: Option<&CryptoStore>,
     ) -> Result<&'s mut Device, DmError> {
         let token = login.access_token.expose_secret();
-        let store_lost =
-            |device: &Device| device.lease.as_ref().is_some_and(|lease| lease.lost().load(Ordering::SeqCst));
         let usable = |device: &Device| {
-            !store_lost(device)
+            !device.store_lost().load(Ordering::SeqCst)
                 && (device.kept_in_sync.load(Ordering::SeqCst)
                     || device.client.access_token().as_deref() == Some(token))
         };
         if !slot.as_ref().is_some_and(usable) {
+            let old = slot.take();
+            let bot = old.as_ref().and_then(|old| old.bot.clone());
             // The lease is the device's, not the token's: a new client keeps
-            // it, unless it was lost.
-            let kept = slot.take().filter(|old| !store_lost(old)).and_then(|old| old.lease);
+            // it, unless it was lost (then it is given back, if still ours).
+            let kept = match old.and_then(|old| old.lease) {
+                Some(lease) if lease.lost().load(Ordering::SeqCst) => {
+                    lease.release().await;
+                    None
+                }
+                kept => kept,
+            };
             let lease = match (kept, store) {
                 (Some(lease), _) => Some(lease),
                 (None, Some(_)) => Some(self.store_lease(registry, login.device_id).await?),
                 (None, None) => None,
             };
             match restored_client(login, store).await {
-                Ok(client) => *slot = Some(Device { client, kept_in_sync: Arc::default(), bot_attached: false, lease }),
+                Ok(client) => {
+                    // The bot's handlers at once: a sender's sync may come first.
+                    if let Some(attach_bot) = &bot {
+                        attach_bot(&client);
+                    }
+                    *slot = Some(Device { client, kept_in_sync: Arc::default(), bot, lease })
+                }
                 Err(err) => {
                     if let Some(lease) = lease {
                         lease.release().await;
@@ -296,6 +317,13 @@ impl Devices {
     }
 }
 
+impl Device {
+    /// Set once the store's lease is lost (never for a client without one).
+    fn store_lost(&self) -> Arc<AtomicBool> {
+        self.lease.as_ref().map(Lease::lost).unwrap_or_default()
+    }
+}
+
 /// Whether a store lease's holder is `serve`, whose delivery worker sends
 /// what waits for the store.
 pub fn held_by_serve(holder: &str) -> bool {
@@ -311,8 +339,8 @@ impl DmSender {
         login: &Login<'_>,
         encryption: Option<CryptoStore>,
     ) -> Result<DmSender, DmError> {
-        let client = devices.for_sending(registry, login, encryption.as_ref()).await?;
-        Ok(DmSender { client, encrypted: encryption.is_some() })
+        let (client, store_lost) = devices.for_sending(registry, login, encryption.as_ref()).await?;
+        Ok(DmSender { client, encrypted: encryption.is_some(), store_lost })
     }
 
     /// Sends `markdown` to `recipient` in their DM room (made on first use).
@@ -324,6 +352,9 @@ impl DmSender {
         markdown: &str,
         transaction_id: &str,
     ) -> Result<(), DmError> {
+        if self.store_lost.load(Ordering::SeqCst) {
+            return Err(DmError::Transient("another lifeboat process may have the device's crypto store now".into()));
+        }
         let content = safe_message(markdown);
         // Checked once here: the outbox keeps every kind of address as text.
         let not_an_id = |err: String| DmError::Permanent(format!("`{recipient}` is not a Matrix user ID: {err}"));

@@ -11,7 +11,7 @@
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use crate::registry::{self, Registry, now_ms};
 
@@ -31,13 +31,16 @@ pub struct Lease {
     name: String,
     holder: String,
     renewer: tokio::task::JoinHandle<()>,
-    /// Set when a renewal finds another holder: this one ran out (the
-    /// registry was out of reach longer than the lease) and was taken.
+    /// Set when the lease may be someone else's: a renewal found it gone
+    /// (taken, or run out) or the registry has been out of reach for so
+    /// long that another could take it soon.
     lost: Arc<AtomicBool>,
 }
 
 impl Lease {
     const TTL_MS: i64 = 120_000;
+    const TTL: Duration = Duration::from_millis(Self::TTL_MS as u64);
+    const RENEW_EVERY: Duration = Duration::from_millis(Self::TTL_MS as u64 / 4);
 
     /// Takes the lease `name`, or says who holds it.
     pub async fn take(registry: &Registry, name: &str) -> Result<Result<Lease, Held>, registry::Error> {
@@ -71,12 +74,18 @@ impl Lease {
         let renewer = {
             let (registry, name, holder, lost) = (registry.clone(), name.to_owned(), holder.clone(), lost.clone());
             tokio::spawn(async move {
+                let mut renewed = Instant::now();
                 loop {
-                    tokio::time::sleep(Duration::from_millis(Self::TTL_MS as u64 / 4)).await;
-                    // A registry out of reach is tried again; another holder is final.
-                    if let Ok(Err(_)) = registry.take_lease(&name, &holder, now_ms() + Self::TTL_MS, None).await {
-                        lost.store(true, Ordering::SeqCst);
-                        return;
+                    tokio::time::sleep(Self::RENEW_EVERY).await;
+                    match registry.renew_lease(&name, &holder, now_ms() + Self::TTL_MS).await {
+                        Ok(true) => renewed = Instant::now(),
+                        Ok(false) => return lost.store(true, Ordering::SeqCst),
+                        // Tried again; past one renewal before it runs out,
+                        // what it guards is not to be used any more.
+                        Err(_) if renewed.elapsed() >= Self::TTL - Self::RENEW_EVERY => {
+                            lost.store(true, Ordering::SeqCst)
+                        }
+                        Err(_) => {}
                     }
                 }
             })

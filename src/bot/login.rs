@@ -6,7 +6,7 @@
 use secrecy::{ExposeSecret, SecretString};
 
 use crate::config::{BotConfig, Config};
-use crate::dm::{CryptoStore, Devices, Login, Syncing};
+use crate::dm::{AttachBot, CryptoStore, Devices, Login, Syncing};
 use crate::recover::{recover, service_user_id};
 use crate::registry::{Actor, Registry};
 use crate::session::{SESSION_SETTING, StoredSession, store_passphrase};
@@ -160,10 +160,11 @@ pub async fn client(
     registry: &Registry,
     login: &BotLogin,
     devices: &Devices,
+    attach_bot: &AttachBot,
 ) -> Result<Syncing, LoginError> {
     let store = CryptoStore { dir: bot.store_path.clone(), passphrase: store_passphrase(bot, registry).await? };
     devices
-        .for_syncing(registry, &login.on(&config.homeserver.url), &store)
+        .for_syncing(registry, &login.on(&config.homeserver.url), &store, attach_bot)
         .await
         .map_err(|err| LoginError(format!("the bot's session: {err}")))
 }

@@ -154,10 +154,25 @@ async fn session(
         Ok(login) => login,
         Err(err) => return Ended::Failed(err.0),
     };
-    let syncing = match login::client(&state.config, &bot.config, &state.registry, &login, &state.devices).await {
-        Ok(syncing) => syncing,
-        Err(err) => return Ended::Failed(err.0),
+    // On before the first sync: a command sent while the bot reconnected
+    // arrives in it (older ones are skipped by their timestamp). Once per
+    // client, which outlives the session (see `Devices`), so a command in
+    // a sync a DM sender made meanwhile is handled too, and only once.
+    let attach: crate::dm::AttachBot = {
+        let bot = Arc::downgrade(bot);
+        Arc::new(move |client: &Client| {
+            if let Some(bot) = bot.upgrade() {
+                client.add_event_handler_context(bot);
+                client.add_event_handler(on_invite);
+                client.add_event_handler(on_message);
+            }
+        })
     };
+    let syncing =
+        match login::client(&state.config, &bot.config, &state.registry, &login, &state.devices, &attach).await {
+            Ok(syncing) => syncing,
+            Err(err) => return Ended::Failed(err.0),
+        };
     tracing::info!(user = %login.user_id, device = %login.device_id, recovered = login.recovered, "bot logged in");
     let ended = connected(bot, &login, syncing, alerts, queued, cancel).await;
     if let Ended::TokenDead = ended {
@@ -195,15 +210,6 @@ async fn connected(
         if let Some(room) = tentative {
             bot.set_admin_room(room);
         }
-    }
-    // Before the first sync: a command sent while the bot reconnected
-    // arrives in it (older ones are skipped by their timestamp). Once per
-    // client, which outlives the session (see `Devices`), so a command in
-    // a sync a DM sender made meanwhile is handled too, and only once.
-    if syncing.attach {
-        client.add_event_handler_context(bot.clone());
-        client.add_event_handler(on_invite);
-        client.add_event_handler(on_message);
     }
     // A first sync before reading messages, so old ones are not taken as
     // new commands (the store keeps the position across restarts).
@@ -253,7 +259,7 @@ async fn connected(
             },
             _ = invite_check.tick() => {
                 if syncing.store_lost() {
-                    return Ended::Failed("another lifeboat process took the device's crypto store".to_owned());
+                    return Ended::Failed("lost the lease on the device's crypto store (another lifeboat process may have it)".to_owned());
                 }
                 invite_admins(bot, &client, &admin_client).await
             }

@@ -76,6 +76,19 @@ impl Registry {
         Ok(())
     }
 
+    /// Extends the lease `name` while `holder` still has it; false when it
+    /// is no longer theirs (taken, or run out and given up since). Never
+    /// takes it back: what it guarded may have changed hands meanwhile.
+    pub async fn renew_lease(&self, name: &str, holder: &str, expires_at: i64) -> Result<bool> {
+        let renewed = sqlx::query("UPDATE leases SET expires_at = $3 WHERE name = $1 AND holder = $2")
+            .bind(name)
+            .bind(holder)
+            .bind(expires_at)
+            .execute(&self.pool)
+            .await?;
+        Ok(renewed.rows_affected() == 1)
+    }
+
     /// Takes the lease `name` for `holder` until `expires_at`, if it is free,
     /// expired, already the holder's, or held by `stale` (a holder known to
     /// be dead). Otherwise returns who holds it and until when.

@@ -284,6 +284,18 @@ async fn a_lease_excludes_another_task_of_the_same_process(registry: Registry) {
 }
 on_both_backends!(a_lease_excludes_another_task_of_the_same_process);
 
+async fn a_lease_is_renewed_only_while_its_holder_still_has_it(registry: Registry) {
+    let (name, far) = ("matrix-store:DEVICE", lifeboat::registry::now_ms() + 60_000);
+    registry.take_lease(name, "here:1:1", far, None).await.unwrap().unwrap();
+    assert!(registry.renew_lease(name, "here:1:1", far + 1).await.unwrap(), "its holder renews it");
+    assert!(!registry.renew_lease(name, "there:2:1", far).await.unwrap(), "nobody else does");
+    // Taken over, then given back: the first holder must learn, not take it back.
+    registry.take_lease(name, "there:2:1", far, Some("here:1:1")).await.unwrap().unwrap();
+    registry.release_lease(name, "there:2:1").await.unwrap();
+    assert!(!registry.renew_lease(name, "here:1:1", far).await.unwrap(), "a lost lease stays lost");
+}
+on_both_backends!(a_lease_is_renewed_only_while_its_holder_still_has_it);
+
 fn hostname() -> String {
     std::fs::read_to_string("/proc/sys/kernel/hostname").unwrap_or_default().trim().to_owned()
 }

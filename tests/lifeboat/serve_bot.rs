@@ -760,9 +760,10 @@ async fn a_notify_leaves_dms_to_a_serve_holding_the_device_store_and_to_nobody_e
 }
 
 /// A serve whose store lease ran out and was taken meanwhile (the registry
-/// out of reach for longer than the lease) stops using the store: the bot
-/// steps back until the store is free, then comes back on a fresh client
-/// that reads the store again, and answers what was asked meanwhile.
+/// out of reach for longer than the lease) stops using the store, even if
+/// the taker is already done with it: the bot steps back while the store
+/// is held, then comes back on a fresh client that reads the store again,
+/// and answers what was asked meanwhile.
 #[tokio::test(flavor = "multi_thread")]
 async fn a_bot_whose_store_was_taken_meanwhile_steps_back_until_it_is_free() {
     let mut rig = Rig::start(TestSmtp::start(None), &[]).await;
@@ -770,25 +771,46 @@ async fn a_bot_whose_store_was_taken_meanwhile_steps_back_until_it_is_free() {
     rig.serve().await;
     rig.say("!lifeboat status").await;
     rig.reply_containing("Registry:").await;
-
     let store = lifeboat::registry::Registry::connect(&rig.registry_url()).await.unwrap();
     let lease = format!("matrix-store:{device}");
     let until = lifeboat::registry::now_ms() + 600_000;
-    let Err((serve, _)) = store.take_lease(&lease, "elsewhere:4242:1", until, None).await.unwrap() else {
-        panic!("serve holds the device's store");
-    };
-    store.take_lease(&lease, "elsewhere:4242:1", until, Some(&serve)).await.unwrap().unwrap();
-    eventually("the bot steps back from the store", Duration::from_secs(90), || async {
-        rig.lifeboat.serve_log().contains("another lifeboat process took the device's crypto store")
+    // Taken and given back before serve's next renewal: serve must not
+    // take it back unawares.
+    take_from_serve(&store, &lease, until).await;
+    store.release_lease(&lease, "elsewhere:4242:1").await.unwrap();
+    stepped_back(&rig, 1).await;
+    eventually("the bot comes back", Duration::from_secs(60), || async {
+        rig.lifeboat.serve_log().matches("bot logged in").count() >= 2
     })
     .await;
 
+    take_from_serve(&store, &lease, until).await;
+    stepped_back(&rig, 2).await;
     rig.say("!lifeboat incident list").await;
+    tokio::time::sleep(Duration::from_secs(10)).await;
+    let replies = rig.alice.messages_from(&rig.admin_room, &rig.bot).await;
+    assert!(!replies.iter().any(|reply| reply.contains("No incidents.")), "no answer while the store is held");
     store.release_lease(&lease, "elsewhere:4242:1").await.unwrap();
     rig.reply_containing("No incidents.").await;
     let log = rig.lifeboat.serve_log();
     let opened = log.matches("opened the Matrix client and crypto store").count();
-    assert_eq!(opened, 2, "a fresh client read the store again:\n{log}");
+    assert_eq!(opened, 3, "each time a fresh client read the store again:\n{log}");
+}
+
+/// Another process takes the store lease from the `serve` holding it.
+async fn take_from_serve(store: &lifeboat::registry::Registry, lease: &str, until: i64) {
+    let Err((serve, _)) = store.take_lease(lease, "elsewhere:4242:1", until, None).await.unwrap() else {
+        panic!("serve holds the device's store");
+    };
+    store.take_lease(lease, "elsewhere:4242:1", until, Some(&serve)).await.unwrap().unwrap();
+}
+
+/// The bot has stepped back from its store `times` times.
+async fn stepped_back(rig: &Rig, times: usize) {
+    eventually("the bot steps back from the store", Duration::from_secs(90), || async {
+        rig.lifeboat.serve_log().matches("lost the lease on the device's crypto store").count() >= times
+    })
+    .await
 }
 
 /// The last message in Ann's rooms once one arrives (her DM invite is
