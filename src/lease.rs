@@ -5,7 +5,8 @@
 //! `n` counting the leases this process took: a
 //! lease excludes every other holder, other tasks of the same process too
 //! (the bot's `notify confirm` and the delivery worker run in one `serve`).
-//! The lease is renewed while held and expires on its own if the holder
+//! The lease is renewed while held (never taken back once another holder
+//! had it: it then counts as lost) and expires on its own if the holder
 //! vanishes; a holder on this machine whose process is gone (killed
 //! mid-run) is taken over at once.
 
@@ -110,7 +111,8 @@ impl Lease {
         Ok(Ok(outcome))
     }
 
-    /// Another holder has it now (see `lost`); what it guarded is theirs.
+    /// Up once the lease may be another's (see the field): what it guards
+    /// is not to be used any more.
     pub fn lost(&self) -> Arc<AtomicBool> {
         self.lost.clone()
     }
