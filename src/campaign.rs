@@ -400,14 +400,13 @@ impl DmAccount {
         admin: &SynapseClient,
     ) -> Result<Option<DmAccount>, String> {
         let service = service_user_id(config);
-        let encrypted = config.bot.as_ref().is_some_and(|bot| bot.encrypted_notices);
         let token = match registry.service_credential(&service).await.map_err(|err| err.to_string())? {
             Some(stored) => stored.access_token,
             None => match config.bot.as_ref().and_then(|bot| bot.access_token.as_ref()) {
                 Some(token) => token.value.clone(),
-                // The running bot's device (its crypto store is the bot's own,
-                // so only for unencrypted notices).
-                None => match crate::session::stored_session(registry).await.filter(|_| !encrypted) {
+                // The bot's password session: its device, its one client in
+                // serve, and its store (leased) with encrypted notices too.
+                None => match crate::session::stored_session(registry).await {
                     Some(token) => token,
                     None => return Ok(None),
                 },

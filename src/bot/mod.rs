@@ -39,6 +39,10 @@ const ROOM_SETTING: &str = "bot_admin_room";
 const INVITE_CHECK_EVERY: Duration = Duration::from_secs(5);
 /// Alerts kept while the bot has no room to post them in.
 const MAX_QUEUED_ALERTS: usize = 20;
+/// The first pause before logging in again; it doubles while sessions keep
+/// failing, up to [`LONGEST_RETRY_PAUSE`].
+const FIRST_RETRY_PAUSE: Duration = Duration::from_secs(2);
+const LONGEST_RETRY_PAUSE: Duration = Duration::from_secs(60);
 
 /// What the handlers share.
 pub(crate) struct Bot {
@@ -125,20 +129,35 @@ pub async fn run(state: Arc<Services>, mut alerts: UnboundedReceiver<String>, ca
         started_at: matrix_sdk::ruma::MilliSecondsSinceUnixEpoch::now(),
     });
     let mut queued: Vec<String> = Vec::new();
-    let mut backoff = Duration::from_secs(2);
+    let mut pause = None;
     loop {
-        match session(&bot, &mut alerts, &mut queued, &cancel).await {
-            Ended::Cancelled => return,
-            Ended::TokenDead => {
-                tracing::warn!("the bot's token was rejected: logging in again (recovering after a wipe if needed)");
-                backoff = Duration::from_secs(1);
-            }
-            Ended::Failed(reason) => tracing::warn!(error = %reason, "bot session ended; retrying"),
-        }
-        if crate::watch::pause(backoff, &cancel).await {
+        let started = Instant::now();
+        let ended = session(&bot, &mut alerts, &mut queued, &cancel).await;
+        if let Ended::Cancelled = ended {
             return;
         }
-        backoff = (backoff * 2).min(Duration::from_secs(60));
+        pause = Some(retry_pause(pause, &ended, started.elapsed()));
+        match ended {
+            Ended::TokenDead => {
+                tracing::warn!("the bot's token was rejected: logging in again (recovering after a wipe if needed)")
+            }
+            Ended::Failed(reason) => tracing::warn!(error = %reason, "bot session ended; retrying"),
+            Ended::Cancelled => {}
+        }
+        if crate::watch::pause(pause.unwrap_or(FIRST_RETRY_PAUSE), &cancel).await {
+            return;
+        }
+    }
+}
+
+/// The pause before the next login: short after a session that ran a while
+/// or whose token died (a wipe wants a quick recovery), doubled after one
+/// that failed at once again, so a homeserver that is away is not hammered.
+fn retry_pause(last: Option<Duration>, ended: &Ended, lasted: Duration) -> Duration {
+    match (last, ended) {
+        (_, Ended::TokenDead) => Duration::from_secs(1),
+        (Some(last), _) if lasted < LONGEST_RETRY_PAUSE => (last * 2).clamp(FIRST_RETRY_PAUSE, LONGEST_RETRY_PAUSE),
+        _ => FIRST_RETRY_PAUSE,
     }
 }
 
@@ -502,5 +521,38 @@ async fn is_one_to_one(room: &Room, me: &OwnedUserId, sender: &OwnedUserId) -> b
 async fn reply_to(room: &Room, markdown: &str) {
     if let Err(err) = room.send(safe_message(markdown)).await {
         tracing::warn!(room = %room.room_id(), error = %err, "could not reply");
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn failed() -> Ended {
+        Ended::Failed("homeserver away".into())
+    }
+
+    #[test]
+    fn quick_failures_double_the_pause_up_to_a_minute() {
+        let quick = Duration::from_secs(1);
+        let mut pause = None;
+        let mut seen = Vec::new();
+        for _ in 0..7 {
+            pause = Some(retry_pause(pause, &failed(), quick));
+            seen.push(pause.unwrap().as_secs());
+        }
+        assert_eq!(seen, [2, 4, 8, 16, 32, 60, 60]);
+    }
+
+    #[test]
+    fn a_session_that_ran_a_while_starts_the_pauses_over() {
+        let long_ago = Some(LONGEST_RETRY_PAUSE);
+        assert_eq!(retry_pause(long_ago, &failed(), Duration::from_secs(3600)), FIRST_RETRY_PAUSE);
+    }
+
+    #[test]
+    fn a_dead_token_is_recovered_at_once() {
+        let long_ago = Some(LONGEST_RETRY_PAUSE);
+        assert_eq!(retry_pause(long_ago, &Ended::TokenDead, Duration::from_secs(1)), Duration::from_secs(1));
     }
 }

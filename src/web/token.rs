@@ -14,10 +14,8 @@ use serde::Deserialize;
 use super::links::{LinkKind, LinkQuery};
 use super::pages::{self, CheckedForm, Chrome, Message, PostedForm, PublicForm, WebError};
 use super::{WebState, mail, signing};
-use crate::email::EmailAddress;
 use crate::holds::{WayBack, way_back};
-use crate::registry::{MailableContact, now_ms};
-use crate::user_id::UserId;
+use crate::registry::{ContactAddress, MailableContact, now_ms};
 
 pub const PURPOSE: &str = "token";
 /// A claim link went out (the link itself is signed and stateless).
@@ -63,23 +61,6 @@ pub struct RequestForm {
     who: Option<String>,
 }
 
-/// What the form named: a Matrix ID or an email address.
-enum Target {
-    Account(UserId),
-    Email(EmailAddress),
-}
-
-impl Target {
-    fn parse(input: &str) -> Option<Target> {
-        let input = input.trim();
-        if input.starts_with('@') {
-            UserId::parse(input).ok().map(Target::Account)
-        } else {
-            EmailAddress::parse(input).ok().map(Target::Email)
-        }
-    }
-}
-
 impl PostedForm for RequestForm {
     fn csrf(&self) -> Option<&str> {
         self.csrf.as_deref()
@@ -88,7 +69,8 @@ impl PostedForm for RequestForm {
 
 pub async fn request(State(state): State<WebState>, PublicForm(form, key): PublicForm<RequestForm>) -> Response {
     let who = form.who.unwrap_or_default();
-    let Some(target) = Target::parse(&who) else {
+    // A Matrix ID or an email address, read as an admin's contact is.
+    let Ok(target) = ContactAddress::parse(&who) else {
         let page = Message::new(
             &state,
             "That is not a Matrix ID or an email address",
@@ -113,15 +95,15 @@ pub async fn request(State(state): State<WebState>, PublicForm(form, key): Publi
     pages::html(StatusCode::OK, &page)
 }
 
-async fn mail_links(state: &WebState, target: Target, key: &secrecy::SecretString) -> Result<(), WebError> {
+async fn mail_links(state: &WebState, target: ContactAddress, key: &secrecy::SecretString) -> Result<(), WebError> {
     let contacts: Vec<MailableContact> = match &target {
         // An ID someone else registered again is a stranger: a form naming
         // it gets nothing (its person can still name their email address).
-        Target::Account(id) => match state.registry.account(id).await? {
+        ContactAddress::Matrix(id) => match state.registry.account(id).await? {
             Some(account) if !account.state.is_stranger() => state.registry.mailable_contacts_of(id).await?,
             _ => Vec::new(),
         },
-        Target::Email(address) => state.registry.mailable_contacts_by_address(address).await?,
+        ContactAddress::Email(address) => state.registry.mailable_contacts_by_address(address).await?,
     };
     let server_name = &state.config.homeserver.server_name;
     for contact in contacts {

@@ -707,12 +707,19 @@ async fn encrypted_notices_beside_a_running_bot_on_its_device_leave_both_readabl
     assert!(status_in_encrypted_room(&rig, &alice, 2).await, "the bot still answers, encrypted");
 }
 
-/// The same device inside serve: the bot's `notify` sends on the bot's own
-/// client, which opens the device's store once.
+/// The bot on `bot.password` (its session kept in the registry) with
+/// `encrypted_notices`: inside serve, the bot's `notify` sends encrypted
+/// DMs from the bot's own session, on its one client, which opens the
+/// device's store once.
 #[tokio::test(flavor = "multi_thread")]
 async fn notices_the_bot_sends_from_its_own_device_use_its_one_client_and_both_stay_readable() {
     let mut rig = Rig::start_encrypted(TestSmtp::start(None)).await;
-    let (ann, _) = bot_device_sends_encrypted_notices(&rig).await;
+    let config = std::fs::read_to_string(rig.lifeboat.config_path()).unwrap();
+    assert!(!config.contains("access_token = "), "the bot logs in with its password");
+    rig.lifeboat.write_config(&config.replace("[bot]\n", "[bot]\nencrypted_notices = true\n"));
+    let ann = unique("ann");
+    rig.synapse.create_user(&ann, &[]).await;
+    assert_eq!(rig.lifeboat.run(&["sync"]).await.code, 0);
     let id = incident_lost(&rig).await;
     rig.serve().await;
     let stores = tempfile::tempdir().unwrap();
