@@ -5,13 +5,17 @@
 //! `templates/notice.md` (askama). The HTML template autoescapes everything
 //! except the postmortem, which is inserted already rendered and sanitized
 //! by [`markdown_to_safe_html`]. The Markdown version escapes what it
-//! interpolates, so a display name cannot inject Markdown or HTML.
+//! interpolates, as the HTML one does (askama.toml names [`Markdown`] the
+//! escaper of `.md` templates), so a display name cannot inject Markdown or
+//! HTML; links and the token are written with `|safe` after
+//! [`markdown_url`] and [`markdown_code`].
 
 use std::borrow::Cow;
 use std::collections::HashSet;
 use std::sync::LazyLock;
 
 use askama::Template;
+use askama::filters::Escaper;
 use pulldown_cmark::{CowStr, Event, Options, Parser, Tag, TagEnd};
 
 /// Everything a notice says, for one person.
@@ -109,41 +113,6 @@ struct NoticeView<'a> {
     subject: String,
 }
 
-/// Markdown-escaped versions of the view's values, for notice.md only.
-struct MarkdownView {
-    name: String,
-    user_id: String,
-    server_name: String,
-    localpart: String,
-    incident_title: String,
-    homeserver_url: Option<String>,
-    token: Option<String>,
-    token_expires: Option<String>,
-    unsubscribe_url: Option<String>,
-    claim_url: Option<String>,
-    rooms_back: Vec<String>,
-    rooms_gone: Vec<String>,
-}
-
-impl MarkdownView {
-    fn new(n: &NoticeView<'_>) -> MarkdownView {
-        MarkdownView {
-            name: markdown_escape(&n.name),
-            user_id: markdown_escape(&n.user_id),
-            server_name: markdown_escape(&n.server_name),
-            localpart: markdown_escape(&n.localpart),
-            incident_title: markdown_escape(&n.incident_title),
-            homeserver_url: n.homeserver_url.as_deref().map(markdown_url),
-            token: n.token.as_deref().map(markdown_code),
-            token_expires: n.token_expires.as_deref().map(markdown_escape),
-            unsubscribe_url: n.unsubscribe_url.as_deref().map(markdown_url),
-            claim_url: n.claim_url.as_deref().map(markdown_url),
-            rooms_back: n.rooms_back.iter().map(|room| markdown_escape(room)).collect(),
-            rooms_gone: n.rooms_gone.iter().map(|room| markdown_escape(room)).collect(),
-        }
-    }
-}
-
 #[derive(Template)]
 #[template(path = "notice.txt")]
 struct NoticeText<'a> {
@@ -160,18 +129,16 @@ struct NoticeHtml<'a> {
 #[template(path = "notice.md")]
 struct NoticeMarkdown<'a> {
     n: &'a NoticeView<'a>,
-    m: &'a MarkdownView,
 }
 
 /// Renders the subject, the two email parts and the Matrix DM Markdown.
 pub fn render_notice(ctx: &NoticeContext) -> Result<RenderedNotice, NoticeError> {
     let view = NoticeView::new(ctx);
-    let markdown = MarkdownView::new(&view);
     Ok(RenderedNotice {
         subject: view.subject.clone(),
         text: render_sized(&NoticeText { n: &view }, view.postmortem_markdown.len())?,
         html: render_sized(&NoticeHtml { n: &view }, view.postmortem_html.len())?,
-        markdown: render_sized(&NoticeMarkdown { n: &view, m: &markdown }, view.postmortem_markdown.len())?,
+        markdown: render_sized(&NoticeMarkdown { n: &view }, view.postmortem_markdown.len())?,
     })
 }
 
@@ -313,13 +280,24 @@ fn localpart_of<'a>(user_id: &Cow<'a, str>) -> Cow<'a, str> {
 /// need no escaping, and `.`, `-`, `:` stay readable in the plain body.
 pub fn markdown_escape(text: &str) -> String {
     let mut out = String::with_capacity(text.len() + 8);
-    for c in text.chars() {
-        if matches!(c, '\\' | '`' | '*' | '_' | '[' | ']' | '<' | '>' | '!' | '&' | '~' | '|' | '#') {
-            out.push('\\');
-        }
-        out.push(c);
-    }
+    Markdown.write_escaped_str(&mut out, text).expect("a String takes any text");
     out
+}
+
+/// askama's escaper for `.md` templates: [`markdown_escape`].
+#[derive(Clone, Copy)]
+pub struct Markdown;
+
+impl askama::filters::Escaper for Markdown {
+    fn write_escaped_str<W: std::fmt::Write>(&self, mut dest: W, text: &str) -> std::fmt::Result {
+        for c in text.chars() {
+            if matches!(c, '\\' | '`' | '*' | '_' | '[' | ']' | '<' | '>' | '!' | '&' | '~' | '|' | '#') {
+                dest.write_char('\\')?;
+            }
+            dest.write_char(c)?;
+        }
+        Ok(())
+    }
 }
 
 /// An autolink `<url>` for a plain http(s) URL, escaped text otherwise.
