@@ -201,7 +201,12 @@ async fn hold_one(
         Ok(Creation::Created { created_at_ms }) => created_at_ms,
         Ok(Creation::Existed) if resumed => match client.device_count(user_id.as_str()).await {
             // The account an interrupted run created: nobody has used it.
-            Ok(0) => None,
+            // Its creation time, as a fresh hold keeps it (the registry's
+            // is the lost account's).
+            Ok(0) => match client.user_details(user_id.as_str()).await {
+                Ok(details) => details.and_then(|details| details.creation_ts).map(|seconds| seconds * 1000),
+                Err(err) => return Ok(Outcome::Failed(err.to_string())),
+            },
             Ok(_) => {
                 registry.mark_taken_before_hold(user_id, actor).await?;
                 return Ok(Outcome::Taken);

@@ -66,15 +66,18 @@ pub(crate) struct Bot {
 }
 
 impl Bot {
-    /// Is `user` an admin the bot obeys? In `bot.admins`, and not an ID
-    /// someone registered again after a loss (a stranger holding an admin's
-    /// ID until an operator settles it). When the registry cannot tell, no.
-    async fn is_admin(&self, user: &OwnedUserId) -> bool {
+    /// Is `user` an admin the bot obeys? In `bot.admins`, and its person's
+    /// now: not an ID lost, held, or registered again by someone else after
+    /// a loss (a stranger holding an admin's ID until an operator settles
+    /// it), nor one made after the account the registry knows, when
+    /// `created_at_ms` tells. When the registry cannot tell, no.
+    async fn is_admin(&self, user: &OwnedUserId, created_at_ms: Option<i64>) -> bool {
         if !self.admins.contains(user) {
             return false;
         }
-        match self.state.registry.is_stranger(&crate::user_id::UserId::from(&**user)).await {
-            Ok(stranger) => !stranger,
+        let id = crate::user_id::UserId::from(&**user);
+        match self.state.registry.speaks_for_its_person(&id, created_at_ms).await {
+            Ok(its_persons) => its_persons,
             Err(err) => {
                 tracing::warn!(error = %err, "cannot tell whether an admin's ID changed hands: not obeying it");
                 false
@@ -361,25 +364,29 @@ async fn invite_admins(bot: &Arc<Bot>, client: &Client, admin_client: &SynapseCl
         if bot.invited.lock().is_ok_and(|invited| invited.contains(admin)) {
             continue;
         }
-        // Never into the admin room: a stranger holding an admin's ID.
-        if !bot.is_admin(admin).await {
-            continue;
-        }
         // From the local state only: asking the server here could wait on
         // the sync. An invite to someone already in is answered below.
         let membership = room.get_member_no_sync(admin).await.ok().flatten().map(|m| m.membership().clone());
         if matches!(membership, Some(MembershipState::Join | MembershipState::Invite)) {
             continue;
         }
-        if admin.server_name() == bot.me.server_name() {
+        // A local admin once the account exists, and never a stranger holding
+        // an admin's ID: also not one no listing has shown yet (an account
+        // made after the one the registry knows, right after a wipe).
+        let created_at_ms = if admin.server_name() == bot.me.server_name() {
             match admin_client.user_details(admin.as_str()).await {
-                Ok(Some(_)) => {}
+                Ok(Some(details)) => details.creation_ts.map(|seconds| seconds * 1000),
                 Ok(None) => continue,
                 Err(err) => {
                     tracing::debug!(error = %err, "cannot tell whether an admin's account exists yet");
                     continue;
                 }
             }
+        } else {
+            None
+        };
+        if !bot.is_admin(admin, created_at_ms).await {
+            continue;
         }
         match room.invite_user_by_id(admin).await {
             Ok(()) => tracing::info!(admin = %admin, "invited an admin to the admin room"),
@@ -438,7 +445,7 @@ async fn on_invite(event: StrippedRoomMemberEvent, room: Room, Ctx(bot): Ctx<Arc
     let to_admin_room = configured.as_ref() == Some(&room_id) || bot.admin_room().as_ref() == Some(&room_id);
     tokio::spawn(async move {
         let accept =
-            if to_admin_room { bot.is_admin(&event.sender).await } else { event.content.is_direct == Some(true) };
+            if to_admin_room { bot.is_admin(&event.sender, None).await } else { event.content.is_direct == Some(true) };
         if !accept {
             tracing::info!(room = %room_id, from = %event.sender, "declined an invite");
             let _ = room.leave().await;
@@ -469,7 +476,7 @@ async fn on_message(event: OriginalSyncRoomMessageEvent, room: Room, Ctx(bot): C
     let body = text.body.clone();
     let sender = event.sender.clone();
     if bot.admin_room().as_deref() == Some(room.room_id()) {
-        if !bot.is_admin(&sender).await {
+        if !bot.is_admin(&sender, None).await {
             // No data for anyone else, not even an error.
             if commands::parse_admin(bot.prefix(), &body).is_some() {
                 tracing::info!(from = %sender, "ignored a command from someone who is not in bot.admins");

@@ -12,7 +12,7 @@ use sqlx::Row;
 use sqlx::any::AnyRow;
 
 use super::{Registry, Result, flag};
-use crate::reconcile::{AccountState, Known};
+use crate::reconcile::{AccountState, Known, registered_again};
 use crate::user_id::UserId;
 
 /// The one rule for an account's [`AccountState`], as an SQL expression
@@ -147,12 +147,17 @@ impl Registry {
         .await?)
     }
 
-    /// Is `user_id` an ID of this homeserver that someone lifeboat cannot
-    /// vouch for registered again (a [`AccountState::Recreated`])? Such an
-    /// account is a stranger on every face: what it sends is not its
-    /// registry person's, and nothing of theirs is given to it.
-    pub async fn is_stranger(&self, user_id: &UserId) -> Result<bool> {
-        Ok(self.account(user_id).await?.is_some_and(|account| account.state.is_stranger()))
+    /// May the account now holding `user_id` act as the registry's person
+    /// of that ID (an admin the bot obeys)? An ID the registry never saw is
+    /// new, not taken: yes. A known one only while it is its person's
+    /// (present or claimed: not lost, held or a stranger's), and, given
+    /// when Synapse's account was made (`created_at_ms`), only if that is
+    /// the account the registry knows, not one registered again since (a
+    /// wipe no listing has shown yet).
+    pub async fn speaks_for_its_person(&self, user_id: &UserId, created_at_ms: Option<i64>) -> Result<bool> {
+        Ok(self.account(user_id).await?.is_none_or(|account| {
+            account.state.is_its_persons() && !registered_again(account.synapse_created_at, created_at_ms)
+        }))
     }
 
     /// Accounts in user-ID order, optionally only those in `state`.

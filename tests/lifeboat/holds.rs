@@ -424,6 +424,38 @@ async fn an_id_registered_before_its_hold_is_left_alone_and_treated_as_a_strange
     assert!(squatted_admin.invites().await.is_empty(), "no code DMed to a stranger's ID");
 }
 
+/// Right after a wipe, before any listing has shown it, the registry still
+/// has every ID as its person's. Someone who registers an admin's ID in
+/// that window is not that admin: the bot, recovering at once, does not
+/// invite them to its new admin room, because their account was made after
+/// the one the registry knows.
+#[tokio::test(flavor = "multi_thread")]
+async fn an_admin_id_registered_again_before_any_listing_saw_the_wipe_is_not_invited() {
+    let mut rig = Rig::start(TestSmtp::start(None), &[]).await;
+    // No listing and no probe while the test looks.
+    let config = std::fs::read_to_string(rig.lifeboat.config_path()).unwrap();
+    let config = config.replace("interval = \"2s\"", "interval = \"1h\"\nprobe_interval = \"0s\"");
+    rig.lifeboat.write_config(&config);
+    rig.serve().await;
+
+    rig.synapse.wipe();
+    let squatter = rig.synapse.register(&rig.alice_localpart);
+    let lifeboat = &rig.lifeboat;
+    eventually("the bot makes a new admin room", Duration::from_secs(90), || async {
+        lifeboat.serve_log().contains("made a new admin room")
+    })
+    .await;
+    // The bot looks for admins to invite every 5 s.
+    tokio::time::sleep(Duration::from_secs(12)).await;
+    let squatted = MatrixUser::new(&rig.synapse.url, &squatter.user_id, &squatter.access_token);
+    assert!(squatted.invites().await.is_empty(), "no invite to the admin room:\n{}", lifeboat.serve_log());
+
+    let registry = lifeboat::registry::Registry::connect(&rig.registry_url()).await.unwrap();
+    let alice = lifeboat::user_id::UserId::parse(&squatter.user_id).unwrap();
+    let known = registry.account(&alice).await.unwrap().unwrap();
+    assert_eq!(known.state, lifeboat::registry::AccountState::Present, "no listing saw the wipe meanwhile");
+}
+
 #[tokio::test(flavor = "multi_thread")]
 async fn an_account_an_admin_locked_gets_no_token_and_no_claim_link_from_any_face() {
     let people = people(2);

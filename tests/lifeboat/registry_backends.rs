@@ -90,6 +90,28 @@ async fn vanished_accounts_are_marked_missing_never_deleted(registry: Registry) 
 }
 on_both_backends!(vanished_accounts_are_marked_missing_never_deleted);
 
+async fn only_an_account_its_person_still_has_speaks_for_them(registry: Registry) {
+    sync_listing(&registry, &[user("@here:x", 1), user("@lost:x", 1), user("@taken:x", 1), user("@held:x", 1)]).await;
+    sync_listing(&registry, &[user("@here:x", 1), user("@taken:x", 9)]).await;
+    registry.begin_hold(&id("@held:x")).await.unwrap();
+    registry.mark_held(&id("@held:x"), Some(5_000), true).await.unwrap();
+    let speaks = |user_id: &'static str, created: Option<i64>| {
+        let registry = registry.clone();
+        async move { registry.speaks_for_its_person(&id(user_id), created).await.unwrap() }
+    };
+
+    assert!(speaks("@here:x", None).await && speaks("@here:x", Some(1_000)).await, "present, the account known");
+    assert!(!speaks("@here:x", Some(9_000)).await, "an account made since the one the registry knows");
+    assert!(!speaks("@lost:x", Some(9_000)).await, "lost");
+    assert!(!speaks("@taken:x", None).await, "a stranger's");
+    assert!(!speaks("@held:x", Some(5_000)).await, "held by lifeboat");
+    assert!(speaks("@new:x", Some(9_000)).await, "an ID the registry never saw is new, not taken");
+    let hold = registry.account(&id("@held:x")).await.unwrap().unwrap().custody_at.unwrap();
+    assert!(registry.claim_hold(&id("@held:x"), hold, &Actor::cli()).await.unwrap());
+    assert!(speaks("@held:x", Some(5_000)).await, "claimed: its person's again");
+}
+on_both_backends!(only_an_account_its_person_still_has_speaks_for_them);
+
 async fn a_held_id_is_never_taken_for_a_recreated_one_and_is_claimed_once(registry: Registry) {
     sync_listing(&registry, &[user("@a:x", 1), user("@b:x", 1)]).await;
     sync_listing(&registry, &[user("@a:x", 1)]).await;

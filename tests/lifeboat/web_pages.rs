@@ -153,6 +153,12 @@ async fn a_person_affected_by_a_wipe_gets_a_token_from_the_page_and_registers_wi
     assert_eq!(smtp.messages().len(), 1, "one mail, to the registry's address");
     let link = link_in(&mails[0], "/token/open?");
 
+    // The link's ID alone proves nothing: with its signature altered it is
+    // refused (and still works below with the right one).
+    let last = link.chars().last().unwrap();
+    browser.goto(&format!("{}{}", &link[..link.len() - 1], if last == '0' { '1' } else { '0' })).await;
+    assert!(browser.body().await.contains("This link does not work"), "an altered signature is refused");
+
     browser.goto(&link).await;
     browser.screenshot("token-confirm").await;
     browser.click("#show-token").await;
