@@ -48,6 +48,9 @@ impl AccountState {
 #[derive(Debug, Clone, PartialEq)]
 pub struct Known {
     pub user_id: String,
+    /// When the account the registry knows was made; unknown while
+    /// lifeboat is making a hold (the registry's time is then the lost
+    /// account's, not the one being made).
     pub created_at_ms: Option<i64>,
     /// Who the ID belonged to at the last sync (held by lifeboat, taken by
     /// a stranger, ...).
@@ -90,7 +93,10 @@ pub fn classify(known: Option<&Known>, listed: Option<&Listed>) -> Option<Class>
         (Some(_), None) => Some(Class::Missing),
         (None, Some(_)) => Some(Class::New),
         (Some(known), Some(listed)) => Some(match known.standing {
-            // lifeboat made this account itself, for its owner.
+            // lifeboat made this account itself, for its owner; unless the
+            // one listed now was made after it (lost in another wipe, and
+            // registered by someone else before lifeboat saw that).
+            AccountState::Held if registered_again(known.created_at_ms, listed.created_at_ms) => Class::Recreated,
             AccountState::Held => Class::Held,
             // Taken by a stranger: stays so until an operator settles it.
             AccountState::Recreated => Class::Recreated,
@@ -269,11 +275,18 @@ mod tests {
 
     #[test]
     fn an_account_lifeboat_holds_is_held_not_recreated_and_still_lost_to_its_owner() {
-        let registry = [known_as("@a:x", 1, AccountState::Held), known("@b:x", 1), known("@c:x", 1)];
+        let registry = [known_as("@a:x", 9, AccountState::Held), known("@b:x", 1), known("@c:x", 1)];
         let listing = [listed("@a:x", 9, false), listed("@b:x", 1, false), listed("@c:x", 1, false)];
         let report = merge_join(&registry, &listing, 0.5);
         assert_eq!((report.present, report.held.as_slice(), report.recreated.len()), (2, &["@a:x".to_owned()][..], 0));
         assert_eq!(report.verdict, Verdict::Loss, "until its owner claims it");
+    }
+
+    #[test]
+    fn a_held_id_registered_by_someone_else_after_another_wipe_is_a_strangers() {
+        let registry = [known_as("@a:x", 5, AccountState::Held), known("@b:x", 1)];
+        let report = merge_join(&registry, &[listed("@a:x", 9, false), listed("@b:x", 1, false)], 0.5);
+        assert_eq!((report.recreated.as_slice(), report.held.len()), (&["@a:x".to_owned()][..], 0));
     }
 
     #[test]

@@ -104,13 +104,14 @@ impl Registry {
 
     /// The account lifeboat created for `user_id` is locked: it is held.
     /// `created_at_ms` is its creation time, so later listings do not take
-    /// it for a stranger's. `name_due`: its display name is still to be
+    /// it for a stranger's, but do take an account made after it (another
+    /// wipe) for one; unknown, the next listing's time stands. `name_due`: its display name is still to be
     /// restored ([`Registry::held_names_due`]).
     pub async fn mark_held(&self, user_id: &UserId, created_at_ms: Option<i64>, name_due: bool) -> Result<()> {
         let now = now_ms();
         sqlx::query(
             "UPDATE accounts SET custody = 'held', custody_at = $2, state = 'present', \
-                    synapse_created_at = COALESCE($3, synapse_created_at), last_seen_present_at = $2, \
+                    synapse_created_at = $3, last_seen_present_at = $2, \
                     display_name_due_at = CASE WHEN $4 = 1 THEN $2 ELSE NULL END \
              WHERE user_id = $1 AND custody = 'holding'",
         )

@@ -144,7 +144,8 @@ impl Registry {
             let mut pairs = sqlx::query_as::<_, PairRow>(sqlx::AssertSqlSafe(format!(
                 // A full outer join written as two index lookups: SQLite
                 // plans the FULL OUTER JOIN form as a nested loop (quadratic).
-                "SELECT a.user_id AS known_id, a.synapse_created_at AS known_created, \
+                "SELECT a.user_id AS known_id, \
+                        CASE WHEN a.custody = 'holding' THEN NULL ELSE a.synapse_created_at END AS known_created, \
                         {STANDING_SQL} AS known_standing, a.state AS known_state, \
                         CASE WHEN a.custody IS NOT NULL \
                                   AND a.custody_at >= (SELECT started_at FROM sync_runs WHERE id = $1) \
@@ -447,8 +448,12 @@ mod tests {
             (Recreated, Some(20), Present, false, None),
             // The same second is the same registration.
             (Present, Some(10), Present, false, None),
-            // A held ID is never marked a stranger's.
+            // A hold under way is never marked a stranger's (its creation
+            // time is unknown: the registry's is the lost account's).
             (Held, Some(20), Missing, false, None),
+            // A hold made, then lost and registered by someone else.
+            (Held, Some(20), Present, false, Some(Mark::Recreated)),
+            (Held, Some(10), Present, false, None),
             // An unlisted account is marked missing once.
             (Present, None, Present, false, Some(Mark::Missing)),
             (Missing, None, Missing, false, None),
@@ -458,7 +463,9 @@ mod tests {
             (Held, None, Present, true, None),
         ];
         for (standing, listed_s, state, custody_since_listing, mark) in cases {
-            let known = Known { user_id: "@a:x".to_owned(), created_at_ms: Some(10_000), standing };
+            let holding = standing == Held && state == Missing;
+            let created_at_ms = if holding { None } else { Some(10_000) };
+            let known = Known { user_id: "@a:x".to_owned(), created_at_ms, standing };
             let listed = listed_s.map(|created_s: i64| Listed {
                 user_id: "@a:x".to_owned(),
                 deactivated: false,

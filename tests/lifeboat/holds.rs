@@ -689,6 +689,11 @@ async fn a_stranger_who_takes_a_held_id_after_another_wipe_does_not_get_its_pers
     assert!(!made.stdout.contains("Restored"), "{made:?}");
     assert!(made.stdout.contains("no longer held on Synapse"), "{made:?}");
     assert_eq!(display_name_on_synapse(&synapse, &person).await, person, "the stranger keeps Synapse's own name");
+
+    // The next listing sees an account made after lifeboat's hold: no
+    // longer held, but a stranger's, with no claim link left to follow.
+    assert_eq!(lifeboat.run(&["sync"]).await.code, 0);
+    assert_eq!(ids_in(&lifeboat, "recreated").await, [synapse.user_id(&person)]);
 }
 
 /// A person with an email, synced, then the wipe: the lifeboat, their

@@ -154,6 +154,17 @@ async fn a_held_id_is_never_taken_for_a_recreated_one_and_is_claimed_once(regist
     sync_listing(&registry, &[user("@a:x", 1)]).await;
     assert_eq!(registry.account(&id("@b:x")).await.unwrap().unwrap().state, AccountState::Missing);
     assert_eq!(registry.hold_candidates(&id("@lifeboat:x")).await.unwrap().len(), 1);
+    registry.begin_hold(&id("@b:x")).await.unwrap();
+    registry.mark_held(&id("@b:x"), Some(20_000), false).await.unwrap();
+    let held_again = sync_listing(&registry, &[user("@a:x", 1), user("@b:x", 20)]).await;
+    assert!(held_again.report.recreated.is_empty(), "lifeboat's own account: {:?}", held_again.report);
+
+    // A third loss, and someone registers the ID before lifeboat sees it:
+    // the account is no longer lifeboat's, so the ID is a stranger's.
+    let taken = sync_listing(&registry, &[user("@a:x", 1), user("@b:x", 30)]).await;
+    assert_eq!(taken.report.recreated, ["@b:x"]);
+    let b = registry.account(&id("@b:x")).await.unwrap().unwrap();
+    assert_eq!((b.state, b.custody_at), (AccountState::Recreated, None), "its hold, and any claim link, end");
 }
 on_both_backends!(a_held_id_is_never_taken_for_a_recreated_one_and_is_claimed_once);
 

@@ -29,12 +29,14 @@ fn free_port() -> u16 {
     TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
 }
 
-/// Adds a `[web]` section on a free port to `base` and starts serve.
+/// Adds a `[web]` section on a free port to `base` and starts serve; its
+/// public URL is where it listens unless `web_extra` names another.
 async fn serve(lifeboat: &Lifeboat, base: &str, web_extra: &str) -> Served {
     let port = free_port();
     let url = format!("http://127.0.0.1:{port}");
+    let public_url = if web_extra.contains("public_url") { String::new() } else { format!("public_url = \"{url}\"\n") };
     lifeboat.write_config(&format!(
-        "{base}\n[watch]\ninterval = \"1h\"\n\n[web]\nbind = \"127.0.0.1:{port}\"\npublic_url = \"{url}\"\n\
+        "{base}\n[watch]\ninterval = \"1h\"\n\n[web]\nbind = \"127.0.0.1:{port}\"\n{public_url}\
          admin_contact = \"admin@example.org\"\n{web_extra}\n"
     ));
     let child = lifeboat.spawn(&["serve"]);
@@ -273,6 +275,30 @@ pub(crate) async fn post_form(http: &reqwest::Client, url: &str, cookie: Option<
     }
     let response = request.send().await.unwrap();
     (response.status().as_u16(), response.text().await.unwrap())
+}
+
+/// The CSRF cookie a form page sets.
+async fn csrf_cookie_of(http: &reqwest::Client, url: &str) -> String {
+    let response = http.get(url).send().await.unwrap();
+    let cookie = response.headers().get("set-cookie").expect("a new browser gets the cookie");
+    cookie.to_str().unwrap().to_owned()
+}
+
+/// Served over https (behind a TLS proxy), the CSRF cookie is `Secure`, so
+/// a browser never sends it over plain http; over plain http it cannot be.
+#[tokio::test(flavor = "multi_thread")]
+async fn the_csrf_cookie_is_secure_when_the_page_is_public_over_https() {
+    let (registry, smtp) = (TestDatabase::sqlite(), TestSmtp::start(None));
+    let (lifeboat, http) = (Lifeboat::with_config(""), reqwest::Client::new());
+    let plain = serve(&lifeboat, &base_without_synapse(&registry, &smtp), "").await;
+    let cookie = csrf_cookie_of(&http, &format!("{}/token", plain.url)).await;
+    assert!(cookie.contains("HttpOnly") && !cookie.contains("Secure"), "{cookie}");
+    drop(plain);
+
+    let behind_tls = "public_url = \"https://lifeboat.example.org/\"\n";
+    let proxied = serve(&lifeboat, &base_without_synapse(&registry, &smtp), behind_tls).await;
+    let cookie = csrf_cookie_of(&http, &format!("{}/token", proxied.url)).await;
+    assert!(cookie.contains("HttpOnly") && cookie.contains("; Secure"), "{cookie}");
 }
 
 #[tokio::test(flavor = "multi_thread")]
