@@ -325,6 +325,31 @@ async fn restore_name_if_still_held(client: &SynapseClient, user_id: &str, name:
     }
 }
 
+/// Does the account on Synapse now speak for its registry person, so that
+/// what comes from it (a contact added by DM, a code DMed to it) is theirs?
+/// Only an account the registry knows as its person's, and made no later
+/// than the one it knows: right after a wipe, until a listing shows it, an
+/// ID someone registered again still reads as present in the registry.
+pub async fn its_persons_now(
+    registry: &Registry,
+    synapse: &SynapseClient,
+    user_id: &UserId,
+) -> Result<bool, registry::Error> {
+    if registry.account(user_id).await?.is_none() {
+        return Ok(false);
+    }
+    let created_at_ms = match synapse.user_details(user_id.as_str()).await {
+        Ok(Some(details)) => details.creation_ts.map(|seconds| seconds * 1000),
+        Ok(None) => return Ok(false),
+        // Unknown is not proven: nothing is given on it.
+        Err(err) => {
+            tracing::warn!(error = %err, user = user_id.as_str(), "cannot tell whose account this is now");
+            return Ok(false);
+        }
+    };
+    registry.speaks_for_its_person(user_id, created_at_ms).await
+}
+
 /// What a person asking again for a way back in (the web page's `/token`,
 /// an admin's `token` command) is sent. One rule for every face.
 #[derive(Debug, Clone, PartialEq, Eq)]

@@ -34,8 +34,11 @@ pub(super) async fn run(bot: &Bot, sender: &OwnedUserId, command: PersonCommand)
     // Contacts belong to accounts lifeboat keeps: this homeserver's, and
     // only while the account is its registry person's (an ID someone else
     // registered again is a stranger, and learns nothing of that person).
-    let known = registry.account(&person).await.map_err(broken)?;
-    if !known.is_some_and(|account| account.state.is_its_persons()) {
+    let admin = crate::recover::admin_access(config, registry).await.ok().and_then(|access| access.working());
+    let Some(admin) = admin else {
+        return Err("I cannot reach the homeserver's admin API right now; please try again later.".to_owned());
+    };
+    if !crate::holds::its_persons_now(registry, &admin, &person).await.map_err(broken)? {
         return Err(format!(
             "I keep contacts for accounts of {} only, and {sender} is not one I know (yet: new accounts are added within {}).",
             config.homeserver.server_name,

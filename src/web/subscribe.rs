@@ -117,10 +117,13 @@ async fn start(
     if !state.inner.can_mail {
         return Ok(());
     }
-    let known = state.registry.account(&user_id).await?;
     // Only an account that is its registry person's (never one a stranger
     // registered again, nor one held for its owner) takes new contacts.
-    let takes_contacts = known.is_some_and(|account| account.state.is_its_persons());
+    let admin = crate::recover::admin_access(&state.config, &state.registry).await?.working();
+    let takes_contacts = match admin {
+        Some(admin) => crate::holds::its_persons_now(&state.registry, &admin, &user_id).await?,
+        None => false,
+    };
     // A link on its way to this address serves, unless it carries no code
     // while the account now takes one (asked for before it was its
     // person's, perhaps by someone else).

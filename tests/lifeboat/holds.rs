@@ -425,13 +425,15 @@ async fn an_id_registered_before_its_hold_is_left_alone_and_treated_as_a_strange
 }
 
 /// Right after a wipe, before any listing has shown it, the registry still
-/// has every ID as its person's. Someone who registers an admin's ID in
-/// that window is not that admin: the bot, recovering at once, does not
-/// invite them to its new admin room, because their account was made after
-/// the one the registry knows.
+/// has every ID as its person's. Someone who registers an ID in that window
+/// is not its person, because their account was made after the one the
+/// registry knows: the bot, recovering at once, does not invite them to its
+/// new admin room for an admin's ID, nor tell or take contacts for a
+/// person's, and the page DMs them no code.
 #[tokio::test(flavor = "multi_thread")]
-async fn an_admin_id_registered_again_before_any_listing_saw_the_wipe_is_not_invited() {
-    let mut rig = Rig::start(TestSmtp::start(None), &[]).await;
+async fn ids_registered_again_before_any_listing_saw_the_wipe_are_strangers_to_the_bot_and_the_page() {
+    let people = people(1);
+    let mut rig = Rig::start(TestSmtp::start(None), &people).await;
     // No listing and no probe while the test looks.
     let config = std::fs::read_to_string(rig.lifeboat.config_path()).unwrap();
     let config = config.replace("interval = \"2s\"", "interval = \"1h\"\nprobe_interval = \"0s\"");
@@ -440,6 +442,8 @@ async fn an_admin_id_registered_again_before_any_listing_saw_the_wipe_is_not_inv
 
     rig.synapse.wipe();
     let squatter = rig.synapse.register(&rig.alice_localpart);
+    let (victim, victim_email) = &people[0];
+    let victim_squatter = rig.synapse.register(victim);
     let lifeboat = &rig.lifeboat;
     eventually("the bot makes a new admin room", Duration::from_secs(90), || async {
         lifeboat.serve_log().contains("made a new admin room")
@@ -450,10 +454,30 @@ async fn an_admin_id_registered_again_before_any_listing_saw_the_wipe_is_not_inv
     let squatted = MatrixUser::new(&rig.synapse.url, &squatter.user_id, &squatter.access_token);
     assert!(squatted.invites().await.is_empty(), "no invite to the admin room:\n{}", lifeboat.serve_log());
 
+    let squatted_person = MatrixUser::new(&rig.synapse.url, &victim_squatter.user_id, &victim_squatter.access_token);
+    let dm = squatted_person.create_room(&[&rig.bot], true).await;
+    squatted_person.send(&dm, "contact list").await;
+    let answer = squatted_person.wait_for_message(&dm, &rig.bot, "not one I know", Duration::from_secs(60)).await;
+    assert!(!answer.contains(victim_email.as_str()), "{answer}");
+
+    let http = reqwest::Client::builder().no_proxy().build().unwrap();
+    let (cookie, csrf) = form_csrf(&http, &format!("{}/subscribe", rig.web)).await;
+    let who = victim_squatter.user_id.replace('@', "%40").replace(':', "%3A");
+    let form = format!("csrf={csrf}&matrix_id={who}&email=attacker%40evil.example");
+    let (status, _) = post_form(&http, &format!("{}/subscribe", rig.web), Some(&cookie), &form).await;
+    assert_eq!(status, 200);
+    eventually("the page mails the typed address", Duration::from_secs(20), || async {
+        !rig.smtp.messages_to("attacker@evil.example").is_empty()
+    })
+    .await;
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    assert!(squatted_person.invites().await.is_empty(), "no code DMed to the ID");
+
     let registry = lifeboat::registry::Registry::connect(&rig.registry_url()).await.unwrap();
-    let alice = lifeboat::user_id::UserId::parse(&squatter.user_id).unwrap();
-    let known = registry.account(&alice).await.unwrap().unwrap();
-    assert_eq!(known.state, lifeboat::registry::AccountState::Present, "no listing saw the wipe meanwhile");
+    for id in [&squatter.user_id, &victim_squatter.user_id] {
+        let known = registry.account(&lifeboat::user_id::UserId::parse(id).unwrap()).await.unwrap().unwrap();
+        assert_eq!(known.state, lifeboat::registry::AccountState::Present, "no listing saw the wipe meanwhile");
+    }
 }
 
 #[tokio::test(flavor = "multi_thread")]
