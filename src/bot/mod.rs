@@ -312,15 +312,22 @@ async fn settle_admin_room(bot: &Arc<Bot>, client: &Client, recovered: bool) -> 
     let registry = &bot.state.registry;
     let joined = |room_id: &RoomId| client.get_room(room_id).filter(|room| room.state() == RoomState::Joined);
     let configured = bot.configured_room();
-    if let Some(room_id) = configured
-        && (joined(&room_id).is_some() || client.join_room_by_id(&room_id).await.is_ok())
+    if let Some(room_id) = configured.clone().filter(|room_id| joined(room_id).is_some()) {
+        bot.set_admin_room(room_id);
+        return Ok(false);
+    }
+    // The room the bot made itself after a wipe comes before joining the
+    // configured one: a wipe frees the configured alias, and whoever points
+    // it at a room of theirs must not get the bot and its alerts there.
+    let stored = registry.setting(ROOM_SETTING).await.map_err(|err| err.to_string())?;
+    if let Some(room_id) = stored.and_then(|id| OwnedRoomId::try_from(id).ok())
+        && joined(&room_id).is_some()
     {
         bot.set_admin_room(room_id);
         return Ok(false);
     }
-    let stored = registry.setting(ROOM_SETTING).await.map_err(|err| err.to_string())?;
-    if let Some(room_id) = stored.and_then(|id| OwnedRoomId::try_from(id).ok())
-        && joined(&room_id).is_some()
+    if let Some(room_id) = configured
+        && client.join_room_by_id(&room_id).await.is_ok()
     {
         bot.set_admin_room(room_id);
         return Ok(false);

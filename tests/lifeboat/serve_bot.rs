@@ -4,7 +4,7 @@
 use std::time::Duration;
 
 use crate::harness::smtp::ReceivedMail;
-use crate::harness::{Lifeboat, MatrixUser, TestDatabase, TestSmtp, TestSynapse, eventually, unique};
+use crate::harness::{Lifeboat, MatrixUser, RoomSpec, TestDatabase, TestSmtp, TestSynapse, eventually, unique};
 
 const ALERTS_TO: &str = "oncall@example.org";
 
@@ -764,6 +764,52 @@ async fn a_notify_leaves_dms_to_a_serve_holding_the_device_store_and_to_nobody_e
     assert_eq!(notify.code, 0, "serve's worker sends them: {notify:?}");
     assert!(notify.stdout.contains("Matrix DMs are left to the lifeboat process"), "{notify:?}");
     assert!(notify.stdout.contains("elsewhere:4242:2:serve"), "{notify:?}");
+}
+
+/// `bot.admin_room` given as an alias: a wipe frees the alias, and whoever
+/// points it at a public room of theirs does not get the bot there, even
+/// when serve starts again; the bot keeps the admin room it made itself.
+#[tokio::test(flavor = "multi_thread")]
+async fn an_admin_room_alias_someone_else_takes_after_a_wipe_does_not_move_the_bot() {
+    let mut rig = Rig::start(TestSmtp::start(None), &[]).await;
+    let alias_localpart = unique("lifeboat-admin");
+    let alias = format!("#{alias_localpart}:{}", rig.synapse.server_name);
+    let path = format!("/_matrix/client/v3/directory/room/{}", crate::harness::matrix::encode(&alias));
+    let (status, body) =
+        rig.alice.try_call(reqwest::Method::PUT, &path, Some(serde_json::json!({"room_id": rig.admin_room}))).await;
+    assert_eq!(status, 200, "{body}");
+    let config = std::fs::read_to_string(rig.lifeboat.config_path()).unwrap();
+    rig.lifeboat.write_config(
+        &config.replace(&format!("admin_room = \"{}\"", rig.admin_room), &format!("admin_room = \"{alias}\"")),
+    );
+    rig.serve().await;
+
+    rig.synapse.wipe();
+    let lifeboat = &rig.lifeboat;
+    eventually("the bot makes a new admin room", Duration::from_secs(90), || async {
+        lifeboat.serve_log().contains("made a new admin room")
+    })
+    .await;
+    let mallory_account = rig.synapse.register(&unique("mallory"));
+    let mallory = MatrixUser::new(&rig.synapse.url, &mallory_account.user_id, &mallory_account.access_token);
+    let lure = mallory.create_room_full(RoomSpec::public(&alias_localpart).name("lifeboat admin")).await;
+    assert_eq!(rig.synapse.resolve_alias(&alias).await.as_deref(), Some(lure.as_str()));
+
+    rig.stop_serve().await;
+    let logged_in_before = rig.lifeboat.serve_log().matches("bot logged in").count();
+    rig.serve_in_background();
+    let lifeboat = &rig.lifeboat;
+    eventually("the bot logs in again", Duration::from_secs(60), || async {
+        lifeboat.serve_log().matches("bot logged in").count() > logged_in_before
+    })
+    .await;
+    tokio::time::sleep(Duration::from_secs(8)).await;
+    assert_ne!(
+        mallory.membership_of(&lure, &rig.bot).await.as_deref(),
+        Some("join"),
+        "the bot stays out of the room the alias points at now:\n{}",
+        rig.lifeboat.serve_log()
+    );
 }
 
 /// A serve whose store lease ran out and was taken meanwhile (the registry
