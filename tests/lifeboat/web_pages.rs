@@ -434,12 +434,27 @@ async fn one_click_unsubscribe_by_its_signed_link_stops_all_further_mail() {
     );
     let (code, _) = post_form(&http, &link, None, "").await;
     assert_eq!(code, 403, "the page's form needs its CSRF token");
+    // That form sent from another site is refused even with a token.
+    let (cookie_here, csrf_here) = form_csrf(&http, &link).await;
+    let cross_site = http
+        .post(&link)
+        .header("content-type", "application/x-www-form-urlencoded")
+        .header("cookie", &cookie_here)
+        .header("origin", "https://evil.example")
+        .body(format!("csrf={csrf_here}"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(cross_site.status(), 403, "another site's form");
     let (code, _) = post_form(&http, &forged, None, "List-Unsubscribe=One-Click").await;
     assert_eq!(code, 400, "a signature for another contact does not work");
 
     let (code, page) = post_form(&http, &link, None, "List-Unsubscribe=One-Click").await;
     assert_eq!(code, 200, "RFC 8058 one-click needs no CSRF token: {page}");
     assert!(page.contains("You are unsubscribed"), "{page}");
+    // The page's own form, with its token, says so too.
+    let (code, page) = post_form(&http, &link, Some(&cookie_here), &format!("csrf={csrf_here}")).await;
+    assert!(code == 200 && page.contains("You are unsubscribed"), "{code}: {page}");
 
     // The first link used up, so only the opt-out can hold back a new one.
     let links = Registry::connect(&registry.url()).await.unwrap();
