@@ -160,6 +160,18 @@ pub struct RateLimiter {
 /// Above this many keys, expired windows are swept.
 const SWEEP_AT: usize = 10_000;
 
+/// Who a client address counts as: an IPv6 host may use any address of
+/// its /64, so the /64 is one client (an IPv4-mapped address is IPv4).
+fn client_key(ip: IpAddr) -> String {
+    match ip.to_canonical() {
+        IpAddr::V4(v4) => format!("ip:{v4}"),
+        IpAddr::V6(v6) => {
+            let [a, b, c, d, ..] = v6.segments();
+            format!("ip:{a:x}:{b:x}:{c:x}:{d:x}::/64")
+        }
+    }
+}
+
 impl RateLimiter {
     pub fn new(per_ip: u32, per_target: u32, window: Duration) -> RateLimiter {
         RateLimiter { per_ip, per_target, window, counters: Mutex::new(HashMap::new()) }
@@ -167,7 +179,7 @@ impl RateLimiter {
 
     /// Counts one form submission from `ip`; `false` once over the limit.
     pub fn allow_ip(&self, ip: Option<IpAddr>) -> bool {
-        self.hit(ip.map_or_else(|| "ip:unknown".to_owned(), |ip| format!("ip:{ip}")), self.per_ip)
+        self.hit(ip.map_or_else(|| "ip:unknown".to_owned(), client_key), self.per_ip)
     }
 
     /// Counts one submission naming `target` (already normalized) in `form`.
@@ -231,6 +243,17 @@ mod tests {
         assert!(limiter.allow_ip(Some("192.0.2.2".parse().unwrap())));
         assert!(limiter.allow_target("token", "a@example.org"));
         assert!(!limiter.allow_target("token", "a@example.org"));
+    }
+
+    #[test]
+    fn an_ipv6_host_counts_once_for_its_whole_64_and_a_mapped_ipv4_as_itself() {
+        let limiter = RateLimiter::new(2, 1, Duration::from_secs(60));
+        let ip = |text: &str| Some(text.parse().unwrap());
+        assert!(limiter.allow_ip(ip("2001:db8:1:2::1")) && limiter.allow_ip(ip("2001:db8:1:2:ffff::9")));
+        assert!(!limiter.allow_ip(ip("2001:db8:1:2:abcd::1")), "another address of the same /64");
+        assert!(limiter.allow_ip(ip("2001:db8:1:3::1")), "the next /64 is another client");
+        assert!(limiter.allow_ip(ip("192.0.2.7")) && limiter.allow_ip(ip("::ffff:192.0.2.7")));
+        assert!(!limiter.allow_ip(ip("192.0.2.7")), "IPv4-mapped is the same IPv4 client");
     }
 
     fn with_cookie(value: &str) -> HeaderMap {

@@ -73,6 +73,15 @@ pub async fn request(State(state): State<WebState>, PublicForm(form, key): Publi
         .next("/subscribe", "Try again");
         return pages::html(StatusCode::BAD_REQUEST, &page);
     };
+    // Contacts are kept for this homeserver's accounts only; another
+    // server's ID would only let anyone mail text of their choosing from here.
+    let server_name = &state.config.homeserver.server_name;
+    if user_id.server_name() != server_name {
+        let sentence = format!("Enter the Matrix ID of your account on {server_name}, like @you:{server_name}.");
+        let page = Message::new(&state, "That is not an account on this server", &[sentence.as_str()])
+            .next("/subscribe", "Try again");
+        return pages::html(StatusCode::BAD_REQUEST, &page);
+    }
     // Off the request path, like token requests: the answer, and the mail,
     // are the same whether or not the account is known.
     let worker = state.clone();

@@ -281,6 +281,24 @@ pub(crate) async fn post_form(http: &reqwest::Client, url: &str, cookie: Option<
     (response.status().as_u16(), response.text().await.unwrap())
 }
 
+/// The subscription page is for this homeserver's accounts: for another
+/// server's ID it says so and mails nothing (which would let anyone send
+/// text of their choosing to any address from here).
+#[tokio::test(flavor = "multi_thread")]
+async fn the_subscription_page_mails_nothing_for_another_servers_id() {
+    let (registry, smtp) = (TestDatabase::sqlite(), TestSmtp::start(None));
+    let (lifeboat, http) = (Lifeboat::with_config(""), reqwest::Client::new());
+    let served = serve(&lifeboat, &base_without_synapse(&registry, &smtp), "").await;
+    let url = format!("{}/subscribe", served.url);
+    let (cookie, csrf) = form_csrf(&http, &url).await;
+    let form = format!("csrf={csrf}&matrix_id=%40see-evil.example%3Aelsewhere.example&email=someone%40example.net");
+    let (code, page) = post_form(&http, &url, Some(&cookie), &form).await;
+    assert_eq!(code, 400, "{page}");
+    assert!(page.contains("your account on example.org"), "{page}");
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    assert!(smtp.messages().is_empty(), "nothing mailed");
+}
+
 /// The CSRF cookie a form page sets.
 async fn csrf_cookie_of(http: &reqwest::Client, url: &str) -> String {
     let response = http.get(url).send().await.unwrap();
