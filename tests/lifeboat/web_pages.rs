@@ -117,7 +117,7 @@ async fn wiped(prefix: &str) -> Wiped {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn a_person_affected_by_a_wipe_gets_a_token_from_the_page_and_registers_with_it() {
-    let Wiped { synapse, registry: _registry, smtp, base, lifeboat, name, email } = wiped("web").await;
+    let Wiped { synapse, registry, smtp, base, lifeboat, name, email } = wiped("web").await;
     let open = lifeboat
         .run(&["incident", "open", "--title", "Database lost", "--postmortem", "postmortem.md", "--json"])
         .await;
@@ -154,6 +154,10 @@ async fn a_person_affected_by_a_wipe_gets_a_token_from_the_page_and_registers_wi
     assert!(smtp.messages_to("nobody-here@example.org").is_empty(), "nothing is mailed to an unknown address");
     assert_eq!(smtp.messages().len(), 1, "one mail, to the registry's address");
     let link = link_in(&mails[0], "/token/open?");
+    let links = Registry::connect(&registry.url()).await.unwrap();
+    let (created, expires): (i64, i64) =
+        sqlx::query_as("SELECT created_at, expires_at FROM web_links").fetch_one(links.pool()).await.unwrap();
+    assert!((expires - created - 30 * 60 * 1000).abs() < 5_000, "the link works for 30 minutes: {created} {expires}");
 
     // The link's ID alone proves nothing: with its signature altered it is
     // refused (and still works below with the right one).
