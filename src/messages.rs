@@ -175,6 +175,14 @@ mod tests {
     }
 
     #[test]
+    fn a_subscription_code_dm_warns_never_to_give_the_code_away() {
+        let dm = subscribe_code("example.org", "12345678");
+        assert!(dm.contains("**12345678**"), "{dm}");
+        assert!(dm.contains("never give it to anyone"), "{dm}");
+        assert!(dm.contains("nobody from example.org will ever ask you for it"), "{dm}");
+    }
+
+    #[test]
     fn an_alert_mail_carries_the_alert_and_is_signed() {
         let mail = alert("example.org", "Accounts lost", "**12 accounts** are gone");
         assert!(mail.text.starts_with("**12 accounts** are gone\n"), "{}", mail.text);
