@@ -451,8 +451,11 @@ async fn on_invite(event: StrippedRoomMemberEvent, room: Room, Ctx(bot): Ctx<Arc
     let configured = bot.configured_room();
     let to_admin_room = configured.as_ref() == Some(&room_id) || bot.admin_room().as_ref() == Some(&room_id);
     tokio::spawn(async move {
-        let accept =
-            if to_admin_room { bot.is_admin(&event.sender, None).await } else { event.content.is_direct == Some(true) };
+        let accept = if to_admin_room {
+            bot.is_admin(&event.sender, None).await
+        } else {
+            takes_dm_invite(&bot.me, &event.sender, event.content.is_direct)
+        };
         if !accept {
             tracing::info!(room = %room_id, from = %event.sender, "declined an invite");
             let _ = room.leave().await;
@@ -472,6 +475,12 @@ async fn on_invite(event: StrippedRoomMemberEvent, room: Room, Ctx(bot): Ctx<Arc
             let _ = room.send(safe_message(&hello)).await;
         }
     });
+}
+
+/// A DM from this homeserver's people: only they have contacts to manage,
+/// and nobody elsewhere can fill the bot's sync with rooms by inviting it.
+fn takes_dm_invite(me: &OwnedUserId, sender: &OwnedUserId, is_direct: Option<bool>) -> bool {
+    is_direct == Some(true) && sender.server_name() == me.server_name()
 }
 
 /// Admin commands in the admin room; contact commands in DMs.
@@ -562,6 +571,15 @@ mod tests {
     fn a_session_that_ran_a_while_starts_the_pauses_over() {
         let long_ago = Some(LONGEST_RETRY_PAUSE);
         assert_eq!(retry_pause(long_ago, &failed(), Duration::from_secs(3600)), FIRST_RETRY_PAUSE);
+    }
+
+    #[test]
+    fn the_bot_takes_dm_invites_from_its_own_homeserver_only() {
+        let id = |text: &str| OwnedUserId::try_from(text).unwrap();
+        let me = id("@lifeboat:example.org");
+        assert!(takes_dm_invite(&me, &id("@ann:example.org"), Some(true)));
+        assert!(!takes_dm_invite(&me, &id("@ann:example.org"), None), "not a DM");
+        assert!(!takes_dm_invite(&me, &id("@mallory:elsewhere.example"), Some(true)), "another server's");
     }
 
     #[test]
