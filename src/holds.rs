@@ -204,7 +204,7 @@ async fn hold_one(
             // Its creation time, as a fresh hold keeps it (the registry's
             // is the lost account's).
             Ok(0) => match client.user_details(user_id.as_str()).await {
-                Ok(details) => details.and_then(|details| details.creation_ts).map(|seconds| seconds * 1000),
+                Ok(details) => details.and_then(|details| details.created_at_ms()),
                 Err(err) => return Ok(Outcome::Failed(err.to_string())),
             },
             Ok(_) => {
@@ -325,29 +325,40 @@ async fn restore_name_if_still_held(client: &SynapseClient, user_id: &str, name:
     }
 }
 
-/// Does the account on Synapse now speak for its registry person, so that
-/// what comes from it (a contact added by DM, a code DMed to it) is theirs?
-/// Only an account the registry knows as its person's, and made no later
-/// than the one it knows: right after a wipe, until a listing shows it, an
-/// ID someone registered again still reads as present in the registry.
+/// Why it cannot be told whose an account is now.
+#[derive(Debug, thiserror::Error)]
+pub enum CannotTell {
+    #[error("cannot ask Synapse whose account this is now: {0}")]
+    Synapse(#[from] synapse::Error),
+    #[error(transparent)]
+    Registry(#[from] registry::Error),
+}
+
+/// Does the account on Synapse now speak for the person the registry knows
+/// under `user_id` ([`Registry::speaks_for_its_person`], told when Synapse
+/// made it)? Right after a wipe, until a listing shows it, an ID someone
+/// registered again still reads as present in the registry. No account, no.
+pub async fn speaks_for_its_person_now(
+    registry: &Registry,
+    synapse: &SynapseClient,
+    user_id: &UserId,
+) -> Result<bool, CannotTell> {
+    let Some(details) = synapse.user_details(user_id.as_str()).await? else { return Ok(false) };
+    Ok(registry.speaks_for_its_person(user_id, details.created_at_ms()).await?)
+}
+
+/// [`speaks_for_its_person_now`] for an account the registry knows, so that
+/// what comes from it (a contact added by DM, a code DMed to it) is its
+/// person's.
 pub async fn its_persons_now(
     registry: &Registry,
     synapse: &SynapseClient,
     user_id: &UserId,
-) -> Result<bool, registry::Error> {
+) -> Result<bool, CannotTell> {
     if registry.account(user_id).await?.is_none() {
         return Ok(false);
     }
-    let created_at_ms = match synapse.user_details(user_id.as_str()).await {
-        Ok(Some(details)) => details.creation_ts.map(|seconds| seconds * 1000),
-        Ok(None) => return Ok(false),
-        // Unknown is not proven: nothing is given on it.
-        Err(err) => {
-            tracing::warn!(error = %err, user = user_id.as_str(), "cannot tell whose account this is now");
-            return Ok(false);
-        }
-    };
-    registry.speaks_for_its_person(user_id, created_at_ms).await
+    speaks_for_its_person_now(registry, synapse, user_id).await
 }
 
 /// What a person asking again for a way back in (the web page's `/token`,

@@ -71,7 +71,7 @@ pub async fn probe(config: &Config, registry: &Registry, fixed: &FixedSample, si
         match found {
             Ok(None) => return Probe::LooksWrong(format!("{user_id} is gone")),
             // The listing's rule (`reconcile`), on Synapse's seconds.
-            Ok(Some(details)) if registered_again(created_ms, details.creation_ts.map(|s| s.saturating_mul(1000))) => {
+            Ok(Some(details)) if registered_again(created_ms, details.created_at_ms()) => {
                 return Probe::LooksWrong(format!("{user_id} was registered again"));
             }
             Ok(Some(_)) => {}

@@ -30,7 +30,6 @@ use tokio_util::sync::CancellationToken;
 use crate::app::Services;
 use crate::config::BotConfig;
 use crate::dm::safe_message;
-use crate::synapse::SynapseClient;
 
 /// Registry setting: the admin room the bot made itself (after a wipe, or
 /// when none is configured), so a restart goes back to it.
@@ -66,23 +65,32 @@ pub(crate) struct Bot {
 }
 
 impl Bot {
-    /// Is `user` an admin the bot obeys? In `bot.admins`, and its person's
-    /// now: not an ID lost, held, or registered again by someone else after
-    /// a loss (a stranger holding an admin's ID until an operator settles
-    /// it), nor one made after the account the registry knows, when
-    /// `created_at_ms` tells. When the registry cannot tell, no.
-    async fn is_admin(&self, user: &OwnedUserId, created_at_ms: Option<i64>) -> bool {
+    /// Is `user` an admin the bot obeys (or invites)? In `bot.admins`, and
+    /// its person's now: not an ID lost, held, or registered again by
+    /// someone else after a loss (a stranger holding an admin's ID until an
+    /// operator settles it). A local ID is also asked of Synapse: it must
+    /// exist, and not be an account made after the one the registry knows
+    /// (right after a wipe, before a listing, the registry still has such
+    /// an ID as present). When either cannot tell, no.
+    async fn is_admin(&self, user: &OwnedUserId) -> bool {
         if !self.admins.contains(user) {
             return false;
         }
-        let id = crate::user_id::UserId::from(&**user);
-        match self.state.registry.speaks_for_its_person(&id, created_at_ms).await {
-            Ok(its_persons) => its_persons,
-            Err(err) => {
-                tracing::warn!(error = %err, "cannot tell whether an admin's ID changed hands: not obeying it");
-                false
-            }
-        }
+        let (registry, id) = (&self.state.registry, crate::user_id::UserId::from(&**user));
+        let its_persons = if user.server_name() == self.me.server_name() {
+            let access = crate::recover::admin_access(&self.state.config, registry).await;
+            let Some(admin) = access.ok().and_then(|access| access.working()) else {
+                tracing::debug!(admin = %user, "no working admin token: cannot tell whose the admin's ID is");
+                return false;
+            };
+            crate::holds::speaks_for_its_person_now(registry, &admin, &id).await
+        } else {
+            registry.speaks_for_its_person(&id, None).await.map_err(Into::into)
+        };
+        its_persons.unwrap_or_else(|err| {
+            tracing::warn!(admin = %user, error = %err, "cannot tell whether an admin's ID changed hands: not obeying it");
+            false
+        })
     }
 
     fn admin_room(&self) -> Option<OwnedRoomId> {
@@ -214,7 +222,6 @@ async fn connected(
     queued: &mut Vec<String>,
     cancel: &CancellationToken,
 ) -> Ended {
-    let state = &bot.state;
     let client = syncing.client.clone();
     let mut changes = client.subscribe_to_session_changes();
     // Known before the first sync, which may bring the admin's invite.
@@ -240,7 +247,6 @@ async fn connected(
         Err(err) if is_unknown_token(&err) => return Ended::TokenDead,
         Err(err) => return Ended::Failed(format!("first sync failed: {err}")),
     };
-    let admin_client = SynapseClient::from_config(&state.config.homeserver).with_token(login.access_token.clone());
     let made_new_room = match settle_admin_room(bot, &client, login.recovered).await {
         Ok(made) => made,
         Err(reason) => return Ended::Failed(reason),
@@ -248,7 +254,7 @@ async fn connected(
     if made_new_room && login.recovered {
         queued.insert(0, what_happened(bot));
     }
-    invite_admins(bot, &client, &admin_client).await;
+    invite_admins(bot, &client).await;
 
     // The sync loop runs in its own task: posting alerts or inviting admins
     // here must never hold it up (matrix-sdk may wait on the sync itself).
@@ -283,7 +289,7 @@ async fn connected(
                 if syncing.store_lost() {
                     return Ended::Failed("lost the lease on the device's crypto store (another lifeboat process may have it)".to_owned());
                 }
-                invite_admins(bot, &client, &admin_client).await
+                invite_admins(bot, &client).await
             }
             _ = cancel.cancelled() => return Ended::Cancelled,
         }
@@ -312,23 +318,28 @@ async fn settle_admin_room(bot: &Arc<Bot>, client: &Client, recovered: bool) -> 
     let registry = &bot.state.registry;
     let joined = |room_id: &RoomId| client.get_room(room_id).filter(|room| room.state() == RoomState::Joined);
     let configured = bot.configured_room();
-    if let Some(room_id) = configured.clone().filter(|room_id| joined(room_id).is_some()) {
-        bot.set_admin_room(room_id);
-        return Ok(false);
-    }
+    let mut settled = configured.clone().filter(|room_id| joined(room_id).is_some());
     // The room the bot made itself after a wipe comes before joining the
     // configured one: a wipe frees the configured alias, and whoever points
     // it at a room of theirs must not get the bot and its alerts there.
-    let stored = registry.setting(ROOM_SETTING).await.map_err(|err| err.to_string())?;
-    if let Some(room_id) = stored.and_then(|id| OwnedRoomId::try_from(id).ok())
-        && joined(&room_id).is_some()
-    {
-        bot.set_admin_room(room_id);
-        return Ok(false);
+    if settled.is_none() {
+        let stored = registry.setting(ROOM_SETTING).await.map_err(|err| err.to_string())?;
+        settled = stored.and_then(|id| OwnedRoomId::try_from(id).ok()).filter(|room_id| joined(room_id).is_some());
     }
-    if let Some(room_id) = configured
+    // Just recovered from a wipe, an alias of this homeserver names
+    // whatever room someone pointed it at since: not joined uninvited.
+    let freed_alias = recovered
+        && bot.config.admin_room.as_deref().is_some_and(|configured| {
+            configured.starts_with('#') && configured.ends_with(&format!(":{}", bot.me.server_name()))
+        });
+    if settled.is_none()
+        && let Some(room_id) = configured.filter(|_| !freed_alias)
         && client.join_room_by_id(&room_id).await.is_ok()
     {
+        settled = Some(room_id);
+    }
+    if let Some(room_id) = settled {
+        tracing::info!(room = %room_id, "in the admin room");
         bot.set_admin_room(room_id);
         return Ok(false);
     }
@@ -365,7 +376,7 @@ async fn resolve_room(client: &Client, configured: &str) -> Option<OwnedRoomId> 
 
 /// Invites the admins who are neither in the admin room nor invited, once
 /// their account exists (after a wipe they come back one by one).
-async fn invite_admins(bot: &Arc<Bot>, client: &Client, admin_client: &SynapseClient) {
+async fn invite_admins(bot: &Arc<Bot>, client: &Client) {
     let Some(room) = bot.admin_room().and_then(|id| client.get_room(&id)) else { return };
     for admin in &bot.admins {
         if bot.invited.lock().is_ok_and(|invited| invited.contains(admin)) {
@@ -377,22 +388,9 @@ async fn invite_admins(bot: &Arc<Bot>, client: &Client, admin_client: &SynapseCl
         if matches!(membership, Some(MembershipState::Join | MembershipState::Invite)) {
             continue;
         }
-        // A local admin once the account exists, and never a stranger holding
-        // an admin's ID: also not one no listing has shown yet (an account
-        // made after the one the registry knows, right after a wipe).
-        let created_at_ms = if admin.server_name() == bot.me.server_name() {
-            match admin_client.user_details(admin.as_str()).await {
-                Ok(Some(details)) => details.creation_ts.map(|seconds| seconds * 1000),
-                Ok(None) => continue,
-                Err(err) => {
-                    tracing::debug!(error = %err, "cannot tell whether an admin's account exists yet");
-                    continue;
-                }
-            }
-        } else {
-            None
-        };
-        if !bot.is_admin(admin, created_at_ms).await {
+        // A local admin once the account exists, and never a stranger
+        // holding an admin's ID.
+        if !bot.is_admin(admin).await {
             continue;
         }
         match room.invite_user_by_id(admin).await {
@@ -452,7 +450,7 @@ async fn on_invite(event: StrippedRoomMemberEvent, room: Room, Ctx(bot): Ctx<Arc
     let to_admin_room = configured.as_ref() == Some(&room_id) || bot.admin_room().as_ref() == Some(&room_id);
     tokio::spawn(async move {
         let accept = if to_admin_room {
-            bot.is_admin(&event.sender, None).await
+            bot.is_admin(&event.sender).await
         } else {
             takes_dm_invite(&bot.me, &event.sender, event.content.is_direct)
         };
@@ -492,7 +490,7 @@ async fn on_message(event: OriginalSyncRoomMessageEvent, room: Room, Ctx(bot): C
     let body = text.body.clone();
     let sender = event.sender.clone();
     if bot.admin_room().as_deref() == Some(room.room_id()) {
-        if !bot.is_admin(&sender, None).await {
+        if !bot.is_admin(&sender).await {
             // No data for anyone else, not even an error.
             if commands::parse_admin(bot.prefix(), &body).is_some() {
                 tracing::info!(from = %sender, "ignored a command from someone who is not in bot.admins");

@@ -42,7 +42,7 @@ impl SynapseClient {
             .request_json_status(Method::PUT, &Self::user_path(user_id), &[], Some(&json!({})), true)
             .await?;
         Ok(match status {
-            StatusCode::CREATED => Creation::Created { created_at_ms: created.creation_ts.map(|s| s * 1000) },
+            StatusCode::CREATED => Creation::Created { created_at_ms: created.created_at_ms() },
             _ => Creation::Existed,
         })
     }

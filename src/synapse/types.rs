@@ -39,12 +39,27 @@ pub struct UsersPage {
 pub struct UserDetails {
     #[serde(default)]
     pub threepids: Vec<ThreePid>,
-    /// Seconds in this endpoint's answer (the listing's are milliseconds).
+    /// Seconds in this endpoint's answer (the listing's are milliseconds):
+    /// read it as [`UserDetails::created_at_ms`].
     #[serde(default, deserialize_with = "lenient_i64")]
-    pub creation_ts: Option<i64>,
+    creation_ts: Option<i64>,
     /// Every account lifeboat holds is locked; a stranger's new one is not.
     #[serde(default)]
     pub locked: bool,
+}
+
+/// A creation time past this is in milliseconds already (as seconds it
+/// would be in the year 5138; as milliseconds it is 1973).
+const ALREADY_MILLISECONDS: i64 = 100_000_000_000;
+
+impl UserDetails {
+    /// When the account was made, in milliseconds like the listing's: the
+    /// one place this endpoint's seconds are converted, so a Synapse that
+    /// answers in milliseconds one day does not make every account look
+    /// registered again.
+    pub fn created_at_ms(&self) -> Option<i64> {
+        self.creation_ts.map(|ts| if ts > ALREADY_MILLISECONDS { ts } else { ts.saturating_mul(1000) })
+    }
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -121,6 +136,13 @@ mod tests {
         .unwrap();
         assert!(user.admin && !user.deactivated && !user.locked && user.is_guest);
         assert_eq!(user.created_at_ms, Some(1_700_000_000_000));
+    }
+
+    #[test]
+    fn one_accounts_creation_time_is_read_in_milliseconds_whichever_unit_synapse_sent() {
+        let made = |ts: i64| serde_json::from_value::<UserDetails>(serde_json::json!({"creation_ts": ts})).unwrap();
+        assert_eq!(made(1_700_000_000).created_at_ms(), Some(1_700_000_000_000), "seconds, as Synapse sends today");
+        assert_eq!(made(1_700_000_000_123).created_at_ms(), Some(1_700_000_000_123), "milliseconds stay");
     }
 
     #[test]

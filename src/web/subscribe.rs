@@ -128,6 +128,7 @@ async fn start(
     }
     // Only an account that is its registry person's (never one a stranger
     // registered again, nor one held for its owner) takes new contacts.
+    // With Synapse out of reach nothing goes out (no code could either).
     let admin = crate::recover::admin_access(&state.config, &state.registry).await?.working();
     let takes_contacts = match admin {
         Some(admin) => crate::holds::its_persons_now(&state.registry, &admin, &user_id).await?,
