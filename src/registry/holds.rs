@@ -148,7 +148,9 @@ impl Registry {
     /// Someone registered `user_id` before lifeboat could hold it: the ID is
     /// a stranger's (recreated), and lifeboat does not touch that account.
     pub async fn mark_taken_before_hold(&self, user_id: &UserId, actor: &Actor) -> Result<()> {
-        let set = "custody = NULL, custody_at = NULL, recreated_at = $2, state = 'present'";
+        // The lost account's creation time goes: the account there now is
+        // another, and the next listing brings its time.
+        let set = "custody = NULL, custody_at = NULL, recreated_at = $2, state = 'present', synapse_created_at = NULL";
         self.settle(user_id, set, actor, "hold.taken", "registered by someone else before the hold").await
     }
 
@@ -188,7 +190,10 @@ impl Registry {
     /// An operator on the lifeboat host gave the ID to its person (a held
     /// ID, or one a stranger took): it is theirs again.
     pub async fn settle_as_claimed(&self, user_id: &UserId, actor: &Actor) -> Result<()> {
-        let set = "custody = 'claimed', custody_at = $2, recreated_at = NULL, display_name_due_at = NULL";
+        // Whatever account is there now is the person's: its creation time
+        // comes with the next listing, never compared with an older one.
+        let set = "custody = 'claimed', custody_at = $2, recreated_at = NULL, display_name_due_at = NULL, \
+                   synapse_created_at = NULL";
         self.settle(user_id, set, actor, "hold.claim", "password set by an operator").await
     }
 

@@ -112,6 +112,22 @@ async fn only_an_account_its_person_still_has_speaks_for_them(registry: Registry
 }
 on_both_backends!(only_an_account_its_person_still_has_speaks_for_them);
 
+async fn an_id_an_operator_hands_back_before_any_listing_stays_its_persons(registry: Registry) {
+    sync_listing(&registry, &[user("@a:x", 1), user("@b:x", 1)]).await;
+    sync_listing(&registry, &[user("@a:x", 1)]).await;
+    // Someone registered it first (at second 9); an operator gives it back.
+    registry.begin_hold(&id("@b:x")).await.unwrap();
+    registry.mark_taken_before_hold(&id("@b:x"), &Actor::cli()).await.unwrap();
+    registry.settle_as_claimed(&id("@b:x"), &Actor::cli()).await.unwrap();
+    assert!(registry.speaks_for_its_person(&id("@b:x"), Some(9_000)).await.unwrap(), "its person's now");
+
+    let listed = sync_listing(&registry, &[user("@a:x", 1), user("@b:x", 9)]).await;
+    assert!(listed.report.recreated.is_empty(), "{:?}", listed.report);
+    let b = registry.account(&id("@b:x")).await.unwrap().unwrap();
+    assert_eq!((b.state, b.synapse_created_at), (AccountState::Claimed, Some(9_000)));
+}
+on_both_backends!(an_id_an_operator_hands_back_before_any_listing_stays_its_persons);
+
 async fn a_held_id_is_never_taken_for_a_recreated_one_and_is_claimed_once(registry: Registry) {
     sync_listing(&registry, &[user("@a:x", 1), user("@b:x", 1)]).await;
     sync_listing(&registry, &[user("@a:x", 1)]).await;
