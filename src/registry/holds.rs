@@ -47,12 +47,13 @@ pub struct HoldCounts {
 
 impl Registry {
     /// Lost IDs to hold: missing accounts not held yet, and holds an
-    /// earlier run began; never lifeboat's own account (`service`), which
-    /// recovery re-creates through the shared secret.
+    /// earlier run began (also when a listing since showed the account that
+    /// run made); never lifeboat's own account (`service`), which recovery
+    /// re-creates through the shared secret.
     pub async fn hold_candidates(&self, service: &UserId) -> Result<Vec<HoldCandidate>> {
         Ok(sqlx::query_as(
             "SELECT user_id, display_name, CASE WHEN custody = 'holding' THEN 1 ELSE 0 END AS begun_before, admin \
-             FROM accounts WHERE state = 'missing' AND (custody IS NULL OR custody = 'holding') \
+             FROM accounts WHERE ((state = 'missing' AND custody IS NULL) OR custody = 'holding') \
                AND user_id <> $1 ORDER BY user_id",
         )
         .bind(service)

@@ -135,6 +135,10 @@ async fn a_held_id_is_never_taken_for_a_recreated_one_and_is_claimed_once(regist
     assert_eq!(candidates.iter().map(|c| c.user_id.as_str()).collect::<Vec<_>>(), ["@b:x"]);
     registry.begin_hold(&id("@b:x")).await.unwrap();
     assert_eq!(registry.hold_candidates(&id("@lifeboat:x")).await.unwrap()[0].begun_before, 1, "resumable");
+    // The run was killed after Synapse made the account, and a listing
+    // showed it before the rerun: still resumable, not stuck half-held.
+    sync_listing(&registry, &[user("@a:x", 1), user("@b:x", 5)]).await;
+    assert_eq!(registry.hold_candidates(&id("@lifeboat:x")).await.unwrap()[0].begun_before, 1, "still resumable");
     assert!(registry.hold_under_way(&id("@b:x")).await.unwrap(), "no hand-over until the hold is made");
     registry.mark_held(&id("@b:x"), Some(5_000), true).await.unwrap();
     assert!(!registry.hold_under_way(&id("@b:x")).await.unwrap());
