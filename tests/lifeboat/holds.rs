@@ -434,14 +434,21 @@ async fn an_id_registered_before_its_hold_is_left_alone_and_treated_as_a_strange
 async fn ids_registered_again_before_any_listing_saw_the_wipe_are_strangers_to_the_bot_and_the_page() {
     let people = people(1);
     let mut rig = Rig::start(TestSmtp::start(None), &people).await;
-    // No listing and no probe while the test looks.
+    // No listing and no probe while the test looks; a second admin, whose
+    // account is made only after the wipe (new, not taken: invited).
+    let newcomer_localpart = unique("harbourmaster");
+    let newcomer_id = rig.synapse.user_id(&newcomer_localpart);
     let config = std::fs::read_to_string(rig.lifeboat.config_path()).unwrap();
-    let config = config.replace("interval = \"2s\"", "interval = \"1h\"\nprobe_interval = \"0s\"");
+    let config = config
+        .replace("interval = \"2s\"", "interval = \"1h\"\nprobe_interval = \"0s\"")
+        .replace("admins = [\"", &format!("admins = [\"{newcomer_id}\", \""));
     rig.lifeboat.write_config(&config);
     rig.serve().await;
 
     rig.synapse.wipe();
     let squatter = rig.synapse.register(&rig.alice_localpart);
+    let newcomer_account = rig.synapse.register(&newcomer_localpart);
+    let newcomer = MatrixUser::new(&rig.synapse.url, &newcomer_account.user_id, &newcomer_account.access_token);
     let (victim, victim_email) = &people[0];
     let victim_squatter = rig.synapse.register(victim);
     let lifeboat = &rig.lifeboat;
@@ -449,8 +456,10 @@ async fn ids_registered_again_before_any_listing_saw_the_wipe_are_strangers_to_t
         lifeboat.serve_log().contains("made a new admin room")
     })
     .await;
-    // The bot looks for admins to invite every 5 s.
-    tokio::time::sleep(Duration::from_secs(12)).await;
+    // The bot looks for admins to invite every 5 s: once the newcomer has
+    // theirs, the taken admin ID was looked at too.
+    newcomer.first_invite().await;
+    tokio::time::sleep(Duration::from_secs(6)).await;
     let squatted = MatrixUser::new(&rig.synapse.url, &squatter.user_id, &squatter.access_token);
     assert!(squatted.invites().await.is_empty(), "no invite to the admin room:\n{}", lifeboat.serve_log());
 
