@@ -436,6 +436,8 @@ async fn a_person_verifies_a_contact_email_by_dm() {
     let mail = rig.smtp.messages_to(&address).pop().expect("the code is mailed to the address");
     let code = mail.subject.unwrap().rsplit(' ').next().unwrap().to_owned();
     assert_eq!(code.len(), 6);
+    let text = mail.text.unwrap_or_default();
+    assert!(text.contains("works for 30 minutes"), "as long as the bot's reply says: {text}");
 
     bob.send(&dm, "contact verify 000000x").await;
     bob.wait_for_message(&dm, &rig.bot, "not right", Duration::from_secs(30)).await;
