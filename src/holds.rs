@@ -335,16 +335,17 @@ pub enum CannotTell {
 }
 
 /// Does the account on Synapse now speak for the person the registry knows
-/// under `user_id` ([`Registry::speaks_for_its_person`], told when Synapse
+/// under `user_id` ([`Account::speaks_for_its_person`], told when Synapse
 /// made it)? Right after a wipe, until a listing shows it, an ID someone
-/// registered again still reads as present in the registry. No account, no.
+/// registered again still reads as present in the registry. No account on
+/// Synapse, no; an ID the registry never saw is new, not taken: yes.
 pub async fn speaks_for_its_person_now(
     registry: &Registry,
     synapse: &SynapseClient,
     user_id: &UserId,
 ) -> Result<bool, CannotTell> {
-    let Some(details) = synapse.user_details(user_id.as_str()).await? else { return Ok(false) };
-    Ok(registry.speaks_for_its_person(user_id, details.created_at_ms()).await?)
+    let known = registry.account(user_id).await?;
+    speaks_now(known.as_ref(), synapse, user_id).await
 }
 
 /// [`speaks_for_its_person_now`] for an account the registry knows, so that
@@ -355,10 +356,13 @@ pub async fn its_persons_now(
     synapse: &SynapseClient,
     user_id: &UserId,
 ) -> Result<bool, CannotTell> {
-    if registry.account(user_id).await?.is_none() {
-        return Ok(false);
-    }
-    speaks_for_its_person_now(registry, synapse, user_id).await
+    let Some(known) = registry.account(user_id).await? else { return Ok(false) };
+    speaks_now(Some(&known), synapse, user_id).await
+}
+
+async fn speaks_now(known: Option<&Account>, synapse: &SynapseClient, user_id: &UserId) -> Result<bool, CannotTell> {
+    let Some(details) = synapse.user_details(user_id.as_str()).await? else { return Ok(false) };
+    Ok(known.is_none_or(|account| account.speaks_for_its_person(details.created_at_ms())))
 }
 
 /// What a person asking again for a way back in (the web page's `/token`,

@@ -51,6 +51,15 @@ pub struct Account {
 }
 
 impl Account {
+    /// May the account on Synapse now act as this ID's registry person?
+    /// Only while the ID is its person's (present or claimed: not lost,
+    /// held or a stranger's), and, given when Synapse's account was made
+    /// (`created_at_ms`), only if that is the account the registry knows,
+    /// not one registered again since (a wipe no listing has shown yet).
+    pub fn speaks_for_its_person(&self, created_at_ms: Option<i64>) -> bool {
+        self.state.is_its_persons() && !registered_again(self.synapse_created_at, created_at_ms)
+    }
+
     /// May this account's person be handed a way back in (a registration
     /// token, a claim link)? Not when an admin had locked or deactivated the
     /// account before it was lost: lifeboat does not undo an admin's
@@ -147,17 +156,10 @@ impl Registry {
         .await?)
     }
 
-    /// May the account now holding `user_id` act as the registry's person
-    /// of that ID (an admin the bot obeys)? An ID the registry never saw is
-    /// new, not taken: yes. A known one only while it is its person's
-    /// (present or claimed: not lost, held or a stranger's), and, given
-    /// when Synapse's account was made (`created_at_ms`), only if that is
-    /// the account the registry knows, not one registered again since (a
-    /// wipe no listing has shown yet).
+    /// [`Account::speaks_for_its_person`] by ID; an ID the registry never
+    /// saw is new, not taken: yes.
     pub async fn speaks_for_its_person(&self, user_id: &UserId, created_at_ms: Option<i64>) -> Result<bool> {
-        Ok(self.account(user_id).await?.is_none_or(|account| {
-            account.state.is_its_persons() && !registered_again(account.synapse_created_at, created_at_ms)
-        }))
+        Ok(self.account(user_id).await?.is_none_or(|account| account.speaks_for_its_person(created_at_ms)))
     }
 
     /// Accounts in user-ID order, optionally only those in `state`.
