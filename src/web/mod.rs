@@ -30,6 +30,7 @@ use crate::app::Services;
 use crate::config::{Config, WebConfig};
 use crate::dm::{Devices, DmSender};
 use crate::registry::Registry;
+use crate::synapse::SynapseClient;
 
 pub use guard::RateLimiter;
 
@@ -80,12 +81,9 @@ impl WebState {
         self.config.web.as_ref().expect("the web page is served only with a [web] section")
     }
 
-    /// The service account's DM sender, with the credentials that work now.
-    async fn dm_sender(&self) -> Result<DmSender, pages::WebError> {
-        let Some(client) = crate::recover::admin_access(&self.config, &self.registry).await?.working() else {
-            return Err(pages::WebError("no working admin token: cannot DM a code".into()));
-        };
-        let Some(account) = crate::campaign::DmAccount::find(&self.config, &self.registry, &client).await? else {
+    /// The service account's DM sender, found with a working admin client.
+    async fn dm_sender(&self, admin: &SynapseClient) -> Result<DmSender, pages::WebError> {
+        let Some(account) = crate::campaign::DmAccount::find(&self.config, &self.registry, admin).await? else {
             return Err(pages::WebError("lifeboat's own account has no credentials: cannot DM a code".into()));
         };
         let sender = account.connect(&self.config, &self.registry, &self.inner.devices).await;

@@ -18,6 +18,7 @@ use super::pages::{self, CheckedForm, Chrome, Message, PostedForm, PublicForm, W
 use super::{WebState, mail, signing};
 use crate::email::EmailAddress;
 use crate::registry::{Actor, AddContact, ContactAddress, ContactSource, MessageKind, now_ms};
+use crate::synapse::SynapseClient;
 use crate::user_id::UserId;
 
 const PURPOSE: &str = "subscribe";
@@ -130,8 +131,8 @@ async fn start(
     // registered again, nor one held for its owner) takes new contacts.
     // With Synapse out of reach nothing goes out (no code could either).
     let admin = crate::recover::admin_access(&state.config, &state.registry).await?.working();
-    let takes_contacts = match admin {
-        Some(admin) => crate::holds::its_persons_now(&state.registry, &admin, &user_id).await?,
+    let takes_contacts = match &admin {
+        Some(admin) => crate::holds::its_persons_now(&state.registry, admin, &user_id).await?,
         None => false,
     };
     // A link on its way to this address serves, unless it carries no code
@@ -174,7 +175,9 @@ async fn start(
     // The DM first: a link is recorded only once its code went out, so a
     // failed DM never leaves a live code for later requests to reuse.
     if let Some(code) = code_to_send {
-        dm_code(state, &user_id, &code, expires_at).await?;
+        // A code is made only when the admin client answered above.
+        let admin = admin.as_ref().ok_or_else(|| WebError("no working admin token: cannot DM a code".into()))?;
+        dm_code(state, admin, &user_id, &code, expires_at).await?;
     }
     state.registry.create_web_link(&id, PURPOSE, &user_id, &email, hash.as_deref(), expires_at).await?;
 
@@ -193,8 +196,14 @@ async fn start(
     mail::send(state, &id, &email, email_text, expires_at).await
 }
 
-async fn dm_code(state: &WebState, user_id: &UserId, code: &str, expires_at: i64) -> Result<(), WebError> {
-    let sender = state.dm_sender().await?;
+async fn dm_code(
+    state: &WebState,
+    admin: &SynapseClient,
+    user_id: &UserId,
+    code: &str,
+    expires_at: i64,
+) -> Result<(), WebError> {
+    let sender = state.dm_sender(admin).await?;
     let text = crate::messages::subscribe_code(&state.config.homeserver.server_name, code);
     // Through the outbox like every message, but sent here and now: the
     // link is recorded only if the code went out.
