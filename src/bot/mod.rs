@@ -144,18 +144,16 @@ pub async fn run(state: Arc<Services>, mut alerts: UnboundedReceiver<String>, ca
     loop {
         let started = Instant::now();
         let ended = session(&bot, &mut alerts, &mut queued, &cancel).await;
-        if let Ended::Cancelled = ended {
-            return;
-        }
-        pause = Some(retry_pause(pause, &ended, started.elapsed()));
-        match ended {
+        match &ended {
+            Ended::Cancelled => return,
             Ended::TokenDead => {
                 tracing::warn!("the bot's token was rejected: logging in again (recovering after a wipe if needed)")
             }
             Ended::Failed(reason) => tracing::warn!(error = %reason, "bot session ended; retrying"),
-            Ended::Cancelled => {}
         }
-        if crate::watch::pause(pause.unwrap_or(FIRST_RETRY_PAUSE), &cancel).await {
+        let next = retry_pause(pause, &ended, started.elapsed());
+        pause = Some(next);
+        if crate::watch::pause(next, &cancel).await {
             return;
         }
     }
@@ -330,7 +328,7 @@ async fn settle_admin_room(bot: &Arc<Bot>, client: &Client, recovered: bool) -> 
     // whatever room someone pointed it at since: not joined uninvited.
     let freed_alias = recovered
         && bot.config.admin_room.as_deref().is_some_and(|configured| {
-            configured.starts_with('#') && configured.ends_with(&format!(":{}", bot.me.server_name()))
+            <&RoomAliasId>::try_from(configured).is_ok_and(|alias| alias.server_name() == bot.me.server_name())
         });
     if settled.is_none()
         && let Some(room_id) = configured.filter(|_| !freed_alias)

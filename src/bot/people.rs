@@ -24,10 +24,10 @@ pub(super) async fn run(bot: &Bot, sender: &OwnedUserId, command: PersonCommand)
     let actor = Actor::bot(sender.as_str());
     // The registry's form of the sender's ID.
     let person = crate::user_id::UserId::from(&**sender);
-    let broken = |err: &dyn std::fmt::Display| {
+    fn broken(err: impl std::fmt::Display) -> String {
         tracing::warn!(error = %err, "a DM command failed");
         "Something went wrong on my side; please try again later.".to_owned()
-    };
+    }
     if command == PersonCommand::Help {
         return Ok(person_help());
     }
@@ -39,7 +39,7 @@ pub(super) async fn run(bot: &Bot, sender: &OwnedUserId, command: PersonCommand)
         return Err("I cannot reach the homeserver's admin API right now; please try again later.".to_owned());
     };
     let its_persons = crate::holds::its_persons_now(registry, &admin, &person).await;
-    if !its_persons.map_err(|err| broken(&err))? {
+    if !its_persons.map_err(broken)? {
         return Err(format!(
             "I keep contacts for accounts of {} only, and {sender} is not one I know (yet: new accounts are added within {}).",
             config.homeserver.server_name,
@@ -52,16 +52,13 @@ pub(super) async fn run(bot: &Bot, sender: &OwnedUserId, command: PersonCommand)
             if config.email.is_none() {
                 return Err("This lifeboat cannot send email, so it cannot verify addresses; ask an admin.".to_owned());
             }
-            if registry.recent_contact_verifications(&person).await.map_err(|err| broken(&err))? >= CODES_PER_HOUR {
+            if registry.recent_contact_verifications(&person).await.map_err(broken)? >= CODES_PER_HOUR {
                 return Err(
                     "You asked for several codes in the last hour; please wait a while before asking again.".to_owned()
                 );
             }
             let code = format!("{:06}", rand::rng().random_range(0..1_000_000));
-            registry
-                .start_contact_verification(&person, &address, &code, CODE_VALID_MS)
-                .await
-                .map_err(|err| broken(&err))?;
+            registry.start_contact_verification(&person, &address, &code, CODE_VALID_MS).await.map_err(broken)?;
             let message = crate::messages::contact_code(
                 &config.homeserver.server_name,
                 sender.as_str(),
@@ -71,14 +68,14 @@ pub(super) async fn run(bot: &Bot, sender: &OwnedUserId, command: PersonCommand)
             let expires_at = now_ms() + CODE_VALID_MS;
             crate::outbox::queue_email(registry, MessageKind::Code, &address, &message, None, expires_at)
                 .await
-                .map_err(|err| broken(&err))?;
+                .map_err(broken)?;
             Ok(format!(
                 "I am mailing a code to {}. Reply `contact verify <code>` within 30 minutes to confirm it is yours.",
                 mask(address.as_str())
             ))
         }
         PersonCommand::ContactVerify(code) => {
-            match registry.check_contact_code(&person, &code, &actor).await.map_err(|err| broken(&err))? {
+            match registry.check_contact_code(&person, &code, &actor).await.map_err(broken)? {
                 CodeCheck::Verified(address) => Ok(format!(
                     "Confirmed: {address} is now a verified contact of {sender}. If {} ever loses your account, lifeboat will write to you there.",
                     config.homeserver.server_name
@@ -93,7 +90,7 @@ pub(super) async fn run(bot: &Bot, sender: &OwnedUserId, command: PersonCommand)
             }
         }
         PersonCommand::ContactList => {
-            let contacts = registry.contacts_of(&person).await.map_err(|err| broken(&err))?;
+            let contacts = registry.contacts_of(&person).await.map_err(broken)?;
             if contacts.is_empty() {
                 return Ok("You have no contact addresses yet. Add one with `contact add <email>`.".to_owned());
             }
@@ -114,7 +111,7 @@ pub(super) async fn run(bot: &Bot, sender: &OwnedUserId, command: PersonCommand)
             let removed = registry
                 .remove_contact(&person, &ContactAddress::Email(address.clone()), &actor)
                 .await
-                .map_err(|err| broken(&err))?;
+                .map_err(broken)?;
             Ok(if removed {
                 format!("Removed {address} from your contacts.")
             } else {

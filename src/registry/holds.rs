@@ -106,8 +106,8 @@ impl Registry {
     /// The account lifeboat created for `user_id` is locked: it is held.
     /// `created_at_ms` is its creation time, so later listings do not take
     /// it for a stranger's, but do take an account made after it (another
-    /// wipe) for one; unknown, the next listing's time stands. `name_due`: its display name is still to be
-    /// restored ([`Registry::held_names_due`]).
+    /// wipe) for one; unknown, the next listing's time stands. `name_due`:
+    /// its display name is still to be restored ([`Registry::held_names_due`]).
     pub async fn mark_held(&self, user_id: &UserId, created_at_ms: Option<i64>, name_due: bool) -> Result<()> {
         let now = now_ms();
         sqlx::query(
