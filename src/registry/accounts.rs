@@ -1,26 +1,18 @@
 //! Accounts: never deleted; an account that vanishes from Synapse is marked
 //! missing, with the time it was first found missing.
-//!
-//! Who an ID belongs to now is one rule, [`STANDING_SQL`]: the listing's
-//! state (present, missing, deactivated), lifeboat's custody of a lost ID
-//! (held, claimed), and whether the ID was registered again by someone
-//! lifeboat cannot vouch for (recreated). Every query and every face reads
-//! it from there.
 
 use serde::Serialize;
-use sqlx::Row;
-use sqlx::any::AnyRow;
 
-use super::{Registry, Result, flag};
+use super::{Flag, Registry, Result};
 use crate::reconcile::{AccountState, Known, registered_again};
 use crate::user_id::UserId;
 
-/// The one rule for an account's [`AccountState`], as an SQL expression
-/// over `accounts` aliased `a` (it holds no comma, so it can sit in a
-/// column list that is split on commas). A deactivated listing wins; then
-/// lifeboat's custody (a hold being made counts as held); then a recreated
-/// ID stays recreated, whatever later syncs see, until an operator settles
-/// it.
+/// The one rule for an account's [`AccountState`], read by every query and
+/// every face: an SQL expression over `accounts` aliased `a` (holding no
+/// comma, so it can sit in a column list split on commas). A deactivated
+/// listing wins; then lifeboat's custody (a hold being made counts as held);
+/// then an ID registered again by someone lifeboat cannot vouch for stays
+/// recreated, whatever later syncs see, until an operator settles it.
 pub const STANDING_SQL: &str = "CASE WHEN a.state = 'deactivated' THEN 'deactivated' \
      WHEN a.custody = 'holding' OR a.custody = 'held' THEN 'held' \
      WHEN a.state = 'missing' THEN 'missing' \
@@ -28,13 +20,17 @@ pub const STANDING_SQL: &str = "CASE WHEN a.state = 'deactivated' THEN 'deactiva
      WHEN a.recreated_at IS NOT NULL THEN 'recreated' \
      ELSE 'present' END";
 
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, sqlx::FromRow)]
 pub struct Account {
     pub user_id: UserId,
     pub display_name: Option<String>,
+    #[sqlx(try_from = "Flag")]
     pub admin: bool,
+    #[sqlx(try_from = "Flag")]
     pub deactivated: bool,
+    #[sqlx(try_from = "Flag")]
     pub locked: bool,
+    #[sqlx(try_from = "Flag")]
     pub is_guest: bool,
     pub user_type: Option<String>,
     pub synapse_created_at: Option<i64>,
@@ -47,23 +43,22 @@ pub struct Account {
     /// When lifeboat's custody last changed (held: the hold's identity).
     pub custody_at: Option<i64>,
     /// Held, with its display name not yet restored on Synapse.
+    #[sqlx(try_from = "Flag")]
     pub display_name_due: bool,
 }
 
 impl Account {
-    /// May the account on Synapse now act as this ID's registry person?
-    /// Only while the ID is its person's (present or claimed: not lost,
-    /// held or a stranger's), and, given when Synapse's account was made
-    /// (`created_at_ms`), only if that is the account the registry knows,
-    /// not one registered again since (a wipe no listing has shown yet).
+    /// May the account on Synapse now act as this ID's registry person? Only
+    /// while the ID is its person's (present or claimed), and only if Synapse's
+    /// account (made at `created_at_ms`) is the one the registry knows, not
+    /// one registered again since (a wipe no listing has shown yet).
     pub fn speaks_for_its_person(&self, created_at_ms: Option<i64>) -> bool {
         self.state.is_its_persons() && !registered_again(self.synapse_created_at, created_at_ms)
     }
 
-    /// May this account's person be handed a way back in (a registration
-    /// token, a claim link)? Not when an admin had locked or deactivated the
-    /// account before it was lost: lifeboat does not undo an admin's
-    /// decision. The one rule for every face: notices, `/token`, the bot.
+    /// May this account's person be handed a way back in (a token, a claim
+    /// link)? Not if an admin had locked or deactivated it before the loss:
+    /// lifeboat does not undo an admin's decision. One rule for notices, `/token`, the bot.
     pub fn may_come_back(&self) -> bool {
         may_come_back(self.locked, self.deactivated)
     }
@@ -75,34 +70,9 @@ impl Account {
     }
 }
 
-/// [`Account::may_come_back`] from the two flags, where no whole account is
-/// at hand (a delivery being rendered).
+/// [`Account::may_come_back`] from the two flags (a delivery being rendered has no whole account).
 pub fn may_come_back(locked_by_admin: bool, deactivated: bool) -> bool {
     !locked_by_admin && !deactivated
-}
-
-// By hand, for its flags (see `flag`).
-impl<'r> sqlx::FromRow<'r, AnyRow> for Account {
-    fn from_row(row: &'r AnyRow) -> sqlx::Result<Account> {
-        Ok(Account {
-            user_id: row.try_get("user_id")?,
-            display_name: row.try_get("display_name")?,
-            admin: flag(row, "admin")?,
-            deactivated: flag(row, "deactivated")?,
-            locked: flag(row, "locked")?,
-            is_guest: flag(row, "is_guest")?,
-            user_type: row.try_get("user_type")?,
-            synapse_created_at: row.try_get("synapse_created_at")?,
-            first_seen_at: row.try_get("first_seen_at")?,
-            last_seen_present_at: row.try_get("last_seen_present_at")?,
-            state: row.try_get("state")?,
-            missing_since: row.try_get("missing_since")?,
-            recreated_at: row.try_get("recreated_at")?,
-            details_fetched_at: row.try_get("details_fetched_at")?,
-            custody_at: row.try_get("custody_at")?,
-            display_name_due: row.try_get::<Option<i64>, _>("display_name_due_at")?.is_some(),
-        })
-    }
 }
 
 /// The `SELECT` list of an [`Account`], its state the standing.
@@ -110,7 +80,8 @@ pub(super) fn account_columns() -> String {
     format!(
         "a.user_id, a.display_name, a.admin, a.deactivated, a.locked, a.is_guest, a.user_type, \
          a.synapse_created_at, a.first_seen_at, a.last_seen_present_at, {STANDING_SQL} AS state, \
-         a.missing_since, a.recreated_at, a.details_fetched_at, a.custody_at, a.display_name_due_at"
+         a.missing_since, a.recreated_at, a.details_fetched_at, a.custody_at, \
+         CASE WHEN a.display_name_due_at IS NULL THEN 0 ELSE 1 END AS display_name_due"
     )
 }
 

@@ -1,6 +1,8 @@
 //! The audit log: one row per state-changing operation (who, what, when).
 
 use serde::Serialize;
+use sqlx::any::AnyArguments;
+use sqlx::query::Query;
 use sqlx::{Any, Transaction};
 
 use super::{Registry, Result, now_ms};
@@ -72,6 +74,25 @@ impl Registry {
         .execute(&mut **tx)
         .await?;
         Ok(())
+    }
+
+    /// Runs one write and, when it changed a row, audits it in the same
+    /// transaction. Says whether it changed one.
+    pub(super) async fn write_audited(
+        &self,
+        write: Query<'_, Any, AnyArguments>,
+        actor: &Actor,
+        action: &str,
+        subject: &str,
+        detail: &str,
+    ) -> Result<bool> {
+        let mut tx = self.begin_write().await?;
+        let changed = write.execute(&mut *tx).await?.rows_affected() > 0;
+        if changed {
+            Self::audit_in(&mut tx, actor, action, Some(subject), Some(detail)).await?;
+        }
+        tx.commit().await?;
+        Ok(changed)
     }
 
     /// Records an operation that changed things outside one transaction

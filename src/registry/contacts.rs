@@ -157,21 +157,11 @@ impl Registry {
 
     /// Removes a contact; `false` when there was none to remove.
     pub async fn remove_contact(&self, user_id: &UserId, address: &ContactAddress, actor: &Actor) -> Result<bool> {
-        let mut tx = self.begin_write().await?;
-        let removed = sqlx::query("DELETE FROM contacts WHERE user_id = $1 AND kind = $2 AND address = $3")
+        let remove = sqlx::query("DELETE FROM contacts WHERE user_id = $1 AND kind = $2 AND address = $3")
             .bind(user_id)
             .bind(address.kind())
-            .bind(address.as_str())
-            .execute(&mut *tx)
-            .await?
-            .rows_affected();
-        if removed == 0 {
-            tx.rollback().await?;
-            return Ok(false);
-        }
+            .bind(address.as_str());
         let detail = format!("{} {address}", address.kind());
-        Self::audit_in(&mut tx, actor, "contact.remove", Some(user_id.as_str()), Some(&detail)).await?;
-        tx.commit().await?;
-        Ok(true)
+        self.write_audited(remove, actor, "contact.remove", user_id.as_str(), &detail).await
     }
 }

@@ -40,8 +40,7 @@ impl Registry {
         device_id: Option<&str>,
         actor: &Actor,
     ) -> Result<()> {
-        let mut tx = self.begin_write().await?;
-        sqlx::query(
+        let store = sqlx::query(
             "INSERT INTO service_credentials (user_id, access_token, device_id, obtained_at) VALUES ($1, $2, $3, $4) \
              ON CONFLICT (user_id) DO UPDATE SET access_token = excluded.access_token, \
              device_id = excluded.device_id, obtained_at = excluded.obtained_at",
@@ -49,19 +48,9 @@ impl Registry {
         .bind(user_id)
         .bind(access_token)
         .bind(device_id)
-        .bind(now_ms())
-        .execute(&mut *tx)
-        .await?;
-        Self::audit_in(
-            &mut tx,
-            actor,
-            "recover",
-            Some(user_id.as_str()),
-            Some("service account re-created by shared secret"),
-        )
-        .await?;
-        tx.commit().await?;
-        Ok(())
+        .bind(now_ms());
+        let detail = "service account re-created by shared secret";
+        self.write_audited(store, actor, "recover", user_id.as_str(), detail).await.map(drop)
     }
 
     /// lifeboat registered its own account again (a recovery after a wipe):
@@ -137,12 +126,7 @@ impl Registry {
     }
 
     pub async fn set_setting(&self, name: &str, value: &str) -> Result<()> {
-        sqlx::query("INSERT INTO settings (name, value) VALUES ($1, $2) ON CONFLICT (name) DO UPDATE SET value = excluded.value")
-            .bind(name)
-            .bind(value)
-            .execute(&self.pool)
-            .await?;
-        Ok(())
+        set_setting_in(&self.pool, name, value).await
     }
 
     /// A random secret generated on first use and kept in the registry
@@ -150,13 +134,23 @@ impl Registry {
     pub async fn generated_secret(&self, name: &str) -> Result<SecretString> {
         let mut bytes = [0u8; 32];
         rand::rng().fill_bytes(&mut bytes);
-        sqlx::query("INSERT INTO settings (name, value) VALUES ($1, $2) ON CONFLICT (name) DO NOTHING")
-            .bind(name)
-            .bind(hex::encode(bytes))
-            .execute(&self.pool)
-            .await?;
+        // Not DO NOTHING: the no-op update makes RETURNING give the stored value too.
+        let keep_stored = "INSERT INTO settings (name, value) VALUES ($1, $2) \
+                           ON CONFLICT (name) DO UPDATE SET value = settings.value RETURNING value";
         let value: String =
-            sqlx::query_scalar("SELECT value FROM settings WHERE name = $1").bind(name).fetch_one(&self.pool).await?;
+            sqlx::query_scalar(keep_stored).bind(name).bind(hex::encode(bytes)).fetch_one(&self.pool).await?;
         Ok(SecretString::from(value))
     }
+}
+
+/// Writes a setting, on the pool or in a transaction.
+pub(super) async fn set_setting_in(
+    executor: impl sqlx::Executor<'_, Database = sqlx::Any>,
+    name: &str,
+    value: &str,
+) -> Result<()> {
+    let upsert = "INSERT INTO settings (name, value) VALUES ($1, $2) \
+                  ON CONFLICT (name) DO UPDATE SET value = excluded.value";
+    sqlx::query(upsert).bind(name).bind(value).execute(executor).await?;
+    Ok(())
 }

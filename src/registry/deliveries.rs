@@ -1,11 +1,6 @@
 //! The outbox, and its notices (every other kind: `messages`). A delivery
-//! stays pending until its outcome is
-//! recorded: sent, or back to pending with a later attempt time after a
-//! transient failure, failed after a permanent one, skipped for an
-//! opted-out contact. Outcomes are recorded right after the transport
-//! confirms (in groups, see `crate::outbox`), so a crash can repeat only the
-//! messages that were in flight at that moment. (`sending` is what older
-//! versions marked claimed rows with; `resume_deliveries` takes them back.)
+//! stays pending until its outcome is recorded, right after the transport
+//! confirms (in groups, see `crate::outbox`): a crash repeats only messages in flight.
 
 use std::sync::LazyLock;
 
@@ -258,10 +253,9 @@ impl Registry {
         Ok(PlannedEmails { emails, people_with_email: with_email, people_without_channel: without })
     }
 
-    /// Makes every unfinished delivery of an incident due now, and with
-    /// `retry_failed` the failed ones too (after their cause was fixed).
-    /// Rows left in `sending` (by an older version that died mid-run) are
-    /// taken back: resending them is the only way not to lose them.
+    /// Makes an incident's unfinished deliveries (with `retry_failed`, the failed
+    /// ones too) due now. `sending` rows, claimed by an older version that died
+    /// mid-run, are taken back: resending is the only way not to lose them.
     /// Only one notify may run per incident at a time.
     pub async fn resume_deliveries(&self, incident_id: i64, retry_failed: bool) -> Result<u64> {
         let states = if retry_failed { "'pending', 'sending', 'failed'" } else { "'pending', 'sending'" };
@@ -276,13 +270,10 @@ impl Registry {
         .rows_affected())
     }
 
-    /// Up to `limit` due deliveries of one channel, the longest due first
-    /// (then by id), ready to render.
-    ///
-    /// Only reads: the run's lease on the incident keeps any other sender
-    /// away, and a delivery stays pending until its outcome is recorded, so
-    /// what a crashed run had read is simply read again. The query follows
-    /// the `deliveries_due` index, which holds pending rows only.
+    /// Up to `limit` due deliveries of one channel, longest due first, ready
+    /// to render. Only reads: the run's lease keeps other senders away, and
+    /// what a crashed run had read is still pending, so is read again.
+    /// Follows the `deliveries_due` index (pending rows only).
     pub async fn due_deliveries(
         &self,
         incident_id: i64,
@@ -298,14 +289,12 @@ impl Registry {
             .fetch_one(&self.pool)
             .await?;
         let mut due: Vec<Delivery> = serde_json::from_str(&json).map_err(|err| sqlx::Error::Decode(Box::new(err)))?;
-        // Aggregates keep the subquery's order in practice; it is not left
-        // to chance.
+        // Aggregates keep the subquery's order in practice; not left to chance.
         due.sort_unstable_by_key(|delivery| (delivery.next_attempt_at, delivery.id));
         Ok(due)
     }
 
-    /// A connection of its own for recording a run's outcomes (see
-    /// [`OutboxWriter`]).
+    /// A connection of its own for recording a run's outcomes ([`OutboxWriter`]).
     pub async fn outbox_writer(&self) -> Result<OutboxWriter> {
         Ok(OutboxWriter { conn: self.pool.acquire().await?, postgres: self.is_postgres() })
     }
@@ -416,23 +405,19 @@ impl Registry {
     }
 }
 
-/// Records the outcomes of a send run on one connection, kept for the
-/// whole run. Each write is then one round trip to the database: a
-/// statement on the pool also takes a connection and gives it back, and
-/// sqlx checks every connection given back from a task of its own, a
-/// second round trip per write. Each statement commits on its own; the
-/// connection holds no transaction between writes.
+/// Records a send run's outcomes on one connection kept for the run: one
+/// round trip a write, where the pool adds a second (sqlx checks every
+/// connection given back, from a task of its own). No transaction is held
+/// between writes: each statement commits on its own.
 pub struct OutboxWriter {
     conn: PoolConnection<Any>,
     postgres: bool,
 }
 
 impl OutboxWriter {
-    /// Marks many deliveries sent, in one statement: a send run records
-    /// the messages its connections finished together, rather than one
-    /// transaction each. The IDs go in as one JSON array, not one parameter
-    /// each: SQLite looks parameters up by name in a list, so binding
-    /// hundreds of them costs more than the update.
+    /// Marks the deliveries a run finished together sent, in one statement.
+    /// The IDs go in as one JSON array: SQLite looks parameters up by name in
+    /// a list, so binding hundreds of them costs more than the update.
     pub async fn mark_sent(&mut self, ids: &[i64]) -> Result<()> {
         if ids.is_empty() {
             return Ok(());
@@ -453,10 +438,9 @@ impl OutboxWriter {
         Ok(())
     }
 
-    /// Ends an attempt other than by a send (`mark_sent`): `Pending` again
-    /// after a transient failure, due at `next_attempt_at`, or `Failed`, or
-    /// `Skipped`, with the reason. (A message's stored text is kept only
-    /// while it may still be sent.)
+    /// Ends an attempt other than by a send: `Pending` again after a transient
+    /// failure (due at `next_attempt_at`), `Failed` or `Skipped`, with the
+    /// reason. A message's stored text is kept only while it may still be sent.
     pub async fn mark_ended(
         &mut self,
         id: i64,

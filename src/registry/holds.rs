@@ -46,10 +46,8 @@ pub struct HoldCounts {
 }
 
 impl Registry {
-    /// Lost IDs to hold: missing accounts not held yet, and holds an
-    /// earlier run began (also when a listing since showed the account that
-    /// run made); never lifeboat's own account (`service`), which recovery
-    /// re-creates through the shared secret.
+    /// Lost IDs to hold: missing and not held yet, or begun by an earlier run (even if listed
+    /// since); never `service`, which recovery re-creates through the shared secret.
     pub async fn hold_candidates(&self, service: &UserId) -> Result<Vec<HoldCandidate>> {
         Ok(sqlx::query_as(
             "SELECT user_id, display_name, CASE WHEN custody = 'holding' THEN 1 ELSE 0 END AS begun_before, admin \
@@ -61,11 +59,9 @@ impl Registry {
         .await?)
     }
 
-    /// The verified email addresses of an account, restored on its hold.
-    /// Not one that another account on Synapse had at the last sync (the
-    /// person's new account, say): Synapse would move it to the hold
-    /// without a word, as it keeps one account per address. The hold asks
-    /// Synapse too, for accounts registered since.
+    /// An account's verified emails, to restore on its hold, less any another account had at the
+    /// last sync (the person's new one, say): Synapse keeps one account per address and would
+    /// move it silently. The hold asks Synapse too, for accounts registered since.
     pub async fn verified_emails_of(&self, user_id: &UserId) -> Result<Vec<EmailAddress>> {
         Ok(sqlx::query_scalar(
             "SELECT address FROM contacts c WHERE user_id = $1 AND kind = 'email' AND verified_at IS NOT NULL \
@@ -103,11 +99,9 @@ impl Registry {
         Ok(())
     }
 
-    /// The account lifeboat created for `user_id` is locked: it is held.
-    /// `created_at_ms` is its creation time, so later listings do not take
-    /// it for a stranger's, but do take an account made after it (another
-    /// wipe) for one; unknown, the next listing's time stands. `name_due`:
-    /// its display name is still to be restored ([`Registry::held_names_due`]).
+    /// The account lifeboat created for `user_id` is locked: it is held. `created_at_ms` keeps
+    /// later listings from taking it for a stranger's, but not one made after it (another wipe);
+    /// unknown, the next listing's stands. `name_due`: its display name is still to be restored.
     pub async fn mark_held(&self, user_id: &UserId, created_at_ms: Option<i64>, name_due: bool) -> Result<()> {
         let now = now_ms();
         sqlx::query(
@@ -149,8 +143,7 @@ impl Registry {
     /// Someone registered `user_id` before lifeboat could hold it: the ID is
     /// a stranger's (recreated), and lifeboat does not touch that account.
     pub async fn mark_taken_before_hold(&self, user_id: &UserId, actor: &Actor) -> Result<()> {
-        // The lost account's creation time goes: the account there now is
-        // another, and the next listing brings its time.
+        // The lost account's creation time goes: the next listing brings the new account's.
         let set = "custody = NULL, custody_at = NULL, recreated_at = $2, state = 'present', synapse_created_at = NULL";
         self.settle(user_id, set, actor, "hold.taken", "registered by someone else before the hold").await
     }
@@ -168,24 +161,14 @@ impl Registry {
     /// Hands the hold identified by `held_at` back to its owner: `true` for
     /// the one call that does it (a link works once, however many clicks).
     pub async fn claim_hold(&self, user_id: &UserId, held_at: i64, actor: &Actor) -> Result<bool> {
-        let mut tx = self.begin_write().await?;
-        let claimed = sqlx::query(
+        let claim = sqlx::query(
             "UPDATE accounts SET custody = 'claimed', custody_at = $3, display_name_due_at = NULL \
              WHERE user_id = $1 AND custody = 'held' AND custody_at = $2",
         )
         .bind(user_id)
         .bind(held_at)
-        .bind(now_ms())
-        .execute(&mut *tx)
-        .await?
-        .rows_affected()
-            == 1;
-        if claimed {
-            Self::audit_in(&mut tx, actor, "hold.claim", Some(user_id.as_str()), Some("handed back to its owner"))
-                .await?;
-        }
-        tx.commit().await?;
-        Ok(claimed)
+        .bind(now_ms());
+        self.write_audited(claim, actor, "hold.claim", user_id.as_str(), "handed back to its owner").await
     }
 
     /// An operator on the lifeboat host gave the ID to its person (a held
@@ -205,7 +188,8 @@ impl Registry {
     }
 
     /// Sets `set` (`$2` is now) on the account and audits it, in one
-    /// transaction.
+    /// transaction: audited even when the registry has no such account,
+    /// since the operator's change on Synapse happened all the same.
     async fn settle(
         &self,
         user_id: &UserId,

@@ -20,11 +20,16 @@ stored_as_text! {
 }
 
 impl IncidentScope {
-    /// The accounts it covers, as an SQL condition over `accounts a`.
+    /// The accounts it covers, as an SQL condition over `accounts a`. `Missing`: lost accounts
+    /// (missing, or held for their owner), and recreated ones (someone else may hold the ID)
+    /// that no earlier incident covered.
     fn filter(self) -> String {
         match self {
             IncidentScope::All => "1 = 1".to_owned(),
-            IncidentScope::Missing => affected_missing(),
+            IncidentScope::Missing => format!(
+                "{STANDING_SQL} IN ('missing', 'held') OR ({STANDING_SQL} = 'recreated' AND NOT EXISTS \
+                 (SELECT 1 FROM incident_accounts earlier WHERE earlier.user_id = a.user_id))"
+            ),
         }
     }
 }
@@ -96,23 +101,10 @@ impl std::fmt::Debug for NoticeToken {
 const TOKEN_COLUMNS: &str =
     "id, token, incident_id, user_id, purpose, created_at, expires_at, confirmed_at, revoked_at";
 
-/// Who counts as affected when an incident opens with scope `missing`:
-/// accounts lost (missing, or held by lifeboat for their owner), and
-/// recreated accounts (someone else may hold the ID) that no earlier
-/// incident covered.
-fn affected_missing() -> String {
-    format!(
-        "{STANDING_SQL} IN ('missing', 'held') OR ({STANDING_SQL} = 'recreated' AND NOT EXISTS \
-         (SELECT 1 FROM incident_accounts earlier WHERE earlier.user_id = a.user_id))"
-    )
-}
-
 impl Registry {
-    /// Opens an incident and snapshots its affected accounts; refuses when
-    /// nobody would be affected, and unless `even_if_covered`, when an open
-    /// incident already covers any account it would affect
-    /// (`Error::AlreadyCovered`). That is checked in the transaction that
-    /// opens it, so two opens at the same moment cannot both pass.
+    /// Opens an incident and snapshots its affected accounts; refuses when nobody would be
+    /// affected, and unless `even_if_covered`, when an open incident covers any of them
+    /// (`Error::AlreadyCovered`): checked in the opening transaction, so two opens cannot both pass.
     pub async fn open_incident(
         &self,
         title: &str,
@@ -235,22 +227,13 @@ impl Registry {
         if incident.resolved_at.is_some() {
             return Err(Error::Refused(format!("incident {id} is already resolved")));
         }
-        let mut tx = self.begin_write().await?;
-        sqlx::query("UPDATE incidents SET resolved_at = $2 WHERE id = $1")
-            .bind(id)
-            .bind(now_ms())
-            .execute(&mut *tx)
-            .await?;
-        Self::audit_in(&mut tx, actor, "incident.resolve", Some(&format!("incident {id}")), Some(&incident.title))
-            .await?;
-        tx.commit().await?;
-        Ok(())
+        let resolve = sqlx::query("UPDATE incidents SET resolved_at = $2 WHERE id = $1").bind(id).bind(now_ms());
+        let subject = format!("incident {id}");
+        self.write_audited(resolve, actor, "incident.resolve", &subject, &incident.title).await.map(drop)
     }
 
-    /// Affected accounts without a notice token whose person has lost the
-    /// use of their ID: gone (missing), held for them by lifeboat, or held
-    /// by someone else (recreated); never lifeboat's own account
-    /// (`service`). Whether each may have one is `Account::may_come_back`.
+    /// Affected accounts without a notice token whose person lost the use of their ID (missing,
+    /// held, or recreated), except `service`. Whether each may have one is `Account::may_come_back`.
     pub async fn accounts_without_notice_token(&self, incident_id: i64, service: &UserId) -> Result<Vec<Account>> {
         Ok(sqlx::query_as(sqlx::AssertSqlSafe(format!(
             "SELECT {} FROM incident_accounts ia JOIN accounts a ON a.user_id = ia.user_id \

@@ -99,9 +99,8 @@ impl Error {
 
 pub type Result<T, E = Error> = std::result::Result<T, E>;
 
-/// A database error as one plain clause: the database's own message and
-/// code, without the server's source location PostgreSQL appends ("at line
-/// 3211" of its C code), and a pool timeout said as what it means.
+/// A database error as one plain clause: its own message and code, without the source location
+/// PostgreSQL appends ("at line 3211" of its C code); a pool timeout said as what it means.
 pub fn describe(err: &sqlx::Error) -> String {
     match err {
         sqlx::Error::Database(db) => match db.code() {
@@ -196,9 +195,8 @@ impl Registry {
         Ok(Registry { pool, backend, options: Arc::new(options) })
     }
 
-    /// Whether the registry answers within `limit`, and if not, why: the
-    /// database's own error (connection refused, disk I/O error) where one
-    /// plain connection can tell it. For health probes.
+    /// For health probes: whether the registry answers within `limit`, and if not, why (the
+    /// database's own error, e.g. connection refused, where one plain connection can tell it).
     pub async fn health(&self, limit: Duration) -> Result<(), String> {
         let query = sqlx::query("SELECT 1").execute(&self.pool);
         match tokio::time::timeout(limit, query).await {
@@ -222,11 +220,9 @@ impl Registry {
         &self.pool
     }
 
-    /// A transaction that writes. On SQLite it takes the write lock at
-    /// BEGIN (IMMEDIATE): a deferred transaction that reads first and
-    /// writes later fails at once ("database is locked") if another
-    /// connection wrote in between (serve's watcher, a web request), where
-    /// this one waits its turn like any other write.
+    /// A transaction that writes. On SQLite it takes the write lock at BEGIN (IMMEDIATE): a
+    /// deferred one that reads, then writes fails at once ("database is locked") if another
+    /// connection wrote in between (serve's watcher, a web request); this one waits its turn.
     pub(crate) async fn begin_write(&self) -> Result<sqlx::Transaction<'static, sqlx::Any>> {
         Ok(match self.backend {
             Backend::Sqlite => self.pool.begin_with("BEGIN IMMEDIATE").await?,
@@ -239,10 +235,16 @@ impl Registry {
     }
 }
 
-/// A 0/1 column read as a bool: sqlx's Any driver decodes no integer
-/// column as a bool, so rows holding flags are read by hand.
-fn flag(row: &sqlx::any::AnyRow, column: &str) -> sqlx::Result<bool> {
-    sqlx::Row::try_get::<i64, _>(row, column).map(|value| value != 0)
+/// A 0/1 column, read into a bool with `#[sqlx(try_from = "Flag")]`:
+/// sqlx's Any driver decodes no integer column as a bool.
+#[derive(sqlx::Type)]
+#[sqlx(transparent)]
+pub(super) struct Flag(i64);
+
+impl From<Flag> for bool {
+    fn from(flag: Flag) -> bool {
+        flag.0 != 0
+    }
 }
 
 /// UTC milliseconds since the Unix epoch.

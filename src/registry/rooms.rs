@@ -8,10 +8,9 @@
 use std::collections::HashMap;
 
 use serde::Serialize;
-use sqlx::Row;
-use sqlx::any::AnyRow;
 
-use super::{AccountState, Registry, Result, STANDING_SQL, flag, now_ms};
+use super::credentials::set_setting_in;
+use super::{AccountState, Flag, Registry, Result, STANDING_SQL, now_ms};
 use crate::checked_text::stored_as_text;
 use crate::user_id::UserId;
 
@@ -81,7 +80,7 @@ pub struct RoomDetails {
 }
 
 /// A room as the registry knows it.
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, sqlx::FromRow)]
 pub struct Room {
     pub room_id: String,
     pub state: RoomState,
@@ -90,12 +89,17 @@ pub struct Room {
     pub topic: Option<String>,
     pub avatar_url: Option<String>,
     pub join_rule: Option<String>,
+    #[sqlx(try_from = "Flag")]
     pub public: bool,
+    #[sqlx(try_from = "Flag")]
     pub encrypted: bool,
     pub room_type: Option<String>,
     pub creator: Option<String>,
+    #[sqlx(try_from = "JsonList")]
     pub aliases: Vec<String>,
+    #[sqlx(try_from = "JsonList")]
     pub children: Vec<String>,
+    #[sqlx(try_from = "JsonList")]
     pub via_servers: Vec<String>,
     pub joined_local: i64,
     pub joined_remote: i64,
@@ -104,10 +108,7 @@ pub struct Room {
     pub restored_at: Option<i64>,
     pub restore_error: Option<String>,
     pub recreated_as: Option<String>,
-    /// Local members the registry knows, and of them, how many were
-    /// brought back (joined again, or invited to the re-created room) and
-    /// how many are still waiting (their person is not back yet, or it
-    /// failed and is tried again).
+    /// Local members the registry knows; `rejoined` and `pending` as in [`RoomCounts`].
     pub members: i64,
     pub rejoined: i64,
     pub pending: i64,
@@ -129,45 +130,19 @@ impl Room {
     }
 }
 
-fn list(json: &str) -> Vec<String> {
-    serde_json::from_str(json).unwrap_or_default()
+/// A column holding a JSON array of strings.
+#[derive(sqlx::Type)]
+#[sqlx(transparent)]
+struct JsonList(String);
+
+impl From<JsonList> for Vec<String> {
+    fn from(json: JsonList) -> Vec<String> {
+        serde_json::from_str(&json.0).unwrap_or_default()
+    }
 }
 
 fn json_list(items: &[String]) -> String {
     serde_json::to_string(items).expect("strings serialize")
-}
-
-// By hand, for its flags (see `flag`).
-impl<'r> sqlx::FromRow<'r, AnyRow> for Room {
-    fn from_row(row: &'r AnyRow) -> sqlx::Result<Room> {
-        let strings = |column: &str| row.try_get::<String, _>(column).map(|json| list(&json));
-        Ok(Room {
-            room_id: row.try_get("room_id")?,
-            state: row.try_get("state")?,
-            name: row.try_get("name")?,
-            canonical_alias: row.try_get("canonical_alias")?,
-            topic: row.try_get("topic")?,
-            avatar_url: row.try_get("avatar_url")?,
-            join_rule: row.try_get("join_rule")?,
-            public: flag(row, "public")?,
-            encrypted: flag(row, "encrypted")?,
-            room_type: row.try_get("room_type")?,
-            creator: row.try_get("creator")?,
-            aliases: strings("aliases")?,
-            children: strings("children")?,
-            via_servers: strings("via_servers")?,
-            joined_local: row.try_get("joined_local")?,
-            joined_remote: row.try_get("joined_remote")?,
-            first_seen_at: row.try_get("first_seen_at")?,
-            last_seen_at: row.try_get("last_seen_at")?,
-            restored_at: row.try_get("restored_at")?,
-            restore_error: row.try_get("restore_error")?,
-            recreated_as: row.try_get("recreated_as")?,
-            members: row.try_get("members")?,
-            rejoined: row.try_get("rejoined")?,
-            pending: row.try_get("pending")?,
-        })
-    }
 }
 
 /// Rooms by state, and memberships brought back or waiting.
@@ -218,9 +193,8 @@ impl Registry {
         Ok(rows.into_iter().map(|(room, events, local, remote)| (room, (events, local, remote))).collect())
     }
 
-    /// Up to `limit` rooms whose state was last read before `before` (or
-    /// never recorded), oldest first: read again though their fingerprint
-    /// is the same (a new topic does not change it).
+    /// Up to `limit` rooms whose state was last read before `before` (or never), oldest first: read
+    /// again though their fingerprint is the same (a new topic does not change it).
     pub async fn rooms_read_before(&self, before: i64, limit: i64) -> Result<Vec<String>> {
         Ok(sqlx::query_scalar(
             "SELECT room_id FROM rooms WHERE state_read_at IS NULL OR state_read_at < $1 \
@@ -275,13 +249,7 @@ impl Registry {
                 record_details(&mut tx, &room.room_id, details).await?;
             }
         }
-        sqlx::query(
-            "INSERT INTO settings (name, value) VALUES ($1, $2) ON CONFLICT (name) DO UPDATE SET value = excluded.value",
-        )
-        .bind(ROOMS_LISTED_SETTING)
-        .bind(now.to_string())
-        .execute(&mut *tx)
-        .await?;
+        set_setting_in(&mut *tx, ROOMS_LISTED_SETTING, &now.to_string()).await?;
         tx.commit().await?;
         Ok(())
     }
@@ -382,10 +350,8 @@ impl Registry {
         Ok(())
     }
 
-    /// People back on their ID (claimed) whose rooms they are not back in
-    /// yet: rooms that come back, and re-created ones. Failures are tried
-    /// again up to [`MAX_REJOIN_ATTEMPTS`] times (`retry_all`: whatever the
-    /// count).
+    /// People back on their ID (claimed) not yet back in their rooms that come back or were
+    /// re-created. Failures are retried up to [`MAX_REJOIN_ATTEMPTS`] times (`retry_all`: any count).
     pub async fn pending_rejoins(&self, retry_all: bool) -> Result<Vec<Rejoin>> {
         let listed_at = self.rooms_listed_at().await?;
         let sql = format!(
@@ -396,7 +362,7 @@ impl Registry {
              AND (m.rejoin IS NULL OR (m.rejoin = 'failed' AND ($2 = 1 OR m.rejoin_attempts < $3))) \
              ORDER BY m.user_id, m.room_id"
         );
-        let rows: Vec<(String, UserId, RoomState, String, Option<String>)> = sqlx::query_as(sqlx::AssertSqlSafe(sql))
+        let rows: Vec<(String, UserId, RoomState, JsonList, Option<String>)> = sqlx::query_as(sqlx::AssertSqlSafe(sql))
             .bind(listed_at)
             .bind(retry_all as i64)
             .bind(MAX_REJOIN_ATTEMPTS)
@@ -409,7 +375,7 @@ impl Registry {
                     room_id,
                     user_id,
                     room_state,
-                    via_servers: list(&via),
+                    via_servers: via.into(),
                     recreated_as,
                 })
             })
@@ -485,10 +451,8 @@ pub enum RejoinOutcome<'a> {
     Failed(&'a str),
 }
 
-/// A changed room's details and memberships. A membership that the new
-/// state no longer shows is dropped only for a person who is here and not
-/// waiting to be brought back: a lost person's rooms are what their
-/// rejoin needs.
+/// A changed room's details and memberships. A membership gone from its state is dropped only
+/// for a person here for good: a lost person's rooms are what their rejoin needs.
 async fn record_details(
     tx: &mut sqlx::Transaction<'static, sqlx::Any>,
     room_id: &str,

@@ -131,9 +131,8 @@ impl Registry {
         Ok(())
     }
 
-    /// Applies a complete, staged listing to the accounts in one transaction:
-    /// classifies every account, records new and changed ones, marks the
-    /// unlisted ones missing (never deleting them).
+    /// Applies a complete, staged listing to the accounts in one transaction: classifies every
+    /// account, records new and changed ones, marks the unlisted ones missing (never deleting them).
     pub async fn apply_listing(&self, run_id: i64, loss_threshold: f64, actor: &Actor) -> Result<SyncApplied> {
         let now = now_ms();
         let mut tx = self.begin_write().await?;
@@ -256,11 +255,8 @@ impl Registry {
         Ok(changed)
     }
 
-    /// Present accounts whose emails were never fetched or are older than
-    /// `stale_before`, except recreated ones: whoever holds a recreated ID
-    /// may not be the person the registry knew, so their emails are not
-    /// taken as that person's contacts. Listed in ID order after `after`
-    /// (keyset paging keeps memory flat however many accounts there are).
+    /// The accounts `due` names, in ID order after `after` (keyset paging keeps memory flat
+    /// however many accounts there are).
     pub async fn accounts_needing_details(&self, due: DetailsDue, after: &str, limit: i64) -> Result<Vec<UserId>> {
         let sql = format!(
             "SELECT user_id FROM accounts WHERE {} AND user_id > $3 ORDER BY user_id LIMIT $4",
@@ -282,10 +278,9 @@ impl Registry {
         Ok(sqlx::query_scalar(sqlx::AssertSqlSafe(sql)).bind(now).bind(stale_before).fetch_one(&self.pool).await?)
     }
 
-    /// Stores the emails Synapse knows for each account read (as verified
-    /// contacts from Synapse) and notes when they were fetched, all in one
-    /// transaction: a sync writes its answers a batch at a time. Returns
-    /// how many addresses were new.
+    /// Stores the emails Synapse knows for each account read (as verified contacts from Synapse)
+    /// and notes when they were fetched, in one transaction: a sync writes its answers a batch at
+    /// a time. Returns how many addresses were new.
     pub async fn record_details(&self, read: &[AccountDetails]) -> Result<u64> {
         if read.is_empty() {
             return Ok(0);
@@ -369,17 +364,15 @@ enum Mark {
     Missing,
 }
 
-/// What a sync marks on a known account, from its classified pair: the
-/// one rule, so the writes cannot disagree with the report. `state` is
-/// the one stored beside its standing; `custody_since_listing`: lifeboat
-/// took custody (a hold, a claim) after the listing began.
+/// What a sync marks on a known account, from its classified pair: one rule, so the writes
+/// cannot disagree with the report. `state`: the stored one, beside its standing;
+/// `custody_since_listing`: lifeboat took custody (a hold, a claim) after the listing began.
 fn mark_for(known: &Known, listed: Option<&Listed>, state: AccountState, custody_since_listing: bool) -> Option<Mark> {
     match classify(Some(known), listed)? {
         // Newly taken by someone lifeboat cannot vouch for.
         Class::Recreated if known.standing != AccountState::Recreated => Some(Mark::Recreated),
-        // Not a hold made since this listing began: the listing is too old
-        // to say it is gone, and holding it anew would find lifeboat's own
-        // account there and take it for a stranger's.
+        // Not a hold made since this listing began: the listing is too old to say it is gone, and
+        // holding it anew would find lifeboat's own account there and take it for a stranger's.
         Class::Missing if state != AccountState::Missing && !custody_since_listing => Some(Mark::Missing),
         _ => None,
     }
@@ -397,9 +390,8 @@ struct PairRow {
     listed_created: Option<i64>,
 }
 
-/// Which accounts' details a sync reads: never read (new), or due again.
-/// Recreated IDs never: whoever holds one may not be the person the
-/// registry knew, so their emails are not taken as that person's.
+/// Which present accounts' details a sync reads. Recreated IDs never: whoever holds one may not
+/// be the person the registry knew, so their emails are not taken as that person's.
 #[derive(Debug, Clone, Copy)]
 pub enum DetailsDue {
     /// Never read.

@@ -40,31 +40,26 @@ const SELECT_WEB_LINKS: &str =
 /// Only verified email contacts that have not opted out are ever written to.
 const MAILABLE: &str = "kind = 'email' AND verified_at IS NOT NULL AND opted_out_at IS NULL";
 
-/// A live link whose email may still arrive: its delivery was not given up
-/// (refused for good, or out of time). One that never arrived must not
-/// hold back the person's next request.
+/// A live link whose email may still arrive (its delivery was not given up): one that never
+/// arrived must not hold back the person's next request.
 const MAY_ARRIVE: &str = "NOT EXISTS (SELECT 1 FROM deliveries d WHERE d.id = web_links.delivery_id \
                           AND d.state IN ('failed', 'skipped'))";
 
 impl Registry {
     /// The mailable contacts holding `address` (one per account that has it).
     pub async fn mailable_contacts_by_address(&self, address: &EmailAddress) -> Result<Vec<MailableContact>> {
-        Ok(sqlx::query_as(sqlx::AssertSqlSafe(format!(
-            "SELECT id, user_id, address FROM contacts WHERE address = $1 AND {MAILABLE} ORDER BY id"
-        )))
-        .bind(address)
-        .fetch_all(&self.pool)
-        .await?)
+        self.mailable_contacts("address", address.as_str()).await
     }
 
     /// The mailable contacts of one account.
     pub async fn mailable_contacts_of(&self, user_id: &UserId) -> Result<Vec<MailableContact>> {
-        Ok(sqlx::query_as(sqlx::AssertSqlSafe(format!(
-            "SELECT id, user_id, address FROM contacts WHERE user_id = $1 AND {MAILABLE} ORDER BY id"
-        )))
-        .bind(user_id)
-        .fetch_all(&self.pool)
-        .await?)
+        self.mailable_contacts("user_id", user_id.as_str()).await
+    }
+
+    /// Mailable contacts whose `column` (a constant of the caller's) is `value`.
+    async fn mailable_contacts(&self, column: &'static str, value: &str) -> Result<Vec<MailableContact>> {
+        let sql = format!("SELECT id, user_id, address FROM contacts WHERE {column} = $1 AND {MAILABLE} ORDER BY id");
+        Ok(sqlx::query_as(sqlx::AssertSqlSafe(sql)).bind(value).fetch_all(&self.pool).await?)
     }
 
     /// Records a link before it is mailed. Expired links are swept here, so
@@ -176,11 +171,9 @@ impl Registry {
         Ok(used.rows_affected() == 1)
     }
 
-    /// Spends one try at the code a link carries, before the code is
-    /// compared. The links to one account share its code, and so its
-    /// `max` tries: a guesser who asks for a link from each of many
-    /// addresses gets no more. One writer at a time, so parallel guesses
-    /// cannot share a try. `false` when none is left (or the link is used).
+    /// Spends one try at a link's code, before it is compared; `false` when none is left (or the
+    /// link is used). An account's links share its code and its `max` tries: a guesser asking for
+    /// links at many addresses gets no more. One writer at a time, so parallel guesses share no try.
     pub async fn spend_web_link_attempt(&self, id: &str, max: i64) -> Result<bool> {
         let mut tx = self.begin_write().await?;
         if self.is_postgres() {
@@ -240,18 +233,15 @@ impl Registry {
 
     /// A person confirmed an address they had opted out with: mail to it again.
     pub async fn resubscribe_contact(&self, user_id: &UserId, address: &EmailAddress, actor: &Actor) -> Result<()> {
-        let mut tx = self.begin_write().await?;
-        sqlx::query(
+        let resubscribe = sqlx::query(
             "UPDATE contacts SET opted_out_at = NULL, verified_at = COALESCE(verified_at, $3) \
              WHERE user_id = $1 AND kind = 'email' AND address = $2",
         )
         .bind(user_id)
         .bind(address)
-        .bind(now_ms())
-        .execute(&mut *tx)
-        .await?;
-        Self::audit_in(&mut tx, actor, "contact.resubscribe", Some(user_id.as_str()), Some(address.as_str())).await?;
-        tx.commit().await?;
-        Ok(())
+        .bind(now_ms());
+        self.write_audited(resubscribe, actor, "contact.resubscribe", user_id.as_str(), address.as_str())
+            .await
+            .map(drop)
     }
 }
