@@ -188,30 +188,25 @@ async fn run(bot: &Bot, room: &Room, actor: &Actor, command: AdminCommand) -> Re
         }
         AdminCommand::IncidentShow(id) => {
             let summary = registry.incident_summary(id, &service_user_id(config)).await.map_err(said)?;
-            let d = &summary.deliveries;
-            Ok(format!(
-                "**Incident {id}: {}** ({})\n\n- affected: {}\n- IDs: {} held, {} claimed, {} taken by someone else\n- reachable: {} by email, {} on Matrix, {} unreachable\n- tokens: {}\n- deliveries: {} sent, {} pending, {} sending, {} failed, {} skipped\n- rooms: {} living on elsewhere, {} lost, {} re-created; people back in rooms: {} ({} waiting)",
-                markdown_escape(&summary.incident.title),
-                if summary.incident.resolved_at.is_some() { "resolved" } else { "open" },
-                summary.affected,
-                summary.holds.held,
-                summary.holds.claimed,
-                summary.holds.taken,
-                summary.reachable_by_email,
-                summary.reachable_by_matrix,
-                summary.unreachable,
-                summary.tokens,
-                d.sent,
-                d.pending,
-                d.sending,
-                d.failed,
-                d.skipped,
-                summary.rooms.elsewhere,
-                summary.rooms.lost,
-                summary.rooms.recreated,
-                summary.rooms.rejoined,
-                summary.rooms.pending
-            ))
+            let (holds, d, rooms) = (&summary.holds, &summary.deliveries, &summary.rooms);
+            let state = if summary.incident.resolved_at.is_some() { "resolved" } else { "open" };
+            let (email, matrix) = (summary.reachable_by_email, summary.reachable_by_matrix);
+            Ok([
+                format!("**Incident {id}: {}** ({state})\n", markdown_escape(&summary.incident.title)),
+                format!("- affected: {}", summary.affected),
+                format!("- IDs: {} held, {} claimed, {} taken by someone else", holds.held, holds.claimed, holds.taken),
+                format!("- reachable: {email} by email, {matrix} on Matrix, {} unreachable", summary.unreachable),
+                format!("- tokens: {}", summary.tokens),
+                format!(
+                    "- deliveries: {} sent, {} pending, {} sending, {} failed, {} skipped",
+                    d.sent, d.pending, d.sending, d.failed, d.skipped
+                ),
+                format!(
+                    "- rooms: {} living on elsewhere, {} lost, {} re-created; people back in rooms: {} ({} waiting)",
+                    rooms.elsewhere, rooms.lost, rooms.recreated, rooms.rejoined, rooms.pending
+                ),
+            ]
+            .join("\n"))
         }
         AdminCommand::IncidentResolve(id) => {
             registry.require_incident(id).await.map_err(said)?;
@@ -312,9 +307,9 @@ async fn notify(bot: &Bot, room: &Room, actor: &Actor, id: i64, confirm: bool) -
     };
     if !confirm {
         let planned = plan(registry, id, &service_user_id(config)).await.map_err(text)?;
-        remember_asked(bot, &format!("notify {id}"));
+        let how = ask_to_confirm(bot, &format!("notify {id}"));
         return Ok(format!(
-            "Incident {id} \"{}\": {} affected; **{} emails** to {} people, **{} DMs**; {} people unreachable; {} tokens to create.\n\nTo send, reply `{} notify {id} confirm` within {} minutes.",
+            "Incident {id} \"{}\": {} affected; **{} emails** to {} people, **{} DMs**; {} people unreachable; {} tokens to create.\n\nTo send, {how}.",
             markdown_escape(&incident.title),
             planned.affected,
             planned.emails.emails,
@@ -322,8 +317,6 @@ async fn notify(bot: &Bot, room: &Room, actor: &Actor, id: i64, confirm: bool) -
             planned.dms,
             planned.unreachable,
             planned.tokens_to_create,
-            bot.prefix(),
-            CONFIRM_WITHIN.as_secs() / 60
         ));
     }
     if confirmed_in_time(bot, &format!("notify {id}")).is_err() {
@@ -461,19 +454,25 @@ async fn holds(bot: &Bot) -> Result<String, String> {
         return Ok("No held, claimed or taken IDs.".to_owned());
     }
     let mut reply = String::new();
-    for state in [AccountState::Held, AccountState::Claimed, AccountState::Recreated] {
-        let ids: Vec<UserId> =
-            holds.iter().filter(|hold| hold.state == state).map(|hold| hold.user_id.clone()).collect();
-        if !ids.is_empty() {
-            let label = match state {
-                AccountState::Held => "Held for their owners",
-                AccountState::Claimed => "Claimed (handed back)",
-                _ => "Taken by someone else before the hold (strangers until settled with `lifeboat holds claim`)",
-            };
-            reply.push_str(&format!("**{label}** ({}): {}\n\n", ids.len(), crate::plural::id_list(&ids, 30)));
-        }
+    for (state, label) in [
+        (AccountState::Held, "Held for their owners"),
+        (AccountState::Claimed, "Claimed (handed back)"),
+        (
+            AccountState::Recreated,
+            "Taken by someone else before the hold (strangers until settled with `lifeboat holds claim`)",
+        ),
+    ] {
+        let ids: Vec<&UserId> = holds.iter().filter(|hold| hold.state == state).map(|hold| &hold.user_id).collect();
+        group(&mut reply, label, ids.len(), &crate::plural::id_list(&ids, 30));
     }
     Ok(reply.trim_end().to_owned())
+}
+
+/// A `**label** (count): list` paragraph, when there is anything to list.
+fn group(reply: &mut String, label: &str, count: usize, list: &str) {
+    if count > 0 {
+        reply.push_str(&format!("**{label}** ({count}): {list}\n\n"));
+    }
 }
 
 async fn rooms(bot: &Bot) -> Result<String, String> {
@@ -499,13 +498,7 @@ async fn rooms(bot: &Bot) -> Result<String, String> {
                 format!("{} `{}`{back}", crate::notice::markdown_escape(room.label()), room.room_id)
             })
             .collect();
-        if !listed.is_empty() {
-            reply.push_str(&format!(
-                "**{label}** ({}): {}\n\n",
-                listed.len(),
-                listed[..listed.len().min(30)].join(", ")
-            ));
-        }
+        group(&mut reply, label, listed.len(), &listed[..listed.len().min(30)].join(", "));
     }
     let here = rooms.iter().filter(|room| room.state == RoomState::Here).count();
     reply.push_str(&format!("{} on the homeserver now.", crate::plural::count(here as i64, "room", "rooms")));
@@ -533,15 +526,13 @@ async fn recreate_rooms(bot: &Bot, actor: &Actor, room: Option<String>, confirm:
     }
     let command = format!("rooms recreate {target}");
     if !confirm {
-        remember_asked(bot, &command);
+        let how = ask_to_confirm(bot, &command);
         let names: Vec<String> =
             rooms.iter().take(10).map(|room| crate::notice::markdown_escape(room.label())).collect();
         return Ok(format!(
-            "This makes {} again as new, empty rooms ({}); their history does not come back, and former members are invited as each comes back. To do it, reply `{} rooms recreate {target} confirm` within {} minutes.",
+            "This makes {} again as new, empty rooms ({}); their history does not come back, and former members are invited as each comes back. To do it, {how}.",
             crate::plural::count(rooms.len() as i64, "room", "rooms"),
             names.join(", "),
-            bot.prefix(),
-            CONFIRM_WITHIN.as_secs() / 60
         ));
     }
     confirmed_in_time(bot, &command)?;
@@ -558,11 +549,12 @@ async fn recreate_rooms(bot: &Bot, actor: &Actor, room: Option<String>, confirm:
 }
 
 /// A command that changes something for good asks first: this records
-/// that it asked, for [`confirmed_in_time`].
-fn remember_asked(bot: &Bot, command: &str) {
+/// that it asked, for [`confirmed_in_time`], and says how to confirm.
+fn ask_to_confirm(bot: &Bot, command: &str) -> String {
     if let Ok(mut pending) = bot.asked_to_confirm.lock() {
         pending.insert(command.to_owned(), Instant::now());
     }
+    format!("reply `{} {command} confirm` within {} minutes", bot.prefix(), CONFIRM_WITHIN.as_secs() / 60)
 }
 
 /// `command confirm` counts only within [`CONFIRM_WITHIN`] of `command`.
@@ -587,11 +579,9 @@ async fn release_hold(bot: &Bot, actor: &Actor, user: &UserId, confirm: bool) ->
     }
     let command = format!("release {user}");
     if !confirm {
-        remember_asked(bot, &command);
+        let how = ask_to_confirm(bot, &command);
         return Ok(format!(
-            "Releasing {user} deactivates its account for good: nobody, its owner included, can ever register this ID again. To do it, reply `{} release {user} confirm` within {} minutes.",
-            bot.prefix(),
-            CONFIRM_WITHIN.as_secs() / 60
+            "Releasing {user} deactivates its account for good: nobody, its owner included, can ever register this ID again. To do it, {how}."
         ));
     }
     confirmed_in_time(bot, &command)?;

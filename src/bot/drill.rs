@@ -31,7 +31,7 @@ pub async fn post_test_message(config: &Config, registry: &Registry) -> (Status,
                 "the bot cannot log in: set bot.password or bot.access_token to working credentials".to_owned(),
             );
         }
-        Err(err) => return (Status::Fail, err.0),
+        Err(err) => return (Status::Fail, err.to_string()),
     };
     // No store: a drill must not touch the running bot's keys.
     let client = match restored_client(&login.on(&config.homeserver.url), None).await {

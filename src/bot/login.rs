@@ -3,6 +3,7 @@
 //! a restart keeps its device and keys, and a recovered account, which is
 //! a new device, starts a fresh store).
 
+use anyhow::{anyhow, bail};
 use secrecy::{ExposeSecret, SecretString};
 
 use crate::config::{BotConfig, Config};
@@ -29,15 +30,6 @@ impl BotLogin {
     }
 }
 
-/// Why the bot has no working session (only ever shown).
-pub struct LoginError(pub String);
-
-impl<E: std::fmt::Display> From<E> for LoginError {
-    fn from(err: E) -> Self {
-        LoginError(err.to_string())
-    }
-}
-
 /// Credentials that work now, without logging in anew or recovering (so
 /// nothing changes on the homeserver): the stored session, the recovered
 /// service credentials, or `bot.access_token`. With `forget_dead`, a
@@ -47,7 +39,7 @@ pub async fn existing_credentials(
     bot: &BotConfig,
     registry: &Registry,
     forget_dead: bool,
-) -> Result<Option<BotLogin>, LoginError> {
+) -> anyhow::Result<Option<BotLogin>> {
     let base = SynapseClient::from_config(&config.homeserver);
     let me = service_user_id(config).to_string();
     if let Some(stored) = registry.setting(SESSION_SETTING).await?.filter(|value| !value.is_empty()) {
@@ -79,7 +71,7 @@ pub async fn credentials(
     bot: &BotConfig,
     registry: &Registry,
     recover_lock: &tokio::sync::Mutex<()>,
-) -> Result<BotLogin, LoginError> {
+) -> anyhow::Result<BotLogin> {
     if let Some(login) = existing_credentials(config, bot, registry, true).await? {
         return Ok(login);
     }
@@ -104,9 +96,9 @@ pub async fn credentials(
         }
     }
     if config.homeserver.registration_shared_secret.is_none() {
-        return Err(LoginError(format!(
+        bail!(
             "the bot cannot log in as {me}: set bot.password or bot.access_token to working credentials, or homeserver.registration_shared_secret so lifeboat can re-create its account after a wipe"
-        )));
+        );
     }
     let _guard = recover_lock.lock().await;
     // The watcher may have recovered while this waited for the lock.
@@ -115,13 +107,11 @@ pub async fn credentials(
     }
     recover(config, registry, &Actor::service("bot"))
         .await
-        .map_err(|err| LoginError(format!("the bot's credentials are rejected and recovery failed: {err}")))?;
-    recovered(&base, registry, &me)
-        .await?
-        .ok_or_else(|| LoginError("the recovered credentials do not work yet".to_owned()))
+        .map_err(|err| anyhow!("the bot's credentials are rejected and recovery failed: {err}"))?;
+    recovered(&base, registry, &me).await?.ok_or_else(|| anyhow!("the recovered credentials do not work yet"))
 }
 
-async fn recovered(base: &SynapseClient, registry: &Registry, me: &str) -> Result<Option<BotLogin>, LoginError> {
+async fn recovered(base: &SynapseClient, registry: &Registry, me: &str) -> anyhow::Result<Option<BotLogin>> {
     let Ok(service) = crate::user_id::UserId::parse(me) else { return Ok(None) };
     match registry.service_credential(&service).await? {
         Some(stored) => working(base, me, stored.access_token, stored.device_id, true).await,
@@ -136,7 +126,7 @@ async fn working(
     token: SecretString,
     device_id: Option<String>,
     recovered: bool,
-) -> Result<Option<BotLogin>, LoginError> {
+) -> anyhow::Result<Option<BotLogin>> {
     match base.with_token(token.clone()).whoami().await {
         Ok(who) if who.user_id == me => Ok(Some(BotLogin {
             user_id: who.user_id,
@@ -144,9 +134,7 @@ async fn working(
             access_token: token,
             recovered,
         })),
-        Ok(who) => {
-            Err(LoginError(format!("the bot's access token belongs to {}, not to bot.user_id = {me}", who.user_id)))
-        }
+        Ok(who) => bail!("the bot's access token belongs to {}, not to bot.user_id = {me}", who.user_id),
         Err(synapse::Error::Unauthorized { .. }) => Ok(None),
         Err(err) => Err(err.into()),
     }
@@ -161,10 +149,10 @@ pub async fn client(
     login: &BotLogin,
     devices: &Devices,
     attach_bot: &AttachBot,
-) -> Result<Syncing, LoginError> {
+) -> anyhow::Result<Syncing> {
     let store = CryptoStore { dir: bot.store_path.clone(), passphrase: store_passphrase(bot, registry).await? };
     devices
         .for_syncing(registry, &login.on(&config.homeserver.url), &store, attach_bot)
         .await
-        .map_err(|err| LoginError(format!("the bot's session: {err}")))
+        .map_err(|err| anyhow!("the bot's session: {err}"))
 }

@@ -1,11 +1,8 @@
-//! The admin-room bot of `lifeboat serve` (matrix-sdk): lives in one admin
-//! room, obeys only `bot.admins`, posts the watcher's alerts there, and lets
-//! anyone manage their own contact emails by DM.
-//!
-//! A supervisor keeps it alive: when the homeserver forgets the bot's token
-//! (a wipe), the session ends, credentials are recovered through the shared
-//! secret, a fresh store and a new admin room are made, and the admins are
-//! invited as soon as their accounts exist again.
+//! The admin-room bot of `lifeboat serve` (matrix-sdk): obeys only
+//! `bot.admins` in its admin room, posts the watcher's alerts there, and
+//! lets anyone manage their own contact emails by DM. When a wipe kills its
+//! token, it recovers its account through the shared secret, makes a fresh
+//! store and admin room, and invites the admins as their accounts come back.
 
 mod admin;
 pub mod commands;
@@ -26,6 +23,7 @@ use matrix_sdk::ruma::{OwnedRoomId, OwnedUserId, RoomAliasId, RoomId};
 use matrix_sdk::{Client, Room, RoomMemberships, RoomState, SessionChange};
 use tokio::sync::mpsc::UnboundedReceiver;
 use tokio_util::sync::CancellationToken;
+use tokio_util::task::AbortOnDropHandle;
 
 use crate::app::Services;
 use crate::config::BotConfig;
@@ -52,9 +50,8 @@ pub(crate) struct Bot {
     /// `bot.admin_room` as a room ID (aliases resolved at start).
     configured_room: Mutex<Option<OwnedRoomId>>,
     admin_room: Mutex<Option<OwnedRoomId>>,
-    /// Commands an admin was asked to confirm (a dry run seen, or something
-    /// changed for good): "notify <id>", "release <id>", "rooms recreate
-    /// <id>" → when.
+    /// Commands an admin was asked to confirm ("notify <id>", "release
+    /// <user>", "rooms recreate <room>") → when.
     asked_to_confirm: Mutex<HashMap<String, Instant>>,
     /// Admins invited to the current admin room by this process.
     invited: Mutex<HashSet<OwnedUserId>>,
@@ -180,7 +177,7 @@ async fn session(
     let state = &bot.state;
     let login = match login::credentials(&state.config, &bot.config, &state.registry, &state.recover_lock).await {
         Ok(login) => login,
-        Err(err) => return Ended::Failed(err.0),
+        Err(err) => return Ended::Failed(err.to_string()),
     };
     // On before the first sync: a command sent while the bot reconnected
     // arrives in it (older ones are skipped by their timestamp). Once per
@@ -199,7 +196,7 @@ async fn session(
     let syncing =
         match login::client(&state.config, &bot.config, &state.registry, &login, &state.devices, &attach).await {
             Ok(syncing) => syncing,
-            Err(err) => return Ended::Failed(err.0),
+            Err(err) => return Ended::Failed(err.to_string()),
         };
     tracing::info!(user = %login.user_id, device = %login.device_id, recovered = login.recovered, "bot logged in");
     let ended = connected(bot, &login, syncing, alerts, queued, cancel).await;
@@ -256,7 +253,7 @@ async fn connected(
 
     // The sync loop runs in its own task: posting alerts or inviting admins
     // here must never hold it up (matrix-sdk may wait on the sync itself).
-    let mut sync = SyncTask(tokio::spawn({
+    let mut sync = AbortOnDropHandle::new(tokio::spawn({
         let client = client.clone();
         async move { client.sync(SyncSettings::default().token(first.next_batch)).await }
     }));
@@ -264,7 +261,7 @@ async fn connected(
     loop {
         flush_alerts(bot, &client, queued).await;
         tokio::select! {
-            result = &mut sync.0 => {
+            result = &mut sync => {
                 return match result {
                     Ok(Err(err)) if is_unknown_token(&err) => Ended::TokenDead,
                     Ok(Err(err)) => Ended::Failed(format!("sync failed: {err}")),
@@ -291,15 +288,6 @@ async fn connected(
             }
             _ = cancel.cancelled() => return Ended::Cancelled,
         }
-    }
-}
-
-/// The session's sync loop; stopped when the session ends.
-struct SyncTask(tokio::task::JoinHandle<matrix_sdk::Result<()>>);
-
-impl Drop for SyncTask {
-    fn drop(&mut self) {
-        self.0.abort();
     }
 }
 

@@ -61,6 +61,11 @@ fn family(out: &mut String, name: &str, help: &str, label: &str, rows: &[(String
     }
 }
 
+/// A gauge without labels: HELP, TYPE and its one value.
+fn gauge(out: &mut String, name: &str, help: &str, value: impl std::fmt::Display) {
+    let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} gauge\n{name} {value}");
+}
+
 fn escape_label(value: &str) -> String {
     value.replace('\\', "\\\\").replace('"', "\\\"").replace('\n', "\\n")
 }
@@ -102,21 +107,13 @@ pub(super) async fn render_metrics(state: &Services) -> Result<String, crate::re
         "state",
         &with_zeros(status.deliveries, &["pending", "sending", "sent", "failed", "skipped"]),
     );
-    let _ = writeln!(
-        out,
-        "# HELP lifeboat_incidents_open Incidents not yet resolved.\n# TYPE lifeboat_incidents_open gauge\nlifeboat_incidents_open {}",
-        status.incidents_open
-    );
-    let _ = writeln!(
-        out,
-        "# HELP lifeboat_last_sync_age_seconds Seconds since the last complete sync (NaN: never).\n# TYPE lifeboat_last_sync_age_seconds gauge"
-    );
-    match last_sync.and_then(|run| run.finished_at) {
-        Some(finished) => {
-            let _ = writeln!(out, "lifeboat_last_sync_age_seconds {:.3}", (now_ms() - finished).max(0) as f64 / 1000.0);
-        }
-        None => out.push_str("lifeboat_last_sync_age_seconds NaN\n"),
-    }
+    gauge(&mut out, "lifeboat_incidents_open", "Incidents not yet resolved.", status.incidents_open);
+    let age = match last_sync.and_then(|run| run.finished_at) {
+        Some(finished) => format!("{:.3}", (now_ms() - finished).max(0) as f64 / 1000.0),
+        None => "NaN".to_owned(),
+    };
+    let age_help = "Seconds since the last complete sync (NaN: never).";
+    gauge(&mut out, "lifeboat_last_sync_age_seconds", age_help, age);
     let verdict = state.watch.current().verdict_label();
     let verdicts = ["ok", "loss", "suspected_reset", "unknown"]
         .iter()

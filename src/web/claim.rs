@@ -13,7 +13,7 @@ use secrecy::SecretString;
 use serde::Deserialize;
 
 use super::WebState;
-use super::pages::{self, Chrome, Message, PostedForm, PublicForm, WebError};
+use super::pages::{self, Chrome, Message, PublicForm, WebError};
 use crate::holds::{
     ClaimCheck, HandOverError, MIN_PASSWORD_CHARS, check_claim, claim_held, one_hand_over, password_problem,
 };
@@ -60,6 +60,8 @@ pub struct ClaimPost {
     again: Option<String>,
 }
 
+pages::posted_form!(ClaimPost);
+
 impl ClaimPost {
     fn link(&mut self) -> Option<(ClaimLink, String)> {
         Some((
@@ -70,26 +72,26 @@ impl ClaimPost {
 }
 
 fn dead(state: &WebState) -> Response {
-    let page = Message::new(
+    Message::new(
         state,
         "This link does not work",
         &[
             "The link is not valid, has expired, or was used already. If your ID is still kept for you, ask for a new link with your Matrix ID or email address.",
         ],
     )
-    .next("/token", "Ask for a new link");
-    pages::html(StatusCode::BAD_REQUEST, &page)
+    .next("/token", "Ask for a new link")
+    .page(StatusCode::BAD_REQUEST)
 }
 
 fn under_way(state: &WebState) -> Response {
-    let page = Message::new(
+    Message::new(
         state,
         "This ID is being handed back right now",
         &[
             "The same link was sent from another window a moment ago. Wait a minute: if that was you, sign in with the password you chose there; otherwise open the link again.",
         ],
-    );
-    pages::html(StatusCode::CONFLICT, &page)
+    )
+    .page(StatusCode::CONFLICT)
 }
 
 fn taken(state: &WebState, account: &str) -> Response {
@@ -97,8 +99,7 @@ fn taken(state: &WebState, account: &str) -> Response {
     let sentence = format!(
         "Someone registered {account} again before lifeboat could keep it for you, so it cannot be handed back through this page. If that was not you, contact {contact}: they can give the ID back to you."
     );
-    let page = Message::new(state, "This ID was taken", &[sentence.as_str()]);
-    pages::html(StatusCode::CONFLICT, &page)
+    Message::new(state, "This ID was taken", &[sentence.as_str()]).page(StatusCode::CONFLICT)
 }
 
 fn form_page(state: &WebState, csrf: String, link: ClaimLink, sig: String, problem: Option<&'static str>) -> Response {
@@ -131,12 +132,6 @@ pub async fn page(State(state): State<WebState>, headers: HeaderMap, Query(mut f
         Ok(ClaimCheck::Taken) => taken(&state, &link.account),
         Ok(ClaimCheck::Dead) => dead(&state),
         Err(err) => WebError::from(err).page(&state),
-    }
-}
-
-impl PostedForm for ClaimPost {
-    fn csrf(&self) -> Option<&str> {
-        self.csrf.as_deref()
     }
 }
 

@@ -13,7 +13,7 @@ use axum::middleware::Next;
 use axum::response::Response;
 use rand::RngCore;
 
-use super::signing;
+use crate::links::{sign, verify};
 
 /// No inline script or style anywhere: the pages use one same-origin
 /// stylesheet and no JavaScript at all.
@@ -32,8 +32,6 @@ pub async fn security_headers(request: Request, next: Next) -> Response {
     headers.insert("cross-origin-opener-policy", HeaderValue::from_static("same-origin"));
     response
 }
-
-// ---- CSRF -----------------------------------------------------------------
 
 /// The cookie holding a per-browser value the server made: a random part
 /// and its HMAC, so a value someone else chose (and planted) is never
@@ -55,7 +53,7 @@ pub fn csrf_cookie(key: &secrecy::SecretString, headers: &HeaderMap) -> CsrfCook
             let mut bytes = [0u8; 16];
             rand::rng().fill_bytes(&mut bytes);
             let random = hex::encode(bytes);
-            let value = format!("{random}.{}", signing::sign(key, &format!("csrf-cookie:{random}")));
+            let value = format!("{random}.{}", sign(key, &format!("csrf-cookie:{random}")));
             CsrfCookie { value, is_new: true }
         }
     }
@@ -66,7 +64,7 @@ fn issued_cookie(key: &secrecy::SecretString, headers: &HeaderMap) -> Option<Str
     let value = cookie(headers, CSRF_COOKIE)?;
     let (random, signature) = value.split_once('.')?;
     let well_formed = random.len() == 32 && random.bytes().all(|b| b.is_ascii_hexdigit());
-    (well_formed && signing::verify(key, &format!("csrf-cookie:{random}"), signature)).then_some(value)
+    (well_formed && verify(key, &format!("csrf-cookie:{random}"), signature)).then_some(value)
 }
 
 /// `Set-Cookie` for a new CSRF value; `Secure` when the page is served over https.
@@ -77,13 +75,13 @@ pub fn set_csrf_cookie(value: &str, https: bool) -> HeaderValue {
 }
 
 pub fn csrf_token(key: &secrecy::SecretString, cookie_value: &str) -> String {
-    signing::sign(key, &format!("csrf:{cookie_value}"))
+    sign(key, &format!("csrf:{cookie_value}"))
 }
 
 /// Does the form's token match this browser's server-issued cookie?
 pub fn csrf_ok(key: &secrecy::SecretString, headers: &HeaderMap, token: Option<&str>) -> bool {
     match (issued_cookie(key, headers), token) {
-        (Some(value), Some(token)) => signing::verify(key, &format!("csrf:{value}"), token),
+        (Some(value), Some(token)) => verify(key, &format!("csrf:{value}"), token),
         _ => false,
     }
 }
@@ -109,8 +107,6 @@ fn cookie(headers: &HeaderMap, name: &str) -> Option<String> {
         .map(|(_, value)| value.to_owned())
 }
 
-// ---- Client IP ------------------------------------------------------------
-
 /// The visitor's IP: the peer, unless the peer is a configured proxy; then
 /// the nearest address in `X-Forwarded-For` that is not one of our proxies
 /// (addresses further left are whatever the client claimed).
@@ -129,23 +125,6 @@ pub fn client_ip(peer: Option<ConnectInfo<SocketAddr>>, headers: &HeaderMap, tru
         .unwrap_or_default();
     Some(forwarded.into_iter().rev().find(|ip| !trusted.contains(ip)).unwrap_or(peer))
 }
-
-/// The extractor handlers use: [`client_ip`] with the configured proxies.
-pub struct ClientIp(pub Option<IpAddr>);
-
-impl axum::extract::FromRequestParts<super::WebState> for ClientIp {
-    type Rejection = std::convert::Infallible;
-
-    async fn from_request_parts(
-        parts: &mut axum::http::request::Parts,
-        state: &super::WebState,
-    ) -> Result<Self, Self::Rejection> {
-        let peer = parts.extensions.get::<ConnectInfo<SocketAddr>>().cloned();
-        Ok(ClientIp(client_ip(peer, &parts.headers, &state.web().trusted_proxies)))
-    }
-}
-
-// ---- Rate limits ------------------------------------------------------------
 
 /// Fixed-window counters in memory, per client IP and per target (the
 /// account or address a form names). Memory is bounded: old windows are

@@ -2,17 +2,12 @@
 //! requests proven by a mailed link, contact subscriptions and one-click
 //! unsubscribe. `lifeboat serve` mounts [`router`] beside `/healthz` and
 //! `/metrics`.
-//!
-//! One module per concern: `guard` (security headers, CSRF, client IP,
-//! rate limits), `signing` (mailed links), `pages` (templates and the error
-//! page), then one module per page.
 
 mod claim;
 mod guard;
 mod links;
 mod mail;
 mod pages;
-mod signing;
 mod status;
 mod subscribe;
 mod token;
@@ -32,7 +27,7 @@ use crate::dm::{Devices, DmSender};
 use crate::registry::Registry;
 use crate::synapse::SynapseClient;
 
-pub use guard::RateLimiter;
+use guard::RateLimiter;
 
 /// Forms are a few short fields: anything larger is refused before parsing.
 const MAX_BODY: usize = 8 * 1024;
@@ -62,14 +57,11 @@ struct Shared {
 impl WebState {
     pub fn new(services: &Services) -> WebState {
         let (config, registry) = (services.config.clone(), services.registry.clone());
-        let limiter = match &config.web {
-            Some(web) => RateLimiter::new(web.rate_limit_per_ip, web.rate_limit_per_target, web.rate_limit_window),
-            None => RateLimiter::new(20, 3, std::time::Duration::from_secs(900)),
-        };
+        let web = config.web.as_ref().expect("the web page is served only with a [web] section");
         let inner = Arc::new(Shared {
             key: OnceCell::new(),
             can_mail: services.mailer.is_some(),
-            limiter,
+            limiter: RateLimiter::new(web.rate_limit_per_ip, web.rate_limit_per_target, web.rate_limit_window),
             status_cache: status::Cache::default(),
             devices: services.devices.clone(),
         });

@@ -1,9 +1,11 @@
 //! Templates, the frame every page shares, and the error page: a visitor
 //! sees one plain sentence, the log gets the cause.
 
+use std::net::SocketAddr;
+
 use askama::Template;
 use axum::extract::rejection::FormRejection;
-use axum::extract::{Form, FromRequest, FromRequestParts, Request};
+use axum::extract::{ConnectInfo, Form, FromRequest, Request};
 use axum::http::{HeaderMap, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 
@@ -53,6 +55,10 @@ impl Message {
         self.next = Some((href.to_owned(), text.to_owned()));
         self
     }
+
+    pub fn page(self, status: StatusCode) -> Response {
+        html(status, &self)
+    }
 }
 
 /// Renders a template as an HTML response. Pages are never cached: some
@@ -70,34 +76,34 @@ pub fn html(status: StatusCode, page: &impl Template) -> Response {
 
 /// The 429 page for every form.
 pub fn too_many(state: &WebState) -> Response {
-    let page = Message::new(
+    Message::new(
         state,
         "Too many requests",
         &["You (or someone on your network) sent this form too often. Please wait a few minutes and try again."],
-    );
-    html(StatusCode::TOO_MANY_REQUESTS, &page)
+    )
+    .page(StatusCode::TOO_MANY_REQUESTS)
 }
 
 /// A form posted without this browser's CSRF token (or with a stale one).
 pub fn csrf_refused(state: &WebState) -> Response {
-    let page = Message::new(
+    Message::new(
         state,
         "Please send the form again",
         &[
             "This form was sent without the check that proves it came from this site. Open the page again and resend it.",
         ],
-    );
-    html(StatusCode::FORBIDDEN, &page)
+    )
+    .page(StatusCode::FORBIDDEN)
 }
 
 /// A body that is not a readable form, or too large to read.
 pub fn unreadable_form(state: &WebState, rejection: FormRejection) -> Response {
     if rejection.status() == StatusCode::PAYLOAD_TOO_LARGE {
-        let page = Message::new(state, "The form is too large", &["What you entered is too long. Please shorten it."]);
-        return html(StatusCode::PAYLOAD_TOO_LARGE, &page);
+        return Message::new(state, "The form is too large", &["What you entered is too long. Please shorten it."])
+            .page(StatusCode::PAYLOAD_TOO_LARGE);
     }
-    let page = Message::new(state, "The form could not be read", &["Open the page again and fill in the form."]);
-    html(StatusCode::BAD_REQUEST, &page)
+    Message::new(state, "The form could not be read", &["Open the page again and fill in the form."])
+        .page(StatusCode::BAD_REQUEST)
 }
 
 /// Something failed on our side; the cause goes to the log only.
@@ -112,18 +118,19 @@ impl<E: std::fmt::Display> From<E> for WebError {
 impl WebError {
     pub fn page(self, state: &WebState) -> Response {
         tracing::error!(error = %self.0, "a web request failed");
-        let page = Message::new(
+        Message::new(
             state,
             "Something went wrong",
             &["Something went wrong on our side. Please try again in a few minutes."],
-        );
-        html(StatusCode::INTERNAL_SERVER_ERROR, &page)
+        )
+        .page(StatusCode::INTERNAL_SERVER_ERROR)
     }
 }
 
 pub async fn not_found(axum::extract::State(state): axum::extract::State<WebState>) -> Response {
-    let page = Message::new(&state, "Page not found", &["There is no page at this address."]).next("/", "Status page");
-    html(StatusCode::NOT_FOUND, &page)
+    Message::new(&state, "Page not found", &["There is no page at this address."])
+        .next("/", "Status page")
+        .page(StatusCode::NOT_FOUND)
 }
 
 const STYLESHEET: &str = include_str!("../../templates/web/style.css");
@@ -154,6 +161,18 @@ pub trait PostedForm: serde::de::DeserializeOwned + Send {
     fn csrf(&self) -> Option<&str>;
 }
 
+/// `impl PostedForm` for a form whose token is its `csrf: Option<String>`.
+macro_rules! posted_form {
+    ($form:ty) => {
+        impl $crate::web::pages::PostedForm for $form {
+            fn csrf(&self) -> Option<&str> {
+                self.csrf.as_deref()
+            }
+        }
+    };
+}
+pub(super) use posted_form;
+
 /// A posted form that is readable, not sent from another site, and carries
 /// this browser's CSRF token, with the signing key. A request that fails a
 /// check gets the page that says why, and never reaches the handler.
@@ -182,9 +201,9 @@ impl<F: PostedForm> FromRequest<WebState> for PublicForm<F> {
     type Rejection = Response;
 
     async fn from_request(request: Request, state: &WebState) -> Result<Self, Response> {
-        let (mut parts, body) = request.into_parts();
-        let Ok(guard::ClientIp(ip)) = guard::ClientIp::from_request_parts(&mut parts, state).await;
-        let CheckedForm(form, key) = CheckedForm::from_request(Request::from_parts(parts, body), state).await?;
+        let peer = request.extensions().get::<ConnectInfo<SocketAddr>>().cloned();
+        let ip = guard::client_ip(peer, request.headers(), &state.web().trusted_proxies);
+        let CheckedForm(form, key) = CheckedForm::from_request(request, state).await?;
         if !state.inner.limiter.allow_ip(ip) {
             return Err(too_many(state));
         }

@@ -13,9 +13,9 @@ use rand::Rng;
 use serde::Deserialize;
 use sha2::{Digest, Sha256};
 
-use super::links::{LinkKind, LinkQuery};
-use super::pages::{self, CheckedForm, Chrome, Message, PostedForm, PublicForm, WebError};
-use super::{WebState, mail, signing};
+use super::links::{self, LinkFields, LinkKind};
+use super::pages::{self, CheckedForm, Chrome, Message, PublicForm, WebError};
+use super::{WebState, mail};
 use crate::email::EmailAddress;
 use crate::registry::{Actor, AddContact, ContactAddress, ContactSource, MessageKind, now_ms};
 use crate::synapse::SynapseClient;
@@ -56,32 +56,28 @@ pub struct RequestForm {
     email: Option<String>,
 }
 
-impl PostedForm for RequestForm {
-    fn csrf(&self) -> Option<&str> {
-        self.csrf.as_deref()
-    }
-}
+pages::posted_form!(RequestForm);
 
 pub async fn request(State(state): State<WebState>, PublicForm(form, key): PublicForm<RequestForm>) -> Response {
     let user_id = UserId::parse(form.matrix_id.as_deref().unwrap_or("").trim());
     let email = EmailAddress::parse(form.email.as_deref().unwrap_or(""));
     let (Ok(user_id), Ok(email)) = (user_id, email) else {
-        let page = Message::new(
+        return Message::new(
             &state,
             "Please check what you entered",
             &["Enter a Matrix ID like @you:example.org and an email address like you@example.org."],
         )
-        .next("/subscribe", "Try again");
-        return pages::html(StatusCode::BAD_REQUEST, &page);
+        .next("/subscribe", "Try again")
+        .page(StatusCode::BAD_REQUEST);
     };
     // Contacts are kept for this homeserver's accounts only; another
     // server's ID would only let anyone mail text of their choosing from here.
     let server_name = &state.config.homeserver.server_name;
     if user_id.server_name() != server_name {
         let sentence = format!("Enter the Matrix ID of your account on {server_name}, like @you:{server_name}.");
-        let page = Message::new(&state, "That is not an account on this server", &[sentence.as_str()])
-            .next("/subscribe", "Try again");
-        return pages::html(StatusCode::BAD_REQUEST, &page);
+        return Message::new(&state, "That is not an account on this server", &[sentence.as_str()])
+            .next("/subscribe", "Try again")
+            .page(StatusCode::BAD_REQUEST);
     }
     // Off the request path, like token requests: the answer, and the mail,
     // are the same whether or not the account is known.
@@ -90,7 +86,7 @@ pub async fn request(State(state): State<WebState>, PublicForm(form, key): Publi
         "a subscription could not be started",
         async move { start(&worker, &key, user_id, email).await },
     );
-    let page = Message::new(
+    Message::new(
         &state,
         "Check your email and your Matrix account",
         &[
@@ -98,8 +94,8 @@ pub async fn request(State(state): State<WebState>, PublicForm(form, key): Publi
             "Open the link within 30 minutes and enter the code. If you asked in the last 30 minutes, the link and code we sent then still work.",
         ],
     )
-    .next("/", "Back to the status page");
-    pages::html(StatusCode::OK, &page)
+    .next("/", "Back to the status page")
+    .page(StatusCode::OK)
 }
 
 fn code_hash(code: &str) -> String {
@@ -171,7 +167,7 @@ async fn start(
             (code.as_deref().map(code_hash), now + LINK_VALID.as_millis() as i64, code)
         }
     };
-    let id = signing::new_link_id();
+    let id = links::new_link_id();
     // The DM first: a link is recorded only once its code went out, so a
     // failed DM never leaves a live code for later requests to reuse.
     if let Some(code) = code_to_send {
@@ -182,7 +178,7 @@ async fn start(
     state.registry.create_web_link(&id, PURPOSE, &user_id, &email, hash.as_deref(), expires_at).await?;
 
     let server_name = &state.config.homeserver.server_name;
-    let url = signing::link_url(&state.web().public_url, key, "/subscribe/confirm", PURPOSE, &id);
+    let url = links::link_url(&state.web().public_url, key, "/subscribe/confirm", PURPOSE, &id);
     let email_text = mail::LinkEmail {
         subject: format!("Confirm your email address for {server_name} incident notices"),
         intro: format!(
@@ -218,26 +214,12 @@ async fn dm_code(
 pub async fn confirm_form(
     State(state): State<WebState>,
     headers: HeaderMap,
-    Query(query): Query<LinkQuery>,
+    Query(query): Query<LinkFields>,
 ) -> Response {
     LINK.confirm_page(&state, &headers, query, |chrome, csrf, link, sig| ConfirmForm { chrome, csrf, link, sig }).await
 }
 
-#[derive(Deserialize)]
-pub struct ConfirmFields {
-    csrf: Option<String>,
-    link: Option<String>,
-    sig: Option<String>,
-    code: Option<String>,
-}
-
-impl PostedForm for ConfirmFields {
-    fn csrf(&self) -> Option<&str> {
-        self.csrf.as_deref()
-    }
-}
-
-pub async fn confirm(State(state): State<WebState>, CheckedForm(form, _): CheckedForm<ConfirmFields>) -> Response {
+pub async fn confirm(State(state): State<WebState>, CheckedForm(form, _): CheckedForm<LinkFields>) -> Response {
     let (Some(link), Some(sig)) = (form.link, form.sig) else { return LINK.dead(&state) };
     finish(&state, &link, &sig, form.code.as_deref().unwrap_or("")).await.unwrap_or_else(|err| err.page(&state))
 }
@@ -260,9 +242,9 @@ async fn finish(state: &WebState, link: &str, sig: &str, code: &str) -> Result<R
             state.registry.use_web_link(link).await?;
             return Ok(LINK.dead(state));
         }
-        let page =
+        let message =
             Message::new(state, "That code is not right", &["Check the code in the direct message and try again."]);
-        return Ok(pages::html(StatusCode::BAD_REQUEST, &page));
+        return Ok(message.page(StatusCode::BAD_REQUEST));
     }
     if !state.registry.use_web_link(link).await? {
         return Ok(LINK.dead(state));
@@ -274,11 +256,11 @@ async fn finish(state: &WebState, link: &str, sig: &str, code: &str) -> Result<R
     if added == AddContact::AlreadyKnown {
         state.registry.resubscribe_contact(&found.user_id, &found.address, &actor).await?;
     }
-    let page = Message::new(
+    Ok(Message::new(
         state,
         "Your email address is confirmed",
         &["If your account is ever lost in an incident, we will write to this address."],
     )
-    .next("/", "Back to the status page");
-    Ok(pages::html(StatusCode::OK, &page))
+    .next("/", "Back to the status page")
+    .page(StatusCode::OK))
 }

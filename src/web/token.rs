@@ -11,9 +11,9 @@ use axum::http::{HeaderMap, StatusCode};
 use axum::response::Response;
 use serde::Deserialize;
 
-use super::links::{LinkKind, LinkQuery};
-use super::pages::{self, CheckedForm, Chrome, Message, PostedForm, PublicForm, WebError};
-use super::{WebState, mail, signing};
+use super::links::{self, LinkFields, LinkKind};
+use super::pages::{self, CheckedForm, Chrome, Message, PublicForm, WebError};
+use super::{WebState, mail};
 use crate::holds::{WayBack, way_back};
 use crate::registry::{ContactAddress, MailableContact, now_ms};
 
@@ -61,28 +61,24 @@ pub struct RequestForm {
     who: Option<String>,
 }
 
-impl PostedForm for RequestForm {
-    fn csrf(&self) -> Option<&str> {
-        self.csrf.as_deref()
-    }
-}
+pages::posted_form!(RequestForm);
 
 pub async fn request(State(state): State<WebState>, PublicForm(form, key): PublicForm<RequestForm>) -> Response {
     let who = form.who.unwrap_or_default();
     // A Matrix ID or an email address, read as an admin's contact is.
     let Ok(target) = ContactAddress::parse(&who) else {
-        let page = Message::new(
+        return Message::new(
             &state,
             "That is not a Matrix ID or an email address",
             &["Enter a Matrix ID like @you:example.org, or an email address like you@example.org."],
         )
-        .next("/token", "Try again");
-        return pages::html(StatusCode::BAD_REQUEST, &page);
+        .next("/token", "Try again")
+        .page(StatusCode::BAD_REQUEST);
     };
     // Off the request path: the answer below must not depend on what exists.
     let worker = state.clone();
     pages::after_answer("a token request could not be handled", async move { mail_links(&worker, target, &key).await });
-    let page = Message::new(
+    Message::new(
         &state,
         "Check your email",
         &[
@@ -91,8 +87,8 @@ pub async fn request(State(state): State<WebState>, PublicForm(form, key): Publi
             "If nothing arrives, check your spam folder, or contact the admin.",
         ],
     )
-    .next("/", "Back to the status page");
-    pages::html(StatusCode::OK, &page)
+    .next("/", "Back to the status page")
+    .page(StatusCode::OK)
 }
 
 async fn mail_links(state: &WebState, target: ContactAddress, key: &secrecy::SecretString) -> Result<(), WebError> {
@@ -122,7 +118,7 @@ async fn mail_links(state: &WebState, target: ContactAddress, key: &secrecy::Sec
         }
         // Recorded before it is mailed. A claim link is signed, not stored:
         // its row only says that one went out, and until when it works.
-        let id = signing::new_link_id();
+        let id = links::new_link_id();
         let expires_at = now_ms() + LINK_VALID.as_millis() as i64;
         state.registry.create_web_link(&id, purpose, &contact.user_id, &contact.address, None, expires_at).await?;
         let email = match way_back {
@@ -143,7 +139,7 @@ async fn mail_links(state: &WebState, target: ContactAddress, key: &secrecy::Sec
                     contact.user_id
                 ),
                 action: "Show my registration token".to_owned(),
-                url: signing::link_url(&state.web().public_url, key, "/token/open", PURPOSE, &id),
+                url: links::link_url(&state.web().public_url, key, "/token/open", PURPOSE, &id),
             },
         };
         mail::send(state, &id, &contact.address, email, expires_at).await?;
@@ -153,24 +149,11 @@ async fn mail_links(state: &WebState, target: ContactAddress, key: &secrecy::Sec
 }
 
 /// The link from the email: a button that shows the token.
-pub async fn confirm(State(state): State<WebState>, headers: HeaderMap, Query(query): Query<LinkQuery>) -> Response {
+pub async fn confirm(State(state): State<WebState>, headers: HeaderMap, Query(query): Query<LinkFields>) -> Response {
     LINK.confirm_page(&state, &headers, query, |chrome, csrf, link, sig| TokenConfirm { chrome, csrf, link, sig }).await
 }
 
-#[derive(Deserialize)]
-pub struct OpenForm {
-    csrf: Option<String>,
-    link: Option<String>,
-    sig: Option<String>,
-}
-
-impl PostedForm for OpenForm {
-    fn csrf(&self) -> Option<&str> {
-        self.csrf.as_deref()
-    }
-}
-
-pub async fn open(State(state): State<WebState>, CheckedForm(form, _): CheckedForm<OpenForm>) -> Response {
+pub async fn open(State(state): State<WebState>, CheckedForm(form, _): CheckedForm<LinkFields>) -> Response {
     let (Some(link), Some(sig)) = (form.link, form.sig) else { return LINK.dead(&state) };
     show_token(&state, &link, &sig).await.unwrap_or_else(|err| err.page(&state))
 }
@@ -184,15 +167,15 @@ async fn show_token(state: &WebState, link: &str, sig: &str) -> Result<Response,
     // Checked again at use: the account may have changed hands or been
     // claimed since the link was mailed.
     let WayBack::Token { incident } = way_back(&state.config, &state.registry, &user_id, LINK_VALID).await? else {
-        let page = Message::new(
+        return Ok(Message::new(
             state,
             "No token from this link",
             &[
                 "This link no longer gives a registration token: the incident was resolved, or your account's situation changed since (for example, your Matrix ID is now kept for you). Ask again for a link, or contact the admin.",
             ],
         )
-        .next("/token", "Ask again");
-        return Ok(pages::html(StatusCode::OK, &page));
+        .next("/token", "Ask again")
+        .page(StatusCode::OK));
     };
     let Some(client) = crate::recover::admin_access(&state.config, &state.registry).await?.working() else {
         return Err(WebError("no working admin token: cannot check or issue registration tokens".to_owned()));
@@ -208,14 +191,14 @@ async fn show_token(state: &WebState, link: &str, sig: &str) -> Result<Response,
     )
     .await?
     else {
-        let page = Message::new(
+        return Ok(Message::new(
             state,
             "No new token this time",
             &[
                 "Your earlier registration tokens were used or have expired, and this page has handed out as many as it may for one person. Please contact the admin.",
             ],
-        );
-        return Ok(pages::html(StatusCode::OK, &page));
+        )
+        .page(StatusCode::OK));
     };
     let page = TokenShow {
         chrome: Chrome::of(state),

@@ -75,7 +75,7 @@ pub async fn unsubscribe(
                 // Signed for a contact since removed: nothing is sent to it either.
                 "We will send nothing more to this address."
             };
-            pages::html(StatusCode::OK, &Message::new(&state, "You are unsubscribed", &[sentence]))
+            Message::new(&state, "You are unsubscribed", &[sentence]).page(StatusCode::OK)
         }
         Err(err) => WebError::from(err).page(&state),
     }
@@ -93,10 +93,10 @@ fn is_one_click(headers: &HeaderMap, body: &[u8]) -> bool {
 }
 
 fn bad_link(state: &WebState) -> Response {
-    let page = Message::new(
+    Message::new(
         state,
         "This unsubscribe link does not work",
         &["The link is incomplete or was changed. Use the link from the email as it is, or contact the admin."],
-    );
-    pages::html(StatusCode::BAD_REQUEST, &page)
+    )
+    .page(StatusCode::BAD_REQUEST)
 }
