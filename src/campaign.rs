@@ -130,13 +130,11 @@ fn covering_text(covering: &[(i64, i64)]) -> String {
 
 /// Opens an incident for `scope`. Unless `again`, refuses when an open
 /// incident already covers any of the accounts (a second notice and token
-/// for the same people is rarely what an admin means). The registry is
-/// brought up to date first, so the snapshot is what Synapse holds at
-/// opening (with `missing`, who is lost; with `all`, who exists, which
-/// decides whose notice says the account still works): a sync, after
-/// recovering lifeboat's account if every admin token is rejected (a wipe).
-/// If that cannot be done, a note says why and the last complete sync's
-/// view is used.
+/// for the same people is rarely what an admin means). A sync first (after
+/// recovering lifeboat's account if every admin token is rejected: a wipe)
+/// makes the snapshot what Synapse holds at opening: who is lost, or (`all`)
+/// who exists, which decides whose notice says the account still works.
+/// Failing that, a note says why and the last complete sync's view is used.
 #[allow(clippy::too_many_arguments)]
 pub async fn open_incident(
     config: &Config,
@@ -192,11 +190,10 @@ pub struct OpenedIncident {
     pub holds: Option<HoldReport>,
 }
 
-/// Holds the lost IDs once an incident is open. A failure is a note, not
-/// the end of the incident: the watcher (or the next `incident open` or
-/// `lifeboat holds make`) tries again. When another run is holding (the
-/// watcher, after the wipe it alerted about), waits for it, so the notices
-/// that follow find the IDs held; the lease ends if that run's process goes.
+/// Holds the lost IDs once an incident is open; a failure is only a note
+/// (the watcher, `incident open` or `lifeboat holds make` tries again). Waits
+/// for a run already holding (the watcher, after the wipe it alerted about),
+/// so the notices find the IDs held; its lease ends if its process goes.
 async fn hold_after_opening(
     config: &Config,
     registry: &Registry,

@@ -104,19 +104,16 @@ pub async fn restored_client(login: &Login<'_>, store: Option<&CryptoStore>) -> 
 }
 
 /// The matrix-sdk clients of one process, one per device and store. Two
-/// clients on one device's crypto store would each keep an Olm account in
-/// memory and overwrite each other's keys, so the bot, the web page's codes
-/// and the notices in `serve` all take the device's client from here, and a
-/// store is open in one process at a time (a lease in the registry, held
-/// while the client lives).
+/// clients on one crypto store would each keep an Olm account in memory and
+/// overwrite each other's keys, so the bot, the web page's codes and `serve`'s
+/// notices all take the device's client from here, and a store is open in one
+/// process at a time (a registry lease, held while the client lives).
 #[derive(Default)]
 pub struct Devices {
-    /// By device and whether it has a store; each behind a lock of its own,
-    /// held while its client is made or synced, so a slow device holds up
-    /// nobody else.
+    /// By device and whether it has a store; each locked while its client is
+    /// made or synced, so a slow device holds up nobody else.
     slots: std::sync::Mutex<HashMap<(String, bool), Slot>>,
-    /// `serve`'s: its leases say so, and DMs left to it are sent by its
-    /// delivery worker.
+    /// `serve`'s: its leases say so, and its delivery worker sends the DMs left to it.
     serving: bool,
 }
 
@@ -127,9 +124,8 @@ struct Device {
     client: Client,
     /// Up while the bot's sync loop keeps the client current.
     kept_in_sync: Arc<AtomicBool>,
-    /// How the bot puts its event handlers on this device's clients, once
-    /// it has used the device: once per client, for every sync of it (a
-    /// sender's too), so no command is passed over.
+    /// Puts the bot's handlers on each client of this device once the bot has
+    /// used it, so no sync of it (a sender's too) passes over a command.
     bot: Option<AttachBot>,
     /// The store's lease; a client without a store needs none.
     lease: Option<Lease>,
@@ -255,9 +251,8 @@ impl Devices {
     }
 
     /// The slot's client, made on first use, or anew when the token changed
-    /// (unless the bot syncs the one there: that one works, so it serves) or
-    /// when another process took the store meanwhile (its keys in memory
-    /// are stale: a new client reads the store again).
+    /// (unless the bot syncs the one there: it works) or another process took
+    /// the store meanwhile (a new client reads it again, not stale keys).
     async fn ready<'s>(
         &self,
         slot: &'s mut Option<Device>,

@@ -1,11 +1,8 @@
-//! Notices after an incident: plan them into the outbox, then send them by
-//! email and by Matrix DM through the outbox's send loop, each rendered as
-//! it leaves.
-//!
-//! Resumable: rerunning sends what was not sent and never what was. A
-//! process killed mid-send can repeat at most the messages in flight at
-//! that moment (3 × `concurrency`, see `outbox`), each with the same
-//! Message-ID or DM transaction ID.
+//! Notices after an incident: planned into the outbox, then sent by email
+//! and by Matrix DM through its send loop, each rendered as it leaves.
+//! Resumable: a rerun sends what was not sent and never what was. A process
+//! killed mid-send repeats at most the messages in flight (3 × `concurrency`,
+//! see `outbox`), each with the same Message-ID or DM transaction ID.
 
 use std::collections::HashMap;
 use std::sync::Mutex;
@@ -21,7 +18,7 @@ use crate::email::EmailAddress;
 use crate::holds::claim_link;
 use crate::links::UnsubscribeLinks;
 use crate::mail::{Mailer, OutgoingEmail};
-use crate::notice::{NoticeContext, NoticeError, RenderedNotice, render_email_notice, render_notice};
+use crate::notice::{NoticeContext, RenderedNotice, render_notice};
 use crate::outbox::Outcome;
 use crate::registry::{
     self, AccountState, Delivery, DeliveryChannel, DeliveryCounts, Incident, PlannedEmails, Registry, RoomFate,
@@ -73,9 +70,8 @@ pub trait NotifyProgress: Send + Sync {
 pub struct NoticeSettings {
     pub server_name: String,
     pub public_url: Url,
-    /// Made from `web.public_url` and the link-signing key, when the web
-    /// page is configured: then every email carries a one-click
-    /// unsubscribe link.
+    /// Made from `web.public_url` and the link-signing key, when the web page
+    /// is configured: then every email carries a one-click unsubscribe link.
     pub unsubscribe: Option<UnsubscribeLinks>,
     /// The incident's postmortem as sanitized HTML, rendered once.
     pub postmortem_html: String,
@@ -99,7 +95,6 @@ pub struct PersonRooms {
 const ROOMS_NAMED: usize = 20;
 
 impl PersonRooms {
-    /// From what the registry knows of a person's rooms.
     pub fn from_fates(fates: &[RoomFate]) -> PersonRooms {
         let named = |wanted: &dyn Fn(RoomState) -> bool| {
             let mut labels: Vec<String> =
@@ -176,22 +171,21 @@ impl NoticeSettings {
     }
 
     pub fn render(&self, incident: &Incident, delivery: &Delivery) -> Result<RenderedNotice, NotifyError> {
-        self.render_with(incident, delivery, self.unsubscribe_url(delivery).as_deref(), render_notice)
+        self.render_with(incident, delivery, self.unsubscribe_url(delivery).as_deref(), true)
     }
 
-    /// The signed one-click link for this delivery's contact, if the web
-    /// page is configured.
+    /// The signed one-click link for this delivery's contact, if the web page is configured.
     fn unsubscribe_url(&self, delivery: &Delivery) -> Option<String> {
         Some(self.unsubscribe.as_ref()?.url(delivery.contact_id?))
     }
 
-    fn render_with<T>(
+    fn render_with(
         &self,
         incident: &Incident,
         delivery: &Delivery,
         unsubscribe_url: Option<&str>,
-        render: impl FnOnce(&NoticeContext) -> Result<T, NoticeError>,
-    ) -> Result<T, NotifyError> {
+        dm: bool,
+    ) -> Result<RenderedNotice, NotifyError> {
         let expires = delivery.token_expires_at.map(|ms| self.expiry_labels.label(ms));
         let state = delivery.account_state;
         let claim_url = self.claim_url(incident, delivery, state);
@@ -217,7 +211,7 @@ impl NoticeSettings {
             rooms_gone: &rooms.gone,
             encrypted_rooms: rooms.encrypted,
         };
-        render(&context).map_err(|err| NotifyError::Render(err.to_string()))
+        render_notice(&context, dm).map_err(|err| NotifyError::Render(err.to_string()))
     }
 
     /// The email of one delivery, or why its address cannot be used.
@@ -232,7 +226,7 @@ impl NoticeSettings {
         };
         // Signed once: the same link goes in the body and the header.
         let list_unsubscribe = self.unsubscribe_url(delivery);
-        let rendered = self.render_with(incident, delivery, list_unsubscribe.as_deref(), render_email_notice)?;
+        let rendered = self.render_with(incident, delivery, list_unsubscribe.as_deref(), false)?;
         Ok(Ok(OutgoingEmail {
             to,
             subject: rendered.subject,
@@ -310,7 +304,6 @@ impl crate::outbox::Channel for IncidentNotices<'_> {
         (delivery.id, delivery.attempts)
     }
 
-    /// Sends one delivery, rendered here.
     async fn deliver(&self, delivery: &Delivery) -> Outcome {
         if let Some(reason) = Transport::skip_reason(delivery) {
             return Outcome::Skip(reason);

@@ -1,19 +1,14 @@
 //! The one send loop every outgoing message goes through: claim a batch of
 //! due rows, send them with bounded concurrency, record the outcomes in
-//! groups as they finish. What a row is and how it leaves (a notice
-//! rendered from the registry, a stored message, by email or by DM) is the
-//! [`Channel`]'s business; the retry policy is this module's, the same for
-//! every kind.
+//! groups as they finish. How a row leaves is the [`Channel`]'s business;
+//! the retry policy is this module's, the same for every kind. Every kind
+//! but the notices is queued rendered (`queue_email`) and sent by serve's
+//! worker, woken at once ([`QUEUED`]), so a link, a code or an alert
+//! outlives a relay outage and a restart.
 //!
-//! Every kind but the notices is queued rendered (`queue_email`) and sent
-//! by serve's worker, woken at once ([`QUEUED`]), with the same retries as
-//! a notice; so a link, a code or an alert outlives a relay outage and a
-//! restart.
-//!
-//! A crash can repeat at most the messages in flight: a message holds a
-//! permit from before it is sent until its outcome is written, and there
-//! are 3 × `concurrency` permits (at most `concurrency` being sent, the rest
-//! sent and waiting for, or in, a registry write).
+//! A crash can repeat at most the messages in flight: each holds a permit
+//! until its outcome is written, and there are 3 × `concurrency` permits
+//! (`concurrency` being sent, the rest waiting for, or in, a registry write).
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -319,10 +314,9 @@ struct Run {
 type Finished = ((i64, i64), Outcome, OwnedSemaphorePermit);
 
 impl Run {
-    /// Sends one batch; outcomes are written beside the sends, each write
-    /// taking every outcome that finished meanwhile (up to 2 ×
-    /// `concurrency`), so a slow registry makes fewer, larger writes.
-    /// Returns how many rows ended.
+    /// Sends one batch and returns how many rows ended. Each write takes
+    /// every outcome finished meanwhile (up to 2 × `concurrency`), so a slow
+    /// registry makes fewer, larger writes.
     async fn send_batch<C: Channel>(
         &mut self,
         channel: &C,

@@ -30,17 +30,13 @@ pub async fn rest_after(asked: Instant, pace: Option<f64>, stop: &CancellationTo
 
 /// Calls Synapse for each of `items`, at most `concurrency` at once: the
 /// outcomes, as they come. Paced, the calls go in groups of `concurrency`,
-/// each followed by its rest ([`rest_after`]), taken once the group's last
-/// outcome was handled. A group's wall time counts as Synapse's time: its
-/// main process serves requests on one Python thread, so calls sent
-/// together mostly wait for each other there; the wall time also holds
-/// lifeboat's own work between outcomes, which errs on Synapse's side.
-/// Resting after each group (never while calls are in flight) keeps every
-/// burst short, so other people's requests never queue behind hundreds of
-/// lifeboat's.
-///
-/// On `stop` the outcomes end between two of them: calls in flight are
-/// dropped unhandled (a sync makes them again next time).
+/// each followed by its rest ([`rest_after`]) once its last outcome was
+/// handled: resting between groups, never while calls are in flight, keeps
+/// bursts short, so nobody's requests queue behind hundreds of lifeboat's. A
+/// group's wall time counts as Synapse's (its main process serves requests
+/// on one Python thread, so calls sent together mostly wait for each other;
+/// lifeboat's own work in it errs on Synapse's side). On `stop` the outcomes
+/// end between two, dropping calls in flight (a sync makes them again).
 pub fn call_in_paced_groups<'a, T, R, F, Fut>(
     items: Vec<T>,
     concurrency: usize,

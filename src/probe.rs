@@ -2,10 +2,8 @@
 //! admin token still works, and a sample of known accounts is still there,
 //! unchanged. A wipe takes every account at once, so a small sample sees it
 //! for certain, at a cost that does not grow with the number of accounts.
-//!
 //! The probe never reports a loss itself: what looks wrong only brings the
-//! next full listing forward, and the listing decides. "Could not tell"
-//! stays "could not tell".
+//! next full listing forward, and the listing decides.
 
 use futures::StreamExt;
 
