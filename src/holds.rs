@@ -1,21 +1,20 @@
 //! Holding lost IDs for their owners.
 //!
-//! After a wipe any registration token, or anyone while registration is
-//! open, can register any lost ID, and whoever does inherits its person's
-//! rooms on other servers. So as soon as a loss is known, lifeboat creates
-//! each lost ID that is still free itself (create-only: it never changes an
-//! account it did not create), locks it, and gives it back its verified
-//! emails; admins' IDs first, as the most worth taking. Display names follow
-//! once every lost ID is held ([`restore_held_names`]): a name costs Synapse
-//! more than the rest of a hold, and until its hold an ID is anyone's. Its
-//! owner takes it back with a claim link (`web::claim`), or an operator with
-//! `lifeboat holds claim`; either brings a name not restored yet.
+//! After a wipe any registration token (or anyone, with registration open)
+//! can register a lost ID, and inherit its person's rooms on other servers.
+//! So once a loss is known, lifeboat creates each lost ID still free
+//! (create-only: it never changes an account it did not create), locks it
+//! and gives back its verified emails; admins' IDs first, as the most worth
+//! taking. Display names follow once every lost ID is held
+//! ([`restore_held_names`]): a name costs Synapse more than the rest of a
+//! hold, and until its hold an ID is anyone's. Its owner takes it back with
+//! a claim link (`web::claim`), or an operator with `lifeboat holds claim`;
+//! either brings a name not restored yet.
 //!
 //! Resumable after kill -9: a hold is recorded (`holding`) before the
-//! create. If the rerun finds the ID existing, the account is the one the
-//! killed run made when it has no device (nobody could log in: it had no
-//! password and was locked, or about to be); with a device it is a
-//! stranger's, and left alone.
+//! create. An ID the rerun finds existing is the killed run's account if it
+//! has no device (without a password, locked, nobody could log in), else a
+//! stranger's, left alone.
 
 use std::sync::atomic::Ordering;
 
@@ -59,8 +58,7 @@ pub struct HoldReport {
     pub taken: Vec<UserId>,
     /// Not held this time, with the reason (tried again on the next run).
     pub failed: Vec<(UserId, String)>,
-    /// Asked to stop before every lost ID was tried: the holds begun were
-    /// finished, the rest wait for the next run.
+    /// Stopped early: the holds begun were finished, the rest wait for the next run.
     pub stopped: bool,
 }
 
@@ -69,7 +67,6 @@ impl HoldReport {
         self.held.is_empty() && self.taken.is_empty() && self.failed.is_empty() && !self.stopped
     }
 
-    /// One line for a CLI, the bot or an alert.
     pub fn summary(&self) -> String {
         let mut text = format!("Held {} lost IDs for their owners", self.held.len());
         if !self.taken.is_empty() {
@@ -111,9 +108,8 @@ pub async fn hold_lost_ids(
     progress: &(dyn Fn(u64, u64) + Send + Sync),
     stop: &CancellationToken,
 ) -> Result<HoldReport, HoldError> {
-    // One run at a time, across processes: a second run would read an ID
-    // the first has just created as already existing, and record
-    // lifeboat's own held account as a stranger's.
+    // One run at a time across processes: a second would find an ID the
+    // first just created existing, and record lifeboat's hold as a stranger's.
     let work = hold_under_lease(config, registry, client, actor, progress, stop);
     Lease::run(registry, "holds", work)
         .await?
@@ -200,9 +196,8 @@ async fn hold_one(
     let created_at_ms = match client.create_account_if_free(user_id.as_str()).await {
         Ok(Creation::Created { created_at_ms }) => created_at_ms,
         Ok(Creation::Existed) if resumed => match client.device_count(user_id.as_str()).await {
-            // The account an interrupted run created: nobody has used it.
-            // Its creation time, as a fresh hold keeps it (the registry's
-            // is the lost account's).
+            // An interrupted run's account, unused: keep its creation time
+            // as a fresh hold does (the registry's is the lost account's).
             Ok(0) => match client.user_details(user_id.as_str()).await {
                 Ok(details) => details.and_then(|details| details.created_at_ms()),
                 Err(err) => return Ok(Outcome::Failed(err.to_string())),
@@ -230,9 +225,8 @@ async fn hold_one(
         }
     };
     let emails = registry.verified_emails_of(user_id).await?;
-    // The registry knows other accounts' addresses as of the last sync;
-    // Synapse knows them now (one registered in between, say). Synapse
-    // would move an address to the hold without a word.
+    // Synapse, not the registry (as of the last sync), knows who has an
+    // address now, and would move it to the hold without a word.
     let mut free = Vec::with_capacity(emails.len());
     for address in emails {
         match client.user_with_email(&address).await {
@@ -250,7 +244,7 @@ async fn hold_one(
     Ok(Outcome::Held)
 }
 
-/// What a run giving held accounts back their display names did.
+/// What a [`restore_held_names`] run did.
 #[derive(Debug, Clone, Default)]
 pub struct NamesReport {
     pub restored: u64,
@@ -265,10 +259,9 @@ pub struct NamesReport {
     pub stopped: bool,
 }
 
-/// Gives held accounts back their display names, after their holds (see
-/// the module's header). Idempotent and resumable: a name stays due until
-/// Synapse has it. One run at a time across processes: `None` when another
-/// is under way, as it restores every name due.
+/// Gives held accounts back their display names (see the module's header).
+/// Resumable: a name stays due until Synapse has it. One run at a time
+/// across processes: `None` when another is under way (it restores them all).
 pub async fn restore_held_names(
     registry: &Registry,
     client: &SynapseClient,
@@ -314,10 +307,9 @@ async fn restore_names_under_lease(
     Ok(report)
 }
 
-/// Sets a held account's display name, if Synapse still has it locked as
-/// lifeboat left it. The registry's word is minutes old by now: after
-/// another wipe whoever registered the ID first must not get the person's
-/// name. `false` when it is not held any more.
+/// Sets a held account's display name if Synapse still has it locked (the
+/// registry's word is minutes old: after another wipe, whoever registered
+/// the ID first must not get the person's name); `false` if not held.
 async fn restore_name_if_still_held(client: &SynapseClient, user_id: &str, name: &str) -> Result<bool, synapse::Error> {
     match client.user_details(user_id).await? {
         Some(details) if details.locked => client.set_display_name(user_id, name).await.map(|()| true),
@@ -334,11 +326,11 @@ pub enum CannotTell {
     Registry(#[from] registry::Error),
 }
 
-/// Does the account on Synapse now speak for the person the registry knows
-/// under `user_id` ([`Account::speaks_for_its_person`], told when Synapse
-/// made it)? Right after a wipe, until a listing shows it, an ID someone
-/// registered again still reads as present in the registry. No account on
-/// Synapse, no; an ID the registry never saw is new, not taken: yes.
+/// Does the account on Synapse now speak for the registry's person under
+/// `user_id` ([`Account::speaks_for_its_person`], told by when Synapse made
+/// it)? Until a listing shows it, an ID registered again after a wipe still
+/// reads as present. No account on Synapse: no; an ID the registry never
+/// saw is new, not taken: yes.
 pub async fn speaks_for_its_person_now(
     registry: &Registry,
     synapse: &SynapseClient,
@@ -348,9 +340,8 @@ pub async fn speaks_for_its_person_now(
     speaks_now(known.as_ref(), synapse, user_id).await
 }
 
-/// [`speaks_for_its_person_now`] for an account the registry knows, so that
-/// what comes from it (a contact added by DM, a code DMed to it) is its
-/// person's.
+/// [`speaks_for_its_person_now`], but `false` for an ID the registry does
+/// not know: what comes from it (a contact added by DM, a code) is a person's.
 pub async fn its_persons_now(
     registry: &Registry,
     synapse: &SynapseClient,
@@ -499,10 +490,9 @@ pub enum HandOverError {
     UnderWay(String),
 }
 
-/// One hand-over of an ID at a time, across processes and faces (the claim
-/// page, `lifeboat holds claim`): a second one while the first sets the
-/// password would set another, and the first would then name a password
-/// that no longer works. Runs `work` under the ID's hand-over lease.
+/// Runs `work` under the ID's hand-over lease, one at a time across
+/// processes and faces: a second would set another password while the
+/// first names one that no longer works.
 pub async fn one_hand_over<T>(
     registry: &Registry,
     user_id: &UserId,

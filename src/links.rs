@@ -1,8 +1,6 @@
-//! Signed links in notices: unsubscribe and claim. The signature is an
-//! HMAC-SHA256 with a key generated once and kept in the registry, so links
-//! cannot be forged or altered.
-//!
-//! Link formats (fixed; the web page verifies them):
+//! Signed links in notices: unsubscribe and claim, signed by HMAC-SHA256
+//! with a key generated once and kept in the registry, so they cannot be
+//! forged or altered. Formats (fixed; the web page verifies them):
 //! - `<web.public_url>/unsubscribe?contact=<contact id>&sig=<hex HMAC of "unsubscribe:<contact id>">`
 //! - `<web.public_url>/claim?account=<user ID>&incident=<id>&hold=<held at>&until=<expiry>&sig=<hex HMAC
 //!   of "claim:<incident>:<held at>:<until>:<user ID>">` (times in UTC ms). `hold` names the hold
@@ -62,8 +60,7 @@ pub fn verify_unsubscribe(key: &SecretString, contact_id: i64, sig: &str) -> boo
     verify(key, &format!("unsubscribe:{contact_id}"), sig)
 }
 
-/// What a claim link is for: one hold of one account, within one incident,
-/// until a time.
+/// What a claim link is for: one hold of one account, in one incident, until a time.
 #[derive(Debug, Clone, PartialEq, Eq, serde::Deserialize)]
 pub struct ClaimLink {
     pub account: String,

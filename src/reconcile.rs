@@ -1,8 +1,6 @@
-//! Reconciliation: the registry's accounts against a complete listing.
-//!
-//! Each account ID is a pair (known in the registry?, listed by Synapse?);
-//! `classify` decides what the pair means, and `merge_join` walks two
-//! sorted lists pairing them up in one pass.
+//! Reconciliation: the registry's accounts against a complete listing. Each
+//! account ID is a pair (known in the registry?, listed by Synapse?):
+//! `classify` says what it means; `merge_join` pairs two sorted lists in one pass.
 
 use std::cmp::Ordering;
 
@@ -31,8 +29,7 @@ stored_as_text! {
 }
 
 impl AccountState {
-    /// Registered again by someone lifeboat cannot vouch for: a stranger on
-    /// every face (a form naming it, the bot's admins, DMs).
+    /// A stranger on every face (a form naming it, the bot's admins, DMs).
     pub fn is_stranger(self) -> bool {
         self == AccountState::Recreated
     }
@@ -52,8 +49,7 @@ pub struct Known {
     /// lifeboat is making a hold (the registry's time is then the lost
     /// account's, not the one being made).
     pub created_at_ms: Option<i64>,
-    /// Who the ID belonged to at the last sync (held by lifeboat, taken by
-    /// a stranger, ...).
+    /// Who the ID belonged to at the last sync.
     pub standing: AccountState,
 }
 
@@ -93,9 +89,8 @@ pub fn classify(known: Option<&Known>, listed: Option<&Listed>) -> Option<Class>
         (Some(_), None) => Some(Class::Missing),
         (None, Some(_)) => Some(Class::New),
         (Some(known), Some(listed)) => Some(match known.standing {
-            // lifeboat made this account itself, for its owner; unless the
-            // one listed now was made after it (lost in another wipe, and
-            // registered by someone else before lifeboat saw that).
+            // lifeboat's own hold, unless the one listed now was made after
+            // it (lost in another wipe, and registered by someone else first).
             AccountState::Held if registered_again(known.created_at_ms, listed.created_at_ms) => Class::Recreated,
             AccountState::Held => Class::Held,
             // Taken by a stranger: stays so until an operator settles it.
@@ -115,7 +110,9 @@ pub fn registered_again(known: Option<i64>, listed: Option<i64>) -> bool {
 }
 
 stored_as_text! {
+    #[derive(Default)]
     pub enum Verdict {
+        #[default]
         Ok = "ok",
         Loss = "loss",
         SuspectedReset = "suspected_reset",
@@ -124,7 +121,7 @@ stored_as_text! {
 
 /// The outcome of a reconciliation. `present` is a count; the other
 /// classes list user IDs in order.
-#[derive(Debug, Clone, Serialize, PartialEq)]
+#[derive(Debug, Default, Clone, Serialize, PartialEq)]
 pub struct Report {
     pub verdict: Verdict,
     /// Accounts in the registry.
@@ -145,14 +142,7 @@ pub struct Report {
 /// Collects classified pairs into a [`Report`].
 #[derive(Debug, Default)]
 pub struct ReportBuilder {
-    known: usize,
-    listed: usize,
-    present: usize,
-    missing: Vec<String>,
-    recreated: Vec<String>,
-    deactivated: Vec<String>,
-    new: Vec<String>,
-    held: Vec<String>,
+    report: Report,
     known_recreated: usize,
 }
 
@@ -163,47 +153,40 @@ impl ReportBuilder {
         if known.is_some_and(|known| known.standing == AccountState::Recreated) && listed.is_some() {
             self.known_recreated += 1;
         }
-        self.known += usize::from(known.is_some());
-        self.listed += usize::from(listed.is_some());
+        let report = &mut self.report;
+        report.known += usize::from(known.is_some());
+        report.listed += usize::from(listed.is_some());
         let id = || known.map(|k| &k.user_id).or(listed.map(|l| &l.user_id)).cloned().unwrap_or_default();
         match classify(known, listed) {
             None => {}
-            Some(Class::Present) => self.present += 1,
-            Some(Class::Missing) => self.missing.push(id()),
-            Some(Class::Deactivated) => self.deactivated.push(id()),
-            Some(Class::Recreated) => self.recreated.push(id()),
-            Some(Class::New) => self.new.push(id()),
-            Some(Class::Held) => self.held.push(id()),
+            Some(Class::Present) => report.present += 1,
+            Some(Class::Missing) => report.missing.push(id()),
+            Some(Class::Deactivated) => report.deactivated.push(id()),
+            Some(Class::Recreated) => report.recreated.push(id()),
+            Some(Class::New) => report.new.push(id()),
+            Some(Class::Held) => report.held.push(id()),
         }
     }
 
     /// `loss_threshold`: the lost share at or above which the verdict is
     /// `suspected_reset` (a mass loss), not `loss`.
-    pub fn finish(mut self, loss_threshold: f64) -> Report {
-        for ids in [&mut self.missing, &mut self.recreated, &mut self.deactivated, &mut self.new, &mut self.held] {
+    pub fn finish(self, loss_threshold: f64) -> Report {
+        let mut report = self.report;
+        for ids in
+            [&mut report.missing, &mut report.recreated, &mut report.deactivated, &mut report.new, &mut report.held]
+        {
             ids.sort_unstable();
         }
-        let lost = self.missing.len() + self.held.len() + self.recreated.len() - self.known_recreated;
-        let lost_share = if self.known == 0 { 0.0 } else { lost as f64 / self.known as f64 };
-        let verdict = if lost == 0 {
+        let lost = report.missing.len() + report.held.len() + report.recreated.len() - self.known_recreated;
+        report.lost_share = if report.known == 0 { 0.0 } else { lost as f64 / report.known as f64 };
+        report.verdict = if lost == 0 {
             Verdict::Ok
-        } else if lost_share >= loss_threshold {
+        } else if report.lost_share >= loss_threshold {
             Verdict::SuspectedReset
         } else {
             Verdict::Loss
         };
-        Report {
-            verdict,
-            known: self.known,
-            listed: self.listed,
-            present: self.present,
-            missing: self.missing,
-            recreated: self.recreated,
-            deactivated: self.deactivated,
-            new: self.new,
-            held: self.held,
-            lost_share,
-        }
+        report
     }
 }
 

@@ -30,8 +30,7 @@ pub enum AdminAccess {
         source: TokenSource,
     },
     /// Every known token is rejected as unknown (as after a wipe). The client
-    /// carries the one that worked for the last sync (else the configured
-    /// one, if any), so callers can show what Synapse says about it: a wipe
+    /// carries the one that worked last (else the configured one), so a wipe
     /// reads as a suspected reset rather than "could not tell".
     Dead {
         client: SynapseClient,
@@ -114,8 +113,7 @@ pub async fn admin_access(config: &Config, registry: &Registry) -> Result<AdminA
 }
 
 /// After a wipe: registers the service account again as an admin with the
-/// shared secret and keeps its token in the registry. A no-op when a token
-/// still works.
+/// shared secret and keeps its token in the registry; a no-op while a token works.
 pub async fn recover(config: &Config, registry: &Registry, actor: &Actor) -> Result<RecoverOutcome, RecoverError> {
     let secret = config.homeserver.registration_shared_secret.as_ref().ok_or(RecoverError::NoSecret)?;
     let base = match admin_access(config, registry).await? {

@@ -1,13 +1,11 @@
-//! Rooms come back: the room registry kept by every sync, lifeboat's own
-//! account back in the rooms that survived on other servers (with their
-//! local aliases and directory listing), people brought back into their
-//! rooms once their ID is theirs again, and rooms that lived only here
-//! made again.
+//! Rooms come back: the room registry kept by every sync; lifeboat's own
+//! account (with local aliases and directory listing), then people whose ID
+//! is theirs again, back in rooms that survived on other servers; rooms
+//! that lived only here made again.
 //!
-//! A room that had joined members on other servers lives on there after a
-//! wipe; a returning local account is let back in by its old membership,
-//! which the surviving state still holds (../shared/SYNAPSE_NOTES.md,
-//! "Rooms").
+//! A room with joined members on other servers lives on there after a wipe,
+//! and its surviving state still holds a returning local account's old
+//! membership (../shared/SYNAPSE_NOTES.md, "Rooms").
 
 use std::collections::HashMap;
 
@@ -62,11 +60,10 @@ pub struct RoomSyncSummary {
     pub failed: u64,
 }
 
-/// Reads the complete room listing, and the state of rooms that are new or
-/// changed, into the registry. A listing that fails part-way changes
-/// nothing: rooms missing from it are never read as gone. Paced like the
-/// account listing (`pace`: a share of Synapse's time); a `stop` also
-/// changes nothing.
+/// Reads the complete room listing, and the state of new or changed rooms,
+/// into the registry, paced like the account listing (`pace`: a share of
+/// Synapse's time). A listing that fails part-way, or a `stop`, changes
+/// nothing: rooms missing from it are never read as gone.
 pub async fn sync_rooms(
     registry: &Registry,
     client: &SynapseClient,
@@ -108,9 +105,7 @@ pub async fn sync_rooms(
             }
             // Gone since the listing: the next sync will not list it.
             Ok(None) => {}
-            Err(err @ (synapse::Error::Unauthorized { .. } | synapse::Error::Forbidden { .. })) => {
-                return Err(err.into());
-            }
+            Err(err) if err.is_refusal() => return Err(err.into()),
             Err(err) => {
                 tracing::warn!(room_id = %records[index].room_id, error = %err, "could not read a room's state");
                 // A fingerprint no listing has, so the next sync reads it.
@@ -250,7 +245,6 @@ impl BringBackReport {
         self.restored.is_empty() && self.rejoined == 0 && self.invited == 0 && self.failed.is_empty()
     }
 
-    /// One line for the CLI, the bot or a log.
     pub fn summary(&self) -> String {
         let mut text = format!(
             "lifeboat rejoined {} surviving rooms ({} aliases re-pointed); {} memberships restored, {} invitations to re-created rooms",
@@ -373,9 +367,8 @@ async fn rejoin_people(
     Ok(())
 }
 
-/// Joins one person to a surviving room. Once this server is back in a
-/// room, its surviving state already holds every former local member as
-/// joined (their old membership stands): then there is nothing to do.
+/// Joins one person to a surviving room, unless it holds them as joined
+/// already (their old membership stands once this server is back in it).
 async fn join_person(client: &SynapseClient, rejoin: &Rejoin) -> Result<JoinOutcome, synapse::Error> {
     if client.joined_rooms(rejoin.user_id.as_str()).await?.contains(&rejoin.room_id) {
         return Ok(JoinOutcome::Joined);
@@ -397,7 +390,6 @@ pub struct Recreated {
 }
 
 impl Recreated {
-    /// One line for the CLI and the bot.
     pub fn summary(&self) -> String {
         let alias = self.alias.as_deref().map(|alias| format!(", alias {alias}")).unwrap_or_default();
         format!(
@@ -427,8 +419,7 @@ pub async fn all_to_recreate(config: &Config, registry: &Registry) -> Result<Vec
     Ok(rooms)
 }
 
-/// Why a room cannot be re-created, if it cannot: the one rule for the
-/// CLI and the bot.
+/// Why a room cannot be re-created, if so: one rule for the CLI and the bot.
 pub fn recreate_problem(room: &Room) -> Option<String> {
     match room.state {
         RoomState::Lost => None,
@@ -443,10 +434,9 @@ pub fn recreate_problem(room: &Room) -> Option<String> {
     }
 }
 
-/// Makes a room that lived only here again: same name, topic, alias, join
-/// rule, directory listing, encryption and type (a space gets its children
-/// back), then invites its former members who are back; the rest are
-/// invited as each comes back.
+/// Makes a room that lived only here again (name, topic, alias, join rule,
+/// directory listing, encryption, type; a space gets its children back) and
+/// invites its former members who are back, the rest as each comes back.
 pub async fn recreate(
     config: &Config,
     registry: &Registry,
@@ -466,10 +456,8 @@ pub async fn recreate(
     }
     // Made once: a run that stopped between making the room and recording
     // it finds it by the mark in its creation event.
-    let made_before = match registry.room_recreation_begun(&room.room_id).await? {
-        true => made_for(client, &room.room_id).await?,
-        false => None,
-    };
+    let begun = registry.room_recreation_begun(&room.room_id).await?;
+    let made_before = if begun { made_for(client, &room.room_id).await? } else { None };
     let new_room_id = match made_before {
         Some(made) => made,
         None => {
@@ -559,20 +547,20 @@ fn creation_body(room: &Room, alias: Option<&str>, children: &[String], server_n
         body["room_alias_name"] = json!(localpart);
     }
     let mut initial_state = Vec::new();
+    let mut state = |kind: &str, state_key: &str, content: Value| {
+        initial_state.push(json!({"type": kind, "state_key": state_key, "content": content}))
+    };
     if room.encrypted {
-        initial_state.push(json!({
-            "type": "m.room.encryption", "state_key": "",
-            "content": {"algorithm": "m.megolm.v1.aes-sha2"}
-        }));
+        state("m.room.encryption", "", json!({"algorithm": "m.megolm.v1.aes-sha2"}));
     }
     if let Some(join_rule) = room.join_rule.as_deref().filter(|rule| !matches!(*rule, "public" | "invite")) {
-        initial_state.push(json!({"type": "m.room.join_rules", "state_key": "", "content": {"join_rule": join_rule}}));
+        state("m.room.join_rules", "", json!({"join_rule": join_rule}));
     }
     if let Some(avatar) = &room.avatar_url {
-        initial_state.push(json!({"type": "m.room.avatar", "state_key": "", "content": {"url": avatar}}));
+        state("m.room.avatar", "", json!({"url": avatar}));
     }
     for child in children {
-        initial_state.push(json!({"type": "m.space.child", "state_key": child, "content": {"via": [server_name]}}));
+        state("m.space.child", child, json!({"via": [server_name]}));
     }
     if !initial_state.is_empty() {
         body["initial_state"] = json!(initial_state);

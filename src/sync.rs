@@ -94,9 +94,8 @@ pub struct SyncSummary {
     /// applied and what was read is kept; the next sync reads the rest (a
     /// room listing is kept only whole, so the rooms wait for it).
     pub stopped: bool,
-    /// Time spent reading account details (emails), rests included: for
-    /// the watcher, which spaces its listings by their cost without the
-    /// one-off import of a first sync.
+    /// Time spent reading account details, rests included: the watcher
+    /// spaces listings by their cost without a first sync's one-off import.
     #[serde(skip)]
     pub details_took: Duration,
     /// The room registry's part; `None` when it could not be read (the
@@ -262,23 +261,20 @@ struct DetailCounts {
 }
 
 /// How many accounts due again one sync reads: `details_per_round`, or more
-/// when that would fall behind. A read account is due again after three
-/// quarters of `details_max_age` on average ([`next_due`]), so a
-/// sync `since_last` after the last one needs `accounts × since_last /
-/// (0.75 × details_max_age)` to keep up, and takes a quarter more for a
-/// backlog: about 99,000 for a million accounts listed ten hours apart,
-/// where 2,000 would read each account every 31 weeks, not every week.
+/// when that would fall behind. An account is due again after 0.75 ×
+/// `details_max_age` on average ([`next_due`]), so a sync `since_last` after
+/// the last needs `accounts × since_last / (0.75 × details_max_age)` to keep
+/// up, plus a quarter for a backlog: about 99,000 for a million accounts
+/// listed ten hours apart, where 2,000 would read each every 31 weeks.
 fn refresh_quota(per_round: u64, max_age: Duration, accounts: u64, since_last_ms: Option<i64>) -> u64 {
     let mean_gap_ms = max_age.as_millis().max(1) as f64 * 0.75;
     let keep_up = since_last_ms.map_or(0.0, |ms| accounts as f64 * ms.max(0) as f64 / mean_gap_ms * 1.25);
     per_round.max(keep_up.ceil() as u64)
 }
 
-/// Fetches details of new accounts, then of those due again (at most
-/// `quota` of them, see [`refresh_quota`]), with bounded concurrency, and records
-/// their emails. Per-account failures are counted, not fatal. New accounts
-/// come first, so a sync stopped part-way continues where it stopped (once
-/// stopped, the second pass calls nothing).
+/// Records the emails of new accounts, then of up to `quota` due again
+/// ([`refresh_quota`]); per-account failures are counted, not fatal. New
+/// accounts first, so a sync stopped part-way continues where it stopped.
 async fn import_emails(
     registry: &Registry,
     client: &SynapseClient,
@@ -298,10 +294,9 @@ async fn import_emails(
 }
 
 /// One pass of [`import_emails`]: up to `cap` accounts that are `due`, a
-/// batch at a time. A batch's answers are written in one transaction while
-/// the next batch's calls are in flight, so Synapse never waits for the
-/// registry (one write per account used to stall the calls for a tenth of
-/// a cold sync at 1,000,000 accounts).
+/// batch at a time, each batch written in one transaction while the next
+/// one's calls are in flight (one write per account used to stall the calls
+/// for a tenth of a cold sync at 1,000,000 accounts).
 async fn read_details(
     registry: &Registry,
     client: &SynapseClient,
@@ -365,9 +360,7 @@ async fn read_batch(
             }
             // Gone since the listing: the next sync will see it missing.
             Ok(None) => counts.fetched += 1,
-            Err(err @ (synapse::Error::Unauthorized { .. } | synapse::Error::Forbidden { .. })) => {
-                return (read, Some(err));
-            }
+            Err(err) if err.is_refusal() => return (read, Some(err)),
             Err(err) => {
                 tracing::warn!(user_id = %user_id, error = %err, "could not fetch account details");
                 counts.failed += 1;
@@ -378,10 +371,9 @@ async fn read_batch(
     (read, None)
 }
 
-/// When details just read are due again: after between half and all of
-/// `details_max_age`, at random, so accounts read together (the first
-/// sync) spread their next reads over the period instead of all coming
-/// due in one round.
+/// When details just read are due again: after half to all of
+/// `details_max_age`, at random, so accounts read together (the first sync)
+/// come due spread over the period, not in one round.
 fn next_due(options: &SyncOptions) -> i64 {
     use rand::Rng;
     let max_age = options.details_max_age.as_millis() as i64;

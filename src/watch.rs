@@ -1,12 +1,11 @@
-//! The watcher of `lifeboat serve`: every `watch.interval` (or, on a big
-//! server, as often as a full listing's cost allows: [`next_listing_due`])
-//! it syncs, and raises an alert when what it sees changes: accounts
-//! missing or recreated, a suspected reset, lifeboat's token rejected.
-//! Between listings the probe looks, and brings the next one forward. One
-//! alert per change, not one per interval: the last alerted state is kept
-//! in the registry, so a restart does not repeat it either. The alert goes
-//! out before lost IDs are held (at size, holding takes hours); what was
-//! held follows in a message of its own.
+//! The watcher of `lifeboat serve`: every `watch.interval` (on a big server,
+//! as often as a listing's cost allows: [`next_listing_due`]) it syncs, and
+//! alerts when what it sees changes: accounts missing or recreated, a
+//! suspected reset, lifeboat's token rejected. Between listings the probe
+//! looks, and brings the next one forward. One alert per change, not per
+//! interval, restarts included (the last alerted state is in the registry).
+//! The alert goes out before lost IDs are held (at size, holding takes
+//! hours); what was held follows in a message of its own.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -31,12 +30,11 @@ const ALERTED_SETTING: &str = "watch_alerted_state";
 /// Registry setting: the watcher's last full listing (a [`LastListing`] as JSON).
 const LAST_LISTING_SETTING: &str = "watch_last_listing";
 
-/// The share of Synapse's time full listings may take on average, over
-/// the gaps between them. A listing's cost grows with the number of
-/// accounts (Synapse counts and skips rows for every page: 22 minutes of
-/// its CPU for 1,000,000 accounts on SQLite), the probe's does not, so on a big server
-/// the probe carries detection and listings come less often than
-/// `watch.interval`.
+/// The share of Synapse's time full listings may take on average, over the
+/// gaps between them. A listing's cost grows with the accounts (Synapse
+/// counts and skips rows for every page: 22 minutes of its CPU for 1,000,000
+/// on SQLite), the probe's does not: on a big server the probe carries
+/// detection, and listings come less often than `watch.interval`.
 pub const LISTING_SHARE: f64 = 0.03;
 
 /// When the next full listing may start (ms since the epoch): `floor`
@@ -55,11 +53,10 @@ pub trait AlertSink: Send + Sync {
     fn alert(&self, subject: &str, markdown: &str) -> impl Future<Output = ()> + Send;
 }
 
-/// One round, one listing: a sync (which also imports new accounts and
-/// emails), whose classification gives the verdict. When every token is
-/// rejected: a check (a wipe, or a typo?), recovery if a secret is
-/// configured, then the sync. Returns the client that worked, for what
-/// follows the alert ([`after_listing`]).
+/// One round, one listing: a sync (importing new accounts and emails), whose
+/// classification gives the verdict. With every token rejected: a check (a
+/// wipe, or a typo?), recovery if a secret is configured, then the sync.
+/// Returns the client that worked, for [`after_listing`].
 pub async fn observe(
     config: &Config,
     registry: &Registry,
@@ -172,13 +169,11 @@ pub async fn after_listing(
             Err(err) => tracing::warn!(error = %err, "watcher: lost IDs are not held"),
         }
     }
-    // People whose ID is theirs again go back into their rooms within a round.
     rejoin_rooms(config, registry, client).await;
     seen.settle_taken(config);
 }
 
-/// Brings people whose ID is theirs again back into their rooms, logging
-/// what it did.
+/// Brings people whose ID is theirs again back into their rooms (logged).
 async fn rejoin_rooms(config: &Config, registry: &Registry, client: &SynapseClient) {
     match bring_back(config, registry, client, &Actor::service("watcher"), false).await {
         Ok(report) if !report.is_empty() => tracing::info!(summary = %report.summary(), "watcher: rooms"),
@@ -202,10 +197,9 @@ pub async fn run(services: Arc<Services>, alerts: impl AlertSink) {
         if due > now_ms() && !wait_for_next_round(config, registry, cancel, due).await {
             return;
         }
-        // A round runs to its end even when serve is stopping (its sync
-        // stops early by itself, between calls): dropped inside
-        // a sync's transaction, it would leave SQLite locked for the parts
-        // still finishing (a notify marking what it sent).
+        // A round runs to its end even when serve is stopping (its sync stops
+        // by itself between calls): dropped inside a sync's transaction, it would
+        // leave SQLite locked for what still finishes (a notify marking what it sent).
         let (mut seen, client) = observe(config, registry, recover_lock, cancel).await;
         if cancel.is_cancelled() {
             return;

@@ -10,7 +10,7 @@ use secrecy::{ExposeSecret, SecretString};
 use serde::Deserialize;
 use serde_json::json;
 
-use super::{Error, SynapseClient, UserDetails, found, urlencode};
+use super::{Error, SynapseClient, UserDetails, found, or_none, urlencode};
 
 /// What a create-only `PUT {}` found.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -114,10 +114,7 @@ impl SynapseClient {
     /// `PUT {}` on an account that exists (its own) must answer 200 and
     /// changes nothing; under Matrix Authentication Service it answers 403.
     pub async fn may_create_accounts(&self, existing_user_id: &str) -> Result<bool, Error> {
-        match self.create_account_if_free(existing_user_id).await {
-            Ok(_) => Ok(true),
-            Err(Error::Forbidden { .. }) => Ok(false),
-            Err(err) => Err(err),
-        }
+        let created = self.create_account_if_free(existing_user_id).await;
+        Ok(or_none(created, |err| matches!(err, Error::Forbidden { .. }))?.is_some())
     }
 }

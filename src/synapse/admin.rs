@@ -7,12 +7,11 @@ use secrecy::{ExposeSecret, SecretString};
 use serde::Deserialize;
 use serde_json::json;
 
-use super::{Error, SynapseClient, found, urlencode};
+use super::{Error, SynapseClient, found, or_none, urlencode};
 
 #[derive(Debug, Clone, Deserialize)]
 pub struct Whoami {
     pub user_id: String,
-    #[serde(default)]
     pub device_id: Option<String>,
 }
 
@@ -21,13 +20,10 @@ pub struct Whoami {
 pub struct RegistrationToken {
     pub token: String,
     #[serde(default)]
-    pub uses_allowed: Option<i64>,
-    #[serde(default)]
     pub pending: i64,
     #[serde(default)]
     pub completed: i64,
     /// Milliseconds.
-    #[serde(default)]
     pub expiry_time: Option<i64>,
 }
 
@@ -36,7 +32,6 @@ pub struct RegistrationToken {
 pub struct Registered {
     pub user_id: String,
     pub access_token: SecretString,
-    #[serde(default)]
     pub device_id: Option<String>,
 }
 
@@ -152,8 +147,7 @@ impl SynapseClient {
         }
     }
 
-    /// `POST /_matrix/client/v3/login` with a password; `None` when Synapse
-    /// refuses the password.
+    /// Logs in with a password; `None` when Synapse refuses it.
     pub async fn login_with_password(
         &self,
         localpart: &str,
@@ -165,15 +159,11 @@ impl SynapseClient {
             "password": password.expose_secret(),
             "initial_device_display_name": "lifeboat",
         });
-        match self
+        let login = self
             .without_retries()
-            .request_json::<Registered>(Method::POST, "/_matrix/client/v3/login", &[], Some(&body), false)
-            .await
-        {
-            Ok(registered) => Ok(Some(registered)),
-            Err(Error::Forbidden { .. }) => Ok(None),
-            Err(err) => Err(err),
-        }
+            .request_json(Method::POST, "/_matrix/client/v3/login", &[], Some(&body), false)
+            .await;
+        or_none(login, |err| matches!(err, Error::Forbidden { .. }))
     }
 
     pub(super) fn without_retries(&self) -> SynapseClient {

@@ -53,6 +53,11 @@ impl Error {
         matches!(self, Error::RateLimited { .. } | Error::Unavailable { .. })
     }
 
+    /// 401 or 403: the token will not do, for this request or the next.
+    pub fn is_refusal(&self) -> bool {
+        matches!(self, Error::Unauthorized { .. } | Error::Forbidden { .. })
+    }
+
     /// The token itself is dead (as after a wipe), not merely lacking rights.
     pub fn is_unknown_token(&self) -> bool {
         matches!(self, Error::Unauthorized { errcode } if errcode == "M_UNKNOWN_TOKEN")

@@ -1,8 +1,6 @@
-//! Client for Synapse's admin API: paged listing, user details, version.
-//!
-//! Every request is retried with capped, jittered backoff on 429/5xx and
-//! network failures. The admin token lives only in a `SecretString` and a
-//! header marked sensitive; it never reaches a log line or an error.
+//! Client for Synapse's admin API. Requests are retried with capped,
+//! jittered backoff on 429/5xx and network failures. The admin token lives
+//! only in a `SecretString` and a sensitive header: never in a log or error.
 
 mod accounts;
 mod admin;
@@ -353,13 +351,18 @@ fn backoff(attempt: u32) -> Duration {
     Duration::from_millis(millis)
 }
 
-/// A 404 as `None`: something Synapse does not know (any more).
-fn found<T>(result: Result<T, Error>) -> Result<Option<T>, Error> {
+/// The errors `absent` picks out as `None`.
+fn or_none<T>(result: Result<T, Error>, absent: impl Fn(&Error) -> bool) -> Result<Option<T>, Error> {
     match result {
         Ok(value) => Ok(Some(value)),
-        Err(Error::NotFound) => Ok(None),
+        Err(err) if absent(&err) => Ok(None),
         Err(err) => Err(err),
     }
+}
+
+/// A 404 as `None`: something Synapse does not know (any more).
+fn found<T>(result: Result<T, Error>) -> Result<Option<T>, Error> {
+    or_none(result, |err| matches!(err, Error::NotFound))
 }
 
 fn urlencode(text: &str) -> String {

@@ -10,32 +10,26 @@ use serde::Deserialize;
 use serde_json::{Value, json};
 
 use super::types::lenient_i64;
-use super::{Error, SynapseClient, found, urlencode};
+use super::{Error, SynapseClient, found, or_none, urlencode};
 
 /// One room as the admin listing shows it.
 #[derive(Debug, Clone, Deserialize)]
 pub struct ListedRoom {
     pub room_id: String,
-    #[serde(default)]
     pub name: Option<String>,
-    #[serde(default)]
     pub canonical_alias: Option<String>,
     #[serde(default, deserialize_with = "lenient_i64")]
     pub joined_members: Option<i64>,
     #[serde(default, deserialize_with = "lenient_i64")]
     pub joined_local_members: Option<i64>,
-    #[serde(default)]
     pub creator: Option<String>,
-    #[serde(default)]
     pub encryption: Option<String>,
     /// Listed in this server's room directory.
     #[serde(default)]
     pub public: bool,
-    #[serde(default)]
     pub join_rules: Option<String>,
     #[serde(default, deserialize_with = "lenient_i64")]
     pub state_events: Option<i64>,
-    #[serde(default)]
     pub room_type: Option<String>,
 }
 
@@ -54,13 +48,11 @@ pub struct RoomsPage {
 pub struct StateEvent {
     #[serde(rename = "type")]
     pub kind: String,
-    #[serde(default)]
     pub state_key: Option<String>,
     #[serde(default)]
     pub content: Value,
 }
 
-/// The rooms an account is joined to.
 #[derive(Deserialize)]
 struct Joined {
     #[serde(default)]
@@ -83,9 +75,8 @@ pub enum JoinOutcome {
 }
 
 impl SynapseClient {
-    /// `GET /_synapse/admin/v1/rooms`, `limit` rooms from offset `from`.
-    /// Offset paging can repeat or skip a room when rooms come and go
-    /// meanwhile: the caller counts what it read against `total_rooms`.
+    /// `limit` rooms of the admin listing from offset `from`. Offset paging
+    /// repeats or skips rooms that come and go: the caller checks `total_rooms`.
     pub async fn rooms_page(&self, from: i64, limit: u32) -> Result<RoomsPage, Error> {
         let from = from.to_string();
         let limit = limit.to_string();
@@ -93,8 +84,7 @@ impl SynapseClient {
         self.get_json("/_synapse/admin/v1/rooms", &query, true).await
     }
 
-    /// Every state event of a room (members, power levels, topic, avatar,
-    /// a space's children); `None` when Synapse does not know the room.
+    /// Every state event of a room; `None` when Synapse does not know the room.
     pub async fn room_state(&self, room_id: &str) -> Result<Option<Vec<StateEvent>>, Error> {
         #[derive(Deserialize)]
         struct State {
@@ -113,21 +103,16 @@ impl SynapseClient {
             aliases: Vec<String>,
         }
         let path = format!("/_matrix/client/v3/rooms/{}/aliases", urlencode(room_id));
-        match self.get_json::<Aliases>(&path, &[], true).await {
-            Ok(aliases) => Ok(aliases.aliases),
-            // Not visible to this admin (Synapse answers 403 in some setups).
-            Err(Error::NotFound | Error::Forbidden { .. }) => Ok(Vec::new()),
-            Err(err) => Err(err),
-        }
+        let aliases = or_none(self.get_json::<Aliases>(&path, &[], true).await, unseen)?;
+        Ok(aliases.map(|aliases| aliases.aliases).unwrap_or_default())
     }
 
     /// Joins `user_id` (a local account) to a room through the admin API,
-    /// asking the `via` servers when this server is not in the room (this
-    /// endpoint reads `server_name`, not `via`). In a room that is not
-    /// public, it invites from the admin first, so it is refused once this
-    /// server is back in the room and the admin is not: by then the surviving
-    /// state holds every former local member as joined, and
-    /// [`Self::joined_rooms`] shows it.
+    /// asking the `via` servers (this endpoint reads `server_name`) when this
+    /// server is not in it. In a room that is not public it invites from the
+    /// admin first, so it is refused once this server is back and the admin
+    /// is not: by then the surviving state holds every former local member
+    /// as joined ([`Self::joined_rooms`] shows it).
     pub async fn admin_join(&self, room_id: &str, user_id: &str, via: &[String]) -> Result<JoinOutcome, Error> {
         let path = format!("/_synapse/admin/v1/join/{}", urlencode(room_id));
         let query: Vec<(&str, &str)> = via.iter().map(|server| ("server_name", server.as_str())).collect();
@@ -169,7 +154,6 @@ impl SynapseClient {
         Ok(found(self.get_json::<RoomId>(&path, &[], true).await)?.map(|target| target.room_id))
     }
 
-    /// Lists a room in this server's room directory.
     pub async fn list_in_directory(&self, room_id: &str) -> Result<(), Error> {
         let path = format!("/_matrix/client/v3/directory/list/room/{}", urlencode(room_id));
         let body = json!({ "visibility": "public" });
@@ -205,23 +189,14 @@ impl SynapseClient {
     /// The content of a room's creation event, as the token's account sees it.
     pub async fn creation_content(&self, room_id: &str) -> Result<Option<Value>, Error> {
         let path = format!("/_matrix/client/v3/rooms/{}/state/m.room.create/", urlencode(room_id));
-        match self.get_json::<Value>(&path, &[], true).await {
-            Ok(content) => Ok(Some(content)),
-            Err(Error::NotFound | Error::Forbidden { .. }) => Ok(None),
-            Err(err) => Err(err),
-        }
+        or_none(self.get_json(&path, &[], true).await, unseen)
     }
+}
 
-    /// Sets one state event in a room the token's account may change.
-    pub async fn set_state(&self, room_id: &str, kind: &str, state_key: &str, content: &Value) -> Result<(), Error> {
-        let path = format!(
-            "/_matrix/client/v3/rooms/{}/state/{}/{}",
-            urlencode(room_id),
-            urlencode(kind),
-            urlencode(state_key)
-        );
-        self.call(Method::PUT, &path, Some(content)).await
-    }
+/// Not there, or not visible to this account (Synapse answers 403 for
+/// another room's aliases in some setups).
+fn unseen(err: &Error) -> bool {
+    matches!(err, Error::NotFound | Error::Forbidden { .. })
 }
 
 /// A refusal that trying again will not change becomes a recorded reason;
@@ -229,8 +204,9 @@ impl SynapseClient {
 fn refused_or(result: Result<Value, Error>) -> Result<JoinOutcome, Error> {
     match result {
         Ok(_) => Ok(JoinOutcome::Joined),
-        Err(Error::Forbidden { errcode, message }) => Ok(JoinOutcome::Refused(format!("{errcode}: {message}"))),
-        Err(Error::Rejected { errcode, message, .. }) => Ok(JoinOutcome::Refused(format!("{errcode}: {message}"))),
+        Err(Error::Forbidden { errcode, message } | Error::Rejected { errcode, message, .. }) => {
+            Ok(JoinOutcome::Refused(format!("{errcode}: {message}")))
+        }
         Err(Error::NotFound) => Ok(JoinOutcome::Refused("no server could be reached that knows the room".to_owned())),
         Err(err) => Err(err),
     }

@@ -8,7 +8,7 @@ use serde::{Deserialize, Deserializer};
 pub struct ListedUser {
     #[serde(rename = "name")]
     pub user_id: String,
-    #[serde(default, rename = "displayname")]
+    #[serde(rename = "displayname")]
     pub display_name: Option<String>,
     #[serde(default, deserialize_with = "lenient_bool")]
     pub admin: bool,
@@ -18,7 +18,6 @@ pub struct ListedUser {
     pub locked: bool,
     #[serde(default, deserialize_with = "lenient_bool")]
     pub is_guest: bool,
-    #[serde(default)]
     pub user_type: Option<String>,
     /// Milliseconds in the listing (the single-user endpoint uses seconds).
     #[serde(default, rename = "creation_ts", deserialize_with = "lenient_i64")]
@@ -83,7 +82,6 @@ pub struct MatrixError {
     pub errcode: String,
     #[serde(default)]
     pub error: String,
-    #[serde(default)]
     pub retry_after_ms: Option<u64>,
 }
 
