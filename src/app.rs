@@ -1,7 +1,6 @@
-//! What a running lifeboat shares between its parts: built once by `serve`
-//! and handed to the bot, the web page's health and metrics, the watcher and
-//! the worker. It lives below every face, so no face imports another to
-//! reach it.
+//! What a running lifeboat shares between its parts: built once by `serve` and
+//! handed to the bot, the web page's health and metrics, the watcher and the
+//! worker. It lives below every face, so no face imports another to reach it.
 
 use std::sync::Arc;
 
@@ -27,7 +26,6 @@ pub struct Services {
     pub watch: WatchHandle,
     /// One recovery at a time (the watcher and the bot may both notice a wipe).
     pub recover_lock: Arc<tokio::sync::Mutex<()>>,
-    /// Cancelled when serve is asked to stop.
     pub shutdown: CancellationToken,
     /// Work started on request (a notify confirmed in the bot) that a
     /// shutdown must wait for.

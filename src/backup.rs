@@ -54,7 +54,6 @@ const TABLES: &[&str] = &[
     "room_members",
 ];
 
-/// One column of a kept table, as the schema describes it.
 struct Column {
     name: String,
     /// Read and written as an integer (all others are text).
@@ -71,7 +70,7 @@ async fn columns_of(conn: &mut sqlx::AnyConnection, postgres: bool, table: &str)
     };
     let rows: Vec<(String, String)> = sqlx::query_as(sql).bind(table).fetch_all(&mut *conn).await?;
     if rows.is_empty() {
-        return Err(BackupError::Invalid(format!("the registry has no table {table}: it is not up to date")));
+        return Err(BackupError::Failed(format!("the registry has no table {table}: it is not up to date")));
     }
     Ok(rows.into_iter().map(|(name, kind)| Column { integer: kind.to_lowercase().contains("int"), name }).collect())
 }
@@ -83,9 +82,7 @@ const IDENTITY_TABLES: &[&str] =
 #[derive(Debug, thiserror::Error)]
 pub enum BackupError {
     #[error("{0}")]
-    Io(String),
-    #[error("{0}")]
-    Invalid(String),
+    Failed(String),
     #[error(transparent)]
     Registry(#[from] crate::registry::Error),
 }
@@ -137,11 +134,10 @@ pub async fn snapshot_lines(
     Ok(rows)
 }
 
-/// Writes a consistent snapshot to `out` (atomically: a temporary file,
-/// mode 0600 as it holds secrets, renamed into place) and records when.
-/// Returns the number of rows.
+/// Writes a consistent snapshot to `out` (atomically: a temporary file, mode
+/// 0600 as it holds secrets, renamed into place), records when, counts rows.
 pub async fn backup(registry: &Registry, out: &Path, actor: &Actor) -> Result<u64, BackupError> {
-    let io = |err: std::io::Error| BackupError::Io(format!("cannot write {}: {err}", out.display()));
+    let io = |err: std::io::Error| BackupError::Failed(format!("cannot write {}: {err}", out.display()));
     // Beside `out`: a rename does not cross file systems.
     let dir = out.parent().filter(|dir| !dir.as_os_str().is_empty()).unwrap_or(Path::new("."));
     let mut writer = BufWriter::new(tempfile::NamedTempFile::new_in(dir).map_err(io)?);
@@ -160,9 +156,9 @@ pub async fn backup(registry: &Registry, out: &Path, actor: &Actor) -> Result<u6
 /// Loads a backup into the registry in one transaction. Refuses a registry
 /// that holds accounts or history unless `replace` (which empties it first).
 pub async fn restore(registry: &Registry, file: &Path, replace: bool, actor: &Actor) -> Result<u64, BackupError> {
-    let unreadable = |err| BackupError::Io(format!("cannot read {}: {err}", file.display()));
+    let unreadable = |err| BackupError::Failed(format!("cannot read {}: {err}", file.display()));
     let mut lines = std::io::BufReader::new(std::fs::File::open(file).map_err(unreadable)?).lines();
-    let invalid = |what: &str| BackupError::Invalid(format!("{} is not a lifeboat backup: {what}", file.display()));
+    let invalid = |what: &str| BackupError::Failed(format!("{} is not a lifeboat backup: {what}", file.display()));
     let header: Value = lines
         .next()
         .and_then(|line| line.ok())
@@ -179,7 +175,7 @@ pub async fn restore(registry: &Registry, file: &Path, replace: bool, actor: &Ac
     .fetch_one(&mut *tx)
     .await?;
     if held > 0 && !replace {
-        return Err(BackupError::Invalid(
+        return Err(BackupError::Failed(
             "the registry is not empty: restore into a new one, or pass --replace to empty this one first".to_owned(),
         ));
     }

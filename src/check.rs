@@ -1,10 +1,9 @@
 //! `check`: the registry against a complete listing, read-only.
 //!
-//! Only a complete listing can say an account is missing. Synapse being
-//! down, or a listing failing part-way, means "could not tell" — never loss.
-//! One failure is itself a loss signal: an admin token that worked for the
-//! last complete sync, now rejected as unknown while Synapse still answers.
-//! That is what a database wipe looks like.
+//! Only a complete listing can say an account is missing; Synapse down or a
+//! listing failing part-way means "could not tell", never loss. One failure
+//! is itself a loss signal, what a database wipe looks like: the admin token
+//! of the last complete sync rejected as unknown while Synapse still answers.
 
 use serde::Serialize;
 
@@ -97,24 +96,15 @@ pub async fn check(
 /// The verdict of a complete listing in one sentence: the one wording for
 /// `check` and for the watcher, whose rounds take the sync's listing.
 pub fn verdict_reason(report: &Report, loss_threshold: f64) -> String {
+    let (missing, held, recreated) = (report.missing.len(), report.held.len(), report.recreated.len());
+    let counts = format!("({missing} missing, {held} held for their owners, {recreated} recreated)");
     match report.verdict {
         Verdict::Ok => "every known account is listed".to_owned(),
-        Verdict::Loss => format!(
-            "{} of {} known accounts are lost ({} missing, {} held for their owners, {} recreated)",
-            report.missing.len() + report.held.len() + report.recreated.len(),
-            report.known,
-            report.missing.len(),
-            report.held.len(),
-            report.recreated.len()
-        ),
+        Verdict::Loss => format!("{} of {} known accounts are lost {counts}", missing + held + recreated, report.known),
         Verdict::SuspectedReset => format!(
-            "{:.0}% of known accounts are lost ({} missing, {} held for their owners, {} recreated), at or above \
-             watch.loss_threshold = {}: Synapse's database was probably reset",
-            report.lost_share * 100.0,
-            report.missing.len(),
-            report.held.len(),
-            report.recreated.len(),
-            loss_threshold
+            "{:.0}% of known accounts are lost {counts}, at or above watch.loss_threshold = {loss_threshold}: \
+             Synapse's database was probably reset",
+            report.lost_share * 100.0
         ),
     }
 }

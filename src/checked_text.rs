@@ -2,17 +2,22 @@
 //! they were: a user ID, an email address, one of an enum's names. A column
 //! that does not parse is a decode error, not a stray string.
 
-/// For a type checked once when it enters, with
-/// `pub fn parse(&str) -> Result<Self, E>` (E an error) and
-/// `pub fn as_str(&self) -> &str`: a TEXT column and a JSON string. The
-/// column maps to sqlx (the `Any` driver, on SQLite and PostgreSQL alike)
-/// through `as_str` on the way in and `$parse` (text → `Result<$name, E>`,
-/// `$name::parse` unless given) on the way out.
+/// For a type checked once when it enters, with `as_str` and
+/// `parse(&str) -> Result<Self, E>`: `Display`, a JSON string and a TEXT
+/// column (sqlx `Any`: SQLite and PostgreSQL alike), read back through
+/// `$parse` (`$name::parse` unless given).
 macro_rules! checked_text {
     ($name:ident) => {
         $crate::checked_text::checked_text!($name, $name::parse);
     };
     ($name:ident, $parse:expr) => {
+        impl std::fmt::Display for $name {
+            fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+                // `pad`, so a width (`{:<10}`) applies.
+                f.pad(self.as_str())
+            }
+        }
+
         impl sqlx::Type<sqlx::Any> for $name {
             fn type_info() -> sqlx::any::AnyTypeInfo {
                 <str as sqlx::Type<sqlx::Any>>::type_info()
@@ -73,13 +78,6 @@ macro_rules! stored_as_text {
             /// The value stored as `text`, if it is one.
             pub fn from_name(text: &str) -> Option<$name> {
                 $name::ALL.iter().copied().find(|value| value.as_str() == text)
-            }
-        }
-
-        impl std::fmt::Display for $name {
-            fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-                // `pad`, so a width (`{:<10}`) applies.
-                f.pad(self.as_str())
             }
         }
 

@@ -182,7 +182,6 @@ pub struct MetricsConfig {
     pub configured: bool,
 }
 
-/// Where `/metrics` listens when `[metrics] bind` is not set.
 pub const DEFAULT_METRICS_BIND: &str = "127.0.0.1:9464";
 
 /// How people get back in after a loss.
@@ -220,8 +219,7 @@ pub struct AlertsConfig {
 }
 
 impl Config {
-    /// Loads the file at `path`, applies `LIFEBOAT__*` overrides from `env`,
-    /// and validates the result.
+    /// Loads the file at `path` with `LIFEBOAT__*` overrides from `env`, validated.
     pub fn load(path: &Path, env: impl IntoIterator<Item = (String, String)>) -> Result<Config, ConfigError> {
         let text = std::fs::read_to_string(path).map_err(|err| {
             if err.kind() == std::io::ErrorKind::NotFound {

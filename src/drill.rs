@@ -43,8 +43,8 @@ pub struct Line {
 }
 
 impl Line {
-    fn new(check: &'static str, status: Status, detail: impl Into<String>) -> Line {
-        Line { check, status, detail: detail.into(), accounts: Vec::new() }
+    fn new(check: &'static str, (status, detail): (Status, String)) -> Line {
+        Line { check, status, detail, accounts: Vec::new() }
     }
 }
 
@@ -65,10 +65,11 @@ pub async fn drill(
     let mut lines = Vec::new();
     let base = synapse::SynapseClient::from_config(&config.homeserver);
 
-    match base.server_version().await {
-        Ok(version) => lines.push(Line::new("synapse", Status::Ok, format!("Synapse {version} answers"))),
-        Err(err) => lines.push(Line::new("synapse", Status::Fail, err.to_string())),
-    }
+    let synapse = match base.server_version().await {
+        Ok(version) => (Status::Ok, format!("Synapse {version} answers")),
+        Err(err) => (Status::Fail, err.to_string()),
+    };
+    lines.push(Line::new("synapse", synapse));
 
     let fail = |detail: String| (Status::Fail, detail, None);
     let (status, detail, admin) = match admin_access(config, registry).await {
@@ -84,15 +85,14 @@ pub async fn drill(
         ),
         Err(err) => fail(err.to_string()),
     };
-    lines.push(Line::new("admin token", status, detail));
+    lines.push(Line::new("admin token", (status, detail)));
 
-    lines.push(shared_secret(config, admin.as_ref()).await);
-    lines.push(registration_tokens(admin.as_ref()).await);
-    lines.push(holds(config, admin.as_ref()).await);
-    lines.push(email(config, registry).await);
-    let (status, detail) = bot_check.await;
-    lines.push(Line::new("bot", status, detail));
-    lines.push(templates(config));
+    lines.push(Line::new("shared secret", shared_secret(config, admin.as_ref()).await));
+    lines.push(Line::new("registration tokens", registration_tokens(admin.as_ref()).await));
+    lines.push(Line::new("holds", holds(config, admin.as_ref()).await));
+    lines.push(Line::new("email", email(config, registry).await));
+    lines.push(Line::new("bot", bot_check.await));
+    lines.push(Line::new("templates", templates(config)));
     lines.extend(registry_lines(config, registry).await);
 
     let ready = lines.iter().all(|line| line.status != Status::Fail);
@@ -104,115 +104,96 @@ pub async fn drill(
 /// Can lost IDs be held? A create-only `PUT {}` on the admin token's own
 /// account answers 200 and changes nothing when lifeboat may create and
 /// lock accounts (403 under Matrix Authentication Service).
-async fn holds(config: &Config, admin: Option<&synapse::SynapseClient>) -> Line {
+async fn holds(config: &Config, admin: Option<&synapse::SynapseClient>) -> (Status, String) {
     if config.recovery.mode == RecoveryMode::Token {
-        return Line::new(
-            "holds",
+        return (
             Status::Warn,
-            "recovery.mode = \"token\": lost IDs are not held, and Synapse does not bind registration tokens to IDs, so after a loss anyone holding any token can take anyone's ID",
+            "recovery.mode = \"token\": lost IDs are not held, and Synapse does not bind registration tokens to IDs, so after a loss anyone holding any token can take anyone's ID".into(),
         );
     }
-    let Some(admin) = admin else { return Line::new("holds", Status::Skip, "not checked: no working admin token") };
+    let Some(admin) = admin else { return (Status::Skip, "not checked: no working admin token".into()) };
     let me = match admin.whoami().await {
         Ok(me) => me.user_id,
-        Err(err) => return Line::new("holds", Status::Fail, format!("cannot tell whose the admin token is: {err}")),
+        Err(err) => return (Status::Fail, format!("cannot tell whose the admin token is: {err}")),
     };
     match admin.may_create_accounts(&me).await {
-        Ok(true) if config.recovery.hold == HoldPolicy::Off => Line::new(
-            "holds",
+        Ok(true) if config.recovery.hold == HoldPolicy::Off => (
             Status::Warn,
-            "lifeboat may create and lock accounts, but recovery.hold = \"off\": lost IDs are held only by `lifeboat holds make`",
+            "lifeboat may create and lock accounts, but recovery.hold = \"off\": lost IDs are held only by `lifeboat holds make`".into(),
         ),
-        Ok(true) => Line::new(
-            "holds",
+        Ok(true) => (
             Status::Ok,
             format!(
                 "lifeboat may create and lock accounts (a create-only call on {me} answered that it exists, changing nothing); recovery.hold = \"{}\"",
                 config.recovery.hold.as_str()
             ),
         ),
-        Ok(false) => Line::new(
-            "holds",
+        Ok(false) => (
             Status::Fail,
-            "Synapse refuses to create accounts (403), so lost IDs cannot be held: under Matrix Authentication Service set recovery.mode = \"token\"",
+            "Synapse refuses to create accounts (403), so lost IDs cannot be held: under Matrix Authentication Service set recovery.mode = \"token\"".into(),
         ),
-        Err(err) => {
-            Line::new("holds", Status::Fail, format!("cannot tell whether lifeboat may create accounts: {err}"))
-        }
+        Err(err) => (Status::Fail, format!("cannot tell whether lifeboat may create accounts: {err}")),
     }
 }
 
 /// Synapse checks the MAC before anything else, so registering an account
 /// that exists answers "user in use" with the right secret and "HMAC
 /// incorrect" with a wrong one: nothing is created either way.
-async fn shared_secret(config: &Config, admin: Option<&synapse::SynapseClient>) -> Line {
+async fn shared_secret(config: &Config, admin: Option<&synapse::SynapseClient>) -> (Status, String) {
     let Some(secret) = &config.homeserver.registration_shared_secret else {
-        return Line::new(
-            "shared secret",
+        return (
             Status::Fail,
-            "homeserver.registration_shared_secret is not set: without it lifeboat cannot get back in after a wipe",
+            "homeserver.registration_shared_secret is not set: without it lifeboat cannot get back in after a wipe"
+                .into(),
         );
     };
     let Some(admin) = admin else {
-        return Line::new(
-            "shared secret",
-            Status::Skip,
-            "not checked: it needs a working admin token to name an existing account",
-        );
+        return (Status::Skip, "not checked: it needs a working admin token to name an existing account".into());
     };
     let existing = match admin.whoami().await {
         Ok(who) => who.user_id,
-        Err(err) => return Line::new("shared secret", Status::Fail, err.to_string()),
+        Err(err) => return (Status::Fail, err.to_string()),
     };
     let localpart = existing.trim_start_matches('@').split(':').next().unwrap_or_default().to_owned();
     let throwaway = SecretString::from(Alphanumeric.sample_string(&mut rand::rng(), 32));
     match admin.register_with_shared_secret(&secret.value, &localpart, &throwaway, false).await {
         Err(SharedSecretError::UserInUse) => {
-            Line::new("shared secret", Status::Ok, format!("Synapse accepts it (probed with {existing}, which exists)"))
+            (Status::Ok, format!("Synapse accepts it (probed with {existing}, which exists)"))
         }
-        Err(SharedSecretError::WrongSecret) => Line::new(
-            "shared secret",
+        Err(SharedSecretError::WrongSecret) => (
             Status::Fail,
-            "Synapse rejects it (HMAC incorrect): copy registration_shared_secret from homeserver.yaml",
+            "Synapse rejects it (HMAC incorrect): copy registration_shared_secret from homeserver.yaml".into(),
         ),
-        Err(err) => Line::new("shared secret", Status::Fail, err.to_string()),
-        Ok(_) => Line::new("shared secret", Status::Warn, format!("it works, but {existing} was registered anew")),
+        Err(err) => (Status::Fail, err.to_string()),
+        Ok(_) => (Status::Warn, format!("it works, but {existing} was registered anew")),
     }
 }
 
-async fn registration_tokens(admin: Option<&synapse::SynapseClient>) -> Line {
-    let Some(admin) = admin else {
-        return Line::new("registration tokens", Status::Skip, "not checked: no working admin token");
-    };
+async fn registration_tokens(admin: Option<&synapse::SynapseClient>) -> (Status, String) {
+    let Some(admin) = admin else { return (Status::Skip, "not checked: no working admin token".into()) };
     let token = format!("lifeboat-drill-{}", Alphanumeric.sample_string(&mut rand::rng(), 12));
     let created = admin.create_registration_token(&token, now_ms() + 60_000).await;
     let deleted = admin.delete_registration_token(&token).await;
     match (created, deleted) {
-        (Ok(()), Ok(())) => Line::new("registration tokens", Status::Ok, "one was created and deleted"),
-        (Err(err), _) | (_, Err(err)) => Line::new("registration tokens", Status::Fail, err.to_string()),
+        (Ok(()), Ok(())) => (Status::Ok, "one was created and deleted".into()),
+        (Err(err), _) | (_, Err(err)) => (Status::Fail, err.to_string()),
     }
 }
 
-async fn email(config: &Config, registry: &Registry) -> Line {
+async fn email(config: &Config, registry: &Registry) -> (Status, String) {
     let Some(email) = &config.email else {
-        return Line::new(
-            "email",
-            Status::Fail,
-            "[email] is not configured: after a loss, email is the only way to reach people",
-        );
+        return (Status::Fail, "[email] is not configured: after a loss, email is the only way to reach people".into());
     };
     let mailer = match Mailer::from_config(email, 1) {
         Ok(mailer) => mailer,
-        Err(err) => return Line::new("email", Status::Fail, err.to_string()),
+        Err(err) => return (Status::Fail, err.to_string()),
     };
     if config.alerts.email.is_empty() {
         return match mailer.test_connection().await {
-            Ok(()) => Line::new(
-                "email",
-                Status::Warn,
-                "the SMTP server answers; set alerts.email to have drill send a test message",
-            ),
-            Err(err) => Line::new("email", Status::Fail, err.to_string()),
+            Ok(()) => {
+                (Status::Warn, "the SMTP server answers; set alerts.email to have drill send a test message".into())
+            }
+            Err(err) => (Status::Fail, err.to_string()),
         };
     }
     // Through the outbox, as every message goes, but sent at once: the
@@ -228,14 +209,14 @@ async fn email(config: &Config, registry: &Registry) -> Line {
             .await
             .unwrap_or_else(|err| Err(err.to_string()));
         if let Err(err) = sent {
-            return Line::new("email", Status::Fail, format!("a test message to {to} failed: {err}"));
+            return (Status::Fail, format!("a test message to {to} failed: {err}"));
         }
     }
     mailer.shutdown().await;
-    Line::new("email", Status::Ok, format!("a test message went to {} alert address(es)", config.alerts.email.len()))
+    (Status::Ok, format!("a test message went to {} alert address(es)", config.alerts.email.len()))
 }
 
-fn templates(config: &Config) -> Line {
+fn templates(config: &Config) -> (Status, String) {
     let sample = NoticeContext {
         server_name: &config.homeserver.server_name,
         homeserver_url: config.homeserver.public_url.as_str(),
@@ -256,9 +237,9 @@ fn templates(config: &Config) -> Line {
         rooms_gone: &["A room that lived only here".to_owned()],
         encrypted_rooms: true,
     };
-    match render_notice(&sample) {
-        Ok(_) => Line::new("templates", Status::Ok, "a sample notice renders"),
-        Err(err) => Line::new("templates", Status::Fail, format!("the notice does not render: {err}")),
+    match render_notice(&sample, true) {
+        Ok(_) => (Status::Ok, "a sample notice renders".into()),
+        Err(err) => (Status::Fail, format!("the notice does not render: {err}")),
     }
 }
 
@@ -272,8 +253,8 @@ async fn registry_lines(config: &Config, registry: &Registry) -> Vec<Line> {
             let stale = format!("older than {}: run `lifeboat sync` regularly", humantime::format_duration(max_age));
             fresh("registry fresh", "last complete sync", run.started_at, max_age, &stale)
         }
-        Ok(None) => Line::new("registry fresh", Status::Fail, "no complete sync yet: run `lifeboat sync`"),
-        Err(err) => Line::new("registry fresh", Status::Fail, err.to_string()),
+        Ok(None) => Line::new("registry fresh", (Status::Fail, "no complete sync yet: run `lifeboat sync`".into())),
+        Err(err) => Line::new("registry fresh", (Status::Fail, err.to_string())),
     });
     // lifeboat's own account needs no contact: nobody is to be reached there.
     let service = crate::recover::service_user_id(config);
@@ -282,7 +263,7 @@ async fn registry_lines(config: &Config, registry: &Registry) -> Vec<Line> {
         .await
         .map(|ids| ids.into_iter().filter(|id| id.as_str() != service.as_str()).collect::<Vec<_>>());
     lines.push(match without_contact {
-        Ok(ids) if ids.is_empty() => Line::new("coverage", Status::Ok, "every account has a verified contact"),
+        Ok(ids) if ids.is_empty() => Line::new("coverage", (Status::Ok, "every account has a verified contact".into())),
         Ok(ids) => Line {
             check: "coverage",
             status: Status::Warn,
@@ -292,7 +273,7 @@ async fn registry_lines(config: &Config, registry: &Registry) -> Vec<Line> {
             ),
             accounts: ids,
         },
-        Err(err) => Line::new("coverage", Status::Fail, err.to_string()),
+        Err(err) => Line::new("coverage", (Status::Fail, err.to_string())),
     });
     lines.push(match registry.setting(crate::backup::LAST_BACKUP_SETTING).await {
         Ok(Some(at)) => {
@@ -301,10 +282,9 @@ async fn registry_lines(config: &Config, registry: &Registry) -> Vec<Line> {
         }
         Ok(None) => Line::new(
             "backup",
-            Status::Fail,
-            "no backup yet: run `lifeboat backup --out FILE` and keep it on another host",
+            (Status::Fail, "no backup yet: run `lifeboat backup --out FILE` and keep it on another host".into()),
         ),
-        Err(err) => Line::new("backup", Status::Fail, err.to_string()),
+        Err(err) => Line::new("backup", (Status::Fail, err.to_string())),
     });
     lines
 }
@@ -314,8 +294,8 @@ async fn registry_lines(config: &Config, registry: &Registry) -> Vec<Line> {
 fn fresh(check: &'static str, what: &str, at: i64, max_age: Duration, stale: &str) -> Line {
     let when = format_time(at).unwrap_or_default();
     if now_ms() - at <= max_age.as_millis() as i64 {
-        Line::new(check, Status::Ok, format!("{what} {when}"))
+        Line::new(check, (Status::Ok, format!("{what} {when}")))
     } else {
-        Line::new(check, Status::Fail, format!("{what} {when}, {stale}"))
+        Line::new(check, (Status::Fail, format!("{what} {when}, {stale}")))
     }
 }

@@ -1,7 +1,5 @@
 //! Contact email addresses: validated once, stored normalized.
 
-use std::fmt;
-
 /// An email address in the form lifeboat stores it: trimmed and lowercased
 /// (Synapse stores threepid emails lowercased too, so the two compare equal).
 #[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash)]
@@ -53,12 +51,6 @@ impl EmailAddress {
 
     pub fn as_str(&self) -> &str {
         &self.0
-    }
-}
-
-impl fmt::Display for EmailAddress {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(&self.0)
     }
 }
 

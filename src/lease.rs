@@ -1,18 +1,18 @@
 //! Named leases in the registry: one holder at a time for work that two
 //! processes must not do at once (one notify per incident, one sync).
 //!
-//! A holder is `host:pid:n` (`host:pid:n:label` when it says what it is),
-//! `n` counting the leases this process took: a
-//! lease excludes every other holder, other tasks of the same process too
-//! (the bot's `notify confirm` and the delivery worker run in one `serve`).
-//! The lease is renewed while held (never taken back once another holder
-//! had it: it then counts as lost) and expires on its own if the holder
-//! vanishes; a holder on this machine whose process is gone (killed
+//! A holder is `host:pid:n[:label]`, `n` counting this process's leases, so a
+//! lease excludes other tasks of the same process too (the bot's `notify
+//! confirm` and the delivery worker run in one `serve`). It is renewed while
+//! held (never taken back once another had it: it is then lost) and expires
+//! if the holder vanishes; one on this machine whose process is gone (killed
 //! mid-run) is taken over at once.
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::{Duration, Instant};
+
+use tokio_util::task::AbortOnDropHandle;
 
 use crate::registry::{self, Registry, now_ms};
 
@@ -31,7 +31,9 @@ pub struct Lease {
     registry: Registry,
     name: String,
     holder: String,
-    renewer: tokio::task::JoinHandle<()>,
+    /// Stopped if the lease is dropped unreleased (its task cancelled, a
+    /// panic), so it expires within `TTL_MS` rather than with the process.
+    renewer: AbortOnDropHandle<()>,
     /// Set when the lease may be someone else's: a renewal found it gone
     /// (taken, or run out) or the registry has been out of reach for so
     /// long that another could take it soon.
@@ -74,7 +76,7 @@ impl Lease {
         let lost = Arc::new(AtomicBool::new(false));
         let renewer = {
             let (registry, name, holder, lost) = (registry.clone(), name.to_owned(), holder.clone(), lost.clone());
-            tokio::spawn(async move {
+            AbortOnDropHandle::new(tokio::spawn(async move {
                 let mut renewed = Instant::now();
                 loop {
                     tokio::time::sleep(Self::RENEW_EVERY).await;
@@ -89,7 +91,7 @@ impl Lease {
                         Err(_) => {}
                     }
                 }
-            })
+            }))
         };
         Ok(Ok(Lease { registry: registry.clone(), name: name.to_owned(), holder, renewer, lost }))
     }
@@ -120,14 +122,5 @@ impl Lease {
     pub async fn release(self) {
         self.renewer.abort();
         let _ = self.registry.release_lease(&self.name, &self.holder).await;
-    }
-}
-
-/// A lease dropped unreleased (its task cancelled, a panic) stops being
-/// renewed and expires within `TTL_MS`, rather than living as long as the
-/// process.
-impl Drop for Lease {
-    fn drop(&mut self) {
-        self.renewer.abort();
     }
 }

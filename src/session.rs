@@ -14,9 +14,8 @@ pub const SESSION_SETTING: &str = "bot_session";
 /// Registry setting: the generated store passphrase, when the config has none.
 const STORE_PASSPHRASE: &str = "bot_store_passphrase";
 
-/// The passphrase of the stores under `bot.store_path`: the config's, else
-/// one generated once and kept in the registry. The bot and the notice DMs
-/// can be one device with one store, so both take it from here.
+/// The passphrase of the stores under `bot.store_path`: the config's, else one generated once
+/// and kept in the registry (the bot and the notice DMs may share a store, so both ask here).
 pub async fn store_passphrase(bot: &BotConfig, registry: &Registry) -> Result<SecretString, registry::Error> {
     match &bot.store_passphrase {
         Some(secret) => Ok(secret.value.clone()),
@@ -31,7 +30,6 @@ pub struct StoredSession {
     pub access_token: String,
 }
 
-/// The stored session's access token, if there is one.
 pub async fn stored_session(registry: &Registry) -> Option<SecretString> {
     let stored = registry.setting(SESSION_SETTING).await.ok().flatten().filter(|value| !value.is_empty())?;
     serde_json::from_str::<StoredSession>(&stored).ok().map(|session| SecretString::from(session.access_token))

@@ -78,12 +78,11 @@ pub async fn ensure_notice_tokens(
     Ok(created)
 }
 
-/// The one rule for a token for one person of an incident, whoever asks
-/// (the web page: `limit` is its per-person cap; an admin: no cap): their
-/// newest valid token that Synapse says is unused, else a new one while
-/// under the cap. Returns the token and its expiry (UTC ms), or `None`
-/// when their earlier ones were used or expired and they had as many as
-/// `limit` allows.
+/// The one rule for a token for one person of an incident, whoever asks (the
+/// web page: `limit` is its per-person cap; an admin: no cap): their newest
+/// valid token that Synapse says is unused, else a new one while under the
+/// cap, with its expiry (UTC ms); `None` when their earlier ones were used or
+/// expired and they had as many as `limit` allows.
 pub async fn token_for_person(
     registry: &Registry,
     client: &SynapseClient,
@@ -130,13 +129,10 @@ pub async fn token_for_person(
 pub enum TokenState {
     /// Recorded, not yet created in Synapse (a later notify creates it).
     NotInSynapse,
-    /// In Synapse, nobody has registered with it.
     Unused,
     /// Someone is registering with it right now (Synapse's `pending`).
     InUse,
-    /// Someone registered with it.
     Used,
-    /// Its expiry has passed unused.
     Expired,
     /// lifeboat deleted it (the incident was resolved, or it was replaced).
     Revoked,
@@ -185,8 +181,7 @@ pub fn token_state(
 
 /// Gives a fresh expiry to tokens not yet sent to their person that would
 /// expire within half of `expiry` (sending was held back, e.g. by a long
-/// SMTP outage): nobody gets a token that is dead or about to be. Returns
-/// how many were extended.
+/// SMTP outage): nobody gets a token that is dead or about to be; returns how many.
 pub async fn extend_unsent_tokens(
     registry: &Registry,
     client: &SynapseClient,

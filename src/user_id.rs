@@ -1,7 +1,5 @@
 //! Matrix user IDs (`@localpart:server`), checked once at the boundary.
 
-use std::fmt;
-
 #[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash)]
 pub struct UserId(String);
 
@@ -47,12 +45,6 @@ impl UserId {
 
     pub fn server_name(&self) -> &str {
         self.0.split_once(':').map(|(_, server)| server).unwrap_or("")
-    }
-}
-
-impl fmt::Display for UserId {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(&self.0)
     }
 }
 

@@ -1,9 +1,8 @@
 //! The delivery worker of `lifeboat serve`: sends what the outbox holds.
-//! Queued messages (alerts, the web page's links, codes, mailed tokens)
-//! leave as soon as they are queued; incident notices that are due
-//! (retries after SMTP or Synapse trouble, and what a stopped run left
-//! behind) go under the same per-incident lease as `notify`, so the two
-//! never send the same notice.
+//! Queued messages (alerts, the web page's links, codes, mailed tokens) leave
+//! at once; due incident notices (retries after SMTP or Synapse trouble, what
+//! a stopped run left behind) go under the same per-incident lease as
+//! `notify`, so the two never send the same notice.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -16,7 +15,6 @@ use crate::notify::NotifyProgress;
 use crate::outbox::{QUEUED, QueuedEmails, send_until_done};
 use crate::registry::{Actor, DeliveryChannel, Registry, now_ms};
 
-/// How often the worker looks for due deliveries.
 pub const POLL_EVERY: Duration = Duration::from_secs(30);
 
 /// Progress of a run nobody watches: notes go to the log, and the run winds
@@ -45,8 +43,7 @@ pub async fn run(services: Arc<Services>) {
         tracing::info!("delivery worker off: no [email] section, or no mailer");
         return;
     };
-    // Probes the relay while mail waits out a backoff: only a connection
-    // and a greeting, no message.
+    // Probes the relay while mail waits out a backoff: a connection and a greeting, no message.
     let probe = crate::mail::Mailer::from_config(email, 1).ok();
     let queued = QueuedEmails { registry, mailer, server_name: &config.homeserver.server_name };
     loop {

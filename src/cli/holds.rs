@@ -6,7 +6,7 @@ use std::io::{BufRead, IsTerminal};
 
 use secrecy::SecretString;
 
-use super::output::{print_json, time};
+use super::output::{print_json, show_progress, time};
 use super::{Context, Failure, Outcome, exit};
 use tokio_util::sync::CancellationToken;
 
@@ -99,10 +99,7 @@ pub async fn run(context: &Context, command: Command) -> Outcome {
             let stop = CancellationToken::new();
             tokio::spawn(super::stop_on_signal(stop.clone()));
             let bar = super::output::progress_bar("holding lost IDs");
-            let progress = |done, total| {
-                bar.set_length(total);
-                bar.set_position(done);
-            };
+            let progress = |done, total| show_progress(&bar, done, total);
             let report = hold_lost_ids(&config, &registry, &client, &Actor::cli(), &progress, &stop)
                 .await
                 .map_err(Failure::failed)?;
@@ -119,10 +116,7 @@ pub async fn run(context: &Context, command: Command) -> Outcome {
                 return Ok(exit::FAILED);
             }
             let bar = super::output::progress_bar("restoring display names");
-            let progress = |done, total| {
-                bar.set_length(total);
-                bar.set_position(done);
-            };
+            let progress = |done, total| show_progress(&bar, done, total);
             let names = restore_held_names(&registry, &client, &progress, &stop).await?;
             bar.finish_and_clear();
             let names_failed = match names {

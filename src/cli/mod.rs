@@ -184,7 +184,6 @@ impl From<crate::registry::Error> for Failure {
 
 pub type Outcome = Result<u8, Failure>;
 
-/// The program: parse, run, report.
 pub fn main() -> ExitCode {
     let cli = Cli::parse();
     if !matches!(cli.command, Command::Serve(_)) {
@@ -321,8 +320,6 @@ macro_rules! quiet_matrix_sdk {
 
 fn init_logging(verbose: u8) {
     let default = match verbose {
-        // matrix-sdk logs expected 404s (absent account data) as errors, and
-        // warns every 30 s that the bot has no key backup (it needs none).
         // sqlx's pool warns about connections it drops; the query that
         // needed one reports the failure itself.
         0 => concat!("warn,sqlx::pool=off,", quiet_matrix_sdk!()),

@@ -3,7 +3,7 @@
 use indicatif::ProgressBar;
 use tokio_util::sync::CancellationToken;
 
-use super::output::progress_bar;
+use super::output::{ask_yes, progress_bar, show_progress};
 use super::{Context, Failure, Outcome, exit};
 use crate::campaign::{CampaignOptions, notice_settings, run_campaign};
 use crate::notify::{NotifyProgress, plan};
@@ -31,8 +31,7 @@ struct Bar(ProgressBar, CancellationToken);
 
 impl NotifyProgress for Bar {
     fn deliveries(&self, done: u64, total: u64) {
-        self.0.set_length(total);
-        self.0.set_position(done);
+        show_progress(&self.0, done, total);
     }
 
     fn note(&self, text: &str) {
@@ -102,7 +101,9 @@ pub async fn run(context: &Context, args: Args) -> Outcome {
             "notices go out by email: add an [email] section with smtp_url and from (see config.example.toml)",
         )
     })?;
-    if !args.yes && !confirm(planned.emails.emails).await? {
+    let question = format!("Send {} emails now? [y/N]", planned.emails.emails);
+    let without_terminal = "stdin is not a terminal, so lifeboat cannot ask before sending: pass --yes to send";
+    if !args.yes && !ask_yes(&question, without_terminal).await? {
         println!("Nothing sent.");
         return Ok(exit::OK);
     }
@@ -161,16 +162,6 @@ pub async fn run(context: &Context, args: Args) -> Outcome {
         report.unfinished(),
         incident.id
     )))
-}
-
-/// Asks on the terminal; refuses to guess when there is none.
-async fn confirm(emails: i64) -> Result<bool, Failure> {
-    let answer = super::output::ask(
-        &format!("Send {emails} emails now? [y/N]"),
-        "stdin is not a terminal, so lifeboat cannot ask before sending: pass --yes to send",
-    )
-    .await?;
-    Ok(matches!(answer.as_str(), "y" | "Y" | "yes"))
 }
 
 /// The sample's signed links (unsubscribe, claim) with their signatures

@@ -19,6 +19,12 @@ pub fn time(ms: Option<i64>) -> String {
     ms.and_then(crate::registry::format_time).unwrap_or_else(|| "-".to_owned())
 }
 
+/// Moves `bar` to `done` of `total`.
+pub fn show_progress(bar: &ProgressBar, done: u64, total: u64) {
+    bar.set_length(total);
+    bar.set_position(done);
+}
+
 /// A progress bar on stderr, drawn only when stderr is a terminal.
 pub fn progress_bar(message: &'static str) -> ProgressBar {
     if !std::io::stderr().is_terminal() {
@@ -57,4 +63,9 @@ pub async fn ask(question: &str, without_terminal: &str) -> Result<String, Failu
     .await
     .unwrap_or_default();
     Ok(answer.trim().to_owned())
+}
+
+/// `ask` for a `[y/N]` question: only y or yes says yes.
+pub async fn ask_yes(question: &str, without_terminal: &str) -> Result<bool, Failure> {
+    Ok(matches!(ask(question, without_terminal).await?.as_str(), "y" | "Y" | "yes"))
 }

@@ -1,7 +1,7 @@
 //! `lifeboat rooms list|rejoin|recreate`: the room registry, and bringing
 //! people back into their rooms after a loss.
 
-use super::output::{ask, print_json};
+use super::output::{ask_yes, print_json};
 use super::{Context, Failure, Outcome, exit};
 use crate::registry::{Actor, Room, RoomState};
 use crate::rooms::{all_to_recreate, bring_back, recreate, recreate_problem};
@@ -109,8 +109,7 @@ pub async fn run(context: &Context, command: Command) -> Outcome {
                     crate::plural::count(rooms.len() as i64, "room", "rooms"),
                     rooms.iter().take(5).map(Room::label).collect::<Vec<_>>().join(", ")
                 );
-                let answer = ask(&question, "pass --yes to re-create rooms without a terminal").await?;
-                if !matches!(answer.trim(), "y" | "Y" | "yes") {
+                if !ask_yes(&question, "pass --yes to re-create rooms without a terminal").await? {
                     println!("Nothing changed.");
                     return Ok(exit::OK);
                 }

@@ -78,7 +78,8 @@ pub async fn run(context: &Context, command: Command) -> Outcome {
                     if state.is_some() { " in that state" } else { "" }
                 );
             } else {
-                let width = accounts.iter().map(|a| a.account.user_id.as_str().len()).max().unwrap_or(7).max(7);
+                let width =
+                    accounts.iter().map(|a| a.account.user_id.as_str().chars().count()).max().unwrap_or(7).max(7);
                 println!("{:<width$}  {:<11}  {:>8}  SINCE", "USER ID", "STATE", "CONTACTS");
                 for Listed { account, contacts } in &accounts {
                     let since = match account.state {

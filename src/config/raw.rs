@@ -294,13 +294,11 @@ impl Ctx<'_> {
         Ok(share)
     }
 
-    /// The address to listen on, or `default`.
     fn bind(&self, key: &str, value: Option<String>, default: &str) -> Result<std::net::SocketAddr, ConfigError> {
         let text = value.unwrap_or_else(|| default.to_owned());
         text.trim().parse().map_err(|_| self.invalid(key, format!("`{text}` is not an address like \"{default}\"")))
     }
 
-    /// Each item of a list, parsed.
     fn list<T, E: std::fmt::Display>(
         &self,
         key: &str,
@@ -612,9 +610,8 @@ impl RawConfig {
     }
 }
 
-/// serde says "unknown field `x`, expected one of …" with the path of the
-/// section or of the key itself; this names the full dotted key, quoted,
-/// and the keys expected.
+/// serde's "unknown field `x`, expected one of …" has the path of the section
+/// or of the key itself; this names the full dotted key, quoted, and the keys expected.
 fn unknown_key(path: &str, origin: &Origin, serde_message: &str) -> String {
     let field = serde_message.split('`').nth(1).unwrap_or(serde_message);
     let section = path.trim_end_matches(field).trim_end_matches('.');
@@ -659,9 +656,7 @@ fn validate_mailbox(text: &str) -> Result<(), String> {
     let address = match (text.find('<'), text.rfind('>')) {
         (Some(open), Some(close)) if open < close => &text[open + 1..close],
         (None, None) => text,
-        _ => {
-            return Err(format!("`{text}` is not a mailbox like \"Lifeboat <lifeboat@example.org>\""));
-        }
+        _ => return Err(format!("`{text}` is not a mailbox like \"Lifeboat <lifeboat@example.org>\"")),
     };
     EmailAddress::parse(address).map(|_| ()).map_err(|err| err.to_string())
 }

@@ -1,8 +1,7 @@
-//! `email.smtp_url`, in the URL form lettre made common, checked and taken apart here:
-//! `smtp://` plain, `smtp://…?tls=required` STARTTLS, `?tls=opportunistic`,
-//! `smtps://` implicit TLS, optional `user:password@`, and an optional path
-//! naming the EHLO host (`smtp://host/client.example.org`). Error messages
-//! never repeat the password.
+//! `email.smtp_url` in the URL form lettre made common: `smtp://` plain,
+//! `smtp://…?tls=required` STARTTLS, `?tls=opportunistic`, `smtps://`
+//! implicit TLS, optional `user:password@`, and an optional path naming the
+//! EHLO host (`smtp://host/client.example.org`).
 
 use url::Url;
 
@@ -39,11 +38,9 @@ pub struct SmtpUrl {
     pub password: Option<String>,
 }
 
-/// Checks and takes apart `email.smtp_url`; the error is one sentence that
-/// never repeats the password.
+/// The error is one sentence that never repeats the password.
 pub fn parse(smtp_url: &str) -> Result<SmtpUrl, String> {
-    // The url crate's parse errors never repeat the input, so the password
-    // cannot leak through them.
+    // The url crate's parse errors never repeat the input: no password leaks through them.
     let url =
         Url::parse(smtp_url.trim()).map_err(|err| format!("email.smtp_url is not a valid URL ({err}); {HINT}"))?;
 
@@ -80,9 +77,7 @@ pub fn parse(smtp_url: &str) -> Result<SmtpUrl, String> {
 
     let host = match url.host_str() {
         Some(host) if !host.is_empty() => host.to_owned(),
-        _ => {
-            return Err(format!("email.smtp_url has no host name; {HINT}"));
-        }
+        _ => return Err(format!("email.smtp_url has no host name; {HINT}")),
     };
 
     let username = match url.username() {

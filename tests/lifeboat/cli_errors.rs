@@ -118,8 +118,11 @@ async fn smtp_connections_default_to_8_and_stay_between_1_and_64() {
 #[tokio::test]
 async fn config_check_refuses_the_smtp_urls_that_sending_would_refuse() {
     for (url, problem) in [
-        ("smtp://lifeboat@mail.example.org", "but no password"),
-        ("smtp://lifeboat:pw@mail.example.org?tls=opportunistic", "?tls=opportunistic and a login"),
+        ("smtp://lifeboat@mail.example.org", "but no password; set email.smtp_password"),
+        (
+            "smtp://lifeboat:pw@mail.example.org?tls=opportunistic",
+            "unencrypted to a server that offers no STARTTLS; use ?tls=required",
+        ),
         ("smtp://mail.example.org?tls=yes", "?tls=yes"),
         ("smtp://mail.example.org?ssl=1", "unknown parameter `ssl`"),
         ("http://mail.example.org", "only smtp:// and smtps://"),

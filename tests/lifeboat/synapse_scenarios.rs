@@ -40,6 +40,13 @@ async fn sync_imports_every_account_and_every_email() {
     for localpart in [&alice, &bob, &carol] {
         assert!(listed.contains(&synapse.user_id(localpart).as_str()), "{localpart} missing from {listed:?}");
     }
+    // The table's columns line up, however long each ID (the admin's and
+    // alice's differ in length).
+    let table = lifeboat.run(&["users", "list"]).await.stdout;
+    let state_columns: Vec<usize> =
+        table.lines().filter(|line| line.starts_with('@')).map(|line| line.find("present").unwrap()).collect();
+    assert_eq!(state_columns.len(), 4, "{table}");
+    assert!(state_columns.iter().all(|&at| at == table.find("STATE").unwrap()), "{table}");
     let shown = lifeboat.run(&["users", "show", &synapse.user_id(&alice), "--json"]).await.json();
     let contacts: Vec<(&str, &str)> = shown["contacts"]
         .as_array()
