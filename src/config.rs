@@ -8,7 +8,6 @@
 mod raw;
 pub mod smtp_url;
 
-use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
@@ -247,8 +246,7 @@ impl Config {
                 .unwrap_or_default();
             ConfigError(format!("{} is not valid TOML{place}: {}", path.display(), err.message()))
         })?;
-        let mut origins = BTreeMap::new();
-        raw::apply_env_overrides(&mut table, env, &mut origins)?;
+        let origins = raw::apply_env_overrides(&mut table, env)?;
         raw::RawConfig::load(table, path, &origins)
     }
 

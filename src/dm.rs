@@ -357,11 +357,11 @@ impl DmSender {
         let user: OwnedUserId =
             recipient.try_into().map_err(|err: matrix_sdk::ruma::IdParseError| not_an_id(err.to_string()))?;
         let recipient = (&user_id, user);
+        let stored = registry.dm_room(&user_id).await?.and_then(|room| OwnedRoomId::try_from(room).ok());
         if self.encrypted {
-            return self.send_encrypted(registry, recipient, content, transaction_id).await;
+            return self.send_encrypted(registry, recipient, stored, content, transaction_id).await;
         }
-        let stored = registry.dm_room(&user_id).await?;
-        if let Some(room_id) = stored.and_then(|room| OwnedRoomId::try_from(room).ok()) {
+        if let Some(room_id) = stored {
             match self.send_in(room_id, &content, transaction_id).await {
                 // The room is gone (a wiped homeserver) or lifeboat is no
                 // longer in it: make a new one below.
@@ -379,12 +379,11 @@ impl DmSender {
         &self,
         registry: &Registry,
         (user_id, user): Recipient<'_>,
+        stored: Option<OwnedRoomId>,
         content: RoomMessageEventContent,
         transaction_id: &str,
     ) -> Result<(), DmError> {
-        let stored = registry.dm_room(user_id).await?;
         let known = stored
-            .and_then(|room| OwnedRoomId::try_from(room).ok())
             .and_then(|room_id| self.client.get_room(&room_id))
             .filter(|room| room.state() == matrix_sdk::RoomState::Joined);
         let room = match known {

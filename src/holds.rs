@@ -132,13 +132,17 @@ async fn hold_under_lease(
     let mut report = HoldReport::default();
     // A Synapse that refuses the first creations (accounts delegated to
     // Matrix Authentication Service) refuses them all: no new hold starts.
+    // Set only while nothing is held, so at the end it also means "refused,
+    // and none held".
     let refused = std::sync::atomic::AtomicBool::new(false);
     let mut outcomes = futures::stream::iter(candidates)
         .take_while(|_| std::future::ready(!stop.is_cancelled() && !refused.load(Ordering::Relaxed)))
-        .map(|candidate| async move { (candidate.user_id.clone(), hold_one(registry, client, candidate, actor).await) })
+        .map(|candidate| async move {
+            let user_id = candidate.user_id.clone();
+            (user_id, hold_one(registry, client, candidate, actor).await)
+        })
         .buffer_unordered(HOLD_CONCURRENCY);
     let mut done = 0;
-    let mut not_allowed = false;
     while let Some((user_id, outcome)) = outcomes.next().await {
         done += 1;
         progress(done, total);
@@ -146,17 +150,13 @@ async fn hold_under_lease(
             Ok(Outcome::Held) => report.held.push(user_id),
             Ok(Outcome::Taken) => report.taken.push(user_id),
             Ok(Outcome::Failed(reason)) => report.failed.push((user_id, reason)),
-            Ok(Outcome::NotAllowed) => {
-                not_allowed = true;
-                if report.held.is_empty() {
-                    refused.store(true, Ordering::Relaxed);
-                }
-            }
+            Ok(Outcome::NotAllowed) if report.held.is_empty() => refused.store(true, Ordering::Relaxed),
+            Ok(Outcome::NotAllowed) => {}
             Err(err) => return Err(err.into()),
         }
     }
     report.stopped = done < total;
-    if not_allowed && report.held.is_empty() {
+    if refused.load(Ordering::Relaxed) && report.held.is_empty() {
         return Err(HoldError::NotAllowed);
     }
     report.held.sort_unstable();
@@ -268,43 +268,36 @@ pub async fn restore_held_names(
     progress: &(dyn Fn(u64, u64) + Send + Sync),
     stop: &CancellationToken,
 ) -> Result<Option<NamesReport>, registry::Error> {
-    let work = restore_names_under_lease(registry, client, progress, stop);
-    Lease::run(registry, "hold-names", work).await?.map_or(Ok(None), |outcome| outcome.map(Some))
-}
-
-async fn restore_names_under_lease(
-    registry: &Registry,
-    client: &SynapseClient,
-    progress: &(dyn Fn(u64, u64) + Send + Sync),
-    stop: &CancellationToken,
-) -> Result<NamesReport, registry::Error> {
-    let due = registry.held_names_due().await?;
-    let total = due.len() as u64;
-    let mut report = NamesReport::default();
-    // A claim meanwhile sets the same name itself; setting it again is harmless.
-    let mut outcomes = futures::stream::iter(due)
-        .take_while(|_| std::future::ready(!stop.is_cancelled()))
-        .map(|(user_id, name)| async move {
-            let outcome = restore_name_if_still_held(client, user_id.as_str(), &name).await;
-            (user_id, outcome)
-        })
-        .buffer_unordered(HOLD_CONCURRENCY);
-    while let Some((user_id, outcome)) = outcomes.next().await {
-        match outcome {
-            Ok(true) => {
-                registry.held_name_restored(&user_id).await?;
-                report.restored += 1;
+    let work = async {
+        let due = registry.held_names_due().await?;
+        let total = due.len() as u64;
+        let mut report = NamesReport::default();
+        // A claim meanwhile sets the same name itself; setting it again is harmless.
+        let mut outcomes = futures::stream::iter(due)
+            .take_while(|_| std::future::ready(!stop.is_cancelled()))
+            .map(|(user_id, name)| async move {
+                let outcome = restore_name_if_still_held(client, user_id.as_str(), &name).await;
+                (user_id, outcome)
+            })
+            .buffer_unordered(HOLD_CONCURRENCY);
+        while let Some((user_id, outcome)) = outcomes.next().await {
+            match outcome {
+                Ok(true) => {
+                    registry.held_name_restored(&user_id).await?;
+                    report.restored += 1;
+                }
+                Ok(false) => report.not_held += 1,
+                Err(err) => {
+                    report.failed += 1;
+                    report.first_failure.get_or_insert_with(|| err.to_string());
+                }
             }
-            Ok(false) => report.not_held += 1,
-            Err(err) => {
-                report.failed += 1;
-                report.first_failure.get_or_insert_with(|| err.to_string());
-            }
+            progress(report.restored + report.not_held + report.failed, total);
         }
-        progress(report.restored + report.not_held + report.failed, total);
-    }
-    report.stopped = report.restored + report.not_held + report.failed < total;
-    Ok(report)
+        report.stopped = report.restored + report.not_held + report.failed < total;
+        Ok(report)
+    };
+    Lease::run(registry, "hold-names", work).await?.map_or(Ok(None), |outcome| outcome.map(Some))
 }
 
 /// Sets a held account's display name if Synapse still has it locked (the
@@ -534,25 +527,18 @@ pub async fn hand_back(
     password: &SecretString,
     actor: &Actor,
 ) -> Result<(), HandOverError> {
-    one_hand_over(registry, user_id, hand_back_under_lease(registry, client, user_id, password, actor)).await?
-}
-
-async fn hand_back_under_lease(
-    registry: &Registry,
-    client: &SynapseClient,
-    user_id: &UserId,
-    password: &SecretString,
-    actor: &Actor,
-) -> Result<(), HandOverError> {
-    if registry.hold_under_way(user_id).await? {
-        return Err(HandOverError::HoldUnderWay(user_id.to_string()));
-    }
-    let account = registry.account(user_id).await?;
-    let was_admin = account.as_ref().is_some_and(|account| account.admin);
-    let name = account.as_ref().and_then(Account::display_name_to_restore);
-    client.hand_over_account(user_id.as_str(), password, was_admin, name).await?;
-    registry.settle_as_claimed(user_id, actor).await?;
-    Ok(())
+    let work = async {
+        if registry.hold_under_way(user_id).await? {
+            return Err(HandOverError::HoldUnderWay(user_id.to_string()));
+        }
+        let account = registry.account(user_id).await?;
+        let was_admin = account.as_ref().is_some_and(|account| account.admin);
+        let name = account.as_ref().and_then(Account::display_name_to_restore);
+        client.hand_over_account(user_id.as_str(), password, was_admin, name).await?;
+        registry.settle_as_claimed(user_id, actor).await?;
+        Ok(())
+    };
+    one_hand_over(registry, user_id, work).await?
 }
 
 /// Ends a hold for good: the account is deactivated (Synapse cannot delete

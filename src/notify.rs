@@ -163,9 +163,9 @@ impl NoticeSettings {
     }
 
     /// The person's link to take their held ID back (`holds::claim_link`).
-    fn claim_url(&self, incident: &Incident, delivery: &Delivery, state: AccountState) -> Option<String> {
+    fn claim_url(&self, incident: &Incident, delivery: &Delivery, may_come_back: bool) -> Option<String> {
         let (base, key, valid_for) = self.claims.as_ref()?;
-        let may_come_back = may_come_back(delivery.locked != 0, delivery.deactivated != 0);
+        let state = delivery.account_state;
         let link = claim_link(&delivery.user_id, state, delivery.held_at, may_come_back, incident.id, *valid_for)?;
         Some(link.url(base, key))
     }
@@ -188,7 +188,8 @@ impl NoticeSettings {
     ) -> Result<RenderedNotice, NotifyError> {
         let expires = delivery.token_expires_at.map(|ms| self.expiry_labels.label(ms));
         let state = delivery.account_state;
-        let claim_url = self.claim_url(incident, delivery, state);
+        let may_come_back = may_come_back(delivery.locked != 0, delivery.deactivated != 0);
+        let claim_url = self.claim_url(incident, delivery, may_come_back);
         let no_rooms = PersonRooms::default();
         let rooms = self.rooms.get(&delivery.user_id).unwrap_or(&no_rooms);
         let context = NoticeContext {
@@ -206,7 +207,7 @@ impl NoticeSettings {
             id_held: state == AccountState::Held,
             claim_url: claim_url.as_deref(),
             id_taken: state.is_stranger(),
-            locked_out: !may_come_back(delivery.locked != 0, delivery.deactivated != 0),
+            locked_out: !may_come_back,
             rooms_back: &rooms.back,
             rooms_gone: &rooms.gone,
             encrypted_rooms: rooms.encrypted,
@@ -214,20 +215,15 @@ impl NoticeSettings {
         render_notice(&context, dm).map_err(|err| NotifyError::Render(err.to_string()))
     }
 
-    /// The email of one delivery, or why its address cannot be used.
-    pub fn email(
-        &self,
-        incident: &Incident,
-        delivery: &Delivery,
-    ) -> Result<Result<OutgoingEmail, String>, NotifyError> {
-        let to = match EmailAddress::parse(&delivery.address) {
-            Ok(to) => to,
-            Err(err) => return Ok(Err(err.to_string())),
-        };
+    /// The email of one delivery, or why it is not sent (its address
+    /// cannot be used, or the notice does not render).
+    fn email(&self, incident: &Incident, delivery: &Delivery) -> Result<OutgoingEmail, Outcome> {
+        let to = EmailAddress::parse(&delivery.address).map_err(|err| Outcome::Failed(err.to_string()))?;
         // Signed once: the same link goes in the body and the header.
         let list_unsubscribe = self.unsubscribe_url(delivery);
-        let rendered = self.render_with(incident, delivery, list_unsubscribe.as_deref(), false)?;
-        Ok(Ok(OutgoingEmail {
+        let rendered =
+            self.render_with(incident, delivery, list_unsubscribe.as_deref(), false).map_err(Outcome::Fatal)?;
+        Ok(OutgoingEmail {
             to,
             subject: rendered.subject,
             text: rendered.text,
@@ -236,7 +232,7 @@ impl NoticeSettings {
             // recognised as the same message.
             message_id: format!("incident-{}.delivery-{}@{}", incident.id, delivery.id, self.server_name),
             list_unsubscribe,
-        }))
+        })
     }
 }
 
@@ -311,9 +307,8 @@ impl crate::outbox::Channel for IncidentNotices<'_> {
         let (incident, settings) = (self.incident, self.settings);
         match self.transport {
             Transport::Email(mailer) => match settings.email(incident, delivery) {
-                Err(err) => Outcome::Fatal(err),
-                Ok(Err(bad_address)) => Outcome::Failed(bad_address),
-                Ok(Ok(email)) => crate::outbox::mail_outcome(mailer.send(&email).await),
+                Ok(email) => crate::outbox::mail_outcome(mailer.send(&email).await),
+                Err(outcome) => outcome,
             },
             Transport::Matrix(sender) => match settings.render(incident, delivery) {
                 Err(err) => Outcome::Fatal(err),

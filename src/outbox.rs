@@ -208,12 +208,12 @@ pub async fn send_at_once<Fut: Future<Output = Outcome>>(
     let key = (stored.id, stored.attempts);
     let record = to_record(key, deliver(stored).await, &mut HashMap::new(), &mut None);
     // Every outcome but a send is recorded with its reason.
-    let failure = match &record {
-        Record::Sent(_) => None,
-        Record::Ended { reason, .. } => Some(reason.clone()),
+    let sent = match &record {
+        Record::Sent(_) => Ok(()),
+        Record::Ended { reason, .. } => Err(reason.clone()),
     };
     self::record(&mut registry.outbox_writer().await?, vec![record]).await?;
-    Ok(failure.map_or(Ok(()), Err))
+    Ok(sent)
 }
 
 /// The outcome of handing one email to the relay.

@@ -2,7 +2,7 @@
 //! own service account through the shared secret after a database wipe.
 
 use rand::distr::{Alphanumeric, SampleString};
-use secrecy::SecretString;
+use secrecy::{ExposeSecret, SecretString};
 use serde::Serialize;
 
 use crate::check::WORKING_TOKEN_SETTING;
@@ -143,15 +143,8 @@ pub async fn recover(config: &Config, registry: &Registry, actor: &Actor) -> Res
         },
         Err(err) => return Err(err.into()),
     };
-    use secrecy::ExposeSecret;
-    registry
-        .store_service_credential(
-            &user_id,
-            registered.access_token.expose_secret(),
-            registered.device_id.as_deref(),
-            actor,
-        )
-        .await?;
+    let token = registered.access_token.expose_secret();
+    registry.store_service_credential(&user_id, token, registered.device_id.as_deref(), actor).await?;
     registry.own_account_recreated(&user_id).await?;
     // Mass DMs from a throttled account would crawl; a wipe lost any override.
     let client = base.with_token(registered.access_token.clone());

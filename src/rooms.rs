@@ -291,8 +291,7 @@ async fn rejoin_own(
     report: &mut BringBackReport,
 ) -> Result<(), RoomsError> {
     let service = service_user_id(config);
-    let lost_rooms = registry.rooms(Some(RoomState::Elsewhere)).await?;
-    for room in lost_rooms {
+    for room in registry.rooms(Some(RoomState::Elsewhere)).await? {
         let waiting = room.restored_at.is_none() && (room.restore_error.is_none() || retry_all);
         if !waiting || room.pending == 0 {
             continue;
@@ -379,7 +378,6 @@ async fn join_person(client: &SynapseClient, rejoin: &Rejoin) -> Result<JoinOutc
 /// What re-creating a room did.
 #[derive(Debug, Clone, Serialize)]
 pub struct Recreated {
-    pub room_id: String,
     pub new_room_id: String,
     pub label: String,
     /// Former members invited now (the rest as each comes back).
@@ -468,10 +466,11 @@ pub async fn recreate(
         }
     };
     registry.mark_room_recreated(&room.room_id, &new_room_id).await?;
+    let service = service_user_id(config);
     let mut invited = 0;
     let mut waiting = 0;
     for (user_id, back) in registry.room_members_back(&room.room_id).await? {
-        if user_id == service_user_id(config) {
+        if user_id == service {
             continue;
         }
         if !back {
@@ -490,14 +489,7 @@ pub async fn recreate(
     }
     let detail = format!("{} re-created as {new_room_id}", room.label());
     registry.audit(actor, "rooms.recreate", Some(&room.room_id), Some(&detail)).await?;
-    Ok(Recreated {
-        room_id: room.room_id.clone(),
-        new_room_id,
-        label: room.label().to_owned(),
-        invited,
-        waiting,
-        alias,
-    })
+    Ok(Recreated { new_room_id, label: room.label().to_owned(), invited, waiting, alias })
 }
 
 /// Marks a re-created room's creation event with the room it replaces.
@@ -616,27 +608,8 @@ mod tests {
             room_id: "!r:here.org".to_owned(),
             state,
             name: Some("Boats".to_owned()),
-            canonical_alias: None,
-            topic: None,
-            avatar_url: None,
-            join_rule: None,
-            public: false,
-            encrypted: false,
-            room_type: None,
-            creator: None,
-            aliases: Vec::new(),
-            children: Vec::new(),
-            via_servers: Vec::new(),
-            joined_local: 0,
-            joined_remote: 0,
-            first_seen_at: 0,
-            last_seen_at: 0,
-            restored_at: None,
-            restore_error: None,
             recreated_as: Some("!new:here.org".to_owned()),
-            members: 0,
-            rejoined: 0,
-            pending: 0,
+            ..Room::default()
         };
         assert_eq!(recreate_problem(&room(RoomState::Lost)), None);
         for state in [RoomState::Here, RoomState::Elsewhere, RoomState::Recreated] {

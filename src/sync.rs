@@ -149,10 +149,14 @@ async fn sync_under_lease(
 ) -> Result<SyncSummary, SyncError> {
     let previous_listing = registry.last_complete_sync().await?.and_then(|run| run.finished_at);
     let mut attempt = 1;
-    let run_id = loop {
+    let (run_id, applied) = loop {
         let run_id = registry.begin_sync_run().await?;
-        match stage_listing(registry, client, run_id, options, progress).await {
-            Ok(()) => break run_id,
+        let staged_and_applied = async {
+            stage_listing(registry, client, run_id, options, progress).await?;
+            Ok::<_, SyncError>(registry.apply_listing(run_id, options.loss_threshold, actor).await?)
+        };
+        match staged_and_applied.await {
+            Ok(applied) => break (run_id, applied),
             Err(err) => {
                 registry.fail_sync_run(run_id, &err.to_string()).await?;
                 if !matches!(err, SyncError::Inconsistent { .. }) || attempt >= LISTING_ATTEMPTS {
@@ -163,19 +167,11 @@ async fn sync_under_lease(
             }
         }
     };
-    let applied = match registry.apply_listing(run_id, options.loss_threshold, actor).await {
-        Ok(applied) => applied,
-        Err(err) => {
-            registry.fail_sync_run(run_id, &err.to_string()).await?;
-            return Err(err.into());
-        }
-    };
     // Remembered so `check` can tell a dead token that used to work (a
     // wipe) from one that never did (a typo).
     if let Some(fingerprint) = client.token_fingerprint() {
         registry.set_setting(crate::check::WORKING_TOKEN_SETTING, &fingerprint).await?;
     }
-    let mut counts = DetailCounts::default();
     let details_began = Instant::now();
     let quota = refresh_quota(
         options.details_per_round,
@@ -183,8 +179,9 @@ async fn sync_under_lease(
         applied.report.listed as u64,
         previous_listing.map(|ended| now_ms() - ended),
     );
-    let outcome = import_emails(registry, client, options, quota, progress, &mut counts).await;
-    let details_took = details_began.elapsed();
+    let mut reads = DetailReads { registry, client, options, progress, counts: DetailCounts::default() };
+    let outcome = reads.import_emails(quota).await;
+    let (details_took, counts) = (details_began.elapsed(), reads.counts);
     registry.finish_sync_run(run_id, counts.fetched, counts.failed, counts.imported, actor).await?;
     outcome?;
     let mut stopped = options.stop.is_cancelled();
@@ -272,103 +269,98 @@ fn refresh_quota(per_round: u64, max_age: Duration, accounts: u64, since_last_ms
     per_round.max(keep_up.ceil() as u64)
 }
 
-/// Records the emails of new accounts, then of up to `quota` due again
-/// ([`refresh_quota`]); per-account failures are counted, not fatal. New
-/// accounts first, so a sync stopped part-way continues where it stopped.
-async fn import_emails(
-    registry: &Registry,
-    client: &SynapseClient,
-    options: &SyncOptions,
-    quota: u64,
-    progress: &dyn SyncProgress,
-    counts: &mut DetailCounts,
-) -> Result<(), SyncError> {
-    let now = now_ms();
-    let again = DetailsDue::Again { now, stale_before: now - options.details_max_age.as_millis() as i64 };
-    let new = registry.count_accounts_needing_details(DetailsDue::New).await? as u64;
-    let due = (registry.count_accounts_needing_details(again).await? as u64).min(quota);
-    counts.due = new + due;
-    progress.details_start(counts.due, options.pace);
-    read_details(registry, client, options, DetailsDue::New, u64::MAX, progress, counts).await?;
-    read_details(registry, client, options, again, quota, progress, counts).await
+/// The detail reads of one sync: what they need, and what they counted.
+struct DetailReads<'a> {
+    registry: &'a Registry,
+    client: &'a SynapseClient,
+    options: &'a SyncOptions,
+    progress: &'a dyn SyncProgress,
+    counts: DetailCounts,
 }
 
-/// One pass of [`import_emails`]: up to `cap` accounts that are `due`, a
-/// batch at a time, each batch written in one transaction while the next
-/// one's calls are in flight (one write per account used to stall the calls
-/// for a tenth of a cold sync at 1,000,000 accounts).
-async fn read_details(
-    registry: &Registry,
-    client: &SynapseClient,
-    options: &SyncOptions,
-    due: DetailsDue,
-    cap: u64,
-    progress: &dyn SyncProgress,
-    counts: &mut DetailCounts,
-) -> Result<(), SyncError> {
-    let mut after = String::new();
-    let mut taken = 0u64;
-    let mut to_write = Vec::new();
-    loop {
-        let mut batch = Vec::new();
-        if taken < cap && !options.stop.is_cancelled() {
-            let limit = (cap - taken).min(DETAILS_BATCH as u64) as i64;
-            batch = registry.accounts_needing_details(due, &after, limit).await?;
-            if let Some(last) = batch.last() {
-                after = last.to_string();
-                taken += batch.len() as u64;
-            }
-        }
-        if batch.is_empty() && to_write.is_empty() {
-            break;
-        }
-        let ((read, refused), written) =
-            tokio::join!(read_batch(client, options, batch, progress, counts), registry.record_details(&to_write));
-        counts.imported += written?;
-        to_write = read;
-        if let Some(refused) = refused {
-            // What was read before the refusal is kept.
-            counts.imported += registry.record_details(&to_write).await?;
-            return Err(SyncError::Details(refused));
-        }
+impl DetailReads<'_> {
+    /// Records the emails of new accounts, then of up to `quota` due again
+    /// ([`refresh_quota`]); per-account failures are counted, not fatal. New
+    /// accounts first, so a sync stopped part-way continues where it stopped.
+    async fn import_emails(&mut self, quota: u64) -> Result<(), SyncError> {
+        let now = now_ms();
+        let again = DetailsDue::Again { now, stale_before: now - self.options.details_max_age.as_millis() as i64 };
+        let new = self.registry.count_accounts_needing_details(DetailsDue::New).await? as u64;
+        let due = (self.registry.count_accounts_needing_details(again).await? as u64).min(quota);
+        self.counts.due = new + due;
+        self.progress.details_start(self.counts.due, self.options.pace);
+        self.read_details(DetailsDue::New, u64::MAX).await?;
+        self.read_details(again, quota).await
     }
-    Ok(())
-}
 
-/// Reads the details of `batch` ([`call_in_paced_groups`]), counting each
-/// answer in `counts` as it comes; writes nothing. Returns what was read
-/// and, if Synapse refused the admin token, the refusal (the sync stops).
-async fn read_batch(
-    client: &SynapseClient,
-    options: &SyncOptions,
-    batch: Vec<UserId>,
-    progress: &dyn SyncProgress,
-    counts: &mut DetailCounts,
-) -> (Vec<AccountDetails>, Option<synapse::Error>) {
-    let outcomes =
-        call_in_paced_groups(batch, options.details_concurrency, options.pace, &options.stop, |user_id| async move {
-            (client.user_details(user_id.as_str()).await, user_id)
-        });
-    let mut outcomes = std::pin::pin!(outcomes);
-    let mut read = Vec::new();
-    while let Some((details, user_id)) = outcomes.next().await {
-        match details {
-            Ok(Some(details)) => {
-                let emails = emails_of(user_id.as_str(), &details.threepids);
-                read.push(AccountDetails { user_id, emails, due_at: next_due(options) });
-                counts.fetched += 1;
+    /// One pass of [`Self::import_emails`]: up to `cap` accounts that are
+    /// `due`, a batch at a time, each batch written in one transaction while
+    /// the next one's calls are in flight (one write per account used to
+    /// stall the calls for a tenth of a cold sync at 1,000,000 accounts).
+    async fn read_details(&mut self, due: DetailsDue, cap: u64) -> Result<(), SyncError> {
+        let registry = self.registry;
+        let mut after = String::new();
+        let mut taken = 0u64;
+        let mut to_write = Vec::new();
+        loop {
+            let mut batch = Vec::new();
+            if taken < cap && !self.options.stop.is_cancelled() {
+                let limit = (cap - taken).min(DETAILS_BATCH as u64) as i64;
+                batch = registry.accounts_needing_details(due, &after, limit).await?;
+                if let Some(last) = batch.last() {
+                    after = last.to_string();
+                    taken += batch.len() as u64;
+                }
             }
-            // Gone since the listing: the next sync will see it missing.
-            Ok(None) => counts.fetched += 1,
-            Err(err) if err.is_refusal() => return (read, Some(err)),
-            Err(err) => {
-                tracing::warn!(user_id = %user_id, error = %err, "could not fetch account details");
-                counts.failed += 1;
+            if batch.is_empty() && to_write.is_empty() {
+                break;
+            }
+            let ((read, refused), written) = tokio::join!(self.read_batch(batch), registry.record_details(&to_write));
+            self.counts.imported += written?;
+            to_write = read;
+            if let Some(refused) = refused {
+                // What was read before the refusal is kept.
+                self.counts.imported += registry.record_details(&to_write).await?;
+                return Err(SyncError::Details(refused));
             }
         }
-        progress.details(counts.fetched + counts.failed, counts.due);
+        Ok(())
     }
-    (read, None)
+
+    /// Reads the details of `batch` ([`call_in_paced_groups`]), counting each
+    /// answer as it comes; writes nothing. Returns what was read and, if
+    /// Synapse refused the admin token, the refusal (the sync stops).
+    async fn read_batch(&mut self, batch: Vec<UserId>) -> (Vec<AccountDetails>, Option<synapse::Error>) {
+        let (client, options) = (self.client, self.options);
+        let outcomes = call_in_paced_groups(
+            batch,
+            options.details_concurrency,
+            options.pace,
+            &options.stop,
+            |user_id| async move { (client.user_details(user_id.as_str()).await, user_id) },
+        );
+        let mut outcomes = std::pin::pin!(outcomes);
+        let mut read = Vec::new();
+        let counts = &mut self.counts;
+        while let Some((details, user_id)) = outcomes.next().await {
+            match details {
+                Ok(Some(details)) => {
+                    let emails = emails_of(user_id.as_str(), &details.threepids);
+                    read.push(AccountDetails { user_id, emails, due_at: next_due(options) });
+                    counts.fetched += 1;
+                }
+                // Gone since the listing: the next sync will see it missing.
+                Ok(None) => counts.fetched += 1,
+                Err(err) if err.is_refusal() => return (read, Some(err)),
+                Err(err) => {
+                    tracing::warn!(user_id = %user_id, error = %err, "could not fetch account details");
+                    counts.failed += 1;
+                }
+            }
+            self.progress.details(counts.fetched + counts.failed, counts.due);
+        }
+        (read, None)
+    }
 }
 
 /// When details just read are due again: after half to all of

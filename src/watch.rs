@@ -10,6 +10,7 @@
 use std::sync::Arc;
 use std::time::Duration;
 
+use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
 use crate::app::Services;
@@ -66,7 +67,7 @@ pub async fn observe(
     let actor = Actor::service("watcher");
     let mut seen = Observation { at: Some(now_ms()), ..Observation::default() };
     let options = CheckOptions::from_config(config);
-    let began = tokio::time::Instant::now();
+    let began = Instant::now();
     let (mut share, mut one_off) = (1.0, Duration::ZERO);
     let mut client = match admin_access(config, registry).await {
         Ok(AdminAccess::Working { client, .. }) => client,
@@ -280,12 +281,12 @@ pub async fn listing_gap(config: &Config, registry: &Registry) -> Duration {
 /// what a loss would cause. `false` when cancelled.
 async fn wait_for_next_round(config: &Config, registry: &Registry, cancel: &CancellationToken, due: i64) -> bool {
     let left_ms = u64::try_from(due.saturating_sub(now_ms())).unwrap_or(0);
-    let next_round = tokio::time::Instant::now() + Duration::from_millis(left_ms);
+    let next_round = Instant::now() + Duration::from_millis(left_ms);
     let probing = !config.watch.probe_interval.is_zero();
     let fixed = if probing { FixedSample::load(registry).await.unwrap_or_default() } else { FixedSample::default() };
-    let mut rooms_due = tokio::time::Instant::now() + config.watch.interval;
+    let mut rooms_due = Instant::now() + config.watch.interval;
     loop {
-        let now = tokio::time::Instant::now();
+        let now = Instant::now();
         let left = next_round.saturating_duration_since(now);
         if left.is_zero() {
             return true;
@@ -297,13 +298,13 @@ async fn wait_for_next_round(config: &Config, registry: &Registry, cancel: &Canc
         // Between full listings (hours apart on a big server), each
         // `watch.interval` still brings people whose ID is theirs again back
         // into their rooms: a claim should not wait for the next listing.
-        if tokio::time::Instant::now() >= rooms_due {
+        if Instant::now() >= rooms_due {
             if let Ok(AdminAccess::Working { client, .. }) = admin_access(config, registry).await {
                 rejoin_rooms(config, registry, &client).await;
             }
-            rooms_due = tokio::time::Instant::now() + config.watch.interval;
+            rooms_due = Instant::now() + config.watch.interval;
         }
-        if !probing || tokio::time::Instant::now() >= next_round {
+        if !probing || Instant::now() >= next_round {
             continue;
         }
         match probe(config, registry, &fixed, config.watch.probe_sample).await {

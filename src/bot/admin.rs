@@ -68,19 +68,21 @@ fn command_name(command: &AdminCommand) -> String {
         AdminCommand::IncidentList => "incident list".into(),
         AdminCommand::IncidentShow(id) => format!("incident show {id}"),
         AdminCommand::IncidentResolve(id) => format!("incident resolve {id}"),
-        AdminCommand::Notify { id, confirm: false } => format!("notify {id}"),
-        AdminCommand::Notify { id, confirm: true } => format!("notify {id} confirm"),
+        AdminCommand::Notify { id, confirm } => format!("notify {id}{}", confirm_word(*confirm)),
         AdminCommand::Token(user) => format!("token {user}"),
         AdminCommand::Holds => "holds".into(),
         AdminCommand::Rooms => "rooms".into(),
         AdminCommand::RoomsRecreate { room, confirm } => {
-            format!("rooms recreate {}{}", room.as_deref().unwrap_or("--all"), if *confirm { " confirm" } else { "" })
+            format!("rooms recreate {}{}", room.as_deref().unwrap_or("--all"), confirm_word(*confirm))
         }
-        AdminCommand::Release { user, confirm: false } => format!("release {user}"),
-        AdminCommand::Release { user, confirm: true } => format!("release {user} confirm"),
+        AdminCommand::Release { user, confirm } => format!("release {user}{}", confirm_word(*confirm)),
         AdminCommand::ContactAdd(user, _) => format!("contact add {user}"),
         AdminCommand::ContactRemove(user, _) => format!("contact remove {user}"),
     }
+}
+
+fn confirm_word(confirm: bool) -> &'static str {
+    if confirm { " confirm" } else { "" }
 }
 
 /// An error as the reply says it.
@@ -128,11 +130,10 @@ async fn run(bot: &Bot, room: &Room, actor: &Actor, command: AdminCommand) -> Re
             let report = &outcome.report;
             let mut reply =
                 format!("Verdict **{}**: {}.", report.verdict.as_str(), outcome.reason.trim_end_matches('.'));
-            if !report.missing.is_empty() {
-                reply.push_str(&format!("\n\nMissing: {}", crate::plural::id_list(&report.missing, 20)));
-            }
-            if !report.recreated.is_empty() {
-                reply.push_str(&format!("\n\nRecreated: {}", crate::plural::id_list(&report.recreated, 20)));
+            for (label, ids) in [("Missing", &report.missing), ("Recreated", &report.recreated)] {
+                if !ids.is_empty() {
+                    reply.push_str(&format!("\n\n{label}: {}", crate::plural::id_list(ids, 20)));
+                }
             }
             Ok(reply)
         }
@@ -287,10 +288,8 @@ async fn status(bot: &Bot) -> Result<String, String> {
         .filter(|incident| incident.resolved_at.is_none())
         .map(|incident| format!("{} \"{}\"", incident.id, markdown_escape(&incident.title)))
         .collect();
-    reply.push_str(&match open.len() {
-        0 => "\n\n**Open incidents:** none.".to_owned(),
-        _ => format!("\n\n**Open incidents:** {}.", open.join(", ")),
-    });
+    let open = if open.is_empty() { "none".to_owned() } else { open.join(", ") };
+    reply.push_str(&format!("\n\n**Open incidents:** {open}."));
     Ok(reply)
 }
 
@@ -319,13 +318,8 @@ async fn notify(bot: &Bot, room: &Room, actor: &Actor, id: i64, confirm: bool) -
             planned.tokens_to_create,
         ));
     }
-    if confirmed_in_time(bot, &format!("notify {id}")).is_err() {
-        return Err(format!(
-            "there is no recent dry run of incident {id} to confirm: send `{} notify {id}` first, then confirm within {} minutes",
-            bot.prefix(),
-            CONFIRM_WITHIN.as_secs() / 60
-        ));
-    }
+    confirmed_in_time(bot, &format!("notify {id}"))
+        .map_err(|how| format!("there is no recent dry run of incident {id} to confirm: {how}"))?;
     let (state, room, actor) = (bot.state.clone(), room.clone(), actor.clone());
     let stop = state.shutdown.clone();
     state.clone().background.spawn(async move {
@@ -369,11 +363,10 @@ async fn notify(bot: &Bot, room: &Room, actor: &Actor, id: i64, confirm: bool) -
 /// `holds::way_back`, as on the web page.
 async fn token(bot: &Bot, actor: &Actor, user: &UserId) -> Result<String, String> {
     let (config, registry) = (&bot.state.config, &bot.state.registry);
-    let way = way_back(config, registry, user, config.tokens.expiry).await.map_err(text)?;
-    let incident_id = match &way {
+    let (incident_id, claim) = match way_back(config, registry, user, config.tokens.expiry).await.map_err(text)? {
         WayBack::Nothing(reason) => return Err(format!("nothing to send to {user}: {reason}")),
-        WayBack::Claim(link) => link.incident,
-        WayBack::Token { incident } => *incident,
+        WayBack::Claim(link) => (link.incident, Some(link)),
+        WayBack::Token { incident } => (incident, None),
     };
     if config.email.is_none() {
         return Err("tokens are mailed to the person: add an [email] section to lifeboat's config".to_owned());
@@ -388,8 +381,8 @@ async fn token(bot: &Bot, actor: &Actor, user: &UserId) -> Result<String, String
         ));
     }
     let server = &config.homeserver.server_name;
-    let (message, what, until) = match way {
-        WayBack::Claim(link) => {
+    let (message, what, until) = match claim {
+        Some(link) => {
             let Some(web) = &config.web else {
                 return Err(format!(
                     "{user} is held, and claim links need the web page: add a [web] section, or hand it back on the lifeboat host with `lifeboat holds claim {user}`"
@@ -400,7 +393,7 @@ async fn token(bot: &Bot, actor: &Actor, user: &UserId) -> Result<String, String
             let message = crate::messages::claim_link(server, user.as_str(), &url, &human_time(link.until));
             (message, "claim link", link.until)
         }
-        WayBack::Token { .. } => {
+        None => {
             let client = admin_client(bot, actor).await?;
             // An admin is not capped; a token still unused is sent again.
             let Some((token, expires)) =
@@ -419,7 +412,6 @@ async fn token(bot: &Bot, actor: &Actor, user: &UserId) -> Result<String, String
             );
             (message, "registration token", expires)
         }
-        WayBack::Nothing(_) => unreachable!("answered above"),
     };
     // Worth sending while it works; serve's worker sends it.
     let mut mailed = Vec::new();
@@ -495,7 +487,7 @@ async fn rooms(bot: &Bot) -> Result<String, String> {
                 } else {
                     String::new()
                 };
-                format!("{} `{}`{back}", crate::notice::markdown_escape(room.label()), room.room_id)
+                format!("{} `{}`{back}", markdown_escape(room.label()), room.room_id)
             })
             .collect();
         group(&mut reply, label, listed.len(), &listed[..listed.len().min(30)].join(", "));
@@ -508,12 +500,10 @@ async fn rooms(bot: &Bot) -> Result<String, String> {
 /// Re-creates lost rooms, after a confirm step.
 async fn recreate_rooms(bot: &Bot, actor: &Actor, room: Option<String>, confirm: bool) -> Result<String, String> {
     let (config, registry) = (&bot.state.config, &bot.state.registry);
-    let target = room.clone().unwrap_or_else(|| "--all".to_owned());
     let rooms = match &room {
         Some(room_id) => {
-            let known = registry.room(room_id).await.map_err(text)?;
-            let known = known
-                .ok_or_else(|| format!("{room_id} is not in the room registry: `{} rooms` lists them", bot.prefix()))?;
+            let unknown = || format!("{room_id} is not in the room registry: `{} rooms` lists them", bot.prefix());
+            let known = registry.room(room_id).await.map_err(text)?.ok_or_else(unknown)?;
             if let Some(problem) = crate::rooms::recreate_problem(&known) {
                 return Err(problem);
             }
@@ -524,11 +514,10 @@ async fn recreate_rooms(bot: &Bot, actor: &Actor, room: Option<String>, confirm:
     if rooms.is_empty() {
         return Ok("No room is lost: nothing to re-create.".to_owned());
     }
-    let command = format!("rooms recreate {target}");
+    let command = format!("rooms recreate {}", room.as_deref().unwrap_or("--all"));
     if !confirm {
         let how = ask_to_confirm(bot, &command);
-        let names: Vec<String> =
-            rooms.iter().take(10).map(|room| crate::notice::markdown_escape(room.label())).collect();
+        let names: Vec<String> = rooms.iter().take(10).map(|room| markdown_escape(room.label())).collect();
         return Ok(format!(
             "This makes {} again as new, empty rooms ({}); their history does not come back, and former members are invited as each comes back. To do it, {how}.",
             crate::plural::count(rooms.len() as i64, "room", "rooms"),

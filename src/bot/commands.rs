@@ -111,8 +111,7 @@ pub struct BadCommand(pub String);
 
 /// `None` when the message is not for the bot (no prefix).
 pub fn parse_admin(prefix: &str, body: &str) -> Option<Result<AdminCommand, BadCommand>> {
-    let rest = strip_prefix(prefix, body)?;
-    Some(parse_admin_words(prefix, rest))
+    strip_prefix(prefix, body).map(|rest| parse_admin_words(prefix, rest))
 }
 
 fn parse_admin_words(prefix: &str, rest: &str) -> Result<AdminCommand, BadCommand> {

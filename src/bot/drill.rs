@@ -8,7 +8,6 @@ use matrix_sdk::Client;
 use matrix_sdk::ruma::api::client::message::send_message_event;
 use matrix_sdk::ruma::{OwnedRoomId, OwnedTransactionId};
 
-use super::ROOM_SETTING;
 use super::login::existing_credentials;
 use crate::config::Config;
 use crate::dm::restored_client;
@@ -69,5 +68,5 @@ async fn admin_room(config: &Config, registry: &Registry, client: &Client) -> Op
     {
         return Some(room_id);
     }
-    registry.setting(ROOM_SETTING).await.ok().flatten().and_then(|id| OwnedRoomId::try_from(id).ok())
+    super::room_made_before(registry).await.ok().flatten()
 }

@@ -12,6 +12,7 @@ use crate::recover::{recover, service_user_id};
 use crate::registry::{Actor, Registry};
 use crate::session::{SESSION_SETTING, StoredSession, store_passphrase};
 use crate::synapse::{self, SynapseClient};
+use crate::user_id::UserId;
 
 /// Working credentials for the bot's account.
 pub struct BotLogin {
@@ -41,7 +42,7 @@ pub async fn existing_credentials(
     forget_dead: bool,
 ) -> anyhow::Result<Option<BotLogin>> {
     let base = SynapseClient::from_config(&config.homeserver);
-    let me = service_user_id(config).to_string();
+    let me = service_user_id(config);
     if let Some(stored) = registry.setting(SESSION_SETTING).await?.filter(|value| !value.is_empty()) {
         if let Ok(session) = serde_json::from_str::<StoredSession>(&stored) {
             let token = SecretString::from(session.access_token);
@@ -76,24 +77,23 @@ pub async fn credentials(
         return Ok(login);
     }
     let base = SynapseClient::from_config(&config.homeserver);
-    let me = service_user_id(config).to_string();
-    if let Some(password) = &bot.password {
-        let localpart = me.trim_start_matches('@').split(':').next().unwrap_or_default();
-        if let Some(registered) = base.login_with_password(localpart, &password.value).await? {
-            let device_id = registered.device_id.clone().unwrap_or_else(|| "LIFEBOAT".to_owned());
-            let stored = StoredSession {
-                user_id: registered.user_id.clone(),
-                device_id: device_id.clone(),
-                access_token: registered.access_token.expose_secret().to_owned(),
-            };
-            registry.set_setting(SESSION_SETTING, &serde_json::to_string(&stored).expect("plain strings")).await?;
-            return Ok(BotLogin {
-                user_id: registered.user_id,
-                device_id,
-                access_token: registered.access_token,
-                recovered: false,
-            });
-        }
+    let me = service_user_id(config);
+    if let Some(password) = &bot.password
+        && let Some(registered) = base.login_with_password(me.localpart(), &password.value).await?
+    {
+        let device_id = registered.device_id.clone().unwrap_or_else(|| "LIFEBOAT".to_owned());
+        let stored = StoredSession {
+            user_id: registered.user_id.clone(),
+            device_id: device_id.clone(),
+            access_token: registered.access_token.expose_secret().to_owned(),
+        };
+        registry.set_setting(SESSION_SETTING, &serde_json::to_string(&stored).expect("plain strings")).await?;
+        return Ok(BotLogin {
+            user_id: registered.user_id,
+            device_id,
+            access_token: registered.access_token,
+            recovered: false,
+        });
     }
     if config.homeserver.registration_shared_secret.is_none() {
         bail!(
@@ -111,9 +111,8 @@ pub async fn credentials(
     recovered(&base, registry, &me).await?.ok_or_else(|| anyhow!("the recovered credentials do not work yet"))
 }
 
-async fn recovered(base: &SynapseClient, registry: &Registry, me: &str) -> anyhow::Result<Option<BotLogin>> {
-    let Ok(service) = crate::user_id::UserId::parse(me) else { return Ok(None) };
-    match registry.service_credential(&service).await? {
+async fn recovered(base: &SynapseClient, registry: &Registry, me: &UserId) -> anyhow::Result<Option<BotLogin>> {
+    match registry.service_credential(me).await? {
         Some(stored) => working(base, me, stored.access_token, stored.device_id, true).await,
         None => Ok(None),
     }
@@ -122,13 +121,13 @@ async fn recovered(base: &SynapseClient, registry: &Registry, me: &str) -> anyho
 /// The login, if `token` is alive and belongs to `me`.
 async fn working(
     base: &SynapseClient,
-    me: &str,
+    me: &UserId,
     token: SecretString,
     device_id: Option<String>,
     recovered: bool,
 ) -> anyhow::Result<Option<BotLogin>> {
     match base.with_token(token.clone()).whoami().await {
-        Ok(who) if who.user_id == me => Ok(Some(BotLogin {
+        Ok(who) if who.user_id == me.as_str() => Ok(Some(BotLogin {
             user_id: who.user_id,
             device_id: who.device_id.or(device_id).unwrap_or_else(|| "LIFEBOAT".to_owned()),
             access_token: token,

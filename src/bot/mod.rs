@@ -229,9 +229,8 @@ async fn connected(
     // Until the admin room is settled, the one kept from last time (or the
     // configured one) counts, so a command is never taken for a DM.
     if bot.admin_room().is_none() {
-        let stored = bot.state.registry.setting(ROOM_SETTING).await.ok().flatten();
-        let tentative = stored.and_then(|id| OwnedRoomId::try_from(id).ok()).or_else(|| bot.configured_room());
-        if let Some(room) = tentative {
+        let stored = room_made_before(&bot.state.registry).await.ok().flatten();
+        if let Some(room) = stored.or_else(|| bot.configured_room()) {
             bot.set_admin_room(room);
         }
     }
@@ -302,15 +301,14 @@ fn is_unknown_token(err: &matrix_sdk::Error) -> bool {
 /// wipe (the old room died with the database). Returns whether it made one.
 async fn settle_admin_room(bot: &Arc<Bot>, client: &Client, recovered: bool) -> Result<bool, String> {
     let registry = &bot.state.registry;
-    let joined = |room_id: &RoomId| client.get_room(room_id).filter(|room| room.state() == RoomState::Joined);
+    let joined = |room_id: &RoomId| client.get_room(room_id).is_some_and(|room| room.state() == RoomState::Joined);
     let configured = bot.configured_room();
-    let mut settled = configured.clone().filter(|room_id| joined(room_id).is_some());
+    let mut settled = configured.clone().filter(|room_id| joined(room_id));
     // The room the bot made itself after a wipe comes before joining the
     // configured one: a wipe frees the configured alias, and whoever points
     // it at a room of theirs must not get the bot and its alerts there.
     if settled.is_none() {
-        let stored = registry.setting(ROOM_SETTING).await.map_err(|err| err.to_string())?;
-        settled = stored.and_then(|id| OwnedRoomId::try_from(id).ok()).filter(|room_id| joined(room_id).is_some());
+        settled = room_made_before(registry).await.map_err(|err| err.to_string())?.filter(|room_id| joined(room_id));
     }
     // Just recovered from a wipe, an alias of this homeserver names
     // whatever room someone pointed it at since: not joined uninvited.
@@ -329,11 +327,8 @@ async fn settle_admin_room(bot: &Arc<Bot>, client: &Client, recovered: bool) -> 
         bot.set_admin_room(room_id);
         return Ok(false);
     }
-    if bot.config.admin_room.is_some() && !recovered {
-        tracing::warn!(
-            room = bot.config.admin_room.as_deref().unwrap_or_default(),
-            "the bot is not in bot.admin_room: invite it there from an admin account"
-        );
+    if !recovered && let Some(configured) = bot.config.admin_room.as_deref() {
+        tracing::warn!(room = configured, "the bot is not in bot.admin_room: invite it there from an admin account");
         return Ok(false);
     }
     let mut request = CreateRoomRequest::new();
@@ -350,6 +345,11 @@ async fn settle_admin_room(bot: &Arc<Bot>, client: &Client, recovered: bool) -> 
     }
     bot.set_admin_room(room_id);
     Ok(true)
+}
+
+/// The admin room the bot made itself, as the registry keeps it.
+async fn room_made_before(registry: &crate::registry::Registry) -> crate::registry::Result<Option<OwnedRoomId>> {
+    Ok(registry.setting(ROOM_SETTING).await?.and_then(|id| OwnedRoomId::try_from(id).ok()))
 }
 
 async fn resolve_room(client: &Client, configured: &str) -> Option<OwnedRoomId> {
@@ -432,8 +432,7 @@ async fn on_invite(event: StrippedRoomMemberEvent, room: Room, Ctx(bot): Ctx<Arc
         return;
     }
     let room_id = room.room_id().to_owned();
-    let configured = bot.configured_room();
-    let to_admin_room = configured.as_ref() == Some(&room_id) || bot.admin_room().as_ref() == Some(&room_id);
+    let to_admin_room = bot.configured_room().as_ref() == Some(&room_id) || bot.admin_room().as_ref() == Some(&room_id);
     tokio::spawn(async move {
         let accept = if to_admin_room {
             bot.is_admin(&event.sender).await

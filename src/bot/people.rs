@@ -19,8 +19,7 @@ const CODES_PER_HOUR: i64 = 5;
 
 /// The reply to one person's DM command (`Err`: a refusal or failure).
 pub(super) async fn run(bot: &Bot, sender: &OwnedUserId, command: PersonCommand) -> Result<String, String> {
-    let state = &bot.state;
-    let (config, registry) = (&state.config, &state.registry);
+    let (config, registry) = (&bot.state.config, &bot.state.registry);
     let actor = Actor::bot(sender.as_str());
     // The registry's form of the sender's ID.
     let person = crate::user_id::UserId::from(&**sender);

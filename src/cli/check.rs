@@ -42,38 +42,37 @@ async fn checked(context: &Context) -> Result<CheckReport, Failure> {
 
 fn report(outcome: &CheckReport, json: bool) -> Result<(), Failure> {
     if json {
-        print_json(outcome)?;
-    } else {
-        let report = &outcome.report;
-        println!("verdict: {} ({})", report.verdict.as_str(), outcome.reason);
-        if outcome.listing_complete {
-            println!(
-                "Synapse {}: {} known, {} listed; present {}, missing {}, held {}, recreated {}, deactivated {}, new {}",
-                outcome.server_version,
-                report.known,
-                report.listed,
-                report.present,
-                report.missing.len(),
-                report.held.len(),
-                report.recreated.len(),
-                report.deactivated.len(),
-                report.new.len()
-            );
+        return print_json(outcome);
+    }
+    let report = &outcome.report;
+    println!("verdict: {} ({})", report.verdict.as_str(), outcome.reason);
+    if outcome.listing_complete {
+        println!(
+            "Synapse {}: {} known, {} listed; present {}, missing {}, held {}, recreated {}, deactivated {}, new {}",
+            outcome.server_version,
+            report.known,
+            report.listed,
+            report.present,
+            report.missing.len(),
+            report.held.len(),
+            report.recreated.len(),
+            report.deactivated.len(),
+            report.new.len()
+        );
+    }
+    for (label, ids) in [
+        ("missing", &report.missing),
+        ("held for their owners", &report.held),
+        ("recreated", &report.recreated),
+        ("deactivated", &report.deactivated),
+        ("new", &report.new),
+    ] {
+        if !ids.is_empty() {
+            println!("  {label}: {}", id_list(ids, 20));
         }
-        for (label, ids) in [
-            ("missing", &report.missing),
-            ("held for their owners", &report.held),
-            ("recreated", &report.recreated),
-            ("deactivated", &report.deactivated),
-            ("new", &report.new),
-        ] {
-            if !ids.is_empty() {
-                println!("  {label}: {}", id_list(ids, 20));
-            }
-        }
-        if !report.new.is_empty() {
-            println!("Run `lifeboat sync` to add the new accounts to the registry.");
-        }
+    }
+    if !report.new.is_empty() {
+        println!("Run `lifeboat sync` to add the new accounts to the registry.");
     }
     Ok(())
 }

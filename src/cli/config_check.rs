@@ -101,9 +101,7 @@ fn print_summary(config: &Config) {
             println!("  from = {}", email.from);
             println!("  connections = {}", email.connections);
         }
-        None => {
-            println!("[email] not configured: notices and alerts by email need smtp_url and from")
-        }
+        None => println!("[email] not configured: notices and alerts by email need smtp_url and from"),
     }
     match &config.bot {
         Some(bot) => {

@@ -41,13 +41,9 @@ pub async fn run(context: &Context, command: Command) -> Outcome {
     let actor = Actor::cli();
     match command {
         Command::Add { user_id, address } => {
-            let outcome =
-                registry.add_contact(&user_id, &address, ContactSource::Admin, Some(now_ms()), &actor).await?;
-            match outcome {
+            match registry.add_contact(&user_id, &address, ContactSource::Admin, Some(now_ms()), &actor).await? {
                 AddContact::Added => println!("Added {address} to {user_id}."),
-                AddContact::AlreadyKnown => {
-                    println!("{user_id} already has {address}; nothing changed.")
-                }
+                AddContact::AlreadyKnown => println!("{user_id} already has {address}; nothing changed."),
             }
             if let ContactAddress::Matrix(contact) = &address
                 && contact.server_name() == config.homeserver.server_name

@@ -146,7 +146,7 @@ enum Command {
     /// to the admin room and alerts.email) and the delivery worker (sends
     /// due retries). SIGINT or SIGTERM stops it gracefully: nothing in
     /// flight is lost or sent twice.
-    Serve(serve::Args),
+    Serve,
     /// Validate a config file.
     #[command(subcommand)]
     Config(config_check::Command),
@@ -186,7 +186,7 @@ pub type Outcome = Result<u8, Failure>;
 
 pub fn main() -> ExitCode {
     let cli = Cli::parse();
-    if !matches!(cli.command, Command::Serve(_)) {
+    if !matches!(cli.command, Command::Serve) {
         // Output piped into `head` ends quietly once the reader is gone, as
         // Unix tools do (Rust ignores SIGPIPE, and println! would panic).
         // Not serve: a closed log pipe must never end the service.
@@ -234,7 +234,7 @@ async fn run(cli: Cli) -> Outcome {
         Command::Drill(args) => drill::run(&context, args).await,
         Command::Backup(args) => backup::run_backup(&context, args).await,
         Command::Restore(args) => backup::run_restore(&context, args).await,
-        Command::Serve(args) => serve::run(&context, args).await,
+        Command::Serve => serve::run(&context).await,
         Command::Config(command) => config_check::run(&context, command),
     }
 }
@@ -311,20 +311,16 @@ pub(crate) async fn stop_on_signal(stop: tokio_util::sync::CancellationToken) {
 /// have been deleted" for a device whose keys lifeboat never published (a
 /// DM sender that restores a session), and "not sharing message history"
 /// because the bot sets up no cross-signing (it needs none). `-vv` shows all.
-macro_rules! quiet_matrix_sdk {
-    () => {
-        "matrix_sdk::http_client=off,matrix_sdk_crypto::backups=error,\
-         matrix_sdk_crypto::identities::manager=error,matrix_sdk::room::shared_room_history=error"
-    };
-}
+const QUIET_MATRIX_SDK: &str = "matrix_sdk::http_client=off,matrix_sdk_crypto::backups=error,\
+    matrix_sdk_crypto::identities::manager=error,matrix_sdk::room::shared_room_history=error";
 
 fn init_logging(verbose: u8) {
     let default = match verbose {
         // sqlx's pool warns about connections it drops; the query that
         // needed one reports the failure itself.
-        0 => concat!("warn,sqlx::pool=off,", quiet_matrix_sdk!()),
-        1 => concat!("lifeboat=info,warn,", quiet_matrix_sdk!()),
-        _ => "lifeboat=debug,info",
+        0 => format!("warn,sqlx::pool=off,{QUIET_MATRIX_SDK}"),
+        1 => format!("lifeboat=info,warn,{QUIET_MATRIX_SDK}"),
+        _ => "lifeboat=debug,info".to_owned(),
     };
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(default));

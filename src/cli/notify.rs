@@ -144,23 +144,20 @@ pub async fn run(context: &Context, args: Args) -> Outcome {
             incident.id
         );
     }
-    if stop.is_cancelled() && report.unfinished() > 0 {
-        return Err(Failure::failed(format!(
-            "interrupted: {} notices are not sent yet; run `lifeboat notify {} --yes` again: it sends only what is missing",
-            report.unfinished(),
-            incident.id
-        )));
-    }
-    if report.unfinished() == 0 {
+    let (unfinished, id) = (report.unfinished(), incident.id);
+    if unfinished == 0 {
         return Ok(exit::OK);
+    }
+    if stop.is_cancelled() {
+        return Err(Failure::failed(format!(
+            "interrupted: {unfinished} notices are not sent yet; run `lifeboat notify {id} --yes` again: it sends only what is missing"
+        )));
     }
     for (address, error) in &report.errors {
         println!("  {address}: {error}");
     }
     Err(Failure::failed(format!(
-        "{} notices were not delivered; fix the cause above and run `lifeboat notify {} --yes` again: it sends only what is missing (add --retry-failed to also resend those that failed for good)",
-        report.unfinished(),
-        incident.id
+        "{unfinished} notices were not delivered; fix the cause above and run `lifeboat notify {id} --yes` again: it sends only what is missing (add --retry-failed to also resend those that failed for good)"
     )))
 }
 

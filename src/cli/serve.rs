@@ -4,10 +4,7 @@ use tokio_util::sync::CancellationToken;
 
 use super::{Context, Failure, Outcome, exit};
 
-#[derive(clap::Args, Debug)]
-pub struct Args {}
-
-pub async fn run(context: &Context, _args: Args) -> Outcome {
+pub async fn run(context: &Context) -> Outcome {
     let (config, registry) = context.open().await?;
     let shutdown = CancellationToken::new();
     tokio::spawn(super::stop_on_signal(shutdown.clone()));

@@ -5,7 +5,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use indicatif::ProgressBar;
 use tokio_util::sync::CancellationToken;
 
-use super::output::{id_list, print_json, progress_bar};
+use super::output::{id_list, print_json, progress_bar, show_progress};
 use super::{Context, Failure, Outcome, exit};
 use crate::registry::Actor;
 use crate::sync::{SyncError, SyncOptions, SyncProgress, sync};
@@ -58,8 +58,7 @@ impl SyncProgress for Bar {
             self.bar.reset();
             self.bar.set_message("emails");
         }
-        self.bar.set_length(total);
-        self.bar.set_position(done);
+        show_progress(&self.bar, done, total);
     }
 }
 

@@ -45,18 +45,12 @@ impl clap::ValueEnum for AccountState {
     }
 }
 
+/// An account with its contacts' count (`list`) or the contacts (`show`).
 #[derive(Serialize)]
-struct Listed {
+struct WithContacts<C> {
     #[serde(flatten)]
     account: Account,
-    contacts: i64,
-}
-
-#[derive(Serialize)]
-struct Shown {
-    #[serde(flatten)]
-    account: Account,
-    contacts: Vec<Contact>,
+    contacts: C,
 }
 
 pub async fn run(context: &Context, command: Command) -> Outcome {
@@ -64,11 +58,14 @@ pub async fn run(context: &Context, command: Command) -> Outcome {
     match command {
         Command::List { state, json } => {
             let counts: HashMap<String, i64> = registry.contact_counts().await?.into_iter().collect();
-            let accounts: Vec<Listed> = registry
+            let accounts: Vec<_> = registry
                 .accounts(state)
                 .await?
                 .into_iter()
-                .map(|account| Listed { contacts: counts.get(account.user_id.as_str()).copied().unwrap_or(0), account })
+                .map(|account| WithContacts {
+                    contacts: counts.get(account.user_id.as_str()).copied().unwrap_or(0),
+                    account,
+                })
                 .collect();
             if json {
                 print_json(&accounts)?;
@@ -81,7 +78,7 @@ pub async fn run(context: &Context, command: Command) -> Outcome {
                 let width =
                     accounts.iter().map(|a| a.account.user_id.as_str().chars().count()).max().unwrap_or(7).max(7);
                 println!("{:<width$}  {:<11}  {:>8}  SINCE", "USER ID", "STATE", "CONTACTS");
-                for Listed { account, contacts } in &accounts {
+                for WithContacts { account, contacts } in &accounts {
                     let since = match account.state {
                         AccountState::Missing => time(account.missing_since),
                         AccountState::Held | AccountState::Claimed => time(account.custody_at),
@@ -102,7 +99,7 @@ pub async fn run(context: &Context, command: Command) -> Outcome {
             };
             let contacts = registry.contacts_of(&user_id).await?;
             if json {
-                print_json(&Shown { account, contacts })?;
+                print_json(&WithContacts { account, contacts })?;
             } else {
                 print_account(&account, &contacts);
             }

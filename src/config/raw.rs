@@ -20,11 +20,12 @@ const MAX_SMTP_CONNECTIONS: usize = 64;
 
 /// Folds `LIFEBOAT__SECTION__KEY=value` into the table as strings; the typed
 /// fields accept strings for numbers and lists, so `0.3` or `a,b` work.
+/// Returns the keys the environment set.
 pub(super) fn apply_env_overrides(
     table: &mut toml::Table,
     env: impl IntoIterator<Item = (String, String)>,
-    origins: &mut Origins,
-) -> Result<(), ConfigError> {
+) -> Result<Origins, ConfigError> {
+    let mut origins = Origins::new();
     let mut overrides: Vec<(String, String)> =
         env.into_iter().filter(|(name, _)| name.starts_with(ENV_PREFIX)).collect();
     overrides.sort();
@@ -48,28 +49,22 @@ pub(super) fn apply_env_overrides(
         section_table.insert(key.clone(), toml::Value::String(value));
         origins.insert(format!("{section}.{key}"), Origin::Env(name));
     }
-    Ok(())
+    Ok(origins)
 }
 
 #[derive(Deserialize, Default)]
-#[serde(deny_unknown_fields)]
+#[serde(default, deny_unknown_fields)]
 pub(super) struct RawConfig {
     homeserver: Option<RawHomeserver>,
     registry: Option<RawRegistry>,
-    #[serde(default)]
     sync: RawSync,
-    #[serde(default)]
     watch: RawWatch,
-    #[serde(default)]
     tokens: RawTokens,
     email: Option<RawEmail>,
     bot: Option<RawBot>,
     web: Option<RawWeb>,
-    #[serde(default)]
     alerts: RawAlerts,
-    #[serde(default)]
     recovery: RawRecovery,
-    #[serde(default)]
     metrics: RawMetrics,
 }
 
@@ -227,6 +222,87 @@ impl RawRecovery {
     }
 }
 
+impl RawEmail {
+    fn validate(self, ctx: &Ctx) -> Result<EmailConfig, ConfigError> {
+        let smtp_url = self.smtp_url.ok_or_else(|| ctx.missing("email", "smtp_url", "\"smtp://127.0.0.1:25\""))?;
+        // Parsed and checked here, by the same rules the mailer
+        // uses, so `config check` refuses what sending would.
+        let parsed = super::smtp_url::parse(&smtp_url).map_err(|problem| ctx.invalid("email.smtp_url", problem))?;
+        let has_password_setting = self.smtp_password.is_some() || self.smtp_password_file.is_some();
+        if let Some(problem) = super::smtp_url::login_problem(&parsed, has_password_setting) {
+            return Err(ctx.invalid("email.smtp_url", problem));
+        }
+        let from = self.from.ok_or_else(|| ctx.missing("email", "from", "\"Lifeboat <lifeboat@example.org>\""))?;
+        validate_mailbox(&from).map_err(|problem| ctx.invalid("email.from", problem))?;
+        let connections = self.connections.unwrap_or(8);
+        if !(1..=MAX_SMTP_CONNECTIONS).contains(&connections) {
+            return Err(ctx.invalid(
+                "email.connections",
+                format!("must be between 1 and {MAX_SMTP_CONNECTIONS} (SMTP connections notify opens at once)"),
+            ));
+        }
+        Ok(EmailConfig {
+            smtp_url: smtp_url.trim().to_owned(),
+            smtp_password: ctx.secret("email.smtp_password", self.smtp_password, self.smtp_password_file)?,
+            from,
+            connections,
+        })
+    }
+}
+
+impl RawBot {
+    fn validate(self, ctx: &Ctx, server_name: &str) -> Result<BotConfig, ConfigError> {
+        let user_id = match self.user_id {
+            Some(text) => UserId::parse(&text).map_err(|err| ctx.invalid("bot.user_id", err))?,
+            None => UserId::parse(&format!("@lifeboat:{server_name}"))
+                .map_err(|err| ctx.invalid("homeserver.server_name", err))?,
+        };
+        let admins = ctx.list("bot.admins", self.admins, UserId::parse)?;
+        Ok(BotConfig {
+            user_id,
+            password: ctx.secret("bot.password", self.password, self.password_file)?,
+            access_token: ctx.secret("bot.access_token", self.access_token, self.access_token_file)?,
+            admin_room: self.admin_room.filter(|room| !room.trim().is_empty()),
+            admins,
+            command_prefix: self.command_prefix.unwrap_or_else(|| "!lifeboat".to_owned()),
+            store_path: ctx.base_dir.join(self.store_path.unwrap_or_else(|| PathBuf::from("lifeboat-bot-store"))),
+            encrypted_notices: self.encrypted_notices.unwrap_or(false),
+            store_passphrase: ctx.secret("bot.store_passphrase", self.store_passphrase, self.store_passphrase_file)?,
+        })
+    }
+}
+
+impl RawWeb {
+    fn validate(self, ctx: &Ctx) -> Result<WebConfig, ConfigError> {
+        let bind = ctx.bind("web.bind", self.bind, "127.0.0.1:8090")?;
+        let public_url =
+            self.public_url.ok_or_else(|| ctx.missing("web", "public_url", "\"https://lifeboat.example.org\""))?;
+        Ok(WebConfig {
+            bind,
+            trusted_proxies: ctx.list("web.trusted_proxies", self.trusted_proxies, |text| {
+                text.trim().parse().map_err(|_| format!("`{text}` is not an IP address like \"127.0.0.1\""))
+            })?,
+            public_url: ctx.http_url("web.public_url", &public_url)?,
+            client_url: self.client_url.map(|url| ctx.http_url("web.client_url", &url)).transpose()?,
+            admin_contact: self.admin_contact.map(|text| text.trim().to_owned()).filter(|text| !text.is_empty()),
+            rate_limit_per_ip: ctx.at_least_one("web.rate_limit_per_ip", self.rate_limit_per_ip, 20)?,
+            rate_limit_per_target: ctx.at_least_one("web.rate_limit_per_target", self.rate_limit_per_target, 3)?,
+            rate_limit_window: ctx.duration(
+                "web.rate_limit_window",
+                self.rate_limit_window,
+                Duration::from_secs(15 * 60),
+                AT_LEAST_A_SECOND,
+            )?,
+            token_requests_per_person: ctx.at_least_one(
+                "web.token_requests_per_person",
+                self.token_requests_per_person,
+                3,
+            )?,
+            max_connections: ctx.at_least_one("web.max_connections", self.max_connections, 256)?,
+        })
+    }
+}
+
 /// Validation context: names keys and their origin in every error.
 struct Ctx<'a> {
     file: &'a Path,
@@ -309,28 +385,21 @@ impl Ctx<'_> {
     }
 
     /// Reads `key` inline or from `key_file`, never both.
-    fn secret(
-        &self,
-        section: &str,
-        key: &str,
-        inline: Option<String>,
-        file: Option<PathBuf>,
-    ) -> Result<Option<Secret>, ConfigError> {
-        let dotted = format!("{section}.{key}");
-        let file_key = format!("{dotted}_file");
+    fn secret(&self, key: &str, inline: Option<String>, file: Option<PathBuf>) -> Result<Option<Secret>, ConfigError> {
+        let file_key = format!("{key}_file");
         // The environment overrides the file, also across `key` / `key_file`.
         let from_env = |name: &str| matches!(self.origins.get(name), Some(Origin::Env(_)));
         let (inline, file) = match (inline, file) {
-            (Some(inline), Some(_)) if from_env(&dotted) && !from_env(&file_key) => (Some(inline), None),
-            (Some(_), Some(file)) if !from_env(&dotted) && from_env(&file_key) => (None, Some(file)),
+            (Some(inline), Some(_)) if from_env(key) && !from_env(&file_key) => (Some(inline), None),
+            (Some(_), Some(file)) if !from_env(key) && from_env(&file_key) => (None, Some(file)),
             other => other,
         };
         match (inline, file) {
-            (Some(_), Some(_)) => Err(ConfigError(format!(
-                "config keys `{dotted}` and `{dotted}_file` are both set: keep only one of them"
-            ))),
+            (Some(_), Some(_)) => {
+                Err(ConfigError(format!("config keys `{key}` and `{key}_file` are both set: keep only one of them")))
+            }
             (Some(value), None) if value.trim().is_empty() => {
-                Err(self.invalid(&dotted, "the value is empty: set the secret or remove the key"))
+                Err(self.invalid(key, "the value is empty: set the secret or remove the key"))
             }
             (Some(value), None) => {
                 Ok(Some(Secret { value: SecretString::from(value.trim().to_owned()), from_file: None }))
@@ -383,12 +452,10 @@ impl RawConfig {
     }
 
     fn validate(self, ctx: &Ctx) -> Result<Config, ConfigError> {
-        let file = ctx.file;
-
         let Some(hs) = self.homeserver else {
             return Err(ConfigError(format!(
                 "the [homeserver] section is missing in {}: add it with url and server_name (see config.example.toml)",
-                file.display()
+                ctx.file.display()
             )));
         };
         let url = hs.url.ok_or_else(|| ctx.missing("homeserver", "url", "\"http://127.0.0.1:8008\""))?;
@@ -408,10 +475,9 @@ impl RawConfig {
         let homeserver = HomeserverConfig {
             url,
             public_url,
-            admin_token: ctx.secret("homeserver", "admin_token", hs.admin_token, hs.admin_token_file)?,
+            admin_token: ctx.secret("homeserver.admin_token", hs.admin_token, hs.admin_token_file)?,
             registration_shared_secret: ctx.secret(
-                "homeserver",
-                "registration_shared_secret",
+                "homeserver.registration_shared_secret",
                 hs.registration_shared_secret,
                 hs.registration_shared_secret_file,
             )?,
@@ -423,7 +489,7 @@ impl RawConfig {
         let Some(registry) = self.registry else {
             return Err(ConfigError(format!(
                 "the [registry] section is missing in {}: add it with url = \"sqlite://lifeboat.db\" (or a postgres:// URL)",
-                file.display()
+                ctx.file.display()
             )));
         };
         let registry_url = registry.url.ok_or_else(|| ctx.missing("registry", "url", "\"sqlite://lifeboat.db\""))?;
@@ -485,116 +551,11 @@ impl RawConfig {
             )?,
         };
 
-        let email = self
-            .email
-            .map(|raw| -> Result<EmailConfig, ConfigError> {
-                let smtp_url =
-                    raw.smtp_url.ok_or_else(|| ctx.missing("email", "smtp_url", "\"smtp://127.0.0.1:25\""))?;
-                // Parsed and checked here, by the same rules the mailer
-                // uses, so `config check` refuses what sending would.
-                let parsed =
-                    super::smtp_url::parse(&smtp_url).map_err(|problem| ctx.invalid("email.smtp_url", problem))?;
-                let has_password_setting = raw.smtp_password.is_some() || raw.smtp_password_file.is_some();
-                if let Some(problem) = super::smtp_url::login_problem(&parsed, has_password_setting) {
-                    return Err(ctx.invalid("email.smtp_url", problem));
-                }
-                let from =
-                    raw.from.ok_or_else(|| ctx.missing("email", "from", "\"Lifeboat <lifeboat@example.org>\""))?;
-                validate_mailbox(&from).map_err(|problem| ctx.invalid("email.from", problem))?;
-                let connections = raw.connections.unwrap_or(8);
-                if !(1..=MAX_SMTP_CONNECTIONS).contains(&connections) {
-                    return Err(ctx.invalid(
-                        "email.connections",
-                        format!("must be between 1 and {MAX_SMTP_CONNECTIONS} (SMTP connections notify opens at once)"),
-                    ));
-                }
-                Ok(EmailConfig {
-                    smtp_url: smtp_url.trim().to_owned(),
-                    smtp_password: ctx.secret("email", "smtp_password", raw.smtp_password, raw.smtp_password_file)?,
-                    from,
-                    connections,
-                })
-            })
-            .transpose()?;
-
-        let bot = self
-            .bot
-            .map(|raw| -> Result<BotConfig, ConfigError> {
-                let user_id = match raw.user_id {
-                    Some(text) => UserId::parse(&text).map_err(|err| ctx.invalid("bot.user_id", err))?,
-                    None => UserId::parse(&format!("@lifeboat:{}", homeserver.server_name))
-                        .map_err(|err| ctx.invalid("homeserver.server_name", err))?,
-                };
-                let admins = ctx.list("bot.admins", raw.admins, UserId::parse)?;
-                Ok(BotConfig {
-                    user_id,
-                    password: ctx.secret("bot", "password", raw.password, raw.password_file)?,
-                    access_token: ctx.secret("bot", "access_token", raw.access_token, raw.access_token_file)?,
-                    admin_room: raw.admin_room.filter(|room| !room.trim().is_empty()),
-                    admins,
-                    command_prefix: raw.command_prefix.unwrap_or_else(|| "!lifeboat".to_owned()),
-                    store_path: ctx
-                        .base_dir
-                        .join(raw.store_path.unwrap_or_else(|| PathBuf::from("lifeboat-bot-store"))),
-                    encrypted_notices: raw.encrypted_notices.unwrap_or(false),
-                    store_passphrase: ctx.secret(
-                        "bot",
-                        "store_passphrase",
-                        raw.store_passphrase,
-                        raw.store_passphrase_file,
-                    )?,
-                })
-            })
-            .transpose()?;
-
-        let web = self
-            .web
-            .map(|raw| -> Result<WebConfig, ConfigError> {
-                let bind = ctx.bind("web.bind", raw.bind, "127.0.0.1:8090")?;
-                let public_url = raw
-                    .public_url
-                    .ok_or_else(|| ctx.missing("web", "public_url", "\"https://lifeboat.example.org\""))?;
-                Ok(WebConfig {
-                    bind,
-                    trusted_proxies: ctx.list("web.trusted_proxies", raw.trusted_proxies, |text| {
-                        text.trim().parse().map_err(|_| format!("`{text}` is not an IP address like \"127.0.0.1\""))
-                    })?,
-                    public_url: ctx.http_url("web.public_url", &public_url)?,
-                    client_url: raw.client_url.map(|url| ctx.http_url("web.client_url", &url)).transpose()?,
-                    admin_contact: raw.admin_contact.map(|text| text.trim().to_owned()).filter(|text| !text.is_empty()),
-                    rate_limit_per_ip: ctx.at_least_one("web.rate_limit_per_ip", raw.rate_limit_per_ip, 20)?,
-                    rate_limit_per_target: ctx.at_least_one(
-                        "web.rate_limit_per_target",
-                        raw.rate_limit_per_target,
-                        3,
-                    )?,
-                    rate_limit_window: ctx.duration(
-                        "web.rate_limit_window",
-                        raw.rate_limit_window,
-                        Duration::from_secs(15 * 60),
-                        AT_LEAST_A_SECOND,
-                    )?,
-                    token_requests_per_person: ctx.at_least_one(
-                        "web.token_requests_per_person",
-                        raw.token_requests_per_person,
-                        3,
-                    )?,
-                    max_connections: ctx.at_least_one("web.max_connections", raw.max_connections, 256)?,
-                })
-            })
-            .transpose()?;
-
-        let alerts = AlertsConfig { email: ctx.list("alerts.email", self.alerts.email, EmailAddress::parse)? };
-
-        let recovery = self.recovery.validate(ctx)?;
-
-        let metrics = MetricsConfig {
-            configured: self.metrics.bind.is_some(),
-            bind: ctx.bind("metrics.bind", self.metrics.bind, DEFAULT_METRICS_BIND)?,
-        };
-
+        let email = self.email.map(|raw| raw.validate(ctx)).transpose()?;
+        let bot = self.bot.map(|raw| raw.validate(ctx, &homeserver.server_name)).transpose()?;
+        let web = self.web.map(|raw| raw.validate(ctx)).transpose()?;
         Ok(Config {
-            source: file.to_path_buf(),
+            source: ctx.file.to_path_buf(),
             homeserver,
             registry,
             sync,
@@ -603,9 +564,12 @@ impl RawConfig {
             email,
             bot,
             web,
-            alerts,
-            recovery,
-            metrics,
+            alerts: AlertsConfig { email: ctx.list("alerts.email", self.alerts.email, EmailAddress::parse)? },
+            recovery: self.recovery.validate(ctx)?,
+            metrics: MetricsConfig {
+                configured: self.metrics.bind.is_some(),
+                bind: ctx.bind("metrics.bind", self.metrics.bind, DEFAULT_METRICS_BIND)?,
+            },
         })
     }
 }

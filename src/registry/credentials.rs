@@ -118,11 +118,8 @@ impl Registry {
     }
 
     pub async fn setting(&self, name: &str) -> Result<Option<String>> {
-        let value: Option<String> = sqlx::query_scalar("SELECT value FROM settings WHERE name = $1")
-            .bind(name)
-            .fetch_optional(&self.pool)
-            .await?;
-        Ok(value)
+        let value = sqlx::query_scalar("SELECT value FROM settings WHERE name = $1").bind(name);
+        Ok(value.fetch_optional(&self.pool).await?)
     }
 
     pub async fn set_setting(&self, name: &str, value: &str) -> Result<()> {

@@ -161,17 +161,7 @@ impl Registry {
     /// Creates one email delivery per affected account and contact address
     /// that has not opted out; existing ones are left as they are.
     pub async fn plan_email_deliveries(&self, incident_id: i64) -> Result<u64> {
-        let now = now_ms();
-        Ok(sqlx::query(sqlx::AssertSqlSafe(format!(
-            "INSERT INTO deliveries (incident_id, user_id, channel, address, state, next_attempt_at, created_at) \
-             SELECT ia.incident_id, c.user_id, 'email', c.address, 'pending', $2, $2 {PLANNED_EMAILS} \
-             {ONE_NOTICE_EACH}"
-        )))
-        .bind(incident_id)
-        .bind(now)
-        .execute(&self.pool)
-        .await?
-        .rows_affected())
+        self.plan_notices(incident_id, now_ms(), "c.user_id, 'email', c.address", PLANNED_EMAILS, None).await
     }
 
     /// Creates one Matrix DM delivery per affected account that exists on
@@ -180,28 +170,36 @@ impl Registry {
     /// `sender` (lifeboat's own account) never gets one.
     pub async fn plan_matrix_deliveries(&self, incident_id: i64, sender: &UserId) -> Result<u64> {
         let now = now_ms();
-        let survivors = sqlx::query(sqlx::AssertSqlSafe(format!(
-            "INSERT INTO deliveries (incident_id, user_id, channel, address, state, next_attempt_at, created_at) \
-             SELECT ia.incident_id, a.user_id, 'matrix', a.user_id, 'pending', $2, $2 {} {ONE_NOTICE_EACH}",
-            planned_survivor_dms("$3")
-        )))
-        .bind(incident_id)
-        .bind(now)
-        .bind(sender)
-        .execute(&self.pool)
-        .await?
-        .rows_affected();
-        let contacts = sqlx::query(sqlx::AssertSqlSafe(format!(
-            "INSERT INTO deliveries (incident_id, user_id, channel, address, state, next_attempt_at, created_at) \
-             SELECT ia.incident_id, c.user_id, 'matrix', c.address, 'pending', $2, $2 {PLANNED_CONTACT_DMS} \
-             {ONE_NOTICE_EACH}"
-        )))
-        .bind(incident_id)
-        .bind(now)
-        .execute(&self.pool)
-        .await?
-        .rows_affected();
+        let survivor_dms = planned_survivor_dms("$3");
+        let survivors =
+            self.plan_notices(incident_id, now, "a.user_id, 'matrix', a.user_id", &survivor_dms, Some(sender)).await?;
+        let contacts =
+            self.plan_notices(incident_id, now, "c.user_id, 'matrix', c.address", PLANNED_CONTACT_DMS, None).await?;
         Ok(survivors + contacts)
+    }
+
+    /// Inserts a pending notice, due `now`, for each row `recipients` (the
+    /// `FROM … WHERE` of `PLANNED_EMAILS` and its kin) yields: `who` names
+    /// its user ID, channel and address. `sender`, when given, is bound as
+    /// `$3`, which `recipients` must then name (`planned_survivor_dms("$3")`).
+    async fn plan_notices(
+        &self,
+        incident_id: i64,
+        now: i64,
+        who: &str,
+        recipients: &str,
+        sender: Option<&UserId>,
+    ) -> Result<u64> {
+        let mut insert = sqlx::query(sqlx::AssertSqlSafe(format!(
+            "INSERT INTO deliveries (incident_id, user_id, channel, address, state, next_attempt_at, created_at) \
+             SELECT ia.incident_id, {who}, 'pending', $2, $2 {recipients} {ONE_NOTICE_EACH}"
+        )))
+        .bind(incident_id)
+        .bind(now);
+        if let Some(sender) = sender {
+            insert = insert.bind(sender);
+        }
+        Ok(insert.execute(&self.pool).await?.rows_affected())
     }
 
     /// The DM room lifeboat uses with `user_id`, if one was made.

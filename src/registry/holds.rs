@@ -103,7 +103,6 @@ impl Registry {
     /// later listings from taking it for a stranger's, but not one made after it (another wipe);
     /// unknown, the next listing's stands. `name_due`: its display name is still to be restored.
     pub async fn mark_held(&self, user_id: &UserId, created_at_ms: Option<i64>, name_due: bool) -> Result<()> {
-        let now = now_ms();
         sqlx::query(
             "UPDATE accounts SET custody = 'held', custody_at = $2, state = 'present', \
                     synapse_created_at = $3, last_seen_present_at = $2, \
@@ -111,7 +110,7 @@ impl Registry {
              WHERE user_id = $1 AND custody = 'holding'",
         )
         .bind(user_id)
-        .bind(now)
+        .bind(now_ms())
         .bind(created_at_ms)
         .bind(i64::from(name_due))
         .execute(&self.pool)

@@ -151,14 +151,8 @@ impl Registry {
                 IncidentScope::Missing => Error::NobodyMissing,
             });
         }
-        Self::audit_in(
-            &mut tx,
-            actor,
-            "incident.open",
-            Some(&format!("incident {id}")),
-            Some(&format!("{title} ({affected} affected)")),
-        )
-        .await?;
+        let (subject, detail) = (format!("incident {id}"), format!("{title} ({affected} affected)"));
+        Self::audit_in(&mut tx, actor, "incident.open", Some(&subject), Some(&detail)).await?;
         tx.commit().await?;
         let incident = self.incident(id).await?.expect("the incident was just created");
         Ok((incident, affected))

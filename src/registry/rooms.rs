@@ -23,8 +23,10 @@ pub const MAX_REJOIN_ATTEMPTS: i64 = 5;
 
 stored_as_text! {
     /// Where a room stands (see [`ROOM_STATE_SQL`]).
+    #[cfg_attr(test, derive(Default))]
     pub enum RoomState {
         /// On this homeserver now.
+        #[cfg_attr(test, default)]
         Here = "here",
         /// Gone from here, alive on other servers: people can rejoin it.
         Elsewhere = "elsewhere",
@@ -81,6 +83,7 @@ pub struct RoomDetails {
 
 /// A room as the registry knows it.
 #[derive(Debug, Clone, Serialize, sqlx::FromRow)]
+#[cfg_attr(test, derive(Default))] // only unit tests make one by hand
 pub struct Room {
     pub room_id: String,
     pub state: RoomState,
@@ -159,11 +162,11 @@ pub struct RoomCounts {
 }
 
 /// One person to bring back into one room.
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, sqlx::FromRow)]
 pub struct Rejoin {
     pub room_id: String,
     pub user_id: UserId,
-    pub room_state: RoomState,
+    #[sqlx(try_from = "JsonList")]
     pub via_servers: Vec<String>,
     /// The room made in place of a lost one: they are invited there.
     pub recreated_as: Option<String>,
@@ -267,10 +270,7 @@ impl Registry {
     async fn select_rooms(&self, state: Option<RoomState>, room_id: Option<&str>) -> Result<Vec<Room>> {
         let listed_at = self.rooms_listed_at().await?;
         let sql = format!(
-            "SELECT * FROM (SELECT r.room_id, {ROOM_STATE_SQL} AS state, r.name, r.canonical_alias, r.topic, \
-             r.avatar_url, r.join_rule, r.public, r.encrypted, r.room_type, r.creator, r.aliases, r.children, \
-             r.via_servers, r.joined_local, r.joined_remote, r.first_seen_at, r.last_seen_at, r.restored_at, \
-             r.restore_error, r.recreated_as, \
+            "SELECT * FROM (SELECT r.*, {ROOM_STATE_SQL} AS state, \
              (SELECT COUNT(*) FROM room_members m WHERE m.room_id = r.room_id) AS members, \
              (SELECT COUNT(*) FROM room_members m WHERE m.room_id = r.room_id \
                 AND m.rejoin IN ('joined', 'invited')) AS rejoined, \
@@ -355,31 +355,19 @@ impl Registry {
     pub async fn pending_rejoins(&self, retry_all: bool) -> Result<Vec<Rejoin>> {
         let listed_at = self.rooms_listed_at().await?;
         let sql = format!(
-            "SELECT m.room_id, m.user_id, {ROOM_STATE_SQL} AS state, r.via_servers, r.recreated_as \
+            "SELECT m.room_id, m.user_id, r.via_servers, r.recreated_as \
              FROM room_members m JOIN rooms r ON r.room_id = m.room_id \
              JOIN accounts a ON a.user_id = m.user_id \
-             WHERE m.membership = 'join' AND ({STANDING_SQL}) = 'claimed' \
+             WHERE m.membership = 'join' AND ({STANDING_SQL}) = 'claimed' AND ({ROOM_STATE_SQL}) <> 'lost' \
              AND (m.rejoin IS NULL OR (m.rejoin = 'failed' AND ($2 = 1 OR m.rejoin_attempts < $3))) \
              ORDER BY m.user_id, m.room_id"
         );
-        let rows: Vec<(String, UserId, RoomState, JsonList, Option<String>)> = sqlx::query_as(sqlx::AssertSqlSafe(sql))
+        Ok(sqlx::query_as(sqlx::AssertSqlSafe(sql))
             .bind(listed_at)
             .bind(retry_all as i64)
             .bind(MAX_REJOIN_ATTEMPTS)
             .fetch_all(&self.pool)
-            .await?;
-        Ok(rows
-            .into_iter()
-            .filter_map(|(room_id, user_id, room_state, via, recreated_as)| {
-                (room_state.comes_back() || room_state == RoomState::Recreated).then(|| Rejoin {
-                    room_id,
-                    user_id,
-                    room_state,
-                    via_servers: via.into(),
-                    recreated_as,
-                })
-            })
-            .collect())
+            .await?)
     }
 
     /// Records how bringing one person back into one room went.

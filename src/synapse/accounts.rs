@@ -10,7 +10,7 @@ use secrecy::{ExposeSecret, SecretString};
 use serde::Deserialize;
 use serde_json::json;
 
-use super::{Error, SynapseClient, UserDetails, found, or_none, urlencode};
+use super::{Error, SynapseClient, UserDetails, found, or_none, urlencode, user_path};
 
 /// What a create-only `PUT {}` found.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -28,10 +28,6 @@ struct Devices {
 }
 
 impl SynapseClient {
-    fn user_path(user_id: &str) -> String {
-        format!("/_synapse/admin/v2/users/{}", urlencode(user_id))
-    }
-
     /// Creates the account `user_id` if the ID is free, with no password
     /// and no device. Sent once, never retried: a retry of a create that
     /// did happen would answer 200 and look like someone else's account.
@@ -39,7 +35,7 @@ impl SynapseClient {
         // The answer is the account as `GET` shows it ([`Self::user_details`]).
         let (status, created): (StatusCode, UserDetails) = self
             .without_retries()
-            .request_json_status(Method::PUT, &Self::user_path(user_id), &[], Some(&json!({})), true)
+            .request_json_status(Method::PUT, &user_path(user_id), &[], Some(&json!({})), true)
             .await?;
         Ok(match status {
             StatusCode::CREATED => Creation::Created { created_at_ms: created.created_at_ms() },
@@ -54,7 +50,7 @@ impl SynapseClient {
         let threepids: Vec<_> =
             emails.iter().map(|address| json!({"medium": "email", "address": address.as_str()})).collect();
         let body = json!({"locked": true, "threepids": threepids});
-        self.call(Method::PUT, &Self::user_path(user_id), Some(&body)).await
+        self.call(Method::PUT, &user_path(user_id), Some(&body)).await
     }
 
     /// The account that has `address` as an email threepid now, if any
@@ -73,7 +69,7 @@ impl SynapseClient {
     /// directory): holds restore names once every lost ID is safe.
     pub async fn set_display_name(&self, user_id: &str, name: &str) -> Result<(), Error> {
         let body = json!({"displayname": name});
-        self.call(Method::PUT, &Self::user_path(user_id), Some(&body)).await
+        self.call(Method::PUT, &user_path(user_id), Some(&body)).await
     }
 
     /// Hands an account to its person: unlocks it, sets their password
@@ -92,7 +88,7 @@ impl SynapseClient {
         if let Some(name) = display_name {
             body["displayname"] = json!(name);
         }
-        self.call(Method::PUT, &Self::user_path(user_id), Some(&body)).await
+        self.call(Method::PUT, &user_path(user_id), Some(&body)).await
     }
 
     /// Deactivates an account for good (Synapse cannot delete one): its ID
@@ -105,7 +101,7 @@ impl SynapseClient {
     /// How many devices an account has. One lifeboat created has none
     /// until someone logs in, which a locked account cannot.
     pub async fn device_count(&self, user_id: &str) -> Result<i64, Error> {
-        let path = format!("{}/devices", Self::user_path(user_id));
+        let path = format!("{}/devices", user_path(user_id));
         let devices: Devices = self.get_json(&path, &[], true).await?;
         Ok(devices.total)
     }

@@ -117,8 +117,7 @@ impl SynapseClient {
 
     /// A user's details (emails); `None` when Synapse no longer knows them.
     pub async fn user_details(&self, user_id: &str) -> Result<Option<UserDetails>, Error> {
-        let path = format!("/_synapse/admin/v2/users/{}", urlencode(user_id));
-        found(self.get_json(&path, &[], true).await)
+        found(self.get_json(&user_path(user_id), &[], true).await)
     }
 
     /// Walks the whole listing, page after page.
@@ -363,6 +362,11 @@ fn or_none<T>(result: Result<T, Error>, absent: impl Fn(&Error) -> bool) -> Resu
 /// A 404 as `None`: something Synapse does not know (any more).
 fn found<T>(result: Result<T, Error>) -> Result<Option<T>, Error> {
     or_none(result, |err| matches!(err, Error::NotFound))
+}
+
+/// One account's admin API path (details, create, modify).
+fn user_path(user_id: &str) -> String {
+    format!("/_synapse/admin/v2/users/{}", urlencode(user_id))
 }
 
 fn urlencode(text: &str) -> String {

@@ -117,8 +117,7 @@ impl SynapseClient {
         let path = format!("/_synapse/admin/v1/join/{}", urlencode(room_id));
         let query: Vec<(&str, &str)> = via.iter().map(|server| ("server_name", server.as_str())).collect();
         let body = json!({ "user_id": user_id });
-        let joined = self.request_json::<Value>(Method::POST, &path, &query, Some(&body), true).await;
-        refused_or(joined)
+        refused_or(self.request_json(Method::POST, &path, &query, Some(&body), true).await)
     }
 
     /// The rooms a local account is joined to (as this server sees it).
@@ -132,8 +131,7 @@ impl SynapseClient {
         let path = format!("/_matrix/client/v3/join/{}", urlencode(room_id));
         let mut query: Vec<(&str, &str)> = via.iter().map(|server| ("via", server.as_str())).collect();
         query.extend(via.iter().map(|server| ("server_name", server.as_str())));
-        let joined = self.request_json::<Value>(Method::POST, &path, &query, Some(&json!({})), true).await;
-        refused_or(joined)
+        refused_or(self.request_json(Method::POST, &path, &query, Some(&json!({})), true).await)
     }
 
     /// Points a local alias at a room. `Ok(false)` when the alias points

@@ -18,7 +18,7 @@ use crate::holds::{
     ClaimCheck, HandOverError, MIN_PASSWORD_CHARS, check_claim, claim_held, one_hand_over, password_problem,
 };
 use crate::links::ClaimLink;
-use crate::registry::Actor;
+use crate::registry::{Account, Actor};
 
 pub const PURPOSE: &str = "claim";
 
@@ -122,10 +122,10 @@ fn form_page(state: &WebState, csrf: String, link: ClaimLink, sig: String, probl
 pub async fn page(State(state): State<WebState>, headers: HeaderMap, Query(mut fields): Query<ClaimPost>) -> Response {
     let Some((link, sig)) = fields.link() else { return dead(&state) };
     let key = match state.key().await {
-        Ok(key) => key.clone(),
+        Ok(key) => key,
         Err(err) => return WebError::from(err).page(&state),
     };
-    match check_claim(&state.registry, &key, &link, &sig).await {
+    match check_claim(&state.registry, key, &link, &sig).await {
         Ok(ClaimCheck::Usable(_)) => {
             pages::with_csrf(&state, &headers, |csrf| form_page(&state, csrf, link, sig, None)).await
         }
@@ -150,8 +150,7 @@ pub async fn claim(State(state): State<WebState>, PublicForm(mut form, key): Pub
         password_problem(&password, account.user_id.as_str())
     };
     if problem.is_some() {
-        let csrf = form.csrf.unwrap_or_default();
-        return form_page(&state, csrf, link, sig, problem);
+        return form_page(&state, form.csrf.unwrap_or_default(), link, sig, problem);
     }
     // Counted only for a password that may be set: a person retyping a
     // weak one does not use up their own budget.
@@ -199,11 +198,7 @@ pub async fn claim(State(state): State<WebState>, PublicForm(mut form, key): Pub
     }
 }
 
-async fn hand_over(
-    state: &WebState,
-    account: &crate::registry::Account,
-    password: &SecretString,
-) -> Result<bool, WebError> {
+async fn hand_over(state: &WebState, account: &Account, password: &SecretString) -> Result<bool, WebError> {
     let Some(client) = crate::recover::admin_access(&state.config, &state.registry).await?.working() else {
         return Err(WebError("no working admin token: cannot hand a held ID back".to_owned()));
     };

@@ -23,9 +23,8 @@ use tokio::sync::OnceCell;
 
 use crate::app::Services;
 use crate::config::{Config, WebConfig};
-use crate::dm::{Devices, DmSender};
+use crate::dm::Devices;
 use crate::registry::Registry;
-use crate::synapse::SynapseClient;
 
 use guard::RateLimiter;
 
@@ -71,15 +70,6 @@ impl WebState {
     /// `[web]`: the router is only built when it is there.
     fn web(&self) -> &WebConfig {
         self.config.web.as_ref().expect("the web page is served only with a [web] section")
-    }
-
-    /// The service account's DM sender, found with a working admin client.
-    async fn dm_sender(&self, admin: &SynapseClient) -> Result<DmSender, pages::WebError> {
-        let Some(account) = crate::campaign::DmAccount::find(&self.config, &self.registry, admin).await? else {
-            return Err(pages::WebError("lifeboat's own account has no credentials: cannot DM a code".into()));
-        };
-        let sender = account.connect(&self.config, &self.registry, &self.inner.devices).await;
-        sender.map_err(|err| pages::WebError(err.to_string()))
     }
 
     async fn key(&self) -> Result<&SecretString, crate::registry::Error> {

@@ -141,14 +141,8 @@ async fn start(
         return Ok(());
     }
     let now = now_ms();
-    let pending_code = match takes_contacts {
-        true => state
-            .registry
-            .live_code_link(PURPOSE, &user_id)
-            .await?
-            .filter(|link| link.expires_at - now > CODE_REUSE_MARGIN.as_millis() as i64),
-        false => None,
-    };
+    let live_code = if takes_contacts { state.registry.live_code_link(PURPOSE, &user_id).await? } else { None };
+    let pending_code = live_code.filter(|link| link.expires_at - now > CODE_REUSE_MARGIN.as_millis() as i64);
     let (hash, expires_at, code_to_send) = match pending_code {
         Some(link) => {
             let hash = link.code_hash.unwrap_or_default();
@@ -199,12 +193,15 @@ async fn dm_code(
     code: &str,
     expires_at: i64,
 ) -> Result<(), WebError> {
-    let sender = state.dm_sender(admin).await?;
-    let text = crate::messages::subscribe_code(&state.config.homeserver.server_name, code);
+    let (config, registry) = (&state.config, &state.registry);
+    let Some(account) = crate::campaign::DmAccount::find(config, registry, admin).await? else {
+        return Err(WebError("lifeboat's own account has no credentials: cannot DM a code".into()));
+    };
+    let sender = account.connect(config, registry, &state.inner.devices).await?;
+    let text = crate::messages::subscribe_code(&config.homeserver.server_name, code);
     // Through the outbox like every message, but sent here and now: the
     // link is recorded only if the code went out.
     let row = crate::outbox::new_dm(MessageKind::Code, user_id.as_str(), &text, expires_at);
-    let registry = &state.registry;
     let deliver = |stored| async move { crate::outbox::deliver_dm(registry, &sender, &stored).await };
     let sent = crate::outbox::send_at_once(registry, row, deliver).await.unwrap_or_else(|err| Err(err.to_string()));
     sent.map_err(|err| WebError(format!("could not DM the code: {err}")))

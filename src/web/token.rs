@@ -103,11 +103,34 @@ async fn mail_links(state: &WebState, target: ContactAddress, key: &secrecy::Sec
     };
     let server_name = &state.config.homeserver.server_name;
     for contact in contacts {
-        let way_back = way_back(&state.config, &state.registry, &contact.user_id, LINK_VALID).await?;
-        let purpose = match &way_back {
+        // Stored (and mailed) only below, once no earlier link still works.
+        let id = links::new_link_id();
+        let (purpose, email) = match way_back(&state.config, &state.registry, &contact.user_id, LINK_VALID).await? {
             WayBack::Nothing(_) => continue,
-            WayBack::Claim(_) => CLAIM_MAILED,
-            WayBack::Token { .. } => PURPOSE,
+            WayBack::Claim(link) => (
+                CLAIM_MAILED,
+                mail::LinkEmail {
+                    subject: format!("Your link to take back your Matrix ID on {server_name}"),
+                    intro: format!(
+                        "Someone (we hope you) asked for a way back into {} on {server_name}. The ID is kept for you: open this link to choose a new password and take it back (the link works once, for 30 minutes):",
+                        contact.user_id
+                    ),
+                    action: "Take back my Matrix ID".to_owned(),
+                    url: link.url(&state.web().public_url, key),
+                },
+            ),
+            WayBack::Token { .. } => (
+                PURPOSE,
+                mail::LinkEmail {
+                    subject: format!("Your link to a registration token for {server_name}"),
+                    intro: format!(
+                        "Someone (we hope you) asked for a registration token for {} on {server_name}. Open this link to see your token:",
+                        contact.user_id
+                    ),
+                    action: "Show my registration token".to_owned(),
+                    url: links::link_url(&state.web().public_url, key, "/token/open", PURPOSE, &id),
+                },
+            ),
         };
         // Whoever asks, a contact gets one working link at a time: asking
         // again (or someone else asking) mails nothing new, and never
@@ -118,30 +141,8 @@ async fn mail_links(state: &WebState, target: ContactAddress, key: &secrecy::Sec
         }
         // Recorded before it is mailed. A claim link is signed, not stored:
         // its row only says that one went out, and until when it works.
-        let id = links::new_link_id();
         let expires_at = now_ms() + LINK_VALID.as_millis() as i64;
         state.registry.create_web_link(&id, purpose, &contact.user_id, &contact.address, None, expires_at).await?;
-        let email = match way_back {
-            WayBack::Nothing(_) => continue,
-            WayBack::Claim(link) => mail::LinkEmail {
-                subject: format!("Your link to take back your Matrix ID on {server_name}"),
-                intro: format!(
-                    "Someone (we hope you) asked for a way back into {} on {server_name}. The ID is kept for you: open this link to choose a new password and take it back (the link works once, for 30 minutes):",
-                    contact.user_id
-                ),
-                action: "Take back my Matrix ID".to_owned(),
-                url: link.url(&state.web().public_url, key),
-            },
-            WayBack::Token { .. } => mail::LinkEmail {
-                subject: format!("Your link to a registration token for {server_name}"),
-                intro: format!(
-                    "Someone (we hope you) asked for a registration token for {} on {server_name}. Open this link to see your token:",
-                    contact.user_id
-                ),
-                action: "Show my registration token".to_owned(),
-                url: links::link_url(&state.web().public_url, key, "/token/open", PURPOSE, &id),
-            },
-        };
         mail::send(state, &id, &contact.address, email, expires_at).await?;
         tracing::info!(user_id = %contact.user_id, "way-back link queued");
     }

@@ -55,14 +55,14 @@ pub async fn unsubscribe(
     body: Bytes,
 ) -> Response {
     let key = match state.key().await {
-        Ok(key) => key.clone(),
+        Ok(key) => key,
         Err(err) => return WebError::from(err).page(&state),
     };
-    let Some(contact) = query.verified(&key) else { return bad_link(&state) };
+    let Some(contact) = query.verified(key) else { return bad_link(&state) };
     let one_click = is_one_click(&headers, &body);
     if !one_click {
         let csrf = url::form_urlencoded::parse(&body).find(|(name, _)| name == "csrf").map(|(_, value)| value);
-        if !guard::same_origin(&headers, &state.web().public_url) || !guard::csrf_ok(&key, &headers, csrf.as_deref()) {
+        if !guard::same_origin(&headers, &state.web().public_url) || !guard::csrf_ok(key, &headers, csrf.as_deref()) {
             return pages::csrf_refused(&state);
         }
     }
