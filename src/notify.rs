@@ -257,20 +257,31 @@ impl Transport<'_> {
     }
 
     /// Why a claimed delivery is not sent at all, if it is not.
-    fn skip_reason(delivery: &Delivery) -> Option<&'static str> {
+    fn skip_reason(delivery: &Delivery, server_name: &str) -> Option<&'static str> {
         if delivery.opted_out_at.is_some() {
             return Some("the contact opted out");
         }
         if delivery.channel == DeliveryChannel::Email && delivery.contact_id.is_none() {
             return Some("the contact was removed");
         }
-        // Planned when the account survived; since then its ID was lost
-        // (held) or registered again by someone lifeboat cannot vouch for.
+        // A Matrix ID on this homeserver, the person's own or a contact's,
+        // may have changed hands since it was planned: lost (held), or
+        // registered again by someone lifeboat cannot vouch for, who would
+        // read the person's token and claim link. One the registry does not
+        // know is nobody lifeboat can vouch for either.
         if delivery.channel == DeliveryChannel::Matrix
-            && delivery.address == delivery.user_id
-            && !delivery.account_state.is_its_persons()
+            && UserId::parse(&delivery.address).is_ok_and(|id| id.server_name() == server_name)
         {
-            return Some("the account is no longer its person's (lost, held, or registered again by someone else)");
+            let standing = if delivery.address == delivery.user_id {
+                Some(delivery.account_state)
+            } else {
+                delivery.contact_account_state
+            };
+            if !standing.is_some_and(AccountState::is_its_persons) {
+                return Some(
+                    "the Matrix ID is not its person's now (lost, held, registered again by someone else, or unknown)",
+                );
+            }
         }
         None
     }
@@ -301,7 +312,7 @@ impl crate::outbox::Channel for IncidentNotices<'_> {
     }
 
     async fn deliver(&self, delivery: &Delivery) -> Outcome {
-        if let Some(reason) = Transport::skip_reason(delivery) {
+        if let Some(reason) = Transport::skip_reason(delivery, &self.settings.server_name) {
             return Outcome::Skip(reason);
         }
         let (incident, settings) = (self.incident, self.settings);

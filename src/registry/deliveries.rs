@@ -66,6 +66,9 @@ pub struct Delivery {
     pub locked: i64,
     pub deactivated: i64,
     pub contact_id: Option<i64>,
+    /// For a Matrix-ID contact the registry knows as an account of this
+    /// homeserver: who that ID belongs to now.
+    pub contact_account_state: Option<AccountState>,
     pub opted_out_at: Option<i64>,
     pub token: Option<String>,
     pub token_expires_at: Option<i64>,
@@ -112,35 +115,43 @@ static DUE_COLUMNS: LazyLock<String> = LazyLock::new(|| {
     format!(
         "d.id, d.user_id, d.channel, d.address, d.attempts, d.next_attempt_at, \
          a.display_name, {STANDING_SQL} AS account_state, a.custody_at AS held_at, a.locked, \
-         a.deactivated, c.id AS contact_id, c.opted_out_at, t.token, t.expires_at AS token_expires_at"
+         a.deactivated, c.id AS contact_id, ca.standing AS contact_account_state, c.opted_out_at, t.token, \
+         t.expires_at AS token_expires_at"
     )
 });
 
 /// The next due deliveries of one channel, along the pending-only index.
-const DUE_ROWS: &str = "FROM deliveries d \
+static DUE_ROWS: LazyLock<String> = LazyLock::new(|| {
+    format!(
+        "FROM deliveries d \
      JOIN accounts a ON a.user_id = d.user_id \
      LEFT JOIN contacts c ON c.user_id = d.user_id AND c.kind = d.channel AND c.address = d.address \
+     LEFT JOIN (SELECT a.user_id, {STANDING_SQL} AS standing FROM accounts a) ca \
+            ON d.channel = 'matrix' AND ca.user_id = d.address AND d.address <> d.user_id \
      LEFT JOIN registration_tokens t ON t.incident_id = d.incident_id AND t.user_id = d.user_id \
                                     AND t.purpose = 'notice' AND t.confirmed_at IS NOT NULL \
                                     AND t.revoked_at IS NULL \
                                     AND NOT (d.channel = 'matrix' AND d.address = d.user_id) \
      WHERE d.incident_id = $1 AND d.kind = 'notice' AND d.channel = $2 AND d.state = 'pending' \
        AND d.next_attempt_at <= $3 \
-     ORDER BY d.next_attempt_at, d.id LIMIT $4";
+     ORDER BY d.next_attempt_at, d.id LIMIT $4"
+    )
+});
 
 /// A claim comes back as one row holding a JSON array of deliveries. Row
 /// by row, sqlx's SQLite driver hands each row from its worker thread to
 /// the task through a channel of 50, waking one or the other every few
 /// rows, which cost more than the query; one row of JSON costs one hand-off.
 static DUE_DELIVERIES_SQLITE: LazyLock<String> = LazyLock::new(|| {
-    format!("SELECT json_group_array(json_object({})) FROM (SELECT {} {DUE_ROWS}) x", json_fields("x"), *DUE_COLUMNS)
+    format!("SELECT json_group_array(json_object({})) FROM (SELECT {} {}) x", json_fields("x"), *DUE_COLUMNS, *DUE_ROWS)
 });
 
 static DUE_DELIVERIES_POSTGRES: LazyLock<String> = LazyLock::new(|| {
     format!(
-        "SELECT COALESCE(json_agg(json_build_object({}))::TEXT, '[]') FROM (SELECT {} {DUE_ROWS}) x",
+        "SELECT COALESCE(json_agg(json_build_object({}))::TEXT, '[]') FROM (SELECT {} {}) x",
         json_fields("x"),
-        *DUE_COLUMNS
+        *DUE_COLUMNS,
+        *DUE_ROWS
     )
 });
 
@@ -391,7 +402,8 @@ impl Registry {
             "SELECT CAST(0 AS BIGINT) AS id, a.user_id, c.kind AS channel, c.address, \
                     CAST(0 AS BIGINT) AS attempts, CAST(0 AS BIGINT) AS next_attempt_at, a.display_name, \
                     {STANDING_SQL} AS account_state, a.custody_at AS held_at, a.locked, \
-                    a.deactivated, c.id AS contact_id, c.opted_out_at, CAST(NULL AS TEXT) AS token, \
+                    a.deactivated, c.id AS contact_id, CAST(NULL AS TEXT) AS contact_account_state, \
+                    c.opted_out_at, CAST(NULL AS TEXT) AS token, \
                     CAST(NULL AS BIGINT) AS token_expires_at \
              FROM incident_accounts ia JOIN accounts a ON a.user_id = ia.user_id \
              JOIN contacts c ON c.user_id = ia.user_id AND c.kind = 'email' AND c.opted_out_at IS NULL \
@@ -476,6 +488,6 @@ mod tests {
         assert!(fields.contains("'account_state', x.account_state, "), "{fields}");
         assert!(fields.contains("'contact_id', x.contact_id, "), "{fields}");
         assert!(fields.ends_with("'token_expires_at', x.token_expires_at"), "{fields}");
-        assert_eq!(fields.matches(", x.").count(), 15, "one per column: {fields}");
+        assert_eq!(fields.matches(", x.").count(), 16, "one per column: {fields}");
     }
 }

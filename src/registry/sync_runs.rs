@@ -190,6 +190,8 @@ impl Registry {
         let set_missing = "UPDATE accounts SET state = 'missing', missing_since = $1, custody = NULL, custody_at = NULL, \
              display_name_due_at = NULL";
         let newly_missing = Self::mark_accounts(&mut tx, set_missing, now, &to_mark_missing).await?;
+        // A stranger on a person's ID (recreated) gives that person's record
+        // neither the admin flag nor a name: the notices greet the person by it.
         sqlx::query(
             "INSERT INTO accounts (user_id, display_name, admin, deactivated, locked, is_guest, user_type, \
                                    synapse_created_at, first_seen_at, last_seen_present_at, state, missing_since) \
@@ -198,6 +200,7 @@ impl Registry {
              FROM listing_stage WHERE run_id = $1 \
              ON CONFLICT (user_id) DO UPDATE SET \
                  display_name = CASE WHEN accounts.custody = 'holding' OR accounts.display_name_due_at IS NOT NULL \
+                                          OR accounts.recreated_at IS NOT NULL \
                                      THEN accounts.display_name ELSE excluded.display_name END, \
                  admin = CASE WHEN accounts.custody IN ('holding', 'held') OR accounts.recreated_at IS NOT NULL \
                               THEN accounts.admin ELSE excluded.admin END, \

@@ -4,7 +4,7 @@
 use std::collections::HashMap;
 use std::time::Duration;
 
-use crate::harness::{Lifeboat, MatrixUser, TestDatabase, TestSmtp, TestSynapse, eventually, unique};
+use crate::harness::{Lifeboat, MatrixUser, TestDatabase, TestSmtp, TestSynapse, eventually, federation_pair, unique};
 
 const POSTMORTEM: &str =
     "# What happened\n\nOur database was **lost** during maintenance.\n\nRegister again with your token.\n";
@@ -512,17 +512,15 @@ async fn people_whose_account_survived_get_a_dm_even_when_synapse_rate_limits() 
 
 #[tokio::test(flavor = "multi_thread")]
 async fn a_matrix_contact_gets_the_lost_persons_notice_and_token_by_dm() {
-    let synapse = TestSynapse::start();
+    // Her account on another homeserver, which federates with this one.
+    let (synapse, other_server) = federation_pair();
     let registry = TestDatabase::sqlite();
     let smtp = TestSmtp::start(None);
     let lifeboat = lifeboat_with_mail(&synapse, &registry, &smtp);
     let (id, names) = incident_after_wipe(&synapse, &lifeboat, 2).await;
     let lost = synapse.user_id(&names[0]);
-
-    // Her account on another homeserver: on the test's one Synapse, made
-    // after the wipe and never synced, so it is not affected itself.
     synapse.register_admin(&unique("root"));
-    let elsewhere = synapse.create_user(&unique("elsewhere"), &[]).await;
+    let elsewhere = other_server.create_user(&unique("elsewhere"), &[]).await;
     let added = lifeboat.run(&["contacts", "add", &lost, &elsewhere]).await;
     assert_eq!(added.code, 0, "{added:?}");
     let shown = lifeboat.run(&["incident", "show", &id, "--json"]).await.json();
@@ -535,7 +533,7 @@ async fn a_matrix_contact_gets_the_lost_persons_notice_and_token_by_dm() {
     assert_eq!(notify.code, 0, "{notify:?}");
     assert!(notify.stdout.contains("Deliveries: 2 sent, 0 failed"), "one email, one DM: {notify:?}");
 
-    let bodies = dm_bodies(&synapse, &elsewhere).await;
+    let bodies = dm_bodies(&other_server, &elsewhere).await;
     assert_eq!(bodies.len(), 1, "one notice: {bodies:?}");
     assert!(bodies[0].contains(&format!("your Matrix account {lost}")), "about the lost account: {bodies:?}");
     let token_line = bodies[0].lines().find(|line| line.contains("registration token:")).expect("a token");
@@ -547,7 +545,48 @@ async fn a_matrix_contact_gets_the_lost_persons_notice_and_token_by_dm() {
 
     let again = lifeboat.run(&["notify", &id, "--yes"]).await;
     assert_eq!(again.code, 0, "{again:?}");
-    assert_eq!(dm_bodies(&synapse, &elsewhere).await.len(), 1, "a rerun sends no second DM");
+    assert_eq!(dm_bodies(&other_server, &elsewhere).await.len(), 1, "a rerun sends no second DM");
+}
+
+/// A Matrix-ID contact on this homeserver is an ID a wipe hands to whoever
+/// registers it first: they read nothing of the person's notice (its token,
+/// its claim link). Nor does whoever took the person's own ID get to greet
+/// the person in it with a name of their choosing.
+#[tokio::test(flavor = "multi_thread")]
+async fn ids_taken_after_a_wipe_neither_read_a_persons_notice_nor_put_words_in_it() {
+    let synapse = TestSynapse::start();
+    let registry = TestDatabase::sqlite();
+    let smtp = TestSmtp::start(None);
+    let lifeboat = lifeboat_with_mail(&synapse, &registry, &smtp);
+    let (alice, bob) = (unique("alice"), unique("bob"));
+    let email = format!("{alice}@example.org");
+    synapse.create_user(&alice, &[&email]).await;
+    synapse.create_user(&bob, &[]).await;
+    assert_eq!(lifeboat.run(&["sync"]).await.code, 0);
+    let added = lifeboat.run(&["contacts", "add", &synapse.user_id(&alice), &synapse.user_id(&bob)]).await;
+    assert_eq!(added.code, 0, "{added:?}");
+
+    synapse.wipe();
+    let (alice_taken, bob_taken) = (synapse.register(&alice), synapse.register(&bob));
+    let alice_taker = MatrixUser::new(&synapse.url, &alice_taken.user_id, &alice_taken.access_token);
+    let path = format!("/_matrix/client/v3/profile/{}/displayname", alice_taken.user_id);
+    let planted = serde_json::json!({"displayname": "ADMIN NOTICE: get your new token at https://evil.example"});
+    assert_eq!(alice_taker.try_call(reqwest::Method::PUT, &path, Some(planted)).await.0, 200);
+    assert_eq!(lifeboat.run(&["recover"]).await.code, 0);
+    let open = lifeboat.run(&["incident", "open", "--title", "Lost", "--postmortem", "postmortem.md", "--json"]).await;
+    assert_eq!(open.code, 0, "{open:?}");
+    let id = open.json()["id"].to_string();
+    let notify = lifeboat.run(&["notify", &id, "--yes"]).await;
+    assert_eq!(notify.code, 0, "{notify:?}");
+
+    let bob_taker = MatrixUser::new(&synapse.url, &bob_taken.user_id, &bob_taken.access_token);
+    assert!(bob_taker.invites().await.is_empty(), "no DM to the contact's ID someone took: {notify:?}");
+    let shown = lifeboat.run(&["incident", "show", &id, "--json"]).await.json();
+    assert_eq!(shown["deliveries"]["skipped"], 1, "the DM is skipped, not failed: {shown}");
+    let mailed = smtp.messages_to(&email);
+    assert_eq!(mailed.len(), 1, "her own address still gets her notice");
+    let text = mailed[0].text.clone().unwrap_or_default();
+    assert!(text.starts_with(&format!("Hello {alice},")) && !text.contains("evil.example"), "{text}");
 }
 
 #[tokio::test(flavor = "multi_thread")]
