@@ -9,7 +9,9 @@ use matrix_sdk::ruma::OwnedUserId;
 
 use super::Bot;
 use super::commands::{ADMIN_USAGE, AdminCommand, help};
-use crate::campaign::{CampaignError, CampaignOptions, admin_client_recovering, open_incident, run_campaign};
+use crate::campaign::{
+    CampaignError, CampaignOptions, CampaignReport, admin_client_recovering, open_incident, run_campaign,
+};
 use crate::check::{CheckOptions, check};
 use crate::email::EmailAddress;
 use crate::holds::{WayBack, way_back};
@@ -241,9 +243,7 @@ async fn run(bot: &Bot, room: &Room, actor: &Actor, command: AdminCommand) -> Re
             Ok(if removed {
                 format!("Removed {address} from the contacts of {user}.")
             } else {
-                format!(
-                    "{user} has no contact {address}; `{prefix} status` and the CLI's `lifeboat users show` list them."
-                )
+                format!("{user} has no contact {address}; the CLI's `lifeboat users show {user}` lists their contacts.")
             })
         }
     }
@@ -329,25 +329,7 @@ async fn notify(bot: &Bot, room: &Room, actor: &Actor, id: i64, confirm: bool) -
         let outcome = run_campaign(&state.config, &state.registry, &incident, &email, options).await;
         tracing::info!(incident = id, ok = outcome.is_ok(), "notify from the bot finished");
         let reply = match outcome {
-            Ok(report) => {
-                let counts = &report.counts;
-                let mut reply = format!(
-                    "Incident {id}: {} sent, {} failed, {} skipped, {} pending ({} tokens created).",
-                    counts.sent,
-                    counts.failed,
-                    counts.skipped,
-                    counts.pending + counts.sending,
-                    report.tokens_created
-                );
-                for (address, error) in &report.errors {
-                    reply.push_str(&format!("\n- {address}: {error}"));
-                }
-                // DMs left to a process holding the device's store wait too.
-                if report.unfinished() > 0 || report.dms_left_to.as_ref().is_some_and(|(_, left)| *left > 0) {
-                    reply.push_str("\n\nWhat is left is retried by the delivery worker.");
-                }
-                reply
-            }
+            Ok(report) => notify_summary(id, &report),
             Err(err) => format!("**Sending incident {id} failed:** {err}"),
         };
         let notes = notes.notes.into_inner().unwrap_or_default();
@@ -584,5 +566,41 @@ pub(super) fn mask(address: &str) -> String {
     match address.split_once('@') {
         Some((local, domain)) => format!("{}…@{domain}", local.chars().next().unwrap_or('?')),
         None => "…".to_owned(),
+    }
+}
+
+/// A notify run's result for the room. The errors are worded by remote mail
+/// and Matrix servers, so they are shown as text, never as Markdown.
+fn notify_summary(id: i64, report: &CampaignReport) -> String {
+    let counts = &report.counts;
+    let mut reply = format!(
+        "Incident {id}: {} sent, {} failed, {} skipped, {} pending ({} tokens created).",
+        counts.sent,
+        counts.failed,
+        counts.skipped,
+        counts.pending + counts.sending,
+        report.tokens_created
+    );
+    for (address, error) in &report.errors {
+        reply.push_str(&format!("\n- {}: {}", markdown_escape(address), markdown_escape(error)));
+    }
+    // DMs left to a process holding the device's store wait too.
+    if report.unfinished() > 0 || report.dms_left_to.as_ref().is_some_and(|(_, left)| *left > 0) {
+        reply.push_str("\n\nWhat is left is retried by the delivery worker.");
+    }
+    reply
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_remote_servers_error_text_reaches_the_room_as_text_not_markdown() {
+        let errors = vec![("a@example.org".to_owned(), "550 [open this](https://evil.example) **now**".to_owned())];
+        let summary = notify_summary(7, &CampaignReport { errors, ..CampaignReport::default() });
+        let html = crate::notice::markdown_to_safe_html(&summary);
+        assert!(!html.contains("<a") && !html.contains("<strong>"), "{html}");
+        assert!(summary.starts_with("Incident 7: 0 sent"), "{summary}");
     }
 }

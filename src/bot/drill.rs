@@ -5,6 +5,7 @@
 use std::time::Duration;
 
 use matrix_sdk::Client;
+use matrix_sdk::ruma::api::client::membership::joined_rooms;
 use matrix_sdk::ruma::api::client::message::send_message_event;
 use matrix_sdk::ruma::{OwnedRoomId, OwnedTransactionId};
 
@@ -60,13 +61,18 @@ pub async fn post_test_message(config: &Config, registry: &Registry) -> (Status,
     }
 }
 
-/// `bot.admin_room` (an alias resolved), else the room the bot made
-/// itself: the order the running bot settles in (`settle_admin_room`).
+/// The room the running bot settles in (`settle_admin_room`): of
+/// `bot.admin_room` (an alias resolved) and the room the bot made itself,
+/// the first it is in; else the configured one, which it would join. After
+/// a wipe an alias may name someone else's room: the bot is not in that.
 async fn admin_room(config: &Config, registry: &Registry, client: &Client) -> Option<OwnedRoomId> {
-    if let Some(configured) = config.bot.as_ref().and_then(|bot| bot.admin_room.as_deref())
-        && let Some(room_id) = super::resolve_room(client, configured).await
-    {
-        return Some(room_id);
-    }
-    super::room_made_before(registry).await.ok().flatten()
+    let configured = match config.bot.as_ref().and_then(|bot| bot.admin_room.as_deref()) {
+        Some(configured) => super::resolve_room(client, configured).await,
+        None => None,
+    };
+    let made = super::room_made_before(registry).await.ok().flatten();
+    let joined = client.send(joined_rooms::v3::Request::new()).await.map(|rooms| rooms.joined_rooms);
+    let joined = joined.unwrap_or_default();
+    let settled = [&configured, &made].into_iter().flatten().find(|room| joined.contains(room)).cloned();
+    settled.or(configured).or(made)
 }

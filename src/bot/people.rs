@@ -40,9 +40,8 @@ pub(super) async fn run(bot: &Bot, sender: &OwnedUserId, command: PersonCommand)
     let its_persons = crate::holds::its_persons_now(registry, &admin, &person).await;
     if !its_persons.map_err(broken)? {
         return Err(format!(
-            "I keep contacts for accounts of {} only, and {sender} is not one I know (yet: new accounts are added within {}).",
-            config.homeserver.server_name,
-            humantime::format_duration(config.watch.interval)
+            "I keep contacts for accounts of {} only, and {sender} is not one I know yet. New accounts are added each time I list the server's accounts: please try again later.",
+            config.homeserver.server_name
         ));
     }
     match command {

@@ -52,7 +52,7 @@ pub async fn run(config: Config, registry: Registry, shutdown: CancellationToken
                 bind: web.bind,
                 source,
             })?;
-            let pages = crate::web::router(crate::web::WebState::new(&state));
+            let pages = crate::web::router(crate::web::WebState::new(&state, web));
             let app = http::public_router(state.clone(), pages);
             let limits = listen::Limits { connections: web.max_connections as usize, ..LIMITS };
             tracing::info!(bind = %web.bind, "web server listening");

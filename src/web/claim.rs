@@ -6,14 +6,14 @@
 //! `holds::check_claim`, the same for every request.
 
 use askama::Template;
-use axum::extract::{Query, State};
+use axum::extract::State;
 use axum::http::{HeaderMap, StatusCode};
 use axum::response::Response;
 use secrecy::SecretString;
 use serde::Deserialize;
 
 use super::WebState;
-use super::pages::{self, Chrome, Message, PublicForm, WebError};
+use super::pages::{self, Chrome, LinkQuery, Message, PublicForm, WebError};
 use crate::holds::{
     ClaimCheck, HandOverError, MIN_PASSWORD_CHARS, check_claim, claim_held, one_hand_over, password_problem,
 };
@@ -119,7 +119,11 @@ fn form_page(state: &WebState, csrf: String, link: ClaimLink, sig: String, probl
 }
 
 /// The mailed link: the account it is for and the password form.
-pub async fn page(State(state): State<WebState>, headers: HeaderMap, Query(mut fields): Query<ClaimPost>) -> Response {
+pub async fn page(
+    State(state): State<WebState>,
+    headers: HeaderMap,
+    LinkQuery(mut fields): LinkQuery<ClaimPost>,
+) -> Response {
     let Some((link, sig)) = fields.link() else { return dead(&state) };
     let key = match state.key().await {
         Ok(key) => key,

@@ -108,36 +108,55 @@ fn cookie(headers: &HeaderMap, name: &str) -> Option<String> {
 }
 
 /// The visitor's IP: the peer, unless the peer is a configured proxy; then
-/// the nearest address in `X-Forwarded-For` that is not one of our proxies
-/// (addresses further left are whatever the client claimed).
+/// the nearest address in `X-Forwarded-For` that is not one of our proxies,
+/// read from the right (addresses further left are whatever the client
+/// claimed, so whatever it wrote there cannot spoil the proxy's entry).
+/// Past an entry that is not an address, it is the peer's.
 pub fn client_ip(peer: Option<ConnectInfo<SocketAddr>>, headers: &HeaderMap, trusted: &[IpAddr]) -> Option<IpAddr> {
     let peer = peer?.0.ip();
     if !trusted.contains(&peer) {
         return Some(peer);
     }
-    let forwarded: Vec<IpAddr> = headers
+    let forwarded: Vec<&str> = headers
         .get_all("x-forwarded-for")
         .iter()
         .filter_map(|value| value.to_str().ok())
         .flat_map(|value| value.split(','))
+        .collect();
+    let nearest = forwarded
+        .into_iter()
+        .rev()
         .map(|part| part.trim().parse::<IpAddr>())
-        .collect::<Result<_, _>>()
-        .unwrap_or_default();
-    Some(forwarded.into_iter().rev().find(|ip| !trusted.contains(ip)).unwrap_or(peer))
+        .take_while(Result::is_ok)
+        .flatten()
+        .find(|ip| !trusted.contains(ip));
+    Some(nearest.unwrap_or(peer))
 }
 
 /// Fixed-window counters in memory, per client IP and per target (the
-/// account or address a form names). Memory is bounded: old windows are
-/// dropped when the map grows.
+/// account or address a form names). Memory is bounded: expired windows are
+/// swept when the map grows, and past [`MAX_KEYS`] new keys share one
+/// counter.
 pub struct RateLimiter {
     per_ip: u32,
     per_target: u32,
     window: Duration,
-    counters: Mutex<HashMap<String, (Instant, u32)>>,
+    counters: Mutex<Counters>,
 }
 
-/// Above this many keys, expired windows are swept.
+struct Counters {
+    windows: HashMap<String, (Instant, u32)>,
+    swept_at: Instant,
+}
+
+/// Above this many keys, expired windows are swept, at most once a second
+/// (a sweep reads every key).
 const SWEEP_AT: usize = 10_000;
+/// Keys kept at most (about 10 MB). Someone with more addresses than this
+/// (an IPv6 /48 holds 65,536 /64s) fills the map; new clients past it
+/// count together, limited as one, until windows expire.
+const MAX_KEYS: usize = 100_000;
+const OVERFLOW_KEY: &str = "overflow";
 
 /// Who a client address counts as: an IPv6 host may use any address of
 /// its /64, so the /64 is one client (an IPv4-mapped address is IPv4).
@@ -153,7 +172,8 @@ fn client_key(ip: IpAddr) -> String {
 
 impl RateLimiter {
     pub fn new(per_ip: u32, per_target: u32, window: Duration) -> RateLimiter {
-        RateLimiter { per_ip, per_target, window, counters: Mutex::new(HashMap::new()) }
+        let counters = Counters { windows: HashMap::new(), swept_at: Instant::now() };
+        RateLimiter { per_ip, per_target, window, counters: Mutex::new(counters) }
     }
 
     /// Counts one form submission from `ip`; `false` once over the limit.
@@ -169,10 +189,13 @@ impl RateLimiter {
     fn hit(&self, key: String, limit: u32) -> bool {
         let now = Instant::now();
         let mut counters = self.counters.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
-        if counters.len() >= SWEEP_AT {
-            counters.retain(|_, (start, _)| now.duration_since(*start) < self.window);
+        let Counters { windows, swept_at } = &mut *counters;
+        if windows.len() >= SWEEP_AT && now.duration_since(*swept_at) >= Duration::from_secs(1) {
+            windows.retain(|_, (start, _)| now.duration_since(*start) < self.window);
+            *swept_at = now;
         }
-        let entry = counters.entry(key).or_insert((now, 0));
+        let key = if windows.len() >= MAX_KEYS && !windows.contains_key(&key) { OVERFLOW_KEY.to_owned() } else { key };
+        let entry = windows.entry(key).or_insert((now, 0));
         if now.duration_since(entry.0) >= self.window {
             *entry = (now, 0);
         }
@@ -211,6 +234,21 @@ mod tests {
         assert_eq!(client_ip(peer("10.0.0.1"), &headers, &[proxy]), Some("203.0.113.7".parse().unwrap()));
         let garbage = forwarded("not an ip");
         assert_eq!(client_ip(peer("10.0.0.1"), &garbage, &[proxy]), Some(proxy));
+        // What the client wrote left of the proxy's entry cannot spoil it.
+        let prefixed = forwarded("unknown, 203.0.113.9");
+        assert_eq!(client_ip(peer("10.0.0.1"), &prefixed, &[proxy]), Some("203.0.113.9".parse().unwrap()));
+    }
+
+    #[test]
+    fn a_flood_of_new_clients_fills_the_limiter_only_so_far_and_then_counts_as_one() {
+        let limiter = RateLimiter::new(2, 2, Duration::from_secs(60));
+        for n in 0..(MAX_KEYS as u32 + 5_000) {
+            limiter.allow_ip(Some(IpAddr::V4(n.into())));
+        }
+        let kept = limiter.counters.lock().unwrap().windows.len();
+        assert!(kept <= MAX_KEYS + 1, "{kept} keys kept");
+        let newcomer = Some("198.51.100.77".parse().unwrap());
+        assert!(!limiter.allow_ip(newcomer), "a new client past the cap shares the flood's spent counter");
     }
 
     #[test]

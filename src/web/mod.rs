@@ -40,12 +40,20 @@ pub struct WebState {
 }
 
 struct Shared {
+    /// `[web]`: the pages are served only when it is there.
+    web: WebConfig,
     /// The HMAC key for links and CSRF tokens, read once from the registry.
     key: OnceCell<SecretString>,
     /// An [email] section that makes a mailer: the links can be mailed
     /// (serve's worker sends them).
     can_mail: bool,
     limiter: RateLimiter,
+    /// Held from "is a link to this contact already on its way?" until the
+    /// new link is recorded: requests that arrive together then mail (and
+    /// DM) one link, as requests one after another do. One per page: a
+    /// subscription holds its lock while its code is DMed.
+    token_links: tokio::sync::Mutex<()>,
+    subscription_links: tokio::sync::Mutex<()>,
     status_cache: status::Cache,
     /// serve's Matrix clients: the codes the page DMs go out on the
     /// device's one client (a client per request would also cost memory
@@ -54,22 +62,23 @@ struct Shared {
 }
 
 impl WebState {
-    pub fn new(services: &Services) -> WebState {
+    pub fn new(services: &Services, web: &WebConfig) -> WebState {
         let (config, registry) = (services.config.clone(), services.registry.clone());
-        let web = config.web.as_ref().expect("the web page is served only with a [web] section");
         let inner = Arc::new(Shared {
+            web: web.clone(),
             key: OnceCell::new(),
             can_mail: services.mailer.is_some(),
             limiter: RateLimiter::new(web.rate_limit_per_ip, web.rate_limit_per_target, web.rate_limit_window),
+            token_links: tokio::sync::Mutex::new(()),
+            subscription_links: tokio::sync::Mutex::new(()),
             status_cache: status::Cache::default(),
             devices: services.devices.clone(),
         });
         WebState { config, registry, inner }
     }
 
-    /// `[web]`: the router is only built when it is there.
     fn web(&self) -> &WebConfig {
-        self.config.web.as_ref().expect("the web page is served only with a [web] section")
+        &self.inner.web
     }
 
     async fn key(&self) -> Result<&SecretString, crate::registry::Error> {

@@ -5,7 +5,8 @@ use std::net::SocketAddr;
 
 use askama::Template;
 use axum::extract::rejection::FormRejection;
-use axum::extract::{ConnectInfo, Form, FromRequest, Request};
+use axum::extract::{ConnectInfo, Form, FromRequest, FromRequestParts, Query, Request};
+use axum::http::request::Parts;
 use axum::http::{HeaderMap, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 
@@ -104,6 +105,22 @@ pub fn unreadable_form(state: &WebState, rejection: FormRejection) -> Response {
     }
     Message::new(state, "The form could not be read", &["Open the page again and fill in the form."])
         .page(StatusCode::BAD_REQUEST)
+}
+
+/// A mailed link's query string. One that cannot be read (a key given
+/// twice, say) gets a page that says so, not axum's plain-text 400.
+pub struct LinkQuery<Q>(pub Q);
+
+impl<Q: serde::de::DeserializeOwned> FromRequestParts<WebState> for LinkQuery<Q> {
+    type Rejection = Response;
+
+    async fn from_request_parts(parts: &mut Parts, state: &WebState) -> Result<Self, Response> {
+        let Query(query) = Query::<Q>::from_request_parts(parts, state).await.map_err(|_| {
+            let sentence = "Its address could not be read. Open the link again exactly as it came in the email.";
+            Message::new(state, "This link does not work", &[sentence]).page(StatusCode::BAD_REQUEST)
+        })?;
+        Ok(LinkQuery(query))
+    }
 }
 
 /// Something failed on our side; the cause goes to the log only.

@@ -3,7 +3,7 @@
 //! The rendered page is kept for a second: after an incident everyone
 //! reloads it at once, and the registry should not pay for each reload.
 
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use askama::Template;
@@ -17,7 +17,24 @@ use super::pages::{Chrome, WebError};
 const FRESH_FOR: Duration = Duration::from_secs(1);
 
 #[derive(Default)]
-pub struct Cache(Mutex<Option<(Instant, Arc<str>)>>);
+pub struct Cache(tokio::sync::Mutex<Option<(Instant, Arc<str>)>>);
+
+impl Cache {
+    /// The page made within the last second, else a new one from `render`.
+    /// One render at a time: requests that come meanwhile wait for it and
+    /// share it, rather than each rendering its own.
+    async fn get_or_render<E>(&self, render: impl Future<Output = Result<String, E>>) -> Result<Arc<str>, E> {
+        let mut slot = self.0.lock().await;
+        if let Some((at, body)) = &*slot
+            && at.elapsed() < FRESH_FOR
+        {
+            return Ok(body.clone());
+        }
+        let body: Arc<str> = render.await?.into();
+        *slot = Some((Instant::now(), body.clone()));
+        Ok(body)
+    }
+}
 
 struct OpenIncident {
     id: i64,
@@ -42,19 +59,9 @@ struct StatusPage {
 }
 
 pub async fn page(State(state): State<WebState>) -> Response {
-    let cached = state.inner.status_cache.0.lock().ok().and_then(|slot| slot.clone());
-    let body = match cached {
-        Some((at, body)) if at.elapsed() < FRESH_FOR => body,
-        _ => match render(&state).await {
-            Ok(body) => {
-                let body: Arc<str> = body.into();
-                if let Ok(mut slot) = state.inner.status_cache.0.lock() {
-                    *slot = Some((Instant::now(), body.clone()));
-                }
-                body
-            }
-            Err(err) => return err.page(&state),
-        },
+    let body = match state.inner.status_cache.get_or_render(render(&state)).await {
+        Ok(body) => body,
+        Err(err) => return err.page(&state),
     };
     (StatusCode::OK, [(axum::http::header::CACHE_CONTROL, "no-cache")], Html(body.to_string())).into_response()
 }
@@ -81,4 +88,31 @@ async fn render(state: &WebState) -> Result<String, WebError> {
     }
     let page = StatusPage { chrome: Chrome::of(state), open, resolved };
     Ok(page.render()?)
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::atomic::{AtomicUsize, Ordering};
+
+    use super::*;
+
+    #[tokio::test]
+    async fn requests_that_come_together_share_one_render() {
+        let (cache, renders) = (Arc::new(Cache::default()), Arc::new(AtomicUsize::new(0)));
+        let requests = (0..20).map(|_| {
+            let (cache, renders) = (cache.clone(), renders.clone());
+            tokio::spawn(async move {
+                let render = async {
+                    renders.fetch_add(1, Ordering::SeqCst);
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                    Ok::<_, ()>("page".to_owned())
+                };
+                cache.get_or_render(render).await.unwrap()
+            })
+        });
+        for page in futures::future::join_all(requests).await {
+            assert_eq!(&*page.unwrap(), "page");
+        }
+        assert_eq!(renders.load(Ordering::SeqCst), 1);
+    }
 }

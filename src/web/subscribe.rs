@@ -6,7 +6,7 @@
 use std::time::Duration;
 
 use askama::Template;
-use axum::extract::{Query, State};
+use axum::extract::State;
 use axum::http::{HeaderMap, StatusCode};
 use axum::response::Response;
 use rand::Rng;
@@ -14,10 +14,10 @@ use serde::Deserialize;
 use sha2::{Digest, Sha256};
 
 use super::links::{self, LinkFields, LinkKind};
-use super::pages::{self, CheckedForm, Chrome, Message, PublicForm, WebError};
+use super::pages::{self, CheckedForm, Chrome, LinkQuery, Message, PublicForm, WebError};
 use super::{WebState, mail};
 use crate::email::EmailAddress;
-use crate::registry::{Actor, AddContact, ContactAddress, ContactSource, MessageKind, now_ms};
+use crate::registry::{Actor, AddContact, ContactAddress, ContactSource, MessageKind, WebLink, now_ms};
 use crate::synapse::SynapseClient;
 use crate::user_id::UserId;
 
@@ -102,6 +102,22 @@ fn code_hash(code: &str) -> String {
     hex::encode(Sha256::digest(code.trim().as_bytes()))
 }
 
+/// What a link for an account that takes no contacts carries instead of a
+/// code: shared by that account's links, with their tries and their time,
+/// exactly as a DMed code is, so the links behave alike whether or not the
+/// account is one we know. Nothing typed ever matches it (no code hashes
+/// to it), and it is never taken for a code that went out.
+const DECOY_PREFIX: &str = "decoy:";
+
+fn decoy_hash() -> String {
+    format!("{DECOY_PREFIX}{}", hex::encode(rand::rng().random::<[u8; 32]>()))
+}
+
+/// Does this link carry a code that was DMed (not a decoy)?
+fn carries_a_code(link: &WebLink) -> bool {
+    link.code_hash.as_deref().is_some_and(|hash| !hash.starts_with(DECOY_PREFIX))
+}
+
 /// Links mailed to one address that may be live at once: a cap on mail to
 /// an inbox that someone else types in.
 const LIVE_LINKS_PER_ADDRESS: i64 = 3;
@@ -134,15 +150,20 @@ async fn start(
     // A link on its way to this address serves, unless it carries no code
     // while the account now takes one (asked for before it was its
     // person's, perhaps by someone else).
+    let _one_at_a_time = state.inner.subscription_links.lock().await;
     let on_its_way = state.registry.live_web_link_to(PURPOSE, &user_id, &email).await?;
-    if on_its_way.is_some_and(|link| link.code_hash.is_some() || !takes_contacts)
+    if on_its_way.is_some_and(|link| carries_a_code(&link) || !takes_contacts)
         || state.registry.live_web_links_to(PURPOSE, &email).await? >= LIVE_LINKS_PER_ADDRESS
     {
         return Ok(());
     }
     let now = now_ms();
-    let live_code = if takes_contacts { state.registry.live_code_link(PURPOSE, &user_id).await? } else { None };
-    let pending_code = live_code.filter(|link| link.expires_at - now > CODE_REUSE_MARGIN.as_millis() as i64);
+    // A live code (or decoy) is reused while the account still is what it
+    // was made for.
+    let live_code = state.registry.live_code_link(PURPOSE, &user_id).await?;
+    let pending_code = live_code.filter(|link| {
+        carries_a_code(link) == takes_contacts && link.expires_at - now > CODE_REUSE_MARGIN.as_millis() as i64
+    });
     let (hash, expires_at, code_to_send) = match pending_code {
         Some(link) => {
             let hash = link.code_hash.unwrap_or_default();
@@ -154,11 +175,16 @@ async fn start(
             (Some(hash), link.expires_at, None)
         }
         None => {
-            // For an account that is not its person's no code is made: the
-            // link cannot be confirmed, and nothing from it can be reused
-            // once the account is.
-            let code = takes_contacts.then(|| format!("{:08}", rand::rng().random_range(0..100_000_000u32)));
-            (code.as_deref().map(code_hash), now + LINK_VALID.as_millis() as i64, code)
+            // For an account that is not its person's no code is made, only
+            // a decoy: the link cannot be confirmed, and nothing from it is
+            // reused once the account is.
+            let expires_at = now + LINK_VALID.as_millis() as i64;
+            if takes_contacts {
+                let code = format!("{:08}", rand::rng().random_range(0..100_000_000u32));
+                (Some(code_hash(&code)), expires_at, Some(code))
+            } else {
+                (Some(decoy_hash()), expires_at, None)
+            }
         }
     };
     let id = links::new_link_id();
@@ -211,7 +237,7 @@ async fn dm_code(
 pub async fn confirm_form(
     State(state): State<WebState>,
     headers: HeaderMap,
-    Query(query): Query<LinkFields>,
+    LinkQuery(query): LinkQuery<LinkFields>,
 ) -> Response {
     LINK.confirm_page(&state, &headers, query, |chrome, csrf, link, sig| ConfirmForm { chrome, csrf, link, sig }).await
 }

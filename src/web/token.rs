@@ -6,13 +6,13 @@
 use std::time::Duration;
 
 use askama::Template;
-use axum::extract::{Query, State};
+use axum::extract::State;
 use axum::http::{HeaderMap, StatusCode};
 use axum::response::Response;
 use serde::Deserialize;
 
 use super::links::{self, LinkFields, LinkKind};
-use super::pages::{self, CheckedForm, Chrome, Message, PublicForm, WebError};
+use super::pages::{self, CheckedForm, Chrome, LinkQuery, Message, PublicForm, WebError};
 use super::{WebState, mail};
 use crate::holds::{WayBack, way_back};
 use crate::registry::{ContactAddress, MailableContact, now_ms};
@@ -135,6 +135,7 @@ async fn mail_links(state: &WebState, target: ContactAddress, key: &secrecy::Sec
         // Whoever asks, a contact gets one working link at a time: asking
         // again (or someone else asking) mails nothing new, and never
         // takes the person's own request away.
+        let _one_at_a_time = state.inner.token_links.lock().await;
         if state.registry.live_web_link_to(purpose, &contact.user_id, &contact.address).await?.is_some() {
             tracing::info!(user_id = %contact.user_id, "an earlier way-back link still works: nothing new mailed");
             continue;
@@ -150,7 +151,11 @@ async fn mail_links(state: &WebState, target: ContactAddress, key: &secrecy::Sec
 }
 
 /// The link from the email: a button that shows the token.
-pub async fn confirm(State(state): State<WebState>, headers: HeaderMap, Query(query): Query<LinkFields>) -> Response {
+pub async fn confirm(
+    State(state): State<WebState>,
+    headers: HeaderMap,
+    LinkQuery(query): LinkQuery<LinkFields>,
+) -> Response {
     LINK.confirm_page(&state, &headers, query, |chrome, csrf, link, sig| TokenConfirm { chrome, csrf, link, sig }).await
 }
 

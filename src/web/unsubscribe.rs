@@ -6,22 +6,22 @@
 
 use askama::Template;
 use axum::body::Bytes;
-use axum::extract::{Query, State};
+use axum::extract::State;
 use axum::http::{HeaderMap, StatusCode, header};
 use axum::response::Response;
 use serde::Deserialize;
 
-use super::pages::{self, Chrome, Message, WebError};
+use super::pages::{self, Chrome, LinkQuery, Message, WebError};
 use super::{WebState, guard};
 use crate::registry::Actor;
 
 #[derive(Deserialize)]
-pub struct LinkQuery {
+pub struct UnsubscribeLink {
     contact: Option<String>,
     sig: Option<String>,
 }
 
-impl LinkQuery {
+impl UnsubscribeLink {
     /// The contact id, when the signature is right for it.
     fn verified(&self, key: &secrecy::SecretString) -> Option<i64> {
         let contact: i64 = self.contact.as_deref()?.parse().ok()?;
@@ -37,7 +37,11 @@ struct Confirm {
     action: String,
 }
 
-pub async fn confirm(State(state): State<WebState>, headers: HeaderMap, Query(query): Query<LinkQuery>) -> Response {
+pub async fn confirm(
+    State(state): State<WebState>,
+    headers: HeaderMap,
+    LinkQuery(query): LinkQuery<UnsubscribeLink>,
+) -> Response {
     let key = match state.key().await {
         Ok(key) => key,
         Err(err) => return WebError::from(err).page(&state),
@@ -51,7 +55,7 @@ pub async fn confirm(State(state): State<WebState>, headers: HeaderMap, Query(qu
 pub async fn unsubscribe(
     State(state): State<WebState>,
     headers: HeaderMap,
-    Query(query): Query<LinkQuery>,
+    LinkQuery(query): LinkQuery<UnsubscribeLink>,
     body: Bytes,
 ) -> Response {
     let key = match state.key().await {

@@ -820,6 +820,13 @@ async fn an_admin_room_alias_someone_else_takes_after_a_wipe_does_not_move_the_b
     assert!(!settled.contains(&lure), "started again, the bot keeps its own room: {settled}");
     let in_lure = squatted_admin.membership_of(&lure, &rig.bot).await;
     assert_ne!(in_lure.as_deref(), Some("join"), "{log}");
+
+    // The drill checks the room the bot lives in, not the one the alias names now.
+    let report = rig.lifeboat.run(&["drill", "--json"]).await.json();
+    let line = report["lines"].as_array().unwrap().iter().find(|line| line["check"] == "bot").cloned();
+    let line = line.unwrap_or_default();
+    assert_eq!(line["status"], "ok", "{line}");
+    assert!(!line["detail"].as_str().unwrap_or_default().contains(&lure), "{line}");
 }
 
 /// A serve whose store lease ran out and was taken meanwhile (the registry
@@ -1072,10 +1079,28 @@ async fn subscribing_mails_alike_for_any_account_and_dms_one_code_at_a_time_with
     let mut rig = Rig::start(TestSmtp::start(None), &[]).await;
     let bob_localpart = unique("bob");
     let bob = rig.known_person(&bob_localpart).await;
+    let carol_localpart = unique("carol");
+    let carol = rig.known_person(&carol_localpart).await;
     let config = std::fs::read_to_string(rig.lifeboat.config_path()).unwrap();
     rig.lifeboat.write_config(&config.replace("[web]\n", "[web]\nrate_limit_per_ip = 100000\n"));
     rig.serve().await;
     let http = reqwest::Client::builder().no_proxy().build().unwrap();
+
+    // Requests that arrive together are no different: carol gets one code.
+    let carol_addresses: Vec<String> = (0..8).map(|n| format!("{carol_localpart}-b{n}@example.org")).collect();
+    let burst = carol_addresses.iter().map(|address| subscribe(&rig, &http, &carol.user_id, address));
+    assert!(futures::future::join_all(burst).await.iter().all(|status| *status == 200));
+    let smtp = &rig.smtp;
+    eventually("every address of the burst gets its link", Duration::from_secs(60), || async {
+        carol_addresses.iter().all(|address| smtp.messages_to(address).len() == 1)
+    })
+    .await;
+    let mut codes = 0;
+    for room in carol.invites().await {
+        carol.join(&room).await;
+        codes += carol.messages_from(&room, &rig.bot).await.iter().filter(|body| body.contains("Your code")).count();
+    }
+    assert_eq!(codes, 1, "one code DMed for requests that arrived together");
 
     // The inbox cannot tell a known account from an unknown one.
     let (known, unknown) = (format!("{bob_localpart}-1@example.org"), format!("{bob_localpart}-x@example.org"));
@@ -1145,6 +1170,21 @@ async fn subscribing_mails_alike_for_any_account_and_dms_one_code_at_a_time_with
     }
     let (status, page) = confirm(format!("{bob_localpart}-m4@example.org"), code.clone()).await;
     assert!(status == 400 && page.contains("This link does not work"), "the code's tries are spent: {status} {page}");
+    // An ID we do not know gets links that behave alike: they share a
+    // decoy's tries as bob's share his code's, so guessing tells nothing.
+    let unknown_too = format!("{bob_localpart}-y@example.org");
+    assert_eq!(subscribe(&rig, &http, &nobody, &unknown_too).await, 200);
+    eventually("the second link for the unknown ID is mailed", Duration::from_secs(30), || async {
+        smtp.messages_to(&unknown_too).len() == 1
+    })
+    .await;
+    for n in 1..=5 {
+        let (status, page) = confirm(unknown.clone(), wrong.to_owned()).await;
+        let said = if n < 5 { "That code is not right" } else { "This link does not work" };
+        assert!(status == 400 && page.contains(said), "try {n}: {status} {page}");
+    }
+    let (status, page) = confirm(unknown_too, wrong.to_owned()).await;
+    assert!(status == 400 && page.contains("This link does not work"), "tries shared as bob's: {status} {page}");
     // Nor does asking from yet another address bring a link with that code.
     let fresh = format!("{bob_localpart}-fresh@example.org");
     assert_eq!(subscribe(&rig, &http, &bob.user_id, &fresh).await, 200);

@@ -420,6 +420,20 @@ async fn forms_refuse_posts_without_their_csrf_token_and_pages_carry_security_he
     let huge = format!("who={}&csrf={csrf}", "a".repeat(64 * 1024));
     let (code, _) = post_form(&http, &token_url, Some(&cookie), &huge).await;
     assert_eq!(code, 413, "bodies over the limit are refused before parsing");
+
+    // A mailed link whose address cannot be read (a key given twice, a
+    // number that is not one) gets a page that says so, not a bare 400.
+    for path in [
+        "/token/open?link=a&link=b",
+        "/subscribe/confirm?sig=a&sig=b",
+        "/claim?incident=one",
+        "/unsubscribe?contact=1&contact=2",
+    ] {
+        let response = http.get(format!("{}{path}", served.url)).send().await.unwrap();
+        assert_eq!(response.status().as_u16(), 400, "{path}");
+        let html = response.text().await.unwrap();
+        assert!(html.contains("This link does not work") && html.contains("exactly as it came"), "{path}: {html}");
+    }
 }
 
 #[tokio::test(flavor = "multi_thread")]
@@ -682,4 +696,26 @@ async fn a_link_the_mail_server_refused_for_good_does_not_hold_back_the_next_req
     smtp.heal();
     assert_eq!(post_form(&http, &token_url, Some(&cookie), &request(&csrf)).await.0, 200);
     wait_for_mail(&smtp, &email, 1).await;
+}
+
+/// Requests that arrive together are no different from requests one
+/// after another: a contact gets one working link, whoever asks.
+#[tokio::test(flavor = "multi_thread")]
+async fn token_requests_sent_at_once_mail_one_link() {
+    let registry = TestDatabase::sqlite();
+    let smtp = TestSmtp::start(None);
+    let email = format!("{}@example.org", unique("burst"));
+    affected_person(&registry, "@burst:example.org", &email).await;
+    let lifeboat = Lifeboat::with_config("");
+    let served = serve(&lifeboat, &base_without_synapse(&registry, &smtp), "rate_limit_per_ip = 100\n").await;
+    let http = reqwest::Client::new();
+    let token_url = format!("{}/token", served.url);
+    let (cookie, csrf) = form_csrf(&http, &token_url).await;
+    let request = format!("who={}&csrf={csrf}", email.replace('@', "%40"));
+
+    let burst = (0..20).map(|_| post_form(&http, &token_url, Some(&cookie), &request));
+    assert!(futures::future::join_all(burst).await.iter().all(|(code, _)| *code == 200));
+    wait_for_mail(&smtp, &email, 1).await;
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    assert_eq!(smtp.messages_to(&email).len(), 1, "one link for twenty requests at once");
 }
