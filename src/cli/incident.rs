@@ -13,8 +13,9 @@ use crate::tokens::revoke_unused_tokens;
 pub enum Command {
     /// Open an incident: snapshot the affected accounts and keep the postmortem.
     ///
-    /// By default the affected accounts are those found missing, plus
-    /// recreated ones no incident covered before; with `--affected all`,
+    /// By default the affected accounts are those lost: missing, or held for
+    /// their owners, plus recreated ones no incident covered before; with
+    /// `--affected all`,
     /// every account. To make that current (and whose account still works,
     /// which the notices say), it syncs first, recovering lifeboat's account
     /// through the shared secret if every admin token is rejected, as after
@@ -63,7 +64,7 @@ pub enum Command {
 
 #[derive(clap::ValueEnum, Clone, Copy, Debug)]
 pub enum Scope {
-    /// Accounts marked missing (and recreated ones).
+    /// Lost accounts: missing or held (and recreated ones).
     Missing,
     /// Every account in the registry.
     All,

@@ -44,14 +44,16 @@ pub mod exit {
     long_about = "Keeps an off-server registry of a Synapse homeserver's accounts and contact emails \
 (SQLite or PostgreSQL), compares it with Synapse's admin API listing to detect lost accounts, \
 and keeps the list of people to reach if the homeserver's database is ever lost. After a loss it \
-gets back in through Synapse's shared secret and sends every affected person a notice with their own \
-registration token, by email and Matrix DM.\n\n\
+gets back in through Synapse's shared secret, holds each lost Matrix ID for its owner, and sends \
+every affected person a notice by email and Matrix DM: a link to take their held ID back, or their own \
+registration token.\n\n\
 Exit codes: 0 ok, 1 failed (or `check` could not tell), 2 usage or config error, 3 `check` found a loss.",
     after_help = "Configuration: a TOML file (see config.example.toml); any key can be overridden \
 with LIFEBOAT__<SECTION>__<KEY>, e.g. LIFEBOAT__HOMESERVER__URL."
 )]
 pub struct Cli {
-    /// Config file.
+    /// The config file (TOML; see config.example.toml). A relative path is
+    /// read from the current directory.
     #[arg(long, global = true, env = "LIFEBOAT_CONFIG", default_value = crate::config::DEFAULT_CONFIG_PATH, value_name = "PATH")]
     config: PathBuf,
     /// More log output on stderr (-v info, -vv debug); RUST_LOG overrides.
@@ -102,11 +104,13 @@ enum Command {
     /// Incidents: open one after a loss, show who can be reached, resolve it.
     #[command(subcommand)]
     Incident(incident::Command),
-    /// Send an incident's notices: a registration token per person, by email and Matrix DM.
+    /// Send an incident's notices by email and Matrix DM: a claim link or a registration token per person.
     ///
-    /// Creates the missing tokens and deliveries, then sends: emails to the
-    /// affected people's contacts, DMs to affected accounts that still exist
-    /// and to Matrix-ID contacts. Resumable: running it again sends only what
+    /// A person whose ID lifeboat holds gets a link to take it back (the
+    /// claim page); one whose ID is lost but not held gets a single-use
+    /// registration token. Creates the missing tokens and deliveries, then
+    /// sends: emails to the affected people's contacts, DMs to affected
+    /// accounts that still exist and to Matrix-ID contacts. Resumable: running it again sends only what
     /// was not delivered. Encrypted DMs whose device store `lifeboat serve`
     /// has open are left to serve's delivery worker. Exit 0 when every
     /// notice is delivered (or left to serve), 1 otherwise, 2 for usage
@@ -124,9 +128,11 @@ enum Command {
     /// Rehearse the way back in against the live homeserver, changing nothing there.
     ///
     /// Checks Synapse, the admin token, the shared secret (without creating
-    /// an account), registration tokens (one made and deleted), email (a test
-    /// message to alerts.email), the notice templates, the registry's
-    /// freshness and coverage, and the last backup. Exit 0 ready, 1 not.
+    /// an account), registration tokens (one made and deleted), whether
+    /// lifeboat may create and lock accounts to hold lost IDs, email (a test
+    /// message to alerts.email), the bot (a test message in the admin room,
+    /// with a [bot] section), the notice templates, the registry's freshness
+    /// and coverage, and the last backup. Exit 0 ready, 1 not.
     Drill(drill::Args),
     /// Write a consistent snapshot of the registry to a portable file (safe while lifeboat runs).
     ///
