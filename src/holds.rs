@@ -24,6 +24,7 @@ use serde::Serialize;
 use tokio_util::sync::CancellationToken;
 
 use crate::config::{Config, HoldPolicy, RecoveryMode};
+use crate::email::EmailAddress;
 use crate::lease::{Held, Lease};
 use crate::links::ClaimLink;
 use crate::recover::service_user_id;
@@ -224,17 +225,11 @@ async fn hold_one(
             return Ok(Outcome::Failed(err.to_string()));
         }
     };
-    let emails = registry.verified_emails_of(user_id).await?;
-    // Synapse, not the registry (as of the last sync), knows who has an
-    // address now, and would move it to the hold without a word.
-    let mut free = Vec::with_capacity(emails.len());
-    for address in emails {
-        match client.user_with_email(&address).await {
-            Ok(Some(owner)) if owner != user_id.as_str() => {}
-            Ok(_) => free.push(address),
-            Err(err) => return Ok(Outcome::Failed(err.to_string())),
-        }
-    }
+    let free = match free_emails(registry, client, user_id).await {
+        Ok(free) => free,
+        Err(HandOverError::Registry(err)) => return Err(err),
+        Err(err) => return Ok(Outcome::Failed(err.to_string())),
+    };
     // Locked before it counts as held; a failure here is resumed the same way.
     if let Err(err) = client.lock_held_account(user_id.as_str(), &free).await {
         return Ok(Outcome::Failed(err.to_string()));
@@ -513,8 +508,27 @@ pub async fn claim_held(
         return Ok(false);
     }
     let name = account.display_name_to_restore();
-    client.hand_over_account(account.user_id.as_str(), password, account.admin, name).await?;
+    let emails = free_emails(registry, client, &account.user_id).await?;
+    client.hand_over_account(account.user_id.as_str(), password, account.admin, name, &emails).await?;
     Ok(registry.claim_hold(&account.user_id, hold, actor).await?)
+}
+
+/// The person's verified addresses that no other account has now: Synapse,
+/// not the registry (as of the last sync), knows who has an address, and
+/// would move it to this account without a word.
+async fn free_emails(
+    registry: &Registry,
+    client: &SynapseClient,
+    user_id: &UserId,
+) -> Result<Vec<EmailAddress>, HandOverError> {
+    let mut free = Vec::new();
+    for address in registry.verified_emails_of(user_id).await? {
+        match client.user_with_email(&address).await? {
+            Some(owner) if owner != user_id.as_str() => {}
+            _ => free.push(address),
+        }
+    }
+    Ok(free)
 }
 
 /// An operator on the lifeboat host gives an ID to its person: held, or
@@ -534,7 +548,8 @@ pub async fn hand_back(
         let account = registry.account(user_id).await?;
         let was_admin = account.as_ref().is_some_and(|account| account.admin);
         let name = account.as_ref().and_then(Account::display_name_to_restore);
-        client.hand_over_account(user_id.as_str(), password, was_admin, name).await?;
+        let emails = free_emails(registry, client, user_id).await?;
+        client.hand_over_account(user_id.as_str(), password, was_admin, name, &emails).await?;
         registry.settle_as_claimed(user_id, actor).await?;
         Ok(())
     };

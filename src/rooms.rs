@@ -20,6 +20,7 @@ use crate::pace::{call_in_paced_groups, rest_after};
 use crate::recover::service_user_id;
 use crate::registry::{self, Actor, Registry, Rejoin, RejoinOutcome, Room, RoomDetails, RoomRecord, RoomState};
 use crate::synapse::{self, JoinOutcome, LISTING_ATTEMPTS, ListedRoom, StateEvent, SynapseClient};
+use crate::user_id::UserId;
 
 /// Rooms read per listing page. Synapse counts and sorts every room for
 /// each page, so few big pages are much cheaper than many small ones
@@ -131,11 +132,20 @@ async fn complete_listing(
         loop {
             let asked = Instant::now();
             let page = client.rooms_page(from, ROOMS_PAGE).await?;
-            total = page.total_rooms.unwrap_or(total);
+            // The largest count seen: rooms purged meanwhile make the listing
+            // come up short (and read again), never complete.
+            let Some(page_total) = page.total_rooms else {
+                return Err(client.bad_listing("a page of the room listing came without its total count").into());
+            };
+            total = total.max(page_total);
             rooms.extend(page.rooms.into_iter().map(|room| (room.room_id.clone(), room)));
             match page.next_batch {
                 Some(next) if next > from => from = next,
-                _ => break,
+                Some(next) => {
+                    let detail = format!("the room listing's next_batch {next} does not move past {from}");
+                    return Err(client.bad_listing(&detail).into());
+                }
+                None => break,
             }
             // A rest between pages, none after the last.
             if !rest_after(asked, pace, stop).await {
@@ -238,11 +248,19 @@ pub struct BringBackReport {
     pub invited: u64,
     /// (who or which room, room, reason) that did not work this time.
     pub failed: Vec<(String, String, String)>,
+    /// Surviving rooms nobody is brought back into while a stranger holds
+    /// a former member's ID: this server back in the room lets the
+    /// stranger in too. An operator settles the ID first (`holds claim`).
+    pub held_back: Vec<String>,
 }
 
 impl BringBackReport {
     pub fn is_empty(&self) -> bool {
-        self.restored.is_empty() && self.rejoined == 0 && self.invited == 0 && self.failed.is_empty()
+        self.restored.is_empty()
+            && self.rejoined == 0
+            && self.invited == 0
+            && self.failed.is_empty()
+            && self.held_back.is_empty()
     }
 
     pub fn summary(&self) -> String {
@@ -255,6 +273,12 @@ impl BringBackReport {
         );
         if !self.failed.is_empty() {
             text.push_str(&format!("; {} did not work yet (tried again next round)", self.failed.len()));
+        }
+        if !self.held_back.is_empty() {
+            text.push_str(&format!(
+                "; {} surviving rooms held back: a stranger holds a former member's ID, and would be let in too (settle the ID first)",
+                self.held_back.len()
+            ));
         }
         text
     }
@@ -294,6 +318,10 @@ async fn rejoin_own(
     for room in registry.rooms(Some(RoomState::Elsewhere)).await? {
         let waiting = room.restored_at.is_none() && (room.restore_error.is_none() || retry_all);
         if !waiting || room.pending == 0 {
+            continue;
+        }
+        if room.strangers > 0 {
+            report.held_back.push(room.room_id.clone());
             continue;
         }
         let was_member = registry.room_members_back(&room.room_id).await?.iter().any(|(id, _)| id == &service);
@@ -455,7 +483,8 @@ pub async fn recreate(
     // Made once: a run that stopped between making the room and recording
     // it finds it by the mark in its creation event.
     let begun = registry.room_recreation_begun(&room.room_id).await?;
-    let made_before = if begun { made_for(client, &room.room_id).await? } else { None };
+    let service = service_user_id(config);
+    let made_before = if begun { made_for(client, &room.room_id, &service).await? } else { None };
     let new_room_id = match made_before {
         Some(made) => made,
         None => {
@@ -466,7 +495,6 @@ pub async fn recreate(
         }
     };
     registry.mark_room_recreated(&room.room_id, &new_room_id).await?;
-    let service = service_user_id(config);
     let mut invited = 0;
     let mut waiting = 0;
     for (user_id, back) in registry.room_members_back(&room.room_id).await? {
@@ -495,11 +523,13 @@ pub async fn recreate(
 /// Marks a re-created room's creation event with the room it replaces.
 const RECREATES_KEY: &str = "org.lifeboat.recreates";
 
-/// The room lifeboat's account made for `old_room_id` before, if any.
-async fn made_for(client: &SynapseClient, old_room_id: &str) -> Result<Option<String>, RoomsError> {
+/// The room lifeboat's account (`me`) made for `old_room_id` before, if any.
+/// Made by that account: anyone can put the mark in a room of theirs on
+/// another server, and have lifeboat join it as a surviving room.
+async fn made_for(client: &SynapseClient, old_room_id: &str, me: &UserId) -> Result<Option<String>, RoomsError> {
     for room_id in client.own_joined_rooms().await? {
-        let content = client.creation_content(&room_id).await?;
-        if content.is_some_and(|content| content[RECREATES_KEY] == old_room_id) {
+        let event = client.creation_event(&room_id).await?;
+        if event.is_some_and(|event| event["sender"] == me.as_str() && event["content"][RECREATES_KEY] == old_room_id) {
             return Ok(Some(room_id));
         }
     }

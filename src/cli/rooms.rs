@@ -82,7 +82,12 @@ pub async fn run(context: &Context, command: Command) -> Outcome {
             for (who, room, reason) in report.failed.iter().take(10) {
                 eprintln!("not yet: {who} in {room}: {reason}");
             }
-            Ok(if report.failed.is_empty() { exit::OK } else { exit::FAILED })
+            for room in report.held_back.iter().take(10) {
+                eprintln!(
+                    "held back: {room}: a stranger holds a former member's ID (`lifeboat holds list` shows it as recreated)"
+                );
+            }
+            Ok(if report.failed.is_empty() && report.held_back.is_empty() { exit::OK } else { exit::FAILED })
         }
         Command::Recreate { room_id, all: _, yes } => {
             let rooms = match room_id {
@@ -135,11 +140,14 @@ pub async fn run(context: &Context, command: Command) -> Outcome {
 fn print_rooms(rooms: &[Room]) {
     for room in rooms {
         let kind = if room.is_space() { " (space)" } else { "" };
-        let back = if room.members > 0 {
+        let mut back = if room.members > 0 {
             format!("  {} of {} back, {} waiting", room.rejoined, room.members, room.pending)
         } else {
             String::new()
         };
+        if room.strangers > 0 {
+            back.push_str(&format!(", held back: {} former members' IDs are strangers'", room.strangers));
+        }
         println!("{:<10} {}  {}{kind}{back}", room.state.as_str(), room.room_id, room.label());
     }
     let count = |state: RoomState| rooms.iter().filter(|room| room.state == state).count();

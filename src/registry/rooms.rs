@@ -51,6 +51,15 @@ const ROOM_STATE_SQL: &str = "CASE WHEN r.recreated_as IS NOT NULL THEN 'recreat
      WHEN r.joined_remote > 0 THEN 'elsewhere' \
      ELSE 'lost' END";
 
+/// How many former joined members of the room `room_id` (an SQL column)
+/// are strangers' now ([`Room::strangers`]).
+fn strangers_in(room_id: &str) -> String {
+    format!(
+        "(SELECT COUNT(*) FROM room_members s JOIN accounts a ON a.user_id = s.user_id \
+          WHERE s.room_id = {room_id} AND s.membership = 'join' AND ({STANDING_SQL}) = 'recreated')"
+    )
+}
+
 /// What a sync learned of one room: the listing's summary, and, when the
 /// room changed, what its state and aliases say.
 #[derive(Debug, Clone, Default)]
@@ -115,6 +124,10 @@ pub struct Room {
     pub members: i64,
     pub rejoined: i64,
     pub pending: i64,
+    /// Former joined members whose ID a stranger holds now (`recreated`).
+    /// The surviving room still counts them as joined: once this server
+    /// is back in it, so is the stranger, with the person's power level.
+    pub strangers: i64,
 }
 
 impl Room {
@@ -278,9 +291,11 @@ impl Registry {
                 AND m.membership = 'join' AND (m.rejoin IS NULL OR m.rejoin = 'failed') \
                 AND NOT EXISTS (SELECT 1 FROM service_credentials c WHERE c.user_id = m.user_id) \
                 AND EXISTS (SELECT 1 FROM accounts a WHERE a.user_id = m.user_id \
-                    AND ({STANDING_SQL}) IN ('missing', 'held', 'claimed', 'recreated'))) AS pending \
+                    AND ({STANDING_SQL}) IN ('missing', 'held', 'claimed', 'recreated'))) AS pending, \
+             {} AS strangers \
              FROM rooms r WHERE ($3 = '' OR r.room_id = $3)) AS known WHERE ($2 = '' OR state = $2) \
-             ORDER BY joined_local DESC, room_id"
+             ORDER BY joined_local DESC, room_id",
+            strangers_in("r.room_id")
         );
         Ok(sqlx::query_as(sqlx::AssertSqlSafe(sql))
             .bind(listed_at)
@@ -360,7 +375,9 @@ impl Registry {
              JOIN accounts a ON a.user_id = m.user_id \
              WHERE m.membership = 'join' AND ({STANDING_SQL}) = 'claimed' AND ({ROOM_STATE_SQL}) <> 'lost' \
              AND (m.rejoin IS NULL OR (m.rejoin = 'failed' AND ($2 = 1 OR m.rejoin_attempts < $3))) \
-             ORDER BY m.user_id, m.room_id"
+             AND (r.recreated_as IS NOT NULL OR {} = 0) \
+             ORDER BY m.user_id, m.room_id",
+            strangers_in("m.room_id")
         );
         Ok(sqlx::query_as(sqlx::AssertSqlSafe(sql))
             .bind(listed_at)

@@ -121,12 +121,14 @@ impl Registry {
     pub async fn fail_sync_run(&self, run_id: i64, error: &str) -> Result<()> {
         let mut tx = self.begin_write().await?;
         sqlx::query("DELETE FROM listing_stage WHERE run_id = $1").bind(run_id).execute(&mut *tx).await?;
-        sqlx::query("UPDATE sync_runs SET status = 'failed', finished_at = $2, error = $3 WHERE id = $1")
-            .bind(run_id)
-            .bind(now_ms())
-            .bind(error)
-            .execute(&mut *tx)
-            .await?;
+        sqlx::query(
+            "UPDATE sync_runs SET status = 'failed', finished_at = $2, error = $3 WHERE id = $1 AND status = 'running'",
+        )
+        .bind(run_id)
+        .bind(now_ms())
+        .bind(error)
+        .execute(&mut *tx)
+        .await?;
         tx.commit().await?;
         Ok(())
     }
@@ -136,6 +138,20 @@ impl Registry {
     pub async fn apply_listing(&self, run_id: i64, loss_threshold: f64, actor: &Actor) -> Result<SyncApplied> {
         let now = now_ms();
         let mut tx = self.begin_write().await?;
+        // Still a running run: a sync that lost its lease (paused, or its
+        // lease taken over) had its run failed and its pages dropped by the
+        // next one, and what it stages after that is no complete listing.
+        let running = sqlx::query("UPDATE sync_runs SET status = 'running' WHERE id = $1 AND status = 'running'")
+            .bind(run_id)
+            .execute(&mut *tx)
+            .await?
+            .rows_affected();
+        if running == 0 {
+            tx.rollback().await?;
+            return Err(super::Error::Refused(format!(
+                "sync run {run_id} was ended by another sync while it read the listing, so its listing was not applied"
+            )));
+        }
 
         let mut report = ReportBuilder::default();
         let (mut to_mark_recreated, mut to_mark_missing) = (Vec::new(), Vec::new());

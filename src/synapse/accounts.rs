@@ -47,9 +47,7 @@ impl SynapseClient {
     /// (Synapse ignores `locked` on creation, hence a second call; the
     /// display name follows later, [`Self::set_display_name`]). Idempotent.
     pub async fn lock_held_account(&self, user_id: &str, emails: &[crate::email::EmailAddress]) -> Result<(), Error> {
-        let threepids: Vec<_> =
-            emails.iter().map(|address| json!({"medium": "email", "address": address.as_str()})).collect();
-        let body = json!({"locked": true, "threepids": threepids});
+        let body = json!({"locked": true, "threepids": email_threepids(emails)});
         self.call(Method::PUT, &user_path(user_id), Some(&body)).await
     }
 
@@ -75,16 +73,26 @@ impl SynapseClient {
     /// Hands an account to its person: unlocks it, sets their password
     /// (logging out every device), gives back the server-admin flag it had
     /// before the loss and, when given, a display name not restored yet,
-    /// in one call. The password is sent only in the body, never logged.
+    /// in one call. Its emails become the person's, and no single sign-on
+    /// identity stays tied to it: whoever held the ID before (a stranger
+    /// who registered it first) keeps no way to reset the password or log
+    /// in. The password is sent only in the body, never logged.
     pub async fn hand_over_account(
         &self,
         user_id: &str,
         password: &SecretString,
         admin: bool,
         display_name: Option<&str>,
+        emails: &[crate::email::EmailAddress],
     ) -> Result<(), Error> {
-        let mut body =
-            json!({"locked": false, "password": password.expose_secret(), "logout_devices": true, "admin": admin});
+        let mut body = json!({
+            "locked": false,
+            "password": password.expose_secret(),
+            "logout_devices": true,
+            "admin": admin,
+            "threepids": email_threepids(emails),
+            "external_ids": [],
+        });
         if let Some(name) = display_name {
             body["displayname"] = json!(name);
         }
@@ -113,4 +121,8 @@ impl SynapseClient {
         let created = self.create_account_if_free(existing_user_id).await;
         Ok(or_none(created, |err| matches!(err, Error::Forbidden { .. }))?.is_some())
     }
+}
+
+fn email_threepids(emails: &[crate::email::EmailAddress]) -> Vec<serde_json::Value> {
+    emails.iter().map(|address| json!({"medium": "email", "address": address.as_str()})).collect()
 }

@@ -120,6 +120,11 @@ impl SynapseClient {
         found(self.get_json(&user_path(user_id), &[], true).await)
     }
 
+    /// A listing page that cannot belong to a complete listing.
+    pub fn bad_listing(&self, detail: &str) -> Error {
+        Error::BadResponse { url: self.base.to_string(), detail: detail.to_owned() }
+    }
+
     /// Walks the whole listing, page after page.
     pub fn pages(&self, page_size: u32) -> UserPages<'_> {
         UserPages { client: self, page_size, next: None, done: false, total: None, server_name: None }
@@ -377,6 +382,16 @@ fn urlencode(text: &str) -> String {
 /// was being read (offset paging then repeats some and may skip others).
 pub const LISTING_ATTEMPTS: u32 = 3;
 
+/// Does a listing's next page token move forward? Synapse's are offsets:
+/// one that goes back (2, 4, 2, …) would page forever.
+fn moves_forward(last: Option<&str>, next: &str) -> bool {
+    match (last.map(str::parse::<u64>), next.parse::<u64>()) {
+        (None, _) => true,
+        (Some(Ok(last)), Ok(next)) => next > last,
+        _ => last != Some(next),
+    }
+}
+
 /// Cursor over the listing. A listing is complete only when Synapse says
 /// there is no next page; anything short of that is an error to the caller.
 pub struct UserPages<'a> {
@@ -384,7 +399,9 @@ pub struct UserPages<'a> {
     page_size: u32,
     next: Option<String>,
     done: bool,
-    /// Synapse's count of accounts, from the most recent page.
+    /// Synapse's count of accounts: the largest any page gave (Synapse
+    /// deletes no account, so a count that shrinks means pages were
+    /// skipped, and must not pass for a complete listing).
     pub total: Option<i64>,
     server_name: Option<String>,
 }
@@ -409,13 +426,14 @@ impl UserPages<'_> {
             return Ok(None);
         }
         let page = self.client.users_page(self.next.as_deref(), self.page_size).await?;
-        self.total = page.total.or(self.total);
+        let Some(total) = page.total else {
+            return Err(self.client.bad_listing("a page of the account listing came without its total count"));
+        };
+        self.total = Some(self.total.map_or(total, |seen| seen.max(total)));
         match page.next_token {
-            Some(token) if Some(&token) == self.next.as_ref() => {
-                return Err(Error::BadResponse {
-                    url: self.client.base.to_string(),
-                    detail: format!("the listing returned the same next_token {token} twice"),
-                });
+            Some(token) if !moves_forward(self.next.as_deref(), &token) => {
+                let detail = format!("the account listing's next_token {token} does not move past the last one");
+                return Err(self.client.bad_listing(&detail));
             }
             Some(token) => self.next = Some(token),
             None => self.done = true,

@@ -184,10 +184,11 @@ impl SynapseClient {
         Ok(self.get_json::<Joined>("/_matrix/client/v3/joined_rooms", &[], true).await?.joined_rooms)
     }
 
-    /// The content of a room's creation event, as the token's account sees it.
-    pub async fn creation_content(&self, room_id: &str) -> Result<Option<Value>, Error> {
+    /// A room's creation event (its sender and content), as the token's
+    /// account sees it.
+    pub async fn creation_event(&self, room_id: &str) -> Result<Option<Value>, Error> {
         let path = format!("/_matrix/client/v3/rooms/{}/state/m.room.create/", urlencode(room_id));
-        or_none(self.get_json(&path, &[], true).await, unseen)
+        or_none(self.get_json(&path, &[("format", "event")], true).await, unseen)
     }
 }
 

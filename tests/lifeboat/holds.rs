@@ -609,6 +609,45 @@ async fn holding_a_thousand_ids_stopped_killed_and_waited_for_by_an_incident_hol
 }
 
 /// lifeboat with only Synapse (admin token and shared secret) and a registry.
+/// An operator hands a stranger's ID back to its person: whatever the
+/// stranger tied to the account to get back in (an email address for a
+/// password reset, a single sign-on identity) goes with the password, and
+/// the next sync does not take the stranger's address for the person's.
+#[tokio::test(flavor = "multi_thread")]
+async fn an_id_handed_back_from_a_stranger_keeps_none_of_the_strangers_ways_in() {
+    let synapse = TestSynapse::start();
+    let registry = TestDatabase::sqlite();
+    let person = unique("person");
+    let email = format!("{person}@example.org");
+    synapse.create_user(&person, &[&email]).await;
+    let lifeboat = lifeboat_on(&synapse, &registry);
+    assert_eq!(lifeboat.run(&["sync"]).await.code, 0);
+
+    synapse.wipe();
+    synapse.register_admin(&unique("root"));
+    synapse.create_user(&person, &["attacker@evil.example"]).await;
+    let sso = serde_json::json!({"external_ids": [{"auth_provider": "evil-idp", "external_id": "mallory"}]});
+    let path = format!("/_synapse/admin/v2/users/{}", synapse.user_id(&person));
+    assert_eq!(synapse.admin_request(reqwest::Method::PUT, &path, Some(sso)).await.0, 200);
+    assert_eq!(lifeboat.run(&["recover"]).await.code, 0);
+    assert_eq!(lifeboat.run(&["sync"]).await.code, 0);
+    assert!(ids_in(&lifeboat, "recreated").await.contains(&synapse.user_id(&person)));
+
+    let claimed =
+        lifeboat.run_with_input(&["holds", "claim", &synapse.user_id(&person)], "a-long-enough-passphrase\n").await;
+    assert_eq!(claimed.code, 0, "{claimed:?}");
+    let account = synapse.user(&person).await;
+    let addresses: Vec<&str> =
+        account["threepids"].as_array().unwrap().iter().filter_map(|threepid| threepid["address"].as_str()).collect();
+    assert_eq!(addresses, [email.as_str()], "the person's address, not the stranger's: {account}");
+    assert_eq!(account["external_ids"], serde_json::json!([]), "{account}");
+
+    assert_eq!(lifeboat.run(&["sync"]).await.code, 0);
+    let shown = lifeboat.run(&["users", "show", &synapse.user_id(&person), "--json"]).await.json();
+    let contacts = shown["contacts"].as_array().unwrap();
+    assert!(contacts.iter().all(|contact| contact["address"] != "attacker@evil.example"), "{shown}");
+}
+
 fn lifeboat_on(synapse: &TestSynapse, registry: &TestDatabase) -> Lifeboat {
     Lifeboat::with_config(&format!(
         "[homeserver]\nurl = \"{}\"\nserver_name = \"{}\"\nadmin_token = \"{}\"\n\

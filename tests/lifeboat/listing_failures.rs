@@ -307,3 +307,40 @@ async fn a_synapse_that_refuses_to_create_accounts_is_asked_for_a_few_holds_not_
     let asked = wiped.received_requests().await.unwrap().iter().filter(|r| r.method.as_str() == "PUT").count();
     assert!(asked <= lifeboat::holds::HOLD_CONCURRENCY, "{asked} creations asked of 40 lost IDs");
 }
+
+/// Pages no complete listing can be made of: a count that shrinks (a
+/// database failed over to a replica that lags, say), a page without its
+/// count, a next page that goes back (a loop that would never end). Each is
+/// "could not tell", and nobody is marked missing.
+#[tokio::test]
+async fn pages_that_cannot_make_a_complete_listing_mark_no_account_missing() {
+    let last_of_two = json!({"users": [user(2), user(3)], "total": 4});
+    let first_without_count = json!({"users": [user(0), user(1)], "next_token": "2"});
+    let last_without_count = json!({"users": [user(2), user(3)]});
+    let going_back = json!({"users": [user(4), user(5)], "total": 6, "next_token": "2"});
+    for (pages, said) in [
+        (vec![(Some("2"), last_of_two)], "kept changing"),
+        (vec![(None, first_without_count), (Some("2"), last_without_count)], "without its total count"),
+        (vec![(Some("4"), going_back)], "does not move past"),
+    ] {
+        let registry = TestDatabase::sqlite();
+        let server = mock_synapse().await;
+        serve_pages(&server, page(2, 6)).await;
+        for (from, body) in pages {
+            let asked = Mock::given(method("GET")).and(path(USERS));
+            let asked = match from {
+                Some(from) => asked.and(query_param("from", from)),
+                None => asked.and(query_param_is_missing("from")),
+            };
+            asked.respond_with(ResponseTemplate::new(200).set_body_json(body)).with_priority(1).mount(&server).await;
+        }
+        let lifeboat = registry_with_six_accounts(&registry, &server).await;
+
+        let sync = tokio::time::timeout(Duration::from_secs(60), lifeboat.run(&["sync"])).await.expect("sync ends");
+        assert_eq!(sync.code, 1, "{said}: {sync:?}");
+        assert!(sync.stderr.contains(said), "{sync:?}");
+        let check = tokio::time::timeout(Duration::from_secs(60), lifeboat.run(&["check"])).await.expect("check ends");
+        assert_eq!(check.code, 1, "{said}: {check:?}");
+        assert_nobody_missing(&lifeboat).await;
+    }
+}

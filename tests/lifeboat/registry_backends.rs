@@ -258,6 +258,27 @@ async fn a_failed_listing_changes_nothing(registry: Registry) {
 }
 on_both_backends!(a_failed_listing_changes_nothing);
 
+/// A sync that lost its run to another (its lease taken while it was
+/// paused) and goes on staging has no complete listing: applying it changes
+/// nothing, though the pages it staged last happen to count right.
+async fn a_sync_whose_run_another_sync_ended_applies_nothing(registry: Registry) {
+    sync_listing(&registry, &[user("@a:x", 1), user("@b:x", 1), user("@c:x", 1)]).await;
+    let paused = registry.begin_sync_run().await.unwrap();
+    registry.stage_listing_page(paused, &[user("@a:x", 1), user("@b:x", 1)]).await.unwrap();
+    let other = registry.begin_sync_run().await.unwrap();
+    registry.stage_listing_page(paused, &[user("@c:x", 1)]).await.unwrap();
+
+    let applied = registry.apply_listing(paused, 0.5, &Actor::cli()).await;
+    let refused = applied.err().map(|err| err.to_string()).unwrap_or_default();
+    assert!(refused.contains("ended by another sync"), "{refused}");
+    let accounts = registry.accounts(None).await.unwrap();
+    assert!(accounts.iter().all(|account| account.state == AccountState::Present), "{accounts:?}");
+    let ended = registry.sync_run(paused).await.unwrap().unwrap();
+    assert_eq!(ended.status.as_str(), "failed");
+    registry.fail_sync_run(other, "not needed").await.unwrap();
+}
+on_both_backends!(a_sync_whose_run_another_sync_ended_applies_nothing);
+
 async fn repeated_accounts_in_a_listing_are_staged_once(registry: Registry) {
     let run = registry.begin_sync_run().await.unwrap();
     assert_eq!(registry.stage_listing_page(run, &[user("@a:x", 1), user("@b:x", 1)]).await.unwrap(), 2);

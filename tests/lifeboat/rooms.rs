@@ -8,6 +8,7 @@ use std::time::Duration;
 
 use serde_json::Value;
 
+use crate::harness::matrix::encode;
 use crate::harness::{
     Lifeboat, MatrixUser, RoomSpec, TestDatabase, TestSmtp, TestSynapse, eventually, federation_pair,
 };
@@ -183,4 +184,89 @@ async fn after_a_wipe_people_come_back_into_surviving_rooms_aliases_work_and_los
     claim(&lifeboat, &ours.user_id("admin")).await;
     ours.register_admin("root");
     assert_eq!(ours.user("admin").await["admin"], true, "the server-admin flag comes back with the ID");
+
+    // A room on their server bearing kitchen's mark, with lifeboat's account
+    // in it (as when it rejoins a surviving room), is not taken for the one
+    // lifeboat made: once that one is gone, a rerun makes a new room.
+    let marked = serde_json::json!({"preset": "public_chat", "creation_content": {"org.lifeboat.recreates": kitchen}});
+    let (status, made) = bob.try_call(reqwest::Method::POST, "/_matrix/client/v3/createRoom", Some(marked)).await;
+    assert_eq!(status, 200, "{made}");
+    let bait = made["room_id"].as_str().unwrap().to_owned();
+    let service = ours.user_id("lifeboat");
+    let join = format!("/_synapse/admin/v1/join/{}?server_name={}", encode(&bait), encode(&theirs.server_name));
+    let (status, joined) =
+        ours.admin_request(reqwest::Method::POST, &join, Some(serde_json::json!({"user_id": service}))).await;
+    assert_eq!(status, 200, "{joined}");
+    let purge = format!("/_synapse/admin/v1/rooms/{}", encode(&new_kitchen));
+    let (status, purged) = ours.admin_request(reqwest::Method::DELETE, &purge, Some(serde_json::json!({}))).await;
+    assert_eq!(status, 200, "{purged}");
+    let direct = lifeboat::registry::Registry::connect(&registry.url()).await.unwrap();
+    sqlx::query("UPDATE rooms SET recreated_as = NULL WHERE room_id = $1")
+        .bind(&kitchen)
+        .execute(direct.pool())
+        .await
+        .unwrap();
+    direct.close().await;
+    let remade = lifeboat.run(&["rooms", "recreate", &kitchen, "--yes"]).await;
+    assert_eq!(remade.code, 0, "{remade:?}");
+    let now = rooms_by_id(&lifeboat).await[&kitchen]["recreated_as"].as_str().unwrap_or_default().to_owned();
+    assert!(now != bait && now != new_kitchen, "a new room, not someone else's: {now}");
+}
+
+/// A surviving room waits while a stranger holds a former member's ID: once
+/// this server is back in the room, the surviving state counts that ID as
+/// joined, so bringing anyone back would let the stranger in too, with the
+/// person's power level.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_surviving_room_is_not_rejoined_while_a_stranger_holds_a_former_members_id() {
+    let (ours, theirs) = federation_pair();
+    let registry = TestDatabase::sqlite();
+    ours.create_user("alice", &["alice@example.org"]).await;
+    ours.create_user("carol", &[]).await;
+    let alice = sign_in(&ours, "alice", "correct horse battery").await;
+    let carol = sign_in(&ours, "carol", "correct horse battery").await;
+    let bob = theirs.client(&theirs.register("bob"));
+    // A private room (people come back by an admin join) and a public one
+    // (lifeboat's account rejoins it first).
+    let across =
+        bob.create_room_full(RoomSpec::private().name("Across").invite(&[&alice.user_id, &carol.user_id])).await;
+    let square = bob.create_room_full(RoomSpec::public("square").name("Square")).await;
+    for room in [&across, &square] {
+        alice.join_via(room, &[&theirs.server_name]).await;
+        carol.join_via(room, &[&theirs.server_name]).await;
+        joined_members_settle(&ours, room, 3).await;
+    }
+    let lifeboat = Lifeboat::with_config(&format!(
+        "[homeserver]\nurl = \"{}\"\nserver_name = \"{}\"\nadmin_token = \"{}\"\nregistration_shared_secret = \"{}\"\n\
+         retries = 1\ntimeout = \"10s\"\n\n[registry]\nurl = \"{}\"\n",
+        ours.url,
+        ours.server_name,
+        ours.admin_token(),
+        ours.shared_secret,
+        registry.url(),
+    ));
+    assert_eq!(lifeboat.run(&["sync"]).await.code, 0);
+
+    ours.wipe();
+    // Before lifeboat can hold it, someone registers carol's ID.
+    let squatter = ours.register("carol");
+    std::fs::write(lifeboat.dir().join("postmortem.md"), "Our database was lost.").unwrap();
+    let opened = lifeboat.run(&["incident", "open", "--title", "Lost", "--postmortem", "postmortem.md"]).await;
+    assert_eq!(opened.code, 0, "{opened:?}");
+    claim(&lifeboat, &alice.user_id).await;
+
+    let rejoined = lifeboat.run(&["rooms", "rejoin"]).await;
+    // Had this server joined, the surviving state would show here within moments.
+    tokio::time::sleep(Duration::from_secs(5)).await;
+    let squatter = MatrixUser::new(&ours.url, &squatter.user_id, &squatter.access_token);
+    let alice = sign_in(&ours, "alice", NEW_PASSWORD).await;
+    let (stranger_in, alice_in) = (squatter.joined_rooms().await, alice.joined_rooms().await);
+    for room in [&across, &square] {
+        assert!(!stranger_in.contains(room), "the stranger on carol's ID is not let in: {stranger_in:?}");
+        assert!(!alice_in.contains(room), "nor is anyone, until the ID is settled: {alice_in:?}");
+    }
+    assert_eq!(rejoined.code, 1, "{rejoined:?}");
+    assert!(rejoined.stderr.contains(&format!("held back: {square}")), "{rejoined:?}");
+    let listed = rooms_by_id(&lifeboat).await;
+    assert_eq!(listed[&across]["strangers"], 1, "{listed:?}");
 }
