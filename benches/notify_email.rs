@@ -29,6 +29,7 @@
 //! little.
 
 use std::path::{Path, PathBuf};
+use std::sync::atomic::AtomicBool;
 use std::time::Instant;
 
 use lifeboat::config::EmailConfig;
@@ -278,8 +279,9 @@ async fn lifeboat_round(
 ) -> Result<Measured> {
     let mailer = mailer(sink.port, concurrency as u32)?;
     let measured = measure(sink, people, || async {
+        let (transport, lease_lost) = (Transport::Email(&mailer), AtomicBool::new(false));
         let counts =
-            send_deliveries(registry, Transport::Email(&mailer), incident, settings, concurrency, &NoProgress).await?;
+            send_deliveries(registry, transport, incident, settings, concurrency, &NoProgress, &lease_lost).await?;
         if counts.sent != people as i64 {
             return Err(format!("send_deliveries ended with {counts:?}").into());
         }

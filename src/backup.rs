@@ -236,8 +236,10 @@ pub async fn restore(registry: &Registry, file: &Path, replace: bool, actor: &Ac
             .await?;
         }
     }
+    // Recorded with the rows: a restore is never reported failed once committed.
+    let (restored, detail) = (file.display().to_string(), format!("{rows} rows"));
+    Registry::audit_in(&mut tx, actor, "restore", Some(&restored), Some(&detail)).await?;
     tx.commit().await?;
-    registry.audit(actor, "restore", Some(&file.display().to_string()), Some(&format!("{rows} rows"))).await?;
     Ok(rows)
 }
 

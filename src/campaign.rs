@@ -3,6 +3,7 @@
 //! create the missing tokens and deliveries, then send by email and DM
 //! under the incident's lease, so two runs never send the same outbox.
 
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
 use secrecy::SecretString;
@@ -275,11 +276,15 @@ pub async fn run_campaign(
     email: &EmailConfig,
     options: CampaignOptions<'_>,
 ) -> Result<CampaignReport, CampaignError> {
-    // One notify per incident at a time (see `lease`).
-    let work = send_under_lease(config, registry, incident, email, &options);
-    Lease::run(registry, &format!("notify:incident:{}", incident.id), work)
-        .await?
-        .unwrap_or_else(|Held { holder, until }| Err(CampaignError::Busy { incident: incident.id, holder, until }))
+    // One notify per incident at a time (see `lease`). A run that loses
+    // the lease (paused past it, say) stops claiming: the taker sends on.
+    let lease = match Lease::take(registry, &format!("notify:incident:{}", incident.id)).await? {
+        Ok(lease) => lease,
+        Err(Held { holder, until }) => return Err(CampaignError::Busy { incident: incident.id, holder, until }),
+    };
+    let outcome = send_under_lease(config, registry, incident, email, &options, &lease.lost()).await;
+    lease.release().await;
+    outcome
 }
 
 pub struct CampaignOptions<'a> {
@@ -297,6 +302,7 @@ async fn send_under_lease(
     incident: &Incident,
     email: &EmailConfig,
     options: &CampaignOptions<'_>,
+    lost: &AtomicBool,
 ) -> Result<CampaignReport, CampaignError> {
     let progress = options.progress;
     let client = admin_client_recovering(config, registry, &options.actor, progress).await?;
@@ -353,13 +359,17 @@ async fn send_under_lease(
     // What an earlier run left unsent (or in flight when it died) is due now.
     registry.resume_deliveries(incident.id, options.retry_failed).await?;
     let settings = notice_settings(config, registry, incident).await?;
+    let email_transport = Transport::Email(&mailer);
     let mut sent =
-        send_deliveries(registry, Transport::Email(&mailer), incident, &settings, email.connections, progress).await;
+        send_deliveries(registry, email_transport, incident, &settings, email.connections, progress, lost).await;
     if let (Ok(_), Some(sender)) = (&sent, &dm_sender) {
-        sent =
-            send_deliveries(registry, Transport::Matrix(sender), incident, &settings, DM_CONCURRENCY, progress).await;
+        let dm_transport = Transport::Matrix(sender);
+        sent = send_deliveries(registry, dm_transport, incident, &settings, DM_CONCURRENCY, progress, lost).await;
     }
     mailer.shutdown().await;
+    if lost.load(Ordering::SeqCst) {
+        progress.note("another process took over this incident's notices (this run was held up past its lease): it sends the rest");
+    }
     report.counts = sent?;
     if let Some((_, left)) = &mut report.dms_left_to {
         *left = registry.unsent_notices(incident.id, DeliveryChannel::Matrix).await?;

@@ -6,7 +6,7 @@
 
 use std::collections::HashMap;
 use std::sync::Mutex;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::Duration;
 
 use secrecy::SecretString;
@@ -261,7 +261,11 @@ impl Transport<'_> {
         if delivery.opted_out_at.is_some() {
             return Some("the contact opted out");
         }
-        if delivery.channel == DeliveryChannel::Email && delivery.contact_id.is_none() {
+        // A contact removed since it was planned (for a DM: any but the
+        // person's own account) hears nothing more, the person's token and
+        // claim link least of all.
+        let to_a_contact = delivery.channel == DeliveryChannel::Email || delivery.address != delivery.user_id;
+        if to_a_contact && delivery.contact_id.is_none() {
             return Some("the contact was removed");
         }
         // A Matrix ID on this homeserver, the person's own or a contact's,
@@ -338,6 +342,8 @@ impl crate::outbox::Channel for IncidentNotices<'_> {
 /// A notify run's progress, counted over every channel of the incident.
 struct Counted<'a> {
     progress: &'a dyn NotifyProgress,
+    /// Up once the run's lease is another's: claim nothing more.
+    lost: &'a AtomicBool,
     done: AtomicU64,
     total: u64,
 }
@@ -349,13 +355,14 @@ impl crate::outbox::Progress for Counted<'_> {
     }
 
     fn stopping(&self) -> bool {
-        self.progress.stopping()
+        self.progress.stopping() || self.lost.load(Ordering::SeqCst)
     }
 }
 
 /// Sends an incident's deliveries of one channel until none is due
 /// (`outbox::send_until_done`); returns the counts by state (all channels)
-/// afterwards. Call `Registry::resume_deliveries` once before a run.
+/// afterwards. Call `Registry::resume_deliveries` once before a run. Stops
+/// claiming once `lost` is up (the run's lease is another's).
 pub async fn send_deliveries(
     registry: &Registry,
     transport: Transport<'_>,
@@ -363,10 +370,12 @@ pub async fn send_deliveries(
     settings: &NoticeSettings,
     concurrency: usize,
     progress: &dyn NotifyProgress,
+    lost: &AtomicBool,
 ) -> Result<DeliveryCounts, NotifyError> {
     let counts = registry.delivery_counts(incident.id).await?;
     let counted = Counted {
         progress,
+        lost,
         done: AtomicU64::new((counts.sent + counts.failed + counts.skipped) as u64),
         total: counts.total() as u64,
     };
@@ -388,5 +397,38 @@ mod tests {
         }
         labels.label(minute);
         assert_eq!(labels.last.lock().unwrap().as_ref().unwrap().0, minute / 60_000);
+    }
+
+    fn dm(to: &str, contact_id: Option<i64>, contact_account_state: Option<AccountState>) -> Delivery {
+        Delivery {
+            id: 1,
+            user_id: "@alice:ours.example".to_owned(),
+            channel: DeliveryChannel::Matrix,
+            address: to.to_owned(),
+            attempts: 0,
+            next_attempt_at: 0,
+            display_name: None,
+            account_state: AccountState::Held,
+            held_at: Some(1),
+            locked: 0,
+            deactivated: 0,
+            contact_id,
+            contact_account_state,
+            opted_out_at: None,
+            token: Some("token".to_owned()),
+            token_expires_at: None,
+        }
+    }
+
+    #[test]
+    fn a_notice_dm_goes_only_to_a_contact_still_recorded_and_an_id_still_its_persons() {
+        let skip = |delivery: &Delivery| Transport::skip_reason(delivery, "ours.example");
+        assert_eq!(skip(&dm("@alice:elsewhere.example", Some(7), None)), None, "her contact elsewhere");
+        assert!(skip(&dm("@alice:elsewhere.example", None, None)).is_some(), "a contact removed since");
+        assert_eq!(skip(&dm("@bob:ours.example", Some(7), Some(AccountState::Present))), None);
+        for taken in [None, Some(AccountState::Recreated), Some(AccountState::Held), Some(AccountState::Missing)] {
+            assert!(skip(&dm("@bob:ours.example", Some(7), taken)).is_some(), "a contact here that is {taken:?}");
+        }
+        assert!(skip(&dm("@alice:ours.example", None, None)).is_some(), "her own ID, held");
     }
 }

@@ -1,8 +1,7 @@
 //! Getting back in: which admin token works, and re-creating lifeboat's
 //! own service account through the shared secret after a database wipe.
 
-use rand::distr::{Alphanumeric, SampleString};
-use secrecy::{ExposeSecret, SecretString};
+use secrecy::ExposeSecret;
 use serde::Serialize;
 
 use crate::check::WORKING_TOKEN_SETTING;
@@ -126,15 +125,9 @@ pub async fn recover(config: &Config, registry: &Registry, actor: &Actor) -> Res
     }
     // The password is kept before registering: if lifeboat dies between
     // Synapse's answer and storing the token, the next recover logs in
-    // with it instead of taking its own account for a stranger's.
-    let password = match registry.setting(SERVICE_PASSWORD).await? {
-        Some(password) => SecretString::from(password),
-        None => {
-            let password = Alphanumeric.sample_string(&mut rand::rng(), 40);
-            registry.set_setting(SERVICE_PASSWORD, &password).await?;
-            SecretString::from(password)
-        }
-    };
+    // with it instead of taking its own account for a stranger's. Made
+    // once, whoever asks first: two recoveries at once use the same one.
+    let password = registry.generated_secret(SERVICE_PASSWORD).await?;
     let registered = match base.register_with_shared_secret(&secret.value, user_id.localpart(), &password, true).await {
         Ok(registered) => registered,
         Err(SharedSecretError::UserInUse) => match base.login_with_password(user_id.localpart(), &password).await? {

@@ -126,7 +126,10 @@ pub async fn observe(
             _ => return (seen, None),
         };
         seen.taken = seen.recreated.clone();
-        match sync(registry, &client, &SyncOptions::from_config(config), &actor, &Quiet).await {
+        // Paced and stoppable like every watcher sync: a wiped server lists
+        // in moments, but a token can be rejected after a rollback too.
+        let paced = SyncOptions::from_config(config).paced(config).stopped_by(cancel.clone());
+        match sync(registry, &client, &paced, &actor, &Quiet).await {
             // IDs registered again since the wipe (the check could not list them).
             Ok(summary) => seen.taken.extend(summary.applied.report.recreated),
             Err(err @ SyncError::Busy { .. }) => tracing::info!(reason = %err, "watcher: sync skipped this round"),

@@ -5,6 +5,7 @@ use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
+use matrix_sdk::ruma::{RoomAliasId, RoomId};
 use secrecy::SecretString;
 use serde::Deserialize;
 use url::Url;
@@ -262,7 +263,17 @@ impl RawBot {
             user_id,
             password: ctx.secret("bot.password", self.password, self.password_file)?,
             access_token: ctx.secret("bot.access_token", self.access_token, self.access_token_file)?,
-            admin_room: self.admin_room.filter(|room| !room.trim().is_empty()),
+            admin_room: match self.admin_room.as_deref().map(str::trim).filter(|room| !room.is_empty()) {
+                // The bot could find no room by anything else, and would wait
+                // for an invite there forever.
+                Some(room) if RoomId::parse(room).is_err() && RoomAliasId::parse(room).is_err() => {
+                    return Err(ctx.invalid(
+                        "bot.admin_room",
+                        "must be a room ID (!abc…) or an alias with its server (#admins:example.org)",
+                    ));
+                }
+                room => room.map(str::to_owned),
+            },
             admins,
             command_prefix: self.command_prefix.unwrap_or_else(|| "!lifeboat".to_owned()),
             store_path: ctx.base_dir.join(self.store_path.unwrap_or_else(|| PathBuf::from("lifeboat-bot-store"))),
@@ -444,6 +455,9 @@ impl RawConfig {
             let inner = inner.lines().next().unwrap_or_default().trim().trim_end_matches('.').to_owned();
             if inner.starts_with("unknown field") {
                 ConfigError(unknown_key(&key, &ctx.origin(&key), &inner))
+            } else if ["secret", "password", "token", "passphrase"].iter().any(|word| key.ends_with(word)) {
+                // serde's message quotes the value, and this one is a secret.
+                ctx.invalid(&key, "must be a quoted string")
             } else {
                 ctx.invalid(&key, inner)
             }

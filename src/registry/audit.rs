@@ -54,7 +54,7 @@ pub struct AuditEntry {
 impl Registry {
     /// Records an operation inside the transaction that performs it, so the
     /// log and the change land together or not at all.
-    pub(super) async fn audit_in(
+    pub(crate) async fn audit_in(
         tx: &mut Transaction<'_, Any>,
         actor: &Actor,
         action: &str,

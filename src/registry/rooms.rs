@@ -265,6 +265,12 @@ impl Registry {
                 record_details(&mut tx, &room.room_id, details).await?;
             }
         }
+        // Gone since the previous listing (another wipe, after lifeboat came
+        // back into them): lifeboat's account is to rejoin them again.
+        sqlx::query("UPDATE rooms SET restored_at = NULL, restore_error = NULL WHERE last_seen_at = $1")
+            .bind(previous)
+            .execute(&mut *tx)
+            .await?;
         set_setting_in(&mut *tx, ROOMS_LISTED_SETTING, &now.to_string()).await?;
         tx.commit().await?;
         Ok(())

@@ -206,6 +206,13 @@ impl Registry {
         let set_missing = "UPDATE accounts SET state = 'missing', missing_since = $1, custody = NULL, custody_at = NULL, \
              display_name_due_at = NULL";
         let newly_missing = Self::mark_accounts(&mut tx, set_missing, now, &to_mark_missing).await?;
+        // Lost (again, after another wipe): their rooms are to be come back
+        // into once more, however it went the last time.
+        let rooms_again =
+            "UPDATE room_members SET rejoin = NULL, rejoin_error = NULL, rejoin_attempts = 0, rejoin_at = $1";
+        for lost in [&to_mark_missing, &to_mark_recreated] {
+            Self::mark_accounts(&mut tx, rooms_again, now, lost).await?;
+        }
         // A stranger on a person's ID (recreated) gives that person's record
         // neither the admin flag nor a name: the notices greet the person by it.
         sqlx::query(

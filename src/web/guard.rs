@@ -113,7 +113,8 @@ fn cookie(headers: &HeaderMap, name: &str) -> Option<String> {
 /// claimed, so whatever it wrote there cannot spoil the proxy's entry).
 /// Past an entry that is not an address, it is the peer's.
 pub fn client_ip(peer: Option<ConnectInfo<SocketAddr>>, headers: &HeaderMap, trusted: &[IpAddr]) -> Option<IpAddr> {
-    let peer = peer?.0.ip();
+    // A listener on `[::]` sees an IPv4 proxy as `::ffff:a.b.c.d`.
+    let peer = peer?.0.ip().to_canonical();
     if !trusted.contains(&peer) {
         return Some(peer);
     }
@@ -126,7 +127,7 @@ pub fn client_ip(peer: Option<ConnectInfo<SocketAddr>>, headers: &HeaderMap, tru
     let nearest = forwarded
         .into_iter()
         .rev()
-        .map(|part| part.trim().parse::<IpAddr>())
+        .map(|part| part.trim().parse::<IpAddr>().map(|ip| ip.to_canonical()))
         .take_while(Result::is_ok)
         .flatten()
         .find(|ip| !trusted.contains(ip));
@@ -237,6 +238,9 @@ mod tests {
         // What the client wrote left of the proxy's entry cannot spoil it.
         let prefixed = forwarded("unknown, 203.0.113.9");
         assert_eq!(client_ip(peer("10.0.0.1"), &prefixed, &[proxy]), Some("203.0.113.9".parse().unwrap()));
+        // An IPv4 proxy as a listener on [::] sees it.
+        let headers = forwarded("203.0.113.7");
+        assert_eq!(client_ip(peer("::ffff:10.0.0.1"), &headers, &[proxy]), Some("203.0.113.7".parse().unwrap()));
     }
 
     #[test]

@@ -74,6 +74,18 @@ async fn values_that_cannot_work_are_refused_with_their_minimum() {
     let in_the_file = Lifeboat::with_config(&format!("{MINIMAL}[sync]\npage_size = -5\n"));
     let line = in_the_file.run(&["config", "check"]).await.stderr;
     assert!(line.contains("`-5` is out of range") && !line.contains("untagged"), "{line}");
+    // A secret written as a number is refused without being shown.
+    let numeric = Lifeboat::with_config(&MINIMAL.replace("admin_token = \"tok\"", "admin_token = 12345678"));
+    let run = numeric.run(&["config", "check"]).await;
+    assert_eq!(run.code, 2, "{run:?}");
+    assert!(run.stderr.contains("must be a quoted string") && !run.stderr.contains("12345678"), "{}", run.stderr);
+    // An admin room the bot could never find by it.
+    for room in ["admins", "#admins", "https://matrix.to/#/#admins:example.org"] {
+        let bot = Lifeboat::with_config(&format!("{MINIMAL}[bot]\naccess_token = \"t\"\nadmin_room = \"{room}\"\n"));
+        let run = bot.run(&["config", "check"]).await;
+        assert_eq!(run.code, 2, "{room}: {run:?}");
+        assert!(one_sentence(&run.stderr).contains("`bot.admin_room`"), "{room}: {}", run.stderr);
+    }
 }
 
 #[tokio::test]

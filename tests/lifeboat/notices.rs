@@ -589,6 +589,45 @@ async fn ids_taken_after_a_wipe_neither_read_a_persons_notice_nor_put_words_in_i
     assert!(text.starts_with(&format!("Hello {alice},")) && !text.contains("evil.example"), "{text}");
 }
 
+/// A notify that loses its lease (held up past it: paused, say) stops
+/// claiming notices, so that it and the process that took the lease over do
+/// not send the same ones: the taker sends the rest.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_notify_that_loses_its_lease_stops_sending() {
+    let synapse = TestSynapse::start();
+    let registry = TestDatabase::sqlite();
+    let smtp = TestSmtp::start_slow(4_000);
+    let mut lifeboat = lifeboat_with_mail(&synapse, &registry, &smtp);
+    lifeboat.set_env("LIFEBOAT__EMAIL__CONNECTIONS", "1");
+    let (id, _) = incident_after_wipe(&synapse, &lifeboat, 12).await;
+    let lease = format!("notify:incident:{id}");
+    let direct = lifeboat::registry::Registry::connect(&registry.url()).await.unwrap();
+    let take_over = async {
+        eventually("the run holds its lease", Duration::from_secs(30), || async {
+            let held: i64 = sqlx::query_scalar("SELECT COUNT(*) FROM leases WHERE name = $1")
+                .bind(&lease)
+                .fetch_one(direct.pool())
+                .await
+                .unwrap();
+            held == 1
+        })
+        .await;
+        sqlx::query("UPDATE leases SET holder = 'elsewhere:1:1' WHERE name = $1")
+            .bind(&lease)
+            .execute(direct.pool())
+            .await
+            .unwrap();
+    };
+    let args = ["notify", id.as_str(), "--yes"];
+    let (notify, ()) = tokio::join!(lifeboat.run(&args), take_over);
+    assert_eq!(notify.code, 1, "{notify:?}");
+    assert!(notify.stderr.contains("another process took over"), "{notify:?}");
+    let sent = smtp.count();
+    assert!(sent < 11, "it stopped part-way: {sent} of 11 sent");
+    tokio::time::sleep(Duration::from_secs(5)).await;
+    assert_eq!(smtp.count(), sent, "and sent nothing after");
+}
+
 #[tokio::test(flavor = "multi_thread")]
 async fn accounts_an_admin_had_locked_or_deactivated_get_no_token() {
     let synapse = TestSynapse::start();

@@ -477,6 +477,33 @@ async fn rooms_gone_from_a_listing_are_classified_and_a_lost_persons_memberships
 }
 on_both_backends!(rooms_gone_from_a_listing_are_classified_and_a_lost_persons_memberships_wait_for_them);
 
+/// Another wipe after people came back: the surviving room is to be
+/// rejoined again, and its people brought back again, as after the first.
+async fn after_another_wipe_rooms_and_people_are_brought_back_again(registry: Registry) {
+    sync_listing(&registry, &[user("@a:x", 1)]).await;
+    let shared = room("!shared", 2, &[("@a:x", 0)]);
+    registry.apply_room_listing(std::slice::from_ref(&shared)).await.unwrap();
+    // The first wipe; lifeboat and @a come back into the room.
+    sync_listing(&registry, &[]).await;
+    registry.apply_room_listing(&[]).await.unwrap();
+    sync_listing(&registry, &[user("@a:x", 2)]).await;
+    registry.settle_as_claimed(&id("@a:x"), &Actor::cli()).await.unwrap();
+    registry.mark_room_restored("!shared", None).await.unwrap();
+    registry.record_rejoin("!shared", &id("@a:x"), RejoinOutcome::Joined).await.unwrap();
+    registry.apply_room_listing(std::slice::from_ref(&shared)).await.unwrap();
+    assert!(registry.pending_rejoins(false).await.unwrap().is_empty());
+
+    // Another wipe.
+    sync_listing(&registry, &[]).await;
+    registry.apply_room_listing(&[]).await.unwrap();
+    let again = registry.room("!shared").await.unwrap().unwrap();
+    assert_eq!((again.state, again.restored_at, again.pending), (RoomState::Elsewhere, None, 1), "{again:?}");
+    sync_listing(&registry, &[user("@a:x", 3)]).await;
+    registry.settle_as_claimed(&id("@a:x"), &Actor::cli()).await.unwrap();
+    assert_eq!(registry.pending_rejoins(false).await.unwrap().len(), 1, "@a is brought back again");
+}
+on_both_backends!(after_another_wipe_rooms_and_people_are_brought_back_again);
+
 async fn a_queued_message_past_its_expiry_is_skipped_and_its_text_emptied(registry: Registry) {
     use lifeboat::email::EmailAddress;
     use lifeboat::outbox::{Progress, QueuedEmails, queue_email, send_until_done};
