@@ -20,7 +20,7 @@ use crate::registry::{self, Actor, DeliveryChannel, DeliveryCounts, Incident, In
 use crate::session::store_passphrase;
 use crate::synapse::SynapseClient;
 use crate::sync::{Quiet, SyncError, SyncOptions, sync};
-use crate::tokens::{TokenError, ensure_notice_tokens, extend_unsent_tokens};
+use crate::tokens::{TokenError, ensure_notice_tokens, extend_unsent_tokens, revoke_unused_tokens};
 use crate::user_id::UserId;
 
 /// Matrix DMs in flight at once. (Emails: `email.connections`.)
@@ -48,6 +48,8 @@ pub enum CampaignError {
         "another `lifeboat notify {incident}` (or a notify from the bot, or serve's delivery worker) is running ({holder}); let it finish, or if that process is gone, run again after {until}"
     )]
     Busy { incident: i64, holder: String, until: String },
+    #[error("incident {0} stays open: {1}")]
+    StaysOpen(i64, TokenError),
 }
 
 /// What a run did.
@@ -278,13 +280,39 @@ pub async fn run_campaign(
 ) -> Result<CampaignReport, CampaignError> {
     // One notify per incident at a time (see `lease`). A run that loses
     // the lease (paused past it, say) stops claiming: the taker sends on.
-    let lease = match Lease::take(registry, &format!("notify:incident:{}", incident.id)).await? {
+    let lease = match Lease::take(registry, &notify_lease(incident.id)).await? {
         Ok(lease) => lease,
         Err(Held { holder, until }) => return Err(CampaignError::Busy { incident: incident.id, holder, until }),
     };
     let outcome = send_under_lease(config, registry, incident, email, &options, &lease.lost()).await;
     lease.release().await;
     outcome
+}
+
+/// Resolves an incident: deletes its unused registration tokens in Synapse,
+/// then records it resolved; returns (deleted, used). Under the incident's
+/// notify lease, so that no run makes or sends a token meanwhile that
+/// resolving would miss.
+pub async fn resolve_incident(
+    registry: &Registry,
+    client: &SynapseClient,
+    id: i64,
+    actor: &Actor,
+) -> Result<(u64, u64), CampaignError> {
+    let work = async {
+        let counts =
+            revoke_unused_tokens(registry, client, id).await.map_err(|err| CampaignError::StaysOpen(id, err))?;
+        registry.resolve_incident(id, actor).await?;
+        Ok(counts)
+    };
+    Lease::run(registry, &notify_lease(id), work)
+        .await?
+        .unwrap_or_else(|Held { holder, until }| Err(CampaignError::Busy { incident: id, holder, until }))
+}
+
+/// One notify of an incident at a time, and no resolving meanwhile.
+fn notify_lease(incident_id: i64) -> String {
+    format!("notify:incident:{incident_id}")
 }
 
 pub struct CampaignOptions<'a> {

@@ -10,7 +10,8 @@ use matrix_sdk::ruma::OwnedUserId;
 use super::Bot;
 use super::commands::{ADMIN_USAGE, AdminCommand, help};
 use crate::campaign::{
-    CampaignError, CampaignOptions, CampaignReport, admin_client_recovering, open_incident, run_campaign,
+    CampaignError, CampaignOptions, CampaignReport, admin_client_recovering, open_incident, resolve_incident,
+    run_campaign,
 };
 use crate::check::{CheckOptions, check};
 use crate::email::EmailAddress;
@@ -21,7 +22,7 @@ use crate::notify::{NotifyProgress, human_time, plan};
 use crate::recover::service_user_id;
 use crate::registry::{AccountState, Actor, ContactSource, IncidentScope, MessageKind, RoomState, format_time, now_ms};
 use crate::sync::{Quiet, SyncOptions, sync};
-use crate::tokens::{revoke_unused_tokens, token_for_person};
+use crate::tokens::token_for_person;
 use crate::user_id::UserId;
 
 /// How long a `notify <id>` dry run stays confirmable.
@@ -214,10 +215,10 @@ async fn run(bot: &Bot, room: &Room, actor: &Actor, command: AdminCommand) -> Re
         AdminCommand::IncidentResolve(id) => {
             registry.require_incident(id).await.map_err(said)?;
             let client = admin_client(bot, actor).await?;
-            let (revoked, used) = revoke_unused_tokens(registry, &client, id)
-                .await
-                .map_err(|err| format!("incident {id} stays open: {err}"))?;
-            registry.resolve_incident(id, actor).await.map_err(said)?;
+            let (revoked, used) = resolve_incident(registry, &client, id, actor).await.map_err(|err| match err {
+                CampaignError::Registry(err) => said(err),
+                other => other.to_string(),
+            })?;
             Ok(format!(
                 "Resolved incident {id}: deleted {revoked} unused registration tokens; {used} were used to register."
             ))

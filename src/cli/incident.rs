@@ -4,10 +4,9 @@ use std::path::PathBuf;
 
 use super::output::{print_json, time};
 use super::{Context, Failure, Outcome, exit};
-use crate::campaign::{CampaignError, open_incident};
+use crate::campaign::{CampaignError, open_incident, resolve_incident};
 use crate::notify::NotifyProgress;
 use crate::registry::{Actor, IncidentScope, IncidentSummary};
-use crate::tokens::revoke_unused_tokens;
 
 #[derive(clap::Subcommand, Debug)]
 pub enum Command {
@@ -155,10 +154,8 @@ pub async fn run(context: &Context, command: Command) -> Outcome {
         Command::Resolve { id } => {
             registry.require_incident(id).await?;
             let client = context.admin_client(&config, &registry, std::convert::identity).await?;
-            let (revoked, used) = revoke_unused_tokens(&registry, &client, id)
-                .await
-                .map_err(|err| Failure::failed(format!("incident {id} stays open: {err}")))?;
-            registry.resolve_incident(id, &Actor::cli()).await?;
+            let (revoked, used) =
+                resolve_incident(&registry, &client, id, &Actor::cli()).await.map_err(Failure::failed)?;
             println!(
                 "Resolved incident {id}: deleted {revoked} unused registration tokens in Synapse; {used} had been used to register."
             );

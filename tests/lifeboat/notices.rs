@@ -754,6 +754,11 @@ async fn a_second_notify_for_the_same_incident_waits_for_the_first() {
         "{notify:?}"
     );
     assert!(smtp.messages().is_empty(), "nothing sent twice");
+    // Nor is the incident resolved under it: the run could make or send a
+    // token that resolving would miss.
+    let resolve = lifeboat.run(&["incident", "resolve", &id]).await;
+    assert_eq!(resolve.code, 1, "{resolve:?}");
+    assert!(resolve.stderr.contains("elsewhere:4242"), "{resolve:?}");
 
     store.release_lease(&format!("notify:incident:{id}"), "elsewhere:4242").await.unwrap();
     assert_eq!(lifeboat.run(&["notify", &id, "--yes"]).await.code, 0);
