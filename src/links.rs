@@ -1,7 +1,8 @@
 //! Signed links in notices: unsubscribe and claim, signed by HMAC-SHA256
 //! with a key generated once and kept in the registry, so they cannot be
 //! forged or altered. Formats (fixed; the web page verifies them):
-//! - `<web.public_url>/unsubscribe?contact=<contact id>&sig=<hex HMAC of "unsubscribe:<contact id>">`
+//! - `<web.public_url>/unsubscribe?contact=<contact id>&sig=<hex HMAC of "unsubscribe:<contact id>:<address>">`
+//!   (the address too: a contact id can name another address later, after a restore, say)
 //! - `<web.public_url>/claim?account=<user ID>&incident=<id>&hold=<held at>&until=<expiry>&sig=<hex HMAC
 //!   of "claim:<incident>:<held at>:<until>:<user ID>">` (times in UTC ms). `hold` names the hold
 //!   the link is for: once the ID is claimed, or held again after another loss, the link is dead.
@@ -14,8 +15,8 @@ use url::Url;
 /// Name of the registry setting holding the signing key.
 pub const LINK_KEY: &str = "link_signing_key";
 
-pub fn unsubscribe_url(public_url: &Url, key: &SecretString, contact_id: i64) -> String {
-    UnsubscribeLinks::new(public_url, key).url(contact_id)
+pub fn unsubscribe_url(public_url: &Url, key: &SecretString, contact_id: i64, address: &str) -> String {
+    UnsubscribeLinks::new(public_url, key).url(contact_id, address)
 }
 
 /// Unsubscribe links for one web address and key: a notify run puts one in
@@ -39,10 +40,12 @@ impl UnsubscribeLinks {
         UnsubscribeLinks { prefix: url.into(), mac: mac_of(key, "unsubscribe:") }
     }
 
-    pub fn url(&self, contact_id: i64) -> String {
+    pub fn url(&self, contact_id: i64, address: &str) -> String {
         let id = contact_id.to_string();
         let mut mac = self.mac.clone();
-        mac.update(id.as_bytes());
+        for signed in [id.as_str(), ":", address] {
+            mac.update(signed.as_bytes());
+        }
         let mut sig = [0u8; 64];
         hex::encode_to_slice(mac.finalize().into_bytes(), &mut sig).expect("32 bytes are 64 hex digits");
         let sig = std::str::from_utf8(&sig).expect("hex digits are ASCII");
@@ -55,9 +58,9 @@ impl UnsubscribeLinks {
     }
 }
 
-/// Does `sig` sign an unsubscribe link for `contact_id`? (Constant time.)
-pub fn verify_unsubscribe(key: &SecretString, contact_id: i64, sig: &str) -> bool {
-    verify(key, &format!("unsubscribe:{contact_id}"), sig)
+/// Does `sig` sign an unsubscribe link for `contact_id` at `address`? (Constant time.)
+pub fn verify_unsubscribe(key: &SecretString, contact_id: i64, address: &str, sig: &str) -> bool {
+    verify(key, &format!("unsubscribe:{contact_id}:{address}"), sig)
 }
 
 /// What a claim link is for: one hold of one account, in one incident, until a time.
@@ -145,22 +148,24 @@ mod tests {
                 expected
                     .query_pairs_mut()
                     .append_pair("contact", &contact.to_string())
-                    .append_pair("sig", &signature(&key, &format!("unsubscribe:{contact}")));
-                assert_eq!(links.url(contact), expected.as_str());
+                    .append_pair("sig", &signature(&key, &format!("unsubscribe:{contact}:a@example.org")));
+                assert_eq!(links.url(contact, "a@example.org"), expected.as_str());
             }
         }
     }
 
     #[test]
-    fn unsubscribe_links_verify_only_for_their_contact() {
+    fn unsubscribe_links_verify_only_for_their_contact_and_its_address() {
         let key = SecretString::from("k");
-        let url = unsubscribe_url(&Url::parse("https://lifeboat.example.org/base/").unwrap(), &key, 42);
+        let base = Url::parse("https://lifeboat.example.org/base/").unwrap();
+        let url = unsubscribe_url(&base, &key, 42, "a@example.org");
         assert!(url.starts_with("https://lifeboat.example.org/base/unsubscribe?contact=42&sig="));
         let sig = url.split("sig=").nth(1).unwrap();
-        assert!(verify_unsubscribe(&key, 42, sig));
-        assert!(!verify_unsubscribe(&key, 43, sig));
-        assert!(!verify_unsubscribe(&SecretString::from("other"), 42, sig));
-        assert!(!verify_unsubscribe(&key, 42, "zz"));
+        assert!(verify_unsubscribe(&key, 42, "a@example.org", sig));
+        assert!(!verify_unsubscribe(&key, 43, "a@example.org", sig));
+        assert!(!verify_unsubscribe(&key, 42, "b@example.org", sig), "the id now names another address");
+        assert!(!verify_unsubscribe(&SecretString::from("other"), 42, "a@example.org", sig));
+        assert!(!verify_unsubscribe(&key, 42, "a@example.org", "zz"));
     }
 
     fn claim() -> ClaimLink {

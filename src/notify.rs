@@ -176,7 +176,7 @@ impl NoticeSettings {
 
     /// The signed one-click link for this delivery's contact, if the web page is configured.
     fn unsubscribe_url(&self, delivery: &Delivery) -> Option<String> {
-        Some(self.unsubscribe.as_ref()?.url(delivery.contact_id?))
+        Some(self.unsubscribe.as_ref()?.url(delivery.contact_id?, &delivery.address))
     }
 
     fn render_with(

@@ -206,15 +206,25 @@ impl Registry {
         .await?)
     }
 
-    /// Stops everything to a contact (unsubscribe). Returns `false` for an
-    /// unknown contact; opting out twice keeps the first time.
-    pub async fn opt_out_contact(&self, contact_id: i64, actor: &Actor) -> Result<bool> {
-        let mut tx = self.begin_write().await?;
-        let contact: Option<(String, String)> = sqlx::query_as("SELECT user_id, address FROM contacts WHERE id = $1")
+    /// The address of the contact `contact_id`, if there is one.
+    pub async fn contact_address(&self, contact_id: i64) -> Result<Option<String>> {
+        Ok(sqlx::query_scalar("SELECT address FROM contacts WHERE id = $1")
             .bind(contact_id)
+            .fetch_optional(&self.pool)
+            .await?)
+    }
+
+    /// Stops everything to a contact (unsubscribe), while it still has
+    /// `address`. Returns `false` when it does not (any more); opting out
+    /// twice keeps the first time.
+    pub async fn opt_out_contact(&self, contact_id: i64, address: &str, actor: &Actor) -> Result<bool> {
+        let mut tx = self.begin_write().await?;
+        let user_id: Option<String> = sqlx::query_scalar("SELECT user_id FROM contacts WHERE id = $1 AND address = $2")
+            .bind(contact_id)
+            .bind(address)
             .fetch_optional(&mut *tx)
             .await?;
-        let Some((user_id, address)) = contact else {
+        let Some(user_id) = user_id else {
             tx.rollback().await?;
             return Ok(false);
         };
@@ -225,7 +235,7 @@ impl Registry {
             .await?
             .rows_affected();
         if changed == 1 {
-            Self::audit_in(&mut tx, actor, "contact.opt_out", Some(&user_id), Some(&address)).await?;
+            Self::audit_in(&mut tx, actor, "contact.opt_out", Some(&user_id), Some(address)).await?;
         }
         tx.commit().await?;
         Ok(true)

@@ -21,11 +21,24 @@ pub struct UnsubscribeLink {
     sig: Option<String>,
 }
 
+/// What an unsubscribe link names.
+enum Named {
+    /// The contact (id, address), its signature right for both.
+    Contact(i64, String),
+    /// No contact has that id (removed): nothing goes to it anyway.
+    Gone,
+    Bad,
+}
+
 impl UnsubscribeLink {
-    /// The contact id, when the signature is right for it.
-    fn verified(&self, key: &secrecy::SecretString) -> Option<i64> {
-        let contact: i64 = self.contact.as_deref()?.parse().ok()?;
-        crate::links::verify_unsubscribe(key, contact, self.sig.as_deref()?).then_some(contact)
+    async fn named(&self, state: &WebState, key: &secrecy::SecretString) -> Result<Named, WebError> {
+        let id = self.contact.as_deref().and_then(|id| id.parse::<i64>().ok());
+        let (Some(id), Some(sig)) = (id, self.sig.as_deref()) else { return Ok(Named::Bad) };
+        Ok(match state.registry.contact_address(id).await? {
+            None => Named::Gone,
+            Some(address) if crate::links::verify_unsubscribe(key, id, &address, sig) => Named::Contact(id, address),
+            Some(_) => Named::Bad,
+        })
     }
 }
 
@@ -46,7 +59,13 @@ pub async fn confirm(
         Ok(key) => key,
         Err(err) => return WebError::from(err).page(&state),
     };
-    let (Some(contact), Some(sig)) = (query.verified(key), query.sig.as_deref()) else { return bad_link(&state) };
+    let contact = match query.named(&state, key).await {
+        Ok(Named::Contact(contact, _)) => contact,
+        Ok(Named::Gone) => return unsubscribed(&state, false),
+        Ok(Named::Bad) => return bad_link(&state),
+        Err(err) => return err.page(&state),
+    };
+    let sig = query.sig.as_deref().unwrap_or_default();
     let chrome = Chrome::of(&state);
     let action = format!("{}/unsubscribe?contact={contact}&sig={sig}", chrome.base);
     pages::with_csrf(&state, &headers, |csrf| pages::html(StatusCode::OK, &Confirm { chrome, csrf, action })).await
@@ -62,7 +81,12 @@ pub async fn unsubscribe(
         Ok(key) => key,
         Err(err) => return WebError::from(err).page(&state),
     };
-    let Some(contact) = query.verified(key) else { return bad_link(&state) };
+    let (contact, address) = match query.named(&state, key).await {
+        Ok(Named::Contact(contact, address)) => (contact, address),
+        Ok(Named::Gone) => return unsubscribed(&state, false),
+        Ok(Named::Bad) => return bad_link(&state),
+        Err(err) => return err.page(&state),
+    };
     let one_click = is_one_click(&headers, &body);
     if !one_click {
         let csrf = url::form_urlencoded::parse(&body).find(|(name, _)| name == "csrf").map(|(_, value)| value);
@@ -71,18 +95,21 @@ pub async fn unsubscribe(
         }
     }
     let detail = if one_click { "one-click unsubscribe" } else { "unsubscribe page" };
-    match state.registry.opt_out_contact(contact, &Actor::web(Some(detail.to_owned()))).await {
-        Ok(known) => {
-            let sentence = if known {
-                "We will send nothing more to this email address. To hear from us again, add it on the subscription page."
-            } else {
-                // Signed for a contact since removed: nothing is sent to it either.
-                "We will send nothing more to this address."
-            };
-            Message::new(&state, "You are unsubscribed", &[sentence]).page(StatusCode::OK)
-        }
+    match state.registry.opt_out_contact(contact, &address, &Actor::web(Some(detail.to_owned()))).await {
+        Ok(known) => unsubscribed(&state, known),
         Err(err) => WebError::from(err).page(&state),
     }
+}
+
+/// `known`: the contact was there to opt out; else it was removed, and
+/// nothing is sent to it either.
+fn unsubscribed(state: &WebState, known: bool) -> Response {
+    let sentence = if known {
+        "We will send nothing more to this email address. To hear from us again, add it on the subscription page."
+    } else {
+        "We will send nothing more to this address."
+    };
+    Message::new(state, "You are unsubscribed", &[sentence]).page(StatusCode::OK)
 }
 
 /// RFC 8058: the body `List-Unsubscribe=One-Click`, form-urlencoded or as

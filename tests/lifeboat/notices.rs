@@ -151,6 +151,10 @@ async fn after_the_seed_incident_each_contact_gets_one_email_with_a_working_toke
 
     let mails = smtp.messages();
     assert_eq!(mails.len(), 3);
+    let link_key = {
+        let store = lifeboat::registry::Registry::connect(&registry.url()).await.unwrap();
+        store.generated_secret(lifeboat::links::LINK_KEY).await.unwrap()
+    };
     let mut tokens_by_person = HashMap::new();
     for name in &names[..3] {
         let to_them = smtp.messages_to(&format!("{name}@example.org"));
@@ -173,6 +177,12 @@ async fn after_the_seed_incident_each_contact_gets_one_email_with_a_working_toke
                 .contains("https://lifeboat.example.org/unsubscribe?contact=")
         );
         assert_eq!(mail.list_unsubscribe_post.as_deref(), Some("List-Unsubscribe=One-Click"));
+        // Signed for this contact and its address, as the page checks it.
+        let unsubscribe = url::Url::parse(mail.list_unsubscribe.as_deref().unwrap().trim_matches(['<', '>'])).unwrap();
+        let query: HashMap<String, String> = unsubscribe.query_pairs().into_owned().collect();
+        let (contact, sig) = (query["contact"].parse().unwrap(), &query["sig"]);
+        let address = format!("{name}@example.org");
+        assert!(lifeboat::links::verify_unsubscribe(&link_key, contact, &address, sig), "{unsubscribe}");
         assert!(mail.message_id.as_deref().unwrap_or("").contains(&format!("incident-{id}.delivery-")));
         let token = token_in(mail.text.as_deref().unwrap_or(""));
         assert!(mail.html.as_deref().unwrap_or("").contains(&token));

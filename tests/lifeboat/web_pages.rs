@@ -458,9 +458,13 @@ async fn one_click_unsubscribe_by_its_signed_link_stops_all_further_mail() {
         registry.close().await;
         key
     };
-    let link = lifeboat::links::unsubscribe_url(&url::Url::parse(&served.url).unwrap(), &key, contact);
-    let forged = lifeboat::links::unsubscribe_url(&url::Url::parse(&served.url).unwrap(), &key, contact + 1)
+    let base = url::Url::parse(&served.url).unwrap();
+    let link = lifeboat::links::unsubscribe_url(&base, &key, contact, &email);
+    let forged = lifeboat::links::unsubscribe_url(&base, &key, contact + 1, &email)
         .replace(&format!("contact={}", contact + 1), &format!("contact={contact}"));
+    // Signed for this contact id when it named another address (before a
+    // restore gave the id to this one, say).
+    let readdressed = lifeboat::links::unsubscribe_url(&base, &key, contact, "someone-else@example.org");
 
     let page = http.get(&link).send().await.unwrap();
     assert_eq!(page.status(), 200);
@@ -484,6 +488,8 @@ async fn one_click_unsubscribe_by_its_signed_link_stops_all_further_mail() {
     assert_eq!(cross_site.status(), 403, "another site's form");
     let (code, _) = post_form(&http, &forged, None, "List-Unsubscribe=One-Click").await;
     assert_eq!(code, 400, "a signature for another contact does not work");
+    let (code, _) = post_form(&http, &readdressed, None, "List-Unsubscribe=One-Click").await;
+    assert_eq!(code, 400, "nor one for another address under the same id");
 
     let (code, page) = post_form(&http, &link, None, "List-Unsubscribe=One-Click").await;
     assert_eq!(code, 200, "RFC 8058 one-click needs no CSRF token: {page}");
