@@ -339,9 +339,11 @@ async fn send_under_lease(
     if options.plan_new {
         report.tokens_created =
             ensure_notice_tokens(registry, &client, incident.id, config.tokens.expiry, &service).await?;
-        report.tokens_extended = extend_unsent_tokens(registry, &client, incident.id, config.tokens.expiry).await?;
         registry.plan_email_deliveries(incident.id).await?;
     }
+    // Whoever sends (serve's worker too): a notice held back long enough
+    // would otherwise carry a token that is dead or about to be.
+    report.tokens_extended = extend_unsent_tokens(registry, &client, incident.id, config.tokens.expiry).await?;
     // Email does not depend on DMs: a DM sender that cannot start is a note.
     let dm_sender = match DmAccount::find(config, registry, &client).await {
         Ok(Some(account)) => {

@@ -399,12 +399,15 @@ async fn after_a_short_mail_outage_serve_sends_the_waiting_notices_within_a_minu
     let synapse = TestSynapse::start();
     let registry = TestDatabase::sqlite();
     let smtp = TestSmtp::start(Some(0));
-    let lifeboat = lifeboat_with_mail(&synapse, &registry, &smtp);
+    let mut lifeboat = lifeboat_with_mail(&synapse, &registry, &smtp);
     let (id, names) = incident_after_wipe(&synapse, &lifeboat, 3).await;
 
-    // The relay refuses (451) for a whole run: the notices wait.
+    // The relay refuses (451) for a whole run: the notices wait, with
+    // tokens made to live the shortest time allowed.
+    lifeboat.set_env("LIFEBOAT__TOKENS__EXPIRY", "1h");
     let run = lifeboat.run(&["notify", &id, "--yes"]).await;
     assert_eq!(run.code, 1, "{run:?}");
+    lifeboat.set_env("LIFEBOAT__TOKENS__EXPIRY", "14d");
     let port = |_| std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
     let config = std::fs::read_to_string(lifeboat.config_path()).unwrap();
     lifeboat.write_config(&format!(
@@ -422,6 +425,13 @@ async fn after_a_short_mail_outage_serve_sends_the_waiting_notices_within_a_minu
         names[..2].iter().all(|name| !smtp.messages_to(&format!("{name}@example.org")).is_empty())
     })
     .await;
+    // With less than half their life left, the tokens got a fresh expiry
+    // before the worker sent them.
+    let tokens = lifeboat.run(&["tokens", "list", "--json"]).await.json();
+    let day_from_now = lifeboat::registry::now_ms() + 24 * 3600 * 1000;
+    for token in tokens.as_array().unwrap() {
+        assert!(token["expires_at"].as_i64().unwrap_or(0) > day_from_now, "{token}");
+    }
 }
 
 #[tokio::test(flavor = "multi_thread")]
