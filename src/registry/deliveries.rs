@@ -91,6 +91,12 @@ pub struct PlannedEmails {
 /// A notice already planned stays as it is (`deliveries_one_notice`).
 const ONE_NOTICE_EACH: &str = "ON CONFLICT (incident_id, user_id, channel, address) WHERE kind = 'notice' DO NOTHING";
 
+/// Pending rows of channel `$1` waiting out a backoff between `$2` (now)
+/// and `$3`. Not a row that is due only once it expired: one a caller
+/// sends at once itself (`outbox::send_at_once`: the drill, a DMed code).
+const PARKED: &str = "channel = $1 AND state = 'pending' AND next_attempt_at > $2 AND next_attempt_at <= $3 \
+     AND (expires_at IS NULL OR next_attempt_at < expires_at)";
+
 /// Who an incident's notices go to by email: each address of an affected
 /// person that has not opted out (`ia`, `c`; the incident is `$1`). The
 /// plan and its dry-run count read the same rows.
@@ -312,30 +318,24 @@ impl Registry {
     /// before `until`: those a working channel may send now. (A message
     /// that may have gone out waits longer, and is not among them.)
     pub async fn parked_deliveries(&self, channel: DeliveryChannel, until: i64) -> Result<i64> {
-        Ok(sqlx::query_scalar(
-            "SELECT COUNT(*) FROM deliveries WHERE channel = $1 AND state = 'pending' \
-             AND next_attempt_at > $2 AND next_attempt_at <= $3",
-        )
-        .bind(channel)
-        .bind(now_ms())
-        .bind(until)
-        .fetch_one(&self.pool)
-        .await?)
+        Ok(sqlx::query_scalar(sqlx::AssertSqlSafe(format!("SELECT COUNT(*) FROM deliveries WHERE {PARKED}")))
+            .bind(channel)
+            .bind(now_ms())
+            .bind(until)
+            .fetch_one(&self.pool)
+            .await?)
     }
 
     /// Makes the deliveries [`Registry::parked_deliveries`] counts due now.
     pub async fn release_parked(&self, channel: DeliveryChannel, until: i64) -> Result<u64> {
         let now = now_ms();
-        Ok(sqlx::query(
-            "UPDATE deliveries SET next_attempt_at = $2 WHERE channel = $1 AND state = 'pending' \
-             AND next_attempt_at > $2 AND next_attempt_at <= $3",
-        )
-        .bind(channel)
-        .bind(now)
-        .bind(until)
-        .execute(&self.pool)
-        .await?
-        .rows_affected())
+        Ok(sqlx::query(sqlx::AssertSqlSafe(format!("UPDATE deliveries SET next_attempt_at = $2 WHERE {PARKED}")))
+            .bind(channel)
+            .bind(now)
+            .bind(until)
+            .execute(&self.pool)
+            .await?
+            .rows_affected())
     }
 
     /// When the next pending delivery of an incident's channel is due, if any.

@@ -545,6 +545,33 @@ async fn a_queued_message_past_its_expiry_is_skipped_and_its_text_emptied(regist
         .unwrap();
     assert_eq!(text, None, "nor does a DMed one");
 }
+
+/// serve's worker makes waiting rows due early once the relay answers
+/// again; never a row due only at its expiry, which its caller sends at
+/// once itself (the drill's test mail): that would send it twice.
+async fn a_message_its_caller_sends_itself_is_never_made_due_early(registry: Registry) {
+    use lifeboat::registry::{DeliveryChannel, NewMessage};
+    let now = lifeboat::registry::now_ms();
+    let row = |due_at, expires_at| NewMessage {
+        kind: MessageKind::Drill,
+        channel: DeliveryChannel::Email,
+        to: "ops@example.org",
+        subject: "drill",
+        text: "A test.",
+        html: "",
+        incident_id: None,
+        expires_at,
+        due_at,
+    };
+    let in_four_minutes = now + 4 * 60_000;
+    registry.queue_message(&row(in_four_minutes, in_four_minutes)).await.unwrap();
+    let within = now + 5 * 60_000;
+    assert_eq!(registry.parked_deliveries(DeliveryChannel::Email, within).await.unwrap(), 0);
+    registry.queue_message(&row(in_four_minutes, now + 86_400_000)).await.unwrap();
+    assert_eq!(registry.parked_deliveries(DeliveryChannel::Email, within).await.unwrap(), 1, "a backoff");
+    assert_eq!(registry.release_parked(DeliveryChannel::Email, within).await.unwrap(), 1, "only the backoff");
+}
+on_both_backends!(a_message_its_caller_sends_itself_is_never_made_due_early);
 on_both_backends!(a_queued_message_past_its_expiry_is_skipped_and_its_text_emptied);
 
 /// Tables and their columns in order (a backup's rows follow it), as the
