@@ -395,7 +395,7 @@ fn to_record(
     tries: &mut HashMap<i64, u32>,
     fatal: &mut Option<SendError>,
 ) -> Record {
-    let ended = |state, reason, due_at| Record::Ended { id, state, reason, due_at };
+    let ended = |state, reason, due_at| Record::Ended { id, state, reason, due_at, not_before: None };
     match outcome {
         Outcome::Sent => Record::Sent(id),
         Outcome::Skip(reason) => ended(DeliveryState::Skipped, reason.to_owned(), None),
@@ -413,7 +413,8 @@ fn to_record(
         }
         Outcome::RetryLater(reason) => {
             tracing::warn!(delivery = id, error = %reason, "message will be retried later");
-            ended(DeliveryState::Pending, reason, Some(now_ms() + LATER.as_millis() as i64))
+            let later = now_ms() + LATER.as_millis() as i64;
+            Record::Ended { id, state: DeliveryState::Pending, reason, due_at: Some(later), not_before: Some(later) }
         }
         Outcome::Fatal(err) => {
             // Put it back as due.
@@ -449,6 +450,9 @@ enum Record {
         state: DeliveryState,
         reason: String,
         due_at: Option<i64>,
+        /// A message that may have gone out: not sent again before this,
+        /// whoever asks.
+        not_before: Option<i64>,
     },
 }
 
@@ -461,8 +465,8 @@ async fn record(outbox: &mut OutboxWriter, records: Vec<Record>) -> Result<u64, 
     outbox.mark_sent(&sent).await?;
     let mut finished = sent.len() as u64;
     for record in records {
-        if let Record::Ended { id, state, reason, due_at } = record {
-            outbox.mark_ended(id, state, &reason, due_at).await?;
+        if let Record::Ended { id, state, reason, due_at, not_before } = record {
+            outbox.mark_ended(id, state, &reason, due_at, not_before).await?;
             finished += u64::from(state != DeliveryState::Pending);
         }
     }

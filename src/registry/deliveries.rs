@@ -95,7 +95,7 @@ const ONE_NOTICE_EACH: &str = "ON CONFLICT (incident_id, user_id, channel, addre
 /// and `$3`. Not a row that is due only once it expired: one a caller
 /// sends at once itself (`outbox::send_at_once`: the drill, a DMed code).
 const PARKED: &str = "channel = $1 AND state = 'pending' AND next_attempt_at > $2 AND next_attempt_at <= $3 \
-     AND (expires_at IS NULL OR next_attempt_at < expires_at)";
+     AND (expires_at IS NULL OR next_attempt_at < expires_at) AND (not_before IS NULL OR not_before <= $2)";
 
 /// Who an incident's notices go to by email: each address of an affected
 /// person that has not opted out (`ia`, `c`; the incident is `$1`). The
@@ -269,13 +269,15 @@ impl Registry {
     }
 
     /// Makes an incident's unfinished deliveries (with `retry_failed`, the failed
-    /// ones too) due now. `sending` rows, claimed by an older version that died
-    /// mid-run, are taken back: resending is the only way not to lose them.
-    /// Only one notify may run per incident at a time.
+    /// ones too) due now, but a message that may have gone out not before its
+    /// time. `sending` rows, claimed by an older version that died mid-run,
+    /// are taken back: resending is the only way not to lose them. Only one
+    /// notify may run per incident at a time.
     pub async fn resume_deliveries(&self, incident_id: i64, retry_failed: bool) -> Result<u64> {
         let states = if retry_failed { "'pending', 'sending', 'failed'" } else { "'pending', 'sending'" };
         Ok(sqlx::query(sqlx::AssertSqlSafe(format!(
-            "UPDATE deliveries SET state = 'pending', next_attempt_at = $2 \
+            "UPDATE deliveries SET state = 'pending', \
+             next_attempt_at = CASE WHEN not_before > $2 THEN not_before ELSE $2 END \
              WHERE incident_id = $1 AND kind = 'notice' AND state IN ({states})"
         )))
         .bind(incident_id)
@@ -457,10 +459,11 @@ impl OutboxWriter {
         state: DeliveryState,
         error: &str,
         next_attempt_at: Option<i64>,
+        not_before: Option<i64>,
     ) -> Result<()> {
         sqlx::query(
             "UPDATE deliveries SET state = $2, last_error = $3, next_attempt_at = COALESCE($4, next_attempt_at), \
-             attempts = attempts + $5, \
+             attempts = attempts + $5, not_before = $6, \
              subject = CASE WHEN $2 = 'pending' THEN subject END, \
              body_text = CASE WHEN $2 = 'pending' THEN body_text END, \
              body_html = CASE WHEN $2 = 'pending' THEN body_html END \
@@ -473,6 +476,7 @@ impl OutboxWriter {
         // Every state set here ends an attempt, except a skip (nothing was
         // tried).
         .bind(i64::from(state != DeliveryState::Skipped))
+        .bind(not_before)
         .execute(&mut *self.conn)
         .await?;
         Ok(())

@@ -572,6 +572,63 @@ async fn a_message_its_caller_sends_itself_is_never_made_due_early(registry: Reg
     assert_eq!(registry.release_parked(DeliveryChannel::Email, within).await.unwrap(), 1, "only the backoff");
 }
 on_both_backends!(a_message_its_caller_sends_itself_is_never_made_due_early);
+
+/// A message that may have gone out (no answer once all of it was sent)
+/// waits its time whoever asks: neither a rerun of notify nor serve's
+/// worker, once the relay answers again, makes it due sooner.
+async fn a_message_that_may_have_gone_out_is_not_sent_again_before_its_time(registry: Registry) {
+    use lifeboat::registry::{DeliveryChannel, DeliveryState, NewMessage};
+    sync_listing(&registry, &[user("@a:x", 1)]).await;
+    let now = lifeboat::registry::now_ms();
+    let (incident,): (i64,) = sqlx::query_as(
+        "INSERT INTO incidents (title, postmortem, scope, opened_at) VALUES ('Lost', 'Lost.', 'missing', 1) RETURNING id",
+    )
+    .fetch_one(registry.pool())
+    .await
+    .unwrap();
+    let (notice,): (i64,) = sqlx::query_as(
+        "INSERT INTO deliveries (kind, incident_id, user_id, channel, address, next_attempt_at, created_at) \
+         VALUES ('notice', $1, '@a:x', 'email', 'a@example.org', $2, $2) RETURNING id",
+    )
+    .bind(incident)
+    .bind(now)
+    .fetch_one(registry.pool())
+    .await
+    .unwrap();
+    let alert = NewMessage {
+        kind: MessageKind::Alert,
+        channel: DeliveryChannel::Email,
+        to: "ops@example.org",
+        subject: "alert",
+        text: "Accounts are missing.",
+        html: "",
+        incident_id: None,
+        expires_at: now + 86_400_000,
+        due_at: now,
+    };
+    let alert = registry.queue_message(&alert).await.unwrap();
+    // Eleven of its fifteen minutes have passed.
+    let time = now + 4 * 60_000;
+    let mut writer = registry.outbox_writer().await.unwrap();
+    for id in [notice, alert] {
+        writer
+            .mark_ended(id, DeliveryState::Pending, "no answer after it was sent", Some(time), Some(time))
+            .await
+            .unwrap();
+    }
+    drop(writer);
+
+    registry.resume_deliveries(incident, false).await.unwrap();
+    let (due,): (i64,) = sqlx::query_as("SELECT next_attempt_at FROM deliveries WHERE id = $1")
+        .bind(notice)
+        .fetch_one(registry.pool())
+        .await
+        .unwrap();
+    assert_eq!(due, time, "a rerun of notify leaves it waiting");
+    let within = now + 5 * 60_000;
+    assert_eq!(registry.parked_deliveries(DeliveryChannel::Email, within).await.unwrap(), 0, "so does the worker");
+}
+on_both_backends!(a_message_that_may_have_gone_out_is_not_sent_again_before_its_time);
 on_both_backends!(a_queued_message_past_its_expiry_is_skipped_and_its_text_emptied);
 
 /// Tables and their columns in order (a backup's rows follow it), as the
