@@ -373,6 +373,8 @@ impl Registry {
 
     /// People back on their ID (claimed) not yet back in their rooms that come back or were
     /// re-created. Failures are retried up to [`MAX_REJOIN_ATTEMPTS`] times (`retry_all`: any count).
+    /// Not into a surviving room this server is not in yet while a stranger holds a former
+    /// member's ID ([`Room::strangers`]): the join would let the stranger in too.
     pub async fn pending_rejoins(&self, retry_all: bool) -> Result<Vec<Rejoin>> {
         let listed_at = self.rooms_listed_at().await?;
         let sql = format!(
@@ -381,7 +383,7 @@ impl Registry {
              JOIN accounts a ON a.user_id = m.user_id \
              WHERE m.membership = 'join' AND ({STANDING_SQL}) = 'claimed' AND ({ROOM_STATE_SQL}) <> 'lost' \
              AND (m.rejoin IS NULL OR (m.rejoin = 'failed' AND ($2 = 1 OR m.rejoin_attempts < $3))) \
-             AND (r.recreated_as IS NOT NULL OR {} = 0) \
+             AND (({ROOM_STATE_SQL}) <> 'elsewhere' OR {} = 0) \
              ORDER BY m.user_id, m.room_id",
             strangers_in("m.room_id")
         );
