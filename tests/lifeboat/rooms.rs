@@ -42,6 +42,18 @@ async fn claim(lifeboat: &Lifeboat, user_id: &str) {
     assert_eq!(claimed.code, 0, "{claimed:?}");
 }
 
+/// Loses the record of the room made in place of `room_id`, as a run that
+/// stopped between making it and recording it would.
+async fn forget_recreation(registry: &TestDatabase, room_id: &str) {
+    let direct = lifeboat::registry::Registry::connect(&registry.url()).await.unwrap();
+    sqlx::query("UPDATE rooms SET recreated_as = NULL WHERE room_id = $1")
+        .bind(room_id)
+        .execute(direct.pool())
+        .await
+        .unwrap();
+    direct.close().await;
+}
+
 /// Signs in as a person who has their ID back.
 async fn sign_in(synapse: &TestSynapse, localpart: &str, password: &str) -> MatrixUser {
     let (status, body) = synapse.login(localpart, password).await;
@@ -157,13 +169,7 @@ async fn after_a_wipe_people_come_back_into_surviving_rooms_aliases_work_and_los
 
     // A run that stopped after making the room but before recording it
     // finds the room it made, and makes no second one.
-    let direct = lifeboat::registry::Registry::connect(&registry.url()).await.unwrap();
-    sqlx::query("UPDATE rooms SET recreated_as = NULL WHERE room_id = $1")
-        .bind(&kitchen)
-        .execute(direct.pool())
-        .await
-        .unwrap();
-    direct.close().await;
+    forget_recreation(&registry, &kitchen).await;
     let resumed = lifeboat.run(&["rooms", "recreate", &kitchen, "--yes"]).await;
     assert_eq!(resumed.code, 0, "{resumed:?}");
     assert_eq!(rooms_by_id(&lifeboat).await[&kitchen]["recreated_as"], new_kitchen.as_str(), "{resumed:?}");
@@ -200,13 +206,7 @@ async fn after_a_wipe_people_come_back_into_surviving_rooms_aliases_work_and_los
     let purge = format!("/_synapse/admin/v1/rooms/{}", encode(&new_kitchen));
     let (status, purged) = ours.admin_request(reqwest::Method::DELETE, &purge, Some(serde_json::json!({}))).await;
     assert_eq!(status, 200, "{purged}");
-    let direct = lifeboat::registry::Registry::connect(&registry.url()).await.unwrap();
-    sqlx::query("UPDATE rooms SET recreated_as = NULL WHERE room_id = $1")
-        .bind(&kitchen)
-        .execute(direct.pool())
-        .await
-        .unwrap();
-    direct.close().await;
+    forget_recreation(&registry, &kitchen).await;
     let remade = lifeboat.run(&["rooms", "recreate", &kitchen, "--yes"]).await;
     assert_eq!(remade.code, 0, "{remade:?}");
     let now = rooms_by_id(&lifeboat).await[&kitchen]["recreated_as"].as_str().unwrap_or_default().to_owned();
