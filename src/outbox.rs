@@ -26,6 +26,7 @@ use crate::registry::{
     self, DeliveryChannel, DeliveryState, EXPIRED, MessageKind, NewMessage, OutboxWriter, Registry, StoredMessage,
     now_ms,
 };
+use crate::user_id::UserId;
 
 /// Tries of one row within one run before it is left for later.
 const ATTEMPTS_PER_RUN: u32 = 3;
@@ -73,16 +74,17 @@ pub enum Outcome {
 pub static QUEUED: Notify = Notify::const_new();
 
 /// Queues an email of `kind` to `to`, worth sending until `expires_at`
-/// (ms), and wakes the worker; returns its outbox id.
+/// (ms), and wakes the worker; returns its outbox id. A way back in names
+/// its incident and person (see [`NewMessage::user_id`]).
 pub async fn queue_email(
     registry: &Registry,
     kind: MessageKind,
     to: &EmailAddress,
     message: &Rendered,
-    incident_id: Option<i64>,
+    way_back_for: Option<(i64, &UserId)>,
     expires_at: i64,
 ) -> Result<i64, registry::Error> {
-    let id = registry.queue_message(&new_email(kind, to, message, incident_id, expires_at)).await?;
+    let id = registry.queue_message(&new_email(kind, to, message, way_back_for, expires_at)).await?;
     QUEUED.notify_one();
     Ok(id)
 }
@@ -147,10 +149,14 @@ pub async fn deliver_dm(registry: &Registry, sender: &DmSender, message: &Stored
 }
 
 /// A stored message's text, or why it is not sent: it expired (its link
-/// or code no longer works), or its text is gone.
+/// or code no longer works), its person may no longer be mailed it, or its
+/// text is gone.
 fn sendable_text(message: &StoredMessage) -> Result<&str, Outcome> {
     if message.expires_at.is_some_and(|expires_at| expires_at < now_ms()) {
         return Err(Outcome::Skip(EXPIRED));
+    }
+    if let Some(reason) = message.withdrawn() {
+        return Err(Outcome::Skip(reason));
     }
     message.body_text.as_deref().ok_or_else(|| Outcome::Failed("its text is gone".to_owned()))
 }
@@ -165,6 +171,7 @@ pub fn new_dm<'a>(kind: MessageKind, to: &'a str, text: &'a str, expires_at: i64
         text,
         html: "",
         incident_id: None,
+        user_id: None,
         expires_at,
         due_at: now_ms(),
     }
@@ -175,7 +182,7 @@ pub fn new_email<'a>(
     kind: MessageKind,
     to: &'a EmailAddress,
     message: &'a Rendered,
-    incident_id: Option<i64>,
+    way_back_for: Option<(i64, &'a UserId)>,
     expires_at: i64,
 ) -> NewMessage<'a> {
     NewMessage {
@@ -185,7 +192,8 @@ pub fn new_email<'a>(
         subject: &message.subject,
         text: &message.text,
         html: &message.html,
-        incident_id,
+        incident_id: way_back_for.map(|(incident_id, _)| incident_id),
+        user_id: way_back_for.map(|(_, user_id)| user_id.as_str()),
         expires_at,
         due_at: now_ms(),
     }

@@ -399,7 +399,9 @@ async fn token(bot: &Bot, actor: &Actor, user: &UserId) -> Result<String, String
     // Worth sending while it works; serve's worker sends it.
     let mut mailed = Vec::new();
     for to in &addresses {
-        match crate::outbox::queue_email(registry, MessageKind::Token, to, &message, Some(incident_id), until).await {
+        match crate::outbox::queue_email(registry, MessageKind::Token, to, &message, Some((incident_id, user)), until)
+            .await
+        {
             Ok(_) => mailed.push(mask(to.as_str())),
             Err(err) => tracing::warn!(error = %err, "could not queue a way back in"),
         }

@@ -34,7 +34,7 @@ pub use credentials::ServiceCredential;
 pub use deliveries::{Delivery, DeliveryChannel, DeliveryCounts, DeliveryState, OutboxWriter, PlannedEmails};
 pub use holds::{HoldCandidate, HoldCounts, HoldRow};
 pub use incidents::{Incident, IncidentScope, IncidentSummary, NoticeToken};
-pub use messages::{EXPIRED, MessageKind, NewMessage, StoredMessage};
+pub use messages::{EXPIRED, INCIDENT_RESOLVED, MessageKind, NO_LONGER_MAILABLE, NewMessage, StoredMessage};
 pub use rooms::{
     MAX_REJOIN_ATTEMPTS, ROOMS_LISTED_SETTING, Rejoin, RejoinOutcome, Room, RoomCounts, RoomDetails, RoomFate,
     RoomRecord, RoomState,
@@ -44,7 +44,7 @@ pub use sync_runs::{AccountDetails, DetailsDue, SyncApplied, SyncRun, SyncStatus
 pub use verifications::{CodeCheck, MAX_CODE_ATTEMPTS};
 pub use web::{MailableContact, WebLink};
 
-static SQLITE_MIGRATIONS: sqlx::migrate::Migrator = sqlx::migrate!("./migrations/sqlite");
+pub(crate) static SQLITE_MIGRATIONS: sqlx::migrate::Migrator = sqlx::migrate!("./migrations/sqlite");
 static POSTGRES_MIGRATIONS: sqlx::migrate::Migrator = sqlx::migrate!("./migrations/postgres");
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

@@ -38,7 +38,7 @@ const SELECT_WEB_LINKS: &str =
     "SELECT id, purpose, user_id, address, code_hash, attempts, created_at, expires_at, used_at FROM web_links";
 
 /// Only verified email contacts that have not opted out are ever written to.
-const MAILABLE: &str = "kind = 'email' AND verified_at IS NOT NULL AND opted_out_at IS NULL";
+pub(super) const MAILABLE: &str = "kind = 'email' AND verified_at IS NOT NULL AND opted_out_at IS NULL";
 
 /// A live link whose email may still arrive (its delivery was not given up): one that never
 /// arrived must not hold back the person's next request.

@@ -504,16 +504,12 @@ async fn after_another_wipe_rooms_and_people_are_brought_back_again(registry: Re
 }
 on_both_backends!(after_another_wipe_rooms_and_people_are_brought_back_again);
 
-async fn a_queued_message_past_its_expiry_is_skipped_and_its_text_emptied(registry: Registry) {
-    use lifeboat::email::EmailAddress;
-    use lifeboat::outbox::{Progress, QueuedEmails, queue_email, send_until_done};
+/// Sends the queued emails to a relay where nothing listens: a send would
+/// fail, so a skip is the only way a message ends.
+async fn send_queued_emails_to_no_relay(registry: &Registry) {
+    use lifeboat::outbox::{Progress, QueuedEmails, send_until_done};
     struct Quiet;
     impl Progress for Quiet {}
-    let message = lifeboat::messages::contact_code("example.org", "@a:x", "123456", 30);
-    let to = EmailAddress::parse("a@example.org").unwrap();
-    let past = lifeboat::registry::now_ms() - 1;
-    let id = queue_email(&registry, MessageKind::Code, &to, &message, None, past).await.unwrap();
-    // Nothing listens there: a send would fail, so a skip is the only way to end it.
     let email = lifeboat::config::EmailConfig {
         smtp_url: "smtp://127.0.0.1:9".to_owned(),
         smtp_password: None,
@@ -521,8 +517,17 @@ async fn a_queued_message_past_its_expiry_is_skipped_and_its_text_emptied(regist
         connections: 1,
     };
     let mailer = lifeboat::mail::Mailer::from_config(&email, 1).unwrap();
-    let queued = QueuedEmails { registry: &registry, mailer: &mailer, server_name: "example.org" };
-    send_until_done(&registry, &queued, 1, &Quiet).await.unwrap();
+    let queued = QueuedEmails { registry, mailer: &mailer, server_name: "example.org" };
+    send_until_done(registry, &queued, 1, &Quiet).await.unwrap();
+}
+
+async fn a_queued_message_past_its_expiry_is_skipped_and_its_text_emptied(registry: Registry) {
+    let message = lifeboat::messages::contact_code("example.org", "@a:x", "123456", 30);
+    let past = lifeboat::registry::now_ms() - 1;
+    let id = lifeboat::outbox::queue_email(&registry, MessageKind::Code, &email("a@example.org"), &message, None, past)
+        .await
+        .unwrap();
+    send_queued_emails_to_no_relay(&registry).await;
     let (state, reason) = registry.message_outcome(id).await.unwrap().unwrap();
     assert_eq!((state.as_str(), reason.as_deref()), ("skipped", Some("expired before it could be sent")));
     let (text,): (Option<String>,) = sqlx::query_as("SELECT body_text FROM deliveries WHERE id = $1")
@@ -546,6 +551,43 @@ async fn a_queued_message_past_its_expiry_is_skipped_and_its_text_emptied(regist
     assert_eq!(text, None, "nor does a DMed one");
 }
 
+/// A way back in an admin had the bot mail waits in the outbox while the
+/// relay is down. It is not sent once its address is no longer the
+/// person's, or once its incident is resolved.
+async fn a_queued_way_back_in_goes_only_while_its_person_may_be_mailed_it(registry: Registry) {
+    use lifeboat::registry::{INCIDENT_RESOLVED, IncidentScope, NO_LONGER_MAILABLE};
+    sync_listing(&registry, &[user("@a:x", 1)]).await;
+    let (a, actor) = (id("@a:x"), Actor::cli());
+    for address in ["a@example.org", "b@example.org", "c@example.org"] {
+        let verified = Some(lifeboat::registry::now_ms());
+        registry.add_contact(&a, &contact(address), ContactSource::Admin, verified, &actor).await.unwrap();
+    }
+    let (incident, _) = registry.open_incident("Lost", "it went", IncidentScope::All, true, &actor).await.unwrap();
+    let message = lifeboat::messages::registration_token("x", "@a:x", "tok", "tomorrow", "https://x/");
+    let tomorrow = lifeboat::registry::now_ms() + 86_400_000;
+    let (to_a, to_b, to_c) = (email("a@example.org"), email("b@example.org"), email("c@example.org"));
+    let queue = |to| {
+        lifeboat::outbox::queue_email(&registry, MessageKind::Token, to, &message, Some((incident.id, &a)), tomorrow)
+    };
+
+    let to_a_removed_address = queue(&to_a).await.unwrap();
+    let to_a_kept_address = queue(&to_b).await.unwrap();
+    registry.remove_contact(&a, &contact("a@example.org"), &actor).await.unwrap();
+    send_queued_emails_to_no_relay(&registry).await;
+    let (state, reason) = registry.message_outcome(to_a_removed_address).await.unwrap().unwrap();
+    assert_eq!((state.as_str(), reason.as_deref()), ("skipped", Some(NO_LONGER_MAILABLE)));
+    let (state, reason) = registry.message_outcome(to_a_kept_address).await.unwrap().unwrap();
+    assert_eq!(state, "pending", "still theirs: tried, and waits for the relay ({reason:?})");
+    assert!(reason.unwrap().contains("could not talk to the mail server"));
+
+    let after_the_incident = queue(&to_c).await.unwrap();
+    registry.resolve_incident(incident.id, &actor).await.unwrap();
+    send_queued_emails_to_no_relay(&registry).await;
+    let (state, reason) = registry.message_outcome(after_the_incident).await.unwrap().unwrap();
+    assert_eq!((state.as_str(), reason.as_deref()), ("skipped", Some(INCIDENT_RESOLVED)));
+}
+on_both_backends!(a_queued_way_back_in_goes_only_while_its_person_may_be_mailed_it);
+
 /// serve's worker makes waiting rows due early once the relay answers
 /// again; never a row due only at its expiry, which its caller sends at
 /// once itself (the drill's test mail): that would send it twice.
@@ -560,6 +602,7 @@ async fn a_message_its_caller_sends_itself_is_never_made_due_early(registry: Reg
         text: "A test.",
         html: "",
         incident_id: None,
+        user_id: None,
         expires_at,
         due_at,
     };
@@ -603,6 +646,7 @@ async fn a_message_that_may_have_gone_out_is_not_sent_again_before_its_time(regi
         text: "Accounts are missing.",
         html: "",
         incident_id: None,
+        user_id: None,
         expires_at: now + 86_400_000,
         due_at: now,
     };
