@@ -7,30 +7,13 @@
 
 use serde::Serialize;
 
+use crate::config::Config;
 use crate::reconcile::{Listed, Report, Verdict, merge_join};
 use crate::registry::{self, Registry};
 use crate::synapse::{self, LISTING_ATTEMPTS, SynapseClient};
 
 /// Registry setting: fingerprint of the admin token of the last complete sync.
 pub const WORKING_TOKEN_SETTING: &str = "working_admin_token_sha256";
-
-#[derive(Debug, Clone)]
-pub struct CheckOptions {
-    pub page_size: u32,
-    pub loss_threshold: f64,
-    pub server_name: String,
-}
-
-impl CheckOptions {
-    /// A check as the config asks for it (the watcher's loss threshold).
-    pub fn from_config(config: &crate::config::Config) -> Self {
-        CheckOptions {
-            page_size: config.sync.page_size,
-            loss_threshold: config.watch.loss_threshold,
-            server_name: config.homeserver.server_name.clone(),
-        }
-    }
-}
 
 #[derive(Debug, Clone, Serialize)]
 pub struct CheckReport {
@@ -59,22 +42,20 @@ pub enum CheckError {
     Registry(#[from] registry::Error),
 }
 
-pub async fn check(
-    registry: &Registry,
-    client: &SynapseClient,
-    options: &CheckOptions,
-) -> Result<CheckReport, CheckError> {
+/// A check as the config asks for it (the watcher's loss threshold).
+pub async fn check(registry: &Registry, client: &SynapseClient, config: &Config) -> Result<CheckReport, CheckError> {
+    let loss_threshold = config.watch.loss_threshold;
     // Unauthenticated and cheap: if this fails Synapse is down, full stop.
     let server_version = client.server_version().await?;
     if registry.last_complete_sync().await?.is_none() {
         return Err(CheckError::NeverSynced);
     }
     let known = registry.known_accounts().await?;
-    let listing = match complete_listing(client, options).await {
+    let listing = match complete_listing(client, config).await {
         Ok(listing) => listing,
         Err(CheckError::Synapse(err)) if err.is_unknown_token() && token_used_to_work(registry, client).await? => {
             // Nobody can be listed, and a wipe loses everyone: count them all.
-            let report = merge_join(&known, &[], options.loss_threshold);
+            let report = merge_join(&known, &[], loss_threshold);
             return Ok(CheckReport {
                 reason: format!(
                     "Synapse {server_version} answers but rejects as unknown (M_UNKNOWN_TOKEN) the admin token that \
@@ -88,8 +69,8 @@ pub async fn check(
         }
         Err(err) => return Err(err),
     };
-    let report = merge_join(&known, &listing, options.loss_threshold);
-    let reason = verdict_reason(&report, options.loss_threshold);
+    let report = merge_join(&known, &listing, loss_threshold);
+    let reason = verdict_reason(&report, loss_threshold);
     Ok(CheckReport { report, listing_complete: true, reason, server_version })
 }
 
@@ -117,10 +98,10 @@ async fn token_used_to_work(registry: &Registry, client: &SynapseClient) -> Resu
 }
 
 /// Every account Synapse lists, sorted bytewise by ID and without repeats.
-async fn complete_listing(client: &SynapseClient, options: &CheckOptions) -> Result<Vec<Listed>, CheckError> {
+async fn complete_listing(client: &SynapseClient, config: &Config) -> Result<Vec<Listed>, CheckError> {
     let mut attempt = 1;
     loop {
-        let mut pages = client.pages(options.page_size).local_to(&options.server_name);
+        let mut pages = client.pages(config.sync.page_size).local_to(&config.homeserver.server_name);
         let mut listing: Vec<Listed> = Vec::new();
         while let Some(page) = pages.next_page().await? {
             listing.extend(page.iter().map(Listed::from));

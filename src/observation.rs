@@ -9,6 +9,7 @@ use serde::Serialize;
 
 use crate::check::{CheckError, CheckReport, verdict_reason};
 use crate::config::Config;
+use crate::plural::id_list;
 use crate::reconcile::{Report, Verdict};
 
 /// The watcher's last full listing: when it ended and how much of
@@ -98,7 +99,7 @@ impl Observation {
             _ => format!("{server_name}: {reason}."),
         };
         if !self.missing.is_empty() {
-            text.push_str(&format!("\n\nMissing ({}): {}", self.missing.len(), named(&self.missing)));
+            text.push_str(&format!("\n\nMissing ({}): {}", self.missing.len(), id_list(&self.missing, 20)));
         }
         if self.recovered {
             text.push_str("\n\nlifeboat re-created its own admin account through the shared secret.");
@@ -111,7 +112,7 @@ impl Observation {
             text.push_str(&format!(
                 "\n\n**Registered again by someone lifeboat cannot vouch for** ({}): {}. lifeboat treats them as strangers (no DMs, no web requests, never obeyed by the bot) and never changes them. If one is its owner, give it back with `lifeboat holds claim <id>` on the lifeboat host; otherwise deactivate it in Synapse.",
                 self.taken.len(),
-                named(&self.taken)
+                id_list(&self.taken, 20)
             ));
         }
         if !self.taken_admins.is_empty() {
@@ -144,17 +145,8 @@ impl Observation {
         format!(
             "Held for their owners ({}): {}. Nobody can register these IDs now; each owner takes theirs back with the claim link in their notice (`lifeboat holds list` shows them).",
             self.held.len(),
-            named(&self.held)
+            id_list(&self.held, 20)
         )
-    }
-}
-
-/// The first 20 IDs, and how many more there are.
-fn named(ids: &[String]) -> String {
-    let shown: Vec<&str> = ids.iter().take(20).map(String::as_str).collect();
-    match ids.len() - shown.len() {
-        0 => shown.join(", "),
-        more => format!("{} and {more} more", shown.join(", ")),
     }
 }
 

@@ -46,6 +46,9 @@ pub enum RoomsError {
     Registry(#[from] registry::Error),
     #[error("{0}")]
     Refused(String),
+    /// Each face says where the rooms are listed.
+    #[error("{0} is not in the room registry")]
+    UnknownRoom(String),
     #[error("stopped before the rooms were read, so the room registry was left unchanged; the next sync reads them")]
     Stopped,
 }
@@ -425,10 +428,18 @@ impl Recreated {
     }
 }
 
-/// The rooms `recreate --all` makes again, spaces last (so they get their
-/// re-created children). lifeboat's own rooms (its admin room, its DMs)
-/// are left out: lifeboat makes those again by itself as it needs them.
-pub async fn all_to_recreate(config: &Config, registry: &Registry) -> Result<Vec<Room>, RoomsError> {
+/// The rooms `rooms recreate` makes again: the one named, if it can be;
+/// else every lost room, spaces last (so they get their re-created
+/// children). lifeboat's own rooms (its admin room, its DMs) are left out
+/// of "every": lifeboat makes those again by itself as it needs them.
+pub async fn to_recreate(config: &Config, registry: &Registry, room_id: Option<&str>) -> Result<Vec<Room>, RoomsError> {
+    if let Some(room_id) = room_id {
+        let room = registry.room(room_id).await?.ok_or_else(|| RoomsError::UnknownRoom(room_id.to_owned()))?;
+        return match recreate_problem(&room) {
+            Some(problem) => Err(RoomsError::Refused(problem)),
+            None => Ok(vec![room]),
+        };
+    }
     let service = service_user_id(config);
     let admin_room = config.bot.as_ref().and_then(|bot| bot.admin_room.as_deref());
     let mut rooms: Vec<Room> = registry
@@ -446,7 +457,7 @@ pub async fn all_to_recreate(config: &Config, registry: &Registry) -> Result<Vec
 }
 
 /// Why a room cannot be re-created, if so: one rule for the CLI and the bot.
-pub fn recreate_problem(room: &Room) -> Option<String> {
+fn recreate_problem(room: &Room) -> Option<String> {
     match room.state {
         RoomState::Lost => None,
         RoomState::Recreated => {

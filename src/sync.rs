@@ -9,6 +9,7 @@ use serde::Serialize;
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
+use crate::config::Config;
 use crate::email::EmailAddress;
 use crate::lease::{Held, Lease};
 use crate::pace::{call_in_paced_groups, rest_after};
@@ -20,16 +21,11 @@ use crate::user_id::UserId;
 /// Accounts whose details are fetched per registry query.
 const DETAILS_BATCH: i64 = 500;
 
-#[derive(Debug, Clone)]
-pub struct SyncOptions {
-    pub page_size: u32,
-    pub details_concurrency: usize,
-    pub details_max_age: Duration,
-    pub loss_threshold: f64,
-    pub server_name: String,
-    /// Accounts whose details are read again per sync, at most (new
-    /// accounts are always read).
-    pub details_per_round: u64,
+/// A sync as the config asks for it (`[sync]`, and the watcher's loss
+/// threshold), at its pace, stopped by its token.
+#[derive(Clone)]
+pub struct SyncOptions<'a> {
+    pub config: &'a Config,
     /// The share of Synapse's time the listing and the detail reads may
     /// take (`None`: as fast as Synapse answers).
     pub pace: Option<f64>,
@@ -39,24 +35,15 @@ pub struct SyncOptions {
     pub stop: CancellationToken,
 }
 
-impl SyncOptions {
-    pub fn from_config(config: &crate::config::Config) -> Self {
-        SyncOptions {
-            page_size: config.sync.page_size,
-            details_concurrency: config.sync.details_concurrency,
-            details_max_age: config.sync.details_max_age,
-            loss_threshold: config.watch.loss_threshold,
-            server_name: config.homeserver.server_name.clone(),
-            details_per_round: config.sync.details_per_round,
-            pace: None,
-            stop: CancellationToken::new(),
-        }
+impl<'a> SyncOptions<'a> {
+    pub fn from_config(config: &'a Config) -> Self {
+        SyncOptions { config, pace: None, stop: CancellationToken::new() }
     }
 
     /// For the watcher and the CLI: a sync that leaves Synapse most of its
     /// time (`watch.max_synapse_share`), however many accounts it reads.
-    pub fn paced(mut self, config: &crate::config::Config) -> Self {
-        self.pace = Some(config.watch.max_synapse_share).filter(|share| *share < 1.0);
+    pub fn paced(mut self) -> Self {
+        self.pace = Some(self.config.watch.max_synapse_share).filter(|share| *share < 1.0);
         self
     }
 
@@ -130,7 +117,7 @@ pub enum SyncError {
 pub async fn sync(
     registry: &Registry,
     client: &SynapseClient,
-    options: &SyncOptions,
+    options: &SyncOptions<'_>,
     actor: &Actor,
     progress: &dyn SyncProgress,
 ) -> Result<SyncSummary, SyncError> {
@@ -143,7 +130,7 @@ pub async fn sync(
 async fn sync_under_lease(
     registry: &Registry,
     client: &SynapseClient,
-    options: &SyncOptions,
+    options: &SyncOptions<'_>,
     actor: &Actor,
     progress: &dyn SyncProgress,
 ) -> Result<SyncSummary, SyncError> {
@@ -153,7 +140,7 @@ async fn sync_under_lease(
         let run_id = registry.begin_sync_run().await?;
         let staged_and_applied = async {
             stage_listing(registry, client, run_id, options, progress).await?;
-            Ok::<_, SyncError>(registry.apply_listing(run_id, options.loss_threshold, actor).await?)
+            Ok::<_, SyncError>(registry.apply_listing(run_id, options.config.watch.loss_threshold, actor).await?)
         };
         match staged_and_applied.await {
             Ok(applied) => break (run_id, applied),
@@ -174,8 +161,8 @@ async fn sync_under_lease(
     }
     let details_began = Instant::now();
     let quota = refresh_quota(
-        options.details_per_round,
-        options.details_max_age,
+        options.config.sync.details_per_round,
+        options.config.sync.details_max_age,
         applied.report.listed as u64,
         previous_listing.map(|ended| now_ms() - ended),
     );
@@ -189,9 +176,8 @@ async fn sync_under_lease(
     // accounts just applied.
     let (mut rooms, mut rooms_error) = (None, None);
     if !stopped {
-        match sync_rooms(registry, client, &options.server_name, options.details_max_age, options.pace, &options.stop)
-            .await
-        {
+        let (server_name, max_age) = (&options.config.homeserver.server_name, options.config.sync.details_max_age);
+        match sync_rooms(registry, client, server_name, max_age, options.pace, &options.stop).await {
             Ok(summary) => rooms = Some(summary),
             Err(RoomsError::Stopped) => stopped = true,
             Err(err) => {
@@ -220,10 +206,10 @@ async fn stage_listing(
     registry: &Registry,
     client: &SynapseClient,
     run_id: i64,
-    options: &SyncOptions,
+    options: &SyncOptions<'_>,
     progress: &dyn SyncProgress,
 ) -> Result<(), SyncError> {
-    let mut pages = client.pages(options.page_size).local_to(&options.server_name);
+    let mut pages = client.pages(options.config.sync.page_size).local_to(&options.config.homeserver.server_name);
     let mut staged: u64 = 0;
     let mut to_stage: Option<Vec<synapse::ListedUser>> = None;
     loop {
@@ -273,7 +259,7 @@ fn refresh_quota(per_round: u64, max_age: Duration, accounts: u64, since_last_ms
 struct DetailReads<'a> {
     registry: &'a Registry,
     client: &'a SynapseClient,
-    options: &'a SyncOptions,
+    options: &'a SyncOptions<'a>,
     progress: &'a dyn SyncProgress,
     counts: DetailCounts,
 }
@@ -284,7 +270,8 @@ impl DetailReads<'_> {
     /// accounts first, so a sync stopped part-way continues where it stopped.
     async fn import_emails(&mut self, quota: u64) -> Result<(), SyncError> {
         let now = now_ms();
-        let again = DetailsDue::Again { now, stale_before: now - self.options.details_max_age.as_millis() as i64 };
+        let again =
+            DetailsDue::Again { now, stale_before: now - self.options.config.sync.details_max_age.as_millis() as i64 };
         let new = self.registry.count_accounts_needing_details(DetailsDue::New).await? as u64;
         let due = (self.registry.count_accounts_needing_details(again).await? as u64).min(quota);
         self.counts.due = new + due;
@@ -334,7 +321,7 @@ impl DetailReads<'_> {
         let (client, options) = (self.client, self.options);
         let outcomes = call_in_paced_groups(
             batch,
-            options.details_concurrency,
+            options.config.sync.details_concurrency,
             options.pace,
             &options.stop,
             |user_id| async move { (client.user_details(user_id.as_str()).await, user_id) },
@@ -366,9 +353,9 @@ impl DetailReads<'_> {
 /// When details just read are due again: after half to all of
 /// `details_max_age`, at random, so accounts read together (the first sync)
 /// come due spread over the period, not in one round.
-fn next_due(options: &SyncOptions) -> i64 {
+fn next_due(options: &SyncOptions<'_>) -> i64 {
     use rand::Rng;
-    let max_age = options.details_max_age.as_millis() as i64;
+    let max_age = options.config.sync.details_max_age.as_millis() as i64;
     now_ms() + max_age / 2 + rand::rng().random_range(0..=max_age / 2)
 }
 

@@ -6,7 +6,7 @@ use std::time::Duration;
 use futures::StreamExt;
 use rand::distr::{Alphanumeric, SampleString};
 
-use crate::registry::{self, Registry, now_ms};
+use crate::registry::{self, Registry, TokenPurpose, now_ms};
 use crate::synapse::{self, SynapseClient};
 use crate::user_id::UserId;
 
@@ -56,7 +56,7 @@ pub async fn ensure_notice_tokens(
 ) -> Result<u64, TokenError> {
     let expires_at = now_ms() + expiry.as_millis() as i64;
     for user_id in owed_notice_tokens(registry, incident_id, service).await? {
-        registry.record_notice_token(incident_id, &user_id, &new_token(), expires_at).await?;
+        registry.record_token(TokenPurpose::Notice, incident_id, &user_id, &new_token(), expires_at).await?;
     }
     registry.refresh_unconfirmed_tokens(incident_id, expires_at).await?;
     let unconfirmed: Vec<_> = registry
@@ -117,7 +117,7 @@ pub async fn token_for_person(
     // Recorded first, then created in Synapse, then confirmed.
     let token = new_token();
     let expires_at = now_ms() + expiry.as_millis() as i64;
-    let id = registry.record_request_token(incident_id, user_id, &token, expires_at).await?;
+    let id = registry.record_token(TokenPurpose::Request, incident_id, user_id, &token, expires_at).await?;
     client.create_registration_token(&token, expires_at).await?;
     registry.confirm_token(id).await?;
     Ok(Some((token, expires_at)))

@@ -14,7 +14,7 @@ use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
 use crate::app::Services;
-use crate::check::{CheckOptions, check};
+use crate::check::check;
 use crate::config::Config;
 use crate::holds::{HoldError, hold_lost_ids, holds_wanted, restore_held_names};
 use crate::observation::{AlertedState, LastListing, Observation};
@@ -66,7 +66,6 @@ pub async fn observe(
 ) -> (Observation, Option<SynapseClient>) {
     let actor = Actor::service("watcher");
     let mut seen = Observation { at: Some(now_ms()), ..Observation::default() };
-    let options = CheckOptions::from_config(config);
     let began = Instant::now();
     let (mut share, mut one_off) = (1.0, Duration::ZERO);
     let mut client = match admin_access(config, registry).await {
@@ -84,7 +83,7 @@ pub async fn observe(
         // One listing a round: the sync's, classified as `check` would.
         // Paced, a first sync of a big server can take long: serve's stop
         // ends it between calls, keeping what it read.
-        let paced = SyncOptions::from_config(config).paced(config).stopped_by(cancel.clone());
+        let paced = SyncOptions::from_config(config).paced().stopped_by(cancel.clone());
         share = paced.pace.unwrap_or(1.0);
         match sync(registry, &client, &paced, &actor, &Quiet).await {
             Ok(summary) => {
@@ -96,13 +95,13 @@ pub async fn observe(
             Err(err @ SyncError::Busy { .. }) => {
                 tracing::info!(reason = %err, "watcher: sync skipped this round");
                 share = 1.0;
-                seen.checked(check(registry, &client, &options).await);
+                seen.checked(check(registry, &client, config).await);
             }
             Err(err) => seen.reason = format!("could not tell: {err}"),
         }
     } else {
         // A dead token lists nothing; check tells a wipe from a typo.
-        seen.checked(check(registry, &client, &options).await);
+        seen.checked(check(registry, &client, config).await);
         if config.homeserver.registration_shared_secret.is_none() {
             if seen.verdict.is_none() {
                 seen.reason = format!(
@@ -128,7 +127,7 @@ pub async fn observe(
         seen.taken = seen.recreated.clone();
         // Paced and stoppable like every watcher sync: a wiped server lists
         // in moments, but a token can be rejected after a rollback too.
-        let paced = SyncOptions::from_config(config).paced(config).stopped_by(cancel.clone());
+        let paced = SyncOptions::from_config(config).paced().stopped_by(cancel.clone());
         match sync(registry, &client, &paced, &actor, &Quiet).await {
             // IDs registered again since the wipe (the check could not list them).
             Ok(summary) => seen.taken.extend(summary.applied.report.recreated),

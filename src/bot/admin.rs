@@ -13,7 +13,7 @@ use crate::campaign::{
     CampaignError, CampaignOptions, CampaignReport, admin_client_recovering, open_incident, resolve_incident,
     run_campaign,
 };
-use crate::check::{CheckOptions, check};
+use crate::check::check;
 use crate::email::EmailAddress;
 use crate::holds::{WayBack, way_back};
 use crate::links::LINK_KEY;
@@ -111,7 +111,7 @@ async fn run(bot: &Bot, room: &Room, actor: &Actor, command: AdminCommand) -> Re
             let client = admin_client(bot, actor).await?;
             // Paced like the CLI's and the watcher's: on a big server a full
             // sync must not take Synapse from its users.
-            let options = SyncOptions::from_config(config).paced(config).stopped_by(state.shutdown.clone());
+            let options = SyncOptions::from_config(config).paced().stopped_by(state.shutdown.clone());
             let summary = sync(registry, &client, &options, actor, &Quiet).await.map_err(text)?;
             let report = &summary.applied.report;
             Ok(format!(
@@ -128,8 +128,7 @@ async fn run(bot: &Bot, room: &Room, actor: &Actor, command: AdminCommand) -> Re
         }
         AdminCommand::Check => {
             let client = admin_client(bot, actor).await?;
-            let options = CheckOptions::from_config(config);
-            let outcome = check(registry, &client, &options).await.map_err(text)?;
+            let outcome = check(registry, &client, config).await.map_err(text)?;
             let report = &outcome.report;
             let mut reply =
                 format!("Verdict **{}**: {}.", report.verdict.as_str(), outcome.reason.trim_end_matches('.'));
@@ -485,17 +484,10 @@ async fn rooms(bot: &Bot) -> Result<String, String> {
 /// Re-creates lost rooms, after a confirm step.
 async fn recreate_rooms(bot: &Bot, actor: &Actor, room: Option<String>, confirm: bool) -> Result<String, String> {
     let (config, registry) = (&bot.state.config, &bot.state.registry);
-    let rooms = match &room {
-        Some(room_id) => {
-            let unknown = || format!("{room_id} is not in the room registry: `{} rooms` lists them", bot.prefix());
-            let known = registry.room(room_id).await.map_err(text)?.ok_or_else(unknown)?;
-            if let Some(problem) = crate::rooms::recreate_problem(&known) {
-                return Err(problem);
-            }
-            vec![known]
-        }
-        None => crate::rooms::all_to_recreate(config, registry).await.map_err(text)?,
-    };
+    let rooms = crate::rooms::to_recreate(config, registry, room.as_deref()).await.map_err(|err| match err {
+        crate::rooms::RoomsError::UnknownRoom(_) => format!("{err}: `{} rooms` lists them", bot.prefix()),
+        err => err.to_string(),
+    })?;
     if rooms.is_empty() {
         return Ok("No room is lost: nothing to re-create.".to_owned());
     }

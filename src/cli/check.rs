@@ -2,7 +2,7 @@
 
 use super::output::{id_list, print_json};
 use super::{Context, Failure, Outcome, exit};
-use crate::check::{CheckError, CheckOptions, CheckReport, check};
+use crate::check::{CheckError, CheckReport, check};
 use crate::reconcile::Verdict;
 
 #[derive(clap::Args, Debug)]
@@ -36,8 +36,7 @@ pub async fn run(context: &Context, args: Args) -> Outcome {
 async fn checked(context: &Context) -> Result<CheckReport, Failure> {
     let (config, registry) = context.open().await?;
     let client = context.admin_client(&config, &registry, CheckError::Synapse).await?;
-    let options = CheckOptions::from_config(&config);
-    check(&registry, &client, &options).await.map_err(Failure::failed)
+    check(&registry, &client, &config).await.map_err(Failure::failed)
 }
 
 fn report(outcome: &CheckReport, json: bool) -> Result<(), Failure> {

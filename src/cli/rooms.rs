@@ -4,7 +4,7 @@
 use super::output::{ask_yes, print_json};
 use super::{Context, Failure, Outcome, exit};
 use crate::registry::{Actor, Room, RoomState};
-use crate::rooms::{all_to_recreate, bring_back, recreate, recreate_problem};
+use crate::rooms::{RoomsError, bring_back, recreate, to_recreate};
 
 #[derive(clap::Subcommand, Debug)]
 pub enum Command {
@@ -90,20 +90,12 @@ pub async fn run(context: &Context, command: Command) -> Outcome {
             Ok(if report.failed.is_empty() && report.held_back.is_empty() { exit::OK } else { exit::FAILED })
         }
         Command::Recreate { room_id, all: _, yes } => {
-            let rooms = match room_id {
-                Some(room_id) => {
-                    let Some(room) = registry.room(&room_id).await? else {
-                        return Err(Failure::failed(format!(
-                            "{room_id} is not in the room registry: `lifeboat rooms list --state lost` shows the rooms that can be re-created"
-                        )));
-                    };
-                    if let Some(problem) = recreate_problem(&room) {
-                        return Err(Failure::failed(problem));
-                    }
-                    vec![room]
-                }
-                None => all_to_recreate(&config, &registry).await.map_err(Failure::failed)?,
-            };
+            let rooms = to_recreate(&config, &registry, room_id.as_deref()).await.map_err(|err| match err {
+                RoomsError::UnknownRoom(_) => Failure::failed(format!(
+                    "{err}: `lifeboat rooms list --state lost` shows the rooms that can be re-created"
+                )),
+                err => Failure::failed(err),
+            })?;
             if rooms.is_empty() {
                 println!("No room is lost: nothing to re-create.");
                 return Ok(exit::OK);

@@ -72,7 +72,7 @@ pub async fn run(context: &Context, args: Args) -> Outcome {
     let progress = Bar { bar: progress_bar("accounts"), in_details: AtomicBool::new(false) };
     let mut options = SyncOptions::from_config(&config).stopped_by(stop);
     if !args.full_speed {
-        options = options.paced(&config);
+        options = options.paced();
     }
     let result = sync(&registry, &client, &options, &Actor::cli(), &progress).await;
     progress.bar.finish_and_clear();

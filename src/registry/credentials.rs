@@ -14,7 +14,6 @@ pub struct ServiceCredential {
     #[sqlx(try_from = "String")]
     pub access_token: SecretString,
     pub device_id: Option<String>,
-    pub obtained_at: i64,
 }
 
 impl std::fmt::Debug for ServiceCredential {
@@ -25,12 +24,10 @@ impl std::fmt::Debug for ServiceCredential {
 
 impl Registry {
     pub async fn service_credential(&self, user_id: &UserId) -> Result<Option<ServiceCredential>> {
-        Ok(sqlx::query_as(
-            "SELECT user_id, access_token, device_id, obtained_at FROM service_credentials WHERE user_id = $1",
-        )
-        .bind(user_id)
-        .fetch_optional(&self.pool)
-        .await?)
+        Ok(sqlx::query_as("SELECT user_id, access_token, device_id FROM service_credentials WHERE user_id = $1")
+            .bind(user_id)
+            .fetch_optional(&self.pool)
+            .await?)
     }
 
     pub async fn store_service_credential(

@@ -31,7 +31,7 @@ stored_as_text! {
     }
 }
 
-#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, sqlx::FromRow)]
 pub struct DeliveryCounts {
     pub pending: i64,
     pub sending: i64,
@@ -353,23 +353,11 @@ impl Registry {
     }
 
     pub async fn delivery_counts(&self, incident_id: i64) -> Result<DeliveryCounts> {
-        let rows: Vec<(String, i64)> = sqlx::query_as(
-            "SELECT state, COUNT(*) FROM deliveries WHERE incident_id = $1 AND kind = 'notice' GROUP BY state",
-        )
-        .bind(incident_id)
-        .fetch_all(&self.pool)
-        .await?;
-        let mut counts = DeliveryCounts::default();
-        for (state, count) in rows {
-            match state.as_str() {
-                "pending" => counts.pending = count,
-                "sending" => counts.sending = count,
-                "sent" => counts.sent = count,
-                "failed" => counts.failed = count,
-                _ => counts.skipped = count,
-            }
-        }
-        Ok(counts)
+        let count = |state| format!("COUNT(*) FILTER (WHERE state = '{state}') AS {state}");
+        let columns: Vec<String> = DeliveryState::ALL.iter().map(|state| count(state.as_str())).collect();
+        let columns = columns.join(", ");
+        let sql = format!("SELECT {columns} FROM deliveries WHERE incident_id = $1 AND kind = 'notice'");
+        Ok(sqlx::query_as(sqlx::AssertSqlSafe(sql)).bind(incident_id).fetch_one(&self.pool).await?)
     }
 
     /// The incident's notices by `channel` not sent yet (due or in flight).

@@ -19,6 +19,16 @@ stored_as_text! {
     }
 }
 
+stored_as_text! {
+    /// Why a registration token was made.
+    pub enum TokenPurpose {
+        /// One per affected person, sent with the incident's notice.
+        Notice = "notice",
+        /// A person asked on the web page, or an admin with the bot's `token`.
+        Request = "request",
+    }
+}
+
 impl IncidentScope {
     /// The accounts it covers, as an SQL condition over `accounts a`. `Missing`: lost accounts
     /// (missing, or held for their owner), and recreated ones (someone else may hold the ID)
@@ -258,33 +268,11 @@ impl Registry {
     }
 
     /// Records a token before it is created in Synapse, so a crash in
-    /// between leaves a record to retry rather than a stray token.
-    pub async fn record_notice_token(
+    /// between leaves a record to retry rather than a stray token. Returns
+    /// its id.
+    pub async fn record_token(
         &self,
-        incident_id: i64,
-        user_id: &UserId,
-        token: &str,
-        expires_at: i64,
-    ) -> Result<()> {
-        sqlx::query(
-            "INSERT INTO registration_tokens (token, incident_id, user_id, purpose, created_at, expires_at) \
-             VALUES ($1, $2, $3, 'notice', $4, $5)",
-        )
-        .bind(token)
-        .bind(incident_id)
-        .bind(user_id)
-        .bind(now_ms())
-        .bind(expires_at)
-        .execute(&self.pool)
-        .await?;
-        Ok(())
-    }
-
-    /// Records a token issued on request (a person asked on the web page,
-    /// or an admin with the bot's `token` command), before it is created in
-    /// Synapse. Returns its id.
-    pub async fn record_request_token(
-        &self,
+        purpose: TokenPurpose,
         incident_id: i64,
         user_id: &UserId,
         token: &str,
@@ -292,13 +280,14 @@ impl Registry {
     ) -> Result<i64> {
         Ok(sqlx::query_scalar(
             "INSERT INTO registration_tokens (token, incident_id, user_id, purpose, created_at, expires_at) \
-             VALUES ($1, $2, $3, 'request', $4, $5) RETURNING id",
+             VALUES ($1, $2, $3, $6, $4, $5) RETURNING id",
         )
         .bind(token)
         .bind(incident_id)
         .bind(user_id)
         .bind(now_ms())
         .bind(expires_at)
+        .bind(purpose)
         .fetch_one(&self.pool)
         .await?)
     }

@@ -33,7 +33,7 @@ pub use contacts::{AddContact, Contact, ContactAddress, ContactKind, ContactSour
 pub use credentials::ServiceCredential;
 pub use deliveries::{Delivery, DeliveryChannel, DeliveryCounts, DeliveryState, OutboxWriter, PlannedEmails};
 pub use holds::{HoldCandidate, HoldCounts, HoldRow};
-pub use incidents::{Incident, IncidentScope, IncidentSummary, NoticeToken};
+pub use incidents::{Incident, IncidentScope, IncidentSummary, NoticeToken, TokenPurpose};
 pub use messages::{EXPIRED, INCIDENT_RESOLVED, MessageKind, NO_LONGER_MAILABLE, NewMessage, StoredMessage};
 pub use rooms::{
     MAX_REJOIN_ATTEMPTS, ROOMS_LISTED_SETTING, Rejoin, RejoinOutcome, Room, RoomCounts, RoomDetails, RoomFate,

@@ -8,20 +8,17 @@ use crate::user_id::UserId;
 /// An email contact a token-request link may be mailed to.
 #[derive(Debug, Clone, sqlx::FromRow)]
 pub struct MailableContact {
-    pub id: i64,
     pub user_id: UserId,
     pub address: EmailAddress,
 }
 
 #[derive(Debug, Clone, sqlx::FromRow)]
 pub struct WebLink {
-    pub id: String,
     pub purpose: String,
     pub user_id: UserId,
     pub address: EmailAddress,
     pub code_hash: Option<String>,
     pub attempts: i64,
-    pub created_at: i64,
     pub expires_at: i64,
     pub used_at: Option<i64>,
 }
@@ -35,7 +32,7 @@ impl WebLink {
 
 /// Reads [`WebLink`]s.
 const SELECT_WEB_LINKS: &str =
-    "SELECT id, purpose, user_id, address, code_hash, attempts, created_at, expires_at, used_at FROM web_links";
+    "SELECT purpose, user_id, address, code_hash, attempts, expires_at, used_at FROM web_links";
 
 /// Only verified email contacts that have not opted out are ever written to.
 pub(super) const MAILABLE: &str = "kind = 'email' AND verified_at IS NOT NULL AND opted_out_at IS NULL";
@@ -58,7 +55,7 @@ impl Registry {
 
     /// Mailable contacts whose `column` (a constant of the caller's) is `value`.
     async fn mailable_contacts(&self, column: &'static str, value: &str) -> Result<Vec<MailableContact>> {
-        let sql = format!("SELECT id, user_id, address FROM contacts WHERE {column} = $1 AND {MAILABLE} ORDER BY id");
+        let sql = format!("SELECT user_id, address FROM contacts WHERE {column} = $1 AND {MAILABLE} ORDER BY id");
         Ok(sqlx::query_as(sqlx::AssertSqlSafe(sql)).bind(value).fetch_all(&self.pool).await?)
     }
 

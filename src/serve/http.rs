@@ -13,7 +13,7 @@ use axum::response::IntoResponse;
 use axum::routing::get;
 
 use crate::app::Services;
-use crate::registry::now_ms;
+use crate::registry::{AccountState, ContactKind, DeliveryState, now_ms};
 
 /// What the web address serves: the pages and `/healthz`.
 pub fn public_router(state: Arc<Services>, pages: Router) -> Router {
@@ -53,10 +53,15 @@ async fn metrics(State(state): State<Arc<Services>>) -> impl IntoResponse {
     }
 }
 
-/// One gauge family: HELP, TYPE, then `name{label="value"} count` lines.
-fn family(out: &mut String, name: &str, help: &str, label: &str, rows: &[(String, i64)]) {
+/// One gauge family: HELP, TYPE, then `name{label="value"} count` for each
+/// of `values` (0 when `rows` has none, so a series never disappears), then
+/// for any other row.
+fn family(out: &mut String, name: &str, help: &str, label: &str, values: &[&str], rows: &[(String, i64)]) {
     let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} gauge");
-    for (value, count) in rows {
+    let count_of = |value: &str| rows.iter().find(|(known, _)| known == value).map_or(0, |(_, count)| *count);
+    let others = rows.iter().filter(|(value, _)| !values.contains(&value.as_str()));
+    let lines = values.iter().map(|value| (*value, count_of(value))).chain(others.map(|(v, c)| (v.as_str(), *c)));
+    for (value, count) in lines {
         let _ = writeln!(out, "{name}{{{label}=\"{}\"}} {count}", escape_label(value));
     }
 }
@@ -70,43 +75,18 @@ fn escape_label(value: &str) -> String {
     value.replace('\\', "\\\\").replace('"', "\\\"").replace('\n', "\\n")
 }
 
-/// Fills in the states that have no rows, so a series never disappears.
-fn with_zeros(rows: Vec<(String, i64)>, states: &[&str]) -> Vec<(String, i64)> {
-    let mut all: Vec<(String, i64)> = states.iter().map(|state| (state.to_string(), 0)).collect();
-    for (state, count) in rows {
-        match all.iter_mut().find(|(known, _)| *known == state) {
-            Some(slot) => slot.1 = count,
-            None => all.push((state, count)),
-        }
-    }
-    all
-}
-
 pub(super) async fn render_metrics(state: &Services) -> Result<String, crate::registry::Error> {
     let status = state.registry.status().await?;
     let last_sync = state.registry.last_complete_sync().await?;
     let mut out = String::new();
-    family(
-        &mut out,
-        "lifeboat_accounts",
-        "Accounts in the registry by state.",
-        "state",
-        &with_zeros(status.accounts, &["present", "missing", "deactivated"]),
-    );
-    family(
-        &mut out,
-        "lifeboat_contacts",
-        "Contacts that have not opted out, by kind.",
-        "kind",
-        &with_zeros(status.contacts, &["email", "matrix"]),
-    );
-    family(
-        &mut out,
-        "lifeboat_deliveries",
-        "Notice deliveries of every incident by state.",
-        "state",
-        &with_zeros(status.deliveries, &["pending", "sending", "sent", "failed", "skipped"]),
-    );
+    let states: Vec<&str> = AccountState::ALL.iter().map(|state| state.as_str()).collect();
+    family(&mut out, "lifeboat_accounts", "Accounts in the registry by state.", "state", &states, &status.accounts);
+    let kinds: Vec<&str> = ContactKind::ALL.iter().map(|kind| kind.as_str()).collect();
+    let help = "Contacts that have not opted out, by kind.";
+    family(&mut out, "lifeboat_contacts", help, "kind", &kinds, &status.contacts);
+    let states: Vec<&str> = DeliveryState::ALL.iter().map(|state| state.as_str()).collect();
+    let help = "Messages in the outbox (incident notices, alerts, links, codes) by state.";
+    family(&mut out, "lifeboat_deliveries", help, "state", &states, &status.deliveries);
     gauge(&mut out, "lifeboat_incidents_open", "Incidents not yet resolved.", status.incidents_open);
     let age = match last_sync.and_then(|run| run.finished_at) {
         Some(finished) => format!("{:.3}", (now_ms() - finished).max(0) as f64 / 1000.0),
@@ -115,16 +95,8 @@ pub(super) async fn render_metrics(state: &Services) -> Result<String, crate::re
     let age_help = "Seconds since the last complete sync (NaN: never).";
     gauge(&mut out, "lifeboat_last_sync_age_seconds", age_help, age);
     let verdict = state.watch.current().verdict_label();
-    let verdicts = ["ok", "loss", "suspected_reset", "unknown"]
-        .iter()
-        .map(|label| (label.to_string(), i64::from(*label == verdict)))
-        .collect::<Vec<_>>();
-    family(
-        &mut out,
-        "lifeboat_verdict",
-        "The watcher's last verdict (1 for the current one; unknown: could not tell or not checked yet).",
-        "verdict",
-        &verdicts,
-    );
+    let help = "The watcher's last verdict (1 for the current one; unknown: could not tell or not checked yet).";
+    let verdicts = ["ok", "loss", "suspected_reset", "unknown"];
+    family(&mut out, "lifeboat_verdict", help, "verdict", &verdicts, &[(verdict.to_owned(), 1)]);
     Ok(out)
 }

@@ -9,6 +9,7 @@ use axum::body::Bytes;
 use axum::extract::State;
 use axum::http::{HeaderMap, StatusCode, header};
 use axum::response::Response;
+use secrecy::SecretString;
 use serde::Deserialize;
 
 use super::pages::{self, Chrome, LinkQuery, Message, WebError};
@@ -21,24 +22,20 @@ pub struct UnsubscribeLink {
     sig: Option<String>,
 }
 
-/// What an unsubscribe link names.
-enum Named {
-    /// The contact (id, address), its signature right for both.
-    Contact(i64, String),
-    /// No contact has that id (removed): nothing goes to it anyway.
-    Gone,
-    Bad,
-}
-
 impl UnsubscribeLink {
-    async fn named(&self, state: &WebState, key: &secrecy::SecretString) -> Result<Named, WebError> {
+    /// The link key and the contact (id, address) the link names, its
+    /// signature right for both; else the page to answer with (a contact no
+    /// longer there, removed, is sent nothing anyway).
+    async fn contact<'s>(&self, state: &'s WebState) -> Result<(&'s SecretString, i64, String), Response> {
+        let failed = |err| WebError::from(err).page(state);
+        let key = state.key().await.map_err(failed)?;
         let id = self.contact.as_deref().and_then(|id| id.parse::<i64>().ok());
-        let (Some(id), Some(sig)) = (id, self.sig.as_deref()) else { return Ok(Named::Bad) };
-        Ok(match state.registry.contact_address(id).await? {
-            None => Named::Gone,
-            Some(address) if crate::links::verify_unsubscribe(key, id, &address, sig) => Named::Contact(id, address),
-            Some(_) => Named::Bad,
-        })
+        let (Some(id), Some(sig)) = (id, self.sig.as_deref()) else { return Err(bad_link(state)) };
+        match state.registry.contact_address(id).await.map_err(failed)? {
+            None => Err(unsubscribed(state, false)),
+            Some(address) if crate::links::verify_unsubscribe(key, id, &address, sig) => Ok((key, id, address)),
+            Some(_) => Err(bad_link(state)),
+        }
     }
 }
 
@@ -54,21 +51,12 @@ pub async fn confirm(
     State(state): State<WebState>,
     headers: HeaderMap,
     LinkQuery(query): LinkQuery<UnsubscribeLink>,
-) -> Response {
-    let key = match state.key().await {
-        Ok(key) => key,
-        Err(err) => return WebError::from(err).page(&state),
-    };
-    let contact = match query.named(&state, key).await {
-        Ok(Named::Contact(contact, _)) => contact,
-        Ok(Named::Gone) => return unsubscribed(&state, false),
-        Ok(Named::Bad) => return bad_link(&state),
-        Err(err) => return err.page(&state),
-    };
+) -> Result<Response, Response> {
+    let (_, contact, _) = query.contact(&state).await?;
     let sig = query.sig.as_deref().unwrap_or_default();
     let chrome = Chrome::of(&state);
     let action = format!("{}/unsubscribe?contact={contact}&sig={sig}", chrome.base);
-    pages::with_csrf(&state, &headers, |csrf| pages::html(StatusCode::OK, &Confirm { chrome, csrf, action })).await
+    Ok(pages::with_csrf(&state, &headers, |csrf| pages::html(StatusCode::OK, &Confirm { chrome, csrf, action })).await)
 }
 
 pub async fn unsubscribe(
@@ -76,28 +64,19 @@ pub async fn unsubscribe(
     headers: HeaderMap,
     LinkQuery(query): LinkQuery<UnsubscribeLink>,
     body: Bytes,
-) -> Response {
-    let key = match state.key().await {
-        Ok(key) => key,
-        Err(err) => return WebError::from(err).page(&state),
-    };
-    let (contact, address) = match query.named(&state, key).await {
-        Ok(Named::Contact(contact, address)) => (contact, address),
-        Ok(Named::Gone) => return unsubscribed(&state, false),
-        Ok(Named::Bad) => return bad_link(&state),
-        Err(err) => return err.page(&state),
-    };
+) -> Result<Response, Response> {
+    let (key, contact, address) = query.contact(&state).await?;
     let one_click = is_one_click(&headers, &body);
     if !one_click {
         let csrf = url::form_urlencoded::parse(&body).find(|(name, _)| name == "csrf").map(|(_, value)| value);
         if !guard::same_origin(&headers, &state.web().public_url) || !guard::csrf_ok(key, &headers, csrf.as_deref()) {
-            return pages::csrf_refused(&state);
+            return Err(pages::csrf_refused(&state));
         }
     }
     let detail = if one_click { "one-click unsubscribe" } else { "unsubscribe page" };
     match state.registry.opt_out_contact(contact, &address, &Actor::web(Some(detail.to_owned()))).await {
-        Ok(known) => unsubscribed(&state, known),
-        Err(err) => WebError::from(err).page(&state),
+        Ok(known) => Ok(unsubscribed(&state, known)),
+        Err(err) => Err(WebError::from(err).page(&state)),
     }
 }
 

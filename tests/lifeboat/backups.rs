@@ -1,7 +1,7 @@
 //! A backup restores into a fresh registry, on either backend, row for row.
 
 use lifeboat::backup::{backup, restore, snapshot_lines};
-use lifeboat::registry::{Actor, ContactSource, Registry};
+use lifeboat::registry::{Actor, ContactSource, Registry, TokenPurpose};
 use lifeboat::synapse::ListedUser;
 use serde_json::{Value, json};
 
@@ -28,7 +28,7 @@ async fn lived_in(registry: &Registry) {
         .open_incident("Lost", "# What\n\nit went", lifeboat::registry::IncidentScope::Missing, true, &actor)
         .await
         .unwrap();
-    registry.record_notice_token(incident.id, &id("@b:x"), "TOKEN123", 99).await.unwrap();
+    registry.record_token(TokenPurpose::Notice, incident.id, &id("@b:x"), "TOKEN123", 99).await.unwrap();
     registry.plan_email_deliveries(incident.id).await.unwrap();
     registry.store_service_credential(&id("@lifeboat:x"), "syt_secret", Some("DEV"), &actor).await.unwrap();
     registry.store_dm_room(&id("@a:x"), "!room:x").await.unwrap();

@@ -275,6 +275,12 @@ async fn an_admin_gets_the_status_in_the_admin_room_and_a_stranger_gets_nothing_
     assert!(metrics.contains(&format!("lifeboat_accounts{{state=\"present\"}} {present}\n")), "{metrics}");
     assert!(metrics.contains("lifeboat_incidents_open 0\n"), "{metrics}");
     assert!(metrics.contains("lifeboat_verdict{verdict=\"ok\"} 1\n"), "{metrics}");
+    // Every state has its series from the start, so a graph of held IDs
+    // does not begin only at the first hold.
+    for state in lifeboat::registry::AccountState::ALL {
+        assert!(metrics.contains(&format!("lifeboat_accounts{{state=\"{}\"}} ", state.as_str())), "{metrics}");
+    }
+    assert!(metrics.contains("lifeboat_verdict{verdict=\"loss\"} 0\n"), "{metrics}");
 
     assert_eq!(rig.stop_serve().await, Some(0), "serve exits cleanly on SIGTERM:\n{}", rig.lifeboat.serve_log());
 }
