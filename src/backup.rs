@@ -216,6 +216,14 @@ pub async fn restore(registry: &Registry, file: &Path, replace: bool, actor: &Ac
         );
         let mut query = sqlx::query(sqlx::AssertSqlSafe(sql));
         for (value, column) in values.iter().zip(columns.iter()) {
+            // A value of another type would be stored as NULL: refused, and
+            // named by its type only (it may be a secret).
+            let (fits, wanted) =
+                if column.integer { (value.is_i64(), "a whole number") } else { (value.is_string(), "text") };
+            if !value.is_null() && !fits {
+                let name = &column.name;
+                return Err(invalid(&format!("a {table} row's {name} is {}, not {wanted}", json_kind(value))));
+            }
             query =
                 if column.integer { query.bind(value.as_i64()) } else { query.bind(value.as_str().map(str::to_owned)) };
         }
@@ -241,6 +249,18 @@ pub async fn restore(registry: &Registry, file: &Path, replace: bool, actor: &Ac
     Registry::audit_in(&mut tx, actor, "restore", Some(&restored), Some(&detail)).await?;
     tx.commit().await?;
     Ok(rows)
+}
+
+/// What a JSON value is, for an error that must not show it.
+fn json_kind(value: &Value) -> &'static str {
+    match value {
+        Value::Null => "null",
+        Value::Bool(_) => "true or false",
+        Value::Number(_) => "a number",
+        Value::String(_) => "text",
+        Value::Array(_) => "a list",
+        Value::Object(_) => "an object",
+    }
 }
 
 #[cfg(test)]

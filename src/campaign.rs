@@ -50,6 +50,8 @@ pub enum CampaignError {
     Busy { incident: i64, holder: String, until: String },
     #[error("incident {0} stays open: {1}")]
     StaysOpen(i64, TokenError),
+    #[error("incident {0} was resolved meanwhile: nothing was made or sent")]
+    Resolved(i64),
 }
 
 /// What a run did.
@@ -284,7 +286,14 @@ pub async fn run_campaign(
         Ok(lease) => lease,
         Err(Held { holder, until }) => return Err(CampaignError::Busy { incident: incident.id, holder, until }),
     };
-    let outcome = send_under_lease(config, registry, incident, email, &options, &lease.lost()).await;
+    // Read again under the lease: resolving, which deletes the unused
+    // tokens, may have come between its caller's read and now, and a token
+    // made after it would outlive the incident.
+    let outcome = match registry.require_incident(incident.id).await {
+        Ok(now) if now.resolved_at.is_some() => Err(CampaignError::Resolved(now.id)),
+        Ok(now) => send_under_lease(config, registry, &now, email, &options, &lease.lost()).await,
+        Err(err) => Err(err.into()),
+    };
     lease.release().await;
     outcome
 }

@@ -128,6 +128,15 @@ async fn hold_under_lease(
     let service = service_user_id(config);
     let mut candidates = registry.hold_candidates(&service).await?;
     let bot_admins = config.bot.as_ref().map_or(&[][..], |bot| bot.admins.as_slice());
+    // When IDs were lost, the bot's admin IDs no listing saw (made after
+    // the last one, or not yet) are held too: anyone could register one and
+    // command the bot. Its owner takes it back with `holds claim`.
+    if !candidates.is_empty() {
+        let server_name = &config.homeserver.server_name;
+        let local: Vec<&UserId> = bot_admins.iter().filter(|admin| admin.server_name() == server_name).collect();
+        registry.adopt_as_lost(&local).await?;
+        candidates = registry.hold_candidates(&service).await?;
+    }
     admins_first(&mut candidates, bot_admins);
     let total = candidates.len() as u64;
     let mut report = HoldReport::default();
@@ -183,6 +192,12 @@ enum Outcome {
     NotAllowed,
 }
 
+/// A stranger's account found where the hold was to be, unless another
+/// hold run settled the ID meanwhile.
+fn taken(marked: bool) -> Result<Outcome, registry::Error> {
+    Ok(if marked { Outcome::Taken } else { Outcome::Failed("another hold run settled it meanwhile".to_owned()) })
+}
+
 async fn hold_one(
     registry: &Registry,
     client: &SynapseClient,
@@ -203,16 +218,10 @@ async fn hold_one(
                 Ok(details) => details.and_then(|details| details.created_at_ms()),
                 Err(err) => return Ok(Outcome::Failed(err.to_string())),
             },
-            Ok(_) => {
-                registry.mark_taken_before_hold(user_id, actor).await?;
-                return Ok(Outcome::Taken);
-            }
+            Ok(_) => return taken(registry.mark_taken_before_hold(user_id, actor).await?),
             Err(err) => return Ok(Outcome::Failed(err.to_string())),
         },
-        Ok(Creation::Existed) => {
-            registry.mark_taken_before_hold(user_id, actor).await?;
-            return Ok(Outcome::Taken);
-        }
+        Ok(Creation::Existed) => return taken(registry.mark_taken_before_hold(user_id, actor).await?),
         Err(synapse::Error::Forbidden { .. }) => {
             registry.abandon_hold(user_id).await?;
             return Ok(Outcome::NotAllowed);
@@ -314,34 +323,21 @@ pub enum CannotTell {
     Registry(#[from] registry::Error),
 }
 
-/// Does the account on Synapse now speak for the registry's person under
-/// `user_id` ([`Account::speaks_for_its_person`], told by when Synapse made
-/// it)? Until a listing shows it, an ID registered again after a wipe still
-/// reads as present. No account on Synapse: no; an ID the registry never
-/// saw is new, not taken: yes.
-pub async fn speaks_for_its_person_now(
-    registry: &Registry,
-    synapse: &SynapseClient,
-    user_id: &UserId,
-) -> Result<bool, CannotTell> {
-    let known = registry.account(user_id).await?;
-    speaks_now(known.as_ref(), synapse, user_id).await
-}
-
-/// [`speaks_for_its_person_now`], but `false` for an ID the registry does
-/// not know: what comes from it (a contact added by DM, a code) is a person's.
+/// Is the account on Synapse now the registry's person's under `user_id`
+/// ([`Account::speaks_for_its_person`], told by when Synapse made it)?
+/// Until a listing shows it, an ID registered again after a wipe still
+/// reads as present. No account on Synapse: no. An ID the registry never
+/// saw: no, since after a wipe anyone may have registered it; what comes
+/// from it (an admin's command, a contact added by DM, a code) must be a
+/// person's.
 pub async fn its_persons_now(
     registry: &Registry,
     synapse: &SynapseClient,
     user_id: &UserId,
 ) -> Result<bool, CannotTell> {
     let Some(known) = registry.account(user_id).await? else { return Ok(false) };
-    speaks_now(Some(&known), synapse, user_id).await
-}
-
-async fn speaks_now(known: Option<&Account>, synapse: &SynapseClient, user_id: &UserId) -> Result<bool, CannotTell> {
     let Some(details) = synapse.user_details(user_id.as_str()).await? else { return Ok(false) };
-    Ok(known.is_none_or(|account| account.speaks_for_its_person(details.created_at_ms())))
+    Ok(known.speaks_for_its_person(details.created_at_ms()))
 }
 
 /// What a person asking again for a way back in (the web page's `/token`,

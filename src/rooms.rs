@@ -15,7 +15,7 @@ use serde_json::{Value, json};
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
-use crate::config::Config;
+use crate::config::{Config, HoldPolicy};
 use crate::pace::{call_in_paced_groups, rest_after};
 use crate::recover::service_user_id;
 use crate::registry::{self, Actor, Registry, Rejoin, RejoinOutcome, Room, RoomDetails, RoomRecord, RoomState};
@@ -255,6 +255,9 @@ pub struct BringBackReport {
     /// a former member's ID: this server back in the room lets the
     /// stranger in too. An operator settles the ID first (`holds claim`).
     pub held_back: Vec<String>,
+    /// Surviving rooms lifeboat waits with while a former member's ID is
+    /// free, not held yet: whoever registered it would be let in too.
+    pub waiting_for_holds: Vec<String>,
 }
 
 impl BringBackReport {
@@ -264,6 +267,7 @@ impl BringBackReport {
             && self.invited == 0
             && self.failed.is_empty()
             && self.held_back.is_empty()
+            && self.waiting_for_holds.is_empty()
     }
 
     pub fn summary(&self) -> String {
@@ -283,6 +287,12 @@ impl BringBackReport {
                 self.held_back.len()
             ));
         }
+        if !self.waiting_for_holds.is_empty() {
+            text.push_str(&format!(
+                "; {} surviving rooms wait for their former members' IDs to be held (anyone registering one meanwhile would be let in too)",
+                self.waiting_for_holds.len()
+            ));
+        }
         text
     }
 }
@@ -300,7 +310,7 @@ pub async fn bring_back(
 ) -> Result<BringBackReport, RoomsError> {
     let mut report = BringBackReport::default();
     rejoin_own(config, registry, client, retry_all, &mut report).await?;
-    rejoin_people(registry, client, retry_all, &mut report).await?;
+    rejoin_people(config, registry, client, retry_all, &mut report).await?;
     if !report.is_empty() {
         registry.audit(actor, "rooms.rejoin", None, Some(&report.summary())).await?;
     }
@@ -325,6 +335,10 @@ async fn rejoin_own(
         }
         if room.strangers > 0 {
             report.held_back.push(room.room_id.clone());
+            continue;
+        }
+        if room.free > 0 && waits_for_holds(config) {
+            report.waiting_for_holds.push(room.room_id.clone());
             continue;
         }
         let was_member = registry.room_members_back(&room.room_id).await?.iter().any(|(id, _)| id == &service);
@@ -359,13 +373,21 @@ async fn rejoin_own(
     Ok(())
 }
 
+/// Lost IDs are held (`recovery.hold` is not "off"): a surviving room waits
+/// until its former members' IDs are. With holds off, a lost ID stays free
+/// for anyone, and waiting would keep the room away for good.
+fn waits_for_holds(config: &Config) -> bool {
+    config.recovery.hold != HoldPolicy::Off
+}
+
 async fn rejoin_people(
+    config: &Config,
     registry: &Registry,
     client: &SynapseClient,
     retry_all: bool,
     report: &mut BringBackReport,
 ) -> Result<(), RoomsError> {
-    let pending = registry.pending_rejoins(retry_all).await?;
+    let pending = registry.pending_rejoins(retry_all, waits_for_holds(config)).await?;
     let mut outcomes = futures::stream::iter(pending)
         .map(|rejoin| async move {
             let outcome = match &rejoin.recreated_as {

@@ -46,6 +46,13 @@ impl UserId {
     pub fn server_name(&self) -> &str {
         self.0.split_once(':').map(|(_, server)| server).unwrap_or("")
     }
+
+    /// Whether the localpart keeps to the Matrix grammar (printable ASCII
+    /// but `:`, historical IDs included): no ID a homeserver makes holds
+    /// more, such as blank-looking or right-to-left characters.
+    pub fn has_matrix_localpart(&self) -> bool {
+        self.localpart().bytes().all(|byte| byte.is_ascii_graphic() && byte != b':')
+    }
 }
 
 /// An ID the Matrix SDK parsed (a message's sender, say).

@@ -119,8 +119,8 @@ async fn send_due(services: &Services, email: &crate::config::EmailConfig, incid
             pending = report.counts.pending + report.counts.sending,
             "delivery worker: round done"
         ),
-        // A notify (CLI or bot) is on it.
-        Err(CampaignError::Busy { .. }) => {}
+        // A notify (CLI or bot) is on it, or it was resolved since listed.
+        Err(CampaignError::Busy { .. } | CampaignError::Resolved(_)) => {}
         Err(err) => tracing::warn!(incident = incident_id, error = %err, "delivery worker: sending failed"),
     }
 }

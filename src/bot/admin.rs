@@ -257,9 +257,12 @@ async fn status(bot: &Bot) -> Result<String, String> {
     let count = |rows: &[(String, i64)], key: &str| rows.iter().find(|(k, _)| k == key).map(|(_, n)| *n).unwrap_or(0);
     let accounts = &counts.accounts;
     let mut reply = format!(
-        "**Registry:** {} present, {} missing, {} deactivated; {} email and {} Matrix contacts.",
+        "**Registry:** {} present, {} handed back, {} missing, {} held for their owners, {} taken by strangers, {} deactivated; {} email and {} Matrix contacts.",
         crate::plural::count(count(accounts, "present"), "account", "accounts"),
+        count(accounts, "claimed"),
         count(accounts, "missing"),
+        count(accounts, "held"),
+        count(accounts, "recreated"),
         count(accounts, "deactivated"),
         count(&counts.contacts, "email"),
         count(&counts.contacts, "matrix"),

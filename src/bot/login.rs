@@ -8,7 +8,7 @@ use secrecy::{ExposeSecret, SecretString};
 
 use crate::config::{BotConfig, Config};
 use crate::dm::{AttachBot, CryptoStore, Devices, Login, Syncing};
-use crate::recover::{recover, service_user_id};
+use crate::recover::{RecoverOutcome, recover, service_user_id};
 use crate::registry::{Actor, Registry};
 use crate::session::{SESSION_SETTING, StoredSession, store_passphrase};
 use crate::synapse::{self, SynapseClient};
@@ -105,9 +105,13 @@ pub async fn credentials(
     if let Some(login) = recovered(&base, registry, &me).await? {
         return Ok(login);
     }
-    recover(config, registry, &Actor::service("bot"))
+    let outcome = recover(config, registry, &Actor::service("bot"))
         .await
         .map_err(|err| anyhow!("the bot's credentials are rejected and recovery failed: {err}"))?;
+    if let RecoverOutcome::AlreadyWorking { .. } = outcome {
+        // No wipe: recovery re-creates lifeboat's account only after one.
+        bail!("the bot cannot log in as {me}: set bot.password or bot.access_token to working credentials");
+    }
     recovered(&base, registry, &me).await?.ok_or_else(|| anyhow!("the recovered credentials do not work yet"))
 }
 

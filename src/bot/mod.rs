@@ -66,9 +66,11 @@ impl Bot {
     /// its person's now: not an ID lost, held, or registered again by
     /// someone else after a loss (a stranger holding an admin's ID until an
     /// operator settles it). A local ID is also asked of Synapse: it must
-    /// exist, and not be an account made after the one the registry knows
-    /// (right after a wipe, before a listing, the registry still has such
-    /// an ID as present). When either cannot tell, no.
+    /// exist, be one a listing saw (after a wipe anyone may register an
+    /// admin ID the registry never knew), and not be an account made after
+    /// the one the registry knows (right after a wipe, before a listing,
+    /// the registry still has such an ID as present). When either cannot
+    /// tell, no.
     async fn is_admin(&self, user: &OwnedUserId) -> bool {
         if !self.admins.contains(user) {
             return false;
@@ -80,7 +82,7 @@ impl Bot {
                 tracing::debug!(admin = %user, "no working admin token: cannot tell whose the admin's ID is");
                 return false;
             };
-            crate::holds::speaks_for_its_person_now(registry, &admin, &id).await
+            crate::holds::its_persons_now(registry, &admin, &id).await
         } else {
             registry.speaks_for_its_person(&id, None).await.map_err(Into::into)
         };
@@ -495,6 +497,12 @@ async fn on_message(event: OriginalSyncRoomMessageEvent, room: Room, Ctx(bot): C
     } else {
         bot.state.background.clone().spawn(async move {
             if !is_one_to_one(&room, &bot.me, &sender).await {
+                return;
+            }
+            // A room lifeboat re-created has two members until its other
+            // former members come back, and shows them its history then.
+            let recreated = bot.state.registry.is_recreated_room(room.room_id().as_str()).await;
+            if recreated.unwrap_or(true) {
                 return;
             }
             let reply = match commands::parse_person(bot.prefix(), &body) {

@@ -87,7 +87,11 @@ pub async fn run(context: &Context, command: Command) -> Outcome {
                     "held back: {room}: a stranger holds a former member's ID (`lifeboat holds list` shows it as recreated)"
                 );
             }
-            Ok(if report.failed.is_empty() && report.held_back.is_empty() { exit::OK } else { exit::FAILED })
+            for room in report.waiting_for_holds.iter().take(10) {
+                eprintln!("waiting: {room}: a former member's ID is not held yet (`lifeboat holds make` holds it)");
+            }
+            let done = report.failed.is_empty() && report.held_back.is_empty() && report.waiting_for_holds.is_empty();
+            Ok(if done { exit::OK } else { exit::FAILED })
         }
         Command::Recreate { room_id, all: _, yes } => {
             let rooms = to_recreate(&config, &registry, room_id.as_deref()).await.map_err(|err| match err {
@@ -139,6 +143,9 @@ fn print_rooms(rooms: &[Room]) {
         };
         if room.strangers > 0 {
             back.push_str(&format!(", held back: {} former members' IDs are strangers'", room.strangers));
+        }
+        if room.free > 0 && room.state == RoomState::Elsewhere {
+            back.push_str(&format!(", {} former members' IDs not held yet", room.free));
         }
         println!("{:<10} {}  {}{kind}{back}", room.state.as_str(), room.room_id, room.label());
     }

@@ -160,8 +160,7 @@ struct RawBot {
     store_path: Option<PathBuf>,
     store_passphrase: Option<String>,
     store_passphrase_file: Option<PathBuf>,
-    // `lenient::number` parses any FromStr, bools included ("true" from env).
-    #[serde(default, deserialize_with = "lenient::number")]
+    #[serde(default, deserialize_with = "lenient::flag")]
     encrypted_notices: Option<bool>,
 }
 
@@ -259,6 +258,11 @@ impl RawBot {
                 .map_err(|err| ctx.invalid("homeserver.server_name", err))?,
         };
         let admins = ctx.list("bot.admins", self.admins, UserId::parse)?;
+        // Commands are the prefix, a space, then the command.
+        let command_prefix = self.command_prefix.as_deref().map_or("!lifeboat", str::trim);
+        if command_prefix.is_empty() || command_prefix.contains(char::is_whitespace) {
+            return Err(ctx.invalid("bot.command_prefix", "must be one word, like \"!lifeboat\""));
+        }
         Ok(BotConfig {
             user_id,
             password: ctx.secret("bot.password", self.password, self.password_file)?,
@@ -275,7 +279,7 @@ impl RawBot {
                 room => room.map(str::to_owned),
             },
             admins,
-            command_prefix: self.command_prefix.unwrap_or_else(|| "!lifeboat".to_owned()),
+            command_prefix: command_prefix.to_owned(),
             store_path: ctx.base_dir.join(self.store_path.unwrap_or_else(|| PathBuf::from("lifeboat-bot-store"))),
             encrypted_notices: self.encrypted_notices.unwrap_or(false),
             store_passphrase: ctx.secret("bot.store_passphrase", self.store_passphrase, self.store_passphrase_file)?,
@@ -678,6 +682,16 @@ mod lenient {
                 format!("`{text}` is not a number")
             })
         })
+    }
+
+    /// true or false, or their text (from env).
+    pub fn flag<'de, D: Deserializer<'de>>(deserializer: D) -> Result<Option<bool>, D::Error> {
+        match Option::<Scalar>::deserialize(deserializer)? {
+            None => Ok(None),
+            Some(Scalar::Bool(value)) => Ok(Some(value)),
+            Some(Scalar::Text(text)) if matches!(text.trim(), "true" | "false") => Ok(Some(text.trim() == "true")),
+            Some(_) => Err(serde::de::Error::custom("write true or false")),
+        }
     }
 
     #[derive(Deserialize)]

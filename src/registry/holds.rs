@@ -48,6 +48,23 @@ pub struct HoldCounts {
 impl Registry {
     /// Lost IDs to hold: missing and not held yet, or begun by an earlier run (even if listed
     /// since); never `service`, which recovery re-creates through the shared secret.
+    /// Records IDs no listing saw as lost, so that a hold run holds them with
+    /// the rest (the bot's admin IDs, after a wipe). Known IDs stay as they are.
+    pub async fn adopt_as_lost(&self, user_ids: &[&UserId]) -> Result<()> {
+        let now = now_ms();
+        for user_id in user_ids {
+            sqlx::query(
+                "INSERT INTO accounts (user_id, first_seen_at, state, missing_since) VALUES ($1, $2, 'missing', $2) \
+                 ON CONFLICT (user_id) DO NOTHING",
+            )
+            .bind(*user_id)
+            .bind(now)
+            .execute(&self.pool)
+            .await?;
+        }
+        Ok(())
+    }
+
     pub async fn hold_candidates(&self, service: &UserId) -> Result<Vec<HoldCandidate>> {
         Ok(sqlx::query_as(
             "SELECT user_id, display_name, CASE WHEN custody = 'holding' THEN 1 ELSE 0 END AS begun_before, admin \
@@ -141,10 +158,20 @@ impl Registry {
 
     /// Someone registered `user_id` before lifeboat could hold it: the ID is
     /// a stranger's (recreated), and lifeboat does not touch that account.
-    pub async fn mark_taken_before_hold(&self, user_id: &UserId, actor: &Actor) -> Result<()> {
+    /// Only while its hold is still being made: once another hold run held
+    /// it (this one paused past its lease), the account there is lifeboat's.
+    /// Says whether it was marked.
+    pub async fn mark_taken_before_hold(&self, user_id: &UserId, actor: &Actor) -> Result<bool> {
         // The lost account's creation time goes: the next listing brings the new account's.
-        let set = "custody = NULL, custody_at = NULL, recreated_at = $2, state = 'present', synapse_created_at = NULL";
-        self.settle(user_id, set, actor, "hold.taken", "registered by someone else before the hold").await
+        let taken = sqlx::query(
+            "UPDATE accounts SET custody = NULL, custody_at = NULL, recreated_at = $2, state = 'present', \
+                    synapse_created_at = NULL \
+             WHERE user_id = $1 AND custody = 'holding'",
+        )
+        .bind(user_id)
+        .bind(now_ms());
+        let detail = "registered by someone else before the hold";
+        self.write_audited(taken, actor, "hold.taken", user_id.as_str(), detail).await
     }
 
     /// A hold that cannot be made (Synapse refused to create the account):

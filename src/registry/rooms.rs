@@ -52,11 +52,12 @@ const ROOM_STATE_SQL: &str = "CASE WHEN r.recreated_as IS NOT NULL THEN 'recreat
      ELSE 'lost' END";
 
 /// How many former joined members of the room `room_id` (an SQL column)
-/// are strangers' now ([`Room::strangers`]).
-fn strangers_in(room_id: &str) -> String {
+/// stand as `standing` now: `recreated` ([`Room::strangers`]) or `missing`
+/// ([`Room::free`]).
+fn former_members_in(room_id: &str, standing: &str) -> String {
     format!(
         "(SELECT COUNT(*) FROM room_members s JOIN accounts a ON a.user_id = s.user_id \
-          WHERE s.room_id = {room_id} AND s.membership = 'join' AND ({STANDING_SQL}) = 'recreated')"
+          WHERE s.room_id = {room_id} AND s.membership = 'join' AND ({STANDING_SQL}) = '{standing}')"
     )
 }
 
@@ -128,6 +129,9 @@ pub struct Room {
     /// The surviving room still counts them as joined: once this server
     /// is back in it, so is the stranger, with the person's power level.
     pub strangers: i64,
+    /// Former joined members whose ID is lost and not held yet (`missing`):
+    /// anyone may register it meanwhile, and would be let in the same way.
+    pub free: i64,
 }
 
 impl Room {
@@ -298,10 +302,11 @@ impl Registry {
                 AND NOT EXISTS (SELECT 1 FROM service_credentials c WHERE c.user_id = m.user_id) \
                 AND EXISTS (SELECT 1 FROM accounts a WHERE a.user_id = m.user_id \
                     AND ({STANDING_SQL}) IN ('missing', 'held', 'claimed', 'recreated'))) AS pending, \
-             {} AS strangers \
+             {} AS strangers, {} AS free \
              FROM rooms r WHERE ($3 = '' OR r.room_id = $3)) AS known WHERE ($2 = '' OR state = $2) \
              ORDER BY joined_local DESC, room_id",
-            strangers_in("r.room_id")
+            former_members_in("r.room_id", "recreated"),
+            former_members_in("r.room_id", "missing"),
         );
         Ok(sqlx::query_as(sqlx::AssertSqlSafe(sql))
             .bind(listed_at)
@@ -371,11 +376,21 @@ impl Registry {
         Ok(())
     }
 
+    /// Whether `room_id` is a room lifeboat made again for a lost one.
+    pub async fn is_recreated_room(&self, room_id: &str) -> Result<bool> {
+        let found: Option<i64> = sqlx::query_scalar("SELECT 1 FROM rooms WHERE recreated_as = $1")
+            .bind(room_id)
+            .fetch_optional(&self.pool)
+            .await?;
+        Ok(found.is_some())
+    }
+
     /// People back on their ID (claimed) not yet back in their rooms that come back or were
     /// re-created. Failures are retried up to [`MAX_REJOIN_ATTEMPTS`] times (`retry_all`: any count).
     /// Not into a surviving room this server is not in yet while a stranger holds a former
-    /// member's ID ([`Room::strangers`]): the join would let the stranger in too.
-    pub async fn pending_rejoins(&self, retry_all: bool) -> Result<Vec<Rejoin>> {
+    /// member's ID ([`Room::strangers`]): the join would let the stranger in too. Nor, when
+    /// `wait_for_holds`, while a former member's ID is free ([`Room::free`]).
+    pub async fn pending_rejoins(&self, retry_all: bool, wait_for_holds: bool) -> Result<Vec<Rejoin>> {
         let listed_at = self.rooms_listed_at().await?;
         let sql = format!(
             "SELECT m.room_id, m.user_id, r.via_servers, r.recreated_as \
@@ -383,14 +398,16 @@ impl Registry {
              JOIN accounts a ON a.user_id = m.user_id \
              WHERE m.membership = 'join' AND ({STANDING_SQL}) = 'claimed' AND ({ROOM_STATE_SQL}) <> 'lost' \
              AND (m.rejoin IS NULL OR (m.rejoin = 'failed' AND ($2 = 1 OR m.rejoin_attempts < $3))) \
-             AND (({ROOM_STATE_SQL}) <> 'elsewhere' OR {} = 0) \
+             AND (({ROOM_STATE_SQL}) <> 'elsewhere' OR ({} = 0 AND ($4 = 0 OR {} = 0))) \
              ORDER BY m.user_id, m.room_id",
-            strangers_in("m.room_id")
+            former_members_in("m.room_id", "recreated"),
+            former_members_in("m.room_id", "missing"),
         );
         Ok(sqlx::query_as(sqlx::AssertSqlSafe(sql))
             .bind(listed_at)
             .bind(retry_all as i64)
             .bind(MAX_REJOIN_ATTEMPTS)
+            .bind(wait_for_holds as i64)
             .fetch_all(&self.pool)
             .await?)
     }

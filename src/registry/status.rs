@@ -3,11 +3,12 @@
 
 use serde::Serialize;
 
-use super::{Registry, Result};
+use super::{Registry, Result, STANDING_SQL};
 
 #[derive(Debug, Clone, Default, Serialize)]
 pub struct RegistryStatus {
-    /// (state, count) for accounts: present, missing, deactivated.
+    /// (standing, count) for accounts: present, missing, held, claimed,
+    /// recreated, deactivated (as `users list` tells them).
     pub accounts: Vec<(String, i64)>,
     /// (kind, count) for contacts that have not opted out.
     pub contacts: Vec<(String, i64)>,
@@ -18,8 +19,11 @@ pub struct RegistryStatus {
 
 impl Registry {
     pub async fn status(&self) -> Result<RegistryStatus> {
-        let accounts =
-            sqlx::query_as("SELECT state, COUNT(*) FROM accounts GROUP BY state ORDER BY state").fetch_all(&self.pool);
+        let accounts = sqlx::query_as(sqlx::AssertSqlSafe(format!(
+            "SELECT standing, COUNT(*) FROM (SELECT {STANDING_SQL} AS standing FROM accounts a) s \
+             GROUP BY standing ORDER BY standing"
+        )))
+        .fetch_all(&self.pool);
         let contacts = sqlx::query_as(
             "SELECT kind, COUNT(*) FROM contacts WHERE opted_out_at IS NULL GROUP BY kind ORDER BY kind",
         )

@@ -122,12 +122,14 @@ impl Registry {
         .await?)
     }
 
-    /// The newest live link for `purpose` and `user_id` carrying a code,
-    /// wherever it was mailed and whether or not the mail arrived: the code
-    /// went by DM, and stays the person's while the link lives.
+    /// The newest unexpired link for `purpose` and `user_id` carrying a
+    /// code, wherever it was mailed, whether or not the mail arrived, and
+    /// used or not: the code went by DM and stays the person's while the
+    /// link lives, and a link retired by its spent tries still holds them
+    /// (asking again must not bring a fresh code and fresh tries).
     pub async fn live_code_link(&self, purpose: &str, user_id: &UserId) -> Result<Option<WebLink>> {
         Ok(sqlx::query_as(sqlx::AssertSqlSafe(format!(
-            "{SELECT_WEB_LINKS} WHERE purpose = $1 AND user_id = $2 AND used_at IS NULL AND expires_at > $3 \
+            "{SELECT_WEB_LINKS} WHERE purpose = $1 AND user_id = $2 AND expires_at > $3 \
              AND code_hash IS NOT NULL ORDER BY expires_at DESC LIMIT 1"
         )))
         .bind(purpose)

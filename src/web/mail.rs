@@ -7,16 +7,19 @@ use super::pages::WebError;
 use crate::email::EmailAddress;
 pub use crate::messages::LinkEmail;
 use crate::registry::MessageKind;
+use crate::user_id::UserId;
 
 /// Queues the email of link `link_id`, worth sending until the link stops
 /// working (`expires_at`, ms), and ties the two: a link whose email is
 /// given up stops counting as on its way. One that could not even be
-/// queued is retired at once.
+/// queued is retired at once. A way back in names its incident and person,
+/// so it goes only while the address is theirs and the incident open.
 pub async fn send(
     state: &WebState,
     link_id: &str,
     to: &EmailAddress,
     email: LinkEmail,
+    way_back_for: Option<(i64, &UserId)>,
     expires_at: i64,
 ) -> Result<(), WebError> {
     let queued = async {
@@ -24,7 +27,8 @@ pub async fn send(
             return Err(WebError("no [email] section: cannot mail a link".to_owned()));
         }
         let message = crate::messages::link(&state.config.homeserver.server_name, email);
-        Ok(crate::outbox::queue_email(&state.registry, MessageKind::Link, to, &message, None, expires_at).await?)
+        Ok(crate::outbox::queue_email(&state.registry, MessageKind::Link, to, &message, way_back_for, expires_at)
+            .await?)
     };
     match queued.await {
         Ok(delivery) => {

@@ -59,9 +59,12 @@ pub struct RequestForm {
 pages::posted_form!(RequestForm);
 
 pub async fn request(State(state): State<WebState>, PublicForm(form, key): PublicForm<RequestForm>) -> Response {
-    let user_id = UserId::parse(form.matrix_id.as_deref().unwrap_or("").trim());
+    // Only what a Matrix ID may hold: the ID goes out in our mail, and any
+    // more would let a visitor write a sentence of their choosing there.
+    let user_id = UserId::parse(form.matrix_id.as_deref().unwrap_or("").trim()).ok();
+    let user_id = user_id.filter(UserId::has_matrix_localpart);
     let email = EmailAddress::parse(form.email.as_deref().unwrap_or(""));
-    let (Ok(user_id), Ok(email)) = (user_id, email) else {
+    let (Some(user_id), Ok(email)) = (user_id, email) else {
         return Message::new(
             &state,
             "Please check what you entered",
@@ -164,7 +167,7 @@ async fn start(
     let pending_code = live_code.filter(|link| {
         carries_a_code(link) == takes_contacts && link.expires_at - now > CODE_REUSE_MARGIN.as_millis() as i64
     });
-    let (hash, expires_at, code_to_send) = match pending_code {
+    let (mut hash, expires_at, code_to_send) = match pending_code {
         Some(link) => {
             let hash = link.code_hash.unwrap_or_default();
             // Its tries are spent (someone guessing): no new link until a
@@ -188,12 +191,18 @@ async fn start(
         }
     };
     let id = links::new_link_id();
-    // The DM first: a link is recorded only once its code went out, so a
-    // failed DM never leaves a live code for later requests to reuse.
+    // The DM first: a link records a code only once it went out, so a
+    // failed DM never leaves a live code for later requests to reuse. The
+    // link is mailed all the same, with a decoy (never reused for an
+    // account that takes contacts): the inbox must not tell a known
+    // account whose DM failed from an unknown one.
     if let Some(code) = code_to_send {
         // A code is made only when the admin client answered above.
         let admin = admin.as_ref().ok_or_else(|| WebError("no working admin token: cannot DM a code".into()))?;
-        dm_code(state, admin, &user_id, &code, expires_at).await?;
+        if let Err(err) = dm_code(state, admin, &user_id, &code, expires_at).await {
+            tracing::warn!(error = %err.0, "a subscription code could not be DMed: its link carries a decoy");
+            hash = Some(decoy_hash());
+        }
     }
     state.registry.create_web_link(&id, PURPOSE, &user_id, &email, hash.as_deref(), expires_at).await?;
 
@@ -209,7 +218,7 @@ async fn start(
         action: "Confirm my email address".to_owned(),
         url,
     };
-    mail::send(state, &id, &email, email_text, expires_at).await
+    mail::send(state, &id, &email, email_text, None, expires_at).await
 }
 
 async fn dm_code(

@@ -105,10 +105,13 @@ async fn mail_links(state: &WebState, target: ContactAddress, key: &secrecy::Sec
     for contact in contacts {
         // Stored (and mailed) only below, once no earlier link still works.
         let id = links::new_link_id();
-        let (purpose, email) = match way_back(&state.config, &state.registry, &contact.user_id, LINK_VALID).await? {
+        let (purpose, incident, email) = match way_back(&state.config, &state.registry, &contact.user_id, LINK_VALID)
+            .await?
+        {
             WayBack::Nothing(_) => continue,
             WayBack::Claim(link) => (
                 CLAIM_MAILED,
+                link.incident,
                 mail::LinkEmail {
                     subject: format!("Your link to take back your Matrix ID on {server_name}"),
                     intro: format!(
@@ -119,8 +122,9 @@ async fn mail_links(state: &WebState, target: ContactAddress, key: &secrecy::Sec
                     url: link.url(&state.web().public_url, key),
                 },
             ),
-            WayBack::Token { .. } => (
+            WayBack::Token { incident } => (
                 PURPOSE,
+                incident,
                 mail::LinkEmail {
                     subject: format!("Your link to a registration token for {server_name}"),
                     intro: format!(
@@ -144,7 +148,7 @@ async fn mail_links(state: &WebState, target: ContactAddress, key: &secrecy::Sec
         // its row only says that one went out, and until when it works.
         let expires_at = now_ms() + LINK_VALID.as_millis() as i64;
         state.registry.create_web_link(&id, purpose, &contact.user_id, &contact.address, None, expires_at).await?;
-        mail::send(state, &id, &contact.address, email, expires_at).await?;
+        mail::send(state, &id, &contact.address, email, Some((incident, &contact.user_id)), expires_at).await?;
         tracing::info!(user_id = %contact.user_id, "way-back link queued");
     }
     Ok(())

@@ -106,8 +106,9 @@ async fn a_sqlite_registry_moves_to_postgres_through_a_backup() {
     round_trip(TestDatabase::sqlite(), TestDatabase::postgres().await).await;
 }
 
-#[tokio::test]
-async fn a_truncated_backup_is_refused_and_changes_nothing() {
+/// A lived-in SQLite registry's backup: its folder (removed when dropped),
+/// the file, and the file's text.
+async fn a_backup() -> (tempfile::TempDir, std::path::PathBuf, String) {
     let database = TestDatabase::sqlite();
     let source = Registry::connect(&database.url()).await.unwrap();
     lived_in(&source).await;
@@ -115,6 +116,12 @@ async fn a_truncated_backup_is_refused_and_changes_nothing() {
     let file = dir.path().join("registry.backup");
     backup(&source, &file, &Actor::cli()).await.unwrap();
     let text = std::fs::read_to_string(&file).unwrap();
+    (dir, file, text)
+}
+
+#[tokio::test]
+async fn a_truncated_backup_is_refused_and_changes_nothing() {
+    let (_dir, file, text) = a_backup().await;
     let cut: Vec<&str> = text.lines().collect();
     std::fs::write(&file, cut[..cut.len() - 3].join("\n")).unwrap();
 
@@ -122,6 +129,34 @@ async fn a_truncated_backup_is_refused_and_changes_nothing() {
     let target = Registry::connect(&target_db.url()).await.unwrap();
     let err = restore(&target, &file, false, &Actor::cli()).await.unwrap_err().to_string();
     assert!(err.contains("truncated"), "{err}");
+    assert!(lines(&target).await.is_empty(), "a failed restore leaves nothing behind");
+}
+
+/// A value edited by hand into another type (text where a time in ms
+/// belongs) would restore as nothing at all: the restore is refused, named
+/// by the column, and leaves the registry as it was.
+#[tokio::test]
+async fn a_backup_with_a_value_of_the_wrong_type_is_refused_and_changes_nothing() {
+    let (_dir, file, text) = a_backup().await;
+    let edited: Vec<String> = text
+        .lines()
+        .map(|line| {
+            let mut record: Value = serde_json::from_str(line).unwrap();
+            if record["table"] == "registration_tokens" {
+                // expires_at, 99 in `lived_in`, as text.
+                let row = record["row"].as_array_mut().unwrap();
+                let expires_at = row.iter_mut().find(|value| **value == 99).unwrap();
+                *expires_at = Value::from("99");
+            }
+            record.to_string()
+        })
+        .collect();
+    std::fs::write(&file, edited.join("\n") + "\n").unwrap();
+
+    let target_db = TestDatabase::sqlite();
+    let target = Registry::connect(&target_db.url()).await.unwrap();
+    let err = restore(&target, &file, false, &Actor::cli()).await.unwrap_err().to_string();
+    assert!(err.contains("a registration_tokens row's expires_at is text, not a whole number"), "{err}");
     assert!(lines(&target).await.is_empty(), "a failed restore leaves nothing behind");
 }
 

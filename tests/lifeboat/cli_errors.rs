@@ -64,6 +64,10 @@ async fn values_that_cannot_work_are_refused_with_their_minimum() {
         ("LIFEBOAT__TOKENS__EXPIRY", "0s", "`tokens.expiry`", "at least 1h"),
         ("LIFEBOAT__SYNC__DETAILS_MAX_AGE", "0s", "`sync.details_max_age`", "at least 1m"),
         ("LIFEBOAT__SYNC__PAGE_SIZE", "-5", "`sync.page_size`", "`-5` is out of range"),
+        ("LIFEBOAT__BOT__ENCRYPTED_NOTICES", "on", "`bot.encrypted_notices`", "write true or false"),
+        ("LIFEBOAT__BOT__ENCRYPTED_NOTICES", "1", "`bot.encrypted_notices`", "write true or false"),
+        // No command could follow it: the bot would never answer.
+        ("LIFEBOAT__BOT__COMMAND_PREFIX", " ", "`bot.command_prefix`", "must be one word"),
     ];
     for (var, value, key, problem) in cases {
         let run = Lifeboat::with_config(MINIMAL).env(var, value).run(&["config", "check"]).await;

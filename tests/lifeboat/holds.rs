@@ -435,7 +435,8 @@ async fn ids_registered_again_before_any_listing_saw_the_wipe_are_strangers_to_t
     let people = people(1);
     let mut rig = Rig::start(TestSmtp::start(None), &people).await;
     // No listing and no probe while the test looks; a second admin, whose
-    // account is made only after the wipe (new, not taken: invited).
+    // account is made only after the wipe: no listing saw that ID, so
+    // whoever registered it is a stranger too (not invited).
     let newcomer_localpart = unique("harbourmaster");
     let newcomer_id = rig.synapse.user_id(&newcomer_localpart);
     let config = std::fs::read_to_string(rig.lifeboat.config_path()).unwrap();
@@ -456,12 +457,11 @@ async fn ids_registered_again_before_any_listing_saw_the_wipe_are_strangers_to_t
         lifeboat.serve_log().contains("made a new admin room")
     })
     .await;
-    // The bot looks for admins to invite every 5 s: once the newcomer has
-    // theirs, the taken admin ID was looked at too.
-    newcomer.first_invite().await;
-    tokio::time::sleep(Duration::from_secs(6)).await;
+    // The bot looks for admins to invite every 5 s: two rounds.
+    tokio::time::sleep(Duration::from_secs(11)).await;
     let squatted = MatrixUser::new(&rig.synapse.url, &squatter.user_id, &squatter.access_token);
     assert!(squatted.invites().await.is_empty(), "no invite to the admin room:\n{}", lifeboat.serve_log());
+    assert!(newcomer.invites().await.is_empty(), "nor for an admin ID no listing saw:\n{}", lifeboat.serve_log());
 
     let squatted_person = MatrixUser::new(&rig.synapse.url, &victim_squatter.user_id, &victim_squatter.access_token);
     let dm = squatted_person.create_room(&[&rig.bot], true).await;
@@ -685,6 +685,35 @@ async fn an_id_registered_between_the_sync_and_the_hold_is_found_taken_and_never
     let untouched = synapse.user(&first).await;
     assert_eq!(untouched["locked"], false, "{untouched}");
     assert!(untouched["threepids"].as_array().unwrap().is_empty(), "no email was given to it: {untouched}");
+}
+
+/// The bot's admin IDs that no listing saw (made after the last one, or
+/// not made yet) are held with the lost IDs after a wipe: otherwise anyone
+/// could register one and command the bot. Not before any loss.
+#[tokio::test(flavor = "multi_thread")]
+async fn an_admin_id_no_listing_saw_is_held_with_the_lost_ids() {
+    let synapse = TestSynapse::start();
+    let registry = TestDatabase::sqlite();
+    let person = unique("person");
+    synapse.create_user(&person, &[]).await;
+    let ops_localpart = unique("ops");
+    let ops = synapse.user_id(&ops_localpart);
+    let lifeboat = lifeboat_on(&synapse, &registry);
+    let config = std::fs::read_to_string(lifeboat.config_path()).unwrap();
+    lifeboat.write_config(&format!("{config}\n[bot]\nadmins = [\"{ops}\"]\n"));
+    assert_eq!(lifeboat.run(&["sync"]).await.code, 0);
+    let calm = lifeboat.run(&["holds", "make"]).await;
+    assert!(calm.stdout.contains("No lost ID is waiting"), "nothing lost, nothing held: {calm:?}");
+
+    synapse.wipe();
+    assert_eq!(lifeboat.run(&["recover"]).await.code, 0);
+    assert_eq!(lifeboat.run(&["sync"]).await.code, 0);
+    let made = lifeboat.run(&["holds", "make"]).await;
+    assert_eq!(made.code, 0, "{made:?}");
+    assert!(all_in(&lifeboat, "held", &[synapse.user_id(&person), ops.clone()]).await, "{made:?}");
+    synapse.register_admin(&unique("root"));
+    let held = synapse.user(&ops_localpart).await;
+    assert_eq!(held["locked"], true, "the ID is taken, locked, for its owner: {held}");
 }
 
 #[tokio::test(flavor = "multi_thread")]

@@ -648,6 +648,41 @@ async fn a_notify_that_loses_its_lease_stops_sending() {
     assert_eq!(smtp.count(), sent, "and sent nothing after");
 }
 
+/// A notify that read its incident before someone resolved it (its admin
+/// still at the prompt, serve's worker busy with another incident) makes
+/// and sends nothing: resolving deleted the unused tokens, and a token
+/// made after it would outlive the incident.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_notify_that_read_its_incident_before_it_was_resolved_makes_and_sends_nothing() {
+    use lifeboat::campaign::{CampaignError, CampaignOptions, run_campaign};
+    let synapse = TestSynapse::start();
+    let registry = TestDatabase::sqlite();
+    let smtp = TestSmtp::start(None);
+    let lifeboat = lifeboat_with_mail(&synapse, &registry, &smtp);
+    let (id, _) = incident_after_wipe(&synapse, &lifeboat, 3).await;
+    let store = lifeboat::registry::Registry::connect(&registry.url()).await.unwrap();
+    let read_before = store.require_incident(id.parse().unwrap()).await.unwrap();
+    let resolve = lifeboat.run(&["incident", "resolve", &id]).await;
+    assert_eq!(resolve.code, 0, "{resolve:?}");
+
+    let config = lifeboat::config::Config::load(lifeboat.config_path(), std::iter::empty()).unwrap();
+    struct Quiet;
+    impl lifeboat::notify::NotifyProgress for Quiet {}
+    let devices = lifeboat::dm::Devices::default();
+    let options = CampaignOptions {
+        actor: lifeboat::registry::Actor::cli(),
+        plan_new: true,
+        retry_failed: false,
+        progress: &Quiet,
+        devices: &devices,
+    };
+    let outcome = run_campaign(&config, &store, &read_before, config.email.as_ref().unwrap(), options).await;
+    assert!(matches!(outcome, Err(CampaignError::Resolved(_))), "{outcome:?}");
+    assert!(store.tokens(Some(read_before.id)).await.unwrap().is_empty(), "no token made");
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    assert_eq!(smtp.count(), 0, "nothing sent");
+}
+
 #[tokio::test(flavor = "multi_thread")]
 async fn accounts_an_admin_had_locked_or_deactivated_get_no_token() {
     let synapse = TestSynapse::start();

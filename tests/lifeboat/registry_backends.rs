@@ -112,12 +112,38 @@ async fn only_an_account_its_person_still_has_speaks_for_them(registry: Registry
 }
 on_both_backends!(only_an_account_its_person_still_has_speaks_for_them);
 
+/// `/metrics` and the bot's `status` count accounts by where they stand
+/// (held, taken), not by the raw listing state, which calls them present.
+async fn the_status_counts_each_account_by_its_standing(registry: Registry) {
+    sync_listing(&registry, &[user("@here:x", 1), user("@lost:x", 1), user("@taken:x", 1), user("@held:x", 1)]).await;
+    sync_listing(&registry, &[user("@here:x", 1), user("@taken:x", 9)]).await;
+    registry.begin_hold(&id("@held:x")).await.unwrap();
+    registry.mark_held(&id("@held:x"), Some(5_000), true).await.unwrap();
+    let counts = registry.status().await.unwrap().accounts;
+    let expected = ["held", "missing", "present", "recreated"].map(|standing| (standing.to_owned(), 1));
+    assert_eq!(counts, expected, "{counts:?}");
+}
+on_both_backends!(the_status_counts_each_account_by_its_standing);
+
+/// A hold run paused past its lease finds the account another run made
+/// meanwhile and held: that is lifeboat's, never taken for a stranger's.
+async fn an_id_another_hold_run_held_meanwhile_is_not_marked_taken(registry: Registry) {
+    sync_listing(&registry, &[user("@a:x", 1), user("@b:x", 1)]).await;
+    sync_listing(&registry, &[user("@a:x", 1)]).await;
+    registry.begin_hold(&id("@b:x")).await.unwrap();
+    registry.mark_held(&id("@b:x"), Some(5_000), true).await.unwrap();
+    assert!(!registry.mark_taken_before_hold(&id("@b:x"), &Actor::cli()).await.unwrap());
+    let b = registry.account(&id("@b:x")).await.unwrap().unwrap();
+    assert_eq!(b.state, AccountState::Held);
+}
+on_both_backends!(an_id_another_hold_run_held_meanwhile_is_not_marked_taken);
+
 async fn an_id_an_operator_hands_back_before_any_listing_stays_its_persons(registry: Registry) {
     sync_listing(&registry, &[user("@a:x", 1), user("@b:x", 1)]).await;
     sync_listing(&registry, &[user("@a:x", 1)]).await;
     // Someone registered it first (at second 9); an operator gives it back.
     registry.begin_hold(&id("@b:x")).await.unwrap();
-    registry.mark_taken_before_hold(&id("@b:x"), &Actor::cli()).await.unwrap();
+    assert!(registry.mark_taken_before_hold(&id("@b:x"), &Actor::cli()).await.unwrap());
     registry.settle_as_claimed(&id("@b:x"), &Actor::cli()).await.unwrap();
     assert!(registry.speaks_for_its_person(&id("@b:x"), Some(9_000)).await.unwrap(), "its person's now");
 
@@ -418,6 +444,24 @@ fn states(rooms: &[Room]) -> Vec<(&str, RoomState)> {
     rooms.iter().map(|room| (room.room_id.as_str(), room.state)).collect()
 }
 
+/// A person back on their ID waits to be brought back into a surviving
+/// room while another former member's ID is free: whoever registered it
+/// would be let in too. Not when holds are off (the ID stays free).
+async fn a_person_waits_for_a_surviving_room_while_another_members_id_is_free(registry: Registry) {
+    sync_listing(&registry, &[user("@a:x", 1), user("@b:x", 1)]).await;
+    registry.apply_room_listing(&[room("!shared", 2, &[("@a:x", 0), ("@b:x", 0)])]).await.unwrap();
+    sync_listing(&registry, &[]).await;
+    registry.apply_room_listing(&[]).await.unwrap();
+    sync_listing(&registry, &[user("@a:x", 2)]).await;
+    registry.settle_as_claimed(&id("@a:x"), &Actor::cli()).await.unwrap();
+    assert!(registry.pending_rejoins(false, true).await.unwrap().is_empty(), "@b's ID is free");
+    assert_eq!(registry.pending_rejoins(false, false).await.unwrap().len(), 1, "holds off: no waiting");
+    registry.begin_hold(&id("@b:x")).await.unwrap();
+    registry.mark_held(&id("@b:x"), Some(5_000), true).await.unwrap();
+    assert_eq!(registry.pending_rejoins(false, true).await.unwrap().len(), 1, "@b's ID is held: @a comes back");
+}
+on_both_backends!(a_person_waits_for_a_surviving_room_while_another_members_id_is_free);
+
 async fn rooms_gone_from_a_listing_are_classified_and_a_lost_persons_memberships_wait_for_them(registry: Registry) {
     sync_listing(&registry, &[user("@a:x", 1), user("@b:x", 1)]).await;
     let shared = room("!shared", 2, &[("@a:x", 100), ("@b:x", 0)]);
@@ -450,13 +494,13 @@ async fn rooms_gone_from_a_listing_are_classified_and_a_lost_persons_memberships
     registry.apply_room_listing(&[changed]).await.unwrap();
     registry.apply_room_listing(&[]).await.unwrap();
     assert_eq!(registry.room("!shared").await.unwrap().unwrap().members, 1);
-    assert!(registry.pending_rejoins(false).await.unwrap().is_empty(), "nobody is back yet");
+    assert!(registry.pending_rejoins(false, true).await.unwrap().is_empty(), "nobody is back yet");
 
     // @a registers again, and an operator vouches for them.
     sync_listing(&registry, &[user("@a:x", 2), user("@b:x", 1)]).await;
-    assert!(registry.pending_rejoins(false).await.unwrap().is_empty(), "a stranger on the ID is joined nowhere");
+    assert!(registry.pending_rejoins(false, true).await.unwrap().is_empty(), "a stranger on the ID is joined nowhere");
     registry.settle_as_claimed(&id("@a:x"), &Actor::cli()).await.unwrap();
-    let pending = registry.pending_rejoins(false).await.unwrap();
+    let pending = registry.pending_rejoins(false, true).await.unwrap();
     assert_eq!(pending.len(), 1, "only the surviving room: {pending:?}");
     assert_eq!(
         (pending[0].room_id.as_str(), pending[0].via_servers.as_slice()),
@@ -465,11 +509,11 @@ async fn rooms_gone_from_a_listing_are_classified_and_a_lost_persons_memberships
     for _ in 0..MAX_REJOIN_ATTEMPTS {
         registry.record_rejoin("!shared", &id("@a:x"), RejoinOutcome::Failed("M_FORBIDDEN")).await.unwrap();
     }
-    assert!(registry.pending_rejoins(false).await.unwrap().is_empty(), "given up on by itself");
-    assert_eq!(registry.pending_rejoins(true).await.unwrap().len(), 1, "retried when asked");
+    assert!(registry.pending_rejoins(false, true).await.unwrap().is_empty(), "given up on by itself");
+    assert_eq!(registry.pending_rejoins(true, true).await.unwrap().len(), 1, "retried when asked");
 
     registry.mark_room_recreated("!local", "!new").await.unwrap();
-    let pending = registry.pending_rejoins(false).await.unwrap();
+    let pending = registry.pending_rejoins(false, true).await.unwrap();
     assert_eq!(pending[0].recreated_as.as_deref(), Some("!new"), "invited to the room made again: {pending:?}");
     registry.record_rejoin("!local", &id("@a:x"), RejoinOutcome::Invited).await.unwrap();
     let counts = registry.room_counts().await.unwrap();
@@ -491,7 +535,7 @@ async fn after_another_wipe_rooms_and_people_are_brought_back_again(registry: Re
     registry.mark_room_restored("!shared", None).await.unwrap();
     registry.record_rejoin("!shared", &id("@a:x"), RejoinOutcome::Joined).await.unwrap();
     registry.apply_room_listing(std::slice::from_ref(&shared)).await.unwrap();
-    assert!(registry.pending_rejoins(false).await.unwrap().is_empty());
+    assert!(registry.pending_rejoins(false, true).await.unwrap().is_empty());
 
     // Another wipe.
     sync_listing(&registry, &[]).await;
@@ -500,7 +544,7 @@ async fn after_another_wipe_rooms_and_people_are_brought_back_again(registry: Re
     assert_eq!((again.state, again.restored_at, again.pending), (RoomState::Elsewhere, None, 1), "{again:?}");
     sync_listing(&registry, &[user("@a:x", 3)]).await;
     registry.settle_as_claimed(&id("@a:x"), &Actor::cli()).await.unwrap();
-    assert_eq!(registry.pending_rejoins(false).await.unwrap().len(), 1, "@a is brought back again");
+    assert_eq!(registry.pending_rejoins(false, true).await.unwrap().len(), 1, "@a is brought back again");
 }
 on_both_backends!(after_another_wipe_rooms_and_people_are_brought_back_again);
 

@@ -213,6 +213,49 @@ async fn after_a_wipe_people_come_back_into_surviving_rooms_aliases_work_and_los
     assert!(now != bait && now != new_kitchen, "a new room, not someone else's: {now}");
 }
 
+/// lifeboat with only our Synapse (admin token and shared secret), a
+/// registry, and `extra` config.
+fn lifeboat_on(ours: &TestSynapse, registry: &TestDatabase, extra: &str) -> Lifeboat {
+    Lifeboat::with_config(&format!(
+        "[homeserver]\nurl = \"{}\"\nserver_name = \"{}\"\nadmin_token = \"{}\"\nregistration_shared_secret = \"{}\"\n\
+         retries = 1\ntimeout = \"10s\"\n\n[registry]\nurl = \"{}\"\n\n{extra}",
+        ours.url,
+        ours.server_name,
+        ours.admin_token(),
+        ours.shared_secret,
+        registry.url(),
+    ))
+}
+
+/// A surviving room also waits while a former member's ID is free, not held
+/// yet (holds made only with an incident, or a hold run still to come):
+/// whoever registers it meanwhile would be let in the same way.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_surviving_room_is_not_rejoined_while_a_former_members_id_is_free() {
+    let (ours, theirs) = federation_pair();
+    let registry = TestDatabase::sqlite();
+    ours.create_user("carol", &[]).await;
+    let carol = sign_in(&ours, "carol", "correct horse battery").await;
+    let bob = theirs.client(&theirs.register("bob"));
+    let square = bob.create_room_full(RoomSpec::public("square").name("Square")).await;
+    carol.join_via(&square, &[&theirs.server_name]).await;
+    joined_members_settle(&ours, &square, 2).await;
+    let lifeboat = lifeboat_on(&ours, &registry, "[recovery]\nhold = \"on-incident\"\n");
+    assert_eq!(lifeboat.run(&["sync"]).await.code, 0);
+
+    ours.wipe();
+    assert_eq!(lifeboat.run(&["recover"]).await.code, 0);
+    assert_eq!(lifeboat.run(&["sync"]).await.code, 0, "carol's ID is lost, and no incident holds it yet");
+    let rejoined = lifeboat.run(&["rooms", "rejoin"]).await;
+    assert_eq!(rejoined.code, 1, "{rejoined:?}");
+    assert!(rejoined.stderr.contains(&format!("waiting: {square}")), "{rejoined:?}");
+    let squatter = ours.register("carol");
+    // Had this server joined, the surviving state would show here within moments.
+    tokio::time::sleep(Duration::from_secs(5)).await;
+    let squatter = MatrixUser::new(&ours.url, &squatter.user_id, &squatter.access_token);
+    assert!(!squatter.joined_rooms().await.contains(&square), "whoever took carol's ID is not let in");
+}
+
 /// A surviving room waits while a stranger holds a former member's ID: once
 /// this server is back in the room, the surviving state counts that ID as
 /// joined, so bringing anyone back would let the stranger in too, with the
@@ -236,15 +279,7 @@ async fn a_surviving_room_is_not_rejoined_while_a_stranger_holds_a_former_member
         carol.join_via(room, &[&theirs.server_name]).await;
         joined_members_settle(&ours, room, 3).await;
     }
-    let lifeboat = Lifeboat::with_config(&format!(
-        "[homeserver]\nurl = \"{}\"\nserver_name = \"{}\"\nadmin_token = \"{}\"\nregistration_shared_secret = \"{}\"\n\
-         retries = 1\ntimeout = \"10s\"\n\n[registry]\nurl = \"{}\"\n",
-        ours.url,
-        ours.server_name,
-        ours.admin_token(),
-        ours.shared_secret,
-        registry.url(),
-    ));
+    let lifeboat = lifeboat_on(&ours, &registry, "");
     assert_eq!(lifeboat.run(&["sync"]).await.code, 0);
 
     ours.wipe();

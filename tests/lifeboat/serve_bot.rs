@@ -232,6 +232,23 @@ fn assert_prometheus_text(text: &str) {
     }
 }
 
+/// A `[bot]` with no password and no access token, on a homeserver that
+/// was not wiped, says what to set: lifeboat re-creates its own account
+/// only after a wipe, so recovery cannot stand in for them.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_bot_without_credentials_says_which_to_set() {
+    let rig = Rig::start(TestSmtp::start(None), &[]).await;
+    let config = std::fs::read_to_string(rig.lifeboat.config_path()).unwrap();
+    let without: Vec<&str> = config.lines().filter(|line| !line.starts_with("password = ")).collect();
+    rig.lifeboat.write_config(&without.join("\n"));
+    let _serve = rig.lifeboat.spawn_serve();
+    let lifeboat = &rig.lifeboat;
+    eventually("serve names the missing setting", Duration::from_secs(60), || async {
+        lifeboat.serve_log().contains("set bot.password or bot.access_token to working credentials")
+    })
+    .await;
+}
+
 #[tokio::test(flavor = "multi_thread")]
 async fn an_admin_gets_the_status_in_the_admin_room_and_a_stranger_gets_nothing_back() {
     let mut rig = Rig::start(TestSmtp::start(None), &[]).await;
@@ -334,7 +351,13 @@ async fn a_confirmation_without_a_recent_dry_run_is_refused() {
 #[tokio::test(flavor = "multi_thread")]
 async fn after_a_wipe_the_bot_comes_back_in_a_new_admin_room_and_the_alert_is_mailed() {
     let mut rig = Rig::start(TestSmtp::start(None), &people(2)).await;
+    let kitchen = rig.alice.create_room(&[], false).await;
     rig.serve().await;
+    let lifeboat = &rig.lifeboat;
+    eventually("the watcher lists alice's room", Duration::from_secs(60), || async {
+        lifeboat.run(&["rooms", "list"]).await.stdout.contains(&kitchen)
+    })
+    .await;
 
     rig.synapse.wipe();
     let smtp = &rig.smtp;
@@ -378,6 +401,23 @@ async fn after_a_wipe_the_bot_comes_back_in_a_new_admin_room_and_the_alert_is_ma
     alice.send(room, "!lifeboat status").await;
     let status = alice.wait_for_message(room, &rig.bot, "Registry:", Duration::from_secs(60)).await;
     assert!(status.contains("suspected_reset") || status.contains("missing"), "{status}");
+
+    // A room lifeboat makes again has two members (it, and alice back) until
+    // its others come back: no DM, so nothing of alice's is answered there.
+    let remade = rig.lifeboat.run(&["rooms", "recreate", &kitchen, "--yes"]).await;
+    assert_eq!(remade.code, 0, "{remade:?}");
+    let listed = rig.lifeboat.run(&["rooms", "list", "--json"]).await.json();
+    let new_kitchen =
+        listed.as_array().unwrap().iter().find(|room| room["room_id"] == kitchen.as_str()).unwrap()["recreated_as"]
+            .as_str()
+            .unwrap()
+            .to_owned();
+    alice.join(&new_kitchen).await;
+    let before = alice.messages_from(&new_kitchen, &rig.bot).await;
+    alice.send(&new_kitchen, "contact list").await;
+    tokio::time::sleep(Duration::from_secs(10)).await;
+    let after = alice.messages_from(&new_kitchen, &rig.bot).await;
+    assert_eq!(after, before, "no contact command answered there");
     let alerts = rig.smtp.messages_to(ALERTS_TO);
     assert_eq!(
         alerts
@@ -1087,6 +1127,8 @@ async fn subscribing_mails_alike_for_any_account_and_dms_one_code_at_a_time_with
     let bob = rig.known_person(&bob_localpart).await;
     let carol_localpart = unique("carol");
     let carol = rig.known_person(&carol_localpart).await;
+    let dave_localpart = unique("dave");
+    let dave = rig.known_person(&dave_localpart).await;
     let config = std::fs::read_to_string(rig.lifeboat.config_path()).unwrap();
     rig.lifeboat.write_config(&config.replace("[web]\n", "[web]\nrate_limit_per_ip = 100000\n"));
     rig.serve().await;
@@ -1203,6 +1245,31 @@ async fn subscribing_mails_alike_for_any_account_and_dms_one_code_at_a_time_with
     .await;
     tokio::time::sleep(Duration::from_secs(1)).await;
     assert!(smtp.messages_to(&fresh).is_empty(), "no link while the code's tries are spent");
+
+    // A code whose only link used up its tries stays spent: asking again
+    // brings no fresh code with fresh tries.
+    let dave_first = format!("{dave_localpart}-1@example.org");
+    assert_eq!(subscribe(&rig, &http, &dave.user_id, &dave_first).await, 200);
+    let (dave_dm, message) = code_dmed_to(&rig, &dave).await;
+    let dave_code: String = message.split("**").nth(1).expect("the code in bold").to_owned();
+    let wrong = if dave_code == "00000000" { "11111111" } else { "00000000" };
+    for n in 1..=5 {
+        let (status, page) = confirm(dave_first.clone(), wrong.to_owned()).await;
+        let said = if n < 5 { "That code is not right" } else { "This link does not work" };
+        assert!(status == 400 && page.contains(said), "try {n}: {status} {page}");
+    }
+    let dave_again = format!("{dave_localpart}-2@example.org");
+    assert_eq!(subscribe(&rig, &http, &dave.user_id, &dave_again).await, 200);
+    let marker = format!("{dave_localpart}-marker@example.org");
+    assert_eq!(subscribe(&rig, &http, &nobody, &marker).await, 200);
+    eventually("a later request is mailed", Duration::from_secs(60), || async {
+        !smtp.messages_to(&marker).is_empty()
+    })
+    .await;
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    assert!(smtp.messages_to(&dave_again).is_empty(), "no new link while the spent code is due");
+    let codes = dave.messages_from(&dave_dm, &rig.bot).await.iter().filter(|body| body.contains("Your code")).count();
+    assert_eq!(codes, 1, "no second code DMed");
     let log = rig.lifeboat.serve_log();
     assert!(!log.contains("might have been deleted") && !log.contains("Not sharing message history"), "{log}");
 }

@@ -289,7 +289,7 @@ pub(crate) async fn post_form(http: &reqwest::Client, url: &str, cookie: Option<
 /// server's ID it says so and mails nothing (which would let anyone send
 /// text of their choosing to any address from here).
 #[tokio::test(flavor = "multi_thread")]
-async fn the_subscription_page_mails_nothing_for_another_servers_id() {
+async fn the_subscription_page_mails_nothing_for_another_servers_id_nor_for_one_no_homeserver_makes() {
     let (registry, smtp) = (TestDatabase::sqlite(), TestSmtp::start(None));
     let (lifeboat, http) = (Lifeboat::with_config(""), reqwest::Client::new());
     let served = serve(&lifeboat, &base_without_synapse(&registry, &smtp), "").await;
@@ -299,8 +299,17 @@ async fn the_subscription_page_mails_nothing_for_another_servers_id() {
     let (code, page) = post_form(&http, &url, Some(&cookie), &form).await;
     assert_eq!(code, 400, "{page}");
     assert!(page.contains("your account on example.org"), "{page}");
+    // Blank-looking characters (U+2800) make the ID a sentence in our mail.
+    let sentence = ["%40Your", "mailbox", "closes.", "Confirm", "at", "evil.example%3Aexample.org"].join("%E2%A0%80");
+    let form = format!("csrf={csrf}&matrix_id={sentence}&email=someone%40example.net");
+    let (code, page) = post_form(&http, &url, Some(&cookie), &form).await;
+    assert!(code == 400 && page.contains("Please check what you entered"), "{code} {page}");
     tokio::time::sleep(Duration::from_secs(2)).await;
     assert!(smtp.messages().is_empty(), "nothing mailed");
+    // An ID a homeserver makes is mailed its link as ever.
+    let form = format!("csrf={csrf}&matrix_id=%40someone.else%3Aexample.org&email=someone.else%40example.net");
+    assert_eq!(post_form(&http, &url, Some(&cookie), &form).await.0, 200);
+    eventually("the link is mailed", Duration::from_secs(30), || async { smtp.messages().len() == 1 }).await;
 }
 
 /// The CSRF cookie a form page sets.
@@ -669,6 +678,31 @@ async fn slow_and_idle_connections_are_closed_and_their_number_is_capped() {
     assert!(trickling.await.unwrap(), "a trickled body is cut off");
 }
 
+/// Without a way to DM (no `[bot]`, no recovered account of lifeboat's own)
+/// no code can go out, yet a known account's address is mailed a link as
+/// an unknown one's is: whether a mail comes must not tell which accounts
+/// exist.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_subscription_that_cannot_dm_its_code_mails_the_link_all_the_same() {
+    let (synapse, registry, smtp) = (TestSynapse::start(), TestDatabase::sqlite(), TestSmtp::start(None));
+    let base = mail_base(&synapse, &registry, &smtp);
+    let lifeboat = Lifeboat::with_config(&base);
+    let known = unique("known");
+    synapse.create_user(&known, &[]).await;
+    assert_eq!(lifeboat.run(&["sync"]).await.code, 0);
+    let served = serve(&lifeboat, &base, "").await;
+    let (http, url) = (reqwest::Client::new(), format!("{}/subscribe", served.url));
+    let (cookie, csrf) = form_csrf(&http, &url).await;
+    let (to_known, to_unknown) = (format!("{known}@example.org"), format!("{known}-other@example.org"));
+    for (id, address) in [(synapse.user_id(&known), &to_known), (synapse.user_id(&unique("nobody")), &to_unknown)] {
+        let form = format!("csrf={csrf}&matrix_id={}&email={}", id.replace('@', "%40"), address.replace('@', "%40"));
+        assert_eq!(post_form(&http, &url, Some(&cookie), &form).await.0, 200);
+    }
+    let unknown_mail = wait_for_mail(&smtp, &to_unknown, 1).await.pop().unwrap();
+    let known_mail = wait_for_mail(&smtp, &to_known, 1).await.pop().unwrap();
+    assert_eq!(known_mail.subject, unknown_mail.subject);
+}
+
 /// The page answers before the mail goes out, so a link whose email the
 /// mail server refused for good is only known as such later, in the
 /// outbox: from then on it must not count as one on its way.
@@ -698,6 +732,14 @@ async fn a_link_the_mail_server_refused_for_good_does_not_hold_back_the_next_req
     })
     .await;
     assert!(smtp.messages_to(&email).is_empty(), "the sink refused it (550)");
+    // A way back in names its person and incident, so it is withdrawn if
+    // the address stops being theirs before it leaves.
+    let (person, incident): (Option<String>, Option<i64>) =
+        sqlx::query_as("SELECT user_id, incident_id FROM deliveries WHERE kind = 'link'")
+            .fetch_one(outbox.pool())
+            .await
+            .unwrap();
+    assert_eq!((person.as_deref(), incident.is_some()), (Some("@gone:example.org"), true));
 
     smtp.heal();
     assert_eq!(post_form(&http, &token_url, Some(&cookie), &request(&csrf)).await.0, 200);
