@@ -28,7 +28,8 @@ pub enum Command {
         #[arg(long)]
         json: bool,
     },
-    /// Hold every lost ID that is still free, now.
+    /// Hold every lost ID that is still free, now (and, while there are such,
+    /// the bot.admins IDs of this homeserver that no listing saw).
     ///
     /// `serve`'s watcher does this by itself (recovery.hold = "auto"), and
     /// `incident open` too (unless recovery.hold = "off"). Each account is

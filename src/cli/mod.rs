@@ -141,7 +141,8 @@ enum Command {
     Backup(backup::BackupArgs),
     /// Load a backup into an empty registry (or, with --replace, into one emptied first).
     ///
-    /// All or nothing, in one transaction; a truncated file is refused.
+    /// All or nothing, in one transaction; a truncated file, or a value of
+    /// the wrong type, is refused.
     /// Exit 0 ok, 1 failed.
     Restore(backup::RestoreArgs),
     /// Run the long-lived service: web page, admin-room bot, watcher and delivery worker.

@@ -28,6 +28,8 @@ pub enum Command {
     /// re-points their local aliases, and lists them in the directory
     /// again); then each person whose ID is theirs again (claimed) is joined
     /// to every surviving room they were in, and invited to re-created ones.
+    /// A surviving room waits while a stranger holds a former member's ID,
+    /// or (holds on) while one is not held yet: exit 1 then.
     Rejoin {
         /// Also try again what failed too often to be tried by itself.
         #[arg(long)]
