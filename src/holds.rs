@@ -472,6 +472,8 @@ pub enum HandOverError {
         "{0} is being handed over right now (by its claim link or another `lifeboat holds claim`): wait a minute, then see `lifeboat holds list`"
     )]
     UnderWay(String),
+    #[error("{0} is no longer held (its owner claimed it meanwhile?): nothing was released")]
+    NoLongerHeld(String),
 }
 
 /// Runs `work` under the ID's hand-over lease, one at a time across
@@ -553,16 +555,25 @@ pub async fn hand_back(
 }
 
 /// Ends a hold for good: the account is deactivated (Synapse cannot delete
-/// one), so its ID can never be registered again.
+/// one), so its ID can never be registered again. Under the hand-over's
+/// lease, and only while the ID is still held: its owner may have claimed
+/// it while the operator was asked to confirm.
 pub async fn release(
     registry: &Registry,
     client: &SynapseClient,
     user_id: &UserId,
     actor: &Actor,
 ) -> Result<(), HandOverError> {
-    client.deactivate_account(user_id.as_str()).await?;
-    registry.release_hold(user_id, actor).await?;
-    Ok(())
+    let work = async {
+        let now = registry.account(user_id).await?;
+        if !now.is_some_and(|account| account.state == AccountState::Held) {
+            return Err(HandOverError::NoLongerHeld(user_id.to_string()));
+        }
+        client.deactivate_account(user_id.as_str()).await?;
+        registry.release_hold(user_id, actor).await?;
+        Ok(())
+    };
+    one_hand_over(registry, user_id, work).await?
 }
 
 #[cfg(test)]

@@ -13,6 +13,7 @@ use crate::config::Config;
 use crate::email::EmailAddress;
 use crate::lease::{Held, Lease};
 use crate::pace::{call_in_paced_groups, rest_after};
+use crate::reconcile::registered_again;
 use crate::registry::{self, AccountDetails, Actor, DetailsDue, Registry, SyncApplied, now_ms};
 use crate::rooms::{RoomSyncSummary, RoomsError, sync_rooms};
 use crate::synapse::{self, LISTING_ATTEMPTS, SynapseClient, ThreePid};
@@ -294,7 +295,7 @@ impl DetailReads<'_> {
             if taken < cap && !self.options.stop.is_cancelled() {
                 let limit = (cap - taken).min(DETAILS_BATCH as u64) as i64;
                 batch = registry.accounts_needing_details(due, &after, limit).await?;
-                if let Some(last) = batch.last() {
+                if let Some((last, _)) = batch.last() {
                     after = last.to_string();
                     taken += batch.len() as u64;
                 }
@@ -316,21 +317,28 @@ impl DetailReads<'_> {
 
     /// Reads the details of `batch` ([`call_in_paced_groups`]), counting each
     /// answer as it comes; writes nothing. Returns what was read and, if
-    /// Synapse refused the admin token, the refusal (the sync stops).
-    async fn read_batch(&mut self, batch: Vec<UserId>) -> (Vec<AccountDetails>, Option<synapse::Error>) {
+    /// Synapse refused the admin token, the refusal (the sync stops). An
+    /// account Synapse made after the one the registry knows (registered
+    /// again since the listing, after a rollback) is not its person's: what
+    /// it holds is not read into the person's contacts.
+    async fn read_batch(&mut self, batch: Vec<(UserId, Option<i64>)>) -> (Vec<AccountDetails>, Option<synapse::Error>) {
         let (client, options) = (self.client, self.options);
         let outcomes = call_in_paced_groups(
             batch,
             options.config.sync.details_concurrency,
             options.pace,
             &options.stop,
-            |user_id| async move { (client.user_details(user_id.as_str()).await, user_id) },
+            |(user_id, known)| async move { (client.user_details(user_id.as_str()).await, user_id, known) },
         );
         let mut outcomes = std::pin::pin!(outcomes);
         let mut read = Vec::new();
         let counts = &mut self.counts;
-        while let Some((details, user_id)) = outcomes.next().await {
+        while let Some((details, user_id, known)) = outcomes.next().await {
             match details {
+                Ok(Some(details)) if registered_again(known, details.created_at_ms()) => {
+                    tracing::warn!(user_id = %user_id, "registered again since the listing: its details are not read");
+                    counts.fetched += 1;
+                }
                 Ok(Some(details)) => {
                     let emails = emails_of(user_id.as_str(), &details.threepids);
                     read.push(AccountDetails { user_id, emails, due_at: next_due(options) });

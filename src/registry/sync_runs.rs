@@ -214,7 +214,9 @@ impl Registry {
             Self::mark_accounts(&mut tx, rooms_again, now, lost).await?;
         }
         // A stranger on a person's ID (recreated) gives that person's record
-        // neither the admin flag nor a name: the notices greet the person by it.
+        // neither the admin flag nor a name (the notices greet the person by
+        // it), nor clears what an admin had done to the person's account
+        // (locked, deactivated: no way back in for it).
         sqlx::query(
             "INSERT INTO accounts (user_id, display_name, admin, deactivated, locked, is_guest, user_type, \
                                    synapse_created_at, first_seen_at, last_seen_present_at, state, missing_since) \
@@ -227,9 +229,11 @@ impl Registry {
                                      THEN accounts.display_name ELSE excluded.display_name END, \
                  admin = CASE WHEN accounts.custody IN ('holding', 'held') OR accounts.recreated_at IS NOT NULL \
                               THEN accounts.admin ELSE excluded.admin END, \
-                 deactivated = excluded.deactivated, is_guest = excluded.is_guest, \
-                 locked = CASE WHEN accounts.custody IN ('holding', 'held') THEN accounts.locked \
-                               ELSE excluded.locked END, \
+                 deactivated = CASE WHEN accounts.recreated_at IS NOT NULL THEN accounts.deactivated \
+                                    ELSE excluded.deactivated END, \
+                 is_guest = excluded.is_guest, \
+                 locked = CASE WHEN accounts.custody IN ('holding', 'held') OR accounts.recreated_at IS NOT NULL \
+                               THEN accounts.locked ELSE excluded.locked END, \
                  user_type = excluded.user_type, synapse_created_at = excluded.synapse_created_at, \
                  last_seen_present_at = excluded.last_seen_present_at, state = excluded.state, \
                  missing_since = NULL",
@@ -283,13 +287,20 @@ impl Registry {
 
     /// The accounts `due` names, in ID order after `after` (keyset paging keeps memory flat
     /// however many accounts there are).
-    pub async fn accounts_needing_details(&self, due: DetailsDue, after: &str, limit: i64) -> Result<Vec<UserId>> {
+    /// Up to `limit` accounts whose details are `due`, after `after` in ID
+    /// order, each with when Synapse made the account the registry knows.
+    pub async fn accounts_needing_details(
+        &self,
+        due: DetailsDue,
+        after: &str,
+        limit: i64,
+    ) -> Result<Vec<(UserId, Option<i64>)>> {
         let sql = format!(
-            "SELECT user_id FROM accounts WHERE {} AND user_id > $3 ORDER BY user_id LIMIT $4",
+            "SELECT user_id, synapse_created_at FROM accounts WHERE {} AND user_id > $3 ORDER BY user_id LIMIT $4",
             due.predicate()
         );
         let (now, stale_before) = due.bounds();
-        Ok(sqlx::query_scalar(sqlx::AssertSqlSafe(sql))
+        Ok(sqlx::query_as(sqlx::AssertSqlSafe(sql))
             .bind(now)
             .bind(stale_before)
             .bind(after)

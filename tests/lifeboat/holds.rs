@@ -646,6 +646,16 @@ async fn an_id_handed_back_from_a_stranger_keeps_none_of_the_strangers_ways_in()
     let shown = lifeboat.run(&["users", "show", &synapse.user_id(&person), "--json"]).await.json();
     let contacts = shown["contacts"].as_array().unwrap();
     assert!(contacts.iter().all(|contact| contact["address"] != "attacker@evil.example"), "{shown}");
+
+    // A release the operator confirmed after the ID was handed back (asked
+    // at its prompt before) finds it no longer held: nothing is deactivated.
+    let config = lifeboat::config::Config::load(lifeboat.config_path(), std::iter::empty()).unwrap();
+    let store = lifeboat::registry::Registry::connect(&registry.url()).await.unwrap();
+    let client = lifeboat::recover::admin_access(&config, &store).await.unwrap().working().unwrap();
+    let handed_back = lifeboat::user_id::UserId::parse(&synapse.user_id(&person)).unwrap();
+    let released = lifeboat::holds::release(&store, &client, &handed_back, &lifeboat::registry::Actor::cli()).await;
+    assert!(released.is_err_and(|err| err.to_string().contains("no longer held")));
+    assert_eq!(synapse.user(&person).await["deactivated"], false);
 }
 
 fn lifeboat_on(synapse: &TestSynapse, registry: &TestDatabase) -> Lifeboat {

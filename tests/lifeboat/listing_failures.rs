@@ -4,7 +4,7 @@
 use std::time::Duration;
 
 use serde_json::{Value, json};
-use wiremock::matchers::{method, path, query_param, query_param_is_missing};
+use wiremock::matchers::{method, path, path_regex, query_param, query_param_is_missing};
 use wiremock::{Mock, MockServer, ResponseTemplate};
 
 use crate::harness::{Lifeboat, TestDatabase};
@@ -108,6 +108,35 @@ async fn a_500_on_page_3_marks_no_account_missing() {
     let check = lifeboat.run(&["check"]).await;
     assert_eq!(check.code, 1, "a failed listing is 'could not tell', never loss: {check:?}");
     assert_nobody_missing(&lifeboat).await;
+}
+
+/// An account registered again between the listing and the reading of its
+/// details (after a rollback of Synapse's database, say) is not its
+/// person's: its email is never taken for one of the person's contacts.
+#[tokio::test]
+async fn details_of_an_account_registered_again_since_the_listing_are_not_its_persons() {
+    let registry = TestDatabase::sqlite();
+    let server = mock_synapse().await;
+    serve_pages(&server, page(2, 6)).await;
+    let an_hour_later = user(1)["creation_ts"].as_i64().unwrap() + 3_600_000;
+    let threepid = json!({"medium": "email", "address": "squatter@evil.example", "validated_at": 1, "added_at": 1});
+    let details = json!({"name": "@user1:mock.test", "creation_ts": an_hour_later, "threepids": [threepid]});
+    Mock::given(method("GET"))
+        .and(path_regex("user1"))
+        .respond_with(ResponseTemplate::new(200).set_body_json(details))
+        .with_priority(1)
+        .mount(&server)
+        .await;
+    let lifeboat = Lifeboat::with_config(&format!(
+        "[homeserver]\nurl = \"{}\"\nserver_name = \"mock.test\"\nadmin_token = \"{TOKEN}\"\n\
+         retries = 1\ntimeout = \"1s\"\n[registry]\nurl = \"{}\"\n[sync]\npage_size = 2\n",
+        server.uri(),
+        registry.url()
+    ));
+    let sync = lifeboat.run(&["sync"]).await;
+    assert_eq!(sync.code, 0, "{sync:?}");
+    let shown = lifeboat.run(&["users", "show", "@user1:mock.test", "--json"]).await.json();
+    assert_eq!(shown["contacts"], json!([]), "{shown}");
 }
 
 #[tokio::test]

@@ -112,6 +112,24 @@ async fn only_an_account_its_person_still_has_speaks_for_them(registry: Registry
 }
 on_both_backends!(only_an_account_its_person_still_has_speaks_for_them);
 
+/// A stranger's account on a person's ID does not undo what an admin had
+/// done to the person's: a locked or deactivated account gets no way back in.
+async fn a_strangers_account_keeps_the_persons_locked_and_deactivated_marks(registry: Registry) {
+    let flagged = |id: &str, flag: &str| -> ListedUser {
+        serde_json::from_value(json!({"name": id, "creation_ts": 1000, flag: true})).unwrap()
+    };
+    sync_listing(&registry, &[flagged("@l:x", "locked"), flagged("@d:x", "deactivated")]).await;
+    sync_listing(&registry, &[]).await;
+    sync_listing(&registry, &[user("@l:x", 9), user("@d:x", 9)]).await;
+    for who in ["@l:x", "@d:x"] {
+        let account = registry.account(&id(who)).await.unwrap().unwrap();
+        assert_eq!(account.state, AccountState::Recreated, "{who}");
+        assert!(account.locked || account.deactivated, "{who}: the person's marks stay");
+        assert!(!lifeboat::registry::may_come_back(account.locked, account.deactivated), "{who}");
+    }
+}
+on_both_backends!(a_strangers_account_keeps_the_persons_locked_and_deactivated_marks);
+
 /// `/metrics` and the bot's `status` count accounts by where they stand
 /// (held, taken), not by the raw listing state, which calls them present.
 async fn the_status_counts_each_account_by_its_standing(registry: Registry) {
@@ -765,9 +783,16 @@ async fn details_are_read_again_when_due_and_new_accounts_come_first(registry: R
         .await
         .unwrap();
     let again = DetailsDue::Again { now, stale_before: now - 60_000 };
-    assert_eq!(registry.accounts_needing_details(DetailsDue::New, "", 10).await.unwrap(), [id("@new:x")]);
-    assert_eq!(registry.accounts_needing_details(again, "", 10).await.unwrap(), [id("@due:x"), id("@old:x")]);
-    assert_eq!(registry.accounts_needing_details(again, "@due:x", 10).await.unwrap(), [id("@old:x")], "keyset paging");
+    let needing = |due, after: &'static str| {
+        let registry = registry.clone();
+        async move {
+            let found = registry.accounts_needing_details(due, after, 10).await.unwrap();
+            found.into_iter().map(|(user_id, _)| user_id).collect::<Vec<_>>()
+        }
+    };
+    assert_eq!(needing(DetailsDue::New, "").await, [id("@new:x")]);
+    assert_eq!(needing(again, "").await, [id("@due:x"), id("@old:x")]);
+    assert_eq!(needing(again, "@due:x").await, [id("@old:x")], "keyset paging");
     assert_eq!(registry.count_accounts_needing_details(again).await.unwrap(), 2);
     assert_eq!(registry.count_accounts_needing_details(DetailsDue::New).await.unwrap(), 1);
 }
