@@ -128,7 +128,12 @@ fn build(universe: usize, mix: &Mix) -> (Vec<Known>, Vec<Listed>) {
     for (id, kind) in ids.into_iter().zip(kinds) {
         let created = base_ms + rng.random_range(0..150_000_000_000i64);
         if kind != Kind::New {
-            known.push(Known { user_id: id.clone(), created_at_ms: Some(created), standing: AccountState::Present });
+            known.push(Known {
+                user_id: id.clone(),
+                created_at_ms: Some(created),
+                standing: AccountState::Present,
+                lost_created_at: None,
+            });
         }
         match kind {
             Kind::Missing => {}

@@ -23,8 +23,9 @@ pub const LAST_BACKUP_SETTING: &str = "last_backup_at";
 /// first written: older backups lack them, and they are restored as NULL.
 fn added_later(table: &str) -> usize {
     match table {
-        // custody, custody_at (held IDs), details_due_at, display_name_due_at
-        "accounts" => 4,
+        // custody, custody_at (held IDs), details_due_at, display_name_due_at,
+        // lost_created_at
+        "accounts" => 5,
         // state_read_at
         "rooms" => 1,
         // kind (a notice, by default), subject, body_text, body_html,

@@ -51,6 +51,9 @@ pub struct Known {
     pub created_at_ms: Option<i64>,
     /// Who the ID belonged to at the last sync.
     pub standing: AccountState,
+    /// When the person's account that was lost had been made, while its ID
+    /// is held for them or taken by a stranger.
+    pub lost_created_at: Option<i64>,
 }
 
 /// An account as a complete listing shows it.
@@ -81,6 +84,9 @@ pub enum Class {
     New,
     /// Lost, and held by lifeboat for its owner (still lost to them).
     Held,
+    /// Held or taken, and now listed with the person's own lost account,
+    /// made that very second (Synapse's database restored): theirs again.
+    CameBack,
 }
 
 pub fn classify(known: Option<&Known>, listed: Option<&Listed>) -> Option<Class> {
@@ -89,6 +95,11 @@ pub fn classify(known: Option<&Known>, listed: Option<&Listed>) -> Option<Class>
         (Some(_), None) => Some(Class::Missing),
         (None, Some(_)) => Some(Class::New),
         (Some(known), Some(listed)) => Some(match known.standing {
+            AccountState::Held | AccountState::Recreated
+                if same_second(known.lost_created_at, listed.created_at_ms) =>
+            {
+                Class::CameBack
+            }
             // lifeboat's own hold, unless the one listed now was made after
             // it (lost in another wipe, and registered by someone else first).
             AccountState::Held if registered_again(known.created_at_ms, listed.created_at_ms) => Class::Recreated,
@@ -100,6 +111,12 @@ pub fn classify(known: Option<&Known>, listed: Option<&Listed>) -> Option<Class>
             _ => Class::Present,
         }),
     }
+}
+
+/// Were both accounts made in the same second? Exactly, not "before the
+/// hold": a Synapse clock set back must not pass a stranger off as the owner.
+fn same_second(lost: Option<i64>, listed: Option<i64>) -> bool {
+    matches!((lost, listed), (Some(lost), Some(listed)) if lost / 1000 == listed / 1000)
 }
 
 /// Is `listed` a later registration of the ID than `known`? Compared in
@@ -148,18 +165,19 @@ pub struct ReportBuilder {
 
 impl ReportBuilder {
     pub fn add(&mut self, known: Option<&Known>, listed: Option<&Listed>) {
+        let class = classify(known, listed);
         // A recreation the registry recorded earlier is still reported, but
         // it is not news: the verdict counts only what this listing found.
-        if known.is_some_and(|known| known.standing == AccountState::Recreated) && listed.is_some() {
+        if class == Some(Class::Recreated) && known.is_some_and(|known| known.standing == AccountState::Recreated) {
             self.known_recreated += 1;
         }
         let report = &mut self.report;
         report.known += usize::from(known.is_some());
         report.listed += usize::from(listed.is_some());
         let id = || known.map(|k| &k.user_id).or(listed.map(|l| &l.user_id)).cloned().unwrap_or_default();
-        match classify(known, listed) {
+        match class {
             None => {}
-            Some(Class::Present) => report.present += 1,
+            Some(Class::Present | Class::CameBack) => report.present += 1,
             Some(Class::Missing) => report.missing.push(id()),
             Some(Class::Deactivated) => report.deactivated.push(id()),
             Some(Class::Recreated) => report.recreated.push(id()),
@@ -212,7 +230,12 @@ mod tests {
     use super::*;
 
     fn known(id: &str, created_s: i64) -> Known {
-        Known { user_id: id.into(), created_at_ms: Some(created_s * 1000), standing: AccountState::Present }
+        Known {
+            user_id: id.into(),
+            created_at_ms: Some(created_s * 1000),
+            standing: AccountState::Present,
+            lost_created_at: None,
+        }
     }
 
     fn known_as(id: &str, created_s: i64, standing: AccountState) -> Known {

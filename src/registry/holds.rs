@@ -203,7 +203,7 @@ impl Registry {
         // Whatever account is there now is the person's: its creation time
         // comes with the next listing, never compared with an older one.
         let set = "custody = 'claimed', custody_at = $2, recreated_at = NULL, display_name_due_at = NULL, \
-                   synapse_created_at = NULL";
+                   synapse_created_at = NULL, lost_created_at = NULL";
         self.settle(user_id, set, actor, "hold.claim", "password set by an operator").await
     }
 

@@ -154,7 +154,7 @@ impl Registry {
         }
 
         let mut report = ReportBuilder::default();
-        let (mut to_mark_recreated, mut to_mark_missing) = (Vec::new(), Vec::new());
+        let (mut to_mark_recreated, mut to_mark_missing, mut to_mark_came_back) = (Vec::new(), Vec::new(), Vec::new());
         {
             let mut pairs = sqlx::query_as::<_, PairRow>(sqlx::AssertSqlSafe(format!(
                 // A full outer join written as two index lookups: SQLite
@@ -162,6 +162,7 @@ impl Registry {
                 "SELECT a.user_id AS known_id, \
                         CASE WHEN a.custody = 'holding' THEN NULL ELSE a.synapse_created_at END AS known_created, \
                         {STANDING_SQL} AS known_standing, a.state AS known_state, \
+                        a.lost_created_at AS known_lost_created, \
                         CASE WHEN a.custody IS NOT NULL \
                                   AND a.custody_at >= (SELECT started_at FROM sync_runs WHERE id = $1) \
                              THEN 1 ELSE 0 END AS custody_since_listing, \
@@ -169,7 +170,7 @@ impl Registry {
                         s.synapse_created_at AS listed_created \
                  FROM accounts a LEFT JOIN listing_stage s ON s.run_id = $1 AND s.user_id = a.user_id \
                  UNION ALL \
-                 SELECT NULL, NULL, NULL, NULL, NULL, s.user_id, s.deactivated, s.synapse_created_at \
+                 SELECT NULL, NULL, NULL, NULL, NULL, NULL, s.user_id, s.deactivated, s.synapse_created_at \
                  FROM listing_stage s WHERE s.run_id = $1 \
                    AND NOT EXISTS (SELECT 1 FROM accounts a WHERE a.user_id = s.user_id)"
             )))
@@ -180,6 +181,7 @@ impl Registry {
                     user_id,
                     created_at_ms: pair.known_created,
                     standing: pair.known_standing.unwrap_or(AccountState::Present),
+                    lost_created_at: pair.known_lost_created,
                 });
                 let listed = pair.listed_id.map(|user_id| Listed {
                     user_id,
@@ -192,6 +194,7 @@ impl Registry {
                 match mark_for(&known, listed.as_ref(), state, pair.custody_since_listing.unwrap_or(0) != 0) {
                     Some(Mark::Recreated) => to_mark_recreated.push(known.user_id),
                     Some(Mark::Missing) => to_mark_missing.push(known.user_id),
+                    Some(Mark::CameBack) => to_mark_came_back.push(known.user_id),
                     None => {}
                 }
             }
@@ -199,13 +202,25 @@ impl Registry {
         let report = report.finish(loss_threshold);
 
         // Both marks end a hold or a claim: a stranger's ID is not held,
-        // and an account lost again (a second wipe) is held anew.
-        let set_recreated =
-            "UPDATE accounts SET recreated_at = $1, custody = NULL, custody_at = NULL, display_name_due_at = NULL";
-        Self::mark_accounts(&mut tx, set_recreated, now, &to_mark_recreated).await?;
-        let set_missing = "UPDATE accounts SET state = 'missing', missing_since = $1, custody = NULL, custody_at = NULL, \
-             display_name_due_at = NULL";
-        let newly_missing = Self::mark_accounts(&mut tx, set_missing, now, &to_mark_missing).await?;
+        // and an account lost again (a second wipe) is held anew. Each keeps
+        // when the person's lost account was made (not lifeboat's hold's,
+        // nor a stranger's), to know it if it comes back.
+        let keep_lost = "lost_created_at = CASE WHEN custody IN ('holding', 'held') OR recreated_at IS NOT NULL \
+                         THEN lost_created_at ELSE synapse_created_at END";
+        let set_recreated = format!(
+            "UPDATE accounts SET recreated_at = $1, custody = NULL, custody_at = NULL, display_name_due_at = NULL, \
+             {keep_lost}"
+        );
+        Self::mark_accounts(&mut tx, &set_recreated, now, &to_mark_recreated).await?;
+        let set_missing = format!(
+            "UPDATE accounts SET state = 'missing', missing_since = $1, custody = NULL, custody_at = NULL, \
+             display_name_due_at = NULL, {keep_lost}"
+        );
+        let newly_missing = Self::mark_accounts(&mut tx, &set_missing, now, &to_mark_missing).await?;
+        // The person's own account back: the hold, or the stranger's mark, ends.
+        let set_came_back = "UPDATE accounts SET custody = NULL, custody_at = NULL, recreated_at = NULL, \
+             display_name_due_at = NULL, lost_created_at = NULL, last_seen_present_at = $1";
+        Self::mark_accounts(&mut tx, set_came_back, now, &to_mark_came_back).await?;
         // Lost (again, after another wipe): their rooms are to be come back
         // into once more, however it went the last time.
         let rooms_again =
@@ -399,6 +414,7 @@ const SELECT_SYNC_RUNS: &str = "SELECT id, started_at, finished_at, status, list
 enum Mark {
     Recreated,
     Missing,
+    CameBack,
 }
 
 /// What a sync marks on a known account, from its classified pair: one rule, so the writes
@@ -411,6 +427,7 @@ fn mark_for(known: &Known, listed: Option<&Listed>, state: AccountState, custody
         // Not a hold made since this listing began: the listing is too old to say it is gone, and
         // holding it anew would find lifeboat's own account there and take it for a stranger's.
         Class::Missing if state != AccountState::Missing && !custody_since_listing => Some(Mark::Missing),
+        Class::CameBack => Some(Mark::CameBack),
         _ => None,
     }
 }
@@ -422,6 +439,7 @@ struct PairRow {
     known_standing: Option<AccountState>,
     known_state: Option<AccountState>,
     custody_since_listing: Option<i64>,
+    known_lost_created: Option<i64>,
     listed_id: Option<String>,
     listed_deactivated: Option<i64>,
     listed_created: Option<i64>,
@@ -494,7 +512,7 @@ mod tests {
         for (standing, listed_s, state, custody_since_listing, mark) in cases {
             let holding = standing == Held && state == Missing;
             let created_at_ms = if holding { None } else { Some(10_000) };
-            let known = Known { user_id: "@a:x".to_owned(), created_at_ms, standing };
+            let known = Known { user_id: "@a:x".to_owned(), created_at_ms, standing, lost_created_at: None };
             let listed = listed_s.map(|created_s: i64| Listed {
                 user_id: "@a:x".to_owned(),
                 deactivated: false,

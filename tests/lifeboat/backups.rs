@@ -178,7 +178,7 @@ async fn a_backup_written_before_the_newest_columns_restores_with_their_defaults
         .map(|line| {
             let mut record: Value = serde_json::from_str(line).unwrap();
             let newer = match record["table"].as_str() {
-                Some("accounts") => 4,
+                Some("accounts") => 5,
                 Some("rooms") => 1,
                 Some("deliveries") => 6,
                 _ => 0,

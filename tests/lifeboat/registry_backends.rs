@@ -130,6 +130,30 @@ async fn a_strangers_account_keeps_the_persons_locked_and_deactivated_marks(regi
 }
 on_both_backends!(a_strangers_account_keeps_the_persons_locked_and_deactivated_marks);
 
+/// Synapse's own database restored after a wipe (the wrong mount put
+/// right): a listed account made the very second the person's lost one was
+/// is that account back. Its hold, or a stranger's mark, ends; an account
+/// made at another second stays a stranger's.
+async fn a_persons_own_account_restored_after_a_wipe_ends_its_hold(registry: Registry) {
+    sync_listing(&registry, &[user("@held:x", 1), user("@taken:x", 1), user("@other:x", 1)]).await;
+    sync_listing(&registry, &[]).await;
+    registry.begin_hold(&id("@held:x")).await.unwrap();
+    registry.mark_held(&id("@held:x"), Some(50_000), true).await.unwrap();
+    sync_listing(&registry, &[user("@held:x", 50), user("@taken:x", 60), user("@other:x", 70)]).await;
+    assert_eq!(registry.account(&id("@taken:x")).await.unwrap().unwrap().state, AccountState::Recreated);
+
+    // The old database back; @other's listed account is not the lost one.
+    sync_listing(&registry, &[user("@held:x", 1), user("@taken:x", 1), user("@other:x", 2)]).await;
+    let expected = [("@held:x", AccountState::Present), ("@taken:x", AccountState::Present)];
+    for (who, standing) in expected.into_iter().chain([("@other:x", AccountState::Recreated)]) {
+        let account = registry.account(&id(who)).await.unwrap().unwrap();
+        assert_eq!(account.state, standing, "{who}");
+    }
+    let held = registry.account(&id("@held:x")).await.unwrap().unwrap();
+    assert_eq!((held.synapse_created_at, held.custody_at), (Some(1_000), None), "the person's own account");
+}
+on_both_backends!(a_persons_own_account_restored_after_a_wipe_ends_its_hold);
+
 /// `/metrics` and the bot's `status` count accounts by where they stand
 /// (held, taken), not by the raw listing state, which calls them present.
 async fn the_status_counts_each_account_by_its_standing(registry: Registry) {
