@@ -122,7 +122,7 @@ impl Registry {
     pub async fn mark_held(&self, user_id: &UserId, created_at_ms: Option<i64>, name_due: bool) -> Result<()> {
         sqlx::query(
             "UPDATE accounts SET custody = 'held', custody_at = $2, state = 'present', \
-                    synapse_created_at = $3, last_seen_present_at = $2, \
+                    synapse_created_at = $3, last_seen_present_at = $2, recreated_at = NULL, \
                     display_name_due_at = CASE WHEN $4 = 1 THEN $2 ELSE NULL END \
              WHERE user_id = $1 AND custody = 'holding'",
         )

@@ -206,6 +206,7 @@ impl Registry {
         // when the person's lost account was made (not lifeboat's hold's,
         // nor a stranger's), to know it if it comes back.
         let keep_lost = "lost_created_at = CASE WHEN custody IN ('holding', 'held') OR recreated_at IS NOT NULL \
+                              OR state = 'missing' \
                          THEN lost_created_at ELSE synapse_created_at END";
         let set_recreated = format!(
             "UPDATE accounts SET recreated_at = $1, custody = NULL, custody_at = NULL, display_name_due_at = NULL, \

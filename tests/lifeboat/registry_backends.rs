@@ -154,6 +154,49 @@ async fn a_persons_own_account_restored_after_a_wipe_ends_its_hold(registry: Reg
 }
 on_both_backends!(a_persons_own_account_restored_after_a_wipe_ends_its_hold);
 
+/// What lifeboat keeps of the person's lost account survives a second wipe
+/// of a held ID and a stranger after it, and is not lifeboat's hold: a hold
+/// that resumed on the person's own restored account stays a hold (its
+/// claim link unlocks it).
+async fn the_persons_lost_account_is_known_after_a_second_wipe_and_never_as_the_hold(registry: Registry) {
+    sync_listing(&registry, &[user("@y:x", 1), user("@z:x", 1)]).await;
+    sync_listing(&registry, &[]).await;
+    for (who, hold_s) in [("@y:x", 50), ("@z:x", 1)] {
+        registry.begin_hold(&id(who)).await.unwrap();
+        registry.mark_held(&id(who), Some(hold_s * 1000), true).await.unwrap();
+    }
+    sync_listing(&registry, &[user("@y:x", 50), user("@z:x", 1)]).await;
+    let z = registry.account(&id("@z:x")).await.unwrap().unwrap();
+    assert_eq!(z.state, AccountState::Held, "a hold on the person's own account stays a hold");
+
+    // A second wipe, then a stranger on @y's ID; then the first database back.
+    sync_listing(&registry, &[]).await;
+    sync_listing(&registry, &[user("@y:x", 80)]).await;
+    assert_eq!(registry.account(&id("@y:x")).await.unwrap().unwrap().state, AccountState::Recreated);
+    sync_listing(&registry, &[user("@y:x", 1)]).await;
+    assert_eq!(registry.account(&id("@y:x")).await.unwrap().unwrap().state, AccountState::Present);
+}
+on_both_backends!(the_persons_lost_account_is_known_after_a_second_wipe_and_never_as_the_hold);
+
+/// A person who claims back an ID a stranger once held is the ID's again in
+/// every way: an admin's later lock reaches the registry.
+async fn a_claimed_id_a_stranger_once_held_follows_an_admins_lock(registry: Registry) {
+    sync_listing(&registry, &[user("@z:x", 1)]).await;
+    sync_listing(&registry, &[]).await;
+    sync_listing(&registry, &[user("@z:x", 9)]).await;
+    sync_listing(&registry, &[]).await;
+    registry.begin_hold(&id("@z:x")).await.unwrap();
+    registry.mark_held(&id("@z:x"), Some(50_000), true).await.unwrap();
+    let hold = registry.account(&id("@z:x")).await.unwrap().unwrap().custody_at.unwrap();
+    assert!(registry.claim_hold(&id("@z:x"), hold, &Actor::cli()).await.unwrap());
+    let locked: ListedUser =
+        serde_json::from_value(json!({"name": "@z:x", "creation_ts": 50_000, "locked": true})).unwrap();
+    sync_listing(&registry, &[locked]).await;
+    let z = registry.account(&id("@z:x")).await.unwrap().unwrap();
+    assert!(z.locked && z.state == AccountState::Claimed, "{z:?}");
+}
+on_both_backends!(a_claimed_id_a_stranger_once_held_follows_an_admins_lock);
+
 /// `/metrics` and the bot's `status` count accounts by where they stand
 /// (held, taken), not by the raw listing state, which calls them present.
 async fn the_status_counts_each_account_by_its_standing(registry: Registry) {
