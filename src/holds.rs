@@ -194,8 +194,8 @@ enum Outcome {
 
 /// A stranger's account found where the hold was to be, unless another
 /// hold run settled the ID meanwhile.
-fn taken(marked: bool) -> Result<Outcome, registry::Error> {
-    Ok(if marked { Outcome::Taken } else { Outcome::Failed("another hold run settled it meanwhile".to_owned()) })
+fn taken(marked: bool) -> Outcome {
+    if marked { Outcome::Taken } else { Outcome::Failed("another hold run settled it meanwhile".to_owned()) }
 }
 
 async fn hold_one(
@@ -218,10 +218,10 @@ async fn hold_one(
                 Ok(details) => details.and_then(|details| details.created_at_ms()),
                 Err(err) => return Ok(Outcome::Failed(err.to_string())),
             },
-            Ok(_) => return taken(registry.mark_taken_before_hold(user_id, actor).await?),
+            Ok(_) => return Ok(taken(registry.mark_taken_before_hold(user_id, actor).await?)),
             Err(err) => return Ok(Outcome::Failed(err.to_string())),
         },
-        Ok(Creation::Existed) => return taken(registry.mark_taken_before_hold(user_id, actor).await?),
+        Ok(Creation::Existed) => return Ok(taken(registry.mark_taken_before_hold(user_id, actor).await?)),
         Err(synapse::Error::Forbidden { .. }) => {
             registry.abandon_hold(user_id).await?;
             return Ok(Outcome::NotAllowed);

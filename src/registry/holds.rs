@@ -46,8 +46,6 @@ pub struct HoldCounts {
 }
 
 impl Registry {
-    /// Lost IDs to hold: missing and not held yet, or begun by an earlier run (even if listed
-    /// since); never `service`, which recovery re-creates through the shared secret.
     /// Records IDs no listing saw as lost, so that a hold run holds them with
     /// the rest (the bot's admin IDs, after a wipe). Known IDs stay as they are.
     pub async fn adopt_as_lost(&self, user_ids: &[&UserId]) -> Result<()> {
@@ -65,6 +63,8 @@ impl Registry {
         Ok(())
     }
 
+    /// Lost IDs to hold: missing and not held yet, or begun by an earlier run (even if listed
+    /// since); never `service`, which recovery re-creates through the shared secret.
     pub async fn hold_candidates(&self, service: &UserId) -> Result<Vec<HoldCandidate>> {
         Ok(sqlx::query_as(
             "SELECT user_id, display_name, CASE WHEN custody = 'holding' THEN 1 ELSE 0 END AS begun_before, admin \

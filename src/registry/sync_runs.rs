@@ -302,9 +302,8 @@ impl Registry {
     }
 
     /// The accounts `due` names, in ID order after `after` (keyset paging keeps memory flat
-    /// however many accounts there are).
-    /// Up to `limit` accounts whose details are `due`, after `after` in ID
-    /// order, each with when Synapse made the account the registry knows.
+    /// however many accounts there are), each with when Synapse made the account the registry
+    /// knows.
     pub async fn accounts_needing_details(
         &self,
         due: DetailsDue,

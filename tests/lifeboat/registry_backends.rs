@@ -55,6 +55,21 @@ async fn sync_listing(registry: &Registry, users: &[ListedUser]) -> lifeboat::re
     registry.apply_listing(run, 0.5, &Actor::cli()).await.unwrap()
 }
 
+/// Holds `who` as a hold run does: begun, then made with an account Synapse
+/// made at second `created_s` (its display name still to come back).
+async fn hold(registry: &Registry, who: &str, created_s: i64) {
+    registry.begin_hold(&id(who)).await.unwrap();
+    registry.mark_held(&id(who), Some(created_s * 1000), true).await.unwrap();
+}
+
+/// One account of each standing: @here present, @lost missing, @taken
+/// registered again by someone else, @held held for its person.
+async fn one_of_each_standing(registry: &Registry) {
+    sync_listing(registry, &[user("@here:x", 1), user("@lost:x", 1), user("@taken:x", 1), user("@held:x", 1)]).await;
+    sync_listing(registry, &[user("@here:x", 1), user("@taken:x", 9)]).await;
+    hold(registry, "@held:x", 5).await;
+}
+
 async fn vanished_accounts_are_marked_missing_never_deleted(registry: Registry) {
     let first = sync_listing(&registry, &[user("@a:x", 1), user("@b:x", 1), user("@c:x", 1)]).await;
     assert_eq!(first.report.new, ["@a:x", "@b:x", "@c:x"]);
@@ -91,10 +106,7 @@ async fn vanished_accounts_are_marked_missing_never_deleted(registry: Registry) 
 on_both_backends!(vanished_accounts_are_marked_missing_never_deleted);
 
 async fn only_an_account_its_person_still_has_speaks_for_them(registry: Registry) {
-    sync_listing(&registry, &[user("@here:x", 1), user("@lost:x", 1), user("@taken:x", 1), user("@held:x", 1)]).await;
-    sync_listing(&registry, &[user("@here:x", 1), user("@taken:x", 9)]).await;
-    registry.begin_hold(&id("@held:x")).await.unwrap();
-    registry.mark_held(&id("@held:x"), Some(5_000), true).await.unwrap();
+    one_of_each_standing(&registry).await;
     let speaks = |user_id: &'static str, created: Option<i64>| {
         let registry = registry.clone();
         async move { registry.speaks_for_its_person(&id(user_id), created).await.unwrap() }
@@ -137,8 +149,7 @@ on_both_backends!(a_strangers_account_keeps_the_persons_locked_and_deactivated_m
 async fn a_persons_own_account_restored_after_a_wipe_ends_its_hold(registry: Registry) {
     sync_listing(&registry, &[user("@held:x", 1), user("@taken:x", 1), user("@other:x", 1)]).await;
     sync_listing(&registry, &[]).await;
-    registry.begin_hold(&id("@held:x")).await.unwrap();
-    registry.mark_held(&id("@held:x"), Some(50_000), true).await.unwrap();
+    hold(&registry, "@held:x", 50).await;
     sync_listing(&registry, &[user("@held:x", 50), user("@taken:x", 60), user("@other:x", 70)]).await;
     assert_eq!(registry.account(&id("@taken:x")).await.unwrap().unwrap().state, AccountState::Recreated);
 
@@ -162,8 +173,7 @@ async fn the_persons_lost_account_is_known_after_a_second_wipe_and_never_as_the_
     sync_listing(&registry, &[user("@y:x", 1), user("@z:x", 1)]).await;
     sync_listing(&registry, &[]).await;
     for (who, hold_s) in [("@y:x", 50), ("@z:x", 1)] {
-        registry.begin_hold(&id(who)).await.unwrap();
-        registry.mark_held(&id(who), Some(hold_s * 1000), true).await.unwrap();
+        hold(&registry, who, hold_s).await;
     }
     sync_listing(&registry, &[user("@y:x", 50), user("@z:x", 1)]).await;
     let z = registry.account(&id("@z:x")).await.unwrap().unwrap();
@@ -185,8 +195,7 @@ async fn a_claimed_id_a_stranger_once_held_follows_an_admins_lock(registry: Regi
     sync_listing(&registry, &[]).await;
     sync_listing(&registry, &[user("@z:x", 9)]).await;
     sync_listing(&registry, &[]).await;
-    registry.begin_hold(&id("@z:x")).await.unwrap();
-    registry.mark_held(&id("@z:x"), Some(50_000), true).await.unwrap();
+    hold(&registry, "@z:x", 50).await;
     let hold = registry.account(&id("@z:x")).await.unwrap().unwrap().custody_at.unwrap();
     assert!(registry.claim_hold(&id("@z:x"), hold, &Actor::cli()).await.unwrap());
     let locked: ListedUser =
@@ -200,10 +209,7 @@ on_both_backends!(a_claimed_id_a_stranger_once_held_follows_an_admins_lock);
 /// `/metrics` and the bot's `status` count accounts by where they stand
 /// (held, taken), not by the raw listing state, which calls them present.
 async fn the_status_counts_each_account_by_its_standing(registry: Registry) {
-    sync_listing(&registry, &[user("@here:x", 1), user("@lost:x", 1), user("@taken:x", 1), user("@held:x", 1)]).await;
-    sync_listing(&registry, &[user("@here:x", 1), user("@taken:x", 9)]).await;
-    registry.begin_hold(&id("@held:x")).await.unwrap();
-    registry.mark_held(&id("@held:x"), Some(5_000), true).await.unwrap();
+    one_of_each_standing(&registry).await;
     let counts = registry.status().await.unwrap().accounts;
     let expected = ["held", "missing", "present", "recreated"].map(|standing| (standing.to_owned(), 1));
     assert_eq!(counts, expected, "{counts:?}");
@@ -215,8 +221,7 @@ on_both_backends!(the_status_counts_each_account_by_its_standing);
 async fn an_id_another_hold_run_held_meanwhile_is_not_marked_taken(registry: Registry) {
     sync_listing(&registry, &[user("@a:x", 1), user("@b:x", 1)]).await;
     sync_listing(&registry, &[user("@a:x", 1)]).await;
-    registry.begin_hold(&id("@b:x")).await.unwrap();
-    registry.mark_held(&id("@b:x"), Some(5_000), true).await.unwrap();
+    hold(&registry, "@b:x", 5).await;
     assert!(!registry.mark_taken_before_hold(&id("@b:x"), &Actor::cli()).await.unwrap());
     let b = registry.account(&id("@b:x")).await.unwrap().unwrap();
     assert_eq!(b.state, AccountState::Held);
@@ -541,8 +546,7 @@ async fn a_person_waits_for_a_surviving_room_while_another_members_id_is_free(re
     registry.settle_as_claimed(&id("@a:x"), &Actor::cli()).await.unwrap();
     assert!(registry.pending_rejoins(false, true).await.unwrap().is_empty(), "@b's ID is free");
     assert_eq!(registry.pending_rejoins(false, false).await.unwrap().len(), 1, "holds off: no waiting");
-    registry.begin_hold(&id("@b:x")).await.unwrap();
-    registry.mark_held(&id("@b:x"), Some(5_000), true).await.unwrap();
+    hold(&registry, "@b:x", 5).await;
     assert_eq!(registry.pending_rejoins(false, true).await.unwrap().len(), 1, "@b's ID is held: @a comes back");
 }
 on_both_backends!(a_person_waits_for_a_surviving_room_while_another_members_id_is_free);
