@@ -395,8 +395,10 @@ async fn send_under_lease(
         }
     };
     let mailer = Mailer::from_config(email, email.connections as u32)?;
-    // What an earlier run left unsent (or in flight when it died) is due now.
-    registry.resume_deliveries(incident.id, options.retry_failed).await?;
+    // What an earlier run left unsent (or in flight when it died) is due now;
+    // for serve's worker (which plans nothing new) only what a run left in
+    // flight: the rest keeps its backoff.
+    registry.resume_deliveries(incident.id, options.retry_failed, !options.plan_new).await?;
     let settings = notice_settings(config, registry, incident).await?;
     let email_transport = Transport::Email(&mailer);
     let mut sent =

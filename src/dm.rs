@@ -436,16 +436,52 @@ impl DmSender {
 
 fn room_is_gone(err: &matrix_sdk::Error) -> bool {
     use matrix_sdk::ruma::api::error::ErrorKind;
-    matches!(err.client_api_error_kind(), Some(ErrorKind::Forbidden | ErrorKind::NotFound | ErrorKind::Unknown))
+    !is_server_error(err) && matches!(err.client_api_error_kind(), Some(ErrorKind::Forbidden | ErrorKind::NotFound))
 }
 
 fn classify(err: matrix_sdk::Error) -> DmError {
     use matrix_sdk::ruma::api::error::ErrorKind;
     match err.client_api_error_kind() {
+        // A 5xx is the server's trouble (its database down, say), whatever
+        // code it carries (Synapse's is M_UNKNOWN): tried again later.
+        _ if is_server_error(&err) => DmError::Transient(err.to_string()),
         Some(ErrorKind::LimitExceeded(_)) => DmError::Transient(format!("rate limited: {err}")),
         Some(ErrorKind::UnknownToken(_)) | Some(ErrorKind::MissingToken) => DmError::Sender(err.to_string()),
         Some(_) => DmError::Permanent(err.to_string()),
-        // Network failures and 5xx carry no Matrix error code.
+        // Network failures carry no Matrix error code.
         None => DmError::Transient(err.to_string()),
+    }
+}
+
+fn is_server_error(err: &matrix_sdk::Error) -> bool {
+    err.as_client_api_error().is_some_and(|api| api.status_code.is_server_error())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use matrix_sdk::ruma::api::error::{
+        Error as ApiError, ErrorBody, ErrorKind, FromHttpResponseError, StandardErrorBody,
+    };
+
+    fn answered(status: u16, kind: ErrorKind) -> matrix_sdk::Error {
+        let body = ErrorBody::Standard(StandardErrorBody::new(kind, "it went wrong".to_owned()));
+        let api = ApiError::new(axum::http::StatusCode::from_u16(status).unwrap(), body);
+        let response = FromHttpResponseError::Server(matrix_sdk::RumaApiError::MatrixError(api));
+        matrix_sdk::Error::Http(Box::new(matrix_sdk::HttpError::Api(Box::new(response))))
+    }
+
+    #[test]
+    fn a_server_error_with_a_matrix_code_is_tried_again_in_the_same_room() {
+        let err = answered(500, ErrorKind::Unknown);
+        assert!(!room_is_gone(&err));
+        assert!(matches!(classify(err), DmError::Transient(_)));
+    }
+
+    #[test]
+    fn a_refusal_is_permanent_and_a_forbidden_room_is_left_for_a_new_one() {
+        let err = answered(403, ErrorKind::Forbidden);
+        assert!(room_is_gone(&err));
+        assert!(matches!(classify(err), DmError::Permanent(_)));
     }
 }

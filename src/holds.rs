@@ -195,7 +195,13 @@ enum Outcome {
 /// A stranger's account found where the hold was to be, unless another
 /// hold run settled the ID meanwhile.
 fn taken(marked: bool) -> Outcome {
-    if marked { Outcome::Taken } else { Outcome::Failed("another hold run settled it meanwhile".to_owned()) }
+    if marked { Outcome::Taken } else { settled_meanwhile() }
+}
+
+/// Another hold run (one that outlived its lease, say) began or settled the
+/// ID while this one worked on it: this run's account is no hold of record.
+fn settled_meanwhile() -> Outcome {
+    Outcome::Failed("another hold run settled it meanwhile (`lifeboat holds list` shows how)".to_owned())
 }
 
 async fn hold_one(
@@ -206,8 +212,8 @@ async fn hold_one(
 ) -> Result<Outcome, registry::Error> {
     let user_id = &candidate.user_id;
     let resumed = candidate.begun_before != 0;
-    if !resumed {
-        registry.begin_hold(user_id).await?;
+    if !resumed && !registry.begin_hold(user_id).await? {
+        return Ok(settled_meanwhile());
     }
     let created_at_ms = match client.create_account_if_free(user_id.as_str()).await {
         Ok(Creation::Created { created_at_ms }) => created_at_ms,
@@ -243,7 +249,9 @@ async fn hold_one(
     if let Err(err) = client.lock_held_account(user_id.as_str(), &free).await {
         return Ok(Outcome::Failed(err.to_string()));
     }
-    registry.mark_held(user_id, created_at_ms, candidate.display_name.is_some()).await?;
+    if !registry.mark_held(user_id, created_at_ms, candidate.display_name.is_some()).await? {
+        return Ok(settled_meanwhile());
+    }
     tracing::info!(%user_id, "held a lost ID for its owner");
     Ok(Outcome::Held)
 }
@@ -449,7 +457,9 @@ pub fn password_problem(password: &str, user_id: &str) -> Option<&'static str> {
         Some("The password is too long: use at most 512 characters.")
     } else if distinct.len() < 4 {
         Some("The password repeats too few characters: use at least 4 different ones.")
-    } else if password.to_lowercase().contains(&localpart.to_lowercase()) && !localpart.is_empty() {
+    } else if localpart.chars().count() >= MIN_NAME_IN_PASSWORD
+        && password.to_lowercase().contains(&localpart.to_lowercase())
+    {
         Some("The password must not contain your user name.")
     } else {
         None
@@ -457,6 +467,10 @@ pub fn password_problem(password: &str, user_id: &str) -> Option<&'static str> {
 }
 
 pub const MIN_PASSWORD_CHARS: usize = 10;
+
+/// A user name shorter than this (`@al`) is no guessable part of a
+/// password: refusing every password with its letters in would refuse most.
+const MIN_NAME_IN_PASSWORD: usize = 3;
 
 #[derive(Debug, thiserror::Error)]
 pub enum HandOverError {

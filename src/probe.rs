@@ -26,6 +26,9 @@ pub enum Probe {
     LooksWrong(String),
     /// Synapse or the registry did not answer; the next round will tell.
     CouldNotTell(String),
+    /// Every admin token lifeboat knows is rejected (a wipe, or a token
+    /// revoked): list now, unless the last round saw it already.
+    TokenRejected,
 }
 
 /// The part of the sample that stays the same between full rounds: the
@@ -48,7 +51,7 @@ impl FixedSample {
 pub async fn probe(config: &Config, registry: &Registry, fixed: &FixedSample, size: usize) -> Probe {
     let client = match admin_access(config, registry).await {
         Ok(AdminAccess::Working { client, .. }) => client,
-        Ok(AdminAccess::Dead { .. }) => return Probe::LooksWrong("every admin token is rejected".to_owned()),
+        Ok(AdminAccess::Dead { .. }) => return Probe::TokenRejected,
         Err(err) => return Probe::CouldNotTell(err.to_string()),
     };
     let rest = size.saturating_sub(fixed.accounts.len()) as i64;

@@ -123,11 +123,14 @@ fn same_second(lost: Option<i64>, listed: Option<i64>) -> bool {
     matches!((lost, listed), (Some(lost), Some(listed)) if lost / 1000 == listed / 1000)
 }
 
-/// Is `listed` a later registration of the ID than `known`? Compared in
+/// Is `listed` another registration of the ID than `known`? Synapse never
+/// changes an account's creation time, so any other second means another
+/// account: a later one, or an earlier one from a Synapse whose clock was
+/// set back (which must not pass a stranger off as the owner). Compared in
 /// whole seconds: Synapse keeps seconds, and lifeboat learns the creation
 /// time of an account it holds from an answer in seconds.
 pub fn registered_again(known: Option<i64>, listed: Option<i64>) -> bool {
-    matches!((known, listed), (Some(before), Some(now)) if now / 1000 > before / 1000)
+    matches!((known, listed), (Some(_), Some(_))) && !same_second(known, listed)
 }
 
 stored_as_text! {
@@ -308,9 +311,16 @@ mod tests {
     }
 
     #[test]
+    fn an_account_made_before_the_known_one_is_another_account() {
+        let report = merge_join(&[known("@a:x", 100)], &[listed("@a:x", 50, false)], 0.5);
+        assert_eq!(report.recreated, ["@a:x"], "Synapse's clock was set back after a wipe");
+    }
+
+    #[test]
     fn creation_times_are_compared_in_whole_seconds() {
         assert!(!registered_again(Some(5_000), Some(5_999)));
         assert!(registered_again(Some(5_999), Some(6_000)));
         assert!(!registered_again(None, Some(6_000)));
+        assert!(registered_again(Some(6_000), Some(5_999)), "an earlier account: Synapse's clock set back");
     }
 }

@@ -351,9 +351,13 @@ async fn rejoin_own(
                 registry.mark_room_restored(&room.room_id, None).await?;
                 report.restored.push(room.room_id.clone());
                 for alias in &room.aliases {
-                    match client.set_alias(alias, &room.room_id).await {
+                    let repointed = match reclaim_alias(client, alias, Some(&room.room_id), &service).await {
+                        Ok(_) => client.set_alias(alias, &room.room_id).await,
+                        Err(err) => Err(err),
+                    };
+                    match repointed {
                         Ok(true) => report.aliases.push(alias.clone()),
-                        Ok(false) => tracing::warn!(alias, "a re-made alias points elsewhere: left alone"),
+                        Ok(false) => tracing::warn!(alias, "an admin pointed the alias at another room: left alone"),
                         Err(err) => report.failed.push((alias.clone(), room.room_id.clone(), err.to_string())),
                     }
                 }
@@ -464,11 +468,21 @@ pub async fn to_recreate(config: &Config, registry: &Registry, room_id: Option<&
     }
     let service = service_user_id(config);
     let admin_room = config.bot.as_ref().and_then(|bot| bot.admin_room.as_deref());
+    // A room made by another server's account would come back with its
+    // maker's name and topic as lifeboat's words, and lifeboat would invite
+    // people into it: only by its ID, after an admin has read it.
+    let made_here = |room: &Room| {
+        room.creator
+            .as_deref()
+            .and_then(|creator| UserId::parse(creator).ok())
+            .is_none_or(|creator| creator.server_name() == config.homeserver.server_name)
+    };
     let mut rooms: Vec<Room> = registry
         .rooms(Some(RoomState::Lost))
         .await?
         .into_iter()
         .filter(|room| room.creator.as_deref() != Some(service.as_str()))
+        .filter(made_here)
         .filter(|room| {
             Some(room.room_id.as_str()) != admin_room
                 && !room.aliases.iter().any(|alias| Some(alias.as_str()) == admin_room)
@@ -493,6 +507,38 @@ fn recreate_problem(room: &Room) -> Option<String> {
     }
 }
 
+/// Frees a local alias that someone other than a server admin (or lifeboat)
+/// pointed at a room they made: after a wipe any account here may make any
+/// alias, and those who follow it would land in that room. One that points
+/// at `its_room`, or at a room a local admin or lifeboat made, is left.
+/// Returns the room the alias points at afterwards.
+async fn reclaim_alias(
+    client: &SynapseClient,
+    alias: &str,
+    its_room: Option<&str>,
+    service: &UserId,
+) -> Result<Option<String>, synapse::Error> {
+    let Some(target) = client.alias_target(alias).await? else { return Ok(None) };
+    if Some(target.as_str()) == its_room {
+        return Ok(Some(target));
+    }
+    // A room lifeboat cannot see into has no creator it can name.
+    let creator = client.creation_event(&target).await?.and_then(|event| event["sender"].as_str().map(str::to_owned));
+    let made_by_an_admin = match creator.and_then(|creator| UserId::parse(&creator).ok()) {
+        Some(creator) if &creator == service => true,
+        Some(creator) if creator.server_name() == service.server_name() => {
+            client.user_details(creator.as_str()).await?.is_some_and(|details| details.admin)
+        }
+        _ => false,
+    };
+    if made_by_an_admin {
+        return Ok(Some(target));
+    }
+    client.delete_alias(alias).await?;
+    tracing::warn!(alias, room = %target, "took back an alias someone pointed at a room of theirs");
+    Ok(None)
+}
+
 /// Makes a room that lived only here again (name, topic, alias, join rule,
 /// directory listing, encryption, type; a space gets its children back) and
 /// invites its former members who are back, the rest as each comes back.
@@ -506,9 +552,10 @@ pub async fn recreate(
     if let Some(problem) = recreate_problem(room) {
         return Err(RoomsError::Refused(problem));
     }
+    let service = service_user_id(config);
     let mut alias = None;
     for candidate in &room.aliases {
-        if client.alias_target(candidate).await?.is_none() {
+        if reclaim_alias(client, candidate, None, &service).await?.is_none() {
             alias = Some(candidate.clone());
             break;
         }
@@ -516,7 +563,6 @@ pub async fn recreate(
     // Made once: a run that stopped between making the room and recording
     // it finds it by the mark in its creation event.
     let begun = registry.room_recreation_begun(&room.room_id).await?;
-    let service = service_user_id(config);
     let made_before = if begun { made_for(client, &room.room_id, &service).await? } else { None };
     let new_room_id = match made_before {
         Some(made) => made,

@@ -192,7 +192,12 @@ pub async fn extend_unsent_tokens(
     let expires_at = now + expiry.as_millis() as i64;
     let mut extended = 0;
     for token in registry.tokens_expiring_unsent(incident_id, now + expiry.as_millis() as i64 / 2).await? {
-        client.set_registration_token_expiry(&token.token, expires_at).await?;
+        match client.set_registration_token_expiry(&token.token, expires_at).await {
+            // Gone from Synapse (another wipe, or deleted there by hand): the
+            // notice about to carry it must carry one that works.
+            Err(synapse::Error::NotFound) => client.create_registration_token(&token.token, expires_at).await?,
+            other => other?,
+        }
         registry.set_token_expiry(token.id, expires_at).await?;
         extended += 1;
     }

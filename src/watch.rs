@@ -20,7 +20,7 @@ use crate::holds::{HoldError, hold_lost_ids, holds_wanted, restore_held_names};
 use crate::observation::{AlertedState, LastListing, Observation};
 use crate::probe::{FixedSample, Probe, probe};
 use crate::reconcile::Verdict;
-use crate::recover::{AdminAccess, admin_access, recover};
+use crate::recover::{AdminAccess, RecoverError, admin_access, recover};
 use crate::registry::{Actor, Registry, now_ms};
 use crate::rooms::bring_back;
 use crate::synapse::SynapseClient;
@@ -114,6 +114,13 @@ pub async fn observe(
         let guard = recover_lock.lock().await;
         match recover(config, registry, &actor).await {
             Ok(_) => seen.recovered = true,
+            // lifeboat's account is there and not lifeboat's own: Synapse was
+            // not wiped, so the check's "everyone missing" guess is void.
+            Err(err @ RecoverError::NotAWipe { .. }) => {
+                seen.forget_the_guess();
+                seen.reason = format!("every admin token lifeboat knows is rejected, and {err}");
+                return (seen, None);
+            }
             Err(err) => {
                 seen.reason = format!("{}; recovery failed: {err}", seen.reason);
                 return (seen, None);
@@ -129,8 +136,15 @@ pub async fn observe(
         // in moments, but a token can be rejected after a rollback too.
         let paced = SyncOptions::from_config(config).paced().stopped_by(cancel.clone());
         match sync(registry, &client, &paced, &actor, &Quiet).await {
-            // IDs registered again since the wipe (the check could not list them).
-            Ok(summary) => seen.taken.extend(summary.applied.report.recreated),
+            // A complete listing: it, not the check's guess, says what was
+            // lost (a token logged out, or an old backup restored, loses
+            // little); IDs registered again since (the check could not list
+            // them) are taken.
+            Ok(summary) => {
+                let taken_before = std::mem::take(&mut seen.taken);
+                seen.saw(summary.applied.report, config.watch.loss_threshold);
+                seen.taken.extend(taken_before);
+            }
             Err(err @ SyncError::Busy { .. }) => tracing::info!(reason = %err, "watcher: sync skipped this round"),
             Err(err) => tracing::warn!(error = %err, "watcher: sync failed"),
         }
@@ -192,12 +206,15 @@ pub async fn run(services: Arc<Services>, alerts: impl AlertSink) {
     // round; later, `watch.interval` after the last round too (one that
     // could not list, with Synapse down, waits like any other).
     let mut last_round: Option<i64> = None;
+    // The last round found every admin token rejected and could not get
+    // back in: the probe's finding the same is no news until the next round.
+    let mut token_rejected = false;
     loop {
         let interval = if last_round.is_some() { config.watch.interval } else { Duration::ZERO };
         let after_round = last_round.map_or(0, |ended| ended.saturating_add(interval.as_millis() as i64));
         let due =
             last_listing(registry).await.map_or(after_round, |last| after_round.max(next_listing_due(last, interval)));
-        if due > now_ms() && !wait_for_next_round(config, registry, cancel, due).await {
+        if due > now_ms() && !wait_for_next_round(config, registry, cancel, due, token_rejected).await {
             return;
         }
         // A round runs to its end even when serve is stopping (its sync stops
@@ -218,6 +235,7 @@ pub async fn run(services: Arc<Services>, alerts: impl AlertSink) {
         if let Err(err) = alert_on_change(config, registry, &seen, &alerts).await {
             tracing::warn!(error = %err, "watcher: could not record the alerted state");
         }
+        token_rejected = seen.token_rejected && client.is_none();
         let Some(client) = client else {
             last_round = Some(now_ms());
             continue;
@@ -281,7 +299,13 @@ pub async fn listing_gap(config: &Config, registry: &Registry) -> Duration {
 /// Waits until `due` (ms since the epoch), probing every
 /// `watch.probe_interval`; the next round starts early when a probe sees
 /// what a loss would cause. `false` when cancelled.
-async fn wait_for_next_round(config: &Config, registry: &Registry, cancel: &CancellationToken, due: i64) -> bool {
+async fn wait_for_next_round(
+    config: &Config,
+    registry: &Registry,
+    cancel: &CancellationToken,
+    due: i64,
+    token_rejected_before: bool,
+) -> bool {
     let left_ms = u64::try_from(due.saturating_sub(now_ms())).unwrap_or(0);
     let next_round = Instant::now() + Duration::from_millis(left_ms);
     let probing = !config.watch.probe_interval.is_zero();
@@ -311,6 +335,11 @@ async fn wait_for_next_round(config: &Config, registry: &Registry, cancel: &Canc
         }
         match probe(config, registry, &fixed, config.watch.probe_sample).await {
             Probe::Fine => {}
+            Probe::TokenRejected if token_rejected_before => {}
+            Probe::TokenRejected => {
+                tracing::info!("watcher: the probe found every admin token rejected; reading the listing now");
+                return true;
+            }
             Probe::LooksWrong(why) => {
                 tracing::info!(why, "watcher: the probe saw something wrong; reading the listing now");
                 return true;

@@ -46,6 +46,7 @@ pub async fn run(services: Arc<Services>) {
     // Probes the relay while mail waits out a backoff: a connection and a greeting, no message.
     let probe = crate::mail::Mailer::from_config(email, 1).ok();
     let queued = QueuedEmails { registry, mailer, server_name: &config.homeserver.server_name };
+    let mut releases = Releases::default();
     loop {
         if let Err(err) = registry.skip_expired_messages().await {
             tracing::warn!(error = %err, "delivery worker: registry query failed");
@@ -66,7 +67,7 @@ pub async fn run(services: Arc<Services>) {
             Err(err) => tracing::warn!(error = %err, "delivery worker: registry query failed"),
         }
         if let Some(probe) = &probe
-            && channel_is_back(registry, probe).await
+            && channel_is_back(registry, probe, &mut releases).await
         {
             continue;
         }
@@ -77,17 +78,45 @@ pub async fn run(services: Arc<Services>) {
     }
 }
 
+/// The first pause after releasing parked mail before it is released
+/// again; it doubles with each release, up to the longest backoff, and
+/// starts over once the relay is seen down.
+const FIRST_RELEASE_GAP: Duration = Duration::from_secs(10);
+
+/// When parked mail may next be released. A relay that answers the probe
+/// yet defers some messages (a full queue, greylisting, a policy limit)
+/// would otherwise have them released, and tried, every few seconds.
+struct Releases {
+    not_before: tokio::time::Instant,
+    gap: Duration,
+}
+
+impl Default for Releases {
+    fn default() -> Self {
+        Releases { not_before: tokio::time::Instant::now(), gap: FIRST_RELEASE_GAP }
+    }
+}
+
 /// When mail waits out a backoff and the relay answers again, makes it due
 /// now: a short outage then delays notices by one poll, not by the backoff.
-async fn channel_is_back(registry: &Registry, probe: &crate::mail::Mailer) -> bool {
+async fn channel_is_back(registry: &Registry, probe: &crate::mail::Mailer, releases: &mut Releases) -> bool {
+    if tokio::time::Instant::now() < releases.not_before {
+        return false;
+    }
     let until = now_ms() + crate::outbox::PARKED_MAX.as_millis() as i64;
     let parked = registry.parked_deliveries(DeliveryChannel::Email, until).await;
-    if !matches!(parked, Ok(1..)) || probe.test_connection().await.is_err() {
+    if !matches!(parked, Ok(1..)) {
+        return false;
+    }
+    if probe.test_connection().await.is_err() {
+        releases.gap = FIRST_RELEASE_GAP;
         return false;
     }
     match registry.release_parked(DeliveryChannel::Email, until).await {
         Ok(released) => {
             tracing::info!(released, "the mail server answers again: waiting notices are due now");
+            releases.not_before = tokio::time::Instant::now() + releases.gap;
+            releases.gap = (releases.gap * 2).min(crate::outbox::PARKED_MAX);
             released > 0
         }
         Err(err) => {

@@ -32,6 +32,10 @@ use crate::dm::safe_message;
 /// Registry setting: the admin room the bot made itself (after a wipe, or
 /// when none is configured), so a restart goes back to it.
 const ROOM_SETTING: &str = "bot_admin_room";
+/// Registry setting: `bot.admin_room` when it is an alias, and the room it
+/// named when the bot was last there (`<alias> <room ID>`), so a moved alias
+/// is noticed: after a wipe anyone may point a freed alias at their room.
+const ALIAS_ROOM_SETTING: &str = "bot_admin_room_alias";
 /// How often the bot checks whether admins can be invited to a new room.
 const INVITE_CHECK_EVERY: Duration = Duration::from_secs(5);
 /// Alerts kept while the bot has no room to post them in.
@@ -231,8 +235,10 @@ async fn connected(
     // Until the admin room is settled, the one kept from last time (or the
     // configured one) counts, so a command is never taken for a DM.
     if bot.admin_room().is_none() {
-        let stored = room_made_before(&bot.state.registry).await.ok().flatten();
-        if let Some(room) = stored.or_else(|| bot.configured_room()) {
+        let registry = &bot.state.registry;
+        let stored = room_made_before(registry).await.ok().flatten();
+        let by_alias = room_the_alias_named(registry, &bot.config).await.ok().flatten();
+        if let Some(room) = stored.or(by_alias).or_else(|| bot.configured_room()) {
             bot.set_admin_room(room);
         }
     }
@@ -312,30 +318,55 @@ async fn settle_admin_room(bot: &Arc<Bot>, client: &Client, recovered: bool) -> 
     if settled.is_none() {
         settled = room_made_before(registry).await.map_err(|err| err.to_string())?.filter(|room_id| joined(room_id));
     }
-    // Just recovered from a wipe, an alias of this homeserver names
-    // whatever room someone pointed it at since: not joined uninvited.
-    let freed_alias = recovered
-        && bot.config.admin_room.as_deref().is_some_and(|configured| {
-            <&RoomAliasId>::try_from(configured).is_ok_and(|alias| alias.server_name() == bot.me.server_name())
-        });
+    // An alias that names another room than the one the bot was in when it
+    // was last settled there may have been taken by anyone after a wipe
+    // (also one lifeboat did not recover from): the bot stays where it was,
+    // and joins the new room only when an admin invites it.
+    let named_before = room_the_alias_named(registry, &bot.config).await.map_err(|err| err.to_string())?;
+    let alias_moved = named_before.as_ref().zip(configured.as_ref()).is_some_and(|(before, now)| before != now);
+    if settled.is_none() {
+        settled = named_before.clone().filter(|room_id| joined(room_id));
+    }
+    // An alias of this homeserver is joined uninvited (or on an invite from
+    // anyone but an admin) only while it names the room the bot was last in
+    // by it: a wipe frees it for anyone, and the bot may not know of the
+    // wipe (its account registered again by hand, say). Never right after
+    // lifeboat recovered from a wipe itself.
+    let local_alias = bot.config.admin_room.as_deref().is_some_and(|configured| {
+        <&RoomAliasId>::try_from(configured).is_ok_and(|alias| alias.server_name() == bot.me.server_name())
+    });
+    let alias_vouched = !local_alias || (!recovered && named_before.is_some() && !alias_moved);
+    let never = alias_moved || (recovered && local_alias);
     if settled.is_none()
-        && let Some(room_id) = configured.filter(|_| !freed_alias)
+        && let Some(room_id) = configured.filter(|_| !never)
+        && (alias_vouched || invited_by_an_admin(bot, client, &room_id).await)
         && client.join_room_by_id(&room_id).await.is_ok()
     {
         settled = Some(room_id);
     }
     if let Some(room_id) = settled {
         tracing::info!(room = %room_id, "in the admin room");
+        remember_the_aliass_room(bot, &room_id).await;
         bot.set_admin_room(room_id);
         return Ok(false);
     }
     if !recovered && let Some(configured) = bot.config.admin_room.as_deref() {
-        tracing::warn!(room = configured, "the bot is not in bot.admin_room: invite it there from an admin account");
+        if alias_moved {
+            tracing::warn!(
+                room = configured,
+                "bot.admin_room's alias names another room than the one the bot was in (after a wipe anyone may take an alias): the bot joins it only when an admin invites it"
+            );
+        } else {
+            tracing::warn!(
+                room = configured,
+                "the bot is not in bot.admin_room: invite it there from an admin account"
+            );
+        }
         return Ok(false);
     }
     let mut request = CreateRoomRequest::new();
     request.name = Some(format!("lifeboat admin ({})", bot.state.config.homeserver.server_name));
-    request.topic = Some("Alerts and commands of lifeboat. Send `!lifeboat help`.".to_owned());
+    request.topic = Some(format!("Alerts and commands of lifeboat. Send `{} help`.", bot.prefix()));
     request.preset = Some(RoomPreset::PrivateChat);
     // The plain request: `Client::create_room` would wait for a sync.
     let room_id = client.send(request).await.map_err(|err| format!("cannot create an admin room: {err}"))?.room_id;
@@ -352,6 +383,41 @@ async fn settle_admin_room(bot: &Arc<Bot>, client: &Client, recovered: bool) -> 
 /// The admin room the bot made itself, as the registry keeps it.
 async fn room_made_before(registry: &crate::registry::Registry) -> crate::registry::Result<Option<OwnedRoomId>> {
     Ok(registry.setting(ROOM_SETTING).await?.and_then(|id| OwnedRoomId::try_from(id).ok()))
+}
+
+/// Is the bot invited to `room_id` by one of the admins it obeys?
+async fn invited_by_an_admin(bot: &Bot, client: &Client, room_id: &RoomId) -> bool {
+    let Some(room) = client.get_room(room_id).filter(|room| room.state() == RoomState::Invited) else { return false };
+    match room.invite_details().await {
+        Ok(invite) => bot.is_admin(&invite.inviter_id).await,
+        Err(_) => false,
+    }
+}
+
+/// The room `bot.admin_room`'s alias named when the bot was last settled
+/// there; `None` when it is a room ID or the bot never was.
+async fn room_the_alias_named(
+    registry: &crate::registry::Registry,
+    config: &BotConfig,
+) -> crate::registry::Result<Option<OwnedRoomId>> {
+    let Some(alias) = config.admin_room.as_deref().filter(|room| room.starts_with('#')) else { return Ok(None) };
+    let stored = registry.setting(ALIAS_ROOM_SETTING).await?.unwrap_or_default();
+    Ok(stored
+        .split_once(' ')
+        .filter(|(stored_alias, _)| *stored_alias == alias)
+        .and_then(|(_, room_id)| OwnedRoomId::try_from(room_id).ok()))
+}
+
+/// Keeps the room the configured alias names now, when the bot settles
+/// there (by an admin's invite, or as the room it was in before).
+async fn remember_the_aliass_room(bot: &Bot, room_id: &RoomId) {
+    let Some(alias) = bot.config.admin_room.as_deref().filter(|room| room.starts_with('#')) else { return };
+    if bot.configured_room().as_deref() != Some(room_id) {
+        return;
+    }
+    if let Err(err) = bot.state.registry.set_setting(ALIAS_ROOM_SETTING, &format!("{alias} {room_id}")).await {
+        tracing::warn!(error = %err, "cannot keep the room bot.admin_room's alias names");
+    }
 }
 
 async fn resolve_room(client: &Client, configured: &str) -> Option<OwnedRoomId> {
@@ -455,6 +521,7 @@ async fn on_invite(event: StrippedRoomMemberEvent, room: Room, Ctx(bot): Ctx<Arc
             delay *= 2;
         }
         if to_admin_room {
+            remember_the_aliass_room(&bot, &room_id).await;
             bot.set_admin_room(room_id);
             let hello = format!("lifeboat is here. Send `{} help` for what I can do.", bot.prefix());
             let _ = room.send(safe_message(&hello)).await;

@@ -148,7 +148,7 @@ enum Command {
     /// Run the long-lived service: web page, admin-room bot, watcher and delivery worker.
     ///
     /// Runs each face whose section is configured: [web] (the page plus
-    /// /healthz on web.bind; /metrics is on metrics.bind), [bot] (the admin-room bot), the
+    /// /healthz on web.bind; /metrics is on metrics.bind), [bot] with admin_room or admins (the admin-room bot), the
     /// watcher (one listing, a sync, every watch.interval, alerts once per change
     /// to the admin room and alerts.email) and the delivery worker (sends
     /// due retries). SIGINT or SIGTERM stops it gracefully: nothing in

@@ -631,11 +631,15 @@ fn is_login_refusal(failure: &Failure) -> bool {
 }
 
 /// A refusal of the envelope sender (lettre does not say which command was
-/// refused): the enhanced codes for a bad sender (5.1.7, 5.1.8), or a reply
-/// that names the sender, as Postfix's "Sender address rejected" does.
+/// refused): the enhanced codes for a bad sender (5.1.7, 5.1.8), or
+/// Postfix's "Sender address rejected". Not any reply with "sender" in it:
+/// a refused recipient's reply quotes the recipient (`<sender@…>`), and one
+/// such contact must not stop every run as a config error.
 fn is_sender_refusal(err: &lettre::transport::smtp::Error) -> bool {
     let text = err.source().map(ToString::to_string).unwrap_or_default();
-    text.starts_with("5.1.7") || text.starts_with("5.1.8") || text.to_ascii_lowercase().contains("sender")
+    text.starts_with("5.1.7")
+        || text.starts_with("5.1.8")
+        || text.to_ascii_lowercase().contains("sender address rejected")
 }
 
 /// The server allows no more connections now: 421 (RFC 5321 3.8), or a
@@ -981,6 +985,15 @@ mod tests {
                 "{err:?}"
             );
         }
+    }
+
+    #[tokio::test]
+    async fn a_refused_recipient_whose_address_says_sender_is_that_recipients_failure_alone() {
+        let refused = send_through(|verb, _| {
+            (verb == "RCPT").then_some("550 5.1.1 <sender@example.net>: Recipient address rejected: User unknown")
+        });
+        let err = refused.await.unwrap_err();
+        assert!(matches!(err, MailError::Permanent(ref m) if m.contains("User unknown")), "{err:?}");
     }
 
     #[tokio::test]

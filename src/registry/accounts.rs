@@ -147,7 +147,10 @@ impl Registry {
     /// What reconciliation needs of every known account, sorted bytewise by ID.
     pub async fn known_accounts(&self) -> Result<Vec<Known>> {
         let rows: Vec<(String, Option<i64>, AccountState, Option<i64>)> = sqlx::query_as(sqlx::AssertSqlSafe(format!(
-            "SELECT a.user_id, a.synapse_created_at, {STANDING_SQL}, a.lost_created_at FROM accounts a"
+            // While a hold is being made, the registry's time is the lost
+            // account's, not the one being made (as in `apply_listing`).
+            "SELECT a.user_id, CASE WHEN a.custody = 'holding' THEN NULL ELSE a.synapse_created_at END, \
+                    {STANDING_SQL}, a.lost_created_at FROM accounts a"
         )))
         .fetch_all(&self.pool)
         .await?;

@@ -271,17 +271,21 @@ impl Registry {
     /// Makes an incident's unfinished deliveries (with `retry_failed`, the failed
     /// ones too) due now, but a message that may have gone out not before its
     /// time. `sending` rows, claimed by an older version that died mid-run,
-    /// are taken back: resending is the only way not to lose them. Only one
-    /// notify may run per incident at a time.
-    pub async fn resume_deliveries(&self, incident_id: i64, retry_failed: bool) -> Result<u64> {
+    /// are taken back: resending is the only way not to lose them. With
+    /// `keep_backoff` (serve's worker), pending rows keep the wait a failed
+    /// try gave them: one due row must not make every waiting one due. Only
+    /// one notify may run per incident at a time.
+    pub async fn resume_deliveries(&self, incident_id: i64, retry_failed: bool, keep_backoff: bool) -> Result<u64> {
         let states = if retry_failed { "'pending', 'sending', 'failed'" } else { "'pending', 'sending'" };
         Ok(sqlx::query(sqlx::AssertSqlSafe(format!(
             "UPDATE deliveries SET state = 'pending', \
-             next_attempt_at = CASE WHEN not_before > $2 THEN not_before ELSE $2 END \
+             next_attempt_at = CASE WHEN state = 'pending' AND $3 = 1 THEN next_attempt_at \
+                                    WHEN not_before > $2 THEN not_before ELSE $2 END \
              WHERE incident_id = $1 AND kind = 'notice' AND state IN ({states})"
         )))
         .bind(incident_id)
         .bind(now_ms())
+        .bind(i64::from(keep_backoff))
         .execute(&self.pool)
         .await?
         .rows_affected())

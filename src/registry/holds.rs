@@ -48,12 +48,15 @@ pub struct HoldCounts {
 impl Registry {
     /// Records IDs no listing saw as lost, so that a hold run holds them with
     /// the rest (the bot's admin IDs, after a wipe). Known IDs stay as they are.
+    /// Their account's time is 0, so that any account found there before a
+    /// hold is made (an abandoned hold, a stopped run) is a stranger's until
+    /// an operator settles it.
     pub async fn adopt_as_lost(&self, user_ids: &[&UserId]) -> Result<()> {
         let now = now_ms();
         for user_id in user_ids {
             sqlx::query(
-                "INSERT INTO accounts (user_id, first_seen_at, state, missing_since) VALUES ($1, $2, 'missing', $2) \
-                 ON CONFLICT (user_id) DO NOTHING",
+                "INSERT INTO accounts (user_id, first_seen_at, state, missing_since, synapse_created_at) \
+                 VALUES ($1, $2, 'missing', $2, 0) ON CONFLICT (user_id) DO NOTHING",
             )
             .bind(*user_id)
             .bind(now)
@@ -104,8 +107,10 @@ impl Registry {
 
     /// Records that a hold of `user_id` is about to be made (before the
     /// account is created, so a crash leaves a trace to resume from).
-    pub async fn begin_hold(&self, user_id: &UserId) -> Result<()> {
-        sqlx::query(
+    /// `false` when it is no longer a lost ID nobody holds (another hold run
+    /// began it meanwhile, or a sync found it back).
+    pub async fn begin_hold(&self, user_id: &UserId) -> Result<bool> {
+        let begun = sqlx::query(
             "UPDATE accounts SET custody = 'holding', custody_at = $2 \
              WHERE user_id = $1 AND state = 'missing' AND custody IS NULL",
         )
@@ -113,14 +118,15 @@ impl Registry {
         .bind(now_ms())
         .execute(&self.pool)
         .await?;
-        Ok(())
+        Ok(begun.rows_affected() == 1)
     }
 
     /// The account lifeboat created for `user_id` is locked: it is held. `created_at_ms` keeps
     /// later listings from taking it for a stranger's, but not one made after it (another wipe);
     /// unknown, the next listing's stands. `name_due`: its display name is still to be restored.
-    pub async fn mark_held(&self, user_id: &UserId, created_at_ms: Option<i64>, name_due: bool) -> Result<()> {
-        sqlx::query(
+    /// `false` when the hold was no longer under way (another run settled the ID meanwhile).
+    pub async fn mark_held(&self, user_id: &UserId, created_at_ms: Option<i64>, name_due: bool) -> Result<bool> {
+        let held = sqlx::query(
             "UPDATE accounts SET custody = 'held', custody_at = $2, state = 'present', \
                     synapse_created_at = $3, last_seen_present_at = $2, recreated_at = NULL, \
                     display_name_due_at = CASE WHEN $4 = 1 THEN $2 ELSE NULL END \
@@ -132,7 +138,7 @@ impl Registry {
         .bind(i64::from(name_due))
         .execute(&self.pool)
         .await?;
-        Ok(())
+        Ok(held.rows_affected() == 1)
     }
 
     /// Held accounts whose display name is still to be restored, with it,

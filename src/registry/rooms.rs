@@ -51,13 +51,23 @@ const ROOM_STATE_SQL: &str = "CASE WHEN r.recreated_as IS NOT NULL THEN 'recreat
      WHEN r.joined_remote > 0 THEN 'elsewhere' \
      ELSE 'lost' END";
 
-/// How many former joined members of the room `room_id` (an SQL column)
-/// stand as `standing` now: `recreated` ([`Room::strangers`]) or `missing`
-/// ([`Room::free`]).
-fn former_members_in(room_id: &str, standing: &str) -> String {
+/// How many former members of the room `room_id` (an SQL column) a
+/// stranger holds the ID of now ([`Room::strangers`]). Invited ones count
+/// too: the invite is still in the room's state, for whoever has the ID.
+fn strangers_among_former_members(room_id: &str) -> String {
+    former_members_where(room_id, &format!("({STANDING_SQL}) = 'recreated'"))
+}
+
+/// How many former members of the room `room_id` have an ID anyone may
+/// register now ([`Room::free`]): lost, or its hold still being made.
+fn free_among_former_members(room_id: &str) -> String {
+    former_members_where(room_id, &format!("(({STANDING_SQL}) = 'missing' OR a.custody = 'holding')"))
+}
+
+fn former_members_where(room_id: &str, condition: &str) -> String {
     format!(
         "(SELECT COUNT(*) FROM room_members s JOIN accounts a ON a.user_id = s.user_id \
-          WHERE s.room_id = {room_id} AND s.membership = 'join' AND ({STANDING_SQL}) = '{standing}')"
+          WHERE s.room_id = {room_id} AND s.membership IN ('join', 'invite') AND {condition})"
     )
 }
 
@@ -125,12 +135,14 @@ pub struct Room {
     pub members: i64,
     pub rejoined: i64,
     pub pending: i64,
-    /// Former joined members whose ID a stranger holds now (`recreated`).
-    /// The surviving room still counts them as joined: once this server
-    /// is back in it, so is the stranger, with the person's power level.
+    /// Former members (joined or invited) whose ID a stranger holds now
+    /// (`recreated`). The surviving room still counts them as members: once
+    /// this server is back in it, so is the stranger, with the person's
+    /// power level (or their invite).
     pub strangers: i64,
-    /// Former joined members whose ID is lost and not held yet (`missing`):
-    /// anyone may register it meanwhile, and would be let in the same way.
+    /// Former members whose ID is lost and not held yet (`missing`, or its
+    /// hold still being made): anyone may register it meanwhile, and would
+    /// be let in the same way.
     pub free: i64,
 }
 
@@ -305,8 +317,8 @@ impl Registry {
              {} AS strangers, {} AS free \
              FROM rooms r WHERE ($3 = '' OR r.room_id = $3)) AS known WHERE ($2 = '' OR state = $2) \
              ORDER BY joined_local DESC, room_id",
-            former_members_in("r.room_id", "recreated"),
-            former_members_in("r.room_id", "missing"),
+            strangers_among_former_members("r.room_id"),
+            free_among_former_members("r.room_id"),
         );
         Ok(sqlx::query_as(sqlx::AssertSqlSafe(sql))
             .bind(listed_at)
@@ -400,8 +412,8 @@ impl Registry {
              AND (m.rejoin IS NULL OR (m.rejoin = 'failed' AND ($2 = 1 OR m.rejoin_attempts < $3))) \
              AND (({ROOM_STATE_SQL}) <> 'elsewhere' OR ({} = 0 AND ($4 = 0 OR {} = 0))) \
              ORDER BY m.user_id, m.room_id",
-            former_members_in("m.room_id", "recreated"),
-            former_members_in("m.room_id", "missing"),
+            strangers_among_former_members("m.room_id"),
+            free_among_former_members("m.room_id"),
         );
         Ok(sqlx::query_as(sqlx::AssertSqlSafe(sql))
             .bind(listed_at)

@@ -229,10 +229,14 @@ impl Registry {
         for lost in [&to_mark_missing, &to_mark_recreated] {
             Self::mark_accounts(&mut tx, rooms_again, now, lost).await?;
         }
-        // A stranger on a person's ID (recreated) gives that person's record
-        // neither the admin flag nor a name (the notices greet the person by
-        // it), nor clears what an admin had done to the person's account
-        // (locked, deactivated: no way back in for it).
+        // A stranger on a person's ID (recreated), like lifeboat's hold,
+        // gives that person's record neither the admin flag nor a name (the
+        // notices greet the person by it), nor clears what an admin had done
+        // to the person's account (locked, deactivated: no way back in for
+        // it); nor does a stranger's deactivated account make the person's
+        // ID one an admin retired. An ID whose custody changed while the
+        // listing was read (claimed, released) waits for the next listing:
+        // this one shows its account as it was before.
         sqlx::query(
             "INSERT INTO accounts (user_id, display_name, admin, deactivated, locked, is_guest, user_type, \
                                    synapse_created_at, first_seen_at, last_seen_present_at, state, missing_since) \
@@ -245,14 +249,17 @@ impl Registry {
                                      THEN accounts.display_name ELSE excluded.display_name END, \
                  admin = CASE WHEN accounts.custody IN ('holding', 'held') OR accounts.recreated_at IS NOT NULL \
                               THEN accounts.admin ELSE excluded.admin END, \
-                 deactivated = CASE WHEN accounts.recreated_at IS NOT NULL THEN accounts.deactivated \
-                                    ELSE excluded.deactivated END, \
+                 deactivated = CASE WHEN accounts.custody IN ('holding', 'held') OR accounts.recreated_at IS NOT NULL \
+                                    THEN accounts.deactivated ELSE excluded.deactivated END, \
                  is_guest = excluded.is_guest, \
                  locked = CASE WHEN accounts.custody IN ('holding', 'held') OR accounts.recreated_at IS NOT NULL \
                                THEN accounts.locked ELSE excluded.locked END, \
                  user_type = excluded.user_type, synapse_created_at = excluded.synapse_created_at, \
-                 last_seen_present_at = excluded.last_seen_present_at, state = excluded.state, \
-                 missing_since = NULL",
+                 last_seen_present_at = excluded.last_seen_present_at, \
+                 state = CASE WHEN accounts.recreated_at IS NOT NULL THEN 'present' ELSE excluded.state END, \
+                 missing_since = NULL \
+             WHERE accounts.custody_at IS NULL \
+                OR accounts.custody_at < (SELECT started_at FROM sync_runs WHERE id = $1)",
         )
         .bind(run_id)
         .bind(now)

@@ -196,7 +196,9 @@ impl Registry {
     /// Tries spent at a code, across every link that carries it.
     pub async fn code_tries_spent(&self, purpose: &str, user_id: &UserId, code_hash: &str) -> Result<i64> {
         Ok(sqlx::query_scalar(
-            "SELECT COALESCE(SUM(attempts), 0) FROM web_links WHERE purpose = $1 AND user_id = $2 AND code_hash = $3",
+            // PostgreSQL sums BIGINTs as NUMERIC, which sqlx's Any driver cannot read.
+            "SELECT CAST(COALESCE(SUM(attempts), 0) AS BIGINT) FROM web_links \
+             WHERE purpose = $1 AND user_id = $2 AND code_hash = $3",
         )
         .bind(purpose)
         .bind(user_id)

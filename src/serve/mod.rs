@@ -86,7 +86,7 @@ pub async fn run(config: Config, registry: Registry, shutdown: CancellationToken
         tasks.spawn(crate::bot::run(state.clone(), room_inbox, shutdown.clone()));
     } else {
         drop(room_inbox);
-        tracing::info!("bot off: no [bot] section with admins");
+        tracing::info!("bot off: no [bot] section with admin_room or admins");
     }
     tracing::info!("lifeboat serve is running");
 

@@ -74,7 +74,11 @@ impl SynapseClient {
             self.request_json(Method::POST, "/_synapse/admin/v1/registration_tokens/new", &[], Some(&body), true).await;
         match created {
             Ok(_) => Ok(()),
-            Err(Error::Rejected { message, .. }) if message.to_lowercase().contains("already exists") => Ok(()),
+            // Made by an earlier try whose answer was lost: it gets this
+            // expiry too, the one the registry records and the notice states.
+            Err(Error::Rejected { message, .. }) if message.to_lowercase().contains("already exists") => {
+                self.set_registration_token_expiry(token, expiry_time_ms).await
+            }
             Err(err) => Err(err.hiding(token)),
         }
     }

@@ -100,19 +100,32 @@ impl SynapseClient {
     }
 
     /// One page of the listing, locked and deactivated accounts included
-    /// (Synapse hides both by default, which would look like loss).
+    /// (Synapse hides both by default, which would look like loss), and
+    /// guests too where there are any.
     pub async fn users_page(&self, from: Option<&str>, limit: u32) -> Result<UsersPage, Error> {
+        match self.users_page_with(from, limit, "true").await {
+            // A Synapse delegating accounts to Matrix Authentication Service
+            // has no guests, and refuses to be asked for them (400).
+            Err(Error::Rejected { status: 400, message, .. }) if message.contains("guests") => {
+                self.users_page_with(from, limit, "false").await
+            }
+            other => other,
+        }
+    }
+
+    async fn users_page_with(&self, from: Option<&str>, limit: u32, guests: &str) -> Result<UsersPage, Error> {
         let limit = limit.max(1).to_string();
         let mut query = vec![
             ("limit", limit.as_str()),
             ("deactivated", "true"),
             ("locked", "true"),
-            ("guests", "true"),
+            ("guests", guests),
             ("order_by", "name"),
             ("dir", "f"),
         ];
         query.extend(from.map(|from| ("from", from)));
-        self.get_json("/_synapse/admin/v2/users", &query, true).await
+        const PATH: &str = "/_synapse/admin/v2/users";
+        self.get_json(PATH, &query, true).await.map_err(|err| self.not_synapse_if_missing(err, PATH))
     }
 
     /// A user's details (emails); `None` when Synapse no longer knows them.
@@ -127,7 +140,16 @@ impl SynapseClient {
 
     /// Walks the whole listing, page after page.
     pub fn pages(&self, page_size: u32) -> UserPages<'_> {
-        UserPages { client: self, page_size, next: None, done: false, total: None, server_name: None }
+        UserPages {
+            client: self,
+            page_size,
+            next: None,
+            done: false,
+            total: None,
+            first_total: None,
+            shrank: false,
+            server_name: None,
+        }
     }
 
     async fn get_json<T: DeserializeOwned>(
@@ -399,18 +421,27 @@ pub struct UserPages<'a> {
     page_size: u32,
     next: Option<String>,
     done: bool,
-    /// Synapse's count of accounts: the largest any page gave (Synapse
-    /// deletes no account, so a count that shrinks means pages were
-    /// skipped, and must not pass for a complete listing).
+    /// Synapse's count of accounts: the largest any page gave.
     pub total: Option<i64>,
+    /// The count when the listing began.
+    first_total: Option<i64>,
+    /// A later page counted fewer accounts than an earlier one.
+    shrank: bool,
     server_name: Option<String>,
 }
 
 impl UserPages<'_> {
-    /// Synapse's count, when it exceeds the `distinct` accounts read: someone
-    /// was skipped because the list changed while it was paged through.
+    /// The count when the listing began, when it exceeds the `distinct`
+    /// accounts read: some were skipped. Synapse deletes no account, so with
+    /// offset paging an account registered while the listing is read can
+    /// only shift later ones forward (one read twice, the newcomer left to
+    /// the next sync): every account there at the start is still read. On a
+    /// busy homeserver, asking more would refuse every listing.
     pub fn missed_some(&self, distinct: u64) -> Option<i64> {
-        self.total.filter(|total| (distinct as i64) < *total)
+        if self.shrank {
+            return self.total;
+        }
+        self.first_total.filter(|total| (distinct as i64) < *total)
     }
 
     /// Refuse listings with accounts of another server: a `homeserver.url`
@@ -429,6 +460,10 @@ impl UserPages<'_> {
         let Some(total) = page.total else {
             return Err(self.client.bad_listing("a page of the account listing came without its total count"));
         };
+        // A count that goes down means accounts went (a wipe while the
+        // listing was read, a replica that lags): pages may have been skipped.
+        self.shrank |= self.total.is_some_and(|seen| total < seen);
+        self.first_total.get_or_insert(total);
         self.total = Some(self.total.map_or(total, |seen| seen.max(total)));
         match page.next_token {
             Some(token) if !moves_forward(self.next.as_deref(), &token) => {

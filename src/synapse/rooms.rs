@@ -146,6 +146,12 @@ impl SynapseClient {
         }
     }
 
+    /// Deletes a local alias (a server admin may delete any).
+    pub async fn delete_alias(&self, alias: &str) -> Result<(), Error> {
+        let path = format!("/_matrix/client/v3/directory/room/{}", urlencode(alias));
+        self.call(Method::DELETE, &path, None).await
+    }
+
     /// The room a local alias points at, if any.
     pub async fn alias_target(&self, alias: &str) -> Result<Option<String>, Error> {
         let path = format!("/_matrix/client/v3/directory/room/{}", urlencode(alias));

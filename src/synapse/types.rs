@@ -45,6 +45,10 @@ pub struct UserDetails {
     /// Every account lifeboat holds is locked; a stranger's new one is not.
     #[serde(default)]
     pub locked: bool,
+    /// A server admin (only they, or lifeboat, may make any room's alias
+    /// theirs on purpose).
+    #[serde(default, deserialize_with = "lenient_bool")]
+    pub admin: bool,
 }
 
 /// A creation time past this is in milliseconds already (as seconds it

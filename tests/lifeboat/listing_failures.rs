@@ -94,6 +94,46 @@ async fn assert_nobody_missing(lifeboat: &Lifeboat) {
     assert_eq!(all.as_array().unwrap().len(), 6);
 }
 
+/// Synapse under Matrix Authentication Service refuses to be asked for
+/// guests (it has none): the listing is read without them, not failed on
+/// every round (which would leave a wipe unseen).
+#[tokio::test]
+async fn a_synapse_that_refuses_the_guests_parameter_is_listed_without_it() {
+    let registry = TestDatabase::sqlite();
+    let server = mock_synapse().await;
+    let refusal = json!({"errcode": "M_INVALID_PARAM",
+                         "error": "The guests parameter is not supported when delegating to MAS."});
+    Mock::given(method("GET"))
+        .and(path(USERS))
+        .and(query_param("guests", "true"))
+        .respond_with(ResponseTemplate::new(400).set_body_json(refusal))
+        .with_priority(1)
+        .mount(&server)
+        .await;
+    serve_pages(&server, page(2, 6)).await;
+    let lifeboat = registry_with_six_accounts(&registry, &server).await;
+
+    let sync = lifeboat.run(&["sync"]).await;
+    assert_eq!(sync.code, 0, "{sync:?}");
+    assert_eq!(lifeboat.run(&["check"]).await.code, 0);
+    assert_nobody_missing(&lifeboat).await;
+}
+
+/// A proxy that forwards the client API but not the listing: one sentence
+/// that says where homeserver.url must point, not a bare 404.
+#[tokio::test]
+async fn a_listing_a_proxy_does_not_forward_is_named_with_its_fix() {
+    let registry = TestDatabase::sqlite();
+    let server = mock_synapse().await;
+    Mock::given(method("GET")).and(path(USERS)).respond_with(ResponseTemplate::new(404)).mount(&server).await;
+    let lifeboat = registry_with_six_accounts(&registry, &server).await;
+
+    let sync = lifeboat.run(&["sync"]).await;
+    assert_eq!(sync.code, 1, "{sync:?}");
+    assert!(sync.stderr.contains("must point at Synapse itself"), "{sync:?}");
+    assert_nobody_missing(&lifeboat).await;
+}
+
 #[tokio::test]
 async fn a_500_on_page_3_marks_no_account_missing() {
     let registry = TestDatabase::sqlite();

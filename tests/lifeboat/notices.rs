@@ -394,6 +394,18 @@ async fn an_interrupted_notify_finishes_what_is_in_flight_and_says_to_run_it_aga
     }
 }
 
+/// Gives serve free ports for its web page and metrics, and a watcher that
+/// stays out of the way (one round an hour).
+fn serve_on_free_ports(lifeboat: &Lifeboat) {
+    let port = |_| std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+    let config = std::fs::read_to_string(lifeboat.config_path()).unwrap();
+    lifeboat.write_config(&format!(
+        "{}\n[watch]\ninterval = \"1h\"\n[metrics]\nbind = \"127.0.0.1:{}\"\n",
+        config.replace("[web]\n", &format!("[web]\nbind = \"127.0.0.1:{}\"\n", port(0))),
+        port(1)
+    ));
+}
+
 #[tokio::test(flavor = "multi_thread")]
 async fn after_a_short_mail_outage_serve_sends_the_waiting_notices_within_a_minute() {
     let synapse = TestSynapse::start();
@@ -408,13 +420,7 @@ async fn after_a_short_mail_outage_serve_sends_the_waiting_notices_within_a_minu
     let run = lifeboat.run(&["notify", &id, "--yes"]).await;
     assert_eq!(run.code, 1, "{run:?}");
     lifeboat.set_env("LIFEBOAT__TOKENS__EXPIRY", "14d");
-    let port = |_| std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
-    let config = std::fs::read_to_string(lifeboat.config_path()).unwrap();
-    lifeboat.write_config(&format!(
-        "{}\n[watch]\ninterval = \"1h\"\n[metrics]\nbind = \"127.0.0.1:{}\"\n",
-        config.replace("[web]\n", &format!("[web]\nbind = \"127.0.0.1:{}\"\n", port(0))),
-        port(1)
-    ));
+    serve_on_free_ports(&lifeboat);
     let _serve = lifeboat.spawn_serve();
 
     // The relay is back: serve's worker notices and sends what waits, long
@@ -432,6 +438,33 @@ async fn after_a_short_mail_outage_serve_sends_the_waiting_notices_within_a_minu
     for token in tokens.as_array().unwrap() {
         assert!(token["expires_at"].as_i64().unwrap_or(0) > day_from_now, "{token}");
     }
+}
+
+/// A relay that answers (the worker's probe works) but keeps deferring the
+/// messages: serve's worker tries them again after a growing pause, not in
+/// a loop that ignores their backoff.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_relay_that_answers_but_keeps_deferring_is_not_tried_in_a_loop() {
+    let synapse = TestSynapse::start();
+    let registry = TestDatabase::sqlite();
+    let smtp = TestSmtp::start(Some(0));
+    let lifeboat = lifeboat_with_mail(&synapse, &registry, &smtp);
+    let (id, _) = incident_after_wipe(&synapse, &lifeboat, 3).await;
+    let run = lifeboat.run(&["notify", &id, "--yes"]).await;
+    assert_eq!(run.code, 1, "{run:?}");
+    serve_on_free_ports(&lifeboat);
+    let _serve = lifeboat.spawn_serve();
+    tokio::time::sleep(Duration::from_secs(40)).await;
+
+    let direct = lifeboat::registry::Registry::connect(&registry.url()).await.unwrap();
+    let (most,): (i64,) = sqlx::query_as("SELECT MAX(attempts) FROM deliveries WHERE kind = 'notice'")
+        .fetch_one(direct.pool())
+        .await
+        .unwrap();
+    direct.close().await;
+    // notify's 3 tries, then at most three releases of 3 tries each in
+    // 40 s (at start, after 10 s, after 20 more); a loop makes dozens.
+    assert!((3..=12).contains(&most), "tries of one notice: {most}\n{}", lifeboat.serve_log());
 }
 
 #[tokio::test(flavor = "multi_thread")]
@@ -833,15 +866,24 @@ async fn tokens_held_back_near_their_expiry_are_renewed_before_they_are_sent() {
     // usual life left.
     lifeboat.set_env("LIFEBOAT__TOKENS__EXPIRY", "1h");
     assert_eq!(lifeboat.run(&["notify", &id, "--yes"]).await.code, 1);
+    // They are gone from Synapse meanwhile (deleted there by hand, say).
+    synapse.register_admin(&unique("root"));
+    for token in synapse.registration_tokens().await {
+        let path = format!("/_synapse/admin/v1/registration_tokens/{}", token["token"].as_str().unwrap());
+        assert_eq!(synapse.admin_request(reqwest::Method::DELETE, &path, None).await.0, 200);
+    }
 
     smtp.heal();
     lifeboat.set_env("LIFEBOAT__TOKENS__EXPIRY", "14d");
     let notify = lifeboat.run(&["notify", &id, "--yes"]).await;
     assert_eq!(notify.code, 0, "{notify:?}");
     assert!(notify.stdout.contains("fresh expiry"), "{notify:?}");
-    let mail = &smtp.messages_to(&format!("{}@example.org", names[0]))[0];
-    let token = token_in(mail.text.as_deref().unwrap_or(""));
-    assert!(synapse.token_is_valid(&token).await, "the token sent works");
+    // The last person has no email.
+    for name in &names[..names.len() - 1] {
+        let mail = &smtp.messages_to(&format!("{name}@example.org"))[0];
+        let token = token_in(mail.text.as_deref().unwrap_or(""));
+        assert!(synapse.token_is_valid(&token).await, "the token sent to {name} works");
+    }
 }
 
 /// The bot logged in with `bot.access_token` and the notice DMs share a

@@ -225,8 +225,96 @@ async fn an_id_another_hold_run_held_meanwhile_is_not_marked_taken(registry: Reg
     assert!(!registry.mark_taken_before_hold(&id("@b:x"), &Actor::cli()).await.unwrap());
     let b = registry.account(&id("@b:x")).await.unwrap().unwrap();
     assert_eq!(b.state, AccountState::Held);
+    // Nor does a second run begin or record a hold the first one made.
+    assert!(!registry.begin_hold(&id("@b:x")).await.unwrap(), "begun by the other run");
+    assert!(!registry.mark_held(&id("@b:x"), Some(6_000), false).await.unwrap(), "held by the other run");
+    assert_eq!(registry.account(&id("@b:x")).await.unwrap().unwrap().synapse_created_at, Some(5_000));
 }
 on_both_backends!(an_id_another_hold_run_held_meanwhile_is_not_marked_taken);
+
+/// An account an admin had deactivated gets no way back in while its ID is
+/// held: the hold's own account, which is not deactivated, does not clear
+/// the person's mark.
+async fn a_held_id_keeps_the_deactivation_an_admin_made_before_the_loss(registry: Registry) {
+    let deactivated = serde_json::from_value(json!({"name": "@d:x", "creation_ts": 1000, "deactivated": true}));
+    sync_listing(&registry, &[deactivated.unwrap()]).await;
+    sync_listing(&registry, &[]).await;
+    hold(&registry, "@d:x", 5).await;
+    sync_listing(&registry, &[user("@d:x", 5)]).await;
+    let d = registry.account(&id("@d:x")).await.unwrap().unwrap();
+    assert_eq!(d.state, AccountState::Held);
+    assert!(d.deactivated && !lifeboat::registry::may_come_back(d.locked, d.deactivated), "{d:?}");
+}
+on_both_backends!(a_held_id_keeps_the_deactivation_an_admin_made_before_the_loss);
+
+/// A stranger's account deactivated by an admin leaves the person's ID
+/// taken, not one an admin retired: the person still gets a way back in.
+async fn a_strangers_deactivated_account_leaves_the_persons_id_taken(registry: Registry) {
+    sync_listing(&registry, &[user("@p:x", 1)]).await;
+    sync_listing(&registry, &[]).await;
+    sync_listing(&registry, &[user("@p:x", 9)]).await;
+    let deactivated = serde_json::from_value(json!({"name": "@p:x", "creation_ts": 9000, "deactivated": true}));
+    sync_listing(&registry, &[deactivated.unwrap()]).await;
+    let p = registry.account(&id("@p:x")).await.unwrap().unwrap();
+    assert_eq!(p.state, AccountState::Recreated);
+    assert!(p.may_come_back(), "{p:?}");
+}
+on_both_backends!(a_strangers_deactivated_account_leaves_the_persons_id_taken);
+
+/// A claim made while a sync read the listing is not undone by that
+/// listing, which still shows the held account locked.
+async fn a_claim_made_while_a_listing_was_read_is_not_undone_by_it(registry: Registry) {
+    sync_listing(&registry, &[user("@c:x", 1)]).await;
+    sync_listing(&registry, &[]).await;
+    hold(&registry, "@c:x", 5).await;
+    let run = registry.begin_sync_run().await.unwrap();
+    let locked = serde_json::from_value(json!({"name": "@c:x", "creation_ts": 5000, "locked": true}));
+    registry.stage_listing_page(run, &[locked.unwrap()]).await.unwrap();
+    tokio::time::sleep(std::time::Duration::from_millis(5)).await;
+    let held_at = registry.account(&id("@c:x")).await.unwrap().unwrap().custody_at.unwrap();
+    assert!(registry.claim_hold(&id("@c:x"), held_at, &Actor::cli()).await.unwrap());
+    registry.apply_listing(run, 0.5, &Actor::cli()).await.unwrap();
+    let c = registry.account(&id("@c:x")).await.unwrap().unwrap();
+    assert!(c.state == AccountState::Claimed && !c.locked, "{c:?}");
+}
+on_both_backends!(a_claim_made_while_a_listing_was_read_is_not_undone_by_it);
+
+/// While a hold is being made, `check` reads lifeboat's new account as the
+/// hold's, not as a stranger's (the registry's time is the lost account's).
+async fn an_account_a_hold_run_is_making_is_not_read_as_a_strangers(registry: Registry) {
+    sync_listing(&registry, &[user("@h:x", 1)]).await;
+    sync_listing(&registry, &[]).await;
+    assert!(registry.begin_hold(&id("@h:x")).await.unwrap());
+    let known = registry.known_accounts().await.unwrap();
+    let listed =
+        lifeboat::reconcile::Listed { user_id: "@h:x".into(), deactivated: false, created_at_ms: Some(50_000) };
+    let report = lifeboat::reconcile::merge_join(&known, &[listed], 0.5);
+    assert!(report.recreated.is_empty() && report.held == ["@h:x"], "{report:?}");
+}
+on_both_backends!(an_account_a_hold_run_is_making_is_not_read_as_a_strangers);
+
+/// A bot admin's ID no listing saw, recorded as lost for a hold run: an
+/// account found there before lifeboat holds it is a stranger's.
+async fn an_admin_id_adopted_as_lost_is_a_strangers_until_held(registry: Registry) {
+    registry.adopt_as_lost(&[&id("@adm:x")]).await.unwrap();
+    sync_listing(&registry, &[user("@adm:x", 9)]).await;
+    assert_eq!(registry.account(&id("@adm:x")).await.unwrap().unwrap().state, AccountState::Recreated);
+}
+on_both_backends!(an_admin_id_adopted_as_lost_is_a_strangers_until_held);
+
+/// Wrong tries at a subscription code add up across the links that carry it.
+async fn tries_at_a_code_add_up_across_its_links(registry: Registry) {
+    let far = i64::MAX / 2;
+    for link in ["first", "second"] {
+        registry
+            .create_web_link(link, "subscribe", &id("@a:x"), &email("a@example.org"), Some("h"), far)
+            .await
+            .unwrap();
+        assert!(registry.spend_web_link_attempt(link, 5).await.unwrap());
+    }
+    assert_eq!(registry.code_tries_spent("subscribe", &id("@a:x"), "h").await.unwrap(), 2);
+}
+on_both_backends!(tries_at_a_code_add_up_across_its_links);
 
 async fn an_id_an_operator_hands_back_before_any_listing_stays_its_persons(registry: Registry) {
     sync_listing(&registry, &[user("@a:x", 1), user("@b:x", 1)]).await;
@@ -546,10 +634,29 @@ async fn a_person_waits_for_a_surviving_room_while_another_members_id_is_free(re
     registry.settle_as_claimed(&id("@a:x"), &Actor::cli()).await.unwrap();
     assert!(registry.pending_rejoins(false, true).await.unwrap().is_empty(), "@b's ID is free");
     assert_eq!(registry.pending_rejoins(false, false).await.unwrap().len(), 1, "holds off: no waiting");
-    hold(&registry, "@b:x", 5).await;
+    registry.begin_hold(&id("@b:x")).await.unwrap();
+    assert!(registry.pending_rejoins(false, true).await.unwrap().is_empty(), "@b's hold is still being made");
+    assert_eq!(registry.room("!shared").await.unwrap().unwrap().free, 1);
+    registry.mark_held(&id("@b:x"), Some(5_000), true).await.unwrap();
     assert_eq!(registry.pending_rejoins(false, true).await.unwrap().len(), 1, "@b's ID is held: @a comes back");
 }
 on_both_backends!(a_person_waits_for_a_surviving_room_while_another_members_id_is_free);
+
+/// A former member who was only invited counts as well: the invite is still
+/// in the surviving room's state, for whoever has the ID now.
+async fn a_stranger_on_an_invited_members_id_holds_a_surviving_room_back(registry: Registry) {
+    sync_listing(&registry, &[user("@a:x", 1), user("@b:x", 1)]).await;
+    let mut shared = room("!shared", 2, &[("@a:x", 0)]);
+    shared.details.as_mut().unwrap().members.push(("@b:x".to_owned(), "invite".to_owned(), 0));
+    registry.apply_room_listing(&[shared]).await.unwrap();
+    sync_listing(&registry, &[]).await;
+    registry.apply_room_listing(&[]).await.unwrap();
+    sync_listing(&registry, &[user("@a:x", 2), user("@b:x", 2)]).await;
+    registry.settle_as_claimed(&id("@a:x"), &Actor::cli()).await.unwrap();
+    assert_eq!(registry.room("!shared").await.unwrap().unwrap().strangers, 1);
+    assert!(registry.pending_rejoins(false, true).await.unwrap().is_empty(), "a stranger has @b's invite");
+}
+on_both_backends!(a_stranger_on_an_invited_members_id_holds_a_surviving_room_back);
 
 async fn rooms_gone_from_a_listing_are_classified_and_a_lost_persons_memberships_wait_for_them(registry: Registry) {
     sync_listing(&registry, &[user("@a:x", 1), user("@b:x", 1)]).await;
@@ -795,7 +902,7 @@ async fn a_message_that_may_have_gone_out_is_not_sent_again_before_its_time(regi
     }
     drop(writer);
 
-    registry.resume_deliveries(incident, false).await.unwrap();
+    registry.resume_deliveries(incident, false, false).await.unwrap();
     let (due,): (i64,) = sqlx::query_as("SELECT next_attempt_at FROM deliveries WHERE id = $1")
         .bind(notice)
         .fetch_one(registry.pool())

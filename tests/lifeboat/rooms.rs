@@ -227,6 +227,67 @@ fn lifeboat_on(ours: &TestSynapse, registry: &TestDatabase, extra: &str) -> Life
     ))
 }
 
+/// `rooms recreate --all` leaves out a lost room another server's account
+/// made (its name and topic would come back as lifeboat's words, and
+/// lifeboat would invite people into it); its ID re-creates it on purpose.
+#[tokio::test(flavor = "multi_thread")]
+async fn recreating_all_lost_rooms_leaves_out_those_another_servers_account_made() {
+    let (ours, theirs) = federation_pair();
+    let registry = TestDatabase::sqlite();
+    ours.create_user("alice", &[]).await;
+    let alice = sign_in(&ours, "alice", "correct horse battery").await;
+    let bob = theirs.client(&theirs.register("bob"));
+    let theirs_made = bob.create_room_full(RoomSpec::public("verify-here").name("lifeboat: verify your account")).await;
+    alice.join_via(&theirs_made, &[&theirs.server_name]).await;
+    joined_members_settle(&ours, &theirs_made, 2).await;
+    let leave = format!("/_matrix/client/v3/rooms/{}/leave", encode(&theirs_made));
+    assert_eq!(bob.try_call(reqwest::Method::POST, &leave, Some(serde_json::json!({}))).await.0, 200);
+    joined_members_settle(&ours, &theirs_made, 1).await;
+    let ours_made = alice.create_room_full(RoomSpec::private().name("Kitchen")).await;
+    let lifeboat = lifeboat_on(&ours, &registry, "");
+    assert_eq!(lifeboat.run(&["sync"]).await.code, 0);
+
+    ours.wipe();
+    assert_eq!(lifeboat.run(&["recover"]).await.code, 0);
+    assert_eq!(lifeboat.run(&["sync"]).await.code, 0);
+    assert_eq!(state_of(&lifeboat, &theirs_made).await, "lost");
+    let recreated = lifeboat.run(&["rooms", "recreate", "--all", "--yes"]).await;
+    assert_eq!(recreated.code, 0, "{recreated:?}");
+    assert_eq!(state_of(&lifeboat, &ours_made).await, "recreated", "{recreated:?}");
+    assert_eq!(state_of(&lifeboat, &theirs_made).await, "lost", "{recreated:?}");
+}
+
+/// A local alias someone pointed at a room of theirs after the wipe is
+/// taken back once lifeboat is in the alias's room again: whoever follows
+/// it lands in the community's room, not in a look-alike.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_local_alias_a_stranger_took_after_the_wipe_is_taken_back() {
+    let (ours, theirs) = federation_pair();
+    let registry = TestDatabase::sqlite();
+    ours.create_user("alice", &[]).await;
+    let alice = sign_in(&ours, "alice", "correct horse battery").await;
+    let bob = theirs.client(&theirs.register("bob"));
+    let harbour = alice.create_room_full(RoomSpec::public("harbour").name("Harbour")).await;
+    let alias = format!("#harbour:{}", ours.server_name);
+    bob.join_via(&alias, &[]).await;
+    joined_members_settle(&ours, &harbour, 2).await;
+    let lifeboat = lifeboat_on(&ours, &registry, "");
+    assert_eq!(lifeboat.run(&["sync"]).await.code, 0);
+
+    ours.wipe();
+    let mallory = ours.client(&ours.register("mallory"));
+    let lure = mallory.create_room_full(RoomSpec::public("harbour").name("Harbour")).await;
+    assert_eq!(ours.resolve_alias(&alias).await.as_deref(), Some(lure.as_str()));
+    std::fs::write(lifeboat.dir().join("postmortem.md"), "Our database was lost.").unwrap();
+    let opened = lifeboat.run(&["incident", "open", "--title", "Lost", "--postmortem", "postmortem.md"]).await;
+    assert_eq!(opened.code, 0, "{opened:?}");
+    claim(&lifeboat, &alice.user_id).await;
+
+    let rejoined = lifeboat.run(&["rooms", "rejoin"]).await;
+    assert_eq!(rejoined.code, 0, "{rejoined:?}");
+    assert_eq!(ours.resolve_alias(&alias).await.as_deref(), Some(harbour.as_str()), "{rejoined:?}");
+}
+
 /// A surviving room also waits while a former member's ID is free, not held
 /// yet (holds made only with an incident, or a hold run still to come):
 /// whoever registers it meanwhile would be let in the same way.

@@ -827,19 +827,7 @@ async fn logged_more_than(lifeboat: &Lifeboat, needle: &str, count: usize) {
 #[tokio::test(flavor = "multi_thread")]
 async fn an_admin_room_alias_someone_else_takes_after_a_wipe_does_not_move_the_bot() {
     let mut rig = Rig::start(TestSmtp::start(None), &[]).await;
-    let alias_localpart = unique("lifeboat-admin");
-    let alias = format!("#{alias_localpart}:{}", rig.synapse.server_name);
-    let path = format!("/_matrix/client/v3/directory/room/{}", crate::harness::matrix::encode(&alias));
-    let (status, body) =
-        rig.alice.try_call(reqwest::Method::PUT, &path, Some(serde_json::json!({"room_id": rig.admin_room}))).await;
-    assert_eq!(status, 200, "{body}");
-    // The alias as the admin room.
-    let config = std::fs::read_to_string(rig.lifeboat.config_path())
-        .unwrap()
-        .replace(&format!("admin_room = \"{}\"", rig.admin_room), &format!("admin_room = \"{alias}\""));
-    rig.lifeboat.write_config(&config);
-    rig.serve().await;
-    rig.stop_serve().await;
+    let (alias, alias_localpart) = admin_room_by_alias(&mut rig).await;
 
     // While serve is down: the wipe, and someone registers the admin's ID,
     // points the alias at a public room of theirs and invites the bot.
@@ -873,6 +861,69 @@ async fn an_admin_room_alias_someone_else_takes_after_a_wipe_does_not_move_the_b
     let line = line.unwrap_or_default();
     assert_eq!(line["status"], "ok", "{line}");
     assert!(!line["detail"].as_str().unwrap_or_default().contains(&lure), "{line}");
+}
+
+/// The same after a wipe lifeboat did not recover from itself: an admin
+/// registered the bot's account again by hand and gave lifeboat its new
+/// password. The bot logs in with it, and still stays out of the room the
+/// alias names now (it would join that room only on an admin's invite).
+#[tokio::test(flavor = "multi_thread")]
+async fn an_admin_room_alias_taken_while_the_bot_was_away_does_not_draw_in_a_bot_that_logs_in_by_password() {
+    let mut rig = Rig::start(TestSmtp::start(None), &[]).await;
+    let (alias, alias_localpart) = admin_room_by_alias(&mut rig).await;
+
+    rig.synapse.wipe();
+    let bot_again = rig.synapse.register(rig.bot.trim_start_matches('@').split(':').next().unwrap());
+    let new_password = bot_again.password.expect("the harness returns the password");
+    let config = std::fs::read_to_string(rig.lifeboat.config_path()).unwrap();
+    let old_password = config.lines().find(|line| line.starts_with("password = ")).unwrap().to_owned();
+    rig.lifeboat.write_config(&config.replace(&old_password, &format!("password = \"{new_password}\"")));
+    let stranger = rig.synapse.register(&unique("mallory"));
+    let stranger = MatrixUser::new(&rig.synapse.url, &stranger.user_id, &stranger.access_token);
+    let lure =
+        stranger.create_room_full(RoomSpec::public(&alias_localpart).name("lifeboat admin").invite(&[&rig.bot])).await;
+    assert_eq!(rig.synapse.resolve_alias(&alias).await.as_deref(), Some(lure.as_str()));
+
+    rig.serve_in_background();
+    logged_more_than(&rig.lifeboat, "bot logged in", 0).await;
+    logged_more_than(&rig.lifeboat, "names another room than the one the bot was in", 0).await;
+    logged_more_than(&rig.lifeboat, "declined an invite", 0).await;
+    let log = rig.lifeboat.serve_log();
+    assert!(log.contains("recovered=false"), "the bot logged in by its password: {log}");
+    assert_ne!(stranger.membership_of(&lure, &rig.bot).await.as_deref(), Some("join"), "{log}");
+
+    // Nor with no record of the room the alias named (a registry restored
+    // from an older backup, say): an alias of this homeserver is joined
+    // only on an admin's invite then.
+    rig.stop_serve().await;
+    let store = lifeboat::registry::Registry::connect(&rig.registry_url()).await.unwrap();
+    sqlx::query("DELETE FROM settings WHERE name = 'bot_admin_room_alias'").execute(store.pool()).await.unwrap();
+    store.close().await;
+    let in_room = rig.lifeboat.serve_log().matches("the bot is not in bot.admin_room").count();
+    stranger.invite(&lure, &rig.bot).await;
+    rig.serve_in_background();
+    logged_more_than(&rig.lifeboat, "the bot is not in bot.admin_room", in_room).await;
+    let log = rig.lifeboat.serve_log();
+    assert_ne!(stranger.membership_of(&lure, &rig.bot).await.as_deref(), Some("join"), "{log}");
+}
+
+/// Points an alias at the admin room, makes it `bot.admin_room`, and lets
+/// serve settle there once. Returns the alias and its localpart.
+async fn admin_room_by_alias(rig: &mut Rig) -> (String, String) {
+    let alias_localpart = unique("lifeboat-admin");
+    let alias = format!("#{alias_localpart}:{}", rig.synapse.server_name);
+    let path = format!("/_matrix/client/v3/directory/room/{}", crate::harness::matrix::encode(&alias));
+    let (status, body) =
+        rig.alice.try_call(reqwest::Method::PUT, &path, Some(serde_json::json!({"room_id": rig.admin_room}))).await;
+    assert_eq!(status, 200, "{body}");
+    let config = std::fs::read_to_string(rig.lifeboat.config_path())
+        .unwrap()
+        .replace(&format!("admin_room = \"{}\"", rig.admin_room), &format!("admin_room = \"{alias}\""));
+    rig.lifeboat.write_config(&config);
+    rig.serve().await;
+    logged_more_than(&rig.lifeboat, "in the admin room", 0).await;
+    rig.stop_serve().await;
+    (alias, alias_localpart)
 }
 
 /// A serve whose store lease ran out and was taken meanwhile (the registry

@@ -19,6 +19,83 @@ fn use_token(lifeboat: &mut Lifeboat, token: &str) {
     lifeboat.set_env("LIFEBOAT__HOMESERVER__ADMIN_TOKEN", token);
 }
 
+/// An account registered while the listing is read, with a name that sorts
+/// before the page being read, shifts the later ones (one is read twice)
+/// and is left to the next sync; every account there at the start is read,
+/// so the listing stands: on a busy homeserver it would never complete.
+#[tokio::test(flavor = "multi_thread")]
+async fn an_account_registered_while_the_listing_is_read_does_not_spoil_it() {
+    let synapse = TestSynapse::start();
+    let mut before = Vec::new();
+    for n in 0..5 {
+        let localpart = format!("m{n}-{}", unique("p"));
+        synapse.create_user(&localpart, &[]).await;
+        before.push(synapse.user_id(&localpart));
+    }
+    let token = secrecy::SecretString::from(synapse.admin_token());
+    let client =
+        lifeboat::synapse::SynapseClient::new(synapse.url.parse().unwrap(), Some(token), Duration::from_secs(10), 0);
+    let mut pages = client.pages(2);
+    let mut read: Vec<String> =
+        pages.next_page().await.unwrap().unwrap().into_iter().map(|user| user.user_id).collect();
+    synapse.create_user("a0-early", &[]).await;
+    while let Some(page) = pages.next_page().await.unwrap() {
+        read.extend(page.into_iter().map(|user| user.user_id));
+    }
+    let distinct: std::collections::BTreeSet<&String> = read.iter().collect();
+    assert!(read.len() > distinct.len(), "one account was read twice: {read:?}");
+    assert!(before.iter().all(|id| distinct.contains(id)), "every earlier account is read: {read:?}");
+    assert_eq!(pages.missed_some(distinct.len() as u64), None, "{read:?}");
+}
+
+/// An admin token that stops working without a wipe (logged out) first
+/// reads as a suspected reset. Recovery then lists the server completely,
+/// and that listing, not the guess, is the watcher's verdict. When
+/// lifeboat's account is there and not its own, it was no wipe at all: no
+/// verdict, only the rejected token.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_rejected_token_that_was_no_wipe_is_not_reported_as_everyone_missing() {
+    use lifeboat::reconcile::Verdict;
+
+    let synapse = TestSynapse::start();
+    let registry = TestDatabase::sqlite();
+    for n in 0..3 {
+        synapse.create_user(&unique(&format!("p{n}")), &[]).await;
+    }
+    let token = synapse.register_admin(&unique("root"));
+    let mut lifeboat = lifeboat_for(&synapse, &registry);
+    lifeboat.set_env("LIFEBOAT__HOMESERVER__REGISTRATION_SHARED_SECRET", &synapse.shared_secret);
+    // The harness keeps an admin token of its own.
+    synapse.register_admin(&unique("ops"));
+    assert_eq!(lifeboat.run(&["sync"]).await.code, 0);
+    log_out(&synapse, &token).await;
+
+    let secret = [("LIFEBOAT__HOMESERVER__REGISTRATION_SHARED_SECRET".to_owned(), synapse.shared_secret.clone())];
+    let config = lifeboat::config::Config::load(lifeboat.config_path(), secret).unwrap();
+    let store = lifeboat::registry::Registry::connect(&registry.url()).await.unwrap();
+    let (lock, stop) = (tokio::sync::Mutex::new(()), tokio_util::sync::CancellationToken::new());
+    let (seen, _) = lifeboat::watch::observe(&config, &store, &lock, &stop).await;
+    assert!(seen.recovered, "{seen:?}");
+    assert_eq!((seen.verdict, seen.missing.len()), (Some(Verdict::Ok), 0), "{seen:?}");
+
+    // lifeboat's account now exists with a token of lifeboat's: revoked too,
+    // and its password forgotten, it is an account lifeboat cannot get back.
+    sqlx::query("DELETE FROM settings WHERE name = 'service_account_password'").execute(store.pool()).await.unwrap();
+    let service_token = store.service_credential(&lifeboat::recover::service_user_id(&config)).await.unwrap().unwrap();
+    log_out(&synapse, secrecy::ExposeSecret::expose_secret(&service_token.access_token)).await;
+    let (seen, _) = lifeboat::watch::observe(&config, &store, &lock, &stop).await;
+    assert!(seen.token_rejected && !seen.recovered, "{seen:?}");
+    assert_eq!((seen.verdict, seen.missing.len()), (None, 0), "{seen:?}");
+    assert!(seen.reason.contains("was not wiped"), "{seen:?}");
+    store.close().await;
+}
+
+async fn log_out(synapse: &TestSynapse, token: &str) {
+    let url = format!("{}/_matrix/client/v3/logout", synapse.url);
+    let logout = reqwest::Client::new().post(url).bearer_auth(token).json(&serde_json::json!({})).send().await;
+    assert_eq!(logout.unwrap().status(), 200);
+}
+
 #[tokio::test(flavor = "multi_thread")]
 async fn sync_imports_every_account_and_every_email() {
     let synapse = TestSynapse::start();
@@ -393,6 +470,30 @@ async fn a_wipe_is_seen_by_the_probe_within_seconds_though_the_next_listing_is_m
             .any(|mail| mail.subject.as_deref().unwrap_or_default().contains("suspected database reset"))
     })
     .await;
-    assert!(lifeboat.serve_log().contains("the probe saw something wrong"), "{}", lifeboat.serve_log());
+    assert!(lifeboat.serve_log().contains("reading the listing now"), "{}", lifeboat.serve_log());
     serve.kill().await.unwrap();
+}
+
+/// A token that is rejected, and that the round could not get past (no
+/// shared secret to recover with), is no news to the next probe: rounds
+/// stay `watch.interval` apart instead of one every probe.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_token_the_last_round_found_rejected_does_not_start_a_round_every_probe() {
+    let synapse = TestSynapse::start();
+    let registry = TestDatabase::sqlite();
+    synapse.create_user(&unique("ann"), &[]).await;
+    let lifeboat = lifeboat_for(&synapse, &registry);
+    assert_eq!(lifeboat.run(&["sync"]).await.code, 0);
+    let config = std::fs::read_to_string(lifeboat.config_path()).unwrap();
+    let dead = config.replace(&synapse.admin_token(), "syt_revoked_token");
+    lifeboat.write_config(&format!("{dead}\n[watch]\ninterval = \"10m\"\nprobe_interval = \"1s\"\n"));
+    let mut serve = lifeboat.spawn_serve();
+    crate::harness::eventually("the first round", Duration::from_secs(60), || async {
+        lifeboat.serve_log().contains("watcher round")
+    })
+    .await;
+    tokio::time::sleep(Duration::from_secs(8)).await;
+    serve.kill().await.unwrap();
+    let log = lifeboat.serve_log();
+    assert_eq!(log.matches("watcher round").count(), 1, "{log}");
 }
