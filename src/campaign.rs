@@ -299,9 +299,11 @@ pub async fn run_campaign(
 }
 
 /// Resolves an incident: deletes its unused registration tokens in Synapse,
-/// then records it resolved; returns (deleted, used). Under the incident's
-/// notify lease, so that no run makes or sends a token meanwhile that
-/// resolving would miss.
+/// then records it resolved, then deletes those made meanwhile (the web
+/// page and the bot make one for a person without the lease; one made after
+/// this records the incident resolved deletes itself); returns (deleted,
+/// used). Under the incident's notify lease, so that no run makes or sends
+/// a token meanwhile that resolving would miss.
 pub async fn resolve_incident(
     registry: &Registry,
     client: &SynapseClient,
@@ -309,10 +311,14 @@ pub async fn resolve_incident(
     actor: &Actor,
 ) -> Result<(u64, u64), CampaignError> {
     let work = async {
-        let counts =
+        let (revoked, used) =
             revoke_unused_tokens(registry, client, id).await.map_err(|err| CampaignError::StaysOpen(id, err))?;
         registry.resolve_incident(id, actor).await?;
-        Ok(counts)
+        let (made_meanwhile, _) = revoke_unused_tokens(registry, client, id).await.unwrap_or_else(|err| {
+            tracing::warn!(incident = id, error = %err, "a token made while resolving may still be in Synapse");
+            (0, 0)
+        });
+        Ok((revoked + made_meanwhile, used))
     };
     Lease::run(registry, &notify_lease(id), work)
         .await?

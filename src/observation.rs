@@ -57,15 +57,6 @@ impl Observation {
         self.recreated = report.recreated;
     }
 
-    /// Drops a verdict that turned out to be a guess (a rejected token read
-    /// as a wipe that recovery then disproved): nothing is known lost.
-    pub(crate) fn forget_the_guess(&mut self) {
-        self.verdict = None;
-        self.missing.clear();
-        self.recreated.clear();
-        self.taken.clear();
-    }
-
     /// What `check` said, or why it could not tell.
     pub(crate) fn checked(&mut self, checked: Result<CheckReport, CheckError>) {
         match checked {

@@ -19,6 +19,8 @@ pub enum TokenError {
     Synapse(#[from] synapse::Error),
     #[error(transparent)]
     Registry(#[from] registry::Error),
+    #[error("the incident was resolved while the token was being made, so it was deleted again")]
+    IncidentResolved,
 }
 
 /// 24 letters and digits: nothing to URL-encode, ~142 bits.
@@ -72,6 +74,7 @@ pub async fn ensure_notice_tokens(
         })
         .buffer_unordered(CONCURRENCY);
     while let Some(result) = results.next().await {
+        // Under the notify lease, which `incident resolve` takes too.
         registry.confirm_token(result?).await?;
         created += 1;
     }
@@ -119,7 +122,14 @@ pub async fn token_for_person(
     let expires_at = now_ms() + expiry.as_millis() as i64;
     let id = registry.record_token(TokenPurpose::Request, incident_id, user_id, &token, expires_at).await?;
     client.create_registration_token(&token, expires_at).await?;
-    registry.confirm_token(id).await?;
+    // `incident resolve` may have swept the tokens meanwhile: one it marked
+    // revoked, or one made after it resolved the incident, must not stand
+    // (one made before that, it sweeps again after resolving).
+    if !registry.confirm_token(id).await? {
+        client.delete_registration_token(&token).await?;
+        registry.mark_token_revoked(id).await?;
+        return Err(TokenError::IncidentResolved);
+    }
     Ok(Some((token, expires_at)))
 }
 

@@ -114,11 +114,14 @@ pub async fn observe(
         let guard = recover_lock.lock().await;
         match recover(config, registry, &actor).await {
             Ok(_) => seen.recovered = true,
-            // lifeboat's account is there and not lifeboat's own: Synapse was
-            // not wiped, so the check's "everyone missing" guess is void.
-            Err(err @ RecoverError::NotAWipe { .. }) => {
-                seen.forget_the_guess();
-                seen.reason = format!("every admin token lifeboat knows is rejected, and {err}");
+            // lifeboat's account is there and not lifeboat's own: a token
+            // revoked without a wipe, or someone registered lifeboat's ID
+            // after one. Nothing can list to tell which, so the guess stays.
+            Err(RecoverError::NotAWipe { user_id }) => {
+                seen.reason = format!(
+                    "{}; lifeboat's account {user_id} exists but is not lifeboat's: either its admin token was revoked without a wipe (put a current one in homeserver.admin_token) or someone registered {user_id} after a wipe",
+                    seen.reason
+                );
                 return (seen, None);
             }
             Err(err) => {

@@ -145,7 +145,7 @@ async fn run(bot: &Bot, room: &Room, actor: &Actor, command: AdminCommand) -> Re
                 .await
                 .map_err(|err| match err {
                     CampaignError::AlreadyCovered(ref covering) => format!(
-                        "{err}. Send that incident's notices (`{prefix} notify {}`), resolve it first, or send the same message with `incident open --force` to open another anyway.",
+                        "{err}. Send that incident's notices (`{prefix} notify {}`), resolve it first, or send the same message with `{prefix} incident open --force` to open another anyway.",
                         covering[0].0
                     ),
                     CampaignError::Registry(err) => said(err),
@@ -273,7 +273,7 @@ async fn status(bot: &Bot) -> Result<String, String> {
             human_time(at),
             humantime::format_duration(Duration::from_secs(((now_ms() - at).max(0) / 1000) as u64))
         )),
-        None => reply.push_str("\n\n**Last sync:** never; send `sync`."),
+        None => reply.push_str(&format!("\n\n**Last sync:** never; send `{} sync`.", bot.prefix())),
     }
     reply.push_str(&format!("\n\n**Verdict:** {}", seen.verdict_label()));
     if !seen.reason.is_empty() {
@@ -462,7 +462,7 @@ async fn rooms(bot: &Bot) -> Result<String, String> {
     let mut reply = String::new();
     for (state, label) in [
         (RoomState::Elsewhere, "Living on on other servers (people are joined again as they come back)"),
-        (RoomState::Lost, "Lost: they lived only here (`rooms recreate <room-id | --all>` makes them again)"),
+        (RoomState::Lost, "Lost: they lived only here (`PREFIX rooms recreate <room-id | --all>` makes them again)"),
         (RoomState::Recreated, "Re-created"),
     ] {
         let listed: Vec<String> = rooms
@@ -477,7 +477,8 @@ async fn rooms(bot: &Bot) -> Result<String, String> {
                 format!("{} `{}`{back}", markdown_escape(room.label()), room.room_id)
             })
             .collect();
-        group(&mut reply, label, listed.len(), &listed[..listed.len().min(30)].join(", "));
+        let label = label.replace("PREFIX", bot.prefix());
+        group(&mut reply, &label, listed.len(), &listed[..listed.len().min(30)].join(", "));
     }
     let here = rooms.iter().filter(|room| room.state == RoomState::Here).count();
     reply.push_str(&format!("{} on the homeserver now.", crate::plural::count(here as i64, "room", "rooms")));

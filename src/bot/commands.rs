@@ -128,7 +128,10 @@ fn parse_admin_words(prefix: &str, rest: &str) -> Result<AdminCommand, BadComman
         ["sync"] => Ok(AdminCommand::Sync),
         ["check"] => Ok(AdminCommand::Check),
         ["incident", "open", ..] => {
-            let title = first_line.trim().splitn(3, char::is_whitespace).nth(2).unwrap_or("").trim();
+            // What follows the first two words, however many spaces part them.
+            let after = |text: &str, word: &str| text.trim_start()[word.len()..].to_owned();
+            let title = after(&after(first_line, words[0]), words[1]);
+            let title = title.trim();
             let (title, again) = match title.strip_prefix("--force") {
                 Some(rest) if rest.is_empty() || rest.starts_with(char::is_whitespace) => (rest.trim(), true),
                 _ => (title, false),
@@ -245,6 +248,15 @@ mod tests {
                 postmortem: "# What happened\n\nA bad mount.".to_owned(),
                 again: false,
             }))
+        );
+        assert_eq!(
+            admin("!lifeboat incident  open   Lost\nSorry."),
+            Some(Ok(AdminCommand::IncidentOpen {
+                title: "Lost".to_owned(),
+                postmortem: "Sorry.".to_owned(),
+                again: false
+            })),
+            "however many spaces part the words"
         );
         assert_eq!(
             admin("!lifeboat incident open --force Lost again\nSorry."),

@@ -83,17 +83,30 @@ impl Bot {
         let its_persons = if user.server_name() == self.me.server_name() {
             let access = crate::recover::admin_access(&self.state.config, registry).await;
             let Some(admin) = access.ok().and_then(|access| access.working()) else {
-                tracing::debug!(admin = %user, "no working admin token: cannot tell whose the admin's ID is");
+                tracing::warn!(
+                    admin = %user,
+                    "not obeying an admin: no admin token works, so whose the ID is cannot be told; check homeserver.admin_token"
+                );
                 return false;
             };
             crate::holds::its_persons_now(registry, &admin, &id).await
         } else {
             registry.speaks_for_its_person(&id, None).await.map_err(Into::into)
         };
-        its_persons.unwrap_or_else(|err| {
-            tracing::warn!(admin = %user, error = %err, "cannot tell whether an admin's ID changed hands: not obeying it");
-            false
-        })
+        match its_persons {
+            Ok(true) => true,
+            Ok(false) => {
+                tracing::warn!(
+                    admin = %user,
+                    "not obeying an admin: no listing has seen the account as its person's (run `lifeboat sync`), or it was registered again after a loss (settle it with `lifeboat holds claim`)"
+                );
+                false
+            }
+            Err(err) => {
+                tracing::warn!(admin = %user, error = %err, "cannot tell whether an admin's ID changed hands: not obeying it");
+                false
+            }
+        }
     }
 
     fn admin_room(&self) -> Option<OwnedRoomId> {
@@ -335,7 +348,9 @@ async fn settle_admin_room(bot: &Arc<Bot>, client: &Client, recovered: bool) -> 
     let local_alias = bot.config.admin_room.as_deref().is_some_and(|configured| {
         <&RoomAliasId>::try_from(configured).is_ok_and(|alias| alias.server_name() == bot.me.server_name())
     });
-    let alias_vouched = !local_alias || (!recovered && named_before.is_some() && !alias_moved);
+    // With no admins to invite it, a first start still joins as before.
+    let alias_vouched =
+        !local_alias || (!recovered && !alias_moved && (named_before.is_some() || bot.admins.is_empty()));
     let never = alias_moved || (recovered && local_alias);
     if settled.is_none()
         && let Some(room_id) = configured.filter(|_| !never)

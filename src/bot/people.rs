@@ -13,9 +13,6 @@ use crate::registry::{Actor, CodeCheck, ContactAddress, MAX_CODE_ATTEMPTS, Messa
 
 /// How long a mailed code works.
 const CODE_VALID_MS: i64 = 30 * 60 * 1000;
-/// Codes one person may ask for per hour (each is an email to an address
-/// they typed: no mail bombing through the bot).
-const CODES_PER_HOUR: i64 = 5;
 
 /// The reply to one person's DM command (`Err`: a refusal or failure).
 pub(super) async fn run(bot: &Bot, sender: &OwnedUserId, command: PersonCommand) -> Result<String, String> {
@@ -50,13 +47,17 @@ pub(super) async fn run(bot: &Bot, sender: &OwnedUserId, command: PersonCommand)
             if config.email.is_none() {
                 return Err("This lifeboat cannot send email, so it cannot verify addresses; ask an admin.".to_owned());
             }
-            if registry.recent_contact_verifications(&person).await.map_err(broken)? >= CODES_PER_HOUR {
+            let code = format!("{:06}", rand::rng().random_range(0..1_000_000));
+            let limits = crate::registry::CODE_LIMITS;
+            if !registry
+                .start_contact_verification(&person, &address, &code, CODE_VALID_MS, limits)
+                .await
+                .map_err(broken)?
+            {
                 return Err(
-                    "You asked for several codes in the last hour; please wait a while before asking again.".to_owned()
+                    "You asked for several codes in the last hour, or codes are already on their way to that address; please wait a while before asking again.".to_owned()
                 );
             }
-            let code = format!("{:06}", rand::rng().random_range(0..1_000_000));
-            registry.start_contact_verification(&person, &address, &code, CODE_VALID_MS).await.map_err(broken)?;
             let message = crate::messages::contact_code(
                 &config.homeserver.server_name,
                 sender.as_str(),

@@ -63,6 +63,13 @@ fn placeholders(config: &Config) -> Vec<String> {
     }
     if let Some(web) = &config.web {
         value("web.public_url", web.public_url.as_str(), "https://lifeboat.example.org/");
+        value("web.admin_contact", web.admin_contact.as_deref().unwrap_or(""), "admin@example.org");
+    }
+    if let Some(email) = &config.email {
+        value("email.from", &email.from, "Lifeboat <lifeboat@example.org>");
+    }
+    for address in &config.alerts.email {
+        value("alerts.email", address.as_str(), "admin@example.org");
     }
     found
 }

@@ -631,15 +631,24 @@ fn is_login_refusal(failure: &Failure) -> bool {
 }
 
 /// A refusal of the envelope sender (lettre does not say which command was
-/// refused): the enhanced codes for a bad sender (5.1.7, 5.1.8), or
-/// Postfix's "Sender address rejected". Not any reply with "sender" in it:
-/// a refused recipient's reply quotes the recipient (`<sender@…>`), and one
-/// such contact must not stop every run as a config error.
+/// refused): the enhanced codes for a bad sender (5.1.7, 5.1.8), or a reply
+/// that speaks of the sender, as Postfix's "Sender address rejected" or a
+/// relay's "verified Sender Identity" do. Addresses the reply quotes
+/// (`<sender@…>`, a refused recipient's) do not count: one such contact
+/// must not stop every run as a config error.
 fn is_sender_refusal(err: &lettre::transport::smtp::Error) -> bool {
     let text = err.source().map(ToString::to_string).unwrap_or_default();
-    text.starts_with("5.1.7")
-        || text.starts_with("5.1.8")
-        || text.to_ascii_lowercase().contains("sender address rejected")
+    let mut words = String::with_capacity(text.len());
+    let mut in_address = false;
+    for c in text.chars() {
+        match c {
+            '<' => in_address = true,
+            '>' => in_address = false,
+            _ if !in_address => words.push(c),
+            _ => {}
+        }
+    }
+    text.starts_with("5.1.7") || text.starts_with("5.1.8") || words.to_ascii_lowercase().contains("sender")
 }
 
 /// The server allows no more connections now: 421 (RFC 5321 3.8), or a
@@ -976,9 +985,13 @@ mod tests {
         let bad_domain = send_through(|verb, _| (verb == "MAIL").then_some("553 5.1.8 sender domain does not exist"));
         let not_owned =
             send_through(|verb, _| (verb == "MAIL").then_some("553 5.7.1 Sender address rejected: not owned by user"));
+        let unverified = send_through(|verb, _| {
+            (verb == "MAIL").then_some("550 The from address does not match a verified Sender Identity")
+        });
         for (err, reply) in [
             (bad_domain.await.unwrap_err(), "553 5.1.8 sender domain does not exist"),
             (not_owned.await.unwrap_err(), "553 5.7.1 Sender address rejected: not owned by user"),
+            (unverified.await.unwrap_err(), "550 The from address does not match a verified Sender Identity"),
         ] {
             assert!(
                 matches!(err, MailError::Config(ref m) if m.contains("email.from") && m.contains(reply)),

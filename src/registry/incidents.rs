@@ -353,13 +353,20 @@ impl Registry {
         Ok(())
     }
 
-    pub async fn confirm_token(&self, id: i64) -> Result<()> {
-        sqlx::query("UPDATE registration_tokens SET confirmed_at = $2 WHERE id = $1")
-            .bind(id)
-            .bind(now_ms())
-            .execute(&self.pool)
-            .await?;
-        Ok(())
+    /// Records that token `id` exists in Synapse. `false` when it must not
+    /// stand: revoked, or its incident resolved, while it was being made
+    /// (`incident resolve` sweeps the tokens while a request may make one).
+    pub async fn confirm_token(&self, id: i64) -> Result<bool> {
+        let confirmed = sqlx::query(
+            "UPDATE registration_tokens SET confirmed_at = $2 WHERE id = $1 AND revoked_at IS NULL \
+               AND NOT EXISTS (SELECT 1 FROM incidents i WHERE i.id = registration_tokens.incident_id \
+                               AND i.resolved_at IS NOT NULL)",
+        )
+        .bind(id)
+        .bind(now_ms())
+        .execute(&self.pool)
+        .await?;
+        Ok(confirmed.rows_affected() == 1)
     }
 
     pub async fn mark_token_revoked(&self, id: i64) -> Result<()> {

@@ -41,7 +41,7 @@ pub use rooms::{
 };
 pub use status::RegistryStatus;
 pub use sync_runs::{AccountDetails, DetailsDue, SyncApplied, SyncRun, SyncStatus};
-pub use verifications::{CodeCheck, MAX_CODE_ATTEMPTS};
+pub use verifications::{CODE_LIMITS, CodeCheck, CodeLimits, MAX_CODE_ATTEMPTS};
 pub use web::{MailableContact, WebLink};
 
 pub(crate) static SQLITE_MIGRATIONS: sqlx::migrate::Migrator = sqlx::migrate!("./migrations/sqlite");

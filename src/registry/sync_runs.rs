@@ -233,8 +233,7 @@ impl Registry {
         // gives that person's record neither the admin flag nor a name (the
         // notices greet the person by it), nor clears what an admin had done
         // to the person's account (locked, deactivated: no way back in for
-        // it); nor does a stranger's deactivated account make the person's
-        // ID one an admin retired. An ID whose custody changed while the
+        // it). An ID whose custody changed while the
         // listing was read (claimed, released) waits for the next listing:
         // this one shows its account as it was before.
         sqlx::query(
@@ -256,7 +255,7 @@ impl Registry {
                                THEN accounts.locked ELSE excluded.locked END, \
                  user_type = excluded.user_type, synapse_created_at = excluded.synapse_created_at, \
                  last_seen_present_at = excluded.last_seen_present_at, \
-                 state = CASE WHEN accounts.recreated_at IS NOT NULL THEN 'present' ELSE excluded.state END, \
+                 state = excluded.state, \
                  missing_since = NULL \
              WHERE accounts.custody_at IS NULL \
                 OR accounts.custody_at < (SELECT started_at FROM sync_runs WHERE id = $1)",

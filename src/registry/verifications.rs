@@ -26,36 +26,57 @@ pub enum CodeCheck {
     NothingPending,
 }
 
+/// How many codes one person may ask for, and one address may be mailed.
+#[derive(Debug, Clone, Copy)]
+pub struct CodeLimits {
+    /// Codes one person asked for in the last hour (each is an email to an
+    /// address they typed: no mail bombing through the bot).
+    pub per_person_per_hour: i64,
+    /// Codes waiting at one address, whoever asked (else anyone could have
+    /// the bot mail one inbox without end, a few people at a time).
+    pub live_per_address: i64,
+}
+
+pub const CODE_LIMITS: CodeLimits = CodeLimits { per_person_per_hour: 5, live_per_address: 3 };
+
 impl Registry {
-    /// Records a pending verification.
+    /// Records a pending verification; `false` (nothing recorded) when
+    /// `limits` allow no more.
     pub async fn start_contact_verification(
         &self,
         user_id: &UserId,
         address: &EmailAddress,
         code: &str,
         valid_ms: i64,
-    ) -> Result<()> {
+        limits: CodeLimits,
+    ) -> Result<bool> {
         let now = now_ms();
-        sqlx::query(
+        // Counted and written under one write lock: a burst of requests
+        // cannot each see room for one more.
+        let mut tx = self.begin_write().await?;
+        if self.is_postgres() {
+            // SQLite's BEGIN IMMEDIATE already lets one writer in at a time.
+            sqlx::query("LOCK TABLE contact_verifications IN SHARE ROW EXCLUSIVE MODE").execute(&mut *tx).await?;
+        }
+        let started = sqlx::query(
             "INSERT INTO contact_verifications (user_id, address, code_sha256, created_at, expires_at) \
-             VALUES ($1, $2, $3, $4, $5)",
+             SELECT $1, $2, $3, $4, $5 \
+             WHERE (SELECT COUNT(*) FROM contact_verifications WHERE user_id = $1 AND created_at > $6) < $7 \
+               AND (SELECT COUNT(*) FROM contact_verifications \
+                    WHERE address = $2 AND verified_at IS NULL AND expires_at > $4) < $8",
         )
         .bind(user_id)
         .bind(address)
         .bind(hash(code))
         .bind(now)
         .bind(now + valid_ms)
-        .execute(&self.pool)
+        .bind(now - 3_600_000)
+        .bind(limits.per_person_per_hour)
+        .bind(limits.live_per_address)
+        .execute(&mut *tx)
         .await?;
-        Ok(())
-    }
-
-    pub async fn recent_contact_verifications(&self, user_id: &UserId) -> Result<i64> {
-        Ok(sqlx::query_scalar("SELECT COUNT(*) FROM contact_verifications WHERE user_id = $1 AND created_at > $2")
-            .bind(user_id)
-            .bind(now_ms() - 3_600_000)
-            .fetch_one(&self.pool)
-            .await?)
+        tx.commit().await?;
+        Ok(started.rows_affected() == 1)
     }
 
     /// Checks a code sent back by `user_id`; on a match the address becomes

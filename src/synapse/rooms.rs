@@ -146,6 +146,17 @@ impl SynapseClient {
         }
     }
 
+    /// Who made a room, as Synapse records it (no membership needed);
+    /// `None` when Synapse does not know the room.
+    pub async fn room_creator(&self, room_id: &str) -> Result<Option<String>, Error> {
+        #[derive(Deserialize)]
+        struct Details {
+            creator: Option<String>,
+        }
+        let path = format!("/_synapse/admin/v1/rooms/{}", urlencode(room_id));
+        Ok(found(self.get_json::<Details>(&path, &[], true).await)?.and_then(|details| details.creator))
+    }
+
     /// Deletes a local alias (a server admin may delete any).
     pub async fn delete_alias(&self, alias: &str) -> Result<(), Error> {
         let path = format!("/_matrix/client/v3/directory/room/{}", urlencode(alias));

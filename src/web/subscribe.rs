@@ -116,7 +116,18 @@ fn decoy_hash() -> String {
     format!("{DECOY_PREFIX}{}", hex::encode(rand::rng().random::<[u8; 32]>()))
 }
 
-/// Does this link carry a code that was DMed (not a decoy)?
+/// A link whose code could not be DMed carries no code, yet stands for one
+/// (reused, and no second link to the same address), as an unknown
+/// account's decoy does: the inbox must not tell the two apart by a second
+/// mail. Its person asks again once a new code is due.
+const UNDELIVERED_PREFIX: &str = "undelivered:";
+
+fn undelivered_hash() -> String {
+    format!("{UNDELIVERED_PREFIX}{}", hex::encode(rand::rng().random::<[u8; 32]>()))
+}
+
+/// Does this link stand for a code: one that was DMed, or one that could not
+/// be (not the decoy of an account that takes no contacts)?
 fn carries_a_code(link: &WebLink) -> bool {
     link.code_hash.as_deref().is_some_and(|hash| !hash.starts_with(DECOY_PREFIX))
 }
@@ -193,15 +204,15 @@ async fn start(
     let id = links::new_link_id();
     // The DM first: a link records a code only once it went out, so a
     // failed DM never leaves a live code for later requests to reuse. The
-    // link is mailed all the same, with a decoy (never reused for an
-    // account that takes contacts): the inbox must not tell a known
-    // account whose DM failed from an unknown one.
+    // link is mailed all the same, marked undelivered and reused as a code
+    // would be: the inbox must not tell a known account whose DM failed
+    // from an unknown one, by the first mail nor by a second.
     if let Some(code) = code_to_send {
         // A code is made only when the admin client answered above.
         let admin = admin.as_ref().ok_or_else(|| WebError("no working admin token: cannot DM a code".into()))?;
         if let Err(err) = dm_code(state, admin, &user_id, &code, expires_at).await {
             tracing::warn!(error = %err.0, "a subscription code could not be DMed: its link carries a decoy");
-            hash = Some(decoy_hash());
+            hash = Some(undelivered_hash());
         }
     }
     state.registry.create_web_link(&id, PURPOSE, &user_id, &email, hash.as_deref(), expires_at).await?;
@@ -210,10 +221,12 @@ async fn start(
     let url = links::link_url(&state.web().public_url, key, "/subscribe/confirm", PURPOSE, &id);
     let email_text = mail::LinkEmail {
         subject: format!("Confirm your email address for {server_name} incident notices"),
+        // The Matrix ID stays out: it is the visitor's text, and this mail
+        // goes to any address they type.
         intro: format!(
-            "Someone (we hope you) asked that this address get incident notices for {user_id} on {server_name}. \
-             This mail proves only that the address works. Open this link and enter the code sent to that Matrix \
-             account by direct message, if it is an account we know:"
+            "Someone (we hope you) asked that this address get incident notices for a Matrix account on \
+             {server_name}. This mail proves only that the address works. Open this link and enter the code sent \
+             to that account by direct message, if it is an account we know:"
         ),
         action: "Confirm my email address".to_owned(),
         url,

@@ -176,8 +176,8 @@ async fn show_token(state: &WebState, link: &str, sig: &str) -> Result<Response,
     let user_id = found.user_id;
     // Checked again at use: the account may have changed hands or been
     // claimed since the link was mailed.
-    let WayBack::Token { incident } = way_back(&state.config, &state.registry, &user_id, LINK_VALID).await? else {
-        return Ok(Message::new(
+    let no_token = || {
+        Message::new(
             state,
             "No token from this link",
             &[
@@ -185,13 +185,16 @@ async fn show_token(state: &WebState, link: &str, sig: &str) -> Result<Response,
             ],
         )
         .next("/token", "Ask again")
-        .page(StatusCode::OK));
+        .page(StatusCode::OK)
+    };
+    let WayBack::Token { incident } = way_back(&state.config, &state.registry, &user_id, LINK_VALID).await? else {
+        return Ok(no_token());
     };
     let Some(client) = crate::recover::admin_access(&state.config, &state.registry).await?.working() else {
         return Err(WebError("no working admin token: cannot check or issue registration tokens".to_owned()));
     };
     let limit = i64::from(state.web().token_requests_per_person);
-    let Some((token, expires_at)) = crate::tokens::token_for_person(
+    let made = crate::tokens::token_for_person(
         &state.registry,
         &client,
         incident,
@@ -199,8 +202,11 @@ async fn show_token(state: &WebState, link: &str, sig: &str) -> Result<Response,
         state.config.tokens.expiry,
         Some(limit),
     )
-    .await?
-    else {
+    .await;
+    let Some((token, expires_at)) = (match made {
+        Err(crate::tokens::TokenError::IncidentResolved) => return Ok(no_token()),
+        made => made?,
+    }) else {
         return Ok(Message::new(
             state,
             "No new token this time",

@@ -80,7 +80,8 @@ async fn round_trip(from: TestDatabase, to: TestDatabase) {
         .unwrap();
     // Run-time rows pointing at accounts (a web link, a pending code) do not block --replace.
     target.create_web_link("link-1", "token", &id("@a:x"), &email("a@example.org"), None, i64::MAX / 2).await.unwrap();
-    target.start_contact_verification(&id("@a:x"), &email("a@example.org"), "123456", 60_000).await.unwrap();
+    let limits = lifeboat::registry::CODE_LIMITS;
+    target.start_contact_verification(&id("@a:x"), &email("a@example.org"), "123456", 60_000, limits).await.unwrap();
     let refused = restore(&target, &file, false, &Actor::cli()).await.unwrap_err().to_string();
     assert!(refused.contains("the registry is not empty"), "{refused}");
     assert_eq!(restore(&target, &file, true, &Actor::cli()).await.unwrap(), written, "--replace empties it first");

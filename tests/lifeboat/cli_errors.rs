@@ -195,7 +195,8 @@ async fn the_example_config_loads_as_is() {
     assert!(run.stdout.contains("admin_token = (set)"), "{run:?}");
     assert!(!run.stdout.contains("change-me"), "secrets are redacted: {run:?}");
     // Valid, but not anyone's server: the placeholders are named.
-    for key in ["homeserver.admin_token", "bot.password", "bot.admin_room", "homeserver.server_name"] {
+    let keys = ["homeserver.admin_token", "bot.password", "bot.admin_room", "homeserver.server_name"];
+    for key in keys.into_iter().chain(["alerts.email", "email.from", "web.admin_contact"]) {
         assert!(run.stdout.contains(&format!("warning: {key} is ")), "{key}: {}", run.stdout);
     }
     assert!(run.stdout.contains("  trusted_proxies = [127.0.0.1]"), "every key in effect is shown: {}", run.stdout);

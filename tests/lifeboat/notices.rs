@@ -394,6 +394,31 @@ async fn an_interrupted_notify_finishes_what_is_in_flight_and_says_to_run_it_aga
     }
 }
 
+/// A token a person's request makes while `incident resolve` sweeps the
+/// tokens (the web page and the bot take no lease) does not outlive the
+/// incident: one made after the incident was recorded resolved deletes itself.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_token_made_while_its_incident_is_resolved_does_not_outlive_it() {
+    let synapse = TestSynapse::start();
+    let registry = TestDatabase::sqlite();
+    let smtp = TestSmtp::start(None);
+    let lifeboat = lifeboat_with_mail(&synapse, &registry, &smtp);
+    let (id, names) = incident_after_wipe(&synapse, &lifeboat, 2).await;
+    let config = lifeboat::config::Config::load(lifeboat.config_path(), std::iter::empty()).unwrap();
+    let store = lifeboat::registry::Registry::connect(&registry.url()).await.unwrap();
+    let client = lifeboat::recover::admin_access(&config, &store).await.unwrap().working().unwrap();
+    let incident: i64 = id.parse().unwrap();
+    // Resolving recorded it while the request was making its token.
+    store.resolve_incident(incident, &lifeboat::registry::Actor::cli()).await.unwrap();
+    let person = lifeboat::user_id::UserId::parse(&synapse.user_id(&names[0])).unwrap();
+    let expiry = Duration::from_secs(3600);
+    let made = lifeboat::tokens::token_for_person(&store, &client, incident, &person, expiry, None).await;
+    assert!(matches!(made, Err(lifeboat::tokens::TokenError::IncidentResolved)), "{made:?}");
+    synapse.register_admin(&unique("root"));
+    assert_eq!(synapse.registration_tokens().await, Vec::<serde_json::Value>::new(), "none left in Synapse");
+    store.close().await;
+}
+
 /// Gives serve free ports for its web page and metrics, and a watcher that
 /// stays out of the way (one round an hour).
 fn serve_on_free_ports(lifeboat: &Lifeboat) {

@@ -10,7 +10,7 @@ use serde_json::Value;
 
 use crate::harness::matrix::encode;
 use crate::harness::{
-    Lifeboat, MatrixUser, RoomSpec, TestDatabase, TestSmtp, TestSynapse, eventually, federation_pair,
+    Lifeboat, MatrixUser, RoomSpec, TestDatabase, TestSmtp, TestSynapse, eventually, federation_pair, unique,
 };
 
 const NEW_PASSWORD: &str = "a boat came back for me";
@@ -269,15 +269,26 @@ async fn a_local_alias_a_stranger_took_after_the_wipe_is_taken_back() {
     let bob = theirs.client(&theirs.register("bob"));
     let harbour = alice.create_room_full(RoomSpec::public("harbour").name("Harbour")).await;
     let alias = format!("#harbour:{}", ours.server_name);
+    let quay = format!("#quay:{}", ours.server_name);
+    let path = |alias: &str| format!("/_matrix/client/v3/directory/room/{}", encode(alias));
+    let point = |room: &str| Some(serde_json::json!({ "room_id": room }));
+    assert_eq!(alice.try_call(reqwest::Method::PUT, &path(&quay), point(&harbour)).await.0, 200);
     bob.join_via(&alias, &[]).await;
     joined_members_settle(&ours, &harbour, 2).await;
     let lifeboat = lifeboat_on(&ours, &registry, "");
     assert_eq!(lifeboat.run(&["sync"]).await.code, 0);
+    let known = rooms_by_id(&lifeboat).await;
+    assert_eq!(known[&harbour]["aliases"], serde_json::json!([alias, quay]), "{known:?}");
 
     ours.wipe();
     let mallory = ours.client(&ours.register("mallory"));
     let lure = mallory.create_room_full(RoomSpec::public("harbour").name("Harbour")).await;
     assert_eq!(ours.resolve_alias(&alias).await.as_deref(), Some(lure.as_str()));
+    // A server admin gives the other alias to a room of theirs: their choice.
+    let root = unique("root");
+    let admin = MatrixUser::new(&ours.url, &ours.user_id(&root), &ours.register_admin(&root));
+    let admins_room = admin.create_room_full(RoomSpec::private().name("Quay")).await;
+    assert_eq!(admin.try_call(reqwest::Method::PUT, &path(&quay), point(&admins_room)).await.0, 200);
     std::fs::write(lifeboat.dir().join("postmortem.md"), "Our database was lost.").unwrap();
     let opened = lifeboat.run(&["incident", "open", "--title", "Lost", "--postmortem", "postmortem.md"]).await;
     assert_eq!(opened.code, 0, "{opened:?}");
@@ -286,6 +297,7 @@ async fn a_local_alias_a_stranger_took_after_the_wipe_is_taken_back() {
     let rejoined = lifeboat.run(&["rooms", "rejoin"]).await;
     assert_eq!(rejoined.code, 0, "{rejoined:?}");
     assert_eq!(ours.resolve_alias(&alias).await.as_deref(), Some(harbour.as_str()), "{rejoined:?}");
+    assert_eq!(ours.resolve_alias(&quay).await.as_deref(), Some(admins_room.as_str()), "{rejoined:?}");
 }
 
 /// A surviving room also waits while a former member's ID is free, not held
