@@ -676,7 +676,7 @@ mod tests {
     use super::*;
 
     fn event(kind: &str, state_key: &str, content: Value) -> StateEvent {
-        StateEvent { kind: kind.to_owned(), state_key: Some(state_key.to_owned()), content }
+        StateEvent { kind: kind.to_owned(), state_key: Some(state_key.to_owned()), content, sender: None }
     }
 
     #[test]

@@ -70,12 +70,18 @@ pub async fn ensure_notice_tokens(
     let mut created = 0;
     let mut results = futures::stream::iter(unconfirmed)
         .map(|token| async move {
-            client.create_registration_token(&token.token, token.expires_at).await.map(|()| token.id)
+            client.create_registration_token(&token.token, token.expires_at).await.map(|()| (token.id, token.token))
         })
         .buffer_unordered(CONCURRENCY);
     while let Some(result) = results.next().await {
-        // Under the notify lease, which `incident resolve` takes too.
-        registry.confirm_token(result?).await?;
+        let (id, token) = result?;
+        // Under the notify lease, which `incident resolve` takes too: only a
+        // run that lost its lease to a resolve finds its incident resolved.
+        if !registry.confirm_token(id).await? {
+            client.delete_registration_token(&token).await?;
+            registry.mark_token_revoked(id).await?;
+            continue;
+        }
         created += 1;
     }
     Ok(created)

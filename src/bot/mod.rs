@@ -76,36 +76,41 @@ impl Bot {
     /// the registry still has such an ID as present). When either cannot
     /// tell, no.
     async fn is_admin(&self, user: &OwnedUserId) -> bool {
+        self.why_not_obeyed(user).await.is_none()
+    }
+
+    /// [`Bot::is_admin`] for what someone did (a command, an invite): a
+    /// listed admin who is not obeyed is told of in the log, with the fix.
+    async fn obeys(&self, user: &OwnedUserId) -> bool {
+        let Some(why) = self.why_not_obeyed(user).await else { return true };
+        if self.admins.contains(user) {
+            tracing::warn!(admin = %user, "not obeying an admin: {why}");
+        }
+        false
+    }
+
+    async fn why_not_obeyed(&self, user: &OwnedUserId) -> Option<String> {
         if !self.admins.contains(user) {
-            return false;
+            return Some("not in bot.admins".to_owned());
         }
         let (registry, id) = (&self.state.registry, crate::user_id::UserId::from(&**user));
         let its_persons = if user.server_name() == self.me.server_name() {
             let access = crate::recover::admin_access(&self.state.config, registry).await;
             let Some(admin) = access.ok().and_then(|access| access.working()) else {
-                tracing::warn!(
-                    admin = %user,
-                    "not obeying an admin: no admin token works, so whose the ID is cannot be told; check homeserver.admin_token"
+                return Some(
+                    "no admin token works, so whose the ID is cannot be told; check homeserver.admin_token".to_owned(),
                 );
-                return false;
             };
             crate::holds::its_persons_now(registry, &admin, &id).await
         } else {
             registry.speaks_for_its_person(&id, None).await.map_err(Into::into)
         };
         match its_persons {
-            Ok(true) => true,
-            Ok(false) => {
-                tracing::warn!(
-                    admin = %user,
-                    "not obeying an admin: no listing has seen the account as its person's (run `lifeboat sync`), or it was registered again after a loss (settle it with `lifeboat holds claim`)"
-                );
-                false
-            }
-            Err(err) => {
-                tracing::warn!(admin = %user, error = %err, "cannot tell whether an admin's ID changed hands: not obeying it");
-                false
-            }
+            Ok(true) => None,
+            Ok(false) => Some(
+                "no listing has seen the account as its person's (run `lifeboat sync`), or it was registered again after a loss (settle it with `lifeboat holds claim`)".to_owned(),
+            ),
+            Err(err) => Some(format!("cannot tell whether the ID changed hands ({err})")),
         }
     }
 
@@ -404,7 +409,7 @@ async fn room_made_before(registry: &crate::registry::Registry) -> crate::regist
 async fn invited_by_an_admin(bot: &Bot, client: &Client, room_id: &RoomId) -> bool {
     let Some(room) = client.get_room(room_id).filter(|room| room.state() == RoomState::Invited) else { return false };
     match room.invite_details().await {
-        Ok(invite) => bot.is_admin(&invite.inviter_id).await,
+        Ok(invite) => bot.obeys(&invite.inviter_id).await,
         Err(_) => false,
     }
 }
@@ -518,7 +523,7 @@ async fn on_invite(event: StrippedRoomMemberEvent, room: Room, Ctx(bot): Ctx<Arc
     let to_admin_room = bot.configured_room().as_ref() == Some(&room_id) || bot.admin_room().as_ref() == Some(&room_id);
     tokio::spawn(async move {
         let accept = if to_admin_room {
-            bot.is_admin(&event.sender).await
+            bot.obeys(&event.sender).await
         } else {
             takes_dm_invite(&bot.me, &event.sender, event.content.is_direct)
         };
@@ -559,7 +564,7 @@ async fn on_message(event: OriginalSyncRoomMessageEvent, room: Room, Ctx(bot): C
     let body = text.body.clone();
     let sender = event.sender.clone();
     if bot.admin_room().as_deref() == Some(room.room_id()) {
-        if !bot.is_admin(&sender).await {
+        if !bot.obeys(&sender).await {
             // No data for anyone else, not even an error.
             if commands::parse_admin(bot.prefix(), &body).is_some() {
                 tracing::info!(from = %sender, "ignored a command from someone who is not in bot.admins");

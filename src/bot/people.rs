@@ -9,7 +9,7 @@ use rand::Rng;
 use super::Bot;
 use super::admin::mask;
 use super::commands::{PersonCommand, person_help};
-use crate::registry::{Actor, CodeCheck, ContactAddress, MAX_CODE_ATTEMPTS, MessageKind, now_ms};
+use crate::registry::{Actor, CodeCheck, ContactAddress, ContactSource, MAX_CODE_ATTEMPTS, MessageKind, now_ms};
 
 /// How long a mailed code works.
 const CODE_VALID_MS: i64 = 30 * 60 * 1000;
@@ -107,11 +107,22 @@ pub(super) async fn run(bot: &Bot, sender: &OwnedUserId, command: PersonCommand)
             Ok(format!("Your contacts:\n\n{}", lines.join("\n")))
         }
         PersonCommand::ContactRemove(address) => {
+            // One read from the account's own settings on the homeserver
+            // comes back with the next read of them: say so.
+            let contacts = registry.contacts_of(&person).await.map_err(broken)?;
+            let from_synapse = contacts
+                .iter()
+                .any(|contact| contact.address == address.as_str() && contact.source == ContactSource::Synapse);
             let removed = registry
                 .remove_contact(&person, &ContactAddress::Email(address.clone()), &actor)
                 .await
                 .map_err(broken)?;
-            Ok(if removed {
+            Ok(if removed && from_synapse {
+                format!(
+                    "Removed {address} from your contacts. It is also in your account's settings on {}, so it comes back when I next read them: remove it there too.",
+                    config.homeserver.server_name
+                )
+            } else if removed {
                 format!("Removed {address} from your contacts.")
             } else {
                 format!("{address} is not one of your contacts; `contact list` shows them.")

@@ -632,10 +632,11 @@ fn is_login_refusal(failure: &Failure) -> bool {
 
 /// A refusal of the envelope sender (lettre does not say which command was
 /// refused): the enhanced codes for a bad sender (5.1.7, 5.1.8), or a reply
-/// that speaks of the sender, as Postfix's "Sender address rejected" or a
-/// relay's "verified Sender Identity" do. Addresses the reply quotes
-/// (`<sender@…>`, a refused recipient's) do not count: one such contact
-/// must not stop every run as a config error.
+/// that speaks of the sender's address, as Postfix's "Sender address
+/// rejected" or a relay's "from address does not match a verified Sender
+/// Identity" do. Not a reply about a recipient, nor an address it quotes
+/// (`<sender@…>`): one such contact must not stop every run as a config
+/// error.
 fn is_sender_refusal(err: &lettre::transport::smtp::Error) -> bool {
     let text = err.source().map(ToString::to_string).unwrap_or_default();
     let mut words = String::with_capacity(text.len());
@@ -648,7 +649,12 @@ fn is_sender_refusal(err: &lettre::transport::smtp::Error) -> bool {
             _ => {}
         }
     }
-    text.starts_with("5.1.7") || text.starts_with("5.1.8") || words.to_ascii_lowercase().contains("sender")
+    let words = words.to_ascii_lowercase();
+    const ABOUT_THE_SENDER: [&str; 5] =
+        ["sender address", "sender identity", "sender domain", "from address", "sender rejected"];
+    text.starts_with("5.1.7")
+        || text.starts_with("5.1.8")
+        || (!words.contains("recipient") && ABOUT_THE_SENDER.iter().any(|phrase| words.contains(phrase)))
 }
 
 /// The server allows no more connections now: 421 (RFC 5321 3.8), or a
@@ -1007,6 +1013,11 @@ mod tests {
         });
         let err = refused.await.unwrap_err();
         assert!(matches!(err, MailError::Permanent(ref m) if m.contains("User unknown")), "{err:?}");
+        let group = send_through(|verb, _| {
+            (verb == "RCPT").then_some("550 5.7.133 RESOLVER.RST.SenderNotAuthenticatedForGroup; not allowed")
+        });
+        let err = group.await.unwrap_err();
+        assert!(matches!(err, MailError::Permanent(_)), "a group refusing outsiders: {err:?}");
     }
 
     #[tokio::test]

@@ -51,6 +51,8 @@ pub struct StateEvent {
     pub state_key: Option<String>,
     #[serde(default)]
     pub content: Value,
+    #[serde(default)]
+    pub sender: Option<String>,
 }
 
 #[derive(Deserialize)]
@@ -154,7 +156,14 @@ impl SynapseClient {
             creator: Option<String>,
         }
         let path = format!("/_synapse/admin/v1/rooms/{}", urlencode(room_id));
-        Ok(found(self.get_json::<Details>(&path, &[], true).await)?.and_then(|details| details.creator))
+        let Some(details) = found(self.get_json::<Details>(&path, &[], true).await)? else { return Ok(None) };
+        if let Some(creator) = details.creator.filter(|creator| !creator.is_empty()) {
+            return Ok(Some(creator));
+        }
+        // A room Synapse first heard of by an invite has no maker recorded:
+        // its creation event names it.
+        let state = self.room_state(room_id).await?.unwrap_or_default();
+        Ok(state.into_iter().find(|event| event.kind == "m.room.create").and_then(|event| event.sender))
     }
 
     /// Deletes a local alias (a server admin may delete any).

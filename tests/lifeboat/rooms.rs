@@ -269,21 +269,32 @@ async fn a_local_alias_a_stranger_took_after_the_wipe_is_taken_back() {
     let bob = theirs.client(&theirs.register("bob"));
     let harbour = alice.create_room_full(RoomSpec::public("harbour").name("Harbour")).await;
     let alias = format!("#harbour:{}", ours.server_name);
-    let quay = format!("#quay:{}", ours.server_name);
+    let (quay, pier) = (format!("#quay:{}", ours.server_name), format!("#pier:{}", ours.server_name));
     let path = |alias: &str| format!("/_matrix/client/v3/directory/room/{}", encode(alias));
     let point = |room: &str| Some(serde_json::json!({ "room_id": room }));
-    assert_eq!(alice.try_call(reqwest::Method::PUT, &path(&quay), point(&harbour)).await.0, 200);
+    for other in [&quay, &pier] {
+        assert_eq!(alice.try_call(reqwest::Method::PUT, &path(other), point(&harbour)).await.0, 200);
+    }
     bob.join_via(&alias, &[]).await;
     joined_members_settle(&ours, &harbour, 2).await;
     let lifeboat = lifeboat_on(&ours, &registry, "");
     assert_eq!(lifeboat.run(&["sync"]).await.code, 0);
     let known = rooms_by_id(&lifeboat).await;
-    assert_eq!(known[&harbour]["aliases"], serde_json::json!([alias, quay]), "{known:?}");
+    let mut aliases: Vec<String> =
+        known[&harbour]["aliases"].as_array().unwrap().iter().map(|a| a.as_str().unwrap().to_owned()).collect();
+    aliases.sort();
+    assert_eq!(aliases, [alias.clone(), pier.clone(), quay.clone()], "{known:?}");
 
     ours.wipe();
+    // One stranger's room here, and one of theirs joined by an invite (this
+    // server then records no maker for it).
     let mallory = ours.client(&ours.register("mallory"));
-    let lure = mallory.create_room_full(RoomSpec::public("harbour").name("Harbour")).await;
-    assert_eq!(ours.resolve_alias(&alias).await.as_deref(), Some(lure.as_str()));
+    let local_lure = mallory.create_room_full(RoomSpec::public("pier").name("Pier")).await;
+    let eve = theirs.client(&theirs.register("eve"));
+    let lure = eve.create_room_full(RoomSpec::private().name("Harbour").invite(&[&mallory.user_id])).await;
+    mallory.join_via(&lure, &[&theirs.server_name]).await;
+    assert_eq!(mallory.try_call(reqwest::Method::PUT, &path(&alias), point(&lure)).await.0, 200);
+    assert_eq!(ours.resolve_alias(&pier).await.as_deref(), Some(local_lure.as_str()));
     // A server admin gives the other alias to a room of theirs: their choice.
     let root = unique("root");
     let admin = MatrixUser::new(&ours.url, &ours.user_id(&root), &ours.register_admin(&root));
@@ -297,6 +308,7 @@ async fn a_local_alias_a_stranger_took_after_the_wipe_is_taken_back() {
     let rejoined = lifeboat.run(&["rooms", "rejoin"]).await;
     assert_eq!(rejoined.code, 0, "{rejoined:?}");
     assert_eq!(ours.resolve_alias(&alias).await.as_deref(), Some(harbour.as_str()), "{rejoined:?}");
+    assert_eq!(ours.resolve_alias(&pier).await.as_deref(), Some(harbour.as_str()), "{rejoined:?}");
     assert_eq!(ours.resolve_alias(&quay).await.as_deref(), Some(admins_room.as_str()), "{rejoined:?}");
 }
 
