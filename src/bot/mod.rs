@@ -526,6 +526,7 @@ async fn on_invite(event: StrippedRoomMemberEvent, room: Room, Ctx(bot): Ctx<Arc
             bot.obeys(&event.sender).await
         } else {
             takes_dm_invite(&bot.me, &event.sender, event.content.is_direct)
+                && dm_rooms_with(&room.client(), &event.sender).await < DM_ROOMS_PER_PERSON
         };
         if !accept {
             tracing::info!(room = %room_id, from = %event.sender, "declined an invite");
@@ -547,6 +548,23 @@ async fn on_invite(event: StrippedRoomMemberEvent, room: Room, Ctx(bot): Ctx<Arc
             let _ = room.send(safe_message(&hello)).await;
         }
     });
+}
+
+/// DM rooms one person may have with the bot: each is in its sync for
+/// good, so one account must not fill it by inviting it again and again.
+/// More than one, for a person whose first DM broke.
+const DM_ROOMS_PER_PERSON: usize = 3;
+
+/// Rooms the bot is in with `person` and nobody else.
+async fn dm_rooms_with(client: &Client, person: &OwnedUserId) -> usize {
+    let mut count = 0;
+    for room in client.joined_rooms().into_iter().filter(|room| room.joined_members_count() <= 2) {
+        let member = room.get_member_no_sync(person).await.ok().flatten();
+        if member.is_some_and(|member| *member.membership() == MembershipState::Join) {
+            count += 1;
+        }
+    }
+    count
 }
 
 /// A DM from this homeserver's people: only they have contacts to manage,

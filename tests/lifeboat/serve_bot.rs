@@ -462,6 +462,25 @@ async fn an_alert_email_that_could_not_go_out_waits_in_the_outbox_through_a_rest
     assert_eq!(rig.stop_serve().await, Some(0));
 }
 
+/// One account cannot fill the bot's sync with rooms by inviting it to DM
+/// after DM: the bot joins a few and declines the rest.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_person_inviting_the_bot_to_dm_after_dm_gets_a_few_rooms_not_all() {
+    let mut rig = Rig::start(TestSmtp::start(None), &[]).await;
+    let mallory = rig.known_person(&unique("mallory")).await;
+    rig.serve().await;
+    let mut joined = 0;
+    for _ in 0..5 {
+        let dm = mallory.create_room(&[&rig.bot], true).await;
+        eventually("the bot answers the invite", Duration::from_secs(30), || async {
+            mallory.membership_of(&dm, &rig.bot).await.is_some_and(|state| state != "invite")
+        })
+        .await;
+        joined += usize::from(mallory.membership_of(&dm, &rig.bot).await.as_deref() == Some("join"));
+    }
+    assert_eq!(joined, 3, "{}", rig.lifeboat.serve_log());
+}
+
 #[tokio::test(flavor = "multi_thread")]
 async fn a_person_verifies_a_contact_email_by_dm() {
     let bob_localpart = unique("bob");
