@@ -351,10 +351,11 @@ async fn rejoin_own(
                 registry.mark_room_restored(&room.room_id, None).await?;
                 report.restored.push(room.room_id.clone());
                 for alias in &room.aliases {
-                    let repointed = match reclaim_alias(client, alias, Some(&room.room_id), &service).await {
-                        Ok(_) => client.set_alias(alias, &room.room_id).await,
-                        Err(err) => Err(err),
-                    };
+                    let repointed = async {
+                        reclaim_alias(client, alias, Some(&room.room_id), &service).await?;
+                        client.set_alias(alias, &room.room_id).await
+                    }
+                    .await;
                     match repointed {
                         Ok(true) => report.aliases.push(alias.clone()),
                         Ok(false) => tracing::warn!(alias, "an admin pointed the alias at another room: left alone"),

@@ -77,12 +77,9 @@ pub async fn ensure_notice_tokens(
         let (id, token) = result?;
         // Under the notify lease, which `incident resolve` takes too: only a
         // run that lost its lease to a resolve finds its incident resolved.
-        if !registry.confirm_token(id).await? {
-            client.delete_registration_token(&token).await?;
-            registry.mark_token_revoked(id).await?;
-            continue;
+        if confirm_or_withdraw(registry, client, id, &token).await? {
+            created += 1;
         }
-        created += 1;
     }
     Ok(created)
 }
@@ -131,12 +128,26 @@ pub async fn token_for_person(
     // `incident resolve` may have swept the tokens meanwhile: one it marked
     // revoked, or one made after it resolved the incident, must not stand
     // (one made before that, it sweeps again after resolving).
-    if !registry.confirm_token(id).await? {
-        client.delete_registration_token(&token).await?;
-        registry.mark_token_revoked(id).await?;
+    if !confirm_or_withdraw(registry, client, id, &token).await? {
         return Err(TokenError::IncidentResolved);
     }
     Ok(Some((token, expires_at)))
+}
+
+/// Confirms token `id`, just made in Synapse; one that must not stand
+/// (revoked, or its incident resolved, meanwhile) is deleted there again.
+async fn confirm_or_withdraw(
+    registry: &Registry,
+    client: &SynapseClient,
+    id: i64,
+    token: &str,
+) -> Result<bool, TokenError> {
+    if registry.confirm_token(id).await? {
+        return Ok(true);
+    }
+    client.delete_registration_token(token).await?;
+    registry.mark_token_revoked(id).await?;
+    Ok(false)
 }
 
 /// Where a recorded token stands, from what Synapse says of it.

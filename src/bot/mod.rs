@@ -350,9 +350,7 @@ async fn settle_admin_room(bot: &Arc<Bot>, client: &Client, recovered: bool) -> 
     // by it: a wipe frees it for anyone, and the bot may not know of the
     // wipe (its account registered again by hand, say). Never right after
     // lifeboat recovered from a wipe itself.
-    let local_alias = bot.config.admin_room.as_deref().is_some_and(|configured| {
-        <&RoomAliasId>::try_from(configured).is_ok_and(|alias| alias.server_name() == bot.me.server_name())
-    });
+    let local_alias = configured_alias(&bot.config).is_some_and(|alias| alias.server_name() == bot.me.server_name());
     // With no admins to invite it, a first start still joins as before.
     let alias_vouched =
         !local_alias || (!recovered && !alias_moved && (named_before.is_some() || bot.admins.is_empty()));
@@ -414,24 +412,29 @@ async fn invited_by_an_admin(bot: &Bot, client: &Client, room_id: &RoomId) -> bo
     }
 }
 
+/// `bot.admin_room`, when it is an alias.
+fn configured_alias(config: &BotConfig) -> Option<&RoomAliasId> {
+    config.admin_room.as_deref().and_then(|room| <&RoomAliasId>::try_from(room).ok())
+}
+
 /// The room `bot.admin_room`'s alias named when the bot was last settled
 /// there; `None` when it is a room ID or the bot never was.
 async fn room_the_alias_named(
     registry: &crate::registry::Registry,
     config: &BotConfig,
 ) -> crate::registry::Result<Option<OwnedRoomId>> {
-    let Some(alias) = config.admin_room.as_deref().filter(|room| room.starts_with('#')) else { return Ok(None) };
+    let Some(alias) = configured_alias(config) else { return Ok(None) };
     let stored = registry.setting(ALIAS_ROOM_SETTING).await?.unwrap_or_default();
     Ok(stored
         .split_once(' ')
-        .filter(|(stored_alias, _)| *stored_alias == alias)
+        .filter(|(stored_alias, _)| *stored_alias == alias.as_str())
         .and_then(|(_, room_id)| OwnedRoomId::try_from(room_id).ok()))
 }
 
 /// Keeps the room the configured alias names now, when the bot settles
 /// there (by an admin's invite, or as the room it was in before).
 async fn remember_the_aliass_room(bot: &Bot, room_id: &RoomId) {
-    let Some(alias) = bot.config.admin_room.as_deref().filter(|room| room.starts_with('#')) else { return };
+    let Some(alias) = configured_alias(&bot.config) else { return };
     if bot.configured_room().as_deref() != Some(room_id) {
         return;
     }

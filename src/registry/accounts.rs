@@ -7,6 +7,11 @@ use super::{Flag, Registry, Result};
 use crate::reconcile::{AccountState, Known, registered_again};
 use crate::user_id::UserId;
 
+/// When the account a reconciliation compares with was made, over `accounts`
+/// aliased `a`: unknown while lifeboat is making a hold (the registry's time
+/// is then the lost account's, not the one being made).
+pub(super) const KNOWN_CREATED_SQL: &str = "CASE WHEN a.custody = 'holding' THEN NULL ELSE a.synapse_created_at END";
+
 /// The one rule for an account's [`AccountState`], read by every query and
 /// every face: an SQL expression over `accounts` aliased `a` (holding no
 /// comma, so it can sit in a column list split on commas). A deactivated
@@ -147,10 +152,7 @@ impl Registry {
     /// What reconciliation needs of every known account, sorted bytewise by ID.
     pub async fn known_accounts(&self) -> Result<Vec<Known>> {
         let rows: Vec<(String, Option<i64>, AccountState, Option<i64>)> = sqlx::query_as(sqlx::AssertSqlSafe(format!(
-            // While a hold is being made, the registry's time is the lost
-            // account's, not the one being made (as in `apply_listing`).
-            "SELECT a.user_id, CASE WHEN a.custody = 'holding' THEN NULL ELSE a.synapse_created_at END, \
-                    {STANDING_SQL}, a.lost_created_at FROM accounts a"
+            "SELECT a.user_id, {KNOWN_CREATED_SQL}, {STANDING_SQL}, a.lost_created_at FROM accounts a"
         )))
         .fetch_all(&self.pool)
         .await?;

@@ -10,7 +10,7 @@ use crate::checked_text::stored_as_text;
 use crate::email::EmailAddress;
 use crate::reconcile::AccountState;
 use crate::reconcile::{Class, Known, Listed, Report, ReportBuilder, classify};
-use crate::registry::accounts::STANDING_SQL;
+use crate::registry::accounts::{KNOWN_CREATED_SQL, STANDING_SQL};
 use crate::synapse::ListedUser;
 use crate::user_id::UserId;
 
@@ -160,7 +160,7 @@ impl Registry {
                 // A full outer join written as two index lookups: SQLite
                 // plans the FULL OUTER JOIN form as a nested loop (quadratic).
                 "SELECT a.user_id AS known_id, \
-                        CASE WHEN a.custody = 'holding' THEN NULL ELSE a.synapse_created_at END AS known_created, \
+                        {KNOWN_CREATED_SQL} AS known_created, \
                         {STANDING_SQL} AS known_standing, a.state AS known_state, \
                         a.lost_created_at AS known_lost_created, \
                         CASE WHEN a.custody IS NOT NULL \

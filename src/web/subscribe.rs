@@ -112,8 +112,9 @@ fn code_hash(code: &str) -> String {
 /// to it), and it is never taken for a code that went out.
 const DECOY_PREFIX: &str = "decoy:";
 
-fn decoy_hash() -> String {
-    format!("{DECOY_PREFIX}{}", hex::encode(rand::rng().random::<[u8; 32]>()))
+/// A code hash no code matches, marked by `prefix`.
+fn marked_hash(prefix: &str) -> String {
+    format!("{prefix}{}", hex::encode(rand::rng().random::<[u8; 32]>()))
 }
 
 /// A link whose code could not be DMed carries no code, yet stands for one
@@ -121,10 +122,6 @@ fn decoy_hash() -> String {
 /// account's decoy does: the inbox must not tell the two apart by a second
 /// mail. Its person asks again once a new code is due.
 const UNDELIVERED_PREFIX: &str = "undelivered:";
-
-fn undelivered_hash() -> String {
-    format!("{UNDELIVERED_PREFIX}{}", hex::encode(rand::rng().random::<[u8; 32]>()))
-}
 
 /// Does this link stand for a code: one that was DMed, or one that could not
 /// be (not the decoy of an account that takes no contacts)?
@@ -197,7 +194,7 @@ async fn start(
                 let code = format!("{:08}", rand::rng().random_range(0..100_000_000u32));
                 (Some(code_hash(&code)), expires_at, Some(code))
             } else {
-                (Some(decoy_hash()), expires_at, None)
+                (Some(marked_hash(DECOY_PREFIX)), expires_at, None)
             }
         }
     };
@@ -212,7 +209,7 @@ async fn start(
         let admin = admin.as_ref().ok_or_else(|| WebError("no working admin token: cannot DM a code".into()))?;
         if let Err(err) = dm_code(state, admin, &user_id, &code, expires_at).await {
             tracing::warn!(error = %err.0, "a subscription code could not be DMed: its link carries a decoy");
-            hash = Some(undelivered_hash());
+            hash = Some(marked_hash(UNDELIVERED_PREFIX));
         }
     }
     state.registry.create_web_link(&id, PURPOSE, &user_id, &email, hash.as_deref(), expires_at).await?;
