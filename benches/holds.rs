@@ -240,6 +240,7 @@ async fn lifeboat_turn(
         retry_failed: false,
         progress: &Notes,
         devices: &devices,
+        mailer: None,
     };
     let ((sent, notify), (names, names_took)) = tokio::join!(
         async {

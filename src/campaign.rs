@@ -337,6 +337,11 @@ pub struct CampaignOptions<'a> {
     pub progress: &'a dyn NotifyProgress,
     /// The process's Matrix clients (serve's, or the CLI's own).
     pub devices: &'a Devices,
+    /// The process's mailer, when it keeps one (serve): a run then shares
+    /// its memory of a refused login, instead of trying the login again
+    /// with a mailer of its own every worker round (a fail2ban jail bans
+    /// after five). `None`: the run makes one and closes it.
+    pub mailer: Option<&'a Mailer>,
 }
 
 async fn send_under_lease(
@@ -400,20 +405,34 @@ async fn send_under_lease(
             None
         }
     };
-    let mailer = Mailer::from_config(email, email.connections as u32)?;
+    let own_mailer = match options.mailer {
+        Some(_) => None,
+        None => Some(Mailer::from_config(email, email.connections as u32)?),
+    };
+    let mailer = options.mailer.or(own_mailer.as_ref()).expect("one of the two is there");
     // What an earlier run left unsent (or in flight when it died) is due now;
     // for serve's worker (which plans nothing new) only what a run left in
     // flight: the rest keeps its backoff.
     registry.resume_deliveries(incident.id, options.retry_failed, !options.plan_new).await?;
     let settings = notice_settings(config, registry, incident).await?;
-    let email_transport = Transport::Email(&mailer);
-    let mut sent =
+    let email_transport = Transport::Email(mailer);
+    let emailed =
         send_deliveries(registry, email_transport, incident, &settings, email.connections, progress, lost).await;
-    if let (Ok(_), Some(sender)) = (&sent, &dm_sender) {
+    // Mail that stopped (a refused login, a spent quota) holds back no DM:
+    // for some people a DM is the one way they hear.
+    let mut sent = emailed;
+    if let (Ok(_) | Err(NotifyError::Channel(_)), Some(sender)) = (&sent, &dm_sender) {
         let dm_transport = Transport::Matrix(sender);
-        sent = send_deliveries(registry, dm_transport, incident, &settings, DM_CONCURRENCY, progress, lost).await;
+        let messaged =
+            send_deliveries(registry, dm_transport, incident, &settings, DM_CONCURRENCY, progress, lost).await;
+        sent = match (sent, messaged) {
+            (Err(mail_stopped), Ok(_)) => Err(mail_stopped),
+            (_, messaged) => messaged,
+        };
     }
-    mailer.shutdown().await;
+    if let Some(own) = own_mailer {
+        own.shutdown().await;
+    }
     if lost.load(Ordering::SeqCst) {
         progress.note("another process took over this incident's notices (this run was held up past its lease): it sends the rest");
     }

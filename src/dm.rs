@@ -362,7 +362,11 @@ impl DmSender {
             return self.send_encrypted(registry, recipient, stored, content, transaction_id).await;
         }
         if let Some(room_id) = stored {
-            match self.send_in(room_id, &content, transaction_id).await {
+            let sent = match self.bring_back(&room_id, &recipient.1).await {
+                Ok(()) => self.send_in(room_id, &content, transaction_id).await,
+                Err(err) => Err(err),
+            };
+            match sent {
                 // The room is gone (a wiped homeserver) or lifeboat is no
                 // longer in it: make a new one below.
                 Err(err) if room_is_gone(&err) => {}
@@ -383,9 +387,16 @@ impl DmSender {
         content: RoomMessageEventContent,
         transaction_id: &str,
     ) -> Result<(), DmError> {
-        let known = stored
+        let mut known = stored
             .and_then(|room_id| self.client.get_room(&room_id))
             .filter(|room| room.state() == matrix_sdk::RoomState::Joined);
+        if let Some(room) = &known {
+            match self.bring_back(&room.room_id().to_owned(), &user).await {
+                Ok(()) => {}
+                Err(err) if room_is_gone(&err) => known = None,
+                Err(err) => return Err(classify(err)),
+            }
+        }
         let room = match known {
             Some(room) => room,
             None => {
@@ -396,6 +407,37 @@ impl DmSender {
         };
         let txn: OwnedTransactionId = transaction_id.into();
         room.send(content).with_transaction_id(txn).await.map_err(classify)?;
+        Ok(())
+    }
+
+    /// Makes sure `user` is in the stored DM room or invited to it, and
+    /// invites them again if they left it or turned it down: Synapse takes
+    /// a message in a room lifeboat is alone in, so the notice would be
+    /// recorded as sent and never read.
+    async fn bring_back(&self, room_id: &OwnedRoomId, user: &OwnedUserId) -> Result<(), matrix_sdk::Error> {
+        use matrix_sdk::ruma::api::client::state::{get_state_event_for_key, send_state_event};
+        use matrix_sdk::ruma::api::error::ErrorKind;
+        use matrix_sdk::ruma::events::StateEventType;
+        use matrix_sdk::ruma::events::room::member::{MembershipState, RoomMemberEventContent};
+        let asked =
+            get_state_event_for_key::v3::Request::new(room_id.clone(), StateEventType::RoomMember, user.to_string());
+        let membership = match self.client.send(asked).await.map_err(matrix_sdk::Error::from) {
+            Ok(found) => serde_json::from_str::<RoomMemberEventContent>(found.event_or_content.get())
+                .ok()
+                .map(|content| content.membership),
+            // Never a member (an invite that failed when the room was made).
+            Err(err) if matches!(err.client_api_error_kind(), Some(ErrorKind::NotFound)) => None,
+            Err(err) => return Err(err),
+        };
+        if matches!(membership, Some(MembershipState::Join | MembershipState::Invite)) {
+            return Ok(());
+        }
+        // As a member event, so the invite still says it is a DM.
+        let mut invite = RoomMemberEventContent::new(MembershipState::Invite);
+        invite.is_direct = Some(true);
+        let request =
+            send_state_event::v3::Request::new(room_id.clone(), user, &invite).map_err(matrix_sdk::Error::SerdeJson)?;
+        self.client.send(request).await?;
         Ok(())
     }
 

@@ -231,7 +231,7 @@ pub fn mail_outcome(sent: Result<(), MailError>) -> Outcome {
         Err(MailError::Transient(reason)) => Outcome::Retry(reason),
         // Maybe delivered already: not again soon.
         Err(MailError::Uncertain(reason)) => Outcome::RetryLater(reason),
-        Err(MailError::Config(reason)) => Outcome::Fatal(SendError::Channel(reason)),
+        Err(MailError::Config(reason) | MailError::Refusing(reason)) => Outcome::Fatal(SendError::Channel(reason)),
         Err(err) => Outcome::Failed(err.to_string()),
     }
 }
@@ -425,8 +425,12 @@ fn to_record(
             Record::Ended { id, state: DeliveryState::Pending, reason, due_at: Some(later), not_before: Some(later) }
         }
         Outcome::Fatal(err) => {
-            // Put it back as due.
-            let record = ended(DeliveryState::Pending, err.to_string(), Some(now_ms()));
+            // Put back, parked: the channel, not the message, failed (a
+            // refused login or sender), and serve's worker must not come
+            // back to it every round. A notify run makes it due again; the
+            // worker's probe releases it once the server answers.
+            let parked = now_ms() + PARKED_MAX.as_millis() as i64;
+            let record = ended(DeliveryState::Pending, err.to_string(), Some(parked));
             fatal.get_or_insert(err);
             record
         }

@@ -94,14 +94,19 @@ pub async fn admin_access(config: &Config, registry: &Registry) -> Result<AdminA
     let recovered = stored.map(|stored| (TokenSource::Recovered, stored.access_token));
     let configured =
         config.homeserver.admin_token.as_ref().map(|configured| (TokenSource::Config, configured.value.clone()));
-    let mut dead = Vec::new();
+    let (mut dead, mut expired) = (Vec::new(), None);
     for (source, token) in recovered.into_iter().chain(configured) {
         let client = base.with_token(token);
         match client.whoami().await {
             Ok(_) => return Ok(AdminAccess::Working { client, source }),
             Err(synapse::Error::Unauthorized { .. }) => dead.push(client),
+            Err(err @ synapse::Error::Expired { .. }) => expired = Some(err),
             Err(err) => return Err(err.into()),
         }
+    }
+    // A token Synapse still knows says its database is there: no wipe.
+    if let Some(err) = expired {
+        return Err(err.into());
     }
     let working = registry.setting(WORKING_TOKEN_SETTING).await.ok().flatten();
     let client = match dead.iter().position(|client| working.is_some() && client.token_fingerprint() == working) {

@@ -115,16 +115,24 @@ pub async fn token_for_person(
             }
         }
     }
-    if let Some(limit) = limit
-        && registry.request_tokens_issued(incident_id, user_id).await? >= limit
-    {
-        return Ok(None);
-    }
-    // Recorded first, then created in Synapse, then confirmed.
+    // Recorded first (within the cap), then created in Synapse, then confirmed.
     let token = new_token();
     let expires_at = now_ms() + expiry.as_millis() as i64;
-    let id = registry.record_token(TokenPurpose::Request, incident_id, user_id, &token, expires_at).await?;
-    client.create_registration_token(&token, expires_at).await?;
+    let id = match limit {
+        Some(limit) => match registry.record_request_token(incident_id, user_id, &token, expires_at, limit).await? {
+            Some(id) => id,
+            None => return Ok(None),
+        },
+        None => registry.record_token(TokenPurpose::Request, incident_id, user_id, &token, expires_at).await?,
+    };
+    if let Err(err) = client.create_registration_token(&token, expires_at).await {
+        // Withdrawn, so that a Synapse too busy to make it does not use up
+        // the person's cap (deleted too, in case it was made after all:
+        // nobody has seen it).
+        let _ = client.delete_registration_token(&token).await;
+        registry.mark_token_revoked(id).await?;
+        return Err(err.into());
+    }
     // `incident resolve` may have swept the tokens meanwhile: one it marked
     // revoked, or one made after it resolved the incident, must not stand
     // (one made before that, it sweeps again after resolving).

@@ -139,6 +139,7 @@ async fn send_due(services: &Services, email: &crate::config::EmailConfig, incid
         retry_failed: false,
         progress: &progress,
         devices,
+        mailer: services.mailer.as_deref(),
     };
     match run_campaign(config, registry, &incident, email, options).await {
         Ok(report) => tracing::info!(

@@ -40,6 +40,8 @@ reads commands from stdin, one per line:
   heal   -> stop failing (and refusing), answers `ok`
   refuse -> every further DATA gets `550 5.7.1 refused by policy` (a
             permanent failure) until healed, answers `ok`
+  quota  -> every further DATA gets `550 5.4.5 Daily user sending limit
+            exceeded` (the relay's allowance spent) until healed, `ok`
   count  -> answers the number of accepted messages
 EOF on stdin or SIGTERM/SIGINT stops the server.
 """
@@ -235,6 +237,7 @@ class Sink:
         os.makedirs(self.json_dir, exist_ok=True)
         self.fail_after = fail_after
         self.refusing = False
+        self.quota_spent = False
         self.durable = durable
         # Seconds to wait before answering DATA: a slow server, so tests can
         # act while a send is under way.
@@ -275,6 +278,8 @@ class Sink:
     async def handle_DATA(self, server, session, envelope):
         if self.refusing:
             return "550 5.7.1 refused by policy"
+        if self.quota_spent:
+            return "550 5.4.5 Daily user sending limit exceeded"
         if self.fail_after is not None and self.reserved >= self.fail_after:
             return "451 4.3.0 temporarily unavailable"
         if self.delay:
@@ -313,6 +318,7 @@ def read_commands(loop, sink, stop):
             def heal():
                 sink.fail_after = None
                 sink.refusing = False
+                sink.quota_spent = False
                 return "ok"
             answer = ask(heal)
         elif command == "refuse":
@@ -320,12 +326,17 @@ def read_commands(loop, sink, stop):
                 sink.refusing = True
                 return "ok"
             answer = ask(refuse)
+        elif command == "quota":
+            def quota():
+                sink.quota_spent = True
+                return "ok"
+            answer = ask(quota)
         elif command == "count":
             answer = str(ask(lambda: sink.accepted))
         elif command == "":
             continue
         else:
-            answer = f"error: unknown command {command!r} (heal, refuse, count)"
+            answer = f"error: unknown command {command!r} (heal, refuse, quota, count)"
         sys.stdout.write(answer + "\n")
         sys.stdout.flush()
     loop.call_soon_threadsafe(stop.set)

@@ -88,6 +88,12 @@ fn confirm_word(confirm: bool) -> &'static str {
     if confirm { " confirm" } else { "" }
 }
 
+/// Text others chose (a room's name), shown as it is, on one line: no link,
+/// emphasis or paragraph of its own in the bot's reply.
+fn shown(text: &str) -> String {
+    markdown_escape(&crate::notice::one_line(text))
+}
+
 /// An error as the reply says it.
 fn text(err: impl std::fmt::Display) -> String {
     err.to_string()
@@ -327,8 +333,14 @@ async fn notify(bot: &Bot, room: &Room, actor: &Actor, id: i64, confirm: bool) -
     let stop = state.shutdown.clone();
     state.clone().background.spawn(async move {
         let notes = Notes { stop: Some(stop), ..Notes::default() };
-        let options =
-            CampaignOptions { actor, plan_new: true, retry_failed: false, progress: &notes, devices: &state.devices };
+        let options = CampaignOptions {
+            actor,
+            plan_new: true,
+            retry_failed: false,
+            progress: &notes,
+            devices: &state.devices,
+            mailer: state.mailer.as_deref(),
+        };
         let outcome = run_campaign(&state.config, &state.registry, &incident, &email, options).await;
         tracing::info!(incident = id, ok = outcome.is_ok(), "notify from the bot finished");
         let reply = match outcome {
@@ -474,7 +486,7 @@ async fn rooms(bot: &Bot) -> Result<String, String> {
                 } else {
                     String::new()
                 };
-                format!("{} `{}`{back}", markdown_escape(room.label()), room.room_id)
+                format!("{} `{}`{back}", shown(room.label()), room.room_id)
             })
             .collect();
         let label = label.replace("PREFIX", bot.prefix());
@@ -490,7 +502,7 @@ async fn recreate_rooms(bot: &Bot, actor: &Actor, room: Option<String>, confirm:
     let (config, registry) = (&bot.state.config, &bot.state.registry);
     let rooms = crate::rooms::to_recreate(config, registry, room.as_deref()).await.map_err(|err| match err {
         crate::rooms::RoomsError::UnknownRoom(_) => format!("{err}: `{} rooms` lists them", bot.prefix()),
-        err => err.to_string(),
+        err => shown(&err.to_string()),
     })?;
     if rooms.is_empty() {
         return Ok("No room is lost: nothing to re-create.".to_owned());
@@ -498,7 +510,7 @@ async fn recreate_rooms(bot: &Bot, actor: &Actor, room: Option<String>, confirm:
     let command = format!("rooms recreate {}", room.as_deref().unwrap_or("--all"));
     if !confirm {
         let how = ask_to_confirm(bot, &command);
-        let names: Vec<String> = rooms.iter().take(10).map(|room| markdown_escape(room.label())).collect();
+        let names: Vec<String> = rooms.iter().take(10).map(|room| shown(room.label())).collect();
         return Ok(format!(
             "This makes {} again as new, empty rooms ({}); their history does not come back, and former members are invited as each comes back. To do it, {how}.",
             crate::plural::count(rooms.len() as i64, "room", "rooms"),
@@ -511,8 +523,8 @@ async fn recreate_rooms(bot: &Bot, actor: &Actor, room: Option<String>, confirm:
     for room in rooms {
         let room = registry.room(&room.room_id).await.ok().flatten().unwrap_or(room);
         match crate::rooms::recreate(config, registry, &client, &room, actor).await {
-            Ok(made) => lines.push(made.summary()),
-            Err(err) => lines.push(format!("Not re-created: {}: {err}", room.label())),
+            Ok(made) => lines.push(shown(&made.summary())),
+            Err(err) => lines.push(format!("Not re-created: {}", shown(&format!("{}: {err}", room.label())))),
         }
     }
     Ok(lines.join("\n"))

@@ -19,7 +19,7 @@ use matrix_sdk::event_handler::Ctx;
 use matrix_sdk::ruma::api::client::room::create_room::v3::{Request as CreateRoomRequest, RoomPreset};
 use matrix_sdk::ruma::events::room::member::{MembershipState, StrippedRoomMemberEvent};
 use matrix_sdk::ruma::events::room::message::{MessageType, OriginalSyncRoomMessageEvent};
-use matrix_sdk::ruma::{OwnedRoomId, OwnedUserId, RoomAliasId, RoomId};
+use matrix_sdk::ruma::{OwnedRoomId, OwnedUserId, RoomAliasId, RoomId, UserId};
 use matrix_sdk::{Client, Room, RoomMemberships, RoomState, SessionChange};
 use tokio::sync::mpsc::UnboundedReceiver;
 use tokio_util::sync::CancellationToken;
@@ -529,7 +529,8 @@ async fn on_invite(event: StrippedRoomMemberEvent, room: Room, Ctx(bot): Ctx<Arc
             bot.obeys(&event.sender).await
         } else {
             takes_dm_invite(&bot.me, &event.sender, event.content.is_direct)
-                && dm_rooms_with(&room.client(), &event.sender).await < DM_ROOMS_PER_PERSON
+                && made_by(&room, &event.sender)
+                && dm_rooms_with(&bot, &room.client(), &event.sender) < DM_ROOMS_PER_PERSON
         };
         if !accept {
             tracing::info!(room = %room_id, from = %event.sender, "declined an invite");
@@ -558,16 +559,20 @@ async fn on_invite(event: StrippedRoomMemberEvent, room: Room, Ctx(bot): Ctx<Arc
 /// More than one, for a person whose first DM broke.
 const DM_ROOMS_PER_PERSON: usize = 3;
 
-/// Rooms the bot is in with `person` and nobody else.
-async fn dm_rooms_with(client: &Client, person: &OwnedUserId) -> usize {
-    let mut count = 0;
-    for room in client.joined_rooms().into_iter().filter(|room| room.joined_members_count() <= 2) {
-        let member = room.get_member_no_sync(person).await.ok().flatten();
-        if member.is_some_and(|member| *member.membership() == MembershipState::Join) {
-            count += 1;
-        }
-    }
-    count
+/// Rooms `person` made that the bot is in, the admin room aside: counted
+/// by maker, which never changes, so leaving a DM or filling it with others
+/// does not free a place for one more.
+fn dm_rooms_with(bot: &Bot, client: &Client, person: &OwnedUserId) -> usize {
+    let admin_room = bot.admin_room();
+    let theirs = |room: &Room| made_by(room, person) && admin_room.as_deref() != Some(room.room_id());
+    client.joined_rooms().iter().filter(|room| theirs(room)).count()
+}
+
+/// Whether `person` made the room (from its creation event; unknown counts
+/// as no). The bot takes a DM invite only to a room its inviter made: any
+/// other room, however big, is not theirs to bring the bot into.
+fn made_by(room: &Room, person: &UserId) -> bool {
+    room.creators().is_some_and(|creators| creators.iter().any(|creator| creator == person))
 }
 
 /// A DM from this homeserver's people: only they have contacts to manage,
@@ -603,6 +608,11 @@ async fn on_message(event: OriginalSyncRoomMessageEvent, room: Room, Ctx(bot): C
             reply_to(&room, &reply).await;
         });
     } else {
+        // Cheap first (from the room's state, no request): a room that
+        // cannot be a DM costs no member list, however often someone writes.
+        if !private_room_of(&room, &bot.me, &sender) {
+            return;
+        }
         bot.state.background.clone().spawn(async move {
             if !is_one_to_one(&room, &bot.me, &sender).await {
                 return;
@@ -622,10 +632,21 @@ async fn on_message(event: OriginalSyncRoomMessageEvent, room: Room, Ctx(bot): C
     }
 }
 
+/// A room the sender or the bot made, that nobody joins uninvited and
+/// whose history is not open to the world: not a room someone else made,
+/// left, and let the sender into, to read the answers later.
+fn private_room_of(room: &Room, me: &OwnedUserId, sender: &OwnedUserId) -> bool {
+    use matrix_sdk::ruma::events::room::history_visibility::HistoryVisibility;
+    use matrix_sdk::ruma::events::room::join_rules::JoinRule;
+    matches!(room.join_rule(), Some(JoinRule::Invite))
+        && room.history_visibility().is_some_and(|seen| seen != HistoryVisibility::WorldReadable)
+        && (made_by(room, sender) || made_by(room, me))
+}
+
 /// Personal commands are answered only where nobody else can read the
-/// answer: the room's members, joined or invited, are exactly the sender
-/// and the bot (the member list is fetched when lazy loading left it
-/// incomplete; when it cannot be had, no answer).
+/// answer: a [`private_room_of`] the sender whose members, joined or
+/// invited, are exactly the sender and the bot (the member list is fetched
+/// when lazy loading left it incomplete; when it cannot be had, no answer).
 async fn is_one_to_one(room: &Room, me: &OwnedUserId, sender: &OwnedUserId) -> bool {
     match room.members(RoomMemberships::ACTIVE).await {
         Ok(members) => {

@@ -273,8 +273,10 @@ impl Context {
     }
 
     /// A client with a working admin token (recovered or configured). When
-    /// every token is rejected as unknown, the configured one is used anyway
-    /// so the caller reports what Synapse says (check: a suspected reset).
+    /// every token is rejected as unknown, the one that worked last is used
+    /// anyway (the recovered one, after a first wipe), so the caller reports
+    /// what Synapse says (check: a suspected reset); the configured one only
+    /// when there is no other.
     /// `synapse_failed` words a failure of Synapse itself as the command's.
     pub(crate) async fn admin_client<E: std::fmt::Display>(
         &self,
@@ -284,6 +286,7 @@ impl Context {
     ) -> Result<SynapseClient, Failure> {
         match admin_access(config, registry).await {
             Ok(AdminAccess::Working { client, .. }) => Ok(client),
+            Ok(AdminAccess::Dead { client }) if client.token_fingerprint().is_some() => Ok(client),
             Ok(AdminAccess::Dead { client }) => Ok(client.with_token(config.require_admin_token()?.clone())),
             Err(RecoverError::Synapse(err)) => Err(Failure::failed(synapse_failed(err))),
             Err(err) => Err(Failure::failed(err)),

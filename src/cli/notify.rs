@@ -118,6 +118,7 @@ pub async fn run(context: &Context, args: Args) -> Outcome {
         retry_failed: args.retry_failed,
         progress: &bar,
         devices: &devices,
+        mailer: None,
     };
     let outcome = run_campaign(&config, &registry, &incident, email, options).await;
     devices.close().await;

@@ -480,7 +480,10 @@ impl RawConfig {
         let url = ctx.http_url("homeserver.url", &url)?;
         let server_name = hs.server_name.ok_or_else(|| ctx.missing("homeserver", "server_name", "\"example.org\""))?;
         let server_name = server_name.trim().to_owned();
-        if server_name.is_empty() || server_name.contains(['/', ' ', '@']) {
+        // It must also make a user ID (lifeboat's own is `@lifeboat:` it):
+        // no other whitespace, not too long.
+        let as_user_id = crate::user_id::UserId::parse(&format!("@lifeboat:{server_name}"));
+        if server_name.is_empty() || server_name.contains(['/', '@']) || as_user_id.is_err() {
             return Err(ctx.invalid(
                 "homeserver.server_name",
                 format!("`{server_name}` is not a server name like \"example.org\""),
@@ -655,7 +658,7 @@ mod lenient {
     /// the setting's own type, so a number out of range (`page_size = -5`)
     /// is named as such rather than as a failed serde variant.
     #[derive(Deserialize)]
-    #[serde(untagged)]
+    #[serde(untagged, expecting = "a number, true or false, or their text")]
     enum Scalar {
         Bool(bool),
         Integer(i64),
@@ -695,7 +698,7 @@ mod lenient {
     }
 
     #[derive(Deserialize)]
-    #[serde(untagged)]
+    #[serde(untagged, expecting = "a list of strings, or one comma-separated string")]
     enum ListOrText {
         List(Vec<String>),
         Text(String),

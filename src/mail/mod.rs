@@ -87,12 +87,17 @@ pub enum MailError {
     /// retrying, but not soon.
     #[error("{0}")]
     Uncertain(String),
+    /// The server refuses every message for now (its sending quota or
+    /// limit is spent), in a 5xx: each would fail alike, so the run stops
+    /// and what is left waits.
+    #[error("{0}")]
+    Refusing(String),
 }
 
 impl MailError {
     /// Worth trying again later (`Uncertain` included).
     pub fn is_transient(&self) -> bool {
-        matches!(self, MailError::Transient(_) | MailError::Uncertain(_))
+        matches!(self, MailError::Transient(_) | MailError::Uncertain(_) | MailError::Refusing(_))
     }
 }
 
@@ -473,6 +478,11 @@ impl Mailer {
                     "the mail server at {endpoint} refused the sender ({reply}); check email.from: the server must \
                      accept it as a sender address (and for the user lifeboat logs in as)"
                 ))
+            } else if is_quota_refusal(err) {
+                MailError::Refusing(format!(
+                    "the mail server at {endpoint} takes no more mail for now ({reply}): the rest waits for a later \
+                     run; check the relay's sending limits"
+                ))
             } else {
                 MailError::Permanent(format!(
                     "the mail server at {endpoint} rejected {what} ({reply}); retrying will not help, the reply says \
@@ -657,6 +667,15 @@ fn is_sender_refusal(err: &lettre::transport::smtp::Error) -> bool {
         || (!words.contains("recipient") && ABOUT_THE_SENDER.iter().any(|phrase| words.contains(phrase)))
 }
 
+/// A 5xx about the sender's allowance, not the message: the enhanced code
+/// Gmail gives a spent daily quota (5.4.5), or a reply about a sending
+/// quota or limit. Not a recipient's full mailbox (5.2.2, "over quota").
+fn is_quota_refusal(err: &lettre::transport::smtp::Error) -> bool {
+    let text = err.source().map(ToString::to_string).unwrap_or_default().to_ascii_lowercase();
+    let about_sending = text.contains("sending") && (text.contains("quota") || text.contains("limit"));
+    !text.starts_with("5.2.") && !text.contains("mailbox") && (text.starts_with("5.4.5") || about_sending)
+}
+
 /// The server allows no more connections now: 421 (RFC 5321 3.8), or a
 /// refused TCP connection.
 fn is_crowded(failure: &Failure) -> bool {
@@ -685,6 +704,7 @@ fn scrub(error: MailError, password: &str) -> MailError {
         MailError::Permanent(text) => MailError::Permanent(clean(text)),
         MailError::Config(text) => MailError::Config(clean(text)),
         MailError::Uncertain(text) => MailError::Uncertain(clean(text)),
+        MailError::Refusing(text) => MailError::Refusing(clean(text)),
     }
 }
 
@@ -1004,6 +1024,18 @@ mod tests {
                 "{err:?}"
             );
         }
+    }
+
+    #[tokio::test]
+    async fn a_spent_sending_quota_stops_the_run_and_a_full_mailbox_fails_only_its_recipient() {
+        let quota = send_through(|verb, _| {
+            (verb == "MAIL").then_some("550 5.4.5 Daily user sending limit exceeded. For more information, visit …")
+        });
+        let err = quota.await.unwrap_err();
+        assert!(matches!(err, MailError::Refusing(ref m) if m.contains("sending limit")), "{err:?}");
+        let full = send_through(|verb, _| (verb == "RCPT").then_some("552 5.2.2 Mailbox full: over quota"));
+        let err = full.await.unwrap_err();
+        assert!(matches!(err, MailError::Permanent(_)), "{err:?}");
     }
 
     #[tokio::test]

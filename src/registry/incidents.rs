@@ -292,16 +292,48 @@ impl Registry {
         .await?)
     }
 
-    /// How many tokens were issued on request to `user_id` for an incident
-    /// (the per-person limit counts these).
-    pub async fn request_tokens_issued(&self, incident_id: i64, user_id: &UserId) -> Result<i64> {
-        Ok(sqlx::query_scalar(
-            "SELECT COUNT(*) FROM registration_tokens WHERE incident_id = $1 AND user_id = $2 AND purpose = 'request'",
+    /// Records a token `user_id` asked for (as [`Registry::record_token`]),
+    /// unless they were issued `limit` already; `None` then. Counted and
+    /// recorded under one write lock: links opened at once cannot pass the
+    /// limit together. A token withdrawn before it was ever confirmed
+    /// (Synapse did not make it) was never theirs and does not count.
+    pub async fn record_request_token(
+        &self,
+        incident_id: i64,
+        user_id: &UserId,
+        token: &str,
+        expires_at: i64,
+        limit: i64,
+    ) -> Result<Option<i64>> {
+        let mut tx = self.begin_write().await?;
+        if self.is_postgres() {
+            // SQLite's BEGIN IMMEDIATE already lets one writer in at a time.
+            sqlx::query("LOCK TABLE registration_tokens IN SHARE ROW EXCLUSIVE MODE").execute(&mut *tx).await?;
+        }
+        let issued: i64 = sqlx::query_scalar(
+            "SELECT COUNT(*) FROM registration_tokens WHERE incident_id = $1 AND user_id = $2 \
+             AND purpose = 'request' AND NOT (revoked_at IS NOT NULL AND confirmed_at IS NULL)",
         )
         .bind(incident_id)
         .bind(user_id)
-        .fetch_one(&self.pool)
-        .await?)
+        .fetch_one(&mut *tx)
+        .await?;
+        if issued >= limit {
+            return Ok(None);
+        }
+        let id = sqlx::query_scalar(
+            "INSERT INTO registration_tokens (token, incident_id, user_id, purpose, created_at, expires_at) \
+             VALUES ($1, $2, $3, 'request', $4, $5) RETURNING id",
+        )
+        .bind(token)
+        .bind(incident_id)
+        .bind(user_id)
+        .bind(now_ms())
+        .bind(expires_at)
+        .fetch_one(&mut *tx)
+        .await?;
+        tx.commit().await?;
+        Ok(Some(id))
     }
 
     /// Is incident `id` open, and does it affect `user_id`?

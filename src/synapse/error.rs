@@ -10,6 +10,13 @@ pub enum Error {
         "Synapse rejected the admin token ({errcode}): the token is unknown or expired; if Synapse's database was lost this is expected, otherwise put a current admin token in homeserver.admin_token"
     )]
     Unauthorized { errcode: String },
+    /// 401 with `soft_logout`: Synapse knows the token, and it expired (a
+    /// session with refresh tokens, or one a provider hands out). Not a
+    /// wipe: a wiped Synapse knows no token at all.
+    #[error(
+        "Synapse says the admin token expired ({errcode}, soft logout): lifeboat needs one that does not expire; put an admin's access token from a login without refresh tokens in homeserver.admin_token"
+    )]
+    Expired { errcode: String },
     /// 403: the token works but its account is not a server admin.
     #[error(
         "Synapse refused the request ({errcode}: {message}): the token in homeserver.admin_token must belong to a server admin"
@@ -55,7 +62,7 @@ impl Error {
 
     /// 401 or 403: the token will not do, for this request or the next.
     pub fn is_refusal(&self) -> bool {
-        matches!(self, Error::Unauthorized { .. } | Error::Forbidden { .. })
+        matches!(self, Error::Unauthorized { .. } | Error::Expired { .. } | Error::Forbidden { .. })
     }
 
     /// The token itself is dead (as after a wipe), not merely lacking rights.

@@ -266,6 +266,7 @@ impl SynapseClient {
             .map(Duration::from_secs);
         let body: types::MatrixError = response.json().await.unwrap_or_default();
         match status {
+            StatusCode::UNAUTHORIZED if body.soft_logout => Error::Expired { errcode: body.errcode },
             StatusCode::UNAUTHORIZED => {
                 Error::Unauthorized { errcode: if body.errcode.is_empty() { "401".to_owned() } else { body.errcode } }
             }
@@ -479,7 +480,7 @@ impl UserPages<'_> {
                 return Err(Error::BadResponse {
                     url: self.client.base.to_string(),
                     detail: format!(
-                        "it lists {}, which is not an account of homeserver.server_name = {server_name}; check that homeserver.url points at that server",
+                        "it lists {}, which is not an account of homeserver.server_name = {server_name}; check homeserver.server_name (the part after ':' in this server's user IDs) and that homeserver.url points at that server",
                         stranger.user_id
                     ),
                 });

@@ -87,6 +87,9 @@ pub struct MatrixError {
     #[serde(default)]
     pub error: String,
     pub retry_after_ms: Option<u64>,
+    /// On a 401: the token expired, and Synapse still knows it.
+    #[serde(default)]
+    pub soft_logout: bool,
 }
 
 #[derive(Deserialize)]

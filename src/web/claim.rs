@@ -13,7 +13,7 @@ use secrecy::SecretString;
 use serde::Deserialize;
 
 use super::WebState;
-use super::pages::{self, Chrome, LinkQuery, Message, PublicForm, WebError};
+use super::pages::{self, CheckedForm, Chrome, LinkQuery, Message, WebError};
 use crate::holds::{
     ClaimCheck, HandOverError, MIN_PASSWORD_CHARS, check_claim, claim_held, one_hand_over, password_problem,
 };
@@ -139,7 +139,11 @@ pub async fn page(
     }
 }
 
-pub async fn claim(State(state): State<WebState>, PublicForm(mut form, key): PublicForm<ClaimPost>) -> Response {
+/// Not limited per client IP as the open forms are: the signed link is the
+/// gate, and its tries are counted per account below. Someone who spent an
+/// IP's budget (a flood, or a neighbour behind the same NAT) cannot keep
+/// an owner from their ID.
+pub async fn claim(State(state): State<WebState>, CheckedForm(mut form, key): CheckedForm<ClaimPost>) -> Response {
     let Some((link, sig)) = form.link() else { return dead(&state) };
     let account = match check_claim(&state.registry, &key, &link, &sig).await {
         Ok(ClaimCheck::Usable(account)) => account,

@@ -136,8 +136,7 @@ pub fn client_ip(peer: Option<ConnectInfo<SocketAddr>>, headers: &HeaderMap, tru
 
 /// Fixed-window counters in memory, per client IP and per target (the
 /// account or address a form names). Memory is bounded: expired windows are
-/// swept when the map grows, and past [`MAX_KEYS`] new keys share one
-/// counter.
+/// swept when the map grows, and past [`MAX_KEYS`] every count starts over.
 pub struct RateLimiter {
     per_ip: u32,
     per_target: u32,
@@ -154,10 +153,11 @@ struct Counters {
 /// (a sweep reads every key).
 const SWEEP_AT: usize = 10_000;
 /// Keys kept at most (about 10 MB). Someone with more addresses than this
-/// (an IPv6 /48 holds 65,536 /64s) fills the map; new clients past it
-/// count together, limited as one, until windows expire.
+/// (an IPv6 /48 holds 65,536 /64s) can fill the map; then every count
+/// starts over. Counting newcomers together instead would let that one
+/// client shut everyone else out; starting over only gives someone who
+/// already has 100,000 budgets a few more.
 const MAX_KEYS: usize = 100_000;
-const OVERFLOW_KEY: &str = "overflow";
 
 /// Who a client address counts as: an IPv6 host may use any address of
 /// its /64, so the /64 is one client (an IPv4-mapped address is IPv4).
@@ -195,7 +195,13 @@ impl RateLimiter {
             windows.retain(|_, (start, _)| now.duration_since(*start) < self.window);
             *swept_at = now;
         }
-        let key = if windows.len() >= MAX_KEYS && !windows.contains_key(&key) { OVERFLOW_KEY.to_owned() } else { key };
+        if windows.len() >= MAX_KEYS && !windows.contains_key(&key) {
+            tracing::warn!(
+                clients = windows.len(),
+                "the web rate limiter is full (a flood from many addresses?): counts start over"
+            );
+            windows.clear();
+        }
         let entry = windows.entry(key).or_insert((now, 0));
         if now.duration_since(entry.0) >= self.window {
             *entry = (now, 0);
@@ -244,15 +250,18 @@ mod tests {
     }
 
     #[test]
-    fn a_flood_of_new_clients_fills_the_limiter_only_so_far_and_then_counts_as_one() {
+    fn a_flood_of_new_clients_fills_the_limiter_only_so_far_and_shuts_no_newcomer_out() {
         let limiter = RateLimiter::new(2, 2, Duration::from_secs(60));
         for n in 0..(MAX_KEYS as u32 + 5_000) {
-            limiter.allow_ip(Some(IpAddr::V4(n.into())));
+            for _ in 0..3 {
+                limiter.allow_ip(Some(IpAddr::V4(n.into())));
+            }
         }
         let kept = limiter.counters.lock().unwrap().windows.len();
-        assert!(kept <= MAX_KEYS + 1, "{kept} keys kept");
+        assert!(kept <= MAX_KEYS, "{kept} keys kept");
         let newcomer = Some("198.51.100.77".parse().unwrap());
-        assert!(!limiter.allow_ip(newcomer), "a new client past the cap shares the flood's spent counter");
+        assert!(limiter.allow_ip(newcomer), "a new client past the cap still gets its own budget");
+        assert!(limiter.allow_ip(newcomer) && !limiter.allow_ip(newcomer), "and it is still limited");
     }
 
     #[test]

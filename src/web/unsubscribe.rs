@@ -24,15 +24,16 @@ pub struct UnsubscribeLink {
 
 impl UnsubscribeLink {
     /// The link key and the contact (id, address) the link names, its
-    /// signature right for both; else the page to answer with (a contact no
-    /// longer there, removed, is sent nothing anyway).
+    /// signature right for both; else the page to answer with. A contact no
+    /// longer there gets the same page as a wrong signature: which ids exist
+    /// is not for a stranger to count (and a removed one is sent nothing).
     async fn contact<'s>(&self, state: &'s WebState) -> Result<(&'s SecretString, i64, String), Response> {
         let failed = |err| WebError::from(err).page(state);
         let key = state.key().await.map_err(failed)?;
         let id = self.contact.as_deref().and_then(|id| id.parse::<i64>().ok());
         let (Some(id), Some(sig)) = (id, self.sig.as_deref()) else { return Err(bad_link(state)) };
         match state.registry.contact_address(id).await.map_err(failed)? {
-            None => Err(unsubscribed(state, false)),
+            None => Err(bad_link(state)),
             Some(address) if crate::links::verify_unsubscribe(key, id, &address, sig) => Ok((key, id, address)),
             Some(_) => Err(bad_link(state)),
         }
@@ -106,7 +107,8 @@ fn bad_link(state: &WebState) -> Response {
     Message::new(
         state,
         "This unsubscribe link does not work",
-        &["The link is incomplete or was changed. Use the link from the email as it is, or contact the admin."],
+        &["The link is incomplete or was changed, or the address it was for is no longer on our list (then \
+             nothing more is sent to it). Use the link from the email as it is, or contact the admin."],
     )
     .page(StatusCode::BAD_REQUEST)
 }

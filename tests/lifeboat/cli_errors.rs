@@ -78,6 +78,18 @@ async fn values_that_cannot_work_are_refused_with_their_minimum() {
     let in_the_file = Lifeboat::with_config(&format!("{MINIMAL}[sync]\npage_size = -5\n"));
     let line = in_the_file.run(&["config", "check"]).await.stderr;
     assert!(line.contains("`-5` is out of range") && !line.contains("untagged"), "{line}");
+    for wrong_type in ["[sync]\npage_size = [1]\n", "[web]\ntrusted_proxies = [1]\n"] {
+        let run = Lifeboat::with_config(&format!("{MINIMAL}{wrong_type}")).run(&["config", "check"]).await;
+        assert!(run.code == 2 && !run.stderr.contains("untagged"), "{wrong_type}: {run:?}");
+    }
+    // A server name pasted with a non-breaking space makes no user ID: said
+    // here, not as a panic in the first command that needs lifeboat's own ID.
+    for command in [&["config", "check"][..], &["check"]] {
+        let pasted = Lifeboat::with_config(&MINIMAL.replace("example.org", "example\u{00A0}.org"));
+        let run = pasted.run(command).await;
+        assert_eq!(run.code, 2, "{command:?}: {run:?}");
+        assert!(one_sentence(&run.stderr).contains("homeserver.server_name"), "{}", run.stderr);
+    }
     // A secret written as a number is refused without being shown.
     let numeric = Lifeboat::with_config(&MINIMAL.replace("admin_token = \"tok\"", "admin_token = 12345678"));
     let run = numeric.run(&["config", "check"]).await;

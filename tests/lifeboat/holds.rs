@@ -192,6 +192,19 @@ async fn after_a_wipe_lost_ids_are_held_no_token_takes_one_and_each_owner_claims
     assert!(a_notice.contains("is kept for you"), "{a_notice}");
     let link = word_with(&a_notice, "/claim?");
     let http = reqwest::Client::builder().no_proxy().build().unwrap();
+    // A's network has spent its budget on the open forms (a flood, or
+    // neighbours behind one NAT): the claim link, its own gate, still works.
+    let token_page = format!("{}/token", rig.web);
+    let (token_cookie, token_csrf) = form_csrf(&http, &token_page).await;
+    let mut refused = false;
+    for _ in 0..30 {
+        let junk = format!("csrf={token_csrf}&who=x");
+        refused = post_form(&http, &token_page, Some(&token_cookie), &junk).await.0 == 429;
+        if refused {
+            break;
+        }
+    }
+    assert!(refused, "the token form stops this IP after its budget");
     let (cookie, csrf) = form_csrf(&http, &link).await;
     let query = link.split_once('?').unwrap().1;
     let password = "sea shanty lighthouse";

@@ -275,6 +275,60 @@ async fn the_admin_token_never_appears_in_output_or_logs() {
     }
 }
 
+/// After a first wipe lifeboat works with the token it recovered; a second
+/// wipe kills that one too, and is still read as a reset (with the old
+/// configured token there or removed), not as "could not tell".
+#[tokio::test]
+async fn a_second_wipe_after_a_recovery_is_still_a_suspected_reset() {
+    use sha2::Digest;
+    let registry = TestDatabase::sqlite();
+    let server = wiped_mock_synapse().await;
+    let lifeboat = registry_with_six_accounts(&registry, &server).await;
+    let recovered = "syt_recovered_after_the_first_wipe";
+    let client = lifeboat::registry::Registry::connect(&registry.url()).await.unwrap();
+    let own = lifeboat::user_id::UserId::parse("@lifeboat:mock.test").unwrap();
+    let actor = lifeboat::registry::Actor::cli();
+    client.store_service_credential(&own, recovered, None, &actor).await.unwrap();
+    let fingerprint = hex::encode(sha2::Sha256::digest(recovered.as_bytes()));
+    client.set_setting(lifeboat::check::WORKING_TOKEN_SETTING, &fingerprint).await.unwrap();
+    client.close().await;
+
+    let check = lifeboat.run(&["check", "--json"]).await;
+    assert_eq!(check.code, 3, "the recovered token, now unknown: {check:?}");
+    assert_eq!(check.json()["verdict"], "suspected_reset");
+    let without_configured = format!(
+        "[homeserver]\nurl = \"{}\"\nserver_name = \"mock.test\"\nretries = 1\ntimeout = \"1s\"\n\
+         [registry]\nurl = \"{}\"\n[sync]\npage_size = 2\n",
+        server.uri(),
+        registry.url()
+    );
+    lifeboat.write_config(&without_configured);
+    let check = lifeboat.run(&["check", "--json"]).await;
+    assert_eq!(check.code, 3, "with admin_token removed after the recovery, as the README allows: {check:?}");
+}
+
+/// A token that expired (401 with `soft_logout`, as under refresh tokens or
+/// a login provider) is one Synapse still knows: no wipe, nobody missing.
+#[tokio::test]
+async fn an_expired_admin_token_is_not_read_as_a_reset() {
+    let registry = TestDatabase::sqlite();
+    let server = MockServer::start().await;
+    Mock::given(method("GET"))
+        .and(path("/_synapse/admin/v1/server_version"))
+        .respond_with(ResponseTemplate::new(200).set_body_json(json!({"server_version": "mock"})))
+        .mount(&server)
+        .await;
+    let expired = json!({"errcode": "M_UNKNOWN_TOKEN", "error": "Access token has expired", "soft_logout": true});
+    Mock::given(method("GET")).respond_with(ResponseTemplate::new(401).set_body_json(expired)).mount(&server).await;
+    let lifeboat = registry_with_six_accounts(&registry, &server).await;
+
+    let check = lifeboat.run(&["check"]).await;
+    assert_eq!(check.code, 1, "{check:?}");
+    assert!(check.stderr.contains("expired") && check.stderr.contains("homeserver.admin_token"), "{check:?}");
+    assert_eq!(lifeboat.run(&["sync"]).await.code, 1);
+    assert_nobody_missing(&lifeboat).await;
+}
+
 /// A Synapse that answers but knows no token: what a wipe looks like.
 async fn wiped_mock_synapse() -> MockServer {
     let server = MockServer::start().await;

@@ -305,6 +305,30 @@ async fn notices_refused_for_good_are_sent_again_only_with_retry_failed() {
     }
 }
 
+/// A relay whose daily allowance is spent refuses every message in a 5xx:
+/// that is no reason to fail everyone for good.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_relay_out_of_its_sending_quota_leaves_the_notices_waiting_not_failed() {
+    let synapse = TestSynapse::start();
+    let registry = TestDatabase::sqlite();
+    let smtp = TestSmtp::start(None);
+    let lifeboat = lifeboat_with_mail(&synapse, &registry, &smtp);
+    let (id, names) = incident_after_wipe(&synapse, &lifeboat, 4).await;
+
+    smtp.spend_quota();
+    let stopped = lifeboat.run(&["notify", &id, "--yes"]).await;
+    assert_eq!(stopped.code, 1, "{stopped:?}");
+    assert!(stopped.stderr.contains("takes no more mail for now"), "{stopped:?}");
+    let listed = lifeboat.run(&["incident", "show", &id, "--json"]).await.json();
+    assert_eq!(listed["deliveries"]["failed"], 0, "none failed for good: {listed}");
+    smtp.heal();
+    let rerun = lifeboat.run(&["notify", &id, "--yes"]).await;
+    assert_eq!(rerun.code, 0, "a plain rerun sends them: {rerun:?}");
+    for name in &names[..3] {
+        assert_eq!(smtp.messages_to(&format!("{name}@example.org")).len(), 1, "{name}");
+    }
+}
+
 #[tokio::test(flavor = "multi_thread")]
 async fn a_notify_killed_mid_send_and_rerun_reaches_everyone_repeating_at_most_the_in_flight() {
     let synapse = TestSynapse::start();
@@ -586,6 +610,29 @@ async fn people_whose_account_survived_get_a_dm_even_when_synapse_rate_limits() 
     let again = lifeboat.run(&["notify", &id, "--yes"]).await;
     assert_eq!(again.code, 0, "{again:?}");
     assert_eq!(dm_bodies(&synapse, &synapse.user_id(&people[1])).await.len(), 1, "a rerun sends no second DM");
+
+    // Cat read the notice and left the room. The next incident's notice is
+    // not sent where nobody reads it: Cat is invited back to it.
+    let cat = synapse.user_id(&people[2]);
+    assert_eq!(dm_bodies(&synapse, &cat).await.len(), 1);
+    leave_every_room(&synapse, &cat).await;
+    let args = ["incident", "open", "--title", "Media lost", "--postmortem", "postmortem.md", "--affected", "all"];
+    let second = lifeboat.run(&[&args[..], &["--force", "--json"]].concat()).await;
+    let second_id = second.json()["id"].to_string();
+    let notify = lifeboat.run(&["notify", &second_id, "--yes"]).await;
+    assert_eq!(notify.code, 0, "{notify:?}");
+    let bodies = dm_bodies(&synapse, &cat).await;
+    assert!(bodies.len() == 2 && bodies.iter().any(|body| body.contains("Media lost")), "{bodies:?}");
+}
+
+async fn leave_every_room(synapse: &TestSynapse, user_id: &str) {
+    use matrix_sdk::config::SyncSettings;
+    let client = matrix_sdk::Client::builder().homeserver_url(&synapse.url).build().await.unwrap();
+    client.matrix_auth().login_username(user_id, "correct horse battery").await.unwrap();
+    client.sync_once(SyncSettings::default()).await.unwrap();
+    for room in client.joined_rooms() {
+        room.leave().await.unwrap();
+    }
 }
 
 #[tokio::test(flavor = "multi_thread")]
@@ -733,6 +780,7 @@ async fn a_notify_that_read_its_incident_before_it_was_resolved_makes_and_sends_
         retry_failed: false,
         progress: &Quiet,
         devices: &devices,
+        mailer: None,
     };
     let outcome = run_campaign(&config, &store, &read_before, config.email.as_ref().unwrap(), options).await;
     assert!(matches!(outcome, Err(CampaignError::Resolved(_))), "{outcome:?}");

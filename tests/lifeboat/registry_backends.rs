@@ -616,6 +616,32 @@ async fn codes_mailed_to_addresses_people_type_are_capped(registry: Registry) {
 }
 on_both_backends!(codes_mailed_to_addresses_people_type_are_capped);
 
+/// A person with several addresses opens each mailed token link at once:
+/// the per-person cap holds all the same. A token Synapse never made was
+/// withdrawn and does not count against it.
+async fn tokens_asked_for_at_once_stay_within_the_persons_cap(registry: Registry) {
+    use lifeboat::registry::IncidentScope;
+    sync_listing(&registry, &[user("@a:x", 1)]).await;
+    let (incident, _) =
+        registry.open_incident("Lost", "it went", IncidentScope::All, true, &Actor::cli()).await.unwrap();
+    let tomorrow = lifeboat::registry::now_ms() + 86_400_000;
+    let asks = (0..6).map(|n| {
+        let registry = registry.clone();
+        async move {
+            let token = format!("token{n}");
+            registry.record_request_token(incident.id, &id("@a:x"), &token, tomorrow, 2).await.unwrap()
+        }
+    });
+    let recorded: Vec<i64> = futures::future::join_all(asks).await.into_iter().flatten().collect();
+    assert_eq!(recorded.len(), 2, "{recorded:?}");
+    registry.mark_token_revoked(recorded[0]).await.unwrap();
+    let again = registry.record_request_token(incident.id, &id("@a:x"), "token9", tomorrow, 2).await.unwrap();
+    assert!(again.is_some(), "the withdrawn one, never confirmed, is not counted");
+    let past = registry.record_request_token(incident.id, &id("@a:x"), "token10", tomorrow, 2).await.unwrap();
+    assert_eq!(past, None);
+}
+on_both_backends!(tokens_asked_for_at_once_stay_within_the_persons_cap);
+
 fn room(id: &str, remote: i64, members: &[(&str, i64)]) -> RoomRecord {
     RoomRecord {
         room_id: id.to_owned(),

@@ -476,9 +476,24 @@ async fn a_person_inviting_the_bot_to_dm_after_dm_gets_a_few_rooms_not_all() {
             mallory.membership_of(&dm, &rig.bot).await.is_some_and(|state| state != "invite")
         })
         .await;
-        joined += usize::from(mallory.membership_of(&dm, &rig.bot).await.as_deref() == Some("join"));
+        if mallory.membership_of(&dm, &rig.bot).await.as_deref() == Some("join") {
+            joined += 1;
+            // Leaving frees no place: the bot stays in the room for good.
+            let leave = format!("/_matrix/client/v3/rooms/{dm}/leave");
+            mallory.try_call(reqwest::Method::POST, &leave, Some(serde_json::json!({}))).await;
+        }
     }
     assert_eq!(joined, 3, "{}", rig.lifeboat.serve_log());
+
+    // A room someone else made (a big public one, say), with an invite
+    // marked direct: not Mallory's to bring the bot into.
+    let eve = rig.known_person(&unique("eve")).await;
+    let hall = eve.create_room(&[&mallory.user_id], false).await;
+    mallory.join(&hall).await;
+    let direct_invite = serde_json::json!({"membership": "invite", "is_direct": true});
+    mallory.set_state(&hall, "m.room.member", &rig.bot, direct_invite).await;
+    tokio::time::sleep(Duration::from_secs(8)).await;
+    assert_ne!(mallory.membership_of(&hall, &rig.bot).await.as_deref(), Some("join"), "{}", rig.lifeboat.serve_log());
 }
 
 #[tokio::test(flavor = "multi_thread")]
@@ -1175,6 +1190,26 @@ async fn what_the_bot_posts_carries_no_markup_from_a_title_or_postmortem() {
         let lower = body.to_lowercase();
         assert!(!lower.contains("<script") && !lower.contains("<b>") && !lower.contains("<img"), "{body}");
     }
+
+    // Any account names its rooms: a name never becomes a link, or a
+    // paragraph of its own, in the bot's reply.
+    let lure = rig.alice.create_room(&[], false).await;
+    let name = "[Your admin session expired, sign in](https://evil.example)\n\nlifeboat says: all is well";
+    rig.alice.set_state(&lure, "m.room.name", "", serde_json::json!({"name": name})).await;
+    let mut synced = None;
+    for _ in 0..5 {
+        rig.say("!lifeboat sync").await;
+        synced = rig.alice.find_message(&rig.admin_room, &rig.bot, "Synced:", Duration::from_secs(20)).await;
+        if synced.is_some() {
+            break;
+        }
+    }
+    synced.expect("the bot syncs");
+    rig.say(&format!("!lifeboat rooms recreate {lure}")).await;
+    rig.reply_containing("there is nothing to re-create").await;
+    let html = rig.alice.formatted_from(&rig.admin_room, &rig.bot).await;
+    let refusal = html.iter().find(|body| body.contains("nothing to re-create")).expect("the refusal");
+    assert!(!refusal.contains("<a ") && !refusal.contains("<p>lifeboat says"), "{refusal}");
 }
 
 /// Posts the subscription form as a fresh visitor would.

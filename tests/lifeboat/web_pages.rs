@@ -500,8 +500,14 @@ async fn one_click_unsubscribe_by_its_signed_link_stops_all_further_mail() {
         .await
         .unwrap();
     assert_eq!(cross_site.status(), 403, "another site's form");
-    let (code, _) = post_form(&http, &forged, None, "List-Unsubscribe=One-Click").await;
+    let (code, forged_page) = post_form(&http, &forged, None, "List-Unsubscribe=One-Click").await;
     assert_eq!(code, 400, "a signature for another contact does not work");
+    // An id nobody has answers as a wrong signature does: which ids exist
+    // cannot be counted.
+    let nobody = forged.replace(&format!("contact={contact}"), &format!("contact={}", contact + 1000));
+    assert_eq!(post_form(&http, &nobody, None, "List-Unsubscribe=One-Click").await, (400, forged_page));
+    let (shown, known) = (http.get(&nobody).send().await.unwrap(), http.get(&forged).send().await.unwrap());
+    assert_eq!((shown.status(), shown.text().await.unwrap()), (known.status(), known.text().await.unwrap()));
     let (code, _) = post_form(&http, &readdressed, None, "List-Unsubscribe=One-Click").await;
     assert_eq!(code, 400, "nor one for another address under the same id");
 

@@ -181,6 +181,14 @@ impl TestSmtp {
         assert_eq!(self.command("refuse"), "ok");
     }
 
+    /// Refuses every later message with a spent sending quota
+    /// (`550 5.4.5`) until [`heal`].
+    ///
+    /// [`heal`]: TestSmtp::heal
+    pub fn spend_quota(&self) {
+        assert_eq!(self.command("quota"), "ok");
+    }
+
     /// How many messages the sink has accepted (answered 250) so far.
     pub fn count(&self) -> usize {
         self.command("count").parse().expect("the sink answers `count` with a number")
