@@ -137,12 +137,18 @@ pub async fn snapshot_lines(
 
 /// Writes a consistent snapshot to `out` (atomically: a temporary file, mode
 /// 0600 as it holds secrets, renamed into place), records when, counts rows.
-pub async fn backup(registry: &Registry, out: &Path, actor: &Actor) -> Result<u64, BackupError> {
+/// The header names the homeserver (`server_name`) the registry is of.
+pub async fn backup(registry: &Registry, out: &Path, server_name: &str, actor: &Actor) -> Result<u64, BackupError> {
     let io = |err: std::io::Error| BackupError::Failed(format!("cannot write {}: {err}", out.display()));
     // Beside `out`: a rename does not cross file systems.
     let dir = out.parent().filter(|dir| !dir.as_os_str().is_empty()).unwrap_or(Path::new("."));
     let mut writer = BufWriter::new(tempfile::NamedTempFile::new_in(dir).map_err(io)?);
-    let header = json!({"lifeboat_backup": FORMAT_VERSION, "created_at": now_ms(), "tables": TABLES.len()});
+    let header = json!({
+        "lifeboat_backup": FORMAT_VERSION,
+        "created_at": now_ms(),
+        "tables": TABLES.len(),
+        "server_name": server_name,
+    });
     writeln!(writer, "{header}").map_err(io)?;
     let rows = snapshot_lines(registry, |line| writeln!(writer, "{line}").map_err(io)).await?;
     writeln!(writer, "{}", json!({"end": true, "rows": rows})).map_err(io)?;
@@ -155,8 +161,15 @@ pub async fn backup(registry: &Registry, out: &Path, actor: &Actor) -> Result<u6
 }
 
 /// Loads a backup into the registry in one transaction. Refuses a registry
-/// that holds accounts or history unless `replace` (which empties it first).
-pub async fn restore(registry: &Registry, file: &Path, replace: bool, actor: &Actor) -> Result<u64, BackupError> {
+/// that holds accounts or history unless `replace` (which empties it first),
+/// and a backup of another homeserver's registry than `server_name`'s.
+pub async fn restore(
+    registry: &Registry,
+    file: &Path,
+    replace: bool,
+    server_name: &str,
+    actor: &Actor,
+) -> Result<u64, BackupError> {
     let unreadable = |err| BackupError::Failed(format!("cannot read {}: {err}", file.display()));
     let mut lines = std::io::BufReader::new(std::fs::File::open(file).map_err(unreadable)?).lines();
     let invalid = |what: &str| BackupError::Failed(format!("{} is not a lifeboat backup: {what}", file.display()));
@@ -167,6 +180,17 @@ pub async fn restore(registry: &Registry, file: &Path, replace: bool, actor: &Ac
         .ok_or_else(|| invalid("no header line"))?;
     if header["lifeboat_backup"] != FORMAT_VERSION {
         return Err(invalid(&format!("format {} is not {FORMAT_VERSION}", header["lifeboat_backup"])));
+    }
+    // Another server's accounts would all read as lost here, and be held
+    // and notified as this server's. (Backups before 0.x name no server.)
+    if let Some(theirs) = header["server_name"].as_str()
+        && theirs != server_name
+    {
+        return Err(BackupError::Failed(format!(
+            "{} is a backup of {theirs}'s registry, and this lifeboat is for {server_name} \
+             (homeserver.server_name): restore it into the lifeboat of {theirs}",
+            file.display()
+        )));
     }
 
     let mut tx = registry.begin_write().await?;

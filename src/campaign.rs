@@ -365,6 +365,7 @@ async fn send_under_lease(
     // would otherwise carry a token that is dead or about to be.
     report.tokens_extended = extend_unsent_tokens(registry, &client, incident.id, config.tokens.expiry).await?;
     // Email does not depend on DMs: a DM sender that cannot start is a note.
+    let mut no_dms = None;
     let dm_sender = match DmAccount::find(config, registry, &client).await {
         Ok(Some(account)) => {
             let sender_id = account.user_id.clone();
@@ -388,6 +389,7 @@ async fn send_under_lease(
                 }
                 Err(err) => {
                     progress.note(&format!("no Matrix DMs this run, they stay pending: {err}"));
+                    no_dms = Some(err.to_string());
                     None
                 }
             }
@@ -398,10 +400,12 @@ async fn send_under_lease(
                     "no Matrix DMs: lifeboat has no credentials of its own account yet (run `lifeboat recover` after a wipe, or set bot.access_token)",
                 );
             }
+            no_dms = Some("lifeboat has no credentials of its own account".to_owned());
             None
         }
         Err(reason) => {
             progress.note(&format!("no Matrix DMs this run: {reason}"));
+            no_dms = Some(reason.to_string());
             None
         }
     };
@@ -410,6 +414,7 @@ async fn send_under_lease(
         None => Some(Mailer::from_config(email, email.connections as u32)?),
     };
     let mailer = options.mailer.or(own_mailer.as_ref()).expect("one of the two is there");
+    mailer.allow_all_again();
     // What an earlier run left unsent (or in flight when it died) is due now;
     // for serve's worker (which plans nothing new) only what a run left in
     // flight: the rest keeps its backoff.
@@ -418,6 +423,12 @@ async fn send_under_lease(
     let email_transport = Transport::Email(mailer);
     let emailed =
         send_deliveries(registry, email_transport, incident, &settings, email.connections, progress, lost).await;
+    // Not only the rows under way when it stopped: every one due would fail
+    // the same way, and bring serve's worker back for it.
+    if let Err(NotifyError::Channel(why)) = &emailed {
+        let later = crate::registry::now_ms() + crate::outbox::PARKED_MAX.as_millis() as i64;
+        registry.defer_due(Some(incident.id), DeliveryChannel::Email, later, why).await?;
+    }
     // Mail that stopped (a refused login, a spent quota) holds back no DM:
     // for some people a DM is the one way they hear.
     let mut sent = emailed;
@@ -432,6 +443,12 @@ async fn send_under_lease(
     }
     if let Some(own) = own_mailer {
         own.shutdown().await;
+    }
+    // DMs this run could not even try wait out a backoff, as failed tries
+    // would: serve's worker comes back for them then, not every round.
+    if let Some(why) = no_dms {
+        let later = crate::registry::now_ms() + crate::outbox::PARKED_MAX.as_millis() as i64;
+        registry.defer_due(Some(incident.id), DeliveryChannel::Matrix, later, &format!("not sent yet: {why}")).await?;
     }
     if lost.load(Ordering::SeqCst) {
         progress.note("another process took over this incident's notices (this run was held up past its lease): it sends the rest");

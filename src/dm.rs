@@ -32,9 +32,13 @@ type Recipient<'a> = (&'a UserId, OwnedUserId);
 /// A Matrix message from Markdown whose `formatted_body` is sanitized HTML
 /// (`notice::markdown_to_safe_html`): matrix-sdk's own Markdown passes raw
 /// HTML through, so a hostile title or postmortem would reach clients as
-/// markup. Every message lifeboat posts is made here.
+/// markup. Every message lifeboat posts is made here. It mentions nobody,
+/// said so explicitly: without `m.mentions` clients fall back to matching
+/// the body, where a room name or an ID such as `@room:…` would ping
+/// everyone in the room.
 pub fn safe_message(markdown: &str) -> RoomMessageEventContent {
     RoomMessageEventContent::text_html(markdown, crate::notice::markdown_to_safe_html(markdown))
+        .add_mentions(matrix_sdk::ruma::events::Mentions::new())
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -363,7 +367,7 @@ impl DmSender {
         }
         if let Some(room_id) = stored {
             let sent = match self.bring_back(&room_id, &recipient.1).await {
-                Ok(()) => self.send_in(room_id, &content, transaction_id).await,
+                Ok(_) => self.send_in(room_id, &content, transaction_id).await,
                 Err(err) => Err(err),
             };
             match sent {
@@ -392,7 +396,10 @@ impl DmSender {
             .filter(|room| room.state() == matrix_sdk::RoomState::Joined);
         if let Some(room) = &known {
             match self.bring_back(&room.room_id().to_owned(), &user).await {
-                Ok(()) => {}
+                // The store still lists them as gone: the room key must be
+                // shared with them too.
+                Ok(true) => room.mark_members_missing(),
+                Ok(false) => {}
                 Err(err) if room_is_gone(&err) => known = None,
                 Err(err) => return Err(classify(err)),
             }
@@ -413,8 +420,8 @@ impl DmSender {
     /// Makes sure `user` is in the stored DM room or invited to it, and
     /// invites them again if they left it or turned it down: Synapse takes
     /// a message in a room lifeboat is alone in, so the notice would be
-    /// recorded as sent and never read.
-    async fn bring_back(&self, room_id: &OwnedRoomId, user: &OwnedUserId) -> Result<(), matrix_sdk::Error> {
+    /// recorded as sent and never read. Whether it invited them.
+    async fn bring_back(&self, room_id: &OwnedRoomId, user: &OwnedUserId) -> Result<bool, matrix_sdk::Error> {
         use matrix_sdk::ruma::api::client::state::{get_state_event_for_key, send_state_event};
         use matrix_sdk::ruma::api::error::ErrorKind;
         use matrix_sdk::ruma::events::StateEventType;
@@ -430,7 +437,7 @@ impl DmSender {
             Err(err) => return Err(err),
         };
         if matches!(membership, Some(MembershipState::Join | MembershipState::Invite)) {
-            return Ok(());
+            return Ok(false);
         }
         // As a member event, so the invite still says it is a DM.
         let mut invite = RoomMemberEventContent::new(MembershipState::Invite);
@@ -438,7 +445,7 @@ impl DmSender {
         let request =
             send_state_event::v3::Request::new(room_id.clone(), user, &invite).map_err(matrix_sdk::Error::SerdeJson)?;
         self.client.send(request).await?;
-        Ok(())
+        Ok(true)
     }
 
     async fn send_in(

@@ -201,9 +201,9 @@ pub fn new_email<'a>(
 
 /// Queues a message and sends it at once, for a caller that must know
 /// whether it went (`drill`, the web page's DMed code); the outcome is
-/// recorded like any other. It is due only once it expired, when the
-/// worker skips it (`Registry::skip_expired_messages`), so nobody else
-/// sends it. Returns why it was not sent, if it was not.
+/// recorded, and a failure of any kind is final. It is due only once it
+/// expired, when the worker skips it (`Registry::skip_expired_messages`),
+/// so nobody else sends it. Returns why it was not sent, if it was not.
 pub async fn send_at_once<Fut: Future<Output = Outcome>>(
     registry: &Registry,
     row: NewMessage<'_>,
@@ -214,7 +214,14 @@ pub async fn send_at_once<Fut: Future<Output = Outcome>>(
         return Ok(Err("it was no longer waiting to be sent".to_owned()));
     };
     let key = (stored.id, stored.attempts);
-    let record = to_record(key, deliver(stored).await, &mut HashMap::new(), &mut None);
+    let record = match to_record(key, deliver(stored).await, &mut HashMap::new(), &mut None) {
+        // Its caller has said it failed: a later send (of a drill, of a
+        // code whose link was never made) would come unasked, or twice.
+        Record::Ended { id, state: DeliveryState::Pending, reason, .. } => {
+            Record::Ended { id, state: DeliveryState::Failed, reason, due_at: None, not_before: None }
+        }
+        record => record,
+    };
     // Every outcome but a send is recorded with its reason.
     let sent = match &record {
         Record::Sent(_) => Ok(()),

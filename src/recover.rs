@@ -100,6 +100,8 @@ pub async fn admin_access(config: &Config, registry: &Registry) -> Result<AdminA
         match client.whoami().await {
             Ok(_) => return Ok(AdminAccess::Working { client, source }),
             Err(synapse::Error::Unauthorized { .. }) => dead.push(client),
+            // lifeboat's own token, expired: `recover` logs in for a new one.
+            Err(synapse::Error::Expired { .. }) if source == TokenSource::Recovered => dead.push(client),
             Err(err @ synapse::Error::Expired { .. }) => expired = Some(err),
             Err(err) => return Err(err.into()),
         }

@@ -127,10 +127,12 @@ pub async fn token_for_person(
     };
     if let Err(err) = client.create_registration_token(&token, expires_at).await {
         // Withdrawn, so that a Synapse too busy to make it does not use up
-        // the person's cap (deleted too, in case it was made after all:
-        // nobody has seen it).
-        let _ = client.delete_registration_token(&token).await;
-        registry.mark_token_revoked(id).await?;
+        // the person's cap; only once Synapse surely lacks it (it may have
+        // made it before failing to answer). Else it stays unconfirmed, and
+        // `incident resolve` deletes it.
+        if client.delete_registration_token(&token).await.is_ok() {
+            registry.mark_token_revoked(id).await?;
+        }
         return Err(err.into());
     }
     // `incident resolve` may have swept the tokens meanwhile: one it marked

@@ -595,9 +595,17 @@ fn notify_summary(id: i64, report: &CampaignReport) -> String {
     for (address, error) in &report.errors {
         reply.push_str(&format!("\n- {}: {}", markdown_escape(address), markdown_escape(error)));
     }
-    // DMs left to a process holding the device's store wait too.
-    if report.unfinished() > 0 || report.dms_left_to.as_ref().is_some_and(|(_, left)| *left > 0) {
-        reply.push_str("\n\nWhat is left is retried by the delivery worker.");
+    // DMs left to a process holding the device's store wait too; what
+    // failed for good is sent again only on request.
+    let waiting = counts.pending + counts.sending;
+    if waiting > 0 {
+        reply.push_str("\n\nWhat is waiting is sent by the delivery worker.");
+    }
+    if counts.failed > 0 {
+        reply.push_str(&format!(
+            "\n\nWhat failed for good is not tried again: correct the addresses, then run `lifeboat notify {id} \
+             --retry-failed`."
+        ));
     }
     reply
 }

@@ -138,7 +138,8 @@ async fn working(
             recovered,
         })),
         Ok(who) => bail!("the bot's access token belongs to {}, not to bot.user_id = {me}", who.user_id),
-        Err(synapse::Error::Unauthorized { .. }) => Ok(None),
+        // Expired (a homeserver with session lifetimes): log in again too.
+        Err(synapse::Error::Unauthorized { .. } | synapse::Error::Expired { .. }) => Ok(None),
         Err(err) => Err(err.into()),
     }
 }

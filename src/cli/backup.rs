@@ -23,16 +23,17 @@ pub struct RestoreArgs {
 }
 
 pub async fn run_backup(context: &Context, args: BackupArgs) -> Outcome {
-    let (_, registry) = context.open().await?;
-    let rows = backup(&registry, &args.out, &Actor::cli()).await.map_err(Failure::failed)?;
+    let (config, registry) = context.open().await?;
+    let server_name = &config.homeserver.server_name;
+    let rows = backup(&registry, &args.out, server_name, &Actor::cli()).await.map_err(Failure::failed)?;
     println!("Wrote {rows} rows to {}.", args.out.display());
     println!("Keep it on another host than Synapse's database; `lifeboat restore FILE` loads it.");
     Ok(exit::OK)
 }
 
 pub async fn run_restore(context: &Context, args: RestoreArgs) -> Outcome {
-    let (_, registry) = context.open().await?;
-    let rows = restore(&registry, &args.file, args.replace, &Actor::cli())
+    let (config, registry) = context.open().await?;
+    let rows = restore(&registry, &args.file, args.replace, &config.homeserver.server_name, &Actor::cli())
         .await
         .map_err(|err| Failure::failed(format!("nothing was restored: {err}")))?;
     println!("Restored {rows} rows from {}.", args.file.display());

@@ -132,7 +132,7 @@ pub async fn run(context: &Context, args: Args) -> Outcome {
     }
     let counts = &report.counts;
     println!(
-        "Deliveries: {} sent, {} failed, {} skipped (opted out), {} pending.",
+        "Deliveries: {} sent, {} failed, {} skipped (opted out, removed, or no longer theirs), {} pending.",
         counts.sent,
         counts.failed,
         counts.skipped,

@@ -132,6 +132,7 @@ struct Inner {
     permits: Semaphore,
     /// How many permits exist now (pool_size, less the forgotten ones).
     allowed: Mutex<usize>,
+    pool_size: usize,
     setup: tokio::sync::Mutex<Setup>,
     deadline: Duration,
     from: Mailbox,
@@ -228,6 +229,7 @@ impl Mailer {
                 pool: Mutex::new(Pool::default()),
                 permits: Semaphore::new(pool_size as usize),
                 allowed: Mutex::new(pool_size as usize),
+                pool_size: pool_size as usize,
                 setup: tokio::sync::Mutex::new(Setup::Unchecked),
                 deadline: SEND_DEADLINE,
                 from,
@@ -241,6 +243,18 @@ impl Mailer {
     /// less one for each time the server said it allows fewer.
     pub fn connections_allowed(&self) -> usize {
         *self.inner.allowed.lock().unwrap()
+    }
+
+    /// Opens up to the pool's size again, for a mailer kept between runs
+    /// (serve's): a relay that once allowed fewer connections, restarting
+    /// mid-run say, must not limit every later run. Another 421 lowers it.
+    pub fn allow_all_again(&self) {
+        let mut allowed = self.inner.allowed.lock().unwrap();
+        let missing = self.inner.pool_size.saturating_sub(*allowed);
+        if missing > 0 && !self.inner.permits.is_closed() {
+            self.inner.permits.add_permits(missing);
+            *allowed += missing;
+        }
     }
 
     /// Sends one message; `Ok` once the server accepted it (250 after DATA).
@@ -1152,6 +1166,8 @@ mod tests {
         assert_eq!(seen.commands_starting("DATA").len(), 30);
         let allowed = mailer.connections_allowed();
         assert!((1..=2).contains(&allowed), "{allowed}");
+        mailer.allow_all_again();
+        assert_eq!(mailer.connections_allowed(), 8, "a later run may try all again");
     }
 
     #[tokio::test]

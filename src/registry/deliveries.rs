@@ -344,6 +344,33 @@ impl Registry {
             .rows_affected())
     }
 
+    /// Puts due messages on `channel` off until `until`, noting why: an
+    /// incident's notices, or (`None`) the queued messages of every other
+    /// kind. A channel that cannot send at all now (a refused login, no way
+    /// to DM) must not bring serve's worker back to each of them every round.
+    pub async fn defer_due(
+        &self,
+        incident_id: Option<i64>,
+        channel: DeliveryChannel,
+        until: i64,
+        why: &str,
+    ) -> Result<u64> {
+        let which = if incident_id.is_some() { "kind = 'notice' AND incident_id = $5" } else { "kind <> 'notice'" };
+        let query = sqlx::query(sqlx::AssertSqlSafe(format!(
+            "UPDATE deliveries SET next_attempt_at = $2, last_error = $3 \
+             WHERE {which} AND channel = $1 AND state = 'pending' AND next_attempt_at <= $4"
+        )))
+        .bind(channel)
+        .bind(until)
+        .bind(why)
+        .bind(now_ms());
+        let query = match incident_id {
+            Some(id) => query.bind(id),
+            None => query,
+        };
+        Ok(query.execute(&self.pool).await?.rows_affected())
+    }
+
     /// When the next pending delivery of an incident's channel is due, if any.
     pub async fn next_pending_at(&self, incident_id: i64, channel: DeliveryChannel) -> Result<Option<i64>> {
         Ok(sqlx::query_scalar(

@@ -1,12 +1,14 @@
 //! serve's HTTP listener: axum's router behind hyper with the limits a
 //! public page needs against slow or idle clients (slowloris): a deadline
 //! for each request's headers, a deadline for its body, an idle timeout
-//! for kept-alive connections, and a cap on open connections.
+//! for kept-alive connections, and caps on open connections, in all and
+//! per client.
 
-use std::net::SocketAddr;
+use std::collections::HashMap;
+use std::net::{IpAddr, SocketAddr};
 use std::pin::Pin;
-use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
 use std::task::{Context, Poll};
 use std::time::Duration;
 
@@ -41,13 +43,75 @@ pub struct Limits {
     pub idle: Duration,
     /// Connections open at once; more wait in the kernel's queue.
     pub connections: usize,
+    /// Connections one client may hold at once (an IPv6 /64 counts as one);
+    /// more are closed at once, so one host cannot take every slot.
+    pub per_client: usize,
+}
+
+/// How many connections one client may hold when `connections` may be open
+/// in all: an eighth, so a host needs company to fill the listener, and
+/// enough for a few people behind one NAT (a browser opens up to six).
+pub fn per_client(connections: usize) -> usize {
+    (connections / 8).max(2)
+}
+
+/// Open connections per client, and the peers (reverse proxies) not
+/// counted, since every visitor comes through them.
+struct Clients {
+    per_client: usize,
+    exempt: Vec<IpAddr>,
+    open: Mutex<HashMap<String, usize>>,
+}
+
+/// One admitted connection; its client's count goes down when it is dropped.
+struct Admitted {
+    clients: Arc<Clients>,
+    key: Option<String>,
+}
+
+impl Clients {
+    fn admit(self: &Arc<Self>, peer: IpAddr) -> Option<Admitted> {
+        let peer = peer.to_canonical();
+        if self.exempt.contains(&peer) {
+            return Some(Admitted { clients: self.clone(), key: None });
+        }
+        let key = crate::web::guard::client_key(peer);
+        let mut open = self.open.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
+        let count = open.entry(key.clone()).or_default();
+        if *count >= self.per_client {
+            return None;
+        }
+        *count += 1;
+        Some(Admitted { clients: self.clone(), key: Some(key) })
+    }
+}
+
+impl Drop for Admitted {
+    fn drop(&mut self) {
+        let Some(key) = &self.key else { return };
+        let mut open = self.clients.open.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
+        if let Some(count) = open.get_mut(key) {
+            *count -= 1;
+            if *count == 0 {
+                open.remove(key);
+            }
+        }
+    }
 }
 
 /// Serves `app` on `listener` until `shutdown`, then lets requests in
-/// flight finish.
-pub async fn serve(listener: TcpListener, app: Router, limits: Limits, shutdown: CancellationToken) {
+/// flight finish. Connections from `exempt` peers (reverse proxies) are
+/// not counted per client.
+pub async fn serve(
+    listener: TcpListener,
+    app: Router,
+    limits: Limits,
+    exempt: Vec<IpAddr>,
+    shutdown: CancellationToken,
+) {
     let app = app.layer(axum::middleware::from_fn(move |request, next| body_within(limits.body, request, next)));
     let slots = Arc::new(Semaphore::new(limits.connections));
+    let clients = Arc::new(Clients { per_client: limits.per_client, exempt, open: Mutex::default() });
     let connections = TaskTracker::new();
     loop {
         let slot = tokio::select! {
@@ -66,10 +130,14 @@ pub async fn serve(listener: TcpListener, app: Router, limits: Limits, shutdown:
             },
             () = shutdown.cancelled() => break,
         };
+        let Some(admitted) = clients.admit(peer.ip()) else {
+            tracing::debug!(%peer, "closed a connection: that client has as many open as it may");
+            continue;
+        };
         let (app, shutdown) = (app.clone(), shutdown.clone());
         connections.spawn(async move {
             serve_connection(stream, peer, app, limits, shutdown).await;
-            drop(slot);
+            drop((admitted, slot));
         });
     }
     connections.close();

@@ -28,6 +28,7 @@ const LIMITS: listen::Limits = listen::Limits {
     body: Duration::from_secs(10),
     idle: Duration::from_secs(15),
     connections: 256,
+    per_client: 32,
 };
 
 /// How long a shutdown may take before the remaining tasks are dropped.
@@ -54,18 +55,22 @@ pub async fn run(config: Config, registry: Registry, shutdown: CancellationToken
             })?;
             let pages = crate::web::router(crate::web::WebState::new(&state, web));
             let app = http::public_router(state.clone(), pages);
-            let limits = listen::Limits { connections: web.max_connections as usize, ..LIMITS };
+            let connections = web.max_connections as usize;
+            let limits = listen::Limits { connections, per_client: listen::per_client(connections), ..LIMITS };
             tracing::info!(bind = %web.bind, "web server listening");
-            tasks.spawn(listen::serve(listener, app, limits, shutdown.clone()));
+            let proxies = web.trusted_proxies.clone();
+            tasks.spawn(listen::serve(listener, app, limits, proxies, shutdown.clone()));
         }
         None => tracing::info!("web server off: no [web] section (it also serves /healthz)"),
     }
     let metrics = &config.metrics;
     match tokio::net::TcpListener::bind(metrics.bind).await {
         Ok(listener) => {
-            let limits = listen::Limits { connections: 16, ..LIMITS };
+            // Scrapers and health checks, not the public: no cap per client.
+            let limits = listen::Limits { connections: 16, per_client: 16, ..LIMITS };
             tracing::info!(bind = %metrics.bind, "metrics listening");
-            tasks.spawn(listen::serve(listener, http::metrics_router(state.clone()), limits, shutdown.clone()));
+            let metrics_app = http::metrics_router(state.clone());
+            tasks.spawn(listen::serve(listener, metrics_app, limits, Vec::new(), shutdown.clone()));
         }
         Err(source) if metrics.configured => {
             return Err(ServeError::Bind { key: "metrics.bind", bind: metrics.bind, source });

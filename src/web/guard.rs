@@ -136,7 +136,9 @@ pub fn client_ip(peer: Option<ConnectInfo<SocketAddr>>, headers: &HeaderMap, tru
 
 /// Fixed-window counters in memory, per client IP and per target (the
 /// account or address a form names). Memory is bounded: expired windows are
-/// swept when the map grows, and past [`MAX_KEYS`] every count starts over.
+/// swept when the map grows, and past [`MAX_KEYS`] every count starts over,
+/// at most once a window; filled again within it, newcomers count by their
+/// network (an IPv4 /24, an IPv6 /48) until the window ends.
 pub struct RateLimiter {
     per_ip: u32,
     per_target: u32,
@@ -147,21 +149,37 @@ pub struct RateLimiter {
 struct Counters {
     windows: HashMap<String, (Instant, u32)>,
     swept_at: Instant,
+    cleared_at: Option<Instant>,
 }
 
 /// Above this many keys, expired windows are swept, at most once a second
 /// (a sweep reads every key).
 const SWEEP_AT: usize = 10_000;
-/// Keys kept at most (about 10 MB). Someone with more addresses than this
-/// (an IPv6 /48 holds 65,536 /64s) can fill the map; then every count
-/// starts over. Counting newcomers together instead would let that one
-/// client shut everyone else out; starting over only gives someone who
-/// already has 100,000 budgets a few more.
+/// Keys kept before counts start over (about 10 MB; twice that at most).
+/// Someone with more addresses than this (an IPv6 /48 holds 65,536 /64s)
+/// can fill the map. Counting every newcomer together then would let that
+/// one client shut everyone else out; starting over again and again would
+/// leave it no limit at all. Counting newcomers by network does neither.
 const MAX_KEYS: usize = 100_000;
+
+/// The network a client address is in, as newcomers to a full limiter are
+/// counted: an IPv4 /24, an IPv6 /48 (what one site is given).
+fn network_key(ip: IpAddr) -> String {
+    match ip.to_canonical() {
+        IpAddr::V4(v4) => {
+            let [a, b, c, _] = v4.octets();
+            format!("net:{a}.{b}.{c}.0/24")
+        }
+        IpAddr::V6(v6) => {
+            let [a, b, c, ..] = v6.segments();
+            format!("net:{a:x}:{b:x}:{c:x}::/48")
+        }
+    }
+}
 
 /// Who a client address counts as: an IPv6 host may use any address of
 /// its /64, so the /64 is one client (an IPv4-mapped address is IPv4).
-fn client_key(ip: IpAddr) -> String {
+pub(crate) fn client_key(ip: IpAddr) -> String {
     match ip.to_canonical() {
         IpAddr::V4(v4) => format!("ip:{v4}"),
         IpAddr::V6(v6) => {
@@ -173,34 +191,47 @@ fn client_key(ip: IpAddr) -> String {
 
 impl RateLimiter {
     pub fn new(per_ip: u32, per_target: u32, window: Duration) -> RateLimiter {
-        let counters = Counters { windows: HashMap::new(), swept_at: Instant::now() };
+        let counters = Counters { windows: HashMap::new(), swept_at: Instant::now(), cleared_at: None };
         RateLimiter { per_ip, per_target, window, counters: Mutex::new(counters) }
     }
 
     /// Counts one form submission from `ip`; `false` once over the limit.
     pub fn allow_ip(&self, ip: Option<IpAddr>) -> bool {
-        self.hit(ip.map_or_else(|| "ip:unknown".to_owned(), client_key), self.per_ip)
+        match ip {
+            Some(ip) => self.hit(client_key(ip), Some(network_key(ip)), self.per_ip),
+            None => self.hit("ip:unknown".to_owned(), None, self.per_ip),
+        }
     }
 
     /// Counts one submission naming `target` (already normalized) in `form`.
     pub fn allow_target(&self, form: &str, target: &str) -> bool {
-        self.hit(format!("{form}:{target}"), self.per_target)
+        self.hit(format!("{form}:{target}"), None, self.per_target)
     }
 
-    fn hit(&self, key: String, limit: u32) -> bool {
+    /// Counts one hit of `key` (`network`: what it counts as when the map
+    /// filled up twice within a window).
+    fn hit(&self, key: String, network: Option<String>, limit: u32) -> bool {
         let now = Instant::now();
         let mut counters = self.counters.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
-        let Counters { windows, swept_at } = &mut *counters;
+        let Counters { windows, swept_at, cleared_at } = &mut *counters;
         if windows.len() >= SWEEP_AT && now.duration_since(*swept_at) >= Duration::from_secs(1) {
             windows.retain(|_, (start, _)| now.duration_since(*start) < self.window);
             *swept_at = now;
         }
+        let mut key = key;
         if windows.len() >= MAX_KEYS && !windows.contains_key(&key) {
-            tracing::warn!(
-                clients = windows.len(),
-                "the web rate limiter is full (a flood from many addresses?): counts start over"
-            );
-            windows.clear();
+            let cleared_lately = cleared_at.is_some_and(|at| now.duration_since(at) < self.window);
+            match network {
+                Some(network) if cleared_lately && windows.len() < 2 * MAX_KEYS => key = network,
+                _ => {
+                    tracing::warn!(
+                        clients = windows.len(),
+                        "the web rate limiter is full (a flood from many addresses?): counts start over"
+                    );
+                    windows.clear();
+                    *cleared_at = Some(now);
+                }
+            }
         }
         let entry = windows.entry(key).or_insert((now, 0));
         if now.duration_since(entry.0) >= self.window {
@@ -252,16 +283,29 @@ mod tests {
     #[test]
     fn a_flood_of_new_clients_fills_the_limiter_only_so_far_and_shuts_no_newcomer_out() {
         let limiter = RateLimiter::new(2, 2, Duration::from_secs(60));
-        for n in 0..(MAX_KEYS as u32 + 5_000) {
-            for _ in 0..3 {
-                limiter.allow_ip(Some(IpAddr::V4(n.into())));
+        let flood = |from: u32, to: u32| {
+            for n in from..to {
+                for _ in 0..3 {
+                    limiter.allow_ip(Some(IpAddr::V4(n.into())));
+                }
             }
-        }
+        };
+        flood(0, MAX_KEYS as u32 + 5_000);
         let kept = limiter.counters.lock().unwrap().windows.len();
         assert!(kept <= MAX_KEYS, "{kept} keys kept");
         let newcomer = Some("198.51.100.77".parse().unwrap());
         assert!(limiter.allow_ip(newcomer), "a new client past the cap still gets its own budget");
         assert!(limiter.allow_ip(newcomer) && !limiter.allow_ip(newcomer), "and it is still limited");
+
+        // Filled again within the window: counts do not start over again
+        // (the flood would have no limit); newcomers count by network.
+        let end = 2 * MAX_KEYS as u32 + 5_000;
+        flood(MAX_KEYS as u32 + 5_000, end);
+        let kept = limiter.counters.lock().unwrap().windows.len();
+        assert!(kept <= 2 * MAX_KEYS, "{kept} keys kept");
+        assert!(!limiter.allow_ip(Some(IpAddr::V4(end.into()))), "the flood's next address, in a spent /24");
+        let elsewhere = Some("203.0.113.9".parse().unwrap());
+        assert!(limiter.allow_ip(elsewhere), "someone on another network still gets in");
     }
 
     #[test]

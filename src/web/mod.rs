@@ -4,7 +4,7 @@
 //! `/metrics`.
 
 mod claim;
-mod guard;
+pub(crate) mod guard;
 mod links;
 mod mail;
 mod pages;

@@ -63,13 +63,13 @@ async fn round_trip(from: TestDatabase, to: TestDatabase) {
     lived_in(&source).await;
     let dir = tempfile::tempdir().unwrap();
     let file = dir.path().join("registry.backup");
-    let written = backup(&source, &file, &Actor::cli()).await.unwrap();
+    let written = backup(&source, &file, "example.org", &Actor::cli()).await.unwrap();
     let saved = file_rows(&file);
     assert_eq!(saved.len() as u64, written);
     assert!(saved.iter().any(|line| line.contains("TOKEN123")) && saved.iter().any(|line| line.contains("Zoë")));
 
     let target = Registry::connect(&to.url()).await.unwrap();
-    assert_eq!(restore(&target, &file, false, &Actor::cli()).await.unwrap(), written);
+    assert_eq!(restore(&target, &file, false, "example.org", &Actor::cli()).await.unwrap(), written);
     let restored: Vec<String> = lines(&target).await.into_iter().filter(|line| !is_restore_audit(line)).collect();
     assert_eq!(restored, saved, "every row comes back as it was");
 
@@ -82,9 +82,13 @@ async fn round_trip(from: TestDatabase, to: TestDatabase) {
     target.create_web_link("link-1", "token", &id("@a:x"), &email("a@example.org"), None, i64::MAX / 2).await.unwrap();
     let limits = lifeboat::registry::CODE_LIMITS;
     target.start_contact_verification(&id("@a:x"), &email("a@example.org"), "123456", 60_000, limits).await.unwrap();
-    let refused = restore(&target, &file, false, &Actor::cli()).await.unwrap_err().to_string();
+    let refused = restore(&target, &file, false, "example.org", &Actor::cli()).await.unwrap_err().to_string();
     assert!(refused.contains("the registry is not empty"), "{refused}");
-    assert_eq!(restore(&target, &file, true, &Actor::cli()).await.unwrap(), written, "--replace empties it first");
+    assert_eq!(
+        restore(&target, &file, true, "example.org", &Actor::cli()).await.unwrap(),
+        written,
+        "--replace empties it first"
+    );
 
     source.close().await;
     target.close().await;
@@ -115,7 +119,7 @@ async fn a_backup() -> (tempfile::TempDir, std::path::PathBuf, String) {
     lived_in(&source).await;
     let dir = tempfile::tempdir().unwrap();
     let file = dir.path().join("registry.backup");
-    backup(&source, &file, &Actor::cli()).await.unwrap();
+    backup(&source, &file, "example.org", &Actor::cli()).await.unwrap();
     let text = std::fs::read_to_string(&file).unwrap();
     (dir, file, text)
 }
@@ -128,7 +132,7 @@ async fn a_truncated_backup_is_refused_and_changes_nothing() {
 
     let target_db = TestDatabase::sqlite();
     let target = Registry::connect(&target_db.url()).await.unwrap();
-    let err = restore(&target, &file, false, &Actor::cli()).await.unwrap_err().to_string();
+    let err = restore(&target, &file, false, "example.org", &Actor::cli()).await.unwrap_err().to_string();
     assert!(err.contains("truncated"), "{err}");
     assert!(lines(&target).await.is_empty(), "a failed restore leaves nothing behind");
 }
@@ -156,7 +160,7 @@ async fn a_backup_with_a_value_of_the_wrong_type_is_refused_and_changes_nothing(
 
     let target_db = TestDatabase::sqlite();
     let target = Registry::connect(&target_db.url()).await.unwrap();
-    let err = restore(&target, &file, false, &Actor::cli()).await.unwrap_err().to_string();
+    let err = restore(&target, &file, false, "example.org", &Actor::cli()).await.unwrap_err().to_string();
     assert!(err.contains("a registration_tokens row's expires_at is text, not a whole number"), "{err}");
     assert!(lines(&target).await.is_empty(), "a failed restore leaves nothing behind");
 }
@@ -172,7 +176,7 @@ async fn a_backup_written_before_the_newest_columns_restores_with_their_defaults
     lived_in(&source).await;
     let dir = tempfile::tempdir().unwrap();
     let file = dir.path().join("registry.backup");
-    let written = backup(&source, &file, &Actor::cli()).await.unwrap();
+    let written = backup(&source, &file, "example.org", &Actor::cli()).await.unwrap();
     let text = std::fs::read_to_string(&file).unwrap();
     let older: Vec<String> = text
         .lines()
@@ -194,7 +198,7 @@ async fn a_backup_written_before_the_newest_columns_restores_with_their_defaults
 
     let target_db = TestDatabase::sqlite();
     let target = Registry::connect(&target_db.url()).await.unwrap();
-    assert_eq!(restore(&target, &file, false, &Actor::cli()).await.unwrap(), written);
+    assert_eq!(restore(&target, &file, false, "example.org", &Actor::cli()).await.unwrap(), written);
     let kinds: Vec<(String,)> = sqlx::query_as("SELECT kind FROM deliveries").fetch_all(target.pool()).await.unwrap();
     assert!(!kinds.is_empty() && kinds.iter().all(|(kind,)| kind == "notice"), "{kinds:?}");
 }

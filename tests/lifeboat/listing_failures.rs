@@ -329,6 +329,52 @@ async fn an_expired_admin_token_is_not_read_as_a_reset() {
     assert_nobody_missing(&lifeboat).await;
 }
 
+/// lifeboat's own token, expired (a homeserver with session lifetimes),
+/// is renewed by logging in again, not reported as an error for good.
+#[tokio::test]
+async fn lifeboats_own_expired_token_is_renewed_by_logging_in_again() {
+    let registry = TestDatabase::sqlite();
+    let server = MockServer::start().await;
+    let expired = json!({"errcode": "M_UNKNOWN_TOKEN", "error": "Access token has expired", "soft_logout": true});
+    Mock::given(method("GET"))
+        .and(path("/_matrix/client/v3/account/whoami"))
+        .respond_with(ResponseTemplate::new(401).set_body_json(expired))
+        .mount(&server)
+        .await;
+    Mock::given(method("GET"))
+        .and(path("/_synapse/admin/v1/register"))
+        .respond_with(ResponseTemplate::new(200).set_body_json(json!({"nonce": "n"})))
+        .mount(&server)
+        .await;
+    let taken = json!({"errcode": "M_USER_IN_USE", "error": "User ID already taken."});
+    Mock::given(method("POST"))
+        .and(path("/_synapse/admin/v1/register"))
+        .respond_with(ResponseTemplate::new(400).set_body_json(taken))
+        .mount(&server)
+        .await;
+    let renewed = json!({"user_id": "@lifeboat:mock.test", "access_token": "syt_renewed", "device_id": "D"});
+    Mock::given(method("POST"))
+        .and(path("/_matrix/client/v3/login"))
+        .respond_with(ResponseTemplate::new(200).set_body_json(renewed))
+        .mount(&server)
+        .await;
+    let own = lifeboat::user_id::UserId::parse("@lifeboat:mock.test").unwrap();
+    let client = lifeboat::registry::Registry::connect(&registry.url()).await.unwrap();
+    let actor = lifeboat::registry::Actor::cli();
+    client.store_service_credential(&own, "syt_expired", None, &actor).await.unwrap();
+    let lifeboat = Lifeboat::with_config(&format!(
+        "[homeserver]\nurl = \"{}\"\nserver_name = \"mock.test\"\nregistration_shared_secret = \"s\"\n\
+         retries = 0\ntimeout = \"2s\"\n[registry]\nurl = \"{}\"\n",
+        server.uri(),
+        registry.url()
+    ));
+
+    let recovered = lifeboat.run(&["recover"]).await;
+    assert_eq!(recovered.code, 0, "{recovered:?}");
+    let stored = client.service_credential(&own).await.unwrap().unwrap();
+    assert_eq!(secrecy::ExposeSecret::expose_secret(&stored.access_token), "syt_renewed");
+}
+
 /// A Synapse that answers but knows no token: what a wipe looks like.
 async fn wiped_mock_synapse() -> MockServer {
     let server = MockServer::start().await;

@@ -312,15 +312,28 @@ async fn a_relay_out_of_its_sending_quota_leaves_the_notices_waiting_not_failed(
     let synapse = TestSynapse::start();
     let registry = TestDatabase::sqlite();
     let smtp = TestSmtp::start(None);
-    let lifeboat = lifeboat_with_mail(&synapse, &registry, &smtp);
+    let mut lifeboat = lifeboat_with_mail(&synapse, &registry, &smtp);
     let (id, names) = incident_after_wipe(&synapse, &lifeboat, 4).await;
 
     smtp.spend_quota();
+    // One connection: the first refusal stops the run before the others
+    // were tried, and those wait too (serve's worker must not come back to
+    // each of them every round).
+    lifeboat.set_env("LIFEBOAT__EMAIL__CONNECTIONS", "1");
     let stopped = lifeboat.run(&["notify", &id, "--yes"]).await;
     assert_eq!(stopped.code, 1, "{stopped:?}");
     assert!(stopped.stderr.contains("takes no more mail for now"), "{stopped:?}");
     let listed = lifeboat.run(&["incident", "show", &id, "--json"]).await.json();
     assert_eq!(listed["deliveries"]["failed"], 0, "none failed for good: {listed}");
+    let direct = lifeboat::registry::Registry::connect(&registry.url()).await.unwrap();
+    let (due,): (i64,) = sqlx::query_as(
+        "SELECT COUNT(*) FROM deliveries WHERE channel = 'email' AND state = 'pending' AND next_attempt_at <= $1",
+    )
+    .bind(lifeboat::registry::now_ms())
+    .fetch_one(direct.pool())
+    .await
+    .unwrap();
+    assert_eq!(due, 0, "every waiting notice waits out the backoff");
     smtp.heal();
     let rerun = lifeboat.run(&["notify", &id, "--yes"]).await;
     assert_eq!(rerun.code, 0, "a plain rerun sends them: {rerun:?}");
@@ -623,6 +636,48 @@ async fn people_whose_account_survived_get_a_dm_even_when_synapse_rate_limits() 
     assert_eq!(notify.code, 0, "{notify:?}");
     let bodies = dm_bodies(&synapse, &cat).await;
     assert!(bodies.len() == 2 && bodies.iter().any(|body| body.contains("Media lost")), "{bodies:?}");
+}
+
+/// DMs planned while lifeboat could send them, and then its token logged
+/// out: they wait out a backoff like failed tries, so serve's worker does
+/// not come back for them (a whole campaign run) every round.
+#[tokio::test(flavor = "multi_thread")]
+async fn dms_that_cannot_be_sent_at_all_wait_instead_of_being_due_every_round() {
+    let synapse = TestSynapse::start();
+    let (registry, smtp) = (TestDatabase::sqlite(), TestSmtp::start(None));
+    let bot = synapse.register("lifeboat");
+    synapse.create_user(&unique("ann"), &[]).await;
+    let lifeboat = lifeboat_with_mail(&synapse, &registry, &smtp);
+    let config = std::fs::read_to_string(lifeboat.config_path()).unwrap();
+    let with_bot = format!("{config}\n[bot]\nuser_id = \"{}\"\naccess_token = \"{}\"\n", bot.user_id, bot.access_token);
+    lifeboat.write_config(&with_bot);
+    assert_eq!(lifeboat.run(&["sync"]).await.code, 0);
+    let id = open_for_everyone(&lifeboat, "Messages lost").await.json()["id"].to_string();
+    assert_eq!(lifeboat.run(&["notify", &id, "--yes"]).await.code, 0);
+    // As if the DMs had not gone out yet when the token was logged out.
+    let direct = lifeboat::registry::Registry::connect(&registry.url()).await.unwrap();
+    let unsent = "UPDATE deliveries SET state = 'pending', next_attempt_at = 0 WHERE channel = 'matrix'";
+    assert!(sqlx::query(unsent).execute(direct.pool()).await.unwrap().rows_affected() > 0);
+    let logout = reqwest::Client::new()
+        .post(format!("{}/_matrix/client/v3/logout", synapse.url))
+        .bearer_auth(&bot.access_token)
+        .json(&serde_json::json!({}))
+        .send()
+        .await
+        .unwrap();
+    assert!(logout.status().is_success());
+
+    let notify = lifeboat.run(&["notify", &id, "--yes"]).await;
+    assert!(notify.stderr.contains("no Matrix DMs"), "{notify:?}");
+    let (due, waiting): (i64, i64) = sqlx::query_as(
+        "SELECT COUNT(*) FILTER (WHERE next_attempt_at <= $1), COUNT(*) FROM deliveries \
+         WHERE channel = 'matrix' AND state = 'pending'",
+    )
+    .bind(lifeboat::registry::now_ms())
+    .fetch_one(direct.pool())
+    .await
+    .unwrap();
+    assert!(waiting > 0 && due == 0, "{waiting} waiting, {due} due now: {notify:?}");
 }
 
 async fn leave_every_room(synapse: &TestSynapse, user_id: &str) {

@@ -1210,6 +1210,11 @@ async fn what_the_bot_posts_carries_no_markup_from_a_title_or_postmortem() {
     let html = rig.alice.formatted_from(&rig.admin_room, &rig.bot).await;
     let refusal = html.iter().find(|body| body.contains("nothing to re-create")).expect("the refusal");
     assert!(!refusal.contains("<a ") && !refusal.contains("<p>lifeboat says"), "{refusal}");
+    // Nor does any text in a reply ping the room (`@room` in a name, say):
+    // every message says it mentions nobody.
+    for content in rig.alice.contents_from(&rig.admin_room, &rig.bot).await {
+        assert_eq!(content["m.mentions"], serde_json::json!({}), "{content}");
+    }
 }
 
 /// Posts the subscription form as a fresh visitor would.

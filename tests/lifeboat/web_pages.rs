@@ -633,6 +633,12 @@ async fn closed_within(stream: &mut tokio::net::TcpStream, limit: Duration) -> b
 async fn slow_and_idle_connections_are_closed_and_their_number_is_capped() {
     use tokio::io::AsyncWriteExt;
     use tokio::net::TcpStream;
+    /// A connection from `source`, one of loopback's many addresses.
+    async fn connect_from(source: &str, address: &str) -> TcpStream {
+        let socket = tokio::net::TcpSocket::new_v4().unwrap();
+        socket.bind(format!("{source}:0").parse().unwrap()).unwrap();
+        socket.connect(address.parse().unwrap()).await.unwrap()
+    }
     let registry = TestDatabase::sqlite();
     let base = format!(
         "[homeserver]\nurl = \"http://127.0.0.1:9\"\nserver_name = \"example.org\"\nadmin_token = \"tok\"\n\
@@ -643,10 +649,22 @@ async fn slow_and_idle_connections_are_closed_and_their_number_is_capped() {
     let served = serve(&lifeboat, &base, "max_connections = 3").await;
     let address = served.url.trim_start_matches("http://").to_owned();
 
-    // Slowloris: headers begun and never finished hold all three slots...
-    let mut slow = Vec::new();
+    // One host holds at most two of them (a third is closed at once)...
+    let mut greedy = Vec::new();
     for _ in 0..3 {
-        let mut stream = TcpStream::connect(&address).await.unwrap();
+        let mut stream = connect_from("127.0.0.5", &address).await;
+        stream.write_all(b"GET / HTTP/1.1\r\nHost: lifeboat\r\nX-Slow: ").await.unwrap();
+        greedy.push(stream);
+    }
+    assert!(closed_within(&mut greedy[2], Duration::from_secs(2)).await, "a third connection from one host");
+    drop(greedy);
+    tokio::time::sleep(Duration::from_millis(300)).await;
+
+    // ...but slowloris from three hosts, headers begun and never finished,
+    // hold all three slots...
+    let mut slow = Vec::new();
+    for host in ["127.0.0.2", "127.0.0.3", "127.0.0.4"] {
+        let mut stream = connect_from(host, &address).await;
         stream.write_all(b"GET / HTTP/1.1\r\nHost: lifeboat\r\nX-Slow: ").await.unwrap();
         slow.push(stream);
     }
@@ -662,10 +680,10 @@ async fn slow_and_idle_connections_are_closed_and_their_number_is_capped() {
     assert!(patient.get(format!("{}/healthz", served.url)).send().await.unwrap().status().is_success());
 
     // A kept-alive connection left idle is closed.
-    let mut idle = TcpStream::connect(&address).await.unwrap();
+    let mut idle = connect_from("127.0.0.6", &address).await;
     idle.write_all(b"GET /healthz HTTP/1.1\r\nHost: lifeboat\r\n\r\n").await.unwrap();
     // A body trickled a byte a second is not waited on for long.
-    let mut trickle = TcpStream::connect(&address).await.unwrap();
+    let mut trickle = connect_from("127.0.0.7", &address).await;
     trickle
         .write_all(b"POST /token HTTP/1.1\r\nHost: lifeboat\r\nContent-Type: application/x-www-form-urlencoded\r\nContent-Length: 100\r\n\r\n")
         .await

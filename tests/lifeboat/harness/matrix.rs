@@ -156,23 +156,9 @@ impl MatrixUser {
         value["membership"].as_str().map(str::to_owned)
     }
 
-    /// Text bodies `sender` sent in `room_id`, oldest first.
-    pub async fn messages_from(&self, room_id: &str, sender: &str) -> Vec<String> {
-        let path = format!("/_matrix/client/v3/rooms/{}/messages?dir=b&limit=100", encode(room_id));
-        let page = self.call(reqwest::Method::GET, &path, None).await;
-        let mut bodies: Vec<String> = page["chunk"]
-            .as_array()
-            .unwrap()
-            .iter()
-            .filter(|event| event["type"] == "m.room.message" && event["sender"] == sender)
-            .filter_map(|event| event["content"]["body"].as_str().map(str::to_owned))
-            .collect();
-        bodies.reverse();
-        bodies
-    }
-
-    /// The `formatted_body` (HTML) of every message `sender` sent in `room_id`.
-    pub async fn formatted_from(&self, room_id: &str, sender: &str) -> Vec<String> {
+    /// The content of every message `sender` sent in `room_id` (of the
+    /// last 100 events), newest first.
+    pub async fn contents_from(&self, room_id: &str, sender: &str) -> Vec<Value> {
         let path = format!("/_matrix/client/v3/rooms/{}/messages?dir=b&limit=100", encode(room_id));
         let page = self.call(reqwest::Method::GET, &path, None).await;
         page["chunk"]
@@ -180,8 +166,20 @@ impl MatrixUser {
             .unwrap()
             .iter()
             .filter(|event| event["type"] == "m.room.message" && event["sender"] == sender)
-            .filter_map(|event| event["content"]["formatted_body"].as_str().map(str::to_owned))
+            .map(|event| event["content"].clone())
             .collect()
+    }
+
+    /// Text bodies `sender` sent in `room_id`, oldest first.
+    pub async fn messages_from(&self, room_id: &str, sender: &str) -> Vec<String> {
+        let contents = self.contents_from(room_id, sender).await;
+        contents.iter().rev().filter_map(|content| content["body"].as_str().map(str::to_owned)).collect()
+    }
+
+    /// The `formatted_body` (HTML) of every message `sender` sent in `room_id`.
+    pub async fn formatted_from(&self, room_id: &str, sender: &str) -> Vec<String> {
+        let contents = self.contents_from(room_id, sender).await;
+        contents.iter().filter_map(|content| content["formatted_body"].as_str().map(str::to_owned)).collect()
     }
 
     /// Waits for a message from `sender` containing `needle`; `None` when
