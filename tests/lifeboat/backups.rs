@@ -84,6 +84,9 @@ async fn round_trip(from: TestDatabase, to: TestDatabase) {
     target.start_contact_verification(&id("@a:x"), &email("a@example.org"), "123456", 60_000, limits).await.unwrap();
     let refused = restore(&target, &file, false, "example.org", &Actor::cli()).await.unwrap_err().to_string();
     assert!(refused.contains("the registry is not empty"), "{refused}");
+    // Another homeserver's lifeboat would read every account as lost.
+    let foreign = restore(&target, &file, true, "other.test", &Actor::cli()).await.unwrap_err().to_string();
+    assert!(foreign.contains("backup of example.org's registry") && foreign.contains("other.test"), "{foreign}");
     assert_eq!(
         restore(&target, &file, true, "example.org", &Actor::cli()).await.unwrap(),
         written,
