@@ -413,7 +413,7 @@ impl DmSender {
             }
         };
         let txn: OwnedTransactionId = transaction_id.into();
-        room.send(content).with_transaction_id(txn).await.map_err(classify)?;
+        room.send(content).with_transaction_id(txn).with_request_config(dm_requests()).await.map_err(classify)?;
         Ok(())
     }
 
@@ -428,7 +428,8 @@ impl DmSender {
         use matrix_sdk::ruma::events::room::member::{MembershipState, RoomMemberEventContent};
         let asked =
             get_state_event_for_key::v3::Request::new(room_id.clone(), StateEventType::RoomMember, user.to_string());
-        let membership = match self.client.send(asked).await.map_err(matrix_sdk::Error::from) {
+        let asked = self.client.send(asked).with_request_config(dm_requests()).await;
+        let membership = match asked.map_err(matrix_sdk::Error::from) {
             Ok(found) => serde_json::from_str::<RoomMemberEventContent>(found.event_or_content.get())
                 .ok()
                 .map(|content| content.membership),
@@ -444,7 +445,7 @@ impl DmSender {
         invite.is_direct = Some(true);
         let request =
             send_state_event::v3::Request::new(room_id.clone(), user, &invite).map_err(matrix_sdk::Error::SerdeJson)?;
-        self.client.send(request).await?;
+        self.client.send(request).with_request_config(dm_requests()).await?;
         Ok(true)
     }
 
@@ -457,7 +458,7 @@ impl DmSender {
         let txn: OwnedTransactionId = transaction_id.into();
         let request =
             send_message_event::v3::Request::new(room_id, txn, content).map_err(matrix_sdk::Error::SerdeJson)?;
-        self.client.send(request).await?;
+        self.client.send(request).with_request_config(dm_requests()).await?;
         Ok(())
     }
 
@@ -466,21 +467,33 @@ impl DmSender {
         registry: &Registry,
         (user_id, user): Recipient<'_>,
     ) -> Result<OwnedRoomId, DmError> {
+        // Made, kept, then the invite: an invite that fails (their server
+        // is down) is tried again in this room, where one made with the
+        // invite would be left behind and another made at every try.
         let mut request = CreateRoomRequest::new();
-        request.invite = vec![user.clone()];
         request.is_direct = true;
         request.preset = Some(RoomPreset::TrustedPrivateChat);
         // The plain request: `Client::create_room` waits for a sync that a
         // one-shot sender never runs.
-        let room_id = self.client.send(request).await.map_err(|err| classify(err.into()))?.room_id;
+        let sent = self.client.send(request).with_request_config(dm_requests()).await;
+        let room_id = sent.map_err(|err| classify(err.into()))?.room_id;
         registry.store_dm_room(user_id, room_id.as_str()).await?;
         // The SDK serialises its m.direct read-modify-write per client.
-        if let Err(err) = self.client.account().mark_as_dm(&room_id, &[user]).await {
+        if let Err(err) = self.client.account().mark_as_dm(&room_id, std::slice::from_ref(&user)).await {
             // The DM works without it; clients just list it as a room.
             tracing::warn!(error = %err, "could not record the DM in m.direct");
         }
+        self.bring_back(&room_id, &user).await.map_err(classify)?;
         Ok(room_id)
     }
+}
+
+/// How long matrix-sdk may retry one DM request by itself (by default it
+/// never stops): an invite to a homeserver that is down fails with 502
+/// after seconds, and retried for ever it would hold a notify run for good.
+/// What fails here goes back to the outbox, which retries with its backoff.
+fn dm_requests() -> matrix_sdk::config::RequestConfig {
+    matrix_sdk::config::RequestConfig::short_retry().max_retry_time(std::time::Duration::from_secs(60))
 }
 
 fn room_is_gone(err: &matrix_sdk::Error) -> bool {

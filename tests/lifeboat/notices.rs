@@ -728,6 +728,38 @@ async fn a_matrix_contact_gets_the_lost_persons_notice_and_token_by_dm() {
     assert_eq!(dm_bodies(&other_server, &elsewhere).await.len(), 1, "a rerun sends no second DM");
 }
 
+/// A contact whose homeserver is down cannot be invited: the run does not
+/// wait for it for ever, and the DM room made for them is kept and the
+/// invite tried again in it, not a new room made (and left behind) at every
+/// try.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_dm_to_a_server_that_is_down_waits_and_is_tried_again_in_one_room() {
+    let (synapse, other_server) = federation_pair();
+    let registry = TestDatabase::sqlite();
+    let smtp = TestSmtp::start(None);
+    let lifeboat = lifeboat_with_mail(&synapse, &registry, &smtp);
+    let (id, names) = incident_after_wipe(&synapse, &lifeboat, 2).await;
+    let lost = synapse.user_id(&names[0]);
+    synapse.register_admin(&unique("root"));
+    let elsewhere = other_server.create_user(&unique("elsewhere"), &[]).await;
+    assert_eq!(lifeboat.run(&["contacts", "add", &lost, &elsewhere]).await.code, 0);
+
+    other_server.stop();
+    let down = tokio::time::timeout(Duration::from_secs(300), lifeboat.run(&["notify", &id, "--yes"])).await;
+    let down = down.expect("the run ends although the contact's server does not answer");
+    assert_eq!(down.code, 1, "the DM waits: {down:?}");
+    other_server.start_again();
+    let again = lifeboat.run(&["notify", &id, "--yes"]).await;
+    assert_eq!(again.code, 0, "{again:?}");
+    assert_eq!(dm_bodies(&other_server, &elsewhere).await.len(), 1);
+
+    let own = synapse.user_id("lifeboat");
+    let path = format!("{}/_synapse/admin/v1/users/{own}/joined_rooms", synapse.url);
+    let rooms: serde_json::Value =
+        reqwest::Client::new().get(path).bearer_auth(synapse.admin_token()).send().await.unwrap().json().await.unwrap();
+    assert_eq!(rooms["total"], 1, "one DM room, however many tries: {rooms}");
+}
+
 /// A Matrix-ID contact on this homeserver is an ID a wipe hands to whoever
 /// registers it first: they read nothing of the person's notice (its token,
 /// its claim link). Nor does whoever took the person's own ID get to greet

@@ -545,6 +545,34 @@ async fn a_person_verifies_a_contact_email_by_dm() {
     bob.send(&crowded, "contact list").await;
     let answered = bob.find_message(&crowded, &rig.bot, "Your contacts", Duration::from_secs(8)).await;
     assert_eq!(answered, None, "no contact list where a third member reads it");
+
+    // Mallory's room, with the bot in it and then only bob: she made it, so
+    // she could read it again. Nor does bob's own room, once anyone may
+    // join it, get an answer.
+    let mallory = rig.known_person(&unique("mallory")).await;
+    let lure = mallory.create_room(&[&rig.bot], true).await;
+    eventually("the bot joins mallory's room", Duration::from_secs(30), || async {
+        mallory.membership_of(&lure, &rig.bot).await.as_deref() == Some("join")
+    })
+    .await;
+    mallory.invite(&lure, &bob.user_id).await;
+    bob.join(&lure).await;
+    let leave = format!("/_matrix/client/v3/rooms/{lure}/leave");
+    mallory.try_call(reqwest::Method::POST, &leave, Some(serde_json::json!({}))).await;
+    let opened = bob.create_room(&[&rig.bot], true).await;
+    eventually("the bot joins bob's second room", Duration::from_secs(30), || async {
+        bob.membership_of(&opened, &rig.bot).await.as_deref() == Some("join")
+    })
+    .await;
+    bob.set_state(&opened, "m.room.join_rules", "", serde_json::json!({"join_rule": "public"})).await;
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    for room in [&lure, &opened] {
+        bob.send(room, "contact list").await;
+    }
+    for room in [&lure, &opened] {
+        let answered = bob.find_message(room, &rig.bot, "Your contacts", Duration::from_secs(8)).await;
+        assert_eq!(answered, None, "no contact list in {room}");
+    }
 }
 
 #[tokio::test(flavor = "multi_thread")]
