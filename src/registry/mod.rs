@@ -145,6 +145,20 @@ async fn probe(options: &AnyConnectOptions, backend: Backend) -> Result<(), sqlx
     conn.close().await
 }
 
+/// Whether the database holds Synapse's own tables (`event_json`, which
+/// only Synapse makes): a registry there would be lost with them, and its
+/// first migration would half-apply among them.
+async fn is_synapses_own(pool: &sqlx::AnyPool, backend: Backend) -> Result<bool, sqlx::Error> {
+    let sql = match backend {
+        Backend::Sqlite => "SELECT COUNT(*) FROM sqlite_master WHERE type = 'table' AND name = 'event_json'",
+        Backend::Postgres => {
+            "SELECT COUNT(*) FROM information_schema.tables WHERE table_schema = current_schema() \
+             AND table_name = 'event_json'"
+        }
+    };
+    Ok(sqlx::query_scalar::<_, i64>(sql).fetch_one(pool).await? > 0)
+}
+
 /// The file a `sqlite://PATH?…` URL names (none for in-memory databases).
 fn sqlite_file(url: &str) -> Option<&str> {
     let rest = url.strip_prefix("sqlite:")?.trim_start_matches("//");
@@ -187,6 +201,12 @@ impl Registry {
             .connect_with(options.clone())
             .await
             .map_err(unreachable)?;
+        if is_synapses_own(&pool, backend).await.map_err(unreachable)? {
+            return Err(Error::Refused(format!(
+                "registry.url ({shown}) names Synapse's own database: lifeboat needs one of its own, apart from \
+                 Synapse's (it must outlive it), so nothing was written there"
+            )));
+        }
         let migrator = match backend {
             Backend::Sqlite => &SQLITE_MIGRATIONS,
             Backend::Postgres => &POSTGRES_MIGRATIONS,

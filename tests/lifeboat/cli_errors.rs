@@ -407,6 +407,31 @@ async fn the_sqlite_registry_and_its_journal_are_readable_by_their_owner_only() 
     }
 }
 
+/// registry.url pointed at Synapse's own database (a copy-paste from
+/// homeserver.yaml): refused before anything is written there.
+#[tokio::test]
+async fn a_registry_url_naming_synapses_own_database_is_refused_and_left_untouched() {
+    let lifeboat = Lifeboat::with_config(MINIMAL);
+    let file = lifeboat.dir().join("lifeboat.db");
+    let synapses = format!("sqlite://{}?mode=rwc", file.display());
+    {
+        use sqlx::Connection;
+        let mut conn = sqlx::SqliteConnection::connect(&synapses).await.unwrap();
+        sqlx::query("CREATE TABLE event_json (event_id TEXT, json TEXT)").execute(&mut conn).await.unwrap();
+        conn.close().await.unwrap();
+    }
+    let run = lifeboat.run(&["users", "list"]).await;
+    assert_eq!(run.code, 1, "{run:?}");
+    assert!(one_sentence(&run.stderr).contains("names Synapse's own database"), "{}", run.stderr);
+    use sqlx::Connection;
+    let mut conn = sqlx::SqliteConnection::connect(&synapses).await.unwrap();
+    let tables: i64 = sqlx::query_scalar("SELECT COUNT(*) FROM sqlite_master WHERE type = 'table'")
+        .fetch_one(&mut conn)
+        .await
+        .unwrap();
+    assert_eq!(tables, 1, "nothing of lifeboat's was written there");
+}
+
 #[tokio::test]
 async fn a_registry_that_refuses_connections_is_named_at_once_not_after_a_timeout() {
     let refusing =
