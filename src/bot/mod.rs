@@ -59,6 +59,9 @@ pub(crate) struct Bot {
     asked_to_confirm: Mutex<HashMap<String, Instant>>,
     /// Admins invited to the current admin room by this process.
     invited: Mutex<HashSet<OwnedUserId>>,
+    /// DM rooms being joined now, per inviter: counted with those joined,
+    /// so a burst of invites in one sync cannot pass the cap together.
+    joining: Mutex<HashMap<OwnedUserId, usize>>,
     /// Messages sent before this process started are not taken as commands
     /// (they may be stale); later ones are, even if they arrive in the first
     /// sync after a reconnect.
@@ -158,6 +161,7 @@ pub async fn run(state: Arc<Services>, mut alerts: UnboundedReceiver<String>, ca
         admin_room: Mutex::new(None),
         asked_to_confirm: Mutex::default(),
         invited: Mutex::default(),
+        joining: Mutex::default(),
         started_at: matrix_sdk::ruma::MilliSecondsSinceUnixEpoch::now(),
     });
     let mut queued: Vec<String> = Vec::new();
@@ -530,7 +534,7 @@ async fn on_invite(event: StrippedRoomMemberEvent, room: Room, Ctx(bot): Ctx<Arc
         } else {
             takes_dm_invite(&bot.me, &event.sender, event.content.is_direct)
                 && made_by(&room, &event.sender)
-                && dm_rooms_with(&bot, &room.client(), &event.sender) < DM_ROOMS_PER_PERSON
+                && bot.start_joining_dm(&room.client(), &event.sender)
         };
         if !accept {
             tracing::info!(room = %room_id, from = %event.sender, "declined an invite");
@@ -538,12 +542,24 @@ async fn on_invite(event: StrippedRoomMemberEvent, room: Room, Ctx(bot): Ctx<Arc
             return;
         }
         let mut delay = Duration::from_secs(1);
-        while let Err(err) = room.join().await {
-            if delay > Duration::from_secs(60) {
-                return tracing::warn!(room = %room_id, error = %err, "could not join");
+        let joined = loop {
+            match room.join().await {
+                Ok(_) => break true,
+                Err(err) if delay > Duration::from_secs(60) => {
+                    tracing::warn!(room = %room_id, error = %err, "could not join");
+                    break false;
+                }
+                Err(_) => {
+                    tokio::time::sleep(delay).await;
+                    delay *= 2;
+                }
             }
-            tokio::time::sleep(delay).await;
-            delay *= 2;
+        };
+        if !to_admin_room {
+            bot.done_joining_dm(&event.sender);
+        }
+        if !joined {
+            return;
         }
         if to_admin_room {
             remember_the_aliass_room(&bot, &room_id).await;
@@ -558,6 +574,31 @@ async fn on_invite(event: StrippedRoomMemberEvent, room: Room, Ctx(bot): Ctx<Arc
 /// good, so one account must not fill it by inviting it again and again.
 /// More than one, for a person whose first DM broke.
 const DM_ROOMS_PER_PERSON: usize = 3;
+
+impl Bot {
+    /// Whether the bot may join one more DM room `person` made, counting
+    /// those it is joining now; if so, that one is counted from now on.
+    fn start_joining_dm(&self, client: &Client, person: &OwnedUserId) -> bool {
+        let mut joining = self.joining.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
+        let now = joining.get(person).copied().unwrap_or(0);
+        if dm_rooms_with(self, client, person) + now >= DM_ROOMS_PER_PERSON {
+            return false;
+        }
+        joining.insert(person.clone(), now + 1);
+        true
+    }
+
+    /// The join is over (the room counts among the joined ones, or failed).
+    fn done_joining_dm(&self, person: &OwnedUserId) {
+        let mut joining = self.joining.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
+        if let Some(count) = joining.get_mut(person) {
+            *count -= 1;
+            if *count == 0 {
+                joining.remove(person);
+            }
+        }
+    }
+}
 
 /// Rooms `person` made that the bot is in, the admin room aside: counted
 /// by maker, which never changes, so leaving a DM or filling it with others

@@ -485,6 +485,20 @@ async fn a_person_inviting_the_bot_to_dm_after_dm_gets_a_few_rooms_not_all() {
     }
     assert_eq!(joined, 3, "{}", rig.lifeboat.serve_log());
 
+    // Five invites at once, that one sync brings together: three joined.
+    let oscar = rig.known_person(&unique("oscar")).await;
+    let invited = [rig.bot.as_str()];
+    let burst: Vec<String> = futures::future::join_all((0..5).map(|_| oscar.create_room(&invited, true))).await;
+    let oscar = &oscar;
+    eventually("the bot answers every invite", Duration::from_secs(60), || async {
+        let states = futures::future::join_all(burst.iter().map(|dm| oscar.membership_of(dm, &rig.bot))).await;
+        states.iter().all(|state| state.as_deref().is_some_and(|state| state != "invite"))
+    })
+    .await;
+    let states = futures::future::join_all(burst.iter().map(|dm| oscar.membership_of(dm, &rig.bot))).await;
+    let joined = states.iter().filter(|state| state.as_deref() == Some("join")).count();
+    assert_eq!(joined, 3, "{states:?}");
+
     // A room someone else made (a big public one, say), with an invite
     // marked direct: not Mallory's to bring the bot into.
     let eve = rig.known_person(&unique("eve")).await;
