@@ -424,8 +424,11 @@ async fn send_under_lease(
     let emailed =
         send_deliveries(registry, email_transport, incident, &settings, email.connections, progress, lost).await;
     // Not only the rows under way when it stopped: every one due would fail
-    // the same way, and bring serve's worker back for it.
-    if let Err(NotifyError::Channel(why)) = &emailed {
+    // the same way, and bring serve's worker back for it. (Unless another
+    // process took the incident over meanwhile: what is due is its to send.)
+    if let Err(NotifyError::Channel(why)) = &emailed
+        && !lost.load(Ordering::SeqCst)
+    {
         let later = crate::registry::now_ms() + crate::outbox::PARKED_MAX.as_millis() as i64;
         registry.defer_due(Some(incident.id), DeliveryChannel::Email, later, why).await?;
     }
@@ -446,7 +449,7 @@ async fn send_under_lease(
     }
     // DMs this run could not even try wait out a backoff, as failed tries
     // would: serve's worker comes back for them then, not every round.
-    if let Some(why) = no_dms {
+    if let Some(why) = no_dms.filter(|_| !lost.load(Ordering::SeqCst)) {
         let later = crate::registry::now_ms() + crate::outbox::PARKED_MAX.as_millis() as i64;
         registry.defer_due(Some(incident.id), DeliveryChannel::Matrix, later, &format!("not sent yet: {why}")).await?;
     }

@@ -365,14 +365,12 @@ impl DmSender {
         if self.encrypted {
             return self.send_encrypted(registry, recipient, stored, content, transaction_id).await;
         }
-        if let Some(room_id) = stored {
-            let sent = match self.bring_back(&room_id, &recipient.1).await {
-                Ok(_) => self.send_in(room_id, &content, transaction_id).await,
-                Err(err) => Err(err),
-            };
-            match sent {
-                // The room is gone (a wiped homeserver) or lifeboat is no
-                // longer in it: make a new one below.
+        // A room gone (a wiped homeserver) or one lifeboat is no longer in:
+        // a new one is made below. An invite refused is no such thing.
+        if let Some(room_id) = stored
+            && self.bring_back(&room_id, &recipient.1).await?.is_some()
+        {
+            match self.send_in(room_id, &content, transaction_id).await {
                 Err(err) if room_is_gone(&err) => {}
                 other => return other.map_err(classify),
             }
@@ -395,13 +393,12 @@ impl DmSender {
             .and_then(|room_id| self.client.get_room(&room_id))
             .filter(|room| room.state() == matrix_sdk::RoomState::Joined);
         if let Some(room) = &known {
-            match self.bring_back(&room.room_id().to_owned(), &user).await {
+            match self.bring_back(&room.room_id().to_owned(), &user).await? {
                 // The store still lists them as gone: the room key must be
                 // shared with them too.
-                Ok(true) => room.mark_members_missing(),
-                Ok(false) => {}
-                Err(err) if room_is_gone(&err) => known = None,
-                Err(err) => return Err(classify(err)),
+                Some(true) => room.mark_members_missing(),
+                Some(false) => {}
+                None => known = None,
             }
         }
         let room = match known {
@@ -420,8 +417,9 @@ impl DmSender {
     /// Makes sure `user` is in the stored DM room or invited to it, and
     /// invites them again if they left it or turned it down: Synapse takes
     /// a message in a room lifeboat is alone in, so the notice would be
-    /// recorded as sent and never read. Whether it invited them.
-    async fn bring_back(&self, room_id: &OwnedRoomId, user: &OwnedUserId) -> Result<bool, matrix_sdk::Error> {
+    /// recorded as sent and never read. Whether it invited them; `None`
+    /// when the room is gone or lifeboat is not in it.
+    async fn bring_back(&self, room_id: &OwnedRoomId, user: &OwnedUserId) -> Result<Option<bool>, DmError> {
         use matrix_sdk::ruma::api::client::state::{get_state_event_for_key, send_state_event};
         use matrix_sdk::ruma::api::error::ErrorKind;
         use matrix_sdk::ruma::events::StateEventType;
@@ -435,18 +433,21 @@ impl DmSender {
                 .map(|content| content.membership),
             // Never a member (an invite that failed when the room was made).
             Err(err) if matches!(err.client_api_error_kind(), Some(ErrorKind::NotFound)) => None,
-            Err(err) => return Err(err),
+            Err(err) if room_is_gone(&err) => return Ok(None),
+            Err(err) => return Err(classify(err)),
         };
         if matches!(membership, Some(MembershipState::Join | MembershipState::Invite)) {
-            return Ok(false);
+            return Ok(Some(false));
         }
         // As a member event, so the invite still says it is a DM.
         let mut invite = RoomMemberEventContent::new(MembershipState::Invite);
         invite.is_direct = Some(true);
-        let request =
-            send_state_event::v3::Request::new(room_id.clone(), user, &invite).map_err(matrix_sdk::Error::SerdeJson)?;
-        self.client.send(request).with_request_config(dm_requests()).await?;
-        Ok(true)
+        let request = send_state_event::v3::Request::new(room_id.clone(), user, &invite)
+            .map_err(|err| classify(matrix_sdk::Error::SerdeJson(err)))?;
+        // Refused (their server will not have it): their failure, not the room's.
+        let invited = self.client.send(request).with_request_config(dm_requests()).await;
+        invited.map_err(|err| classify(err.into()))?;
+        Ok(Some(true))
     }
 
     async fn send_in(
@@ -483,17 +484,20 @@ impl DmSender {
             // The DM works without it; clients just list it as a room.
             tracing::warn!(error = %err, "could not record the DM in m.direct");
         }
-        self.bring_back(&room_id, &user).await.map_err(classify)?;
+        if self.bring_back(&room_id, &user).await?.is_none() {
+            return Err(DmError::Transient(format!("the DM room {room_id} just made is not there")));
+        }
         Ok(room_id)
     }
 }
 
-/// How long matrix-sdk may retry one DM request by itself (by default it
+/// How often matrix-sdk may retry one DM request by itself (by default it
 /// never stops): an invite to a homeserver that is down fails with 502
 /// after seconds, and retried for ever it would hold a notify run for good.
-/// What fails here goes back to the outbox, which retries with its backoff.
+/// Three tries, each within the request timeout; what still fails goes
+/// back to the outbox, which retries with its backoff.
 fn dm_requests() -> matrix_sdk::config::RequestConfig {
-    matrix_sdk::config::RequestConfig::short_retry().max_retry_time(std::time::Duration::from_secs(60))
+    matrix_sdk::config::RequestConfig::short_retry()
 }
 
 fn room_is_gone(err: &matrix_sdk::Error) -> bool {

@@ -197,8 +197,7 @@ async fn email(config: &Config, registry: &Registry) -> (Status, String) {
         };
     }
     // Through the outbox, as every message goes, but sent at once: the
-    // drill reports what the relay said. (One that failed for a passing
-    // reason is retried for the few minutes it is worth sending.)
+    // drill reports what the relay said, and one that failed is over.
     let message = crate::messages::drill(&config.homeserver.server_name);
     let queued = QueuedEmails { registry, mailer: &mailer, server_name: &config.homeserver.server_name };
     for to in &config.alerts.email {

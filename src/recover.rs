@@ -94,19 +94,24 @@ pub async fn admin_access(config: &Config, registry: &Registry) -> Result<AdminA
     let recovered = stored.map(|stored| (TokenSource::Recovered, stored.access_token));
     let configured =
         config.homeserver.admin_token.as_ref().map(|configured| (TokenSource::Config, configured.value.clone()));
-    let (mut dead, mut expired) = (Vec::new(), None);
+    let (mut dead, mut expired, mut own_expired) = (Vec::new(), None, None);
     for (source, token) in recovered.into_iter().chain(configured) {
         let client = base.with_token(token);
         match client.whoami().await {
             Ok(_) => return Ok(AdminAccess::Working { client, source }),
             Err(synapse::Error::Unauthorized { .. }) => dead.push(client),
             // lifeboat's own token, expired: `recover` logs in for a new one.
-            Err(synapse::Error::Expired { .. }) if source == TokenSource::Recovered => dead.push(client),
+            Err(synapse::Error::Expired { .. }) if source == TokenSource::Recovered => own_expired = Some(client),
             Err(err @ synapse::Error::Expired { .. }) => expired = Some(err),
             Err(err) => return Err(err.into()),
         }
     }
-    // A token Synapse still knows says its database is there: no wipe.
+    // A token Synapse still knows says its database is there: no wipe. The
+    // expired own one is the client to go on with (a listing with it says
+    // "could not tell", never "everyone is missing").
+    if let Some(client) = own_expired {
+        return Ok(AdminAccess::Dead { client });
+    }
     if let Some(err) = expired {
         return Err(err.into());
     }

@@ -375,6 +375,37 @@ async fn lifeboats_own_expired_token_is_renewed_by_logging_in_again() {
     assert_eq!(secrecy::ExposeSecret::expose_secret(&stored.access_token), "syt_renewed");
 }
 
+/// lifeboat's own token expired and the configured one logged out: a
+/// Synapse that still knows a token was not wiped. "Could not tell", never
+/// "everyone is missing" because the logged-out token once worked.
+#[tokio::test]
+async fn an_expired_own_token_beside_a_logged_out_one_is_no_reset() {
+    let registry = TestDatabase::sqlite();
+    let server = MockServer::start().await;
+    let expired = json!({"errcode": "M_UNKNOWN_TOKEN", "error": "Access token has expired", "soft_logout": true});
+    Mock::given(wiremock::matchers::header("authorization", "Bearer syt_own_expired"))
+        .respond_with(ResponseTemplate::new(401).set_body_json(expired))
+        .mount(&server)
+        .await;
+    Mock::given(method("GET"))
+        .and(path("/_synapse/admin/v1/server_version"))
+        .respond_with(ResponseTemplate::new(200).set_body_json(json!({"server_version": "mock"})))
+        .mount(&server)
+        .await;
+    let unknown = json!({"errcode": "M_UNKNOWN_TOKEN", "error": "Unknown token"});
+    Mock::given(method("GET")).respond_with(ResponseTemplate::new(401).set_body_json(unknown)).mount(&server).await;
+    let lifeboat = registry_with_six_accounts(&registry, &server).await;
+    let own = lifeboat::user_id::UserId::parse("@lifeboat:mock.test").unwrap();
+    let client = lifeboat::registry::Registry::connect(&registry.url()).await.unwrap();
+    let actor = lifeboat::registry::Actor::cli();
+    client.store_service_credential(&own, "syt_own_expired", None, &actor).await.unwrap();
+
+    let check = lifeboat.run(&["check"]).await;
+    assert_eq!(check.code, 1, "{check:?}");
+    assert!(check.stderr.contains("expired"), "{check:?}");
+    assert_nobody_missing(&lifeboat).await;
+}
+
 /// A Synapse that answers but knows no token: what a wipe looks like.
 async fn wiped_mock_synapse() -> MockServer {
     let server = MockServer::start().await;
