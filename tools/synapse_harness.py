@@ -150,7 +150,27 @@ def federation_port_of(config):
     return None
 
 
+def ephemeral_low():
+    """The lowest port the kernel hands out for outgoing connections."""
+    try:
+        with open("/proc/sys/net/ipv4/ip_local_port_range") as f:
+            return int(f.read().split()[0])
+    except (OSError, ValueError, IndexError):
+        return 32768
+
+
 def pick_free_port():
+    """A free port below the kernel's ephemeral range: one picked inside it
+    may be taken, between the pick and Synapse's bind, as the source port of
+    any outgoing connection on the machine (tests make many), and Synapse
+    then fails to start with EADDRINUSE. Random, so parallel harnesses
+    rarely try the same one."""
+    low = ephemeral_low()
+    if low > 11000:
+        for _ in range(200):
+            port = secrets.randbelow(low - 10000) + 10000
+            if port_is_free(port):
+                return port
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
         sock.bind(("127.0.0.1", 0))
         return sock.getsockname()[1]
