@@ -423,15 +423,6 @@ async fn send_under_lease(
     let email_transport = Transport::Email(mailer);
     let emailed =
         send_deliveries(registry, email_transport, incident, &settings, email.connections, progress, lost).await;
-    // Not only the rows under way when it stopped: every one due would fail
-    // the same way, and bring serve's worker back for it. (Unless another
-    // process took the incident over meanwhile: what is due is its to send.)
-    if let Err(NotifyError::Channel(why)) = &emailed
-        && !lost.load(Ordering::SeqCst)
-    {
-        let later = crate::registry::now_ms() + crate::outbox::PARKED_MAX.as_millis() as i64;
-        registry.defer_due(Some(incident.id), DeliveryChannel::Email, later, why).await?;
-    }
     // Mail that stopped (a refused login, a spent quota) holds back no DM:
     // for some people a DM is the one way they hear.
     let mut sent = emailed;

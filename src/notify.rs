@@ -311,6 +311,10 @@ impl crate::outbox::Channel for IncidentNotices<'_> {
         self.registry.next_pending_at(self.incident.id, self.transport.channel()).await
     }
 
+    async fn park_due(&self, until: i64, why: &str) -> Result<u64, registry::Error> {
+        self.registry.defer_due(Some(self.incident.id), self.transport.channel(), until, why).await
+    }
+
     fn key(delivery: &Delivery) -> (i64, i64) {
         (delivery.id, delivery.attempts)
     }

@@ -108,6 +108,10 @@ impl Channel for QueuedEmails<'_> {
         self.registry.next_message_due(DeliveryChannel::Email).await
     }
 
+    async fn park_due(&self, until: i64, why: &str) -> Result<u64, registry::Error> {
+        self.registry.defer_due(None, DeliveryChannel::Email, until, why).await
+    }
+
     fn key(message: &StoredMessage) -> (i64, i64) {
         (message.id, message.attempts)
     }
@@ -265,6 +269,9 @@ pub trait Channel: Sync {
     /// The row's id and the attempts recorded before this run.
     fn key(row: &Self::Row) -> (i64, i64);
     fn deliver(&self, row: &Self::Row) -> impl Future<Output = Outcome> + Send;
+    /// Puts every due row off until `until`, noting `why`: the channel
+    /// itself stopped working.
+    fn park_due(&self, until: i64, why: &str) -> impl Future<Output = Result<u64, registry::Error>> + Send;
 }
 
 /// Hook for a progress display and for winding down.
@@ -311,6 +318,15 @@ pub async fn send_until_done<C: Channel>(
             }
         }
         recorded += run.send_batch(channel, batch, progress).await?;
+    }
+    // The channel stopped (a refused login, a spent quota): every row due
+    // would fail alike, not only those under way, and each would bring
+    // serve's worker back. Unless this run was told to stop (or lost its
+    // lease to another process, whose rows they are then).
+    if let Some(SendError::Channel(why)) = &run.fatal
+        && !progress.stopping()
+    {
+        channel.park_due(now_ms() + PARKED_MAX.as_millis() as i64, why).await?;
     }
     run.fatal.map_or(Ok(()), Err)
 }
@@ -432,12 +448,9 @@ fn to_record(
             Record::Ended { id, state: DeliveryState::Pending, reason, due_at: Some(later), not_before: Some(later) }
         }
         Outcome::Fatal(err) => {
-            // Put back, parked: the channel, not the message, failed (a
-            // refused login or sender), and serve's worker must not come
-            // back to it every round. A notify run makes it due again; the
-            // worker's probe releases it once the server answers.
-            let parked = now_ms() + PARKED_MAX.as_millis() as i64;
-            let record = ended(DeliveryState::Pending, err.to_string(), Some(parked));
+            // Put back as due: the channel, not the message, failed, and
+            // `send_until_done` parks every due row of it once the run ends.
+            let record = ended(DeliveryState::Pending, err.to_string(), Some(now_ms()));
             fatal.get_or_insert(err);
             record
         }

@@ -52,18 +52,8 @@ pub async fn run(services: Arc<Services>) {
             tracing::warn!(error = %err, "delivery worker: registry query failed");
         }
         let background = Background(cancel.clone());
-        match send_until_done(registry, &queued, email.connections, &background).await {
-            Ok(()) => {}
-            // Every waiting message would fail alike: they wait out the
-            // backoff (or the probe's all-clear), not one try each a round.
-            Err(crate::outbox::SendError::Channel(why)) => {
-                tracing::warn!(error = %why, "delivery worker: queued messages not sent yet");
-                let later = now_ms() + crate::outbox::PARKED_MAX.as_millis() as i64;
-                if let Err(err) = registry.defer_due(None, DeliveryChannel::Email, later, &why).await {
-                    tracing::warn!(error = %err, "delivery worker: registry query failed");
-                }
-            }
-            Err(err) => tracing::warn!(error = %err, "delivery worker: queued messages not sent yet"),
+        if let Err(err) = send_until_done(registry, &queued, email.connections, &background).await {
+            tracing::warn!(error = %err, "delivery worker: queued messages not sent yet");
         }
         match registry.incidents_with_due_deliveries(now_ms()).await {
             Ok(incidents) => {
