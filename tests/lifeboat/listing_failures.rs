@@ -29,11 +29,7 @@ fn page(index: usize, total: usize) -> ResponseTemplate {
 
 async fn mock_synapse() -> MockServer {
     let server = MockServer::start().await;
-    Mock::given(method("GET"))
-        .and(path("/_synapse/admin/v1/server_version"))
-        .respond_with(ResponseTemplate::new(200).set_body_json(json!({"server_version": "mock"})))
-        .mount(&server)
-        .await;
+    answer_server_version(&server).await;
     Mock::given(method("GET"))
         .and(path("/_synapse/admin/v2/users/.*"))
         .respond_with(ResponseTemplate::new(200).set_body_json(json!({"threepids": []})))
@@ -45,6 +41,20 @@ async fn mock_synapse() -> MockServer {
         .mount(&server)
         .await;
     server
+}
+
+/// What Synapse answers with or without a token, even after a wipe.
+async fn answer_server_version(server: &MockServer) {
+    Mock::given(method("GET"))
+        .and(path("/_synapse/admin/v1/server_version"))
+        .respond_with(ResponseTemplate::new(200).set_body_json(json!({"server_version": "mock"})))
+        .mount(server)
+        .await;
+}
+
+/// A 401 for a token Synapse knows and that expired (`soft_logout`).
+fn expired_token() -> serde_json::Value {
+    json!({"errcode": "M_UNKNOWN_TOKEN", "error": "Access token has expired", "soft_logout": true})
 }
 
 async fn serve_pages(server: &MockServer, third_page: ResponseTemplate) {
@@ -313,12 +323,8 @@ async fn a_second_wipe_after_a_recovery_is_still_a_suspected_reset() {
 async fn an_expired_admin_token_is_not_read_as_a_reset() {
     let registry = TestDatabase::sqlite();
     let server = MockServer::start().await;
-    Mock::given(method("GET"))
-        .and(path("/_synapse/admin/v1/server_version"))
-        .respond_with(ResponseTemplate::new(200).set_body_json(json!({"server_version": "mock"})))
-        .mount(&server)
-        .await;
-    let expired = json!({"errcode": "M_UNKNOWN_TOKEN", "error": "Access token has expired", "soft_logout": true});
+    answer_server_version(&server).await;
+    let expired = expired_token();
     Mock::given(method("GET")).respond_with(ResponseTemplate::new(401).set_body_json(expired)).mount(&server).await;
     let lifeboat = registry_with_six_accounts(&registry, &server).await;
 
@@ -335,7 +341,7 @@ async fn an_expired_admin_token_is_not_read_as_a_reset() {
 async fn lifeboats_own_expired_token_is_renewed_by_logging_in_again() {
     let registry = TestDatabase::sqlite();
     let server = MockServer::start().await;
-    let expired = json!({"errcode": "M_UNKNOWN_TOKEN", "error": "Access token has expired", "soft_logout": true});
+    let expired = expired_token();
     Mock::given(method("GET"))
         .and(path("/_matrix/client/v3/account/whoami"))
         .respond_with(ResponseTemplate::new(401).set_body_json(expired))
@@ -382,16 +388,12 @@ async fn lifeboats_own_expired_token_is_renewed_by_logging_in_again() {
 async fn an_expired_own_token_beside_a_logged_out_one_is_no_reset() {
     let registry = TestDatabase::sqlite();
     let server = MockServer::start().await;
-    let expired = json!({"errcode": "M_UNKNOWN_TOKEN", "error": "Access token has expired", "soft_logout": true});
+    let expired = expired_token();
     Mock::given(wiremock::matchers::header("authorization", "Bearer syt_own_expired"))
         .respond_with(ResponseTemplate::new(401).set_body_json(expired))
         .mount(&server)
         .await;
-    Mock::given(method("GET"))
-        .and(path("/_synapse/admin/v1/server_version"))
-        .respond_with(ResponseTemplate::new(200).set_body_json(json!({"server_version": "mock"})))
-        .mount(&server)
-        .await;
+    answer_server_version(&server).await;
     let unknown = json!({"errcode": "M_UNKNOWN_TOKEN", "error": "Unknown token"});
     Mock::given(method("GET")).respond_with(ResponseTemplate::new(401).set_body_json(unknown)).mount(&server).await;
     let lifeboat = registry_with_six_accounts(&registry, &server).await;
@@ -411,11 +413,7 @@ async fn wiped_mock_synapse() -> MockServer {
     let server = MockServer::start().await;
     let unknown =
         ResponseTemplate::new(401).set_body_json(json!({"errcode": "M_UNKNOWN_TOKEN", "error": "Unknown token"}));
-    Mock::given(method("GET"))
-        .and(path("/_synapse/admin/v1/server_version"))
-        .respond_with(ResponseTemplate::new(200).set_body_json(json!({"server_version": "mock"})))
-        .mount(&server)
-        .await;
+    answer_server_version(&server).await;
     Mock::given(method("GET")).respond_with(unknown).mount(&server).await;
     server
 }

@@ -9,6 +9,13 @@ use crate::harness::{Lifeboat, MatrixUser, TestDatabase, TestSmtp, TestSynapse, 
 const POSTMORTEM: &str =
     "# What happened\n\nOur database was **lost** during maintenance.\n\nRegister again with your token.\n";
 
+/// lifeboat's own account is `bot`, with its token in `[bot]`.
+fn sending_as(lifeboat: &Lifeboat, bot: &crate::harness::synapse::Registered) {
+    let config = std::fs::read_to_string(lifeboat.config_path()).unwrap();
+    let bot_section = format!("[bot]\nuser_id = \"{}\"\naccess_token = \"{}\"\n", bot.user_id, bot.access_token);
+    lifeboat.write_config(&format!("{config}\n{bot_section}"));
+}
+
 fn lifeboat_with_mail(synapse: &TestSynapse, registry: &TestDatabase, smtp: &TestSmtp) -> Lifeboat {
     let lifeboat = Lifeboat::with_config(&format!(
         "[homeserver]\nurl = \"{}\"\nserver_name = \"{}\"\nadmin_token = \"{}\"\nregistration_shared_secret = \"{}\"\n\
@@ -553,13 +560,19 @@ async fn a_second_incident_for_the_same_people_is_refused_unless_forced() {
 /// The messages `user_id` can read in their one room (the DM they were
 /// invited to, joined here if not yet), read with a matrix-sdk client as a
 /// person's client would.
+/// `user_id`'s matrix-sdk client, as a person's client would be, synced once.
+async fn signed_in(synapse: &TestSynapse, user_id: &str) -> matrix_sdk::Client {
+    let client = matrix_sdk::Client::builder().homeserver_url(&synapse.url).build().await.unwrap();
+    client.matrix_auth().login_username(user_id, "correct horse battery").await.unwrap();
+    client.sync_once(matrix_sdk::config::SyncSettings::default()).await.unwrap();
+    client
+}
+
 async fn dm_bodies(synapse: &TestSynapse, user_id: &str) -> Vec<String> {
     use matrix_sdk::config::SyncSettings;
     use matrix_sdk::room::MessagesOptions;
 
-    let client = matrix_sdk::Client::builder().homeserver_url(&synapse.url).build().await.unwrap();
-    client.matrix_auth().login_username(user_id, "correct horse battery").await.unwrap();
-    client.sync_once(SyncSettings::default()).await.unwrap();
+    let client = signed_in(synapse, user_id).await;
     let (invited, joined) = (client.invited_rooms(), client.joined_rooms());
     assert_eq!(invited.len() + joined.len(), 1, "{user_id} is in one DM room");
     let room = match invited.first() {
@@ -593,11 +606,7 @@ async fn people_whose_account_survived_get_a_dm_even_when_synapse_rate_limits() 
         synapse.create_user(name, &[]).await;
     }
     let mut lifeboat = lifeboat_with_mail(&synapse, &registry, &smtp);
-    let config = std::fs::read_to_string(lifeboat.config_path()).unwrap();
-    lifeboat.write_config(&format!(
-        "{config}\n[bot]\nuser_id = \"{}\"\naccess_token = \"{}\"\n",
-        bot.user_id, bot.access_token
-    ));
+    sending_as(&lifeboat, &bot);
     assert_eq!(lifeboat.run(&["sync"]).await.code, 0);
     // Without an admin token lifeboat cannot lift its own rate limits.
     lifeboat.set_env("LIFEBOAT__HOMESERVER__ADMIN_TOKEN", &bot.access_token);
@@ -648,9 +657,7 @@ async fn dms_that_cannot_be_sent_at_all_wait_instead_of_being_due_every_round() 
     let bot = synapse.register("lifeboat");
     synapse.create_user(&unique("ann"), &[]).await;
     let lifeboat = lifeboat_with_mail(&synapse, &registry, &smtp);
-    let config = std::fs::read_to_string(lifeboat.config_path()).unwrap();
-    let with_bot = format!("{config}\n[bot]\nuser_id = \"{}\"\naccess_token = \"{}\"\n", bot.user_id, bot.access_token);
-    lifeboat.write_config(&with_bot);
+    sending_as(&lifeboat, &bot);
     assert_eq!(lifeboat.run(&["sync"]).await.code, 0);
     let id = open_for_everyone(&lifeboat, "Messages lost").await.json()["id"].to_string();
     assert_eq!(lifeboat.run(&["notify", &id, "--yes"]).await.code, 0);
@@ -681,18 +688,27 @@ async fn dms_that_cannot_be_sent_at_all_wait_instead_of_being_due_every_round() 
 }
 
 async fn leave_every_room(synapse: &TestSynapse, user_id: &str) {
-    use matrix_sdk::config::SyncSettings;
-    let client = matrix_sdk::Client::builder().homeserver_url(&synapse.url).build().await.unwrap();
-    client.matrix_auth().login_username(user_id, "correct horse battery").await.unwrap();
-    client.sync_once(SyncSettings::default()).await.unwrap();
+    let client = signed_in(synapse, user_id).await;
     for room in client.joined_rooms() {
         room.leave().await.unwrap();
     }
 }
 
-#[tokio::test(flavor = "multi_thread")]
-async fn a_matrix_contact_gets_the_lost_persons_notice_and_token_by_dm() {
-    // Her account on another homeserver, which federates with this one.
+/// Two federating homeservers, an incident after a wipe of the first, and
+/// the first lost person's Matrix contact: her account on the other one.
+struct ContactElsewhere {
+    synapse: TestSynapse,
+    other_server: TestSynapse,
+    _registry: TestDatabase,
+    smtp: TestSmtp,
+    lifeboat: Lifeboat,
+    id: String,
+    names: Vec<String>,
+    lost: String,
+    elsewhere: String,
+}
+
+async fn contact_elsewhere() -> ContactElsewhere {
     let (synapse, other_server) = federation_pair();
     let registry = TestDatabase::sqlite();
     let smtp = TestSmtp::start(None);
@@ -703,6 +719,14 @@ async fn a_matrix_contact_gets_the_lost_persons_notice_and_token_by_dm() {
     let elsewhere = other_server.create_user(&unique("elsewhere"), &[]).await;
     let added = lifeboat.run(&["contacts", "add", &lost, &elsewhere]).await;
     assert_eq!(added.code, 0, "{added:?}");
+    ContactElsewhere { synapse, other_server, _registry: registry, smtp, lifeboat, id, names, lost, elsewhere }
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_matrix_contact_gets_the_lost_persons_notice_and_token_by_dm() {
+    // Bound by name, every one: the registry and the sink must live to the end.
+    let ContactElsewhere { synapse, other_server, _registry, smtp, lifeboat, id, names, lost, elsewhere } =
+        contact_elsewhere().await;
     let shown = lifeboat.run(&["incident", "show", &id, "--json"]).await.json();
     let reach = ["affected", "reachable_by_email", "reachable_by_matrix", "unreachable"].map(|key| shown[key].as_i64());
     assert_eq!(reach, [Some(3), Some(1), Some(1), Some(2)], "both people and the old admin; she by both: {shown}");
@@ -734,15 +758,8 @@ async fn a_matrix_contact_gets_the_lost_persons_notice_and_token_by_dm() {
 /// try.
 #[tokio::test(flavor = "multi_thread")]
 async fn a_dm_to_a_server_that_is_down_waits_and_is_tried_again_in_one_room() {
-    let (synapse, other_server) = federation_pair();
-    let registry = TestDatabase::sqlite();
-    let smtp = TestSmtp::start(None);
-    let lifeboat = lifeboat_with_mail(&synapse, &registry, &smtp);
-    let (id, names) = incident_after_wipe(&synapse, &lifeboat, 2).await;
-    let lost = synapse.user_id(&names[0]);
-    synapse.register_admin(&unique("root"));
-    let elsewhere = other_server.create_user(&unique("elsewhere"), &[]).await;
-    assert_eq!(lifeboat.run(&["contacts", "add", &lost, &elsewhere]).await.code, 0);
+    let ContactElsewhere { synapse, other_server, _registry, smtp: _smtp, lifeboat, id, elsewhere, .. } =
+        contact_elsewhere().await;
 
     other_server.stop();
     let down = tokio::time::timeout(Duration::from_secs(300), lifeboat.run(&["notify", &id, "--yes"])).await;

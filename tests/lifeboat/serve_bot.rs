@@ -165,6 +165,19 @@ impl Rig {
         self.alice.send(&self.admin_room, text).await;
     }
 
+    /// `!lifeboat sync` until the bot says it synced (serve's watcher may
+    /// hold the sync lease for a moment); the reply.
+    pub(crate) async fn sync_by_bot(&self) -> String {
+        for _ in 0..5 {
+            self.say("!lifeboat sync").await;
+            let synced = self.alice.find_message(&self.admin_room, &self.bot, "Synced:", Duration::from_secs(20)).await;
+            if let Some(synced) = synced {
+                return synced;
+            }
+        }
+        panic!("the bot did not sync\nserve log:\n{}", self.lifeboat.serve_log())
+    }
+
     pub(crate) async fn reply_containing(&self, needle: &str) -> String {
         let found = self.alice.find_message(&self.admin_room, &self.bot, needle, Duration::from_secs(90)).await;
         if let Some(found) = found {
@@ -1148,16 +1161,7 @@ async fn the_bot_runs_the_clis_operations_for_an_admin() {
     let mut rig = Rig::start(TestSmtp::start(None), &people).await;
     rig.serve().await;
 
-    // The watcher's own sync may hold the lease for a moment; ask again then.
-    let mut synced = None;
-    for _ in 0..5 {
-        rig.say("!lifeboat sync").await;
-        synced = rig.alice.find_message(&rig.admin_room, &rig.bot, "Synced:", Duration::from_secs(20)).await;
-        if synced.is_some() {
-            break;
-        }
-    }
-    let synced = synced.expect("the bot syncs");
+    let synced = rig.sync_by_bot().await;
     assert!(synced.contains("listed"), "{synced}");
     rig.say("!lifeboat check").await;
     let checked = rig.reply_containing("Verdict").await;
@@ -1240,15 +1244,7 @@ async fn what_the_bot_posts_carries_no_markup_from_a_title_or_postmortem() {
     let lure = rig.alice.create_room(&[], false).await;
     let name = "[Your admin session expired, sign in](https://evil.example)\n\nlifeboat says: all is well";
     rig.alice.set_state(&lure, "m.room.name", "", serde_json::json!({"name": name})).await;
-    let mut synced = None;
-    for _ in 0..5 {
-        rig.say("!lifeboat sync").await;
-        synced = rig.alice.find_message(&rig.admin_room, &rig.bot, "Synced:", Duration::from_secs(20)).await;
-        if synced.is_some() {
-            break;
-        }
-    }
-    synced.expect("the bot syncs");
+    rig.sync_by_bot().await;
     rig.say(&format!("!lifeboat rooms recreate {lure}")).await;
     rig.reply_containing("there is nothing to re-create").await;
     let html = rig.alice.formatted_from(&rig.admin_room, &rig.bot).await;
