@@ -231,7 +231,7 @@ async fn lifeboat_turn(
         )
         .into());
     }
-    let email = config.email.as_ref().ok_or("no [email] in the bench's config")?;
+    config.email.as_ref().ok_or("no [email] in the bench's config")?;
     let started = Instant::now();
     let devices = lifeboat::dm::Devices::default();
     let options = CampaignOptions {
@@ -244,7 +244,7 @@ async fn lifeboat_turn(
     };
     let ((sent, notify), (names, names_took)) = tokio::join!(
         async {
-            let sent = run_campaign(config, registry, &incident, email, options).await;
+            let sent = run_campaign(config, registry, &incident, options).await;
             (sent, started.elapsed())
         },
         async {

@@ -142,7 +142,16 @@ pub async fn backup(registry: &Registry, out: &Path, server_name: &str, actor: &
     let io = |err: std::io::Error| BackupError::Failed(format!("cannot write {}: {err}", out.display()));
     // Beside `out`: a rename does not cross file systems.
     let dir = out.parent().filter(|dir| !dir.as_os_str().is_empty()).unwrap_or(Path::new("."));
-    let mut writer = BufWriter::new(tempfile::NamedTempFile::new_in(dir).map_err(io)?);
+    // Said of the folder: tempfile's own error names a file that never was.
+    let temporary = tempfile::NamedTempFile::new_in(dir).map_err(|err| {
+        let why = match err.kind() {
+            std::io::ErrorKind::NotFound => "there is no such folder".to_owned(),
+            std::io::ErrorKind::PermissionDenied => "permission denied".to_owned(),
+            other => other.to_string(),
+        };
+        BackupError::Failed(format!("cannot write {}: cannot make a file in {} ({why})", out.display(), dir.display()))
+    })?;
+    let mut writer = BufWriter::new(temporary);
     let header = json!({
         "lifeboat_backup": FORMAT_VERSION,
         "created_at": now_ms(),

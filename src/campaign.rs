@@ -8,17 +8,17 @@ use std::time::Duration;
 
 use secrecy::SecretString;
 
-use crate::config::{Config, EmailConfig, RecoveryMode};
+use crate::config::{Config, RecoveryMode};
 use crate::dm::{CryptoStore, Devices, DmError, DmSender, Login, held_by_serve};
 use crate::holds::{HoldError, HoldReport, hold_lost_ids, holds_wanted};
 use crate::lease::{Held, Lease};
 use crate::links::LINK_KEY;
 use crate::mail::Mailer;
 use crate::notify::{NoticeSettings, NotifyError, NotifyProgress, Transport, send_deliveries};
-use crate::recover::{RecoverError, admin_access, recover, service_user_id};
+use crate::recover::{RecoverError, admin_access, recover, renew_own_token, service_user_id};
 use crate::registry::{self, Actor, DeliveryChannel, DeliveryCounts, Incident, IncidentScope, Registry};
 use crate::session::store_passphrase;
-use crate::synapse::SynapseClient;
+use crate::synapse::{self, SynapseClient};
 use crate::sync::{Quiet, SyncError, SyncOptions, sync};
 use crate::tokens::{TokenError, ensure_notice_tokens, extend_unsent_tokens, revoke_unused_tokens};
 use crate::user_id::UserId;
@@ -273,11 +273,12 @@ pub async fn notice_settings(
 /// Tokens, deliveries, then sending, under the incident's notify lease.
 /// `plan_new`: create missing tokens and deliveries (notify); the delivery
 /// worker only sends what is already planned.
+/// Without an `[email]` section only Matrix DMs go (and no email is planned:
+/// a later run with one plans them).
 pub async fn run_campaign(
     config: &Config,
     registry: &Registry,
     incident: &Incident,
-    email: &EmailConfig,
     options: CampaignOptions<'_>,
 ) -> Result<CampaignReport, CampaignError> {
     // One notify per incident at a time (see `lease`). A run that loses
@@ -291,7 +292,7 @@ pub async fn run_campaign(
     // made after it would outlive the incident.
     let outcome = match registry.require_incident(incident.id).await {
         Ok(now) if now.resolved_at.is_some() => Err(CampaignError::Resolved(now.id)),
-        Ok(now) => send_under_lease(config, registry, &now, email, &options, &lease.lost()).await,
+        Ok(now) => send_under_lease(config, registry, &now, &options, &lease.lost()).await,
         Err(err) => Err(err.into()),
     };
     lease.release().await;
@@ -348,25 +349,27 @@ async fn send_under_lease(
     config: &Config,
     registry: &Registry,
     incident: &Incident,
-    email: &EmailConfig,
     options: &CampaignOptions<'_>,
     lost: &AtomicBool,
 ) -> Result<CampaignReport, CampaignError> {
     let progress = options.progress;
+    let email = config.email.as_ref();
     let client = admin_client_recovering(config, registry, &options.actor, progress).await?;
     let service = service_user_id(config);
     let mut report = CampaignReport::default();
     if options.plan_new {
         report.tokens_created =
             ensure_notice_tokens(registry, &client, incident.id, config.tokens.expiry, &service).await?;
-        registry.plan_email_deliveries(incident.id).await?;
+        if email.is_some() {
+            registry.plan_email_deliveries(incident.id).await?;
+        }
     }
     // Whoever sends (serve's worker too): a notice held back long enough
     // would otherwise carry a token that is dead or about to be.
     report.tokens_extended = extend_unsent_tokens(registry, &client, incident.id, config.tokens.expiry).await?;
     // Email does not depend on DMs: a DM sender that cannot start is a note.
     let mut no_dms = None;
-    let dm_sender = match DmAccount::find(config, registry, &client).await {
+    let dm_sender = match DmAccount::find(config, registry, &client, &options.actor).await {
         Ok(Some(account)) => {
             let sender_id = account.user_id.clone();
             if options.plan_new {
@@ -409,20 +412,23 @@ async fn send_under_lease(
             None
         }
     };
-    let own_mailer = match options.mailer {
-        Some(_) => None,
-        None => Some(Mailer::from_config(email, email.connections as u32)?),
+    let own_mailer = match (options.mailer, email) {
+        (None, Some(email)) => Some(Mailer::from_config(email, email.connections as u32)?),
+        _ => None,
     };
-    let mailer = options.mailer.or(own_mailer.as_ref()).expect("one of the two is there");
-    mailer.allow_all_again();
     // What an earlier run left unsent (or in flight when it died) is due now;
     // for serve's worker (which plans nothing new) only what a run left in
     // flight: the rest keeps its backoff.
     registry.resume_deliveries(incident.id, options.retry_failed, !options.plan_new).await?;
     let settings = notice_settings(config, registry, incident).await?;
-    let email_transport = Transport::Email(mailer);
-    let emailed =
-        send_deliveries(registry, email_transport, incident, &settings, email.connections, progress, lost).await;
+    let emailed = match (options.mailer.or(own_mailer.as_ref()), email) {
+        (Some(mailer), Some(email)) => {
+            mailer.allow_all_again();
+            let email_transport = Transport::Email(mailer);
+            send_deliveries(registry, email_transport, incident, &settings, email.connections, progress, lost).await
+        }
+        _ => Ok(registry.delivery_counts(incident.id).await?),
+    };
     // Mail that stopped (a refused login, a spent quota) holds back no DM:
     // for some people a DM is the one way they hear.
     let mut sent = emailed;
@@ -477,14 +483,18 @@ pub struct DmAccount {
 impl DmAccount {
     /// The recovered credentials, `bot.access_token`, or the session the bot
     /// made with `bot.password`, checked with Synapse. `None` when lifeboat
-    /// has none of them.
+    /// has none of them. Recovered credentials that expired are renewed
+    /// (audited as `actor`).
     pub async fn find(
         config: &Config,
         registry: &Registry,
         admin: &SynapseClient,
+        actor: &Actor,
     ) -> Result<Option<DmAccount>, String> {
         let service = service_user_id(config);
-        let token = match registry.service_credential(&service).await.map_err(|err| err.to_string())? {
+        let stored = registry.service_credential(&service).await.map_err(|err| err.to_string())?;
+        let recovered = stored.is_some();
+        let mut token = match stored {
             Some(stored) => stored.access_token,
             None => match config.bot.as_ref().and_then(|bot| bot.access_token.as_ref()) {
                 Some(token) => token.value.clone(),
@@ -496,11 +506,15 @@ impl DmAccount {
                 },
             },
         };
-        let who = admin
-            .with_token(token.clone())
-            .whoami()
-            .await
-            .map_err(|err| format!("lifeboat's own account cannot send DMs: {err}"))?;
+        let mut who = admin.with_token(token.clone()).whoami().await;
+        if recovered && matches!(who, Err(synapse::Error::Expired { .. })) {
+            let renewed = renew_own_token(config, registry, actor).await.map_err(|err| err.to_string())?;
+            if let Some(renewed) = renewed {
+                who = admin.with_token(renewed.clone()).whoami().await;
+                token = renewed;
+            }
+        }
+        let who = who.map_err(|err| format!("lifeboat's own account cannot send DMs: {err}"))?;
         let device = who.device_id.unwrap_or_else(|| "LIFEBOAT".to_owned());
         let encryption = match config.bot.as_ref().filter(|bot| bot.encrypted_notices) {
             Some(bot) => Some(CryptoStore {

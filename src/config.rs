@@ -162,7 +162,7 @@ pub struct WebConfig {
     pub trusted_proxies: Vec<std::net::IpAddr>,
     /// Form submissions per client IP per window.
     pub rate_limit_per_ip: u32,
-    /// Form submissions naming the same account or address per window.
+    /// Password tries on one account's claim links per window.
     pub rate_limit_per_target: u32,
     pub rate_limit_window: Duration,
     /// Registration tokens a person may get from the web page per incident.

@@ -16,6 +16,8 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use matrix_sdk::authentication::matrix::MatrixSession;
 use matrix_sdk::ruma::api::client::message::send_message_event;
 use matrix_sdk::ruma::api::client::room::create_room::v3::{Request as CreateRoomRequest, RoomPreset};
+use matrix_sdk::ruma::events::InitialStateEvent;
+use matrix_sdk::ruma::events::room::encryption::RoomEncryptionEventContent;
 use matrix_sdk::ruma::events::room::message::RoomMessageEventContent;
 use matrix_sdk::ruma::{OwnedRoomId, OwnedTransactionId, OwnedUserId};
 use matrix_sdk::{Client, SessionMeta, SessionTokens};
@@ -404,9 +406,9 @@ impl DmSender {
         let room = match known {
             Some(room) => room,
             None => {
-                let room = self.client.create_dm(&user).await.map_err(classify)?;
-                registry.store_dm_room(user_id, room.room_id().as_str()).await?;
-                room
+                let room_id = self.create_dm_room(registry, (user_id, user)).await?;
+                let room = self.client.get_room(&room_id);
+                room.ok_or_else(|| DmError::Transient(format!("the DM room {room_id} just made is not known here")))?
             }
         };
         let txn: OwnedTransactionId = transaction_id.into();
@@ -474,10 +476,19 @@ impl DmSender {
         let mut request = CreateRoomRequest::new();
         request.is_direct = true;
         request.preset = Some(RoomPreset::TrustedPrivateChat);
-        // The plain request: `Client::create_room` waits for a sync that a
-        // one-shot sender never runs.
-        let sent = self.client.send(request).with_request_config(dm_requests()).await;
-        let room_id = sent.map_err(|err| classify(err.into()))?.room_id;
+        let room_id = if self.encrypted {
+            let encryption = RoomEncryptionEventContent::with_recommended_defaults();
+            request.initial_state = vec![InitialStateEvent::with_empty_state_key(encryption).to_raw_any()];
+            // Through the client, so the room is known to it (to encrypt in)
+            // before any sync; it retries without end, hence the bound.
+            let made = tokio::time::timeout(CREATE_ROOM_WITHIN, self.client.create_room(request)).await;
+            let made = made
+                .map_err(|_| DmError::Transient("the homeserver did not make a DM room within two minutes".into()))?;
+            made.map_err(classify)?.room_id().to_owned()
+        } else {
+            let sent = self.client.send(request).with_request_config(dm_requests()).await;
+            sent.map_err(|err| classify(err.into()))?.room_id
+        };
         registry.store_dm_room(user_id, room_id.as_str()).await?;
         // The SDK serialises its m.direct read-modify-write per client.
         if let Err(err) = self.client.account().mark_as_dm(&room_id, std::slice::from_ref(&user)).await {
@@ -499,6 +510,10 @@ impl DmSender {
 fn dm_requests() -> matrix_sdk::config::RequestConfig {
     matrix_sdk::config::RequestConfig::short_retry()
 }
+
+/// How long an encrypted DM room may take to be made: three tries of a
+/// request, as [`dm_requests`] allows the others.
+const CREATE_ROOM_WITHIN: std::time::Duration = std::time::Duration::from_secs(120);
 
 fn room_is_gone(err: &matrix_sdk::Error) -> bool {
     use matrix_sdk::ruma::api::error::ErrorKind;

@@ -29,7 +29,7 @@ use crate::lease::{Held, Lease};
 use crate::links::ClaimLink;
 use crate::recover::service_user_id;
 use crate::registry::{self, Account, AccountState, Actor, HoldCandidate, Registry, now_ms};
-use crate::synapse::{self, Creation, SynapseClient};
+use crate::synapse::{self, Creation, SynapseClient, ThreePid, UserDetails};
 use crate::user_id::UserId;
 
 /// Accounts created and locked at once. Synapse is one Python process:
@@ -220,10 +220,19 @@ async fn hold_one(
         Ok(Creation::Existed) if resumed => match client.device_count(user_id.as_str()).await {
             // An interrupted run's account, unused: keep its creation time
             // as a fresh hold does (the registry's is the lost account's).
-            Ok(0) => match client.user_details(user_id.as_str()).await {
-                Ok(details) => details.and_then(|details| details.created_at_ms()),
-                Err(err) => return Ok(Outcome::Failed(err.to_string())),
-            },
+            Ok(0) => {
+                let details = match client.user_details(user_id.as_str()).await {
+                    Ok(Some(details)) => details,
+                    Ok(None) => return Ok(Outcome::Failed("its account went away meanwhile".to_owned())),
+                    Err(err) => return Ok(Outcome::Failed(err.to_string())),
+                };
+                let persons = registry.verified_emails_of(user_id).await?;
+                match may_be_the_interrupted_runs(client, user_id, &details, &persons).await {
+                    Ok(true) => details.created_at_ms(),
+                    Ok(false) => return Ok(taken(registry.mark_taken_before_hold(user_id, actor).await?)),
+                    Err(err) => return Ok(Outcome::Failed(err.to_string())),
+                }
+            }
             Ok(_) => return Ok(taken(registry.mark_taken_before_hold(user_id, actor).await?)),
             Err(err) => return Ok(Outcome::Failed(err.to_string())),
         },
@@ -254,6 +263,24 @@ async fn hold_one(
     }
     tracing::info!(%user_id, "held a lost ID for its owner");
     Ok(Outcome::Held)
+}
+
+/// Can the unused account found where an interrupted hold run was making
+/// one be that run's? A stranger may have registered the ID meanwhile and
+/// logged out: an account bearing an address that is not its person's
+/// (`persons`), or in any room, is not lifeboat's (a hold gets only the
+/// person's addresses, and joins no room).
+async fn may_be_the_interrupted_runs(
+    client: &SynapseClient,
+    user_id: &UserId,
+    details: &UserDetails,
+    persons: &[EmailAddress],
+) -> Result<bool, synapse::Error> {
+    let persons_own = |threepid: &ThreePid| {
+        threepid.medium == "email"
+            && persons.iter().any(|address| address.as_str().eq_ignore_ascii_case(&threepid.address))
+    };
+    Ok(details.threepids.iter().all(persons_own) && client.joined_rooms(user_id.as_str()).await?.is_empty())
 }
 
 /// What a [`restore_held_names`] run did.
@@ -486,7 +513,7 @@ pub enum HandOverError {
         "{0} is being handed over right now (by its claim link or another `lifeboat holds claim`): wait a minute, then see `lifeboat holds list`"
     )]
     UnderWay(String),
-    #[error("{0} is no longer held (its owner claimed it meanwhile?): nothing was released")]
+    #[error("{0} is no longer held or taken as it was (its owner claimed it meanwhile?): nothing was changed")]
     NoLongerHeld(String),
 }
 
@@ -545,19 +572,29 @@ async fn free_emails(
 
 /// An operator on the lifeboat host gives an ID to its person: held, or
 /// taken by someone lifeboat could not vouch for (whose devices are logged
-/// out). Afterwards the ID is trusted again.
+/// out). Afterwards the ID is trusted again. `seen` is the account as the
+/// operator was shown it: under the hand-over's lease it must still be so
+/// (its owner may have claimed it by link while the password was typed).
 pub async fn hand_back(
     registry: &Registry,
     client: &SynapseClient,
-    user_id: &UserId,
+    seen: &Account,
     password: &SecretString,
     actor: &Actor,
 ) -> Result<(), HandOverError> {
+    let user_id = &seen.user_id;
     let work = async {
         if registry.hold_under_way(user_id).await? {
             return Err(HandOverError::HoldUnderWay(user_id.to_string()));
         }
         let account = registry.account(user_id).await?;
+        let unchanged = account.as_ref().is_some_and(|now| {
+            matches!(now.state, AccountState::Held | AccountState::Recreated)
+                && (now.state, now.custody_at) == (seen.state, seen.custody_at)
+        });
+        if !unchanged {
+            return Err(HandOverError::NoLongerHeld(user_id.to_string()));
+        }
         let was_admin = account.as_ref().is_some_and(|account| account.admin);
         let name = account.as_ref().and_then(Account::display_name_to_restore);
         let emails = free_emails(registry, client, user_id).await?;

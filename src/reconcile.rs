@@ -95,11 +95,12 @@ pub fn classify(known: Option<&Known>, listed: Option<&Listed>) -> Option<Class>
         (Some(_), None) => Some(Class::Missing),
         (None, Some(_)) => Some(Class::New),
         (Some(known), Some(listed)) => Some(match known.standing {
-            // The person's own lost account back; not lifeboat's hold, even
-            // when a resumed hold took that very account for its own.
-            AccountState::Held | AccountState::Recreated
+            // The person's own lost account back (claimed or not); not
+            // lifeboat's hold, even when a resumed hold took that very
+            // account for its own.
+            AccountState::Held | AccountState::Recreated | AccountState::Claimed
                 if same_second(known.lost_created_at, listed.created_at_ms)
-                    && !(known.standing == AccountState::Held
+                    && !(matches!(known.standing, AccountState::Held | AccountState::Claimed)
                         && same_second(known.created_at_ms, listed.created_at_ms)) =>
             {
                 Class::CameBack

@@ -123,14 +123,35 @@ pub async fn admin_access(config: &Config, registry: &Registry) -> Result<AdminA
     Ok(AdminAccess::Dead { client })
 }
 
+/// lifeboat's own token, expired (a homeserver with session lifetimes)
+/// while another admin token keeps `recover` from running: logs in again
+/// with the password `recover` set and keeps the new token. `None` when
+/// lifeboat keeps no password (its token came from elsewhere) or the login
+/// is refused.
+pub async fn renew_own_token(
+    config: &Config,
+    registry: &Registry,
+    actor: &Actor,
+) -> Result<Option<secrecy::SecretString>, RecoverError> {
+    let Some(password) = registry.setting(SERVICE_PASSWORD).await? else { return Ok(None) };
+    let user_id = service_user_id(config);
+    let base = SynapseClient::from_config(&config.homeserver);
+    let Some(renewed) = base.login_with_password(user_id.localpart(), &password.into()).await? else {
+        return Ok(None);
+    };
+    let token = renewed.access_token.expose_secret();
+    registry.store_service_credential(&user_id, token, renewed.device_id.as_deref(), actor).await?;
+    Ok(Some(renewed.access_token))
+}
+
 /// After a wipe: registers the service account again as an admin with the
 /// shared secret and keeps its token in the registry; a no-op while a token works.
 pub async fn recover(config: &Config, registry: &Registry, actor: &Actor) -> Result<RecoverOutcome, RecoverError> {
-    let secret = config.homeserver.registration_shared_secret.as_ref().ok_or(RecoverError::NoSecret)?;
     let base = match admin_access(config, registry).await? {
         AdminAccess::Working { source, .. } => return Ok(RecoverOutcome::AlreadyWorking { source }),
         AdminAccess::Dead { client } => client,
     };
+    let secret = config.homeserver.registration_shared_secret.as_ref().ok_or(RecoverError::NoSecret)?;
     let user_id = service_user_id(config);
     if user_id.server_name() != config.homeserver.server_name {
         return Err(RecoverError::Foreign { user_id: user_id.to_string() });

@@ -39,20 +39,26 @@ impl NotifyProgress for Background {
 
 pub async fn run(services: Arc<Services>) {
     let Services { config, registry, shutdown: cancel, .. } = &*services;
-    let (Some(email), Some(mailer)) = (&config.email, &services.mailer) else {
-        tracing::info!("delivery worker off: no [email] section, or no mailer");
-        return;
+    let mail = match (&config.email, &services.mailer) {
+        (Some(email), Some(mailer)) => {
+            Some((email, QueuedEmails { registry, mailer, server_name: &config.homeserver.server_name }))
+        }
+        _ => {
+            tracing::info!("delivery worker: no [email] section (or no mailer): it sends notice DMs only");
+            None
+        }
     };
     // Probes the relay while mail waits out a backoff: a connection and a greeting, no message.
-    let probe = crate::mail::Mailer::from_config(email, 1).ok();
-    let queued = QueuedEmails { registry, mailer, server_name: &config.homeserver.server_name };
+    let probe = mail.as_ref().and_then(|(email, _)| crate::mail::Mailer::from_config(email, 1).ok());
     let mut releases = Releases::default();
     loop {
         if let Err(err) = registry.skip_expired_messages().await {
             tracing::warn!(error = %err, "delivery worker: registry query failed");
         }
         let background = Background(cancel.clone());
-        if let Err(err) = send_until_done(registry, &queued, email.connections, &background).await {
+        if let Some((email, queued)) = &mail
+            && let Err(err) = send_until_done(registry, queued, email.connections, &background).await
+        {
             tracing::warn!(error = %err, "delivery worker: queued messages not sent yet");
         }
         match registry.incidents_with_due_deliveries(now_ms()).await {
@@ -61,7 +67,7 @@ pub async fn run(services: Arc<Services>) {
                     if cancel.is_cancelled() {
                         return;
                     }
-                    send_due(&services, email, id).await;
+                    send_due(&services, id).await;
                 }
             }
             Err(err) => tracing::warn!(error = %err, "delivery worker: registry query failed"),
@@ -126,7 +132,7 @@ async fn channel_is_back(registry: &Registry, probe: &crate::mail::Mailer, relea
     }
 }
 
-async fn send_due(services: &Services, email: &crate::config::EmailConfig, incident_id: i64) {
+async fn send_due(services: &Services, incident_id: i64) {
     let Services { config, registry, shutdown: cancel, devices, .. } = services;
     let incident = match registry.require_incident(incident_id).await {
         Ok(incident) => incident,
@@ -141,7 +147,7 @@ async fn send_due(services: &Services, email: &crate::config::EmailConfig, incid
         devices,
         mailer: services.mailer.as_deref(),
     };
-    match run_campaign(config, registry, &incident, email, options).await {
+    match run_campaign(config, registry, &incident, options).await {
         Ok(report) => tracing::info!(
             incident = incident_id,
             sent = report.counts.sent,

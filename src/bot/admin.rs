@@ -310,14 +310,19 @@ async fn notify(bot: &Bot, room: &Room, actor: &Actor, id: i64, confirm: bool) -
     if incident.resolved_at.is_some() {
         return Err(format!("incident {id} is resolved: notices go out for open incidents only"));
     }
-    let Some(email) = config.email.clone() else {
-        return Err("notices go out by email: add an [email] section to lifeboat's config".to_owned());
-    };
     if !confirm {
         let planned = plan(registry, id, &service_user_id(config)).await.map_err(text)?;
+        let only_dms = match config.email {
+            Some(_) => "",
+            None if planned.dms > 0 => " There is no [email] section in lifeboat's config: only the DMs go.",
+            None => {
+                return Err("nothing can be sent: there is no [email] section in lifeboat's config, and no DM to send"
+                    .to_owned());
+            }
+        };
         let how = ask_to_confirm(bot, &format!("notify {id}"));
         return Ok(format!(
-            "Incident {id} \"{}\": {} affected; **{} emails** to {} people, **{} DMs**; {} people unreachable; {} tokens to create.\n\nTo send, {how}.",
+            "Incident {id} \"{}\": {} affected; **{} emails** to {} people, **{} DMs**; {} people unreachable; {} tokens to create.{only_dms}\n\nTo send, {how}.",
             markdown_escape(&incident.title),
             planned.affected,
             planned.emails.emails,
@@ -341,7 +346,7 @@ async fn notify(bot: &Bot, room: &Room, actor: &Actor, id: i64, confirm: bool) -
             devices: &state.devices,
             mailer: state.mailer.as_deref(),
         };
-        let outcome = run_campaign(&state.config, &state.registry, &incident, &email, options).await;
+        let outcome = run_campaign(&state.config, &state.registry, &incident, options).await;
         tracing::info!(incident = id, ok = outcome.is_ok(), "notify from the bot finished");
         let reply = match outcome {
             Ok(report) => notify_summary(id, &report),

@@ -8,7 +8,9 @@ use crate::plural::id_list;
 pub enum Command {
     /// Validate the config file and print it with secrets redacted.
     ///
-    /// Exit 0 when valid, 2 with one sentence naming the key when not.
+    /// Exit 0 when valid, 2 with one sentence naming the key when not. It
+    /// reads the file and the environment only: it reaches neither Synapse,
+    /// the registry nor the mail relay (`lifeboat drill` tries them).
     Check,
 }
 

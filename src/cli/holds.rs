@@ -147,7 +147,7 @@ pub async fn run(context: &Context, command: Command) -> Outcome {
         }
         Command::Claim { id } => {
             let account = known_account(&registry, &id).await?;
-            let user_id = account.user_id;
+            let user_id = &account.user_id;
             if !matches!(account.state, AccountState::Held | AccountState::Recreated) {
                 return Err(Failure::failed(format!(
                     "{user_id} is {}, not held or taken: `lifeboat holds claim` gives back only a held ID or one someone else registered again",
@@ -156,7 +156,7 @@ pub async fn run(context: &Context, command: Command) -> Outcome {
             }
             let password = read_new_password(user_id.as_str()).await?;
             let client = context.admin_client_recovering(&config, &registry).await?;
-            hand_back(&registry, &client, &user_id, &password, &Actor::cli()).await.map_err(Failure::failed)?;
+            hand_back(&registry, &client, &account, &password, &Actor::cli()).await.map_err(Failure::failed)?;
             println!(
                 "{user_id} is its person's again: sign in with the new password at {} (every other session was logged out).",
                 config.homeserver.public_url

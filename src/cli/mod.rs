@@ -69,7 +69,8 @@ enum Command {
     ///
     /// Accounts that are no longer listed are marked missing, never deleted.
     /// A listing that fails part-way changes nothing. Emails are fetched for
-    /// new accounts and for those not fetched within sync.details_max_age.
+    /// new accounts, and again for older ones spread over
+    /// sync.details_max_age (up to sync.details_per_round a sync).
     /// Ctrl-C stops it keeping what was read; run it again to continue.
     Sync(sync::Args),
     /// Compare the registry with Synapse's listing, without changing anything.
@@ -110,7 +111,8 @@ enum Command {
     /// claim page); one whose ID is lost but not held gets a single-use
     /// registration token. Creates the missing tokens and deliveries, then
     /// sends: emails to the affected people's contacts, DMs to affected
-    /// accounts that still exist and to Matrix-ID contacts. Resumable: running it again sends only what
+    /// accounts that still exist and to Matrix-ID contacts (without an [email]
+    /// section, only the DMs). Resumable: running it again sends only what
     /// was not delivered. Encrypted DMs whose device store `lifeboat serve`
     /// has open are left to serve's delivery worker. Exit 0 when every
     /// notice is delivered (or left to serve), 1 otherwise, 2 for usage
@@ -185,7 +187,10 @@ impl From<ConfigError> for Failure {
 
 impl From<crate::registry::Error> for Failure {
     fn from(err: crate::registry::Error) -> Self {
-        Failure::failed(err)
+        match err {
+            crate::registry::Error::SynapsesOwn(_) => Failure::new(exit::USAGE, err),
+            err => Failure::failed(err),
+        }
     }
 }
 

@@ -95,13 +95,19 @@ pub async fn run(context: &Context, args: Args) -> Outcome {
         return Ok(exit::OK);
     }
 
-    let email = config.email.as_ref().ok_or_else(|| {
-        Failure::new(
-            exit::USAGE,
-            "notices go out by email: add an [email] section with smtp_url and from (see config.example.toml)",
-        )
-    })?;
-    let question = format!("Send {} emails now? [y/N]", planned.emails.emails);
+    let question = match config.email {
+        Some(_) => format!("Send {} emails and {} Matrix DMs now? [y/N]", planned.emails.emails, planned.dms),
+        None if planned.dms > 0 => {
+            eprintln!("note: there is no [email] section, so only the Matrix DMs go; the emails wait for one");
+            format!("Send {} Matrix DMs now? [y/N]", planned.dms)
+        }
+        None => {
+            return Err(Failure::new(
+                exit::USAGE,
+                "nothing can be sent: there is no [email] section (add one with smtp_url and from, see config.example.toml) and no Matrix DM to send",
+            ));
+        }
+    };
     let without_terminal = "stdin is not a terminal, so lifeboat cannot ask before sending: pass --yes to send";
     if !args.yes && !ask_yes(&question, without_terminal).await? {
         println!("Nothing sent.");
@@ -120,7 +126,7 @@ pub async fn run(context: &Context, args: Args) -> Outcome {
         devices: &devices,
         mailer: None,
     };
-    let outcome = run_campaign(&config, &registry, &incident, email, options).await;
+    let outcome = run_campaign(&config, &registry, &incident, options).await;
     devices.close().await;
     bar.0.finish_and_clear();
     let report = outcome.map_err(Failure::failed)?;

@@ -48,6 +48,9 @@ pub async fn run(context: &Context, command: Command) -> Outcome {
     let (config, registry) = context.open().await?;
     match command {
         Command::List { incident, reveal, json } => {
+            if let Some(id) = incident {
+                registry.require_incident(id).await?;
+            }
             let tokens = registry.tokens(incident).await?;
             // What Synapse says of each: used, unused, expired, gone.
             let in_synapse: Option<HashMap<String, RegistrationToken>> = if tokens.is_empty() {

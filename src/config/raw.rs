@@ -92,6 +92,7 @@ struct RawHomeserver {
     admin_token_file: Option<PathBuf>,
     registration_shared_secret: Option<String>,
     registration_shared_secret_file: Option<PathBuf>,
+    #[serde(default, deserialize_with = "lenient::text")]
     timeout: Option<String>,
     #[serde(default, deserialize_with = "lenient::number")]
     retries: Option<u32>,
@@ -110,6 +111,7 @@ struct RawSync {
     page_size: Option<u32>,
     #[serde(default, deserialize_with = "lenient::number")]
     details_concurrency: Option<usize>,
+    #[serde(default, deserialize_with = "lenient::text")]
     details_max_age: Option<String>,
     #[serde(default, deserialize_with = "lenient::number")]
     details_per_round: Option<u64>,
@@ -118,7 +120,9 @@ struct RawSync {
 #[derive(Deserialize, Default)]
 #[serde(deny_unknown_fields)]
 struct RawWatch {
+    #[serde(default, deserialize_with = "lenient::text")]
     interval: Option<String>,
+    #[serde(default, deserialize_with = "lenient::text")]
     probe_interval: Option<String>,
     #[serde(default, deserialize_with = "lenient::number")]
     probe_sample: Option<usize>,
@@ -131,6 +135,7 @@ struct RawWatch {
 #[derive(Deserialize, Default)]
 #[serde(deny_unknown_fields)]
 struct RawTokens {
+    #[serde(default, deserialize_with = "lenient::text")]
     expiry: Option<String>,
 }
 
@@ -176,6 +181,7 @@ struct RawWeb {
     rate_limit_per_ip: Option<u32>,
     #[serde(default, deserialize_with = "lenient::number")]
     rate_limit_per_target: Option<u32>,
+    #[serde(default, deserialize_with = "lenient::text")]
     rate_limit_window: Option<String>,
     #[serde(default, deserialize_with = "lenient::number")]
     token_requests_per_person: Option<u32>,
@@ -328,8 +334,15 @@ struct Ctx<'a> {
 }
 
 impl Ctx<'_> {
+    /// Where `key` came from; a section the environment alone made (a
+    /// misspelled `LIFEBOAT__SECTION__…`) is named by its variable.
     fn origin(&self, key: &str) -> Origin {
-        self.origins.get(key).cloned().unwrap_or_else(|| Origin::File(self.file.to_path_buf()))
+        let within = format!("{key}.");
+        let set = self
+            .origins
+            .get(key)
+            .or_else(|| self.origins.iter().find(|(set, _)| set.starts_with(&within)).map(|(_, origin)| origin));
+        set.cloned().unwrap_or_else(|| Origin::File(self.file.to_path_buf()))
     }
 
     fn invalid(&self, key: &str, problem: impl std::fmt::Display) -> ConfigError {
@@ -684,6 +697,18 @@ mod lenient {
             } else {
                 format!("`{text}` is not a number")
             })
+        })
+    }
+
+    /// Text, or a number as its text: a duration written `30` is then
+    /// named as a duration without a unit, not as a type mismatch.
+    pub fn text<'de, D: Deserializer<'de>>(deserializer: D) -> Result<Option<String>, D::Error> {
+        Ok(match Option::<Scalar>::deserialize(deserializer)? {
+            None => None,
+            Some(Scalar::Bool(value)) => Some(value.to_string()),
+            Some(Scalar::Integer(value)) => Some(value.to_string()),
+            Some(Scalar::Float(value)) => Some(value.to_string()),
+            Some(Scalar::Text(text)) => Some(text),
         })
     }
 

@@ -63,6 +63,12 @@ pub enum Error {
     Query(#[from] sqlx::Error),
     #[error("{0}")]
     Refused(String),
+    /// `registry.url` names Synapse's database (shown redacted): a setting
+    /// to fix, not a failure to retry.
+    #[error(
+        "registry.url ({0}) names Synapse's own database: lifeboat needs one of its own, apart from Synapse's (it must outlive it), so nothing was written there"
+    )]
+    SynapsesOwn(String),
     /// The words are the CLI's; other faces say their own (`Error::hint`).
     #[error("there is no incident {0}: `lifeboat incident list` shows them")]
     NoSuchIncident(i64),
@@ -202,10 +208,7 @@ impl Registry {
             .await
             .map_err(unreachable)?;
         if is_synapses_own(&pool, backend).await.map_err(unreachable)? {
-            return Err(Error::Refused(format!(
-                "registry.url ({shown}) names Synapse's own database: lifeboat needs one of its own, apart from \
-                 Synapse's (it must outlive it), so nothing was written there"
-            )));
+            return Err(Error::SynapsesOwn(shown));
         }
         let migrator = match backend {
             Backend::Sqlite => &SQLITE_MIGRATIONS,

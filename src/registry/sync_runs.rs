@@ -233,7 +233,9 @@ impl Registry {
         // gives that person's record neither the admin flag nor a name (the
         // notices greet the person by it), nor clears what an admin had done
         // to the person's account (locked, deactivated: no way back in for
-        // it). An ID whose custody changed while the
+        // it). An ID whose hold is being made stays missing, with the lost
+        // account's creation time: the account listed may be a stranger's,
+        // and only the resumed hold run tells. An ID whose custody changed while the
         // listing was read (claimed, released) waits for the next listing:
         // this one shows its account as it was before.
         sqlx::query(
@@ -253,9 +255,11 @@ impl Registry {
                  is_guest = excluded.is_guest, \
                  locked = CASE WHEN accounts.custody IN ('holding', 'held') OR accounts.recreated_at IS NOT NULL \
                                THEN accounts.locked ELSE excluded.locked END, \
-                 user_type = excluded.user_type, synapse_created_at = excluded.synapse_created_at, \
+                 user_type = excluded.user_type, \
+                 synapse_created_at = CASE WHEN accounts.custody = 'holding' \
+                                           THEN accounts.synapse_created_at ELSE excluded.synapse_created_at END, \
                  last_seen_present_at = excluded.last_seen_present_at, \
-                 state = excluded.state, \
+                 state = CASE WHEN accounts.custody = 'holding' THEN accounts.state ELSE excluded.state END, \
                  missing_since = NULL \
              WHERE accounts.custody_at IS NULL \
                 OR accounts.custody_at < (SELECT started_at FROM sync_runs WHERE id = $1)",
@@ -467,10 +471,12 @@ impl DetailsDue {
     fn predicate(self) -> &'static str {
         match self {
             DetailsDue::New => {
-                "state = 'present' AND recreated_at IS NULL AND details_fetched_at IS NULL AND $1 = $1 AND $2 = $2"
+                "state = 'present' AND recreated_at IS NULL AND (custody IS NULL OR custody = 'claimed') \
+                 AND details_fetched_at IS NULL AND $1 = $1 AND $2 = $2"
             }
             DetailsDue::Again { .. } => {
-                "state = 'present' AND recreated_at IS NULL AND details_fetched_at IS NOT NULL \
+                "state = 'present' AND recreated_at IS NULL AND (custody IS NULL OR custody = 'claimed') \
+                 AND details_fetched_at IS NOT NULL \
                  AND (details_due_at <= $1 OR (details_due_at IS NULL AND details_fetched_at < $2))"
             }
         }

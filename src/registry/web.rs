@@ -125,8 +125,8 @@ impl Registry {
     /// The newest unexpired link for `purpose` and `user_id` carrying a
     /// code, wherever it was mailed, whether or not the mail arrived, and
     /// used or not: the code went by DM and stays the person's while the
-    /// link lives, and a link retired by its spent tries still holds them
-    /// (asking again must not bring a fresh code and fresh tries).
+    /// link lives, and a link retired by its spent tries still counts among
+    /// the few that may carry it.
     pub async fn live_code_link(&self, purpose: &str, user_id: &UserId) -> Result<Option<WebLink>> {
         Ok(sqlx::query_as(sqlx::AssertSqlSafe(format!(
             "{SELECT_WEB_LINKS} WHERE purpose = $1 AND user_id = $2 AND expires_at > $3 \
@@ -170,39 +170,40 @@ impl Registry {
         Ok(used.rows_affected() == 1)
     }
 
-    /// Spends one try at a link's code, before it is compared; `false` when none is left (or the
-    /// link is used). An account's links share its code and its `max` tries: a guesser asking for
-    /// links at many addresses gets no more. One writer at a time, so parallel guesses share no try.
+    /// Spends one of a link's `max` tries at its code, before the code is
+    /// compared; `false` when none is left (or the link is used). Each link
+    /// has its own: a stranger guessing through a link of their own spends
+    /// nothing of its owner's. One statement, so parallel guesses share no try.
     pub async fn spend_web_link_attempt(&self, id: &str, max: i64) -> Result<bool> {
-        let mut tx = self.begin_write().await?;
-        if self.is_postgres() {
-            // SQLite's BEGIN IMMEDIATE already lets one writer in at a time.
-            sqlx::query("LOCK TABLE web_links IN SHARE ROW EXCLUSIVE MODE").execute(&mut *tx).await?;
-        }
         let spent = sqlx::query(
-            "UPDATE web_links SET attempts = attempts + 1 WHERE id = $1 AND attempts < $2 AND used_at IS NULL \
-               AND (SELECT COALESCE(SUM(same.attempts), 0) FROM web_links same WHERE same.purpose = web_links.purpose \
-                    AND same.user_id = web_links.user_id AND same.code_hash = web_links.code_hash) < $2",
+            "UPDATE web_links SET attempts = attempts + 1 WHERE id = $1 AND attempts < $2 AND used_at IS NULL",
         )
         .bind(id)
         .bind(max)
-        .execute(&mut *tx)
-        .await?
-        .rows_affected();
-        tx.commit().await?;
-        Ok(spent == 1)
+        .execute(&self.pool)
+        .await?;
+        Ok(spent.rows_affected() == 1)
     }
 
-    /// Tries spent at a code, across every link that carries it.
-    pub async fn code_tries_spent(&self, purpose: &str, user_id: &UserId, code_hash: &str) -> Result<i64> {
-        Ok(sqlx::query_scalar(
-            // PostgreSQL sums BIGINTs as NUMERIC, which sqlx's Any driver cannot read.
-            "SELECT CAST(COALESCE(SUM(attempts), 0) AS BIGINT) FROM web_links \
-             WHERE purpose = $1 AND user_id = $2 AND code_hash = $3",
+    /// How far an account's codes for `purpose` went: how many links carry
+    /// `code_hash` (used, expired and undelivered ones too), and how many
+    /// codes, decoys alike, its links carried since `since` (ms).
+    pub async fn code_use(
+        &self,
+        purpose: &str,
+        user_id: &UserId,
+        code_hash: Option<&str>,
+        since: i64,
+    ) -> Result<(i64, i64)> {
+        Ok(sqlx::query_as(
+            "SELECT (SELECT COUNT(*) FROM web_links WHERE purpose = $1 AND user_id = $2 AND code_hash = $3), \
+                    (SELECT COUNT(DISTINCT code_hash) FROM web_links \
+                     WHERE purpose = $1 AND user_id = $2 AND code_hash IS NOT NULL AND created_at > $4)",
         )
         .bind(purpose)
         .bind(user_id)
         .bind(code_hash)
+        .bind(since)
         .fetch_one(&self.pool)
         .await?)
     }

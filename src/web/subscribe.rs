@@ -24,9 +24,16 @@ use crate::user_id::UserId;
 const PURPOSE: &str = "subscribe";
 const LINK_VALID: Duration = Duration::from_secs(30 * 60);
 const LINK: LinkKind = LinkKind { purpose: PURPOSE, again: ("/subscribe", "Start again"), hint: "start again" };
-/// Tries at a DMed code, across all the links that carry it (every link
-/// to one account while its code is live), before they stop working.
+/// Tries at a DMed code through one link, before it stops working. Each
+/// link has its own, so a stranger's wrong guesses end no link of its owner.
 const MAX_ATTEMPTS: i64 = 5;
+/// Links that carry one code (or decoy); past that a request makes a fresh
+/// one. With [`MAX_ATTEMPTS`], at most 15 guesses at any code.
+const LINKS_PER_CODE: i64 = 3;
+/// Codes (and decoys, counted alike) made for one account a day: each is a
+/// DM to it, and 3 × 5 guesses. At 8 digits, 90 guesses a day.
+const CODES_PER_DAY: i64 = 6;
+const DAY_MS: i64 = 24 * 3600 * 1000;
 
 #[derive(Template)]
 #[template(path = "web/subscribe_form.html")]
@@ -170,22 +177,19 @@ async fn start(
     }
     let now = now_ms();
     // A live code (or decoy) is reused while the account still is what it
-    // was made for.
+    // was made for, and while few links carry it.
     let live_code = state.registry.live_code_link(PURPOSE, &user_id).await?;
     let pending_code = live_code.filter(|link| {
         carries_a_code(link) == takes_contacts && link.expires_at - now > CODE_REUSE_MARGIN.as_millis() as i64
     });
+    let pending_hash = pending_code.as_ref().and_then(|link| link.code_hash.as_deref());
+    let (links_with_code, codes_today) = state.registry.code_use(PURPOSE, &user_id, pending_hash, now - DAY_MS).await?;
     let (mut hash, expires_at, code_to_send) = match pending_code {
-        Some(link) => {
-            let hash = link.code_hash.unwrap_or_default();
-            // Its tries are spent (someone guessing): no new link until a
-            // new code is due, and no more DMs to the account meanwhile.
-            if state.registry.code_tries_spent(PURPOSE, &user_id, &hash).await? >= MAX_ATTEMPTS {
-                return Ok(());
-            }
-            (Some(hash), link.expires_at, None)
-        }
-        None => {
+        Some(link) if links_with_code < LINKS_PER_CODE => (link.code_hash, link.expires_at, None),
+        // Enough for today: whoever keeps asking, the account gets no more
+        // DMs and a guesser no more tries; links already mailed still work.
+        _ if codes_today >= CODES_PER_DAY => return Ok(()),
+        _ => {
             // For an account that is not its person's no code is made, only
             // a decoy: the link cannot be confirmed, and nothing from it is
             // reused once the account is.
@@ -239,7 +243,8 @@ async fn dm_code(
     expires_at: i64,
 ) -> Result<(), WebError> {
     let (config, registry) = (&state.config, &state.registry);
-    let Some(account) = crate::campaign::DmAccount::find(config, registry, admin).await? else {
+    let actor = Actor::web(Some("subscription code".to_owned()));
+    let Some(account) = crate::campaign::DmAccount::find(config, registry, admin, &actor).await? else {
         return Err(WebError("lifeboat's own account has no credentials: cannot DM a code".into()));
     };
     let sender = account.connect(config, registry, &state.inner.devices).await?;

@@ -32,6 +32,13 @@ async fn a_misspelled_key_is_named_with_the_file() {
     assert!(line.contains("`homeserver.servername` in "), "{line}");
     assert!(line.contains("is not a lifeboat setting (expected one of url, public_url, server_name"), "{line}");
     assert!(line.contains("lifeboat.toml"), "{line}");
+
+    // A section only the environment names is blamed on its variable.
+    let from_env = Lifeboat::with_config(MINIMAL).env("LIFEBOAT__FOO__BAR", "1");
+    let run = from_env.run(&["config", "check"]).await;
+    assert_eq!(run.code, 2, "{run:?}");
+    let line = one_sentence(&run.stderr);
+    assert!(line.contains("`foo` (from env LIFEBOAT__FOO__BAR) is not a lifeboat setting"), "{line}");
 }
 
 #[tokio::test]
@@ -78,6 +85,12 @@ async fn values_that_cannot_work_are_refused_with_their_minimum() {
     let in_the_file = Lifeboat::with_config(&format!("{MINIMAL}[sync]\npage_size = -5\n"));
     let line = in_the_file.run(&["config", "check"]).await.stderr;
     assert!(line.contains("`-5` is out of range") && !line.contains("untagged"), "{line}");
+    // A duration written as a bare number is told its missing unit.
+    let bare = Lifeboat::with_config(&format!("{MINIMAL}[watch]\ninterval = 900\n"));
+    let run = bare.run(&["config", "check"]).await;
+    assert_eq!(run.code, 2, "{run:?}");
+    let line = one_sentence(&run.stderr);
+    assert!(line.contains("`watch.interval`") && line.contains("write it like \"30s\""), "{line}");
     for wrong_type in ["[sync]\npage_size = [1]\n", "[web]\ntrusted_proxies = [1]\n"] {
         let run = Lifeboat::with_config(&format!("{MINIMAL}{wrong_type}")).run(&["config", "check"]).await;
         assert!(run.code == 2 && !run.stderr.contains("untagged"), "{wrong_type}: {run:?}");
@@ -421,7 +434,7 @@ async fn a_registry_url_naming_synapses_own_database_is_refused_and_left_untouch
         conn.close().await.unwrap();
     }
     let run = lifeboat.run(&["users", "list"]).await;
-    assert_eq!(run.code, 1, "{run:?}");
+    assert_eq!(run.code, 2, "a setting to fix: {run:?}");
     assert!(one_sentence(&run.stderr).contains("names Synapse's own database"), "{}", run.stderr);
     use sqlx::Connection;
     let mut conn = sqlx::SqliteConnection::connect(&synapses).await.unwrap();
@@ -474,6 +487,17 @@ async fn backup_and_restore_work_from_the_command_line_and_refuse_other_files() 
     let other = elsewhere.run(&["restore", lifeboat.dir().join("notes.txt").to_str().unwrap(), "--replace"]).await;
     assert_eq!(other.code, 1, "{other:?}");
     assert!(one_sentence(&other.stderr).contains("is not a lifeboat backup"), "{other:?}");
+
+    // A folder that is not there is named, and no temporary file that never was.
+    let nowhere = lifeboat.run(&["backup", "--out", "no-such-folder/registry.backup"]).await;
+    assert_eq!(nowhere.code, 1, "{nowhere:?}");
+    let line = one_sentence(&nowhere.stderr);
+    assert!(line.contains("cannot make a file in no-such-folder (there is no such folder)"), "{line}");
+    assert!(!line.contains(".tmp"), "{line}");
+    // Tokens of an incident that does not exist: said so, not "none".
+    let tokens = lifeboat.run(&["tokens", "list", "--incident", "99"]).await;
+    assert_eq!(tokens.code, 1, "{tokens:?}");
+    assert!(one_sentence(&tokens.stderr).contains("there is no incident 99"), "{tokens:?}");
 }
 
 #[tokio::test(flavor = "multi_thread")]

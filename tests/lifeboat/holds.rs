@@ -645,6 +645,9 @@ async fn an_id_handed_back_from_a_stranger_keeps_none_of_the_strangers_ways_in()
     assert_eq!(lifeboat.run(&["recover"]).await.code, 0);
     assert_eq!(lifeboat.run(&["sync"]).await.code, 0);
     assert!(ids_in(&lifeboat, "recreated").await.contains(&synapse.user_id(&person)));
+    let store = lifeboat::registry::Registry::connect(&registry.url()).await.unwrap();
+    let handed_back = lifeboat::user_id::UserId::parse(&synapse.user_id(&person)).unwrap();
+    let seen_before = store.account(&handed_back).await.unwrap().unwrap();
 
     let claimed =
         lifeboat.run_with_input(&["holds", "claim", &synapse.user_id(&person)], "a-long-enough-passphrase\n").await;
@@ -663,12 +666,16 @@ async fn an_id_handed_back_from_a_stranger_keeps_none_of_the_strangers_ways_in()
     // A release the operator confirmed after the ID was handed back (asked
     // at its prompt before) finds it no longer held: nothing is deactivated.
     let config = lifeboat::config::Config::load(lifeboat.config_path(), std::iter::empty()).unwrap();
-    let store = lifeboat::registry::Registry::connect(&registry.url()).await.unwrap();
     let client = lifeboat::recover::admin_access(&config, &store).await.unwrap().working().unwrap();
-    let handed_back = lifeboat::user_id::UserId::parse(&synapse.user_id(&person)).unwrap();
-    let released = lifeboat::holds::release(&store, &client, &handed_back, &lifeboat::registry::Actor::cli()).await;
+    let actor = lifeboat::registry::Actor::cli();
+    let released = lifeboat::holds::release(&store, &client, &handed_back, &actor).await;
     assert!(released.is_err_and(|err| err.to_string().contains("no longer held")));
     assert_eq!(synapse.user(&person).await["deactivated"], false);
+    // Nor does a second hand-back, asked for while the ID was still taken,
+    // set another password over the one its person chose meanwhile.
+    let again = lifeboat::holds::hand_back(&store, &client, &seen_before, &"operator-pass-1".into(), &actor).await;
+    assert!(again.is_err_and(|err| err.to_string().contains("no longer held")));
+    assert_eq!(synapse.login(&person, "a-long-enough-passphrase").await.0, 200, "the person's password stands");
 }
 
 fn lifeboat_on(synapse: &TestSynapse, registry: &TestDatabase) -> Lifeboat {
@@ -854,6 +861,40 @@ async fn a_hold_does_not_take_an_email_from_the_new_account_its_person_made_afte
 
     open_incident(&lifeboat).await;
     the_address_stayed_with(&synapse, &person, &fresh, &address).await;
+}
+
+/// A hold run stopped before it made the account leaves the ID being held.
+/// A stranger who registers the ID meanwhile, with an address of theirs,
+/// and never signs in is still not its person: no sync takes their address
+/// for the person's, and the resumed hold finds their account taken, not
+/// its own, and gives it nothing of the person's.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_stranger_on_an_id_whose_hold_was_interrupted_gets_nothing_of_its_persons() {
+    let synapse = TestSynapse::start();
+    let registry = TestDatabase::sqlite();
+    let (lifeboat, person, address) = one_person_then_a_wipe(&synapse, &registry).await;
+    assert_eq!(lifeboat.run(&["recover"]).await.code, 0);
+    assert_eq!(lifeboat.run(&["sync"]).await.code, 0, "the person is missing now");
+    sqlx::any::install_default_drivers();
+    let pool = sqlx::AnyPool::connect(&registry.url()).await.unwrap();
+    let interrupted = "UPDATE accounts SET custody = 'holding', custody_at = 1, details_due_at = 0 WHERE user_id = $1";
+    let changed = sqlx::query(interrupted).bind(synapse.user_id(&person)).execute(&pool).await.unwrap();
+    assert_eq!(changed.rows_affected(), 1);
+    pool.close().await;
+    let attacker = format!("{person}@evil.example");
+    synapse.create_user(&person, &[&attacker]).await;
+
+    assert_eq!(lifeboat.run(&["sync"]).await.code, 0);
+    let shown = lifeboat.run(&["users", "show", &synapse.user_id(&person), "--json"]).await.json();
+    assert!(!shown.to_string().contains(&attacker), "the stranger's address is not the person's: {shown}");
+    let make = lifeboat.run(&["holds", "make"]).await;
+    assert_eq!(make.code, 0, "{make:?}");
+    assert!(make.stdout.contains("registered by someone else first"), "{make:?}");
+    let account = synapse.user(&person).await;
+    let addresses: Vec<&str> =
+        account["threepids"].as_array().unwrap().iter().filter_map(|threepid| threepid["address"].as_str()).collect();
+    assert_eq!(addresses, [attacker.as_str()], "none of the person's ({address}): {account}");
+    assert_eq!(account["locked"], false, "left as it was: {account}");
 }
 
 #[tokio::test(flavor = "multi_thread")]

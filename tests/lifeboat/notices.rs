@@ -4,7 +4,9 @@
 use std::collections::HashMap;
 use std::time::Duration;
 
-use crate::harness::{Lifeboat, MatrixUser, TestDatabase, TestSmtp, TestSynapse, eventually, federation_pair, unique};
+use crate::harness::{
+    Lifeboat, MatrixUser, TestDatabase, TestSmtp, TestSynapse, eventually, federation_pair, free_port, unique,
+};
 
 const POSTMORTEM: &str =
     "# What happened\n\nOur database was **lost** during maintenance.\n\nRegister again with your token.\n";
@@ -466,12 +468,11 @@ async fn a_token_made_while_its_incident_is_resolved_does_not_outlive_it() {
 /// Gives serve free ports for its web page and metrics, and a watcher that
 /// stays out of the way (one round an hour).
 fn serve_on_free_ports(lifeboat: &Lifeboat) {
-    let port = |_| std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
     let config = std::fs::read_to_string(lifeboat.config_path()).unwrap();
     lifeboat.write_config(&format!(
         "{}\n[watch]\ninterval = \"1h\"\n[metrics]\nbind = \"127.0.0.1:{}\"\n",
-        config.replace("[web]\n", &format!("[web]\nbind = \"127.0.0.1:{}\"\n", port(0))),
-        port(1)
+        config.replace("[web]\n", &format!("[web]\nbind = \"127.0.0.1:{}\"\n", free_port())),
+        free_port()
     ));
 }
 
@@ -568,11 +569,24 @@ async fn signed_in(synapse: &TestSynapse, user_id: &str) -> matrix_sdk::Client {
     client
 }
 
-async fn dm_bodies(synapse: &TestSynapse, user_id: &str) -> Vec<String> {
-    use matrix_sdk::config::SyncSettings;
-    use matrix_sdk::room::MessagesOptions;
-
+/// How many messages `user_id` has in their one DM room, and how many of
+/// them came encrypted (the account has no device that could read them).
+async fn dm_messages(synapse: &TestSynapse, user_id: &str) -> (usize, usize) {
     let client = signed_in(synapse, user_id).await;
+    let room = the_dm_room(&client, user_id).await;
+    let messages = room.messages(matrix_sdk::room::MessagesOptions::backward()).await.unwrap();
+    let types: Vec<serde_json::Value> = messages
+        .chunk
+        .iter()
+        .filter_map(|event| serde_json::from_str::<serde_json::Value>(event.raw().json().get()).ok())
+        .map(|json| json["type"].clone())
+        .collect();
+    let encrypted = types.iter().filter(|kind| *kind == "m.room.encrypted").count();
+    (encrypted + types.iter().filter(|kind| *kind == "m.room.message").count(), encrypted)
+}
+
+/// The one DM room `client` is in or invited to, joined.
+async fn the_dm_room(client: &matrix_sdk::Client, user_id: &str) -> matrix_sdk::Room {
     let (invited, joined) = (client.invited_rooms(), client.joined_rooms());
     assert_eq!(invited.len() + joined.len(), 1, "{user_id} is in one DM room");
     let room = match invited.first() {
@@ -582,7 +596,15 @@ async fn dm_bodies(synapse: &TestSynapse, user_id: &str) -> Vec<String> {
         }
         None => joined[0].clone(),
     };
-    client.sync_once(SyncSettings::default()).await.unwrap();
+    client.sync_once(matrix_sdk::config::SyncSettings::default()).await.unwrap();
+    room
+}
+
+async fn dm_bodies(synapse: &TestSynapse, user_id: &str) -> Vec<String> {
+    use matrix_sdk::room::MessagesOptions;
+
+    let client = signed_in(synapse, user_id).await;
+    let room = the_dm_room(&client, user_id).await;
     let messages = room.messages(MessagesOptions::backward()).await.unwrap();
     messages
         .chunk
@@ -752,14 +774,46 @@ async fn a_matrix_contact_gets_the_lost_persons_notice_and_token_by_dm() {
     assert_eq!(dm_bodies(&other_server, &elsewhere).await.len(), 1, "a rerun sends no second DM");
 }
 
+/// A homeserver with no mail relay still gets its notices out by DM: without
+/// an `[email]` section notify sends the DMs, and says the emails wait.
+#[tokio::test(flavor = "multi_thread")]
+async fn without_an_email_section_notify_sends_the_dms_alone() {
+    let ContactElsewhere { synapse: _synapse, other_server, _registry, smtp, lifeboat, id, elsewhere, .. } =
+        contact_elsewhere().await;
+    let config = std::fs::read_to_string(lifeboat.config_path()).unwrap();
+    let (before, rest) = config.split_once("[email]").unwrap();
+    let after = &rest[rest.find("[web]").unwrap()..];
+    lifeboat.write_config(&format!("{before}{after}"));
+
+    let notify = lifeboat.run(&["notify", &id, "--yes"]).await;
+    assert_eq!(notify.code, 0, "{notify:?}");
+    assert!(notify.stderr.contains("only the Matrix DMs go"), "{notify:?}");
+    assert!(notify.stdout.contains("Deliveries: 1 sent, 0 failed"), "the DM alone: {notify:?}");
+    assert_eq!(dm_bodies(&other_server, &elsewhere).await.len(), 1);
+    assert!(smtp.messages().is_empty(), "no mail without a relay");
+}
+
 /// A contact whose homeserver is down cannot be invited: the run does not
 /// wait for it for ever, and the DM room made for them is kept and the
 /// invite tried again in it, not a new room made (and left behind) at every
-/// try.
+/// try. Encrypted DMs alike.
 #[tokio::test(flavor = "multi_thread")]
 async fn a_dm_to_a_server_that_is_down_waits_and_is_tried_again_in_one_room() {
+    dm_to_a_server_that_is_down(false).await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn an_encrypted_dm_to_a_server_that_is_down_waits_and_is_tried_again_in_one_room() {
+    dm_to_a_server_that_is_down(true).await;
+}
+
+async fn dm_to_a_server_that_is_down(encrypted: bool) {
     let ContactElsewhere { synapse, other_server, _registry, smtp: _smtp, lifeboat, id, elsewhere, .. } =
         contact_elsewhere().await;
+    if encrypted {
+        let config = std::fs::read_to_string(lifeboat.config_path()).unwrap();
+        lifeboat.write_config(&format!("{config}\n[bot]\nstore_path = \"bot-store\"\nencrypted_notices = true\n"));
+    }
 
     other_server.stop();
     let down = tokio::time::timeout(Duration::from_secs(300), lifeboat.run(&["notify", &id, "--yes"])).await;
@@ -768,13 +822,61 @@ async fn a_dm_to_a_server_that_is_down_waits_and_is_tried_again_in_one_room() {
     other_server.start_again();
     let again = lifeboat.run(&["notify", &id, "--yes"]).await;
     assert_eq!(again.code, 0, "{again:?}");
-    assert_eq!(dm_bodies(&other_server, &elsewhere).await.len(), 1);
+    assert!(again.stdout.contains(" 0 failed"), "{again:?}");
+    let (messages, encrypted_ones) = dm_messages(&other_server, &elsewhere).await;
+    assert_eq!((messages, encrypted_ones), (1, usize::from(encrypted)), "one notice, encrypted if configured");
 
     let own = synapse.user_id("lifeboat");
     let path = format!("{}/_synapse/admin/v1/users/{own}/joined_rooms", synapse.url);
     let rooms: serde_json::Value =
         reqwest::Client::new().get(path).bearer_auth(synapse.admin_token()).send().await.unwrap().json().await.unwrap();
     assert_eq!(rooms["total"], 1, "one DM room, however many tries: {rooms}");
+}
+
+/// lifeboat's own token expired (a homeserver with session lifetimes) while
+/// the configured admin token works, so no `recover` runs: notify logs in
+/// again for a new one and the DMs go, instead of waiting for good.
+#[tokio::test(flavor = "multi_thread")]
+async fn lifeboats_own_expired_token_is_renewed_for_dms_while_the_configured_one_works() {
+    let ContactElsewhere { synapse, other_server, _registry, smtp: _smtp, lifeboat, id, elsewhere, .. } =
+        contact_elsewhere().await;
+    let config = std::fs::read_to_string(lifeboat.config_path()).unwrap();
+    let working = format!("admin_token = \"{}\"", synapse.admin_token());
+    let config: Vec<String> = config
+        .lines()
+        .map(|line| if line.starts_with("admin_token = ") { working.clone() } else { line.to_owned() })
+        .collect();
+    lifeboat.write_config(&config.join("\n"));
+    // A token for lifeboat's account that expires in a second, kept as its own.
+    let own = synapse.user_id("lifeboat");
+    let valid_until_ms = lifeboat::registry::now_ms() + 1_000;
+    let http = reqwest::Client::new();
+    let minted: serde_json::Value = http
+        .post(format!("{}/_synapse/admin/v1/users/{own}/login", synapse.url))
+        .bearer_auth(synapse.admin_token())
+        .json(&serde_json::json!({ "valid_until_ms": valid_until_ms }))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let expiring = minted["access_token"].as_str().unwrap().to_owned();
+    let store = lifeboat::registry::Registry::connect(&_registry.url()).await.unwrap();
+    let actor = lifeboat::registry::Actor::cli();
+    store.store_service_credential(&crate::harness::id(&own), &expiring, None, &actor).await.unwrap();
+    tokio::time::sleep(Duration::from_millis(1_500)).await;
+    let whoami = http.get(format!("{}/_matrix/client/v3/account/whoami", synapse.url)).bearer_auth(&expiring);
+    let whoami: serde_json::Value = whoami.send().await.unwrap().json().await.unwrap();
+    assert_eq!(whoami["soft_logout"], true, "the token expired: {whoami}");
+
+    let notify = lifeboat.run(&["notify", &id, "--yes"]).await;
+    assert_eq!(notify.code, 0, "{notify:?}");
+    assert!(notify.stdout.contains(" 0 failed,") && notify.stdout.contains(" 0 pending"), "{notify:?}");
+    assert_eq!(dm_bodies(&other_server, &elsewhere).await.len(), 1, "the DM went");
+    let renewed = store.service_credential(&crate::harness::id(&own)).await.unwrap().unwrap();
+    assert_ne!(secrecy::ExposeSecret::expose_secret(&renewed.access_token), expiring, "a new token is kept");
+    store.close().await;
 }
 
 /// A Matrix-ID contact on this homeserver is an ID a wipe hands to whoever
@@ -886,7 +988,7 @@ async fn a_notify_that_read_its_incident_before_it_was_resolved_makes_and_sends_
         devices: &devices,
         mailer: None,
     };
-    let outcome = run_campaign(&config, &store, &read_before, config.email.as_ref().unwrap(), options).await;
+    let outcome = run_campaign(&config, &store, &read_before, options).await;
     assert!(matches!(outcome, Err(CampaignError::Resolved(_))), "{outcome:?}");
     assert!(store.tokens(Some(read_before.id)).await.unwrap().is_empty(), "no token made");
     tokio::time::sleep(Duration::from_secs(1)).await;

@@ -162,6 +162,18 @@ async fn a_persons_own_account_restored_after_a_wipe_ends_its_hold(registry: Reg
     }
     let held = registry.account(&id("@held:x")).await.unwrap().unwrap();
     assert_eq!((held.synapse_created_at, held.custody_at), (Some(1_000), None), "the person's own account");
+
+    // Claimed from its hold, then the old database back: theirs too.
+    sync_listing(&registry, &[user("@claimed:x", 1)]).await;
+    sync_listing(&registry, &[]).await;
+    hold(&registry, "@claimed:x", 50).await;
+    let held_at = registry.account(&id("@claimed:x")).await.unwrap().unwrap().custody_at.unwrap();
+    assert!(registry.claim_hold(&id("@claimed:x"), held_at, &Actor::cli()).await.unwrap());
+    tokio::time::sleep(std::time::Duration::from_millis(5)).await;
+    sync_listing(&registry, &[user("@claimed:x", 50)]).await;
+    sync_listing(&registry, &[user("@claimed:x", 1)]).await;
+    let claimed = registry.account(&id("@claimed:x")).await.unwrap().unwrap();
+    assert_eq!((claimed.state, claimed.synapse_created_at), (AccountState::Present, Some(1_000)), "{claimed:?}");
 }
 on_both_backends!(a_persons_own_account_restored_after_a_wipe_ends_its_hold);
 
@@ -291,19 +303,31 @@ async fn an_admin_id_adopted_as_lost_is_a_strangers_until_held(registry: Registr
 }
 on_both_backends!(an_admin_id_adopted_as_lost_is_a_strangers_until_held);
 
-/// Wrong tries at a subscription code add up across the links that carry it.
-async fn tries_at_a_code_add_up_across_its_links(registry: Registry) {
+/// Each link has its own tries at its code: one link's spent tries leave
+/// another's whole. What a request needs to know, how many links carry a
+/// code and how many codes an account had lately, is counted per account.
+async fn each_link_has_its_own_tries_and_codes_are_counted_per_account(registry: Registry) {
     let far = i64::MAX / 2;
-    for link in ["first", "second"] {
+    for (link, hash) in [("first", "h"), ("second", "h"), ("third", "other")] {
         registry
-            .create_web_link(link, "subscribe", &id("@a:x"), &email("a@example.org"), Some("h"), far)
+            .create_web_link(link, "subscribe", &id("@a:x"), &email("a@example.org"), Some(hash), far)
             .await
             .unwrap();
-        assert!(registry.spend_web_link_attempt(link, 5).await.unwrap());
     }
-    assert_eq!(registry.code_tries_spent("subscribe", &id("@a:x"), "h").await.unwrap(), 2);
+    registry.create_web_link("bs", "subscribe", &id("@b:x"), &email("b@example.org"), Some("h"), far).await.unwrap();
+    for _ in 0..2 {
+        assert!(registry.spend_web_link_attempt("first", 2).await.unwrap());
+    }
+    assert!(!registry.spend_web_link_attempt("first", 2).await.unwrap(), "the first link's tries are spent");
+    assert!(registry.spend_web_link_attempt("second", 2).await.unwrap(), "the second still has its own");
+
+    let since = lifeboat::registry::now_ms() - 60_000;
+    assert_eq!(registry.code_use("subscribe", &id("@a:x"), Some("h"), since).await.unwrap(), (2, 2));
+    assert_eq!(registry.code_use("subscribe", &id("@a:x"), None, since).await.unwrap(), (0, 2));
+    let later = lifeboat::registry::now_ms() + 60_000;
+    assert_eq!(registry.code_use("subscribe", &id("@a:x"), Some("h"), later).await.unwrap(), (2, 0));
 }
-on_both_backends!(tries_at_a_code_add_up_across_its_links);
+on_both_backends!(each_link_has_its_own_tries_and_codes_are_counted_per_account);
 
 async fn an_id_an_operator_hands_back_before_any_listing_stays_its_persons(registry: Registry) {
     sync_listing(&registry, &[user("@a:x", 1), user("@b:x", 1)]).await;

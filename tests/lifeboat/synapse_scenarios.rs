@@ -97,6 +97,18 @@ async fn log_out(synapse: &TestSynapse, token: &str) {
     assert_eq!(logout.unwrap().status(), 200);
 }
 
+/// `recover` only acts after a wipe: while the admin token works there is
+/// nothing to do, and no shared secret is needed to say so.
+#[tokio::test(flavor = "multi_thread")]
+async fn recover_with_a_working_token_has_nothing_to_do_even_without_the_shared_secret() {
+    let synapse = TestSynapse::start();
+    let registry = TestDatabase::sqlite();
+    let lifeboat = lifeboat_for(&synapse, &registry);
+    let recover = lifeboat.run(&["recover"]).await;
+    assert_eq!(recover.code, 0, "{recover:?}");
+    assert!(recover.stdout.contains("Nothing to recover: the configured admin token works."), "{recover:?}");
+}
+
 #[tokio::test(flavor = "multi_thread")]
 async fn sync_imports_every_account_and_every_email() {
     let synapse = TestSynapse::start();

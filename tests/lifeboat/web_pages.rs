@@ -2,13 +2,12 @@
 //! headless Chromium for the story of a person coming back after a wipe,
 //! over plain HTTP for the guards (CSRF, headers, limits, proxies).
 
-use std::net::TcpListener;
 use std::time::{Duration, Instant};
 
 use lifeboat::registry::Registry;
 
 use crate::harness::browser::Browser;
-use crate::harness::{Lifeboat, TestDatabase, TestSmtp, TestSynapse, eventually, unique};
+use crate::harness::{Lifeboat, TestDatabase, TestSmtp, TestSynapse, eventually, free_port, unique};
 
 const POSTMORTEM: &str =
     "# What happened\n\nOur database was **lost** during maintenance.\n\n<script>alert(1)</script>\n";
@@ -23,10 +22,6 @@ impl Drop for Served {
     fn drop(&mut self) {
         let _ = self.child.start_kill();
     }
-}
-
-fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
 }
 
 /// Adds a `[web]` section on a free port to `base` and starts serve; its

@@ -36,6 +36,28 @@ pub fn venv_python() -> &'static PathBuf {
     })
 }
 
+/// A loopback port free now, for a server a test starts (serve's web page,
+/// metrics, chromedriver). Picked at random below the kernel's ephemeral
+/// range: a port the kernel handed out for binding to 0 may be taken again,
+/// before the server binds it, as the source port of any outgoing connection
+/// the tests make (the same race tools/synapse_harness.py avoids).
+pub fn free_port() -> u16 {
+    use std::hash::{BuildHasher, RandomState};
+    let low = std::fs::read_to_string("/proc/sys/net/ipv4/ip_local_port_range")
+        .ok()
+        .and_then(|range| range.split_whitespace().next()?.parse::<u32>().ok())
+        .unwrap_or(32768);
+    if low > 11_000 {
+        for attempt in 0u32..200 {
+            let port = 10_000 + RandomState::new().hash_one(attempt) as u32 % (low - 10_000);
+            if std::net::TcpListener::bind(("127.0.0.1", port as u16)).is_ok() {
+                return port as u16;
+            }
+        }
+    }
+    std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
+}
+
 /// A user ID as the registry's API takes it.
 pub fn id(text: &str) -> lifeboat::user_id::UserId {
     lifeboat::user_id::UserId::parse(text).unwrap()
