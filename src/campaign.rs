@@ -444,11 +444,16 @@ async fn send_under_lease(
     if let Some(own) = own_mailer {
         own.shutdown().await;
     }
-    // DMs this run could not even try wait out a backoff, as failed tries
-    // would: serve's worker comes back for them then, not every round.
-    if let Some(why) = no_dms.filter(|_| !lost.load(Ordering::SeqCst)) {
-        let later = crate::registry::now_ms() + crate::outbox::PARKED_MAX.as_millis() as i64;
-        registry.defer_due(Some(incident.id), DeliveryChannel::Matrix, later, &format!("not sent yet: {why}")).await?;
+    // What this run could not even try (DMs without a sender, emails
+    // planned before `[email]` went) waits out a backoff, as failed tries
+    // would: serve's worker comes back for it then, not every round.
+    let no_mail = email.is_none().then(|| "there is no [email] section".to_owned());
+    let untried = [(DeliveryChannel::Matrix, no_dms), (DeliveryChannel::Email, no_mail)];
+    for (channel, why) in untried {
+        if let Some(why) = why.filter(|_| !lost.load(Ordering::SeqCst)) {
+            let later = crate::registry::now_ms() + crate::outbox::PARKED_MAX.as_millis() as i64;
+            registry.defer_due(Some(incident.id), channel, later, &format!("not sent yet: {why}")).await?;
+        }
     }
     if lost.load(Ordering::SeqCst) {
         progress.note("another process took over this incident's notices (this run was held up past its lease): it sends the rest");

@@ -95,12 +95,14 @@ pub fn contact_code(server_name: &str, user_id: &str, code: &str, valid_minutes:
 struct SubscribeCode<'a> {
     code: &'a str,
     server_name: &'a str,
+    until: &'a str,
 }
 
 /// The code the web page DMs to the account an email address is to be
-/// added to (Markdown, for a Matrix message).
-pub fn subscribe_code(server_name: &str, code: &str) -> String {
-    render(SubscribeCode { code, server_name })
+/// added to (Markdown, for a Matrix message). `until` names it: the page
+/// its links open says which code, of several DMed, is theirs.
+pub fn subscribe_code(server_name: &str, code: &str, until: &str) -> String {
+    render(SubscribeCode { code, server_name, until })
 }
 
 #[derive(Template)]
@@ -176,8 +178,9 @@ mod tests {
 
     #[test]
     fn a_subscription_code_dm_warns_never_to_give_the_code_away() {
-        let dm = subscribe_code("example.org", "12345678");
+        let dm = subscribe_code("example.org", "12345678", "2026-12-05 17:30 UTC");
         assert!(dm.contains("**12345678**"), "{dm}");
+        assert!(dm.contains("It works until 2026-12-05 17:30 UTC"), "{dm}");
         assert!(dm.contains("never give it to anyone"), "{dm}");
         assert!(dm.contains("nobody from example.org will ever ask you for it"), "{dm}");
     }

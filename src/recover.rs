@@ -6,7 +6,7 @@ use serde::Serialize;
 
 use crate::check::WORKING_TOKEN_SETTING;
 use crate::config::Config;
-use crate::registry::{self, Actor, Registry};
+use crate::registry::{self, Actor, CredentialFrom, Registry};
 use crate::synapse::{self, SharedSecretError, SynapseClient};
 use crate::user_id::UserId;
 
@@ -135,12 +135,14 @@ pub async fn renew_own_token(
 ) -> Result<Option<secrecy::SecretString>, RecoverError> {
     let Some(password) = registry.setting(SERVICE_PASSWORD).await? else { return Ok(None) };
     let user_id = service_user_id(config);
+    // The same device: recipients of encrypted notices see no new one.
+    let device = registry.service_credential(&user_id).await?.and_then(|stored| stored.device_id);
     let base = SynapseClient::from_config(&config.homeserver);
-    let Some(renewed) = base.login_with_password(user_id.localpart(), &password.into()).await? else {
-        return Ok(None);
-    };
+    let login = base.login_with_password(user_id.localpart(), &password.into(), device.as_deref()).await?;
+    let Some(renewed) = login else { return Ok(None) };
     let token = renewed.access_token.expose_secret();
-    registry.store_service_credential(&user_id, token, renewed.device_id.as_deref(), actor).await?;
+    let device = renewed.device_id.as_deref();
+    registry.store_service_credential(&user_id, token, device, CredentialFrom::Renewal, actor).await?;
     Ok(Some(renewed.access_token))
 }
 
@@ -163,14 +165,17 @@ pub async fn recover(config: &Config, registry: &Registry, actor: &Actor) -> Res
     let password = registry.generated_secret(SERVICE_PASSWORD).await?;
     let registered = match base.register_with_shared_secret(&secret.value, user_id.localpart(), &password, true).await {
         Ok(registered) => registered,
-        Err(SharedSecretError::UserInUse) => match base.login_with_password(user_id.localpart(), &password).await? {
-            Some(ours) => ours,
-            None => return Err(RecoverError::NotAWipe { user_id: user_id.to_string() }),
-        },
+        Err(SharedSecretError::UserInUse) => {
+            match base.login_with_password(user_id.localpart(), &password, None).await? {
+                Some(ours) => ours,
+                None => return Err(RecoverError::NotAWipe { user_id: user_id.to_string() }),
+            }
+        }
         Err(err) => return Err(err.into()),
     };
     let token = registered.access_token.expose_secret();
-    registry.store_service_credential(&user_id, token, registered.device_id.as_deref(), actor).await?;
+    let device = registered.device_id.as_deref();
+    registry.store_service_credential(&user_id, token, device, CredentialFrom::Recovery, actor).await?;
     registry.own_account_recreated(&user_id).await?;
     // Mass DMs from a throttled account would crawl; a wipe lost any override.
     let client = base.with_token(registered.access_token.clone());

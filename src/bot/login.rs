@@ -79,7 +79,7 @@ pub async fn credentials(
     let base = SynapseClient::from_config(&config.homeserver);
     let me = service_user_id(config);
     if let Some(password) = &bot.password
-        && let Some(registered) = base.login_with_password(me.localpart(), &password.value).await?
+        && let Some(registered) = base.login_with_password(me.localpart(), &password.value, None).await?
     {
         let device_id = registered.device_id.clone().unwrap_or_else(|| "LIFEBOAT".to_owned());
         let stored = StoredSession {

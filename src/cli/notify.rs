@@ -152,8 +152,14 @@ pub async fn run(context: &Context, args: Args) -> Outcome {
         );
     }
     let (unfinished, id) = (report.unfinished(), incident.id);
-    if unfinished == 0 {
+    if unfinished == 0 && (config.email.is_some() || planned.emails.emails == 0) {
         return Ok(exit::OK);
+    }
+    if unfinished == 0 {
+        return Err(Failure::failed(format!(
+            "{} emails were not sent: there is no [email] section; add one (see config.example.toml) and run `lifeboat notify {id} --yes` again: it sends only what is missing",
+            planned.emails.emails
+        )));
     }
     if stop.is_cancelled() {
         return Err(Failure::failed(format!(

@@ -7,6 +7,15 @@ use secrecy::SecretString;
 use super::{Actor, Registry, Result, now_ms};
 use crate::user_id::UserId;
 
+/// How lifeboat got a token of its own account.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum CredentialFrom {
+    /// `recover` after a wipe (registered again, or logged in).
+    Recovery,
+    /// A login when the token lifeboat kept had expired.
+    Renewal,
+}
+
 /// The service account's access token obtained by recovery.
 #[derive(Clone, sqlx::FromRow)]
 pub struct ServiceCredential {
@@ -30,13 +39,19 @@ impl Registry {
             .await?)
     }
 
+    /// Keeps lifeboat's own token, audited as how it was `got`.
     pub async fn store_service_credential(
         &self,
         user_id: &UserId,
         access_token: &str,
         device_id: Option<&str>,
+        got: CredentialFrom,
         actor: &Actor,
     ) -> Result<()> {
+        let (action, detail) = match got {
+            CredentialFrom::Recovery => ("recover", "service account re-created by shared secret"),
+            CredentialFrom::Renewal => ("credential.renew", "lifeboat's expired token renewed by logging in again"),
+        };
         let store = sqlx::query(
             "INSERT INTO service_credentials (user_id, access_token, device_id, obtained_at) VALUES ($1, $2, $3, $4) \
              ON CONFLICT (user_id) DO UPDATE SET access_token = excluded.access_token, \
@@ -46,8 +61,7 @@ impl Registry {
         .bind(access_token)
         .bind(device_id)
         .bind(now_ms());
-        let detail = "service account re-created by shared secret";
-        self.write_audited(store, actor, "recover", user_id.as_str(), detail).await.map(drop)
+        self.write_audited(store, actor, action, user_id.as_str(), detail).await.map(drop)
     }
 
     /// lifeboat registered its own account again (a recovery after a wipe):

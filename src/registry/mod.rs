@@ -30,7 +30,7 @@ pub use crate::reconcile::AccountState;
 pub use accounts::{Account, STANDING_SQL, may_come_back};
 pub use audit::{Actor, AuditEntry};
 pub use contacts::{AddContact, Contact, ContactAddress, ContactKind, ContactSource};
-pub use credentials::ServiceCredential;
+pub use credentials::{CredentialFrom, ServiceCredential};
 pub use deliveries::{Delivery, DeliveryChannel, DeliveryCounts, DeliveryState, OutboxWriter, PlannedEmails};
 pub use holds::{HoldCandidate, HoldCounts, HoldRow};
 pub use incidents::{Incident, IncidentScope, IncidentSummary, NoticeToken, TokenPurpose};

@@ -260,7 +260,7 @@ impl Registry {
                                            THEN accounts.synapse_created_at ELSE excluded.synapse_created_at END, \
                  last_seen_present_at = excluded.last_seen_present_at, \
                  state = CASE WHEN accounts.custody = 'holding' THEN accounts.state ELSE excluded.state END, \
-                 missing_since = NULL \
+                 missing_since = CASE WHEN accounts.custody = 'holding' THEN accounts.missing_since END \
              WHERE accounts.custody_at IS NULL \
                 OR accounts.custody_at < (SELECT started_at FROM sync_runs WHERE id = $1)",
         )

@@ -151,18 +151,23 @@ impl SynapseClient {
         }
     }
 
-    /// Logs in with a password; `None` when Synapse refuses it.
+    /// Logs in with a password; `None` when Synapse refuses it. On `device`
+    /// when named (it keeps its keys), else on a new device.
     pub async fn login_with_password(
         &self,
         localpart: &str,
         password: &SecretString,
+        device: Option<&str>,
     ) -> Result<Option<Registered>, Error> {
-        let body = json!({
+        let mut body = json!({
             "type": "m.login.password",
             "identifier": {"type": "m.id.user", "user": localpart},
             "password": password.expose_secret(),
             "initial_device_display_name": "lifeboat",
         });
+        if let Some(device) = device {
+            body["device_id"] = json!(device);
+        }
         let login = self
             .without_retries()
             .request_json(Method::POST, "/_matrix/client/v3/login", &[], Some(&body), false)

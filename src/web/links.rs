@@ -85,21 +85,22 @@ impl LinkKind {
 
     /// What the mailed link opens: a page with a button, so that a mail
     /// scanner following links does not use up the single use. `page` makes
-    /// it from the chrome, a CSRF token, the link and its signature.
+    /// it from the chrome, a CSRF token, the link, its signature and its row.
     pub async fn confirm_page<T: Template>(
         &self,
         state: &WebState,
         headers: &HeaderMap,
         query: LinkFields,
-        page: impl FnOnce(Chrome, String, String, String) -> T,
+        page: impl FnOnce(Chrome, String, String, String, &WebLink) -> T,
     ) -> Response {
         let (Some(link), Some(sig)) = (query.link, query.sig) else { return self.dead(state) };
-        match self.live(state, &link, &sig).await {
-            Ok(Some(_)) => {}
+        let found = match self.live(state, &link, &sig).await {
+            Ok(Some(found)) => found,
             Ok(None) => return self.dead(state),
             Err(err) => return err.page(state),
-        }
+        };
         let chrome = Chrome::of(state);
-        pages::with_csrf(state, headers, |csrf| pages::html(StatusCode::OK, &page(chrome, csrf, link, sig))).await
+        let page = |csrf| pages::html(StatusCode::OK, &page(chrome, csrf, link, sig, &found));
+        pages::with_csrf(state, headers, page).await
     }
 }

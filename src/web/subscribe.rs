@@ -49,6 +49,8 @@ struct ConfirmForm {
     csrf: String,
     link: String,
     sig: String,
+    /// When the link's code stops working: the DM carrying it says so too.
+    until: String,
 }
 
 pub async fn form(State(state): State<WebState>, headers: HeaderMap) -> Response {
@@ -145,7 +147,8 @@ const CODE_REUSE_MARGIN: Duration = Duration::from_secs(5 * 60);
 
 /// Mails the address a link whether or not the account is known, so the
 /// inbox cannot tell which accounts exist; DMs a code only to an account
-/// that is its person's, and at most one code per account at a time.
+/// that is its person's: a code serves a few links, and an account gets a
+/// few codes a day.
 async fn start(
     state: &WebState,
     key: &secrecy::SecretString,
@@ -248,7 +251,8 @@ async fn dm_code(
         return Err(WebError("lifeboat's own account has no credentials: cannot DM a code".into()));
     };
     let sender = account.connect(config, registry, &state.inner.devices).await?;
-    let text = crate::messages::subscribe_code(&config.homeserver.server_name, code);
+    let until = crate::notify::human_time(expires_at);
+    let text = crate::messages::subscribe_code(&config.homeserver.server_name, code, &until);
     // Through the outbox like every message, but sent here and now: the
     // link is recorded only if the code went out.
     let row = crate::outbox::new_dm(MessageKind::Code, user_id.as_str(), &text, expires_at);
@@ -263,7 +267,14 @@ pub async fn confirm_form(
     headers: HeaderMap,
     LinkQuery(query): LinkQuery<LinkFields>,
 ) -> Response {
-    LINK.confirm_page(&state, &headers, query, |chrome, csrf, link, sig| ConfirmForm { chrome, csrf, link, sig }).await
+    let page = |chrome, csrf, link, sig, found: &WebLink| ConfirmForm {
+        chrome,
+        csrf,
+        link,
+        sig,
+        until: crate::notify::human_time(found.expires_at),
+    };
+    LINK.confirm_page(&state, &headers, query, page).await
 }
 
 pub async fn confirm(State(state): State<WebState>, CheckedForm(form, _): CheckedForm<LinkFields>) -> Response {

@@ -160,7 +160,8 @@ pub async fn confirm(
     headers: HeaderMap,
     LinkQuery(query): LinkQuery<LinkFields>,
 ) -> Response {
-    LINK.confirm_page(&state, &headers, query, |chrome, csrf, link, sig| TokenConfirm { chrome, csrf, link, sig }).await
+    LINK.confirm_page(&state, &headers, query, |chrome, csrf, link, sig, _| TokenConfirm { chrome, csrf, link, sig })
+        .await
 }
 
 pub async fn open(State(state): State<WebState>, CheckedForm(form, _): CheckedForm<LinkFields>) -> Response {

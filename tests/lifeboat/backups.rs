@@ -30,7 +30,16 @@ async fn lived_in(registry: &Registry) {
         .unwrap();
     registry.record_token(TokenPurpose::Notice, incident.id, &id("@b:x"), "TOKEN123", 99).await.unwrap();
     registry.plan_email_deliveries(incident.id).await.unwrap();
-    registry.store_service_credential(&id("@lifeboat:x"), "syt_secret", Some("DEV"), &actor).await.unwrap();
+    registry
+        .store_service_credential(
+            &id("@lifeboat:x"),
+            "syt_secret",
+            Some("DEV"),
+            lifeboat::registry::CredentialFrom::Recovery,
+            &actor,
+        )
+        .await
+        .unwrap();
     registry.store_dm_room(&id("@a:x"), "!room:x").await.unwrap();
     registry.set_setting("link_signing_key", "abc").await.unwrap();
 }

@@ -298,7 +298,10 @@ async fn a_second_wipe_after_a_recovery_is_still_a_suspected_reset() {
     let client = lifeboat::registry::Registry::connect(&registry.url()).await.unwrap();
     let own = lifeboat::user_id::UserId::parse("@lifeboat:mock.test").unwrap();
     let actor = lifeboat::registry::Actor::cli();
-    client.store_service_credential(&own, recovered, None, &actor).await.unwrap();
+    client
+        .store_service_credential(&own, recovered, None, lifeboat::registry::CredentialFrom::Recovery, &actor)
+        .await
+        .unwrap();
     let fingerprint = hex::encode(sha2::Sha256::digest(recovered.as_bytes()));
     client.set_setting(lifeboat::check::WORKING_TOKEN_SETTING, &fingerprint).await.unwrap();
     client.close().await;
@@ -367,7 +370,10 @@ async fn lifeboats_own_expired_token_is_renewed_by_logging_in_again() {
     let own = lifeboat::user_id::UserId::parse("@lifeboat:mock.test").unwrap();
     let client = lifeboat::registry::Registry::connect(&registry.url()).await.unwrap();
     let actor = lifeboat::registry::Actor::cli();
-    client.store_service_credential(&own, "syt_expired", None, &actor).await.unwrap();
+    client
+        .store_service_credential(&own, "syt_expired", None, lifeboat::registry::CredentialFrom::Recovery, &actor)
+        .await
+        .unwrap();
     let lifeboat = Lifeboat::with_config(&format!(
         "[homeserver]\nurl = \"{}\"\nserver_name = \"mock.test\"\nregistration_shared_secret = \"s\"\n\
          retries = 0\ntimeout = \"2s\"\n[registry]\nurl = \"{}\"\n",
@@ -400,7 +406,10 @@ async fn an_expired_own_token_beside_a_logged_out_one_is_no_reset() {
     let own = lifeboat::user_id::UserId::parse("@lifeboat:mock.test").unwrap();
     let client = lifeboat::registry::Registry::connect(&registry.url()).await.unwrap();
     let actor = lifeboat::registry::Actor::cli();
-    client.store_service_credential(&own, "syt_own_expired", None, &actor).await.unwrap();
+    client
+        .store_service_credential(&own, "syt_own_expired", None, lifeboat::registry::CredentialFrom::Recovery, &actor)
+        .await
+        .unwrap();
 
     let check = lifeboat.run(&["check"]).await;
     assert_eq!(check.code, 1, "{check:?}");

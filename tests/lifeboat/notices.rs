@@ -786,11 +786,30 @@ async fn without_an_email_section_notify_sends_the_dms_alone() {
     lifeboat.write_config(&format!("{before}{after}"));
 
     let notify = lifeboat.run(&["notify", &id, "--yes"]).await;
-    assert_eq!(notify.code, 0, "{notify:?}");
+    assert_eq!(notify.code, 1, "an email is not sent: {notify:?}");
     assert!(notify.stderr.contains("only the Matrix DMs go"), "{notify:?}");
+    assert!(notify.stderr.contains("1 emails were not sent: there is no [email] section"), "{notify:?}");
     assert!(notify.stdout.contains("Deliveries: 1 sent, 0 failed"), "the DM alone: {notify:?}");
     assert_eq!(dm_bodies(&other_server, &elsewhere).await.len(), 1);
     assert!(smtp.messages().is_empty(), "no mail without a relay");
+
+    // Emails planned while a relay was configured, due when the section is
+    // gone: they wait out a backoff, not due again at every worker round.
+    lifeboat.write_config(&config.replace(&smtp.smtp_url(), "smtp://127.0.0.1:1"));
+    assert_eq!(lifeboat.run(&["notify", &id, "--yes"]).await.code, 1, "the relay does not answer");
+    let store = lifeboat::registry::Registry::connect(&_registry.url()).await.unwrap();
+    let due_emails =
+        "SELECT COUNT(*) FROM deliveries WHERE channel = 'email' AND state = 'pending' AND next_attempt_at <= $1";
+    sqlx::query("UPDATE deliveries SET next_attempt_at = 0 WHERE channel = 'email'")
+        .execute(store.pool())
+        .await
+        .unwrap();
+    lifeboat.write_config(&format!("{before}{after}"));
+    assert_eq!(lifeboat.run(&["notify", &id, "--yes"]).await.code, 1);
+    let (due,): (i64,) =
+        sqlx::query_as(due_emails).bind(lifeboat::registry::now_ms()).fetch_one(store.pool()).await.unwrap();
+    assert_eq!(due, 0, "the email waits");
+    store.close().await;
 }
 
 /// A contact whose homeserver is down cannot be invited: the run does not
@@ -864,7 +883,16 @@ async fn lifeboats_own_expired_token_is_renewed_for_dms_while_the_configured_one
     let expiring = minted["access_token"].as_str().unwrap().to_owned();
     let store = lifeboat::registry::Registry::connect(&_registry.url()).await.unwrap();
     let actor = lifeboat::registry::Actor::cli();
-    store.store_service_credential(&crate::harness::id(&own), &expiring, None, &actor).await.unwrap();
+    store
+        .store_service_credential(
+            &crate::harness::id(&own),
+            &expiring,
+            Some("KEEPME"),
+            lifeboat::registry::CredentialFrom::Recovery,
+            &actor,
+        )
+        .await
+        .unwrap();
     tokio::time::sleep(Duration::from_millis(1_500)).await;
     let whoami = http.get(format!("{}/_matrix/client/v3/account/whoami", synapse.url)).bearer_auth(&expiring);
     let whoami: serde_json::Value = whoami.send().await.unwrap().json().await.unwrap();
@@ -876,6 +904,7 @@ async fn lifeboats_own_expired_token_is_renewed_for_dms_while_the_configured_one
     assert_eq!(dm_bodies(&other_server, &elsewhere).await.len(), 1, "the DM went");
     let renewed = store.service_credential(&crate::harness::id(&own)).await.unwrap().unwrap();
     assert_ne!(secrecy::ExposeSecret::expose_secret(&renewed.access_token), expiring, "a new token is kept");
+    assert_eq!(renewed.device_id.as_deref(), Some("KEEPME"), "on the same device, which keeps its keys");
     store.close().await;
 }
 

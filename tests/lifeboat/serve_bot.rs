@@ -1255,6 +1255,13 @@ async fn what_the_bot_posts_carries_no_markup_from_a_title_or_postmortem() {
     }
 }
 
+/// The link in the newest subscription mail to `address`.
+fn subscription_link(smtp: &TestSmtp, address: &str) -> String {
+    let mail = smtp.messages_to(address).pop().expect("a subscription mail");
+    let text = mail.text.expect("a text part");
+    text.split_whitespace().find(|word| word.contains("/subscribe/confirm?")).expect("the link").to_owned()
+}
+
 /// Posts the subscription form as a fresh visitor would.
 async fn subscribe(rig: &Rig, http: &reqwest::Client, matrix_id: &str, email: &str) -> u16 {
     use crate::web_pages::{form_csrf, post_form};
@@ -1319,6 +1326,11 @@ async fn subscribing_mails_alike_for_any_account_and_dms_few_codes_without_growi
     }
     let (dm, message) = code_dmed_to(&rig, &bob).await;
     let code: String = message.split("**").nth(1).expect("the code in bold").to_owned();
+    // The DM and the page its link opens name the code by its time: of the
+    // codes an account may get, the person knows which one a link takes.
+    let until = message.split("It works until ").nth(1).and_then(|rest| rest.split(" UTC").next()).expect("its time");
+    let page = http.get(subscription_link(smtp, &known)).send().await.unwrap().text().await.unwrap();
+    assert!(page.contains(&format!("the one that works until {until} UTC.")), "{page}");
 
     // Many more requests for bob with other addresses: one client, and a
     // day's few codes. His first code went with his own link and two more.
@@ -1347,14 +1359,7 @@ async fn subscribing_mails_alike_for_any_account_and_dms_few_codes_without_growi
     let confirm = |address: String, code: String| {
         let (http, smtp, url) = (http.clone(), &smtp, format!("{}/subscribe/confirm", rig.web));
         async move {
-            let mail = smtp.messages_to(&address).pop().unwrap();
-            let link = mail
-                .text
-                .unwrap()
-                .split_whitespace()
-                .find(|word| word.contains("/subscribe/confirm?"))
-                .unwrap()
-                .to_owned();
+            let link = subscription_link(smtp, &address);
             let (cookie, csrf) = crate::web_pages::form_csrf(&http, &link).await;
             let query: std::collections::HashMap<String, String> =
                 url::Url::parse(&link).unwrap().query_pairs().into_owned().collect();
