@@ -333,19 +333,31 @@ async fn settle_admin_room(bot: &Arc<Bot>, client: &Client, recovered: bool) -> 
     let registry = &bot.state.registry;
     let joined = |room_id: &RoomId| client.get_room(room_id).is_some_and(|room| room.state() == RoomState::Joined);
     let configured = bot.configured_room();
-    let mut settled = configured.clone().filter(|room_id| joined(room_id));
-    // The room the bot made itself after a wipe comes before joining the
-    // configured one: a wipe frees the configured alias, and whoever points
-    // it at a room of theirs must not get the bot and its alerts there.
-    if settled.is_none() {
-        settled = room_made_before(registry).await.map_err(|err| err.to_string())?.filter(|room_id| joined(room_id));
-    }
     // An alias that names another room than the one the bot was in when it
     // was last settled there may have been taken by anyone after a wipe
     // (also one lifeboat did not recover from): the bot stays where it was,
     // and joins the new room only when an admin invites it.
     let named_before = room_the_alias_named(registry, &bot.config).await.map_err(|err| err.to_string())?;
     let alias_moved = named_before.as_ref().zip(configured.as_ref()).is_some_and(|(before, now)| before != now);
+    let local_alias = configured_alias(&bot.config).is_some_and(|alias| alias.server_name() == bot.me.server_name());
+    // A room the bot is in already is no proof either: anyone's DM with it
+    // is one. It is the admin room when the alias could not have been moved
+    // there since (not this server's, or naming the room it named when the
+    // bot was last settled by it), or, with no such record, when the bot or
+    // an admin made it.
+    let mut settled = match configured.clone().filter(|room_id| joined(room_id)) {
+        Some(room_id) if !local_alias || named_before.as_ref() == Some(&room_id) => Some(room_id),
+        Some(room_id) if named_before.is_none() && made_by_the_bot_or_an_admin(bot, client, &room_id).await => {
+            Some(room_id)
+        }
+        _ => None,
+    };
+    // The room the bot made itself after a wipe comes before joining the
+    // configured one: a wipe frees the configured alias, and whoever points
+    // it at a room of theirs must not get the bot and its alerts there.
+    if settled.is_none() {
+        settled = room_made_before(registry).await.map_err(|err| err.to_string())?.filter(|room_id| joined(room_id));
+    }
     if settled.is_none() {
         settled = named_before.clone().filter(|room_id| joined(room_id));
     }
@@ -354,7 +366,6 @@ async fn settle_admin_room(bot: &Arc<Bot>, client: &Client, recovered: bool) -> 
     // by it: a wipe frees it for anyone, and the bot may not know of the
     // wipe (its account registered again by hand, say). Never right after
     // lifeboat recovered from a wipe itself.
-    let local_alias = configured_alias(&bot.config).is_some_and(|alias| alias.server_name() == bot.me.server_name());
     // With no admins to invite it, a first start still joins as before.
     let alias_vouched =
         !local_alias || (!recovered && !alias_moved && (named_before.is_some() || bot.admins.is_empty()));
@@ -414,6 +425,17 @@ async fn invited_by_an_admin(bot: &Bot, client: &Client, room_id: &RoomId) -> bo
         Ok(invite) => bot.obeys(&invite.inviter_id).await,
         Err(_) => false,
     }
+}
+
+/// Did the bot, or an admin it obeys, make `room_id` (a room the bot is in)?
+async fn made_by_the_bot_or_an_admin(bot: &Bot, client: &Client, room_id: &RoomId) -> bool {
+    let creators = client.get_room(room_id).and_then(|room| room.creators()).unwrap_or_default();
+    for creator in &creators {
+        if *creator == bot.me || bot.obeys(creator).await {
+            return true;
+        }
+    }
+    false
 }
 
 /// `bot.admin_room`, when it is an alias.

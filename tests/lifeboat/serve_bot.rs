@@ -950,6 +950,26 @@ async fn an_admin_room_alias_someone_else_takes_after_a_wipe_does_not_move_the_b
     let line = line.unwrap_or_default();
     assert_eq!(line["status"], "ok", "{line}");
     assert!(!line["detail"].as_str().unwrap_or_default().contains(&lure), "{line}");
+
+    // Nor does a room the bot is in already: the squatter DMs the bot,
+    // points the alias at that DM, and serve starts again.
+    let dm = squatted_admin.create_room(&[&rig.bot], true).await;
+    eventually("the bot joins the squatter's DM", Duration::from_secs(30), || async {
+        squatted_admin.membership_of(&dm, &rig.bot).await.as_deref() == Some("join")
+    })
+    .await;
+    let path = format!("/_matrix/client/v3/directory/room/{}", crate::harness::matrix::encode(&alias));
+    assert_eq!(squatted_admin.try_call(reqwest::Method::DELETE, &path, None).await.0, 200);
+    let (status, body) =
+        squatted_admin.try_call(reqwest::Method::PUT, &path, Some(serde_json::json!({"room_id": dm}))).await;
+    assert_eq!(status, 200, "{body}");
+    let settled_before = rig.lifeboat.serve_log().matches("in the admin room").count();
+    rig.stop_serve().await;
+    rig.serve_in_background();
+    logged_more_than(&rig.lifeboat, "in the admin room", settled_before).await;
+    let log = rig.lifeboat.serve_log();
+    let settled = log.lines().rfind(|line| line.contains("in the admin room")).unwrap_or_default();
+    assert!(!settled.contains(&dm), "the squatter's DM is not the admin room: {settled}");
 }
 
 /// The same after a wipe lifeboat did not recover from itself: an admin
