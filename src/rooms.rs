@@ -346,10 +346,22 @@ async fn rejoin_own(
         if !open && !was_member {
             continue;
         }
-        match client.join(&room.room_id, &room.via_servers).await? {
+        let joined = match client.join(&room.room_id, &room.via_servers).await {
+            Ok(joined) => joined,
+            // Synapse is up, the room's servers are not: this room waits
+            // for the next round, the others and their people go on.
+            Err(err) if err.matrix_error_of_a_failure().is_some() => {
+                report.failed.push((service.to_string(), room.room_id.clone(), err.to_string()));
+                continue;
+            }
+            Err(err) => return Err(err.into()),
+        };
+        match joined {
             JoinOutcome::Joined => {
-                registry.mark_room_restored(&room.room_id, None).await?;
-                report.restored.push(room.room_id.clone());
+                // Marked back only once its aliases and listing are too: a
+                // step that failed (or a run killed before it) is done again
+                // next round, the join with it (a join of a member is a no-op).
+                let mut settled = true;
                 for alias in &room.aliases {
                     let repointed = async {
                         reclaim_alias(client, alias, Some(&room.room_id), &service).await?;
@@ -359,13 +371,21 @@ async fn rejoin_own(
                     match repointed {
                         Ok(true) => report.aliases.push(alias.clone()),
                         Ok(false) => tracing::warn!(alias, "an admin pointed the alias at another room: left alone"),
-                        Err(err) => report.failed.push((alias.clone(), room.room_id.clone(), err.to_string())),
+                        Err(err) => {
+                            settled = false;
+                            report.failed.push((alias.clone(), room.room_id.clone(), err.to_string()));
+                        }
                     }
                 }
                 if room.public
                     && let Err(err) = client.list_in_directory(&room.room_id).await
                 {
+                    settled = false;
                     report.failed.push(("directory".to_owned(), room.room_id.clone(), err.to_string()));
+                }
+                if settled {
+                    registry.mark_room_restored(&room.room_id, None).await?;
+                    report.restored.push(room.room_id.clone());
                 }
                 tracing::info!(room_id = %room.room_id, "lifeboat is back in a surviving room");
             }
@@ -411,6 +431,13 @@ async fn rejoin_people(
                 if invited { report.invited += 1 } else { report.rejoined += 1 }
             }
             Ok(JoinOutcome::Refused(reason)) => {
+                registry.record_rejoin(&rejoin.room_id, &rejoin.user_id, RejoinOutcome::Failed(&reason)).await?;
+                report.failed.push((rejoin.user_id.to_string(), rejoin.room_id, reason));
+            }
+            // Synapse up, the room's servers not: an attempt, counted, so
+            // a room nobody can reach is given up after a few rounds.
+            Err(ref err) if let Some(said) = err.matrix_error_of_a_failure() => {
+                let reason = format!("the room's servers could not be reached ({said})");
                 registry.record_rejoin(&rejoin.room_id, &rejoin.user_id, RejoinOutcome::Failed(&reason)).await?;
                 report.failed.push((rejoin.user_id.to_string(), rejoin.room_id, reason));
             }

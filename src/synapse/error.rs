@@ -25,8 +25,10 @@ pub enum Error {
     #[error("Synapse is rate limiting lifeboat (429){}", .retry_after.map(|after| format!("; retry after {} ms", after.as_millis())).unwrap_or_default())]
     RateLimited { retry_after: Option<Duration> },
     /// Connection refused, timeout, or a 5xx: Synapse may be down.
+    /// `matrix_error`: the 5xx carried one (`errcode: message`), so Synapse
+    /// itself answered: a federated request it made failed, say.
     #[error("Synapse at {url} is unavailable: {detail}; check that it is running and that homeserver.url is right")]
-    Unavailable { url: String, detail: String },
+    Unavailable { url: String, detail: String, matrix_error: Option<String> },
     /// homeserver.url cannot work as written: a name that does not resolve,
     /// https:// against a plain-HTTP port, an untrusted certificate, a
     /// server that is not Synapse. Retrying will not help.
@@ -46,7 +48,9 @@ impl Error {
     pub fn hiding(self, secret: &str) -> Error {
         let hide = |text: String| text.replace(secret, "[token]");
         match self {
-            Error::Unavailable { url, detail } => Error::Unavailable { url, detail: hide(detail) },
+            Error::Unavailable { url, detail, matrix_error } => {
+                Error::Unavailable { url, detail: hide(detail), matrix_error: matrix_error.map(hide) }
+            }
             Error::BadResponse { url, detail } => Error::BadResponse { url, detail: hide(detail) },
             Error::WrongUrl { url, detail } => Error::WrongUrl { url, detail: hide(detail) },
             Error::Rejected { status, errcode, message } => Error::Rejected { status, errcode, message: hide(message) },
@@ -58,6 +62,15 @@ impl Error {
     /// Worth another try after a pause.
     pub fn is_transient(&self) -> bool {
         matches!(self, Error::RateLimited { .. } | Error::Unavailable { .. })
+    }
+
+    /// What Synapse said when it answered a 5xx with a Matrix error: it is
+    /// up, and something behind it failed (a remote server, for a join).
+    pub fn matrix_error_of_a_failure(&self) -> Option<&str> {
+        match self {
+            Error::Unavailable { matrix_error, .. } => matrix_error.as_deref(),
+            _ => None,
+        }
     }
 
     /// 401 or 403: the token will not do, for this request or the next.

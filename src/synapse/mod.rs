@@ -275,9 +275,11 @@ impl SynapseClient {
             StatusCode::TOO_MANY_REQUESTS => {
                 Error::RateLimited { retry_after: body.retry_after_ms.map(Duration::from_millis).or(retry_header) }
             }
-            status if status.is_server_error() => {
-                Error::Unavailable { url: self.base.to_string(), detail: format!("it answered {status}") }
-            }
+            status if status.is_server_error() => Error::Unavailable {
+                url: self.base.to_string(),
+                detail: format!("it answered {status}"),
+                matrix_error: (!body.errcode.is_empty()).then(|| format!("{}: {}", body.errcode, body.error)),
+            },
             status if status.is_client_error() => {
                 Error::Rejected { status: status.as_u16(), errcode: body.errcode, message: body.error }
             }
@@ -323,7 +325,7 @@ impl SynapseClient {
         } else {
             err.to_string()
         };
-        Error::Unavailable { url: self.base.to_string(), detail }
+        Error::Unavailable { url: self.base.to_string(), detail, matrix_error: None }
     }
 }
 

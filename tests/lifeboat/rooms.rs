@@ -312,6 +312,56 @@ async fn a_local_alias_a_stranger_took_after_the_wipe_is_taken_back() {
     assert_eq!(ours.resolve_alias(&quay).await.as_deref(), Some(admins_room.as_str()), "{rejoined:?}");
 }
 
+/// A surviving room whose servers cannot be reached holds back neither the
+/// other rooms nor their people: it waits for the next round, and its
+/// people's tries are counted, so it is given up in the end.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_surviving_room_nobody_can_reach_holds_back_no_other_room() {
+    let (ours, theirs) = federation_pair();
+    let registry = TestDatabase::sqlite();
+    ours.create_user("carol", &[]).await;
+    let carol = sign_in(&ours, "carol", "correct horse battery").await;
+    let bob = theirs.client(&theirs.register("bob"));
+    let square = bob.create_room_full(RoomSpec::public("square").name("Square")).await;
+    let across = bob.create_room_full(RoomSpec::public("across").name("Across")).await;
+    for room in [&square, &across] {
+        carol.join_via(room, &[&theirs.server_name]).await;
+        joined_members_settle(&ours, room, 2).await;
+    }
+    let lifeboat = lifeboat_on(&ours, &registry, "");
+    assert_eq!(lifeboat.run(&["sync"]).await.code, 0);
+
+    ours.wipe();
+    std::fs::write(lifeboat.dir().join("postmortem.md"), "Our database was lost.").unwrap();
+    assert_eq!(lifeboat.run(&["recover"]).await.code, 0);
+    let opened = lifeboat.run(&["incident", "open", "--title", "Lost", "--postmortem", "postmortem.md"]).await;
+    assert_eq!(opened.code, 0, "{opened:?}");
+    claim(&lifeboat, &carol.user_id).await;
+    // Square's servers, as far as this server can tell: one that is not there.
+    let direct = lifeboat::registry::Registry::connect(&registry.url()).await.unwrap();
+    sqlx::query("UPDATE rooms SET via_servers = '[\"127.0.0.1:1\"]' WHERE room_id = $1")
+        .bind(&square)
+        .execute(direct.pool())
+        .await
+        .unwrap();
+
+    let rejoined = lifeboat.run(&["rooms", "rejoin"]).await;
+    assert_eq!(rejoined.code, 1, "{rejoined:?}");
+    assert!(rejoined.stderr.contains(&square), "{rejoined:?}");
+    let carol_again = sign_in(&ours, "carol", NEW_PASSWORD).await;
+    let rooms = carol_again.joined_rooms().await;
+    assert!(rooms.contains(&across) && !rooms.contains(&square), "{rooms:?} {rejoined:?}");
+    let (attempts,): (i64,) =
+        sqlx::query_as("SELECT rejoin_attempts FROM room_members WHERE room_id = $1 AND user_id = $2")
+            .bind(&square)
+            .bind(&carol.user_id)
+            .fetch_one(direct.pool())
+            .await
+            .unwrap();
+    assert_eq!(attempts, 1, "carol's try at Square counts");
+    direct.close().await;
+}
+
 /// A surviving room also waits while a former member's ID is free, not held
 /// yet (holds made only with an incident, or a hold run still to come):
 /// whoever registers it meanwhile would be let in the same way.
