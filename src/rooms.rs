@@ -589,7 +589,12 @@ pub async fn recreate(
     // Made once: a run that stopped between making the room and recording
     // it finds it by the mark in its creation event.
     let begun = registry.room_recreation_begun(&room.room_id).await?;
-    let made_before = if begun { made_for(client, &room.room_id, &service).await? } else { None };
+    let made_before = match begun {
+        // Made by the token's account, which is lifeboat's own only when
+        // lifeboat recovered it (else the configured admin's).
+        true => made_for(client, &room.room_id, &client.whoami().await?.user_id).await?,
+        false => None,
+    };
     let new_room_id = match made_before {
         Some(made) => made,
         None => {
@@ -628,13 +633,13 @@ pub async fn recreate(
 /// Marks a re-created room's creation event with the room it replaces.
 const RECREATES_KEY: &str = "org.lifeboat.recreates";
 
-/// The room lifeboat's account (`me`) made for `old_room_id` before, if any.
-/// Made by that account: anyone can put the mark in a room of theirs on
-/// another server, and have lifeboat join it as a surviving room.
-async fn made_for(client: &SynapseClient, old_room_id: &str, me: &UserId) -> Result<Option<String>, RoomsError> {
+/// The room the token's account (`me`) made for `old_room_id` before, if
+/// any. Made by that account: anyone can put the mark in a room of theirs
+/// on another server, and have lifeboat join it as a surviving room.
+async fn made_for(client: &SynapseClient, old_room_id: &str, me: &str) -> Result<Option<String>, RoomsError> {
     for room_id in client.own_joined_rooms().await? {
         let event = client.creation_event(&room_id).await?;
-        if event.is_some_and(|event| event["sender"] == me.as_str() && event["content"][RECREATES_KEY] == old_room_id) {
+        if event.is_some_and(|event| event["sender"] == me && event["content"][RECREATES_KEY] == old_room_id) {
             return Ok(Some(room_id));
         }
     }

@@ -312,6 +312,31 @@ async fn a_local_alias_a_stranger_took_after_the_wipe_is_taken_back() {
     assert_eq!(ours.resolve_alias(&quay).await.as_deref(), Some(admins_room.as_str()), "{rejoined:?}");
 }
 
+/// Without a shared secret lifeboat acts through the configured admin's
+/// token: a re-created room a stopped run left unrecorded is found again as
+/// that admin's, not made a second time.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_room_recreated_through_an_admins_token_is_found_again_not_made_twice() {
+    let ours = TestSynapse::start();
+    let registry = TestDatabase::sqlite();
+    ours.create_user("alice", &[]).await;
+    let alice = sign_in(&ours, "alice", "correct horse battery").await;
+    let kitchen = alice.create_room_full(RoomSpec::private().name("Kitchen")).await;
+    let mut lifeboat = Lifeboat::for_synapse(&ours.url, &ours.server_name, &ours.admin_token(), &registry.url());
+    assert_eq!(lifeboat.run(&["sync"]).await.code, 0);
+
+    ours.wipe();
+    lifeboat.set_env("LIFEBOAT__HOMESERVER__ADMIN_TOKEN", &ours.register_admin(&unique("root")));
+    assert_eq!(lifeboat.run(&["sync"]).await.code, 0);
+    let made = lifeboat.run(&["rooms", "recreate", &kitchen, "--yes"]).await;
+    assert_eq!(made.code, 0, "{made:?}");
+    let new_kitchen = rooms_by_id(&lifeboat).await[&kitchen]["recreated_as"].as_str().unwrap().to_owned();
+    forget_recreation(&registry, &kitchen).await;
+    let resumed = lifeboat.run(&["rooms", "recreate", &kitchen, "--yes"]).await;
+    assert_eq!(resumed.code, 0, "{resumed:?}");
+    assert_eq!(rooms_by_id(&lifeboat).await[&kitchen]["recreated_as"], new_kitchen.as_str(), "{resumed:?}");
+}
+
 /// A surviving room whose servers cannot be reached holds back neither the
 /// other rooms nor their people: it waits for the next round, and its
 /// people's tries are counted, so it is given up in the end.
