@@ -358,10 +358,8 @@ async fn rejoin_own(
         };
         match joined {
             JoinOutcome::Joined => {
-                // Marked back only once its aliases and listing are too: a
-                // step that failed (or a run killed before it) is done again
-                // next round, the join with it (a join of a member is a no-op).
-                let mut settled = true;
+                registry.mark_room_restored(&room.room_id, None).await?;
+                report.restored.push(room.room_id.clone());
                 for alias in &room.aliases {
                     let repointed = async {
                         reclaim_alias(client, alias, Some(&room.room_id), &service).await?;
@@ -371,21 +369,13 @@ async fn rejoin_own(
                     match repointed {
                         Ok(true) => report.aliases.push(alias.clone()),
                         Ok(false) => tracing::warn!(alias, "an admin pointed the alias at another room: left alone"),
-                        Err(err) => {
-                            settled = false;
-                            report.failed.push((alias.clone(), room.room_id.clone(), err.to_string()));
-                        }
+                        Err(err) => report.failed.push((alias.clone(), room.room_id.clone(), err.to_string())),
                     }
                 }
                 if room.public
                     && let Err(err) = client.list_in_directory(&room.room_id).await
                 {
-                    settled = false;
                     report.failed.push(("directory".to_owned(), room.room_id.clone(), err.to_string()));
-                }
-                if settled {
-                    registry.mark_room_restored(&room.room_id, None).await?;
-                    report.restored.push(room.room_id.clone());
                 }
                 tracing::info!(room_id = %room.room_id, "lifeboat is back in a surviving room");
             }

@@ -131,6 +131,12 @@ impl Bot {
         }
     }
 
+    fn forget_admin_room(&self) {
+        if let Ok(mut current) = self.admin_room.lock() {
+            *current = None;
+        }
+    }
+
     fn prefix(&self) -> &str {
         &self.config.command_prefix
     }
@@ -260,7 +266,10 @@ async fn connected(
         let registry = &bot.state.registry;
         let stored = room_made_before(registry).await.ok().flatten();
         let by_alias = room_the_alias_named(registry, &bot.config).await.ok().flatten();
-        if let Some(room) = stored.or(by_alias).or_else(|| bot.configured_room()) {
+        // A local alias with no record vouches for nothing yet (anyone
+        // may have pointed it at a room of theirs after a wipe).
+        let configured = bot.configured_room().filter(|_| !local_alias(bot));
+        if let Some(room) = stored.or(by_alias).or(configured) {
             bot.set_admin_room(room);
         }
     }
@@ -339,15 +348,16 @@ async fn settle_admin_room(bot: &Arc<Bot>, client: &Client, recovered: bool) -> 
     // and joins the new room only when an admin invites it.
     let named_before = room_the_alias_named(registry, &bot.config).await.map_err(|err| err.to_string())?;
     let alias_moved = named_before.as_ref().zip(configured.as_ref()).is_some_and(|(before, now)| before != now);
-    let local_alias = configured_alias(&bot.config).is_some_and(|alias| alias.server_name() == bot.me.server_name());
+    let local_alias = local_alias(bot);
     // A room the bot is in already is no proof either: anyone's DM with it
     // is one. It is the admin room when the alias could not have been moved
     // there since (not this server's, or naming the room it named when the
     // bot was last settled by it), or, with no such record, when the bot or
-    // an admin made it.
-    let mut settled = match configured.clone().filter(|room_id| joined(room_id)) {
+    // an admin made it or an admin is in it.
+    let joined_configured = configured.clone().filter(|room_id| joined(room_id));
+    let mut settled = match joined_configured.clone() {
         Some(room_id) if !local_alias || named_before.as_ref() == Some(&room_id) => Some(room_id),
-        Some(room_id) if named_before.is_none() && made_by_the_bot_or_an_admin(bot, client, &room_id).await => {
+        Some(room_id) if named_before.is_none() && vouched_for_by_an_admin(bot, client, &room_id).await => {
             Some(room_id)
         }
         _ => None,
@@ -383,8 +393,17 @@ async fn settle_admin_room(bot: &Arc<Bot>, client: &Client, recovered: bool) -> 
         bot.set_admin_room(room_id);
         return Ok(false);
     }
+    // Not the admin room, whatever was assumed before settling.
+    if joined_configured.is_some() && bot.admin_room() == joined_configured {
+        bot.forget_admin_room();
+    }
     if !recovered && let Some(configured) = bot.config.admin_room.as_deref() {
-        if alias_moved {
+        if joined_configured.is_some() {
+            tracing::warn!(
+                room = configured,
+                "bot.admin_room's alias names a room the bot is in that nothing vouches for (after a wipe anyone may take an alias): it becomes the admin room once an admin is in it"
+            );
+        } else if alias_moved {
             tracing::warn!(
                 room = configured,
                 "bot.admin_room's alias names another room than the one the bot was in (after a wipe anyone may take an alias): the bot joins it only when an admin invites it"
@@ -427,15 +446,27 @@ async fn invited_by_an_admin(bot: &Bot, client: &Client, room_id: &RoomId) -> bo
     }
 }
 
-/// Did the bot, or an admin it obeys, make `room_id` (a room the bot is in)?
-async fn made_by_the_bot_or_an_admin(bot: &Bot, client: &Client, room_id: &RoomId) -> bool {
-    let creators = client.get_room(room_id).and_then(|room| room.creators()).unwrap_or_default();
-    for creator in &creators {
-        if *creator == bot.me || bot.obeys(creator).await {
+/// Did the bot or an admin it obeys make `room_id` (a room the bot is in),
+/// or is such an admin in it? A stranger can make neither happen.
+async fn vouched_for_by_an_admin(bot: &Bot, client: &Client, room_id: &RoomId) -> bool {
+    let Some(room) = client.get_room(room_id) else { return false };
+    let creators = room.creators().unwrap_or_default();
+    if creators.contains(&bot.me) {
+        return true;
+    }
+    let members = room.members(RoomMemberships::JOIN).await.unwrap_or_default();
+    let joined_admins = members.iter().map(|member| member.user_id().to_owned()).filter(|id| bot.admins.contains(id));
+    for admin in creators.into_iter().filter(|id| bot.admins.contains(id)).chain(joined_admins) {
+        if bot.obeys(&admin).await {
             return true;
         }
     }
     false
+}
+
+/// Is `bot.admin_room` an alias of this homeserver (one a wipe frees)?
+fn local_alias(bot: &Bot) -> bool {
+    configured_alias(&bot.config).is_some_and(|alias| alias.server_name() == bot.me.server_name())
 }
 
 /// `bot.admin_room`, when it is an alias.

@@ -25,8 +25,9 @@ pub enum Error {
     #[error("Synapse is rate limiting lifeboat (429){}", .retry_after.map(|after| format!("; retry after {} ms", after.as_millis())).unwrap_or_default())]
     RateLimited { retry_after: Option<Duration> },
     /// Connection refused, timeout, or a 5xx: Synapse may be down.
-    /// `matrix_error`: the 5xx carried one (`errcode: message`), so Synapse
-    /// itself answered: a federated request it made failed, say.
+    /// `matrix_error`: a 502 or 504 that carried one (`errcode: message`):
+    /// Synapse itself answered, and a request it made elsewhere (a
+    /// federated join) failed.
     #[error("Synapse at {url} is unavailable: {detail}; check that it is running and that homeserver.url is right")]
     Unavailable { url: String, detail: String, matrix_error: Option<String> },
     /// homeserver.url cannot work as written: a name that does not resolve,
@@ -64,8 +65,8 @@ impl Error {
         matches!(self, Error::RateLimited { .. } | Error::Unavailable { .. })
     }
 
-    /// What Synapse said when it answered a 5xx with a Matrix error: it is
-    /// up, and something behind it failed (a remote server, for a join).
+    /// What Synapse said when it answered a 502 or 504 with a Matrix error:
+    /// it is up, and a server it asked failed (a remote one, for a join).
     pub fn matrix_error_of_a_failure(&self) -> Option<&str> {
         match self {
             Error::Unavailable { matrix_error, .. } => matrix_error.as_deref(),

@@ -278,7 +278,11 @@ impl SynapseClient {
             status if status.is_server_error() => Error::Unavailable {
                 url: self.base.to_string(),
                 detail: format!("it answered {status}"),
-                matrix_error: (!body.errcode.is_empty()).then(|| format!("{}: {}", body.errcode, body.error)),
+                // Synapse's own words for a request it made elsewhere that
+                // failed (its 500s are its own trouble, and stay plain).
+                matrix_error: (matches!(status, StatusCode::BAD_GATEWAY | StatusCode::GATEWAY_TIMEOUT)
+                    && !body.errcode.is_empty())
+                .then(|| format!("{}: {}", body.errcode, body.error)),
             },
             status if status.is_client_error() => {
                 Error::Rejected { status: status.as_u16(), errcode: body.errcode, message: body.error }

@@ -1014,6 +1014,29 @@ async fn an_admin_room_alias_taken_while_the_bot_was_away_does_not_draw_in_a_bot
     logged_more_than(&rig.lifeboat, "the bot is not in bot.admin_room", in_room).await;
     let log = rig.lifeboat.serve_log();
     assert_ne!(stranger.membership_of(&lure, &rig.bot).await.as_deref(), Some("join"), "{log}");
+
+    // Nor by a DM with the bot the alias is pointed at: the bot is in that
+    // room, but no admin made it or is in it.
+    let dm = stranger.create_room(&[&rig.bot], true).await;
+    eventually("the bot joins the stranger's DM", Duration::from_secs(30), || async {
+        stranger.membership_of(&dm, &rig.bot).await.as_deref() == Some("join")
+    })
+    .await;
+    let path = format!("/_matrix/client/v3/directory/room/{}", crate::harness::matrix::encode(&alias));
+    assert_eq!(stranger.try_call(reqwest::Method::DELETE, &path, None).await.0, 200);
+    let point = serde_json::json!({ "room_id": dm });
+    assert_eq!(stranger.try_call(reqwest::Method::PUT, &path, Some(point)).await.0, 200);
+    rig.stop_serve().await;
+    let unvouched = rig.lifeboat.serve_log().matches("nothing vouches for").count();
+    rig.serve_in_background();
+    logged_more_than(&rig.lifeboat, "nothing vouches for", unvouched).await;
+    let log = rig.lifeboat.serve_log();
+    let settled = log.lines().rfind(|line| line.contains("in the admin room")).unwrap_or_default();
+    assert!(!settled.contains(&dm), "{log}");
+    // The watcher's alerts about the wipe go to the admin room: none here.
+    tokio::time::sleep(Duration::from_secs(5)).await;
+    let posted = stranger.messages_from(&dm, &rig.bot).await;
+    assert!(posted.is_empty(), "nothing for the admin room reaches the DM: {posted:?}");
 }
 
 /// Points an alias at the admin room, makes it `bot.admin_room`, and lets
