@@ -205,7 +205,7 @@ pub fn details_from_state(state: &[StateEvent], aliases: Vec<String>, server_nam
     let power_of =
         |user_id: &str| power_levels.and_then(|levels| levels["users"][user_id].as_i64()).unwrap_or(default_power);
     let local_suffix = format!(":{server_name}");
-    let mut members = Vec::new();
+    let (mut members, mut departed) = (Vec::new(), Vec::new());
     let mut servers: HashMap<&str, usize> = HashMap::new();
     for event in state.iter().filter(|event| event.kind == "m.room.member") {
         let Some(user_id) = event.state_key.as_deref() else { continue };
@@ -213,6 +213,8 @@ pub fn details_from_state(state: &[StateEvent], aliases: Vec<String>, server_nam
         if user_id.ends_with(&local_suffix) {
             if matches!(membership, "join" | "invite") {
                 members.push((user_id.to_owned(), membership.to_owned(), power_of(user_id)));
+            } else if matches!(membership, "leave" | "ban") {
+                departed.push(user_id.to_owned());
             }
         } else if membership == "join"
             && let Some((_, server)) = user_id.split_once(':')
@@ -235,6 +237,7 @@ pub fn details_from_state(state: &[StateEvent], aliases: Vec<String>, server_nam
         children,
         via_servers: via.into_iter().take(VIA_SERVERS).map(|(server, _)| server.to_owned()).collect(),
         members,
+        departed,
     }
 }
 

@@ -99,6 +99,10 @@ pub struct RoomDetails {
     pub via_servers: Vec<String>,
     /// Local accounts joined or invited: (user ID, membership, power level).
     pub members: Vec<(String, String, i64)>,
+    /// Local accounts whose membership is leave or ban now: out of the
+    /// room, whatever became of their ID (kicked or banned while it was
+    /// lost: not brought back in).
+    pub departed: Vec<String>,
 }
 
 /// A room as the registry knows it.
@@ -494,7 +498,8 @@ pub enum RejoinOutcome<'a> {
 }
 
 /// A changed room's details and memberships. A membership gone from its state is dropped only
-/// for a person here for good: a lost person's rooms are what their rejoin needs.
+/// for a person here for good (a lost person's rooms are what their rejoin needs), or for one
+/// the state shows left or banned (kicked while their ID was lost: not brought back).
 async fn record_details(
     tx: &mut sqlx::Transaction<'static, sqlx::Any>,
     room_id: &str,
@@ -526,7 +531,7 @@ async fn record_details(
             Some("claimed") => rejoin.is_some_and(|rejoin| rejoin != "failed"),
             _ => false,
         };
-        if !still_member && here_for_good {
+        if !still_member && (here_for_good || details.departed.contains(&user_id)) {
             sqlx::query("DELETE FROM room_members WHERE room_id = $1 AND user_id = $2")
                 .bind(room_id)
                 .bind(&user_id)

@@ -312,6 +312,47 @@ async fn a_local_alias_a_stranger_took_after_the_wipe_is_taken_back() {
     assert_eq!(ours.resolve_alias(&quay).await.as_deref(), Some(admins_room.as_str()), "{rejoined:?}");
 }
 
+/// A person removed from a surviving room while their ID was held (kicked
+/// by its moderators) is not brought back into it on claim.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_person_kicked_while_their_id_was_held_is_not_brought_back() {
+    let (ours, theirs) = federation_pair();
+    let registry = TestDatabase::sqlite();
+    ours.create_user("alice", &[]).await;
+    let alice = sign_in(&ours, "alice", "correct horse battery").await;
+    let bob = theirs.client(&theirs.register("bob"));
+    let square = bob.create_room_full(RoomSpec::public("square").name("Square")).await;
+    alice.join_via(&square, &[&theirs.server_name]).await;
+    joined_members_settle(&ours, &square, 2).await;
+    let lifeboat = lifeboat_on(&ours, &registry, "");
+    assert_eq!(lifeboat.run(&["sync"]).await.code, 0);
+
+    ours.wipe();
+    ours.register_admin(&unique("root"));
+    std::fs::write(lifeboat.dir().join("postmortem.md"), "Our database was lost.").unwrap();
+    assert_eq!(lifeboat.run(&["recover"]).await.code, 0);
+    let opened = lifeboat.run(&["incident", "open", "--title", "Lost", "--postmortem", "postmortem.md"]).await;
+    assert_eq!(opened.code, 0, "{opened:?}");
+    let rejoined = lifeboat.run(&["rooms", "rejoin"]).await;
+    assert_eq!(rejoined.code, 0, "lifeboat is back in Square: {rejoined:?}");
+    let kick = format!("/_matrix/client/v3/rooms/{}/kick", encode(&square));
+    let kicked = bob.try_call(reqwest::Method::POST, &kick, Some(serde_json::json!({"user_id": alice.user_id}))).await;
+    assert_eq!(kicked.0, 200, "{kicked:?}");
+    eventually("the kick reaches this server", Duration::from_secs(30), || async {
+        ours.admin_request(reqwest::Method::GET, &format!("/_synapse/admin/v1/rooms/{}", encode(&square)), None).await.1
+            ["joined_local_members"]
+            == 1
+    })
+    .await;
+    assert_eq!(lifeboat.run(&["sync"]).await.code, 0);
+
+    claim(&lifeboat, &alice.user_id).await;
+    let rejoined = lifeboat.run(&["rooms", "rejoin"]).await;
+    assert_eq!(rejoined.code, 0, "{rejoined:?}");
+    let alice = sign_in(&ours, "alice", NEW_PASSWORD).await;
+    assert!(!alice.joined_rooms().await.contains(&square), "the room's moderators removed her: {rejoined:?}");
+}
+
 /// Without a shared secret lifeboat acts through the configured admin's
 /// token: a re-created room a stopped run left unrecorded is found again as
 /// that admin's, not made a second time.
