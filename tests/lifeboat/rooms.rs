@@ -316,16 +316,8 @@ async fn a_local_alias_a_stranger_took_after_the_wipe_is_taken_back() {
 /// by its moderators) is not brought back into it on claim.
 #[tokio::test(flavor = "multi_thread")]
 async fn a_person_kicked_while_their_id_was_held_is_not_brought_back() {
-    let (ours, theirs) = federation_pair();
-    let registry = TestDatabase::sqlite();
-    ours.create_user("alice", &[]).await;
-    let alice = sign_in(&ours, "alice", "correct horse battery").await;
-    let bob = theirs.client(&theirs.register("bob"));
-    let square = bob.create_room_full(RoomSpec::public("square").name("Square")).await;
-    alice.join_via(&square, &[&theirs.server_name]).await;
-    joined_members_settle(&ours, &square, 2).await;
-    let lifeboat = lifeboat_on(&ours, &registry, "");
-    assert_eq!(lifeboat.run(&["sync"]).await.code, 0);
+    let InSquare { ours, theirs: _theirs, _registry, person: alice, bob, square, lifeboat } =
+        one_person_in_a_square_of_theirs("alice", "").await;
 
     ours.wipe();
     ours.register_admin(&unique("root"));
@@ -351,6 +343,33 @@ async fn a_person_kicked_while_their_id_was_held_is_not_brought_back() {
     assert_eq!(rejoined.code, 0, "{rejoined:?}");
     let alice = sign_in(&ours, "alice", NEW_PASSWORD).await;
     assert!(!alice.joined_rooms().await.contains(&square), "the room's moderators removed her: {rejoined:?}");
+}
+
+/// Our `person` in bob's public Square on the other server, synced by
+/// `lifeboat` (with `config_extra`). Bound by name, every one: the servers
+/// and the registry must live to the end of the test.
+struct InSquare {
+    ours: TestSynapse,
+    theirs: TestSynapse,
+    _registry: TestDatabase,
+    person: MatrixUser,
+    bob: MatrixUser,
+    square: String,
+    lifeboat: Lifeboat,
+}
+
+async fn one_person_in_a_square_of_theirs(localpart: &str, config_extra: &str) -> InSquare {
+    let (ours, theirs) = federation_pair();
+    let registry = TestDatabase::sqlite();
+    ours.create_user(localpart, &[]).await;
+    let person = sign_in(&ours, localpart, "correct horse battery").await;
+    let bob = theirs.client(&theirs.register("bob"));
+    let square = bob.create_room_full(RoomSpec::public("square").name("Square")).await;
+    person.join_via(&square, &[&theirs.server_name]).await;
+    joined_members_settle(&ours, &square, 2).await;
+    let lifeboat = lifeboat_on(&ours, &registry, config_extra);
+    assert_eq!(lifeboat.run(&["sync"]).await.code, 0);
+    InSquare { ours, theirs, _registry: registry, person, bob, square, lifeboat }
 }
 
 /// Without a shared secret lifeboat acts through the configured admin's
@@ -433,16 +452,8 @@ async fn a_surviving_room_nobody_can_reach_holds_back_no_other_room() {
 /// whoever registers it meanwhile would be let in the same way.
 #[tokio::test(flavor = "multi_thread")]
 async fn a_surviving_room_is_not_rejoined_while_a_former_members_id_is_free() {
-    let (ours, theirs) = federation_pair();
-    let registry = TestDatabase::sqlite();
-    ours.create_user("carol", &[]).await;
-    let carol = sign_in(&ours, "carol", "correct horse battery").await;
-    let bob = theirs.client(&theirs.register("bob"));
-    let square = bob.create_room_full(RoomSpec::public("square").name("Square")).await;
-    carol.join_via(&square, &[&theirs.server_name]).await;
-    joined_members_settle(&ours, &square, 2).await;
-    let lifeboat = lifeboat_on(&ours, &registry, "[recovery]\nhold = \"on-incident\"\n");
-    assert_eq!(lifeboat.run(&["sync"]).await.code, 0);
+    let InSquare { ours, theirs: _theirs, _registry, person: _carol, bob: _bob, square, lifeboat } =
+        one_person_in_a_square_of_theirs("carol", "[recovery]\nhold = \"on-incident\"\n").await;
 
     ours.wipe();
     assert_eq!(lifeboat.run(&["recover"]).await.code, 0);

@@ -953,16 +953,7 @@ async fn an_admin_room_alias_someone_else_takes_after_a_wipe_does_not_move_the_b
 
     // Nor does a room the bot is in already: the squatter DMs the bot,
     // points the alias at that DM, and serve starts again.
-    let dm = squatted_admin.create_room(&[&rig.bot], true).await;
-    eventually("the bot joins the squatter's DM", Duration::from_secs(30), || async {
-        squatted_admin.membership_of(&dm, &rig.bot).await.as_deref() == Some("join")
-    })
-    .await;
-    let path = format!("/_matrix/client/v3/directory/room/{}", crate::harness::matrix::encode(&alias));
-    assert_eq!(squatted_admin.try_call(reqwest::Method::DELETE, &path, None).await.0, 200);
-    let (status, body) =
-        squatted_admin.try_call(reqwest::Method::PUT, &path, Some(serde_json::json!({"room_id": dm}))).await;
-    assert_eq!(status, 200, "{body}");
+    let dm = alias_moved_to_a_dm_with_the_bot(&rig, &squatted_admin, &alias).await;
     let settled_before = rig.lifeboat.serve_log().matches("in the admin room").count();
     rig.stop_serve().await;
     rig.serve_in_background();
@@ -1017,15 +1008,7 @@ async fn an_admin_room_alias_taken_while_the_bot_was_away_does_not_draw_in_a_bot
 
     // Nor by a DM with the bot the alias is pointed at: the bot is in that
     // room, but no admin made it or is in it.
-    let dm = stranger.create_room(&[&rig.bot], true).await;
-    eventually("the bot joins the stranger's DM", Duration::from_secs(30), || async {
-        stranger.membership_of(&dm, &rig.bot).await.as_deref() == Some("join")
-    })
-    .await;
-    let path = format!("/_matrix/client/v3/directory/room/{}", crate::harness::matrix::encode(&alias));
-    assert_eq!(stranger.try_call(reqwest::Method::DELETE, &path, None).await.0, 200);
-    let point = serde_json::json!({ "room_id": dm });
-    assert_eq!(stranger.try_call(reqwest::Method::PUT, &path, Some(point)).await.0, 200);
+    let dm = alias_moved_to_a_dm_with_the_bot(&rig, &stranger, &alias).await;
     rig.stop_serve().await;
     let unvouched = rig.lifeboat.serve_log().matches("nothing vouches for").count();
     rig.serve_in_background();
@@ -1037,6 +1020,21 @@ async fn an_admin_room_alias_taken_while_the_bot_was_away_does_not_draw_in_a_bot
     tokio::time::sleep(Duration::from_secs(5)).await;
     let posted = stranger.messages_from(&dm, &rig.bot).await;
     assert!(posted.is_empty(), "nothing for the admin room reaches the DM: {posted:?}");
+}
+
+/// `owner` of `alias` opens a DM with the bot, waits for the bot to join
+/// it, and moves the alias there. Returns the DM.
+async fn alias_moved_to_a_dm_with_the_bot(rig: &Rig, owner: &MatrixUser, alias: &str) -> String {
+    let dm = owner.create_room(&[&rig.bot], true).await;
+    eventually("the bot joins the DM", Duration::from_secs(30), || async {
+        owner.membership_of(&dm, &rig.bot).await.as_deref() == Some("join")
+    })
+    .await;
+    let path = format!("/_matrix/client/v3/directory/room/{}", crate::harness::matrix::encode(alias));
+    assert_eq!(owner.try_call(reqwest::Method::DELETE, &path, None).await.0, 200);
+    let (status, body) = owner.try_call(reqwest::Method::PUT, &path, Some(serde_json::json!({"room_id": dm}))).await;
+    assert_eq!(status, 200, "{body}");
+    dm
 }
 
 /// Points an alias at the admin room, makes it `bot.admin_room`, and lets
