@@ -26,8 +26,8 @@ fn added_later(table: &str) -> usize {
         // custody, custody_at (held IDs), details_due_at, display_name_due_at,
         // lost_created_at
         "accounts" => 5,
-        // state_read_at
-        "rooms" => 1,
+        // state_read_at, aliases_due_at, aliases_attempts
+        "rooms" => 3,
         // kind (a notice, by default), subject, body_text, body_html,
         // expires_at (one outbox for every message), not_before
         "deliveries" => 6,

@@ -167,6 +167,10 @@ pub struct WebConfig {
     pub rate_limit_window: Duration,
     /// Registration tokens a person may get from the web page per incident.
     pub token_requests_per_person: u32,
+    /// Subscription links mailed per hour, whoever asks: a flood of
+    /// requests must not fill the outbox ahead of way-back links and
+    /// notices, nor use up the relay's quota.
+    pub subscription_mails_per_hour: u32,
     /// Connections open at once; more wait until one closes.
     pub max_connections: u32,
 }

@@ -475,7 +475,13 @@ impl DmSender {
         // invite would be left behind and another made at every try.
         let mut request = CreateRoomRequest::new();
         request.is_direct = true;
-        request.preset = Some(RoomPreset::TrustedPrivateChat);
+        // Not "trusted": that preset gives the recipient lifeboat's power,
+        // to make the room public or bring others in, and claim links and
+        // codes are sent here. Only lifeboat invites.
+        request.preset = Some(RoomPreset::PrivateChat);
+        let invite_only_by_lifeboat =
+            serde_json::value::to_raw_value(&serde_json::json!({"invite": 50})).expect("a JSON object serialises");
+        request.power_level_content_override = Some(matrix_sdk::ruma::serde::Raw::from_json(invite_only_by_lifeboat));
         let room_id = if self.encrypted {
             let encryption = RoomEncryptionEventContent::with_recommended_defaults();
             request.initial_state = vec![InitialStateEvent::with_empty_state_key(encryption).to_raw_any()];

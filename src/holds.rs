@@ -593,7 +593,11 @@ pub async fn hand_back(
         let name = account.as_ref().and_then(Account::display_name_to_restore);
         let emails = free_emails(registry, client, user_id).await?;
         client.hand_over_account(user_id.as_str(), password, was_admin, name, &emails).await?;
-        registry.settle_as_claimed(user_id, actor).await?;
+        // The account handed over is the person's from now on: its creation
+        // time tells it from one registered after another wipe. Unknown only
+        // if Synapse fails this one read; the next listing brings it then.
+        let created_at_ms = client.user_details(user_id.as_str()).await.ok().flatten().and_then(|d| d.created_at_ms());
+        registry.settle_as_claimed(user_id, created_at_ms, actor).await?;
         Ok(())
     };
     one_hand_over(registry, user_id, work).await?

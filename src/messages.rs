@@ -91,18 +91,39 @@ pub fn contact_code(server_name: &str, user_id: &str, code: &str, valid_minutes:
 }
 
 #[derive(Template)]
+#[template(path = "messages/contact_added.md", escape = "none")]
+struct ContactAdded<'a> {
+    server_name: &'a str,
+    /// Escaped: a visitor typed it.
+    address: &'a str,
+    /// As typed in a command: a code span.
+    address_in_command: &'a str,
+}
+
+/// The word to an account that `address` was added to it from the web
+/// page (Markdown, for a Matrix message), and how to take it off.
+pub fn contact_added(server_name: &str, address: &str) -> String {
+    let escaped = crate::notice::markdown_escape(address);
+    let command = crate::notice::markdown_code(&format!("contact remove {address}"));
+    render(ContactAdded { server_name, address: &escaped, address_in_command: &command })
+}
+
+#[derive(Template)]
 #[template(path = "messages/subscribe_code.md", escape = "none")]
 struct SubscribeCode<'a> {
     code: &'a str,
     server_name: &'a str,
     until: &'a str,
+    /// Escaped: a visitor typed it.
+    address: &'a str,
 }
 
-/// The code the web page DMs to the account an email address is to be
-/// added to (Markdown, for a Matrix message). `until` names it: the page
-/// its links open says which code, of several DMed, is theirs.
-pub fn subscribe_code(server_name: &str, code: &str, until: &str) -> String {
-    render(SubscribeCode { code, server_name, until })
+/// The code the web page DMs to the account `address` is to be added to
+/// (Markdown, for a Matrix message). It names the address, so a person
+/// lured onto a stranger's link sees whose address they would add, and
+/// `until`, since the page its link opens names both.
+pub fn subscribe_code(server_name: &str, code: &str, until: &str, address: &str) -> String {
+    render(SubscribeCode { code, server_name, until, address: &crate::notice::markdown_escape(address) })
 }
 
 #[derive(Template)]
@@ -178,11 +199,19 @@ mod tests {
 
     #[test]
     fn a_subscription_code_dm_warns_never_to_give_the_code_away() {
-        let dm = subscribe_code("example.org", "12345678", "2026-12-05 17:30 UTC");
+        let dm = subscribe_code("example.org", "12345678", "2026-12-05 17:30 UTC", "a_b*c@example.net");
         assert!(dm.contains("**12345678**"), "{dm}");
+        assert!(dm.contains("**a\\_b\\*c@example.net** get incident notices"), "the address, shown as typed: {dm}");
         assert!(dm.contains("It works until 2026-12-05 17:30 UTC"), "{dm}");
-        assert!(dm.contains("never give it to anyone"), "{dm}");
+        assert!(dm.contains("Never give it to anyone"), "{dm}");
         assert!(dm.contains("nobody from example.org will ever ask you for it"), "{dm}");
+    }
+
+    #[test]
+    fn the_word_that_an_address_was_added_says_how_to_take_it_off() {
+        let dm = contact_added("example.org", "a_b@example.net");
+        assert!(dm.contains("**a\\_b@example.net** now gets incident notices"), "{dm}");
+        assert!(dm.contains("`contact remove a_b@example.net`"), "{dm}");
     }
 
     #[test]

@@ -16,6 +16,7 @@ use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
 use crate::config::{Config, HoldPolicy};
+use crate::lease::{Held, Lease};
 use crate::pace::{call_in_paced_groups, rest_after};
 use crate::recover::service_user_id;
 use crate::registry::{self, Actor, Registry, Rejoin, RejoinOutcome, Room, RoomDetails, RoomRecord, RoomState};
@@ -266,6 +267,7 @@ pub struct BringBackReport {
 impl BringBackReport {
     pub fn is_empty(&self) -> bool {
         self.restored.is_empty()
+            && self.aliases.is_empty()
             && self.rejoined == 0
             && self.invited == 0
             && self.failed.is_empty()
@@ -313,6 +315,7 @@ pub async fn bring_back(
 ) -> Result<BringBackReport, RoomsError> {
     let mut report = BringBackReport::default();
     rejoin_own(config, registry, client, retry_all, &mut report).await?;
+    restore_aliases(config, registry, client, retry_all, &mut report).await?;
     rejoin_people(config, registry, client, retry_all, &mut report).await?;
     if !report.is_empty() {
         registry.audit(actor, "rooms.rejoin", None, Some(&report.summary())).await?;
@@ -361,31 +364,61 @@ async fn rejoin_own(
         };
         match joined {
             JoinOutcome::Joined => {
+                // Its aliases and listing are due from now: put back next.
                 registry.mark_room_restored(&room.room_id, None).await?;
                 report.restored.push(room.room_id.clone());
-                for alias in &room.aliases {
-                    let repointed = async {
-                        reclaim_alias(client, alias, Some(&room.room_id), &service).await?;
-                        client.set_alias(alias, &room.room_id).await
-                    }
-                    .await;
-                    match repointed {
-                        Ok(true) => report.aliases.push(alias.clone()),
-                        Ok(false) => tracing::warn!(alias, "an admin pointed the alias at another room: left alone"),
-                        Err(err) => report.failed.push((alias.clone(), room.room_id.clone(), err.to_string())),
-                    }
-                }
-                if room.public
-                    && let Err(err) = client.list_in_directory(&room.room_id).await
-                {
-                    report.failed.push(("directory".to_owned(), room.room_id.clone(), err.to_string()));
-                }
                 tracing::info!(room_id = %room.room_id, "lifeboat is back in a surviving room");
             }
             JoinOutcome::Refused(reason) => {
                 registry.mark_room_restored(&room.room_id, Some(&reason)).await?;
                 report.failed.push((service.to_string(), room.room_id.clone(), reason));
             }
+        }
+    }
+    Ok(())
+}
+
+/// Points each surviving room's local aliases at it again, and lists it in
+/// the directory again if it was, for the rooms lifeboat is back in. Kept
+/// due until every step worked (or an admin had pointed an alias
+/// elsewhere): by the next round the room reads as here, and nothing else
+/// would come back to it. Only refusals count as tries: Synapse timing out
+/// or busy leaves the room due for as long as that lasts.
+async fn restore_aliases(
+    config: &Config,
+    registry: &Registry,
+    client: &SynapseClient,
+    retry_all: bool,
+    report: &mut BringBackReport,
+) -> Result<(), RoomsError> {
+    let service = service_user_id(config);
+    for room_id in registry.rooms_with_aliases_due(retry_all).await? {
+        let Some(room) = registry.room(&room_id).await? else { continue };
+        let mut failures = Vec::new();
+        for alias in &room.aliases {
+            let repointed = async {
+                reclaim_alias(client, alias, Some(&room.room_id), &service).await?;
+                client.set_alias(alias, &room.room_id).await
+            }
+            .await;
+            match repointed {
+                Ok(true) => report.aliases.push(alias.clone()),
+                Ok(false) => tracing::warn!(alias, "an admin pointed the alias at another room: left alone"),
+                Err(err) => failures.push((alias.clone(), err)),
+            }
+        }
+        if room.public
+            && let Err(err) = client.list_in_directory(&room.room_id).await
+        {
+            failures.push(("directory".to_owned(), err));
+        }
+        if failures.is_empty() {
+            registry.record_aliases_tried(&room.room_id, true).await?;
+        } else if !failures.iter().all(|(_, err)| err.is_transient()) {
+            registry.record_aliases_tried(&room.room_id, false).await?;
+        }
+        for (what, err) in failures {
+            report.failed.push((what, room.room_id.clone(), err.to_string()));
         }
     }
     Ok(())
@@ -478,7 +511,9 @@ impl Recreated {
 /// The rooms `rooms recreate` makes again: the one named, if it can be;
 /// else every lost room, spaces last (so they get their re-created
 /// children). lifeboat's own rooms (its admin room, its DMs) are left out
-/// of "every": lifeboat makes those again by itself as it needs them.
+/// of "every": lifeboat makes those again by itself as it needs them. The
+/// rooms it made in place of lost ones are not its own: lost again (another
+/// wipe), they are made again too.
 pub async fn to_recreate(config: &Config, registry: &Registry, room_id: Option<&str>) -> Result<Vec<Room>, RoomsError> {
     if let Some(room_id) = room_id {
         let room = registry.room(room_id).await?.ok_or_else(|| RoomsError::UnknownRoom(room_id.to_owned()))?;
@@ -498,11 +533,13 @@ pub async fn to_recreate(config: &Config, registry: &Registry, room_id: Option<&
             .and_then(|creator| UserId::parse(creator).ok())
             .is_none_or(|creator| creator.server_name() == config.homeserver.server_name)
     };
+    let remade: std::collections::HashSet<String> =
+        registry.rooms(Some(RoomState::Recreated)).await?.into_iter().filter_map(|room| room.recreated_as).collect();
     let mut rooms: Vec<Room> = registry
         .rooms(Some(RoomState::Lost))
         .await?
         .into_iter()
-        .filter(|room| room.creator.as_deref() != Some(service.as_str()))
+        .filter(|room| room.creator.as_deref() != Some(service.as_str()) || remade.contains(&room.room_id))
         .filter(made_here)
         .filter(|room| {
             Some(room.room_id.as_str()) != admin_room
@@ -562,6 +599,36 @@ async fn reclaim_alias(
 /// directory listing, encryption, type; a space gets its children back) and
 /// invites its former members who are back, the rest as each comes back.
 pub async fn recreate(
+    config: &Config,
+    registry: &Registry,
+    client: &SynapseClient,
+    room: &Room,
+    actor: &Actor,
+) -> Result<Recreated, RoomsError> {
+    // One run at a time per room, whichever face asks: two at once would
+    // each find no room made yet, and make two.
+    let work = async {
+        // Read again under the lease: another run may have re-created it,
+        // or a space's children, since `room` was read.
+        let room = registry.room(&room.room_id).await?.unwrap_or_else(|| room.clone());
+        recreate_under_lease(config, registry, client, &room, actor).await
+    };
+    Lease::run(registry, &recreation_lease(&room.room_id), work).await?.unwrap_or_else(
+        |Held { holder, until }| {
+            Err(RoomsError::Refused(format!(
+                "another run ({holder}) is re-creating {} now; let it finish, or if that process is gone, try again after {until}",
+                room.label()
+            )))
+        },
+    )
+}
+
+/// The lease a re-creation of `room_id` runs under.
+pub fn recreation_lease(room_id: &str) -> String {
+    format!("room-recreate:{room_id}")
+}
+
+async fn recreate_under_lease(
     config: &Config,
     registry: &Registry,
     client: &SynapseClient,

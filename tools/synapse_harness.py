@@ -229,10 +229,11 @@ def die_with_parent(parent_pid):
 class Synapse:
     """One Synapse process and the directory holding its state."""
 
-    def __init__(self, directory, port, server_name, message_rate=None, federation=False, fed_port=None,
+    def __init__(self, directory, port, server_name, rates=None, federation=False, fed_port=None,
                  postgres=None):
-        # (per_second, burst) for rc_message, to make Synapse answer 429.
-        self.message_rate = message_rate
+        # {limiter: (per_second, burst)} for limiters that are to bite (e.g.
+        # rc_message, rc_room_creation), to make Synapse answer 429.
+        self.rates = rates or {}
         self.dir = os.path.abspath(directory)
         self.config_path = os.path.join(self.dir, "homeserver.yaml")
         self.db_path = os.path.join(self.dir, "homeserver.db")
@@ -392,11 +393,7 @@ class Synapse:
             "presence": {"enabled": False},
             # Every per-user/per-IP rate limiter Synapse 1.163.2 reads,
             # raised out of reach (config/ratelimiting.py).
-            "rc_message": (
-                {"per_second": self.message_rate[0], "burst_count": self.message_rate[1]}
-                if self.message_rate
-                else unlimited()
-            ),
+            "rc_message": self.rate_of("rc_message"),
             "rc_registration": unlimited(),
             "rc_registration_token_validity": unlimited(),
             "rc_login": {
@@ -414,7 +411,7 @@ class Synapse:
             },
             "rc_third_party_invite": unlimited(),
             "rc_3pid_validation": unlimited(),
-            "rc_room_creation": unlimited(),
+            "rc_room_creation": self.rate_of("rc_room_creation"),
             "rc_presence": {"per_user": unlimited()},
             "rc_media_create": unlimited(),
             "rc_delayed_event_mgmt": unlimited(),
@@ -467,6 +464,13 @@ class Synapse:
             yaml.safe_dump(config, f, sort_keys=False)
         os.chmod(tmp, 0o600)  # It holds the shared secret.
         os.replace(tmp, self.config_path)
+
+    def rate_of(self, limiter):
+        """The limiter's setting: as asked for with --rate, or out of reach."""
+        if limiter not in self.rates:
+            return dict(RATE_UNLIMITED)
+        per_second, burst = self.rates[limiter]
+        return {"per_second": per_second, "burst_count": burst}
 
     def _write_certificate(self):
         """A self-signed certificate for the federation listener (kept if
@@ -951,9 +955,12 @@ def main():
     )
     parser.add_argument("--demo", action="store_true", help="create demo accounts")
     parser.add_argument(
-        "--message-rate",
-        metavar="PER_SECOND:BURST",
-        help="limit messages (rc_message) so Synapse answers 429, e.g. 1:2 (default: unlimited)",
+        "--rate",
+        action="append",
+        default=[],
+        metavar="LIMITER=PER_SECOND:BURST",
+        help="make a rate limiter bite so Synapse answers 429, e.g. rc_message=1:2 or rc_room_creation=0.2:1 "
+        "(repeatable; only these two; default: every limiter out of reach)",
     )
     parser.add_argument(
         "--no-admin",
@@ -969,12 +976,15 @@ def main():
         parser.error("--federation-port needs --federation")
 
     try:
-        rate = None
-        if args.message_rate:
-            per_second, burst = args.message_rate.split(":")
-            rate = (float(per_second), int(burst))
+        rates = {}
+        for setting in args.rate:
+            limiter, _, rate = setting.partition("=")
+            if limiter not in ("rc_message", "rc_room_creation"):
+                raise ValueError(f"--rate {setting}: only rc_message and rc_room_creation can be made to bite")
+            per_second, burst = rate.split(":")
+            rates[limiter] = (float(per_second), int(burst))
         synapse = Synapse(
-            args.dir, args.port, args.server_name, rate, args.federation, args.federation_port, args.postgres
+            args.dir, args.port, args.server_name, rates, args.federation, args.federation_port, args.postgres
         )
     except (HarnessError, OSError, KeyError, TypeError, ValueError, yaml.YAMLError) as e:
         log(f"error: cannot prepare {args.dir}: {e}")

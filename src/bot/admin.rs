@@ -526,7 +526,6 @@ async fn recreate_rooms(bot: &Bot, actor: &Actor, room: Option<String>, confirm:
     let client = admin_client(bot, actor).await?;
     let mut lines = Vec::new();
     for room in rooms {
-        let room = registry.room(&room.room_id).await.ok().flatten().unwrap_or(room);
         match crate::rooms::recreate(config, registry, &client, &room, actor).await {
             Ok(made) => lines.push(shown(&made.summary())),
             Err(err) => lines.push(format!("Not re-created: {}", shown(&format!("{}: {err}", room.label())))),

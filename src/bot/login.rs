@@ -41,27 +41,43 @@ pub async fn existing_credentials(
     registry: &Registry,
     forget_dead: bool,
 ) -> anyhow::Result<Option<BotLogin>> {
+    Ok(existing(config, bot, registry, forget_dead).await?.0)
+}
+
+/// [`existing_credentials`], and the device of a stored session that only
+/// expired (its device lives on, keys and all).
+async fn existing(
+    config: &Config,
+    bot: &BotConfig,
+    registry: &Registry,
+    forget_dead: bool,
+) -> anyhow::Result<(Option<BotLogin>, Option<String>)> {
     let base = SynapseClient::from_config(&config.homeserver);
     let me = service_user_id(config);
+    let mut expired_device = None;
     if let Some(stored) = registry.setting(SESSION_SETTING).await?.filter(|value| !value.is_empty()) {
         if let Ok(session) = serde_json::from_str::<StoredSession>(&stored) {
             let token = SecretString::from(session.access_token);
-            if let Some(login) = working(&base, &me, token, Some(session.device_id), false).await? {
-                return Ok(Some(login));
+            match check(&base, &me, token, Some(session.device_id.clone()), false).await? {
+                Checked::Works(login) => return Ok((Some(login), None)),
+                Checked::Expired => expired_device = Some(session.device_id),
+                Checked::Rejected => {}
             }
         }
-        if forget_dead {
-            // Dead (a wipe, or logged out).
+        if forget_dead && expired_device.is_none() {
+            // Dead (a wipe, or logged out). One that expired is kept until
+            // a password login replaces it: its device is to be used again.
             registry.set_setting(SESSION_SETTING, "").await?;
         }
     }
-    if let Some(login) = recovered(&base, registry, &me).await? {
-        return Ok(Some(login));
-    }
-    match &bot.access_token {
-        Some(token) => working(&base, &me, token.value.clone(), None, false).await,
-        None => Ok(None),
-    }
+    let login = match recovered(&base, registry, &me).await? {
+        Some(login) => Some(login),
+        None => match &bot.access_token {
+            Some(token) => working(&base, &me, token.value.clone(), None, false).await?,
+            None => None,
+        },
+    };
+    Ok((login, expired_device))
 }
 
 /// Tries, in order: [`existing_credentials`] (forgetting a dead stored
@@ -73,13 +89,19 @@ pub async fn credentials(
     registry: &Registry,
     recover_lock: &tokio::sync::Mutex<()>,
 ) -> anyhow::Result<BotLogin> {
-    if let Some(login) = existing_credentials(config, bot, registry, true).await? {
+    let (login, expired_device) = existing(config, bot, registry, true).await?;
+    if let Some(login) = login {
         return Ok(login);
     }
     let base = SynapseClient::from_config(&config.homeserver);
     let me = service_user_id(config);
+    // After an expiry (a homeserver with session lifetimes) the same device
+    // again, as the Matrix spec asks: the people the bot writes to
+    // encrypted see no new device. A session logged out or wiped lost its
+    // device, and its keys with it: a new one then.
     if let Some(password) = &bot.password
-        && let Some(registered) = base.login_with_password(me.localpart(), &password.value, None).await?
+        && let Some(registered) =
+            base.login_with_password(me.localpart(), &password.value, expired_device.as_deref()).await?
     {
         let device_id = registered.device_id.clone().unwrap_or_else(|| "LIFEBOAT".to_owned());
         let stored = StoredSession {
@@ -130,16 +152,37 @@ async fn working(
     device_id: Option<String>,
     recovered: bool,
 ) -> anyhow::Result<Option<BotLogin>> {
+    Ok(match check(base, me, token, device_id, recovered).await? {
+        Checked::Works(login) => Some(login),
+        Checked::Expired | Checked::Rejected => None,
+    })
+}
+
+/// What Synapse says of a token.
+enum Checked {
+    Works(BotLogin),
+    /// Soft logout (a homeserver with session lifetimes): its device lives on.
+    Expired,
+    Rejected,
+}
+
+async fn check(
+    base: &SynapseClient,
+    me: &UserId,
+    token: SecretString,
+    device_id: Option<String>,
+    recovered: bool,
+) -> anyhow::Result<Checked> {
     match base.with_token(token.clone()).whoami().await {
-        Ok(who) if who.user_id == me.as_str() => Ok(Some(BotLogin {
+        Ok(who) if who.user_id == me.as_str() => Ok(Checked::Works(BotLogin {
             user_id: who.user_id,
             device_id: who.device_id.or(device_id).unwrap_or_else(|| "LIFEBOAT".to_owned()),
             access_token: token,
             recovered,
         })),
         Ok(who) => bail!("the bot's access token belongs to {}, not to bot.user_id = {me}", who.user_id),
-        // Expired (a homeserver with session lifetimes): log in again too.
-        Err(synapse::Error::Unauthorized { .. } | synapse::Error::Expired { .. }) => Ok(None),
+        Err(synapse::Error::Expired { .. }) => Ok(Checked::Expired),
+        Err(synapse::Error::Unauthorized { .. }) => Ok(Checked::Rejected),
         Err(err) => Err(err.into()),
     }
 }

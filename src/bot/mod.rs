@@ -66,6 +66,36 @@ pub(crate) struct Bot {
     /// (they may be stale); later ones are, even if they arrive in the first
     /// sync after a reconnect.
     started_at: matrix_sdk::ruma::MilliSecondsSinceUnixEpoch,
+    /// Messages already taken as commands by this process: a session on a
+    /// new device (the old one logged out) syncs its rooms afresh, and must
+    /// not run them again.
+    handled: Mutex<HandledEvents>,
+}
+
+/// The last [`HandledEvents::KEPT`] events handled, to tell one seen again.
+#[derive(Default)]
+struct HandledEvents {
+    order: std::collections::VecDeque<matrix_sdk::ruma::OwnedEventId>,
+    seen: HashSet<matrix_sdk::ruma::OwnedEventId>,
+}
+
+impl HandledEvents {
+    /// More than a first sync brings again (about ten events a room).
+    const KEPT: usize = 4096;
+
+    /// Records `event`: false if it was handled already.
+    fn first_time(&mut self, event: &matrix_sdk::ruma::EventId) -> bool {
+        if !self.seen.insert(event.to_owned()) {
+            return false;
+        }
+        self.order.push_back(event.to_owned());
+        if self.order.len() > Self::KEPT
+            && let Some(oldest) = self.order.pop_front()
+        {
+            self.seen.remove(&oldest);
+        }
+        true
+    }
 }
 
 impl Bot {
@@ -169,6 +199,7 @@ pub async fn run(state: Arc<Services>, mut alerts: UnboundedReceiver<String>, ca
         invited: Mutex::default(),
         joining: Mutex::default(),
         started_at: matrix_sdk::ruma::MilliSecondsSinceUnixEpoch::now(),
+        handled: Mutex::default(),
     });
     let mut queued: Vec<String> = Vec::new();
     let mut pause = None;
@@ -450,13 +481,13 @@ async fn invited_by_an_admin(bot: &Bot, client: &Client, room_id: &RoomId) -> bo
 /// or is such an admin in it? A stranger can make neither happen.
 async fn vouched_for_by_an_admin(bot: &Bot, client: &Client, room_id: &RoomId) -> bool {
     let Some(room) = client.get_room(room_id) else { return false };
-    let creators = room.creators().unwrap_or_default();
-    if creators.contains(&bot.me) {
+    let maker = maker_of(&room);
+    if maker.as_ref() == Some(&bot.me) {
         return true;
     }
     let members = room.members(RoomMemberships::JOIN).await.unwrap_or_default();
     let joined_admins = members.iter().map(|member| member.user_id().to_owned()).filter(|id| bot.admins.contains(id));
-    for admin in creators.into_iter().filter(|id| bot.admins.contains(id)).chain(joined_admins) {
+    for admin in maker.into_iter().filter(|id| bot.admins.contains(id)).chain(joined_admins) {
         if bot.obeys(&admin).await {
             return true;
         }
@@ -666,7 +697,14 @@ fn dm_rooms_with(bot: &Bot, client: &Client, person: &OwnedUserId) -> usize {
 /// as no). The bot takes a DM invite only to a room its inviter made: any
 /// other room, however big, is not theirs to bring the bot into.
 fn made_by(room: &Room, person: &UserId) -> bool {
-    room.creators().is_some_and(|creators| creators.iter().any(|creator| creator == person))
+    maker_of(room).is_some_and(|maker| maker == person)
+}
+
+/// Who sent the room's creation event. Not the room's "creators": from room
+/// version 12 the maker may name anyone an additional creator, without
+/// their say (the bot, an admin, or people to fill their DM cap with).
+fn maker_of(room: &Room) -> Option<OwnedUserId> {
+    room.create_content().map(|content| content.creator)
 }
 
 /// A DM from this homeserver's people: only they have contacts to manage,
@@ -681,6 +719,9 @@ async fn on_message(event: OriginalSyncRoomMessageEvent, room: Room, Ctx(bot): C
         return;
     }
     let MessageType::Text(text) = &event.content.msgtype else { return };
+    if !bot.handled.lock().is_ok_and(|mut handled| handled.first_time(&event.event_id)) {
+        return;
+    }
     let body = text.body.clone();
     let sender = event.sender.clone();
     if bot.admin_room().as_deref() == Some(room.room_id()) {
@@ -779,6 +820,20 @@ mod tests {
             seen.push(pause.unwrap().as_secs());
         }
         assert_eq!(seen, [2, 4, 8, 16, 32, 60, 60]);
+    }
+
+    #[test]
+    fn an_event_is_handled_once_and_only_the_oldest_are_forgotten() {
+        let event = |n: usize| matrix_sdk::ruma::OwnedEventId::try_from(format!("$e{n}:x.org")).unwrap();
+        let mut handled = HandledEvents::default();
+        assert!(handled.first_time(&event(0)));
+        assert!(!handled.first_time(&event(0)), "seen again");
+        for n in 1..=HandledEvents::KEPT {
+            assert!(handled.first_time(&event(n)));
+        }
+        assert!(handled.first_time(&event(0)), "the oldest is forgotten past KEPT");
+        assert!(!handled.first_time(&event(HandledEvents::KEPT)), "the newest are kept");
+        assert_eq!(handled.seen.len(), HandledEvents::KEPT);
     }
 
     #[test]

@@ -45,7 +45,9 @@ pub enum Command {
         /// The room's ID (from `rooms list --state lost`).
         #[arg(required_unless_present = "all", conflicts_with = "all")]
         room_id: Option<String>,
-        /// Every lost room (spaces last, so they get their re-created children).
+        /// Every lost room made by this server's accounts, except lifeboat's
+        /// own admin room and DMs (spaces last, so they get their re-created
+        /// children). A room another server's account made goes only by its ID.
         #[arg(long)]
         all: bool,
         /// Do not ask.
@@ -120,8 +122,6 @@ pub async fn run(context: &Context, command: Command) -> Outcome {
             let client = context.admin_client_recovering(&config, &registry).await?;
             let mut failed = 0;
             for room in rooms {
-                // A space's children may have been re-created just before.
-                let room = registry.room(&room.room_id).await?.unwrap_or(room);
                 match recreate(&config, &registry, &client, &room, &Actor::cli()).await {
                     Ok(made) => println!("{}", made.summary()),
                     Err(err) => {

@@ -185,6 +185,8 @@ struct RawWeb {
     rate_limit_window: Option<String>,
     #[serde(default, deserialize_with = "lenient::number")]
     token_requests_per_person: Option<u32>,
+    #[serde(default, deserialize_with = "lenient::number")]
+    subscription_mails_per_hour: Option<u32>,
     client_url: Option<String>,
     #[serde(default, deserialize_with = "lenient::number")]
     max_connections: Option<u32>,
@@ -308,6 +310,11 @@ impl RawWeb {
             admin_contact: self.admin_contact.map(|text| text.trim().to_owned()).filter(|text| !text.is_empty()),
             rate_limit_per_ip: ctx.at_least_one("web.rate_limit_per_ip", self.rate_limit_per_ip, 20)?,
             rate_limit_per_target: ctx.at_least_one("web.rate_limit_per_target", self.rate_limit_per_target, 3)?,
+            subscription_mails_per_hour: ctx.at_least_one(
+                "web.subscription_mails_per_hour",
+                self.subscription_mails_per_hour,
+                100,
+            )?,
             rate_limit_window: ctx.duration(
                 "web.rate_limit_window",
                 self.rate_limit_window,

@@ -288,7 +288,7 @@ fn markdown_url(url: &str) -> String {
 
 /// A code span (easy to copy, shown literally); escaped text if the value
 /// has a backtick of its own.
-fn markdown_code(text: &str) -> String {
+pub fn markdown_code(text: &str) -> String {
     if text.contains('`') { markdown_escape(text) } else { format!("`{text}`") }
 }
 

@@ -205,27 +205,29 @@ impl Registry {
 
     /// An operator on the lifeboat host gave the ID to its person (a held
     /// ID, or one a stranger took): it is theirs again.
-    pub async fn settle_as_claimed(&self, user_id: &UserId, actor: &Actor) -> Result<()> {
-        // Whatever account is there now is the person's: its creation time
-        // comes with the next listing, never compared with an older one.
+    /// `created_at_ms` is when the account handed over was made (`None`:
+    /// unknown, the next listing brings it, never compared with an older one).
+    pub async fn settle_as_claimed(&self, user_id: &UserId, created_at_ms: Option<i64>, actor: &Actor) -> Result<()> {
         let set = "custody = 'claimed', custody_at = $2, recreated_at = NULL, display_name_due_at = NULL, \
-                   synapse_created_at = NULL, lost_created_at = NULL";
-        self.settle(user_id, set, actor, "hold.claim", "password set by an operator").await
+                   synapse_created_at = $3, lost_created_at = NULL";
+        self.settle(user_id, set, created_at_ms, actor, "hold.claim", "password set by an operator").await
     }
 
     /// A hold ended for good: the account is deactivated on Synapse.
     pub async fn release_hold(&self, user_id: &UserId, actor: &Actor) -> Result<()> {
-        let set = "custody = NULL, custody_at = $2, state = 'deactivated', deactivated = 1";
-        self.settle(user_id, set, actor, "hold.release", "deactivated: the ID is retired").await
+        let set = "custody = NULL, custody_at = $2, state = 'deactivated', deactivated = 1, \
+                   synapse_created_at = COALESCE($3, synapse_created_at)";
+        self.settle(user_id, set, None, actor, "hold.release", "deactivated: the ID is retired").await
     }
 
-    /// Sets `set` (`$2` is now) on the account and audits it, in one
+    /// Sets `set` (`$2` is now, `$3` the creation time given) on the account and audits it, in one
     /// transaction: audited even when the registry has no such account,
     /// since the operator's change on Synapse happened all the same.
     async fn settle(
         &self,
         user_id: &UserId,
         set: &'static str,
+        created_at_ms: Option<i64>,
         actor: &Actor,
         action: &str,
         detail: &str,
@@ -233,7 +235,8 @@ impl Registry {
         let mut tx = self.begin_write().await?;
         // Safe: `set` is a constant of the caller's.
         let sql = format!("UPDATE accounts SET {set} WHERE user_id = $1");
-        sqlx::query(sqlx::AssertSqlSafe(sql)).bind(user_id).bind(now_ms()).execute(&mut *tx).await?;
+        let update = sqlx::query(sqlx::AssertSqlSafe(sql)).bind(user_id).bind(now_ms()).bind(created_at_ms);
+        update.execute(&mut *tx).await?;
         Self::audit_in(&mut tx, actor, action, Some(user_id.as_str()), Some(detail)).await?;
         tx.commit().await?;
         Ok(())

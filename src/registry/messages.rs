@@ -21,7 +21,8 @@ stored_as_text! {
         Alert = "alert",
         /// The web page's signed link (a token, a claim, a subscription).
         Link = "link",
-        /// A code proving an address, asked for in a DM to the bot.
+        /// An address being proven: the code (mailed for the bot's `contact
+        /// add`, DMed for the web page's), or the DM saying it was added.
         Code = "code",
         /// A way back in that an admin had the bot mail.
         Token = "token",

@@ -127,6 +127,10 @@ pub struct Registry {
     backend: Backend,
     /// For a plain connection that tells why the pool cannot connect.
     options: Arc<AnyConnectOptions>,
+    /// One such connection at a time: probes asked for by anyone (the
+    /// public `/healthz`) must not open the database's connections by the
+    /// hundred.
+    probing: Arc<tokio::sync::Mutex<()>>,
 }
 
 /// How long a query waits for a pooled connection.
@@ -215,7 +219,7 @@ impl Registry {
             Backend::Postgres => &POSTGRES_MIGRATIONS,
         };
         migrator.run(&pool).await.map_err(|source| Error::Migrate { url: shown, source })?;
-        Ok(Registry { pool, backend, options: Arc::new(options) })
+        Ok(Registry { pool, backend, options: Arc::new(options), probing: Arc::default() })
     }
 
     /// For health probes: whether the registry answers within `limit`, and if not, why (the
@@ -227,6 +231,9 @@ impl Registry {
             Ok(Err(err)) if !matches!(err, sqlx::Error::PoolTimedOut) => return Err(describe(&err)),
             _ => {}
         }
+        let Ok(_one_probe) = self.probing.try_lock() else {
+            return Err("the registry is busy: no connection was free in time".to_owned());
+        };
         match tokio::time::timeout(limit, probe(&self.options, self.backend)).await {
             Ok(Err(err)) => Err(describe(&err)),
             Ok(Ok(())) => Err("the registry is busy: no connection was free in time".to_owned()),
@@ -269,6 +276,9 @@ impl From<Flag> for bool {
         flag.0 != 0
     }
 }
+
+/// A day, in the milliseconds of [`now_ms`].
+pub const DAY_MS: i64 = 24 * 3600 * 1000;
 
 /// UTC milliseconds since the Unix epoch.
 pub fn now_ms() -> i64 {

@@ -287,10 +287,13 @@ impl Registry {
         }
         // Gone since the previous listing (another wipe, after lifeboat came
         // back into them): lifeboat's account is to rejoin them again.
-        sqlx::query("UPDATE rooms SET restored_at = NULL, restore_error = NULL WHERE last_seen_at = $1")
-            .bind(previous)
-            .execute(&mut *tx)
-            .await?;
+        sqlx::query(
+            "UPDATE rooms SET restored_at = NULL, restore_error = NULL, aliases_due_at = NULL, aliases_attempts = 0 \
+             WHERE last_seen_at = $1",
+        )
+        .bind(previous)
+        .execute(&mut *tx)
+        .await?;
         set_setting_in(&mut *tx, ROOMS_LISTED_SETTING, &now.to_string()).await?;
         tx.commit().await?;
         Ok(())
@@ -347,16 +350,45 @@ impl Registry {
         Ok(counts)
     }
 
-    /// Records lifeboat's own account back in a room (`error` none), or
-    /// why it could not get in.
+    /// Records lifeboat's own account back in a room (`error` none), its
+    /// aliases and directory listing then due, or why it could not get in.
     pub async fn mark_room_restored(&self, room_id: &str, error: Option<&str>) -> Result<()> {
         let restored_at = error.is_none().then(now_ms);
-        sqlx::query("UPDATE rooms SET restored_at = $2, restore_error = $3 WHERE room_id = $1")
-            .bind(room_id)
-            .bind(restored_at)
-            .bind(error)
-            .execute(&self.pool)
-            .await?;
+        sqlx::query(
+            "UPDATE rooms SET restored_at = $2, restore_error = $3, aliases_due_at = $2, aliases_attempts = 0 \
+             WHERE room_id = $1",
+        )
+        .bind(room_id)
+        .bind(restored_at)
+        .bind(error)
+        .execute(&self.pool)
+        .await?;
+        Ok(())
+    }
+
+    /// Rooms lifeboat is back in whose aliases and directory listing are
+    /// still to be put back: those not tried [`MAX_REJOIN_ATTEMPTS`] times
+    /// yet (`retry_all`: any count), longest due first.
+    pub async fn rooms_with_aliases_due(&self, retry_all: bool) -> Result<Vec<String>> {
+        Ok(sqlx::query_scalar(
+            "SELECT room_id FROM rooms WHERE aliases_due_at IS NOT NULL AND ($1 = 1 OR aliases_attempts < $2) \
+             ORDER BY aliases_due_at, room_id",
+        )
+        .bind(retry_all as i64)
+        .bind(MAX_REJOIN_ATTEMPTS)
+        .fetch_all(&self.pool)
+        .await?)
+    }
+
+    /// A room's aliases and directory listing are back (`done`), or one
+    /// more try of them failed.
+    pub async fn record_aliases_tried(&self, room_id: &str, done: bool) -> Result<()> {
+        let sql = if done {
+            "UPDATE rooms SET aliases_due_at = NULL WHERE room_id = $1"
+        } else {
+            "UPDATE rooms SET aliases_attempts = aliases_attempts + 1 WHERE room_id = $1"
+        };
+        sqlx::query(sql).bind(room_id).execute(&self.pool).await?;
         Ok(())
     }
 
@@ -505,8 +537,11 @@ async fn record_details(
     room_id: &str,
     details: &RoomDetails,
 ) -> Result<()> {
+    // Aliases still to be put back are kept as known: the directory lacks
+    // them only because they are not back yet.
     sqlx::query(
-        "UPDATE rooms SET topic = $2, avatar_url = $3, aliases = $4, children = $5, via_servers = $6, \
+        "UPDATE rooms SET topic = $2, avatar_url = $3, \
+         aliases = CASE WHEN aliases_due_at IS NULL THEN $4 ELSE aliases END, children = $5, via_servers = $6, \
          state_read_at = $7 WHERE room_id = $1",
     )
     .bind(room_id)

@@ -71,9 +71,10 @@ impl Registry {
         expires_at: i64,
     ) -> Result<()> {
         let now = now_ms();
-        // Kept a day past expiry, so "expired" can still be told from "unknown".
+        // Kept a day past expiry, so "expired" can still be told from
+        // "unknown", and a day's links can be counted.
         sqlx::query("DELETE FROM web_links WHERE expires_at < $1")
-            .bind(now - 24 * 3600 * 1000)
+            .bind(now - super::DAY_MS)
             .execute(&self.pool)
             .await?;
         sqlx::query(
@@ -137,6 +138,15 @@ impl Registry {
         .bind(now_ms())
         .fetch_optional(&self.pool)
         .await?)
+    }
+
+    /// How many links for `purpose` were made since `since` (ms).
+    pub async fn web_links_made_since(&self, purpose: &str, since: i64) -> Result<i64> {
+        Ok(sqlx::query_scalar("SELECT COUNT(*) FROM web_links WHERE purpose = $1 AND created_at >= $2")
+            .bind(purpose)
+            .bind(since)
+            .fetch_one(&self.pool)
+            .await?)
     }
 
     /// How many links for `purpose` mailed to `address` still work and may

@@ -178,6 +178,11 @@ impl SynapseClient {
     pub(super) fn without_retries(&self) -> SynapseClient {
         SynapseClient { retries: 0, ..self.clone() }
     }
+
+    /// For a request sent once, whose 429 (nothing done) may be sent again.
+    pub(super) fn retrying_only_rate_limits(&self) -> SynapseClient {
+        SynapseClient { only_rate_limits_retried: true, ..self.clone() }
+    }
 }
 
 /// Lowercase hex HMAC-SHA1 over `nonce\0user\0password\0admin|notadmin`.

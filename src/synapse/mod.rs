@@ -34,6 +34,9 @@ pub struct SynapseClient {
     token: Option<SecretString>,
     http: reqwest::Client,
     retries: u32,
+    /// Only a 429 is tried again: for a request that must not be sent
+    /// twice, since Synapse refuses one it rate limits before doing anything.
+    only_rate_limits_retried: bool,
 }
 
 impl std::fmt::Debug for SynapseClient {
@@ -53,7 +56,7 @@ impl SynapseClient {
             .user_agent(concat!("lifeboat/", env!("CARGO_PKG_VERSION")))
             .build()
             .expect("a reqwest client with static settings always builds");
-        SynapseClient { base, token, http, retries }
+        SynapseClient { base, token, http, retries, only_rate_limits_retried: false }
     }
 
     pub fn from_config(homeserver: &crate::config::HomeserverConfig) -> Self {
@@ -242,13 +245,21 @@ impl SynapseClient {
                 Ok(response) => self.error_from(response).await,
                 Err(err) => self.connection_failed(err).await,
             };
-            if !err.is_transient() || attempt >= self.retries {
+            let rate_limited = matches!(err, Error::RateLimited { .. });
+            if !err.is_transient() || attempt >= self.retries || (self.only_rate_limits_retried && !rate_limited) {
                 return Err(err);
             }
             let wait = match &err {
                 Error::RateLimited { retry_after: Some(after) } => (*after).min(MAX_WAIT),
                 _ => backoff(attempt),
             };
+            if rate_limited && wait >= Duration::from_secs(5) {
+                // A long pause (such as room creation's minute) is shown, so a run does not seem stuck.
+                tracing::warn!(
+                    wait_s = wait.as_secs(),
+                    "Synapse is rate limiting lifeboat; waiting before trying again"
+                );
+            }
             // A retry is routine (the final failure is what gets reported): shown with -v.
             tracing::info!(error = %err, attempt = attempt + 1, wait_ms = wait.as_millis() as u64, "retrying Synapse request");
             tokio::time::sleep(wait).await;

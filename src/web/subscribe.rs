@@ -17,7 +17,7 @@ use super::links::{self, LinkFields, LinkKind};
 use super::pages::{self, CheckedForm, Chrome, LinkQuery, Message, PublicForm, WebError};
 use super::{WebState, mail};
 use crate::email::EmailAddress;
-use crate::registry::{Actor, AddContact, ContactAddress, ContactSource, MessageKind, WebLink, now_ms};
+use crate::registry::{Actor, AddContact, ContactAddress, ContactSource, DAY_MS, MessageKind, WebLink, now_ms};
 use crate::synapse::SynapseClient;
 use crate::user_id::UserId;
 
@@ -33,7 +33,6 @@ const LINKS_PER_CODE: i64 = 3;
 /// Codes (and decoys, counted alike) made for one account a day: each is a
 /// DM to it, and 3 × 5 guesses. At 8 digits, 90 guesses a day.
 const CODES_PER_DAY: i64 = 6;
-const DAY_MS: i64 = 24 * 3600 * 1000;
 
 #[derive(Template)]
 #[template(path = "web/subscribe_form.html")]
@@ -49,8 +48,11 @@ struct ConfirmForm {
     csrf: String,
     link: String,
     sig: String,
-    /// When the link's code stops working: the DM carrying it says so too.
+    /// When the link's code stops working, and the address it adds to
+    /// which account: the DM carrying it names both too.
     until: String,
+    address: String,
+    user_id: String,
 }
 
 pub async fn form(State(state): State<WebState>, headers: HeaderMap) -> Response {
@@ -157,7 +159,9 @@ async fn start(
 ) -> Result<(), WebError> {
     // Without mail no link can arrive, so a code would only be a DM a
     // stranger could send someone at will.
-    if !state.inner.can_mail {
+    // Past the hour's budget, not even Synapse is asked (asked again below,
+    // one request at a time, for the last few).
+    if !state.inner.can_mail || over_the_hours_budget(state).await? {
         return Ok(());
     }
     // Only an account that is its registry person's (never one a stranger
@@ -172,6 +176,9 @@ async fn start(
     // while the account now takes one (asked for before it was its
     // person's, perhaps by someone else).
     let _one_at_a_time = state.inner.subscription_links.lock().await;
+    if over_the_hours_budget(state).await? {
+        return Ok(());
+    }
     let on_its_way = state.registry.live_web_link_to(PURPOSE, &user_id, &email).await?;
     if on_its_way.is_some_and(|link| carries_a_code(&link) || !takes_contacts)
         || state.registry.live_web_links_to(PURPOSE, &email).await? >= LIVE_LINKS_PER_ADDRESS
@@ -180,10 +187,14 @@ async fn start(
     }
     let now = now_ms();
     // A live code (or decoy) is reused while the account still is what it
-    // was made for, and while few links carry it.
+    // was made for, and while few links carry it. Only for the address it
+    // was made for: its DM names that address, so nobody can be talked
+    // into typing a code into a link that adds someone else's.
     let live_code = state.registry.live_code_link(PURPOSE, &user_id).await?;
     let pending_code = live_code.filter(|link| {
-        carries_a_code(link) == takes_contacts && link.expires_at - now > CODE_REUSE_MARGIN.as_millis() as i64
+        carries_a_code(link) == takes_contacts
+            && link.address == email
+            && link.expires_at - now > CODE_REUSE_MARGIN.as_millis() as i64
     });
     let pending_hash = pending_code.as_ref().and_then(|link| link.code_hash.as_deref());
     let (links_with_code, codes_today) = state.registry.code_use(PURPOSE, &user_id, pending_hash, now - DAY_MS).await?;
@@ -214,7 +225,7 @@ async fn start(
     if let Some(code) = code_to_send {
         // A code is made only when the admin client answered above.
         let admin = admin.as_ref().ok_or_else(|| WebError("no working admin token: cannot DM a code".into()))?;
-        if let Err(err) = dm_code(state, admin, &user_id, &code, expires_at).await {
+        if let Err(err) = dm_code(state, admin, &user_id, &email, &code, expires_at).await {
             tracing::warn!(error = %err.0, "a subscription code could not be DMed: its link carries a decoy");
             hash = Some(marked_hash(UNDELIVERED_PREFIX));
         }
@@ -238,27 +249,75 @@ async fn start(
     mail::send(state, &id, &email, email_text, None, expires_at).await
 }
 
+/// Have `web.subscription_mails_per_hour` links been mailed this hour?
+async fn over_the_hours_budget(state: &WebState) -> Result<bool, WebError> {
+    let hour_ago = now_ms() - 3600 * 1000;
+    let budget = i64::from(state.web().subscription_mails_per_hour);
+    let over = state.registry.web_links_made_since(PURPOSE, hour_ago).await? >= budget;
+    if over {
+        warn_now_and_then("web.subscription_mails_per_hour reached: subscription requests mail nothing for now");
+    }
+    Ok(over)
+}
+
+/// Logs `message` at most once in ten minutes: a flood of requests must
+/// not flood the log too.
+fn warn_now_and_then(message: &'static str) {
+    use std::sync::atomic::{AtomicI64, Ordering};
+    static LAST: AtomicI64 = AtomicI64::new(i64::MIN);
+    let (now, last) = (now_ms(), LAST.load(Ordering::Relaxed));
+    if now.saturating_sub(last) >= 10 * 60 * 1000
+        && LAST.compare_exchange(last, now, Ordering::Relaxed, Ordering::Relaxed).is_ok()
+    {
+        tracing::warn!("{message}");
+    }
+}
+
 async fn dm_code(
     state: &WebState,
     admin: &SynapseClient,
     user_id: &UserId,
+    address: &EmailAddress,
     code: &str,
     expires_at: i64,
 ) -> Result<(), WebError> {
+    let until = crate::notify::human_time(expires_at);
+    let text = crate::messages::subscribe_code(&state.config.homeserver.server_name, code, &until, address.as_str());
+    dm_now(state, admin, user_id, &text, expires_at).await
+}
+
+/// DMs `text`, about an address being proven, to `user_id` from lifeboat's
+/// own account, through the outbox like every message but sent here and
+/// now (a code's link is recorded only if the code went out).
+async fn dm_now(
+    state: &WebState,
+    admin: &SynapseClient,
+    user_id: &UserId,
+    text: &str,
+    expires_at: i64,
+) -> Result<(), WebError> {
     let (config, registry) = (&state.config, &state.registry);
-    let actor = Actor::web(Some("subscription code".to_owned()));
+    let actor = Actor::web(Some("subscription".to_owned()));
     let Some(account) = crate::campaign::DmAccount::find(config, registry, admin, &actor).await? else {
-        return Err(WebError("lifeboat's own account has no credentials: cannot DM a code".into()));
+        return Err(WebError("lifeboat's own account has no credentials: cannot DM".into()));
     };
     let sender = account.connect(config, registry, &state.inner.devices).await?;
-    let until = crate::notify::human_time(expires_at);
-    let text = crate::messages::subscribe_code(&config.homeserver.server_name, code, &until);
-    // Through the outbox like every message, but sent here and now: the
-    // link is recorded only if the code went out.
-    let row = crate::outbox::new_dm(MessageKind::Code, user_id.as_str(), &text, expires_at);
+    let row = crate::outbox::new_dm(MessageKind::Code, user_id.as_str(), text, expires_at);
     let deliver = |stored| async move { crate::outbox::deliver_dm(registry, &sender, &stored).await };
     let sent = crate::outbox::send_at_once(registry, row, deliver).await.unwrap_or_else(|err| Err(err.to_string()));
-    sent.map_err(|err| WebError(format!("could not DM the code: {err}")))
+    sent.map_err(|err| WebError(format!("could not DM {user_id}: {err}")))
+}
+
+/// Tells the account that `address` was added to it from the web page: if
+/// someone talked its person into typing the code, the person learns it
+/// now, and how to take the address off again.
+async fn tell_the_account(state: WebState, user_id: UserId, address: EmailAddress) -> Result<(), WebError> {
+    let Some(admin) = crate::recover::admin_access(&state.config, &state.registry).await?.working() else {
+        return Err(WebError(format!("no working admin token: {user_id} was not told of the address added")));
+    };
+    let text = crate::messages::contact_added(&state.config.homeserver.server_name, address.as_str());
+    let a_day = now_ms() + DAY_MS;
+    dm_now(&state, &admin, &user_id, &text, a_day).await
 }
 
 /// The link from the email: a form for the DMed code.
@@ -273,6 +332,8 @@ pub async fn confirm_form(
         link,
         sig,
         until: crate::notify::human_time(found.expires_at),
+        address: found.address.to_string(),
+        user_id: found.user_id.to_string(),
     };
     LINK.confirm_page(&state, &headers, query, page).await
 }
@@ -314,6 +375,8 @@ async fn finish(state: &WebState, link: &str, sig: &str, code: &str) -> Result<R
     if added == AddContact::AlreadyKnown {
         state.registry.resubscribe_contact(&found.user_id, &found.address, &actor).await?;
     }
+    let told = tell_the_account(state.clone(), found.user_id.clone(), found.address.clone());
+    pages::after_answer("an account was not told of the address added to it", told);
     Ok(Message::new(
         state,
         "Your email address is confirmed",

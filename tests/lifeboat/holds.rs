@@ -678,6 +678,32 @@ async fn an_id_handed_back_from_a_stranger_keeps_none_of_the_strangers_ways_in()
     assert_eq!(synapse.login(&person, "a-long-enough-passphrase").await.0, 200, "the person's password stands");
 }
 
+/// From the operator's hand-back on, the account there is the person's:
+/// someone registering the ID after another wipe, before any listing saw
+/// the hand-back, is told from them by the account's creation time.
+#[tokio::test(flavor = "multi_thread")]
+async fn an_id_the_operator_handed_back_is_told_from_a_stranger_on_it_after_another_wipe() {
+    let synapse = TestSynapse::start();
+    let registry = TestDatabase::sqlite();
+    let person = unique("person");
+    synapse.create_user(&person, &[&format!("{person}@example.org")]).await;
+    let lifeboat = lifeboat_on(&synapse, &registry);
+    assert_eq!(lifeboat.run(&["sync"]).await.code, 0);
+    synapse.wipe();
+    assert_eq!(lifeboat.run(&["recover"]).await.code, 0);
+    assert_eq!(lifeboat.run(&["sync"]).await.code, 0);
+    assert_eq!(lifeboat.run(&["holds", "make"]).await.code, 0);
+    let person_id = synapse.user_id(&person);
+    let claimed = lifeboat.run_with_input(&["holds", "claim", &person_id], "a-long-enough-passphrase\n").await;
+    assert_eq!(claimed.code, 0, "{claimed:?}");
+
+    synapse.wipe();
+    assert_eq!(lifeboat.run(&["recover"]).await.code, 0);
+    let stranger = synapse.register(&person);
+    assert_eq!(lifeboat.run(&["sync"]).await.code, 0);
+    assert_eq!(ids_in(&lifeboat, "recreated").await, vec![stranger.user_id]);
+}
+
 fn lifeboat_on(synapse: &TestSynapse, registry: &TestDatabase) -> Lifeboat {
     Lifeboat::with_config(&format!(
         "[homeserver]\nurl = \"{}\"\nserver_name = \"{}\"\nadmin_token = \"{}\"\n\

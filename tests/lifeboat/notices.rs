@@ -619,7 +619,7 @@ async fn dm_bodies(synapse: &TestSynapse, user_id: &str) -> Vec<String> {
 #[tokio::test(flavor = "multi_thread")]
 async fn people_whose_account_survived_get_a_dm_even_when_synapse_rate_limits() {
     // One message a second after a burst of two: the DMs below hit 429s.
-    let synapse = TestSynapse::start_with(&["--message-rate", "1:2"]);
+    let synapse = TestSynapse::start_with(&["--rate", "rc_message=1:2"]);
     let registry = TestDatabase::sqlite();
     let smtp = TestSmtp::start(None);
     let bot = synapse.register("lifeboat");
@@ -650,6 +650,18 @@ async fn people_whose_account_survived_get_a_dm_even_when_synapse_rate_limits() 
         "{bodies:?}"
     );
     assert!(bodies[0].contains("still works"), "a survivor is not told to register again: {bodies:?}");
+    // The DM stays theirs and lifeboat's: its recipient can neither open
+    // it to others nor bring anyone in (a claim link may be sent there).
+    let ann = signed_in(&synapse, &synapse.user_id(&people[0])).await;
+    let dm = the_dm_room(&ann, &people[0]).await;
+    let public = matrix_sdk::ruma::events::room::join_rules::RoomJoinRulesEventContent::new(
+        matrix_sdk::ruma::events::room::join_rules::JoinRule::Public,
+    );
+    let opened = dm.send_state_event(public).await.map(drop);
+    assert!(format!("{opened:?}").contains("status_code: 403"), "{opened:?}");
+    let ben = matrix_sdk::ruma::UserId::parse(synapse.user_id(&people[1])).unwrap();
+    let invited = dm.invite_user_by_id(&ben).await;
+    assert!(format!("{invited:?}").contains("status_code: 403"), "{invited:?}");
 
     let again = lifeboat.run(&["notify", &id, "--yes"]).await;
     assert_eq!(again.code, 0, "{again:?}");
@@ -868,19 +880,7 @@ async fn lifeboats_own_expired_token_is_renewed_for_dms_while_the_configured_one
     lifeboat.write_config(&config.join("\n"));
     // A token for lifeboat's account that expires in a second, kept as its own.
     let own = synapse.user_id("lifeboat");
-    let valid_until_ms = lifeboat::registry::now_ms() + 1_000;
-    let http = reqwest::Client::new();
-    let minted: serde_json::Value = http
-        .post(format!("{}/_synapse/admin/v1/users/{own}/login", synapse.url))
-        .bearer_auth(synapse.admin_token())
-        .json(&serde_json::json!({ "valid_until_ms": valid_until_ms }))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
-    let expiring = minted["access_token"].as_str().unwrap().to_owned();
+    let expiring = synapse.token_expiring_in(&own, 1_000).await;
     let store = lifeboat::registry::Registry::connect(&_registry.url()).await.unwrap();
     let actor = lifeboat::registry::Actor::cli();
     store
@@ -894,6 +894,7 @@ async fn lifeboats_own_expired_token_is_renewed_for_dms_while_the_configured_one
         .await
         .unwrap();
     tokio::time::sleep(Duration::from_millis(1_500)).await;
+    let http = reqwest::Client::builder().no_proxy().build().unwrap();
     let whoami = http.get(format!("{}/_matrix/client/v3/account/whoami", synapse.url)).bearer_auth(&expiring);
     let whoami: serde_json::Value = whoami.send().await.unwrap().json().await.unwrap();
     assert_eq!(whoami["soft_logout"], true, "the token expired: {whoami}");

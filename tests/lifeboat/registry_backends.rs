@@ -338,7 +338,7 @@ async fn an_id_an_operator_hands_back_before_any_listing_stays_its_persons(regis
     // Someone registered it first (at second 9); an operator gives it back.
     registry.begin_hold(&id("@b:x")).await.unwrap();
     assert!(registry.mark_taken_before_hold(&id("@b:x"), &Actor::cli()).await.unwrap());
-    registry.settle_as_claimed(&id("@b:x"), &Actor::cli()).await.unwrap();
+    registry.settle_as_claimed(&id("@b:x"), None, &Actor::cli()).await.unwrap();
     assert!(registry.speaks_for_its_person(&id("@b:x"), Some(9_000)).await.unwrap(), "its person's now");
 
     let listed = sync_listing(&registry, &[user("@a:x", 1), user("@b:x", 9)]).await;
@@ -703,7 +703,7 @@ async fn a_person_waits_for_a_surviving_room_while_another_members_id_is_free(re
     sync_listing(&registry, &[]).await;
     registry.apply_room_listing(&[]).await.unwrap();
     sync_listing(&registry, &[user("@a:x", 2)]).await;
-    registry.settle_as_claimed(&id("@a:x"), &Actor::cli()).await.unwrap();
+    registry.settle_as_claimed(&id("@a:x"), None, &Actor::cli()).await.unwrap();
     assert!(registry.pending_rejoins(false, true).await.unwrap().is_empty(), "@b's ID is free");
     assert_eq!(registry.pending_rejoins(false, false).await.unwrap().len(), 1, "holds off: no waiting");
     registry.begin_hold(&id("@b:x")).await.unwrap();
@@ -724,7 +724,7 @@ async fn a_stranger_on_an_invited_members_id_holds_a_surviving_room_back(registr
     sync_listing(&registry, &[]).await;
     registry.apply_room_listing(&[]).await.unwrap();
     sync_listing(&registry, &[user("@a:x", 2), user("@b:x", 2)]).await;
-    registry.settle_as_claimed(&id("@a:x"), &Actor::cli()).await.unwrap();
+    registry.settle_as_claimed(&id("@a:x"), None, &Actor::cli()).await.unwrap();
     assert_eq!(registry.room("!shared").await.unwrap().unwrap().strangers, 1);
     assert!(registry.pending_rejoins(false, true).await.unwrap().is_empty(), "a stranger has @b's invite");
 }
@@ -767,7 +767,7 @@ async fn rooms_gone_from_a_listing_are_classified_and_a_lost_persons_memberships
     // @a registers again, and an operator vouches for them.
     sync_listing(&registry, &[user("@a:x", 2), user("@b:x", 1)]).await;
     assert!(registry.pending_rejoins(false, true).await.unwrap().is_empty(), "a stranger on the ID is joined nowhere");
-    registry.settle_as_claimed(&id("@a:x"), &Actor::cli()).await.unwrap();
+    registry.settle_as_claimed(&id("@a:x"), None, &Actor::cli()).await.unwrap();
     let pending = registry.pending_rejoins(false, true).await.unwrap();
     assert_eq!(pending.len(), 1, "only the surviving room: {pending:?}");
     assert_eq!(
@@ -799,7 +799,7 @@ async fn after_another_wipe_rooms_and_people_are_brought_back_again(registry: Re
     sync_listing(&registry, &[]).await;
     registry.apply_room_listing(&[]).await.unwrap();
     sync_listing(&registry, &[user("@a:x", 2)]).await;
-    registry.settle_as_claimed(&id("@a:x"), &Actor::cli()).await.unwrap();
+    registry.settle_as_claimed(&id("@a:x"), None, &Actor::cli()).await.unwrap();
     registry.mark_room_restored("!shared", None).await.unwrap();
     registry.record_rejoin("!shared", &id("@a:x"), RejoinOutcome::Joined).await.unwrap();
     registry.apply_room_listing(std::slice::from_ref(&shared)).await.unwrap();
@@ -811,7 +811,7 @@ async fn after_another_wipe_rooms_and_people_are_brought_back_again(registry: Re
     let again = registry.room("!shared").await.unwrap().unwrap();
     assert_eq!((again.state, again.restored_at, again.pending), (RoomState::Elsewhere, None, 1), "{again:?}");
     sync_listing(&registry, &[user("@a:x", 3)]).await;
-    registry.settle_as_claimed(&id("@a:x"), &Actor::cli()).await.unwrap();
+    registry.settle_as_claimed(&id("@a:x"), None, &Actor::cli()).await.unwrap();
     assert_eq!(registry.pending_rejoins(false, true).await.unwrap().len(), 1, "@a is brought back again");
 }
 on_both_backends!(after_another_wipe_rooms_and_people_are_brought_back_again);

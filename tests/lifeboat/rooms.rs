@@ -8,6 +8,7 @@ use std::time::Duration;
 
 use serde_json::Value;
 
+use crate::harness::faulty_front::FaultyFront;
 use crate::harness::matrix::encode;
 use crate::harness::{
     Lifeboat, MatrixUser, RoomSpec, TestDatabase, TestSmtp, TestSynapse, eventually, federation_pair, unique,
@@ -211,6 +212,16 @@ async fn after_a_wipe_people_come_back_into_surviving_rooms_aliases_work_and_los
     assert_eq!(remade.code, 0, "{remade:?}");
     let now = rooms_by_id(&lifeboat).await[&kitchen]["recreated_as"].as_str().unwrap_or_default().to_owned();
     assert!(now != bait && now != new_kitchen, "a new room, not someone else's: {now}");
+
+    // Lost again in another wipe, the room lifeboat made is one of every
+    // lost room to make again, though lifeboat's own account made it.
+    assert_eq!(lifeboat.run(&["sync"]).await.code, 0);
+    ours.wipe();
+    assert_eq!(lifeboat.run(&["recover"]).await.code, 0);
+    assert_eq!(lifeboat.run(&["sync"]).await.code, 0);
+    let again = lifeboat.run(&["rooms", "recreate", "--all", "--yes"]).await;
+    assert_eq!(again.code, 0, "{again:?}");
+    assert_eq!(state_of(&lifeboat, &now).await, "recreated", "{again:?}");
 }
 
 /// lifeboat with only our Synapse (admin token and shared secret), a
@@ -312,6 +323,47 @@ async fn a_local_alias_a_stranger_took_after_the_wipe_is_taken_back() {
     assert_eq!(ours.resolve_alias(&quay).await.as_deref(), Some(admins_room.as_str()), "{rejoined:?}");
 }
 
+/// A surviving room's local alias that could not be put back when lifeboat
+/// got back into the room (Synapse busy just then) is put back by a later
+/// round, though the room reads as here again by then.
+#[tokio::test(flavor = "multi_thread")]
+async fn an_alias_that_could_not_be_put_back_at_once_is_put_back_by_a_later_round() {
+    let InSquare { ours, theirs: _theirs, _registry, person: alice, bob, square, lifeboat } =
+        one_person_in_a_square_of_theirs("alice", "").await;
+    let alias = format!("#{}:{}", unique("square"), ours.server_name);
+    let directory = format!("/_matrix/client/v3/directory/room/{}", encode(&alias));
+    let point = Some(serde_json::json!({"room_id": square}));
+    assert_eq!(alice.try_call(reqwest::Method::PUT, &directory, point).await.0, 200);
+    // A room's aliases are read with its state, again once that changes
+    // (an alias made by a directory call changes none).
+    let topic = format!("/_matrix/client/v3/rooms/{}/state/m.room.topic", encode(&square));
+    let (status, _) = bob.try_call(reqwest::Method::PUT, &topic, Some(serde_json::json!({"topic": "boats"}))).await;
+    assert_eq!(status, 200);
+    eventually("the registry knows the alias", Duration::from_secs(30), || async {
+        assert_eq!(lifeboat.run(&["sync"]).await.code, 0);
+        rooms_by_id(&lifeboat).await[&square]["aliases"][0] == alias.as_str()
+    })
+    .await;
+
+    wiped_and_held(&ours, &lifeboat).await;
+    // Synapse busy for the alias: both of lifeboat's tries (retries = 1) get a 503.
+    let front = FaultyFront::start(&ours.url, reqwest::Method::PUT, "/directory/room/", 2).await;
+    let config = std::fs::read_to_string(lifeboat.config_path()).unwrap();
+    lifeboat.write_config(&config.replace(&format!("url = \"{}\"", ours.url), &format!("url = \"{}\"", front.url)));
+    let rejoined = lifeboat.run(&["rooms", "rejoin"]).await;
+    assert_eq!(front.failures_left(), 0, "{rejoined:?}");
+    assert!(rejoined.stderr.contains(&format!("not yet: {alias}")), "{rejoined:?}");
+    assert_eq!(ours.resolve_alias(&alias).await, None);
+
+    assert_eq!(lifeboat.run(&["sync"]).await.code, 0);
+    assert_eq!(state_of(&lifeboat, &square).await, "here");
+    let again = lifeboat.run(&["rooms", "rejoin"]).await;
+    assert_eq!(again.code, 0, "{again:?}");
+    assert_eq!(ours.resolve_alias(&alias).await.as_deref(), Some(square.as_str()), "{again:?}");
+    let done = lifeboat.run(&["rooms", "rejoin"]).await;
+    assert!(done.stdout.contains("Nobody is waiting"), "put back once: {done:?}");
+}
+
 /// A person removed from a surviving room while their ID was held (kicked
 /// by its moderators) is not brought back into it on claim.
 #[tokio::test(flavor = "multi_thread")]
@@ -319,12 +371,7 @@ async fn a_person_kicked_while_their_id_was_held_is_not_brought_back() {
     let InSquare { ours, theirs: _theirs, _registry, person: alice, bob, square, lifeboat } =
         one_person_in_a_square_of_theirs("alice", "").await;
 
-    ours.wipe();
-    ours.register_admin(&unique("root"));
-    std::fs::write(lifeboat.dir().join("postmortem.md"), "Our database was lost.").unwrap();
-    assert_eq!(lifeboat.run(&["recover"]).await.code, 0);
-    let opened = lifeboat.run(&["incident", "open", "--title", "Lost", "--postmortem", "postmortem.md"]).await;
-    assert_eq!(opened.code, 0, "{opened:?}");
+    wiped_and_held(&ours, &lifeboat).await;
     let rejoined = lifeboat.run(&["rooms", "rejoin"]).await;
     assert_eq!(rejoined.code, 0, "lifeboat is back in Square: {rejoined:?}");
     let kick = format!("/_matrix/client/v3/rooms/{}/kick", encode(&square));
@@ -358,6 +405,17 @@ struct InSquare {
     lifeboat: Lifeboat,
 }
 
+/// Our Synapse wiped; lifeboat recovers and opens an incident, which holds
+/// the lost IDs.
+async fn wiped_and_held(ours: &TestSynapse, lifeboat: &Lifeboat) {
+    ours.wipe();
+    ours.register_admin(&unique("root"));
+    std::fs::write(lifeboat.dir().join("postmortem.md"), "Our database was lost.").unwrap();
+    assert_eq!(lifeboat.run(&["recover"]).await.code, 0);
+    let opened = lifeboat.run(&["incident", "open", "--title", "Lost", "--postmortem", "postmortem.md"]).await;
+    assert_eq!(opened.code, 0, "{opened:?}");
+}
+
 async fn one_person_in_a_square_of_theirs(localpart: &str, config_extra: &str) -> InSquare {
     let (ours, theirs) = federation_pair();
     let registry = TestDatabase::sqlite();
@@ -388,6 +446,14 @@ async fn a_room_recreated_through_an_admins_token_is_found_again_not_made_twice(
     ours.wipe();
     lifeboat.set_env("LIFEBOAT__HOMESERVER__ADMIN_TOKEN", &ours.register_admin(&unique("root")));
     assert_eq!(lifeboat.run(&["sync"]).await.code, 0);
+    // Not while another run re-creates it: each would make a room.
+    let store = lifeboat::registry::Registry::connect(&registry.url()).await.unwrap();
+    let lease = lifeboat::rooms::recreation_lease(&kitchen);
+    let other_run = lifeboat::lease::Lease::take(&store, &lease).await.unwrap().unwrap();
+    let refused = lifeboat.run(&["rooms", "recreate", &kitchen, "--yes"]).await;
+    assert_eq!(refused.code, 1, "{refused:?}");
+    assert!(refused.stderr.contains("is re-creating Kitchen now"), "{refused:?}");
+    other_run.release().await;
     let made = lifeboat.run(&["rooms", "recreate", &kitchen, "--yes"]).await;
     assert_eq!(made.code, 0, "{made:?}");
     let new_kitchen = rooms_by_id(&lifeboat).await[&kitchen]["recreated_as"].as_str().unwrap().to_owned();
@@ -395,6 +461,35 @@ async fn a_room_recreated_through_an_admins_token_is_found_again_not_made_twice(
     let resumed = lifeboat.run(&["rooms", "recreate", &kitchen, "--yes"]).await;
     assert_eq!(resumed.code, 0, "{resumed:?}");
     assert_eq!(rooms_by_id(&lifeboat).await[&kitchen]["recreated_as"], new_kitchen.as_str(), "{resumed:?}");
+}
+
+/// Synapse lets an account, admins too, make only so many rooms in a row:
+/// re-creating more lost rooms than that waits as Synapse asks, and says
+/// so, instead of failing past the limit. (lifeboat's own account, once
+/// recovered, is exempt; an admin's token is not.)
+#[tokio::test(flavor = "multi_thread")]
+async fn recreating_more_rooms_than_synapse_allows_in_a_row_waits_and_makes_them_all() {
+    let ours = TestSynapse::start_with(&["--rate", "rc_room_creation=0.1:1"]);
+    let registry = TestDatabase::sqlite();
+    let mut lost = Vec::new();
+    // One room each: an account may make one in a row.
+    for (localpart, name) in [("alice", "Kitchen"), ("bob", "Pantry")] {
+        ours.create_user(localpart, &[]).await;
+        let maker = sign_in(&ours, localpart, "correct horse battery").await;
+        lost.push(maker.create_room_full(RoomSpec::private().name(name)).await);
+    }
+    let mut lifeboat = Lifeboat::for_synapse(&ours.url, &ours.server_name, &ours.admin_token(), &registry.url());
+    assert_eq!(lifeboat.run(&["sync"]).await.code, 0);
+
+    ours.wipe();
+    lifeboat.set_env("LIFEBOAT__HOMESERVER__ADMIN_TOKEN", &ours.register_admin(&unique("root")));
+    assert_eq!(lifeboat.run(&["sync"]).await.code, 0);
+    let made = lifeboat.run(&["rooms", "recreate", "--all", "--yes"]).await;
+    assert_eq!(made.code, 0, "{made:?}");
+    assert!(made.stderr.contains("rate limiting lifeboat; waiting"), "the pause is shown: {made:?}");
+    for room_id in &lost {
+        assert_eq!(state_of(&lifeboat, room_id).await, "recreated", "{made:?}");
+    }
 }
 
 /// A surviving room whose servers cannot be reached holds back neither the

@@ -586,27 +586,65 @@ async fn the_page_shows_a_persons_unused_token_again_and_issues_new_ones_only_up
     browser.close().await;
 }
 
-#[tokio::test(flavor = "multi_thread")]
-async fn healthz_names_a_registry_gone_down_within_seconds() {
+/// serve on a PostgreSQL registry reached through a proxy a test can cut
+/// or silence, with its metrics on `metrics` if given.
+async fn served_on_a_registry_behind_a_proxy(
+    metrics: Option<&str>,
+) -> (TestDatabase, crate::harness::proxy::TcpProxy, Lifeboat, Served) {
     let registry = TestDatabase::postgres().await;
     let database: url::Url = registry.url().parse().unwrap();
     let target = format!("127.0.0.1:{}", database.port().unwrap_or(5432)).parse().unwrap();
     let proxy = crate::harness::proxy::TcpProxy::start(target).await;
     let mut through_proxy = database.clone();
     through_proxy.set_port(Some(proxy.port)).unwrap();
+    let metrics = metrics.map(|bind| format!("\n[metrics]\nbind = \"{bind}\"\n")).unwrap_or_default();
     let base = format!(
         "[homeserver]\nurl = \"http://127.0.0.1:9\"\nserver_name = \"example.org\"\nadmin_token = \"tok\"\n\
-         retries = 0\n\n[registry]\nurl = \"{through_proxy}\"\n"
+         retries = 0\n\n[registry]\nurl = \"{through_proxy}\"\n{metrics}"
     );
     let lifeboat = Lifeboat::with_config(&base);
     let served = serve(&lifeboat, &base, "").await;
+    (registry, proxy, lifeboat, served)
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn healthz_names_a_registry_gone_down_within_seconds() {
+    let metrics = format!("127.0.0.1:{}", free_port());
+    let (_registry, proxy, _lifeboat, served) = served_on_a_registry_behind_a_proxy(Some(&metrics)).await;
 
     proxy.cut();
     let http = reqwest::Client::builder().timeout(Duration::from_secs(15)).build().unwrap();
-    let response = http.get(format!("{}/healthz", served.url)).send().await.expect("an answer, not a hang");
-    assert_eq!(response.status().as_u16(), 503);
-    let body = response.text().await.unwrap();
+    let health = |url: String| {
+        let http = http.clone();
+        async move {
+            let response = http.get(url).send().await.expect("an answer, not a hang");
+            (response.status().as_u16(), response.text().await.unwrap())
+        }
+    };
+    // The operator's address names the cause; the public one only says so
+    // (the database's errors name hosts and users).
+    let (status, body) = health(format!("http://{metrics}/healthz")).await;
+    assert_eq!(status, 503);
     assert!(body.contains("registry unreachable") && body.contains("refused"), "{body}");
+    assert_eq!(health(format!("{}/healthz", served.url)).await, (503, "registry unreachable\n".to_owned()));
+}
+
+/// A database that hangs: however many ask the public `/healthz` at once,
+/// lifeboat opens one connection of its own to find out why, beside its
+/// pool's (a flood must not use up the database's connections).
+#[tokio::test(flavor = "multi_thread")]
+async fn many_health_probes_at_once_open_one_database_connection_beside_the_pool() {
+    let (_registry, proxy, _lifeboat, served) = served_on_a_registry_behind_a_proxy(None).await;
+
+    proxy.go_silent();
+    let http = reqwest::Client::builder().timeout(Duration::from_secs(15)).build().unwrap();
+    let probes = (0..24).map(|_| http.get(format!("{}/healthz", served.url)).send());
+    for answer in futures::future::join_all(probes).await {
+        assert_eq!(answer.expect("an answer, not a hang").status().as_u16(), 503);
+    }
+    // The pool's own (a few), and one probe's: not one a probe.
+    let most = proxy.most_open_while_silent();
+    assert!(most < 24, "{most} connections open at once for 24 probes: one each");
 }
 
 /// Whether the server closes `stream` (or answers and then closes it)

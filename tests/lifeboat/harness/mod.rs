@@ -2,6 +2,7 @@
 
 pub mod browser;
 pub mod cli;
+pub mod faulty_front;
 pub mod matrix;
 pub mod proxy;
 pub mod registries;

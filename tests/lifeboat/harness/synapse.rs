@@ -87,7 +87,7 @@ impl TestSynapse {
         Self::start_with(&["--federation"])
     }
 
-    /// Like [`start`], with more harness arguments (e.g. `--message-rate`).
+    /// Like [`start`], with more harness arguments (e.g. `--rate rc_message=1:2`).
     pub fn start_with(extra_args: &[&str]) -> TestSynapse {
         let dir = tempfile::Builder::new().prefix("lifeboat-synapse-").tempdir().unwrap();
         let mut child = Command::new(super::venv_python())
@@ -215,6 +215,16 @@ impl TestSynapse {
         let body: Value =
             self.http.get(url).bearer_auth(self.admin_token()).send().await.unwrap().json().await.unwrap();
         body["registration_tokens"].as_array().cloned().unwrap_or_else(|| panic!("no token list in {body}"))
+    }
+
+    /// A token for `user_id` (on no device) that Synapse takes for `ms`
+    /// milliseconds, then answers 401 soft_logout to (admin API).
+    pub async fn token_expiring_in(&self, user_id: &str, ms: i64) -> String {
+        let url = format!("{}/_synapse/admin/v1/users/{user_id}/login", self.url);
+        let body = serde_json::json!({ "valid_until_ms": lifeboat::registry::now_ms() + ms });
+        let minted: Value =
+            self.http.post(url).bearer_auth(self.admin_token()).json(&body).send().await.unwrap().json().await.unwrap();
+        minted["access_token"].as_str().unwrap_or_else(|| panic!("no token in {minted}")).to_owned()
     }
 
     /// The rate-limit override of an account (admin API).
