@@ -475,9 +475,9 @@ impl DmSender {
         // invite would be left behind and another made at every try.
         let mut request = CreateRoomRequest::new();
         request.is_direct = true;
-        // Not "trusted": that preset gives the recipient lifeboat's power,
-        // to make the room public or bring others in, and claim links and
-        // codes are sent here. Only lifeboat invites.
+        // Claim links and codes are sent here: only lifeboat may invite (the
+        // private presets let any member), and the recipient, invited after
+        // the room is made, holds no power to open it up either.
         request.preset = Some(RoomPreset::PrivateChat);
         let invite_only_by_lifeboat =
             serde_json::value::to_raw_value(&serde_json::json!({"invite": 50})).expect("a JSON object serialises");

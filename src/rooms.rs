@@ -315,7 +315,7 @@ pub async fn bring_back(
 ) -> Result<BringBackReport, RoomsError> {
     let mut report = BringBackReport::default();
     rejoin_own(config, registry, client, retry_all, &mut report).await?;
-    restore_aliases(config, registry, client, retry_all, &mut report).await?;
+    restore_aliases(config, registry, client, &mut report).await?;
     rejoin_people(config, registry, client, retry_all, &mut report).await?;
     if !report.is_empty() {
         registry.audit(actor, "rooms.rejoin", None, Some(&report.summary())).await?;
@@ -382,28 +382,34 @@ async fn rejoin_own(
 /// the directory again if it was, for the rooms lifeboat is back in. Kept
 /// due until every step worked (or an admin had pointed an alias
 /// elsewhere): by the next round the room reads as here, and nothing else
-/// would come back to it. Only refusals count as tries: Synapse timing out
-/// or busy leaves the room due for as long as that lasts.
+/// would come back to it. A refusal counts as a try (given up at the
+/// [`registry::MAX_REJOIN_ATTEMPTS`]th); Synapse timing out or busy leaves
+/// the room due, for a day at most.
 async fn restore_aliases(
     config: &Config,
     registry: &Registry,
     client: &SynapseClient,
-    retry_all: bool,
     report: &mut BringBackReport,
 ) -> Result<(), RoomsError> {
     let service = service_user_id(config);
-    for room_id in registry.rooms_with_aliases_due(retry_all).await? {
+    for (room_id, due_since) in registry.rooms_with_aliases_due().await? {
         let Some(room) = registry.room(&room_id).await? else { continue };
         let mut failures = Vec::new();
         for alias in &room.aliases {
             let repointed = async {
-                reclaim_alias(client, alias, Some(&room.room_id), &service).await?;
-                client.set_alias(alias, &room.room_id).await
+                // Put back in an earlier round: nothing to do or to report.
+                if reclaim_alias(client, alias, Some(&room.room_id), &service).await?.as_deref()
+                    == Some(room.room_id.as_str())
+                {
+                    return Ok(None);
+                }
+                client.set_alias(alias, &room.room_id).await.map(Some)
             }
             .await;
             match repointed {
-                Ok(true) => report.aliases.push(alias.clone()),
-                Ok(false) => tracing::warn!(alias, "an admin pointed the alias at another room: left alone"),
+                Ok(None) => {}
+                Ok(Some(true)) => report.aliases.push(alias.clone()),
+                Ok(Some(false)) => tracing::warn!(alias, "an admin pointed the alias at another room: left alone"),
                 Err(err) => failures.push((alias.clone(), err)),
             }
         }
@@ -412,10 +418,10 @@ async fn restore_aliases(
         {
             failures.push(("directory".to_owned(), err));
         }
-        if failures.is_empty() {
-            registry.record_aliases_tried(&room.room_id, true).await?;
+        if failures.is_empty() || due_since < registry::now_ms() - registry::DAY_MS {
+            registry.aliases_no_longer_due(&room.room_id).await?;
         } else if !failures.iter().all(|(_, err)| err.is_transient()) {
-            registry.record_aliases_tried(&room.room_id, false).await?;
+            registry.aliases_refused(&room.room_id).await?;
         }
         for (what, err) in failures {
             report.failed.push((what, room.room_id.clone(), err.to_string()));

@@ -66,9 +66,9 @@ pub(crate) struct Bot {
     /// (they may be stale); later ones are, even if they arrive in the first
     /// sync after a reconnect.
     started_at: matrix_sdk::ruma::MilliSecondsSinceUnixEpoch,
-    /// Messages already taken as commands by this process: a session on a
-    /// new device (the old one logged out) syncs its rooms afresh, and must
-    /// not run them again.
+    /// Commands and DMs already handled by this process: a session on a new
+    /// device (the old one logged out) syncs its rooms afresh, and must not
+    /// run them again.
     handled: Mutex<HandledEvents>,
 }
 
@@ -99,6 +99,13 @@ impl HandledEvents {
 }
 
 impl Bot {
+    /// Is `event` a command or DM this process has not handled yet?
+    /// Recorded now: only those are, so talk in other rooms does not push
+    /// them out of the memory.
+    fn first_time(&self, event: &matrix_sdk::ruma::EventId) -> bool {
+        self.handled.lock().is_ok_and(|mut handled| handled.first_time(event))
+    }
+
     /// Is `user` an admin the bot obeys (or invites)? In `bot.admins`, and
     /// its person's now: not an ID lost, held, or registered again by
     /// someone else after a loss (a stranger holding an admin's ID until an
@@ -719,9 +726,6 @@ async fn on_message(event: OriginalSyncRoomMessageEvent, room: Room, Ctx(bot): C
         return;
     }
     let MessageType::Text(text) = &event.content.msgtype else { return };
-    if !bot.handled.lock().is_ok_and(|mut handled| handled.first_time(&event.event_id)) {
-        return;
-    }
     let body = text.body.clone();
     let sender = event.sender.clone();
     if bot.admin_room().as_deref() == Some(room.room_id()) {
@@ -733,6 +737,9 @@ async fn on_message(event: OriginalSyncRoomMessageEvent, room: Room, Ctx(bot): C
             return;
         }
         let Some(parsed) = commands::parse_admin(bot.prefix(), &body) else { return };
+        if !bot.first_time(&event.event_id) {
+            return;
+        }
         // Commands can take long (sync, notify): off the sync loop, and
         // waited for when serve stops.
         bot.state.background.clone().spawn(async move {
@@ -745,7 +752,7 @@ async fn on_message(event: OriginalSyncRoomMessageEvent, room: Room, Ctx(bot): C
     } else {
         // Cheap first (from the room's state, no request): a room that
         // cannot be a DM costs no member list, however often someone writes.
-        if !private_room_of(&room, &bot.me, &sender) {
+        if !private_room_of(&room, &bot.me, &sender) || !bot.first_time(&event.event_id) {
             return;
         }
         bot.state.background.clone().spawn(async move {

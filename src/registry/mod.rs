@@ -129,8 +129,9 @@ pub struct Registry {
     options: Arc<AnyConnectOptions>,
     /// One such connection at a time: probes asked for by anyone (the
     /// public `/healthz`) must not open the database's connections by the
-    /// hundred.
+    /// hundred. It holds what the last one found, told meanwhile.
     probing: Arc<tokio::sync::Mutex<()>>,
+    last_probe: Arc<std::sync::Mutex<Option<String>>>,
 }
 
 /// How long a query waits for a pooled connection.
@@ -219,7 +220,7 @@ impl Registry {
             Backend::Postgres => &POSTGRES_MIGRATIONS,
         };
         migrator.run(&pool).await.map_err(|source| Error::Migrate { url: shown, source })?;
-        Ok(Registry { pool, backend, options: Arc::new(options), probing: Arc::default() })
+        Ok(Registry { pool, backend, options: Arc::new(options), probing: Arc::default(), last_probe: Arc::default() })
     }
 
     /// For health probes: whether the registry answers within `limit`, and if not, why (the
@@ -231,14 +232,20 @@ impl Registry {
             Ok(Err(err)) if !matches!(err, sqlx::Error::PoolTimedOut) => return Err(describe(&err)),
             _ => {}
         }
+        let busy = "the registry is busy: no connection was free in time";
         let Ok(_one_probe) = self.probing.try_lock() else {
-            return Err("the registry is busy: no connection was free in time".to_owned());
+            let last = self.last_probe.lock().ok().and_then(|last| last.clone());
+            return Err(last.unwrap_or_else(|| busy.to_owned()));
         };
-        match tokio::time::timeout(limit, probe(&self.options, self.backend)).await {
-            Ok(Err(err)) => Err(describe(&err)),
-            Ok(Ok(())) => Err("the registry is busy: no connection was free in time".to_owned()),
-            Err(_) => Err(format!("the registry did not answer within {}s", limit.as_secs())),
+        let cause = match tokio::time::timeout(limit, probe(&self.options, self.backend)).await {
+            Ok(Err(err)) => describe(&err),
+            Ok(Ok(())) => busy.to_owned(),
+            Err(_) => format!("the registry did not answer within {}s", limit.as_secs()),
+        };
+        if let Ok(mut last) = self.last_probe.lock() {
+            *last = Some(cause.clone());
         }
+        Err(cause)
     }
 
     /// PostgreSQL needs a few statements SQLite does not (and vice versa).

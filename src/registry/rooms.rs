@@ -367,28 +367,38 @@ impl Registry {
     }
 
     /// Rooms lifeboat is back in whose aliases and directory listing are
-    /// still to be put back: those not tried [`MAX_REJOIN_ATTEMPTS`] times
-    /// yet (`retry_all`: any count), longest due first.
-    pub async fn rooms_with_aliases_due(&self, retry_all: bool) -> Result<Vec<String>> {
-        Ok(sqlx::query_scalar(
-            "SELECT room_id FROM rooms WHERE aliases_due_at IS NOT NULL AND ($1 = 1 OR aliases_attempts < $2) \
+    /// still to be put back, with since when, longest due first.
+    pub async fn rooms_with_aliases_due(&self) -> Result<Vec<(String, i64)>> {
+        Ok(sqlx::query_as(
+            "SELECT room_id, aliases_due_at FROM rooms WHERE aliases_due_at IS NOT NULL \
              ORDER BY aliases_due_at, room_id",
         )
-        .bind(retry_all as i64)
-        .bind(MAX_REJOIN_ATTEMPTS)
         .fetch_all(&self.pool)
         .await?)
     }
 
-    /// A room's aliases and directory listing are back (`done`), or one
-    /// more try of them failed.
-    pub async fn record_aliases_tried(&self, room_id: &str, done: bool) -> Result<()> {
-        let sql = if done {
-            "UPDATE rooms SET aliases_due_at = NULL WHERE room_id = $1"
-        } else {
-            "UPDATE rooms SET aliases_attempts = aliases_attempts + 1 WHERE room_id = $1"
-        };
-        sqlx::query(sql).bind(room_id).execute(&self.pool).await?;
+    /// A room's aliases and directory listing are back, or are given up:
+    /// listings record its aliases as they find them again.
+    pub async fn aliases_no_longer_due(&self, room_id: &str) -> Result<()> {
+        sqlx::query("UPDATE rooms SET aliases_due_at = NULL WHERE room_id = $1")
+            .bind(room_id)
+            .execute(&self.pool)
+            .await?;
+        Ok(())
+    }
+
+    /// Synapse refused to put a room's alias or listing back: given up at
+    /// the [`MAX_REJOIN_ATTEMPTS`]th time.
+    pub async fn aliases_refused(&self, room_id: &str) -> Result<()> {
+        sqlx::query(
+            "UPDATE rooms SET aliases_attempts = aliases_attempts + 1, \
+             aliases_due_at = CASE WHEN aliases_attempts + 1 >= $2 THEN NULL ELSE aliases_due_at END \
+             WHERE room_id = $1",
+        )
+        .bind(room_id)
+        .bind(MAX_REJOIN_ATTEMPTS)
+        .execute(&self.pool)
+        .await?;
         Ok(())
     }
 
@@ -415,12 +425,29 @@ impl Registry {
 
     /// Records the room made in place of a lost one.
     pub async fn mark_room_recreated(&self, room_id: &str, new_room_id: &str) -> Result<()> {
+        let mut tx = self.begin_write().await?;
         sqlx::query("UPDATE rooms SET recreated_as = $2, recreated_at = $3 WHERE room_id = $1")
             .bind(room_id)
             .bind(new_room_id)
             .bind(now_ms())
-            .execute(&self.pool)
+            .execute(&mut *tx)
             .await?;
+        // `room_id` was itself made in place of a room lost before (and is
+        // lost now, after another wipe): that room's people go to the new
+        // one, and tries at the lost one count for nothing.
+        sqlx::query("UPDATE rooms SET recreated_as = $2 WHERE recreated_as = $1 AND room_id <> $1")
+            .bind(room_id)
+            .bind(new_room_id)
+            .execute(&mut *tx)
+            .await?;
+        sqlx::query(
+            "UPDATE room_members SET rejoin = NULL, rejoin_error = NULL, rejoin_attempts = 0 \
+             WHERE rejoin = 'failed' AND room_id IN (SELECT room_id FROM rooms WHERE recreated_as = $1)",
+        )
+        .bind(new_room_id)
+        .execute(&mut *tx)
+        .await?;
+        tx.commit().await?;
         Ok(())
     }
 

@@ -124,18 +124,24 @@ impl Registry {
     }
 
     /// The newest unexpired link for `purpose` and `user_id` carrying a
-    /// code, wherever it was mailed, whether or not the mail arrived, and
-    /// used or not: the code went by DM and stays the person's while the
+    /// code, mailed to `address` (a code is for one address), whether or
+    /// not the mail arrived, and used or not: the code went by DM and stays the person's while the
     /// link lives, and a link retired by its spent tries still counts among
     /// the few that may carry it.
-    pub async fn live_code_link(&self, purpose: &str, user_id: &UserId) -> Result<Option<WebLink>> {
+    pub async fn live_code_link(
+        &self,
+        purpose: &str,
+        user_id: &UserId,
+        address: &EmailAddress,
+    ) -> Result<Option<WebLink>> {
         Ok(sqlx::query_as(sqlx::AssertSqlSafe(format!(
-            "{SELECT_WEB_LINKS} WHERE purpose = $1 AND user_id = $2 AND expires_at > $3 \
+            "{SELECT_WEB_LINKS} WHERE purpose = $1 AND user_id = $2 AND address = $4 AND expires_at > $3 \
              AND code_hash IS NOT NULL ORDER BY expires_at DESC LIMIT 1"
         )))
         .bind(purpose)
         .bind(user_id)
         .bind(now_ms())
+        .bind(address)
         .fetch_optional(&self.pool)
         .await?)
     }

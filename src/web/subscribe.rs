@@ -167,6 +167,8 @@ async fn start(
     // Only an account that is its registry person's (never one a stranger
     // registered again, nor one held for its owner) takes new contacts.
     // With Synapse out of reach nothing goes out (no code could either).
+    // Asked whatever the ID: an outage must stop known and unknown IDs'
+    // mail alike, or the inbox would tell them apart.
     let admin = crate::recover::admin_access(&state.config, &state.registry).await?.working();
     let takes_contacts = match &admin {
         Some(admin) => crate::holds::its_persons_now(&state.registry, admin, &user_id).await?,
@@ -190,11 +192,9 @@ async fn start(
     // was made for, and while few links carry it. Only for the address it
     // was made for: its DM names that address, so nobody can be talked
     // into typing a code into a link that adds someone else's.
-    let live_code = state.registry.live_code_link(PURPOSE, &user_id).await?;
+    let live_code = state.registry.live_code_link(PURPOSE, &user_id, &email).await?;
     let pending_code = live_code.filter(|link| {
-        carries_a_code(link) == takes_contacts
-            && link.address == email
-            && link.expires_at - now > CODE_REUSE_MARGIN.as_millis() as i64
+        carries_a_code(link) == takes_contacts && link.expires_at - now > CODE_REUSE_MARGIN.as_millis() as i64
     });
     let pending_hash = pending_code.as_ref().and_then(|link| link.code_hash.as_deref());
     let (links_with_code, codes_today) = state.registry.code_use(PURPOSE, &user_id, pending_hash, now - DAY_MS).await?;

@@ -222,6 +222,9 @@ async fn after_a_wipe_people_come_back_into_surviving_rooms_aliases_work_and_los
     let again = lifeboat.run(&["rooms", "recreate", "--all", "--yes"]).await;
     assert_eq!(again.code, 0, "{again:?}");
     assert_eq!(state_of(&lifeboat, &now).await, "recreated", "{again:?}");
+    // Kitchen's people now go to the room made last, not to the one lost.
+    let rooms = rooms_by_id(&lifeboat).await;
+    assert_eq!(rooms[&kitchen]["recreated_as"], rooms[&now]["recreated_as"], "{again:?}");
 }
 
 /// lifeboat with only our Synapse (admin token and shared secret), a
