@@ -93,6 +93,20 @@ pub async fn admin_client_recovering(
 
 /// Longest postmortem: it goes into every email and DM, and onto the web page.
 pub const MAX_POSTMORTEM_BYTES: usize = 64 * 1024;
+/// The most a notice DM's content may take: Synapse refuses events over
+/// 64 KiB, and encryption makes the content a third larger (base64).
+const DM_CONTENT_BUDGET: usize = 44 * 1024;
+/// What a notice adds around its postmortem (greeting, token, links), in
+/// its text and its HTML both, with room to spare.
+const NOTICE_AROUND_POSTMORTEM: usize = 8 * 1024;
+
+/// About how large a notice DM carrying `postmortem` is: its text and
+/// HTML both, as JSON.
+fn dm_content_bytes(postmortem: &str) -> usize {
+    let html = crate::notice::markdown_to_safe_html(postmortem);
+    let content = serde_json::to_string(&(postmortem, html)).map_or(usize::MAX, |json| json.len());
+    content.saturating_add(NOTICE_AROUND_POSTMORTEM)
+}
 /// Longest title: it is a subject line.
 pub const MAX_TITLE_CHARS: usize = 200;
 
@@ -121,6 +135,15 @@ pub fn incident_text_problem(title: &str, postmortem: &str) -> Option<String> {
     }
     if postmortem.chars().any(|c| c.is_control() && !matches!(c, '\n' | '\r' | '\t')) {
         return Some("the postmortem holds a control character (such as NUL): only text, line breaks and tabs".into());
+    }
+    let dm = dm_content_bytes(postmortem);
+    if dm > DM_CONTENT_BUDGET {
+        return Some(format!(
+            "the postmortem makes a Matrix DM of about {} KiB, more than the {} KiB one can carry (Synapse refuses events over 64 KiB, and encryption adds a third; the DM holds it as text and as HTML): shorten it to about {} KiB, and link to a longer write-up",
+            dm.div_ceil(1024),
+            DM_CONTENT_BUDGET / 1024,
+            (DM_CONTENT_BUDGET - NOTICE_AROUND_POSTMORTEM) / 2 / 1024 * 9 / 10,
+        ));
     }
     None
 }
@@ -369,13 +392,24 @@ async fn send_under_lease(
     report.tokens_extended = extend_unsent_tokens(registry, &client, incident.id, config.tokens.expiry).await?;
     // Email does not depend on DMs: a DM sender that cannot start is a note.
     let mut no_dms = None;
-    let dm_sender = match DmAccount::find(config, registry, &client, &options.actor).await {
+    let found = DmAccount::find(config, registry, &client, &options.actor).await;
+    // Planned whenever lifeboat has an account to send from, whether or not
+    // it can start now: DMs this run cannot send stay pending, and the run
+    // says so (never "all delivered"). With no account at all (none
+    // recovered, no bot), this lifeboat sends no DMs: a note says how to.
+    let sender = match &found {
+        Ok(Some(account)) => Some(&account.user_id),
+        Ok(None) => None,
+        Err(_) => Some(&service),
+    };
+    if options.plan_new
+        && let Some(sender) = sender
+    {
+        registry.plan_matrix_deliveries(incident.id, sender).await?;
+    }
+    let dm_sender = match found {
         Ok(Some(account)) => {
             let sender_id = account.user_id.clone();
-            if options.plan_new {
-                registry.plan_matrix_deliveries(incident.id, &sender_id).await?;
-            }
-            // Planned either way: DMs this run cannot send stay pending.
             match account.connect(config, registry, options.devices).await {
                 Ok(sender) => {
                     // Mass DMs from a throttled account would crawl; 429s
@@ -549,11 +583,17 @@ mod tests {
     use super::*;
 
     #[test]
-    fn a_postmortem_may_fill_64_kib_of_text_with_lines_and_tabs_but_no_more_and_no_nul() {
-        let full = "a\tb\r\n".repeat(MAX_POSTMORTEM_BYTES / 5) + "x".repeat(MAX_POSTMORTEM_BYTES % 5).as_str();
-        assert_eq!(full.len(), MAX_POSTMORTEM_BYTES);
-        assert_eq!(incident_text_problem("Lost", &full), None);
-        assert!(incident_text_problem("Lost", &format!("{full}x")).is_some_and(|p| p.contains("64 KiB")));
+    fn a_postmortem_is_text_with_lines_and_tabs_that_fits_in_a_matrix_dm() {
+        let fits = "All accounts were lost.\tWe are sorry.\r\n".repeat(12 * 1024 / 40);
+        assert_eq!(incident_text_problem("Lost", &fits), None);
+        let too_long_for_a_dm = fits.repeat(3);
+        let problem = incident_text_problem("Lost", &too_long_for_a_dm).unwrap_or_default();
+        assert!(problem.contains("more than the 44 KiB one can carry"), "{problem}");
+        // Markup that HTML spells long counts as what it becomes.
+        let ampersands = "&".repeat(8 * 1024);
+        assert!(incident_text_problem("Lost", &ampersands).is_some_and(|p| p.contains("Matrix DM")));
+        let huge = "x".repeat(MAX_POSTMORTEM_BYTES + 1);
+        assert!(incident_text_problem("Lost", &huge).is_some_and(|p| p.contains("64 KiB")));
         assert!(incident_text_problem("Lost", "a\0b").is_some_and(|p| p.contains("control character")));
         assert!(incident_text_problem("Lost", " \n ").is_some_and(|p| p.contains("empty")));
     }

@@ -369,6 +369,24 @@ pub async fn its_persons_now(
     Ok(known.speaks_for_its_person(details.created_at_ms()))
 }
 
+/// Can only the registry's person read through `user_id` now? Yes while
+/// its account is theirs ([`its_persons_now`]), while it has no account on
+/// Synapse (a lost ID nobody registered yet), or while lifeboat holds it
+/// (locked). No for anyone else's account on the ID: a stranger after a
+/// loss, or an account no listing has seen yet.
+pub async fn read_by_its_person_or_nobody(
+    registry: &Registry,
+    synapse: &SynapseClient,
+    user_id: &UserId,
+) -> Result<bool, CannotTell> {
+    let known = registry.account(user_id).await?;
+    if known.as_ref().is_some_and(|account| account.state == AccountState::Held) {
+        return Ok(true);
+    }
+    let Some(details) = synapse.user_details(user_id.as_str()).await? else { return Ok(true) };
+    Ok(known.is_some_and(|account| account.speaks_for_its_person(details.created_at_ms())))
+}
+
 /// What a person asking again for a way back in (the web page's `/token`,
 /// an admin's `token` command) is sent. One rule for every face.
 #[derive(Debug, Clone, PartialEq, Eq)]

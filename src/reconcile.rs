@@ -95,13 +95,15 @@ pub fn classify(known: Option<&Known>, listed: Option<&Listed>) -> Option<Class>
         (Some(_), None) => Some(Class::Missing),
         (None, Some(_)) => Some(Class::New),
         (Some(known), Some(listed)) => Some(match known.standing {
-            // The person's own lost account back (claimed or not); not
-            // lifeboat's hold, even when a resumed hold took that very
-            // account for its own.
-            AccountState::Held | AccountState::Recreated | AccountState::Claimed
+            // The person's own lost account back (claimed or not, or lost
+            // again in another wipe since); not lifeboat's hold, even when
+            // a resumed hold took that very account for its own.
+            AccountState::Held | AccountState::Recreated | AccountState::Claimed | AccountState::Missing
                 if same_second(known.lost_created_at, listed.created_at_ms)
-                    && !(matches!(known.standing, AccountState::Held | AccountState::Claimed)
-                        && same_second(known.created_at_ms, listed.created_at_ms)) =>
+                    && !(matches!(
+                        known.standing,
+                        AccountState::Held | AccountState::Claimed | AccountState::Missing
+                    ) && same_second(known.created_at_ms, listed.created_at_ms)) =>
             {
                 Class::CameBack
             }
@@ -301,6 +303,17 @@ mod tests {
         let registry = [known_as("@a:x", 5, AccountState::Held), known("@b:x", 1)];
         let report = merge_join(&registry, &[listed("@a:x", 9, false), listed("@b:x", 1, false)], 0.5);
         assert_eq!((report.recreated.as_slice(), report.held.len()), (&["@a:x".to_owned()][..], 0));
+    }
+
+    #[test]
+    fn a_persons_own_account_restored_after_its_hold_was_lost_again_came_back() {
+        // Lost (made at 1), held (at 5), lost again in another wipe, then
+        // Synapse's old database restored: the person's own account.
+        let lost_again = Known { lost_created_at: Some(1_000), ..known_as("@a:x", 5, AccountState::Missing) };
+        let class = classify(Some(&lost_again), Some(&listed("@a:x", 1, false)));
+        assert_eq!(class, Some(Class::CameBack));
+        let stranger = classify(Some(&lost_again), Some(&listed("@a:x", 9, false)));
+        assert_eq!(stranger, Some(Class::Recreated));
     }
 
     #[test]

@@ -447,15 +447,28 @@ async fn rejoin_people(
     let pending = registry.pending_rejoins(retry_all, waits_for_holds(config)).await?;
     let mut outcomes = futures::stream::iter(pending)
         .map(|rejoin| async move {
+            // The registry's word is as old as the last listing: Synapse is
+            // asked whose account the ID is now. One a stranger registered
+            // since (another wipe, a restored backup) is joined nowhere, and
+            // the person's rejoin waits (not an attempt).
+            match crate::holds::its_persons_now(registry, client, &rejoin.user_id).await {
+                Ok(true) => {}
+                Ok(false) => return (rejoin, None),
+                Err(err) => {
+                    tracing::info!(user = %rejoin.user_id, error = %err, "rejoin waits: whose the ID is cannot be told now");
+                    return (rejoin, None);
+                }
+            }
             let outcome = match &rejoin.recreated_as {
                 Some(new_room) => client.invite(new_room, rejoin.user_id.as_str()).await,
                 None => join_person(client, &rejoin).await,
             };
-            (rejoin, outcome)
+            (rejoin, Some(outcome))
         })
         .buffer_unordered(ROOM_CONCURRENCY);
     while let Some((rejoin, outcome)) = outcomes.next().await {
         let invited = rejoin.recreated_as.is_some();
+        let Some(outcome) = outcome else { continue };
         match outcome {
             Ok(JoinOutcome::Joined) => {
                 let recorded = if invited { RejoinOutcome::Invited } else { RejoinOutcome::Joined };

@@ -15,7 +15,7 @@ const CONCURRENCY: usize = 8;
 
 #[derive(Debug, thiserror::Error)]
 pub enum TokenError {
-    #[error("could not create registration tokens in Synapse: {0}")]
+    #[error("a registration-token request to Synapse failed: {0}")]
     Synapse(#[from] synapse::Error),
     #[error(transparent)]
     Registry(#[from] registry::Error),

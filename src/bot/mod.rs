@@ -154,6 +154,37 @@ impl Bot {
         }
     }
 
+    /// This homeserver's members of the admin room (joined or invited)
+    /// through whom someone other than their registry person could read
+    /// what is posted there: after a wipe, a stranger on a lost ID still
+    /// joined to a surviving admin room ([`crate::holds::read_by_its_person_or_nobody`]).
+    /// Another server's members are its to vouch for.
+    async fn unvouched_in(&self, room: &Room) -> Vec<String> {
+        let (config, registry) = (&self.state.config, &self.state.registry);
+        let admin = crate::recover::admin_access(config, registry).await.ok().and_then(|access| access.working());
+        let (admin, members) = match (admin, room.members(RoomMemberships::ACTIVE).await) {
+            (Some(admin), Ok(members)) => (admin, members),
+            // No admin token works: not a wipe the bot lived through (its own
+            // session would have died with it), but a revoked token, which
+            // the alerts must be able to tell the admins about.
+            (None, _) => return Vec::new(),
+            (_, Err(err)) => return vec![format!("(cannot tell who is in the room: {err})")],
+        };
+        let mut unvouched = Vec::new();
+        for member in members {
+            let user = member.user_id();
+            if user == self.me || user.server_name() != self.me.server_name() {
+                continue;
+            }
+            let id = crate::user_id::UserId::from(user);
+            if !matches!(crate::holds::read_by_its_person_or_nobody(registry, &admin, &id).await, Ok(true)) {
+                tracing::warn!(member = %user, "not posting in the admin room: its account is not one lifeboat knows as its person's");
+                unvouched.push(user.to_string());
+            }
+        }
+        unvouched
+    }
+
     fn admin_room(&self) -> Option<OwnedRoomId> {
         self.admin_room.lock().ok().and_then(|room| room.clone())
     }
@@ -580,9 +611,13 @@ async fn invite_admins(bot: &Arc<Bot>, client: &Client) {
     }
 }
 
-/// Posts queued alerts once there is an admin room to post them in.
+/// Posts queued alerts once there is an admin room to post them in, and
+/// nobody there lifeboat cannot vouch for (they wait until then).
 async fn flush_alerts(bot: &Arc<Bot>, client: &Client, queued: &mut Vec<String>) {
     let Some(room) = bot.admin_room().and_then(|id| client.get_room(&id)) else { return };
+    if queued.is_empty() || !bot.unvouched_in(&room).await.is_empty() {
+        return;
+    }
     while let Some(text) = queued.first() {
         if let Err(err) = room.send(safe_message(text)).await {
             tracing::warn!(error = %err, "could not post an alert in the admin room; will retry");
@@ -743,6 +778,10 @@ async fn on_message(event: OriginalSyncRoomMessageEvent, room: Room, Ctx(bot): C
         // Commands can take long (sync, notify): off the sync loop, and
         // waited for when serve stops.
         bot.state.background.clone().spawn(async move {
+            let unvouched = bot.unvouched_in(&room).await;
+            if !unvouched.is_empty() {
+                return reply_to(&room, &not_posting_while(&unvouched)).await;
+            }
             let reply = match parsed {
                 Ok(command) => admin::execute(&bot, &room, &sender, command).await,
                 Err(bad) => bad.0,
@@ -801,6 +840,17 @@ async fn is_one_to_one(room: &Room, me: &OwnedUserId, sender: &OwnedUserId) -> b
             false
         }
     }
+}
+
+/// The one line an admin gets instead of an answer while someone lifeboat
+/// cannot vouch for is in the admin room (it names them, and nothing else).
+fn not_posting_while(unvouched: &[String]) -> String {
+    format!(
+        "I post nothing in this room while {} {} in it: no listing has seen {} as its person's account yet (a new account: `lifeboat sync` adds it), or it was registered again by someone else after a loss (settle it with `lifeboat holds claim`, or remove it from this room).",
+        unvouched.join(", "),
+        if unvouched.len() == 1 { "is" } else { "are" },
+        if unvouched.len() == 1 { "it" } else { "each" },
+    )
 }
 
 async fn reply_to(room: &Room, markdown: &str) {

@@ -663,7 +663,12 @@ fn validate_mailbox(text: &str) -> Result<(), String> {
         (None, None) => text,
         _ => return Err(format!("`{text}` is not a mailbox like \"Lifeboat <lifeboat@example.org>\"")),
     };
-    EmailAddress::parse(address).map(|_| ()).map_err(|err| err.to_string())
+    EmailAddress::parse(address).map_err(|err| err.to_string())?;
+    // The mailer reads it so (RFC 5322): a display name with a comma or
+    // other special characters needs quotes there.
+    text.parse::<lettre::message::Mailbox>().map(drop).map_err(|_| {
+        format!("`{text}` is not a mailbox mail can carry: put the name in quotes, like \"\\\"Example, Inc.\\\" <lifeboat@example.org>\"")
+    })
 }
 
 /// The least of most durations: a zero one would spin.

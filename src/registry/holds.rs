@@ -208,8 +208,10 @@ impl Registry {
     /// `created_at_ms` is when the account handed over was made (`None`:
     /// unknown, the next listing brings it, never compared with an older one).
     pub async fn settle_as_claimed(&self, user_id: &UserId, created_at_ms: Option<i64>, actor: &Actor) -> Result<()> {
+        // The lost account's creation time stays: if Synapse's old database
+        // is restored, the person's own account is known as theirs again.
         let set = "custody = 'claimed', custody_at = $2, recreated_at = NULL, display_name_due_at = NULL, \
-                   synapse_created_at = $3, lost_created_at = NULL";
+                   synapse_created_at = $3";
         self.settle(user_id, set, created_at_ms, actor, "hold.claim", "password set by an operator").await
     }
 

@@ -257,7 +257,8 @@ impl Registry {
                                THEN accounts.locked ELSE excluded.locked END, \
                  user_type = excluded.user_type, \
                  synapse_created_at = CASE WHEN accounts.custody = 'holding' \
-                                           THEN accounts.synapse_created_at ELSE excluded.synapse_created_at END, \
+                                           THEN accounts.synapse_created_at \
+                                           ELSE COALESCE(excluded.synapse_created_at, accounts.synapse_created_at) END, \
                  last_seen_present_at = excluded.last_seen_present_at, \
                  state = CASE WHEN accounts.custody = 'holding' THEN accounts.state ELSE excluded.state END, \
                  missing_since = CASE WHEN accounts.custody = 'holding' THEN accounts.missing_since END \

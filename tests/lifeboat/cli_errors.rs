@@ -85,6 +85,13 @@ async fn values_that_cannot_work_are_refused_with_their_minimum() {
     let in_the_file = Lifeboat::with_config(&format!("{MINIMAL}[sync]\npage_size = -5\n"));
     let line = in_the_file.run(&["config", "check"]).await.stderr;
     assert!(line.contains("`-5` is out of range") && !line.contains("untagged"), "{line}");
+    // A sender the mailer could not carry (a comma in an unquoted name) is
+    // refused here, not by serve's mailer or at notify's first email.
+    let comma = "[email]\nsmtp_url = \"smtp://127.0.0.1:2525\"\nfrom = \"Example, Inc. <lifeboat@example.org>\"\n";
+    let run = Lifeboat::with_config(&format!("{MINIMAL}{comma}")).run(&["config", "check"]).await;
+    assert_eq!(run.code, 2, "{run:?}");
+    let line = one_sentence(&run.stderr);
+    assert!(line.contains("`email.from`") && line.contains("put the name in quotes"), "{line}");
     // A duration written as a bare number is told its missing unit.
     let bare = Lifeboat::with_config(&format!("{MINIMAL}[watch]\ninterval = 900\n"));
     let run = bare.run(&["config", "check"]).await;

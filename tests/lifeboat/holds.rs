@@ -39,7 +39,7 @@ async fn all_in(lifeboat: &Lifeboat, state: &str, ids: &[String]) -> bool {
 
 /// A sync from the CLI while serve runs: the watcher's own sync may hold
 /// the lease for a moment (the CLI then says so and leaves), so try again.
-async fn sync_beside_serve(lifeboat: &Lifeboat) {
+pub(crate) async fn sync_beside_serve(lifeboat: &Lifeboat) {
     eventually("a sync beside serve's watcher", Duration::from_secs(60), || async {
         let run = lifeboat.run(&["sync"]).await;
         assert!(run.code == 0 || run.stderr.contains("another sync is running"), "{run:?}");

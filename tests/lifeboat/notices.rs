@@ -686,27 +686,13 @@ async fn people_whose_account_survived_get_a_dm_even_when_synapse_rate_limits() 
 /// not come back for them (a whole campaign run) every round.
 #[tokio::test(flavor = "multi_thread")]
 async fn dms_that_cannot_be_sent_at_all_wait_instead_of_being_due_every_round() {
-    let synapse = TestSynapse::start();
-    let (registry, smtp) = (TestDatabase::sqlite(), TestSmtp::start(None));
-    let bot = synapse.register("lifeboat");
-    synapse.create_user(&unique("ann"), &[]).await;
-    let lifeboat = lifeboat_with_mail(&synapse, &registry, &smtp);
-    sending_as(&lifeboat, &bot);
-    assert_eq!(lifeboat.run(&["sync"]).await.code, 0);
-    let id = open_for_everyone(&lifeboat, "Messages lost").await.json()["id"].to_string();
+    let SurvivorAndBot { synapse, registry, smtp: _smtp, bot, lifeboat, id } = a_survivor_and_a_bot().await;
     assert_eq!(lifeboat.run(&["notify", &id, "--yes"]).await.code, 0);
     // As if the DMs had not gone out yet when the token was logged out.
     let direct = lifeboat::registry::Registry::connect(&registry.url()).await.unwrap();
     let unsent = "UPDATE deliveries SET state = 'pending', next_attempt_at = 0 WHERE channel = 'matrix'";
     assert!(sqlx::query(unsent).execute(direct.pool()).await.unwrap().rows_affected() > 0);
-    let logout = reqwest::Client::new()
-        .post(format!("{}/_matrix/client/v3/logout", synapse.url))
-        .bearer_auth(&bot.access_token)
-        .json(&serde_json::json!({}))
-        .send()
-        .await
-        .unwrap();
-    assert!(logout.status().is_success());
+    log_out(&synapse, &bot.access_token).await;
 
     let notify = lifeboat.run(&["notify", &id, "--yes"]).await;
     assert!(notify.stderr.contains("no Matrix DMs"), "{notify:?}");
@@ -719,6 +705,57 @@ async fn dms_that_cannot_be_sent_at_all_wait_instead_of_being_due_every_round() 
     .await
     .unwrap();
     assert!(waiting > 0 && due == 0, "{waiting} waiting, {due} due now: {notify:?}");
+}
+
+/// A first notify while lifeboat's account cannot send (its token logged
+/// out) plans the DMs all the same: they wait, and the run says they were
+/// not delivered, never "all delivered".
+#[tokio::test(flavor = "multi_thread")]
+async fn a_first_notify_whose_dm_sender_cannot_start_keeps_the_dms_pending_and_says_so() {
+    let SurvivorAndBot { synapse, registry, smtp: _smtp, bot, lifeboat, id } = a_survivor_and_a_bot().await;
+    log_out(&synapse, &bot.access_token).await;
+
+    let notify = lifeboat.run(&["notify", &id, "--yes"]).await;
+    assert_eq!(notify.code, 1, "{notify:?}");
+    assert!(notify.stderr.contains("no Matrix DMs"), "{notify:?}");
+    let direct = lifeboat::registry::Registry::connect(&registry.url()).await.unwrap();
+    let pending = "SELECT COUNT(*) FROM deliveries WHERE channel = 'matrix' AND state = 'pending'";
+    let pending: i64 = sqlx::query_scalar(pending).fetch_one(direct.pool()).await.unwrap();
+    assert!(pending > 0, "{notify:?}");
+}
+
+struct SurvivorAndBot {
+    synapse: TestSynapse,
+    registry: TestDatabase,
+    smtp: TestSmtp,
+    bot: crate::harness::synapse::Registered,
+    lifeboat: Lifeboat,
+    id: String,
+}
+
+/// Ann, whose account survived, and lifeboat sending DMs as the bot's
+/// account, with an incident for everyone open (not notified yet).
+async fn a_survivor_and_a_bot() -> SurvivorAndBot {
+    let synapse = TestSynapse::start();
+    let (registry, smtp) = (TestDatabase::sqlite(), TestSmtp::start(None));
+    let bot = synapse.register("lifeboat");
+    synapse.create_user(&unique("ann"), &[]).await;
+    let lifeboat = lifeboat_with_mail(&synapse, &registry, &smtp);
+    sending_as(&lifeboat, &bot);
+    assert_eq!(lifeboat.run(&["sync"]).await.code, 0);
+    let id = open_for_everyone(&lifeboat, "Messages lost").await.json()["id"].to_string();
+    SurvivorAndBot { synapse, registry, smtp, bot, lifeboat, id }
+}
+
+async fn log_out(synapse: &TestSynapse, token: &str) {
+    let logout = reqwest::Client::new()
+        .post(format!("{}/_matrix/client/v3/logout", synapse.url))
+        .bearer_auth(token)
+        .json(&serde_json::json!({}))
+        .send()
+        .await
+        .unwrap();
+    assert!(logout.status().is_success());
 }
 
 async fn leave_every_room(synapse: &TestSynapse, user_id: &str) {

@@ -177,8 +177,29 @@ async fn a_persons_own_account_restored_after_a_wipe_ends_its_hold(registry: Reg
     sync_listing(&registry, &[user("@claimed:x", 1)]).await;
     let claimed = registry.account(&id("@claimed:x")).await.unwrap().unwrap();
     assert_eq!((claimed.state, claimed.synapse_created_at), (AccountState::Present, Some(1_000)), "{claimed:?}");
+
+    // Handed back by an operator (`holds claim`), then the old database back: theirs too.
+    sync_listing(&registry, &[user("@handed:x", 1)]).await;
+    sync_listing(&registry, &[]).await;
+    hold(&registry, "@handed:x", 50).await;
+    registry.settle_as_claimed(&id("@handed:x"), Some(50_000), &Actor::cli()).await.unwrap();
+    tokio::time::sleep(std::time::Duration::from_millis(5)).await;
+    sync_listing(&registry, &[user("@handed:x", 1)]).await;
+    let handed = registry.account(&id("@handed:x")).await.unwrap().unwrap();
+    assert_eq!((handed.state, handed.synapse_created_at), (AccountState::Present, Some(1_000)), "{handed:?}");
 }
 on_both_backends!(a_persons_own_account_restored_after_a_wipe_ends_its_hold);
+
+/// A listing row without a creation time (a Synapse that did not say one)
+/// keeps the one known: an account registered again later is still told
+/// from the person's.
+async fn a_listed_account_without_a_creation_time_keeps_the_known_one(registry: Registry) {
+    sync_listing(&registry, &[user("@n:x", 1)]).await;
+    let unsaid: ListedUser = serde_json::from_value(json!({"name": "@n:x", "displayname": "@n:x"})).unwrap();
+    sync_listing(&registry, &[unsaid]).await;
+    assert_eq!(registry.account(&id("@n:x")).await.unwrap().unwrap().synapse_created_at, Some(1_000));
+}
+on_both_backends!(a_listed_account_without_a_creation_time_keeps_the_known_one);
 
 /// What lifeboat keeps of the person's lost account survives a second wipe
 /// of a held ID and a stranger after it, and is not lifeboat's hold: a hold

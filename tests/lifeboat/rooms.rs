@@ -367,6 +367,24 @@ async fn an_alias_that_could_not_be_put_back_at_once_is_put_back_by_a_later_roun
     assert!(done.stdout.contains("Nobody is waiting"), "put back once: {done:?}");
 }
 
+/// A person's rejoin trusts no standing older than Synapse's word: after
+/// another wipe, a stranger who registered the claimed person's ID before
+/// any listing saw it is not joined into the person's surviving room.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_stranger_on_a_claimed_id_before_any_listing_is_joined_into_none_of_its_rooms() {
+    let InSquare { ours, theirs: _theirs, _registry, person: alice, bob: _bob, square, lifeboat } =
+        one_person_in_a_square_of_theirs("alice", "").await;
+    wiped_and_held(&ours, &lifeboat).await;
+    assert_eq!(lifeboat.run(&["rooms", "rejoin"]).await.code, 0, "lifeboat is back in Square");
+    claim(&lifeboat, &alice.user_id).await;
+
+    ours.wipe();
+    assert_eq!(lifeboat.run(&["recover"]).await.code, 0);
+    let stranger = ours.client(&ours.register("alice"));
+    let rejoined = lifeboat.run(&["rooms", "rejoin"]).await;
+    assert!(!stranger.joined_rooms().await.contains(&square), "{rejoined:?}");
+}
+
 /// A person removed from a surviving room while their ID was held (kicked
 /// by its moderators) is not brought back into it on claim.
 #[tokio::test(flavor = "multi_thread")]

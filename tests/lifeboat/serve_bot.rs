@@ -925,6 +925,30 @@ async fn logged_more_than(lifeboat: &Lifeboat, needle: &str, count: usize) {
     eventually(needle, Duration::from_secs(90), || async { lifeboat.serve_log().matches(needle).count() > count }).await
 }
 
+/// Whoever is in the admin room reads what the bot posts there. While
+/// someone is in it whose account lifeboat cannot vouch for (one no
+/// listing has seen, as a stranger's on a lost ID after a wipe would be),
+/// the bot answers with one line naming them and nothing else; once a
+/// listing knows the account as its person's, it answers again.
+#[tokio::test(flavor = "multi_thread")]
+async fn the_bot_posts_nothing_in_the_admin_room_while_someone_it_cannot_vouch_for_is_in_it() {
+    let mut rig = Rig::start(TestSmtp::start(None), &[]).await;
+    rig.serve().await;
+    let newcomer = rig.synapse.register(&unique("newcomer"));
+    rig.alice.invite(&rig.admin_room, &newcomer.user_id).await;
+    rig.synapse.client(&newcomer).join(&rig.admin_room).await;
+
+    rig.say("!lifeboat status").await;
+    let refused = rig.reply_containing("I post nothing in this room").await;
+    assert!(refused.contains(&newcomer.user_id), "{refused}");
+    let replies = rig.alice.messages_from(&rig.admin_room, &rig.bot).await;
+    assert!(!replies.iter().any(|reply| reply.contains("Registry:")), "{replies:?}");
+
+    crate::holds::sync_beside_serve(&rig.lifeboat).await;
+    rig.say("!lifeboat status").await;
+    rig.reply_containing("Registry:").await;
+}
+
 /// A bot session that only expired (a homeserver with session lifetimes)
 /// is logged in again by password on the same device: the people the bot
 /// writes to encrypted see no new device. Synapse keeps an expired
