@@ -546,8 +546,15 @@ impl DmAccount {
             },
         };
         let mut who = admin.with_token(token.clone()).whoami().await;
-        if recovered && matches!(who, Err(synapse::Error::Expired { .. })) {
-            let renewed = renew_own_token(config, registry, actor).await.map_err(|err| err.to_string())?;
+        // Expired, or logged out (an admin's "sign out everywhere"): the
+        // password `recover` set gets a new token, so the DMs still go.
+        let dead = match &who {
+            Err(synapse::Error::Expired { .. }) => Some(true),
+            Err(synapse::Error::Unauthorized { .. }) => Some(false),
+            _ => None,
+        };
+        if recovered && let Some(same_device) = dead {
+            let renewed = renew_own_token(config, registry, actor, same_device).await.map_err(|err| err.to_string())?;
             if let Some(renewed) = renewed {
                 who = admin.with_token(renewed.clone()).whoami().await;
                 token = renewed;

@@ -380,11 +380,15 @@ pub async fn read_by_its_person_or_nobody(
     user_id: &UserId,
 ) -> Result<bool, CannotTell> {
     let known = registry.account(user_id).await?;
-    if known.as_ref().is_some_and(|account| account.state == AccountState::Held) {
-        return Ok(true);
-    }
     let Some(details) = synapse.user_details(user_id.as_str()).await? else { return Ok(true) };
-    Ok(known.is_some_and(|account| account.speaks_for_its_person(details.created_at_ms())))
+    Ok(known.is_some_and(|account| match account.state {
+        // lifeboat's hold: locked, and the very account it made (not one
+        // registered after another wipe, before a listing saw it).
+        AccountState::Held => {
+            details.locked && !crate::reconcile::registered_again(account.synapse_created_at, details.created_at_ms())
+        }
+        _ => account.speaks_for_its_person(details.created_at_ms()),
+    }))
 }
 
 /// What a person asking again for a way back in (the web page's `/token`,

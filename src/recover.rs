@@ -127,16 +127,19 @@ pub async fn admin_access(config: &Config, registry: &Registry) -> Result<AdminA
 /// while another admin token keeps `recover` from running: logs in again
 /// with the password `recover` set and keeps the new token. `None` when
 /// lifeboat keeps no password (its token came from elsewhere) or the login
-/// is refused.
+/// is refused. `same_device` for a token that expired: its device lives on
+/// (recipients of encrypted notices see no new one); one logged out lost
+/// its device, keys and all, and gets a new one.
 pub async fn renew_own_token(
     config: &Config,
     registry: &Registry,
     actor: &Actor,
+    same_device: bool,
 ) -> Result<Option<secrecy::SecretString>, RecoverError> {
     let Some(password) = registry.setting(SERVICE_PASSWORD).await? else { return Ok(None) };
     let user_id = service_user_id(config);
-    // The same device: recipients of encrypted notices see no new one.
-    let device = registry.service_credential(&user_id).await?.and_then(|stored| stored.device_id);
+    let stored = registry.service_credential(&user_id).await?;
+    let device = stored.and_then(|stored| stored.device_id).filter(|_| same_device);
     let base = SynapseClient::from_config(&config.homeserver);
     let login = base.login_with_password(user_id.localpart(), &password.into(), device.as_deref()).await?;
     let Some(renewed) = login else { return Ok(None) };

@@ -451,24 +451,32 @@ async fn rejoin_people(
             // asked whose account the ID is now. One a stranger registered
             // since (another wipe, a restored backup) is joined nowhere, and
             // the person's rejoin waits (not an attempt).
-            match crate::holds::its_persons_now(registry, client, &rejoin.user_id).await {
-                Ok(true) => {}
-                Ok(false) => return (rejoin, None),
-                Err(err) => {
-                    tracing::info!(user = %rejoin.user_id, error = %err, "rejoin waits: whose the ID is cannot be told now");
-                    return (rejoin, None);
-                }
-            }
-            let outcome = match &rejoin.recreated_as {
-                Some(new_room) => client.invite(new_room, rejoin.user_id.as_str()).await,
-                None => join_person(client, &rejoin).await,
+            let outcome = match crate::holds::its_persons_now(registry, client, &rejoin.user_id).await {
+                Ok(true) => match &rejoin.recreated_as {
+                    Some(new_room) => client.invite(new_room, rejoin.user_id.as_str()).await.map(Some),
+                    None => join_person(client, &rejoin).await.map(Some),
+                },
+                Ok(false) => Ok(None),
+                Err(crate::holds::CannotTell::Synapse(err)) => Err(err),
+                Err(crate::holds::CannotTell::Registry(err)) => return (rejoin, Err(err)),
             };
-            (rejoin, Some(outcome))
+            (rejoin, Ok(outcome))
         })
         .buffer_unordered(ROOM_CONCURRENCY);
     while let Some((rejoin, outcome)) = outcomes.next().await {
         let invited = rejoin.recreated_as.is_some();
-        let Some(outcome) = outcome else { continue };
+        let outcome = match outcome? {
+            Ok(Some(outcome)) => Ok(outcome),
+            // Someone else's account on the ID now: held back like a room
+            // a stranger is known to be in, until a listing tells more.
+            Ok(None) => {
+                if !report.held_back.contains(&rejoin.room_id) {
+                    report.held_back.push(rejoin.room_id.clone());
+                }
+                continue;
+            }
+            Err(err) => Err(err),
+        };
         match outcome {
             Ok(JoinOutcome::Joined) => {
                 let recorded = if invited { RejoinOutcome::Invited } else { RejoinOutcome::Joined };

@@ -16,6 +16,8 @@ use crate::outbox::{QUEUED, QueuedEmails, send_until_done};
 use crate::registry::{Actor, DeliveryChannel, Registry, now_ms};
 
 pub const POLL_EVERY: Duration = Duration::from_secs(30);
+/// How long an incident's notices wait after a run that could not start.
+const PAUSE_AFTER_A_FAILED_RUN: Duration = Duration::from_secs(5 * 60);
 
 /// Progress of a run nobody watches: notes go to the log, and the run winds
 /// down when serve stops.
@@ -157,6 +159,18 @@ async fn send_due(services: &Services, incident_id: i64) {
         ),
         // A notify (CLI or bot) is on it, or it was resolved since listed.
         Err(CampaignError::Busy { .. } | CampaignError::Resolved(_)) => {}
-        Err(err) => tracing::warn!(incident = incident_id, error = %err, "delivery worker: sending failed"),
+        Err(err) => {
+            tracing::warn!(incident = incident_id, error = %err, "delivery worker: sending failed");
+            // Not again at the next poll: a run that cannot start (every
+            // admin token rejected, recovery refused) would try a login
+            // against Synapse every 30 s, as a fail2ban jail counts them.
+            let until = now_ms() + PAUSE_AFTER_A_FAILED_RUN.as_millis() as i64;
+            let why = format!("not sent yet: {err}");
+            for channel in [DeliveryChannel::Email, DeliveryChannel::Matrix] {
+                if let Err(err) = registry.defer_due(Some(incident_id), channel, until, &why).await {
+                    tracing::warn!(error = %err, "delivery worker: registry query failed");
+                }
+            }
+        }
     }
 }

@@ -70,6 +70,8 @@ pub(crate) struct Bot {
     /// device (the old one logged out) syncs its rooms afresh, and must not
     /// run them again.
     handled: Mutex<HandledEvents>,
+    /// When alerts were last held back for someone in the admin room.
+    audience_refused_at: Mutex<Option<Instant>>,
 }
 
 /// The last [`HandledEvents::KEPT`] events handled, to tell one seen again.
@@ -164,11 +166,14 @@ impl Bot {
         let admin = crate::recover::admin_access(config, registry).await.ok().and_then(|access| access.working());
         let (admin, members) = match (admin, room.members(RoomMemberships::ACTIVE).await) {
             (Some(admin), Ok(members)) => (admin, members),
+            (Some(_), Err(err)) => {
+                tracing::warn!(error = %err, "cannot tell who is in the admin room");
+                return Vec::new();
+            }
             // No admin token works: not a wipe the bot lived through (its own
             // session would have died with it), but a revoked token, which
             // the alerts must be able to tell the admins about.
             (None, _) => return Vec::new(),
-            (_, Err(err)) => return vec![format!("(cannot tell who is in the room: {err})")],
         };
         let mut unvouched = Vec::new();
         for member in members {
@@ -177,12 +182,31 @@ impl Bot {
                 continue;
             }
             let id = crate::user_id::UserId::from(user);
-            if !matches!(crate::holds::read_by_its_person_or_nobody(registry, &admin, &id).await, Ok(true)) {
-                tracing::warn!(member = %user, "not posting in the admin room: its account is not one lifeboat knows as its person's");
-                unvouched.push(user.to_string());
+            match crate::holds::read_by_its_person_or_nobody(registry, &admin, &id).await {
+                Ok(true) => {}
+                Ok(false) => {
+                    tracing::warn!(member = %user, "not posting in the admin room: its account is not one lifeboat knows as its person's");
+                    unvouched.push(user.to_string());
+                }
+                // Synapse or the registry failing now must not silence the
+                // alerts that may be about that very failure.
+                Err(err) => {
+                    tracing::warn!(member = %user, error = %err, "cannot tell whose a member of the admin room is")
+                }
             }
         }
         unvouched
+    }
+
+    fn audience_refused(&self) {
+        if let Ok(mut at) = self.audience_refused_at.lock() {
+            *at = Some(Instant::now());
+        }
+    }
+
+    fn audience_refused_lately(&self) -> bool {
+        let at = self.audience_refused_at.lock().ok().and_then(|at| *at);
+        at.is_some_and(|at| at.elapsed() < Duration::from_secs(60))
     }
 
     fn admin_room(&self) -> Option<OwnedRoomId> {
@@ -238,6 +262,7 @@ pub async fn run(state: Arc<Services>, mut alerts: UnboundedReceiver<String>, ca
         joining: Mutex::default(),
         started_at: matrix_sdk::ruma::MilliSecondsSinceUnixEpoch::now(),
         handled: Mutex::default(),
+        audience_refused_at: Mutex::default(),
     });
     let mut queued: Vec<String> = Vec::new();
     let mut pause = None;
@@ -615,7 +640,13 @@ async fn invite_admins(bot: &Arc<Bot>, client: &Client) {
 /// nobody there lifeboat cannot vouch for (they wait until then).
 async fn flush_alerts(bot: &Arc<Bot>, client: &Client, queued: &mut Vec<String>) {
     let Some(room) = bot.admin_room().and_then(|id| client.get_room(&id)) else { return };
-    if queued.is_empty() || !bot.unvouched_in(&room).await.is_empty() {
+    // While someone there stops them, asked again once a minute, not at
+    // every pass of the loop.
+    if queued.is_empty() || bot.audience_refused_lately() {
+        return;
+    }
+    if !bot.unvouched_in(&room).await.is_empty() {
+        bot.audience_refused();
         return;
     }
     while let Some(text) = queued.first() {

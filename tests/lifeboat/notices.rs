@@ -510,6 +510,43 @@ async fn after_a_short_mail_outage_serve_sends_the_waiting_notices_within_a_minu
     }
 }
 
+/// serve's worker whose run cannot start (every admin token rejected, and
+/// recovery refused: lifeboat's password changed by an admin) does not try
+/// again at every poll, each time a failed login against Synapse: the
+/// incident's notices wait a few minutes.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_worker_whose_run_cannot_start_lets_the_notices_wait_before_trying_again() {
+    let synapse = TestSynapse::start();
+    let registry = TestDatabase::sqlite();
+    let smtp = TestSmtp::start(None);
+    let lifeboat = lifeboat_with_mail(&synapse, &registry, &smtp);
+    drop(smtp);
+    let (id, _) = incident_after_wipe(&synapse, &lifeboat, 3).await;
+    assert_eq!(lifeboat.run(&["notify", &id, "--yes"]).await.code, 1, "the relay is away: they wait");
+    synapse.register_admin(&unique("root"));
+    let path = format!("/_synapse/admin/v2/users/{}", synapse.user_id("lifeboat"));
+    let changed = serde_json::json!({"password": "changed-by-an-admin", "logout_devices": true});
+    assert_eq!(synapse.admin_request(reqwest::Method::PUT, &path, Some(changed)).await.0, 200);
+    let direct = lifeboat::registry::Registry::connect(&registry.url()).await.unwrap();
+    sqlx::query("UPDATE deliveries SET next_attempt_at = 0 WHERE state = 'pending'")
+        .execute(direct.pool())
+        .await
+        .unwrap();
+
+    serve_on_free_ports(&lifeboat);
+    let _serve = lifeboat.spawn_serve();
+    eventually("the worker's run fails", Duration::from_secs(60), || async {
+        lifeboat.serve_log().contains("delivery worker: sending failed")
+    })
+    .await;
+    let soonest = "SELECT MIN(next_attempt_at) FROM deliveries WHERE state = 'pending'";
+    eventually("the notices wait minutes, not a poll", Duration::from_secs(10), || async {
+        let soonest: i64 = sqlx::query_scalar(soonest).fetch_one(direct.pool()).await.unwrap();
+        soonest > lifeboat::registry::now_ms() + 60_000
+    })
+    .await;
+}
+
 /// A relay that answers (the worker's probe works) but keeps deferring the
 /// messages: serve's worker tries them again after a growing pause, not in
 /// a loop that ignores their backoff.
@@ -943,6 +980,16 @@ async fn lifeboats_own_expired_token_is_renewed_for_dms_while_the_configured_one
     let renewed = store.service_credential(&crate::harness::id(&own)).await.unwrap().unwrap();
     assert_ne!(secrecy::ExposeSecret::expose_secret(&renewed.access_token), expiring, "a new token is kept");
     assert_eq!(renewed.device_id.as_deref(), Some("KEEPME"), "on the same device, which keeps its keys");
+
+    // Logged out (an admin's "sign out everywhere"): a password login gets
+    // a new token, on a new device (the old one is gone, keys and all).
+    log_out(&synapse, secrecy::ExposeSecret::expose_secret(&renewed.access_token)).await;
+    let unsent = "UPDATE deliveries SET state = 'pending', next_attempt_at = 0 WHERE channel = 'matrix'";
+    sqlx::query(unsent).execute(store.pool()).await.unwrap();
+    let notify = lifeboat.run(&["notify", &id, "--yes"]).await;
+    assert_eq!(notify.code, 0, "{notify:?}");
+    let again = store.service_credential(&crate::harness::id(&own)).await.unwrap().unwrap();
+    assert_ne!(again.device_id, renewed.device_id, "a new device");
     store.close().await;
 }
 

@@ -383,6 +383,8 @@ async fn a_stranger_on_a_claimed_id_before_any_listing_is_joined_into_none_of_it
     let stranger = ours.client(&ours.register("alice"));
     let rejoined = lifeboat.run(&["rooms", "rejoin"]).await;
     assert!(!stranger.joined_rooms().await.contains(&square), "{rejoined:?}");
+    assert_eq!(rejoined.code, 1, "{rejoined:?}");
+    assert!(rejoined.stderr.contains(&format!("held back: {square}")), "said, not left out: {rejoined:?}");
 }
 
 /// A person removed from a surviving room while their ID was held (kicked
