@@ -2,6 +2,7 @@
 //! short Markdown that says what to do next. Every command is audited with
 //! the admin's Matrix ID.
 
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use matrix_sdk::Room;
@@ -48,7 +49,7 @@ impl NotifyProgress for Notes {
     }
 }
 
-pub(super) async fn execute(bot: &Bot, room: &Room, sender: &OwnedUserId, command: AdminCommand) -> String {
+pub(super) async fn execute(bot: &Arc<Bot>, room: &Room, sender: &OwnedUserId, command: AdminCommand) -> String {
     let actor = Actor::bot(sender.as_str());
     let name = command_name(&command);
     if let Err(err) = bot.state.registry.audit(&actor, "bot.command", Some(&name), None).await {
@@ -104,7 +105,7 @@ async fn admin_client(bot: &Bot, actor: &Actor) -> Result<crate::synapse::Synaps
     admin_client_recovering(&bot.state.config, &bot.state.registry, actor, &Notes::default()).await.map_err(text)
 }
 
-async fn run(bot: &Bot, room: &Room, actor: &Actor, command: AdminCommand) -> Result<String, String> {
+async fn run(bot: &Arc<Bot>, room: &Room, actor: &Actor, command: AdminCommand) -> Result<String, String> {
     let state = &bot.state;
     let (config, registry) = (&state.config, &state.registry);
     let prefix = bot.prefix();
@@ -304,7 +305,7 @@ async fn status(bot: &Bot) -> Result<String, String> {
 
 /// `notify <id>` shows the dry run's counts; `notify <id> confirm` within
 /// [`CONFIRM_WITHIN`] sends, in the background, and posts the result.
-async fn notify(bot: &Bot, room: &Room, actor: &Actor, id: i64, confirm: bool) -> Result<String, String> {
+async fn notify(bot: &Arc<Bot>, room: &Room, actor: &Actor, id: i64, confirm: bool) -> Result<String, String> {
     let (config, registry) = (&bot.state.config, &bot.state.registry);
     let incident = registry.require_incident(id).await.map_err(|err| err.for_bot(bot.prefix()))?;
     if incident.resolved_at.is_some() {
@@ -334,7 +335,7 @@ async fn notify(bot: &Bot, room: &Room, actor: &Actor, id: i64, confirm: bool) -
     }
     confirmed_in_time(bot, &format!("notify {id}"))
         .map_err(|how| format!("there is no recent dry run of incident {id} to confirm: {how}"))?;
-    let (state, room, actor) = (bot.state.clone(), room.clone(), actor.clone());
+    let (bot, state, room, actor) = (bot.clone(), bot.state.clone(), room.clone(), actor.clone());
     let stop = state.shutdown.clone();
     state.clone().background.spawn(async move {
         let notes = Notes { stop: Some(stop), ..Notes::default() };
@@ -354,6 +355,9 @@ async fn notify(bot: &Bot, room: &Room, actor: &Actor, id: i64, confirm: bool) -
         };
         let notes = notes.notes.into_inner().unwrap_or_default();
         let reply = if notes.is_empty() { reply } else { format!("{reply}\n\nNotes: {}", notes.join("; ")) };
+        // Its failures name addresses: asked again who is in the room now.
+        let unvouched = bot.unvouched_in(&room).await;
+        let reply = if unvouched.is_empty() { reply } else { super::not_posting_while(&unvouched) };
         super::reply_to(&room, &reply).await;
     });
     Ok(format!("Sending the notices of incident {id} now; I will post the result here."))
