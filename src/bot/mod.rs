@@ -72,7 +72,13 @@ pub(crate) struct Bot {
     handled: Mutex<HandledEvents>,
     /// When alerts were last held back for someone in the admin room.
     audience_refused_at: Mutex<Option<Instant>>,
+    /// DM commands per person in the current minute (each costs a member
+    /// list and admin-API calls): past [`DM_COMMANDS_PER_MINUTE`], ignored.
+    dm_commands: Mutex<HashMap<OwnedUserId, (Instant, u32)>>,
 }
+
+/// DM commands one person may send a minute; more are not answered.
+const DM_COMMANDS_PER_MINUTE: u32 = 10;
 
 /// The last [`HandledEvents::KEPT`] events handled, to tell one seen again.
 #[derive(Default)]
@@ -198,6 +204,23 @@ impl Bot {
         unvouched
     }
 
+    /// Counts a DM command from `person`: false past this minute's few.
+    fn dm_command_allowed(&self, person: &OwnedUserId) -> bool {
+        let Ok(mut counts) = self.dm_commands.lock() else { return false };
+        let now = Instant::now();
+        let minute = Duration::from_secs(60);
+        // Only this server's accounts DM the bot: few keys, swept now and then.
+        if counts.len() > 1_000 {
+            counts.retain(|_, (since, _)| now.duration_since(*since) < minute);
+        }
+        let (since, count) = counts.entry(person.clone()).or_insert((now, 0));
+        if now.duration_since(*since) >= minute {
+            (*since, *count) = (now, 0);
+        }
+        *count += 1;
+        *count <= DM_COMMANDS_PER_MINUTE
+    }
+
     fn audience_refused(&self) {
         if let Ok(mut at) = self.audience_refused_at.lock() {
             *at = Some(Instant::now());
@@ -263,6 +286,7 @@ pub async fn run(state: Arc<Services>, mut alerts: UnboundedReceiver<String>, ca
         started_at: matrix_sdk::ruma::MilliSecondsSinceUnixEpoch::now(),
         handled: Mutex::default(),
         audience_refused_at: Mutex::default(),
+        dm_commands: Mutex::default(),
     });
     let mut queued: Vec<String> = Vec::new();
     let mut pause = None;
@@ -823,6 +847,10 @@ async fn on_message(event: OriginalSyncRoomMessageEvent, room: Room, Ctx(bot): C
         // Cheap first (from the room's state, no request): a room that
         // cannot be a DM costs no member list, however often someone writes.
         if !private_room_of(&room, &bot.me, &sender) || !bot.first_time(&event.event_id) {
+            return;
+        }
+        if !bot.dm_command_allowed(&sender) {
+            tracing::debug!(from = %sender, "a DM command past the minute's few: not answered");
             return;
         }
         bot.state.background.clone().spawn(async move {

@@ -925,6 +925,27 @@ async fn logged_more_than(lifeboat: &Lifeboat, needle: &str, count: usize) {
     eventually(needle, Duration::from_secs(90), || async { lifeboat.serve_log().matches(needle).count() > count }).await
 }
 
+/// Each DM command costs the bot a member list and admin-API calls: one
+/// person gets ten answers a minute, however fast they write.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_person_writing_the_bot_fast_gets_ten_answers_a_minute() {
+    let mut rig = Rig::start(TestSmtp::start(None), &[]).await;
+    let bob = rig.known_person(&unique("bob")).await;
+    rig.serve().await;
+    let dm = bob.create_room(&[&rig.bot], true).await;
+    eventually("the bot joins bob's DM", Duration::from_secs(30), || async {
+        bob.membership_of(&dm, &rig.bot).await.as_deref() == Some("join")
+    })
+    .await;
+    for _ in 0..15 {
+        bob.send(&dm, "contact list").await;
+    }
+    bob.wait_for_message(&dm, &rig.bot, "no contact addresses", Duration::from_secs(30)).await;
+    tokio::time::sleep(Duration::from_secs(5)).await;
+    let replies = bob.messages_from(&dm, &rig.bot).await;
+    assert_eq!(replies.iter().filter(|reply| reply.contains("no contact addresses")).count(), 10, "{replies:?}");
+}
+
 /// Whoever is in the admin room reads what the bot posts there. While
 /// someone is in it whose account lifeboat cannot vouch for (one no
 /// listing has seen, as a stranger's on a lost ID after a wipe would be),
