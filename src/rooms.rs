@@ -445,38 +445,51 @@ async fn rejoin_people(
     report: &mut BringBackReport,
 ) -> Result<(), RoomsError> {
     let pending = registry.pending_rejoins(retry_all, waits_for_holds(config)).await?;
-    let mut outcomes = futures::stream::iter(pending)
+    // The registry's word is as old as the last listing: Synapse is asked,
+    // once a person, whose account the ID is now. One a stranger registered
+    // since (another wipe, a restored backup) is joined nowhere, and the
+    // person's rejoins wait (not an attempt).
+    let people: std::collections::HashSet<UserId> = pending.iter().map(|rejoin| rejoin.user_id.clone()).collect();
+    let mut asked = futures::stream::iter(people)
+        .map(|user| async move {
+            let whose = crate::holds::its_persons_now(registry, client, &user).await;
+            (user, whose)
+        })
+        .buffer_unordered(ROOM_CONCURRENCY);
+    let mut theirs = HashMap::new();
+    while let Some((user, whose)) = asked.next().await {
+        let whose = match whose {
+            Ok(theirs) => Ok(theirs),
+            Err(crate::holds::CannotTell::Synapse(err)) => Err(err.to_string()),
+            Err(crate::holds::CannotTell::Registry(err)) => return Err(err.into()),
+        };
+        theirs.insert(user, whose);
+    }
+    let mut to_do = Vec::new();
+    for rejoin in pending {
+        match &theirs[&rejoin.user_id] {
+            Ok(true) => to_do.push(rejoin),
+            // Someone else's account on the ID now: held back like a room
+            // a stranger is known to be in, until a listing tells more.
+            Ok(false) => {
+                if !report.held_back.contains(&rejoin.room_id) {
+                    report.held_back.push(rejoin.room_id);
+                }
+            }
+            Err(cannot_tell) => report.failed.push((rejoin.user_id.to_string(), rejoin.room_id, cannot_tell.clone())),
+        }
+    }
+    let mut outcomes = futures::stream::iter(to_do)
         .map(|rejoin| async move {
-            // The registry's word is as old as the last listing: Synapse is
-            // asked whose account the ID is now. One a stranger registered
-            // since (another wipe, a restored backup) is joined nowhere, and
-            // the person's rejoin waits (not an attempt).
-            let outcome = match crate::holds::its_persons_now(registry, client, &rejoin.user_id).await {
-                Ok(true) => match &rejoin.recreated_as {
-                    Some(new_room) => client.invite(new_room, rejoin.user_id.as_str()).await.map(Some),
-                    None => join_person(client, &rejoin).await.map(Some),
-                },
-                Ok(false) => Ok(None),
-                Err(crate::holds::CannotTell::Synapse(err)) => Err(err),
-                Err(crate::holds::CannotTell::Registry(err)) => return (rejoin, Err(err)),
+            let outcome = match &rejoin.recreated_as {
+                Some(new_room) => client.invite(new_room, rejoin.user_id.as_str()).await,
+                None => join_person(client, &rejoin).await,
             };
-            (rejoin, Ok(outcome))
+            (rejoin, outcome)
         })
         .buffer_unordered(ROOM_CONCURRENCY);
     while let Some((rejoin, outcome)) = outcomes.next().await {
         let invited = rejoin.recreated_as.is_some();
-        let outcome = match outcome? {
-            Ok(Some(outcome)) => Ok(outcome),
-            // Someone else's account on the ID now: held back like a room
-            // a stranger is known to be in, until a listing tells more.
-            Ok(None) => {
-                if !report.held_back.contains(&rejoin.room_id) {
-                    report.held_back.push(rejoin.room_id.clone());
-                }
-                continue;
-            }
-            Err(err) => Err(err),
-        };
         match outcome {
             Ok(JoinOutcome::Joined) => {
                 let recorded = if invited { RejoinOutcome::Invited } else { RejoinOutcome::Joined };

@@ -105,6 +105,16 @@ impl Rig {
     }
 
     /// Starts serve and waits until the bot has joined the admin room.
+    /// `person` opens a DM with the bot and waits until the bot is in it.
+    pub(crate) async fn dm_with_the_bot(&self, person: &MatrixUser) -> String {
+        let dm = person.create_room(&[&self.bot], true).await;
+        eventually("the bot joins the DM", Duration::from_secs(30), || async {
+            person.membership_of(&dm, &self.bot).await.as_deref() == Some("join")
+        })
+        .await;
+        dm
+    }
+
     pub(crate) async fn serve(&mut self) {
         self.serve = Some(self.lifeboat.spawn_serve());
         let (alice, room, bot) = (&self.alice, &self.admin_room, &self.bot);
@@ -531,11 +541,7 @@ async fn a_person_verifies_a_contact_email_by_dm() {
     let mallory = rig.known_person(&unique("mallory")).await;
     rig.serve().await;
 
-    let dm = bob.create_room(&[&rig.bot], true).await;
-    eventually("the bot joins bob's DM", Duration::from_secs(30), || async {
-        bob.membership_of(&dm, &rig.bot).await.as_deref() == Some("join")
-    })
-    .await;
+    let dm = rig.dm_with_the_bot(&bob).await;
     let address = format!("{bob_localpart}@example.org");
     bob.send(&dm, &format!("contact add {address}")).await;
     bob.wait_for_message(&dm, &rig.bot, "I am mailing a code", Duration::from_secs(30)).await;
@@ -577,11 +583,7 @@ async fn a_person_verifies_a_contact_email_by_dm() {
     // Mallory's room, with the bot in it and then only bob: she made it, so
     // she could read it again. Nor does bob's own room, once anyone may
     // join it, get an answer.
-    let lure = mallory.create_room(&[&rig.bot], true).await;
-    eventually("the bot joins mallory's room", Duration::from_secs(30), || async {
-        mallory.membership_of(&lure, &rig.bot).await.as_deref() == Some("join")
-    })
-    .await;
+    let lure = rig.dm_with_the_bot(&mallory).await;
     mallory.invite(&lure, &bob.user_id).await;
     bob.join(&lure).await;
     let leave = format!("/_matrix/client/v3/rooms/{lure}/leave");
@@ -932,11 +934,7 @@ async fn a_person_writing_the_bot_fast_gets_ten_answers_a_minute() {
     let mut rig = Rig::start(TestSmtp::start(None), &[]).await;
     let bob = rig.known_person(&unique("bob")).await;
     rig.serve().await;
-    let dm = bob.create_room(&[&rig.bot], true).await;
-    eventually("the bot joins bob's DM", Duration::from_secs(30), || async {
-        bob.membership_of(&dm, &rig.bot).await.as_deref() == Some("join")
-    })
-    .await;
+    let dm = rig.dm_with_the_bot(&bob).await;
     // A moment apart, so each comes in a sync of its own (a sync brings
     // the last ten events of a room).
     for _ in 0..15 {
