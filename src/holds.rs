@@ -111,71 +111,62 @@ pub async fn hold_lost_ids(
 ) -> Result<HoldReport, HoldError> {
     // One run at a time across processes: a second would find an ID the
     // first just created existing, and record lifeboat's hold as a stranger's.
-    let work = hold_under_lease(config, registry, client, actor, progress, stop);
+    let work = async {
+        let service = service_user_id(config);
+        let mut candidates = registry.hold_candidates(&service).await?;
+        let bot_admins = config.bot.as_ref().map_or(&[][..], |bot| bot.admins.as_slice());
+        // When IDs were lost, the bot's admin IDs no listing saw (made after
+        // the last one, or not yet) are held too: anyone could register one and
+        // command the bot. Its owner takes it back with `holds claim`.
+        if !candidates.is_empty() {
+            let server_name = &config.homeserver.server_name;
+            let local: Vec<&UserId> = bot_admins.iter().filter(|admin| admin.server_name() == server_name).collect();
+            registry.adopt_as_lost(&local).await?;
+            candidates = registry.hold_candidates(&service).await?;
+        }
+        admins_first(&mut candidates, bot_admins);
+        let total = candidates.len() as u64;
+        let mut report = HoldReport::default();
+        // A Synapse that refuses the first creations (accounts delegated to
+        // Matrix Authentication Service) refuses them all: no new hold starts.
+        // Set only while nothing is held, so at the end it also means "refused,
+        // and none held".
+        let refused = std::sync::atomic::AtomicBool::new(false);
+        let mut outcomes = futures::stream::iter(candidates)
+            .take_while(|_| std::future::ready(!stop.is_cancelled() && !refused.load(Ordering::Relaxed)))
+            .map(|candidate| async move {
+                let user_id = candidate.user_id.clone();
+                (user_id, hold_one(registry, client, candidate, actor).await)
+            })
+            .buffer_unordered(HOLD_CONCURRENCY);
+        let mut done = 0;
+        while let Some((user_id, outcome)) = outcomes.next().await {
+            done += 1;
+            progress(done, total);
+            match outcome {
+                Ok(Outcome::Held) => report.held.push(user_id),
+                Ok(Outcome::Taken) => report.taken.push(user_id),
+                Ok(Outcome::Failed(reason)) => report.failed.push((user_id, reason)),
+                Ok(Outcome::NotAllowed) if report.held.is_empty() => refused.store(true, Ordering::Relaxed),
+                Ok(Outcome::NotAllowed) => {}
+                Err(err) => return Err(err.into()),
+            }
+        }
+        report.stopped = done < total;
+        if refused.load(Ordering::Relaxed) && report.held.is_empty() {
+            return Err(HoldError::NotAllowed);
+        }
+        report.held.sort_unstable();
+        report.taken.sort_unstable();
+        report.failed.sort_unstable();
+        if !report.is_empty() {
+            registry.audit(actor, "hold.run", None, Some(&report.summary())).await?;
+        }
+        Ok::<_, HoldError>(report)
+    };
     Lease::run(registry, "holds", work)
         .await?
         .unwrap_or_else(|Held { holder, until }| Err(HoldError::Busy { holder, until }))
-}
-
-async fn hold_under_lease(
-    config: &Config,
-    registry: &Registry,
-    client: &SynapseClient,
-    actor: &Actor,
-    progress: &(dyn Fn(u64, u64) + Send + Sync),
-    stop: &CancellationToken,
-) -> Result<HoldReport, HoldError> {
-    let service = service_user_id(config);
-    let mut candidates = registry.hold_candidates(&service).await?;
-    let bot_admins = config.bot.as_ref().map_or(&[][..], |bot| bot.admins.as_slice());
-    // When IDs were lost, the bot's admin IDs no listing saw (made after
-    // the last one, or not yet) are held too: anyone could register one and
-    // command the bot. Its owner takes it back with `holds claim`.
-    if !candidates.is_empty() {
-        let server_name = &config.homeserver.server_name;
-        let local: Vec<&UserId> = bot_admins.iter().filter(|admin| admin.server_name() == server_name).collect();
-        registry.adopt_as_lost(&local).await?;
-        candidates = registry.hold_candidates(&service).await?;
-    }
-    admins_first(&mut candidates, bot_admins);
-    let total = candidates.len() as u64;
-    let mut report = HoldReport::default();
-    // A Synapse that refuses the first creations (accounts delegated to
-    // Matrix Authentication Service) refuses them all: no new hold starts.
-    // Set only while nothing is held, so at the end it also means "refused,
-    // and none held".
-    let refused = std::sync::atomic::AtomicBool::new(false);
-    let mut outcomes = futures::stream::iter(candidates)
-        .take_while(|_| std::future::ready(!stop.is_cancelled() && !refused.load(Ordering::Relaxed)))
-        .map(|candidate| async move {
-            let user_id = candidate.user_id.clone();
-            (user_id, hold_one(registry, client, candidate, actor).await)
-        })
-        .buffer_unordered(HOLD_CONCURRENCY);
-    let mut done = 0;
-    while let Some((user_id, outcome)) = outcomes.next().await {
-        done += 1;
-        progress(done, total);
-        match outcome {
-            Ok(Outcome::Held) => report.held.push(user_id),
-            Ok(Outcome::Taken) => report.taken.push(user_id),
-            Ok(Outcome::Failed(reason)) => report.failed.push((user_id, reason)),
-            Ok(Outcome::NotAllowed) if report.held.is_empty() => refused.store(true, Ordering::Relaxed),
-            Ok(Outcome::NotAllowed) => {}
-            Err(err) => return Err(err.into()),
-        }
-    }
-    report.stopped = done < total;
-    if refused.load(Ordering::Relaxed) && report.held.is_empty() {
-        return Err(HoldError::NotAllowed);
-    }
-    report.held.sort_unstable();
-    report.taken.sort_unstable();
-    report.failed.sort_unstable();
-    if !report.is_empty() {
-        registry.audit(actor, "hold.run", None, Some(&report.summary())).await?;
-    }
-    Ok(report)
 }
 
 /// Puts the IDs most worth taking first: the bot's admins (whoever holds

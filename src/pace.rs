@@ -46,46 +46,23 @@ pub fn call_in_paced_groups<'a, T, R, F, Fut>(
 ) -> impl futures::Stream<Item = R> + 'a
 where
     T: 'a,
+    R: 'a,
     F: FnMut(T) -> Fut + 'a,
     Fut: Future<Output = R> + 'a,
 {
     let concurrency = concurrency.max(1);
     let group_size = if pace.is_some() { concurrency } else { items.len().max(1) };
-    let groups = Groups { items: items.into_iter(), call, current: None };
-    futures::stream::unfold(groups, move |mut groups| async move {
-        loop {
-            if let Some((asked, outcomes)) = &mut groups.current {
-                let outcome = tokio::select! {
-                    biased;
-                    _ = stop.cancelled() => return None,
-                    outcome = outcomes.next() => outcome,
-                };
-                if let Some(outcome) = outcome {
-                    return Some((outcome, groups));
-                }
-                let asked = *asked;
-                groups.current = None;
-                if !rest_after(asked, pace, stop).await {
-                    return None;
-                }
-            }
-            let group: Vec<T> = groups.items.by_ref().take(group_size).collect();
-            if group.is_empty() {
-                return None;
-            }
+    let mut call = call;
+    futures::stream::iter(items)
+        .chunks(group_size)
+        .map(move |group| {
             let asked = Instant::now();
-            let calls: Vec<Fut> = group.into_iter().map(&mut groups.call).collect();
-            groups.current = Some((asked, futures::stream::iter(calls).buffer_unordered(concurrency)));
-        }
-    })
-}
-
-/// The state of [`call_in_paced_groups`]: items not yet called, and the
-/// group in flight with when it was sent.
-struct Groups<T, F, Fut: Future> {
-    items: std::vec::IntoIter<T>,
-    call: F,
-    current: Option<(Instant, futures::stream::BufferUnordered<futures::stream::Iter<std::vec::IntoIter<Fut>>>)>,
+            let calls: Vec<Fut> = group.into_iter().map(&mut call).collect();
+            let rest = futures::stream::once(rest_after(asked, pace, stop)).filter_map(|_| std::future::ready(None));
+            futures::stream::iter(calls).buffer_unordered(concurrency).chain(rest)
+        })
+        .flatten()
+        .take_until(stop.cancelled())
 }
 
 #[cfg(test)]

@@ -42,7 +42,7 @@ impl AccountState {
 }
 
 /// An account as the registry knows it.
-#[derive(Debug, Clone, PartialEq)]
+#[derive(Debug, Clone, PartialEq, sqlx::FromRow)]
 pub struct Known {
     pub user_id: String,
     /// When the account the registry knows was made; unknown while

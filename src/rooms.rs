@@ -650,8 +650,60 @@ pub async fn recreate(
     let work = async {
         // Read again under the lease: another run may have re-created it,
         // or a space's children, since `room` was read.
-        let room = registry.room(&room.room_id).await?.unwrap_or_else(|| room.clone());
-        recreate_under_lease(config, registry, client, &room, actor).await
+        let room = &registry.room(&room.room_id).await?.unwrap_or_else(|| room.clone());
+        if let Some(problem) = recreate_problem(room) {
+            return Err(RoomsError::Refused(problem));
+        }
+        let service = service_user_id(config);
+        let mut alias = None;
+        for candidate in &room.aliases {
+            if reclaim_alias(client, candidate, None, &service).await?.is_none() {
+                alias = Some(candidate.clone());
+                break;
+            }
+        }
+        // Made once: a run that stopped between making the room and recording
+        // it finds it by the mark in its creation event.
+        let begun = registry.room_recreation_begun(&room.room_id).await?;
+        let made_before = match begun {
+            // Made by the token's account, which is lifeboat's own only when
+            // lifeboat recovered it (else the configured admin's).
+            true => made_for(client, &room.room_id, &client.whoami().await?.user_id).await?,
+            false => None,
+        };
+        let new_room_id = match made_before {
+            Some(made) => made,
+            None => {
+                registry.mark_room_recreating(&room.room_id).await?;
+                let children = children_now(registry, room).await?;
+                let body = creation_body(room, alias.as_deref(), &children, &config.homeserver.server_name);
+                client.create_room(&body).await?
+            }
+        };
+        registry.mark_room_recreated(&room.room_id, &new_room_id).await?;
+        let mut invited = 0;
+        let mut waiting = 0;
+        for (user_id, back) in registry.room_members_back(&room.room_id).await? {
+            if user_id == service {
+                continue;
+            }
+            if !back {
+                waiting += 1;
+                continue;
+            }
+            match client.invite(&new_room_id, user_id.as_str()).await? {
+                JoinOutcome::Joined => {
+                    invited += 1;
+                    registry.record_rejoin(&room.room_id, &user_id, RejoinOutcome::Invited).await?;
+                }
+                JoinOutcome::Refused(reason) => {
+                    registry.record_rejoin(&room.room_id, &user_id, RejoinOutcome::Failed(&reason)).await?;
+                }
+            }
+        }
+        let detail = format!("{} re-created as {new_room_id}", room.label());
+        registry.audit(actor, "rooms.recreate", Some(&room.room_id), Some(&detail)).await?;
+        Ok::<_, RoomsError>(Recreated { new_room_id, label: room.label().to_owned(), invited, waiting, alias })
     };
     Lease::run(registry, &recreation_lease(&room.room_id), work).await?.unwrap_or_else(
         |Held { holder, until }| {
@@ -666,68 +718,6 @@ pub async fn recreate(
 /// The lease a re-creation of `room_id` runs under.
 pub fn recreation_lease(room_id: &str) -> String {
     format!("room-recreate:{room_id}")
-}
-
-async fn recreate_under_lease(
-    config: &Config,
-    registry: &Registry,
-    client: &SynapseClient,
-    room: &Room,
-    actor: &Actor,
-) -> Result<Recreated, RoomsError> {
-    if let Some(problem) = recreate_problem(room) {
-        return Err(RoomsError::Refused(problem));
-    }
-    let service = service_user_id(config);
-    let mut alias = None;
-    for candidate in &room.aliases {
-        if reclaim_alias(client, candidate, None, &service).await?.is_none() {
-            alias = Some(candidate.clone());
-            break;
-        }
-    }
-    // Made once: a run that stopped between making the room and recording
-    // it finds it by the mark in its creation event.
-    let begun = registry.room_recreation_begun(&room.room_id).await?;
-    let made_before = match begun {
-        // Made by the token's account, which is lifeboat's own only when
-        // lifeboat recovered it (else the configured admin's).
-        true => made_for(client, &room.room_id, &client.whoami().await?.user_id).await?,
-        false => None,
-    };
-    let new_room_id = match made_before {
-        Some(made) => made,
-        None => {
-            registry.mark_room_recreating(&room.room_id).await?;
-            let children = children_now(registry, room).await?;
-            let body = creation_body(room, alias.as_deref(), &children, &config.homeserver.server_name);
-            client.create_room(&body).await?
-        }
-    };
-    registry.mark_room_recreated(&room.room_id, &new_room_id).await?;
-    let mut invited = 0;
-    let mut waiting = 0;
-    for (user_id, back) in registry.room_members_back(&room.room_id).await? {
-        if user_id == service {
-            continue;
-        }
-        if !back {
-            waiting += 1;
-            continue;
-        }
-        match client.invite(&new_room_id, user_id.as_str()).await? {
-            JoinOutcome::Joined => {
-                invited += 1;
-                registry.record_rejoin(&room.room_id, &user_id, RejoinOutcome::Invited).await?;
-            }
-            JoinOutcome::Refused(reason) => {
-                registry.record_rejoin(&room.room_id, &user_id, RejoinOutcome::Failed(&reason)).await?;
-            }
-        }
-    }
-    let detail = format!("{} re-created as {new_room_id}", room.label());
-    registry.audit(actor, "rooms.recreate", Some(&room.room_id), Some(&detail)).await?;
-    Ok(Recreated { new_room_id, label: room.label().to_owned(), invited, waiting, alias })
 }
 
 /// Marks a re-created room's creation event with the room it replaces.

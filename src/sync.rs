@@ -122,83 +122,75 @@ pub async fn sync(
     actor: &Actor,
     progress: &dyn SyncProgress,
 ) -> Result<SyncSummary, SyncError> {
-    let work = sync_under_lease(registry, client, options, actor, progress);
+    let work = async {
+        let previous_listing = registry.last_complete_sync().await?.and_then(|run| run.finished_at);
+        let mut attempt = 1;
+        let (run_id, applied) = loop {
+            let run_id = registry.begin_sync_run().await?;
+            let staged_and_applied = async {
+                stage_listing(registry, client, run_id, options, progress).await?;
+                Ok::<_, SyncError>(registry.apply_listing(run_id, options.config.watch.loss_threshold, actor).await?)
+            };
+            match staged_and_applied.await {
+                Ok(applied) => break (run_id, applied),
+                Err(err) => {
+                    registry.fail_sync_run(run_id, &err.to_string()).await?;
+                    if !matches!(err, SyncError::Inconsistent { .. }) || attempt >= LISTING_ATTEMPTS {
+                        return Err(err);
+                    }
+                    tracing::warn!(%err, "reading the listing again");
+                    attempt += 1;
+                }
+            }
+        };
+        // Remembered so `check` can tell a dead token that used to work (a
+        // wipe) from one that never did (a typo).
+        if let Some(fingerprint) = client.token_fingerprint() {
+            registry.set_setting(crate::check::WORKING_TOKEN_SETTING, &fingerprint).await?;
+        }
+        let details_began = Instant::now();
+        let quota = refresh_quota(
+            options.config.sync.details_per_round,
+            options.config.sync.details_max_age,
+            applied.report.listed as u64,
+            previous_listing.map(|ended| now_ms() - ended),
+        );
+        let mut reads = DetailReads { registry, client, options, progress, counts: DetailCounts::default() };
+        let outcome = reads.import_emails(quota).await;
+        let (details_took, counts) = (details_began.elapsed(), reads.counts);
+        registry.finish_sync_run(run_id, counts.fetched, counts.failed, counts.imported, actor).await?;
+        outcome?;
+        let mut stopped = options.stop.is_cancelled();
+        // Rooms after accounts: a room's local members are matched with the
+        // accounts just applied.
+        let (mut rooms, mut rooms_error) = (None, None);
+        if !stopped {
+            let (server_name, max_age) = (&options.config.homeserver.server_name, options.config.sync.details_max_age);
+            match sync_rooms(registry, client, server_name, max_age, options.pace, &options.stop).await {
+                Ok(summary) => rooms = Some(summary),
+                Err(RoomsError::Stopped) => stopped = true,
+                Err(err) => {
+                    tracing::warn!(error = %err, "the room registry was not updated");
+                    rooms_error = Some(err.to_string());
+                }
+            }
+        }
+        Ok::<_, SyncError>(SyncSummary {
+            run_id,
+            applied,
+            details_due: counts.due,
+            details_fetched: counts.fetched,
+            details_failed: counts.failed,
+            emails_imported: counts.imported,
+            stopped,
+            details_took,
+            rooms,
+            rooms_error,
+        })
+    };
     Lease::run(registry, "sync", work)
         .await?
         .unwrap_or_else(|Held { holder, until }| Err(SyncError::Busy { holder, until }))
-}
-
-async fn sync_under_lease(
-    registry: &Registry,
-    client: &SynapseClient,
-    options: &SyncOptions<'_>,
-    actor: &Actor,
-    progress: &dyn SyncProgress,
-) -> Result<SyncSummary, SyncError> {
-    let previous_listing = registry.last_complete_sync().await?.and_then(|run| run.finished_at);
-    let mut attempt = 1;
-    let (run_id, applied) = loop {
-        let run_id = registry.begin_sync_run().await?;
-        let staged_and_applied = async {
-            stage_listing(registry, client, run_id, options, progress).await?;
-            Ok::<_, SyncError>(registry.apply_listing(run_id, options.config.watch.loss_threshold, actor).await?)
-        };
-        match staged_and_applied.await {
-            Ok(applied) => break (run_id, applied),
-            Err(err) => {
-                registry.fail_sync_run(run_id, &err.to_string()).await?;
-                if !matches!(err, SyncError::Inconsistent { .. }) || attempt >= LISTING_ATTEMPTS {
-                    return Err(err);
-                }
-                tracing::warn!(%err, "reading the listing again");
-                attempt += 1;
-            }
-        }
-    };
-    // Remembered so `check` can tell a dead token that used to work (a
-    // wipe) from one that never did (a typo).
-    if let Some(fingerprint) = client.token_fingerprint() {
-        registry.set_setting(crate::check::WORKING_TOKEN_SETTING, &fingerprint).await?;
-    }
-    let details_began = Instant::now();
-    let quota = refresh_quota(
-        options.config.sync.details_per_round,
-        options.config.sync.details_max_age,
-        applied.report.listed as u64,
-        previous_listing.map(|ended| now_ms() - ended),
-    );
-    let mut reads = DetailReads { registry, client, options, progress, counts: DetailCounts::default() };
-    let outcome = reads.import_emails(quota).await;
-    let (details_took, counts) = (details_began.elapsed(), reads.counts);
-    registry.finish_sync_run(run_id, counts.fetched, counts.failed, counts.imported, actor).await?;
-    outcome?;
-    let mut stopped = options.stop.is_cancelled();
-    // Rooms after accounts: a room's local members are matched with the
-    // accounts just applied.
-    let (mut rooms, mut rooms_error) = (None, None);
-    if !stopped {
-        let (server_name, max_age) = (&options.config.homeserver.server_name, options.config.sync.details_max_age);
-        match sync_rooms(registry, client, server_name, max_age, options.pace, &options.stop).await {
-            Ok(summary) => rooms = Some(summary),
-            Err(RoomsError::Stopped) => stopped = true,
-            Err(err) => {
-                tracing::warn!(error = %err, "the room registry was not updated");
-                rooms_error = Some(err.to_string());
-            }
-        }
-    }
-    Ok(SyncSummary {
-        run_id,
-        applied,
-        details_due: counts.due,
-        details_fetched: counts.fetched,
-        details_failed: counts.failed,
-        emails_imported: counts.imported,
-        stopped,
-        details_took,
-        rooms,
-        rooms_error,
-    })
 }
 
 /// Reads the whole listing into the run's stage. Writing one page overlaps

@@ -17,7 +17,7 @@ use crate::registry::{Registry, now_ms};
 
 pub async fn post_test_message(config: &Config, registry: &Registry) -> (Status, String) {
     let Some(bot) = &config.bot else { return (Status::Skip, "not checked: no [bot] section".to_owned()) };
-    let login = match existing_credentials(config, bot, registry, false).await {
+    let login = match existing_credentials(config, bot, registry, false).await.map(|(login, _)| login) {
         Ok(Some(login)) => login,
         Ok(None) if bot.password.is_some() => {
             return (

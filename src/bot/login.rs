@@ -34,19 +34,9 @@ impl BotLogin {
 /// Credentials that work now, without logging in anew or recovering (so
 /// nothing changes on the homeserver): the stored session, the recovered
 /// service credentials, or `bot.access_token`. With `forget_dead`, a
-/// stored session that does not work is cleared.
+/// stored session that does not work is cleared. Beside them, the device
+/// of a stored session that only expired (it lives on, keys and all).
 pub async fn existing_credentials(
-    config: &Config,
-    bot: &BotConfig,
-    registry: &Registry,
-    forget_dead: bool,
-) -> anyhow::Result<Option<BotLogin>> {
-    Ok(existing(config, bot, registry, forget_dead).await?.0)
-}
-
-/// [`existing_credentials`], and the device of a stored session that only
-/// expired (its device lives on, keys and all).
-async fn existing(
     config: &Config,
     bot: &BotConfig,
     registry: &Registry,
@@ -89,7 +79,7 @@ pub async fn credentials(
     registry: &Registry,
     recover_lock: &tokio::sync::Mutex<()>,
 ) -> anyhow::Result<BotLogin> {
-    let (login, expired_device) = existing(config, bot, registry, true).await?;
+    let (login, expired_device) = existing_credentials(config, bot, registry, true).await?;
     if let Some(login) = login {
         return Ok(login);
     }

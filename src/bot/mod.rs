@@ -44,6 +44,10 @@ const MAX_QUEUED_ALERTS: usize = 20;
 /// failing, up to [`LONGEST_RETRY_PAUSE`].
 const FIRST_RETRY_PAUSE: Duration = Duration::from_secs(2);
 const LONGEST_RETRY_PAUSE: Duration = Duration::from_secs(60);
+/// Events a sync brings per room. Synapse's default is ten: more messages
+/// than that between two syncs (the bot paused, Synapse slow) and the older
+/// ones, commands among them, would never reach the bot.
+const EVENTS_PER_ROOM_AND_SYNC: u32 = 100;
 
 /// What the handlers share.
 pub(crate) struct Bot {
@@ -70,8 +74,6 @@ pub(crate) struct Bot {
     /// device (the old one logged out) syncs its rooms afresh, and must not
     /// run them again.
     handled: Mutex<HandledEvents>,
-    /// When alerts were last held back for someone in the admin room.
-    audience_refused_at: Mutex<Option<Instant>>,
     /// DM commands per person in the current minute (each costs a member
     /// list and admin-API calls): past [`DM_COMMANDS_PER_MINUTE`], ignored.
     dm_commands: Mutex<HashMap<OwnedUserId, (Instant, u32)>>,
@@ -221,17 +223,6 @@ impl Bot {
         *count <= DM_COMMANDS_PER_MINUTE
     }
 
-    fn audience_refused(&self) {
-        if let Ok(mut at) = self.audience_refused_at.lock() {
-            *at = Some(Instant::now());
-        }
-    }
-
-    fn audience_refused_lately(&self) -> bool {
-        let at = self.audience_refused_at.lock().ok().and_then(|at| *at);
-        at.is_some_and(|at| at.elapsed() < Duration::from_secs(60))
-    }
-
     fn admin_room(&self) -> Option<OwnedRoomId> {
         self.admin_room.lock().ok().and_then(|room| room.clone())
     }
@@ -285,7 +276,6 @@ pub async fn run(state: Arc<Services>, mut alerts: UnboundedReceiver<String>, ca
         joining: Mutex::default(),
         started_at: matrix_sdk::ruma::MilliSecondsSinceUnixEpoch::now(),
         handled: Mutex::default(),
-        audience_refused_at: Mutex::default(),
         dm_commands: Mutex::default(),
     });
     let mut queued: Vec<String> = Vec::new();
@@ -411,11 +401,13 @@ async fn connected(
     // here must never hold it up (matrix-sdk may wait on the sync itself).
     let mut sync = AbortOnDropHandle::new(tokio::spawn({
         let client = client.clone();
-        async move { client.sync(SyncSettings::default().token(first.next_batch)).await }
+        async move { client.sync(incremental_sync(first.next_batch)).await }
     }));
     let mut invite_check = tokio::time::interval(INVITE_CHECK_EVERY);
+    // When alerts were last held back for someone in the admin room.
+    let mut refused_at = None;
     loop {
-        flush_alerts(bot, &client, queued).await;
+        flush_alerts(bot, &client, queued, &mut refused_at).await;
         tokio::select! {
             result = &mut sync => {
                 return match result {
@@ -662,15 +654,15 @@ async fn invite_admins(bot: &Arc<Bot>, client: &Client) {
 
 /// Posts queued alerts once there is an admin room to post them in, and
 /// nobody there lifeboat cannot vouch for (they wait until then).
-async fn flush_alerts(bot: &Arc<Bot>, client: &Client, queued: &mut Vec<String>) {
+async fn flush_alerts(bot: &Arc<Bot>, client: &Client, queued: &mut Vec<String>, refused_at: &mut Option<Instant>) {
     let Some(room) = bot.admin_room().and_then(|id| client.get_room(&id)) else { return };
     // While someone there stops them, asked again once a minute, not at
     // every pass of the loop.
-    if queued.is_empty() || bot.audience_refused_lately() {
+    if queued.is_empty() || refused_at.is_some_and(|at| at.elapsed() < Duration::from_secs(60)) {
         return;
     }
     if !bot.unvouched_in(&room).await.is_empty() {
-        bot.audience_refused();
+        *refused_at = Some(Instant::now());
         return;
     }
     while let Some(text) = queued.first() {
@@ -802,6 +794,17 @@ fn made_by(room: &Room, person: &UserId) -> bool {
 /// their say (the bot, an admin, or people to fill their DM cap with).
 fn maker_of(room: &Room) -> Option<OwnedUserId> {
     room.create_content().map(|content| content.creator)
+}
+
+/// Syncs from `since` that bring up to [`EVENTS_PER_ROOM_AND_SYNC`] events a
+/// room. Only rooms with news come in such a sync, so the larger limit costs
+/// nothing while people write little.
+fn incremental_sync(since: String) -> SyncSettings {
+    use matrix_sdk::ruma::api::client::filter::FilterDefinition;
+    use matrix_sdk::ruma::api::client::sync::sync_events::v3::Filter;
+    let mut filter = FilterDefinition::default();
+    filter.room.timeline.limit = Some(EVENTS_PER_ROOM_AND_SYNC.into());
+    SyncSettings::default().token(since).filter(Filter::FilterDefinition(filter))
 }
 
 /// A DM from this homeserver's people: only they have contacts to manage,

@@ -317,11 +317,7 @@ impl Mailer {
             pool.shut_down = true;
             std::mem::take(&mut pool.idle)
         };
-        let mut quits = tokio::task::JoinSet::new();
-        for (connection, _) in idle {
-            quits.spawn(quit(connection));
-        }
-        quits.join_all().await;
+        futures::future::join_all(idle.into_iter().map(|(connection, _)| quit(connection))).await;
     }
 
     async fn permit(&self) -> Result<SemaphorePermit<'_>, MailError> {

@@ -151,20 +151,12 @@ impl Registry {
 
     /// What reconciliation needs of every known account, sorted bytewise by ID.
     pub async fn known_accounts(&self) -> Result<Vec<Known>> {
-        let rows: Vec<(String, Option<i64>, AccountState, Option<i64>)> = sqlx::query_as(sqlx::AssertSqlSafe(format!(
-            "SELECT a.user_id, {KNOWN_CREATED_SQL}, {STANDING_SQL}, a.lost_created_at FROM accounts a"
+        let mut known: Vec<Known> = sqlx::query_as(sqlx::AssertSqlSafe(format!(
+            "SELECT a.user_id, {KNOWN_CREATED_SQL} AS created_at_ms, {STANDING_SQL} AS standing, a.lost_created_at \
+             FROM accounts a"
         )))
         .fetch_all(&self.pool)
         .await?;
-        let mut known: Vec<Known> = rows
-            .into_iter()
-            .map(|(user_id, created_at_ms, standing, lost_created_at)| Known {
-                user_id,
-                created_at_ms,
-                standing,
-                lost_created_at,
-            })
-            .collect();
         // Sorted here, not by SQL, so the order never depends on a collation.
         known.sort_unstable_by(|a, b| a.user_id.cmp(&b.user_id));
         Ok(known)

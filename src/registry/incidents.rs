@@ -412,14 +412,12 @@ impl Registry {
 
     /// Tokens, newest incident first; optionally of one incident.
     pub async fn tokens(&self, incident_id: Option<i64>) -> Result<Vec<NoticeToken>> {
-        let filter = if incident_id.is_some() { "WHERE incident_id = $1" } else { "" };
-        let mut query = sqlx::query_as(sqlx::AssertSqlSafe(format!(
-            "SELECT {TOKEN_COLUMNS} FROM registration_tokens {filter} ORDER BY incident_id DESC, user_id"
-        )));
-        if let Some(id) = incident_id {
-            query = query.bind(id);
-        }
-        Ok(query.fetch_all(&self.pool).await?)
+        // Incident IDs start at 1: 0 stands for every incident.
+        let sql = format!(
+            "SELECT {TOKEN_COLUMNS} FROM registration_tokens WHERE ($1 = 0 OR incident_id = $1) \
+             ORDER BY incident_id DESC, user_id"
+        );
+        Ok(sqlx::query_as(sqlx::AssertSqlSafe(sql)).bind(incident_id.unwrap_or(0)).fetch_all(&self.pool).await?)
     }
 }
 

@@ -517,10 +517,7 @@ impl Registry {
         );
         let rows: Vec<(UserId, AccountState)> =
             sqlx::query_as(sqlx::AssertSqlSafe(sql)).bind(room_id).fetch_all(&self.pool).await?;
-        Ok(rows
-            .into_iter()
-            .map(|(user_id, standing)| (user_id, matches!(standing, AccountState::Present | AccountState::Claimed)))
-            .collect())
+        Ok(rows.into_iter().map(|(user_id, standing)| (user_id, standing.is_its_persons())).collect())
     }
 
     /// The rooms each local account was joined to, for their notices.

@@ -217,6 +217,7 @@ async fn start(
         }
     };
     let id = links::new_link_id();
+    let server_name = &state.config.homeserver.server_name;
     // The DM first: a link records a code only once it went out, so a
     // failed DM never leaves a live code for later requests to reuse. The
     // link is mailed all the same, marked undelivered and reused as a code
@@ -225,14 +226,15 @@ async fn start(
     if let Some(code) = code_to_send {
         // A code is made only when the admin client answered above.
         let admin = admin.as_ref().ok_or_else(|| WebError("no working admin token: cannot DM a code".into()))?;
-        if let Err(err) = dm_code(state, admin, &user_id, &email, &code, expires_at).await {
+        let until = crate::notify::human_time(expires_at);
+        let text = crate::messages::subscribe_code(server_name, &code, &until, email.as_str());
+        if let Err(err) = dm_now(state, admin, &user_id, &text, expires_at).await {
             tracing::warn!(error = %err.0, "a subscription code could not be DMed: its link carries a decoy");
             hash = Some(marked_hash(UNDELIVERED_PREFIX));
         }
     }
     state.registry.create_web_link(&id, PURPOSE, &user_id, &email, hash.as_deref(), expires_at).await?;
 
-    let server_name = &state.config.homeserver.server_name;
     let url = links::link_url(&state.web().public_url, key, "/subscribe/confirm", PURPOSE, &id);
     let email_text = mail::LinkEmail {
         subject: format!("Confirm your email address for {server_name} incident notices"),
@@ -271,19 +273,6 @@ fn warn_now_and_then(message: &'static str) {
     {
         tracing::warn!("{message}");
     }
-}
-
-async fn dm_code(
-    state: &WebState,
-    admin: &SynapseClient,
-    user_id: &UserId,
-    address: &EmailAddress,
-    code: &str,
-    expires_at: i64,
-) -> Result<(), WebError> {
-    let until = crate::notify::human_time(expires_at);
-    let text = crate::messages::subscribe_code(&state.config.homeserver.server_name, code, &until, address.as_str());
-    dm_now(state, admin, user_id, &text, expires_at).await
 }
 
 /// DMs `text`, about an address being proven, to `user_id` from lifeboat's

@@ -205,6 +205,14 @@ impl Rig {
         (response.status().as_u16(), response.text().await.unwrap())
     }
 
+    /// Freezes serve (SIGSTOP) or lets it go on (SIGCONT), as a host that
+    /// stalls or a process swapped out would.
+    fn pause_serve(&self, paused: bool) {
+        let pid = self.serve.as_ref().and_then(|child| child.id()).expect("serve is running") as i32;
+        let signal = if paused { libc::SIGSTOP } else { libc::SIGCONT };
+        assert_eq!(unsafe { libc::kill(pid, signal) }, 0);
+    }
+
     /// Sends SIGTERM and waits for serve to exit; returns its exit code.
     async fn stop_serve(&mut self) -> Option<i32> {
         let mut child = self.serve.take().expect("serve is running");
@@ -794,6 +802,31 @@ async fn after_synapse_was_away_the_bot_answers_each_command_once() {
     let answered = |needle: &str| replies.iter().filter(|reply| reply.contains(needle)).count();
     let log = rig.lifeboat.serve_log();
     assert_eq!((answered("Registry:"), answered("No incidents.")), (1, 1), "{replies:?}\n{log}");
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn every_command_of_a_burst_sent_while_the_bot_was_stalled_is_answered() {
+    let mut rig = Rig::start(TestSmtp::start(None), &[]).await;
+    rig.serve().await;
+    rig.say("!lifeboat status").await;
+    rig.reply_containing("Registry:").await;
+
+    // More than the ten events a sync brings a room by default.
+    rig.pause_serve(true);
+    for _ in 0..15 {
+        rig.say("!lifeboat incident list").await;
+    }
+    rig.pause_serve(false);
+    let answers = || async {
+        let replies = rig.alice.messages_from(&rig.admin_room, &rig.bot).await;
+        replies.iter().filter(|reply| reply.contains("No incidents.")).count()
+    };
+    let deadline = std::time::Instant::now() + Duration::from_secs(60);
+    while answers().await < 15 && std::time::Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    assert_eq!(answers().await, 15, "one answer each:\n{}", rig.lifeboat.serve_log());
 }
 
 #[tokio::test(flavor = "multi_thread")]
