@@ -14,6 +14,7 @@ use crate::holds::{HoldError, HoldReport, hold_lost_ids, holds_wanted};
 use crate::lease::{Held, Lease};
 use crate::links::LINK_KEY;
 use crate::mail::Mailer;
+use crate::notice::{DM_CONTENT_BUDGET, dm_content_bytes};
 use crate::notify::{NoticeSettings, NotifyError, NotifyProgress, Transport, send_deliveries};
 use crate::recover::{RecoverError, admin_access, recover, renew_own_token, service_user_id};
 use crate::registry::{self, Actor, DeliveryChannel, DeliveryCounts, Incident, IncidentScope, Registry};
@@ -93,20 +94,10 @@ pub async fn admin_client_recovering(
 
 /// Longest postmortem: it goes into every email and DM, and onto the web page.
 pub const MAX_POSTMORTEM_BYTES: usize = 64 * 1024;
-/// The most a notice DM's content may take: Synapse refuses events over
-/// 64 KiB, and encryption makes the content a third larger (base64).
-const DM_CONTENT_BUDGET: usize = 44 * 1024;
 /// What a notice adds around its postmortem (greeting, token, links), in
-/// its text and its HTML both, with room to spare.
+/// its text and its HTML both, with room to spare. Room names could take
+/// more: a DM that would not fit goes without them (`NoticeSettings::render`).
 const NOTICE_AROUND_POSTMORTEM: usize = 8 * 1024;
-
-/// About how large a notice DM carrying `postmortem` is: its text and
-/// HTML both, as JSON.
-fn dm_content_bytes(postmortem: &str) -> usize {
-    let html = crate::notice::markdown_to_safe_html(postmortem);
-    let content = serde_json::to_string(&(postmortem, html)).map_or(usize::MAX, |json| json.len());
-    content.saturating_add(NOTICE_AROUND_POSTMORTEM)
-}
 /// Longest title: it is a subject line.
 pub const MAX_TITLE_CHARS: usize = 200;
 
@@ -136,7 +127,7 @@ pub fn incident_text_problem(title: &str, postmortem: &str) -> Option<String> {
     if postmortem.chars().any(|c| c.is_control() && !matches!(c, '\n' | '\r' | '\t')) {
         return Some("the postmortem holds a control character (such as NUL): only text, line breaks and tabs".into());
     }
-    let dm = dm_content_bytes(postmortem);
+    let dm = dm_content_bytes(postmortem).saturating_add(NOTICE_AROUND_POSTMORTEM);
     if dm > DM_CONTENT_BUDGET {
         return Some(format!(
             "the postmortem makes a Matrix DM of about {} KiB, more than the {} KiB one can carry (Synapse refuses events over 64 KiB, and encryption adds a third; the DM holds it as text and as HTML): shorten it to about {} KiB, and link to a longer write-up",

@@ -18,7 +18,7 @@ use crate::email::EmailAddress;
 use crate::holds::claim_link;
 use crate::links::UnsubscribeLinks;
 use crate::mail::{Mailer, OutgoingEmail};
-use crate::notice::{NoticeContext, RenderedNotice, render_notice};
+use crate::notice::{DM_CONTENT_BUDGET, NoticeContext, RenderedNotice, dm_content_bytes, render_notice};
 use crate::outbox::Outcome;
 use crate::registry::{
     self, AccountState, Delivery, DeliveryChannel, DeliveryCounts, Incident, PlannedEmails, Registry, RoomFate,
@@ -89,6 +89,8 @@ pub struct PersonRooms {
     pub back: Vec<String>,
     pub gone: Vec<String>,
     pub encrypted: bool,
+    /// How many rooms each list stands for.
+    pub counts: (usize, usize),
 }
 
 /// Rooms named per list in a notice; more are summed up in one line.
@@ -106,11 +108,22 @@ impl PersonRooms {
             }
             labels
         };
+        let back = fates.iter().filter(|fate| fate.state.comes_back()).count();
         PersonRooms {
             back: named(&|state| state.comes_back()),
             gone: named(&|state| !state.comes_back()),
             encrypted: fates.iter().any(|fate| fate.encrypted && fate.state.comes_back()),
+            counts: (back, fates.len() - back),
         }
+    }
+
+    /// The same rooms, counted instead of named.
+    fn unnamed(&self) -> PersonRooms {
+        let counted = |count: usize| match count {
+            0 => Vec::new(),
+            _ => vec![crate::plural::count(count as i64, "room", "rooms")],
+        };
+        PersonRooms { back: counted(self.counts.0), gone: counted(self.counts.1), ..self.clone() }
     }
 }
 
@@ -170,8 +183,21 @@ impl NoticeSettings {
         Some(link.url(base, key))
     }
 
+    /// The notice DM. Room names are whatever the rooms' makers typed: a DM
+    /// they would make too large for Synapse counts the rooms instead.
     pub fn render(&self, incident: &Incident, delivery: &Delivery) -> Result<RenderedNotice, NotifyError> {
-        self.render_with(incident, delivery, self.unsubscribe_url(delivery).as_deref(), true)
+        let unsubscribe_url = self.unsubscribe_url(delivery);
+        let rooms = self.rooms_of(delivery);
+        let rendered = self.render_with(incident, delivery, unsubscribe_url.as_deref(), true, rooms)?;
+        if rooms.counts == (0, 0) || dm_content_bytes(&rendered.markdown) <= DM_CONTENT_BUDGET {
+            return Ok(rendered);
+        }
+        self.render_with(incident, delivery, unsubscribe_url.as_deref(), true, &rooms.unnamed())
+    }
+
+    fn rooms_of(&self, delivery: &Delivery) -> &PersonRooms {
+        static NONE: PersonRooms = PersonRooms { back: Vec::new(), gone: Vec::new(), encrypted: false, counts: (0, 0) };
+        self.rooms.get(&delivery.user_id).unwrap_or(&NONE)
     }
 
     /// The signed one-click link for this delivery's contact, if the web page is configured.
@@ -185,13 +211,12 @@ impl NoticeSettings {
         delivery: &Delivery,
         unsubscribe_url: Option<&str>,
         dm: bool,
+        rooms: &PersonRooms,
     ) -> Result<RenderedNotice, NotifyError> {
         let expires = delivery.token_expires_at.map(|ms| self.expiry_labels.label(ms));
         let state = delivery.account_state;
         let may_come_back = may_come_back(delivery.locked != 0, delivery.deactivated != 0);
         let claim_url = self.claim_url(incident, delivery, may_come_back);
-        let no_rooms = PersonRooms::default();
-        let rooms = self.rooms.get(&delivery.user_id).unwrap_or(&no_rooms);
         let context = NoticeContext {
             server_name: &self.server_name,
             homeserver_url: self.public_url.as_str(),
@@ -221,8 +246,9 @@ impl NoticeSettings {
         let to = EmailAddress::parse(&delivery.address).map_err(|err| Outcome::Failed(err.to_string()))?;
         // Signed once: the same link goes in the body and the header.
         let list_unsubscribe = self.unsubscribe_url(delivery);
-        let rendered =
-            self.render_with(incident, delivery, list_unsubscribe.as_deref(), false).map_err(Outcome::Fatal)?;
+        let rendered = self
+            .render_with(incident, delivery, list_unsubscribe.as_deref(), false, self.rooms_of(delivery))
+            .map_err(Outcome::Fatal)?;
         Ok(OutgoingEmail {
             to,
             subject: rendered.subject,
@@ -422,6 +448,64 @@ mod tests {
             token: Some("token".to_owned()),
             token_expires_at: None,
         }
+    }
+
+    /// The longest postmortem an incident may have for DMs, with its
+    /// settings; `rooms` named `name` (half back, half lost) for alice.
+    fn a_long_incident_and_rooms(rooms: usize, name: &str) -> (Incident, NoticeSettings) {
+        let postmortem = "We lost the database, and this tells you all about it. ".repeat(290);
+        assert_eq!(crate::campaign::incident_text_problem("Lost", &postmortem), None, "a postmortem DMs can carry");
+        let incident = Incident {
+            id: 1,
+            title: "Lost".into(),
+            postmortem,
+            scope: registry::IncidentScope::All,
+            opened_at: 0,
+            resolved_at: None,
+        };
+        let fates = (0..rooms)
+            .map(|n| RoomFate {
+                label: format!("{n} {name}"),
+                state: if n % 2 == 0 { RoomState::Elsewhere } else { RoomState::Lost },
+                encrypted: false,
+            })
+            .collect();
+        let settings = NoticeSettings::new(
+            "ours.example".into(),
+            Url::parse("https://ours.example").unwrap(),
+            None,
+            None,
+            &incident,
+        )
+        .with_rooms(HashMap::from([("@alice:ours.example".to_owned(), fates)]));
+        (incident, settings)
+    }
+
+    #[test]
+    fn a_dm_names_the_persons_rooms_while_it_fits() {
+        let (incident, settings) = a_long_incident_and_rooms(6, "Book club");
+        let notice = settings.render(&incident, &dm("@alice:elsewhere.example", Some(7), None)).unwrap();
+        assert!(
+            notice.markdown.contains("- 4 Book club") && notice.markdown.contains("- 5 Book club"),
+            "{}",
+            notice.markdown
+        );
+    }
+
+    #[test]
+    fn a_dm_that_room_names_would_make_too_large_for_synapse_counts_the_rooms_instead() {
+        // Names that escape to several times their length, in text and HTML.
+        let (incident, settings) = a_long_incident_and_rooms(60, &"&<\"'".repeat(40));
+        let delivery = dm("@alice:elsewhere.example", Some(7), None);
+        let notice = settings.render(&incident, &delivery).unwrap();
+        assert!(dm_content_bytes(&notice.markdown) <= DM_CONTENT_BUDGET);
+        assert!(notice.markdown.contains("- 30 rooms"), "{}", notice.markdown);
+        let Ok(email) = settings.email(&incident, &delivery_by_email()) else { panic!("the email renders") };
+        assert!(email.text.contains("0 &<"), "the email names them: {}", email.text);
+    }
+
+    fn delivery_by_email() -> Delivery {
+        Delivery { channel: DeliveryChannel::Email, ..dm("alice@example.org", Some(7), None) }
     }
 
     #[test]

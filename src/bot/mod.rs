@@ -278,7 +278,7 @@ pub async fn run(state: Arc<Services>, mut alerts: UnboundedReceiver<String>, ca
         handled: Mutex::default(),
         dm_commands: Mutex::default(),
     });
-    let mut queued: Vec<String> = Vec::new();
+    let mut queued = Waiting::default();
     let mut pause = None;
     loop {
         let started = Instant::now();
@@ -313,7 +313,7 @@ fn retry_pause(last: Option<Duration>, ended: &Ended, lasted: Duration) -> Durat
 async fn session(
     bot: &Arc<Bot>,
     alerts: &mut UnboundedReceiver<String>,
-    queued: &mut Vec<String>,
+    queued: &mut Waiting,
     cancel: &CancellationToken,
 ) -> Ended {
     let state = &bot.state;
@@ -356,7 +356,7 @@ async fn connected(
     login: &login::BotLogin,
     syncing: crate::dm::Syncing,
     alerts: &mut UnboundedReceiver<String>,
-    queued: &mut Vec<String>,
+    queued: &mut Waiting,
     cancel: &CancellationToken,
 ) -> Ended {
     let client = syncing.client.clone();
@@ -381,9 +381,10 @@ async fn connected(
             bot.set_admin_room(room);
         }
     }
-    // A first sync before reading messages, so old ones are not taken as
-    // new commands (the store keeps the position across restarts).
-    let first = match client.sync_once(SyncSettings::default().timeout(Duration::ZERO)).await {
+    // A first sync before settling the admin room. From the stored position
+    // (kept across restarts) it brings what came while the session was
+    // down; messages from before serve started are not taken as commands.
+    let first = match client.sync_once(up_to_enough_events(SyncSettings::default().timeout(Duration::ZERO))).await {
         Ok(first) => first,
         Err(err) if is_unknown_token(&err) => return Ended::TokenDead,
         Err(err) => return Ended::Failed(format!("first sync failed: {err}")),
@@ -393,7 +394,7 @@ async fn connected(
         Err(reason) => return Ended::Failed(reason),
     };
     if made_new_room && login.recovered {
-        queued.insert(0, what_happened(bot));
+        queued.alerts.insert(0, what_happened(bot));
     }
     invite_admins(bot, &client).await;
 
@@ -401,13 +402,11 @@ async fn connected(
     // here must never hold it up (matrix-sdk may wait on the sync itself).
     let mut sync = AbortOnDropHandle::new(tokio::spawn({
         let client = client.clone();
-        async move { client.sync(incremental_sync(first.next_batch)).await }
+        async move { client.sync(up_to_enough_events(SyncSettings::default().token(first.next_batch))).await }
     }));
     let mut invite_check = tokio::time::interval(INVITE_CHECK_EVERY);
-    // When alerts were last held back for someone in the admin room.
-    let mut refused_at = None;
     loop {
-        flush_alerts(bot, &client, queued, &mut refused_at).await;
+        flush_alerts(bot, &client, queued).await;
         tokio::select! {
             result = &mut sync => {
                 return match result {
@@ -423,9 +422,9 @@ async fn connected(
                 }
             }
             alert = alerts.recv() => if let Some(text) = alert {
-                queued.push(text);
-                if queued.len() > MAX_QUEUED_ALERTS {
-                    queued.remove(0);
+                queued.alerts.push(text);
+                if queued.alerts.len() > MAX_QUEUED_ALERTS {
+                    queued.alerts.remove(0);
                 }
             },
             _ = invite_check.tick() => {
@@ -652,25 +651,33 @@ async fn invite_admins(bot: &Arc<Bot>, client: &Client) {
     }
 }
 
+/// Alerts waiting for an admin room to post them in, kept across sessions.
+#[derive(Default)]
+struct Waiting {
+    alerts: Vec<String>,
+    /// When they were last held back for someone in the admin room.
+    held_back_at: Option<Instant>,
+}
+
 /// Posts queued alerts once there is an admin room to post them in, and
 /// nobody there lifeboat cannot vouch for (they wait until then).
-async fn flush_alerts(bot: &Arc<Bot>, client: &Client, queued: &mut Vec<String>, refused_at: &mut Option<Instant>) {
+async fn flush_alerts(bot: &Arc<Bot>, client: &Client, queued: &mut Waiting) {
     let Some(room) = bot.admin_room().and_then(|id| client.get_room(&id)) else { return };
     // While someone there stops them, asked again once a minute, not at
     // every pass of the loop.
-    if queued.is_empty() || refused_at.is_some_and(|at| at.elapsed() < Duration::from_secs(60)) {
+    if queued.alerts.is_empty() || queued.held_back_at.is_some_and(|at| at.elapsed() < Duration::from_secs(60)) {
         return;
     }
     if !bot.unvouched_in(&room).await.is_empty() {
-        *refused_at = Some(Instant::now());
+        queued.held_back_at = Some(Instant::now());
         return;
     }
-    while let Some(text) = queued.first() {
+    while let Some(text) = queued.alerts.first() {
         if let Err(err) = room.send(safe_message(text)).await {
             tracing::warn!(error = %err, "could not post an alert in the admin room; will retry");
             return;
         }
-        queued.remove(0);
+        queued.alerts.remove(0);
     }
 }
 
@@ -796,15 +803,15 @@ fn maker_of(room: &Room) -> Option<OwnedUserId> {
     room.create_content().map(|content| content.creator)
 }
 
-/// Syncs from `since` that bring up to [`EVENTS_PER_ROOM_AND_SYNC`] events a
-/// room. Only rooms with news come in such a sync, so the larger limit costs
-/// nothing while people write little.
-fn incremental_sync(since: String) -> SyncSettings {
+/// `settings`, bringing up to [`EVENTS_PER_ROOM_AND_SYNC`] events a room.
+/// Only rooms with news come in a sync from a position, so the larger limit
+/// costs nothing while people write little.
+fn up_to_enough_events(settings: SyncSettings) -> SyncSettings {
     use matrix_sdk::ruma::api::client::filter::FilterDefinition;
     use matrix_sdk::ruma::api::client::sync::sync_events::v3::Filter;
     let mut filter = FilterDefinition::default();
     filter.room.timeline.limit = Some(EVENTS_PER_ROOM_AND_SYNC.into());
-    SyncSettings::default().token(since).filter(Filter::FilterDefinition(filter))
+    settings.filter(Filter::FilterDefinition(filter))
 }
 
 /// A DM from this homeserver's people: only they have contacts to manage,

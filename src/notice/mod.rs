@@ -190,12 +190,36 @@ impl<'a> NoticeView<'a> {
             claim_url: web_link(ctx.claim_url),
             id_taken: ctx.id_taken,
             locked_out: ctx.locked_out,
-            rooms_back: ctx.rooms_back.iter().map(|room| one_line(room)).collect(),
-            rooms_gone: ctx.rooms_gone.iter().map(|room| one_line(room)).collect(),
+            rooms_back: ctx.rooms_back.iter().map(|room| room_label(room)).collect(),
+            rooms_gone: ctx.rooms_gone.iter().map(|room| room_label(room)).collect(),
             encrypted_rooms: ctx.encrypted_rooms,
             subject,
         }
     }
+}
+
+/// Longest room name a notice shows: a name is whatever the room's makers
+/// typed, and Synapse takes one of tens of kilobytes.
+const ROOM_LABEL_CHARS: usize = 80;
+
+/// A room's name on one line, cut at [`ROOM_LABEL_CHARS`].
+fn room_label(name: &str) -> Cow<'_, str> {
+    let name = one_line(name);
+    match name.char_indices().nth(ROOM_LABEL_CHARS) {
+        Some((cut, _)) => Cow::Owned(format!("{}…", name[..cut].trim_end())),
+        None => name,
+    }
+}
+
+/// The most a DM's content may take: Synapse refuses events over 64 KiB,
+/// and encryption makes the content a third larger (base64).
+pub const DM_CONTENT_BUDGET: usize = 44 * 1024;
+
+/// How large a DM of `markdown` is: its text and the HTML made of it
+/// ([`markdown_to_safe_html`]), as JSON.
+pub fn dm_content_bytes(markdown: &str) -> usize {
+    let html = markdown_to_safe_html(markdown);
+    serde_json::to_string(&(markdown, html)).map_or(usize::MAX, |json| json.len())
 }
 
 /// Markdown → HTML with a real Markdown parser (pulldown-cmark), then
@@ -352,6 +376,13 @@ mod tests {
         assert!(!plain.text.contains("encrypted"), "{}", plain.text);
         let taken = render_notice(&NoticeContext { id_held: false, id_taken: true, ..ctx }, true).unwrap();
         assert!(!taken.text.contains("Your rooms"), "a stranger has the ID: its rooms are not the person's way back");
+    }
+
+    #[test]
+    fn a_room_name_longer_than_a_line_is_cut_at_eighty_characters() {
+        assert_eq!(room_label(&"Ω".repeat(200)), format!("{}…", "Ω".repeat(80)));
+        assert_eq!(room_label(&"Ω".repeat(80)), "Ω".repeat(80));
+        assert_eq!(room_label(" Book\nclub "), "Book club");
     }
 
     #[test]

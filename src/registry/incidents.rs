@@ -412,12 +412,11 @@ impl Registry {
 
     /// Tokens, newest incident first; optionally of one incident.
     pub async fn tokens(&self, incident_id: Option<i64>) -> Result<Vec<NoticeToken>> {
-        // Incident IDs start at 1: 0 stands for every incident.
         let sql = format!(
-            "SELECT {TOKEN_COLUMNS} FROM registration_tokens WHERE ($1 = 0 OR incident_id = $1) \
+            "SELECT {TOKEN_COLUMNS} FROM registration_tokens WHERE ($1 IS NULL OR incident_id = $1) \
              ORDER BY incident_id DESC, user_id"
         );
-        Ok(sqlx::query_as(sqlx::AssertSqlSafe(sql)).bind(incident_id.unwrap_or(0)).fetch_all(&self.pool).await?)
+        Ok(sqlx::query_as(sqlx::AssertSqlSafe(sql)).bind(incident_id).fetch_all(&self.pool).await?)
     }
 }
 
