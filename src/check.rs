@@ -8,12 +8,14 @@
 use serde::Serialize;
 
 use crate::config::Config;
-use crate::reconcile::{Listed, Report, Verdict, merge_join};
+use crate::reconcile::{AccountState, Known, Listed, Report, Verdict, merge_join};
 use crate::registry::{self, Registry};
 use crate::synapse::{self, LISTING_ATTEMPTS, SynapseClient};
 
 /// Registry setting: fingerprint of the admin token of the last complete sync.
 pub const WORKING_TOKEN_SETTING: &str = "working_admin_token_sha256";
+/// Known accounts asked after when the admin token that worked is rejected.
+const ACCOUNTS_ASKED_AFTER: usize = 5;
 
 #[derive(Debug, Clone, Serialize)]
 pub struct CheckReport {
@@ -38,6 +40,10 @@ pub enum CheckError {
         "could not tell whether accounts were lost: the registry has never completed a sync, so it knows no accounts to compare; run `lifeboat sync` first"
     )]
     NeverSynced,
+    #[error(
+        "could not tell whether accounts were lost: Synapse rejects the admin token that worked for the last sync, but {accounts} still exist, so its database was not wiped: the token was probably revoked or logged out (or an older backup was restored, which a listing will show); put a current admin token in homeserver.admin_token"
+    )]
+    TokenRevoked { accounts: String },
     #[error("could not tell whether accounts were lost: {0}")]
     Registry(#[from] registry::Error),
 }
@@ -54,6 +60,9 @@ pub async fn check(registry: &Registry, client: &SynapseClient, config: &Config)
     let listing = match complete_listing(client, config).await {
         Ok(listing) => listing,
         Err(CheckError::Synapse(err)) if err.is_unknown_token() && token_used_to_work(registry, client).await? => {
+            if let Some(accounts) = all_still_there(client, &known).await {
+                return Err(CheckError::TokenRevoked { accounts: accounts.join(", ") });
+            }
             // Nobody can be listed, and a wipe loses everyone: count them all.
             let report = merge_join(&known, &[], loss_threshold);
             return Ok(CheckReport {
@@ -95,6 +104,25 @@ pub fn verdict_reason(report: &Report, loss_threshold: f64) -> String {
 async fn token_used_to_work(registry: &Registry, client: &SynapseClient) -> Result<bool, CheckError> {
     let working = registry.setting(WORKING_TOKEN_SETTING).await?;
     Ok(working.is_some() && working == client.token_fingerprint())
+}
+
+/// A wipe loses every account, a revoked token none: up to
+/// [`ACCOUNTS_ASKED_AFTER`] accounts that were their persons', picked at
+/// random (nobody can tell which, to register them first), asked after
+/// without a token. Their IDs when every one is still there; `None` when
+/// one is gone or Synapse does not say.
+async fn all_still_there(client: &SynapseClient, known: &[Known]) -> Option<Vec<String>> {
+    let picked: Vec<String> = {
+        use rand::seq::IndexedRandom;
+        let persons: Vec<&Known> = known.iter().filter(|account| account.standing == AccountState::Present).collect();
+        persons.choose_multiple(&mut rand::rng(), ACCOUNTS_ASKED_AFTER).map(|account| account.user_id.clone()).collect()
+    };
+    for user_id in &picked {
+        if !client.has_public_profile(user_id).await.unwrap_or(false) {
+            return None;
+        }
+    }
+    Some(picked).filter(|picked| !picked.is_empty())
 }
 
 /// Every account Synapse lists, sorted bytewise by ID and without repeats.

@@ -159,6 +159,10 @@ def ephemeral_low():
         return 32768
 
 
+# Tries to start a new server on ports that are free, if one is taken meanwhile.
+PORT_ATTEMPTS = 3
+
+
 def pick_free_port():
     """A free port below the kernel's ephemeral range: one picked inside it
     may be taken, between the pick and Synapse's bind, as the source port of
@@ -247,6 +251,11 @@ class Synapse:
         # The PostgreSQL database's name, or None on SQLite.
         self.postgres = postgres
         os.makedirs(self.dir, exist_ok=True)
+        # Ports picked here for a new server may be taken between the pick
+        # and Synapse's bind (tests start many servers at once): its first
+        # start may move it to others.
+        self._may_move_ports = port is None and fed_port is None and not os.path.exists(self.config_path)
+        self._asked = (server_name, federation)
         self._load_or_write_config(port, server_name, federation, fed_port)
         if self.postgres is not None:
             postgres_database(self.postgres, drop=False)
@@ -534,6 +543,21 @@ class Synapse:
         return self.proc is not None and self.proc.poll() is None
 
     def start(self):
+        for attempt in range(1, PORT_ATTEMPTS + 1):
+            try:
+                self._start_once()
+                self._may_move_ports = False
+                return
+            except HarnessError as e:
+                said = f"{e}\n{tail(self.stderr_path, 400)}"
+                port_taken = "already in use" in said or "Failed to listen" in said
+                if not (self._may_move_ports and port_taken) or attempt == PORT_ATTEMPTS:
+                    raise
+                log(f"{e}: a port was taken meanwhile, trying others")
+                os.remove(self.config_path)
+                self._load_or_write_config(None, *self._asked)
+
+    def _start_once(self):
         if self.running():
             return
         # Otherwise the readiness probe could be answered by someone else.

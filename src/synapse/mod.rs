@@ -136,6 +136,13 @@ impl SynapseClient {
         found(self.get_json(&user_path(user_id), &[], true).await)
     }
 
+    /// Does `user_id` have an account, as anyone may ask (the profile API,
+    /// no token)? An error where Synapse answers profiles to its users only.
+    pub async fn has_public_profile(&self, user_id: &str) -> Result<bool, Error> {
+        let path = format!("/_matrix/client/v3/profile/{}", urlencode(user_id));
+        Ok(found(self.get_json::<serde_json::Value>(&path, &[], false).await)?.is_some())
+    }
+
     /// A listing page that cannot belong to a complete listing.
     pub fn bad_listing(&self, detail: &str) -> Error {
         Error::BadResponse { url: self.base.to_string(), detail: detail.to_owned() }
