@@ -40,10 +40,6 @@ pub enum CheckError {
         "could not tell whether accounts were lost: the registry has never completed a sync, so it knows no accounts to compare; run `lifeboat sync` first"
     )]
     NeverSynced,
-    #[error(
-        "could not tell whether accounts were lost: Synapse rejects the admin token that worked for the last sync, but {accounts} still exist, so its database was not wiped: the token was probably revoked or logged out (or an older backup was restored, which a listing will show); put a current admin token in homeserver.admin_token"
-    )]
-    TokenRevoked { accounts: String },
     #[error("could not tell whether accounts were lost: {0}")]
     Registry(#[from] registry::Error),
 }
@@ -60,17 +56,25 @@ pub async fn check(registry: &Registry, client: &SynapseClient, config: &Config)
     let listing = match complete_listing(client, config).await {
         Ok(listing) => listing,
         Err(CheckError::Synapse(err)) if err.is_unknown_token() && token_used_to_work(registry, client).await? => {
-            if let Some(accounts) = all_still_there(client, &known).await {
-                return Err(CheckError::TokenRevoked { accounts: accounts.join(", ") });
-            }
             // Nobody can be listed, and a wipe loses everyone: count them all.
             let report = merge_join(&known, &[], loss_threshold);
+            let mut reason = format!(
+                "Synapse {server_version} answers but rejects as unknown (M_UNKNOWN_TOKEN) the admin token that \
+                 worked for the last sync: its database was probably reset, so every known account is counted \
+                 missing; `lifeboat recover` gets lifeboat back in"
+            );
+            // A hint, never the verdict: an ID registered again after a
+            // wipe answers like the old account.
+            if let Some(accounts) = all_still_there(client, &known).await {
+                reason.push_str(&format!(
+                    ". Yet {} still exist (Synapse's public profiles say so): unless someone registered them again \
+                     since, the database was not wiped and the token was revoked or logged out; then put a current \
+                     admin token in homeserver.admin_token and sync",
+                    accounts.join(", ")
+                ));
+            }
             return Ok(CheckReport {
-                reason: format!(
-                    "Synapse {server_version} answers but rejects as unknown (M_UNKNOWN_TOKEN) the admin token that \
-                     worked for the last sync: its database was probably reset, so every known account is counted \
-                     missing; `lifeboat recover` gets lifeboat back in"
-                ),
+                reason,
                 report: Report { verdict: Verdict::SuspectedReset, ..report },
                 listing_complete: false,
                 server_version,
@@ -108,9 +112,8 @@ async fn token_used_to_work(registry: &Registry, client: &SynapseClient) -> Resu
 
 /// A wipe loses every account, a revoked token none: up to
 /// [`ACCOUNTS_ASKED_AFTER`] accounts that were their persons', picked at
-/// random (nobody can tell which, to register them first), asked after
-/// without a token. Their IDs when every one is still there; `None` when
-/// one is gone or Synapse does not say.
+/// random, asked after without a token. Their IDs when every one is still
+/// there; `None` when one is gone or Synapse does not say.
 async fn all_still_there(client: &SynapseClient, known: &[Known]) -> Option<Vec<String>> {
     let picked: Vec<String> = {
         use rand::seq::IndexedRandom;
@@ -118,8 +121,13 @@ async fn all_still_there(client: &SynapseClient, known: &[Known]) -> Option<Vec<
         persons.choose_multiple(&mut rand::rng(), ACCOUNTS_ASKED_AFTER).map(|account| account.user_id.clone()).collect()
     };
     for user_id in &picked {
-        if !client.has_public_profile(user_id).await.unwrap_or(false) {
-            return None;
+        match client.has_public_profile(user_id).await {
+            Ok(true) => {}
+            Ok(false) => return None,
+            Err(err) => {
+                tracing::info!(error = %err, "Synapse does not say whether known accounts still exist");
+                return None;
+            }
         }
     }
     Some(picked).filter(|picked| !picked.is_empty())

@@ -454,7 +454,8 @@ mod tests {
     /// settings; `rooms` named `name` (half back, half lost) for alice.
     fn a_long_incident_and_rooms(rooms: usize, name: &str) -> (Incident, NoticeSettings) {
         let postmortem = "We lost the database, and this tells you all about it. ".repeat(290);
-        assert_eq!(crate::campaign::incident_text_problem("Lost", &postmortem), None, "a postmortem DMs can carry");
+        // What `incident_text_problem` lets through: 8 KiB left for the rest.
+        assert!(dm_content_bytes(&postmortem) <= DM_CONTENT_BUDGET - 8 * 1024, "a postmortem DMs can carry");
         let incident = Incident {
             id: 1,
             title: "Lost".into(),

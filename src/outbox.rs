@@ -437,7 +437,7 @@ fn to_record(
             let wait = if *count < ATTEMPTS_PER_RUN {
                 Duration::from_secs(1 << (*count - 1).min(4))
             } else {
-                parked_for(attempts_before + i64::from(*count))
+                parked_for((attempts_before + i64::from(*count)) / i64::from(ATTEMPTS_PER_RUN))
             };
             tracing::warn!(delivery = id, error = %reason, "message will be retried");
             ended(DeliveryState::Pending, reason, Some(now_ms() + wait.as_millis() as i64))
@@ -457,11 +457,11 @@ fn to_record(
     }
 }
 
-/// How long a row that failed `attempts` times in all waits for a later
-/// run: doubling from a minute up to five, so a short outage costs
-/// minutes, not a quarter of an hour.
-fn parked_for(attempts: i64) -> Duration {
-    Duration::from_secs(1u64 << attempts.clamp(0, 16)).clamp(PARKED_MIN, PARKED_MAX)
+/// How long a row that failed through `runs` runs waits for a later one:
+/// doubling from a minute up to five, so a short outage costs minutes, not
+/// a quarter of an hour.
+fn parked_for(runs: i64) -> Duration {
+    (PARKED_MIN * (1u32 << (runs - 1).clamp(0, 8))).min(PARKED_MAX)
 }
 
 /// How many rows to claim at once: enough for about a tenth of a second at
@@ -511,9 +511,9 @@ mod tests {
 
     #[test]
     fn a_row_that_keeps_failing_waits_longer_each_time_but_never_over_five_minutes() {
+        let minutes = |runs| parked_for(runs).as_secs() / 60;
+        assert_eq!([1, 2, 3, 4, 40].map(minutes), [1, 2, 4, 5, 5]);
         assert_eq!(parked_for(0), PARKED_MIN);
-        assert_eq!(parked_for(7), Duration::from_secs(128));
-        assert_eq!(parked_for(40), PARKED_MAX);
     }
 
     #[test]

@@ -189,6 +189,16 @@ def write_private(path, text):
     os.replace(tmp, path)
 
 
+def said_since(path, offset):
+    """What `path` got after its first `offset` bytes (up to 64 KiB)."""
+    try:
+        with open(path, "rb") as f:
+            f.seek(offset)
+            return f.read(64 * 1024).decode("utf-8", "replace")
+    except OSError:
+        return ""
+
+
 def tail(path, lines=LOG_TAIL_LINES):
     try:
         with open(path, "rb") as f:
@@ -545,11 +555,15 @@ class Synapse:
     def start(self):
         for attempt in range(1, PORT_ATTEMPTS + 1):
             try:
+                said_before = os.path.getsize(self.stderr_path)
+            except OSError:
+                said_before = 0
+            try:
                 self._start_once()
                 self._may_move_ports = False
                 return
             except HarnessError as e:
-                said = f"{e}\n{tail(self.stderr_path, 400)}"
+                said = f"{e}\n{said_since(self.stderr_path, said_before)}"
                 port_taken = "already in use" in said or "Failed to listen" in said
                 if not (self._may_move_ports and port_taken) or attempt == PORT_ATTEMPTS:
                     raise

@@ -70,7 +70,8 @@ enum Command {
     /// Accounts that are no longer listed are marked missing, never deleted.
     /// A listing that fails part-way changes nothing. Emails are fetched for
     /// new accounts, and again for older ones spread over
-    /// sync.details_max_age (up to sync.details_per_round a sync).
+    /// sync.details_max_age (sync.details_per_round a sync, or more when
+    /// that would not keep up).
     /// Ctrl-C stops it keeping what was read; run it again to continue.
     Sync(sync::Args),
     /// Compare the registry with Synapse's listing, without changing anything.

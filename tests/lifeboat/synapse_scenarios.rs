@@ -48,12 +48,14 @@ async fn an_account_registered_while_the_listing_is_read_does_not_spoil_it() {
     assert_eq!(pages.missed_some(distinct.len() as u64), None, "{read:?}");
 }
 
-/// An admin token that stops working without a wipe (logged out) is no
-/// suspected reset: the people's accounts still answer the profile API,
-/// which a wipe would have emptied. Recovery then lists the server
-/// completely, and that listing is the watcher's verdict. When lifeboat's
-/// account is there and not its own, nothing can list: the verdict stays
-/// unknown, and the reason says the accounts are there.
+/// An admin token that stops working without a wipe (logged out) first
+/// reads as a suspected reset, with the hint that the people's accounts
+/// still answer the profile API (which a wipe would have emptied, unless
+/// they were registered again). Recovery then lists the server completely,
+/// and that listing, not the guess, is the watcher's verdict. When
+/// lifeboat's account is there and not its own, nothing can list to tell a
+/// revoked token from a wipe after which someone registered lifeboat's ID:
+/// the guess stays, and the reason names both.
 #[tokio::test(flavor = "multi_thread")]
 async fn a_rejected_token_that_was_no_wipe_is_not_reported_as_everyone_missing() {
     use lifeboat::reconcile::Verdict;
@@ -70,9 +72,10 @@ async fn a_rejected_token_that_was_no_wipe_is_not_reported_as_everyone_missing()
     synapse.register_admin(&unique("ops"));
     assert_eq!(lifeboat.run(&["sync"]).await.code, 0);
     log_out(&synapse, &token).await;
-    let check = lifeboat.run(&["check"]).await;
-    assert_eq!(check.code, 1, "could not tell, and no reset: {check:?}");
-    assert!(check.stderr.contains("still exist") && check.stderr.contains("revoked or logged out"), "{check:?}");
+    let check = lifeboat.run(&["check", "--json"]).await;
+    assert_eq!(check.code, 3, "{check:?}");
+    let reason = check.json()["reason"].as_str().unwrap().to_owned();
+    assert!(reason.contains("still exist") && reason.contains("revoked or logged out"), "{reason}");
 
     let secret = [("LIFEBOAT__HOMESERVER__REGISTRATION_SHARED_SECRET".to_owned(), synapse.shared_secret.clone())];
     let config = lifeboat::config::Config::load(lifeboat.config_path(), secret).unwrap();
@@ -89,8 +92,8 @@ async fn a_rejected_token_that_was_no_wipe_is_not_reported_as_everyone_missing()
     log_out(&synapse, secrecy::ExposeSecret::expose_secret(&service_token.access_token)).await;
     let (seen, _) = lifeboat::watch::observe(&config, &store, &lock, &stop).await;
     assert!(seen.token_rejected && !seen.recovered, "{seen:?}");
-    assert_eq!(seen.verdict, None, "{seen:?}");
-    assert!(seen.reason.contains("still exist") && seen.reason.contains("revoked without a wipe"), "{seen:?}");
+    assert_eq!(seen.verdict, Some(Verdict::SuspectedReset), "{seen:?}");
+    assert!(seen.reason.contains("revoked without a wipe") && seen.reason.contains("after a wipe"), "{seen:?}");
     store.close().await;
 }
 
@@ -219,6 +222,7 @@ async fn seed_incident_story(registry: TestDatabase) {
     assert_eq!(report["verdict"], "suspected_reset");
     assert_eq!(report["listing_complete"], false);
     assert_eq!(ids(&report["missing"]), known, "the dead token that worked counts every known account lost");
+    assert!(!report["reason"].as_str().unwrap().contains("still exist"), "their profiles went too: {report}");
 
     // With a fresh admin token the listing names every lost account.
     let token = synapse.register_admin("rescuer");
