@@ -23,6 +23,22 @@ async fn a_missing_config_file_says_how_to_make_one() {
     assert!(line.contains("no config file at") && line.contains("config.example.toml"), "{line}");
 }
 
+/// Every setting the example shows, set or commented out, is printed back
+/// (a secret's `_file` form stands for the secret, printed as set or not).
+#[tokio::test]
+async fn config_check_prints_every_setting_of_the_example() {
+    let example = std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/config.example.toml")).unwrap();
+    let run = Lifeboat::with_config(&example).run(&["config", "check"]).await;
+    assert_eq!(run.code, 0, "{run:?}");
+    let settings = example.lines().filter_map(|line| {
+        let (key, _) = line.trim_start_matches('#').trim_start().split_once(" = ")?;
+        let is_key = !key.is_empty() && key.chars().all(|c| c.is_ascii_lowercase() || c == '_');
+        (is_key && !key.ends_with("_file")).then_some(key)
+    });
+    let unprinted: Vec<&str> = settings.filter(|key| !run.stdout.contains(&format!("\n  {key} = "))).collect();
+    assert!(unprinted.is_empty(), "not printed: {unprinted:?}\n{}", run.stdout);
+}
+
 #[tokio::test]
 async fn a_misspelled_key_is_named_with_the_file() {
     let lifeboat = Lifeboat::with_config(&MINIMAL.replace("server_name", "servername"));
