@@ -20,7 +20,8 @@ use matrix_sdk::ruma::api::client::room::create_room::v3::{Request as CreateRoom
 use matrix_sdk::ruma::events::room::member::{MembershipState, StrippedRoomMemberEvent};
 use matrix_sdk::ruma::events::room::message::{MessageType, OriginalSyncRoomMessageEvent};
 use matrix_sdk::ruma::{OwnedRoomId, OwnedUserId, RoomAliasId, RoomId, UserId};
-use matrix_sdk::{Client, Room, RoomMemberships, RoomState, SessionChange};
+use matrix_sdk::sync::SyncResponse;
+use matrix_sdk::{Client, LoopCtrl, Room, RoomMemberships, RoomState, SessionChange};
 use tokio::sync::mpsc::UnboundedReceiver;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::AbortOnDropHandle;
@@ -389,6 +390,7 @@ async fn connected(
         Err(err) if is_unknown_token(&err) => return Ended::TokenDead,
         Err(err) => return Ended::Failed(format!("first sync failed: {err}")),
     };
+    tell_of_unread_messages(bot, &client, &first);
     let made_new_room = match settle_admin_room(bot, &client, login.recovered).await {
         Ok(made) => made,
         Err(reason) => return Ended::Failed(reason),
@@ -401,8 +403,15 @@ async fn connected(
     // The sync loop runs in its own task: posting alerts or inviting admins
     // here must never hold it up (matrix-sdk may wait on the sync itself).
     let mut sync = AbortOnDropHandle::new(tokio::spawn({
-        let client = client.clone();
-        async move { client.sync(up_to_enough_events(SyncSettings::default().token(first.next_batch))).await }
+        let (client, bot) = (client.clone(), bot.clone());
+        async move {
+            let settings = up_to_enough_events(SyncSettings::default().token(first.next_batch));
+            let each = |response| {
+                tell_of_unread_messages(&bot, &client, &response);
+                async { LoopCtrl::Continue }
+            };
+            client.sync_with_callback(settings, each).await
+        }
     }));
     let mut invite_check = tokio::time::interval(INVITE_CHECK_EVERY);
     loop {
@@ -812,6 +821,27 @@ fn up_to_enough_events(settings: SyncSettings) -> SyncSettings {
     let mut filter = FilterDefinition::default();
     filter.room.timeline.limit = Some(EVENTS_PER_ROOM_AND_SYNC.into());
     settings.filter(Filter::FilterDefinition(filter))
+}
+
+/// Tells the admin room when a sync brought only its latest
+/// [`EVENTS_PER_ROOM_AND_SYNC`] events and some of those cut off came after
+/// serve started: commands among them were never read.
+fn tell_of_unread_messages(bot: &Arc<Bot>, client: &Client, response: &SyncResponse) {
+    let Some(room_id) = bot.admin_room() else { return };
+    let Some(update) = response.rooms.joined.get(&room_id) else { return };
+    let oldest_read = update.timeline.events.first().and_then(|event| {
+        event.raw().get_field::<matrix_sdk::ruma::MilliSecondsSinceUnixEpoch>("origin_server_ts").ok().flatten()
+    });
+    if !update.timeline.limited || oldest_read.is_none_or(|at| at <= bot.started_at) {
+        return;
+    }
+    let Some(room) = client.get_room(&room_id) else { return };
+    tracing::warn!("more messages reached the admin room at once than a sync brings: the older ones were not read");
+    let text = format!(
+        "More than {EVENTS_PER_ROOM_AND_SYNC} messages reached this room at once, and I read only the latest \
+         {EVENTS_PER_ROOM_AND_SYNC}: send again any command that got no answer."
+    );
+    bot.state.background.clone().spawn(async move { reply_to(&room, &text).await });
 }
 
 /// A DM from this homeserver's people: only they have contacts to manage,

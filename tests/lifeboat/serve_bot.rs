@@ -830,6 +830,26 @@ async fn every_command_of_a_burst_sent_while_the_bot_was_stalled_is_answered() {
 }
 
 #[tokio::test(flavor = "multi_thread")]
+async fn a_command_cut_off_by_more_messages_than_a_sync_brings_is_owned_up_to() {
+    let mut rig = Rig::start(TestSmtp::start(None), &[]).await;
+    rig.serve().await;
+    rig.say("!lifeboat status").await;
+    rig.reply_containing("Registry:").await;
+
+    rig.pause_serve(true);
+    // The first may still go out in the sync the bot was waiting on.
+    rig.say("good morning").await;
+    rig.say("!lifeboat incident list").await;
+    for n in 0..100 {
+        rig.say(&format!("chatter {n}")).await;
+    }
+    rig.pause_serve(false);
+    rig.reply_containing("send again any command that got no answer").await;
+    let replies = rig.alice.messages_from(&rig.admin_room, &rig.bot).await;
+    assert!(!replies.iter().any(|reply| reply.contains("No incidents.")), "it was cut off: {replies:?}");
+}
+
+#[tokio::test(flavor = "multi_thread")]
 async fn commands_and_replies_work_in_an_end_to_end_encrypted_admin_room() {
     let mut rig = Rig::start_encrypted(TestSmtp::start(None)).await;
     rig.serve().await;
