@@ -174,6 +174,24 @@ impl Drop for Syncing {
 /// homeserver for up to 15 minutes by itself).
 const FIRST_SYNC_WITHIN: std::time::Duration = std::time::Duration::from_secs(60);
 
+/// Events a sync brings per room. Synapse's default is ten: more messages
+/// than that between two syncs (the bot paused, Synapse slow) and the older
+/// ones, commands among them, would never reach the bot. Every sync of a
+/// device the bot may use asks for this many, or one that runs between
+/// two of the bot's moves its position past what the bot never read.
+pub const EVENTS_PER_ROOM_AND_SYNC: u32 = 100;
+
+/// `settings`, bringing up to [`EVENTS_PER_ROOM_AND_SYNC`] events a room.
+/// Only rooms with news come in a sync from a position, so the larger limit
+/// costs nothing while people write little.
+pub fn up_to_enough_events(settings: matrix_sdk::config::SyncSettings) -> matrix_sdk::config::SyncSettings {
+    use matrix_sdk::ruma::api::client::filter::FilterDefinition;
+    use matrix_sdk::ruma::api::client::sync::sync_events::v3::Filter;
+    let mut filter = FilterDefinition::default();
+    filter.room.timeline.limit = Some(EVENTS_PER_ROOM_AND_SYNC.into());
+    settings.filter(Filter::FilterDefinition(filter))
+}
+
 /// How `serve` signs the store leases it holds.
 const SERVE_HOLDER: &str = "serve";
 
@@ -196,7 +214,8 @@ impl Devices {
         let mut slot = slot.lock().await;
         let device = self.ready(&mut slot, registry, login, store).await?;
         if store.is_some() && !device.kept_in_sync.load(Ordering::SeqCst) {
-            let settings = matrix_sdk::config::SyncSettings::default().timeout(std::time::Duration::ZERO);
+            let settings =
+                up_to_enough_events(matrix_sdk::config::SyncSettings::default().timeout(std::time::Duration::ZERO));
             tokio::time::timeout(FIRST_SYNC_WITHIN, device.client.sync_once(settings))
                 .await
                 .map_err(|_| DmError::Transient("the homeserver did not answer a sync within a minute".into()))?

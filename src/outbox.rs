@@ -266,7 +266,7 @@ pub trait Channel: Sync {
     fn claim(&self, limit: usize) -> impl Future<Output = Result<Vec<Self::Row>, registry::Error>> + Send;
     /// When the next pending row is due, if any.
     fn next_due(&self) -> impl Future<Output = Result<Option<i64>, registry::Error>> + Send;
-    /// The row's id and the attempts recorded before this run.
+    /// The row's id and the attempts recorded before this attempt.
     fn key(row: &Self::Row) -> (i64, i64);
     fn deliver(&self, row: &Self::Row) -> impl Future<Output = Outcome> + Send;
     /// Puts every due row off until `until`, noting `why`: the channel
@@ -437,7 +437,8 @@ fn to_record(
             let wait = if *count < ATTEMPTS_PER_RUN {
                 Duration::from_secs(1 << (*count - 1).min(4))
             } else {
-                parked_for((attempts_before + i64::from(*count)) / i64::from(ATTEMPTS_PER_RUN))
+                // Tries recorded before this one, and this one: whole runs.
+                parked_for((attempts_before + 1) / i64::from(ATTEMPTS_PER_RUN))
             };
             tracing::warn!(delivery = id, error = %reason, "message will be retried");
             ended(DeliveryState::Pending, reason, Some(now_ms() + wait.as_millis() as i64))

@@ -19,7 +19,7 @@ use matrix_sdk::event_handler::Ctx;
 use matrix_sdk::ruma::api::client::room::create_room::v3::{Request as CreateRoomRequest, RoomPreset};
 use matrix_sdk::ruma::events::room::member::{MembershipState, StrippedRoomMemberEvent};
 use matrix_sdk::ruma::events::room::message::{MessageType, OriginalSyncRoomMessageEvent};
-use matrix_sdk::ruma::{OwnedRoomId, OwnedUserId, RoomAliasId, RoomId, UserId};
+use matrix_sdk::ruma::{MilliSecondsSinceUnixEpoch, OwnedRoomId, OwnedUserId, RoomAliasId, RoomId, UserId};
 use matrix_sdk::sync::SyncResponse;
 use matrix_sdk::{Client, LoopCtrl, Room, RoomMemberships, RoomState, SessionChange};
 use tokio::sync::mpsc::UnboundedReceiver;
@@ -28,7 +28,7 @@ use tokio_util::task::AbortOnDropHandle;
 
 use crate::app::Services;
 use crate::config::BotConfig;
-use crate::dm::safe_message;
+use crate::dm::{EVENTS_PER_ROOM_AND_SYNC, safe_message, up_to_enough_events};
 
 /// Registry setting: the admin room the bot made itself (after a wipe, or
 /// when none is configured), so a restart goes back to it.
@@ -45,10 +45,8 @@ const MAX_QUEUED_ALERTS: usize = 20;
 /// failing, up to [`LONGEST_RETRY_PAUSE`].
 const FIRST_RETRY_PAUSE: Duration = Duration::from_secs(2);
 const LONGEST_RETRY_PAUSE: Duration = Duration::from_secs(60);
-/// Events a sync brings per room. Synapse's default is ten: more messages
-/// than that between two syncs (the bot paused, Synapse slow) and the older
-/// ones, commands among them, would never reach the bot.
-const EVENTS_PER_ROOM_AND_SYNC: u32 = 100;
+/// The least time between two notices of unread messages in the admin room.
+const UNREAD_NOTICE_EVERY: Duration = Duration::from_secs(10 * 60);
 
 /// What the handlers share.
 pub(crate) struct Bot {
@@ -70,7 +68,10 @@ pub(crate) struct Bot {
     /// Messages sent before this process started are not taken as commands
     /// (they may be stale); later ones are, even if they arrive in the first
     /// sync after a reconnect.
-    started_at: matrix_sdk::ruma::MilliSecondsSinceUnixEpoch,
+    started_at: MilliSecondsSinceUnixEpoch,
+    /// How far the bot read the admin room, and when it last said some
+    /// messages went unread ([`tell_of_unread_messages`]).
+    unread: Mutex<Unread>,
     /// Commands and DMs already handled by this process: a session on a new
     /// device (the old one logged out) syncs its rooms afresh, and must not
     /// run them again.
@@ -275,7 +276,8 @@ pub async fn run(state: Arc<Services>, mut alerts: UnboundedReceiver<String>, ca
         asked_to_confirm: Mutex::default(),
         invited: Mutex::default(),
         joining: Mutex::default(),
-        started_at: matrix_sdk::ruma::MilliSecondsSinceUnixEpoch::now(),
+        started_at: MilliSecondsSinceUnixEpoch::now(),
+        unread: Mutex::new(Unread { read_up_to: MilliSecondsSinceUnixEpoch::now(), told_at: None }),
         handled: Mutex::default(),
         dm_commands: Mutex::default(),
     });
@@ -541,7 +543,7 @@ async fn settle_admin_room(bot: &Arc<Bot>, client: &Client, recovered: bool) -> 
     // The plain request: `Client::create_room` would wait for a sync.
     let room_id = client.send(request).await.map_err(|err| format!("cannot create an admin room: {err}"))?.room_id;
     registry.set_setting(ROOM_SETTING, room_id.as_str()).await.map_err(|err| err.to_string())?;
-    let _ = client.sync_once(SyncSettings::default().timeout(Duration::ZERO)).await;
+    let _ = client.sync_once(up_to_enough_events(SyncSettings::default().timeout(Duration::ZERO))).await;
     tracing::info!(room = %room_id, "made a new admin room");
     if let Ok(mut invited) = bot.invited.lock() {
         invited.clear();
@@ -658,6 +660,11 @@ async fn invite_admins(bot: &Arc<Bot>, client: &Client) {
             invited.insert(admin.clone());
         }
     }
+}
+
+struct Unread {
+    read_up_to: MilliSecondsSinceUnixEpoch,
+    told_at: Option<Instant>,
 }
 
 /// Alerts waiting for an admin room to post them in, kept across sessions.
@@ -812,36 +819,38 @@ fn maker_of(room: &Room) -> Option<OwnedUserId> {
     room.create_content().map(|content| content.creator)
 }
 
-/// `settings`, bringing up to [`EVENTS_PER_ROOM_AND_SYNC`] events a room.
-/// Only rooms with news come in a sync from a position, so the larger limit
-/// costs nothing while people write little.
-fn up_to_enough_events(settings: SyncSettings) -> SyncSettings {
-    use matrix_sdk::ruma::api::client::filter::FilterDefinition;
-    use matrix_sdk::ruma::api::client::sync::sync_events::v3::Filter;
-    let mut filter = FilterDefinition::default();
-    filter.room.timeline.limit = Some(EVENTS_PER_ROOM_AND_SYNC.into());
-    settings.filter(Filter::FilterDefinition(filter))
-}
-
 /// Tells the admin room when a sync brought only its latest
-/// [`EVENTS_PER_ROOM_AND_SYNC`] events and some of those cut off came after
-/// serve started: commands among them were never read.
+/// [`EVENTS_PER_ROOM_AND_SYNC`] events and some of those cut off are newer
+/// than any the bot read there before (or than serve's start): commands
+/// among them were never read. History a new device syncs afresh is not.
 fn tell_of_unread_messages(bot: &Arc<Bot>, client: &Client, response: &SyncResponse) {
     let Some(room_id) = bot.admin_room() else { return };
     let Some(update) = response.rooms.joined.get(&room_id) else { return };
-    let oldest_read = update.timeline.events.first().and_then(|event| {
-        event.raw().get_field::<matrix_sdk::ruma::MilliSecondsSinceUnixEpoch>("origin_server_ts").ok().flatten()
-    });
-    if !update.timeline.limited || oldest_read.is_none_or(|at| at <= bot.started_at) {
+    let sent_at = |event: &matrix_sdk::deserialized_responses::TimelineEvent| {
+        event.raw().get_field::<MilliSecondsSinceUnixEpoch>("origin_server_ts").ok().flatten()
+    };
+    let (oldest, newest) =
+        (update.timeline.events.first().and_then(sent_at), update.timeline.events.last().and_then(sent_at));
+    let Ok(mut unread) = bot.unread.lock() else { return };
+    let read_up_to = unread.read_up_to;
+    unread.read_up_to = read_up_to.max(newest.unwrap_or(read_up_to));
+    let missed = update.timeline.limited && oldest.is_some_and(|oldest| oldest > read_up_to);
+    if !missed || unread.told_at.is_some_and(|at| at.elapsed() < UNREAD_NOTICE_EVERY) {
         return;
     }
+    unread.told_at = Some(Instant::now());
     let Some(room) = client.get_room(&room_id) else { return };
     tracing::warn!("more messages reached the admin room at once than a sync brings: the older ones were not read");
-    let text = format!(
-        "More than {EVENTS_PER_ROOM_AND_SYNC} messages reached this room at once, and I read only the latest \
-         {EVENTS_PER_ROOM_AND_SYNC}: send again any command that got no answer."
-    );
-    bot.state.background.clone().spawn(async move { reply_to(&room, &text).await });
+    let bot = bot.clone();
+    bot.state.background.clone().spawn(async move {
+        if bot.unvouched_in(&room).await.is_empty() {
+            let text = format!(
+                "More than {EVENTS_PER_ROOM_AND_SYNC} messages reached this room at once, and I read only the \
+                 latest {EVENTS_PER_ROOM_AND_SYNC}: send again any command that got no answer."
+            );
+            reply_to(&room, &text).await;
+        }
+    });
 }
 
 /// A DM from this homeserver's people: only they have contacts to manage,

@@ -849,6 +849,31 @@ async fn a_command_cut_off_by_more_messages_than_a_sync_brings_is_owned_up_to() 
     assert!(!replies.iter().any(|reply| reply.contains("No incidents.")), "it was cut off: {replies:?}");
 }
 
+/// A new device syncs the admin room afresh: its last 100 events, all
+/// newer than serve's start, and none unread by the device before it.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_new_device_rereading_the_admin_rooms_history_says_nothing_went_unread() {
+    let mut rig = Rig::start(TestSmtp::start(None), &[]).await;
+    rig.serve().await;
+    for n in 0..110 {
+        rig.say(&format!("chatter {n}")).await;
+    }
+    rig.say("!lifeboat status").await;
+    rig.reply_containing("Registry:").await;
+
+    let logged_in = || rig.lifeboat.serve_log().matches("bot logged in").count();
+    let store = lifeboat::registry::Registry::connect(&rig.registry_url()).await.unwrap();
+    let session: serde_json::Value =
+        serde_json::from_str(&store.setting("bot_session").await.unwrap().unwrap()).unwrap();
+    let path = format!("/_synapse/admin/v2/users/{}/devices/{}", rig.bot, session["device_id"].as_str().unwrap());
+    assert_eq!(rig.synapse.admin_request(reqwest::Method::DELETE, &path, None).await.0, 200);
+    eventually("the bot logs in on a new device", Duration::from_secs(120), || async { logged_in() > 1 }).await;
+    rig.say("!lifeboat incident list").await;
+    rig.reply_containing("No incidents.").await;
+    let replies = rig.alice.messages_from(&rig.admin_room, &rig.bot).await;
+    assert!(!replies.iter().any(|reply| reply.contains("send again")), "{replies:?}");
+}
+
 #[tokio::test(flavor = "multi_thread")]
 async fn commands_and_replies_work_in_an_end_to_end_encrypted_admin_room() {
     let mut rig = Rig::start_encrypted(TestSmtp::start(None)).await;
