@@ -30,12 +30,24 @@ async fn config_check_prints_every_setting_of_the_example() {
     let example = std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/config.example.toml")).unwrap();
     let run = Lifeboat::with_config(&example).run(&["config", "check"]).await;
     assert_eq!(run.code, 0, "{run:?}");
-    let settings = example.lines().filter_map(|line| {
-        let (key, _) = line.trim_start_matches('#').trim_start().split_once(" = ")?;
-        let is_key = !key.is_empty() && key.chars().all(|c| c.is_ascii_lowercase() || c == '_');
-        (is_key && !key.ends_with("_file")).then_some(key)
-    });
-    let unprinted: Vec<&str> = settings.filter(|key| !run.stdout.contains(&format!("\n  {key} = "))).collect();
+    // `section.key` for each setting a text shows under its `[section]`.
+    let settings_in = |text: &str, comments: bool| {
+        let mut section = "";
+        let mut found = std::collections::BTreeSet::new();
+        for line in text.lines() {
+            if let Some(name) = line.strip_prefix('[').and_then(|rest| rest.strip_suffix(']')) {
+                section = name;
+            }
+            let line = if comments { line.trim_start_matches('#') } else { line };
+            let Some((key, _)) = line.trim_start().split_once(" = ") else { continue };
+            if !key.is_empty() && key.chars().all(|c| c.is_ascii_lowercase() || c == '_') && !key.ends_with("_file") {
+                found.insert(format!("{section}.{key}"));
+            }
+        }
+        found
+    };
+    let printed = settings_in(&run.stdout, false);
+    let unprinted: Vec<String> = settings_in(&example, true).difference(&printed).cloned().collect();
     assert!(unprinted.is_empty(), "not printed: {unprinted:?}\n{}", run.stdout);
 }
 
