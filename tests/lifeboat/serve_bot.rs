@@ -205,6 +205,20 @@ impl Rig {
         (response.status().as_u16(), response.text().await.unwrap())
     }
 
+    /// Deletes the bot's device through the admin API (its token dies with
+    /// it), and waits until the bot logged in again on a new one.
+    async fn delete_the_bots_device(&self) {
+        let logins = self.lifeboat.serve_log().matches("bot logged in").count();
+        let store = lifeboat::registry::Registry::connect(&self.registry_url()).await.unwrap();
+        let session: serde_json::Value =
+            serde_json::from_str(&store.setting("bot_session").await.unwrap().unwrap()).unwrap();
+        store.close().await;
+        let device = session["device_id"].as_str().unwrap();
+        let path = format!("/_synapse/admin/v2/users/{}/devices/{device}", self.bot);
+        assert_eq!(self.synapse.admin_request(reqwest::Method::DELETE, &path, None).await.0, 200);
+        logged_more_than(&self.lifeboat, "bot logged in", logins).await;
+    }
+
     /// Freezes serve (SIGSTOP) or lets it go on (SIGCONT), as a host that
     /// stalls or a process swapped out would.
     fn pause_serve(&self, paused: bool) {
@@ -788,13 +802,7 @@ async fn after_synapse_was_away_the_bot_answers_each_command_once() {
 
     // Its device logged out by an admin: a session on a new device syncs
     // the room afresh, and runs none of the commands again.
-    let store = lifeboat::registry::Registry::connect(&rig.registry_url()).await.unwrap();
-    let session: serde_json::Value =
-        serde_json::from_str(&store.setting("bot_session").await.unwrap().unwrap()).unwrap();
-    let device = session["device_id"].as_str().unwrap();
-    let path = format!("/_synapse/admin/v2/users/{}/devices/{device}", rig.bot);
-    assert_eq!(rig.synapse.admin_request(reqwest::Method::DELETE, &path, None).await.0, 200);
-    eventually("the bot logs in on a new device", Duration::from_secs(120), || async { logged_in() > 2 }).await;
+    rig.delete_the_bots_device().await;
     rig.say("!lifeboat help").await;
     rig.reply_containing("rooms recreate").await;
     tokio::time::sleep(Duration::from_secs(3)).await;
@@ -861,13 +869,7 @@ async fn a_new_device_rereading_the_admin_rooms_history_says_nothing_went_unread
     rig.say("!lifeboat status").await;
     rig.reply_containing("Registry:").await;
 
-    let logged_in = || rig.lifeboat.serve_log().matches("bot logged in").count();
-    let store = lifeboat::registry::Registry::connect(&rig.registry_url()).await.unwrap();
-    let session: serde_json::Value =
-        serde_json::from_str(&store.setting("bot_session").await.unwrap().unwrap()).unwrap();
-    let path = format!("/_synapse/admin/v2/users/{}/devices/{}", rig.bot, session["device_id"].as_str().unwrap());
-    assert_eq!(rig.synapse.admin_request(reqwest::Method::DELETE, &path, None).await.0, 200);
-    eventually("the bot logs in on a new device", Duration::from_secs(120), || async { logged_in() > 1 }).await;
+    rig.delete_the_bots_device().await;
     rig.say("!lifeboat incident list").await;
     rig.reply_containing("No incidents.").await;
     let replies = rig.alice.messages_from(&rig.admin_room, &rig.bot).await;
