@@ -437,19 +437,15 @@ fn waits_for_holds(config: &Config) -> bool {
     config.recovery.hold != HoldPolicy::Off
 }
 
-async fn rejoin_people(
-    config: &Config,
+/// The registry's word is as old as the last listing: Synapse is asked,
+/// once a person, whose account each ID is now (another wipe, a restored
+/// backup may have given it to a stranger). `Err` with why it cannot tell.
+async fn theirs_now(
     registry: &Registry,
     client: &SynapseClient,
-    retry_all: bool,
-    report: &mut BringBackReport,
-) -> Result<(), RoomsError> {
-    let pending = registry.pending_rejoins(retry_all, waits_for_holds(config)).await?;
-    // The registry's word is as old as the last listing: Synapse is asked,
-    // once a person, whose account the ID is now. One a stranger registered
-    // since (another wipe, a restored backup) is joined nowhere, and the
-    // person's rejoins wait (not an attempt).
-    let people: std::collections::HashSet<UserId> = pending.iter().map(|rejoin| rejoin.user_id.clone()).collect();
+    users: impl Iterator<Item = UserId>,
+) -> Result<HashMap<UserId, Result<bool, String>>, RoomsError> {
+    let people: std::collections::HashSet<UserId> = users.collect();
     let mut asked = futures::stream::iter(people)
         .map(|user| async move {
             let whose = crate::holds::its_persons_now(registry, client, &user).await;
@@ -465,6 +461,20 @@ async fn rejoin_people(
         };
         theirs.insert(user, whose);
     }
+    Ok(theirs)
+}
+
+async fn rejoin_people(
+    config: &Config,
+    registry: &Registry,
+    client: &SynapseClient,
+    retry_all: bool,
+    report: &mut BringBackReport,
+) -> Result<(), RoomsError> {
+    let pending = registry.pending_rejoins(retry_all, waits_for_holds(config)).await?;
+    // One a stranger registered since the last listing is joined nowhere,
+    // and the person's rejoins wait (not an attempt).
+    let theirs = theirs_now(registry, client, pending.iter().map(|rejoin| rejoin.user_id.clone())).await?;
     let mut to_do = Vec::new();
     for rejoin in pending {
         match &theirs[&rejoin.user_id] {
@@ -683,11 +693,14 @@ pub async fn recreate(
         registry.mark_room_recreated(&room.room_id, &new_room_id).await?;
         let mut invited = 0;
         let mut waiting = 0;
-        for (user_id, back) in registry.room_members_back(&room.room_id).await? {
-            if user_id == service {
-                continue;
-            }
-            if !back {
+        let members: Vec<(UserId, bool)> =
+            registry.room_members_back(&room.room_id).await?.into_iter().filter(|(id, _)| id != &service).collect();
+        // Back by the registry's word, and by Synapse's now: a person not
+        // invited yet is invited by a later rejoin round.
+        let theirs =
+            theirs_now(registry, client, members.iter().filter(|(_, back)| *back).map(|(id, _)| id.clone())).await?;
+        for (user_id, back) in members {
+            if !back || theirs.get(&user_id) != Some(&Ok(true)) {
                 waiting += 1;
                 continue;
             }

@@ -387,6 +387,28 @@ async fn a_stranger_on_a_claimed_id_before_any_listing_is_joined_into_none_of_it
     assert!(rejoined.stderr.contains(&format!("held back: {square}")), "said, not left out: {rejoined:?}");
 }
 
+/// The same for a room lifeboat makes again: its former member's ID in a
+/// stranger's hands is not invited, whatever the registry last heard.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_stranger_on_a_claimed_id_before_any_listing_is_not_invited_into_a_recreated_room() {
+    let ours = TestSynapse::start();
+    let registry = TestDatabase::sqlite();
+    ours.create_user("alice", &[]).await;
+    let alice = sign_in(&ours, "alice", "correct horse battery").await;
+    let kitchen = alice.create_room_full(RoomSpec::private().name("Kitchen")).await;
+    let lifeboat = lifeboat_on(&ours, &registry, "");
+    assert_eq!(lifeboat.run(&["sync"]).await.code, 0);
+    wiped_and_held(&ours, &lifeboat).await;
+    claim(&lifeboat, &alice.user_id).await;
+
+    ours.wipe();
+    assert_eq!(lifeboat.run(&["recover"]).await.code, 0);
+    let stranger = ours.client(&ours.register("alice"));
+    let made = lifeboat.run(&["rooms", "recreate", &kitchen, "--yes"]).await;
+    assert_eq!(made.code, 0, "{made:?}");
+    assert!(stranger.invites().await.is_empty(), "{made:?}");
+}
+
 /// A person removed from a surviving room while their ID was held (kicked
 /// by its moderators) is not brought back into it on claim.
 #[tokio::test(flavor = "multi_thread")]
