@@ -13,7 +13,7 @@ use futures::TryStreamExt;
 use serde_json::{Value, json};
 use sqlx::Row;
 
-use crate::registry::{Actor, Registry, now_ms, placeholders};
+use crate::registry::{Actor, Registry, SERVICE_PASSWORD_SETTING, now_ms, placeholders};
 
 const FORMAT_VERSION: i64 = 1;
 /// Registry setting: when the last backup was written.
@@ -170,8 +170,10 @@ pub async fn backup(registry: &Registry, out: &Path, server_name: &str, actor: &
 }
 
 /// Loads a backup into the registry in one transaction. Refuses a registry
-/// that holds accounts or history unless `replace` (which empties it first),
-/// and a backup of another homeserver's registry than `server_name`'s.
+/// that holds anything a backup keeps unless `replace` (which empties it
+/// first, keeping lifeboat's own credentials if newer than the backup's:
+/// [`keep_own_credentials`]), and a backup of another homeserver's
+/// registry than `server_name`'s.
 pub async fn restore(
     registry: &Registry,
     file: &Path,
@@ -203,16 +205,17 @@ pub async fn restore(
     }
 
     let mut tx = registry.begin_write().await?;
-    let (held,): (i64,) = sqlx::query_as(
-        "SELECT (SELECT COUNT(*) FROM accounts) + (SELECT COUNT(*) FROM audit_log) + (SELECT COUNT(*) FROM incidents)",
-    )
-    .fetch_one(&mut *tx)
-    .await?;
+    // Every kept table: a restore empties them all (a new registry that
+    // served a while holds the bot's session and the link-signing key).
+    let counts: Vec<String> = TABLES.iter().map(|table| format!("(SELECT COUNT(*) FROM {table})")).collect();
+    let (held,): (i64,) =
+        sqlx::query_as(sqlx::AssertSqlSafe(format!("SELECT {}", counts.join(" + ")))).fetch_one(&mut *tx).await?;
     if held > 0 && !replace {
         return Err(BackupError::Failed(
             "the registry is not empty: restore into a new one, or pass --replace to empty this one first".to_owned(),
         ));
     }
+    let own_now = OwnCredentials::read(&mut tx).await?;
     // Run-time rows that point at accounts go first (they are not kept).
     let emptied = ["web_links", "contact_verifications"].into_iter().chain(TABLES.iter().rev().copied());
     for table in emptied.chain(["listing_stage"]) {
@@ -278,11 +281,63 @@ pub async fn restore(
             .await?;
         }
     }
+    let mut detail = format!("{rows} rows");
+    if own_now.keep_if_newer(&mut tx).await? {
+        detail.push_str("; lifeboat's own credentials kept, being newer than the backup's");
+    }
     // Recorded with the rows: a restore is never reported failed once committed.
-    let (restored, detail) = (file.display().to_string(), format!("{rows} rows"));
+    let restored = file.display().to_string();
     Registry::audit_in(&mut tx, actor, "restore", Some(&restored), Some(&detail)).await?;
     tx.commit().await?;
     Ok(rows)
+}
+
+/// lifeboat's own account as the registry knew it before a restore: after
+/// a wipe, `recover` registered it again with a new password, and the
+/// backup's token and password (or none) would lock lifeboat out of it.
+struct OwnCredentials {
+    credentials: Vec<(String, String, Option<String>, i64)>,
+    password: Option<String>,
+}
+
+impl OwnCredentials {
+    async fn read(conn: &mut sqlx::AnyConnection) -> Result<OwnCredentials, BackupError> {
+        let credentials =
+            sqlx::query_as("SELECT user_id, access_token, device_id, obtained_at FROM service_credentials")
+                .fetch_all(&mut *conn)
+                .await?;
+        let password = sqlx::query_scalar("SELECT value FROM settings WHERE name = $1")
+            .bind(SERVICE_PASSWORD_SETTING)
+            .fetch_optional(&mut *conn)
+            .await?;
+        Ok(OwnCredentials { credentials, password })
+    }
+
+    /// Puts back each credential obtained after the restored one (or with
+    /// none restored), and the password it was registered with. Whether
+    /// any was kept.
+    async fn keep_if_newer(self, conn: &mut sqlx::AnyConnection) -> Result<bool, BackupError> {
+        let mut kept = false;
+        for (user_id, token, device_id, obtained_at) in self.credentials {
+            let put_back = sqlx::query(
+                "INSERT INTO service_credentials (user_id, access_token, device_id, obtained_at) VALUES ($1, $2, $3, $4) \
+                 ON CONFLICT (user_id) DO UPDATE SET access_token = excluded.access_token, \
+                 device_id = excluded.device_id, obtained_at = excluded.obtained_at \
+                 WHERE service_credentials.obtained_at < excluded.obtained_at",
+            )
+            .bind(user_id)
+            .bind(token)
+            .bind(device_id)
+            .bind(obtained_at)
+            .execute(&mut *conn)
+            .await?;
+            kept |= put_back.rows_affected() > 0;
+        }
+        if kept && let Some(password) = self.password {
+            crate::registry::set_setting_in(&mut *conn, SERVICE_PASSWORD_SETTING, &password).await?;
+        }
+        Ok(kept)
+    }
 }
 
 /// What a JSON value is, for an error that must not show it.

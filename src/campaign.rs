@@ -53,6 +53,12 @@ pub enum CampaignError {
     StaysOpen(i64, TokenError),
     #[error("incident {0} was resolved meanwhile: nothing was made or sent")]
     Resolved(i64),
+    #[error(
+        "{} not held yet ({}), and a registration token in a notice could register any of them: nothing was made or sent; hold them first (`lifeboat holds make` says why they are not), or set recovery.hold = \"off\" to send tokens anyway",
+        crate::plural::count(.0.len() as i64, "lost ID is", "lost IDs are"),
+        crate::plural::id_list(.0, 3)
+    )]
+    NotHeld(Vec<UserId>),
 }
 
 /// What a run did.
@@ -191,7 +197,7 @@ pub async fn open_incident(
     })?;
     let holds = match &client {
         _ if !holds_wanted(config, true) => None,
-        Ok(client) => hold_after_opening(config, registry, client, actor, progress).await,
+        Ok(client) => hold_waiting_for_others(config, registry, client, actor, progress).await,
         Err(reason) => {
             progress.note(&format!("lost IDs are not held yet: {reason}"));
             None
@@ -209,11 +215,12 @@ pub struct OpenedIncident {
     pub holds: Option<HoldReport>,
 }
 
-/// Holds the lost IDs once an incident is open; a failure is only a note
-/// (the watcher, `incident open` or `lifeboat holds make` tries again). Waits
-/// for a run already holding (the watcher, after the wipe it alerted about),
-/// so the notices find the IDs held; its lease ends if its process goes.
-async fn hold_after_opening(
+/// Holds the lost IDs (once an incident is open, and before its notices);
+/// a failure is only a note (the watcher, `incident open`, `notify` or
+/// `lifeboat holds make` tries again). Waits for a run already holding (the
+/// watcher, after the wipe it alerted about), so the notices find the IDs
+/// held; its lease ends if its process goes.
+async fn hold_waiting_for_others(
     config: &Config,
     registry: &Registry,
     client: &SynapseClient,
@@ -371,6 +378,15 @@ async fn send_under_lease(
     let client = admin_client_recovering(config, registry, &options.actor, progress).await?;
     let service = service_user_id(config);
     let mut report = CampaignReport::default();
+    // Synapse binds no token to a name: while a lost ID that should be held
+    // is free (its hold failed, or was stopped), no token goes out.
+    if options.plan_new && holds_wanted(config, true) {
+        hold_waiting_for_others(config, registry, &client, &options.actor, progress).await;
+        let free = registry.hold_candidates(&service).await?;
+        if !free.is_empty() {
+            return Err(CampaignError::NotHeld(free.into_iter().map(|candidate| candidate.user_id).collect()));
+        }
+    }
     if options.plan_new {
         report.tokens_created =
             ensure_notice_tokens(registry, &client, incident.id, config.tokens.expiry, &service).await?;

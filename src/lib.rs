@@ -14,6 +14,7 @@ pub mod drill;
 pub mod email;
 pub mod holds;
 pub mod lease;
+pub mod limit;
 pub mod links;
 pub mod mail;
 pub mod messages;

@@ -6,12 +6,9 @@ use serde::Serialize;
 
 use crate::check::WORKING_TOKEN_SETTING;
 use crate::config::Config;
-use crate::registry::{self, Actor, CredentialFrom, Registry};
+use crate::registry::{self, Actor, CredentialFrom, Registry, SERVICE_PASSWORD_SETTING};
 use crate::synapse::{self, SharedSecretError, SynapseClient};
 use crate::user_id::UserId;
-
-/// Registry setting: the service account's password, set by `recover`.
-const SERVICE_PASSWORD: &str = "service_account_password";
 
 /// Where the working admin token came from.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
@@ -136,7 +133,7 @@ pub async fn renew_own_token(
     actor: &Actor,
     same_device: bool,
 ) -> Result<Option<secrecy::SecretString>, RecoverError> {
-    let Some(password) = registry.setting(SERVICE_PASSWORD).await? else { return Ok(None) };
+    let Some(password) = registry.setting(SERVICE_PASSWORD_SETTING).await? else { return Ok(None) };
     let user_id = service_user_id(config);
     let stored = registry.service_credential(&user_id).await?;
     let device = stored.and_then(|stored| stored.device_id).filter(|_| same_device);
@@ -165,7 +162,7 @@ pub async fn recover(config: &Config, registry: &Registry, actor: &Actor) -> Res
     // Synapse's answer and storing the token, the next recover logs in
     // with it instead of taking its own account for a stranger's. Made
     // once, whoever asks first: two recoveries at once use the same one.
-    let password = registry.generated_secret(SERVICE_PASSWORD).await?;
+    let password = registry.generated_secret(SERVICE_PASSWORD_SETTING).await?;
     let registered = match base.register_with_shared_secret(&secret.value, user_id.localpart(), &password, true).await {
         Ok(registered) => registered,
         Err(SharedSecretError::UserInUse) => {

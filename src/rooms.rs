@@ -38,6 +38,8 @@ const VIA_SERVERS: usize = 5;
 #[derive(Debug, thiserror::Error)]
 pub enum RoomsError {
     #[error("the room listing failed, so the room registry was left unchanged: {0}")]
+    Listing(synapse::Error),
+    #[error(transparent)]
     Synapse(#[from] synapse::Error),
     #[error(
         "the room list kept changing while it was read ({listed} rooms read, Synapse counts {total}), so the room registry was left unchanged"
@@ -110,7 +112,7 @@ pub async fn sync_rooms(
             }
             // Gone since the listing: the next sync will not list it.
             Ok(None) => {}
-            Err(err) if err.is_refusal() => return Err(err.into()),
+            Err(err) if err.is_refusal() => return Err(RoomsError::Listing(err)),
             Err(err) => {
                 tracing::warn!(room_id = %records[index].room_id, error = %err, "could not read a room's state");
                 // A fingerprint no listing has, so the next sync reads it.
@@ -135,11 +137,12 @@ async fn complete_listing(
         let mut total = 0;
         loop {
             let asked = Instant::now();
-            let page = client.rooms_page(from, ROOMS_PAGE).await?;
+            let page = client.rooms_page(from, ROOMS_PAGE).await.map_err(RoomsError::Listing)?;
             // The largest count seen: rooms purged meanwhile make the listing
             // come up short (and read again), never complete.
             let Some(page_total) = page.total_rooms else {
-                return Err(client.bad_listing("a page of the room listing came without its total count").into());
+                let detail = "a page of the room listing came without its total count";
+                return Err(RoomsError::Listing(client.bad_listing(detail)));
             };
             total = total.max(page_total);
             rooms.extend(page.rooms.into_iter().map(|room| (room.room_id.clone(), room)));
@@ -147,7 +150,7 @@ async fn complete_listing(
                 Some(next) if next > from => from = next,
                 Some(next) => {
                     let detail = format!("the room listing's next_batch {next} does not move past {from}");
-                    return Err(client.bad_listing(&detail).into());
+                    return Err(RoomsError::Listing(client.bad_listing(&detail)));
                 }
                 None => break,
             }
@@ -354,9 +357,14 @@ async fn rejoin_own(
         }
         let joined = match client.join(&room.room_id, &room.via_servers).await {
             Ok(joined) => joined,
-            // Synapse is up, the room's servers are not: this room waits
-            // for the next round, the others and their people go on.
-            Err(err) if err.matrix_error_of_a_failure().is_some() => {
+            // Synapse is up, the room's servers are not (it said so, or the
+            // join outlasted homeserver.timeout while Synapse still answers):
+            // this room waits for the next round, the others and their
+            // people go on.
+            Err(err)
+                if err.matrix_error_of_a_failure().is_some()
+                    || (err.is_transient() && client.server_version().await.is_ok()) =>
+            {
                 report.failed.push((service.to_string(), room.room_id.clone(), err.to_string()));
                 continue;
             }
@@ -704,13 +712,19 @@ pub async fn recreate(
                 waiting += 1;
                 continue;
             }
-            match client.invite(&new_room_id, user_id.as_str()).await? {
-                JoinOutcome::Joined => {
+            // The room is made and recorded: an invite that fails now is
+            // left to a later rejoin round, not reported as no room.
+            match client.invite(&new_room_id, user_id.as_str()).await {
+                Ok(JoinOutcome::Joined) => {
                     invited += 1;
                     registry.record_rejoin(&room.room_id, &user_id, RejoinOutcome::Invited).await?;
                 }
-                JoinOutcome::Refused(reason) => {
+                Ok(JoinOutcome::Refused(reason)) => {
                     registry.record_rejoin(&room.room_id, &user_id, RejoinOutcome::Failed(&reason)).await?;
+                }
+                Err(err) => {
+                    tracing::warn!(room = %new_room_id, user = %user_id, error = %err, "could not invite a former member yet");
+                    waiting += 1;
                 }
             }
         }

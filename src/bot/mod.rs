@@ -29,6 +29,7 @@ use tokio_util::task::AbortOnDropHandle;
 use crate::app::Services;
 use crate::config::BotConfig;
 use crate::dm::{EVENTS_PER_ROOM_AND_SYNC, safe_message, up_to_enough_events};
+use crate::limit::FixedWindows;
 
 /// Registry setting: the admin room the bot made itself (after a wipe, or
 /// when none is configured), so a restart goes back to it.
@@ -78,7 +79,7 @@ pub(crate) struct Bot {
     handled: Mutex<HandledEvents>,
     /// DM commands per person in the current minute (each costs a member
     /// list and admin-API calls): past [`DM_COMMANDS_PER_MINUTE`], ignored.
-    dm_commands: Mutex<HashMap<OwnedUserId, (Instant, u32)>>,
+    dm_commands: FixedWindows,
 }
 
 /// DM commands one person may send a minute; more are not answered.
@@ -208,23 +209,6 @@ impl Bot {
         unvouched
     }
 
-    /// Counts a DM command from `person`: false past this minute's few.
-    fn dm_command_allowed(&self, person: &OwnedUserId) -> bool {
-        let Ok(mut counts) = self.dm_commands.lock() else { return false };
-        let now = Instant::now();
-        let minute = Duration::from_secs(60);
-        // Only this server's accounts DM the bot: few keys, swept now and then.
-        if counts.len() > 1_000 {
-            counts.retain(|_, (since, _)| now.duration_since(*since) < minute);
-        }
-        let (since, count) = counts.entry(person.clone()).or_insert((now, 0));
-        if now.duration_since(*since) >= minute {
-            (*since, *count) = (now, 0);
-        }
-        *count += 1;
-        *count <= DM_COMMANDS_PER_MINUTE
-    }
-
     fn admin_room(&self) -> Option<OwnedRoomId> {
         self.admin_room.lock().ok().and_then(|room| room.clone())
     }
@@ -279,7 +263,7 @@ pub async fn run(state: Arc<Services>, mut alerts: UnboundedReceiver<String>, ca
         started_at: MilliSecondsSinceUnixEpoch::now(),
         unread: Mutex::new(Unread { read_up_to: MilliSecondsSinceUnixEpoch::now(), told_at: None }),
         handled: Mutex::default(),
-        dm_commands: Mutex::default(),
+        dm_commands: FixedWindows::new("bot DM", Duration::from_secs(60)),
     });
     let mut queued = Waiting::default();
     let mut pause = None;
@@ -898,7 +882,7 @@ async fn on_message(event: OriginalSyncRoomMessageEvent, room: Room, Ctx(bot): C
         if !private_room_of(&room, &bot.me, &sender) || !bot.first_time(&event.event_id) {
             return;
         }
-        if !bot.dm_command_allowed(&sender) {
+        if !bot.dm_commands.hit(sender.to_string(), None, DM_COMMANDS_PER_MINUTE) {
             tracing::debug!(from = %sender, "a DM command past the minute's few: not answered");
             return;
         }

@@ -7,6 +7,9 @@ use secrecy::SecretString;
 use super::{Actor, Registry, Result, now_ms};
 use crate::user_id::UserId;
 
+/// Setting: the password `recover` registers lifeboat's account with.
+pub const SERVICE_PASSWORD_SETTING: &str = "service_account_password";
+
 /// How lifeboat got a token of its own account.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum CredentialFrom {
@@ -152,7 +155,7 @@ impl Registry {
 }
 
 /// Writes a setting, on the pool or in a transaction.
-pub(super) async fn set_setting_in(
+pub(crate) async fn set_setting_in(
     executor: impl sqlx::Executor<'_, Database = sqlx::Any>,
     name: &str,
     value: &str,

@@ -2,10 +2,8 @@
 //! tokens, the client's IP (proxies believed only when configured), and
 //! rate limits.
 
-use std::collections::HashMap;
 use std::net::{IpAddr, SocketAddr};
-use std::sync::Mutex;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use axum::extract::{ConnectInfo, Request};
 use axum::http::header::{self, HeaderMap, HeaderValue};
@@ -13,6 +11,7 @@ use axum::middleware::Next;
 use axum::response::Response;
 use rand::RngCore;
 
+use crate::limit::FixedWindows;
 use crate::links::{sign, verify};
 
 /// No inline script or style anywhere: the pages use one same-origin
@@ -134,33 +133,14 @@ pub fn client_ip(peer: Option<ConnectInfo<SocketAddr>>, headers: &HeaderMap, tru
     Some(nearest.unwrap_or(peer))
 }
 
-/// Fixed-window counters in memory, per client IP and per target (the
-/// account or address a form names). Memory is bounded: expired windows are
-/// swept when the map grows, and past [`MAX_KEYS`] every count starts over,
-/// at most once a window; filled again within it, newcomers count by their
-/// network (an IPv4 /24, an IPv6 /48) until the window ends.
+/// The web page's limits: per client IP and per target (the account or
+/// address a form names); a client counts by its network once a flood has
+/// filled the counters ([`crate::limit`]).
 pub struct RateLimiter {
     per_ip: u32,
     per_target: u32,
-    window: Duration,
-    counters: Mutex<Counters>,
+    windows: FixedWindows,
 }
-
-struct Counters {
-    windows: HashMap<String, (Instant, u32)>,
-    swept_at: Instant,
-    cleared_at: Option<Instant>,
-}
-
-/// Above this many keys, expired windows are swept, at most once a second
-/// (a sweep reads every key).
-const SWEEP_AT: usize = 10_000;
-/// Keys kept before counts start over (about 10 MB; twice that at most).
-/// Someone with more addresses than this (an IPv6 /48 holds 65,536 /64s)
-/// can fill the map. Counting every newcomer together then would let that
-/// one client shut everyone else out; starting over again and again would
-/// leave it no limit at all. Counting newcomers by network does neither.
-const MAX_KEYS: usize = 100_000;
 
 /// The network a client address is in, as newcomers to a full limiter are
 /// counted: an IPv4 /24, an IPv6 /48 (what one site is given).
@@ -191,60 +171,27 @@ pub(crate) fn client_key(ip: IpAddr) -> String {
 
 impl RateLimiter {
     pub fn new(per_ip: u32, per_target: u32, window: Duration) -> RateLimiter {
-        let counters = Counters { windows: HashMap::new(), swept_at: Instant::now(), cleared_at: None };
-        RateLimiter { per_ip, per_target, window, counters: Mutex::new(counters) }
+        RateLimiter { per_ip, per_target, windows: FixedWindows::new("web", window) }
     }
 
     /// Counts one form submission from `ip`; `false` once over the limit.
     pub fn allow_ip(&self, ip: Option<IpAddr>) -> bool {
         match ip {
-            Some(ip) => self.hit(client_key(ip), Some(network_key(ip)), self.per_ip),
-            None => self.hit("ip:unknown".to_owned(), None, self.per_ip),
+            Some(ip) => self.windows.hit(client_key(ip), Some(network_key(ip)), self.per_ip),
+            None => self.windows.hit("ip:unknown".to_owned(), None, self.per_ip),
         }
     }
 
     /// Counts one submission naming `target` (already normalized) in `form`.
     pub fn allow_target(&self, form: &str, target: &str) -> bool {
-        self.hit(format!("{form}:{target}"), None, self.per_target)
-    }
-
-    /// Counts one hit of `key` (`network`: what it counts as when the map
-    /// filled up twice within a window).
-    fn hit(&self, key: String, network: Option<String>, limit: u32) -> bool {
-        let now = Instant::now();
-        let mut counters = self.counters.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
-        let Counters { windows, swept_at, cleared_at } = &mut *counters;
-        if windows.len() >= SWEEP_AT && now.duration_since(*swept_at) >= Duration::from_secs(1) {
-            windows.retain(|_, (start, _)| now.duration_since(*start) < self.window);
-            *swept_at = now;
-        }
-        let mut key = key;
-        if windows.len() >= MAX_KEYS && !windows.contains_key(&key) {
-            let cleared_lately = cleared_at.is_some_and(|at| now.duration_since(at) < self.window);
-            match network {
-                Some(network) if cleared_lately && windows.len() < 2 * MAX_KEYS => key = network,
-                _ => {
-                    tracing::warn!(
-                        clients = windows.len(),
-                        "the web rate limiter is full (a flood from many addresses?): counts start over"
-                    );
-                    windows.clear();
-                    *cleared_at = Some(now);
-                }
-            }
-        }
-        let entry = windows.entry(key).or_insert((now, 0));
-        if now.duration_since(entry.0) >= self.window {
-            *entry = (now, 0);
-        }
-        entry.1 = entry.1.saturating_add(1);
-        entry.1 <= limit
+        self.windows.hit(format!("{form}:{target}"), None, self.per_target)
     }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::limit::MAX_KEYS;
 
     fn peer(ip: &str) -> Option<ConnectInfo<SocketAddr>> {
         Some(ConnectInfo(SocketAddr::new(ip.parse().unwrap(), 1234)))
@@ -291,7 +238,7 @@ mod tests {
             }
         };
         flood(0, MAX_KEYS as u32 + 5_000);
-        let kept = limiter.counters.lock().unwrap().windows.len();
+        let kept = limiter.windows.keys();
         assert!(kept <= MAX_KEYS, "{kept} keys kept");
         let newcomer = Some("198.51.100.77".parse().unwrap());
         assert!(limiter.allow_ip(newcomer), "a new client past the cap still gets its own budget");
@@ -301,7 +248,7 @@ mod tests {
         // (the flood would have no limit); newcomers count by network.
         let end = 2 * MAX_KEYS as u32 + 5_000;
         flood(MAX_KEYS as u32 + 5_000, end);
-        let kept = limiter.counters.lock().unwrap().windows.len();
+        let kept = limiter.windows.keys();
         assert!(kept <= 2 * MAX_KEYS, "{kept} keys kept");
         assert!(!limiter.allow_ip(Some(IpAddr::V4(end.into()))), "the flood's next address, in a spent /24");
         let elsewhere = Some("203.0.113.9".parse().unwrap());

@@ -5,7 +5,7 @@ use lifeboat::registry::{Actor, ContactSource, Registry, TokenPurpose};
 use lifeboat::synapse::ListedUser;
 use serde_json::{Value, json};
 
-use crate::harness::{TestDatabase, contact, email, id};
+use crate::harness::{Lifeboat, TestDatabase, TestSynapse, contact, email, id, unique};
 
 /// A registry with something in every kept table.
 async fn lived_in(registry: &Registry) {
@@ -213,4 +213,57 @@ async fn a_backup_written_before_the_newest_columns_restores_with_their_defaults
     assert_eq!(restore(&target, &file, false, "example.org", &Actor::cli()).await.unwrap(), written);
     let kinds: Vec<(String,)> = sqlx::query_as("SELECT kind FROM deliveries").fetch_all(target.pool()).await.unwrap();
     assert!(!kinds.is_empty() && kinds.iter().all(|(kind,)| kind == "notice"), "{kinds:?}");
+}
+
+/// A restore empties every kept table: a registry that holds only what a
+/// `serve` wrote (the bot's session, say) is not empty to it either.
+#[tokio::test]
+async fn a_registry_holding_only_the_bots_session_is_not_emptied_without_replace() {
+    let (_dir, file, _) = a_backup().await;
+    let target_db = TestDatabase::sqlite();
+    let target = Registry::connect(&target_db.url()).await.unwrap();
+    target.set_setting("bot_session", "{\"device_id\":\"NEW\"}").await.unwrap();
+
+    let err = restore(&target, &file, false, "example.org", &Actor::cli()).await.unwrap_err().to_string();
+    assert!(err.contains("the registry is not empty"), "{err}");
+    assert_eq!(target.setting("bot_session").await.unwrap().as_deref(), Some("{\"device_id\":\"NEW\"}"));
+    restore(&target, &file, true, "example.org", &Actor::cli()).await.unwrap();
+}
+
+/// The registry's host was lost with Synapse's database: on a new registry
+/// `recover` registered lifeboat's account again, and the older backup
+/// restored over it keeps those credentials (the backup's dead token, and
+/// no password, would lock lifeboat out of its own account).
+#[tokio::test(flavor = "multi_thread")]
+async fn restoring_a_backup_from_before_a_wipe_keeps_the_credentials_recover_made_since() {
+    let synapse = TestSynapse::start();
+    let (old, new) = (TestDatabase::sqlite(), TestDatabase::sqlite());
+    synapse.create_user(&unique("tern"), &[]).await;
+    let on = |registry: &TestDatabase| {
+        Lifeboat::with_config(&format!(
+            "[homeserver]\nurl = \"{}\"\nserver_name = \"{}\"\nadmin_token = \"{}\"\n\
+             registration_shared_secret = \"{}\"\n\n[registry]\nurl = \"{}\"\n",
+            synapse.url,
+            synapse.server_name,
+            synapse.admin_token(),
+            synapse.shared_secret,
+            registry.url()
+        ))
+    };
+    let before = on(&old);
+    assert_eq!(before.run(&["sync"]).await.code, 0);
+    let file = before.dir().join("registry.backup");
+    assert_eq!(before.run(&["backup", "--out", file.to_str().unwrap()]).await.code, 0);
+
+    synapse.wipe();
+    let after = on(&new);
+    assert_eq!(after.run(&["recover"]).await.code, 0);
+    let refused = after.run(&["restore", file.to_str().unwrap()]).await;
+    assert_eq!(refused.code, 1, "{refused:?}");
+    let restored = after.run(&["restore", file.to_str().unwrap(), "--replace"]).await;
+    assert_eq!(restored.code, 0, "{restored:?}");
+    let listed = after.run(&["sync"]).await;
+    assert_eq!(listed.code, 0, "lifeboat's own token still works: {listed:?}");
+    let again = after.run(&["recover"]).await;
+    assert_eq!(again.code, 0, "{again:?}");
 }

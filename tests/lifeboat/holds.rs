@@ -5,6 +5,7 @@
 use std::time::Duration;
 
 use crate::harness::browser::Browser;
+use crate::harness::faulty_front::FaultyFront;
 use crate::harness::{Lifeboat, MatrixUser, TestDatabase, TestSmtp, TestSynapse, eventually, unique};
 use crate::serve_bot::{Rig, people};
 use crate::web_pages::{form_csrf, post_form};
@@ -714,6 +715,53 @@ fn lifeboat_on(synapse: &TestSynapse, registry: &TestDatabase) -> Lifeboat {
         synapse.shared_secret,
         registry.url()
     ))
+}
+
+/// Synapse binds no registration token to a name, so no notice (each
+/// carries one) goes out while a lost ID is free: `notify` holds the lost
+/// IDs first, and while one still cannot be held it refuses, making no
+/// token and sending nothing.
+#[tokio::test(flavor = "multi_thread")]
+async fn no_notice_goes_out_while_a_lost_id_could_not_be_held() {
+    let synapse = TestSynapse::start();
+    let registry = TestDatabase::sqlite();
+    let smtp = TestSmtp::start(None);
+    let (first, second) = (unique("first"), unique("second"));
+    for person in [&first, &second] {
+        synapse.create_user(person, &[&format!("{person}@example.org")]).await;
+    }
+    let mut lifeboat = lifeboat_on(&synapse, &registry);
+    let config = std::fs::read_to_string(lifeboat.config_path()).unwrap();
+    lifeboat.write_config(&format!(
+        "{config}
+[email]
+smtp_url = \"{}\"\nfrom = \"Lifeboat <lifeboat@lifeboat.test>\"\n",
+        smtp.smtp_url()
+    ));
+    assert_eq!(lifeboat.run(&["sync"]).await.code, 0);
+    synapse.wipe();
+    assert_eq!(lifeboat.run(&["recover"]).await.code, 0);
+    // Synapse is "busy" whenever lifeboat would make the first ID's account.
+    let front = FaultyFront::start(&synapse.url, reqwest::Method::PUT, &first, usize::MAX).await;
+    lifeboat.set_env("LIFEBOAT__HOMESERVER__URL", &front.url);
+    open_incident(&lifeboat).await;
+
+    let refused = lifeboat.run(&["notify", "1", "--yes"]).await;
+    assert_eq!(refused.code, 1, "{refused:?}");
+    assert!(
+        refused.stderr.contains("not held yet") && refused.stderr.contains(&synapse.user_id(&first)),
+        "{refused:?}"
+    );
+    assert_eq!(smtp.count(), 0, "nothing was mailed");
+    let tokens = lifeboat.run(&["tokens", "list", "--json"]).await;
+    assert_eq!(tokens.json().as_array().map(Vec::len), Some(0), "no token was made: {tokens:?}");
+
+    // Synapse answers again: the next notify holds the ID, then sends.
+    lifeboat.set_env("LIFEBOAT__HOMESERVER__URL", &synapse.url);
+    let sent = lifeboat.run(&["notify", "1", "--yes"]).await;
+    assert_eq!(sent.code, 0, "{sent:?}");
+    assert!(ids_in(&lifeboat, "held").await.contains(&synapse.user_id(&first)), "{sent:?}");
+    assert_eq!(smtp.messages_to(&format!("{first}@example.org")).len(), 1, "{sent:?}");
 }
 
 #[tokio::test(flavor = "multi_thread")]

@@ -542,6 +542,69 @@ async fn recreating_more_rooms_than_synapse_allows_in_a_row_waits_and_makes_them
 /// people's tries are counted, so it is given up in the end.
 #[tokio::test(flavor = "multi_thread")]
 async fn a_surviving_room_nobody_can_reach_holds_back_no_other_room() {
+    let TwoSquares { ours, _theirs, registry, carol, square, across, lifeboat } = two_squares_after_a_wipe().await;
+    // Square's servers, as far as this server can tell: one that is not there.
+    let direct = lifeboat::registry::Registry::connect(&registry.url()).await.unwrap();
+    reachable_only_through(&direct, &square, "127.0.0.1:1").await;
+
+    let rejoined = lifeboat.run(&["rooms", "rejoin"]).await;
+    assert_eq!(rejoined.code, 1, "{rejoined:?}");
+    assert!(rejoined.stderr.contains(&square), "{rejoined:?}");
+    let carol_again = sign_in(&ours, "carol", NEW_PASSWORD).await;
+    let rooms = carol_again.joined_rooms().await;
+    assert!(rooms.contains(&across) && !rooms.contains(&square), "{rooms:?} {rejoined:?}");
+    let (attempts,): (i64,) =
+        sqlx::query_as("SELECT rejoin_attempts FROM room_members WHERE room_id = $1 AND user_id = $2")
+            .bind(&square)
+            .bind(&carol.user_id)
+            .fetch_one(direct.pool())
+            .await
+            .unwrap();
+    assert_eq!(attempts, 1, "carol's try at Square counts");
+    direct.close().await;
+}
+
+/// A surviving room whose one known server takes the connection and never
+/// answers: lifeboat's join outlasts homeserver.timeout while our Synapse
+/// still answers, so that room waits, and the room after it comes back in
+/// the same round (a round that gave up at the first would never reach it).
+#[tokio::test(flavor = "multi_thread")]
+async fn a_surviving_room_whose_server_never_answers_holds_back_no_other_room() {
+    let TwoSquares { ours, _theirs, registry, carol: _carol, square, across, mut lifeboat } =
+        two_squares_after_a_wipe().await;
+    lifeboat.set_env("LIFEBOAT__HOMESERVER__TIMEOUT", "3s");
+    // The kernel completes its connections; nobody ever answers on them.
+    let silent = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let silent_server = format!("127.0.0.1:{}", silent.local_addr().unwrap().port());
+    // Rooms are brought back in ID order (both have one local member): the
+    // first is the one whose server never answers.
+    let (first, second) = if square < across { (&square, &across) } else { (&across, &square) };
+    let direct = lifeboat::registry::Registry::connect(&registry.url()).await.unwrap();
+    reachable_only_through(&direct, first, &silent_server).await;
+    direct.close().await;
+
+    let rejoined = lifeboat.run(&["rooms", "rejoin"]).await;
+    assert_eq!(rejoined.code, 1, "{rejoined:?}");
+    assert!(rejoined.stderr.contains(&format!("not yet: {} in {first}", lifeboat_id(&ours))), "{rejoined:?}");
+    let carol_again = sign_in(&ours, "carol", NEW_PASSWORD).await;
+    let rooms = carol_again.joined_rooms().await;
+    assert!(rooms.contains(second) && !rooms.contains(first), "{rooms:?} {rejoined:?}");
+    drop(silent);
+}
+
+/// Carol of our server in two public rooms of theirs (Square, Across), our
+/// Synapse wiped, an incident open, and carol's ID handed back to her.
+struct TwoSquares {
+    ours: TestSynapse,
+    _theirs: TestSynapse,
+    registry: TestDatabase,
+    carol: MatrixUser,
+    square: String,
+    across: String,
+    lifeboat: Lifeboat,
+}
+
+async fn two_squares_after_a_wipe() -> TwoSquares {
     let (ours, theirs) = federation_pair();
     let registry = TestDatabase::sqlite();
     ours.create_user("carol", &[]).await;
@@ -562,29 +625,21 @@ async fn a_surviving_room_nobody_can_reach_holds_back_no_other_room() {
     let opened = lifeboat.run(&["incident", "open", "--title", "Lost", "--postmortem", "postmortem.md"]).await;
     assert_eq!(opened.code, 0, "{opened:?}");
     claim(&lifeboat, &carol.user_id).await;
-    // Square's servers, as far as this server can tell: one that is not there.
-    let direct = lifeboat::registry::Registry::connect(&registry.url()).await.unwrap();
-    sqlx::query("UPDATE rooms SET via_servers = '[\"127.0.0.1:1\"]' WHERE room_id = $1")
-        .bind(&square)
-        .execute(direct.pool())
+    TwoSquares { ours, _theirs: theirs, registry, carol, square, across, lifeboat }
+}
+
+/// Makes `server` the only server the registry knows `room_id` by.
+async fn reachable_only_through(registry: &lifeboat::registry::Registry, room_id: &str, server: &str) {
+    sqlx::query("UPDATE rooms SET via_servers = $1 WHERE room_id = $2")
+        .bind(serde_json::json!([server]).to_string())
+        .bind(room_id)
+        .execute(registry.pool())
         .await
         .unwrap();
+}
 
-    let rejoined = lifeboat.run(&["rooms", "rejoin"]).await;
-    assert_eq!(rejoined.code, 1, "{rejoined:?}");
-    assert!(rejoined.stderr.contains(&square), "{rejoined:?}");
-    let carol_again = sign_in(&ours, "carol", NEW_PASSWORD).await;
-    let rooms = carol_again.joined_rooms().await;
-    assert!(rooms.contains(&across) && !rooms.contains(&square), "{rooms:?} {rejoined:?}");
-    let (attempts,): (i64,) =
-        sqlx::query_as("SELECT rejoin_attempts FROM room_members WHERE room_id = $1 AND user_id = $2")
-            .bind(&square)
-            .bind(&carol.user_id)
-            .fetch_one(direct.pool())
-            .await
-            .unwrap();
-    assert_eq!(attempts, 1, "carol's try at Square counts");
-    direct.close().await;
+fn lifeboat_id(ours: &TestSynapse) -> String {
+    format!("@lifeboat:{}", ours.server_name)
 }
 
 /// A surviving room also waits while a former member's ID is free, not held
