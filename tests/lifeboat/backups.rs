@@ -239,24 +239,13 @@ async fn restoring_a_backup_from_before_a_wipe_keeps_the_credentials_recover_mad
     let synapse = TestSynapse::start();
     let (old, new) = (TestDatabase::sqlite(), TestDatabase::sqlite());
     synapse.create_user(&unique("tern"), &[]).await;
-    let on = |registry: &TestDatabase| {
-        Lifeboat::with_config(&format!(
-            "[homeserver]\nurl = \"{}\"\nserver_name = \"{}\"\nadmin_token = \"{}\"\n\
-             registration_shared_secret = \"{}\"\n\n[registry]\nurl = \"{}\"\n",
-            synapse.url,
-            synapse.server_name,
-            synapse.admin_token(),
-            synapse.shared_secret,
-            registry.url()
-        ))
-    };
-    let before = on(&old);
+    let before = Lifeboat::recovering(&synapse, &old);
     assert_eq!(before.run(&["sync"]).await.code, 0);
     let file = before.dir().join("registry.backup");
     assert_eq!(before.run(&["backup", "--out", file.to_str().unwrap()]).await.code, 0);
 
     synapse.wipe();
-    let after = on(&new);
+    let after = Lifeboat::recovering(&synapse, &new);
     assert_eq!(after.run(&["recover"]).await.code, 0);
     let refused = after.run(&["restore", file.to_str().unwrap()]).await;
     assert_eq!(refused.code, 1, "{refused:?}");

@@ -553,7 +553,6 @@ async fn holding_a_thousand_ids_stopped_killed_and_waited_for_by_an_incident_hol
     let registry = TestDatabase::sqlite();
     let count = 1000;
     let prefix = unique("many");
-    let token = synapse.admin_token();
     synapse
         .create_accounts(
             count,
@@ -561,14 +560,7 @@ async fn holding_a_thousand_ids_stopped_killed_and_waited_for_by_an_incident_hol
             |n| serde_json::json!({"displayname": format!("Person {n}")}),
         )
         .await;
-    let lifeboat = Lifeboat::with_config(&format!(
-        "[homeserver]\nurl = \"{}\"\nserver_name = \"{}\"\nadmin_token = \"{token}\"\n\
-         registration_shared_secret = \"{}\"\n\n[registry]\nurl = \"{}\"\n",
-        synapse.url,
-        synapse.server_name,
-        synapse.shared_secret,
-        registry.url()
-    ));
+    let lifeboat = Lifeboat::recovering(&synapse, &registry);
     assert_eq!(lifeboat.run(&["sync"]).await.code, 0);
     synapse.wipe();
     // Recovers lifeboat's account and lists the loss; holds come later.
@@ -634,7 +626,7 @@ async fn an_id_handed_back_from_a_stranger_keeps_none_of_the_strangers_ways_in()
     let person = unique("person");
     let email = format!("{person}@example.org");
     synapse.create_user(&person, &[&email]).await;
-    let lifeboat = lifeboat_on(&synapse, &registry);
+    let lifeboat = Lifeboat::recovering(&synapse, &registry);
     assert_eq!(lifeboat.run(&["sync"]).await.code, 0);
 
     synapse.wipe();
@@ -688,7 +680,7 @@ async fn an_id_the_operator_handed_back_is_told_from_a_stranger_on_it_after_anot
     let registry = TestDatabase::sqlite();
     let person = unique("person");
     synapse.create_user(&person, &[&format!("{person}@example.org")]).await;
-    let lifeboat = lifeboat_on(&synapse, &registry);
+    let lifeboat = Lifeboat::recovering(&synapse, &registry);
     assert_eq!(lifeboat.run(&["sync"]).await.code, 0);
     synapse.wipe();
     assert_eq!(lifeboat.run(&["recover"]).await.code, 0);
@@ -705,18 +697,6 @@ async fn an_id_the_operator_handed_back_is_told_from_a_stranger_on_it_after_anot
     assert_eq!(ids_in(&lifeboat, "recreated").await, vec![stranger.user_id]);
 }
 
-fn lifeboat_on(synapse: &TestSynapse, registry: &TestDatabase) -> Lifeboat {
-    Lifeboat::with_config(&format!(
-        "[homeserver]\nurl = \"{}\"\nserver_name = \"{}\"\nadmin_token = \"{}\"\n\
-         registration_shared_secret = \"{}\"\n\n[registry]\nurl = \"{}\"\n",
-        synapse.url,
-        synapse.server_name,
-        synapse.admin_token(),
-        synapse.shared_secret,
-        registry.url()
-    ))
-}
-
 /// Synapse binds no registration token to a name, so no notice (each
 /// carries one) goes out while a lost ID is free: `notify` holds the lost
 /// IDs first, and while one still cannot be held it refuses, making no
@@ -730,7 +710,7 @@ async fn no_notice_goes_out_while_a_lost_id_could_not_be_held() {
     for person in [&first, &second] {
         synapse.create_user(person, &[&format!("{person}@example.org")]).await;
     }
-    let mut lifeboat = lifeboat_on(&synapse, &registry);
+    let mut lifeboat = Lifeboat::recovering(&synapse, &registry);
     let config = std::fs::read_to_string(lifeboat.config_path()).unwrap();
     lifeboat.write_config(&format!(
         "{config}
@@ -771,7 +751,7 @@ async fn an_id_registered_between_the_sync_and_the_hold_is_found_taken_and_never
     let (first, second) = (unique("first"), unique("second"));
     synapse.create_user(&first, &[&format!("{first}@example.org")]).await;
     synapse.create_user(&second, &[&format!("{second}@example.org")]).await;
-    let lifeboat = lifeboat_on(&synapse, &registry);
+    let lifeboat = Lifeboat::recovering(&synapse, &registry);
     assert_eq!(lifeboat.run(&["sync"]).await.code, 0);
     synapse.wipe();
     assert_eq!(lifeboat.run(&["recover"]).await.code, 0);
@@ -802,7 +782,7 @@ async fn an_admin_id_no_listing_saw_is_held_with_the_lost_ids() {
     synapse.create_user(&person, &[]).await;
     let ops_localpart = unique("ops");
     let ops = synapse.user_id(&ops_localpart);
-    let lifeboat = lifeboat_on(&synapse, &registry);
+    let lifeboat = Lifeboat::recovering(&synapse, &registry);
     let config = std::fs::read_to_string(lifeboat.config_path()).unwrap();
     lifeboat.write_config(&format!("{config}\n[bot]\nadmins = [\"{ops}\"]\n"));
     assert_eq!(lifeboat.run(&["sync"]).await.code, 0);
@@ -830,7 +810,7 @@ async fn display_names_follow_the_holds_and_neither_a_sync_nor_a_claim_before_th
         synapse.create_user(localpart, &[&format!("{localpart}@example.org")]).await;
         rename(&synapse, localpart, name).await;
     }
-    let lifeboat = lifeboat_on(&synapse, &registry);
+    let lifeboat = Lifeboat::recovering(&synapse, &registry);
     assert_eq!(lifeboat.run(&["sync"]).await.code, 0);
     synapse.wipe();
     let opened = open_incident(&lifeboat).await;
@@ -877,7 +857,7 @@ async fn a_stranger_who_takes_a_held_id_after_another_wipe_does_not_get_its_pers
     let person = unique("wren");
     synapse.create_user(&person, &[&format!("{person}@example.org")]).await;
     rename(&synapse, &person, "Wren of the Breakwater").await;
-    let lifeboat = lifeboat_on(&synapse, &registry);
+    let lifeboat = Lifeboat::recovering(&synapse, &registry);
     assert_eq!(lifeboat.run(&["sync"]).await.code, 0);
     synapse.wipe();
     open_incident(&lifeboat).await;
@@ -907,7 +887,7 @@ async fn one_person_then_a_wipe(synapse: &TestSynapse, registry: &TestDatabase) 
     let person = unique("tern");
     let address = format!("{person}@example.org");
     synapse.create_user(&person, &[&address]).await;
-    let lifeboat = lifeboat_on(synapse, registry);
+    let lifeboat = Lifeboat::recovering(synapse, registry);
     assert_eq!(lifeboat.run(&["sync"]).await.code, 0);
     synapse.wipe();
     synapse.register_admin(&unique("root"));

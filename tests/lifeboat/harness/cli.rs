@@ -45,6 +45,20 @@ impl Lifeboat {
         ))
     }
 
+    /// Config for `synapse` with its admin token and shared secret (so
+    /// `recover` works after a wipe), and `registry`.
+    pub fn recovering(synapse: &super::TestSynapse, registry: &super::TestDatabase) -> Lifeboat {
+        Lifeboat::with_config(&format!(
+            "[homeserver]\nurl = \"{}\"\nserver_name = \"{}\"\nadmin_token = \"{}\"\n\
+             registration_shared_secret = \"{}\"\n\n[registry]\nurl = \"{}\"\n",
+            synapse.url,
+            synapse.server_name,
+            synapse.admin_token(),
+            synapse.shared_secret,
+            registry.url()
+        ))
+    }
+
     pub fn dir(&self) -> &Path {
         self.dir.path()
     }
