@@ -474,7 +474,7 @@ async fn send_under_lease(
     // for some people a DM is the one way they hear.
     let mut sent = emailed;
     if let (Ok(_) | Err(NotifyError::Channel(_)), Some(sender)) = (&sent, &dm_sender) {
-        let dm_transport = Transport::Matrix(sender);
+        let dm_transport = Transport::Matrix(sender, &client);
         let messaged =
             send_deliveries(registry, dm_transport, incident, &settings, DM_CONCURRENCY, progress, lost).await;
         sent = match (sent, messaged) {

@@ -24,6 +24,7 @@ use crate::registry::{
     self, AccountState, Delivery, DeliveryChannel, DeliveryCounts, Incident, PlannedEmails, Registry, RoomFate,
     RoomState, may_come_back,
 };
+use crate::synapse::SynapseClient;
 use crate::user_id::UserId;
 
 /// Errors of a notify run: the outbox's.
@@ -271,14 +272,15 @@ pub fn human_time(ms: i64) -> String {
 #[derive(Clone, Copy)]
 pub enum Transport<'a> {
     Email(&'a Mailer),
-    Matrix(&'a DmSender),
+    /// DMs, and the admin API that tells whose a local Matrix ID is now.
+    Matrix(&'a DmSender, &'a SynapseClient),
 }
 
 impl Transport<'_> {
     fn channel(&self) -> DeliveryChannel {
         match self {
             Transport::Email(_) => DeliveryChannel::Email,
-            Transport::Matrix(_) => DeliveryChannel::Matrix,
+            Transport::Matrix(..) => DeliveryChannel::Matrix,
         }
     }
 
@@ -308,12 +310,31 @@ impl Transport<'_> {
                 delivery.contact_account_state
             };
             if !standing.is_some_and(AccountState::is_its_persons) {
-                return Some(
-                    "the Matrix ID is not its person's now (lost, held, registered again by someone else, or unknown)",
-                );
+                return Some(NOT_ITS_PERSONS);
             }
         }
         None
+    }
+}
+
+const NOT_ITS_PERSONS: &str =
+    "the Matrix ID is not its person's now (lost, held, registered again by someone else, or unknown)";
+
+/// A Matrix ID on this homeserver is asked of Synapse too, just before the
+/// DM: the registry learns of one registered again after another wipe only
+/// at the next listing, and the notice carries the person's token and
+/// claim link.
+async fn changed_hands(
+    registry: &Registry,
+    synapse: &SynapseClient,
+    address: &str,
+    server_name: &str,
+) -> Option<Outcome> {
+    let id = UserId::parse(address).ok().filter(|id| id.server_name() == server_name)?;
+    match crate::holds::its_persons_now(registry, synapse, &id).await {
+        Ok(true) => None,
+        Ok(false) => Some(Outcome::Skip(NOT_ITS_PERSONS)),
+        Err(err) => Some(Outcome::Retry(err.to_string())),
     }
 }
 
@@ -355,16 +376,22 @@ impl crate::outbox::Channel for IncidentNotices<'_> {
                 Ok(email) => crate::outbox::mail_outcome(mailer.send(&email).await),
                 Err(outcome) => outcome,
             },
-            Transport::Matrix(sender) => match settings.render(incident, delivery) {
-                Err(err) => Outcome::Fatal(err),
-                Ok(notice) => {
-                    // Fixed per delivery: Synapse drops a repeat after a crash.
-                    let transaction = format!("lifeboat-incident-{}-delivery-{}", incident.id, delivery.id);
-                    crate::outbox::dm_outcome(
-                        sender.send(self.registry, &delivery.address, &notice.markdown, &transaction).await,
-                    )
+            Transport::Matrix(sender, synapse) => {
+                let address = &delivery.address;
+                if let Some(outcome) = changed_hands(self.registry, synapse, address, &settings.server_name).await {
+                    return outcome;
                 }
-            },
+                match settings.render(incident, delivery) {
+                    Err(err) => Outcome::Fatal(err),
+                    Ok(notice) => {
+                        // Fixed per delivery: Synapse drops a repeat after a crash.
+                        let transaction = format!("lifeboat-incident-{}-delivery-{}", incident.id, delivery.id);
+                        crate::outbox::dm_outcome(
+                            sender.send(self.registry, address, &notice.markdown, &transaction).await,
+                        )
+                    }
+                }
+            }
         }
     }
 }

@@ -1034,6 +1034,42 @@ async fn ids_taken_after_a_wipe_neither_read_a_persons_notice_nor_put_words_in_i
     assert!(text.starts_with(&format!("Hello {alice},")) && !text.contains("evil.example"), "{text}");
 }
 
+/// The registry learns that a contact's ID changed hands only at the next
+/// listing: a DM to a Matrix ID on this homeserver asks Synapse whose it is
+/// just before it goes, so a stranger who registered it after another
+/// wipe, before any listing, reads nothing of the person's notice.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_contacts_id_taken_after_another_wipe_before_any_listing_gets_no_dm() {
+    let synapse = TestSynapse::start();
+    let registry = TestDatabase::sqlite();
+    let smtp = TestSmtp::start(None);
+    let lifeboat = lifeboat_with_mail(&synapse, &registry, &smtp);
+    let (alice, bob) = (unique("alice"), unique("bob"));
+    synapse.create_user(&alice, &[&format!("{alice}@example.org")]).await;
+    assert_eq!(lifeboat.run(&["sync"]).await.code, 0);
+    synapse.wipe();
+    assert_eq!(lifeboat.run(&["recover"]).await.code, 0);
+    // Bob's account is new since the wipe: his own, and known once listed.
+    synapse.register_admin(&unique("root"));
+    synapse.create_user(&bob, &[]).await;
+    let open = lifeboat.run(&["incident", "open", "--title", "Lost", "--postmortem", "postmortem.md", "--json"]).await;
+    assert_eq!(open.code, 0, "{open:?}");
+    let id = open.json()["id"].to_string();
+    let added = lifeboat.run(&["contacts", "add", &synapse.user_id(&alice), &synapse.user_id(&bob)]).await;
+    assert_eq!(added.code, 0, "{added:?}");
+
+    synapse.wipe();
+    let bob_taken = synapse.register(&bob);
+    assert_eq!(lifeboat.run(&["recover"]).await.code, 0);
+    let notify = lifeboat.run(&["notify", &id, "--yes"]).await;
+    assert_eq!(notify.code, 0, "{notify:?}");
+
+    let bob_taker = MatrixUser::new(&synapse.url, &bob_taken.user_id, &bob_taken.access_token);
+    assert!(bob_taker.invites().await.is_empty(), "no DM to the contact's ID someone took: {notify:?}");
+    let shown = lifeboat.run(&["incident", "show", &id, "--json"]).await.json();
+    assert_eq!(shown["deliveries"]["skipped"], 1, "the DM is skipped, not failed: {shown}");
+}
+
 /// A notify that loses its lease (held up past it: paused, say) stops
 /// claiming notices, so that it and the process that took the lease over do
 /// not send the same ones: the taker sends the rest.
