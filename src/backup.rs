@@ -180,7 +180,7 @@ pub async fn restore(
     replace: bool,
     server_name: &str,
     actor: &Actor,
-) -> Result<u64, BackupError> {
+) -> Result<Restored, BackupError> {
     let unreadable = |err| BackupError::Failed(format!("cannot read {}: {err}", file.display()));
     let mut lines = std::io::BufReader::new(std::fs::File::open(file).map_err(unreadable)?).lines();
     let invalid = |what: &str| BackupError::Failed(format!("{} is not a lifeboat backup: {what}", file.display()));
@@ -282,15 +282,28 @@ pub async fn restore(
         }
     }
     let mut detail = format!("{rows} rows");
-    if own_now.keep_if_newer(&mut tx).await? {
-        detail.push_str("; lifeboat's own credentials kept, being newer than the backup's");
+    let kept_own_credentials = own_now.keep_if_newer(&mut tx).await?;
+    if kept_own_credentials {
+        detail.push_str(KEPT_OWN_CREDENTIALS);
     }
     // Recorded with the rows: a restore is never reported failed once committed.
     let restored = file.display().to_string();
     Registry::audit_in(&mut tx, actor, "restore", Some(&restored), Some(&detail)).await?;
     tx.commit().await?;
-    Ok(rows)
+    Ok(Restored { rows, kept_own_credentials })
 }
+
+/// What a restore did.
+#[derive(Debug)]
+pub struct Restored {
+    pub rows: u64,
+    /// The registry's own credentials of lifeboat's account were newer than
+    /// the backup's, and kept ([`OwnCredentials`]).
+    pub kept_own_credentials: bool,
+}
+
+pub const KEPT_OWN_CREDENTIALS: &str =
+    "; lifeboat's own account credentials were kept, being newer than the backup's (a recover since)";
 
 /// lifeboat's own account as the registry knew it before a restore: after
 /// a wipe, `recover` registered it again with a new password, and the

@@ -356,8 +356,7 @@ async fn notify(bot: &Arc<Bot>, room: &Room, actor: &Actor, id: i64, confirm: bo
         let notes = notes.notes.into_inner().unwrap_or_default();
         let reply = if notes.is_empty() { reply } else { format!("{reply}\n\nNotes: {}", notes.join("; ")) };
         // Its failures name addresses: asked again who is in the room now.
-        let unvouched = bot.unvouched_in(&room).await;
-        let reply = if unvouched.is_empty() { reply } else { super::not_posting_while(&unvouched) };
+        let reply = bot.audience_of(&room).await.withholds_answers().unwrap_or(reply);
         super::reply_to(&room, &reply).await;
     });
     Ok(format!("Sending the notices of incident {id} now; I will post the result here."))

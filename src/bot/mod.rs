@@ -167,26 +167,29 @@ impl Bot {
         }
     }
 
-    /// This homeserver's members of the admin room (joined or invited)
-    /// through whom someone other than their registry person could read
-    /// what is posted there: after a wipe, a stranger on a lost ID still
-    /// joined to a surviving admin room ([`crate::holds::read_by_its_person_or_nobody`]).
-    /// Another server's members are its to vouch for.
-    async fn unvouched_in(&self, room: &Room) -> Vec<String> {
+    /// Who reads the admin room, as far as lifeboat can vouch: this
+    /// homeserver's members (joined or invited) through whom someone other
+    /// than their registry person could read what is posted there (after a
+    /// wipe, a stranger on a lost ID still joined to a surviving admin room:
+    /// [`crate::holds::read_by_its_person_or_nobody`]), and whether some
+    /// member could not be asked about just now. Another server's members
+    /// are its to vouch for.
+    async fn audience_of(&self, room: &Room) -> Audience {
         let (config, registry) = (&self.state.config, &self.state.registry);
         let admin = crate::recover::admin_access(config, registry).await.ok().and_then(|access| access.working());
+        let unsure = Audience { unvouched: Vec::new(), unsure: true };
         let (admin, members) = match (admin, room.members(RoomMemberships::ACTIVE).await) {
             (Some(admin), Ok(members)) => (admin, members),
             (Some(_), Err(err)) => {
                 tracing::warn!(error = %err, "cannot tell who is in the admin room");
-                return Vec::new();
+                return unsure;
             }
             // No admin token works: not a wipe the bot lived through (its own
             // session would have died with it), but a revoked token, which
             // the alerts must be able to tell the admins about.
-            (None, _) => return Vec::new(),
+            (None, _) => return unsure,
         };
-        let mut unvouched = Vec::new();
+        let mut audience = Audience::default();
         for member in members {
             let user = member.user_id();
             if user == self.me || user.server_name() != self.me.server_name() {
@@ -197,16 +200,15 @@ impl Bot {
                 Ok(true) => {}
                 Ok(false) => {
                     tracing::warn!(member = %user, "not posting in the admin room: its account is not one lifeboat knows as its person's");
-                    unvouched.push(user.to_string());
+                    audience.unvouched.push(user.to_string());
                 }
-                // Synapse or the registry failing now must not silence the
-                // alerts that may be about that very failure.
                 Err(err) => {
-                    tracing::warn!(member = %user, error = %err, "cannot tell whose a member of the admin room is")
+                    tracing::warn!(member = %user, error = %err, "cannot tell whose a member of the admin room is");
+                    audience.unsure = true;
                 }
             }
         }
-        unvouched
+        audience
     }
 
     fn admin_room(&self) -> Option<OwnedRoomId> {
@@ -668,7 +670,7 @@ async fn flush_alerts(bot: &Arc<Bot>, client: &Client, queued: &mut Waiting) {
     if queued.alerts.is_empty() || queued.held_back_at.is_some_and(|at| at.elapsed() < Duration::from_secs(60)) {
         return;
     }
-    if !bot.unvouched_in(&room).await.is_empty() {
+    if !bot.audience_of(&room).await.takes_alerts() {
         queued.held_back_at = Some(Instant::now());
         return;
     }
@@ -827,7 +829,7 @@ fn tell_of_unread_messages(bot: &Arc<Bot>, client: &Client, response: &SyncRespo
     tracing::warn!("more messages reached the admin room at once than a sync brings: the older ones were not read");
     let bot = bot.clone();
     bot.state.background.clone().spawn(async move {
-        if bot.unvouched_in(&room).await.is_empty() {
+        if bot.audience_of(&room).await.takes_alerts() {
             let text = format!(
                 "More than {EVENTS_PER_ROOM_AND_SYNC} messages reached this room at once, and I read only the \
                  latest {EVENTS_PER_ROOM_AND_SYNC}: send again any command that got no answer."
@@ -866,9 +868,8 @@ async fn on_message(event: OriginalSyncRoomMessageEvent, room: Room, Ctx(bot): C
         // Commands can take long (sync, notify): off the sync loop, and
         // waited for when serve stops.
         bot.state.background.clone().spawn(async move {
-            let unvouched = bot.unvouched_in(&room).await;
-            if !unvouched.is_empty() {
-                return reply_to(&room, &not_posting_while(&unvouched)).await;
+            if let Some(why) = bot.audience_of(&room).await.withholds_answers() {
+                return reply_to(&room, &why).await;
             }
             let reply = match parsed {
                 Ok(command) => admin::execute(&bot, &room, &sender, command).await,
@@ -936,6 +937,34 @@ async fn is_one_to_one(room: &Room, me: &OwnedUserId, sender: &OwnedUserId) -> b
 
 /// The one line an admin gets instead of an answer while someone lifeboat
 /// cannot vouch for is in the admin room (it names them, and nothing else).
+/// Who reads the admin room, as far as lifeboat can vouch ([`Bot::audience_of`]).
+#[derive(Default)]
+struct Audience {
+    /// Members whose account is not their registry person's.
+    unvouched: Vec<String>,
+    /// The member list, or whose some member's account is, could not be
+    /// asked just now (Synapse or the registry failing, no admin token).
+    unsure: bool,
+}
+
+impl Audience {
+    /// Alerts go while unsure: they may be about that very failure.
+    fn takes_alerts(&self) -> bool {
+        self.unvouched.is_empty()
+    }
+
+    /// Why an answer an admin asked for (it may hold people's data) is not
+    /// posted, if it is not.
+    fn withholds_answers(&self) -> Option<String> {
+        if !self.unvouched.is_empty() {
+            return Some(not_posting_while(&self.unvouched));
+        }
+        self.unsure.then(|| {
+            "I cannot tell right now whose accounts are in this room (Synapse or the registry did not answer), so I post no answer: send the command again in a minute.".to_owned()
+        })
+    }
+}
+
 fn not_posting_while(unvouched: &[String]) -> String {
     format!(
         "I post nothing in this room while {} {} in it: no listing has seen {} as its person's account yet (a new account: `lifeboat sync` adds it), or it was registered again by someone else after a loss (settle it with `lifeboat holds claim`, or remove it from this room).",

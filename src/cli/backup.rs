@@ -33,9 +33,10 @@ pub async fn run_backup(context: &Context, args: BackupArgs) -> Outcome {
 
 pub async fn run_restore(context: &Context, args: RestoreArgs) -> Outcome {
     let (config, registry) = context.open().await?;
-    let rows = restore(&registry, &args.file, args.replace, &config.homeserver.server_name, &Actor::cli())
+    let restored = restore(&registry, &args.file, args.replace, &config.homeserver.server_name, &Actor::cli())
         .await
         .map_err(|err| Failure::failed(format!("nothing was restored: {err}")))?;
-    println!("Restored {rows} rows from {}.", args.file.display());
+    let kept = if restored.kept_own_credentials { crate::backup::KEPT_OWN_CREDENTIALS } else { "" };
+    println!("Restored {} rows from {}{kept}.", restored.rows, args.file.display());
     Ok(exit::OK)
 }

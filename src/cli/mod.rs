@@ -145,7 +145,10 @@ enum Command {
     /// Load a backup into an empty registry (or, with --replace, into one emptied first).
     ///
     /// All or nothing, in one transaction; a truncated file, or a value of
-    /// the wrong type, is refused.
+    /// the wrong type, is refused. A registry holding anything a backup
+    /// keeps is not empty. --replace keeps lifeboat's own account
+    /// credentials when they are newer than the backup's (a `recover` on
+    /// this registry since), or lifeboat would be locked out of its account.
     /// Exit 0 ok, 1 failed.
     Restore(backup::RestoreArgs),
     /// Run the long-lived service: web page, admin-room bot, watcher and delivery worker.

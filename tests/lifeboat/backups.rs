@@ -78,7 +78,7 @@ async fn round_trip(from: TestDatabase, to: TestDatabase) {
     assert!(saved.iter().any(|line| line.contains("TOKEN123")) && saved.iter().any(|line| line.contains("Zoë")));
 
     let target = Registry::connect(&to.url()).await.unwrap();
-    assert_eq!(restore(&target, &file, false, "example.org", &Actor::cli()).await.unwrap(), written);
+    assert_eq!(restore(&target, &file, false, "example.org", &Actor::cli()).await.unwrap().rows, written);
     let restored: Vec<String> = lines(&target).await.into_iter().filter(|line| !is_restore_audit(line)).collect();
     assert_eq!(restored, saved, "every row comes back as it was");
 
@@ -97,7 +97,7 @@ async fn round_trip(from: TestDatabase, to: TestDatabase) {
     let foreign = restore(&target, &file, true, "other.test", &Actor::cli()).await.unwrap_err().to_string();
     assert!(foreign.contains("backup of example.org's registry") && foreign.contains("other.test"), "{foreign}");
     assert_eq!(
-        restore(&target, &file, true, "example.org", &Actor::cli()).await.unwrap(),
+        restore(&target, &file, true, "example.org", &Actor::cli()).await.unwrap().rows,
         written,
         "--replace empties it first"
     );
@@ -210,7 +210,7 @@ async fn a_backup_written_before_the_newest_columns_restores_with_their_defaults
 
     let target_db = TestDatabase::sqlite();
     let target = Registry::connect(&target_db.url()).await.unwrap();
-    assert_eq!(restore(&target, &file, false, "example.org", &Actor::cli()).await.unwrap(), written);
+    assert_eq!(restore(&target, &file, false, "example.org", &Actor::cli()).await.unwrap().rows, written);
     let kinds: Vec<(String,)> = sqlx::query_as("SELECT kind FROM deliveries").fetch_all(target.pool()).await.unwrap();
     assert!(!kinds.is_empty() && kinds.iter().all(|(kind,)| kind == "notice"), "{kinds:?}");
 }
@@ -251,6 +251,7 @@ async fn restoring_a_backup_from_before_a_wipe_keeps_the_credentials_recover_mad
     assert_eq!(refused.code, 1, "{refused:?}");
     let restored = after.run(&["restore", file.to_str().unwrap(), "--replace"]).await;
     assert_eq!(restored.code, 0, "{restored:?}");
+    assert!(restored.stdout.contains("credentials were kept"), "{restored:?}");
     let listed = after.run(&["sync"]).await;
     assert_eq!(listed.code, 0, "lifeboat's own token still works: {listed:?}");
     let again = after.run(&["recover"]).await;

@@ -1058,6 +1058,32 @@ async fn the_bot_posts_nothing_in_the_admin_room_while_someone_it_cannot_vouch_f
     rig.reply_containing("Registry:").await;
 }
 
+/// Whose a member's account is cannot be asked just now (Synapse answers
+/// "busy" about that one account): the bot answers no command in the
+/// admin room, with one line saying why, rather than posting on trust.
+#[tokio::test(flavor = "multi_thread")]
+async fn the_bot_answers_no_command_while_it_cannot_tell_whose_a_members_account_is() {
+    let mut rig = Rig::start(TestSmtp::start(None), &[]).await;
+    let localpart = unique("member");
+    let member = rig.known_person(&localpart).await;
+    let front = crate::harness::faulty_front::FaultyFront::start(
+        &rig.synapse.url,
+        reqwest::Method::GET,
+        &localpart,
+        usize::MAX,
+    )
+    .await;
+    rig.lifeboat.set_env("LIFEBOAT__HOMESERVER__URL", &front.url);
+    rig.serve().await;
+    rig.alice.invite(&rig.admin_room, &member.user_id).await;
+    member.join(&rig.admin_room).await;
+
+    rig.say("!lifeboat status").await;
+    rig.reply_containing("I cannot tell right now whose accounts are in this room").await;
+    let replies = rig.alice.messages_from(&rig.admin_room, &rig.bot).await;
+    assert!(!replies.iter().any(|reply| reply.contains("Registry:")), "{replies:?}");
+}
+
 /// A bot session that only expired (a homeserver with session lifetimes)
 /// is logged in again by password on the same device: the people the bot
 /// writes to encrypted see no new device. Synapse keeps an expired
