@@ -257,10 +257,15 @@ async fn hold_one(
 
 /// Can the unused account found where an interrupted hold run was making
 /// one be that run's? A stranger may have registered the ID meanwhile and
-/// logged out: an account bearing an address that is not its person's
-/// (`persons`) is not lifeboat's, which gives a hold only the person's.
-/// (Rooms tell nothing: Synapse's `auto_join_rooms` puts a hold in some.)
+/// logged out: an account someone ever used (Synapse remembers when its
+/// tokens were last seen, logged out or not), or one bearing an address
+/// that is not its person's (`persons`), is not lifeboat's, which uses no
+/// held account and gives it only the person's. (Rooms tell nothing:
+/// Synapse's `auto_join_rooms` puts a hold in some.)
 fn may_be_the_interrupted_runs(details: &UserDetails, persons: &[EmailAddress]) -> bool {
+    if details.last_seen_ts.is_some() {
+        return false;
+    }
     let persons_own = |threepid: &ThreePid| {
         threepid.medium == "email"
             && persons.iter().any(|address| address.as_str().eq_ignore_ascii_case(&threepid.address))

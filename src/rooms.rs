@@ -258,6 +258,9 @@ pub struct BringBackReport {
     pub invited: u64,
     /// (who or which room, room, reason) that did not work this time.
     pub failed: Vec<(String, String, String)>,
+    /// (room, reason): surviving rooms that refused lifeboat's own join,
+    /// not tried again until `rooms rejoin --retry`.
+    pub given_up: Vec<(String, String)>,
     /// Surviving rooms nobody is brought back into while a stranger holds
     /// a former member's ID: this server back in the room lets the
     /// stranger in too. An operator settles the ID first (`holds claim`).
@@ -274,6 +277,7 @@ impl BringBackReport {
             && self.rejoined == 0
             && self.invited == 0
             && self.failed.is_empty()
+            && self.given_up.is_empty()
             && self.held_back.is_empty()
             && self.waiting_for_holds.is_empty()
     }
@@ -288,6 +292,12 @@ impl BringBackReport {
         );
         if !self.failed.is_empty() {
             text.push_str(&format!("; {} did not work yet (tried again next round)", self.failed.len()));
+        }
+        if !self.given_up.is_empty() {
+            text.push_str(&format!(
+                "; {} surviving rooms refused lifeboat and are given up (`lifeboat rooms rejoin --retry` tries them again)",
+                self.given_up.len()
+            ));
         }
         if !self.held_back.is_empty() {
             text.push_str(&format!(
@@ -379,7 +389,7 @@ async fn rejoin_own(
             }
             JoinOutcome::Refused(reason) => {
                 registry.mark_room_restored(&room.room_id, Some(&reason)).await?;
-                report.failed.push((service.to_string(), room.room_id.clone(), reason));
+                report.given_up.push((room.room_id.clone(), reason));
             }
         }
     }

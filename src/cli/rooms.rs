@@ -29,7 +29,9 @@ pub enum Command {
     /// again); then each person whose ID is theirs again (claimed) is joined
     /// to every surviving room they were in, and invited to re-created ones.
     /// A surviving room waits while a stranger holds a former member's ID,
-    /// or (holds on) while one is not held yet: exit 1 then.
+    /// or (holds on) while one is not held yet: exit 1 then. A room that
+    /// refuses lifeboat's own join, and a person's join that failed five times,
+    /// are given up until --retry.
     Rejoin {
         /// Also try again what failed too often to be tried by itself.
         #[arg(long)]
@@ -86,6 +88,9 @@ pub async fn run(context: &Context, command: Command) -> Outcome {
             for (who, room, reason) in report.failed.iter().take(10) {
                 eprintln!("not yet: {who} in {room}: {reason}");
             }
+            for (room, reason) in report.given_up.iter().take(10) {
+                eprintln!("given up: {room}: {reason} (`lifeboat rooms rejoin --retry` tries again)");
+            }
             for room in report.held_back.iter().take(10) {
                 eprintln!(
                     "held back: {room}: a stranger holds a former member's ID (`lifeboat holds list` shows it as recreated)"
@@ -94,7 +99,10 @@ pub async fn run(context: &Context, command: Command) -> Outcome {
             for room in report.waiting_for_holds.iter().take(10) {
                 eprintln!("waiting: {room}: a former member's ID is not held yet (`lifeboat holds make` holds it)");
             }
-            let done = report.failed.is_empty() && report.held_back.is_empty() && report.waiting_for_holds.is_empty();
+            let done = report.failed.is_empty()
+                && report.given_up.is_empty()
+                && report.held_back.is_empty()
+                && report.waiting_for_holds.is_empty();
             Ok(if done { exit::OK } else { exit::FAILED })
         }
         Command::Recreate { room_id, all: _, yes } => {

@@ -49,6 +49,10 @@ pub struct UserDetails {
     /// theirs on purpose).
     #[serde(default, deserialize_with = "lenient_bool")]
     pub admin: bool,
+    /// When a token of the account was last used (Synapse keeps it after
+    /// the device is logged out): never, for an account lifeboat made.
+    #[serde(default, deserialize_with = "lenient_i64")]
+    pub last_seen_ts: Option<i64>,
 }
 
 /// A creation time past this is in milliseconds already (as seconds it

@@ -951,6 +951,39 @@ async fn a_stranger_on_an_id_whose_hold_was_interrupted_gets_nothing_of_its_pers
     assert_eq!(account["locked"], false, "left as it was: {account}");
 }
 
+/// The same without an address: a stranger who registers the ID while its
+/// hold run is stopped, uses it and logs out leaves no device, but Synapse
+/// remembers the account was used, which lifeboat's never is.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_stranger_who_used_an_id_whose_hold_was_interrupted_and_logged_out_is_found_taken() {
+    let synapse = TestSynapse::start();
+    let registry = TestDatabase::sqlite();
+    let (lifeboat, person, _) = one_person_then_a_wipe(&synapse, &registry).await;
+    assert_eq!(lifeboat.run(&["recover"]).await.code, 0);
+    assert_eq!(lifeboat.run(&["sync"]).await.code, 0, "the person is missing now");
+    sqlx::any::install_default_drivers();
+    let pool = sqlx::AnyPool::connect(&registry.url()).await.unwrap();
+    let interrupted = "UPDATE accounts SET custody = 'holding', custody_at = 1 WHERE user_id = $1";
+    sqlx::query(interrupted).bind(synapse.user_id(&person)).execute(&pool).await.unwrap();
+    pool.close().await;
+    let taken = synapse.register(&person);
+    let stranger = MatrixUser::new(&synapse.url, &taken.user_id, &taken.access_token);
+    assert_eq!(stranger.try_call(reqwest::Method::GET, "/_matrix/client/v3/account/whoami", None).await.0, 200);
+    let (logged_out, _) =
+        stranger.try_call(reqwest::Method::POST, "/_matrix/client/v3/logout", Some(serde_json::json!({}))).await;
+    assert_eq!(logged_out, 200);
+    // Synapse writes when a token was last used a few seconds later.
+    eventually("Synapse records the stranger's use", Duration::from_secs(30), || async {
+        !synapse.user(&person).await["last_seen_ts"].is_null()
+    })
+    .await;
+
+    let make = lifeboat.run(&["holds", "make"]).await;
+    assert_eq!(make.code, 0, "{make:?}");
+    assert!(make.stdout.contains("registered by someone else first"), "{make:?}");
+    assert_eq!(synapse.user(&person).await["locked"], false, "left as it was");
+}
+
 #[tokio::test(flavor = "multi_thread")]
 async fn a_hold_does_not_take_an_email_from_an_account_registered_since_the_last_sync() {
     let synapse = TestSynapse::start();

@@ -542,7 +542,7 @@ async fn recreating_more_rooms_than_synapse_allows_in_a_row_waits_and_makes_them
 /// people's tries are counted, so it is given up in the end.
 #[tokio::test(flavor = "multi_thread")]
 async fn a_surviving_room_nobody_can_reach_holds_back_no_other_room() {
-    let TwoSquares { ours, _theirs, registry, carol, square, across, lifeboat } = two_squares_after_a_wipe().await;
+    let TwoSquares { ours, _theirs, registry, carol, square, across, lifeboat, .. } = two_squares_after_a_wipe().await;
     // Square's servers, as far as this server can tell: one that is not there.
     let direct = lifeboat::registry::Registry::connect(&registry.url()).await.unwrap();
     reachable_only_through(&direct, &square, "127.0.0.1:1").await;
@@ -570,8 +570,7 @@ async fn a_surviving_room_nobody_can_reach_holds_back_no_other_room() {
 /// the same round (a round that gave up at the first would never reach it).
 #[tokio::test(flavor = "multi_thread")]
 async fn a_surviving_room_whose_server_never_answers_holds_back_no_other_room() {
-    let TwoSquares { ours, _theirs, registry, carol: _carol, square, across, mut lifeboat } =
-        two_squares_after_a_wipe().await;
+    let TwoSquares { ours, _theirs, registry, square, across, mut lifeboat, .. } = two_squares_after_a_wipe().await;
     lifeboat.set_env("LIFEBOAT__HOMESERVER__TIMEOUT", "3s");
     // The kernel completes its connections; nobody ever answers on them.
     let silent = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
@@ -592,13 +591,32 @@ async fn a_surviving_room_whose_server_never_answers_holds_back_no_other_room() 
     drop(silent);
 }
 
+/// A surviving room that refuses lifeboat's own join (made invite-only
+/// since the last listing) is given up, and said to be, not promised
+/// another try next round.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_surviving_room_that_refuses_lifeboat_is_reported_given_up() {
+    let TwoSquares { ours: _ours, _theirs, registry: _registry, bob, square, lifeboat, .. } =
+        two_squares_after_a_wipe().await;
+    bob.set_state(&square, "m.room.join_rules", "", serde_json::json!({"join_rule": "invite"})).await;
+
+    let rejoined = lifeboat.run(&["rooms", "rejoin"]).await;
+    assert_eq!(rejoined.code, 1, "{rejoined:?}");
+    assert!(rejoined.stderr.contains(&format!("given up: {square}")), "{rejoined:?}");
+    assert!(rejoined.stdout.contains("refused lifeboat and are given up"), "{rejoined:?}");
+}
+
 /// Carol of our server in two public rooms of theirs (Square, Across), our
 /// Synapse wiped, an incident open, and carol's ID handed back to her.
+/// Bind the Synapses and the registry when taking it apart: `..` drops
+/// what it leaves out (stopping a Synapse, removing the registry).
 struct TwoSquares {
     ours: TestSynapse,
     _theirs: TestSynapse,
     registry: TestDatabase,
     carol: MatrixUser,
+    /// Theirs: the maker of both rooms.
+    bob: MatrixUser,
     square: String,
     across: String,
     lifeboat: Lifeboat,
@@ -625,7 +643,7 @@ async fn two_squares_after_a_wipe() -> TwoSquares {
     let opened = lifeboat.run(&["incident", "open", "--title", "Lost", "--postmortem", "postmortem.md"]).await;
     assert_eq!(opened.code, 0, "{opened:?}");
     claim(&lifeboat, &carol.user_id).await;
-    TwoSquares { ours, _theirs: theirs, registry, carol, square, across, lifeboat }
+    TwoSquares { ours, _theirs: theirs, registry, carol, bob, square, across, lifeboat }
 }
 
 /// Makes `server` the only server the registry knows `room_id` by.
