@@ -894,6 +894,21 @@ async fn one_person_then_a_wipe(synapse: &TestSynapse, registry: &TestDatabase) 
     (lifeboat, person, address)
 }
 
+/// [`one_person_then_a_wipe`], the person listed missing, and their hold
+/// begun by a run that stopped before it made the account.
+async fn a_hold_interrupted_after_a_wipe(synapse: &TestSynapse, registry: &TestDatabase) -> (Lifeboat, String, String) {
+    let (lifeboat, person, address) = one_person_then_a_wipe(synapse, registry).await;
+    assert_eq!(lifeboat.run(&["recover"]).await.code, 0);
+    assert_eq!(lifeboat.run(&["sync"]).await.code, 0, "the person is missing now");
+    sqlx::any::install_default_drivers();
+    let pool = sqlx::AnyPool::connect(&registry.url()).await.unwrap();
+    let interrupted = "UPDATE accounts SET custody = 'holding', custody_at = 1, details_due_at = 0 WHERE user_id = $1";
+    let changed = sqlx::query(interrupted).bind(synapse.user_id(&person)).execute(&pool).await.unwrap();
+    assert_eq!(changed.rows_affected(), 1);
+    pool.close().await;
+    (lifeboat, person, address)
+}
+
 /// The held ID got no email, and `fresh` kept `address`.
 async fn the_address_stayed_with(synapse: &TestSynapse, held: &str, fresh: &str, address: &str) {
     let held = synapse.user(held).await;
@@ -926,15 +941,7 @@ async fn a_hold_does_not_take_an_email_from_the_new_account_its_person_made_afte
 async fn a_stranger_on_an_id_whose_hold_was_interrupted_gets_nothing_of_its_persons() {
     let synapse = TestSynapse::start();
     let registry = TestDatabase::sqlite();
-    let (lifeboat, person, address) = one_person_then_a_wipe(&synapse, &registry).await;
-    assert_eq!(lifeboat.run(&["recover"]).await.code, 0);
-    assert_eq!(lifeboat.run(&["sync"]).await.code, 0, "the person is missing now");
-    sqlx::any::install_default_drivers();
-    let pool = sqlx::AnyPool::connect(&registry.url()).await.unwrap();
-    let interrupted = "UPDATE accounts SET custody = 'holding', custody_at = 1, details_due_at = 0 WHERE user_id = $1";
-    let changed = sqlx::query(interrupted).bind(synapse.user_id(&person)).execute(&pool).await.unwrap();
-    assert_eq!(changed.rows_affected(), 1);
-    pool.close().await;
+    let (lifeboat, person, address) = a_hold_interrupted_after_a_wipe(&synapse, &registry).await;
     let attacker = format!("{person}@evil.example");
     synapse.create_user(&person, &[&attacker]).await;
 
@@ -958,14 +965,7 @@ async fn a_stranger_on_an_id_whose_hold_was_interrupted_gets_nothing_of_its_pers
 async fn a_stranger_who_used_an_id_whose_hold_was_interrupted_and_logged_out_is_found_taken() {
     let synapse = TestSynapse::start();
     let registry = TestDatabase::sqlite();
-    let (lifeboat, person, _) = one_person_then_a_wipe(&synapse, &registry).await;
-    assert_eq!(lifeboat.run(&["recover"]).await.code, 0);
-    assert_eq!(lifeboat.run(&["sync"]).await.code, 0, "the person is missing now");
-    sqlx::any::install_default_drivers();
-    let pool = sqlx::AnyPool::connect(&registry.url()).await.unwrap();
-    let interrupted = "UPDATE accounts SET custody = 'holding', custody_at = 1 WHERE user_id = $1";
-    sqlx::query(interrupted).bind(synapse.user_id(&person)).execute(&pool).await.unwrap();
-    pool.close().await;
+    let (lifeboat, person, _) = a_hold_interrupted_after_a_wipe(&synapse, &registry).await;
     let taken = synapse.register(&person);
     let stranger = MatrixUser::new(&synapse.url, &taken.user_id, &taken.access_token);
     assert_eq!(stranger.try_call(reqwest::Method::GET, "/_matrix/client/v3/account/whoami", None).await.0, 200);
