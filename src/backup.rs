@@ -308,9 +308,14 @@ pub const KEPT_OWN_CREDENTIALS: &str =
 /// lifeboat's own account as the registry knew it before a restore: after
 /// a wipe, `recover` registered it again with a new password, and the
 /// backup's token and password (or none) would lock lifeboat out of it.
+/// The bot's stored session and the crypto stores' passphrase go with
+/// them: the session is the newer login's, and the stores on this host were
+/// made with this registry's passphrase (kept whenever it has one).
 struct OwnCredentials {
     credentials: Vec<(String, String, Option<String>, i64)>,
     password: Option<String>,
+    session: Option<String>,
+    store_passphrase: Option<String>,
 }
 
 impl OwnCredentials {
@@ -319,11 +324,16 @@ impl OwnCredentials {
             sqlx::query_as("SELECT user_id, access_token, device_id, obtained_at FROM service_credentials")
                 .fetch_all(&mut *conn)
                 .await?;
-        let password = sqlx::query_scalar("SELECT value FROM settings WHERE name = $1")
-            .bind(SERVICE_PASSWORD_SETTING)
-            .fetch_optional(&mut *conn)
-            .await?;
-        Ok(OwnCredentials { credentials, password })
+        let mut setting = async |name: &str| -> Result<Option<String>, BackupError> {
+            let read = "SELECT value FROM settings WHERE name = $1";
+            Ok(sqlx::query_scalar(read).bind(name).fetch_optional(&mut *conn).await?)
+        };
+        Ok(OwnCredentials {
+            credentials,
+            password: setting(SERVICE_PASSWORD_SETTING).await?,
+            session: setting(crate::session::SESSION_SETTING).await?,
+            store_passphrase: setting(crate::session::STORE_PASSPHRASE).await?,
+        })
     }
 
     /// Puts back each credential obtained after the restored one (or with
@@ -346,8 +356,15 @@ impl OwnCredentials {
             .await?;
             kept |= put_back.rows_affected() > 0;
         }
-        if kept && let Some(password) = self.password {
-            crate::registry::set_setting_in(&mut *conn, SERVICE_PASSWORD_SETTING, &password).await?;
+        let mut settings = vec![(crate::session::STORE_PASSPHRASE, self.store_passphrase)];
+        if kept {
+            settings
+                .extend([(SERVICE_PASSWORD_SETTING, self.password), (crate::session::SESSION_SETTING, self.session)]);
+        }
+        for (name, value) in settings {
+            if let Some(value) = value {
+                crate::registry::set_setting_in(&mut *conn, name, &value).await?;
+            }
         }
         Ok(kept)
     }

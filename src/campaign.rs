@@ -381,10 +381,17 @@ async fn send_under_lease(
     // Synapse binds no token to a name: while a lost ID that should be held
     // is free (its hold failed, or was stopped), no token goes out.
     if options.plan_new && holds_wanted(config, true) {
-        hold_waiting_for_others(config, registry, &client, &options.actor, progress).await;
-        let free = registry.hold_candidates(&service).await?;
+        let held = hold_waiting_for_others(config, registry, &client, &options.actor, progress).await;
+        let unregistrable = held.map(|report| report.unregistrable).unwrap_or_default();
+        let free: Vec<UserId> = registry
+            .hold_candidates(&service)
+            .await?
+            .into_iter()
+            .map(|candidate| candidate.user_id)
+            .filter(|user_id| !unregistrable.contains(user_id))
+            .collect();
         if !free.is_empty() {
-            return Err(CampaignError::NotHeld(free.into_iter().map(|candidate| candidate.user_id).collect()));
+            return Err(CampaignError::NotHeld(free));
         }
     }
     if options.plan_new {

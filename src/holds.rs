@@ -59,13 +59,21 @@ pub struct HoldReport {
     pub taken: Vec<UserId>,
     /// Not held this time, with the reason (tried again on the next run).
     pub failed: Vec<(UserId, String)>,
+    /// IDs Synapse makes for nobody (a guest's numeric name, a name it no
+    /// longer allows, a bridge's namespace, another ID's case): no token can
+    /// register them either.
+    pub unregistrable: Vec<UserId>,
     /// Stopped early: the holds begun were finished, the rest wait for the next run.
     pub stopped: bool,
 }
 
 impl HoldReport {
     pub fn is_empty(&self) -> bool {
-        self.held.is_empty() && self.taken.is_empty() && self.failed.is_empty() && !self.stopped
+        self.held.is_empty()
+            && self.taken.is_empty()
+            && self.failed.is_empty()
+            && self.unregistrable.is_empty()
+            && !self.stopped
     }
 
     pub fn summary(&self) -> String {
@@ -79,6 +87,13 @@ impl HoldReport {
         }
         if !self.failed.is_empty() {
             text.push_str(&format!("; {} could not be held yet (tried again next time)", self.failed.len()));
+        }
+        if !self.unregistrable.is_empty() {
+            text.push_str(&format!(
+                "; {} are IDs Synapse makes for nobody now (nor can a token register them): {}",
+                self.unregistrable.len(),
+                crate::plural::id_list(&self.unregistrable, 10)
+            ));
         }
         if self.stopped {
             text.push_str("; stopped before the rest, which the next run holds");
@@ -147,6 +162,7 @@ pub async fn hold_lost_ids(
                 Ok(Outcome::Held) => report.held.push(user_id),
                 Ok(Outcome::Taken) => report.taken.push(user_id),
                 Ok(Outcome::Failed(reason)) => report.failed.push((user_id, reason)),
+                Ok(Outcome::Unregistrable) => report.unregistrable.push(user_id),
                 Ok(Outcome::NotAllowed) if report.held.is_empty() => refused.store(true, Ordering::Relaxed),
                 Ok(Outcome::NotAllowed) => {}
                 Err(err) => return Err(err.into()),
@@ -159,6 +175,7 @@ pub async fn hold_lost_ids(
         report.held.sort_unstable();
         report.taken.sort_unstable();
         report.failed.sort_unstable();
+        report.unregistrable.sort_unstable();
         if !report.is_empty() {
             registry.audit(actor, "hold.run", None, Some(&report.summary())).await?;
         }
@@ -181,6 +198,7 @@ enum Outcome {
     Taken,
     Failed(String),
     NotAllowed,
+    Unregistrable,
 }
 
 /// A stranger's account found where the hold was to be, unless another
@@ -230,6 +248,13 @@ async fn hold_one(
         Err(synapse::Error::Forbidden { .. }) => {
             registry.abandon_hold(user_id).await?;
             return Ok(Outcome::NotAllowed);
+        }
+        // Synapse's own rule for every new account, registrations too.
+        Err(synapse::Error::Rejected { status: 400, ref errcode, .. })
+            if matches!(errcode.as_str(), "M_INVALID_USERNAME" | "M_EXCLUSIVE" | "M_USER_IN_USE") =>
+        {
+            registry.abandon_hold(user_id).await?;
+            return Ok(Outcome::Unregistrable);
         }
         // Maybe created, maybe not (a timeout): stays `holding`, and the
         // rerun tells which by the devices.

@@ -334,6 +334,10 @@ async fn changed_hands(
     match crate::holds::its_persons_now(registry, synapse, &id).await {
         Ok(true) => None,
         Ok(false) => Some(Outcome::Skip(NOT_ITS_PERSONS)),
+        // The admin token will not do for the next DM either: the run stops, once.
+        Err(crate::holds::CannotTell::Synapse(err)) if err.is_refusal() => {
+            Some(Outcome::Fatal(crate::outbox::SendError::Channel(err.to_string())))
+        }
         Err(err) => Some(Outcome::Retry(err.to_string())),
     }
 }

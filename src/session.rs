@@ -12,7 +12,7 @@ use crate::registry::{self, Registry};
 pub const SESSION_SETTING: &str = "bot_session";
 
 /// Registry setting: the generated store passphrase, when the config has none.
-const STORE_PASSPHRASE: &str = "bot_store_passphrase";
+pub const STORE_PASSPHRASE: &str = "bot_store_passphrase";
 
 /// The passphrase of the stores under `bot.store_path`: the config's, else one generated once
 /// and kept in the registry (the bot and the notice DMs may share a store, so both ask here).

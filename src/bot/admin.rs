@@ -356,7 +356,16 @@ async fn notify(bot: &Arc<Bot>, room: &Room, actor: &Actor, id: i64, confirm: bo
         let notes = notes.notes.into_inner().unwrap_or_default();
         let reply = if notes.is_empty() { reply } else { format!("{reply}\n\nNotes: {}", notes.join("; ")) };
         // Its failures name addresses: asked again who is in the room now.
-        let reply = bot.audience_of(&room).await.withholds_answers().unwrap_or(reply);
+        // The counts name nobody: said even while unsure who reads the room.
+        let audience = bot.audience_of(&room).await;
+        let reply = match audience.withholds_answers() {
+            Some(_) if audience.unvouched.is_empty() => format!(
+                "Incident {id}'s run ended; I cannot tell right now whose accounts are in this room, so its details are not posted: `{} incident show {id}` has the counts.",
+                bot.prefix()
+            ),
+            Some(why) => why,
+            None => reply,
+        };
         super::reply_to(&room, &reply).await;
     });
     Ok(format!("Sending the notices of incident {id} now; I will post the result here."))

@@ -177,17 +177,16 @@ impl Bot {
     async fn audience_of(&self, room: &Room) -> Audience {
         let (config, registry) = (&self.state.config, &self.state.registry);
         let admin = crate::recover::admin_access(config, registry).await.ok().and_then(|access| access.working());
-        let unsure = Audience { unvouched: Vec::new(), unsure: true };
         let (admin, members) = match (admin, room.members(RoomMemberships::ACTIVE).await) {
             (Some(admin), Ok(members)) => (admin, members),
             (Some(_), Err(err)) => {
                 tracing::warn!(error = %err, "cannot tell who is in the admin room");
-                return unsure;
+                return Audience { unvouched: Vec::new(), unsure: true };
             }
             // No admin token works: not a wipe the bot lived through (its own
             // session would have died with it), but a revoked token, which
             // the alerts must be able to tell the admins about.
-            (None, _) => return unsure,
+            (None, _) => return Audience::default(),
         };
         let mut audience = Audience::default();
         for member in members {
@@ -943,7 +942,7 @@ struct Audience {
     /// Members whose account is not their registry person's.
     unvouched: Vec<String>,
     /// The member list, or whose some member's account is, could not be
-    /// asked just now (Synapse or the registry failing, no admin token).
+    /// asked just now (Synapse or the registry failing).
     unsure: bool,
 }
 

@@ -110,8 +110,10 @@ enum Command {
     ///
     /// A person whose ID lifeboat holds gets a link to take it back (the
     /// claim page); one whose ID is lost but not held gets a single-use
-    /// registration token. Creates the missing tokens and deliveries, then
-    /// sends: emails to the affected people's contacts, DMs to affected
+    /// registration token. Unless recovery.hold = "off", it first holds the lost IDs, and
+    /// while one is still free refuses, making and sending nothing (any
+    /// token could register it). Creates the missing tokens and deliveries,
+    /// then sends: emails to the affected people's contacts, DMs to affected
     /// accounts that still exist and to Matrix-ID contacts (without an [email]
     /// section, only the DMs). Resumable: running it again sends only what
     /// was not delivered. Encrypted DMs whose device store `lifeboat serve`

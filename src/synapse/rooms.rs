@@ -129,11 +129,14 @@ impl SynapseClient {
     }
 
     /// Joins the token's own account to a room (lifeboat's, after a loss).
+    /// Tried once (a 429 waited out): a join to servers that do not answer
+    /// takes homeserver.timeout each time, and the next round tries again.
     pub async fn join(&self, room_id: &str, via: &[String]) -> Result<JoinOutcome, Error> {
         let path = format!("/_matrix/client/v3/join/{}", urlencode(room_id));
         let mut query: Vec<(&str, &str)> = via.iter().map(|server| ("via", server.as_str())).collect();
         query.extend(via.iter().map(|server| ("server_name", server.as_str())));
-        refused_or(self.request_json(Method::POST, &path, &query, Some(&json!({})), true).await)
+        let once = self.retrying_only_rate_limits();
+        refused_or(once.request_json(Method::POST, &path, &query, Some(&json!({})), true).await)
     }
 
     /// Points a local alias at a room. `Ok(false)` when the alias points

@@ -710,14 +710,7 @@ async fn no_notice_goes_out_while_a_lost_id_could_not_be_held() {
     for person in [&first, &second] {
         synapse.create_user(person, &[&format!("{person}@example.org")]).await;
     }
-    let mut lifeboat = Lifeboat::recovering(&synapse, &registry);
-    let config = std::fs::read_to_string(lifeboat.config_path()).unwrap();
-    lifeboat.write_config(&format!(
-        "{config}
-[email]
-smtp_url = \"{}\"\nfrom = \"Lifeboat <lifeboat@lifeboat.test>\"\n",
-        smtp.smtp_url()
-    ));
+    let mut lifeboat = recovering_with_mail(&synapse, &registry, &smtp);
     assert_eq!(lifeboat.run(&["sync"]).await.code, 0);
     synapse.wipe();
     assert_eq!(lifeboat.run(&["recover"]).await.code, 0);
@@ -742,6 +735,45 @@ smtp_url = \"{}\"\nfrom = \"Lifeboat <lifeboat@lifeboat.test>\"\n",
     assert_eq!(sent.code, 0, "{sent:?}");
     assert!(ids_in(&lifeboat, "held").await.contains(&synapse.user_id(&first)), "{sent:?}");
     assert_eq!(smtp.messages_to(&format!("{first}@example.org")).len(), 1, "{sent:?}");
+}
+
+/// An ID Synapse makes for nobody (a bridge's `_` name, a guest's number,
+/// another ID's case) can be neither held nor registered with a token: it
+/// holds no notice back.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_lost_id_synapse_makes_for_nobody_holds_no_notice_back() {
+    let synapse = TestSynapse::start();
+    let registry = TestDatabase::sqlite();
+    let smtp = TestSmtp::start(None);
+    let person = unique("tern");
+    let address = format!("{person}@example.org");
+    synapse.create_user(&person, &[&address]).await;
+    let lifeboat = recovering_with_mail(&synapse, &registry, &smtp);
+    assert_eq!(lifeboat.run(&["sync"]).await.code, 0);
+    synapse.wipe();
+    assert_eq!(lifeboat.run(&["recover"]).await.code, 0);
+    let store = lifeboat::registry::Registry::connect(&registry.url()).await.unwrap();
+    let bridged = crate::harness::id(&synapse.user_id(&format!("_bridge_{person}")));
+    store.adopt_as_lost(&[&bridged]).await.unwrap();
+    store.close().await;
+    open_incident(&lifeboat).await;
+
+    let sent = lifeboat.run(&["notify", "1", "--yes"]).await;
+    assert_eq!(sent.code, 0, "{sent:?}");
+    assert_eq!(smtp.messages_to(&address).len(), 1, "{sent:?}");
+    let made = lifeboat.run(&["holds", "make"]).await;
+    assert!(made.stdout.contains("IDs Synapse makes for nobody"), "{made:?}");
+}
+
+/// [`Lifeboat::recovering`] with `[email]` on `smtp`.
+fn recovering_with_mail(synapse: &TestSynapse, registry: &TestDatabase, smtp: &TestSmtp) -> Lifeboat {
+    let lifeboat = Lifeboat::recovering(synapse, registry);
+    let config = std::fs::read_to_string(lifeboat.config_path()).unwrap();
+    lifeboat.write_config(&format!(
+        "{config}\n[email]\nsmtp_url = \"{}\"\nfrom = \"Lifeboat <lifeboat@lifeboat.test>\"\n",
+        smtp.smtp_url()
+    ));
+    lifeboat
 }
 
 #[tokio::test(flavor = "multi_thread")]
