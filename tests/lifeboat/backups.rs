@@ -247,11 +247,18 @@ async fn restoring_a_backup_from_before_a_wipe_keeps_the_credentials_recover_mad
     synapse.wipe();
     let after = Lifeboat::recovering(&synapse, &new);
     assert_eq!(after.run(&["recover"]).await.code, 0);
+    // The crypto stores on this host were made with this registry's passphrase.
+    let store = Registry::connect(&new.url()).await.unwrap();
+    store.set_setting("bot_store_passphrase", "this host's").await.unwrap();
+    let password = store.setting("service_account_password").await.unwrap();
     let refused = after.run(&["restore", file.to_str().unwrap()]).await;
     assert_eq!(refused.code, 1, "{refused:?}");
     let restored = after.run(&["restore", file.to_str().unwrap(), "--replace"]).await;
     assert_eq!(restored.code, 0, "{restored:?}");
     assert!(restored.stdout.contains("credentials were kept"), "{restored:?}");
+    assert_eq!(store.setting("service_account_password").await.unwrap(), password);
+    assert_eq!(store.setting("bot_store_passphrase").await.unwrap().as_deref(), Some("this host's"));
+    store.close().await;
     let listed = after.run(&["sync"]).await;
     assert_eq!(listed.code, 0, "lifeboat's own token still works: {listed:?}");
     let again = after.run(&["recover"]).await;
