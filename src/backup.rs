@@ -309,8 +309,8 @@ pub const KEPT_OWN_CREDENTIALS: &str =
 /// a wipe, `recover` registered it again with a new password, and the
 /// backup's token and password (or none) would lock lifeboat out of it.
 /// The bot's stored session and the crypto stores' passphrase go with
-/// them: the session is the newer login's, and the stores on this host were
-/// made with this registry's passphrase (kept whenever it has one).
+/// them: the session is the newer login's, and its device's store was made
+/// with this registry's passphrase.
 struct OwnCredentials {
     credentials: Vec<(String, String, Option<String>, i64)>,
     password: Option<String>,
@@ -356,13 +356,13 @@ impl OwnCredentials {
             .await?;
             kept |= put_back.rows_affected() > 0;
         }
-        let mut settings = vec![(crate::session::STORE_PASSPHRASE, self.store_passphrase)];
         if kept {
-            settings
-                .extend([(SERVICE_PASSWORD_SETTING, self.password), (crate::session::SESSION_SETTING, self.session)]);
-        }
-        for (name, value) in settings {
-            if let Some(value) = value {
+            let settings = [
+                (SERVICE_PASSWORD_SETTING, self.password),
+                (crate::session::SESSION_SETTING, self.session),
+                (crate::session::STORE_PASSPHRASE, self.store_passphrase),
+            ];
+            for (name, value) in settings.into_iter().filter_map(|(name, value)| Some((name, value?))) {
                 crate::registry::set_setting_in(&mut *conn, name, &value).await?;
             }
         }

@@ -224,7 +224,20 @@ async fn hold_one(
     if !resumed && !registry.begin_hold(user_id).await? {
         return Ok(settled_meanwhile());
     }
-    let created_at_ms = match client.create_account_if_free(user_id.as_str()).await {
+    let mut creation = client.create_account_if_free(user_id.as_str()).await;
+    // "In use" is also what Synapse says when the very ID was registered a
+    // moment before (a race with its own check): then it is someone's.
+    if let Err(synapse::Error::Rejected { status: 400, errcode, .. }) = &creation
+        && errcode == "M_USER_IN_USE"
+    {
+        match client.user_details(user_id.as_str()).await {
+            Ok(Some(_)) => creation = Ok(Creation::Existed),
+            // Another ID's case: nobody can have this one.
+            Ok(None) => {}
+            Err(err) => return Ok(Outcome::Failed(err.to_string())),
+        }
+    }
+    let created_at_ms = match creation {
         Ok(Creation::Created { created_at_ms }) => created_at_ms,
         Ok(Creation::Existed) if resumed => match client.device_count(user_id.as_str()).await {
             // An interrupted run's account, unused: keep its creation time

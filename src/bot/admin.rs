@@ -349,6 +349,7 @@ async fn notify(bot: &Arc<Bot>, room: &Room, actor: &Actor, id: i64, confirm: bo
         };
         let outcome = run_campaign(&state.config, &state.registry, &incident, options).await;
         tracing::info!(incident = id, ok = outcome.is_ok(), "notify from the bot finished");
+        let ended = if outcome.is_ok() { "ended" } else { "failed" };
         let reply = match outcome {
             Ok(report) => notify_summary(id, &report),
             Err(err) => format!("**Sending incident {id} failed:** {err}"),
@@ -356,11 +357,11 @@ async fn notify(bot: &Arc<Bot>, room: &Room, actor: &Actor, id: i64, confirm: bo
         let notes = notes.notes.into_inner().unwrap_or_default();
         let reply = if notes.is_empty() { reply } else { format!("{reply}\n\nNotes: {}", notes.join("; ")) };
         // Its failures name addresses: asked again who is in the room now.
-        // The counts name nobody: said even while unsure who reads the room.
+        // Whether it ended names nobody: said even while unsure who reads it.
         let audience = bot.audience_of(&room).await;
         let reply = match audience.withholds_answers() {
             Some(_) if audience.unvouched.is_empty() => format!(
-                "Incident {id}'s run ended; I cannot tell right now whose accounts are in this room, so its details are not posted: `{} incident show {id}` has the counts.",
+                "Incident {id}'s run {ended}; I cannot tell right now whose accounts are in this room, so its details are not posted: `{} incident show {id}` has the counts.",
                 bot.prefix()
             ),
             Some(why) => why,

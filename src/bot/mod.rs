@@ -176,12 +176,20 @@ impl Bot {
     /// are its to vouch for.
     async fn audience_of(&self, room: &Room) -> Audience {
         let (config, registry) = (&self.state.config, &self.state.registry);
-        let admin = crate::recover::admin_access(config, registry).await.ok().and_then(|access| access.working());
+        let unsure = Audience { unvouched: Vec::new(), unsure: true };
+        let admin = match crate::recover::admin_access(config, registry).await {
+            Ok(access) => access.working(),
+            // Synapse or the registry not answering now.
+            Err(err) => {
+                tracing::warn!(error = %err, "cannot tell whose accounts are in the admin room");
+                return unsure;
+            }
+        };
         let (admin, members) = match (admin, room.members(RoomMemberships::ACTIVE).await) {
             (Some(admin), Ok(members)) => (admin, members),
             (Some(_), Err(err)) => {
                 tracing::warn!(error = %err, "cannot tell who is in the admin room");
-                return Audience { unvouched: Vec::new(), unsure: true };
+                return unsure;
             }
             // No admin token works: not a wipe the bot lived through (its own
             // session would have died with it), but a revoked token, which
