@@ -138,7 +138,17 @@ pub async fn snapshot_lines(
 /// Writes a consistent snapshot to `out` (atomically: a temporary file, mode
 /// 0600 as it holds secrets, renamed into place), records when, counts rows.
 /// The header names the homeserver (`server_name`) the registry is of.
-pub async fn backup(registry: &Registry, out: &Path, server_name: &str, actor: &Actor) -> Result<u64, BackupError> {
+/// How often a backup or restore reports the rows done so far.
+const ROWS_PER_REPORT: u64 = 1_000;
+
+/// `rows_done` hears the rows written so far, every [`ROWS_PER_REPORT`].
+pub async fn backup(
+    registry: &Registry,
+    out: &Path,
+    server_name: &str,
+    actor: &Actor,
+    rows_done: &(dyn Fn(u64) + Send + Sync),
+) -> Result<u64, BackupError> {
     let io = |err: std::io::Error| BackupError::Failed(format!("cannot write {}: {err}", out.display()));
     // Beside `out`: a rename does not cross file systems.
     let dir = out.parent().filter(|dir| !dir.as_os_str().is_empty()).unwrap_or(Path::new("."));
@@ -159,7 +169,15 @@ pub async fn backup(registry: &Registry, out: &Path, server_name: &str, actor: &
         "server_name": server_name,
     });
     writeln!(writer, "{header}").map_err(io)?;
-    let rows = snapshot_lines(registry, |line| writeln!(writer, "{line}").map_err(io)).await?;
+    let mut written: u64 = 0;
+    let rows = snapshot_lines(registry, |line| {
+        written += 1;
+        if written.is_multiple_of(ROWS_PER_REPORT) {
+            rows_done(written);
+        }
+        writeln!(writer, "{line}").map_err(io)
+    })
+    .await?;
     writeln!(writer, "{}", json!({"end": true, "rows": rows})).map_err(io)?;
     let file = writer.into_inner().map_err(|err| io(err.into_error()))?;
     file.as_file().sync_all().map_err(io)?;
@@ -180,6 +198,7 @@ pub async fn restore(
     replace: bool,
     server_name: &str,
     actor: &Actor,
+    rows_done: &(dyn Fn(u64) + Send + Sync),
 ) -> Result<Restored, BackupError> {
     let unreadable = |err| BackupError::Failed(format!("cannot read {}: {err}", file.display()));
     let mut lines = std::io::BufReader::new(std::fs::File::open(file).map_err(unreadable)?).lines();
@@ -266,6 +285,9 @@ pub async fn restore(
         }
         query.execute(&mut *tx).await?;
         rows += 1;
+        if rows.is_multiple_of(ROWS_PER_REPORT) {
+            rows_done(rows);
+        }
     }
     match ended {
         Some(expected) if expected == rows => {}

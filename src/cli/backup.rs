@@ -2,6 +2,7 @@
 
 use std::path::PathBuf;
 
+use super::output::progress_count;
 use super::{Context, Failure, Outcome, exit};
 use crate::backup::{backup, restore};
 use crate::registry::Actor;
@@ -25,7 +26,10 @@ pub struct RestoreArgs {
 pub async fn run_backup(context: &Context, args: BackupArgs) -> Outcome {
     let (config, registry) = context.open().await?;
     let server_name = &config.homeserver.server_name;
-    let rows = backup(&registry, &args.out, server_name, &Actor::cli()).await.map_err(Failure::failed)?;
+    let bar = progress_count("rows");
+    let written = backup(&registry, &args.out, server_name, &Actor::cli(), &|rows| bar.set_position(rows)).await;
+    bar.finish_and_clear();
+    let rows = written.map_err(Failure::failed)?;
     println!("Wrote {rows} rows to {}.", args.out.display());
     println!("Keep it on another host than Synapse's database; `lifeboat restore FILE` loads it.");
     Ok(exit::OK)
@@ -33,9 +37,12 @@ pub async fn run_backup(context: &Context, args: BackupArgs) -> Outcome {
 
 pub async fn run_restore(context: &Context, args: RestoreArgs) -> Outcome {
     let (config, registry) = context.open().await?;
-    let restored = restore(&registry, &args.file, args.replace, &config.homeserver.server_name, &Actor::cli())
-        .await
-        .map_err(|err| Failure::failed(format!("nothing was restored: {err}")))?;
+    let bar = progress_count("rows");
+    let server_name = &config.homeserver.server_name;
+    let restored =
+        restore(&registry, &args.file, args.replace, server_name, &Actor::cli(), &|rows| bar.set_position(rows)).await;
+    bar.finish_and_clear();
+    let restored = restored.map_err(|err| Failure::failed(format!("nothing was restored: {err}")))?;
     let kept = if restored.kept_own_credentials { crate::backup::KEPT_OWN_CREDENTIALS } else { "" };
     println!("Restored {} rows from {}{kept}.", restored.rows, args.file.display());
     Ok(exit::OK)

@@ -25,6 +25,18 @@ pub fn show_progress(bar: &ProgressBar, done: u64, total: u64) {
     bar.set_position(done);
 }
 
+/// A count of things done on stderr (for work whose total is not known
+/// ahead), drawn only when stderr is a terminal.
+pub fn progress_count(message: &'static str) -> ProgressBar {
+    if !std::io::stderr().is_terminal() {
+        return ProgressBar::hidden();
+    }
+    let bar = ProgressBar::with_draw_target(None, ProgressDrawTarget::stderr());
+    bar.set_style(ProgressStyle::with_template("{msg:>10} {pos} ({per_sec})").expect("the progress template is valid"));
+    bar.set_message(message);
+    bar
+}
+
 /// A progress bar on stderr, drawn only when stderr is a terminal.
 pub fn progress_bar(message: &'static str) -> ProgressBar {
     if !std::io::stderr().is_terminal() {

@@ -72,13 +72,13 @@ async fn round_trip(from: TestDatabase, to: TestDatabase) {
     lived_in(&source).await;
     let dir = tempfile::tempdir().unwrap();
     let file = dir.path().join("registry.backup");
-    let written = backup(&source, &file, "example.org", &Actor::cli()).await.unwrap();
+    let written = backup(&source, &file, "example.org", &Actor::cli(), &|_| {}).await.unwrap();
     let saved = file_rows(&file);
     assert_eq!(saved.len() as u64, written);
     assert!(saved.iter().any(|line| line.contains("TOKEN123")) && saved.iter().any(|line| line.contains("Zoë")));
 
     let target = Registry::connect(&to.url()).await.unwrap();
-    assert_eq!(restore(&target, &file, false, "example.org", &Actor::cli()).await.unwrap().rows, written);
+    assert_eq!(restore(&target, &file, false, "example.org", &Actor::cli(), &|_| {}).await.unwrap().rows, written);
     let restored: Vec<String> = lines(&target).await.into_iter().filter(|line| !is_restore_audit(line)).collect();
     assert_eq!(restored, saved, "every row comes back as it was");
 
@@ -91,13 +91,13 @@ async fn round_trip(from: TestDatabase, to: TestDatabase) {
     target.create_web_link("link-1", "token", &id("@a:x"), &email("a@example.org"), None, i64::MAX / 2).await.unwrap();
     let limits = lifeboat::registry::CODE_LIMITS;
     target.start_contact_verification(&id("@a:x"), &email("a@example.org"), "123456", 60_000, limits).await.unwrap();
-    let refused = restore(&target, &file, false, "example.org", &Actor::cli()).await.unwrap_err().to_string();
+    let refused = restore(&target, &file, false, "example.org", &Actor::cli(), &|_| {}).await.unwrap_err().to_string();
     assert!(refused.contains("the registry is not empty"), "{refused}");
     // Another homeserver's lifeboat would read every account as lost.
-    let foreign = restore(&target, &file, true, "other.test", &Actor::cli()).await.unwrap_err().to_string();
+    let foreign = restore(&target, &file, true, "other.test", &Actor::cli(), &|_| {}).await.unwrap_err().to_string();
     assert!(foreign.contains("backup of example.org's registry") && foreign.contains("other.test"), "{foreign}");
     assert_eq!(
-        restore(&target, &file, true, "example.org", &Actor::cli()).await.unwrap().rows,
+        restore(&target, &file, true, "example.org", &Actor::cli(), &|_| {}).await.unwrap().rows,
         written,
         "--replace empties it first"
     );
@@ -131,7 +131,7 @@ async fn a_backup() -> (tempfile::TempDir, std::path::PathBuf, String) {
     lived_in(&source).await;
     let dir = tempfile::tempdir().unwrap();
     let file = dir.path().join("registry.backup");
-    backup(&source, &file, "example.org", &Actor::cli()).await.unwrap();
+    backup(&source, &file, "example.org", &Actor::cli(), &|_| {}).await.unwrap();
     let text = std::fs::read_to_string(&file).unwrap();
     (dir, file, text)
 }
@@ -144,7 +144,7 @@ async fn a_truncated_backup_is_refused_and_changes_nothing() {
 
     let target_db = TestDatabase::sqlite();
     let target = Registry::connect(&target_db.url()).await.unwrap();
-    let err = restore(&target, &file, false, "example.org", &Actor::cli()).await.unwrap_err().to_string();
+    let err = restore(&target, &file, false, "example.org", &Actor::cli(), &|_| {}).await.unwrap_err().to_string();
     assert!(err.contains("truncated"), "{err}");
     assert!(lines(&target).await.is_empty(), "a failed restore leaves nothing behind");
 }
@@ -172,7 +172,7 @@ async fn a_backup_with_a_value_of_the_wrong_type_is_refused_and_changes_nothing(
 
     let target_db = TestDatabase::sqlite();
     let target = Registry::connect(&target_db.url()).await.unwrap();
-    let err = restore(&target, &file, false, "example.org", &Actor::cli()).await.unwrap_err().to_string();
+    let err = restore(&target, &file, false, "example.org", &Actor::cli(), &|_| {}).await.unwrap_err().to_string();
     assert!(err.contains("a registration_tokens row's expires_at is text, not a whole number"), "{err}");
     assert!(lines(&target).await.is_empty(), "a failed restore leaves nothing behind");
 }
@@ -188,7 +188,7 @@ async fn a_backup_written_before_the_newest_columns_restores_with_their_defaults
     lived_in(&source).await;
     let dir = tempfile::tempdir().unwrap();
     let file = dir.path().join("registry.backup");
-    let written = backup(&source, &file, "example.org", &Actor::cli()).await.unwrap();
+    let written = backup(&source, &file, "example.org", &Actor::cli(), &|_| {}).await.unwrap();
     let text = std::fs::read_to_string(&file).unwrap();
     let older: Vec<String> = text
         .lines()
@@ -210,7 +210,7 @@ async fn a_backup_written_before_the_newest_columns_restores_with_their_defaults
 
     let target_db = TestDatabase::sqlite();
     let target = Registry::connect(&target_db.url()).await.unwrap();
-    assert_eq!(restore(&target, &file, false, "example.org", &Actor::cli()).await.unwrap().rows, written);
+    assert_eq!(restore(&target, &file, false, "example.org", &Actor::cli(), &|_| {}).await.unwrap().rows, written);
     let kinds: Vec<(String,)> = sqlx::query_as("SELECT kind FROM deliveries").fetch_all(target.pool()).await.unwrap();
     assert!(!kinds.is_empty() && kinds.iter().all(|(kind,)| kind == "notice"), "{kinds:?}");
 }
@@ -224,10 +224,10 @@ async fn a_registry_holding_only_the_bots_session_is_not_emptied_without_replace
     let target = Registry::connect(&target_db.url()).await.unwrap();
     target.set_setting("bot_session", "{\"device_id\":\"NEW\"}").await.unwrap();
 
-    let err = restore(&target, &file, false, "example.org", &Actor::cli()).await.unwrap_err().to_string();
+    let err = restore(&target, &file, false, "example.org", &Actor::cli(), &|_| {}).await.unwrap_err().to_string();
     assert!(err.contains("the registry is not empty"), "{err}");
     assert_eq!(target.setting("bot_session").await.unwrap().as_deref(), Some("{\"device_id\":\"NEW\"}"));
-    restore(&target, &file, true, "example.org", &Actor::cli()).await.unwrap();
+    restore(&target, &file, true, "example.org", &Actor::cli(), &|_| {}).await.unwrap();
 }
 
 /// The registry's host was lost with Synapse's database: on a new registry
@@ -263,4 +263,26 @@ async fn restoring_a_backup_from_before_a_wipe_keeps_the_credentials_recover_mad
     assert_eq!(listed.code, 0, "lifeboat's own token still works: {listed:?}");
     let again = after.run(&["recover"]).await;
     assert_eq!(again.code, 0, "{again:?}");
+}
+
+/// Backup and restore report their rows as they go (the CLI counts them
+/// on the terminal), every thousand.
+#[tokio::test]
+async fn backup_and_restore_report_their_progress_every_thousand_rows() {
+    let database = TestDatabase::sqlite();
+    let source = Registry::connect(&database.url()).await.unwrap();
+    for n in 0..2_500 {
+        source.audit(&Actor::cli(), "test", Some(&n.to_string()), None).await.unwrap();
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("registry.backup");
+    let reported = std::sync::Mutex::new(Vec::new());
+    let report = |rows| reported.lock().unwrap().push(rows);
+    backup(&source, &file, "example.org", &Actor::cli(), &report).await.unwrap();
+    assert_eq!(std::mem::take(&mut *reported.lock().unwrap()), [1_000, 2_000]);
+
+    let target_db = TestDatabase::sqlite();
+    let target = Registry::connect(&target_db.url()).await.unwrap();
+    restore(&target, &file, false, "example.org", &Actor::cli(), &report).await.unwrap();
+    assert_eq!(*reported.lock().unwrap(), [1_000, 2_000]);
 }
