@@ -41,6 +41,21 @@ pub struct NotifyPlan {
     pub unreachable: i64,
     #[serde(flatten)]
     pub emails: PlannedEmails,
+    /// Lost IDs not held (yet), of any incident: a send holds them first.
+    pub lost_ids_not_held: usize,
+}
+
+impl NotifyPlan {
+    /// What a dry run should add when the send would hold lost IDs first
+    /// and may refuse (`campaign`'s rule: no token while one is free).
+    pub fn holds_first(&self, config: &crate::config::Config) -> Option<String> {
+        (self.lost_ids_not_held > 0 && crate::holds::holds_wanted(config, true)).then(|| {
+            format!(
+                "{} not held yet: sending holds them first, and sends nothing while one stays free",
+                crate::plural::count(self.lost_ids_not_held as i64, "lost ID is", "lost IDs are")
+            )
+        })
+    }
 }
 
 /// `sender`: lifeboat's own account, which gets no DM.
@@ -52,6 +67,7 @@ pub async fn plan(registry: &Registry, incident_id: i64, sender: &UserId) -> Res
         tokens_to_create: crate::tokens::owed_notice_tokens(registry, incident_id, sender).await?.len(),
         dms: registry.planned_dms(incident_id, sender).await?,
         emails: registry.planned_emails(incident_id).await?,
+        lost_ids_not_held: registry.hold_candidates(sender).await?.len(),
     })
 }
 

@@ -322,8 +322,9 @@ async fn notify(bot: &Arc<Bot>, room: &Room, actor: &Actor, id: i64, confirm: bo
             }
         };
         let how = ask_to_confirm(bot, &format!("notify {id}"));
+        let holds_first = planned.holds_first(config).map(|note| format!(" Note: {note}.")).unwrap_or_default();
         return Ok(format!(
-            "Incident {id} \"{}\": {} affected; **{} emails** to {} people, **{} DMs**; {} people unreachable; {} tokens to create.{only_dms}\n\nTo send, {how}.",
+            "Incident {id} \"{}\": {} affected; **{} emails** to {} people, **{} DMs**; {} people unreachable; {} tokens to create.{only_dms}{holds_first}\n\nTo send, {how}.",
             markdown_escape(&incident.title),
             planned.affected,
             planned.emails.emails,

@@ -68,6 +68,9 @@ pub async fn run(context: &Context, args: Args) -> Outcome {
     if config.web.is_none() {
         eprintln!("note: [web] public_url is not set, so the emails carry no unsubscribe link");
     }
+    if let Some(holds_first) = planned.holds_first(&config) {
+        eprintln!("note: {holds_first}");
+    }
     let settings = notice_settings(&config, &registry, &incident).await?;
 
     if args.dry_run {

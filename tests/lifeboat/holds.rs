@@ -719,6 +719,8 @@ async fn no_notice_goes_out_while_a_lost_id_could_not_be_held() {
     lifeboat.set_env("LIFEBOAT__HOMESERVER__URL", &front.url);
     open_incident(&lifeboat).await;
 
+    let dry = lifeboat.run(&["notify", "1", "--dry-run"]).await;
+    assert!(dry.stderr.contains("1 lost ID is not held yet: sending holds them first"), "{dry:?}");
     let refused = lifeboat.run(&["notify", "1", "--yes"]).await;
     assert_eq!(refused.code, 1, "{refused:?}");
     assert!(
