@@ -593,7 +593,19 @@ pub async fn claim_held(
     // Read again under the hand-over's lease: a claim that ended a moment
     // ago leaves nothing to hand over.
     let now = registry.account(&account.user_id).await?;
-    if !now.is_some_and(|now| now.state == AccountState::Held && now.custody_at == Some(hold)) {
+    let Some(now) = now.filter(|now| now.state == AccountState::Held && now.custody_at == Some(hold)) else {
+        return Ok(false);
+    };
+    // Synapse's word too: the account must be the one lifeboat holds, locked.
+    // After another wipe it may be gone or a stranger's; after a hand-over
+    // whose answer never came (or an admin's unlock) it is unlocked with a
+    // password someone chose, and the link must not set another.
+    let on_synapse = client.user_details(account.user_id.as_str()).await?;
+    let held = on_synapse.is_some_and(|details| {
+        details.locked && !crate::reconcile::registered_again(now.synapse_created_at, details.created_at_ms())
+    });
+    if !held {
+        tracing::warn!(user_id = %account.user_id, "a claim link was used for a held ID whose account on Synapse is not the locked one lifeboat made: refused; settle it with `lifeboat holds claim`");
         return Ok(false);
     }
     let name = account.display_name_to_restore();

@@ -322,6 +322,27 @@ async fn a_claim_link_posted_twice_at_once_is_handed_over_once_with_the_first_pa
     assert_ne!(rig.synapse.login(&localpart, "another long password").await.0, 200, "the second was never set");
 }
 
+/// A held account found unlocked on Synapse (a hand-over whose answer never
+/// came back, or an admin's doing) is no longer held as lifeboat made it:
+/// its claim link sets no password over the one chosen then.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_claim_link_sets_no_password_once_the_held_account_was_unlocked_elsewhere() {
+    let (rig, lost, link) = one_held_with_a_claim_link().await;
+    let localpart = lost[0].trim_start_matches('@').split(':').next().unwrap().to_owned();
+    rig.synapse.register_admin(&unique("root"));
+    rig.synapse.unlock_user(&localpart, "chosen before the answer was lost").await;
+    let http = reqwest::Client::builder().no_proxy().build().unwrap();
+    let (cookie, csrf) = form_csrf(&http, &link).await;
+    let (url, query) = (format!("{}/claim", rig.web), link.split_once('?').unwrap().1.to_owned());
+    let form = format!("csrf={csrf}&{query}&password=sea+shanty+lighthouse&again=sea+shanty+lighthouse");
+
+    let (status, page) = post_form(&http, &url, Some(&cookie), &form).await;
+    assert_eq!(status, 400, "{page}");
+    assert!(page.contains("This link does not work"), "{page}");
+    assert_eq!(rig.synapse.login(&localpart, "chosen before the answer was lost").await.0, 200);
+    assert_ne!(rig.synapse.login(&localpart, "sea shanty lighthouse").await.0, 200, "no password was set");
+}
+
 /// A visitor who closes the tab while their ID is handed over must not
 /// cut the hand-over short: it finishes, and is recorded, without them.
 #[tokio::test(flavor = "multi_thread")]

@@ -348,6 +348,11 @@ impl TestSynapse {
         self.put_user(localpart, json!({"locked": true})).await;
     }
 
+    /// Unlocks an account and sets its password, as an admin would.
+    pub async fn unlock_user(&self, localpart: &str, password: &str) {
+        self.put_user(localpart, json!({"locked": false, "password": password})).await;
+    }
+
     pub async fn deactivate_user(&self, localpart: &str) {
         self.put_user(localpart, json!({"deactivated": true})).await;
     }
