@@ -113,6 +113,15 @@ async fn one_held_with_a_claim_link() -> (Rig, Vec<String>, String) {
     (rig, lost, link)
 }
 
+/// The claim page's form for `link` as a browser posts it, with `password`
+/// (form-encoded) twice: where to post it, the CSRF cookie, the body.
+async fn claim_form(http: &reqwest::Client, rig: &Rig, link: &str, password: &str) -> (String, String, String) {
+    let (cookie, csrf) = form_csrf(http, link).await;
+    let query = link.split_once('?').unwrap().1;
+    let form = format!("csrf={csrf}&{query}&password={password}&again={password}");
+    (format!("{}/claim", rig.web), cookie, form)
+}
+
 /// The HTTP status and page a GET of `url` answers.
 async fn get_page(url: &str) -> (u16, String) {
     let http = reqwest::Client::builder().no_proxy().build().unwrap();
@@ -332,9 +341,7 @@ async fn a_claim_link_sets_no_password_once_the_held_account_was_unlocked_elsewh
     rig.synapse.register_admin(&unique("root"));
     rig.synapse.unlock_user(&localpart, "chosen before the answer was lost").await;
     let http = reqwest::Client::builder().no_proxy().build().unwrap();
-    let (cookie, csrf) = form_csrf(&http, &link).await;
-    let (url, query) = (format!("{}/claim", rig.web), link.split_once('?').unwrap().1.to_owned());
-    let form = format!("csrf={csrf}&{query}&password=sea+shanty+lighthouse&again=sea+shanty+lighthouse");
+    let (url, cookie, form) = claim_form(&http, &rig, &link, "sea+shanty+lighthouse").await;
 
     let (status, page) = post_form(&http, &url, Some(&cookie), &form).await;
     assert_eq!(status, 400, "{page}");
@@ -350,9 +357,7 @@ async fn a_claim_whose_visitor_leaves_mid_hand_over_still_finishes() {
     let (rig, lost, link) = one_held_with_a_claim_link().await;
     let localpart = lost[0].trim_start_matches('@').split(':').next().unwrap().to_owned();
     let http = reqwest::Client::builder().no_proxy().build().unwrap();
-    let (cookie, csrf) = form_csrf(&http, &link).await;
-    let (url, query) = (format!("{}/claim", rig.web), link.split_once('?').unwrap().1.to_owned());
-    let form = format!("csrf={csrf}&{query}&password=sea+shanty+lighthouse&again=sea+shanty+lighthouse");
+    let (url, cookie, form) = claim_form(&http, &rig, &link, "sea+shanty+lighthouse").await;
 
     // With Synapse frozen, the visitor gives up while the hand-over waits.
     rig.synapse.pause();
@@ -1079,9 +1084,7 @@ async fn a_hand_over_under_way_in_another_process_turns_away_both_the_claim_link
     assert_ne!(by_hand.code, 0, "{by_hand:?}");
     assert!(by_hand.stderr.contains("is being handed over right now"), "{by_hand:?}");
     let http = reqwest::Client::builder().no_proxy().build().unwrap();
-    let (cookie, csrf) = form_csrf(&http, &link).await;
-    let (url, query) = (format!("{}/claim", rig.web), link.split_once('?').unwrap().1.to_owned());
-    let form = format!("csrf={csrf}&{query}&password=sea+shanty+lighthouse&again=sea+shanty+lighthouse");
+    let (url, cookie, form) = claim_form(&http, &rig, &link, "sea+shanty+lighthouse").await;
     let (status, page) = post_form(&http, &url, Some(&cookie), &form).await;
     assert_eq!(status, 409, "{page}");
 
