@@ -553,6 +553,8 @@ const MIN_NAME_IN_PASSWORD: usize = 3;
 pub enum HandOverError {
     #[error("Synapse did not take the new password: {0}")]
     Synapse(#[from] synapse::Error),
+    #[error("could not ask Synapse about the account: {0}")]
+    Lookup(synapse::Error),
     #[error(transparent)]
     Registry(#[from] registry::Error),
     #[error(
@@ -579,39 +581,56 @@ pub async fn one_hand_over<T>(
     lease.map_err(|_| HandOverError::UnderWay(user_id.to_string()))
 }
 
+/// What a claim link did.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Claim {
+    /// Handed over: the account is its person's again.
+    Done,
+    /// Nothing to hand over (another use of the link won, or the held
+    /// account is gone or someone else's now).
+    Dead,
+    /// The held account is unlocked already (a hand-over whose answer never
+    /// came back, or an admin's doing): no password is set over it.
+    Unlocked,
+}
+
 /// Hands a held ID to the person who proved it is theirs by its claim
 /// link: unlocks it with their new password (logging out every device),
-/// then records it claimed. `false` when another use of the link won.
+/// then records it claimed.
 pub async fn claim_held(
     registry: &Registry,
     client: &SynapseClient,
     account: &Account,
     password: &SecretString,
     actor: &Actor,
-) -> Result<bool, HandOverError> {
-    let Some(hold) = account.custody_at else { return Ok(false) };
+) -> Result<Claim, HandOverError> {
+    let Some(hold) = account.custody_at else { return Ok(Claim::Dead) };
     // Read again under the hand-over's lease: a claim that ended a moment
     // ago leaves nothing to hand over.
     let now = registry.account(&account.user_id).await?;
     let Some(now) = now.filter(|now| now.state == AccountState::Held && now.custody_at == Some(hold)) else {
-        return Ok(false);
+        return Ok(Claim::Dead);
     };
     // Synapse's word too: the account must be the one lifeboat holds, locked.
     // After another wipe it may be gone or a stranger's; after a hand-over
     // whose answer never came (or an admin's unlock) it is unlocked with a
     // password someone chose, and the link must not set another.
-    let on_synapse = client.user_details(account.user_id.as_str()).await?;
-    let held = on_synapse.is_some_and(|details| {
-        details.locked && !crate::reconcile::registered_again(now.synapse_created_at, details.created_at_ms())
-    });
-    if !held {
-        tracing::warn!(user_id = %account.user_id, "a claim link was used for a held ID whose account on Synapse is not the locked one lifeboat made: refused; settle it with `lifeboat holds claim`");
-        return Ok(false);
+    let on_synapse = client.user_details(account.user_id.as_str()).await.map_err(HandOverError::Lookup)?;
+    let Some(details) = on_synapse
+        .filter(|details| !crate::reconcile::registered_again(now.synapse_created_at, details.created_at_ms()))
+    else {
+        tracing::warn!(user_id = %account.user_id, "a claim link was used for a held ID whose account is gone from Synapse or someone else's: refused");
+        return Ok(Claim::Dead);
+    };
+    if !details.locked {
+        tracing::warn!(user_id = %account.user_id, "a claim link was used for a held ID whose account is unlocked on Synapse (a hand-over whose answer never came back, or an admin's unlock): no password set; settle it with `lifeboat holds claim`");
+        return Ok(Claim::Unlocked);
     }
     let name = account.display_name_to_restore();
     let emails = free_emails(registry, client, &account.user_id).await?;
     client.hand_over_account(account.user_id.as_str(), password, account.admin, name, &emails).await?;
-    Ok(registry.claim_hold(&account.user_id, hold, actor).await?)
+    let claimed = registry.claim_hold(&account.user_id, hold, actor).await?;
+    Ok(if claimed { Claim::Done } else { Claim::Dead })
 }
 
 /// The person's verified addresses that no other account has now: Synapse,
@@ -624,7 +643,7 @@ async fn free_emails(
 ) -> Result<Vec<EmailAddress>, HandOverError> {
     let mut free = Vec::new();
     for address in registry.verified_emails_of(user_id).await? {
-        match client.user_with_email(&address).await? {
+        match client.user_with_email(&address).await.map_err(HandOverError::Lookup)? {
             Some(owner) if owner != user_id.as_str() => {}
             _ => free.push(address),
         }

@@ -15,7 +15,7 @@ use serde::Deserialize;
 use super::WebState;
 use super::pages::{self, CheckedForm, Chrome, LinkQuery, Message, WebError};
 use crate::holds::{
-    ClaimCheck, HandOverError, MIN_PASSWORD_CHARS, check_claim, claim_held, one_hand_over, password_problem,
+    Claim, ClaimCheck, HandOverError, MIN_PASSWORD_CHARS, check_claim, claim_held, one_hand_over, password_problem,
 };
 use crate::links::ClaimLink;
 use crate::registry::{Account, Actor};
@@ -176,7 +176,7 @@ pub async fn claim(State(state): State<WebState>, CheckedForm(mut form, key): Ch
                 one_hand_over(&state.registry, &account.user_id, hand_over(&state, &account, &password)).await;
             // Said here too: the visitor may be gone before the page is.
             match &outcome {
-                Ok(Ok(true)) => tracing::info!(user_id = %account.user_id, "a held ID was claimed by its owner"),
+                Ok(Ok(Claim::Done)) => tracing::info!(user_id = %account.user_id, "a held ID was claimed by its owner"),
                 Ok(Err(err)) => {
                     tracing::warn!(user_id = %account.user_id, error = %err.0, "a claim's hand-over failed")
                 }
@@ -192,7 +192,7 @@ pub async fn claim(State(state): State<WebState>, CheckedForm(mut form, key): Ch
         Err(err) => Err(WebError(format!("the hand-over stopped: {err}"))),
     };
     match outcome {
-        Ok(true) => {
+        Ok(Claim::Done) => {
             let page = ClaimDone {
                 chrome: Chrome::of(&state),
                 homeserver_url: state.config.homeserver.public_url.to_string(),
@@ -201,12 +201,23 @@ pub async fn claim(State(state): State<WebState>, CheckedForm(mut form, key): Ch
             };
             pages::html(StatusCode::OK, &page)
         }
-        Ok(false) => dead(&state),
+        Ok(Claim::Dead) => dead(&state),
+        Ok(Claim::Unlocked) => unlocked(&state),
         Err(err) => err.page(&state),
     }
 }
 
-async fn hand_over(state: &WebState, account: &Account, password: &SecretString) -> Result<bool, WebError> {
+/// The held account is unlocked already: most likely this person's own
+/// hand-over a moment ago, whose answer never reached them.
+fn unlocked(state: &WebState) -> Response {
+    let contact = state.web().admin_contact.clone().unwrap_or_else(|| "an admin of this homeserver".to_owned());
+    let sentence = format!(
+        "This ID is no longer locked: if you sent this form a moment ago and got an error, your password may have been set anyway, so try signing in with it. If that does not work, contact {contact}: they can give the ID back to you."
+    );
+    Message::new(state, "This ID may be yours already", &[sentence.as_str()]).page(StatusCode::CONFLICT)
+}
+
+async fn hand_over(state: &WebState, account: &Account, password: &SecretString) -> Result<Claim, WebError> {
     let Some(client) = crate::recover::admin_access(&state.config, &state.registry).await?.working() else {
         return Err(WebError("no working admin token: cannot hand a held ID back".to_owned()));
     };
