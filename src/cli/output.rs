@@ -28,26 +28,21 @@ pub fn show_progress(bar: &ProgressBar, done: u64, total: u64) {
 /// A count of things done on stderr (for work whose total is not known
 /// ahead), drawn only when stderr is a terminal.
 pub fn progress_count(message: &'static str) -> ProgressBar {
-    if !std::io::stderr().is_terminal() {
-        return ProgressBar::hidden();
-    }
-    let bar = ProgressBar::with_draw_target(None, ProgressDrawTarget::stderr());
-    bar.set_style(ProgressStyle::with_template("{msg:>10} {pos} ({per_sec})").expect("the progress template is valid"));
-    bar.set_message(message);
-    bar
+    on_terminal(message, "{msg:>10} {pos} ({per_sec})")
 }
 
 /// A progress bar on stderr, drawn only when stderr is a terminal.
 pub fn progress_bar(message: &'static str) -> ProgressBar {
+    on_terminal(message, "{msg:>10} [{bar:30}] {pos}/{len} ({per_sec}, {eta} left)")
+}
+
+fn on_terminal(message: &'static str, template: &str) -> ProgressBar {
     if !std::io::stderr().is_terminal() {
         return ProgressBar::hidden();
     }
     let bar = ProgressBar::with_draw_target(None, ProgressDrawTarget::stderr());
-    bar.set_style(
-        ProgressStyle::with_template("{msg:>10} [{bar:30}] {pos}/{len} ({per_sec}, {eta} left)")
-            .expect("the progress template is valid")
-            .progress_chars("=> "),
-    );
+    let style = ProgressStyle::with_template(template).expect("the progress templates are valid");
+    bar.set_style(style.progress_chars("=> "));
     bar.set_message(message);
     bar
 }

@@ -1032,14 +1032,25 @@ async fn ids_taken_after_a_wipe_neither_read_a_persons_notice_nor_put_words_in_i
     let notify = lifeboat.run(&["notify", &id, "--yes"]).await;
     assert_eq!(notify.code, 0, "{notify:?}");
 
-    let bob_taker = MatrixUser::new(&synapse.url, &bob_taken.user_id, &bob_taken.access_token);
-    assert!(bob_taker.invites().await.is_empty(), "no DM to the contact's ID someone took: {notify:?}");
-    let shown = lifeboat.run(&["incident", "show", &id, "--json"]).await.json();
-    assert_eq!(shown["deliveries"]["skipped"], 1, "the DM is skipped, not failed: {shown}");
+    no_dm_reached(&synapse, &bob_taken, &lifeboat, &id, &notify).await;
     let mailed = smtp.messages_to(&email);
     assert_eq!(mailed.len(), 1, "her own address still gets her notice");
     let text = mailed[0].text.clone().unwrap_or_default();
     assert!(text.starts_with(&format!("Hello {alice},")) && !text.contains("evil.example"), "{text}");
+}
+
+/// The taker of a contact's ID got no DM, and the incident counts it skipped.
+async fn no_dm_reached(
+    synapse: &TestSynapse,
+    taker: &crate::harness::synapse::Registered,
+    lifeboat: &Lifeboat,
+    id: &str,
+    notify: &crate::harness::cli::Run,
+) {
+    let taker = MatrixUser::new(&synapse.url, &taker.user_id, &taker.access_token);
+    assert!(taker.invites().await.is_empty(), "no DM to the contact's ID someone took: {notify:?}");
+    let shown = lifeboat.run(&["incident", "show", id, "--json"]).await.json();
+    assert_eq!(shown["deliveries"]["skipped"], 1, "the DM is skipped, not failed: {shown}");
 }
 
 /// The registry learns that a contact's ID changed hands only at the next
@@ -1072,10 +1083,7 @@ async fn a_contacts_id_taken_after_another_wipe_before_any_listing_gets_no_dm() 
     let notify = lifeboat.run(&["notify", &id, "--yes"]).await;
     assert_eq!(notify.code, 0, "{notify:?}");
 
-    let bob_taker = MatrixUser::new(&synapse.url, &bob_taken.user_id, &bob_taken.access_token);
-    assert!(bob_taker.invites().await.is_empty(), "no DM to the contact's ID someone took: {notify:?}");
-    let shown = lifeboat.run(&["incident", "show", &id, "--json"]).await.json();
-    assert_eq!(shown["deliveries"]["skipped"], 1, "the DM is skipped, not failed: {shown}");
+    no_dm_reached(&synapse, &bob_taken, &lifeboat, &id, &notify).await;
 }
 
 /// A notify that loses its lease (held up past it: paused, say) stops
