@@ -24,8 +24,8 @@ pub const LAST_BACKUP_SETTING: &str = "last_backup_at";
 fn added_later(table: &str) -> usize {
     match table {
         // custody, custody_at (held IDs), details_due_at, display_name_due_at,
-        // lost_created_at
-        "accounts" => 5,
+        // lost_created_at, hold_refused
+        "accounts" => 6,
         // state_read_at, aliases_due_at, aliases_attempts
         "rooms" => 3,
         // kind (a notice, by default), subject, body_text, body_html,

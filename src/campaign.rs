@@ -10,7 +10,7 @@ use secrecy::SecretString;
 
 use crate::config::{Config, RecoveryMode};
 use crate::dm::{CryptoStore, Devices, DmError, DmSender, Login, held_by_serve};
-use crate::holds::{HoldError, HoldReport, hold_lost_ids, holds_wanted};
+use crate::holds::{HoldError, HoldReport, UnheldLostIds, hold_lost_ids, holds_wanted, tokens_withheld};
 use crate::lease::{Held, Lease};
 use crate::links::LINK_KEY;
 use crate::mail::Mailer;
@@ -54,11 +54,9 @@ pub enum CampaignError {
     #[error("incident {0} was resolved meanwhile: nothing was made or sent")]
     Resolved(i64),
     #[error(
-        "{} not held yet ({}), and a registration token in a notice could register any of them: nothing was made or sent; hold them first (`lifeboat holds make` says why they are not), or set recovery.hold = \"off\" to send tokens anyway",
-        crate::plural::count(.0.len() as i64, "lost ID is", "lost IDs are"),
-        crate::plural::id_list(.0, 3)
+        "{0}, and a registration token in a notice could register any of them: nothing was made or sent; hold them first (`lifeboat holds make` says why they are not), or set recovery.hold = \"off\" to send tokens anyway"
     )]
-    NotHeld(Vec<UserId>),
+    NotHeld(UnheldLostIds),
 }
 
 /// What a run did.
@@ -381,17 +379,9 @@ async fn send_under_lease(
     // Synapse binds no token to a name: while a lost ID that should be held
     // is free (its hold failed, or was stopped), no token goes out.
     if options.plan_new && holds_wanted(config, true) {
-        let held = hold_waiting_for_others(config, registry, &client, &options.actor, progress).await;
-        let unregistrable = held.map(|report| report.unregistrable).unwrap_or_default();
-        let free: Vec<UserId> = registry
-            .hold_candidates(&service)
-            .await?
-            .into_iter()
-            .map(|candidate| candidate.user_id)
-            .filter(|user_id| !unregistrable.contains(user_id))
-            .collect();
-        if !free.is_empty() {
-            return Err(CampaignError::NotHeld(free));
+        hold_waiting_for_others(config, registry, &client, &options.actor, progress).await;
+        if let Some(unheld) = tokens_withheld(config, registry).await? {
+            return Err(CampaignError::NotHeld(unheld));
         }
     }
     if options.plan_new {

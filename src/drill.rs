@@ -231,6 +231,7 @@ fn templates(config: &Config) -> (Status, String) {
         id_held: true,
         claim_url: Some("https://lifeboat.example.org/claim"),
         id_taken: false,
+        id_unregistrable: false,
         locked_out: false,
         rooms_back: &["A room on another server".to_owned()],
         rooms_gone: &["A room that lived only here".to_owned()],

@@ -61,7 +61,8 @@ pub struct HoldReport {
     pub failed: Vec<(UserId, String)>,
     /// IDs Synapse makes for nobody (a guest's numeric name, a name it no
     /// longer allows, a bridge's namespace, another ID's case): no token can
-    /// register them either.
+    /// register them either. Recorded as such: later runs leave them be
+    /// until they are lost again or `lifeboat holds make` tries again.
     pub unregistrable: Vec<UserId>,
     /// Stopped early: the holds begun were finished, the rest wait for the next run.
     pub stopped: bool,
@@ -110,6 +111,36 @@ pub fn holds_wanted(config: &Config, at_incident: bool) -> bool {
         HoldPolicy::OnIncident => at_incident,
         HoldPolicy::Off => false,
     }
+}
+
+/// Lost IDs not held yet, while holds are on: as long as there is one, no
+/// registration token goes out (Synapse binds none to a name, so any token
+/// could register it). The one rule for notices, the web page and the bot.
+#[derive(Debug, Clone, Serialize, PartialEq, Eq)]
+pub struct UnheldLostIds {
+    pub count: i64,
+    /// The first few, in ID order.
+    pub first: Vec<UserId>,
+}
+
+impl std::fmt::Display for UnheldLostIds {
+    /// "2 lost IDs are not held yet (@a:x, @b:x)"
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let more = self.count - self.first.len() as i64;
+        let more = if more > 0 { format!(", and {more} more") } else { String::new() };
+        let ids = crate::plural::id_list(&self.first, usize::MAX);
+        let count = crate::plural::count(self.count, "lost ID is", "lost IDs are");
+        write!(f, "{count} not held yet ({ids}{more})")
+    }
+}
+
+/// [`UnheldLostIds`] now, if there are any and holds are on.
+pub async fn tokens_withheld(config: &Config, registry: &Registry) -> Result<Option<UnheldLostIds>, registry::Error> {
+    if !holds_wanted(config, true) {
+        return Ok(None);
+    }
+    let (count, first) = registry.unheld_lost_ids(&service_user_id(config), 3).await?;
+    Ok((count > 0).then_some(UnheldLostIds { count, first }))
 }
 
 /// Holds every lost ID that is not held yet (idempotent: held ones are
@@ -266,7 +297,7 @@ async fn hold_one(
         Err(synapse::Error::Rejected { status: 400, ref errcode, .. })
             if matches!(errcode.as_str(), "M_INVALID_USERNAME" | "M_EXCLUSIVE" | "M_USER_IN_USE") =>
         {
-            registry.abandon_hold(user_id).await?;
+            registry.refuse_hold(user_id, errcode).await?;
             return Ok(Outcome::Unregistrable);
         }
         // Maybe created, maybe not (a timeout): stays `holding`, and the
@@ -453,8 +484,12 @@ pub async fn way_back(
     if !account.may_come_back() {
         return Ok(WayBack::Nothing("an admin had locked or deactivated the account before it was lost"));
     }
-    if account.state == AccountState::Claimed {
-        return Ok(WayBack::Nothing("the account was handed back to its owner already"));
+    // As for notices: only a person who lost the use of their ID needs a
+    // way back, and any token could take a lost ID that is not held.
+    match account.state {
+        AccountState::Claimed => return Ok(WayBack::Nothing("the account was handed back to its owner already")),
+        AccountState::Present => return Ok(WayBack::Nothing("the account still works: it needs no way back in")),
+        _ => {}
     }
     let claim =
         claim_link(account.user_id.as_str(), account.state, account.custody_at, true, incident, claim_valid_for)

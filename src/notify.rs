@@ -13,9 +13,10 @@ use secrecy::SecretString;
 use serde::Serialize;
 use url::Url;
 
+use crate::config::Config;
 use crate::dm::DmSender;
 use crate::email::EmailAddress;
-use crate::holds::claim_link;
+use crate::holds::{UnheldLostIds, claim_link};
 use crate::links::UnsubscribeLinks;
 use crate::mail::{Mailer, OutgoingEmail};
 use crate::notice::{DM_CONTENT_BUDGET, NoticeContext, RenderedNotice, dm_content_bytes, render_notice};
@@ -41,25 +42,23 @@ pub struct NotifyPlan {
     pub unreachable: i64,
     #[serde(flatten)]
     pub emails: PlannedEmails,
-    /// Lost IDs not held (yet), of any incident: a send holds them first.
-    pub lost_ids_not_held: usize,
+    /// Lost IDs not held (yet), of any incident, while holds are on: a send
+    /// holds them first, and sends nothing while one stays free.
+    pub unheld_lost_ids: Option<UnheldLostIds>,
 }
 
 impl NotifyPlan {
     /// What a dry run should add when the send would hold lost IDs first
-    /// and may refuse (`campaign`'s rule: no token while one is free).
-    pub fn holds_first(&self, config: &crate::config::Config) -> Option<String> {
-        (self.lost_ids_not_held > 0 && crate::holds::holds_wanted(config, true)).then(|| {
-            format!(
-                "{} not held yet: sending holds them first, and sends nothing while one stays free",
-                crate::plural::count(self.lost_ids_not_held as i64, "lost ID is", "lost IDs are")
-            )
-        })
+    /// and may refuse.
+    pub fn holds_first(&self) -> Option<String> {
+        let unheld = self.unheld_lost_ids.as_ref()?;
+        Some(format!("{unheld}: sending holds them first, and sends nothing while one stays free"))
     }
 }
 
-/// `sender`: lifeboat's own account, which gets no DM.
-pub async fn plan(registry: &Registry, incident_id: i64, sender: &UserId) -> Result<NotifyPlan, NotifyError> {
+pub async fn plan(config: &Config, registry: &Registry, incident_id: i64) -> Result<NotifyPlan, NotifyError> {
+    // Lifeboat's own account gets no DM.
+    let sender = &crate::recover::service_user_id(config);
     let summary = registry.incident_summary(incident_id, sender).await?;
     Ok(NotifyPlan {
         affected: summary.affected,
@@ -67,7 +66,7 @@ pub async fn plan(registry: &Registry, incident_id: i64, sender: &UserId) -> Res
         tokens_to_create: crate::tokens::owed_notice_tokens(registry, incident_id, sender).await?.len(),
         dms: registry.planned_dms(incident_id, sender).await?,
         emails: registry.planned_emails(incident_id).await?,
-        lost_ids_not_held: registry.hold_candidates(sender).await?.len(),
+        unheld_lost_ids: crate::holds::tokens_withheld(config, registry).await?,
     })
 }
 
@@ -249,6 +248,7 @@ impl NoticeSettings {
             id_held: state == AccountState::Held,
             claim_url: claim_url.as_deref(),
             id_taken: state.is_stranger(),
+            id_unregistrable: state == AccountState::Missing && delivery.hold_refused.is_some(),
             locked_out: !may_come_back,
             rooms_back: &rooms.back,
             rooms_gone: &rooms.gone,
@@ -489,6 +489,7 @@ mod tests {
             held_at: Some(1),
             locked: 0,
             deactivated: 0,
+            hold_refused: None,
             contact_id,
             contact_account_state,
             opted_out_at: None,

@@ -312,7 +312,7 @@ async fn notify(bot: &Arc<Bot>, room: &Room, actor: &Actor, id: i64, confirm: bo
         return Err(format!("incident {id} is resolved: notices go out for open incidents only"));
     }
     if !confirm {
-        let planned = plan(registry, id, &service_user_id(config)).await.map_err(text)?;
+        let planned = plan(config, registry, id).await.map_err(text)?;
         let only_dms = match config.email {
             Some(_) => "",
             None if planned.dms > 0 => " There is no [email] section in lifeboat's config: only the DMs go.",
@@ -322,7 +322,7 @@ async fn notify(bot: &Arc<Bot>, room: &Room, actor: &Actor, id: i64, confirm: bo
             }
         };
         let how = ask_to_confirm(bot, &format!("notify {id}"));
-        let holds_first = planned.holds_first(config).map(|note| format!(" Note: {note}.")).unwrap_or_default();
+        let holds_first = planned.holds_first().map(|note| format!(" Note: {note}.")).unwrap_or_default();
         return Ok(format!(
             "Incident {id} \"{}\": {} affected; **{} emails** to {} people, **{} DMs**; {} people unreachable; {} tokens to create.{only_dms}{holds_first}\n\nTo send, {how}.",
             markdown_escape(&incident.title),
@@ -410,6 +410,11 @@ async fn token(bot: &Bot, actor: &Actor, user: &UserId) -> Result<String, String
             (message, "claim link", link.until)
         }
         None => {
+            if let Some(unheld) = crate::holds::tokens_withheld(config, registry).await.map_err(text)? {
+                return Err(format!(
+                    "no token for {user} yet: {unheld}, and any registration token could register one; hold them first (`lifeboat holds make` says why they are not), or set recovery.hold = \"off\""
+                ));
+            }
             let client = admin_client(bot, actor).await?;
             // An admin is not capped; a token still unused is sent again.
             let Some((token, expires)) =
@@ -457,7 +462,7 @@ async fn token(bot: &Bot, actor: &Actor, user: &UserId) -> Result<String, String
     Ok(format!("Mailing a new {what} for {user} (valid until {}) to {}.", human_time(until), mailed.join(", ")))
 }
 
-/// The held, claimed and taken IDs.
+/// The held, claimed and taken IDs, and the lost ones Synapse refused to create.
 async fn holds(bot: &Bot) -> Result<String, String> {
     let holds = bot.state.registry.holds().await.map_err(text)?;
     if holds.is_empty() {
@@ -471,6 +476,7 @@ async fn holds(bot: &Bot) -> Result<String, String> {
             AccountState::Recreated,
             "Taken by someone else before the hold (strangers until settled with `lifeboat holds claim`)",
         ),
+        (AccountState::Missing, "Lost, and Synapse creates them for nobody (no hold needed)"),
     ] {
         let ids: Vec<&UserId> = holds.iter().filter(|hold| hold.state == state).map(|hold| &hold.user_id).collect();
         group(&mut reply, label, ids.len(), &crate::plural::id_list(&ids, 30));

@@ -76,7 +76,7 @@ pub(crate) struct Bot {
     /// Commands and DMs already handled by this process: a session on a new
     /// device (the old one logged out) syncs its rooms afresh, and must not
     /// run them again.
-    handled: Mutex<HandledEvents>,
+    handled: Mutex<Handled>,
     /// DM commands per person in the current minute (each costs a member
     /// list and admin-API calls): past [`DM_COMMANDS_PER_MINUTE`], ignored.
     dm_commands: FixedWindows,
@@ -84,6 +84,15 @@ pub(crate) struct Bot {
 
 /// DM commands one person may send a minute; more are not answered.
 const DM_COMMANDS_PER_MINUTE: u32 = 10;
+
+/// The admin room's commands and the DMs handled, remembered apart: anyone
+/// can DM the bot, and a flood of DMs must not push the admins' commands
+/// out of the memory (a new device would run them again).
+#[derive(Default)]
+struct Handled {
+    commands: HandledEvents,
+    dms: HandledEvents,
+}
 
 /// The last [`HandledEvents::KEPT`] events handled, to tell one seen again.
 #[derive(Default)]
@@ -112,11 +121,16 @@ impl HandledEvents {
 }
 
 impl Bot {
-    /// Is `event` a command or DM this process has not handled yet?
+    /// Is `event` an admin command this process has not handled yet?
     /// Recorded now: only those are, so talk in other rooms does not push
     /// them out of the memory.
-    fn first_time(&self, event: &matrix_sdk::ruma::EventId) -> bool {
-        self.handled.lock().is_ok_and(|mut handled| handled.first_time(event))
+    fn first_time_command(&self, event: &matrix_sdk::ruma::EventId) -> bool {
+        self.handled.lock().is_ok_and(|mut handled| handled.commands.first_time(event))
+    }
+
+    /// [`Bot::first_time_command`] for a DM.
+    fn first_time_dm(&self, event: &matrix_sdk::ruma::EventId) -> bool {
+        self.handled.lock().is_ok_and(|mut handled| handled.dms.first_time(event))
     }
 
     /// Is `user` an admin the bot obeys (or invites)? In `bot.admins`, and
@@ -176,7 +190,7 @@ impl Bot {
     /// are its to vouch for.
     async fn audience_of(&self, room: &Room) -> Audience {
         let (config, registry) = (&self.state.config, &self.state.registry);
-        let unsure = Audience { unvouched: Vec::new(), unsure: true };
+        let unsure = Audience { unvouched: Vec::new(), unsure: Some(Unsure::NoAnswer) };
         let admin = match crate::recover::admin_access(config, registry).await {
             Ok(access) => access.working(),
             // Synapse or the registry not answering now.
@@ -193,8 +207,12 @@ impl Bot {
             }
             // No admin token works: not a wipe the bot lived through (its own
             // session would have died with it), but a revoked token, which
-            // the alerts must be able to tell the admins about.
-            (None, _) => return Audience::default(),
+            // the alerts must be able to tell the admins about. Answers go
+            // only where no member of this server could be a stranger.
+            (None, Ok(members)) => {
+                return Audience::without_admin_token(&self.me, members.iter().map(|member| member.user_id()));
+            }
+            (None, Err(_)) => return unsure,
         };
         let mut audience = Audience::default();
         for member in members {
@@ -211,7 +229,7 @@ impl Bot {
                 }
                 Err(err) => {
                     tracing::warn!(member = %user, error = %err, "cannot tell whose a member of the admin room is");
-                    audience.unsure = true;
+                    audience.unsure = Some(Unsure::NoAnswer);
                 }
             }
         }
@@ -559,14 +577,14 @@ async fn invited_by_an_admin(bot: &Bot, client: &Client, room_id: &RoomId) -> bo
     }
 }
 
-/// Did the bot or an admin it obeys make `room_id` (a room the bot is in),
-/// or is such an admin in it? A stranger can make neither happen.
+/// Did an admin the bot obeys make `room_id` (a room the bot is in), or is
+/// such an admin in it? A stranger can make neither happen. That the bot
+/// made it proves nothing: its account also makes every DM it sends (a
+/// notice, a subscription code), and the admin room it made itself is
+/// known by the registry's record.
 async fn vouched_for_by_an_admin(bot: &Bot, client: &Client, room_id: &RoomId) -> bool {
     let Some(room) = client.get_room(room_id) else { return false };
     let maker = maker_of(&room);
-    if maker.as_ref() == Some(&bot.me) {
-        return true;
-    }
     let members = room.members(RoomMemberships::JOIN).await.unwrap_or_default();
     let joined_admins = members.iter().map(|member| member.user_id().to_owned()).filter(|id| bot.admins.contains(id));
     for admin in maker.into_iter().filter(|id| bot.admins.contains(id)).chain(joined_admins) {
@@ -869,7 +887,7 @@ async fn on_message(event: OriginalSyncRoomMessageEvent, room: Room, Ctx(bot): C
             return;
         }
         let Some(parsed) = commands::parse_admin(bot.prefix(), &body) else { return };
-        if !bot.first_time(&event.event_id) {
+        if !bot.first_time_command(&event.event_id) {
             return;
         }
         // Commands can take long (sync, notify): off the sync loop, and
@@ -887,7 +905,7 @@ async fn on_message(event: OriginalSyncRoomMessageEvent, room: Room, Ctx(bot): C
     } else {
         // Cheap first (from the room's state, no request): a room that
         // cannot be a DM costs no member list, however often someone writes.
-        if !private_room_of(&room, &bot.me, &sender) || !bot.first_time(&event.event_id) {
+        if !private_room_of(&room, &bot.me, &sender) || !bot.first_time_dm(&event.event_id) {
             return;
         }
         if !bot.dm_commands.hit(sender.to_string(), None, DM_COMMANDS_PER_MINUTE) {
@@ -949,12 +967,27 @@ async fn is_one_to_one(room: &Room, me: &OwnedUserId, sender: &OwnedUserId) -> b
 struct Audience {
     /// Members whose account is not their registry person's.
     unvouched: Vec<String>,
+    /// Why whose some member's account is cannot be told now.
+    unsure: Option<Unsure>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Unsure {
     /// The member list, or whose some member's account is, could not be
     /// asked just now (Synapse or the registry failing).
-    unsure: bool,
+    NoAnswer,
+    /// No admin token works, so Synapse cannot be asked at all.
+    NoAdminToken,
 }
 
 impl Audience {
+    /// With no working admin token: sure only when no member is of this
+    /// server (another server's are its to vouch for).
+    fn without_admin_token<'a>(me: &UserId, mut members: impl Iterator<Item = &'a UserId>) -> Audience {
+        let local = members.any(|member| member != me && member.server_name() == me.server_name());
+        Audience { unvouched: Vec::new(), unsure: local.then_some(Unsure::NoAdminToken) }
+    }
+
     /// Alerts go while unsure: they may be about that very failure.
     fn takes_alerts(&self) -> bool {
         self.unvouched.is_empty()
@@ -966,8 +999,9 @@ impl Audience {
         if !self.unvouched.is_empty() {
             return Some(not_posting_while(&self.unvouched));
         }
-        self.unsure.then(|| {
-            "I cannot tell right now whose accounts are in this room (Synapse or the registry did not answer), so I post no answer: send the command again in a minute.".to_owned()
+        self.unsure.map(|unsure| match unsure {
+            Unsure::NoAnswer => "I cannot tell right now whose accounts are in this room (Synapse or the registry did not answer), so I post no answer: send the command again in a minute.".to_owned(),
+            Unsure::NoAdminToken => "I cannot tell whose accounts are in this room: lifeboat has no working admin token to ask Synapse with (`lifeboat check` says why), so I post no answer until it has one.".to_owned(),
         })
     }
 }
@@ -990,6 +1024,17 @@ async fn reply_to(room: &Room, markdown: &str) {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn with_no_admin_token_answers_go_only_where_no_member_is_of_this_server() {
+        let id = |text: &str| OwnedUserId::try_from(text).unwrap();
+        let (me, remote, local) = (id("@lifeboat:ours.example"), id("@ops:theirs.example"), id("@eve:ours.example"));
+        let only_remote = Audience::without_admin_token(&me, [&*me, &*remote].into_iter());
+        assert!(only_remote.withholds_answers().is_none());
+        let with_local = Audience::without_admin_token(&me, [&*me, &*remote, &*local].into_iter());
+        assert!(with_local.withholds_answers().unwrap().contains("no working admin token"));
+        assert!(with_local.takes_alerts(), "alerts tell of the token");
+    }
 
     fn failed() -> Ended {
         Ended::Failed("homeserver away".into())
@@ -1019,6 +1064,17 @@ mod tests {
         assert!(handled.first_time(&event(0)), "the oldest is forgotten past KEPT");
         assert!(!handled.first_time(&event(HandledEvents::KEPT)), "the newest are kept");
         assert_eq!(handled.seen.len(), HandledEvents::KEPT);
+    }
+
+    #[test]
+    fn a_flood_of_dms_does_not_push_an_admins_command_out_of_the_memory() {
+        let event = |n: usize| matrix_sdk::ruma::OwnedEventId::try_from(format!("$e{n}:x.org")).unwrap();
+        let mut handled = Handled::default();
+        assert!(handled.commands.first_time(&event(0)));
+        for n in 1..=2 * HandledEvents::KEPT {
+            handled.dms.first_time(&event(n));
+        }
+        assert!(!handled.commands.first_time(&event(0)), "still known: not run again");
     }
 
     #[test]

@@ -16,13 +16,16 @@ use crate::user_id::UserId;
 
 #[derive(clap::Subcommand, Debug)]
 pub enum Command {
-    /// List held, claimed and taken IDs.
+    /// List held, claimed and taken IDs, and lost IDs Synapse creates for nobody.
     ///
     /// held: re-created and locked by lifeboat, waiting for its owner's
     /// claim. claimed: handed back. recreated: registered by someone else
     /// before lifeboat could hold it; a stranger until settled with
-    /// `holds claim`. A held ID whose display name is not back on Synapse
-    /// yet says so (`display_name_due_at` in the JSON).
+    /// `holds claim`. missing: lost, and Synapse refused to create it for
+    /// anyone (`hold_refused` in the JSON: its error, such as M_EXCLUSIVE
+    /// for an appservice's namespace); nothing waits for its hold. A held ID
+    /// whose display name is not back on Synapse yet says so
+    /// (`display_name_due_at` in the JSON).
     List {
         /// Print the result as JSON on stdout.
         #[arg(long)]
@@ -37,7 +40,9 @@ pub enum Command {
     /// create), then locked, with its verified emails; admins' IDs first.
     /// Then the held accounts get their display names back (after every ID
     /// is safe: a name costs Synapse more than the rest of a hold).
-    /// Safe to run again: held IDs are skipped, interrupted holds resumed.
+    /// Safe to run again: held IDs are skipped, interrupted holds resumed,
+    /// and lost IDs Synapse refused to create are tried again (only this
+    /// command does that; its rules may have changed since).
     /// Ctrl-C stops it between holds (those under way finish). One hold run
     /// at a time: while another holds (serve's watcher, `incident open`),
     /// this says who and leaves the IDs to it.
@@ -80,15 +85,20 @@ pub async fn run(context: &Context, command: Command) -> Outcome {
                 println!("No held, claimed or taken IDs.");
             } else {
                 for hold in &holds {
-                    let due = if hold.display_name_due_at.is_some() { "  (display name not restored yet)" } else { "" };
-                    println!("{:<10} {}  {}{due}", hold.state, time(hold.since), hold.user_id);
+                    let note = match (&hold.hold_refused, hold.display_name_due_at) {
+                        (Some(errcode), _) => format!("  (Synapse creates it for nobody: {errcode})"),
+                        (None, Some(_)) => "  (display name not restored yet)".to_owned(),
+                        (None, None) => String::new(),
+                    };
+                    println!("{:<10} {}  {}{note}", hold.state, time(hold.since), hold.user_id);
                 }
                 let count = |state| holds.iter().filter(|hold| hold.state == state).count();
                 println!(
-                    "{} held, {} claimed, {} taken by someone else (recreated).",
+                    "{} held, {} claimed, {} taken by someone else (recreated), {} Synapse creates for nobody (missing).",
                     count(AccountState::Held),
                     count(AccountState::Claimed),
-                    count(AccountState::Recreated)
+                    count(AccountState::Recreated),
+                    count(AccountState::Missing)
                 );
             }
             Ok(exit::OK)
@@ -99,6 +109,7 @@ pub async fn run(context: &Context, command: Command) -> Outcome {
             // wait for the next run.
             let stop = CancellationToken::new();
             tokio::spawn(super::stop_on_signal(stop.clone()));
+            registry.retry_refused_holds().await?;
             let bar = super::output::progress_bar("holding lost IDs");
             let progress = |done, total| show_progress(&bar, done, total);
             let report = hold_lost_ids(&config, &registry, &client, &Actor::cli(), &progress, &stop)

@@ -7,7 +7,6 @@ use super::output::{ask_yes, progress_bar, show_progress};
 use super::{Context, Failure, Outcome, exit};
 use crate::campaign::{CampaignOptions, notice_settings, run_campaign};
 use crate::notify::{NotifyProgress, plan};
-use crate::recover::service_user_id;
 use crate::registry::{Actor, now_ms};
 
 #[derive(clap::Args, Debug)]
@@ -52,7 +51,7 @@ pub async fn run(context: &Context, args: Args) -> Outcome {
             incident.id
         )));
     }
-    let planned = plan(&registry, incident.id, &service_user_id(&config)).await.map_err(Failure::failed)?;
+    let planned = plan(&config, &registry, incident.id).await.map_err(Failure::failed)?;
     println!(
         "Incident {} \"{}\": {} affected; {} emails to {} people; {} affected people have no email contact; {} registration tokens to create.",
         incident.id,
@@ -68,7 +67,7 @@ pub async fn run(context: &Context, args: Args) -> Outcome {
     if config.web.is_none() {
         eprintln!("note: [web] public_url is not set, so the emails carry no unsubscribe link");
     }
-    if let Some(holds_first) = planned.holds_first(&config) {
+    if let Some(holds_first) = planned.holds_first() {
         eprintln!("note: {holds_first}");
     }
     let settings = notice_settings(&config, &registry, &incident).await?;

@@ -44,6 +44,10 @@ pub struct NoticeContext<'a> {
     pub claim_url: Option<&'a str>,
     /// Their ID was registered again by someone lifeboat cannot vouch for.
     pub id_taken: bool,
+    /// Their ID is lost and Synapse creates it for nobody now (a name it no
+    /// longer allows, an appservice's namespace): they need a new name, and
+    /// their rooms cannot come back to the old one.
+    pub id_unregistrable: bool,
     /// An admin had locked or deactivated the account before the loss: no
     /// token and no claim link come with the notice, and it says why.
     pub locked_out: bool,
@@ -94,6 +98,7 @@ struct NoticeView<'a> {
     id_held: bool,
     claim_url: Option<Cow<'a, str>>,
     id_taken: bool,
+    id_unregistrable: bool,
     locked_out: bool,
     rooms_back: Vec<Cow<'a, str>>,
     rooms_gone: Vec<Cow<'a, str>>,
@@ -148,6 +153,7 @@ impl<'a> NoticeView<'a> {
     fn tells_rooms(&self) -> bool {
         !self.account_works
             && !self.id_taken
+            && !self.id_unregistrable
             && !self.locked_out
             && (!self.rooms_back.is_empty() || !self.rooms_gone.is_empty())
     }
@@ -189,6 +195,7 @@ impl<'a> NoticeView<'a> {
             id_held: ctx.id_held,
             claim_url: web_link(ctx.claim_url),
             id_taken: ctx.id_taken,
+            id_unregistrable: ctx.id_unregistrable,
             locked_out: ctx.locked_out,
             rooms_back: ctx.rooms_back.iter().map(|room| room_label(room)).collect(),
             rooms_gone: ctx.rooms_gone.iter().map(|room| room_label(room)).collect(),
@@ -202,13 +209,38 @@ impl<'a> NoticeView<'a> {
 /// typed, and Synapse takes one of tens of kilobytes.
 const ROOM_LABEL_CHARS: usize = 80;
 
-/// A room's name on one line, cut at [`ROOM_LABEL_CHARS`].
+/// A room's name on one line, cut at [`ROOM_LABEL_CHARS`], with nothing a
+/// client or mail reader would make a link of: anyone who may rename a room
+/// could otherwise put "Claim link broken? evil.example/claim" beside the
+/// real claim link and token.
 fn room_label(name: &str) -> Cow<'_, str> {
     let name = one_line(name);
-    match name.char_indices().nth(ROOM_LABEL_CHARS) {
+    let name = match name.char_indices().nth(ROOM_LABEL_CHARS) {
         Some((cut, _)) => Cow::Owned(format!("{}…", name[..cut].trim_end())),
         None => name,
+    };
+    let defanged = defanged(&name);
+    if defanged == *name { name } else { Cow::Owned(defanged) }
+}
+
+/// `text` with what a linkifier would take for a web or mail address shown
+/// as security notices quote one nobody should open: "://" as `[:]//`, a dot
+/// before a letter (a domain's) as `[.]`, an @ between letters or digits as
+/// `[@]`.
+fn defanged(text: &str) -> String {
+    let chars: Vec<char> = text.replace("://", "[:]//").chars().collect();
+    let mut out = String::with_capacity(text.len());
+    for (at, &c) in chars.iter().enumerate() {
+        let before = at.checked_sub(1).map(|i| chars[i]).filter(|c| c.is_alphanumeric());
+        let after = chars.get(at + 1).copied();
+        let between = before.is_some() && after.is_some_and(char::is_alphanumeric);
+        match c {
+            '.' if between && after.is_some_and(char::is_alphabetic) => out.push_str("[.]"),
+            '@' if between => out.push_str("[@]"),
+            _ => out.push(c),
+        }
     }
+    out
 }
 
 /// The most a DM's content may take: Synapse refuses events over 64 KiB,
@@ -348,6 +380,7 @@ mod tests {
             id_held: false,
             claim_url: None,
             id_taken: false,
+            id_unregistrable: false,
             locked_out: false,
             rooms_back: &[],
             rooms_gone: &[],
@@ -370,7 +403,8 @@ mod tests {
         }
         assert!(notice.text.contains("- Kitchen <b>"), "{}", notice.text);
         assert!(notice.html.contains("<li>Kitchen &#60;b&#62;</li>"), "{}", notice.html);
-        assert!(notice.markdown.contains("- \\#harbour:example.org"), "{}", notice.markdown);
+        assert!(notice.text.contains("- #harbour:example[.]org"), "{}", notice.text);
+        assert!(notice.markdown.contains("- \\#harbour:example\\[.\\]org"), "{}", notice.markdown);
 
         let plain = render_notice(&NoticeContext { rooms_back: &back, encrypted_rooms: false, ..ctx }, true).unwrap();
         assert!(!plain.text.contains("encrypted"), "{}", plain.text);
@@ -383,6 +417,22 @@ mod tests {
         assert_eq!(room_label(&"Ω".repeat(200)), format!("{}…", "Ω".repeat(80)));
         assert_eq!(room_label(&"Ω".repeat(80)), "Ω".repeat(80));
         assert_eq!(room_label(" Book\nclub "), "Book club");
+    }
+
+    #[test]
+    fn a_room_name_holding_a_web_or_mail_address_is_shown_with_no_link_in_it() {
+        assert_eq!(
+            room_label("Claim link broken? https://evil.example/claim"),
+            "Claim link broken? https[:]//evil[.]example/claim"
+        );
+        assert_eq!(room_label("ask admin@evil.example"), "ask admin[@]evil[.]example");
+        assert_eq!(room_label("Release 2.0 talk..."), "Release 2.0 talk...");
+        assert_eq!(room_label("Book club"), "Book club");
+        let back = ["x https://evil.example/c".to_owned()];
+        let notice = render_notice(&NoticeContext { rooms_back: &back, ..context() }, true).unwrap();
+        for part in [&notice.text, &notice.html, &notice.markdown] {
+            assert!(!part.contains("evil.example"), "{part}");
+        }
     }
 
     #[test]
@@ -419,6 +469,19 @@ mod tests {
             let flat = part.split_whitespace().collect::<Vec<_>>().join(" ");
             assert!(flat.contains("can be registered again if nobody took it first"), "{part}");
             assert!(flat.contains("confirms it is you before it counts as yours"), "{part}");
+        }
+    }
+
+    #[test]
+    fn an_id_synapse_creates_for_nobody_asks_for_a_new_name_and_promises_no_rooms() {
+        let back = ["Book club".to_owned()];
+        let ctx = NoticeContext { id_unregistrable: true, rooms_back: &back, ..context() };
+        let notice = render_notice(&ctx, true).unwrap();
+        for part in [&notice.text, &notice.html, &notice.markdown] {
+            let flat = part.split_whitespace().collect::<Vec<_>>().join(" ");
+            assert!(flat.contains("cannot be registered again: example.org no longer allows it"), "{part}");
+            assert!(!flat.contains("can be registered again if nobody took it first"), "{part}");
+            assert!(!flat.contains("Book club"), "{part}");
         }
     }
 

@@ -65,6 +65,8 @@ pub struct Delivery {
     /// An admin had locked or deactivated the account before it was lost.
     pub locked: i64,
     pub deactivated: i64,
+    /// Lost, and Synapse creates its ID for nobody: the error it gave.
+    pub hold_refused: Option<String>,
     pub contact_id: Option<i64>,
     /// For a Matrix-ID contact the registry knows as an account of this
     /// homeserver: who that ID belongs to now.
@@ -121,7 +123,7 @@ static DUE_COLUMNS: LazyLock<String> = LazyLock::new(|| {
     format!(
         "d.id, d.user_id, d.channel, d.address, d.attempts, d.next_attempt_at, \
          a.display_name, {STANDING_SQL} AS account_state, a.custody_at AS held_at, a.locked, \
-         a.deactivated, c.id AS contact_id, ca.standing AS contact_account_state, c.opted_out_at, t.token, \
+         a.deactivated, a.hold_refused, c.id AS contact_id, ca.standing AS contact_account_state, c.opted_out_at, t.token, \
          t.expires_at AS token_expires_at"
     )
 });
@@ -423,7 +425,7 @@ impl Registry {
             "SELECT CAST(0 AS BIGINT) AS id, a.user_id, c.kind AS channel, c.address, \
                     CAST(0 AS BIGINT) AS attempts, CAST(0 AS BIGINT) AS next_attempt_at, a.display_name, \
                     {STANDING_SQL} AS account_state, a.custody_at AS held_at, a.locked, \
-                    a.deactivated, c.id AS contact_id, CAST(NULL AS TEXT) AS contact_account_state, \
+                    a.deactivated, a.hold_refused, c.id AS contact_id, CAST(NULL AS TEXT) AS contact_account_state, \
                     c.opted_out_at, CAST(NULL AS TEXT) AS token, \
                     CAST(NULL AS BIGINT) AS token_expires_at \
              FROM incident_accounts ia JOIN accounts a ON a.user_id = ia.user_id \
@@ -511,6 +513,6 @@ mod tests {
         assert!(fields.contains("'account_state', x.account_state, "), "{fields}");
         assert!(fields.contains("'contact_id', x.contact_id, "), "{fields}");
         assert!(fields.ends_with("'token_expires_at', x.token_expires_at"), "{fields}");
-        assert_eq!(fields.matches(", x.").count(), 16, "one per column: {fields}");
+        assert_eq!(fields.matches(", x.").count(), 17, "one per column: {fields}");
     }
 }

@@ -27,13 +27,16 @@ pub struct HoldCandidate {
 pub struct HoldRow {
     pub user_id: UserId,
     pub display_name: Option<String>,
-    /// Held, claimed or recreated.
+    /// Held, claimed or recreated; missing for one Synapse refused to create.
     pub state: AccountState,
-    /// When it was held or claimed (for `recreated`: when that was seen).
+    /// When it was held or claimed (for `recreated`: when that was seen; for missing: lost).
     pub since: Option<i64>,
     pub missing_since: Option<i64>,
     /// Held, and its display name not back on Synapse yet: since when.
     pub display_name_due_at: Option<i64>,
+    /// Lost, and Synapse refused to create it for the hold with this error
+    /// (see [`Registry::refuse_hold`]).
+    pub hold_refused: Option<String>,
 }
 
 /// How the held, claimed and taken IDs of some accounts add up.
@@ -44,6 +47,13 @@ pub struct HoldCounts {
     /// Registered again by someone lifeboat cannot vouch for.
     pub taken: i64,
 }
+
+/// Lost IDs to hold, over `accounts` with `$1` lifeboat's own ID: missing and
+/// not held yet (nor refused by Synapse, see [`Registry::refuse_hold`]), or
+/// begun by an earlier run (even if listed since); never lifeboat's own, which
+/// recovery re-creates through the shared secret.
+const HOLD_CANDIDATES: &str = "((state = 'missing' AND custody IS NULL AND hold_refused IS NULL) \
+     OR custody = 'holding') AND user_id <> $1";
 
 impl Registry {
     /// Records IDs no listing saw as lost, so that a hold run holds them with
@@ -66,17 +76,25 @@ impl Registry {
         Ok(())
     }
 
-    /// Lost IDs to hold: missing and not held yet, or begun by an earlier run (even if listed
-    /// since); never `service`, which recovery re-creates through the shared secret.
+    /// Lost IDs to hold ([`HOLD_CANDIDATES`]).
     pub async fn hold_candidates(&self, service: &UserId) -> Result<Vec<HoldCandidate>> {
-        Ok(sqlx::query_as(
+        Ok(sqlx::query_as(sqlx::AssertSqlSafe(format!(
             "SELECT user_id, display_name, CASE WHEN custody = 'holding' THEN 1 ELSE 0 END AS begun_before, admin \
-             FROM accounts WHERE ((state = 'missing' AND custody IS NULL) OR custody = 'holding') \
-               AND user_id <> $1 ORDER BY user_id",
-        )
+             FROM accounts WHERE {HOLD_CANDIDATES} ORDER BY user_id"
+        )))
         .bind(service)
         .fetch_all(&self.pool)
         .await?)
+    }
+
+    /// How many lost IDs are still to be held ([`HOLD_CANDIDATES`]), with the first `shown` of
+    /// them in ID order; without reading them all (a big wipe is held for hours).
+    pub async fn unheld_lost_ids(&self, service: &UserId, shown: i64) -> Result<(i64, Vec<UserId>)> {
+        let count_sql = format!("SELECT COUNT(*) FROM accounts WHERE {HOLD_CANDIDATES}");
+        let count = sqlx::query_scalar(sqlx::AssertSqlSafe(count_sql)).bind(service).fetch_one(&self.pool).await?;
+        let first_sql = format!("SELECT user_id FROM accounts WHERE {HOLD_CANDIDATES} ORDER BY user_id LIMIT $2");
+        let first = sqlx::query_scalar(sqlx::AssertSqlSafe(first_sql)).bind(service).bind(shown);
+        Ok((count, first.fetch_all(&self.pool).await?))
     }
 
     /// An account's verified emails, to restore on its hold, less any another account had at the
@@ -111,7 +129,7 @@ impl Registry {
     /// began it meanwhile, or a sync found it back).
     pub async fn begin_hold(&self, user_id: &UserId) -> Result<bool> {
         let begun = sqlx::query(
-            "UPDATE accounts SET custody = 'holding', custody_at = $2 \
+            "UPDATE accounts SET custody = 'holding', custody_at = $2, hold_refused = NULL \
              WHERE user_id = $1 AND state = 'missing' AND custody IS NULL",
         )
         .bind(user_id)
@@ -190,6 +208,31 @@ impl Registry {
         Ok(())
     }
 
+    /// Synapse refused to create `user_id` with `errcode`, an error it gives
+    /// every registration of that name alike: nobody can take the ID, so it
+    /// is no hold candidate until it is lost again or
+    /// [`Registry::retry_refused_holds`] runs.
+    pub async fn refuse_hold(&self, user_id: &UserId, errcode: &str) -> Result<()> {
+        sqlx::query(
+            "UPDATE accounts SET custody = NULL, custody_at = NULL, hold_refused = $2 \
+             WHERE user_id = $1 AND custody = 'holding'",
+        )
+        .bind(user_id)
+        .bind(errcode)
+        .execute(&self.pool)
+        .await?;
+        Ok(())
+    }
+
+    /// Makes the lost IDs Synapse refused hold candidates again (its rules
+    /// may have changed: an appservice removed, say). Returns how many.
+    pub async fn retry_refused_holds(&self) -> Result<u64> {
+        let retried = sqlx::query("UPDATE accounts SET hold_refused = NULL WHERE hold_refused IS NOT NULL")
+            .execute(&self.pool)
+            .await?;
+        Ok(retried.rows_affected())
+    }
+
     /// Hands the hold identified by `held_at` back to its owner: `true` for
     /// the one call that does it (a link works once, however many clicks).
     pub async fn claim_hold(&self, user_id: &UserId, held_at: i64, actor: &Actor) -> Result<bool> {
@@ -244,15 +287,17 @@ impl Registry {
         Ok(())
     }
 
-    /// Held, claimed and taken IDs, in ID order.
+    /// Held, claimed and taken IDs, and lost ones Synapse refused to create, in ID order.
     pub async fn holds(&self) -> Result<Vec<HoldRow>> {
         Ok(sqlx::query_as(sqlx::AssertSqlSafe(format!(
-            "SELECT user_id, display_name, state, since, missing_since, display_name_due_at FROM \
+            "SELECT user_id, display_name, state, since, missing_since, display_name_due_at, hold_refused FROM \
                (SELECT a.user_id, a.display_name, {STANDING_SQL} AS state, \
-                       CASE WHEN a.custody IS NULL THEN a.recreated_at ELSE a.custody_at END AS since, \
-                       a.missing_since, a.display_name_due_at \
+                       CASE WHEN a.custody IS NOT NULL THEN a.custody_at \
+                            WHEN a.state = 'missing' THEN a.missing_since ELSE a.recreated_at END AS since, \
+                       a.missing_since, a.display_name_due_at, a.hold_refused \
                 FROM accounts a) x \
-             WHERE state IN ('held', 'claimed', 'recreated') ORDER BY user_id"
+             WHERE state IN ('held', 'claimed', 'recreated') OR (state = 'missing' AND hold_refused IS NOT NULL) \
+             ORDER BY user_id"
         )))
         .fetch_all(&self.pool)
         .await?)

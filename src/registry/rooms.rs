@@ -59,9 +59,11 @@ fn strangers_among_former_members(room_id: &str) -> String {
 }
 
 /// How many former members of the room `room_id` have an ID anyone may
-/// register now ([`Room::free`]): lost, or its hold still being made.
+/// register now ([`Room::free`]): lost (not one Synapse refused to create
+/// for anyone), or its hold still being made.
 fn free_among_former_members(room_id: &str) -> String {
-    former_members_where(room_id, &format!("(({STANDING_SQL}) = 'missing' OR a.custody = 'holding')"))
+    let free = format!("((({STANDING_SQL}) = 'missing' AND a.hold_refused IS NULL) OR a.custody = 'holding')");
+    former_members_where(room_id, &free)
 }
 
 fn former_members_where(room_id: &str, condition: &str) -> String {

@@ -202,7 +202,8 @@ impl Registry {
         let report = report.finish(loss_threshold);
 
         // Both marks end a hold or a claim: a stranger's ID is not held,
-        // and an account lost again (a second wipe) is held anew. Each keeps
+        // and an account lost again (a second wipe) is held anew, even one
+        // Synapse refused before. Each keeps
         // when the person's lost account was made (not lifeboat's hold's,
         // nor a stranger's), to know it if it comes back.
         let keep_lost = "lost_created_at = CASE WHEN custody IN ('holding', 'held') OR recreated_at IS NOT NULL \
@@ -215,7 +216,7 @@ impl Registry {
         Self::mark_accounts(&mut tx, &set_recreated, now, &to_mark_recreated).await?;
         let set_missing = format!(
             "UPDATE accounts SET state = 'missing', missing_since = $1, custody = NULL, custody_at = NULL, \
-             display_name_due_at = NULL, {keep_lost}"
+             display_name_due_at = NULL, hold_refused = NULL, {keep_lost}"
         );
         let newly_missing = Self::mark_accounts(&mut tx, &set_missing, now, &to_mark_missing).await?;
         // The person's own account back: the hold, or the stranger's mark, ends.

@@ -171,6 +171,17 @@ pub async fn open(State(state): State<WebState>, CheckedForm(form, _): CheckedFo
 
 async fn show_token(state: &WebState, link: &str, sig: &str) -> Result<Response, WebError> {
     let Some(found) = LINK.signed(state, link, sig).await? else { return Ok(LINK.dead(state)) };
+    // Before the link is used up: it works again once every lost ID is held.
+    if crate::holds::tokens_withheld(&state.config, &state.registry).await?.is_some() {
+        return Ok(Message::new(
+            state,
+            "Not yet",
+            &[
+                "Lost Matrix IDs are still being kept safe for their owners, and a registration token could take one that is not kept yet, so none is given out right now. Your link still works: open it again in a few minutes.",
+            ],
+        )
+        .page(StatusCode::SERVICE_UNAVAILABLE));
+    }
     if !state.registry.use_web_link(link).await? {
         return Ok(LINK.dead(state));
     }

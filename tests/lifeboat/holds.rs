@@ -746,7 +746,8 @@ async fn no_notice_goes_out_while_a_lost_id_could_not_be_held() {
     open_incident(&lifeboat).await;
 
     let dry = lifeboat.run(&["notify", "1", "--dry-run"]).await;
-    assert!(dry.stderr.contains("1 lost ID is not held yet: sending holds them first"), "{dry:?}");
+    let unheld = format!("1 lost ID is not held yet ({}): sending holds them first", synapse.user_id(&first));
+    assert!(dry.stderr.contains(&unheld), "{dry:?}");
     let refused = lifeboat.run(&["notify", "1", "--yes"]).await;
     assert_eq!(refused.code, 1, "{refused:?}");
     assert!(
@@ -769,7 +770,7 @@ async fn no_notice_goes_out_while_a_lost_id_could_not_be_held() {
 /// another ID's case) can be neither held nor registered with a token: it
 /// holds no notice back.
 #[tokio::test(flavor = "multi_thread")]
-async fn a_lost_id_synapse_makes_for_nobody_holds_no_notice_back() {
+async fn a_lost_id_synapse_makes_for_nobody_holds_no_notice_back_and_its_person_is_told_to_pick_a_new_name() {
     let synapse = TestSynapse::start();
     let registry = TestDatabase::sqlite();
     let smtp = TestSmtp::start(None);
@@ -784,13 +785,23 @@ async fn a_lost_id_synapse_makes_for_nobody_holds_no_notice_back() {
     let bridged = crate::harness::id(&synapse.user_id(&format!("_bridge_{person}")));
     store.adopt_as_lost(&[&bridged]).await.unwrap();
     store.close().await;
+    let bridged_address = format!("bridged-{person}@example.org");
+    let added = lifeboat.run(&["contacts", "add", bridged.as_str(), &bridged_address]).await;
+    assert_eq!(added.code, 0, "{added:?}");
     open_incident(&lifeboat).await;
+    let listed = lifeboat.run(&["holds", "list"]).await;
+    assert!(listed.stdout.contains("(Synapse creates it for nobody: M_INVALID_USERNAME)"), "{listed:?}");
 
     let sent = lifeboat.run(&["notify", "1", "--yes"]).await;
     assert_eq!(sent.code, 0, "{sent:?}");
     assert_eq!(smtp.messages_to(&address).len(), 1, "{sent:?}");
+    let told = smtp.messages_to(&bridged_address);
+    assert_eq!(told.len(), 1, "{sent:?}");
+    let text = told[0].text.as_deref().unwrap().split_whitespace().collect::<Vec<_>>().join(" ");
+    assert!(text.contains("cannot be registered again"), "{text}");
+    assert!(!text.contains("can be registered again if nobody took it first"), "{text}");
     let made = lifeboat.run(&["holds", "make"]).await;
-    assert!(made.stdout.contains("IDs Synapse makes for nobody"), "{made:?}");
+    assert!(made.stdout.contains("IDs Synapse makes for nobody"), "asked, it tries again: {made:?}");
 }
 
 /// [`Lifeboat::recovering`] with `[email]` on `smtp`.

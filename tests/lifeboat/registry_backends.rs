@@ -735,6 +735,36 @@ async fn a_person_waits_for_a_surviving_room_while_another_members_id_is_free(re
 }
 on_both_backends!(a_person_waits_for_a_surviving_room_while_another_members_id_is_free);
 
+/// A former member whose ID Synapse creates for nobody (a bridge's puppet,
+/// a name it no longer allows) holds no surviving room back, and is not
+/// tried again by every hold run; it is once lost again, or when asked.
+async fn a_former_member_whose_id_synapse_refuses_to_create_holds_no_room_back(registry: Registry) {
+    let service = id("@lifeboat:x");
+    sync_listing(&registry, &[user("@a:x", 1), user("@b:x", 1)]).await;
+    registry.apply_room_listing(&[room("!shared", 2, &[("@a:x", 0), ("@b:x", 0)])]).await.unwrap();
+    sync_listing(&registry, &[]).await;
+    registry.apply_room_listing(&[]).await.unwrap();
+    sync_listing(&registry, &[user("@a:x", 2)]).await;
+    registry.settle_as_claimed(&id("@a:x"), None, &Actor::cli()).await.unwrap();
+    assert!(registry.begin_hold(&id("@b:x")).await.unwrap());
+    registry.refuse_hold(&id("@b:x"), "M_EXCLUSIVE").await.unwrap();
+    assert_eq!(registry.room("!shared").await.unwrap().unwrap().free, 0);
+    assert_eq!(registry.pending_rejoins(false, true).await.unwrap().len(), 1, "nobody can take @b's ID");
+    assert!(registry.hold_candidates(&service).await.unwrap().is_empty(), "not tried again by itself");
+    let listed = registry.holds().await.unwrap();
+    let b = listed.iter().find(|hold| hold.user_id.as_str() == "@b:x");
+    assert_eq!(b.and_then(|b| b.hold_refused.as_deref()), Some("M_EXCLUSIVE"), "{listed:?}");
+
+    assert_eq!(registry.retry_refused_holds().await.unwrap(), 1);
+    assert_eq!(registry.hold_candidates(&service).await.unwrap().len(), 1, "asked to try again");
+    assert!(registry.begin_hold(&id("@b:x")).await.unwrap());
+    registry.refuse_hold(&id("@b:x"), "M_EXCLUSIVE").await.unwrap();
+    sync_listing(&registry, &[user("@a:x", 2), user("@b:x", 3)]).await;
+    sync_listing(&registry, &[user("@a:x", 2)]).await;
+    assert_eq!(registry.hold_candidates(&service).await.unwrap().len(), 1, "lost again: tried again");
+}
+on_both_backends!(a_former_member_whose_id_synapse_refuses_to_create_holds_no_room_back);
+
 /// A former member who was only invited counts as well: the invite is still
 /// in the surviving room's state, for whoever has the ID now.
 async fn a_stranger_on_an_invited_members_id_holds_a_surviving_room_back(registry: Registry) {

@@ -1228,6 +1228,44 @@ async fn an_admin_room_alias_taken_while_the_bot_was_away_does_not_draw_in_a_bot
     assert!(posted.is_empty(), "nothing for the admin room reaches the DM: {posted:?}");
 }
 
+/// A DM lifeboat's own account made (here a subscription code's; notices
+/// make them too) is no admin room either: with no record of the room the
+/// alias named, a person who points the freed alias at it gets nothing the
+/// admin room would.
+#[tokio::test(flavor = "multi_thread")]
+async fn an_alias_pointed_at_a_dm_the_bot_made_does_not_make_that_dm_the_admin_room() {
+    let mut rig = Rig::start(TestSmtp::start(None), &[]).await;
+    let mallory = rig.known_person(&unique("mallory")).await;
+    let (alias, _) = admin_room_by_alias(&mut rig).await;
+    rig.serve().await;
+    let http = reqwest::Client::builder().no_proxy().build().unwrap();
+    let health = format!("{}/healthz", rig.web);
+    eventually("the web page answers", Duration::from_secs(30), || async {
+        http.get(&health).send().await.is_ok_and(|response| response.status().is_success())
+    })
+    .await;
+    assert_eq!(subscribe(&rig, &http, &mallory.user_id, &format!("{}@example.org", unique("m"))).await, 200);
+    let (dm, _) = code_dmed_to(&rig, &mallory).await;
+    rig.stop_serve().await;
+
+    // The alias freed (by a wipe; here a server admin deletes it), pointed
+    // at the DM, and no record of the room it named.
+    let path = format!("/_matrix/client/v3/directory/room/{}", crate::harness::matrix::encode(&alias));
+    let server_admin = MatrixUser::new(&rig.synapse.url, "@admin", &rig.synapse.admin_token());
+    assert_eq!(server_admin.try_call(reqwest::Method::DELETE, &path, None).await.0, 200);
+    let (status, body) = mallory.try_call(reqwest::Method::PUT, &path, Some(serde_json::json!({"room_id": dm}))).await;
+    assert_eq!(status, 200, "{body}");
+    let store = lifeboat::registry::Registry::connect(&rig.registry_url()).await.unwrap();
+    sqlx::query("DELETE FROM settings WHERE name = 'bot_admin_room_alias'").execute(store.pool()).await.unwrap();
+    store.close().await;
+    let unvouched = rig.lifeboat.serve_log().matches("nothing vouches for").count();
+    rig.serve_in_background();
+    logged_more_than(&rig.lifeboat, "nothing vouches for", unvouched).await;
+    let log = rig.lifeboat.serve_log();
+    let settled = log.lines().rfind(|line| line.contains("in the admin room")).unwrap_or_default();
+    assert!(!settled.contains(&dm), "{log}");
+}
+
 /// `owner` of `alias` opens a DM with the bot, waits for the bot to join
 /// it, and moves the alias there. Returns the DM.
 async fn alias_moved_to_a_dm_with_the_bot(rig: &Rig, owner: &MatrixUser, alias: &str) -> String {
@@ -1458,7 +1496,18 @@ async fn the_bot_runs_the_clis_operations_for_an_admin() {
     assert!(shown.contains("reachable: 2 by email"), "{shown}");
     assert!(shown.contains("rooms: 0 living on elsewhere"), "{shown}");
 
-    // A fresh token goes to the person's own addresses, never into the room.
+    // A person whose account still works needs no way back in.
+    rig.say(&format!("!lifeboat token {person}")).await;
+    rig.reply_containing("the account still works").await;
+    // A fresh token goes to the person's own addresses, never into the room
+    // (here: their ID was taken by someone lifeboat cannot vouch for).
+    let registry = lifeboat::registry::Registry::connect(&rig.registry_url()).await.unwrap();
+    sqlx::query("UPDATE accounts SET recreated_at = 1 WHERE user_id = $1")
+        .bind(&person)
+        .execute(registry.pool())
+        .await
+        .unwrap();
+    registry.close().await;
     rig.say(&format!("!lifeboat token {person}")).await;
     let issued = rig.reply_containing("Mailing a new registration token").await;
     let smtp = &rig.smtp;

@@ -207,6 +207,14 @@ async fn a_person_affected_by_a_wipe_gets_a_token_from_the_page_and_registers_wi
     browser.close().await;
 }
 
+/// Asks `/token` for a way back in for `who`, as the form does; the status.
+async fn ask_for_a_way_back(http: &reqwest::Client, served: &Served, who: &str) -> u16 {
+    let token_url = format!("{}/token", served.url);
+    let (cookie, csrf) = form_csrf(http, &token_url).await;
+    let request = format!("who={}&csrf={csrf}", who.replace('@', "%40"));
+    post_form(http, &token_url, Some(&cookie), &request).await.0
+}
+
 /// A registry with one affected account and its email contact, made
 /// directly (no Synapse needed for the guards). Returns the contact id.
 async fn affected_person(registry: &TestDatabase, user_id: &str, email: &str) -> i64 {
@@ -812,6 +820,87 @@ async fn a_link_the_mail_server_refused_for_good_does_not_hold_back_the_next_req
     smtp.heal();
     assert_eq!(post_form(&http, &token_url, Some(&cookie), &request(&csrf)).await.0, 200);
     wait_for_mail(&smtp, &email, 1).await;
+}
+
+/// An incident may name every account (`--affected all`), but a token is
+/// only for a person who lost the use of their ID: one whose account still
+/// works gets none from the page (their notice brings none either), so a
+/// working account is no source of tokens that could register a lost ID.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_person_whose_account_still_works_gets_no_token_from_the_page() {
+    let registry = TestDatabase::sqlite();
+    let smtp = TestSmtp::start(None);
+    let lost = format!("{}@example.org", unique("lost"));
+    let fine = format!("{}@example.org", unique("fine"));
+    affected_person(&registry, "@gone:example.org", &lost).await;
+    let store = Registry::connect(&registry.url()).await.unwrap();
+    for sql in [
+        "INSERT INTO accounts (user_id, first_seen_at, state) VALUES ('@fine:example.org', 1, 'present')",
+        "INSERT INTO incident_accounts (incident_id, user_id, state_at_opening) VALUES (1, '@fine:example.org', 'present')",
+    ] {
+        sqlx::query(sql).execute(store.pool()).await.unwrap();
+    }
+    sqlx::query(
+        "INSERT INTO contacts (user_id, kind, address, source, verified_at, added_at) \
+         VALUES ('@fine:example.org', 'email', $1, 'synapse', 1, 1)",
+    )
+    .bind(&fine)
+    .execute(store.pool())
+    .await
+    .unwrap();
+    store.close().await;
+    let lifeboat = Lifeboat::with_config("");
+    let served = serve(&lifeboat, &base_without_synapse(&registry, &smtp), "").await;
+    let http = reqwest::Client::new();
+
+    for email in [&fine, &lost] {
+        assert_eq!(ask_for_a_way_back(&http, &served, email).await, 200);
+    }
+    wait_for_mail(&smtp, &lost, 1).await;
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    assert!(smtp.messages_to(&fine).is_empty(), "asked first, mailed nothing");
+}
+
+/// While a lost ID is not held yet, the page shows no registration token
+/// (Synapse binds none to a name: any token could take that ID), and the
+/// link is not used up: it gives the token once the IDs are held.
+#[tokio::test(flavor = "multi_thread")]
+async fn the_page_shows_no_token_while_a_lost_id_is_not_held_and_the_link_keeps_working() {
+    let registry = TestDatabase::sqlite();
+    let smtp = TestSmtp::start(None);
+    let email = format!("{}@example.org", unique("taken"));
+    affected_person(&registry, "@taken:example.org", &email).await;
+    let store = Registry::connect(&registry.url()).await.unwrap();
+    // A stranger took this person's ID (their way back is a token for a new
+    // name); another lost ID is still free.
+    for sql in [
+        "UPDATE accounts SET state = 'present', recreated_at = 2 WHERE user_id = '@taken:example.org'",
+        "INSERT INTO accounts (user_id, first_seen_at, state, missing_since) VALUES ('@free:example.org', 1, 'missing', 2)",
+    ] {
+        sqlx::query(sql).execute(store.pool()).await.unwrap();
+    }
+    let lifeboat = Lifeboat::with_config("");
+    let served = serve(&lifeboat, &base_without_synapse(&registry, &smtp), "").await;
+    let http = reqwest::Client::new();
+    assert_eq!(ask_for_a_way_back(&http, &served, &email).await, 200);
+    let link = link_in(&wait_for_mail(&smtp, &email, 1).await[0], "/token/open?");
+    let (cookie, csrf) = form_csrf(&http, &link).await;
+    let open = format!("csrf={csrf}&{}", link.split_once('?').unwrap().1);
+    let open_url = format!("{}/token/open", served.url);
+
+    let (status, page) = post_form(&http, &open_url, Some(&cookie), &open).await;
+    assert_eq!(status, 503, "{page}");
+    assert!(page.contains("Your link still works"), "{page}");
+    sqlx::query(
+        "UPDATE accounts SET custody = 'held', custody_at = 3, state = 'present' WHERE user_id = '@free:example.org'",
+    )
+    .execute(store.pool())
+    .await
+    .unwrap();
+    // On to the token: with no Synapse behind this registry, it fails there.
+    let (status, page) = post_form(&http, &open_url, Some(&cookie), &open).await;
+    assert_eq!(status, 500, "{page}");
+    assert!(page.contains("Something went wrong"), "{page}");
 }
 
 /// Requests that arrive together are no different from requests one

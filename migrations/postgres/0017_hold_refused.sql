@@ -1,0 +1,8 @@
+-- A lost ID Synapse refused to create for lifeboat's hold with an error it
+-- gives every registration of that name alike (M_INVALID_USERNAME: a name it
+-- no longer allows, a guest's numeric name; M_EXCLUSIVE: an appservice's
+-- namespace, such as a bridge's users; M_USER_IN_USE: another ID's case).
+-- Nobody can take such an ID, so nothing waits for its hold: not the notices,
+-- not its rooms. The error code; NULL: not refused. Cleared when the ID is
+-- lost again, and by `lifeboat holds make`, which tries again.
+ALTER TABLE accounts ADD COLUMN hold_refused TEXT;
