@@ -1458,6 +1458,13 @@ async fn a_person_subscribes_an_email_on_the_web_page_proven_by_a_mailed_link_an
 async fn the_bot_runs_the_clis_operations_for_an_admin() {
     let people = people(2);
     let mut rig = Rig::start(TestSmtp::start(None), &people).await;
+    // The watcher holds no lost ID by itself (the token below waits for one).
+    let config = std::fs::read_to_string(rig.lifeboat.config_path()).unwrap();
+    rig.lifeboat.write_config(&format!(
+        "{config}
+[recovery]
+hold = \"on-incident\"\n"
+    ));
     rig.serve().await;
 
     let synced = rig.sync_by_bot().await;
@@ -1499,15 +1506,21 @@ async fn the_bot_runs_the_clis_operations_for_an_admin() {
     // A person whose account still works needs no way back in.
     rig.say(&format!("!lifeboat token {person}")).await;
     rig.reply_containing("the account still works").await;
-    // A fresh token goes to the person's own addresses, never into the room
-    // (here: their ID was taken by someone lifeboat cannot vouch for).
+    // Here a stranger took the person's ID: a token for a new name is their
+    // way back. Not while another lost ID is not held yet: any token could
+    // register that one.
     let registry = lifeboat::registry::Registry::connect(&rig.registry_url()).await.unwrap();
-    sqlx::query("UPDATE accounts SET recreated_at = 1 WHERE user_id = $1")
-        .bind(&person)
-        .execute(registry.pool())
+    let lost = rig.synapse.user_id(&unique("lost"));
+    let write = |sql: &'static str, id: &str| sqlx::query(sql).bind(id.to_owned()).execute(registry.pool());
+    write("UPDATE accounts SET recreated_at = 1 WHERE user_id = $1", &person).await.unwrap();
+    write("INSERT INTO accounts (user_id, first_seen_at, state, missing_since) VALUES ($1, 1, 'missing', 1)", &lost)
         .await
         .unwrap();
+    rig.say(&format!("!lifeboat token {person}")).await;
+    rig.reply_containing(&format!("1 lost ID is not held yet ({lost})")).await;
+    write("DELETE FROM accounts WHERE user_id = $1", &lost).await.unwrap();
     registry.close().await;
+    // A fresh token goes to the person's own addresses, never into the room.
     rig.say(&format!("!lifeboat token {person}")).await;
     let issued = rig.reply_containing("Mailing a new registration token").await;
     let smtp = &rig.smtp;
