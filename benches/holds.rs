@@ -219,7 +219,7 @@ async fn lifeboat_turn(
         return Err(format!("round {round}: the incident affects {affected} accounts, expected {}", count + 1).into());
     }
     let started = Instant::now();
-    let report = hold_lost_ids(config, registry, client, &actor, &|_, _| {}, &CancellationToken::new()).await?;
+    let report = hold_lost_ids(config, registry, client, &actor, false, &|_, _| {}, &CancellationToken::new()).await?;
     let holds = started.elapsed();
     if report.held.len() != count + 1 || !report.taken.is_empty() || !report.failed.is_empty() {
         return Err(format!(

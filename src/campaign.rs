@@ -229,7 +229,7 @@ async fn hold_waiting_for_others(
     let never = tokio_util::sync::CancellationToken::new();
     let mut waiting = false;
     loop {
-        match hold_lost_ids(config, registry, client, actor, &|_, _| {}, &never).await {
+        match hold_lost_ids(config, registry, client, actor, false, &|_, _| {}, &never).await {
             Ok(report) => return Some(report),
             Err(HoldError::Busy { holder, .. }) => {
                 if !waiting {
@@ -377,12 +377,13 @@ async fn send_under_lease(
     let service = service_user_id(config);
     let mut report = CampaignReport::default();
     // Synapse binds no token to a name: while a lost ID that should be held
-    // is free (its hold failed, or was stopped), no token goes out.
+    // is free (its hold failed, or was stopped, or another loss came since),
+    // no notice goes out, not even one serve's worker sends as planned.
     if options.plan_new && holds_wanted(config, true) {
         hold_waiting_for_others(config, registry, &client, &options.actor, progress).await;
-        if let Some(unheld) = tokens_withheld(config, registry).await? {
-            return Err(CampaignError::NotHeld(unheld));
-        }
+    }
+    if let Some(unheld) = tokens_withheld(config, registry).await? {
+        return Err(CampaignError::NotHeld(unheld));
     }
     if options.plan_new {
         report.tokens_created =

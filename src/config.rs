@@ -171,6 +171,9 @@ pub struct WebConfig {
     /// requests must not fill the outbox ahead of way-back links and
     /// notices, nor use up the relay's quota.
     pub subscription_mails_per_hour: u32,
+    /// Way-back links (`/token`) mailed per hour, whoever asks, for the same
+    /// reason: anyone who knows many people's IDs or addresses can ask.
+    pub token_mails_per_hour: u32,
     /// Connections open at once; more wait until one closes.
     pub max_connections: u32,
 }

@@ -28,7 +28,7 @@ use crate::email::EmailAddress;
 use crate::lease::{Held, Lease};
 use crate::links::ClaimLink;
 use crate::recover::service_user_id;
-use crate::registry::{self, Account, AccountState, Actor, HoldCandidate, Registry, now_ms};
+use crate::registry::{self, Account, AccountState, Actor, HoldCandidate, OldName, Registry, now_ms};
 use crate::synapse::{self, Creation, SynapseClient, ThreePid, UserDetails};
 use crate::user_id::UserId;
 
@@ -144,7 +144,8 @@ pub async fn tokens_withheld(config: &Config, registry: &Registry) -> Result<Opt
 }
 
 /// Holds every lost ID that is not held yet (idempotent: held ones are
-/// skipped, interrupted ones resumed). `progress` hears (done, total).
+/// skipped, interrupted ones resumed), and, when `retry_refused`, those
+/// Synapse refused to create before. `progress` hears (done, total).
 /// Once `stop` is cancelled no new hold begins; those under way finish
 /// (a big wipe takes hours to hold, and serve must be able to stop).
 pub async fn hold_lost_ids(
@@ -152,6 +153,7 @@ pub async fn hold_lost_ids(
     registry: &Registry,
     client: &SynapseClient,
     actor: &Actor,
+    retry_refused: bool,
     progress: &(dyn Fn(u64, u64) + Send + Sync),
     stop: &CancellationToken,
 ) -> Result<HoldReport, HoldError> {
@@ -159,6 +161,9 @@ pub async fn hold_lost_ids(
     // first just created existing, and record lifeboat's hold as a stranger's.
     let work = async {
         let service = service_user_id(config);
+        if retry_refused {
+            registry.retry_refused_holds().await?;
+        }
         let mut candidates = registry.hold_candidates(&service).await?;
         let bot_admins = config.bot.as_ref().map_or(&[][..], |bot| bot.admins.as_slice());
         // When IDs were lost, the bot's admin IDs no listing saw (made after
@@ -463,8 +468,9 @@ pub enum WayBack {
     /// Their ID is held for them: a link to take it back.
     Claim(ClaimLink),
     /// A registration token (for a new name when their ID is not theirs to
-    /// take back), issued for this incident.
-    Token { incident: i64 },
+    /// take back), issued for this incident, and what it leaves their old
+    /// username to.
+    Token { incident: i64, old_name: OldName },
     /// Nothing, for this reason (for admins; a stranger learns nothing).
     Nothing(&'static str),
 }
@@ -494,7 +500,7 @@ pub async fn way_back(
     let claim =
         claim_link(account.user_id.as_str(), account.state, account.custody_at, true, incident, claim_valid_for)
             .filter(|_| config.recovery.mode == RecoveryMode::Reclaim);
-    Ok(claim.map_or(WayBack::Token { incident }, WayBack::Claim))
+    Ok(claim.map_or(WayBack::Token { incident, old_name: account.old_name() }, WayBack::Claim))
 }
 
 /// The link that hands a held ID back to its person, valid for
@@ -523,7 +529,7 @@ pub fn claim_link(
 #[derive(Debug)]
 pub enum ClaimCheck {
     /// It may be used: the hold it names stands, for an open incident.
-    Usable(Account),
+    Usable(Box<Account>),
     /// The ID was registered by someone else before lifeboat could hold it.
     Taken,
     /// Forged, expired, used, or for a hold or incident that is over.
@@ -553,7 +559,7 @@ pub async fn check_claim(
     Ok(match account.state {
         AccountState::Recreated => ClaimCheck::Taken,
         AccountState::Held if account.custody_at == Some(link.hold) && account.may_come_back() => {
-            ClaimCheck::Usable(account)
+            ClaimCheck::Usable(Box::new(account))
         }
         _ => ClaimCheck::Dead,
     })

@@ -6,6 +6,7 @@
 use askama::Template;
 
 use crate::notice::markdown_to_safe_html;
+use crate::registry::OldName;
 
 /// A message ready for the outbox.
 pub struct Rendered {
@@ -147,23 +148,28 @@ pub fn claim_link(server_name: &str, user_id: &str, url: &str, until: &str) -> R
 #[template(path = "messages/token.txt", escape = "none")]
 struct TokenText<'a> {
     user_id: &'a str,
+    localpart: &'a str,
     token: &'a str,
     until: &'a str,
     homeserver_url: &'a str,
     server_name: &'a str,
+    old_name: OldName,
 }
 
-/// A registration token an admin had the bot mail.
+/// A registration token an admin had the bot mail, and what it leaves the
+/// person's old username to.
 pub fn registration_token(
     server_name: &str,
     user_id: &str,
     token: &str,
     until: &str,
     homeserver_url: &str,
+    old_name: OldName,
 ) -> Rendered {
+    let localpart = user_id.trim_start_matches('@').split(':').next().unwrap_or_default();
     Rendered::from_text(
         format!("Your new registration token for {server_name}"),
-        render(TokenText { user_id, token, until, homeserver_url, server_name }),
+        render(TokenText { user_id, localpart, token, until, homeserver_url, server_name, old_name }),
     )
 }
 
@@ -186,6 +192,28 @@ fn render(template: impl Template) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_mailed_token_says_what_it_leaves_the_old_username_to() {
+        let said = |old_name| {
+            let mail = registration_token(
+                "example.org",
+                "@alice:example.org",
+                "tok",
+                "soon",
+                "https://m.example.org/",
+                old_name,
+            );
+            mail.text.split_whitespace().collect::<Vec<_>>().join(" ")
+        };
+        assert!(
+            said(OldName::MayBeFree)
+                .contains("Your old username, alice, can be registered again if nobody took it first")
+        );
+        assert!(said(OldName::Kept).contains("your old ID is kept for you, and this token cannot register it"));
+        assert!(said(OldName::Taken).contains("alice was registered by someone else"));
+        assert!(said(OldName::NobodyCan).contains("alice cannot be registered again, example.org no longer allows it"));
+    }
 
     #[test]
     fn a_contact_code_mail_names_who_asked_the_code_and_how_long_it_works() {

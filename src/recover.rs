@@ -50,7 +50,7 @@ pub enum RecoverError {
     )]
     NoSecret,
     #[error(
-        "{user_id} still exists on Synapse, so its database was not wiped: the admin token was revoked instead; put a current admin token in homeserver.admin_token (if Synapse's database was wiped after all, someone else registered {user_id} before lifeboat could: do not trust that account; set bot.user_id to another ID and run `lifeboat recover` again)"
+        "{user_id} still exists on Synapse, so its database was not wiped: the admin token was revoked instead; put a current admin token in homeserver.admin_token (if Synapse's database was wiped after all, someone else registered {user_id} before lifeboat could: deactivate that account (it is a stranger's, and may write as lifeboat), set bot.user_id to another ID and run `lifeboat recover` again)"
     )]
     NotAWipe { user_id: String },
     #[error(

@@ -175,7 +175,7 @@ pub async fn after_listing(
     // Whatever the registry knows to be lost: create-only, so holding on
     // what an earlier sync saw is safe.
     if holds_wanted(config, false) {
-        match hold_lost_ids(config, registry, client, &Actor::service("watcher"), &|_, _| {}, stop).await {
+        match hold_lost_ids(config, registry, client, &Actor::service("watcher"), false, &|_, _| {}, stop).await {
             Ok(report) => {
                 if !report.failed.is_empty() {
                     tracing::warn!(count = report.failed.len(), first = ?report.failed.first(), "watcher: some lost IDs could not be held yet");

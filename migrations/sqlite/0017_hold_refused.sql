@@ -3,6 +3,6 @@
 -- no longer allows, a guest's numeric name; M_EXCLUSIVE: an appservice's
 -- namespace, such as a bridge's users; M_USER_IN_USE: another ID's case).
 -- Nobody can take such an ID, so nothing waits for its hold: not the notices,
--- not its rooms. The error code; NULL: not refused. Cleared when the ID is
--- lost again, and by `lifeboat holds make`, which tries again.
+-- not its rooms. The error code; NULL: not refused. Cleared (tried again)
+-- whenever a sync finds accounts newly lost, and by `lifeboat holds make`.
 ALTER TABLE accounts ADD COLUMN hold_refused TEXT;

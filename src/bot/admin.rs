@@ -21,7 +21,9 @@ use crate::links::LINK_KEY;
 use crate::notice::markdown_escape;
 use crate::notify::{NotifyProgress, human_time, plan};
 use crate::recover::service_user_id;
-use crate::registry::{AccountState, Actor, ContactSource, IncidentScope, MessageKind, RoomState, format_time, now_ms};
+use crate::registry::{
+    AccountState, Actor, ContactSource, IncidentScope, MessageKind, OldName, RoomState, format_time, now_ms,
+};
 use crate::sync::{Quiet, SyncOptions, sync};
 use crate::tokens::token_for_person;
 use crate::user_id::UserId;
@@ -379,11 +381,12 @@ async fn notify(bot: &Arc<Bot>, room: &Room, actor: &Actor, id: i64, confirm: bo
 /// `holds::way_back`, as on the web page.
 async fn token(bot: &Bot, actor: &Actor, user: &UserId) -> Result<String, String> {
     let (config, registry) = (&bot.state.config, &bot.state.registry);
-    let (incident_id, claim) = match way_back(config, registry, user, config.tokens.expiry).await.map_err(text)? {
-        WayBack::Nothing(reason) => return Err(format!("nothing to send to {user}: {reason}")),
-        WayBack::Claim(link) => (link.incident, Some(link)),
-        WayBack::Token { incident } => (incident, None),
-    };
+    let (incident_id, claim, old_name) =
+        match way_back(config, registry, user, config.tokens.expiry).await.map_err(text)? {
+            WayBack::Nothing(reason) => return Err(format!("nothing to send to {user}: {reason}")),
+            WayBack::Claim(link) => (link.incident, Some(link), OldName::Kept),
+            WayBack::Token { incident, old_name } => (incident, None, old_name),
+        };
     if config.email.is_none() {
         return Err("tokens are mailed to the person: add an [email] section to lifeboat's config".to_owned());
     }
@@ -430,6 +433,7 @@ async fn token(bot: &Bot, actor: &Actor, user: &UserId) -> Result<String, String
                 &token,
                 &human_time(expires),
                 config.homeserver.public_url.as_str(),
+                old_name,
             );
             (message, "registration token", expires)
         }

@@ -483,8 +483,9 @@ async fn settle_admin_room(bot: &Arc<Bot>, client: &Client, recovered: bool) -> 
     // A room the bot is in already is no proof either: anyone's DM with it
     // is one. It is the admin room when the alias could not have been moved
     // there since (not this server's, or naming the room it named when the
-    // bot was last settled by it), or, with no such record, when the bot or
-    // an admin made it or an admin is in it.
+    // bot was last settled by it), or, with no such record, when an admin
+    // made it or an admin is in it (the bot making it proves nothing: its
+    // account makes every DM it sends).
     let joined_configured = configured.clone().filter(|room_id| joined(room_id));
     let mut settled = match joined_configured.clone() {
         Some(room_id) if !local_alias || named_before.as_ref() == Some(&room_id) => Some(room_id),

@@ -143,6 +143,7 @@ fn print_summary(config: &Config) {
             println!("  rate_limit_window = {}", humantime::format_duration(web.rate_limit_window));
             println!("  token_requests_per_person = {}", web.token_requests_per_person);
             println!("  subscription_mails_per_hour = {}", web.subscription_mails_per_hour);
+            println!("  token_mails_per_hour = {}", web.token_mails_per_hour);
             println!("  max_connections = {}", web.max_connections);
         }
         None => println!("[web] not configured"),

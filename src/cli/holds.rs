@@ -109,10 +109,9 @@ pub async fn run(context: &Context, command: Command) -> Outcome {
             // wait for the next run.
             let stop = CancellationToken::new();
             tokio::spawn(super::stop_on_signal(stop.clone()));
-            registry.retry_refused_holds().await?;
             let bar = super::output::progress_bar("holding lost IDs");
             let progress = |done, total| show_progress(&bar, done, total);
-            let report = hold_lost_ids(&config, &registry, &client, &Actor::cli(), &progress, &stop)
+            let report = hold_lost_ids(&config, &registry, &client, &Actor::cli(), true, &progress, &stop)
                 .await
                 .map_err(Failure::failed)?;
             bar.finish_and_clear();

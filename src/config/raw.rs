@@ -187,6 +187,8 @@ struct RawWeb {
     token_requests_per_person: Option<u32>,
     #[serde(default, deserialize_with = "lenient::number")]
     subscription_mails_per_hour: Option<u32>,
+    #[serde(default, deserialize_with = "lenient::number")]
+    token_mails_per_hour: Option<u32>,
     client_url: Option<String>,
     #[serde(default, deserialize_with = "lenient::number")]
     max_connections: Option<u32>,
@@ -315,6 +317,7 @@ impl RawWeb {
                 self.subscription_mails_per_hour,
                 100,
             )?,
+            token_mails_per_hour: ctx.at_least_one("web.token_mails_per_hour", self.token_mails_per_hour, 1000)?,
             rate_limit_window: ctx.duration(
                 "web.rate_limit_window",
                 self.rate_limit_window,

@@ -50,6 +50,23 @@ pub struct Account {
     /// Held, with its display name not yet restored on Synapse.
     #[sqlx(try_from = "Flag")]
     pub display_name_due: bool,
+    /// Lost, and Synapse refused to create it for a hold with this error.
+    pub hold_refused: Option<String>,
+}
+
+/// What a registration token leaves a person's old username to (a token
+/// binds to no name): said wherever one is handed out.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum OldName {
+    /// Lost and free: whoever registers it first has it, and an admin
+    /// confirms it is its person before it counts as theirs.
+    MayBeFree,
+    /// Held for its person, who takes it back another way.
+    Kept,
+    /// Registered by someone lifeboat cannot vouch for.
+    Taken,
+    /// Synapse makes it for nobody now.
+    NobodyCan,
 }
 
 impl Account {
@@ -66,6 +83,16 @@ impl Account {
     /// lifeboat does not undo an admin's decision. One rule for notices, `/token`, the bot.
     pub fn may_come_back(&self) -> bool {
         may_come_back(self.locked, self.deactivated)
+    }
+
+    /// What a registration token leaves this account's username to.
+    pub fn old_name(&self) -> OldName {
+        match self.state {
+            AccountState::Held => OldName::Kept,
+            AccountState::Recreated => OldName::Taken,
+            AccountState::Missing if self.hold_refused.is_some() => OldName::NobodyCan,
+            _ => OldName::MayBeFree,
+        }
     }
 
     /// The display name a hand-over must bring along: the person's, when
@@ -86,7 +113,7 @@ pub(super) fn account_columns() -> String {
         "a.user_id, a.display_name, a.admin, a.deactivated, a.locked, a.is_guest, a.user_type, \
          a.synapse_created_at, a.first_seen_at, a.last_seen_present_at, {STANDING_SQL} AS state, \
          a.missing_since, a.recreated_at, a.details_fetched_at, a.custody_at, \
-         CASE WHEN a.display_name_due_at IS NULL THEN 0 ELSE 1 END AS display_name_due"
+         CASE WHEN a.display_name_due_at IS NULL THEN 0 ELSE 1 END AS display_name_due, a.hold_refused"
     )
 }
 

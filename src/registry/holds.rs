@@ -210,8 +210,9 @@ impl Registry {
 
     /// Synapse refused to create `user_id` with `errcode`, an error it gives
     /// every registration of that name alike: nobody can take the ID, so it
-    /// is no hold candidate until it is lost again or
-    /// [`Registry::retry_refused_holds`] runs.
+    /// is no hold candidate until a sync finds new accounts lost (what the
+    /// refusal rested on may be among them) or an operator asks
+    /// ([`Registry::retry_refused_holds`]).
     pub async fn refuse_hold(&self, user_id: &UserId, errcode: &str) -> Result<()> {
         sqlx::query(
             "UPDATE accounts SET custody = NULL, custody_at = NULL, hold_refused = $2 \

@@ -27,7 +27,7 @@ use sqlx::any::{AnyConnectOptions, AnyPoolOptions};
 use sqlx::{AnyPool, Connection, Executor};
 
 pub use crate::reconcile::AccountState;
-pub use accounts::{Account, STANDING_SQL, may_come_back};
+pub use accounts::{Account, OldName, STANDING_SQL, may_come_back};
 pub use audit::{Actor, AuditEntry};
 pub use contacts::{AddContact, Contact, ContactAddress, ContactKind, ContactSource};
 pub(crate) use credentials::set_setting_in;

@@ -202,8 +202,7 @@ impl Registry {
         let report = report.finish(loss_threshold);
 
         // Both marks end a hold or a claim: a stranger's ID is not held,
-        // and an account lost again (a second wipe) is held anew, even one
-        // Synapse refused before. Each keeps
+        // and an account lost again (a second wipe) is held anew. Each keeps
         // when the person's lost account was made (not lifeboat's hold's,
         // nor a stranger's), to know it if it comes back.
         let keep_lost = "lost_created_at = CASE WHEN custody IN ('holding', 'held') OR recreated_at IS NOT NULL \
@@ -216,9 +215,16 @@ impl Registry {
         Self::mark_accounts(&mut tx, &set_recreated, now, &to_mark_recreated).await?;
         let set_missing = format!(
             "UPDATE accounts SET state = 'missing', missing_since = $1, custody = NULL, custody_at = NULL, \
-             display_name_due_at = NULL, hold_refused = NULL, {keep_lost}"
+             display_name_due_at = NULL, {keep_lost}"
         );
         let newly_missing = Self::mark_accounts(&mut tx, &set_missing, now, &to_mark_missing).await?;
+        // A new loss may have taken what Synapse's refusals rested on (the
+        // account another ID's case clashed with, say): all are tried again.
+        if newly_missing > 0 {
+            sqlx::query("UPDATE accounts SET hold_refused = NULL WHERE hold_refused IS NOT NULL")
+                .execute(&mut *tx)
+                .await?;
+        }
         // The person's own account back: the hold, or the stranger's mark, ends.
         let set_came_back = "UPDATE accounts SET custody = NULL, custody_at = NULL, recreated_at = NULL, \
              display_name_due_at = NULL, lost_created_at = NULL, last_seen_present_at = $1";

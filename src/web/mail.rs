@@ -2,12 +2,53 @@
 //! in the outbox. The page answers at once, the same way whether or not a
 //! mail was queued, and serve's worker sends it.
 
+use std::sync::atomic::{AtomicI64, Ordering};
+
 use super::WebState;
 use super::pages::WebError;
 use crate::email::EmailAddress;
 pub use crate::messages::LinkEmail;
-use crate::registry::MessageKind;
+use crate::registry::{MessageKind, now_ms};
 use crate::user_id::UserId;
+
+/// Links of some purposes mailed per hour, whoever asks: past the budget, a
+/// request mails nothing (its page answers as always), so a flood neither
+/// fills the outbox ahead of the other mail nor spends the relay's quota.
+pub struct HourlyBudget {
+    /// The setting that sets it, named in the log.
+    setting: &'static str,
+    purposes: &'static [&'static str],
+    /// When the log last said it was spent: once in ten minutes, so that a
+    /// flood of requests does not flood the log too.
+    last_warned: AtomicI64,
+}
+
+impl HourlyBudget {
+    pub const fn new(setting: &'static str, purposes: &'static [&'static str]) -> HourlyBudget {
+        HourlyBudget { setting, purposes, last_warned: AtomicI64::new(i64::MIN) }
+    }
+
+    /// Have `per_hour` links of its purposes been made in the last hour?
+    pub async fn spent(&self, state: &WebState, per_hour: u32) -> Result<bool, WebError> {
+        let hour_ago = now_ms() - 3600 * 1000;
+        let mut made = 0;
+        for purpose in self.purposes {
+            made += state.registry.web_links_made_since(purpose, hour_ago).await?;
+        }
+        let spent = made >= i64::from(per_hour);
+        let (now, last) = (now_ms(), self.last_warned.load(Ordering::Relaxed));
+        if spent
+            && now.saturating_sub(last) >= 10 * 60 * 1000
+            && self.last_warned.compare_exchange(last, now, Ordering::Relaxed, Ordering::Relaxed).is_ok()
+        {
+            tracing::warn!(
+                setting = self.setting,
+                "the hour's budget of mailed links is spent: requests mail nothing for now"
+            );
+        }
+        Ok(spent)
+    }
+}
 
 /// Queues the email of link `link_id`, worth sending until the link stops
 /// working (`expires_at`, ms), and ties the two: a link whose email is

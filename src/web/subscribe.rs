@@ -253,26 +253,8 @@ async fn start(
 
 /// Have `web.subscription_mails_per_hour` links been mailed this hour?
 async fn over_the_hours_budget(state: &WebState) -> Result<bool, WebError> {
-    let hour_ago = now_ms() - 3600 * 1000;
-    let budget = i64::from(state.web().subscription_mails_per_hour);
-    let over = state.registry.web_links_made_since(PURPOSE, hour_ago).await? >= budget;
-    if over {
-        warn_now_and_then("web.subscription_mails_per_hour reached: subscription requests mail nothing for now");
-    }
-    Ok(over)
-}
-
-/// Logs `message` at most once in ten minutes: a flood of requests must
-/// not flood the log too.
-fn warn_now_and_then(message: &'static str) {
-    use std::sync::atomic::{AtomicI64, Ordering};
-    static LAST: AtomicI64 = AtomicI64::new(i64::MIN);
-    let (now, last) = (now_ms(), LAST.load(Ordering::Relaxed));
-    if now.saturating_sub(last) >= 10 * 60 * 1000
-        && LAST.compare_exchange(last, now, Ordering::Relaxed, Ordering::Relaxed).is_ok()
-    {
-        tracing::warn!("{message}");
-    }
+    static BUDGET: mail::HourlyBudget = mail::HourlyBudget::new("web.subscription_mails_per_hour", &[PURPOSE]);
+    BUDGET.spent(state, state.web().subscription_mails_per_hour).await
 }
 
 /// DMs `text`, about an address being proven, to `user_id` from lifeboat's

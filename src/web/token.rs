@@ -15,7 +15,7 @@ use super::links::{self, LinkFields, LinkKind};
 use super::pages::{self, CheckedForm, Chrome, LinkQuery, Message, PublicForm, WebError};
 use super::{WebState, mail};
 use crate::holds::{WayBack, way_back};
-use crate::registry::{ContactAddress, MailableContact, now_ms};
+use crate::registry::{ContactAddress, MailableContact, OldName, now_ms};
 
 pub const PURPOSE: &str = "token";
 /// A claim link went out (the link itself is signed and stateless).
@@ -48,6 +48,7 @@ struct TokenShow {
     expires: String,
     homeserver_url: String,
     localpart: String,
+    old_name: OldName,
 }
 
 pub async fn form(State(state): State<WebState>, headers: HeaderMap) -> Response {
@@ -122,7 +123,7 @@ async fn mail_links(state: &WebState, target: ContactAddress, key: &secrecy::Sec
                     url: link.url(&state.web().public_url, key),
                 },
             ),
-            WayBack::Token { incident } => (
+            WayBack::Token { incident, .. } => (
                 PURPOSE,
                 incident,
                 mail::LinkEmail {
@@ -143,6 +144,11 @@ async fn mail_links(state: &WebState, target: ContactAddress, key: &secrecy::Sec
         if state.registry.live_web_link_to(purpose, &contact.user_id, &contact.address).await?.is_some() {
             tracing::info!(user_id = %contact.user_id, "an earlier way-back link still works: nothing new mailed");
             continue;
+        }
+        static BUDGET: mail::HourlyBudget =
+            mail::HourlyBudget::new("web.token_mails_per_hour", &[PURPOSE, CLAIM_MAILED]);
+        if BUDGET.spent(state, state.web().token_mails_per_hour).await? {
+            return Ok(());
         }
         // Recorded before it is mailed. A claim link is signed, not stored:
         // its row only says that one went out, and until when it works.
@@ -170,16 +176,22 @@ pub async fn open(State(state): State<WebState>, CheckedForm(form, _): CheckedFo
 }
 
 async fn show_token(state: &WebState, link: &str, sig: &str) -> Result<Response, WebError> {
-    let Some(found) = LINK.signed(state, link, sig).await? else { return Ok(LINK.dead(state)) };
+    let Some(found) = LINK.live(state, link, sig).await? else { return Ok(LINK.dead(state)) };
     // Before the link is used up: it works again once every lost ID is held.
     if crate::holds::tokens_withheld(&state.config, &state.registry).await?.is_some() {
+        let until = crate::notify::human_time(found.expires_at);
+        let again = format!(
+            "Your link still works until {until}: open it again later. If it has expired by then, ask for a new one, or contact the admin."
+        );
         return Ok(Message::new(
             state,
             "Not yet",
             &[
-                "Lost Matrix IDs are still being kept safe for their owners, and a registration token could take one that is not kept yet, so none is given out right now. Your link still works: open it again in a few minutes.",
+                "Lost Matrix IDs are still being kept safe for their owners, and a registration token could take one that is not kept yet, so none is given out right now.",
+                &again,
             ],
         )
+        .next("/token", "Ask for a new link")
         .page(StatusCode::SERVICE_UNAVAILABLE));
     }
     if !state.registry.use_web_link(link).await? {
@@ -199,7 +211,8 @@ async fn show_token(state: &WebState, link: &str, sig: &str) -> Result<Response,
         .next("/token", "Ask again")
         .page(StatusCode::OK)
     };
-    let WayBack::Token { incident } = way_back(&state.config, &state.registry, &user_id, LINK_VALID).await? else {
+    let WayBack::Token { incident, old_name } = way_back(&state.config, &state.registry, &user_id, LINK_VALID).await?
+    else {
         return Ok(no_token());
     };
     let Some(client) = crate::recover::admin_access(&state.config, &state.registry).await?.working() else {
@@ -234,6 +247,7 @@ async fn show_token(state: &WebState, link: &str, sig: &str) -> Result<Response,
         expires: crate::notify::human_time(expires_at),
         homeserver_url: state.config.homeserver.public_url.to_string(),
         localpart: user_id.localpart().to_owned(),
+        old_name,
     };
     Ok(pages::html(StatusCode::OK, &page))
 }

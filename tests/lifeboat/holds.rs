@@ -766,6 +766,51 @@ async fn no_notice_goes_out_while_a_lost_id_could_not_be_held() {
     assert_eq!(smtp.messages_to(&format!("{first}@example.org")).len(), 1, "{sent:?}");
 }
 
+/// serve's delivery worker sends only what a notify planned, but each
+/// notice carries its person's token all the same: while a lost ID is not
+/// held (another loss since, a hold that failed), it sends none either.
+#[tokio::test(flavor = "multi_thread")]
+async fn the_delivery_worker_sends_no_notice_while_a_lost_id_is_not_held() {
+    let synapse = TestSynapse::start();
+    let registry = TestDatabase::sqlite();
+    let smtp = TestSmtp::start(None);
+    let person = unique("wren");
+    let address = format!("{person}@example.org");
+    synapse.create_user(&person, &[&address]).await;
+    let lifeboat = recovering_with_mail(&synapse, &registry, &smtp);
+    // Only incidents and notify hold: the watcher leaves the new loss be.
+    let config = std::fs::read_to_string(lifeboat.config_path()).unwrap();
+    lifeboat.write_config(&format!("{config}\n[recovery]\nhold = \"on-incident\"\n"));
+    assert_eq!(lifeboat.run(&["sync"]).await.code, 0);
+    synapse.wipe();
+    assert_eq!(lifeboat.run(&["recover"]).await.code, 0);
+    open_incident(&lifeboat).await;
+    smtp.spend_quota();
+    assert_eq!(lifeboat.run(&["notify", "1", "--yes"]).await.code, 1, "the notice waits for the relay");
+
+    // Another ID is lost, not held; the waiting notice is due, the relay back.
+    let store = lifeboat::registry::Registry::connect(&registry.url()).await.unwrap();
+    let lost = synapse.user_id(&unique("lost"));
+    sqlx::query("INSERT INTO accounts (user_id, first_seen_at, state, missing_since) VALUES ($1, 1, 'missing', 1)")
+        .bind(&lost)
+        .execute(store.pool())
+        .await
+        .unwrap();
+    sqlx::query("UPDATE deliveries SET next_attempt_at = 0 WHERE state = 'pending'")
+        .execute(store.pool())
+        .await
+        .unwrap();
+    smtp.heal();
+    let _serve = lifeboat.spawn_serve();
+    eventually("the worker holds the notice back", Duration::from_secs(60), || async {
+        let why: Vec<Option<String>> =
+            sqlx::query_scalar("SELECT last_error FROM deliveries").fetch_all(store.pool()).await.unwrap();
+        why.iter().flatten().any(|why| why.contains(&format!("not held yet ({lost})")))
+    })
+    .await;
+    assert!(smtp.messages_to(&address).is_empty(), "{}", lifeboat.serve_log());
+}
+
 /// An ID Synapse makes for nobody (a bridge's `_` name, a guest's number,
 /// another ID's case) can be neither held nor registered with a token: it
 /// holds no notice back.

@@ -1530,6 +1530,7 @@ hold = \"on-incident\"\n"
     let text = mails[0].text.clone().unwrap();
     let token = text.lines().map(str::trim).find(|line| line.len() == 24 && line.chars().all(char::is_alphanumeric));
     let token = token.expect("the token stands on its own line").to_owned();
+    assert!(text.contains("was registered by someone else"), "the old name is taken: {text}");
     assert!(rig.synapse.token_is_valid(&token).await, "the mailed token works");
     let room = rig.alice.messages_from(&rig.admin_room, &rig.bot).await;
     assert!(!room.iter().any(|body| body.contains(&token)), "the token never appears in the room: {issued}");

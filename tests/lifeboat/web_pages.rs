@@ -901,6 +901,44 @@ async fn the_page_shows_no_token_while_a_lost_id_is_not_held_and_the_link_keeps_
     let (status, page) = post_form(&http, &open_url, Some(&cookie), &open).await;
     assert_eq!(status, 500, "{page}");
     assert!(page.contains("Something went wrong"), "{page}");
+    // Used up now: another unheld ID does not make it "still work".
+    sqlx::query("UPDATE accounts SET custody = NULL, state = 'missing' WHERE user_id = '@free:example.org'")
+        .execute(store.pool())
+        .await
+        .unwrap();
+    let (_, page) = post_form(&http, &open_url, Some(&cookie), &open).await;
+    assert!(page.contains("This link does not work"), "{page}");
+}
+
+/// Whoever knows many affected people's addresses could have a link
+/// mailed to each every 30 minutes: past `web.token_mails_per_hour` in the
+/// last hour, a request mails nothing (and answers as always).
+#[tokio::test(flavor = "multi_thread")]
+async fn way_back_links_stop_at_the_hours_budget_whoever_asks() {
+    let registry = TestDatabase::sqlite();
+    let smtp = TestSmtp::start(None);
+    let people: Vec<String> = (0..3).map(|n| format!("{}@example.org", unique(&format!("many{n}")))).collect();
+    for (n, email) in people.iter().enumerate() {
+        affected_person(&registry, &format!("@many{n}:example.org"), email).await;
+    }
+    let lifeboat = Lifeboat::with_config("");
+    let served = serve(
+        &lifeboat,
+        &base_without_synapse(&registry, &smtp),
+        "token_mails_per_hour = 2
+",
+    )
+    .await;
+    let http = reqwest::Client::new();
+
+    for email in &people {
+        assert_eq!(ask_for_a_way_back(&http, &served, email).await, 200);
+        tokio::time::sleep(Duration::from_millis(300)).await;
+    }
+    wait_for_mail(&smtp, &people[1], 1).await;
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    assert_eq!(smtp.messages_to(&people[0]).len(), 1);
+    assert!(smtp.messages_to(&people[2]).is_empty(), "past the hour's two, nothing");
 }
 
 /// Requests that arrive together are no different from requests one
