@@ -159,18 +159,27 @@ async fn send_due(services: &Services, incident_id: i64) {
         ),
         // A notify (CLI or bot) is on it, or it was resolved since listed.
         Err(CampaignError::Busy { .. } | CampaignError::Resolved(_)) => {}
+        Err(err @ CampaignError::NotHeld(_)) => {
+            tracing::info!(incident = incident_id, error = %err, "delivery worker: waiting for the lost IDs to be held");
+            defer(registry, incident_id, POLL_EVERY, &err).await;
+        }
         Err(err) => {
             tracing::warn!(incident = incident_id, error = %err, "delivery worker: sending failed");
             // Not again at the next poll: a run that cannot start (every
             // admin token rejected, recovery refused) would try a login
             // against Synapse every 30 s, as a fail2ban jail counts them.
-            let until = now_ms() + PAUSE_AFTER_A_FAILED_RUN.as_millis() as i64;
-            let why = format!("not sent yet: {err}");
-            for channel in [DeliveryChannel::Email, DeliveryChannel::Matrix] {
-                if let Err(err) = registry.defer_due(Some(incident_id), channel, until, &why).await {
-                    tracing::warn!(error = %err, "delivery worker: registry query failed");
-                }
-            }
+            defer(registry, incident_id, PAUSE_AFTER_A_FAILED_RUN, &err).await;
+        }
+    }
+}
+
+/// The incident's due notices wait `pause`, saying why.
+async fn defer(registry: &Registry, incident_id: i64, pause: Duration, why: &CampaignError) {
+    let until = now_ms() + pause.as_millis() as i64;
+    let why = format!("not sent yet: {why}");
+    for channel in [DeliveryChannel::Email, DeliveryChannel::Matrix] {
+        if let Err(err) = registry.defer_due(Some(incident_id), channel, until, &why).await {
+            tracing::warn!(error = %err, "delivery worker: registry query failed");
         }
     }
 }

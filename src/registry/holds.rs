@@ -51,7 +51,8 @@ pub struct HoldCounts {
 /// Lost IDs to hold, over `accounts` with `$1` lifeboat's own ID: missing and
 /// not held yet (nor refused by Synapse, see [`Registry::refuse_hold`]), or
 /// begun by an earlier run (even if listed since); never lifeboat's own, which
-/// recovery re-creates through the shared secret.
+/// recovery re-creates through the shared secret. Written as the partial index
+/// `accounts_hold_candidates` is (migration 0017), so both backends use it.
 const HOLD_CANDIDATES: &str = "((state = 'missing' AND custody IS NULL AND hold_refused IS NULL) \
      OR custody = 'holding') AND user_id <> $1";
 

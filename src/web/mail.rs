@@ -41,10 +41,7 @@ impl HourlyBudget {
             && now.saturating_sub(last) >= 10 * 60 * 1000
             && self.last_warned.compare_exchange(last, now, Ordering::Relaxed, Ordering::Relaxed).is_ok()
         {
-            tracing::warn!(
-                setting = self.setting,
-                "the hour's budget of mailed links is spent: requests mail nothing for now"
-            );
+            tracing::warn!("{} reached: requests mail nothing for now", self.setting);
         }
         Ok(spent)
     }
