@@ -8,7 +8,7 @@ use std::time::Duration;
 
 use secrecy::SecretString;
 
-use crate::config::{Config, RecoveryMode};
+use crate::config::{Config, HoldPolicy, RecoveryMode};
 use crate::dm::{CryptoStore, Devices, DmError, DmSender, Login, held_by_serve};
 use crate::holds::{HoldError, HoldReport, UnheldLostIds, hold_lost_ids, holds_wanted, tokens_withheld};
 use crate::lease::{Held, Lease};
@@ -248,6 +248,9 @@ async fn hold_waiting_for_others(
 
 /// How often `open_incident` looks whether another hold run has ended.
 const HOLD_RUN_POLL: Duration = Duration::from_secs(2);
+/// How long serve's worker holds back notices with a token while lost IDs
+/// are still to be held (a hold run takes minutes for a big wipe).
+const WAIT_FOR_HOLDS: Duration = Duration::from_secs(5 * 60);
 
 /// How long `open_incident` waits for another process's sync to end.
 const WAIT_FOR_OTHER_SYNC: Duration = Duration::from_secs(120);
@@ -382,8 +385,24 @@ async fn send_under_lease(
     if options.plan_new && holds_wanted(config, true) {
         hold_waiting_for_others(config, registry, &client, &options.actor, progress).await;
     }
-    if let Some(unheld) = tokens_withheld(config, registry).await? {
-        return Err(CampaignError::NotHeld(unheld));
+    let withheld = tokens_withheld(config, registry).await?;
+    if let Some(unheld) = withheld.clone() {
+        if options.plan_new {
+            return Err(CampaignError::NotHeld(unheld));
+        }
+        // serve's worker sends what a notify planned, but no notice that
+        // carries a token; the others (to survivors) go.
+        let until = crate::registry::now_ms() + WAIT_FOR_HOLDS.as_millis() as i64;
+        let why = format!("held back: {unheld}, and its registration token could register one");
+        if registry.hold_back_token_notices(incident.id, until, &why).await? > 0 {
+            let fix = match config.recovery.hold {
+                HoldPolicy::Auto => "serve's watcher is holding them",
+                _ => {
+                    "with recovery.hold = \"on-incident\" nothing holds them until `lifeboat holds make` (or a notify) runs"
+                }
+            };
+            progress.note(&format!("incident {}: notices with a token wait: {unheld}; {fix}", incident.id));
+        }
     }
     if options.plan_new {
         report.tokens_created =
@@ -393,8 +412,11 @@ async fn send_under_lease(
         }
     }
     // Whoever sends (serve's worker too): a notice held back long enough
-    // would otherwise carry a token that is dead or about to be.
-    report.tokens_extended = extend_unsent_tokens(registry, &client, incident.id, config.tokens.expiry).await?;
+    // would otherwise carry a token that is dead or about to be. Not while
+    // tokens are withheld: none is sent, and none is made again in Synapse.
+    if withheld.is_none() {
+        report.tokens_extended = extend_unsent_tokens(registry, &client, incident.id, config.tokens.expiry).await?;
+    }
     // Email does not depend on DMs: a DM sender that cannot start is a note.
     let mut no_dms = None;
     let found = DmAccount::find(config, registry, &client, &options.actor).await;

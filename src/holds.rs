@@ -62,7 +62,7 @@ pub struct HoldReport {
     /// IDs Synapse makes for nobody (a guest's numeric name, a name it no
     /// longer allows, a bridge's namespace, another ID's case): no token can
     /// register them either. Recorded as such: later runs leave them be
-    /// until they are lost again or `lifeboat holds make` tries again.
+    /// until a sync finds new accounts lost or `lifeboat holds make` tries again.
     pub unregistrable: Vec<UserId>,
     /// Stopped early: the holds begun were finished, the rest wait for the next run.
     pub stopped: bool,
@@ -161,10 +161,7 @@ pub async fn hold_lost_ids(
     // first just created existing, and record lifeboat's hold as a stranger's.
     let work = async {
         let service = service_user_id(config);
-        if retry_refused {
-            registry.retry_refused_holds().await?;
-        }
-        let mut candidates = registry.hold_candidates(&service).await?;
+        let mut candidates = registry.hold_candidates(&service, retry_refused).await?;
         let bot_admins = config.bot.as_ref().map_or(&[][..], |bot| bot.admins.as_slice());
         // When IDs were lost, the bot's admin IDs no listing saw (made after
         // the last one, or not yet) are held too: anyone could register one and
@@ -173,7 +170,7 @@ pub async fn hold_lost_ids(
             let server_name = &config.homeserver.server_name;
             let local: Vec<&UserId> = bot_admins.iter().filter(|admin| admin.server_name() == server_name).collect();
             registry.adopt_as_lost(&local).await?;
-            candidates = registry.hold_candidates(&service).await?;
+            candidates = registry.hold_candidates(&service, retry_refused).await?;
         }
         admins_first(&mut candidates, bot_admins);
         let total = candidates.len() as u64;

@@ -211,7 +211,7 @@ mod tests {
                 .contains("Your old username, alice, can be registered again if nobody took it first")
         );
         assert!(said(OldName::Kept).contains("your old ID is kept for you, and this token cannot register it"));
-        assert!(said(OldName::Taken).contains("alice was registered by someone else"));
+        assert!(said(OldName::Taken).contains("alice was registered again since the loss"));
         assert!(said(OldName::NobodyCan).contains("alice cannot be registered again, example.org no longer allows it"));
     }
 

@@ -159,10 +159,6 @@ async fn send_due(services: &Services, incident_id: i64) {
         ),
         // A notify (CLI or bot) is on it, or it was resolved since listed.
         Err(CampaignError::Busy { .. } | CampaignError::Resolved(_)) => {}
-        Err(err @ CampaignError::NotHeld(_)) => {
-            tracing::info!(incident = incident_id, error = %err, "delivery worker: waiting for the lost IDs to be held");
-            defer(registry, incident_id, POLL_EVERY, &err).await;
-        }
         Err(err) => {
             tracing::warn!(incident = incident_id, error = %err, "delivery worker: sending failed");
             // Not again at the next poll: a run that cannot start (every

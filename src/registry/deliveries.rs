@@ -293,6 +293,26 @@ impl Registry {
         .rows_affected())
     }
 
+    /// Holds back until `until` the due notices of `incident_id` that carry
+    /// their person's registration token (not those to survivors), saying
+    /// `why`; kept apart from the relay's backoff (`not_before`), so a probe
+    /// of the relay does not release them. Returns how many.
+    pub async fn hold_back_token_notices(&self, incident_id: i64, until: i64, why: &str) -> Result<u64> {
+        Ok(sqlx::query(
+            "UPDATE deliveries SET next_attempt_at = $2, not_before = $2, last_error = $3 \
+             WHERE incident_id = $1 AND kind = 'notice' AND state = 'pending' AND next_attempt_at <= $4 \
+               AND EXISTS (SELECT 1 FROM registration_tokens t WHERE t.incident_id = deliveries.incident_id \
+                           AND t.user_id = deliveries.user_id AND t.purpose = 'notice')",
+        )
+        .bind(incident_id)
+        .bind(until)
+        .bind(why)
+        .bind(now_ms())
+        .execute(&self.pool)
+        .await?
+        .rows_affected())
+    }
+
     /// Up to `limit` due deliveries of one channel, longest due first, ready
     /// to render. Only reads: the run's lease keeps other senders away, and
     /// what a crashed run had read is still pending, so is read again.

@@ -52,7 +52,9 @@ pub struct HoldCounts {
 /// not held yet (nor refused by Synapse, see [`Registry::refuse_hold`]), or
 /// begun by an earlier run (even if listed since); never lifeboat's own, which
 /// recovery re-creates through the shared secret. Written as the partial index
-/// `accounts_hold_candidates` is (migration 0017), so both backends use it.
+/// `accounts_hold_candidates` is (migration 0017), so a planner with
+/// statistics can answer it from that index (without them, SQLite takes the
+/// state and custody indexes: no whole-table read either way).
 const HOLD_CANDIDATES: &str = "((state = 'missing' AND custody IS NULL AND hold_refused IS NULL) \
      OR custody = 'holding') AND user_id <> $1";
 
@@ -77,13 +79,18 @@ impl Registry {
         Ok(())
     }
 
-    /// Lost IDs to hold ([`HOLD_CANDIDATES`]).
-    pub async fn hold_candidates(&self, service: &UserId) -> Result<Vec<HoldCandidate>> {
+    /// Lost IDs to hold ([`HOLD_CANDIDATES`]), and, with `retry_refused`,
+    /// those Synapse refused before (a refusal ends only when its hold is
+    /// begun again, so a run stopped first leaves the rest as they were).
+    pub async fn hold_candidates(&self, service: &UserId, retry_refused: bool) -> Result<Vec<HoldCandidate>> {
         Ok(sqlx::query_as(sqlx::AssertSqlSafe(format!(
             "SELECT user_id, display_name, CASE WHEN custody = 'holding' THEN 1 ELSE 0 END AS begun_before, admin \
-             FROM accounts WHERE {HOLD_CANDIDATES} ORDER BY user_id"
+             FROM accounts WHERE {HOLD_CANDIDATES} \
+                OR ($2 = 1 AND state = 'missing' AND custody IS NULL AND hold_refused IS NOT NULL AND user_id <> $1) \
+             ORDER BY user_id"
         )))
         .bind(service)
+        .bind(i64::from(retry_refused))
         .fetch_all(&self.pool)
         .await?)
     }
@@ -213,7 +220,7 @@ impl Registry {
     /// every registration of that name alike: nobody can take the ID, so it
     /// is no hold candidate until a sync finds new accounts lost (what the
     /// refusal rested on may be among them) or an operator asks
-    /// ([`Registry::retry_refused_holds`]).
+    /// (`lifeboat holds make`).
     pub async fn refuse_hold(&self, user_id: &UserId, errcode: &str) -> Result<()> {
         sqlx::query(
             "UPDATE accounts SET custody = NULL, custody_at = NULL, hold_refused = $2 \
@@ -224,15 +231,6 @@ impl Registry {
         .execute(&self.pool)
         .await?;
         Ok(())
-    }
-
-    /// Makes the lost IDs Synapse refused hold candidates again (its rules
-    /// may have changed: an appservice removed, say). Returns how many.
-    pub async fn retry_refused_holds(&self) -> Result<u64> {
-        let retried = sqlx::query("UPDATE accounts SET hold_refused = NULL WHERE hold_refused IS NOT NULL")
-            .execute(&self.pool)
-            .await?;
-        Ok(retried.rows_affected())
     }
 
     /// Hands the hold identified by `held_at` back to its owner: `true` for

@@ -191,7 +191,6 @@ async fn show_token(state: &WebState, link: &str, sig: &str) -> Result<Response,
                 &again,
             ],
         )
-        .next("/token", "Ask for a new link")
         .page(StatusCode::SERVICE_UNAVAILABLE));
     }
     if !state.registry.use_web_link(link).await? {

@@ -766,11 +766,12 @@ async fn no_notice_goes_out_while_a_lost_id_could_not_be_held() {
     assert_eq!(smtp.messages_to(&format!("{first}@example.org")).len(), 1, "{sent:?}");
 }
 
-/// serve's delivery worker sends only what a notify planned, but each
-/// notice carries its person's token all the same: while a lost ID is not
-/// held (another loss since, a hold that failed), it sends none either.
+/// serve's delivery worker sends only what a notify planned, but a notice
+/// carries its person's token all the same: while a lost ID is not held
+/// (another loss since, a hold that failed) it holds such notices back, and
+/// sends them once the IDs are held.
 #[tokio::test(flavor = "multi_thread")]
-async fn the_delivery_worker_sends_no_notice_while_a_lost_id_is_not_held() {
+async fn the_delivery_worker_holds_back_a_notice_with_a_token_until_the_lost_ids_are_held() {
     let synapse = TestSynapse::start();
     let registry = TestDatabase::sqlite();
     let smtp = TestSmtp::start(None);
@@ -809,6 +810,15 @@ async fn the_delivery_worker_sends_no_notice_while_a_lost_id_is_not_held() {
     })
     .await;
     assert!(smtp.messages_to(&address).is_empty(), "{}", lifeboat.serve_log());
+
+    // Once it is held (here by hand), the notice goes when it is due again.
+    for sql in [
+        "UPDATE accounts SET custody = 'held', custody_at = 1, state = 'present' WHERE state = 'missing' AND user_id = $1",
+        "UPDATE deliveries SET next_attempt_at = 0, not_before = NULL WHERE state = 'pending' AND $1 <> ''",
+    ] {
+        sqlx::query(sql).bind(&lost).execute(store.pool()).await.unwrap();
+    }
+    eventually("the notice goes", Duration::from_secs(60), || async { smtp.messages_to(&address).len() == 1 }).await;
 }
 
 /// An ID Synapse makes for nobody (a bridge's `_` name, a guest's number,
