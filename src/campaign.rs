@@ -204,6 +204,27 @@ pub async fn open_incident(
     Ok(OpenedIncident { incident, affected, holds })
 }
 
+/// Holds back the mail with a registration token that serve's worker was
+/// left ([`Registry::hold_back_tokens`]) while `unheld` are not held; what
+/// to log, if any was.
+pub async fn hold_back_tokens(
+    config: &Config,
+    registry: &Registry,
+    incident: Option<i64>,
+    unheld: &UnheldLostIds,
+) -> Result<Option<String>, registry::Error> {
+    let until = crate::registry::now_ms() + WAIT_FOR_HOLDS.as_millis() as i64;
+    let why = format!("held back: {unheld}, and its registration token could register one");
+    if registry.hold_back_tokens(incident, until, &why).await? == 0 {
+        return Ok(None);
+    }
+    let ends = match config.recovery.hold {
+        HoldPolicy::Auto => "serve's watcher is holding them",
+        _ => "with recovery.hold = \"on-incident\" nothing holds them until `lifeboat holds make` (or a notify) runs",
+    };
+    Ok(Some(format!("wait: {unheld}; {ends}")))
+}
+
 /// What `open_incident` did.
 pub struct OpenedIncident {
     pub incident: Incident,
@@ -392,16 +413,8 @@ async fn send_under_lease(
         }
         // serve's worker sends what a notify planned, but no notice that
         // carries a token; the others (to survivors) go.
-        let until = crate::registry::now_ms() + WAIT_FOR_HOLDS.as_millis() as i64;
-        let why = format!("held back: {unheld}, and its registration token could register one");
-        if registry.hold_back_token_notices(incident.id, until, &why).await? > 0 {
-            let fix = match config.recovery.hold {
-                HoldPolicy::Auto => "serve's watcher is holding them",
-                _ => {
-                    "with recovery.hold = \"on-incident\" nothing holds them until `lifeboat holds make` (or a notify) runs"
-                }
-            };
-            progress.note(&format!("incident {}: notices with a token wait: {unheld}; {fix}", incident.id));
+        if let Some(note) = hold_back_tokens(config, registry, Some(incident.id), &unheld).await? {
+            progress.note(&format!("incident {}: notices with a token {note}", incident.id));
         }
     }
     if options.plan_new {

@@ -293,24 +293,33 @@ impl Registry {
         .rows_affected())
     }
 
-    /// Holds back until `until` the due notices of `incident_id` that carry
-    /// their person's registration token (not those to survivors), saying
-    /// `why`; kept apart from the relay's backoff (`not_before`), so a probe
-    /// of the relay does not release them. Returns how many.
-    pub async fn hold_back_token_notices(&self, incident_id: i64, until: i64, why: &str) -> Result<u64> {
-        Ok(sqlx::query(
-            "UPDATE deliveries SET next_attempt_at = $2, not_before = $2, last_error = $3 \
-             WHERE incident_id = $1 AND kind = 'notice' AND state = 'pending' AND next_attempt_at <= $4 \
-               AND EXISTS (SELECT 1 FROM registration_tokens t WHERE t.incident_id = deliveries.incident_id \
-                           AND t.user_id = deliveries.user_id AND t.purpose = 'notice')",
-        )
-        .bind(incident_id)
+    /// Holds back until `until` the due mail that carries a registration
+    /// token, saying `why`: `Some(incident)`, that incident's notices whose
+    /// person has a notice token (not those to survivors); `None`, the way
+    /// back in an admin had the bot mail. Kept apart from the relay's backoff
+    /// (`not_before`), so a probe of the relay does not release them.
+    /// Returns how many.
+    pub async fn hold_back_tokens(&self, incident_id: Option<i64>, until: i64, why: &str) -> Result<u64> {
+        let which = match incident_id {
+            Some(_) => {
+                "kind = 'notice' AND incident_id = $4 \
+                 AND EXISTS (SELECT 1 FROM registration_tokens t WHERE t.incident_id = deliveries.incident_id \
+                             AND t.user_id = deliveries.user_id AND t.purpose = 'notice')"
+            }
+            None => "kind = 'token'",
+        };
+        let query = sqlx::query(sqlx::AssertSqlSafe(format!(
+            "UPDATE deliveries SET next_attempt_at = $1, not_before = $1, last_error = $2 \
+             WHERE {which} AND state = 'pending' AND next_attempt_at <= $3"
+        )))
         .bind(until)
         .bind(why)
-        .bind(now_ms())
-        .execute(&self.pool)
-        .await?
-        .rows_affected())
+        .bind(now_ms());
+        let query = match incident_id {
+            Some(id) => query.bind(id),
+            None => query,
+        };
+        Ok(query.execute(&self.pool).await?.rows_affected())
     }
 
     /// Up to `limit` due deliveries of one channel, longest due first, ready

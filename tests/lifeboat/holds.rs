@@ -801,15 +801,31 @@ async fn the_delivery_worker_holds_back_a_notice_with_a_token_until_the_lost_ids
         .execute(store.pool())
         .await
         .unwrap();
+    // And a token an admin had the bot mail, waiting in the outbox too.
+    let other = format!("{}@example.org", unique("other"));
+    let token = lifeboat::messages::registration_token(
+        &synapse.server_name,
+        &synapse.user_id("other"),
+        "sometoken",
+        "tomorrow",
+        &synapse.url,
+        lifeboat::registry::OldName::MayBeFree,
+    );
+    let to = lifeboat::email::EmailAddress::parse(&other).unwrap();
+    let until = lifeboat::registry::now_ms() + 3_600_000;
+    lifeboat::outbox::queue_email(&store, lifeboat::registry::MessageKind::Token, &to, &token, None, until)
+        .await
+        .unwrap();
     smtp.heal();
     let _serve = lifeboat.spawn_serve();
-    eventually("the worker holds the notice back", Duration::from_secs(60), || async {
+    eventually("the worker holds the notice and the token back", Duration::from_secs(60), || async {
         let why: Vec<Option<String>> =
             sqlx::query_scalar("SELECT last_error FROM deliveries").fetch_all(store.pool()).await.unwrap();
-        why.iter().flatten().any(|why| why.contains(&format!("not held yet ({lost})")))
+        why.iter().flatten().filter(|why| why.contains(&format!("not held yet ({lost})"))).count() == 2
     })
     .await;
     assert!(smtp.messages_to(&address).is_empty(), "{}", lifeboat.serve_log());
+    assert!(smtp.messages_to(&other).is_empty(), "{}", lifeboat.serve_log());
 
     // Once it is held (here by hand), the notice goes when it is due again.
     for sql in [
@@ -818,7 +834,10 @@ async fn the_delivery_worker_holds_back_a_notice_with_a_token_until_the_lost_ids
     ] {
         sqlx::query(sql).bind(&lost).execute(store.pool()).await.unwrap();
     }
-    eventually("the notice goes", Duration::from_secs(60), || async { smtp.messages_to(&address).len() == 1 }).await;
+    eventually("the notice and the token go", Duration::from_secs(60), || async {
+        smtp.messages_to(&address).len() == 1 && smtp.messages_to(&other).len() == 1
+    })
+    .await;
 }
 
 /// An ID Synapse makes for nobody (a bridge's `_` name, a guest's number,
