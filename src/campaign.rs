@@ -8,9 +8,11 @@ use std::time::Duration;
 
 use secrecy::SecretString;
 
-use crate::config::{Config, HoldPolicy, RecoveryMode};
+use crate::config::{Config, RecoveryMode};
 use crate::dm::{CryptoStore, Devices, DmError, DmSender, Login, held_by_serve};
-use crate::holds::{HoldError, HoldReport, UnheldLostIds, hold_lost_ids, holds_wanted, tokens_withheld};
+use crate::holds::{
+    HoldError, HoldReport, UnheldLostIds, hold_back_tokens, hold_lost_ids, holds_wanted, tokens_withheld,
+};
 use crate::lease::{Held, Lease};
 use crate::links::LINK_KEY;
 use crate::mail::Mailer;
@@ -204,27 +206,6 @@ pub async fn open_incident(
     Ok(OpenedIncident { incident, affected, holds })
 }
 
-/// Holds back the mail with a registration token that serve's worker was
-/// left ([`Registry::hold_back_tokens`]) while `unheld` are not held; what
-/// to log, if any was.
-pub async fn hold_back_tokens(
-    config: &Config,
-    registry: &Registry,
-    incident: Option<i64>,
-    unheld: &UnheldLostIds,
-) -> Result<Option<String>, registry::Error> {
-    let until = crate::registry::now_ms() + WAIT_FOR_HOLDS.as_millis() as i64;
-    let why = format!("held back: {unheld}, and its registration token could register one");
-    if registry.hold_back_tokens(incident, until, &why).await? == 0 {
-        return Ok(None);
-    }
-    let ends = match config.recovery.hold {
-        HoldPolicy::Auto => "serve's watcher is holding them",
-        _ => "with recovery.hold = \"on-incident\" nothing holds them until `lifeboat holds make` (or a notify) runs",
-    };
-    Ok(Some(format!("wait: {unheld}; {ends}")))
-}
-
 /// What `open_incident` did.
 pub struct OpenedIncident {
     pub incident: Incident,
@@ -269,9 +250,6 @@ async fn hold_waiting_for_others(
 
 /// How often `open_incident` looks whether another hold run has ended.
 const HOLD_RUN_POLL: Duration = Duration::from_secs(2);
-/// How long serve's worker holds back notices with a token while lost IDs
-/// are still to be held (a hold run takes minutes for a big wipe).
-const WAIT_FOR_HOLDS: Duration = Duration::from_secs(5 * 60);
 
 /// How long `open_incident` waits for another process's sync to end.
 const WAIT_FOR_OTHER_SYNC: Duration = Duration::from_secs(120);
@@ -402,7 +380,7 @@ async fn send_under_lease(
     let mut report = CampaignReport::default();
     // Synapse binds no token to a name: while a lost ID that should be held
     // is free (its hold failed, or was stopped, or another loss came since),
-    // no notice goes out, not even one serve's worker sends as planned.
+    // a notify sends nothing, and serve's worker no notice with a token.
     if options.plan_new && holds_wanted(config, true) {
         hold_waiting_for_others(config, registry, &client, &options.actor, progress).await;
     }

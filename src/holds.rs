@@ -143,6 +143,31 @@ pub async fn tokens_withheld(config: &Config, registry: &Registry) -> Result<Opt
     Ok((count > 0).then_some(UnheldLostIds { count, first }))
 }
 
+/// How long serve's worker holds back mail with a token while lost IDs are
+/// still to be held (a hold run takes minutes for a big wipe).
+const WAIT_FOR_HOLDS: std::time::Duration = std::time::Duration::from_secs(5 * 60);
+
+/// Holds back the mail with a registration token that serve's worker was
+/// left ([`Registry::hold_back_tokens`]: an incident's notices, or the bot's
+/// token mails) while `unheld` are not held; what to log, if any was.
+pub async fn hold_back_tokens(
+    config: &Config,
+    registry: &Registry,
+    incident: Option<i64>,
+    unheld: &UnheldLostIds,
+) -> Result<Option<String>, registry::Error> {
+    let until = now_ms() + WAIT_FOR_HOLDS.as_millis() as i64;
+    let why = format!("held back: {unheld}, and its registration token could register one");
+    if registry.hold_back_tokens(incident, until, &why).await? == 0 {
+        return Ok(None);
+    }
+    let ends = match config.recovery.hold {
+        HoldPolicy::Auto => "serve's watcher is holding them",
+        _ => "with recovery.hold = \"on-incident\" nothing holds them until `lifeboat holds make` (or a notify) runs",
+    };
+    Ok(Some(format!("wait: {unheld}; {ends}")))
+}
+
 /// Holds every lost ID that is not held yet (idempotent: held ones are
 /// skipped, interrupted ones resumed), and, when `retry_refused`, those
 /// Synapse refused to create before. `progress` hears (done, total).

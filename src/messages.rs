@@ -7,6 +7,7 @@ use askama::Template;
 
 use crate::notice::markdown_to_safe_html;
 use crate::registry::OldName;
+use crate::user_id::UserId;
 
 /// A message ready for the outbox.
 pub struct Rendered {
@@ -160,13 +161,13 @@ struct TokenText<'a> {
 /// person's old username to.
 pub fn registration_token(
     server_name: &str,
-    user_id: &str,
+    user_id: &UserId,
     token: &str,
     until: &str,
     homeserver_url: &str,
     old_name: OldName,
 ) -> Rendered {
-    let localpart = user_id.trim_start_matches('@').split(':').next().unwrap_or_default();
+    let (localpart, user_id) = (user_id.localpart(), user_id.as_str());
     Rendered::from_text(
         format!("Your new registration token for {server_name}"),
         render(TokenText { user_id, localpart, token, until, homeserver_url, server_name, old_name }),
@@ -198,7 +199,7 @@ mod tests {
         let said = |old_name| {
             let mail = registration_token(
                 "example.org",
-                "@alice:example.org",
+                &UserId::parse("@alice:example.org").unwrap(),
                 "tok",
                 "soon",
                 "https://m.example.org/",

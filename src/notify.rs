@@ -22,8 +22,8 @@ use crate::mail::{Mailer, OutgoingEmail};
 use crate::notice::{DM_CONTENT_BUDGET, NoticeContext, RenderedNotice, dm_content_bytes, render_notice};
 use crate::outbox::Outcome;
 use crate::registry::{
-    self, AccountState, Delivery, DeliveryChannel, DeliveryCounts, Incident, PlannedEmails, Registry, RoomFate,
-    RoomState, may_come_back,
+    self, AccountState, Delivery, DeliveryChannel, DeliveryCounts, Incident, OldName, PlannedEmails, Registry,
+    RoomFate, RoomState, may_come_back,
 };
 use crate::synapse::SynapseClient;
 use crate::user_id::UserId;
@@ -245,10 +245,8 @@ impl NoticeSettings {
             token: delivery.token.as_deref(),
             token_expires: expires.as_deref(),
             unsubscribe_url,
-            id_held: state == AccountState::Held,
+            old_name: OldName::of(state, delivery.hold_refused.is_some()),
             claim_url: claim_url.as_deref(),
-            id_taken: state.is_stranger(),
-            id_unregistrable: state == AccountState::Missing && delivery.hold_refused.is_some(),
             locked_out: !may_come_back,
             rooms_back: &rooms.back,
             rooms_gone: &rooms.gone,

@@ -60,7 +60,7 @@ pub async fn run(services: Arc<Services>) {
         let background = Background(cancel.clone());
         // No token an admin had the bot mail goes while a lost ID is unheld.
         match crate::holds::tokens_withheld(config, registry).await {
-            Ok(Some(unheld)) => match crate::campaign::hold_back_tokens(config, registry, None, &unheld).await {
+            Ok(Some(unheld)) => match crate::holds::hold_back_tokens(config, registry, None, &unheld).await {
                 Ok(Some(note)) => tracing::warn!("tokens mailed from the bot {note}"),
                 Ok(None) => {}
                 Err(err) => tracing::warn!(error = %err, "delivery worker: registry query failed"),

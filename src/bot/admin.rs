@@ -429,7 +429,7 @@ async fn token(bot: &Bot, actor: &Actor, user: &UserId) -> Result<String, String
             };
             let message = crate::messages::registration_token(
                 server,
-                user.as_str(),
+                user,
                 &token,
                 &human_time(expires),
                 config.homeserver.public_url.as_str(),

@@ -41,8 +41,9 @@ pub enum Command {
     /// Then the held accounts get their display names back (after every ID
     /// is safe: a name costs Synapse more than the rest of a hold).
     /// Safe to run again: held IDs are skipped, interrupted holds resumed,
-    /// and lost IDs Synapse refused to create are tried again (only this
-    /// command does that; its rules may have changed since).
+    /// and lost IDs Synapse refused to create are tried again (its rules may
+    /// have changed since; otherwise only a sync that finds new accounts
+    /// lost has them tried again).
     /// Ctrl-C stops it between holds (those under way finish). One hold run
     /// at a time: while another holds (serve's watcher, `incident open`),
     /// this says who and leaves the IDs to it.

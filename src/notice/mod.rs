@@ -13,6 +13,8 @@ use askama::Template;
 use askama::filters::Escaper;
 use pulldown_cmark::{CowStr, Event, Options, Parser, Tag, TagEnd};
 
+use crate::registry::OldName;
+
 /// Everything a notice says, for one person.
 #[derive(Debug, Clone, Copy)]
 pub struct NoticeContext<'a> {
@@ -38,16 +40,13 @@ pub struct NoticeContext<'a> {
     pub token_expires: Option<&'a str>,
     /// One-click unsubscribe link for the email footer.
     pub unsubscribe_url: Option<&'a str>,
-    /// lifeboat holds the person's lost ID for them.
-    pub id_held: bool,
+    /// What their old username is now: held for them (kept), registered
+    /// again by someone lifeboat cannot vouch for (taken), created for
+    /// nobody (they need a new name, and their rooms cannot come back to
+    /// the old one), or free.
+    pub old_name: OldName,
     /// Their personal link to take the held ID back (`/claim`).
     pub claim_url: Option<&'a str>,
-    /// Their ID was registered again by someone lifeboat cannot vouch for.
-    pub id_taken: bool,
-    /// Their ID is lost and Synapse creates it for nobody now (a name it no
-    /// longer allows, an appservice's namespace): they need a new name, and
-    /// their rooms cannot come back to the old one.
-    pub id_unregistrable: bool,
     /// An admin had locked or deactivated the account before the loss: no
     /// token and no claim link come with the notice, and it says why.
     pub locked_out: bool,
@@ -192,10 +191,10 @@ impl<'a> NoticeView<'a> {
             token: ctx.token.map(one_line).filter(|token| !token.is_empty()),
             token_expires: ctx.token_expires.map(one_line).filter(|e| !e.is_empty()),
             unsubscribe_url: web_link(ctx.unsubscribe_url),
-            id_held: ctx.id_held,
+            id_held: ctx.old_name == OldName::Kept,
             claim_url: web_link(ctx.claim_url),
-            id_taken: ctx.id_taken,
-            id_unregistrable: ctx.id_unregistrable,
+            id_taken: ctx.old_name == OldName::Taken,
+            id_unregistrable: ctx.old_name == OldName::NobodyCan,
             locked_out: ctx.locked_out,
             rooms_back: ctx.rooms_back.iter().map(|room| room_label(room)).collect(),
             rooms_gone: ctx.rooms_gone.iter().map(|room| room_label(room)).collect(),
@@ -377,10 +376,8 @@ mod tests {
             unsubscribe_url: Some("https://lifeboat.example.org/unsubscribe?c=17&sig=ab"),
             account_works: false,
             postmortem_html: None,
-            id_held: false,
+            old_name: OldName::MayBeFree,
             claim_url: None,
-            id_taken: false,
-            id_unregistrable: false,
             locked_out: false,
             rooms_back: &[],
             rooms_gone: &[],
@@ -392,8 +389,13 @@ mod tests {
     fn a_person_coming_back_is_told_which_rooms_come_back_and_which_were_lost_and_that_encrypted_history_does_not() {
         let back = ["Across the water".to_owned(), "#harbour:example.org".to_owned()];
         let gone = ["Kitchen <b>".to_owned()];
-        let ctx =
-            NoticeContext { id_held: true, rooms_back: &back, rooms_gone: &gone, encrypted_rooms: true, ..context() };
+        let ctx = NoticeContext {
+            old_name: OldName::Kept,
+            rooms_back: &back,
+            rooms_gone: &gone,
+            encrypted_rooms: true,
+            ..context()
+        };
         let notice = render_notice(&ctx, true).unwrap();
         for part in [&notice.text, &notice.markdown] {
             assert!(part.contains("live on on other servers"), "{part}");
@@ -408,7 +410,7 @@ mod tests {
 
         let plain = render_notice(&NoticeContext { rooms_back: &back, encrypted_rooms: false, ..ctx }, true).unwrap();
         assert!(!plain.text.contains("encrypted"), "{}", plain.text);
-        let taken = render_notice(&NoticeContext { id_held: false, id_taken: true, ..ctx }, true).unwrap();
+        let taken = render_notice(&NoticeContext { old_name: OldName::Taken, ..ctx }, true).unwrap();
         assert!(!taken.text.contains("Your rooms"), "a stranger has the ID: its rooms are not the person's way back");
     }
 
@@ -450,7 +452,7 @@ mod tests {
 
     #[test]
     fn a_held_id_comes_with_its_claim_link_and_the_token_is_for_a_new_name() {
-        let ctx = NoticeContext { id_held: true, claim_url: Some(CLAIM), ..context() };
+        let ctx = NoticeContext { old_name: OldName::Kept, claim_url: Some(CLAIM), ..context() };
         let notice = render_notice(&ctx, true).unwrap();
         assert!(notice.text.contains(CLAIM), "{}", notice.text);
         assert!(notice.markdown.contains(CLAIM), "{}", notice.markdown);
@@ -475,7 +477,7 @@ mod tests {
     #[test]
     fn an_id_synapse_creates_for_nobody_asks_for_a_new_name_and_promises_no_rooms() {
         let back = ["Book club".to_owned()];
-        let ctx = NoticeContext { id_unregistrable: true, rooms_back: &back, ..context() };
+        let ctx = NoticeContext { old_name: OldName::NobodyCan, rooms_back: &back, ..context() };
         let notice = render_notice(&ctx, true).unwrap();
         for part in [&notice.text, &notice.html, &notice.markdown] {
             let flat = part.split_whitespace().collect::<Vec<_>>().join(" ");
@@ -487,7 +489,7 @@ mod tests {
 
     #[test]
     fn a_taken_id_is_named_as_taken_and_gets_no_claim_link() {
-        let notice = render_notice(&NoticeContext { id_taken: true, ..context() }, true).unwrap();
+        let notice = render_notice(&NoticeContext { old_name: OldName::Taken, ..context() }, true).unwrap();
         for part in [&notice.text, &notice.html, &notice.markdown] {
             assert!(part.contains("registered again by someone we cannot"), "{part}");
             assert!(!part.contains("/claim"), "{part}");
@@ -497,7 +499,7 @@ mod tests {
 
     #[test]
     fn a_claim_link_that_is_not_a_web_address_is_left_out() {
-        let ctx = NoticeContext { id_held: true, claim_url: Some("javascript:alert(1)"), ..context() };
+        let ctx = NoticeContext { old_name: OldName::Kept, claim_url: Some("javascript:alert(1)"), ..context() };
         let notice = render_notice(&ctx, true).unwrap();
         for part in [&notice.text, &notice.html, &notice.markdown] {
             assert!(!part.contains("javascript:"), "{part}");

@@ -69,6 +69,19 @@ pub enum OldName {
     NobodyCan,
 }
 
+impl OldName {
+    /// The one rule, from an ID's standing and whether Synapse refused to
+    /// create it for a hold (a notice being rendered has no whole account).
+    pub fn of(state: AccountState, hold_refused: bool) -> OldName {
+        match state {
+            AccountState::Held => OldName::Kept,
+            AccountState::Recreated => OldName::Taken,
+            AccountState::Missing if hold_refused => OldName::NobodyCan,
+            _ => OldName::MayBeFree,
+        }
+    }
+}
+
 impl Account {
     /// May the account on Synapse now act as this ID's registry person? Only
     /// while the ID is its person's (present or claimed), and only if Synapse's
@@ -87,12 +100,7 @@ impl Account {
 
     /// What a registration token leaves this account's username to.
     pub fn old_name(&self) -> OldName {
-        match self.state {
-            AccountState::Held => OldName::Kept,
-            AccountState::Recreated => OldName::Taken,
-            AccountState::Missing if self.hold_refused.is_some() => OldName::NobodyCan,
-            _ => OldName::MayBeFree,
-        }
+        OldName::of(self.state, self.hold_refused.is_some())
     }
 
     /// The display name a hand-over must bring along: the person's, when

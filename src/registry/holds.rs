@@ -98,11 +98,14 @@ impl Registry {
     /// How many lost IDs are still to be held ([`HOLD_CANDIDATES`]), with the first `shown` of
     /// them in ID order; without reading them all (a big wipe is held for hours).
     pub async fn unheld_lost_ids(&self, service: &UserId, shown: i64) -> Result<(i64, Vec<UserId>)> {
-        let count_sql = format!("SELECT COUNT(*) FROM accounts WHERE {HOLD_CANDIDATES}");
-        let count = sqlx::query_scalar(sqlx::AssertSqlSafe(count_sql)).bind(service).fetch_one(&self.pool).await?;
-        let first_sql = format!("SELECT user_id FROM accounts WHERE {HOLD_CANDIDATES} ORDER BY user_id LIMIT $2");
-        let first = sqlx::query_scalar(sqlx::AssertSqlSafe(first_sql)).bind(service).bind(shown);
-        Ok((count, first.fetch_all(&self.pool).await?))
+        // One round trip: the count is over every row, before the limit.
+        let sql = format!(
+            "SELECT user_id, COUNT(*) OVER () AS total FROM accounts WHERE {HOLD_CANDIDATES} ORDER BY user_id LIMIT $2"
+        );
+        let rows: Vec<(UserId, i64)> =
+            sqlx::query_as(sqlx::AssertSqlSafe(sql)).bind(service).bind(shown.max(1)).fetch_all(&self.pool).await?;
+        let count = rows.first().map_or(0, |(_, total)| *total);
+        Ok((count, rows.into_iter().map(|(user_id, _)| user_id).take(shown as usize).collect()))
     }
 
     /// An account's verified emails, to restore on its hold, less any another account had at the

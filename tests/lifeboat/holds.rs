@@ -805,7 +805,7 @@ async fn the_delivery_worker_holds_back_a_notice_with_a_token_until_the_lost_ids
     let other = format!("{}@example.org", unique("other"));
     let token = lifeboat::messages::registration_token(
         &synapse.server_name,
-        &synapse.user_id("other"),
+        &crate::harness::id(&synapse.user_id("other")),
         "sometoken",
         "tomorrow",
         &synapse.url,

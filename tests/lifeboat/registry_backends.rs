@@ -934,7 +934,7 @@ async fn a_queued_way_back_in_goes_only_while_its_person_may_be_mailed_it(regist
     let (incident, _) = registry.open_incident("Lost", "it went", IncidentScope::All, true, &actor).await.unwrap();
     let message = lifeboat::messages::registration_token(
         "x",
-        "@a:x",
+        &id("@a:x"),
         "tok",
         "tomorrow",
         "https://x/",
