@@ -21,7 +21,7 @@ mod web;
 use std::path::Path;
 use std::str::FromStr;
 use std::sync::Arc;
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use sqlx::any::{AnyConnectOptions, AnyPoolOptions};
 use sqlx::{AnyPool, Connection, Executor};
@@ -128,11 +128,16 @@ pub struct Registry {
     backend: Backend,
     /// For a plain connection that tells why the pool cannot connect.
     options: Arc<AnyConnectOptions>,
-    /// One such connection at a time: probes asked for by anyone (the
-    /// public `/healthz`) must not open the database's connections by the
-    /// hundred. It holds what the last one found, told meanwhile.
-    probing: Arc<tokio::sync::Mutex<()>>,
-    last_probe: Arc<std::sync::Mutex<Option<String>>>,
+    /// One health check at a time, and the last one's answer: probes
+    /// asked for by anyone (the public `/healthz`) wait for the check under
+    /// way and share its answer, so a flood of them takes one of the pool's
+    /// connections and opens one beside it, not one each.
+    health: Arc<tokio::sync::Mutex<Option<HealthCheck>>>,
+}
+
+struct HealthCheck {
+    finished: Instant,
+    answer: Result<(), String>,
 }
 
 /// How long a query waits for a pooled connection.
@@ -221,32 +226,36 @@ impl Registry {
             Backend::Postgres => &POSTGRES_MIGRATIONS,
         };
         migrator.run(&pool).await.map_err(|source| Error::Migrate { url: shown, source })?;
-        Ok(Registry { pool, backend, options: Arc::new(options), probing: Arc::default(), last_probe: Arc::default() })
+        Ok(Registry { pool, backend, options: Arc::new(options), health: Arc::default() })
     }
 
     /// For health probes: whether the registry answers within `limit`, and if not, why (the
     /// database's own error, e.g. connection refused, where one plain connection can tell it).
+    /// A probe that arrives while a check is under way gets that check's answer.
     pub async fn health(&self, limit: Duration) -> Result<(), String> {
+        let asked = Instant::now();
+        let mut last = self.health.lock().await;
+        if let Some(check) = last.as_ref().filter(|check| check.finished >= asked) {
+            return check.answer.clone();
+        }
+        let answer = self.check_health(limit).await;
+        *last = Some(HealthCheck { finished: Instant::now(), answer: answer.clone() });
+        answer
+    }
+
+    async fn check_health(&self, limit: Duration) -> Result<(), String> {
         let query = sqlx::query("SELECT 1").execute(&self.pool);
         match tokio::time::timeout(limit, query).await {
             Ok(Ok(_)) => return Ok(()),
             Ok(Err(err)) if !matches!(err, sqlx::Error::PoolTimedOut) => return Err(describe(&err)),
             _ => {}
         }
-        let busy = "the registry is busy: no connection was free in time";
-        let Ok(_one_probe) = self.probing.try_lock() else {
-            let last = self.last_probe.lock().ok().and_then(|last| last.clone());
-            return Err(last.unwrap_or_else(|| busy.to_owned()));
-        };
-        let cause = match tokio::time::timeout(limit, probe(&self.options, self.backend)).await {
+        // The pool could not say why: one plain connection can.
+        Err(match tokio::time::timeout(limit, probe(&self.options, self.backend)).await {
             Ok(Err(err)) => describe(&err),
-            Ok(Ok(())) => busy.to_owned(),
+            Ok(Ok(())) => "the registry is busy: no connection was free in time".to_owned(),
             Err(_) => format!("the registry did not answer within {}s", limit.as_secs()),
-        };
-        if let Ok(mut last) = self.last_probe.lock() {
-            *last = Some(cause.clone());
-        }
-        Err(cause)
+        })
     }
 
     /// PostgreSQL needs a few statements SQLite does not (and vice versa).
