@@ -27,7 +27,6 @@ use crate::config::{Config, HoldPolicy, RecoveryMode};
 use crate::email::EmailAddress;
 use crate::lease::{Held, Lease};
 use crate::links::ClaimLink;
-use crate::recover::service_user_id;
 use crate::registry::{self, Account, AccountState, Actor, HoldCandidate, OldName, Registry, now_ms};
 use crate::synapse::{self, Creation, SynapseClient, ThreePid, UserDetails};
 use crate::user_id::UserId;
@@ -139,7 +138,7 @@ pub async fn tokens_withheld(config: &Config, registry: &Registry) -> Result<Opt
     if !holds_wanted(config, true) {
         return Ok(None);
     }
-    let (count, first) = registry.unheld_lost_ids(&service_user_id(config), 3).await?;
+    let (count, first) = registry.unheld_lost_ids(3).await?;
     Ok((count > 0).then_some(UnheldLostIds { count, first }))
 }
 
@@ -185,8 +184,7 @@ pub async fn hold_lost_ids(
     // One run at a time across processes: a second would find an ID the
     // first just created existing, and record lifeboat's hold as a stranger's.
     let work = async {
-        let service = service_user_id(config);
-        let mut candidates = registry.hold_candidates(&service, retry_refused).await?;
+        let mut candidates = registry.hold_candidates(retry_refused).await?;
         let bot_admins = config.bot.as_ref().map_or(&[][..], |bot| bot.admins.as_slice());
         // When IDs were lost, the bot's admin IDs no listing saw (made after
         // the last one, or not yet) are held too: anyone could register one and
@@ -195,7 +193,7 @@ pub async fn hold_lost_ids(
             let server_name = &config.homeserver.server_name;
             let local: Vec<&UserId> = bot_admins.iter().filter(|admin| admin.server_name() == server_name).collect();
             registry.adopt_as_lost(&local).await?;
-            candidates = registry.hold_candidates(&service, retry_refused).await?;
+            candidates = registry.hold_candidates(retry_refused).await?;
         }
         admins_first(&mut candidates, bot_admins);
         let total = candidates.len() as u64;
@@ -714,6 +712,16 @@ async fn free_emails(
     Ok(free)
 }
 
+/// Whether an account handed back is a server admin.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum AdminFlag {
+    /// As it was before the loss.
+    AsBefore,
+    /// An admin whatever it was: lifeboat's own, whose token is lifeboat's
+    /// admin token from then on (as after a shared-secret recovery).
+    Admin,
+}
+
 /// An operator on the lifeboat host gives an ID to its person: held, or
 /// taken by someone lifeboat could not vouch for (whose devices are logged
 /// out). Afterwards the ID is trusted again. `seen` is the account as the
@@ -724,6 +732,7 @@ pub async fn hand_back(
     client: &SynapseClient,
     seen: &Account,
     password: &SecretString,
+    admin: AdminFlag,
     actor: &Actor,
 ) -> Result<(), HandOverError> {
     let user_id = &seen.user_id;
@@ -739,7 +748,7 @@ pub async fn hand_back(
         if !unchanged {
             return Err(HandOverError::NoLongerHeld(user_id.to_string()));
         }
-        let was_admin = account.as_ref().is_some_and(|account| account.admin);
+        let was_admin = admin == AdminFlag::Admin || account.as_ref().is_some_and(|account| account.admin);
         let name = account.as_ref().and_then(Account::display_name_to_restore);
         let emails = free_emails(registry, client, user_id).await?;
         client.hand_over_account(user_id.as_str(), password, was_admin, name, &emails).await?;

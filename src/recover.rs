@@ -1,13 +1,15 @@
 //! Getting back in: which admin token works, and re-creating lifeboat's
-//! own service account through the shared secret after a database wipe.
+//! own service account through the shared secret after a database wipe (or
+//! taking it back from its hold, when a wipe was not undone that way).
 
 use secrecy::ExposeSecret;
 use serde::Serialize;
 
 use crate::check::WORKING_TOKEN_SETTING;
 use crate::config::Config;
-use crate::registry::{self, Actor, CredentialFrom, Registry, SERVICE_PASSWORD_SETTING};
-use crate::synapse::{self, SharedSecretError, SynapseClient};
+use crate::holds::{AdminFlag, HandOverError, hand_back};
+use crate::registry::{self, AccountState, Actor, CredentialFrom, Registry, SERVICE_PASSWORD_SETTING};
+use crate::synapse::{self, Registered, SharedSecretError, SynapseClient};
 use crate::user_id::UserId;
 
 /// Where the working admin token came from.
@@ -59,6 +61,10 @@ pub enum RecoverError {
     Foreign { user_id: String },
     #[error("cannot recover: {0}")]
     SharedSecret(#[from] SharedSecretError),
+    #[error("cannot take lifeboat's own ID back from its hold: {0}")]
+    TakeBack(#[from] HandOverError),
+    #[error("{user_id} refused the password lifeboat has just set on it: run `lifeboat recover` again")]
+    TakenBackLoginRefused { user_id: String },
     #[error(transparent)]
     Synapse(#[from] synapse::Error),
     #[error(transparent)]
@@ -72,6 +78,9 @@ pub enum RecoverOutcome {
     AlreadyWorking { source: TokenSource },
     /// The service account was re-created; its token is in the registry.
     Recovered { user_id: String },
+    /// lifeboat's own ID, lost and then held like any lost ID, is lifeboat's
+    /// again; its token is in the registry.
+    TakenBack { user_id: String },
 }
 
 /// lifeboat's one Matrix identity: `bot.user_id`, else `@lifeboat:<server>`.
@@ -147,9 +156,16 @@ pub async fn renew_own_token(
 }
 
 /// After a wipe: registers the service account again as an admin with the
-/// shared secret and keeps its token in the registry; a no-op while a token works.
+/// shared secret and keeps its token in the registry. While a configured
+/// token works, takes lifeboat's own ID back if it was held (a wipe nobody
+/// recovered from that way); otherwise a no-op.
 pub async fn recover(config: &Config, registry: &Registry, actor: &Actor) -> Result<RecoverOutcome, RecoverError> {
     let base = match admin_access(config, registry).await? {
+        // lifeboat's own token working means its account is there: nothing held.
+        AdminAccess::Working { client, source: TokenSource::Config } => {
+            let taken_back = take_back_own_id_if_held(config, registry, &client, actor).await?;
+            return Ok(taken_back.unwrap_or(RecoverOutcome::AlreadyWorking { source: TokenSource::Config }));
+        }
         AdminAccess::Working { source, .. } => return Ok(RecoverOutcome::AlreadyWorking { source }),
         AdminAccess::Dead { client } => client,
     };
@@ -173,14 +189,50 @@ pub async fn recover(config: &Config, registry: &Registry, actor: &Actor) -> Res
         }
         Err(err) => return Err(err.into()),
     };
-    let token = registered.access_token.expose_secret();
-    let device = registered.device_id.as_deref();
-    registry.store_service_credential(&user_id, token, device, CredentialFrom::Recovery, actor).await?;
+    keep_own_login(registry, &user_id, &registered, actor).await?;
     registry.own_account_recreated(&user_id).await?;
-    // Mass DMs from a throttled account would crawl; a wipe lost any override.
-    let client = base.with_token(registered.access_token.clone());
-    if let Err(err) = client.override_rate_limit(&registered.user_id).await {
+    lift_rate_limit(&base.with_token(registered.access_token.clone()), &user_id).await;
+    Ok(RecoverOutcome::Recovered { user_id: registered.user_id })
+}
+
+/// lifeboat's own ID, if it is held for it like any lost ID: handed back to
+/// lifeboat as to any person (every device logged out), as an admin (its
+/// token is taken for an admin token, as after a shared-secret recovery),
+/// with a password only lifeboat knows, and its token kept.
+pub async fn take_back_own_id_if_held(
+    config: &Config,
+    registry: &Registry,
+    admin: &SynapseClient,
+    actor: &Actor,
+) -> Result<Option<RecoverOutcome>, RecoverError> {
+    let own = registry.account(&service_user_id(config)).await?;
+    let Some(held) = own.filter(|own| own.state == AccountState::Held) else { return Ok(None) };
+    let user_id = &held.user_id;
+    let password = registry.generated_secret(SERVICE_PASSWORD_SETTING).await?;
+    hand_back(registry, admin, &held, &password, AdminFlag::Admin, actor).await?;
+    let base = SynapseClient::from_config(&config.homeserver);
+    let Some(login) = base.login_with_password(user_id.localpart(), &password, None).await? else {
+        return Err(RecoverError::TakenBackLoginRefused { user_id: user_id.to_string() });
+    };
+    keep_own_login(registry, user_id, &login, actor).await?;
+    lift_rate_limit(admin, user_id).await;
+    Ok(Some(RecoverOutcome::TakenBack { user_id: user_id.to_string() }))
+}
+
+async fn keep_own_login(
+    registry: &Registry,
+    user_id: &UserId,
+    login: &Registered,
+    actor: &Actor,
+) -> Result<(), registry::Error> {
+    let token = login.access_token.expose_secret();
+    let device = login.device_id.as_deref();
+    registry.store_service_credential(user_id, token, device, CredentialFrom::Recovery, actor).await
+}
+
+/// Mass DMs from a throttled account would crawl; a wipe lost any override.
+async fn lift_rate_limit(admin: &SynapseClient, user_id: &UserId) {
+    if let Err(err) = admin.override_rate_limit(user_id.as_str()).await {
         tracing::warn!(error = %err, "could not lift the service account's rate limits");
     }
-    Ok(RecoverOutcome::Recovered { user_id: registered.user_id })
 }

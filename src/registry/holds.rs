@@ -48,15 +48,17 @@ pub struct HoldCounts {
     pub taken: i64,
 }
 
-/// Lost IDs to hold, over `accounts` with `$1` lifeboat's own ID: missing and
-/// not held yet (nor refused by Synapse, see [`Registry::refuse_hold`]), or
-/// begun by an earlier run (even if listed since); never lifeboat's own, which
-/// recovery re-creates through the shared secret. Written as the partial index
+/// Lost IDs to hold, over `accounts`: missing and not held yet (nor refused
+/// by Synapse, see [`Registry::refuse_hold`]), or begun by an earlier run
+/// (even if listed since). lifeboat's own ID too: after a wipe the shared
+/// secret gives back (`recover`), it is usually there again before any
+/// listing finds it lost; otherwise whoever took it could write as lifeboat,
+/// and `recover` takes the hold back for lifeboat. Written as the partial index
 /// `accounts_hold_candidates` is (migration 0017), so a planner with
 /// statistics can answer it from that index (without them, SQLite takes the
 /// state and custody indexes: no whole-table read either way).
 const HOLD_CANDIDATES: &str = "((state = 'missing' AND custody IS NULL AND hold_refused IS NULL) \
-     OR custody = 'holding') AND user_id <> $1";
+     OR custody = 'holding')";
 
 impl Registry {
     /// Records IDs no listing saw as lost, so that a hold run holds them with
@@ -82,14 +84,13 @@ impl Registry {
     /// Lost IDs to hold ([`HOLD_CANDIDATES`]), and, with `retry_refused`,
     /// those Synapse refused before (a refusal ends only when its hold is
     /// begun again, so a run stopped first leaves the rest as they were).
-    pub async fn hold_candidates(&self, service: &UserId, retry_refused: bool) -> Result<Vec<HoldCandidate>> {
+    pub async fn hold_candidates(&self, retry_refused: bool) -> Result<Vec<HoldCandidate>> {
         Ok(sqlx::query_as(sqlx::AssertSqlSafe(format!(
             "SELECT user_id, display_name, CASE WHEN custody = 'holding' THEN 1 ELSE 0 END AS begun_before, admin \
              FROM accounts WHERE {HOLD_CANDIDATES} \
-                OR ($2 = 1 AND state = 'missing' AND custody IS NULL AND hold_refused IS NOT NULL AND user_id <> $1) \
+                OR ($1 = 1 AND state = 'missing' AND custody IS NULL AND hold_refused IS NOT NULL) \
              ORDER BY user_id"
         )))
-        .bind(service)
         .bind(i64::from(retry_refused))
         .fetch_all(&self.pool)
         .await?)
@@ -97,13 +98,13 @@ impl Registry {
 
     /// How many lost IDs are still to be held ([`HOLD_CANDIDATES`]), with the first `shown` of
     /// them in ID order; without reading them all (a big wipe is held for hours).
-    pub async fn unheld_lost_ids(&self, service: &UserId, shown: i64) -> Result<(i64, Vec<UserId>)> {
+    pub async fn unheld_lost_ids(&self, shown: i64) -> Result<(i64, Vec<UserId>)> {
         // One round trip: the count is over every row, before the limit.
         let sql = format!(
-            "SELECT user_id, COUNT(*) OVER () AS total FROM accounts WHERE {HOLD_CANDIDATES} ORDER BY user_id LIMIT $2"
+            "SELECT user_id, COUNT(*) OVER () AS total FROM accounts WHERE {HOLD_CANDIDATES} ORDER BY user_id LIMIT $1"
         );
         let rows: Vec<(UserId, i64)> =
-            sqlx::query_as(sqlx::AssertSqlSafe(sql)).bind(service).bind(shown.max(1)).fetch_all(&self.pool).await?;
+            sqlx::query_as(sqlx::AssertSqlSafe(sql)).bind(shown.max(1)).fetch_all(&self.pool).await?;
         let count = rows.first().map_or(0, |(_, total)| *total);
         Ok((count, rows.into_iter().map(|(user_id, _)| user_id).take(shown as usize).collect()))
     }

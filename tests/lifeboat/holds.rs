@@ -692,7 +692,15 @@ async fn an_id_handed_back_from_a_stranger_keeps_none_of_the_strangers_ways_in()
     assert_eq!(synapse.user(&person).await["deactivated"], false);
     // Nor does a second hand-back, asked for while the ID was still taken,
     // set another password over the one its person chose meanwhile.
-    let again = lifeboat::holds::hand_back(&store, &client, &seen_before, &"operator-pass-1".into(), &actor).await;
+    let again = lifeboat::holds::hand_back(
+        &store,
+        &client,
+        &seen_before,
+        &"operator-pass-1".into(),
+        lifeboat::holds::AdminFlag::AsBefore,
+        &actor,
+    )
+    .await;
     assert!(again.is_err_and(|err| err.to_string().contains("no longer held")));
     assert_eq!(synapse.login(&person, "a-long-enough-passphrase").await.0, 200, "the person's password stands");
 }
@@ -876,6 +884,48 @@ async fn a_lost_id_synapse_makes_for_nobody_holds_no_notice_back_and_its_person_
     assert!(!text.contains("can be registered again if nobody took it first"), "{text}");
     let made = lifeboat.run(&["holds", "make"]).await;
     assert!(made.stdout.contains("IDs Synapse makes for nobody"), "asked, it tries again: {made:?}");
+}
+
+/// lifeboat's own ID, lost in a wipe nobody undid through the shared
+/// secret, is held like any lost ID (whoever registered it could write as
+/// lifeboat to everyone it ever wrote to), and `recover` takes it back for
+/// lifeboat once an admin token works.
+#[tokio::test(flavor = "multi_thread")]
+async fn lifeboats_own_id_lost_without_a_shared_secret_is_held_and_recover_takes_it_back() {
+    let synapse = TestSynapse::start();
+    let registry = TestDatabase::sqlite();
+    let person = unique("tern");
+    synapse.create_user(&person, &[]).await;
+    synapse.create_user("lifeboat", &[]).await;
+    let mut lifeboat =
+        Lifeboat::for_synapse(&synapse.url, &synapse.server_name, &synapse.admin_token(), &registry.url());
+    assert_eq!(lifeboat.run(&["sync"]).await.code, 0);
+    synapse.wipe();
+    let token = synapse.register_admin(&unique("root"));
+    lifeboat.set_env("LIFEBOAT__HOMESERVER__ADMIN_TOKEN", &token);
+    assert_eq!(lifeboat.run(&["sync"]).await.code, 0, "everyone missing, lifeboat too");
+
+    let made = lifeboat.run(&["holds", "make"]).await;
+    assert_eq!(made.code, 0, "{made:?}");
+    let own = synapse.user_id("lifeboat");
+    assert!(all_in(&lifeboat, "held", &[own.clone(), synapse.user_id(&person)]).await, "{made:?}");
+    assert_eq!(synapse.user("lifeboat").await["locked"], true, "nobody can register it or log in");
+
+    let taken_back = lifeboat.run(&["recover"]).await;
+    assert_eq!(taken_back.code, 0, "{taken_back:?}");
+    assert!(taken_back.stdout.contains("is lifeboat's again"), "{taken_back:?}");
+    let again = lifeboat.run(&["recover", "--json"]).await.json();
+    assert_eq!(again, serde_json::json!({"outcome": "already_working", "source": "recovered"}), "its own token works");
+    let own_account = synapse.user("lifeboat").await;
+    assert_eq!((&own_account["locked"], &own_account["admin"]), (&false.into(), &true.into()), "{own_account}");
+    let synced = lifeboat.run(&["sync"]).await;
+    assert_eq!(synced.code, 0, "{synced:?}");
+    let held = ids_in(&lifeboat, "held").await;
+    assert!(
+        held.contains(&synapse.user_id(&person)) && !held.contains(&own),
+        "lifeboat's own is no hold now: {held:?}"
+    );
+    assert!(ids_in(&lifeboat, "recreated").await.is_empty(), "nor a stranger's");
 }
 
 /// [`Lifeboat::recovering`] with `[email]` on `smtp`.

@@ -372,22 +372,18 @@ on_both_backends!(an_id_an_operator_hands_back_before_any_listing_stays_its_pers
 async fn a_held_id_is_never_taken_for_a_recreated_one_and_is_claimed_once(registry: Registry) {
     sync_listing(&registry, &[user("@a:x", 1), user("@b:x", 1)]).await;
     sync_listing(&registry, &[user("@a:x", 1)]).await;
-    let candidates = registry.hold_candidates(&id("@lifeboat:x"), false).await.unwrap();
+    let candidates = registry.hold_candidates(false).await.unwrap();
     assert_eq!(candidates.iter().map(|c| c.user_id.as_str()).collect::<Vec<_>>(), ["@b:x"]);
     registry.begin_hold(&id("@b:x")).await.unwrap();
-    assert_eq!(registry.hold_candidates(&id("@lifeboat:x"), false).await.unwrap()[0].begun_before, 1, "resumable");
+    assert_eq!(registry.hold_candidates(false).await.unwrap()[0].begun_before, 1, "resumable");
     // The run was killed after Synapse made the account, and a listing
     // showed it before the rerun: still resumable, not stuck half-held.
     sync_listing(&registry, &[user("@a:x", 1), user("@b:x", 5)]).await;
-    assert_eq!(
-        registry.hold_candidates(&id("@lifeboat:x"), false).await.unwrap()[0].begun_before,
-        1,
-        "still resumable"
-    );
+    assert_eq!(registry.hold_candidates(false).await.unwrap()[0].begun_before, 1, "still resumable");
     assert!(registry.hold_under_way(&id("@b:x")).await.unwrap(), "no hand-over until the hold is made");
     registry.mark_held(&id("@b:x"), Some(5_000), true).await.unwrap();
     assert!(!registry.hold_under_way(&id("@b:x")).await.unwrap());
-    assert!(registry.hold_candidates(&id("@lifeboat:x"), false).await.unwrap().is_empty());
+    assert!(registry.hold_candidates(false).await.unwrap().is_empty());
     let due = registry.held_names_due().await.unwrap();
     assert_eq!(due, [(id("@b:x"), "@b:x".to_owned())], "its display name is still to restore");
 
@@ -420,7 +416,7 @@ async fn a_held_id_is_never_taken_for_a_recreated_one_and_is_claimed_once(regist
     // A second loss: missing again, and held anew.
     sync_listing(&registry, &[user("@a:x", 1)]).await;
     assert_eq!(registry.account(&id("@b:x")).await.unwrap().unwrap().state, AccountState::Missing);
-    assert_eq!(registry.hold_candidates(&id("@lifeboat:x"), false).await.unwrap().len(), 1);
+    assert_eq!(registry.hold_candidates(false).await.unwrap().len(), 1);
     registry.begin_hold(&id("@b:x")).await.unwrap();
     registry.mark_held(&id("@b:x"), Some(20_000), false).await.unwrap();
     let held_again = sync_listing(&registry, &[user("@a:x", 1), user("@b:x", 20)]).await;
@@ -447,7 +443,7 @@ async fn a_hold_made_while_a_listing_was_read_is_not_lost_by_that_listing(regist
     registry.apply_listing(run, 0.5, &Actor::cli()).await.unwrap();
     let b = registry.account(&id("@b:x")).await.unwrap().unwrap();
     assert_eq!(b.state, AccountState::Held, "the older listing cannot say the hold is gone");
-    assert!(registry.hold_candidates(&id("@lifeboat:x"), false).await.unwrap().is_empty(), "not held a second time");
+    assert!(registry.hold_candidates(false).await.unwrap().is_empty(), "not held a second time");
     // The next listing that should show it and does not: lost again.
     tokio::time::sleep(std::time::Duration::from_millis(5)).await;
     sync_listing(&registry, &[user("@a:x", 1)]).await;
@@ -743,7 +739,6 @@ on_both_backends!(a_person_waits_for_a_surviving_room_while_another_members_id_i
 /// a name it no longer allows) holds no surviving room back, and is not
 /// tried again by every hold run; it is once lost again, or when asked.
 async fn a_former_member_whose_id_synapse_refuses_to_create_holds_no_room_back(registry: Registry) {
-    let service = id("@lifeboat:x");
     sync_listing(&registry, &[user("@a:x", 1), user("@b:x", 1)]).await;
     registry.apply_room_listing(&[room("!shared", 2, &[("@a:x", 0), ("@b:x", 0)])]).await.unwrap();
     sync_listing(&registry, &[]).await;
@@ -754,19 +749,19 @@ async fn a_former_member_whose_id_synapse_refuses_to_create_holds_no_room_back(r
     registry.refuse_hold(&id("@b:x"), "M_EXCLUSIVE").await.unwrap();
     assert_eq!(registry.room("!shared").await.unwrap().unwrap().free, 0);
     assert_eq!(registry.pending_rejoins(false, true).await.unwrap().len(), 1, "nobody can take @b's ID");
-    assert!(registry.hold_candidates(&service, false).await.unwrap().is_empty(), "not tried again by itself");
+    assert!(registry.hold_candidates(false).await.unwrap().is_empty(), "not tried again by itself");
     let listed = registry.holds().await.unwrap();
     let b = listed.iter().find(|hold| hold.user_id.as_str() == "@b:x");
     assert_eq!(b.and_then(|b| b.hold_refused.as_deref()), Some("M_EXCLUSIVE"), "{listed:?}");
 
-    assert_eq!(registry.hold_candidates(&service, true).await.unwrap().len(), 1, "asked to try again");
-    assert!(registry.hold_candidates(&service, false).await.unwrap().is_empty(), "refused until begun again");
+    assert_eq!(registry.hold_candidates(true).await.unwrap().len(), 1, "asked to try again");
+    assert!(registry.hold_candidates(false).await.unwrap().is_empty(), "refused until begun again");
     assert!(registry.begin_hold(&id("@b:x")).await.unwrap());
     registry.refuse_hold(&id("@b:x"), "M_EXCLUSIVE").await.unwrap();
     sync_listing(&registry, &[user("@a:x", 2)]).await;
-    assert!(registry.hold_candidates(&service, false).await.unwrap().is_empty(), "nothing new lost");
+    assert!(registry.hold_candidates(false).await.unwrap().is_empty(), "nothing new lost");
     sync_listing(&registry, &[]).await;
-    let candidates = registry.hold_candidates(&service, false).await.unwrap();
+    let candidates = registry.hold_candidates(false).await.unwrap();
     assert!(candidates.iter().any(|c| c.user_id.as_str() == "@b:x"), "a new loss (@a): tried again");
 }
 on_both_backends!(a_former_member_whose_id_synapse_refuses_to_create_holds_no_room_back);
