@@ -18,7 +18,7 @@ use crate::links::LINK_KEY;
 use crate::mail::Mailer;
 use crate::notice::{DM_CONTENT_BUDGET, dm_content_bytes};
 use crate::notify::{NoticeSettings, NotifyError, NotifyProgress, Transport, send_deliveries};
-use crate::recover::{RecoverError, admin_access, recover, renew_own_token, service_user_id, take_back_own_id_if_held};
+use crate::recover::{RecoverError, admin_access, recover, renew_own_token, service_user_id};
 use crate::registry::{self, Actor, DeliveryChannel, DeliveryCounts, Incident, IncidentScope, Registry};
 use crate::session::store_passphrase;
 use crate::synapse::{self, SynapseClient};
@@ -548,8 +548,6 @@ impl DmAccount {
         admin: &SynapseClient,
         actor: &Actor,
     ) -> Result<Option<DmAccount>, String> {
-        // Held since a loss (no shared secret re-created it): lifeboat's again first.
-        take_back_own_id_if_held(config, registry, admin, actor).await.map_err(|err| err.to_string())?;
         let service = service_user_id(config);
         let stored = registry.service_credential(&service).await.map_err(|err| err.to_string())?;
         let recovered = stored.is_some();

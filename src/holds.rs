@@ -27,6 +27,7 @@ use crate::config::{Config, HoldPolicy, RecoveryMode};
 use crate::email::EmailAddress;
 use crate::lease::{Held, Lease};
 use crate::links::ClaimLink;
+use crate::recover::service_user_id;
 use crate::registry::{self, Account, AccountState, Actor, HoldCandidate, OldName, Registry, now_ms};
 use crate::synapse::{self, Creation, SynapseClient, ThreePid, UserDetails};
 use crate::user_id::UserId;
@@ -65,6 +66,8 @@ pub struct HoldReport {
     pub unregistrable: Vec<UserId>,
     /// Stopped early: the holds begun were finished, the rest wait for the next run.
     pub stopped: bool,
+    /// lifeboat's own ID, lost too: made lifeboat's again, not held.
+    pub own_made_again: Option<UserId>,
 }
 
 impl HoldReport {
@@ -74,6 +77,7 @@ impl HoldReport {
             && self.failed.is_empty()
             && self.unregistrable.is_empty()
             && !self.stopped
+            && self.own_made_again.is_none()
     }
 
     pub fn summary(&self) -> String {
@@ -94,6 +98,9 @@ impl HoldReport {
                 self.unregistrable.len(),
                 crate::plural::id_list(&self.unregistrable, 10)
             ));
+        }
+        if let Some(own) = &self.own_made_again {
+            text.push_str(&format!("; lifeboat's own account {own}, lost too, is lifeboat's again"));
         }
         if self.stopped {
             text.push_str("; stopped before the rest, which the next run holds");
@@ -184,6 +191,7 @@ pub async fn hold_lost_ids(
     // One run at a time across processes: a second would find an ID the
     // first just created existing, and record lifeboat's hold as a stranger's.
     let work = async {
+        let own_id = &service_user_id(config);
         let mut candidates = registry.hold_candidates(retry_refused).await?;
         let bot_admins = config.bot.as_ref().map_or(&[][..], |bot| bot.admins.as_slice());
         // When IDs were lost, the bot's admin IDs no listing saw (made after
@@ -207,7 +215,8 @@ pub async fn hold_lost_ids(
             .take_while(|_| std::future::ready(!stop.is_cancelled() && !refused.load(Ordering::Relaxed)))
             .map(|candidate| async move {
                 let user_id = candidate.user_id.clone();
-                (user_id, hold_one(registry, client, candidate, actor).await)
+                let own = (user_id == *own_id).then_some(config);
+                (user_id, hold_one(registry, client, candidate, own, actor).await)
             })
             .buffer_unordered(HOLD_CONCURRENCY);
         let mut done = 0;
@@ -216,6 +225,7 @@ pub async fn hold_lost_ids(
             progress(done, total);
             match outcome {
                 Ok(Outcome::Held) => report.held.push(user_id),
+                Ok(Outcome::OwnMadeAgain) => report.own_made_again = Some(user_id),
                 Ok(Outcome::Taken) => report.taken.push(user_id),
                 Ok(Outcome::Failed(reason)) => report.failed.push((user_id, reason)),
                 Ok(Outcome::Unregistrable) => report.unregistrable.push(user_id),
@@ -251,6 +261,8 @@ fn admins_first(candidates: &mut [HoldCandidate], bot_admins: &[UserId]) {
 
 enum Outcome {
     Held,
+    /// lifeboat's own account is lifeboat's again ([`crate::recover::make_own_account_lifeboats`]).
+    OwnMadeAgain,
     Taken,
     Failed(String),
     NotAllowed,
@@ -269,10 +281,14 @@ fn settled_meanwhile() -> Outcome {
     Outcome::Failed("another hold run settled it meanwhile (`lifeboat holds list` shows how)".to_owned())
 }
 
+/// Holds one lost ID; `own` (the config) when it is lifeboat's own, which is
+/// made lifeboat's again instead of held: whoever registered it could write
+/// as lifeboat to everyone it ever wrote to.
 async fn hold_one(
     registry: &Registry,
     client: &SynapseClient,
     candidate: HoldCandidate,
+    own: Option<&Config>,
     actor: &Actor,
 ) -> Result<Outcome, registry::Error> {
     let user_id = &candidate.user_id;
@@ -293,8 +309,18 @@ async fn hold_one(
             Err(err) => return Ok(Outcome::Failed(err.to_string())),
         }
     }
+    // lifeboat's own account, made by an interrupted run or a recovery,
+    // takes the password only lifeboat knows.
+    let lifeboats = match (own, &creation) {
+        (Some(config), Ok(Creation::Existed)) => match crate::recover::own_login(config, registry).await {
+            Ok(login) => login.is_some(),
+            Err(err) => return Ok(Outcome::Failed(err.to_string())),
+        },
+        _ => false,
+    };
     let created_at_ms = match creation {
         Ok(Creation::Created { created_at_ms }) => created_at_ms,
+        Ok(Creation::Existed) if lifeboats => None,
         Ok(Creation::Existed) if resumed => match client.device_count(user_id.as_str()).await {
             // An interrupted run's account, unused: keep its creation time
             // as a fresh hold does (the registry's is the lost account's).
@@ -333,6 +359,15 @@ async fn hold_one(
             return Ok(Outcome::Failed(err.to_string()));
         }
     };
+    if let Some(config) = own {
+        return Ok(
+            match crate::recover::make_own_account_lifeboats(config, registry, client, created_at_ms, actor).await {
+                Ok(true) => Outcome::OwnMadeAgain,
+                Ok(false) => settled_meanwhile(),
+                Err(err) => Outcome::Failed(err.to_string()),
+            },
+        );
+    }
     let free = match free_emails(registry, client, user_id).await {
         Ok(free) => free,
         Err(HandOverError::Registry(err)) => return Err(err),
@@ -712,16 +747,6 @@ async fn free_emails(
     Ok(free)
 }
 
-/// Whether an account handed back is a server admin.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum AdminFlag {
-    /// As it was before the loss.
-    AsBefore,
-    /// An admin whatever it was: lifeboat's own, whose token is lifeboat's
-    /// admin token from then on (as after a shared-secret recovery).
-    Admin,
-}
-
 /// An operator on the lifeboat host gives an ID to its person: held, or
 /// taken by someone lifeboat could not vouch for (whose devices are logged
 /// out). Afterwards the ID is trusted again. `seen` is the account as the
@@ -732,7 +757,6 @@ pub async fn hand_back(
     client: &SynapseClient,
     seen: &Account,
     password: &SecretString,
-    admin: AdminFlag,
     actor: &Actor,
 ) -> Result<(), HandOverError> {
     let user_id = &seen.user_id;
@@ -748,7 +772,7 @@ pub async fn hand_back(
         if !unchanged {
             return Err(HandOverError::NoLongerHeld(user_id.to_string()));
         }
-        let was_admin = admin == AdminFlag::Admin || account.as_ref().is_some_and(|account| account.admin);
+        let was_admin = account.as_ref().is_some_and(|account| account.admin);
         let name = account.as_ref().and_then(Account::display_name_to_restore);
         let emails = free_emails(registry, client, user_id).await?;
         client.hand_over_account(user_id.as_str(), password, was_admin, name, &emails).await?;

@@ -1,14 +1,13 @@
 //! Getting back in: which admin token works, and re-creating lifeboat's
-//! own service account through the shared secret after a database wipe (or
-//! taking it back from its hold, when a wipe was not undone that way).
+//! own service account after a database wipe: through the shared secret,
+//! or, as a hold run finds it lost, through the admin API.
 
 use secrecy::ExposeSecret;
 use serde::Serialize;
 
 use crate::check::WORKING_TOKEN_SETTING;
 use crate::config::Config;
-use crate::holds::{AdminFlag, HandOverError, hand_back};
-use crate::registry::{self, AccountState, Actor, CredentialFrom, Registry, SERVICE_PASSWORD_SETTING};
+use crate::registry::{self, Actor, CredentialFrom, Registry, SERVICE_PASSWORD_SETTING};
 use crate::synapse::{self, Registered, SharedSecretError, SynapseClient};
 use crate::user_id::UserId;
 
@@ -61,10 +60,8 @@ pub enum RecoverError {
     Foreign { user_id: String },
     #[error("cannot recover: {0}")]
     SharedSecret(#[from] SharedSecretError),
-    #[error("cannot take lifeboat's own ID back from its hold: {0}")]
-    TakeBack(#[from] HandOverError),
-    #[error("{user_id} refused the password lifeboat has just set on it: run `lifeboat recover` again")]
-    TakenBackLoginRefused { user_id: String },
+    #[error("{user_id} refused the password lifeboat has just set on it; the next hold run tries again")]
+    OwnPasswordRefused { user_id: String },
     #[error(transparent)]
     Synapse(#[from] synapse::Error),
     #[error(transparent)]
@@ -78,9 +75,6 @@ pub enum RecoverOutcome {
     AlreadyWorking { source: TokenSource },
     /// The service account was re-created; its token is in the registry.
     Recovered { user_id: String },
-    /// lifeboat's own ID, lost and then held like any lost ID, is lifeboat's
-    /// again; its token is in the registry.
-    TakenBack { user_id: String },
 }
 
 /// lifeboat's one Matrix identity: `bot.user_id`, else `@lifeboat:<server>`.
@@ -156,16 +150,9 @@ pub async fn renew_own_token(
 }
 
 /// After a wipe: registers the service account again as an admin with the
-/// shared secret and keeps its token in the registry. While a configured
-/// token works, takes lifeboat's own ID back if it was held (a wipe nobody
-/// recovered from that way); otherwise a no-op.
+/// shared secret and keeps its token in the registry; a no-op while a token works.
 pub async fn recover(config: &Config, registry: &Registry, actor: &Actor) -> Result<RecoverOutcome, RecoverError> {
     let base = match admin_access(config, registry).await? {
-        // lifeboat's own token working means its account is there: nothing held.
-        AdminAccess::Working { client, source: TokenSource::Config } => {
-            let taken_back = take_back_own_id_if_held(config, registry, &client, actor).await?;
-            return Ok(taken_back.unwrap_or(RecoverOutcome::AlreadyWorking { source: TokenSource::Config }));
-        }
         AdminAccess::Working { source, .. } => return Ok(RecoverOutcome::AlreadyWorking { source }),
         AdminAccess::Dead { client } => client,
     };
@@ -189,45 +176,60 @@ pub async fn recover(config: &Config, registry: &Registry, actor: &Actor) -> Res
         }
         Err(err) => return Err(err.into()),
     };
-    keep_own_login(registry, &user_id, &registered, actor).await?;
+    keep_own_login(registry, &user_id, &registered, CredentialFrom::Recovery, actor).await?;
     registry.own_account_recreated(&user_id).await?;
     lift_rate_limit(&base.with_token(registered.access_token.clone()), &user_id).await;
     Ok(RecoverOutcome::Recovered { user_id: registered.user_id })
 }
 
-/// lifeboat's own ID, if it is held for it like any lost ID: handed back to
-/// lifeboat as to any person (every device logged out), as an admin (its
-/// token is taken for an admin token, as after a shared-secret recovery),
-/// with a password only lifeboat knows, and its token kept.
-pub async fn take_back_own_id_if_held(
+/// A login to lifeboat's own account with the password only lifeboat knows
+/// (set by `recover` or a hold run): if it works, the account is lifeboat's,
+/// whichever of them made it.
+pub async fn own_login(config: &Config, registry: &Registry) -> Result<Option<Registered>, RecoverError> {
+    let Some(password) = registry.setting(SERVICE_PASSWORD_SETTING).await? else { return Ok(None) };
+    let base = SynapseClient::from_config(&config.homeserver);
+    Ok(base.login_with_password(service_user_id(config).localpart(), &password.into(), None).await?)
+}
+
+/// lifeboat's own ID, lost (a wipe the shared secret did not undo first) and
+/// made again create-only by a hold run (at `created_at_ms`; `None`: made
+/// before, by an interrupted run or a recovery): made lifeboat's as a
+/// recovery makes it (an admin, with the password only lifeboat knows,
+/// every device logged out), its token kept, and recorded as its own.
+/// `false`: another hold run settled it meanwhile.
+pub async fn make_own_account_lifeboats(
     config: &Config,
     registry: &Registry,
     admin: &SynapseClient,
+    created_at_ms: Option<i64>,
     actor: &Actor,
-) -> Result<Option<RecoverOutcome>, RecoverError> {
-    let own = registry.account(&service_user_id(config)).await?;
-    let Some(held) = own.filter(|own| own.state == AccountState::Held) else { return Ok(None) };
-    let user_id = &held.user_id;
+) -> Result<bool, RecoverError> {
+    let user_id = service_user_id(config);
     let password = registry.generated_secret(SERVICE_PASSWORD_SETTING).await?;
-    hand_back(registry, admin, &held, &password, AdminFlag::Admin, actor).await?;
+    admin.hand_over_account(user_id.as_str(), &password, true, None, &[]).await?;
     let base = SynapseClient::from_config(&config.homeserver);
     let Some(login) = base.login_with_password(user_id.localpart(), &password, None).await? else {
-        return Err(RecoverError::TakenBackLoginRefused { user_id: user_id.to_string() });
+        return Err(RecoverError::OwnPasswordRefused { user_id: user_id.to_string() });
     };
-    keep_own_login(registry, user_id, &login, actor).await?;
-    lift_rate_limit(admin, user_id).await;
-    Ok(Some(RecoverOutcome::TakenBack { user_id: user_id.to_string() }))
+    // The token first: a run stopped before the record below is resumed.
+    keep_own_login(registry, &user_id, &login, CredentialFrom::HoldRun, actor).await?;
+    if !registry.mark_own_made_again(&user_id, created_at_ms).await? {
+        return Ok(false);
+    }
+    lift_rate_limit(admin, &user_id).await;
+    Ok(true)
 }
 
 async fn keep_own_login(
     registry: &Registry,
     user_id: &UserId,
     login: &Registered,
+    from: CredentialFrom,
     actor: &Actor,
 ) -> Result<(), registry::Error> {
     let token = login.access_token.expose_secret();
     let device = login.device_id.as_deref();
-    registry.store_service_credential(user_id, token, device, CredentialFrom::Recovery, actor).await
+    registry.store_service_credential(user_id, token, device, from, actor).await
 }
 
 /// Mass DMs from a throttled account would crawl; a wipe lost any override.

@@ -8,7 +8,7 @@ use secrecy::{ExposeSecret, SecretString};
 
 use crate::config::{BotConfig, Config};
 use crate::dm::{AttachBot, CryptoStore, Devices, Login, Syncing};
-use crate::recover::{RecoverError, RecoverOutcome, recover, service_user_id};
+use crate::recover::{RecoverOutcome, recover, service_user_id};
 use crate::registry::{Actor, Registry};
 use crate::session::{SESSION_SETTING, StoredSession, store_passphrase};
 use crate::synapse::{self, SynapseClient};
@@ -71,8 +71,8 @@ pub async fn existing_credentials(
 }
 
 /// Tries, in order: [`existing_credentials`] (forgetting a dead stored
-/// session), then a password login; when every one is rejected, recovers
-/// the account (through the shared secret, or from its hold).
+/// session), then a password login; when every one is rejected and a
+/// shared secret is configured, recovers the account.
 pub async fn credentials(
     config: &Config,
     bot: &BotConfig,
@@ -107,22 +107,22 @@ pub async fn credentials(
             recovered: false,
         });
     }
+    if config.homeserver.registration_shared_secret.is_none() {
+        bail!(
+            "the bot cannot log in as {me}: set bot.password or bot.access_token to working credentials, or homeserver.registration_shared_secret so lifeboat can re-create its account after a wipe"
+        );
+    }
     let _guard = recover_lock.lock().await;
     // The watcher may have recovered while this waited for the lock.
     if let Some(login) = recovered(&base, registry, &me).await? {
         return Ok(login);
     }
-    match recover(config, registry, &Actor::service("bot")).await {
-        Ok(RecoverOutcome::Recovered { .. } | RecoverOutcome::TakenBack { .. }) => {}
-        // No wipe, or none lifeboat can undo by itself.
-        Ok(RecoverOutcome::AlreadyWorking { .. }) | Err(RecoverError::NoSecret) => {
-            let hint = match config.homeserver.registration_shared_secret {
-                Some(_) => "",
-                None => ", or homeserver.registration_shared_secret so lifeboat can re-create its account after a wipe",
-            };
-            bail!("the bot cannot log in as {me}: set bot.password or bot.access_token to working credentials{hint}");
-        }
-        Err(err) => bail!("the bot's credentials are rejected and recovery failed: {err}"),
+    let outcome = recover(config, registry, &Actor::service("bot"))
+        .await
+        .map_err(|err| anyhow!("the bot's credentials are rejected and recovery failed: {err}"))?;
+    if let RecoverOutcome::AlreadyWorking { .. } = outcome {
+        // No wipe: recovery re-creates lifeboat's account only after one.
+        bail!("the bot cannot log in as {me}: set bot.password or bot.access_token to working credentials");
     }
     recovered(&base, registry, &me).await?.ok_or_else(|| anyhow!("the recovered credentials do not work yet"))
 }

@@ -10,7 +10,7 @@ use super::output::{print_json, show_progress, time};
 use super::{Context, Failure, Outcome, exit};
 use tokio_util::sync::CancellationToken;
 
-use crate::holds::{AdminFlag, hand_back, hold_lost_ids, password_problem, release, restore_held_names};
+use crate::holds::{hand_back, hold_lost_ids, password_problem, release, restore_held_names};
 use crate::registry::{Account, AccountState, Actor};
 use crate::user_id::UserId;
 
@@ -167,9 +167,7 @@ pub async fn run(context: &Context, command: Command) -> Outcome {
             }
             let password = read_new_password(user_id.as_str()).await?;
             let client = context.admin_client_recovering(&config, &registry).await?;
-            hand_back(&registry, &client, &account, &password, AdminFlag::AsBefore, &Actor::cli())
-                .await
-                .map_err(Failure::failed)?;
+            hand_back(&registry, &client, &account, &password, &Actor::cli()).await.map_err(Failure::failed)?;
             println!(
                 "{user_id} is its person's again: sign in with the new password at {} (every other session was logged out).",
                 config.homeserver.public_url

@@ -32,12 +32,6 @@ pub async fn run(context: &Context, args: Args) -> Outcome {
             println!("Its new token is kept in the registry; sync, check and notify use it from now on.");
             println!("Next: `lifeboat sync` to record the loss, then `lifeboat incident open`.");
         }
-        RecoverOutcome::TakenBack { user_id } => {
-            println!(
-                "lifeboat's own ID {user_id}, held since the loss, is lifeboat's again, with a password only it knows."
-            );
-            println!("Its new token is kept in the registry; the bot logs in with it.");
-        }
     }
     Ok(exit::OK)
 }

@@ -17,6 +17,8 @@ pub enum CredentialFrom {
     Recovery,
     /// A login when the token lifeboat kept had expired.
     Renewal,
+    /// A hold run made lifeboat's own account again after a loss.
+    HoldRun,
 }
 
 /// The service account's access token obtained by recovery.
@@ -54,6 +56,7 @@ impl Registry {
         let (action, detail) = match got {
             CredentialFrom::Recovery => ("recover", "service account re-created by shared secret"),
             CredentialFrom::Renewal => ("credential.renew", "lifeboat's expired token renewed by logging in again"),
+            CredentialFrom::HoldRun => ("recover", "service account made again by a hold run through the admin API"),
         };
         let store = sqlx::query(
             "INSERT INTO service_credentials (user_id, access_token, device_id, obtained_at) VALUES ($1, $2, $3, $4) \

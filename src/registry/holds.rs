@@ -171,6 +171,22 @@ impl Registry {
         Ok(held.rows_affected() == 1)
     }
 
+    /// lifeboat's own account, made again by a hold run as [`Self::mark_held`] makes a person's,
+    /// is lifeboat's own again, not held: nobody claims it, and it is no stranger's.
+    pub async fn mark_own_made_again(&self, user_id: &UserId, created_at_ms: Option<i64>) -> Result<bool> {
+        let made = sqlx::query(
+            "UPDATE accounts SET custody = NULL, custody_at = NULL, state = 'present', \
+                    synapse_created_at = $3, last_seen_present_at = $2, recreated_at = NULL \
+             WHERE user_id = $1 AND custody = 'holding'",
+        )
+        .bind(user_id)
+        .bind(now_ms())
+        .bind(created_at_ms)
+        .execute(&self.pool)
+        .await?;
+        Ok(made.rows_affected() == 1)
+    }
+
     /// Held accounts whose display name is still to be restored, with it,
     /// oldest hold first.
     pub async fn held_names_due(&self) -> Result<Vec<(UserId, String)>> {

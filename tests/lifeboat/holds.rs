@@ -692,15 +692,7 @@ async fn an_id_handed_back_from_a_stranger_keeps_none_of_the_strangers_ways_in()
     assert_eq!(synapse.user(&person).await["deactivated"], false);
     // Nor does a second hand-back, asked for while the ID was still taken,
     // set another password over the one its person chose meanwhile.
-    let again = lifeboat::holds::hand_back(
-        &store,
-        &client,
-        &seen_before,
-        &"operator-pass-1".into(),
-        lifeboat::holds::AdminFlag::AsBefore,
-        &actor,
-    )
-    .await;
+    let again = lifeboat::holds::hand_back(&store, &client, &seen_before, &"operator-pass-1".into(), &actor).await;
     assert!(again.is_err_and(|err| err.to_string().contains("no longer held")));
     assert_eq!(synapse.login(&person, "a-long-enough-passphrase").await.0, 200, "the person's password stands");
 }
@@ -887,11 +879,11 @@ async fn a_lost_id_synapse_makes_for_nobody_holds_no_notice_back_and_its_person_
 }
 
 /// lifeboat's own ID, lost in a wipe nobody undid through the shared
-/// secret, is held like any lost ID (whoever registered it could write as
-/// lifeboat to everyone it ever wrote to), and `recover` takes it back for
-/// lifeboat once an admin token works.
+/// secret, is taken by the hold run like any lost ID (whoever registered it
+/// could write as lifeboat to everyone it ever wrote to), and made
+/// lifeboat's again rather than held: its token works, and is kept.
 #[tokio::test(flavor = "multi_thread")]
-async fn lifeboats_own_id_lost_without_a_shared_secret_is_held_and_recover_takes_it_back() {
+async fn lifeboats_own_id_lost_without_a_shared_secret_is_made_lifeboats_again_by_the_hold_run() {
     let synapse = TestSynapse::start();
     let registry = TestDatabase::sqlite();
     let person = unique("tern");
@@ -908,23 +900,16 @@ async fn lifeboats_own_id_lost_without_a_shared_secret_is_held_and_recover_takes
     let made = lifeboat.run(&["holds", "make"]).await;
     assert_eq!(made.code, 0, "{made:?}");
     let own = synapse.user_id("lifeboat");
-    assert!(all_in(&lifeboat, "held", &[own.clone(), synapse.user_id(&person)]).await, "{made:?}");
-    assert_eq!(synapse.user("lifeboat").await["locked"], true, "nobody can register it or log in");
-
-    let taken_back = lifeboat.run(&["recover"]).await;
-    assert_eq!(taken_back.code, 0, "{taken_back:?}");
-    assert!(taken_back.stdout.contains("is lifeboat's again"), "{taken_back:?}");
-    let again = lifeboat.run(&["recover", "--json"]).await.json();
-    assert_eq!(again, serde_json::json!({"outcome": "already_working", "source": "recovered"}), "its own token works");
+    assert!(made.stdout.contains(&format!("lifeboat's own account {own}, lost too, is lifeboat's again")), "{made:?}");
     let own_account = synapse.user("lifeboat").await;
     assert_eq!((&own_account["locked"], &own_account["admin"]), (&false.into(), &true.into()), "{own_account}");
+    let recovered = lifeboat.run(&["recover", "--json"]).await.json();
+    let its_own_token_works = serde_json::json!({"outcome": "already_working", "source": "recovered"});
+    assert_eq!(recovered, its_own_token_works);
     let synced = lifeboat.run(&["sync"]).await;
     assert_eq!(synced.code, 0, "{synced:?}");
     let held = ids_in(&lifeboat, "held").await;
-    assert!(
-        held.contains(&synapse.user_id(&person)) && !held.contains(&own),
-        "lifeboat's own is no hold now: {held:?}"
-    );
+    assert!(held.contains(&synapse.user_id(&person)) && !held.contains(&own), "lifeboat's own is no hold: {held:?}");
     assert!(ids_in(&lifeboat, "recreated").await.is_empty(), "nor a stranger's");
 }
 
