@@ -310,17 +310,16 @@ async fn hold_one(
         }
     }
     // lifeboat's own account, made by an interrupted run or a recovery,
-    // takes the password only lifeboat knows.
-    let lifeboats = match (own, &creation) {
-        (Some(config), Ok(Creation::Existed)) => match crate::recover::own_login(config, registry).await {
-            Ok(login) => login.is_some(),
+    // takes the password only lifeboat knows: it is kept as it is.
+    if let (Some(config), Ok(Creation::Existed)) = (own, &creation) {
+        match crate::recover::own_login(config, registry).await {
+            Ok(Some(login)) => return Ok(own_made_again(config, registry, client, Some(login), None, actor).await),
+            Ok(None) => {}
             Err(err) => return Ok(Outcome::Failed(err.to_string())),
-        },
-        _ => false,
-    };
+        }
+    }
     let created_at_ms = match creation {
         Ok(Creation::Created { created_at_ms }) => created_at_ms,
-        Ok(Creation::Existed) if lifeboats => None,
         Ok(Creation::Existed) if resumed => match client.device_count(user_id.as_str()).await {
             // An interrupted run's account, unused: keep its creation time
             // as a fresh hold does (the registry's is the lost account's).
@@ -360,13 +359,7 @@ async fn hold_one(
         }
     };
     if let Some(config) = own {
-        return Ok(
-            match crate::recover::make_own_account_lifeboats(config, registry, client, created_at_ms, actor).await {
-                Ok(true) => Outcome::OwnMadeAgain,
-                Ok(false) => settled_meanwhile(),
-                Err(err) => Outcome::Failed(err.to_string()),
-            },
-        );
+        return Ok(own_made_again(config, registry, client, None, created_at_ms, actor).await);
     }
     let free = match free_emails(registry, client, user_id).await {
         Ok(free) => free,
@@ -382,6 +375,22 @@ async fn hold_one(
     }
     tracing::info!(%user_id, "held a lost ID for its owner");
     Ok(Outcome::Held)
+}
+
+/// [`crate::recover::make_own_account_lifeboats`], as a hold's outcome.
+async fn own_made_again(
+    config: &Config,
+    registry: &Registry,
+    client: &SynapseClient,
+    logged_in: Option<synapse::Registered>,
+    created_at_ms: Option<i64>,
+    actor: &Actor,
+) -> Outcome {
+    match crate::recover::make_own_account_lifeboats(config, registry, client, logged_in, created_at_ms, actor).await {
+        Ok(true) => Outcome::OwnMadeAgain,
+        Ok(false) => settled_meanwhile(),
+        Err(err) => Outcome::Failed(err.to_string()),
+    }
 }
 
 /// Can the unused account found where an interrupted hold run was making

@@ -192,24 +192,30 @@ pub async fn own_login(config: &Config, registry: &Registry) -> Result<Option<Re
 }
 
 /// lifeboat's own ID, lost (a wipe the shared secret did not undo first) and
-/// made again create-only by a hold run (at `created_at_ms`; `None`: made
-/// before, by an interrupted run or a recovery): made lifeboat's as a
-/// recovery makes it (an admin, with the password only lifeboat knows,
-/// every device logged out), its token kept, and recorded as its own.
-/// `false`: another hold run settled it meanwhile.
+/// taken by a hold run: an account the run made create-only (at
+/// `created_at_ms`) is made lifeboat's as a recovery makes one (an admin,
+/// with the password only lifeboat knows); one lifeboat is `logged_in` to
+/// already (made by an interrupted run or a recovery) stays as it is. Its
+/// token is kept, and the ID recorded as lifeboat's own. `false`: another
+/// hold run settled it meanwhile.
 pub async fn make_own_account_lifeboats(
     config: &Config,
     registry: &Registry,
     admin: &SynapseClient,
+    logged_in: Option<Registered>,
     created_at_ms: Option<i64>,
     actor: &Actor,
 ) -> Result<bool, RecoverError> {
     let user_id = service_user_id(config);
-    let password = registry.generated_secret(SERVICE_PASSWORD_SETTING).await?;
-    admin.hand_over_account(user_id.as_str(), &password, true, None, &[]).await?;
-    let base = SynapseClient::from_config(&config.homeserver);
-    let Some(login) = base.login_with_password(user_id.localpart(), &password, None).await? else {
-        return Err(RecoverError::OwnPasswordRefused { user_id: user_id.to_string() });
+    let login = match logged_in {
+        Some(login) => login,
+        None => {
+            let password = registry.generated_secret(SERVICE_PASSWORD_SETTING).await?;
+            admin.hand_over_account(user_id.as_str(), &password, true, None, &[]).await?;
+            let base = SynapseClient::from_config(&config.homeserver);
+            let login = base.login_with_password(user_id.localpart(), &password, None).await?;
+            login.ok_or_else(|| RecoverError::OwnPasswordRefused { user_id: user_id.to_string() })?
+        }
     };
     // The token first: a run stopped before the record below is resumed.
     keep_own_login(registry, &user_id, &login, CredentialFrom::HoldRun, actor).await?;
