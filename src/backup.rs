@@ -38,7 +38,8 @@ fn added_later(table: &str) -> usize {
 /// The tables kept, parents before children; their columns are read from
 /// the schema, so a new column is kept without anyone listing it here.
 /// Staged listings, leases, pending contact-verification codes and the web
-/// page's 30-minute links are run-time state and are not kept.
+/// page's 30-minute links are run-time state and are not kept, nor are the
+/// messages that carry those links and codes.
 const TABLES: &[&str] = &[
     "accounts",
     "contacts",
@@ -97,7 +98,10 @@ impl From<sqlx::Error> for BackupError {
 fn select_sql(table: &str, columns: &[Column]) -> String {
     let names: Vec<&str> = columns.iter().map(|column| column.name.as_str()).collect();
     let order: Vec<&str> = names.iter().copied().take(if table == "incident_accounts" { 2 } else { 1 }).collect();
-    format!("SELECT {} FROM {table} ORDER BY {}", names.join(", "), order.join(", "))
+    // The mail and DMs of the page's links and of codes: run-time state as
+    // their links and codes are, and each carries one.
+    let rows = if table == "deliveries" { " WHERE kind NOT IN ('link', 'code')" } else { "" };
+    format!("SELECT {} FROM {table}{rows} ORDER BY {}", names.join(", "), order.join(", "))
 }
 
 /// Every kept row, as the JSON lines a backup holds, in file order.

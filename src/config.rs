@@ -83,11 +83,18 @@ pub struct Secret {
     pub from_file: Option<PathBuf>,
 }
 
-#[derive(Debug, Clone)]
+#[derive(Clone)]
 pub struct RegistryConfig {
     /// `sqlite://…` or `postgres://…`, relative SQLite paths resolved against
     /// the config file's folder.
     pub url: String,
+}
+
+/// The URL may hold the database's password.
+impl std::fmt::Debug for RegistryConfig {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("RegistryConfig").field("url", &crate::redact::redact_url(&self.url)).finish()
+    }
 }
 
 #[derive(Debug, Clone)]
@@ -125,7 +132,8 @@ pub struct TokensConfig {
     pub expiry: Duration,
 }
 
-#[derive(Debug, Clone)]
+/// Debug by hand: `smtp_url` may hold the relay's password.
+#[derive(Clone)]
 pub struct EmailConfig {
     pub smtp_url: String,
     pub smtp_password: Option<Secret>,
@@ -133,6 +141,17 @@ pub struct EmailConfig {
     /// SMTP connections a notify run opens at once, each with one message
     /// in flight (default 8).
     pub connections: usize,
+}
+
+impl std::fmt::Debug for EmailConfig {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("EmailConfig")
+            .field("smtp_url", &crate::redact::redact_url(&self.smtp_url))
+            .field("smtp_password", &self.smtp_password)
+            .field("from", &self.from)
+            .field("connections", &self.connections)
+            .finish()
+    }
 }
 
 #[derive(Debug, Clone)]

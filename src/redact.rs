@@ -1,18 +1,17 @@
 //! Secrets kept out of what lifeboat prints: a URL's password.
 
 /// A URL fit for messages and logs (a registry's, an SMTP relay's): any
-/// password replaced.
+/// password replaced, in its user part or its query.
 pub fn redact_url(url: &str) -> String {
-    let Ok(mut parsed) = url::Url::parse(url) else { return redact_unparsed(url) };
-    if parsed.password().is_some() {
-        let _ = parsed.set_password(Some("REDACTED"));
-    }
-    let has_secret_query = parsed.query_pairs().any(|(name, _)| name.eq_ignore_ascii_case("password"));
-    if has_secret_query {
+    // Read as typed first: a password with a `/` in it (base64 makes them)
+    // ends the host part early for a parser, which then sees none.
+    let text = hide_user_password(url);
+    let Ok(mut parsed) = url::Url::parse(&text) else { return text };
+    if parsed.query_pairs().any(|(name, _)| is_secret_parameter(&name)) {
         let pairs: Vec<(String, String)> = parsed
             .query_pairs()
             .map(|(name, value)| {
-                let value = if name.eq_ignore_ascii_case("password") { "REDACTED".into() } else { value.into_owned() };
+                let value = if is_secret_parameter(&name) { "REDACTED".into() } else { value.into_owned() };
                 (name.into_owned(), value)
             })
             .collect();
@@ -21,15 +20,53 @@ pub fn redact_url(url: &str) -> String {
     parsed.to_string()
 }
 
-/// For text that is not even a URL: hide whatever sits between
-/// `scheme://user:` and `@`.
-fn redact_unparsed(text: &str) -> String {
+/// `password`, libpq's `sslpassword`, a mistyped `passwd`, a `secret` or a
+/// `token`: whatever a parameter's name says it holds.
+fn is_secret_parameter(name: &str) -> bool {
+    let name = name.to_ascii_lowercase();
+    ["pass", "secret", "token"].iter().any(|word| name.contains(word))
+}
+
+/// Hides whatever sits between `scheme://user:` and the last `@`: the user
+/// name holds no `/`, the password may hold anything.
+fn hide_user_password(text: &str) -> String {
     let Some(start) = text.find("://").map(|i| i + 3) else { return text.to_owned() };
-    let authority_end = text[start..].find('/').map(|i| start + i).unwrap_or(text.len());
-    match (text[start..authority_end].rfind('@'), text[start..authority_end].find(':')) {
-        (Some(at), Some(colon)) if colon < at => {
-            format!("{}REDACTED{}", &text[..start + colon + 1], &text[start + at..])
+    let rest = &text[start..];
+    let Some(colon) = rest.find(':') else { return text.to_owned() };
+    match rest.rfind('@') {
+        Some(at) if colon < at && !rest[..colon].contains('/') => {
+            format!("{}REDACTED{}", &text[..start + colon + 1], &rest[at..])
         }
         _ => text.to_owned(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::redact_url;
+
+    #[test]
+    fn a_password_is_hidden_whatever_it_holds() {
+        let shown = |url| redact_url(url);
+        assert_eq!(shown("postgres://lifeboat:s3cret@db/lifeboat"), "postgres://lifeboat:REDACTED@db/lifeboat");
+        assert_eq!(shown("postgres://lifeboat:Ab3/xY9@db/lifeboat"), "postgres://lifeboat:REDACTED@db/lifeboat");
+        // Digits then a slash parse as a port and a path, with no password.
+        assert_eq!(shown("postgres://u:1234/abc@h/db"), "postgres://u:REDACTED@h/db");
+        assert_eq!(shown("smtp://mail:p@ss@relay:587"), "smtp://mail:REDACTED@relay:587");
+    }
+
+    #[test]
+    fn a_query_parameter_named_for_a_secret_is_hidden() {
+        assert_eq!(
+            redact_url("postgres://db/lifeboat?sslmode=require&sslpassword=k3y&password=pw"),
+            "postgres://db/lifeboat?sslmode=require&sslpassword=REDACTED&password=REDACTED"
+        );
+    }
+
+    #[test]
+    fn a_url_without_a_password_is_shown_as_it_is() {
+        assert_eq!(redact_url("sqlite:///var/lib/lifeboat/a:b@c.db"), "sqlite:///var/lib/lifeboat/a:b@c.db");
+        assert_eq!(redact_url("postgres://db:5432/lifeboat"), "postgres://db:5432/lifeboat");
+        assert_eq!(redact_url("smtp://relay:25"), "smtp://relay:25");
     }
 }

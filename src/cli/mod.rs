@@ -335,13 +335,17 @@ pub(crate) async fn stop_on_signal(stop: tokio_util::sync::CancellationToken) {
 const QUIET_MATRIX_SDK: &str = "matrix_sdk::http_client=off,matrix_sdk_crypto::backups=error,\
     matrix_sdk_crypto::identities::manager=error,matrix_sdk::room::shared_room_history=error";
 
+/// sqlx warns of a PostgreSQL URL parameter it does not know with its
+/// value, which may be a secret (`sslpassword`, a mistyped `passwd`).
+const NO_URL_VALUES: &str = "sqlx_postgres::options=error";
+
 fn init_logging(verbose: u8) {
     let default = match verbose {
         // sqlx's pool warns about connections it drops; the query that
         // needed one reports the failure itself.
-        0 => format!("warn,sqlx::pool=off,{QUIET_MATRIX_SDK}"),
-        1 => format!("lifeboat=info,warn,{QUIET_MATRIX_SDK}"),
-        _ => "lifeboat=debug,info".to_owned(),
+        0 => format!("warn,sqlx::pool=off,{QUIET_MATRIX_SDK},{NO_URL_VALUES}"),
+        1 => format!("lifeboat=info,warn,{QUIET_MATRIX_SDK},{NO_URL_VALUES}"),
+        _ => format!("lifeboat=debug,info,{NO_URL_VALUES}"),
     };
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(default));

@@ -21,7 +21,7 @@ pub enum TlsMode {
 }
 
 /// A checked `email.smtp_url`.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Clone, PartialEq, Eq)]
 pub struct SmtpUrl {
     pub host: String,
     /// The port given, or the default for the TLS mode (25, 587, 465).
@@ -36,6 +36,13 @@ pub struct SmtpUrl {
     pub username: Option<String>,
     /// Percent-decoded password from the URL, if any.
     pub password: Option<String>,
+}
+
+/// Shown as [`SmtpUrl::redacted`] says it: never the password.
+impl std::fmt::Debug for SmtpUrl {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("SmtpUrl").field("redacted", &self.redacted).finish_non_exhaustive()
+    }
 }
 
 /// The error is one sentence that never repeats the password.

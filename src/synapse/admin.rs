@@ -15,8 +15,8 @@ pub struct Whoami {
     pub device_id: Option<String>,
 }
 
-/// A registration token as Synapse reports it.
-#[derive(Debug, Clone, Deserialize)]
+/// A registration token as Synapse reports it (Debug without the token).
+#[derive(Clone, Deserialize)]
 pub struct RegistrationToken {
     pub token: String,
     #[serde(default)]
@@ -25,6 +25,16 @@ pub struct RegistrationToken {
     pub completed: i64,
     /// Milliseconds.
     pub expiry_time: Option<i64>,
+}
+
+impl std::fmt::Debug for RegistrationToken {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("RegistrationToken")
+            .field("pending", &self.pending)
+            .field("completed", &self.completed)
+            .field("expiry_time", &self.expiry_time)
+            .finish_non_exhaustive()
+    }
 }
 
 /// Credentials of an account made through shared-secret registration.

@@ -47,7 +47,9 @@ pub enum Error {
 impl Error {
     /// The same error with `secret` (e.g. a token in a request path) hidden.
     pub fn hiding(self, secret: &str) -> Error {
-        let hide = |text: String| text.replace(secret, "[token]");
+        // As sent too: inside a path it is percent-encoded.
+        let encoded = super::urlencode(secret);
+        let hide = |text: String| text.replace(secret, "[token]").replace(&encoded, "[token]");
         match self {
             Error::Unavailable { url, detail, matrix_error } => {
                 Error::Unavailable { url, detail: hide(detail), matrix_error: matrix_error.map(hide) }

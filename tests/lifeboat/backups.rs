@@ -55,6 +55,34 @@ async fn lines(registry: &Registry) -> Vec<String> {
     lines
 }
 
+/// The mail of a web page's link, and of a code proving an address, are
+/// run-time state as the link and the code are: a backup keeps neither
+/// (whoever reads the file would have the link). An alert's is kept.
+#[tokio::test]
+async fn a_backup_keeps_no_message_carrying_a_pages_link_or_a_code() {
+    use lifeboat::outbox::queue_email;
+    use lifeboat::registry::MessageKind;
+    let database = TestDatabase::sqlite();
+    let registry = Registry::connect(&database.url()).await.unwrap();
+    let later = lifeboat::registry::now_ms() + 3_600_000;
+    let link = lifeboat::messages::link(
+        "x",
+        lifeboat::messages::LinkEmail {
+            subject: "Your way back".to_owned(),
+            intro: "Open it".to_owned(),
+            action: "Open".to_owned(),
+            url: "https://lifeboat.test/claim?link=THE-LINK".to_owned(),
+        },
+    );
+    queue_email(&registry, MessageKind::Link, &email("p@example.org"), &link, None, later).await.unwrap();
+    let alert = lifeboat::messages::alert("x", "Accounts lost", "THE-ALERT");
+    queue_email(&registry, MessageKind::Alert, &email("ops@example.org"), &alert, None, later).await.unwrap();
+
+    let kept = lines(&registry).await.join("\n");
+    assert!(!kept.contains("THE-LINK"), "{kept}");
+    assert!(kept.contains("THE-ALERT"), "{kept}");
+}
+
 /// The file's rows, without its header and end lines.
 fn file_rows(path: &std::path::Path) -> Vec<String> {
     let text = std::fs::read_to_string(path).unwrap();
