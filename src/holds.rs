@@ -27,7 +27,7 @@ use crate::config::{Config, HoldPolicy, RecoveryMode};
 use crate::email::EmailAddress;
 use crate::lease::{Held, Lease};
 use crate::links::ClaimLink;
-use crate::recover::service_user_id;
+use crate::recover::{OwnFound, OwnMade, service_user_id};
 use crate::registry::{self, Account, AccountState, Actor, HoldCandidate, OldName, Registry, now_ms};
 use crate::synapse::{self, Creation, SynapseClient, ThreePid, UserDetails};
 use crate::user_id::UserId;
@@ -68,6 +68,9 @@ pub struct HoldReport {
     pub stopped: bool,
     /// lifeboat's own ID, lost too: made lifeboat's again, not held.
     pub own_made_again: Option<UserId>,
+    /// lifeboat's own ID, lost too, made again and locked, with why
+    /// lifeboat cannot log in to it.
+    pub own_locked: Option<(UserId, String)>,
 }
 
 impl HoldReport {
@@ -78,6 +81,7 @@ impl HoldReport {
             && self.unregistrable.is_empty()
             && !self.stopped
             && self.own_made_again.is_none()
+            && self.own_locked.is_none()
     }
 
     pub fn summary(&self) -> String {
@@ -101,6 +105,12 @@ impl HoldReport {
         }
         if let Some(own) = &self.own_made_again {
             text.push_str(&format!("; lifeboat's own account {own}, lost too, is lifeboat's again"));
+        }
+        if let Some((own, why)) = &self.own_locked {
+            text.push_str(&format!(
+                "; lifeboat's own account {own}, lost too, is made again and locked, but lifeboat cannot log in to it \
+                 ({why}): set a password on it with Synapse's admin API, unlock it, and put that password in bot.password"
+            ));
         }
         if self.stopped {
             text.push_str("; stopped before the rest, which the next run holds");
@@ -226,6 +236,7 @@ pub async fn hold_lost_ids(
             match outcome {
                 Ok(Outcome::Held) => report.held.push(user_id),
                 Ok(Outcome::OwnMadeAgain) => report.own_made_again = Some(user_id),
+                Ok(Outcome::OwnLocked(why)) => report.own_locked = Some((user_id, why)),
                 Ok(Outcome::Taken) => report.taken.push(user_id),
                 Ok(Outcome::Failed(reason)) => report.failed.push((user_id, reason)),
                 Ok(Outcome::Unregistrable) => report.unregistrable.push(user_id),
@@ -263,6 +274,8 @@ enum Outcome {
     Held,
     /// lifeboat's own account is lifeboat's again ([`crate::recover::make_own_account_lifeboats`]).
     OwnMadeAgain,
+    /// lifeboat's own account is made again and locked, and lifeboat cannot log in (why).
+    OwnLocked(String),
     Taken,
     Failed(String),
     NotAllowed,
@@ -313,7 +326,9 @@ async fn hold_one(
     // takes the password only lifeboat knows: it is kept as it is.
     if let (Some(config), Ok(Creation::Existed)) = (own, &creation) {
         match crate::recover::own_login(config, registry).await {
-            Ok(Some(login)) => return Ok(own_made_again(config, registry, client, Some(login), None, actor).await),
+            Ok(Some(login)) => {
+                return Ok(own_made_again(config, registry, client, OwnFound::LoggedIn(login), actor).await);
+            }
             Ok(None) => {}
             Err(err) => return Ok(Outcome::Failed(err.to_string())),
         }
@@ -359,7 +374,9 @@ async fn hold_one(
         }
     };
     if let Some(config) = own {
-        return Ok(own_made_again(config, registry, client, None, created_at_ms, actor).await);
+        let display_name = candidate.display_name.clone();
+        let made = OwnFound::Made { created_at_ms, display_name };
+        return Ok(own_made_again(config, registry, client, made, actor).await);
     }
     let free = match free_emails(registry, client, user_id).await {
         Ok(free) => free,
@@ -382,13 +399,13 @@ async fn own_made_again(
     config: &Config,
     registry: &Registry,
     client: &SynapseClient,
-    logged_in: Option<synapse::Registered>,
-    created_at_ms: Option<i64>,
+    found: OwnFound,
     actor: &Actor,
 ) -> Outcome {
-    match crate::recover::make_own_account_lifeboats(config, registry, client, logged_in, created_at_ms, actor).await {
-        Ok(true) => Outcome::OwnMadeAgain,
-        Ok(false) => settled_meanwhile(),
+    match crate::recover::make_own_account_lifeboats(config, registry, client, found, actor).await {
+        Ok(OwnMade::Lifeboats) => Outcome::OwnMadeAgain,
+        Ok(OwnMade::LockedOnly(why)) => Outcome::OwnLocked(why),
+        Ok(OwnMade::SettledMeanwhile) => settled_meanwhile(),
         Err(err) => Outcome::Failed(err.to_string()),
     }
 }
@@ -545,6 +562,9 @@ pub async fn way_back(
     user_id: &UserId,
     claim_valid_for: std::time::Duration,
 ) -> Result<WayBack, registry::Error> {
+    if *user_id == service_user_id(config) {
+        return Ok(WayBack::Nothing("it is lifeboat's own account"));
+    }
     let Some(account) = registry.account(user_id).await? else {
         return Ok(WayBack::Nothing("the account is not in the registry"));
     };
@@ -806,6 +826,11 @@ pub async fn release(
     actor: &Actor,
 ) -> Result<(), HandOverError> {
     let work = async {
+        // A hold being made counts as held, but is no hold of record yet
+        // (lifeboat's own ID is made lifeboat's again, not held).
+        if registry.hold_under_way(user_id).await? {
+            return Err(HandOverError::HoldUnderWay(user_id.to_string()));
+        }
         let now = registry.account(user_id).await?;
         if !now.is_some_and(|account| account.state == AccountState::Held) {
             return Err(HandOverError::NoLongerHeld(user_id.to_string()));

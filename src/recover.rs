@@ -60,7 +60,7 @@ pub enum RecoverError {
     Foreign { user_id: String },
     #[error("cannot recover: {0}")]
     SharedSecret(#[from] SharedSecretError),
-    #[error("{user_id} refused the password lifeboat has just set on it; the next hold run tries again")]
+    #[error("{user_id} refused the password lifeboat has just set on it")]
     OwnPasswordRefused { user_id: String },
     #[error(transparent)]
     Synapse(#[from] synapse::Error),
@@ -191,39 +191,82 @@ pub async fn own_login(config: &Config, registry: &Registry) -> Result<Option<Re
     Ok(base.login_with_password(service_user_id(config).localpart(), &password.into(), None).await?)
 }
 
+/// What a hold run found where lifeboat's own ID was lost.
+pub enum OwnFound {
+    /// An account lifeboat is logged in to already: made by an interrupted
+    /// run or a recovery.
+    LoggedIn(Registered),
+    /// An account the run made create-only (or an interrupted run's, unused).
+    Made { created_at_ms: Option<i64>, display_name: Option<String> },
+}
+
+/// What became of lifeboat's own ID.
+#[derive(Debug, PartialEq, Eq)]
+pub enum OwnMade {
+    /// lifeboat's again, its token kept.
+    Lifeboats,
+    /// Made again and locked, so nobody else has it, but lifeboat cannot log
+    /// in to it (why: password logins turned off, say).
+    LockedOnly(String),
+    /// Another hold run (or a recovery) settled it meanwhile.
+    SettledMeanwhile,
+}
+
 /// lifeboat's own ID, lost (a wipe the shared secret did not undo first) and
-/// taken by a hold run: an account the run made create-only (at
-/// `created_at_ms`) is made lifeboat's as a recovery makes one (an admin,
-/// with the password only lifeboat knows); one lifeboat is `logged_in` to
-/// already (made by an interrupted run or a recovery) stays as it is. Its
-/// token is kept, and the ID recorded as lifeboat's own. `false`: another
-/// hold run settled it meanwhile.
+/// taken by a hold run: an account the run made is locked, then made
+/// lifeboat's as a recovery makes one (an admin, with the password only
+/// lifeboat knows); one lifeboat is logged in to already stays as it is.
+/// Its token is kept, and the ID recorded as lifeboat's own.
 pub async fn make_own_account_lifeboats(
     config: &Config,
     registry: &Registry,
     admin: &SynapseClient,
-    logged_in: Option<Registered>,
-    created_at_ms: Option<i64>,
+    found: OwnFound,
     actor: &Actor,
-) -> Result<bool, RecoverError> {
+) -> Result<OwnMade, RecoverError> {
     let user_id = service_user_id(config);
-    let login = match logged_in {
-        Some(login) => login,
-        None => {
-            let password = registry.generated_secret(SERVICE_PASSWORD_SETTING).await?;
-            admin.hand_over_account(user_id.as_str(), &password, true, None, &[]).await?;
-            let base = SynapseClient::from_config(&config.homeserver);
-            let login = base.login_with_password(user_id.localpart(), &password, None).await?;
-            login.ok_or_else(|| RecoverError::OwnPasswordRefused { user_id: user_id.to_string() })?
+    let (login, created_at_ms) = match found {
+        OwnFound::LoggedIn(login) => (login, None),
+        OwnFound::Made { created_at_ms, display_name } => {
+            // Locked first, as a person's hold is: until lifeboat's password
+            // is on it, no other way in (single sign-on, say) opens it.
+            admin.lock_held_account(user_id.as_str(), &[]).await?;
+            match take_as_lifeboats(config, registry, admin, &user_id, display_name.as_deref()).await {
+                Ok(login) => (login, created_at_ms),
+                Err(err @ RecoverError::Registry(_)) => return Err(err),
+                Err(RecoverError::Synapse(err)) if err.is_transient() => return Err(err.into()),
+                // Nobody else can have it, locked: it holds no token back.
+                Err(err) => {
+                    let marked = registry.mark_own_made_again(&user_id, created_at_ms).await?;
+                    return Ok(if marked { OwnMade::LockedOnly(err.to_string()) } else { OwnMade::SettledMeanwhile });
+                }
+            }
         }
     };
     // The token first: a run stopped before the record below is resumed.
     keep_own_login(registry, &user_id, &login, CredentialFrom::HoldRun, actor).await?;
     if !registry.mark_own_made_again(&user_id, created_at_ms).await? {
-        return Ok(false);
+        return Ok(OwnMade::SettledMeanwhile);
     }
     lift_rate_limit(admin, &user_id).await;
-    Ok(true)
+    Ok(OwnMade::Lifeboats)
+}
+
+/// Unlocks lifeboat's own account with the password only lifeboat knows,
+/// as an admin (its token is taken for an admin token, as after a
+/// shared-secret recovery), and logs in.
+async fn take_as_lifeboats(
+    config: &Config,
+    registry: &Registry,
+    admin: &SynapseClient,
+    user_id: &UserId,
+    display_name: Option<&str>,
+) -> Result<Registered, RecoverError> {
+    let password = registry.generated_secret(SERVICE_PASSWORD_SETTING).await?;
+    admin.hand_over_account(user_id.as_str(), &password, true, display_name, &[]).await?;
+    let base = SynapseClient::from_config(&config.homeserver);
+    let login = base.login_with_password(user_id.localpart(), &password, None).await?;
+    login.ok_or_else(|| RecoverError::OwnPasswordRefused { user_id: user_id.to_string() })
 }
 
 async fn keep_own_login(

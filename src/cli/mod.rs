@@ -45,8 +45,8 @@ pub mod exit {
 (SQLite or PostgreSQL), compares it with Synapse's admin API listing to detect lost accounts, \
 and keeps the list of people to reach if the homeserver's database is ever lost. After a loss it \
 gets back in through Synapse's shared secret, holds each lost Matrix ID for its owner, and sends \
-every affected person a notice by email and Matrix DM: a link to take their held ID back, or their own \
-registration token.\n\n\
+every affected person a notice by email and Matrix DM: a link to take their held ID back, and a \
+single-use registration token for a new name.\n\n\
 Exit codes: 0 ok, 1 failed (or `check` could not tell), 2 usage or config error, 3 `check` found a loss.",
     after_help = "Configuration: a TOML file (see config.example.toml); any key can be overridden \
 with LIFEBOAT__<SECTION>__<KEY>, e.g. LIFEBOAT__HOMESERVER__URL."
@@ -106,11 +106,12 @@ enum Command {
     /// Incidents: open one after a loss, show who can be reached, resolve it.
     #[command(subcommand)]
     Incident(incident::Command),
-    /// Send an incident's notices by email and Matrix DM: a claim link or a registration token per person.
+    /// Send an incident's notices by email and Matrix DM: a claim link and a registration token per person.
     ///
     /// A person whose ID lifeboat holds gets a link to take it back (the
-    /// claim page); one whose ID is lost but not held gets a single-use
-    /// registration token. Unless recovery.hold = "off", it first holds the lost IDs, and
+    /// claim page); everyone whose ID is lost to them (held, lost, or taken
+    /// by someone else) gets a single-use registration token, which registers
+    /// a new name (never a held ID). Unless recovery.hold = "off", it first holds the lost IDs, and
     /// while one is still free refuses, making and sending nothing (any
     /// token could register it). Creates the missing tokens and deliveries,
     /// then sends: emails to the affected people's contacts, DMs to affected
@@ -127,8 +128,10 @@ enum Command {
     /// After a database wipe: re-create lifeboat's own admin account through the shared secret.
     ///
     /// Needs homeserver.registration_shared_secret. Does nothing when an admin
-    /// token still works; refuses when lifeboat's account still exists (then
-    /// the token was revoked, not the database lost). Exit 0 ok, 1 failed.
+    /// token still works; an account of lifeboat's ID that takes lifeboat's
+    /// own password (a hold run made it) is kept; any other refuses it (then
+    /// the token was revoked, not the database lost, or someone else
+    /// registered the ID). Exit 0 ok, 1 failed.
     Recover(recover::Args),
     /// Rehearse the way back in against the live homeserver, changing nothing there.
     ///

@@ -73,11 +73,11 @@ impl Registry {
     /// lifeboat registered its own account again (a recovery after a wipe):
     /// the ID is lifeboat's, not a stranger's, so the account's old
     /// creation time is dropped and the next listing records the new one
-    /// instead of reading the ID as registered again; a hold run that was
-    /// taking the ID has nothing left to do.
+    /// instead of reading the ID as registered again; it is there, and a
+    /// hold run has nothing to take.
     pub async fn own_account_recreated(&self, user_id: &UserId) -> Result<()> {
         let sql = "UPDATE accounts SET synapse_created_at = NULL, recreated_at = NULL, \
-                   custody = NULL, custody_at = NULL WHERE user_id = $1";
+                   custody = NULL, custody_at = NULL, state = 'present' WHERE user_id = $1";
         sqlx::query(sql).bind(user_id).execute(&self.pool).await?;
         Ok(())
     }

@@ -51,9 +51,9 @@ pub struct HoldCounts {
 /// Lost IDs to hold, over `accounts`: missing and not held yet (nor refused
 /// by Synapse, see [`Registry::refuse_hold`]), or begun by an earlier run
 /// (even if listed since). lifeboat's own ID too: after a wipe the shared
-/// secret gives back (`recover`), it is usually there again before any
-/// listing finds it lost; otherwise whoever took it could write as lifeboat,
-/// and `recover` takes the hold back for lifeboat. Written as the partial index
+/// secret undoes (`recover`), it is usually there again before any listing
+/// finds it lost; otherwise whoever took it could write as lifeboat, and the
+/// hold run makes it lifeboat's again. Written as the partial index
 /// `accounts_hold_candidates` is (migration 0017), so a planner with
 /// statistics can answer it from that index (without them, SQLite takes the
 /// state and custody indexes: no whole-table read either way).

@@ -393,6 +393,8 @@ async fn while_an_ids_hold_is_being_made_neither_its_claim_link_nor_the_cli_hand
     let by_hand = rig.lifeboat.run_with_input(&["holds", "claim", &lost[0]], "a-long-enough-passphrase\n").await;
     assert_ne!(by_hand.code, 0, "{by_hand:?}");
     assert!(by_hand.stderr.contains("run this again once the hold is made"), "{by_hand:?}");
+    let released = rig.lifeboat.run(&["holds", "release", &lost[0], "--yes"]).await;
+    assert!(released.stderr.contains("run this again once the hold is made"), "nor released: {released:?}");
 
     // Once the hold is made, the same link works again.
     set_custody(&rig, &lost[0], "held").await;
