@@ -226,6 +226,11 @@ fn the_sandbox_tells_the_whole_story() {
     assert!(opened.status.success(), "{}", String::from_utf8_lossy(&opened.stderr));
     let notified = Command::new(bin).arg("--config").arg(&config).args(["notify", "1", "--yes"]).output().unwrap();
     assert!(notified.status.success(), "{}", String::from_utf8_lossy(&notified.stderr));
+    // As the README shows it: a token for alice, bob and carol, none for dave
+    // (his account was locked by an admin) nor for the admin who has theirs.
+    let said = String::from_utf8_lossy(&notified.stdout);
+    assert!(said.contains("Created 3 registration tokens in Synapse."), "{said}");
+    assert!(said.contains("Deliveries: 4 sent, 0 failed"), "{said}");
     let notices = mails(dir);
     for person in ["alice@example.org", "bob@example.org", "carol@example.org"] {
         assert!(
