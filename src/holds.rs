@@ -84,6 +84,18 @@ impl HoldReport {
             && self.own_locked.is_none()
     }
 
+    /// What became of lifeboat's own ID, if this run took it.
+    pub fn own_note(&self) -> Option<String> {
+        if let Some(own) = &self.own_made_again {
+            return Some(format!("lifeboat's own account {own}, lost too, is lifeboat's again"));
+        }
+        let (own, why) = self.own_locked.as_ref()?;
+        Some(format!(
+            "lifeboat's own account {own}, lost too, is made again and locked, but lifeboat cannot log in to it \
+             ({why}): set a password on it with Synapse's admin API, unlock it, and put that password in bot.password"
+        ))
+    }
+
     pub fn summary(&self) -> String {
         let mut text = format!("Held {} lost IDs for their owners", self.held.len());
         if !self.taken.is_empty() {
@@ -103,14 +115,8 @@ impl HoldReport {
                 crate::plural::id_list(&self.unregistrable, 10)
             ));
         }
-        if let Some(own) = &self.own_made_again {
-            text.push_str(&format!("; lifeboat's own account {own}, lost too, is lifeboat's again"));
-        }
-        if let Some((own, why)) = &self.own_locked {
-            text.push_str(&format!(
-                "; lifeboat's own account {own}, lost too, is made again and locked, but lifeboat cannot log in to it \
-                 ({why}): set a password on it with Synapse's admin API, unlock it, and put that password in bot.password"
-            ));
+        if let Some(note) = self.own_note() {
+            text.push_str(&format!("; {note}"));
         }
         if self.stopped {
             text.push_str("; stopped before the rest, which the next run holds");

@@ -37,6 +37,8 @@ pub struct Observation {
     pub recovered: bool,
     /// Lost IDs held for their owners in this round.
     pub held: Vec<String>,
+    /// What became of lifeboat's own ID, lost too, in this round's hold run.
+    pub own: Option<String>,
     /// IDs registered again by someone lifeboat cannot vouch for: those
     /// the check found recreated, and those a hold found taken.
     pub taken: Vec<String>,
@@ -104,7 +106,7 @@ impl Observation {
         if self.recovered {
             text.push_str("\n\nlifeboat re-created its own admin account through the shared secret.");
         }
-        if !self.held.is_empty() {
+        if !self.held.is_empty() || self.own.is_some() {
             text.push_str("\n\n");
             text.push_str(&self.held_markdown());
         }
@@ -142,11 +144,13 @@ impl Observation {
 
     /// What this round held, in Markdown.
     pub fn held_markdown(&self) -> String {
-        format!(
+        let held = (!self.held.is_empty()).then(|| format!(
             "Held for their owners ({}): {}. Nobody can register these IDs now; each owner takes theirs back with the claim link in their notice (`lifeboat holds list` shows them).",
             self.held.len(),
             id_list(&self.held, 20)
-        )
+        ));
+        let own = self.own.as_ref().map(|own| format!("{own}."));
+        held.into_iter().chain(own).collect::<Vec<_>>().join("\n\n")
     }
 }
 
@@ -187,5 +191,25 @@ impl WatchHandle {
         if let Ok(mut seen) = self.0.write() {
             *seen = observation;
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn what_became_of_lifeboats_own_id_is_told_with_the_held_ids_or_alone() {
+        let own = "lifeboat's own account @lifeboat:x, lost too, is lifeboat's again".to_owned();
+        let alone = Observation { own: Some(own.clone()), ..Observation::default() };
+        assert_eq!(alone.held_markdown(), format!("{own}."));
+        assert!(alone.alert_markdown("x").contains(&own));
+
+        let with_others = Observation { held: vec!["@a:x".to_owned()], ..alone };
+        let told = with_others.held_markdown();
+        assert!(
+            told.starts_with("Held for their owners (1): @a:x.") && told.ends_with(&format!("\n\n{own}.")),
+            "{told}"
+        );
     }
 }

@@ -181,6 +181,7 @@ pub async fn after_listing(
                     tracing::warn!(count = report.failed.len(), first = ?report.failed.first(), "watcher: some lost IDs could not be held yet");
                 }
                 seen.held = report.held.iter().map(ToString::to_string).collect();
+                seen.own = report.own_note();
                 seen.taken.extend(report.taken.iter().map(ToString::to_string));
             }
             Err(err @ HoldError::Busy { .. }) => {
@@ -249,10 +250,13 @@ pub async fn run(services: Arc<Services>, alerts: impl AlertSink) {
         let outcome = if seen.taken != taken_before {
             // Taken before its hold: news, alerted with the held IDs.
             alert_on_change(config, registry, &seen, &alerts).await
-        } else if !seen.held.is_empty() {
+        } else if !seen.held.is_empty() || seen.own.is_some() {
             // The IDs held after the alert went out, in a message of their own.
             let server = &config.homeserver.server_name;
-            let subject = format!("[lifeboat] {server}: {} lost IDs held for their owners", seen.held.len());
+            let subject = match seen.held.len() {
+                0 => format!("[lifeboat] {server}: lifeboat's own account, lost, made again"),
+                held => format!("[lifeboat] {server}: {held} lost IDs held for their owners"),
+            };
             alerts.alert(&subject, &seen.held_markdown()).await;
             registry.audit(&Actor::service("watcher"), "alert", Some(&subject), None).await
         } else {
