@@ -93,6 +93,17 @@ impl Registry {
         Ok(())
     }
 
+    /// The code link `id` stands for, once its DM went out (the link was
+    /// recorded before, as one whose code did not).
+    pub async fn set_web_link_code(&self, id: &str, code_hash: &str) -> Result<()> {
+        sqlx::query("UPDATE web_links SET code_hash = $2 WHERE id = $1")
+            .bind(id)
+            .bind(code_hash)
+            .execute(&self.pool)
+            .await?;
+        Ok(())
+    }
+
     /// Which delivery carries link `id`'s email.
     pub async fn set_web_link_delivery(&self, id: &str, delivery_id: i64) -> Result<()> {
         sqlx::query("UPDATE web_links SET delivery_id = $2 WHERE id = $1")

@@ -198,7 +198,7 @@ async fn start(
     });
     let pending_hash = pending_code.as_ref().and_then(|link| link.code_hash.as_deref());
     let (links_with_code, codes_today) = state.registry.code_use(PURPOSE, &user_id, pending_hash, now - DAY_MS).await?;
-    let (mut hash, expires_at, code_to_send) = match pending_code {
+    let (hash, expires_at, code_to_send) = match pending_code {
         Some(link) if links_with_code < LINKS_PER_CODE => (link.code_hash, link.expires_at, None),
         // Enough for today: whoever keeps asking, the account gets no more
         // DMs and a guesser no more tries; links already mailed still work.
@@ -218,22 +218,15 @@ async fn start(
     };
     let id = links::new_link_id();
     let server_name = &state.config.homeserver.server_name;
-    // The DM first: a link records a code only once it went out, so a
-    // failed DM never leaves a live code for later requests to reuse. The
-    // link is mailed all the same, marked undelivered and reused as a code
-    // would be: the inbox must not tell a known account whose DM failed
-    // from an unknown one, by the first mail nor by a second.
-    if let Some(code) = code_to_send {
-        // A code is made only when the admin client answered above.
-        let admin = admin.as_ref().ok_or_else(|| WebError("no working admin token: cannot DM a code".into()))?;
-        let until = crate::notify::human_time(expires_at);
-        let text = crate::messages::subscribe_code(server_name, &code, &until, email.as_str());
-        if let Err(err) = dm_now(state, admin, &user_id, &text, expires_at).await {
-            tracing::warn!(error = %err.0, "a subscription code could not be DMed: its link carries a decoy");
-            hash = Some(marked_hash(UNDELIVERED_PREFIX));
-        }
-    }
-    state.registry.create_web_link(&id, PURPOSE, &user_id, &email, hash.as_deref(), expires_at).await?;
+    // The link first, the DM after: how soon the mail comes must not tell an
+    // account that takes contacts (it gets a DM) from any other. The link
+    // records its code only once the DM went out, so a failed DM (or a stop
+    // between the two) never leaves a live code for later requests to reuse:
+    // it stays marked undelivered and is reused as a code would be, and the
+    // inbox cannot tell a known account whose DM failed from an unknown one,
+    // by the first mail nor by a second.
+    let recorded = if code_to_send.is_some() { Some(marked_hash(UNDELIVERED_PREFIX)) } else { hash.clone() };
+    state.registry.create_web_link(&id, PURPOSE, &user_id, &email, recorded.as_deref(), expires_at).await?;
 
     let url = links::link_url(&state.web().public_url, key, "/subscribe/confirm", PURPOSE, &id);
     let email_text = mail::LinkEmail {
@@ -248,7 +241,18 @@ async fn start(
         action: "Confirm my email address".to_owned(),
         url,
     };
-    mail::send(state, &id, &email, email_text, None, expires_at).await
+    mail::send(state, &id, &email, email_text, None, expires_at).await?;
+
+    let (Some(code), Some(hash)) = (code_to_send, hash) else { return Ok(()) };
+    // A code is made only when the admin client answered above.
+    let admin = admin.as_ref().ok_or_else(|| WebError("no working admin token: cannot DM a code".into()))?;
+    let until = crate::notify::human_time(expires_at);
+    let text = crate::messages::subscribe_code(server_name, &code, &until, email.as_str());
+    match dm_now(state, admin, &user_id, &text, expires_at).await {
+        Ok(()) => state.registry.set_web_link_code(&id, &hash).await?,
+        Err(err) => tracing::warn!(error = %err.0, "a subscription code could not be DMed: its link carries a decoy"),
+    }
+    Ok(())
 }
 
 /// Have `web.subscription_mails_per_hour` links been mailed this hour?

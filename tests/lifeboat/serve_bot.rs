@@ -1432,6 +1432,14 @@ async fn a_person_subscribes_an_email_on_the_web_page_proven_by_a_mailed_link_an
     bob.join(&dm).await;
     let message = bob.wait_for_message(&dm, &rig.bot, "Your code", Duration::from_secs(30)).await;
     let code = code_in(&message);
+    // The link was queued before the code was DMed: how soon it comes must
+    // not tell an account that gets a code from one that does not.
+    sqlx::any::install_default_drivers();
+    let outbox = sqlx::AnyPool::connect(&rig.registry.url()).await.unwrap();
+    let order = "SELECT kind FROM deliveries WHERE kind IN ('link', 'code') ORDER BY id";
+    let kinds: Vec<String> = sqlx::query_scalar(order).fetch_all(&outbox).await.unwrap();
+    assert_eq!(kinds, ["link", "code"]);
+    outbox.close().await;
     // Both name the address the code adds, and the page names the account:
     // someone sent a stranger's link would see it adds another's address.
     assert!(message.contains(&format!("**{address}** get incident notices")), "{message}");
