@@ -27,7 +27,7 @@ use crate::config::{Config, HoldPolicy, RecoveryMode};
 use crate::email::EmailAddress;
 use crate::lease::{Held, Lease};
 use crate::links::ClaimLink;
-use crate::recover::{OwnFound, OwnMade, service_user_id};
+use crate::recover::{OwnFound, OwnMade, RecoverError, service_user_id};
 use crate::registry::{self, Account, AccountState, Actor, HoldCandidate, OldName, Registry, now_ms};
 use crate::synapse::{self, Creation, SynapseClient, ThreePid, UserDetails};
 use crate::user_id::UserId;
@@ -92,7 +92,8 @@ impl HoldReport {
         let (own, why) = self.own_locked.as_ref()?;
         Some(format!(
             "lifeboat's own account {own}, lost too, is made again and locked, but lifeboat cannot log in to it \
-             ({why}): set a password on it with Synapse's admin API, unlock it, and put that password in bot.password"
+             ({why}): unlock it and give lifeboat a token of it in bot.access_token (Synapse's admin API logs in \
+             as a user: POST /_synapse/admin/v1/users/<user_id>/login)"
         ))
     }
 
@@ -335,8 +336,10 @@ async fn hold_one(
             Ok(Some(login)) => {
                 return Ok(own_made_again(config, registry, client, OwnFound::LoggedIn(login), actor).await);
             }
-            Ok(None) => {}
-            Err(err) => return Ok(Outcome::Failed(err.to_string())),
+            Err(err @ RecoverError::Registry(_)) => return Ok(Outcome::Failed(err.to_string())),
+            Err(RecoverError::Synapse(err)) if err.is_transient() => return Ok(Outcome::Failed(err.to_string())),
+            // Password logins refused (turned off, say): as any account found.
+            Ok(None) | Err(_) => {}
         }
     }
     let created_at_ms = match creation {

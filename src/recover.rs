@@ -235,8 +235,10 @@ pub async fn make_own_account_lifeboats(
                 Ok(login) => (login, created_at_ms),
                 Err(err @ RecoverError::Registry(_)) => return Err(err),
                 Err(RecoverError::Synapse(err)) if err.is_transient() => return Err(err.into()),
-                // Nobody else can have it, locked: it holds no token back.
+                // Nobody else can have it, locked again (the hand-over may
+                // have unlocked it): it holds no token back.
                 Err(err) => {
+                    admin.lock_held_account(user_id.as_str(), &[]).await?;
                     let marked = registry.mark_own_made_again(&user_id, created_at_ms).await?;
                     return Ok(if marked { OwnMade::LockedOnly(err.to_string()) } else { OwnMade::SettledMeanwhile });
                 }

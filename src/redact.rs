@@ -4,9 +4,10 @@
 /// password replaced, in its user part or its query.
 pub fn redact_url(url: &str) -> String {
     // Read as typed first: a password with a `/` in it (base64 makes them)
-    // ends the host part early for a parser, which then sees none.
-    let text = hide_user_password(url);
-    let Ok(mut parsed) = url::Url::parse(&text) else { return text };
+    // ends the host part early for a parser, which then sees none. Text no
+    // parser takes hides up to its last `@`, wherever that is.
+    let text = hide_user_password(url, false);
+    let Ok(mut parsed) = url::Url::parse(&text) else { return hide_user_password(url, true) };
     if parsed.query_pairs().any(|(name, _)| is_secret_parameter(&name)) {
         let pairs: Vec<(String, String)> = parsed
             .query_pairs()
@@ -27,13 +28,18 @@ fn is_secret_parameter(name: &str) -> bool {
     ["pass", "secret", "token"].iter().any(|word| name.contains(word))
 }
 
-/// Hides whatever sits between `scheme://user:` and the last `@`: the user
-/// name holds no `/`, the password may hold anything.
-fn hide_user_password(text: &str) -> String {
+/// Hides whatever sits between `scheme://user:` and the last `@` (the user
+/// name holds no `/`; the password may hold one). Not `greedy`, an `@` after
+/// a `?` or `#` is the query's (`?user=ops@tenant`), not the password's end.
+fn hide_user_password(text: &str, greedy: bool) -> String {
     let Some(start) = text.find("://").map(|i| i + 3) else { return text.to_owned() };
     let rest = &text[start..];
     let Some(colon) = rest.find(':') else { return text.to_owned() };
-    match rest.rfind('@') {
+    let scope = match rest[colon..].find(['?', '#']) {
+        Some(query) if !greedy => colon + query,
+        _ => rest.len(),
+    };
+    match rest[..scope].rfind('@') {
         Some(at) if colon < at && !rest[..colon].contains('/') => {
             format!("{}REDACTED{}", &text[..start + colon + 1], &rest[at..])
         }
@@ -61,6 +67,17 @@ mod tests {
             redact_url("postgres://db/lifeboat?sslmode=require&sslpassword=k3y&password=pw"),
             "postgres://db/lifeboat?sslmode=require&sslpassword=REDACTED&password=REDACTED"
         );
+    }
+
+    #[test]
+    fn an_at_sign_in_the_query_is_no_end_of_a_password() {
+        assert_eq!(
+            redact_url("postgresql://host:5432/db?password=ab@cd&sslmode=require"),
+            "postgresql://host:5432/db?password=REDACTED&sslmode=require"
+        );
+        assert_eq!(redact_url("postgres://db:5432/x?user=u@tenant"), "postgres://db:5432/x?user=u@tenant");
+        assert_eq!(redact_url("postgres://[::1]:5432/db?user=a@b"), "postgres://[::1]:5432/db?user=a@b");
+        assert_eq!(redact_url("postgres://u:p@[::1]:5432/db"), "postgres://u:REDACTED@[::1]:5432/db");
     }
 
     #[test]

@@ -254,7 +254,7 @@ pub async fn run(services: Arc<Services>, alerts: impl AlertSink) {
             // The IDs held after the alert went out, in a message of their own.
             let server = &config.homeserver.server_name;
             let subject = match seen.held.len() {
-                0 => format!("[lifeboat] {server}: lifeboat's own account, lost, made again"),
+                0 => format!("[lifeboat] {server}: lifeboat's own account was lost; see what became of it"),
                 held => format!("[lifeboat] {server}: {held} lost IDs held for their owners"),
             };
             alerts.alert(&subject, &seen.held_markdown()).await;

@@ -94,8 +94,9 @@ impl Registry {
     }
 
     /// The code link `id` stands for, once its DM went out (the link was
-    /// recorded before, as one whose code did not).
-    pub async fn set_web_link_code(&self, id: &str, code_hash: &str) -> Result<()> {
+    /// recorded before, as one whose code did not); none for a link retired
+    /// before any code went out.
+    pub async fn set_web_link_code(&self, id: &str, code_hash: Option<&str>) -> Result<()> {
         sqlx::query("UPDATE web_links SET code_hash = $2 WHERE id = $1")
             .bind(id)
             .bind(code_hash)

@@ -241,7 +241,13 @@ async fn start(
         action: "Confirm my email address".to_owned(),
         url,
     };
-    mail::send(state, &id, &email, email_text, None, expires_at).await?;
+    if let Err(err) = mail::send(state, &id, &email, email_text, None, expires_at).await {
+        // Retired before its code went out: later requests make a new one.
+        if code_to_send.is_some() {
+            state.registry.set_web_link_code(&id, None).await?;
+        }
+        return Err(err);
+    }
 
     let (Some(code), Some(hash)) = (code_to_send, hash) else { return Ok(()) };
     // A code is made only when the admin client answered above.
@@ -249,8 +255,8 @@ async fn start(
     let until = crate::notify::human_time(expires_at);
     let text = crate::messages::subscribe_code(server_name, &code, &until, email.as_str());
     match dm_now(state, admin, &user_id, &text, expires_at).await {
-        Ok(()) => state.registry.set_web_link_code(&id, &hash).await?,
-        Err(err) => tracing::warn!(error = %err.0, "a subscription code could not be DMed: its link carries a decoy"),
+        Ok(()) => state.registry.set_web_link_code(&id, Some(&hash)).await?,
+        Err(err) => tracing::warn!(error = %err.0, "a subscription code could not be DMed: its link stays undelivered"),
     }
     Ok(())
 }
@@ -263,7 +269,7 @@ async fn over_the_hours_budget(state: &WebState) -> Result<bool, WebError> {
 
 /// DMs `text`, about an address being proven, to `user_id` from lifeboat's
 /// own account, through the outbox like every message but sent here and
-/// now (a code's link is recorded only if the code went out).
+/// now (a code's link records its code only once the code went out).
 async fn dm_now(
     state: &WebState,
     admin: &SynapseClient,
