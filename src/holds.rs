@@ -27,7 +27,7 @@ use crate::config::{Config, HoldPolicy, RecoveryMode};
 use crate::email::EmailAddress;
 use crate::lease::{Held, Lease};
 use crate::links::ClaimLink;
-use crate::recover::{OwnFound, OwnMade, RecoverError, service_user_id};
+use crate::recover::{OwnFound, OwnMade, service_user_id};
 use crate::registry::{self, Account, AccountState, Actor, HoldCandidate, OldName, Registry, now_ms};
 use crate::synapse::{self, Creation, SynapseClient, ThreePid, UserDetails};
 use crate::user_id::UserId;
@@ -332,12 +332,11 @@ async fn hold_one(
     // lifeboat's own account, made by an interrupted run or a recovery,
     // takes the password only lifeboat knows: it is kept as it is.
     if let (Some(config), Ok(Creation::Existed)) = (own, &creation) {
-        match crate::recover::own_login(config, registry).await {
+        match crate::recover::own_login(config, registry, None).await {
             Ok(Some(login)) => {
                 return Ok(own_made_again(config, registry, client, OwnFound::LoggedIn(login), actor).await);
             }
-            Err(err @ RecoverError::Registry(_)) => return Ok(Outcome::Failed(err.to_string())),
-            Err(RecoverError::Synapse(err)) if err.is_transient() => return Ok(Outcome::Failed(err.to_string())),
+            Err(err) if err.is_transient() => return Ok(Outcome::Failed(err.to_string())),
             // Password logins refused (turned off, say): as any account found.
             Ok(None) | Err(_) => {}
         }

@@ -68,6 +68,17 @@ pub enum RecoverError {
     Registry(#[from] registry::Error),
 }
 
+impl RecoverError {
+    /// Worth another try later: the registry or Synapse failed for now.
+    pub fn is_transient(&self) -> bool {
+        match self {
+            RecoverError::Registry(_) => true,
+            RecoverError::Synapse(err) => err.is_transient(),
+            _ => false,
+        }
+    }
+}
+
 #[derive(Debug, Clone, Serialize)]
 #[serde(tag = "outcome", rename_all = "snake_case")]
 pub enum RecoverOutcome {
@@ -136,16 +147,11 @@ pub async fn renew_own_token(
     actor: &Actor,
     same_device: bool,
 ) -> Result<Option<secrecy::SecretString>, RecoverError> {
-    let Some(password) = registry.setting(SERVICE_PASSWORD_SETTING).await? else { return Ok(None) };
     let user_id = service_user_id(config);
     let stored = registry.service_credential(&user_id).await?;
     let device = stored.and_then(|stored| stored.device_id).filter(|_| same_device);
-    let base = SynapseClient::from_config(&config.homeserver);
-    let login = base.login_with_password(user_id.localpart(), &password.into(), device.as_deref()).await?;
-    let Some(renewed) = login else { return Ok(None) };
-    let token = renewed.access_token.expose_secret();
-    let device = renewed.device_id.as_deref();
-    registry.store_service_credential(&user_id, token, device, CredentialFrom::Renewal, actor).await?;
+    let Some(renewed) = own_login(config, registry, device.as_deref()).await? else { return Ok(None) };
+    keep_own_login(registry, &user_id, &renewed, CredentialFrom::Renewal, actor).await?;
     Ok(Some(renewed.access_token))
 }
 
@@ -168,12 +174,10 @@ pub async fn recover(config: &Config, registry: &Registry, actor: &Actor) -> Res
     let password = registry.generated_secret(SERVICE_PASSWORD_SETTING).await?;
     let registered = match base.register_with_shared_secret(&secret.value, user_id.localpart(), &password, true).await {
         Ok(registered) => registered,
-        Err(SharedSecretError::UserInUse) => {
-            match base.login_with_password(user_id.localpart(), &password, None).await? {
-                Some(ours) => ours,
-                None => return Err(RecoverError::NotAWipe { user_id: user_id.to_string() }),
-            }
-        }
+        Err(SharedSecretError::UserInUse) => match own_login(config, registry, None).await? {
+            Some(ours) => ours,
+            None => return Err(RecoverError::NotAWipe { user_id: user_id.to_string() }),
+        },
         Err(err) => return Err(err.into()),
     };
     keep_own_login(registry, &user_id, &registered, CredentialFrom::Recovery, actor).await?;
@@ -182,13 +186,18 @@ pub async fn recover(config: &Config, registry: &Registry, actor: &Actor) -> Res
     Ok(RecoverOutcome::Recovered { user_id: registered.user_id })
 }
 
-/// A login to lifeboat's own account with the password only lifeboat knows
-/// (set by `recover` or a hold run): if it works, the account is lifeboat's,
-/// whichever of them made it.
-pub async fn own_login(config: &Config, registry: &Registry) -> Result<Option<Registered>, RecoverError> {
+/// A login to lifeboat's own account (on `device`, or a new one) with the
+/// password only lifeboat knows (set by `recover` or a hold run): if it
+/// works, the account is lifeboat's, whichever of them made it. `None`
+/// when refused, or when lifeboat keeps no password.
+pub async fn own_login(
+    config: &Config,
+    registry: &Registry,
+    device: Option<&str>,
+) -> Result<Option<Registered>, RecoverError> {
     let Some(password) = registry.setting(SERVICE_PASSWORD_SETTING).await? else { return Ok(None) };
     let base = SynapseClient::from_config(&config.homeserver);
-    Ok(base.login_with_password(service_user_id(config).localpart(), &password.into(), None).await?)
+    Ok(base.login_with_password(service_user_id(config).localpart(), &password.into(), device).await?)
 }
 
 /// What a hold run found where lifeboat's own ID was lost.
@@ -233,8 +242,7 @@ pub async fn make_own_account_lifeboats(
             admin.lock_held_account(user_id.as_str(), &[]).await?;
             match take_as_lifeboats(config, registry, admin, &user_id, display_name.as_deref()).await {
                 Ok(login) => (login, created_at_ms),
-                Err(err @ RecoverError::Registry(_)) => return Err(err),
-                Err(RecoverError::Synapse(err)) if err.is_transient() => return Err(err.into()),
+                Err(err) if err.is_transient() => return Err(err),
                 // Nobody else can have it, locked again (the hand-over may
                 // have unlocked it): it holds no token back.
                 Err(err) => {
@@ -266,8 +274,7 @@ async fn take_as_lifeboats(
 ) -> Result<Registered, RecoverError> {
     let password = registry.generated_secret(SERVICE_PASSWORD_SETTING).await?;
     admin.hand_over_account(user_id.as_str(), &password, true, display_name, &[]).await?;
-    let base = SynapseClient::from_config(&config.homeserver);
-    let login = base.login_with_password(user_id.localpart(), &password, None).await?;
+    let login = own_login(config, registry, None).await?;
     login.ok_or_else(|| RecoverError::OwnPasswordRefused { user_id: user_id.to_string() })
 }
 
