@@ -291,3 +291,35 @@ impl Config {
             })
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_loaded_config_printed_for_debugging_shows_no_secret() {
+        let text = r#"
+            [homeserver]
+            url = "http://127.0.0.1:8008"
+            server_name = "x"
+            admin_token = "syt_admin_SECRET1"
+            registration_shared_secret = "SECRET2"
+
+            [registry]
+            url = "postgres://lifeboat:SECRET3@127.0.0.1/lifeboat?sslpassword=SECRET4"
+
+            [email]
+            smtp_url = "smtp://relay:SECRET5@127.0.0.1:2525"
+            from = "lifeboat@example.org"
+
+            [bot]
+            user_id = "@lifeboat:x"
+            password = "SECRET6"
+            admin_room = "!room:x"
+        "#;
+        let config = Config::from_toml(text, Path::new("lifeboat.toml"), []).unwrap();
+        let printed = format!("{config:?}");
+        assert!(printed.contains("127.0.0.1:2525") && printed.contains("@lifeboat:x"), "{printed}");
+        assert!(!printed.contains("SECRET"), "{printed}");
+    }
+}

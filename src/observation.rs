@@ -9,6 +9,7 @@ use serde::Serialize;
 
 use crate::check::{CheckError, CheckReport, verdict_reason};
 use crate::config::Config;
+use crate::holds::UnheldLostIds;
 use crate::plural::id_list;
 use crate::reconcile::{Report, Verdict};
 
@@ -39,11 +40,16 @@ pub struct Observation {
     pub held: Vec<String>,
     /// What became of lifeboat's own ID, lost too, in this round's hold run.
     pub own: Option<String>,
+    /// Lost IDs this round's hold run failed to hold: they keep every
+    /// registration token back until a run holds them.
+    pub not_held: Option<NotHeld>,
     /// IDs registered again by someone lifeboat cannot vouch for: those
     /// the check found recreated, and those a hold found taken.
     pub taken: Vec<String>,
     /// Of `taken`, those in `bot.admins`.
     pub taken_admins: Vec<String>,
+    /// Of `taken`, lifeboat's own ID.
+    pub taken_own: Option<String>,
     /// This round's listing, for spacing the next one.
     #[serde(skip)]
     pub listing: Option<LastListing>,
@@ -106,15 +112,21 @@ impl Observation {
         if self.recovered {
             text.push_str("\n\nlifeboat re-created its own admin account through the shared secret.");
         }
-        if !self.held.is_empty() || self.own.is_some() {
+        if !self.held.is_empty() || self.own.is_some() || self.not_held.is_some() {
             text.push_str("\n\n");
             text.push_str(&self.held_markdown());
         }
-        if !self.taken.is_empty() {
+        let people: Vec<&String> = self.taken.iter().filter(|id| Some(*id) != self.taken_own.as_ref()).collect();
+        if !people.is_empty() {
             text.push_str(&format!(
                 "\n\n**Registered again by someone lifeboat cannot vouch for** ({}): {}. lifeboat treats them as strangers (no DMs, no web requests, never obeyed by the bot) and never changes them. If one is its owner, give it back with `lifeboat holds claim <id>` on the lifeboat host; otherwise deactivate it in Synapse.",
-                self.taken.len(),
-                id_list(&self.taken, 20)
+                people.len(),
+                id_list(&people, 20)
+            ));
+        }
+        if let Some(own) = &self.taken_own {
+            text.push_str(&format!(
+                "\n\n**lifeboat's own ID {own} was registered again by someone else.** Whoever has it can write as lifeboat to everyone lifeboat ever wrote to: deactivate it in Synapse. lifeboat cannot have it back; give it another account (create one, and put its ID in `bot.user_id` and its password in `bot.password`)."
             ));
         }
         if !self.taken_admins.is_empty() {
@@ -140,6 +152,8 @@ impl Observation {
         let admins: Vec<&str> =
             config.bot.iter().flat_map(|bot| bot.admins.iter().map(|admin| admin.as_str())).collect();
         self.taken_admins = self.taken.iter().filter(|id| admins.contains(&id.as_str())).cloned().collect();
+        let own = crate::recover::service_user_id(config);
+        self.taken_own = self.taken.iter().find(|id| id.as_str() == own.as_str()).cloned();
     }
 
     /// What this round held, in Markdown.
@@ -150,8 +164,39 @@ impl Observation {
             id_list(&self.held, 20)
         ));
         let own = self.own.as_ref().map(|own| format!("{own}."));
-        held.into_iter().chain(own).collect::<Vec<_>>().join("\n\n")
+        let not_held = self.not_held.as_ref().map(|NotHeld { ids, why }| format!(
+            "**{ids}**: {why}. No registration token goes out while a lost ID is free (any token could register it): `notify` refuses, and tokens mailed from the bot wait. The watcher tries again every round; `lifeboat holds make` on the lifeboat host tries now and says why."
+        ));
+        held.into_iter().chain(own).chain(not_held).collect::<Vec<_>>().join("\n\n")
     }
+
+    /// The subject of the message about this round's hold run.
+    pub fn holds_subject(&self, server_name: &str) -> String {
+        let held = (!self.held.is_empty()).then(|| {
+            format!(
+                "{} for their owners",
+                crate::plural::count(self.held.len() as i64, "lost ID held", "lost IDs held")
+            )
+        });
+        let not_held = self.not_held.as_ref().map(|NotHeld { ids, .. }| {
+            format!(
+                "{} not held yet: no registration token goes out",
+                crate::plural::count(ids.count, "lost ID", "lost IDs")
+            )
+        });
+        let told: Vec<String> = held.into_iter().chain(not_held).collect();
+        if told.is_empty() {
+            return format!("[lifeboat] {server_name}: lifeboat's own account was lost; see what became of it");
+        }
+        format!("[lifeboat] {server_name}: {}", told.join("; "))
+    }
+}
+
+/// Lost IDs a hold run left free, and why the first of them was not held.
+#[derive(Debug, Clone, Serialize)]
+pub struct NotHeld {
+    pub ids: UnheldLostIds,
+    pub why: String,
 }
 
 /// What the last alert was about: how bad (1 token rejected, 2 loss,
@@ -205,11 +250,51 @@ mod tests {
         assert_eq!(alone.held_markdown(), format!("{own}."));
         assert!(alone.alert_markdown("x").contains(&own));
 
-        let with_others = Observation { held: vec!["@a:x".to_owned()], ..alone };
+        let with_others = Observation { held: vec!["@a:x".to_owned()], ..alone.clone() };
         let told = with_others.held_markdown();
         assert!(
             told.starts_with("Held for their owners (1): @a:x.") && told.ends_with(&format!("\n\n{own}.")),
             "{told}"
         );
+    }
+
+    #[test]
+    fn lifeboats_own_id_taken_by_a_stranger_is_told_apart_and_never_offered_to_holds_claim() {
+        let text = "[homeserver]\nurl = \"http://127.0.0.1:8008\"\nserver_name = \"x\"\n\n[registry]\nurl = \"sqlite://lifeboat.db\"\n";
+        let config = Config::from_toml(text, std::path::Path::new("lifeboat.toml"), []).unwrap();
+        let mut seen =
+            Observation { taken: vec!["@lifeboat:x".to_owned(), "@b:x".to_owned()], ..Observation::default() };
+        seen.settle_taken(&config);
+        let alert = seen.alert_markdown("x");
+        assert!(alert.contains("someone lifeboat cannot vouch for** (1): @b:x."), "{alert}");
+        assert!(alert.contains("lifeboat's own ID @lifeboat:x was registered again by someone else"), "{alert}");
+        assert!(alert.contains("`bot.user_id`"), "{alert}");
+
+        seen.taken.retain(|id| id != "@b:x");
+        seen.settle_taken(&config);
+        assert!(!seen.alert_markdown("x").contains("holds claim"), "{}", seen.alert_markdown("x"));
+    }
+
+    #[test]
+    fn lost_ids_a_hold_run_left_free_are_told_with_what_they_hold_back() {
+        let ids = UnheldLostIds { count: 1, first: vec![crate::user_id::UserId::parse("@a:x").unwrap()] };
+        let seen = Observation {
+            not_held: Some(NotHeld { ids, why: "@a:x could not be held (busy)".to_owned() }),
+            ..Observation::default()
+        };
+        assert_eq!(seen.holds_subject("x"), "[lifeboat] x: 1 lost ID not held yet: no registration token goes out");
+        let told = seen.held_markdown();
+        assert!(
+            told.starts_with(
+                "**1 lost ID is not held yet (@a:x)**: @a:x could not be held (busy). No registration token goes out"
+            ),
+            "{told}"
+        );
+        let with_held = Observation { held: vec!["@b:x".to_owned()], ..seen };
+        assert_eq!(
+            with_held.holds_subject("x"),
+            "[lifeboat] x: 1 lost ID held for their owners; 1 lost ID not held yet: no registration token goes out"
+        );
+        assert!(with_held.held_markdown().contains("not held yet"));
     }
 }

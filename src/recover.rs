@@ -105,21 +105,43 @@ pub async fn admin_access(config: &Config, registry: &Registry) -> Result<AdminA
     let recovered = stored.map(|stored| (TokenSource::Recovered, stored.access_token));
     let configured =
         config.homeserver.admin_token.as_ref().map(|configured| (TokenSource::Config, configured.value.clone()));
-    let (mut dead, mut expired, mut own_expired) = (Vec::new(), None, None);
+    let has_configured = configured.is_some();
+    let (mut dead, mut expired, mut own_expired, mut own_demoted) = (Vec::new(), None, None, None);
     for (source, token) in recovered.into_iter().chain(configured) {
         let client = base.with_token(token);
         match client.whoami().await {
+            // An admin took the server-admin flag off lifeboat's own account:
+            // the configured token may still be an admin's.
+            Ok(_)
+                if source == TokenSource::Recovered
+                    && has_configured
+                    && !is_admin(&client, &service_user_id(config)).await =>
+            {
+                if !DEMOTION_TOLD.swap(true, std::sync::atomic::Ordering::Relaxed) {
+                    tracing::warn!("lifeboat's own account is no longer a server admin: using homeserver.admin_token");
+                }
+                own_demoted = Some(client);
+            }
             Ok(_) => return Ok(AdminAccess::Working { client, source }),
             Err(synapse::Error::Unauthorized { .. }) => dead.push(client),
             // lifeboat's own token, expired: `recover` logs in for a new one.
             Err(synapse::Error::Expired { .. }) if source == TokenSource::Recovered => own_expired = Some(client),
             Err(err @ synapse::Error::Expired { .. }) => expired = Some(err),
-            Err(err) => return Err(err.into()),
+            // The demoted own token still works for what a non-admin may do.
+            Err(err) => {
+                return own_demoted
+                    .map(|client| AdminAccess::Working { client, source: TokenSource::Recovered })
+                    .ok_or(err.into());
+            }
         }
     }
     // A token Synapse still knows says its database is there: no wipe. The
-    // expired own one is the client to go on with (a listing with it says
-    // "could not tell", never "everyone is missing").
+    // demoted or expired own one is the client to go on with (a listing
+    // with it fails "not a server admin" or says "could not tell", never
+    // "everyone is missing").
+    if let Some(client) = own_demoted {
+        return Ok(AdminAccess::Working { client, source: TokenSource::Recovered });
+    }
     if let Some(client) = own_expired {
         return Ok(AdminAccess::Dead { client });
     }
@@ -132,6 +154,16 @@ pub async fn admin_access(config: &Config, registry: &Registry) -> Result<AdminA
         None => dead.pop().unwrap_or(base),
     };
     Ok(AdminAccess::Dead { client })
+}
+
+/// Said once a process: every use of the admin API would say it again.
+static DEMOTION_TOLD: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
+
+/// Is `client`'s account (`user_id`) still a server admin? Only admins may
+/// read an account's details: a 403 says no. Anything else is taken for yes,
+/// as before this was asked (the listing that follows says what is wrong).
+async fn is_admin(client: &SynapseClient, user_id: &UserId) -> bool {
+    !matches!(client.user_details(user_id.as_str()).await, Err(synapse::Error::Forbidden { .. }))
 }
 
 /// lifeboat's own token, expired (a homeserver with session lifetimes)

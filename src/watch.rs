@@ -16,8 +16,8 @@ use tokio_util::sync::CancellationToken;
 use crate::app::Services;
 use crate::check::check;
 use crate::config::Config;
-use crate::holds::{HoldError, hold_lost_ids, holds_wanted, restore_held_names};
-use crate::observation::{AlertedState, LastListing, Observation};
+use crate::holds::{HoldError, hold_lost_ids, holds_wanted, restore_held_names, tokens_withheld};
+use crate::observation::{AlertedState, LastListing, NotHeld, Observation};
 use crate::probe::{FixedSample, Probe, probe};
 use crate::reconcile::Verdict;
 use crate::recover::{AdminAccess, RecoverError, admin_access, recover};
@@ -165,33 +165,55 @@ pub async fn observe(
 /// "auto"`; a wipe of a big server takes a long while to hold, which is
 /// why the alert does not wait for it, and why a stop ends it between
 /// holds) and brings people whose ID is theirs again back into their rooms.
+/// Returns how many lost IDs are still free once this round's hold run
+/// ended, when that is known (a run that ran to its end, not another's).
 pub async fn after_listing(
     config: &Config,
     registry: &Registry,
     client: &SynapseClient,
     seen: &mut Observation,
     stop: &CancellationToken,
-) {
+) -> Option<i64> {
     // Whatever the registry knows to be lost: create-only, so holding on
     // what an earlier sync saw is safe.
+    let mut still_free = None;
     if holds_wanted(config, false) {
-        match hold_lost_ids(config, registry, client, &Actor::service("watcher"), false, &|_, _| {}, stop).await {
+        let why = match hold_lost_ids(config, registry, client, &Actor::service("watcher"), false, &|_, _| {}, stop)
+            .await
+        {
             Ok(report) => {
-                if !report.failed.is_empty() {
-                    tracing::warn!(count = report.failed.len(), first = ?report.failed.first(), "watcher: some lost IDs could not be held yet");
-                }
                 seen.held = report.held.iter().map(ToString::to_string).collect();
                 seen.own = report.own_note();
                 seen.taken.extend(report.taken.iter().map(ToString::to_string));
+                let why = report.failed.first().map(|(first, why)| format!("{first} could not be held ({why})"));
+                if let Some(why) = &why {
+                    tracing::warn!(count = report.failed.len(), first = %why, "watcher: some lost IDs could not be held yet");
+                }
+                (!report.stopped).then_some(why)
             }
             Err(err @ HoldError::Busy { .. }) => {
-                tracing::info!(reason = %err, "watcher: lost IDs are held by another run")
+                tracing::info!(reason = %err, "watcher: lost IDs are held by another run");
+                None
             }
-            Err(err) => tracing::warn!(error = %err, "watcher: lost IDs are not held"),
+            Err(err) => {
+                tracing::warn!(error = %err, "watcher: lost IDs are not held");
+                Some(Some(format!("the hold run failed ({err})")))
+            }
+        };
+        if let Some(why) = why {
+            match tokens_withheld(config, registry).await {
+                Ok(ids) => {
+                    still_free = Some(ids.as_ref().map_or(0, |ids| ids.count));
+                    // Only a failure is news: an ID lost since the run began is the next round's.
+                    seen.not_held = ids.zip(why).map(|(ids, why)| NotHeld { ids, why });
+                }
+                Err(err) => tracing::warn!(error = %err, "watcher: registry query failed"),
+            }
         }
     }
     rejoin_rooms(config, registry, client).await;
     seen.settle_taken(config);
+    still_free
 }
 
 /// Brings people whose ID is theirs again back into their rooms (logged).
@@ -213,6 +235,9 @@ pub async fn run(services: Arc<Services>, alerts: impl AlertSink) {
     // The last round found every admin token rejected and could not get
     // back in: the probe's finding the same is no news until the next round.
     let mut token_rejected = false;
+    // How many lost IDs the last alert said were not held: more is news,
+    // the same is not (every round retries them).
+    let mut alerted_not_held = 0;
     loop {
         let interval = if last_round.is_some() { config.watch.interval } else { Duration::ZERO };
         let after_round = last_round.map_or(0, |ended| ended.saturating_add(interval.as_millis() as i64));
@@ -245,25 +270,29 @@ pub async fn run(services: Arc<Services>, alerts: impl AlertSink) {
             continue;
         };
         let taken_before = seen.taken.clone();
-        after_listing(config, registry, &client, &mut seen, cancel).await;
+        let still_free = after_listing(config, registry, &client, &mut seen, cancel).await;
         handle.set(seen.clone());
-        let outcome = if seen.taken != taken_before {
-            // Taken before its hold: news, alerted with the held IDs.
-            alert_on_change(config, registry, &seen, &alerts).await
-        } else if !seen.held.is_empty() || seen.own.is_some() {
-            // The IDs held after the alert went out, in a message of their own.
-            let server = &config.homeserver.server_name;
-            let subject = match seen.held.len() {
-                0 => format!("[lifeboat] {server}: lifeboat's own account was lost; see what became of it"),
-                held => format!("[lifeboat] {server}: {held} lost IDs held for their owners"),
-            };
+        if still_free == Some(0) {
+            alerted_not_held = 0;
+        }
+        let not_held =
+            seen.not_held.as_ref().map(|not_held| not_held.ids.count).filter(|&count| count > alerted_not_held);
+        // Taken before its hold: news, alerted with the held IDs (and those not held).
+        let told = seen.taken != taken_before
+            && alert_on_change(config, registry, &seen, &alerts).await.unwrap_or_else(|err| {
+                tracing::warn!(error = %err, "watcher: could not record the alerted state");
+                false
+            });
+        if !told && (!seen.held.is_empty() || seen.own.is_some() || not_held.is_some()) {
+            // What this round's hold run did, in a message of its own.
+            let subject = seen.holds_subject(&config.homeserver.server_name);
             alerts.alert(&subject, &seen.held_markdown()).await;
-            registry.audit(&Actor::service("watcher"), "alert", Some(&subject), None).await
-        } else {
-            Ok(())
-        };
-        if let Err(err) = outcome {
-            tracing::warn!(error = %err, "watcher: could not record the alerted state");
+            if let Err(err) = registry.audit(&Actor::service("watcher"), "alert", Some(&subject), None).await {
+                tracing::warn!(error = %err, "watcher: could not record the alert");
+            }
+        }
+        if let Some(count) = not_held {
+            alerted_not_held = count;
         }
         // Beside the rounds, so that probes go on meanwhile (at 10,000
         // held IDs the names take minutes); one run at a time by its lease.
@@ -356,21 +385,24 @@ async fn wait_for_next_round(
     }
 }
 
+/// Alerts when what the watcher sees got worse (or is back to normal), and
+/// keeps what it alerted about; true when it sent [`Observation::alert_markdown`],
+/// which tells the round's holds too.
 async fn alert_on_change(
     config: &Config,
     registry: &Registry,
     seen: &Observation,
     alerts: &impl AlertSink,
-) -> Result<(), crate::registry::Error> {
+) -> Result<bool, crate::registry::Error> {
     // "Could not tell" says nothing new either way: keep the last state.
     if seen.verdict.is_none() && !seen.token_rejected {
-        return Ok(());
+        return Ok(false);
     }
     let now = seen.alerted_state();
     let before: Option<AlertedState> =
         registry.setting(ALERTED_SETTING).await?.and_then(|stored| serde_json::from_str(&stored).ok());
     let server = &config.homeserver.server_name;
-    match (&now, &before) {
+    let told = match (&now, &before) {
         (Some(state), _) if state.is_news_after(before.as_ref()) => {
             let subject = match seen.verdict {
                 Some(Verdict::SuspectedReset) => format!("[lifeboat] {server}: suspected database reset"),
@@ -379,20 +411,22 @@ async fn alert_on_change(
             };
             alerts.alert(&subject, &seen.alert_markdown(server)).await;
             registry.audit(&Actor::service("watcher"), "alert", Some(&subject), Some(&seen.reason)).await?;
+            true
         }
         (None, Some(_)) => {
             let text = format!("**{server} is back to normal:** {}.", seen.reason.trim_end_matches('.'));
             let subject = format!("[lifeboat] {server}: back to normal");
             alerts.alert(&subject, &text).await;
             registry.audit(&Actor::service("watcher"), "alert", Some(&subject), Some(&seen.reason)).await?;
+            false
         }
-        _ => {}
-    }
+        _ => false,
+    };
     if now != before {
         let stored = now.as_ref().map(|state| serde_json::to_string(state).expect("plain data")).unwrap_or_default();
         registry.set_setting(ALERTED_SETTING, &stored).await?;
     }
-    Ok(())
+    Ok(told)
 }
 
 /// A pause that ends early when cancelled; true when it was cancelled.

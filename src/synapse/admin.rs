@@ -222,4 +222,11 @@ mod tests {
         );
         assert_eq!(mac, "be95cfacd2eaf2e4e3e95aa018afaafc834f7bbf");
     }
+
+    #[test]
+    fn a_registration_token_printed_for_debugging_hides_the_token() {
+        let token = RegistrationToken { token: "SECRET".to_owned(), pending: 0, completed: 1, expiry_time: Some(5) };
+        let printed = format!("{token:?}");
+        assert!(printed.contains("completed: 1") && !printed.contains("SECRET"), "{printed}");
+    }
 }

@@ -7,7 +7,7 @@ use std::time::Duration;
 use crate::harness::browser::Browser;
 use crate::harness::faulty_front::FaultyFront;
 use crate::harness::{Lifeboat, MatrixUser, TestDatabase, TestSmtp, TestSynapse, eventually, unique};
-use crate::serve_bot::{Rig, people};
+use crate::serve_bot::{Rig, logged_more_than, people};
 use crate::web_pages::{form_csrf, post_form};
 
 const POSTMORTEM: &str = "Our database was lost during maintenance.";
@@ -766,6 +766,51 @@ async fn no_notice_goes_out_while_a_lost_id_could_not_be_held() {
     assert_eq!(sent.code, 0, "{sent:?}");
     assert!(ids_in(&lifeboat, "held").await.contains(&synapse.user_id(&first)), "{sent:?}");
     assert_eq!(smtp.messages_to(&format!("{first}@example.org")).len(), 1, "{sent:?}");
+}
+
+/// A lost ID serve's watcher cannot hold (Synapse is busy whenever
+/// lifeboat makes that one account) keeps every registration token back:
+/// the admins are told, with the ID and what to do, once and not again
+/// each round while nothing changes.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_lost_id_the_watcher_cannot_hold_is_alerted_once_with_what_it_holds_back() {
+    let people = people(2);
+    let mut rig = Rig::start(TestSmtp::start(None), &people).await;
+    assert_eq!(rig.lifeboat.run(&["sync"]).await.code, 0);
+    let front = FaultyFront::start(&rig.synapse.url, reqwest::Method::PUT, &people[0].0, usize::MAX).await;
+    rig.lifeboat.set_env("LIFEBOAT__HOMESERVER__URL", &front.url);
+    rig.serve().await;
+    rig.synapse.wipe();
+
+    let (smtp, stuck) = (&rig.smtp, rig.synapse.user_id(&people[0].0));
+    let alerts_not_held = || {
+        let alerts = smtp.messages_to("oncall@example.org");
+        alerts.into_iter().filter_map(|mail| mail.text.filter(|text| text.contains("not held yet"))).collect::<Vec<_>>()
+    };
+    eventually("an alert says a lost ID is not held", Duration::from_secs(90), || async {
+        !alerts_not_held().is_empty()
+    })
+    .await;
+    let alert = &alerts_not_held()[0];
+    assert!(
+        alert.contains(&stuck)
+            && alert.contains("No registration token goes out")
+            && alert.contains("lifeboat holds make"),
+        "{alert}"
+    );
+    // Each round tries the ID again and fails again: no news.
+    let store = lifeboat::registry::Registry::connect(&rig.registry_url()).await.unwrap();
+    let rounds = rig.lifeboat.serve_log().matches("watcher round").count();
+    logged_more_than(&rig.lifeboat, "watcher round", rounds + 2).await;
+    let alerted = store.audit_log(1_000).await.unwrap();
+    let not_held: Vec<_> = alerted
+        .iter()
+        .filter(|entry| {
+            entry.action == "alert" && entry.subject.as_deref().unwrap_or_default().contains("not held yet")
+        })
+        .collect();
+    assert_eq!(not_held.len(), 1, "{not_held:?}");
+    store.close().await;
 }
 
 /// serve's delivery worker sends only what a notify planned, but a notice

@@ -1003,7 +1003,7 @@ async fn a_notify_leaves_dms_to_a_serve_holding_the_device_store_and_to_nobody_e
 }
 
 /// Waits until serve's log has `needle` more than `count` times.
-async fn logged_more_than(lifeboat: &Lifeboat, needle: &str, count: usize) {
+pub(crate) async fn logged_more_than(lifeboat: &Lifeboat, needle: &str, count: usize) {
     eventually(needle, Duration::from_secs(90), || async { lifeboat.serve_log().matches(needle).count() > count }).await
 }
 

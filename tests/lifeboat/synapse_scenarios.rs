@@ -115,6 +115,32 @@ async fn recover_with_a_working_token_has_nothing_to_do_even_without_the_shared_
     assert!(recover.stdout.contains("Nothing to recover: the configured admin token works."), "{recover:?}");
 }
 
+/// An admin who takes the server-admin flag off the account `recover` made
+/// for lifeboat leaves it the configured admin token: listings go on with
+/// that one, where they failed "not a server admin" for as long as
+/// lifeboat's own token lived.
+#[tokio::test(flavor = "multi_thread")]
+async fn lifeboats_own_account_no_longer_an_admin_leaves_listings_to_the_configured_token() {
+    let synapse = TestSynapse::start();
+    let registry = TestDatabase::sqlite();
+    let mut lifeboat = Lifeboat::recovering(&synapse, &registry);
+    assert_eq!(lifeboat.run(&["sync"]).await.code, 0);
+    synapse.wipe();
+    let recover = lifeboat.run(&["recover"]).await;
+    assert_eq!(recover.code, 0, "{recover:?}");
+
+    let ops = synapse.register_admin(&unique("ops"));
+    use_token(&mut lifeboat, &ops);
+    let own_flag = format!("/_synapse/admin/v1/users/{}/admin", synapse.user_id("lifeboat"));
+    let demoted =
+        synapse.admin_request(reqwest::Method::PUT, &own_flag, Some(serde_json::json!({"admin": false}))).await;
+    assert_eq!(demoted.0, 200, "{demoted:?}");
+
+    let sync = lifeboat.run(&["sync"]).await;
+    assert_eq!(sync.code, 0, "{sync:?}");
+    assert!(sync.stderr.contains("lifeboat's own account is no longer a server admin"), "{sync:?}");
+}
+
 #[tokio::test(flavor = "multi_thread")]
 async fn sync_imports_every_account_and_every_email() {
     let synapse = TestSynapse::start();
