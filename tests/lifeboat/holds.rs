@@ -798,6 +798,9 @@ async fn a_lost_id_the_watcher_cannot_hold_is_alerted_once_with_what_it_holds_ba
             && alert.contains("lifeboat holds make"),
         "{alert}"
     );
+    let (_, metrics) = Rig::fetch(&rig.metrics, "/metrics").await;
+    assert!(metrics.contains("lifeboat_lost_ids_not_held 1\n"), "{metrics}");
+
     // Each round tries the ID again and fails again: no news.
     let store = lifeboat::registry::Registry::connect(&rig.registry_url()).await.unwrap();
     let rounds = rig.lifeboat.serve_log().matches("watcher round").count();

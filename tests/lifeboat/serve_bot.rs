@@ -24,7 +24,7 @@ pub(crate) struct Rig {
     pub(crate) admin_room: String,
     pub(crate) web: String,
     /// The operator's address for `/metrics`.
-    metrics: String,
+    pub(crate) metrics: String,
     serve: Option<tokio::process::Child>,
 }
 
@@ -199,7 +199,7 @@ impl Rig {
         Self::fetch(&self.web, path).await
     }
 
-    async fn fetch(base: &str, path: &str) -> (u16, String) {
+    pub(crate) async fn fetch(base: &str, path: &str) -> (u16, String) {
         let response =
             reqwest::Client::builder().no_proxy().build().unwrap().get(format!("{base}{path}")).send().await.unwrap();
         (response.status().as_u16(), response.text().await.unwrap())
@@ -334,6 +334,7 @@ async fn an_admin_gets_the_status_in_the_admin_room_and_a_stranger_gets_nothing_
     assert_prometheus_text(&metrics);
     assert!(metrics.contains(&format!("lifeboat_accounts{{state=\"present\"}} {present}\n")), "{metrics}");
     assert!(metrics.contains("lifeboat_incidents_open 0\n"), "{metrics}");
+    assert!(metrics.contains("lifeboat_lost_ids_not_held 0\n"), "{metrics}");
     assert!(metrics.contains("lifeboat_verdict{verdict=\"ok\"} 1\n"), "{metrics}");
     // Every state has its series from the start, so a graph of held IDs
     // does not begin only at the first hold.
