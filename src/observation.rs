@@ -3,9 +3,11 @@
 //! `/metrics` and the bot's `status` read it. Below `app`, which holds the
 //! handle, and `watch`, which fills it.
 
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, RwLock};
 
 use serde::Serialize;
+use tokio::sync::Notify;
 
 use crate::check::{CheckError, CheckReport, verdict_reason};
 use crate::config::Config;
@@ -223,19 +225,40 @@ impl AlertedState {
     }
 }
 
-/// The latest observation, shared with `/metrics` and the bot's `status`.
+/// The latest observation, shared with `/metrics` and the bot's `status`,
+/// and the bot's wish for a listing soon.
 #[derive(Clone, Default)]
-pub struct WatchHandle(Arc<RwLock<Observation>>);
+pub struct WatchHandle {
+    seen: Arc<RwLock<Observation>>,
+    listing_wanted: Arc<(AtomicBool, Notify)>,
+}
 
 impl WatchHandle {
     pub fn current(&self) -> Observation {
-        self.0.read().map(|seen| seen.clone()).unwrap_or_default()
+        self.seen.read().map(|seen| seen.clone()).unwrap_or_default()
     }
 
     pub(crate) fn set(&self, observation: Observation) {
-        if let Ok(mut seen) = self.0.write() {
+        if let Ok(mut seen) = self.seen.write() {
             *seen = observation;
         }
+    }
+
+    /// Asks the watcher for a listing as soon as its pacing allows (the
+    /// bot, for a member of its admin room no listing has seen yet).
+    pub fn want_listing(&self) {
+        self.listing_wanted.0.store(true, Ordering::Relaxed);
+        self.listing_wanted.1.notify_one();
+    }
+
+    /// Whether a listing was asked for since the last call.
+    pub(crate) fn take_listing_wish(&self) -> bool {
+        self.listing_wanted.0.swap(false, Ordering::Relaxed)
+    }
+
+    /// Until a listing is asked for (at once if one was since the last wait).
+    pub(crate) async fn listing_asked(&self) {
+        self.listing_wanted.1.notified().await
     }
 }
 

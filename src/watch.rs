@@ -17,7 +17,7 @@ use crate::app::Services;
 use crate::check::check;
 use crate::config::Config;
 use crate::holds::{HoldError, hold_lost_ids, holds_wanted, restore_held_names, tokens_withheld};
-use crate::observation::{AlertedState, LastListing, NotHeld, Observation};
+use crate::observation::{AlertedState, LastListing, NotHeld, Observation, WatchHandle};
 use crate::probe::{FixedSample, Probe, probe};
 use crate::reconcile::Verdict;
 use crate::recover::{AdminAccess, RecoverError, admin_access, recover};
@@ -243,9 +243,11 @@ pub async fn run(services: Arc<Services>, alerts: impl AlertSink) {
         let after_round = last_round.map_or(0, |ended| ended.saturating_add(interval.as_millis() as i64));
         let due =
             last_listing(registry).await.map_or(after_round, |last| after_round.max(next_listing_due(last, interval)));
-        if due > now_ms() && !wait_for_next_round(config, registry, cancel, due, token_rejected).await {
+        if due > now_ms() && !wait_for_next_round(config, registry, handle, cancel, due, token_rejected).await {
             return;
         }
+        // This round lists: what was asked for until now is done by it.
+        handle.take_listing_wish();
         // A round runs to its end even when serve is stopping (its sync stops
         // by itself between calls): dropped inside a sync's transaction, it would
         // leave SQLite locked for what still finishes (a notify marking what it sent).
@@ -332,18 +334,24 @@ pub async fn listing_gap(config: &Config, registry: &Registry) -> Duration {
     }
 }
 
+/// The least gap between listings the bot may ask for (more on a big
+/// server: [`next_listing_due`] keeps listings to their share of Synapse).
+const ASKED_LISTING_GAP: Duration = Duration::from_secs(30);
+
 /// Waits until `due` (ms since the epoch), probing every
 /// `watch.probe_interval`; the next round starts early when a probe sees
-/// what a loss would cause. `false` when cancelled.
+/// what a loss would cause, or as soon as pacing allows when the bot asks
+/// for a listing. `false` when cancelled.
 async fn wait_for_next_round(
     config: &Config,
     registry: &Registry,
+    handle: &WatchHandle,
     cancel: &CancellationToken,
     due: i64,
     token_rejected_before: bool,
 ) -> bool {
     let left_ms = u64::try_from(due.saturating_sub(now_ms())).unwrap_or(0);
-    let next_round = Instant::now() + Duration::from_millis(left_ms);
+    let mut next_round = Instant::now() + Duration::from_millis(left_ms);
     let probing = !config.watch.probe_interval.is_zero();
     let fixed = if probing { FixedSample::load(registry).await.unwrap_or_default() } else { FixedSample::default() };
     let mut rooms_due = Instant::now() + config.watch.interval;
@@ -354,8 +362,18 @@ async fn wait_for_next_round(
             return true;
         }
         let wait = if probing { left.min(config.watch.probe_interval) } else { left };
-        if pause(wait.min(rooms_due.saturating_duration_since(now).max(Duration::from_millis(10))), cancel).await {
-            return false;
+        let wait = wait.min(rooms_due.saturating_duration_since(now).max(Duration::from_millis(10)));
+        tokio::select! {
+            stopped = pause(wait, cancel) => if stopped { return false },
+            () = handle.listing_asked() => {
+                if handle.take_listing_wish() {
+                    let earliest = last_listing(registry).await.map_or(0, |last| next_listing_due(last, ASKED_LISTING_GAP));
+                    let after = u64::try_from(earliest.saturating_sub(now_ms())).unwrap_or(0);
+                    next_round = next_round.min(Instant::now() + Duration::from_millis(after));
+                    tracing::info!(in_seconds = after / 1000, "watcher: the bot asked for a listing");
+                }
+                continue;
+            }
         }
         // Between full listings (hours apart on a big server), each
         // `watch.interval` still brings people whose ID is theirs again back

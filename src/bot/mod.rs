@@ -190,7 +190,7 @@ impl Bot {
     /// are its to vouch for.
     async fn audience_of(&self, room: &Room) -> Audience {
         let (config, registry) = (&self.state.config, &self.state.registry);
-        let unsure = Audience { unvouched: Vec::new(), unsure: Some(Unsure::NoAnswer) };
+        let unsure = Audience { unsure: Some(Unsure::NoAnswer), ..Audience::default() };
         let admin = match crate::recover::admin_access(config, registry).await {
             Ok(access) => access.working(),
             // Synapse or the registry not answering now.
@@ -226,6 +226,12 @@ impl Bot {
                 Ok(false) => {
                     tracing::warn!(member = %user, "not posting in the admin room: its account is not one lifeboat knows as its person's");
                     audience.unvouched.push(user.to_string());
+                    // Made since the last listing (a new colleague, say): the
+                    // next listing vouches for it, so one is asked for now.
+                    if matches!(registry.account(&id).await, Ok(None)) {
+                        self.state.watch.want_listing();
+                        audience.listing_asked = true;
+                    }
                 }
                 Err(err) => {
                     tracing::warn!(member = %user, error = %err, "cannot tell whose a member of the admin room is");
@@ -970,6 +976,9 @@ struct Audience {
     unvouched: Vec<String>,
     /// Why whose some member's account is cannot be told now.
     unsure: Option<Unsure>,
+    /// Some unvouched member is an account no listing has seen: the
+    /// watcher was asked for one.
+    listing_asked: bool,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -986,7 +995,7 @@ impl Audience {
     /// server (another server's are its to vouch for).
     fn without_admin_token<'a>(me: &UserId, mut members: impl Iterator<Item = &'a UserId>) -> Audience {
         let local = members.any(|member| member != me && member.server_name() == me.server_name());
-        Audience { unvouched: Vec::new(), unsure: local.then_some(Unsure::NoAdminToken) }
+        Audience { unsure: local.then_some(Unsure::NoAdminToken), ..Audience::default() }
     }
 
     /// Alerts go while unsure: they may be about that very failure.
@@ -998,7 +1007,7 @@ impl Audience {
     /// posted, if it is not.
     fn withholds_answers(&self) -> Option<String> {
         if !self.unvouched.is_empty() {
-            return Some(not_posting_while(&self.unvouched));
+            return Some(not_posting_while(&self.unvouched, self.listing_asked));
         }
         self.unsure.map(|unsure| match unsure {
             Unsure::NoAnswer => "I cannot tell right now whose accounts are in this room (Synapse or the registry did not answer), so I post no answer: send the command again in a minute.".to_owned(),
@@ -1007,9 +1016,14 @@ impl Audience {
     }
 }
 
-fn not_posting_while(unvouched: &[String]) -> String {
+fn not_posting_while(unvouched: &[String], listing_asked: bool) -> String {
+    let new_account = if listing_asked {
+        "a new account: lifeboat reads the listing again as soon as its pacing allows, within minutes on most servers, or `lifeboat sync` on the lifeboat host does it now"
+    } else {
+        "a new account: `lifeboat sync` adds it"
+    };
     format!(
-        "I post nothing in this room while {} {} in it: no listing has seen {} as its person's account yet (a new account: `lifeboat sync` adds it), or it was registered again by someone else after a loss (settle it with `lifeboat holds claim`, or remove it from this room).",
+        "I post nothing in this room while {} {} in it: no listing has seen {} as its person's account yet ({new_account}), or it was registered again by someone else after a loss (settle it with `lifeboat holds claim`, or remove it from this room).",
         unvouched.join(", "),
         if unvouched.len() == 1 { "is" } else { "are" },
         if unvouched.len() == 1 { "it" } else { "each" },
