@@ -91,6 +91,10 @@ pub struct SyncSummary {
     pub rooms: Option<RoomSyncSummary>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub rooms_error: Option<String>,
+    /// Synapse refused the admin token while emails were read (the listing
+    /// was applied before, and its report stands): why.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub details_refused: Option<String>,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -101,8 +105,6 @@ pub enum SyncError {
         "the account list kept changing while it was read ({listed} accounts read, Synapse counts {total}), so the registry was left unchanged; run sync again"
     )]
     Inconsistent { listed: u64, total: i64 },
-    #[error("the listing was applied, but importing emails stopped: {0}")]
-    Details(synapse::Error),
     #[error("stopped before the listing was complete, so the registry was left unchanged; run sync again")]
     Stopped,
     #[error(
@@ -159,12 +161,14 @@ pub async fn sync(
         let outcome = reads.import_emails(quota).await;
         let (details_took, counts) = (details_began.elapsed(), reads.counts);
         registry.finish_sync_run(run_id, counts.fetched, counts.failed, counts.imported, actor).await?;
-        outcome?;
+        // A refusal now leaves the listing's report standing: a wipe it
+        // shows is alerted all the same.
+        let details_refused = outcome?.map(|refusal| refusal.to_string());
         let mut stopped = options.stop.is_cancelled();
         // Rooms after accounts: a room's local members are matched with the
         // accounts just applied.
         let (mut rooms, mut rooms_error) = (None, None);
-        if !stopped {
+        if !stopped && details_refused.is_none() {
             let (server_name, max_age) = (&options.config.homeserver.server_name, options.config.sync.details_max_age);
             match sync_rooms(registry, client, server_name, max_age, options.pace, &options.stop).await {
                 Ok(summary) => rooms = Some(summary),
@@ -186,6 +190,7 @@ pub async fn sync(
             details_took,
             rooms,
             rooms_error,
+            details_refused,
         })
     };
     Lease::run(registry, "sync", work)
@@ -261,7 +266,8 @@ impl DetailReads<'_> {
     /// Records the emails of new accounts, then of up to `quota` due again
     /// ([`refresh_quota`]); per-account failures are counted, not fatal. New
     /// accounts first, so a sync stopped part-way continues where it stopped.
-    async fn import_emails(&mut self, quota: u64) -> Result<(), SyncError> {
+    /// Synapse's refusal of the admin token ends it (what was read is kept).
+    async fn import_emails(&mut self, quota: u64) -> Result<Option<synapse::Error>, registry::Error> {
         let now = now_ms();
         let again =
             DetailsDue::Again { now, stale_before: now - self.options.config.sync.details_max_age.as_millis() as i64 };
@@ -269,7 +275,9 @@ impl DetailReads<'_> {
         let due = (self.registry.count_accounts_needing_details(again).await? as u64).min(quota);
         self.counts.due = new + due;
         self.progress.details_start(self.counts.due, self.options.pace);
-        self.read_details(DetailsDue::New, u64::MAX).await?;
+        if let Some(refusal) = self.read_details(DetailsDue::New, u64::MAX).await? {
+            return Ok(Some(refusal));
+        }
         self.read_details(again, quota).await
     }
 
@@ -277,7 +285,7 @@ impl DetailReads<'_> {
     /// `due`, a batch at a time, each batch written in one transaction while
     /// the next one's calls are in flight (one write per account used to
     /// stall the calls for a tenth of a cold sync at 1,000,000 accounts).
-    async fn read_details(&mut self, due: DetailsDue, cap: u64) -> Result<(), SyncError> {
+    async fn read_details(&mut self, due: DetailsDue, cap: u64) -> Result<Option<synapse::Error>, registry::Error> {
         let registry = self.registry;
         let mut after = String::new();
         let mut taken = 0u64;
@@ -301,10 +309,10 @@ impl DetailReads<'_> {
             if let Some(refused) = refused {
                 // What was read before the refusal is kept.
                 self.counts.imported += registry.record_details(&to_write).await?;
-                return Err(SyncError::Details(refused));
+                return Ok(Some(refused));
             }
         }
-        Ok(())
+        Ok(None)
     }
 
     /// Reads the details of `batch` ([`call_in_paced_groups`]), counting each

@@ -87,6 +87,9 @@ pub async fn observe(
         share = paced.pace.unwrap_or(1.0);
         match sync(registry, &client, &paced, &actor, &Quiet).await {
             Ok(summary) => {
+                if let Some(why) = &summary.details_refused {
+                    tracing::warn!(why, "watcher: the listing was applied, but importing emails stopped");
+                }
                 one_off = summary.details_took;
                 seen.saw(summary.applied.report, config.watch.loss_threshold);
             }

@@ -123,8 +123,10 @@ async fn run(bot: &Arc<Bot>, room: &Room, actor: &Actor, command: AdminCommand) 
             let options = SyncOptions::from_config(config).paced().stopped_by(state.shutdown.clone());
             let summary = sync(registry, &client, &options, actor, &Quiet).await.map_err(text)?;
             let report = &summary.applied.report;
+            let stopped =
+                summary.details_refused.map(|why| format!(" Importing emails stopped: {why}")).unwrap_or_default();
             Ok(format!(
-                "Synced: {} listed; {} new, {} missing ({} newly), {} held, {} recreated, {} deactivated; {} emails imported.",
+                "Synced: {} listed; {} new, {} missing ({} newly), {} held, {} recreated, {} deactivated; {} emails imported.{stopped}",
                 report.listed,
                 report.new.len(),
                 report.missing.len(),

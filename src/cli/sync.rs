@@ -127,6 +127,9 @@ pub async fn run(context: &Context, args: Args) -> Outcome {
             println!("  recreated (same ID, newer account): {}", id_list(&report.recreated, 20));
         }
     }
+    if let Some(why) = &summary.details_refused {
+        return Err(Failure::failed(format!("the listing was applied, but importing emails stopped: {why}")));
+    }
     if summary.details_failed > 0 {
         return Err(Failure::failed(format!(
             "the listing was applied, but the details of {} accounts could not be fetched; run sync again to import their emails",

@@ -4,6 +4,7 @@ use std::time::Duration;
 
 use serde_json::Value;
 
+use crate::harness::faulty_front::FaultyFront;
 use crate::harness::{Lifeboat, TestDatabase, TestSynapse, unique};
 
 fn ids(value: &Value) -> Vec<String> {
@@ -139,6 +140,46 @@ async fn lifeboats_own_account_no_longer_an_admin_leaves_listings_to_the_configu
     let sync = lifeboat.run(&["sync"]).await;
     assert_eq!(sync.code, 0, "{sync:?}");
     assert!(sync.stderr.contains("lifeboat's own account is no longer a server admin"), "{sync:?}");
+}
+
+/// Synapse refusing the admin token while a sync reads emails, after the
+/// listing was read and applied: the listing's report stands, so the
+/// watcher alerts the wipe it shows rather than "could not tell", and
+/// `lifeboat sync` prints it and says the emails were not all read.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_token_refused_while_emails_are_read_leaves_the_listings_verdict_standing() {
+    use lifeboat::reconcile::Verdict;
+
+    let synapse = TestSynapse::start();
+    let registry = TestDatabase::sqlite();
+    for n in 0..3 {
+        synapse.create_user(&unique(&format!("p{n}")), &[]).await;
+    }
+    let mut lifeboat = lifeboat_for(&synapse, &registry);
+    assert_eq!(lifeboat.run(&["sync"]).await.code, 0);
+    synapse.wipe();
+    use_token(&mut lifeboat, &synapse.register_admin(&unique("root")));
+    // One account's details, not the listing (`/v2/users?from=…`).
+    let front =
+        FaultyFront::refusing(&synapse.url, reqwest::Method::GET, "/_synapse/admin/v2/users/", usize::MAX).await;
+    lifeboat.set_env("LIFEBOAT__HOMESERVER__URL", &front.url);
+
+    let env = [
+        ("LIFEBOAT__HOMESERVER__URL".to_owned(), front.url.clone()),
+        ("LIFEBOAT__HOMESERVER__ADMIN_TOKEN".to_owned(), synapse.admin_token()),
+    ];
+    let config = lifeboat::config::Config::load(lifeboat.config_path(), env).unwrap();
+    let store = lifeboat::registry::Registry::connect(&registry.url()).await.unwrap();
+    let (lock, stop) = (tokio::sync::Mutex::new(()), tokio_util::sync::CancellationToken::new());
+    let (seen, _) = lifeboat::watch::observe(&config, &store, &lock, &stop).await;
+    assert_eq!(seen.verdict, Some(Verdict::SuspectedReset), "{seen:?}");
+    assert!(seen.missing.len() >= 3, "{seen:?}");
+    store.close().await;
+
+    let sync = lifeboat.run(&["sync"]).await;
+    assert_eq!(sync.code, 1, "{sync:?}");
+    assert!(sync.stdout.contains("Sync complete"), "{sync:?}");
+    assert!(sync.stderr.contains("the listing was applied, but importing emails stopped"), "{sync:?}");
 }
 
 #[tokio::test(flavor = "multi_thread")]

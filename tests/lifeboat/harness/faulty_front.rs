@@ -1,6 +1,7 @@
-//! An HTTP front to a real Synapse that answers 503 to chosen requests, for
-//! a failure a real server cannot be made to give on demand (busy for just
-//! one call); every other request reaches Synapse unchanged.
+//! An HTTP front to a real Synapse that answers 503 (or 403) to chosen
+//! requests, for a failure a real server cannot be made to give on demand
+//! (busy for just one call, a token refused between two calls); every
+//! other request reaches Synapse unchanged.
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -22,6 +23,8 @@ struct Front {
     method: Method,
     path_part: String,
     failures_left: Arc<AtomicUsize>,
+    /// What a chosen request is answered: status and body.
+    answer: (u16, &'static str),
     http: reqwest::Client,
 }
 
@@ -29,12 +32,31 @@ impl FaultyFront {
     /// Relays to `target`, but answers 503 to the first `times` requests
     /// with `method` whose path contains `path_part`.
     pub async fn start(target: &str, method: Method, path_part: &str, times: usize) -> FaultyFront {
+        let busy = (503, r#"{"errcode":"M_UNKNOWN","error":"busy (a test's front)"}"#);
+        Self::answering(target, method, path_part, times, busy).await
+    }
+
+    /// As [`FaultyFront::start`], answering 403 as to a token that is not
+    /// a server admin's.
+    pub async fn refusing(target: &str, method: Method, path_part: &str, times: usize) -> FaultyFront {
+        let forbidden = (403, r#"{"errcode":"M_FORBIDDEN","error":"You are not a server admin (a test's front)"}"#);
+        Self::answering(target, method, path_part, times, forbidden).await
+    }
+
+    async fn answering(
+        target: &str,
+        method: Method,
+        path_part: &str,
+        times: usize,
+        answer: (u16, &'static str),
+    ) -> FaultyFront {
         let failures_left = Arc::new(AtomicUsize::new(times));
         let front = Arc::new(Front {
             target: target.trim_end_matches('/').to_owned(),
             method,
             path_part: path_part.to_owned(),
             failures_left: failures_left.clone(),
+            answer,
             http: reqwest::Client::builder().no_proxy().build().unwrap(),
         });
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
@@ -56,8 +78,8 @@ async fn relay(State(front): State<Arc<Front>>, request: Request) -> Response {
     let failed = chosen
         && front.failures_left.fetch_update(Ordering::SeqCst, Ordering::SeqCst, |left| left.checked_sub(1)).is_ok();
     if failed {
-        let busy = r#"{"errcode":"M_UNKNOWN","error":"busy (a test's front)"}"#;
-        return Response::builder().status(503).body(Body::from(busy)).unwrap();
+        let (status, body) = front.answer;
+        return Response::builder().status(status).body(Body::from(body)).unwrap();
     }
     let path = parts.uri.path_and_query().map(|part| part.as_str()).unwrap_or("/");
     let mut headers = parts.headers.clone();
