@@ -247,9 +247,11 @@ pub async fn hold_lost_ids(
                 Ok(Outcome::Taken) => report.taken.push(user_id),
                 Ok(Outcome::Failed(reason)) => report.failed.push((user_id, reason)),
                 Ok(Outcome::Unregistrable) => report.unregistrable.push(user_id),
-                Ok(Outcome::NotAllowed) if report.held.is_empty() => refused.store(true, Ordering::Relaxed),
                 Ok(Outcome::NotAllowed) => {
-                    report.failed.push((user_id, "Synapse refused to create it (403)".to_owned()))
+                    if report.held.is_empty() {
+                        refused.store(true, Ordering::Relaxed);
+                    }
+                    report.failed.push((user_id, "Synapse refused to create it (403)".to_owned()));
                 }
                 Err(err) => return Err(err.into()),
             }

@@ -192,7 +192,8 @@ pub async fn after_listing(
                 if let Some(why) = &why {
                     tracing::warn!(count = report.failed.len(), first = %why, "watcher: some lost IDs could not be held yet");
                 }
-                (!report.stopped).then_some(why)
+                // Cut short by serve's stop: the next start holds the rest.
+                (!stop.is_cancelled()).then_some(why)
             }
             Err(err @ HoldError::Busy { .. }) => {
                 tracing::info!(reason = %err, "watcher: lost IDs are held by another run");
@@ -277,8 +278,9 @@ pub async fn run(services: Arc<Services>, alerts: impl AlertSink) {
         let taken_before = seen.taken.clone();
         let still_free = after_listing(config, registry, &client, &mut seen, cancel).await;
         handle.set(seen.clone());
-        if still_free == Some(0) {
-            alerted_not_held = 0;
+        // Fewer left free (some held, by a round or by hand): a later rise is news again.
+        if let Some(count) = still_free {
+            alerted_not_held = alerted_not_held.min(count);
         }
         let not_held =
             seen.not_held.as_ref().map(|not_held| not_held.ids.count).filter(|&count| count > alerted_not_held);
@@ -358,14 +360,20 @@ async fn wait_for_next_round(
     let probing = !config.watch.probe_interval.is_zero();
     let fixed = if probing { FixedSample::load(registry).await.unwrap_or_default() } else { FixedSample::default() };
     let mut rooms_due = Instant::now() + config.watch.interval;
+    // Deadlines, not pauses: the bot's asks wake this loop, and must not put
+    // the next probe off each time.
+    let mut probe_due = Instant::now() + config.watch.probe_interval;
     loop {
         let now = Instant::now();
         let left = next_round.saturating_duration_since(now);
         if left.is_zero() {
             return true;
         }
-        let wait = if probing { left.min(config.watch.probe_interval) } else { left };
-        let wait = wait.min(rooms_due.saturating_duration_since(now).max(Duration::from_millis(10)));
+        let mut wait = left.min(rooms_due.saturating_duration_since(now));
+        if probing {
+            wait = wait.min(probe_due.saturating_duration_since(now));
+        }
+        let wait = wait.max(Duration::from_millis(10));
         tokio::select! {
             stopped = pause(wait, cancel) => if stopped { return false },
             () = handle.listing_asked() => {
@@ -387,9 +395,10 @@ async fn wait_for_next_round(
             }
             rooms_due = Instant::now() + config.watch.interval;
         }
-        if !probing || Instant::now() >= next_round {
+        if !probing || Instant::now() < probe_due || Instant::now() >= next_round {
             continue;
         }
+        probe_due = Instant::now() + config.watch.probe_interval;
         match probe(config, registry, &fixed, config.watch.probe_sample).await {
             Probe::Fine => {}
             Probe::TokenRejected if token_rejected_before => {}

@@ -1045,6 +1045,7 @@ async fn the_bot_posts_nothing_in_the_admin_room_while_someone_it_cannot_vouch_f
     // when the bot was slow to answer, and it answered rightly).
     rig.lifeboat.set_env("LIFEBOAT__WATCH__INTERVAL", "1h");
     rig.serve().await;
+    logged_more_than(&rig.lifeboat, "watcher round", 0).await;
     let newcomer = rig.synapse.register(&unique("newcomer"));
     rig.alice.invite(&rig.admin_room, &newcomer.user_id).await;
     rig.synapse.client(&newcomer).join(&rig.admin_room).await;
