@@ -230,8 +230,22 @@ async fn hold_waiting_for_others(
     // Not stopped half-way: opening an incident holds its accounts whole.
     let never = tokio_util::sync::CancellationToken::new();
     let mut waiting = false;
+    // At size this takes minutes: said, and how far it got now and then.
+    let last_note = std::sync::Mutex::new(None::<std::time::Instant>);
+    let holding = |done: u64, total: u64| {
+        let Ok(mut last) = last_note.lock() else { return };
+        match *last {
+            _ if total < MANY_TO_HOLD => return,
+            None => progress.note(&format!(
+                "holding {total} lost IDs for their owners first (no notice goes out while one is free)"
+            )),
+            Some(at) if at.elapsed() >= HOLD_NOTE_GAP => progress.note(&format!("held {done} of {total} lost IDs")),
+            Some(_) => return,
+        }
+        *last = Some(std::time::Instant::now());
+    };
     loop {
-        match hold_lost_ids(config, registry, client, actor, false, &|_, _| {}, &never).await {
+        match hold_lost_ids(config, registry, client, actor, false, &holding, &never).await {
             Ok(report) => return Some(report),
             Err(HoldError::Busy { holder, .. }) => {
                 if !waiting {
@@ -247,6 +261,11 @@ async fn hold_waiting_for_others(
         }
     }
 }
+
+/// From this many lost IDs to hold, `notify` and `incident open` say that
+/// they hold them first, and every [`HOLD_NOTE_GAP`] how far they got.
+const MANY_TO_HOLD: u64 = 100;
+const HOLD_NOTE_GAP: Duration = Duration::from_secs(10);
 
 /// How often `open_incident` looks whether another hold run has ended.
 const HOLD_RUN_POLL: Duration = Duration::from_secs(2);

@@ -642,6 +642,27 @@ async fn holding_a_thousand_ids_stopped_killed_and_waited_for_by_an_incident_hol
     assert!(again.stdout.contains("No lost ID is waiting"), "{again:?}");
 }
 
+/// `incident open` after a big wipe, with nothing holding the lost IDs
+/// before it (`recovery.hold = "on-incident"`), holds them first: it says
+/// so rather than keep silent for minutes.
+#[tokio::test(flavor = "multi_thread")]
+async fn an_incident_opened_after_a_big_wipe_says_it_holds_the_lost_ids_first() {
+    let synapse = TestSynapse::start();
+    let registry = TestDatabase::sqlite();
+    let prefix = unique("crowd");
+    synapse.create_accounts(150, |n| format!("{prefix}-{n:04}"), |_| serde_json::json!({})).await;
+    let lifeboat = Lifeboat::recovering(&synapse, &registry);
+    let config = std::fs::read_to_string(lifeboat.config_path()).unwrap();
+    lifeboat.write_config(&format!("{config}\n[recovery]\nhold = \"on-incident\"\n"));
+    assert_eq!(lifeboat.run(&["sync"]).await.code, 0);
+    synapse.wipe();
+    assert_eq!(lifeboat.run(&["recover"]).await.code, 0);
+
+    let opened = open_incident(&lifeboat).await;
+    assert!(opened.stderr.contains("holding 151 lost IDs for their owners first"), "{opened:?}");
+    assert_eq!(ids_in(&lifeboat, "held").await.len(), 151, "the 150 and the harness's admin");
+}
+
 /// lifeboat with only Synapse (admin token and shared secret) and a registry.
 /// An operator hands a stranger's ID back to its person: whatever the
 /// stranger tied to the account to get back in (an email address for a
