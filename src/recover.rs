@@ -58,6 +58,10 @@ pub enum RecoverError {
         "{user_id} is not an account of homeserver.server_name, so lifeboat cannot re-create it there; set bot.user_id to an account of that server"
     )]
     Foreign { user_id: String },
+    #[error(
+        "homeserver.url answers for another server: the admin token there is {user_id}'s, but homeserver.server_name is {server_name}; point homeserver.url at {server_name}'s Synapse, or set server_name to what follows the first colon in its users' IDs"
+    )]
+    OtherServer { user_id: String, server_name: String },
     #[error("cannot recover: {0}")]
     SharedSecret(#[from] SharedSecretError),
     #[error("{user_id} refused the password lifeboat has just set on it")]
@@ -110,6 +114,14 @@ pub async fn admin_access(config: &Config, registry: &Registry) -> Result<AdminA
     for (source, token) in recovered.into_iter().chain(configured) {
         let client = base.with_token(token);
         match client.whoami().await {
+            // Its listing would hold none of this server's accounts: every
+            // one would read as lost.
+            Ok(whoami) if !of_this_server(config, &whoami.user_id) => {
+                return Err(RecoverError::OtherServer {
+                    user_id: whoami.user_id,
+                    server_name: config.homeserver.server_name.clone(),
+                });
+            }
             // An admin took the server-admin flag off lifeboat's own account:
             // the configured token may still be an admin's.
             Ok(_)
@@ -154,6 +166,12 @@ pub async fn admin_access(config: &Config, registry: &Registry) -> Result<AdminA
         None => dead.pop().unwrap_or(base),
     };
     Ok(AdminAccess::Dead { client })
+}
+
+/// Is `user_id` (whose token works at homeserver.url) an account of
+/// homeserver.server_name? One that cannot be parsed is not held against it.
+fn of_this_server(config: &Config, user_id: &str) -> bool {
+    UserId::parse(user_id).ok().is_none_or(|id| id.server_name() == config.homeserver.server_name)
 }
 
 /// Said once a process: every use of the admin API would say it again.

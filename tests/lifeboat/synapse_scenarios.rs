@@ -182,6 +182,27 @@ async fn a_token_refused_while_emails_are_read_leaves_the_listings_verdict_stand
     assert!(sync.stderr.contains("the listing was applied, but importing emails stopped"), "{sync:?}");
 }
 
+/// homeserver.url at the Synapse of another server name (a staging
+/// server's, say, or server_name mistyped) lists none of this server's
+/// accounts: said in one sentence, never read as every account lost.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_synapse_answering_for_another_server_name_is_refused_not_read_as_a_reset() {
+    let synapse = TestSynapse::start();
+    let registry = TestDatabase::sqlite();
+    synapse.create_user(&unique("p"), &[]).await;
+    assert_eq!(lifeboat_for(&synapse, &registry).run(&["sync"]).await.code, 0);
+
+    let elsewhere = Lifeboat::for_synapse(&synapse.url, "another.example", &synapse.admin_token(), &registry.url());
+    for command in [&["check"][..], &["sync"][..]] {
+        let run = elsewhere.run(command).await;
+        assert_eq!(run.code, 1, "{run:?}");
+        assert!(run.stderr.contains("homeserver.url answers for another server"), "{run:?}");
+        assert!(run.stderr.contains("homeserver.server_name is another.example"), "{run:?}");
+    }
+    let known = elsewhere.run(&["users", "list", "--state", "missing", "--json"]).await.json();
+    assert_eq!(known.as_array().map(Vec::len), Some(0), "nobody marked missing: {known}");
+}
+
 #[tokio::test(flavor = "multi_thread")]
 async fn sync_imports_every_account_and_every_email() {
     let synapse = TestSynapse::start();
