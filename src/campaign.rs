@@ -236,10 +236,10 @@ async fn hold_waiting_for_others(
         let Ok(mut last) = last_note.lock() else { return };
         match *last {
             _ if total < MANY_TO_HOLD => return,
-            None => progress.note(&format!(
-                "holding {total} lost IDs for their owners first (no notice goes out while one is free)"
+            None => progress.passing(&format!(
+                "Holding {total} lost IDs for their owners first (no notice goes out while one is free)."
             )),
-            Some(at) if at.elapsed() >= HOLD_NOTE_GAP => progress.note(&format!("held {done} of {total} lost IDs")),
+            Some(at) if at.elapsed() >= HOLD_NOTE_GAP => progress.passing(&format!("Held {done} of {total} lost IDs.")),
             Some(_) => return,
         }
         *last = Some(std::time::Instant::now());
@@ -278,7 +278,12 @@ async fn sync_first(config: &Config, registry: &Registry, client: &SynapseClient
     let started = std::time::Instant::now();
     loop {
         match sync(registry, client, &options, actor, &Quiet).await {
-            Ok(_) => return Ok(()),
+            Ok(synced) => {
+                let stopped = synced
+                    .details_refused
+                    .map(|why| format!("the listing was applied, but importing emails stopped: {why}"));
+                return stopped.map_or(Ok(()), Err);
+            }
             // The watcher's, or an admin's: wait for it, then list again.
             Err(SyncError::Busy { .. }) if started.elapsed() < WAIT_FOR_OTHER_SYNC => {
                 tokio::time::sleep(Duration::from_secs(1)).await

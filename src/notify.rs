@@ -75,6 +75,9 @@ pub trait NotifyProgress: Send + Sync {
     fn deliveries(&self, _done: u64, _total: u64) {}
     /// Something the person running it should know (a channel that is off).
     fn note(&self, _text: &str) {}
+    /// How far long work has got, for whoever watches it happen (a
+    /// terminal); not kept for a report afterwards.
+    fn passing(&self, _text: &str) {}
     /// True once the run should wind down (serve is shutting down): sends in
     /// flight finish and are marked, the rest go back to pending.
     fn stopping(&self) -> bool {

@@ -59,7 +59,7 @@ pub enum RecoverError {
     )]
     Foreign { user_id: String },
     #[error(
-        "homeserver.url answers for another server: the admin token there is {user_id}'s, but homeserver.server_name is {server_name}; point homeserver.url at {server_name}'s Synapse, or set server_name to what follows the first colon in its users' IDs"
+        "homeserver.url answers for another server: the admin token there is {user_id}'s, but homeserver.server_name is {server_name}; point homeserver.url at {server_name}'s Synapse (change server_name only where it is mistyped: the registry's accounts are one server's, and another server's listing would show each of them lost)"
     )]
     OtherServer { user_id: String, server_name: String },
     #[error("cannot recover: {0}")]

@@ -168,7 +168,9 @@ pub async fn sync(
         // Rooms after accounts: a room's local members are matched with the
         // accounts just applied.
         let (mut rooms, mut rooms_error) = (None, None);
-        if !stopped && details_refused.is_none() {
+        if details_refused.is_some() {
+            rooms_error = Some("Synapse refused the admin token while emails were read".to_owned());
+        } else if !stopped {
             let (server_name, max_age) = (&options.config.homeserver.server_name, options.config.sync.details_max_age);
             match sync_rooms(registry, client, server_name, max_age, options.pace, &options.stop).await {
                 Ok(summary) => rooms = Some(summary),

@@ -204,4 +204,8 @@ impl NotifyProgress for StderrNotes {
     fn note(&self, text: &str) {
         eprintln!("note: {text}");
     }
+
+    fn passing(&self, text: &str) {
+        eprintln!("{text}");
+    }
 }

@@ -37,6 +37,10 @@ impl NotifyProgress for Bar {
         self.0.suspend(|| eprintln!("note: {text}"));
     }
 
+    fn passing(&self, text: &str) {
+        self.0.suspend(|| eprintln!("{text}"));
+    }
+
     fn stopping(&self) -> bool {
         self.1.is_cancelled()
     }

@@ -659,7 +659,7 @@ async fn an_incident_opened_after_a_big_wipe_says_it_holds_the_lost_ids_first() 
     assert_eq!(lifeboat.run(&["recover"]).await.code, 0);
 
     let opened = open_incident(&lifeboat).await;
-    assert!(opened.stderr.contains("holding 151 lost IDs for their owners first"), "{opened:?}");
+    assert!(opened.stderr.contains("Holding 151 lost IDs for their owners first"), "{opened:?}");
     assert_eq!(ids_in(&lifeboat, "held").await.len(), 151, "the 150 and the harness's admin");
 }
 

@@ -178,7 +178,7 @@ async fn a_token_refused_while_emails_are_read_leaves_the_listings_verdict_stand
 
     let sync = lifeboat.run(&["sync"]).await;
     assert_eq!(sync.code, 1, "{sync:?}");
-    assert!(sync.stdout.contains("Sync complete"), "{sync:?}");
+    assert!(sync.stdout.contains("Sync complete") && sync.stdout.contains("rooms: not updated"), "{sync:?}");
     assert!(sync.stderr.contains("the listing was applied, but importing emails stopped"), "{sync:?}");
 }
 
@@ -201,6 +201,12 @@ async fn a_synapse_answering_for_another_server_name_is_refused_not_read_as_a_re
     }
     let known = elsewhere.run(&["users", "list", "--state", "missing", "--json"]).await.json();
     assert_eq!(known.as_array().map(Vec::len), Some(0), "nobody marked missing: {known}");
+    // Opening an incident (which would hold IDs and make tokens there) is refused too.
+    std::fs::write(elsewhere.dir().join("postmortem.md"), "Lost.").unwrap();
+    let opened = elsewhere.run(&["incident", "open", "--title", "Lost", "--postmortem", "postmortem.md"]).await;
+    assert_eq!(opened.code, 1, "{opened:?}");
+    assert!(opened.stderr.contains("homeserver.url answers for another server"), "{opened:?}");
+    assert!(synapse.registration_tokens().await.is_empty(), "no token made on that server");
 }
 
 #[tokio::test(flavor = "multi_thread")]
