@@ -87,9 +87,7 @@ pub async fn observe(
         share = paced.pace.unwrap_or(1.0);
         match sync(registry, &client, &paced, &actor, &Quiet).await {
             Ok(summary) => {
-                if let Some(why) = &summary.details_refused {
-                    tracing::warn!(why, "watcher: the listing was applied, but importing emails stopped");
-                }
+                log_emails_stopped(&summary);
                 one_off = summary.details_took;
                 seen.saw(summary.applied.report, config.watch.loss_threshold);
             }
@@ -147,6 +145,7 @@ pub async fn observe(
             // little); IDs registered again since (the check could not list
             // them) are taken.
             Ok(summary) => {
+                log_emails_stopped(&summary);
                 let taken_before = std::mem::take(&mut seen.taken);
                 seen.saw(summary.applied.report, config.watch.loss_threshold);
                 seen.taken.extend(taken_before);
@@ -162,6 +161,13 @@ pub async fn observe(
     });
     seen.settle_taken(config);
     (seen, Some(client))
+}
+
+/// A sync whose email import Synapse refused: its listing stands, and the log says why the emails wait.
+fn log_emails_stopped(summary: &crate::sync::SyncSummary) {
+    if let Some(why) = &summary.details_refused {
+        tracing::warn!(why, "watcher: the listing was applied, but importing emails stopped");
+    }
 }
 
 /// After the round's alert: holds whatever is lost (`recovery.hold =
@@ -291,9 +297,11 @@ pub async fn run(services: Arc<Services>, alerts: impl AlertSink) {
                 false
             });
         if !told && (!seen.held.is_empty() || seen.own.is_some() || not_held.is_some()) {
-            // What this round's hold run did, in a message of its own.
-            let subject = seen.holds_subject(&config.homeserver.server_name);
-            alerts.alert(&subject, &seen.held_markdown()).await;
+            // What this round's hold run did, in a message of its own; IDs
+            // not held only when that is news.
+            let told = Observation { not_held: seen.not_held.clone().filter(|_| not_held.is_some()), ..seen.clone() };
+            let subject = told.holds_subject(&config.homeserver.server_name);
+            alerts.alert(&subject, &told.held_markdown()).await;
             if let Err(err) = registry.audit(&Actor::service("watcher"), "alert", Some(&subject), None).await {
                 tracing::warn!(error = %err, "watcher: could not record the alert");
             }
@@ -398,8 +406,10 @@ async fn wait_for_next_round(
         if !probing || Instant::now() < probe_due || Instant::now() >= next_round {
             continue;
         }
+        let probed = probe(config, registry, &fixed, config.watch.probe_sample).await;
+        // From its end: a slow Synapse gets its rest between probes.
         probe_due = Instant::now() + config.watch.probe_interval;
-        match probe(config, registry, &fixed, config.watch.probe_sample).await {
+        match probed {
             Probe::Fine => {}
             Probe::TokenRejected if token_rejected_before => {}
             Probe::TokenRejected => {

@@ -201,11 +201,15 @@ async fn a_synapse_answering_for_another_server_name_is_refused_not_read_as_a_re
     }
     let known = elsewhere.run(&["users", "list", "--state", "missing", "--json"]).await.json();
     assert_eq!(known.as_array().map(Vec::len), Some(0), "nobody marked missing: {known}");
-    // Opening an incident (which would hold IDs and make tokens there) is refused too.
-    std::fs::write(elsewhere.dir().join("postmortem.md"), "Lost.").unwrap();
-    let opened = elsewhere.run(&["incident", "open", "--title", "Lost", "--postmortem", "postmortem.md"]).await;
-    assert_eq!(opened.code, 1, "{opened:?}");
-    assert!(opened.stderr.contains("homeserver.url answers for another server"), "{opened:?}");
+    // An incident opened by the lifeboat set up right: the misconfigured
+    // one's notify makes no token and holds no ID on that Synapse.
+    let right = lifeboat_for(&synapse, &registry);
+    std::fs::write(right.dir().join("postmortem.md"), "Lost.").unwrap();
+    let open = ["incident", "open", "--title", "Lost", "--postmortem", "postmortem.md", "--affected", "all"];
+    assert_eq!(right.run(&open).await.code, 0);
+    let notify = elsewhere.run(&["notify", "1", "--yes"]).await;
+    assert_eq!(notify.code, 1, "{notify:?}");
+    assert!(notify.stderr.contains("homeserver.url answers for another server"), "{notify:?}");
     assert!(synapse.registration_tokens().await.is_empty(), "no token made on that server");
 }
 
