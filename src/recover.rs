@@ -113,28 +113,31 @@ pub async fn admin_access(config: &Config, registry: &Registry) -> Result<AdminA
     let (mut dead, mut expired, mut own_expired, mut own_demoted) = (Vec::new(), None, None, None);
     for (source, token) in recovered.into_iter().chain(configured) {
         let client = base.with_token(token);
-        match client.whoami().await {
+        // lifeboat's own token beside a configured one: one admin read of its
+        // own account says both whether it works and whether it is still an
+        // admin's (an admin may take the flag off); else `whoami`.
+        let answer = if source == TokenSource::Recovered && has_configured {
+            own_token_answer(&client, &service_user_id(config)).await
+        } else {
+            client.whoami().await.map(|whoami| match of_this_server(config, &whoami.user_id) {
+                true => TokenAnswer::Works,
+                false => TokenAnswer::OfAnotherServer(whoami.user_id),
+            })
+        };
+        match answer {
             // Its listing would hold none of this server's accounts: every
             // one would read as lost.
-            Ok(whoami) if !of_this_server(config, &whoami.user_id) => {
-                return Err(RecoverError::OtherServer {
-                    user_id: whoami.user_id,
-                    server_name: config.homeserver.server_name.clone(),
-                });
+            Ok(TokenAnswer::OfAnotherServer(user_id)) => {
+                return Err(RecoverError::OtherServer { user_id, server_name: config.homeserver.server_name.clone() });
             }
-            // An admin took the server-admin flag off lifeboat's own account:
-            // the configured token may still be an admin's.
-            Ok(_)
-                if source == TokenSource::Recovered
-                    && has_configured
-                    && !is_admin(&client, &service_user_id(config)).await =>
-            {
+            // The configured token may still be an admin's.
+            Ok(TokenAnswer::NotAnAdmin) => {
                 if !DEMOTION_TOLD.swap(true, std::sync::atomic::Ordering::Relaxed) {
                     tracing::warn!("lifeboat's own account is no longer a server admin: using homeserver.admin_token");
                 }
                 own_demoted = Some(client);
             }
-            Ok(_) => return Ok(AdminAccess::Working { client, source }),
+            Ok(TokenAnswer::Works) => return Ok(AdminAccess::Working { client, source }),
             Err(synapse::Error::Unauthorized { .. }) => dead.push(client),
             // lifeboat's own token, expired: `recover` logs in for a new one.
             Err(synapse::Error::Expired { .. }) if source == TokenSource::Recovered => own_expired = Some(client),
@@ -177,11 +180,24 @@ fn of_this_server(config: &Config, user_id: &str) -> bool {
 /// Said once a process: every use of the admin API would say it again.
 static DEMOTION_TOLD: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
 
-/// Is `client`'s account (`user_id`) still a server admin? Only admins may
-/// read an account's details: a 403 says no. Anything else is taken for yes,
-/// as before this was asked (the listing that follows says what is wrong).
-async fn is_admin(client: &SynapseClient, user_id: &UserId) -> bool {
-    !matches!(client.user_details(user_id.as_str()).await, Err(synapse::Error::Forbidden { .. }))
+/// What Synapse says of a token [`admin_access`] tries.
+enum TokenAnswer {
+    Works,
+    /// lifeboat's own, known but no longer a server admin's.
+    NotAnAdmin,
+    /// A user of another server than homeserver.server_name.
+    OfAnotherServer(String),
+}
+
+/// lifeboat's own token (its account is `user_id`), read as an admin reads
+/// that account: only admins may, so a 403 says the token works but is no
+/// admin's; a dead or expired token fails as `whoami` would.
+async fn own_token_answer(client: &SynapseClient, user_id: &UserId) -> Result<TokenAnswer, synapse::Error> {
+    match client.user_details(user_id.as_str()).await {
+        Ok(_) => Ok(TokenAnswer::Works),
+        Err(synapse::Error::Forbidden { .. }) => Ok(TokenAnswer::NotAnAdmin),
+        Err(err) => Err(err),
+    }
 }
 
 /// lifeboat's own token, expired (a homeserver with session lifetimes)

@@ -299,9 +299,10 @@ pub async fn run(services: Arc<Services>, alerts: impl AlertSink) {
         if !told && (!seen.held.is_empty() || seen.own.is_some() || not_held.is_some()) {
             // What this round's hold run did, in a message of its own; IDs
             // not held only when that is news.
-            let told = Observation { not_held: seen.not_held.clone().filter(|_| not_held.is_some()), ..seen.clone() };
-            let subject = told.holds_subject(&config.homeserver.server_name);
-            alerts.alert(&subject, &told.held_markdown()).await;
+            let message =
+                Observation { not_held: seen.not_held.clone().filter(|_| not_held.is_some()), ..seen.clone() };
+            let subject = message.holds_subject(&config.homeserver.server_name);
+            alerts.alert(&subject, &message.held_markdown()).await;
             if let Err(err) = registry.audit(&Actor::service("watcher"), "alert", Some(&subject), None).await {
                 tracing::warn!(error = %err, "watcher: could not record the alert");
             }
