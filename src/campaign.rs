@@ -7,6 +7,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
 use secrecy::SecretString;
+use tokio_util::sync::CancellationToken;
 
 use crate::config::{Config, RecoveryMode};
 use crate::dm::{CryptoStore, Devices, DmError, DmSender, Login, held_by_serve};
@@ -59,6 +60,12 @@ pub enum CampaignError {
         "{0}, and a registration token in a notice could register any of them: nothing was made or sent; hold them first (`lifeboat holds make` says why they are not), or set recovery.hold = \"off\" to send tokens anyway"
     )]
     NotHeld(UnheldLostIds),
+    #[error(
+        "stopped while holding the lost IDs ({0}): nothing was made or sent; run notify again: it holds the rest first"
+    )]
+    StoppedHolding(UnheldLostIds),
+    #[error("stopped before the incident was opened: nothing was opened")]
+    StoppedOpening,
 }
 
 /// What a run did.
@@ -176,10 +183,14 @@ pub async fn open_incident(
     }
     // One working admin client (recovering after a wipe) for the sync and the holds.
     let client = admin_client_recovering(config, registry, actor, progress).await.map_err(|err| err.to_string());
+    let stop = CancellationToken::new();
     let synced = match &client {
-        Ok(client) => sync_first(config, registry, client, actor).await,
+        Ok(client) => stopped_by(sync_first(config, registry, client, actor, &stop), progress, &stop).await,
         Err(reason) => Err(reason.clone()),
     };
+    if progress.stopping() {
+        return Err(CampaignError::StoppedOpening);
+    }
     if let Err(reason) = synced {
         let last = registry.last_complete_sync().await?.and_then(|run| run.finished_at);
         let when = last.and_then(registry::format_time).unwrap_or_else(|| "never".to_owned());
@@ -219,7 +230,10 @@ pub struct OpenedIncident {
 /// a failure is only a note (the watcher, `incident open`, `notify` or
 /// `lifeboat holds make` tries again). Waits for a run already holding (the
 /// watcher, after the wipe it alerted about), so the notices find the IDs
-/// held; its lease ends if its process goes.
+/// held; its lease ends if its process goes. Once `progress` says the run
+/// should wind down (Ctrl-C, serve stopping), the holds under way finish
+/// and no new one begins: the next run holds the rest, and meanwhile no
+/// token goes out.
 async fn hold_waiting_for_others(
     config: &Config,
     registry: &Registry,
@@ -227,8 +241,7 @@ async fn hold_waiting_for_others(
     actor: &Actor,
     progress: &dyn NotifyProgress,
 ) -> Option<HoldReport> {
-    // Not stopped half-way: opening an incident holds its accounts whole.
-    let never = tokio_util::sync::CancellationToken::new();
+    let stop = CancellationToken::new();
     let mut waiting = false;
     // At size this takes minutes: said, and how far it got now and then.
     let last_note = std::sync::Mutex::new(None::<std::time::Instant>);
@@ -245,8 +258,13 @@ async fn hold_waiting_for_others(
         *last = Some(std::time::Instant::now());
     };
     loop {
-        match hold_lost_ids(config, registry, client, actor, false, &holding, &never).await {
+        let run = hold_lost_ids(config, registry, client, actor, false, &holding, &stop);
+        match stopped_by(run, progress, &stop).await {
             Ok(report) => return Some(report),
+            Err(HoldError::Busy { .. }) if progress.stopping() => {
+                progress.note("stopped while another run held lost IDs");
+                return None;
+            }
             Err(HoldError::Busy { holder, .. }) => {
                 if !waiting {
                     progress.note(&format!("another run ({holder}) is holding lost IDs; waiting for it to finish"));
@@ -262,6 +280,23 @@ async fn hold_waiting_for_others(
     }
 }
 
+/// Runs `work`, cancelling `stop` once `progress` says the run should wind
+/// down (`work` ends by itself between steps, keeping what it did).
+async fn stopped_by<T>(work: impl Future<Output = T>, progress: &dyn NotifyProgress, stop: &CancellationToken) -> T {
+    tokio::pin!(work);
+    loop {
+        tokio::select! {
+            done = &mut work => return done,
+            () = tokio::time::sleep(STOP_POLL) => if progress.stopping() {
+                stop.cancel();
+            },
+        }
+    }
+}
+
+/// How often a hold run asks its progress whether to wind down.
+const STOP_POLL: Duration = Duration::from_millis(200);
+
 /// From this many lost IDs to hold, `notify` and `incident open` say that
 /// they hold them first, and every [`HOLD_NOTE_GAP`] how far they got.
 const MANY_TO_HOLD: u64 = 100;
@@ -273,8 +308,14 @@ const HOLD_RUN_POLL: Duration = Duration::from_secs(2);
 /// How long `open_incident` waits for another process's sync to end.
 const WAIT_FOR_OTHER_SYNC: Duration = Duration::from_secs(120);
 
-async fn sync_first(config: &Config, registry: &Registry, client: &SynapseClient, actor: &Actor) -> Result<(), String> {
-    let options = SyncOptions::from_config(config);
+async fn sync_first(
+    config: &Config,
+    registry: &Registry,
+    client: &SynapseClient,
+    actor: &Actor,
+    stop: &CancellationToken,
+) -> Result<(), String> {
+    let options = SyncOptions::from_config(config).stopped_by(stop.clone());
     let started = std::time::Instant::now();
     loop {
         match sync(registry, client, &options, actor, &Quiet).await {
@@ -285,7 +326,7 @@ async fn sync_first(config: &Config, registry: &Registry, client: &SynapseClient
                 return stopped.map_or(Ok(()), Err);
             }
             // The watcher's, or an admin's: wait for it, then list again.
-            Err(SyncError::Busy { .. }) if started.elapsed() < WAIT_FOR_OTHER_SYNC => {
+            Err(SyncError::Busy { .. }) if started.elapsed() < WAIT_FOR_OTHER_SYNC && !stop.is_cancelled() => {
                 tokio::time::sleep(Duration::from_secs(1)).await
             }
             Err(err) => return Err(err.to_string()),
@@ -410,6 +451,9 @@ async fn send_under_lease(
     }
     let withheld = tokens_withheld(config, registry).await?;
     if let Some(unheld) = withheld.clone() {
+        if options.plan_new && progress.stopping() {
+            return Err(CampaignError::StoppedHolding(unheld));
+        }
         if options.plan_new {
             return Err(CampaignError::NotHeld(unheld));
         }

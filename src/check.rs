@@ -44,6 +44,18 @@ pub enum CheckError {
     Registry(#[from] registry::Error),
 }
 
+impl CheckError {
+    /// Worth another try later: Synapse or the registry failed for now, or
+    /// the accounts changed while they were read.
+    pub fn is_transient(&self) -> bool {
+        match self {
+            CheckError::Synapse(err) => err.is_transient(),
+            CheckError::NeverSynced => false,
+            CheckError::Inconsistent { .. } | CheckError::Registry(_) => true,
+        }
+    }
+}
+
 /// A check as the config asks for it (the watcher's loss threshold).
 pub async fn check(registry: &Registry, client: &SynapseClient, config: &Config) -> Result<CheckReport, CheckError> {
     let loss_threshold = config.watch.loss_threshold;

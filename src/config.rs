@@ -125,6 +125,9 @@ pub struct WatchConfig {
     /// Share of known accounts missing at or above which the verdict is
     /// `suspected_reset` rather than `loss`.
     pub loss_threshold: f64,
+    /// How long rounds may go on not telling whether accounts are lost
+    /// (Synapse down, say) before the admins hear of it.
+    pub alert_unchecked_after: Duration,
 }
 
 #[derive(Debug, Clone)]

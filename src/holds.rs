@@ -515,6 +515,16 @@ pub enum CannotTell {
     Registry(#[from] registry::Error),
 }
 
+impl CannotTell {
+    /// Worth another try later: Synapse or the registry failed for now.
+    pub fn is_transient(&self) -> bool {
+        match self {
+            CannotTell::Synapse(err) => err.is_transient(),
+            CannotTell::Registry(_) => true,
+        }
+    }
+}
+
 /// Is the account on Synapse now the registry's person's under `user_id`
 /// ([`Account::speaks_for_its_person`], told by when Synapse made it)?
 /// Until a listing shows it, an ID registered again after a wipe still

@@ -5,6 +5,7 @@
 
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, RwLock};
+use std::time::Duration;
 
 use serde::Serialize;
 use tokio::sync::Notify;
@@ -36,6 +37,10 @@ pub struct Observation {
     pub recreated: Vec<String>,
     /// Every admin token lifeboat knows was rejected as unknown.
     pub token_rejected: bool,
+    /// Could not tell for a reason that will not pass by itself (a token
+    /// that is not an admin's, `homeserver.url` at another server): the
+    /// admins hear of it at once, not after `watch.alert_unchecked_after`.
+    pub lasting: bool,
     /// lifeboat got back in through the shared secret in this round.
     pub recovered: bool,
     /// Lost IDs held for their owners in this round.
@@ -74,8 +79,23 @@ impl Observation {
                 self.saw(checked.report, 0.0);
                 self.reason = checked.reason;
             }
-            Err(err) => self.reason = err.to_string(),
+            Err(err) => {
+                self.lasting = !err.is_transient();
+                self.reason = err.to_string();
+            }
         }
+    }
+
+    /// The round could not tell whether accounts are lost, for `why`.
+    pub(crate) fn could_not_tell(&mut self, why: impl std::fmt::Display, lasting: bool) {
+        self.reason = format!("could not tell: {why}");
+        self.lasting = lasting;
+    }
+
+    /// Whether this round told whether accounts are lost (a rejected token
+    /// tells something too, and is alerted as such).
+    pub fn told(&self) -> bool {
+        self.verdict.is_some() || self.token_rejected
     }
 
     pub fn verdict_label(&self) -> &'static str {
@@ -194,6 +214,77 @@ impl Observation {
     }
 }
 
+/// Rounds that could not tell whether accounts are lost, as the admins
+/// hear of them: once such rounds have gone on for `alert_after` (at once
+/// for a fault that will not pass by itself), and once more when a round
+/// tells again. Until then a loss would go unnoticed.
+#[derive(Debug, Default)]
+pub struct Unchecked {
+    since: Option<i64>,
+    told: bool,
+}
+
+/// What the admins hear about rounds that could not tell.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum UncheckedNews {
+    /// Since `since` (ms since the epoch) no round could tell.
+    CannotTell { since: i64 },
+    /// This round told again, after [`UncheckedNews::CannotTell`].
+    TellsAgain { since: i64 },
+}
+
+impl Unchecked {
+    /// Follows one more round (ended at `now`); what to tell, if anything.
+    pub fn after_round(&mut self, seen: &Observation, now: i64, alert_after: Duration) -> Option<UncheckedNews> {
+        if seen.told() {
+            let since = self.since.take();
+            return since.filter(|_| std::mem::take(&mut self.told)).map(|since| UncheckedNews::TellsAgain { since });
+        }
+        let since = *self.since.get_or_insert(now);
+        let lasted = now.saturating_sub(since) >= i64::try_from(alert_after.as_millis()).unwrap_or(i64::MAX);
+        if self.told || !(seen.lasting || lasted) {
+            return None;
+        }
+        self.told = true;
+        Some(UncheckedNews::CannotTell { since })
+    }
+}
+
+impl UncheckedNews {
+    /// The subject and the Markdown of the message about it; `seen`: this round.
+    pub fn message(&self, seen: &Observation, server_name: &str) -> (String, String) {
+        let why = ["could not tell whether accounts were lost: ", "could not tell: "]
+            .iter()
+            .find_map(|prefix| seen.reason.strip_prefix(prefix))
+            .unwrap_or(&seen.reason)
+            .trim_end_matches('.');
+        match *self {
+            UncheckedNews::CannotTell { since } => {
+                let next = if seen.lasting {
+                    "This will not pass by itself: fix what it says (`lifeboat check` on the lifeboat host says the same)."
+                } else {
+                    "Each round tries again; you will hear when one can tell."
+                };
+                (
+                    format!("[lifeboat] {server_name}: cannot tell whether accounts are lost"),
+                    format!(
+                        "**lifeboat cannot tell whether accounts are lost on {server_name}** (since {}): {why}. Until it can, a loss would go unnoticed. {next}",
+                        crate::notify::human_time(since)
+                    ),
+                )
+            }
+            UncheckedNews::TellsAgain { since } => (
+                format!("[lifeboat] {server_name}: can tell again whether accounts are lost"),
+                format!(
+                    "**lifeboat can tell again whether accounts are lost on {server_name}** (it could not from {} on): {}.",
+                    crate::notify::human_time(since),
+                    seen.reason.trim_end_matches('.')
+                ),
+            ),
+        }
+    }
+}
+
 /// Lost IDs a hold run left free, and why the first of them was not held.
 #[derive(Debug, Clone, Serialize)]
 pub struct NotHeld {
@@ -296,6 +387,48 @@ mod tests {
         seen.taken.retain(|id| id != "@b:x");
         seen.settle_taken(&config);
         assert!(!seen.alert_markdown("x").contains("holds claim"), "{}", seen.alert_markdown("x"));
+    }
+
+    fn cannot_tell(lasting: bool) -> Observation {
+        let mut seen = Observation::default();
+        seen.could_not_tell("Synapse at http://x is unavailable: refused", lasting);
+        seen
+    }
+
+    #[test]
+    fn rounds_that_cannot_tell_are_told_once_they_last_and_once_more_when_one_tells() {
+        let (hour, ok) =
+            (Duration::from_secs(3600), Observation { verdict: Some(Verdict::Ok), ..Observation::default() });
+        let mut unchecked = Unchecked::default();
+        assert_eq!(unchecked.after_round(&cannot_tell(false), 0, hour), None);
+        assert_eq!(unchecked.after_round(&cannot_tell(false), 3_599_999, hour), None);
+        assert_eq!(
+            unchecked.after_round(&cannot_tell(false), 3_600_000, hour),
+            Some(UncheckedNews::CannotTell { since: 0 })
+        );
+        assert_eq!(unchecked.after_round(&cannot_tell(false), 7_200_000, hour), None, "once");
+        assert_eq!(unchecked.after_round(&ok, 7_300_000, hour), Some(UncheckedNews::TellsAgain { since: 0 }));
+        assert_eq!(unchecked.after_round(&ok, 7_400_000, hour), None);
+
+        // A short spell nobody heard of ends unsaid; the next starts afresh.
+        assert_eq!(unchecked.after_round(&cannot_tell(false), 8_000_000, hour), None);
+        assert_eq!(unchecked.after_round(&ok, 8_100_000, hour), None);
+        assert_eq!(unchecked.after_round(&cannot_tell(false), 9_000_000, hour), None);
+        assert_eq!(unchecked.after_round(&cannot_tell(false), 11_000_000, hour), None);
+    }
+
+    #[test]
+    fn a_fault_that_will_not_pass_by_itself_is_told_at_the_first_round() {
+        let mut unchecked = Unchecked::default();
+        let seen = cannot_tell(true);
+        let news = unchecked.after_round(&seen, 5, Duration::from_secs(3600));
+        assert_eq!(news, Some(UncheckedNews::CannotTell { since: 5 }));
+        let (subject, text) = news.unwrap().message(&seen, "x");
+        assert_eq!(subject, "[lifeboat] x: cannot tell whether accounts are lost");
+        assert!(text.contains("on x** (since 1970-01-01 00:00 UTC): Synapse at http://x is unavailable: refused. Until it can, a loss would go unnoticed. This will not pass by itself"), "{text}");
+        // A rejected token is alerted as such: it tells, and ends the spell.
+        let rejected = Observation { token_rejected: true, ..Observation::default() };
+        assert!(matches!(unchecked.after_round(&rejected, 10, Duration::ZERO), Some(UncheckedNews::TellsAgain { .. })));
     }
 
     #[test]

@@ -115,6 +115,17 @@ pub enum SyncError {
     Registry(#[from] registry::Error),
 }
 
+impl SyncError {
+    /// Worth another try later: only a listing Synapse refused, or one it
+    /// cannot give as asked, will fail the same way next time.
+    pub fn is_transient(&self) -> bool {
+        match self {
+            SyncError::Listing(err) => err.is_transient(),
+            _ => true,
+        }
+    }
+}
+
 /// One sync at a time across every process sharing the registry (the CLI,
 /// the watcher, the bot): a second one would fail the first's run.
 pub async fn sync(

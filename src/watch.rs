@@ -17,7 +17,7 @@ use crate::app::Services;
 use crate::check::check;
 use crate::config::Config;
 use crate::holds::{HoldError, hold_lost_ids, holds_wanted, restore_held_names, tokens_withheld};
-use crate::observation::{AlertedState, LastListing, NotHeld, Observation, WatchHandle};
+use crate::observation::{AlertedState, LastListing, NotHeld, Observation, Unchecked, WatchHandle};
 use crate::probe::{FixedSample, Probe, probe};
 use crate::reconcile::Verdict;
 use crate::recover::{AdminAccess, RecoverError, admin_access, recover};
@@ -75,7 +75,7 @@ pub async fn observe(
             client
         }
         Err(err) => {
-            seen.reason = format!("could not tell: {err}");
+            seen.could_not_tell(&err, !err.is_transient());
             return (seen, None);
         }
     };
@@ -98,7 +98,11 @@ pub async fn observe(
                 share = 1.0;
                 seen.checked(check(registry, &client, config).await);
             }
-            Err(err) => seen.reason = format!("could not tell: {err}"),
+            // A token revoked mid-listing: the next round's check tells.
+            Err(err) => {
+                let lasting = !err.is_transient() && !matches!(&err, SyncError::Listing(e) if e.is_unknown_token());
+                seen.could_not_tell(&err, lasting);
+            }
         }
     } else {
         // A dead token lists nothing; check tells a wipe from a typo.
@@ -248,6 +252,8 @@ pub async fn run(services: Arc<Services>, alerts: impl AlertSink) {
     // How many lost IDs the last alert said were not held: more is news,
     // the same is not (every round retries them).
     let mut alerted_not_held = 0;
+    // Rounds that could not tell: the admins hear of it once it lasts.
+    let mut unchecked = Unchecked::default();
     loop {
         let interval = if last_round.is_some() { config.watch.interval } else { Duration::ZERO };
         let after_round = last_round.map_or(0, |ended| ended.saturating_add(interval.as_millis() as i64));
@@ -276,6 +282,10 @@ pub async fn run(services: Arc<Services>, alerts: impl AlertSink) {
         if let Err(err) = alert_on_change(config, registry, &seen, &alerts).await {
             tracing::warn!(error = %err, "watcher: could not record the alerted state");
         }
+        if let Some(news) = unchecked.after_round(&seen, now_ms(), config.watch.alert_unchecked_after) {
+            let (subject, text) = news.message(&seen, &config.homeserver.server_name);
+            tell_admins(registry, &alerts, &subject, &text, Some(&seen.reason)).await;
+        }
         token_rejected = seen.token_rejected && client.is_none();
         let Some(client) = client else {
             last_round = Some(now_ms());
@@ -302,10 +312,7 @@ pub async fn run(services: Arc<Services>, alerts: impl AlertSink) {
             let message =
                 Observation { not_held: seen.not_held.clone().filter(|_| not_held.is_some()), ..seen.clone() };
             let subject = message.holds_subject(&config.homeserver.server_name);
-            alerts.alert(&subject, &message.held_markdown()).await;
-            if let Err(err) = registry.audit(&Actor::service("watcher"), "alert", Some(&subject), None).await {
-                tracing::warn!(error = %err, "watcher: could not record the alert");
-            }
+            tell_admins(registry, &alerts, &subject, &message.held_markdown(), None).await;
         }
         if let Some(count) = not_held {
             alerted_not_held = count;
@@ -315,6 +322,14 @@ pub async fn run(services: Arc<Services>, alerts: impl AlertSink) {
         let (registry, stop) = (registry.clone(), cancel.clone());
         services.background.spawn(async move { restore_names(&registry, &client, &stop).await });
         last_round = Some(now_ms());
+    }
+}
+
+/// Sends an alert, and records it in the audit log (a failure to record is logged).
+async fn tell_admins(registry: &Registry, alerts: &impl AlertSink, subject: &str, text: &str, reason: Option<&str>) {
+    alerts.alert(subject, text).await;
+    if let Err(err) = registry.audit(&Actor::service("watcher"), "alert", Some(subject), reason).await {
+        tracing::warn!(error = %err, "watcher: could not record the alert");
     }
 }
 
@@ -450,15 +465,13 @@ async fn alert_on_change(
                 Some(Verdict::Loss) => format!("[lifeboat] {server}: accounts lost"),
                 _ => format!("[lifeboat] {server}: admin token rejected"),
             };
-            alerts.alert(&subject, &seen.alert_markdown(server)).await;
-            registry.audit(&Actor::service("watcher"), "alert", Some(&subject), Some(&seen.reason)).await?;
+            tell_admins(registry, alerts, &subject, &seen.alert_markdown(server), Some(&seen.reason)).await;
             true
         }
         (None, Some(_)) => {
             let text = format!("**{server} is back to normal:** {}.", seen.reason.trim_end_matches('.'));
             let subject = format!("[lifeboat] {server}: back to normal");
-            alerts.alert(&subject, &text).await;
-            registry.audit(&Actor::service("watcher"), "alert", Some(&subject), Some(&seen.reason)).await?;
+            tell_admins(registry, alerts, &subject, &text, Some(&seen.reason)).await;
             false
         }
         _ => false,

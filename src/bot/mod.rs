@@ -193,10 +193,9 @@ impl Bot {
         let unsure = Audience { unsure: Some(Unsure::NoAnswer), ..Audience::default() };
         let admin = match crate::recover::admin_access(config, registry).await {
             Ok(access) => access.working(),
-            // Synapse or the registry not answering now.
             Err(err) => {
                 tracing::warn!(error = %err, "cannot tell whose accounts are in the admin room");
-                return unsure;
+                return Audience { unsure: Some(Unsure::because(err.is_transient())), ..Audience::default() };
             }
         };
         let (admin, members) = match (admin, room.members(RoomMemberships::ACTIVE).await) {
@@ -235,7 +234,7 @@ impl Bot {
                 }
                 Err(err) => {
                     tracing::warn!(member = %user, error = %err, "cannot tell whose a member of the admin room is");
-                    audience.unsure = Some(Unsure::NoAnswer);
+                    audience.unsure = Some(Unsure::because(err.is_transient()));
                 }
             }
         }
@@ -988,6 +987,16 @@ enum Unsure {
     NoAnswer,
     /// No admin token works, so Synapse cannot be asked at all.
     NoAdminToken,
+    /// Asking failed in a way that will not pass by itself (a token that
+    /// is not a server admin's, `homeserver.url` at another server).
+    Setup,
+}
+
+impl Unsure {
+    /// Why, from whether the failure may pass by itself.
+    fn because(transient: bool) -> Unsure {
+        if transient { Unsure::NoAnswer } else { Unsure::Setup }
+    }
 }
 
 impl Audience {
@@ -1012,6 +1021,8 @@ impl Audience {
         self.unsure.map(|unsure| match unsure {
             Unsure::NoAnswer => "I cannot tell right now whose accounts are in this room (Synapse or the registry did not answer), so I post no answer: send the command again in a minute.".to_owned(),
             Unsure::NoAdminToken => "I cannot tell whose accounts are in this room: lifeboat has no working admin token to ask Synapse with (`lifeboat check` says why), so I post no answer until it has one.".to_owned(),
+            // The room may hold a stranger: what is wrong is for the host's log, not for it.
+            Unsure::Setup => "I cannot tell whose accounts are in this room: asking Synapse fails in a way that will not pass by itself (`lifeboat check` on the lifeboat host says what to fix), so I post no answer until it is fixed.".to_owned(),
         })
     }
 }

@@ -7,6 +7,7 @@ use super::{Context, Failure, Outcome, exit};
 use crate::campaign::{CampaignError, open_incident, resolve_incident};
 use crate::notify::NotifyProgress;
 use crate::registry::{Actor, IncidentScope, IncidentSummary};
+use tokio_util::sync::CancellationToken;
 
 #[derive(clap::Subcommand, Debug)]
 pub enum Command {
@@ -84,7 +85,12 @@ pub async fn run(context: &Context, command: Command) -> Outcome {
                 Scope::Missing => IncidentScope::Missing,
                 Scope::All => IncidentScope::All,
             };
-            let opened = open_incident(&config, &registry, title, &markdown, scope, force, &Actor::cli(), &StderrNotes)
+            // Ctrl-C before the incident is recorded opens none; while its
+            // lost IDs are held, the holds under way finish, the rest wait.
+            let stop = CancellationToken::new();
+            tokio::spawn(super::stop_on_signal(stop.clone()));
+            let notes = StderrNotes { stop: Some(stop.clone()) };
+            let opened = open_incident(&config, &registry, title, &markdown, scope, force, &Actor::cli(), &notes)
                 .await
                 .map_err(|err| match err {
                     CampaignError::AlreadyCovered(ref covering) => Failure::new(
@@ -119,6 +125,12 @@ pub async fn run(context: &Context, command: Command) -> Outcome {
                     }
                 }
                 println!("Next: `lifeboat notify {} --dry-run` to see what would be sent.", incident.id);
+            }
+            if stop.is_cancelled() {
+                return Err(Failure::failed(format!(
+                    "interrupted: incident {id} is open, and lost IDs it did not hold yet are held by `lifeboat notify {id}` (or `lifeboat holds make`) before anything is sent",
+                    id = incident.id
+                )));
             }
             Ok(exit::OK)
         }
@@ -198,9 +210,17 @@ fn print_summary(summary: &IncidentSummary) {
 }
 
 /// Notes (the sync before opening could not run, ...) go to stderr.
-pub(super) struct StderrNotes;
+/// Notes on stderr; with `stop`, Ctrl-C or SIGTERM asks the work to wind down.
+#[derive(Default)]
+pub(super) struct StderrNotes {
+    pub(super) stop: Option<CancellationToken>,
+}
 
 impl NotifyProgress for StderrNotes {
+    fn stopping(&self) -> bool {
+        self.stop.as_ref().is_some_and(CancellationToken::is_cancelled)
+    }
+
     fn note(&self, text: &str) {
         eprintln!("note: {text}");
     }

@@ -283,7 +283,9 @@ impl Context {
         config: &Config,
         registry: &Registry,
     ) -> Result<SynapseClient, Failure> {
-        admin_client_recovering(config, registry, &Actor::cli(), &incident::StderrNotes).await.map_err(Failure::failed)
+        admin_client_recovering(config, registry, &Actor::cli(), &incident::StderrNotes::default())
+            .await
+            .map_err(Failure::failed)
     }
 
     /// A client with a working admin token (recovered or configured). When

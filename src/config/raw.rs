@@ -130,6 +130,8 @@ struct RawWatch {
     max_synapse_share: Option<f64>,
     #[serde(default, deserialize_with = "lenient::number")]
     loss_threshold: Option<f64>,
+    #[serde(default, deserialize_with = "lenient::text")]
+    alert_unchecked_after: Option<String>,
 }
 
 #[derive(Deserialize, Default)]
@@ -581,6 +583,13 @@ impl RawConfig {
                 _ => return Err(ctx.invalid("watch.probe_sample", "must be between 1 and 1000 accounts")),
             },
             loss_threshold: ctx.share("watch.loss_threshold", self.watch.loss_threshold, 0.5)?,
+            // 0: the first round that cannot tell alerts.
+            alert_unchecked_after: ctx.duration(
+                "watch.alert_unchecked_after",
+                self.watch.alert_unchecked_after,
+                Duration::from_secs(3600),
+                (Duration::ZERO, ""),
+            )?,
         };
 
         let tokens = TokensConfig {

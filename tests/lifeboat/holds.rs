@@ -652,8 +652,7 @@ async fn an_incident_opened_after_a_big_wipe_says_it_holds_the_lost_ids_first() 
     let prefix = unique("crowd");
     synapse.create_accounts(150, |n| format!("{prefix}-{n:04}"), |_| serde_json::json!({})).await;
     let lifeboat = Lifeboat::recovering(&synapse, &registry);
-    let config = std::fs::read_to_string(lifeboat.config_path()).unwrap();
-    lifeboat.write_config(&format!("{config}\n[recovery]\nhold = \"on-incident\"\n"));
+    holding_at_incidents_only(&lifeboat);
     assert_eq!(lifeboat.run(&["sync"]).await.code, 0);
     synapse.wipe();
     assert_eq!(lifeboat.run(&["recover"]).await.code, 0);
@@ -661,6 +660,65 @@ async fn an_incident_opened_after_a_big_wipe_says_it_holds_the_lost_ids_first() 
     let opened = open_incident(&lifeboat).await;
     assert!(opened.stderr.contains("Holding 151 lost IDs for their owners first"), "{opened:?}");
     assert_eq!(ids_in(&lifeboat, "held").await.len(), 151, "the 150 and the harness's admin");
+}
+
+/// Ctrl-C while `incident open`, then `notify`, hold a big wipe's lost IDs
+/// first: the holds under way finish, no new one begins, the incident stays
+/// open, and nothing is made or sent while an ID is free; the next run holds
+/// the rest. Synapse is frozen while the signal arrives, so that the holds
+/// under way are still under way.
+#[tokio::test(flavor = "multi_thread")]
+async fn ctrl_c_while_lost_ids_are_held_before_an_incident_stops_the_holds_and_sends_nothing() {
+    let synapse = TestSynapse::start();
+    let registry = TestDatabase::sqlite();
+    let smtp = TestSmtp::start(None);
+    let (prefix, count) = (unique("crowd"), 300);
+    let email = |n: usize| format!("{prefix}-{n:04}@example.org");
+    let body = |n: usize| serde_json::json!({"threepids": [{"medium": "email", "address": email(n)}]});
+    synapse.create_accounts(count, |n| format!("{prefix}-{n:04}"), body).await;
+    let lifeboat = recovering_with_mail(&synapse, &registry, &smtp);
+    holding_at_incidents_only(&lifeboat);
+    assert_eq!(lifeboat.run(&["sync"]).await.code, 0);
+    synapse.wipe();
+    assert_eq!(lifeboat.run(&["recover"]).await.code, 0);
+    std::fs::write(lifeboat.dir().join("postmortem.md"), POSTMORTEM).unwrap();
+
+    let interrupted = |args: &'static [&'static str], after: usize| {
+        let (lifeboat, synapse) = (&lifeboat, &synapse);
+        async move {
+            let run = lifeboat.spawn_captured(args);
+            eventually("more lost IDs are held", Duration::from_secs(120), || async {
+                ids_in(lifeboat, "held").await.len() >= after + 20
+            })
+            .await;
+            synapse.pause();
+            unsafe { libc::kill(run.id().unwrap() as i32, libc::SIGINT) };
+            tokio::time::sleep(Duration::from_secs(1)).await;
+            synapse.resume();
+            let ended = tokio::time::timeout(Duration::from_secs(60), run.wait_with_output()).await;
+            let output = ended.expect("it ends soon after Ctrl-C").unwrap();
+            let said =
+                format!("{}{}", String::from_utf8_lossy(&output.stdout), String::from_utf8_lossy(&output.stderr));
+            assert_eq!(output.status.code(), Some(1), "{said}");
+            let held = ids_in(lifeboat, "held").await.len();
+            assert!(held < count, "stopped before the end ({held} held): {said}");
+            (said, held)
+        }
+    };
+    let open = &["incident", "open", "--title", "Database lost", "--postmortem", "postmortem.md"];
+    let (said, held) = interrupted(open, 0).await;
+    assert!(said.contains("Opened incident 1") && said.contains("stopped before the rest"), "{said}");
+    assert!(said.contains("interrupted: incident 1 is open"), "{said}");
+
+    let (said, _) = interrupted(&["notify", "1", "--yes"], held).await;
+    assert!(said.contains("stopped while holding the lost IDs") && said.contains("nothing was made or sent"), "{said}");
+    synapse.register_admin(&unique("root"));
+    assert!(synapse.registration_tokens().await.is_empty(), "no token while IDs are free");
+    assert!(smtp.messages().is_empty(), "nothing sent");
+
+    let rest = lifeboat.run(&["holds", "make"]).await;
+    assert_eq!(rest.code, 0, "{rest:?}");
+    assert_eq!(ids_in(&lifeboat, "held").await.len(), count + 1, "the rest held (and the harness's admin)");
 }
 
 /// lifeboat with only Synapse (admin token and shared secret) and a registry.
@@ -852,8 +910,7 @@ async fn the_delivery_worker_holds_back_a_notice_with_a_token_until_the_lost_ids
     synapse.create_user(&person, &[&address]).await;
     let lifeboat = recovering_with_mail(&synapse, &registry, &smtp);
     // Only incidents and notify hold: the watcher leaves the new loss be.
-    let config = std::fs::read_to_string(lifeboat.config_path()).unwrap();
-    lifeboat.write_config(&format!("{config}\n[recovery]\nhold = \"on-incident\"\n"));
+    holding_at_incidents_only(&lifeboat);
     assert_eq!(lifeboat.run(&["sync"]).await.code, 0);
     synapse.wipe();
     assert_eq!(lifeboat.run(&["recover"]).await.code, 0);
@@ -983,6 +1040,12 @@ async fn lifeboats_own_id_lost_without_a_shared_secret_is_made_lifeboats_again_b
     let held = ids_in(&lifeboat, "held").await;
     assert!(held.contains(&synapse.user_id(&person)) && !held.contains(&own), "lifeboat's own is no hold: {held:?}");
     assert!(ids_in(&lifeboat, "recreated").await.is_empty(), "nor a stranger's");
+}
+
+/// Lost IDs held when an incident opens or notify runs, not by the watcher.
+fn holding_at_incidents_only(lifeboat: &Lifeboat) {
+    let config = std::fs::read_to_string(lifeboat.config_path()).unwrap();
+    lifeboat.write_config(&format!("{config}\n[recovery]\nhold = \"on-incident\"\n"));
 }
 
 /// [`Lifeboat::recovering`] with `[email]` on `smtp`.

@@ -1070,25 +1070,108 @@ async fn the_bot_posts_nothing_in_the_admin_room_while_someone_it_cannot_vouch_f
 /// admin room, with one line saying why, rather than posting on trust.
 #[tokio::test(flavor = "multi_thread")]
 async fn the_bot_answers_no_command_while_it_cannot_tell_whose_a_members_account_is() {
+    let refused = answer_while_synapse_answers_about_a_member(false).await;
+    assert!(refused.contains("send the command again in a minute"), "{refused}");
+}
+
+/// Synapse refuses lifeboat's token about a member (as to a token that is
+/// not a server admin's): no minute will fix that, and the bot says so,
+/// without naming the fault in a room that may hold a stranger.
+#[tokio::test(flavor = "multi_thread")]
+async fn the_bot_names_a_refusal_about_a_member_a_fault_to_fix_not_one_to_wait_out() {
+    let refused = answer_while_synapse_answers_about_a_member(true).await;
+    assert!(refused.contains("will not pass by itself") && refused.contains("lifeboat check"), "{refused}");
+    assert!(!refused.contains("server admin"), "the fault itself stays on the host: {refused}");
+}
+
+/// The bot's answer to a command in the admin room while Synapse answers
+/// every question about a member with 503 (or 403: `refusing`).
+async fn answer_while_synapse_answers_about_a_member(refusing: bool) -> String {
+    use crate::harness::faulty_front::FaultyFront;
     let mut rig = Rig::start(TestSmtp::start(None), &[]).await;
     let localpart = unique("member");
     let member = rig.known_person(&localpart).await;
-    let front = crate::harness::faulty_front::FaultyFront::start(
-        &rig.synapse.url,
-        reqwest::Method::GET,
-        &localpart,
-        usize::MAX,
-    )
-    .await;
+    let (url, get) = (&rig.synapse.url, reqwest::Method::GET);
+    let front = if refusing {
+        FaultyFront::refusing(url, get, &localpart, usize::MAX).await
+    } else {
+        FaultyFront::start(url, get, &localpart, usize::MAX).await
+    };
     rig.lifeboat.set_env("LIFEBOAT__HOMESERVER__URL", &front.url);
     rig.serve().await;
     rig.alice.invite(&rig.admin_room, &member.user_id).await;
     member.join(&rig.admin_room).await;
 
     rig.say("!lifeboat status").await;
-    rig.reply_containing("I cannot tell right now whose accounts are in this room").await;
+    let refused = rig.reply_containing("cannot tell").await;
+    assert!(refused.contains("whose accounts are in this room"), "{refused}");
     let replies = rig.alice.messages_from(&rig.admin_room, &rig.bot).await;
     assert!(!replies.iter().any(|reply| reply.contains("Registry:")), "{replies:?}");
+    refused
+}
+
+/// The alert emails to `alerts.email` whose subject holds `needle`.
+fn alerts_about(rig: &Rig, needle: &str) -> Vec<String> {
+    let mails = rig.smtp.messages_to(ALERTS_TO);
+    let about =
+        mails.into_iter().filter(|mail| mail.subject.as_deref().is_some_and(|subject| subject.contains(needle)));
+    about.map(|mail| mail.text.unwrap_or_default()).collect()
+}
+
+/// A watcher that cannot reach Synapse would let a wipe go unnoticed: once
+/// that has lasted `watch.alert_unchecked_after`, the admins hear why (by
+/// email: the homeserver is what failed), once, and again when it can tell.
+#[tokio::test(flavor = "multi_thread")]
+async fn the_admins_hear_when_the_watcher_has_long_been_unable_to_tell_and_when_it_can_again() {
+    let mut rig = Rig::start(TestSmtp::start(None), &[]).await;
+    rig.lifeboat.set_env("LIFEBOAT__WATCH__ALERT_UNCHECKED_AFTER", "4s");
+    rig.serve().await;
+    logged_more_than(&rig.lifeboat, "watcher round", 0).await;
+
+    rig.synapse.stop();
+    logged_more_than(&rig.lifeboat, "verdict=\"unknown\"", 0).await;
+    assert!(alerts_about(&rig, "cannot tell").is_empty(), "a first round that cannot tell is no alert yet");
+    eventually("an alert says the watcher cannot tell", Duration::from_secs(90), || async {
+        !alerts_about(&rig, "cannot tell whether accounts are lost").is_empty()
+    })
+    .await;
+    let alert = &alerts_about(&rig, "cannot tell whether accounts are lost")[0];
+    assert!(alert.contains("is unavailable") && alert.contains("a loss would go unnoticed"), "{alert}");
+    assert!(alert.contains("Each round tries again"), "{alert}");
+    let rounds = rig.lifeboat.serve_log().matches("verdict=\"unknown\"").count();
+    logged_more_than(&rig.lifeboat, "verdict=\"unknown\"", rounds + 2).await;
+    assert_eq!(alerts_about(&rig, "cannot tell").len(), 1, "once, not every round");
+
+    rig.synapse.start_again();
+    eventually("the admins hear that the watcher can tell again", Duration::from_secs(120), || async {
+        !alerts_about(&rig, "can tell again").is_empty()
+    })
+    .await;
+    assert_eq!(alerts_about(&rig, "cannot tell").len(), 1);
+}
+
+/// A token that is not a server admin's will not start working by itself:
+/// the watcher's first round says so, whatever `watch.alert_unchecked_after`,
+#[tokio::test(flavor = "multi_thread")]
+async fn an_admin_token_that_is_not_a_server_admins_is_alerted_at_the_first_round() {
+    let mut rig = Rig::start(TestSmtp::start(None), &[]).await;
+    // In the admin room first: the bot joins only at an admin's invite it can vouch for.
+    rig.serve().await;
+    rig.stop_serve().await;
+    let plain = rig.synapse.register(&unique("plain"));
+    rig.lifeboat.set_env("LIFEBOAT__HOMESERVER__ADMIN_TOKEN", &plain.access_token);
+    let earlier = rig.lifeboat.serve_log().len();
+    rig.serve().await;
+
+    eventually("the first round's alert", Duration::from_secs(90), || async {
+        !alerts_about(&rig, "cannot tell whether accounts are lost").is_empty()
+    })
+    .await;
+    let alert = &alerts_about(&rig, "cannot tell whether accounts are lost")[0];
+    assert!(alert.contains("must belong to a server admin") && alert.contains("will not pass by itself"), "{alert}");
+    let log = rig.lifeboat.serve_log()[earlier..].to_owned();
+    let second_round = log.match_indices("watcher round").nth(1).map_or(log.len(), |(at, _)| at);
+    assert!(log.find("alert raised").is_some_and(|at| at < second_round), "at the first round:\n{log}");
 }
 
 /// A bot session that only expired (a homeserver with session lifetimes)
