@@ -363,7 +363,7 @@ async fn bare_cold(info: &Info, page_size: u32, concurrency: usize) -> Result<us
 struct Recorded(tokio::sync::mpsc::UnboundedSender<(Instant, String)>);
 
 impl AlertSink for Recorded {
-    fn alert(&self, subject: &str, _markdown: &str) -> impl Future<Output = ()> + Send {
+    fn alert(&self, subject: &str, _markdown: &str, _room: Option<&str>) -> impl Future<Output = ()> + Send {
         let _ = self.0.send((Instant::now(), subject.to_owned()));
         async {}
     }

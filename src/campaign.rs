@@ -61,9 +61,9 @@ pub enum CampaignError {
     )]
     NotHeld(UnheldLostIds),
     #[error(
-        "stopped while holding the lost IDs ({0}): nothing was made or sent; run notify again: it holds the rest first"
+        "stopped before any registration token was made or notice sent; run notify again: it first holds any lost ID still free"
     )]
-    StoppedHolding(UnheldLostIds),
+    Stopped,
     #[error("stopped before the incident was opened: nothing was opened")]
     StoppedOpening,
 }
@@ -261,9 +261,9 @@ async fn hold_waiting_for_others(
         let run = hold_lost_ids(config, registry, client, actor, false, &holding, &stop);
         match stopped_by(run, progress, &stop).await {
             Ok(report) => return Some(report),
+            // Stopped while waiting: none of them was held by this run.
             Err(HoldError::Busy { .. }) if progress.stopping() => {
-                progress.note("stopped while another run held lost IDs");
-                return None;
+                return Some(HoldReport { stopped: true, ..HoldReport::default() });
             }
             Err(HoldError::Busy { holder, .. }) => {
                 if !waiting {
@@ -449,11 +449,12 @@ async fn send_under_lease(
     if options.plan_new && holds_wanted(config, true) {
         hold_waiting_for_others(config, registry, &client, &options.actor, progress).await;
     }
+    // Stopped at the gate (or as it ended): nothing made, nothing sent.
+    if options.plan_new && progress.stopping() {
+        return Err(CampaignError::Stopped);
+    }
     let withheld = tokens_withheld(config, registry).await?;
     if let Some(unheld) = withheld.clone() {
-        if options.plan_new && progress.stopping() {
-            return Err(CampaignError::StoppedHolding(unheld));
-        }
         if options.plan_new {
             return Err(CampaignError::NotHeld(unheld));
         }

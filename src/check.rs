@@ -45,14 +45,9 @@ pub enum CheckError {
 }
 
 impl CheckError {
-    /// Worth another try later: Synapse or the registry failed for now, or
-    /// the accounts changed while they were read.
-    pub fn is_transient(&self) -> bool {
-        match self {
-            CheckError::Synapse(err) => err.is_transient(),
-            CheckError::NeverSynced => false,
-            CheckError::Inconsistent { .. } | CheckError::Registry(_) => true,
-        }
+    /// Will fail the same way until someone changes lifeboat's setup.
+    pub fn is_setup_fault(&self) -> bool {
+        matches!(self, CheckError::Synapse(err) if err.is_setup_fault())
     }
 }
 

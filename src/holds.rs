@@ -516,12 +516,9 @@ pub enum CannotTell {
 }
 
 impl CannotTell {
-    /// Worth another try later: Synapse or the registry failed for now.
-    pub fn is_transient(&self) -> bool {
-        match self {
-            CannotTell::Synapse(err) => err.is_transient(),
-            CannotTell::Registry(_) => true,
-        }
+    /// Will fail the same way until someone changes lifeboat's setup.
+    pub fn is_setup_fault(&self) -> bool {
+        matches!(self, CannotTell::Synapse(err) if err.is_setup_fault())
     }
 }
 

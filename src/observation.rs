@@ -80,7 +80,7 @@ impl Observation {
                 self.reason = checked.reason;
             }
             Err(err) => {
-                self.lasting = !err.is_transient();
+                self.lasting = err.is_setup_fault();
                 self.reason = err.to_string();
             }
         }
@@ -90,12 +90,6 @@ impl Observation {
     pub(crate) fn could_not_tell(&mut self, why: impl std::fmt::Display, lasting: bool) {
         self.reason = format!("could not tell: {why}");
         self.lasting = lasting;
-    }
-
-    /// Whether this round told whether accounts are lost (a rejected token
-    /// tells something too, and is alerted as such).
-    pub fn told(&self) -> bool {
-        self.verdict.is_some() || self.token_rejected
     }
 
     pub fn verdict_label(&self) -> &'static str {
@@ -214,45 +208,60 @@ impl Observation {
     }
 }
 
-/// Rounds that could not tell whether accounts are lost, as the admins
-/// hear of them: once such rounds have gone on for `alert_after` (at once
-/// for a fault that will not pass by itself), and once more when a round
-/// tells again. Until then a loss would go unnoticed.
-#[derive(Debug, Default)]
+/// Rounds (and probes) that could not tell whether accounts are lost, as
+/// the admins hear of them: once that has gone on for `alert_after` (at
+/// once for a fault of lifeboat's setup, and again when a passing fault
+/// becomes one), and once more when a round tells again. Until then a loss
+/// would go unnoticed. Kept in the registry, so that a restart of serve
+/// neither repeats it nor starts the clock again.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, serde::Deserialize)]
 pub struct Unchecked {
     since: Option<i64>,
-    told: bool,
+    /// Told, and whether as a setup fault.
+    told: Option<bool>,
 }
 
 /// What the admins hear about rounds that could not tell.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum UncheckedNews {
-    /// Since `since` (ms since the epoch) no round could tell.
+    /// Since `since` (ms since the epoch) nothing could tell.
     CannotTell { since: i64 },
     /// This round told again, after [`UncheckedNews::CannotTell`].
     TellsAgain { since: i64 },
 }
 
 impl Unchecked {
-    /// Follows one more round (ended at `now`); what to tell, if anything.
-    pub fn after_round(&mut self, seen: &Observation, now: i64, alert_after: Duration) -> Option<UncheckedNews> {
-        if seen.told() {
-            let since = self.since.take();
-            return since.filter(|_| std::mem::take(&mut self.told)).map(|since| UncheckedNews::TellsAgain { since });
+    /// Follows one more round, or a probe that could not tell (ended at
+    /// `now`); what to tell, if anything.
+    pub fn after(&mut self, seen: &Observation, now: i64, alert_after: Duration) -> Option<UncheckedNews> {
+        // Every admin token rejected is alerted as such, and tells nothing either way.
+        if seen.verdict.is_none() && seen.token_rejected {
+            return None;
+        }
+        if seen.verdict.is_some() {
+            let (since, told) = (self.since.take(), self.told.take());
+            return since.filter(|_| told.is_some()).map(|since| UncheckedNews::TellsAgain { since });
         }
         let since = *self.since.get_or_insert(now);
         let lasted = now.saturating_sub(since) >= i64::try_from(alert_after.as_millis()).unwrap_or(i64::MAX);
-        if self.told || !(seen.lasting || lasted) {
+        let news = match self.told {
+            None => seen.lasting || lasted,
+            // What was told would pass; this will not: what to fix is news.
+            Some(told_lasting) => seen.lasting && !told_lasting,
+        };
+        if !news {
             return None;
         }
-        self.told = true;
+        self.told = Some(seen.lasting);
         Some(UncheckedNews::CannotTell { since })
     }
 }
 
 impl UncheckedNews {
-    /// The subject and the Markdown of the message about it; `seen`: this round.
-    pub fn message(&self, seen: &Observation, server_name: &str) -> (String, String) {
+    /// The subject, the Markdown for email (why, in full), and the Markdown
+    /// for the admin room (which may hold someone lifeboat cannot vouch
+    /// for: the URL, the accounts and the errors stay out); `seen`: this round.
+    pub fn message(&self, seen: &Observation, server_name: &str) -> (String, String, String) {
         let why = ["could not tell whether accounts were lost: ", "could not tell: "]
             .iter()
             .find_map(|prefix| seen.reason.strip_prefix(prefix))
@@ -261,26 +270,29 @@ impl UncheckedNews {
         match *self {
             UncheckedNews::CannotTell { since } => {
                 let next = if seen.lasting {
-                    "This will not pass by itself: fix what it says (`lifeboat check` on the lifeboat host says the same)."
+                    "This will not pass by itself: it needs a change to lifeboat's setup."
                 } else {
-                    "Each round tries again; you will hear when one can tell."
+                    "lifeboat keeps trying; you will hear when it can tell again."
                 };
+                let head = format!(
+                    "**lifeboat cannot tell whether accounts are lost on {server_name}** (since {}). Until it can, a loss would go unnoticed. {next}",
+                    crate::notify::human_time(since)
+                );
                 (
                     format!("[lifeboat] {server_name}: cannot tell whether accounts are lost"),
+                    format!("{head}\n\nWhy: {why}."),
                     format!(
-                        "**lifeboat cannot tell whether accounts are lost on {server_name}** (since {}): {why}. Until it can, a loss would go unnoticed. {next}",
-                        crate::notify::human_time(since)
+                        "{head} Why is in the alert email and lifeboat's log; `lifeboat check` on the lifeboat host says it too."
                     ),
                 )
             }
-            UncheckedNews::TellsAgain { since } => (
-                format!("[lifeboat] {server_name}: can tell again whether accounts are lost"),
-                format!(
-                    "**lifeboat can tell again whether accounts are lost on {server_name}** (it could not from {} on): {}.",
-                    crate::notify::human_time(since),
-                    seen.reason.trim_end_matches('.')
-                ),
-            ),
+            UncheckedNews::TellsAgain { since } => {
+                let text = format!(
+                    "**lifeboat can tell again whether accounts are lost on {server_name}** (it could not from {} on).",
+                    crate::notify::human_time(since)
+                );
+                (format!("[lifeboat] {server_name}: can tell again whether accounts are lost"), text.clone(), text)
+            }
         }
     }
 }
@@ -400,35 +412,50 @@ mod tests {
         let (hour, ok) =
             (Duration::from_secs(3600), Observation { verdict: Some(Verdict::Ok), ..Observation::default() });
         let mut unchecked = Unchecked::default();
-        assert_eq!(unchecked.after_round(&cannot_tell(false), 0, hour), None);
-        assert_eq!(unchecked.after_round(&cannot_tell(false), 3_599_999, hour), None);
-        assert_eq!(
-            unchecked.after_round(&cannot_tell(false), 3_600_000, hour),
-            Some(UncheckedNews::CannotTell { since: 0 })
-        );
-        assert_eq!(unchecked.after_round(&cannot_tell(false), 7_200_000, hour), None, "once");
-        assert_eq!(unchecked.after_round(&ok, 7_300_000, hour), Some(UncheckedNews::TellsAgain { since: 0 }));
-        assert_eq!(unchecked.after_round(&ok, 7_400_000, hour), None);
+        assert_eq!(unchecked.after(&cannot_tell(false), 0, hour), None);
+        assert_eq!(unchecked.after(&cannot_tell(false), 3_599_999, hour), None);
+        assert_eq!(unchecked.after(&cannot_tell(false), 3_600_000, hour), Some(UncheckedNews::CannotTell { since: 0 }));
+        assert_eq!(unchecked.after(&cannot_tell(false), 7_200_000, hour), None, "once");
+        assert_eq!(unchecked.after(&ok, 7_300_000, hour), Some(UncheckedNews::TellsAgain { since: 0 }));
+        assert_eq!(unchecked.after(&ok, 7_400_000, hour), None);
 
         // A short spell nobody heard of ends unsaid; the next starts afresh.
-        assert_eq!(unchecked.after_round(&cannot_tell(false), 8_000_000, hour), None);
-        assert_eq!(unchecked.after_round(&ok, 8_100_000, hour), None);
-        assert_eq!(unchecked.after_round(&cannot_tell(false), 9_000_000, hour), None);
-        assert_eq!(unchecked.after_round(&cannot_tell(false), 11_000_000, hour), None);
+        assert_eq!(unchecked.after(&cannot_tell(false), 8_000_000, hour), None);
+        assert_eq!(unchecked.after(&ok, 8_100_000, hour), None);
+        assert_eq!(unchecked.after(&cannot_tell(false), 9_000_000, hour), None);
+        assert_eq!(unchecked.after(&cannot_tell(false), 11_000_000, hour), None);
     }
 
     #[test]
-    fn a_fault_that_will_not_pass_by_itself_is_told_at_the_first_round() {
+    fn a_setup_fault_is_told_at_once_and_again_when_it_follows_a_passing_one() {
+        let hour = Duration::from_secs(3600);
         let mut unchecked = Unchecked::default();
         let seen = cannot_tell(true);
-        let news = unchecked.after_round(&seen, 5, Duration::from_secs(3600));
+        let news = unchecked.after(&seen, 5, hour);
         assert_eq!(news, Some(UncheckedNews::CannotTell { since: 5 }));
-        let (subject, text) = news.unwrap().message(&seen, "x");
+        assert_eq!(unchecked.after(&seen, 10, hour), None);
+        let (subject, email, room) = news.unwrap().message(&seen, "x");
         assert_eq!(subject, "[lifeboat] x: cannot tell whether accounts are lost");
-        assert!(text.contains("on x** (since 1970-01-01 00:00 UTC): Synapse at http://x is unavailable: refused. Until it can, a loss would go unnoticed. This will not pass by itself"), "{text}");
-        // A rejected token is alerted as such: it tells, and ends the spell.
+        assert!(email.contains("on x** (since 1970-01-01 00:00 UTC). Until it can, a loss would go unnoticed. This will not pass by itself"), "{email}");
+        assert!(email.ends_with("Why: Synapse at http://x is unavailable: refused."), "{email}");
+        assert!(!room.contains("http://x") && room.contains("`lifeboat check`"), "{room}");
+
+        let mut unchecked = Unchecked::default();
+        assert!(unchecked.after(&cannot_tell(false), 0, hour).is_none());
+        assert!(unchecked.after(&cannot_tell(false), 3_600_000, hour).is_some());
+        assert_eq!(unchecked.after(&cannot_tell(true), 3_700_000, hour), Some(UncheckedNews::CannotTell { since: 0 }));
+        assert_eq!(unchecked.after(&cannot_tell(false), 3_800_000, hour), None);
+    }
+
+    #[test]
+    fn a_rejected_token_neither_ends_nor_continues_a_spell() {
+        let hour = Duration::from_secs(3600);
         let rejected = Observation { token_rejected: true, ..Observation::default() };
-        assert!(matches!(unchecked.after_round(&rejected, 10, Duration::ZERO), Some(UncheckedNews::TellsAgain { .. })));
+        let mut unchecked = Unchecked::default();
+        assert!(unchecked.after(&cannot_tell(true), 0, hour).is_some());
+        let before = unchecked.clone();
+        assert_eq!(unchecked.after(&rejected, 10, Duration::ZERO), None);
+        assert_eq!(unchecked, before);
     }
 
     #[test]

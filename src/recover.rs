@@ -73,6 +73,17 @@ pub enum RecoverError {
 }
 
 impl RecoverError {
+    /// Will fail the same way until someone changes lifeboat's setup
+    /// ([`synapse::Error::is_setup_fault`], another server's Synapse, an ID
+    /// of another server).
+    pub fn is_setup_fault(&self) -> bool {
+        match self {
+            RecoverError::OtherServer { .. } | RecoverError::Foreign { .. } | RecoverError::NoSecret => true,
+            RecoverError::Synapse(err) => err.is_setup_fault(),
+            _ => false,
+        }
+    }
+
     /// Worth another try later: the registry or Synapse failed for now.
     pub fn is_transient(&self) -> bool {
         match self {
@@ -137,7 +148,13 @@ pub async fn admin_access(config: &Config, registry: &Registry) -> Result<AdminA
                 }
                 own_demoted = Some(client);
             }
-            Ok(TokenAnswer::Works) => return Ok(AdminAccess::Working { client, source }),
+            Ok(TokenAnswer::Works) => {
+                // An admin again: a later demotion is news again.
+                if source == TokenSource::Recovered {
+                    DEMOTION_TOLD.store(false, std::sync::atomic::Ordering::Relaxed);
+                }
+                return Ok(AdminAccess::Working { client, source });
+            }
             Err(synapse::Error::Unauthorized { .. }) => dead.push(client),
             // lifeboat's own token, expired: `recover` logs in for a new one.
             Err(synapse::Error::Expired { .. }) if source == TokenSource::Recovered => own_expired = Some(client),
@@ -177,7 +194,7 @@ fn of_this_server(config: &Config, user_id: &str) -> bool {
     UserId::parse(user_id).ok().is_none_or(|id| id.server_name() == config.homeserver.server_name)
 }
 
-/// Said once a process: every use of the admin API would say it again.
+/// Said once per demotion: every use of the admin API would say it again.
 static DEMOTION_TOLD: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
 
 /// What Synapse says of a token [`admin_access`] tries.

@@ -116,13 +116,9 @@ pub enum SyncError {
 }
 
 impl SyncError {
-    /// Worth another try later: only a listing Synapse refused, or one it
-    /// cannot give as asked, will fail the same way next time.
-    pub fn is_transient(&self) -> bool {
-        match self {
-            SyncError::Listing(err) => err.is_transient(),
-            _ => true,
-        }
+    /// Will fail the same way until someone changes lifeboat's setup.
+    pub fn is_setup_fault(&self) -> bool {
+        matches!(self, SyncError::Listing(err) if err.is_setup_fault())
     }
 }
 

@@ -17,7 +17,7 @@ use crate::app::Services;
 use crate::check::check;
 use crate::config::Config;
 use crate::holds::{HoldError, hold_lost_ids, holds_wanted, restore_held_names, tokens_withheld};
-use crate::observation::{AlertedState, LastListing, NotHeld, Observation, Unchecked, WatchHandle};
+use crate::observation::{AlertedState, LastListing, NotHeld, Observation, Unchecked, UncheckedNews, WatchHandle};
 use crate::probe::{FixedSample, Probe, probe};
 use crate::reconcile::Verdict;
 use crate::recover::{AdminAccess, RecoverError, admin_access, recover};
@@ -28,6 +28,8 @@ use crate::sync::{Quiet, SyncError, SyncOptions, sync};
 
 /// Registry setting: what the last alert was about (an [`AlertedState`] as JSON).
 const ALERTED_SETTING: &str = "watch_alerted_state";
+/// Registry setting: how long nothing could tell (an [`Unchecked`] as JSON).
+const UNCHECKED_SETTING: &str = "watch_unchecked";
 /// Registry setting: the watcher's last full listing (a [`LastListing`] as JSON).
 const LAST_LISTING_SETTING: &str = "watch_last_listing";
 
@@ -51,7 +53,9 @@ pub fn next_listing_due(last: LastListing, floor: Duration) -> i64 {
 
 /// Where alerts go: the admin room (through the bot) and email.
 pub trait AlertSink: Send + Sync {
-    fn alert(&self, subject: &str, markdown: &str) -> impl Future<Output = ()> + Send;
+    /// `room_markdown`: what the admin room gets instead of `markdown`, when
+    /// it must not see all of it (it may hold someone lifeboat cannot vouch for).
+    fn alert(&self, subject: &str, markdown: &str, room_markdown: Option<&str>) -> impl Future<Output = ()> + Send;
 }
 
 /// One round, one listing: a sync (importing new accounts and emails), whose
@@ -75,7 +79,7 @@ pub async fn observe(
             client
         }
         Err(err) => {
-            seen.could_not_tell(&err, !err.is_transient());
+            seen.could_not_tell(&err, err.is_setup_fault());
             return (seen, None);
         }
     };
@@ -98,11 +102,7 @@ pub async fn observe(
                 share = 1.0;
                 seen.checked(check(registry, &client, config).await);
             }
-            // A token revoked mid-listing: the next round's check tells.
-            Err(err) => {
-                let lasting = !err.is_transient() && !matches!(&err, SyncError::Listing(e) if e.is_unknown_token());
-                seen.could_not_tell(&err, lasting);
-            }
+            Err(err) => seen.could_not_tell(&err, err.is_setup_fault()),
         }
     } else {
         // A dead token lists nothing; check tells a wipe from a typo.
@@ -253,14 +253,31 @@ pub async fn run(services: Arc<Services>, alerts: impl AlertSink) {
     // the same is not (every round retries them).
     let mut alerted_not_held = 0;
     // Rounds that could not tell: the admins hear of it once it lasts.
-    let mut unchecked = Unchecked::default();
+    let mut unchecked: Unchecked = registry
+        .setting(UNCHECKED_SETTING)
+        .await
+        .ok()
+        .flatten()
+        .and_then(|stored| serde_json::from_str(&stored).ok())
+        .unwrap_or_default();
     loop {
         let interval = if last_round.is_some() { config.watch.interval } else { Duration::ZERO };
         let after_round = last_round.map_or(0, |ended| ended.saturating_add(interval.as_millis() as i64));
         let due =
             last_listing(registry).await.map_or(after_round, |last| after_round.max(next_listing_due(last, interval)));
-        if due > now_ms() && !wait_for_next_round(config, registry, handle, cancel, due, token_rejected).await {
-            return;
+        let waited = Wait { due, last_round, token_rejected_before: token_rejected };
+        if due > now_ms() {
+            match wait_for_next_round(config, registry, handle, cancel, waited).await {
+                Woke::Stopped => return,
+                Woke::Round => {}
+                // Between rounds hours apart (a big server), the probe keeps the clock.
+                Woke::ProbeCouldNotTell(why) => {
+                    let mut seen = Observation::default();
+                    seen.could_not_tell(&why, false);
+                    follow_unchecked(config, registry, &alerts, &mut unchecked, &seen, false).await;
+                    continue;
+                }
+            }
         }
         // This round lists: what was asked for until now is done by it.
         handle.take_listing_wish();
@@ -279,13 +296,11 @@ pub async fn run(services: Arc<Services>, alerts: impl AlertSink) {
             }
         }
         handle.set(seen.clone());
-        if let Err(err) = alert_on_change(config, registry, &seen, &alerts).await {
+        let said = alert_on_change(config, registry, &seen, &alerts).await.unwrap_or_else(|err| {
             tracing::warn!(error = %err, "watcher: could not record the alerted state");
-        }
-        if let Some(news) = unchecked.after_round(&seen, now_ms(), config.watch.alert_unchecked_after) {
-            let (subject, text) = news.message(&seen, &config.homeserver.server_name);
-            tell_admins(registry, &alerts, &subject, &text, Some(&seen.reason)).await;
-        }
+            None
+        });
+        follow_unchecked(config, registry, &alerts, &mut unchecked, &seen, said.is_some()).await;
         token_rejected = seen.token_rejected && client.is_none();
         let Some(client) = client else {
             last_round = Some(now_ms());
@@ -304,15 +319,15 @@ pub async fn run(services: Arc<Services>, alerts: impl AlertSink) {
         let told = seen.taken != taken_before
             && alert_on_change(config, registry, &seen, &alerts).await.unwrap_or_else(|err| {
                 tracing::warn!(error = %err, "watcher: could not record the alerted state");
-                false
-            });
+                None
+            }) == Some(Said::Alert);
         if !told && (!seen.held.is_empty() || seen.own.is_some() || not_held.is_some()) {
             // What this round's hold run did, in a message of its own; IDs
             // not held only when that is news.
             let message =
                 Observation { not_held: seen.not_held.clone().filter(|_| not_held.is_some()), ..seen.clone() };
             let subject = message.holds_subject(&config.homeserver.server_name);
-            tell_admins(registry, &alerts, &subject, &message.held_markdown(), None).await;
+            tell_admins(registry, &alerts, &subject, &message.held_markdown(), None, None).await;
         }
         if let Some(count) = not_held {
             alerted_not_held = count;
@@ -325,9 +340,43 @@ pub async fn run(services: Arc<Services>, alerts: impl AlertSink) {
     }
 }
 
-/// Sends an alert, and records it in the audit log (a failure to record is logged).
-async fn tell_admins(registry: &Registry, alerts: &impl AlertSink, subject: &str, text: &str, reason: Option<&str>) {
-    alerts.alert(subject, text).await;
+/// Follows `seen` (a round, or a probe that could not tell) for what the
+/// admins hear about rounds that cannot tell, and keeps where that stands;
+/// `spoke`: this round alerted already, which says as much as "can tell again".
+async fn follow_unchecked(
+    config: &Config,
+    registry: &Registry,
+    alerts: &impl AlertSink,
+    unchecked: &mut Unchecked,
+    seen: &Observation,
+    spoke: bool,
+) {
+    let before = unchecked.clone();
+    let news = unchecked.after(seen, now_ms(), config.watch.alert_unchecked_after);
+    if let Some(news) = news.filter(|news| !(spoke && matches!(news, UncheckedNews::TellsAgain { .. }))) {
+        let (subject, email, room) = news.message(seen, &config.homeserver.server_name);
+        tell_admins(registry, alerts, &subject, &email, Some(&room), Some(&seen.reason)).await;
+    }
+    if *unchecked != before {
+        let stored = serde_json::to_string(unchecked).expect("plain data");
+        if let Err(err) = registry.set_setting(UNCHECKED_SETTING, &stored).await {
+            tracing::warn!(error = %err, "watcher: could not record how long it could not tell");
+        }
+    }
+}
+
+/// Sends an alert (`room`: what the admin room gets instead, when it must
+/// not see all of it), and records it in the audit log (a failure to record
+/// is logged).
+async fn tell_admins(
+    registry: &Registry,
+    alerts: &impl AlertSink,
+    subject: &str,
+    text: &str,
+    room: Option<&str>,
+    reason: Option<&str>,
+) {
+    alerts.alert(subject, text, room).await;
     if let Err(err) = registry.audit(&Actor::service("watcher"), "alert", Some(subject), reason).await {
         tracing::warn!(error = %err, "watcher: could not record the alert");
     }
@@ -367,18 +416,37 @@ pub async fn listing_gap(config: &Config, registry: &Registry) -> Duration {
 /// server: [`next_listing_due`] keeps listings to their share of Synapse).
 const ASKED_LISTING_GAP: Duration = Duration::from_secs(30);
 
+/// Why [`wait_for_next_round`] returned.
+enum Woke {
+    /// The next round is due.
+    Round,
+    /// Serve is stopping.
+    Stopped,
+    /// A probe could not tell, for this reason: the round is still to come.
+    ProbeCouldNotTell(String),
+}
+
+/// What [`wait_for_next_round`] waits for.
+struct Wait {
+    /// When the next round is due (ms since the epoch).
+    due: i64,
+    /// When the last round ended, if one ran since serve started.
+    last_round: Option<i64>,
+    /// The last round found every admin token rejected.
+    token_rejected_before: bool,
+}
+
 /// Waits until `due` (ms since the epoch), probing every
 /// `watch.probe_interval`; the next round starts early when a probe sees
 /// what a loss would cause, or as soon as pacing allows when the bot asks
-/// for a listing. `false` when cancelled.
+/// for a listing.
 async fn wait_for_next_round(
     config: &Config,
     registry: &Registry,
     handle: &WatchHandle,
     cancel: &CancellationToken,
-    due: i64,
-    token_rejected_before: bool,
-) -> bool {
+    Wait { due, last_round, token_rejected_before }: Wait,
+) -> Woke {
     let left_ms = u64::try_from(due.saturating_sub(now_ms())).unwrap_or(0);
     let mut next_round = Instant::now() + Duration::from_millis(left_ms);
     let probing = !config.watch.probe_interval.is_zero();
@@ -391,7 +459,7 @@ async fn wait_for_next_round(
         let now = Instant::now();
         let left = next_round.saturating_duration_since(now);
         if left.is_zero() {
-            return true;
+            return Woke::Round;
         }
         let mut wait = left.min(rooms_due.saturating_duration_since(now));
         if probing {
@@ -399,10 +467,13 @@ async fn wait_for_next_round(
         }
         let wait = wait.max(Duration::from_millis(10));
         tokio::select! {
-            stopped = pause(wait, cancel) => if stopped { return false },
+            stopped = pause(wait, cancel) => if stopped { return Woke::Stopped },
             () = handle.listing_asked() => {
                 if handle.take_listing_wish() {
-                    let earliest = last_listing(registry).await.map_or(0, |last| next_listing_due(last, ASKED_LISTING_GAP));
+                    // Rounds that list nothing (a failing listing) are spaced too.
+                    let after_round = last_round.map_or(0, |ended| ended.saturating_add(ASKED_LISTING_GAP.as_millis() as i64));
+                    let listed = last_listing(registry).await.map_or(0, |last| next_listing_due(last, ASKED_LISTING_GAP));
+                    let earliest = listed.max(after_round);
                     let after = u64::try_from(earliest.saturating_sub(now_ms())).unwrap_or(0);
                     next_round = next_round.min(Instant::now() + Duration::from_millis(after));
                     tracing::info!(in_seconds = after / 1000, "watcher: the bot asked for a listing");
@@ -430,29 +501,39 @@ async fn wait_for_next_round(
             Probe::TokenRejected if token_rejected_before => {}
             Probe::TokenRejected => {
                 tracing::info!("watcher: the probe found every admin token rejected; reading the listing now");
-                return true;
+                return Woke::Round;
             }
             Probe::LooksWrong(why) => {
                 tracing::info!(why, "watcher: the probe saw something wrong; reading the listing now");
-                return true;
+                return Woke::Round;
             }
-            Probe::CouldNotTell(why) => tracing::debug!(why, "watcher: the probe could not tell"),
+            Probe::CouldNotTell(why) => {
+                tracing::debug!(why, "watcher: the probe could not tell");
+                return Woke::ProbeCouldNotTell(why);
+            }
         }
     }
 }
 
+/// What [`alert_on_change`] said.
+#[derive(Debug, PartialEq, Eq)]
+enum Said {
+    /// [`Observation::alert_markdown`], which tells the round's holds too.
+    Alert,
+    BackToNormal,
+}
+
 /// Alerts when what the watcher sees got worse (or is back to normal), and
-/// keeps what it alerted about; true when it sent [`Observation::alert_markdown`],
-/// which tells the round's holds too.
+/// keeps what it alerted about.
 async fn alert_on_change(
     config: &Config,
     registry: &Registry,
     seen: &Observation,
     alerts: &impl AlertSink,
-) -> Result<bool, crate::registry::Error> {
+) -> Result<Option<Said>, crate::registry::Error> {
     // "Could not tell" says nothing new either way: keep the last state.
     if seen.verdict.is_none() && !seen.token_rejected {
-        return Ok(false);
+        return Ok(None);
     }
     let now = seen.alerted_state();
     let before: Option<AlertedState> =
@@ -465,16 +546,16 @@ async fn alert_on_change(
                 Some(Verdict::Loss) => format!("[lifeboat] {server}: accounts lost"),
                 _ => format!("[lifeboat] {server}: admin token rejected"),
             };
-            tell_admins(registry, alerts, &subject, &seen.alert_markdown(server), Some(&seen.reason)).await;
-            true
+            tell_admins(registry, alerts, &subject, &seen.alert_markdown(server), None, Some(&seen.reason)).await;
+            Some(Said::Alert)
         }
         (None, Some(_)) => {
             let text = format!("**{server} is back to normal:** {}.", seen.reason.trim_end_matches('.'));
             let subject = format!("[lifeboat] {server}: back to normal");
-            tell_admins(registry, alerts, &subject, &text, Some(&seen.reason)).await;
-            false
+            tell_admins(registry, alerts, &subject, &text, None, Some(&seen.reason)).await;
+            Some(Said::BackToNormal)
         }
-        _ => false,
+        _ => None,
     };
     if now != before {
         let stored = now.as_ref().map(|state| serde_json::to_string(state).expect("plain data")).unwrap_or_default();

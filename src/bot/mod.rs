@@ -195,7 +195,7 @@ impl Bot {
             Ok(access) => access.working(),
             Err(err) => {
                 tracing::warn!(error = %err, "cannot tell whose accounts are in the admin room");
-                return Audience { unsure: Some(Unsure::because(err.is_transient())), ..Audience::default() };
+                return Audience { unsure: Some(Unsure::because(err.is_setup_fault())), ..Audience::default() };
             }
         };
         let (admin, members) = match (admin, room.members(RoomMemberships::ACTIVE).await) {
@@ -234,7 +234,8 @@ impl Bot {
                 }
                 Err(err) => {
                     tracing::warn!(member = %user, error = %err, "cannot tell whose a member of the admin room is");
-                    audience.unsure = Some(Unsure::because(err.is_transient()));
+                    // A setup fault outranks a passing one: waiting will not help.
+                    audience.unsure = audience.unsure.max(Some(Unsure::because(err.is_setup_fault())));
                 }
             }
         }
@@ -980,7 +981,8 @@ struct Audience {
     listing_asked: bool,
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+/// In order of what outranks what.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
 enum Unsure {
     /// The member list, or whose some member's account is, could not be
     /// asked just now (Synapse or the registry failing).
@@ -993,9 +995,9 @@ enum Unsure {
 }
 
 impl Unsure {
-    /// Why, from whether the failure may pass by itself.
-    fn because(transient: bool) -> Unsure {
-        if transient { Unsure::NoAnswer } else { Unsure::Setup }
+    /// Why, from whether the failure is lifeboat's setup.
+    fn because(setup_fault: bool) -> Unsure {
+        if setup_fault { Unsure::Setup } else { Unsure::NoAnswer }
     }
 }
 

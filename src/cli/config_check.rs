@@ -100,6 +100,7 @@ fn print_summary(config: &Config) {
     println!("  probe_sample = {}", config.watch.probe_sample);
     println!("  max_synapse_share = {}", config.watch.max_synapse_share);
     println!("  loss_threshold = {}", config.watch.loss_threshold);
+    println!("  alert_unchecked_after = {}", humantime::format_duration(config.watch.alert_unchecked_after));
     println!("[tokens]");
     println!("  expiry = {}", humantime::format_duration(config.tokens.expiry));
     match &config.email {

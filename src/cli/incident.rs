@@ -22,7 +22,9 @@ pub enum Command {
     /// a wipe; when it cannot, it says why and uses what the last complete
     /// sync found. Then it holds the lost IDs (recovery.hold), first waiting
     /// for another hold run (serve's watcher) to end, so the notices find
-    /// them held.
+    /// them held. Ctrl-C before the incident is recorded opens none; while
+    /// its lost IDs are held, the holds under way finish and the rest wait
+    /// for `notify` (exit 130 either way).
     Open {
         /// A short title, e.g. "Database lost on 2026-11-25".
         #[arg(long)]
@@ -100,6 +102,7 @@ pub async fn run(context: &Context, command: Command) -> Outcome {
                             covering[0].0
                         ),
                     ),
+                    CampaignError::StoppedOpening => Failure::new(exit::INTERRUPTED, err),
                     other => Failure::failed(other),
                 })?;
             let (incident, count) = (&opened.incident, opened.affected);
@@ -126,11 +129,14 @@ pub async fn run(context: &Context, command: Command) -> Outcome {
                 }
                 println!("Next: `lifeboat notify {} --dry-run` to see what would be sent.", incident.id);
             }
-            if stop.is_cancelled() {
-                return Err(Failure::failed(format!(
-                    "interrupted: incident {id} is open, and lost IDs it did not hold yet are held by `lifeboat notify {id}` (or `lifeboat holds make`) before anything is sent",
-                    id = incident.id
-                )));
+            if opened.holds.as_ref().is_some_and(|holds| holds.stopped) {
+                return Err(Failure::new(
+                    exit::INTERRUPTED,
+                    format!(
+                        "interrupted: incident {id} is open, and lost IDs it did not hold yet are held by `lifeboat notify {id}` (or `lifeboat holds make`) before anything is sent",
+                        id = incident.id
+                    ),
+                ));
             }
             Ok(exit::OK)
         }

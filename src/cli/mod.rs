@@ -34,6 +34,8 @@ pub mod exit {
     pub const FAILED: u8 = 1;
     pub const USAGE: u8 = 2;
     pub const LOSS: u8 = 3;
+    /// Stopped by Ctrl-C or SIGTERM before the end (128 + SIGINT, as shells say).
+    pub const INTERRUPTED: u8 = 130;
 }
 
 #[derive(Parser, Debug)]
@@ -47,7 +49,8 @@ and keeps the list of people to reach if the homeserver's database is ever lost.
 gets back in through Synapse's shared secret, holds each lost Matrix ID for its owner, and sends \
 every affected person a notice by email and Matrix DM: a link to take their held ID back, and a \
 single-use registration token for a new name.\n\n\
-Exit codes: 0 ok, 1 failed (or `check` could not tell), 2 usage or config error, 3 `check` found a loss.",
+Exit codes: 0 ok, 1 failed (or `check` could not tell), 2 usage or config error, 3 `check` found a loss, \
+130 `incident open` stopped by Ctrl-C (or a second Ctrl-C anywhere).",
     after_help = "Configuration: a TOML file (see config.example.toml); any key can be overridden \
 with LIFEBOAT__<SECTION>__<KEY>, e.g. LIFEBOAT__HOMESERVER__URL."
 )]
@@ -324,11 +327,15 @@ pub(crate) async fn stop_on_signal(stop: tokio_util::sync::CancellationToken) {
         _ = int.recv() => tracing::info!("SIGINT received"),
     }
     stop.cancel();
+    // Some steps cannot stop half-way (a recovery, a Synapse call): say that a stop is coming.
+    if std::io::IsTerminal::is_terminal(&std::io::stderr()) {
+        eprintln!("Stopping after the step under way; press Ctrl-C again to end at once.");
+    }
     tokio::select! {
         _ = term.recv() => {}
         _ = int.recv() => {}
     }
-    std::process::exit(130);
+    std::process::exit(exit::INTERRUPTED.into());
 }
 
 /// matrix-sdk lines that sound alarming on a healthy start and need no

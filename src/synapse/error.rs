@@ -76,6 +76,14 @@ impl Error {
         }
     }
 
+    /// Will fail the same way until someone changes lifeboat's setup: a
+    /// token that is not a server admin's, or that expired. A proxy's
+    /// error page, a name that does not resolve and the like may be a
+    /// restart under way, and are not counted.
+    pub fn is_setup_fault(&self) -> bool {
+        matches!(self, Error::Forbidden { .. } | Error::Expired { .. })
+    }
+
     /// 401 or 403: the token will not do, for this request or the next.
     pub fn is_refusal(&self) -> bool {
         matches!(self, Error::Unauthorized { .. } | Error::Expired { .. } | Error::Forbidden { .. })
