@@ -137,14 +137,21 @@ fn build(universe: usize, mix: &Mix) -> (Vec<Known>, Vec<Listed>) {
         }
         match kind {
             Kind::Missing => {}
-            Kind::Present => listed.push(Listed { user_id: id, deactivated: false, created_at_ms: Some(created) }),
+            Kind::Present => {
+                listed.push(Listed { user_id: id, deactivated: false, locked: false, created_at_ms: Some(created) })
+            }
             Kind::Recreated => listed.push(Listed {
                 user_id: id,
                 deactivated: false,
+                locked: false,
                 created_at_ms: Some(created + rng.random_range(1_000..10_000_000_000i64)),
             }),
-            Kind::Deactivated => listed.push(Listed { user_id: id, deactivated: true, created_at_ms: Some(created) }),
-            Kind::New => listed.push(Listed { user_id: id, deactivated: false, created_at_ms: Some(created) }),
+            Kind::Deactivated => {
+                listed.push(Listed { user_id: id, deactivated: true, locked: false, created_at_ms: Some(created) })
+            }
+            Kind::New => {
+                listed.push(Listed { user_id: id, deactivated: false, locked: false, created_at_ms: Some(created) })
+            }
         }
     }
     (known, listed)

@@ -57,6 +57,8 @@ pub struct Observation {
     pub taken_admins: Vec<String>,
     /// Of `taken`, lifeboat's own ID.
     pub taken_own: Option<String>,
+    /// Held IDs whose account someone unlocked outside lifeboat.
+    pub unlocked_held: Vec<String>,
     /// This round's listing, for spacing the next one.
     #[serde(skip)]
     pub listing: Option<LastListing>,
@@ -68,6 +70,7 @@ impl Observation {
         self.reason = verdict_reason(&report, loss_threshold);
         self.verdict = Some(report.verdict);
         self.taken = report.recreated.clone();
+        self.unlocked_held = report.unlocked_held;
         self.missing = report.missing;
         self.recreated = report.recreated;
     }
@@ -110,7 +113,7 @@ impl Observation {
         lost.dedup();
         let mut taken = self.taken.clone();
         taken.sort_unstable();
-        Some(AlertedState { severity, lost, taken })
+        Some(AlertedState { severity, lost, taken, unlocked: self.unlocked_held.clone() })
     }
 
     /// The alert, in Markdown: what happened and what to do next.
@@ -143,6 +146,13 @@ impl Observation {
         if let Some(own) = &self.taken_own {
             text.push_str(&format!(
                 "\n\n**lifeboat's own ID {own} was registered again by someone else.** Whoever has it can write as lifeboat to everyone lifeboat ever wrote to: deactivate it in Synapse. lifeboat cannot have it back; give it another account (create one, and put its ID in `bot.user_id` and its password in `bot.password`)."
+            ));
+        }
+        if !self.unlocked_held.is_empty() {
+            text.push_str(&format!(
+                "\n\n**Held IDs unlocked outside lifeboat** ({}): {}. A held account must stay locked until its owner takes it back: whoever can sign in to one (single sign-on with that name, a password someone set) has that person's ID, and their rooms on other servers. lifeboat treats them as strangers' meanwhile. Lock them again in Synapse, or hand one to its owner with `lifeboat holds claim <id>` on the lifeboat host.",
+                self.unlocked_held.len(),
+                id_list(&self.unlocked_held, 20)
             ));
         }
         if !self.taken_admins.is_empty() {
@@ -313,6 +323,9 @@ pub struct AlertedState {
     /// IDs taken by strangers before lifeboat could hold them.
     #[serde(default)]
     pub taken: Vec<String>,
+    /// Held IDs unlocked outside lifeboat.
+    #[serde(default)]
+    pub unlocked: Vec<String>,
 }
 
 impl AlertedState {
@@ -325,6 +338,20 @@ impl AlertedState {
         self.severity > before.severity
             || self.lost.iter().any(|id| before.lost.binary_search(id).is_err())
             || self.taken.iter().any(|id| before.taken.binary_search(id).is_err())
+            || self.newly_unlocked(before)
+    }
+
+    /// Held IDs unlocked since `before`.
+    fn newly_unlocked(&self, before: &AlertedState) -> bool {
+        self.unlocked.iter().any(|id| before.unlocked.binary_search(id).is_err())
+    }
+
+    /// The only news after `before` is a held ID unlocked (the alert's
+    /// subject then says so, not the loss it was already about).
+    pub fn only_unlocked_is_news_after(&self, before: Option<&AlertedState>) -> bool {
+        let Some(before) = before else { return false };
+        let without = AlertedState { unlocked: before.unlocked.clone(), ..self.clone() };
+        self.newly_unlocked(before) && !without.is_news_after(Some(before))
     }
 }
 

@@ -61,12 +61,18 @@ pub struct Known {
 pub struct Listed {
     pub user_id: String,
     pub deactivated: bool,
+    pub locked: bool,
     pub created_at_ms: Option<i64>,
 }
 
 impl From<&crate::synapse::ListedUser> for Listed {
     fn from(user: &crate::synapse::ListedUser) -> Self {
-        Listed { user_id: user.user_id.clone(), deactivated: user.deactivated, created_at_ms: user.created_at_ms }
+        Listed {
+            user_id: user.user_id.clone(),
+            deactivated: user.deactivated,
+            locked: user.locked,
+            created_at_ms: user.created_at_ms,
+        }
     }
 }
 
@@ -162,6 +168,10 @@ pub struct Report {
     pub new: Vec<String>,
     /// Lost IDs lifeboat holds for their owners (lost to them until claimed).
     pub held: Vec<String>,
+    /// Of `held`, those whose account someone unlocked outside lifeboat:
+    /// whoever can sign in to one (single sign-on with that name, say)
+    /// would have its person's ID, and their rooms elsewhere.
+    pub unlocked_held: Vec<String>,
     /// Lost accounts (missing, held, or newly recreated) as a share of known accounts.
     pub lost_share: f64,
 }
@@ -192,7 +202,14 @@ impl ReportBuilder {
             Some(Class::Deactivated) => report.deactivated.push(id()),
             Some(Class::Recreated) => report.recreated.push(id()),
             Some(Class::New) => report.new.push(id()),
-            Some(Class::Held) => report.held.push(id()),
+            Some(Class::Held) => {
+                // Not a hold being made (its account may not be locked yet).
+                let made = known.is_some_and(|known| known.created_at_ms.is_some());
+                if made && listed.is_some_and(|listed| !listed.locked) {
+                    report.unlocked_held.push(id());
+                }
+                report.held.push(id());
+            }
         }
     }
 
@@ -200,9 +217,14 @@ impl ReportBuilder {
     /// `suspected_reset` (a mass loss), not `loss`.
     pub fn finish(self, loss_threshold: f64) -> Report {
         let mut report = self.report;
-        for ids in
-            [&mut report.missing, &mut report.recreated, &mut report.deactivated, &mut report.new, &mut report.held]
-        {
+        for ids in [
+            &mut report.missing,
+            &mut report.recreated,
+            &mut report.deactivated,
+            &mut report.new,
+            &mut report.held,
+            &mut report.unlocked_held,
+        ] {
             ids.sort_unstable();
         }
         let lost = report.missing.len() + report.held.len() + report.recreated.len() - self.known_recreated;
@@ -253,7 +275,18 @@ mod tests {
     }
 
     fn listed(id: &str, created_s: i64, deactivated: bool) -> Listed {
-        Listed { user_id: id.into(), deactivated, created_at_ms: Some(created_s * 1000 + 123) }
+        Listed { user_id: id.into(), deactivated, locked: false, created_at_ms: Some(created_s * 1000 + 123) }
+    }
+
+    #[test]
+    fn a_made_hold_listed_unlocked_is_named_but_one_being_made_is_not() {
+        let made = known_as("@a:x", 1, AccountState::Held);
+        let being_made = Known { created_at_ms: None, ..known_as("@b:x", 1, AccountState::Held) };
+        let locked = Listed { locked: true, ..listed("@c:x", 1, false) };
+        let registry = [made, being_made, known_as("@c:x", 1, AccountState::Held)];
+        let report = merge_join(&registry, &[listed("@a:x", 1, false), listed("@b:x", 1, false), locked], 0.5);
+        assert_eq!(report.held, ["@a:x", "@b:x", "@c:x"]);
+        assert_eq!(report.unlocked_held, ["@a:x"]);
     }
 
     #[test]

@@ -542,6 +542,9 @@ async fn alert_on_change(
     let told = match (&now, &before) {
         (Some(state), _) if state.is_news_after(before.as_ref()) => {
             let subject = match seen.verdict {
+                _ if state.only_unlocked_is_news_after(before.as_ref()) => {
+                    format!("[lifeboat] {server}: a held ID was unlocked outside lifeboat")
+                }
                 Some(Verdict::SuspectedReset) => format!("[lifeboat] {server}: suspected database reset"),
                 Some(Verdict::Loss) => format!("[lifeboat] {server}: accounts lost"),
                 _ => format!("[lifeboat] {server}: admin token rejected"),
@@ -577,7 +580,8 @@ mod tests {
     use super::*;
 
     fn state(severity: u8, lost: &[&str]) -> AlertedState {
-        AlertedState { severity, lost: lost.iter().map(|id| id.to_string()).collect(), taken: Vec::new() }
+        let lost = lost.iter().map(|id| id.to_string()).collect();
+        AlertedState { severity, lost, taken: Vec::new(), unlocked: Vec::new() }
     }
 
     #[test]
@@ -600,6 +604,16 @@ mod tests {
         let now = AlertedState { taken: vec!["@a:x".to_owned()], ..state(3, &["@a:x"]) };
         assert!(now.is_news_after(Some(&before)));
         assert!(!now.is_news_after(Some(&now.clone())));
+    }
+
+    #[test]
+    fn a_held_id_unlocked_outside_lifeboat_is_news_once_and_named_in_the_subject() {
+        let before = state(3, &["@a:x", "@b:x"]);
+        let now = AlertedState { unlocked: vec!["@a:x".to_owned()], ..before.clone() };
+        assert!(now.is_news_after(Some(&before)) && now.only_unlocked_is_news_after(Some(&before)));
+        assert!(!now.is_news_after(Some(&now.clone())));
+        let worse = AlertedState { lost: vec!["@a:x".to_owned(), "@b:x".to_owned(), "@c:x".to_owned()], ..now.clone() };
+        assert!(!worse.only_unlocked_is_news_after(Some(&before)), "a new loss leads the subject");
     }
 
     #[test]

@@ -1,6 +1,6 @@
 //! `lifeboat check`
 
-use super::output::{id_list, print_json};
+use super::output::{id_list, print_json, unlocked_held_line};
 use super::{Context, Failure, Outcome, exit};
 use crate::check::{CheckError, CheckReport, check};
 use crate::reconcile::Verdict;
@@ -69,6 +69,9 @@ fn report(outcome: &CheckReport, json: bool) -> Result<(), Failure> {
         if !ids.is_empty() {
             println!("  {label}: {}", id_list(ids, 20));
         }
+    }
+    if let Some(line) = unlocked_held_line(&report.unlocked_held) {
+        println!("{line}");
     }
     if !report.new.is_empty() {
         println!("Run `lifeboat sync` to add the new accounts to the registry.");

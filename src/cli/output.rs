@@ -47,6 +47,16 @@ fn on_terminal(message: &'static str, template: &str) -> ProgressBar {
     bar
 }
 
+/// The line `check` and `sync` print about held IDs unlocked outside lifeboat.
+pub fn unlocked_held_line(ids: &[String]) -> Option<String> {
+    (!ids.is_empty()).then(|| {
+        format!(
+            "  held but unlocked outside lifeboat: {} (whoever can sign in to one has its person's ID: lock them again in Synapse, or hand one to its owner with `lifeboat holds claim`)",
+            id_list(ids, 20)
+        )
+    })
+}
+
 /// Up to `limit` IDs joined, with a count of the rest.
 pub fn id_list(ids: &[impl std::fmt::Display], limit: usize) -> String {
     let text = crate::plural::id_list(ids, limit);

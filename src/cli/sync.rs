@@ -5,7 +5,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use indicatif::ProgressBar;
 use tokio_util::sync::CancellationToken;
 
-use super::output::{id_list, print_json, progress_bar, show_progress};
+use super::output::{id_list, print_json, progress_bar, show_progress, unlocked_held_line};
 use super::{Context, Failure, Outcome, exit};
 use crate::registry::Actor;
 use crate::sync::{SyncError, SyncOptions, SyncProgress, sync};
@@ -125,6 +125,9 @@ pub async fn run(context: &Context, args: Args) -> Outcome {
         }
         if !report.recreated.is_empty() {
             println!("  recreated (same ID, newer account): {}", id_list(&report.recreated, 20));
+        }
+        if let Some(line) = unlocked_held_line(&report.unlocked_held) {
+            println!("{line}");
         }
     }
     if let Some(why) = &summary.details_refused {

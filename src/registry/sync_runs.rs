@@ -167,10 +167,10 @@ impl Registry {
                                   AND a.custody_at >= (SELECT started_at FROM sync_runs WHERE id = $1) \
                              THEN 1 ELSE 0 END AS custody_since_listing, \
                         s.user_id AS listed_id, s.deactivated AS listed_deactivated, \
-                        s.synapse_created_at AS listed_created \
+                        s.locked AS listed_locked, s.synapse_created_at AS listed_created \
                  FROM accounts a LEFT JOIN listing_stage s ON s.run_id = $1 AND s.user_id = a.user_id \
                  UNION ALL \
-                 SELECT NULL, NULL, NULL, NULL, NULL, NULL, s.user_id, s.deactivated, s.synapse_created_at \
+                 SELECT NULL, NULL, NULL, NULL, NULL, NULL, s.user_id, s.deactivated, s.locked, s.synapse_created_at \
                  FROM listing_stage s WHERE s.run_id = $1 \
                    AND NOT EXISTS (SELECT 1 FROM accounts a WHERE a.user_id = s.user_id)"
             )))
@@ -186,6 +186,7 @@ impl Registry {
                 let listed = pair.listed_id.map(|user_id| Listed {
                     user_id,
                     deactivated: pair.listed_deactivated.unwrap_or(0) != 0,
+                    locked: pair.listed_locked.unwrap_or(0) != 0,
                     created_at_ms: pair.listed_created,
                 });
                 report.add(known.as_ref(), listed.as_ref());
@@ -460,6 +461,7 @@ struct PairRow {
     known_lost_created: Option<i64>,
     listed_id: Option<String>,
     listed_deactivated: Option<i64>,
+    listed_locked: Option<i64>,
     listed_created: Option<i64>,
 }
 
@@ -536,6 +538,7 @@ mod tests {
             let listed = listed_s.map(|created_s: i64| Listed {
                 user_id: "@a:x".to_owned(),
                 deactivated: false,
+                locked: false,
                 created_at_ms: Some(created_s * 1000 + 999),
             });
             let marked = mark_for(&known, listed.as_ref(), state, custody_since_listing);

@@ -787,12 +787,7 @@ async fn an_id_the_operator_handed_back_is_told_from_a_stranger_on_it_after_anot
     let registry = TestDatabase::sqlite();
     let person = unique("person");
     synapse.create_user(&person, &[&format!("{person}@example.org")]).await;
-    let lifeboat = Lifeboat::recovering(&synapse, &registry);
-    assert_eq!(lifeboat.run(&["sync"]).await.code, 0);
-    synapse.wipe();
-    assert_eq!(lifeboat.run(&["recover"]).await.code, 0);
-    assert_eq!(lifeboat.run(&["sync"]).await.code, 0);
-    assert_eq!(lifeboat.run(&["holds", "make"]).await.code, 0);
+    let lifeboat = holding_after_a_wipe(&synapse, &registry).await;
     let person_id = synapse.user_id(&person);
     let claimed = lifeboat.run_with_input(&["holds", "claim", &person_id], "a-long-enough-passphrase\n").await;
     assert_eq!(claimed.code, 0, "{claimed:?}");
@@ -1040,6 +1035,42 @@ async fn lifeboats_own_id_lost_without_a_shared_secret_is_made_lifeboats_again_b
     let held = ids_in(&lifeboat, "held").await;
     assert!(held.contains(&synapse.user_id(&person)) && !held.contains(&own), "lifeboat's own is no hold: {held:?}");
     assert!(ids_in(&lifeboat, "recreated").await.is_empty(), "nor a stranger's");
+}
+
+/// Someone unlocks a held account in Synapse (its admin API, an admin
+/// console): whoever can sign in to it would have its person's ID. `check`
+/// and `sync` name it (and the watcher alerts it, by the same report).
+#[tokio::test(flavor = "multi_thread")]
+async fn a_held_id_unlocked_outside_lifeboat_is_named_by_check_and_sync() {
+    let synapse = TestSynapse::start();
+    let registry = TestDatabase::sqlite();
+    let person = unique("person");
+    synapse.create_user(&person, &[]).await;
+    let lifeboat = holding_after_a_wipe(&synapse, &registry).await;
+    let held = synapse.user_id(&person);
+    assert!(ids_in(&lifeboat, "held").await.contains(&held));
+    let unlocked = || async { lifeboat.run(&["check", "--json"]).await.json()["unlocked_held"].clone() };
+    assert_eq!(unlocked().await, serde_json::json!([]), "held accounts are locked");
+
+    synapse.register_admin(&unique("root"));
+    let path = format!("/_synapse/admin/v2/users/{held}");
+    let unlock = serde_json::json!({"locked": false});
+    assert_eq!(synapse.admin_request(reqwest::Method::PUT, &path, Some(unlock)).await.0, 200);
+    assert_eq!(unlocked().await, serde_json::json!([held]));
+    let sync = lifeboat.run(&["sync"]).await;
+    assert!(sync.stdout.contains(&format!("held but unlocked outside lifeboat: {held}")), "{sync:?}");
+}
+
+/// lifeboat after `synapse` lost every account it had synced: recovered
+/// through the shared secret, the loss listed, the lost IDs held.
+async fn holding_after_a_wipe(synapse: &TestSynapse, registry: &TestDatabase) -> Lifeboat {
+    let lifeboat = Lifeboat::recovering(synapse, registry);
+    assert_eq!(lifeboat.run(&["sync"]).await.code, 0);
+    synapse.wipe();
+    assert_eq!(lifeboat.run(&["recover"]).await.code, 0);
+    assert_eq!(lifeboat.run(&["sync"]).await.code, 0);
+    assert_eq!(lifeboat.run(&["holds", "make"]).await.code, 0);
+    lifeboat
 }
 
 /// Lost IDs held when an incident opens or notify runs, not by the watcher.

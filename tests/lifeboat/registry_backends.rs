@@ -311,8 +311,12 @@ async fn an_account_a_hold_run_is_making_is_not_read_as_a_strangers(registry: Re
     sync_listing(&registry, &[]).await;
     assert!(registry.begin_hold(&id("@h:x")).await.unwrap());
     let known = registry.known_accounts().await.unwrap();
-    let listed =
-        lifeboat::reconcile::Listed { user_id: "@h:x".into(), deactivated: false, created_at_ms: Some(50_000) };
+    let listed = lifeboat::reconcile::Listed {
+        user_id: "@h:x".into(),
+        deactivated: false,
+        locked: false,
+        created_at_ms: Some(50_000),
+    };
     let report = lifeboat::reconcile::merge_join(&known, &[listed], 0.5);
     assert!(report.recreated.is_empty() && report.held == ["@h:x"], "{report:?}");
 }
