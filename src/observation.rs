@@ -226,7 +226,16 @@ impl Observation {
 /// neither repeats it nor starts the clock again.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, serde::Deserialize)]
 pub struct Unchecked {
+    /// The first failure of this spell (ms since the epoch).
     since: Option<i64>,
+    /// The last failure: a spell not heard of for long (serve stopped, a
+    /// backup restored) starts afresh.
+    #[serde(default)]
+    last_failed: Option<i64>,
+    /// A round failed in this spell: a good probe (which lists nothing)
+    /// does not end it then.
+    #[serde(default)]
+    by_round: bool,
     /// Told, and whether as a setup fault.
     told: Option<bool>,
 }
@@ -240,20 +249,52 @@ pub enum UncheckedNews {
     TellsAgain { since: i64 },
 }
 
+/// What [`Unchecked`] is following.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Looked {
+    /// A round, with its listing.
+    Round,
+    /// A probe between rounds (that could not tell: a good one is [`Unchecked::probe_fine`]).
+    Probe,
+}
+
+/// How long [`Unchecked`] waits.
+#[derive(Debug, Clone, Copy)]
+pub struct UncheckedLimits {
+    /// A spell this long is told (`watch.alert_unchecked_after`).
+    pub alert_after: Duration,
+    /// Failures further apart than this are two spells.
+    pub stale_after: Duration,
+}
+
 impl Unchecked {
     /// Follows one more round, or a probe that could not tell (ended at
     /// `now`); what to tell, if anything.
-    pub fn after(&mut self, seen: &Observation, now: i64, alert_after: Duration) -> Option<UncheckedNews> {
+    pub fn after(
+        &mut self,
+        seen: &Observation,
+        looked: Looked,
+        now: i64,
+        limits: UncheckedLimits,
+    ) -> Option<UncheckedNews> {
+        let ms = |duration: Duration| i64::try_from(duration.as_millis()).unwrap_or(i64::MAX);
         // Every admin token rejected is alerted as such, and tells nothing either way.
         if seen.verdict.is_none() && seen.token_rejected {
             return None;
         }
         if seen.verdict.is_some() {
-            let (since, told) = (self.since.take(), self.told.take());
-            return since.filter(|_| told.is_some()).map(|since| UncheckedNews::TellsAgain { since });
+            let told = self.told.is_some();
+            let since = std::mem::take(self).since;
+            return since.filter(|_| told).map(|since| UncheckedNews::TellsAgain { since });
+        }
+        if self.told.is_none() && self.last_failed.is_some_and(|last| now.saturating_sub(last) > ms(limits.stale_after))
+        {
+            *self = Unchecked::default();
         }
         let since = *self.since.get_or_insert(now);
-        let lasted = now.saturating_sub(since) >= i64::try_from(alert_after.as_millis()).unwrap_or(i64::MAX);
+        self.last_failed = Some(now);
+        self.by_round |= looked == Looked::Round;
+        let lasted = now.saturating_sub(since) >= ms(limits.alert_after);
         let news = match self.told {
             None => seen.lasting || lasted,
             // What was told would pass; this will not: what to fix is news.
@@ -264,6 +305,17 @@ impl Unchecked {
         }
         self.told = Some(seen.lasting);
         Some(UncheckedNews::CannotTell { since })
+    }
+
+    /// A probe found Synapse, lifeboat's token and the sampled accounts
+    /// fine: that ends a spell only probes began, and nobody heard of (one
+    /// told ends with a round that tells). True when that changed anything.
+    pub fn probe_fine(&mut self) -> bool {
+        if self.since.is_none() || self.by_round || self.told.is_some() {
+            return false;
+        }
+        *self = Unchecked::default();
+        true
     }
 }
 
@@ -434,33 +486,69 @@ mod tests {
         seen
     }
 
+    const HOUR: i64 = 3_600_000;
+    const LIMITS: UncheckedLimits =
+        UncheckedLimits { alert_after: Duration::from_secs(3600), stale_after: Duration::from_secs(2 * 3600) };
+
+    /// A round that saw `seen`, at `now`.
+    fn round(unchecked: &mut Unchecked, seen: &Observation, now: i64) -> Option<UncheckedNews> {
+        unchecked.after(seen, Looked::Round, now, LIMITS)
+    }
+
+    fn ok() -> Observation {
+        Observation { verdict: Some(Verdict::Ok), ..Observation::default() }
+    }
+
     #[test]
     fn rounds_that_cannot_tell_are_told_once_they_last_and_once_more_when_one_tells() {
-        let (hour, ok) =
-            (Duration::from_secs(3600), Observation { verdict: Some(Verdict::Ok), ..Observation::default() });
-        let mut unchecked = Unchecked::default();
-        assert_eq!(unchecked.after(&cannot_tell(false), 0, hour), None);
-        assert_eq!(unchecked.after(&cannot_tell(false), 3_599_999, hour), None);
-        assert_eq!(unchecked.after(&cannot_tell(false), 3_600_000, hour), Some(UncheckedNews::CannotTell { since: 0 }));
-        assert_eq!(unchecked.after(&cannot_tell(false), 7_200_000, hour), None, "once");
-        assert_eq!(unchecked.after(&ok, 7_300_000, hour), Some(UncheckedNews::TellsAgain { since: 0 }));
-        assert_eq!(unchecked.after(&ok, 7_400_000, hour), None);
+        let (mut unchecked, failing) = (Unchecked::default(), cannot_tell(false));
+        assert_eq!(round(&mut unchecked, &failing, 0), None);
+        assert_eq!(round(&mut unchecked, &failing, HOUR - 1), None);
+        assert_eq!(round(&mut unchecked, &failing, HOUR), Some(UncheckedNews::CannotTell { since: 0 }));
+        assert_eq!(round(&mut unchecked, &failing, 2 * HOUR), None, "once");
+        assert_eq!(round(&mut unchecked, &ok(), 2 * HOUR + 1), Some(UncheckedNews::TellsAgain { since: 0 }));
+        assert_eq!(round(&mut unchecked, &ok(), 2 * HOUR + 2), None);
 
         // A short spell nobody heard of ends unsaid; the next starts afresh.
-        assert_eq!(unchecked.after(&cannot_tell(false), 8_000_000, hour), None);
-        assert_eq!(unchecked.after(&ok, 8_100_000, hour), None);
-        assert_eq!(unchecked.after(&cannot_tell(false), 9_000_000, hour), None);
-        assert_eq!(unchecked.after(&cannot_tell(false), 11_000_000, hour), None);
+        assert_eq!(round(&mut unchecked, &failing, 3 * HOUR), None);
+        assert_eq!(round(&mut unchecked, &ok(), 3 * HOUR + 1), None);
+        assert_eq!(round(&mut unchecked, &failing, 4 * HOUR), None);
+        assert_eq!(round(&mut unchecked, &failing, 5 * HOUR - 1), None);
+    }
+
+    #[test]
+    fn failures_further_apart_than_the_stale_gap_are_two_spells() {
+        // serve stopped for a night in the middle of an untold spell.
+        let (mut unchecked, failing) = (Unchecked::default(), cannot_tell(false));
+        assert_eq!(round(&mut unchecked, &failing, 0), None);
+        assert_eq!(round(&mut unchecked, &failing, 10 * HOUR), None, "the clock starts again");
+        assert_eq!(round(&mut unchecked, &failing, 11 * HOUR), Some(UncheckedNews::CannotTell { since: 10 * HOUR }));
+        // Once told, a gap does not make it news again.
+        assert_eq!(round(&mut unchecked, &failing, 20 * HOUR), None);
+    }
+
+    #[test]
+    fn a_good_probe_ends_a_spell_only_probes_began_and_nobody_heard_of() {
+        let (mut unchecked, failing) = (Unchecked::default(), cannot_tell(false));
+        assert_eq!(unchecked.after(&failing, Looked::Probe, 0, LIMITS), None);
+        assert!(unchecked.probe_fine());
+        assert_eq!(unchecked.after(&failing, Looked::Probe, HOUR, LIMITS), None, "a new spell");
+
+        // A round failed: the probes' look at a sample is no listing.
+        assert_eq!(round(&mut unchecked, &failing, HOUR + 1), None);
+        assert!(!unchecked.probe_fine());
+        let news = unchecked.after(&failing, Looked::Probe, 2 * HOUR, LIMITS);
+        assert_eq!(news, Some(UncheckedNews::CannotTell { since: HOUR }));
+        assert!(!unchecked.probe_fine(), "told: a round that tells ends it");
     }
 
     #[test]
     fn a_setup_fault_is_told_at_once_and_again_when_it_follows_a_passing_one() {
-        let hour = Duration::from_secs(3600);
         let mut unchecked = Unchecked::default();
         let seen = cannot_tell(true);
-        let news = unchecked.after(&seen, 5, hour);
+        let news = round(&mut unchecked, &seen, 5);
         assert_eq!(news, Some(UncheckedNews::CannotTell { since: 5 }));
-        assert_eq!(unchecked.after(&seen, 10, hour), None);
+        assert_eq!(round(&mut unchecked, &seen, 10), None);
         let (subject, email, room) = news.unwrap().message(&seen, "x");
         assert_eq!(subject, "[lifeboat] x: cannot tell whether accounts are lost");
         assert!(email.contains("on x** (since 1970-01-01 00:00 UTC). Until it can, a loss would go unnoticed. This will not pass by itself"), "{email}");
@@ -468,20 +556,19 @@ mod tests {
         assert!(!room.contains("http://x") && room.contains("`lifeboat check`"), "{room}");
 
         let mut unchecked = Unchecked::default();
-        assert!(unchecked.after(&cannot_tell(false), 0, hour).is_none());
-        assert!(unchecked.after(&cannot_tell(false), 3_600_000, hour).is_some());
-        assert_eq!(unchecked.after(&cannot_tell(true), 3_700_000, hour), Some(UncheckedNews::CannotTell { since: 0 }));
-        assert_eq!(unchecked.after(&cannot_tell(false), 3_800_000, hour), None);
+        assert!(round(&mut unchecked, &cannot_tell(false), 0).is_none());
+        assert!(round(&mut unchecked, &cannot_tell(false), HOUR).is_some());
+        assert_eq!(round(&mut unchecked, &cannot_tell(true), HOUR + 1), Some(UncheckedNews::CannotTell { since: 0 }));
+        assert_eq!(round(&mut unchecked, &cannot_tell(false), HOUR + 2), None);
     }
 
     #[test]
     fn a_rejected_token_neither_ends_nor_continues_a_spell() {
-        let hour = Duration::from_secs(3600);
         let rejected = Observation { token_rejected: true, ..Observation::default() };
         let mut unchecked = Unchecked::default();
-        assert!(unchecked.after(&cannot_tell(true), 0, hour).is_some());
+        assert!(round(&mut unchecked, &cannot_tell(true), 0).is_some());
         let before = unchecked.clone();
-        assert_eq!(unchecked.after(&rejected, 10, Duration::ZERO), None);
+        assert_eq!(round(&mut unchecked, &rejected, 10), None);
         assert_eq!(unchecked, before);
     }
 

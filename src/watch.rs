@@ -17,7 +17,9 @@ use crate::app::Services;
 use crate::check::check;
 use crate::config::Config;
 use crate::holds::{HoldError, hold_lost_ids, holds_wanted, restore_held_names, tokens_withheld};
-use crate::observation::{AlertedState, LastListing, NotHeld, Observation, Unchecked, UncheckedNews, WatchHandle};
+use crate::observation::{
+    AlertedState, LastListing, Looked, NotHeld, Observation, Unchecked, UncheckedLimits, UncheckedNews, WatchHandle,
+};
 use crate::probe::{FixedSample, Probe, probe};
 use crate::reconcile::Verdict;
 use crate::recover::{AdminAccess, RecoverError, admin_access, recover};
@@ -266,18 +268,9 @@ pub async fn run(services: Arc<Services>, alerts: impl AlertSink) {
         let due =
             last_listing(registry).await.map_or(after_round, |last| after_round.max(next_listing_due(last, interval)));
         let waited = Wait { due, last_round, token_rejected_before: token_rejected };
-        if due > now_ms() {
-            match wait_for_next_round(config, registry, handle, cancel, waited).await {
-                Woke::Stopped => return,
-                Woke::Round => {}
-                // Between rounds hours apart (a big server), the probe keeps the clock.
-                Woke::ProbeCouldNotTell(why) => {
-                    let mut seen = Observation::default();
-                    seen.could_not_tell(&why, false);
-                    follow_unchecked(config, registry, &alerts, &mut unchecked, &seen, false).await;
-                    continue;
-                }
-            }
+        let unchecking = Unchecking { alerts: &alerts, state: &mut unchecked };
+        if due > now_ms() && !wait_for_next_round(config, registry, handle, cancel, waited, unchecking).await {
+            return;
         }
         // This round lists: what was asked for until now is done by it.
         handle.take_listing_wish();
@@ -300,7 +293,8 @@ pub async fn run(services: Arc<Services>, alerts: impl AlertSink) {
             tracing::warn!(error = %err, "watcher: could not record the alerted state");
             None
         });
-        follow_unchecked(config, registry, &alerts, &mut unchecked, &seen, said.is_some()).await;
+        let unchecking = Unchecking { alerts: &alerts, state: &mut unchecked };
+        unchecking.follow(config, registry, &seen, Looked::Round, said.is_some()).await;
         token_rejected = seen.token_rejected && client.is_none();
         let Some(client) = client else {
             last_round = Some(now_ms());
@@ -340,28 +334,38 @@ pub async fn run(services: Arc<Services>, alerts: impl AlertSink) {
     }
 }
 
-/// Follows `seen` (a round, or a probe that could not tell) for what the
-/// admins hear about rounds that cannot tell, and keeps where that stands;
-/// `spoke`: this round alerted already, which says as much as "can tell again".
-async fn follow_unchecked(
-    config: &Config,
-    registry: &Registry,
-    alerts: &impl AlertSink,
-    unchecked: &mut Unchecked,
-    seen: &Observation,
-    spoke: bool,
-) {
-    let before = unchecked.clone();
-    let news = unchecked.after(seen, now_ms(), config.watch.alert_unchecked_after);
-    if let Some(news) = news.filter(|news| !(spoke && matches!(news, UncheckedNews::TellsAgain { .. }))) {
-        let (subject, email, room) = news.message(seen, &config.homeserver.server_name);
-        tell_admins(registry, alerts, &subject, &email, Some(&room), Some(&seen.reason)).await;
-    }
-    if *unchecked != before {
-        let stored = serde_json::to_string(unchecked).expect("plain data");
-        if let Err(err) = registry.set_setting(UNCHECKED_SETTING, &stored).await {
-            tracing::warn!(error = %err, "watcher: could not record how long it could not tell");
+/// What the admins hear about rounds (and probes) that cannot tell, and
+/// where that stands.
+struct Unchecking<'a, A> {
+    alerts: &'a A,
+    state: &'a mut Unchecked,
+}
+
+impl<A: AlertSink> Unchecking<'_, A> {
+    /// Follows `seen` (a round, or a probe that could not tell) and keeps
+    /// where that stands; `spoke`: this round alerted already, which says
+    /// as much as "can tell again".
+    async fn follow(self, config: &Config, registry: &Registry, seen: &Observation, looked: Looked, spoke: bool) {
+        let before = self.state.clone();
+        // Failures further apart than the rounds and probes come are two spells.
+        let gap = listing_gap(config, registry).await.max(config.watch.probe_interval);
+        let limits = UncheckedLimits { alert_after: config.watch.alert_unchecked_after, stale_after: gap * 2 };
+        let news = self.state.after(seen, looked, now_ms(), limits);
+        if let Some(news) = news.filter(|news| !(spoke && matches!(news, UncheckedNews::TellsAgain { .. }))) {
+            let (subject, email, room) = news.message(seen, &config.homeserver.server_name);
+            tell_admins(registry, self.alerts, &subject, &email, Some(&room), Some(&seen.reason)).await;
         }
+        if *self.state != before {
+            keep_unchecked(registry, self.state).await;
+        }
+    }
+}
+
+/// Records where the rounds that cannot tell stand (a failure is logged).
+async fn keep_unchecked(registry: &Registry, unchecked: &Unchecked) {
+    let stored = serde_json::to_string(unchecked).expect("plain data");
+    if let Err(err) = registry.set_setting(UNCHECKED_SETTING, &stored).await {
+        tracing::warn!(error = %err, "watcher: could not record how long it could not tell");
     }
 }
 
@@ -416,16 +420,6 @@ pub async fn listing_gap(config: &Config, registry: &Registry) -> Duration {
 /// server: [`next_listing_due`] keeps listings to their share of Synapse).
 const ASKED_LISTING_GAP: Duration = Duration::from_secs(30);
 
-/// Why [`wait_for_next_round`] returned.
-enum Woke {
-    /// The next round is due.
-    Round,
-    /// Serve is stopping.
-    Stopped,
-    /// A probe could not tell, for this reason: the round is still to come.
-    ProbeCouldNotTell(String),
-}
-
 /// What [`wait_for_next_round`] waits for.
 struct Wait {
     /// When the next round is due (ms since the epoch).
@@ -439,14 +433,17 @@ struct Wait {
 /// Waits until `due` (ms since the epoch), probing every
 /// `watch.probe_interval`; the next round starts early when a probe sees
 /// what a loss would cause, or as soon as pacing allows when the bot asks
-/// for a listing.
+/// for a listing. Probes that cannot tell keep the clock of
+/// [`Unchecking`] (rounds may be hours apart). `false` when cancelled.
 async fn wait_for_next_round(
     config: &Config,
     registry: &Registry,
     handle: &WatchHandle,
     cancel: &CancellationToken,
     Wait { due, last_round, token_rejected_before }: Wait,
-) -> Woke {
+    unchecking: Unchecking<'_, impl AlertSink>,
+) -> bool {
+    let Unchecking { alerts, state: unchecked } = unchecking;
     let left_ms = u64::try_from(due.saturating_sub(now_ms())).unwrap_or(0);
     let mut next_round = Instant::now() + Duration::from_millis(left_ms);
     let probing = !config.watch.probe_interval.is_zero();
@@ -459,7 +456,7 @@ async fn wait_for_next_round(
         let now = Instant::now();
         let left = next_round.saturating_duration_since(now);
         if left.is_zero() {
-            return Woke::Round;
+            return true;
         }
         let mut wait = left.min(rooms_due.saturating_duration_since(now));
         if probing {
@@ -467,7 +464,7 @@ async fn wait_for_next_round(
         }
         let wait = wait.max(Duration::from_millis(10));
         tokio::select! {
-            stopped = pause(wait, cancel) => if stopped { return Woke::Stopped },
+            stopped = pause(wait, cancel) => if stopped { return false },
             () = handle.listing_asked() => {
                 if handle.take_listing_wish() {
                     // Rounds that list nothing (a failing listing) are spaced too.
@@ -497,19 +494,26 @@ async fn wait_for_next_round(
         // From its end: a slow Synapse gets its rest between probes.
         probe_due = Instant::now() + config.watch.probe_interval;
         match probed {
-            Probe::Fine => {}
+            Probe::Fine => {
+                if unchecked.probe_fine() {
+                    keep_unchecked(registry, unchecked).await;
+                }
+            }
             Probe::TokenRejected if token_rejected_before => {}
             Probe::TokenRejected => {
                 tracing::info!("watcher: the probe found every admin token rejected; reading the listing now");
-                return Woke::Round;
+                return true;
             }
             Probe::LooksWrong(why) => {
                 tracing::info!(why, "watcher: the probe saw something wrong; reading the listing now");
-                return Woke::Round;
+                return true;
             }
             Probe::CouldNotTell(why) => {
                 tracing::debug!(why, "watcher: the probe could not tell");
-                return Woke::ProbeCouldNotTell(why);
+                let mut seen = Observation::default();
+                seen.could_not_tell(&why, false);
+                let unchecking = Unchecking { alerts, state: &mut *unchecked };
+                unchecking.follow(config, registry, &seen, Looked::Probe, false).await;
             }
         }
     }

@@ -24,7 +24,7 @@ pub enum Command {
     /// for another hold run (serve's watcher) to end, so the notices find
     /// them held. Ctrl-C before the incident is recorded opens none; while
     /// its lost IDs are held, the holds under way finish and the rest wait
-    /// for `notify` (exit 130 either way).
+    /// for `notify` (exit 130 either way; a stop after the holds changes nothing).
     Open {
         /// A short title, e.g. "Database lost on 2026-11-25".
         #[arg(long)]

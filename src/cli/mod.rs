@@ -50,7 +50,7 @@ gets back in through Synapse's shared secret, holds each lost Matrix ID for its 
 every affected person a notice by email and Matrix DM: a link to take their held ID back, and a \
 single-use registration token for a new name.\n\n\
 Exit codes: 0 ok, 1 failed (or `check` could not tell), 2 usage or config error, 3 `check` found a loss, \
-130 `incident open` stopped by Ctrl-C (or a second Ctrl-C anywhere).",
+130 `incident open` or `notify` stopped by Ctrl-C before it made anything (or a second Ctrl-C anywhere).",
     after_help = "Configuration: a TOML file (see config.example.toml); any key can be overridden \
 with LIFEBOAT__<SECTION>__<KEY>, e.g. LIFEBOAT__HOMESERVER__URL."
 )]
@@ -329,7 +329,7 @@ pub(crate) async fn stop_on_signal(stop: tokio_util::sync::CancellationToken) {
     stop.cancel();
     // Some steps cannot stop half-way (a recovery, a Synapse call): say that a stop is coming.
     if std::io::IsTerminal::is_terminal(&std::io::stderr()) {
-        eprintln!("Stopping after the step under way; press Ctrl-C again to end at once.");
+        eprintln!("Stopping after the step under way; a second Ctrl-C (or SIGTERM) ends at once.");
     }
     tokio::select! {
         _ = term.recv() => {}

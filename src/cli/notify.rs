@@ -5,7 +5,7 @@ use tokio_util::sync::CancellationToken;
 
 use super::output::{ask_yes, progress_bar, show_progress};
 use super::{Context, Failure, Outcome, exit};
-use crate::campaign::{CampaignOptions, notice_settings, run_campaign};
+use crate::campaign::{CampaignError, CampaignOptions, notice_settings, run_campaign};
 use crate::notify::{NotifyProgress, plan};
 use crate::registry::{Actor, now_ms};
 
@@ -135,7 +135,10 @@ pub async fn run(context: &Context, args: Args) -> Outcome {
     let outcome = run_campaign(&config, &registry, &incident, options).await;
     devices.close().await;
     bar.0.finish_and_clear();
-    let report = outcome.map_err(Failure::failed)?;
+    let report = outcome.map_err(|err| match err {
+        CampaignError::Stopped => Failure::new(exit::INTERRUPTED, err),
+        other => Failure::failed(other),
+    })?;
     if report.tokens_created > 0 {
         println!("Created {} registration tokens in Synapse.", report.tokens_created);
     }

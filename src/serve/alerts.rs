@@ -12,9 +12,12 @@ use crate::email::EmailAddress;
 use crate::mail::{Mailer, OutgoingEmail};
 use crate::registry::{MessageKind, Registry, now_ms};
 use crate::watch::AlertSink;
+use tokio_util::task::TaskTracker;
 
 /// An alert email not sent within a day is given up.
 const ALERT_WORTH_SENDING: Duration = Duration::from_secs(24 * 3600);
+/// How long an alert email the outbox could not take may take to send.
+const UNQUEUED_SEND_LIMIT: Duration = Duration::from_secs(120);
 
 pub struct ServeAlerts {
     room: Option<tokio::sync::mpsc::UnboundedSender<String>>,
@@ -23,6 +26,8 @@ pub struct ServeAlerts {
     to: Vec<EmailAddress>,
     /// serve's mailer, for an alert the outbox cannot take.
     mailer: Option<Arc<Mailer>>,
+    /// Where such a send runs, beside the watcher's rounds.
+    background: TaskTracker,
     server_name: String,
 }
 
@@ -31,6 +36,7 @@ impl ServeAlerts {
         config: &Config,
         registry: Registry,
         mailer: Option<Arc<Mailer>>,
+        background: TaskTracker,
         room: Option<tokio::sync::mpsc::UnboundedSender<String>>,
     ) -> Self {
         let mut to = config.alerts.email.clone();
@@ -38,26 +44,40 @@ impl ServeAlerts {
             tracing::warn!("alerts.email is set but there is no [email] section: alerts go to the admin room only");
             to.clear();
         }
-        ServeAlerts { room, registry, to, mailer, server_name: config.homeserver.server_name.clone() }
+        let server_name = config.homeserver.server_name.clone();
+        ServeAlerts { room, registry, to, mailer, background, server_name }
     }
 }
 
 impl ServeAlerts {
-    /// One try, straight to the relay: nothing records it, so nothing retries it.
-    async fn send_unqueued(&self, to: &EmailAddress, message: &crate::messages::Rendered) {
-        let Some(mailer) = &self.mailer else { return };
-        let email = OutgoingEmail {
-            to: to.clone(),
-            subject: message.subject.clone(),
-            text: message.text.clone(),
-            html: message.html.clone(),
-            message_id: format!("alert-unqueued-{}-{:08x}@{}", now_ms(), rand::random::<u32>(), self.server_name),
-            list_unsubscribe: None,
-        };
-        match mailer.send(&email).await {
-            Ok(()) => tracing::info!(to = to.as_str(), "alert email sent without the outbox"),
-            Err(err) => tracing::error!(error = %err, to = to.as_str(), "the alert email was not sent"),
-        }
+    /// One try each, straight to the relay, beside the watcher's rounds:
+    /// nothing records it, so nothing retries it.
+    fn send_unqueued(&self, recipients: Vec<EmailAddress>, message: &crate::messages::Rendered) {
+        let Some(mailer) = self.mailer.clone() else { return };
+        let emails: Vec<OutgoingEmail> = recipients
+            .into_iter()
+            .map(|to| OutgoingEmail {
+                to,
+                subject: message.subject.clone(),
+                text: message.text.clone(),
+                html: message.html.clone(),
+                message_id: format!("alert-unqueued-{}-{:08x}@{}", now_ms(), rand::random::<u32>(), self.server_name),
+                list_unsubscribe: None,
+            })
+            .collect();
+        self.background.spawn(async move {
+            let sends = emails.iter().map(|email| async {
+                let to = email.to.as_str();
+                match tokio::time::timeout(UNQUEUED_SEND_LIMIT, mailer.send(email)).await {
+                    Ok(Ok(())) => tracing::info!(to, "alert email sent without the outbox"),
+                    Ok(Err(err)) => tracing::error!(error = %err, to, "the alert email may not have been sent"),
+                    Err(_) => {
+                        tracing::error!(to, "the alert email may not have been sent: the mail server took too long")
+                    }
+                }
+            });
+            futures::future::join_all(sends).await;
+        });
     }
 }
 
@@ -69,13 +89,22 @@ impl AlertSink for ServeAlerts {
         }
         let message = crate::messages::alert(&self.server_name, subject, markdown);
         let expires_at = now_ms() + ALERT_WORTH_SENDING.as_millis() as i64;
+        let mut unqueued = Vec::new();
         for to in &self.to {
+            // Once the registry failed, the rest do not wait on it again.
+            if !unqueued.is_empty() {
+                unqueued.push(to.clone());
+                continue;
+            }
             let queued =
                 crate::outbox::queue_email(&self.registry, MessageKind::Alert, to, &message, None, expires_at).await;
             if let Err(err) = queued {
-                tracing::error!(error = %err, to = to.as_str(), "cannot queue the alert email; sending it at once");
-                self.send_unqueued(to, &message).await;
+                tracing::error!(error = %err, "cannot queue the alert email; sending it at once");
+                unqueued.push(to.clone());
             }
+        }
+        if !unqueued.is_empty() {
+            self.send_unqueued(unqueued, &message);
         }
     }
 }

@@ -710,7 +710,7 @@ async fn ctrl_c_while_lost_ids_are_held_before_an_incident_stops_the_holds_and_s
     assert!(said.contains("Opened incident 1") && said.contains("stopped before the rest"), "{said}");
     assert!(said.contains("interrupted: incident 1 is open"), "{said}");
 
-    let (said, _) = interrupted(&["notify", "1", "--yes"], held, 1).await;
+    let (said, _) = interrupted(&["notify", "1", "--yes"], held, 130).await;
     assert!(said.contains("stopped before any registration token was made or notice sent"), "{said}");
     synapse.register_admin(&unique("root"));
     assert!(synapse.registration_tokens().await.is_empty(), "no token while IDs are free");
