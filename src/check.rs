@@ -89,9 +89,35 @@ pub async fn check(registry: &Registry, client: &SynapseClient, config: &Config)
         }
         Err(err) => return Err(err),
     };
-    let report = merge_join(&known, &listing, loss_threshold);
+    let mut report = merge_join(&known, &listing, loss_threshold);
+    report.unlocked_held = still_unlocked_held(registry, client, std::mem::take(&mut report.unlocked_held)).await;
     let reason = verdict_reason(&report, loss_threshold);
     Ok(CheckReport { report, listing_complete: true, reason, server_version })
+}
+
+/// How many held IDs a listing showed unlocked are asked about again.
+const UNLOCKED_ASKED_AGAIN: usize = 100;
+
+/// Of the held IDs a listing showed unlocked, those still so now: a hold
+/// made, or a claim that finished, while the listing was read is neither
+/// (the listing may have caught one between two of its steps). Past the
+/// first [`UNLOCKED_ASKED_AGAIN`], the listing's word stands; an ID that
+/// cannot be asked about is left to the next listing.
+pub async fn still_unlocked_held(registry: &Registry, client: &SynapseClient, ids: Vec<String>) -> Vec<String> {
+    let mut still = Vec::new();
+    for (n, id) in ids.into_iter().enumerate() {
+        if n >= UNLOCKED_ASKED_AGAIN {
+            still.push(id);
+            continue;
+        }
+        let Ok(user_id) = crate::user_id::UserId::parse(&id) else { continue };
+        let held = matches!(registry.account(&user_id).await, Ok(Some(account)) if account.state == AccountState::Held);
+        let unlocked = matches!(client.user_details(&id).await, Ok(Some(details)) if !details.locked);
+        if held && unlocked {
+            still.push(id);
+        }
+    }
+    still
 }
 
 /// The verdict of a complete listing in one sentence: the one wording for

@@ -150,7 +150,7 @@ impl Observation {
         }
         if !self.unlocked_held.is_empty() {
             text.push_str(&format!(
-                "\n\n**Held IDs unlocked outside lifeboat** ({}): {}. A held account must stay locked until its owner takes it back: whoever can sign in to one (single sign-on with that name, a password someone set) has that person's ID, and their rooms on other servers. lifeboat treats them as strangers' meanwhile. Lock them again in Synapse, or hand one to its owner with `lifeboat holds claim <id>` on the lifeboat host.",
+                "\n\n**Held IDs unlocked outside lifeboat** (or by a hand-over lifeboat could not finish) ({}): {}. A held account must stay locked until its owner takes it back: whoever can sign in to one (single sign-on with that name, a password someone set) has that person's ID, and their rooms on other servers. lifeboat treats them as strangers' meanwhile. Lock them again in Synapse, or hand one to its owner with `lifeboat holds claim <id>` on the lifeboat host.",
                 self.unlocked_held.len(),
                 id_list(&self.unlocked_held, 20)
             ));
@@ -292,7 +292,10 @@ impl Unchecked {
             *self = Unchecked::default();
         }
         let since = *self.since.get_or_insert(now);
-        self.last_failed = Some(now);
+        // Once told, only a round that tells ends it: no gap matters.
+        if self.told.is_none() {
+            self.last_failed = Some(now);
+        }
         self.by_round |= looked == Looked::Round;
         let lasted = now.saturating_sub(since) >= ms(limits.alert_after);
         let news = match self.told {
@@ -305,6 +308,17 @@ impl Unchecked {
         }
         self.told = Some(seen.lasting);
         Some(UncheckedNews::CannotTell { since })
+    }
+
+    /// Worth recording over `kept` (what the registry has): anything but
+    /// the last failure changed, or that moved on by `slack`.
+    pub fn worth_keeping_over(&self, kept: &Unchecked, slack: Duration) -> bool {
+        let slack = i64::try_from(slack.as_millis()).unwrap_or(i64::MAX);
+        let moved = match (self.last_failed, kept.last_failed) {
+            (Some(now), Some(then)) => now.saturating_sub(then) > slack,
+            (now, then) => now != then,
+        };
+        moved || Unchecked { last_failed: kept.last_failed, ..self.clone() } != *kept
     }
 
     /// A probe found Synapse, lifeboat's token and the sampled accounts
@@ -525,6 +539,22 @@ mod tests {
         assert_eq!(round(&mut unchecked, &failing, 11 * HOUR), Some(UncheckedNews::CannotTell { since: 10 * HOUR }));
         // Once told, a gap does not make it news again.
         assert_eq!(round(&mut unchecked, &failing, 20 * HOUR), None);
+    }
+
+    #[test]
+    fn failing_probes_are_recorded_when_the_spell_changes_not_every_time() {
+        let (mut unchecked, failing) = (Unchecked::default(), cannot_tell(false));
+        let slack = Duration::from_secs(60);
+        let kept = unchecked.clone();
+        unchecked.after(&failing, Looked::Probe, 0, LIMITS);
+        assert!(unchecked.worth_keeping_over(&kept, slack), "a spell began");
+        let kept = unchecked.clone();
+        unchecked.after(&failing, Looked::Probe, 30_000, LIMITS);
+        assert!(!unchecked.worth_keeping_over(&kept, slack));
+        unchecked.after(&failing, Looked::Probe, 61_000, LIMITS);
+        assert!(unchecked.worth_keeping_over(&kept, slack), "the last failure moved on");
+        unchecked.after(&failing, Looked::Round, 62_000, LIMITS);
+        assert!(unchecked.worth_keeping_over(&kept, slack), "a round failed");
     }
 
     #[test]

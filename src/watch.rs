@@ -255,21 +255,20 @@ pub async fn run(services: Arc<Services>, alerts: impl AlertSink) {
     // the same is not (every round retries them).
     let mut alerted_not_held = 0;
     // Rounds that could not tell: the admins hear of it once it lasts.
-    let mut unchecked: Unchecked = registry
-        .setting(UNCHECKED_SETTING)
-        .await
-        .ok()
-        .flatten()
-        .and_then(|stored| serde_json::from_str(&stored).ok())
-        .unwrap_or_default();
+    let stored = registry.setting(UNCHECKED_SETTING).await.ok().flatten();
+    let state: Unchecked = stored.and_then(|stored| serde_json::from_str(&stored).ok()).unwrap_or_default();
+    let mut unchecked = Unchecking { kept: state.clone(), state, stale_after: config.watch.interval };
     loop {
         let interval = if last_round.is_some() { config.watch.interval } else { Duration::ZERO };
         let after_round = last_round.map_or(0, |ended| ended.saturating_add(interval.as_millis() as i64));
-        let due =
-            last_listing(registry).await.map_or(after_round, |last| after_round.max(next_listing_due(last, interval)));
+        let last = last_listing(registry).await;
+        let due = last.map_or(after_round, |last| after_round.max(next_listing_due(last, interval)));
+        // Failures further apart than rounds and probes come are two spells.
+        unchecked.stale_after = gap_after(last, config.watch.interval).max(config.watch.probe_interval) * 2;
         let waited = Wait { due, last_round, token_rejected_before: token_rejected };
-        let unchecking = Unchecking { alerts: &alerts, state: &mut unchecked };
-        if due > now_ms() && !wait_for_next_round(config, registry, handle, cancel, waited, unchecking).await {
+        if due > now_ms()
+            && !wait_for_next_round(config, registry, handle, cancel, waited, (&alerts, &mut unchecked)).await
+        {
             return;
         }
         // This round lists: what was asked for until now is done by it.
@@ -293,8 +292,7 @@ pub async fn run(services: Arc<Services>, alerts: impl AlertSink) {
             tracing::warn!(error = %err, "watcher: could not record the alerted state");
             None
         });
-        let unchecking = Unchecking { alerts: &alerts, state: &mut unchecked };
-        unchecking.follow(config, registry, &seen, Looked::Round, said.is_some()).await;
+        unchecked.follow(config, registry, &alerts, &seen, Looked::Round, said.is_some()).await;
         token_rejected = seen.token_rejected && client.is_none();
         let Some(client) = client else {
             last_round = Some(now_ms());
@@ -336,36 +334,53 @@ pub async fn run(services: Arc<Services>, alerts: impl AlertSink) {
 
 /// What the admins hear about rounds (and probes) that cannot tell, and
 /// where that stands.
-struct Unchecking<'a, A> {
-    alerts: &'a A,
-    state: &'a mut Unchecked,
+struct Unchecking {
+    state: Unchecked,
+    /// As last recorded in the registry.
+    kept: Unchecked,
+    /// Failures further apart than this are two spells.
+    stale_after: Duration,
 }
 
-impl<A: AlertSink> Unchecking<'_, A> {
-    /// Follows `seen` (a round, or a probe that could not tell) and keeps
-    /// where that stands; `spoke`: this round alerted already, which says
-    /// as much as "can tell again".
-    async fn follow(self, config: &Config, registry: &Registry, seen: &Observation, looked: Looked, spoke: bool) {
-        let before = self.state.clone();
-        // Failures further apart than the rounds and probes come are two spells.
-        let gap = listing_gap(config, registry).await.max(config.watch.probe_interval);
-        let limits = UncheckedLimits { alert_after: config.watch.alert_unchecked_after, stale_after: gap * 2 };
+impl Unchecking {
+    /// Follows `seen` (a round, or a probe that could not tell); `spoke`:
+    /// this round alerted already, which says as much as "can tell again".
+    async fn follow(
+        &mut self,
+        config: &Config,
+        registry: &Registry,
+        alerts: &impl AlertSink,
+        seen: &Observation,
+        looked: Looked,
+        spoke: bool,
+    ) {
+        let limits = UncheckedLimits { alert_after: config.watch.alert_unchecked_after, stale_after: self.stale_after };
         let news = self.state.after(seen, looked, now_ms(), limits);
         if let Some(news) = news.filter(|news| !(spoke && matches!(news, UncheckedNews::TellsAgain { .. }))) {
             let (subject, email, room) = news.message(seen, &config.homeserver.server_name);
-            tell_admins(registry, self.alerts, &subject, &email, Some(&room), Some(&seen.reason)).await;
+            tell_admins(registry, alerts, &subject, &email, Some(&room), Some(&seen.reason)).await;
         }
-        if *self.state != before {
-            keep_unchecked(registry, self.state).await;
+        self.keep(registry).await;
+    }
+
+    /// A probe found all fine.
+    async fn probe_fine(&mut self, registry: &Registry) {
+        if self.state.probe_fine() {
+            self.keep(registry).await;
         }
     }
-}
 
-/// Records where the rounds that cannot tell stand (a failure is logged).
-async fn keep_unchecked(registry: &Registry, unchecked: &Unchecked) {
-    let stored = serde_json::to_string(unchecked).expect("plain data");
-    if let Err(err) = registry.set_setting(UNCHECKED_SETTING, &stored).await {
-        tracing::warn!(error = %err, "watcher: could not record how long it could not tell");
+    /// Records where it stands when that changed, or when the last failure
+    /// moved on by a quarter of the stale gap: not at every failing probe.
+    async fn keep(&mut self, registry: &Registry) {
+        if !self.state.worth_keeping_over(&self.kept, self.stale_after / 4) {
+            return;
+        }
+        let stored = serde_json::to_string(&self.state).expect("plain data");
+        match registry.set_setting(UNCHECKED_SETTING, &stored).await {
+            Ok(()) => self.kept = self.state.clone(),
+            Err(err) => tracing::warn!(error = %err, "watcher: could not record how long it could not tell"),
+        }
     }
 }
 
@@ -408,11 +423,16 @@ async fn last_listing(registry: &Registry) -> Option<LastListing> {
 /// or longer on a big server ([`next_listing_due`]). For `drill`, which
 /// calls a registry stale past twice this.
 pub async fn listing_gap(config: &Config, registry: &Registry) -> Duration {
-    match last_listing(registry).await {
+    gap_after(last_listing(registry).await, config.watch.interval)
+}
+
+/// The gap between listings after `last`, `interval` at the least.
+fn gap_after(last: Option<LastListing>, interval: Duration) -> Duration {
+    match last {
         Some(last) => Duration::from_millis(
-            u64::try_from(next_listing_due(last, config.watch.interval).saturating_sub(last.ended_ms)).unwrap_or(0),
+            u64::try_from(next_listing_due(last, interval).saturating_sub(last.ended_ms)).unwrap_or(0),
         ),
-        None => config.watch.interval,
+        None => interval,
     }
 }
 
@@ -441,9 +461,8 @@ async fn wait_for_next_round(
     handle: &WatchHandle,
     cancel: &CancellationToken,
     Wait { due, last_round, token_rejected_before }: Wait,
-    unchecking: Unchecking<'_, impl AlertSink>,
+    (alerts, unchecked): (&impl AlertSink, &mut Unchecking),
 ) -> bool {
-    let Unchecking { alerts, state: unchecked } = unchecking;
     let left_ms = u64::try_from(due.saturating_sub(now_ms())).unwrap_or(0);
     let mut next_round = Instant::now() + Duration::from_millis(left_ms);
     let probing = !config.watch.probe_interval.is_zero();
@@ -495,9 +514,7 @@ async fn wait_for_next_round(
         probe_due = Instant::now() + config.watch.probe_interval;
         match probed {
             Probe::Fine => {
-                if unchecked.probe_fine() {
-                    keep_unchecked(registry, unchecked).await;
-                }
+                unchecked.probe_fine(registry).await;
             }
             Probe::TokenRejected if token_rejected_before => {}
             Probe::TokenRejected => {
@@ -512,8 +529,7 @@ async fn wait_for_next_round(
                 tracing::debug!(why, "watcher: the probe could not tell");
                 let mut seen = Observation::default();
                 seen.could_not_tell(&why, false);
-                let unchecking = Unchecking { alerts, state: &mut *unchecked };
-                unchecking.follow(config, registry, &seen, Looked::Probe, false).await;
+                unchecked.follow(config, registry, alerts, &seen, Looked::Probe, false).await;
             }
         }
     }

@@ -50,7 +50,7 @@ gets back in through Synapse's shared secret, holds each lost Matrix ID for its 
 every affected person a notice by email and Matrix DM: a link to take their held ID back, and a \
 single-use registration token for a new name.\n\n\
 Exit codes: 0 ok, 1 failed (or `check` could not tell), 2 usage or config error, 3 `check` found a loss, \
-130 `incident open` or `notify` stopped by Ctrl-C before it made anything (or a second Ctrl-C anywhere).",
+130 `incident open` or `notify` stopped by Ctrl-C (the message says what was done), or a second Ctrl-C anywhere.",
     after_help = "Configuration: a TOML file (see config.example.toml); any key can be overridden \
 with LIFEBOAT__<SECTION>__<KEY>, e.g. LIFEBOAT__HOMESERVER__URL."
 )]
