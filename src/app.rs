@@ -27,8 +27,8 @@ pub struct Services {
     /// One recovery at a time (the watcher and the bot may both notice a wipe).
     pub recover_lock: Arc<tokio::sync::Mutex<()>>,
     pub shutdown: CancellationToken,
-    /// Work started on request (a notify confirmed in the bot) that a
-    /// shutdown must wait for.
+    /// Work started beside the tasks (a notify confirmed in the bot, an
+    /// alert email the outbox could not take) that a shutdown waits for.
     pub background: TaskTracker,
 }
 

@@ -60,9 +60,7 @@ pub enum CampaignError {
         "{0}, and a registration token in a notice could register any of them: nothing was made or sent; hold them first (`lifeboat holds make` says why they are not), or set recovery.hold = \"off\" to send tokens anyway"
     )]
     NotHeld(UnheldLostIds),
-    #[error(
-        "stopped before any registration token was made or notice sent; run notify again: it first holds any lost ID still free"
-    )]
+    #[error("stopped before any registration token was made or notice sent; run notify again to send them")]
     Stopped,
     #[error("stopped before the incident was opened: nothing was opened")]
     StoppedOpening,
@@ -283,6 +281,10 @@ async fn hold_waiting_for_others(
 /// Runs `work`, cancelling `stop` once `progress` says the run should wind
 /// down (`work` ends by itself between steps, keeping what it did).
 async fn stopped_by<T>(work: impl Future<Output = T>, progress: &dyn NotifyProgress, stop: &CancellationToken) -> T {
+    // Asked before it begins, too: a Ctrl-C may have come meanwhile.
+    if progress.stopping() {
+        stop.cancel();
+    }
     tokio::pin!(work);
     loop {
         tokio::select! {

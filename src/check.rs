@@ -100,21 +100,28 @@ const UNLOCKED_ASKED_AGAIN: usize = 100;
 
 /// Of the held IDs a listing showed unlocked, those still so now: a hold
 /// made, or a claim that finished, while the listing was read is neither
-/// (the listing may have caught one between two of its steps). Past the
-/// first [`UNLOCKED_ASKED_AGAIN`], the listing's word stands; an ID that
-/// cannot be asked about is left to the next listing.
+/// (the listing may have caught one between two of its steps). Only a
+/// clear answer drops an ID; from the first that cannot be had (and past
+/// the first [`UNLOCKED_ASKED_AGAIN`]), the listing's word stands.
 pub async fn still_unlocked_held(registry: &Registry, client: &SynapseClient, ids: Vec<String>) -> Vec<String> {
     let mut still = Vec::new();
+    let mut asking = true;
     for (n, id) in ids.into_iter().enumerate() {
-        if n >= UNLOCKED_ASKED_AGAIN {
+        asking &= n < UNLOCKED_ASKED_AGAIN;
+        if !asking {
             still.push(id);
             continue;
         }
         let Ok(user_id) = crate::user_id::UserId::parse(&id) else { continue };
-        let held = matches!(registry.account(&user_id).await, Ok(Some(account)) if account.state == AccountState::Held);
-        let unlocked = matches!(client.user_details(&id).await, Ok(Some(details)) if !details.locked);
-        if held && unlocked {
-            still.push(id);
+        match (registry.account(&user_id).await, client.user_details(&id).await) {
+            (Ok(Some(account)), Ok(Some(details))) if account.state == AccountState::Held && !details.locked => {
+                still.push(id)
+            }
+            (Ok(_), Ok(_)) => {}
+            _ => {
+                asking = false;
+                still.push(id);
+            }
         }
     }
     still

@@ -23,7 +23,7 @@ use crate::notice::{DM_CONTENT_BUDGET, NoticeContext, RenderedNotice, dm_content
 use crate::outbox::Outcome;
 use crate::registry::{
     self, AccountState, Delivery, DeliveryChannel, DeliveryCounts, Incident, OldName, PlannedEmails, Registry,
-    RoomFate, RoomState, may_come_back,
+    RoomFate, RoomState, human_time, may_come_back,
 };
 use crate::synapse::SynapseClient;
 use crate::user_id::UserId;
@@ -278,11 +278,6 @@ impl NoticeSettings {
             list_unsubscribe,
         })
     }
-}
-
-/// "2026-12-09 19:00 UTC"
-pub fn human_time(ms: i64) -> String {
-    registry::format_time(ms).map_or_else(|| "-".to_owned(), |stamp| format!("{} UTC", stamp[..16].replace('T', " ")))
 }
 
 /// How a channel's deliveries leave.

@@ -148,12 +148,8 @@ impl Observation {
                 "\n\n**lifeboat's own ID {own} was registered again by someone else.** Whoever has it can write as lifeboat to everyone lifeboat ever wrote to: deactivate it in Synapse. lifeboat cannot have it back; give it another account (create one, and put its ID in `bot.user_id` and its password in `bot.password`)."
             ));
         }
-        if !self.unlocked_held.is_empty() {
-            text.push_str(&format!(
-                "\n\n**Held IDs unlocked outside lifeboat** (or by a hand-over lifeboat could not finish) ({}): {}. A held account must stay locked until its owner takes it back: whoever can sign in to one (single sign-on with that name, a password someone set) has that person's ID, and their rooms on other servers. lifeboat treats them as strangers' meanwhile. Lock them again in Synapse, or hand one to its owner with `lifeboat holds claim <id>` on the lifeboat host.",
-                self.unlocked_held.len(),
-                id_list(&self.unlocked_held, 20)
-            ));
+        if let Some(unlocked) = self.unlocked_markdown() {
+            text.push_str(&format!("\n\n{unlocked}"));
         }
         if !self.taken_admins.is_empty() {
             text.push_str(&format!(
@@ -168,6 +164,15 @@ impl Observation {
             );
         }
         text
+    }
+
+    /// What to know and do about held IDs unlocked outside lifeboat, if any.
+    pub fn unlocked_markdown(&self) -> Option<String> {
+        (!self.unlocked_held.is_empty()).then(|| format!(
+            "**Held IDs unlocked outside lifeboat** (or by a hand-over lifeboat could not finish) ({}): {}. A held account must stay locked until its owner takes it back: whoever can sign in to one (single sign-on with that name, a password someone set) has that person's ID, and their rooms on other servers. lifeboat treats them as strangers' meanwhile. Lock them again in Synapse, or hand one to its owner with `lifeboat holds claim <id>` on the lifeboat host.",
+            self.unlocked_held.len(),
+            id_list(&self.unlocked_held, 20)
+        ))
     }
 
     /// The taken IDs once, in order, and which of them are in `bot.admins`
@@ -352,7 +357,7 @@ impl UncheckedNews {
                 };
                 let head = format!(
                     "**lifeboat cannot tell whether accounts are lost on {server_name}** (since {}). Until it can, a loss would go unnoticed. {next}",
-                    crate::notify::human_time(since)
+                    crate::registry::human_time(since)
                 );
                 (
                     format!("[lifeboat] {server_name}: cannot tell whether accounts are lost"),
@@ -365,7 +370,7 @@ impl UncheckedNews {
             UncheckedNews::TellsAgain { since } => {
                 let text = format!(
                     "**lifeboat can tell again whether accounts are lost on {server_name}** (it could not from {} on).",
-                    crate::notify::human_time(since)
+                    crate::registry::human_time(since)
                 );
                 (format!("[lifeboat] {server_name}: can tell again whether accounts are lost"), text.clone(), text)
             }

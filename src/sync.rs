@@ -189,8 +189,10 @@ pub async fn sync(
             }
         }
         let mut applied = applied;
-        let unlocked = std::mem::take(&mut applied.report.unlocked_held);
-        applied.report.unlocked_held = crate::check::still_unlocked_held(registry, client, unlocked).await;
+        if !options.stop.is_cancelled() {
+            let unlocked = std::mem::take(&mut applied.report.unlocked_held);
+            applied.report.unlocked_held = crate::check::still_unlocked_held(registry, client, unlocked).await;
+        }
         Ok::<_, SyncError>(SyncSummary {
             run_id,
             applied,

@@ -264,7 +264,8 @@ pub async fn run(services: Arc<Services>, alerts: impl AlertSink) {
         let last = last_listing(registry).await;
         let due = last.map_or(after_round, |last| after_round.max(next_listing_due(last, interval)));
         // Failures further apart than rounds and probes come are two spells.
-        unchecked.stale_after = gap_after(last, config.watch.interval).max(config.watch.probe_interval) * 2;
+        unchecked.stale_after =
+            gap_after(last, config.watch.interval).max(config.watch.probe_interval).saturating_mul(2);
         let waited = Wait { due, last_round, token_rejected_before: token_rejected };
         if due > now_ms()
             && !wait_for_next_round(config, registry, handle, cancel, waited, (&alerts, &mut unchecked)).await
@@ -561,15 +562,19 @@ async fn alert_on_change(
     let server = &config.homeserver.server_name;
     let told = match (&now, &before) {
         (Some(state), _) if state.is_news_after(before.as_ref()) => {
-            let subject = match seen.verdict {
-                _ if state.only_unlocked_is_news_after(before.as_ref()) => {
-                    format!("[lifeboat] {server}: a held ID was unlocked outside lifeboat")
+            // Only an unlocked hold is new: about it alone (the loss was told).
+            let unlocked_only = state.only_unlocked_is_news_after(before.as_ref()).then(|| seen.unlocked_markdown());
+            let (subject, text) = match (unlocked_only.flatten(), seen.verdict) {
+                (Some(text), _) => (format!("[lifeboat] {server}: a held ID was unlocked outside lifeboat"), text),
+                (None, Some(Verdict::SuspectedReset)) => {
+                    (format!("[lifeboat] {server}: suspected database reset"), seen.alert_markdown(server))
                 }
-                Some(Verdict::SuspectedReset) => format!("[lifeboat] {server}: suspected database reset"),
-                Some(Verdict::Loss) => format!("[lifeboat] {server}: accounts lost"),
-                _ => format!("[lifeboat] {server}: admin token rejected"),
+                (None, Some(Verdict::Loss)) => {
+                    (format!("[lifeboat] {server}: accounts lost"), seen.alert_markdown(server))
+                }
+                (None, _) => (format!("[lifeboat] {server}: admin token rejected"), seen.alert_markdown(server)),
             };
-            tell_admins(registry, alerts, &subject, &seen.alert_markdown(server), None, Some(&seen.reason)).await;
+            tell_admins(registry, alerts, &subject, &text, None, Some(&seen.reason)).await;
             Some(Said::Alert)
         }
         (None, Some(_)) => {

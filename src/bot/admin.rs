@@ -19,10 +19,10 @@ use crate::email::EmailAddress;
 use crate::holds::{WayBack, way_back};
 use crate::links::LINK_KEY;
 use crate::notice::markdown_escape;
-use crate::notify::{NotifyProgress, human_time, plan};
+use crate::notify::{NotifyProgress, plan};
 use crate::recover::service_user_id;
 use crate::registry::{
-    AccountState, Actor, ContactSource, IncidentScope, MessageKind, OldName, RoomState, format_time, now_ms,
+    AccountState, Actor, ContactSource, IncidentScope, MessageKind, OldName, RoomState, format_time, human_time, now_ms,
 };
 use crate::sync::{Quiet, SyncOptions, sync};
 use crate::tokens::token_for_person;
@@ -143,7 +143,10 @@ async fn run(bot: &Arc<Bot>, room: &Room, actor: &Actor, command: AdminCommand) 
             let report = &outcome.report;
             let mut reply =
                 format!("Verdict **{}**: {}.", report.verdict.as_str(), outcome.reason.trim_end_matches('.'));
-            for (label, ids) in [("Missing", &report.missing), ("Recreated", &report.recreated)] {
+            let unlocked = "Held, but unlocked outside lifeboat (lock them again, or `lifeboat holds claim`)";
+            for (label, ids) in
+                [("Missing", &report.missing), ("Recreated", &report.recreated), (unlocked, &report.unlocked_held)]
+            {
                 if !ids.is_empty() {
                     reply.push_str(&format!("\n\n{label}: {}", crate::plural::id_list(ids, 20)));
                 }

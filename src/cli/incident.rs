@@ -215,8 +215,7 @@ fn print_summary(summary: &IncidentSummary) {
     );
 }
 
-/// Notes (the sync before opening could not run, ...) go to stderr.
-/// Notes on stderr; with `stop`, Ctrl-C or SIGTERM asks the work to wind down.
+/// Notes (the sync before opening could not run, ...) on stderr; with `stop`, Ctrl-C or SIGTERM asks the work to wind down.
 #[derive(Default)]
 pub(super) struct StderrNotes {
     pub(super) stop: Option<CancellationToken>,

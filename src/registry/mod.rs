@@ -307,6 +307,11 @@ pub(crate) fn placeholders(numbers: std::ops::RangeInclusive<usize>) -> String {
     numbers.map(|n| format!("${n}")).collect::<Vec<_>>().join(",")
 }
 
+/// "2026-12-09 19:00 UTC"
+pub fn human_time(ms: i64) -> String {
+    format_time(ms).map_or_else(|| "-".to_owned(), |stamp| format!("{} UTC", stamp[..16].replace('T', " ")))
+}
+
 /// `2026-11-25T19:30:00Z` for UTC milliseconds; `None` for a value no
 /// calendar can show (Synapse may send anything).
 pub fn format_time(ms: i64) -> Option<String> {

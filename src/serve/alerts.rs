@@ -47,13 +47,14 @@ impl ServeAlerts {
         let server_name = config.homeserver.server_name.clone();
         ServeAlerts { room, registry, to, mailer, background, server_name }
     }
-}
 
-impl ServeAlerts {
     /// One try each, straight to the relay, beside the watcher's rounds:
     /// nothing records it, so nothing retries it.
     fn send_unqueued(&self, recipients: Vec<EmailAddress>, message: &crate::messages::Rendered) {
-        let Some(mailer) = self.mailer.clone() else { return };
+        let Some(mailer) = self.mailer.clone() else {
+            tracing::error!("the alert email was not sent: there is no mailer to send it with");
+            return;
+        };
         let emails: Vec<OutgoingEmail> = recipients
             .into_iter()
             .map(|to| OutgoingEmail {
@@ -99,7 +100,7 @@ impl AlertSink for ServeAlerts {
             let queued =
                 crate::outbox::queue_email(&self.registry, MessageKind::Alert, to, &message, None, expires_at).await;
             if let Err(err) = queued {
-                tracing::error!(error = %err, "cannot queue the alert email; sending it at once");
+                tracing::error!(error = %err, to = to.as_str(), "cannot queue the alert email; sending it at once");
                 unqueued.push(to.clone());
             }
         }

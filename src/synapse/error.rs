@@ -32,7 +32,8 @@ pub enum Error {
     Unavailable { url: String, detail: String, matrix_error: Option<String> },
     /// homeserver.url cannot work as written: a name that does not resolve,
     /// https:// against a plain-HTTP port, an untrusted certificate, a
-    /// server that is not Synapse. Retrying will not help.
+    /// server that is not Synapse. Retrying at once will not help (though a
+    /// proxy's page or a name missing while a container restarts may pass).
     #[error("cannot reach Synapse at {url}: {detail}")]
     WrongUrl { url: String, detail: String },
     #[error("Synapse at {url} sent a response lifeboat cannot use: {detail}")]

@@ -68,7 +68,7 @@ pub async fn page(State(state): State<WebState>) -> Response {
 
 async fn render(state: &WebState) -> Result<String, WebError> {
     // As the emails show times ("2026-12-09 19:00 UTC"), not raw ISO.
-    let when = crate::notify::human_time;
+    let when = crate::registry::human_time;
     let mut open = Vec::new();
     let mut resolved = Vec::new();
     for incident in state.registry.incidents().await? {

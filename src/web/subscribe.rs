@@ -252,7 +252,7 @@ async fn start(
     let (Some(code), Some(hash)) = (code_to_send, hash) else { return Ok(()) };
     // A code is made only when the admin client answered above.
     let admin = admin.as_ref().ok_or_else(|| WebError("no working admin token: cannot DM a code".into()))?;
-    let until = crate::notify::human_time(expires_at);
+    let until = crate::registry::human_time(expires_at);
     let text = crate::messages::subscribe_code(server_name, &code, &until, email.as_str());
     match dm_now(state, admin, &user_id, &text, expires_at).await {
         Ok(()) => state.registry.set_web_link_code(&id, Some(&hash)).await?,
@@ -312,7 +312,7 @@ pub async fn confirm_form(
         csrf,
         link,
         sig,
-        until: crate::notify::human_time(found.expires_at),
+        until: crate::registry::human_time(found.expires_at),
         address: found.address.to_string(),
         user_id: found.user_id.to_string(),
     };

@@ -179,7 +179,7 @@ async fn show_token(state: &WebState, link: &str, sig: &str) -> Result<Response,
     let Some(found) = LINK.live(state, link, sig).await? else { return Ok(LINK.dead(state)) };
     // Before the link is used up: it works again once every lost ID is held.
     if crate::holds::tokens_withheld(&state.config, &state.registry).await?.is_some() {
-        let until = crate::notify::human_time(found.expires_at);
+        let until = crate::registry::human_time(found.expires_at);
         let again = format!(
             "Your link still works until {until}: open it again later. If it has expired by then, ask for a new one, or contact the admin."
         );
@@ -243,7 +243,7 @@ async fn show_token(state: &WebState, link: &str, sig: &str) -> Result<Response,
     let page = TokenShow {
         chrome: Chrome::of(state),
         token,
-        expires: crate::notify::human_time(expires_at),
+        expires: crate::registry::human_time(expires_at),
         homeserver_url: state.config.homeserver.public_url.to_string(),
         localpart: user_id.localpart().to_owned(),
         old_name,
