@@ -4,7 +4,8 @@
 //!
 //! File: a header line `{"lifeboat_backup": 1, ...}`, then
 //! `{"table": NAME, "row": [...]}` lines in the order restore needs, then
-//! `{"end": true, "rows": N}` so a truncated file is refused.
+//! `{"end": true, "rows": N}` so a truncated file is refused. With
+//! `backup.encrypt_to`, the whole file is age-encrypted to those keys.
 
 use std::io::{BufRead, BufWriter, Write};
 use std::path::Path;
@@ -26,8 +27,8 @@ fn added_later(table: &str) -> usize {
         // custody, custody_at (held IDs), details_due_at, display_name_due_at,
         // lost_created_at, hold_refused
         "accounts" => 6,
-        // state_read_at, aliases_due_at, aliases_attempts
-        "rooms" => 3,
+        // state_read_at, aliases_due_at, aliases_attempts, restore_attempts
+        "rooms" => 4,
         // kind (a notice, by default), subject, body_text, body_html,
         // expires_at (one outbox for every message), not_before
         "deliveries" => 6,
@@ -139,16 +140,100 @@ pub async fn snapshot_lines(
     Ok(rows)
 }
 
-/// Writes a consistent snapshot to `out` (atomically: a temporary file, mode
-/// 0600 as it holds secrets, renamed into place), records when, counts rows.
-/// The header names the homeserver (`server_name`) the registry is of.
+/// Where a backup's lines go: the file, or age's encryption in front of it.
+enum Output<W: Write> {
+    Plain(W),
+    Encrypted(age::stream::StreamWriter<W>),
+}
+
+impl<W: Write> Output<W> {
+    fn new(file: W, encrypt_to: &[age::x25519::Recipient]) -> std::io::Result<Self> {
+        if encrypt_to.is_empty() {
+            return Ok(Output::Plain(file));
+        }
+        let keys = encrypt_to.iter().map(|key| key as &dyn age::Recipient);
+        let encryptor = age::Encryptor::with_recipients(keys).map_err(std::io::Error::other)?;
+        Ok(Output::Encrypted(encryptor.wrap_output(file)?))
+    }
+
+    /// Ends the encryption: its last chunk is what says the file is whole.
+    fn finish(self) -> std::io::Result<W> {
+        match self {
+            Output::Plain(file) => Ok(file),
+            Output::Encrypted(stream) => stream.finish(),
+        }
+    }
+}
+
+impl<W: Write> Write for Output<W> {
+    fn write(&mut self, bytes: &[u8]) -> std::io::Result<usize> {
+        match self {
+            Output::Plain(file) => file.write(bytes),
+            Output::Encrypted(stream) => stream.write(bytes),
+        }
+    }
+
+    fn flush(&mut self) -> std::io::Result<()> {
+        match self {
+            Output::Plain(file) => file.flush(),
+            Output::Encrypted(stream) => stream.flush(),
+        }
+    }
+}
+
+/// How every age-encrypted file begins.
+const AGE_MAGIC: &[u8] = b"age-encryption.org/";
+
+/// The lines of backup `file`; decrypted with a key of the age key file
+/// `identity` when the backup is encrypted.
+fn open_backup(file: &Path, identity: Option<&Path>) -> Result<Box<dyn BufRead + Send>, BackupError> {
+    let failed = |why: String| BackupError::Failed(why);
+    let unreadable = |err: std::io::Error| failed(format!("cannot read {}: {err}", file.display()));
+    let mut input = std::io::BufReader::new(std::fs::File::open(file).map_err(unreadable)?);
+    if !input.fill_buf().map_err(unreadable)?.starts_with(AGE_MAGIC) {
+        return Ok(Box::new(input));
+    }
+    let Some(identity) = identity else {
+        return Err(failed(format!(
+            "{} is encrypted: pass --identity KEYFILE, the age key file of one of the keys in backup.encrypt_to",
+            file.display()
+        )));
+    };
+    let keys = age::IdentityFile::from_file(identity.to_string_lossy().into_owned())
+        .and_then(|keys| keys.into_identities().map_err(std::io::Error::other))
+        .map_err(|err| failed(format!("cannot read the age key file {}: {err}", identity.display())))?;
+    if keys.is_empty() {
+        return Err(failed(format!(
+            "{} holds no age key (AGE-SECRET-KEY-1…, as `age-keygen` writes)",
+            identity.display()
+        )));
+    }
+    let decryptor = age::Decryptor::new_buffered(input).map_err(|err| {
+        failed(format!("{} is not a lifeboat backup: its encryption header is damaged ({err})", file.display()))
+    })?;
+    let plain = decryptor.decrypt(keys.iter().map(|key| key.as_ref() as &dyn age::Identity)).map_err(|err| match err {
+        age::DecryptError::NoMatchingKeys => failed(format!(
+            "{} is encrypted to other keys than those in {}: pass the key file of one of the keys it was written with",
+            file.display(),
+            identity.display()
+        )),
+        err => failed(format!("cannot decrypt {}: {err}", file.display())),
+    })?;
+    Ok(Box::new(std::io::BufReader::new(plain)))
+}
+
 /// How often a backup or restore reports the rows done so far.
 const ROWS_PER_REPORT: u64 = 1_000;
 
-/// `rows_done` hears the rows written so far, every [`ROWS_PER_REPORT`].
+/// Writes a consistent snapshot to `out` (atomically: a temporary file, mode
+/// 0600 as it holds secrets, renamed into place), encrypted to `encrypt_to`
+/// when it names keys, records when, counts rows. The header names the
+/// homeserver (`server_name`) the registry is of. `rows_done` hears the rows
+/// written so far, every [`ROWS_PER_REPORT`].
 pub async fn backup(
     registry: &Registry,
     out: &Path,
+    encrypt_to: &[age::x25519::Recipient],
     server_name: &str,
     actor: &Actor,
     rows_done: &(dyn Fn(u64) + Send + Sync),
@@ -165,7 +250,7 @@ pub async fn backup(
         };
         BackupError::Failed(format!("cannot write {}: cannot make a file in {} ({why})", out.display(), dir.display()))
     })?;
-    let mut writer = BufWriter::new(temporary);
+    let mut writer = Output::new(BufWriter::new(temporary), encrypt_to).map_err(io)?;
     let header = json!({
         "lifeboat_backup": FORMAT_VERSION,
         "created_at": now_ms(),
@@ -183,7 +268,7 @@ pub async fn backup(
     })
     .await?;
     writeln!(writer, "{}", json!({"end": true, "rows": rows})).map_err(io)?;
-    let file = writer.into_inner().map_err(|err| io(err.into_error()))?;
+    let file = writer.finish().map_err(io)?.into_inner().map_err(|err| io(err.into_error()))?;
     file.as_file().sync_all().map_err(io)?;
     file.persist(out).map_err(|err| io(err.error))?;
     registry.set_setting(LAST_BACKUP_SETTING, &now_ms().to_string()).await?;
@@ -199,19 +284,19 @@ pub async fn backup(
 pub async fn restore(
     registry: &Registry,
     file: &Path,
+    identity: Option<&Path>,
     replace: bool,
     server_name: &str,
     actor: &Actor,
     rows_done: &(dyn Fn(u64) + Send + Sync),
 ) -> Result<Restored, BackupError> {
     let unreadable = |err| BackupError::Failed(format!("cannot read {}: {err}", file.display()));
-    let mut lines = std::io::BufReader::new(std::fs::File::open(file).map_err(unreadable)?).lines();
+    let mut lines = open_backup(file, identity)?.lines();
     let invalid = |what: &str| BackupError::Failed(format!("{} is not a lifeboat backup: {what}", file.display()));
-    let header: Value = lines
-        .next()
-        .and_then(|line| line.ok())
-        .and_then(|line| serde_json::from_str(&line).ok())
-        .ok_or_else(|| invalid("no header line"))?;
+    // A read that fails is said as such (a damaged encrypted file fails here).
+    let first = lines.next().transpose().map_err(unreadable)?;
+    let header: Value =
+        first.and_then(|line| serde_json::from_str(&line).ok()).ok_or_else(|| invalid("no header line"))?;
     if header["lifeboat_backup"] != FORMAT_VERSION {
         return Err(invalid(&format!("format {} is not {FORMAT_VERSION}", header["lifeboat_backup"])));
     }

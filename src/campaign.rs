@@ -181,9 +181,8 @@ pub async fn open_incident(
     }
     // One working admin client (recovering after a wipe) for the sync and the holds.
     let client = admin_client_recovering(config, registry, actor, progress).await.map_err(|err| err.to_string());
-    let stop = CancellationToken::new();
     let synced = match &client {
-        Ok(client) => stopped_by(sync_first(config, registry, client, actor, &stop), progress, &stop).await,
+        Ok(client) => sync_first(config, registry, client, actor, &stop_of(progress)).await,
         Err(reason) => Err(reason.clone()),
     };
     if progress.stopping() {
@@ -239,7 +238,7 @@ async fn hold_waiting_for_others(
     actor: &Actor,
     progress: &dyn NotifyProgress,
 ) -> Option<HoldReport> {
-    let stop = CancellationToken::new();
+    let stop = stop_of(progress);
     let mut waiting = false;
     // At size this takes minutes: said, and how far it got now and then.
     let last_note = std::sync::Mutex::new(None::<std::time::Instant>);
@@ -256,8 +255,7 @@ async fn hold_waiting_for_others(
         *last = Some(std::time::Instant::now());
     };
     loop {
-        let run = hold_lost_ids(config, registry, client, actor, false, &holding, &stop);
-        match stopped_by(run, progress, &stop).await {
+        match hold_lost_ids(config, registry, client, actor, false, &holding, &stop).await {
             Ok(report) => return Some(report),
             // Stopped while waiting: none of them was held by this run.
             Err(HoldError::Busy { .. }) if progress.stopping() => {
@@ -268,7 +266,7 @@ async fn hold_waiting_for_others(
                     progress.note(&format!("another run ({holder}) is holding lost IDs; waiting for it to finish"));
                     waiting = true;
                 }
-                tokio::time::sleep(HOLD_RUN_POLL).await;
+                let _ = tokio::time::timeout(HOLD_RUN_POLL, stop.cancelled()).await;
             }
             Err(err) => {
                 progress.note(&format!("lost IDs are not held: {err}"));
@@ -278,26 +276,11 @@ async fn hold_waiting_for_others(
     }
 }
 
-/// Runs `work`, cancelling `stop` once `progress` says the run should wind
-/// down (`work` ends by itself between steps, keeping what it did).
-async fn stopped_by<T>(work: impl Future<Output = T>, progress: &dyn NotifyProgress, stop: &CancellationToken) -> T {
-    // Asked before it begins, too: a Ctrl-C may have come meanwhile.
-    if progress.stopping() {
-        stop.cancel();
-    }
-    tokio::pin!(work);
-    loop {
-        tokio::select! {
-            done = &mut work => return done,
-            () = tokio::time::sleep(STOP_POLL) => if progress.stopping() {
-                stop.cancel();
-            },
-        }
-    }
+/// What stops a sync or hold run of `progress`'s run (a child: the run
+/// never stops its caller); one that never fires when nothing stops it.
+fn stop_of(progress: &dyn NotifyProgress) -> CancellationToken {
+    progress.stop().map_or_else(CancellationToken::new, CancellationToken::child_token)
 }
-
-/// How often a hold run asks its progress whether to wind down.
-const STOP_POLL: Duration = Duration::from_millis(200);
 
 /// From this many lost IDs to hold, `notify` and `incident open` say that
 /// they hold them first, and every [`HOLD_NOTE_GAP`] how far they got.

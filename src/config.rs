@@ -58,6 +58,7 @@ pub struct Config {
     pub bot: Option<BotConfig>,
     pub web: Option<WebConfig>,
     pub alerts: AlertsConfig,
+    pub backup: BackupConfig,
     pub recovery: RecoveryConfig,
     pub metrics: MetricsConfig,
 }
@@ -244,6 +245,12 @@ crate::checked_text::stored_as_text! {
 #[derive(Debug, Clone, Default)]
 pub struct AlertsConfig {
     pub email: Vec<EmailAddress>,
+}
+
+#[derive(Debug, Clone, Default)]
+pub struct BackupConfig {
+    /// The age public keys every backup is encrypted to; none: plain files.
+    pub encrypt_to: Vec<age::x25519::Recipient>,
 }
 
 impl Config {

@@ -10,7 +10,6 @@ use serde::Serialize;
 
 use crate::config::{Config, HoldPolicy, RecoveryMode};
 use crate::mail::Mailer;
-use crate::notice::{NoticeContext, render_notice};
 use crate::outbox::{Channel, QueuedEmails, new_email, send_at_once};
 use crate::recover::{AdminAccess, admin_access};
 use crate::registry::{Actor, MessageKind, Registry, format_time, now_ms};
@@ -92,7 +91,6 @@ pub async fn drill(
     lines.push(Line::new("holds", holds(config, admin.as_ref()).await));
     lines.push(Line::new("email", email(config, registry).await));
     lines.push(Line::new("bot", bot_check.await));
-    lines.push(Line::new("templates", templates(config)));
     lines.extend(registry_lines(config, registry).await);
 
     let ready = lines.iter().all(|line| line.status != Status::Fail);
@@ -215,32 +213,6 @@ async fn email(config: &Config, registry: &Registry) -> (Status, String) {
     (Status::Ok, format!("a test message went to {} alert address(es)", config.alerts.email.len()))
 }
 
-fn templates(config: &Config) -> (Status, String) {
-    let sample = NoticeContext {
-        server_name: &config.homeserver.server_name,
-        homeserver_url: config.homeserver.public_url.as_str(),
-        user_id: "@someone:example.org",
-        display_name: Some("Someone"),
-        incident_title: "Drill",
-        postmortem_markdown: "# What happened\n\nNothing: this is a drill.",
-        token: Some("DRILL-TOKEN"),
-        token_expires: Some("tomorrow"),
-        unsubscribe_url: None,
-        account_works: false,
-        postmortem_html: None,
-        old_name: crate::registry::OldName::Kept,
-        claim_url: Some("https://lifeboat.example.org/claim"),
-        locked_out: false,
-        rooms_back: &["A room on another server".to_owned()],
-        rooms_gone: &["A room that lived only here".to_owned()],
-        encrypted_rooms: true,
-    };
-    match render_notice(&sample, true) {
-        Ok(_) => (Status::Ok, "a sample notice renders".into()),
-        Err(err) => (Status::Fail, format!("the notice does not render: {err}")),
-    }
-}
-
 async fn registry_lines(config: &Config, registry: &Registry) -> Vec<Line> {
     let mut lines = Vec::new();
     // Twice the watcher's gap between listings: `watch.interval`, or longer
@@ -284,6 +256,14 @@ async fn registry_lines(config: &Config, registry: &Registry) -> Vec<Line> {
         ),
         Err(err) => Line::new("backup", (Status::Fail, err.to_string())),
     });
+    if let Some(line) = lines.last_mut().filter(|line| line.status == Status::Ok)
+        && config.backup.encrypt_to.is_empty()
+    {
+        line.status = Status::Warn;
+        line.detail.push_str(
+            "; backups are not encrypted, and whoever reads one could act as a server admin: set backup.encrypt_to",
+        );
+    }
     lines
 }
 

@@ -51,7 +51,7 @@ pub enum HoldError {
 }
 
 /// What a hold run did.
-#[derive(Debug, Clone, Default, Serialize)]
+#[derive(Debug, Clone, Default, PartialEq, Serialize)]
 pub struct HoldReport {
     /// Newly held, in ID order.
     pub held: Vec<UserId>,
@@ -75,13 +75,7 @@ pub struct HoldReport {
 
 impl HoldReport {
     pub fn is_empty(&self) -> bool {
-        self.held.is_empty()
-            && self.taken.is_empty()
-            && self.failed.is_empty()
-            && self.unregistrable.is_empty()
-            && !self.stopped
-            && self.own_made_again.is_none()
-            && self.own_locked.is_none()
+        *self == Self::default()
     }
 
     /// What became of lifeboat's own ID, if this run took it.
@@ -367,21 +361,21 @@ async fn hold_one(
         },
         Ok(Creation::Existed) => return Ok(taken(registry.mark_taken_before_hold(user_id, actor).await?)),
         Err(synapse::Error::Forbidden { .. }) => {
-            registry.abandon_hold(user_id).await?;
+            registry.abandon_hold(user_id, None).await?;
             return Ok(Outcome::NotAllowed);
         }
         // Synapse's own rule for every new account, registrations too.
         Err(synapse::Error::Rejected { status: 400, ref errcode, .. })
             if matches!(errcode.as_str(), "M_INVALID_USERNAME" | "M_EXCLUSIVE" | "M_USER_IN_USE") =>
         {
-            registry.refuse_hold(user_id, errcode).await?;
+            registry.abandon_hold(user_id, Some(errcode)).await?;
             return Ok(Outcome::Unregistrable);
         }
         // Maybe created, maybe not (a timeout): stays `holding`, and the
         // rerun tells which by the devices.
         Err(err) if err.is_transient() => return Ok(Outcome::Failed(err.to_string())),
         Err(err) => {
-            registry.abandon_hold(user_id).await?;
+            registry.abandon_hold(user_id, None).await?;
             return Ok(Outcome::Failed(err.to_string()));
         }
     };

@@ -11,6 +11,7 @@ use std::time::Duration;
 
 use secrecy::SecretString;
 use serde::Serialize;
+use tokio_util::sync::CancellationToken;
 use url::Url;
 
 use crate::config::Config;
@@ -78,10 +79,14 @@ pub trait NotifyProgress: Send + Sync {
     /// How far long work has got, for whoever watches it happen (a
     /// terminal); not kept for a report afterwards.
     fn passing(&self, _text: &str) {}
-    /// True once the run should wind down (serve is shutting down): sends in
-    /// flight finish and are marked, the rest go back to pending.
+    /// Cancelled once the run should wind down (Ctrl-C, serve stopping):
+    /// sends in flight finish and are marked, the rest go back to pending.
+    /// `None`: nothing stops the run.
+    fn stop(&self) -> Option<&CancellationToken> {
+        None
+    }
     fn stopping(&self) -> bool {
-        false
+        self.stop().is_some_and(CancellationToken::is_cancelled)
     }
 }
 
@@ -204,12 +209,12 @@ impl NoticeSettings {
 
     /// The notice DM. Room names are whatever the rooms' makers typed: a DM
     /// they would make too large for Synapse counts the rooms instead.
-    pub fn render(&self, incident: &Incident, delivery: &Delivery) -> Result<RenderedNotice, NotifyError> {
+    pub fn render(&self, incident: &Incident, delivery: &Delivery) -> RenderedNotice {
         let unsubscribe_url = self.unsubscribe_url(delivery);
         let rooms = self.rooms_of(delivery);
-        let rendered = self.render_with(incident, delivery, unsubscribe_url.as_deref(), true, rooms)?;
+        let rendered = self.render_with(incident, delivery, unsubscribe_url.as_deref(), true, rooms);
         if rooms.counts == (0, 0) || dm_content_bytes(&rendered.markdown) <= DM_CONTENT_BUDGET {
-            return Ok(rendered);
+            return rendered;
         }
         self.render_with(incident, delivery, unsubscribe_url.as_deref(), true, &rooms.unnamed())
     }
@@ -231,7 +236,7 @@ impl NoticeSettings {
         unsubscribe_url: Option<&str>,
         dm: bool,
         rooms: &PersonRooms,
-    ) -> Result<RenderedNotice, NotifyError> {
+    ) -> RenderedNotice {
         let expires = delivery.token_expires_at.map(|ms| self.expiry_labels.label(ms));
         let state = delivery.account_state;
         let may_come_back = may_come_back(delivery.locked != 0, delivery.deactivated != 0);
@@ -255,18 +260,17 @@ impl NoticeSettings {
             rooms_gone: &rooms.gone,
             encrypted_rooms: rooms.encrypted,
         };
-        render_notice(&context, dm).map_err(|err| NotifyError::Render(err.to_string()))
+        render_notice(&context, dm)
     }
 
     /// The email of one delivery, or why it is not sent (its address
-    /// cannot be used, or the notice does not render).
+    /// cannot be used).
     fn email(&self, incident: &Incident, delivery: &Delivery) -> Result<OutgoingEmail, Outcome> {
         let to = EmailAddress::parse(&delivery.address).map_err(|err| Outcome::Failed(err.to_string()))?;
         // Signed once: the same link goes in the body and the header.
         let list_unsubscribe = self.unsubscribe_url(delivery);
-        let rendered = self
-            .render_with(incident, delivery, list_unsubscribe.as_deref(), false, self.rooms_of(delivery))
-            .map_err(Outcome::Fatal)?;
+        let rendered =
+            self.render_with(incident, delivery, list_unsubscribe.as_deref(), false, self.rooms_of(delivery));
         Ok(OutgoingEmail {
             to,
             subject: rendered.subject,
@@ -397,16 +401,10 @@ impl crate::outbox::Channel for IncidentNotices<'_> {
                 if let Some(outcome) = changed_hands(self.registry, synapse, address, &settings.server_name).await {
                     return outcome;
                 }
-                match settings.render(incident, delivery) {
-                    Err(err) => Outcome::Fatal(err),
-                    Ok(notice) => {
-                        // Fixed per delivery: Synapse drops a repeat after a crash.
-                        let transaction = format!("lifeboat-incident-{}-delivery-{}", incident.id, delivery.id);
-                        crate::outbox::dm_outcome(
-                            sender.send(self.registry, address, &notice.markdown, &transaction).await,
-                        )
-                    }
-                }
+                let notice = settings.render(incident, delivery);
+                // Fixed per delivery: Synapse drops a repeat after a crash.
+                let transaction = format!("lifeboat-incident-{}-delivery-{}", incident.id, delivery.id);
+                crate::outbox::dm_outcome(sender.send(self.registry, address, &notice.markdown, &transaction).await)
             }
         }
     }
@@ -529,7 +527,7 @@ mod tests {
     #[test]
     fn a_dm_names_the_persons_rooms_while_it_fits() {
         let (incident, settings) = a_long_incident_and_rooms(6, "Book club");
-        let notice = settings.render(&incident, &dm("@alice:elsewhere.example", Some(7), None)).unwrap();
+        let notice = settings.render(&incident, &dm("@alice:elsewhere.example", Some(7), None));
         assert!(
             notice.markdown.contains("- 4 Book club") && notice.markdown.contains("- 5 Book club"),
             "{}",
@@ -542,7 +540,7 @@ mod tests {
         // Names that escape to several times their length, in text and HTML.
         let (incident, settings) = a_long_incident_and_rooms(60, &"&<\"'".repeat(40));
         let delivery = dm("@alice:elsewhere.example", Some(7), None);
-        let notice = settings.render(&incident, &delivery).unwrap();
+        let notice = settings.render(&incident, &delivery);
         assert!(dm_content_bytes(&notice.markdown) <= DM_CONTENT_BUDGET);
         assert!(notice.markdown.contains("- 30 rooms"), "{}", notice.markdown);
         let Ok(email) = settings.email(&incident, &delivery_by_email()) else { panic!("the email renders") };

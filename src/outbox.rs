@@ -47,8 +47,6 @@ const LARGEST_CLAIM: usize = 512;
 pub enum SendError {
     #[error(transparent)]
     Registry(#[from] registry::Error),
-    #[error("cannot render the notice: {0}")]
-    Render(String),
     /// The channel itself does not work (SMTP login refused, the sender's
     /// Matrix token rejected, ...): retrying each message cannot help.
     #[error("sending stopped: {0}")]
@@ -64,8 +62,8 @@ pub enum Outcome {
     /// Retry, but only after `LATER`: it may have been delivered.
     RetryLater(String),
     Failed(String),
-    /// A render or channel failure: the row goes back as due and the run
-    /// ends with this error.
+    /// A channel failure: the row goes back as due and the run ends with
+    /// this error.
     Fatal(SendError),
 }
 

@@ -246,7 +246,7 @@ pub fn details_from_state(state: &[StateEvent], aliases: Vec<String>, server_nam
 }
 
 /// What bringing people back did in one run.
-#[derive(Debug, Clone, Default, Serialize)]
+#[derive(Debug, Clone, Default, PartialEq, Serialize)]
 pub struct BringBackReport {
     /// Rooms lifeboat's own account is back in.
     pub restored: Vec<String>,
@@ -258,8 +258,9 @@ pub struct BringBackReport {
     pub invited: u64,
     /// (who or which room, room, reason) that did not work this time.
     pub failed: Vec<(String, String, String)>,
-    /// (room, reason): surviving rooms that refused lifeboat's own join,
-    /// not tried again until `rooms rejoin --retry`.
+    /// (room, reason): surviving rooms that refused lifeboat's own join, or
+    /// whose servers never answered it, not tried again until `rooms
+    /// rejoin --retry`.
     pub given_up: Vec<(String, String)>,
     /// Surviving rooms nobody is brought back into while a stranger holds
     /// a former member's ID: this server back in the room lets the
@@ -272,14 +273,7 @@ pub struct BringBackReport {
 
 impl BringBackReport {
     pub fn is_empty(&self) -> bool {
-        self.restored.is_empty()
-            && self.aliases.is_empty()
-            && self.rejoined == 0
-            && self.invited == 0
-            && self.failed.is_empty()
-            && self.given_up.is_empty()
-            && self.held_back.is_empty()
-            && self.waiting_for_holds.is_empty()
+        *self == Self::default()
     }
 
     pub fn summary(&self) -> String {
@@ -295,7 +289,7 @@ impl BringBackReport {
         }
         if !self.given_up.is_empty() {
             text.push_str(&format!(
-                "; {} surviving rooms refused lifeboat and are given up (`lifeboat rooms rejoin --retry` tries them again)",
+                "; {} surviving rooms refused lifeboat or could not be reached, and are given up (`lifeboat rooms rejoin --retry` tries them again)",
                 self.given_up.len()
             ));
         }
@@ -370,12 +364,19 @@ async fn rejoin_own(
             // Synapse is up, the room's servers are not (it said so, or the
             // join outlasted homeserver.timeout while Synapse still answers):
             // this room waits for the next round, the others and their
-            // people go on.
+            // people go on. Counted, so a room nobody can reach is given up
+            // after a few rounds; Synapse busy (429, a bare 5xx) is not.
             Err(err)
                 if err.matrix_error_of_a_failure().is_some()
                     || (err.is_transient() && client.server_version().await.is_ok()) =>
             {
-                report.failed.push((service.to_string(), room.room_id.clone(), err.to_string()));
+                let unanswered = err.matrix_error_of_a_failure().is_some() || err.timed_out();
+                let reason = format!("the room's servers could not be reached ({err})");
+                if unanswered && registry.own_rejoin_unanswered(&room.room_id, &reason).await? {
+                    report.given_up.push((room.room_id.clone(), reason));
+                } else {
+                    report.failed.push((service.to_string(), room.room_id.clone(), err.to_string()));
+                }
                 continue;
             }
             Err(err) => return Err(err.into()),
@@ -518,29 +519,32 @@ async fn rejoin_people(
         .buffer_unordered(ROOM_CONCURRENCY);
     while let Some((rejoin, outcome)) = outcomes.next().await {
         let invited = rejoin.recreated_as.is_some();
-        match outcome {
+        let failed = match outcome {
             Ok(JoinOutcome::Joined) => {
                 let recorded = if invited { RejoinOutcome::Invited } else { RejoinOutcome::Joined };
                 registry.record_rejoin(&rejoin.room_id, &rejoin.user_id, recorded).await?;
-                if invited { report.invited += 1 } else { report.rejoined += 1 }
+                if invited {
+                    report.invited += 1
+                } else {
+                    report.rejoined += 1
+                }
+                continue;
             }
-            Ok(JoinOutcome::Refused(reason)) => {
-                registry.record_rejoin(&rejoin.room_id, &rejoin.user_id, RejoinOutcome::Failed(&reason)).await?;
-                report.failed.push((rejoin.user_id.to_string(), rejoin.room_id, reason));
-            }
-            // Synapse up, the room's servers not: an attempt, counted, so
-            // a room nobody can reach is given up after a few rounds.
+            Ok(JoinOutcome::Refused(reason)) => reason,
+            // Synapse up, the room's servers not: an attempt, counted (as a
+            // refusal is), so a room nobody can reach is given up after a few rounds.
             Err(ref err) if let Some(said) = err.matrix_error_of_a_failure() => {
-                let reason = format!("the room's servers could not be reached ({said})");
-                registry.record_rejoin(&rejoin.room_id, &rejoin.user_id, RejoinOutcome::Failed(&reason)).await?;
-                report.failed.push((rejoin.user_id.to_string(), rejoin.room_id, reason));
+                format!("the room's servers could not be reached ({said})")
             }
             // Synapse down or busy: not an attempt; the next round tries.
             Err(err) if err.is_transient() => {
                 report.failed.push((rejoin.user_id.to_string(), rejoin.room_id, err.to_string()));
+                continue;
             }
             Err(err) => return Err(err.into()),
-        }
+        };
+        registry.record_rejoin(&rejoin.room_id, &rejoin.user_id, RejoinOutcome::Failed(&failed)).await?;
+        report.failed.push((rejoin.user_id.to_string(), rejoin.room_id, failed));
     }
     Ok(())
 }

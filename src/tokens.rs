@@ -6,6 +6,8 @@ use std::time::Duration;
 use futures::StreamExt;
 use rand::distr::{Alphanumeric, SampleString};
 
+use crate::config::Config;
+use crate::holds::{UnheldLostIds, tokens_withheld};
 use crate::registry::{self, Registry, TokenPurpose, now_ms};
 use crate::synapse::{self, SynapseClient};
 use crate::user_id::UserId;
@@ -21,6 +23,10 @@ pub enum TokenError {
     Registry(#[from] registry::Error),
     #[error("the incident was resolved while the token was being made, so it was deleted again")]
     IncidentResolved,
+    /// Synapse binds no token to a name: none goes out (not even one made
+    /// earlier) while a lost ID that should be held is free.
+    #[error("{0}, and any registration token could register one")]
+    Withheld(UnheldLostIds),
 }
 
 /// 24 letters and digits: nothing to URL-encode, ~142 bits.
@@ -85,18 +91,22 @@ pub async fn ensure_notice_tokens(
 }
 
 /// The one rule for a token for one person of an incident, whoever asks (the
-/// web page: `limit` is its per-person cap; an admin: no cap): their newest
-/// valid token that Synapse says is unused, else a new one while under the
-/// cap, with its expiry (UTC ms); `None` when their earlier ones were used or
-/// expired and they had as many as `limit` allows.
+/// web page: `limit` is its per-person cap; an admin: no cap): none while a
+/// lost ID is free ([`TokenError::Withheld`]); else their newest valid token
+/// that Synapse says is unused, else a new one while under the cap, with its
+/// expiry (UTC ms); `None` when their earlier ones were used or expired and
+/// they had as many as `limit` allows.
 pub async fn token_for_person(
+    config: &Config,
     registry: &Registry,
     client: &SynapseClient,
     incident_id: i64,
     user_id: &UserId,
-    expiry: Duration,
     limit: Option<i64>,
 ) -> Result<Option<(String, i64)>, TokenError> {
+    if let Some(unheld) = tokens_withheld(config, registry).await? {
+        return Err(TokenError::Withheld(unheld));
+    }
     let now = now_ms();
     let mut theirs: Vec<_> = registry
         .tokens(Some(incident_id))
@@ -117,7 +127,7 @@ pub async fn token_for_person(
     }
     // Recorded first (within the cap), then created in Synapse, then confirmed.
     let token = new_token();
-    let expires_at = now_ms() + expiry.as_millis() as i64;
+    let expires_at = now_ms() + config.tokens.expiry.as_millis() as i64;
     let id = match limit {
         Some(limit) => match registry.record_request_token(incident_id, user_id, &token, expires_at, limit).await? {
             Some(id) => id,

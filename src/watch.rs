@@ -85,11 +85,11 @@ pub async fn observe(
             return (seen, None);
         }
     };
+    // Paced, a first sync of a big server can take long: serve's stop ends
+    // it between calls, keeping what it read.
+    let paced = SyncOptions::from_config(config).paced().stopped_by(cancel.clone());
     if !seen.token_rejected {
         // One listing a round: the sync's, classified as `check` would.
-        // Paced, a first sync of a big server can take long: serve's stop
-        // ends it between calls, keeping what it read.
-        let paced = SyncOptions::from_config(config).paced().stopped_by(cancel.clone());
         share = paced.pace.unwrap_or(1.0);
         match sync(registry, &client, &paced, &actor, &Quiet).await {
             Ok(summary) => {
@@ -142,9 +142,8 @@ pub async fn observe(
             _ => return (seen, None),
         };
         seen.taken = seen.recreated.clone();
-        // Paced and stoppable like every watcher sync: a wiped server lists
-        // in moments, but a token can be rejected after a rollback too.
-        let paced = SyncOptions::from_config(config).paced().stopped_by(cancel.clone());
+        // Paced like every watcher sync: a wiped server lists in moments,
+        // but a token can be rejected after a rollback too.
         match sync(registry, &client, &paced, &actor, &Quiet).await {
             // A complete listing: it, not the check's guess, says what was
             // lost (a token logged out, or an old backup restored, loses
@@ -289,10 +288,7 @@ pub async fn run(services: Arc<Services>, alerts: impl AlertSink) {
             }
         }
         handle.set(seen.clone());
-        let said = alert_on_change(config, registry, &seen, &alerts).await.unwrap_or_else(|err| {
-            tracing::warn!(error = %err, "watcher: could not record the alerted state");
-            None
-        });
+        let said = alert_on_change(config, registry, &seen, &alerts).await;
         unchecked.follow(config, registry, &alerts, &seen, Looked::Round, said.is_some()).await;
         token_rejected = seen.token_rejected && client.is_none();
         let Some(client) = client else {
@@ -309,11 +305,8 @@ pub async fn run(services: Arc<Services>, alerts: impl AlertSink) {
         let not_held =
             seen.not_held.as_ref().map(|not_held| not_held.ids.count).filter(|&count| count > alerted_not_held);
         // Taken before its hold: news, alerted with the held IDs (and those not held).
-        let told = seen.taken != taken_before
-            && alert_on_change(config, registry, &seen, &alerts).await.unwrap_or_else(|err| {
-                tracing::warn!(error = %err, "watcher: could not record the alerted state");
-                None
-            }) == Some(Said::Alert);
+        let told =
+            seen.taken != taken_before && alert_on_change(config, registry, &seen, &alerts).await == Some(Said::Alert);
         if !told && (!seen.held.is_empty() || seen.own.is_some() || not_held.is_some()) {
             // What this round's hold run did, in a message of its own; IDs
             // not held only when that is news.
@@ -551,14 +544,19 @@ async fn alert_on_change(
     registry: &Registry,
     seen: &Observation,
     alerts: &impl AlertSink,
-) -> Result<Option<Said>, crate::registry::Error> {
+) -> Option<Said> {
     // "Could not tell" says nothing new either way: keep the last state.
     if seen.verdict.is_none() && !seen.token_rejected {
-        return Ok(None);
+        return None;
     }
     let now = seen.alerted_state();
-    let before: Option<AlertedState> =
-        registry.setting(ALERTED_SETTING).await?.and_then(|stored| serde_json::from_str(&stored).ok());
+    let before: Option<AlertedState> = match registry.setting(ALERTED_SETTING).await {
+        Ok(stored) => stored.and_then(|stored| serde_json::from_str(&stored).ok()),
+        Err(err) => {
+            tracing::warn!(error = %err, "watcher: could not read the alerted state");
+            return None;
+        }
+    };
     let server = &config.homeserver.server_name;
     let told = match (&now, &before) {
         (Some(state), _) if state.is_news_after(before.as_ref()) => {
@@ -585,11 +583,13 @@ async fn alert_on_change(
         }
         _ => None,
     };
-    if now != before {
-        let stored = now.as_ref().map(|state| serde_json::to_string(state).expect("plain data")).unwrap_or_default();
-        registry.set_setting(ALERTED_SETTING, &stored).await?;
+    let stored = now.as_ref().map(|state| serde_json::to_string(state).expect("plain data")).unwrap_or_default();
+    if now != before
+        && let Err(err) = registry.set_setting(ALERTED_SETTING, &stored).await
+    {
+        tracing::warn!(error = %err, "watcher: could not record the alerted state");
     }
-    Ok(told)
+    told
 }
 
 /// A pause that ends early when cancelled; true when it was cancelled.

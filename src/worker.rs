@@ -34,8 +34,8 @@ impl NotifyProgress for Background {
         tracing::warn!("{text}");
     }
 
-    fn stopping(&self) -> bool {
-        self.0.is_cancelled()
+    fn stop(&self) -> Option<&CancellationToken> {
+        Some(&self.0)
     }
 }
 

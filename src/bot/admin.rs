@@ -25,7 +25,7 @@ use crate::registry::{
     AccountState, Actor, ContactSource, IncidentScope, MessageKind, OldName, RoomState, format_time, human_time, now_ms,
 };
 use crate::sync::{Quiet, SyncOptions, sync};
-use crate::tokens::token_for_person;
+use crate::tokens::{TokenError, token_for_person};
 use crate::user_id::UserId;
 
 /// How long a `notify <id>` dry run stays confirmable.
@@ -46,8 +46,8 @@ impl NotifyProgress for Notes {
         }
     }
 
-    fn stopping(&self) -> bool {
-        self.stop.as_ref().is_some_and(|stop| stop.is_cancelled())
+    fn stop(&self) -> Option<&tokio_util::sync::CancellationToken> {
+        self.stop.as_ref()
     }
 }
 
@@ -418,17 +418,16 @@ async fn token(bot: &Bot, actor: &Actor, user: &UserId) -> Result<String, String
             (message, "claim link", link.until)
         }
         None => {
-            if let Some(unheld) = crate::holds::tokens_withheld(config, registry).await.map_err(text)? {
-                return Err(format!(
-                    "no token for {user} yet: {unheld}, and any registration token could register one; hold them first (`lifeboat holds make` says why they are not), or set recovery.hold = \"off\""
-                ));
-            }
             let client = admin_client(bot, actor).await?;
             // An admin is not capped; a token still unused is sent again.
-            let Some((token, expires)) =
-                token_for_person(registry, &client, incident_id, user, config.tokens.expiry, None)
-                    .await
-                    .map_err(text)?
+            let Some((token, expires)) = token_for_person(config, registry, &client, incident_id, user, None)
+                .await
+                .map_err(|err| match err {
+                    TokenError::Withheld(_) => format!(
+                        "no token for {user} yet: {err}; hold them first (`lifeboat holds make` says why they are not), or set recovery.hold = \"off\""
+                    ),
+                    err => err.to_string(),
+                })?
             else {
                 return Err(format!("no token for {user}: the per-person limit"));
             };

@@ -967,8 +967,6 @@ async fn is_one_to_one(room: &Room, me: &OwnedUserId, sender: &OwnedUserId) -> b
     }
 }
 
-/// The one line an admin gets instead of an answer while someone lifeboat
-/// cannot vouch for is in the admin room (it names them, and nothing else).
 /// Who reads the admin room, as far as lifeboat can vouch ([`Bot::audience_of`]).
 #[derive(Default)]
 struct Audience {
@@ -1029,6 +1027,8 @@ impl Audience {
     }
 }
 
+/// The one line an admin gets instead of an answer while someone lifeboat
+/// cannot vouch for is in the admin room (it names them, and nothing else).
 fn not_posting_while(unvouched: &[String], listing_asked: bool) -> String {
     let new_account = if listing_asked {
         "a new account: lifeboat reads the listing again as soon as its pacing allows, within minutes on most servers, or `lifeboat sync` on the lifeboat host does it now"

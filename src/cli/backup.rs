@@ -5,11 +5,13 @@ use std::path::PathBuf;
 use super::output::progress_count;
 use super::{Context, Failure, Outcome, exit};
 use crate::backup::{backup, restore};
+use crate::plural;
 use crate::registry::Actor;
 
 #[derive(clap::Args, Debug)]
 pub struct BackupArgs {
-    /// Where to write the backup (replaced atomically when complete).
+    /// Where to write the backup (replaced atomically when complete);
+    /// encrypted to backup.encrypt_to's age keys when it names any.
     #[arg(long, value_name = "FILE")]
     out: PathBuf,
 }
@@ -18,6 +20,10 @@ pub struct BackupArgs {
 pub struct RestoreArgs {
     /// A file written by `lifeboat backup`.
     file: PathBuf,
+    /// The age key file (from `age-keygen`) of one of the keys an encrypted
+    /// backup was written to.
+    #[arg(long, value_name = "KEYFILE")]
+    identity: Option<PathBuf>,
     /// Empty a registry that already holds data, then restore into it.
     #[arg(long)]
     replace: bool,
@@ -27,11 +33,25 @@ pub async fn run_backup(context: &Context, args: BackupArgs) -> Outcome {
     let (config, registry) = context.open().await?;
     let server_name = &config.homeserver.server_name;
     let bar = progress_count("rows");
-    let written = backup(&registry, &args.out, server_name, &Actor::cli(), &|rows| bar.set_position(rows)).await;
+    let keys = &config.backup.encrypt_to;
+    let written = backup(&registry, &args.out, keys, server_name, &Actor::cli(), &|rows| bar.set_position(rows)).await;
     bar.finish_and_clear();
     let rows = written.map_err(Failure::failed)?;
-    println!("Wrote {rows} rows to {}.", args.out.display());
-    println!("Keep it on another host than Synapse's database; `lifeboat restore FILE` loads it.");
+    if keys.is_empty() {
+        println!("Wrote {rows} rows to {}, not encrypted.", args.out.display());
+        println!(
+            "It holds lifeboat's admin token and the key that signs claim links: keep it as a secret, on another host than Synapse's database (backup.encrypt_to encrypts it). `lifeboat restore FILE` loads it."
+        );
+    } else {
+        println!(
+            "Wrote {rows} rows to {}, encrypted to {}.",
+            args.out.display(),
+            plural::count(keys.len() as i64, "age key", "age keys")
+        );
+        println!(
+            "Keep it on another host than Synapse's database; `lifeboat restore FILE --identity KEYFILE` loads it."
+        );
+    }
     Ok(exit::OK)
 }
 
@@ -39,8 +59,9 @@ pub async fn run_restore(context: &Context, args: RestoreArgs) -> Outcome {
     let (config, registry) = context.open().await?;
     let bar = progress_count("rows");
     let server_name = &config.homeserver.server_name;
-    let restored =
-        restore(&registry, &args.file, args.replace, server_name, &Actor::cli(), &|rows| bar.set_position(rows)).await;
+    let identity = args.identity.as_deref();
+    let report = |rows| bar.set_position(rows);
+    let restored = restore(&registry, &args.file, identity, args.replace, server_name, &Actor::cli(), &report).await;
     bar.finish_and_clear();
     let restored = restored.map_err(|err| Failure::failed(format!("nothing was restored: {err}")))?;
     let kept = if restored.kept_own_credentials { crate::backup::KEPT_OWN_CREDENTIALS } else { "" };

@@ -154,6 +154,10 @@ fn print_summary(config: &Config) {
     println!("  bind = {}{how}", config.metrics.bind);
     println!("[alerts]");
     println!("  email = [{}]", id_list(&config.alerts.email, usize::MAX));
+    println!("[backup]");
+    let keys: Vec<String> = config.backup.encrypt_to.iter().map(ToString::to_string).collect();
+    let plain = if keys.is_empty() { " (backups are not encrypted)" } else { "" };
+    println!("  encrypt_to = [{}]{plain}", keys.join(", "));
     println!("[recovery]");
     println!("  mode = {}", config.recovery.mode.as_str());
     println!("  hold = {}", config.recovery.hold.as_str());

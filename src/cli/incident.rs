@@ -222,8 +222,8 @@ pub(super) struct StderrNotes {
 }
 
 impl NotifyProgress for StderrNotes {
-    fn stopping(&self) -> bool {
-        self.stop.as_ref().is_some_and(CancellationToken::is_cancelled)
+    fn stop(&self) -> Option<&CancellationToken> {
+        self.stop.as_ref()
     }
 
     fn note(&self, text: &str) {

@@ -123,7 +123,8 @@ enum Command {
     /// was not delivered. Encrypted DMs whose device store `lifeboat serve`
     /// has open are left to serve's delivery worker. Exit 0 when every
     /// notice is delivered (or left to serve), 1 otherwise, 2 for usage
-    /// errors (e.g. no terminal to confirm on and no --yes).
+    /// errors (e.g. no terminal to confirm on and no --yes), 130 when
+    /// Ctrl-C or SIGTERM stopped it before it made any token.
     Notify(notify::Args),
     /// Registration tokens issued to affected people.
     #[command(subcommand)]
@@ -142,13 +143,15 @@ enum Command {
     /// an account), registration tokens (one made and deleted), whether
     /// lifeboat may create and lock accounts to hold lost IDs, email (a test
     /// message to alerts.email), the bot (a test message in the admin room,
-    /// with a [bot] section), the notice templates, the registry's freshness
-    /// and coverage, and the last backup. Exit 0 ready, 1 not.
+    /// with a [bot] section), the registry's freshness and coverage, and the
+    /// last backup (a warning while backups are not encrypted). Exit 0 ready, 1 not.
     Drill(drill::Args),
     /// Write a consistent snapshot of the registry to a portable file (safe while lifeboat runs).
     ///
     /// One JSON line per row; a backup of a SQLite registry restores into
-    /// PostgreSQL and back. Exit 0 ok, 1 failed.
+    /// PostgreSQL and back. It holds lifeboat's admin token and the key that
+    /// signs claim links: with backup.encrypt_to set it is age-encrypted to
+    /// those keys. Exit 0 ok, 1 failed.
     Backup(backup::BackupArgs),
     /// Load a backup into an empty registry (or, with --replace, into one emptied first).
     ///
@@ -157,7 +160,7 @@ enum Command {
     /// keeps is not empty. --replace keeps lifeboat's own account
     /// credentials when they are newer than the backup's (a `recover` on
     /// this registry since), or lifeboat would be locked out of its account.
-    /// Exit 0 ok, 1 failed.
+    /// An encrypted backup needs --identity. Exit 0 ok, 1 failed.
     Restore(backup::RestoreArgs),
     /// Run the long-lived service: web page, admin-room bot, watcher and delivery worker.
     ///

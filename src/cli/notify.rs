@@ -41,8 +41,8 @@ impl NotifyProgress for Bar {
         self.0.suspend(|| eprintln!("{text}"));
     }
 
-    fn stopping(&self) -> bool {
-        self.1.is_cancelled()
+    fn stop(&self) -> Option<&CancellationToken> {
+        Some(&self.1)
     }
 }
 
@@ -77,22 +77,17 @@ pub async fn run(context: &Context, args: Args) -> Outcome {
     let settings = notice_settings(&config, &registry, &incident).await?;
 
     if args.dry_run {
-        // Render every email (a template problem shows now, not mid-send);
-        // print the first. Tokens are placeholders: none is created.
-        let expires = now_ms() + config.tokens.expiry.as_millis() as i64;
-        let recipients = registry.email_recipients(incident.id).await?;
-        for (index, mut sample) in recipients.into_iter().enumerate() {
+        // The first email, as it would go. Tokens are placeholders: none is created.
+        if let Some(mut sample) = registry.email_recipients(incident.id).await?.into_iter().next() {
             sample.token = Some("SAMPLE-TOKEN-not-valid".to_owned());
-            sample.token_expires_at = Some(expires);
-            let address = &sample.address;
-            let rendered = settings
-                .render(&incident, &sample)
-                .map_err(|err| Failure::failed(format!("the notice to {address} does not render: {err}")))?;
-            if index == 0 {
-                println!("--- sample email to {address} (the token and the links' signatures are placeholders) ---");
-                println!("Subject: {}\n\n{}", rendered.subject, unusable_links(&rendered.text));
-                println!("--- end of sample ---");
-            }
+            sample.token_expires_at = Some(now_ms() + config.tokens.expiry.as_millis() as i64);
+            let rendered = settings.render(&incident, &sample);
+            println!(
+                "--- sample email to {} (the token and the links' signatures are placeholders) ---",
+                sample.address
+            );
+            println!("Subject: {}\n\n{}", rendered.subject, unusable_links(&rendered.text));
+            println!("--- end of sample ---");
         }
         if planned.emails.emails == 0 {
             println!("No affected person has an email contact: no email would be sent.");

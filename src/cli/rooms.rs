@@ -30,8 +30,8 @@ pub enum Command {
     /// to every surviving room they were in, and invited to re-created ones.
     /// A surviving room waits while a stranger holds a former member's ID,
     /// or (holds on) while one is not held yet: exit 1 then. A room that
-    /// refuses lifeboat's own join, and a person's join that failed five times,
-    /// are given up until --retry.
+    /// refuses lifeboat's own join, and a join (lifeboat's or a person's)
+    /// that failed five times, are given up until --retry.
     Rejoin {
         /// Also try again what failed too often to be tried by itself.
         #[arg(long)]

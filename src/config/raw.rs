@@ -65,6 +65,7 @@ pub(super) struct RawConfig {
     bot: Option<RawBot>,
     web: Option<RawWeb>,
     alerts: RawAlerts,
+    backup: RawBackup,
     recovery: RawRecovery,
     metrics: RawMetrics,
 }
@@ -201,6 +202,25 @@ struct RawWeb {
 struct RawAlerts {
     #[serde(default, deserialize_with = "lenient::list")]
     email: Option<Vec<String>>,
+}
+
+#[derive(Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+struct RawBackup {
+    #[serde(default, deserialize_with = "lenient::list")]
+    encrypt_to: Option<Vec<String>>,
+}
+
+/// An age public key of `backup.encrypt_to`. Never repeated in the error:
+/// what is there may be a secret key pasted by mistake.
+fn age_recipient(text: &str) -> Result<age::x25519::Recipient, &'static str> {
+    let text = text.trim();
+    if text.to_ascii_uppercase().starts_with("AGE-SECRET-KEY-") {
+        return Err(
+            "an entry is an age secret key: put its public key here (`age-keygen -y KEYFILE` prints it), and keep the secret key off this host",
+        );
+    }
+    text.parse().map_err(|_| "an entry is not an age public key (age1…, as `age-keygen` prints)")
 }
 
 impl RawRecovery {
@@ -618,6 +638,7 @@ impl RawConfig {
             bot,
             web,
             alerts: AlertsConfig { email: ctx.list("alerts.email", self.alerts.email, EmailAddress::parse)? },
+            backup: BackupConfig { encrypt_to: ctx.list("backup.encrypt_to", self.backup.encrypt_to, age_recipient)? },
             recovery: self.recovery.validate(ctx)?,
             metrics: MetricsConfig {
                 configured: self.metrics.bind.is_some(),

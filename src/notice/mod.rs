@@ -71,12 +71,6 @@ pub struct RenderedNotice {
     pub markdown: String,
 }
 
-#[derive(Debug, thiserror::Error)]
-pub enum NoticeError {
-    #[error("the notice template could not be rendered ({0}); this is a bug in lifeboat")]
-    Template(#[from] askama::Error),
-}
-
 /// What the templates see: every value prepared once, borrowed from the
 /// context where it needs no change.
 struct NoticeView<'a> {
@@ -125,26 +119,27 @@ struct NoticeMarkdown<'a> {
 
 /// Renders the subject, the two email parts and, when `dm`, the Matrix DM
 /// Markdown (an email skips it: notices go out by the thousand).
-pub fn render_notice(ctx: &NoticeContext, dm: bool) -> Result<RenderedNotice, NoticeError> {
+pub fn render_notice(ctx: &NoticeContext, dm: bool) -> RenderedNotice {
     let view = NoticeView::new(ctx);
     let markdown_len = view.postmortem_markdown.len();
-    Ok(RenderedNotice {
-        text: render_sized(&NoticeText { n: &view }, markdown_len)?,
-        html: render_sized(&NoticeHtml { n: &view }, view.postmortem_html.len())?,
-        markdown: if dm { render_sized(&NoticeMarkdown { n: &view }, markdown_len)? } else { String::new() },
+    RenderedNotice {
+        text: render_sized(&NoticeText { n: &view }, markdown_len),
+        html: render_sized(&NoticeHtml { n: &view }, view.postmortem_html.len()),
+        markdown: if dm { render_sized(&NoticeMarkdown { n: &view }, markdown_len) } else { String::new() },
         subject: view.subject,
-    })
+    }
 }
 
 /// Renders into a string sized for the template and the postmortem it
 /// holds: askama's own estimate knows only the template, and growing the
-/// string step by step copied the notice several times.
-fn render_sized<T: Template>(template: &T, postmortem_len: usize) -> Result<String, NoticeError> {
+/// string step by step copied the notice several times. The templates
+/// only interpolate strings into a `String`: rendering cannot fail.
+fn render_sized<T: Template>(template: &T, postmortem_len: usize) -> String {
     // The interpolated names, IDs, token and links.
     const VALUES: usize = 1024;
     let mut out = String::with_capacity(T::SIZE_HINT + postmortem_len + VALUES);
-    template.render_into(&mut out)?;
-    Ok(out)
+    template.render_into(&mut out).expect("a notice template renders");
+    out
 }
 
 impl<'a> NoticeView<'a> {
@@ -396,7 +391,7 @@ mod tests {
             encrypted_rooms: true,
             ..context()
         };
-        let notice = render_notice(&ctx, true).unwrap();
+        let notice = render_notice(&ctx, true);
         for part in [&notice.text, &notice.markdown] {
             assert!(part.contains("live on on other servers"), "{part}");
             assert!(part.contains("- Across the water\n"), "{part}");
@@ -408,9 +403,9 @@ mod tests {
         assert!(notice.text.contains("- #harbour:example[.]org"), "{}", notice.text);
         assert!(notice.markdown.contains("- \\#harbour:example\\[.\\]org"), "{}", notice.markdown);
 
-        let plain = render_notice(&NoticeContext { rooms_back: &back, encrypted_rooms: false, ..ctx }, true).unwrap();
+        let plain = render_notice(&NoticeContext { rooms_back: &back, encrypted_rooms: false, ..ctx }, true);
         assert!(!plain.text.contains("encrypted"), "{}", plain.text);
-        let taken = render_notice(&NoticeContext { old_name: OldName::Taken, ..ctx }, true).unwrap();
+        let taken = render_notice(&NoticeContext { old_name: OldName::Taken, ..ctx }, true);
         assert!(!taken.text.contains("Your rooms"), "a stranger has the ID: its rooms are not the person's way back");
     }
 
@@ -431,7 +426,7 @@ mod tests {
         assert_eq!(room_label("Release 2.0 talk..."), "Release 2.0 talk...");
         assert_eq!(room_label("Book club"), "Book club");
         let back = ["x https://evil.example/c".to_owned()];
-        let notice = render_notice(&NoticeContext { rooms_back: &back, ..context() }, true).unwrap();
+        let notice = render_notice(&NoticeContext { rooms_back: &back, ..context() }, true);
         for part in [&notice.text, &notice.html, &notice.markdown] {
             assert!(!part.contains("evil.example"), "{part}");
         }
@@ -439,7 +434,7 @@ mod tests {
 
     #[test]
     fn a_person_an_admin_had_locked_out_is_told_why_no_token_comes_and_no_steps() {
-        let notice = render_notice(&NoticeContext { token: None, locked_out: true, ..context() }, true).unwrap();
+        let notice = render_notice(&NoticeContext { token: None, locked_out: true, ..context() }, true);
         for part in [&notice.text, &notice.html, &notice.markdown] {
             assert!(part.contains("locked or deactivated by an admin"), "{part}");
             assert!(!part.contains("could not create your personal registration token yet"), "{part}");
@@ -453,7 +448,7 @@ mod tests {
     #[test]
     fn a_held_id_comes_with_its_claim_link_and_the_token_is_for_a_new_name() {
         let ctx = NoticeContext { old_name: OldName::Kept, claim_url: Some(CLAIM), ..context() };
-        let notice = render_notice(&ctx, true).unwrap();
+        let notice = render_notice(&ctx, true);
         assert!(notice.text.contains(CLAIM), "{}", notice.text);
         assert!(notice.markdown.contains(CLAIM), "{}", notice.markdown);
         assert!(notice.html.contains(&CLAIM.replace('&', "&#38;")), "{}", notice.html);
@@ -466,7 +461,7 @@ mod tests {
 
     #[test]
     fn an_id_lost_but_not_held_may_be_registered_again_and_is_vouched_for_by_an_admin() {
-        let notice = render_notice(&context(), true).unwrap();
+        let notice = render_notice(&context(), true);
         for part in [&notice.text, &notice.html, &notice.markdown] {
             let flat = part.split_whitespace().collect::<Vec<_>>().join(" ");
             assert!(flat.contains("can be registered again if nobody took it first"), "{part}");
@@ -478,7 +473,7 @@ mod tests {
     fn an_id_synapse_creates_for_nobody_asks_for_a_new_name_and_promises_no_rooms() {
         let back = ["Book club".to_owned()];
         let ctx = NoticeContext { old_name: OldName::NobodyCan, rooms_back: &back, ..context() };
-        let notice = render_notice(&ctx, true).unwrap();
+        let notice = render_notice(&ctx, true);
         for part in [&notice.text, &notice.html, &notice.markdown] {
             let flat = part.split_whitespace().collect::<Vec<_>>().join(" ");
             assert!(flat.contains("cannot be registered again: example.org no longer allows it"), "{part}");
@@ -489,7 +484,7 @@ mod tests {
 
     #[test]
     fn a_taken_id_is_named_as_taken_and_gets_no_claim_link() {
-        let notice = render_notice(&NoticeContext { old_name: OldName::Taken, ..context() }, true).unwrap();
+        let notice = render_notice(&NoticeContext { old_name: OldName::Taken, ..context() }, true);
         for part in [&notice.text, &notice.html, &notice.markdown] {
             assert!(part.contains("registered again by someone we cannot"), "{part}");
             assert!(!part.contains("/claim"), "{part}");
@@ -500,7 +495,7 @@ mod tests {
     #[test]
     fn a_claim_link_that_is_not_a_web_address_is_left_out() {
         let ctx = NoticeContext { old_name: OldName::Kept, claim_url: Some("javascript:alert(1)"), ..context() };
-        let notice = render_notice(&ctx, true).unwrap();
+        let notice = render_notice(&ctx, true);
         for part in [&notice.text, &notice.html, &notice.markdown] {
             assert!(!part.contains("javascript:"), "{part}");
             assert!(part.contains("Ask an admin"), "{part}");
@@ -520,7 +515,7 @@ mod tests {
 
     #[test]
     fn a_survivor_is_told_the_account_still_works_not_to_register() {
-        let notice = render_notice(&NoticeContext { account_works: true, token: None, ..context() }, true).unwrap();
+        let notice = render_notice(&NoticeContext { account_works: true, token: None, ..context() }, true);
         for part in [&notice.text, &notice.markdown, &notice.html] {
             assert!(part.contains("still works"), "{part}");
             assert!(!part.contains("register again"), "{part}");
@@ -559,7 +554,7 @@ mod tests {
     #[test]
     fn a_hostile_postmortem_is_inert_in_the_html_email() {
         let ctx = NoticeContext { postmortem_markdown: HOSTILE, ..context() };
-        let notice = render_notice(&ctx, true).unwrap();
+        let notice = render_notice(&ctx, true);
         // The postmortem goes in exactly as sanitized (checked above)...
         assert!(notice.html.contains(&markdown_to_safe_html(HOSTILE)));
         // ...and nothing else of it slipped through anywhere in the document.
@@ -571,7 +566,7 @@ mod tests {
 
     #[test]
     fn the_token_is_in_every_version() {
-        let notice = render_notice(&context(), true).unwrap();
+        let notice = render_notice(&context(), true);
         for part in [&notice.text, &notice.html, &notice.markdown] {
             assert!(part.contains("Ab3~x.y_z-9"), "token missing in:\n{part}");
             assert!(part.contains("2026-12-09 19:00 UTC"), "expiry missing in:\n{part}");
@@ -584,16 +579,16 @@ mod tests {
 
     #[test]
     fn the_subject_names_the_server_and_the_incident() {
-        let notice = render_notice(&context(), true).unwrap();
+        let notice = render_notice(&context(), true);
         assert_eq!(notice.subject, "[example.org] Database lost on 2026-11-20: your account and how to come back");
         let ctx = NoticeContext { incident_title: "Two\r\nlines", ..context() };
-        assert!(!render_notice(&ctx, true).unwrap().subject.contains('\n'));
+        assert!(!render_notice(&ctx, true).subject.contains('\n'));
     }
 
     #[test]
     fn a_display_name_with_markup_is_escaped() {
         let ctx = NoticeContext { display_name: Some("<b>Mallory</b> & \"friends\""), ..context() };
-        let notice = render_notice(&ctx, true).unwrap();
+        let notice = render_notice(&ctx, true);
         assert!(!notice.html.contains("<b>Mallory"), "{}", notice.html);
         assert!(notice.html.contains("&#60;b&#62;Mallory"), "{}", notice.html);
         assert!(notice.text.contains("Hello <b>Mallory</b> & \"friends\","));
@@ -605,14 +600,14 @@ mod tests {
     #[test]
     fn greeting_falls_back_to_the_user_id() {
         let ctx = NoticeContext { display_name: None, ..context() };
-        let notice = render_notice(&ctx, true).unwrap();
+        let notice = render_notice(&ctx, true);
         assert!(notice.text.starts_with("Hello @alice:example.org,"), "{}", notice.text);
         assert!(notice.html.contains("Hello @alice:example.org,"));
     }
 
     #[test]
     fn steps_to_register_again() {
-        let notice = render_notice(&context(), true).unwrap();
+        let notice = render_notice(&context(), true);
         let text = &notice.text;
         for needle in [
             "1. Open a Matrix client such as Element",
@@ -633,7 +628,7 @@ mod tests {
     #[test]
     fn without_a_token_an_admin_follows_up() {
         let ctx = NoticeContext { token: None, token_expires: None, ..context() };
-        let notice = render_notice(&ctx, true).unwrap();
+        let notice = render_notice(&ctx, true);
         for part in [&notice.text, &notice.html, &notice.markdown] {
             assert!(part.contains("admin"), "{part}");
             assert!(!part.contains("Your personal registration token:"), "{part}");
@@ -642,7 +637,7 @@ mod tests {
 
     #[test]
     fn the_footer_explains_and_links_to_unsubscribe() {
-        let notice = render_notice(&context(), true).unwrap();
+        let notice = render_notice(&context(), true);
         assert!(
             notice.text.contains(
                 "You get this because this address is a contact of @alice:example.org on \
@@ -656,14 +651,14 @@ mod tests {
         assert!(notice.html.contains(link), "{}", notice.html);
 
         let ctx = NoticeContext { unsubscribe_url: None, ..context() };
-        let notice = render_notice(&ctx, true).unwrap();
+        let notice = render_notice(&ctx, true);
         assert!(!notice.text.contains("Unsubscribe"));
         assert!(!notice.html.contains("Unsubscribe"));
     }
 
     #[test]
     fn the_postmortem_is_rendered_in_html_and_kept_as_written_in_text() {
-        let notice = render_notice(&context(), true).unwrap();
+        let notice = render_notice(&context(), true);
         assert!(notice.html.contains("<strong>No backups</strong>"), "{}", notice.html);
         assert!(notice.text.contains("**No backups** existed."));
         assert!(notice.markdown.contains("**No backups** existed."));
@@ -678,7 +673,7 @@ mod tests {
     #[test]
     fn the_homeserver_url_is_not_repeated_when_it_is_the_server_name() {
         let ctx = NoticeContext { homeserver_url: "https://example.org/", ..context() };
-        let notice = render_notice(&ctx, true).unwrap();
+        let notice = render_notice(&ctx, true);
         assert!(!notice.text.contains("https://example.org"), "{}", notice.text);
     }
 }

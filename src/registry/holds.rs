@@ -35,7 +35,7 @@ pub struct HoldRow {
     /// Held, and its display name not back on Synapse yet: since when.
     pub display_name_due_at: Option<i64>,
     /// Lost, and Synapse refused to create it for the hold with this error
-    /// (see [`Registry::refuse_hold`]).
+    /// (see [`Registry::abandon_hold`]).
     pub hold_refused: Option<String>,
 }
 
@@ -49,7 +49,7 @@ pub struct HoldCounts {
 }
 
 /// Lost IDs to hold, over `accounts`: missing and not held yet (nor refused
-/// by Synapse, see [`Registry::refuse_hold`]), or begun by an earlier run
+/// by Synapse, see [`Registry::abandon_hold`]), or begun by an earlier run
 /// (even if listed since). lifeboat's own ID too: after a wipe the shared
 /// secret undoes (`recover`), it is usually there again before any listing
 /// finds it lost; otherwise whoever took it could write as lifeboat, and the
@@ -227,27 +227,19 @@ impl Registry {
     }
 
     /// A hold that cannot be made (Synapse refused to create the account):
-    /// the ID is left missing, to be tried again.
-    pub async fn abandon_hold(&self, user_id: &UserId) -> Result<()> {
-        sqlx::query("UPDATE accounts SET custody = NULL, custody_at = NULL WHERE user_id = $1 AND custody = 'holding'")
-            .bind(user_id)
-            .execute(&self.pool)
-            .await?;
-        Ok(())
-    }
-
-    /// Synapse refused to create `user_id` with `errcode`, an error it gives
-    /// every registration of that name alike: nobody can take the ID, so it
-    /// is no hold candidate until a sync finds new accounts lost (what the
-    /// refusal rested on may be among them) or an operator asks
-    /// (`lifeboat holds make`).
-    pub async fn refuse_hold(&self, user_id: &UserId, errcode: &str) -> Result<()> {
+    /// the ID is left missing, to be tried again. With `refused`, the error
+    /// code Synapse gives every registration of that name alike: nobody can
+    /// take the ID, so it is no hold candidate until a sync finds new
+    /// accounts lost (what the refusal rested on may be among them) or an
+    /// operator asks (`lifeboat holds make`).
+    pub async fn abandon_hold(&self, user_id: &UserId, refused: Option<&str>) -> Result<()> {
+        // `begin_hold` cleared `hold_refused`: NULL keeps it so.
         sqlx::query(
             "UPDATE accounts SET custody = NULL, custody_at = NULL, hold_refused = $2 \
              WHERE user_id = $1 AND custody = 'holding'",
         )
         .bind(user_id)
-        .bind(errcode)
+        .bind(refused)
         .execute(&self.pool)
         .await?;
         Ok(())

@@ -277,6 +277,18 @@ impl Registry {
         })
     }
 
+    /// A transaction that writes, with `table` locked against other writers
+    /// until it ends (what SQLite's BEGIN IMMEDIATE does already): what it
+    /// counts there cannot change before it writes.
+    pub(crate) async fn begin_write_locking(&self, table: &str) -> Result<sqlx::Transaction<'static, sqlx::Any>> {
+        let mut tx = self.begin_write().await?;
+        if self.is_postgres() {
+            let lock = format!("LOCK TABLE {table} IN SHARE ROW EXCLUSIVE MODE");
+            sqlx::query(sqlx::AssertSqlSafe(lock)).execute(&mut *tx).await?;
+        }
+        Ok(tx)
+    }
+
     pub async fn close(&self) {
         self.pool.close().await;
     }

@@ -290,8 +290,8 @@ impl Registry {
         // Gone since the previous listing (another wipe, after lifeboat came
         // back into them): lifeboat's account is to rejoin them again.
         sqlx::query(
-            "UPDATE rooms SET restored_at = NULL, restore_error = NULL, aliases_due_at = NULL, aliases_attempts = 0 \
-             WHERE last_seen_at = $1",
+            "UPDATE rooms SET restored_at = NULL, restore_error = NULL, aliases_due_at = NULL, aliases_attempts = 0, \
+             restore_attempts = 0 WHERE last_seen_at = $1",
         )
         .bind(previous)
         .execute(&mut *tx)
@@ -366,6 +366,23 @@ impl Registry {
         .execute(&self.pool)
         .await?;
         Ok(())
+    }
+
+    /// Counts a try of lifeboat's own account at a surviving room whose
+    /// servers did not answer; at the [`MAX_REJOIN_ATTEMPTS`]th the room is
+    /// given up for `reason`, as a refusal is. True when given up.
+    pub async fn own_rejoin_unanswered(&self, room_id: &str, reason: &str) -> Result<bool> {
+        let (attempts,): (i64,) = sqlx::query_as(
+            "UPDATE rooms SET restore_attempts = restore_attempts + 1 WHERE room_id = $1 RETURNING restore_attempts",
+        )
+        .bind(room_id)
+        .fetch_one(&self.pool)
+        .await?;
+        let given_up = attempts >= MAX_REJOIN_ATTEMPTS;
+        if given_up {
+            self.mark_room_restored(room_id, Some(reason)).await?;
+        }
+        Ok(given_up)
     }
 
     /// Rooms lifeboat is back in whose aliases and directory listing are

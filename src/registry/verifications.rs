@@ -53,11 +53,7 @@ impl Registry {
         let now = now_ms();
         // Counted and written under one write lock: a burst of requests
         // cannot each see room for one more.
-        let mut tx = self.begin_write().await?;
-        if self.is_postgres() {
-            // SQLite's BEGIN IMMEDIATE already lets one writer in at a time.
-            sqlx::query("LOCK TABLE contact_verifications IN SHARE ROW EXCLUSIVE MODE").execute(&mut *tx).await?;
-        }
+        let mut tx = self.begin_write_locking("contact_verifications").await?;
         let started = sqlx::query(
             "INSERT INTO contact_verifications (user_id, address, code_sha256, created_at, expires_at) \
              SELECT $1, $2, $3, $4, $5 \

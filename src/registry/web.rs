@@ -123,16 +123,7 @@ impl Registry {
         user_id: &UserId,
         address: &EmailAddress,
     ) -> Result<Option<WebLink>> {
-        Ok(sqlx::query_as(sqlx::AssertSqlSafe(format!(
-            "{SELECT_WEB_LINKS} WHERE purpose = $1 AND user_id = $2 AND address = $3 \
-             AND used_at IS NULL AND expires_at > $4 AND {MAY_ARRIVE} ORDER BY expires_at DESC LIMIT 1"
-        )))
-        .bind(purpose)
-        .bind(user_id)
-        .bind(address)
-        .bind(now_ms())
-        .fetch_optional(&self.pool)
-        .await?)
+        self.newest_live_link(purpose, user_id, address, &format!("used_at IS NULL AND {MAY_ARRIVE}")).await
     }
 
     /// The newest unexpired link for `purpose` and `user_id` carrying a
@@ -146,14 +137,26 @@ impl Registry {
         user_id: &UserId,
         address: &EmailAddress,
     ) -> Result<Option<WebLink>> {
+        self.newest_live_link(purpose, user_id, address, "code_hash IS NOT NULL").await
+    }
+
+    /// The newest unexpired link for `purpose` and `user_id`, mailed to
+    /// `address`, that also meets `condition` (SQL of the link's columns).
+    async fn newest_live_link(
+        &self,
+        purpose: &str,
+        user_id: &UserId,
+        address: &EmailAddress,
+        condition: &str,
+    ) -> Result<Option<WebLink>> {
         Ok(sqlx::query_as(sqlx::AssertSqlSafe(format!(
-            "{SELECT_WEB_LINKS} WHERE purpose = $1 AND user_id = $2 AND address = $4 AND expires_at > $3 \
-             AND code_hash IS NOT NULL ORDER BY expires_at DESC LIMIT 1"
+            "{SELECT_WEB_LINKS} WHERE purpose = $1 AND user_id = $2 AND address = $3 AND expires_at > $4 \
+             AND {condition} ORDER BY expires_at DESC LIMIT 1"
         )))
         .bind(purpose)
         .bind(user_id)
-        .bind(now_ms())
         .bind(address)
+        .bind(now_ms())
         .fetch_optional(&self.pool)
         .await?)
     }

@@ -27,9 +27,10 @@ pub enum Error {
     /// Connection refused, timeout, or a 5xx: Synapse may be down.
     /// `matrix_error`: a 502 or 504 that carried one (`errcode: message`):
     /// Synapse itself answered, and a request it made elsewhere (a
-    /// federated join) failed.
+    /// federated join) failed. `timed_out`: no answer within
+    /// homeserver.timeout.
     #[error("Synapse at {url} is unavailable: {detail}; check that it is running and that homeserver.url is right")]
-    Unavailable { url: String, detail: String, matrix_error: Option<String> },
+    Unavailable { url: String, detail: String, matrix_error: Option<String>, timed_out: bool },
     /// homeserver.url cannot work as written: a name that does not resolve,
     /// https:// against a plain-HTTP port, an untrusted certificate, a
     /// server that is not Synapse. Retrying at once will not help (though a
@@ -52,8 +53,8 @@ impl Error {
         let encoded = super::urlencode(secret);
         let hide = |text: String| text.replace(secret, "[token]").replace(&encoded, "[token]");
         match self {
-            Error::Unavailable { url, detail, matrix_error } => {
-                Error::Unavailable { url, detail: hide(detail), matrix_error: matrix_error.map(hide) }
+            Error::Unavailable { url, detail, matrix_error, timed_out } => {
+                Error::Unavailable { url, detail: hide(detail), matrix_error: matrix_error.map(hide), timed_out }
             }
             Error::BadResponse { url, detail } => Error::BadResponse { url, detail: hide(detail) },
             Error::WrongUrl { url, detail } => Error::WrongUrl { url, detail: hide(detail) },
@@ -66,6 +67,11 @@ impl Error {
     /// Worth another try after a pause.
     pub fn is_transient(&self) -> bool {
         matches!(self, Error::RateLimited { .. } | Error::Unavailable { .. })
+    }
+
+    /// No answer within homeserver.timeout (not a refusal, not a 5xx).
+    pub fn timed_out(&self) -> bool {
+        matches!(self, Error::Unavailable { timed_out: true, .. })
     }
 
     /// What Synapse said when it answered a 502 or 504 with a Matrix error:

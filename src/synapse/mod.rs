@@ -301,6 +301,7 @@ impl SynapseClient {
                 matrix_error: (matches!(status, StatusCode::BAD_GATEWAY | StatusCode::GATEWAY_TIMEOUT)
                     && !body.errcode.is_empty())
                 .then(|| format!("{}: {}", body.errcode, body.error)),
+                timed_out: false,
             },
             status if status.is_client_error() => {
                 Error::Rejected { status: status.as_u16(), errcode: body.errcode, message: body.error }
@@ -347,7 +348,7 @@ impl SynapseClient {
         } else {
             err.to_string()
         };
-        Error::Unavailable { url: self.base.to_string(), detail, matrix_error: None }
+        Error::Unavailable { url: self.base.to_string(), detail, matrix_error: None, timed_out: err.is_timeout() }
     }
 }
 

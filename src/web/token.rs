@@ -16,6 +16,7 @@ use super::pages::{self, CheckedForm, Chrome, LinkQuery, Message, PublicForm, We
 use super::{WebState, mail};
 use crate::holds::{WayBack, way_back};
 use crate::registry::{ContactAddress, MailableContact, OldName, now_ms};
+use crate::tokens::{TokenError, token_for_person};
 
 pub const PURPOSE: &str = "token";
 /// A claim link went out (the link itself is signed and stateless).
@@ -177,21 +178,16 @@ pub async fn open(State(state): State<WebState>, CheckedForm(form, _): CheckedFo
 
 async fn show_token(state: &WebState, link: &str, sig: &str) -> Result<Response, WebError> {
     let Some(found) = LINK.live(state, link, sig).await? else { return Ok(LINK.dead(state)) };
-    // Before the link is used up: it works again once every lost ID is held.
+    // Asked before the link is used up (`token_for_person` asks again as it
+    // makes the token): it works again once every lost ID is held.
     if crate::holds::tokens_withheld(&state.config, &state.registry).await?.is_some() {
         let until = crate::registry::human_time(found.expires_at);
-        let again = format!(
-            "Your link still works until {until}: open it again later. If it has expired by then, ask for a new one, or contact the admin."
-        );
-        return Ok(Message::new(
+        return Ok(not_yet(
             state,
-            "Not yet",
-            &[
-                "Lost Matrix IDs are still being kept safe for their owners, and a registration token could take one that is not kept yet, so none is given out right now.",
-                &again,
-            ],
-        )
-        .page(StatusCode::SERVICE_UNAVAILABLE));
+            &format!(
+                "Your link still works until {until}: open it again later. If it has expired by then, ask for a new one, or contact the admin."
+            ),
+        ));
     }
     if !state.registry.use_web_link(link).await? {
         return Ok(LINK.dead(state));
@@ -218,17 +214,11 @@ async fn show_token(state: &WebState, link: &str, sig: &str) -> Result<Response,
         return Err(WebError("no working admin token: cannot check or issue registration tokens".to_owned()));
     };
     let limit = i64::from(state.web().token_requests_per_person);
-    let made = crate::tokens::token_for_person(
-        &state.registry,
-        &client,
-        incident,
-        &user_id,
-        state.config.tokens.expiry,
-        Some(limit),
-    )
-    .await;
+    let made = token_for_person(&state.config, &state.registry, &client, incident, &user_id, Some(limit)).await;
     let Some((token, expires_at)) = (match made {
-        Err(crate::tokens::TokenError::IncidentResolved) => return Ok(no_token()),
+        Err(TokenError::IncidentResolved) => return Ok(no_token()),
+        // A loss found since the link was used: it is used up.
+        Err(TokenError::Withheld(_)) => return Ok(not_yet(state, "Ask for a new link later, or contact the admin.")),
         made => made?,
     }) else {
         return Ok(Message::new(
@@ -249,4 +239,18 @@ async fn show_token(state: &WebState, link: &str, sig: &str) -> Result<Response,
         old_name,
     };
     Ok(pages::html(StatusCode::OK, &page))
+}
+
+/// No token while lost IDs are still being held: one could take an ID not
+/// held yet. `then`: what the person can do.
+fn not_yet(state: &WebState, then: &str) -> Response {
+    Message::new(
+        state,
+        "Not yet",
+        &[
+            "Lost Matrix IDs are still being kept safe for their owners, and a registration token could take one that is not kept yet, so none is given out right now.",
+            then,
+        ],
+    )
+    .page(StatusCode::SERVICE_UNAVAILABLE)
 }

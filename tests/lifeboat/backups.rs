@@ -100,13 +100,16 @@ async fn round_trip(from: TestDatabase, to: TestDatabase) {
     lived_in(&source).await;
     let dir = tempfile::tempdir().unwrap();
     let file = dir.path().join("registry.backup");
-    let written = backup(&source, &file, "example.org", &Actor::cli(), &|_| {}).await.unwrap();
+    let written = backup(&source, &file, &[], "example.org", &Actor::cli(), &|_| {}).await.unwrap();
     let saved = file_rows(&file);
     assert_eq!(saved.len() as u64, written);
     assert!(saved.iter().any(|line| line.contains("TOKEN123")) && saved.iter().any(|line| line.contains("Zoë")));
 
     let target = Registry::connect(&to.url()).await.unwrap();
-    assert_eq!(restore(&target, &file, false, "example.org", &Actor::cli(), &|_| {}).await.unwrap().rows, written);
+    assert_eq!(
+        restore(&target, &file, None, false, "example.org", &Actor::cli(), &|_| {}).await.unwrap().rows,
+        written
+    );
     let restored: Vec<String> = lines(&target).await.into_iter().filter(|line| !is_restore_audit(line)).collect();
     assert_eq!(restored, saved, "every row comes back as it was");
 
@@ -119,13 +122,15 @@ async fn round_trip(from: TestDatabase, to: TestDatabase) {
     target.create_web_link("link-1", "token", &id("@a:x"), &email("a@example.org"), None, i64::MAX / 2).await.unwrap();
     let limits = lifeboat::registry::CODE_LIMITS;
     target.start_contact_verification(&id("@a:x"), &email("a@example.org"), "123456", 60_000, limits).await.unwrap();
-    let refused = restore(&target, &file, false, "example.org", &Actor::cli(), &|_| {}).await.unwrap_err().to_string();
+    let refused =
+        restore(&target, &file, None, false, "example.org", &Actor::cli(), &|_| {}).await.unwrap_err().to_string();
     assert!(refused.contains("the registry is not empty"), "{refused}");
     // Another homeserver's lifeboat would read every account as lost.
-    let foreign = restore(&target, &file, true, "other.test", &Actor::cli(), &|_| {}).await.unwrap_err().to_string();
+    let foreign =
+        restore(&target, &file, None, true, "other.test", &Actor::cli(), &|_| {}).await.unwrap_err().to_string();
     assert!(foreign.contains("backup of example.org's registry") && foreign.contains("other.test"), "{foreign}");
     assert_eq!(
-        restore(&target, &file, true, "example.org", &Actor::cli(), &|_| {}).await.unwrap().rows,
+        restore(&target, &file, None, true, "example.org", &Actor::cli(), &|_| {}).await.unwrap().rows,
         written,
         "--replace empties it first"
     );
@@ -159,7 +164,7 @@ async fn a_backup() -> (tempfile::TempDir, std::path::PathBuf, String) {
     lived_in(&source).await;
     let dir = tempfile::tempdir().unwrap();
     let file = dir.path().join("registry.backup");
-    backup(&source, &file, "example.org", &Actor::cli(), &|_| {}).await.unwrap();
+    backup(&source, &file, &[], "example.org", &Actor::cli(), &|_| {}).await.unwrap();
     let text = std::fs::read_to_string(&file).unwrap();
     (dir, file, text)
 }
@@ -172,7 +177,8 @@ async fn a_truncated_backup_is_refused_and_changes_nothing() {
 
     let target_db = TestDatabase::sqlite();
     let target = Registry::connect(&target_db.url()).await.unwrap();
-    let err = restore(&target, &file, false, "example.org", &Actor::cli(), &|_| {}).await.unwrap_err().to_string();
+    let err =
+        restore(&target, &file, None, false, "example.org", &Actor::cli(), &|_| {}).await.unwrap_err().to_string();
     assert!(err.contains("truncated"), "{err}");
     assert!(lines(&target).await.is_empty(), "a failed restore leaves nothing behind");
 }
@@ -200,7 +206,8 @@ async fn a_backup_with_a_value_of_the_wrong_type_is_refused_and_changes_nothing(
 
     let target_db = TestDatabase::sqlite();
     let target = Registry::connect(&target_db.url()).await.unwrap();
-    let err = restore(&target, &file, false, "example.org", &Actor::cli(), &|_| {}).await.unwrap_err().to_string();
+    let err =
+        restore(&target, &file, None, false, "example.org", &Actor::cli(), &|_| {}).await.unwrap_err().to_string();
     assert!(err.contains("a registration_tokens row's expires_at is text, not a whole number"), "{err}");
     assert!(lines(&target).await.is_empty(), "a failed restore leaves nothing behind");
 }
@@ -216,7 +223,7 @@ async fn a_backup_written_before_the_newest_columns_restores_with_their_defaults
     lived_in(&source).await;
     let dir = tempfile::tempdir().unwrap();
     let file = dir.path().join("registry.backup");
-    let written = backup(&source, &file, "example.org", &Actor::cli(), &|_| {}).await.unwrap();
+    let written = backup(&source, &file, &[], "example.org", &Actor::cli(), &|_| {}).await.unwrap();
     let text = std::fs::read_to_string(&file).unwrap();
     let older: Vec<String> = text
         .lines()
@@ -238,7 +245,10 @@ async fn a_backup_written_before_the_newest_columns_restores_with_their_defaults
 
     let target_db = TestDatabase::sqlite();
     let target = Registry::connect(&target_db.url()).await.unwrap();
-    assert_eq!(restore(&target, &file, false, "example.org", &Actor::cli(), &|_| {}).await.unwrap().rows, written);
+    assert_eq!(
+        restore(&target, &file, None, false, "example.org", &Actor::cli(), &|_| {}).await.unwrap().rows,
+        written
+    );
     let kinds: Vec<(String,)> = sqlx::query_as("SELECT kind FROM deliveries").fetch_all(target.pool()).await.unwrap();
     assert!(!kinds.is_empty() && kinds.iter().all(|(kind,)| kind == "notice"), "{kinds:?}");
 }
@@ -252,10 +262,11 @@ async fn a_registry_holding_only_the_bots_session_is_not_emptied_without_replace
     let target = Registry::connect(&target_db.url()).await.unwrap();
     target.set_setting("bot_session", "{\"device_id\":\"NEW\"}").await.unwrap();
 
-    let err = restore(&target, &file, false, "example.org", &Actor::cli(), &|_| {}).await.unwrap_err().to_string();
+    let err =
+        restore(&target, &file, None, false, "example.org", &Actor::cli(), &|_| {}).await.unwrap_err().to_string();
     assert!(err.contains("the registry is not empty"), "{err}");
     assert_eq!(target.setting("bot_session").await.unwrap().as_deref(), Some("{\"device_id\":\"NEW\"}"));
-    restore(&target, &file, true, "example.org", &Actor::cli(), &|_| {}).await.unwrap();
+    restore(&target, &file, None, true, "example.org", &Actor::cli(), &|_| {}).await.unwrap();
 }
 
 /// The registry's host was lost with Synapse's database: on a new registry
@@ -306,11 +317,105 @@ async fn backup_and_restore_report_their_progress_every_thousand_rows() {
     let file = dir.path().join("registry.backup");
     let reported = std::sync::Mutex::new(Vec::new());
     let report = |rows| reported.lock().unwrap().push(rows);
-    backup(&source, &file, "example.org", &Actor::cli(), &report).await.unwrap();
+    backup(&source, &file, &[], "example.org", &Actor::cli(), &report).await.unwrap();
     assert_eq!(std::mem::take(&mut *reported.lock().unwrap()), [1_000, 2_000]);
 
     let target_db = TestDatabase::sqlite();
     let target = Registry::connect(&target_db.url()).await.unwrap();
-    restore(&target, &file, false, "example.org", &Actor::cli(), &report).await.unwrap();
+    restore(&target, &file, None, false, "example.org", &Actor::cli(), &report).await.unwrap();
     assert_eq!(*reported.lock().unwrap(), [1_000, 2_000]);
+}
+
+/// A new age key: its secret in a key file in `dir`, and its public key.
+fn age_key(dir: &std::path::Path, name: &str) -> (std::path::PathBuf, age::x25519::Recipient) {
+    use age::secrecy::ExposeSecret;
+    let key = age::x25519::Identity::generate();
+    let file = dir.join(name);
+    std::fs::write(&file, format!("# made by a test\n{}\n", key.to_string().expose_secret())).unwrap();
+    (file, key.to_public())
+}
+
+/// A backup encrypted to an admin's age key shows none of what it holds
+/// (lifeboat's admin token, the link-signing key, registration tokens) to
+/// whoever finds the file, and restores only with that key, row for row.
+#[tokio::test]
+async fn an_encrypted_backup_hides_its_secrets_and_restores_only_with_its_key() {
+    let database = TestDatabase::sqlite();
+    let source = Registry::connect(&database.url()).await.unwrap();
+    lived_in(&source).await;
+    let dir = tempfile::tempdir().unwrap();
+    let (key_file, public) = age_key(dir.path(), "admin.key");
+    let (other_key, _) = age_key(dir.path(), "other.key");
+    let file = dir.path().join("registry.backup.age");
+    let before = lines(&source).await;
+    let written = backup(&source, &file, &[public], "example.org", &Actor::cli(), &|_| {}).await.unwrap();
+    let bytes = std::fs::read(&file).unwrap();
+    let shows = |text: &str| bytes.windows(text.len()).any(|window| window == text.as_bytes());
+    assert!(bytes.starts_with(b"age-encryption.org/v1"), "an age file");
+    for secret in ["syt_secret", "TOKEN123", "lifeboat_backup", "link_signing_key"] {
+        assert!(!shows(secret), "{secret} is not in the clear");
+    }
+
+    let target_db = TestDatabase::sqlite();
+    let target = Registry::connect(&target_db.url()).await.unwrap();
+    let restore_with = |identity: Option<std::path::PathBuf>| {
+        let (target, file) = (&target, &file);
+        async move { restore(target, file, identity.as_deref(), false, "example.org", &Actor::cli(), &|_| {}).await }
+    };
+    let no_key = restore_with(None).await.unwrap_err().to_string();
+    assert!(no_key.contains("is encrypted: pass --identity KEYFILE"), "{no_key}");
+    let wrong_key = restore_with(Some(other_key)).await.unwrap_err().to_string();
+    assert!(wrong_key.contains("is encrypted to other keys than those in"), "{wrong_key}");
+    assert!(lines(&target).await.is_empty(), "a refused restore leaves nothing behind");
+
+    // Cut short, its one chunk fails to decrypt: refused, said as a read that failed.
+    let whole = bytes.clone();
+    std::fs::write(&file, &whole[..whole.len() - 200]).unwrap();
+    let cut = restore_with(Some(key_file.clone())).await.unwrap_err().to_string();
+    assert!(cut.contains("cannot read") || cut.contains("truncated"), "{cut}");
+    assert!(lines(&target).await.is_empty(), "nothing of a cut file is restored");
+
+    std::fs::write(&file, &whole).unwrap();
+    assert_eq!(restore_with(Some(key_file)).await.unwrap().rows, written);
+    let restored: Vec<String> = lines(&target).await.into_iter().filter(|line| !is_restore_audit(line)).collect();
+    assert_eq!(restored, before, "every row comes back as it was");
+    source.close().await;
+    target.close().await;
+}
+
+/// `backup.encrypt_to` makes every `lifeboat backup` encrypted, and
+/// `restore --identity` reads it back; a secret key pasted there by mistake
+/// is refused without being repeated.
+#[tokio::test]
+async fn the_cli_encrypts_backups_to_the_configured_keys() {
+    let dir = tempfile::tempdir().unwrap();
+    let (key_file, public) = age_key(dir.path(), "admin.key");
+    let registry = TestDatabase::sqlite();
+    let configured = |registry: &TestDatabase, backup: &str| {
+        let lifeboat = Lifeboat::for_synapse("http://127.0.0.1:1", "example.org", "unused", &registry.url());
+        let config = std::fs::read_to_string(lifeboat.config_path()).unwrap();
+        lifeboat.write_config(&format!("{config}\n[backup]\n{backup}\n"));
+        lifeboat
+    };
+    let lifeboat = configured(&registry, &format!("encrypt_to = [\"{public}\"]"));
+    let out = dir.path().join("nightly.backup");
+    let written = lifeboat.run(&["backup", "--out", out.to_str().unwrap()]).await;
+    assert_eq!(written.code, 0, "{written:?}");
+    assert!(written.stdout.contains("encrypted to 1 age key"), "{written:?}");
+    assert!(std::fs::read(&out).unwrap().starts_with(b"age-encryption.org/v1"));
+
+    let fresh = TestDatabase::sqlite();
+    let elsewhere = configured(&fresh, "");
+    let refused = elsewhere.run(&["restore", out.to_str().unwrap()]).await;
+    assert_eq!(refused.code, 1, "{refused:?}");
+    assert!(refused.stderr.contains("--identity"), "{refused:?}");
+    let restored = elsewhere.run(&["restore", out.to_str().unwrap(), "--identity", key_file.to_str().unwrap()]).await;
+    assert_eq!(restored.code, 0, "{restored:?}");
+
+    let secret = std::fs::read_to_string(&key_file).unwrap().lines().nth(1).unwrap().to_owned();
+    let pasted = configured(&registry, &format!("encrypt_to = [\"{secret}\"]"));
+    let check = pasted.run(&["config", "check"]).await;
+    assert_eq!(check.code, 2, "{check:?}");
+    assert!(check.stderr.contains("is an age secret key"), "{check:?}");
+    assert!(!check.stderr.contains(&secret) && !check.stdout.contains(&secret), "never repeated: {check:?}");
 }

@@ -457,8 +457,7 @@ async fn a_token_made_while_its_incident_is_resolved_does_not_outlive_it() {
     // Resolving recorded it while the request was making its token.
     store.resolve_incident(incident, &lifeboat::registry::Actor::cli()).await.unwrap();
     let person = lifeboat::user_id::UserId::parse(&synapse.user_id(&names[0])).unwrap();
-    let expiry = Duration::from_secs(3600);
-    let made = lifeboat::tokens::token_for_person(&store, &client, incident, &person, expiry, None).await;
+    let made = lifeboat::tokens::token_for_person(&config, &store, &client, incident, &person, None).await;
     assert!(matches!(made, Err(lifeboat::tokens::TokenError::IncidentResolved)), "{made:?}");
     synapse.register_admin(&unique("root"));
     assert_eq!(synapse.registration_tokens().await, Vec::<serde_json::Value>::new(), "none left in Synapse");
@@ -1413,19 +1412,15 @@ async fn a_drill_passes_on_a_ready_setup_and_changes_nothing_on_synapse() {
     let status = |check: &str| {
         report["lines"].as_array().unwrap().iter().find(|line| line["check"] == check).unwrap()["status"].clone()
     };
-    for check in [
-        "synapse",
-        "admin token",
-        "shared secret",
-        "registration tokens",
-        "email",
-        "templates",
-        "registry fresh",
-        "backup",
-    ] {
+    for check in ["synapse", "admin token", "shared secret", "registration tokens", "email", "registry fresh"] {
         assert_eq!(status(check), "ok", "{check}: {report}");
     }
     assert_eq!(status("coverage"), "warn");
+    let detail = |check: &str| {
+        report["lines"].as_array().unwrap().iter().find(|line| line["check"] == check).unwrap()["detail"].clone()
+    };
+    assert_eq!(status("backup"), "warn", "a fresh backup, not encrypted: {report}");
+    assert!(detail("backup").as_str().unwrap().contains("set backup.encrypt_to"), "{report}");
     let uncovered =
         report["lines"].as_array().unwrap().iter().find(|line| line["check"] == "coverage").unwrap()["accounts"]
             .clone();

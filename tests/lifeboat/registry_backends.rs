@@ -750,7 +750,7 @@ async fn a_former_member_whose_id_synapse_refuses_to_create_holds_no_room_back(r
     sync_listing(&registry, &[user("@a:x", 2)]).await;
     registry.settle_as_claimed(&id("@a:x"), None, &Actor::cli()).await.unwrap();
     assert!(registry.begin_hold(&id("@b:x")).await.unwrap());
-    registry.refuse_hold(&id("@b:x"), "M_EXCLUSIVE").await.unwrap();
+    registry.abandon_hold(&id("@b:x"), Some("M_EXCLUSIVE")).await.unwrap();
     assert_eq!(registry.room("!shared").await.unwrap().unwrap().free, 0);
     assert_eq!(registry.pending_rejoins(false, true).await.unwrap().len(), 1, "nobody can take @b's ID");
     assert!(registry.hold_candidates(false).await.unwrap().is_empty(), "not tried again by itself");
@@ -761,7 +761,7 @@ async fn a_former_member_whose_id_synapse_refuses_to_create_holds_no_room_back(r
     assert_eq!(registry.hold_candidates(true).await.unwrap().len(), 1, "asked to try again");
     assert!(registry.hold_candidates(false).await.unwrap().is_empty(), "refused until begun again");
     assert!(registry.begin_hold(&id("@b:x")).await.unwrap());
-    registry.refuse_hold(&id("@b:x"), "M_EXCLUSIVE").await.unwrap();
+    registry.abandon_hold(&id("@b:x"), Some("M_EXCLUSIVE")).await.unwrap();
     sync_listing(&registry, &[user("@a:x", 2)]).await;
     assert!(registry.hold_candidates(false).await.unwrap().is_empty(), "nothing new lost");
     sync_listing(&registry, &[]).await;

@@ -538,8 +538,9 @@ async fn recreating_more_rooms_than_synapse_allows_in_a_row_waits_and_makes_them
 }
 
 /// A surviving room whose servers cannot be reached holds back neither the
-/// other rooms nor their people: it waits for the next round, and its
-/// people's tries are counted, so it is given up in the end.
+/// other rooms nor their people: it waits for the next round, and both
+/// lifeboat's tries and its people's are counted, so it is given up in the
+/// end rather than tried every round for good.
 #[tokio::test(flavor = "multi_thread")]
 async fn a_surviving_room_nobody_can_reach_holds_back_no_other_room() {
     let TwoSquares { ours, _theirs, registry, carol, square, across, lifeboat, .. } = two_squares_after_a_wipe().await;
@@ -561,6 +562,22 @@ async fn a_surviving_room_nobody_can_reach_holds_back_no_other_room() {
             .await
             .unwrap();
     assert_eq!(attempts, 1, "carol's try at Square counts");
+
+    let lifeboat_in_square = format!("not yet: {} in {square}", lifeboat_id(&ours));
+    assert!(rejoined.stderr.contains(&lifeboat_in_square), "{rejoined:?}");
+    for round in 2..=4 {
+        let again = lifeboat.run(&["rooms", "rejoin"]).await;
+        assert!(again.stderr.contains(&lifeboat_in_square), "round {round}: {again:?}");
+    }
+    let fifth = lifeboat.run(&["rooms", "rejoin"]).await;
+    assert!(
+        fifth.stderr.contains(&format!("given up: {square}: the room's servers could not be reached")),
+        "{fifth:?}"
+    );
+    let sixth = lifeboat.run(&["rooms", "rejoin"]).await;
+    assert!(!sixth.stderr.contains(&square), "Square is no longer tried: {sixth:?}");
+    let retried = lifeboat.run(&["rooms", "rejoin", "--retry"]).await;
+    assert!(retried.stderr.contains(&format!("given up: {square}")), "--retry tries it once more: {retried:?}");
     direct.close().await;
 }
 
@@ -568,6 +585,8 @@ async fn a_surviving_room_nobody_can_reach_holds_back_no_other_room() {
 /// answers: lifeboat's join outlasts homeserver.timeout while our Synapse
 /// still answers, so that room waits, and the room after it comes back in
 /// the same round (a round that gave up at the first would never reach it).
+/// Such a wait is counted: at the fifth round the room is given up, rather
+/// than costing a timeout every round for good.
 #[tokio::test(flavor = "multi_thread")]
 async fn a_surviving_room_whose_server_never_answers_holds_back_no_other_room() {
     let TwoSquares { ours, _theirs, registry, square, across, mut lifeboat, .. } = two_squares_after_a_wipe().await;
@@ -588,6 +607,11 @@ async fn a_surviving_room_whose_server_never_answers_holds_back_no_other_room() 
     let carol_again = sign_in(&ours, "carol", NEW_PASSWORD).await;
     let rooms = carol_again.joined_rooms().await;
     assert!(rooms.contains(second) && !rooms.contains(first), "{rooms:?} {rejoined:?}");
+    for _ in 2..=4 {
+        lifeboat.run(&["rooms", "rejoin"]).await;
+    }
+    let fifth = lifeboat.run(&["rooms", "rejoin"]).await;
+    assert!(fifth.stderr.contains(&format!("given up: {first}: the room's servers could not be reached")), "{fifth:?}");
     drop(silent);
 }
 
@@ -603,7 +627,7 @@ async fn a_surviving_room_that_refuses_lifeboat_is_reported_given_up() {
     let rejoined = lifeboat.run(&["rooms", "rejoin"]).await;
     assert_eq!(rejoined.code, 1, "{rejoined:?}");
     assert!(rejoined.stderr.contains(&format!("given up: {square}")), "{rejoined:?}");
-    assert!(rejoined.stdout.contains("refused lifeboat and are given up"), "{rejoined:?}");
+    assert!(rejoined.stdout.contains("refused lifeboat or could not be reached, and are given up"), "{rejoined:?}");
 }
 
 /// Carol of our server in two public rooms of theirs (Square, Across), our
