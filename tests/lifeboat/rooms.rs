@@ -615,6 +615,26 @@ async fn a_surviving_room_whose_server_never_answers_holds_back_no_other_room() 
     drop(silent);
 }
 
+/// Synapse busy when lifeboat joins a surviving room (a bare 503) says
+/// nothing about the room's servers: no try is counted, so rounds of it give
+/// no room up, and once Synapse answers lifeboat is back in both.
+#[tokio::test(flavor = "multi_thread")]
+async fn rounds_in_which_synapse_was_busy_give_no_surviving_room_up() {
+    let TwoSquares { ours, _theirs, registry: _registry, lifeboat, .. } = two_squares_after_a_wipe().await;
+    // lifeboat's joins and carol's (an admin join): both wait while Synapse is busy.
+    let front = FaultyFront::start(&ours.url, reqwest::Method::POST, "/join/", usize::MAX).await;
+    let config = std::fs::read_to_string(lifeboat.config_path()).unwrap();
+    let (direct, fronted) = (format!("url = \"{}\"", ours.url), format!("url = \"{}\"", front.url));
+    lifeboat.write_config(&config.replace(&direct, &fronted));
+    for round in 1..=5 {
+        let busy = lifeboat.run(&["rooms", "rejoin"]).await;
+        assert!(busy.stderr.contains("answered 503") && !busy.stderr.contains("given up"), "round {round}: {busy:?}");
+    }
+    lifeboat.write_config(&config);
+    let rejoined = lifeboat.run(&["rooms", "rejoin"]).await;
+    assert!(rejoined.stdout.contains("lifeboat rejoined 2 surviving rooms"), "{rejoined:?}");
+}
+
 /// A surviving room that refuses lifeboat's own join (made invite-only
 /// since the last listing) is given up, and said to be, not promised
 /// another try next round.
