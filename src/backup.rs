@@ -19,6 +19,8 @@ use crate::registry::{Actor, Registry, SERVICE_PASSWORD_SETTING, now_ms, placeho
 const FORMAT_VERSION: i64 = 1;
 /// Registry setting: when the last backup was written.
 pub const LAST_BACKUP_SETTING: &str = "last_backup_at";
+/// Registry setting: whether that backup was encrypted ("yes" or "no").
+pub const LAST_BACKUP_ENCRYPTED_SETTING: &str = "last_backup_encrypted";
 
 /// How many of a table's last columns were added after format 1 was
 /// first written: older backups lack them, and they are restored as NULL.
@@ -271,8 +273,11 @@ pub async fn backup(
     let file = writer.finish().map_err(io)?.into_inner().map_err(|err| io(err.into_error()))?;
     file.as_file().sync_all().map_err(io)?;
     file.persist(out).map_err(|err| io(err.error))?;
+    let encrypted = if encrypt_to.is_empty() { "no" } else { "yes" };
     registry.set_setting(LAST_BACKUP_SETTING, &now_ms().to_string()).await?;
-    registry.audit(actor, "backup", Some(&out.display().to_string()), Some(&format!("{rows} rows"))).await?;
+    registry.set_setting(LAST_BACKUP_ENCRYPTED_SETTING, encrypted).await?;
+    let detail = format!("{rows} rows, {}", if encrypt_to.is_empty() { "not encrypted" } else { "encrypted" });
+    registry.audit(actor, "backup", Some(&out.display().to_string()), Some(&detail)).await?;
     Ok(rows)
 }
 

@@ -256,13 +256,18 @@ async fn registry_lines(config: &Config, registry: &Registry) -> Vec<Line> {
         ),
         Err(err) => Line::new("backup", (Status::Fail, err.to_string())),
     });
+    // A plain backup holds lifeboat's admin token and the link-signing key.
+    let encrypted = registry.setting(crate::backup::LAST_BACKUP_ENCRYPTED_SETTING).await;
     if let Some(line) = lines.last_mut().filter(|line| line.status == Status::Ok)
-        && config.backup.encrypt_to.is_empty()
+        && !matches!(encrypted.as_ref().map(Option::as_deref), Ok(Some("yes")))
     {
         line.status = Status::Warn;
-        line.detail.push_str(
-            "; backups are not encrypted, and whoever reads one could act as a server admin: set backup.encrypt_to",
-        );
+        line.detail.push_str("; it is not encrypted, and whoever reads it could act as a server admin: ");
+        line.detail.push_str(if config.backup.encrypt_to.is_empty() {
+            "set backup.encrypt_to"
+        } else {
+            "back up again (backup.encrypt_to is set now)"
+        });
     }
     lines
 }

@@ -144,7 +144,7 @@ enum Command {
     /// lifeboat may create and lock accounts to hold lost IDs, email (a test
     /// message to alerts.email), the bot (a test message in the admin room,
     /// with a [bot] section), the registry's freshness and coverage, and the
-    /// last backup (a warning while backups are not encrypted). Exit 0 ready, 1 not.
+    /// last backup (a warning when it was not encrypted). Exit 0 ready, 1 not.
     Drill(drill::Args),
     /// Write a consistent snapshot of the registry to a portable file (safe while lifeboat runs).
     ///

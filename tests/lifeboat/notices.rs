@@ -1437,6 +1437,19 @@ async fn a_drill_passes_on_a_ready_setup_and_changes_nothing_on_synapse() {
     let wrong = lifeboat.run(&["drill"]).await;
     assert_eq!(wrong.code, 1, "{wrong:?}");
     assert!(wrong.stdout.contains("[FAIL] shared secret") && wrong.stdout.contains("HMAC incorrect"), "{wrong:?}");
+
+    // The warning follows the last backup, not the config alone.
+    let config = std::fs::read_to_string(lifeboat.config_path()).unwrap();
+    let key = age::x25519::Identity::generate().to_public();
+    lifeboat.write_config(&format!("{config}\n[backup]\nencrypt_to = [\"{key}\"]\n"));
+    let configured = lifeboat.run(&["drill", "--json"]).await.json();
+    let backup_line = |report: &serde_json::Value| {
+        report["lines"].as_array().unwrap().iter().find(|line| line["check"] == "backup").unwrap().clone()
+    };
+    assert!(backup_line(&configured)["detail"].as_str().unwrap().contains("back up again"), "{configured}");
+    assert_eq!(lifeboat.run(&["backup", "--out", "registry.backup"]).await.code, 0);
+    let encrypted = lifeboat.run(&["drill", "--json"]).await.json();
+    assert_eq!(backup_line(&encrypted)["status"], "ok", "an encrypted backup: {encrypted}");
 }
 
 /// Mail leaves over STARTTLS and over TLS from the first byte, logged in
