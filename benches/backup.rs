@@ -65,9 +65,8 @@ async fn main() {
             let target = Registry::connect(&url(&format!("{label}-{round}.db"))).await.expect("a fresh registry");
             let started = Instant::now();
             let (actor, quiet) = (Actor::cli(), |_| {});
-            let back = restore(&target, &file, identity, false, "bench.test", &actor, &quiet).await.expect("a restore");
+            restore(&target, &file, identity, false, "bench.test", &actor, &quiet).await.expect("a restore");
             restored.push(started.elapsed().as_secs_f64());
-            assert_eq!(back.rows, rows, "{label}: every row written comes back");
             target.close().await;
         }
         let size = std::fs::metadata(&file).expect("the backup file").len() as f64 / 1e6;

@@ -186,14 +186,14 @@ impl<W: Write> Write for Output<W> {
 /// How every age-encrypted file begins.
 const AGE_MAGIC: &[u8] = b"age-encryption.org/";
 
-/// The lines of backup `file`; decrypted with a key of the age key file
-/// `identity` when the backup is encrypted.
-fn open_backup(file: &Path, identity: Option<&Path>) -> Result<Box<dyn BufRead + Send>, BackupError> {
+/// The lines of backup `file`, and whether it is encrypted (then decrypted
+/// with a key of the age key file `identity`).
+fn open_backup(file: &Path, identity: Option<&Path>) -> Result<(Box<dyn BufRead + Send>, bool), BackupError> {
     let failed = |why: String| BackupError::Failed(why);
     let unreadable = |err: std::io::Error| failed(format!("cannot read {}: {err}", file.display()));
     let mut input = std::io::BufReader::new(std::fs::File::open(file).map_err(unreadable)?);
     if !input.fill_buf().map_err(unreadable)?.starts_with(AGE_MAGIC) {
-        return Ok(Box::new(input));
+        return Ok((Box::new(input), false));
     }
     let Some(identity) = identity else {
         return Err(failed(format!(
@@ -221,7 +221,16 @@ fn open_backup(file: &Path, identity: Option<&Path>) -> Result<Box<dyn BufRead +
         )),
         err => failed(format!("cannot decrypt {}: {err}", file.display())),
     })?;
-    Ok(Box::new(std::io::BufReader::new(plain)))
+    Ok((Box::new(std::io::BufReader::new(plain)), true))
+}
+
+/// When the registry's last backup was made, and whether it was encrypted
+/// (what `drill` reports), together.
+async fn record_backup(tx: &mut sqlx::Transaction<'_, sqlx::Any>, at: i64, encrypted: bool) -> Result<(), BackupError> {
+    crate::registry::set_setting_in(&mut **tx, LAST_BACKUP_SETTING, &at.to_string()).await?;
+    let encrypted = if encrypted { "yes" } else { "no" };
+    crate::registry::set_setting_in(&mut **tx, LAST_BACKUP_ENCRYPTED_SETTING, encrypted).await?;
+    Ok(())
 }
 
 /// How often a backup or restore reports the rows done so far.
@@ -273,9 +282,9 @@ pub async fn backup(
     let file = writer.finish().map_err(io)?.into_inner().map_err(|err| io(err.into_error()))?;
     file.as_file().sync_all().map_err(io)?;
     file.persist(out).map_err(|err| io(err.error))?;
-    let encrypted = if encrypt_to.is_empty() { "no" } else { "yes" };
-    registry.set_setting(LAST_BACKUP_SETTING, &now_ms().to_string()).await?;
-    registry.set_setting(LAST_BACKUP_ENCRYPTED_SETTING, encrypted).await?;
+    let mut tx = registry.begin_write().await?;
+    record_backup(&mut tx, now_ms(), !encrypt_to.is_empty()).await?;
+    tx.commit().await?;
     let detail = format!("{rows} rows, {}", if encrypt_to.is_empty() { "not encrypted" } else { "encrypted" });
     registry.audit(actor, "backup", Some(&out.display().to_string()), Some(&detail)).await?;
     Ok(rows)
@@ -296,7 +305,8 @@ pub async fn restore(
     rows_done: &(dyn Fn(u64) + Send + Sync),
 ) -> Result<Restored, BackupError> {
     let unreadable = |err| BackupError::Failed(format!("cannot read {}: {err}", file.display()));
-    let mut lines = open_backup(file, identity)?.lines();
+    let (lines, encrypted) = open_backup(file, identity)?;
+    let mut lines = lines.lines();
     let invalid = |what: &str| BackupError::Failed(format!("{} is not a lifeboat backup: {what}", file.display()));
     // A read that fails is said as such (a damaged encrypted file fails here).
     let first = lines.next().transpose().map_err(unreadable)?;
@@ -397,6 +407,9 @@ pub async fn restore(
             .await?;
         }
     }
+    // The file holds the backup before it: this registry's last backup is
+    // the file itself.
+    record_backup(&mut tx, header["created_at"].as_i64().unwrap_or_else(now_ms), encrypted).await?;
     let mut detail = format!("{rows} rows");
     let kept_own_credentials = own_now.keep_if_newer(&mut tx).await?;
     if kept_own_credentials {

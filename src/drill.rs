@@ -257,17 +257,17 @@ async fn registry_lines(config: &Config, registry: &Registry) -> Vec<Line> {
         Err(err) => Line::new("backup", (Status::Fail, err.to_string())),
     });
     // A plain backup holds lifeboat's admin token and the link-signing key.
-    let encrypted = registry.setting(crate::backup::LAST_BACKUP_ENCRYPTED_SETTING).await;
-    if let Some(line) = lines.last_mut().filter(|line| line.status == Status::Ok)
-        && !matches!(encrypted.as_ref().map(Option::as_deref), Ok(Some("yes")))
-    {
+    // Unrecorded (made before lifeboat recorded it): the config says.
+    let encrypted = registry.setting(crate::backup::LAST_BACKUP_ENCRYPTED_SETTING).await.ok().flatten();
+    let unencrypted = match (encrypted.as_deref(), config.backup.encrypt_to.is_empty()) {
+        (Some("yes"), _) | (None, false) => None,
+        (_, true) => Some("set backup.encrypt_to"),
+        (_, false) => Some("back up again (backup.encrypt_to is set now)"),
+    };
+    if let (Some(line), Some(fix)) = (lines.last_mut().filter(|line| line.status == Status::Ok), unencrypted) {
         line.status = Status::Warn;
-        line.detail.push_str("; it is not encrypted, and whoever reads it could act as a server admin: ");
-        line.detail.push_str(if config.backup.encrypt_to.is_empty() {
-            "set backup.encrypt_to"
-        } else {
-            "back up again (backup.encrypt_to is set now)"
-        });
+        line.detail
+            .push_str(&format!("; it is not encrypted, and whoever reads it could act as a server admin: {fix}"));
     }
     lines
 }

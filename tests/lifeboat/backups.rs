@@ -90,9 +90,12 @@ fn file_rows(path: &std::path::Path) -> Vec<String> {
     all[1..all.len() - 1].to_vec()
 }
 
-fn is_restore_audit(line: &str) -> bool {
+/// A row the restore itself writes: its audit entry, and the record of the
+/// registry's last backup (the file restored).
+fn written_by_the_restore(line: &str) -> bool {
     let value: Value = serde_json::from_str(line).unwrap();
-    value["table"] == "audit_log" && value["row"][4] == "restore"
+    let last_backup = value["table"] == "settings" && value["row"][0].as_str().unwrap().starts_with("last_backup_");
+    (value["table"] == "audit_log" && value["row"][4] == "restore") || last_backup
 }
 
 async fn round_trip(from: TestDatabase, to: TestDatabase) {
@@ -110,8 +113,10 @@ async fn round_trip(from: TestDatabase, to: TestDatabase) {
         restore(&target, &file, None, false, "example.org", &Actor::cli(), &|_| {}).await.unwrap().rows,
         written
     );
-    let restored: Vec<String> = lines(&target).await.into_iter().filter(|line| !is_restore_audit(line)).collect();
+    let restored: Vec<String> = lines(&target).await.into_iter().filter(|line| !written_by_the_restore(line)).collect();
     assert_eq!(restored, saved, "every row comes back as it was");
+    let encrypted = target.setting("last_backup_encrypted").await.unwrap();
+    assert_eq!(encrypted.as_deref(), Some("no"), "the restored registry's last backup is the file, plain");
 
     // New rows after a restore get fresh ids (sequences moved past the restored ones).
     target
@@ -377,8 +382,10 @@ async fn an_encrypted_backup_hides_its_secrets_and_restores_only_with_its_key() 
 
     std::fs::write(&file, &whole).unwrap();
     assert_eq!(restore_with(Some(key_file)).await.unwrap().rows, written);
-    let restored: Vec<String> = lines(&target).await.into_iter().filter(|line| !is_restore_audit(line)).collect();
+    let restored: Vec<String> = lines(&target).await.into_iter().filter(|line| !written_by_the_restore(line)).collect();
     assert_eq!(restored, before, "every row comes back as it was");
+    let encrypted = target.setting("last_backup_encrypted").await.unwrap();
+    assert_eq!(encrypted.as_deref(), Some("yes"), "the restored registry's last backup is the file, encrypted");
     source.close().await;
     target.close().await;
 }

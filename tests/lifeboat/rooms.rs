@@ -615,7 +615,8 @@ async fn a_surviving_room_whose_server_never_answers_holds_back_no_other_room() 
     drop(silent);
 }
 
-/// Synapse busy when lifeboat joins a surviving room (a bare 503) says
+/// Synapse busy when lifeboat joins a surviving room (a 503, not the 502 or
+/// 504 of a remote server failing) says
 /// nothing about the room's servers: no try is counted, so rounds of it give
 /// no room up, and once Synapse answers lifeboat is back in both.
 #[tokio::test(flavor = "multi_thread")]
