@@ -116,8 +116,10 @@ impl Observation {
         Some(AlertedState { severity, lost, taken, unlocked: self.unlocked_held.clone() })
     }
 
-    /// The alert, in Markdown: what happened and what to do next.
-    pub fn alert_markdown(&self, server_name: &str) -> String {
+    /// The alert, in Markdown: what happened and what to do next. `in_room`:
+    /// the admin room's text, which may reach someone lifeboat cannot vouch
+    /// for (it names no unlocked held ID).
+    pub fn alert_markdown(&self, server_name: &str, in_room: bool) -> String {
         let reason = self.reason.trim_end_matches('.');
         let mut text = match (self.verdict, self.token_rejected) {
             (Some(Verdict::SuspectedReset), _) => format!("**Suspected database reset on {server_name}.** {reason}."),
@@ -148,7 +150,7 @@ impl Observation {
                 "\n\n**lifeboat's own ID {own} was registered again by someone else.** Whoever has it can write as lifeboat to everyone lifeboat ever wrote to: deactivate it in Synapse. lifeboat cannot have it back; give it another account (create one, and put its ID in `bot.user_id` and its password in `bot.password`)."
             ));
         }
-        if let Some(unlocked) = self.unlocked_markdown() {
+        if let Some(unlocked) = self.unlocked_markdown(in_room) {
             text.push_str(&format!("\n\n{unlocked}"));
         }
         if !self.taken_admins.is_empty() {
@@ -167,7 +169,15 @@ impl Observation {
     }
 
     /// What to know and do about held IDs unlocked outside lifeboat, if any.
-    pub fn unlocked_markdown(&self) -> Option<String> {
+    /// `in_room`: a count only; whoever signs in to one of them has its
+    /// person's ID, so the list goes by email and `lifeboat check` only.
+    pub fn unlocked_markdown(&self, in_room: bool) -> Option<String> {
+        if in_room && !self.unlocked_held.is_empty() {
+            return Some(format!(
+                "**Held IDs unlocked outside lifeboat** ({}): the alert email and `lifeboat check` on the lifeboat host name them. Lock them again in Synapse, or hand one to its owner with `lifeboat holds claim <id>`.",
+                self.unlocked_held.len()
+            ));
+        }
         (!self.unlocked_held.is_empty()).then(|| format!(
             "**Held IDs unlocked outside lifeboat** (or by a hand-over lifeboat could not finish) ({}): {}. A held account must stay locked until its owner takes it back: whoever can sign in to one (single sign-on with that name, a password someone set) has that person's ID, and their rooms on other servers. lifeboat treats them as strangers' meanwhile. Lock them again in Synapse, or hand one to its owner with `lifeboat holds claim <id>` on the lifeboat host.",
             self.unlocked_held.len(),
@@ -468,11 +478,25 @@ mod tests {
     use super::*;
 
     #[test]
+    fn the_admin_rooms_alert_counts_unlocked_held_ids_and_names_none() {
+        let seen = Observation {
+            verdict: Some(Verdict::Loss),
+            unlocked_held: vec!["@open:x".to_owned()],
+            ..Observation::default()
+        };
+        assert!(seen.alert_markdown("x", false).contains("@open:x"), "the email names them");
+        let room = seen.alert_markdown("x", true);
+        assert!(room.contains("unlocked outside lifeboat** (1)") && !room.contains("@open:x"), "{room}");
+        let alone = seen.unlocked_markdown(true).unwrap();
+        assert!(!alone.contains("@open:x") && alone.contains("lifeboat check"), "{alone}");
+    }
+
+    #[test]
     fn what_became_of_lifeboats_own_id_is_told_with_the_held_ids_or_alone() {
         let own = "lifeboat's own account @lifeboat:x, lost too, is lifeboat's again".to_owned();
         let alone = Observation { own: Some(own.clone()), ..Observation::default() };
         assert_eq!(alone.held_markdown(), format!("{own}."));
-        assert!(alone.alert_markdown("x").contains(&own));
+        assert!(alone.alert_markdown("x", false).contains(&own));
 
         let with_others = Observation { held: vec!["@a:x".to_owned()], ..alone.clone() };
         let told = with_others.held_markdown();
@@ -489,14 +513,14 @@ mod tests {
         let mut seen =
             Observation { taken: vec!["@lifeboat:x".to_owned(), "@b:x".to_owned()], ..Observation::default() };
         seen.settle_taken(&config);
-        let alert = seen.alert_markdown("x");
+        let alert = seen.alert_markdown("x", false);
         assert!(alert.contains("someone lifeboat cannot vouch for** (1): @b:x."), "{alert}");
         assert!(alert.contains("lifeboat's own ID @lifeboat:x was registered again by someone else"), "{alert}");
         assert!(alert.contains("`bot.user_id`"), "{alert}");
 
         seen.taken.retain(|id| id != "@b:x");
         seen.settle_taken(&config);
-        assert!(!seen.alert_markdown("x").contains("holds claim"), "{}", seen.alert_markdown("x"));
+        assert!(!seen.alert_markdown("x", false).contains("holds claim"), "{}", seen.alert_markdown("x", false));
     }
 
     fn cannot_tell(lasting: bool) -> Observation {

@@ -561,18 +561,19 @@ async fn alert_on_change(
     let told = match (&now, &before) {
         (Some(state), _) if state.is_news_after(before.as_ref()) => {
             // Only an unlocked hold is new: about it alone (the loss was told).
-            let unlocked_only = state.only_unlocked_is_news_after(before.as_ref()).then(|| seen.unlocked_markdown());
-            let (subject, text) = match (unlocked_only.flatten(), seen.verdict) {
-                (Some(text), _) => (format!("[lifeboat] {server}: a held ID was unlocked outside lifeboat"), text),
-                (None, Some(Verdict::SuspectedReset)) => {
-                    (format!("[lifeboat] {server}: suspected database reset"), seen.alert_markdown(server))
-                }
-                (None, Some(Verdict::Loss)) => {
-                    (format!("[lifeboat] {server}: accounts lost"), seen.alert_markdown(server))
-                }
-                (None, _) => (format!("[lifeboat] {server}: admin token rejected"), seen.alert_markdown(server)),
+            let unlocked_only = state.only_unlocked_is_news_after(before.as_ref());
+            let text = |in_room| match unlocked_only {
+                true => seen.unlocked_markdown(in_room).unwrap_or_default(),
+                false => seen.alert_markdown(server, in_room),
             };
-            tell_admins(registry, alerts, &subject, &text, None, Some(&seen.reason)).await;
+            let subject = match (unlocked_only, seen.verdict) {
+                (true, _) => format!("[lifeboat] {server}: a held ID was unlocked outside lifeboat"),
+                (false, Some(Verdict::SuspectedReset)) => format!("[lifeboat] {server}: suspected database reset"),
+                (false, Some(Verdict::Loss)) => format!("[lifeboat] {server}: accounts lost"),
+                (false, _) => format!("[lifeboat] {server}: admin token rejected"),
+            };
+            let (email, room) = (text(false), text(true));
+            tell_admins(registry, alerts, &subject, &email, Some(&room), Some(&seen.reason)).await;
             Some(Said::Alert)
         }
         (None, Some(_)) => {
