@@ -133,6 +133,7 @@ fn build(universe: usize, mix: &Mix) -> (Vec<Known>, Vec<Listed>) {
                 created_at_ms: Some(created),
                 standing: AccountState::Present,
                 lost_created_at: None,
+                custody_since_listing: false,
             });
         }
         match kind {

@@ -419,7 +419,7 @@ pub async fn restore(
     let restored = file.display().to_string();
     Registry::audit_in(&mut tx, actor, "restore", Some(&restored), Some(&detail)).await?;
     tx.commit().await?;
-    Ok(Restored { rows, kept_own_credentials })
+    Ok(Restored { rows, kept_own_credentials, encrypted })
 }
 
 /// What a restore did.
@@ -429,6 +429,8 @@ pub struct Restored {
     /// The registry's own credentials of lifeboat's account were newer than
     /// the backup's, and kept ([`OwnCredentials`]).
     pub kept_own_credentials: bool,
+    /// The file was age-encrypted.
+    pub encrypted: bool,
 }
 
 pub const KEPT_OWN_CREDENTIALS: &str =

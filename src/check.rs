@@ -100,10 +100,11 @@ const UNLOCKED_ASKED_AGAIN: usize = 100;
 
 /// Of the held IDs a listing showed unlocked, those still so now: a hold
 /// made, or a claim that finished, while the listing was read is neither
-/// (the listing may have caught one between two of its steps). Only a
+/// (the listing may have caught one between two of its steps; `check` read
+/// the registry before it, where a sync knows when custody was taken). Only a
 /// clear answer drops an ID; from the first that cannot be had (and past
 /// the first [`UNLOCKED_ASKED_AGAIN`]), the listing's word stands.
-pub async fn still_unlocked_held(registry: &Registry, client: &SynapseClient, ids: Vec<String>) -> Vec<String> {
+async fn still_unlocked_held(registry: &Registry, client: &SynapseClient, ids: Vec<String>) -> Vec<String> {
     let mut still = Vec::new();
     let mut asking = true;
     for (n, id) in ids.into_iter().enumerate() {

@@ -36,6 +36,11 @@ use crate::user_id::UserId;
 /// more in flight only queue there.
 pub const HOLD_CONCURRENCY: usize = 8;
 
+/// What an admin does about held IDs unlocked outside lifeboat, in the
+/// same words whichever face (CLI, bot, alert) reports them.
+pub const UNLOCKED_HELD_REMEDY: &str =
+    "lock them again in Synapse, or hand one to its owner with `lifeboat holds claim <id>`";
+
 #[derive(Debug, thiserror::Error)]
 pub enum HoldError {
     #[error(

@@ -12,7 +12,7 @@ use tokio::sync::Notify;
 
 use crate::check::{CheckError, CheckReport, verdict_reason};
 use crate::config::Config;
-use crate::holds::UnheldLostIds;
+use crate::holds::{UNLOCKED_HELD_REMEDY, UnheldLostIds};
 use crate::plural::id_list;
 use crate::reconcile::{Report, Verdict};
 
@@ -174,12 +174,12 @@ impl Observation {
     pub fn unlocked_markdown(&self, in_room: bool) -> Option<String> {
         if in_room && !self.unlocked_held.is_empty() {
             return Some(format!(
-                "**Held IDs unlocked outside lifeboat** ({}): the alert email and `lifeboat check` on the lifeboat host name them. Lock them again in Synapse, or hand one to its owner with `lifeboat holds claim <id>`.",
+                "**Held IDs unlocked outside lifeboat** ({}): the alert email and `lifeboat check` on the lifeboat host name them. To do: {UNLOCKED_HELD_REMEDY}.",
                 self.unlocked_held.len()
             ));
         }
         (!self.unlocked_held.is_empty()).then(|| format!(
-            "**Held IDs unlocked outside lifeboat** (or by a hand-over lifeboat could not finish) ({}): {}. A held account must stay locked until its owner takes it back: whoever can sign in to one (single sign-on with that name, a password someone set) has that person's ID, and their rooms on other servers. lifeboat treats them as strangers' meanwhile. Lock them again in Synapse, or hand one to its owner with `lifeboat holds claim <id>` on the lifeboat host.",
+            "**Held IDs unlocked outside lifeboat** (or by a hand-over lifeboat could not finish) ({}): {}. A held account must stay locked until its owner takes it back: whoever can sign in to one (single sign-on with that name, a password someone set) has that person's ID, and their rooms on other servers. lifeboat treats them as strangers' meanwhile. To do: {UNLOCKED_HELD_REMEDY}.",
             self.unlocked_held.len(),
             id_list(&self.unlocked_held, 20)
         ))

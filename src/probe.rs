@@ -25,7 +25,9 @@ pub enum Probe {
     /// Something a loss would cause: list now. The reason, for the log.
     LooksWrong(String),
     /// Synapse or the registry did not answer; the next round will tell.
-    CouldNotTell(String),
+    /// `lasting`: a setup fault, which will not pass by itself (a token that
+    /// is not an admin's), told at once as a round would tell it.
+    CouldNotTell { why: String, lasting: bool },
     /// Every admin token lifeboat knows is rejected (a wipe, or a token
     /// revoked): list now, unless the last round saw it already.
     TokenRejected,
@@ -52,13 +54,13 @@ pub async fn probe(config: &Config, registry: &Registry, fixed: &FixedSample, si
     let client = match admin_access(config, registry).await {
         Ok(AdminAccess::Working { client, .. }) => client,
         Ok(AdminAccess::Dead { .. }) => return Probe::TokenRejected,
-        Err(err) => return Probe::CouldNotTell(err.to_string()),
+        Err(err) => return Probe::CouldNotTell { why: err.to_string(), lasting: err.is_setup_fault() },
     };
     let rest = size.saturating_sub(fixed.accounts.len()) as i64;
     let start = format!("@{}", random_localpart_start());
     let rotating = match registry.probe_sample_from(&start, rest).await {
         Ok(rotating) => rotating,
-        Err(err) => return Probe::CouldNotTell(err.to_string()),
+        Err(err) => return Probe::CouldNotTell { why: err.to_string(), lasting: false },
     };
     let mut sample: Vec<(String, Option<i64>)> = fixed.accounts.iter().cloned().chain(rotating).collect();
     sample.sort();
@@ -76,7 +78,11 @@ pub async fn probe(config: &Config, registry: &Registry, fixed: &FixedSample, si
                 return Probe::LooksWrong(format!("{user_id} was registered again"));
             }
             Ok(Some(_)) => {}
-            Err(err) => outcome = Probe::CouldNotTell(err.to_string()),
+            // A setup fault is what the admins must hear of, whatever else failed.
+            Err(err) if !matches!(outcome, Probe::CouldNotTell { lasting: true, .. }) => {
+                outcome = Probe::CouldNotTell { why: err.to_string(), lasting: err.is_setup_fault() };
+            }
+            Err(_) => {}
         }
     }
     outcome

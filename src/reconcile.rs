@@ -54,6 +54,11 @@ pub struct Known {
     /// When the person's account that was lost had been made, while its ID
     /// is held for them or taken by a stranger.
     pub lost_created_at: Option<i64>,
+    /// lifeboat took custody (a hold, a claim) after the listing began, so
+    /// the listing may show the account between two of its steps. Known
+    /// only to a sync, which reads the registry after the listing.
+    #[sqlx(default)]
+    pub custody_since_listing: bool,
 }
 
 /// An account as a complete listing shows it.
@@ -203,8 +208,9 @@ impl ReportBuilder {
             Some(Class::Recreated) => report.recreated.push(id()),
             Some(Class::New) => report.new.push(id()),
             Some(Class::Held) => {
-                // Not a hold being made (its account may not be locked yet).
-                let made = known.is_some_and(|known| known.created_at_ms.is_some());
+                // Not a hold being made (its account may not be locked yet),
+                // nor one the listing read before lifeboat took custody.
+                let made = known.is_some_and(|known| known.created_at_ms.is_some() && !known.custody_since_listing);
                 if made && listed.is_some_and(|listed| !listed.locked) {
                     report.unlocked_held.push(id());
                 }
@@ -267,6 +273,7 @@ mod tests {
             created_at_ms: Some(created_s * 1000),
             standing: AccountState::Present,
             lost_created_at: None,
+            custody_since_listing: false,
         }
     }
 
@@ -283,9 +290,11 @@ mod tests {
         let made = known_as("@a:x", 1, AccountState::Held);
         let being_made = Known { created_at_ms: None, ..known_as("@b:x", 1, AccountState::Held) };
         let locked = Listed { locked: true, ..listed("@c:x", 1, false) };
-        let registry = [made, being_made, known_as("@c:x", 1, AccountState::Held)];
-        let report = merge_join(&registry, &[listed("@a:x", 1, false), listed("@b:x", 1, false), locked], 0.5);
-        assert_eq!(report.held, ["@a:x", "@b:x", "@c:x"]);
+        let made_while_listed = Known { custody_since_listing: true, ..known_as("@d:x", 1, AccountState::Held) };
+        let registry = [made, being_made, known_as("@c:x", 1, AccountState::Held), made_while_listed];
+        let listing = [listed("@a:x", 1, false), listed("@b:x", 1, false), locked, listed("@d:x", 1, false)];
+        let report = merge_join(&registry, &listing, 0.5);
+        assert_eq!(report.held, ["@a:x", "@b:x", "@c:x", "@d:x"]);
         assert_eq!(report.unlocked_held, ["@a:x"]);
     }
 

@@ -309,10 +309,11 @@ impl BringBackReport {
     }
 }
 
-/// Brings back what can come back now: lifeboat's own account first (so
-/// local aliases and the directory work again), then every person whose ID
-/// is theirs again, into each surviving room they were in. `client` acts
-/// as lifeboat's account. `retry_all` also retries what failed for good.
+/// Brings back what can come back now: lifeboat's own account first, then
+/// every person whose ID is theirs again, into each surviving room they
+/// were in, then the local aliases and directory listing of the rooms this
+/// server is back in (by lifeboat's join or a person's). `client` acts as
+/// lifeboat's account. `retry_all` also retries what failed for good.
 pub async fn bring_back(
     config: &Config,
     registry: &Registry,
@@ -322,8 +323,8 @@ pub async fn bring_back(
 ) -> Result<BringBackReport, RoomsError> {
     let mut report = BringBackReport::default();
     rejoin_own(config, registry, client, retry_all, &mut report).await?;
-    restore_aliases(config, registry, client, &mut report).await?;
     rejoin_people(config, registry, client, retry_all, &mut report).await?;
+    restore_aliases(config, registry, client, &mut report).await?;
     if !report.is_empty() {
         registry.audit(actor, "rooms.rejoin", None, Some(&report.summary())).await?;
     }
@@ -398,7 +399,7 @@ async fn rejoin_own(
 }
 
 /// Points each surviving room's local aliases at it again, and lists it in
-/// the directory again if it was, for the rooms lifeboat is back in. Kept
+/// the directory again if it was, for the rooms this server is back in. Kept
 /// due until every step worked (or an admin had pointed an alias
 /// elsewhere): by the next round the room reads as here, and nothing else
 /// would come back to it. A refusal counts as a try (given up at the

@@ -188,11 +188,6 @@ pub async fn sync(
                 }
             }
         }
-        let mut applied = applied;
-        if !options.stop.is_cancelled() {
-            let unlocked = std::mem::take(&mut applied.report.unlocked_held);
-            applied.report.unlocked_held = crate::check::still_unlocked_held(registry, client, unlocked).await;
-        }
         Ok::<_, SyncError>(SyncSummary {
             run_id,
             applied,

@@ -519,10 +519,10 @@ async fn wait_for_next_round(
                 tracing::info!(why, "watcher: the probe saw something wrong; reading the listing now");
                 return true;
             }
-            Probe::CouldNotTell(why) => {
+            Probe::CouldNotTell { why, lasting } => {
                 tracing::debug!(why, "watcher: the probe could not tell");
                 let mut seen = Observation::default();
-                seen.could_not_tell(&why, false);
+                seen.could_not_tell(&why, lasting);
                 unchecked.follow(config, registry, alerts, &seen, Looked::Probe, false).await;
             }
         }

@@ -16,7 +16,7 @@ use crate::campaign::{
 };
 use crate::check::check;
 use crate::email::EmailAddress;
-use crate::holds::{WayBack, way_back};
+use crate::holds::{UNLOCKED_HELD_REMEDY, WayBack, way_back};
 use crate::links::LINK_KEY;
 use crate::notice::markdown_escape;
 use crate::notify::{NotifyProgress, plan};
@@ -143,9 +143,9 @@ async fn run(bot: &Arc<Bot>, room: &Room, actor: &Actor, command: AdminCommand) 
             let report = &outcome.report;
             let mut reply =
                 format!("Verdict **{}**: {}.", report.verdict.as_str(), outcome.reason.trim_end_matches('.'));
-            let unlocked = "Held, but unlocked outside lifeboat (lock them again, or `lifeboat holds claim`)";
+            let unlocked = format!("Held, but unlocked outside lifeboat ({UNLOCKED_HELD_REMEDY})");
             for (label, ids) in
-                [("Missing", &report.missing), ("Recreated", &report.recreated), (unlocked, &report.unlocked_held)]
+                [("Missing", &report.missing), ("Recreated", &report.recreated), (&*unlocked, &report.unlocked_held)]
             {
                 if !ids.is_empty() {
                     reply.push_str(&format!("\n\n{label}: {}", crate::plural::id_list(ids, 20)));

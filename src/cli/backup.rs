@@ -66,5 +66,13 @@ pub async fn run_restore(context: &Context, args: RestoreArgs) -> Outcome {
     let restored = restored.map_err(|err| Failure::failed(format!("nothing was restored: {err}")))?;
     let kept = if restored.kept_own_credentials { crate::backup::KEPT_OWN_CREDENTIALS } else { "" };
     println!("Restored {} rows from {}{kept}.", restored.rows, args.file.display());
+    // The admin may believe the file was safe to keep anywhere.
+    if identity.is_some() && !restored.encrypted {
+        eprintln!(
+            "note: {} was not encrypted (--identity was not needed): it holds lifeboat's secrets in the clear; \
+             set backup.encrypt_to so that later backups are",
+            args.file.display()
+        );
+    }
     Ok(exit::OK)
 }

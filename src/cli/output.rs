@@ -51,8 +51,9 @@ fn on_terminal(message: &'static str, template: &str) -> ProgressBar {
 pub fn unlocked_held_line(ids: &[String]) -> Option<String> {
     (!ids.is_empty()).then(|| {
         format!(
-            "  held but unlocked outside lifeboat: {} (whoever can sign in to one has its person's ID: lock them again in Synapse, or hand one to its owner with `lifeboat holds claim`)",
-            id_list(ids, 20)
+            "  held but unlocked outside lifeboat: {} (whoever can sign in to one has its person's ID: {})",
+            id_list(ids, 20),
+            crate::holds::UNLOCKED_HELD_REMEDY
         )
     })
 }

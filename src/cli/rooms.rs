@@ -24,10 +24,11 @@ pub enum Command {
     },
     /// Bring people back into their rooms now (`serve`'s watcher does it every round).
     ///
-    /// lifeboat's own account rejoins the surviving rooms people lost (and
-    /// re-points their local aliases, and lists them in the directory
-    /// again); then each person whose ID is theirs again (claimed) is joined
-    /// to every surviving room they were in, and invited to re-created ones.
+    /// lifeboat's own account rejoins the surviving rooms people lost; then
+    /// each person whose ID is theirs again (claimed) is joined to every
+    /// surviving room they were in, and invited to re-created ones; then the
+    /// local aliases of the surviving rooms this server is back in point at
+    /// them again, and the directory lists them again.
     /// A surviving room waits while a stranger holds a former member's ID,
     /// or (holds on) while one is not held yet: exit 1 then. A room that
     /// refuses lifeboat's own join, and a join (lifeboat's or a person's)

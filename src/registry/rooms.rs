@@ -524,6 +524,29 @@ impl Registry {
         .bind(now_ms())
         .execute(&self.pool)
         .await?;
+        if matches!(outcome, RejoinOutcome::Joined) {
+            self.aliases_due_once_back(room_id).await?;
+        }
+        Ok(())
+    }
+
+    /// A person's join brought this server back into a surviving room
+    /// lifeboat's own join has not (it failed, or is given up): the room's
+    /// aliases and directory listing are due all the same (Synapse lets a
+    /// server admin set them from outside the room), and the next reading
+    /// of its state must not take the directory's empty answer for them.
+    async fn aliases_due_once_back(&self, room_id: &str) -> Result<()> {
+        let listed_at = self.rooms_listed_at().await?;
+        sqlx::query(
+            "UPDATE rooms SET aliases_due_at = $2, aliases_attempts = 0 WHERE room_id = $1 \
+             AND last_seen_at < $3 AND restored_at IS NULL AND aliases_due_at IS NULL \
+             AND (aliases <> '[]' OR public <> 0)",
+        )
+        .bind(room_id)
+        .bind(now_ms())
+        .bind(listed_at)
+        .execute(&self.pool)
+        .await?;
         Ok(())
     }
 

@@ -182,6 +182,7 @@ impl Registry {
                     created_at_ms: pair.known_created,
                     standing: pair.known_standing.unwrap_or(AccountState::Present),
                     lost_created_at: pair.known_lost_created,
+                    custody_since_listing: pair.custody_since_listing.unwrap_or(0) != 0,
                 });
                 let listed = pair.listed_id.map(|user_id| Listed {
                     user_id,
@@ -192,7 +193,7 @@ impl Registry {
                 report.add(known.as_ref(), listed.as_ref());
                 let Some(known) = known else { continue };
                 let state = pair.known_state.unwrap_or(AccountState::Present);
-                match mark_for(&known, listed.as_ref(), state, pair.custody_since_listing.unwrap_or(0) != 0) {
+                match mark_for(&known, listed.as_ref(), state) {
                     Some(Mark::Recreated) => to_mark_recreated.push(known.user_id),
                     Some(Mark::Missing) => to_mark_missing.push(known.user_id),
                     Some(Mark::CameBack) => to_mark_came_back.push(known.user_id),
@@ -437,15 +438,14 @@ enum Mark {
 }
 
 /// What a sync marks on a known account, from its classified pair: one rule, so the writes
-/// cannot disagree with the report. `state`: the stored one, beside its standing;
-/// `custody_since_listing`: lifeboat took custody (a hold, a claim) after the listing began.
-fn mark_for(known: &Known, listed: Option<&Listed>, state: AccountState, custody_since_listing: bool) -> Option<Mark> {
+/// cannot disagree with the report. `state`: the stored one, beside its standing.
+fn mark_for(known: &Known, listed: Option<&Listed>, state: AccountState) -> Option<Mark> {
     match classify(Some(known), listed)? {
         // Newly taken by someone lifeboat cannot vouch for.
         Class::Recreated if known.standing != AccountState::Recreated => Some(Mark::Recreated),
         // Not a hold made since this listing began: the listing is too old to say it is gone, and
         // holding it anew would find lifeboat's own account there and take it for a stranger's.
-        Class::Missing if state != AccountState::Missing && !custody_since_listing => Some(Mark::Missing),
+        Class::Missing if state != AccountState::Missing && !known.custody_since_listing => Some(Mark::Missing),
         Class::CameBack => Some(Mark::CameBack),
         _ => None,
     }
@@ -534,14 +534,20 @@ mod tests {
         for (standing, listed_s, state, custody_since_listing, mark) in cases {
             let holding = standing == Held && state == Missing;
             let created_at_ms = if holding { None } else { Some(10_000) };
-            let known = Known { user_id: "@a:x".to_owned(), created_at_ms, standing, lost_created_at: None };
+            let known = Known {
+                user_id: "@a:x".to_owned(),
+                created_at_ms,
+                standing,
+                lost_created_at: None,
+                custody_since_listing,
+            };
             let listed = listed_s.map(|created_s: i64| Listed {
                 user_id: "@a:x".to_owned(),
                 deactivated: false,
                 locked: false,
                 created_at_ms: Some(created_s * 1000 + 999),
             });
-            let marked = mark_for(&known, listed.as_ref(), state, custody_since_listing);
+            let marked = mark_for(&known, listed.as_ref(), state);
             assert_eq!(marked, mark, "{standing:?}, listed {listed_s:?}, stored {state:?}, {custody_since_listing}");
         }
     }

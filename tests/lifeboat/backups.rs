@@ -418,6 +418,16 @@ async fn the_cli_encrypts_backups_to_the_configured_keys() {
     assert!(refused.stderr.contains("--identity"), "{refused:?}");
     let restored = elsewhere.run(&["restore", out.to_str().unwrap(), "--identity", key_file.to_str().unwrap()]).await;
     assert_eq!(restored.code, 0, "{restored:?}");
+    assert!(!restored.stderr.contains("not encrypted"), "{restored:?}");
+
+    // A plain file restores with a key given, and the admin learns it was plain.
+    let plain = dir.path().join("plain.backup");
+    assert_eq!(elsewhere.run(&["backup", "--out", plain.to_str().unwrap()]).await.code, 0);
+    let third_registry = TestDatabase::sqlite();
+    let third = configured(&third_registry, "");
+    let restored = third.run(&["restore", plain.to_str().unwrap(), "--identity", key_file.to_str().unwrap()]).await;
+    assert_eq!(restored.code, 0, "{restored:?}");
+    assert!(restored.stderr.contains("was not encrypted (--identity was not needed)"), "{restored:?}");
 
     let secret = std::fs::read_to_string(&key_file).unwrap().lines().nth(1).unwrap().to_owned();
     let pasted = configured(&registry, &format!("encrypt_to = [\"{secret}\"]"));

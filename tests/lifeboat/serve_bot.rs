@@ -1243,6 +1243,40 @@ async fn an_admin_token_that_is_not_a_server_admins_is_alerted_at_the_first_roun
     assert_eq!(audited_alerts(&rig, "cannot tell").await, 1, "a restart does not say it again");
 }
 
+/// An admin token whose account loses the admin flag between rounds will
+/// not work again by itself: the next probe tells the admins at once, not
+/// after `watch.alert_unchecked_after`, and the round that then meets the
+/// same refusal does not tell them twice.
+#[tokio::test(flavor = "multi_thread")]
+async fn an_admin_token_demoted_between_rounds_is_told_by_the_next_probe_and_only_once() {
+    let mut rig = Rig::start(TestSmtp::start(None), &[]).await;
+    rig.lifeboat.set_env("LIFEBOAT__WATCH__INTERVAL", "10s");
+    rig.lifeboat.set_env("LIFEBOAT__WATCH__PROBE_INTERVAL", "1s");
+    rig.serve().await;
+    logged_more_than(&rig.lifeboat, "watcher round", 0).await;
+
+    let whoami = rig.synapse.admin_get("/_matrix/client/v3/account/whoami").await;
+    let demoted = whoami["user_id"].as_str().unwrap().to_owned();
+    rig.synapse.register_admin(&unique("root"));
+    let path = format!("/_synapse/admin/v2/users/{demoted}");
+    let (status, body) =
+        rig.synapse.admin_request(reqwest::Method::PUT, &path, Some(serde_json::json!({"admin": false}))).await;
+    assert_eq!(status, 200, "{body}");
+    eventually("a probe's alert", Duration::from_secs(60), || async {
+        !alerts_about(&rig, "cannot tell whether accounts are lost").is_empty()
+    })
+    .await;
+    let log = rig.lifeboat.serve_log();
+    let raised = log.find("cannot tell whether accounts are lost").unwrap();
+    assert_eq!(log[..raised].matches("watcher round").count(), 1, "told by a probe, before a round:\n{log}");
+    let alert = &alerts_about(&rig, "cannot tell whether accounts are lost")[0];
+    assert!(alert.contains("must belong to a server admin"), "{alert}");
+
+    // The third round begins after the second has followed up on its refusal.
+    logged_more_than(&rig.lifeboat, "watcher round", 2).await;
+    assert_eq!(audited_alerts(&rig, "cannot tell").await, 1, "the round does not say it again");
+}
+
 /// A bot session that only expired (a homeserver with session lifetimes)
 /// is logged in again by password on the same device: the people the bot
 /// writes to encrypted see no new device. Synapse keeps an expired
