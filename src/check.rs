@@ -90,6 +90,7 @@ pub async fn check(registry: &Registry, client: &SynapseClient, config: &Config)
         Err(err) => return Err(err),
     };
     let mut report = merge_join(&known, &listing, loss_threshold);
+    registry.less_hand_overs_under_way(&mut report.unlocked_held).await;
     report.unlocked_held = still_unlocked_held(registry, client, std::mem::take(&mut report.unlocked_held)).await;
     let reason = verdict_reason(&report, loss_threshold);
     Ok(CheckReport { report, listing_complete: true, reason, server_version })

@@ -39,7 +39,7 @@ pub const HOLD_CONCURRENCY: usize = 8;
 /// What an admin does about held IDs unlocked outside lifeboat, in the
 /// same words whichever face (CLI, bot, alert) reports them.
 pub const UNLOCKED_HELD_REMEDY: &str =
-    "lock them again in Synapse, or hand one to its owner with `lifeboat holds claim <id>`";
+    "lock them again in Synapse, or hand one to its owner with `lifeboat holds claim <id>` on the lifeboat host";
 
 #[derive(Debug, thiserror::Error)]
 pub enum HoldError {
@@ -720,7 +720,7 @@ pub async fn one_hand_over<T>(
     user_id: &UserId,
     work: impl Future<Output = T>,
 ) -> Result<T, HandOverError> {
-    let lease = Lease::run(registry, &format!("hand-over:{user_id}"), work).await?;
+    let lease = Lease::run(registry, &registry::hand_over_lease(user_id), work).await?;
     lease.map_err(|_| HandOverError::UnderWay(user_id.to_string()))
 }
 

@@ -321,14 +321,26 @@ pub async fn bring_back(
     actor: &Actor,
     retry_all: bool,
 ) -> Result<BringBackReport, RoomsError> {
-    let mut report = BringBackReport::default();
-    rejoin_own(config, registry, client, retry_all, &mut report).await?;
-    rejoin_people(config, registry, client, retry_all, &mut report).await?;
-    restore_aliases(config, registry, client, &mut report).await?;
-    if !report.is_empty() {
-        registry.audit(actor, "rooms.rejoin", None, Some(&report.summary())).await?;
-    }
-    Ok(report)
+    let work = async {
+        let mut report = BringBackReport::default();
+        rejoin_own(config, registry, client, retry_all, &mut report).await?;
+        // One person's error leaves the rooms already back their aliases.
+        let people = rejoin_people(config, registry, client, retry_all, &mut report).await;
+        restore_aliases(config, registry, client, &mut report).await?;
+        people?;
+        if !report.is_empty() {
+            registry.audit(actor, "rooms.rejoin", None, Some(&report.summary())).await?;
+        }
+        Ok(report)
+    };
+    // One run at a time (serve's watcher, `rooms rejoin`): two would count
+    // one round's failed joins twice, and give rooms up early.
+    Lease::run(registry, "rooms-rejoin", work).await?.unwrap_or_else(|Held { holder, until }| {
+        Err(RoomsError::Refused(format!(
+            "another run ({holder}) is bringing people back into their rooms now (serve's watcher does every \
+             round); let it finish, or if that process is gone, try again after {until}"
+        )))
+    })
 }
 
 /// Rooms lifeboat's account should be back in: surviving ones that people

@@ -188,6 +188,8 @@ pub async fn sync(
                 }
             }
         }
+        let mut applied = applied;
+        registry.less_hand_overs_under_way(&mut applied.report.unlocked_held).await;
         Ok::<_, SyncError>(SyncSummary {
             run_id,
             applied,

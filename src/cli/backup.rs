@@ -68,9 +68,13 @@ pub async fn run_restore(context: &Context, args: RestoreArgs) -> Outcome {
     println!("Restored {} rows from {}{kept}.", restored.rows, args.file.display());
     // The admin may believe the file was safe to keep anywhere.
     if identity.is_some() && !restored.encrypted {
+        let advice = if config.backup.encrypt_to.is_empty() {
+            "set backup.encrypt_to so that later backups are"
+        } else {
+            "backups made now are (backup.encrypt_to is set): delete plain copies"
+        };
         eprintln!(
-            "note: {} was not encrypted (--identity was not needed): it holds lifeboat's secrets in the clear; \
-             set backup.encrypt_to so that later backups are",
+            "note: {} was not encrypted (--identity was not needed): it holds lifeboat's secrets in the clear; {advice}",
             args.file.display()
         );
     }

@@ -11,6 +11,15 @@ use super::{AccountState, Actor, Registry, Result, now_ms};
 use crate::email::EmailAddress;
 use crate::user_id::UserId;
 
+/// Leases of hand-overs begin with this, the ID follows ([`hand_over_lease`]).
+const HAND_OVER_LEASE: &str = "hand-over:";
+
+/// The lease a hand-over of `user_id` (a claim, by link or by an operator)
+/// runs under.
+pub fn hand_over_lease(user_id: &UserId) -> String {
+    format!("{HAND_OVER_LEASE}{user_id}")
+}
+
 /// A lost ID to hold, with what the held account gets back of its person.
 #[derive(Debug, Clone, sqlx::FromRow)]
 pub struct HoldCandidate {
@@ -61,6 +70,24 @@ const HOLD_CANDIDATES: &str = "((state = 'missing' AND custody IS NULL AND hold_
      OR custody = 'holding')";
 
 impl Registry {
+    /// Drops from `ids` (held IDs a listing showed unlocked) those being
+    /// handed over now: a claim unlocks the account in Synapse before it
+    /// records the claim here, so a listing can catch it in between. On a
+    /// registry error the listing's word stands.
+    pub async fn less_hand_overs_under_way(&self, ids: &mut Vec<String>) {
+        if ids.is_empty() {
+            return;
+        }
+        let live: std::result::Result<Vec<String>, sqlx::Error> =
+            sqlx::query_scalar("SELECT name FROM leases WHERE name LIKE $1 AND expires_at >= $2")
+                .bind(format!("{HAND_OVER_LEASE}%"))
+                .bind(now_ms())
+                .fetch_all(&self.pool)
+                .await;
+        let Ok(live) = live else { return };
+        ids.retain(|id| !live.iter().any(|name| name.strip_prefix(HAND_OVER_LEASE) == Some(id.as_str())));
+    }
+
     /// Records IDs no listing saw as lost, so that a hold run holds them with
     /// the rest (the bot's admin IDs, after a wipe). Known IDs stay as they are.
     /// Their account's time is 0, so that any account found there before a

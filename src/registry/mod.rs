@@ -33,7 +33,7 @@ pub use contacts::{AddContact, Contact, ContactAddress, ContactKind, ContactSour
 pub(crate) use credentials::set_setting_in;
 pub use credentials::{CredentialFrom, SERVICE_PASSWORD_SETTING, ServiceCredential};
 pub use deliveries::{Delivery, DeliveryChannel, DeliveryCounts, DeliveryState, OutboxWriter, PlannedEmails};
-pub use holds::{HoldCandidate, HoldCounts, HoldRow};
+pub use holds::{HoldCandidate, HoldCounts, HoldRow, hand_over_lease};
 pub use incidents::{Incident, IncidentScope, IncidentSummary, NoticeToken, TokenPurpose};
 pub use messages::{EXPIRED, INCIDENT_RESOLVED, MessageKind, NO_LONGER_MAILABLE, NewMessage, StoredMessage};
 pub use rooms::{

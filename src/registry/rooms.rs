@@ -259,12 +259,15 @@ impl Registry {
         let previous = previous.and_then(|stamp| stamp.parse::<i64>().ok()).unwrap_or(i64::MIN);
         let now = now_ms().max(previous.saturating_add(1));
         for room in rooms {
+            // A room whose directory entry is still to be put back keeps it
+            // as known: the directory lacks it only because it is not back yet.
             sqlx::query(
                 "INSERT INTO rooms (room_id, name, canonical_alias, join_rule, public, encrypted, room_type, creator, \
                  joined_local, joined_remote, state_events, first_seen_at, last_seen_at) \
                  VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $12) \
                  ON CONFLICT (room_id) DO UPDATE SET name = excluded.name, canonical_alias = excluded.canonical_alias, \
-                 join_rule = excluded.join_rule, public = excluded.public, encrypted = excluded.encrypted, \
+                 join_rule = excluded.join_rule, public = CASE WHEN rooms.aliases_due_at IS NOT NULL \
+                 AND rooms.public <> 0 THEN rooms.public ELSE excluded.public END, encrypted = excluded.encrypted, \
                  room_type = excluded.room_type, creator = excluded.creator, joined_local = excluded.joined_local, \
                  joined_remote = excluded.joined_remote, state_events = excluded.state_events, \
                  last_seen_at = excluded.last_seen_at",
@@ -385,8 +388,8 @@ impl Registry {
         Ok(given_up)
     }
 
-    /// Rooms lifeboat is back in whose aliases and directory listing are
-    /// still to be put back, with since when, longest due first.
+    /// Rooms this server is back in whose aliases and directory listing
+    /// are still to be put back, with since when, longest due first.
     pub async fn rooms_with_aliases_due(&self) -> Result<Vec<(String, i64)>> {
         Ok(sqlx::query_as(
             "SELECT room_id, aliases_due_at FROM rooms WHERE aliases_due_at IS NOT NULL \

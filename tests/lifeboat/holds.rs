@@ -1039,7 +1039,9 @@ async fn lifeboats_own_id_lost_without_a_shared_secret_is_made_lifeboats_again_b
 
 /// Someone unlocks a held account in Synapse (its admin API, an admin
 /// console): whoever can sign in to it would have its person's ID. `check`
-/// and `sync` name it (and the watcher alerts it, by the same report).
+/// and `sync` name it (and the watcher alerts it, by the same report), but
+/// not while it is being handed over (a claim unlocks the account before it
+/// records the claim).
 #[tokio::test(flavor = "multi_thread")]
 async fn a_held_id_unlocked_outside_lifeboat_is_named_by_check_and_sync() {
     let synapse = TestSynapse::start();
@@ -1056,6 +1058,17 @@ async fn a_held_id_unlocked_outside_lifeboat_is_named_by_check_and_sync() {
     let path = format!("/_synapse/admin/v2/users/{held}");
     let unlock = serde_json::json!({"locked": false});
     assert_eq!(synapse.admin_request(reqwest::Method::PUT, &path, Some(unlock)).await.0, 200);
+
+    let store = lifeboat::registry::Registry::connect(&registry.url()).await.unwrap();
+    let hand_over = lifeboat::registry::hand_over_lease(&lifeboat::user_id::UserId::parse(&held).unwrap());
+    let until = lifeboat::registry::now_ms() + 60_000;
+    store.take_lease(&hand_over, "another-host:1:1", until, None).await.unwrap().unwrap();
+    assert_eq!(unlocked().await, serde_json::json!([]), "being handed over");
+    let sync = lifeboat.run(&["sync"]).await;
+    assert!(!sync.stdout.contains("unlocked outside lifeboat"), "{sync:?}");
+    store.release_lease(&hand_over, "another-host:1:1").await.unwrap();
+    store.close().await;
+
     assert_eq!(unlocked().await, serde_json::json!([held]));
     let sync = lifeboat.run(&["sync"]).await;
     assert!(sync.stdout.contains(&format!("held but unlocked outside lifeboat: {held}")), "{sync:?}");

@@ -338,7 +338,7 @@ async fn an_alias_that_could_not_be_put_back_at_once_is_put_back_by_a_later_roun
     wiped_and_held(&ours, &lifeboat).await;
     // Synapse busy for the alias: both of lifeboat's tries (retries = 1) get a 503.
     let front = FaultyFront::start(&ours.url, reqwest::Method::PUT, "/directory/room/", 2).await;
-    let config = through_front(&lifeboat, &ours, &front);
+    through_front(&lifeboat, &ours, &front);
     let rejoined = lifeboat.run(&["rooms", "rejoin"]).await;
     assert_eq!(front.failures_left(), 0, "{rejoined:?}");
     assert!(rejoined.stderr.contains(&format!("not yet: {alias}")), "{rejoined:?}");
@@ -356,26 +356,38 @@ async fn an_alias_that_could_not_be_put_back_at_once_is_put_back_by_a_later_roun
 /// lifeboat's own join of a surviving room fails (Synapse busy just then)
 /// while a person's join brings this server back in: the room's local
 /// alias is put back all the same (a server admin may set it from outside
-/// the room), not forgotten once the next listing reads the room as here.
+/// the room), and its directory entry too, though that failed at first and
+/// the next listing read the room as here, and unlisted.
 #[tokio::test(flavor = "multi_thread")]
-async fn a_surviving_room_people_came_back_into_before_lifeboat_gets_its_alias_back() {
+async fn a_surviving_room_people_came_back_into_before_lifeboat_gets_its_alias_and_listing_back() {
     let in_square = one_person_in_a_square_of_theirs("alice", "").await;
+    let listing = format!("/_matrix/client/v3/directory/list/room/{}", encode(&in_square.square));
+    let public = Some(serde_json::json!({"visibility": "public"}));
+    assert_eq!(in_square.ours.admin_request(reqwest::Method::PUT, &listing, public).await.0, 200);
     let alias = a_local_alias_the_registry_knows(&in_square).await;
     let InSquare { ours, theirs: _theirs, _registry, person: alice, bob: _bob, square, lifeboat } = in_square;
+    assert_eq!(rooms_by_id(&lifeboat).await[&square]["public"], true);
     wiped_and_held(&ours, &lifeboat).await;
     claim(&lifeboat, &alice.user_id).await;
 
-    let front = FaultyFront::start(&ours.url, reqwest::Method::POST, "/client/v3/join/", 1).await;
-    let config = through_front(&lifeboat, &ours, &front);
+    // lifeboat's join fails once, the directory entry twice (both tries).
+    let joins = FaultyFront::start(&ours.url, reqwest::Method::POST, "/client/v3/join/", 1).await;
+    let front = FaultyFront::start(&joins.url, reqwest::Method::PUT, "/directory/list/room/", 2).await;
+    let config = std::fs::read_to_string(lifeboat.config_path()).unwrap();
+    lifeboat.write_config(&config.replace(&format!("url = \"{}\"", ours.url), &format!("url = \"{}\"", front.url)));
     let rejoined = lifeboat.run(&["rooms", "rejoin"]).await;
-    assert_eq!(front.failures_left(), 0, "lifeboat's own join failed: {rejoined:?}");
+    assert_eq!((joins.failures_left(), front.failures_left()), (0, 0), "{rejoined:?}");
     assert!(rejoined.stdout.contains("(1 aliases re-pointed); 1 memberships restored"), "{rejoined:?}");
+    assert!(rejoined.stderr.contains("not yet: directory"), "{rejoined:?}");
     assert_eq!(ours.resolve_alias(&alias).await.as_deref(), Some(square.as_str()), "{rejoined:?}");
 
     lifeboat.write_config(&config);
     assert_eq!(lifeboat.run(&["sync"]).await.code, 0);
     assert_eq!(state_of(&lifeboat, &square).await, "here");
-    assert_eq!(rooms_by_id(&lifeboat).await[&square]["aliases"][0], alias.as_str(), "still known");
+    let again = lifeboat.run(&["rooms", "rejoin"]).await;
+    assert_eq!(again.code, 0, "{again:?}");
+    let (_, entry) = ours.admin_request(reqwest::Method::GET, &listing, None).await;
+    assert_eq!(entry["visibility"], "public", "listed again: {again:?}");
     let done = lifeboat.run(&["rooms", "rejoin"]).await;
     assert!(done.stdout.contains("Nobody is waiting"), "{done:?}");
 }
@@ -680,6 +692,29 @@ async fn a_surviving_room_that_refuses_lifeboat_is_reported_given_up() {
     assert_eq!(rejoined.code, 1, "{rejoined:?}");
     assert!(rejoined.stderr.contains(&format!("given up: {square}")), "{rejoined:?}");
     assert!(rejoined.stdout.contains("refused lifeboat or could not be reached, and are given up"), "{rejoined:?}");
+}
+
+/// One run brings people back at a time: while another (here: another
+/// host's) holds the turn, `rooms rejoin` says so and joins nobody; once it
+/// is over, the run does the work.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_rejoin_run_waits_while_another_brings_people_back() {
+    let TwoSquares { ours, _theirs, registry, carol, lifeboat, .. } = two_squares_after_a_wipe().await;
+    let store = lifeboat::registry::Registry::connect(&registry.url()).await.unwrap();
+    let until = lifeboat::registry::now_ms() + 60_000;
+    store.take_lease("rooms-rejoin", "another-host:1:1", until, None).await.unwrap().unwrap();
+
+    let refused = lifeboat.run(&["rooms", "rejoin"]).await;
+    assert_eq!(refused.code, 1, "{refused:?}");
+    assert!(refused.stderr.contains("another run (another-host:1:1) is bringing people back"), "{refused:?}");
+    ours.register_admin(&unique("root"));
+    let joined = ours.admin_get(&format!("/_synapse/admin/v1/users/{}/joined_rooms", carol.user_id)).await;
+    assert_eq!(joined["total"], 0, "nobody joined meanwhile: {joined}");
+
+    store.release_lease("rooms-rejoin", "another-host:1:1").await.unwrap();
+    let rejoined = lifeboat.run(&["rooms", "rejoin"]).await;
+    assert!(rejoined.stdout.contains("lifeboat rejoined 2 surviving rooms"), "{rejoined:?}");
+    store.close().await;
 }
 
 /// Carol of our server in two public rooms of theirs (Square, Across), our

@@ -1274,6 +1274,9 @@ async fn an_admin_token_demoted_between_rounds_is_told_by_the_next_probe_and_onl
 
     // The third round begins after the second has followed up on its refusal.
     logged_more_than(&rig.lifeboat, "watcher round", 2).await;
+    let log = rig.lifeboat.serve_log();
+    let second = log.lines().filter(|line| line.contains("watcher round")).nth(1).unwrap();
+    assert!(second.contains("must belong to a server admin"), "the round met the refusal too: {second}");
     assert_eq!(audited_alerts(&rig, "cannot tell").await, 1, "the round does not say it again");
 }
 
