@@ -51,6 +51,18 @@ const ROOM_STATE_SQL: &str = "CASE WHEN r.recreated_as IS NOT NULL THEN 'recreat
      WHEN r.joined_remote > 0 THEN 'elsewhere' \
      ELSE 'lost' END";
 
+/// Whether a surviving room is back on this server (in a listing after
+/// `listed_before`, an SQL value, not in it) by anyone's join but lifeboat's
+/// own, with aliases or a directory entry to put back that are not due yet.
+/// Synapse lets a server admin set both from outside the room; until then
+/// the registry keeps what the directory lost (see [`record_details`]).
+fn back_without_lifeboat(listed_before: &str) -> String {
+    format!(
+        "(rooms.last_seen_at < {listed_before} AND rooms.restored_at IS NULL AND rooms.recreated_as IS NULL \
+          AND rooms.aliases_due_at IS NULL AND (rooms.aliases <> '[]' OR rooms.public <> 0))"
+    )
+}
+
 /// How many former members of the room `room_id` (an SQL column) a
 /// stranger holds the ID of now ([`Room::strangers`]). Invited ones count
 /// too: the invite is still in the room's state, for whoever has the ID.
@@ -258,34 +270,42 @@ impl Registry {
             .await?;
         let previous = previous.and_then(|stamp| stamp.parse::<i64>().ok()).unwrap_or(i64::MIN);
         let now = now_ms().max(previous.saturating_add(1));
+        // A room back by anyone's join (a person's own, or one a listing
+        // applied meanwhile caught before lifeboat recorded it) has its
+        // aliases and directory entry due from this listing; one whose entry
+        // is due keeps it as known: the directory lacks it only for now.
+        let back = back_without_lifeboat("$13");
+        let upsert = format!(
+            "INSERT INTO rooms (room_id, name, canonical_alias, join_rule, public, encrypted, room_type, creator, \
+             joined_local, joined_remote, state_events, first_seen_at, last_seen_at) \
+             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $12) \
+             ON CONFLICT (room_id) DO UPDATE SET name = excluded.name, canonical_alias = excluded.canonical_alias, \
+             join_rule = excluded.join_rule, encrypted = excluded.encrypted, \
+             public = CASE WHEN rooms.public <> 0 AND (rooms.aliases_due_at IS NOT NULL OR {back}) \
+                      THEN rooms.public ELSE excluded.public END, \
+             aliases_due_at = CASE WHEN {back} THEN excluded.last_seen_at ELSE rooms.aliases_due_at END, \
+             aliases_attempts = CASE WHEN {back} THEN 0 ELSE rooms.aliases_attempts END, \
+             room_type = excluded.room_type, creator = excluded.creator, joined_local = excluded.joined_local, \
+             joined_remote = excluded.joined_remote, state_events = excluded.state_events, \
+             last_seen_at = excluded.last_seen_at"
+        );
         for room in rooms {
-            // A room whose directory entry is still to be put back keeps it
-            // as known: the directory lacks it only because it is not back yet.
-            sqlx::query(
-                "INSERT INTO rooms (room_id, name, canonical_alias, join_rule, public, encrypted, room_type, creator, \
-                 joined_local, joined_remote, state_events, first_seen_at, last_seen_at) \
-                 VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $12) \
-                 ON CONFLICT (room_id) DO UPDATE SET name = excluded.name, canonical_alias = excluded.canonical_alias, \
-                 join_rule = excluded.join_rule, public = CASE WHEN rooms.aliases_due_at IS NOT NULL \
-                 AND rooms.public <> 0 THEN rooms.public ELSE excluded.public END, encrypted = excluded.encrypted, \
-                 room_type = excluded.room_type, creator = excluded.creator, joined_local = excluded.joined_local, \
-                 joined_remote = excluded.joined_remote, state_events = excluded.state_events, \
-                 last_seen_at = excluded.last_seen_at",
-            )
-            .bind(&room.room_id)
-            .bind(&room.name)
-            .bind(&room.canonical_alias)
-            .bind(&room.join_rule)
-            .bind(room.public as i64)
-            .bind(room.encrypted as i64)
-            .bind(&room.room_type)
-            .bind(&room.creator)
-            .bind(room.joined_local)
-            .bind(room.joined_remote)
-            .bind(room.state_events)
-            .bind(now)
-            .execute(&mut *tx)
-            .await?;
+            sqlx::query(sqlx::AssertSqlSafe(upsert.as_str()))
+                .bind(&room.room_id)
+                .bind(&room.name)
+                .bind(&room.canonical_alias)
+                .bind(&room.join_rule)
+                .bind(room.public as i64)
+                .bind(room.encrypted as i64)
+                .bind(&room.room_type)
+                .bind(&room.creator)
+                .bind(room.joined_local)
+                .bind(room.joined_remote)
+                .bind(room.state_events)
+                .bind(now)
+                .bind(previous)
+                .execute(&mut *tx)
+                .await?;
             if let Some(details) = &room.details {
                 record_details(&mut tx, &room.room_id, details).await?;
             }
@@ -534,17 +554,14 @@ impl Registry {
     }
 
     /// A person's join brought this server back into a surviving room
-    /// lifeboat's own join has not (it failed, or is given up): the room's
-    /// aliases and directory listing are due all the same (Synapse lets a
-    /// server admin set them from outside the room), and the next reading
-    /// of its state must not take the directory's empty answer for them.
+    /// lifeboat's own join has not (it failed, or is given up): its aliases
+    /// and directory listing are due now, not from the next listing.
     async fn aliases_due_once_back(&self, room_id: &str) -> Result<()> {
         let listed_at = self.rooms_listed_at().await?;
-        sqlx::query(
-            "UPDATE rooms SET aliases_due_at = $2, aliases_attempts = 0 WHERE room_id = $1 \
-             AND last_seen_at < $3 AND restored_at IS NULL AND aliases_due_at IS NULL \
-             AND (aliases <> '[]' OR public <> 0)",
-        )
+        let back = back_without_lifeboat("$3");
+        sqlx::query(sqlx::AssertSqlSafe(format!(
+            "UPDATE rooms SET aliases_due_at = $2, aliases_attempts = 0 WHERE room_id = $1 AND {back}"
+        )))
         .bind(room_id)
         .bind(now_ms())
         .bind(listed_at)

@@ -739,6 +739,40 @@ async fn a_person_waits_for_a_surviving_room_while_another_members_id_is_free(re
 }
 on_both_backends!(a_person_waits_for_a_surviving_room_while_another_members_id_is_free);
 
+/// A surviving room back in a listing by anyone's join but lifeboat's own
+/// has its aliases and directory entry due, and keeps both as known though
+/// Synapse lists neither yet; not a room lifeboat itself got back into.
+async fn a_room_back_without_lifeboat_keeps_its_aliases_and_listing_due(registry: Registry) {
+    let mut square = room("!square", 2, &[("@a:x", 0)]);
+    square.public = true;
+    square.details.as_mut().unwrap().aliases = vec!["#square:x".to_owned()];
+    let mut harbour = square.clone();
+    harbour.room_id = "!harbour".to_owned();
+    registry.apply_room_listing(&[square.clone(), harbour.clone()]).await.unwrap();
+    registry.apply_room_listing(&[]).await.unwrap();
+    registry.mark_room_restored("!harbour", None).await.unwrap();
+    registry.aliases_no_longer_due("!harbour").await.unwrap();
+
+    // Back, as Synapse sees them after a wipe: unlisted, no aliases.
+    let bare = |mut room: RoomRecord| {
+        room.public = false;
+        room.details.as_mut().unwrap().aliases.clear();
+        room
+    };
+    registry.apply_room_listing(&[bare(square.clone()), bare(harbour)]).await.unwrap();
+    let due: Vec<String> = registry.rooms_with_aliases_due().await.unwrap().into_iter().map(|(id, _)| id).collect();
+    assert_eq!(due, ["!square"], "lifeboat's own join made harbour's due already, and it was done");
+    let known = registry.room("!square").await.unwrap().unwrap();
+    assert!(known.public && known.aliases == ["#square:x"], "kept as known: {known:?}");
+    let known = registry.room("!harbour").await.unwrap().unwrap();
+    assert!(!known.public && known.aliases.is_empty(), "as Synapse lists it: {known:?}");
+
+    registry.aliases_no_longer_due("!square").await.unwrap();
+    registry.apply_room_listing(&[bare(square)]).await.unwrap();
+    assert!(registry.rooms_with_aliases_due().await.unwrap().is_empty(), "due once, when it came back");
+}
+on_both_backends!(a_room_back_without_lifeboat_keeps_its_aliases_and_listing_due);
+
 /// A former member whose ID Synapse creates for nobody (a bridge's puppet,
 /// a name it no longer allows) holds no surviving room back, and is not
 /// tried again by every hold run; it is once lost again, or when asked.

@@ -392,6 +392,27 @@ async fn a_surviving_room_people_came_back_into_before_lifeboat_gets_its_alias_a
     assert!(done.stdout.contains("Nobody is waiting"), "{done:?}");
 }
 
+/// A person who rejoins a surviving room by themselves (their client, once
+/// their ID is theirs again) brings this server back in before lifeboat:
+/// the listing that finds it back keeps its alias as known, and the next
+/// run puts the alias back.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_surviving_room_a_person_rejoined_by_themselves_gets_its_alias_back() {
+    let in_square = one_person_in_a_square_of_theirs("alice", "").await;
+    let alias = a_local_alias_the_registry_knows(&in_square).await;
+    let InSquare { ours, theirs, _registry, person: alice, bob: _bob, square, lifeboat } = in_square;
+    wiped_and_held(&ours, &lifeboat).await;
+    claim(&lifeboat, &alice.user_id).await;
+    let alice = sign_in(&ours, "alice", NEW_PASSWORD).await;
+    alice.join_via(&square, &[&theirs.server_name]).await;
+
+    assert_eq!(lifeboat.run(&["sync"]).await.code, 0);
+    assert_eq!(state_of(&lifeboat, &square).await, "here");
+    assert_eq!(rooms_by_id(&lifeboat).await[&square]["aliases"][0], alias.as_str(), "kept as known");
+    let rejoined = lifeboat.run(&["rooms", "rejoin"]).await;
+    assert_eq!(ours.resolve_alias(&alias).await.as_deref(), Some(square.as_str()), "{rejoined:?}");
+}
+
 /// Gives the square a local alias (made by its person, who is of ours) and
 /// waits until a sync has read it.
 async fn a_local_alias_the_registry_knows(InSquare { ours, person, bob, square, lifeboat, .. }: &InSquare) -> String {
