@@ -90,8 +90,8 @@ pub async fn check(registry: &Registry, client: &SynapseClient, config: &Config)
         Err(err) => return Err(err),
     };
     let mut report = merge_join(&known, &listing, loss_threshold);
-    registry.less_hand_overs_under_way(&mut report.unlocked_held).await;
-    report.unlocked_held = still_unlocked_held(registry, client, std::mem::take(&mut report.unlocked_held)).await;
+    registry.keep_still_held(&mut report.unlocked_held).await;
+    report.unlocked_held = still_unlocked(client, std::mem::take(&mut report.unlocked_held)).await;
     let reason = verdict_reason(&report, loss_threshold);
     Ok(CheckReport { report, listing_complete: true, reason, server_version })
 }
@@ -99,13 +99,12 @@ pub async fn check(registry: &Registry, client: &SynapseClient, config: &Config)
 /// How many held IDs a listing showed unlocked are asked about again.
 const UNLOCKED_ASKED_AGAIN: usize = 100;
 
-/// Of the held IDs a listing showed unlocked, those still so now: a hold
-/// made, or a claim that finished, while the listing was read is neither
-/// (the listing may have caught one between two of its steps; `check` read
-/// the registry before it, where a sync knows when custody was taken). Only a
-/// clear answer drops an ID; from the first that cannot be had (and past
-/// the first [`UNLOCKED_ASKED_AGAIN`]), the listing's word stands.
-async fn still_unlocked_held(registry: &Registry, client: &SynapseClient, ids: Vec<String>) -> Vec<String> {
+/// Of the held IDs a listing showed unlocked (and the registry still holds),
+/// those Synapse still shows unlocked: someone may have locked one again
+/// since (`check` is asked by hand, while fixing it). Only a clear answer
+/// drops an ID; from the first that cannot be had (and past the first
+/// [`UNLOCKED_ASKED_AGAIN`]), the listing's word stands.
+async fn still_unlocked(client: &SynapseClient, ids: Vec<String>) -> Vec<String> {
     let mut still = Vec::new();
     let mut asking = true;
     for (n, id) in ids.into_iter().enumerate() {
@@ -114,13 +113,10 @@ async fn still_unlocked_held(registry: &Registry, client: &SynapseClient, ids: V
             still.push(id);
             continue;
         }
-        let Ok(user_id) = crate::user_id::UserId::parse(&id) else { continue };
-        match (registry.account(&user_id).await, client.user_details(&id).await) {
-            (Ok(Some(account)), Ok(Some(details))) if account.state == AccountState::Held && !details.locked => {
-                still.push(id)
-            }
-            (Ok(_), Ok(_)) => {}
-            _ => {
+        match client.user_details(&id).await {
+            Ok(Some(details)) if !details.locked => still.push(id),
+            Ok(_) => {}
+            Err(_) => {
                 asking = false;
                 still.push(id);
             }

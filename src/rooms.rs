@@ -54,6 +54,11 @@ pub enum RoomsError {
     UnknownRoom(String),
     #[error("stopped before the rooms were read, so the room registry was left unchanged; the next sync reads them")]
     Stopped,
+    #[error(
+        "another run ({holder}) is bringing people back into their rooms now (serve's watcher does every round); \
+         let it finish, or if that process is gone, try again after {until}"
+    )]
+    Busy { holder: String, until: String },
 }
 
 /// What a room sync did.
@@ -324,10 +329,13 @@ pub async fn bring_back(
     let work = async {
         let mut report = BringBackReport::default();
         rejoin_own(config, registry, client, retry_all, &mut report).await?;
-        // One person's error leaves the rooms already back their aliases.
+        // One person's error leaves the rooms already back their aliases,
+        // unless Synapse refuses the token: each room would count a refusal.
         let people = rejoin_people(config, registry, client, retry_all, &mut report).await;
-        restore_aliases(config, registry, client, &mut report).await?;
+        let token_refused = matches!(&people, Err(RoomsError::Synapse(err)) if err.is_refusal());
+        let aliases = if token_refused { Ok(()) } else { restore_aliases(config, registry, client, &mut report).await };
         people?;
+        aliases?;
         if !report.is_empty() {
             registry.audit(actor, "rooms.rejoin", None, Some(&report.summary())).await?;
         }
@@ -335,12 +343,9 @@ pub async fn bring_back(
     };
     // One run at a time (serve's watcher, `rooms rejoin`): two would count
     // one round's failed joins twice, and give rooms up early.
-    Lease::run(registry, "rooms-rejoin", work).await?.unwrap_or_else(|Held { holder, until }| {
-        Err(RoomsError::Refused(format!(
-            "another run ({holder}) is bringing people back into their rooms now (serve's watcher does every \
-             round); let it finish, or if that process is gone, try again after {until}"
-        )))
-    })
+    Lease::run(registry, "rooms-rejoin", work)
+        .await?
+        .unwrap_or_else(|Held { holder, until }| Err(RoomsError::Busy { holder, until }))
 }
 
 /// Rooms lifeboat's account should be back in: surviving ones that people

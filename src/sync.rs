@@ -189,7 +189,7 @@ pub async fn sync(
             }
         }
         let mut applied = applied;
-        registry.less_hand_overs_under_way(&mut applied.report.unlocked_held).await;
+        registry.keep_still_held(&mut applied.report.unlocked_held).await;
         Ok::<_, SyncError>(SyncSummary {
             run_id,
             applied,

@@ -24,7 +24,7 @@ use crate::probe::{FixedSample, Probe, probe};
 use crate::reconcile::Verdict;
 use crate::recover::{AdminAccess, RecoverError, admin_access, recover};
 use crate::registry::{Actor, Registry, now_ms};
-use crate::rooms::bring_back;
+use crate::rooms::{RoomsError, bring_back};
 use crate::synapse::SynapseClient;
 use crate::sync::{Quiet, SyncError, SyncOptions, sync};
 
@@ -236,6 +236,7 @@ async fn rejoin_rooms(config: &Config, registry: &Registry, client: &SynapseClie
     match bring_back(config, registry, client, &Actor::service("watcher"), false).await {
         Ok(report) if !report.is_empty() => tracing::info!(summary = %report.summary(), "watcher: rooms"),
         Ok(_) => {}
+        Err(err @ RoomsError::Busy { .. }) => tracing::info!(reason = %err, "watcher: rooms skipped this time"),
         Err(err) => tracing::warn!(error = %err, "watcher: could not bring people back into their rooms"),
     }
 }

@@ -69,7 +69,7 @@ pub async fn run_restore(context: &Context, args: RestoreArgs) -> Outcome {
     // The admin may believe the file was safe to keep anywhere.
     if identity.is_some() && !restored.encrypted {
         let advice = if config.backup.encrypt_to.is_empty() {
-            "set backup.encrypt_to so that later backups are"
+            "set backup.encrypt_to so that later backups are encrypted"
         } else {
             "backups made now are (backup.encrypt_to is set): delete plain copies"
         };

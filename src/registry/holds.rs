@@ -70,22 +70,31 @@ const HOLD_CANDIDATES: &str = "((state = 'missing' AND custody IS NULL AND hold_
      OR custody = 'holding')";
 
 impl Registry {
-    /// Drops from `ids` (held IDs a listing showed unlocked) those being
-    /// handed over now: a claim unlocks the account in Synapse before it
-    /// records the claim here, so a listing can catch it in between. On a
-    /// registry error the listing's word stands.
-    pub async fn less_hand_overs_under_way(&self, ids: &mut Vec<String>) {
+    /// Keeps of `ids` (held IDs a listing showed unlocked) those still held
+    /// here and not being handed over: a claim unlocks the account in
+    /// Synapse before it records the claim, so a listing can catch it in
+    /// between, and one that ended since reads as claimed. The leases are
+    /// read first: a hand-over that ends between the two reads is claimed by
+    /// the second. On a registry error the listing's word stands.
+    pub async fn keep_still_held(&self, ids: &mut Vec<String>) {
         if ids.is_empty() {
             return;
         }
-        let live: std::result::Result<Vec<String>, sqlx::Error> =
-            sqlx::query_scalar("SELECT name FROM leases WHERE name LIKE $1 AND expires_at >= $2")
-                .bind(format!("{HAND_OVER_LEASE}%"))
-                .bind(now_ms())
-                .fetch_all(&self.pool)
-                .await;
-        let Ok(live) = live else { return };
-        ids.retain(|id| !live.iter().any(|name| name.strip_prefix(HAND_OVER_LEASE) == Some(id.as_str())));
+        let read = async {
+            let live: Vec<String> =
+                sqlx::query_scalar("SELECT name FROM leases WHERE name LIKE $1 AND expires_at >= $2")
+                    .bind(format!("{HAND_OVER_LEASE}%"))
+                    .bind(now_ms())
+                    .fetch_all(&self.pool)
+                    .await?;
+            let held_sql = format!("SELECT a.user_id FROM accounts a WHERE ({STANDING_SQL}) = 'held'");
+            let held: Vec<String> = sqlx::query_scalar(sqlx::AssertSqlSafe(held_sql)).fetch_all(&self.pool).await?;
+            Ok::<_, sqlx::Error>((live, held))
+        };
+        let Ok((live, held)) = read.await else { return };
+        let held: std::collections::HashSet<&str> = held.iter().map(String::as_str).collect();
+        let handed_over = |id: &str| live.iter().any(|name| name.strip_prefix(HAND_OVER_LEASE) == Some(id));
+        ids.retain(|id| held.contains(id.as_str()) && !handed_over(id));
     }
 
     /// Records IDs no listing saw as lost, so that a hold run holds them with
