@@ -13,7 +13,9 @@ pub enum Command {
     /// here: on the homeserver now. elsewhere: gone from here, but it lives
     /// on on other servers, and its people are joined to it again as they
     /// come back. lost: it lived only here. recreated: lost, and made again
-    /// (`rooms recreate`). Every sync keeps this list.
+    /// (`rooms recreate`). Every sync keeps this list. A room lifeboat gave
+    /// up (it refused lifeboat's join, or never answered) says why, and one
+    /// whose aliases or directory entry are not back yet says so.
     List {
         /// Only rooms in this state.
         #[arg(long, value_parser = ["here", "elsewhere", "lost", "recreated"])]
@@ -157,6 +159,12 @@ fn print_rooms(rooms: &[Room]) {
         }
         if room.free > 0 && room.state == RoomState::Elsewhere {
             back.push_str(&format!(", {} former members' IDs not held yet", room.free));
+        }
+        if let Some(reason) = &room.restore_error {
+            back.push_str(&format!(", given up by lifeboat: {reason} (`rooms rejoin --retry` tries again)"));
+        }
+        if room.aliases_due_at.is_some() {
+            back.push_str(", aliases and directory entry not back yet");
         }
         println!("{:<10} {}  {}{kind}{back}", room.state.as_str(), room.room_id, room.label());
     }

@@ -148,6 +148,8 @@ pub struct Room {
     pub last_seen_at: i64,
     pub restored_at: Option<i64>,
     pub restore_error: Option<String>,
+    /// Since when its aliases and directory entry wait to be put back.
+    pub aliases_due_at: Option<i64>,
     pub recreated_as: Option<String>,
     /// Local members the registry knows; `rejoined` and `pending` as in [`RoomCounts`].
     pub members: i64,

@@ -380,6 +380,9 @@ async fn a_surviving_room_people_came_back_into_before_lifeboat_gets_its_alias_a
     assert!(rejoined.stdout.contains("(1 aliases re-pointed); 1 memberships restored"), "{rejoined:?}");
     assert!(rejoined.stderr.contains("not yet: directory"), "{rejoined:?}");
     assert_eq!(ours.resolve_alias(&alias).await.as_deref(), Some(square.as_str()), "{rejoined:?}");
+    let listed = lifeboat.run(&["rooms", "list"]).await;
+    let line = listed.stdout.lines().find(|line| line.contains(&square)).unwrap_or_default().to_owned();
+    assert!(line.contains("aliases and directory entry not back yet"), "{listed:?}");
 
     lifeboat.write_config(&config);
     assert_eq!(lifeboat.run(&["sync"]).await.code, 0);
@@ -713,6 +716,9 @@ async fn a_surviving_room_that_refuses_lifeboat_is_reported_given_up() {
     assert_eq!(rejoined.code, 1, "{rejoined:?}");
     assert!(rejoined.stderr.contains(&format!("given up: {square}")), "{rejoined:?}");
     assert!(rejoined.stdout.contains("refused lifeboat or could not be reached, and are given up"), "{rejoined:?}");
+    let listed = lifeboat.run(&["rooms", "list"]).await;
+    let line = listed.stdout.lines().find(|line| line.contains(&square)).unwrap_or_default().to_owned();
+    assert!(line.contains("given up by lifeboat:") && line.contains("--retry"), "{listed:?}");
 }
 
 /// One run brings people back at a time: while another (here: another
