@@ -905,4 +905,23 @@ mod tests {
             assert!(recreate_problem(&room(state)).unwrap().starts_with("Boats "), "{state:?}");
         }
     }
+
+    #[test]
+    fn a_rooms_progress_says_who_is_back_what_holds_it_and_what_lifeboat_still_owes() {
+        let waiting =
+            Room { state: RoomState::Elsewhere, members: 3, rejoined: 1, pending: 2, free: 1, ..Room::default() };
+        assert_eq!(waiting.progress(), ["1 of 3 back, 2 waiting", "1 former members' IDs not held yet"]);
+        let given_up = Room {
+            state: RoomState::Here,
+            free: 1,
+            restore_error: Some("M_FORBIDDEN".to_owned()),
+            aliases_due_at: Some(1),
+            ..Room::default()
+        };
+        assert_eq!(
+            given_up.progress(),
+            ["given up by lifeboat: M_FORBIDDEN", "aliases and directory entry not back yet"]
+        );
+        assert!(Room::default().progress().is_empty());
+    }
 }

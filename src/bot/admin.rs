@@ -514,12 +514,9 @@ async fn rooms(bot: &Bot) -> Result<String, String> {
             .iter()
             .filter(|room| room.state == state)
             .map(|room| {
-                let back = if room.members > 0 {
-                    format!(" ({} of {} back, {} waiting)", room.rejoined, room.members, room.pending)
-                } else {
-                    String::new()
-                };
-                format!("{} `{}`{back}", shown(room.label()), room.room_id)
+                let progress = room.progress().join("; ");
+                let progress = if progress.is_empty() { progress } else { format!(" ({})", shown(&progress)) };
+                format!("{} `{}`{progress}", shown(room.label()), room.room_id)
             })
             .collect();
         let label = label.replace("PREFIX", bot.prefix());

@@ -149,24 +149,11 @@ pub async fn run(context: &Context, command: Command) -> Outcome {
 fn print_rooms(rooms: &[Room]) {
     for room in rooms {
         let kind = if room.is_space() { " (space)" } else { "" };
-        let mut back = if room.members > 0 {
-            format!("  {} of {} back, {} waiting", room.rejoined, room.members, room.pending)
-        } else {
-            String::new()
-        };
-        if room.strangers > 0 {
-            back.push_str(&format!(", held back: {} former members' IDs are strangers'", room.strangers));
-        }
-        if room.free > 0 && room.state == RoomState::Elsewhere {
-            back.push_str(&format!(", {} former members' IDs not held yet", room.free));
-        }
-        if let Some(reason) = &room.restore_error {
-            back.push_str(&format!(", given up by lifeboat: {reason} (`rooms rejoin --retry` tries again)"));
-        }
-        if room.aliases_due_at.is_some() {
-            back.push_str(", aliases and directory entry not back yet");
-        }
-        println!("{:<10} {}  {}{kind}{back}", room.state.as_str(), room.room_id, room.label());
+        let progress = room.progress().join(", ");
+        println!("{:<10} {}  {}{kind}  {progress}", room.state.as_str(), room.room_id, room.label());
+    }
+    if rooms.iter().any(|room| room.restore_error.is_some()) {
+        println!("`lifeboat rooms rejoin --retry` tries the rooms lifeboat gave up again.");
     }
     let count = |state: RoomState| rooms.iter().filter(|room| room.state == state).count();
     println!(

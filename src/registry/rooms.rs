@@ -180,6 +180,29 @@ impl Room {
     pub fn is_space(&self) -> bool {
         self.room_type.as_deref() == Some("m.space")
     }
+
+    /// How the way back into it stands, in words every face lists (each
+    /// adds its own hints): its former members back and waiting, what holds
+    /// it back, what lifeboat gave up or still has to put back.
+    pub fn progress(&self) -> Vec<String> {
+        let mut parts = Vec::new();
+        if self.members > 0 {
+            parts.push(format!("{} of {} back, {} waiting", self.rejoined, self.members, self.pending));
+        }
+        if self.strangers > 0 {
+            parts.push(format!("held back: {} former members' IDs are strangers'", self.strangers));
+        }
+        if self.free > 0 && self.state == RoomState::Elsewhere {
+            parts.push(format!("{} former members' IDs not held yet", self.free));
+        }
+        if let Some(reason) = &self.restore_error {
+            parts.push(format!("given up by lifeboat: {reason}"));
+        }
+        if self.aliases_due_at.is_some() {
+            parts.push("aliases and directory entry not back yet".to_owned());
+        }
+        parts
+    }
 }
 
 /// A column holding a JSON array of strings.
