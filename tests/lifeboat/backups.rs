@@ -410,6 +410,7 @@ async fn the_cli_encrypts_backups_to_the_configured_keys() {
     assert_eq!(written.code, 0, "{written:?}");
     assert!(written.stdout.contains("encrypted to 1 age key"), "{written:?}");
     assert!(std::fs::read(&out).unwrap().starts_with(b"age-encryption.org/v1"));
+    assert!(last_backup_audit(&registry).await.ends_with(" rows, encrypted"), "the audit log says so");
 
     let fresh = TestDatabase::sqlite();
     let elsewhere = configured(&fresh, "");
@@ -423,6 +424,7 @@ async fn the_cli_encrypts_backups_to_the_configured_keys() {
     // A plain file restores with a key given, and the admin learns it was plain.
     let plain = dir.path().join("plain.backup");
     assert_eq!(elsewhere.run(&["backup", "--out", plain.to_str().unwrap()]).await.code, 0);
+    assert!(last_backup_audit(&fresh).await.ends_with(" rows, not encrypted"));
     let third_registry = TestDatabase::sqlite();
     let third = configured(&third_registry, "");
     let restored = third.run(&["restore", plain.to_str().unwrap(), "--identity", key_file.to_str().unwrap()]).await;
@@ -435,4 +437,14 @@ async fn the_cli_encrypts_backups_to_the_configured_keys() {
     assert_eq!(check.code, 2, "{check:?}");
     assert!(check.stderr.contains("is an age secret key"), "{check:?}");
     assert!(!check.stderr.contains(&secret) && !check.stdout.contains(&secret), "never repeated: {check:?}");
+}
+
+/// What the audit log says of the registry's last backup.
+async fn last_backup_audit(registry: &TestDatabase) -> String {
+    let store = lifeboat::registry::Registry::connect(&registry.url()).await.unwrap();
+    let entries = store.audit_log(1_000).await.unwrap();
+    store.close().await;
+    // Newest first.
+    let backup = entries.iter().find(|entry| entry.action == "backup");
+    backup.and_then(|entry| entry.detail.clone()).unwrap_or_default()
 }
