@@ -184,6 +184,17 @@ impl Registry {
         .await?)
     }
 
+    /// How many links for `purpose` were made for `address` since `since`,
+    /// used, expired or live.
+    pub async fn web_links_to_since(&self, purpose: &str, address: &EmailAddress, since: i64) -> Result<i64> {
+        Ok(sqlx::query_scalar("SELECT COUNT(*) FROM web_links WHERE purpose = $1 AND address = $2 AND created_at > $3")
+            .bind(purpose)
+            .bind(address)
+            .bind(since)
+            .fetch_one(&self.pool)
+            .await?)
+    }
+
     pub async fn web_link(&self, id: &str) -> Result<Option<WebLink>> {
         let sql = format!("{SELECT_WEB_LINKS} WHERE id = $1");
         Ok(sqlx::query_as(sqlx::AssertSqlSafe(sql)).bind(id).fetch_optional(&self.pool).await?)

@@ -1811,6 +1811,33 @@ async fn a_flood_of_subscription_requests_mails_no_more_than_the_hours_budget() 
     assert!(rig.lifeboat.serve_log().contains("subscription_mails_per_hour reached"));
 }
 
+/// Someone types a stranger's address again and again, with a new ID each
+/// time: the address gets a few links at once, and a few more as those run
+/// out, but no more than six a day.
+#[tokio::test(flavor = "multi_thread")]
+async fn an_address_typed_again_and_again_gets_six_subscription_links_a_day() {
+    let mut rig = Rig::start(TestSmtp::start(None), &[]).await;
+    let config = std::fs::read_to_string(rig.lifeboat.config_path()).unwrap();
+    rig.lifeboat.write_config(&config.replace("[web]\n", "[web]\nrate_limit_per_ip = 100000\n"));
+    rig.serve().await;
+    let http = reqwest::Client::builder().no_proxy().build().unwrap();
+    let prefix = unique("typed");
+    let victim = format!("{prefix}@example.org");
+    let store = lifeboat::registry::Registry::connect(&rig.registry_url()).await.unwrap();
+    for (batch, mailed) in [(0, 3), (1, 6), (2, 6)] {
+        for n in 0..4 {
+            let someone = rig.synapse.user_id(&format!("{prefix}-{batch}-{n}"));
+            assert_eq!(subscribe(&rig, &http, &someone, &victim).await, 200, "answered as always");
+        }
+        earlier_requests_are_done(&rig, &http, &format!("{prefix}-marker-{batch}@example.org")).await;
+        assert_eq!(rig.smtp.messages_to(&victim).len(), mailed, "after batch {batch}");
+        // Half an hour on: the links mailed so far have just run out.
+        let just_now = lifeboat::registry::now_ms() - 1_000;
+        sqlx::query("UPDATE web_links SET expires_at = $1").bind(just_now).execute(store.pool()).await.unwrap();
+    }
+    store.close().await;
+}
+
 /// The code in a subscription DM.
 fn code_in(message: &str) -> String {
     let after = message.split("Your code to confirm it: **").nth(1).unwrap_or_else(|| panic!("no code in {message}"));
