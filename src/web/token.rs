@@ -15,7 +15,7 @@ use super::links::{self, LinkFields, LinkKind};
 use super::pages::{self, CheckedForm, Chrome, LinkQuery, Message, PublicForm, WebError};
 use super::{WebState, mail};
 use crate::holds::{WayBack, way_back};
-use crate::registry::{ContactAddress, DAY_MS, MailableContact, OldName, now_ms};
+use crate::registry::{ContactAddress, MailableContact, OldName, now_ms};
 use crate::tokens::{TokenError, token_for_person};
 
 pub const PURPOSE: &str = "token";
@@ -148,12 +148,7 @@ async fn mail_links(state: &WebState, target: ContactAddress, key: &secrecy::Sec
         }
         static BUDGET: mail::HourlyBudget =
             mail::HourlyBudget::new("web.token_mails_per_hour", &[PURPOSE, CLAIM_MAILED]);
-        // A contact's first link of the day goes whatever the hour's budget:
-        // someone asking again and again for the people on their list must
-        // not keep everyone else's way back from them. At most one such mail
-        // a contact a day (only registry contacts are mailed).
-        let first_today = state.registry.web_links_to_since(purpose, &contact.address, now_ms() - DAY_MS).await? == 0;
-        if !first_today && BUDGET.spent(state, state.web().token_mails_per_hour).await? {
+        if BUDGET.spent(state, state.web().token_mails_per_hour).await? {
             return Ok(());
         }
         // Recorded before it is mailed. A claim link is signed, not stored:
