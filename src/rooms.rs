@@ -332,8 +332,7 @@ pub async fn bring_back(
         // One person's error leaves the rooms already back their aliases,
         // unless Synapse refuses the token: each room would count a refusal.
         let people = rejoin_people(config, registry, client, retry_all, &mut report).await;
-        let token_refused = matches!(&people, Err(RoomsError::Synapse(err)) if err.is_refusal());
-        let aliases = if token_refused { Ok(()) } else { restore_aliases(config, registry, client, &mut report).await };
+        let aliases = restore_aliases(config, registry, client, &mut report).await;
         people?;
         aliases?;
         if !report.is_empty() {
@@ -454,6 +453,12 @@ async fn restore_aliases(
             && let Err(err) = client.list_in_directory(&room.room_id).await
         {
             failures.push(("directory".to_owned(), err));
+        }
+        // lifeboat's token no longer works: no room's try counts.
+        let token_dead =
+            |err: &synapse::Error| matches!(err, synapse::Error::Unauthorized { .. } | synapse::Error::Expired { .. });
+        if let Some(at) = failures.iter().position(|(_, err)| token_dead(err)) {
+            return Err(failures.swap_remove(at).1.into());
         }
         if failures.is_empty() || due_since < registry::now_ms() - registry::DAY_MS {
             registry.aliases_no_longer_due(&room.room_id).await?;

@@ -150,7 +150,8 @@ fn print_rooms(rooms: &[Room]) {
     for room in rooms {
         let kind = if room.is_space() { " (space)" } else { "" };
         let progress = room.progress().join(", ");
-        println!("{:<10} {}  {}{kind}  {progress}", room.state.as_str(), room.room_id, room.label());
+        let line = format!("{:<10} {}  {}{kind}  {progress}", room.state.as_str(), room.room_id, room.label());
+        println!("{}", line.trim_end());
     }
     if rooms.iter().any(|room| room.restore_error.is_some()) {
         println!("`lifeboat rooms rejoin --retry` tries the rooms lifeboat gave up again.");

@@ -51,15 +51,20 @@ const ROOM_STATE_SQL: &str = "CASE WHEN r.recreated_as IS NOT NULL THEN 'recreat
      WHEN r.joined_remote > 0 THEN 'elsewhere' \
      ELSE 'lost' END";
 
-/// Whether a surviving room is back on this server (in a listing after
-/// `listed_before`, an SQL value, not in it) by anyone's join but lifeboat's
-/// own, with aliases or a directory entry to put back that are not due yet.
-/// Synapse lets a server admin set both from outside the room; until then
-/// the registry keeps what the directory lost (see [`record_details`]).
+/// Whether a surviving room people lost (a former member's account is
+/// lost, held, claimed or taken: a room an admin purged on purpose is left
+/// alone) is back on this server (in a listing after `listed_before`, an
+/// SQL value, not in it) by anyone's join but lifeboat's own, with aliases
+/// or a directory entry to put back that are not due yet. Synapse lets a
+/// server admin set both from outside the room; until then the registry
+/// keeps what the directory lost (see [`record_details`]).
 fn back_without_lifeboat(listed_before: &str) -> String {
     format!(
         "(rooms.last_seen_at < {listed_before} AND rooms.restored_at IS NULL AND rooms.recreated_as IS NULL \
-          AND rooms.aliases_due_at IS NULL AND (rooms.aliases <> '[]' OR rooms.public <> 0))"
+          AND rooms.aliases_due_at IS NULL AND (rooms.aliases <> '[]' OR rooms.public <> 0) \
+          AND EXISTS (SELECT 1 FROM room_members m JOIN accounts a ON a.user_id = m.user_id \
+                      WHERE m.room_id = rooms.room_id AND m.membership = 'join' \
+                      AND ({STANDING_SQL}) IN ('missing', 'held', 'claimed', 'recreated')))"
     )
 }
 

@@ -185,9 +185,12 @@ impl Registry {
     }
 
     /// How many links for `purpose` were made for `address` since `since`,
-    /// used, expired or live.
+    /// used, expired or live, whose email was not given up.
     pub async fn web_links_to_since(&self, purpose: &str, address: &EmailAddress, since: i64) -> Result<i64> {
-        Ok(sqlx::query_scalar("SELECT COUNT(*) FROM web_links WHERE purpose = $1 AND address = $2 AND created_at > $3")
+        let sql = format!(
+            "SELECT COUNT(*) FROM web_links WHERE purpose = $1 AND address = $2 AND created_at > $3 AND {MAY_ARRIVE}"
+        );
+        Ok(sqlx::query_scalar(sqlx::AssertSqlSafe(sql))
             .bind(purpose)
             .bind(address)
             .bind(since)

@@ -739,16 +739,23 @@ async fn a_person_waits_for_a_surviving_room_while_another_members_id_is_free(re
 }
 on_both_backends!(a_person_waits_for_a_surviving_room_while_another_members_id_is_free);
 
-/// A surviving room back in a listing by anyone's join but lifeboat's own
-/// has its aliases and directory entry due, and keeps both as known though
-/// Synapse lists neither yet; not a room lifeboat itself got back into.
+/// A surviving room people lost, back in a listing by anyone's join but
+/// lifeboat's own, has its aliases and directory entry due, and keeps both
+/// as known though Synapse lists neither yet; not a room lifeboat itself
+/// got back into, nor one an admin purged while nobody was lost.
 async fn a_room_back_without_lifeboat_keeps_its_aliases_and_listing_due(registry: Registry) {
+    sync_listing(&registry, &[user("@a:x", 1), user("@p:x", 1)]).await;
     let mut square = room("!square", 2, &[("@a:x", 0)]);
     square.public = true;
     square.details.as_mut().unwrap().aliases = vec!["#square:x".to_owned()];
     let mut harbour = square.clone();
     harbour.room_id = "!harbour".to_owned();
-    registry.apply_room_listing(&[square.clone(), harbour.clone()]).await.unwrap();
+    let mut purged = room("!purged", 2, &[("@p:x", 0)]);
+    purged.details =
+        square.details.clone().map(|details| RoomDetails { members: purged.details.unwrap().members, ..details });
+    registry.apply_room_listing(&[square.clone(), harbour.clone(), purged.clone()]).await.unwrap();
+    // @a is lost with the two rooms; @p stays, and !purged goes on its own.
+    sync_listing(&registry, &[user("@p:x", 1)]).await;
     registry.apply_room_listing(&[]).await.unwrap();
     registry.mark_room_restored("!harbour", None).await.unwrap();
     registry.aliases_no_longer_due("!harbour").await.unwrap();
@@ -759,9 +766,9 @@ async fn a_room_back_without_lifeboat_keeps_its_aliases_and_listing_due(registry
         room.details.as_mut().unwrap().aliases.clear();
         room
     };
-    registry.apply_room_listing(&[bare(square.clone()), bare(harbour)]).await.unwrap();
+    registry.apply_room_listing(&[bare(square.clone()), bare(harbour), bare(purged)]).await.unwrap();
     let due: Vec<String> = registry.rooms_with_aliases_due().await.unwrap().into_iter().map(|(id, _)| id).collect();
-    assert_eq!(due, ["!square"], "lifeboat's own join made harbour's due already, and it was done");
+    assert_eq!(due, ["!square"], "harbour's were due with lifeboat's own join, and done; nobody lost !purged");
     let known = registry.room("!square").await.unwrap().unwrap();
     assert!(known.public && known.aliases == ["#square:x"], "kept as known: {known:?}");
     let known = registry.room("!harbour").await.unwrap().unwrap();

@@ -408,6 +408,7 @@ async fn a_surviving_room_a_person_rejoined_by_themselves_gets_its_alias_back() 
     claim(&lifeboat, &alice.user_id).await;
     let alice = sign_in(&ours, "alice", NEW_PASSWORD).await;
     alice.join_via(&square, &[&theirs.server_name]).await;
+    joined_members_settle(&ours, &square, 2).await;
 
     assert_eq!(lifeboat.run(&["sync"]).await.code, 0);
     assert_eq!(state_of(&lifeboat, &square).await, "here");
