@@ -353,6 +353,28 @@ async fn an_alias_that_could_not_be_put_back_at_once_is_put_back_by_a_later_roun
     assert!(done.stdout.contains("Nobody is waiting"), "put back once: {done:?}");
 }
 
+/// lifeboat's token dies while it puts a room's alias back (Synapse
+/// answers 401): no run counts that as the room refusing, so five such runs
+/// give nothing up, and once the token works the alias comes back.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_token_dead_while_aliases_go_back_gives_no_room_up() {
+    let in_square = one_person_in_a_square_of_theirs("alice", "").await;
+    let alias = a_local_alias_the_registry_knows(&in_square).await;
+    let InSquare { ours, theirs: _theirs, _registry, person: _alice, bob: _bob, square, lifeboat } = in_square;
+    wiped_and_held(&ours, &lifeboat).await;
+
+    let front =
+        FaultyFront::forgetting_the_token(&ours.url, reqwest::Method::PUT, "/directory/room/", usize::MAX).await;
+    let config = through_front(&lifeboat, &ours, &front);
+    for round in 1..=5 {
+        let refused = lifeboat.run(&["rooms", "rejoin"]).await;
+        assert_eq!(refused.code, 1, "round {round}: {refused:?}");
+    }
+    lifeboat.write_config(&config);
+    let rejoined = lifeboat.run(&["rooms", "rejoin"]).await;
+    assert_eq!(ours.resolve_alias(&alias).await.as_deref(), Some(square.as_str()), "{rejoined:?}");
+}
+
 /// lifeboat's own join of a surviving room fails (Synapse busy just then)
 /// while a person's join brings this server back in: the room's local
 /// alias is put back all the same (a server admin may set it from outside

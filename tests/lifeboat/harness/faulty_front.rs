@@ -1,4 +1,4 @@
-//! An HTTP front to a real Synapse that answers 503 (or 403) to chosen
+//! An HTTP front to a real Synapse that answers 503 (or 403, 401) to chosen
 //! requests, for a failure a real server cannot be made to give on demand
 //! (busy for just one call, a token refused between two calls); every
 //! other request reaches Synapse unchanged.
@@ -41,6 +41,13 @@ impl FaultyFront {
     pub async fn refusing(target: &str, method: Method, path_part: &str, times: usize) -> FaultyFront {
         let forbidden = (403, r#"{"errcode":"M_FORBIDDEN","error":"You are not a server admin (a test's front)"}"#);
         Self::answering(target, method, path_part, times, forbidden).await
+    }
+
+    /// As [`FaultyFront::start`], answering 401 as to a token Synapse no
+    /// longer knows.
+    pub async fn forgetting_the_token(target: &str, method: Method, path_part: &str, times: usize) -> FaultyFront {
+        let unknown = (401, r#"{"errcode":"M_UNKNOWN_TOKEN","error":"Unknown token (a test's front)"}"#);
+        Self::answering(target, method, path_part, times, unknown).await
     }
 
     async fn answering(
