@@ -329,8 +329,8 @@ pub async fn bring_back(
     let work = async {
         let mut report = BringBackReport::default();
         rejoin_own(config, registry, client, retry_all, &mut report).await?;
-        // One person's error leaves the rooms already back their aliases,
-        // unless Synapse refuses the token: each room would count a refusal.
+        // One person's error leaves the rooms already back their aliases (a
+        // dead token stops `restore_aliases` itself, counting no try).
         let people = rejoin_people(config, registry, client, retry_all, &mut report).await;
         let aliases = restore_aliases(config, registry, client, &mut report).await;
         people?;
