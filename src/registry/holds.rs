@@ -7,7 +7,7 @@
 use serde::Serialize;
 
 use super::accounts::STANDING_SQL;
-use super::{AccountState, Actor, Registry, Result, now_ms};
+use super::{AccountState, Actor, Registry, Result, now_ms, placeholders};
 use crate::email::EmailAddress;
 use crate::user_id::UserId;
 
@@ -87,8 +87,17 @@ impl Registry {
                     .bind(now_ms())
                     .fetch_all(&self.pool)
                     .await?;
-            let held_sql = format!("SELECT a.user_id FROM accounts a WHERE ({STANDING_SQL}) = 'held'");
-            let held: Vec<String> = sqlx::query_scalar(sqlx::AssertSqlSafe(held_sql)).fetch_all(&self.pool).await?;
+            // Only the IDs named, not every held one.
+            let mut held: Vec<String> = Vec::new();
+            for chunk in ids.chunks(500) {
+                // Safe: the dynamic part is only numbered placeholders.
+                let sql = format!(
+                    "SELECT a.user_id FROM accounts a WHERE a.user_id IN ({}) AND ({STANDING_SQL}) = 'held'",
+                    placeholders(1..=chunk.len())
+                );
+                let query = chunk.iter().fold(sqlx::query_scalar(sqlx::AssertSqlSafe(sql)), |query, id| query.bind(id));
+                held.extend(query.fetch_all(&self.pool).await?);
+            }
             Ok::<_, sqlx::Error>((live, held))
         };
         let Ok((live, held)) = read.await else { return };

@@ -282,7 +282,7 @@ impl SynapseClient {
             .and_then(|value| value.to_str().ok())
             .and_then(|text| text.trim().parse::<u64>().ok())
             .map(Duration::from_secs);
-        let body: types::MatrixError = response.json().await.unwrap_or_default();
+        let body = response.json::<types::MatrixError>().await.unwrap_or_default().clipped();
         match status {
             StatusCode::UNAUTHORIZED if body.soft_logout => Error::Expired { errcode: body.errcode },
             StatusCode::UNAUTHORIZED => {

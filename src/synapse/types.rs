@@ -96,6 +96,33 @@ pub struct MatrixError {
     pub soft_logout: bool,
 }
 
+/// The most of a Matrix error's words lifeboat keeps (its code: a tenth).
+const MAX_ERROR_CHARS: usize = 300;
+
+impl MatrixError {
+    /// Its words as one short line. They may be another server's: Synapse
+    /// passes on a remote server's refusal of a join as its own, and
+    /// lifeboat keeps such words (a room given up, a rejoin that failed)
+    /// and shows them to admins, in the admin room too.
+    pub fn clipped(self) -> MatrixError {
+        MatrixError {
+            errcode: one_short_line(&self.errcode, MAX_ERROR_CHARS / 10),
+            error: one_short_line(&self.error, MAX_ERROR_CHARS),
+            ..self
+        }
+    }
+}
+
+/// `text` with control characters (line breaks too) as spaces, cut at
+/// `max` characters, an ellipsis saying where.
+fn one_short_line(text: &str, max: usize) -> String {
+    let mut line: String = text.chars().take(max).map(|c| if c.is_control() { ' ' } else { c }).collect();
+    if text.chars().nth(max).is_some() {
+        line.push('…');
+    }
+    line
+}
+
 #[derive(Deserialize)]
 #[serde(untagged)]
 enum Loose {
@@ -136,6 +163,17 @@ fn lenient_token<'de, D: Deserializer<'de>>(deserializer: D) -> Result<Option<St
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn another_servers_words_in_an_error_are_kept_to_one_short_line() {
+        let long = format!("Refused.\n\r{}", "Call +1 555 0100 now! ".repeat(100));
+        let error = MatrixError { errcode: "M_FORBIDDEN".repeat(10), error: long, ..MatrixError::default() }.clipped();
+        assert!(error.error.starts_with("Refused.  Call") && error.error.ends_with('…'), "{}", error.error);
+        assert_eq!(error.error.chars().count(), MAX_ERROR_CHARS + 1);
+        assert_eq!(error.errcode.chars().count(), MAX_ERROR_CHARS / 10 + 1);
+        let short = MatrixError { error: "You are banned".to_owned(), ..MatrixError::default() }.clipped();
+        assert_eq!(short.error, "You are banned");
+    }
 
     #[test]
     fn booleans_sent_as_integers_are_understood() {

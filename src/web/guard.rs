@@ -143,8 +143,9 @@ pub struct RateLimiter {
 }
 
 /// The network a client address is in, as newcomers to a full limiter are
-/// counted: an IPv4 /24, an IPv6 /48 (what one site is given).
-fn network_key(ip: IpAddr) -> String {
+/// counted (and a network's share of a mail budget): an IPv4 /24, an IPv6
+/// /48 (what one site is given).
+pub(crate) fn network_key(ip: IpAddr) -> String {
     match ip.to_canonical() {
         IpAddr::V4(v4) => {
             let [a, b, c, _] = v4.octets();

@@ -2,10 +2,11 @@
 //! in the outbox. The page answers at once, the same way whether or not a
 //! mail was queued, and serve's worker sends it.
 
+use std::net::IpAddr;
 use std::sync::atomic::{AtomicI64, Ordering};
 
-use super::WebState;
 use super::pages::WebError;
+use super::{WebState, guard};
 use crate::email::EmailAddress;
 pub use crate::messages::LinkEmail;
 use crate::registry::{MessageKind, now_ms};
@@ -14,18 +15,58 @@ use crate::user_id::UserId;
 /// Links of some purposes mailed per hour, whoever asks: past the budget, a
 /// request mails nothing (its page answers as always), so a flood neither
 /// fills the outbox ahead of the other mail nor spends the relay's quota.
+/// One network gets a share of it, so that one client with many addresses
+/// cannot spend it all and leave everyone else's links unmailed.
 pub struct HourlyBudget {
     /// The setting that sets it, named in the log.
     setting: &'static str,
     purposes: &'static [&'static str],
-    /// When the log last said it was spent: once in ten minutes, so that a
-    /// flood of requests does not flood the log too.
+    /// When the log last said it was spent, or that a network had its
+    /// share: once in ten minutes each, so that a flood of requests does
+    /// not flood the log too.
     last_warned: AtomicI64,
+    network_last_warned: AtomicI64,
+}
+
+/// One network (an IPv4 /24, an IPv6 /48) may have a tenth of an hour's
+/// budget mailed at its requests, and at least [`MIN_NETWORK_SHARE`]: whoever
+/// would spend it all needs ten networks, not one host's IPv6 addresses.
+const NETWORK_SHARE: u32 = 10;
+const MIN_NETWORK_SHARE: u32 = 10;
+
+/// How many links of a budget of `per_hour` one network may have mailed
+/// an hour.
+fn network_share(per_hour: u32) -> u32 {
+    (per_hour / NETWORK_SHARE).max(MIN_NETWORK_SHARE)
 }
 
 impl HourlyBudget {
     pub const fn new(setting: &'static str, purposes: &'static [&'static str]) -> HourlyBudget {
-        HourlyBudget { setting, purposes, last_warned: AtomicI64::new(i64::MIN) }
+        HourlyBudget {
+            setting,
+            purposes,
+            last_warned: AtomicI64::new(i64::MIN),
+            network_last_warned: AtomicI64::new(i64::MIN),
+        }
+    }
+
+    /// Counts one link about to be mailed at the request of a client at
+    /// `ip`; `false` (mail nothing) once its network had its share of
+    /// `per_hour` within the hour. Asked last, just before the link is
+    /// made, so that requests that mail nothing anyway do not count.
+    pub fn network_share_left(&self, state: &WebState, per_hour: u32, ip: Option<IpAddr>) -> bool {
+        let network = ip.map_or_else(|| "net:unknown".to_owned(), guard::network_key);
+        let key = format!("{}:{network}", self.setting);
+        let left = state.inner.mailed_by_network.hit(key, None, network_share(per_hour));
+        if !left {
+            warn_at_most_every_ten_minutes(&self.network_last_warned, || {
+                tracing::warn!(
+                    "one network's share of {} reached (a tenth): its requests mail nothing for now",
+                    self.setting
+                );
+            });
+        }
+        left
     }
 
     /// Have `per_hour` links of its purposes been made in the last hour?
@@ -36,14 +77,22 @@ impl HourlyBudget {
             made += state.registry.web_links_made_since(purpose, hour_ago).await?;
         }
         let spent = made >= i64::from(per_hour);
-        let (now, last) = (now_ms(), self.last_warned.load(Ordering::Relaxed));
-        if spent
-            && now.saturating_sub(last) >= 10 * 60 * 1000
-            && self.last_warned.compare_exchange(last, now, Ordering::Relaxed, Ordering::Relaxed).is_ok()
-        {
-            tracing::warn!("{} reached: requests mail nothing for now", self.setting);
+        if spent {
+            warn_at_most_every_ten_minutes(&self.last_warned, || {
+                tracing::warn!("{} reached: requests mail nothing for now", self.setting);
+            });
         }
         Ok(spent)
+    }
+}
+
+/// Runs `warn` unless it ran (by `last`'s stamp) in the last ten minutes.
+fn warn_at_most_every_ten_minutes(last_warned: &AtomicI64, warn: impl FnOnce()) {
+    let (now, last) = (now_ms(), last_warned.load(Ordering::Relaxed));
+    if now.saturating_sub(last) >= 10 * 60 * 1000
+        && last_warned.compare_exchange(last, now, Ordering::Relaxed, Ordering::Relaxed).is_ok()
+    {
+        warn();
     }
 }
 

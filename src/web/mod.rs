@@ -14,6 +14,7 @@ mod token;
 mod unsubscribe;
 
 use std::sync::Arc;
+use std::time::Duration;
 
 use axum::Router;
 use axum::extract::DefaultBodyLimit;
@@ -48,6 +49,9 @@ struct Shared {
     /// (serve's worker sends them).
     can_mail: bool,
     limiter: RateLimiter,
+    /// Links mailed at each network's requests this hour, per budget
+    /// ([`mail::HourlyBudget::network_share_left`]).
+    mailed_by_network: crate::limit::FixedWindows,
     /// Held from "is a link to this contact already on its way?" until the
     /// new link is recorded: requests that arrive together then mail (and
     /// DM) one link, as requests one after another do. One per page: a
@@ -69,6 +73,7 @@ impl WebState {
             key: OnceCell::new(),
             can_mail: services.mailer.is_some(),
             limiter: RateLimiter::new(web.rate_limit_per_ip, web.rate_limit_per_target, web.rate_limit_window),
+            mailed_by_network: crate::limit::FixedWindows::new("mail budget", Duration::from_secs(3600)),
             token_links: tokio::sync::Mutex::new(()),
             subscription_links: tokio::sync::Mutex::new(()),
             status_cache: status::Cache::default(),

@@ -1,7 +1,7 @@
 //! Templates, the frame every page shares, and the error page: a visitor
 //! sees one plain sentence, the log gets the cause.
 
-use std::net::SocketAddr;
+use std::net::{IpAddr, SocketAddr};
 
 use askama::Template;
 use axum::extract::rejection::FormRejection;
@@ -196,8 +196,9 @@ pub(super) use posted_form;
 pub struct CheckedForm<F>(pub F, pub secrecy::SecretString);
 
 /// A [`CheckedForm`] anyone may post: also within the client's per-IP rate
-/// limit (a 429 page otherwise).
-pub struct PublicForm<F>(pub F, pub secrecy::SecretString);
+/// limit (a 429 page otherwise). With the client's address, as the limit
+/// reads it.
+pub struct PublicForm<F>(pub F, pub secrecy::SecretString, pub Option<IpAddr>);
 
 impl<F: PostedForm> FromRequest<WebState> for CheckedForm<F> {
     type Rejection = Response;
@@ -224,7 +225,7 @@ impl<F: PostedForm> FromRequest<WebState> for PublicForm<F> {
         if !state.inner.limiter.allow_ip(ip) {
             return Err(too_many(state));
         }
-        Ok(PublicForm(form, key))
+        Ok(PublicForm(form, key, ip))
     }
 }
 

@@ -3,6 +3,7 @@
 //! and a code the service account DMs to the Matrix ID proves the account;
 //! the contact is recorded only when both meet on `/subscribe/confirm`.
 
+use std::net::IpAddr;
 use std::time::Duration;
 
 use askama::Template;
@@ -69,7 +70,7 @@ pub struct RequestForm {
 
 pages::posted_form!(RequestForm);
 
-pub async fn request(State(state): State<WebState>, PublicForm(form, key): PublicForm<RequestForm>) -> Response {
+pub async fn request(State(state): State<WebState>, PublicForm(form, key, ip): PublicForm<RequestForm>) -> Response {
     // Only what a Matrix ID may hold: the ID goes out in our mail, and any
     // more would let a visitor write a sentence of their choosing there.
     let user_id = UserId::parse(form.matrix_id.as_deref().unwrap_or("").trim()).ok();
@@ -96,10 +97,9 @@ pub async fn request(State(state): State<WebState>, PublicForm(form, key): Publi
     // Off the request path, like token requests: the answer, and the mail,
     // are the same whether or not the account is known.
     let worker = state.clone();
-    pages::after_answer(
-        "a subscription could not be started",
-        async move { start(&worker, &key, user_id, email).await },
-    );
+    pages::after_answer("a subscription could not be started", async move {
+        start(&worker, &key, user_id, email, ip).await
+    });
     Message::new(
         &state,
         "Check your email and your Matrix account",
@@ -154,12 +154,13 @@ const CODE_REUSE_MARGIN: Duration = Duration::from_secs(5 * 60);
 /// Mails the address a link whether or not the account is known, so the
 /// inbox cannot tell which accounts exist; DMs a code only to an account
 /// that is its person's: a code serves a few links, and an account gets a
-/// few codes a day.
+/// few codes a day. `ip`: the client's, who asked.
 async fn start(
     state: &WebState,
     key: &secrecy::SecretString,
     user_id: UserId,
     email: EmailAddress,
+    ip: Option<IpAddr>,
 ) -> Result<(), WebError> {
     // Without mail no link can arrive, so a code would only be a DM a
     // stranger could send someone at will.
@@ -221,6 +222,9 @@ async fn start(
             }
         }
     };
+    if !BUDGET.network_share_left(state, state.web().subscription_mails_per_hour, ip) {
+        return Ok(());
+    }
     let id = links::new_link_id();
     let server_name = &state.config.homeserver.server_name;
     // The link first, the DM after: how soon the mail comes must not tell an
@@ -266,9 +270,10 @@ async fn start(
     Ok(())
 }
 
+static BUDGET: mail::HourlyBudget = mail::HourlyBudget::new("web.subscription_mails_per_hour", &[PURPOSE]);
+
 /// Have `web.subscription_mails_per_hour` links been mailed this hour?
 async fn over_the_hours_budget(state: &WebState) -> Result<bool, WebError> {
-    static BUDGET: mail::HourlyBudget = mail::HourlyBudget::new("web.subscription_mails_per_hour", &[PURPOSE]);
     BUDGET.spent(state, state.web().subscription_mails_per_hour).await
 }
 

@@ -3,6 +3,7 @@
 //! mail happen off the request path. The mailed link leads to
 //! `/token/open`, which shows that person's own token.
 
+use std::net::IpAddr;
 use std::time::Duration;
 
 use askama::Template;
@@ -65,7 +66,7 @@ pub struct RequestForm {
 
 pages::posted_form!(RequestForm);
 
-pub async fn request(State(state): State<WebState>, PublicForm(form, key): PublicForm<RequestForm>) -> Response {
+pub async fn request(State(state): State<WebState>, PublicForm(form, key, ip): PublicForm<RequestForm>) -> Response {
     let who = form.who.unwrap_or_default();
     // A Matrix ID or an email address, read as an admin's contact is.
     let Ok(target) = ContactAddress::parse(&who) else {
@@ -79,7 +80,10 @@ pub async fn request(State(state): State<WebState>, PublicForm(form, key): Publi
     };
     // Off the request path: the answer below must not depend on what exists.
     let worker = state.clone();
-    pages::after_answer("a token request could not be handled", async move { mail_links(&worker, target, &key).await });
+    pages::after_answer(
+        "a token request could not be handled",
+        async move { mail_links(&worker, target, &key, ip).await },
+    );
     Message::new(
         &state,
         "Check your email",
@@ -93,7 +97,14 @@ pub async fn request(State(state): State<WebState>, PublicForm(form, key): Publi
     .page(StatusCode::OK)
 }
 
-async fn mail_links(state: &WebState, target: ContactAddress, key: &secrecy::SecretString) -> Result<(), WebError> {
+/// Mails each contact `target` names its way back, at the request of a
+/// client at `ip`.
+async fn mail_links(
+    state: &WebState,
+    target: ContactAddress,
+    key: &secrecy::SecretString,
+    ip: Option<IpAddr>,
+) -> Result<(), WebError> {
     let contacts: Vec<MailableContact> = match &target {
         // An ID someone else registered again is a stranger: a form naming
         // it gets nothing (its person can still name their email address).
@@ -148,7 +159,8 @@ async fn mail_links(state: &WebState, target: ContactAddress, key: &secrecy::Sec
         }
         static BUDGET: mail::HourlyBudget =
             mail::HourlyBudget::new("web.token_mails_per_hour", &[PURPOSE, CLAIM_MAILED]);
-        if BUDGET.spent(state, state.web().token_mails_per_hour).await? {
+        let per_hour = state.web().token_mails_per_hour;
+        if BUDGET.spent(state, per_hour).await? || !BUDGET.network_share_left(state, per_hour, ip) {
             return Ok(());
         }
         // Recorded before it is mailed. A claim link is signed, not stored:

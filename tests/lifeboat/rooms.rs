@@ -745,6 +745,30 @@ async fn a_surviving_room_that_refuses_lifeboat_is_reported_given_up() {
     assert!(listed.stdout.contains("`lifeboat rooms rejoin --retry` tries the rooms lifeboat gave up"), "{listed:?}");
 }
 
+/// The words of a refusal may be another server's (Synapse passes them on
+/// as its own): lifeboat keeps and shows them as one short line, so a
+/// server in a room cannot write pages into the registry, the output or
+/// the admin room.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_refusals_words_are_kept_to_one_short_line() {
+    let TwoSquares { ours, _theirs, registry: _registry, square, lifeboat, .. } = two_squares_after_a_wipe().await;
+    let words = format!("Refused.\n{}THE-END", "Read this and act on it now. ".repeat(200));
+    let refusal = format!("{{\"errcode\":\"M_FORBIDDEN\",\"error\":{}}}", serde_json::Value::String(words));
+    let refusal: &'static str = Box::leak(refusal.into_boxed_str());
+    let front = FaultyFront::answering(&ours.url, reqwest::Method::POST, "/join/", usize::MAX, (403, refusal)).await;
+    through_front(&lifeboat, &ours, &front);
+
+    let rejoined = lifeboat.run(&["rooms", "rejoin"]).await;
+    assert!(rejoined.stderr.contains(&format!("given up: {square}")), "{rejoined:?}");
+    let listed = lifeboat.run(&["rooms", "list"]).await;
+    let line = listed.stdout.lines().find(|line| line.contains(&square)).unwrap_or_default().to_owned();
+    assert!(line.contains("given up by lifeboat: M_FORBIDDEN: Refused. Read this"), "{listed:?}");
+    assert!(line.contains('…') && line.chars().count() < 600, "{line}");
+    for said in [&rejoined.stdout, &rejoined.stderr, &listed.stdout] {
+        assert!(!said.contains("THE-END"), "{said}");
+    }
+}
+
 /// One run brings people back at a time: while another (here: another
 /// host's) holds the turn, `rooms rejoin` says so and joins nobody; once it
 /// is over, the run does the work.

@@ -1811,6 +1811,33 @@ async fn a_flood_of_subscription_requests_mails_no_more_than_the_hours_budget() 
     assert!(rig.lifeboat.serve_log().contains("subscription_mails_per_hour reached"));
 }
 
+/// One network cannot spend the hour's subscription budget alone: past a
+/// tenth of it (ten at least), requests from its addresses mail nothing,
+/// and someone asking from elsewhere still gets a link. An IPv6 network is
+/// its /48, whatever /64s its clients use.
+#[tokio::test(flavor = "multi_thread")]
+async fn one_network_has_a_tenth_of_the_hours_subscription_links_mailed_not_all() {
+    let mut rig = Rig::start(TestSmtp::start(None), &[]).await;
+    let config = std::fs::read_to_string(rig.lifeboat.config_path()).unwrap();
+    rig.lifeboat.write_config(&config.replace("[web]\n", "[web]\ntrusted_proxies = [\"127.0.0.1\"]\n"));
+    rig.serve().await;
+    let http = reqwest::Client::builder().no_proxy().build().unwrap();
+    let prefix = unique("network");
+    let addresses: Vec<String> = (0..12).map(|n| format!("{prefix}-{n}@example.org")).collect();
+    for (n, address) in addresses[..11].iter().enumerate() {
+        let (someone, client) = (rig.synapse.user_id(&format!("{prefix}-{n}")), format!("2001:db8:5:{n:x}::1"));
+        assert_eq!(subscribe_from(Some(&client), &rig, &http, &someone, address).await, 200, "answered as always");
+    }
+    let elsewhere = rig.synapse.user_id(&format!("{prefix}-11"));
+    assert_eq!(subscribe_from(Some("2001:db8:6::1"), &rig, &http, &elsewhere, &addresses[11]).await, 200);
+    earlier_requests_are_done(&rig, &http, &format!("{prefix}-marker@example.org")).await;
+    let smtp = &rig.smtp;
+    let mailed = addresses[..11].iter().filter(|address| !smtp.messages_to(address).is_empty()).count();
+    assert_eq!(mailed, 10, "a tenth of the hour's 100 for one /48");
+    assert_eq!(smtp.messages_to(&addresses[11]).len(), 1, "another network's request is mailed");
+    assert!(rig.lifeboat.serve_log().contains("one network's share of web.subscription_mails_per_hour reached"));
+}
+
 /// Someone types a stranger's address again and again, with a new ID each
 /// time: the address gets a few links at once, and a few more as those run
 /// out, but no more than six a day.
@@ -1852,7 +1879,13 @@ fn subscription_link(smtp: &TestSmtp, address: &str) -> String {
 
 /// Posts the subscription form as a fresh visitor would.
 async fn subscribe(rig: &Rig, http: &reqwest::Client, matrix_id: &str, email: &str) -> u16 {
-    use crate::web_pages::{form_csrf, post_form};
+    subscribe_from(None, rig, http, matrix_id, email).await
+}
+
+/// [`subscribe`], from a client at `ip` (as a trusted proxy tells it) if
+/// one is given.
+async fn subscribe_from(ip: Option<&str>, rig: &Rig, http: &reqwest::Client, matrix_id: &str, email: &str) -> u16 {
+    use crate::web_pages::{form_csrf, post_form, post_form_from};
     let url = format!("{}/subscribe", rig.web);
     let (cookie, csrf) = form_csrf(http, &url).await;
     let form = format!(
@@ -1860,7 +1893,10 @@ async fn subscribe(rig: &Rig, http: &reqwest::Client, matrix_id: &str, email: &s
         matrix_id.replace('@', "%40").replace(':', "%3A"),
         email.replace('@', "%40")
     );
-    post_form(http, &url, Some(&cookie), &form).await.0
+    match ip {
+        Some(ip) => post_form_from(ip, http, &url, Some(&cookie), &form).await.0,
+        None => post_form(http, &url, Some(&cookie), &form).await.0,
+    }
 }
 
 #[tokio::test(flavor = "multi_thread")]
@@ -1873,7 +1909,9 @@ async fn subscribing_mails_alike_for_any_account_and_dms_few_codes_without_growi
     let dave_localpart = unique("dave");
     let dave = rig.known_person(&dave_localpart).await;
     let config = std::fs::read_to_string(rig.lifeboat.config_path()).unwrap();
-    rig.lifeboat.write_config(&config.replace("[web]\n", "[web]\nrate_limit_per_ip = 100000\n"));
+    // One client makes more requests than one network may have mailed.
+    let web = "[web]\nrate_limit_per_ip = 100000\nsubscription_mails_per_hour = 1000\n";
+    rig.lifeboat.write_config(&config.replace("[web]\n", web));
     rig.serve().await;
     let http = reqwest::Client::builder().no_proxy().build().unwrap();
 

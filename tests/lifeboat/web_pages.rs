@@ -24,8 +24,8 @@ impl Drop for Served {
     }
 }
 
-/// Adds a `[web]` section on a free port to `base` and starts serve; its
-/// public URL is where it listens unless `web_extra` names another.
+/// Adds a `[web]` section on a free port to `base` and starts serve (its
+/// log in `serve.log`); its public URL is where it listens unless `web_extra` names another.
 async fn serve(lifeboat: &Lifeboat, base: &str, web_extra: &str) -> Served {
     let port = free_port();
     let url = format!("http://127.0.0.1:{port}");
@@ -34,7 +34,7 @@ async fn serve(lifeboat: &Lifeboat, base: &str, web_extra: &str) -> Served {
         "{base}\n[watch]\ninterval = \"1h\"\n\n[web]\nbind = \"127.0.0.1:{port}\"\n{public_url}\
          admin_contact = \"admin@example.org\"\n{web_extra}\n"
     ));
-    let child = lifeboat.spawn(&["serve"]);
+    let child = lifeboat.spawn_serve();
     let served = Served { url, child };
     let http = reqwest::Client::new();
     let deadline = Instant::now() + Duration::from_secs(30);
@@ -280,7 +280,23 @@ pub(crate) async fn form_csrf(http: &reqwest::Client, url: &str) -> (String, Str
 }
 
 pub(crate) async fn post_form(http: &reqwest::Client, url: &str, cookie: Option<&str>, body: &str) -> (u16, String) {
-    let mut request = http.post(url).header("content-type", "application/x-www-form-urlencoded").body(body.to_owned());
+    post_form_request(http.post(url), cookie, body).await
+}
+
+/// [`post_form`] from a client at `ip`, as a trusted proxy in front of
+/// lifeboat tells it.
+pub(crate) async fn post_form_from(
+    ip: &str,
+    http: &reqwest::Client,
+    url: &str,
+    cookie: Option<&str>,
+    body: &str,
+) -> (u16, String) {
+    post_form_request(http.post(url).header("x-forwarded-for", ip), cookie, body).await
+}
+
+async fn post_form_request(request: reqwest::RequestBuilder, cookie: Option<&str>, body: &str) -> (u16, String) {
+    let mut request = request.header("content-type", "application/x-www-form-urlencoded").body(body.to_owned());
     if let Some(cookie) = cookie {
         request = request.header("cookie", cookie);
     }
@@ -941,6 +957,46 @@ async fn way_back_links_stop_at_the_hours_budget_whoever_asks() {
     tokio::time::sleep(Duration::from_secs(1)).await;
     assert_eq!(smtp.messages_to(&people[0]).len(), 1);
     assert!(smtp.messages_to(&people[2]).is_empty(), "past the hour's two, nothing");
+}
+
+/// One network cannot spend the hour's budget alone: links asked for from
+/// its addresses stop at a tenth of it (ten at least), and people asking
+/// from elsewhere still get theirs.
+#[tokio::test(flavor = "multi_thread")]
+async fn one_network_has_a_tenth_of_the_hours_way_back_links_mailed_not_all() {
+    let registry = TestDatabase::sqlite();
+    let smtp = TestSmtp::start(None);
+    let people: Vec<String> = (0..12).map(|n| format!("{}@example.org", unique(&format!("net{n}")))).collect();
+    for (n, email) in people.iter().enumerate() {
+        affected_person(&registry, &format!("@net{n}:example.org"), email).await;
+    }
+    let lifeboat = Lifeboat::with_config("");
+    let web = "token_mails_per_hour = 100\ntrusted_proxies = [\"127.0.0.1\"]\n";
+    let served = serve(&lifeboat, &base_without_synapse(&registry, &smtp), web).await;
+    let http = reqwest::Client::new();
+    let token_url = format!("{}/token", served.url);
+    let ask_from = |ip: String, email: &String| {
+        let (http, token_url, email) = (&http, &token_url, email.replace('@', "%40"));
+        async move {
+            let (cookie, csrf) = form_csrf(http, token_url).await;
+            post_form_from(&ip, http, token_url, Some(&cookie), &format!("who={email}&csrf={csrf}")).await.0
+        }
+    };
+
+    // Eleven clients of one /24, each asking for someone else.
+    for (n, email) in people[..11].iter().enumerate() {
+        assert_eq!(ask_from(format!("203.0.113.{n}"), email).await, 200);
+    }
+    let mailed = || people[..11].iter().filter(|email| !smtp.messages_to(email).is_empty()).count();
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while mailed() < 10 && Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    assert_eq!(ask_from("198.51.100.7".to_owned(), &people[11]).await, 200);
+    wait_for_mail(&smtp, &people[11], 1).await;
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    assert_eq!(mailed(), 10, "a tenth of the hour's 100 for the one network");
+    assert!(lifeboat.serve_log().contains("one network's share of web.token_mails_per_hour reached"));
 }
 
 /// Requests that arrive together are no different from requests one

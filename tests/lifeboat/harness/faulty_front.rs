@@ -50,7 +50,7 @@ impl FaultyFront {
         Self::answering(target, method, path_part, times, unknown).await
     }
 
-    async fn answering(
+    pub async fn answering(
         target: &str,
         method: Method,
         path_part: &str,
