@@ -318,20 +318,24 @@ impl BringBackReport {
 /// every person whose ID is theirs again, into each surviving room they
 /// were in, then the local aliases and directory listing of the rooms this
 /// server is back in (by lifeboat's join or a person's). `client` acts as
-/// lifeboat's account. `retry_all` also retries what failed for good.
+/// lifeboat's account. `retry_given_up`: what lifeboat gave up starts over
+/// first ([`Registry::retry_given_up`]).
 pub async fn bring_back(
     config: &Config,
     registry: &Registry,
     client: &SynapseClient,
     actor: &Actor,
-    retry_all: bool,
+    retry_given_up: bool,
 ) -> Result<BringBackReport, RoomsError> {
     let work = async {
+        if retry_given_up {
+            registry.retry_given_up().await?;
+        }
         let mut report = BringBackReport::default();
-        rejoin_own(config, registry, client, retry_all, &mut report).await?;
+        rejoin_own(config, registry, client, &mut report).await?;
         // One person's error leaves the rooms already back their aliases (a
         // dead token stops `restore_aliases` itself, counting no try).
-        let people = rejoin_people(config, registry, client, retry_all, &mut report).await;
+        let people = rejoin_people(config, registry, client, &mut report).await;
         let aliases = restore_aliases(config, registry, client, &mut report).await;
         people?;
         aliases?;
@@ -354,12 +358,11 @@ async fn rejoin_own(
     config: &Config,
     registry: &Registry,
     client: &SynapseClient,
-    retry_all: bool,
     report: &mut BringBackReport,
 ) -> Result<(), RoomsError> {
     let service = service_user_id(config);
     for room in registry.rooms(Some(RoomState::Elsewhere)).await? {
-        let waiting = room.restored_at.is_none() && (room.restore_error.is_none() || retry_all);
+        let waiting = room.restored_at.is_none() && room.restore_error.is_none();
         if !waiting || room.pending == 0 {
             continue;
         }
@@ -510,10 +513,9 @@ async fn rejoin_people(
     config: &Config,
     registry: &Registry,
     client: &SynapseClient,
-    retry_all: bool,
     report: &mut BringBackReport,
 ) -> Result<(), RoomsError> {
-    let pending = registry.pending_rejoins(retry_all, waits_for_holds(config)).await?;
+    let pending = registry.pending_rejoins(waits_for_holds(config)).await?;
     // One a stranger registered since the last listing is joined nowhere,
     // and the person's rejoins wait (not an attempt).
     let theirs = theirs_now(registry, client, pending.iter().map(|rejoin| rejoin.user_id.clone())).await?;

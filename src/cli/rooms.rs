@@ -36,7 +36,9 @@ pub enum Command {
     /// refuses lifeboat's own join, and a join (lifeboat's or a person's)
     /// that failed five times, are given up until --retry.
     Rejoin {
-        /// Also try again what failed too often to be tried by itself.
+        /// First give what lifeboat gave up a fresh start: tried again now,
+        /// and by serve's later rounds, up to five times again (a refusal
+        /// still ends it at once).
         #[arg(long)]
         retry: bool,
     },

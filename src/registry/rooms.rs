@@ -421,6 +421,26 @@ impl Registry {
         Ok(())
     }
 
+    /// What lifeboat gave up starts over (`rooms rejoin --retry`): rooms that
+    /// refused or never answered its own join, and people's joins that
+    /// failed too often, are tried again, and given up only after as many
+    /// tries again. Returns how many rooms and joins.
+    pub async fn retry_given_up(&self) -> Result<u64> {
+        let rooms = sqlx::query(
+            "UPDATE rooms SET restore_error = NULL, restore_attempts = 0 \
+             WHERE restored_at IS NULL AND restore_error IS NOT NULL",
+        )
+        .execute(&self.pool)
+        .await?;
+        let joins = sqlx::query(
+            "UPDATE room_members SET rejoin_attempts = 0 WHERE rejoin = 'failed' AND rejoin_attempts >= $1",
+        )
+        .bind(MAX_REJOIN_ATTEMPTS)
+        .execute(&self.pool)
+        .await?;
+        Ok(rooms.rows_affected() + joins.rows_affected())
+    }
+
     /// Counts a try of lifeboat's own account at a surviving room whose
     /// servers did not answer; at the [`MAX_REJOIN_ATTEMPTS`]th the room is
     /// given up for `reason`, as a refusal is. True when given up.
@@ -537,22 +557,21 @@ impl Registry {
     /// Not into a surviving room this server is not in yet while a stranger holds a former
     /// member's ID ([`Room::strangers`]): the join would let the stranger in too. Nor, when
     /// `wait_for_holds`, while a former member's ID is free ([`Room::free`]).
-    pub async fn pending_rejoins(&self, retry_all: bool, wait_for_holds: bool) -> Result<Vec<Rejoin>> {
+    pub async fn pending_rejoins(&self, wait_for_holds: bool) -> Result<Vec<Rejoin>> {
         let listed_at = self.rooms_listed_at().await?;
         let sql = format!(
             "SELECT m.room_id, m.user_id, r.via_servers, r.recreated_as \
              FROM room_members m JOIN rooms r ON r.room_id = m.room_id \
              JOIN accounts a ON a.user_id = m.user_id \
              WHERE m.membership = 'join' AND ({STANDING_SQL}) = 'claimed' AND ({ROOM_STATE_SQL}) <> 'lost' \
-             AND (m.rejoin IS NULL OR (m.rejoin = 'failed' AND ($2 = 1 OR m.rejoin_attempts < $3))) \
-             AND (({ROOM_STATE_SQL}) <> 'elsewhere' OR ({} = 0 AND ($4 = 0 OR {} = 0))) \
+             AND (m.rejoin IS NULL OR (m.rejoin = 'failed' AND m.rejoin_attempts < $2)) \
+             AND (({ROOM_STATE_SQL}) <> 'elsewhere' OR ({} = 0 AND ($3 = 0 OR {} = 0))) \
              ORDER BY m.user_id, m.room_id",
             strangers_among_former_members("m.room_id"),
             free_among_former_members("m.room_id"),
         );
         Ok(sqlx::query_as(sqlx::AssertSqlSafe(sql))
             .bind(listed_at)
-            .bind(retry_all as i64)
             .bind(MAX_REJOIN_ATTEMPTS)
             .bind(wait_for_holds as i64)
             .fetch_all(&self.pool)

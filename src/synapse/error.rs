@@ -46,12 +46,31 @@ pub enum Error {
     NotFound,
 }
 
+/// `text`, clipped with an ellipsis (see `MatrixError::clipped`), without
+/// a secret's first characters the clip left just before it.
+fn hide_cut_secret(text: String, secrets: &[&str]) -> String {
+    let Some(clipped) = text.strip_suffix('…') else { return text };
+    for secret in secrets {
+        let cut = (4..secret.len())
+            .rev()
+            .filter(|&at| secret.is_char_boundary(at))
+            .find(|&at| clipped.ends_with(&secret[..at]));
+        if let Some(at) = cut {
+            return format!("{}[token]…", &clipped[..clipped.len() - at]);
+        }
+    }
+    text
+}
+
 impl Error {
     /// The same error with `secret` (e.g. a token in a request path) hidden.
     pub fn hiding(self, secret: &str) -> Error {
         // As sent too: inside a path it is percent-encoded.
         let encoded = super::urlencode(secret);
-        let hide = |text: String| text.replace(secret, "[token]").replace(&encoded, "[token]");
+        let hide = |text: String| {
+            let text = text.replace(secret, "[token]").replace(&encoded, "[token]");
+            hide_cut_secret(text, &[secret, &encoded])
+        };
         match self {
             Error::Unavailable { url, detail, matrix_error, timed_out } => {
                 Error::Unavailable { url, detail: hide(detail), matrix_error: matrix_error.map(hide), timed_out }
@@ -99,5 +118,22 @@ impl Error {
     /// The token itself is dead (as after a wipe), not merely lacking rights.
     pub fn is_unknown_token(&self) -> bool {
         matches!(self, Error::Unauthorized { errcode } if errcode == "M_UNKNOWN_TOKEN")
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_secret_is_hidden_whole_and_where_a_clip_cut_it() {
+        let rejected = |message: &str| Error::Rejected { status: 400, errcode: "M_X".into(), message: message.into() };
+        let hidden = |err: Error| match err.hiding("s3cret-token-value") {
+            Error::Rejected { message, .. } => message,
+            other => panic!("{other:?}"),
+        };
+        assert_eq!(hidden(rejected("bad s3cret-token-value here")), "bad [token] here");
+        assert_eq!(hidden(rejected("a long text ending in s3cret-to…")), "a long text ending in [token]…");
+        assert_eq!(hidden(rejected("an ordinary end…")), "an ordinary end…");
     }
 }

@@ -96,8 +96,9 @@ pub struct MatrixError {
     pub soft_logout: bool,
 }
 
-/// The most of a Matrix error's words lifeboat keeps (its code: a tenth).
+/// The most of a Matrix error's words lifeboat keeps, and of its code.
 const MAX_ERROR_CHARS: usize = 300;
+const MAX_ERRCODE_CHARS: usize = 64;
 
 impl MatrixError {
     /// Its words as one short line. They may be another server's: Synapse
@@ -106,17 +107,22 @@ impl MatrixError {
     /// and shows them to admins, in the admin room too.
     pub fn clipped(self) -> MatrixError {
         MatrixError {
-            errcode: one_short_line(&self.errcode, MAX_ERROR_CHARS / 10),
+            errcode: one_short_line(&self.errcode, MAX_ERRCODE_CHARS),
             error: one_short_line(&self.error, MAX_ERROR_CHARS),
             ..self
         }
     }
 }
 
-/// `text` with control characters (line breaks too) as spaces, cut at
-/// `max` characters, an ellipsis saying where.
+/// `text` with control characters (line breaks too) and the invisible
+/// characters that break or reorder a line as spaces, cut at `max`
+/// characters, an ellipsis saying where.
 fn one_short_line(text: &str, max: usize) -> String {
-    let mut line: String = text.chars().take(max).map(|c| if c.is_control() { ' ' } else { c }).collect();
+    let invisible = |c: char| {
+        c.is_control()
+            || matches!(c, '\u{200b}'..='\u{200f}' | '\u{2028}'..='\u{202e}' | '\u{2060}'..='\u{2069}' | '\u{feff}')
+    };
+    let mut line: String = text.chars().take(max).map(|c| if invisible(c) { ' ' } else { c }).collect();
     if text.chars().nth(max).is_some() {
         line.push('…');
     }
@@ -166,11 +172,13 @@ mod tests {
 
     #[test]
     fn another_servers_words_in_an_error_are_kept_to_one_short_line() {
-        let long = format!("Refused.\n\r{}", "Call +1 555 0100 now! ".repeat(100));
+        let long = format!("Refused.\n\u{2028}\u{202e}{}", "Call +1 555 0100 now! ".repeat(100));
         let error = MatrixError { errcode: "M_FORBIDDEN".repeat(10), error: long, ..MatrixError::default() }.clipped();
-        assert!(error.error.starts_with("Refused.  Call") && error.error.ends_with('…'), "{}", error.error);
+        assert!(error.error.starts_with("Refused.   Call") && error.error.ends_with('…'), "{}", error.error);
         assert_eq!(error.error.chars().count(), MAX_ERROR_CHARS + 1);
-        assert_eq!(error.errcode.chars().count(), MAX_ERROR_CHARS / 10 + 1);
+        assert_eq!(error.errcode.chars().count(), MAX_ERRCODE_CHARS + 1);
+        let real = MatrixError { errcode: "M_CANNOT_LEAVE_SERVER_NOTICE_ROOM".to_owned(), ..MatrixError::default() };
+        assert_eq!(real.clipped().errcode, "M_CANNOT_LEAVE_SERVER_NOTICE_ROOM");
         let short = MatrixError { error: "You are banned".to_owned(), ..MatrixError::default() }.clipped();
         assert_eq!(short.error, "You are banned");
     }

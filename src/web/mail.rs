@@ -15,8 +15,9 @@ use crate::user_id::UserId;
 /// Links of some purposes mailed per hour, whoever asks: past the budget, a
 /// request mails nothing (its page answers as always), so a flood neither
 /// fills the outbox ahead of the other mail nor spends the relay's quota.
-/// One network gets a share of it, so that one client with many addresses
-/// cannot spend it all and leave everyone else's links unmailed.
+/// Once half of it is spent, each network gets a share of it, so that one
+/// client with many addresses cannot spend it all and leave everyone
+/// else's links unmailed.
 pub struct HourlyBudget {
     /// The setting that sets it, named in the log.
     setting: &'static str,
@@ -28,9 +29,11 @@ pub struct HourlyBudget {
     network_last_warned: AtomicI64,
 }
 
-/// One network (an IPv4 /24, an IPv6 /48) may have a tenth of an hour's
-/// budget mailed at its requests, and at least [`MIN_NETWORK_SHARE`]: whoever
-/// would spend it all needs ten networks, not one host's IPv6 addresses.
+/// Once half an hour's budget is spent, one network (an IPv4 /24, an IPv6
+/// /48) may have had a tenth of it mailed at its requests, and at least
+/// [`MIN_NETWORK_SHARE`]: whoever would spend it all then needs several
+/// networks, not one host's IPv6 addresses. Before that, a busy network (an
+/// office, a campus behind one address) is not held back.
 const NETWORK_SHARE: u32 = 10;
 const MIN_NETWORK_SHARE: u32 = 10;
 
@@ -51,38 +54,52 @@ impl HourlyBudget {
     }
 
     /// Counts one link about to be mailed at the request of a client at
-    /// `ip`; `false` (mail nothing) once its network had its share of
-    /// `per_hour` within the hour. Asked last, just before the link is
-    /// made, so that requests that mail nothing anyway do not count.
-    pub fn network_share_left(&self, state: &WebState, per_hour: u32, ip: Option<IpAddr>) -> bool {
+    /// `ip`; `false` (mail nothing) while half of `per_hour` is spent and
+    /// its network already had its share within the hour. Asked last, just
+    /// before the link is made, so that requests that mail nothing anyway
+    /// do not count.
+    pub async fn network_share_left(
+        &self,
+        state: &WebState,
+        per_hour: u32,
+        ip: Option<IpAddr>,
+    ) -> Result<bool, WebError> {
         let network = ip.map_or_else(|| "net:unknown".to_owned(), guard::network_key);
         let key = format!("{}:{network}", self.setting);
-        let left = state.inner.mailed_by_network.hit(key, None, network_share(per_hour));
-        if !left {
-            warn_at_most_every_ten_minutes(&self.network_last_warned, || {
-                tracing::warn!(
-                    "one network's share of {} reached (a tenth): its requests mail nothing for now",
-                    self.setting
-                );
-            });
+        if state.inner.mailed_by_network.hit(key, None, network_share(per_hour))
+            || 2 * self.made_this_hour(state).await? < i64::from(per_hour)
+        {
+            return Ok(true);
         }
-        left
+        warn_at_most_every_ten_minutes(&self.network_last_warned, || {
+            tracing::warn!(
+                network = network.trim_start_matches("net:"),
+                "half of {} is spent, and one network had its share: its requests mail nothing for now",
+                self.setting
+            );
+        });
+        Ok(false)
     }
 
     /// Have `per_hour` links of its purposes been made in the last hour?
     pub async fn spent(&self, state: &WebState, per_hour: u32) -> Result<bool, WebError> {
-        let hour_ago = now_ms() - 3600 * 1000;
-        let mut made = 0;
-        for purpose in self.purposes {
-            made += state.registry.web_links_made_since(purpose, hour_ago).await?;
-        }
-        let spent = made >= i64::from(per_hour);
+        let spent = self.made_this_hour(state).await? >= i64::from(per_hour);
         if spent {
             warn_at_most_every_ten_minutes(&self.last_warned, || {
                 tracing::warn!("{} reached: requests mail nothing for now", self.setting);
             });
         }
         Ok(spent)
+    }
+
+    /// Links of its purposes made in the last hour.
+    async fn made_this_hour(&self, state: &WebState) -> Result<i64, WebError> {
+        let hour_ago = now_ms() - 3600 * 1000;
+        let mut made = 0;
+        for purpose in self.purposes {
+            made += state.registry.web_links_made_since(purpose, hour_ago).await?;
+        }
+        Ok(made)
     }
 }
 

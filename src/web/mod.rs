@@ -73,7 +73,7 @@ impl WebState {
             key: OnceCell::new(),
             can_mail: services.mailer.is_some(),
             limiter: RateLimiter::new(web.rate_limit_per_ip, web.rate_limit_per_target, web.rate_limit_window),
-            mailed_by_network: crate::limit::FixedWindows::new("mail budget", Duration::from_secs(3600)),
+            mailed_by_network: crate::limit::FixedWindows::new("per-network mail share", Duration::from_secs(3600)),
             token_links: tokio::sync::Mutex::new(()),
             subscription_links: tokio::sync::Mutex::new(()),
             status_cache: status::Cache::default(),

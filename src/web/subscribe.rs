@@ -222,7 +222,7 @@ async fn start(
             }
         }
     };
-    if !BUDGET.network_share_left(state, state.web().subscription_mails_per_hour, ip) {
+    if !BUDGET.network_share_left(state, state.web().subscription_mails_per_hour, ip).await? {
         return Ok(());
     }
     let id = links::new_link_id();

@@ -160,7 +160,7 @@ async fn mail_links(
         static BUDGET: mail::HourlyBudget =
             mail::HourlyBudget::new("web.token_mails_per_hour", &[PURPOSE, CLAIM_MAILED]);
         let per_hour = state.web().token_mails_per_hour;
-        if BUDGET.spent(state, per_hour).await? || !BUDGET.network_share_left(state, per_hour, ip) {
+        if BUDGET.spent(state, per_hour).await? || !BUDGET.network_share_left(state, per_hour, ip).await? {
             return Ok(());
         }
         // Recorded before it is mailed. A claim link is signed, not stored:

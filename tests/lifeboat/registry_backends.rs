@@ -729,13 +729,13 @@ async fn a_person_waits_for_a_surviving_room_while_another_members_id_is_free(re
     registry.apply_room_listing(&[]).await.unwrap();
     sync_listing(&registry, &[user("@a:x", 2)]).await;
     registry.settle_as_claimed(&id("@a:x"), None, &Actor::cli()).await.unwrap();
-    assert!(registry.pending_rejoins(false, true).await.unwrap().is_empty(), "@b's ID is free");
-    assert_eq!(registry.pending_rejoins(false, false).await.unwrap().len(), 1, "holds off: no waiting");
+    assert!(registry.pending_rejoins(true).await.unwrap().is_empty(), "@b's ID is free");
+    assert_eq!(registry.pending_rejoins(false).await.unwrap().len(), 1, "holds off: no waiting");
     registry.begin_hold(&id("@b:x")).await.unwrap();
-    assert!(registry.pending_rejoins(false, true).await.unwrap().is_empty(), "@b's hold is still being made");
+    assert!(registry.pending_rejoins(true).await.unwrap().is_empty(), "@b's hold is still being made");
     assert_eq!(registry.room("!shared").await.unwrap().unwrap().free, 1);
     registry.mark_held(&id("@b:x"), Some(5_000), true).await.unwrap();
-    assert_eq!(registry.pending_rejoins(false, true).await.unwrap().len(), 1, "@b's ID is held: @a comes back");
+    assert_eq!(registry.pending_rejoins(true).await.unwrap().len(), 1, "@b's ID is held: @a comes back");
 }
 on_both_backends!(a_person_waits_for_a_surviving_room_while_another_members_id_is_free);
 
@@ -793,7 +793,7 @@ async fn a_former_member_whose_id_synapse_refuses_to_create_holds_no_room_back(r
     assert!(registry.begin_hold(&id("@b:x")).await.unwrap());
     registry.abandon_hold(&id("@b:x"), Some("M_EXCLUSIVE")).await.unwrap();
     assert_eq!(registry.room("!shared").await.unwrap().unwrap().free, 0);
-    assert_eq!(registry.pending_rejoins(false, true).await.unwrap().len(), 1, "nobody can take @b's ID");
+    assert_eq!(registry.pending_rejoins(true).await.unwrap().len(), 1, "nobody can take @b's ID");
     assert!(registry.hold_candidates(false).await.unwrap().is_empty(), "not tried again by itself");
     let listed = registry.holds().await.unwrap();
     let b = listed.iter().find(|hold| hold.user_id.as_str() == "@b:x");
@@ -823,7 +823,7 @@ async fn a_stranger_on_an_invited_members_id_holds_a_surviving_room_back(registr
     sync_listing(&registry, &[user("@a:x", 2), user("@b:x", 2)]).await;
     registry.settle_as_claimed(&id("@a:x"), None, &Actor::cli()).await.unwrap();
     assert_eq!(registry.room("!shared").await.unwrap().unwrap().strangers, 1);
-    assert!(registry.pending_rejoins(false, true).await.unwrap().is_empty(), "a stranger has @b's invite");
+    assert!(registry.pending_rejoins(true).await.unwrap().is_empty(), "a stranger has @b's invite");
 }
 on_both_backends!(a_stranger_on_an_invited_members_id_holds_a_surviving_room_back);
 
@@ -859,13 +859,13 @@ async fn rooms_gone_from_a_listing_are_classified_and_a_lost_persons_memberships
     registry.apply_room_listing(&[changed]).await.unwrap();
     registry.apply_room_listing(&[]).await.unwrap();
     assert_eq!(registry.room("!shared").await.unwrap().unwrap().members, 1);
-    assert!(registry.pending_rejoins(false, true).await.unwrap().is_empty(), "nobody is back yet");
+    assert!(registry.pending_rejoins(true).await.unwrap().is_empty(), "nobody is back yet");
 
     // @a registers again, and an operator vouches for them.
     sync_listing(&registry, &[user("@a:x", 2), user("@b:x", 1)]).await;
-    assert!(registry.pending_rejoins(false, true).await.unwrap().is_empty(), "a stranger on the ID is joined nowhere");
+    assert!(registry.pending_rejoins(true).await.unwrap().is_empty(), "a stranger on the ID is joined nowhere");
     registry.settle_as_claimed(&id("@a:x"), None, &Actor::cli()).await.unwrap();
-    let pending = registry.pending_rejoins(false, true).await.unwrap();
+    let pending = registry.pending_rejoins(true).await.unwrap();
     assert_eq!(pending.len(), 1, "only the surviving room: {pending:?}");
     assert_eq!(
         (pending[0].room_id.as_str(), pending[0].via_servers.as_slice()),
@@ -874,11 +874,14 @@ async fn rooms_gone_from_a_listing_are_classified_and_a_lost_persons_memberships
     for _ in 0..MAX_REJOIN_ATTEMPTS {
         registry.record_rejoin("!shared", &id("@a:x"), RejoinOutcome::Failed("M_FORBIDDEN")).await.unwrap();
     }
-    assert!(registry.pending_rejoins(false, true).await.unwrap().is_empty(), "given up on by itself");
-    assert_eq!(registry.pending_rejoins(true, true).await.unwrap().len(), 1, "retried when asked");
+    assert!(registry.pending_rejoins(true).await.unwrap().is_empty(), "given up on by itself");
+    assert_eq!(registry.retry_given_up().await.unwrap(), 1, "one join given up");
+    assert_eq!(registry.pending_rejoins(true).await.unwrap().len(), 1, "retried when asked");
+    registry.record_rejoin("!shared", &id("@a:x"), RejoinOutcome::Failed("M_FORBIDDEN")).await.unwrap();
+    assert_eq!(registry.pending_rejoins(true).await.unwrap().len(), 1, "with as many tries again");
 
     registry.mark_room_recreated("!local", "!new").await.unwrap();
-    let pending = registry.pending_rejoins(false, true).await.unwrap();
+    let pending = registry.pending_rejoins(true).await.unwrap();
     assert_eq!(pending[0].recreated_as.as_deref(), Some("!new"), "invited to the room made again: {pending:?}");
     registry.record_rejoin("!local", &id("@a:x"), RejoinOutcome::Invited).await.unwrap();
     let counts = registry.room_counts().await.unwrap();
@@ -900,7 +903,7 @@ async fn after_another_wipe_rooms_and_people_are_brought_back_again(registry: Re
     registry.mark_room_restored("!shared", None).await.unwrap();
     registry.record_rejoin("!shared", &id("@a:x"), RejoinOutcome::Joined).await.unwrap();
     registry.apply_room_listing(std::slice::from_ref(&shared)).await.unwrap();
-    assert!(registry.pending_rejoins(false, true).await.unwrap().is_empty());
+    assert!(registry.pending_rejoins(true).await.unwrap().is_empty());
 
     // Another wipe.
     sync_listing(&registry, &[]).await;
@@ -909,7 +912,7 @@ async fn after_another_wipe_rooms_and_people_are_brought_back_again(registry: Re
     assert_eq!((again.state, again.restored_at, again.pending), (RoomState::Elsewhere, None, 1), "{again:?}");
     sync_listing(&registry, &[user("@a:x", 3)]).await;
     registry.settle_as_claimed(&id("@a:x"), None, &Actor::cli()).await.unwrap();
-    assert_eq!(registry.pending_rejoins(false, true).await.unwrap().len(), 1, "@a is brought back again");
+    assert_eq!(registry.pending_rejoins(true).await.unwrap().len(), 1, "@a is brought back again");
 }
 on_both_backends!(after_another_wipe_rooms_and_people_are_brought_back_again);
 

@@ -632,7 +632,8 @@ async fn recreating_more_rooms_than_synapse_allows_in_a_row_waits_and_makes_them
 /// A surviving room whose servers cannot be reached holds back neither the
 /// other rooms nor their people: it waits for the next round, and both
 /// lifeboat's tries and its people's are counted, so it is given up in the
-/// end rather than tried every round for good.
+/// end rather than tried every round for good. `--retry` gives it a fresh
+/// start: five more rounds, not one.
 #[tokio::test(flavor = "multi_thread")]
 async fn a_surviving_room_nobody_can_reach_holds_back_no_other_room() {
     let TwoSquares { ours, _theirs, registry, carol, square, across, lifeboat, .. } = two_squares_after_a_wipe().await;
@@ -669,7 +670,11 @@ async fn a_surviving_room_nobody_can_reach_holds_back_no_other_room() {
     let sixth = lifeboat.run(&["rooms", "rejoin"]).await;
     assert!(!sixth.stderr.contains(&square), "Square is no longer tried: {sixth:?}");
     let retried = lifeboat.run(&["rooms", "rejoin", "--retry"]).await;
-    assert!(retried.stderr.contains(&format!("given up: {square}")), "--retry tries it once more: {retried:?}");
+    assert!(retried.stderr.contains(&lifeboat_in_square), "--retry tries it again: {retried:?}");
+    assert!(!retried.stderr.contains("given up"), "and counts from one again: {retried:?}");
+    assert!(retried.stderr.contains(&format!("not yet: {} in {square}", carol.user_id)), "carol's too: {retried:?}");
+    let next = lifeboat.run(&["rooms", "rejoin"]).await;
+    assert!(next.stderr.contains(&lifeboat_in_square), "the next round tries it too: {next:?}");
     direct.close().await;
 }
 
