@@ -8,6 +8,7 @@
 //! membership (../shared/SYNAPSE_NOTES.md, "Rooms").
 
 use std::collections::HashMap;
+use std::time::Duration;
 
 use futures::StreamExt;
 use serde::Serialize;
@@ -274,6 +275,9 @@ pub struct BringBackReport {
     /// Surviving rooms lifeboat waits with while a former member's ID is
     /// free, not held yet: whoever registered it would be let in too.
     pub waiting_for_holds: Vec<String>,
+    /// Rooms whose aliases and directory entry were due for longer than
+    /// [`ALIASES_DUE_AT_MOST`]: left as they are now, untried.
+    pub aliases_left: Vec<String>,
 }
 
 impl BringBackReport {
@@ -302,6 +306,12 @@ impl BringBackReport {
             text.push_str(&format!(
                 "; {} surviving rooms held back: a stranger holds a former member's ID, and would be let in too (settle the ID first)",
                 self.held_back.len()
+            ));
+        }
+        if !self.aliases_left.is_empty() {
+            text.push_str(&format!(
+                "; the aliases and directory entries of {} rooms were due for over a week (lifeboat did not run?) and are left as they are now",
+                self.aliases_left.len()
             ));
         }
         if !self.waiting_for_holds.is_empty() {
@@ -423,7 +433,8 @@ async fn rejoin_own(
 /// elsewhere): by the next round the room reads as here, and nothing else
 /// would come back to it. A refusal counts as a try (given up at the
 /// [`registry::MAX_REJOIN_ATTEMPTS`]th); Synapse timing out or busy leaves
-/// the room due, for a day at most.
+/// the room due, for a day at most. Due for longer than
+/// [`ALIASES_DUE_AT_MOST`], they are left untried.
 async fn restore_aliases(
     config: &Config,
     registry: &Registry,
@@ -432,6 +443,15 @@ async fn restore_aliases(
 ) -> Result<(), RoomsError> {
     let service = service_user_id(config);
     for (room_id, due_since) in registry.rooms_with_aliases_due().await? {
+        if due_since < registry::now_ms() - ALIASES_DUE_AT_MOST.as_millis() as i64 {
+            registry.aliases_no_longer_due(&room_id).await?;
+            tracing::warn!(
+                room_id,
+                "a room's aliases and directory entry were due for over a week: left as they are now"
+            );
+            report.aliases_left.push(room_id);
+            continue;
+        }
         let Some(room) = registry.room(&room_id).await? else { continue };
         let mut failures = Vec::new();
         for alias in &room.aliases {
@@ -474,6 +494,12 @@ async fn restore_aliases(
     }
     Ok(())
 }
+
+/// How long a room's aliases and directory entry stay due. Past it (lifeboat
+/// did not run meanwhile), what the registry knows of them is that old: an
+/// admin may have pointed an alias elsewhere or unlisted the room since,
+/// and putting back the old ones would undo that.
+const ALIASES_DUE_AT_MOST: Duration = Duration::from_secs(7 * 24 * 3600);
 
 /// Lost IDs are held (`recovery.hold` is not "off"): a surviving room waits
 /// until its former members' IDs are. With holds off, a lost ID stays free

@@ -423,20 +423,57 @@ async fn a_surviving_room_people_came_back_into_before_lifeboat_gets_its_alias_a
 /// run puts the alias back.
 #[tokio::test(flavor = "multi_thread")]
 async fn a_surviving_room_a_person_rejoined_by_themselves_gets_its_alias_back() {
-    let in_square = one_person_in_a_square_of_theirs("alice", "").await;
-    let alias = a_local_alias_the_registry_knows(&in_square).await;
-    let InSquare { ours, theirs, _registry, person: alice, bob: _bob, square, lifeboat } = in_square;
-    wiped_and_held(&ours, &lifeboat).await;
-    claim(&lifeboat, &alice.user_id).await;
-    let alice = sign_in(&ours, "alice", NEW_PASSWORD).await;
-    alice.join_via(&square, &[&theirs.server_name]).await;
-    joined_members_settle(&ours, &square, 2).await;
-
-    assert_eq!(lifeboat.run(&["sync"]).await.code, 0);
-    assert_eq!(state_of(&lifeboat, &square).await, "here");
-    assert_eq!(rooms_by_id(&lifeboat).await[&square]["aliases"][0], alias.as_str(), "kept as known");
+    // Every part bound: one dropped here would stop its server.
+    let (InSquare { ours, theirs: _theirs, _registry, person: _alice, bob: _bob, square, lifeboat }, alias) =
+        a_square_its_person_rejoined_by_themselves().await;
     let rejoined = lifeboat.run(&["rooms", "rejoin"]).await;
     assert_eq!(ours.resolve_alias(&alias).await.as_deref(), Some(square.as_str()), "{rejoined:?}");
+}
+
+/// Aliases due for over a week (lifeboat did not run meanwhile) are left as
+/// they are: an admin may have pointed them elsewhere or unlisted the room
+/// since, and the old ones would undo that.
+#[tokio::test(flavor = "multi_thread")]
+async fn aliases_due_for_over_a_week_are_left_as_they_are() {
+    let (InSquare { ours, theirs: _theirs, _registry, person: _alice, bob: _bob, square, lifeboat }, alias) =
+        a_square_its_person_rejoined_by_themselves().await;
+    let store = lifeboat::registry::Registry::connect(&_registry.url()).await.unwrap();
+    let eight_days_ago = lifeboat::registry::now_ms() - 8 * 24 * 3600 * 1000;
+    sqlx::query("UPDATE rooms SET aliases_due_at = $1 WHERE room_id = $2")
+        .bind(eight_days_ago)
+        .bind(&square)
+        .execute(store.pool())
+        .await
+        .unwrap();
+    store.close().await;
+
+    let rejoined = lifeboat.run(&["rooms", "rejoin"]).await;
+    assert!(
+        rejoined.stdout.contains("the aliases and directory entries of 1 rooms were due for over a week"),
+        "{rejoined:?}"
+    );
+    assert_eq!(ours.resolve_alias(&alias).await, None, "left as it is");
+    let listed = lifeboat.run(&["rooms", "list"]).await;
+    assert!(!listed.stdout.contains("not back yet"), "{listed:?}");
+}
+
+/// After a wipe, the square's person (claimed) rejoins it by themselves,
+/// and a sync finds this server back in it with its alias due. Returns
+/// the alias.
+async fn a_square_its_person_rejoined_by_themselves() -> (InSquare, String) {
+    let in_square = one_person_in_a_square_of_theirs("alice", "").await;
+    let alias = a_local_alias_the_registry_knows(&in_square).await;
+    let InSquare { ours, theirs, person: alice, square, lifeboat, .. } = &in_square;
+    wiped_and_held(ours, lifeboat).await;
+    claim(lifeboat, &alice.user_id).await;
+    let alice = sign_in(ours, "alice", NEW_PASSWORD).await;
+    alice.join_via(square, &[&theirs.server_name]).await;
+    joined_members_settle(ours, square, 2).await;
+
+    assert_eq!(lifeboat.run(&["sync"]).await.code, 0);
+    assert_eq!(state_of(lifeboat, square).await, "here");
+    assert_eq!(rooms_by_id(lifeboat).await[square]["aliases"][0], alias.as_str(), "kept as known");
+    (in_square, alias)
 }
 
 /// Gives the square a local alias (made by its person, who is of ours) and
