@@ -275,6 +275,9 @@ pub struct BringBackReport {
     /// Surviving rooms lifeboat waits with while a former member's ID is
     /// free, not held yet: whoever registered it would be let in too.
     pub waiting_for_holds: Vec<String>,
+    /// Rooms and people's joins lifeboat had given up, started over
+    /// (`rooms rejoin --retry`).
+    pub started_over: u64,
     /// Rooms whose aliases and directory entry were due for longer than
     /// [`ALIASES_DUE_AT_MOST`]: left as they are now, untried.
     pub aliases_left: Vec<String>,
@@ -293,6 +296,9 @@ impl BringBackReport {
             self.rejoined,
             self.invited
         );
+        if self.started_over > 0 {
+            text.push_str(&format!("; {} given-up rooms and joins started over", self.started_over));
+        }
         if !self.failed.is_empty() {
             text.push_str(&format!("; {} did not work yet (tried again next round)", self.failed.len()));
         }
@@ -338,10 +344,10 @@ pub async fn bring_back(
     retry_given_up: bool,
 ) -> Result<BringBackReport, RoomsError> {
     let work = async {
-        if retry_given_up {
-            registry.retry_given_up().await?;
-        }
         let mut report = BringBackReport::default();
+        if retry_given_up {
+            report.started_over = registry.retry_given_up().await?;
+        }
         rejoin_own(config, registry, client, &mut report).await?;
         // One person's error leaves the rooms already back their aliases (a
         // dead token stops `restore_aliases` itself, counting no try).

@@ -36,9 +36,9 @@ pub enum Command {
     /// refuses lifeboat's own join, and a join (lifeboat's or a person's)
     /// that failed five times, are given up until --retry.
     Rejoin {
-        /// First give what lifeboat gave up a fresh start: tried again now,
-        /// and by serve's later rounds, up to five times again (a refusal
-        /// still ends it at once).
+        /// First give the rooms and joins lifeboat gave up a fresh start:
+        /// tried again now, and by serve's later rounds, up to five times
+        /// again (a refusal of lifeboat's own join still ends it at once).
         #[arg(long)]
         retry: bool,
     },

@@ -18,7 +18,7 @@ use crate::user_id::UserId;
 pub const ROOMS_LISTED_SETTING: &str = "rooms.listed_at";
 
 /// Rejoins of one person to one room tried before lifeboat stops trying
-/// by itself (`lifeboat rooms rejoin --retry` tries again).
+/// by itself (`lifeboat rooms rejoin --retry` starts the count over).
 pub const MAX_REJOIN_ATTEMPTS: i64 = 5;
 
 stored_as_text! {
@@ -406,11 +406,14 @@ impl Registry {
     }
 
     /// Records lifeboat's own account back in a room (`error` none), its
-    /// aliases and directory listing then due, or why it could not get in.
+    /// aliases and directory listing then due, or why it could not get in
+    /// (aliases a person's join made due stay due).
     pub async fn mark_room_restored(&self, room_id: &str, error: Option<&str>) -> Result<()> {
         let restored_at = error.is_none().then(now_ms);
         sqlx::query(
-            "UPDATE rooms SET restored_at = $2, restore_error = $3, aliases_due_at = $2, aliases_attempts = 0 \
+            "UPDATE rooms SET restored_at = $2, restore_error = $3, \
+             aliases_due_at = CASE WHEN $3 IS NULL THEN $2 ELSE aliases_due_at END, \
+             aliases_attempts = CASE WHEN $3 IS NULL THEN 0 ELSE aliases_attempts END \
              WHERE room_id = $1",
         )
         .bind(room_id)
@@ -424,7 +427,8 @@ impl Registry {
     /// What lifeboat gave up starts over (`rooms rejoin --retry`): rooms that
     /// refused or never answered its own join, and people's joins that
     /// failed too often, are tried again, and given up only after as many
-    /// tries again. Returns how many rooms and joins.
+    /// tries again (a refusal of lifeboat's own join at once). Returns how
+    /// many rooms and joins.
     pub async fn retry_given_up(&self) -> Result<u64> {
         let rooms = sqlx::query(
             "UPDATE rooms SET restore_error = NULL, restore_attempts = 0 \
@@ -553,7 +557,8 @@ impl Registry {
     }
 
     /// People back on their ID (claimed) not yet back in their rooms that come back or were
-    /// re-created. Failures are retried up to [`MAX_REJOIN_ATTEMPTS`] times (`retry_all`: any count).
+    /// re-created. Failures are retried up to [`MAX_REJOIN_ATTEMPTS`] times ([`Self::retry_given_up`]
+    /// starts the count over).
     /// Not into a surviving room this server is not in yet while a stranger holds a former
     /// member's ID ([`Room::strangers`]): the join would let the stranger in too. Nor, when
     /// `wait_for_holds`, while a former member's ID is free ([`Room::free`]).

@@ -120,7 +120,7 @@ impl MatrixError {
 fn one_short_line(text: &str, max: usize) -> String {
     let invisible = |c: char| {
         c.is_control()
-            || matches!(c, '\u{200b}'..='\u{200f}' | '\u{2028}'..='\u{202e}' | '\u{2060}'..='\u{2069}' | '\u{feff}')
+            || matches!(c, '\u{200b}'..='\u{200f}' | '\u{2028}'..='\u{202e}' | '\u{2060}'..='\u{2069}' | '\u{061c}' | '\u{feff}' | '\u{fff9}'..='\u{fffb}')
     };
     let mut line: String = text.chars().take(max).map(|c| if invisible(c) { ' ' } else { c }).collect();
     if text.chars().nth(max).is_some() {

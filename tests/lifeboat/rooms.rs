@@ -710,6 +710,9 @@ async fn a_surviving_room_nobody_can_reach_holds_back_no_other_room() {
     assert!(retried.stderr.contains(&lifeboat_in_square), "--retry tries it again: {retried:?}");
     assert!(!retried.stderr.contains("given up"), "and counts from one again: {retried:?}");
     assert!(retried.stderr.contains(&format!("not yet: {} in {square}", carol.user_id)), "carol's too: {retried:?}");
+    assert!(retried.stdout.contains("2 given-up rooms and joins started over"), "Square and carol's: {retried:?}");
+    let listed = lifeboat.run(&["rooms", "list"]).await;
+    assert!(!listed.stdout.contains("given up by lifeboat"), "{listed:?}");
     let next = lifeboat.run(&["rooms", "rejoin"]).await;
     assert!(next.stderr.contains(&lifeboat_in_square), "the next round tries it too: {next:?}");
     direct.close().await;
