@@ -29,8 +29,9 @@ fn added_later(table: &str) -> usize {
         // custody, custody_at (held IDs), details_due_at, display_name_due_at,
         // lost_created_at, hold_refused
         "accounts" => 6,
-        // state_read_at, aliases_due_at, aliases_attempts, restore_attempts
-        "rooms" => 4,
+        // state_read_at, aliases_due_at, aliases_attempts, restore_attempts,
+        // creator_from_state
+        "rooms" => 5,
         // kind (a notice, by default), subject, body_text, body_html,
         // expires_at (one outbox for every message), not_before
         "deliveries" => 6,

@@ -216,7 +216,8 @@ pub fn details_from_state(state: &[StateEvent], aliases: Vec<String>, server_nam
         |user_id: &str| power_levels.and_then(|levels| levels["users"][user_id].as_i64()).unwrap_or(default_power);
     let local_suffix = format!(":{server_name}");
     let (mut members, mut departed) = (Vec::new(), Vec::new());
-    let mut servers: HashMap<&str, usize> = HashMap::new();
+    // Each remote server's most powerful joined member, and how many.
+    let mut servers: HashMap<&str, (i64, usize)> = HashMap::new();
     for event in state.iter().filter(|event| event.kind == "m.room.member") {
         let Some(user_id) = event.state_key.as_deref() else { continue };
         let membership = event.content["membership"].as_str().unwrap_or_default();
@@ -229,10 +230,14 @@ pub fn details_from_state(state: &[StateEvent], aliases: Vec<String>, server_nam
         } else if membership == "join"
             && let Some((_, server)) = user_id.split_once(':')
         {
-            *servers.entry(server).or_default() += 1;
+            let (power, count) = servers.entry(server).or_insert((i64::MIN, 0));
+            *power = (*power).max(power_of(user_id));
+            *count += 1;
         }
     }
-    let mut via: Vec<(&str, usize)> = servers.into_iter().collect();
+    // Servers of the room's moderators first: a server that fills the room
+    // with accounts of its own does not rank first by that alone.
+    let mut via: Vec<(&str, (i64, usize))> = servers.into_iter().collect();
     via.sort_by(|a, b| b.1.cmp(&a.1).then(a.0.cmp(b.0)));
     let children = state
         .iter()
@@ -248,6 +253,7 @@ pub fn details_from_state(state: &[StateEvent], aliases: Vec<String>, server_nam
         via_servers: via.into_iter().take(VIA_SERVERS).map(|(server, _)| server.to_owned()).collect(),
         members,
         departed,
+        maker: synapse::maker_in(state).map(str::to_owned),
     }
 }
 
@@ -709,13 +715,15 @@ async fn reclaim_alias(
     if Some(target.as_str()) == its_room {
         return Ok(Some(target));
     }
-    let Some(creator) = client.room_creator(&target).await?.and_then(|creator| UserId::parse(&creator).ok()) else {
-        tracing::warn!(alias, room = %target, "the alias points at a room whose maker Synapse cannot name: left alone");
-        return Ok(Some(target));
+    // A room whose maker Synapse cannot name is nobody's choice to keep.
+    let maker = client.room_maker(&target).await?.and_then(|maker| UserId::parse(&maker).ok());
+    let made_by_an_admin = match &maker {
+        Some(maker) if maker == service => true,
+        Some(maker) if maker.server_name() == service.server_name() => {
+            client.user_details(maker.as_str()).await?.is_some_and(|details| details.admin)
+        }
+        _ => false,
     };
-    let made_by_an_admin = &creator == service
-        || (creator.server_name() == service.server_name()
-            && client.user_details(creator.as_str()).await?.is_some_and(|details| details.admin));
     if made_by_an_admin {
         return Ok(Some(target));
     }
@@ -928,6 +936,19 @@ mod tests {
         assert_eq!(details.via_servers, ["big.net", "small.net"]);
         assert_eq!(details.aliases, ["#boats:here.org"], "only local aliases can be re-pointed here");
         assert_eq!(details.children, ["!kept:here.org"], "a child event without via is a removed child");
+    }
+
+    #[test]
+    fn a_rooms_moderators_servers_come_first_and_its_maker_is_its_creation_events_sender() {
+        let mut create = event("m.room.create", "", json!({"creator": "@lifeboat:here.org"}));
+        create.sender = Some("@mallory:evil.net".to_owned());
+        let mut state = vec![create, event("m.room.power_levels", "", json!({"users": {"@mod:small.net": 50}}))];
+        for member in ["@mod:small.net", "@p1:evil.net", "@p2:evil.net", "@p3:evil.net"] {
+            state.push(event("m.room.member", member, json!({"membership": "join"})));
+        }
+        let details = details_from_state(&state, Vec::new(), "here.org");
+        assert_eq!(details.via_servers, ["small.net", "evil.net"], "not by head-count alone");
+        assert_eq!(details.maker.as_deref(), Some("@mallory:evil.net"), "not the creator it names");
     }
 
     #[test]

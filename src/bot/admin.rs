@@ -91,10 +91,27 @@ fn confirm_word(confirm: bool) -> &'static str {
     if confirm { " confirm" } else { "" }
 }
 
-/// Text others chose (a room's name), shown as it is, on one line: no link,
-/// emphasis or paragraph of its own in the bot's reply.
+/// Text others chose (a server's refusal), shown as it is, on one line and
+/// cut at [`SHOWN_CHARS`]: no link, emphasis or paragraph of its own in the
+/// bot's reply, which must stay within an event's 64 KiB.
 fn shown(text: &str) -> String {
-    markdown_escape(&crate::notice::one_line(text))
+    let line = crate::notice::one_line(text);
+    match line.char_indices().nth(SHOWN_CHARS) {
+        Some((cut, _)) => markdown_escape(&format!("{}…", &line[..cut])),
+        None => markdown_escape(&line),
+    }
+}
+
+const SHOWN_CHARS: usize = 400;
+
+/// A room as a reply names it: its label as notices show one (cut short,
+/// nothing a linkifier takes for an address), then its ID.
+fn room_named(room: &crate::registry::Room) -> String {
+    format!(
+        "{} {}",
+        markdown_escape(&crate::notice::room_label(room.label())),
+        crate::notice::markdown_code(&room.room_id)
+    )
 }
 
 /// An error as the reply says it.
@@ -516,7 +533,7 @@ async fn rooms(bot: &Bot) -> Result<String, String> {
             .map(|room| {
                 let progress = room.progress().join("; ");
                 let progress = if progress.is_empty() { progress } else { format!(" ({})", shown(&progress)) };
-                format!("{} `{}`{progress}", shown(room.label()), room.room_id)
+                format!("{}{progress}", room_named(room))
             })
             .collect();
         let label = label.replace("PREFIX", bot.prefix());
@@ -540,7 +557,7 @@ async fn recreate_rooms(bot: &Bot, actor: &Actor, room: Option<String>, confirm:
     let command = format!("rooms recreate {}", room.as_deref().unwrap_or("--all"));
     if !confirm {
         let how = ask_to_confirm(bot, &command);
-        let names: Vec<String> = rooms.iter().take(10).map(|room| shown(room.label())).collect();
+        let names: Vec<String> = rooms.iter().take(10).map(room_named).collect();
         return Ok(format!(
             "This makes {} again as new, empty rooms ({}); their history does not come back, and former members are invited as each comes back. To do it, {how}.",
             crate::plural::count(rooms.len() as i64, "room", "rooms"),
@@ -553,7 +570,7 @@ async fn recreate_rooms(bot: &Bot, actor: &Actor, room: Option<String>, confirm:
     for room in rooms {
         match crate::rooms::recreate(config, registry, &client, &room, actor).await {
             Ok(made) => lines.push(shown(&made.summary())),
-            Err(err) => lines.push(format!("Not re-created: {}", shown(&format!("{}: {err}", room.label())))),
+            Err(err) => lines.push(format!("Not re-created: {}: {}", room_named(&room), shown(&err.to_string()))),
         }
     }
     Ok(lines.join("\n"))
@@ -622,7 +639,7 @@ fn notify_summary(id: i64, report: &CampaignReport) -> String {
         report.tokens_created
     );
     for (address, error) in &report.errors {
-        reply.push_str(&format!("\n- {}: {}", markdown_escape(address), markdown_escape(error)));
+        reply.push_str(&format!("\n- {}: {}", markdown_escape(address), shown(error)));
     }
     // DMs left to a process holding the device's store wait too; what
     // failed for good is sent again only on request.
@@ -650,5 +667,17 @@ mod tests {
         let html = crate::notice::markdown_to_safe_html(&summary);
         assert!(!html.contains("<a") && !html.contains("<strong>"), "{html}");
         assert!(summary.starts_with("Incident 7: 0 sent"), "{summary}");
+    }
+
+    #[test]
+    fn a_rooms_name_and_a_servers_words_are_cut_short_in_a_reply() {
+        let name = format!("visit evil.example {}", "x".repeat(60_000));
+        let room = crate::registry::Room { room_id: "!a`b:x".into(), name: Some(name), ..Default::default() };
+        let named = room_named(&room);
+        assert!(named.chars().count() < 200 && named.contains("evil\\[.\\]example"), "{named}");
+        assert!(named.ends_with("\\!a\\`b:x"), "an ID with a backtick is escaped, not a code span: {named}");
+        let errors = vec![("a@example.org".to_owned(), format!("550 {}", "no ".repeat(20_000)))];
+        let summary = notify_summary(7, &CampaignReport { errors, ..CampaignReport::default() });
+        assert!(summary.len() < 1_000, "{}", summary.len());
     }
 }

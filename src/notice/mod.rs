@@ -207,7 +207,7 @@ const ROOM_LABEL_CHARS: usize = 80;
 /// client or mail reader would make a link of: anyone who may rename a room
 /// could otherwise put "Claim link broken? evil.example/claim" beside the
 /// real claim link and token.
-fn room_label(name: &str) -> Cow<'_, str> {
+pub fn room_label(name: &str) -> Cow<'_, str> {
     let name = one_line(name);
     let name = match name.char_indices().nth(ROOM_LABEL_CHARS) {
         Some((cut, _)) => Cow::Owned(format!("{}…", name[..cut].trim_end())),

@@ -122,6 +122,10 @@ pub struct RoomDetails {
     /// room, whatever became of their ID (kicked or banned while it was
     /// lost: not brought back in).
     pub departed: Vec<String>,
+    /// Who made the room ([`crate::synapse::maker_in`]): once known, the
+    /// listing's `creator` (which the room's own server may have chosen)
+    /// no longer replaces it.
+    pub maker: Option<String>,
 }
 
 /// A room as the registry knows it.
@@ -315,7 +319,9 @@ impl Registry {
                       THEN rooms.public ELSE excluded.public END, \
              aliases_due_at = CASE WHEN {back} THEN excluded.last_seen_at ELSE rooms.aliases_due_at END, \
              aliases_attempts = CASE WHEN {back} THEN 0 ELSE rooms.aliases_attempts END, \
-             room_type = excluded.room_type, creator = excluded.creator, joined_local = excluded.joined_local, \
+             room_type = excluded.room_type, \
+             creator = CASE WHEN rooms.creator_from_state <> 0 THEN rooms.creator ELSE excluded.creator END, \
+             joined_local = excluded.joined_local, \
              joined_remote = excluded.joined_remote, state_events = excluded.state_events, \
              last_seen_at = excluded.last_seen_at"
         );
@@ -682,7 +688,8 @@ async fn record_details(
     sqlx::query(
         "UPDATE rooms SET topic = $2, avatar_url = $3, \
          aliases = CASE WHEN aliases_due_at IS NULL THEN $4 ELSE aliases END, children = $5, via_servers = $6, \
-         state_read_at = $7 WHERE room_id = $1",
+         state_read_at = $7, creator = COALESCE($8, creator), \
+         creator_from_state = CASE WHEN $8 IS NULL THEN creator_from_state ELSE 1 END WHERE room_id = $1",
     )
     .bind(room_id)
     .bind(&details.topic)
@@ -691,6 +698,7 @@ async fn record_details(
     .bind(json_list(&details.children))
     .bind(json_list(&details.via_servers))
     .bind(now_ms())
+    .bind(&details.maker)
     .execute(&mut **tx)
     .await?;
     let sql = format!(

@@ -20,7 +20,7 @@ use url::Url;
 pub use accounts::Creation;
 pub use admin::{Registered, RegistrationToken, SharedSecretError, Whoami};
 pub use error::Error;
-pub use rooms::{JoinOutcome, ListedRoom, RoomsPage, StateEvent};
+pub use rooms::{JoinOutcome, ListedRoom, RoomsPage, StateEvent, maker_in};
 pub use types::{ListedUser, ThreePid, UserDetails, UsersPage};
 
 /// Longest single wait between tries, whatever Synapse asks for.

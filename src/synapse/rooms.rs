@@ -55,6 +55,15 @@ pub struct StateEvent {
     pub sender: Option<String>,
 }
 
+/// Who made a room, by its state: the sender of its creation event. Never
+/// the event's `creator` field (room versions up to 10), nor Synapse's
+/// `creator` column filled from it: a room's own server writes that field,
+/// and may name anyone, a local admin or lifeboat included; the sender is
+/// signed by the sender's server.
+pub fn maker_in(state: &[StateEvent]) -> Option<&str> {
+    state.iter().find(|event| event.kind == "m.room.create").and_then(|event| event.sender.as_deref())
+}
+
 #[derive(Deserialize)]
 struct Joined {
     #[serde(default)]
@@ -117,9 +126,15 @@ impl SynapseClient {
     /// as joined ([`Self::joined_rooms`] shows it).
     pub async fn admin_join(&self, room_id: &str, user_id: &str, via: &[String]) -> Result<JoinOutcome, Error> {
         let path = format!("/_synapse/admin/v1/join/{}", urlencode(room_id));
-        let query: Vec<(&str, &str)> = via.iter().map(|server| ("server_name", server.as_str())).collect();
         let body = json!({ "user_id": user_id });
-        refused_or(self.request_json(Method::POST, &path, &query, Some(&body), true).await)
+        let through = |via: &[String]| {
+            let (via, path, body) = (via.to_vec(), &path, &body);
+            async move {
+                let query: Vec<(&str, &str)> = via.iter().map(|server| ("server_name", server.as_str())).collect();
+                refused_or(self.request_json(Method::POST, path, &query, Some(body), true).await)
+            }
+        };
+        through_each_if_refused(via, through).await
     }
 
     /// The rooms a local account is joined to (as this server sees it).
@@ -133,10 +148,16 @@ impl SynapseClient {
     /// takes homeserver.timeout each time, and the next round tries again.
     pub async fn join(&self, room_id: &str, via: &[String]) -> Result<JoinOutcome, Error> {
         let path = format!("/_matrix/client/v3/join/{}", urlencode(room_id));
-        let mut query: Vec<(&str, &str)> = via.iter().map(|server| ("via", server.as_str())).collect();
-        query.extend(via.iter().map(|server| ("server_name", server.as_str())));
         let once = self.retrying_only_rate_limits();
-        refused_or(once.request_json(Method::POST, &path, &query, Some(&json!({})), true).await)
+        let through = |via: &[String]| {
+            let (via, path, once) = (via.to_vec(), &path, &once);
+            async move {
+                let mut query: Vec<(&str, &str)> = via.iter().map(|server| ("via", server.as_str())).collect();
+                query.extend(via.iter().map(|server| ("server_name", server.as_str())));
+                refused_or(once.request_json(Method::POST, path, &query, Some(&json!({})), true).await)
+            }
+        };
+        through_each_if_refused(via, through).await
     }
 
     /// Points a local alias at a room. `Ok(false)` when the alias points
@@ -151,22 +172,11 @@ impl SynapseClient {
         }
     }
 
-    /// Who made a room, as Synapse records it (no membership needed);
-    /// `None` when Synapse does not know the room.
-    pub async fn room_creator(&self, room_id: &str) -> Result<Option<String>, Error> {
-        #[derive(Deserialize)]
-        struct Details {
-            creator: Option<String>,
-        }
-        let path = format!("/_synapse/admin/v1/rooms/{}", urlencode(room_id));
-        let Some(details) = found(self.get_json::<Details>(&path, &[], true).await)? else { return Ok(None) };
-        if let Some(creator) = details.creator.filter(|creator| !creator.is_empty()) {
-            return Ok(Some(creator));
-        }
-        // A room Synapse first heard of by an invite has no maker recorded:
-        // its creation event names it.
+    /// Who made a room: the sender of its creation event (no membership
+    /// needed); `None` when Synapse does not know the room.
+    pub async fn room_maker(&self, room_id: &str) -> Result<Option<String>, Error> {
         let state = self.room_state(room_id).await?.unwrap_or_default();
-        Ok(state.into_iter().find(|event| event.kind == "m.room.create").and_then(|event| event.sender))
+        Ok(maker_in(&state).map(str::to_owned))
     }
 
     /// Deletes a local alias (a server admin may delete any).
@@ -220,6 +230,28 @@ impl SynapseClient {
         let path = format!("/_matrix/client/v3/rooms/{}/state/m.room.create/", urlencode(room_id));
         or_none(self.get_json(&path, &[("format", "event")], true).await, unseen)
     }
+}
+
+/// Joins through all of `via` at once; if that is refused, through each
+/// server after the first alone. Synapse stops at the first server that
+/// refuses rather than asking the next, and any server in a room may
+/// refuse: one that ranks first must not keep people out of a room the
+/// others would let them into. The first refusal stands if none does.
+async fn through_each_if_refused<F, Fut>(via: &[String], join: F) -> Result<JoinOutcome, Error>
+where
+    F: Fn(&[String]) -> Fut,
+    Fut: Future<Output = Result<JoinOutcome, Error>>,
+{
+    let refused = match join(via).await? {
+        JoinOutcome::Refused(reason) if via.len() > 1 => reason,
+        outcome => return Ok(outcome),
+    };
+    for server in &via[1..] {
+        if let Ok(JoinOutcome::Joined) = join(std::slice::from_ref(server)).await {
+            return Ok(JoinOutcome::Joined);
+        }
+    }
+    Ok(JoinOutcome::Refused(refused))
 }
 
 /// Not there, or not visible to this account (Synapse answers 403 for

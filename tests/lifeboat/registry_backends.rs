@@ -743,6 +743,26 @@ on_both_backends!(a_person_waits_for_a_surviving_room_while_another_members_id_i
 /// lifeboat's own, has its aliases and directory entry due, and keeps both
 /// as known though Synapse lists neither yet; not a room lifeboat itself
 /// got back into, nor one an admin purged while nobody was lost.
+/// A room's maker, once its state was read, is the sender of its creation
+/// event: the listing's creator (which the room's own server may have
+/// chosen) no longer replaces it.
+async fn a_rooms_maker_read_from_its_state_outlives_the_listings_creator(registry: Registry) {
+    let mut listed = room("!r", 1, &[("@a:x", 0)]);
+    listed.creator = Some("@lifeboat:x".to_owned());
+    let details = listed.details.take();
+    registry.apply_room_listing(std::slice::from_ref(&listed)).await.unwrap();
+    let creator = || async { registry.room("!r").await.unwrap().unwrap().creator };
+    assert_eq!(creator().await.as_deref(), Some("@lifeboat:x"), "the listing's word until the state is read");
+    listed.details = details.map(|details| RoomDetails { maker: Some("@mallory:evil".to_owned()), ..details });
+    registry.apply_room_listing(std::slice::from_ref(&listed)).await.unwrap();
+    assert_eq!(creator().await.as_deref(), Some("@mallory:evil"));
+    listed.details = None;
+    registry.apply_room_listing(&[listed]).await.unwrap();
+    assert_eq!(creator().await.as_deref(), Some("@mallory:evil"), "a later listing does not undo it");
+}
+
+on_both_backends!(a_rooms_maker_read_from_its_state_outlives_the_listings_creator);
+
 async fn a_room_back_without_lifeboat_keeps_its_aliases_and_listing_due(registry: Registry) {
     sync_listing(&registry, &[user("@a:x", 1), user("@p:x", 1)]).await;
     let mut square = room("!square", 2, &[("@a:x", 0)]);

@@ -318,6 +318,15 @@ async fn a_local_alias_a_stranger_took_after_the_wipe_is_taken_back() {
     let opened = lifeboat.run(&["incident", "open", "--title", "Lost", "--postmortem", "postmortem.md"]).await;
     assert_eq!(opened.code, 0, "{opened:?}");
     claim(&lifeboat, &alice.user_id).await;
+    // A room's own server writes its creation event's `creator` (room
+    // versions up to 10), and Synapse's room details repeat it: eve's
+    // server could name lifeboat. Only the event's sender counts.
+    let opaque = lure.trim_start_matches('!').split(':').next().unwrap().to_owned();
+    let forged = format!("{{\"room_id\":\"{lure}\",\"creator\":\"{}\"}}", lifeboat_id(&ours));
+    let forged: &'static str = Box::leak(forged.into_boxed_str());
+    let front =
+        FaultyFront::answering(&ours.url, reqwest::Method::GET, &format!("{opaque}$"), usize::MAX, (200, forged)).await;
+    through_front(&lifeboat, &ours, &front);
 
     let rejoined = lifeboat.run(&["rooms", "rejoin"]).await;
     assert_eq!(rejoined.code, 0, "{rejoined:?}");
@@ -812,6 +821,27 @@ async fn a_refusals_words_are_kept_to_one_short_line() {
     for said in [&rejoined.stdout, &rejoined.stderr, &listed.stdout] {
         assert!(!said.contains("THE-END"), "{said}");
     }
+}
+
+/// Synapse stops at the first server that refuses a join, and any server in
+/// a room may refuse anyone: refused through the room's servers together,
+/// lifeboat's join is tried through each of the others alone before the
+/// room is given up.
+#[tokio::test(flavor = "multi_thread")]
+async fn one_server_refusing_lifeboats_join_does_not_keep_it_out_of_a_room() {
+    let TwoSquares { ours, _theirs, registry, lifeboat, .. } = two_squares_after_a_wipe().await;
+    let direct = lifeboat::registry::Registry::connect(&registry.url()).await.unwrap();
+    let via = serde_json::json!(["127.0.0.1:1", _theirs.server_name]).to_string();
+    sqlx::query("UPDATE rooms SET via_servers = $1").bind(via).execute(direct.pool()).await.unwrap();
+    direct.close().await;
+    // The first join, through both, is refused as a hostile first server would.
+    let front = FaultyFront::refusing(&ours.url, reqwest::Method::POST, "/client/v3/join/", 1).await;
+    through_front(&lifeboat, &ours, &front);
+
+    let rejoined = lifeboat.run(&["rooms", "rejoin"]).await;
+    assert_eq!(front.failures_left(), 0, "a join was refused");
+    assert!(!rejoined.stderr.contains("given up"), "{rejoined:?}");
+    assert!(rejoined.stdout.contains("lifeboat rejoined 2 surviving rooms"), "{rejoined:?}");
 }
 
 /// One run brings people back at a time: while another (here: another

@@ -79,9 +79,18 @@ impl FaultyFront {
     }
 }
 
+/// Does `path` contain `part`? A `part` ending in `$` also wants no further
+/// path segment after it (a resource, not the ones below it).
+fn chosen_path(path: &str, part: &str) -> bool {
+    match part.strip_suffix('$') {
+        Some(part) => path.split_once(part).is_some_and(|(_, rest)| !rest.contains('/')),
+        None => path.contains(part),
+    }
+}
+
 async fn relay(State(front): State<Arc<Front>>, request: Request) -> Response {
     let (parts, body) = request.into_parts();
-    let chosen = parts.method == front.method && parts.uri.path().contains(&front.path_part);
+    let chosen = parts.method == front.method && chosen_path(parts.uri.path(), &front.path_part);
     let failed = chosen
         && front.failures_left.fetch_update(Ordering::SeqCst, Ordering::SeqCst, |left| left.checked_sub(1)).is_ok();
     if failed {
