@@ -1,7 +1,7 @@
 //! `lifeboat rooms list|rejoin|recreate`: the room registry, and bringing
 //! people back into their rooms after a loss.
 
-use super::output::{ask_yes, print_json};
+use super::output::{ask_yes, others_text, print_json};
 use super::{Context, Failure, Outcome, exit};
 use crate::registry::{Actor, Room, RoomState};
 use crate::rooms::{RoomsError, bring_back, recreate, to_recreate};
@@ -125,7 +125,7 @@ pub async fn run(context: &Context, command: Command) -> Outcome {
                 let question = format!(
                     "Re-create {} ({}) as new, empty rooms, and invite their former members as each comes back? [y/N]",
                     crate::plural::count(rooms.len() as i64, "room", "rooms"),
-                    rooms.iter().take(5).map(Room::label).collect::<Vec<_>>().join(", ")
+                    rooms.iter().take(5).map(|room| others_text(room.label())).collect::<Vec<_>>().join(", ")
                 );
                 if !ask_yes(&question, "pass --yes to re-create rooms without a terminal").await? {
                     println!("Nothing changed.");
@@ -139,7 +139,7 @@ pub async fn run(context: &Context, command: Command) -> Outcome {
                     Ok(made) => println!("{}", made.summary()),
                     Err(err) => {
                         failed += 1;
-                        eprintln!("not re-created: {}: {err}", room.label());
+                        eprintln!("not re-created: {}: {}", others_text(room.label()), others_text(&err.to_string()));
                     }
                 }
             }
@@ -152,7 +152,9 @@ fn print_rooms(rooms: &[Room]) {
     for room in rooms {
         let kind = if room.is_space() { " (space)" } else { "" };
         let progress = room.progress().join(", ");
-        let line = format!("{:<10} {}  {}{kind}  {progress}", room.state.as_str(), room.room_id, room.label());
+        let (room_id, label, progress) =
+            (others_text(&room.room_id), others_text(room.label()), others_text(&progress));
+        let line = format!("{:<10} {room_id}  {label}{kind}  {progress}", room.state.as_str());
         println!("{}", line.trim_end());
     }
     if rooms.iter().any(|room| room.restore_error.is_some()) {

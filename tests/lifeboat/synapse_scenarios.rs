@@ -615,3 +615,26 @@ async fn a_token_the_last_round_found_rejected_does_not_start_a_round_every_prob
     let log = lifeboat.serve_log();
     assert_eq!(log.matches("watcher round").count(), 1, "{log}");
 }
+
+/// A display name is anyone's to choose: `users show` prints it on one
+/// line, without the escape sequences that would rewrite the admin's
+/// terminal or set its clipboard.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_display_name_with_terminal_escapes_is_shown_without_them() {
+    let synapse = TestSynapse::start();
+    let registry = TestDatabase::sqlite();
+    let person = unique("eve");
+    synapse.create_user(&person, &[]).await;
+    let name = "Eve\u{1b}]52;c;cm0gLXJmIH4=\u{7}\u{1b}[2J\nroot";
+    let path = format!("/_synapse/admin/v2/users/{}", synapse.user_id(&person));
+    let (status, body) =
+        synapse.admin_request(reqwest::Method::PUT, &path, Some(serde_json::json!({"displayname": name}))).await;
+    assert_eq!(status, 200, "{body}");
+    let lifeboat = lifeboat_for(&synapse, &registry);
+    assert_eq!(lifeboat.run(&["sync"]).await.code, 0);
+
+    let shown = lifeboat.run(&["users", "show", &synapse.user_id(&person)]).await;
+    let line = shown.stdout.lines().find(|line| line.contains("display name:")).unwrap_or_default();
+    assert!(line.contains("Eve") && line.ends_with("root"), "{shown:?}");
+    assert!(!shown.stdout.contains('\u{1b}') && !shown.stdout.contains('\u{7}'), "{shown:?}");
+}
