@@ -24,6 +24,7 @@ pub mod observation;
 pub mod outbox;
 pub mod owner_only;
 pub mod pace;
+pub mod plain_text;
 pub mod plural;
 pub mod probe;
 pub mod reconcile;

@@ -20,6 +20,7 @@ use crate::holds::{UNLOCKED_HELD_REMEDY, WayBack, way_back};
 use crate::links::LINK_KEY;
 use crate::notice::markdown_escape;
 use crate::notify::{NotifyProgress, plan};
+use crate::plain_text;
 use crate::recover::service_user_id;
 use crate::registry::{
     AccountState, Actor, ContactSource, IncidentScope, MessageKind, OldName, RoomState, format_time, human_time, now_ms,
@@ -95,11 +96,7 @@ fn confirm_word(confirm: bool) -> &'static str {
 /// cut at [`SHOWN_CHARS`]: no link, emphasis or paragraph of its own in the
 /// bot's reply, which must stay within an event's 64 KiB.
 fn shown(text: &str) -> String {
-    let line = crate::notice::one_line(text);
-    match line.char_indices().nth(SHOWN_CHARS) {
-        Some((cut, _)) => markdown_escape(&format!("{}…", &line[..cut])),
-        None => markdown_escape(&line),
-    }
+    markdown_escape(&plain_text::cut(&plain_text::one_line(text), SHOWN_CHARS))
 }
 
 const SHOWN_CHARS: usize = 400;

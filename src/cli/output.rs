@@ -18,7 +18,7 @@ pub fn print_json(value: &impl Serialize) -> Result<(), Failure> {
 /// the terminal gets it: on one line, without the control characters that
 /// would move the cursor, rewrite lines or set the clipboard.
 pub fn others_text(text: &str) -> std::borrow::Cow<'_, str> {
-    crate::notice::one_line(text)
+    crate::plain_text::one_line(text)
 }
 
 /// `2026-11-25T19:30:00Z`, or `-` for none.

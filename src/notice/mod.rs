@@ -13,6 +13,7 @@ use askama::Template;
 use askama::filters::Escaper;
 use pulldown_cmark::{CowStr, Event, Options, Parser, Tag, TagEnd};
 
+use crate::plain_text::{cut, one_line};
 use crate::registry::OldName;
 
 /// Everything a notice says, for one person.
@@ -208,10 +209,9 @@ const ROOM_LABEL_CHARS: usize = 80;
 /// could otherwise put "Claim link broken? evil.example/claim" beside the
 /// real claim link and token.
 pub fn room_label(name: &str) -> Cow<'_, str> {
-    let name = one_line(name);
-    let name = match name.char_indices().nth(ROOM_LABEL_CHARS) {
-        Some((cut, _)) => Cow::Owned(format!("{}…", name[..cut].trim_end())),
-        None => name,
+    let name = match one_line(name) {
+        Cow::Borrowed(name) => cut(name, ROOM_LABEL_CHARS),
+        Cow::Owned(name) => Cow::Owned(cut(&name, ROOM_LABEL_CHARS).into_owned()),
     };
     let defanged = defanged(&name);
     if defanged == *name { name } else { Cow::Owned(defanged) }
@@ -220,7 +220,9 @@ pub fn room_label(name: &str) -> Cow<'_, str> {
 /// `text` with what a linkifier would take for a web or mail address shown
 /// as security notices quote one nobody should open: "://" as `[:]//`, a dot
 /// before a letter (a domain's) as `[.]`, an @ between letters or digits as
-/// `[@]`.
+/// `[@]`. The full stops a browser reads as a domain's dot (ideographic,
+/// full-width, half-width) too, between ASCII letters or digits (not in
+/// the middle of Chinese or Japanese text).
 fn defanged(text: &str) -> String {
     let chars: Vec<char> = text.replace("://", "[:]//").chars().collect();
     let mut out = String::with_capacity(text.len());
@@ -228,8 +230,11 @@ fn defanged(text: &str) -> String {
         let before = at.checked_sub(1).map(|i| chars[i]).filter(|c| c.is_alphanumeric());
         let after = chars.get(at + 1).copied();
         let between = before.is_some() && after.is_some_and(char::is_alphanumeric);
+        let between_ascii =
+            before.is_some_and(|c| c.is_ascii_alphanumeric()) && after.is_some_and(|c| c.is_ascii_alphabetic());
         match c {
             '.' if between && after.is_some_and(char::is_alphabetic) => out.push_str("[.]"),
+            '\u{3002}' | '\u{ff0e}' | '\u{ff61}' if between_ascii => out.push_str("[.]"),
             '@' if between => out.push_str("[@]"),
             _ => out.push(c),
         }
@@ -277,20 +282,6 @@ static SANITIZER: LazyLock<ammonia::Builder<'static>> = LazyLock::new(|| {
         .link_rel(Some("noopener noreferrer nofollow"));
     builder
 });
-
-/// Control characters (newlines included) become spaces, ends trimmed.
-pub(crate) fn one_line(text: &str) -> Cow<'_, str> {
-    let trimmed = text.trim();
-    // Bytes first (this runs on every value of every notice): control
-    // characters are below 0x20, 0x7f, or U+0080 to U+009F, which UTF-8
-    // writes with a leading 0xc2.
-    let may_hold_control = trimmed.bytes().any(|byte| byte < 0x20 || byte == 0x7f || byte == 0xc2);
-    if may_hold_control && trimmed.chars().any(char::is_control) {
-        Cow::Owned(trimmed.chars().map(|c| if c.is_control() { ' ' } else { c }).collect::<String>().trim().to_owned())
-    } else {
-        Cow::Borrowed(trimmed)
-    }
-}
 
 /// `alice` for `@alice:example.org`; the whole ID when it is not of that form.
 fn localpart_of<'a>(user_id: &Cow<'a, str>) -> Cow<'a, str> {
@@ -425,6 +416,9 @@ mod tests {
         assert_eq!(room_label("ask admin@evil.example"), "ask admin[@]evil[.]example");
         assert_eq!(room_label("Release 2.0 talk..."), "Release 2.0 talk...");
         assert_eq!(room_label("Book club"), "Book club");
+        assert_eq!(room_label("evil\u{3002}example/claim evil\u{ff0e}example"), "evil[.]example/claim evil[.]example");
+        assert_eq!(room_label("evil\u{200b}.example"), "evil .example", "nothing unseen in it either");
+        assert_eq!(room_label("会議室。明日"), "会議室。明日", "Japanese text keeps its full stops");
         let back = ["x https://evil.example/c".to_owned()];
         let notice = render_notice(&NoticeContext { rooms_back: &back, ..context() }, true);
         for part in [&notice.text, &notice.html, &notice.markdown] {
@@ -662,12 +656,6 @@ mod tests {
         assert!(notice.html.contains("<strong>No backups</strong>"), "{}", notice.html);
         assert!(notice.text.contains("**No backups** existed."));
         assert!(notice.markdown.contains("**No backups** existed."));
-    }
-
-    #[test]
-    fn every_control_character_becomes_a_space_and_nothing_else_changes() {
-        assert_eq!(one_line(" two\r\nlines\ttab\u{7f}del\u{85}next\u{9f}end "), "two  lines tab del next end");
-        assert!(matches!(one_line(" © 2026 Zoë, ok "), Cow::Borrowed("© 2026 Zoë, ok")));
     }
 
     #[test]
