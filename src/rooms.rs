@@ -33,7 +33,8 @@ const ROOM_REFRESHES_PER_SYNC: i64 = 500;
 /// Rooms whose state is read at once, and people joined at once. Synapse
 /// is one Python process: more in flight only queue there.
 pub const ROOM_CONCURRENCY: usize = 4;
-/// `via` servers kept per room: the ones with the most joined members.
+/// `via` servers kept per room: those of its most powerful joined members,
+/// then of the most joined members ([`details_from_state`]).
 const VIA_SERVERS: usize = 5;
 
 #[derive(Debug, thiserror::Error)]
@@ -211,9 +212,26 @@ pub fn details_from_state(state: &[StateEvent], aliases: Vec<String>, server_nam
     let content_of = |kind: &str| state.iter().find(|event| event.kind == kind).map(|event| &event.content);
     let text = |kind: &str, key: &str| content_of(kind).and_then(|content| content[key].as_str()).map(str::to_owned);
     let power_levels = content_of("m.room.power_levels");
-    let default_power = power_levels.and_then(|levels| levels["users_default"].as_i64()).unwrap_or(0);
-    let power_of =
-        |user_id: &str| power_levels.and_then(|levels| levels["users"][user_id].as_i64()).unwrap_or(default_power);
+    // A power level may be a number or (older rooms) a string of one.
+    let level = |value: &Value| value.as_i64().or_else(|| value.as_str().and_then(|text| text.trim().parse().ok()));
+    let default_power = power_levels.and_then(|levels| level(&levels["users_default"])).unwrap_or(0);
+    // From room version 12 the creators stand above every power level.
+    let create = state.iter().find(|event| event.kind == "m.room.create");
+    let creators: Vec<&str> = create
+        .and_then(|event| event.sender.as_deref())
+        .into_iter()
+        .chain(
+            create
+                .and_then(|event| event.content["additional_creators"].as_array())
+                .into_iter()
+                .flatten()
+                .filter_map(Value::as_str),
+        )
+        .collect();
+    let power_of = |user_id: &str| match creators.contains(&user_id) {
+        true => i64::MAX,
+        false => power_levels.and_then(|levels| level(&levels["users"][user_id])).unwrap_or(default_power),
+    };
     let local_suffix = format!(":{server_name}");
     let (mut members, mut departed) = (Vec::new(), Vec::new());
     // Each remote server's most powerful joined member, and how many.
@@ -663,10 +681,17 @@ pub async fn to_recreate(config: &Config, registry: &Registry, room_id: Option<&
     // maker's name and topic as lifeboat's words, and lifeboat would invite
     // people into it: only by its ID, after an admin has read it.
     let made_here = |room: &Room| {
-        room.creator
-            .as_deref()
-            .and_then(|creator| UserId::parse(creator).ok())
-            .is_none_or(|creator| creator.server_name() == config.homeserver.server_name)
+        // Up to room version 11 the ID names the maker's server too (a
+        // creator recorded before lifeboat read it from the room's state
+        // may be the one its own server made up).
+        let id_names_here =
+            room.room_id.split_once(':').is_none_or(|(_, server)| server == config.homeserver.server_name);
+        id_names_here
+            && room
+                .creator
+                .as_deref()
+                .and_then(|creator| UserId::parse(creator).ok())
+                .is_none_or(|creator| creator.server_name() == config.homeserver.server_name)
     };
     let remade: std::collections::HashSet<String> =
         registry.rooms(Some(RoomState::Recreated)).await?.into_iter().filter_map(|room| room.recreated_as).collect();
@@ -715,8 +740,15 @@ async fn reclaim_alias(
     if Some(target.as_str()) == its_room {
         return Ok(Some(target));
     }
-    // A room whose maker Synapse cannot name is nobody's choice to keep.
-    let maker = client.room_maker(&target).await?.and_then(|maker| UserId::parse(&maker).ok());
+    // Up to room version 11 a room's ID names its maker's server: one made
+    // elsewhere is no local admin's, and needs no read. A room whose maker
+    // Synapse cannot name is nobody's choice to keep either.
+    let local = service.server_name();
+    let made_elsewhere = target.split_once(':').is_some_and(|(_, server)| server != local);
+    let maker = match made_elsewhere {
+        true => None,
+        false => client.room_maker(&target, local).await?.and_then(|maker| UserId::parse(&maker).ok()),
+    };
     let made_by_an_admin = match &maker {
         Some(maker) if maker == service => true,
         Some(maker) if maker.server_name() == service.server_name() => {
@@ -809,7 +841,9 @@ pub async fn recreate(
         }
         let detail = format!("{} re-created as {new_room_id}", room.label());
         registry.audit(actor, "rooms.recreate", Some(&room.room_id), Some(&detail)).await?;
-        Ok::<_, RoomsError>(Recreated { new_room_id, label: room.label().to_owned(), invited, waiting, alias })
+        // Its name as others chose it: on one line, cut short.
+        let label = crate::plain_text::cut(&crate::plain_text::one_line(room.label()), 80).into_owned();
+        Ok::<_, RoomsError>(Recreated { new_room_id, label, invited, waiting, alias })
     };
     Lease::run(registry, &recreation_lease(&room.room_id), work).await?.unwrap_or_else(
         |Held { holder, until }| {

@@ -127,14 +127,15 @@ impl SynapseClient {
     pub async fn admin_join(&self, room_id: &str, user_id: &str, via: &[String]) -> Result<JoinOutcome, Error> {
         let path = format!("/_synapse/admin/v1/join/{}", urlencode(room_id));
         let body = json!({ "user_id": user_id });
-        let through = |via: &[String]| {
-            let (via, path, body) = (via.to_vec(), &path, &body);
+        let through = |via: &[String], client: &SynapseClient| {
+            let (via, path, body, client) = (via.to_vec(), &path, &body, client.clone());
             async move {
                 let query: Vec<(&str, &str)> = via.iter().map(|server| ("server_name", server.as_str())).collect();
-                refused_or(self.request_json(Method::POST, path, &query, Some(body), true).await)
+                client.request_json::<Value>(Method::POST, path, &query, Some(body), true).await.map(drop)
             }
         };
-        through_each_if_refused(via, through).await
+        let first = through(via, self).await;
+        through_each_if_refused(via, first, |server| through(server, &self.retrying_only_rate_limits())).await
     }
 
     /// The rooms a local account is joined to (as this server sees it).
@@ -144,8 +145,9 @@ impl SynapseClient {
     }
 
     /// Joins the token's own account to a room (lifeboat's, after a loss).
-    /// Tried once (a 429 waited out): a join to servers that do not answer
-    /// takes homeserver.timeout each time, and the next round tries again.
+    /// Each join is sent once (a 429 waited out): one to servers that do not
+    /// answer takes homeserver.timeout each time, and the next round tries
+    /// again. A refusal is tried through each other server alone.
     pub async fn join(&self, room_id: &str, via: &[String]) -> Result<JoinOutcome, Error> {
         let path = format!("/_matrix/client/v3/join/{}", urlencode(room_id));
         let once = self.retrying_only_rate_limits();
@@ -154,10 +156,11 @@ impl SynapseClient {
             async move {
                 let mut query: Vec<(&str, &str)> = via.iter().map(|server| ("via", server.as_str())).collect();
                 query.extend(via.iter().map(|server| ("server_name", server.as_str())));
-                refused_or(once.request_json(Method::POST, path, &query, Some(&json!({})), true).await)
+                once.request_json::<Value>(Method::POST, path, &query, Some(&json!({})), true).await.map(drop)
             }
         };
-        through_each_if_refused(via, through).await
+        let first = through(via).await;
+        through_each_if_refused(via, first, through).await
     }
 
     /// Points a local alias at a room. `Ok(false)` when the alias points
@@ -173,10 +176,31 @@ impl SynapseClient {
     }
 
     /// Who made a room: the sender of its creation event (no membership
-    /// needed); `None` when Synapse does not know the room.
-    pub async fn room_maker(&self, room_id: &str) -> Result<Option<String>, Error> {
-        let state = self.room_state(room_id).await?.unwrap_or_default();
-        Ok(maker_in(&state).map(str::to_owned))
+    /// needed, only that event read). For a room this server made (its ID
+    /// names `local_server`) and left since, Synapse keeps no state but
+    /// its own record of the maker, which is to be trusted: this server
+    /// wrote that event. `None` when Synapse cannot tell.
+    pub async fn room_maker(&self, room_id: &str, local_server: &str) -> Result<Option<String>, Error> {
+        #[derive(Deserialize)]
+        struct Details {
+            creator: Option<String>,
+        }
+        #[derive(Deserialize)]
+        struct State {
+            #[serde(default)]
+            state: Vec<StateEvent>,
+        }
+        let path = format!("/_synapse/admin/v1/rooms/{}/state", urlencode(room_id));
+        let query = [("type", "m.room.create")];
+        let state = found(self.get_json::<State>(&path, &query, true).await)?.map(|state| state.state);
+        if let Some(maker) = state.as_deref().and_then(maker_in) {
+            return Ok(Some(maker.to_owned()));
+        }
+        if room_id.split_once(':').is_none_or(|(_, server)| server != local_server) {
+            return Ok(None);
+        }
+        let path = format!("/_synapse/admin/v1/rooms/{}", urlencode(room_id));
+        Ok(found(self.get_json::<Details>(&path, &[], true).await)?.and_then(|details| details.creator))
     }
 
     /// Deletes a local alias (a server admin may delete any).
@@ -232,26 +256,40 @@ impl SynapseClient {
     }
 }
 
-/// Joins through all of `via` at once; if that is refused, through each
-/// server after the first alone. Synapse stops at the first server that
-/// refuses rather than asking the next, and any server in a room may
-/// refuse: one that ranks first must not keep people out of a room the
-/// others would let them into. The first refusal stands if none does.
-async fn through_each_if_refused<F, Fut>(via: &[String], join: F) -> Result<JoinOutcome, Error>
+/// `first`, a join through all of `via` at once; if it was refused, the
+/// join through each server after the first alone. Synapse stops at the
+/// first server that refuses rather than asking the next, and any server
+/// in a room may refuse: one that ranks first must not keep people out of
+/// a room the others would let them into. ("No server knows the room" is
+/// no such refusal: Synapse asked them all.) A dead token ends the tries;
+/// a server that did not answer makes it no refusal for good (the caller
+/// counts it as unanswered); else the first refusal stands.
+async fn through_each_if_refused<F, Fut>(
+    via: &[String],
+    first: Result<(), Error>,
+    join: F,
+) -> Result<JoinOutcome, Error>
 where
     F: Fn(&[String]) -> Fut,
-    Fut: Future<Output = Result<JoinOutcome, Error>>,
+    Fut: Future<Output = Result<(), Error>>,
 {
-    let refused = match join(via).await? {
-        JoinOutcome::Refused(reason) if via.len() > 1 => reason,
-        outcome => return Ok(outcome),
-    };
+    let refused = matches!(first, Err(Error::Forbidden { .. } | Error::Rejected { .. }));
+    if !refused || via.len() < 2 {
+        return refused_or(first.map(|()| Value::Null));
+    }
+    let mut unanswered = None;
     for server in &via[1..] {
-        if let Ok(JoinOutcome::Joined) = join(std::slice::from_ref(server)).await {
-            return Ok(JoinOutcome::Joined);
+        match join(std::slice::from_ref(server)).await {
+            Ok(()) => return Ok(JoinOutcome::Joined),
+            Err(err @ (Error::Unauthorized { .. } | Error::Expired { .. })) => return Err(err),
+            Err(Error::Forbidden { .. } | Error::Rejected { .. } | Error::NotFound) => {}
+            Err(err) => unanswered = unanswered.or(Some(err)),
         }
     }
-    Ok(JoinOutcome::Refused(refused))
+    match unanswered {
+        Some(err) => Err(err),
+        None => refused_or(first.map(|()| Value::Null)),
+    }
 }
 
 /// Not there, or not visible to this account (Synapse answers 403 for

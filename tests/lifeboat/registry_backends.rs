@@ -752,10 +752,6 @@ async fn a_person_waits_for_a_surviving_room_while_another_members_id_is_free(re
 }
 on_both_backends!(a_person_waits_for_a_surviving_room_while_another_members_id_is_free);
 
-/// A surviving room people lost, back in a listing by anyone's join but
-/// lifeboat's own, has its aliases and directory entry due, and keeps both
-/// as known though Synapse lists neither yet; not a room lifeboat itself
-/// got back into, nor one an admin purged while nobody was lost.
 /// A room's maker, once its state was read, is the sender of its creation
 /// event: the listing's creator (which the room's own server may have
 /// chosen) no longer replaces it.
@@ -776,6 +772,10 @@ async fn a_rooms_maker_read_from_its_state_outlives_the_listings_creator(registr
 
 on_both_backends!(a_rooms_maker_read_from_its_state_outlives_the_listings_creator);
 
+/// A surviving room people lost, back in a listing by anyone's join but
+/// lifeboat's own, has its aliases and directory entry due, and keeps both
+/// as known though Synapse lists neither yet; not a room lifeboat itself
+/// got back into, nor one an admin purged while nobody was lost.
 async fn a_room_back_without_lifeboat_keeps_its_aliases_and_listing_due(registry: Registry) {
     sync_listing(&registry, &[user("@a:x", 1), user("@p:x", 1)]).await;
     let mut square = room("!square", 2, &[("@a:x", 0)]);

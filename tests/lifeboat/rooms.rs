@@ -300,8 +300,7 @@ async fn a_local_alias_a_stranger_took_after_the_wipe_is_taken_back() {
     assert_eq!(aliases, [alias.clone(), pier.clone(), quay.clone()], "{known:?}");
 
     ours.wipe();
-    // One stranger's room here, and one of theirs joined by an invite (this
-    // server then records no maker for it).
+    // One stranger's room here, and one of theirs joined by an invite.
     let mallory = ours.client(&ours.register("mallory"));
     let local_lure = mallory.create_room_full(RoomSpec::public("pier").name("Pier")).await;
     let eve = theirs.client(&theirs.register("eve"));
@@ -834,12 +833,13 @@ async fn one_server_refusing_lifeboats_join_does_not_keep_it_out_of_a_room() {
     let via = serde_json::json!(["127.0.0.1:1", _theirs.server_name]).to_string();
     sqlx::query("UPDATE rooms SET via_servers = $1").bind(via).execute(direct.pool()).await.unwrap();
     direct.close().await;
-    // The first join, through both, is refused as a hostile first server would.
-    let front = FaultyFront::refusing(&ours.url, reqwest::Method::POST, "/client/v3/join/", 1).await;
+    // Every join naming the first server is refused, as Synapse passes on
+    // a hostile first server's refusal.
+    let front = FaultyFront::refusing(&ours.url, reqwest::Method::POST, "?127.0.0.1%3A1&", usize::MAX).await;
     through_front(&lifeboat, &ours, &front);
 
     let rejoined = lifeboat.run(&["rooms", "rejoin"]).await;
-    assert_eq!(front.failures_left(), 0, "a join was refused");
+    assert!(front.failures_left() < usize::MAX, "joins were refused");
     assert!(!rejoined.stderr.contains("given up"), "{rejoined:?}");
     assert!(rejoined.stdout.contains("lifeboat rejoined 2 surviving rooms"), "{rejoined:?}");
 }

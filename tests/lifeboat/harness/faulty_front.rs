@@ -79,18 +79,22 @@ impl FaultyFront {
     }
 }
 
-/// Does `path` contain `part`? A `part` ending in `$` also wants no further
-/// path segment after it (a resource, not the ones below it).
-fn chosen_path(path: &str, part: &str) -> bool {
+/// Does `uri`'s path contain `part`? A `part` ending in `$` also wants no
+/// further path segment after it (a resource, not the ones below it); one
+/// starting with `?` is looked for in the query instead.
+fn chosen_uri(uri: &axum::http::Uri, part: &str) -> bool {
+    if let Some(part) = part.strip_prefix('?') {
+        return uri.query().is_some_and(|query| query.contains(part));
+    }
     match part.strip_suffix('$') {
-        Some(part) => path.split_once(part).is_some_and(|(_, rest)| !rest.contains('/')),
-        None => path.contains(part),
+        Some(part) => uri.path().split_once(part).is_some_and(|(_, rest)| !rest.contains('/')),
+        None => uri.path().contains(part),
     }
 }
 
 async fn relay(State(front): State<Arc<Front>>, request: Request) -> Response {
     let (parts, body) = request.into_parts();
-    let chosen = parts.method == front.method && chosen_path(parts.uri.path(), &front.path_part);
+    let chosen = parts.method == front.method && chosen_uri(&parts.uri, &front.path_part);
     let failed = chosen
         && front.failures_left.fetch_update(Ordering::SeqCst, Ordering::SeqCst, |left| left.checked_sub(1)).is_ok();
     if failed {
