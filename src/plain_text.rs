@@ -6,20 +6,18 @@ use std::borrow::Cow;
 
 /// Characters that break a line, or hide or reorder text without being
 /// seen: control characters (line breaks too), the line and paragraph
-/// separators, bidi marks, embeddings, overrides and isolates, the
-/// zero-width space, word joiner and byte order mark, and the interlinear
-/// annotation marks. Not the zero-width (non-)joiners: some scripts and
-/// emoji need them.
+/// separators, bidi embeddings, overrides and isolates, the zero-width
+/// space, word joiner and invisible operators, the byte order mark, and the
+/// interlinear annotation marks. Not the zero-width (non-)joiners nor the
+/// left-to-right and right-to-left marks: some scripts, emoji and
+/// right-to-left writing need them.
 pub fn is_hidden_formatting(c: char) -> bool {
     c.is_control()
         || matches!(
             c,
-            '\u{061c}'
-                | '\u{200b}'
-                | '\u{200e}'
-                | '\u{200f}'
+            '\u{200b}'
                 | '\u{2028}'..='\u{202e}'
-                | '\u{2060}'
+                | '\u{2060}'..='\u{2064}'
                 | '\u{2066}'..='\u{2069}'
                 | '\u{feff}'
                 | '\u{fff9}'..='\u{fffb}'
@@ -31,9 +29,9 @@ pub fn one_line(text: &str) -> Cow<'_, str> {
     let trimmed = text.trim();
     // Bytes first (this runs on every value of every notice): each such
     // character is below 0x20 or 0x7f, or UTF-8 writes it with a leading
-    // 0xc2 (U+0080 to U+009F), 0xd8 (U+061C), 0xe2 (U+2000 to U+2FFF) or
-    // 0xef (U+F000 to U+FFFF).
-    let may_hold_one = trimmed.bytes().any(|byte| byte < 0x20 || matches!(byte, 0x7f | 0xc2 | 0xd8 | 0xe2 | 0xef));
+    // 0xc2 (U+0080 to U+009F), 0xe2 (U+2000 to U+2FFF) or 0xef (U+F000 to
+    // U+FFFF).
+    let may_hold_one = trimmed.bytes().any(|byte| byte < 0x20 || matches!(byte, 0x7f | 0xc2 | 0xe2 | 0xef));
     if may_hold_one && trimmed.chars().any(is_hidden_formatting) {
         let spaced: String = trimmed.chars().map(|c| if is_hidden_formatting(c) { ' ' } else { c }).collect();
         Cow::Owned(spaced.trim().to_owned())
@@ -59,8 +57,8 @@ mod tests {
         assert_eq!(one_line(" two\r\nlines\ttab\u{7f}del\u{85}next\u{9f}end "), "two  lines tab del next end");
         assert_eq!(one_line("evil\u{200b}.com \u{202e}gpj.exe\u{2028}x"), "evil .com  gpj.exe x");
         assert!(matches!(one_line(" © 2026 Zoë, ok "), Cow::Borrowed("© 2026 Zoë, ok")));
-        // Joiners stay: a family emoji, a Persian word.
-        assert!(matches!(one_line("👨\u{200d}👩\u{200d}👧 می\u{200c}خواهم"), Cow::Borrowed(_)));
+        // Joiners and direction marks stay: a family emoji, a Persian word.
+        assert!(matches!(one_line("👨\u{200d}👩\u{200d}👧 می\u{200c}خواهم\u{200f} 1\u{200e}"), Cow::Borrowed(_)));
     }
 
     #[test]

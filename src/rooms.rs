@@ -215,8 +215,12 @@ pub fn details_from_state(state: &[StateEvent], aliases: Vec<String>, server_nam
     // A power level may be a number or (older rooms) a string of one.
     let level = |value: &Value| value.as_i64().or_else(|| value.as_str().and_then(|text| text.trim().parse().ok()));
     let default_power = power_levels.and_then(|levels| level(&levels["users_default"])).unwrap_or(0);
-    // From room version 12 the creators stand above every power level.
+    // From room version 12 the creators stand above every power level
+    // (before, a creator has what the power levels give them).
     let create = state.iter().find(|event| event.kind == "m.room.create");
+    let version = create.and_then(|event| event.content["room_version"].as_str()).unwrap_or("1");
+    let creators_rule = version.parse::<u32>().is_ok_and(|version| version >= 12);
+    let create = create.filter(|_| creators_rule);
     let creators: Vec<&str> = create
         .and_then(|event| event.sender.as_deref())
         .into_iter()
@@ -656,7 +660,11 @@ impl Recreated {
         let alias = self.alias.as_deref().map(|alias| format!(", alias {alias}")).unwrap_or_default();
         format!(
             "Re-created {} as {}{alias}: {} invited now, {} as they come back.",
-            self.label, self.new_room_id, self.invited, self.waiting
+            // Its name as others chose it: on one line, cut short.
+            crate::plain_text::cut(&crate::plain_text::one_line(&self.label), 80),
+            self.new_room_id,
+            self.invited,
+            self.waiting
         )
     }
 }
@@ -841,9 +849,7 @@ pub async fn recreate(
         }
         let detail = format!("{} re-created as {new_room_id}", room.label());
         registry.audit(actor, "rooms.recreate", Some(&room.room_id), Some(&detail)).await?;
-        // Its name as others chose it: on one line, cut short.
-        let label = crate::plain_text::cut(&crate::plain_text::one_line(room.label()), 80).into_owned();
-        Ok::<_, RoomsError>(Recreated { new_room_id, label, invited, waiting, alias })
+        Ok::<_, RoomsError>(Recreated { new_room_id, label: room.label().to_owned(), invited, waiting, alias })
     };
     Lease::run(registry, &recreation_lease(&room.room_id), work).await?.unwrap_or_else(
         |Held { holder, until }| {
@@ -983,6 +989,23 @@ mod tests {
         let details = details_from_state(&state, Vec::new(), "here.org");
         assert_eq!(details.via_servers, ["small.net", "evil.net"], "not by head-count alone");
         assert_eq!(details.maker.as_deref(), Some("@mallory:evil.net"), "not the creator it names");
+    }
+
+    #[test]
+    fn room_version_12_creators_rank_first_and_power_levels_written_as_strings_count() {
+        let state = |version: &str| {
+            let content = json!({"room_version": version, "additional_creators": ["@co:far.net"]});
+            let mut create = event("m.room.create", "", content);
+            create.sender = Some("@maker:maker.net".to_owned());
+            let mut state = vec![create, event("m.room.power_levels", "", json!({"users": {"@mod:small.net": "50"}}))];
+            for member in ["@co:far.net", "@mod:small.net", "@p1:big.net", "@p2:big.net"] {
+                state.push(event("m.room.member", member, json!({"membership": "join"})));
+            }
+            state
+        };
+        let via = |version| details_from_state(&state(version), Vec::new(), "here.org").via_servers;
+        assert_eq!(via("12"), ["far.net", "small.net", "big.net"]);
+        assert_eq!(via("11"), ["small.net", "big.net", "far.net"], "before 12 a creator is anyone");
     }
 
     #[test]

@@ -196,7 +196,9 @@ impl SynapseClient {
         if let Some(maker) = state.as_deref().and_then(maker_in) {
             return Ok(Some(maker.to_owned()));
         }
-        if room_id.split_once(':').is_none_or(|(_, server)| server != local_server) {
+        // An ID without a server (room version 12) is its creation event's
+        // hash: Synapse's record of its maker cannot have been made up.
+        if room_id.split_once(':').is_some_and(|(_, server)| server != local_server) {
             return Ok(None);
         }
         let path = format!("/_synapse/admin/v1/rooms/{}", urlencode(room_id));
@@ -260,10 +262,10 @@ impl SynapseClient {
 /// join through each server after the first alone. Synapse stops at the
 /// first server that refuses rather than asking the next, and any server
 /// in a room may refuse: one that ranks first must not keep people out of
-/// a room the others would let them into. ("No server knows the room" is
-/// no such refusal: Synapse asked them all.) A dead token ends the tries;
-/// a server that did not answer makes it no refusal for good (the caller
-/// counts it as unanswered); else the first refusal stands.
+/// a room the others would let them into. A dead token, or Synapse itself
+/// not answering (each further try would wait as long), ends the tries
+/// with that error; if no server lets the join in, the first refusal
+/// stands.
 async fn through_each_if_refused<F, Fut>(
     via: &[String],
     first: Result<(), Error>,
@@ -277,19 +279,17 @@ where
     if !refused || via.len() < 2 {
         return refused_or(first.map(|()| Value::Null));
     }
-    let mut unanswered = None;
     for server in &via[1..] {
         match join(std::slice::from_ref(server)).await {
             Ok(()) => return Ok(JoinOutcome::Joined),
-            Err(err @ (Error::Unauthorized { .. } | Error::Expired { .. })) => return Err(err),
-            Err(Error::Forbidden { .. } | Error::Rejected { .. } | Error::NotFound) => {}
-            Err(err) => unanswered = unanswered.or(Some(err)),
+            Err(err @ (Error::Unauthorized { .. } | Error::Expired { .. } | Error::WrongUrl { .. })) => {
+                return Err(err);
+            }
+            Err(err @ Error::Unavailable { matrix_error: None, .. }) => return Err(err),
+            Err(_) => {}
         }
     }
-    match unanswered {
-        Some(err) => Err(err),
-        None => refused_or(first.map(|()| Value::Null)),
-    }
+    refused_or(first.map(|()| Value::Null))
 }
 
 /// Not there, or not visible to this account (Synapse answers 403 for
