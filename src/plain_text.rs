@@ -48,6 +48,14 @@ pub fn cut(text: &str, max: usize) -> Cow<'_, str> {
     }
 }
 
+/// [`one_line`], then [`cut`] at `max` characters.
+pub fn short_line(text: &str, max: usize) -> Cow<'_, str> {
+    match one_line(text) {
+        Cow::Borrowed(line) => cut(line, max),
+        Cow::Owned(line) => Cow::Owned(cut(&line, max).into_owned()),
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -66,5 +74,7 @@ mod tests {
         assert_eq!(cut("short", 10), "short");
         assert_eq!(cut("a long name indeed", 7), "a long…");
         assert_eq!(cut("Zoë's room", 3), "Zoë…");
+        assert_eq!(short_line(" two\nlines of it ", 9), "two lines…");
+        assert!(matches!(short_line("Book club", 80), Cow::Borrowed("Book club")));
     }
 }

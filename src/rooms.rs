@@ -512,9 +512,7 @@ async fn restore_aliases(
             failures.push(("directory".to_owned(), err));
         }
         // lifeboat's token no longer works: no room's try counts.
-        let token_dead =
-            |err: &synapse::Error| matches!(err, synapse::Error::Unauthorized { .. } | synapse::Error::Expired { .. });
-        if let Some(at) = failures.iter().position(|(_, err)| token_dead(err)) {
+        if let Some(at) = failures.iter().position(|(_, err)| err.token_no_longer_works()) {
             return Err(failures.swap_remove(at).1.into());
         }
         if failures.is_empty() || due_since < registry::now_ms() - registry::DAY_MS {
@@ -661,7 +659,7 @@ impl Recreated {
         format!(
             "Re-created {} as {}{alias}: {} invited now, {} as they come back.",
             // Its name as others chose it: on one line, cut short.
-            crate::plain_text::cut(&crate::plain_text::one_line(&self.label), 80),
+            crate::plain_text::short_line(&self.label, 80),
             self.new_room_id,
             self.invited,
             self.waiting

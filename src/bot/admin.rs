@@ -96,7 +96,7 @@ fn confirm_word(confirm: bool) -> &'static str {
 /// cut at [`SHOWN_CHARS`]: no link, emphasis or paragraph of its own in the
 /// bot's reply, which must stay within an event's 64 KiB.
 fn shown(text: &str) -> String {
-    markdown_escape(&plain_text::cut(&plain_text::one_line(text), SHOWN_CHARS))
+    markdown_escape(&plain_text::short_line(text, SHOWN_CHARS))
 }
 
 const SHOWN_CHARS: usize = 400;

@@ -13,7 +13,7 @@ use askama::Template;
 use askama::filters::Escaper;
 use pulldown_cmark::{CowStr, Event, Options, Parser, Tag, TagEnd};
 
-use crate::plain_text::{cut, one_line};
+use crate::plain_text::{one_line, short_line};
 use crate::registry::OldName;
 
 /// Everything a notice says, for one person.
@@ -209,10 +209,7 @@ const ROOM_LABEL_CHARS: usize = 80;
 /// could otherwise put "Claim link broken? evil.example/claim" beside the
 /// real claim link and token.
 pub fn room_label(name: &str) -> Cow<'_, str> {
-    let name = match one_line(name) {
-        Cow::Borrowed(name) => cut(name, ROOM_LABEL_CHARS),
-        Cow::Owned(name) => Cow::Owned(cut(&name, ROOM_LABEL_CHARS).into_owned()),
-    };
+    let name = short_line(name, ROOM_LABEL_CHARS);
     let defanged = defanged(&name);
     if defanged == *name { name } else { Cow::Owned(defanged) }
 }

@@ -115,6 +115,12 @@ impl Error {
         matches!(self, Error::Unauthorized { .. } | Error::Expired { .. } | Error::Forbidden { .. })
     }
 
+    /// 401, or a token Synapse says expired: nothing lifeboat asks with it
+    /// will work until an admin gives it another.
+    pub fn token_no_longer_works(&self) -> bool {
+        matches!(self, Error::Unauthorized { .. } | Error::Expired { .. })
+    }
+
     /// The token itself is dead (as after a wipe), not merely lacking rights.
     pub fn is_unknown_token(&self) -> bool {
         matches!(self, Error::Unauthorized { errcode } if errcode == "M_UNKNOWN_TOKEN")

@@ -282,9 +282,7 @@ where
     for server in &via[1..] {
         match join(std::slice::from_ref(server)).await {
             Ok(()) => return Ok(JoinOutcome::Joined),
-            Err(err @ (Error::Unauthorized { .. } | Error::Expired { .. } | Error::WrongUrl { .. })) => {
-                return Err(err);
-            }
+            Err(err) if err.token_no_longer_works() || matches!(err, Error::WrongUrl { .. }) => return Err(err),
             Err(err @ Error::Unavailable { matrix_error: None, .. }) => return Err(err),
             Err(_) => {}
         }

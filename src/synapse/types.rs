@@ -107,16 +107,11 @@ impl MatrixError {
     /// and shows them to admins, in the admin room too.
     pub fn clipped(self) -> MatrixError {
         MatrixError {
-            errcode: one_short_line(&self.errcode, MAX_ERRCODE_CHARS),
-            error: one_short_line(&self.error, MAX_ERROR_CHARS),
+            errcode: crate::plain_text::short_line(&self.errcode, MAX_ERRCODE_CHARS).into_owned(),
+            error: crate::plain_text::short_line(&self.error, MAX_ERROR_CHARS).into_owned(),
             ..self
         }
     }
-}
-
-/// `text` on one line ([`crate::plain_text`]), cut at `max` characters.
-fn one_short_line(text: &str, max: usize) -> String {
-    crate::plain_text::cut(&crate::plain_text::one_line(text), max).into_owned()
 }
 
 #[derive(Deserialize)]
