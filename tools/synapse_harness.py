@@ -82,6 +82,7 @@ import socket
 import string
 import subprocess
 import sys
+import tempfile
 import time
 import urllib.error
 import urllib.parse
@@ -173,11 +174,87 @@ def pick_free_port():
     if low > 11000:
         for _ in range(200):
             port = secrets.randbelow(low - 10000) + 10000
-            if port_is_free(port):
+            if port_is_free(port) and reserve_port(port):
                 return port
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
         sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
+        port = sock.getsockname()[1]
+    reserve_port(port)
+    return port
+
+
+# Ports of servers harnesses here keep, one file each naming the harness's
+# pid: a server being wiped or restarted leaves its port free for a moment,
+# and another harness (or a test's free_port) must not pick it then.
+RESERVED_PORTS_DIR = os.path.join(tempfile.gettempdir(), "lifeboat-test-ports")
+reserved_here = []
+
+
+def reserve_port(port):
+    """Marks `port` as this harness's; False if a live harness has it."""
+    os.makedirs(RESERVED_PORTS_DIR, exist_ok=True)
+    path = os.path.join(RESERVED_PORTS_DIR, str(port))
+    for _ in range(2):
+        try:
+            fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644)
+        except FileExistsError:
+            try:
+                with open(path) as f:
+                    holder = int(f.read().strip() or 0)
+            except (OSError, ValueError):
+                holder = 0
+            if holder == os.getpid():
+                return True
+            if holder and pid_alive(holder):
+                return False
+            # Left by a harness that is gone.
+            try:
+                os.remove(path)
+            except FileNotFoundError:
+                pass
+            continue
+        with os.fdopen(fd, "w") as f:
+            f.write(str(os.getpid()))
+        reserved_here.append(path)
+        return True
+    return False
+
+
+def release_ports():
+    """Gives back the ports this harness reserved (on its way out)."""
+    for path in reserved_here:
+        try:
+            with open(path) as f:
+                if f.read().strip() == str(os.getpid()):
+                    os.remove(path)
+        except OSError:
+            pass
+
+
+def listener_is(pid, port):
+    """Whether the socket listening on 127.0.0.1:`port` is `pid`'s: the
+    readiness probe must not take another server's answer for its own (one
+    that got the port while ours was still starting). True where /proc
+    cannot tell."""
+    wanted = f"0100007F:{port:04X}"
+    inodes = set()
+    try:
+        with open("/proc/net/tcp") as f:
+            for line in f.readlines()[1:]:
+                fields = line.split()
+                if fields[1] == wanted and fields[3] == "0A":  # LISTEN
+                    inodes.add(f"socket:[{fields[9]}]")
+        if not inodes:
+            return True
+        for fd in os.listdir(f"/proc/{pid}/fd"):
+            try:
+                if os.readlink(f"/proc/{pid}/fd/{fd}") in inodes:
+                    return True
+            except OSError:
+                pass
+    except (OSError, IndexError):
+        return True
+    return False
 
 
 def write_private(path, text):
@@ -281,6 +358,9 @@ class Synapse:
                 config = yaml.safe_load(f)
             self.port = int(config["listeners"][0]["port"])
             self.fed_port = federation_port_of(config)
+            for kept_port in (self.port, self.fed_port):
+                if kept_port is not None:
+                    reserve_port(kept_port)
             self.server_name = config["server_name"]
             self.shared_secret = config["registration_shared_secret"]
             database = config["database"]
@@ -605,7 +685,7 @@ class Synapse:
                 raise HarnessError(f"synapse exited with status {code} during startup")
             try:
                 status, _ = self.request("GET", "/_matrix/client/versions", timeout=2)
-                if status == 200 and self._federation_listening():
+                if status == 200 and self._federation_listening() and listener_is(self.proc.pid, self.port):
                     return
             except (OSError, http.client.HTTPException):
                 pass  # Not listening yet (URLError is an OSError).
@@ -1033,4 +1113,8 @@ def main():
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    try:
+        exit_code = main()
+    finally:
+        release_ports()
+    sys.exit(exit_code)

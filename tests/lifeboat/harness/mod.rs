@@ -41,7 +41,8 @@ pub fn venv_python() -> &'static PathBuf {
 /// metrics, chromedriver). Picked at random below the kernel's ephemeral
 /// range: a port the kernel handed out for binding to 0 may be taken again,
 /// before the server binds it, as the source port of any outgoing connection
-/// the tests make (the same race tools/synapse_harness.py avoids).
+/// the tests make (the same race tools/synapse_harness.py avoids). Nor a
+/// port a Synapse harness keeps for a server it is restarting.
 pub fn free_port() -> u16 {
     use std::hash::{BuildHasher, RandomState};
     let low = std::fs::read_to_string("/proc/sys/net/ipv4/ip_local_port_range")
@@ -51,12 +52,22 @@ pub fn free_port() -> u16 {
     if low > 11_000 {
         for attempt in 0u32..200 {
             let port = 10_000 + RandomState::new().hash_one(attempt) as u32 % (low - 10_000);
-            if std::net::TcpListener::bind(("127.0.0.1", port as u16)).is_ok() {
+            if !kept_by_a_synapse_harness(port) && std::net::TcpListener::bind(("127.0.0.1", port as u16)).is_ok() {
                 return port as u16;
             }
         }
     }
     std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
+}
+
+/// Whether a live Synapse harness reserved `port` (tools/synapse_harness.py
+/// `reserve_port`: a file named by the port, holding the harness's pid).
+fn kept_by_a_synapse_harness(port: u32) -> bool {
+    let reserved = std::env::temp_dir().join("lifeboat-test-ports").join(port.to_string());
+    std::fs::read_to_string(reserved)
+        .ok()
+        .and_then(|pid| pid.trim().parse::<u32>().ok())
+        .is_some_and(|pid| std::path::Path::new(&format!("/proc/{pid}")).exists())
 }
 
 /// A user ID as the registry's API takes it.
