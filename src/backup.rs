@@ -143,47 +143,6 @@ pub async fn snapshot_lines(
     Ok(rows)
 }
 
-/// Where a backup's lines go: the file, or age's encryption in front of it.
-enum Output<W: Write> {
-    Plain(W),
-    Encrypted(age::stream::StreamWriter<W>),
-}
-
-impl<W: Write> Output<W> {
-    fn new(file: W, encrypt_to: &[age::x25519::Recipient]) -> std::io::Result<Self> {
-        if encrypt_to.is_empty() {
-            return Ok(Output::Plain(file));
-        }
-        let keys = encrypt_to.iter().map(|key| key as &dyn age::Recipient);
-        let encryptor = age::Encryptor::with_recipients(keys).map_err(std::io::Error::other)?;
-        Ok(Output::Encrypted(encryptor.wrap_output(file)?))
-    }
-
-    /// Ends the encryption: its last chunk is what says the file is whole.
-    fn finish(self) -> std::io::Result<W> {
-        match self {
-            Output::Plain(file) => Ok(file),
-            Output::Encrypted(stream) => stream.finish(),
-        }
-    }
-}
-
-impl<W: Write> Write for Output<W> {
-    fn write(&mut self, bytes: &[u8]) -> std::io::Result<usize> {
-        match self {
-            Output::Plain(file) => file.write(bytes),
-            Output::Encrypted(stream) => stream.write(bytes),
-        }
-    }
-
-    fn flush(&mut self) -> std::io::Result<()> {
-        match self {
-            Output::Plain(file) => file.flush(),
-            Output::Encrypted(stream) => stream.flush(),
-        }
-    }
-}
-
 /// How every age-encrypted file begins.
 const AGE_MAGIC: &[u8] = b"age-encryption.org/";
 
@@ -262,7 +221,38 @@ pub async fn backup(
         };
         BackupError::Failed(format!("cannot write {}: cannot make a file in {} ({why})", out.display(), dir.display()))
     })?;
-    let mut writer = Output::new(BufWriter::new(temporary), encrypt_to).map_err(io)?;
+    let mut file = BufWriter::new(temporary);
+    let rows = if encrypt_to.is_empty() {
+        write_lines(registry, &mut file, server_name, &io, rows_done).await?
+    } else {
+        let keys = encrypt_to.iter().map(|key| key as &dyn age::Recipient);
+        let encryptor = age::Encryptor::with_recipients(keys).map_err(std::io::Error::other).map_err(io)?;
+        let mut encrypted = encryptor.wrap_output(&mut file).map_err(io)?;
+        let rows = write_lines(registry, &mut encrypted, server_name, &io, rows_done).await?;
+        // Its last chunk is what says the file is whole.
+        encrypted.finish().map_err(io)?;
+        rows
+    };
+    let file = file.into_inner().map_err(|err| io(err.into_error()))?;
+    file.as_file().sync_all().map_err(io)?;
+    file.persist(out).map_err(|err| io(err.error))?;
+    let mut tx = registry.begin_write().await?;
+    record_backup(&mut tx, now_ms(), !encrypt_to.is_empty()).await?;
+    tx.commit().await?;
+    let detail = format!("{rows} rows, {}", if encrypt_to.is_empty() { "not encrypted" } else { "encrypted" });
+    registry.audit(actor, "backup", Some(&out.display().to_string()), Some(&detail)).await?;
+    Ok(rows)
+}
+
+/// Writes a backup's lines to `writer`: the file, or age's encryption in
+/// front of it. Returns the rows; `io` words a failed write.
+async fn write_lines(
+    registry: &Registry,
+    writer: &mut impl Write,
+    server_name: &str,
+    io: &impl Fn(std::io::Error) -> BackupError,
+    rows_done: &(dyn Fn(u64) + Send + Sync),
+) -> Result<u64, BackupError> {
     let header = json!({
         "lifeboat_backup": FORMAT_VERSION,
         "created_at": now_ms(),
@@ -280,14 +270,6 @@ pub async fn backup(
     })
     .await?;
     writeln!(writer, "{}", json!({"end": true, "rows": rows})).map_err(io)?;
-    let file = writer.finish().map_err(io)?.into_inner().map_err(|err| io(err.into_error()))?;
-    file.as_file().sync_all().map_err(io)?;
-    file.persist(out).map_err(|err| io(err.error))?;
-    let mut tx = registry.begin_write().await?;
-    record_backup(&mut tx, now_ms(), !encrypt_to.is_empty()).await?;
-    tx.commit().await?;
-    let detail = format!("{rows} rows, {}", if encrypt_to.is_empty() { "not encrypted" } else { "encrypted" });
-    registry.audit(actor, "backup", Some(&out.display().to_string()), Some(&detail)).await?;
     Ok(rows)
 }
 

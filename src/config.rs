@@ -8,6 +8,8 @@
 mod raw;
 pub mod smtp_url;
 
+pub(crate) use raw::lenient::Scalar;
+
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 

@@ -374,12 +374,8 @@ impl crate::outbox::Channel for IncidentNotices<'_> {
         self.registry.due_deliveries(self.incident.id, self.transport.channel(), limit as i64).await
     }
 
-    async fn next_due(&self) -> Result<Option<i64>, registry::Error> {
-        self.registry.next_pending_at(self.incident.id, self.transport.channel()).await
-    }
-
-    async fn park_due(&self, until: i64, why: &str) -> Result<u64, registry::Error> {
-        self.registry.defer_due(Some(self.incident.id), self.transport.channel(), until, why).await
+    fn scope(&self) -> (Option<i64>, DeliveryChannel) {
+        (Some(self.incident.id), self.transport.channel())
     }
 
     fn key(delivery: &Delivery) -> (i64, i64) {

@@ -102,12 +102,8 @@ impl Channel for QueuedEmails<'_> {
         self.registry.due_messages(DeliveryChannel::Email, limit as i64).await
     }
 
-    async fn next_due(&self) -> Result<Option<i64>, registry::Error> {
-        self.registry.next_message_due(DeliveryChannel::Email).await
-    }
-
-    async fn park_due(&self, until: i64, why: &str) -> Result<u64, registry::Error> {
-        self.registry.defer_due(None, DeliveryChannel::Email, until, why).await
+    fn scope(&self) -> (Option<i64>, DeliveryChannel) {
+        (None, DeliveryChannel::Email)
     }
 
     fn key(message: &StoredMessage) -> (i64, i64) {
@@ -262,14 +258,12 @@ pub trait Channel: Sync {
     /// Up to `limit` due rows, the longest due first. Only reads: a row
     /// stays pending until its outcome is recorded.
     fn claim(&self, limit: usize) -> impl Future<Output = Result<Vec<Self::Row>, registry::Error>> + Send;
-    /// When the next pending row is due, if any.
-    fn next_due(&self) -> impl Future<Output = Result<Option<i64>, registry::Error>> + Send;
     /// The row's id and the attempts recorded before this attempt.
     fn key(row: &Self::Row) -> (i64, i64);
     fn deliver(&self, row: &Self::Row) -> impl Future<Output = Outcome> + Send;
-    /// Puts every due row off until `until`, noting `why`: the channel
-    /// itself stopped working.
-    fn park_due(&self, until: i64, why: &str) -> impl Future<Output = Result<u64, registry::Error>> + Send;
+    /// Whose pending rows it sends, and by what: an incident's notices, or
+    /// (`None`) the queued messages of every other kind.
+    fn scope(&self) -> (Option<i64>, DeliveryChannel);
 }
 
 /// Hook for a progress display and for winding down.
@@ -299,12 +293,13 @@ pub async fn send_until_done<C: Channel>(
         stop: AtomicBool::new(false),
         writer: registry.outbox_writer().await?,
     };
+    let (incident_id, delivery_channel) = channel.scope();
     let started = Instant::now();
     let mut recorded = 0u64;
     while !run.stop.load(Ordering::Relaxed) && !progress.stopping() {
         let batch = channel.claim(claim_size(concurrency, recorded, started.elapsed())).await?;
         if batch.is_empty() {
-            match channel.next_due().await? {
+            match registry.next_pending_at(incident_id, delivery_channel).await? {
                 Some(next) if next - now_ms() <= WAIT_FOR_RETRIES.as_millis() as i64 => {
                     // In slices, so that a shutdown does not wait for it.
                     while now_ms() < next && !progress.stopping() {
@@ -324,7 +319,7 @@ pub async fn send_until_done<C: Channel>(
     if let Some(SendError::Channel(why)) = &run.fatal
         && !progress.stopping()
     {
-        channel.park_due(now_ms() + PARKED_MAX.as_millis() as i64, why).await?;
+        registry.defer_due(incident_id, delivery_channel, now_ms() + PARKED_MAX.as_millis() as i64, why).await?;
     }
     run.fatal.map_or(Ok(()), Err)
 }

@@ -683,22 +683,6 @@ pub async fn to_recreate(config: &Config, registry: &Registry, room_id: Option<&
     }
     let service = service_user_id(config);
     let admin_room = config.bot.as_ref().and_then(|bot| bot.admin_room.as_deref());
-    // A room made by another server's account would come back with its
-    // maker's name and topic as lifeboat's words, and lifeboat would invite
-    // people into it: only by its ID, after an admin has read it.
-    let made_here = |room: &Room| {
-        // Up to room version 11 the ID names the maker's server too (a
-        // creator recorded before lifeboat read it from the room's state
-        // may be the one its own server made up).
-        let id_names_here =
-            room.room_id.split_once(':').is_none_or(|(_, server)| server == config.homeserver.server_name);
-        id_names_here
-            && room
-                .creator
-                .as_deref()
-                .and_then(|creator| UserId::parse(creator).ok())
-                .is_none_or(|creator| creator.server_name() == config.homeserver.server_name)
-    };
     let remade: std::collections::HashSet<String> =
         registry.rooms(Some(RoomState::Recreated)).await?.into_iter().filter_map(|room| room.recreated_as).collect();
     let mut rooms: Vec<Room> = registry
@@ -706,7 +690,7 @@ pub async fn to_recreate(config: &Config, registry: &Registry, room_id: Option<&
         .await?
         .into_iter()
         .filter(|room| room.creator.as_deref() != Some(service.as_str()) || remade.contains(&room.room_id))
-        .filter(made_here)
+        .filter(|room| made_on(room, &config.homeserver.server_name))
         .filter(|room| {
             Some(room.room_id.as_str()) != admin_room
                 && !room.aliases.iter().any(|alias| Some(alias.as_str()) == admin_room)
@@ -714,6 +698,23 @@ pub async fn to_recreate(config: &Config, registry: &Registry, room_id: Option<&
         .collect();
     rooms.sort_by_key(Room::is_space);
     Ok(rooms)
+}
+
+/// Whether `room` was made on `server_name`, as far as its ID and recorded
+/// maker tell. A room made by another server's account would come back
+/// with its maker's name and topic as lifeboat's words, and lifeboat would
+/// invite people into it: `--all` leaves it for an admin to name by its ID.
+fn made_on(room: &Room, server_name: &str) -> bool {
+    // Up to room version 11 the ID names the maker's server too (a creator
+    // recorded before lifeboat read it from the room's state may be the one
+    // its own server made up).
+    let id_names_here = room.room_id.split_once(':').is_none_or(|(_, server)| server == server_name);
+    id_names_here
+        && room
+            .creator
+            .as_deref()
+            .and_then(|creator| UserId::parse(creator).ok())
+            .is_none_or(|creator| creator.server_name() == server_name)
 }
 
 /// Why a room cannot be re-created, if so: one rule for the CLI and the bot.
@@ -941,6 +942,21 @@ fn creation_body(room: &Room, alias: Option<&str>, children: &[String], server_n
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn every_lost_room_means_those_made_here_by_their_id_and_their_maker() {
+        let room = |room_id: &str, creator: Option<&str>| Room {
+            room_id: room_id.to_owned(),
+            creator: creator.map(str::to_owned),
+            ..Room::default()
+        };
+        assert!(made_on(&room("!old:here.org", Some("@alice:here.org")), "here.org"));
+        assert!(made_on(&room("!v12hash", Some("@alice:here.org")), "here.org"), "a version 12 ID names no server");
+        assert!(made_on(&room("!old:here.org", None), "here.org"), "a maker not known yet");
+        assert!(!made_on(&room("!old:there.net", Some("@alice:here.org")), "here.org"), "a creator their server wrote");
+        assert!(!made_on(&room("!v12hash", Some("@mallory:there.net")), "here.org"));
+        assert!(!made_on(&room("!old:here.org:8448", Some("@alice:here.org")), "here.org"), "another port");
+    }
 
     fn event(kind: &str, state_key: &str, content: Value) -> StateEvent {
         StateEvent { kind: kind.to_owned(), state_key: Some(state_key.to_owned()), content, sender: None }

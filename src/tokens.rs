@@ -118,11 +118,9 @@ pub async fn token_for_person(
     theirs.sort_by_key(|token| std::cmp::Reverse(token.created_at));
     for token in theirs {
         // Synapse knows whether it was used; the registry does not.
-        if let Some(seen) = client.registration_token(&token.token).await? {
-            let unused = seen.completed == 0 && seen.pending == 0;
-            if unused && seen.expiry_time.is_none_or(|at| at > now) {
-                return Ok(Some((token.token, token.expires_at)));
-            }
+        let seen = client.registration_token(&token.token).await?;
+        if token_state(&token, seen.as_ref(), now) == TokenState::Unused {
+            return Ok(Some((token.token, token.expires_at)));
         }
     }
     // Recorded first (within the cap), then created in Synapse, then confirmed.

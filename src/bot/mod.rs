@@ -121,18 +121,6 @@ impl HandledEvents {
 }
 
 impl Bot {
-    /// Is `event` an admin command this process has not handled yet?
-    /// Recorded now: only those are, so talk in other rooms does not push
-    /// them out of the memory.
-    fn first_time_command(&self, event: &matrix_sdk::ruma::EventId) -> bool {
-        self.handled.lock().is_ok_and(|mut handled| handled.commands.first_time(event))
-    }
-
-    /// [`Bot::first_time_command`] for a DM.
-    fn first_time_dm(&self, event: &matrix_sdk::ruma::EventId) -> bool {
-        self.handled.lock().is_ok_and(|mut handled| handled.dms.first_time(event))
-    }
-
     /// Is `user` an admin the bot obeys (or invites)? In `bot.admins`, and
     /// its person's now: not an ID lost, held, or registered again by
     /// someone else after a loss (a stranger holding an admin's ID until an
@@ -894,7 +882,8 @@ async fn on_message(event: OriginalSyncRoomMessageEvent, room: Room, Ctx(bot): C
             return;
         }
         let Some(parsed) = commands::parse_admin(bot.prefix(), &body) else { return };
-        if !bot.first_time_command(&event.event_id) {
+        // Recorded only once parsed, so talk in the room does not push commands out of the memory.
+        if !bot.handled.lock().is_ok_and(|mut handled| handled.commands.first_time(&event.event_id)) {
             return;
         }
         // Commands can take long (sync, notify): off the sync loop, and
@@ -912,7 +901,9 @@ async fn on_message(event: OriginalSyncRoomMessageEvent, room: Room, Ctx(bot): C
     } else {
         // Cheap first (from the room's state, no request): a room that
         // cannot be a DM costs no member list, however often someone writes.
-        if !private_room_of(&room, &bot.me, &sender) || !bot.first_time_dm(&event.event_id) {
+        if !private_room_of(&room, &bot.me, &sender)
+            || !bot.handled.lock().is_ok_and(|mut handled| handled.dms.first_time(&event.event_id))
+        {
             return;
         }
         if !bot.dm_commands.hit(sender.to_string(), None, DM_COMMANDS_PER_MINUTE) {

@@ -8,7 +8,6 @@ use secrecy::SecretString;
 
 use super::output::{print_json, show_progress, time};
 use super::{Context, Failure, Outcome, exit};
-use tokio_util::sync::CancellationToken;
 
 use crate::holds::{hand_back, hold_lost_ids, password_problem, release, restore_held_names};
 use crate::registry::{Account, AccountState, Actor};
@@ -108,8 +107,7 @@ pub async fn run(context: &Context, command: Command) -> Outcome {
             let client = context.admin_client_recovering(&config, &registry).await?;
             // Ctrl-C stops between holds: those under way finish, the rest
             // wait for the next run.
-            let stop = CancellationToken::new();
-            tokio::spawn(super::stop_on_signal(stop.clone()));
+            let stop = super::stop_on_signal();
             let bar = super::output::progress_bar("holding lost IDs");
             let progress = |done, total| show_progress(&bar, done, total);
             let report = hold_lost_ids(&config, &registry, &client, &Actor::cli(), true, &progress, &stop)

@@ -89,8 +89,7 @@ pub async fn run(context: &Context, command: Command) -> Outcome {
             };
             // Ctrl-C before the incident is recorded opens none; while its
             // lost IDs are held, the holds under way finish, the rest wait.
-            let stop = CancellationToken::new();
-            tokio::spawn(super::stop_on_signal(stop.clone()));
+            let stop = super::stop_on_signal();
             let notes = StderrNotes { stop: Some(stop.clone()) };
             let opened = open_incident(&config, &registry, title, &markdown, scope, force, &Actor::cli(), &notes)
                 .await

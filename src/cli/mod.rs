@@ -316,29 +316,34 @@ impl Context {
     }
 }
 
-/// SIGINT (Ctrl-C) or SIGTERM (systemd, kill) starts a graceful stop:
-/// work in flight finishes and is recorded. A second signal ends the
-/// process at once.
-pub(crate) async fn stop_on_signal(stop: tokio_util::sync::CancellationToken) {
+/// A token SIGINT (Ctrl-C) or SIGTERM (systemd, kill) cancels, to start a
+/// graceful stop: work in flight finishes and is recorded. A second signal
+/// ends the process at once.
+fn stop_on_signal() -> tokio_util::sync::CancellationToken {
     use tokio::signal::unix::{SignalKind, signal};
-    let (Ok(mut term), Ok(mut int)) = (signal(SignalKind::terminate()), signal(SignalKind::interrupt())) else {
-        tracing::error!("cannot listen for SIGTERM/SIGINT; stop lifeboat with SIGKILL");
-        return;
-    };
-    tokio::select! {
-        _ = term.recv() => tracing::info!("SIGTERM received"),
-        _ = int.recv() => tracing::info!("SIGINT received"),
-    }
-    stop.cancel();
-    // Some steps cannot stop half-way (a recovery, a Synapse call): say that a stop is coming.
-    if std::io::IsTerminal::is_terminal(&std::io::stderr()) {
-        eprintln!("Stopping after the step under way; a second Ctrl-C (or SIGTERM) ends at once.");
-    }
-    tokio::select! {
-        _ = term.recv() => {}
-        _ = int.recv() => {}
-    }
-    std::process::exit(exit::INTERRUPTED.into());
+    let stop = tokio_util::sync::CancellationToken::new();
+    let cancel = stop.clone();
+    tokio::spawn(async move {
+        let (Ok(mut term), Ok(mut int)) = (signal(SignalKind::terminate()), signal(SignalKind::interrupt())) else {
+            tracing::error!("cannot listen for SIGTERM/SIGINT; stop lifeboat with SIGKILL");
+            return;
+        };
+        tokio::select! {
+            _ = term.recv() => tracing::info!("SIGTERM received"),
+            _ = int.recv() => tracing::info!("SIGINT received"),
+        }
+        cancel.cancel();
+        // Some steps cannot stop half-way (a recovery, a Synapse call): say that a stop is coming.
+        if std::io::IsTerminal::is_terminal(&std::io::stderr()) {
+            eprintln!("Stopping after the step under way; a second Ctrl-C (or SIGTERM) ends at once.");
+        }
+        tokio::select! {
+            _ = term.recv() => {}
+            _ = int.recv() => {}
+        }
+        std::process::exit(exit::INTERRUPTED.into());
+    });
+    stop
 }
 
 /// matrix-sdk lines that sound alarming on a healthy start and need no

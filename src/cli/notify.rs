@@ -115,8 +115,7 @@ pub async fn run(context: &Context, args: Args) -> Outcome {
         return Ok(exit::OK);
     }
 
-    let stop = CancellationToken::new();
-    tokio::spawn(super::stop_on_signal(stop.clone()));
+    let stop = super::stop_on_signal();
     let bar = Bar(progress_bar("notices"), stop.clone());
     let devices = crate::dm::Devices::default();
     let options = CampaignOptions {

@@ -14,13 +14,6 @@ pub fn print_json(value: &impl Serialize) -> Result<(), Failure> {
     Ok(())
 }
 
-/// Text others chose (a room's name, a display name, a server's words) as
-/// the terminal gets it: on one line, without the control characters that
-/// would move the cursor, rewrite lines or set the clipboard.
-pub fn others_text(text: &str) -> std::borrow::Cow<'_, str> {
-    crate::plain_text::one_line(text)
-}
-
 /// `2026-11-25T19:30:00Z`, or `-` for none.
 pub fn time(ms: Option<i64>) -> String {
     ms.and_then(crate::registry::format_time).unwrap_or_else(|| "-".to_owned())

@@ -1,8 +1,9 @@
 //! `lifeboat rooms list|rejoin|recreate`: the room registry, and bringing
 //! people back into their rooms after a loss.
 
-use super::output::{ask_yes, others_text, print_json};
+use super::output::{ask_yes, print_json};
 use super::{Context, Failure, Outcome, exit};
+use crate::plain_text::one_line;
 use crate::registry::{Actor, Room, RoomState};
 use crate::rooms::{RoomsError, bring_back, recreate, to_recreate};
 
@@ -125,7 +126,7 @@ pub async fn run(context: &Context, command: Command) -> Outcome {
                 let question = format!(
                     "Re-create {} ({}) as new, empty rooms, and invite their former members as each comes back? [y/N]",
                     crate::plural::count(rooms.len() as i64, "room", "rooms"),
-                    rooms.iter().take(5).map(|room| others_text(room.label())).collect::<Vec<_>>().join(", ")
+                    rooms.iter().take(5).map(|room| one_line(room.label())).collect::<Vec<_>>().join(", ")
                 );
                 if !ask_yes(&question, "pass --yes to re-create rooms without a terminal").await? {
                     println!("Nothing changed.");
@@ -139,7 +140,7 @@ pub async fn run(context: &Context, command: Command) -> Outcome {
                     Ok(made) => println!("{}", made.summary()),
                     Err(err) => {
                         failed += 1;
-                        eprintln!("not re-created: {}: {}", others_text(room.label()), others_text(&err.to_string()));
+                        eprintln!("not re-created: {}: {}", one_line(room.label()), one_line(&err.to_string()));
                     }
                 }
             }
@@ -152,8 +153,7 @@ fn print_rooms(rooms: &[Room]) {
     for room in rooms {
         let kind = if room.is_space() { " (space)" } else { "" };
         let progress = room.progress().join(", ");
-        let (room_id, label, progress) =
-            (others_text(&room.room_id), others_text(room.label()), others_text(&progress));
+        let (room_id, label, progress) = (one_line(&room.room_id), one_line(room.label()), one_line(&progress));
         let line = format!("{:<10} {room_id}  {label}{kind}  {progress}", room.state.as_str());
         println!("{}", line.trim_end());
     }

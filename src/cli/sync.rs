@@ -3,7 +3,6 @@
 use std::sync::atomic::{AtomicBool, Ordering};
 
 use indicatif::ProgressBar;
-use tokio_util::sync::CancellationToken;
 
 use super::output::{id_list, print_json, progress_bar, show_progress, unlocked_held_line};
 use super::{Context, Failure, Outcome, exit};
@@ -65,8 +64,7 @@ impl SyncProgress for Bar {
 pub async fn run(context: &Context, args: Args) -> Outcome {
     // Ctrl-C stops between calls to Synapse, keeping what was read; a
     // second one ends the process at once (the lease is then taken over).
-    let stop = CancellationToken::new();
-    tokio::spawn(super::stop_on_signal(stop.clone()));
+    let stop = super::stop_on_signal();
     let (config, registry) = context.open().await?;
     let client = context.admin_client(&config, &registry, SyncError::Listing).await?;
     let progress = Bar { bar: progress_bar("accounts"), in_details: AtomicBool::new(false) };

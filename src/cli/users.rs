@@ -4,8 +4,9 @@ use std::collections::HashMap;
 
 use serde::Serialize;
 
-use super::output::{others_text, print_json, time};
+use super::output::{print_json, time};
 use super::{Context, Failure, Outcome, exit};
+use crate::plain_text::one_line;
 use crate::registry::{Account, AccountState, Contact};
 use crate::user_id::UserId;
 
@@ -111,7 +112,7 @@ pub async fn run(context: &Context, command: Command) -> Outcome {
 fn print_account(account: &Account, contacts: &[Contact]) {
     let flag = |on: bool| if on { "yes" } else { "no" };
     println!("{}", account.user_id);
-    println!("  display name:     {}", others_text(account.display_name.as_deref().unwrap_or("-")));
+    println!("  display name:     {}", one_line(account.display_name.as_deref().unwrap_or("-")));
     println!("  state:            {}", account.state.as_str());
     if account.state == AccountState::Missing {
         println!("  missing since:    {}", time(account.missing_since));

@@ -93,7 +93,7 @@ struct RawHomeserver {
     admin_token_file: Option<PathBuf>,
     registration_shared_secret: Option<String>,
     registration_shared_secret_file: Option<PathBuf>,
-    #[serde(default, deserialize_with = "lenient::text")]
+    #[serde(default, deserialize_with = "lenient::number")]
     timeout: Option<String>,
     #[serde(default, deserialize_with = "lenient::number")]
     retries: Option<u32>,
@@ -112,7 +112,7 @@ struct RawSync {
     page_size: Option<u32>,
     #[serde(default, deserialize_with = "lenient::number")]
     details_concurrency: Option<usize>,
-    #[serde(default, deserialize_with = "lenient::text")]
+    #[serde(default, deserialize_with = "lenient::number")]
     details_max_age: Option<String>,
     #[serde(default, deserialize_with = "lenient::number")]
     details_per_round: Option<u64>,
@@ -121,9 +121,9 @@ struct RawSync {
 #[derive(Deserialize, Default)]
 #[serde(deny_unknown_fields)]
 struct RawWatch {
-    #[serde(default, deserialize_with = "lenient::text")]
+    #[serde(default, deserialize_with = "lenient::number")]
     interval: Option<String>,
-    #[serde(default, deserialize_with = "lenient::text")]
+    #[serde(default, deserialize_with = "lenient::number")]
     probe_interval: Option<String>,
     #[serde(default, deserialize_with = "lenient::number")]
     probe_sample: Option<usize>,
@@ -131,14 +131,14 @@ struct RawWatch {
     max_synapse_share: Option<f64>,
     #[serde(default, deserialize_with = "lenient::number")]
     loss_threshold: Option<f64>,
-    #[serde(default, deserialize_with = "lenient::text")]
+    #[serde(default, deserialize_with = "lenient::number")]
     alert_unchecked_after: Option<String>,
 }
 
 #[derive(Deserialize, Default)]
 #[serde(deny_unknown_fields)]
 struct RawTokens {
-    #[serde(default, deserialize_with = "lenient::text")]
+    #[serde(default, deserialize_with = "lenient::number")]
     expiry: Option<String>,
 }
 
@@ -184,7 +184,7 @@ struct RawWeb {
     rate_limit_per_ip: Option<u32>,
     #[serde(default, deserialize_with = "lenient::number")]
     rate_limit_per_target: Option<u32>,
-    #[serde(default, deserialize_with = "lenient::text")]
+    #[serde(default, deserialize_with = "lenient::number")]
     rate_limit_window: Option<String>,
     #[serde(default, deserialize_with = "lenient::number")]
     token_requests_per_person: Option<u32>,
@@ -708,22 +708,25 @@ fn validate_mailbox(text: &str) -> Result<(), String> {
 const AT_LEAST_A_SECOND: (Duration, &str) = (Duration::from_secs(1), "must be at least 1s");
 
 /// Deserializers that also take the strings env vars provide.
-mod lenient {
+pub(super) mod lenient {
     use serde::{Deserialize, Deserializer};
     use std::str::FromStr;
 
-    /// Whatever TOML or the environment gave, read as text and parsed by
-    /// the setting's own type, so a number out of range (`page_size = -5`)
-    /// is named as such rather than as a failed serde variant.
+    /// Any scalar a config file, the environment or Synapse's JSON gives,
+    /// for the reader to take as its setting or field needs.
     #[derive(Deserialize)]
     #[serde(untagged, expecting = "a number, true or false, or their text")]
-    enum Scalar {
+    pub(crate) enum Scalar {
         Bool(bool),
         Integer(i64),
         Float(f64),
         Text(String),
     }
 
+    /// Read as text and parsed by the setting's own type, so a number out of
+    /// range (`page_size = -5`) is named as such rather than as a failed
+    /// serde variant, and a duration (a `String`) written `30` as one
+    /// without a unit rather than as a type mismatch.
     pub fn number<'de, D, T>(deserializer: D) -> Result<Option<T>, D::Error>
     where
         D: Deserializer<'de>,
@@ -742,18 +745,6 @@ mod lenient {
             } else {
                 format!("`{text}` is not a number")
             })
-        })
-    }
-
-    /// Text, or a number as its text: a duration written `30` is then
-    /// named as a duration without a unit, not as a type mismatch.
-    pub fn text<'de, D: Deserializer<'de>>(deserializer: D) -> Result<Option<String>, D::Error> {
-        Ok(match Option::<Scalar>::deserialize(deserializer)? {
-            None => None,
-            Some(Scalar::Bool(value)) => Some(value.to_string()),
-            Some(Scalar::Integer(value)) => Some(value.to_string()),
-            Some(Scalar::Float(value)) => Some(value.to_string()),
-            Some(Scalar::Text(text)) => Some(text),
         })
     }
 

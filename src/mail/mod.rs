@@ -704,18 +704,16 @@ fn tls_error(err: &lettre::transport::smtp::Error) -> Option<&rustls::Error> {
 }
 
 /// Replaces every occurrence of the password in the error text.
-fn scrub(error: MailError, password: &str) -> MailError {
-    if password.is_empty() {
-        return error;
+fn scrub(mut error: MailError, password: &str) -> MailError {
+    let (MailError::Transient(text)
+    | MailError::Permanent(text)
+    | MailError::Config(text)
+    | MailError::Uncertain(text)
+    | MailError::Refusing(text)) = &mut error;
+    if !password.is_empty() {
+        *text = text.replace(password, "[redacted]");
     }
-    let clean = |text: String| text.replace(password, "[redacted]");
-    match error {
-        MailError::Transient(text) => MailError::Transient(clean(text)),
-        MailError::Permanent(text) => MailError::Permanent(clean(text)),
-        MailError::Config(text) => MailError::Config(clean(text)),
-        MailError::Uncertain(text) => MailError::Uncertain(clean(text)),
-        MailError::Refusing(text) => MailError::Refusing(clean(text)),
-    }
+    error
 }
 
 #[cfg(test)]

@@ -118,59 +118,48 @@ fn planned_survivor_dms(sender: &str) -> String {
 const PLANNED_CONTACT_DMS: &str = "FROM incident_accounts ia JOIN contacts c ON c.user_id = ia.user_id \
      WHERE ia.incident_id = $1 AND c.kind = 'matrix' AND c.opted_out_at IS NULL";
 
-/// The columns of a [`Delivery`], as `due_deliveries` reads them.
-static DUE_COLUMNS: LazyLock<String> = LazyLock::new(|| {
-    format!(
+/// `due_deliveries`'s query, for SQLite and for PostgreSQL: the next due
+/// deliveries of one channel, along the pending-only index. A claim comes
+/// back as one row holding a JSON array of deliveries. Row by row, sqlx's
+/// SQLite driver hands each row from its worker thread to the task through
+/// a channel of 50, waking one or the other every few rows, which cost more
+/// than the query; one row of JSON costs one hand-off.
+static DUE_DELIVERIES: LazyLock<(String, String)> = LazyLock::new(|| {
+    let columns = format!(
         "d.id, d.user_id, d.channel, d.address, d.attempts, d.next_attempt_at, \
          a.display_name, {STANDING_SQL} AS account_state, a.custody_at AS held_at, a.locked, \
          a.deactivated, a.hold_refused, c.id AS contact_id, ca.standing AS contact_account_state, c.opted_out_at, t.token, \
          t.expires_at AS token_expires_at"
+    );
+    let from = format!(
+        "FROM (SELECT {columns} FROM deliveries d \
+         JOIN accounts a ON a.user_id = d.user_id \
+         LEFT JOIN contacts c ON c.user_id = d.user_id AND c.kind = d.channel AND c.address = d.address \
+         LEFT JOIN (SELECT a.user_id, {STANDING_SQL} AS standing FROM accounts a) ca \
+                ON d.channel = 'matrix' AND ca.user_id = d.address AND d.address <> d.user_id \
+         LEFT JOIN registration_tokens t ON t.incident_id = d.incident_id AND t.user_id = d.user_id \
+                                        AND t.purpose = 'notice' AND t.confirmed_at IS NOT NULL \
+                                        AND t.revoked_at IS NULL \
+                                        AND NOT (d.channel = 'matrix' AND d.address = d.user_id) \
+         WHERE d.incident_id = $1 AND d.kind = 'notice' AND d.channel = $2 AND d.state = 'pending' \
+           AND d.next_attempt_at <= $3 \
+         ORDER BY d.next_attempt_at, d.id LIMIT $4) x"
+    );
+    let fields = json_fields(&columns);
+    (
+        format!("SELECT json_group_array(json_object({fields})) {from}"),
+        format!("SELECT COALESCE(json_agg(json_build_object({fields}))::TEXT, '[]') {from}"),
     )
 });
 
-/// The next due deliveries of one channel, along the pending-only index.
-static DUE_ROWS: LazyLock<String> = LazyLock::new(|| {
-    format!(
-        "FROM deliveries d \
-     JOIN accounts a ON a.user_id = d.user_id \
-     LEFT JOIN contacts c ON c.user_id = d.user_id AND c.kind = d.channel AND c.address = d.address \
-     LEFT JOIN (SELECT a.user_id, {STANDING_SQL} AS standing FROM accounts a) ca \
-            ON d.channel = 'matrix' AND ca.user_id = d.address AND d.address <> d.user_id \
-     LEFT JOIN registration_tokens t ON t.incident_id = d.incident_id AND t.user_id = d.user_id \
-                                    AND t.purpose = 'notice' AND t.confirmed_at IS NOT NULL \
-                                    AND t.revoked_at IS NULL \
-                                    AND NOT (d.channel = 'matrix' AND d.address = d.user_id) \
-     WHERE d.incident_id = $1 AND d.kind = 'notice' AND d.channel = $2 AND d.state = 'pending' \
-       AND d.next_attempt_at <= $3 \
-     ORDER BY d.next_attempt_at, d.id LIMIT $4"
-    )
-});
-
-/// A claim comes back as one row holding a JSON array of deliveries. Row
-/// by row, sqlx's SQLite driver hands each row from its worker thread to
-/// the task through a channel of 50, waking one or the other every few
-/// rows, which cost more than the query; one row of JSON costs one hand-off.
-static DUE_DELIVERIES_SQLITE: LazyLock<String> = LazyLock::new(|| {
-    format!("SELECT json_group_array(json_object({})) FROM (SELECT {} {}) x", json_fields("x"), *DUE_COLUMNS, *DUE_ROWS)
-});
-
-static DUE_DELIVERIES_POSTGRES: LazyLock<String> = LazyLock::new(|| {
-    format!(
-        "SELECT COALESCE(json_agg(json_build_object({}))::TEXT, '[]') FROM (SELECT {} {}) x",
-        json_fields("x"),
-        *DUE_COLUMNS,
-        *DUE_ROWS
-    )
-});
-
-/// `'id', x.id, 'incident_id', x.incident_id, …` for every column of
-/// `DUE_COLUMNS`, under the name [`Delivery`] gives it.
-fn json_fields(table: &str) -> String {
-    DUE_COLUMNS
+/// `'id', x.id, 'user_id', x.user_id, …` for each of `columns`, under the
+/// name [`Delivery`] gives it.
+fn json_fields(columns: &str) -> String {
+    columns
         .split(',')
         .map(|column| {
             let name = column.rsplit([' ', '.']).next().expect("a column name").trim();
-            format!("'{name}', {table}.{name}")
+            format!("'{name}', x.{name}")
         })
         .collect::<Vec<_>>()
         .join(", ")
@@ -332,7 +321,8 @@ impl Registry {
         channel: DeliveryChannel,
         limit: i64,
     ) -> Result<Vec<Delivery>> {
-        let sql = if self.is_postgres() { &*DUE_DELIVERIES_POSTGRES } else { &*DUE_DELIVERIES_SQLITE };
+        let (sqlite, postgres) = &*DUE_DELIVERIES;
+        let sql = if self.is_postgres() { postgres } else { sqlite };
         let json: String = sqlx::query_scalar(sql.as_str())
             .bind(incident_id)
             .bind(channel)
@@ -402,16 +392,19 @@ impl Registry {
         Ok(query.execute(&self.pool).await?.rows_affected())
     }
 
-    /// When the next pending delivery of an incident's channel is due, if any.
-    pub async fn next_pending_at(&self, incident_id: i64, channel: DeliveryChannel) -> Result<Option<i64>> {
-        Ok(sqlx::query_scalar(
-            "SELECT MIN(next_attempt_at) FROM deliveries \
-             WHERE incident_id = $1 AND kind = 'notice' AND channel = $2 AND state = 'pending'",
-        )
-        .bind(incident_id)
-        .bind(channel)
-        .fetch_one(&self.pool)
-        .await?)
+    /// When the next pending message on `channel` is due, if any: of an
+    /// incident's notices, or (`None`) of the messages of every other kind.
+    pub async fn next_pending_at(&self, incident_id: Option<i64>, channel: DeliveryChannel) -> Result<Option<i64>> {
+        let which = if incident_id.is_some() { "kind = 'notice' AND incident_id = $2" } else { "kind <> 'notice'" };
+        let query = sqlx::query_scalar(sqlx::AssertSqlSafe(format!(
+            "SELECT MIN(next_attempt_at) FROM deliveries WHERE {which} AND channel = $1 AND state = 'pending'"
+        )))
+        .bind(channel);
+        let query = match incident_id {
+            Some(id) => query.bind(id),
+            None => query,
+        };
+        Ok(query.fetch_one(&self.pool).await?)
     }
 
     pub async fn delivery_counts(&self, incident_id: i64) -> Result<DeliveryCounts> {
@@ -537,11 +530,11 @@ impl OutboxWriter {
 mod tests {
     #[test]
     fn every_claimed_column_goes_into_the_claims_json_under_its_own_name() {
-        let fields = super::json_fields("x");
-        assert!(fields.starts_with("'id', x.id, 'user_id', x.user_id, "), "{fields}");
-        assert!(fields.contains("'account_state', x.account_state, "), "{fields}");
-        assert!(fields.contains("'contact_id', x.contact_id, "), "{fields}");
-        assert!(fields.ends_with("'token_expires_at', x.token_expires_at"), "{fields}");
-        assert_eq!(fields.matches(", x.").count(), 17, "one per column: {fields}");
+        let (sql, _) = &*super::DUE_DELIVERIES;
+        assert!(sql.starts_with("SELECT json_group_array(json_object('id', x.id, 'user_id', x.user_id, "), "{sql}");
+        assert!(sql.contains("'account_state', x.account_state, "), "{sql}");
+        assert!(sql.contains("'contact_id', x.contact_id, "), "{sql}");
+        assert!(sql.contains("'token_expires_at', x.token_expires_at)) FROM (SELECT d.id, "), "{sql}");
+        assert_eq!(sql.matches(", x.").count(), 17, "one per column: {sql}");
     }
 }

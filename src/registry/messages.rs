@@ -146,16 +146,6 @@ impl Registry {
             .await?)
     }
 
-    /// When the next pending message on `channel` is due, if any.
-    pub async fn next_message_due(&self, channel: DeliveryChannel) -> Result<Option<i64>> {
-        Ok(sqlx::query_scalar(
-            "SELECT MIN(next_attempt_at) FROM deliveries WHERE kind <> 'notice' AND channel = $1 AND state = 'pending'",
-        )
-        .bind(channel)
-        .fetch_one(&self.pool)
-        .await?)
-    }
-
     /// Ends every queued message that expired unsent, on any channel (one
     /// a stopped process was sending at once, say), emptying its text.
     pub async fn skip_expired_messages(&self) -> Result<u64> {
@@ -169,13 +159,5 @@ impl Registry {
         .execute(&self.pool)
         .await?
         .rows_affected())
-    }
-
-    /// A message's state and last error, for whoever queued it.
-    pub async fn message_outcome(&self, id: i64) -> Result<Option<(String, Option<String>)>> {
-        Ok(sqlx::query_as("SELECT state, last_error FROM deliveries WHERE id = $1")
-            .bind(id)
-            .fetch_optional(&self.pool)
-            .await?)
     }
 }

@@ -419,11 +419,6 @@ impl Registry {
         let sql = format!("{SELECT_SYNC_RUNS} WHERE status = 'complete' ORDER BY id DESC LIMIT 1");
         Ok(sqlx::query_as(sqlx::AssertSqlSafe(sql)).fetch_optional(&self.pool).await?)
     }
-
-    pub async fn sync_run(&self, id: i64) -> Result<Option<SyncRun>> {
-        let sql = format!("{SELECT_SYNC_RUNS} WHERE id = $1");
-        Ok(sqlx::query_as(sqlx::AssertSqlSafe(sql)).bind(id).fetch_optional(&self.pool).await?)
-    }
 }
 
 /// Reads [`SyncRun`]s.

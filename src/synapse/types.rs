@@ -3,6 +3,8 @@
 
 use serde::{Deserialize, Deserializer};
 
+use crate::config::Scalar;
+
 /// One account as the admin listing (`/_synapse/admin/v2/users`) shows it.
 #[derive(Debug, Clone, PartialEq, Deserialize)]
 pub struct ListedUser {
@@ -114,40 +116,31 @@ impl MatrixError {
     }
 }
 
-#[derive(Deserialize)]
-#[serde(untagged)]
-enum Loose {
-    Bool(bool),
-    Int(i64),
-    Float(f64),
-    Text(String),
-}
-
 fn lenient_bool<'de, D: Deserializer<'de>>(deserializer: D) -> Result<bool, D::Error> {
-    Ok(match Option::<Loose>::deserialize(deserializer)? {
+    Ok(match Option::<Scalar>::deserialize(deserializer)? {
         None => false,
-        Some(Loose::Bool(value)) => value,
-        Some(Loose::Int(value)) => value != 0,
-        Some(Loose::Float(value)) => value != 0.0,
-        Some(Loose::Text(text)) => matches!(text.as_str(), "true" | "1" | "True"),
+        Some(Scalar::Bool(value)) => value,
+        Some(Scalar::Integer(value)) => value != 0,
+        Some(Scalar::Float(value)) => value != 0.0,
+        Some(Scalar::Text(text)) => matches!(text.as_str(), "true" | "1" | "True"),
     })
 }
 
 pub(super) fn lenient_i64<'de, D: Deserializer<'de>>(deserializer: D) -> Result<Option<i64>, D::Error> {
-    Ok(match Option::<Loose>::deserialize(deserializer)? {
-        Some(Loose::Int(value)) => Some(value),
-        Some(Loose::Float(value)) => Some(value as i64),
-        Some(Loose::Text(text)) => text.trim().parse().ok(),
-        Some(Loose::Bool(_)) | None => None,
+    Ok(match Option::<Scalar>::deserialize(deserializer)? {
+        Some(Scalar::Integer(value)) => Some(value),
+        Some(Scalar::Float(value)) => Some(value as i64),
+        Some(Scalar::Text(text)) => text.trim().parse().ok(),
+        Some(Scalar::Bool(_)) | None => None,
     })
 }
 
 fn lenient_token<'de, D: Deserializer<'de>>(deserializer: D) -> Result<Option<String>, D::Error> {
-    Ok(match Option::<Loose>::deserialize(deserializer)? {
-        Some(Loose::Text(text)) => Some(text),
-        Some(Loose::Int(value)) => Some(value.to_string()),
-        Some(Loose::Float(value)) => Some((value as i64).to_string()),
-        Some(Loose::Bool(_)) | None => None,
+    Ok(match Option::<Scalar>::deserialize(deserializer)? {
+        Some(Scalar::Text(text)) => Some(text),
+        Some(Scalar::Integer(value)) => Some(value.to_string()),
+        Some(Scalar::Float(value)) => Some((value as i64).to_string()),
+        Some(Scalar::Bool(_)) | None => None,
     })
 }
 

@@ -9,6 +9,7 @@ use axum::extract::{ConnectInfo, Request};
 use axum::http::header::{self, HeaderMap, HeaderValue};
 use axum::middleware::Next;
 use axum::response::Response;
+use ipnet::IpNet;
 use rand::RngCore;
 
 use crate::limit::FixedWindows;
@@ -146,28 +147,20 @@ pub struct RateLimiter {
 /// counted (and a network's share of a mail budget): an IPv4 /24, an IPv6
 /// /48 (what one site is given).
 pub(crate) fn network_key(ip: IpAddr) -> String {
-    match ip.to_canonical() {
-        IpAddr::V4(v4) => {
-            let [a, b, c, _] = v4.octets();
-            format!("net:{a}.{b}.{c}.0/24")
-        }
-        IpAddr::V6(v6) => {
-            let [a, b, c, ..] = v6.segments();
-            format!("net:{a:x}:{b:x}:{c:x}::/48")
-        }
-    }
+    format!("net:{}", prefix_of(ip, 24, 48))
 }
 
 /// Who a client address counts as: an IPv6 host may use any address of
 /// its /64, so the /64 is one client (an IPv4-mapped address is IPv4).
 pub(crate) fn client_key(ip: IpAddr) -> String {
-    match ip.to_canonical() {
-        IpAddr::V4(v4) => format!("ip:{v4}"),
-        IpAddr::V6(v6) => {
-            let [a, b, c, d, ..] = v6.segments();
-            format!("ip:{a:x}:{b:x}:{c:x}:{d:x}::/64")
-        }
-    }
+    format!("ip:{}", prefix_of(ip, 32, 64))
+}
+
+/// `ip` (an IPv4-mapped one as IPv4) cut to its first `v4` or `v6` bits,
+/// shown like `203.0.113.0/24` or `2001:db8:1::/48`.
+fn prefix_of(ip: IpAddr, v4: u8, v6: u8) -> IpNet {
+    let ip = ip.to_canonical();
+    IpNet::new_assert(ip, if ip.is_ipv4() { v4 } else { v6 }).trunc()
 }
 
 impl RateLimiter {

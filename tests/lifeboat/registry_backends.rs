@@ -46,6 +46,18 @@ fn user(id: &str, created: i64) -> ListedUser {
     serde_json::from_value(json!({"name": id, "creation_ts": created * 1000, "displayname": id})).unwrap()
 }
 
+/// A sync run's status and error.
+async fn sync_run_outcome(registry: &Registry, run: i64) -> (String, Option<String>) {
+    let sql = "SELECT status, error FROM sync_runs WHERE id = $1";
+    sqlx::query_as(sql).bind(run).fetch_one(registry.pool()).await.unwrap()
+}
+
+/// A queued message's state and last error.
+async fn message_outcome(registry: &Registry, id: i64) -> (String, Option<String>) {
+    let sql = "SELECT state, last_error FROM deliveries WHERE id = $1";
+    sqlx::query_as(sql).bind(id).fetch_one(registry.pool()).await.unwrap()
+}
+
 /// Stages `users` as one complete listing and applies it.
 async fn sync_listing(registry: &Registry, users: &[ListedUser]) -> lifeboat::registry::SyncApplied {
     // Begun a moment after whatever the test did last: a listing begun in
@@ -499,8 +511,8 @@ async fn a_failed_listing_changes_nothing(registry: Registry) {
 
     let accounts = registry.accounts(None).await.unwrap();
     assert!(accounts.iter().all(|account| account.state == AccountState::Present));
-    let failed = registry.sync_run(run).await.unwrap().unwrap();
-    assert_eq!((failed.status.as_str(), failed.error.as_deref()), ("failed", Some("page 2 failed")));
+    let (status, error) = sync_run_outcome(&registry, run).await;
+    assert_eq!((status.as_str(), error.as_deref()), ("failed", Some("page 2 failed")));
     assert_eq!(registry.last_complete_sync().await.unwrap().unwrap().listed, 2);
 }
 on_both_backends!(a_failed_listing_changes_nothing);
@@ -520,8 +532,7 @@ async fn a_sync_whose_run_another_sync_ended_applies_nothing(registry: Registry)
     assert!(refused.contains("ended by another sync"), "{refused}");
     let accounts = registry.accounts(None).await.unwrap();
     assert!(accounts.iter().all(|account| account.state == AccountState::Present), "{accounts:?}");
-    let ended = registry.sync_run(paused).await.unwrap().unwrap();
-    assert_eq!(ended.status.as_str(), "failed");
+    assert_eq!(sync_run_outcome(&registry, paused).await.0, "failed");
     registry.fail_sync_run(other, "not needed").await.unwrap();
 }
 on_both_backends!(a_sync_whose_run_another_sync_ended_applies_nothing);
@@ -973,7 +984,7 @@ async fn a_queued_message_past_its_expiry_is_skipped_and_its_text_emptied(regist
         .await
         .unwrap();
     send_queued_emails_to_no_relay(&registry).await;
-    let (state, reason) = registry.message_outcome(id).await.unwrap().unwrap();
+    let (state, reason) = message_outcome(&registry, id).await;
     assert_eq!((state.as_str(), reason.as_deref()), ("skipped", Some("expired before it could be sent")));
     let (text,): (Option<String>,) = sqlx::query_as("SELECT body_text FROM deliveries WHERE id = $1")
         .bind(id)
@@ -986,7 +997,7 @@ async fn a_queued_message_past_its_expiry_is_skipped_and_its_text_emptied(regist
     let dm = lifeboat::outbox::new_dm(MessageKind::Code, "@a:x", "Your code: **12345678**", past);
     let id = registry.queue_message(&dm).await.unwrap();
     assert_eq!(registry.skip_expired_messages().await.unwrap(), 1);
-    let (state, _) = registry.message_outcome(id).await.unwrap().unwrap();
+    let (state, _) = message_outcome(&registry, id).await;
     assert_eq!(state, "skipped");
     let (text,): (Option<String>,) = sqlx::query_as("SELECT body_text FROM deliveries WHERE id = $1")
         .bind(id)
@@ -1026,16 +1037,16 @@ async fn a_queued_way_back_in_goes_only_while_its_person_may_be_mailed_it(regist
     let to_a_kept_address = queue(&to_b).await.unwrap();
     registry.remove_contact(&a, &contact("a@example.org"), &actor).await.unwrap();
     send_queued_emails_to_no_relay(&registry).await;
-    let (state, reason) = registry.message_outcome(to_a_removed_address).await.unwrap().unwrap();
+    let (state, reason) = message_outcome(&registry, to_a_removed_address).await;
     assert_eq!((state.as_str(), reason.as_deref()), ("skipped", Some(NO_LONGER_MAILABLE)));
-    let (state, reason) = registry.message_outcome(to_a_kept_address).await.unwrap().unwrap();
+    let (state, reason) = message_outcome(&registry, to_a_kept_address).await;
     assert_eq!(state, "pending", "still theirs: tried, and waits for the relay ({reason:?})");
     assert!(reason.unwrap().contains("could not talk to the mail server"));
 
     let after_the_incident = queue(&to_c).await.unwrap();
     registry.resolve_incident(incident.id, &actor).await.unwrap();
     send_queued_emails_to_no_relay(&registry).await;
-    let (state, reason) = registry.message_outcome(after_the_incident).await.unwrap().unwrap();
+    let (state, reason) = message_outcome(&registry, after_the_incident).await;
     assert_eq!((state.as_str(), reason.as_deref()), ("skipped", Some(INCIDENT_RESOLVED)));
 }
 on_both_backends!(a_queued_way_back_in_goes_only_while_its_person_may_be_mailed_it);
