@@ -218,20 +218,21 @@ pub fn room_label(name: &str) -> Cow<'_, str> {
 /// as security notices quote one nobody should open: "://" as `[:]//`, a dot
 /// before a letter (a domain's) as `[.]`, an @ between letters or digits as
 /// `[@]`. The full stops a browser reads as a domain's dot (ideographic,
-/// full-width, half-width) too, between ASCII letters or digits (not in
-/// the middle of Chinese or Japanese text).
+/// full-width, half-width) too, between Latin letters or digits, plain or
+/// full-width (not in the middle of Chinese or Japanese text).
 fn defanged(text: &str) -> String {
+    // A browser reads full-width Latin as the plain letters it stands for.
+    let latin = |c: char| c.is_ascii_alphanumeric() || matches!(c, '０'..='９' | 'Ａ'..='Ｚ' | 'ａ'..='ｚ');
     let chars: Vec<char> = text.replace("://", "[:]//").chars().collect();
     let mut out = String::with_capacity(text.len());
     for (at, &c) in chars.iter().enumerate() {
         let before = at.checked_sub(1).map(|i| chars[i]).filter(|c| c.is_alphanumeric());
         let after = chars.get(at + 1).copied();
         let between = before.is_some() && after.is_some_and(char::is_alphanumeric);
-        let between_ascii =
-            before.is_some_and(|c| c.is_ascii_alphanumeric()) && after.is_some_and(|c| c.is_ascii_alphabetic());
+        let between_latin = before.is_some_and(latin) && after.is_some_and(|c| latin(c) && c.is_alphabetic());
         match c {
             '.' if between && after.is_some_and(char::is_alphabetic) => out.push_str("[.]"),
-            '\u{3002}' | '\u{ff0e}' | '\u{ff61}' if between_ascii => out.push_str("[.]"),
+            '\u{3002}' | '\u{ff0e}' | '\u{ff61}' if between_latin => out.push_str("[.]"),
             '@' if between => out.push_str("[@]"),
             _ => out.push(c),
         }
@@ -416,6 +417,12 @@ mod tests {
         assert_eq!(room_label("evil\u{3002}example/claim evil\u{ff0e}example"), "evil[.]example/claim evil[.]example");
         assert_eq!(room_label("evil\u{200b}.example"), "evil .example", "nothing unseen in it either");
         assert_eq!(room_label("会議室。明日"), "会議室。明日", "Japanese text keeps its full stops");
+        assert_eq!(
+            room_label("ｅｖｉｌ．ｅｘａｍｐｌｅ"),
+            "ｅｖｉｌ[.]ｅｘａｍｐｌｅ",
+            "full-width Latin is read as Latin"
+        );
+        assert_eq!(room_label("ｅｖｉｌ。ｅｘａｍｐｌｅ"), "ｅｖｉｌ[.]ｅｘａｍｐｌｅ");
         let back = ["x https://evil.example/c".to_owned()];
         let notice = render_notice(&NoticeContext { rooms_back: &back, ..context() }, true);
         for part in [&notice.text, &notice.html, &notice.markdown] {

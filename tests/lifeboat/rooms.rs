@@ -92,7 +92,7 @@ async fn after_a_wipe_people_come_back_into_surviving_rooms_aliases_work_and_los
 
     let lifeboat = Lifeboat::with_config(&format!(
         "[homeserver]\nurl = \"{url}\"\nserver_name = \"{server}\"\nadmin_token = \"{admin}\"\n\
-         registration_shared_secret = \"{secret}\"\nretries = 1\ntimeout = \"10s\"\n\n\
+         registration_shared_secret = \"{secret}\"\nretries = 1\ntimeout = \"60s\"\n\n\
          [registry]\nurl = \"{registry}\"\n\n\
          [email]\nsmtp_url = \"{smtp}\"\nfrom = \"Lifeboat <lifeboat@lifeboat.test>\"\n\n\
          [watch]\ninterval = \"2s\"\n",
@@ -232,7 +232,7 @@ async fn after_a_wipe_people_come_back_into_surviving_rooms_aliases_work_and_los
 fn lifeboat_on(ours: &TestSynapse, registry: &TestDatabase, extra: &str) -> Lifeboat {
     Lifeboat::with_config(&format!(
         "[homeserver]\nurl = \"{}\"\nserver_name = \"{}\"\nadmin_token = \"{}\"\nregistration_shared_secret = \"{}\"\n\
-         retries = 1\ntimeout = \"10s\"\n\n[registry]\nurl = \"{}\"\n\n{extra}",
+         retries = 1\ntimeout = \"60s\"\n\n[registry]\nurl = \"{}\"\n\n{extra}",
         ours.url,
         ours.server_name,
         ours.admin_token(),

@@ -116,6 +116,9 @@ impl Rig {
     }
 
     pub(crate) async fn serve(&mut self) {
+        // A bot that was in the admin room before is still a member: this
+        // run's own login is what says it is up.
+        let logins_before = self.lifeboat.serve_log().matches("bot logged in").count();
         self.serve = Some(self.lifeboat.spawn_serve());
         let (alice, room, bot) = (&self.alice, &self.admin_room, &self.bot);
         let joined = tokio::time::timeout(Duration::from_secs(60), async {
@@ -125,6 +128,7 @@ impl Rig {
         })
         .await;
         assert!(joined.is_ok(), "the bot did not join the admin room; serve log:\n{}", self.lifeboat.serve_log());
+        logged_more_than(&self.lifeboat, "bot logged in", logins_before).await;
     }
 
     /// After a wipe: waits until lifeboat holds alice's ID, gives it back to
@@ -630,8 +634,10 @@ async fn a_person_verifies_a_contact_email_by_dm() {
 #[tokio::test(flavor = "multi_thread")]
 async fn serve_stopped_by_sigterm_mid_delivery_finishes_after_restart_with_one_email_each() {
     let people = people(60);
-    // 100 ms per message: the send is still under way when SIGTERM comes.
+    // 100 ms per message over one connection (six seconds in all): the send
+    // is still under way when SIGTERM comes, however slow the test is to see it.
     let mut rig = Rig::start(TestSmtp::start_slow(100), &people).await;
+    rig.lifeboat.set_env("LIFEBOAT__EMAIL__CONNECTIONS", "1");
     std::fs::write(rig.lifeboat.dir().join("postmortem.md"), "# Lost\n\nSorry.\n").unwrap();
     let open = rig
         .lifeboat
@@ -1386,11 +1392,17 @@ async fn an_admin_room_alias_taken_while_the_bot_was_away_does_not_draw_in_a_bot
         stranger.create_room_full(RoomSpec::public(&alias_localpart).name("lifeboat admin").invite(&[&rig.bot])).await;
     assert_eq!(rig.synapse.resolve_alias(&alias).await.as_deref(), Some(lure.as_str()));
 
+    // serve.log holds the first run's lines too: only this run's count.
+    let earlier = rig.lifeboat.serve_log().len();
     rig.serve_in_background();
-    logged_more_than(&rig.lifeboat, "bot logged in", 0).await;
-    logged_more_than(&rig.lifeboat, "names another room than the one the bot was in", 0).await;
-    logged_more_than(&rig.lifeboat, "declined an invite", 0).await;
-    let log = rig.lifeboat.serve_log();
+    let this_run = || rig.lifeboat.serve_log()[earlier..].to_owned();
+    eventually("the bot logs in again", Duration::from_secs(90), || async {
+        this_run().contains("bot logged in")
+            && this_run().contains("names another room than the one the bot was in")
+            && this_run().contains("declined an invite")
+    })
+    .await;
+    let log = this_run();
     assert!(log.contains("recovered=false"), "the bot logged in by its password: {log}");
     assert_ne!(stranger.membership_of(&lure, &rig.bot).await.as_deref(), Some("join"), "{log}");
 
@@ -1867,6 +1879,11 @@ async fn an_address_typed_again_and_again_gets_six_subscription_links_a_day() {
             let someone = rig.synapse.user_id(&format!("{prefix}-{batch}-{n}"));
             assert_eq!(subscribe(&rig, &http, &someone, &victim).await, 200, "answered as always");
         }
+        let smtp = &rig.smtp;
+        eventually("the batch's links are mailed", Duration::from_secs(60), || async {
+            smtp.messages_to(&victim).len() >= mailed
+        })
+        .await;
         earlier_requests_are_done(&rig, &http, &format!("{prefix}-marker-{batch}@example.org")).await;
         assert_eq!(rig.smtp.messages_to(&victim).len(), mailed, "after batch {batch}");
         // Half an hour on: the links mailed so far have just run out.
