@@ -122,8 +122,14 @@ pub fn incident_text_problem(title: &str, postmortem: &str) -> Option<String> {
     if title.chars().count() > MAX_TITLE_CHARS {
         return Some(format!("the title is longer than {MAX_TITLE_CHARS} characters: it is a subject line"));
     }
-    if title.chars().any(char::is_control) {
-        return Some("the title holds a control character (a line break, tab or NUL): write it on one line".into());
+    // Every face shows a title as one line with nothing unseen in it: one
+    // that would read otherwise there is refused here, not changed silently.
+    if title.chars().any(crate::plain_text::is_hidden_formatting) {
+        return Some(
+            "the title holds a control or unseen formatting character (a line break, tab, NUL, zero-width space or \
+             text-direction override): write it on one line as it should read"
+                .into(),
+        );
     }
     if postmortem.trim().is_empty() {
         return Some("the postmortem is empty: say what happened and what people should do now".to_owned());
@@ -682,6 +688,10 @@ mod tests {
         assert_eq!(incident_text_problem(&"t".repeat(MAX_TITLE_CHARS), "p"), None);
         assert!(incident_text_problem(&"t".repeat(MAX_TITLE_CHARS + 1), "p").is_some());
         assert!(incident_text_problem("a\nb", "p").is_some_and(|p| p.contains("one line")));
+        // Shown reversed where a mail client honours the override.
+        assert!(incident_text_problem("Lost \u{202e}txt.exe", "p").is_some_and(|p| p.contains("one line")));
+        assert!(incident_text_problem("Lo\u{200b}st", "p").is_some_and(|p| p.contains("unseen")));
+        assert_eq!(incident_text_problem("שרת\u{200f} lost", "p"), None, "a right-to-left mark is writing");
         assert!(incident_text_problem("  ", "p").is_some_and(|p| p.contains("empty")));
     }
 }
