@@ -82,7 +82,6 @@ import socket
 import string
 import subprocess
 import sys
-import tempfile
 import time
 import urllib.error
 import urllib.parse
@@ -186,7 +185,8 @@ def pick_free_port():
 # Ports of servers harnesses here keep, one file each naming the harness's
 # pid: a server being wiped or restarted leaves its port free for a moment,
 # and another harness (or a test's free_port) must not pick it then.
-RESERVED_PORTS_DIR = os.path.join(tempfile.gettempdir(), "lifeboat-test-ports")
+# In $TMPDIR or /tmp, where the Rust tests' free_port looks (std::env::temp_dir).
+RESERVED_PORTS_DIR = os.path.join(os.environ.get("TMPDIR") or "/tmp", "lifeboat-test-ports")
 reserved_here = []
 
 
@@ -218,6 +218,13 @@ def reserve_port(port):
         reserved_here.append(path)
         return True
     return False
+
+
+def take_over_ports():
+    """Puts this process's pid in the ports reserved before it forked (a
+    daemon), so the launcher's exit does not give them back."""
+    for path in reserved_here:
+        write_private(path, str(os.getpid()))
 
 
 def release_ports():
@@ -1018,6 +1025,7 @@ def run_daemon(synapse, demo, pidfile, admin_account=True):
     signal.signal(signal.SIGHUP, signal.SIG_IGN)
     try:
         write_private(pidfile, f"{os.getpid()}\n")
+        take_over_ports()
         log(f"daemon pid {os.getpid()} starting")
         try:
             info = bring_up(synapse, demo, admin_account)
