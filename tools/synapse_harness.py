@@ -39,6 +39,11 @@ the other servers see the same server come back with an empty database.
 server name is then "127.0.0.1:F"). Like the other options it only counts
 when DIR/homeserver.yaml is first written.
 
+While a harness runs, its server's ports are reserved for it (a file per
+port in $TMPDIR/lifeboat-test-ports, or /tmp/..., holding the harness's
+pid): a server being wiped or restarted leaves its port free for a moment,
+and no other harness, nor the Rust tests' free_port, picks it then.
+
 --postgres DATABASE keeps Synapse's database in PostgreSQL on
 127.0.0.1:5432 (user postgres, no password, as on these machines) instead
 of SQLite, as large servers do; the benchmarks at size use it. The
