@@ -6,7 +6,7 @@ use std::time::Duration;
 
 use crate::harness::browser::Browser;
 use crate::harness::faulty_front::FaultyFront;
-use crate::harness::{Lifeboat, MatrixUser, TestDatabase, TestSmtp, TestSynapse, eventually, id, unique};
+use crate::harness::{Lifeboat, MatrixUser, TestDatabase, TestSmtp, TestSynapse, eventually, id, lease_held, unique};
 use crate::serve_bot::{Rig, logged_more_than, people};
 use crate::web_pages::{form_csrf, post_form};
 
@@ -323,13 +323,8 @@ async fn a_claim_link_posted_twice_at_once_is_handed_over_once_with_the_first_pa
     let registry = lifeboat::registry::Registry::connect(&rig.registry_url()).await.unwrap();
     let lease = lifeboat::registry::hand_over_lease(&id(&lost[0]));
     eventually("the first hand-over holds its lease", Duration::from_secs(30), || async {
-        let held: i64 = sqlx::query_scalar("SELECT COUNT(*) FROM leases WHERE name = $1")
-            .bind(&lease)
-            .fetch_one(registry.pool())
-            .await
-            .unwrap();
         // A first post that ended early is the failure to show.
-        held == 1 || first_post.is_finished()
+        lease_held(&registry, &lease).await || first_post.is_finished()
     })
     .await;
     let (status, page) = post_form(&http, &url, Some(&cookie), &second).await;

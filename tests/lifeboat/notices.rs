@@ -5,7 +5,8 @@ use std::collections::HashMap;
 use std::time::Duration;
 
 use crate::harness::{
-    Lifeboat, MatrixUser, TestDatabase, TestSmtp, TestSynapse, eventually, federation_pair, free_port, unique,
+    Lifeboat, MatrixUser, TestDatabase, TestSmtp, TestSynapse, eventually, federation_pair, free_port, lease_held,
+    unique,
 };
 
 const POSTMORTEM: &str =
@@ -1099,15 +1100,8 @@ async fn a_notify_that_loses_its_lease_stops_sending() {
     let lease = format!("notify:incident:{id}");
     let direct = lifeboat::registry::Registry::connect(&registry.url()).await.unwrap();
     let take_over = async {
-        eventually("the run holds its lease", Duration::from_secs(30), || async {
-            let held: i64 = sqlx::query_scalar("SELECT COUNT(*) FROM leases WHERE name = $1")
-                .bind(&lease)
-                .fetch_one(direct.pool())
-                .await
-                .unwrap();
-            held == 1
-        })
-        .await;
+        eventually("the run holds its lease", Duration::from_secs(30), || async { lease_held(&direct, &lease).await })
+            .await;
         sqlx::query("UPDATE leases SET holder = 'elsewhere:1:1' WHERE name = $1")
             .bind(&lease)
             .execute(direct.pool())

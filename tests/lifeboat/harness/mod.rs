@@ -70,6 +70,16 @@ fn kept_by_a_synapse_harness(port: u32) -> bool {
         .is_some_and(|pid| std::path::Path::new(&format!("/proc/{pid}")).exists())
 }
 
+/// Whether some run holds the lease `name` in `registry` now.
+pub async fn lease_held(registry: &lifeboat::registry::Registry, name: &str) -> bool {
+    let held: i64 = sqlx::query_scalar("SELECT COUNT(*) FROM leases WHERE name = $1")
+        .bind(name)
+        .fetch_one(registry.pool())
+        .await
+        .unwrap();
+    held == 1
+}
+
 /// A user ID as the registry's API takes it.
 pub fn id(text: &str) -> lifeboat::user_id::UserId {
     lifeboat::user_id::UserId::parse(text).unwrap()
