@@ -67,7 +67,7 @@ pub const ADMIN_USAGE: &[(&str, &str)] = &[
     ("incident resolve <id>", "close it and delete its unused tokens"),
     ("notify <id>", "show what would be sent; `notify <id> confirm` sends it"),
     ("token <user-id>", "mail one affected person a fresh claim link (if their ID is held) or registration token"),
-    ("holds", "lost IDs held for their owners, claimed, and taken by someone else"),
+    ("holds", "lost IDs held for their owners, claimed, taken by someone else, and created for nobody"),
     ("rooms", "rooms after a loss: living on elsewhere, lost, re-created; who is back in them"),
     (
         "rooms recreate <room-id | --all>",

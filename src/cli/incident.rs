@@ -66,7 +66,7 @@ pub enum Command {
 
 #[derive(clap::ValueEnum, Clone, Copy, Debug)]
 pub enum Scope {
-    /// Lost accounts: missing or held (and recreated ones).
+    /// Lost accounts: missing or held (and recreated ones no incident covered before).
     Missing,
     /// Every account in the registry.
     All,

@@ -144,7 +144,8 @@ enum Command {
     /// lifeboat may create and lock accounts to hold lost IDs, email (a test
     /// message to alerts.email), the bot (a test message in the admin room,
     /// with a [bot] section), the registry's freshness and coverage, and the
-    /// last backup (a warning when it was not encrypted). Exit 0 ready, 1 not.
+    /// last backup (none, or one over 7 days old, fails; a warning when it
+    /// was not encrypted). Exit 0 ready, 1 not.
     Drill(drill::Args),
     /// Write a consistent snapshot of the registry to a portable file (safe while lifeboat runs).
     ///
