@@ -84,11 +84,18 @@ struct CodeText<'a> {
     server_name: &'a str,
 }
 
-/// The code that proves an address, asked for by `user_id` in a DM.
+/// The code that proves an address, asked for by `user_id` in a DM. The
+/// address is any one the asker typed, and their ID's localpart is theirs to
+/// choose ("www.example.com/claim"): it is shown with nothing a mail reader
+/// makes a link of.
 pub fn contact_code(server_name: &str, user_id: &str, code: &str, valid_minutes: u64) -> Rendered {
+    let user_id = match user_id.split_once(':') {
+        Some((localpart, server)) => format!("{}:{server}", crate::notice::defanged(localpart)),
+        None => crate::notice::defanged(user_id),
+    };
     Rendered::from_text(
         format!("Your lifeboat code for {server_name}: {code}"),
-        render(CodeText { user_id, code, valid_minutes, server_name }),
+        render(CodeText { user_id: &user_id, code, valid_minutes, server_name }),
     )
 }
 
@@ -224,6 +231,10 @@ mod tests {
         assert!(mail.text.contains("    contact verify 123456\n"), "{}", mail.text);
         assert!(mail.text.contains("works for 30 minutes"), "{}", mail.text);
         assert!(mail.html.contains("123456"), "{}", mail.html);
+        let chosen = contact_code("example.org", "@www.evil.example/claim:example.org", "123456", 30);
+        assert!(chosen.text.contains("@www[.]evil[.]example/claim:example.org asked"), "{}", chosen.text);
+        assert!(!chosen.html.contains("evil.example"), "{}", chosen.html);
+        assert!(chosen.text.contains("lifeboat on example.org to use"), "{}", chosen.text);
     }
 
     #[test]

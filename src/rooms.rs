@@ -405,6 +405,8 @@ async fn rejoin_own(
     report: &mut BringBackReport,
 ) -> Result<(), RoomsError> {
     let service = service_user_id(config);
+    // Whose account the token is: asked at the first room to join.
+    let mut token_of: Option<String> = None;
     for room in registry.rooms(Some(RoomState::Elsewhere)).await? {
         let waiting = room.restored_at.is_none() && room.restore_error.is_none();
         if !waiting || room.pending == 0 {
@@ -423,24 +425,32 @@ async fn rejoin_own(
         if !open && !was_member {
             continue;
         }
+        // The join is the token's account's: with lifeboat's own token dead
+        // and a human admin's working (the old database back), that admin
+        // would be joined into every public room lifeboat was in.
+        if token_of.is_none() {
+            token_of = Some(client.whoami().await?.user_id);
+        }
+        if let Some(acting) = token_of.as_deref().filter(|acting| *acting != service.as_str()) {
+            let why = format!("the admin token that works is {acting}'s, not lifeboat's own: it waits for that");
+            report.failed.push((service.to_string(), room.room_id.clone(), why));
+            continue;
+        }
         let joined = match client.join(&room.room_id, &room.via_servers).await {
             Ok(joined) => joined,
-            // Synapse is up, the room's servers are not (it said so, or the
-            // join outlasted homeserver.timeout while Synapse still answers):
-            // this room waits for the next round, the others and their
-            // people go on. Counted, so a room nobody can reach is given up
-            // after a few rounds; Synapse busy (429, a bare 5xx) is not.
-            Err(err)
-                if err.matrix_error_of_a_failure().is_some()
-                    || (err.is_transient() && client.server_version().await.is_ok()) =>
-            {
-                let unanswered = err.matrix_error_of_a_failure().is_some() || err.timed_out();
-                let reason = format!("the room's servers could not be reached ({err})");
-                if unanswered && registry.own_rejoin_unanswered(&room.room_id, &reason).await? {
+            // This room waits for the next round, the others and their
+            // people go on; counted, so a room nobody can reach is given up.
+            Err(err) if let Some(reason) = rooms_servers_failed(client, &err).await => {
+                if registry.own_rejoin_unanswered(&room.room_id, &reason).await? {
                     report.given_up.push((room.room_id.clone(), reason));
                 } else {
                     report.failed.push((service.to_string(), room.room_id.clone(), err.to_string()));
                 }
+                continue;
+            }
+            // Synapse busy (429, a bare 5xx): not an attempt; the next round tries.
+            Err(err) if err.is_transient() && client.server_version().await.is_ok() => {
+                report.failed.push((service.to_string(), room.room_id.clone(), err.to_string()));
                 continue;
             }
             Err(err) => return Err(err.into()),
@@ -614,11 +624,8 @@ async fn rejoin_people(
                 continue;
             }
             Ok(JoinOutcome::Refused(reason)) => reason,
-            // Synapse up, the room's servers not: an attempt, counted (as a
-            // refusal is), so a room nobody can reach is given up after a few rounds.
-            Err(ref err) if let Some(said) = err.matrix_error_of_a_failure() => {
-                format!("the room's servers could not be reached ({said})")
-            }
+            // An attempt, counted as a refusal is.
+            Err(ref err) if let Some(reason) = rooms_servers_failed(client, err).await => reason,
             // Synapse down or busy: not an attempt; the next round tries.
             Err(err) if err.is_transient() => {
                 report.failed.push((rejoin.user_id.to_string(), rejoin.room_id, err.to_string()));
@@ -630,6 +637,18 @@ async fn rejoin_people(
         report.failed.push((rejoin.user_id.to_string(), rejoin.room_id, failed));
     }
     Ok(())
+}
+
+/// Why a join failed if it was for the room's servers, not Synapse: it said
+/// a server it asked failed, or the join outlasted homeserver.timeout while
+/// Synapse itself still answers (servers that take the connection and never
+/// reply). Such a failure counts as an attempt, so a room nobody can reach
+/// is given up after a few rounds rather than costing a timeout each round
+/// for good; Synapse down or busy (429, a bare 5xx) does not.
+async fn rooms_servers_failed(client: &SynapseClient, err: &synapse::Error) -> Option<String> {
+    let theirs =
+        err.matrix_error_of_a_failure().is_some() || (err.timed_out() && client.server_version().await.is_ok());
+    theirs.then(|| format!("the room's servers could not be reached ({err})"))
 }
 
 /// Joins one person to a surviving room, unless it holds them as joined
@@ -658,8 +677,8 @@ impl Recreated {
         let alias = self.alias.as_deref().map(|alias| format!(", alias {alias}")).unwrap_or_default();
         format!(
             "Re-created {} as {}{alias}: {} invited now, {} as they come back.",
-            // Its name as others chose it: on one line, cut short.
-            crate::plain_text::short_line(&self.label, 80),
+            // Its name as others chose it, as notices show one.
+            crate::notice::room_label(&self.label),
             self.new_room_id,
             self.invited,
             self.waiting

@@ -178,8 +178,7 @@ fn log_emails_stopped(summary: &crate::sync::SyncSummary) {
 /// After the round's alert: holds whatever is lost (`recovery.hold =
 /// "auto"`; a wipe of a big server takes a long while to hold, which is
 /// why the alert does not wait for it, and why a stop ends it between
-/// holds) and brings people whose ID is theirs again back into their rooms.
-/// Returns how many lost IDs are still free once this round's hold run
+/// holds). Returns how many lost IDs are still free once this round's hold run
 /// ended, when that is known (a run that ran to its end, not another's).
 pub async fn after_listing(
     config: &Config,
@@ -226,12 +225,39 @@ pub async fn after_listing(
             }
         }
     }
-    rejoin_rooms(config, registry, client).await;
     seen.settle_taken(config);
     still_free
 }
 
-/// Brings people whose ID is theirs again back into their rooms (logged).
+/// Brings people whose ID is theirs again back into their rooms, beside the
+/// rounds: a join through servers that take the connection and never answer
+/// lasts homeserver.timeout, and rounds waiting for such joins would hold
+/// up the probes and the alert of a second wipe. One run at a time.
+struct RoomRuns {
+    services: Arc<Services>,
+    running: Option<tokio::task::JoinHandle<()>>,
+}
+
+impl RoomRuns {
+    /// Starts a run with `client`, unless one is still going.
+    fn start(&mut self, client: SynapseClient) {
+        if self.running.as_ref().is_some_and(|run| !run.is_finished()) {
+            return;
+        }
+        let services = self.services.clone();
+        self.running = Some(self.services.background.spawn(async move {
+            let Services { config, registry, shutdown, .. } = &*services;
+            // serve's stop ends it where it waits: each outcome is recorded
+            // as it comes, and the run's lease runs out.
+            tokio::select! {
+                () = shutdown.cancelled() => {}
+                () = rejoin_rooms(config, registry, &client) => {}
+            }
+        }));
+    }
+}
+
+/// One run of [`bring_back`], logged.
 async fn rejoin_rooms(config: &Config, registry: &Registry, client: &SynapseClient) {
     match bring_back(config, registry, client, &Actor::service("watcher"), false).await {
         Ok(report) if !report.is_empty() => tracing::info!(summary = %report.summary(), "watcher: rooms"),
@@ -258,6 +284,7 @@ pub async fn run(services: Arc<Services>, alerts: impl AlertSink) {
     let stored = registry.setting(UNCHECKED_SETTING).await.ok().flatten();
     let state: Unchecked = stored.and_then(|stored| serde_json::from_str(&stored).ok()).unwrap_or_default();
     let mut unchecked = Unchecking { kept: state.clone(), state, stale_after: config.watch.interval };
+    let mut rooms = RoomRuns { services: services.clone(), running: None };
     loop {
         let interval = if last_round.is_some() { config.watch.interval } else { Duration::ZERO };
         let after_round = last_round.map_or(0, |ended| ended.saturating_add(interval.as_millis() as i64));
@@ -268,7 +295,8 @@ pub async fn run(services: Arc<Services>, alerts: impl AlertSink) {
             gap_after(last, config.watch.interval).max(config.watch.probe_interval).saturating_mul(2);
         let waited = Wait { due, last_round, token_rejected_before: token_rejected };
         if due > now_ms()
-            && !wait_for_next_round(config, registry, handle, cancel, waited, (&alerts, &mut unchecked)).await
+            && !wait_for_next_round(config, registry, handle, cancel, waited, (&alerts, &mut unchecked), &mut rooms)
+                .await
         {
             return;
         }
@@ -319,6 +347,7 @@ pub async fn run(services: Arc<Services>, alerts: impl AlertSink) {
         if let Some(count) = not_held {
             alerted_not_held = count;
         }
+        rooms.start(client.clone());
         // Beside the rounds, so that probes go on meanwhile (at 10,000
         // held IDs the names take minutes); one run at a time by its lease.
         let (registry, stop) = (registry.clone(), cancel.clone());
@@ -457,6 +486,7 @@ async fn wait_for_next_round(
     cancel: &CancellationToken,
     Wait { due, last_round, token_rejected_before }: Wait,
     (alerts, unchecked): (&impl AlertSink, &mut Unchecking),
+    rooms: &mut RoomRuns,
 ) -> bool {
     let left_ms = u64::try_from(due.saturating_sub(now_ms())).unwrap_or(0);
     let mut next_round = Instant::now() + Duration::from_millis(left_ms);
@@ -497,7 +527,7 @@ async fn wait_for_next_round(
         // into their rooms: a claim should not wait for the next listing.
         if Instant::now() >= rooms_due {
             if let Ok(AdminAccess::Working { client, .. }) = admin_access(config, registry).await {
-                rejoin_rooms(config, registry, &client).await;
+                rooms.start(client);
             }
             rooms_due = Instant::now() + config.watch.interval;
         }

@@ -18,7 +18,7 @@ use crate::check::check;
 use crate::email::EmailAddress;
 use crate::holds::{UNLOCKED_HELD_REMEDY, WayBack, way_back};
 use crate::links::LINK_KEY;
-use crate::notice::markdown_escape;
+use crate::notice::{defanged, markdown_escape};
 use crate::notify::{NotifyProgress, plan};
 use crate::plain_text;
 use crate::recover::service_user_id;
@@ -92,11 +92,12 @@ fn confirm_word(confirm: bool) -> &'static str {
     if confirm { " confirm" } else { "" }
 }
 
-/// Text others chose (a server's refusal), shown as it is, on one line and
-/// cut at [`SHOWN_CHARS`]: no link, emphasis or paragraph of its own in the
-/// bot's reply, which must stay within an event's 64 KiB.
+/// Text others chose (a server's refusal, a room's name), shown on one line
+/// and cut at [`SHOWN_CHARS`]: no link (addresses defanged as notices show
+/// them), emphasis or paragraph of its own in the bot's reply, which must
+/// stay within an event's 64 KiB.
 fn shown(text: &str) -> String {
-    markdown_escape(&plain_text::short_line(text, SHOWN_CHARS))
+    markdown_escape(&defanged(&plain_text::short_line(text, SHOWN_CHARS)))
 }
 
 const SHOWN_CHARS: usize = 400;
@@ -676,5 +677,19 @@ mod tests {
         let errors = vec![("a@example.org".to_owned(), format!("550 {}", "no ".repeat(20_000)))];
         let summary = notify_summary(7, &CampaignReport { errors, ..CampaignReport::default() });
         assert!(summary.len() < 1_000, "{}", summary.len());
+    }
+
+    #[test]
+    fn words_others_chose_reach_the_room_with_no_address_a_client_would_make_a_link_of() {
+        let said = shown("M_FORBIDDEN: appeal at evil.example/appeal or https://evil.example");
+        assert!(!said.contains("evil.example") && !said.contains("://"), "{said}");
+        let made = crate::rooms::Recreated {
+            new_room_id: "!new:x".into(),
+            label: "visit evil.example/fix".into(),
+            invited: 0,
+            waiting: 1,
+            alias: None,
+        };
+        assert!(!made.summary().contains("evil.example"), "the CLI's words too: {}", made.summary());
     }
 }

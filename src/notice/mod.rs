@@ -220,7 +220,7 @@ pub fn room_label(name: &str) -> Cow<'_, str> {
 /// `[@]`. The full stops a browser reads as a domain's dot (ideographic,
 /// full-width, half-width) too, between Latin letters or digits, plain or
 /// full-width (not in the middle of Chinese or Japanese text).
-fn defanged(text: &str) -> String {
+pub fn defanged(text: &str) -> String {
     // A browser reads full-width Latin as the plain letters it stands for.
     let latin = |c: char| c.is_ascii_alphanumeric() || matches!(c, '０'..='９' | 'Ａ'..='Ｚ' | 'ａ'..='ｚ');
     let chars: Vec<char> = text.replace("://", "[:]//").chars().collect();

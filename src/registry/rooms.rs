@@ -568,6 +568,8 @@ impl Registry {
     /// Not into a surviving room this server is not in yet while a stranger holds a former
     /// member's ID ([`Room::strangers`]): the join would let the stranger in too. Nor, when
     /// `wait_for_holds`, while a former member's ID is free ([`Room::free`]).
+    /// Joins that failed before come last: rooms nobody can reach (many of
+    /// one person's, say) hold up nobody else's first try.
     pub async fn pending_rejoins(&self, wait_for_holds: bool) -> Result<Vec<Rejoin>> {
         let listed_at = self.rooms_listed_at().await?;
         let sql = format!(
@@ -577,7 +579,7 @@ impl Registry {
              WHERE m.membership = 'join' AND ({STANDING_SQL}) = 'claimed' AND ({ROOM_STATE_SQL}) <> 'lost' \
              AND (m.rejoin IS NULL OR (m.rejoin = 'failed' AND m.rejoin_attempts < $2)) \
              AND (({ROOM_STATE_SQL}) <> 'elsewhere' OR ({} = 0 AND ($3 = 0 OR {} = 0))) \
-             ORDER BY m.user_id, m.room_id",
+             ORDER BY m.rejoin_attempts, m.user_id, m.room_id",
             strangers_among_former_members("m.room_id"),
             free_among_former_members("m.room_id"),
         );

@@ -123,19 +123,22 @@ impl SynapseClient {
     /// server is not in it. In a room that is not public it invites from the
     /// admin first, so it is refused once this server is back and the admin
     /// is not: by then the surviving state holds every former local member
-    /// as joined ([`Self::joined_rooms`] shows it).
+    /// as joined ([`Self::joined_rooms`] shows it). Sent once (a 429 waited
+    /// out), as [`Self::join`] is: a retry after a timeout only queues a
+    /// second join behind the first in Synapse.
     pub async fn admin_join(&self, room_id: &str, user_id: &str, via: &[String]) -> Result<JoinOutcome, Error> {
         let path = format!("/_synapse/admin/v1/join/{}", urlencode(room_id));
         let body = json!({ "user_id": user_id });
-        let through = |via: &[String], client: &SynapseClient| {
-            let (via, path, body, client) = (via.to_vec(), &path, &body, client.clone());
+        let once = self.retrying_only_rate_limits();
+        let through = |via: &[String]| {
+            let (via, path, body, once) = (via.to_vec(), &path, &body, &once);
             async move {
                 let query: Vec<(&str, &str)> = via.iter().map(|server| ("server_name", server.as_str())).collect();
-                client.request_json::<Value>(Method::POST, path, &query, Some(body), true).await.map(drop)
+                once.request_json::<Value>(Method::POST, path, &query, Some(body), true).await.map(drop)
             }
         };
-        let first = through(via, self).await;
-        through_each_if_refused(via, first, |server| through(server, &self.retrying_only_rate_limits())).await
+        let first = through(via).await;
+        through_each_if_refused(via, first, through).await
     }
 
     /// The rooms a local account is joined to (as this server sees it).

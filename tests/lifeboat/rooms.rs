@@ -698,14 +698,7 @@ async fn a_surviving_room_nobody_can_reach_holds_back_no_other_room() {
     let carol_again = sign_in(&ours, "carol", NEW_PASSWORD).await;
     let rooms = carol_again.joined_rooms().await;
     assert!(rooms.contains(&across) && !rooms.contains(&square), "{rooms:?} {rejoined:?}");
-    let (attempts,): (i64,) =
-        sqlx::query_as("SELECT rejoin_attempts FROM room_members WHERE room_id = $1 AND user_id = $2")
-            .bind(&square)
-            .bind(&carol.user_id)
-            .fetch_one(direct.pool())
-            .await
-            .unwrap();
-    assert_eq!(attempts, 1, "carol's try at Square counts");
+    assert_eq!(rejoin_attempts(&direct, &square, &carol.user_id).await, 1, "carol's try at Square counts");
 
     let lifeboat_in_square = format!("not yet: {} in {square}", lifeboat_id(&ours));
     assert!(rejoined.stderr.contains(&lifeboat_in_square), "{rejoined:?}");
@@ -736,21 +729,19 @@ async fn a_surviving_room_nobody_can_reach_holds_back_no_other_room() {
 /// answers: lifeboat's join outlasts homeserver.timeout while our Synapse
 /// still answers, so that room waits, and the room after it comes back in
 /// the same round (a round that gave up at the first would never reach it).
-/// Such a wait is counted: at the fifth round the room is given up, rather
-/// than costing a timeout every round for good.
+/// Such a wait is counted, lifeboat's and carol's: at the fifth round the
+/// room is given up, rather than costing a timeout every round for good.
 #[tokio::test(flavor = "multi_thread")]
 async fn a_surviving_room_whose_server_never_answers_holds_back_no_other_room() {
-    let TwoSquares { ours, _theirs, registry, square, across, mut lifeboat, .. } = two_squares_after_a_wipe().await;
+    let TwoSquares { ours, _theirs, registry, carol, square, across, mut lifeboat, .. } =
+        two_squares_after_a_wipe().await;
     lifeboat.set_env("LIFEBOAT__HOMESERVER__TIMEOUT", "3s");
-    // The kernel completes its connections; nobody ever answers on them.
-    let silent = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-    let silent_server = format!("127.0.0.1:{}", silent.local_addr().unwrap().port());
+    let (_silent, silent_server) = a_server_that_never_answers();
     // Rooms are brought back in ID order (both have one local member): the
     // first is the one whose server never answers.
     let (first, second) = if square < across { (&square, &across) } else { (&across, &square) };
     let direct = lifeboat::registry::Registry::connect(&registry.url()).await.unwrap();
     reachable_only_through(&direct, first, &silent_server).await;
-    direct.close().await;
 
     let rejoined = lifeboat.run(&["rooms", "rejoin"]).await;
     assert_eq!(rejoined.code, 1, "{rejoined:?}");
@@ -758,12 +749,64 @@ async fn a_surviving_room_whose_server_never_answers_holds_back_no_other_room() 
     let carol_again = sign_in(&ours, "carol", NEW_PASSWORD).await;
     let rooms = carol_again.joined_rooms().await;
     assert!(rooms.contains(second) && !rooms.contains(first), "{rooms:?} {rejoined:?}");
+    assert_eq!(rejoin_attempts(&direct, first, &carol.user_id).await, 1, "carol's wait counts: {rejoined:?}");
+    direct.close().await;
     for _ in 2..=4 {
         lifeboat.run(&["rooms", "rejoin"]).await;
     }
     let fifth = lifeboat.run(&["rooms", "rejoin"]).await;
     assert!(fifth.stderr.contains(&format!("given up: {first}: the room's servers could not be reached")), "{fifth:?}");
-    drop(silent);
+}
+
+/// serve's watcher brings people back beside its rounds: surviving rooms
+/// whose server takes the connection and never answers (each join lasting
+/// homeserver.timeout, a minute here) hold up no round, nor the probes
+/// between them that would see a second wipe.
+#[tokio::test(flavor = "multi_thread")]
+async fn joins_waiting_on_a_server_that_never_answers_hold_up_no_watcher_round() {
+    let TwoSquares { _theirs, registry, square, across, mut lifeboat, .. } = two_squares_after_a_wipe().await;
+    let (_silent, silent_server) = a_server_that_never_answers();
+    let direct = lifeboat::registry::Registry::connect(&registry.url()).await.unwrap();
+    for room in [&square, &across] {
+        reachable_only_through(&direct, room, &silent_server).await;
+    }
+    direct.close().await;
+    lifeboat.set_env("LIFEBOAT__WATCH__INTERVAL", "2s");
+    let _serve = lifeboat.spawn_serve();
+    eventually("three watcher rounds", Duration::from_secs(45), || async {
+        lifeboat.serve_log().matches("watcher round").count() >= 3
+    })
+    .await;
+    let log = lifeboat.serve_log();
+    assert!(!log.contains("watcher: rooms"), "the joins still wait, rounds went on:\n{log}");
+}
+
+/// Only lifeboat's own account is brought back into the rooms it was in.
+/// With its token dead and a server admin's configured one working (the
+/// old database back from a backup, say), joins would be that admin's: it
+/// is joined into no room, and says why; people still come back.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_server_admins_token_is_joined_into_none_of_lifeboats_rooms() {
+    let TwoSquares { ours, _theirs, registry, square, across, mut lifeboat, .. } = two_squares_after_a_wipe().await;
+    let root = ours.register_admin("root");
+    let direct = lifeboat::registry::Registry::connect(&registry.url()).await.unwrap();
+    sqlx::query("DELETE FROM service_credentials").execute(direct.pool()).await.unwrap();
+    direct.close().await;
+    lifeboat.set_env("LIFEBOAT__HOMESERVER__ADMIN_TOKEN", &root);
+
+    let rejoined = lifeboat.run(&["rooms", "rejoin"]).await;
+    let why = format!(
+        "not yet: {} in {square}: the admin token that works is {}'s",
+        lifeboat_id(&ours),
+        ours.user_id("root")
+    );
+    assert!(rejoined.stderr.contains(&why), "{rejoined:?}");
+    let path = format!("/_synapse/admin/v1/users/{}/joined_rooms", encode(&ours.user_id("root")));
+    let (status, joined) = ours.admin_request(reqwest::Method::GET, &path, None).await;
+    assert_eq!(status, 200, "{joined}");
+    assert_eq!(joined["joined_rooms"], serde_json::json!([]), "{rejoined:?}");
+    let rooms = sign_in(&ours, "carol", NEW_PASSWORD).await.joined_rooms().await;
+    assert!(rooms.contains(&square) && rooms.contains(&across), "carol is back: {rooms:?} {rejoined:?}");
 }
 
 /// Synapse busy when lifeboat joins a surviving room (a 503, not the 502 or
@@ -919,6 +962,25 @@ fn through_front(lifeboat: &Lifeboat, ours: &TestSynapse, front: &FaultyFront) -
     let config = std::fs::read_to_string(lifeboat.config_path()).unwrap();
     lifeboat.write_config(&config.replace(&format!("url = \"{}\"", ours.url), &format!("url = \"{}\"", front.url)));
     config
+}
+
+/// A server name whose connections the kernel completes and nobody ever
+/// answers on (while the listener is kept).
+fn a_server_that_never_answers() -> (std::net::TcpListener, String) {
+    let silent = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let name = format!("127.0.0.1:{}", silent.local_addr().unwrap().port());
+    (silent, name)
+}
+
+async fn rejoin_attempts(registry: &lifeboat::registry::Registry, room_id: &str, user_id: &str) -> i64 {
+    let (attempts,): (i64,) =
+        sqlx::query_as("SELECT rejoin_attempts FROM room_members WHERE room_id = $1 AND user_id = $2")
+            .bind(room_id)
+            .bind(user_id)
+            .fetch_one(registry.pool())
+            .await
+            .unwrap();
+    attempts
 }
 
 /// Makes `server` the only server the registry knows `room_id` by.
