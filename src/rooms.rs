@@ -646,9 +646,14 @@ async fn rejoin_people(
 /// is given up after a few rounds rather than costing a timeout each round
 /// for good; Synapse down or busy (429, a bare 5xx) does not.
 async fn rooms_servers_failed(client: &SynapseClient, err: &synapse::Error) -> Option<String> {
-    let theirs =
-        err.matrix_error_of_a_failure().is_some() || (err.timed_out() && client.server_version().await.is_ok());
-    theirs.then(|| format!("the room's servers could not be reached ({err})"))
+    let why = match err.matrix_error_of_a_failure() {
+        Some(said) => said.to_owned(),
+        None if err.timed_out() && client.server_version().await.is_ok() => {
+            "the join outlasted homeserver.timeout while Synapse answers".to_owned()
+        }
+        None => return None,
+    };
+    Some(format!("the room's servers could not be reached ({why})"))
 }
 
 /// Joins one person to a surviving room, unless it holds them as joined
