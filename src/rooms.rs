@@ -363,24 +363,27 @@ impl BringBackReport {
 /// were in, then the local aliases and directory listing of the rooms this
 /// server is back in (by lifeboat's join or a person's). `client` acts as
 /// lifeboat's account. `retry_given_up`: what lifeboat gave up starts over
-/// first ([`Registry::retry_given_up`]).
+/// first ([`Registry::retry_given_up`]). `stop` ends it where it waits (a
+/// join in flight is left to the next run, which finds it done or not):
+/// what it did is reported and the lease given back.
 pub async fn bring_back(
     config: &Config,
     registry: &Registry,
     client: &SynapseClient,
     actor: &Actor,
     retry_given_up: bool,
+    stop: &CancellationToken,
 ) -> Result<BringBackReport, RoomsError> {
     let work = async {
         let mut report = BringBackReport::default();
         if retry_given_up {
             report.started_over = registry.retry_given_up().await?;
         }
-        rejoin_own(config, registry, client, &mut report).await?;
+        rejoin_own(config, registry, client, &mut report, stop).await?;
         // One person's error leaves the rooms already back their aliases (a
         // dead token stops `restore_aliases` itself, counting no try).
-        let people = rejoin_people(config, registry, client, &mut report).await;
-        let aliases = restore_aliases(config, registry, client, &mut report).await;
+        let people = rejoin_people(config, registry, client, &mut report, stop).await;
+        let aliases = restore_aliases(config, registry, client, &mut report, stop).await;
         people?;
         aliases?;
         if !report.is_empty() {
@@ -403,11 +406,15 @@ async fn rejoin_own(
     registry: &Registry,
     client: &SynapseClient,
     report: &mut BringBackReport,
+    stop: &CancellationToken,
 ) -> Result<(), RoomsError> {
     let service = service_user_id(config);
     // Whose account the token is: asked at the first room to join.
     let mut token_of: Option<String> = None;
     for room in registry.rooms(Some(RoomState::Elsewhere)).await? {
+        if stop.is_cancelled() {
+            break;
+        }
         let waiting = room.restored_at.is_none() && room.restore_error.is_none();
         if !waiting || room.pending == 0 {
             continue;
@@ -429,14 +436,25 @@ async fn rejoin_own(
         // and a human admin's working (the old database back), that admin
         // would be joined into every public room lifeboat was in.
         if token_of.is_none() {
-            token_of = Some(client.whoami().await?.user_id);
+            match client.whoami().await {
+                Ok(whoami) => token_of = Some(whoami.user_id),
+                // Tried again next round; people's joins go on meanwhile.
+                Err(err) if err.is_transient() => {
+                    report.failed.push((service.to_string(), room.room_id.clone(), err.to_string()));
+                    return Ok(());
+                }
+                Err(err) => return Err(err.into()),
+            }
         }
         if let Some(acting) = token_of.as_deref().filter(|acting| *acting != service.as_str()) {
-            let why = format!("the admin token that works is {acting}'s, not lifeboat's own: it waits for that");
+            let why = format!(
+                "lifeboat's own joins wait until its own token works again (the admin token that works is {acting}'s)"
+            );
             report.failed.push((service.to_string(), room.room_id.clone(), why));
             continue;
         }
-        let joined = match client.join(&room.room_id, &room.via_servers).await {
+        let Some(joined) = or_stop(stop, client.join(&room.room_id, &room.via_servers)).await else { break };
+        let joined = match joined {
             Ok(joined) => joined,
             // This room waits for the next round, the others and their
             // people go on; counted, so a room nobody can reach is given up.
@@ -448,8 +466,9 @@ async fn rejoin_own(
                 }
                 continue;
             }
-            // Synapse busy (429, a bare 5xx): not an attempt; the next round tries.
-            Err(err) if err.is_transient() && client.server_version().await.is_ok() => {
+            // Synapse busy (429, a bare 5xx): not an attempt; the next round
+            // tries. (A timeout not the room's servers' is Synapse's: down.)
+            Err(err) if err.is_transient() && !err.timed_out() && client.server_version().await.is_ok() => {
                 report.failed.push((service.to_string(), room.room_id.clone(), err.to_string()));
                 continue;
             }
@@ -484,9 +503,13 @@ async fn restore_aliases(
     registry: &Registry,
     client: &SynapseClient,
     report: &mut BringBackReport,
+    stop: &CancellationToken,
 ) -> Result<(), RoomsError> {
     let service = service_user_id(config);
     for (room_id, due_since) in registry.rooms_with_aliases_due().await? {
+        if stop.is_cancelled() {
+            break;
+        }
         if due_since < registry::now_ms() - ALIASES_DUE_AT_MOST.as_millis() as i64 {
             registry.aliases_no_longer_due(&room_id).await?;
             tracing::warn!(
@@ -582,6 +605,7 @@ async fn rejoin_people(
     registry: &Registry,
     client: &SynapseClient,
     report: &mut BringBackReport,
+    stop: &CancellationToken,
 ) -> Result<(), RoomsError> {
     let pending = registry.pending_rejoins(waits_for_holds(config)).await?;
     // One a stranger registered since the last listing is joined nowhere,
@@ -610,7 +634,7 @@ async fn rejoin_people(
             (rejoin, outcome)
         })
         .buffer_unordered(ROOM_CONCURRENCY);
-    while let Some((rejoin, outcome)) = outcomes.next().await {
+    while let Some((rejoin, outcome)) = or_stop(stop, outcomes.next()).await.flatten() {
         let invited = rejoin.recreated_as.is_some();
         let failed = match outcome {
             Ok(JoinOutcome::Joined) => {
@@ -637,6 +661,15 @@ async fn rejoin_people(
         report.failed.push((rejoin.user_id.to_string(), rejoin.room_id, failed));
     }
     Ok(())
+}
+
+/// `work`'s outcome, or `None` once `stop` is cancelled first.
+async fn or_stop<T>(stop: &CancellationToken, work: impl Future<Output = T>) -> Option<T> {
+    tokio::select! {
+        biased;
+        () = stop.cancelled() => None,
+        done = work => Some(done),
+    }
 }
 
 /// Why a join failed if it was for the room's servers, not Synapse: it said

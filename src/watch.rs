@@ -247,19 +247,14 @@ impl RoomRuns {
         let services = self.services.clone();
         self.running = Some(self.services.background.spawn(async move {
             let Services { config, registry, shutdown, .. } = &*services;
-            // serve's stop ends it where it waits: each outcome is recorded
-            // as it comes, and the run's lease runs out.
-            tokio::select! {
-                () = shutdown.cancelled() => {}
-                () = rejoin_rooms(config, registry, &client) => {}
-            }
+            rejoin_rooms(config, registry, &client, shutdown).await;
         }));
     }
 }
 
-/// One run of [`bring_back`], logged.
-async fn rejoin_rooms(config: &Config, registry: &Registry, client: &SynapseClient) {
-    match bring_back(config, registry, client, &Actor::service("watcher"), false).await {
+/// One run of [`bring_back`], logged; serve's stop ends it where it waits.
+async fn rejoin_rooms(config: &Config, registry: &Registry, client: &SynapseClient, stop: &CancellationToken) {
+    match bring_back(config, registry, client, &Actor::service("watcher"), false, stop).await {
         Ok(report) if !report.is_empty() => tracing::info!(summary = %report.summary(), "watcher: rooms"),
         Ok(_) => {}
         Err(err @ RoomsError::Busy { .. }) => tracing::info!(reason = %err, "watcher: rooms skipped this time"),

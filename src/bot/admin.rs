@@ -567,7 +567,8 @@ async fn recreate_rooms(bot: &Bot, actor: &Actor, room: Option<String>, confirm:
     let mut lines = Vec::new();
     for room in rooms {
         match crate::rooms::recreate(config, registry, &client, &room, actor).await {
-            Ok(made) => lines.push(shown(&made.summary())),
+            // Its room name defanged already; the new ID and alias as they are, to copy.
+            Ok(made) => lines.push(markdown_escape(&made.summary())),
             Err(err) => lines.push(format!("Not re-created: {}: {}", room_named(&room), shown(&err.to_string()))),
         }
     }
@@ -684,12 +685,14 @@ mod tests {
         let said = shown("M_FORBIDDEN: appeal at evil.example/appeal or https://evil.example");
         assert!(!said.contains("evil.example") && !said.contains("://"), "{said}");
         let made = crate::rooms::Recreated {
-            new_room_id: "!new:x".into(),
+            new_room_id: "!new:example.org".into(),
             label: "visit evil.example/fix".into(),
             invited: 0,
             waiting: 1,
-            alias: None,
+            alias: Some("#kitchen:example.org".into()),
         };
-        assert!(!made.summary().contains("evil.example"), "the CLI's words too: {}", made.summary());
+        let summary = made.summary();
+        assert!(!summary.contains("evil.example"), "the CLI's words too: {summary}");
+        assert!(summary.contains("as !new:example.org, alias #kitchen:example.org"), "to copy: {summary}");
     }
 }

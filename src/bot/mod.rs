@@ -478,8 +478,8 @@ async fn settle_admin_room(bot: &Arc<Bot>, client: &Client, recovered: bool) -> 
     // is one. It is the admin room when the alias could not have been moved
     // there since (not this server's, or naming the room it named when the
     // bot was last settled by it), or, with no such record, when an admin
-    // made it or an admin is in it (the bot making it proves nothing: its
-    // account makes every DM it sends).
+    // made it or an admin is in it, invite-only (the bot making it proves
+    // nothing: its account makes every DM it sends).
     let joined_configured = configured.clone().filter(|room_id| joined(room_id));
     let mut settled = match joined_configured.clone() {
         Some(room_id) if !local_alias || named_before.as_ref() == Some(&room_id) => Some(room_id),
@@ -527,7 +527,7 @@ async fn settle_admin_room(bot: &Arc<Bot>, client: &Client, recovered: bool) -> 
         if joined_configured.is_some() {
             tracing::warn!(
                 room = configured,
-                "bot.admin_room's alias names a room the bot is in that nothing vouches for (after a wipe anyone may take an alias): it becomes the admin room once an admin is in it"
+                "bot.admin_room's alias names a room the bot is in that nothing vouches for (after a wipe anyone may take an alias): it becomes the admin room once it is invite-only with an admin in it"
             );
         } else if alias_moved {
             tracing::warn!(
@@ -573,14 +573,19 @@ async fn invited_by_an_admin(bot: &Bot, client: &Client, room_id: &RoomId) -> bo
 }
 
 /// Did an admin the bot obeys make `room_id` (a room the bot is in), or is
-/// such an admin in it? A stranger can make neither happen. That the bot
-/// made it proves nothing: its account also makes every DM it sends (a
-/// notice, a subscription code), and the admin room it made itself is
-/// known by the registry's record.
+/// such an admin in it, invite-only? A stranger can make neither happen.
+/// That the bot made it proves nothing: its account also makes every DM it
+/// sends (a notice, a subscription code), and the admin room it made itself
+/// is known by the registry's record. Nor does an admin in a room anyone
+/// may join: lifeboat's own account is in public rooms it rejoined after a
+/// wipe, admins with it, and anyone may join one and point the freed alias
+/// at it.
 async fn vouched_for_by_an_admin(bot: &Bot, client: &Client, room_id: &RoomId) -> bool {
+    use matrix_sdk::ruma::events::room::join_rules::JoinRule;
     let Some(room) = client.get_room(room_id) else { return false };
     let maker = maker_of(&room);
-    let members = room.members(RoomMemberships::JOIN).await.unwrap_or_default();
+    let invite_only = matches!(room.join_rule(), Some(JoinRule::Invite));
+    let members = if invite_only { room.members(RoomMemberships::JOIN).await.unwrap_or_default() } else { Vec::new() };
     let joined_admins = members.iter().map(|member| member.user_id().to_owned()).filter(|id| bot.admins.contains(id));
     for admin in maker.into_iter().filter(|id| bot.admins.contains(id)).chain(joined_admins) {
         if bot.obeys(&admin).await {

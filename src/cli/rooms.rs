@@ -84,8 +84,10 @@ pub async fn run(context: &Context, command: Command) -> Outcome {
         }
         Command::Rejoin { retry } => {
             let client = context.admin_client_recovering(&config, &registry).await?;
+            // Never stopped from within: Ctrl-C ends the process.
+            let stop = tokio_util::sync::CancellationToken::new();
             let report =
-                bring_back(&config, &registry, &client, &Actor::cli(), retry).await.map_err(Failure::failed)?;
+                bring_back(&config, &registry, &client, &Actor::cli(), retry, &stop).await.map_err(Failure::failed)?;
             if report.is_empty() {
                 println!("Nobody is waiting to be brought back into a room.");
             } else {

@@ -11,7 +11,8 @@ use serde_json::Value;
 use crate::harness::faulty_front::FaultyFront;
 use crate::harness::matrix::encode;
 use crate::harness::{
-    Lifeboat, MatrixUser, RoomSpec, TestDatabase, TestSmtp, TestSynapse, eventually, federation_pair, unique,
+    Lifeboat, MatrixUser, RoomSpec, TestDatabase, TestSmtp, TestSynapse, eventually, federation_pair, lease_held,
+    unique,
 };
 
 const NEW_PASSWORD: &str = "a boat came back for me";
@@ -760,27 +761,39 @@ async fn a_surviving_room_whose_server_never_answers_holds_back_no_other_room() 
 
 /// serve's watcher brings people back beside its rounds: surviving rooms
 /// whose server takes the connection and never answers (each join waits
-/// for Synapse to give up on it, a run of them tens of seconds here) hold
+/// for Synapse to give up on it, the run of them twenty seconds here) hold
 /// up no round, nor the probes between them that would see a second wipe.
+/// serve's stop ends such a run at once, and it gives its lease back.
 #[tokio::test(flavor = "multi_thread")]
 async fn joins_waiting_on_a_server_that_never_answers_hold_up_no_watcher_round() {
     let TwoSquares { ours: _ours, _theirs, registry, square, across, mut lifeboat, .. } =
         two_squares_after_a_wipe().await;
-    let (_silent, silent_server) = a_server_that_never_answers();
+    let (silent, silent_server) = a_server_that_never_answers();
     let direct = lifeboat::registry::Registry::connect(&registry.url()).await.unwrap();
     for room in [&square, &across] {
         reachable_only_through(&direct, room, &silent_server).await;
     }
     direct.close().await;
-    lifeboat.set_env("LIFEBOAT__WATCH__INTERVAL", "2s");
-    let _serve = lifeboat.spawn_serve();
-    eventually("three watcher rounds", Duration::from_secs(30), || async {
-        lifeboat.serve_log().matches("watcher round").count() >= 3
+    lifeboat.set_env("LIFEBOAT__WATCH__INTERVAL", "1s");
+    let mut serve = lifeboat.spawn_serve();
+    eventually("the first run of joins ends", Duration::from_secs(120), || async {
+        lifeboat.serve_log().contains("watcher: rooms")
     })
     .await;
     let log = lifeboat.serve_log();
-    assert!(!log.contains("could not tell"), "rounds that saw Synapse:\n{log}");
-    assert!(!log.contains("watcher: rooms"), "the joins still wait, and rounds went on:\n{log}");
+    assert!(!log.contains("could not tell") && !log.contains("could not bring people back"), "{log}");
+    let while_joins_waited = &log[..log.find("watcher: rooms").unwrap()];
+    assert!(while_joins_waited.matches("watcher round").count() >= 2, "rounds went on meanwhile:\n{log}");
+    silent.set_nonblocking(true).unwrap();
+    assert!(silent.accept().is_ok(), "the joins waited on the server that never answers");
+
+    let direct = lifeboat::registry::Registry::connect(&registry.url()).await.unwrap();
+    eventually("the next run of joins", Duration::from_secs(30), || lease_held(&direct, "rooms-rejoin")).await;
+    unsafe { libc::kill(serve.id().unwrap() as i32, libc::SIGTERM) };
+    let stopped = tokio::time::timeout(Duration::from_secs(15), serve.wait()).await;
+    assert!(stopped.is_ok_and(|status| status.unwrap().success()), "serve stops at once");
+    assert!(!lease_held(&direct, "rooms-rejoin").await, "the stopped run gave its lease back");
+    direct.close().await;
 }
 
 /// Only lifeboat's own account is brought back into the rooms it was in.
@@ -798,7 +811,7 @@ async fn a_server_admins_token_is_joined_into_none_of_lifeboats_rooms() {
 
     let rejoined = lifeboat.run(&["rooms", "rejoin"]).await;
     let why = format!(
-        "not yet: {} in {square}: the admin token that works is {}'s",
+        "not yet: {} in {square}: lifeboat's own joins wait until its own token works again (the admin token that works is {}'s)",
         lifeboat_id(&ours),
         ours.user_id("root")
     );

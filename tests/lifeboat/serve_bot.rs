@@ -1474,6 +1474,43 @@ async fn an_alias_pointed_at_a_dm_the_bot_made_does_not_make_that_dm_the_admin_r
     assert!(!settled.contains(&dm), "{log}");
 }
 
+/// Nor is a public room an admin is in: anyone may join one and point the
+/// freed alias at it, and after a wipe lifeboat's own account is in the
+/// public rooms people lost, with the admins among them.
+#[tokio::test(flavor = "multi_thread")]
+async fn an_alias_pointed_at_a_public_room_an_admin_is_in_does_not_make_it_the_admin_room() {
+    let mut rig = Rig::start(TestSmtp::start(None), &[]).await;
+    let mallory = rig.known_person(&unique("mallory")).await;
+    let (alias, _) = admin_room_by_alias(&mut rig).await;
+    let public = serde_json::json!({"preset": "public_chat"});
+    let (status, made) = mallory.try_call(reqwest::Method::POST, "/_matrix/client/v3/createRoom", Some(public)).await;
+    assert_eq!(status, 200, "{made}");
+    let square = made["room_id"].as_str().unwrap().to_owned();
+    rig.alice.join(&square).await;
+    let join = format!("/_synapse/admin/v1/join/{}", crate::harness::matrix::encode(&square));
+    let bot_joins = serde_json::json!({"user_id": rig.bot});
+    let (status, body) = rig.synapse.admin_request(reqwest::Method::POST, &join, Some(bot_joins)).await;
+    assert_eq!(status, 200, "{body}");
+
+    // The alias freed (by a wipe; here a server admin deletes it), pointed
+    // at the public room, and no record of the room it named.
+    let path = format!("/_matrix/client/v3/directory/room/{}", crate::harness::matrix::encode(&alias));
+    let server_admin = MatrixUser::new(&rig.synapse.url, "@admin", &rig.synapse.admin_token());
+    assert_eq!(server_admin.try_call(reqwest::Method::DELETE, &path, None).await.0, 200);
+    let pointed = serde_json::json!({"room_id": square});
+    let (status, body) = mallory.try_call(reqwest::Method::PUT, &path, Some(pointed)).await;
+    assert_eq!(status, 200, "{body}");
+    let store = lifeboat::registry::Registry::connect(&rig.registry_url()).await.unwrap();
+    sqlx::query("DELETE FROM settings WHERE name = 'bot_admin_room_alias'").execute(store.pool()).await.unwrap();
+    store.close().await;
+    let unvouched = rig.lifeboat.serve_log().matches("nothing vouches for").count();
+    rig.serve_in_background();
+    logged_more_than(&rig.lifeboat, "nothing vouches for", unvouched).await;
+    let log = rig.lifeboat.serve_log();
+    let settled = log.lines().rfind(|line| line.contains("in the admin room")).unwrap_or_default();
+    assert!(!settled.contains(&square), "{log}");
+}
+
 /// `owner` of `alias` opens a DM with the bot, waits for the bot to join
 /// it, and moves the alias there. Returns the DM.
 async fn alias_moved_to_a_dm_with_the_bot(rig: &Rig, owner: &MatrixUser, alias: &str) -> String {
