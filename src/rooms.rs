@@ -411,7 +411,11 @@ async fn rejoin_own(
     let service = service_user_id(config);
     // Whose account the token is: asked at the first room to join.
     let mut token_of: Option<String> = None;
-    for room in registry.rooms(Some(RoomState::Elsewhere)).await? {
+    let mut rooms = registry.rooms(Some(RoomState::Elsewhere)).await?;
+    // Rooms that went unanswered before come last: each costs up to
+    // homeserver.timeout, and people's joins wait for this loop.
+    rooms.sort_by_key(|room| room.restore_attempts);
+    for room in rooms {
         if stop.is_cancelled() {
             break;
         }

@@ -157,6 +157,10 @@ pub struct Room {
     pub last_seen_at: i64,
     pub restored_at: Option<i64>,
     pub restore_error: Option<String>,
+    /// lifeboat's own joins that went unanswered (given up at the fifth;
+    /// `rooms rejoin --retry` starts the count over).
+    #[serde(skip)]
+    pub restore_attempts: i64,
     /// Since when its aliases and directory entry wait to be put back.
     pub aliases_due_at: Option<i64>,
     pub recreated_as: Option<String>,

@@ -759,6 +759,27 @@ async fn a_surviving_room_whose_server_never_answers_holds_back_no_other_room() 
     assert!(fifth.stderr.contains(&format!("given up: {first}: the room's servers could not be reached")), "{fifth:?}");
 }
 
+/// lifeboat's own joins that went unanswered before come after the others:
+/// each costs homeserver.timeout, and everyone's rejoins wait behind them.
+#[tokio::test(flavor = "multi_thread")]
+async fn rooms_that_went_unanswered_before_are_joined_last() {
+    let TwoSquares { ours, _theirs, registry, square, across, mut lifeboat, .. } = two_squares_after_a_wipe().await;
+    lifeboat.set_env("LIFEBOAT__HOMESERVER__TIMEOUT", "3s");
+    let (_silent, silent_server) = a_server_that_never_answers();
+    let (first, second) = if square < across { (&square, &across) } else { (&across, &square) };
+    let direct = lifeboat::registry::Registry::connect(&registry.url()).await.unwrap();
+    for room in [first, second] {
+        reachable_only_through(&direct, room, &silent_server).await;
+    }
+    let unanswered_twice = "UPDATE rooms SET restore_attempts = 2 WHERE room_id = $1";
+    sqlx::query(unanswered_twice).bind(first).execute(direct.pool()).await.unwrap();
+    direct.close().await;
+
+    let rejoined = lifeboat.run(&["rooms", "rejoin"]).await;
+    let tried = |room: &str| rejoined.stderr.find(&format!("not yet: {} in {room}", lifeboat_id(&ours)));
+    assert!(tried(second).unwrap() < tried(first).unwrap(), "{rejoined:?}");
+}
+
 /// serve's watcher brings people back beside its rounds: surviving rooms
 /// whose server takes the connection and never answers (each join waits
 /// for Synapse to give up on it, the run of them twenty seconds here) hold
