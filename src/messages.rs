@@ -88,11 +88,8 @@ struct CodeText<'a> {
 /// address is any one the asker typed, and their ID's localpart is theirs to
 /// choose ("www.example.com/claim"): it is shown with nothing a mail reader
 /// makes a link of.
-pub fn contact_code(server_name: &str, user_id: &str, code: &str, valid_minutes: u64) -> Rendered {
-    let user_id = match user_id.split_once(':') {
-        Some((localpart, server)) => format!("{}:{server}", crate::notice::defanged(localpart)),
-        None => crate::notice::defanged(user_id),
-    };
+pub fn contact_code(server_name: &str, user_id: &UserId, code: &str, valid_minutes: u64) -> Rendered {
+    let user_id = format!("@{}:{}", crate::notice::defanged(user_id.localpart()), user_id.server_name());
     Rendered::from_text(
         format!("Your lifeboat code for {server_name}: {code}"),
         render(CodeText { user_id: &user_id, code, valid_minutes, server_name }),
@@ -201,12 +198,16 @@ fn render(template: impl Template) -> String {
 mod tests {
     use super::*;
 
+    fn id(text: &str) -> UserId {
+        UserId::parse(text).unwrap()
+    }
+
     #[test]
     fn a_mailed_token_says_what_it_leaves_the_old_username_to() {
         let said = |old_name| {
             let mail = registration_token(
                 "example.org",
-                &UserId::parse("@alice:example.org").unwrap(),
+                &id("@alice:example.org"),
                 "tok",
                 "soon",
                 "https://m.example.org/",
@@ -225,13 +226,13 @@ mod tests {
 
     #[test]
     fn a_contact_code_mail_names_who_asked_the_code_and_how_long_it_works() {
-        let mail = contact_code("example.org", "@alice:example.org", "123456", 30);
+        let mail = contact_code("example.org", &id("@alice:example.org"), "123456", 30);
         assert_eq!(mail.subject, "Your lifeboat code for example.org: 123456");
         assert!(mail.text.contains("@alice:example.org asked lifeboat on example.org"), "{}", mail.text);
         assert!(mail.text.contains("    contact verify 123456\n"), "{}", mail.text);
         assert!(mail.text.contains("works for 30 minutes"), "{}", mail.text);
         assert!(mail.html.contains("123456"), "{}", mail.html);
-        let chosen = contact_code("example.org", "@www.evil.example/claim:example.org", "123456", 30);
+        let chosen = contact_code("example.org", &id("@www.evil.example/claim:example.org"), "123456", 30);
         assert!(chosen.text.contains("@www[.]evil[.]example/claim:example.org asked"), "{}", chosen.text);
         assert!(!chosen.html.contains("evil.example"), "{}", chosen.html);
         assert!(chosen.text.contains("lifeboat on example.org to use"), "{}", chosen.text);

@@ -457,7 +457,7 @@ async fn rejoin_own(
             report.failed.push((service.to_string(), room.room_id.clone(), why));
             continue;
         }
-        let Some(joined) = or_stop(stop, client.join(&room.room_id, &room.via_servers)).await else { break };
+        let Some(joined) = stop.run_until_cancelled(client.join(&room.room_id, &room.via_servers)).await else { break };
         let joined = match joined {
             Ok(joined) => joined,
             // This room waits for the next round, the others and their
@@ -638,7 +638,7 @@ async fn rejoin_people(
             (rejoin, outcome)
         })
         .buffer_unordered(ROOM_CONCURRENCY);
-    while let Some((rejoin, outcome)) = or_stop(stop, outcomes.next()).await.flatten() {
+    while let Some((rejoin, outcome)) = stop.run_until_cancelled(outcomes.next()).await.flatten() {
         let invited = rejoin.recreated_as.is_some();
         let failed = match outcome {
             Ok(JoinOutcome::Joined) => {
@@ -665,15 +665,6 @@ async fn rejoin_people(
         report.failed.push((rejoin.user_id.to_string(), rejoin.room_id, failed));
     }
     Ok(())
-}
-
-/// `work`'s outcome, or `None` once `stop` is cancelled first.
-async fn or_stop<T>(stop: &CancellationToken, work: impl Future<Output = T>) -> Option<T> {
-    tokio::select! {
-        biased;
-        () = stop.cancelled() => None,
-        done = work => Some(done),
-    }
 }
 
 /// Why a join failed if it was for the room's servers, not Synapse: it said

@@ -60,7 +60,7 @@ pub(super) async fn run(bot: &Bot, sender: &OwnedUserId, command: PersonCommand)
             }
             let message = crate::messages::contact_code(
                 &config.homeserver.server_name,
-                sender.as_str(),
+                &person,
                 &code,
                 CODE_VALID_MS as u64 / 60_000,
             );

@@ -978,7 +978,7 @@ async fn send_queued_emails_to_no_relay(registry: &Registry) {
 }
 
 async fn a_queued_message_past_its_expiry_is_skipped_and_its_text_emptied(registry: Registry) {
-    let message = lifeboat::messages::contact_code("example.org", "@a:x", "123456", 30);
+    let message = lifeboat::messages::contact_code("example.org", &id("@a:x"), "123456", 30);
     let past = lifeboat::registry::now_ms() - 1;
     let id = lifeboat::outbox::queue_email(&registry, MessageKind::Code, &email("a@example.org"), &message, None, past)
         .await

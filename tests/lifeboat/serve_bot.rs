@@ -1456,22 +1456,7 @@ async fn an_alias_pointed_at_a_dm_the_bot_made_does_not_make_that_dm_the_admin_r
     let (dm, _) = code_dmed_to(&rig, &mallory).await;
     rig.stop_serve().await;
 
-    // The alias freed (by a wipe; here a server admin deletes it), pointed
-    // at the DM, and no record of the room it named.
-    let path = format!("/_matrix/client/v3/directory/room/{}", crate::harness::matrix::encode(&alias));
-    let server_admin = MatrixUser::new(&rig.synapse.url, "@admin", &rig.synapse.admin_token());
-    assert_eq!(server_admin.try_call(reqwest::Method::DELETE, &path, None).await.0, 200);
-    let (status, body) = mallory.try_call(reqwest::Method::PUT, &path, Some(serde_json::json!({"room_id": dm}))).await;
-    assert_eq!(status, 200, "{body}");
-    let store = lifeboat::registry::Registry::connect(&rig.registry_url()).await.unwrap();
-    sqlx::query("DELETE FROM settings WHERE name = 'bot_admin_room_alias'").execute(store.pool()).await.unwrap();
-    store.close().await;
-    let unvouched = rig.lifeboat.serve_log().matches("nothing vouches for").count();
-    rig.serve_in_background();
-    logged_more_than(&rig.lifeboat, "nothing vouches for", unvouched).await;
-    let log = rig.lifeboat.serve_log();
-    let settled = log.lines().rfind(|line| line.contains("in the admin room")).unwrap_or_default();
-    assert!(!settled.contains(&dm), "{log}");
+    alias_freed_and_pointed_by(&mut rig, &mallory, &alias, &dm).await;
 }
 
 /// Nor is a public room an admin is in: anyone may join one and point the
@@ -1492,13 +1477,18 @@ async fn an_alias_pointed_at_a_public_room_an_admin_is_in_does_not_make_it_the_a
     let (status, body) = rig.synapse.admin_request(reqwest::Method::POST, &join, Some(bot_joins)).await;
     assert_eq!(status, 200, "{body}");
 
-    // The alias freed (by a wipe; here a server admin deletes it), pointed
-    // at the public room, and no record of the room it named.
-    let path = format!("/_matrix/client/v3/directory/room/{}", crate::harness::matrix::encode(&alias));
+    alias_freed_and_pointed_by(&mut rig, &mallory, &alias, &square).await;
+}
+
+/// The admin room's `alias` freed (by a wipe; here a server admin deletes
+/// it), pointed by `taker` at `room`, and no record of the room it named:
+/// serve starts again, finds nothing vouching for `room`, and does not
+/// settle there.
+async fn alias_freed_and_pointed_by(rig: &mut Rig, taker: &MatrixUser, alias: &str, room: &str) {
+    let path = format!("/_matrix/client/v3/directory/room/{}", crate::harness::matrix::encode(alias));
     let server_admin = MatrixUser::new(&rig.synapse.url, "@admin", &rig.synapse.admin_token());
     assert_eq!(server_admin.try_call(reqwest::Method::DELETE, &path, None).await.0, 200);
-    let pointed = serde_json::json!({"room_id": square});
-    let (status, body) = mallory.try_call(reqwest::Method::PUT, &path, Some(pointed)).await;
+    let (status, body) = taker.try_call(reqwest::Method::PUT, &path, Some(serde_json::json!({"room_id": room}))).await;
     assert_eq!(status, 200, "{body}");
     let store = lifeboat::registry::Registry::connect(&rig.registry_url()).await.unwrap();
     sqlx::query("DELETE FROM settings WHERE name = 'bot_admin_room_alias'").execute(store.pool()).await.unwrap();
@@ -1508,7 +1498,7 @@ async fn an_alias_pointed_at_a_public_room_an_admin_is_in_does_not_make_it_the_a
     logged_more_than(&rig.lifeboat, "nothing vouches for", unvouched).await;
     let log = rig.lifeboat.serve_log();
     let settled = log.lines().rfind(|line| line.contains("in the admin room")).unwrap_or_default();
-    assert!(!settled.contains(&square), "{log}");
+    assert!(!settled.contains(room), "{log}");
 }
 
 /// `owner` of `alias` opens a DM with the bot, waits for the bot to join
