@@ -344,7 +344,8 @@ pub async fn notice_settings(
         claim_valid_for,
         incident,
     )
-    .with_rooms(registry.room_fates().await?))
+    .with_rooms(registry.room_fates().await?)
+    .with_holds(holds_wanted(config, true)))
 }
 
 /// Tokens, deliveries, then sending, under the incident's notify lease.

@@ -178,9 +178,7 @@ pub async fn hold_back_tokens(
     incident: Option<i64>,
     unheld: &UnheldLostIds,
 ) -> Result<Option<String>, registry::Error> {
-    let until = now_ms() + WAIT_FOR_HOLDS.as_millis() as i64;
-    let why = format!("held back: {unheld}, and its registration token could register one");
-    if registry.hold_back_tokens(incident, until, &why).await? == 0 {
+    if hold_back(registry, incident, unheld).await? == 0 {
         return Ok(None);
     }
     let ends = match config.recovery.hold {
@@ -188,6 +186,24 @@ pub async fn hold_back_tokens(
         _ => "with recovery.hold = \"on-incident\" nothing holds them until `lifeboat holds make` (or a notify) runs",
     };
     Ok(Some(format!("wait: {unheld}; {ends}")))
+}
+
+/// [`hold_back_tokens`] again as a send run claims its next rows, whose
+/// start already logged it: mail that came due during the run (a retry
+/// waited for) waits too.
+pub async fn hold_back_due_tokens(registry: &Registry, incident: Option<i64>) -> Result<(), registry::Error> {
+    let (count, first) = registry.unheld_lost_ids(3).await?;
+    if count > 0 {
+        hold_back(registry, incident, &UnheldLostIds { count, first }).await?;
+    }
+    Ok(())
+}
+
+/// How many of the due mails with a token [`Registry::hold_back_tokens`] held back.
+async fn hold_back(registry: &Registry, incident: Option<i64>, unheld: &UnheldLostIds) -> Result<u64, registry::Error> {
+    let until = now_ms() + WAIT_FOR_HOLDS.as_millis() as i64;
+    let why = format!("held back: {unheld}, and its registration token could register one");
+    registry.hold_back_tokens(incident, until, &why).await
 }
 
 /// Holds every lost ID that is not held yet (idempotent: held ones are

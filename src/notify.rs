@@ -105,6 +105,9 @@ pub struct NoticeSettings {
     expiry_labels: ExpiryLabels,
     /// Each person's rooms, by user ID, as their notice names them.
     rooms: HashMap<String, PersonRooms>,
+    /// Lost IDs are held ([`crate::holds::holds_wanted`]): while one is
+    /// not, a notice with a token waits.
+    holds_on: bool,
 }
 
 /// What a notice says of one person's rooms.
@@ -190,7 +193,15 @@ impl NoticeSettings {
             claims,
             expiry_labels: ExpiryLabels::default(),
             rooms: HashMap::new(),
+            holds_on: false,
         }
+    }
+
+    /// With lost IDs held (`holds_on`): each claim of a send run holds back
+    /// the notices with a token while one is not.
+    pub fn with_holds(mut self, holds_on: bool) -> Self {
+        self.holds_on = holds_on;
+        self
     }
 
     /// Notices name each person's rooms and what became of them.
@@ -371,6 +382,9 @@ impl crate::outbox::Channel for IncidentNotices<'_> {
     type Row = Delivery;
 
     async fn claim(&self, limit: usize) -> Result<Vec<Delivery>, registry::Error> {
+        if self.settings.holds_on {
+            crate::holds::hold_back_due_tokens(self.registry, Some(self.incident.id)).await?;
+        }
         self.registry.due_deliveries(self.incident.id, self.transport.channel(), limit as i64).await
     }
 

@@ -93,12 +93,18 @@ pub struct QueuedEmails<'a> {
     pub mailer: &'a Mailer,
     /// For the Message-ID.
     pub server_name: &'a str,
+    /// Lost IDs are held ([`crate::holds::holds_wanted`]): while one is
+    /// not, each claim holds back the mail with a token.
+    pub holds_on: bool,
 }
 
 impl Channel for QueuedEmails<'_> {
     type Row = StoredMessage;
 
     async fn claim(&self, limit: usize) -> Result<Vec<StoredMessage>, registry::Error> {
+        if self.holds_on {
+            crate::holds::hold_back_due_tokens(self.registry, None).await?;
+        }
         self.registry.due_messages(DeliveryChannel::Email, limit as i64).await
     }
 

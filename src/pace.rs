@@ -21,11 +21,10 @@ fn pause_after(took: Duration, share: f64) -> Duration {
 /// (listing pages, detail reads): Synapse was busy for lifeboat since
 /// `asked`, so rest [`pause_after`] that. False when `stop` cut it short.
 pub async fn rest_after(asked: Instant, pace: Option<f64>, stop: &CancellationToken) -> bool {
-    let Some(share) = pace else { return !stop.is_cancelled() };
-    tokio::select! {
-        _ = tokio::time::sleep(pause_after(asked.elapsed(), share)) => !stop.is_cancelled(),
-        _ = stop.cancelled() => false,
+    if let Some(share) = pace {
+        stop.run_until_cancelled(tokio::time::sleep(pause_after(asked.elapsed(), share))).await;
     }
+    !stop.is_cancelled()
 }
 
 /// Calls Synapse for each of `items`, at most `concurrency` at once: the

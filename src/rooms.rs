@@ -644,11 +644,7 @@ async fn rejoin_people(
             Ok(JoinOutcome::Joined) => {
                 let recorded = if invited { RejoinOutcome::Invited } else { RejoinOutcome::Joined };
                 registry.record_rejoin(&rejoin.room_id, &rejoin.user_id, recorded).await?;
-                if invited {
-                    report.invited += 1
-                } else {
-                    report.rejoined += 1
-                }
+                *if invited { &mut report.invited } else { &mut report.rejoined } += 1;
                 continue;
             }
             Ok(JoinOutcome::Refused(reason)) => reason,

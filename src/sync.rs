@@ -164,7 +164,7 @@ pub async fn sync(
             applied.report.listed as u64,
             previous_listing.map(|ended| now_ms() - ended),
         );
-        let mut reads = DetailReads { registry, client, options, progress, counts: DetailCounts::default() };
+        let mut reads = DetailReads { registry, client, options, progress, actor, counts: DetailCounts::default() };
         let outcome = reads.import_emails(quota).await;
         let (details_took, counts) = (details_began.elapsed(), reads.counts);
         registry.finish_sync_run(run_id, counts.fetched, counts.failed, counts.imported, actor).await?;
@@ -270,6 +270,7 @@ struct DetailReads<'a> {
     client: &'a SynapseClient,
     options: &'a SyncOptions<'a>,
     progress: &'a dyn SyncProgress,
+    actor: &'a Actor,
     counts: DetailCounts,
 }
 
@@ -297,7 +298,7 @@ impl DetailReads<'_> {
     /// the next one's calls are in flight (one write per account used to
     /// stall the calls for a tenth of a cold sync at 1,000,000 accounts).
     async fn read_details(&mut self, due: DetailsDue, cap: u64) -> Result<Option<synapse::Error>, registry::Error> {
-        let registry = self.registry;
+        let (registry, actor) = (self.registry, self.actor);
         let mut after = String::new();
         let mut taken = 0u64;
         let mut to_write = Vec::new();
@@ -314,12 +315,13 @@ impl DetailReads<'_> {
             if batch.is_empty() && to_write.is_empty() {
                 break;
             }
-            let ((read, refused), written) = tokio::join!(self.read_batch(batch), registry.record_details(&to_write));
+            let ((read, refused), written) =
+                tokio::join!(self.read_batch(batch), registry.record_details(&to_write, actor));
             self.counts.imported += written?;
             to_write = read;
             if let Some(refused) = refused {
                 // What was read before the refusal is kept.
-                self.counts.imported += registry.record_details(&to_write).await?;
+                self.counts.imported += registry.record_details(&to_write, actor).await?;
                 return Ok(Some(refused));
             }
         }

@@ -621,10 +621,7 @@ async fn alert_on_change(
 
 /// A pause that ends early when cancelled; true when it was cancelled.
 pub async fn pause(duration: Duration, cancel: &CancellationToken) -> bool {
-    tokio::select! {
-        _ = tokio::time::sleep(duration) => false,
-        _ = cancel.cancelled() => true,
-    }
+    cancel.run_until_cancelled(tokio::time::sleep(duration)).await.is_none()
 }
 
 #[cfg(test)]

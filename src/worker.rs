@@ -43,7 +43,8 @@ pub async fn run(services: Arc<Services>) {
     let Services { config, registry, shutdown: cancel, .. } = &*services;
     let mail = match (&config.email, &services.mailer) {
         (Some(email), Some(mailer)) => {
-            Some((email, QueuedEmails { registry, mailer, server_name: &config.homeserver.server_name }))
+            let (server_name, holds_on) = (&config.homeserver.server_name, crate::holds::holds_wanted(config, true));
+            Some((email, QueuedEmails { registry, mailer, server_name, holds_on }))
         }
         _ => {
             tracing::info!("delivery worker: no [email] section (or no mailer): it sends notice DMs only");

@@ -238,15 +238,10 @@ impl Bot {
         self.configured_room.lock().ok().and_then(|room| room.clone())
     }
 
-    fn set_admin_room(&self, room: OwnedRoomId) {
+    /// The room the bot now takes as the admin room, or none.
+    fn set_admin_room(&self, room: Option<OwnedRoomId>) {
         if let Ok(mut current) = self.admin_room.lock() {
-            *current = Some(room);
-        }
-    }
-
-    fn forget_admin_room(&self) {
-        if let Ok(mut current) = self.admin_room.lock() {
-            *current = None;
+            *current = room;
         }
     }
 
@@ -386,7 +381,7 @@ async fn connected(
         // may have pointed it at a room of theirs after a wipe).
         let configured = bot.configured_room().filter(|_| !local_alias(bot));
         if let Some(room) = stored.or(by_alias).or(configured) {
-            bot.set_admin_room(room);
+            bot.set_admin_room(Some(room));
         }
     }
     // A first sync before settling the admin room. From the stored position
@@ -516,30 +511,22 @@ async fn settle_admin_room(bot: &Arc<Bot>, client: &Client, recovered: bool) -> 
     if let Some(room_id) = settled {
         tracing::info!(room = %room_id, "in the admin room");
         remember_the_aliass_room(bot, &room_id).await;
-        bot.set_admin_room(room_id);
+        bot.set_admin_room(Some(room_id));
         return Ok(false);
     }
     // Not the admin room, whatever was assumed before settling.
     if joined_configured.is_some() && bot.admin_room() == joined_configured {
-        bot.forget_admin_room();
+        bot.set_admin_room(None);
     }
     if !recovered && let Some(configured) = bot.config.admin_room.as_deref() {
-        if joined_configured.is_some() {
-            tracing::warn!(
-                room = configured,
-                "bot.admin_room's alias names a room the bot is in that nothing vouches for (after a wipe anyone may take an alias): it becomes the admin room once it is invite-only with an admin in it"
-            );
+        let why = if joined_configured.is_some() {
+            "bot.admin_room's alias names a room the bot is in that nothing vouches for (after a wipe anyone may take an alias): it becomes the admin room once it is invite-only with an admin in it"
         } else if alias_moved {
-            tracing::warn!(
-                room = configured,
-                "bot.admin_room's alias names another room than the one the bot was in (after a wipe anyone may take an alias): the bot joins it only when an admin invites it"
-            );
+            "bot.admin_room's alias names another room than the one the bot was in (after a wipe anyone may take an alias): the bot joins it only when an admin invites it"
         } else {
-            tracing::warn!(
-                room = configured,
-                "the bot is not in bot.admin_room: invite it there from an admin account"
-            );
-        }
+            "the bot is not in bot.admin_room: invite it there from an admin account"
+        };
+        tracing::warn!(room = configured, "{why}");
         return Ok(false);
     }
     let mut request = CreateRoomRequest::new();
@@ -554,7 +541,7 @@ async fn settle_admin_room(bot: &Arc<Bot>, client: &Client, recovered: bool) -> 
     if let Ok(mut invited) = bot.invited.lock() {
         invited.clear();
     }
-    bot.set_admin_room(room_id);
+    bot.set_admin_room(Some(room_id));
     Ok(true)
 }
 
@@ -770,7 +757,7 @@ async fn on_invite(event: StrippedRoomMemberEvent, room: Room, Ctx(bot): Ctx<Arc
         }
         if to_admin_room {
             remember_the_aliass_room(&bot, &room_id).await;
-            bot.set_admin_room(room_id);
+            bot.set_admin_room(Some(room_id));
             let hello = format!("lifeboat is here. Send `{} help` for what I can do.", bot.prefix());
             let _ = room.send(safe_message(&hello)).await;
         }

@@ -25,8 +25,13 @@ pub struct RestoreArgs {
     #[arg(long, value_name = "KEYFILE")]
     identity: Option<PathBuf>,
     /// Empty a registry that already holds data, then restore into it.
+    /// What it holds and the backup lacks is lost: asks for confirmation
+    /// first (pass --yes when stdin is not a terminal).
     #[arg(long)]
     replace: bool,
+    /// With --replace: do not ask.
+    #[arg(long, requires = "replace")]
+    yes: bool,
 }
 
 pub async fn run_backup(context: &Context, args: BackupArgs) -> Outcome {
@@ -57,6 +62,23 @@ pub async fn run_backup(context: &Context, args: BackupArgs) -> Outcome {
 
 pub async fn run_restore(context: &Context, args: RestoreArgs) -> Outcome {
     let (config, registry) = context.open().await?;
+    if args.replace && !args.yes {
+        let held = registry.status().await.map_err(Failure::failed)?;
+        let count = |rows: &[(String, i64)]| rows.iter().map(|(_, n)| n).sum::<i64>();
+        let question = format!(
+            "Empty the registry ({}, {}, {}) and load {} in its place? What it holds and the backup lacks is lost. [y/N]",
+            plural::count(count(&held.accounts), "account", "accounts"),
+            plural::count(count(&held.contacts), "contact", "contacts"),
+            plural::count(held.incidents_open, "open incident", "open incidents"),
+            args.file.display()
+        );
+        let without_terminal =
+            "stdin is not a terminal, so lifeboat cannot ask before emptying the registry: pass --yes with --replace";
+        if !super::output::ask_yes(&question, without_terminal).await? {
+            println!("Nothing changed.");
+            return Ok(exit::OK);
+        }
+    }
     let bar = progress_count("rows");
     let server_name = &config.homeserver.server_name;
     let identity = args.identity.as_deref();

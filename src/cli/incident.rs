@@ -2,7 +2,7 @@
 
 use std::path::PathBuf;
 
-use super::output::{print_json, time};
+use super::output::{ask_yes, print_json, time};
 use super::{Context, Failure, Outcome, exit};
 use crate::campaign::{CampaignError, open_incident, resolve_incident};
 use crate::notify::NotifyProgress;
@@ -58,9 +58,16 @@ pub enum Command {
         json: bool,
     },
     /// Resolve an incident and delete its unused registration tokens in Synapse.
+    ///
+    /// An incident cannot be reopened: its notices stop, and nobody gets a
+    /// token from it any more (held IDs stay held). Asks for confirmation
+    /// first (pass --yes when stdin is not a terminal).
     Resolve {
         /// The incident's number, as `incident list` shows it.
         id: i64,
+        /// Do not ask.
+        #[arg(long)]
+        yes: bool,
     },
 }
 
@@ -168,8 +175,20 @@ pub async fn run(context: &Context, command: Command) -> Outcome {
             }
             Ok(exit::OK)
         }
-        Command::Resolve { id } => {
-            registry.require_incident(id).await?;
+        Command::Resolve { id, yes } => {
+            let incident = registry.require_incident(id).await?;
+            if !yes && incident.resolved_at.is_none() {
+                let question = format!(
+                    "Resolve incident {id} ({})? Its unused registration tokens are deleted and its notices stop, for good. [y/N]",
+                    crate::plain_text::short_line(&incident.title, 80)
+                );
+                let without_terminal =
+                    "stdin is not a terminal, so lifeboat cannot ask before resolving: pass --yes to resolve";
+                if !ask_yes(&question, without_terminal).await? {
+                    println!("Nothing changed.");
+                    return Ok(exit::OK);
+                }
+            }
             let client = context.admin_client(&config, &registry, std::convert::identity).await?;
             let (revoked, used) =
                 resolve_incident(&registry, &client, id, &Actor::cli()).await.map_err(Failure::failed)?;

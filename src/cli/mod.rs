@@ -161,7 +161,8 @@ enum Command {
     /// keeps is not empty. --replace keeps lifeboat's own account
     /// credentials when they are newer than the backup's (a `recover` on
     /// this registry since), or lifeboat would be locked out of its account.
-    /// An encrypted backup needs --identity. Exit 0 ok, 1 failed.
+    /// An encrypted backup needs --identity. Exit 0 ok, 1 failed, 2 when
+    /// --replace could not ask (pass --yes).
     Restore(backup::RestoreArgs),
     /// Run the long-lived service: web page, admin-room bot, watcher and delivery worker.
     ///

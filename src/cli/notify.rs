@@ -69,7 +69,12 @@ pub async fn run(context: &Context, args: Args) -> Outcome {
     println!("Matrix DMs: {} (to affected accounts that exist now and to Matrix-ID contacts).", planned.dms);
     println!("Unreachable by any channel: {} affected people.", planned.unreachable);
     if config.web.is_none() {
-        eprintln!("note: [web] public_url is not set, so the emails carry no unsubscribe link");
+        let claims = if config.recovery.mode == crate::config::RecoveryMode::Reclaim {
+            ", and people whose ID is held get no claim link: their notice tells them to ask an admin to hand it back (`lifeboat holds claim`)"
+        } else {
+            ""
+        };
+        eprintln!("note: there is no [web] section, so the emails carry no unsubscribe link{claims}");
     }
     if let Some(holds_first) = planned.holds_first() {
         eprintln!("note: {holds_first}");

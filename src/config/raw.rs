@@ -504,6 +504,9 @@ impl RawConfig {
             let inner = inner.lines().next().unwrap_or_default().trim().trim_end_matches('.').to_owned();
             if inner.starts_with("unknown field") {
                 ConfigError(unknown_key(&key, &ctx.origin(&key), &inner))
+            } else if inner.contains("expected struct Raw") {
+                // serde names the Rust type a section is read into.
+                ctx.invalid(&key, format!("is a section: write [{key}] on a line of its own, and its keys below it"))
             } else if ["secret", "password", "token", "passphrase"].iter().any(|word| key.ends_with(word)) {
                 // serde's message quotes the value, and this one is a secret.
                 ctx.invalid(&key, "must be a quoted string")

@@ -277,18 +277,7 @@ impl Registry {
         token: &str,
         expires_at: i64,
     ) -> Result<i64> {
-        Ok(sqlx::query_scalar(
-            "INSERT INTO registration_tokens (token, incident_id, user_id, purpose, created_at, expires_at) \
-             VALUES ($1, $2, $3, $6, $4, $5) RETURNING id",
-        )
-        .bind(token)
-        .bind(incident_id)
-        .bind(user_id)
-        .bind(now_ms())
-        .bind(expires_at)
-        .bind(purpose)
-        .fetch_one(&self.pool)
-        .await?)
+        insert_token(&self.pool, purpose, incident_id, user_id, token, expires_at).await
     }
 
     /// Records a token `user_id` asked for (as [`Registry::record_token`]),
@@ -316,17 +305,7 @@ impl Registry {
         if issued >= limit {
             return Ok(None);
         }
-        let id = sqlx::query_scalar(
-            "INSERT INTO registration_tokens (token, incident_id, user_id, purpose, created_at, expires_at) \
-             VALUES ($1, $2, $3, 'request', $4, $5) RETURNING id",
-        )
-        .bind(token)
-        .bind(incident_id)
-        .bind(user_id)
-        .bind(now_ms())
-        .bind(expires_at)
-        .fetch_one(&mut *tx)
-        .await?;
+        let id = insert_token(&mut *tx, TokenPurpose::Request, incident_id, user_id, token, expires_at).await?;
         tx.commit().await?;
         Ok(Some(id))
     }
@@ -425,6 +404,29 @@ fn covering_query(scope: IncidentScope) -> String {
          JOIN incidents o ON o.id = covered.incident_id \
          WHERE o.resolved_at IS NULL AND ({filter}) GROUP BY o.id ORDER BY o.id"
     )
+}
+
+/// Records a token made in Synapse: its id.
+async fn insert_token(
+    executor: impl sqlx::Executor<'_, Database = sqlx::Any>,
+    purpose: TokenPurpose,
+    incident_id: i64,
+    user_id: &UserId,
+    token: &str,
+    expires_at: i64,
+) -> Result<i64> {
+    Ok(sqlx::query_scalar(
+        "INSERT INTO registration_tokens (token, incident_id, user_id, purpose, created_at, expires_at) \
+         VALUES ($1, $2, $3, $4, $5, $6) RETURNING id",
+    )
+    .bind(token)
+    .bind(incident_id)
+    .bind(user_id)
+    .bind(purpose)
+    .bind(now_ms())
+    .bind(expires_at)
+    .fetch_one(executor)
+    .await?)
 }
 
 #[cfg(test)]

@@ -36,6 +36,9 @@ stored_as_text! {
 pub struct SyncRun {
     pub id: i64,
     pub started_at: i64,
+    /// When its listing was applied, then when its account details were
+    /// read too: a complete run is dated while its details are still read
+    /// (hours on a big first sync), or if they never are (a sync killed).
     pub finished_at: Option<i64>,
     pub status: SyncStatus,
     pub listed: i64,
@@ -283,7 +286,7 @@ impl Registry {
         let (recreated, deactivated) = (report.recreated.len(), report.deactivated.len());
         sqlx::query(
             "UPDATE sync_runs SET status = 'complete', listed = $2, new_accounts = $3, missing = $4, \
-             newly_missing = $5, recreated = $6, deactivated = $7 WHERE id = $1",
+             newly_missing = $5, recreated = $6, deactivated = $7, finished_at = $8 WHERE id = $1",
         )
         .bind(run_id)
         .bind(listed as i64)
@@ -292,6 +295,7 @@ impl Registry {
         .bind(newly_missing as i64)
         .bind(recreated as i64)
         .bind(deactivated as i64)
+        .bind(now)
         .execute(&mut *tx)
         .await?;
         let detail = format!(
@@ -352,8 +356,12 @@ impl Registry {
 
     /// Stores the emails Synapse knows for each account read (as verified contacts from Synapse)
     /// and notes when they were fetched, in one transaction: a sync writes its answers a batch at
-    /// a time. Returns how many addresses were new.
-    pub async fn record_details(&self, read: &[AccountDetails]) -> Result<u64> {
+    /// a time. Returns how many addresses were new. An address from Synapse that its account no
+    /// longer has is removed (and audited): the account is still its person's (only those are
+    /// read), and an address they dropped (a lapsed domain, an employer's, reused) may be someone
+    /// else's now, who must not get their token or claim link. One they opted out of stays, so
+    /// that adding it again does not undo that.
+    pub async fn record_details(&self, read: &[AccountDetails], actor: &Actor) -> Result<u64> {
         if read.is_empty() {
             return Ok(0);
         }
@@ -373,6 +381,24 @@ impl Registry {
                 .execute(&mut *tx)
                 .await?
                 .rows_affected();
+            }
+            let stored: Vec<String> = sqlx::query_scalar(
+                "SELECT address FROM contacts WHERE user_id = $1 AND kind = 'email' AND source = 'synapse' \
+                 AND opted_out_at IS NULL",
+            )
+            .bind(&account.user_id)
+            .fetch_all(&mut *tx)
+            .await?;
+            for dropped in
+                stored.iter().filter(|address| !account.emails.iter().any(|(email, _)| email.as_str() == *address))
+            {
+                sqlx::query("DELETE FROM contacts WHERE user_id = $1 AND kind = 'email' AND address = $2")
+                    .bind(&account.user_id)
+                    .bind(dropped)
+                    .execute(&mut *tx)
+                    .await?;
+                let detail = format!("email {dropped} (no longer in Synapse)");
+                Self::audit_in(&mut tx, actor, "contact.remove", Some(account.user_id.as_str()), Some(&detail)).await?;
             }
             sqlx::query("UPDATE accounts SET details_fetched_at = $2, details_due_at = $3 WHERE user_id = $1")
                 .bind(&account.user_id)

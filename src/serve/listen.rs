@@ -39,7 +39,9 @@ pub struct Limits {
     pub headers: Duration,
     /// For the whole body once the headers are in.
     pub body: Duration,
-    /// Without a byte either way, a connection is closed after this.
+    /// Without a byte either way, a connection is closed after this; a
+    /// connection being closed is dropped after as long again, its
+    /// answer read or not.
     pub idle: Duration,
     /// Connections open at once; more wait in the kernel's queue.
     pub connections: usize,
@@ -175,7 +177,9 @@ async fn serve_connection(
     let connection = http.serve_connection(TokioIo::new(stream), service);
     tokio::pin!(connection);
     let idle_since = || started + Duration::from_millis(last_active.load(Ordering::Relaxed));
-    let mut closing = false;
+    // Once closing, the answer under way has `limits.idle` to leave: a
+    // client that stops reading would hold the connection forever.
+    let mut closing: Option<Instant> = None;
     loop {
         tokio::select! {
             result = connection.as_mut() => {
@@ -184,16 +188,20 @@ async fn serve_connection(
                 }
                 return;
             }
-            () = shutdown.cancelled(), if !closing => {
+            () = shutdown.cancelled(), if closing.is_none() => {
                 connection.as_mut().graceful_shutdown();
-                closing = true;
+                closing = Some(Instant::now());
             }
-            () = tokio::time::sleep_until(idle_since() + limits.idle), if !closing => {
+            () = tokio::time::sleep_until(idle_since() + limits.idle), if closing.is_none() => {
                 // Bytes moved meanwhile: wait again from then.
                 if idle_since().elapsed() >= limits.idle {
                     connection.as_mut().graceful_shutdown();
-                    closing = true;
+                    closing = Some(Instant::now());
                 }
+            }
+            () = tokio::time::sleep_until(closing.unwrap_or(started) + limits.idle), if closing.is_some() => {
+                tracing::debug!(%peer, "closed a connection whose last answer was not read in time");
+                return;
             }
         }
     }

@@ -8,6 +8,7 @@ mod error;
 mod rooms;
 mod types;
 
+use std::collections::HashSet;
 use std::time::Duration;
 
 use rand::Rng;
@@ -154,6 +155,7 @@ impl SynapseClient {
             client: self,
             page_size,
             next: None,
+            given: HashSet::new(),
             done: false,
             total: None,
             first_total: None,
@@ -284,10 +286,16 @@ impl SynapseClient {
             .map(Duration::from_secs);
         let body = response.json::<types::MatrixError>().await.unwrap_or_default().clipped();
         match status {
+            // Synapse's refusals always carry a Matrix error: one without
+            // is a proxy's page (basic auth, an admin API kept private).
+            StatusCode::UNAUTHORIZED | StatusCode::FORBIDDEN if body.errcode.is_empty() => Error::WrongUrl {
+                url: self.base.to_string(),
+                detail: format!(
+                    "it answered {status} with no Matrix error, so a proxy in front of Synapse refused the request, not Synapse: let the proxy pass /_synapse/admin and /_matrix through, or point homeserver.url at Synapse itself"
+                ),
+            },
             StatusCode::UNAUTHORIZED if body.soft_logout => Error::Expired { errcode: body.errcode },
-            StatusCode::UNAUTHORIZED => {
-                Error::Unauthorized { errcode: if body.errcode.is_empty() { "401".to_owned() } else { body.errcode } }
-            }
+            StatusCode::UNAUTHORIZED => Error::Unauthorized { errcode: body.errcode },
             StatusCode::FORBIDDEN => Error::Forbidden { errcode: body.errcode, message: body.error },
             StatusCode::NOT_FOUND => Error::NotFound,
             StatusCode::TOO_MANY_REQUESTS => {
@@ -446,6 +454,9 @@ pub struct UserPages<'a> {
     client: &'a SynapseClient,
     page_size: u32,
     next: Option<String>,
+    /// Every next page token so far: one given again (tokens that are not
+    /// offsets, from a proxy or a later Synapse) would page forever too.
+    given: HashSet<String>,
     done: bool,
     /// Synapse's count of accounts: the largest any page gave.
     pub total: Option<i64>,
@@ -492,7 +503,7 @@ impl UserPages<'_> {
         self.first_total.get_or_insert(total);
         self.total = Some(self.total.map_or(total, |seen| seen.max(total)));
         match page.next_token {
-            Some(token) if !moves_forward(self.next.as_deref(), &token) => {
+            Some(token) if !moves_forward(self.next.as_deref(), &token) || !self.given.insert(token.clone()) => {
                 let detail = format!("the account listing's next_token {token} does not move past the last one");
                 return Err(self.client.bad_listing(&detail));
             }

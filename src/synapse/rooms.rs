@@ -97,13 +97,18 @@ impl SynapseClient {
 
     /// Every state event of a room; `None` when Synapse does not know the room.
     pub async fn room_state(&self, room_id: &str) -> Result<Option<Vec<StateEvent>>, Error> {
+        self.state_events(room_id, &[]).await
+    }
+
+    /// A room's state events, those of one type when `query` says so.
+    async fn state_events(&self, room_id: &str, query: &[(&str, &str)]) -> Result<Option<Vec<StateEvent>>, Error> {
         #[derive(Deserialize)]
         struct State {
             #[serde(default)]
             state: Vec<StateEvent>,
         }
         let path = format!("/_synapse/admin/v1/rooms/{}/state", urlencode(room_id));
-        Ok(found(self.get_json::<State>(&path, &[], true).await)?.map(|state| state.state))
+        Ok(found(self.get_json::<State>(&path, query, true).await)?.map(|state| state.state))
     }
 
     /// The local aliases of a room (a server admin may read any room's).
@@ -128,17 +133,7 @@ impl SynapseClient {
     /// second join behind the first in Synapse.
     pub async fn admin_join(&self, room_id: &str, user_id: &str, via: &[String]) -> Result<JoinOutcome, Error> {
         let path = format!("/_synapse/admin/v1/join/{}", urlencode(room_id));
-        let body = json!({ "user_id": user_id });
-        let once = self.retrying_only_rate_limits();
-        let through = |via: &[String]| {
-            let (via, path, body, once) = (via.to_vec(), &path, &body, &once);
-            async move {
-                let query: Vec<(&str, &str)> = via.iter().map(|server| ("server_name", server.as_str())).collect();
-                once.request_json::<Value>(Method::POST, path, &query, Some(body), true).await.map(drop)
-            }
-        };
-        let first = through(via).await;
-        through_each_if_refused(via, first, through).await
+        self.join_through(&path, &json!({ "user_id": user_id }), &["server_name"], via).await
     }
 
     /// The rooms a local account is joined to (as this server sees it).
@@ -153,13 +148,26 @@ impl SynapseClient {
     /// again. A refusal is tried through each other server alone.
     pub async fn join(&self, room_id: &str, via: &[String]) -> Result<JoinOutcome, Error> {
         let path = format!("/_matrix/client/v3/join/{}", urlencode(room_id));
+        self.join_through(&path, &json!({}), &["via", "server_name"], via).await
+    }
+
+    /// One join sent through all the `via` servers (each named under every
+    /// query key the endpoint reads), then through each other one alone if
+    /// refused.
+    async fn join_through(
+        &self,
+        path: &str,
+        body: &Value,
+        keys: &[&str],
+        via: &[String],
+    ) -> Result<JoinOutcome, Error> {
         let once = self.retrying_only_rate_limits();
         let through = |via: &[String]| {
-            let (via, path, once) = (via.to_vec(), &path, &once);
+            let (via, once) = (via.to_vec(), &once);
             async move {
-                let mut query: Vec<(&str, &str)> = via.iter().map(|server| ("via", server.as_str())).collect();
-                query.extend(via.iter().map(|server| ("server_name", server.as_str())));
-                once.request_json::<Value>(Method::POST, path, &query, Some(&json!({})), true).await.map(drop)
+                let query: Vec<(&str, &str)> =
+                    keys.iter().flat_map(|key| via.iter().map(move |server| (*key, server.as_str()))).collect();
+                once.request_json::<Value>(Method::POST, path, &query, Some(body), true).await.map(drop)
             }
         };
         let first = through(via).await;
@@ -188,14 +196,7 @@ impl SynapseClient {
         struct Details {
             creator: Option<String>,
         }
-        #[derive(Deserialize)]
-        struct State {
-            #[serde(default)]
-            state: Vec<StateEvent>,
-        }
-        let path = format!("/_synapse/admin/v1/rooms/{}/state", urlencode(room_id));
-        let query = [("type", "m.room.create")];
-        let state = found(self.get_json::<State>(&path, &query, true).await)?.map(|state| state.state);
+        let state = self.state_events(room_id, &[("type", "m.room.create")]).await?;
         if let Some(maker) = state.as_deref().and_then(maker_in) {
             return Ok(Some(maker.to_owned()));
         }

@@ -87,14 +87,12 @@ pub struct ServerVersion {
 
 /// The `{errcode, error}` body of a Matrix error.
 #[derive(Debug, Default, Deserialize)]
+#[serde(default)]
 pub struct MatrixError {
-    #[serde(default)]
     pub errcode: String,
-    #[serde(default)]
     pub error: String,
     pub retry_after_ms: Option<u64>,
     /// On a 401: the token expired, and Synapse still knows it.
-    #[serde(default)]
     pub soft_logout: bool,
 }
 

@@ -25,9 +25,11 @@ pub async fn security_headers(request: Request, next: Next) -> Response {
     let headers = response.headers_mut();
     headers.insert(header::CONTENT_SECURITY_POLICY, HeaderValue::from_static(CSP));
     headers.insert(header::X_FRAME_OPTIONS, HeaderValue::from_static("DENY"));
-    // Nothing leaves for other sites; the page's own form posts keep a
-    // real `Origin` (under no-referrer browsers send `Origin: null`).
-    headers.insert(header::REFERRER_POLICY, HeaderValue::from_static("same-origin"));
+    // A page's address goes nowhere, not even to this site's own
+    // stylesheet, where a proxy's access log would keep a claim link's
+    // query string; form posts keep a real `Origin` (under no-referrer
+    // browsers send `Origin: null`).
+    headers.insert(header::REFERRER_POLICY, HeaderValue::from_static("strict-origin"));
     headers.insert(header::X_CONTENT_TYPE_OPTIONS, HeaderValue::from_static("nosniff"));
     headers.insert("cross-origin-opener-policy", HeaderValue::from_static("same-origin"));
     response

@@ -9,7 +9,7 @@ use super::pages::WebError;
 use super::{WebState, guard};
 use crate::email::EmailAddress;
 pub use crate::messages::LinkEmail;
-use crate::registry::{MessageKind, now_ms};
+use crate::registry::{DAY_MS, MessageKind, now_ms};
 use crate::user_id::UserId;
 
 /// Links of some purposes mailed per hour, whoever asks: past the budget, a
@@ -101,6 +101,22 @@ impl HourlyBudget {
         }
         Ok(made)
     }
+}
+
+/// Links one address may be mailed in a day, of the purposes of one form:
+/// whoever keeps typing someone else's address (or ID) gets it a few
+/// mails, not one every time the last link expires.
+const LINKS_PER_ADDRESS_PER_DAY: i64 = 6;
+
+/// Has `to` been mailed its day's links of `purposes` (those on their way,
+/// or that arrived)?
+pub async fn address_had_its_day(state: &WebState, purposes: &[&str], to: &EmailAddress) -> Result<bool, WebError> {
+    let day_ago = now_ms() - DAY_MS;
+    let mut mailed = 0;
+    for purpose in purposes {
+        mailed += state.registry.web_links_to_since(purpose, to, day_ago).await?;
+    }
+    Ok(mailed >= LINKS_PER_ADDRESS_PER_DAY)
 }
 
 /// Runs `warn` unless it ran (by `last`'s stamp) in the last ten minutes.

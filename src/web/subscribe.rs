@@ -143,10 +143,6 @@ fn carries_a_code(link: &WebLink) -> bool {
 /// Links mailed to one address that may be live at once: a cap on mail to
 /// an inbox that someone else types in.
 const LIVE_LINKS_PER_ADDRESS: i64 = 3;
-/// Links mailed to one address in a day: whoever types someone else's
-/// address (with a new ID each time) gets it a few mails, not one every
-/// ten minutes for good.
-const LINKS_PER_ADDRESS_PER_DAY: i64 = 6;
 /// A DMed code is reused for new links while it has this long left, so
 /// one account gets at most a DM per `LINK_VALID - CODE_REUSE_MARGIN`.
 const CODE_REUSE_MARGIN: Duration = Duration::from_secs(5 * 60);
@@ -190,7 +186,7 @@ async fn start(
     let now = now_ms();
     if on_its_way.is_some_and(|link| carries_a_code(&link) || !takes_contacts)
         || state.registry.live_web_links_to(PURPOSE, &email).await? >= LIVE_LINKS_PER_ADDRESS
-        || state.registry.web_links_to_since(PURPOSE, &email, now - DAY_MS).await? >= LINKS_PER_ADDRESS_PER_DAY
+        || mail::address_had_its_day(state, &[PURPOSE], &email).await?
     {
         return Ok(());
     }

@@ -157,6 +157,10 @@ async fn mail_links(
             tracing::info!(user_id = %contact.user_id, "an earlier way-back link still works: nothing new mailed");
             continue;
         }
+        if mail::address_had_its_day(state, &[PURPOSE, CLAIM_MAILED], &contact.address).await? {
+            tracing::info!(user_id = %contact.user_id, "the address had its day's way-back links: nothing new mailed");
+            continue;
+        }
         static BUDGET: mail::HourlyBudget =
             mail::HourlyBudget::new("web.token_mails_per_hour", &[PURPOSE, CLAIM_MAILED]);
         let per_hour = state.web().token_mails_per_hour;

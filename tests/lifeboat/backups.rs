@@ -297,7 +297,10 @@ async fn restoring_a_backup_from_before_a_wipe_keeps_the_credentials_recover_mad
     let password = store.setting("service_account_password").await.unwrap();
     let refused = after.run(&["restore", file.to_str().unwrap()]).await;
     assert_eq!(refused.code, 1, "{refused:?}");
-    let restored = after.run(&["restore", file.to_str().unwrap(), "--replace"]).await;
+    let unasked = after.run(&["restore", file.to_str().unwrap(), "--replace"]).await;
+    assert_eq!(unasked.code, 2, "never emptied on a guess: {unasked:?}");
+    assert!(unasked.stderr.contains("pass --yes with --replace"), "{unasked:?}");
+    let restored = after.run(&["restore", file.to_str().unwrap(), "--replace", "--yes"]).await;
     assert_eq!(restored.code, 0, "{restored:?}");
     assert!(restored.stdout.contains("credentials were kept"), "{restored:?}");
     assert_eq!(store.setting("service_account_password").await.unwrap(), password);

@@ -126,6 +126,14 @@ async fn values_that_cannot_work_are_refused_with_their_minimum() {
     assert_eq!(run.code, 2, "{run:?}");
     let line = one_sentence(&run.stderr);
     assert!(line.contains("`watch.interval`") && line.contains("write it like \"30s\""), "{line}");
+    // A section written as one value is told it is a section.
+    let without = MINIMAL.replace("[registry]\nurl = \"sqlite://lifeboat.db\"\n", "");
+    let flat = Lifeboat::with_config(&format!("registry = \"sqlite://lifeboat.db\"\n{without}"));
+    let run = flat.run(&["config", "check"]).await;
+    assert_eq!(run.code, 2, "{run:?}");
+    let line = one_sentence(&run.stderr);
+    assert!(line.contains("`registry`") && line.contains("is a section: write [registry]"), "{line}");
+    assert!(!line.contains("Raw"), "{line}");
     for wrong_type in ["[sync]\npage_size = [1]\n", "[web]\ntrusted_proxies = [1]\n"] {
         let run = Lifeboat::with_config(&format!("{MINIMAL}{wrong_type}")).run(&["config", "check"]).await;
         assert!(run.code == 2 && !run.stderr.contains("untagged"), "{wrong_type}: {run:?}");
@@ -541,7 +549,8 @@ async fn backup_and_restore_work_from_the_command_line_and_refuse_other_files() 
     assert_eq!(users[0]["user_id"], "@alice:example.org");
 
     std::fs::write(lifeboat.dir().join("notes.txt"), "hello").unwrap();
-    let other = elsewhere.run(&["restore", lifeboat.dir().join("notes.txt").to_str().unwrap(), "--replace"]).await;
+    let other =
+        elsewhere.run(&["restore", lifeboat.dir().join("notes.txt").to_str().unwrap(), "--replace", "--yes"]).await;
     assert_eq!(other.code, 1, "{other:?}");
     assert!(one_sentence(&other.stderr).contains("is not a lifeboat backup"), "{other:?}");
 

@@ -281,7 +281,7 @@ async fn a_claim_link_that_is_forged_altered_or_for_another_incident_is_refused(
     assert_eq!(status_of(format!("{}/claim", rig.web)).await, 400, "no link at all");
 
     // Resolving the incident keeps the hold, and ends the link.
-    let resolved = rig.lifeboat.run(&["incident", "resolve", "1"]).await;
+    let resolved = rig.lifeboat.run(&["incident", "resolve", "1", "--yes"]).await;
     assert_eq!(resolved.code, 0, "{resolved:?}");
     assert!(all_in(&rig.lifeboat, "held", &lost).await, "the IDs stay held");
     assert_eq!(status_of(link).await, 400, "a link of a resolved incident");
@@ -968,6 +968,53 @@ async fn the_delivery_worker_holds_back_a_notice_with_a_token_until_the_lost_ids
         smtp.messages_to(&address).len() == 1 && smtp.messages_to(&other).len() == 1
     })
     .await;
+}
+
+/// A token mail that comes due while a send run waits for it (a retry due
+/// in seconds) is held back too while a lost ID is not held: the rule is
+/// asked at every claim, not only as the run begins.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_token_mail_that_comes_due_during_a_send_run_waits_for_the_lost_ids_too() {
+    let synapse = TestSynapse::start();
+    let registry = TestDatabase::sqlite();
+    let smtp = TestSmtp::start(None);
+    let lifeboat = recovering_with_mail(&synapse, &registry, &smtp);
+    holding_at_incidents_only(&lifeboat);
+    assert_eq!(lifeboat.run(&["sync"]).await.code, 0);
+    let store = lifeboat::registry::Registry::connect(&registry.url()).await.unwrap();
+    let lost = synapse.user_id(&unique("lost"));
+    sqlx::query("INSERT INTO accounts (user_id, first_seen_at, state, missing_since) VALUES ($1, 1, 'missing', 1)")
+        .bind(&lost)
+        .execute(store.pool())
+        .await
+        .unwrap();
+    // A token an admin had the bot mail, due some seconds after serve's
+    // worker begins its first run, which waits for it.
+    let other = format!("{}@example.org", unique("other"));
+    let token = lifeboat::messages::registration_token(
+        &synapse.server_name,
+        &crate::harness::id(&synapse.user_id("other")),
+        "sometoken",
+        "tomorrow",
+        &synapse.url,
+        lifeboat::registry::OldName::MayBeFree,
+    );
+    let to = lifeboat::email::EmailAddress::parse(&other).unwrap();
+    let until = lifeboat::registry::now_ms() + 3_600_000;
+    lifeboat::outbox::queue_email(&store, lifeboat::registry::MessageKind::Token, &to, &token, None, until)
+        .await
+        .unwrap();
+    let soon = lifeboat::registry::now_ms() + 20_000;
+    sqlx::query("UPDATE deliveries SET next_attempt_at = $1").bind(soon).execute(store.pool()).await.unwrap();
+
+    let _serve = lifeboat.spawn_serve();
+    eventually("the worker holds the token back once it is due", Duration::from_secs(60), || async {
+        let why: Vec<Option<String>> =
+            sqlx::query_scalar("SELECT last_error FROM deliveries").fetch_all(store.pool()).await.unwrap();
+        why.iter().flatten().any(|why| why.contains(&format!("not held yet ({lost})")))
+    })
+    .await;
+    assert!(smtp.messages_to(&other).is_empty(), "{}", lifeboat.serve_log());
 }
 
 /// An ID Synapse makes for nobody (a bridge's `_` name, a guest's number,

@@ -417,6 +417,26 @@ async fn an_expired_own_token_beside_a_logged_out_one_is_no_reset() {
     assert_nobody_missing(&lifeboat).await;
 }
 
+/// A proxy in front of Synapse that refuses the admin API with a page of
+/// its own (a 401 or 403 with no Matrix error) is named as the cause, not
+/// the admin token, and says nothing about the accounts.
+#[tokio::test]
+async fn a_proxy_refusing_the_admin_api_is_named_rather_than_the_token() {
+    for status in [401, 403] {
+        let registry = TestDatabase::sqlite();
+        let server = mock_synapse().await;
+        let lifeboat = registry_with_six_accounts(&registry, &server).await;
+        let refused = ResponseTemplate::new(status).set_body_raw("<html><body>Forbidden</body></html>", "text/html");
+        Mock::given(method("GET")).and(path(USERS)).respond_with(refused).with_priority(1).mount(&server).await;
+
+        let check = lifeboat.run(&["check"]).await;
+        assert_eq!(check.code, 1, "{status}: {check:?}");
+        assert!(check.stderr.contains("a proxy in front of Synapse refused"), "{status}: {check:?}");
+        assert!(!check.stderr.contains("admin token"), "{status}: {check:?}");
+        assert_nobody_missing(&lifeboat).await;
+    }
+}
+
 /// A Synapse that answers but knows no token: what a wipe looks like.
 async fn wiped_mock_synapse() -> MockServer {
     let server = MockServer::start().await;
@@ -517,7 +537,8 @@ async fn a_synapse_that_refuses_to_create_accounts_is_asked_for_a_few_holds_not_
 
 /// Pages no complete listing can be made of: a count that shrinks (a
 /// database failed over to a replica that lags, say), a page without its
-/// count, a next page that goes back (a loop that would never end). Each is
+/// count, a next page that goes back or comes again (a loop that would
+/// never end). Each is
 /// "could not tell", and nobody is marked missing.
 #[tokio::test]
 async fn pages_that_cannot_make_a_complete_listing_mark_no_account_missing() {
@@ -525,10 +546,14 @@ async fn pages_that_cannot_make_a_complete_listing_mark_no_account_missing() {
     let first_without_count = json!({"users": [user(0), user(1)], "next_token": "2"});
     let last_without_count = json!({"users": [user(2), user(3)]});
     let going_back = json!({"users": [user(4), user(5)], "total": 6, "next_token": "2"});
+    let first_to_a = json!({"users": [user(0), user(1)], "total": 6, "next_token": "a"});
+    let a_to_b = json!({"users": [user(2), user(3)], "total": 6, "next_token": "b"});
+    let b_to_a = json!({"users": [user(4), user(5)], "total": 6, "next_token": "a"});
     for (pages, said) in [
         (vec![(Some("2"), last_of_two)], "kept changing"),
         (vec![(None, first_without_count), (Some("2"), last_without_count)], "without its total count"),
         (vec![(Some("4"), going_back)], "does not move past"),
+        (vec![(None, first_to_a), (Some("a"), a_to_b), (Some("b"), b_to_a)], "does not move past"),
     ] {
         let registry = TestDatabase::sqlite();
         let server = mock_synapse().await;

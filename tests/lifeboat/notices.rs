@@ -222,7 +222,12 @@ async fn after_the_seed_incident_each_contact_gets_one_email_with_a_working_toke
     );
     assert_eq!(shown["deliveries"]["sent"], 3);
 
-    let resolve = lifeboat.run(&["incident", "resolve", &id]).await;
+    // Never resolved on a guess: without a terminal to ask on, only --yes does.
+    let unasked = lifeboat.run(&["incident", "resolve", &id]).await;
+    assert_eq!(unasked.code, 2, "{unasked:?}");
+    assert!(unasked.stderr.contains("pass --yes to resolve"), "{unasked:?}");
+    assert!(synapse.token_is_valid(&tokens_by_person[&names[1]]).await, "nothing was resolved");
+    let resolve = lifeboat.run(&["incident", "resolve", &id, "--yes"]).await;
     assert_eq!(resolve.code, 0, "{resolve:?}");
     assert!(resolve.stdout.contains("deleted 4 unused registration tokens in Synapse; 1 had been used"), "{resolve:?}");
     assert!(!synapse.token_is_valid(&tokens_by_person[&names[1]]).await, "unused tokens are deleted");
@@ -1132,7 +1137,7 @@ async fn a_notify_that_read_its_incident_before_it_was_resolved_makes_and_sends_
     let (id, _) = incident_after_wipe(&synapse, &lifeboat, 3).await;
     let store = lifeboat::registry::Registry::connect(&registry.url()).await.unwrap();
     let read_before = store.require_incident(id.parse().unwrap()).await.unwrap();
-    let resolve = lifeboat.run(&["incident", "resolve", &id]).await;
+    let resolve = lifeboat.run(&["incident", "resolve", &id, "--yes"]).await;
     assert_eq!(resolve.code, 0, "{resolve:?}");
 
     let config = lifeboat::config::Config::load(lifeboat.config_path(), std::iter::empty()).unwrap();
@@ -1282,7 +1287,7 @@ async fn a_second_notify_for_the_same_incident_waits_for_the_first() {
     assert!(smtp.messages().is_empty(), "nothing sent twice");
     // Nor is the incident resolved under it: the run could make or send a
     // token that resolving would miss.
-    let resolve = lifeboat.run(&["incident", "resolve", &id]).await;
+    let resolve = lifeboat.run(&["incident", "resolve", &id, "--yes"]).await;
     assert_eq!(resolve.code, 1, "{resolve:?}");
     assert!(resolve.stderr.contains("elsewhere:4242"), "{resolve:?}");
 

@@ -503,6 +503,16 @@ async fn a_claim_link_works_only_for_its_hold_and_open_incident_until_it_expires
 }
 on_both_backends!(a_claim_link_works_only_for_its_hold_and_open_incident_until_it_expires);
 
+/// A listing once applied is the last complete sync, dated, while the
+/// account details are still to be read: its age is never "never".
+async fn an_applied_listing_is_dated_before_its_details_are_read(registry: Registry) {
+    let before = lifeboat::registry::now_ms();
+    sync_listing(&registry, &[user("@a:x", 1)]).await;
+    let last = registry.last_complete_sync().await.unwrap().unwrap();
+    assert!(last.finished_at.is_some_and(|at| at >= before), "{last:?}");
+}
+on_both_backends!(an_applied_listing_is_dated_before_its_details_are_read);
+
 async fn a_failed_listing_changes_nothing(registry: Registry) {
     sync_listing(&registry, &[user("@a:x", 1), user("@b:x", 1)]).await;
     let run = registry.begin_sync_run().await.unwrap();
@@ -973,7 +983,7 @@ async fn send_queued_emails_to_no_relay(registry: &Registry) {
         connections: 1,
     };
     let mailer = lifeboat::mail::Mailer::from_config(&email, 1).unwrap();
-    let queued = QueuedEmails { registry, mailer: &mailer, server_name: "example.org" };
+    let queued = QueuedEmails { registry, mailer: &mailer, server_name: "example.org", holds_on: false };
     send_until_done(registry, &queued, 1, &Quiet).await.unwrap();
 }
 
@@ -1185,13 +1195,49 @@ async fn the_sqlite_and_postgresql_schemas_have_the_same_tables_and_columns_in_t
     postgres.drop_database().await;
 }
 
+/// An address Synapse no longer has for an account that is still its
+/// person's stops being a contact (audited): it may be someone else's now.
+/// One its person opted out of stays (adding it again must not undo that),
+/// as do those added another way.
+async fn an_address_dropped_in_synapse_stops_being_a_contact(registry: Registry) {
+    use lifeboat::registry::{AccountDetails, ContactAddress, ContactSource};
+    sync_listing(&registry, &[user("@a:x", 1)]).await;
+    let read = |emails: &[&str]| AccountDetails {
+        user_id: id("@a:x"),
+        emails: emails.iter().map(|address| (email(address), None)).collect(),
+        due_at: 0,
+    };
+    let all = ["old@example.org", "kept@example.org", "quiet@example.org"];
+    registry.record_details(&[read(&all)], &Actor::cli()).await.unwrap();
+    sqlx::query("UPDATE contacts SET opted_out_at = 1 WHERE address = 'quiet@example.org'")
+        .execute(registry.pool())
+        .await
+        .unwrap();
+    let own = ContactAddress::Email(email("own@example.org"));
+    registry.add_contact(&id("@a:x"), &own, ContactSource::User, Some(1), &Actor::cli()).await.unwrap();
+
+    registry.record_details(&[read(&["kept@example.org"])], &Actor::cli()).await.unwrap();
+    let contacts = registry.contacts_of(&id("@a:x")).await.unwrap();
+    let mut left: Vec<&str> =
+        contacts.iter().map(|contact| contact.address.as_str()).filter(|address| !address.starts_with('@')).collect();
+    left.sort();
+    assert_eq!(left, ["kept@example.org", "own@example.org", "quiet@example.org"]);
+    let audited = registry.audit_log(10).await.unwrap();
+    assert!(audited.iter().any(|entry| entry.action == "contact.remove"
+        && entry.detail.as_deref() == Some("email old@example.org (no longer in Synapse)")));
+}
+on_both_backends!(an_address_dropped_in_synapse_stops_being_a_contact);
+
 async fn details_are_read_again_when_due_and_new_accounts_come_first(registry: Registry) {
     use lifeboat::registry::{AccountDetails, DetailsDue};
     sync_listing(&registry, &[user("@new:x", 1), user("@due:x", 1), user("@later:x", 1), user("@old:x", 1)]).await;
     let now = lifeboat::registry::now_ms();
     let read = |user: &str, due_at| AccountDetails { user_id: id(user), emails: Vec::new(), due_at };
     registry
-        .record_details(&[read("@due:x", now - 1), read("@later:x", now + 3_600_000), read("@old:x", now)])
+        .record_details(
+            &[read("@due:x", now - 1), read("@later:x", now + 3_600_000), read("@old:x", now)],
+            &Actor::cli(),
+        )
         .await
         .unwrap();
     // Read before due times existed: only its fetch time counts.

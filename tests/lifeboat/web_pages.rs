@@ -374,7 +374,7 @@ async fn forms_refuse_posts_without_their_csrf_token_and_pages_carry_security_he
         let csp = headers.get("content-security-policy").and_then(|v| v.to_str().ok()).unwrap_or("");
         assert!(csp.contains("default-src 'none'") && !csp.contains("unsafe-inline"), "{path}: {csp}");
         assert_eq!(headers.get("x-frame-options").unwrap(), "DENY", "{path}");
-        assert_eq!(headers.get("referrer-policy").unwrap(), "same-origin", "{path}");
+        assert_eq!(headers.get("referrer-policy").unwrap(), "strict-origin", "{path}");
         assert_eq!(headers.get("x-content-type-options").unwrap(), "nosniff", "{path}");
         let html = response.text().await.unwrap();
         assert!(!html.contains("<script"), "{path} works without JavaScript");
@@ -766,6 +766,48 @@ async fn slow_and_idle_connections_are_closed_and_their_number_is_capped() {
     assert!(trickling.await.unwrap(), "a trickled body is cut off");
 }
 
+/// A client that asks for many pages at once and never reads the answers
+/// cannot keep its connection for good: once it has sat idle (nothing
+/// moves) it is closed, and if the answer under way is still not read, it
+/// is dropped after as long again.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_client_that_never_reads_its_answers_gives_its_connection_back() {
+    use tokio::io::AsyncWriteExt;
+    let registry = TestDatabase::sqlite();
+    let base = format!(
+        "[homeserver]\nurl = \"http://127.0.0.1:9\"\nserver_name = \"example.org\"\nadmin_token = \"tok\"\n\
+         retries = 0\n\n[registry]\nurl = \"{}\"\n",
+        registry.url()
+    );
+    let lifeboat = Lifeboat::with_config(&base);
+    let served = serve(&lifeboat, &base, "max_connections = 3").await;
+    let address: std::net::SocketAddr = served.url.trim_start_matches("http://").parse().unwrap();
+    let mut deaf = Vec::new();
+    for host in ["127.0.0.2", "127.0.0.3", "127.0.0.4"] {
+        let socket = tokio::net::TcpSocket::new_v4().unwrap();
+        socket.set_recv_buffer_size(4096).unwrap();
+        socket.bind(format!("{host}:0").parse().unwrap()).unwrap();
+        let mut stream = socket.connect(address).await.unwrap();
+        deaf.push(tokio::spawn(async move {
+            // Megabytes of answers: more than every buffer on the way holds.
+            let requests = b"GET /style.css HTTP/1.1\r\nHost: lifeboat\r\n\r\n".repeat(20_000);
+            let _ = stream.write_all(&requests).await;
+            std::future::pending::<()>().await;
+        }));
+    }
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let healthz = format!("{}/healthz", served.url);
+    let quick = reqwest::Client::builder().timeout(Duration::from_secs(3)).build().unwrap();
+    assert!(quick.get(&healthz).send().await.is_err(), "a fourth connection waits while three answers go unread");
+
+    let patient = reqwest::Client::builder().timeout(Duration::from_secs(50)).build().unwrap();
+    let answered = patient.get(&healthz).send().await;
+    assert!(answered.is_ok_and(|answer| answer.status().is_success()), "the unread connections were given back");
+    for client in deaf {
+        client.abort();
+    }
+}
+
 /// Without a way to DM (no `[bot]`, no recovered account of lifeboat's own)
 /// no code can go out, yet a known account's address is mailed a link as
 /// an unknown one's is: whether a mail comes must not tell which accounts
@@ -957,6 +999,34 @@ async fn way_back_links_stop_at_the_hours_budget_whoever_asks() {
     tokio::time::sleep(Duration::from_secs(1)).await;
     assert_eq!(smtp.messages_to(&people[0]).len(), 1);
     assert!(smtp.messages_to(&people[2]).is_empty(), "past the hour's two, nothing");
+}
+
+/// Whoever keeps asking for someone's way back in gets them a few mails a
+/// day, not one each time the last link stops working (every 30 minutes).
+#[tokio::test(flavor = "multi_thread")]
+async fn one_address_is_mailed_a_few_way_back_links_a_day_however_often_asked() {
+    let registry = TestDatabase::sqlite();
+    let smtp = TestSmtp::start(None);
+    let email = format!("{}@example.org", unique("daily"));
+    affected_person(&registry, "@daily:example.org", &email).await;
+    let lifeboat = Lifeboat::with_config("");
+    let web = "rate_limit_per_target = 100\nrate_limit_per_ip = 100\n";
+    let served = serve(&lifeboat, &base_without_synapse(&registry, &smtp), web).await;
+    let http = reqwest::Client::new();
+    let links = Registry::connect(&registry.url()).await.unwrap();
+
+    for asked in 1..=8 {
+        assert_eq!(ask_for_a_way_back(&http, &served, &email).await, 200);
+        if asked <= 6 {
+            wait_for_mail(&smtp, &email, asked).await;
+        } else {
+            tokio::time::sleep(Duration::from_secs(1)).await;
+        }
+        // The link stops working, as it does after 30 minutes.
+        sqlx::query("UPDATE web_links SET expires_at = 1").execute(links.pool()).await.unwrap();
+    }
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    assert_eq!(smtp.messages_to(&email).len(), 6, "past six a day, nothing more");
 }
 
 /// One network cannot spend the hour's budget alone: once half of it is
