@@ -452,7 +452,7 @@ fn may_be_the_interrupted_runs(details: &UserDetails, persons: &[EmailAddress]) 
         threepid.medium == "email"
             && persons.iter().any(|address| address.as_str().eq_ignore_ascii_case(&threepid.address))
     };
-    details.threepids.iter().all(persons_own)
+    details.threepids.iter().flatten().all(persons_own)
 }
 
 /// What a [`restore_held_names`] run did.

@@ -164,7 +164,15 @@ pub async fn sync(
             applied.report.listed as u64,
             previous_listing.map(|ended| now_ms() - ended),
         );
-        let mut reads = DetailReads { registry, client, options, progress, actor, counts: DetailCounts::default() };
+        // What Synapse no longer has is dropped only while nothing was lost:
+        // a Synapse restored from an older backup lacks what was added since.
+        let report = &applied.report;
+        let drops_trusted = report.missing.is_empty()
+            && report.held.is_empty()
+            && report.recreated.is_empty()
+            && registry.incidents().await?.iter().all(|incident| incident.resolved_at.is_some());
+        let counts = DetailCounts::default();
+        let mut reads = DetailReads { registry, client, options, progress, actor, drops_trusted, counts };
         let outcome = reads.import_emails(quota).await;
         let (details_took, counts) = (details_began.elapsed(), reads.counts);
         registry.finish_sync_run(run_id, counts.fetched, counts.failed, counts.imported, actor).await?;
@@ -271,6 +279,8 @@ struct DetailReads<'a> {
     options: &'a SyncOptions<'a>,
     progress: &'a dyn SyncProgress,
     actor: &'a Actor,
+    /// Addresses an account no longer has in Synapse are dropped.
+    drops_trusted: bool,
     counts: DetailCounts,
 }
 
@@ -335,7 +345,7 @@ impl DetailReads<'_> {
     /// again since the listing, after a rollback) is not its person's: what
     /// it holds is not read into the person's contacts.
     async fn read_batch(&mut self, batch: Vec<(UserId, Option<i64>)>) -> (Vec<AccountDetails>, Option<synapse::Error>) {
-        let (client, options) = (self.client, self.options);
+        let (client, options, drops_trusted) = (self.client, self.options, self.drops_trusted);
         let outcomes = call_in_paced_groups(
             batch,
             options.config.sync.details_concurrency,
@@ -353,13 +363,22 @@ impl DetailReads<'_> {
                     counts.fetched += 1;
                 }
                 Ok(Some(details)) => {
-                    let emails = emails_of(user_id.as_str(), &details.threepids);
-                    read.push(AccountDetails { user_id, emails, due_at: next_due(options) });
+                    let threepids = details.threepids.as_deref().unwrap_or_default();
+                    let emails = emails_of(user_id.as_str(), threepids);
+                    let in_synapse = details.threepids.as_ref().filter(|_| drops_trusted).map(|threepids| {
+                        let emails = threepids.iter().filter(|threepid| threepid.medium == "email");
+                        emails.map(|threepid| threepid.address.trim().to_lowercase()).collect()
+                    });
+                    read.push(AccountDetails { user_id, emails, in_synapse, due_at: next_due(options) });
                     counts.fetched += 1;
                 }
                 // Gone since the listing: the next sync will see it missing.
                 Ok(None) => counts.fetched += 1,
-                Err(err) if err.is_refusal() => return (read, Some(err)),
+                // Every read after would be refused too (a proxy's refusal
+                // names no Matrix error: `WrongUrl`).
+                Err(err) if err.is_refusal() || matches!(err, synapse::Error::WrongUrl { .. }) => {
+                    return (read, Some(err));
+                }
                 Err(err) => {
                     tracing::warn!(user_id = %user_id, error = %err, "could not fetch account details");
                     counts.failed += 1;

@@ -19,6 +19,10 @@ pub const POLL_EVERY: Duration = Duration::from_secs(30);
 /// How long an incident's notices wait after a run that could not start.
 const PAUSE_AFTER_A_FAILED_RUN: Duration = Duration::from_secs(5 * 60);
 
+/// The lease under which queued messages (alerts, links, codes, tokens an
+/// admin had the bot mail) are sent.
+pub const QUEUED_MESSAGES_LEASE: &str = "outbox-messages";
+
 /// Progress of a run nobody watches: notes go to the log, and the run winds
 /// down when serve stops.
 pub struct Background(pub CancellationToken);
@@ -69,10 +73,18 @@ pub async fn run(services: Arc<Services>) {
             Ok(None) => {}
             Err(err) => tracing::warn!(error = %err, "delivery worker: registry query failed"),
         }
-        if let Some((email, queued)) = &mail
-            && let Err(err) = send_until_done(registry, queued, email.connections, &background).await
-        {
-            tracing::warn!(error = %err, "delivery worker: queued messages not sent yet");
+        if let Some((email, queued)) = &mail {
+            // One sender of them at a time, whichever serve (two on one
+            // registry, as in a restart that overlaps) would each mail them.
+            let sending = send_until_done(registry, queued, email.connections, &background);
+            match crate::lease::Lease::run(registry, QUEUED_MESSAGES_LEASE, sending).await {
+                Ok(Ok(Ok(()))) => {}
+                Ok(Err(held)) => {
+                    tracing::debug!(holder = %held.holder, "delivery worker: another sends the queued messages")
+                }
+                Ok(Ok(Err(err))) => tracing::warn!(error = %err, "delivery worker: queued messages not sent yet"),
+                Err(err) => tracing::warn!(error = %err, "delivery worker: registry query failed"),
+            }
         }
         match registry.incidents_with_due_deliveries(now_ms()).await {
             Ok(incidents) => {

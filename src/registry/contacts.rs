@@ -146,7 +146,24 @@ impl Registry {
         .await?
         .rows_affected();
         if inserted == 0 {
-            tx.rollback().await?;
+            // Given by its person or an admin as well: no longer Synapse's
+            // alone, so it stays should Synapse drop it.
+            let claimed = sqlx::query(
+                "UPDATE contacts SET source = $4 WHERE user_id = $1 AND kind = $2 AND address = $3 \
+                 AND source = 'synapse' AND $4 <> 'synapse'",
+            )
+            .bind(user_id)
+            .bind(address.kind())
+            .bind(address.as_str())
+            .bind(source.as_str())
+            .execute(&mut *tx)
+            .await?
+            .rows_affected();
+            if claimed == 1 {
+                let detail = format!("{} {address} ({}, was synapse)", address.kind(), source.as_str());
+                Self::audit_in(&mut tx, actor, "contact.add", Some(user_id.as_str()), Some(&detail)).await?;
+            }
+            tx.commit().await?;
             return Ok(AddContact::AlreadyKnown);
         }
         let detail = format!("{} {address} ({})", address.kind(), source.as_str());

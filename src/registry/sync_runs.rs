@@ -59,6 +59,10 @@ pub struct SyncRun {
 pub struct AccountDetails {
     pub user_id: UserId,
     pub emails: Vec<(EmailAddress, Option<i64>)>,
+    /// Every email address Synapse has for it, as written (lowercased, one
+    /// lifeboat cannot read too), when what it no longer has is to be
+    /// dropped: `None` leaves its contacts from Synapse as they are.
+    pub in_synapse: Option<Vec<String>>,
     pub due_at: i64,
 }
 
@@ -356,11 +360,11 @@ impl Registry {
 
     /// Stores the emails Synapse knows for each account read (as verified contacts from Synapse)
     /// and notes when they were fetched, in one transaction: a sync writes its answers a batch at
-    /// a time. Returns how many addresses were new. An address from Synapse that its account no
-    /// longer has is removed (and audited): the account is still its person's (only those are
-    /// read), and an address they dropped (a lapsed domain, an employer's, reused) may be someone
-    /// else's now, who must not get their token or claim link. One they opted out of stays, so
-    /// that adding it again does not undo that.
+    /// a time. Returns how many addresses were new. An address from Synapse that an account no
+    /// longer has (by its `in_synapse`) is removed (and audited): the account is still its
+    /// person's (only those are read), and an address they dropped (a lapsed domain, an
+    /// employer's, reused) may be someone else's now, who must not get their token or claim
+    /// link. One they opted out of stays, so that adding it again does not undo that.
     pub async fn record_details(&self, read: &[AccountDetails], actor: &Actor) -> Result<u64> {
         if read.is_empty() {
             return Ok(0);
@@ -382,23 +386,8 @@ impl Registry {
                 .await?
                 .rows_affected();
             }
-            let stored: Vec<String> = sqlx::query_scalar(
-                "SELECT address FROM contacts WHERE user_id = $1 AND kind = 'email' AND source = 'synapse' \
-                 AND opted_out_at IS NULL",
-            )
-            .bind(&account.user_id)
-            .fetch_all(&mut *tx)
-            .await?;
-            for dropped in
-                stored.iter().filter(|address| !account.emails.iter().any(|(email, _)| email.as_str() == *address))
-            {
-                sqlx::query("DELETE FROM contacts WHERE user_id = $1 AND kind = 'email' AND address = $2")
-                    .bind(&account.user_id)
-                    .bind(dropped)
-                    .execute(&mut *tx)
-                    .await?;
-                let detail = format!("email {dropped} (no longer in Synapse)");
-                Self::audit_in(&mut tx, actor, "contact.remove", Some(account.user_id.as_str()), Some(&detail)).await?;
+            if let Some(in_synapse) = &account.in_synapse {
+                Self::drop_emails_gone_from_synapse(&mut tx, &account.user_id, in_synapse, actor).await?;
             }
             sqlx::query("UPDATE accounts SET details_fetched_at = $2, details_due_at = $3 WHERE user_id = $1")
                 .bind(&account.user_id)
@@ -409,6 +398,36 @@ impl Registry {
         }
         tx.commit().await?;
         Ok(added)
+    }
+
+    /// Removes `user_id`'s contacts from Synapse that are not `in_synapse`
+    /// (see [`Self::record_details`]), audited.
+    async fn drop_emails_gone_from_synapse(
+        tx: &mut sqlx::Transaction<'_, sqlx::Any>,
+        user_id: &UserId,
+        in_synapse: &[String],
+        actor: &Actor,
+    ) -> Result<()> {
+        const FROM_SYNAPSE: &str = "user_id = $1 AND kind = 'email' AND source = 'synapse' AND opted_out_at IS NULL";
+        let stored: Vec<String> =
+            sqlx::query_scalar(sqlx::AssertSqlSafe(format!("SELECT address FROM contacts WHERE {FROM_SYNAPSE}")))
+                .bind(user_id)
+                .fetch_all(&mut **tx)
+                .await?;
+        for gone in stored.iter().filter(|address| !in_synapse.contains(address)) {
+            let delete = format!("DELETE FROM contacts WHERE {FROM_SYNAPSE} AND address = $2");
+            let dropped = sqlx::query(sqlx::AssertSqlSafe(delete))
+                .bind(user_id)
+                .bind(gone)
+                .execute(&mut **tx)
+                .await?
+                .rows_affected();
+            if dropped == 1 {
+                let detail = format!("email {gone} (no longer in Synapse)");
+                Self::audit_in(tx, actor, "contact.remove", Some(user_id.as_str()), Some(&detail)).await?;
+            }
+        }
+        Ok(())
     }
 
     /// Closes a run after its email import.

@@ -7,7 +7,7 @@
 use std::collections::HashMap;
 use std::net::{IpAddr, SocketAddr};
 use std::pin::Pin;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::task::{Context, Poll};
 use std::time::Duration;
@@ -168,17 +168,28 @@ async fn serve_connection(
     let last_active = Arc::new(AtomicU64::new(0));
     let started = Instant::now();
     let stream = Watched { inner: stream, last_active: last_active.clone(), started };
-    let service = hyper::service::service_fn(move |mut request: hyper::Request<Incoming>| {
-        request.extensions_mut().insert(ConnectInfo::<SocketAddr>(peer));
-        app.clone().oneshot(request)
-    });
+    let handling = Arc::new(AtomicUsize::new(0));
+    let service = {
+        let handling = handling.clone();
+        hyper::service::service_fn(move |mut request: hyper::Request<Incoming>| {
+            request.extensions_mut().insert(ConnectInfo::<SocketAddr>(peer));
+            let answering = app.clone().oneshot(request);
+            let handled = Handling::begin(&handling);
+            async move {
+                let answer = answering.await;
+                drop(handled);
+                answer
+            }
+        })
+    };
     let mut http = hyper::server::conn::http1::Builder::new();
     http.timer(TokioTimer::new()).header_read_timeout(limits.headers);
     let connection = http.serve_connection(TokioIo::new(stream), service);
     tokio::pin!(connection);
     let idle_since = || started + Duration::from_millis(last_active.load(Ordering::Relaxed));
-    // Once closing, the answer under way has `limits.idle` to leave: a
-    // client that stops reading would hold the connection forever.
+    // Once closing, an answer made has `limits.idle` to leave: a client
+    // that stops reading would hold the connection forever. One still
+    // being made (a slow Synapse behind it) is waited for.
     let mut closing: Option<Instant> = None;
     loop {
         tokio::select! {
@@ -200,10 +211,30 @@ async fn serve_connection(
                 }
             }
             () = tokio::time::sleep_until(closing.unwrap_or(started) + limits.idle), if closing.is_some() => {
-                tracing::debug!(%peer, "closed a connection whose last answer was not read in time");
-                return;
+                if handling.load(Ordering::Relaxed) > 0 {
+                    closing = Some(Instant::now());
+                } else {
+                    tracing::debug!(%peer, "closed a connection whose last answer was not read in time");
+                    return;
+                }
             }
         }
+    }
+}
+
+/// A request being handled on a connection, counted while it is.
+struct Handling(Arc<AtomicUsize>);
+
+impl Handling {
+    fn begin(count: &Arc<AtomicUsize>) -> Handling {
+        count.fetch_add(1, Ordering::Relaxed);
+        Handling(count.clone())
+    }
+}
+
+impl Drop for Handling {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::Relaxed);
     }
 }
 

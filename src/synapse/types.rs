@@ -38,8 +38,9 @@ pub struct UsersPage {
 /// `GET /_synapse/admin/v2/users/<id>`: only what lifeboat keeps.
 #[derive(Debug, Clone, Deserialize)]
 pub struct UserDetails {
+    /// `None` when the answer carried no list at all.
     #[serde(default)]
-    pub threepids: Vec<ThreePid>,
+    pub threepids: Option<Vec<ThreePid>>,
     /// Seconds in this endpoint's answer (the listing's are milliseconds):
     /// read it as [`UserDetails::created_at_ms`].
     #[serde(default, deserialize_with = "lenient_i64")]

@@ -1008,6 +1008,11 @@ async fn a_token_mail_that_comes_due_during_a_send_run_waits_for_the_lost_ids_to
     sqlx::query("UPDATE deliveries SET next_attempt_at = $1").bind(soon).execute(store.pool()).await.unwrap();
 
     let _serve = lifeboat.spawn_serve();
+    eventually("serve runs", Duration::from_secs(15), || async { lifeboat.serve_log().contains("serve is running") })
+        .await;
+    // Else the worker's first run could begin after the token is due, and
+    // the hold-back as a run begins would be all this shows.
+    assert!(lifeboat::registry::now_ms() < soon - 5_000, "serve took too long to start to tell");
     eventually("the worker holds the token back once it is due", Duration::from_secs(60), || async {
         let why: Vec<Option<String>> =
             sqlx::query_scalar("SELECT last_error FROM deliveries").fetch_all(store.pool()).await.unwrap();

@@ -1198,30 +1198,41 @@ async fn the_sqlite_and_postgresql_schemas_have_the_same_tables_and_columns_in_t
 /// An address Synapse no longer has for an account that is still its
 /// person's stops being a contact (audited): it may be someone else's now.
 /// One its person opted out of stays (adding it again must not undo that),
-/// as do those added another way.
+/// as do those added another way, even when Synapse had them too; and
+/// nothing goes on an answer that is not to be trusted for it.
 async fn an_address_dropped_in_synapse_stops_being_a_contact(registry: Registry) {
     use lifeboat::registry::{AccountDetails, ContactAddress, ContactSource};
     sync_listing(&registry, &[user("@a:x", 1)]).await;
     let read = |emails: &[&str]| AccountDetails {
         user_id: id("@a:x"),
         emails: emails.iter().map(|address| (email(address), None)).collect(),
+        in_synapse: Some(emails.iter().map(|address| address.to_string()).collect()),
         due_at: 0,
     };
-    let all = ["old@example.org", "kept@example.org", "quiet@example.org"];
+    let all = ["old@example.org", "kept@example.org", "quiet@example.org", "both@example.org"];
     registry.record_details(&[read(&all)], &Actor::cli()).await.unwrap();
     sqlx::query("UPDATE contacts SET opted_out_at = 1 WHERE address = 'quiet@example.org'")
         .execute(registry.pool())
         .await
         .unwrap();
-    let own = ContactAddress::Email(email("own@example.org"));
-    registry.add_contact(&id("@a:x"), &own, ContactSource::User, Some(1), &Actor::cli()).await.unwrap();
+    for own in ["own@example.org", "both@example.org"] {
+        let own = ContactAddress::Email(email(own));
+        registry.add_contact(&id("@a:x"), &own, ContactSource::User, Some(1), &Actor::cli()).await.unwrap();
+    }
 
+    let left = || async {
+        let contacts = registry.contacts_of(&id("@a:x")).await.unwrap();
+        let mut left: Vec<String> =
+            contacts.into_iter().map(|contact| contact.address).filter(|address| !address.starts_with('@')).collect();
+        left.sort();
+        left
+    };
     registry.record_details(&[read(&["kept@example.org"])], &Actor::cli()).await.unwrap();
-    let contacts = registry.contacts_of(&id("@a:x")).await.unwrap();
-    let mut left: Vec<&str> =
-        contacts.iter().map(|contact| contact.address.as_str()).filter(|address| !address.starts_with('@')).collect();
-    left.sort();
-    assert_eq!(left, ["kept@example.org", "own@example.org", "quiet@example.org"]);
+    let expected = ["both@example.org", "kept@example.org", "own@example.org", "quiet@example.org"];
+    assert_eq!(left().await, expected);
+    let untrusted = AccountDetails { in_synapse: None, ..read(&[]) };
+    registry.record_details(&[untrusted], &Actor::cli()).await.unwrap();
+    assert_eq!(left().await, expected, "nothing goes on an answer not trusted for it");
     let audited = registry.audit_log(10).await.unwrap();
     assert!(audited.iter().any(|entry| entry.action == "contact.remove"
         && entry.detail.as_deref() == Some("email old@example.org (no longer in Synapse)")));
@@ -1232,7 +1243,7 @@ async fn details_are_read_again_when_due_and_new_accounts_come_first(registry: R
     use lifeboat::registry::{AccountDetails, DetailsDue};
     sync_listing(&registry, &[user("@new:x", 1), user("@due:x", 1), user("@later:x", 1), user("@old:x", 1)]).await;
     let now = lifeboat::registry::now_ms();
-    let read = |user: &str, due_at| AccountDetails { user_id: id(user), emails: Vec::new(), due_at };
+    let read = |user: &str, due_at| AccountDetails { user_id: id(user), emails: Vec::new(), in_synapse: None, due_at };
     registry
         .record_details(
             &[read("@due:x", now - 1), read("@later:x", now + 3_600_000), read("@old:x", now)],

@@ -1001,6 +1001,33 @@ async fn way_back_links_stop_at_the_hours_budget_whoever_asks() {
     assert!(smtp.messages_to(&people[2]).is_empty(), "past the hour's two, nothing");
 }
 
+/// Queued messages (links, codes, alerts) have one sender at a time across
+/// every serve on a registry: while another process holds their lease,
+/// this serve mails nothing, and once it is free the message goes.
+#[tokio::test(flavor = "multi_thread")]
+async fn queued_messages_wait_while_another_process_sends_them() {
+    let registry = TestDatabase::sqlite();
+    let smtp = TestSmtp::start(None);
+    let store = Registry::connect(&registry.url()).await.unwrap();
+    let elsewhere =
+        lifeboat::lease::Lease::take(&store, lifeboat::worker::QUEUED_MESSAGES_LEASE).await.unwrap().unwrap();
+    let to = "queued@example.org";
+    let message = lifeboat::messages::contact_code("example.org", &crate::harness::id("@a:example.org"), "123456", 30);
+    let until = lifeboat::registry::now_ms() + 3_600_000;
+    let kind = lifeboat::registry::MessageKind::Code;
+    lifeboat::outbox::queue_email(&store, kind, &crate::harness::email(to), &message, None, until).await.unwrap();
+    let lifeboat = Lifeboat::with_config("");
+    let _served = serve(&lifeboat, &base_without_synapse(&registry, &smtp), "").await;
+
+    tokio::time::sleep(Duration::from_secs(5)).await;
+    assert!(smtp.messages_to(to).is_empty(), "another process sends them: {}", lifeboat.serve_log());
+    elsewhere.release().await;
+    eventually("the message goes once the lease is free", Duration::from_secs(60), || async {
+        smtp.messages_to(to).len() == 1
+    })
+    .await;
+}
+
 /// Whoever keeps asking for someone's way back in gets them a few mails a
 /// day, not one each time the last link stops working (every 30 minutes).
 #[tokio::test(flavor = "multi_thread")]
@@ -1022,8 +1049,10 @@ async fn one_address_is_mailed_a_few_way_back_links_a_day_however_often_asked() 
         } else {
             tokio::time::sleep(Duration::from_secs(1)).await;
         }
-        // The link stops working, as it does after 30 minutes.
-        sqlx::query("UPDATE web_links SET expires_at = 1").execute(links.pool()).await.unwrap();
+        // The link stops working, as it does after 30 minutes (it is kept
+        // a day past that, and counted).
+        let a_minute_ago = lifeboat::registry::now_ms() - 60_000;
+        sqlx::query("UPDATE web_links SET expires_at = $1").bind(a_minute_ago).execute(links.pool()).await.unwrap();
     }
     tokio::time::sleep(Duration::from_secs(3)).await;
     assert_eq!(smtp.messages_to(&email).len(), 6, "past six a day, nothing more");
