@@ -62,10 +62,9 @@ pub async fn run_backup(context: &Context, args: BackupArgs) -> Outcome {
 
 pub async fn run_restore(context: &Context, args: RestoreArgs) -> Outcome {
     let (config, registry) = context.open().await?;
-    let count = |rows: &[(String, i64)]| rows.iter().map(|(_, n)| n).sum::<i64>();
-    let held = if args.replace && !args.yes { Some(registry.status().await.map_err(Failure::failed)?) } else { None };
-    // A registry with nothing to lose (a new one) is not asked about.
-    if let Some(held) = held.filter(|held| count(&held.accounts) + count(&held.contacts) + held.incidents_open > 0) {
+    if args.replace && !args.yes {
+        let held = registry.status().await.map_err(Failure::failed)?;
+        let count = |rows: &[(String, i64)]| rows.iter().map(|(_, n)| n).sum::<i64>();
         let question = format!(
             "Empty the registry ({}, {}, {}) and load {} in its place? What it holds and the backup lacks is lost. [y/N]",
             plural::count(count(&held.accounts), "account", "accounts"),
