@@ -917,7 +917,10 @@ async fn the_delivery_worker_holds_back_a_notice_with_a_token_until_the_lost_ids
     assert_eq!(lifeboat.run(&["recover"]).await.code, 0);
     open_incident(&lifeboat).await;
     smtp.spend_quota();
-    assert_eq!(lifeboat.run(&["notify", "1", "--yes"]).await.code, 1, "the notice waits for the relay");
+    let notified = lifeboat.run(&["notify", "1", "--yes"]).await;
+    assert_eq!(notified.code, 1, "the notice waits for the relay: {notified:?}");
+    // No [web]: the admin is told before it goes that held IDs get no link.
+    assert!(notified.stderr.contains("people whose ID is held get no claim link"), "{notified:?}");
 
     // Another ID is lost, not held; the waiting notice is due, the relay back.
     let store = lifeboat::registry::Registry::connect(&registry.url()).await.unwrap();
