@@ -27,7 +27,7 @@ use crate::config::{Config, HoldPolicy, RecoveryMode};
 use crate::email::EmailAddress;
 use crate::lease::{Held, Lease};
 use crate::links::ClaimLink;
-use crate::recover::{OwnFound, OwnMade, service_user_id};
+use crate::recover::{OwnFound, OwnMade, WIPE_SEEN_SETTING, service_user_id};
 use crate::registry::{self, Account, AccountState, Actor, HoldCandidate, OldName, Registry, now_ms};
 use crate::synapse::{self, Creation, SynapseClient, ThreePid, UserDetails};
 use crate::user_id::UserId;
@@ -143,11 +143,22 @@ pub struct UnheldLostIds {
     pub count: i64,
     /// The first few, in ID order.
     pub first: Vec<UserId>,
+    /// When lifeboat got back into a wiped Synapse, if no listing has been
+    /// applied since: until one is, nobody knows which IDs were lost, and
+    /// every ID may be free.
+    pub wipe_unlisted: Option<i64>,
 }
 
 impl std::fmt::Display for UnheldLostIds {
     /// "2 lost IDs are not held yet (@a:x, @b:x)"
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        if let (0, Some(at)) = (self.count, self.wipe_unlisted) {
+            let at = registry::format_time(at).unwrap_or_default();
+            return write!(
+                f,
+                "Synapse lost its database (lifeboat got back in at {at}) and no listing since has shown which IDs were lost"
+            );
+        }
         let more = self.count - self.first.len() as i64;
         let more = if more > 0 { format!(", and {more} more") } else { String::new() };
         let ids = crate::plural::id_list(&self.first, usize::MAX);
@@ -161,8 +172,20 @@ pub async fn tokens_withheld(config: &Config, registry: &Registry) -> Result<Opt
     if !holds_wanted(config, true) {
         return Ok(None);
     }
+    unheld_lost_ids(registry).await
+}
+
+/// The lost IDs not held yet, or a wipe no listing has shown yet (by the
+/// recovery it took, [`WIPE_SEEN_SETTING`]); `None` when there are neither.
+async fn unheld_lost_ids(registry: &Registry) -> Result<Option<UnheldLostIds>, registry::Error> {
     let (count, first) = registry.unheld_lost_ids(3).await?;
-    Ok((count > 0).then_some(UnheldLostIds { count, first }))
+    let wipe_seen = registry.setting(WIPE_SEEN_SETTING).await?.and_then(|at| at.parse::<i64>().ok());
+    let listed_since = match wipe_seen {
+        Some(at) => registry.last_complete_sync().await?.is_some_and(|run| run.started_at > at),
+        None => true,
+    };
+    let wipe_unlisted = wipe_seen.filter(|_| !listed_since);
+    Ok((count > 0 || wipe_unlisted.is_some()).then_some(UnheldLostIds { count, first, wipe_unlisted }))
 }
 
 /// How long serve's worker holds back mail with a token while lost IDs are
@@ -192,9 +215,8 @@ pub async fn hold_back_tokens(
 /// start already logged it: mail that came due during the run (a retry
 /// waited for) waits too.
 pub async fn hold_back_due_tokens(registry: &Registry, incident: Option<i64>) -> Result<(), registry::Error> {
-    let (count, first) = registry.unheld_lost_ids(3).await?;
-    if count > 0 {
-        hold_back(registry, incident, &UnheldLostIds { count, first }).await?;
+    if let Some(unheld) = unheld_lost_ids(registry).await? {
+        hold_back(registry, incident, &unheld).await?;
     }
     Ok(())
 }

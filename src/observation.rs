@@ -633,7 +633,11 @@ mod tests {
 
     #[test]
     fn lost_ids_a_hold_run_left_free_are_told_with_what_they_hold_back() {
-        let ids = UnheldLostIds { count: 1, first: vec![crate::user_id::UserId::parse("@a:x").unwrap()] };
+        let ids = UnheldLostIds {
+            count: 1,
+            first: vec![crate::user_id::UserId::parse("@a:x").unwrap()],
+            wipe_unlisted: None,
+        };
         let seen = Observation {
             not_held: Some(NotHeld { ids, why: "@a:x could not be held (busy)".to_owned() }),
             ..Observation::default()

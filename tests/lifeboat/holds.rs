@@ -973,6 +973,41 @@ async fn the_delivery_worker_holds_back_a_notice_with_a_token_until_the_lost_ids
     .await;
 }
 
+/// Right after a wipe, once lifeboat is back in and before any listing has
+/// shown who was lost, every ID may be free: no notice with a token goes
+/// out, even for an incident that was open before.
+#[tokio::test(flavor = "multi_thread")]
+async fn no_token_goes_out_after_a_wipe_until_a_listing_has_shown_who_was_lost() {
+    let synapse = TestSynapse::start();
+    let registry = TestDatabase::sqlite();
+    let smtp = TestSmtp::start(None);
+    let person = unique("wren");
+    let address = format!("{person}@example.org");
+    synapse.create_user(&person, &[&address]).await;
+    let lifeboat = recovering_with_mail(&synapse, &registry, &smtp);
+    assert_eq!(lifeboat.run(&["sync"]).await.code, 0);
+    std::fs::write(lifeboat.dir().join("postmortem.md"), POSTMORTEM).unwrap();
+    let opened = lifeboat
+        .run(&["incident", "open", "--title", "Maintenance", "--postmortem", "postmortem.md", "--affected", "all"])
+        .await;
+    assert_eq!(opened.code, 0, "{opened:?}");
+
+    synapse.wipe();
+    assert_eq!(lifeboat.run(&["recover"]).await.code, 0);
+    let notified = lifeboat.run(&["notify", "1", "--yes"]).await;
+    assert_ne!(notified.code, 0, "{notified:?}");
+    assert!(notified.stderr.contains("no listing since has shown which IDs were lost"), "{notified:?}");
+    assert!(smtp.messages_to(&address).is_empty(), "no token for an ID anyone could take");
+    synapse.register_admin("checker");
+    assert!(synapse.registration_tokens().await.is_empty(), "no token made in the wiped Synapse");
+
+    // A listing shows the loss; holding it, notify sends.
+    assert_eq!(lifeboat.run(&["sync"]).await.code, 0);
+    let notified = lifeboat.run(&["notify", "1", "--yes"]).await;
+    assert_eq!(notified.code, 0, "{notified:?}");
+    assert_eq!(smtp.messages_to(&address).len(), 1);
+}
+
 /// A token mail that comes due while a send run waits for it (a retry due
 /// in seconds) is held back too while a lost ID is not held: the rule is
 /// asked at every claim, not only as the run begins.
