@@ -861,6 +861,7 @@ pub async fn hand_back(
         let name = account.as_ref().and_then(Account::display_name_to_restore);
         let emails = free_emails(registry, client, user_id).await?;
         client.hand_over_account(user_id.as_str(), password, was_admin, name, &emails).await?;
+        client.delete_every_device(user_id.as_str()).await?;
         // The account handed over is the person's from now on: its creation
         // time tells it from one registered after another wipe. Unknown only
         // if Synapse fails this one read; the next listing brings it then.

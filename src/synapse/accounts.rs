@@ -25,6 +25,13 @@ pub enum Creation {
 struct Devices {
     #[serde(default)]
     total: i64,
+    #[serde(default)]
+    devices: Vec<Device>,
+}
+
+#[derive(Deserialize)]
+struct Device {
+    device_id: String,
 }
 
 impl SynapseClient {
@@ -97,6 +104,21 @@ impl SynapseClient {
             body["displayname"] = json!(name);
         }
         self.call(Method::PUT, &user_path(user_id), Some(&body)).await
+    }
+
+    /// Deletes every device an account has left. Handing one over logs out
+    /// all but the requester's device ID, which is lifeboat's own and
+    /// public: a stranger who logged in to the ID with it keeps a device
+    /// (and its keys) there otherwise.
+    pub async fn delete_every_device(&self, user_id: &str) -> Result<(), Error> {
+        let path = format!("{}/devices", user_path(user_id));
+        let devices: Devices = self.get_json(&path, &[], true).await?;
+        if devices.devices.is_empty() {
+            return Ok(());
+        }
+        let ids: Vec<&str> = devices.devices.iter().map(|device| device.device_id.as_str()).collect();
+        let path = format!("/_synapse/admin/v2/users/{}/delete_devices", urlencode(user_id));
+        self.call(Method::POST, &path, Some(&json!({ "devices": ids }))).await
     }
 
     /// Deactivates an account for good (Synapse cannot delete one): its ID

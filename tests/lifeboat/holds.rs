@@ -752,12 +752,30 @@ async fn an_id_handed_back_from_a_stranger_keeps_none_of_the_strangers_ways_in()
     assert_eq!(lifeboat.run(&["sync"]).await.code, 0);
     assert!(ids_in(&lifeboat, "recreated").await.contains(&synapse.user_id(&person)));
     let store = lifeboat::registry::Registry::connect(&registry.url()).await.unwrap();
+    // And a device named as lifeboat's own (its ID is public), which the
+    // hand-over's logout would spare as the requester's.
+    let own = lifeboat::recover::service_user_id(
+        &lifeboat::config::Config::load(lifeboat.config_path(), std::iter::empty()).unwrap(),
+    );
+    let own_device = store.service_credential(&own).await.unwrap().unwrap().device_id.unwrap();
+    let login = serde_json::json!({"type": "m.login.password", "identifier": {"type": "m.id.user", "user": person},
+                                   "password": "correct horse battery", "device_id": own_device});
+    let logged_in = reqwest::Client::new()
+        .post(format!("{}/_matrix/client/v3/login", synapse.url))
+        .json(&login)
+        .send()
+        .await
+        .unwrap();
+    assert!(logged_in.status().is_success(), "{:?}", logged_in.text().await);
     let handed_back = lifeboat::user_id::UserId::parse(&synapse.user_id(&person)).unwrap();
     let seen_before = store.account(&handed_back).await.unwrap().unwrap();
 
     let claimed =
         lifeboat.run_with_input(&["holds", "claim", &synapse.user_id(&person)], "a-long-enough-passphrase\n").await;
     assert_eq!(claimed.code, 0, "{claimed:?}");
+    let devices = format!("/_synapse/admin/v2/users/{}/devices", synapse.user_id(&person));
+    let (_, devices) = synapse.admin_request(reqwest::Method::GET, &devices, None).await;
+    assert_eq!(devices["total"], 0, "no device of the stranger's stays: {devices}");
     let account = synapse.user(&person).await;
     let addresses: Vec<&str> =
         account["threepids"].as_array().unwrap().iter().filter_map(|threepid| threepid["address"].as_str()).collect();

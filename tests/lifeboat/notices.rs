@@ -1067,7 +1067,10 @@ async fn a_contacts_id_taken_after_another_wipe_before_any_listing_gets_no_dm() 
     let synapse = TestSynapse::start();
     let registry = TestDatabase::sqlite();
     let smtp = TestSmtp::start(None);
-    let lifeboat = lifeboat_with_mail(&synapse, &registry, &smtp);
+    let mut lifeboat = lifeboat_with_mail(&synapse, &registry, &smtp);
+    // Holds off: notices go as soon as lifeboat is back in (with holds on,
+    // none goes before a listing has shown who was lost).
+    lifeboat.set_env("LIFEBOAT__RECOVERY__HOLD", "off");
     let (alice, bob) = (unique("alice"), unique("bob"));
     synapse.create_user(&alice, &[&format!("{alice}@example.org")]).await;
     assert_eq!(lifeboat.run(&["sync"]).await.code, 0);
