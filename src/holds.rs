@@ -156,7 +156,7 @@ impl std::fmt::Display for UnheldLostIds {
             let at = registry::format_time(at).unwrap_or_default();
             return write!(
                 f,
-                "Synapse lost its database (lifeboat got back in at {at}) and no listing since has shown which IDs were lost"
+                "lifeboat had to get back into Synapse at {at} (as after a lost database) and no listing since has shown which IDs were lost (`lifeboat sync` lists them)"
             );
         }
         let more = self.count - self.first.len() as i64;
@@ -861,12 +861,15 @@ pub async fn hand_back(
         let name = account.as_ref().and_then(Account::display_name_to_restore);
         let emails = free_emails(registry, client, user_id).await?;
         client.hand_over_account(user_id.as_str(), password, was_admin, name, &emails).await?;
-        client.delete_every_device(user_id.as_str()).await?;
         // The account handed over is the person's from now on: its creation
         // time tells it from one registered after another wipe. Unknown only
         // if Synapse fails this one read; the next listing brings it then.
         let created_at_ms = client.user_details(user_id.as_str()).await.ok().flatten().and_then(|d| d.created_at_ms());
         registry.settle_as_claimed(user_id, created_at_ms, actor).await?;
+        // After the claim is recorded: its person has the ID either way.
+        if let Err(err) = client.delete_every_device(user_id.as_str()).await {
+            tracing::warn!(%user_id, error = %err, "handed back, but a device left on the account could not be deleted: delete it with Synapse's admin API");
+        }
         Ok(())
     };
     one_hand_over(registry, user_id, work).await?

@@ -266,11 +266,12 @@ pub async fn recover(config: &Config, registry: &Registry, actor: &Actor) -> Res
         },
         Err(err) => return Err(err.into()),
     };
+    // Every ID may be free until a listing says which were lost: no token
+    // goes out meanwhile (`holds::tokens_withheld`). Kept before the token:
+    // once that works, nothing would come back here to keep it.
+    registry.set_setting(WIPE_SEEN_SETTING, &registry::now_ms().to_string()).await?;
     keep_own_login(registry, &user_id, &registered, CredentialFrom::Recovery, actor).await?;
     registry.own_account_recreated(&user_id).await?;
-    // Every ID may be free until a listing says which were lost: no token
-    // goes out meanwhile (`holds::tokens_withheld`).
-    registry.set_setting(WIPE_SEEN_SETTING, &registry::now_ms().to_string()).await?;
     lift_rate_limit(&base.with_token(registered.access_token.clone()), &user_id).await;
     Ok(RecoverOutcome::Recovered { user_id: registered.user_id })
 }

@@ -1014,7 +1014,10 @@ async fn no_token_goes_out_after_a_wipe_until_a_listing_has_shown_who_was_lost()
     assert_eq!(lifeboat.run(&["recover"]).await.code, 0);
     let notified = lifeboat.run(&["notify", "1", "--yes"]).await;
     assert_ne!(notified.code, 0, "{notified:?}");
-    assert!(notified.stderr.contains("no listing since has shown which IDs were lost"), "{notified:?}");
+    assert!(
+        notified.stderr.contains("no listing since has shown which IDs were lost (`lifeboat sync`"),
+        "{notified:?}"
+    );
     assert!(smtp.messages_to(&address).is_empty(), "no token for an ID anyone could take");
     synapse.register_admin("checker");
     assert!(synapse.registration_tokens().await.is_empty(), "no token made in the wiped Synapse");
