@@ -406,7 +406,7 @@ fn covering_query(scope: IncidentScope) -> String {
     )
 }
 
-/// Records a token made in Synapse: its id.
+/// Records a token (before Synapse makes it, see [`Registry::record_token`]): its id.
 async fn insert_token(
     executor: impl sqlx::Executor<'_, Database = sqlx::Any>,
     purpose: TokenPurpose,

@@ -942,31 +942,13 @@ async fn the_delivery_worker_holds_back_a_notice_with_a_token_until_the_lost_ids
 
     // Another ID is lost, not held; the waiting notice is due, the relay back.
     let store = lifeboat::registry::Registry::connect(&registry.url()).await.unwrap();
-    let lost = synapse.user_id(&unique("lost"));
-    sqlx::query("INSERT INTO accounts (user_id, first_seen_at, state, missing_since) VALUES ($1, 1, 'missing', 1)")
-        .bind(&lost)
-        .execute(store.pool())
-        .await
-        .unwrap();
+    let lost = lost_and_not_held(&synapse, &store).await;
     sqlx::query("UPDATE deliveries SET next_attempt_at = 0 WHERE state = 'pending'")
         .execute(store.pool())
         .await
         .unwrap();
     // And a token an admin had the bot mail, waiting in the outbox too.
-    let other = format!("{}@example.org", unique("other"));
-    let token = lifeboat::messages::registration_token(
-        &synapse.server_name,
-        &crate::harness::id(&synapse.user_id("other")),
-        "sometoken",
-        "tomorrow",
-        &synapse.url,
-        lifeboat::registry::OldName::MayBeFree,
-    );
-    let to = lifeboat::email::EmailAddress::parse(&other).unwrap();
-    let until = lifeboat::registry::now_ms() + 3_600_000;
-    lifeboat::outbox::queue_email(&store, lifeboat::registry::MessageKind::Token, &to, &token, None, until)
-        .await
-        .unwrap();
+    let other = token_mailed_by_the_bot(&synapse, &store).await;
     smtp.heal();
     let _serve = lifeboat.spawn_serve();
     eventually("the worker holds the notice and the token back", Duration::from_secs(60), || async {
@@ -1041,28 +1023,10 @@ async fn a_token_mail_that_comes_due_during_a_send_run_waits_for_the_lost_ids_to
     holding_at_incidents_only(&lifeboat);
     assert_eq!(lifeboat.run(&["sync"]).await.code, 0);
     let store = lifeboat::registry::Registry::connect(&registry.url()).await.unwrap();
-    let lost = synapse.user_id(&unique("lost"));
-    sqlx::query("INSERT INTO accounts (user_id, first_seen_at, state, missing_since) VALUES ($1, 1, 'missing', 1)")
-        .bind(&lost)
-        .execute(store.pool())
-        .await
-        .unwrap();
+    let lost = lost_and_not_held(&synapse, &store).await;
     // A token an admin had the bot mail, due some seconds after serve's
     // worker begins its first run, which waits for it.
-    let other = format!("{}@example.org", unique("other"));
-    let token = lifeboat::messages::registration_token(
-        &synapse.server_name,
-        &crate::harness::id(&synapse.user_id("other")),
-        "sometoken",
-        "tomorrow",
-        &synapse.url,
-        lifeboat::registry::OldName::MayBeFree,
-    );
-    let to = lifeboat::email::EmailAddress::parse(&other).unwrap();
-    let until = lifeboat::registry::now_ms() + 3_600_000;
-    lifeboat::outbox::queue_email(&store, lifeboat::registry::MessageKind::Token, &to, &token, None, until)
-        .await
-        .unwrap();
+    let other = token_mailed_by_the_bot(&synapse, &store).await;
     let soon = lifeboat::registry::now_ms() + 20_000;
     sqlx::query("UPDATE deliveries SET next_attempt_at = $1").bind(soon).execute(store.pool()).await.unwrap();
 
@@ -1207,6 +1171,37 @@ async fn holding_after_a_wipe(synapse: &TestSynapse, registry: &TestDatabase) ->
 fn holding_at_incidents_only(lifeboat: &Lifeboat) {
     let config = std::fs::read_to_string(lifeboat.config_path()).unwrap();
     lifeboat.write_config(&format!("{config}\n[recovery]\nhold = \"on-incident\"\n"));
+}
+
+/// An ID the registry has lost and nobody holds (another loss since).
+async fn lost_and_not_held(synapse: &TestSynapse, store: &lifeboat::registry::Registry) -> String {
+    let lost = synapse.user_id(&unique("lost"));
+    sqlx::query("INSERT INTO accounts (user_id, first_seen_at, state, missing_since) VALUES ($1, 1, 'missing', 1)")
+        .bind(&lost)
+        .execute(store.pool())
+        .await
+        .unwrap();
+    lost
+}
+
+/// A registration token an admin had the bot mail, queued in the outbox;
+/// the address it goes to.
+async fn token_mailed_by_the_bot(synapse: &TestSynapse, store: &lifeboat::registry::Registry) -> String {
+    let other = format!("{}@example.org", unique("other"));
+    let token = lifeboat::messages::registration_token(
+        &synapse.server_name,
+        &crate::harness::id(&synapse.user_id("other")),
+        "sometoken",
+        "tomorrow",
+        &synapse.url,
+        lifeboat::registry::OldName::MayBeFree,
+    );
+    let to = lifeboat::email::EmailAddress::parse(&other).unwrap();
+    let until = lifeboat::registry::now_ms() + 3_600_000;
+    lifeboat::outbox::queue_email(store, lifeboat::registry::MessageKind::Token, &to, &token, None, until)
+        .await
+        .unwrap();
+    other
 }
 
 /// [`Lifeboat::recovering`] with `[email]` on `smtp`.

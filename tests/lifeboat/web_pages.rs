@@ -250,6 +250,15 @@ async fn affected_person(registry: &TestDatabase, user_id: &str, email: &str) ->
     contact
 }
 
+/// A config with a registry and nothing else that works.
+fn base_without_synapse_or_mail(registry: &TestDatabase) -> String {
+    format!(
+        "[homeserver]\nurl = \"http://127.0.0.1:9\"\nserver_name = \"example.org\"\nadmin_token = \"tok\"\n\
+         retries = 0\n\n[registry]\nurl = \"{}\"\n",
+        registry.url()
+    )
+}
+
 fn base_without_synapse(registry: &TestDatabase, smtp: &TestSmtp) -> String {
     format!(
         "[homeserver]\nurl = \"http://127.0.0.1:9\"\nserver_name = \"example.org\"\nretries = 0\ntimeout = \"1s\"\n\n\
@@ -699,11 +708,7 @@ async fn slow_and_idle_connections_are_closed_and_their_number_is_capped() {
         socket.connect(address.parse().unwrap()).await.unwrap()
     }
     let registry = TestDatabase::sqlite();
-    let base = format!(
-        "[homeserver]\nurl = \"http://127.0.0.1:9\"\nserver_name = \"example.org\"\nadmin_token = \"tok\"\n\
-         retries = 0\n\n[registry]\nurl = \"{}\"\n",
-        registry.url()
-    );
+    let base = base_without_synapse_or_mail(&registry);
     let lifeboat = Lifeboat::with_config(&base);
     let served = serve(&lifeboat, &base, "max_connections = 3").await;
     let address = served.url.trim_start_matches("http://").to_owned();
@@ -774,11 +779,7 @@ async fn slow_and_idle_connections_are_closed_and_their_number_is_capped() {
 async fn a_client_that_never_reads_its_answers_gives_its_connection_back() {
     use tokio::io::AsyncWriteExt;
     let registry = TestDatabase::sqlite();
-    let base = format!(
-        "[homeserver]\nurl = \"http://127.0.0.1:9\"\nserver_name = \"example.org\"\nadmin_token = \"tok\"\n\
-         retries = 0\n\n[registry]\nurl = \"{}\"\n",
-        registry.url()
-    );
+    let base = base_without_synapse_or_mail(&registry);
     let lifeboat = Lifeboat::with_config(&base);
     let served = serve(&lifeboat, &base, "max_connections = 3").await;
     let address: std::net::SocketAddr = served.url.trim_start_matches("http://").parse().unwrap();
