@@ -8,6 +8,9 @@
 //!   LIFEBOAT_BENCH_ROUNDS       rounds per concurrency (default 3)
 //!   LIFEBOAT_BENCH_CONCURRENCY  comma-separated concurrencies = SMTP connections
 //!                               (default "8", what `lifeboat notify` uses)
+//!   LIFEBOAT_BENCH_HELD         1: every lost ID is held and holds are on, as with
+//!                               recovery.hold = "auto": each claim asks whether a lost
+//!                               ID is free, each notice carries a claim link (default 0)
 //!   LIFEBOAT_BENCH_SINK         postfix (default) or aiosmtpd
 //!   LIFEBOAT_BENCH_POSTFIX_DIR  a folder Debian's postfix .deb was extracted into
 //!                               (default target/bench-tools/postfix, fetched with
@@ -108,7 +111,7 @@ fn listed(user_id: &str, display_name: &str) -> Result<ListedUser> {
 
 /// A registry with `people` accounts, one email contact each, all missing
 /// (listed once, then absent from a second listing), plus one survivor.
-async fn build_registry(path: &Path, people: usize) -> Result<Registry> {
+async fn build_registry(path: &Path, people: usize, held: bool) -> Result<Registry> {
     let registry = Registry::connect(&format!("sqlite://{}", path.display())).await?;
     let survivor = listed(&format!("@survivor:{SERVER_NAME}"), "Survivor")?;
     let users: Vec<ListedUser> =
@@ -140,6 +143,12 @@ async fn build_registry(path: &Path, people: usize) -> Result<Registry> {
     let applied = registry.apply_listing(run, 0.5, &Actor::cli()).await?;
     if applied.newly_missing != people as u64 {
         return Err(format!("expected {people} accounts to go missing, got {}", applied.newly_missing).into());
+    }
+    if held {
+        sqlx::query("UPDATE accounts SET custody = 'held', custody_at = $1 WHERE state = 'missing'")
+            .bind(now_ms())
+            .execute(registry.pool())
+            .await?;
     }
     Ok(registry)
 }
@@ -183,7 +192,7 @@ async fn open_incident(registry: &Registry, people: usize) -> Result<Incident> {
 }
 
 /// What `notify` renders the incident's notices with.
-fn settings(incident: &Incident) -> Result<NoticeSettings> {
+fn settings(incident: &Incident, held: bool) -> Result<NoticeSettings> {
     Ok(NoticeSettings::new(
         SERVER_NAME.to_owned(),
         Url::parse("https://matrix.bench.test")?,
@@ -191,10 +200,11 @@ fn settings(incident: &Incident) -> Result<NoticeSettings> {
             Url::parse("https://lifeboat.bench.test")?,
             SecretString::from("bench-link-signing-key-0123456789abcdef".to_owned()),
         )),
-        // The notices carry claim links as in reclaim mode (none here: no ID is held).
+        // The notices carry claim links as in reclaim mode (only with the IDs held).
         Some(std::time::Duration::from_secs(14 * 24 * 3600)),
         incident,
-    ))
+    )
+    .with_holds(held))
 }
 
 fn mailer(port: u16, pool_size: u32) -> Result<Mailer> {
@@ -311,6 +321,7 @@ fn show(who: &str, round: usize, measured: &Measured) {
 async fn bench(repo: &Path) -> Result<bool> {
     let people: usize = env_number("LIFEBOAT_BENCH_EMAILS", 10_000);
     let rounds: usize = env_number("LIFEBOAT_BENCH_ROUNDS", 3);
+    let held = env_number("LIFEBOAT_BENCH_HELD", 0) == 1;
     let concurrencies: Vec<usize> = std::env::var("LIFEBOAT_BENCH_CONCURRENCY")
         .unwrap_or_else(|_| "8".to_owned())
         .split(',')
@@ -322,9 +333,10 @@ async fn bench(repo: &Path) -> Result<bool> {
     println!("notify_email: sink {} on 127.0.0.1:{}", sink.name, sink.port);
 
     let started = Instant::now();
-    let registry = build_registry(&scratch.path().join("registry.db"), people).await?;
+    let registry = build_registry(&scratch.path().join("registry.db"), people, held).await?;
+    let lost = if held { "lost accounts, held with holds on" } else { "missing accounts" };
     println!(
-        "notify_email: SQLite registry with {people} missing accounts, one email each, built in {:.1} s",
+        "notify_email: SQLite registry with {people} {lost}, one email each, built in {:.1} s",
         started.elapsed().as_secs_f64()
     );
 
@@ -336,7 +348,7 @@ async fn bench(repo: &Path) -> Result<bool> {
         for round in 1..=rounds {
             let incident = open_incident(&registry, people).await?;
             let measured =
-                lifeboat_round(&registry, &sink, &incident, &settings(&incident)?, people, concurrency).await?;
+                lifeboat_round(&registry, &sink, &incident, &settings(&incident, held)?, people, concurrency).await?;
             show("lifeboat", round, &measured);
             rates.push(measured.rate);
         }

@@ -11,9 +11,7 @@ use tokio_util::sync::CancellationToken;
 
 use crate::config::{Config, RecoveryMode};
 use crate::dm::{CryptoStore, Devices, DmError, DmSender, Login, held_by_serve};
-use crate::holds::{
-    HoldError, HoldReport, UnheldLostIds, hold_back_tokens, hold_lost_ids, holds_wanted, tokens_withheld,
-};
+use crate::holds::{HoldError, HoldReport, UnheldLostIds, hold_back_tokens, hold_lost_ids, holds_wanted};
 use crate::lease::{Held, Lease};
 use crate::links::LINK_KEY;
 use crate::mail::Mailer;
@@ -24,7 +22,9 @@ use crate::registry::{self, Actor, DeliveryChannel, DeliveryCounts, Incident, In
 use crate::session::store_passphrase;
 use crate::synapse::{self, SynapseClient};
 use crate::sync::{Quiet, SyncError, SyncOptions, sync};
-use crate::tokens::{TokenError, ensure_notice_tokens, extend_unsent_tokens, revoke_unused_tokens};
+use crate::tokens::{
+    TokenError, ensure_notice_tokens, extend_unsent_tokens, revoke_unused_tokens, tokens_withheld_now,
+};
 use crate::user_id::UserId;
 
 /// Matrix DMs in flight at once. (Emails: `email.connections`.)
@@ -57,7 +57,8 @@ pub enum CampaignError {
     #[error("incident {0} was resolved meanwhile: nothing was made or sent")]
     Resolved(i64),
     #[error(
-        "{0}, and a registration token in a notice could register any of them: nothing was made or sent; hold them first (`lifeboat holds make` says why they are not), or set recovery.hold = \"off\" to send tokens anyway"
+        "{0}, and a registration token in a notice could register any of them: nothing was made or sent; {step}, or set recovery.hold = \"off\" to send tokens anyway",
+        step = .0.next_step()
     )]
     NotHeld(UnheldLostIds),
     #[error("stopped before any registration token was made or notice sent; run notify again to send them")]
@@ -445,7 +446,7 @@ async fn send_under_lease(
     if options.plan_new && progress.stopping() {
         return Err(CampaignError::Stopped);
     }
-    let withheld = tokens_withheld(config, registry).await?;
+    let withheld = tokens_withheld_now(config, registry, &client).await?;
     if let Some(unheld) = withheld.clone() {
         if options.plan_new {
             return Err(CampaignError::NotHeld(unheld));

@@ -28,7 +28,7 @@ use crate::email::EmailAddress;
 use crate::lease::{Held, Lease};
 use crate::links::ClaimLink;
 use crate::recover::{OwnFound, OwnMade, WIPE_SEEN_SETTING, service_user_id};
-use crate::registry::{self, Account, AccountState, Actor, HoldCandidate, OldName, Registry, now_ms};
+use crate::registry::{self, Account, AccountState, Actor, ContactKind, HoldCandidate, OldName, Registry, now_ms};
 use crate::synapse::{self, Creation, SynapseClient, ThreePid, UserDetails};
 use crate::user_id::UserId;
 
@@ -156,7 +156,7 @@ impl std::fmt::Display for UnheldLostIds {
             let at = registry::format_time(at).unwrap_or_default();
             return write!(
                 f,
-                "lifeboat had to get back into Synapse at {at} (as after a lost database) and no listing since has shown which IDs were lost (`lifeboat sync` lists them)"
+                "at {at} lifeboat had to get back into Synapse, or found fewer accounts there than its last listing (as after a lost database), and no listing since has shown which IDs were lost (`lifeboat sync` lists them)"
             );
         }
         let more = self.count - self.first.len() as i64;
@@ -164,6 +164,23 @@ impl std::fmt::Display for UnheldLostIds {
         let ids = crate::plural::id_list(&self.first, usize::MAX);
         let count = crate::plural::count(self.count, "lost ID is", "lost IDs are");
         write!(f, "{count} not held yet ({ids}{more})")
+    }
+}
+
+impl UnheldLostIds {
+    /// Withheld only until a listing shows who was lost (no lost ID is
+    /// known yet to hold).
+    pub fn waits_for_a_listing(&self) -> bool {
+        self.count == 0 && self.wipe_unlisted.is_some()
+    }
+
+    /// What lets tokens go out again, for messages that name it.
+    pub fn next_step(&self) -> &'static str {
+        if self.waits_for_a_listing() {
+            "let a listing show who was lost first (`lifeboat sync`, or serve's watcher within a round)"
+        } else {
+            "hold them first (`lifeboat holds make` says why they are not)"
+        }
     }
 }
 
@@ -205,6 +222,7 @@ pub async fn hold_back_tokens(
         return Ok(None);
     }
     let ends = match config.recovery.hold {
+        _ if unheld.waits_for_a_listing() => "serve's watcher lists Synapse within a round",
         HoldPolicy::Auto => "serve's watcher is holding them",
         _ => "with recovery.hold = \"on-incident\" nothing holds them until `lifeboat holds make` (or a notify) runs",
     };
@@ -598,6 +616,16 @@ pub async fn read_by_its_person_or_nobody(
     }))
 }
 
+/// Does a DM to `address` reach the person it is a contact of, as far as
+/// the registry knows? A Matrix ID of this homeserver (`server_name`) does
+/// only while it is its person's (`standing`): lost, held, registered again
+/// by someone else, or unknown, whoever has it reads their token and claim
+/// link. One rule for sending a notice and for taking its link.
+pub fn dm_reaches_its_person(address: &str, server_name: &str, standing: Option<AccountState>) -> bool {
+    let local = UserId::parse(address).is_ok_and(|id| id.server_name() == server_name);
+    !local || standing.is_some_and(AccountState::is_its_persons)
+}
+
 /// What a person asking again for a way back in (the web page's `/token`,
 /// an admin's `token` command) is sent. One rule for every face.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -676,17 +704,35 @@ pub enum ClaimCheck {
     Dead,
 }
 
-/// Checks a claim link and what it names (the one place that decides).
+/// Checks a claim link, as sent to the contact `contact_id`, and what it
+/// names (the one place that decides).
 pub async fn check_claim(
     registry: &Registry,
     key: &SecretString,
     link: &ClaimLink,
+    contact_id: i64,
     sig: &str,
 ) -> Result<ClaimCheck, registry::Error> {
-    if link.account.len() > 255 || !link.verify(key, sig) || link.until <= now_ms() {
+    if link.account.len() > 255 || link.until <= now_ms() {
+        return Ok(ClaimCheck::Dead);
+    }
+    // Only while the contact it went to is still the person's: an address
+    // they removed, or one Synapse no longer has (lapsed, and someone
+    // else's now), must not hand their ID to whoever reads it.
+    let Some(contact) = registry.contact(contact_id).await? else { return Ok(ClaimCheck::Dead) };
+    if contact.user_id != link.account || !link.verify(key, contact_id, &contact.address, sig) {
         return Ok(ClaimCheck::Dead);
     }
     let Ok(user_id) = UserId::parse(&link.account) else { return Ok(ClaimCheck::Dead) };
+    if contact.kind == ContactKind::Matrix {
+        let standing = match UserId::parse(&contact.address) {
+            Ok(id) => registry.account(&id).await?.map(|account| account.state),
+            Err(_) => None,
+        };
+        if !dm_reaches_its_person(&contact.address, user_id.server_name(), standing) {
+            return Ok(ClaimCheck::Dead);
+        }
+    }
     if !registry.incident_open_for(link.incident, &user_id).await? {
         return Ok(ClaimCheck::Dead);
     }

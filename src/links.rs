@@ -3,9 +3,11 @@
 //! forged or altered. Formats (fixed; the web page verifies them):
 //! - `<web.public_url>/unsubscribe?contact=<contact id>&sig=<hex HMAC of "unsubscribe:<contact id>:<address>">`
 //!   (the address too: a contact id can name another address later, after a restore, say)
-//! - `<web.public_url>/claim?account=<user ID>&incident=<id>&hold=<held at>&until=<expiry>&sig=<hex HMAC
-//!   of "claim:<incident>:<held at>:<until>:<user ID>">` (times in UTC ms). `hold` names the hold
-//!   the link is for: once the ID is claimed, or held again after another loss, the link is dead.
+//! - `<web.public_url>/claim?account=<user ID>&incident=<id>&hold=<held at>&until=<expiry>&contact=<contact id>&sig=<hex HMAC
+//!   of "claim:<incident>:<held at>:<until>:<contact id>:<length of user ID>:<user ID>:<address>">` (times
+//!   in UTC ms). `hold` names the hold the link is for: once the ID is claimed, or held again after
+//!   another loss, the link is dead. `contact` names the contact it was sent to (and, signed, its
+//!   address): once that is no longer the account's contact, the link is dead too.
 
 use hmac::{Hmac, Mac};
 use secrecy::{ExposeSecret, SecretString};
@@ -75,12 +77,15 @@ pub struct ClaimLink {
 }
 
 impl ClaimLink {
-    fn message(&self) -> String {
-        // Numbers first: they hold no ':', so the message names one link only.
-        format!("claim:{}:{}:{}:{}", self.incident, self.hold, self.until, self.account)
+    fn message(&self, contact_id: i64, address: &str) -> String {
+        // Numbers first and the ID's length: the message names one link only.
+        let ClaimLink { account, incident, hold, until } = self;
+        format!("claim:{incident}:{hold}:{until}:{contact_id}:{}:{account}:{address}", account.len())
     }
 
-    pub fn url(&self, public_url: &Url, key: &SecretString) -> String {
+    /// The link as sent to the contact `contact_id` at `address`: it works
+    /// only while that is a contact of the account.
+    pub fn url(&self, public_url: &Url, key: &SecretString, contact_id: i64, address: &str) -> String {
         let mut url = public_url.clone();
         let base = url.path().trim_end_matches('/').to_owned();
         url.set_path(&format!("{base}/claim"));
@@ -91,14 +96,16 @@ impl ClaimLink {
             .append_pair("incident", &self.incident.to_string())
             .append_pair("hold", &self.hold.to_string())
             .append_pair("until", &self.until.to_string())
-            .append_pair("sig", &sign(key, &self.message()));
+            .append_pair("contact", &contact_id.to_string())
+            .append_pair("sig", &sign(key, &self.message(contact_id, address)));
         url.into()
     }
 
-    /// Does `sig` sign this link? (Constant time.) Whether it is still
-    /// usable (the time, the hold) is for the caller to check.
-    pub fn verify(&self, key: &SecretString, sig: &str) -> bool {
-        verify(key, &self.message(), sig)
+    /// Does `sig` sign this link, as sent to `contact_id` at `address`?
+    /// (Constant time.) Whether it is still usable (the time, the hold,
+    /// the contact) is for the caller to check.
+    pub fn verify(&self, key: &SecretString, contact_id: i64, address: &str, sig: &str) -> bool {
+        verify(key, &self.message(contact_id, address), sig)
     }
 }
 
@@ -180,21 +187,26 @@ mod tests {
     #[test]
     fn a_claim_link_verifies_for_what_it_names_only() {
         let key = SecretString::from("k");
-        let url = Url::parse(&claim().url(&Url::parse("https://lifeboat.example.org/base/").unwrap(), &key)).unwrap();
+        let base = Url::parse("https://lifeboat.example.org/base/").unwrap();
+        let url = Url::parse(&claim().url(&base, &key, 7, "a@example.org")).unwrap();
         assert_eq!(url.path(), "/base/claim");
         let query: std::collections::HashMap<_, _> = url.query_pairs().into_owned().collect();
         let sig = &query["sig"];
         assert_eq!(query["account"], "@alice:example.org");
-        assert!(claim().verify(&key, sig));
+        assert_eq!(query["contact"], "7");
+        assert!(!url.as_str().contains("a%40example") && !url.as_str().contains("a@example"), "no address: {url}");
+        assert!(claim().verify(&key, 7, "a@example.org", sig));
+        assert!(!claim().verify(&key, 8, "a@example.org", sig), "another contact");
+        assert!(!claim().verify(&key, 7, "b@example.org", sig), "the contact now has another address");
         for other in [
             ClaimLink { account: "@bob:example.org".into(), ..claim() },
             ClaimLink { incident: 4, ..claim() },
             ClaimLink { hold: 1, ..claim() },
             ClaimLink { until: 1_900_000_000_000, ..claim() },
         ] {
-            assert!(!other.verify(&key, sig), "{other:?}");
+            assert!(!other.verify(&key, 7, "a@example.org", sig), "{other:?}");
         }
-        assert!(!claim().verify(&SecretString::from("other"), sig));
-        assert!(!claim().verify(&key, "not hex"));
+        assert!(!claim().verify(&SecretString::from("other"), 7, "a@example.org", sig));
+        assert!(!claim().verify(&key, 7, "a@example.org", "not hex"));
     }
 }

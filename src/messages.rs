@@ -10,6 +10,7 @@ use crate::registry::OldName;
 use crate::user_id::UserId;
 
 /// A message ready for the outbox.
+#[derive(Clone)]
 pub struct Rendered {
     pub subject: String,
     pub text: String,

@@ -17,14 +17,14 @@ use url::Url;
 use crate::config::Config;
 use crate::dm::DmSender;
 use crate::email::EmailAddress;
-use crate::holds::{UnheldLostIds, claim_link};
+use crate::holds::{UnheldLostIds, claim_link, dm_reaches_its_person};
 use crate::links::UnsubscribeLinks;
 use crate::mail::{Mailer, OutgoingEmail};
 use crate::notice::{DM_CONTENT_BUDGET, NoticeContext, RenderedNotice, dm_content_bytes, render_notice};
 use crate::outbox::Outcome;
 use crate::registry::{
-    self, AccountState, Delivery, DeliveryChannel, DeliveryCounts, Incident, OldName, PlannedEmails, Registry,
-    RoomFate, RoomState, human_time, may_come_back,
+    self, Delivery, DeliveryChannel, DeliveryCounts, Incident, OldName, PlannedEmails, Registry, RoomFate, RoomState,
+    human_time, may_come_back,
 };
 use crate::synapse::SynapseClient;
 use crate::user_id::UserId;
@@ -215,7 +215,7 @@ impl NoticeSettings {
         let (base, key, valid_for) = self.claims.as_ref()?;
         let state = delivery.account_state;
         let link = claim_link(&delivery.user_id, state, delivery.held_at, may_come_back, incident.id, *valid_for)?;
-        Some(link.url(base, key))
+        Some(link.url(base, key, delivery.contact_id?, &delivery.address))
     }
 
     /// The notice DM. Room names are whatever the rooms' makers typed: a DM
@@ -328,15 +328,13 @@ impl Transport<'_> {
         // registered again by someone lifeboat cannot vouch for, who would
         // read the person's token and claim link. One the registry does not
         // know is nobody lifeboat can vouch for either.
-        if delivery.channel == DeliveryChannel::Matrix
-            && UserId::parse(&delivery.address).is_ok_and(|id| id.server_name() == server_name)
-        {
+        if delivery.channel == DeliveryChannel::Matrix {
             let standing = if delivery.address == delivery.user_id {
                 Some(delivery.account_state)
             } else {
                 delivery.contact_account_state
             };
-            if !standing.is_some_and(AccountState::is_its_persons) {
+            if !dm_reaches_its_person(&delivery.address, server_name, standing) {
                 return Some(NOT_ITS_PERSONS);
             }
         }
@@ -468,6 +466,7 @@ pub async fn send_deliveries(
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::registry::AccountState;
 
     #[test]
     fn expiry_labels_are_formatted_once_a_minute_and_always_say_what_human_time_says() {

@@ -91,8 +91,8 @@ pub struct SyncSummary {
     pub rooms: Option<RoomSyncSummary>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub rooms_error: Option<String>,
-    /// Synapse refused the admin token while emails were read (the listing
-    /// was applied before, and its report stands): why.
+    /// Synapse (or a proxy in front of it) refused the reads of account
+    /// details (the listing was applied before, and its report stands): why.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub details_refused: Option<String>,
 }
@@ -184,7 +184,8 @@ pub async fn sync(
         // accounts just applied.
         let (mut rooms, mut rooms_error) = (None, None);
         if details_refused.is_some() {
-            rooms_error = Some("Synapse refused the admin token while emails were read".to_owned());
+            // The refusal itself (the token's, or a proxy's) is the sync's error.
+            rooms_error = Some("the reads of account details were refused (see below)".to_owned());
         } else if !stopped {
             let (server_name, max_age) = (&options.config.homeserver.server_name, options.config.sync.details_max_age);
             match sync_rooms(registry, client, server_name, max_age, options.pace, &options.stop).await {

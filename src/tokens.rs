@@ -7,7 +7,8 @@ use futures::StreamExt;
 use rand::distr::{Alphanumeric, SampleString};
 
 use crate::config::Config;
-use crate::holds::{UnheldLostIds, tokens_withheld};
+use crate::holds::{UnheldLostIds, holds_wanted, tokens_withheld};
+use crate::recover::WIPE_SEEN_SETTING;
 use crate::registry::{self, Registry, TokenPurpose, now_ms};
 use crate::synapse::{self, SynapseClient};
 use crate::user_id::UserId;
@@ -27,6 +28,54 @@ pub enum TokenError {
     /// earlier) while a lost ID that should be held is free.
     #[error("{0}, and any registration token could register one")]
     Withheld(UnheldLostIds),
+    #[error(
+        "could not ask Synapse how many accounts it has (no token goes out before it is sure none were lost since the last listing): {0}"
+    )]
+    Count(synapse::Error),
+}
+
+/// [`tokens_withheld`], once Synapse was asked whether its database went
+/// back since the last listing: where a token is about to be made or
+/// handed out.
+pub async fn tokens_withheld_now(
+    config: &Config,
+    registry: &Registry,
+    client: &SynapseClient,
+) -> Result<Option<UnheldLostIds>, TokenError> {
+    note_database_gone_back(config, registry, client).await?;
+    Ok(tokens_withheld(config, registry).await?)
+}
+
+/// Synapse deletes no account, so fewer than the last listing read means
+/// its database went back since (a wipe after which an admin put a new
+/// token in the config by hand, a restore from an older backup): the lost
+/// IDs no listing has shown are free for any token. Noted as a wipe seen
+/// now, so that every token guard waits for a listing begun after it, as
+/// after `lifeboat recover`.
+async fn note_database_gone_back(
+    config: &Config,
+    registry: &Registry,
+    client: &SynapseClient,
+) -> Result<(), TokenError> {
+    if !holds_wanted(config, true) {
+        return Ok(());
+    }
+    let Some(last) = registry.last_complete_sync().await? else { return Ok(()) };
+    let count = client.account_count().await.map_err(TokenError::Count)?;
+    if count >= last.listed {
+        return Ok(());
+    }
+    let noted = registry.setting(WIPE_SEEN_SETTING).await?.and_then(|at| at.parse::<i64>().ok());
+    if noted.is_some_and(|at| at > last.started_at) {
+        return Ok(());
+    }
+    tracing::warn!(
+        accounts = count,
+        last_listing = last.listed,
+        "Synapse has fewer accounts than the last listing read: its database went back, and no registration token goes out until a listing shows who was lost"
+    );
+    registry.set_setting(WIPE_SEEN_SETTING, &now_ms().to_string()).await?;
+    Ok(())
 }
 
 /// 24 letters and digits: nothing to URL-encode, ~142 bits.
@@ -104,7 +153,7 @@ pub async fn token_for_person(
     user_id: &UserId,
     limit: Option<i64>,
 ) -> Result<Option<(String, i64)>, TokenError> {
-    if let Some(unheld) = tokens_withheld(config, registry).await? {
+    if let Some(unheld) = tokens_withheld_now(config, registry, client).await? {
         return Err(TokenError::Withheld(unheld));
     }
     let now = now_ms();

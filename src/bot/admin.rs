@@ -15,15 +15,16 @@ use crate::campaign::{
     run_campaign,
 };
 use crate::check::check;
-use crate::email::EmailAddress;
 use crate::holds::{UNLOCKED_HELD_REMEDY, WayBack, way_back};
 use crate::links::LINK_KEY;
+use crate::messages::Rendered;
 use crate::notice::{defanged, markdown_escape};
 use crate::notify::{NotifyProgress, plan};
 use crate::plain_text;
 use crate::recover::service_user_id;
 use crate::registry::{
-    AccountState, Actor, ContactSource, IncidentScope, MessageKind, OldName, RoomState, format_time, human_time, now_ms,
+    AccountState, Actor, ContactSource, IncidentScope, MailableContact, MessageKind, OldName, RoomState, format_time,
+    human_time, now_ms,
 };
 use crate::sync::{Quiet, SyncOptions, sync};
 use crate::tokens::{TokenError, token_for_person};
@@ -74,7 +75,7 @@ fn command_name(command: &AdminCommand) -> String {
         AdminCommand::IncidentOpen { .. } => "incident open".into(),
         AdminCommand::IncidentList => "incident list".into(),
         AdminCommand::IncidentShow(id) => format!("incident show {id}"),
-        AdminCommand::IncidentResolve(id) => format!("incident resolve {id}"),
+        AdminCommand::IncidentResolve { id, confirm } => format!("incident resolve {id}{}", confirm_word(*confirm)),
         AdminCommand::Notify { id, confirm } => format!("notify {id}{}", confirm_word(*confirm)),
         AdminCommand::Token(user) => format!("token {user}"),
         AdminCommand::Holds => "holds".into(),
@@ -240,8 +241,21 @@ async fn run(bot: &Arc<Bot>, room: &Room, actor: &Actor, command: AdminCommand) 
             ]
             .join("\n"))
         }
-        AdminCommand::IncidentResolve(id) => {
-            registry.require_incident(id).await.map_err(said)?;
+        AdminCommand::IncidentResolve { id, confirm } => {
+            let incident = registry.require_incident(id).await.map_err(said)?;
+            // As the CLI asks: it cannot be undone. Resolving one resolved
+            // already only sweeps its tokens again.
+            let command = format!("incident resolve {id}");
+            if incident.resolved_at.is_none() {
+                if !confirm {
+                    let how = ask_to_confirm(bot, &command);
+                    return Ok(format!(
+                        "Resolving incident {id} ({}) deletes its unused registration tokens and stops its notices, for good. To do it, {how}.",
+                        shown(&incident.title)
+                    ));
+                }
+                confirmed_in_time(bot, &command)?;
+            }
             let client = admin_client(bot, actor).await?;
             let (revoked, used) = resolve_incident(registry, &client, id, actor).await.map_err(|err| match err {
                 CampaignError::Registry(err) => said(err),
@@ -395,6 +409,9 @@ async fn notify(bot: &Arc<Bot>, room: &Room, actor: &Actor, id: i64, confirm: bo
     Ok(format!("Sending the notices of incident {id} now; I will post the result here."))
 }
 
+/// The mail a contact is sent by `token`.
+type MessageTo = Box<dyn Fn(&MailableContact) -> Rendered + Send + Sync>;
+
 /// A way back in for one affected person, mailed to their own addresses
 /// (never posted in the room: it is theirs): a fresh claim link when their
 /// ID is held for them, else a fresh registration token. Who gets what is
@@ -411,16 +428,17 @@ async fn token(bot: &Bot, actor: &Actor, user: &UserId) -> Result<String, String
         return Err("tokens are mailed to the person: add an [email] section to lifeboat's config".to_owned());
     }
     // Who may be mailed is the registry's one rule, as for the web page.
-    let addresses: Vec<EmailAddress> =
-        registry.mailable_contacts_of(user).await.map_err(text)?.into_iter().map(|contact| contact.address).collect();
-    if addresses.is_empty() {
+    let contacts = registry.mailable_contacts_of(user).await.map_err(text)?;
+    if contacts.is_empty() {
         return Err(format!(
             "{user} has no email contact to send a token to: add one with `{} contact add {user} <email>`",
             bot.prefix()
         ));
     }
     let server = &config.homeserver.server_name;
-    let (message, what, until) = match claim {
+    // A claim link is made for each address (it works while that address
+    // is theirs); a token is the same in every mail.
+    let (message_to, what, until): (MessageTo, _, _) = match claim {
         Some(link) => {
             let Some(web) = &config.web else {
                 return Err(format!(
@@ -428,9 +446,13 @@ async fn token(bot: &Bot, actor: &Actor, user: &UserId) -> Result<String, String
                 ));
             };
             let key = registry.generated_secret(LINK_KEY).await.map_err(text)?;
-            let url = link.url(&web.public_url, &key);
-            let message = crate::messages::claim_link(server, user.as_str(), &url, &human_time(link.until));
-            (message, "claim link", link.until)
+            let (public_url, until) = (web.public_url.clone(), link.until);
+            let (server, user) = (server.clone(), user.clone());
+            let message_to = move |contact: &MailableContact| {
+                let url = link.url(&public_url, &key, contact.id, contact.address.as_str());
+                crate::messages::claim_link(&server, user.as_str(), &url, &human_time(link.until))
+            };
+            (Box::new(message_to), "claim link", until)
         }
         None => {
             let client = admin_client(bot, actor).await?;
@@ -438,8 +460,9 @@ async fn token(bot: &Bot, actor: &Actor, user: &UserId) -> Result<String, String
             let Some((token, expires)) = token_for_person(config, registry, &client, incident_id, user, None)
                 .await
                 .map_err(|err| match err {
-                    TokenError::Withheld(_) => format!(
-                        "no token for {user} yet: {err}; hold them first (`lifeboat holds make` says why they are not), or set recovery.hold = \"off\""
+                    TokenError::Withheld(ref unheld) => format!(
+                        "no token for {user} yet: {err}; {}, or set recovery.hold = \"off\"",
+                        unheld.next_step()
                     ),
                     err => err.to_string(),
                 })?
@@ -454,12 +477,13 @@ async fn token(bot: &Bot, actor: &Actor, user: &UserId) -> Result<String, String
                 config.homeserver.public_url.as_str(),
                 old_name,
             );
-            (message, "registration token", expires)
+            (Box::new(move |_: &MailableContact| message.clone()), "registration token", expires)
         }
     };
     // Worth sending while it works; serve's worker sends it.
     let mut mailed = Vec::new();
-    for to in &addresses {
+    for contact in &contacts {
+        let (to, message) = (&contact.address, message_to(contact));
         match crate::outbox::queue_email(registry, MessageKind::Token, to, &message, Some((incident_id, user)), until)
             .await
         {

@@ -22,7 +22,10 @@ pub enum AdminCommand {
     },
     IncidentList,
     IncidentShow(i64),
-    IncidentResolve(i64),
+    IncidentResolve {
+        id: i64,
+        confirm: bool,
+    },
     Notify {
         id: i64,
         confirm: bool,
@@ -64,7 +67,10 @@ pub const ADMIN_USAGE: &[(&str, &str)] = &[
     ),
     ("incident list", "all incidents"),
     ("incident show <id>", "who is affected and reachable, deliveries by state"),
-    ("incident resolve <id>", "close it and delete its unused tokens"),
+    (
+        "incident resolve <id>",
+        "close it for good and delete its unused tokens; `incident resolve <id> confirm` does it",
+    ),
     ("notify <id>", "show what would be sent; `notify <id> confirm` sends it"),
     ("token <user-id>", "mail one affected person a fresh claim link (if their ID is held) or registration token"),
     ("holds", "lost IDs held for their owners, claimed, taken by someone else, and created for nobody"),
@@ -145,7 +151,9 @@ fn parse_admin_words(prefix: &str, rest: &str) -> Result<AdminCommand, BadComman
         }
         ["incident", "list"] => Ok(AdminCommand::IncidentList),
         ["incident", "show", number] => id(number, "incident show").map(AdminCommand::IncidentShow),
-        ["incident", "resolve", number] => id(number, "incident resolve").map(AdminCommand::IncidentResolve),
+        ["incident", "resolve", number, rest @ ..] if rest.is_empty() || rest == ["confirm"] => {
+            id(number, "incident resolve").map(|id| AdminCommand::IncidentResolve { id, confirm: !rest.is_empty() })
+        }
         ["notify", number, rest @ ..] if rest.is_empty() || rest == ["confirm"] => {
             id(number, "notify").map(|id| AdminCommand::Notify { id, confirm: !rest.is_empty() })
         }
@@ -227,6 +235,11 @@ mod tests {
         assert_eq!(admin("!lifeboat"), Some(Ok(AdminCommand::Help)));
         assert_eq!(admin("!lifeboat notify 3"), Some(Ok(AdminCommand::Notify { id: 3, confirm: false })));
         assert_eq!(admin("!lifeboat notify 3 confirm"), Some(Ok(AdminCommand::Notify { id: 3, confirm: true })));
+        assert_eq!(
+            admin("!lifeboat incident resolve 3 confirm"),
+            Some(Ok(AdminCommand::IncidentResolve { id: 3, confirm: true }))
+        );
+        assert!(matches!(admin("!lifeboat incident resolve 3 now"), Some(Err(_))));
         assert_eq!(
             admin("!lifeboat rooms recreate !abc:x.org confirm"),
             Some(Ok(AdminCommand::RoomsRecreate { room: Some("!abc:x.org".to_owned()), confirm: true }))

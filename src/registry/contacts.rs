@@ -69,6 +69,9 @@ stored_as_text! {
 
 #[derive(Debug, Clone, Serialize, sqlx::FromRow)]
 pub struct Contact {
+    /// What links sent to it name (not shown: a number of the registry's).
+    #[serde(skip)]
+    pub id: i64,
     pub user_id: String,
     pub kind: ContactKind,
     pub address: String,
@@ -86,9 +89,19 @@ pub enum AddContact {
 }
 
 impl Registry {
+    /// The contact `id`, if there is one.
+    pub async fn contact(&self, id: i64) -> Result<Option<Contact>> {
+        Ok(sqlx::query_as(
+            "SELECT id, user_id, kind, address, source, verified_at, opted_out_at, added_at FROM contacts WHERE id = $1",
+        )
+        .bind(id)
+        .fetch_optional(&self.pool)
+        .await?)
+    }
+
     pub async fn contacts_of(&self, user_id: &UserId) -> Result<Vec<Contact>> {
         Ok(sqlx::query_as(
-            "SELECT user_id, kind, address, source, verified_at, opted_out_at, added_at \
+            "SELECT id, user_id, kind, address, source, verified_at, opted_out_at, added_at \
              FROM contacts WHERE user_id = $1 ORDER BY kind, address",
         )
         .bind(user_id)

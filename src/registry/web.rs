@@ -8,6 +8,7 @@ use crate::user_id::UserId;
 /// An email contact a token-request link may be mailed to.
 #[derive(Debug, Clone, sqlx::FromRow)]
 pub struct MailableContact {
+    pub id: i64,
     pub user_id: UserId,
     pub address: EmailAddress,
 }
@@ -55,7 +56,7 @@ impl Registry {
 
     /// Mailable contacts whose `column` (a constant of the caller's) is `value`.
     async fn mailable_contacts(&self, column: &'static str, value: &str) -> Result<Vec<MailableContact>> {
-        let sql = format!("SELECT user_id, address FROM contacts WHERE {column} = $1 AND {MAILABLE} ORDER BY id");
+        let sql = format!("SELECT id, user_id, address FROM contacts WHERE {column} = $1 AND {MAILABLE} ORDER BY id");
         Ok(sqlx::query_as(sqlx::AssertSqlSafe(sql)).bind(value).fetch_all(&self.pool).await?)
     }
 

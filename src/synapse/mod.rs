@@ -132,6 +132,12 @@ impl SynapseClient {
         self.get_json(PATH, &query, true).await.map_err(|err| self.not_synapse_if_missing(err, PATH))
     }
 
+    /// How many accounts Synapse has, as a listing counts them (one short page).
+    pub async fn account_count(&self) -> Result<i64, Error> {
+        let page = self.users_page(None, 1).await?;
+        page.total.ok_or_else(|| self.bad_listing("the account listing came without its total count"))
+    }
+
     /// A user's details (emails); `None` when Synapse no longer knows them.
     pub async fn user_details(&self, user_id: &str) -> Result<Option<UserDetails>, Error> {
         found(self.get_json(&user_path(user_id), &[], true).await)

@@ -31,6 +31,7 @@ struct ClaimForm {
     incident: i64,
     hold: i64,
     until: i64,
+    contact: i64,
     sig: String,
     min_chars: usize,
     problem: Option<&'static str>,
@@ -55,6 +56,7 @@ pub struct ClaimPost {
     incident: Option<i64>,
     hold: Option<i64>,
     until: Option<i64>,
+    contact: Option<i64>,
     sig: Option<String>,
     password: Option<String>,
     again: Option<String>,
@@ -63,11 +65,30 @@ pub struct ClaimPost {
 pages::posted_form!(ClaimPost);
 
 impl ClaimPost {
-    fn link(&mut self) -> Option<(ClaimLink, String)> {
-        Some((
-            ClaimLink { account: self.account.take()?, incident: self.incident?, hold: self.hold?, until: self.until? },
-            self.sig.take()?,
-        ))
+    fn link(&mut self) -> Option<SentLink> {
+        Some(SentLink {
+            link: ClaimLink {
+                account: self.account.take()?,
+                incident: self.incident?,
+                hold: self.hold?,
+                until: self.until?,
+            },
+            contact: self.contact?,
+            sig: self.sig.take()?,
+        })
+    }
+}
+
+/// A claim link as it was sent: what it claims, to which contact, signed.
+struct SentLink {
+    link: ClaimLink,
+    contact: i64,
+    sig: String,
+}
+
+impl SentLink {
+    async fn check(&self, state: &WebState, key: &SecretString) -> Result<ClaimCheck, crate::registry::Error> {
+        check_claim(&state.registry, key, &self.link, self.contact, &self.sig).await
     }
 }
 
@@ -102,8 +123,9 @@ fn taken(state: &WebState, account: &str) -> Response {
     Message::new(state, "This ID was taken", &[sentence.as_str()]).page(StatusCode::CONFLICT)
 }
 
-fn form_page(state: &WebState, csrf: String, link: ClaimLink, sig: String, problem: Option<&'static str>) -> Response {
+fn form_page(state: &WebState, csrf: String, sent: SentLink, problem: Option<&'static str>) -> Response {
     let status = if problem.is_some() { StatusCode::BAD_REQUEST } else { StatusCode::OK };
+    let SentLink { link, contact, sig } = sent;
     let page = ClaimForm {
         chrome: Chrome::of(state),
         csrf,
@@ -111,6 +133,7 @@ fn form_page(state: &WebState, csrf: String, link: ClaimLink, sig: String, probl
         incident: link.incident,
         hold: link.hold,
         until: link.until,
+        contact,
         sig,
         min_chars: MIN_PASSWORD_CHARS,
         problem,
@@ -124,16 +147,16 @@ pub async fn page(
     headers: HeaderMap,
     LinkQuery(mut fields): LinkQuery<ClaimPost>,
 ) -> Response {
-    let Some((link, sig)) = fields.link() else { return dead(&state) };
+    let Some(sent) = fields.link() else { return dead(&state) };
     let key = match state.key().await {
         Ok(key) => key,
         Err(err) => return WebError::from(err).page(&state),
     };
-    match check_claim(&state.registry, key, &link, &sig).await {
+    match sent.check(&state, key).await {
         Ok(ClaimCheck::Usable(_)) => {
-            pages::with_csrf(&state, &headers, |csrf| form_page(&state, csrf, link, sig, None)).await
+            pages::with_csrf(&state, &headers, |csrf| form_page(&state, csrf, sent, None)).await
         }
-        Ok(ClaimCheck::Taken) => taken(&state, &link.account),
+        Ok(ClaimCheck::Taken) => taken(&state, &sent.link.account),
         Ok(ClaimCheck::Dead) => dead(&state),
         Err(err) => WebError::from(err).page(&state),
     }
@@ -144,10 +167,10 @@ pub async fn page(
 /// IP's budget (a flood, or a neighbour behind the same NAT) cannot keep
 /// an owner from their ID.
 pub async fn claim(State(state): State<WebState>, CheckedForm(mut form, key): CheckedForm<ClaimPost>) -> Response {
-    let Some((link, sig)) = form.link() else { return dead(&state) };
-    let account = match check_claim(&state.registry, &key, &link, &sig).await {
+    let Some(sent) = form.link() else { return dead(&state) };
+    let account = match sent.check(&state, &key).await {
         Ok(ClaimCheck::Usable(account)) => account,
-        Ok(ClaimCheck::Taken) => return taken(&state, &link.account),
+        Ok(ClaimCheck::Taken) => return taken(&state, &sent.link.account),
         Ok(ClaimCheck::Dead) => return dead(&state),
         Err(err) => return WebError::from(err).page(&state),
     };
@@ -158,11 +181,11 @@ pub async fn claim(State(state): State<WebState>, CheckedForm(mut form, key): Ch
         password_problem(&password, account.user_id.as_str())
     };
     if problem.is_some() {
-        return form_page(&state, form.csrf.unwrap_or_default(), link, sig, problem);
+        return form_page(&state, form.csrf.unwrap_or_default(), sent, problem);
     }
     // Counted only for a password that may be set: a person retyping a
     // weak one does not use up their own budget.
-    if !state.inner.limiter.allow_target(PURPOSE, &link.account.to_lowercase()) {
+    if !state.inner.limiter.allow_target(PURPOSE, &sent.link.account.to_lowercase()) {
         return pages::too_many(&state);
     }
     // One hand-over at a time (another tab, whoever else has the link, or

@@ -132,7 +132,7 @@ async fn mail_links(
                         contact.user_id
                     ),
                     action: "Take back my Matrix ID".to_owned(),
-                    url: link.url(&state.web().public_url, key),
+                    url: link.url(&state.web().public_url, key, contact.id, contact.address.as_str()),
                 },
             ),
             WayBack::Token { incident, .. } => (

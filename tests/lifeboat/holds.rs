@@ -198,6 +198,14 @@ async fn after_a_wipe_lost_ids_are_held_no_token_takes_one_and_each_owner_claims
     let (status, body) = rig.synapse.register_with_token(&unique("b-new"), &b_token).await;
     assert_eq!(status, 200, "the token is for a new name: {body}");
 
+    // B's claim link dies with the address it went to: whoever has that
+    // address later (lapsed, and someone else's) cannot take B's ID with it.
+    let b_link = word_with(&notice_to(&rig, b_email), "/claim?");
+    assert_eq!(status_of(b_link.clone()).await, 200, "B's link works");
+    let removed = rig.lifeboat.run(&["contacts", "remove", &rig.synapse.user_id(b), b_email]).await;
+    assert_eq!(removed.code, 0, "{removed:?}");
+    assert_eq!(status_of(b_link).await, 400, "once B's address is removed");
+
     // A follows the claim link in A's notice (plain HTTP).
     assert!(a_notice.contains("is kept for you"), "{a_notice}");
     let link = word_with(&a_notice, "/claim?");
@@ -278,6 +286,9 @@ async fn a_claim_link_that_is_forged_altered_or_for_another_incident_is_refused(
     assert_eq!(status_of(link.replace(&format!("hold={hold}"), "hold=1")).await, 400, "another hold");
     let until = link.split("until=").nth(1).unwrap().split('&').next().unwrap().to_owned();
     assert_eq!(status_of(link.replace(&format!("until={until}"), "until=9999999999999")).await, 400, "a longer life");
+    let contact = link.split("contact=").nth(1).unwrap().split('&').next().unwrap().to_owned();
+    let another = format!("contact={}", contact.parse::<i64>().unwrap() + 1000);
+    assert_eq!(status_of(link.replace(&format!("contact={contact}"), &another)).await, 400, "another contact");
     assert_eq!(status_of(format!("{}/claim", rig.web)).await, 400, "no link at all");
 
     // Resolving the incident keeps the hold, and ends the link.
@@ -899,6 +910,7 @@ async fn a_lost_id_the_watcher_cannot_hold_is_alerted_once_with_what_it_holds_ba
     let (_, metrics) = Rig::fetch(&rig.metrics, "/metrics").await;
     let gauge = metrics.lines().find_map(|line| line.strip_prefix("lifeboat_lost_ids_not_held "));
     assert!(gauge.and_then(|value| value.parse::<i64>().ok()).is_some_and(|count| count >= 1), "{metrics}");
+    assert!(metrics.contains("\nlifeboat_tokens_withheld 1\n"), "{metrics}");
 
     // Each round tries the ID again and fails again: no news.
     let store = lifeboat::registry::Registry::connect(&rig.registry_url()).await.unwrap();
@@ -981,34 +993,79 @@ async fn no_token_goes_out_after_a_wipe_until_a_listing_has_shown_who_was_lost()
     let synapse = TestSynapse::start();
     let registry = TestDatabase::sqlite();
     let smtp = TestSmtp::start(None);
-    let person = unique("wren");
-    let address = format!("{person}@example.org");
-    synapse.create_user(&person, &[&address]).await;
-    let lifeboat = recovering_with_mail(&synapse, &registry, &smtp);
-    assert_eq!(lifeboat.run(&["sync"]).await.code, 0);
-    std::fs::write(lifeboat.dir().join("postmortem.md"), POSTMORTEM).unwrap();
-    let opened = lifeboat
-        .run(&["incident", "open", "--title", "Maintenance", "--postmortem", "postmortem.md", "--affected", "all"])
-        .await;
-    assert_eq!(opened.code, 0, "{opened:?}");
+    let (lifeboat, address) = one_person_in_an_open_incident(&synapse, &registry, &smtp).await;
 
     synapse.wipe();
     assert_eq!(lifeboat.run(&["recover"]).await.code, 0);
     let notified = lifeboat.run(&["notify", "1", "--yes"]).await;
     assert_ne!(notified.code, 0, "{notified:?}");
     assert!(
-        notified.stderr.contains("no listing since has shown which IDs were lost (`lifeboat sync`"),
+        notified.stderr.contains("no listing since has shown which IDs were lost (`lifeboat sync`")
+            && notified.stderr.contains("let a listing show who was lost first")
+            && !notified.stderr.contains("holds make"),
         "{notified:?}"
     );
     assert!(smtp.messages_to(&address).is_empty(), "no token for an ID anyone could take");
     synapse.register_admin("checker");
     assert!(synapse.registration_tokens().await.is_empty(), "no token made in the wiped Synapse");
 
-    // A listing shows the loss; holding it, notify sends.
+    a_listing_lets_notify_send(&lifeboat, &smtp, &address).await;
+}
+
+/// One person with an address, synced, and an incident open for everyone;
+/// their address.
+async fn one_person_in_an_open_incident(
+    synapse: &TestSynapse,
+    registry: &TestDatabase,
+    smtp: &TestSmtp,
+) -> (Lifeboat, String) {
+    let person = unique("wren");
+    let address = format!("{person}@example.org");
+    synapse.create_user(&person, &[&address]).await;
+    let lifeboat = recovering_with_mail(synapse, registry, smtp);
+    assert_eq!(lifeboat.run(&["sync"]).await.code, 0);
+    std::fs::write(lifeboat.dir().join("postmortem.md"), POSTMORTEM).unwrap();
+    let opened = lifeboat
+        .run(&["incident", "open", "--title", "Maintenance", "--postmortem", "postmortem.md", "--affected", "all"])
+        .await;
+    assert_eq!(opened.code, 0, "{opened:?}");
+    (lifeboat, address)
+}
+
+/// A listing shows the loss; holding it, notify sends the one notice.
+async fn a_listing_lets_notify_send(lifeboat: &Lifeboat, smtp: &TestSmtp, address: &str) {
     assert_eq!(lifeboat.run(&["sync"]).await.code, 0);
     let notified = lifeboat.run(&["notify", "1", "--yes"]).await;
     assert_eq!(notified.code, 0, "{notified:?}");
-    assert_eq!(smtp.messages_to(&address).len(), 1);
+    assert_eq!(smtp.messages_to(address).len(), 1);
+}
+
+/// An admin who gets back into a wiped Synapse by hand (a new admin, its
+/// token put in the config) leaves lifeboat no recovery to date the wipe
+/// by: Synapse counting fewer accounts than the last listing read does.
+#[tokio::test(flavor = "multi_thread")]
+async fn no_token_goes_out_after_a_wipe_an_admin_got_back_into_by_hand_until_a_listing() {
+    let synapse = TestSynapse::start();
+    let registry = TestDatabase::sqlite();
+    let smtp = TestSmtp::start(None);
+    let (lifeboat, address) = one_person_in_an_open_incident(&synapse, &registry, &smtp).await;
+
+    let old_token = synapse.admin_token();
+    synapse.wipe();
+    let new_token = synapse.register_admin(&unique("by-hand"));
+    let config = std::fs::read_to_string(lifeboat.config_path()).unwrap();
+    lifeboat.write_config(&config.replace(&old_token, &new_token));
+    let notified = lifeboat.run(&["notify", "1", "--yes"]).await;
+    assert_ne!(notified.code, 0, "{notified:?}");
+    assert!(
+        notified.stderr.contains("found fewer accounts there than its last listing")
+            && notified.stderr.contains("let a listing show who was lost first"),
+        "{notified:?}"
+    );
+    assert!(smtp.messages_to(&address).is_empty(), "no token for an ID anyone could take");
+    assert!(synapse.registration_tokens().await.is_empty(), "no token made in the wiped Synapse");
+
+    a_listing_lets_notify_send(&lifeboat, &smtp, &address).await;
 }
 
 /// A token mail that comes due while a send run waits for it (a retry due

@@ -3,8 +3,8 @@
 use std::future::Future;
 
 use lifeboat::registry::{
-    AccountState, Actor, AddContact, ContactSource, MAX_REJOIN_ATTEMPTS, MessageKind, Registry, RejoinOutcome, Room,
-    RoomDetails, RoomRecord, RoomState,
+    AccountState, Actor, AddContact, Contact, ContactSource, MAX_REJOIN_ATTEMPTS, MessageKind, Registry, RejoinOutcome,
+    Room, RoomDetails, RoomRecord, RoomState,
 };
 use lifeboat::synapse::ListedUser;
 use serde_json::json;
@@ -471,8 +471,23 @@ async fn a_claim_link_works_only_for_its_hold_and_open_incident_until_it_expires
     use lifeboat::holds::{ClaimCheck, check_claim};
     use lifeboat::links::{ClaimLink, LINK_KEY};
 
-    sync_listing(&registry, &[user("@a:x", 1), user("@b:x", 1)]).await;
-    sync_listing(&registry, &[user("@b:x", 1)]).await;
+    sync_listing(&registry, &[user("@a:x", 1), user("@b:x", 1), user("@c:x", 1)]).await;
+    sync_listing(&registry, &[user("@b:x", 1), user("@c:x", 1)]).await;
+    let actor = Actor::cli();
+    // Where @a:x's links go: an address, an ID elsewhere, an ID here that is
+    // its person's (@c:x), one here the registry knows nothing of.
+    for address in ["a@example.org", "@a:elsewhere.example", "@c:x", "@nobody:x"] {
+        registry.add_contact(&id("@a:x"), &contact(address), ContactSource::Admin, None, &actor).await.unwrap();
+    }
+    registry.add_contact(&id("@b:x"), &contact("b@example.org"), ContactSource::Admin, None, &actor).await.unwrap();
+    let contact_of = |user_id: &'static str, address: &'static str| {
+        let registry = registry.clone();
+        async move {
+            let contacts = registry.contacts_of(&id(user_id)).await.unwrap();
+            contacts.into_iter().find(|contact| contact.address == address).unwrap()
+        }
+    };
+    let mail = contact_of("@a:x", "a@example.org").await;
     registry.begin_hold(&id("@a:x")).await.unwrap();
     registry.mark_held(&id("@a:x"), Some(5_000), false).await.unwrap();
     let (incident, _) = registry
@@ -483,23 +498,37 @@ async fn a_claim_link_works_only_for_its_hold_and_open_incident_until_it_expires
     let key = registry.generated_secret(LINK_KEY).await.unwrap();
     let now = lifeboat::registry::now_ms();
     let link = ClaimLink { account: "@a:x".into(), incident: incident.id, hold, until: now + 60_000 };
-    let sig_of = |link: &ClaimLink| {
-        let url = url::Url::parse(&link.url(&url::Url::parse("https://l.test").unwrap(), &key)).unwrap();
+    let sig_of = |link: &ClaimLink, to: &Contact| {
+        let url = link.url(&url::Url::parse("https://l.test").unwrap(), &key, to.id, &to.address);
+        let url = url::Url::parse(&url).unwrap();
         url.query_pairs().find(|(name, _)| name == "sig").unwrap().1.into_owned()
     };
-    let usable = |link: ClaimLink| {
-        let (registry, key, sig) = (registry.clone(), key.clone(), sig_of(&link));
-        async move { matches!(check_claim(&registry, &key, &link, &sig).await.unwrap(), ClaimCheck::Usable(_)) }
+    let usable_at = |link: ClaimLink, to: Contact| {
+        let (registry, key, sig) = (registry.clone(), key.clone(), sig_of(&link, &to));
+        async move { matches!(check_claim(&registry, &key, &link, to.id, &sig).await.unwrap(), ClaimCheck::Usable(_)) }
     };
+    let usable = |link: ClaimLink| usable_at(link, mail.clone());
     assert!(usable(link.clone()).await, "signed, live, for the standing hold of an open incident");
     assert!(!usable(ClaimLink { until: now - 1, ..link.clone() }).await, "expired, though signed");
     assert!(!usable(ClaimLink { incident: incident.id + 1, ..link.clone() }).await, "another incident");
     assert!(!usable(ClaimLink { hold: hold - 1, ..link.clone() }).await, "an earlier hold");
     assert!(!usable(ClaimLink { account: "@b:x".into(), ..link.clone() }).await, "an account not held");
-    let wrong = check_claim(&registry, &key, &link, &"0".repeat(64)).await.unwrap();
+    let wrong = check_claim(&registry, &key, &link, mail.id, &"0".repeat(64)).await.unwrap();
     assert!(matches!(wrong, ClaimCheck::Dead), "a forged signature");
+    // Only at a contact of the account that reaches its person.
+    assert!(usable_at(link.clone(), contact_of("@a:x", "@a:elsewhere.example").await).await, "an ID elsewhere");
+    assert!(usable_at(link.clone(), contact_of("@a:x", "@c:x").await).await, "an ID here that is its person's");
+    let unknown = contact_of("@a:x", "@nobody:x").await;
+    assert!(!usable_at(link.clone(), unknown).await, "an ID here nobody can vouch for");
+    let b_mail = contact_of("@b:x", "b@example.org").await;
+    assert!(!usable_at(link.clone(), b_mail).await, "a contact of another account");
+    registry.remove_contact(&id("@a:x"), &contact("a@example.org"), &actor).await.unwrap();
+    assert!(!usable(link.clone()).await, "sent to an address the person no longer has");
+    registry.add_contact(&id("@a:x"), &contact("a@example.org"), ContactSource::Admin, None, &actor).await.unwrap();
+    let mail = contact_of("@a:x", "a@example.org").await;
+    assert!(usable_at(link.clone(), mail.clone()).await, "a new link to the address added again");
     registry.claim_hold(&id("@a:x"), hold, &Actor::cli()).await.unwrap();
-    assert!(!usable(link).await, "used up by the claim");
+    assert!(!usable_at(link, mail).await, "used up by the claim");
 }
 on_both_backends!(a_claim_link_works_only_for_its_hold_and_open_incident_until_it_expires);
 

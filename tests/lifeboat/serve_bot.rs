@@ -339,6 +339,7 @@ async fn an_admin_gets_the_status_in_the_admin_room_and_a_stranger_gets_nothing_
     assert!(metrics.contains(&format!("lifeboat_accounts{{state=\"present\"}} {present}\n")), "{metrics}");
     assert!(metrics.contains("lifeboat_incidents_open 0\n"), "{metrics}");
     assert!(metrics.contains("lifeboat_lost_ids_not_held 0\n"), "{metrics}");
+    assert!(metrics.contains("lifeboat_tokens_withheld 0\n"), "{metrics}");
     assert!(metrics.contains("lifeboat_verdict{verdict=\"ok\"} 1\n"), "{metrics}");
     // Every state has its series from the start, so a graph of held IDs
     // does not begin only at the first hold.
@@ -1781,7 +1782,13 @@ hold = \"on-incident\"\n"
 
     rig.say(&format!("!lifeboat contact remove {person} {second}")).await;
     rig.reply_containing(&format!("Removed {second}")).await;
+    rig.say(&format!("!lifeboat incident resolve {id} confirm")).await;
+    rig.reply_containing("then confirm within").await;
+    assert!(rig.synapse.token_is_valid(&token).await, "a confirm never asked for resolves nothing");
     rig.say(&format!("!lifeboat incident resolve {id}")).await;
+    rig.reply_containing("for good. To do it, reply").await;
+    assert!(rig.synapse.token_is_valid(&token).await, "asking resolves nothing");
+    rig.say(&format!("!lifeboat incident resolve {id} confirm")).await;
     let resolved = rig.reply_containing(&format!("Resolved incident {id}")).await;
     assert!(resolved.contains("deleted 1 unused"), "{resolved}");
     assert!(!rig.synapse.token_is_valid(&token).await, "resolving deleted the unused token");
