@@ -26,7 +26,7 @@ pub enum TokenError {
     IncidentResolved,
     /// Synapse binds no token to a name: none goes out (not even one made
     /// earlier) while a lost ID that should be held is free.
-    #[error("{0}, and any registration token could register one")]
+    #[error("{0}, and a registration token could register any lost ID")]
     Withheld(UnheldLostIds),
     #[error(
         "could not ask Synapse how many accounts it has (no token goes out before it is sure none were lost since the last listing): {0}"

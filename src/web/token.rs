@@ -194,16 +194,26 @@ pub async fn open(State(state): State<WebState>, CheckedForm(form, _): CheckedFo
 
 async fn show_token(state: &WebState, link: &str, sig: &str) -> Result<Response, WebError> {
     let Some(found) = LINK.live(state, link, sig).await? else { return Ok(LINK.dead(state)) };
-    // Asked before the link is used up (`token_for_person` asks again as it
-    // makes the token): it works again once every lost ID is held.
-    if crate::holds::tokens_withheld(&state.config, &state.registry).await?.is_some() {
+    // Asked before the link is used up, of the registry, then of Synapse
+    // too (`token_for_person` asks again as it makes the token): the link
+    // works again once every lost ID is held, or Synapse answers again.
+    let withheld = || {
         let until = crate::registry::human_time(found.expires_at);
-        return Ok(not_yet(
+        not_yet(
             state,
             &format!(
                 "Your link still works until {until}: open it again later. If it has expired by then, ask for a new one, or contact the admin."
             ),
-        ));
+        )
+    };
+    if crate::holds::tokens_withheld(&state.config, &state.registry).await?.is_some() {
+        return Ok(withheld());
+    }
+    let Some(client) = crate::recover::admin_access(&state.config, &state.registry).await?.working() else {
+        return Err(WebError("no working admin token: cannot check or issue registration tokens".to_owned()));
+    };
+    if crate::tokens::tokens_withheld_now(&state.config, &state.registry, &client).await?.is_some() {
+        return Ok(withheld());
     }
     if !state.registry.use_web_link(link).await? {
         return Ok(LINK.dead(state));
@@ -225,9 +235,6 @@ async fn show_token(state: &WebState, link: &str, sig: &str) -> Result<Response,
     let WayBack::Token { incident, old_name } = way_back(&state.config, &state.registry, &user_id, LINK_VALID).await?
     else {
         return Ok(no_token());
-    };
-    let Some(client) = crate::recover::admin_access(&state.config, &state.registry).await?.working() else {
-        return Err(WebError("no working admin token: cannot check or issue registration tokens".to_owned()));
     };
     let limit = i64::from(state.web().token_requests_per_person);
     let made = token_for_person(&state.config, &state.registry, &client, incident, &user_id, Some(limit)).await;
