@@ -168,12 +168,6 @@ impl std::fmt::Display for UnheldLostIds {
 }
 
 impl UnheldLostIds {
-    /// Withheld only until a listing shows who was lost (no lost ID is
-    /// known yet to hold).
-    pub fn waits_for_a_listing(&self) -> bool {
-        self.count == 0 && self.wipe_unlisted.is_some()
-    }
-
     /// What lets tokens go out again, for messages that name it.
     pub fn next_step(&self) -> &'static str {
         match (self.count > 0, self.wipe_unlisted.is_some()) {
@@ -223,10 +217,15 @@ pub async fn hold_back_tokens(
     if hold_back(registry, incident, unheld).await? == 0 {
         return Ok(None);
     }
-    let ends = match config.recovery.hold {
-        _ if unheld.waits_for_a_listing() => "serve's watcher lists Synapse within a round",
+    const LISTS: &str = "serve's watcher lists Synapse within a round";
+    let holding = match config.recovery.hold {
         HoldPolicy::Auto => "serve's watcher is holding them",
         _ => "with recovery.hold = \"on-incident\" nothing holds them until `lifeboat holds make` (or a notify) runs",
+    };
+    let ends = match (unheld.count > 0, unheld.wipe_unlisted.is_some()) {
+        (false, _) => LISTS.to_owned(),
+        (true, false) => holding.to_owned(),
+        (true, true) => format!("{holding}, and {LISTS}"),
     };
     Ok(Some(format!("wait: {unheld}; {ends}")))
 }

@@ -116,7 +116,9 @@ enum Command {
     /// by someone else) gets a single-use registration token, which registers
     /// a new name (never a held ID). Unless recovery.hold = "off", it first holds the lost IDs, and
     /// while one is still free refuses, making and sending nothing (any
-    /// token could register it). Creates the missing tokens and deliveries,
+    /// token could register it); so it does after lifeboat got back into a
+    /// wiped Synapse or found fewer accounts there than the last listing
+    /// read, until a listing has shown who was lost. Creates the missing tokens and deliveries,
     /// then sends: emails to the affected people's contacts, DMs to affected
     /// accounts that still exist and to Matrix-ID contacts (without an [email]
     /// section, only the DMs). Resumable: running it again sends only what

@@ -105,7 +105,7 @@ pub(super) async fn render_metrics(state: &Services) -> Result<String, crate::re
     let withheld = crate::holds::tokens_withheld(&state.config, &state.registry).await?;
     let help = "Lost IDs not held yet, while holds are on: no registration token goes out while this is above 0.";
     gauge(&mut out, "lifeboat_lost_ids_not_held", help, withheld.as_ref().map_or(0, |ids| ids.count));
-    let help = "1 while no registration token goes out: lost IDs not held yet, or lifeboat got back into a wiped Synapse and no listing has shown since who was lost.";
+    let help = "1 while no registration token goes out: lost IDs not held yet, or lifeboat got back into a wiped Synapse or found fewer accounts there than the last listing, and no listing has shown since who was lost.";
     gauge(&mut out, "lifeboat_tokens_withheld", help, u8::from(withheld.is_some()));
     let age = match last_sync.and_then(|run| run.finished_at) {
         Some(finished) => format!("{:.3}", (now_ms() - finished).max(0) as f64 / 1000.0),
