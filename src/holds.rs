@@ -27,7 +27,7 @@ use crate::config::{Config, HoldPolicy, RecoveryMode};
 use crate::email::EmailAddress;
 use crate::lease::{Held, Lease};
 use crate::links::ClaimLink;
-use crate::recover::{OwnFound, OwnMade, WIPE_SEEN_SETTING, service_user_id};
+use crate::recover::{OwnFound, OwnMade, service_user_id};
 use crate::registry::{self, Account, AccountState, Actor, ContactKind, HoldCandidate, OldName, Registry, now_ms};
 use crate::synapse::{self, Creation, SynapseClient, ThreePid, UserDetails};
 use crate::user_id::UserId;
@@ -168,14 +168,21 @@ impl std::fmt::Display for UnheldLostIds {
 }
 
 impl UnheldLostIds {
-    /// What lets tokens go out again, for messages that name it.
-    pub fn next_step(&self) -> &'static str {
+    /// What an admin does to let tokens go out again.
+    pub fn next_step(&self) -> String {
+        self.ends_when(
+            "hold them first (`lifeboat holds make` says why they are not)",
+            "let a listing show who was lost (`lifeboat sync`, or serve's watcher within a round)",
+        )
+    }
+
+    /// What ends the wait: `holds` while IDs are unheld, `listing` while a
+    /// wipe is unlisted, or both.
+    fn ends_when(&self, holds: &str, listing: &str) -> String {
         match (self.count > 0, self.wipe_unlisted.is_some()) {
-            (false, _) => "let a listing show who was lost first (`lifeboat sync`, or serve's watcher within a round)",
-            (true, false) => "hold them first (`lifeboat holds make` says why they are not)",
-            (true, true) => {
-                "hold them first (`lifeboat holds make` says why they are not), and let a listing show who else was lost (`lifeboat sync`, or serve's watcher within a round)"
-            }
+            (false, _) => listing.to_owned(),
+            (true, false) => holds.to_owned(),
+            (true, true) => format!("{holds}, and {listing}"),
         }
     }
 }
@@ -188,16 +195,11 @@ pub async fn tokens_withheld(config: &Config, registry: &Registry) -> Result<Opt
     unheld_lost_ids(registry).await
 }
 
-/// The lost IDs not held yet, or a wipe no listing has shown yet (by the
-/// recovery it took, [`WIPE_SEEN_SETTING`]); `None` when there are neither.
+/// The lost IDs not held yet, or a wipe no listing has shown yet
+/// ([`Registry::wipe_unlisted`]); `None` when there are neither.
 async fn unheld_lost_ids(registry: &Registry) -> Result<Option<UnheldLostIds>, registry::Error> {
     let (count, first) = registry.unheld_lost_ids(3).await?;
-    let wipe_seen = registry.setting(WIPE_SEEN_SETTING).await?.and_then(|at| at.parse::<i64>().ok());
-    let listed_since = match wipe_seen {
-        Some(at) => registry.last_complete_sync().await?.is_some_and(|run| run.started_at > at),
-        None => true,
-    };
-    let wipe_unlisted = wipe_seen.filter(|_| !listed_since);
+    let wipe_unlisted = registry.wipe_unlisted().await?;
     Ok((count > 0 || wipe_unlisted.is_some()).then_some(UnheldLostIds { count, first, wipe_unlisted }))
 }
 
@@ -217,16 +219,11 @@ pub async fn hold_back_tokens(
     if hold_back(registry, incident, unheld).await? == 0 {
         return Ok(None);
     }
-    const LISTS: &str = "serve's watcher lists Synapse within a round";
     let holding = match config.recovery.hold {
         HoldPolicy::Auto => "serve's watcher is holding them",
         _ => "with recovery.hold = \"on-incident\" nothing holds them until `lifeboat holds make` (or a notify) runs",
     };
-    let ends = match (unheld.count > 0, unheld.wipe_unlisted.is_some()) {
-        (false, _) => LISTS.to_owned(),
-        (true, false) => holding.to_owned(),
-        (true, true) => format!("{holding}, and {LISTS}"),
-    };
+    let ends = unheld.ends_when(holding, "serve's watcher lists Synapse within a round");
     Ok(Some(format!("wait: {unheld}; {ends}")))
 }
 
@@ -978,5 +975,14 @@ mod tests {
             order,
             ["@zoe:example.org", "@boss:example.org", "@root:example.org", "@anna:example.org", "@bea:example.org"]
         );
+    }
+
+    #[test]
+    fn the_wait_for_tokens_names_the_holds_the_listing_or_both_as_due() {
+        let unheld = |count: i64, wipe_unlisted: Option<i64>| UnheldLostIds { count, first: vec![], wipe_unlisted };
+        let ends = |unheld: UnheldLostIds| unheld.ends_when("holds", "a listing");
+        assert_eq!(ends(unheld(2, None)), "holds");
+        assert_eq!(ends(unheld(0, Some(1))), "a listing");
+        assert_eq!(ends(unheld(2, Some(1))), "holds, and a listing");
     }
 }

@@ -238,9 +238,6 @@ pub async fn renew_own_token(
     Ok(Some(renewed.access_token))
 }
 
-/// When lifeboat last made its own account again in a wiped Synapse (ms).
-pub const WIPE_SEEN_SETTING: &str = "wipe_seen_at";
-
 /// After a wipe: registers the service account again as an admin with the
 /// shared secret and keeps its token in the registry; a no-op while a token works.
 pub async fn recover(config: &Config, registry: &Registry, actor: &Actor) -> Result<RecoverOutcome, RecoverError> {
@@ -269,7 +266,7 @@ pub async fn recover(config: &Config, registry: &Registry, actor: &Actor) -> Res
     // Every ID may be free until a listing says which were lost: no token
     // goes out meanwhile (`holds::tokens_withheld`). Kept before the token:
     // once that works, nothing would come back here to keep it.
-    registry.set_setting(WIPE_SEEN_SETTING, &registry::now_ms().to_string()).await?;
+    registry.note_wipe_seen().await?;
     keep_own_login(registry, &user_id, &registered, CredentialFrom::Recovery, actor).await?;
     registry.own_account_recreated(&user_id).await?;
     lift_rate_limit(&base.with_token(registered.access_token.clone()), &user_id).await;

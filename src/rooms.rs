@@ -716,8 +716,8 @@ impl Recreated {
 }
 
 /// The rooms `rooms recreate` makes again: the one named, if it can be;
-/// else every lost room, spaces last (so they get their re-created
-/// children). lifeboat's own rooms (its admin room, its DMs) are left out
+/// else every lost room, each space after the lost rooms and spaces in it
+/// (so it gets their re-created IDs as children). lifeboat's own rooms (its admin room, its DMs) are left out
 /// of "every": lifeboat makes those again by itself as it needs them. The
 /// rooms it made in place of lost ones are not its own: lost again (another
 /// wipe), they are made again too.
@@ -733,7 +733,7 @@ pub async fn to_recreate(config: &Config, registry: &Registry, room_id: Option<&
     let admin_room = config.bot.as_ref().and_then(|bot| bot.admin_room.as_deref());
     let remade: std::collections::HashSet<String> =
         registry.rooms(Some(RoomState::Recreated)).await?.into_iter().filter_map(|room| room.recreated_as).collect();
-    let mut rooms: Vec<Room> = registry
+    let rooms: Vec<Room> = registry
         .rooms(Some(RoomState::Lost))
         .await?
         .into_iter()
@@ -744,8 +744,27 @@ pub async fn to_recreate(config: &Config, registry: &Registry, room_id: Option<&
                 && !room.aliases.iter().any(|alias| Some(alias.as_str()) == admin_room)
         })
         .collect();
-    rooms.sort_by_key(Room::is_space);
-    Ok(rooms)
+    Ok(children_first(rooms))
+}
+
+/// `rooms` in an order that makes each one after the rooms of `rooms` it
+/// holds as children (a space in a space in a space), else as they came;
+/// spaces that hold each other come last, as they came.
+fn children_first(mut rooms: Vec<Room>) -> Vec<Room> {
+    let mut ordered = Vec::with_capacity(rooms.len());
+    while !rooms.is_empty() {
+        let waiting: std::collections::HashSet<String> = rooms.iter().map(|room| room.room_id.clone()).collect();
+        let holds_one_waiting =
+            |room: &Room| room.children.iter().any(|child| *child != room.room_id && waiting.contains(child));
+        let (later, ready): (Vec<Room>, Vec<Room>) = rooms.into_iter().partition(holds_one_waiting);
+        if ready.is_empty() {
+            ordered.extend(later);
+            break;
+        }
+        ordered.extend(ready);
+        rooms = later;
+    }
+    ordered
 }
 
 /// Whether `room` was made on `server_name`, as far as its ID and recorded
@@ -859,8 +878,8 @@ pub async fn recreate(
             Some(made) => made,
             None => {
                 registry.mark_room_recreating(&room.room_id).await?;
-                let children = children_now(registry, room).await?;
-                let body = creation_body(room, alias.as_deref(), &children, &config.homeserver.server_name);
+                let children = children_now(registry, room, &config.homeserver.server_name).await?;
+                let body = creation_body(room, alias.as_deref(), &children);
                 client.create_room(&body).await?
             }
         };
@@ -929,23 +948,39 @@ async fn made_for(client: &SynapseClient, old_room_id: &str, me: &str) -> Result
     Ok(None)
 }
 
-/// A space's children as they are now: the surviving room, or the one made
-/// in place of a lost one. Children lost and not re-created are left out.
-async fn children_now(registry: &Registry, room: &Room) -> Result<Vec<String>, RoomsError> {
+/// A space's children as they are now, each with the servers to join it
+/// through: the surviving room, or the one made in place of a lost one.
+/// Children lost and not re-created are left out.
+async fn children_now(
+    registry: &Registry,
+    room: &Room,
+    server_name: &str,
+) -> Result<Vec<(String, Vec<String>)>, RoomsError> {
+    let here = || vec![server_name.to_owned()];
     let mut children = Vec::new();
     for child in &room.children {
         match registry.room(child).await? {
-            Some(known) if known.state == RoomState::Recreated => children.extend(known.recreated_as),
-            Some(known) if known.state.comes_back() => children.push(child.clone()),
+            Some(known) if known.state == RoomState::Recreated => {
+                children.extend(known.recreated_as.map(|room_id| (room_id, here())))
+            }
+            // Gone from here: through the servers it lives on.
+            Some(known) if known.state == RoomState::Elsewhere && !known.via_servers.is_empty() => {
+                children.push((child.clone(), known.via_servers))
+            }
+            Some(known) if known.state.comes_back() => children.push((child.clone(), here())),
             Some(_) => {}
-            // Never seen here: a room on another server; it lives on.
-            None => children.push(child.clone()),
+            // Never seen here: a room on another server, named in its ID
+            // (up to room version 11); it lives on.
+            None => {
+                let named = child.split_once(':').map(|(_, server)| vec![server.to_owned()]);
+                children.push((child.clone(), named.unwrap_or_else(here)))
+            }
         }
     }
     Ok(children)
 }
 
-fn creation_body(room: &Room, alias: Option<&str>, children: &[String], server_name: &str) -> Value {
+fn creation_body(room: &Room, alias: Option<&str>, children: &[(String, Vec<String>)]) -> Value {
     let public = room.join_rule.as_deref() == Some("public");
     let mut body = json!({
         "preset": if public { "public_chat" } else { "private_chat" },
@@ -974,8 +1009,8 @@ fn creation_body(room: &Room, alias: Option<&str>, children: &[String], server_n
     if let Some(avatar) = &room.avatar_url {
         state("m.room.avatar", "", json!({"url": avatar}));
     }
-    for child in children {
-        state("m.space.child", child, json!({"via": [server_name]}));
+    for (child, via) in children {
+        state("m.space.child", child, json!({"via": via}));
     }
     if !initial_state.is_empty() {
         body["initial_state"] = json!(initial_state);
@@ -1004,6 +1039,21 @@ mod tests {
         assert!(!made_on(&room("!old:there.net", Some("@alice:here.org")), "here.org"), "a creator their server wrote");
         assert!(!made_on(&room("!v12hash", Some("@mallory:there.net")), "here.org"));
         assert!(!made_on(&room("!old:here.org:8448", Some("@alice:here.org")), "here.org"), "another port");
+    }
+
+    #[test]
+    fn a_space_is_made_again_after_the_lost_rooms_and_spaces_it_holds() {
+        let room = |room_id: &str, children: &[&str]| Room {
+            room_id: room_id.to_owned(),
+            children: children.iter().map(|child| child.to_string()).collect(),
+            ..Room::default()
+        };
+        let fleet = room("!fleet:x", &["!deck:x", "!elsewhere:y"]);
+        let deck = room("!deck:x", &["!kitchen:x", "!deck:x"]);
+        let (kitchen, loop_a, loop_b) = (room("!kitchen:x", &[]), room("!a:x", &["!b:x"]), room("!b:x", &["!a:x"]));
+        let ordered = children_first(vec![loop_a, fleet, deck, loop_b, kitchen]);
+        let ids: Vec<&str> = ordered.iter().map(|room| room.room_id.as_str()).collect();
+        assert_eq!(ids, ["!kitchen:x", "!deck:x", "!fleet:x", "!a:x", "!b:x"], "spaces holding each other come last");
     }
 
     fn event(kind: &str, state_key: &str, content: Value) -> StateEvent {

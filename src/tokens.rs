@@ -8,7 +8,6 @@ use rand::distr::{Alphanumeric, SampleString};
 
 use crate::config::Config;
 use crate::holds::{UnheldLostIds, holds_wanted, tokens_withheld};
-use crate::recover::WIPE_SEEN_SETTING;
 use crate::registry::{self, Registry, TokenPurpose, now_ms};
 use crate::synapse::{self, SynapseClient};
 use crate::user_id::UserId;
@@ -65,8 +64,7 @@ async fn note_database_gone_back(
     if count >= last.listed {
         return Ok(());
     }
-    let noted = registry.setting(WIPE_SEEN_SETTING).await?.and_then(|at| at.parse::<i64>().ok());
-    if noted.is_some_and(|at| at > last.started_at) {
+    if registry.wipe_unlisted().await?.is_some() {
         return Ok(());
     }
     tracing::warn!(
@@ -74,7 +72,7 @@ async fn note_database_gone_back(
         last_listing = last.listed,
         "Synapse has fewer accounts than the last listing read: its database went back, and no registration token goes out until a listing shows who was lost"
     );
-    registry.set_setting(WIPE_SEEN_SETTING, &now_ms().to_string()).await?;
+    registry.note_wipe_seen().await?;
     Ok(())
 }
 

@@ -154,12 +154,15 @@ impl Registry {
         Ok((count, rows.into_iter().map(|(user_id, _)| user_id).take(shown as usize).collect()))
     }
 
-    /// An account's verified emails, to restore on its hold, less any another account had at the
-    /// last sync (the person's new one, say): Synapse keeps one account per address and would
-    /// move it silently. The hold asks Synapse too, for accounts registered since.
+    /// An account's verified emails, to restore on its hold, less any its person opted out of (a
+    /// lapsed address, or one a stranger holds now: in Synapse it would reset the password) and
+    /// any another account had at the last sync (the person's new one, say): Synapse keeps one
+    /// account per address and would move it silently. The hold asks Synapse too, for accounts
+    /// registered since.
     pub async fn verified_emails_of(&self, user_id: &UserId) -> Result<Vec<EmailAddress>> {
         Ok(sqlx::query_scalar(
             "SELECT address FROM contacts c WHERE user_id = $1 AND kind = 'email' AND verified_at IS NOT NULL \
+               AND opted_out_at IS NULL \
                AND NOT EXISTS (SELECT 1 FROM contacts other JOIN accounts a ON a.user_id = other.user_id \
                                WHERE other.kind = 'email' AND other.address = c.address AND other.user_id <> c.user_id \
                                  AND other.source = 'synapse' AND a.state = 'present') \

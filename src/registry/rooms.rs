@@ -350,13 +350,23 @@ impl Registry {
                 record_details(&mut tx, &room.room_id, details).await?;
             }
         }
-        // Gone since the previous listing (another wipe, after lifeboat came
-        // back into them): lifeboat's account is to rejoin them again.
+        // Gone since the previous listing while none of its former members
+        // was lost: an admin purged it, or everyone here left it. Forgotten,
+        // so that a later loss does not bring it back.
+        let lost = format!("({STANDING_SQL}) IN ('missing', 'held', 'claimed', 'recreated')");
+        let forget = format!(
+            "DELETE FROM rooms WHERE last_seen_at = $1 AND recreated_as IS NULL AND {} = 0",
+            former_members_where("rooms.room_id", &lost)
+        );
+        sqlx::query(sqlx::AssertSqlSafe(forget)).bind(previous).execute(&mut *tx).await?;
+        // Gone since lifeboat came back into them (another wipe, perhaps
+        // before any listing saw them back): it is to rejoin them again.
         sqlx::query(
             "UPDATE rooms SET restored_at = NULL, restore_error = NULL, aliases_due_at = NULL, aliases_attempts = 0, \
-             restore_attempts = 0 WHERE last_seen_at = $1",
+             restore_attempts = 0 WHERE last_seen_at = $1 OR (last_seen_at < $2 AND restored_at > last_seen_at)",
         )
         .bind(previous)
+        .bind(now)
         .execute(&mut *tx)
         .await?;
         set_setting_in(&mut *tx, ROOMS_LISTED_SETTING, &now.to_string()).await?;

@@ -464,7 +464,27 @@ impl Registry {
         let sql = format!("{SELECT_SYNC_RUNS} WHERE status = 'complete' ORDER BY id DESC LIMIT 1");
         Ok(sqlx::query_as(sqlx::AssertSqlSafe(sql)).fetch_optional(&self.pool).await?)
     }
+
+    /// Notes that Synapse's database was lost or went back now (lifeboat had
+    /// to get back in, or Synapse has fewer accounts than the last listing
+    /// read): until a listing begun later is applied, any ID may be free.
+    pub async fn note_wipe_seen(&self) -> Result<()> {
+        self.set_setting(WIPE_SEEN_SETTING, &now_ms().to_string()).await
+    }
+
+    /// When a wipe was last noted ([`Registry::note_wipe_seen`]), if no
+    /// complete listing has begun since (UTC ms).
+    pub async fn wipe_unlisted(&self) -> Result<Option<i64>> {
+        let Some(seen) = self.setting(WIPE_SEEN_SETTING).await?.and_then(|at| at.parse::<i64>().ok()) else {
+            return Ok(None);
+        };
+        let listed_since = self.last_complete_sync().await?.is_some_and(|run| run.started_at > seen);
+        Ok((!listed_since).then_some(seen))
+    }
 }
+
+/// When a wipe was last seen ([`Registry::note_wipe_seen`]).
+const WIPE_SEEN_SETTING: &str = "wipe_seen_at";
 
 /// Reads [`SyncRun`]s.
 const SELECT_SYNC_RUNS: &str = "SELECT id, started_at, finished_at, status, listed, new_accounts, missing, \

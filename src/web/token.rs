@@ -194,6 +194,12 @@ pub async fn open(State(state): State<WebState>, CheckedForm(form, _): CheckedFo
 
 async fn show_token(state: &WebState, link: &str, sig: &str) -> Result<Response, WebError> {
     let Some(found) = LINK.live(state, link, sig).await? else { return Ok(LINK.dead(state)) };
+    // Only while the address is still a contact of theirs: once removed,
+    // opted out or dropped in Synapse, it may be someone else's mailbox.
+    let contacts = state.registry.mailable_contacts_of(&found.user_id).await?;
+    if !contacts.iter().any(|contact| contact.address == found.address) {
+        return Ok(LINK.dead(state));
+    }
     // Asked before the link is used up, of the registry, then of Synapse
     // too (`token_for_person` asks again as it makes the token): the link
     // works again once every lost ID is held, or Synapse answers again.

@@ -698,10 +698,12 @@ on_both_backends!(parallel_wrong_codes_spend_the_five_tries_and_no_more);
 
 /// The bot mails a code to whatever address a person types: one person gets
 /// five an hour, however fast they ask, one address has at most three
-/// waiting, whoever asks (no inbox flooded a few people at a time), and
-/// everyone together gets a hundred an hour.
+/// waiting and six a day, whoever asks (no inbox flooded a few people at a
+/// time, or one code after another), and everyone together gets a hundred
+/// an hour.
 async fn codes_mailed_to_addresses_people_type_are_capped(registry: Registry) {
-    sync_listing(&registry, &[user("@a:x", 1), user("@b:x", 1), user("@c:x", 1)]).await;
+    let people = [user("@a:x", 1), user("@b:x", 1), user("@c:x", 1), user("@d:x", 1), user("@e:x", 1)];
+    sync_listing(&registry, &people).await;
     let limits = lifeboat::registry::CODE_LIMITS;
     let asks = (0..10).map(|n| {
         let registry = registry.clone();
@@ -733,6 +735,16 @@ async fn codes_mailed_to_addresses_people_type_are_capped(registry: Registry) {
         }
     }
     assert_eq!(started, 2, "8 went out this hour already: 2 more in all");
+    // Codes that expire at once leave none waiting, and still one address
+    // gets its day's few.
+    let mut in_a_day = 0;
+    for person in ["@d:x", "@e:x"] {
+        for _ in 0..5 {
+            let daily = email("daily@example.org");
+            in_a_day += registry.start_contact_verification(&id(person), &daily, "1", 0, limits).await.unwrap() as i64;
+        }
+    }
+    assert_eq!(in_a_day, limits.per_address_per_day);
 }
 on_both_backends!(codes_mailed_to_addresses_people_type_are_capped);
 
@@ -825,7 +837,8 @@ on_both_backends!(a_rooms_maker_read_from_its_state_outlives_the_listings_creato
 /// A surviving room people lost, back in a listing by anyone's join but
 /// lifeboat's own, has its aliases and directory entry due, and keeps both
 /// as known though Synapse lists neither yet; not a room lifeboat itself
-/// got back into, nor one an admin purged while nobody was lost.
+/// got back into, nor one an admin purged while nobody was lost (it is
+/// forgotten, so that a later loss does not bring it back).
 async fn a_room_back_without_lifeboat_keeps_its_aliases_and_listing_due(registry: Registry) {
     sync_listing(&registry, &[user("@a:x", 1), user("@p:x", 1)]).await;
     let mut square = room("!square", 2, &[("@a:x", 0)]);
@@ -840,6 +853,8 @@ async fn a_room_back_without_lifeboat_keeps_its_aliases_and_listing_due(registry
     // @a is lost with the two rooms; @p stays, and !purged goes on its own.
     sync_listing(&registry, &[user("@p:x", 1)]).await;
     registry.apply_room_listing(&[]).await.unwrap();
+    assert!(registry.room("!purged").await.unwrap().is_none(), "gone while none of its people was lost: forgotten");
+    assert!(registry.room("!square").await.unwrap().is_some(), "gone with its person: kept");
     registry.mark_room_restored("!harbour", None).await.unwrap();
     registry.aliases_no_longer_due("!harbour").await.unwrap();
 

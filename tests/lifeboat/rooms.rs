@@ -82,12 +82,17 @@ async fn after_a_wipe_people_come_back_into_surviving_rooms_aliases_work_and_los
     let harbour = alice.create_room_full(RoomSpec::public("harbour").name("Harbour").topic("boats")).await;
     let alias = format!("#harbour:{}", ours.server_name);
     bob.join_via(&alias, &[]).await;
-    // A room and a space only on ours.
+    // A room and a space only on ours, the space in a bigger one (listed
+    // first) that holds the room across the water too.
     let kitchen =
         alice.create_room_full(RoomSpec::private().name("Kitchen").topic("tea").invite(&[&carol.user_id])).await;
     carol.join(&kitchen).await;
     let fleet =
         alice.create_room_full(RoomSpec::private().name("Fleet").space().child(&kitchen, &[&ours.server_name])).await;
+    let armada = RoomSpec::private().name("Armada").space().invite(&[&carol.user_id]);
+    let armada =
+        alice.create_room_full(armada.child(&fleet, &[&ours.server_name]).child(&across, &[&theirs.server_name])).await;
+    carol.join(&armada).await;
     joined_members_settle(&ours, &across, 2).await;
     joined_members_settle(&ours, &harbour, 2).await;
 
@@ -106,9 +111,10 @@ async fn after_a_wipe_people_come_back_into_surviving_rooms_aliases_work_and_los
     ));
     let synced = lifeboat.run(&["sync"]).await;
     assert_eq!(synced.code, 0, "{synced:?}");
-    assert!(synced.stdout.contains("rooms: 4 on the homeserver"), "{synced:?}");
+    assert!(synced.stdout.contains("rooms: 5 on the homeserver"), "{synced:?}");
     let known = rooms_by_id(&lifeboat).await;
-    assert!([&across, &harbour, &kitchen, &fleet].iter().all(|room| known[*room]["state"] == "here"), "{known:?}");
+    let all = [&across, &harbour, &kitchen, &fleet, &armada];
+    assert!(all.iter().all(|room| known[*room]["state"] == "here"), "{known:?}");
     assert_eq!(known[&across]["via_servers"][0], theirs.server_name.as_str(), "rejoins go through their server");
     assert_eq!(known[&harbour]["aliases"][0], alias.as_str());
     assert_eq!(known[&fleet]["children"][0], kitchen.as_str());
@@ -165,6 +171,11 @@ async fn after_a_wipe_people_come_back_into_surviving_rooms_aliases_work_and_los
     assert_eq!(alice.room_topic(&new_kitchen).await.as_deref(), Some("tea"));
     alice.join(&new_fleet).await;
     assert!(alice.state(&new_fleet, "m.space.child", &new_kitchen).await.is_some(), "the space has its child back");
+    let new_armada = now[&armada]["recreated_as"].as_str().expect("the outer space was re-created").to_owned();
+    alice.join(&new_armada).await;
+    assert!(alice.state(&new_armada, "m.space.child", &new_fleet).await.is_some(), "made after the space in it");
+    let across_child = alice.state(&new_armada, "m.space.child", &across).await.expect("the surviving child");
+    assert_eq!(across_child["via"], serde_json::json!([theirs.server_name]), "through the server it lives on");
     let twice = lifeboat.run(&["rooms", "recreate", &kitchen, "--yes"]).await;
     assert_eq!(twice.code, 1, "{twice:?}");
     assert!(twice.stderr.contains("re-created already"), "{twice:?}");
@@ -523,6 +534,26 @@ async fn a_stranger_on_a_claimed_id_before_any_listing_is_joined_into_none_of_it
     assert!(!stranger.joined_rooms().await.contains(&square), "{rejoined:?}");
     assert_eq!(rejoined.code, 1, "{rejoined:?}");
     assert!(rejoined.stderr.contains(&format!("held back: {square}")), "said, not left out: {rejoined:?}");
+}
+
+/// Another wipe before any listing saw a surviving room back: lifeboat's
+/// account rejoins it again, as after the first.
+#[tokio::test(flavor = "multi_thread")]
+async fn lifeboat_rejoins_a_surviving_room_again_after_a_second_wipe_no_listing_saw_between() {
+    let InSquare { ours, theirs: _theirs, _registry, person: _alice, bob: _bob, square, lifeboat } =
+        one_person_in_a_square_of_theirs("alice", "").await;
+    wiped_and_held(&ours, &lifeboat).await;
+    assert_eq!(lifeboat.run(&["rooms", "rejoin"]).await.code, 0, "lifeboat is back in Square");
+    assert!(ours.room(&square).await.is_some());
+
+    ours.wipe();
+    ours.register_admin(&unique("root"));
+    assert_eq!(lifeboat.run(&["recover"]).await.code, 0);
+    assert_eq!(lifeboat.run(&["sync"]).await.code, 0);
+    assert_eq!(lifeboat.run(&["holds", "make"]).await.code, 0);
+    let rejoined = lifeboat.run(&["rooms", "rejoin"]).await;
+    assert_eq!(rejoined.code, 0, "{rejoined:?}");
+    assert!(ours.room(&square).await.is_some(), "this server is back in Square: {rejoined:?}");
 }
 
 /// The same for a room lifeboat makes again: its former member's ID in a

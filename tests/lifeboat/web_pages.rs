@@ -969,6 +969,14 @@ async fn the_page_shows_no_token_while_a_lost_id_is_not_held_and_the_link_keeps_
         .unwrap();
     let (_, page) = post_form(&http, &open_url, Some(&cookie), &open).await;
     assert!(page.contains("Your link still works"), "not used up by a Synapse that did not answer: {page}");
+
+    // The address stops being theirs (an unsubscribe link, say; it may
+    // have lapsed): whoever reads it now gets nothing from the link.
+    let opted_out = sqlx::query("UPDATE contacts SET opted_out_at = 4 WHERE address = $1").bind(&email);
+    assert_eq!(opted_out.execute(store.pool()).await.unwrap().rows_affected(), 1);
+    let (status, page) = post_form(&http, &open_url, Some(&cookie), &open).await;
+    assert_eq!(status, 400, "{page}");
+    assert!(page.contains("This link does not work"), "{page}");
 }
 
 /// Whoever knows many affected people's addresses could have a link
