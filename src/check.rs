@@ -53,6 +53,17 @@ impl CheckError {
 
 /// A check as the config asks for it (the watcher's loss threshold).
 pub async fn check(registry: &Registry, client: &SynapseClient, config: &Config) -> Result<CheckReport, CheckError> {
+    check_showing(registry, client, config, &|_, _| {}).await
+}
+
+/// [`check`], telling `listed` how many accounts the listing has read so
+/// far, of how many when Synapse says (a big server's takes minutes).
+pub async fn check_showing(
+    registry: &Registry,
+    client: &SynapseClient,
+    config: &Config,
+    listed: &(dyn Fn(u64, Option<u64>) + Sync),
+) -> Result<CheckReport, CheckError> {
     let loss_threshold = config.watch.loss_threshold;
     // Unauthenticated and cheap: if this fails Synapse is down, full stop.
     let server_version = client.server_version().await?;
@@ -60,7 +71,7 @@ pub async fn check(registry: &Registry, client: &SynapseClient, config: &Config)
         return Err(CheckError::NeverSynced);
     }
     let known = registry.known_accounts().await?;
-    let listing = match complete_listing(client, config).await {
+    let listing = match complete_listing(client, config, listed).await {
         Ok(listing) => listing,
         Err(CheckError::Synapse(err)) if err.is_unknown_token() && token_used_to_work(registry, client).await? => {
             // Nobody can be listed, and a wipe loses everyone: count them all.
@@ -172,13 +183,18 @@ async fn all_still_there(client: &SynapseClient, known: &[Known]) -> Option<Vec<
 }
 
 /// Every account Synapse lists, sorted bytewise by ID and without repeats.
-async fn complete_listing(client: &SynapseClient, config: &Config) -> Result<Vec<Listed>, CheckError> {
+async fn complete_listing(
+    client: &SynapseClient,
+    config: &Config,
+    listed: &(dyn Fn(u64, Option<u64>) + Sync),
+) -> Result<Vec<Listed>, CheckError> {
     let mut attempt = 1;
     loop {
         let mut pages = client.pages(config.sync.page_size).local_to(&config.homeserver.server_name);
         let mut listing: Vec<Listed> = Vec::new();
         while let Some(page) = pages.next_page().await? {
             listing.extend(page.iter().map(Listed::from));
+            listed(listing.len() as u64, pages.total.map(|total| total.max(0) as u64));
         }
         listing.sort_unstable_by(|a, b| a.user_id.as_bytes().cmp(b.user_id.as_bytes()));
         listing.dedup_by(|a, b| a.user_id == b.user_id);

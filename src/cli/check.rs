@@ -1,8 +1,8 @@
 //! `lifeboat check`
 
-use super::output::{id_list, print_json, unlocked_held_line};
+use super::output::{id_list, print_json, progress_bar, show_listing, unlocked_held_line};
 use super::{Context, Failure, Outcome, exit};
-use crate::check::{CheckError, CheckReport, check};
+use crate::check::{CheckError, CheckReport, check_showing};
 use crate::reconcile::Verdict;
 
 #[derive(clap::Args, Debug)]
@@ -36,7 +36,10 @@ pub async fn run(context: &Context, args: Args) -> Outcome {
 async fn checked(context: &Context) -> Result<CheckReport, Failure> {
     let (config, registry) = context.open().await?;
     let client = context.admin_client(&config, &registry, CheckError::Synapse).await?;
-    check(&registry, &client, &config).await.map_err(Failure::failed)
+    let bar = progress_bar("accounts");
+    let checked = check_showing(&registry, &client, &config, &|seen, total| show_listing(&bar, seen, total)).await;
+    bar.finish_and_clear();
+    checked.map_err(Failure::failed)
 }
 
 fn report(outcome: &CheckReport, json: bool) -> Result<(), Failure> {

@@ -79,6 +79,9 @@ enum Command {
     Sync(sync::Args),
     /// Compare the registry with Synapse's listing, without changing anything.
     ///
+    /// The listing is read at full speed (one call per sync.page_size
+    /// accounts), with a progress bar on stderr when it is a terminal.
+    ///
     /// Exit 0: no loss. Exit 3: accounts lost, or a suspected database reset.
     /// Exit 1: could not tell (Synapse down, listing failed).
     Check(check::Args),

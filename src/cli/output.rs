@@ -25,6 +25,14 @@ pub fn show_progress(bar: &ProgressBar, done: u64, total: u64) {
     bar.set_position(done);
 }
 
+/// Moves `bar` to `seen` accounts of a listing, of `total` when Synapse says.
+pub fn show_listing(bar: &ProgressBar, seen: u64, total: Option<u64>) {
+    if let Some(total) = total {
+        bar.set_length(total.max(seen));
+    }
+    bar.set_position(seen);
+}
+
 /// A count of things done on stderr (for work whose total is not known
 /// ahead), drawn only when stderr is a terminal.
 pub fn progress_count(message: &'static str) -> ProgressBar {

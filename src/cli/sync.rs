@@ -4,7 +4,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 
 use indicatif::ProgressBar;
 
-use super::output::{id_list, print_json, progress_bar, show_progress, unlocked_held_line};
+use super::output::{id_list, print_json, progress_bar, show_listing, show_progress, unlocked_held_line};
 use super::{Context, Failure, Outcome, exit};
 use crate::registry::Actor;
 use crate::sync::{SyncError, SyncOptions, SyncProgress, sync};
@@ -36,10 +36,7 @@ struct Bar {
 
 impl SyncProgress for Bar {
     fn listing(&self, seen: u64, total: Option<u64>) {
-        if let Some(total) = total {
-            self.bar.set_length(total.max(seen));
-        }
-        self.bar.set_position(seen);
+        show_listing(&self.bar, seen, total);
     }
 
     fn details_start(&self, total: u64, pace: Option<f64>) {
