@@ -409,7 +409,7 @@ async fn hold_one(
                     Ok(None) => return Ok(Outcome::Failed("its account went away meanwhile".to_owned())),
                     Err(err) => return Ok(Outcome::Failed(err.to_string())),
                 };
-                let persons = registry.verified_emails_of(user_id).await?;
+                let persons = registry.persons_verified_emails(user_id).await?;
                 if !may_be_the_interrupted_runs(&details, &persons) {
                     return Ok(taken(registry.mark_taken_before_hold(user_id, actor).await?));
                 }

@@ -748,18 +748,23 @@ pub async fn to_recreate(config: &Config, registry: &Registry, room_id: Option<&
 }
 
 /// `rooms` in an order that makes each one after the rooms of `rooms` it
-/// holds as children (a space in a space in a space), else as they came;
-/// spaces that hold each other come last, as they came.
+/// holds as children (a space in a space in a space), else as they came.
+/// Of spaces that hold each other, the first is made first.
 fn children_first(mut rooms: Vec<Room>) -> Vec<Room> {
     let mut ordered = Vec::with_capacity(rooms.len());
     while !rooms.is_empty() {
         let waiting: std::collections::HashSet<String> = rooms.iter().map(|room| room.room_id.clone()).collect();
         let holds_one_waiting =
             |room: &Room| room.children.iter().any(|child| *child != room.room_id && waiting.contains(child));
-        let (later, ready): (Vec<Room>, Vec<Room>) = rooms.into_iter().partition(holds_one_waiting);
+        let (mut later, ready): (Vec<Room>, Vec<Room>) = rooms.into_iter().partition(holds_one_waiting);
         if ready.is_empty() {
-            ordered.extend(later);
-            break;
+            // Only spaces holding each other are left to wait for: the first
+            // that another holds goes first.
+            let held = |room: &Room| {
+                later.iter().any(|other| other.room_id != room.room_id && other.children.contains(&room.room_id))
+            };
+            let first = later.iter().position(held).unwrap_or(0);
+            ordered.push(later.remove(first));
         }
         ordered.extend(ready);
         rooms = later;
@@ -969,12 +974,14 @@ async fn children_now(
             }
             Some(known) if known.state.comes_back() => children.push((child.clone(), here())),
             Some(_) => {}
-            // Never seen here: a room on another server, named in its ID
-            // (up to room version 11); it lives on.
-            None => {
-                let named = child.split_once(':').map(|(_, server)| vec![server.to_owned()]);
-                children.push((child.clone(), named.unwrap_or_else(here)))
-            }
+            // Not known: a room on another server, named in its ID (up to
+            // room version 11), that lives on; or one of this server's
+            // that lifeboat forgot (gone while nobody was lost).
+            None => match child.split_once(':').map(|(_, server)| server) {
+                Some(server) if server == server_name => {}
+                Some(server) => children.push((child.clone(), vec![server.to_owned()])),
+                None => children.push((child.clone(), here())),
+            },
         }
     }
     Ok(children)
@@ -1051,9 +1058,14 @@ mod tests {
         let fleet = room("!fleet:x", &["!deck:x", "!elsewhere:y"]);
         let deck = room("!deck:x", &["!kitchen:x", "!deck:x"]);
         let (kitchen, loop_a, loop_b) = (room("!kitchen:x", &[]), room("!a:x", &["!b:x"]), room("!b:x", &["!a:x"]));
-        let ordered = children_first(vec![loop_a, fleet, deck, loop_b, kitchen]);
+        let outer = room("!outer:x", &["!b:x"]);
+        let ordered = children_first(vec![outer, loop_a, fleet, deck, loop_b, kitchen]);
         let ids: Vec<&str> = ordered.iter().map(|room| room.room_id.as_str()).collect();
-        assert_eq!(ids, ["!kitchen:x", "!deck:x", "!fleet:x", "!a:x", "!b:x"], "spaces holding each other come last");
+        assert_eq!(
+            ids,
+            ["!kitchen:x", "!deck:x", "!fleet:x", "!a:x", "!b:x", "!outer:x"],
+            "a loop is broken at its first"
+        );
     }
 
     fn event(kind: &str, state_key: &str, content: Value) -> StateEvent {

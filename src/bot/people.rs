@@ -55,7 +55,7 @@ pub(super) async fn run(bot: &Bot, sender: &OwnedUserId, command: PersonCommand)
                 .map_err(broken)?
             {
                 return Err(
-                    "You asked for several codes in the last hour, codes are already on their way to that address, or many codes went out in the last hour; please wait a while before asking again.".to_owned()
+                    "You asked for several codes in the last hour (or for that address today), codes are already on their way to that address, or many codes went out in the last hour; please wait a while before asking again.".to_owned()
                 );
             }
             let message = crate::messages::contact_code(

@@ -59,20 +59,15 @@ impl SyncProgress for Bar {
 }
 
 pub async fn run(context: &Context, args: Args) -> Outcome {
-    // Ctrl-C stops between calls to Synapse, keeping what was read; a
-    // second one ends the process at once (the lease is then taken over).
-    let stop = super::stop_on_signal();
-    let (config, registry) = context.open().await?;
-    let client = context.admin_client(&config, &registry, SyncError::Listing).await?;
-    let progress = Bar { bar: progress_bar("accounts"), in_details: AtomicBool::new(false) };
-    let mut options = SyncOptions::from_config(&config).stopped_by(stop);
-    if !args.full_speed {
-        options = options.paced();
-    }
-    let result = sync(&registry, &client, &options, &Actor::cli(), &progress).await;
-    progress.bar.finish_and_clear();
-    let summary = result.map_err(Failure::failed)?;
-
+    let summary = match synced(context, args.full_speed).await {
+        Ok(summary) => summary,
+        Err(failure) if args.json && failure.code == exit::FAILED => {
+            // Scripts get one object whatever happens: here, that nothing was applied.
+            print_json(&serde_json::json!({"listing_applied": false, "reason": failure.message}))?;
+            return Err(failure);
+        }
+        Err(failure) => return Err(failure),
+    };
     if args.json {
         print_json(&summary)?;
     }
@@ -135,4 +130,20 @@ pub async fn run(context: &Context, args: Args) -> Outcome {
         )));
     }
     Ok(exit::OK)
+}
+
+async fn synced(context: &Context, full_speed: bool) -> Result<crate::sync::SyncSummary, Failure> {
+    // Ctrl-C stops between calls to Synapse, keeping what was read; a
+    // second one ends the process at once (the lease is then taken over).
+    let stop = super::stop_on_signal();
+    let (config, registry) = context.open().await?;
+    let client = context.admin_client(&config, &registry, SyncError::Listing).await?;
+    let progress = Bar { bar: progress_bar("accounts"), in_details: AtomicBool::new(false) };
+    let mut options = SyncOptions::from_config(&config).stopped_by(stop);
+    if !full_speed {
+        options = options.paced();
+    }
+    let result = sync(&registry, &client, &options, &Actor::cli(), &progress).await;
+    progress.bar.finish_and_clear();
+    result.map_err(Failure::failed)
 }

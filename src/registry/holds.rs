@@ -173,6 +173,18 @@ impl Registry {
         .await?)
     }
 
+    /// Every verified email of an account's person, opted out of or not:
+    /// whatever a hold may have given its account.
+    pub async fn persons_verified_emails(&self, user_id: &UserId) -> Result<Vec<EmailAddress>> {
+        Ok(sqlx::query_scalar(
+            "SELECT address FROM contacts WHERE user_id = $1 AND kind = 'email' AND verified_at IS NOT NULL \
+             ORDER BY address",
+        )
+        .bind(user_id)
+        .fetch_all(&self.pool)
+        .await?)
+    }
+
     /// Is a hold of `user_id` begun and not yet made? Until it is, its
     /// account must not be handed over: the hold's lock would follow.
     pub async fn hold_under_way(&self, user_id: &UserId) -> Result<bool> {

@@ -472,12 +472,14 @@ impl Registry {
         self.set_setting(WIPE_SEEN_SETTING, &now_ms().to_string()).await
     }
 
-    /// When a wipe was last noted ([`Registry::note_wipe_seen`]), if no
-    /// complete listing has begun since (UTC ms).
+    /// When a wipe was last noted ([`Registry::note_wipe_seen`]; UTC ms).
+    pub async fn wipe_seen_at(&self) -> Result<Option<i64>> {
+        Ok(self.setting(WIPE_SEEN_SETTING).await?.and_then(|at| at.parse::<i64>().ok()))
+    }
+
+    /// When a wipe was last noted, if no complete listing has begun since.
     pub async fn wipe_unlisted(&self) -> Result<Option<i64>> {
-        let Some(seen) = self.setting(WIPE_SEEN_SETTING).await?.and_then(|at| at.parse::<i64>().ok()) else {
-            return Ok(None);
-        };
+        let Some(seen) = self.wipe_seen_at().await? else { return Ok(None) };
         let listed_since = self.last_complete_sync().await?.is_some_and(|run| run.started_at > seen);
         Ok((!listed_since).then_some(seen))
     }

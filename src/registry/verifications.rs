@@ -35,10 +35,11 @@ pub struct CodeLimits {
     /// Codes waiting at one address, whoever asked (else anyone could have
     /// the bot mail one inbox without end, a few people at a time).
     pub live_per_address: i64,
-    /// Codes mailed to one address in the last day, whoever asked: codes
+    /// Codes one person asked for to one address in the last day: codes
     /// expire, and one account asking again as each one did would mail an
-    /// inbox about 150 times a day. As many as the web page's links.
-    pub per_address_per_day: i64,
+    /// inbox about 150 times a day. Counted per person, so that others
+    /// asking cannot use up the day of the address's owner.
+    pub same_address_per_day: i64,
     /// Codes asked for in the last hour by everyone together: where anyone
     /// may register, many new accounts could otherwise spend the mail
     /// relay's quota (and its name) on addresses of their choosing.
@@ -46,7 +47,7 @@ pub struct CodeLimits {
 }
 
 pub const CODE_LIMITS: CodeLimits =
-    CodeLimits { per_person_per_hour: 5, live_per_address: 3, per_address_per_day: 6, in_all_per_hour: 100 };
+    CodeLimits { per_person_per_hour: 5, live_per_address: 3, same_address_per_day: 6, in_all_per_hour: 100 };
 
 impl Registry {
     /// Records a pending verification; `false` (nothing recorded) when
@@ -69,7 +70,8 @@ impl Registry {
              WHERE (SELECT COUNT(*) FROM contact_verifications WHERE user_id = $1 AND created_at > $6) < $7 \
                AND (SELECT COUNT(*) FROM contact_verifications \
                     WHERE address = $2 AND verified_at IS NULL AND expires_at > $4) < $8 \
-               AND (SELECT COUNT(*) FROM contact_verifications WHERE address = $2 AND created_at > $10) < $11 \
+               AND (SELECT COUNT(*) FROM contact_verifications \
+                    WHERE user_id = $1 AND address = $2 AND created_at > $10) < $11 \
                AND (SELECT COUNT(*) FROM contact_verifications WHERE created_at > $6) < $9",
         )
         .bind(user_id)
@@ -82,7 +84,7 @@ impl Registry {
         .bind(limits.live_per_address)
         .bind(limits.in_all_per_hour)
         .bind(now - 24 * 3_600_000)
-        .bind(limits.per_address_per_day)
+        .bind(limits.same_address_per_day)
         .execute(&mut *tx)
         .await?;
         tx.commit().await?;

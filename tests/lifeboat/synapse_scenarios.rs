@@ -357,9 +357,10 @@ async fn a_stopped_synapse_makes_check_exit_1_never_3() {
     assert_eq!(report["listing_complete"], false, "{check:?}");
     assert!(check.stderr.contains("could not tell whether accounts were lost"), "{check:?}");
     assert!(check.stderr.contains("unavailable"), "{check:?}");
-    let sync = lifeboat.run(&["sync"]).await;
+    let sync = lifeboat.run(&["sync", "--json"]).await;
     assert_eq!(sync.code, 1, "{sync:?}");
     assert!(sync.stderr.contains("registry was left unchanged"), "{sync:?}");
+    assert_eq!(sync.json()["listing_applied"], false, "one object for scripts: {sync:?}");
 
     synapse.start_again();
     let users = lifeboat.run(&["users", "list", "--state", "missing", "--json"]).await.json();
