@@ -1485,6 +1485,36 @@ async fn a_hold_gives_back_no_email_its_person_opted_out_of() {
     assert_eq!(addresses, [kept.as_str()], "{held}");
 }
 
+/// A hold run killed after it gave the account its person's address, and
+/// the person opting out of that address before the run is resumed: the
+/// resumed run still knows the account for its own, and takes the address
+/// off it.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_hold_resumed_after_its_person_opted_out_of_the_address_it_gave_back_is_still_its_own() {
+    let synapse = TestSynapse::start();
+    let registry = TestDatabase::sqlite();
+    let (lifeboat, person, address) = one_person_then_a_wipe(&synapse, &registry).await;
+    assert_eq!(lifeboat.run(&["recover"]).await.code, 0);
+    assert_eq!(lifeboat.run(&["sync"]).await.code, 0);
+    assert_eq!(lifeboat.run(&["holds", "make"]).await.code, 0);
+    assert_eq!(synapse.user(&person).await["threepids"][0]["address"].as_str(), Some(address.as_str()));
+    sqlx::any::install_default_drivers();
+    let pool = sqlx::AnyPool::connect(&registry.url()).await.unwrap();
+    let user_id = synapse.user_id(&person);
+    let killed = "UPDATE accounts SET custody = 'holding', custody_at = 1 WHERE user_id = $1";
+    assert_eq!(sqlx::query(killed).bind(&user_id).execute(&pool).await.unwrap().rows_affected(), 1);
+    let opted_out = sqlx::query("UPDATE contacts SET opted_out_at = 1 WHERE address = $1").bind(&address);
+    assert_eq!(opted_out.execute(&pool).await.unwrap().rows_affected(), 1);
+    pool.close().await;
+
+    let resumed = lifeboat.run(&["holds", "make"]).await;
+    assert_eq!(resumed.code, 0, "{resumed:?}");
+    assert!(!resumed.stdout.contains("registered by someone else first"), "{resumed:?}");
+    assert!(ids_in(&lifeboat, "held").await.contains(&user_id), "{resumed:?}");
+    let held = synapse.user(&person).await;
+    assert!(held["threepids"].as_array().unwrap().is_empty(), "{held}");
+}
+
 #[tokio::test(flavor = "multi_thread")]
 async fn a_hold_does_not_take_an_email_from_the_new_account_its_person_made_after_the_wipe() {
     let synapse = TestSynapse::start();
