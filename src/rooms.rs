@@ -749,7 +749,7 @@ pub async fn to_recreate(config: &Config, registry: &Registry, room_id: Option<&
 
 /// `rooms` in an order that makes each one after the rooms of `rooms` it
 /// holds as children (a space in a space in a space), else as they came.
-/// Of spaces that hold each other, the first is made first.
+/// A loop of spaces that hold each other is broken where it is first met.
 fn children_first(mut rooms: Vec<Room>) -> Vec<Room> {
     let mut ordered = Vec::with_capacity(rooms.len());
     while !rooms.is_empty() {
@@ -758,18 +758,27 @@ fn children_first(mut rooms: Vec<Room>) -> Vec<Room> {
             |room: &Room| room.children.iter().any(|child| *child != room.room_id && waiting.contains(child));
         let (mut later, ready): (Vec<Room>, Vec<Room>) = rooms.into_iter().partition(holds_one_waiting);
         if ready.is_empty() {
-            // Only spaces holding each other are left to wait for: the first
-            // that another holds goes first.
-            let held = |room: &Room| {
-                later.iter().any(|other| other.room_id != room.room_id && other.children.contains(&room.room_id))
-            };
-            let first = later.iter().position(held).unwrap_or(0);
+            let first = on_a_loop(&later);
             ordered.push(later.remove(first));
         }
         ordered.extend(ready);
         rooms = later;
     }
     ordered
+}
+
+/// A room of a loop among `rooms`, each of which holds another of them:
+/// followed from the first, child by child, the first met twice.
+fn on_a_loop(rooms: &[Room]) -> usize {
+    let mut seen = vec![false; rooms.len()];
+    let mut at = 0;
+    while !seen[at] {
+        seen[at] = true;
+        let holder = &rooms[at];
+        let next = holder.children.iter().filter(|child| **child != holder.room_id);
+        at = next.filter_map(|child| rooms.iter().position(|room| room.room_id == *child)).next().unwrap_or(at);
+    }
+    at
 }
 
 /// Whether `room` was made on `server_name`, as far as its ID and recorded
@@ -1058,13 +1067,13 @@ mod tests {
         let fleet = room("!fleet:x", &["!deck:x", "!elsewhere:y"]);
         let deck = room("!deck:x", &["!kitchen:x", "!deck:x"]);
         let (kitchen, loop_a, loop_b) = (room("!kitchen:x", &[]), room("!a:x", &["!b:x"]), room("!b:x", &["!a:x"]));
-        let outer = room("!outer:x", &["!b:x"]);
-        let ordered = children_first(vec![outer, loop_a, fleet, deck, loop_b, kitchen]);
+        let (outer, inner) = (room("!outer:x", &["!inner:x"]), room("!inner:x", &["!b:x"]));
+        let ordered = children_first(vec![outer, inner, loop_a, fleet, deck, loop_b, kitchen]);
         let ids: Vec<&str> = ordered.iter().map(|room| room.room_id.as_str()).collect();
         assert_eq!(
             ids,
-            ["!kitchen:x", "!deck:x", "!fleet:x", "!a:x", "!b:x", "!outer:x"],
-            "a loop is broken at its first"
+            ["!kitchen:x", "!deck:x", "!fleet:x", "!b:x", "!inner:x", "!a:x", "!outer:x"],
+            "a loop is broken inside it, not above it"
         );
     }
 

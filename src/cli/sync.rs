@@ -62,8 +62,8 @@ pub async fn run(context: &Context, args: Args) -> Outcome {
     let summary = match synced(context, args.full_speed).await {
         Ok(summary) => summary,
         Err(failure) if args.json && failure.code == exit::FAILED => {
-            // Scripts get one object whatever happens: here, that nothing was applied.
-            print_json(&serde_json::json!({"listing_applied": false, "reason": failure.message}))?;
+            // Scripts get one object whatever happens: here, the error.
+            print_json(&serde_json::json!({"error": failure.message}))?;
             return Err(failure);
         }
         Err(failure) => return Err(failure),

@@ -265,25 +265,16 @@ pub struct RoomFate {
     pub encrypted: bool,
 }
 
-/// What the accounts' side knew of a loss as a room listing is applied
-/// (rooms are listed right after the accounts, in the same sync).
-struct LossSeen {
-    /// The account listing just applied marked someone missing.
-    newly_lost: bool,
-    /// A wipe was noted that no listing has shown yet.
-    wipe_unlisted: bool,
-    wipe_seen_at: Option<i64>,
+/// Was a loss seen after `at` (an SQL value): an account listing applied
+/// since that marked someone missing. (A wipe lifeboat noted is asked of
+/// the settings.)
+fn loss_listed_after(at: &str) -> String {
+    format!(
+        "EXISTS (SELECT 1 FROM sync_runs s WHERE s.status = 'complete' AND s.newly_missing > 0 AND s.finished_at > {at})"
+    )
 }
 
 impl Registry {
-    async fn loss_before_rooms(&self) -> Result<LossSeen> {
-        Ok(LossSeen {
-            newly_lost: self.last_complete_sync().await?.is_some_and(|run| run.newly_missing > 0),
-            wipe_unlisted: self.wipe_unlisted().await?.is_some(),
-            wipe_seen_at: self.wipe_seen_at().await?,
-        })
-    }
-
     async fn rooms_listed_at(&self) -> Result<i64> {
         // Before any complete listing, no room counts as here.
         Ok(self.setting(ROOMS_LISTED_SETTING).await?.and_then(|at| at.parse().ok()).unwrap_or(i64::MAX))
@@ -316,7 +307,7 @@ impl Registry {
     /// room is recorded as seen now; rooms not listed keep what the
     /// registry last knew (they are gone from here, not forgotten).
     pub async fn apply_room_listing(&self, rooms: &[RoomRecord]) -> Result<()> {
-        let loss = self.loss_before_rooms().await?;
+        let (wipe_seen_at, wipe_unlisted) = (self.wipe_seen_at().await?, self.wipe_unlisted().await?.is_some());
         let mut tx = self.begin_write().await?;
         // Each listing's stamp is later than the last one's, even within a
         // millisecond: a room in the previous listing only must not count
@@ -369,34 +360,34 @@ impl Registry {
                 record_details(&mut tx, &room.room_id, details).await?;
             }
         }
-        if !loss.newly_lost && !loss.wipe_unlisted {
-            // Gone since the previous listing while nothing was lost, none of
-            // its former members either: an admin purged it, or everyone here
-            // left it. Forgotten, so that a later loss does not bring it back.
-            // Not a room made in place of a lost one: its people may not be
-            // back in it yet.
+        let wipe_seen_at = wipe_seen_at.unwrap_or(i64::MIN);
+        if wipe_seen_at < previous && !wipe_unlisted {
+            // Gone since the previous listing while nothing was lost (no
+            // account listing since marked anyone missing), none of its
+            // former members either: an admin purged it, or everyone here
+            // left it. Forgotten, so that a later loss does not bring it
+            // back. Not a room made in place of a lost one: its people may
+            // not be back in it yet.
             let lost = format!("({STANDING_SQL}) IN ('missing', 'held', 'claimed', 'recreated')");
             let forget = format!(
                 "DELETE FROM rooms WHERE last_seen_at = $1 AND recreated_as IS NULL \
-                 AND room_id NOT IN (SELECT recreated_as FROM rooms WHERE recreated_as IS NOT NULL) AND {} = 0",
-                former_members_where("rooms.room_id", &lost)
+                 AND room_id NOT IN (SELECT recreated_as FROM rooms WHERE recreated_as IS NOT NULL) \
+                 AND {} = 0 AND NOT {}",
+                former_members_where("rooms.room_id", &lost),
+                loss_listed_after("$1"),
             );
             sqlx::query(sqlx::AssertSqlSafe(forget)).bind(previous).execute(&mut *tx).await?;
         }
         // Gone since the previous listing, or since lifeboat came back into
-        // them if a loss came after (another wipe before any listing saw
-        // them back): lifeboat's account is to rejoin them again.
-        sqlx::query(
+        // them if a loss came after its join (another wipe before any
+        // listing saw them back): lifeboat's account is to rejoin them again.
+        let reset = format!(
             "UPDATE rooms SET restored_at = NULL, restore_error = NULL, aliases_due_at = NULL, aliases_attempts = 0, \
              restore_attempts = 0 WHERE last_seen_at = $1 \
-             OR (last_seen_at < $2 AND restored_at > last_seen_at AND ($3 <> 0 OR restored_at < $4))",
-        )
-        .bind(previous)
-        .bind(now)
-        .bind(i64::from(loss.newly_lost))
-        .bind(loss.wipe_seen_at.unwrap_or(i64::MIN))
-        .execute(&mut *tx)
-        .await?;
+             OR (last_seen_at < $2 AND restored_at > last_seen_at AND (restored_at < $3 OR {}))",
+            loss_listed_after("rooms.restored_at")
+        );
+        sqlx::query(sqlx::AssertSqlSafe(reset)).bind(previous).bind(now).bind(wipe_seen_at).execute(&mut *tx).await?;
         set_setting_in(&mut *tx, ROOMS_LISTED_SETTING, &now.to_string()).await?;
         tx.commit().await?;
         Ok(())

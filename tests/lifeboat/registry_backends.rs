@@ -755,20 +755,29 @@ on_both_backends!(codes_mailed_to_addresses_people_type_are_capped);
 /// watcher's rejoin), or lifeboat kicked out since, does not have it join
 /// again every round; another wipe does.
 async fn lifeboats_rejoin_of_a_room_is_undone_only_by_a_loss_after_it(registry: Registry) {
-    sync_listing(&registry, &[user("@a:x", 1), user("@p:x", 1)]).await;
+    let (p, q) = (user("@p:x", 1), user("@q:x", 1));
+    sync_listing(&registry, &[user("@a:x", 1), p.clone(), q.clone()]).await;
     registry.apply_room_listing(&[room("!square", 2, &[("@a:x", 0)])]).await.unwrap();
-    sync_listing(&registry, &[user("@p:x", 1)]).await;
+    sync_listing(&registry, &[p.clone(), q.clone()]).await;
     registry.apply_room_listing(&[]).await.unwrap();
     registry.mark_room_restored("!square", None).await.unwrap();
     let restored = || async { registry.room("!square").await.unwrap().unwrap().restored_at.is_some() };
 
-    sync_listing(&registry, &[user("@p:x", 1)]).await;
+    sync_listing(&registry, &[p.clone(), q]).await;
     registry.apply_room_listing(&[]).await.unwrap();
     assert!(restored().await, "nothing lost since the join");
-    registry.note_wipe_seen().await.unwrap();
-    sync_listing(&registry, &[user("@p:x", 1)]).await;
+    // Someone lost after the join, by a sync that listed no rooms.
+    sync_listing(&registry, std::slice::from_ref(&p)).await;
+    sync_listing(&registry, std::slice::from_ref(&p)).await;
     registry.apply_room_listing(&[]).await.unwrap();
-    assert!(!restored().await, "a wipe after the join: lifeboat is to join again");
+    assert!(!restored().await, "a loss after the join: lifeboat is to join again");
+
+    registry.mark_room_restored("!square", None).await.unwrap();
+    tokio::time::sleep(std::time::Duration::from_millis(2)).await;
+    registry.note_wipe_seen().await.unwrap();
+    sync_listing(&registry, &[p]).await;
+    registry.apply_room_listing(&[]).await.unwrap();
+    assert!(!restored().await, "a wipe noted after the join: lifeboat is to join again");
 }
 on_both_backends!(lifeboats_rejoin_of_a_room_is_undone_only_by_a_loss_after_it);
 
@@ -875,6 +884,8 @@ async fn a_room_back_without_lifeboat_keeps_its_aliases_and_listing_due(registry
         square.details.clone().map(|details| RoomDetails { members: purged.details.unwrap().members, ..details });
     registry.apply_room_listing(&[square.clone(), harbour.clone(), purged.clone()]).await.unwrap();
     // @a is lost with the two rooms; @p stays, and !purged goes on its own.
+    sync_listing(&registry, &[user("@p:x", 1)]).await;
+    // A sync whose rooms were not listed (stopped, say) lies between.
     sync_listing(&registry, &[user("@p:x", 1)]).await;
     registry.apply_room_listing(&[]).await.unwrap();
     assert!(registry.room("!purged").await.unwrap().is_some(), "gone as someone was lost: kept");
