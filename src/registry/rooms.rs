@@ -269,15 +269,27 @@ pub struct RoomFate {
 /// since that marked someone missing. (A wipe lifeboat noted is asked of
 /// the settings.)
 fn loss_listed_after(at: &str) -> String {
-    format!(
-        "EXISTS (SELECT 1 FROM sync_runs s WHERE s.status = 'complete' AND s.newly_missing > 0 AND s.finished_at > {at})"
-    )
+    format!("EXISTS ({LOSS_LISTINGS} AND s.finished_at > {at})")
 }
 
+/// The complete account listings that marked someone missing.
+const LOSS_LISTINGS: &str = "SELECT s.id FROM sync_runs s WHERE s.status = 'complete' AND s.newly_missing > 0";
+
 impl Registry {
+    /// When the latest complete room listing was applied: the rooms in it
+    /// are here. Before any, no room counts as here; nor after a loss no
+    /// room listing has followed (a sync stopped or failed in its rooms):
+    /// this server may have lost them, and the word of a listing from
+    /// before would let a stranger's ID into a room with its person.
     async fn rooms_listed_at(&self) -> Result<i64> {
-        // Before any complete listing, no room counts as here.
-        Ok(self.setting(ROOMS_LISTED_SETTING).await?.and_then(|at| at.parse().ok()).unwrap_or(i64::MAX))
+        let Some(listed) = self.setting(ROOMS_LISTED_SETTING).await?.and_then(|at| at.parse::<i64>().ok()) else {
+            return Ok(i64::MAX);
+        };
+        let sql = format!("{LOSS_LISTINGS} AND s.finished_at > $1 LIMIT 1");
+        let loss_since: Option<i64> =
+            sqlx::query_scalar(sqlx::AssertSqlSafe(sql)).bind(listed).fetch_optional(&self.pool).await?;
+        let wipe_since = self.wipe_seen_at().await?.is_some_and(|seen| seen > listed);
+        Ok(if loss_since.is_some() || wipe_since { i64::MAX } else { listed })
     }
 
     /// The listing's fingerprint of each known room, to tell which changed:
