@@ -276,20 +276,19 @@ fn loss_listed_after(at: &str) -> String {
 const LOSS_LISTINGS: &str = "SELECT s.id FROM sync_runs s WHERE s.status = 'complete' AND s.newly_missing > 0";
 
 impl Registry {
-    /// When the latest complete room listing was applied: the rooms in it
-    /// are here. Before any, no room counts as here; nor after a loss no
-    /// room listing has followed (a sync stopped or failed in its rooms):
-    /// this server may have lost them, and the word of a listing from
-    /// before would let a stranger's ID into a room with its person.
     async fn rooms_listed_at(&self) -> Result<i64> {
-        let Some(listed) = self.setting(ROOMS_LISTED_SETTING).await?.and_then(|at| at.parse::<i64>().ok()) else {
-            return Ok(i64::MAX);
-        };
+        // Before any complete listing, no room counts as here.
+        Ok(self.setting(ROOMS_LISTED_SETTING).await?.and_then(|at| at.parse().ok()).unwrap_or(i64::MAX))
+    }
+
+    /// Was a loss seen after the room listing applied at `listed_at` (its
+    /// sync stopped or failed in its rooms, say)? Then a room here by that
+    /// listing's word may be gone from this server since.
+    async fn loss_since_rooms_listed(&self, listed_at: i64) -> Result<bool> {
         let sql = format!("{LOSS_LISTINGS} AND s.finished_at > $1 LIMIT 1");
-        let loss_since: Option<i64> =
-            sqlx::query_scalar(sqlx::AssertSqlSafe(sql)).bind(listed).fetch_optional(&self.pool).await?;
-        let wipe_since = self.wipe_seen_at().await?.is_some_and(|seen| seen > listed);
-        Ok(if loss_since.is_some() || wipe_since { i64::MAX } else { listed })
+        let loss: Option<i64> =
+            sqlx::query_scalar(sqlx::AssertSqlSafe(sql)).bind(listed_at).fetch_optional(&self.pool).await?;
+        Ok(loss.is_some() || self.wipe_seen_at().await?.is_some_and(|seen| seen > listed_at))
     }
 
     /// The listing's fingerprint of each known room, to tell which changed:
@@ -617,13 +616,16 @@ impl Registry {
     /// one person's, say) hold up nobody else's first try.
     pub async fn pending_rejoins(&self, wait_for_holds: bool) -> Result<Vec<Rejoin>> {
         let listed_at = self.rooms_listed_at().await?;
+        // A room here by a listing older than a loss waits as one elsewhere.
+        let unsure_here = self.loss_since_rooms_listed(listed_at).await?;
         let sql = format!(
             "SELECT m.room_id, m.user_id, r.via_servers, r.recreated_as \
              FROM room_members m JOIN rooms r ON r.room_id = m.room_id \
              JOIN accounts a ON a.user_id = m.user_id \
              WHERE m.membership = 'join' AND ({STANDING_SQL}) = 'claimed' AND ({ROOM_STATE_SQL}) <> 'lost' \
              AND (m.rejoin IS NULL OR (m.rejoin = 'failed' AND m.rejoin_attempts < $2)) \
-             AND (({ROOM_STATE_SQL}) <> 'elsewhere' OR ({} = 0 AND ($3 = 0 OR {} = 0))) \
+             AND ((({ROOM_STATE_SQL}) <> 'elsewhere' AND (({ROOM_STATE_SQL}) <> 'here' OR $4 = 0)) \
+                  OR ({} = 0 AND ($3 = 0 OR {} = 0))) \
              ORDER BY m.rejoin_attempts, m.user_id, m.room_id",
             strangers_among_former_members("m.room_id"),
             free_among_former_members("m.room_id"),
@@ -632,6 +634,7 @@ impl Registry {
             .bind(listed_at)
             .bind(MAX_REJOIN_ATTEMPTS)
             .bind(wait_for_holds as i64)
+            .bind(unsure_here as i64)
             .fetch_all(&self.pool)
             .await?)
     }
