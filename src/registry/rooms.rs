@@ -265,9 +265,9 @@ pub struct RoomFate {
     pub encrypted: bool,
 }
 
-/// Was a loss seen after `at` (an SQL value): an account listing applied
+/// Was a loss listed after `at` (an SQL value): an account listing applied
 /// since that marked someone missing. (A wipe lifeboat noted is asked of
-/// the settings.)
+/// the settings: [`Registry::loss_since_rooms_listed`].)
 fn loss_listed_after(at: &str) -> String {
     format!("EXISTS ({LOSS_LISTINGS} AND s.finished_at > {at})")
 }
@@ -316,9 +316,14 @@ impl Registry {
 
     /// Applies a complete room listing in one transaction: every listed
     /// room is recorded as seen now; rooms not listed keep what the
-    /// registry last knew (they are gone from here, not forgotten).
+    /// registry last knew (they are gone from here), unless they went while
+    /// nothing was lost (then they are forgotten).
     pub async fn apply_room_listing(&self, rooms: &[RoomRecord]) -> Result<()> {
-        let (wipe_seen_at, wipe_unlisted) = (self.wipe_seen_at().await?, self.wipe_unlisted().await?.is_some());
+        // Asked before the listing's transaction (room listings run one at a
+        // time, under the sync lease).
+        let nothing_lost = !self.loss_since_rooms_listed(self.rooms_listed_at().await?).await?
+            && self.wipe_unlisted().await?.is_none();
+        let wipe_seen_at = self.wipe_seen_at().await?.unwrap_or(i64::MIN);
         let mut tx = self.begin_write().await?;
         // Each listing's stamp is later than the last one's, even within a
         // millisecond: a room in the previous listing only must not count
@@ -371,21 +376,18 @@ impl Registry {
                 record_details(&mut tx, &room.room_id, details).await?;
             }
         }
-        let wipe_seen_at = wipe_seen_at.unwrap_or(i64::MIN);
-        if wipe_seen_at < previous && !wipe_unlisted {
+        if nothing_lost {
             // Gone since the previous listing while nothing was lost (no
-            // account listing since marked anyone missing), none of its
-            // former members either: an admin purged it, or everyone here
-            // left it. Forgotten, so that a later loss does not bring it
-            // back. Not a room made in place of a lost one: its people may
-            // not be back in it yet.
+            // account listing since marked anyone missing, no wipe noted),
+            // none of its former members either: an admin purged it, or
+            // everyone here left it. Forgotten, so that a later loss does not
+            // bring it back. Not a room made in place of a lost one: its
+            // people may not be back in it yet.
             let lost = format!("({STANDING_SQL}) IN ('missing', 'held', 'claimed', 'recreated')");
             let forget = format!(
                 "DELETE FROM rooms WHERE last_seen_at = $1 AND recreated_as IS NULL \
-                 AND room_id NOT IN (SELECT recreated_as FROM rooms WHERE recreated_as IS NOT NULL) \
-                 AND {} = 0 AND NOT {}",
+                 AND room_id NOT IN (SELECT recreated_as FROM rooms WHERE recreated_as IS NOT NULL) AND {} = 0",
                 former_members_where("rooms.room_id", &lost),
-                loss_listed_after("$1"),
             );
             sqlx::query(sqlx::AssertSqlSafe(forget)).bind(previous).execute(&mut *tx).await?;
         }
