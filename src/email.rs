@@ -58,6 +58,34 @@ impl EmailAddress {
     pub fn as_str(&self) -> &str {
         &self.0
     }
+
+    /// The inbox this address reaches, as far as can be told from outside:
+    /// its domain in ASCII (full-width and IDN forms of one domain are one
+    /// domain), without a `+tag` (sub-addresses of one inbox), and, at
+    /// Gmail, without dots. The caps on mail to one inbox count by it, so
+    /// that variants of an address typed by someone else do not each get a
+    /// day's mail; mail still goes to the address as it is.
+    pub fn mailbox(&self) -> String {
+        let (local, domain) = self.0.rsplit_once('@').unwrap_or(("", &self.0));
+        let domain = ascii_domain(domain).unwrap_or_else(|_| domain.to_owned());
+        let local = match local.split_once('+') {
+            Some((base, _)) if !base.is_empty() => base,
+            _ => local,
+        };
+        match domain.as_str() {
+            "gmail.com" | "googlemail.com" => format!("{}@gmail.com", local.replace('.', "")),
+            _ => format!("{local}@{domain}"),
+        }
+    }
+}
+
+/// A domain as mail servers take it: IDNA's ASCII form (punycode), with
+/// full-width and other compatibility forms mapped as browsers map them.
+pub fn ascii_domain(domain: &str) -> Result<String, url::ParseError> {
+    Ok(match url::Host::parse(domain)? {
+        url::Host::Domain(ascii) => ascii,
+        _ => domain.to_owned(),
+    })
 }
 
 // Bound and read back as the text it is: the registry's API takes checked addresses.
@@ -66,6 +94,21 @@ crate::checked_text::checked_text!(EmailAddress);
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn variants_of_one_inbox_have_one_mailbox() {
+        let mailbox = |address: &str| EmailAddress::parse(address).unwrap().mailbox();
+        let victim = "victim@example.org";
+        for variant in ["Victim@example.org", "victim+1@example.org", "victim+a+b@EXAMPLE.org", "victim@ｅxample.org"]
+        {
+            assert_eq!(mailbox(variant), victim, "{variant}");
+        }
+        assert_eq!(mailbox("v.ic.tim+x@googlemail.com"), "victim@gmail.com");
+        assert_eq!(mailbox("+tag@example.org"), "+tag@example.org", "nothing before the tag: kept");
+        assert_eq!(mailbox("a@bücher.de"), "a@xn--bcher-kva.de");
+        assert_ne!(mailbox("v.ictim@example.org"), victim, "dots matter outside Gmail");
+        assert_ne!(mailbox("victim@example.org.evil"), victim);
+    }
 
     #[test]
     fn addresses_are_trimmed_and_lowercased() {

@@ -237,6 +237,18 @@ pub async fn hold_back_due_tokens(registry: &Registry, incident: Option<i64>) ->
     Ok(())
 }
 
+/// [`hold_back_tokens`] while it cannot be told whether a lost ID is free
+/// (`unsure`: why Synapse could not be asked); what to log, if any was.
+pub async fn hold_back_tokens_unsure(
+    registry: &Registry,
+    incident: Option<i64>,
+    unsure: &str,
+) -> Result<Option<String>, registry::Error> {
+    let until = now_ms() + WAIT_FOR_HOLDS.as_millis() as i64;
+    let held = registry.hold_back_tokens(incident, until, &format!("held back: {unsure}")).await?;
+    Ok((held > 0).then(|| format!("wait: {unsure}; they are tried again within 5 minutes")))
+}
+
 /// How many of the due mails with a token [`Registry::hold_back_tokens`] held back.
 async fn hold_back(registry: &Registry, incident: Option<i64>, unheld: &UnheldLostIds) -> Result<u64, registry::Error> {
     let until = now_ms() + WAIT_FOR_HOLDS.as_millis() as i64;
@@ -759,7 +771,7 @@ pub fn password_problem(password: &str, user_id: &str) -> Option<&'static str> {
     let distinct: std::collections::HashSet<char> = password.chars().collect();
     if password.chars().count() < MIN_PASSWORD_CHARS {
         Some("The password is too short: use at least 10 characters.")
-    } else if password.len() > 512 {
+    } else if password.chars().count() > MAX_PASSWORD_CHARS {
         Some("The password is too long: use at most 512 characters.")
     } else if distinct.len() < 4 {
         Some("The password repeats too few characters: use at least 4 different ones.")
@@ -773,6 +785,8 @@ pub fn password_problem(password: &str, user_id: &str) -> Option<&'static str> {
 }
 
 pub const MIN_PASSWORD_CHARS: usize = 10;
+/// Synapse's own limit, in characters (as the page's `maxlength` counts).
+pub const MAX_PASSWORD_CHARS: usize = 512;
 
 /// A user name shorter than this (`@al`) is no guessable part of a
 /// password: refusing every password with its letters in would refuse most.
@@ -957,6 +971,14 @@ mod tests {
     fn candidate(id: &str, admin: bool) -> HoldCandidate {
         let user_id = UserId::parse(id).unwrap();
         HoldCandidate { user_id, display_name: None, begun_before: 0, admin: i64::from(admin) }
+    }
+
+    #[test]
+    fn a_password_is_measured_in_characters_as_the_page_and_synapse_count_them() {
+        let user = "@wren:example.org";
+        assert_eq!(password_problem(&"äöüß".repeat(128), user), None, "512 characters, 1,024 bytes");
+        assert!(password_problem(&"äöüß".repeat(128).replace('ä', "ää"), user).is_some_and(|why| why.contains("long")));
+        assert!(password_problem("äöüßäöü", user).is_some_and(|why| why.contains("short")));
     }
 
     #[test]

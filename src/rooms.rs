@@ -611,7 +611,7 @@ async fn rejoin_people(
     report: &mut BringBackReport,
     stop: &CancellationToken,
 ) -> Result<(), RoomsError> {
-    let pending = registry.pending_rejoins(waits_for_holds(config)).await?;
+    let pending = registry.pending_rejoins(waits_for_holds(config), &service_user_id(config)).await?;
     // One a stranger registered since the last listing is joined nowhere,
     // and the person's rejoins wait (not an attempt).
     let theirs = theirs_now(registry, client, pending.iter().map(|rejoin| rejoin.user_id.clone())).await?;

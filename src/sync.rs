@@ -17,6 +17,7 @@ use crate::reconcile::registered_again;
 use crate::registry::{self, AccountDetails, Actor, DetailsDue, Registry, SyncApplied, now_ms};
 use crate::rooms::{RoomSyncSummary, RoomsError, sync_rooms};
 use crate::synapse::{self, LISTING_ATTEMPTS, SynapseClient, ThreePid};
+use crate::tokens::delete_revived_tokens;
 use crate::user_id::UserId;
 
 /// Accounts whose details are fetched per registry query.
@@ -152,6 +153,13 @@ pub async fn sync(
                 }
             }
         };
+        // The loss may be a restore from an older backup, which has the
+        // tokens lifeboat deleted since: a listing that sees it deletes them.
+        if applied.newly_missing > 0
+            && let Err(err) = delete_revived_tokens(registry, client).await
+        {
+            tracing::warn!(error = %err, "could not ask Synapse for the registration tokens lifeboat deleted before");
+        }
         // Remembered so `check` can tell a dead token that used to work (a
         // wipe) from one that never did (a typo).
         if let Some(fingerprint) = client.token_fingerprint() {

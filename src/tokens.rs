@@ -73,7 +73,40 @@ async fn note_database_gone_back(
         "Synapse has fewer accounts than the last listing read: its database went back, and no registration token goes out until a listing shows who was lost"
     );
     registry.note_wipe_seen().await?;
+    delete_revived_tokens(registry, client).await?;
     Ok(())
+}
+
+/// A Synapse restored from an older backup has again the tokens lifeboat
+/// deleted since (a resolved incident's, withdrawn ones), and each of them
+/// could register any name that is free, a lost ID too. Deletes those
+/// Synapse lists again; how many. Asked wherever a loss is seen (a listing
+/// that finds accounts missing, fewer accounts than the last listing read).
+pub async fn delete_revived_tokens(registry: &Registry, client: &SynapseClient) -> Result<u64, TokenError> {
+    let revoked: std::collections::HashSet<String> = registry
+        .tokens(None)
+        .await?
+        .into_iter()
+        .filter(|token| token.revoked_at.is_some())
+        .map(|token| token.token)
+        .collect();
+    if revoked.is_empty() {
+        return Ok(0);
+    }
+    let mut deleted = 0;
+    for listed in client.registration_tokens().await? {
+        if revoked.contains(&listed.token) {
+            client.delete_registration_token(&listed.token).await?;
+            deleted += 1;
+        }
+    }
+    if deleted > 0 {
+        tracing::warn!(
+            tokens = deleted,
+            "Synapse had registration tokens again that lifeboat deleted before (restored from an older backup?): deleted them again"
+        );
+    }
+    Ok(deleted)
 }
 
 /// 24 letters and digits: nothing to URL-encode, ~142 bits.

@@ -11,9 +11,13 @@ use tokio_util::sync::CancellationToken;
 
 use crate::app::Services;
 use crate::campaign::{CampaignError, CampaignOptions, run_campaign};
+use crate::config::Config;
+use crate::holds::UnheldLostIds;
 use crate::notify::NotifyProgress;
 use crate::outbox::{QUEUED, QueuedEmails, send_until_done};
+use crate::recover::admin_access;
 use crate::registry::{Actor, DeliveryChannel, Registry, now_ms};
+use crate::tokens::tokens_withheld_now;
 
 pub const POLL_EVERY: Duration = Duration::from_secs(30);
 /// How long an incident's notices wait after a run that could not start.
@@ -63,16 +67,7 @@ pub async fn run(services: Arc<Services>) {
             tracing::warn!(error = %err, "delivery worker: registry query failed");
         }
         let background = Background(cancel.clone());
-        // No token an admin had the bot mail goes while a lost ID is unheld.
-        match crate::holds::tokens_withheld(config, registry).await {
-            Ok(Some(unheld)) => match crate::holds::hold_back_tokens(config, registry, None, &unheld).await {
-                Ok(Some(note)) => tracing::warn!("tokens mailed from the bot {note}"),
-                Ok(None) => {}
-                Err(err) => tracing::warn!(error = %err, "delivery worker: registry query failed"),
-            },
-            Ok(None) => {}
-            Err(err) => tracing::warn!(error = %err, "delivery worker: registry query failed"),
-        }
+        hold_back_bot_tokens(config, registry).await;
         if let Some((email, queued)) = &mail {
             // One sender of them at a time, whichever serve (two on one
             // registry, as in a restart that overlaps) would each mail them.
@@ -107,6 +102,37 @@ pub async fn run(services: Arc<Services>) {
             () = QUEUED.notified() => {}
         }
     }
+}
+
+/// No token an admin had the bot mail goes while a lost ID is unheld, nor
+/// while Synapse cannot be asked once one is due.
+async fn hold_back_bot_tokens(config: &Config, registry: &Registry) {
+    let held = match bot_tokens_withheld(config, registry).await {
+        Ok(Some(unheld)) => crate::holds::hold_back_tokens(config, registry, None, &unheld).await,
+        Ok(None) => return,
+        Err(unsure) => crate::holds::hold_back_tokens_unsure(registry, None, &unsure).await,
+    };
+    match held {
+        Ok(Some(note)) => tracing::warn!("tokens mailed from the bot {note}"),
+        Ok(None) => {}
+        Err(err) => tracing::warn!(error = %err, "delivery worker: registry query failed"),
+    }
+}
+
+/// [`crate::holds::tokens_withheld`]; once a mail with a token is due, with
+/// Synapse asked too ([`tokens_withheld_now`]): the bot asked as it made the
+/// token, but its mail may have waited out a retry through a wipe or a
+/// restore from an older backup. `Err`: why that cannot be told now.
+pub async fn bot_tokens_withheld(config: &Config, registry: &Registry) -> Result<Option<UnheldLostIds>, String> {
+    let due = registry.token_mails_due().await.map_err(|err| err.to_string())?;
+    if !due || !crate::holds::holds_wanted(config, true) {
+        return crate::holds::tokens_withheld(config, registry).await.map_err(|err| err.to_string());
+    }
+    let access = admin_access(config, registry).await.map_err(|err| err.to_string())?;
+    let Some(client) = access.working() else {
+        return Err("Synapse rejects every admin token lifeboat has (a wipe?)".to_owned());
+    };
+    tokens_withheld_now(config, registry, &client).await.map_err(|err| err.to_string())
 }
 
 /// The first pause after releasing parked mail before it is released

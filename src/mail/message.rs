@@ -50,11 +50,7 @@ fn recipient(to: &str) -> Result<Address, MailError> {
         MailError::Permanent(format!("`{to}` cannot be used as a recipient ({reason}); correct or remove this contact"))
     };
     let (user, domain) = to.rsplit_once('@').ok_or_else(|| refuse("it has no @".to_owned()))?;
-    let ascii_domain = match url::Host::parse(domain) {
-        Ok(url::Host::Domain(ascii)) => ascii,
-        Ok(_) => domain.to_owned(),
-        Err(err) => return Err(refuse(format!("the domain: {err}"))),
-    };
+    let ascii_domain = crate::email::ascii_domain(domain).map_err(|err| refuse(format!("the domain: {err}")))?;
     Address::new(user, ascii_domain).map_err(|err| refuse(err.to_string()))
 }
 

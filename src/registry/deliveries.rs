@@ -311,6 +311,18 @@ impl Registry {
         Ok(query.execute(&self.pool).await?.rows_affected())
     }
 
+    /// Whether a mail with a token an admin had the bot mail is due: a row
+    /// `hold_back_tokens(None, ..)` would hold back.
+    pub async fn token_mails_due(&self) -> Result<bool> {
+        let due: i64 = sqlx::query_scalar(
+            "SELECT COUNT(*) FROM deliveries WHERE kind = 'token' AND state = 'pending' AND next_attempt_at <= $1",
+        )
+        .bind(now_ms())
+        .fetch_one(&self.pool)
+        .await?;
+        Ok(due > 0)
+    }
+
     /// Up to `limit` due deliveries of one channel, longest due first, ready
     /// to render. Only reads: the run's lease keeps other senders away, and
     /// what a crashed run had read is still pending, so is read again.

@@ -609,14 +609,16 @@ impl Registry {
     }
 
     /// People back on their ID (claimed) not yet back in their rooms that come back or were
-    /// re-created. Failures are retried up to [`MAX_REJOIN_ATTEMPTS`] times ([`Self::retry_given_up`]
+    /// re-created, and those who never lost theirs (present) not yet invited into a re-created
+    /// room (the invite as it was made failed), but `service`, lifeboat's own account, which made
+    /// it. Failures are retried up to [`MAX_REJOIN_ATTEMPTS`] times ([`Self::retry_given_up`]
     /// starts the count over).
     /// Not into a surviving room this server is not in yet while a stranger holds a former
     /// member's ID ([`Room::strangers`]): the join would let the stranger in too. Nor, when
     /// `wait_for_holds`, while a former member's ID is free ([`Room::free`]).
     /// Joins that failed before come last: rooms nobody can reach (many of
     /// one person's, say) hold up nobody else's first try.
-    pub async fn pending_rejoins(&self, wait_for_holds: bool) -> Result<Vec<Rejoin>> {
+    pub async fn pending_rejoins(&self, wait_for_holds: bool, service: &UserId) -> Result<Vec<Rejoin>> {
         let listed_at = self.rooms_listed_at().await?;
         // A room here by a listing older than a loss waits as one elsewhere.
         let unsure_here = self.loss_since_rooms_listed(listed_at).await?;
@@ -624,7 +626,9 @@ impl Registry {
             "SELECT m.room_id, m.user_id, r.via_servers, r.recreated_as \
              FROM room_members m JOIN rooms r ON r.room_id = m.room_id \
              JOIN accounts a ON a.user_id = m.user_id \
-             WHERE m.membership = 'join' AND ({STANDING_SQL}) = 'claimed' AND ({ROOM_STATE_SQL}) <> 'lost' \
+             WHERE m.membership = 'join' AND ({ROOM_STATE_SQL}) <> 'lost' \
+             AND (({STANDING_SQL}) = 'claimed' \
+                  OR (r.recreated_as IS NOT NULL AND ({STANDING_SQL}) = 'present' AND m.user_id <> $5)) \
              AND (m.rejoin IS NULL OR (m.rejoin = 'failed' AND m.rejoin_attempts < $2)) \
              AND ((({ROOM_STATE_SQL}) <> 'elsewhere' AND (({ROOM_STATE_SQL}) <> 'here' OR $4 = 0)) \
                   OR ({} = 0 AND ($3 = 0 OR {} = 0))) \
@@ -637,6 +641,7 @@ impl Registry {
             .bind(MAX_REJOIN_ATTEMPTS)
             .bind(wait_for_holds as i64)
             .bind(unsure_here as i64)
+            .bind(service)
             .fetch_all(&self.pool)
             .await?)
     }

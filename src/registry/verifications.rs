@@ -65,13 +65,13 @@ impl Registry {
         // cannot each see room for one more.
         let mut tx = self.begin_write_locking("contact_verifications").await?;
         let started = sqlx::query(
-            "INSERT INTO contact_verifications (user_id, address, code_sha256, created_at, expires_at) \
-             SELECT $1, $2, $3, $4, $5 \
+            "INSERT INTO contact_verifications (user_id, address, code_sha256, created_at, expires_at, mailbox) \
+             SELECT $1, $2, $3, $4, $5, $12 \
              WHERE (SELECT COUNT(*) FROM contact_verifications WHERE user_id = $1 AND created_at > $6) < $7 \
                AND (SELECT COUNT(*) FROM contact_verifications \
-                    WHERE address = $2 AND verified_at IS NULL AND expires_at > $4) < $8 \
+                    WHERE mailbox = $12 AND verified_at IS NULL AND expires_at > $4) < $8 \
                AND (SELECT COUNT(*) FROM contact_verifications \
-                    WHERE user_id = $1 AND address = $2 AND created_at > $10) < $11 \
+                    WHERE user_id = $1 AND mailbox = $12 AND created_at > $10) < $11 \
                AND (SELECT COUNT(*) FROM contact_verifications WHERE created_at > $6) < $9",
         )
         .bind(user_id)
@@ -85,6 +85,7 @@ impl Registry {
         .bind(limits.in_all_per_hour)
         .bind(now - 24 * 3_600_000)
         .bind(limits.same_address_per_day)
+        .bind(address.mailbox())
         .execute(&mut *tx)
         .await?;
         tx.commit().await?;

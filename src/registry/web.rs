@@ -79,8 +79,8 @@ impl Registry {
             .execute(&self.pool)
             .await?;
         sqlx::query(
-            "INSERT INTO web_links (id, purpose, user_id, address, code_hash, created_at, expires_at) \
-             VALUES ($1, $2, $3, $4, $5, $6, $7)",
+            "INSERT INTO web_links (id, purpose, user_id, address, code_hash, created_at, expires_at, mailbox) \
+             VALUES ($1, $2, $3, $4, $5, $6, $7, $8)",
         )
         .bind(id)
         .bind(purpose)
@@ -89,6 +89,7 @@ impl Registry {
         .bind(code_hash)
         .bind(now)
         .bind(expires_at)
+        .bind(address.mailbox())
         .execute(&self.pool)
         .await?;
         Ok(())
@@ -175,11 +176,11 @@ impl Registry {
     /// still arrive.
     pub async fn live_web_links_to(&self, purpose: &str, address: &EmailAddress) -> Result<i64> {
         Ok(sqlx::query_scalar(sqlx::AssertSqlSafe(format!(
-            "SELECT COUNT(*) FROM web_links WHERE purpose = $1 AND address = $2 \
+            "SELECT COUNT(*) FROM web_links WHERE purpose = $1 AND mailbox = $2 \
              AND used_at IS NULL AND expires_at > $3 AND {MAY_ARRIVE}"
         )))
         .bind(purpose)
-        .bind(address)
+        .bind(address.mailbox())
         .bind(now_ms())
         .fetch_one(&self.pool)
         .await?)
@@ -189,11 +190,11 @@ impl Registry {
     /// used, expired or live, whose email was not given up.
     pub async fn web_links_to_since(&self, purpose: &str, address: &EmailAddress, since: i64) -> Result<i64> {
         let sql = format!(
-            "SELECT COUNT(*) FROM web_links WHERE purpose = $1 AND address = $2 AND created_at > $3 AND {MAY_ARRIVE}"
+            "SELECT COUNT(*) FROM web_links WHERE purpose = $1 AND mailbox = $2 AND created_at > $3 AND {MAY_ARRIVE}"
         );
         Ok(sqlx::query_scalar(sqlx::AssertSqlSafe(sql))
             .bind(purpose)
-            .bind(address)
+            .bind(address.mailbox())
             .bind(since)
             .fetch_one(&self.pool)
             .await?)

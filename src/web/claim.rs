@@ -15,7 +15,8 @@ use serde::Deserialize;
 use super::WebState;
 use super::pages::{self, CheckedForm, Chrome, LinkQuery, Message, WebError};
 use crate::holds::{
-    Claim, ClaimCheck, HandOverError, MIN_PASSWORD_CHARS, check_claim, claim_held, one_hand_over, password_problem,
+    Claim, ClaimCheck, HandOverError, MAX_PASSWORD_CHARS, MIN_PASSWORD_CHARS, check_claim, claim_held, one_hand_over,
+    password_problem,
 };
 use crate::links::ClaimLink;
 use crate::registry::{Account, Actor};
@@ -34,6 +35,7 @@ struct ClaimForm {
     contact: i64,
     sig: String,
     min_chars: usize,
+    max_chars: usize,
     problem: Option<&'static str>,
 }
 
@@ -136,6 +138,7 @@ fn form_page(state: &WebState, csrf: String, sent: SentLink, problem: Option<&'s
         contact,
         sig,
         min_chars: MIN_PASSWORD_CHARS,
+        max_chars: MAX_PASSWORD_CHARS,
         problem,
     };
     pages::html(status, &page)

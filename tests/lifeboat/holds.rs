@@ -1050,18 +1050,7 @@ async fn no_token_goes_out_after_a_wipe_an_admin_got_back_into_by_hand_until_a_l
     let smtp = TestSmtp::start(None);
     let (lifeboat, address) = one_person_in_an_open_incident(&synapse, &registry, &smtp).await;
 
-    let old_token = synapse.admin_token();
-    synapse.wipe();
-    let new_token = synapse.register_admin(&unique("by-hand"));
-    // No shared secret either: lifeboat cannot get back in by itself, so
-    // nothing but the count can tell it of the wipe.
-    let config = std::fs::read_to_string(lifeboat.config_path()).unwrap();
-    let config: String = config
-        .lines()
-        .filter(|line| !line.starts_with("registration_shared_secret"))
-        .map(|line| format!("{}\n", line.replace(&old_token, &new_token)))
-        .collect();
-    lifeboat.write_config(&config);
+    wiped_and_got_back_into_by_hand(&synapse, &lifeboat);
     let notified = lifeboat.run(&["notify", "1", "--yes"]).await;
     assert_ne!(notified.code, 0, "{notified:?}");
     assert!(
@@ -1073,6 +1062,88 @@ async fn no_token_goes_out_after_a_wipe_an_admin_got_back_into_by_hand_until_a_l
     assert!(synapse.registration_tokens().await.is_empty(), "no token made in the wiped Synapse");
 
     a_listing_lets_notify_send(&lifeboat, &smtp, &address).await;
+}
+
+/// Synapse wiped, and a new admin made by hand, its token put in lifeboat's
+/// config. No shared secret either: lifeboat cannot get back in by itself,
+/// so nothing but Synapse's count of accounts can tell it of the wipe.
+fn wiped_and_got_back_into_by_hand(synapse: &TestSynapse, lifeboat: &Lifeboat) {
+    let old_token = synapse.admin_token();
+    synapse.wipe();
+    let new_token = synapse.register_admin(&unique("by-hand"));
+    let config = std::fs::read_to_string(lifeboat.config_path()).unwrap();
+    let config: String = config
+        .lines()
+        .filter(|line| !line.starts_with("registration_shared_secret"))
+        .map(|line| format!("{}\n", line.replace(&old_token, &new_token)))
+        .collect();
+    lifeboat.write_config(&config);
+}
+
+/// A Synapse restored from an older backup has again the tokens lifeboat
+/// deleted since, and each could register a lost ID: whatever sees the loss
+/// deletes them again, a token request finding fewer accounts than the last
+/// listing read, and a listing finding accounts missing.
+#[tokio::test(flavor = "multi_thread")]
+async fn tokens_lifeboat_deleted_that_synapse_has_again_are_deleted_once_a_loss_is_seen() {
+    let synapse = TestSynapse::start();
+    let registry = TestDatabase::sqlite();
+    let smtp = TestSmtp::start(None);
+    let (lifeboat, address) = one_person_in_an_open_incident(&synapse, &registry, &smtp).await;
+    // A token lifeboat made and deleted again (as resolving the incident does).
+    let store = lifeboat::registry::Registry::connect(&registry.url()).await.unwrap();
+    let person = crate::harness::id(&synapse.user_id(address.split('@').next().unwrap()));
+    let (revoked, until) = ("RevokedLongAgo", lifeboat::registry::now_ms() + 3_600_000);
+    let purpose = lifeboat::registry::TokenPurpose::Notice;
+    let recorded = store.record_token(purpose, 1, &person, revoked, until).await.unwrap();
+    store.mark_token_revoked(recorded).await.unwrap();
+    let in_synapse = |tokens: Vec<serde_json::Value>| tokens.iter().any(|token| token["token"] == revoked);
+
+    // The restore: fewer accounts, and the deleted token there again.
+    wiped_and_got_back_into_by_hand(&synapse, &lifeboat);
+    let revive = || async {
+        let body = serde_json::json!({"token": revoked, "uses_allowed": 1});
+        let path = "/_synapse/admin/v1/registration_tokens/new";
+        assert_eq!(synapse.admin_request(reqwest::Method::POST, path, Some(body)).await.0, 200);
+    };
+    revive().await;
+    let config = lifeboat::config::Config::load(lifeboat.config_path(), std::iter::empty()).unwrap();
+    let client = lifeboat::recover::admin_access(&config, &store).await.unwrap().working().unwrap();
+    let withheld = lifeboat::tokens::tokens_withheld_now(&config, &store, &client).await.unwrap();
+    assert!(withheld.is_some(), "fewer accounts than the last listing read");
+    assert!(!in_synapse(synapse.registration_tokens().await), "deleted as the count is asked");
+
+    revive().await;
+    assert_eq!(lifeboat.run(&["sync"]).await.code, 0);
+    assert!(!in_synapse(synapse.registration_tokens().await), "deleted by the listing that finds the loss");
+}
+
+/// A token the bot mailed that waited (a retry) through a wipe is held back
+/// once due: serve's worker asks Synapse then, as the bot did when it made
+/// the token, and holds it back while it cannot.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_token_mail_from_the_bot_due_after_a_wipe_waits_until_synapse_shows_nothing_lost() {
+    let synapse = TestSynapse::start();
+    let registry = TestDatabase::sqlite();
+    let smtp = TestSmtp::start(None);
+    let (lifeboat, _) = one_person_in_an_open_incident(&synapse, &registry, &smtp).await;
+    let store = lifeboat::registry::Registry::connect(&registry.url()).await.unwrap();
+    token_mailed_by_the_bot(&synapse, &store).await;
+    let config = || lifeboat::config::Config::load(lifeboat.config_path(), std::iter::empty()).unwrap();
+    let withheld = lifeboat::worker::bot_tokens_withheld(&config(), &store).await;
+    assert!(matches!(withheld, Ok(None)), "nothing lost yet: {withheld:?}");
+
+    let old_token = synapse.admin_token();
+    synapse.wipe();
+    let withheld = lifeboat::worker::bot_tokens_withheld(&config(), &store).await;
+    assert!(withheld.as_ref().is_err_and(|why| why.contains("rejects every admin token")), "{withheld:?}");
+
+    synapse.register_admin(&unique("root"));
+    let config = std::fs::read_to_string(lifeboat.config_path()).unwrap();
+    lifeboat.write_config(&config.replace(&old_token, &synapse.admin_token()));
+    let config = lifeboat::config::Config::load(lifeboat.config_path(), std::iter::empty()).unwrap();
+    let withheld = lifeboat::worker::bot_tokens_withheld(&config, &store).await;
+    assert!(matches!(withheld, Ok(Some(_))), "fewer accounts than the last listing read: {withheld:?}");
 }
 
 /// A token mail that comes due while a send run waits for it (a retry due

@@ -714,10 +714,11 @@ async fn codes_mailed_to_addresses_people_type_are_capped(registry: Registry) {
     });
     let started = futures::future::join_all(asks).await.into_iter().filter(|started| *started).count();
     assert_eq!(started as i64, limits.per_person_per_hour);
+    // Variants of one inbox count as one address.
     let mut to_victim = 0;
     for person in ["@b:x", "@c:x"] {
-        for _ in 0..3 {
-            let victim = email("victim@example.org");
+        for variant in ["victim", "victim+1", "Victim+2"] {
+            let victim = email(&format!("{variant}@ｅxample.org"));
             to_victim +=
                 registry.start_contact_verification(&id(person), &victim, "1", 600_000, limits).await.unwrap() as i64;
         }
@@ -740,8 +741,8 @@ async fn codes_mailed_to_addresses_people_type_are_capped(registry: Registry) {
     // asking for it is not held up by them (it may be theirs).
     let hourly = lifeboat::registry::CodeLimits { per_person_per_hour: 100, ..limits };
     let mut in_a_day = 0;
-    for _ in 0..10 {
-        let daily = email("daily@example.org");
+    for n in 0..10 {
+        let daily = email(&format!("daily+{n}@example.org"));
         in_a_day += registry.start_contact_verification(&id("@d:x"), &daily, "1", 0, hourly).await.unwrap() as i64;
     }
     assert_eq!(in_a_day, limits.same_address_per_day);
@@ -762,10 +763,10 @@ async fn a_room_here_by_a_listing_older_than_a_loss_waits_for_strangers_as_one_e
     sync_listing(&registry, &[user("@a:x", 2), user("@b:x", 2)]).await;
     registry.settle_as_claimed(&id("@a:x"), None, &Actor::cli()).await.unwrap();
     assert_eq!(registry.room("!shared").await.unwrap().unwrap().state, RoomState::Here, "by the older listing");
-    assert!(registry.pending_rejoins(true).await.unwrap().is_empty(), "a stranger is on @b's ID");
+    assert!(registry.pending_rejoins(true, &id("@lifeboat:x")).await.unwrap().is_empty(), "a stranger is on @b's ID");
 
     registry.apply_room_listing(&[room("!shared", 2, &[("@a:x", 0), ("@b:x", 0)])]).await.unwrap();
-    assert_eq!(registry.pending_rejoins(true).await.unwrap().len(), 1, "here by a listing since");
+    assert_eq!(registry.pending_rejoins(true, &id("@lifeboat:x")).await.unwrap().len(), 1, "here by a listing since");
 }
 on_both_backends!(a_room_here_by_a_listing_older_than_a_loss_waits_for_strangers_as_one_elsewhere);
 
@@ -856,13 +857,20 @@ async fn a_person_waits_for_a_surviving_room_while_another_members_id_is_free(re
     registry.apply_room_listing(&[]).await.unwrap();
     sync_listing(&registry, &[user("@a:x", 2)]).await;
     registry.settle_as_claimed(&id("@a:x"), None, &Actor::cli()).await.unwrap();
-    assert!(registry.pending_rejoins(true).await.unwrap().is_empty(), "@b's ID is free");
-    assert_eq!(registry.pending_rejoins(false).await.unwrap().len(), 1, "holds off: no waiting");
+    assert!(registry.pending_rejoins(true, &id("@lifeboat:x")).await.unwrap().is_empty(), "@b's ID is free");
+    assert_eq!(registry.pending_rejoins(false, &id("@lifeboat:x")).await.unwrap().len(), 1, "holds off: no waiting");
     registry.begin_hold(&id("@b:x")).await.unwrap();
-    assert!(registry.pending_rejoins(true).await.unwrap().is_empty(), "@b's hold is still being made");
+    assert!(
+        registry.pending_rejoins(true, &id("@lifeboat:x")).await.unwrap().is_empty(),
+        "@b's hold is still being made"
+    );
     assert_eq!(registry.room("!shared").await.unwrap().unwrap().free, 1);
     registry.mark_held(&id("@b:x"), Some(5_000), true).await.unwrap();
-    assert_eq!(registry.pending_rejoins(true).await.unwrap().len(), 1, "@b's ID is held: @a comes back");
+    assert_eq!(
+        registry.pending_rejoins(true, &id("@lifeboat:x")).await.unwrap().len(),
+        1,
+        "@b's ID is held: @a comes back"
+    );
 }
 on_both_backends!(a_person_waits_for_a_surviving_room_while_another_members_id_is_free);
 
@@ -956,7 +964,7 @@ async fn a_former_member_whose_id_synapse_refuses_to_create_holds_no_room_back(r
     assert!(registry.begin_hold(&id("@b:x")).await.unwrap());
     registry.abandon_hold(&id("@b:x"), Some("M_EXCLUSIVE")).await.unwrap();
     assert_eq!(registry.room("!shared").await.unwrap().unwrap().free, 0);
-    assert_eq!(registry.pending_rejoins(true).await.unwrap().len(), 1, "nobody can take @b's ID");
+    assert_eq!(registry.pending_rejoins(true, &id("@lifeboat:x")).await.unwrap().len(), 1, "nobody can take @b's ID");
     assert!(registry.hold_candidates(false).await.unwrap().is_empty(), "not tried again by itself");
     let listed = registry.holds().await.unwrap();
     let b = listed.iter().find(|hold| hold.user_id.as_str() == "@b:x");
@@ -986,7 +994,7 @@ async fn a_stranger_on_an_invited_members_id_holds_a_surviving_room_back(registr
     sync_listing(&registry, &[user("@a:x", 2), user("@b:x", 2)]).await;
     registry.settle_as_claimed(&id("@a:x"), None, &Actor::cli()).await.unwrap();
     assert_eq!(registry.room("!shared").await.unwrap().unwrap().strangers, 1);
-    assert!(registry.pending_rejoins(true).await.unwrap().is_empty(), "a stranger has @b's invite");
+    assert!(registry.pending_rejoins(true, &id("@lifeboat:x")).await.unwrap().is_empty(), "a stranger has @b's invite");
 }
 on_both_backends!(a_stranger_on_an_invited_members_id_holds_a_surviving_room_back);
 
@@ -1022,13 +1030,16 @@ async fn rooms_gone_from_a_listing_are_classified_and_a_lost_persons_memberships
     registry.apply_room_listing(&[changed]).await.unwrap();
     registry.apply_room_listing(&[]).await.unwrap();
     assert_eq!(registry.room("!shared").await.unwrap().unwrap().members, 1);
-    assert!(registry.pending_rejoins(true).await.unwrap().is_empty(), "nobody is back yet");
+    assert!(registry.pending_rejoins(true, &id("@lifeboat:x")).await.unwrap().is_empty(), "nobody is back yet");
 
     // @a registers again, and an operator vouches for them.
     sync_listing(&registry, &[user("@a:x", 2), user("@b:x", 1)]).await;
-    assert!(registry.pending_rejoins(true).await.unwrap().is_empty(), "a stranger on the ID is joined nowhere");
+    assert!(
+        registry.pending_rejoins(true, &id("@lifeboat:x")).await.unwrap().is_empty(),
+        "a stranger on the ID is joined nowhere"
+    );
     registry.settle_as_claimed(&id("@a:x"), None, &Actor::cli()).await.unwrap();
-    let pending = registry.pending_rejoins(true).await.unwrap();
+    let pending = registry.pending_rejoins(true, &id("@lifeboat:x")).await.unwrap();
     assert_eq!(pending.len(), 1, "only the surviving room: {pending:?}");
     assert_eq!(
         (pending[0].room_id.as_str(), pending[0].via_servers.as_slice()),
@@ -1037,20 +1048,63 @@ async fn rooms_gone_from_a_listing_are_classified_and_a_lost_persons_memberships
     for _ in 0..MAX_REJOIN_ATTEMPTS {
         registry.record_rejoin("!shared", &id("@a:x"), RejoinOutcome::Failed("M_FORBIDDEN")).await.unwrap();
     }
-    assert!(registry.pending_rejoins(true).await.unwrap().is_empty(), "given up on by itself");
+    assert!(registry.pending_rejoins(true, &id("@lifeboat:x")).await.unwrap().is_empty(), "given up on by itself");
     assert_eq!(registry.retry_given_up().await.unwrap(), 1, "one join given up");
-    assert_eq!(registry.pending_rejoins(true).await.unwrap().len(), 1, "retried when asked");
+    assert_eq!(registry.pending_rejoins(true, &id("@lifeboat:x")).await.unwrap().len(), 1, "retried when asked");
     registry.record_rejoin("!shared", &id("@a:x"), RejoinOutcome::Failed("M_FORBIDDEN")).await.unwrap();
-    assert_eq!(registry.pending_rejoins(true).await.unwrap().len(), 1, "with as many tries again");
+    assert_eq!(registry.pending_rejoins(true, &id("@lifeboat:x")).await.unwrap().len(), 1, "with as many tries again");
 
     registry.mark_room_recreated("!local", "!new").await.unwrap();
-    let pending = registry.pending_rejoins(true).await.unwrap();
+    let pending = registry.pending_rejoins(true, &id("@lifeboat:x")).await.unwrap();
     assert_eq!(pending[0].recreated_as.as_deref(), Some("!new"), "invited to the room made again: {pending:?}");
     registry.record_rejoin("!local", &id("@a:x"), RejoinOutcome::Invited).await.unwrap();
     let counts = registry.room_counts().await.unwrap();
     assert_eq!((counts.elsewhere, counts.recreated, counts.rejoined, counts.pending), (1, 1, 1, 1));
 }
 on_both_backends!(rooms_gone_from_a_listing_are_classified_and_a_lost_persons_memberships_wait_for_them);
+
+/// The web page's caps on mail to one address count the variants of its
+/// inbox as that address: someone typing another's address cannot get it
+/// a day's mail once per variant.
+async fn web_links_to_variants_of_one_inbox_count_as_links_to_it(registry: Registry) {
+    sync_listing(&registry, &[user("@a:x", 1)]).await;
+    let until = lifeboat::registry::now_ms() + 600_000;
+    for (n, variant) in ["victim+1@example.org", "Victim@ｅxample.org", "victim@example.org"].iter().enumerate() {
+        let link = format!("link-{n}");
+        registry.create_web_link(&link, "subscribe", &id("@a:x"), &email(variant), None, until).await.unwrap();
+    }
+    let victim = email("victim+2@example.org");
+    assert_eq!(registry.live_web_links_to("subscribe", &victim).await.unwrap(), 3);
+    assert_eq!(registry.web_links_to_since("subscribe", &victim, 0).await.unwrap(), 3);
+    let other = email("v.ictim@example.org");
+    assert_eq!(registry.live_web_links_to("subscribe", &other).await.unwrap(), 0, "another inbox");
+}
+on_both_backends!(web_links_to_variants_of_one_inbox_count_as_links_to_it);
+
+/// A re-created room's invites go to those who never lost their ID too: one
+/// that failed as the room was made is tried again, as a claimed person's
+/// is. Never to lifeboat's own account, which made the room.
+async fn those_who_kept_their_id_are_invited_into_a_recreated_room_until_it_works(registry: Registry) {
+    let everyone = [user("@a:x", 1), user("@b:x", 1), user("@c:x", 1), user("@lifeboat:x", 1)];
+    sync_listing(&registry, &everyone).await;
+    let local = room("!local", 0, &[("@a:x", 0), ("@b:x", 0), ("@c:x", 0), ("@lifeboat:x", 100)]);
+    registry.apply_room_listing(&[local]).await.unwrap();
+    // A partial loss: @c and the room are gone; the others kept their IDs.
+    sync_listing(&registry, &[user("@a:x", 1), user("@b:x", 1), user("@lifeboat:x", 1)]).await;
+    registry.apply_room_listing(&[]).await.unwrap();
+    registry.mark_room_recreated("!local", "!new").await.unwrap();
+    let service = id("@lifeboat:x");
+    let invitees = || async {
+        let pending = registry.pending_rejoins(true, &service).await.unwrap();
+        pending.into_iter().map(|rejoin| rejoin.user_id.to_string()).collect::<Vec<_>>()
+    };
+    assert_eq!(invitees().await, ["@a:x", "@b:x"], "neither lost @c nor lifeboat");
+
+    registry.record_rejoin("!local", &id("@a:x"), RejoinOutcome::Invited).await.unwrap();
+    registry.record_rejoin("!local", &id("@b:x"), RejoinOutcome::Failed("M_UNKNOWN")).await.unwrap();
+    assert_eq!(invitees().await, ["@b:x"], "the failed invite is tried again");
+}
+on_both_backends!(those_who_kept_their_id_are_invited_into_a_recreated_room_until_it_works);
 
 /// Another wipe after people came back: the surviving room is to be
 /// rejoined again, and its people brought back again, as after the first.
@@ -1066,7 +1120,7 @@ async fn after_another_wipe_rooms_and_people_are_brought_back_again(registry: Re
     registry.mark_room_restored("!shared", None).await.unwrap();
     registry.record_rejoin("!shared", &id("@a:x"), RejoinOutcome::Joined).await.unwrap();
     registry.apply_room_listing(std::slice::from_ref(&shared)).await.unwrap();
-    assert!(registry.pending_rejoins(true).await.unwrap().is_empty());
+    assert!(registry.pending_rejoins(true, &id("@lifeboat:x")).await.unwrap().is_empty());
 
     // Another wipe.
     sync_listing(&registry, &[]).await;
@@ -1075,7 +1129,7 @@ async fn after_another_wipe_rooms_and_people_are_brought_back_again(registry: Re
     assert_eq!((again.state, again.restored_at, again.pending), (RoomState::Elsewhere, None, 1), "{again:?}");
     sync_listing(&registry, &[user("@a:x", 3)]).await;
     registry.settle_as_claimed(&id("@a:x"), None, &Actor::cli()).await.unwrap();
-    assert_eq!(registry.pending_rejoins(true).await.unwrap().len(), 1, "@a is brought back again");
+    assert_eq!(registry.pending_rejoins(true, &id("@lifeboat:x")).await.unwrap().len(), 1, "@a is brought back again");
 }
 on_both_backends!(after_another_wipe_rooms_and_people_are_brought_back_again);
 
