@@ -237,6 +237,33 @@ pub async fn hold_back_due_tokens(registry: &Registry, incident: Option<i64>) ->
     Ok(())
 }
 
+/// IDs an application service had (a bridge's users) that it registered
+/// again after a loss are its own, as a survivor's are: Synapse lets only
+/// that service register an ID in its namespace. Asked of Synapse for each
+/// such ID a listing found taken: those settled. One Synapse cannot tell
+/// of now stays a stranger's until the next sync asks again.
+pub async fn settle_appservice_ids(
+    registry: &Registry,
+    client: &SynapseClient,
+    actor: &Actor,
+) -> Result<Vec<UserId>, registry::Error> {
+    let mut settled = Vec::new();
+    for (user_id, appservice) in registry.taken_appservice_ids().await? {
+        match client.user_details(user_id.as_str()).await {
+            Ok(Some(details)) if details.appservice_id.as_deref() == Some(appservice.as_str()) => {
+                registry.settle_as_its_appservices(&user_id, details.created_at_ms(), actor).await?;
+                tracing::info!(user_id = %user_id, appservice, "registered again by its application service");
+                settled.push(user_id);
+            }
+            Ok(_) => {}
+            Err(err) => {
+                tracing::warn!(user_id = %user_id, error = %err, "could not ask Synapse who registered an application service's ID again");
+            }
+        }
+    }
+    Ok(settled)
+}
+
 /// [`hold_back_tokens`] while it cannot be told whether a lost ID is free
 /// (`unsure`: why Synapse could not be asked); what to log, if any was.
 pub async fn hold_back_tokens_unsure(

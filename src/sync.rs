@@ -11,6 +11,7 @@ use tokio_util::sync::CancellationToken;
 
 use crate::config::Config;
 use crate::email::EmailAddress;
+use crate::holds::settle_appservice_ids;
 use crate::lease::{Held, Lease};
 use crate::pace::{call_in_paced_groups, rest_after};
 use crate::reconcile::registered_again;
@@ -96,6 +97,10 @@ pub struct SyncSummary {
     /// details (the listing was applied before, and its report stands): why.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub details_refused: Option<String>,
+    /// IDs of an application service (a bridge's users) found registered
+    /// again by that service, so its own, not strangers'
+    /// ([`settle_appservice_ids`]).
+    pub appservice_ids_back: Vec<String>,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -188,6 +193,11 @@ pub async fn sync(
         // shows is alerted all the same.
         let details_refused = outcome?.map(|refusal| refusal.to_string());
         let mut stopped = options.stop.is_cancelled();
+        // Before the rooms, which a stranger on a former member's ID holds back.
+        let mut appservice_ids_back = Vec::new();
+        if details_refused.is_none() && !stopped {
+            appservice_ids_back = settle_appservice_ids(registry, client, actor).await?;
+        }
         // Rooms after accounts: a room's local members are matched with the
         // accounts just applied.
         let (mut rooms, mut rooms_error) = (None, None);
@@ -219,6 +229,7 @@ pub async fn sync(
             rooms,
             rooms_error,
             details_refused,
+            appservice_ids_back: appservice_ids_back.iter().map(ToString::to_string).collect(),
         })
     };
     Lease::run(registry, "sync", work)
@@ -378,7 +389,8 @@ impl DetailReads<'_> {
                         let emails = threepids.iter().filter(|threepid| threepid.medium == "email");
                         emails.map(|threepid| threepid.address.trim().to_lowercase()).collect()
                     });
-                    read.push(AccountDetails { user_id, emails, in_synapse, due_at: next_due(options) });
+                    let appservice_id = details.appservice_id;
+                    read.push(AccountDetails { user_id, emails, in_synapse, due_at: next_due(options), appservice_id });
                     counts.fetched += 1;
                 }
                 // Gone since the listing: the next sync will see it missing.

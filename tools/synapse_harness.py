@@ -8,7 +8,7 @@ Synapse ships.
 
     python tools/synapse_harness.py --dir DIR [--port N] [--server-name NAME]
                                     [--federation [--federation-port F]]
-                                    [--postgres DATABASE]
+                                    [--postgres DATABASE] [--bridge]
                                     [--demo] [--no-admin]
                                     [--daemon --pidfile FILE]
 
@@ -21,7 +21,13 @@ registration and prints one JSON line on stdout:
      "admin_user": ..., "admin_token": ..., "shared_secret": ..., "dir": ...,
      "pid": ...}
 
-("federation_port" is null without --federation.)
+("federation_port" is null without --federation; "bridge_token" without
+--bridge.)
+
+--bridge registers an application service, as a bridge has: its users are
+"@puppet_...", a namespace only it may register in (exclusive), and it
+registers them with the "bridge_token" the JSON line gives (the Client-Server
+API's m.login.application_service). It has no URL: Synapse sends it nothing.
 
 --federation makes a server that federates with other harness servers on
 this machine (and nothing else). A second free port F gets a TLS listener
@@ -333,7 +339,7 @@ class Synapse:
     """One Synapse process and the directory holding its state."""
 
     def __init__(self, directory, port, server_name, rates=None, federation=False, fed_port=None,
-                 postgres=None):
+                 postgres=None, bridge=False):
         # {limiter: (per_second, burst)} for limiters that are to bite (e.g.
         # rc_message, rc_room_creation), to make Synapse answer 429.
         self.rates = rates or {}
@@ -346,6 +352,8 @@ class Synapse:
         self.admin_password_path = os.path.join(self.dir, "admin_password")
         self.tls_certificate_path = os.path.join(self.dir, "federation.crt")
         self.tls_private_key_path = os.path.join(self.dir, "federation.key")
+        self.bridge_path = os.path.join(self.dir, "bridge.yaml")
+        self.bridge_token = None
         self.proc = None
         # The PostgreSQL database's name, or None on SQLite.
         self.postgres = postgres
@@ -355,7 +363,7 @@ class Synapse:
         # start may move it to others.
         self._may_move_ports = port is None and fed_port is None and not os.path.exists(self.config_path)
         self._asked = (server_name, federation)
-        self._load_or_write_config(port, server_name, federation, fed_port)
+        self._load_or_write_config(port, server_name, federation, fed_port, bridge)
         if self.postgres is not None:
             postgres_database(self.postgres, drop=False)
         # Never send loopback requests through an http_proxy from the environment.
@@ -363,7 +371,7 @@ class Synapse:
 
     # ---- configuration -------------------------------------------------
 
-    def _load_or_write_config(self, port, server_name, federation, fed_port=None):
+    def _load_or_write_config(self, port, server_name, federation, fed_port=None, bridge=False):
         if os.path.exists(self.config_path):
             # Reuse: a wiped or restarted server keeps its port and secret.
             with open(self.config_path) as f:
@@ -375,6 +383,11 @@ class Synapse:
                     reserve_port(kept_port)
             self.server_name = config["server_name"]
             self.shared_secret = config["registration_shared_secret"]
+            if config.get("app_service_config_files"):
+                with open(self.bridge_path) as f:
+                    self.bridge_token = yaml.safe_load(f)["as_token"]
+            elif bridge:
+                log(f"--bridge ignored: {self.config_path} exists and has no application service")
             database = config["database"]
             kept = database["args"]["database"] if database["name"] == "psycopg2" else None
             if self.postgres is not None and self.postgres != kept:
@@ -568,6 +581,24 @@ class Synapse:
                 "destination_min_retry_interval": "1s",
                 "destination_max_retry_interval": "5s",
             }
+        if bridge:
+            self.bridge_token = secrets.token_urlsafe(24)
+            escaped_name = self.server_name.replace(".", "\\.")
+            registration = {
+                "id": "lifeboat-test-bridge",
+                "url": None,
+                "as_token": self.bridge_token,
+                "hs_token": secrets.token_urlsafe(24),
+                "sender_localpart": "puppetbridge",
+                "namespaces": {
+                    "users": [{"exclusive": True, "regex": f"@puppet_.*:{escaped_name}"}],
+                    "rooms": [],
+                    "aliases": [],
+                },
+                "rate_limited": False,
+            }
+            write_private(self.bridge_path, yaml.safe_dump(registration, sort_keys=False))
+            config["app_service_config_files"] = [self.bridge_path]
         # Written last and atomically: its presence means "directory set up".
         tmp = self.config_path + ".tmp"
         with open(tmp, "w") as f:
@@ -913,6 +944,7 @@ def bring_up(synapse, demo, admin_account=True):
         "admin_user": admin["user_id"],
         "admin_token": admin["access_token"],
         "shared_secret": synapse.shared_secret,
+        "bridge_token": synapse.bridge_token,
         "dir": synapse.dir,
         "pid": synapse.proc.pid,
     }
@@ -1084,6 +1116,11 @@ def main():
         metavar="DATABASE",
         help="keep Synapse's database in PostgreSQL on 127.0.0.1:5432 (created if missing; needs psycopg2)",
     )
+    parser.add_argument(
+        "--bridge",
+        action="store_true",
+        help='register an application service owning the users "@puppet_..." (its token: "bridge_token")',
+    )
     parser.add_argument("--demo", action="store_true", help="create demo accounts")
     parser.add_argument(
         "--rate",
@@ -1115,7 +1152,8 @@ def main():
             per_second, burst = rate.split(":")
             rates[limiter] = (float(per_second), int(burst))
         synapse = Synapse(
-            args.dir, args.port, args.server_name, rates, args.federation, args.federation_port, args.postgres
+            args.dir, args.port, args.server_name, rates, args.federation, args.federation_port, args.postgres,
+            args.bridge,
         )
     except (HarnessError, OSError, KeyError, TypeError, ValueError, yaml.YAMLError) as e:
         log(f"error: cannot prepare {args.dir}: {e}")

@@ -116,6 +116,10 @@ pub async fn run(context: &Context, args: Args) -> Outcome {
         if !report.recreated.is_empty() {
             println!("  recreated (same ID, newer account): {}", id_list(&report.recreated, 20));
         }
+        if !summary.appservice_ids_back.is_empty() {
+            let back = id_list(&summary.appservice_ids_back, 20);
+            println!("  registered again by the application service (bridge) that had them, so its own: {back}");
+        }
         if let Some(line) = unlocked_held_line(&report.unlocked_held) {
             println!("{line}");
         }

@@ -330,6 +330,31 @@ impl Registry {
         self.settle(user_id, set, created_at_ms, actor, "hold.claim", "password set by an operator").await
     }
 
+    /// IDs an application service had that someone registered again: each
+    /// with the service recorded, to be asked whether it was that service.
+    pub async fn taken_appservice_ids(&self) -> Result<Vec<(UserId, String)>> {
+        let sql = format!(
+            "SELECT a.user_id, a.appservice_id FROM accounts a \
+             WHERE a.appservice_id IS NOT NULL AND ({STANDING_SQL}) = 'recreated' ORDER BY a.user_id"
+        );
+        Ok(sqlx::query_as(sqlx::AssertSqlSafe(sql)).fetch_all(&self.pool).await?)
+    }
+
+    /// The application service that had the ID registered it again (a bridge
+    /// making its users again after a wipe): it is its own, as a survivor's
+    /// is. `created_at_ms`: when the new account was made.
+    pub async fn settle_as_its_appservices(
+        &self,
+        user_id: &UserId,
+        created_at_ms: Option<i64>,
+        actor: &Actor,
+    ) -> Result<()> {
+        let set = "custody = NULL, custody_at = NULL, recreated_at = NULL, display_name_due_at = NULL, \
+                   lost_created_at = NULL, last_seen_present_at = $2, synapse_created_at = $3";
+        let detail = "registered again by the application service that had it";
+        self.settle(user_id, set, created_at_ms, actor, "account.appservice", detail).await
+    }
+
     /// A hold ended for good: the account is deactivated on Synapse.
     pub async fn release_hold(&self, user_id: &UserId, actor: &Actor) -> Result<()> {
         let set = "custody = NULL, custody_at = $2, state = 'deactivated', deactivated = 1, \

@@ -64,6 +64,8 @@ pub struct AccountDetails {
     /// dropped: `None` leaves its contacts from Synapse as they are.
     pub in_synapse: Option<Vec<String>>,
     pub due_at: i64,
+    /// The application service that registered it ([`crate::synapse::UserDetails::appservice_id`]).
+    pub appservice_id: Option<String>,
 }
 
 /// What applying a complete listing found and changed.
@@ -389,10 +391,13 @@ impl Registry {
             if let Some(in_synapse) = &account.in_synapse {
                 Self::drop_emails_gone_from_synapse(&mut tx, &account.user_id, in_synapse, actor).await?;
             }
-            sqlx::query("UPDATE accounts SET details_fetched_at = $2, details_due_at = $3 WHERE user_id = $1")
+            let update = "UPDATE accounts SET details_fetched_at = $2, details_due_at = $3, appservice_id = $4 \
+                          WHERE user_id = $1";
+            sqlx::query(update)
                 .bind(&account.user_id)
                 .bind(now)
                 .bind(account.due_at)
+                .bind(account.appservice_id.as_deref())
                 .execute(&mut *tx)
                 .await?;
         }

@@ -56,6 +56,10 @@ pub struct UserDetails {
     /// the device is logged out): never, for an account lifeboat made.
     #[serde(default, deserialize_with = "lenient_i64")]
     pub last_seen_ts: Option<i64>,
+    /// The application service (a bridge) that registered it, for an ID in
+    /// its exclusive namespace (where nobody else may register one).
+    #[serde(default)]
+    pub appservice_id: Option<String>,
 }
 
 /// A creation time past this is in milliseconds already (as seconds it

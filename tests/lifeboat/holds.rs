@@ -1064,6 +1064,41 @@ async fn no_token_goes_out_after_a_wipe_an_admin_got_back_into_by_hand_until_a_l
     a_listing_lets_notify_send(&lifeboat, &smtp, &address).await;
 }
 
+/// A bridge's users that the bridge registers again after a wipe are its
+/// own, not strangers': Synapse lets only the bridge register an ID in its
+/// namespace. One another service had before stays a stranger's.
+#[tokio::test(flavor = "multi_thread")]
+async fn ids_a_bridge_registers_again_after_a_wipe_are_its_own_not_strangers() {
+    let synapse = TestSynapse::start_with_a_bridge();
+    let registry = TestDatabase::sqlite();
+    let (bridged, other) = (unique("tg"), unique("tg"));
+    let bridged_id = synapse.register_puppet(&bridged).await;
+    let other_id = synapse.register_puppet(&other).await;
+    let lifeboat = Lifeboat::recovering(&synapse, &registry);
+    assert_eq!(lifeboat.run(&["sync"]).await.code, 0);
+    synapse.wipe();
+    assert_eq!(lifeboat.run(&["recover"]).await.code, 0);
+    tokio::time::sleep(Duration::from_millis(1_100)).await;
+    assert_eq!(synapse.register_puppet(&bridged).await, bridged_id);
+    assert_eq!(synapse.register_puppet(&other).await, other_id);
+    let store = lifeboat::registry::Registry::connect(&registry.url()).await.unwrap();
+    let another = "UPDATE accounts SET appservice_id = 'another-bridge' WHERE user_id = $1";
+    sqlx::query(another).bind(&other_id).execute(store.pool()).await.unwrap();
+
+    let synced = lifeboat.run(&["sync"]).await;
+    assert_eq!(synced.code, 0, "{synced:?}");
+    assert!(synced.stdout.contains(&format!("application service (bridge) that had them, so its own: {bridged_id}")));
+    let lifeboat = &lifeboat;
+    let state = |user_id: String| async move {
+        let shown = lifeboat.run(&["users", "show", &user_id, "--json"]).await;
+        shown.json()["state"].as_str().unwrap().to_owned()
+    };
+    assert_eq!(state(bridged_id.clone()).await, "present");
+    assert_eq!(state(other_id).await, "recreated", "not by the service that had it");
+    assert_eq!(lifeboat.run(&["sync"]).await.code, 0);
+    assert_eq!(state(bridged_id).await, "present", "and stays so");
+}
+
 /// Synapse wiped, and a new admin made by hand, its token put in lifeboat's
 /// config. No shared secret either: lifeboat cannot get back in by itself,
 /// so nothing but Synapse's count of accounts can tell it of the wipe.

@@ -1371,6 +1371,7 @@ async fn an_address_dropped_in_synapse_stops_being_a_contact(registry: Registry)
         emails: emails.iter().map(|address| (email(address), None)).collect(),
         in_synapse: Some(emails.iter().map(|address| address.to_string()).collect()),
         due_at: 0,
+        appservice_id: None,
     };
     let all = ["old@example.org", "kept@example.org", "quiet@example.org", "both@example.org"];
     registry.record_details(&[read(&all)], &Actor::cli()).await.unwrap();
@@ -1406,7 +1407,13 @@ async fn details_are_read_again_when_due_and_new_accounts_come_first(registry: R
     use lifeboat::registry::{AccountDetails, DetailsDue};
     sync_listing(&registry, &[user("@new:x", 1), user("@due:x", 1), user("@later:x", 1), user("@old:x", 1)]).await;
     let now = lifeboat::registry::now_ms();
-    let read = |user: &str, due_at| AccountDetails { user_id: id(user), emails: Vec::new(), in_synapse: None, due_at };
+    let read = |user: &str, due_at| AccountDetails {
+        user_id: id(user),
+        emails: Vec::new(),
+        in_synapse: None,
+        due_at,
+        appservice_id: None,
+    };
     registry
         .record_details(
             &[read("@due:x", now - 1), read("@later:x", now + 3_600_000), read("@old:x", now)],

@@ -21,6 +21,9 @@ pub struct Started {
     pub server_name: String,
     pub admin_token: String,
     pub shared_secret: String,
+    /// The bridge's token, with `--bridge` only.
+    #[serde(default)]
+    pub bridge_token: Option<String>,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -38,6 +41,8 @@ pub struct TestSynapse {
     pub federation_port: Option<u16>,
     /// registration_shared_secret from its homeserver.yaml.
     pub shared_secret: String,
+    /// Set when started with [`TestSynapse::start_with_a_bridge`].
+    pub bridge_token: Option<String>,
     admin_token: Mutex<String>,
     control: Mutex<(ChildStdin, BufReader<ChildStdout>)>,
     _child: Child,
@@ -87,6 +92,25 @@ impl TestSynapse {
         Self::start_with(&["--federation"])
     }
 
+    /// A Synapse with a bridge: an application service owning the users
+    /// `@puppet_…` (see [`TestSynapse::register_puppet`]).
+    pub fn start_with_a_bridge() -> TestSynapse {
+        Self::start_with(&["--bridge"])
+    }
+
+    /// Registers `@puppet_<name>` as the bridge does (its application
+    /// service token); its user ID.
+    pub async fn register_puppet(&self, name: &str) -> String {
+        let token = self.bridge_token.as_deref().expect("started with a bridge");
+        let body = json!({"type": "m.login.application_service", "username": format!("puppet_{name}")});
+        let url = format!("{}/_matrix/client/v3/register", self.url);
+        let response = self.http.post(url).bearer_auth(token).json(&body).send().await.unwrap();
+        let status = response.status();
+        let answer: Value = response.json().await.unwrap_or(Value::Null);
+        assert!(status.is_success(), "the bridge registers its puppet: {status} {answer}");
+        answer["user_id"].as_str().unwrap().to_owned()
+    }
+
     /// Like [`start`], with more harness arguments (e.g. `--rate rc_message=1:2`).
     pub fn start_with(extra_args: &[&str]) -> TestSynapse {
         let dir = tempfile::Builder::new().prefix("lifeboat-synapse-").tempdir().unwrap();
@@ -111,6 +135,7 @@ impl TestSynapse {
             server_name: started.server_name,
             federation_port: started.federation_port,
             shared_secret: started.shared_secret,
+            bridge_token: started.bridge_token,
             admin_token: Mutex::new(started.admin_token),
             control: Mutex::new((stdin, stdout)),
             _child: child,
