@@ -198,8 +198,13 @@ async fn email(config: &Config, registry: &Registry) -> (Status, String) {
     // drill reports what the relay said, and one that failed is over.
     let message = crate::messages::drill(&config.homeserver.server_name);
     let server_name = &config.homeserver.server_name;
-    let queued =
-        QueuedEmails { registry, mailer: &mailer, server_name, holds_on: crate::holds::holds_wanted(config, true) };
+    let queued = QueuedEmails {
+        registry,
+        mailer: &mailer,
+        server_name,
+        holds_on: crate::holds::holds_wanted(config, true),
+        tokens_checked_at: None,
+    };
     for to in &config.alerts.email {
         let expires_at = now_ms() + DRILL_MAIL_WORTH_SENDING.as_millis() as i64;
         let row = new_email(MessageKind::Drill, to, &message, None, expires_at);

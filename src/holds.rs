@@ -240,22 +240,31 @@ pub async fn hold_back_due_tokens(registry: &Registry, incident: Option<i64>) ->
 /// IDs an application service had (a bridge's users) that it registered
 /// again after a loss are its own, as a survivor's are: Synapse lets only
 /// that service register an ID in its namespace. Asked of Synapse for each
-/// such ID a listing found taken: those settled. One Synapse cannot tell
-/// of now stays a stranger's until the next sync asks again.
+/// such ID a listing found taken, at `pace`, until `stop`: those settled.
+/// One registered by anyone else is not asked about again; one Synapse
+/// cannot tell of now is asked again by the next sync.
 pub async fn settle_appservice_ids(
     registry: &Registry,
     client: &SynapseClient,
     actor: &Actor,
+    pace: Option<f64>,
+    stop: &CancellationToken,
 ) -> Result<Vec<UserId>, registry::Error> {
+    let taken = registry.taken_appservice_ids().await?;
+    let asked = crate::pace::call_in_paced_groups(taken, HOLD_CONCURRENCY, pace, stop, |(user_id, appservice)| async {
+        (client.user_details(user_id.as_str()).await, user_id, appservice)
+    });
+    let mut asked = std::pin::pin!(asked);
     let mut settled = Vec::new();
-    for (user_id, appservice) in registry.taken_appservice_ids().await? {
-        match client.user_details(user_id.as_str()).await {
+    while let Some((details, user_id, appservice)) = asked.next().await {
+        match details {
             Ok(Some(details)) if details.appservice_id.as_deref() == Some(appservice.as_str()) => {
                 registry.settle_as_its_appservices(&user_id, details.created_at_ms(), actor).await?;
                 tracing::info!(user_id = %user_id, appservice, "registered again by its application service");
                 settled.push(user_id);
             }
-            Ok(_) => {}
+            Ok(Some(_)) => registry.forget_appservice(&user_id).await?,
+            Ok(None) => {}
             Err(err) => {
                 tracing::warn!(user_id = %user_id, error = %err, "could not ask Synapse who registered an application service's ID again");
             }
@@ -274,6 +283,21 @@ pub async fn hold_back_tokens_unsure(
     let until = now_ms() + WAIT_FOR_HOLDS.as_millis() as i64;
     let held = registry.hold_back_tokens(incident, until, &format!("held back: {unsure}")).await?;
     Ok((held > 0).then(|| format!("wait: {unsure}; they are tried again within 5 minutes")))
+}
+
+/// How long a token mail that came due after serve's worker last asked
+/// Synapse waits: past its next round, which asks again.
+const WAIT_FOR_THE_NEXT_ASK: std::time::Duration = std::time::Duration::from_secs(60);
+
+/// Holds back the token mails an admin had the bot mail that came due after
+/// `asked` (ms), when serve's worker last asked Synapse whether accounts
+/// were lost: they wait for its next ask.
+pub async fn hold_back_tokens_due_since(registry: &Registry, asked: i64) -> Result<(), registry::Error> {
+    let until = now_ms() + WAIT_FOR_THE_NEXT_ASK.as_millis() as i64;
+    let why =
+        "held back: it came due after Synapse was last asked whether accounts were lost, and waits for the next ask";
+    registry.hold_back_token_mails_due_since(asked, until, why).await?;
+    Ok(())
 }
 
 /// How many of the due mails with a token [`Registry::hold_back_tokens`] held back.
@@ -812,7 +836,8 @@ pub fn password_problem(password: &str, user_id: &str) -> Option<&'static str> {
 }
 
 pub const MIN_PASSWORD_CHARS: usize = 10;
-/// Synapse's own limit, in characters (as the page's `maxlength` counts).
+/// Synapse's own limit, in characters (Python's `len`); the page's
+/// `maxlength` counts UTF-16 units, so it is stricter, never laxer.
 pub const MAX_PASSWORD_CHARS: usize = 512;
 
 /// A user name shorter than this (`@al`) is no guessable part of a

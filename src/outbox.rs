@@ -96,6 +96,10 @@ pub struct QueuedEmails<'a> {
     /// Lost IDs are held ([`crate::holds::holds_wanted`]): while one is
     /// not, each claim holds back the mail with a token.
     pub holds_on: bool,
+    /// When serve's worker last asked Synapse before the token mails due
+    /// ([`crate::worker::bot_tokens_withheld`]): those that came due after
+    /// (a retry due during the run) wait for its next ask.
+    pub tokens_checked_at: Option<i64>,
 }
 
 impl Channel for QueuedEmails<'_> {
@@ -104,6 +108,9 @@ impl Channel for QueuedEmails<'_> {
     async fn claim(&self, limit: usize) -> Result<Vec<StoredMessage>, registry::Error> {
         if self.holds_on {
             crate::holds::hold_back_due_tokens(self.registry, None).await?;
+        }
+        if let Some(asked) = self.tokens_checked_at {
+            crate::holds::hold_back_tokens_due_since(self.registry, asked).await?;
         }
         self.registry.due_messages(DeliveryChannel::Email, limit as i64).await
     }

@@ -18,7 +18,7 @@ use crate::reconcile::registered_again;
 use crate::registry::{self, AccountDetails, Actor, DetailsDue, Registry, SyncApplied, now_ms};
 use crate::rooms::{RoomSyncSummary, RoomsError, sync_rooms};
 use crate::synapse::{self, LISTING_ATTEMPTS, SynapseClient, ThreePid};
-use crate::tokens::delete_revived_tokens;
+use crate::tokens::delete_revived_tokens_when_due;
 use crate::user_id::UserId;
 
 /// Accounts whose details are fetched per registry query.
@@ -159,10 +159,9 @@ pub async fn sync(
             }
         };
         // The loss may be a restore from an older backup, which has the
-        // tokens lifeboat deleted since: a listing that sees it deletes them.
-        if applied.newly_missing > 0
-            && let Err(err) = delete_revived_tokens(registry, client).await
-        {
+        // tokens lifeboat deleted since: a listing that sees it deletes them
+        // (and every sync after, until that works).
+        if let Err(err) = delete_revived_tokens_when_due(registry, client, applied.newly_missing > 0).await {
             tracing::warn!(error = %err, "could not ask Synapse for the registration tokens lifeboat deleted before");
         }
         // Remembered so `check` can tell a dead token that used to work (a
@@ -196,7 +195,7 @@ pub async fn sync(
         // Before the rooms, which a stranger on a former member's ID holds back.
         let mut appservice_ids_back = Vec::new();
         if details_refused.is_none() && !stopped {
-            appservice_ids_back = settle_appservice_ids(registry, client, actor).await?;
+            appservice_ids_back = settle_appservice_ids(registry, client, actor, options.pace, &options.stop).await?;
         }
         // Rooms after accounts: a room's local members are matched with the
         // accounts just applied.

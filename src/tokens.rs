@@ -73,29 +73,58 @@ async fn note_database_gone_back(
         "Synapse has fewer accounts than the last listing read: its database went back, and no registration token goes out until a listing shows who was lost"
     );
     registry.note_wipe_seen().await?;
-    delete_revived_tokens(registry, client).await?;
+    delete_revived_tokens_when_due(registry, client, true).await?;
     Ok(())
 }
 
+/// Set ("yes") from when a loss is seen until Synapse's tokens were
+/// checked for revived ones: a check Synapse did not answer is tried again
+/// by every sync until one works.
+const REVIVED_TOKENS_CHECK_SETTING: &str = "revived_tokens_check_due";
+
+/// [`delete_revived_tokens`] when a loss was just seen (`loss_seen`), or
+/// an earlier one's check has not worked yet; how many it deleted.
+pub async fn delete_revived_tokens_when_due(
+    registry: &Registry,
+    client: &SynapseClient,
+    loss_seen: bool,
+) -> Result<u64, TokenError> {
+    let due = loss_seen || registry.setting(REVIVED_TOKENS_CHECK_SETTING).await?.as_deref() == Some("yes");
+    if !due {
+        return Ok(0);
+    }
+    registry.set_setting(REVIVED_TOKENS_CHECK_SETTING, "yes").await?;
+    let deleted = delete_revived_tokens(registry, client).await?;
+    registry.set_setting(REVIVED_TOKENS_CHECK_SETTING, "no").await?;
+    Ok(deleted)
+}
+
 /// A Synapse restored from an older backup has again the tokens lifeboat
-/// deleted since (a resolved incident's, withdrawn ones), and each of them
-/// could register any name that is free, a lost ID too. Deletes those
-/// Synapse lists again; how many. Asked wherever a loss is seen (a listing
-/// that finds accounts missing, fewer accounts than the last listing read).
-pub async fn delete_revived_tokens(registry: &Registry, client: &SynapseClient) -> Result<u64, TokenError> {
-    let revoked: std::collections::HashSet<String> = registry
+/// deleted since (withdrawn ones, a resolved incident's), and a resolved
+/// incident's used tokens unused again (resolving leaves used ones be):
+/// each could register any name that is free, a lost ID too. Deletes those
+/// Synapse lists; how many.
+async fn delete_revived_tokens(registry: &Registry, client: &SynapseClient) -> Result<u64, TokenError> {
+    let resolved: std::collections::HashSet<i64> = registry
+        .incidents()
+        .await?
+        .into_iter()
+        .filter(|incident| incident.resolved_at.is_some())
+        .map(|incident| incident.id)
+        .collect();
+    let dead: std::collections::HashSet<String> = registry
         .tokens(None)
         .await?
         .into_iter()
-        .filter(|token| token.revoked_at.is_some())
+        .filter(|token| token.revoked_at.is_some() || resolved.contains(&token.incident_id))
         .map(|token| token.token)
         .collect();
-    if revoked.is_empty() {
+    if dead.is_empty() {
         return Ok(0);
     }
     let mut deleted = 0;
     for listed in client.registration_tokens().await? {
-        if revoked.contains(&listed.token) {
+        if dead.contains(&listed.token) {
             client.delete_registration_token(&listed.token).await?;
             deleted += 1;
         }
@@ -103,7 +132,7 @@ pub async fn delete_revived_tokens(registry: &Registry, client: &SynapseClient) 
     if deleted > 0 {
         tracing::warn!(
             tokens = deleted,
-            "Synapse had registration tokens again that lifeboat deleted before (restored from an older backup?): deleted them again"
+            "Synapse had registration tokens again that lifeboat deleted or saw used before (restored from an older backup?): deleted them"
         );
     }
     Ok(deleted)

@@ -52,7 +52,7 @@ pub async fn run(services: Arc<Services>) {
     let mail = match (&config.email, &services.mailer) {
         (Some(email), Some(mailer)) => {
             let (server_name, holds_on) = (&config.homeserver.server_name, crate::holds::holds_wanted(config, true));
-            Some((email, QueuedEmails { registry, mailer, server_name, holds_on }))
+            Some((email, QueuedEmails { registry, mailer, server_name, holds_on, tokens_checked_at: None }))
         }
         _ => {
             tracing::info!("delivery worker: no [email] section (or no mailer): it sends notice DMs only");
@@ -67,8 +67,10 @@ pub async fn run(services: Arc<Services>) {
             tracing::warn!(error = %err, "delivery worker: registry query failed");
         }
         let background = Background(cancel.clone());
+        let tokens_checked_at = now_ms();
         hold_back_bot_tokens(config, registry).await;
         if let Some((email, queued)) = &mail {
+            let queued = &QueuedEmails { tokens_checked_at: queued.holds_on.then_some(tokens_checked_at), ..*queued };
             // One sender of them at a time, whichever serve (two on one
             // registry, as in a restart that overlaps) would each mail them.
             let sending = send_until_done(registry, queued, email.connections, &background);
@@ -106,7 +108,7 @@ pub async fn run(services: Arc<Services>) {
 
 /// No token an admin had the bot mail goes while a lost ID is unheld, nor
 /// while Synapse cannot be asked once one is due.
-async fn hold_back_bot_tokens(config: &Config, registry: &Registry) {
+pub async fn hold_back_bot_tokens(config: &Config, registry: &Registry) {
     let held = match bot_tokens_withheld(config, registry).await {
         Ok(Some(unheld)) => crate::holds::hold_back_tokens(config, registry, None, &unheld).await,
         Ok(None) => return,

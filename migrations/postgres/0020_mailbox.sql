@@ -6,3 +6,4 @@ ALTER TABLE web_links ADD COLUMN mailbox TEXT NOT NULL DEFAULT '';
 UPDATE web_links SET mailbox = address;
 ALTER TABLE contact_verifications ADD COLUMN mailbox TEXT NOT NULL DEFAULT '';
 UPDATE contact_verifications SET mailbox = address;
+CREATE INDEX web_links_by_mailbox ON web_links (purpose, mailbox);

@@ -311,6 +311,17 @@ impl Registry {
         Ok(query.execute(&self.pool).await?.rows_affected())
     }
 
+    /// [`Self::hold_back_tokens`]`(None, ..)` for the rows that came due
+    /// after `since` only.
+    pub async fn hold_back_token_mails_due_since(&self, since: i64, until: i64, why: &str) -> Result<u64> {
+        let query = sqlx::query(
+            "UPDATE deliveries SET next_attempt_at = $1, not_before = $1, last_error = $2 \
+             WHERE kind = 'token' AND state = 'pending' AND next_attempt_at <= $3 AND next_attempt_at > $4",
+        );
+        let held = query.bind(until).bind(why).bind(now_ms()).bind(since).execute(&self.pool).await?;
+        Ok(held.rows_affected())
+    }
+
     /// Whether a mail with a token an admin had the bot mail is due: a row
     /// `hold_back_tokens(None, ..)` would hold back.
     pub async fn token_mails_due(&self) -> Result<bool> {

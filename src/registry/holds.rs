@@ -340,6 +340,15 @@ impl Registry {
         Ok(sqlx::query_as(sqlx::AssertSqlSafe(sql)).fetch_all(&self.pool).await?)
     }
 
+    /// The ID is someone else's now: which service had it says nothing more.
+    pub async fn forget_appservice(&self, user_id: &UserId) -> Result<()> {
+        sqlx::query("UPDATE accounts SET appservice_id = NULL WHERE user_id = $1")
+            .bind(user_id)
+            .execute(&self.pool)
+            .await?;
+        Ok(())
+    }
+
     /// The application service that had the ID registered it again (a bridge
     /// making its users again after a wipe): it is its own, as a survivor's
     /// is. `created_at_ms`: when the new account was made.

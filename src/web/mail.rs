@@ -119,6 +119,21 @@ pub async fn address_had_its_day(state: &WebState, purposes: &[&str], to: &Email
     Ok(mailed >= LINKS_PER_ADDRESS_PER_DAY)
 }
 
+/// The part of an address's day of way-back links that one network may
+/// ask for: whoever asks for someone else's way back in every half hour
+/// uses up half of its day, not all of it, and its owner asking from
+/// elsewhere still gets theirs.
+const WAY_BACK_LINKS_PER_NETWORK_PER_DAY: u32 = LINKS_PER_ADDRESS_PER_DAY as u32 / 2;
+
+/// Has the network of `ip` had its part of `to`'s day of way-back links?
+/// Counts this one if not, so it is asked last but for the hour's budget.
+/// Counted in memory: a restart of serve forgets it (the day's cap stays).
+pub fn network_had_its_part_of_the_day(state: &WebState, to: &EmailAddress, ip: Option<IpAddr>) -> bool {
+    let network = ip.map_or_else(|| "net:unknown".to_owned(), guard::network_key);
+    let key = format!("{} {network}", to.mailbox());
+    !state.inner.day_links_by_network.hit(key, None, WAY_BACK_LINKS_PER_NETWORK_PER_DAY)
+}
+
 /// Runs `warn` unless it ran (by `last`'s stamp) in the last ten minutes.
 fn warn_at_most_every_ten_minutes(last_warned: &AtomicI64, warn: impl FnOnce()) {
     let (now, last) = (now_ms(), last_warned.load(Ordering::Relaxed));

@@ -52,6 +52,9 @@ struct Shared {
     /// Links mailed at each network's requests this hour, per budget
     /// ([`mail::HourlyBudget::network_share_left`]).
     mailed_by_network: crate::limit::FixedWindows,
+    /// Way-back links mailed to each inbox at each network's requests today
+    /// ([`mail::network_had_its_part_of_the_day`]).
+    day_links_by_network: crate::limit::FixedWindows,
     /// Held from "is a link to this contact already on its way?" until the
     /// new link is recorded: requests that arrive together then mail (and
     /// DM) one link, as requests one after another do. One per page: a
@@ -74,6 +77,10 @@ impl WebState {
             can_mail: services.mailer.is_some(),
             limiter: RateLimiter::new(web.rate_limit_per_ip, web.rate_limit_per_target, web.rate_limit_window),
             mailed_by_network: crate::limit::FixedWindows::new("per-network mail share", Duration::from_secs(3600)),
+            day_links_by_network: crate::limit::FixedWindows::new(
+                "way-back links per address and network",
+                Duration::from_millis(crate::registry::DAY_MS as u64),
+            ),
             token_links: tokio::sync::Mutex::new(()),
             subscription_links: tokio::sync::Mutex::new(()),
             status_cache: status::Cache::default(),

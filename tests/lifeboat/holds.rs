@@ -1094,7 +1094,13 @@ async fn ids_a_bridge_registers_again_after_a_wipe_are_its_own_not_strangers() {
         shown.json()["state"].as_str().unwrap().to_owned()
     };
     assert_eq!(state(bridged_id.clone()).await, "present");
-    assert_eq!(state(other_id).await, "recreated", "not by the service that had it");
+    assert_eq!(state(other_id.clone()).await, "recreated", "not by the service that had it");
+    let recorded: Option<String> = sqlx::query_scalar("SELECT appservice_id FROM accounts WHERE user_id = $1")
+        .bind(&other_id)
+        .fetch_one(store.pool())
+        .await
+        .unwrap();
+    assert_eq!(recorded, None, "not asked about again");
     assert_eq!(lifeboat.run(&["sync"]).await.code, 0);
     assert_eq!(state(bridged_id).await, "present", "and stays so");
 }
@@ -1116,30 +1122,37 @@ fn wiped_and_got_back_into_by_hand(synapse: &TestSynapse, lifeboat: &Lifeboat) {
 }
 
 /// A Synapse restored from an older backup has again the tokens lifeboat
-/// deleted since, and each could register a lost ID: whatever sees the loss
-/// deletes them again, a token request finding fewer accounts than the last
-/// listing read, and a listing finding accounts missing.
+/// deleted since, and a resolved incident's used ones unused again, and
+/// each could register a lost ID: whatever sees the loss deletes them, a
+/// token request finding fewer accounts than the last listing read, and a
+/// listing finding accounts missing (and each sync after, until it works).
 #[tokio::test(flavor = "multi_thread")]
 async fn tokens_lifeboat_deleted_that_synapse_has_again_are_deleted_once_a_loss_is_seen() {
     let synapse = TestSynapse::start();
     let registry = TestDatabase::sqlite();
     let smtp = TestSmtp::start(None);
     let (lifeboat, address) = one_person_in_an_open_incident(&synapse, &registry, &smtp).await;
-    // A token lifeboat made and deleted again (as resolving the incident does).
+    // Two tokens of the incident, resolved since: one lifeboat deleted as
+    // resolving does, and one that was used, which resolving leaves be.
     let store = lifeboat::registry::Registry::connect(&registry.url()).await.unwrap();
     let person = crate::harness::id(&synapse.user_id(address.split('@').next().unwrap()));
-    let (revoked, until) = ("RevokedLongAgo", lifeboat::registry::now_ms() + 3_600_000);
-    let purpose = lifeboat::registry::TokenPurpose::Notice;
+    let (revoked, used) = ("RevokedLongAgo", "UsedLongAgo");
+    let (purpose, until) = (lifeboat::registry::TokenPurpose::Notice, lifeboat::registry::now_ms() + 3_600_000);
     let recorded = store.record_token(purpose, 1, &person, revoked, until).await.unwrap();
     store.mark_token_revoked(recorded).await.unwrap();
-    let in_synapse = |tokens: Vec<serde_json::Value>| tokens.iter().any(|token| token["token"] == revoked);
+    store.record_token(lifeboat::registry::TokenPurpose::Request, 1, &person, used, until).await.unwrap();
+    sqlx::query("UPDATE incidents SET resolved_at = 1").execute(store.pool()).await.unwrap();
+    let in_synapse =
+        |tokens: Vec<serde_json::Value>| tokens.iter().any(|t| t["token"] == revoked || t["token"] == used);
 
-    // The restore: fewer accounts, and the deleted token there again.
+    // The restore: fewer accounts, and both tokens there again, unused.
     wiped_and_got_back_into_by_hand(&synapse, &lifeboat);
     let revive = || async {
-        let body = serde_json::json!({"token": revoked, "uses_allowed": 1});
-        let path = "/_synapse/admin/v1/registration_tokens/new";
-        assert_eq!(synapse.admin_request(reqwest::Method::POST, path, Some(body)).await.0, 200);
+        for token in [revoked, used] {
+            let body = serde_json::json!({"token": token, "uses_allowed": 1});
+            let path = "/_synapse/admin/v1/registration_tokens/new";
+            assert_eq!(synapse.admin_request(reqwest::Method::POST, path, Some(body)).await.0, 200);
+        }
     };
     revive().await;
     let config = lifeboat::config::Config::load(lifeboat.config_path(), std::iter::empty()).unwrap();
@@ -1151,6 +1164,17 @@ async fn tokens_lifeboat_deleted_that_synapse_has_again_are_deleted_once_a_loss_
     revive().await;
     assert_eq!(lifeboat.run(&["sync"]).await.code, 0);
     assert!(!in_synapse(synapse.registration_tokens().await), "deleted by the listing that finds the loss");
+
+    // A check that did not work (Synapse did not answer) is made by the
+    // next sync, though it finds no new loss; once it worked, none is.
+    revive().await;
+    let due = "UPDATE settings SET value = $1 WHERE name = 'revived_tokens_check_due'";
+    sqlx::query(due).bind("yes").execute(store.pool()).await.unwrap();
+    assert_eq!(lifeboat.run(&["sync"]).await.code, 0);
+    assert!(!in_synapse(synapse.registration_tokens().await), "deleted by the sync after a check that failed");
+    revive().await;
+    assert_eq!(lifeboat.run(&["sync"]).await.code, 0);
+    assert!(in_synapse(synapse.registration_tokens().await), "no loss, no check due: Synapse is not asked");
 }
 
 /// A token the bot mailed that waited (a retry) through a wipe is held back
@@ -1164,21 +1188,29 @@ async fn a_token_mail_from_the_bot_due_after_a_wipe_waits_until_synapse_shows_no
     let (lifeboat, _) = one_person_in_an_open_incident(&synapse, &registry, &smtp).await;
     let store = lifeboat::registry::Registry::connect(&registry.url()).await.unwrap();
     token_mailed_by_the_bot(&synapse, &store).await;
-    let config = || lifeboat::config::Config::load(lifeboat.config_path(), std::iter::empty()).unwrap();
-    let withheld = lifeboat::worker::bot_tokens_withheld(&config(), &store).await;
-    assert!(matches!(withheld, Ok(None)), "nothing lost yet: {withheld:?}");
+    // Due now, then what the worker's check did with it: why, if held back.
+    let held_back = || async {
+        let now = lifeboat::registry::now_ms();
+        let due = "UPDATE deliveries SET next_attempt_at = $1, not_before = NULL, last_error = NULL";
+        sqlx::query(due).bind(now).execute(store.pool()).await.unwrap();
+        let config = lifeboat::config::Config::load(lifeboat.config_path(), std::iter::empty()).unwrap();
+        lifeboat::worker::hold_back_bot_tokens(&config, &store).await;
+        let (at, why): (i64, Option<String>) =
+            sqlx::query_as("SELECT next_attempt_at, last_error FROM deliveries").fetch_one(store.pool()).await.unwrap();
+        (at > now).then(|| why.unwrap_or_default())
+    };
+    assert_eq!(held_back().await, None, "nothing lost yet");
 
     let old_token = synapse.admin_token();
     synapse.wipe();
-    let withheld = lifeboat::worker::bot_tokens_withheld(&config(), &store).await;
-    assert!(withheld.as_ref().is_err_and(|why| why.contains("rejects every admin token")), "{withheld:?}");
+    let why = held_back().await;
+    assert!(why.as_deref().is_some_and(|why| why.contains("rejects every admin token")), "{why:?}");
 
     synapse.register_admin(&unique("root"));
     let config = std::fs::read_to_string(lifeboat.config_path()).unwrap();
     lifeboat.write_config(&config.replace(&old_token, &synapse.admin_token()));
-    let config = lifeboat::config::Config::load(lifeboat.config_path(), std::iter::empty()).unwrap();
-    let withheld = lifeboat::worker::bot_tokens_withheld(&config, &store).await;
-    assert!(matches!(withheld, Ok(Some(_))), "fewer accounts than the last listing read: {withheld:?}");
+    let why = held_back().await;
+    assert!(why.as_deref().is_some_and(|why| why.contains("could register one")), "fewer accounts: {why:?}");
 }
 
 /// A token mail that comes due while a send run waits for it (a retry due
