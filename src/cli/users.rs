@@ -8,6 +8,7 @@ use super::output::{print_json, time};
 use super::{Context, Failure, Outcome, exit};
 use crate::plain_text::one_line;
 use crate::registry::{Account, AccountState, Contact};
+use crate::synapse::MADE_BEFORE_CREATION_TIMES;
 use crate::user_id::UserId;
 
 #[derive(clap::Subcommand, Debug)]
@@ -120,7 +121,10 @@ fn print_account(account: &Account, contacts: &[Contact]) {
     println!("  admin:            {}", flag(account.admin));
     println!("  locked:           {}", flag(account.locked));
     println!("  deactivated:      {}", flag(account.deactivated));
-    println!("  created (Synapse): {}", time(account.synapse_created_at));
+    match account.synapse_created_at {
+        Some(MADE_BEFORE_CREATION_TIMES) => println!("  created (Synapse): before Synapse kept creation times"),
+        created => println!("  created (Synapse): {}", time(created)),
+    }
     println!("  first seen:       {}", time(Some(account.first_seen_at)));
     println!("  last seen listed: {}", time(account.last_seen_present_at));
     if account.recreated_at.is_some() {

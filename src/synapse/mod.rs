@@ -22,7 +22,7 @@ pub use accounts::Creation;
 pub use admin::{Registered, RegistrationToken, SharedSecretError, Whoami};
 pub use error::Error;
 pub use rooms::{JoinOutcome, ListedRoom, RoomsPage, StateEvent, maker_in};
-pub use types::{ListedUser, ThreePid, UserDetails, UsersPage};
+pub use types::{ListedUser, MADE_BEFORE_CREATION_TIMES, ThreePid, UserDetails, UsersPage};
 
 /// Longest single wait between tries, whatever Synapse asks for.
 const MAX_WAIT: Duration = Duration::from_secs(60);

@@ -21,10 +21,19 @@ pub struct ListedUser {
     #[serde(default, deserialize_with = "lenient_bool")]
     pub is_guest: bool,
     pub user_type: Option<String>,
-    /// Milliseconds in the listing (the single-user endpoint uses seconds).
-    #[serde(default, rename = "creation_ts", deserialize_with = "lenient_i64")]
+    /// Milliseconds in the listing (the single-user endpoint uses seconds);
+    /// [`MADE_BEFORE_CREATION_TIMES`] when Synapse says none. `None` only
+    /// when the listing did not say (the known time then stands).
+    #[serde(default, rename = "creation_ts", deserialize_with = "creation_time")]
     pub created_at_ms: Option<i64>,
 }
+
+/// When an account Synapse lists with no creation time (`null`: made
+/// before Synapse kept them) counts as made: its ID registered again after
+/// a wipe, which has one, is then told from it. Read as "not known yet",
+/// the next listing's time would be taken as the account's own, whoever
+/// made it.
+pub const MADE_BEFORE_CREATION_TIMES: i64 = 0;
 
 #[derive(Debug, Deserialize)]
 pub struct UsersPage {
@@ -138,6 +147,18 @@ pub(super) fn lenient_i64<'de, D: Deserializer<'de>>(deserializer: D) -> Result<
     })
 }
 
+/// A listing's `creation_ts`, when it has one: `null` is an account made
+/// before Synapse kept creation times.
+fn creation_time<'de, D: Deserializer<'de>>(deserializer: D) -> Result<Option<i64>, D::Error> {
+    Ok(match Option::<Scalar>::deserialize(deserializer)? {
+        None => Some(MADE_BEFORE_CREATION_TIMES),
+        Some(Scalar::Integer(value)) => Some(value),
+        Some(Scalar::Float(value)) => Some(value as i64),
+        Some(Scalar::Text(text)) => text.trim().parse().ok(),
+        Some(Scalar::Bool(_)) => None,
+    })
+}
+
 fn lenient_token<'de, D: Deserializer<'de>>(deserializer: D) -> Result<Option<String>, D::Error> {
     Ok(match Option::<Scalar>::deserialize(deserializer)? {
         Some(Scalar::Text(text)) => Some(text),
@@ -172,6 +193,14 @@ mod tests {
         .unwrap();
         assert!(user.admin && !user.deactivated && !user.locked && user.is_guest);
         assert_eq!(user.created_at_ms, Some(1_700_000_000_000));
+    }
+
+    #[test]
+    fn a_listed_account_without_a_creation_time_counts_as_made_before_synapse_kept_them() {
+        let listed = |json: &str| serde_json::from_str::<ListedUser>(json).unwrap().created_at_ms;
+        assert_eq!(listed(r#"{"name":"@a:x","creation_ts":null}"#), Some(MADE_BEFORE_CREATION_TIMES));
+        assert_eq!(listed(r#"{"name":"@a:x"}"#), None, "not said: the known time stands");
+        assert_eq!(listed(r#"{"name":"@a:x","creation_ts":"1700000000000"}"#), Some(1_700_000_000_000));
     }
 
     #[test]

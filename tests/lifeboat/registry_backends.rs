@@ -1063,6 +1063,19 @@ async fn rooms_gone_from_a_listing_are_classified_and_a_lost_persons_memberships
 }
 on_both_backends!(rooms_gone_from_a_listing_are_classified_and_a_lost_persons_memberships_wait_for_them);
 
+/// An account Synapse lists without a creation time (made before Synapse
+/// kept them) is told from its ID registered again after a wipe that no
+/// listing saw: that one has a creation time.
+async fn an_account_made_before_synapse_kept_creation_times_is_told_from_a_new_one(registry: Registry) {
+    let old: ListedUser = serde_json::from_value(json!({"name": "@old:x", "creation_ts": null})).unwrap();
+    sync_listing(&registry, &[old.clone(), user("@b:x", 1)]).await;
+    let applied = sync_listing(&registry, &[old, user("@b:x", 1)]).await;
+    assert!(applied.report.recreated.is_empty(), "listed again as it was: the same account");
+    let applied = sync_listing(&registry, &[user("@old:x", 5), user("@b:x", 1)]).await;
+    assert_eq!(applied.report.recreated, ["@old:x"], "registered again since");
+}
+on_both_backends!(an_account_made_before_synapse_kept_creation_times_is_told_from_a_new_one);
+
 /// The web page's caps on mail to one address count the variants of its
 /// inbox as that address: someone typing another's address cannot get it
 /// a day's mail once per variant.
