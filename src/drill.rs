@@ -203,7 +203,7 @@ async fn email(config: &Config, registry: &Registry) -> (Status, String) {
         mailer: &mailer,
         server_name,
         holds_on: crate::holds::holds_wanted(config, true),
-        tokens_checked_at: None,
+        token_check: None,
     };
     for to in &config.alerts.email {
         let expires_at = now_ms() + DRILL_MAIL_WORTH_SENDING.as_millis() as i64;

@@ -285,21 +285,6 @@ pub async fn hold_back_tokens_unsure(
     Ok((held > 0).then(|| format!("wait: {unsure}; they are tried again within 5 minutes")))
 }
 
-/// How long a token mail that came due after serve's worker last asked
-/// Synapse waits: past its next round, which asks again.
-const WAIT_FOR_THE_NEXT_ASK: std::time::Duration = std::time::Duration::from_secs(60);
-
-/// Holds back the token mails an admin had the bot mail that came due after
-/// `asked` (ms), when serve's worker last asked Synapse whether accounts
-/// were lost: they wait for its next ask.
-pub async fn hold_back_tokens_due_since(registry: &Registry, asked: i64) -> Result<(), registry::Error> {
-    let until = now_ms() + WAIT_FOR_THE_NEXT_ASK.as_millis() as i64;
-    let why =
-        "held back: it came due after Synapse was last asked whether accounts were lost, and waits for the next ask";
-    registry.hold_back_token_mails_due_since(asked, until, why).await?;
-    Ok(())
-}
-
 /// How many of the due mails with a token [`Registry::hold_back_tokens`] held back.
 async fn hold_back(registry: &Registry, incident: Option<i64>, unheld: &UnheldLostIds) -> Result<u64, registry::Error> {
     let until = now_ms() + WAIT_FOR_HOLDS.as_millis() as i64;

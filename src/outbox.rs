@@ -96,10 +96,16 @@ pub struct QueuedEmails<'a> {
     /// Lost IDs are held ([`crate::holds::holds_wanted`]): while one is
     /// not, each claim holds back the mail with a token.
     pub holds_on: bool,
-    /// When serve's worker last asked Synapse before the token mails due
-    /// ([`crate::worker::bot_tokens_withheld`]): those that came due after
-    /// (a retry due during the run) wait for its next ask.
-    pub tokens_checked_at: Option<i64>,
+    /// What serve's worker asks, as each claim begins, before the token
+    /// mails due go: Synapse, whether it lost accounts since the last
+    /// listing (which this layer cannot reach).
+    pub token_check: Option<&'a dyn TokenMailCheck>,
+}
+
+/// Asked as a send run claims its next rows ([`QueuedEmails::token_check`]).
+pub trait TokenMailCheck: Sync {
+    /// Holds back the due mails with a token that may not go now.
+    fn hold_back(&self) -> futures::future::BoxFuture<'_, ()>;
 }
 
 impl Channel for QueuedEmails<'_> {
@@ -109,8 +115,8 @@ impl Channel for QueuedEmails<'_> {
         if self.holds_on {
             crate::holds::hold_back_due_tokens(self.registry, None).await?;
         }
-        if let Some(asked) = self.tokens_checked_at {
-            crate::holds::hold_back_tokens_due_since(self.registry, asked).await?;
+        if let Some(check) = self.token_check {
+            check.hold_back().await;
         }
         self.registry.due_messages(DeliveryChannel::Email, limit as i64).await
     }

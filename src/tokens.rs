@@ -77,8 +77,8 @@ async fn note_database_gone_back(
     Ok(())
 }
 
-/// Set ("yes") from when a loss is seen until Synapse's tokens were
-/// checked for revived ones: a check Synapse did not answer is tried again
+/// From when a loss is seen (its time) until Synapse's tokens were checked
+/// for revived ones ("no"): a check Synapse did not answer is tried again
 /// by every sync until one works.
 const REVIVED_TOKENS_CHECK_SETTING: &str = "revived_tokens_check_due";
 
@@ -89,13 +89,19 @@ pub async fn delete_revived_tokens_when_due(
     client: &SynapseClient,
     loss_seen: bool,
 ) -> Result<u64, TokenError> {
-    let due = loss_seen || registry.setting(REVIVED_TOKENS_CHECK_SETTING).await?.as_deref() == Some("yes");
-    if !due {
-        return Ok(0);
-    }
-    registry.set_setting(REVIVED_TOKENS_CHECK_SETTING, "yes").await?;
+    let pending = registry.setting(REVIVED_TOKENS_CHECK_SETTING).await?.filter(|seen| seen != "no");
+    let seen = match (loss_seen, pending) {
+        (true, _) => {
+            let seen = now_ms().to_string();
+            registry.set_setting(REVIVED_TOKENS_CHECK_SETTING, &seen).await?;
+            seen
+        }
+        (false, Some(seen)) => seen,
+        (false, None) => return Ok(0),
+    };
     let deleted = delete_revived_tokens(registry, client).await?;
-    registry.set_setting(REVIVED_TOKENS_CHECK_SETTING, "no").await?;
+    // Not over a loss another process saw meanwhile, whose check may fail.
+    registry.replace_setting(REVIVED_TOKENS_CHECK_SETTING, &seen, "no").await?;
     Ok(deleted)
 }
 

@@ -14,7 +14,7 @@ use crate::campaign::{CampaignError, CampaignOptions, run_campaign};
 use crate::config::Config;
 use crate::holds::UnheldLostIds;
 use crate::notify::NotifyProgress;
-use crate::outbox::{QUEUED, QueuedEmails, send_until_done};
+use crate::outbox::{QUEUED, QueuedEmails, TokenMailCheck, send_until_done};
 use crate::recover::admin_access;
 use crate::registry::{Actor, DeliveryChannel, Registry, now_ms};
 use crate::tokens::tokens_withheld_now;
@@ -49,10 +49,12 @@ impl NotifyProgress for Background {
 
 pub async fn run(services: Arc<Services>) {
     let Services { config, registry, shutdown: cancel, .. } = &*services;
+    let ask_synapse = AskSynapse { config, registry };
     let mail = match (&config.email, &services.mailer) {
         (Some(email), Some(mailer)) => {
             let (server_name, holds_on) = (&config.homeserver.server_name, crate::holds::holds_wanted(config, true));
-            Some((email, QueuedEmails { registry, mailer, server_name, holds_on, tokens_checked_at: None }))
+            let token_check: Option<&dyn TokenMailCheck> = Some(&ask_synapse);
+            Some((email, QueuedEmails { registry, mailer, server_name, holds_on, token_check }))
         }
         _ => {
             tracing::info!("delivery worker: no [email] section (or no mailer): it sends notice DMs only");
@@ -67,10 +69,7 @@ pub async fn run(services: Arc<Services>) {
             tracing::warn!(error = %err, "delivery worker: registry query failed");
         }
         let background = Background(cancel.clone());
-        let tokens_checked_at = now_ms();
-        hold_back_bot_tokens(config, registry).await;
         if let Some((email, queued)) = &mail {
-            let queued = &QueuedEmails { tokens_checked_at: queued.holds_on.then_some(tokens_checked_at), ..*queued };
             // One sender of them at a time, whichever serve (two on one
             // registry, as in a restart that overlaps) would each mail them.
             let sending = send_until_done(registry, queued, email.connections, &background);
@@ -103,6 +102,19 @@ pub async fn run(services: Arc<Services>) {
             stopped = crate::watch::pause(POLL_EVERY, cancel) => if stopped { return },
             () = QUEUED.notified() => {}
         }
+    }
+}
+
+/// [`hold_back_bot_tokens`], asked as each send run claims its next rows:
+/// a retry that comes due during a run is asked about too.
+pub struct AskSynapse<'a> {
+    pub config: &'a Config,
+    pub registry: &'a Registry,
+}
+
+impl TokenMailCheck for AskSynapse<'_> {
+    fn hold_back(&self) -> futures::future::BoxFuture<'_, ()> {
+        Box::pin(hold_back_bot_tokens(self.config, self.registry))
     }
 }
 

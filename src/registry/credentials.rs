@@ -143,6 +143,18 @@ impl Registry {
         set_setting_in(&self.pool, name, value).await
     }
 
+    /// Sets `name` to `value` only while it is still `was` (another process
+    /// may have set it since it was read); whether it did.
+    pub async fn replace_setting(&self, name: &str, was: &str, value: &str) -> Result<bool> {
+        let replace = sqlx::query("UPDATE settings SET value = $3 WHERE name = $1 AND value = $2")
+            .bind(name)
+            .bind(was)
+            .bind(value)
+            .execute(&self.pool)
+            .await?;
+        Ok(replace.rows_affected() == 1)
+    }
+
     /// A random secret generated on first use and kept in the registry
     /// (e.g. the key that signs links in emails).
     pub async fn generated_secret(&self, name: &str) -> Result<SecretString> {

@@ -126,7 +126,7 @@ pub async fn address_had_its_day(state: &WebState, purposes: &[&str], to: &Email
 const WAY_BACK_LINKS_PER_NETWORK_PER_DAY: u32 = LINKS_PER_ADDRESS_PER_DAY as u32 / 2;
 
 /// Has the network of `ip` had its part of `to`'s day of way-back links?
-/// Counts this one if not, so it is asked last but for the hour's budget.
+/// Counts this one if not, so it is asked last, once the link will go.
 /// Counted in memory: a restart of serve forgets it (the day's cap stays).
 pub fn network_had_its_part_of_the_day(state: &WebState, to: &EmailAddress, ip: Option<IpAddr>) -> bool {
     let network = ip.map_or_else(|| "net:unknown".to_owned(), guard::network_key);

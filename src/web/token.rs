@@ -161,15 +161,15 @@ async fn mail_links(
             tracing::info!(user_id = %contact.user_id, "the address had its day's way-back links: nothing new mailed");
             continue;
         }
-        if mail::network_had_its_part_of_the_day(state, &contact.address, ip) {
-            tracing::info!(user_id = %contact.user_id, "this network asked for half the address's day of way-back links: nothing new mailed");
-            continue;
-        }
         static BUDGET: mail::HourlyBudget =
             mail::HourlyBudget::new("web.token_mails_per_hour", &[PURPOSE, CLAIM_MAILED]);
         let per_hour = state.web().token_mails_per_hour;
         if BUDGET.spent(state, per_hour).await? || !BUDGET.network_share_left(state, per_hour, ip).await? {
             return Ok(());
+        }
+        if mail::network_had_its_part_of_the_day(state, &contact.address, ip) {
+            tracing::info!(user_id = %contact.user_id, "this network asked for half the address's day of way-back links: nothing new mailed");
+            continue;
         }
         // Recorded before it is mailed. A claim link is signed, not stored:
         // its row only says that one went out, and until when it works.

@@ -1149,12 +1149,6 @@ on_both_backends!(after_another_wipe_rooms_and_people_are_brought_back_again);
 /// Sends the queued emails to a relay where nothing listens: a send would
 /// fail, so a skip is the only way a message ends.
 async fn send_queued_emails_to_no_relay(registry: &Registry) {
-    send_queued_emails_checked_at(registry, None).await;
-}
-
-/// [`send_queued_emails_to_no_relay`] as serve's worker does after asking
-/// Synapse at `tokens_checked_at`.
-async fn send_queued_emails_checked_at(registry: &Registry, tokens_checked_at: Option<i64>) {
     use lifeboat::outbox::{Progress, QueuedEmails, send_until_done};
     struct Quiet;
     impl Progress for Quiet {}
@@ -1166,43 +1160,9 @@ async fn send_queued_emails_checked_at(registry: &Registry, tokens_checked_at: O
     };
     let mailer = lifeboat::mail::Mailer::from_config(&email, 1).unwrap();
     let queued =
-        QueuedEmails { registry, mailer: &mailer, server_name: "example.org", holds_on: false, tokens_checked_at };
+        QueuedEmails { registry, mailer: &mailer, server_name: "example.org", holds_on: false, token_check: None };
     send_until_done(registry, &queued, 1, &Quiet).await.unwrap();
 }
-
-/// A token mail that came due after serve's worker last asked Synapse (a
-/// retry due during a send run) waits for its next ask; one due before goes.
-async fn a_token_mail_due_after_synapse_was_asked_waits_for_the_next_ask(registry: Registry) {
-    let message = lifeboat::messages::contact_code("example.org", &id("@a:x"), "123456", 30);
-    let until = lifeboat::registry::now_ms() + 3_600_000;
-    let to = email("a@example.org");
-    let id = lifeboat::outbox::queue_email(&registry, MessageKind::Token, &to, &message, None, until).await.unwrap();
-    let asked = lifeboat::registry::now_ms() - 10_000;
-    let due_at = |at: i64| {
-        let registry = registry.clone();
-        async move {
-            let due = "UPDATE deliveries SET next_attempt_at = $1, not_before = NULL, last_error = NULL";
-            sqlx::query(due).bind(at).execute(registry.pool()).await.unwrap();
-        }
-    };
-    due_at(asked + 5_000).await;
-    send_queued_emails_checked_at(&registry, Some(asked)).await;
-    let (state, why) = message_outcome(&registry, id).await;
-    assert!(state == "pending" && why.as_deref().is_some_and(|why| why.contains("came due after")), "{why:?}");
-
-    let attempts = || async {
-        let sql = "SELECT attempts FROM deliveries WHERE id = $1";
-        sqlx::query_scalar::<_, i64>(sql).bind(id).fetch_one(registry.pool()).await.unwrap()
-    };
-    assert_eq!(attempts().await, 0, "not tried");
-
-    // Due before the ask: tried (at a relay where nothing listens; its
-    // retry, due after the ask, then waits too).
-    due_at(asked - 5_000).await;
-    send_queued_emails_checked_at(&registry, Some(asked)).await;
-    assert!(attempts().await > 0, "tried at the relay");
-}
-on_both_backends!(a_token_mail_due_after_synapse_was_asked_waits_for_the_next_ask);
 
 async fn a_queued_message_past_its_expiry_is_skipped_and_its_text_emptied(registry: Registry) {
     let message = lifeboat::messages::contact_code("example.org", &id("@a:x"), "123456", 30);
