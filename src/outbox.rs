@@ -96,16 +96,17 @@ pub struct QueuedEmails<'a> {
     /// Lost IDs are held ([`crate::holds::holds_wanted`]): while one is
     /// not, each claim holds back the mail with a token.
     pub holds_on: bool,
-    /// What serve's worker asks, as each claim begins, before the token
-    /// mails due go: Synapse, whether it lost accounts since the last
-    /// listing (which this layer cannot reach).
+    /// What serve's worker asks before a claimed mail with a token goes:
+    /// Synapse, whether it lost accounts since the last listing (which this
+    /// layer cannot reach).
     pub token_check: Option<&'a dyn TokenMailCheck>,
 }
 
-/// Asked as a send run claims its next rows ([`QueuedEmails::token_check`]).
+/// Asked when a send run claims a mail with a token ([`QueuedEmails::token_check`]).
 pub trait TokenMailCheck: Sync {
-    /// Holds back the due mails with a token that may not go now.
-    fn hold_back(&self) -> futures::future::BoxFuture<'_, ()>;
+    /// Whether mail with a token may go now; if not, it held back the due
+    /// ones in the registry.
+    fn tokens_may_go(&self) -> futures::future::BoxFuture<'_, Result<bool, registry::Error>>;
 }
 
 impl Channel for QueuedEmails<'_> {
@@ -115,10 +116,15 @@ impl Channel for QueuedEmails<'_> {
         if self.holds_on {
             crate::holds::hold_back_due_tokens(self.registry, None).await?;
         }
-        if let Some(check) = self.token_check {
-            check.hold_back().await;
+        let mut due = self.registry.due_messages(DeliveryChannel::Email, limit as i64).await?;
+        // Asked of what was claimed: a mail that came due just now is asked about too.
+        if let Some(check) = self.token_check
+            && due.iter().any(|message| message.kind == MessageKind::Token)
+            && !check.tokens_may_go().await?
+        {
+            due.retain(|message| message.kind != MessageKind::Token);
         }
-        self.registry.due_messages(DeliveryChannel::Email, limit as i64).await
+        Ok(due)
     }
 
     fn scope(&self) -> (Option<i64>, DeliveryChannel) {

@@ -105,42 +105,41 @@ pub async fn run(services: Arc<Services>) {
     }
 }
 
-/// [`hold_back_bot_tokens`], asked as each send run claims its next rows:
-/// a retry that comes due during a run is asked about too.
+/// [`hold_back_bot_tokens`], asked as each send run claims mail with a
+/// token: a retry that comes due during a run is asked about too.
 pub struct AskSynapse<'a> {
     pub config: &'a Config,
     pub registry: &'a Registry,
 }
 
 impl TokenMailCheck for AskSynapse<'_> {
-    fn hold_back(&self) -> futures::future::BoxFuture<'_, ()> {
+    fn tokens_may_go(&self) -> futures::future::BoxFuture<'_, Result<bool, crate::registry::Error>> {
         Box::pin(hold_back_bot_tokens(self.config, self.registry))
     }
 }
 
-/// No token an admin had the bot mail goes while a lost ID is unheld, nor
-/// while Synapse cannot be asked once one is due.
-pub async fn hold_back_bot_tokens(config: &Config, registry: &Registry) {
+/// Whether the token mails an admin had the bot mail may go now: not while
+/// a lost ID is unheld, nor while Synapse cannot be asked. If not, the due
+/// ones are held back.
+pub async fn hold_back_bot_tokens(config: &Config, registry: &Registry) -> Result<bool, crate::registry::Error> {
     let held = match bot_tokens_withheld(config, registry).await {
-        Ok(Some(unheld)) => crate::holds::hold_back_tokens(config, registry, None, &unheld).await,
-        Ok(None) => return,
-        Err(unsure) => crate::holds::hold_back_tokens_unsure(registry, None, &unsure).await,
+        Ok(None) => return Ok(true),
+        Ok(Some(unheld)) => crate::holds::hold_back_tokens(config, registry, None, &unheld).await?,
+        Err(unsure) => crate::holds::hold_back_tokens_unsure(registry, None, &unsure).await?,
     };
-    match held {
-        Ok(Some(note)) => tracing::warn!("tokens mailed from the bot {note}"),
-        Ok(None) => {}
-        Err(err) => tracing::warn!(error = %err, "delivery worker: registry query failed"),
+    if let Some(note) = held {
+        tracing::warn!("tokens mailed from the bot {note}");
     }
+    Ok(false)
 }
 
-/// [`crate::holds::tokens_withheld`]; once a mail with a token is due, with
-/// Synapse asked too ([`tokens_withheld_now`]): the bot asked as it made the
-/// token, but its mail may have waited out a retry through a wipe or a
-/// restore from an older backup. `Err`: why that cannot be told now.
+/// [`crate::holds::tokens_withheld`], with Synapse asked too
+/// ([`tokens_withheld_now`]): the bot asked as it made the token, but its
+/// mail may have waited out a retry through a wipe or a restore from an
+/// older backup. `Err`: why that cannot be told now.
 pub async fn bot_tokens_withheld(config: &Config, registry: &Registry) -> Result<Option<UnheldLostIds>, String> {
-    let due = registry.token_mails_due().await.map_err(|err| err.to_string())?;
-    if !due || !crate::holds::holds_wanted(config, true) {
-        return crate::holds::tokens_withheld(config, registry).await.map_err(|err| err.to_string());
+    if !crate::holds::holds_wanted(config, true) {
+        return Ok(None);
     }
     let access = admin_access(config, registry).await.map_err(|err| err.to_string())?;
     let Some(client) = access.working() else {

@@ -311,29 +311,6 @@ impl Registry {
         Ok(query.execute(&self.pool).await?.rows_affected())
     }
 
-    /// [`Self::hold_back_tokens`]`(None, ..)` for the rows that came due
-    /// after `since` only.
-    pub async fn hold_back_token_mails_due_since(&self, since: i64, until: i64, why: &str) -> Result<u64> {
-        let query = sqlx::query(
-            "UPDATE deliveries SET next_attempt_at = $1, not_before = $1, last_error = $2 \
-             WHERE kind = 'token' AND state = 'pending' AND next_attempt_at <= $3 AND next_attempt_at > $4",
-        );
-        let held = query.bind(until).bind(why).bind(now_ms()).bind(since).execute(&self.pool).await?;
-        Ok(held.rows_affected())
-    }
-
-    /// Whether a mail with a token an admin had the bot mail is due: a row
-    /// `hold_back_tokens(None, ..)` would hold back.
-    pub async fn token_mails_due(&self) -> Result<bool> {
-        let due: i64 = sqlx::query_scalar(
-            "SELECT COUNT(*) FROM deliveries WHERE kind = 'token' AND state = 'pending' AND next_attempt_at <= $1",
-        )
-        .bind(now_ms())
-        .fetch_one(&self.pool)
-        .await?;
-        Ok(due > 0)
-    }
-
     /// Up to `limit` due deliveries of one channel, longest due first, ready
     /// to render. Only reads: the run's lease keeps other senders away, and
     /// what a crashed run had read is still pending, so is read again.

@@ -126,12 +126,20 @@ pub async fn address_had_its_day(state: &WebState, purposes: &[&str], to: &Email
 const WAY_BACK_LINKS_PER_NETWORK_PER_DAY: u32 = LINKS_PER_ADDRESS_PER_DAY as u32 / 2;
 
 /// Has the network of `ip` had its part of `to`'s day of way-back links?
-/// Counts this one if not, so it is asked last, once the link will go.
-/// Counted in memory: a restart of serve forgets it (the day's cap stays).
+/// Counted in memory ([`count_for_the_network`], once the link will go): a
+/// restart of serve forgets it (the day's cap stays).
 pub fn network_had_its_part_of_the_day(state: &WebState, to: &EmailAddress, ip: Option<IpAddr>) -> bool {
+    state.inner.day_links_by_network.reached(&network_part_key(to, ip), WAY_BACK_LINKS_PER_NETWORK_PER_DAY)
+}
+
+/// Counts a way-back link to `to` against the network of `ip`'s part of its day.
+pub fn count_for_the_network(state: &WebState, to: &EmailAddress, ip: Option<IpAddr>) {
+    state.inner.day_links_by_network.hit(network_part_key(to, ip), None, WAY_BACK_LINKS_PER_NETWORK_PER_DAY);
+}
+
+fn network_part_key(to: &EmailAddress, ip: Option<IpAddr>) -> String {
     let network = ip.map_or_else(|| "net:unknown".to_owned(), guard::network_key);
-    let key = format!("{} {network}", to.mailbox());
-    !state.inner.day_links_by_network.hit(key, None, WAY_BACK_LINKS_PER_NETWORK_PER_DAY)
+    format!("{} {network}", to.mailbox())
 }
 
 /// Runs `warn` unless it ran (by `last`'s stamp) in the last ten minutes.

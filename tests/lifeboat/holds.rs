@@ -1194,9 +1194,10 @@ async fn a_token_mail_from_the_bot_due_after_a_wipe_waits_until_synapse_shows_no
         let due = "UPDATE deliveries SET next_attempt_at = $1, not_before = NULL, last_error = NULL";
         sqlx::query(due).bind(now).execute(store.pool()).await.unwrap();
         let config = lifeboat::config::Config::load(lifeboat.config_path(), std::iter::empty()).unwrap();
-        lifeboat::worker::hold_back_bot_tokens(&config, &store).await;
+        let may_go = lifeboat::worker::hold_back_bot_tokens(&config, &store).await.unwrap();
         let (at, why): (i64, Option<String>) =
             sqlx::query_as("SELECT next_attempt_at, last_error FROM deliveries").fetch_one(store.pool()).await.unwrap();
+        assert_eq!(may_go, at <= now, "held back exactly when it may not go");
         (at > now).then(|| why.unwrap_or_default())
     };
     assert_eq!(held_back().await, None, "nothing lost yet");
