@@ -119,27 +119,27 @@ pub async fn address_had_its_day(state: &WebState, purposes: &[&str], to: &Email
     Ok(mailed >= LINKS_PER_ADDRESS_PER_DAY)
 }
 
-/// The part of an address's day of way-back links that one network may
-/// ask for: whoever asks for someone else's way back in every half hour
-/// uses up half of its day, not all of it, and its owner asking from
-/// elsewhere still gets theirs.
-const WAY_BACK_LINKS_PER_NETWORK_PER_DAY: u32 = LINKS_PER_ADDRESS_PER_DAY as u32 / 2;
+/// The part of an address's day of links (of one form) that one network
+/// may ask for: whoever keeps asking for someone else's way back in, or
+/// keeps typing their address, uses up half of its day, not all of it, and
+/// its owner asking from elsewhere still gets theirs.
+const LINKS_PER_NETWORK_PER_DAY: u32 = LINKS_PER_ADDRESS_PER_DAY as u32 / 2;
 
-/// Has the network of `ip` had its part of `to`'s day of way-back links?
+/// Has the network of `ip` had its part of `to`'s day of `form`'s links?
 /// Counted in memory ([`count_for_the_network`], once the link will go): a
 /// restart of serve forgets it (the day's cap stays).
-pub fn network_had_its_part_of_the_day(state: &WebState, to: &EmailAddress, ip: Option<IpAddr>) -> bool {
-    state.inner.day_links_by_network.reached(&network_part_key(to, ip), WAY_BACK_LINKS_PER_NETWORK_PER_DAY)
+pub fn network_had_its_part_of_the_day(state: &WebState, form: &str, to: &EmailAddress, ip: Option<IpAddr>) -> bool {
+    state.inner.day_links_by_network.reached(&network_part_key(form, to, ip), LINKS_PER_NETWORK_PER_DAY)
 }
 
-/// Counts a way-back link to `to` against the network of `ip`'s part of its day.
-pub fn count_for_the_network(state: &WebState, to: &EmailAddress, ip: Option<IpAddr>) {
-    state.inner.day_links_by_network.hit(network_part_key(to, ip), None, WAY_BACK_LINKS_PER_NETWORK_PER_DAY);
+/// Counts a link of `form` to `to` against the network of `ip`'s part of its day.
+pub fn count_for_the_network(state: &WebState, form: &str, to: &EmailAddress, ip: Option<IpAddr>) {
+    state.inner.day_links_by_network.hit(network_part_key(form, to, ip), None, LINKS_PER_NETWORK_PER_DAY);
 }
 
-fn network_part_key(to: &EmailAddress, ip: Option<IpAddr>) -> String {
+fn network_part_key(form: &str, to: &EmailAddress, ip: Option<IpAddr>) -> String {
     let network = ip.map_or_else(|| "net:unknown".to_owned(), guard::network_key);
-    format!("{} {network}", to.mailbox())
+    format!("{form} {} {network}", to.mailbox())
 }
 
 /// Runs `warn` unless it ran (by `last`'s stamp) in the last ten minutes.

@@ -52,8 +52,8 @@ struct Shared {
     /// Links mailed at each network's requests this hour, per budget
     /// ([`mail::HourlyBudget::network_share_left`]).
     mailed_by_network: crate::limit::FixedWindows,
-    /// Way-back links mailed to each inbox at each network's requests today
-    /// ([`mail::network_had_its_part_of_the_day`]).
+    /// Links of each form mailed to each inbox at each network's requests
+    /// today ([`mail::network_had_its_part_of_the_day`]).
     day_links_by_network: crate::limit::FixedWindows,
     /// Held from "is a link to this contact already on its way?" until the
     /// new link is recorded: requests that arrive together then mail (and
@@ -78,7 +78,7 @@ impl WebState {
             limiter: RateLimiter::new(web.rate_limit_per_ip, web.rate_limit_per_target, web.rate_limit_window),
             mailed_by_network: crate::limit::FixedWindows::new("per-network mail share", Duration::from_secs(3600)),
             day_links_by_network: crate::limit::FixedWindows::new(
-                "way-back links per address and network",
+                "links per address and network",
                 Duration::from_millis(crate::registry::DAY_MS as u64),
             ),
             token_links: tokio::sync::Mutex::new(()),

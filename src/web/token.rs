@@ -164,14 +164,14 @@ async fn mail_links(
         static BUDGET: mail::HourlyBudget =
             mail::HourlyBudget::new("web.token_mails_per_hour", &[PURPOSE, CLAIM_MAILED]);
         let per_hour = state.web().token_mails_per_hour;
-        if mail::network_had_its_part_of_the_day(state, &contact.address, ip) {
+        if mail::network_had_its_part_of_the_day(state, PURPOSE, &contact.address, ip) {
             tracing::info!(user_id = %contact.user_id, "this network asked for half the address's day of way-back links: nothing new mailed");
             continue;
         }
         if BUDGET.spent(state, per_hour).await? || !BUDGET.network_share_left(state, per_hour, ip).await? {
             return Ok(());
         }
-        mail::count_for_the_network(state, &contact.address, ip);
+        mail::count_for_the_network(state, PURPOSE, &contact.address, ip);
         // Recorded before it is mailed. A claim link is signed, not stored:
         // its row only says that one went out, and until when it works.
         let expires_at = now_ms() + LINK_VALID.as_millis() as i64;

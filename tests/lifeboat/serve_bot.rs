@@ -1897,21 +1897,24 @@ async fn one_network_cannot_spend_the_hours_subscription_links_alone() {
 
 /// Someone types a stranger's address again and again, with a new ID each
 /// time: the address gets a few links at once, and a few more as those run
-/// out, but no more than six a day.
+/// out, but no more than six a day, and three at one network's requests.
 #[tokio::test(flavor = "multi_thread")]
 async fn an_address_typed_again_and_again_gets_six_subscription_links_a_day() {
     let mut rig = Rig::start(TestSmtp::start(None), &[]).await;
     let config = std::fs::read_to_string(rig.lifeboat.config_path()).unwrap();
-    rig.lifeboat.write_config(&config.replace("[web]\n", "[web]\nrate_limit_per_ip = 100000\n"));
+    let web = "[web]\nrate_limit_per_ip = 100000\ntrusted_proxies = [\"127.0.0.1\"]\n";
+    rig.lifeboat.write_config(&config.replace("[web]\n", web));
     rig.serve().await;
     let http = reqwest::Client::builder().no_proxy().build().unwrap();
     let prefix = unique("typed");
     let victim = format!("{prefix}@example.org");
     let store = lifeboat::registry::Registry::connect(&rig.registry_url()).await.unwrap();
-    for (batch, mailed) in [(0, 3), (1, 6), (2, 6)] {
+    for (batch, network, mailed) in [(0, "203.0.113", 3), (1, "203.0.113", 3), (2, "198.51.100", 6), (3, "192.0.2", 6)]
+    {
         for n in 0..4 {
             let someone = rig.synapse.user_id(&format!("{prefix}-{batch}-{n}"));
-            assert_eq!(subscribe(&rig, &http, &someone, &victim).await, 200, "answered as always");
+            let client = format!("{network}.{n}");
+            assert_eq!(subscribe_from(Some(&client), &rig, &http, &someone, &victim).await, 200, "answered as always");
         }
         let smtp = &rig.smtp;
         eventually("the batch's links are mailed", Duration::from_secs(60), || async {
