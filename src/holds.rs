@@ -216,7 +216,7 @@ pub async fn hold_back_tokens(
     incident: Option<i64>,
     unheld: &UnheldLostIds,
 ) -> Result<Option<String>, registry::Error> {
-    if hold_back(registry, incident, unheld).await? == 0 {
+    if hold_back(registry, incident, &held_back_for(unheld)).await? == 0 {
         return Ok(None);
     }
     let holding = match config.recovery.hold {
@@ -232,7 +232,7 @@ pub async fn hold_back_tokens(
 /// waited for) waits too.
 pub async fn hold_back_due_tokens(registry: &Registry, incident: Option<i64>) -> Result<(), registry::Error> {
     if let Some(unheld) = unheld_lost_ids(registry).await? {
-        hold_back(registry, incident, &unheld).await?;
+        hold_back(registry, incident, &held_back_for(&unheld)).await?;
     }
     Ok(())
 }
@@ -280,16 +280,20 @@ pub async fn hold_back_tokens_unsure(
     incident: Option<i64>,
     unsure: &str,
 ) -> Result<Option<String>, registry::Error> {
-    let until = now_ms() + WAIT_FOR_HOLDS.as_millis() as i64;
-    let held = registry.hold_back_tokens(incident, until, &format!("held back: {unsure}")).await?;
+    let held = hold_back(registry, incident, &format!("held back: {unsure}")).await?;
     Ok((held > 0).then(|| format!("wait: {unsure}; they are tried again within 5 minutes")))
 }
 
-/// How many of the due mails with a token [`Registry::hold_back_tokens`] held back.
-async fn hold_back(registry: &Registry, incident: Option<i64>, unheld: &UnheldLostIds) -> Result<u64, registry::Error> {
+/// The why of a mail with a token held back while `unheld` are not held.
+fn held_back_for(unheld: &UnheldLostIds) -> String {
+    format!("held back: {unheld}, and its registration token could register one")
+}
+
+/// How many of the due mails with a token [`Registry::hold_back_tokens`]
+/// held back, for [`WAIT_FOR_HOLDS`], saying `why`.
+async fn hold_back(registry: &Registry, incident: Option<i64>, why: &str) -> Result<u64, registry::Error> {
     let until = now_ms() + WAIT_FOR_HOLDS.as_millis() as i64;
-    let why = format!("held back: {unheld}, and its registration token could register one");
-    registry.hold_back_tokens(incident, until, &why).await
+    registry.hold_back_tokens(incident, until, why).await
 }
 
 /// Holds every lost ID that is not held yet (idempotent: held ones are

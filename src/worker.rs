@@ -137,7 +137,7 @@ pub async fn hold_back_bot_tokens(config: &Config, registry: &Registry) -> Resul
 /// ([`tokens_withheld_now`]): the bot asked as it made the token, but its
 /// mail may have waited out a retry through a wipe or a restore from an
 /// older backup. `Err`: why that cannot be told now.
-pub async fn bot_tokens_withheld(config: &Config, registry: &Registry) -> Result<Option<UnheldLostIds>, String> {
+async fn bot_tokens_withheld(config: &Config, registry: &Registry) -> Result<Option<UnheldLostIds>, String> {
     if !crate::holds::holds_wanted(config, true) {
         return Ok(None);
     }

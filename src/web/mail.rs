@@ -109,8 +109,17 @@ impl HourlyBudget {
 const LINKS_PER_ADDRESS_PER_DAY: i64 = 6;
 
 /// Has `to` been mailed its day's links of `purposes` (those on their way,
-/// or that arrived)?
-pub async fn address_had_its_day(state: &WebState, purposes: &[&str], to: &EmailAddress) -> Result<bool, WebError> {
+/// or that arrived), or the network of `ip` asked for its part of them
+/// ([`count_for_the_network`])?
+pub async fn address_had_its_day(
+    state: &WebState,
+    purposes: &[&str],
+    to: &EmailAddress,
+    ip: Option<IpAddr>,
+) -> Result<bool, WebError> {
+    if state.inner.day_links_by_network.reached(&network_part_key(purposes, to, ip), LINKS_PER_NETWORK_PER_DAY) {
+        return Ok(true);
+    }
     let day_ago = now_ms() - DAY_MS;
     let mut mailed = 0;
     for purpose in purposes {
@@ -125,21 +134,16 @@ pub async fn address_had_its_day(state: &WebState, purposes: &[&str], to: &Email
 /// its owner asking from elsewhere still gets theirs.
 const LINKS_PER_NETWORK_PER_DAY: u32 = LINKS_PER_ADDRESS_PER_DAY as u32 / 2;
 
-/// Has the network of `ip` had its part of `to`'s day of `form`'s links?
-/// Counted in memory ([`count_for_the_network`], once the link will go): a
+/// Counts a link of `purposes` to `to` against the network of `ip`'s part
+/// of the address's day, once the link will go. Counted in memory: a
 /// restart of serve forgets it (the day's cap stays).
-pub fn network_had_its_part_of_the_day(state: &WebState, form: &str, to: &EmailAddress, ip: Option<IpAddr>) -> bool {
-    state.inner.day_links_by_network.reached(&network_part_key(form, to, ip), LINKS_PER_NETWORK_PER_DAY)
+pub fn count_for_the_network(state: &WebState, purposes: &[&str], to: &EmailAddress, ip: Option<IpAddr>) {
+    state.inner.day_links_by_network.hit(network_part_key(purposes, to, ip), None, LINKS_PER_NETWORK_PER_DAY);
 }
 
-/// Counts a link of `form` to `to` against the network of `ip`'s part of its day.
-pub fn count_for_the_network(state: &WebState, form: &str, to: &EmailAddress, ip: Option<IpAddr>) {
-    state.inner.day_links_by_network.hit(network_part_key(form, to, ip), None, LINKS_PER_NETWORK_PER_DAY);
-}
-
-fn network_part_key(form: &str, to: &EmailAddress, ip: Option<IpAddr>) -> String {
+fn network_part_key(purposes: &[&str], to: &EmailAddress, ip: Option<IpAddr>) -> String {
     let network = ip.map_or_else(|| "net:unknown".to_owned(), guard::network_key);
-    format!("{form} {} {network}", to.mailbox())
+    format!("{} {} {network}", purposes.join("+"), to.mailbox())
 }
 
 /// Runs `warn` unless it ran (by `last`'s stamp) in the last ten minutes.

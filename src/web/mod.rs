@@ -53,7 +53,7 @@ struct Shared {
     /// ([`mail::HourlyBudget::network_share_left`]).
     mailed_by_network: crate::limit::FixedWindows,
     /// Links of each form mailed to each inbox at each network's requests
-    /// today ([`mail::network_had_its_part_of_the_day`]).
+    /// today ([`mail::count_for_the_network`]).
     day_links_by_network: crate::limit::FixedWindows,
     /// Held from "is a link to this contact already on its way?" until the
     /// new link is recorded: requests that arrive together then mail (and

@@ -186,8 +186,7 @@ async fn start(
     let now = now_ms();
     if on_its_way.is_some_and(|link| carries_a_code(&link) || !takes_contacts)
         || state.registry.live_web_links_to(PURPOSE, &email).await? >= LIVE_LINKS_PER_ADDRESS
-        || mail::address_had_its_day(state, &[PURPOSE], &email).await?
-        || mail::network_had_its_part_of_the_day(state, PURPOSE, &email, ip)
+        || mail::address_had_its_day(state, &[PURPOSE], &email, ip).await?
     {
         return Ok(());
     }
@@ -222,7 +221,7 @@ async fn start(
     if !BUDGET.network_share_left(state, state.web().subscription_mails_per_hour, ip).await? {
         return Ok(());
     }
-    mail::count_for_the_network(state, PURPOSE, &email, ip);
+    mail::count_for_the_network(state, &[PURPOSE], &email, ip);
     let id = links::new_link_id();
     let server_name = &state.config.homeserver.server_name;
     // The link first, the DM after: how soon the mail comes must not tell an

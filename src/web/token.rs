@@ -22,6 +22,8 @@ use crate::tokens::{TokenError, token_for_person};
 pub const PURPOSE: &str = "token";
 /// A claim link went out (the link itself is signed and stateless).
 const CLAIM_MAILED: &str = "claim-mailed";
+/// The links of the way back in, counted together by the caps.
+const WAY_BACK: &[&str] = &[PURPOSE, CLAIM_MAILED];
 const LINK_VALID: Duration = Duration::from_secs(30 * 60);
 const LINK: LinkKind =
     LinkKind { purpose: PURPOSE, again: ("/token", "Ask for a new link"), hint: "ask for a new one" };
@@ -157,21 +159,16 @@ async fn mail_links(
             tracing::info!(user_id = %contact.user_id, "an earlier way-back link still works: nothing new mailed");
             continue;
         }
-        if mail::address_had_its_day(state, &[PURPOSE, CLAIM_MAILED], &contact.address).await? {
-            tracing::info!(user_id = %contact.user_id, "the address had its day's way-back links: nothing new mailed");
+        if mail::address_had_its_day(state, WAY_BACK, &contact.address, ip).await? {
+            tracing::info!(user_id = %contact.user_id, "the address had its day's way-back links (or this network its part): nothing new mailed");
             continue;
         }
-        static BUDGET: mail::HourlyBudget =
-            mail::HourlyBudget::new("web.token_mails_per_hour", &[PURPOSE, CLAIM_MAILED]);
+        static BUDGET: mail::HourlyBudget = mail::HourlyBudget::new("web.token_mails_per_hour", WAY_BACK);
         let per_hour = state.web().token_mails_per_hour;
-        if mail::network_had_its_part_of_the_day(state, PURPOSE, &contact.address, ip) {
-            tracing::info!(user_id = %contact.user_id, "this network asked for half the address's day of way-back links: nothing new mailed");
-            continue;
-        }
         if BUDGET.spent(state, per_hour).await? || !BUDGET.network_share_left(state, per_hour, ip).await? {
             return Ok(());
         }
-        mail::count_for_the_network(state, PURPOSE, &contact.address, ip);
+        mail::count_for_the_network(state, WAY_BACK, &contact.address, ip);
         // Recorded before it is mailed. A claim link is signed, not stored:
         // its row only says that one went out, and until when it works.
         let expires_at = now_ms() + LINK_VALID.as_millis() as i64;
