@@ -547,15 +547,18 @@ fn room_is_gone(err: &matrix_sdk::Error) -> bool {
 
 fn classify(err: matrix_sdk::Error) -> DmError {
     use matrix_sdk::ruma::api::error::ErrorKind;
+    // Another server's words, as Synapse passed them on: kept to one short
+    // line, for the outbox, the log and the admin's terminal.
+    let said = crate::plain_text::short_line(&err.to_string(), 300).into_owned();
     match err.client_api_error_kind() {
         // A 5xx is the server's trouble (its database down, say), whatever
         // code it carries (Synapse's is M_UNKNOWN): tried again later.
-        _ if is_server_error(&err) => DmError::Transient(err.to_string()),
-        Some(ErrorKind::LimitExceeded(_)) => DmError::Transient(format!("rate limited: {err}")),
-        Some(ErrorKind::UnknownToken(_)) | Some(ErrorKind::MissingToken) => DmError::Sender(err.to_string()),
-        Some(_) => DmError::Permanent(err.to_string()),
+        _ if is_server_error(&err) => DmError::Transient(said),
+        Some(ErrorKind::LimitExceeded(_)) => DmError::Transient(format!("rate limited: {said}")),
+        Some(ErrorKind::UnknownToken(_)) | Some(ErrorKind::MissingToken) => DmError::Sender(said),
+        Some(_) => DmError::Permanent(said),
         // Network failures carry no Matrix error code.
-        None => DmError::Transient(err.to_string()),
+        None => DmError::Transient(said),
     }
 }
 

@@ -546,7 +546,7 @@ fn may_be_the_interrupted_runs(details: &UserDetails, persons: &[EmailAddress]) 
 }
 
 /// What a [`restore_held_names`] run did.
-#[derive(Debug, Clone, Default)]
+#[derive(Debug, Clone, Default, Serialize)]
 pub struct NamesReport {
     pub restored: u64,
     /// No longer held on Synapse (gone after another wipe, or unlocked: a

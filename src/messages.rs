@@ -101,7 +101,8 @@ pub fn contact_code(server_name: &str, user_id: &UserId, code: &str, valid_minut
 #[template(path = "messages/contact_added.md", escape = "none")]
 struct ContactAdded<'a> {
     server_name: &'a str,
-    /// Escaped: a visitor typed it.
+    /// A code span: a visitor typed it, and its local part may read as a
+    /// web address that a client would make a link of.
     address: &'a str,
     /// As typed in a command: a code span.
     address_in_command: &'a str,
@@ -110,9 +111,9 @@ struct ContactAdded<'a> {
 /// The word to an account that `address` was added to it from the web
 /// page (Markdown, for a Matrix message), and how to take it off.
 pub fn contact_added(server_name: &str, address: &str) -> String {
-    let escaped = crate::notice::markdown_escape(address);
+    let shown = crate::notice::markdown_code(address);
     let command = crate::notice::markdown_code(&format!("contact remove {address}"));
-    render(ContactAdded { server_name, address: &escaped, address_in_command: &command })
+    render(ContactAdded { server_name, address: &shown, address_in_command: &command })
 }
 
 #[derive(Template)]
@@ -121,7 +122,9 @@ struct SubscribeCode<'a> {
     code: &'a str,
     server_name: &'a str,
     until: &'a str,
-    /// Escaped: a visitor typed it.
+    /// A code span: a visitor typed it, and its local part may read as a
+    /// web address (`example.com/confirm@their.domain`) that a client would
+    /// make a link of, next to the code.
     address: &'a str,
 }
 
@@ -130,7 +133,7 @@ struct SubscribeCode<'a> {
 /// lured onto a stranger's link sees whose address they would add, and
 /// `until`, since the page its link opens names both.
 pub fn subscribe_code(server_name: &str, code: &str, until: &str, address: &str) -> String {
-    render(SubscribeCode { code, server_name, until, address: &crate::notice::markdown_escape(address) })
+    render(SubscribeCode { code, server_name, until, address: &crate::notice::markdown_code(address) })
 }
 
 #[derive(Template)]
@@ -243,7 +246,13 @@ mod tests {
     fn a_subscription_code_dm_warns_never_to_give_the_code_away() {
         let dm = subscribe_code("example.org", "12345678", "2026-12-05 17:30 UTC", "a_b*c@example.net");
         assert!(dm.contains("**12345678**"), "{dm}");
-        assert!(dm.contains("**a\\_b\\*c@example.net** get incident notices"), "the address, shown as typed: {dm}");
+        assert!(dm.contains("that `a_b*c@example.net` get incident notices"), "the address, shown as typed: {dm}");
+        // A local part that reads as a web address is shown as code, which
+        // clients make no link of, whatever its backticks.
+        let typed = "example.com/confirm`@their.example";
+        let dm = subscribe_code("example.org", "12345678", "2026-12-05 17:30 UTC", typed);
+        assert!(dm.contains(&format!("that ``{typed}`` get")), "{dm}");
+        assert!(dm.contains(&format!("only if ``{typed}`` is your own")), "{dm}");
         assert!(dm.contains("It works until 2026-12-05 17:30 UTC"), "{dm}");
         assert!(dm.contains("Never give it to anyone"), "{dm}");
         assert!(dm.contains("nobody from example.org will ever ask you for it"), "{dm}");
@@ -252,7 +261,7 @@ mod tests {
     #[test]
     fn the_word_that_an_address_was_added_says_how_to_take_it_off() {
         let dm = contact_added("example.org", "a_b@example.net");
-        assert!(dm.contains("**a\\_b@example.net** now gets incident notices"), "{dm}");
+        assert!(dm.contains("`a_b@example.net` now gets incident notices"), "{dm}");
         assert!(dm.contains("`contact remove a_b@example.net`"), "{dm}");
     }
 

@@ -19,6 +19,7 @@ use tokio_util::sync::CancellationToken;
 use crate::config::{Config, HoldPolicy};
 use crate::lease::{Held, Lease};
 use crate::pace::{call_in_paced_groups, rest_after};
+use crate::plain_text;
 use crate::recover::service_user_id;
 use crate::registry::{self, Actor, Registry, Rejoin, RejoinOutcome, Room, RoomDetails, RoomRecord, RoomState};
 use crate::synapse::{self, JoinOutcome, LISTING_ATTEMPTS, ListedRoom, StateEvent, SynapseClient};
@@ -703,7 +704,8 @@ pub struct Recreated {
 
 impl Recreated {
     pub fn summary(&self) -> String {
-        let alias = self.alias.as_deref().map(|alias| format!(", alias {alias}")).unwrap_or_default();
+        let alias =
+            self.alias.as_deref().map(|alias| format!(", alias {}", plain_text::one_line(alias))).unwrap_or_default();
         format!(
             "Re-created {} as {}{alias}: {} invited now, {} as they come back.",
             // Its name as others chose it, as notices show one.
@@ -799,16 +801,17 @@ fn made_on(room: &Room, server_name: &str) -> bool {
 }
 
 /// Why a room cannot be re-created, if so: one rule for the CLI and the bot.
+/// Its name is others' words: one short line, nothing a terminal acts on.
 fn recreate_problem(room: &Room) -> Option<String> {
+    let label = plain_text::short_line(room.label(), 200);
     match room.state {
         RoomState::Lost => None,
         RoomState::Recreated => {
-            Some(format!("{} was re-created already, as {}", room.label(), room.recreated_as.as_deref().unwrap_or("?")))
+            Some(format!("{label} was re-created already, as {}", room.recreated_as.as_deref().unwrap_or("?")))
         }
-        RoomState::Here => Some(format!("{} is on this homeserver: there is nothing to re-create", room.label())),
+        RoomState::Here => Some(format!("{label} is on this homeserver: there is nothing to re-create")),
         RoomState::Elsewhere => Some(format!(
-            "{} lives on on other servers: its people are brought back into it as they come back, so it is not re-created",
-            room.label()
+            "{label} lives on on other servers: its people are brought back into it as they come back, so it is not re-created"
         )),
     }
 }
@@ -1154,6 +1157,12 @@ mod tests {
         for state in [RoomState::Here, RoomState::Elsewhere, RoomState::Recreated] {
             assert!(recreate_problem(&room(state)).unwrap().starts_with("Boats "), "{state:?}");
         }
+        // Its name is whatever a room's moderators chose: no escape for the
+        // admin's terminal, no line of its own.
+        let hostile =
+            Room { name: Some("Boats\u{1b}]52;c;ZXZpbA==\u{7}\r\nerror: fake".to_owned()), ..room(RoomState::Here) };
+        let problem = recreate_problem(&hostile).unwrap();
+        assert!(!problem.chars().any(char::is_control), "{problem:?}");
     }
 
     #[test]

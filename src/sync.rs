@@ -216,6 +216,9 @@ pub async fn sync(
         }
         let mut applied = applied;
         registry.keep_still_held(&mut applied.report.unlocked_held).await;
+        // Their service's own again: not strangers for the alert, the
+        // rooms or whoever reads the report.
+        applied.report.recreated.retain(|id| !appservice_ids_back.iter().any(|back| back.as_str() == id));
         Ok::<_, SyncError>(SyncSummary {
             run_id,
             applied,
@@ -426,7 +429,9 @@ fn emails_of(user_id: &str, threepids: &[ThreePid]) -> Vec<(EmailAddress, Option
         .filter_map(|threepid| match EmailAddress::parse(&threepid.address) {
             Ok(email) => Some((email, threepid.validated_at)),
             Err(err) => {
-                tracing::warn!(user_id, error = %err, "skipping an email Synapse holds");
+                // The address as Synapse holds it: one line in the log.
+                let error = crate::plain_text::one_line(&err.to_string()).into_owned();
+                tracing::warn!(user_id, error, "skipping an email Synapse holds");
                 None
             }
         })

@@ -77,8 +77,8 @@ async fn note_database_gone_back(
     Ok(())
 }
 
-/// From when a loss is seen (its time) until Synapse's tokens were checked
-/// for revived ones ("no"): a check Synapse did not answer is tried again
+/// From when a loss is seen (its time and a random part) until Synapse's
+/// tokens were checked for revived ones ("no"): a check Synapse did not answer is tried again
 /// by every sync until one works.
 const REVIVED_TOKENS_CHECK_SETTING: &str = "revived_tokens_check_due";
 
@@ -92,7 +92,9 @@ pub async fn delete_revived_tokens_when_due(
     let pending = registry.setting(REVIVED_TOKENS_CHECK_SETTING).await?.filter(|seen| seen != "no");
     let seen = match (loss_seen, pending) {
         (true, _) => {
-            let seen = now_ms().to_string();
+            // Its own stamp: two processes seeing a loss in the same
+            // millisecond must not clear each other's retry.
+            let seen = format!("{}-{:08x}", now_ms(), rand::random::<u32>());
             registry.set_setting(REVIVED_TOKENS_CHECK_SETTING, &seen).await?;
             seen
         }

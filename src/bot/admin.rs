@@ -698,7 +698,7 @@ mod tests {
         let room = crate::registry::Room { room_id: "!a`b:x".into(), name: Some(name), ..Default::default() };
         let named = room_named(&room);
         assert!(named.chars().count() < 200 && named.contains("evil\\[.\\]example"), "{named}");
-        assert!(named.ends_with("\\!a\\`b:x"), "an ID with a backtick is escaped, not a code span: {named}");
+        assert!(named.ends_with(" ``!a`b:x``"), "an ID with a backtick is a code span all the same: {named}");
         let errors = vec![("a@example.org".to_owned(), format!("550 {}", "no ".repeat(20_000)))];
         let summary = notify_summary(7, &CampaignReport { errors, ..CampaignReport::default() });
         assert!(summary.len() < 1_000, "{}", summary.len());

@@ -6,11 +6,12 @@ use std::io::{BufRead, IsTerminal};
 
 use secrecy::SecretString;
 
-use super::output::{print_json, show_progress, time};
+use super::output::{json_on_failure, print_json, show_progress, time};
 use super::{Context, Failure, Outcome, exit};
 
-use crate::holds::{hand_back, hold_lost_ids, password_problem, release, restore_held_names};
-use crate::registry::{Account, AccountState, Actor};
+use crate::config::Config;
+use crate::holds::{HoldReport, NamesReport, hand_back, hold_lost_ids, password_problem, release, restore_held_names};
+use crate::registry::{Account, AccountState, Actor, Registry};
 use crate::user_id::UserId;
 
 #[derive(clap::Subcommand, Debug)]
@@ -46,7 +47,14 @@ pub enum Command {
     /// Ctrl-C stops it between holds (those under way finish). One hold run
     /// at a time: while another holds (serve's watcher, `incident open`),
     /// this says who and leaves the IDs to it.
-    Make,
+    Make {
+        /// Print what was done as JSON on stdout (`holds`: held, taken,
+        /// failed, unregistrable, stopped; `display_names`: restored,
+        /// not_held, failed, or null when another run restores them or the
+        /// holds were stopped).
+        #[arg(long)]
+        json: bool,
+    },
     /// Give an ID to its person with a new password (the CLI way of a claim).
     ///
     /// For a held ID, or one someone else registered again (recreated): the
@@ -103,56 +111,14 @@ pub async fn run(context: &Context, command: Command) -> Outcome {
             }
             Ok(exit::OK)
         }
-        Command::Make => {
-            let client = context.admin_client_recovering(&config, &registry).await?;
-            // Ctrl-C stops between holds: those under way finish, the rest
-            // wait for the next run.
-            let stop = super::stop_on_signal();
-            let bar = super::output::progress_bar("holding lost IDs");
-            let progress = |done, total| show_progress(&bar, done, total);
-            let report = hold_lost_ids(&config, &registry, &client, &Actor::cli(), true, &progress, &stop)
-                .await
-                .map_err(Failure::failed)?;
-            bar.finish_and_clear();
-            if report.is_empty() {
-                println!("No lost ID is waiting to be held.");
+        Command::Make { json } => {
+            let made = json_on_failure(make(context, &config, &registry).await, json)?;
+            if json {
+                print_json(&made)?;
             } else {
-                println!("{}.", report.summary());
+                show_made(&made);
             }
-            for (user_id, reason) in report.failed.iter().take(10) {
-                eprintln!("not held yet: {user_id}: {reason}");
-            }
-            if report.stopped {
-                return Ok(exit::FAILED);
-            }
-            let bar = super::output::progress_bar("restoring display names");
-            let progress = |done, total| show_progress(&bar, done, total);
-            let names = restore_held_names(&registry, &client, &progress, &stop).await?;
-            bar.finish_and_clear();
-            let names_failed = match names {
-                None => {
-                    println!("Display names are being restored by another run.");
-                    false
-                }
-                Some(names) => {
-                    if names.restored > 0 {
-                        let accounts = crate::plural::count(names.restored as i64, "held account", "held accounts");
-                        println!("Restored the display names of {accounts}.");
-                    }
-                    if names.not_held > 0 {
-                        let accounts =
-                            crate::plural::count(names.not_held as i64, "held account is", "held accounts are");
-                        println!(
-                            "{accounts} no longer held on Synapse (gone, or someone else's account now): their names were left alone; the next sync settles them."
-                        );
-                    }
-                    if let Some(reason) = &names.first_failure {
-                        eprintln!("{} display names not restored yet (tried again next time): {reason}", names.failed);
-                    }
-                    names.failed > 0 || names.stopped
-                }
-            };
-            Ok(if report.failed.is_empty() && !names_failed { exit::OK } else { exit::FAILED })
+            Ok(if made.all_done() { exit::OK } else { exit::FAILED })
         }
         Command::Claim { id } => {
             let account = known_account(&registry, &id).await?;
@@ -193,8 +159,77 @@ pub async fn run(context: &Context, command: Command) -> Outcome {
     }
 }
 
+/// What `holds make` did: the holds, then the held accounts' display names
+/// (`None`: another run restores them, or the holds were stopped first).
+#[derive(serde::Serialize)]
+struct Made {
+    holds: HoldReport,
+    display_names: Option<NamesReport>,
+}
+
+impl Made {
+    /// Nothing failed or was stopped: no run is needed again.
+    fn all_done(&self) -> bool {
+        let names_done = self.display_names.as_ref().is_none_or(|names| names.failed == 0 && !names.stopped);
+        self.holds.failed.is_empty() && !self.holds.stopped && names_done
+    }
+}
+
+/// Holds every lost ID that is still free, then restores the held
+/// accounts' display names, with progress bars on a terminal.
+async fn make(context: &Context, config: &Config, registry: &Registry) -> Result<Made, Failure> {
+    let client = context.admin_client_recovering(config, registry).await?;
+    // Ctrl-C stops between holds: those under way finish, the rest wait
+    // for the next run.
+    let stop = super::stop_on_signal();
+    let bar = super::output::progress_bar("holding lost IDs");
+    let progress = |done, total| show_progress(&bar, done, total);
+    let holds = hold_lost_ids(config, registry, &client, &Actor::cli(), true, &progress, &stop)
+        .await
+        .map_err(Failure::failed)?;
+    bar.finish_and_clear();
+    if holds.stopped {
+        return Ok(Made { holds, display_names: None });
+    }
+    let bar = super::output::progress_bar("restoring display names");
+    let progress = |done, total| show_progress(&bar, done, total);
+    let display_names = restore_held_names(registry, &client, &progress, &stop).await?;
+    bar.finish_and_clear();
+    Ok(Made { holds, display_names })
+}
+
+fn show_made(Made { holds, display_names }: &Made) {
+    if holds.is_empty() {
+        println!("No lost ID is waiting to be held.");
+    } else {
+        println!("{}.", holds.summary());
+    }
+    for (user_id, reason) in holds.failed.iter().take(10) {
+        eprintln!("not held yet: {user_id}: {reason}");
+    }
+    match display_names {
+        None if holds.stopped => {}
+        None => println!("Display names are being restored by another run."),
+        Some(names) => {
+            if names.restored > 0 {
+                let accounts = crate::plural::count(names.restored as i64, "held account", "held accounts");
+                println!("Restored the display names of {accounts}.");
+            }
+            if names.not_held > 0 {
+                let accounts = crate::plural::count(names.not_held as i64, "held account is", "held accounts are");
+                println!(
+                    "{accounts} no longer held on Synapse (gone, or someone else's account now): their names were left alone; the next sync settles them."
+                );
+            }
+            if let Some(reason) = &names.first_failure {
+                eprintln!("{} display names not restored yet (tried again next time): {reason}", names.failed);
+            }
+        }
+    }
+}
+
 /// The account of a Matrix ID the registry knows, or the sentence saying why not.
-async fn known_account(registry: &crate::registry::Registry, text: &str) -> Result<Account, Failure> {
+async fn known_account(registry: &Registry, text: &str) -> Result<Account, Failure> {
     let user_id =
         UserId::parse(text).map_err(|err| Failure::new(exit::USAGE, format!("`{text}` is not a Matrix ID: {err}")))?;
     registry.account(&user_id).await?.ok_or_else(|| {

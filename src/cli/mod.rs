@@ -246,10 +246,16 @@ pub fn main() -> ExitCode {
     match outcome {
         Ok(code) => ExitCode::from(code),
         Err(failure) => {
-            eprintln!("error: {}", failure.message);
+            eprintln!("error: {}", on_a_terminal(&failure.message));
             ExitCode::from(failure.code)
         }
     }
+}
+
+/// A failure's sentence may quote others' words (a room's name, a remote
+/// server's refusal): each of its lines with nothing a terminal would act on.
+fn on_a_terminal(message: &str) -> String {
+    message.lines().map(crate::plain_text::one_line).collect::<Vec<_>>().join("\n")
 }
 
 async fn run(cli: Cli) -> Outcome {
@@ -384,4 +390,15 @@ fn init_logging(verbose: u8) {
         .with_target(false)
         .with_ansi(ansi)
         .init();
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn a_failure_quoting_others_words_reaches_the_terminal_without_its_escapes() {
+        let said = "room \u{1b}[2J\u{1b}]52;c;ZXZpbA==\u{7}Boats\r refused\nrun it again";
+        let shown = super::on_a_terminal(said);
+        assert!(!shown.contains('\u{1b}') && !shown.contains('\r') && !shown.contains('\u{7}'), "{shown:?}");
+        assert_eq!(shown.lines().count(), 2, "its own lines stay: {shown:?}");
+    }
 }

@@ -1,13 +1,14 @@
-//! `lifeboat notify ID [--dry-run] [--yes]`
+//! `lifeboat notify ID [--dry-run] [--yes] [--json]`
 
 use indicatif::ProgressBar;
 use tokio_util::sync::CancellationToken;
 
-use super::output::{ask_yes, progress_bar, show_progress};
+use super::output::{ask_yes, json_on_failure, print_json, progress_bar, show_progress};
 use super::{Context, Failure, Outcome, exit};
-use crate::campaign::{CampaignError, CampaignOptions, notice_settings, run_campaign};
-use crate::notify::{NotifyProgress, plan};
-use crate::registry::{Actor, now_ms};
+use crate::campaign::{CampaignError, CampaignOptions, CampaignReport, notice_settings, run_campaign};
+use crate::notify::{NotifyPlan, NotifyProgress, plan};
+use crate::plain_text::one_line;
+use crate::registry::{Actor, DeliveryCounts, Incident, now_ms};
 
 #[derive(clap::Args, Debug)]
 pub struct Args {
@@ -23,6 +24,12 @@ pub struct Args {
     /// that has since been fixed).
     #[arg(long)]
     retry_failed: bool,
+    /// Print one JSON object on stdout: `incident`, `plan` (the counts),
+    /// `sample` (a dry run's first email) and `sent` (tokens created,
+    /// `deliveries` by state, `errors`); needs --yes or --dry-run. The exit
+    /// code is the same as without it.
+    #[arg(long)]
+    json: bool,
 }
 
 /// The progress bar, and Ctrl-C or SIGTERM asking the run to wind down.
@@ -47,6 +54,58 @@ impl NotifyProgress for Bar {
 }
 
 pub async fn run(context: &Context, args: Args) -> Outcome {
+    if args.json && !args.yes && !args.dry_run {
+        return Err(Failure::new(
+            exit::USAGE,
+            "--json needs --yes or --dry-run: lifeboat cannot ask before sending while it prints JSON",
+        ));
+    }
+    let json = args.json;
+    let notified = json_on_failure(notify(context, args).await, json)?;
+    if json {
+        print_json(&notified)?;
+    }
+    match notified.unfinished {
+        Some(failure) => Err(failure),
+        None => Ok(exit::OK),
+    }
+}
+
+/// What `notify` did, as `--json` prints it.
+#[derive(serde::Serialize)]
+struct Notified {
+    incident: i64,
+    plan: NotifyPlan,
+    /// The dry run's first email, as it would go (placeholder token and signatures).
+    sample: Option<Sample>,
+    /// What the send did; none on a dry run, or when nothing was sent.
+    sent: Option<Sent>,
+    /// Why a run is needed again (printed on stderr, not in the JSON).
+    #[serde(skip)]
+    unfinished: Option<Failure>,
+}
+
+#[derive(serde::Serialize)]
+struct Sample {
+    to: String,
+    subject: String,
+    text: String,
+}
+
+#[derive(serde::Serialize)]
+struct Sent {
+    tokens_created: u64,
+    tokens_extended: u64,
+    deliveries: DeliveryCounts,
+    /// A few addresses whose notices are not done, with why.
+    errors: Vec<(String, String)>,
+    /// DMs left to the `lifeboat serve` that has the device's crypto store
+    /// open: its name, and how many.
+    dms_left_to: Option<(String, i64)>,
+}
+
+async fn notify(context: &Context, args: Args) -> Result<Notified, Failure> {
+    let text = !args.json;
     let (config, registry) = context.open().await?;
     let incident = registry.require_incident(args.id).await?;
     if incident.resolved_at.is_some() {
@@ -56,18 +115,9 @@ pub async fn run(context: &Context, args: Args) -> Outcome {
         )));
     }
     let planned = plan(&config, &registry, incident.id).await.map_err(Failure::failed)?;
-    println!(
-        "Incident {} \"{}\": {} affected; {} emails to {} people; {} affected people have no email contact; {} registration tokens to create.",
-        incident.id,
-        incident.title,
-        planned.affected,
-        planned.emails.emails,
-        planned.emails.people_with_email,
-        planned.emails.people_without_channel,
-        planned.tokens_to_create
-    );
-    println!("Matrix DMs: {} (to affected accounts that exist now and to Matrix-ID contacts).", planned.dms);
-    println!("Unreachable by any channel: {} affected people.", planned.unreachable);
+    if text {
+        show_plan(&incident, &planned);
+    }
     if config.web.is_none() {
         let claims = if config.recovery.mode == crate::config::RecoveryMode::Reclaim {
             ", and people whose ID is held get no claim link: their notice tells them to ask an admin to hand it back (`lifeboat holds claim`)"
@@ -80,27 +130,24 @@ pub async fn run(context: &Context, args: Args) -> Outcome {
         eprintln!("note: {holds_first}");
     }
     let settings = notice_settings(&config, &registry, &incident).await?;
+    let mut notified = Notified { incident: incident.id, plan: planned, sample: None, sent: None, unfinished: None };
 
     if args.dry_run {
         // The first email, as it would go. Tokens are placeholders: none is created.
-        if let Some(mut sample) = registry.email_recipients(incident.id).await?.into_iter().next() {
-            sample.token = Some("SAMPLE-TOKEN-not-valid".to_owned());
-            sample.token_expires_at = Some(now_ms() + config.tokens.expiry.as_millis() as i64);
-            let rendered = settings.render(&incident, &sample);
-            println!(
-                "--- sample email to {} (the token and the links' signatures are placeholders) ---",
-                sample.address
-            );
-            println!("Subject: {}\n\n{}", rendered.subject, unusable_links(&rendered.text));
-            println!("--- end of sample ---");
+        if let Some(mut first) = registry.email_recipients(incident.id).await?.into_iter().next() {
+            first.token = Some("SAMPLE-TOKEN-not-valid".to_owned());
+            first.token_expires_at = Some(now_ms() + config.tokens.expiry.as_millis() as i64);
+            let rendered = settings.render(&incident, &first);
+            let text = unusable_links(&rendered.text);
+            notified.sample = Some(Sample { to: first.address, subject: rendered.subject, text });
         }
-        if planned.emails.emails == 0 {
-            println!("No affected person has an email contact: no email would be sent.");
+        if text {
+            show_dry_run(&notified);
         }
-        println!("Dry run: nothing was created or sent.");
-        return Ok(exit::OK);
+        return Ok(notified);
     }
 
+    let planned = &notified.plan;
     let question = match config.email {
         Some(_) => format!("Send {} emails and {} Matrix DMs now? [y/N]", planned.emails.emails, planned.dms),
         None if planned.dms > 0 => {
@@ -117,7 +164,7 @@ pub async fn run(context: &Context, args: Args) -> Outcome {
     let without_terminal = "stdin is not a terminal, so lifeboat cannot ask before sending: pass --yes to send";
     if !args.yes && !ask_yes(&question, without_terminal).await? {
         println!("Nothing sent.");
-        return Ok(exit::OK);
+        return Ok(notified);
     }
 
     let stop = super::stop_on_signal();
@@ -138,6 +185,48 @@ pub async fn run(context: &Context, args: Args) -> Outcome {
         CampaignError::Stopped => Failure::new(exit::INTERRUPTED, err),
         other => Failure::failed(other),
     })?;
+    if text {
+        show_sent(&report, incident.id);
+    }
+    notified.unfinished = unfinished(&report, &notified.plan, config.email.is_some(), stop.is_cancelled(), incident.id);
+    notified.sent = Some(Sent {
+        tokens_created: report.tokens_created,
+        tokens_extended: report.tokens_extended,
+        deliveries: report.counts,
+        errors: report.errors,
+        dms_left_to: report.dms_left_to,
+    });
+    Ok(notified)
+}
+
+fn show_plan(incident: &Incident, planned: &NotifyPlan) {
+    println!(
+        "Incident {} \"{}\": {} affected; {} emails to {} people; {} affected people have no email contact; {} registration tokens to create.",
+        incident.id,
+        incident.title,
+        planned.affected,
+        planned.emails.emails,
+        planned.emails.people_with_email,
+        planned.emails.people_without_channel,
+        planned.tokens_to_create
+    );
+    println!("Matrix DMs: {} (to affected accounts that exist now and to Matrix-ID contacts).", planned.dms);
+    println!("Unreachable by any channel: {} affected people.", planned.unreachable);
+}
+
+fn show_dry_run(notified: &Notified) {
+    if let Some(sample) = &notified.sample {
+        println!("--- sample email to {} (the token and the links' signatures are placeholders) ---", sample.to);
+        println!("Subject: {}\n\n{}", sample.subject, sample.text);
+        println!("--- end of sample ---");
+    }
+    if notified.plan.emails.emails == 0 {
+        println!("No affected person has an email contact: no email would be sent.");
+    }
+    println!("Dry run: nothing was created or sent.");
+}
+
+fn show_sent(report: &CampaignReport, incident: i64) {
     if report.tokens_created > 0 {
         println!("Created {} registration tokens in Synapse.", report.tokens_created);
     }
@@ -155,31 +244,44 @@ pub async fn run(context: &Context, args: Args) -> Outcome {
     if let Some((holder, left)) = report.dms_left_to.as_ref().filter(|(_, left)| *left > 0) {
         println!(
             "{left} Matrix DMs are left to the lifeboat process that has the device's crypto store open ({holder}): \
-             `lifeboat serve`'s delivery worker sends them; `lifeboat incident show {}` counts them.",
-            incident.id
+             `lifeboat serve`'s delivery worker sends them; `lifeboat incident show {incident}` counts them."
         );
     }
-    let (unfinished, id) = (report.unfinished(), incident.id);
-    if unfinished == 0 && (config.email.is_some() || planned.emails.emails == 0) {
-        return Ok(exit::OK);
+    if report.unfinished() > 0 {
+        // A refusal may be another server's words: one line each.
+        for (address, error) in &report.errors {
+            println!("  {}: {}", one_line(address), one_line(error));
+        }
     }
-    if unfinished == 0 {
-        return Err(Failure::failed(format!(
+}
+
+/// Why `notify` must run again, if it must: notices not sent, or emails
+/// waiting for an [email] section.
+fn unfinished(
+    report: &CampaignReport,
+    planned: &NotifyPlan,
+    can_mail: bool,
+    stopped: bool,
+    id: i64,
+) -> Option<Failure> {
+    let unfinished = report.unfinished();
+    if unfinished == 0 && (can_mail || planned.emails.emails == 0) {
+        return None;
+    }
+    Some(Failure::failed(if unfinished == 0 {
+        format!(
             "{} emails were not sent: there is no [email] section; add one (see config.example.toml) and run `lifeboat notify {id} --yes` again: it sends only what is missing",
             planned.emails.emails
-        )));
-    }
-    if stop.is_cancelled() {
-        return Err(Failure::failed(format!(
+        )
+    } else if stopped {
+        format!(
             "interrupted: {unfinished} notices are not sent yet; run `lifeboat notify {id} --yes` again: it sends only what is missing"
-        )));
-    }
-    for (address, error) in &report.errors {
-        println!("  {address}: {error}");
-    }
-    Err(Failure::failed(format!(
-        "{unfinished} notices were not delivered; fix the cause above and run `lifeboat notify {id} --yes` again: it sends only what is missing (add --retry-failed to also resend those that failed for good)"
-    )))
+        )
+    } else {
+        format!(
+            "{unfinished} notices were not delivered; fix the cause above and run `lifeboat notify {id} --yes` again: it sends only what is missing (add --retry-failed to also resend those that failed for good)"
+        )
+    }))
 }
 
 /// The sample's signed links (unsubscribe, claim) with their signatures

@@ -14,6 +14,18 @@ pub fn print_json(value: &impl Serialize) -> Result<(), Failure> {
     Ok(())
 }
 
+/// A command's failure, printed as `{"error": "…"}` on stdout too when it
+/// prints JSON (`json`): scripts get one object whatever happens.
+pub fn json_on_failure<T>(result: Result<T, Failure>, json: bool) -> Result<T, Failure> {
+    if let Err(failure) = &result
+        && json
+        && failure.code == exit::FAILED
+    {
+        print_json(&serde_json::json!({"error": failure.message}))?;
+    }
+    result
+}
+
 /// `2026-11-25T19:30:00Z`, or `-` for none.
 pub fn time(ms: Option<i64>) -> String {
     ms.and_then(crate::registry::format_time).unwrap_or_else(|| "-".to_owned())

@@ -93,18 +93,22 @@ pub async fn run(context: &Context, command: Command) -> Outcome {
             } else {
                 println!("{}.", report.summary());
             }
+            // IDs and refusals from Synapse and other servers: one line each.
             for (who, room, reason) in report.failed.iter().take(10) {
-                eprintln!("not yet: {who} in {room}: {reason}");
+                eprintln!("not yet: {} in {}: {}", one_line(who), one_line(room), one_line(reason));
             }
             for (room, reason) in report.given_up.iter().take(10) {
+                let (room, reason) = (one_line(room), one_line(reason));
                 eprintln!("given up: {room}: {reason} (`lifeboat rooms rejoin --retry` tries again)");
             }
             for room in report.held_back.iter().take(10) {
                 eprintln!(
-                    "held back: {room}: a stranger holds a former member's ID (`lifeboat holds list` shows it as recreated)"
+                    "held back: {}: a stranger holds a former member's ID (`lifeboat holds list` shows it as recreated)",
+                    one_line(room)
                 );
             }
             for room in report.waiting_for_holds.iter().take(10) {
+                let room = one_line(room);
                 eprintln!("waiting: {room}: a former member's ID is not held yet (`lifeboat holds make` holds it)");
             }
             let done = report.failed.is_empty()

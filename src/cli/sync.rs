@@ -4,7 +4,9 @@ use std::sync::atomic::{AtomicBool, Ordering};
 
 use indicatif::ProgressBar;
 
-use super::output::{id_list, print_json, progress_bar, show_listing, show_progress, unlocked_held_line};
+use super::output::{
+    id_list, json_on_failure, print_json, progress_bar, show_listing, show_progress, unlocked_held_line,
+};
 use super::{Context, Failure, Outcome, exit};
 use crate::registry::Actor;
 use crate::sync::{SyncError, SyncOptions, SyncProgress, sync};
@@ -59,15 +61,7 @@ impl SyncProgress for Bar {
 }
 
 pub async fn run(context: &Context, args: Args) -> Outcome {
-    let summary = match synced(context, args.full_speed).await {
-        Ok(summary) => summary,
-        Err(failure) if args.json && failure.code == exit::FAILED => {
-            // Scripts get one object whatever happens: here, the error.
-            print_json(&serde_json::json!({"error": failure.message}))?;
-            return Err(failure);
-        }
-        Err(failure) => return Err(failure),
-    };
+    let summary = json_on_failure(synced(context, args.full_speed).await, args.json)?;
     if args.json {
         print_json(&summary)?;
     }

@@ -325,10 +325,20 @@ fn markdown_url(url: &str) -> String {
     if plain { format!("<{url}>") } else { markdown_escape(url) }
 }
 
-/// A code span (easy to copy, shown literally); escaped text if the value
-/// has a backtick of its own.
+/// A code span: easy to copy, shown literally, and never made a link by a
+/// client. Fenced by more backticks than the value has in a row, and
+/// padded by a space (which CommonMark takes off) when the value begins or
+/// ends with one.
 pub fn markdown_code(text: &str) -> String {
-    if text.contains('`') { markdown_escape(text) } else { format!("`{text}`") }
+    let mut longest_run = 0;
+    let mut run = 0;
+    for c in text.chars() {
+        run = if c == '`' { run + 1 } else { 0 };
+        longest_run = longest_run.max(run);
+    }
+    let fence = "`".repeat(longest_run + 1);
+    let pad = if text.starts_with('`') || text.ends_with('`') { " " } else { "" };
+    format!("{fence}{pad}{text}{pad}{fence}")
 }
 
 #[cfg(test)]

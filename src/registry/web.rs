@@ -13,6 +13,19 @@ pub struct MailableContact {
     pub address: EmailAddress,
 }
 
+/// A link the web page is about to mail.
+pub struct NewWebLink<'a> {
+    pub id: &'a str,
+    pub purpose: &'a str,
+    pub user_id: &'a UserId,
+    pub address: &'a EmailAddress,
+    /// What the link's code is, or that it carries none yet (a marker).
+    pub code_hash: Option<&'a str>,
+    pub expires_at: i64,
+    /// The network of whoever asked for it (the web page's network key).
+    pub asked_from: Option<&'a str>,
+}
+
 #[derive(Debug, Clone, sqlx::FromRow)]
 pub struct WebLink {
     pub purpose: String,
@@ -62,15 +75,8 @@ impl Registry {
 
     /// Records a link before it is mailed. Expired links are swept here, so
     /// the table stays small without a job of its own.
-    pub async fn create_web_link(
-        &self,
-        id: &str,
-        purpose: &str,
-        user_id: &UserId,
-        address: &EmailAddress,
-        code_hash: Option<&str>,
-        expires_at: i64,
-    ) -> Result<()> {
+    pub async fn create_web_link(&self, link: NewWebLink<'_>) -> Result<()> {
+        let NewWebLink { id, purpose, user_id, address, code_hash, expires_at, asked_from } = link;
         let now = now_ms();
         // Kept a day past expiry, so "expired" can still be told from
         // "unknown", and a day's links can be counted.
@@ -79,8 +85,8 @@ impl Registry {
             .execute(&self.pool)
             .await?;
         sqlx::query(
-            "INSERT INTO web_links (id, purpose, user_id, address, code_hash, created_at, expires_at, mailbox) \
-             VALUES ($1, $2, $3, $4, $5, $6, $7, $8)",
+            "INSERT INTO web_links (id, purpose, user_id, address, code_hash, created_at, expires_at, mailbox, network) \
+             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9)",
         )
         .bind(id)
         .bind(purpose)
@@ -90,6 +96,7 @@ impl Registry {
         .bind(now)
         .bind(expires_at)
         .bind(address.mailbox())
+        .bind(asked_from)
         .execute(&self.pool)
         .await?;
         Ok(())
@@ -187,15 +194,24 @@ impl Registry {
     }
 
     /// How many links for `purpose` were made for `address` since `since`,
-    /// used, expired or live, whose email was not given up.
-    pub async fn web_links_to_since(&self, purpose: &str, address: &EmailAddress, since: i64) -> Result<i64> {
+    /// used, expired or live, whose email was not given up: in all, and of
+    /// those, how many were asked from `network`.
+    pub async fn web_links_to_since(
+        &self,
+        purpose: &str,
+        address: &EmailAddress,
+        since: i64,
+        network: &str,
+    ) -> Result<(i64, i64)> {
         let sql = format!(
-            "SELECT COUNT(*) FROM web_links WHERE purpose = $1 AND mailbox = $2 AND created_at > $3 AND {MAY_ARRIVE}"
+            "SELECT COUNT(*), COUNT(CASE WHEN network = $4 THEN 1 END) FROM web_links \
+             WHERE purpose = $1 AND mailbox = $2 AND created_at > $3 AND {MAY_ARRIVE}"
         );
-        Ok(sqlx::query_scalar(sqlx::AssertSqlSafe(sql))
+        Ok(sqlx::query_as(sqlx::AssertSqlSafe(sql))
             .bind(purpose)
             .bind(address.mailbox())
             .bind(since)
+            .bind(network)
             .fetch_one(&self.pool)
             .await?)
     }

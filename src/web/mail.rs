@@ -109,41 +109,32 @@ impl HourlyBudget {
 const LINKS_PER_ADDRESS_PER_DAY: i64 = 6;
 
 /// Has `to` been mailed its day's links of `purposes` (those on their way,
-/// or that arrived), or the network of `ip` asked for its part of them
-/// ([`count_for_the_network`])?
+/// or that arrived), or the network of `ip` asked for its part of them?
 pub async fn address_had_its_day(
     state: &WebState,
     purposes: &[&str],
     to: &EmailAddress,
     ip: Option<IpAddr>,
 ) -> Result<bool, WebError> {
-    if state.inner.day_links_by_network.reached(&network_part_key(purposes, to, ip), LINKS_PER_NETWORK_PER_DAY) {
-        return Ok(true);
-    }
-    let day_ago = now_ms() - DAY_MS;
-    let mut mailed = 0;
+    let (day_ago, network) = (now_ms() - DAY_MS, asked_from(ip));
+    let (mut mailed, mut asked_by_network) = (0, 0);
     for purpose in purposes {
-        mailed += state.registry.web_links_to_since(purpose, to, day_ago).await?;
+        let (to_address, from_network) = state.registry.web_links_to_since(purpose, to, day_ago, &network).await?;
+        mailed += to_address;
+        asked_by_network += from_network;
     }
-    Ok(mailed >= LINKS_PER_ADDRESS_PER_DAY)
+    Ok(mailed >= LINKS_PER_ADDRESS_PER_DAY || asked_by_network >= LINKS_PER_NETWORK_PER_DAY)
 }
 
 /// The part of an address's day of links (of one form) that one network
 /// may ask for: whoever keeps asking for someone else's way back in, or
 /// keeps typing their address, uses up half of its day, not all of it, and
 /// its owner asking from elsewhere still gets theirs.
-const LINKS_PER_NETWORK_PER_DAY: u32 = LINKS_PER_ADDRESS_PER_DAY as u32 / 2;
+const LINKS_PER_NETWORK_PER_DAY: i64 = LINKS_PER_ADDRESS_PER_DAY / 2;
 
-/// Counts a link of `purposes` to `to` against the network of `ip`'s part
-/// of the address's day, once the link will go. Counted in memory: a
-/// restart of serve forgets it (the day's cap stays).
-pub fn count_for_the_network(state: &WebState, purposes: &[&str], to: &EmailAddress, ip: Option<IpAddr>) {
-    state.inner.day_links_by_network.hit(network_part_key(purposes, to, ip), None, LINKS_PER_NETWORK_PER_DAY);
-}
-
-fn network_part_key(purposes: &[&str], to: &EmailAddress, ip: Option<IpAddr>) -> String {
-    let network = ip.map_or_else(|| "net:unknown".to_owned(), guard::network_key);
-    format!("{} {} {network}", purposes.join("+"), to.mailbox())
+/// The network a link is asked from, as its row records it.
+pub fn asked_from(ip: Option<IpAddr>) -> String {
+    ip.map_or_else(|| "net:unknown".to_owned(), guard::network_key)
 }
 
 /// Runs `warn` unless it ran (by `last`'s stamp) in the last ten minutes.

@@ -52,9 +52,6 @@ struct Shared {
     /// Links mailed at each network's requests this hour, per budget
     /// ([`mail::HourlyBudget::network_share_left`]).
     mailed_by_network: crate::limit::FixedWindows,
-    /// Links of each form mailed to each inbox at each network's requests
-    /// today ([`mail::count_for_the_network`]).
-    day_links_by_network: crate::limit::FixedWindows,
     /// Held from "is a link to this contact already on its way?" until the
     /// new link is recorded: requests that arrive together then mail (and
     /// DM) one link, as requests one after another do. One per page: a
@@ -77,10 +74,6 @@ impl WebState {
             can_mail: services.mailer.is_some(),
             limiter: RateLimiter::new(web.rate_limit_per_ip, web.rate_limit_per_target, web.rate_limit_window),
             mailed_by_network: crate::limit::FixedWindows::new("per-network mail share", Duration::from_secs(3600)),
-            day_links_by_network: crate::limit::FixedWindows::new(
-                "links per address and network",
-                Duration::from_millis(crate::registry::DAY_MS as u64),
-            ),
             token_links: tokio::sync::Mutex::new(()),
             subscription_links: tokio::sync::Mutex::new(()),
             status_cache: status::Cache::default(),

@@ -18,7 +18,9 @@ use super::links::{self, LinkFields, LinkKind};
 use super::pages::{self, CheckedForm, Chrome, LinkQuery, Message, PublicForm, WebError};
 use super::{WebState, mail};
 use crate::email::EmailAddress;
-use crate::registry::{Actor, AddContact, ContactAddress, ContactSource, DAY_MS, MessageKind, WebLink, now_ms};
+use crate::registry::{
+    Actor, AddContact, ContactAddress, ContactSource, DAY_MS, MessageKind, NewWebLink, WebLink, now_ms,
+};
 use crate::synapse::SynapseClient;
 use crate::user_id::UserId;
 
@@ -221,7 +223,6 @@ async fn start(
     if !BUDGET.network_share_left(state, state.web().subscription_mails_per_hour, ip).await? {
         return Ok(());
     }
-    mail::count_for_the_network(state, &[PURPOSE], &email, ip);
     let id = links::new_link_id();
     let server_name = &state.config.homeserver.server_name;
     // The link first, the DM after: how soon the mail comes must not tell an
@@ -232,7 +233,16 @@ async fn start(
     // inbox cannot tell a known account whose DM failed from an unknown one,
     // by the first mail nor by a second.
     let recorded = if code_to_send.is_some() { Some(marked_hash(UNDELIVERED_PREFIX)) } else { hash.clone() };
-    state.registry.create_web_link(&id, PURPOSE, &user_id, &email, recorded.as_deref(), expires_at).await?;
+    let link = NewWebLink {
+        id: &id,
+        purpose: PURPOSE,
+        user_id: &user_id,
+        address: &email,
+        code_hash: recorded.as_deref(),
+        expires_at,
+        asked_from: Some(&mail::asked_from(ip)),
+    };
+    state.registry.create_web_link(link).await?;
 
     let url = links::link_url(&state.web().public_url, key, "/subscribe/confirm", PURPOSE, &id);
     let email_text = mail::LinkEmail {

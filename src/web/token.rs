@@ -16,7 +16,7 @@ use super::links::{self, LinkFields, LinkKind};
 use super::pages::{self, CheckedForm, Chrome, LinkQuery, Message, PublicForm, WebError};
 use super::{WebState, mail};
 use crate::holds::{WayBack, way_back};
-use crate::registry::{ContactAddress, MailableContact, OldName, now_ms};
+use crate::registry::{ContactAddress, MailableContact, NewWebLink, OldName, now_ms};
 use crate::tokens::{TokenError, token_for_person};
 
 pub const PURPOSE: &str = "token";
@@ -168,11 +168,19 @@ async fn mail_links(
         if BUDGET.spent(state, per_hour).await? || !BUDGET.network_share_left(state, per_hour, ip).await? {
             return Ok(());
         }
-        mail::count_for_the_network(state, WAY_BACK, &contact.address, ip);
         // Recorded before it is mailed. A claim link is signed, not stored:
         // its row only says that one went out, and until when it works.
         let expires_at = now_ms() + LINK_VALID.as_millis() as i64;
-        state.registry.create_web_link(&id, purpose, &contact.user_id, &contact.address, None, expires_at).await?;
+        let link = NewWebLink {
+            id: &id,
+            purpose,
+            user_id: &contact.user_id,
+            address: &contact.address,
+            code_hash: None,
+            expires_at,
+            asked_from: Some(&mail::asked_from(ip)),
+        };
+        state.registry.create_web_link(link).await?;
         mail::send(state, &id, &contact.address, email, Some((incident, &contact.user_id)), expires_at).await?;
         tracing::info!(user_id = %contact.user_id, "way-back link queued");
     }

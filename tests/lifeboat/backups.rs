@@ -124,7 +124,16 @@ async fn round_trip(from: TestDatabase, to: TestDatabase) {
         .await
         .unwrap();
     // Run-time rows pointing at accounts (a web link, a pending code) do not block --replace.
-    target.create_web_link("link-1", "token", &id("@a:x"), &email("a@example.org"), None, i64::MAX / 2).await.unwrap();
+    let link = lifeboat::registry::NewWebLink {
+        id: "link-1",
+        purpose: "token",
+        user_id: &id("@a:x"),
+        address: &email("a@example.org"),
+        code_hash: None,
+        expires_at: i64::MAX / 2,
+        asked_from: None,
+    };
+    target.create_web_link(link).await.unwrap();
     let limits = lifeboat::registry::CODE_LIMITS;
     target.start_contact_verification(&id("@a:x"), &email("a@example.org"), "123456", 60_000, limits).await.unwrap();
     let refused =

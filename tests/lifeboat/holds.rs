@@ -1088,6 +1088,8 @@ async fn ids_a_bridge_registers_again_after_a_wipe_are_its_own_not_strangers() {
     let synced = lifeboat.run(&["sync"]).await;
     assert_eq!(synced.code, 0, "{synced:?}");
     assert!(synced.stdout.contains(&format!("application service (bridge) that had them, so its own: {bridged_id}")));
+    let recreated = synced.stdout.lines().find(|line| line.contains("recreated (same ID")).unwrap();
+    assert!(recreated.contains(&other_id) && !recreated.contains(&bridged_id), "{recreated}");
     let lifeboat = &lifeboat;
     let state = |user_id: String| async move {
         let shown = lifeboat.run(&["users", "show", &user_id, "--json"]).await;
@@ -1302,6 +1304,14 @@ async fn a_lost_id_synapse_makes_for_nobody_holds_no_notice_back_and_its_person_
     assert!(!text.contains("can be registered again if nobody took it first"), "{text}");
     let made = lifeboat.run(&["holds", "make"]).await;
     assert!(made.stdout.contains("IDs Synapse makes for nobody"), "asked, it tries again: {made:?}");
+    let made = lifeboat.run(&["holds", "make", "--json"]).await;
+    assert_eq!(made.code, 0, "nothing failed: {made:?}");
+    let (holds, names) = (&made.json()["holds"], &made.json()["display_names"]);
+    assert_eq!(holds["unregistrable"], serde_json::json!([bridged.as_str()]), "{made:?}");
+    assert_eq!(
+        (&holds["failed"], &holds["stopped"], &names["failed"]),
+        (&serde_json::json!([]), &false.into(), &0.into())
+    );
 }
 
 /// lifeboat's own ID, lost in a wipe nobody undid through the shared

@@ -150,14 +150,25 @@ async fn after_the_seed_incident_each_contact_gets_one_email_with_a_working_toke
     assert!(synapse.registration_tokens().await.is_empty(), "a dry run creates no token in Synapse");
     let shown = lifeboat.run(&["incident", "show", &id, "--json"]).await.json();
     assert_eq!(shown["deliveries"]["pending"], 0, "a dry run plans no delivery");
+    let dry = lifeboat.run(&["notify", &id, "--dry-run", "--json"]).await;
+    assert_eq!(dry.code, 0, "{dry:?}");
+    let (plan, sample) = (&dry.json()["plan"], &dry.json()["sample"]);
+    assert_eq!((&plan["emails"], &plan["people_with_email"], &plan["unreachable"]), (&3.into(), &3.into(), &2.into()));
+    assert!(sample["text"].as_str().unwrap().contains("sig=SAMPLE-not-valid"), "{dry:?}");
+    assert_eq!(dry.json()["sent"], serde_json::Value::Null, "{dry:?}");
 
     let refused = lifeboat.run(&["notify", &id]).await;
     assert_eq!(refused.code, 2, "without --yes and without a terminal it refuses: {refused:?}");
     assert!(refused.stderr.contains("pass --yes"), "{refused:?}");
+    let refused = lifeboat.run(&["notify", &id, "--json"]).await;
+    assert_eq!(refused.code, 2, "JSON leaves no room for the question: {refused:?}");
+    assert!(refused.stderr.contains("--json needs --yes or --dry-run"), "{refused:?}");
 
-    let notify = lifeboat.run(&["notify", &id, "--yes"]).await;
+    let notify = lifeboat.run(&["notify", &id, "--yes", "--json"]).await;
     assert_eq!(notify.code, 0, "{notify:?}");
-    assert!(notify.stdout.contains("Deliveries: 3 sent, 0 failed"), "{notify:?}");
+    let sent = &notify.json()["sent"];
+    assert_eq!((&sent["deliveries"]["sent"], &sent["deliveries"]["failed"]), (&3.into(), &0.into()), "{notify:?}");
+    assert_eq!(sent["tokens_created"], notify.json()["plan"]["tokens_to_create"], "{notify:?}");
 
     let mails = smtp.messages();
     assert_eq!(mails.len(), 3);

@@ -2,11 +2,13 @@
 
 use std::future::Future;
 
+use lifeboat::email::EmailAddress;
 use lifeboat::registry::{
-    AccountState, Actor, AddContact, Contact, ContactSource, MAX_REJOIN_ATTEMPTS, MessageKind, Registry, RejoinOutcome,
-    Room, RoomDetails, RoomRecord, RoomState,
+    AccountState, Actor, AddContact, Contact, ContactSource, MAX_REJOIN_ATTEMPTS, MessageKind, NewWebLink, Registry,
+    RejoinOutcome, Room, RoomDetails, RoomRecord, RoomState,
 };
 use lifeboat::synapse::ListedUser;
+use lifeboat::user_id::UserId;
 use serde_json::json;
 
 use crate::harness::{TestDatabase, contact, email, id};
@@ -349,12 +351,11 @@ on_both_backends!(an_admin_id_adopted_as_lost_is_a_strangers_until_held);
 async fn each_link_has_its_own_tries_and_codes_are_counted_per_account(registry: Registry) {
     let far = i64::MAX / 2;
     for (link, hash) in [("first", "h"), ("second", "h"), ("third", "other")] {
-        registry
-            .create_web_link(link, "subscribe", &id("@a:x"), &email("a@example.org"), Some(hash), far)
-            .await
-            .unwrap();
+        let to = email("a@example.org");
+        registry.create_web_link(subscription_link(link, &id("@a:x"), &to, Some(hash), far, None)).await.unwrap();
     }
-    registry.create_web_link("bs", "subscribe", &id("@b:x"), &email("b@example.org"), Some("h"), far).await.unwrap();
+    let to = email("b@example.org");
+    registry.create_web_link(subscription_link("bs", &id("@b:x"), &to, Some("h"), far, None)).await.unwrap();
     for _ in 0..2 {
         assert!(registry.spend_web_link_attempt("first", 2).await.unwrap());
     }
@@ -1076,19 +1077,35 @@ async fn an_account_made_before_synapse_kept_creation_times_is_told_from_a_new_o
 }
 on_both_backends!(an_account_made_before_synapse_kept_creation_times_is_told_from_a_new_one);
 
+/// A link the web page is about to mail, for a subscription.
+fn subscription_link<'a>(
+    link: &'a str,
+    user_id: &'a UserId,
+    to: &'a EmailAddress,
+    code_hash: Option<&'a str>,
+    expires_at: i64,
+    asked_from: Option<&'a str>,
+) -> NewWebLink<'a> {
+    let purpose = "subscribe";
+    NewWebLink { id: link, purpose, user_id, address: to, code_hash, expires_at, asked_from }
+}
+
 /// The web page's caps on mail to one address count the variants of its
 /// inbox as that address: someone typing another's address cannot get it
-/// a day's mail once per variant.
+/// a day's mail once per variant. Each network's part of them is counted
+/// too, in the registry, so that a restart of serve does not forget it.
 async fn web_links_to_variants_of_one_inbox_count_as_links_to_it(registry: Registry) {
     sync_listing(&registry, &[user("@a:x", 1)]).await;
     let until = lifeboat::registry::now_ms() + 600_000;
-    for (n, variant) in ["victim+1@example.org", "Victim@ｅxample.org", "victim@example.org"].iter().enumerate() {
-        let link = format!("link-{n}");
-        registry.create_web_link(&link, "subscribe", &id("@a:x"), &email(variant), None, until).await.unwrap();
+    let variants = ["victim+1@example.org", "Victim@ｅxample.org", "victim@example.org"];
+    for (n, (variant, network)) in variants.iter().zip(["net:a", "net:a", "net:b"]).enumerate() {
+        let (link, to) = (format!("link-{n}"), email(variant));
+        registry.create_web_link(subscription_link(&link, &id("@a:x"), &to, None, until, Some(network))).await.unwrap();
     }
     let victim = email("victim+2@example.org");
     assert_eq!(registry.live_web_links_to("subscribe", &victim).await.unwrap(), 3);
-    assert_eq!(registry.web_links_to_since("subscribe", &victim, 0).await.unwrap(), 3);
+    assert_eq!(registry.web_links_to_since("subscribe", &victim, 0, "net:a").await.unwrap(), (3, 2));
+    assert_eq!(registry.web_links_to_since("subscribe", &victim, 0, "net:c").await.unwrap(), (3, 0));
     let other = email("v.ictim@example.org");
     assert_eq!(registry.live_web_links_to("subscribe", &other).await.unwrap(), 0, "another inbox");
 }

@@ -1678,7 +1678,7 @@ async fn a_person_subscribes_an_email_on_the_web_page_proven_by_a_mailed_link_an
     outbox.close().await;
     // Both name the address the code adds, and the page names the account:
     // someone sent a stranger's link would see it adds another's address.
-    assert!(message.contains(&format!("**{address}** get incident notices")), "{message}");
+    assert!(message.contains(&format!("`{address}` get incident notices")), "as code, no link: {message}");
 
     browser.goto(&link).await;
     let page = browser.text("main").await;
