@@ -318,11 +318,15 @@ pub async fn hold_lost_ids(
         let bot_admins = config.bot.as_ref().map_or(&[][..], |bot| bot.admins.as_slice());
         // When IDs were lost, the bot's admin IDs no listing saw (made after
         // the last one, or not yet) are held too: anyone could register one and
-        // command the bot. Its owner takes it back with `holds claim`.
+        // command the bot. So are rooms' members no listing saw: whoever
+        // registered one would be let into its rooms. Their owners take
+        // them back with `holds claim`.
         if !candidates.is_empty() {
             let server_name = &config.homeserver.server_name;
-            let local: Vec<&UserId> = bot_admins.iter().filter(|admin| admin.server_name() == server_name).collect();
-            registry.adopt_as_lost(&local).await?;
+            let members = registry.room_members_no_listing_saw().await?;
+            let unseen: Vec<&UserId> =
+                bot_admins.iter().chain(&members).filter(|unseen| unseen.server_name() == server_name).collect();
+            registry.adopt_as_lost(&unseen).await?;
             candidates = registry.hold_candidates(retry_refused).await?;
         }
         admins_first(&mut candidates, bot_admins);

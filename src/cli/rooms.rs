@@ -103,7 +103,7 @@ pub async fn run(context: &Context, command: Command) -> Outcome {
             }
             for room in report.held_back.iter().take(10) {
                 eprintln!(
-                    "held back: {}: a stranger holds a former member's ID (`lifeboat holds list` shows it as recreated)",
+                    "held back: {}: a stranger holds a former member's ID (`lifeboat holds list` shows it as recreated; `lifeboat check`, a held one as unlocked)",
                     one_line(room)
                 );
             }

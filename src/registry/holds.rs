@@ -219,7 +219,7 @@ impl Registry {
         let held = sqlx::query(
             "UPDATE accounts SET custody = 'held', custody_at = $2, state = 'present', \
                     synapse_created_at = $3, last_seen_present_at = $2, recreated_at = NULL, \
-                    display_name_due_at = CASE WHEN $4 = 1 THEN $2 ELSE NULL END \
+                    display_name_due_at = CASE WHEN $4 = 1 THEN $2 ELSE NULL END, held_unlocked_at = NULL \
              WHERE user_id = $1 AND custody = 'holding'",
         )
         .bind(user_id)

@@ -69,23 +69,32 @@ fn back_without_lifeboat(listed_before: &str) -> String {
 }
 
 /// How many former members of the room `room_id` (an SQL column) a
-/// stranger holds the ID of now ([`Room::strangers`]). Invited ones count
-/// too: the invite is still in the room's state, for whoever has the ID.
+/// stranger holds the ID of now ([`Room::strangers`]), or whoever can sign
+/// in to a held account someone unlocked outside lifeboat. Invited ones
+/// count too: the invite is still in the room's state, for whoever has the ID.
 fn strangers_among_former_members(room_id: &str) -> String {
-    former_members_where(room_id, &format!("({STANDING_SQL}) = 'recreated'"))
+    let stranger =
+        format!("(({STANDING_SQL}) = 'recreated' OR (({STANDING_SQL}) = 'held' AND a.held_unlocked_at IS NOT NULL))");
+    former_members_where(room_id, &stranger)
 }
 
 /// How many former members of the room `room_id` have an ID anyone may
 /// register now ([`Room::free`]): lost (not one Synapse refused to create
-/// for anyone), or its hold still being made.
+/// for anyone), its hold still being made, or unknown to every listing
+/// (until a hold run adopts it as lost).
 fn free_among_former_members(room_id: &str) -> String {
-    let free = format!("((({STANDING_SQL}) = 'missing' AND a.hold_refused IS NULL) OR a.custody = 'holding')");
+    let free = format!(
+        "(a.user_id IS NULL OR (({STANDING_SQL}) = 'missing' AND a.hold_refused IS NULL) OR a.custody = 'holding')"
+    );
     former_members_where(room_id, &free)
 }
 
+/// Former members (joined or invited) of the room `room_id` meeting
+/// `condition` on their account `a`, whose columns are NULL for an ID no
+/// listing saw.
 fn former_members_where(room_id: &str, condition: &str) -> String {
     format!(
-        "(SELECT COUNT(*) FROM room_members s JOIN accounts a ON a.user_id = s.user_id \
+        "(SELECT COUNT(*) FROM room_members s LEFT JOIN accounts a ON a.user_id = s.user_id \
           WHERE s.room_id = {room_id} AND s.membership IN ('join', 'invite') AND {condition})"
     )
 }
@@ -618,6 +627,18 @@ impl Registry {
     /// `wait_for_holds`, while a former member's ID is free ([`Room::free`]).
     /// Joins that failed before come last: rooms nobody can reach (many of
     /// one person's, say) hold up nobody else's first try.
+    /// Rooms' local members (joined or invited) that no account listing saw:
+    /// registered after a listing, before its rooms were read. Lost in a
+    /// wipe, such an ID is free for anyone, and its rooms would let them in.
+    pub async fn room_members_no_listing_saw(&self) -> Result<Vec<UserId>> {
+        Ok(sqlx::query_scalar(
+            "SELECT DISTINCT m.user_id FROM room_members m LEFT JOIN accounts a ON a.user_id = m.user_id \
+             WHERE a.user_id IS NULL AND m.membership IN ('join', 'invite') ORDER BY m.user_id",
+        )
+        .fetch_all(&self.pool)
+        .await?)
+    }
+
     pub async fn pending_rejoins(&self, wait_for_holds: bool, service: &UserId) -> Result<Vec<Rejoin>> {
         let listed_at = self.rooms_listed_at().await?;
         // A room here by a listing older than a loss waits as one elsewhere.

@@ -287,6 +287,20 @@ impl Registry {
         .bind(now)
         .execute(&mut *tx)
         .await?;
+        // A held account the listing shows unlocked (by someone outside
+        // lifeboat, once its hold was made and before the listing began):
+        // whoever can sign in has its person's ID, until it is locked again.
+        sqlx::query(
+            "UPDATE accounts SET held_unlocked_at = CASE WHEN EXISTS \
+                 (SELECT 1 FROM listing_stage s WHERE s.run_id = $1 AND s.user_id = accounts.user_id AND s.locked = 0) \
+                 THEN COALESCE(held_unlocked_at, $2) END \
+             WHERE custody = 'held' AND synapse_created_at IS NOT NULL \
+               AND custody_at < (SELECT started_at FROM sync_runs WHERE id = $1)",
+        )
+        .bind(run_id)
+        .bind(now)
+        .execute(&mut *tx)
+        .await?;
         sqlx::query("DELETE FROM listing_stage WHERE run_id = $1").bind(run_id).execute(&mut *tx).await?;
         let (listed, new, missing) = (report.listed, report.new.len(), report.missing.len());
         let (recreated, deactivated) = (report.recreated.len(), report.deactivated.len());

@@ -308,11 +308,17 @@ async fn dm_now(
 
 /// Tells the account that `address` was added to it from the web page: if
 /// someone talked its person into typing the code, the person learns it
-/// now, and how to take the address off again.
+/// now, and how to take the address off again. Not a stranger who took the
+/// ID since the code went out: the address is the person's business.
 async fn tell_the_account(state: WebState, user_id: UserId, address: EmailAddress) -> Result<(), WebError> {
     let Some(admin) = crate::recover::admin_access(&state.config, &state.registry).await?.working() else {
         return Err(WebError(format!("no working admin token: {user_id} was not told of the address added")));
     };
+    if !crate::holds::its_persons_now(&state.registry, &admin, &user_id).await? {
+        return Err(WebError(format!(
+            "{user_id} is not its person's account now: it was not told of the address added"
+        )));
+    }
     let text = crate::messages::contact_added(&state.config.homeserver.server_name, address.as_str());
     let a_day = now_ms() + DAY_MS;
     dm_now(&state, &admin, &user_id, &text, a_day).await

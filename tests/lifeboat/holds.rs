@@ -1386,6 +1386,40 @@ async fn a_held_id_unlocked_outside_lifeboat_is_named_by_check_and_sync() {
     assert!(sync.stdout.contains(&format!("held but unlocked outside lifeboat: {held}")), "{sync:?}");
 }
 
+/// A room's member no account listing saw (registered after the listing,
+/// before its rooms were read) is held with the lost IDs after a wipe:
+/// whoever registered it would be let into its rooms.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_rooms_member_no_listing_saw_is_held_with_the_lost_ids() {
+    let synapse = TestSynapse::start();
+    let registry = TestDatabase::sqlite();
+    let person = unique("person");
+    synapse.create_user(&person, &[]).await;
+    let lifeboat = Lifeboat::recovering(&synapse, &registry);
+    assert_eq!(lifeboat.run(&["sync"]).await.code, 0);
+    let unseen = synapse.user_id(&unique("late"));
+    let store = lifeboat::registry::Registry::connect(&registry.url()).await.unwrap();
+    let room = lifeboat::registry::RoomRecord {
+        room_id: format!("!late:{}", synapse.server_name),
+        joined_local: 2,
+        details: Some(lifeboat::registry::RoomDetails {
+            members: vec![(synapse.user_id(&person), "join".into(), 0), (unseen.clone(), "join".into(), 0)],
+            ..Default::default()
+        }),
+        ..Default::default()
+    };
+    store.apply_room_listing(&[room]).await.unwrap();
+    store.close().await;
+
+    synapse.wipe();
+    assert_eq!(lifeboat.run(&["recover"]).await.code, 0);
+    assert_eq!(lifeboat.run(&["sync"]).await.code, 0);
+    let made = lifeboat.run(&["holds", "make"]).await;
+    assert_eq!(made.code, 0, "{made:?}");
+    let held = ids_in(&lifeboat, "held").await;
+    assert!(held.contains(&unseen) && held.contains(&synapse.user_id(&person)), "{held:?}");
+}
+
 /// lifeboat after `synapse` lost every account it had synced: recovered
 /// through the shared secret, the loss listed, the lost IDs held.
 async fn holding_after_a_wipe(synapse: &TestSynapse, registry: &TestDatabase) -> Lifeboat {

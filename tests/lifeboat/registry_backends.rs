@@ -999,6 +999,50 @@ async fn a_stranger_on_an_invited_members_id_holds_a_surviving_room_back(registr
 }
 on_both_backends!(a_stranger_on_an_invited_members_id_holds_a_surviving_room_back);
 
+/// A held account someone unlocked outside lifeboat is whoever can sign in
+/// to it: its surviving rooms wait as for a stranger, until a listing shows
+/// it locked again.
+async fn a_held_account_unlocked_outside_lifeboat_holds_its_surviving_rooms_back(registry: Registry) {
+    sync_listing(&registry, &[user("@a:x", 1), user("@b:x", 1)]).await;
+    registry.apply_room_listing(&[room("!shared", 2, &[("@a:x", 0), ("@b:x", 0)])]).await.unwrap();
+    sync_listing(&registry, &[]).await;
+    registry.apply_room_listing(&[]).await.unwrap();
+    hold(&registry, "@b:x", 5).await;
+    let held = |locked: bool| {
+        let mut listed = user("@b:x", 5);
+        listed.locked = locked;
+        listed
+    };
+    sync_listing(&registry, &[user("@a:x", 2), held(true)]).await;
+    registry.settle_as_claimed(&id("@a:x"), None, &Actor::cli()).await.unwrap();
+    assert_eq!(registry.room("!shared").await.unwrap().unwrap().strangers, 0, "held, and locked");
+    assert_eq!(registry.pending_rejoins(true, &id("@lifeboat:x")).await.unwrap().len(), 1);
+
+    sync_listing(&registry, &[user("@a:x", 2), held(false)]).await;
+    assert_eq!(registry.room("!shared").await.unwrap().unwrap().strangers, 1, "unlocked: whoever signs in");
+    assert!(registry.pending_rejoins(true, &id("@lifeboat:x")).await.unwrap().is_empty());
+    sync_listing(&registry, &[user("@a:x", 2), held(true)]).await;
+    assert_eq!(registry.room("!shared").await.unwrap().unwrap().strangers, 0, "locked again");
+}
+on_both_backends!(a_held_account_unlocked_outside_lifeboat_holds_its_surviving_rooms_back);
+
+/// A room's member no account listing saw (registered after the listing,
+/// before its rooms were read) has an ID anyone may register after a wipe:
+/// free, until a hold run adopts it as lost and holds it.
+async fn a_rooms_member_no_listing_saw_is_free_until_adopted_as_lost(registry: Registry) {
+    sync_listing(&registry, &[user("@a:x", 1)]).await;
+    registry.apply_room_listing(&[room("!r", 2, &[("@a:x", 0), ("@eve:x", 0)])]).await.unwrap();
+    assert_eq!(registry.room("!r").await.unwrap().unwrap().free, 1);
+    let unseen = registry.room_members_no_listing_saw().await.unwrap();
+    assert_eq!(unseen, [id("@eve:x")]);
+    registry.adopt_as_lost(&[&unseen[0]]).await.unwrap();
+    assert!(registry.room_members_no_listing_saw().await.unwrap().is_empty());
+    let candidates = registry.hold_candidates(false).await.unwrap();
+    assert_eq!(candidates.iter().map(|c| c.user_id.as_str()).collect::<Vec<_>>(), ["@eve:x"]);
+    assert_eq!(registry.room("!r").await.unwrap().unwrap().free, 1, "lost, not held yet");
+}
+on_both_backends!(a_rooms_member_no_listing_saw_is_free_until_adopted_as_lost);
+
 async fn rooms_gone_from_a_listing_are_classified_and_a_lost_persons_memberships_wait_for_them(registry: Registry) {
     sync_listing(&registry, &[user("@a:x", 1), user("@b:x", 1)]).await;
     let shared = room("!shared", 2, &[("@a:x", 100), ("@b:x", 0)]);

@@ -1696,6 +1696,39 @@ async fn a_person_subscribes_an_email_on_the_web_page_proven_by_a_mailed_link_an
     // Bob is told, with how to take the address off if it was not him.
     let told = bob.wait_for_message(&dm, &rig.bot, "now gets incident notices", Duration::from_secs(30)).await;
     assert!(told.contains(&address) && told.contains(&format!("contact remove {address}")), "{told}");
+
+    // A code entered once the ID is someone else's (a wipe, and a stranger
+    // registering it: here, Synapse's account is newer than the registry's)
+    // adds the address for its person, and tells the account nothing.
+    let second = format!("{bob_localpart}-2@example.org");
+    let browser = crate::harness::browser::Browser::start().await;
+    browser.goto(&format!("{}/subscribe", rig.web)).await;
+    browser.fill("#matrix_id", &bob.user_id).await;
+    browser.fill("#email", &second).await;
+    browser.click("button[type=submit]").await;
+    eventually("the second link is mailed", Duration::from_secs(30), || async {
+        !smtp.messages_to(&second).is_empty()
+    })
+    .await;
+    let text = rig.smtp.messages_to(&second).pop().unwrap().text.unwrap();
+    let link = text.split_whitespace().find(|word| word.contains("/subscribe/confirm?")).unwrap().to_owned();
+    let code = code_in(&bob.wait_for_message(&dm, &rig.bot, &format!("`{second}`"), Duration::from_secs(30)).await);
+    let store = lifeboat::registry::Registry::connect(&rig.registry_url()).await.unwrap();
+    let older = "UPDATE accounts SET synapse_created_at = synapse_created_at - 60000 WHERE user_id = $1";
+    sqlx::query(older).bind(&bob.user_id).execute(store.pool()).await.unwrap();
+    browser.goto(&link).await;
+    browser.fill("#code", &code).await;
+    browser.click("button[type=submit]").await;
+    let done = browser.text("main").await;
+    browser.close().await;
+    assert!(done.contains("confirmed"), "{done}");
+    let lifeboat = &rig.lifeboat;
+    eventually("the account is not told", Duration::from_secs(30), || async {
+        lifeboat.serve_log().contains("is not its person's account now")
+    })
+    .await;
+    let said = bob.messages_from(&dm, &rig.bot).await;
+    assert!(!said.iter().any(|body| body.contains(&format!("`{second}` now gets"))), "{said:?}");
 }
 
 #[tokio::test(flavor = "multi_thread")]
