@@ -27,8 +27,9 @@ pub const LAST_BACKUP_ENCRYPTED_SETTING: &str = "last_backup_encrypted";
 fn added_later(table: &str) -> usize {
     match table {
         // custody, custody_at (held IDs), details_due_at, display_name_due_at,
-        // lost_created_at, hold_refused, appservice_id, held_unlocked_at
-        "accounts" => 8,
+        // lost_created_at, hold_refused, appservice_id, held_unlocked_at,
+        // stranger_devices
+        "accounts" => 9,
         // state_read_at, aliases_due_at, aliases_attempts, restore_attempts,
         // creator_from_state
         "rooms" => 5,

@@ -967,12 +967,26 @@ pub async fn hand_back(
         let was_admin = account.as_ref().is_some_and(|account| account.admin);
         let name = account.as_ref().and_then(Account::display_name_to_restore);
         let emails = free_emails(registry, client, user_id).await?;
+        // A stranger's devices, before the new password logs them out:
+        // should one come back, so did the stranger.
+        let stranger_devices = match seen.state {
+            AccountState::Recreated => client.device_ids(user_id.as_str()).await.unwrap_or_else(|err| {
+                tracing::warn!(%user_id, error = %err, "could not list the devices of the stranger's account: a restore of Synapse from before this hand-over goes unnoticed");
+                Vec::new()
+            }),
+            _ => Vec::new(),
+        };
         client.hand_over_account(user_id.as_str(), password, was_admin, name, &emails).await?;
         // The account handed over is the person's from now on: its creation
         // time tells it from one registered after another wipe. Unknown only
         // if Synapse fails this one read; the next listing brings it then.
         let created_at_ms = client.user_details(user_id.as_str()).await.ok().flatten().and_then(|d| d.created_at_ms());
         registry.settle_as_claimed(user_id, created_at_ms, actor).await?;
+        if !stranger_devices.is_empty()
+            && let Err(err) = registry.record_stranger_devices(user_id, &stranger_devices).await
+        {
+            tracing::warn!(%user_id, error = %err, "handed back, but the stranger's devices were not recorded: a restore of Synapse from before this goes unnoticed");
+        }
         // After the claim is recorded: its person has the ID either way.
         if let Err(err) = client.delete_every_device(user_id.as_str()).await {
             tracing::warn!(%user_id, error = %err, "handed back, but a device left on the account could not be deleted: delete it with Synapse's admin API");
@@ -980,6 +994,35 @@ pub async fn hand_back(
         Ok(())
     };
     one_hand_over(registry, user_id, work).await?
+}
+
+/// IDs an operator handed over from a stranger (`holds claim` of a
+/// recreated ID) that the stranger has again: a device the hand-over
+/// logged out is back, so Synapse was restored from a backup older than
+/// the hand-over, with the stranger's password and addresses. Each is a
+/// stranger's again (`recreated`), for an operator to hand over once more.
+/// An ID Synapse could not be asked about is asked again by the next sync.
+pub async fn strangers_back_by_a_restore(
+    registry: &Registry,
+    client: &SynapseClient,
+    actor: &Actor,
+) -> Result<Vec<UserId>, registry::Error> {
+    let mut back = Vec::new();
+    for (user_id, logged_out) in registry.handed_over_from_strangers().await? {
+        match client.device_ids(user_id.as_str()).await {
+            Ok(devices) if devices.iter().any(|device| logged_out.contains(device)) => {
+                if registry.stranger_again(&user_id, actor).await? {
+                    tracing::warn!(%user_id, "a device its hand-over logged out is back: Synapse was restored from before it, and the ID is a stranger's again until `lifeboat holds claim`");
+                    back.push(user_id);
+                }
+            }
+            Ok(_) => {}
+            Err(err) => {
+                tracing::warn!(%user_id, error = %err, "could not ask Synapse for the devices of an ID handed over from a stranger")
+            }
+        }
+    }
+    Ok(back)
 }
 
 /// Ends a hold for good: the account is deactivated (Synapse cannot delete

@@ -11,7 +11,7 @@ use tokio_util::sync::CancellationToken;
 
 use crate::config::Config;
 use crate::email::EmailAddress;
-use crate::holds::settle_appservice_ids;
+use crate::holds::{settle_appservice_ids, strangers_back_by_a_restore};
 use crate::lease::{Held, Lease};
 use crate::pace::{call_in_paced_groups, rest_after};
 use crate::reconcile::registered_again;
@@ -101,6 +101,10 @@ pub struct SyncSummary {
     /// again by that service, so its own, not strangers'
     /// ([`settle_appservice_ids`]).
     pub appservice_ids_back: Vec<String>,
+    /// IDs an operator handed over from a stranger that the stranger has
+    /// again after a restore of Synapse ([`strangers_back_by_a_restore`]);
+    /// also among the report's `recreated`.
+    pub strangers_again: Vec<String>,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -140,7 +144,7 @@ pub async fn sync(
     let work = async {
         let previous_listing = registry.last_complete_sync().await?.and_then(|run| run.finished_at);
         let mut attempt = 1;
-        let (run_id, applied) = loop {
+        let (run_id, mut applied) = loop {
             let run_id = registry.begin_sync_run().await?;
             let staged_and_applied = async {
                 stage_listing(registry, client, run_id, options, progress).await?;
@@ -164,6 +168,10 @@ pub async fn sync(
         if let Err(err) = delete_revived_tokens_when_due(registry, client, applied.newly_missing > 0).await {
             tracing::warn!(error = %err, "could not ask Synapse for the registration tokens lifeboat deleted before");
         }
+        // Before the emails: such a restore brings the stranger's back too.
+        let strangers_again: Vec<String> =
+            strangers_back_by_a_restore(registry, client, actor).await?.iter().map(ToString::to_string).collect();
+        applied.report.recreated.extend(strangers_again.iter().cloned());
         // Remembered so `check` can tell a dead token that used to work (a
         // wipe) from one that never did (a typo).
         if let Some(fingerprint) = client.token_fingerprint() {
@@ -214,7 +222,6 @@ pub async fn sync(
                 }
             }
         }
-        let mut applied = applied;
         registry.keep_still_held(&mut applied.report.unlocked_held).await;
         // Their service's own again: not strangers for the alert, the
         // rooms or whoever reads the report.
@@ -232,6 +239,7 @@ pub async fn sync(
             rooms_error,
             details_refused,
             appservice_ids_back: appservice_ids_back.iter().map(ToString::to_string).collect(),
+            strangers_again,
         })
     };
     Lease::run(registry, "sync", work)

@@ -63,6 +63,11 @@ Normal mode then answers commands read from stdin, one line each:
     start                    -> ok        (started again and ready)
     wipe                     -> ok        (stop, delete the database, start:
                                            the "seed incident")
+    backup                   -> ok        (stop, copy the SQLite database
+                                           aside, start: the nightly backup)
+    restore                  -> ok        (stop, put that copy back, start:
+                                           Synapse restored from an older
+                                           backup)
     register-admin LOCALPART -> {"user_id", "access_token", "device_id", "password"}
     register LOCALPART       -> same, for a non-admin account
     info                     -> the startup JSON with the current pid
@@ -781,6 +786,29 @@ class Synapse:
                 pass
         self.start()
 
+    def backup(self):
+        """A copy of the database as it is now, for `restore` (SQLite only)."""
+        self._copy_database(self.db_path, self.db_path + ".backup")
+
+    def restore(self):
+        """Synapse restored from the copy `backup` made: what came since is lost."""
+        if not os.path.exists(self.db_path + ".backup"):
+            raise HarnessError("there is no backup to restore: run backup first")
+        self._copy_database(self.db_path + ".backup", self.db_path)
+
+    def _copy_database(self, source, target):
+        if self.postgres is not None:
+            raise HarnessError("backup and restore work on SQLite only")
+        self.stop()
+        for suffix in DB_SUFFIXES:
+            try:
+                os.remove(target + suffix)
+            except FileNotFoundError:
+                pass
+            if os.path.exists(source + suffix):
+                shutil.copyfile(source + suffix, target + suffix)
+        self.start()
+
     # ---- accounts ------------------------------------------------------
 
     def register(self, localpart, admin, password=None):
@@ -955,7 +983,7 @@ def handle_command(synapse, info, line):
     if not words:
         return None
     cmd, args = words[0], words[1:]
-    if cmd in ("stop", "start", "wipe", "info") and args:
+    if cmd in ("stop", "start", "wipe", "backup", "restore", "info") and args:
         raise HarnessError(f"{cmd} takes no argument")
     if cmd == "stop":
         synapse.stop()
@@ -965,6 +993,12 @@ def handle_command(synapse, info, line):
         return "ok"
     if cmd == "wipe":
         synapse.wipe()
+        return "ok"
+    if cmd == "backup":
+        synapse.backup()
+        return "ok"
+    if cmd == "restore":
+        synapse.restore()
         return "ok"
     if cmd == "info":
         # Startup JSON with the current pid (null while stopped). The admin

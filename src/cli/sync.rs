@@ -110,6 +110,12 @@ pub async fn run(context: &Context, args: Args) -> Outcome {
         if !report.recreated.is_empty() {
             println!("  recreated (same ID, newer account): {}", id_list(&report.recreated, 20));
         }
+        if !summary.strangers_again.is_empty() {
+            let again = id_list(&summary.strangers_again, 20);
+            println!(
+                "  handed over from a stranger, the stranger's again: Synapse was restored from before the hand-over (`lifeboat holds claim` hands each over once more): {again}"
+            );
+        }
         if !summary.appservice_ids_back.is_empty() {
             let back = id_list(&summary.appservice_ids_back, 20);
             println!("  registered again by the application service (bridge) that had them, so its own: {back}");

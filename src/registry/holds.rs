@@ -219,7 +219,8 @@ impl Registry {
         let held = sqlx::query(
             "UPDATE accounts SET custody = 'held', custody_at = $2, state = 'present', \
                     synapse_created_at = $3, last_seen_present_at = $2, recreated_at = NULL, \
-                    display_name_due_at = CASE WHEN $4 = 1 THEN $2 ELSE NULL END, held_unlocked_at = NULL \
+                    display_name_due_at = CASE WHEN $4 = 1 THEN $2 ELSE NULL END, held_unlocked_at = NULL, \
+                    stranger_devices = NULL \
              WHERE user_id = $1 AND custody = 'holding'",
         )
         .bind(user_id)
@@ -326,8 +327,56 @@ impl Registry {
         // The lost account's creation time stays: if Synapse's old database
         // is restored, the person's own account is known as theirs again.
         let set = "custody = 'claimed', custody_at = $2, recreated_at = NULL, display_name_due_at = NULL, \
-                   synapse_created_at = $3";
+                   synapse_created_at = $3, stranger_devices = NULL";
         self.settle(user_id, set, created_at_ms, actor, "hold.claim", "password set by an operator").await
+    }
+
+    /// The devices an operator's hand-over of a stranger's account (`holds
+    /// claim` of a recreated ID) logged out: should one come back, Synapse
+    /// was restored from a backup older than the hand-over.
+    pub async fn record_stranger_devices(&self, user_id: &UserId, devices: &[String]) -> Result<()> {
+        let devices = serde_json::to_string(devices).expect("a list of strings is JSON");
+        sqlx::query("UPDATE accounts SET stranger_devices = $2 WHERE user_id = $1 AND custody = 'claimed'")
+            .bind(user_id)
+            .bind(devices)
+            .execute(&self.pool)
+            .await?;
+        Ok(())
+    }
+
+    /// IDs handed over from a stranger, with the devices it logged out.
+    pub async fn handed_over_from_strangers(&self) -> Result<Vec<(UserId, Vec<String>)>> {
+        let rows: Vec<(UserId, String)> = sqlx::query_as(
+            "SELECT user_id, stranger_devices FROM accounts \
+             WHERE custody = 'claimed' AND stranger_devices IS NOT NULL ORDER BY user_id",
+        )
+        .fetch_all(&self.pool)
+        .await?;
+        Ok(rows
+            .into_iter()
+            .map(|(user_id, devices)| (user_id, serde_json::from_str(&devices).unwrap_or_default()))
+            .collect())
+    }
+
+    /// Synapse was restored from a backup older than the hand-over of
+    /// `user_id` from a stranger: the stranger has the account again, and
+    /// it is theirs (`recreated`) until an operator hands it over once more.
+    pub async fn stranger_again(&self, user_id: &UserId, actor: &Actor) -> Result<bool> {
+        let mut tx = self.begin_write().await?;
+        let again = sqlx::query(
+            "UPDATE accounts SET custody = NULL, custody_at = NULL, recreated_at = $2, stranger_devices = NULL \
+             WHERE user_id = $1 AND custody = 'claimed' AND stranger_devices IS NOT NULL",
+        )
+        .bind(user_id)
+        .bind(now_ms())
+        .execute(&mut *tx)
+        .await?;
+        if again.rows_affected() == 1 {
+            let detail = "a device its hand-over logged out is back: Synapse was restored from before it";
+            Self::audit_in(&mut tx, actor, "account.stranger_again", Some(user_id.as_str()), Some(detail)).await?;
+        }
+        tx.commit().await?;
+        Ok(again.rows_affected() == 1)
     }
 
     /// IDs an application service had that someone registered again: each

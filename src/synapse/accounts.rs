@@ -110,15 +110,21 @@ impl SynapseClient {
     /// all but the requester's device ID, which is lifeboat's own and
     /// public: a stranger who logged in to the ID with it keeps a device
     /// (and its keys) there otherwise.
+    /// Logs every device of the account out.
     pub async fn delete_every_device(&self, user_id: &str) -> Result<(), Error> {
-        let path = format!("{}/devices", user_path(user_id));
-        let devices: Devices = self.get_json(&path, &[], true).await?;
-        if devices.devices.is_empty() {
+        let ids = self.device_ids(user_id).await?;
+        if ids.is_empty() {
             return Ok(());
         }
-        let ids: Vec<&str> = devices.devices.iter().map(|device| device.device_id.as_str()).collect();
         let path = format!("/_synapse/admin/v2/users/{}/delete_devices", urlencode(user_id));
         self.call(Method::POST, &path, Some(&json!({ "devices": ids }))).await
+    }
+
+    /// The IDs of the account's devices.
+    pub async fn device_ids(&self, user_id: &str) -> Result<Vec<String>, Error> {
+        let path = format!("{}/devices", user_path(user_id));
+        let devices: Devices = self.get_json(&path, &[], true).await?;
+        Ok(devices.devices.into_iter().map(|device| device.device_id).collect())
     }
 
     /// Deactivates an account for good (Synapse cannot delete one): its ID

@@ -1386,6 +1386,46 @@ async fn a_held_id_unlocked_outside_lifeboat_is_named_by_check_and_sync() {
     assert!(sync.stdout.contains(&format!("held but unlocked outside lifeboat: {held}")), "{sync:?}");
 }
 
+/// An ID an operator handed over from a stranger is the stranger's again
+/// once Synapse is restored from a backup older than the hand-over: a
+/// device the hand-over logged out is back, and so is the stranger's
+/// password. Its person's own devices are no such sign.
+#[tokio::test(flavor = "multi_thread")]
+async fn an_id_handed_over_from_a_stranger_is_the_strangers_again_after_a_restore_from_before() {
+    let synapse = TestSynapse::start();
+    let registry = TestDatabase::sqlite();
+    let person = unique("person");
+    let person_id = synapse.create_user(&person, &[]).await;
+    let lifeboat = Lifeboat::recovering(&synapse, &registry);
+    assert_eq!(lifeboat.run(&["sync"]).await.code, 0);
+    synapse.wipe();
+    assert_eq!(lifeboat.run(&["recover"]).await.code, 0);
+    tokio::time::sleep(Duration::from_millis(1_100)).await;
+    synapse.register(&person);
+    assert_eq!(lifeboat.run(&["sync"]).await.code, 0);
+    let lifeboat = &lifeboat;
+    let state = || async {
+        let shown = lifeboat.run(&["users", "show", &person_id, "--json"]).await;
+        shown.json()["state"].as_str().unwrap().to_owned()
+    };
+    assert_eq!(state().await, "recreated");
+    synapse.backup();
+
+    let claimed = lifeboat.run_with_input(&["holds", "claim", &person_id], "a-long-enough-passphrase\n").await;
+    assert_eq!(claimed.code, 0, "{claimed:?}");
+    assert_eq!(synapse.login(&person, "a-long-enough-passphrase").await.0, 200, "its person signs in");
+    let synced = lifeboat.run(&["sync"]).await;
+    assert!(!synced.stdout.contains("the stranger's again"), "{synced:?}");
+    assert_eq!(state().await, "claimed");
+
+    synapse.restore();
+    let synced = lifeboat.run(&["sync"]).await;
+    assert_eq!(synced.code, 0, "{synced:?}");
+    let again = synced.stdout.lines().find(|line| line.contains("the stranger's again")).unwrap_or_default();
+    assert!(again.contains(&person_id), "{synced:?}");
+    assert_eq!(state().await, "recreated", "until an operator hands it over once more");
+}
+
 /// A room's member no account listing saw (registered after the listing,
 /// before its rooms were read) is held with the lost IDs after a wipe:
 /// whoever registered it would be let into its rooms.

@@ -182,6 +182,17 @@ impl TestSynapse {
         assert_eq!(self.command("wipe"), "ok");
     }
 
+    /// The nightly backup: a copy of the database as it is now.
+    pub fn backup(&self) {
+        assert_eq!(self.command("backup"), "ok");
+    }
+
+    /// Synapse restored from the copy [`Self::backup`] made: whatever came
+    /// since is lost, whatever went since is back.
+    pub fn restore(&self) {
+        assert_eq!(self.command("restore"), "ok");
+    }
+
     /// Registers a new admin by shared secret and uses its token from now on
     /// (after a wipe the old one is dead). Returns the new token.
     pub fn register_admin(&self, localpart: &str) -> String {
