@@ -48,6 +48,7 @@ fn added_later(table: &str) -> usize {
 const TABLES: &[&str] = &[
     "accounts",
     "contacts",
+    "dropped_emails",
     "sync_runs",
     "audit_log",
     "incidents",

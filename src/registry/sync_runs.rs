@@ -381,6 +381,8 @@ impl Registry {
     /// person's (only those are read), and an address they dropped (a lapsed domain, an
     /// employer's, reused) may be someone else's now, who must not get their token or claim
     /// link. One they opted out of stays, so that adding it again does not undo that.
+    /// A dropped address comes back only validated after its drop: a Synapse
+    /// restored from an older backup has it again, validated before.
     pub async fn record_details(&self, read: &[AccountDetails], actor: &Actor) -> Result<u64> {
         if read.is_empty() {
             return Ok(0);
@@ -392,12 +394,16 @@ impl Registry {
             for (email, validated_at) in &account.emails {
                 added += sqlx::query(
                     "INSERT INTO contacts (user_id, kind, address, source, verified_at, added_at) \
-                     VALUES ($1, 'email', $2, 'synapse', $3, $4) ON CONFLICT (user_id, kind, address) DO NOTHING",
+                     SELECT $1, 'email', $2, 'synapse', $3, $4 WHERE NOT EXISTS \
+                         (SELECT 1 FROM dropped_emails d WHERE d.user_id = $1 AND d.address = $2 AND d.dropped_at >= $5) \
+                     ON CONFLICT (user_id, kind, address) DO NOTHING",
                 )
                 .bind(&account.user_id)
                 .bind(email.as_str())
                 .bind(validated_at.unwrap_or(now))
                 .bind(now)
+                // Not known when validated: not since the drop, as far as lifeboat can tell.
+                .bind(validated_at.unwrap_or(0))
                 .execute(&mut *tx)
                 .await?
                 .rows_affected();
@@ -442,6 +448,15 @@ impl Registry {
                 .await?
                 .rows_affected();
             if dropped == 1 {
+                sqlx::query(
+                    "INSERT INTO dropped_emails (user_id, address, dropped_at) VALUES ($1, $2, $3) \
+                     ON CONFLICT (user_id, address) DO UPDATE SET dropped_at = excluded.dropped_at",
+                )
+                .bind(user_id)
+                .bind(gone)
+                .bind(now_ms())
+                .execute(&mut **tx)
+                .await?;
                 let detail = format!("email {gone} (no longer in Synapse)");
                 Self::audit_in(tx, actor, "contact.remove", Some(user_id.as_str()), Some(&detail)).await?;
             }

@@ -1475,6 +1475,19 @@ async fn an_address_dropped_in_synapse_stops_being_a_contact(registry: Registry)
     let audited = registry.audit_log(10).await.unwrap();
     assert!(audited.iter().any(|entry| entry.action == "contact.remove"
         && entry.detail.as_deref() == Some("email old@example.org (no longer in Synapse)")));
+
+    // A Synapse restored from an older backup has it again, validated
+    // before the drop: it stays dropped. Validated since, it is back.
+    let validated = |at: i64| AccountDetails {
+        emails: vec![(email("kept@example.org"), None), (email("old@example.org"), Some(at))],
+        in_synapse: Some(vec!["kept@example.org".to_owned(), "old@example.org".to_owned()]),
+        ..read(&[])
+    };
+    registry.record_details(&[validated(1_000)], &Actor::cli()).await.unwrap();
+    assert_eq!(left().await, expected, "restored from before the drop");
+    let since = lifeboat::registry::now_ms() + 1;
+    registry.record_details(&[validated(since)], &Actor::cli()).await.unwrap();
+    assert!(left().await.contains(&"old@example.org".to_owned()), "validated again since");
 }
 on_both_backends!(an_address_dropped_in_synapse_stops_being_a_contact);
 
