@@ -316,17 +316,20 @@ pub async fn hold_lost_ids(
         let own_id = &service_user_id(config);
         let mut candidates = registry.hold_candidates(retry_refused).await?;
         let bot_admins = config.bot.as_ref().map_or(&[][..], |bot| bot.admins.as_slice());
+        let server_name = &config.homeserver.server_name;
         // When IDs were lost, the bot's admin IDs no listing saw (made after
         // the last one, or not yet) are held too: anyone could register one and
-        // command the bot. So are rooms' members no listing saw: whoever
-        // registered one would be let into its rooms. Their owners take
-        // them back with `holds claim`.
+        // command the bot. Its owner takes it back with `holds claim`.
         if !candidates.is_empty() {
-            let server_name = &config.homeserver.server_name;
-            let members = registry.room_members_no_listing_saw().await?;
-            let unseen: Vec<&UserId> =
-                bot_admins.iter().chain(&members).filter(|unseen| unseen.server_name() == server_name).collect();
-            registry.adopt_as_lost(&unseen).await?;
+            let local: Vec<&UserId> = bot_admins.iter().filter(|admin| admin.server_name() == server_name).collect();
+            registry.adopt_as_lost(&local).await?;
+        }
+        // So are rooms' members no listing saw that are lost: whoever
+        // registered one would be let into its rooms.
+        let lost_members = unseen_room_members_lost(registry, client, server_name).await?;
+        let members: Vec<&UserId> = lost_members.iter().collect();
+        registry.adopt_as_lost(&members).await?;
+        if !candidates.is_empty() || !members.is_empty() {
             candidates = registry.hold_candidates(retry_refused).await?;
         }
         admins_first(&mut candidates, bot_admins);
@@ -969,11 +972,14 @@ pub async fn hand_back(
         let emails = free_emails(registry, client, user_id).await?;
         // A stranger's devices, before the new password logs them out:
         // should one come back, so did the stranger.
-        let stranger_devices = match seen.state {
-            AccountState::Recreated => client.device_ids(user_id.as_str()).await.unwrap_or_else(|err| {
-                tracing::warn!(%user_id, error = %err, "could not list the devices of the stranger's account: a restore of Synapse from before this hand-over goes unnoticed");
-                Vec::new()
-            }),
+        let stranger_devices: Vec<String> = match seen.state {
+            AccountState::Recreated => match client.devices(user_id.as_str()).await {
+                Ok(devices) => devices.into_iter().map(|device| device.device_id).collect(),
+                Err(err) => {
+                    tracing::warn!(%user_id, error = %err, "could not list the devices of the stranger's account: a restore of Synapse from before this hand-over goes unnoticed");
+                    Vec::new()
+                }
+            },
             _ => Vec::new(),
         };
         client.hand_over_account(user_id.as_str(), password, was_admin, name, &emails).await?;
@@ -982,18 +988,55 @@ pub async fn hand_back(
         // if Synapse fails this one read; the next listing brings it then.
         let created_at_ms = client.user_details(user_id.as_str()).await.ok().flatten().and_then(|d| d.created_at_ms());
         registry.settle_as_claimed(user_id, created_at_ms, actor).await?;
-        if !stranger_devices.is_empty()
-            && let Err(err) = registry.record_stranger_devices(user_id, &stranger_devices).await
-        {
-            tracing::warn!(%user_id, error = %err, "handed back, but the stranger's devices were not recorded: a restore of Synapse from before this goes unnoticed");
-        }
         // After the claim is recorded: its person has the ID either way.
-        if let Err(err) = client.delete_every_device(user_id.as_str()).await {
-            tracing::warn!(%user_id, error = %err, "handed back, but a device left on the account could not be deleted: delete it with Synapse's admin API");
+        match client.delete_every_device(user_id.as_str()).await {
+            // Every one of the stranger's is gone now: should one come back, so did the stranger.
+            Ok(()) if !stranger_devices.is_empty() => {
+                if let Err(err) = registry.record_stranger_devices(user_id, &stranger_devices).await {
+                    tracing::warn!(%user_id, error = %err, "handed back, but the stranger's devices were not recorded: a restore of Synapse from before this goes unnoticed");
+                }
+            }
+            Ok(()) => {}
+            Err(err) => {
+                tracing::warn!(%user_id, error = %err, "handed back, but a device left on the account could not be deleted: delete it with Synapse's admin API")
+            }
         }
         Ok(())
     };
     one_hand_over(registry, user_id, work).await?
+}
+
+/// Rooms' joined local members no listing saw ([`Registry::room_members_no_listing_saw`])
+/// that are lost: Synapse has no account for the ID, or one made after
+/// lifeboat read a room it was in (registered again since a wipe, so a
+/// stranger's until an operator settles it). One made before is the member
+/// itself, for the next listing to record; one Synapse could not be asked
+/// about is asked again by the next hold run.
+async fn unseen_room_members_lost(
+    registry: &Registry,
+    client: &SynapseClient,
+    server_name: &str,
+) -> Result<Vec<UserId>, registry::Error> {
+    let mut lost = Vec::new();
+    for (stored, seen_at) in registry.room_members_no_listing_saw().await? {
+        // Room state may name anything; an ID lifeboat cannot read is left be.
+        let Some(user_id) = UserId::parse(&stored).ok().filter(|id| id.server_name() == server_name) else {
+            continue;
+        };
+        match client.user_details(user_id.as_str()).await {
+            Ok(None) => lost.push(user_id),
+            Ok(Some(details)) => {
+                let made_after = details.created_at_ms().zip(seen_at).is_some_and(|(made, seen)| made > seen);
+                if made_after {
+                    lost.push(user_id);
+                }
+            }
+            Err(err) => {
+                tracing::warn!(%user_id, error = %err, "could not ask Synapse about a room's member no listing saw")
+            }
+        }
+    }
+    Ok(lost)
 }
 
 /// IDs an operator handed over from a stranger (`holds claim` of a
@@ -1008,9 +1051,15 @@ pub async fn strangers_back_by_a_restore(
     actor: &Actor,
 ) -> Result<Vec<UserId>, registry::Error> {
     let mut back = Vec::new();
-    for (user_id, logged_out) in registry.handed_over_from_strangers().await? {
-        match client.device_ids(user_id.as_str()).await {
-            Ok(devices) if devices.iter().any(|device| logged_out.contains(device)) => {
+    for (user_id, handed_over_at, logged_out) in registry.handed_over_from_strangers().await? {
+        // A restored device was last used before the hand-over, or never;
+        // one its person's client logs in with again under the same ID
+        // (some keep theirs) is used after it.
+        let restored = |device: &crate::synapse::Device| {
+            logged_out.contains(&device.device_id) && device.last_seen_ts.is_none_or(|seen| seen <= handed_over_at)
+        };
+        match client.devices(user_id.as_str()).await {
+            Ok(devices) if devices.iter().any(restored) => {
                 if registry.stranger_again(&user_id, actor).await? {
                     tracing::warn!(%user_id, "a device its hand-over logged out is back: Synapse was restored from before it, and the ID is a stranger's again until `lifeboat holds claim`");
                     back.push(user_id);

@@ -32,8 +32,9 @@ pub enum Command {
         json: bool,
     },
     /// Hold every lost ID that is still free, now (and, while there are such,
-    /// the bot.admins IDs of this homeserver and the rooms' local members
-    /// that no listing saw).
+    /// the bot.admins IDs of this homeserver that no listing saw; and, always,
+    /// the rooms' joined local members no listing saw that Synapse has no
+    /// account for, or one made since lifeboat read the room).
     ///
     /// `serve`'s watcher does this by itself (recovery.hold = "auto"), and
     /// `incident open` too (unless recovery.hold = "off"). Each account is

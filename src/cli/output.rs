@@ -15,11 +15,12 @@ pub fn print_json(value: &impl Serialize) -> Result<(), Failure> {
 }
 
 /// A command's failure, printed as `{"error": "…"}` on stdout too when it
-/// prints JSON (`json`): scripts get one object whatever happens.
+/// prints JSON (`json`): scripts get one object whatever happens, a stop
+/// by Ctrl-C too (not a usage error, which comes before any work).
 pub fn json_on_failure<T>(result: Result<T, Failure>, json: bool) -> Result<T, Failure> {
     if let Err(failure) = &result
         && json
-        && failure.code == exit::FAILED
+        && failure.code != exit::USAGE
     {
         print_json(&serde_json::json!({"error": failure.message}))?;
     }

@@ -344,18 +344,16 @@ impl Registry {
         Ok(())
     }
 
-    /// IDs handed over from a stranger, with the devices it logged out.
-    pub async fn handed_over_from_strangers(&self) -> Result<Vec<(UserId, Vec<String>)>> {
-        let rows: Vec<(UserId, String)> = sqlx::query_as(
-            "SELECT user_id, stranger_devices FROM accounts \
-             WHERE custody = 'claimed' AND stranger_devices IS NOT NULL ORDER BY user_id",
+    /// IDs handed over from a stranger, with when, and the devices it logged out.
+    pub async fn handed_over_from_strangers(&self) -> Result<Vec<(UserId, i64, Vec<String>)>> {
+        let rows: Vec<(UserId, i64, String)> = sqlx::query_as(
+            "SELECT user_id, custody_at, stranger_devices FROM accounts \
+             WHERE custody = 'claimed' AND stranger_devices IS NOT NULL AND custody_at IS NOT NULL ORDER BY user_id",
         )
         .fetch_all(&self.pool)
         .await?;
-        Ok(rows
-            .into_iter()
-            .map(|(user_id, devices)| (user_id, serde_json::from_str(&devices).unwrap_or_default()))
-            .collect())
+        let parsed = |devices: &str| serde_json::from_str(devices).unwrap_or_default();
+        Ok(rows.into_iter().map(|(user_id, at, devices)| (user_id, at, parsed(&devices))).collect())
     }
 
     /// Synapse was restored from a backup older than the hand-over of
@@ -372,6 +370,16 @@ impl Registry {
         .execute(&mut *tx)
         .await?;
         if again.rows_affected() == 1 {
+            // The restore undid the rejoins since: once handed over again,
+            // its person is brought back into the rooms once more.
+            sqlx::query(
+                "UPDATE room_members SET rejoin = NULL, rejoin_error = NULL, rejoin_attempts = 0, rejoin_at = $2 \
+                 WHERE user_id = $1",
+            )
+            .bind(user_id)
+            .bind(now_ms())
+            .execute(&mut *tx)
+            .await?;
             let detail = "a device its hand-over logged out is back: Synapse was restored from before it";
             Self::audit_in(&mut tx, actor, "account.stranger_again", Some(user_id.as_str()), Some(detail)).await?;
         }

@@ -74,17 +74,18 @@ fn back_without_lifeboat(listed_before: &str) -> String {
 /// count too: the invite is still in the room's state, for whoever has the ID.
 fn strangers_among_former_members(room_id: &str) -> String {
     let stranger =
-        format!("(({STANDING_SQL}) = 'recreated' OR (({STANDING_SQL}) = 'held' AND a.held_unlocked_at IS NOT NULL))");
+        format!("(({STANDING_SQL}) = 'recreated' OR (a.custody = 'held' AND a.held_unlocked_at IS NOT NULL))");
     former_members_where(room_id, &stranger)
 }
 
 /// How many former members of the room `room_id` have an ID anyone may
 /// register now ([`Room::free`]): lost (not one Synapse refused to create
-/// for anyone), its hold still being made, or unknown to every listing
-/// (until a hold run adopts it as lost).
+/// for anyone), its hold still being made, or joined but unknown to every
+/// listing (until the next listing, or a hold run adopting it as lost).
 fn free_among_former_members(room_id: &str) -> String {
     let free = format!(
-        "(a.user_id IS NULL OR (({STANDING_SQL}) = 'missing' AND a.hold_refused IS NULL) OR a.custody = 'holding')"
+        "((a.user_id IS NULL AND s.membership = 'join') OR (({STANDING_SQL}) = 'missing' AND a.hold_refused IS NULL) \
+          OR a.custody = 'holding')"
     );
     former_members_where(room_id, &free)
 }
@@ -617,6 +618,21 @@ impl Registry {
         Ok(found.is_some())
     }
 
+    /// Rooms' joined local members that no account listing saw (registered
+    /// after a listing, before its rooms were read), as stored (not checked
+    /// as IDs), each with when lifeboat last read the rooms it was seen in.
+    /// Lost in a wipe, such an ID is free for anyone, and its rooms would let
+    /// them in. Not invited ones: an invite may name an ID nobody ever had.
+    pub async fn room_members_no_listing_saw(&self) -> Result<Vec<(String, Option<i64>)>> {
+        Ok(sqlx::query_as(
+            "SELECT m.user_id, MAX(r.state_read_at) FROM room_members m JOIN rooms r ON r.room_id = m.room_id \
+             LEFT JOIN accounts a ON a.user_id = m.user_id \
+             WHERE a.user_id IS NULL AND m.membership = 'join' GROUP BY m.user_id ORDER BY m.user_id",
+        )
+        .fetch_all(&self.pool)
+        .await?)
+    }
+
     /// People back on their ID (claimed) not yet back in their rooms that come back or were
     /// re-created, and those who never lost theirs (present) not yet invited into a re-created
     /// room (the invite as it was made failed), but `service`, lifeboat's own account, which made
@@ -627,18 +643,6 @@ impl Registry {
     /// `wait_for_holds`, while a former member's ID is free ([`Room::free`]).
     /// Joins that failed before come last: rooms nobody can reach (many of
     /// one person's, say) hold up nobody else's first try.
-    /// Rooms' local members (joined or invited) that no account listing saw:
-    /// registered after a listing, before its rooms were read. Lost in a
-    /// wipe, such an ID is free for anyone, and its rooms would let them in.
-    pub async fn room_members_no_listing_saw(&self) -> Result<Vec<UserId>> {
-        Ok(sqlx::query_scalar(
-            "SELECT DISTINCT m.user_id FROM room_members m LEFT JOIN accounts a ON a.user_id = m.user_id \
-             WHERE a.user_id IS NULL AND m.membership IN ('join', 'invite') ORDER BY m.user_id",
-        )
-        .fetch_all(&self.pool)
-        .await?)
-    }
-
     pub async fn pending_rejoins(&self, wait_for_holds: bool, service: &UserId) -> Result<Vec<Rejoin>> {
         let listed_at = self.rooms_listed_at().await?;
         // A room here by a listing older than a loss waits as one elsewhere.

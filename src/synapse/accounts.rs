@@ -29,9 +29,13 @@ struct Devices {
     devices: Vec<Device>,
 }
 
-#[derive(Deserialize)]
-struct Device {
-    device_id: String,
+/// One of an account's devices, as the admin API lists it.
+#[derive(Debug, Clone, Deserialize)]
+pub struct Device {
+    pub device_id: String,
+    /// When it was last used (ms); none if never.
+    #[serde(default)]
+    pub last_seen_ts: Option<i64>,
 }
 
 impl SynapseClient {
@@ -110,9 +114,8 @@ impl SynapseClient {
     /// all but the requester's device ID, which is lifeboat's own and
     /// public: a stranger who logged in to the ID with it keeps a device
     /// (and its keys) there otherwise.
-    /// Logs every device of the account out.
     pub async fn delete_every_device(&self, user_id: &str) -> Result<(), Error> {
-        let ids = self.device_ids(user_id).await?;
+        let ids: Vec<String> = self.devices(user_id).await?.into_iter().map(|device| device.device_id).collect();
         if ids.is_empty() {
             return Ok(());
         }
@@ -120,11 +123,11 @@ impl SynapseClient {
         self.call(Method::POST, &path, Some(&json!({ "devices": ids }))).await
     }
 
-    /// The IDs of the account's devices.
-    pub async fn device_ids(&self, user_id: &str) -> Result<Vec<String>, Error> {
+    /// The account's devices.
+    pub async fn devices(&self, user_id: &str) -> Result<Vec<Device>, Error> {
         let path = format!("{}/devices", user_path(user_id));
         let devices: Devices = self.get_json(&path, &[], true).await?;
-        Ok(devices.devices.into_iter().map(|device| device.device_id).collect())
+        Ok(devices.devices)
     }
 
     /// Deactivates an account for good (Synapse cannot delete one): its ID

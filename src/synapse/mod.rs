@@ -18,7 +18,7 @@ use serde::de::DeserializeOwned;
 use sha2::{Digest, Sha256};
 use url::Url;
 
-pub use accounts::Creation;
+pub use accounts::{Creation, Device};
 pub use admin::{Registered, RegistrationToken, SharedSecretError, Whoami};
 pub use error::Error;
 pub use rooms::{JoinOutcome, ListedRoom, RoomsPage, StateEvent, maker_in};

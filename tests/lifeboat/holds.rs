@@ -1428,7 +1428,9 @@ async fn an_id_handed_over_from_a_stranger_is_the_strangers_again_after_a_restor
 
 /// A room's member no account listing saw (registered after the listing,
 /// before its rooms were read) is held with the lost IDs after a wipe:
-/// whoever registered it would be let into its rooms.
+/// whoever registered it would be let into its rooms. One registered again
+/// since lifeboat read the room is a stranger's; one whose account is
+/// older than lifeboat's read of its room is the member itself.
 #[tokio::test(flavor = "multi_thread")]
 async fn a_rooms_member_no_listing_saw_is_held_with_the_lost_ids() {
     let synapse = TestSynapse::start();
@@ -1437,27 +1439,37 @@ async fn a_rooms_member_no_listing_saw_is_held_with_the_lost_ids() {
     synapse.create_user(&person, &[]).await;
     let lifeboat = Lifeboat::recovering(&synapse, &registry);
     assert_eq!(lifeboat.run(&["sync"]).await.code, 0);
-    let unseen = synapse.user_id(&unique("late"));
+    let (unseen, taken, newcomer) = (unique("late"), unique("taken"), unique("new"));
     let store = lifeboat::registry::Registry::connect(&registry.url()).await.unwrap();
-    let room = lifeboat::registry::RoomRecord {
-        room_id: format!("!late:{}", synapse.server_name),
-        joined_local: 2,
+    let room_of = |name: &str, members: &[&str]| lifeboat::registry::RoomRecord {
+        room_id: format!("!{name}:{}", synapse.server_name),
+        joined_local: members.len() as i64,
         details: Some(lifeboat::registry::RoomDetails {
-            members: vec![(synapse.user_id(&person), "join".into(), 0), (unseen.clone(), "join".into(), 0)],
+            members: members.iter().map(|member| (synapse.user_id(member), "join".into(), 0)).collect(),
             ..Default::default()
         }),
         ..Default::default()
     };
-    store.apply_room_listing(&[room]).await.unwrap();
-    store.close().await;
+    let before = room_of("before", &[&person, &unseen, &taken]);
+    store.apply_room_listing(std::slice::from_ref(&before)).await.unwrap();
 
     synapse.wipe();
     assert_eq!(lifeboat.run(&["recover"]).await.code, 0);
     assert_eq!(lifeboat.run(&["sync"]).await.code, 0);
+    tokio::time::sleep(Duration::from_millis(1_100)).await;
+    synapse.register(&taken);
+    synapse.register(&newcomer);
+    tokio::time::sleep(Duration::from_millis(1_100)).await;
+    let after = room_of("after", &[&newcomer]);
+    store.apply_room_listing(&[lifeboat::registry::RoomRecord { details: None, ..before }, after]).await.unwrap();
+    store.close().await;
     let made = lifeboat.run(&["holds", "make"]).await;
     assert_eq!(made.code, 0, "{made:?}");
     let held = ids_in(&lifeboat, "held").await;
-    assert!(held.contains(&unseen) && held.contains(&synapse.user_id(&person)), "{held:?}");
+    assert!(held.contains(&synapse.user_id(&unseen)) && held.contains(&synapse.user_id(&person)), "{held:?}");
+    let recreated = ids_in(&lifeboat, "recreated").await;
+    assert_eq!(recreated, [synapse.user_id(&taken)], "registered again since the room was read");
+    assert!(!held.contains(&synapse.user_id(&newcomer)), "the room showed this very account: {held:?}");
 }
 
 /// lifeboat after `synapse` lost every account it had synced: recovered

@@ -1028,14 +1028,18 @@ on_both_backends!(a_held_account_unlocked_outside_lifeboat_holds_its_surviving_r
 
 /// A room's member no account listing saw (registered after the listing,
 /// before its rooms were read) has an ID anyone may register after a wipe:
-/// free, until a hold run adopts it as lost and holds it.
+/// free, until a hold run adopts it as lost and holds it. Not one only
+/// invited: an invite may name an ID nobody ever had.
 async fn a_rooms_member_no_listing_saw_is_free_until_adopted_as_lost(registry: Registry) {
     sync_listing(&registry, &[user("@a:x", 1)]).await;
-    registry.apply_room_listing(&[room("!r", 2, &[("@a:x", 0), ("@eve:x", 0)])]).await.unwrap();
+    let mut with_eve = room("!r", 2, &[("@a:x", 0), ("@eve:x", 0)]);
+    with_eve.details.as_mut().unwrap().members.push(("@ghost:x".to_owned(), "invite".to_owned(), 0));
+    registry.apply_room_listing(&[with_eve]).await.unwrap();
     assert_eq!(registry.room("!r").await.unwrap().unwrap().free, 1);
     let unseen = registry.room_members_no_listing_saw().await.unwrap();
-    assert_eq!(unseen, [id("@eve:x")]);
-    registry.adopt_as_lost(&[&unseen[0]]).await.unwrap();
+    assert_eq!(unseen.iter().map(|(id, _)| id.as_str()).collect::<Vec<_>>(), ["@eve:x"]);
+    assert!(unseen[0].1.is_some(), "with when its room was read");
+    registry.adopt_as_lost(&[&id("@eve:x")]).await.unwrap();
     assert!(registry.room_members_no_listing_saw().await.unwrap().is_empty());
     let candidates = registry.hold_candidates(false).await.unwrap();
     assert_eq!(candidates.iter().map(|c| c.user_id.as_str()).collect::<Vec<_>>(), ["@eve:x"]);
