@@ -1631,6 +1631,27 @@ async fn notice_read_by(rig: &Rig, ann_client: &matrix_sdk::Client) -> (String, 
     }
 }
 
+/// `address` typed for `user_id` on the subscription page: the link mailed to it.
+async fn subscribed_on_the_page(
+    rig: &Rig,
+    browser: &crate::harness::browser::Browser,
+    user_id: &str,
+    address: &str,
+) -> String {
+    browser.goto(&format!("{}/subscribe", rig.web)).await;
+    browser.fill("#matrix_id", user_id).await;
+    browser.fill("#email", address).await;
+    browser.click("button[type=submit]").await;
+    assert!(browser.text("main").await.contains("sent a link"), "the same answer for anyone");
+    let smtp = &rig.smtp;
+    eventually("the confirmation link is mailed", Duration::from_secs(30), || async {
+        !smtp.messages_to(address).is_empty()
+    })
+    .await;
+    let text = smtp.messages_to(address).pop().unwrap().text.unwrap();
+    text.split_whitespace().find(|word| word.contains("/subscribe/confirm?")).expect("a link").to_owned()
+}
+
 #[tokio::test(flavor = "multi_thread")]
 async fn a_person_subscribes_an_email_on_the_web_page_proven_by_a_mailed_link_and_a_dmed_code() {
     let mut rig = Rig::start(TestSmtp::start(None), &[]).await;
@@ -1640,20 +1661,7 @@ async fn a_person_subscribes_an_email_on_the_web_page_proven_by_a_mailed_link_an
     let address = format!("{bob_localpart}@example.org");
 
     let browser = crate::harness::browser::Browser::start().await;
-    browser.goto(&format!("{}/subscribe", rig.web)).await;
-    browser.fill("#matrix_id", &bob.user_id).await;
-    browser.fill("#email", &address).await;
-    browser.click("button[type=submit]").await;
-    assert!(browser.text("main").await.contains("sent a link"), "the same answer for anyone");
-
-    let smtp = &rig.smtp;
-    eventually("the confirmation link is mailed", Duration::from_secs(30), || async {
-        !smtp.messages_to(&address).is_empty()
-    })
-    .await;
-    let mail = rig.smtp.messages_to(&address).pop().unwrap();
-    let text = mail.text.unwrap();
-    let link = text.split_whitespace().find(|word| word.contains("/subscribe/confirm?")).expect("a link").to_owned();
+    let link = subscribed_on_the_page(&rig, &browser, &bob.user_id, &address).await;
 
     // The code comes to bob's Matrix account by DM.
     let mut invites = Vec::new();
@@ -1702,16 +1710,7 @@ async fn a_person_subscribes_an_email_on_the_web_page_proven_by_a_mailed_link_an
     // adds the address for its person, and tells the account nothing.
     let second = format!("{bob_localpart}-2@example.org");
     let browser = crate::harness::browser::Browser::start().await;
-    browser.goto(&format!("{}/subscribe", rig.web)).await;
-    browser.fill("#matrix_id", &bob.user_id).await;
-    browser.fill("#email", &second).await;
-    browser.click("button[type=submit]").await;
-    eventually("the second link is mailed", Duration::from_secs(30), || async {
-        !smtp.messages_to(&second).is_empty()
-    })
-    .await;
-    let text = rig.smtp.messages_to(&second).pop().unwrap().text.unwrap();
-    let link = text.split_whitespace().find(|word| word.contains("/subscribe/confirm?")).unwrap().to_owned();
+    let link = subscribed_on_the_page(&rig, &browser, &bob.user_id, &second).await;
     let code = code_in(&bob.wait_for_message(&dm, &rig.bot, &format!("`{second}`"), Duration::from_secs(30)).await);
     let store = lifeboat::registry::Registry::connect(&rig.registry_url()).await.unwrap();
     let older = "UPDATE accounts SET synapse_created_at = synapse_created_at - 60000 WHERE user_id = $1";
