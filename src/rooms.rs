@@ -298,11 +298,13 @@ pub struct BringBackReport {
     /// rejoin --retry`.
     pub given_up: Vec<(String, String)>,
     /// Surviving rooms nobody is brought back into while a stranger holds
-    /// a former member's ID: this server back in the room lets the
-    /// stranger in too. An operator settles the ID first (`holds claim`).
+    /// a former member's ID (or a held one was unlocked outside lifeboat):
+    /// this server back in the room lets the stranger in too. An operator
+    /// settles the ID first (`holds claim`).
     pub held_back: Vec<String>,
     /// Surviving rooms lifeboat waits with while a former member's ID is
-    /// free, not held yet: whoever registered it would be let in too.
+    /// free, not held yet (or a joined member no listing saw is not known
+    /// yet): whoever registered it would be let in too.
     pub waiting_for_holds: Vec<String>,
     /// Rooms and people's joins lifeboat had given up, started over
     /// (`rooms rejoin --retry`).

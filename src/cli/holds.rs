@@ -32,9 +32,10 @@ pub enum Command {
         json: bool,
     },
     /// Hold every lost ID that is still free, now (and, while there are such,
-    /// the bot.admins IDs of this homeserver that no listing saw; and, always,
-    /// the rooms' joined local members no listing saw that Synapse has no
-    /// account for, or one made since lifeboat read the room).
+    /// the bot.admins IDs of this homeserver that no listing saw; and, on
+    /// every run, the rooms' joined local members no listing saw: held when
+    /// Synapse has no account for them, recorded as a stranger's when their
+    /// account was made after lifeboat last read a room they are in).
     ///
     /// `serve`'s watcher does this by itself (recovery.hold = "auto"), and
     /// `incident open` too (unless recovery.hold = "off"). Each account is

@@ -109,7 +109,9 @@ pub async fn run(context: &Context, command: Command) -> Outcome {
             }
             for room in report.waiting_for_holds.iter().take(10) {
                 let room = one_line(room);
-                eprintln!("waiting: {room}: a former member's ID is not held yet (`lifeboat holds make` holds it)");
+                eprintln!(
+                    "waiting: {room}: a former member's ID is not held yet (`lifeboat holds make` holds it; a member no listing saw waits for `lifeboat sync`)"
+                );
             }
             let done = report.failed.is_empty()
                 && report.given_up.is_empty()

@@ -107,8 +107,10 @@ pub async fn run(context: &Context, args: Args) -> Outcome {
         if !report.missing.is_empty() {
             println!("  missing: {}", id_list(&report.missing, 20));
         }
-        if !report.recreated.is_empty() {
-            println!("  recreated (same ID, newer account): {}", id_list(&report.recreated, 20));
+        // Those a restore gave back to a stranger have a line of their own.
+        let newer: Vec<&String> = report.recreated.iter().filter(|id| !summary.strangers_again.contains(id)).collect();
+        if !newer.is_empty() {
+            println!("  recreated (same ID, newer account): {}", id_list(&newer, 20));
         }
         if !summary.strangers_again.is_empty() {
             let again = id_list(&summary.strangers_again, 20);

@@ -107,7 +107,8 @@ impl Registry {
     }
 
     /// Records IDs no listing saw as lost, so that a hold run holds them with
-    /// the rest (the bot's admin IDs, after a wipe). Known IDs stay as they are.
+    /// the rest (the bot's admin IDs after a wipe, rooms' joined members no
+    /// listing saw). Known IDs stay as they are.
     /// Their account's time is 0, so that any account found there before a
     /// hold is made (an abandoned hold, a stopped run) is a stranger's until
     /// an operator settles it.

@@ -1423,6 +1423,8 @@ async fn an_id_handed_over_from_a_stranger_is_the_strangers_again_after_a_restor
     assert_eq!(synced.code, 0, "{synced:?}");
     let again = synced.stdout.lines().find(|line| line.contains("the stranger's again")).unwrap_or_default();
     assert!(again.contains(&person_id), "{synced:?}");
+    let newer = |line: &&str| line.contains("recreated (same ID") && line.contains(&person_id);
+    assert!(!synced.stdout.lines().any(|line| newer(&line)), "named once, not as a newer account: {synced:?}");
     assert_eq!(state().await, "recreated", "until an operator hands it over once more");
 }
 
