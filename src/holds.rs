@@ -970,17 +970,16 @@ pub async fn hand_back(
         let was_admin = account.as_ref().is_some_and(|account| account.admin);
         let name = account.as_ref().and_then(Account::display_name_to_restore);
         let emails = free_emails(registry, client, user_id).await?;
-        // A stranger's devices, before the new password logs them out:
-        // should one come back, so did the stranger.
-        let stranger_devices: Vec<String> = match seen.state {
-            AccountState::Recreated => match client.devices(user_id.as_str()).await {
-                Ok(devices) => devices.into_iter().map(|device| device.device_id).collect(),
-                Err(err) => {
-                    tracing::warn!(%user_id, error = %err, "could not list the devices of the stranger's account: a restore of Synapse from before this hand-over goes unnoticed");
-                    Vec::new()
-                }
-            },
-            _ => Vec::new(),
+        // Whoever's devices are on it (a stranger's; on a held account,
+        // one who signed in once someone unlocked it outside lifeboat),
+        // before the new password logs them out: should one come back, so
+        // did they. A held account lifeboat kept locked has none.
+        let stranger_devices: Vec<String> = match client.devices(user_id.as_str()).await {
+            Ok(devices) => devices.into_iter().map(|device| device.device_id).collect(),
+            Err(err) => {
+                tracing::warn!(%user_id, error = %err, "could not list the account's devices: a restore of Synapse from before this hand-over goes unnoticed");
+                Vec::new()
+            }
         };
         client.hand_over_account(user_id.as_str(), password, was_admin, name, &emails).await?;
         // The account handed over is the person's from now on: its creation

@@ -1384,6 +1384,18 @@ async fn a_held_id_unlocked_outside_lifeboat_is_named_by_check_and_sync() {
     assert_eq!(unlocked().await, serde_json::json!([held]));
     let sync = lifeboat.run(&["sync"]).await;
     assert!(sync.stdout.contains(&format!("held but unlocked outside lifeboat: {held}")), "{sync:?}");
+
+    // Whoever signed in to it meanwhile is back with a restore of Synapse
+    // from before its hand-over, and the ID is not its person's again.
+    synapse.unlock_user(&person, "the-unlockers-passphrase").await;
+    assert_eq!(synapse.login(&person, "the-unlockers-passphrase").await.0, 200);
+    synapse.backup();
+    let claimed = lifeboat.run_with_input(&["holds", "claim", &held], "a-long-enough-passphrase\n").await;
+    assert_eq!(claimed.code, 0, "{claimed:?}");
+    synapse.restore();
+    let synced = lifeboat.run(&["sync"]).await;
+    let again = |line: &str| line.contains("the stranger's again") && line.contains(&held);
+    assert!(synced.stdout.lines().any(again), "{synced:?}");
 }
 
 /// An ID an operator handed over from a stranger is the stranger's again
