@@ -67,11 +67,12 @@ pub enum CampaignError {
     StoppedOpening,
 }
 
-/// What a run did.
-#[derive(Debug, Clone, Default)]
+/// What a run did (`notify --json` prints it as its `sent`).
+#[derive(Debug, Clone, Default, serde::Serialize)]
 pub struct CampaignReport {
     pub tokens_created: u64,
     pub tokens_extended: u64,
+    #[serde(rename = "deliveries")]
     pub counts: DeliveryCounts,
     /// A few addresses whose deliveries are not done, with the reason.
     pub errors: Vec<(String, String)>,

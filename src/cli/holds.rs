@@ -52,9 +52,10 @@ pub enum Command {
     /// this says who and leaves the IDs to it.
     Make {
         /// Print what was done as JSON on stdout (`holds`: held, taken,
-        /// failed, unregistrable, stopped; `display_names`: restored,
-        /// not_held, failed, or null when another run restores them or the
-        /// holds were stopped).
+        /// failed as [id, reason] pairs, unregistrable, stopped,
+        /// own_made_again, own_locked; `display_names`: restored, not_held,
+        /// failed, first_failure, stopped, or null when another run restores
+        /// them or the holds were stopped).
         #[arg(long)]
         json: bool,
     },

@@ -8,7 +8,7 @@ use super::{Context, Failure, Outcome, exit};
 use crate::campaign::{CampaignError, CampaignOptions, CampaignReport, notice_settings, run_campaign};
 use crate::notify::{NotifyPlan, NotifyProgress, plan};
 use crate::plain_text::one_line;
-use crate::registry::{Actor, DeliveryCounts, Incident, now_ms};
+use crate::registry::{Actor, Incident, now_ms};
 
 #[derive(clap::Args, Debug)]
 pub struct Args {
@@ -25,9 +25,10 @@ pub struct Args {
     #[arg(long)]
     retry_failed: bool,
     /// Print one JSON object on stdout: `incident`, `plan` (the counts),
-    /// `sample` (a dry run's first email) and `sent` (tokens created,
-    /// `deliveries` by state, `errors`); needs --yes or --dry-run. The exit
-    /// code is the same as without it.
+    /// `sample` (a dry run's first email: to, subject, text) and `sent`
+    /// (tokens_created, tokens_extended, `deliveries` by state, `errors` as
+    /// [address, reason] pairs, dms_left_to); needs --yes or --dry-run. The
+    /// exit code is the same as without it.
     #[arg(long)]
     json: bool,
 }
@@ -79,7 +80,7 @@ struct Notified {
     /// The dry run's first email, as it would go (placeholder token and signatures).
     sample: Option<Sample>,
     /// What the send did; none on a dry run, or when nothing was sent.
-    sent: Option<Sent>,
+    sent: Option<CampaignReport>,
     /// Why a run is needed again (printed on stderr, not in the JSON).
     #[serde(skip)]
     unfinished: Option<Failure>,
@@ -90,18 +91,6 @@ struct Sample {
     to: String,
     subject: String,
     text: String,
-}
-
-#[derive(serde::Serialize)]
-struct Sent {
-    tokens_created: u64,
-    tokens_extended: u64,
-    deliveries: DeliveryCounts,
-    /// A few addresses whose notices are not done, with why.
-    errors: Vec<(String, String)>,
-    /// DMs left to the `lifeboat serve` that has the device's crypto store
-    /// open: its name, and how many.
-    dms_left_to: Option<(String, i64)>,
 }
 
 async fn notify(context: &Context, args: Args) -> Result<Notified, Failure> {
@@ -189,13 +178,7 @@ async fn notify(context: &Context, args: Args) -> Result<Notified, Failure> {
         show_sent(&report, incident.id);
     }
     notified.unfinished = unfinished(&report, &notified.plan, config.email.is_some(), stop.is_cancelled(), incident.id);
-    notified.sent = Some(Sent {
-        tokens_created: report.tokens_created,
-        tokens_extended: report.tokens_extended,
-        deliveries: report.counts,
-        errors: report.errors,
-        dms_left_to: report.dms_left_to,
-    });
+    notified.sent = Some(report);
     Ok(notified)
 }
 

@@ -179,9 +179,9 @@ pub struct Room {
     pub rejoined: i64,
     pub pending: i64,
     /// Former members (joined or invited) whose ID a stranger holds now
-    /// (`recreated`, or held but unlocked outside lifeboat). The surviving room still counts them as members: once
-    /// this server is back in it, so is the stranger, with the person's
-    /// power level (or their invite).
+    /// (`recreated`, or held but unlocked outside lifeboat). The surviving
+    /// room still counts them as members: once this server is back in it,
+    /// so is the stranger, with the person's power level (or their invite).
     pub strangers: i64,
     /// Former members whose ID is lost and not held yet (`missing`, or its
     /// hold still being made), or joined ones no listing saw: anyone may
