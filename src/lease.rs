@@ -1,12 +1,12 @@
 //! Named leases in the registry: one holder at a time for work that two
 //! processes must not do at once (one notify per incident, one sync).
 //!
-//! A holder is `host:pid:n[:label]`, `n` counting this process's leases, so a
-//! lease excludes other tasks of the same process too (the bot's `notify
-//! confirm` and the delivery worker run in one `serve`). It is renewed while
-//! held (never taken back once another had it: it is then lost) and expires
-//! if the holder vanishes; one on this machine whose process is gone (killed
-//! mid-run) is taken over at once.
+//! A holder is `host/table:pid:n[:label]`, `n` counting this process's
+//! leases, so a lease excludes other tasks of the same process too (the
+//! bot's `notify confirm` and the delivery worker run in one `serve`). It is
+//! renewed while held (never taken back once another had it: it is then
+//! lost) and expires if the holder vanishes; one in this process table whose
+//! process is gone (killed mid-run) is taken over at once.
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
@@ -15,6 +15,31 @@ use std::time::{Duration, Instant};
 use tokio_util::task::AbortOnDropHandle;
 
 use crate::registry::{self, Registry, now_ms};
+
+/// The process table this process is in: the host's name, then the
+/// kernel's boot and the PID namespace. Two hosts may share a name (a stock
+/// `debian` on a shared PostgreSQL), and a container run with the host's
+/// name has PIDs of its own: a PID is looked up in `/proc` only for a holder
+/// from the same table.
+pub fn process_table() -> String {
+    let read = |path| std::fs::read_to_string(path).unwrap_or_default().trim().to_owned();
+    let host = read("/proc/sys/kernel/hostname");
+    let boot: String = read("/proc/sys/kernel/random/boot_id").chars().take(8).collect();
+    // `pid:[4026531836]`: the namespace's inode.
+    let namespace = std::fs::read_link("/proc/self/ns/pid")
+        .map(|link| link.display().to_string().chars().filter(char::is_ascii_digit).collect::<String>())
+        .unwrap_or_default();
+    format!("{host}/{boot}.{namespace}")
+}
+
+/// Both the boot and the namespace were read: else another table could
+/// look the same, and a lease is only taken once it runs out.
+fn table_is_known(table: &str) -> bool {
+    table
+        .rsplit_once('/')
+        .and_then(|(_, ids)| ids.split_once('.'))
+        .is_some_and(|(boot, namespace)| !boot.is_empty() && !namespace.is_empty())
+}
 
 /// Tells apart the leases one process takes.
 static NEXT_HOLDER: AtomicU64 = AtomicU64::new(1);
@@ -57,14 +82,15 @@ impl Lease {
         name: &str,
         label: Option<&str>,
     ) -> Result<Result<Lease, Held>, registry::Error> {
-        let host = std::fs::read_to_string("/proc/sys/kernel/hostname").unwrap_or_default().trim().to_owned();
-        let mut holder = format!("{host}:{}:{}", std::process::id(), NEXT_HOLDER.fetch_add(1, Ordering::Relaxed));
+        let table = process_table();
+        let mut holder = format!("{table}:{}:{}", std::process::id(), NEXT_HOLDER.fetch_add(1, Ordering::Relaxed));
         if let Some(label) = label {
             holder = format!("{holder}:{label}");
         }
         let mut taken = registry.take_lease(name, &holder, now_ms() + Self::TTL_MS, None).await?;
         if let Err((current, _)) = &taken
-            && let Some(pid) = current.strip_prefix(&format!("{host}:")).and_then(|rest| rest.split(':').next())
+            && let Some(pid) = current.strip_prefix(&format!("{table}:")).and_then(|rest| rest.split(':').next())
+            && table_is_known(&table)
             && !std::path::Path::new(&format!("/proc/{pid}")).exists()
         {
             let current = current.clone();

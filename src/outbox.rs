@@ -250,7 +250,8 @@ pub async fn send_at_once<Fut: Future<Output = Outcome>>(
         Record::Sent(_) => Ok(()),
         Record::Ended { reason, .. } => Err(reason.clone()),
     };
-    self::record(&mut registry.outbox_writer().await?, vec![record]).await?;
+    let mut writer = registry.outbox_writer().await?;
+    record_surely(registry, &mut writer, vec![record]).await?;
     Ok(sent)
 }
 
@@ -317,6 +318,7 @@ pub async fn send_until_done<C: Channel>(
         fatal: None,
         stop: AtomicBool::new(false),
         writer: registry.outbox_writer().await?,
+        registry: registry.clone(),
     };
     let (incident_id, delivery_channel) = channel.scope();
     let started = Instant::now();
@@ -357,6 +359,7 @@ struct Run {
     /// Set by a fatal outcome: no new sends.
     stop: AtomicBool,
     writer: OutboxWriter,
+    registry: Registry,
 }
 
 /// A finished attempt, holding its permit until it is recorded.
@@ -400,7 +403,7 @@ impl Run {
             });
         let tries = &mut self.tries;
         let fatal = &mut self.fatal;
-        let writer = &mut self.writer;
+        let (writer, registry) = (&mut self.writer, &self.registry);
         let recording = async {
             let mut ended = 0u64;
             while let Some(first) = finished_rx.recv().await {
@@ -415,14 +418,14 @@ impl Run {
                     .into_iter()
                     .map(|(key, outcome, permit)| (to_record(key, outcome, tries, fatal), permit))
                     .unzip();
-                match record(writer, records).await {
+                match record_surely(registry, writer, records).await {
                     Ok(finished) => {
                         ended += finished;
                         progress.recorded(finished);
                     }
                     Err(err) => {
-                        // If the registry fails after sends, a rerun repeats
-                        // the ones not recorded (within the permits).
+                        // If the registry fails after sends for good, a rerun
+                        // repeats the ones not recorded (within the permits).
                         permits.close();
                         return Err(err);
                     }
@@ -510,18 +513,57 @@ enum Record {
 /// Writes a group of outcomes: every sent one in one statement, the rarer
 /// others one by one. Returns how many rows ended (sent, skipped or
 /// failed).
-async fn record(outbox: &mut OutboxWriter, records: Vec<Record>) -> Result<u64, registry::Error> {
+/// How long outcomes of sends already made are tried to be written: a
+/// registry busy (SQLite's lock held by a long write) or reconnecting
+/// (PostgreSQL restarted) for a while must not have a rerun send them again.
+const RECORD_FOR: Duration = Duration::from_secs(60);
+
+/// Writes `records`, each once, and returns how many rows they ended. While
+/// the registry fails, it tries again on a new connection, the rest only,
+/// for up to [`RECORD_FOR`].
+async fn record_surely(
+    registry: &Registry,
+    writer: &mut OutboxWriter,
+    mut records: Vec<Record>,
+) -> Result<u64, registry::Error> {
+    let mut finished = 0;
+    let give_up_at = Instant::now() + RECORD_FOR;
+    let mut wait = Duration::from_millis(250);
+    loop {
+        let Err(err) = record(writer, &mut records, &mut finished).await else { return Ok(finished) };
+        if Instant::now() + wait > give_up_at {
+            return Err(err);
+        }
+        tracing::warn!(error = %err, "outcomes of sends not written yet; trying again");
+        tokio::time::sleep(wait).await;
+        wait = (wait * 2).min(Duration::from_secs(8));
+        if let Ok(fresh) = registry.outbox_writer().await {
+            *writer = fresh;
+        }
+    }
+}
+
+/// Writes `records`, taking each written out of them and counting the rows
+/// it ended in `finished`.
+async fn record(
+    outbox: &mut OutboxWriter,
+    records: &mut Vec<Record>,
+    finished: &mut u64,
+) -> Result<(), registry::Error> {
     let sent: Vec<i64> =
         records.iter().filter_map(|record| if let Record::Sent(id) = record { Some(*id) } else { None }).collect();
     outbox.mark_sent(&sent).await?;
-    let mut finished = sent.len() as u64;
-    for record in records {
-        if let Record::Ended { id, state, reason, due_at, not_before } = record {
-            outbox.mark_ended(id, state, &reason, due_at, not_before).await?;
-            finished += u64::from(state != DeliveryState::Pending);
+    records.retain(|record| !matches!(record, Record::Sent(_)));
+    *finished += sent.len() as u64;
+    while let Some(record) = records.pop() {
+        let Record::Ended { id, state, reason, due_at, not_before } = &record else { continue };
+        if let Err(err) = outbox.mark_ended(*id, *state, reason, *due_at, *not_before).await {
+            records.push(record);
+            return Err(err);
         }
+        *finished += u64::from(*state != DeliveryState::Pending);
     }
-    Ok(finished)
+    Ok(())
 }
 
 #[cfg(test)]

@@ -30,13 +30,16 @@ fn is_secret_parameter(name: &str) -> bool {
 
 /// Hides whatever sits between `scheme://user:` and the last `@` (the user
 /// name holds no `/`; the password may hold one). Not `greedy`, an `@` after
-/// a `?` or `#` is the query's (`?user=ops@tenant`), not the password's end.
+/// a `?` or `#` is the query's (`?user=ops@tenant`), not the password's end,
+/// unless only digits stand between the `:` and it: a parser takes those for
+/// a port, so `user:#pw@host` would otherwise show its password. A query
+/// right after a port (`host:5432?user=a@b`) is hidden too, which is safe.
 fn hide_user_password(text: &str, greedy: bool) -> String {
     let Some(start) = text.find("://").map(|i| i + 3) else { return text.to_owned() };
     let rest = &text[start..];
     let Some(colon) = rest.find(':') else { return text.to_owned() };
     let scope = match rest[colon..].find(['?', '#']) {
-        Some(query) if !greedy => colon + query,
+        Some(query) if !greedy && !rest[colon + 1..colon + query].bytes().all(|b| b.is_ascii_digit()) => colon + query,
         _ => rest.len(),
     };
     match rest[..scope].rfind('@') {
@@ -59,6 +62,11 @@ mod tests {
         // Digits then a slash parse as a port and a path, with no password.
         assert_eq!(shown("postgres://u:1234/abc@h/db"), "postgres://u:REDACTED@h/db");
         assert_eq!(shown("smtp://mail:p@ss@relay:587"), "smtp://mail:REDACTED@relay:587");
+        // A `#` or `?` right after the `:` or after digits reads as a
+        // fragment or a query after a port, with no password, to a parser.
+        assert_eq!(shown("postgres://lifeboat:#S3cret@db/lifeboat"), "postgres://lifeboat:REDACTED@db/lifeboat");
+        assert_eq!(shown("smtp://relay:2024#pw@mail:587"), "smtp://relay:REDACTED@mail:587");
+        assert_eq!(shown("postgres://lb:12?hunter2@db/x"), "postgres://lb:REDACTED@db/x");
     }
 
     #[test]

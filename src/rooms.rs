@@ -21,7 +21,9 @@ use crate::lease::{Held, Lease};
 use crate::pace::{call_in_paced_groups, rest_after};
 use crate::plain_text;
 use crate::recover::service_user_id;
-use crate::registry::{self, Actor, Registry, Rejoin, RejoinOutcome, Room, RoomDetails, RoomRecord, RoomState};
+use crate::registry::{
+    self, Actor, FormerMember, Registry, Rejoin, RejoinOutcome, Room, RoomDetails, RoomRecord, RoomState,
+};
 use crate::synapse::{self, JoinOutcome, LISTING_ATTEMPTS, ListedRoom, StateEvent, SynapseClient};
 use crate::user_id::UserId;
 
@@ -302,6 +304,10 @@ pub struct BringBackReport {
     /// this server back in the room lets the stranger in too. An operator
     /// settles the ID first (`holds claim`).
     pub held_back: Vec<String>,
+    /// (who, room): people the room's state shows left or removed since
+    /// lifeboat last read it, not joined again (their membership is
+    /// forgotten).
+    pub left: Vec<(String, String)>,
     /// Surviving rooms lifeboat waits with while a former member's ID is
     /// free, not held yet (or a joined member no listing saw is not known
     /// yet): whoever registered it would be let in too.
@@ -332,6 +338,12 @@ impl BringBackReport {
         }
         if !self.failed.is_empty() {
             text.push_str(&format!("; {} did not work yet (tried again next round)", self.failed.len()));
+        }
+        if !self.left.is_empty() {
+            text.push_str(&format!(
+                "; {} left a room or were removed from it since lifeboat read it, and are not joined again",
+                self.left.len()
+            ));
         }
         if !self.given_up.is_empty() {
             text.push_str(&format!(
@@ -434,7 +446,8 @@ async fn rejoin_own(
             report.waiting_for_holds.push(room.room_id.clone());
             continue;
         }
-        let was_member = registry.room_members_back(&room.room_id).await?.iter().any(|(id, _)| id == &service);
+        let was_member =
+            registry.room_members_back(&room.room_id).await?.iter().any(|member| member.user_id == service);
         let open = room.public || room.join_rule.as_deref() == Some("public");
         if !open && !was_member {
             continue;
@@ -635,7 +648,7 @@ async fn rejoin_people(
     let mut outcomes = futures::stream::iter(to_do)
         .map(|rejoin| async move {
             let outcome = match &rejoin.recreated_as {
-                Some(new_room) => client.invite(new_room, rejoin.user_id.as_str()).await,
+                Some(new_room) => client.invite(new_room, rejoin.user_id.as_str()).await.map(PersonJoin::Done),
                 None => join_person(client, &rejoin).await,
             };
             (rejoin, outcome)
@@ -643,6 +656,15 @@ async fn rejoin_people(
         .buffer_unordered(ROOM_CONCURRENCY);
     while let Some((rejoin, outcome)) = stop.run_until_cancelled(outcomes.next()).await.flatten() {
         let invited = rejoin.recreated_as.is_some();
+        let outcome = match outcome {
+            Ok(PersonJoin::LeftSince) => {
+                registry.forget_member(&rejoin.room_id, &rejoin.user_id).await?;
+                report.left.push((rejoin.user_id.to_string(), rejoin.room_id));
+                continue;
+            }
+            Ok(PersonJoin::Done(outcome)) => Ok(outcome),
+            Err(err) => Err(err),
+        };
         let failed = match outcome {
             Ok(JoinOutcome::Joined) => {
                 let recorded = if invited { RejoinOutcome::Invited } else { RejoinOutcome::Joined };
@@ -683,13 +705,28 @@ async fn rooms_servers_failed(client: &SynapseClient, err: &synapse::Error) -> O
     Some(format!("the room's servers could not be reached ({why})"))
 }
 
+/// How bringing one person back into a room went.
+enum PersonJoin {
+    Done(JoinOutcome),
+    /// The room's state says they left it or were removed since lifeboat
+    /// last read it (a listing may be hours old): not joined again.
+    LeftSince,
+}
+
 /// Joins one person to a surviving room, unless it holds them as joined
-/// already (their old membership stands once this server is back in it).
-async fn join_person(client: &SynapseClient, rejoin: &Rejoin) -> Result<JoinOutcome, synapse::Error> {
-    if client.joined_rooms(rejoin.user_id.as_str()).await?.contains(&rejoin.room_id) {
-        return Ok(JoinOutcome::Joined);
+/// already (their old membership stands once this server is back in it),
+/// or it holds them as gone: a forced join would undo a kick or their own
+/// leave. A room whose state this server is still fetching may have no
+/// membership of theirs yet: they are joined, as they were.
+async fn join_person(client: &SynapseClient, rejoin: &Rejoin) -> Result<PersonJoin, synapse::Error> {
+    let (room_id, user_id) = (&rejoin.room_id, rejoin.user_id.as_str());
+    if client.joined_rooms(user_id).await?.contains(room_id) {
+        return Ok(PersonJoin::Done(JoinOutcome::Joined));
     }
-    client.admin_join(&rejoin.room_id, rejoin.user_id.as_str(), &rejoin.via_servers).await
+    if matches!(client.membership(room_id, user_id).await?.as_deref(), Some("leave" | "ban")) {
+        return Ok(PersonJoin::LeftSince);
+    }
+    Ok(PersonJoin::Done(client.admin_join(room_id, user_id, &rejoin.via_servers).await?))
 }
 
 /// What re-creating a room did.
@@ -737,7 +774,7 @@ pub async fn to_recreate(config: &Config, registry: &Registry, room_id: Option<&
     let admin_room = config.bot.as_ref().and_then(|bot| bot.admin_room.as_deref());
     let remade: std::collections::HashSet<String> =
         registry.rooms(Some(RoomState::Recreated)).await?.into_iter().filter_map(|room| room.recreated_as).collect();
-    let rooms: Vec<Room> = registry
+    let candidates = registry
         .rooms(Some(RoomState::Lost))
         .await?
         .into_iter()
@@ -746,9 +783,26 @@ pub async fn to_recreate(config: &Config, registry: &Registry, room_id: Option<&
         .filter(|room| {
             Some(room.room_id.as_str()) != admin_room
                 && !room.aliases.iter().any(|alias| Some(alias.as_str()) == admin_room)
-        })
-        .collect();
+        });
+    let mut rooms = Vec::new();
+    for room in candidates {
+        if !is_a_dm_with_lifeboat(registry, &room, &service).await? {
+            rooms.push(room);
+        }
+    }
     Ok(children_first(rooms))
+}
+
+/// A person's DM with lifeboat's bot, which the person opened (so lifeboat
+/// did not make it): an unnamed room of the two of them. Made again, it
+/// would be an empty room with lifeboat in it; the person opens a new DM
+/// when they want one.
+async fn is_a_dm_with_lifeboat(registry: &Registry, room: &Room, service: &UserId) -> Result<bool, RoomsError> {
+    if room.name.as_deref().is_some_and(|name| !name.is_empty()) || room.is_space() {
+        return Ok(false);
+    }
+    let members = registry.room_members_back(&room.room_id).await?;
+    Ok(members.len() == 2 && members.iter().any(|member| member.user_id == *service))
 }
 
 /// `rooms` in an order that makes each one after the rooms of `rooms` it
@@ -902,17 +956,29 @@ pub async fn recreate(
                 client.create_room(&body).await?
             }
         };
+        let maker = client.whoami().await?.user_id;
+        let members: Vec<FormerMember> = registry
+            .room_members_back(&room.room_id)
+            .await?
+            .into_iter()
+            .filter(|member| member.user_id != service)
+            .collect();
+        // Back by the registry's word, and by Synapse's now: a person not
+        // invited yet is invited by a later rejoin round.
+        let theirs = theirs_now(registry, client, members.iter().filter(|m| m.back).map(|m| m.user_id.clone())).await?;
+        let is_theirs = |member: &FormerMember| member.back && theirs.get(&member.user_id) == Some(&Ok(true));
+        // Given before the room is recorded as made: a run that stops first
+        // finds the room again and gives them.
+        let powers = powers_back(&members, &maker, is_theirs);
+        if !powers.is_empty() {
+            client.give_power(&new_room_id, &powers).await?;
+        }
         registry.mark_room_recreated(&room.room_id, &new_room_id).await?;
         let mut invited = 0;
         let mut waiting = 0;
-        let members: Vec<(UserId, bool)> =
-            registry.room_members_back(&room.room_id).await?.into_iter().filter(|(id, _)| id != &service).collect();
-        // Back by the registry's word, and by Synapse's now: a person not
-        // invited yet is invited by a later rejoin round.
-        let theirs =
-            theirs_now(registry, client, members.iter().filter(|(_, back)| *back).map(|(id, _)| id.clone())).await?;
-        for (user_id, back) in members {
-            if !back || theirs.get(&user_id) != Some(&Ok(true)) {
+        for member in &members {
+            let user_id = member.user_id.clone();
+            if !is_theirs(member) {
                 waiting += 1;
                 continue;
             }
@@ -944,6 +1010,21 @@ pub async fn recreate(
             )))
         },
     )
+}
+
+/// The power levels a re-created room gives its former members back (its
+/// moderators and admins, a room version 12 creator as an admin): each whose
+/// ID is theirs now, or held for them (they get it back by proof). Never a
+/// stranger's or a free ID's: whoever has it could walk into a public room
+/// and rule it. Not the `maker`'s, which the room gave already (from room
+/// version 12 a creator may have no entry).
+fn powers_back(members: &[FormerMember], maker: &str, is_theirs: impl Fn(&FormerMember) -> bool) -> Vec<(String, i64)> {
+    members
+        .iter()
+        .filter(|member| member.user_id.as_str() != maker)
+        .filter(|member| member.power_level > 0 && (member.held || is_theirs(member)))
+        .map(|member| (member.user_id.to_string(), member.power_level.min(100)))
+        .collect()
 }
 
 /// The lease a re-creation of `room_id` runs under.
@@ -1046,6 +1127,29 @@ fn creation_body(room: &Room, alias: Option<&str>, children: &[(String, Vec<Stri
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_recreated_room_gives_power_back_only_to_ids_that_are_their_persons_or_held() {
+        let member = |id: &str, back: bool, held: bool, power_level: i64| FormerMember {
+            user_id: UserId::parse(id).unwrap(),
+            back,
+            held,
+            power_level,
+        };
+        let members = [
+            member("@creator:here.org", true, false, i64::MAX),
+            member("@mod:here.org", false, true, 50),
+            member("@taken:here.org", true, false, 100),
+            member("@free:here.org", false, false, 100),
+            member("@plain:here.org", true, false, 0),
+            member("@maker:here.org", true, false, 100),
+        ];
+        let theirs = |member: &FormerMember| member.back && member.user_id.as_str() != "@taken:here.org";
+        assert_eq!(
+            powers_back(&members, "@maker:here.org", theirs),
+            [("@creator:here.org".to_owned(), 100), ("@mod:here.org".to_owned(), 50)]
+        );
+    }
 
     #[test]
     fn every_lost_room_means_those_made_here_by_their_id_and_their_maker() {

@@ -5,6 +5,7 @@
 //! `notify`, so the two never send the same notice.
 
 use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
 use tokio_util::sync::CancellationToken;
@@ -47,6 +48,20 @@ impl NotifyProgress for Background {
     }
 }
 
+/// The queued messages' run: it winds down when serve stops, or once its
+/// lease may be another serve's (paused past the lease, say), which would
+/// send the same rows.
+struct WhileLeased<'a> {
+    stop: &'a CancellationToken,
+    lost: Arc<AtomicBool>,
+}
+
+impl crate::outbox::Progress for WhileLeased<'_> {
+    fn stopping(&self) -> bool {
+        self.stop.is_cancelled() || self.lost.load(Ordering::SeqCst)
+    }
+}
+
 pub async fn run(services: Arc<Services>) {
     let Services { config, registry, shutdown: cancel, .. } = &*services;
     let ask_synapse = AskSynapse { config, registry };
@@ -68,17 +83,20 @@ pub async fn run(services: Arc<Services>) {
         if let Err(err) = registry.skip_expired_messages().await {
             tracing::warn!(error = %err, "delivery worker: registry query failed");
         }
-        let background = Background(cancel.clone());
         if let Some((email, queued)) = &mail {
             // One sender of them at a time, whichever serve (two on one
             // registry, as in a restart that overlaps) would each mail them.
-            let sending = send_until_done(registry, queued, email.connections, &background);
-            match crate::lease::Lease::run(registry, QUEUED_MESSAGES_LEASE, sending).await {
-                Ok(Ok(Ok(()))) => {}
+            match crate::lease::Lease::take(registry, QUEUED_MESSAGES_LEASE).await {
+                Ok(Ok(lease)) => {
+                    let progress = WhileLeased { stop: cancel, lost: lease.lost() };
+                    if let Err(err) = send_until_done(registry, queued, email.connections, &progress).await {
+                        tracing::warn!(error = %err, "delivery worker: queued messages not sent yet");
+                    }
+                    lease.release().await;
+                }
                 Ok(Err(held)) => {
                     tracing::debug!(holder = %held.holder, "delivery worker: another sends the queued messages")
                 }
-                Ok(Ok(Err(err))) => tracing::warn!(error = %err, "delivery worker: queued messages not sent yet"),
                 Err(err) => tracing::warn!(error = %err, "delivery worker: registry query failed"),
             }
         }

@@ -380,8 +380,10 @@ fn init_logging(verbose: u8) {
         1 => format!("lifeboat=info,warn,{QUIET_MATRIX_SDK},{NO_URL_VALUES}"),
         _ => format!("lifeboat=debug,info,{NO_URL_VALUES}"),
     };
+    // RUST_LOG may say what it likes, except to log a URL's parameter values.
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(default));
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(default))
+        .add_directive(NO_URL_VALUES.parse().expect("a valid directive"));
     // Colours only for a person at a terminal, never in journald or files.
     let ansi = std::io::IsTerminal::is_terminal(&std::io::stderr());
     tracing_subscriber::fmt()

@@ -97,6 +97,13 @@ pub async fn run(context: &Context, command: Command) -> Outcome {
             for (who, room, reason) in report.failed.iter().take(10) {
                 eprintln!("not yet: {} in {}: {}", one_line(who), one_line(room), one_line(reason));
             }
+            for (who, room) in report.left.iter().take(10) {
+                eprintln!(
+                    "left: {} in {}: the room's state says they left it or were removed since lifeboat read it; not joined again",
+                    one_line(who),
+                    one_line(room)
+                );
+            }
             for (room, reason) in report.given_up.iter().take(10) {
                 let (room, reason) = (one_line(room), one_line(reason));
                 eprintln!("given up: {room}: {reason} (`lifeboat rooms rejoin --retry` tries again)");

@@ -669,7 +669,13 @@ fn resolve_registry_url(text: &str, base_dir: &Path) -> Result<String, String> {
     let text = text.trim();
     let shown = crate::redact::redact_url(text);
     if text.starts_with("postgres://") || text.starts_with("postgresql://") {
-        Url::parse(text).map_err(|err| format!("`{shown}` is not a valid PostgreSQL URL ({err})"))?;
+        let url = Url::parse(text).map_err(|err| format!("`{shown}` is not a valid PostgreSQL URL ({err})"))?;
+        // A password's `#` ends the address part for a parser.
+        if url.fragment().is_some() {
+            return Err(format!(
+                "`{shown}` has a `#` in it, which ends a URL's address: write a `#` in the password as %23"
+            ));
+        }
         return Ok(text.to_owned());
     }
     let Some(rest) = text.strip_prefix("sqlite:") else {

@@ -51,6 +51,19 @@ pub fn parse(smtp_url: &str) -> Result<SmtpUrl, String> {
     let url =
         Url::parse(smtp_url.trim()).map_err(|err| format!("email.smtp_url is not a valid URL ({err}); {HINT}"))?;
 
+    // A password's `#` or `?` ends the address part for a parser, which then
+    // reads the password as a fragment or a query: never quote those.
+    if url.fragment().is_some() {
+        return Err("email.smtp_url has a `#` in it, which ends a URL's address: write a `#` in the \
+                    password as %23, or use email.smtp_password instead"
+            .to_owned());
+    }
+    if url.query().is_some_and(|query| query.contains('@')) {
+        return Err("email.smtp_url has an `@` after its `?`: write a `?` in the password as %3F, \
+                    or use email.smtp_password instead"
+            .to_owned());
+    }
+
     let mut tls: Option<String> = None;
     for (key, value) in url.query_pairs() {
         if key == "tls" {
@@ -245,6 +258,11 @@ mod tests {
             "ftp://user:hunter2@mail.example.org",
             "smtp://user:hunter2@[bad",
             "smtp://user:hunter2%FF@mail.example.org",
+            // A `#` or `?` in the password, as typed: the rest reads as a
+            // fragment or a query after a port.
+            "smtp://user:#hunter2@mail.example.org",
+            "smtp://user:25?hunter2@mail.example.org",
+            "smtp://user:25?tls=hunter2@mail.example.org",
         ] {
             let message = config_error(url);
             assert!(!message.contains("hunter2"), "{message}");

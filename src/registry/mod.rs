@@ -37,8 +37,8 @@ pub use holds::{HoldCandidate, HoldCounts, HoldRow, hand_over_lease};
 pub use incidents::{Incident, IncidentScope, IncidentSummary, NoticeToken, TokenPurpose};
 pub use messages::{EXPIRED, INCIDENT_RESOLVED, MessageKind, NO_LONGER_MAILABLE, NewMessage, StoredMessage};
 pub use rooms::{
-    MAX_REJOIN_ATTEMPTS, ROOMS_LISTED_SETTING, Rejoin, RejoinOutcome, Room, RoomCounts, RoomDetails, RoomFate,
-    RoomRecord, RoomState,
+    FormerMember, MAX_REJOIN_ATTEMPTS, ROOMS_LISTED_SETTING, Rejoin, RejoinOutcome, Room, RoomCounts, RoomDetails,
+    RoomFate, RoomRecord, RoomState,
 };
 pub use status::RegistryStatus;
 pub use sync_runs::{AccountDetails, DetailsDue, SyncApplied, SyncRun, SyncStatus};

@@ -671,6 +671,17 @@ impl Registry {
             .await?)
     }
 
+    /// Forgets that `user_id` was in `room_id`: the room's state now says
+    /// they left it or were removed, and nothing brings them back into it.
+    pub async fn forget_member(&self, room_id: &str, user_id: &UserId) -> Result<()> {
+        sqlx::query("DELETE FROM room_members WHERE room_id = $1 AND user_id = $2")
+            .bind(room_id)
+            .bind(user_id)
+            .execute(&self.pool)
+            .await?;
+        Ok(())
+    }
+
     /// Records how bringing one person back into one room went.
     pub async fn record_rejoin(&self, room_id: &str, user_id: &UserId, outcome: RejoinOutcome<'_>) -> Result<()> {
         let (rejoin, error) = match outcome {
@@ -712,16 +723,25 @@ impl Registry {
         Ok(())
     }
 
-    /// Former members of a room (joined when it was last read), with
-    /// whether their ID is their person's again.
-    pub async fn room_members_back(&self, room_id: &str) -> Result<Vec<(UserId, bool)>> {
+    /// Former members of a room (joined when it was last read): whether
+    /// their ID is their person's again, or held for them, and their power.
+    pub async fn room_members_back(&self, room_id: &str) -> Result<Vec<FormerMember>> {
         let sql = format!(
-            "SELECT m.user_id, ({STANDING_SQL}) FROM room_members m JOIN accounts a ON a.user_id = m.user_id \
+            "SELECT m.user_id, ({STANDING_SQL}), a.held_unlocked_at, m.power_level \
+             FROM room_members m JOIN accounts a ON a.user_id = m.user_id \
              WHERE m.room_id = $1 AND m.membership = 'join' ORDER BY m.user_id"
         );
-        let rows: Vec<(UserId, AccountState)> =
+        let rows: Vec<(UserId, AccountState, Option<i64>, i64)> =
             sqlx::query_as(sqlx::AssertSqlSafe(sql)).bind(room_id).fetch_all(&self.pool).await?;
-        Ok(rows.into_iter().map(|(user_id, standing)| (user_id, standing.is_its_persons())).collect())
+        Ok(rows
+            .into_iter()
+            .map(|(user_id, standing, unlocked_at, power_level)| FormerMember {
+                user_id,
+                back: standing.is_its_persons(),
+                held: standing == AccountState::Held && unlocked_at.is_none(),
+                power_level,
+            })
+            .collect())
     }
 
     /// The rooms each local account was joined to, for their notices.
@@ -747,6 +767,18 @@ impl Registry {
         }
         Ok(fates)
     }
+}
+
+/// A room's former member, as [`Registry::room_members_back`] gives one.
+#[derive(Debug, Clone)]
+pub struct FormerMember {
+    pub user_id: UserId,
+    /// Their ID is their person's again (present, or claimed).
+    pub back: bool,
+    /// Held for them, locked as lifeboat left it.
+    pub held: bool,
+    /// Their power level in the room when it was last read.
+    pub power_level: i64,
 }
 
 /// How bringing one person back into one room went.

@@ -209,6 +209,17 @@ impl SynapseClient {
         Ok(found(self.get_json::<Details>(&path, &[], true).await)?.and_then(|details| details.creator))
     }
 
+    /// `user_id`'s membership in a room by this server's copy of its state
+    /// (`leave`, `ban`, `join`, ...); `None` when that copy has none, or
+    /// Synapse does not know the room.
+    pub async fn membership(&self, room_id: &str, user_id: &str) -> Result<Option<String>, Error> {
+        let members = self.state_events(room_id, &[("type", "m.room.member")]).await?.unwrap_or_default();
+        Ok(members
+            .into_iter()
+            .find(|event| event.state_key.as_deref() == Some(user_id))
+            .and_then(|event| event.content["membership"].as_str().map(str::to_owned)))
+    }
+
     /// Deletes a local alias (a server admin may delete any).
     pub async fn delete_alias(&self, alias: &str) -> Result<(), Error> {
         let path = format!("/_matrix/client/v3/directory/room/{}", urlencode(alias));
@@ -236,6 +247,18 @@ impl SynapseClient {
             .request_json(Method::POST, "/_matrix/client/v3/createRoom", &[], Some(body), true)
             .await?;
         Ok(created.room_id)
+    }
+
+    /// Gives each of `users` its power level in a room the token's account
+    /// can change them in, on top of the room's power levels as they are
+    /// (the maker's own entry kept; from room version 12 it has none).
+    pub async fn give_power(&self, room_id: &str, users: &[(String, i64)]) -> Result<(), Error> {
+        let path = format!("/_matrix/client/v3/rooms/{}/state/m.room.power_levels/", urlencode(room_id));
+        let mut levels: Value = self.request_json(Method::GET, &path, &[], None, true).await?;
+        for (user_id, level) in users {
+            levels["users"][user_id] = json!(level);
+        }
+        self.call(Method::PUT, &path, Some(&levels)).await
     }
 
     /// Invites a local account to a room the token's account is in.

@@ -446,21 +446,26 @@ async fn urls_that_would_lose_data_or_leak_secrets_are_refused() {
 }
 
 /// However a registry URL's password is written (a `/` in it, as base64
-/// makes, or digits first, which read as a port), or whatever parameter
-/// carries one, neither lifeboat's messages nor its log repeat it.
+/// makes, digits first, which read as a port, or a `#` or `?`, which end
+/// the address), or whatever parameter carries one, neither lifeboat's
+/// messages nor its log repeat it, even with RUST_LOG asking for warnings.
 #[tokio::test]
 async fn a_registry_password_is_never_printed_however_it_is_written() {
     let urls = [
         "postgres://lb:Ab3/hunter2@db host/x",
         "postgres://lb:1234/hunter2@127.0.0.1:1/x",
+        "postgres://lb:#hunter2@127.0.0.1:1/x",
+        "postgres://lb:1?hunter2@127.0.0.1:1/x",
         "postgres://lb@127.0.0.1:1/x?passwd=hunter2",
         "postgres://lb@127.0.0.1:1/x?sslpassword=hunter2",
     ];
     for url in urls {
-        let lifeboat = Lifeboat::with_config(&MINIMAL.replace("sqlite://lifeboat.db", url));
-        for command in [&["config", "check"][..], &["users", "list"]] {
-            let run = lifeboat.run(command).await;
-            assert!(!format!("{}{}", run.stdout, run.stderr).contains("hunter2"), "{url}: {run:?}");
+        for log in ["", "warn"] {
+            let lifeboat = Lifeboat::with_config(&MINIMAL.replace("sqlite://lifeboat.db", url)).env("RUST_LOG", log);
+            for command in [&["config", "check"][..], &["users", "list"]] {
+                let run = lifeboat.run(command).await;
+                assert!(!format!("{}{}", run.stdout, run.stderr).contains("hunter2"), "{url}: {run:?}");
+            }
         }
     }
 }

@@ -648,7 +648,8 @@ async fn a_lease_excludes_another_task_of_the_same_process(registry: Registry) {
     let first = Lease::take(&registry, "notify:incident:1").await.unwrap().expect("free at first");
     let second = Lease::take(&registry, "notify:incident:1").await.unwrap();
     let held = second.err().expect("a second task of this process is refused");
-    assert!(held.holder.starts_with(&format!("{}:{}:", hostname(), std::process::id())), "{}", held.holder);
+    let this_process = format!("{}:{}:", lifeboat::lease::process_table(), std::process::id());
+    assert!(held.holder.starts_with(&this_process) && held.holder.starts_with(&hostname()), "{}", held.holder);
     first.release().await;
     let again = Lease::take(&registry, "notify:incident:1").await.unwrap();
     assert!(again.is_ok(), "free again once released");
@@ -1558,3 +1559,73 @@ async fn of_incidents_opened_at_the_same_moment_for_the_same_people_only_one_ope
     }
 }
 on_both_backends!(of_incidents_opened_at_the_same_moment_for_the_same_people_only_one_opens);
+
+/// The outcome of a send already made is written once the registry is free
+/// again (another writer held SQLite's lock past its busy timeout), not
+/// given up for a later run to send the message a second time.
+#[tokio::test]
+async fn a_sends_outcome_waits_out_a_registry_locked_past_its_busy_timeout() {
+    use lifeboat::outbox::{Channel, Outcome, Progress, send_until_done};
+    use lifeboat::registry::{DeliveryChannel, NewMessage};
+    struct LocksTheRegistryAsItSends {
+        locker: Registry,
+        due: std::sync::Mutex<Vec<i64>>,
+    }
+    impl Channel for LocksTheRegistryAsItSends {
+        type Row = i64;
+        fn claim(&self, _limit: usize) -> impl Future<Output = Result<Vec<i64>, lifeboat::registry::Error>> + Send {
+            let due = std::mem::take(&mut *self.due.lock().unwrap());
+            async move { Ok(due) }
+        }
+        fn key(row: &i64) -> (i64, i64) {
+            (*row, 0)
+        }
+        fn deliver(&self, _row: &i64) -> impl Future<Output = Outcome> + Send {
+            let locker = self.locker.clone();
+            async move {
+                let (locked, is_locked) = tokio::sync::oneshot::channel();
+                tokio::spawn(async move {
+                    let mut conn = locker.pool().acquire().await.unwrap();
+                    sqlx::query("BEGIN EXCLUSIVE").execute(&mut *conn).await.unwrap();
+                    locked.send(()).unwrap();
+                    // Past the 10 s busy timeout of the run's own writes.
+                    tokio::time::sleep(std::time::Duration::from_secs(12)).await;
+                    sqlx::query("COMMIT").execute(&mut *conn).await.unwrap();
+                });
+                is_locked.await.unwrap();
+                Outcome::Sent
+            }
+        }
+        fn scope(&self) -> (Option<i64>, DeliveryChannel) {
+            (None, DeliveryChannel::Email)
+        }
+    }
+    struct Unwatched;
+    impl Progress for Unwatched {}
+
+    let database = TestDatabase::sqlite();
+    let registry = Registry::connect(&database.url()).await.unwrap();
+    let now = lifeboat::registry::now_ms();
+    let alert = NewMessage {
+        kind: MessageKind::Alert,
+        channel: DeliveryChannel::Email,
+        to: "ops@example.org",
+        subject: "alert",
+        text: "Accounts are missing.",
+        html: "",
+        incident_id: None,
+        user_id: None,
+        expires_at: now + 86_400_000,
+        due_at: now,
+    };
+    let alert = registry.queue_message(&alert).await.unwrap();
+    let locker = Registry::connect(&database.url()).await.unwrap();
+    let channel = LocksTheRegistryAsItSends { locker, due: std::sync::Mutex::new(vec![alert]) };
+    send_until_done(&registry, &channel, 1, &Unwatched).await.expect("the outcome is written once the lock is gone");
+    let (state,): (String,) = sqlx::query_as("SELECT state FROM deliveries WHERE id = $1")
+        .bind(alert)
+        .fetch_one(registry.pool())
+        .await
+        .unwrap();
+    assert_eq!(state, "sent", "a later run would send it again");
+}

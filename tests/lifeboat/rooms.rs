@@ -87,6 +87,9 @@ async fn after_a_wipe_people_come_back_into_surviving_rooms_aliases_work_and_los
     let kitchen =
         alice.create_room_full(RoomSpec::private().name("Kitchen").topic("tea").invite(&[&carol.user_id])).await;
     carol.join(&kitchen).await;
+    let mut levels = alice.state(&kitchen, "m.room.power_levels", "").await.unwrap();
+    levels["users"][&carol.user_id] = serde_json::json!(50);
+    alice.set_state(&kitchen, "m.room.power_levels", "", levels).await;
     let fleet =
         alice.create_room_full(RoomSpec::private().name("Fleet").space().child(&kitchen, &[&ours.server_name])).await;
     let armada = RoomSpec::private().name("Armada").space().invite(&[&carol.user_id]);
@@ -167,6 +170,9 @@ async fn after_a_wipe_people_come_back_into_surviving_rooms_aliases_work_and_los
     let new_fleet = now[&fleet]["recreated_as"].as_str().expect("the space was re-created").to_owned();
     assert!(alice.invites().await.contains(&new_kitchen), "a former member who is back is invited");
     alice.join(&new_kitchen).await;
+    let powers = alice.state(&new_kitchen, "m.room.power_levels", "").await.unwrap()["users"].clone();
+    assert_eq!(powers[&alice.user_id], 100, "its maker (above every level in version 12) is an admin: {powers}");
+    assert_eq!(powers[&carol.user_id], 50, "a moderator whose ID is held is one again: {powers}");
     assert_eq!(alice.room_name(&new_kitchen).await.as_deref(), Some("Kitchen"));
     assert_eq!(alice.room_topic(&new_kitchen).await.as_deref(), Some("tea"));
     alice.join(&new_fleet).await;
@@ -256,8 +262,10 @@ fn lifeboat_on(ours: &TestSynapse, registry: &TestDatabase, extra: &str) -> Life
 /// `rooms recreate --all` leaves out a lost room another server's account
 /// made (its name and topic would come back as lifeboat's words, and
 /// lifeboat would invite people into it); its ID re-creates it on purpose.
+/// Nor does it make again a person's DM with lifeboat's bot (an empty room
+/// with lifeboat in it), though the person opened it.
 #[tokio::test(flavor = "multi_thread")]
-async fn recreating_all_lost_rooms_leaves_out_those_another_servers_account_made() {
+async fn recreating_all_lost_rooms_leaves_out_those_another_servers_account_made_and_dms_with_the_bot() {
     let (ours, theirs) = federation_pair();
     let registry = TestDatabase::sqlite();
     ours.create_user("alice", &[]).await;
@@ -270,6 +278,9 @@ async fn recreating_all_lost_rooms_leaves_out_those_another_servers_account_made
     assert_eq!(bob.try_call(reqwest::Method::POST, &leave, Some(serde_json::json!({}))).await.0, 200);
     joined_members_settle(&ours, &theirs_made, 1).await;
     let ours_made = alice.create_room_full(RoomSpec::private().name("Kitchen")).await;
+    let bot = ours.client(&ours.register("lifeboat"));
+    let dm = alice.create_room(&[&bot.user_id], true).await;
+    bot.join(&dm).await;
     let lifeboat = lifeboat_on(&ours, &registry, "");
     assert_eq!(lifeboat.run(&["sync"]).await.code, 0);
 
@@ -281,6 +292,7 @@ async fn recreating_all_lost_rooms_leaves_out_those_another_servers_account_made
     assert_eq!(recreated.code, 0, "{recreated:?}");
     assert_eq!(state_of(&lifeboat, &ours_made).await, "recreated", "{recreated:?}");
     assert_eq!(state_of(&lifeboat, &theirs_made).await, "lost", "{recreated:?}");
+    assert_eq!(state_of(&lifeboat, &dm).await, "lost", "{recreated:?}");
 }
 
 /// A local alias someone pointed at a room of theirs after the wipe is
@@ -524,7 +536,8 @@ async fn a_stranger_on_a_claimed_id_before_any_listing_is_joined_into_none_of_it
     let InSquare { ours, theirs: _theirs, _registry, person: alice, bob: _bob, square, lifeboat } =
         one_person_in_a_square_of_theirs("alice", "").await;
     wiped_and_held(&ours, &lifeboat).await;
-    assert_eq!(lifeboat.run(&["rooms", "rejoin"]).await.code, 0, "lifeboat is back in Square");
+    let rejoined = lifeboat.run(&["rooms", "rejoin"]).await;
+    assert_eq!(rejoined.code, 0, "lifeboat is back in Square: {rejoined:?}");
     claim(&lifeboat, &alice.user_id).await;
 
     ours.wipe();
@@ -576,10 +589,18 @@ async fn a_stranger_on_a_claimed_id_before_any_listing_is_not_invited_into_a_rec
     let made = lifeboat.run(&["rooms", "recreate", &kitchen, "--yes"]).await;
     assert_eq!(made.code, 0, "{made:?}");
     assert!(stranger.invites().await.is_empty(), "{made:?}");
+    let new_kitchen = rooms_by_id(&lifeboat).await[&kitchen]["recreated_as"].as_str().unwrap().to_owned();
+    ours.register_admin(&unique("root"));
+    let state = format!("/_synapse/admin/v1/rooms/{}/state", encode(&new_kitchen));
+    let state = ours.admin_get(&state).await;
+    let levels = state["state"].as_array().unwrap().iter().find(|event| event["type"] == "m.room.power_levels");
+    let powers = &levels.expect("the room has power levels")["content"]["users"];
+    assert!(powers.get(&alice.user_id).is_none(), "the stranger would rule the room on joining it: {powers}");
 }
 
 /// A person removed from a surviving room while their ID was held (kicked
-/// by its moderators) is not brought back into it on claim.
+/// by its moderators) is not brought back into it on claim, by the room's
+/// state now: no listing read the room since the kick.
 #[tokio::test(flavor = "multi_thread")]
 async fn a_person_kicked_while_their_id_was_held_is_not_brought_back() {
     let InSquare { ours, theirs: _theirs, _registry, person: alice, bob, square, lifeboat } =
@@ -603,11 +624,11 @@ async fn a_person_kicked_while_their_id_was_held_is_not_brought_back() {
         })
     })
     .await;
-    assert_eq!(lifeboat.run(&["sync"]).await.code, 0);
 
     claim(&lifeboat, &alice.user_id).await;
     let rejoined = lifeboat.run(&["rooms", "rejoin"]).await;
     assert_eq!(rejoined.code, 0, "{rejoined:?}");
+    assert!(rejoined.stderr.contains("they left it or were removed"), "{rejoined:?}");
     let alice = sign_in(&ours, "alice", NEW_PASSWORD).await;
     assert!(!alice.joined_rooms().await.contains(&square), "the room's moderators removed her: {rejoined:?}");
 }
