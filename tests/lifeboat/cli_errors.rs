@@ -453,9 +453,10 @@ async fn urls_that_would_lose_data_or_leak_secrets_are_refused() {
 async fn a_registry_password_is_never_printed_however_it_is_written() {
     let urls = [
         "postgres://lb:Ab3/hunter2@db host/x",
-        "postgres://lb:1234/hunter2@127.0.0.1:1/x",
+        "postgres://127.0.0.1:1234/hunter2@db/x",
         "postgres://lb:#hunter2@127.0.0.1:1/x",
-        "postgres://lb:1?hunter2@127.0.0.1:1/x",
+        // Read as host 127.0.0.1, port 1 and a query: no lookup of a name.
+        "postgres://127.0.0.1:1?hunter2@db/x",
         "postgres://lb@127.0.0.1:1/x?passwd=hunter2",
         "postgres://lb@127.0.0.1:1/x?sslpassword=hunter2",
     ];
