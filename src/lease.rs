@@ -1,7 +1,7 @@
 //! Named leases in the registry: one holder at a time for work that two
 //! processes must not do at once (one notify per incident, one sync).
 //!
-//! A holder is `host/table:pid:n[:label]`, `n` counting this process's
+//! A holder is `host/boot.pidns:pid:n[:label]`, `n` counting this process's
 //! leases, so a lease excludes other tasks of the same process too (the
 //! bot's `notify confirm` and the delivery worker run in one `serve`). It is
 //! renewed while held (never taken back once another had it: it is then
@@ -75,7 +75,7 @@ impl Lease {
         Self::take_as(registry, name, None).await
     }
 
-    /// [`Lease::take`], with what the holder is (`host:pid:n:label`), for
+    /// [`Lease::take`], with what the holder is (`host/boot.pidns:pid:n:label`), for
     /// whoever finds the lease held.
     pub async fn take_as(
         registry: &Registry,
@@ -148,5 +148,19 @@ impl Lease {
     pub async fn release(self) {
         self.renewer.abort();
         let _ = self.registry.release_lease(&self.name, &self.holder).await;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_process_table_is_known_only_by_its_boot_and_its_pid_namespace_both() {
+        assert!(table_is_known("debian/3f2a9c1b.4026531836"));
+        assert!(!table_is_known("debian/."), "neither read (not Linux)");
+        assert!(!table_is_known("debian/3f2a9c1b."), "no PID namespace");
+        assert!(!table_is_known("debian/.4026531836"), "no boot");
+        assert!(table_is_known(&process_table()), "this machine's, read here: {}", process_table());
     }
 }

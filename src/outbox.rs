@@ -250,8 +250,7 @@ pub async fn send_at_once<Fut: Future<Output = Outcome>>(
         Record::Sent(_) => Ok(()),
         Record::Ended { reason, .. } => Err(reason.clone()),
     };
-    let mut writer = registry.outbox_writer().await?;
-    record_surely(registry, &mut writer, vec![record]).await?;
+    record_surely(registry, &mut None, vec![record]).await?;
     Ok(sent)
 }
 
@@ -317,7 +316,7 @@ pub async fn send_until_done<C: Channel>(
         tries: HashMap::new(),
         fatal: None,
         stop: AtomicBool::new(false),
-        writer: registry.outbox_writer().await?,
+        writer: Some(registry.outbox_writer().await?),
         registry: registry.clone(),
     };
     let (incident_id, delivery_channel) = channel.scope();
@@ -358,7 +357,8 @@ struct Run {
     fatal: Option<SendError>,
     /// Set by a fatal outcome: no new sends.
     stop: AtomicBool,
-    writer: OutboxWriter,
+    /// `None` after a write failed: a new connection is taken for the next.
+    writer: Option<OutboxWriter>,
     registry: Registry,
 }
 
@@ -510,41 +510,45 @@ enum Record {
     },
 }
 
-/// Writes a group of outcomes: every sent one in one statement, the rarer
-/// others one by one. Returns how many rows ended (sent, skipped or
-/// failed).
-/// How long outcomes of sends already made are tried to be written: a
+/// How long outcomes of sends already made are tried again to be written
+/// (each try may itself wait out the registry's busy or connect timeout): a
 /// registry busy (SQLite's lock held by a long write) or reconnecting
 /// (PostgreSQL restarted) for a while must not have a rerun send them again.
 const RECORD_FOR: Duration = Duration::from_secs(60);
 
 /// Writes `records`, each once, and returns how many rows they ended. While
 /// the registry fails, it tries again on a new connection, the rest only,
-/// for up to [`RECORD_FOR`].
+/// starting tries for [`RECORD_FOR`].
 async fn record_surely(
     registry: &Registry,
-    writer: &mut OutboxWriter,
+    writer: &mut Option<OutboxWriter>,
     mut records: Vec<Record>,
 ) -> Result<u64, registry::Error> {
     let mut finished = 0;
     let give_up_at = Instant::now() + RECORD_FOR;
     let mut wait = Duration::from_millis(250);
     loop {
-        let Err(err) = record(writer, &mut records, &mut finished).await else { return Ok(finished) };
+        let written = async {
+            let outbox = match writer {
+                Some(outbox) => outbox,
+                None => writer.insert(registry.outbox_writer().await?),
+            };
+            record(outbox, &mut records, &mut finished).await
+        };
+        let Err(err) = written.await else { return Ok(finished) };
+        *writer = None;
         if Instant::now() + wait > give_up_at {
             return Err(err);
         }
         tracing::warn!(error = %err, "outcomes of sends not written yet; trying again");
         tokio::time::sleep(wait).await;
         wait = (wait * 2).min(Duration::from_secs(8));
-        if let Ok(fresh) = registry.outbox_writer().await {
-            *writer = fresh;
-        }
     }
 }
 
-/// Writes `records`, taking each written out of them and counting the rows
-/// it ended in `finished`.
+/// Writes a group of outcomes: every sent one in one statement, the rarer
+/// others one by one, taking each written out of `records` and counting the
+/// rows it ended (sent, skipped or failed) in `finished`.
 async fn record(
     outbox: &mut OutboxWriter,
     records: &mut Vec<Record>,

@@ -30,16 +30,17 @@ fn is_secret_parameter(name: &str) -> bool {
 
 /// Hides whatever sits between `scheme://user:` and the last `@` (the user
 /// name holds no `/`; the password may hold one). Not `greedy`, an `@` after
-/// a `?` or `#` is the query's (`?user=ops@tenant`), not the password's end,
-/// unless only digits stand between the `:` and it: a parser takes those for
-/// a port, so `user:#pw@host` would otherwise show its password. A query
-/// right after a port (`host:5432?user=a@b`) is hidden too, which is safe.
+/// a `?` or `#` is a query parameter's (`?user=ops@tenant`), not the
+/// password's end; unless no `=` comes before it there (`user:ab?cd@host`),
+/// or only digits stand between the `:` and the `?` or `#`: a parser reads
+/// those as a port and a query or fragment with no password in sight.
+/// Hiding a real query after a port (`host:5432?user=a@b`) is safe.
 fn hide_user_password(text: &str, greedy: bool) -> String {
     let Some(start) = text.find("://").map(|i| i + 3) else { return text.to_owned() };
     let rest = &text[start..];
     let Some(colon) = rest.find(':') else { return text.to_owned() };
-    let scope = match rest[colon..].find(['?', '#']) {
-        Some(query) if !greedy && !rest[colon + 1..colon + query].bytes().all(|b| b.is_ascii_digit()) => colon + query,
+    let scope = match rest[colon..].find(['?', '#']).map(|query| colon + query) {
+        Some(query) if !greedy && !password_runs_past(&rest[colon + 1..query], &rest[query + 1..]) => query,
         _ => rest.len(),
     };
     match rest[..scope].rfind('@') {
@@ -48,6 +49,15 @@ fn hide_user_password(text: &str, greedy: bool) -> String {
         }
         _ => text.to_owned(),
     }
+}
+
+/// Whether what follows `user:` reads as a password going on past the `?`
+/// or `#` that ends `before`: digits only before it (a parser's port), or
+/// an `@` in `after` with no `=` ahead of it (no parameter's value).
+fn password_runs_past(before: &str, after: &str) -> bool {
+    let digits_only = before.bytes().all(|b| b.is_ascii_digit());
+    let bare_at = after.find('@').is_some_and(|at| !after[..at].contains('='));
+    digits_only || bare_at
 }
 
 #[cfg(test)]
@@ -67,6 +77,9 @@ mod tests {
         assert_eq!(shown("postgres://lifeboat:#S3cret@db/lifeboat"), "postgres://lifeboat:REDACTED@db/lifeboat");
         assert_eq!(shown("smtp://relay:2024#pw@mail:587"), "smtp://relay:REDACTED@mail:587");
         assert_eq!(shown("postgres://lb:12?hunter2@db/x"), "postgres://lb:REDACTED@db/x");
+        // A path then a query, as a parser reads them: no `=` before the `@`.
+        assert_eq!(shown("postgres://u:12/ab?cd@h/db"), "postgres://u:REDACTED@h/db");
+        assert_eq!(shown("postgres://u:/ab?cd@h/db"), "postgres://u:REDACTED@h/db");
     }
 
     #[test]

@@ -308,6 +308,9 @@ pub struct BringBackReport {
     /// lifeboat last read it, not joined again (their membership is
     /// forgotten).
     pub left: Vec<(String, String)>,
+    /// Rooms lifeboat made again and has left now: nobody waits to be
+    /// invited, and a former admin of the room is back in it.
+    pub stepped_aside: Vec<String>,
     /// Surviving rooms lifeboat waits with while a former member's ID is
     /// free, not held yet (or a joined member no listing saw is not known
     /// yet): whoever registered it would be let in too.
@@ -338,6 +341,12 @@ impl BringBackReport {
         }
         if !self.failed.is_empty() {
             text.push_str(&format!("; {} did not work yet (tried again next round)", self.failed.len()));
+        }
+        if !self.stepped_aside.is_empty() {
+            text.push_str(&format!(
+                "; lifeboat left {} rooms it made again, their people and an admin of theirs back in them",
+                self.stepped_aside.len()
+            ));
         }
         if !self.left.is_empty() {
             text.push_str(&format!(
@@ -401,6 +410,7 @@ pub async fn bring_back(
         let aliases = restore_aliases(config, registry, client, &mut report, stop).await;
         people?;
         aliases?;
+        step_aside(config, registry, client, actor, &mut report).await?;
         if !report.is_empty() {
             registry.audit(actor, "rooms.rejoin", None, Some(&report.summary())).await?;
         }
@@ -509,6 +519,46 @@ async fn rejoin_own(
     }
     Ok(())
 }
+
+/// lifeboat's account leaves each room it made again once nobody waits to
+/// be invited and a former admin of the room is back in it: the room is its
+/// people's, and with the bot on that account its device would go on
+/// getting the keys of an encrypted room (from room version 12 nobody could
+/// remove it, its maker). Only as lifeboat's own account: the token of the
+/// admin who made a room stands for a person, who decides for themselves.
+async fn step_aside(
+    config: &Config,
+    registry: &Registry,
+    client: &SynapseClient,
+    actor: &Actor,
+    report: &mut BringBackReport,
+) -> Result<(), RoomsError> {
+    let service = service_user_id(config);
+    let done = registry.recreated_rooms_nobody_waits_for(&service).await?;
+    if done.is_empty() || client.whoami().await?.user_id != service.as_str() {
+        return Ok(());
+    }
+    let inside = client.own_joined_rooms().await?;
+    for (old_room_id, room_id) in done.into_iter().filter(|(_, room_id)| inside.contains(room_id)) {
+        let Some(state) = client.room_state(&room_id).await? else { continue };
+        let details = details_from_state(&state, Vec::new(), &config.homeserver.server_name);
+        let an_admin_is_back = details.members.iter().any(|(user_id, membership, power)| {
+            membership == "join" && user_id != service.as_str() && *power >= ADMIN_POWER
+        });
+        if !an_admin_is_back {
+            continue;
+        }
+        client.leave(&room_id).await?;
+        let detail = format!("lifeboat left {room_id}, made for this room: its people are back");
+        registry.audit(actor, "rooms.step_aside", Some(&old_room_id), Some(&detail)).await?;
+        report.stepped_aside.push(room_id);
+    }
+    Ok(())
+}
+
+/// A room's admin: 100, the most a power level gives (a room version 12
+/// creator counts as more).
+const ADMIN_POWER: i64 = 100;
 
 /// Points each surviving room's local aliases at it again, and lists it in
 /// the directory again if it was, for the rooms this server is back in. Kept
@@ -793,16 +843,21 @@ pub async fn to_recreate(config: &Config, registry: &Registry, room_id: Option<&
     Ok(children_first(rooms))
 }
 
-/// A person's DM with lifeboat's bot, which the person opened (so lifeboat
-/// did not make it): an unnamed room of the two of them. Made again, it
-/// would be an empty room with lifeboat in it; the person opens a new DM
-/// when they want one.
+/// A person's DM with lifeboat's bot, which the person opened (lifeboat's
+/// own are left out already): an unnamed room of this server with the two
+/// of them in it and nobody else, joined or invited. Made again, it would be
+/// an empty room with lifeboat in it; the person opens a new DM when they
+/// want one.
 async fn is_a_dm_with_lifeboat(registry: &Registry, room: &Room, service: &UserId) -> Result<bool, RoomsError> {
-    if room.name.as_deref().is_some_and(|name| !name.is_empty()) || room.is_space() {
+    if room.name.as_deref().is_some_and(|name| !name.is_empty())
+        || room.is_space()
+        || room.joined_remote > 0
+        || room.creator.as_deref() == Some(service.as_str())
+    {
         return Ok(false);
     }
-    let members = registry.room_members_back(&room.room_id).await?;
-    Ok(members.len() == 2 && members.iter().any(|member| member.user_id == *service))
+    let members = registry.room_member_ids(&room.room_id).await?;
+    Ok(members.len() == 2 && members.iter().any(|member| member == service.as_str()))
 }
 
 /// `rooms` in an order that makes each one after the rooms of `rooms` it
@@ -956,7 +1011,6 @@ pub async fn recreate(
                 client.create_room(&body).await?
             }
         };
-        let maker = client.whoami().await?.user_id;
         let members: Vec<FormerMember> = registry
             .room_members_back(&room.room_id)
             .await?
@@ -968,10 +1022,20 @@ pub async fn recreate(
         let theirs = theirs_now(registry, client, members.iter().filter(|m| m.back).map(|m| m.user_id.clone())).await?;
         let is_theirs = |member: &FormerMember| member.back && theirs.get(&member.user_id) == Some(&Ok(true));
         // Given before the room is recorded as made: a run that stops first
-        // finds the room again and gives them.
-        let powers = powers_back(&members, &maker, is_theirs);
+        // (or finds Synapse down) finds the room again and gives them. What
+        // Synapse refuses is told and left to an admin of the room: the
+        // room and its people come first.
+        let mut powers = powers_back(&members, is_theirs);
         if !powers.is_empty() {
-            client.give_power(&new_room_id, &powers).await?;
+            // The maker has its power already (from room version 12 it may
+            // have no entry, and must not be given one).
+            let maker = client.whoami().await?.user_id;
+            powers.retain(|(user_id, _)| *user_id != maker);
+        }
+        match client.give_power(&new_room_id, &powers).await {
+            Err(err) if err.is_transient() => return Err(err.into()),
+            Err(err) => tracing::warn!(room = %new_room_id, error = %err, "former moderators' power not given back"),
+            Ok(()) => {}
         }
         registry.mark_room_recreated(&room.room_id, &new_room_id).await?;
         let mut invited = 0;
@@ -1016,12 +1080,10 @@ pub async fn recreate(
 /// moderators and admins, a room version 12 creator as an admin): each whose
 /// ID is theirs now, or held for them (they get it back by proof). Never a
 /// stranger's or a free ID's: whoever has it could walk into a public room
-/// and rule it. Not the `maker`'s, which the room gave already (from room
-/// version 12 a creator may have no entry).
-fn powers_back(members: &[FormerMember], maker: &str, is_theirs: impl Fn(&FormerMember) -> bool) -> Vec<(String, i64)> {
+/// and rule it.
+fn powers_back(members: &[FormerMember], is_theirs: impl Fn(&FormerMember) -> bool) -> Vec<(String, i64)> {
     members
         .iter()
-        .filter(|member| member.user_id.as_str() != maker)
         .filter(|member| member.power_level > 0 && (member.held || is_theirs(member)))
         .map(|member| (member.user_id.to_string(), member.power_level.min(100)))
         .collect()
@@ -1142,11 +1204,10 @@ mod tests {
             member("@taken:here.org", true, false, 100),
             member("@free:here.org", false, false, 100),
             member("@plain:here.org", true, false, 0),
-            member("@maker:here.org", true, false, 100),
         ];
         let theirs = |member: &FormerMember| member.back && member.user_id.as_str() != "@taken:here.org";
         assert_eq!(
-            powers_back(&members, "@maker:here.org", theirs),
+            powers_back(&members, theirs),
             [("@creator:here.org".to_owned(), 100), ("@mod:here.org".to_owned(), 50)]
         );
     }

@@ -673,7 +673,7 @@ fn resolve_registry_url(text: &str, base_dir: &Path) -> Result<String, String> {
         // A password's `#` ends the address part for a parser.
         if url.fragment().is_some() {
             return Err(format!(
-                "`{shown}` has a `#` in it, which ends a URL's address: write a `#` in the password as %23"
+                "`{shown}` (its password hidden) has a `#` in it, which ends a URL's address: write a `#` in the password as %23"
             ));
         }
         return Ok(text.to_owned());

@@ -63,6 +63,13 @@ pub fn parse(smtp_url: &str) -> Result<SmtpUrl, String> {
                     or use email.smtp_password instead"
             .to_owned());
     }
+    // `user:25/pw@host` reads as host `user`, port 25 and an EHLO name
+    // `pw@host`, which would go to that host in the greeting.
+    if url.path().contains('@') {
+        return Err("email.smtp_url has an `@` after a `/`: write a `/` in the password as %2F, \
+                    or use email.smtp_password instead"
+            .to_owned());
+    }
 
     let mut tls: Option<String> = None;
     for (key, value) in url.query_pairs() {
@@ -263,6 +270,7 @@ mod tests {
             "smtp://user:#hunter2@mail.example.org",
             "smtp://user:25?hunter2@mail.example.org",
             "smtp://user:25?tls=hunter2@mail.example.org",
+            "smtp://user:2024/hunter2@mail.example.org",
         ] {
             let message = config_error(url);
             assert!(!message.contains("hunter2"), "{message}");

@@ -484,7 +484,7 @@ impl OutboxWriter {
         };
         sqlx::query(sqlx::AssertSqlSafe(format!(
             "UPDATE deliveries SET state = 'sent', last_error = NULL, sent_at = $1, attempts = attempts + 1, \
-             subject = NULL, body_text = NULL, body_html = NULL WHERE id IN ({listed})"
+             subject = NULL, body_text = NULL, body_html = NULL WHERE id IN ({listed}) AND state <> 'sent'"
         )))
         .bind(now_ms())
         .bind(serde_json::to_string(ids).expect("a list of integers is JSON"))

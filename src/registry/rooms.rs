@@ -535,6 +535,31 @@ impl Registry {
         .await?)
     }
 
+    /// Every local member a room's last read found, joined or invited, as
+    /// stored (not checked as IDs).
+    pub async fn room_member_ids(&self, room_id: &str) -> Result<Vec<String>> {
+        Ok(sqlx::query_scalar("SELECT user_id FROM room_members WHERE room_id = $1 ORDER BY user_id")
+            .bind(room_id)
+            .fetch_all(&self.pool)
+            .await?)
+    }
+
+    /// Rooms lifeboat made again whose former members nobody waits for any
+    /// more (each invited, joined, or given up), as (the lost room, the one
+    /// made for it). `service`, lifeboat's own account, is no one waited for.
+    pub async fn recreated_rooms_nobody_waits_for(&self, service: &UserId) -> Result<Vec<(String, String)>> {
+        Ok(sqlx::query_as(
+            "SELECT r.room_id, r.recreated_as FROM rooms r WHERE r.recreated_as IS NOT NULL \
+             AND NOT EXISTS (SELECT 1 FROM room_members m WHERE m.room_id = r.room_id AND m.membership = 'join' \
+                 AND m.user_id <> $1 AND (m.rejoin IS NULL OR (m.rejoin = 'failed' AND m.rejoin_attempts < $2))) \
+             ORDER BY r.room_id",
+        )
+        .bind(service)
+        .bind(MAX_REJOIN_ATTEMPTS)
+        .fetch_all(&self.pool)
+        .await?)
+    }
+
     /// A room's aliases and directory listing are back, or are given up:
     /// listings record its aliases as they find them again.
     pub async fn aliases_no_longer_due(&self, room_id: &str) -> Result<()> {
@@ -727,18 +752,20 @@ impl Registry {
     /// their ID is their person's again, or held for them, and their power.
     pub async fn room_members_back(&self, room_id: &str) -> Result<Vec<FormerMember>> {
         let sql = format!(
-            "SELECT m.user_id, ({STANDING_SQL}), a.held_unlocked_at, m.power_level \
+            "SELECT m.user_id, ({STANDING_SQL}), a.custody, a.held_unlocked_at, m.power_level \
              FROM room_members m JOIN accounts a ON a.user_id = m.user_id \
              WHERE m.room_id = $1 AND m.membership = 'join' ORDER BY m.user_id"
         );
-        let rows: Vec<(UserId, AccountState, Option<i64>, i64)> =
-            sqlx::query_as(sqlx::AssertSqlSafe(sql)).bind(room_id).fetch_all(&self.pool).await?;
+        // ID, standing, custody, held_unlocked_at, power level.
+        type Row = (UserId, AccountState, Option<String>, Option<i64>, i64);
+        let rows: Vec<Row> = sqlx::query_as(sqlx::AssertSqlSafe(sql)).bind(room_id).fetch_all(&self.pool).await?;
         Ok(rows
             .into_iter()
-            .map(|(user_id, standing, unlocked_at, power_level)| FormerMember {
+            .map(|(user_id, standing, custody, unlocked_at, power_level)| FormerMember {
                 user_id,
                 back: standing.is_its_persons(),
-                held: standing == AccountState::Held && unlocked_at.is_none(),
+                // Held, not being held (that ID is free until the hold is made).
+                held: custody.as_deref() == Some("held") && unlocked_at.is_none(),
                 power_level,
             })
             .collect())
@@ -775,7 +802,8 @@ pub struct FormerMember {
     pub user_id: UserId,
     /// Their ID is their person's again (present, or claimed).
     pub back: bool,
-    /// Held for them, locked as lifeboat left it.
+    /// Held for them (the hold made, not under way), locked as lifeboat
+    /// left it.
     pub held: bool,
     /// Their power level in the room when it was last read.
     pub power_level: i64,

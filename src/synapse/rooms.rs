@@ -253,6 +253,9 @@ impl SynapseClient {
     /// can change them in, on top of the room's power levels as they are
     /// (the maker's own entry kept; from room version 12 it has none).
     pub async fn give_power(&self, room_id: &str, users: &[(String, i64)]) -> Result<(), Error> {
+        if users.is_empty() {
+            return Ok(());
+        }
         let path = format!("/_matrix/client/v3/rooms/{}/state/m.room.power_levels/", urlencode(room_id));
         let mut levels: Value = self.request_json(Method::GET, &path, &[], None, true).await?;
         for (user_id, level) in users {
@@ -270,6 +273,12 @@ impl SynapseClient {
             Err(Error::Forbidden { message, .. }) if message.contains("already in the room") => Ok(JoinOutcome::Joined),
             other => refused_or(other),
         }
+    }
+
+    /// The token's own account leaves a room.
+    pub async fn leave(&self, room_id: &str) -> Result<(), Error> {
+        let path = format!("/_matrix/client/v3/rooms/{}/leave", urlencode(room_id));
+        self.call(Method::POST, &path, Some(&json!({}))).await
     }
 
     /// The rooms the token's own account is joined to.

@@ -171,7 +171,7 @@ async fn after_a_wipe_people_come_back_into_surviving_rooms_aliases_work_and_los
     assert!(alice.invites().await.contains(&new_kitchen), "a former member who is back is invited");
     alice.join(&new_kitchen).await;
     let powers = alice.state(&new_kitchen, "m.room.power_levels", "").await.unwrap()["users"].clone();
-    assert_eq!(powers[&alice.user_id], 100, "its maker (above every level in version 12) is an admin: {powers}");
+    assert_eq!(powers[&alice.user_id], 100, "the lost room's maker (above every level in v12) is an admin: {powers}");
     assert_eq!(powers[&carol.user_id], 50, "a moderator whose ID is held is one again: {powers}");
     assert_eq!(alice.room_name(&new_kitchen).await.as_deref(), Some("Kitchen"));
     assert_eq!(alice.room_topic(&new_kitchen).await.as_deref(), Some("tea"));
@@ -199,6 +199,12 @@ async fn after_a_wipe_people_come_back_into_surviving_rooms_aliases_work_and_los
     let carol = sign_in(&ours, "carol", NEW_PASSWORD).await;
     eventually("carol is invited to the re-created kitchen", Duration::from_secs(60), || async {
         carol.invites().await.contains(&new_kitchen)
+    })
+    .await;
+    // Nobody waits for Kitchen now, and alice, its admin, is back in it:
+    // lifeboat's account leaves the room to its people.
+    eventually("lifeboat leaves the kitchen it made", Duration::from_secs(60), || async {
+        alice.membership_of(&new_kitchen, &ours.user_id("lifeboat")).await.as_deref() == Some("leave")
     })
     .await;
     serve.kill().await.unwrap();
