@@ -193,6 +193,11 @@ async fn after_a_wipe_people_come_back_into_surviving_rooms_aliases_work_and_los
     assert_eq!(resumed.code, 0, "{resumed:?}");
     assert_eq!(rooms_by_id(&lifeboat).await[&kitchen]["recreated_as"], new_kitchen.as_str(), "{resumed:?}");
 
+    // carol's ID is still held: lifeboat stays in Kitchen to invite her.
+    let round = lifeboat.run(&["rooms", "rejoin"]).await;
+    let lifeboat_in_kitchen = alice.membership_of(&new_kitchen, &ours.user_id("lifeboat")).await;
+    assert_eq!(lifeboat_in_kitchen.as_deref(), Some("join"), "{round:?}");
+
     // serve's watcher brings carol back within a round of her claim.
     let mut serve = lifeboat.spawn_serve();
     claim(&lifeboat, &carol.user_id).await;
