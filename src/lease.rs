@@ -14,7 +14,7 @@ use std::time::{Duration, Instant};
 
 use tokio_util::task::AbortOnDropHandle;
 
-use crate::registry::{self, Registry, now_ms};
+use crate::registry::{self, Registry};
 
 /// The process table this process is in: the host's name, then the
 /// kernel's boot and the PID namespace. Two hosts may share a name (a stock
@@ -87,14 +87,14 @@ impl Lease {
         if let Some(label) = label {
             holder = format!("{holder}:{label}");
         }
-        let mut taken = registry.take_lease(name, &holder, now_ms() + Self::TTL_MS, None).await?;
+        let mut taken = registry.take_lease(name, &holder, Self::TTL_MS, None).await?;
         if let Err((current, _)) = &taken
             && let Some(pid) = current.strip_prefix(&format!("{table}:")).and_then(|rest| rest.split(':').next())
             && table_is_known(&table)
             && !std::path::Path::new(&format!("/proc/{pid}")).exists()
         {
             let current = current.clone();
-            taken = registry.take_lease(name, &holder, now_ms() + Self::TTL_MS, Some(&current)).await?;
+            taken = registry.take_lease(name, &holder, Self::TTL_MS, Some(&current)).await?;
         }
         if let Err((holder, until)) = taken {
             return Ok(Err(Held { holder, until: registry::format_time(until).unwrap_or_default() }));
@@ -106,7 +106,7 @@ impl Lease {
                 let mut renewed = Instant::now();
                 loop {
                     tokio::time::sleep(Self::RENEW_EVERY).await;
-                    match registry.renew_lease(&name, &holder, now_ms() + Self::TTL_MS).await {
+                    match registry.renew_lease(&name, &holder, Self::TTL_MS).await {
                         Ok(true) => renewed = Instant::now(),
                         Ok(false) => return lost.store(true, Ordering::SeqCst),
                         // Tried again; past one renewal before it runs out,

@@ -755,6 +755,9 @@ async fn rooms_servers_failed(client: &SynapseClient, err: &synapse::Error) -> O
     Some(format!("the room's servers could not be reached ({why})"))
 }
 
+/// How long a room's state may take to give a person's membership.
+const MEMBERSHIP_WAIT: Duration = Duration::from_secs(5);
+
 /// How bringing one person back into a room went.
 enum PersonJoin {
     Done(JoinOutcome),
@@ -766,14 +769,18 @@ enum PersonJoin {
 /// Joins one person to a surviving room, unless it holds them as joined
 /// already (their old membership stands once this server is back in it),
 /// or it holds them as gone: a forced join would undo a kick or their own
-/// leave. A room whose state this server is still fetching may have no
-/// membership of theirs yet: they are joined, as they were.
+/// leave. A room whose state this server is still fetching (it joined a
+/// big one with part of its state, and gets the rest over hours) tells no
+/// membership until it has it all: after [`MEMBERSHIP_WAIT`] they are
+/// joined, as they were before this was asked.
 async fn join_person(client: &SynapseClient, rejoin: &Rejoin) -> Result<PersonJoin, synapse::Error> {
     let (room_id, user_id) = (&rejoin.room_id, rejoin.user_id.as_str());
     if client.joined_rooms(user_id).await?.contains(room_id) {
         return Ok(PersonJoin::Done(JoinOutcome::Joined));
     }
-    if matches!(client.membership(room_id, user_id).await?.as_deref(), Some("leave" | "ban")) {
+    if let Ok(membership) = tokio::time::timeout(MEMBERSHIP_WAIT, client.membership(room_id, user_id)).await
+        && matches!(membership?.as_deref(), Some("leave" | "ban"))
+    {
         return Ok(PersonJoin::LeftSince);
     }
     Ok(PersonJoin::Done(client.admin_join(room_id, user_id, &rejoin.via_servers).await?))
@@ -987,7 +994,7 @@ pub async fn recreate(
         }
         let service = service_user_id(config);
         let mut alias = None;
-        for candidate in &room.aliases {
+        for candidate in aliases_to_try(room) {
             if reclaim_alias(client, candidate, None, &service).await?.is_none() {
                 alias = Some(candidate.clone());
                 break;
@@ -1087,6 +1094,14 @@ fn powers_back(members: &[FormerMember], is_theirs: impl Fn(&FormerMember) -> bo
         .filter(|member| member.power_level > 0 && (member.held || is_theirs(member)))
         .map(|member| (member.user_id.to_string(), member.power_level.min(100)))
         .collect()
+}
+
+/// A lost room's local aliases in the order its new room tries them: its
+/// main alias first, the one people were given, then the others as listed.
+fn aliases_to_try(room: &Room) -> Vec<&String> {
+    let mut aliases: Vec<&String> = room.aliases.iter().collect();
+    aliases.sort_by_key(|alias| Some(*alias) != room.canonical_alias.as_ref());
+    aliases
 }
 
 /// The lease a re-creation of `room_id` runs under.
@@ -1210,6 +1225,15 @@ mod tests {
             powers_back(&members, theirs),
             [("@creator:here.org".to_owned(), 100), ("@mod:here.org".to_owned(), 50)]
         );
+    }
+
+    #[test]
+    fn a_recreated_room_tries_its_main_alias_first() {
+        let aliases = vec!["#a:here.org".to_owned(), "#main:here.org".to_owned(), "#b:here.org".to_owned()];
+        let room = Room { aliases, canonical_alias: Some("#main:here.org".to_owned()), ..Room::default() };
+        assert_eq!(aliases_to_try(&room), ["#main:here.org", "#a:here.org", "#b:here.org"]);
+        let elsewhere = Room { canonical_alias: Some("#main:there.net".to_owned()), ..room };
+        assert_eq!(aliases_to_try(&elsewhere), ["#a:here.org", "#main:here.org", "#b:here.org"], "as listed");
     }
 
     #[test]

@@ -82,42 +82,44 @@ impl Registry {
         Ok(())
     }
 
-    /// Extends the lease `name` while `holder` still has it; false when it
-    /// is no longer theirs (taken, or run out and given up since). Never
-    /// takes it back: what it guarded may have changed hands meanwhile.
-    pub async fn renew_lease(&self, name: &str, holder: &str, expires_at: i64) -> Result<bool> {
-        let renewed = sqlx::query("UPDATE leases SET expires_at = $3 WHERE name = $1 AND holder = $2")
-            .bind(name)
-            .bind(holder)
-            .bind(expires_at)
-            .execute(&self.pool)
-            .await?;
+    /// Extends the lease `name` for `ttl_ms` from now while `holder` still
+    /// has it; false when it is no longer theirs (taken, or run out and
+    /// given up since). Never takes it back: what it guarded may have changed
+    /// hands meanwhile.
+    pub async fn renew_lease(&self, name: &str, holder: &str, ttl_ms: i64) -> Result<bool> {
+        let sql = format!("UPDATE leases SET expires_at = {} + $3 WHERE name = $1 AND holder = $2", self.clock_ms());
+        let renewed =
+            sqlx::query(sqlx::AssertSqlSafe(sql)).bind(name).bind(holder).bind(ttl_ms).execute(&self.pool).await?;
         Ok(renewed.rows_affected() == 1)
     }
 
-    /// Takes the lease `name` for `holder` until `expires_at`, if it is free,
-    /// expired, already the holder's, or held by `stale` (a holder known to
-    /// be dead). Otherwise returns who holds it and until when.
+    /// Takes the lease `name` for `holder`, for `ttl_ms` from now, if it is
+    /// free, expired, already the holder's, or held by `stale` (a holder
+    /// known to be dead). Otherwise returns who holds it and until when.
+    /// Times are the registry's clock's: processes on hosts whose clocks
+    /// differ share one PostgreSQL registry, and none may find another's
+    /// live lease run out by its own clock.
     pub async fn take_lease(
         &self,
         name: &str,
         holder: &str,
-        expires_at: i64,
+        ttl_ms: i64,
         stale: Option<&str>,
     ) -> Result<Result<(), (String, i64)>> {
-        let taken = sqlx::query(
-            "INSERT INTO leases (name, holder, expires_at) VALUES ($1, $2, $3) \
+        let now = self.clock_ms();
+        let sql = format!(
+            "INSERT INTO leases (name, holder, expires_at) VALUES ($1, $2, {now} + $3) \
              ON CONFLICT (name) DO UPDATE SET holder = excluded.holder, expires_at = excluded.expires_at \
-             WHERE leases.expires_at < $4 OR leases.holder = $2 OR leases.holder = $5",
-        )
-        .bind(name)
-        .bind(holder)
-        .bind(expires_at)
-        .bind(now_ms())
-        .bind(stale.unwrap_or(""))
-        .execute(&self.pool)
-        .await?
-        .rows_affected();
+             WHERE leases.expires_at < {now} OR leases.holder = $2 OR leases.holder = $4"
+        );
+        let taken = sqlx::query(sqlx::AssertSqlSafe(sql))
+            .bind(name)
+            .bind(holder)
+            .bind(ttl_ms)
+            .bind(stale.unwrap_or(""))
+            .execute(&self.pool)
+            .await?
+            .rows_affected();
         if taken == 1 {
             return Ok(Ok(()));
         }

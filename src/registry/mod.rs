@@ -263,6 +263,14 @@ impl Registry {
         self.backend == Backend::Postgres
     }
 
+    /// SQL for the registry's own clock now, in ms since the Unix epoch.
+    pub(crate) fn clock_ms(&self) -> &'static str {
+        match self.backend {
+            Backend::Postgres => "CAST(EXTRACT(EPOCH FROM clock_timestamp()) * 1000 AS BIGINT)",
+            Backend::Sqlite => "CAST((julianday('now') - 2440587.5) * 86400000.0 AS INTEGER)",
+        }
+    }
+
     pub fn pool(&self) -> &AnyPool {
         &self.pool
     }

@@ -643,11 +643,11 @@ async fn holding_a_thousand_ids_stopped_killed_and_waited_for_by_an_incident_hol
     // An incident opened while another run (another host's, for 8 s) holds
     // waits for it, then holds the rest itself, so its notices find them held.
     let registry_client = lifeboat::registry::Registry::connect(&registry.url()).await.unwrap();
-    let elsewhere = lifeboat::registry::now_ms() + 8_000;
-    let taken = registry_client.take_lease("holds", "another-host:1:1", elsewhere, None).await.unwrap();
+    let ttl = 8_000;
+    let taken = registry_client.take_lease("holds", "another-host:1:1", ttl, None).await.unwrap();
     // Over the killed run's lease, if it is still there.
     if let Err((killed, _)) = taken {
-        registry_client.take_lease("holds", "another-host:1:1", elsewhere, Some(&killed)).await.unwrap().unwrap();
+        registry_client.take_lease("holds", "another-host:1:1", ttl, Some(&killed)).await.unwrap().unwrap();
     }
     std::fs::write(lifeboat.dir().join("postmortem.md"), POSTMORTEM).unwrap();
     let rerun = lifeboat.run(&["incident", "open", "--title", "Database lost", "--postmortem", "postmortem.md"]).await;
@@ -1373,8 +1373,8 @@ async fn a_held_id_unlocked_outside_lifeboat_is_named_by_check_and_sync() {
 
     let store = lifeboat::registry::Registry::connect(&registry.url()).await.unwrap();
     let hand_over = lifeboat::registry::hand_over_lease(&lifeboat::user_id::UserId::parse(&held).unwrap());
-    let until = lifeboat::registry::now_ms() + 60_000;
-    store.take_lease(&hand_over, "another-host:1:1", until, None).await.unwrap().unwrap();
+    let ttl = 60_000;
+    store.take_lease(&hand_over, "another-host:1:1", ttl, None).await.unwrap().unwrap();
     assert_eq!(unlocked().await, serde_json::json!([]), "being handed over");
     let sync = lifeboat.run(&["sync"]).await;
     assert!(!sync.stdout.contains("unlocked outside lifeboat"), "{sync:?}");

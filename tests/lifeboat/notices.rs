@@ -1289,8 +1289,8 @@ async fn a_second_notify_for_the_same_incident_waits_for_the_first() {
     let (id, _) = incident_after_wipe(&synapse, &lifeboat, 2).await;
     // A notify of this incident running on another machine holds the lease.
     let store = lifeboat::registry::Registry::connect(&registry.url()).await.unwrap();
-    let until = lifeboat::registry::now_ms() + 60_000;
-    store.take_lease(&format!("notify:incident:{id}"), "elsewhere:4242", until, None).await.unwrap().unwrap();
+    let ttl = 60_000;
+    store.take_lease(&format!("notify:incident:{id}"), "elsewhere:4242", ttl, None).await.unwrap().unwrap();
 
     let notify = lifeboat.run(&["notify", &id, "--yes"]).await;
     assert_eq!(notify.code, 1, "{notify:?}");

@@ -999,8 +999,8 @@ async fn one_server_refusing_lifeboats_join_does_not_keep_it_out_of_a_room() {
 async fn a_rejoin_run_waits_while_another_brings_people_back() {
     let TwoSquares { ours, _theirs, registry, carol, lifeboat, .. } = two_squares_after_a_wipe().await;
     let store = lifeboat::registry::Registry::connect(&registry.url()).await.unwrap();
-    let until = lifeboat::registry::now_ms() + 60_000;
-    store.take_lease("rooms-rejoin", "another-host:1:1", until, None).await.unwrap().unwrap();
+    let ttl = 60_000;
+    store.take_lease("rooms-rejoin", "another-host:1:1", ttl, None).await.unwrap().unwrap();
 
     let refused = lifeboat.run(&["rooms", "rejoin"]).await;
     assert_eq!(refused.code, 1, "{refused:?}");

@@ -994,16 +994,16 @@ async fn a_notify_leaves_dms_to_a_serve_holding_the_device_store_and_to_nobody_e
     let id = incident_lost(&rig).await;
     let store = lifeboat::registry::Registry::connect(&rig.registry_url()).await.unwrap();
     let lease = format!("matrix-store:{device}");
-    let until = lifeboat::registry::now_ms() + 60_000;
+    let ttl = 60_000;
 
-    store.take_lease(&lease, "elsewhere:4242:1", until, None).await.unwrap().unwrap();
+    store.take_lease(&lease, "elsewhere:4242:1", ttl, None).await.unwrap().unwrap();
     let notify = rig.lifeboat.run(&["notify", &id, "--yes"]).await;
     assert_eq!(notify.code, 1, "another notify will not send them: {notify:?}");
     assert!(!notify.stdout.contains("left to"), "{notify:?}");
     assert!(format!("{notify:?}").contains("open in another lifeboat process (elsewhere:4242:1"), "{notify:?}");
     store.release_lease(&lease, "elsewhere:4242:1").await.unwrap();
 
-    store.take_lease(&lease, "elsewhere:4242:2:serve", until, None).await.unwrap().unwrap();
+    store.take_lease(&lease, "elsewhere:4242:2:serve", ttl, None).await.unwrap().unwrap();
     let notify = rig.lifeboat.run(&["notify", &id, "--yes"]).await;
     assert_eq!(notify.code, 0, "serve's worker sends them: {notify:?}");
     assert!(notify.stdout.contains("Matrix DMs are left to the lifeboat process"), "{notify:?}");
@@ -1558,10 +1558,10 @@ async fn a_bot_whose_store_was_taken_meanwhile_steps_back_until_it_is_free() {
     rig.reply_containing("Registry:").await;
     let store = lifeboat::registry::Registry::connect(&rig.registry_url()).await.unwrap();
     let lease = format!("matrix-store:{device}");
-    let until = lifeboat::registry::now_ms() + 600_000;
+    let ttl = 600_000;
     // Taken and given back before serve's next renewal: serve must not
     // take it back unawares.
-    take_from_serve(&store, &lease, until).await;
+    take_from_serve(&store, &lease, ttl).await;
     store.release_lease(&lease, "elsewhere:4242:1").await.unwrap();
     stepped_back(&rig, 1).await;
     eventually("the bot comes back", Duration::from_secs(60), || async {
@@ -1569,7 +1569,7 @@ async fn a_bot_whose_store_was_taken_meanwhile_steps_back_until_it_is_free() {
     })
     .await;
 
-    take_from_serve(&store, &lease, until).await;
+    take_from_serve(&store, &lease, ttl).await;
     stepped_back(&rig, 2).await;
     rig.say("!lifeboat incident list").await;
     tokio::time::sleep(Duration::from_secs(10)).await;
@@ -1583,11 +1583,11 @@ async fn a_bot_whose_store_was_taken_meanwhile_steps_back_until_it_is_free() {
 }
 
 /// Another process takes the store lease from the `serve` holding it.
-async fn take_from_serve(store: &lifeboat::registry::Registry, lease: &str, until: i64) {
-    let Err((serve, _)) = store.take_lease(lease, "elsewhere:4242:1", until, None).await.unwrap() else {
+async fn take_from_serve(store: &lifeboat::registry::Registry, lease: &str, ttl: i64) {
+    let Err((serve, _)) = store.take_lease(lease, "elsewhere:4242:1", ttl, None).await.unwrap() else {
         panic!("serve holds the device's store");
     };
-    store.take_lease(lease, "elsewhere:4242:1", until, Some(&serve)).await.unwrap().unwrap();
+    store.take_lease(lease, "elsewhere:4242:1", ttl, Some(&serve)).await.unwrap().unwrap();
 }
 
 /// The bot has stepped back from its store `times` times.

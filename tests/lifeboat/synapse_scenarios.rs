@@ -411,9 +411,9 @@ async fn a_sync_while_another_runs_says_so_and_a_dead_ones_is_taken_over() {
     let lifeboat = lifeboat_for(&synapse, &registry);
     assert_eq!(lifeboat.run(&["sync"]).await.code, 0);
     let store = lifeboat::registry::Registry::connect(&registry.url()).await.unwrap();
-    let until = lifeboat::registry::now_ms() + 60_000;
+    let ttl = 60_000;
 
-    store.take_lease("sync", "elsewhere:4242", until, None).await.unwrap().unwrap();
+    store.take_lease("sync", "elsewhere:4242", ttl, None).await.unwrap().unwrap();
     let busy = lifeboat.run(&["sync"]).await;
     assert_eq!(busy.code, 1, "{busy:?}");
     assert!(busy.stderr.contains("another sync is running") && busy.stderr.contains("elsewhere:4242"), "{busy:?}");
@@ -424,12 +424,12 @@ async fn a_sync_while_another_runs_says_so_and_a_dead_ones_is_taken_over() {
     // name, a container), it may: that lease runs out first.
     let host = std::fs::read_to_string("/proc/sys/kernel/hostname").unwrap().trim().to_owned();
     let namesake = format!("{host}/00000000.1:{}", 1 << 23);
-    store.take_lease("sync", &namesake, until, None).await.unwrap().unwrap();
+    store.take_lease("sync", &namesake, ttl, None).await.unwrap().unwrap();
     let busy = lifeboat.run(&["sync"]).await;
     assert!(busy.code == 1 && busy.stderr.contains("another sync is running"), "{busy:?}");
     store.release_lease("sync", &namesake).await.unwrap();
     let dead = format!("{}:{}", lifeboat::lease::process_table(), 1 << 23);
-    store.take_lease("sync", &dead, until, None).await.unwrap().unwrap();
+    store.take_lease("sync", &dead, ttl, None).await.unwrap().unwrap();
     let taken_over = lifeboat.run(&["sync", "--json"]).await;
     assert_eq!(taken_over.code, 0, "{taken_over:?}");
     assert_eq!(taken_over.json()["report"]["present"], 1, "the admin, listed again");
@@ -491,11 +491,8 @@ async fn a_sync_stopped_during_the_email_import_keeps_what_it_read_and_the_next_
     let read_first = stopped["details_fetched"].as_u64().unwrap();
     assert!(read_first > 0 && read_first <= people as u64, "stopped part-way: {stopped}");
     assert_eq!(emails_in(&store).await, stopped["emails_imported"].as_i64().unwrap(), "what it read is kept");
-    let until = lifeboat::registry::now_ms() + 60_000;
-    assert!(
-        store.take_lease("sync", "test", until, None).await.unwrap().is_ok(),
-        "the stopped sync let go of its lease"
-    );
+    let ttl = 60_000;
+    assert!(store.take_lease("sync", "test", ttl, None).await.unwrap().is_ok(), "the stopped sync let go of its lease");
     store.release_lease("sync", "test").await.unwrap();
 
     let rerun = lifeboat.run(&["sync", "--json", "--full-speed"]).await;
