@@ -410,7 +410,14 @@ pub async fn bring_back(
         let aliases = restore_aliases(config, registry, client, &mut report, stop).await;
         people?;
         aliases?;
-        step_aside(config, registry, client, actor, &mut report).await?;
+        // What it could not do this round is told, and tried next round.
+        if let Err(err) = step_aside(config, registry, client, actor, &mut report).await {
+            report.failed.push((
+                service_user_id(config).to_string(),
+                "(rooms it made again)".to_owned(),
+                err.to_string(),
+            ));
+        }
         if !report.is_empty() {
             registry.audit(actor, "rooms.rejoin", None, Some(&report.summary())).await?;
         }
@@ -539,7 +546,12 @@ async fn step_aside(
         return Ok(());
     }
     let inside = client.own_joined_rooms().await?;
-    for (old_room_id, room_id) in done.into_iter().filter(|(_, room_id)| inside.contains(room_id)) {
+    for (old_room_id, room_id) in done {
+        if !inside.contains(&room_id) {
+            // Left already (by hand, say): nothing to do there again.
+            registry.mark_stepped_aside(&room_id).await?;
+            continue;
+        }
         let Some(state) = client.room_state(&room_id).await? else { continue };
         let details = details_from_state(&state, Vec::new(), &config.homeserver.server_name);
         let an_admin_is_back = details.members.iter().any(|(user_id, membership, power)| {
@@ -549,6 +561,7 @@ async fn step_aside(
             continue;
         }
         client.leave(&room_id).await?;
+        registry.mark_stepped_aside(&room_id).await?;
         let detail = format!("lifeboat left {room_id}, made for this room: its people are back");
         registry.audit(actor, "rooms.step_aside", Some(&old_room_id), Some(&detail)).await?;
         report.stepped_aside.push(room_id);
@@ -684,6 +697,13 @@ async fn rejoin_people(
     let mut to_do = Vec::new();
     for rejoin in pending {
         match &theirs[&rejoin.user_id] {
+            // lifeboat left the room it made (its people were back): only
+            // they can invite now. Not an attempt: said each round.
+            Ok(true) if let (Some(new_room), Some(_)) = (&rejoin.recreated_as, rejoin.stepped_aside_at) => {
+                let why =
+                    format!("lifeboat has left {new_room}, its people back in it: an admin of the room invites them");
+                report.failed.push((rejoin.user_id.to_string(), rejoin.room_id, why));
+            }
             Ok(true) => to_do.push(rejoin),
             // Someone else's account on the ID now: held back like a room
             // a stranger is known to be in, until a listing tells more.
@@ -1040,8 +1060,12 @@ pub async fn recreate(
             powers.retain(|(user_id, _)| *user_id != maker);
         }
         match client.give_power(&new_room_id, &powers).await {
-            Err(err) if err.is_transient() => return Err(err.into()),
-            Err(err) => tracing::warn!(room = %new_room_id, error = %err, "former moderators' power not given back"),
+            // Synapse will not let it (the room's own rules): told, not tried again.
+            Err(err @ (synapse::Error::Forbidden { .. } | synapse::Error::Rejected { .. })) => {
+                tracing::warn!(room = %new_room_id, error = %err, "former moderators' power not given back")
+            }
+            // Synapse down, the token dead: the next run finds the room and tries.
+            Err(err) => return Err(err.into()),
             Ok(()) => {}
         }
         registry.mark_room_recreated(&room.room_id, &new_room_id).await?;

@@ -81,12 +81,12 @@ impl Registry {
             return;
         }
         let read = async {
-            let live: Vec<String> =
-                sqlx::query_scalar("SELECT name FROM leases WHERE name LIKE $1 AND expires_at >= $2")
-                    .bind(format!("{HAND_OVER_LEASE}%"))
-                    .bind(now_ms())
-                    .fetch_all(&self.pool)
-                    .await?;
+            // By the registry's clock, as leases are timed.
+            let sql = format!("SELECT name FROM leases WHERE name LIKE $1 AND expires_at >= {}", self.clock_ms());
+            let live: Vec<String> = sqlx::query_scalar(sqlx::AssertSqlSafe(sql))
+                .bind(format!("{HAND_OVER_LEASE}%"))
+                .fetch_all(&self.pool)
+                .await?;
             // Only the IDs named, not every held one.
             let mut held: Vec<String> = Vec::new();
             for chunk in ids.chunks(500) {

@@ -265,6 +265,8 @@ pub struct Rejoin {
     pub via_servers: Vec<String>,
     /// The room made in place of a lost one: they are invited there.
     pub recreated_as: Option<String>,
+    /// lifeboat's account has left that room: it can invite nobody there.
+    pub stepped_aside_at: Option<i64>,
 }
 
 /// What became of one of a person's rooms, for their notice.
@@ -544,20 +546,34 @@ impl Registry {
             .await?)
     }
 
-    /// Rooms lifeboat made again whose former members nobody waits for any
-    /// more (each invited, joined, or given up), as (the lost room, the one
-    /// made for it). `service`, lifeboat's own account, is no one waited for.
+    /// Rooms lifeboat made again, and has not left, whose former members
+    /// nobody waits for any more (each invited, joined, or given up): each
+    /// made room once, with a lost room it was made for. `service`,
+    /// lifeboat's own account, is no one waited for.
     pub async fn recreated_rooms_nobody_waits_for(&self, service: &UserId) -> Result<Vec<(String, String)>> {
         Ok(sqlx::query_as(
-            "SELECT r.room_id, r.recreated_as FROM rooms r WHERE r.recreated_as IS NOT NULL \
-             AND NOT EXISTS (SELECT 1 FROM room_members m WHERE m.room_id = r.room_id AND m.membership = 'join' \
-                 AND m.user_id <> $1 AND (m.rejoin IS NULL OR (m.rejoin = 'failed' AND m.rejoin_attempts < $2))) \
-             ORDER BY r.room_id",
+            "SELECT MIN(r.room_id), r.recreated_as FROM rooms r \
+             WHERE r.recreated_as IS NOT NULL AND r.stepped_aside_at IS NULL \
+             AND NOT EXISTS (SELECT 1 FROM rooms o JOIN room_members m ON m.room_id = o.room_id \
+                 WHERE o.recreated_as = r.recreated_as AND m.membership = 'join' AND m.user_id <> $1 \
+                 AND (m.rejoin IS NULL OR (m.rejoin = 'failed' AND m.rejoin_attempts < $2))) \
+             GROUP BY r.recreated_as ORDER BY r.recreated_as",
         )
         .bind(service)
         .bind(MAX_REJOIN_ATTEMPTS)
         .fetch_all(&self.pool)
         .await?)
+    }
+
+    /// lifeboat's account has left `new_room_id`, a room it made again
+    /// (kept with the lost rooms it was made for).
+    pub async fn mark_stepped_aside(&self, new_room_id: &str) -> Result<()> {
+        sqlx::query("UPDATE rooms SET stepped_aside_at = $2 WHERE recreated_as = $1")
+            .bind(new_room_id)
+            .bind(now_ms())
+            .execute(&self.pool)
+            .await?;
+        Ok(())
     }
 
     /// A room's aliases and directory listing are back, or are given up:
@@ -609,23 +625,28 @@ impl Registry {
     /// Records the room made in place of a lost one.
     pub async fn mark_room_recreated(&self, room_id: &str, new_room_id: &str) -> Result<()> {
         let mut tx = self.begin_write().await?;
-        sqlx::query("UPDATE rooms SET recreated_as = $2, recreated_at = $3 WHERE room_id = $1")
-            .bind(room_id)
-            .bind(new_room_id)
-            .bind(now_ms())
-            .execute(&mut *tx)
-            .await?;
+        sqlx::query(
+            "UPDATE rooms SET recreated_as = $2, recreated_at = $3, stepped_aside_at = NULL WHERE room_id = $1",
+        )
+        .bind(room_id)
+        .bind(new_room_id)
+        .bind(now_ms())
+        .execute(&mut *tx)
+        .await?;
         // `room_id` was itself made in place of a room lost before (and is
         // lost now, after another wipe): that room's people go to the new
-        // one, and tries at the lost one count for nothing.
-        sqlx::query("UPDATE rooms SET recreated_as = $2 WHERE recreated_as = $1 AND room_id <> $1")
-            .bind(room_id)
-            .bind(new_room_id)
-            .execute(&mut *tx)
-            .await?;
+        // one (invited again: an invite to the lost one is lost with it),
+        // and tries at the lost one count for nothing.
+        sqlx::query(
+            "UPDATE rooms SET recreated_as = $2, stepped_aside_at = NULL WHERE recreated_as = $1 AND room_id <> $1",
+        )
+        .bind(room_id)
+        .bind(new_room_id)
+        .execute(&mut *tx)
+        .await?;
         sqlx::query(
             "UPDATE room_members SET rejoin = NULL, rejoin_error = NULL, rejoin_attempts = 0 \
-             WHERE rejoin = 'failed' AND room_id IN (SELECT room_id FROM rooms WHERE recreated_as = $1)",
+             WHERE rejoin IN ('failed', 'invited') AND room_id IN (SELECT room_id FROM rooms WHERE recreated_as = $1)",
         )
         .bind(new_room_id)
         .execute(&mut *tx)
@@ -673,7 +694,7 @@ impl Registry {
         // A room here by a listing older than a loss waits as one elsewhere.
         let unsure_here = self.loss_since_rooms_listed(listed_at).await?;
         let sql = format!(
-            "SELECT m.room_id, m.user_id, r.via_servers, r.recreated_as \
+            "SELECT m.room_id, m.user_id, r.via_servers, r.recreated_as, r.stepped_aside_at \
              FROM room_members m JOIN rooms r ON r.room_id = m.room_id \
              JOIN accounts a ON a.user_id = m.user_id \
              WHERE m.membership = 'join' AND ({ROOM_STATE_SQL}) <> 'lost' \

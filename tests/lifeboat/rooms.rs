@@ -214,6 +214,17 @@ async fn after_a_wipe_people_come_back_into_surviving_rooms_aliases_work_and_los
     .await;
     serve.kill().await.unwrap();
     assert_eq!(state_of(&lifeboat, &kitchen).await, "recreated");
+    // One who needs an invite after that (her ID lost again, say) is named
+    // for Kitchen's admins to invite: lifeboat can invite nobody there now.
+    let store = lifeboat::registry::Registry::connect(&registry.url()).await.unwrap();
+    sqlx::query("UPDATE room_members SET rejoin = NULL WHERE room_id = $1 AND user_id = $2")
+        .bind(&kitchen)
+        .bind(&carol.user_id)
+        .execute(store.pool())
+        .await
+        .unwrap();
+    let named = lifeboat.run(&["rooms", "rejoin"]).await;
+    assert!(named.stderr.contains("an admin of the room invites them"), "{named:?}");
 
     // The server admin's ID, held through the watcher's syncs, is an admin
     // again once claimed.
