@@ -1052,6 +1052,30 @@ async fn a_rooms_member_no_listing_saw_is_free_until_adopted_as_lost(registry: R
 }
 on_both_backends!(a_rooms_member_no_listing_saw_is_free_until_adopted_as_lost);
 
+/// A re-created room gives power back to an ID held for its person; one
+/// whose hold is still being made (free to register until it is) or was
+/// unlocked outside lifeboat counts as no such ID.
+async fn a_former_member_counts_as_held_only_once_the_hold_is_made_and_still_locked(registry: Registry) {
+    sync_listing(&registry, &[user("@a:x", 1), user("@b:x", 1), user("@c:x", 1)]).await;
+    registry.apply_room_listing(&[room("!r", 0, &[("@a:x", 50), ("@b:x", 100), ("@c:x", 50)])]).await.unwrap();
+    for (user_id, custody, unlocked_at) in
+        [("@a:x", "held", None), ("@b:x", "holding", None), ("@c:x", "held", Some(1))]
+    {
+        sqlx::query("UPDATE accounts SET custody = $2, custody_at = 1, held_unlocked_at = $3 WHERE user_id = $1")
+            .bind(user_id)
+            .bind(custody)
+            .bind(unlocked_at)
+            .execute(registry.pool())
+            .await
+            .unwrap();
+    }
+    let members = registry.room_members_back("!r").await.unwrap();
+    let held: Vec<(&str, bool, i64)> =
+        members.iter().map(|member| (member.user_id.as_str(), member.held, member.power_level)).collect();
+    assert_eq!(held, [("@a:x", true, 50), ("@b:x", false, 100), ("@c:x", false, 50)]);
+}
+on_both_backends!(a_former_member_counts_as_held_only_once_the_hold_is_made_and_still_locked);
+
 async fn rooms_gone_from_a_listing_are_classified_and_a_lost_persons_memberships_wait_for_them(registry: Registry) {
     sync_listing(&registry, &[user("@a:x", 1), user("@b:x", 1)]).await;
     let shared = room("!shared", 2, &[("@a:x", 100), ("@b:x", 0)]);
