@@ -1173,7 +1173,7 @@ fn subscription_link<'a>(
 /// too, in the registry, so that a restart of serve does not forget it.
 async fn web_links_to_variants_of_one_inbox_count_as_links_to_it(registry: Registry) {
     sync_listing(&registry, &[user("@a:x", 1)]).await;
-    let until = 600_000;
+    let until = lifeboat::registry::now_ms() + 600_000;
     let variants = ["victim+1@example.org", "Victim@ｅxample.org", "victim@example.org"];
     for (n, (variant, network)) in variants.iter().zip(["net:a", "net:a", "net:b"]).enumerate() {
         let (link, to) = (format!("link-{n}"), email(variant));
