@@ -732,6 +732,11 @@ async fn rejoin_people(
                 report.left.push((rejoin.user_id.to_string(), rejoin.room_id));
                 continue;
             }
+            Ok(PersonJoin::NotYet) => {
+                let why = "this server is still fetching the room's state: asked again next round".to_owned();
+                report.failed.push((rejoin.user_id.to_string(), rejoin.room_id, why));
+                continue;
+            }
             Ok(PersonJoin::Done(outcome)) => Ok(outcome),
             Err(err) => Err(err),
         };
@@ -784,6 +789,9 @@ enum PersonJoin {
     /// The room's state says they left it or were removed since lifeboat
     /// last read it (a listing may be hours old): not joined again.
     LeftSince,
+    /// The room's state did not say in time: asked again next round, not
+    /// counted as an attempt.
+    NotYet,
 }
 
 /// Joins one person to a surviving room, unless it holds them as joined
@@ -791,16 +799,17 @@ enum PersonJoin {
 /// or it holds them as gone: a forced join would undo a kick or their own
 /// leave. A room whose state this server is still fetching (it joined a
 /// big one with part of its state, and gets the rest over hours) tells no
-/// membership until it has it all: after [`MEMBERSHIP_WAIT`] they are
-/// joined, as they were before this was asked.
+/// membership until it has it all, and their old membership comes with
+/// it: past [`MEMBERSHIP_WAIT`] they wait for a later round.
 async fn join_person(client: &SynapseClient, rejoin: &Rejoin) -> Result<PersonJoin, synapse::Error> {
     let (room_id, user_id) = (&rejoin.room_id, rejoin.user_id.as_str());
     if client.joined_rooms(user_id).await?.contains(room_id) {
         return Ok(PersonJoin::Done(JoinOutcome::Joined));
     }
-    if let Ok(membership) = tokio::time::timeout(MEMBERSHIP_WAIT, client.membership(room_id, user_id)).await
-        && matches!(membership?.as_deref(), Some("leave" | "ban"))
-    {
+    let Ok(membership) = tokio::time::timeout(MEMBERSHIP_WAIT, client.membership(room_id, user_id)).await else {
+        return Ok(PersonJoin::NotYet);
+    };
+    if matches!(membership?.as_deref(), Some("leave" | "ban")) {
         return Ok(PersonJoin::LeftSince);
     }
     Ok(PersonJoin::Done(client.admin_join(room_id, user_id, &rejoin.via_servers).await?))
