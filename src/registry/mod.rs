@@ -183,6 +183,28 @@ fn sqlite_file(url: &str) -> Option<&str> {
     (!path.is_empty() && !path.starts_with(":memory:")).then_some(path)
 }
 
+/// Applies the migrations not applied yet. sqlx locks PostgreSQL for it,
+/// not SQLite: two processes started at once (serve and a CLI command after
+/// an upgrade) may both apply one, and the second fails ("table already
+/// exists", each migration's transaction undone). It tries again, and finds
+/// the first's work done; a migration that fails for itself fails each time.
+async fn migrate(
+    migrator: &sqlx::migrate::Migrator,
+    pool: &AnyPool,
+    backend: Backend,
+) -> std::result::Result<(), sqlx::migrate::MigrateError> {
+    let mut tries = 0;
+    loop {
+        match migrator.run(pool).await {
+            Err(sqlx::migrate::MigrateError::ExecuteMigration(..)) if backend == Backend::Sqlite && tries < 5 => {
+                tries += 1;
+                tokio::time::sleep(std::time::Duration::from_millis(200 * tries)).await;
+            }
+            done => return done,
+        }
+    }
+}
+
 impl Registry {
     /// Opens (creating a SQLite file if needed) and migrates the registry.
     pub async fn connect(url: &str) -> Result<Registry> {
@@ -225,7 +247,7 @@ impl Registry {
             Backend::Sqlite => &SQLITE_MIGRATIONS,
             Backend::Postgres => &POSTGRES_MIGRATIONS,
         };
-        migrator.run(&pool).await.map_err(|source| Error::Migrate { url: shown, source })?;
+        migrate(migrator, &pool, backend).await.map_err(|source| Error::Migrate { url: shown, source })?;
         Ok(Registry { pool, backend, options: Arc::new(options), health: Arc::default() })
     }
 

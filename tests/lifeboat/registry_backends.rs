@@ -1657,3 +1657,15 @@ async fn a_sends_outcome_waits_out_a_registry_locked_past_its_busy_timeout() {
         .unwrap();
     assert_eq!(state, "sent", "a later run would send it again");
 }
+
+/// Processes started at once after an upgrade (serve and a CLI command, say)
+/// each migrate a new SQLite registry: none fails for the others' work.
+#[tokio::test(flavor = "multi_thread")]
+async fn processes_opening_a_new_sqlite_registry_at_once_all_open_it() {
+    let database = TestDatabase::sqlite();
+    let url = database.url();
+    let opened = futures::future::join_all((0..4).map(|_| Registry::connect(&url))).await;
+    for registry in opened {
+        registry.expect("the registry opens, migrated by whichever came first");
+    }
+}
