@@ -31,8 +31,8 @@ fn added_later(table: &str) -> usize {
         // stranger_devices
         "accounts" => 9,
         // state_read_at, aliases_due_at, aliases_attempts, restore_attempts,
-        // creator_from_state
-        "rooms" => 5,
+        // creator_from_state, stepped_aside_at
+        "rooms" => 6,
         // kind (a notice, by default), subject, body_text, body_html,
         // expires_at (one outbox for every message), not_before
         "deliveries" => 6,
