@@ -73,10 +73,17 @@ fn back_without_lifeboat(listed_before: &str) -> String {
 /// in to a held account someone unlocked outside lifeboat. Invited ones
 /// count too: the invite is still in the room's state, for whoever has the ID.
 fn strangers_among_former_members(room_id: &str) -> String {
-    let stranger =
-        format!("(({STANDING_SQL}) = 'recreated' OR (a.custody = 'held' AND a.held_unlocked_at IS NOT NULL))");
+    let stranger = format!("(({STANDING_SQL}) = 'recreated' OR {UNLOCKED_HOLD_SQL})");
     former_members_where(room_id, &stranger)
 }
+
+/// A held account someone unlocked outside lifeboat: whoever can sign in
+/// to it is no one lifeboat knows.
+const UNLOCKED_HOLD_SQL: &str = "(a.custody = 'held' AND a.held_unlocked_at IS NOT NULL)";
+
+/// An ID held for its person: the hold made (not under way, when the ID is
+/// still free), and the account locked as lifeboat left it.
+const HELD_FOR_THEM_SQL: &str = "(a.custody = 'held' AND a.held_unlocked_at IS NULL)";
 
 /// How many former members of the room `room_id` have an ID anyone may
 /// register now ([`Room::free`]): lost (not one Synapse refused to create
@@ -773,20 +780,19 @@ impl Registry {
     /// their ID is their person's again, or held for them, and their power.
     pub async fn room_members_back(&self, room_id: &str) -> Result<Vec<FormerMember>> {
         let sql = format!(
-            "SELECT m.user_id, ({STANDING_SQL}), a.custody, a.held_unlocked_at, m.power_level \
+            "SELECT m.user_id, ({STANDING_SQL}), CAST(CASE WHEN {HELD_FOR_THEM_SQL} THEN 1 ELSE 0 END AS BIGINT), \
+             m.power_level \
              FROM room_members m JOIN accounts a ON a.user_id = m.user_id \
              WHERE m.room_id = $1 AND m.membership = 'join' ORDER BY m.user_id"
         );
-        // ID, standing, custody, held_unlocked_at, power level.
-        type Row = (UserId, AccountState, Option<String>, Option<i64>, i64);
-        let rows: Vec<Row> = sqlx::query_as(sqlx::AssertSqlSafe(sql)).bind(room_id).fetch_all(&self.pool).await?;
+        let rows: Vec<(UserId, AccountState, i64, i64)> =
+            sqlx::query_as(sqlx::AssertSqlSafe(sql)).bind(room_id).fetch_all(&self.pool).await?;
         Ok(rows
             .into_iter()
-            .map(|(user_id, standing, custody, unlocked_at, power_level)| FormerMember {
+            .map(|(user_id, standing, held, power_level)| FormerMember {
                 user_id,
                 back: standing.is_its_persons(),
-                // Held, not being held (that ID is free until the hold is made).
-                held: custody.as_deref() == Some("held") && unlocked_at.is_none(),
+                held: held == 1,
                 power_level,
             })
             .collect())
@@ -823,8 +829,7 @@ pub struct FormerMember {
     pub user_id: UserId,
     /// Their ID is their person's again (present, or claimed).
     pub back: bool,
-    /// Held for them (the hold made, not under way), locked as lifeboat
-    /// left it.
+    /// Held for them ([`HELD_FOR_THEM_SQL`]).
     pub held: bool,
     /// Their power level in the room when it was last read.
     pub power_level: i64,

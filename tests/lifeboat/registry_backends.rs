@@ -1380,7 +1380,7 @@ on_both_backends!(a_message_sent_at_once_that_failed_is_not_sent_later);
 /// waits its time whoever asks: neither a rerun of notify nor serve's
 /// worker, once the relay answers again, makes it due sooner.
 async fn a_message_that_may_have_gone_out_is_not_sent_again_before_its_time(registry: Registry) {
-    use lifeboat::registry::{DeliveryChannel, DeliveryState, NewMessage};
+    use lifeboat::registry::{DeliveryChannel, DeliveryState};
     sync_listing(&registry, &[user("@a:x", 1)]).await;
     let now = lifeboat::registry::now_ms();
     let (incident,): (i64,) = sqlx::query_as(
@@ -1398,19 +1398,7 @@ async fn a_message_that_may_have_gone_out_is_not_sent_again_before_its_time(regi
     .fetch_one(registry.pool())
     .await
     .unwrap();
-    let alert = NewMessage {
-        kind: MessageKind::Alert,
-        channel: DeliveryChannel::Email,
-        to: "ops@example.org",
-        subject: "alert",
-        text: "Accounts are missing.",
-        html: "",
-        incident_id: None,
-        user_id: None,
-        expires_at: now + 86_400_000,
-        due_at: now,
-    };
-    let alert = registry.queue_message(&alert).await.unwrap();
+    let alert = queue_an_alert(&registry, now).await;
     // Eleven of its fifteen minutes have passed.
     let time = now + 4 * 60_000;
     let mut writer = registry.outbox_writer().await.unwrap();
@@ -1433,6 +1421,23 @@ async fn a_message_that_may_have_gone_out_is_not_sent_again_before_its_time(regi
     assert_eq!(registry.parked_deliveries(DeliveryChannel::Email, within).await.unwrap(), 0, "so does the worker");
 }
 on_both_backends!(a_message_that_may_have_gone_out_is_not_sent_again_before_its_time);
+
+/// An alert to the operators, due at `now`: its outbox row.
+async fn queue_an_alert(registry: &Registry, now: i64) -> i64 {
+    let alert = lifeboat::registry::NewMessage {
+        kind: MessageKind::Alert,
+        channel: lifeboat::registry::DeliveryChannel::Email,
+        to: "ops@example.org",
+        subject: "alert",
+        text: "Accounts are missing.",
+        html: "",
+        incident_id: None,
+        user_id: None,
+        expires_at: now + 86_400_000,
+        due_at: now,
+    };
+    registry.queue_message(&alert).await.unwrap()
+}
 on_both_backends!(a_queued_message_past_its_expiry_is_skipped_and_its_text_emptied);
 
 /// Tables and their columns in order (a backup's rows follow it), as the
@@ -1594,7 +1599,7 @@ on_both_backends!(of_incidents_opened_at_the_same_moment_for_the_same_people_onl
 #[tokio::test]
 async fn a_sends_outcome_waits_out_a_registry_locked_past_its_busy_timeout() {
     use lifeboat::outbox::{Channel, Outcome, Progress, send_until_done};
-    use lifeboat::registry::{DeliveryChannel, NewMessage};
+    use lifeboat::registry::DeliveryChannel;
     struct LocksTheRegistryAsItSends {
         locker: Registry,
         due: std::sync::Mutex<Vec<i64>>,
@@ -1633,20 +1638,7 @@ async fn a_sends_outcome_waits_out_a_registry_locked_past_its_busy_timeout() {
 
     let database = TestDatabase::sqlite();
     let registry = Registry::connect(&database.url()).await.unwrap();
-    let now = lifeboat::registry::now_ms();
-    let alert = NewMessage {
-        kind: MessageKind::Alert,
-        channel: DeliveryChannel::Email,
-        to: "ops@example.org",
-        subject: "alert",
-        text: "Accounts are missing.",
-        html: "",
-        incident_id: None,
-        user_id: None,
-        expires_at: now + 86_400_000,
-        due_at: now,
-    };
-    let alert = registry.queue_message(&alert).await.unwrap();
+    let alert = queue_an_alert(&registry, lifeboat::registry::now_ms()).await;
     let locker = Registry::connect(&database.url()).await.unwrap();
     let channel = LocksTheRegistryAsItSends { locker, due: std::sync::Mutex::new(vec![alert]) };
     send_until_done(&registry, &channel, 1, &Unwatched).await.expect("the outcome is written once the lock is gone");
