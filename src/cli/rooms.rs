@@ -35,7 +35,10 @@ pub enum Command {
     /// A surviving room waits while a stranger holds a former member's ID,
     /// or (holds on) while one is not held yet: exit 1 then. A room that
     /// refuses lifeboat's own join, and a join (lifeboat's or a person's)
-    /// that failed five times, are given up until --retry.
+    /// that failed five times, are given up until --retry. Someone the
+    /// room's state shows left or removed since lifeboat read it is not
+    /// joined again ("left"). lifeboat's account leaves a room it made
+    /// again once nobody waits for an invite and an admin of it is back.
     Rejoin {
         /// First give the rooms and joins lifeboat gave up a fresh start:
         /// tried again now, and by serve's later rounds, up to five times
@@ -46,7 +49,8 @@ pub enum Command {
     /// Make a room that lived only here again, with the same name, topic,
     /// alias, join rule, directory listing, encryption and type.
     ///
-    /// Its former members are invited as each comes back. History does not
+    /// Its former members are invited as each comes back, and get their
+    /// power level back when their ID is theirs or held. History does not
     /// come back: it was only on this server. Asks for confirmation first
     /// (pass --yes when stdin is not a terminal).
     Recreate {
@@ -54,7 +58,7 @@ pub enum Command {
         #[arg(required_unless_present = "all", conflicts_with = "all")]
         room_id: Option<String>,
         /// Every lost room made by this server's accounts, except lifeboat's
-        /// own admin room and DMs (spaces last, so they get their re-created
+        /// own admin room and DMs, and a person's DM with its bot (spaces last, so they get their re-created
         /// children). A room another server's account made goes only by its ID.
         #[arg(long)]
         all: bool,
