@@ -662,7 +662,7 @@ impl DmAccount {
             access_token: &self.token,
             device_id: &self.device,
         };
-        DmSender::connect(devices, registry, &login, self.encryption).await
+        devices.for_sending(registry, &login, self.encryption.as_ref()).await
     }
 }
 

@@ -201,15 +201,17 @@ impl Devices {
         Devices { serving: true, ..Devices::default() }
     }
 
-    /// The device's client for sending. An encrypting one is synced first
-    /// (it uploads the device's keys and learns the rooms others made)
-    /// unless the bot's sync loop keeps it current.
+    /// A sender on the device's client, shared with whatever else uses it
+    /// here (a session restored from an access token: no new device is
+    /// made). An encrypting one is synced first (it uploads the device's
+    /// keys and learns the rooms others made) unless the bot's sync loop
+    /// keeps it current.
     pub async fn for_sending(
         &self,
         registry: &Registry,
         login: &Login<'_>,
         store: Option<&CryptoStore>,
-    ) -> Result<(Client, Arc<AtomicBool>), DmError> {
+    ) -> Result<DmSender, DmError> {
         let slot = self.slot(login.device_id, store.is_some());
         let mut slot = slot.lock().await;
         let device = self.ready(&mut slot, registry, login, store).await?;
@@ -221,7 +223,7 @@ impl Devices {
                 .map_err(|_| DmError::Transient("the homeserver did not answer a sync within a minute".into()))?
                 .map_err(classify)?;
         }
-        Ok((device.client.clone(), device.store_lost()))
+        Ok(DmSender { client: device.client.clone(), encrypted: store.is_some(), store_lost: device.store_lost() })
     }
 
     /// The device's client for the bot's sync loop, with `attach_bot`'s
@@ -351,18 +353,6 @@ pub fn held_by_serve(holder: &str) -> bool {
 }
 
 impl DmSender {
-    /// Restores a session from an access token (no new device is made),
-    /// sharing the device's client with whatever else uses it here.
-    pub async fn connect(
-        devices: &Devices,
-        registry: &Registry,
-        login: &Login<'_>,
-        encryption: Option<CryptoStore>,
-    ) -> Result<DmSender, DmError> {
-        let (client, store_lost) = devices.for_sending(registry, login, encryption.as_ref()).await?;
-        Ok(DmSender { client, encrypted: encryption.is_some(), store_lost })
-    }
-
     /// Sends `markdown` to `recipient` in their DM room (made on first use).
     /// `transaction_id` must be the same for every attempt of one delivery.
     pub async fn send(

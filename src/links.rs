@@ -17,10 +17,6 @@ use url::Url;
 /// Name of the registry setting holding the signing key.
 pub const LINK_KEY: &str = "link_signing_key";
 
-pub fn unsubscribe_url(public_url: &Url, key: &SecretString, contact_id: i64, address: &str) -> String {
-    UnsubscribeLinks::new(public_url, key).url(contact_id, address)
-}
-
 /// Unsubscribe links for one web address and key: a notify run puts one in
 /// every message, so the address and the keyed HMAC are prepared once.
 #[derive(Clone)]
@@ -165,7 +161,7 @@ mod tests {
     fn unsubscribe_links_verify_only_for_their_contact_and_its_address() {
         let key = SecretString::from("k");
         let base = Url::parse("https://lifeboat.example.org/base/").unwrap();
-        let url = unsubscribe_url(&base, &key, 42, "a@example.org");
+        let url = UnsubscribeLinks::new(&base, &key).url(42, "a@example.org");
         assert!(url.starts_with("https://lifeboat.example.org/base/unsubscribe?contact=42&sig="));
         let sig = url.split("sig=").nth(1).unwrap();
         assert!(verify_unsubscribe(&key, 42, "a@example.org", sig));

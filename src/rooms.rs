@@ -152,7 +152,7 @@ async fn complete_listing(
             // come up short (and read again), never complete.
             let Some(page_total) = page.total_rooms else {
                 let detail = "a page of the room listing came without its total count";
-                return Err(RoomsError::Listing(client.bad_listing(detail)));
+                return Err(RoomsError::Listing(client.bad_response(detail)));
             };
             total = total.max(page_total);
             rooms.extend(page.rooms.into_iter().map(|room| (room.room_id.clone(), room)));
@@ -160,7 +160,7 @@ async fn complete_listing(
                 Some(next) if next > from => from = next,
                 Some(next) => {
                     let detail = format!("the room listing's next_batch {next} does not move past {from}");
-                    return Err(RoomsError::Listing(client.bad_listing(&detail)));
+                    return Err(RoomsError::Listing(client.bad_response(detail)));
                 }
                 None => break,
             }
@@ -336,47 +336,38 @@ impl BringBackReport {
             self.rejoined,
             self.invited
         );
-        if self.started_over > 0 {
-            text.push_str(&format!("; {} given-up rooms and joins started over", self.started_over));
-        }
-        if !self.failed.is_empty() {
-            text.push_str(&format!("; {} did not work yet (tried again next round)", self.failed.len()));
-        }
-        if !self.stepped_aside.is_empty() {
-            text.push_str(&format!(
-                "; lifeboat left {} rooms it made again, their people and an admin of theirs back in them",
-                self.stepped_aside.len()
-            ));
-        }
-        if !self.left.is_empty() {
-            text.push_str(&format!(
-                "; {} left a room or were removed from it since lifeboat read it, and are not joined again",
-                self.left.len()
-            ));
-        }
-        if !self.given_up.is_empty() {
-            text.push_str(&format!(
-                "; {} surviving rooms refused lifeboat or could not be reached, and are given up (`lifeboat rooms rejoin --retry` tries them again)",
-                self.given_up.len()
-            ));
-        }
-        if !self.held_back.is_empty() {
-            text.push_str(&format!(
-                "; {} surviving rooms held back: a stranger holds a former member's ID, and would be let in too (settle the ID first)",
-                self.held_back.len()
-            ));
-        }
-        if !self.aliases_left.is_empty() {
-            text.push_str(&format!(
-                "; the aliases and directory entries of {} rooms were due for over a week (lifeboat did not run?) and are left as they are now",
-                self.aliases_left.len()
-            ));
-        }
-        if !self.waiting_for_holds.is_empty() {
-            text.push_str(&format!(
-                "; {} surviving rooms wait for their former members' IDs to be held (anyone registering one meanwhile would be let in too)",
-                self.waiting_for_holds.len()
-            ));
+        // Each count said only when above zero; `{}` stands for it.
+        let more = [
+            (self.started_over as usize, "{} given-up rooms and joins started over"),
+            (self.failed.len(), "{} did not work yet (tried again next round)"),
+            (
+                self.stepped_aside.len(),
+                "lifeboat left {} rooms it made again, their people and an admin of theirs back in them",
+            ),
+            (
+                self.left.len(),
+                "{} left a room or were removed from it since lifeboat read it, and are not joined again",
+            ),
+            (
+                self.given_up.len(),
+                "{} surviving rooms refused lifeboat or could not be reached, and are given up (`lifeboat rooms rejoin --retry` tries them again)",
+            ),
+            (
+                self.held_back.len(),
+                "{} surviving rooms held back: a stranger holds a former member's ID, and would be let in too (settle the ID first)",
+            ),
+            (
+                self.aliases_left.len(),
+                "the aliases and directory entries of {} rooms were due for over a week (lifeboat did not run?) and are left as they are now",
+            ),
+            (
+                self.waiting_for_holds.len(),
+                "{} surviving rooms wait for their former members' IDs to be held (anyone registering one meanwhile would be let in too)",
+            ),
+        ];
+        for (count, words) in more.into_iter().filter(|(count, _)| *count > 0) {
+            text.push_str("; ");
+            text.push_str(&words.replacen("{}", &count.to_string(), 1));
         }
         text
     }
@@ -491,8 +482,17 @@ async fn rejoin_own(
             continue;
         }
         let Some(joined) = stop.run_until_cancelled(client.join(&room.room_id, &room.via_servers)).await else { break };
-        let joined = match joined {
-            Ok(joined) => joined,
+        match joined {
+            Ok(JoinOutcome::Joined) => {
+                // Its aliases and listing are due from now: put back next.
+                registry.mark_room_restored(&room.room_id, None).await?;
+                report.restored.push(room.room_id.clone());
+                tracing::info!(room_id = %room.room_id, "lifeboat is back in a surviving room");
+            }
+            Ok(JoinOutcome::Refused(reason)) => {
+                registry.mark_room_restored(&room.room_id, Some(&reason)).await?;
+                report.given_up.push((room.room_id.clone(), reason));
+            }
             // This room waits for the next round, the others and their
             // people go on; counted, so a room nobody can reach is given up.
             Err(err) if let Some(reason) = rooms_servers_failed(client, &err).await => {
@@ -501,27 +501,13 @@ async fn rejoin_own(
                 } else {
                     report.failed.push((service.to_string(), room.room_id.clone(), err.to_string()));
                 }
-                continue;
             }
             // Synapse busy (429, a bare 5xx): not an attempt; the next round
             // tries. (A timeout not the room's servers' is Synapse's: down.)
             Err(err) if err.is_transient() && !err.timed_out() && client.server_version().await.is_ok() => {
                 report.failed.push((service.to_string(), room.room_id.clone(), err.to_string()));
-                continue;
             }
             Err(err) => return Err(err.into()),
-        };
-        match joined {
-            JoinOutcome::Joined => {
-                // Its aliases and listing are due from now: put back next.
-                registry.mark_room_restored(&room.room_id, None).await?;
-                report.restored.push(room.room_id.clone());
-                tracing::info!(room_id = %room.room_id, "lifeboat is back in a surviving room");
-            }
-            JoinOutcome::Refused(reason) => {
-                registry.mark_room_restored(&room.room_id, Some(&reason)).await?;
-                report.given_up.push((room.room_id.clone(), reason));
-            }
         }
     }
     Ok(())
@@ -726,7 +712,7 @@ async fn rejoin_people(
         .buffer_unordered(ROOM_CONCURRENCY);
     while let Some((rejoin, outcome)) = stop.run_until_cancelled(outcomes.next()).await.flatten() {
         let invited = rejoin.recreated_as.is_some();
-        let outcome = match outcome {
+        let failed = match outcome {
             Ok(PersonJoin::LeftSince) => {
                 registry.forget_member(&rejoin.room_id, &rejoin.user_id).await?;
                 report.left.push((rejoin.user_id.to_string(), rejoin.room_id));
@@ -737,17 +723,13 @@ async fn rejoin_people(
                 report.failed.push((rejoin.user_id.to_string(), rejoin.room_id, why));
                 continue;
             }
-            Ok(PersonJoin::Done(outcome)) => Ok(outcome),
-            Err(err) => Err(err),
-        };
-        let failed = match outcome {
-            Ok(JoinOutcome::Joined) => {
+            Ok(PersonJoin::Done(JoinOutcome::Joined)) => {
                 let recorded = if invited { RejoinOutcome::Invited } else { RejoinOutcome::Joined };
                 registry.record_rejoin(&rejoin.room_id, &rejoin.user_id, recorded).await?;
                 *if invited { &mut report.invited } else { &mut report.rejoined } += 1;
                 continue;
             }
-            Ok(JoinOutcome::Refused(reason)) => reason,
+            Ok(PersonJoin::Done(JoinOutcome::Refused(reason))) => reason,
             // An attempt, counted as a refusal is.
             Err(ref err) if let Some(reason) = rooms_servers_failed(client, err).await => reason,
             // Synapse down or busy: not an attempt; the next round tries.

@@ -36,45 +36,33 @@ pub enum TokenError {
 /// [`tokens_withheld`], once Synapse was asked whether its database went
 /// back since the last listing: where a token is about to be made or
 /// handed out.
-pub async fn tokens_withheld_now(
-    config: &Config,
-    registry: &Registry,
-    client: &SynapseClient,
-) -> Result<Option<UnheldLostIds>, TokenError> {
-    note_database_gone_back(config, registry, client).await?;
-    Ok(tokens_withheld(config, registry).await?)
-}
-
+///
 /// Synapse deletes no account, so fewer than the last listing read means
 /// its database went back since (a wipe after which an admin put a new
 /// token in the config by hand, a restore from an older backup): the lost
 /// IDs no listing has shown are free for any token. Noted as a wipe seen
 /// now, so that every token guard waits for a listing begun after it, as
 /// after `lifeboat recover`.
-async fn note_database_gone_back(
+pub async fn tokens_withheld_now(
     config: &Config,
     registry: &Registry,
     client: &SynapseClient,
-) -> Result<(), TokenError> {
-    if !holds_wanted(config, true) {
-        return Ok(());
+) -> Result<Option<UnheldLostIds>, TokenError> {
+    if holds_wanted(config, true)
+        && let Some(last) = registry.last_complete_sync().await?
+    {
+        let count = client.account_count().await.map_err(TokenError::Count)?;
+        if count < last.listed && registry.wipe_unlisted().await?.is_none() {
+            tracing::warn!(
+                accounts = count,
+                last_listing = last.listed,
+                "Synapse has fewer accounts than the last listing read: its database went back, and no registration token goes out until a listing shows who was lost"
+            );
+            registry.note_wipe_seen().await?;
+            delete_revived_tokens_when_due(registry, client, true).await?;
+        }
     }
-    let Some(last) = registry.last_complete_sync().await? else { return Ok(()) };
-    let count = client.account_count().await.map_err(TokenError::Count)?;
-    if count >= last.listed {
-        return Ok(());
-    }
-    if registry.wipe_unlisted().await?.is_some() {
-        return Ok(());
-    }
-    tracing::warn!(
-        accounts = count,
-        last_listing = last.listed,
-        "Synapse has fewer accounts than the last listing read: its database went back, and no registration token goes out until a listing shows who was lost"
-    );
-    registry.note_wipe_seen().await?;
-    delete_revived_tokens_when_due(registry, client, true).await?;
-    Ok(())
+    Ok(tokens_withheld(config, registry).await?)
 }
 
 /// From when a loss is seen (its time and a random part) until Synapse's

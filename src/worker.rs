@@ -78,7 +78,7 @@ pub async fn run(services: Arc<Services>) {
     };
     // Probes the relay while mail waits out a backoff: a connection and a greeting, no message.
     let probe = mail.as_ref().and_then(|(email, _)| crate::mail::Mailer::from_config(email, 1).ok());
-    let mut releases = Releases::default();
+    let mut releases = Releases { not_before: tokio::time::Instant::now(), gap: FIRST_RELEASE_GAP };
     loop {
         if let Err(err) = registry.skip_expired_messages().await {
             tracing::warn!(error = %err, "delivery worker: registry query failed");
@@ -177,12 +177,6 @@ const FIRST_RELEASE_GAP: Duration = Duration::from_secs(10);
 struct Releases {
     not_before: tokio::time::Instant,
     gap: Duration,
-}
-
-impl Default for Releases {
-    fn default() -> Self {
-        Releases { not_before: tokio::time::Instant::now(), gap: FIRST_RELEASE_GAP }
-    }
 }
 
 /// When mail waits out a backoff and the relay answers again, makes it due

@@ -121,7 +121,7 @@ impl HandledEvents {
 }
 
 impl Bot {
-    /// Is `user` an admin the bot obeys (or invites)? In `bot.admins`, and
+    /// Whether `user` is an admin the bot obeys (or invites): in `bot.admins`, and
     /// its person's now: not an ID lost, held, or registered again by
     /// someone else after a loss (a stranger holding an admin's ID until an
     /// operator settles it). A local ID is also asked of Synapse: it must
@@ -129,13 +129,8 @@ impl Bot {
     /// admin ID the registry never knew), and not be an account made after
     /// the one the registry knows (right after a wipe, before a listing,
     /// the registry still has such an ID as present). When either cannot
-    /// tell, no.
-    async fn is_admin(&self, user: &OwnedUserId) -> bool {
-        self.why_not_obeyed(user).await.is_none()
-    }
-
-    /// [`Bot::is_admin`] for what someone did (a command, an invite): a
-    /// listed admin who is not obeyed is told of in the log, with the fix.
+    /// tell, no. For what someone did (a command, an invite), a listed admin
+    /// who is not obeyed is told of in the log, with the fix.
     async fn obeys(&self, user: &OwnedUserId) -> bool {
         let Some(why) = self.why_not_obeyed(user).await else { return true };
         if self.admins.contains(user) {
@@ -642,7 +637,7 @@ async fn invite_admins(bot: &Arc<Bot>, client: &Client) {
         }
         // A local admin once the account exists, and never a stranger
         // holding an admin's ID.
-        if !bot.is_admin(admin).await {
+        if bot.why_not_obeyed(admin).await.is_some() {
             continue;
         }
         match room.invite_user_by_id(admin).await {

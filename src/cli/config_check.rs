@@ -133,10 +133,8 @@ fn print_summary(config: &Config) {
             println!("[web]");
             println!("  bind = {}", web.bind);
             println!("  public_url = {}", web.public_url);
-            match &web.client_url {
-                Some(url) => println!("  client_url = {url}"),
-                None => println!("  client_url = (not set)"),
-            }
+            let client_url = web.client_url.as_ref().map_or("(not set)".to_owned(), ToString::to_string);
+            println!("  client_url = {client_url}");
             println!("  admin_contact = {}", web.admin_contact.as_deref().unwrap_or("(not set)"));
             println!("  trusted_proxies = [{}]", id_list(&web.trusted_proxies, usize::MAX));
             println!("  rate_limit_per_ip = {}", web.rate_limit_per_ip);

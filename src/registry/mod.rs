@@ -41,8 +41,8 @@ pub use rooms::{
     RoomFate, RoomRecord, RoomState,
 };
 pub use status::RegistryStatus;
-pub use sync_runs::{AccountDetails, DetailsDue, SyncApplied, SyncRun, SyncStatus};
-pub use verifications::{CODE_LIMITS, CodeCheck, CodeLimits, MAX_CODE_ATTEMPTS};
+pub use sync_runs::{AccountDetails, DetailsDue, SyncApplied, SyncRun};
+pub use verifications::{CODE_LIMITS, CodeCheck, CodeLimits, MAX_CODE_ATTEMPTS, code_hash};
 pub use web::{MailableContact, NewWebLink, WebLink};
 
 pub(crate) static SQLITE_MIGRATIONS: sqlx::migrate::Migrator = sqlx::migrate!("./migrations/sqlite");

@@ -64,8 +64,15 @@ fn back_without_lifeboat(listed_before: &str) -> String {
           AND rooms.aliases_due_at IS NULL AND (rooms.aliases <> '[]' OR rooms.public <> 0) \
           AND EXISTS (SELECT 1 FROM room_members m JOIN accounts a ON a.user_id = m.user_id \
                       WHERE m.room_id = rooms.room_id AND m.membership = 'join' \
-                      AND ({STANDING_SQL}) IN ('missing', 'held', 'claimed', 'recreated')))"
+                      AND {}))",
+        lost_since_listed()
     )
+}
+
+/// An account (`a`) lost since a listing saw it: missing, held, handed
+/// back, or taken by a stranger.
+fn lost_since_listed() -> String {
+    format!("({STANDING_SQL}) IN ('missing', 'held', 'claimed', 'recreated')")
 }
 
 /// How many former members of the room `room_id` (an SQL column) a
@@ -284,13 +291,6 @@ pub struct RoomFate {
     pub encrypted: bool,
 }
 
-/// Was a loss listed after `at` (an SQL value): an account listing applied
-/// since that marked someone missing. (A wipe lifeboat noted is asked of
-/// the settings: [`Registry::loss_since_rooms_listed`].)
-fn loss_listed_after(at: &str) -> String {
-    format!("EXISTS ({LOSS_LISTINGS} AND s.finished_at > {at})")
-}
-
 /// The complete account listings that marked someone missing.
 const LOSS_LISTINGS: &str = "SELECT s.id FROM sync_runs s WHERE s.status = 'complete' AND s.newly_missing > 0";
 
@@ -402,7 +402,7 @@ impl Registry {
             // everyone here left it. Forgotten, so that a later loss does not
             // bring it back. Not a room made in place of a lost one: its
             // people may not be back in it yet.
-            let lost = format!("({STANDING_SQL}) IN ('missing', 'held', 'claimed', 'recreated')");
+            let lost = lost_since_listed();
             let forget = format!(
                 "DELETE FROM rooms WHERE last_seen_at = $1 AND recreated_as IS NULL \
                  AND room_id NOT IN (SELECT recreated_as FROM rooms WHERE recreated_as IS NOT NULL) AND {} = 0",
@@ -413,11 +413,13 @@ impl Registry {
         // Gone since the previous listing, or since lifeboat came back into
         // them if a loss came after its join (another wipe before any
         // listing saw them back): lifeboat's account is to rejoin them again.
+        // The loss: a wipe lifeboat noted ($3), or a listing applied since
+        // that marked someone missing.
         let reset = format!(
             "UPDATE rooms SET restored_at = NULL, restore_error = NULL, aliases_due_at = NULL, aliases_attempts = 0, \
              restore_attempts = 0 WHERE last_seen_at = $1 \
-             OR (last_seen_at < $2 AND restored_at > last_seen_at AND (restored_at < $3 OR {}))",
-            loss_listed_after("rooms.restored_at")
+             OR (last_seen_at < $2 AND restored_at > last_seen_at \
+                 AND (restored_at < $3 OR EXISTS ({LOSS_LISTINGS} AND s.finished_at > rooms.restored_at)))"
         );
         sqlx::query(sqlx::AssertSqlSafe(reset)).bind(previous).bind(now).bind(wipe_seen_at).execute(&mut *tx).await?;
         set_setting_in(&mut *tx, ROOMS_LISTED_SETTING, &now.to_string()).await?;
@@ -445,11 +447,11 @@ impl Registry {
              (SELECT COUNT(*) FROM room_members m WHERE m.room_id = r.room_id \
                 AND m.membership = 'join' AND (m.rejoin IS NULL OR m.rejoin = 'failed') \
                 AND NOT EXISTS (SELECT 1 FROM service_credentials c WHERE c.user_id = m.user_id) \
-                AND EXISTS (SELECT 1 FROM accounts a WHERE a.user_id = m.user_id \
-                    AND ({STANDING_SQL}) IN ('missing', 'held', 'claimed', 'recreated'))) AS pending, \
+                AND EXISTS (SELECT 1 FROM accounts a WHERE a.user_id = m.user_id AND {})) AS pending, \
              {} AS strangers, {} AS free \
              FROM rooms r WHERE ($3 = '' OR r.room_id = $3)) AS known WHERE ($2 = '' OR state = $2) \
              ORDER BY joined_local DESC, room_id",
+            lost_since_listed(),
             strangers_among_former_members("r.room_id"),
             free_among_former_members("r.room_id"),
         );

@@ -11,7 +11,8 @@ use crate::user_id::UserId;
 /// Wrong codes tolerated per pending verification.
 pub const MAX_CODE_ATTEMPTS: i64 = 5;
 
-fn hash(code: &str) -> String {
+/// How a code is stored (the bot's codes here, the web page's in its links).
+pub fn code_hash(code: &str) -> String {
     hex::encode(Sha256::digest(code.trim().as_bytes()))
 }
 
@@ -76,7 +77,7 @@ impl Registry {
         )
         .bind(user_id)
         .bind(address)
-        .bind(hash(code))
+        .bind(code_hash(code))
         .bind(now)
         .bind(now + valid_ms)
         .bind(now - 3_600_000)
@@ -111,7 +112,7 @@ impl Registry {
         if spent.is_empty() {
             return Ok(CodeCheck::NothingPending);
         }
-        let given = hash(code);
+        let given = code_hash(code);
         // The newest code first, as they were mailed.
         let Some((id, address, _)) = spent.iter().filter(|(_, _, stored)| *stored == given).max_by_key(|(id, ..)| *id)
         else {

@@ -37,13 +37,6 @@ pub struct WebLink {
     pub used_at: Option<i64>,
 }
 
-impl WebLink {
-    /// Not used yet and not expired.
-    pub fn is_live(&self, now: i64) -> bool {
-        self.used_at.is_none() && self.expires_at > now
-    }
-}
-
 /// Reads [`WebLink`]s.
 const SELECT_WEB_LINKS: &str =
     "SELECT purpose, user_id, address, code_hash, attempts, expires_at, used_at FROM web_links";

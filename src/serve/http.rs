@@ -18,39 +18,30 @@ use crate::registry::{AccountState, ContactKind, DeliveryState, now_ms};
 /// What the web address serves: the pages and `/healthz` (which says
 /// whether, not why: the database's errors name hosts and users).
 pub fn public_router(state: Arc<Services>, pages: Router) -> Router {
-    Router::new().route("/healthz", get(healthz)).with_state(state).merge(pages)
+    let healthz = get(async |State(state): State<Arc<Services>>| health(&state, false).await);
+    Router::new().route("/healthz", healthz).with_state(state).merge(pages)
 }
 
 /// What the metrics address serves: `/metrics`, and `/healthz` saying why.
 pub fn metrics_router(state: Arc<Services>) -> Router {
-    Router::new().route("/metrics", get(metrics)).route("/healthz", get(healthz_saying_why)).with_state(state)
+    let healthz = get(async |State(state): State<Arc<Services>>| health(&state, true).await);
+    Router::new().route("/metrics", get(metrics)).route("/healthz", healthz).with_state(state)
 }
 
 /// A probe must get an answer in a couple of seconds, not a hang.
 const HEALTH_LIMIT: Duration = Duration::from_secs(2);
 
-/// Alive and able to reach the registry.
-async fn healthz(State(state): State<Arc<Services>>) -> impl IntoResponse {
-    match health(&state).await {
-        Ok(()) => (StatusCode::OK, "ok\n"),
-        Err(_) => (StatusCode::SERVICE_UNAVAILABLE, "registry unreachable\n"),
-    }
-}
-
-/// [`healthz`], and if not, why.
-async fn healthz_saying_why(State(state): State<Arc<Services>>) -> impl IntoResponse {
-    match health(&state).await {
+/// `/healthz`: alive and able to reach the registry, and if not, why (only
+/// on the metrics address: the database's errors name hosts and users).
+async fn health(state: &Services, saying_why: bool) -> (StatusCode, String) {
+    match state.registry.health(HEALTH_LIMIT).await {
         Ok(()) => (StatusCode::OK, "ok\n".to_owned()),
-        Err(cause) => (StatusCode::SERVICE_UNAVAILABLE, format!("registry unreachable: {cause}\n")),
+        Err(cause) => {
+            tracing::warn!(%cause, "healthz: the registry is unreachable");
+            let why = if saying_why { format!(": {cause}") } else { String::new() };
+            (StatusCode::SERVICE_UNAVAILABLE, format!("registry unreachable{why}\n"))
+        }
     }
-}
-
-async fn health(state: &Services) -> Result<(), String> {
-    let health = state.registry.health(HEALTH_LIMIT).await;
-    if let Err(cause) = &health {
-        tracing::warn!(%cause, "healthz: the registry is unreachable");
-    }
-    health
 }
 
 async fn metrics(State(state): State<Arc<Services>>) -> impl IntoResponse {

@@ -18,8 +18,6 @@ use crate::app::Services;
 use crate::config::Config;
 use crate::registry::Registry;
 
-pub use alerts::ServeAlerts;
-
 /// What a client gets for sending its request (headers, then body) and
 /// for sitting idle between requests: generous for a person on a slow
 /// link, short for a slowloris.
@@ -84,13 +82,7 @@ pub async fn run(config: Config, registry: Registry, shutdown: CancellationToken
 
     let (room_alerts, room_inbox) = tokio::sync::mpsc::unbounded_channel::<String>();
     let bot_on = config.bot.as_ref().is_some_and(|bot| bot.admin_room.is_some() || !bot.admins.is_empty());
-    let alerts = ServeAlerts::new(
-        &config,
-        registry.clone(),
-        state.mailer.clone(),
-        state.background.clone(),
-        bot_on.then_some(room_alerts),
-    );
+    let alerts = alerts::ServeAlerts::new(state.clone(), bot_on.then_some(room_alerts));
     tasks.spawn(crate::watch::run(state.clone(), alerts));
     tasks.spawn(crate::worker::run(state.clone()));
     if bot_on {

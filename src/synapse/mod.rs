@@ -93,12 +93,9 @@ impl SynapseClient {
     /// is not Synapse: say so, with the fix.
     fn not_synapse_if_missing(&self, err: Error, path: &str) -> Error {
         match err {
-            Error::NotFound => Error::WrongUrl {
-                url: self.base.to_string(),
-                detail: format!(
-                    "it answered 404 for {path}, which every Synapse serves: homeserver.url must point at Synapse itself (its client port, e.g. http://127.0.0.1:8008), not at another server or a path a proxy does not forward"
-                ),
-            },
+            Error::NotFound => self.wrong_url(format!(
+                "it answered 404 for {path}, which every Synapse serves: homeserver.url must point at Synapse itself (its client port, e.g. http://127.0.0.1:8008), not at another server or a path a proxy does not forward"
+            )),
             other => other,
         }
     }
@@ -135,7 +132,7 @@ impl SynapseClient {
     /// How many accounts Synapse has, as a listing counts them (one short page).
     pub async fn account_count(&self) -> Result<i64, Error> {
         let page = self.users_page(None, 1).await?;
-        page.total.ok_or_else(|| self.bad_listing("the account listing came without its total count"))
+        page.total.ok_or_else(|| self.bad_response("the account listing came without its total count"))
     }
 
     /// A user's details (emails); `None` when Synapse no longer knows them.
@@ -150,9 +147,15 @@ impl SynapseClient {
         Ok(found(self.get_json::<serde_json::Value>(&path, &[], false).await)?.is_some())
     }
 
-    /// A listing page that cannot belong to a complete listing.
-    pub fn bad_listing(&self, detail: &str) -> Error {
-        Error::BadResponse { url: self.base.to_string(), detail: detail.to_owned() }
+    /// An answer lifeboat cannot use (a listing page that cannot belong to
+    /// a complete listing, JSON that does not parse).
+    pub fn bad_response(&self, detail: impl Into<String>) -> Error {
+        Error::BadResponse { url: self.base.to_string(), detail: detail.into() }
+    }
+
+    /// homeserver.url cannot work as written: `detail` says why, with the fix.
+    fn wrong_url(&self, detail: String) -> Error {
+        Error::WrongUrl { url: self.base.to_string(), detail }
     }
 
     /// Walks the whole listing, page after page.
@@ -218,10 +221,8 @@ impl SynapseClient {
             })
             .await?;
         let body: &[u8] = if body.is_empty() { b"{}" } else { &body };
-        let parsed = serde_json::from_slice(body).map_err(|err| Error::BadResponse {
-            url: self.base.to_string(),
-            detail: format!("the JSON from {path} did not parse ({err})"),
-        })?;
+        let parsed = serde_json::from_slice(body)
+            .map_err(|err| self.bad_response(format!("the JSON from {path} did not parse ({err})")))?;
         Ok((status, parsed))
     }
 
@@ -294,12 +295,9 @@ impl SynapseClient {
         match status {
             // Synapse's refusals always carry a Matrix error: one without
             // is a proxy's page (basic auth, an admin API kept private).
-            StatusCode::UNAUTHORIZED | StatusCode::FORBIDDEN if body.errcode.is_empty() => Error::WrongUrl {
-                url: self.base.to_string(),
-                detail: format!(
-                    "it answered {status} with no Matrix error, so a proxy in front of Synapse refused the request, not Synapse: let the proxy pass /_synapse/admin and /_matrix through, or point homeserver.url at Synapse itself"
-                ),
-            },
+            StatusCode::UNAUTHORIZED | StatusCode::FORBIDDEN if body.errcode.is_empty() => self.wrong_url(format!(
+                "it answered {status} with no Matrix error, so a proxy in front of Synapse refused the request, not Synapse: let the proxy pass /_synapse/admin and /_matrix through, or point homeserver.url at Synapse itself"
+            )),
             StatusCode::UNAUTHORIZED if body.soft_logout => Error::Expired { errcode: body.errcode },
             StatusCode::UNAUTHORIZED => Error::Unauthorized { errcode: body.errcode },
             StatusCode::FORBIDDEN => Error::Forbidden { errcode: body.errcode, message: body.error },
@@ -320,10 +318,7 @@ impl SynapseClient {
             status if status.is_client_error() => {
                 Error::Rejected { status: status.as_u16(), errcode: body.errcode, message: body.error }
             }
-            status => Error::BadResponse {
-                url: self.base.to_string(),
-                detail: format!("it answered {status} {} {}", body.errcode, body.error).trim_end().to_owned(),
-            },
+            status => self.bad_response(format!("it answered {status} {} {}", body.errcode, body.error).trim_end()),
         }
     }
 
@@ -339,12 +334,9 @@ impl SynapseClient {
             && speaks_plain_http(&self.base).await
         {
             let host = self.base.host_str().unwrap_or("the host");
-            return Error::WrongUrl {
-                url: self.base.to_string(),
-                detail: format!(
-                    "{host} answers plain HTTP on this port, not TLS: use http:// in homeserver.url, or the port that serves TLS"
-                ),
-            };
+            return self.wrong_url(format!(
+                "{host} answers plain HTTP on this port, not TLS: use http:// in homeserver.url, or the port that serves TLS"
+            ));
         }
         error
     }
@@ -352,8 +344,8 @@ impl SynapseClient {
     /// Without the URL: paths can hold registration tokens.
     fn unavailable(&self, err: reqwest::Error) -> Error {
         let err = err.without_url();
-        if let Some(detail) = wrong_url(&err, &self.base) {
-            return Error::WrongUrl { url: self.base.to_string(), detail };
+        if let Some(detail) = url_that_cannot_work(&err, &self.base) {
+            return self.wrong_url(detail);
         }
         let detail = if err.is_timeout() {
             "the request timed out (homeserver.timeout)".to_owned()
@@ -369,13 +361,10 @@ impl SynapseClient {
 /// Connection failures that mean homeserver.url cannot work as written,
 /// told from the error's causes (reqwest wraps hyper, rustls and the
 /// resolver): worth a sentence that names the fix, not retries.
-fn wrong_url(err: &reqwest::Error, base: &Url) -> Option<String> {
-    let mut causes = String::new();
-    let mut source: Option<&dyn std::error::Error> = Some(err);
-    while let Some(cause) = source {
-        causes.push_str(&format!("{cause:?} {cause} "));
-        source = cause.source();
-    }
+fn url_that_cannot_work(err: &reqwest::Error, base: &Url) -> Option<String> {
+    let causes: String = std::iter::successors(Some(err as &dyn std::error::Error), |cause| cause.source())
+        .map(|cause| format!("{cause:?} {cause} "))
+        .collect();
     let host = base.host_str().unwrap_or("the host");
     if causes.contains("dns error") || causes.contains("failed to lookup address") {
         return Some(format!("the name {host} does not resolve; check the host in homeserver.url"));
@@ -501,7 +490,7 @@ impl UserPages<'_> {
         }
         let page = self.client.users_page(self.next.as_deref(), self.page_size).await?;
         let Some(total) = page.total else {
-            return Err(self.client.bad_listing("a page of the account listing came without its total count"));
+            return Err(self.client.bad_response("a page of the account listing came without its total count"));
         };
         // A count that goes down means accounts went (a wipe while the
         // listing was read, a replica that lags): pages may have been skipped.
@@ -511,7 +500,7 @@ impl UserPages<'_> {
         match page.next_token {
             Some(token) if !moves_forward(self.next.as_deref(), &token) || !self.given.insert(token.clone()) => {
                 let detail = format!("the account listing's next_token {token} does not move past the last one");
-                return Err(self.client.bad_listing(&detail));
+                return Err(self.client.bad_response(detail));
             }
             Some(token) => self.next = Some(token),
             None => self.done = true,
@@ -519,13 +508,10 @@ impl UserPages<'_> {
         if let Some(server_name) = &self.server_name {
             let suffix = format!(":{server_name}");
             if let Some(stranger) = page.users.iter().find(|user| !user.user_id.ends_with(&suffix)) {
-                return Err(Error::BadResponse {
-                    url: self.client.base.to_string(),
-                    detail: format!(
-                        "it lists {}, which is not an account of homeserver.server_name = {server_name}; check homeserver.server_name (the part after ':' in this server's user IDs) and that homeserver.url points at that server",
-                        stranger.user_id
-                    ),
-                });
+                return Err(self.client.bad_response(format!(
+                    "it lists {}, which is not an account of homeserver.server_name = {server_name}; check homeserver.server_name (the part after ':' in this server's user IDs) and that homeserver.url points at that server",
+                    stranger.user_id
+                )));
             }
         }
         Ok(Some(page.users))

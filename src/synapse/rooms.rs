@@ -152,8 +152,13 @@ impl SynapseClient {
     }
 
     /// One join sent through all the `via` servers (each named under every
-    /// query key the endpoint reads), then through each other one alone if
-    /// refused.
+    /// query key the endpoint reads); if refused, through each server after
+    /// the first alone. Synapse stops at the first server that refuses
+    /// rather than asking the next, and any server in a room may refuse:
+    /// one that ranks first must not keep people out of a room the others
+    /// would let them into. A dead token, or Synapse itself not answering
+    /// (each further try would wait as long), ends the tries with that
+    /// error; if no server lets the join in, the first refusal stands.
     async fn join_through(
         &self,
         path: &str,
@@ -171,7 +176,19 @@ impl SynapseClient {
             }
         };
         let first = through(via).await;
-        through_each_if_refused(via, first, through).await
+        if matches!(first, Err(Error::Forbidden { .. } | Error::Rejected { .. })) {
+            for server in via.iter().skip(1) {
+                match through(std::slice::from_ref(server)).await {
+                    Ok(()) => return Ok(JoinOutcome::Joined),
+                    Err(err) if err.token_no_longer_works() || matches!(err, Error::WrongUrl { .. }) => {
+                        return Err(err);
+                    }
+                    Err(err @ Error::Unavailable { matrix_error: None, .. }) => return Err(err),
+                    Err(_) => {}
+                }
+            }
+        }
+        refused_or(first)
     }
 
     /// Points a local alias at a room. `Ok(false)` when the alias points
@@ -294,38 +311,6 @@ impl SynapseClient {
     }
 }
 
-/// `first`, a join through all of `via` at once; if it was refused, the
-/// join through each server after the first alone. Synapse stops at the
-/// first server that refuses rather than asking the next, and any server
-/// in a room may refuse: one that ranks first must not keep people out of
-/// a room the others would let them into. A dead token, or Synapse itself
-/// not answering (each further try would wait as long), ends the tries
-/// with that error; if no server lets the join in, the first refusal
-/// stands.
-async fn through_each_if_refused<F, Fut>(
-    via: &[String],
-    first: Result<(), Error>,
-    join: F,
-) -> Result<JoinOutcome, Error>
-where
-    F: Fn(&[String]) -> Fut,
-    Fut: Future<Output = Result<(), Error>>,
-{
-    let refused = matches!(first, Err(Error::Forbidden { .. } | Error::Rejected { .. }));
-    if !refused || via.len() < 2 {
-        return refused_or(first.map(|()| Value::Null));
-    }
-    for server in &via[1..] {
-        match join(std::slice::from_ref(server)).await {
-            Ok(()) => return Ok(JoinOutcome::Joined),
-            Err(err) if err.token_no_longer_works() || matches!(err, Error::WrongUrl { .. }) => return Err(err),
-            Err(err @ Error::Unavailable { matrix_error: None, .. }) => return Err(err),
-            Err(_) => {}
-        }
-    }
-    refused_or(first.map(|()| Value::Null))
-}
-
 /// Not there, or not visible to this account (Synapse answers 403 for
 /// another room's aliases in some setups).
 fn unseen(err: &Error) -> bool {
@@ -334,7 +319,7 @@ fn unseen(err: &Error) -> bool {
 
 /// A refusal that trying again will not change becomes a recorded reason;
 /// anything else (Synapse down, the token dead) stays an error.
-fn refused_or(result: Result<Value, Error>) -> Result<JoinOutcome, Error> {
+fn refused_or<T>(result: Result<T, Error>) -> Result<JoinOutcome, Error> {
     match result {
         Ok(_) => Ok(JoinOutcome::Joined),
         Err(Error::Forbidden { errcode, message } | Error::Rejected { errcode, message, .. }) => {

@@ -57,19 +57,15 @@ pub struct LinkKind {
 
 impl LinkKind {
     /// The stored link, if `sig` signs it for this purpose (the ID alone
-    /// proves nothing), whatever its state.
-    pub async fn signed(&self, state: &WebState, link: &str, sig: &str) -> Result<Option<WebLink>, WebError> {
+    /// proves nothing) and it is still usable (not expired, not used).
+    pub async fn live(&self, state: &WebState, link: &str, sig: &str) -> Result<Option<WebLink>, WebError> {
         let key = state.key().await?;
         if link.len() > 64 || !verify(key, &link_message(self.purpose, link), sig) {
             return Ok(None);
         }
         let found = state.registry.web_link(link).await?;
-        Ok(found.filter(|found| found.purpose == self.purpose))
-    }
-
-    /// The stored link, if signed and still usable (not expired, not used).
-    pub async fn live(&self, state: &WebState, link: &str, sig: &str) -> Result<Option<WebLink>, WebError> {
-        Ok(self.signed(state, link, sig).await?.filter(|found| found.is_live(now_ms())))
+        Ok(found
+            .filter(|found| found.purpose == self.purpose && found.used_at.is_none() && found.expires_at > now_ms()))
     }
 
     /// The page for a link that is not valid, expired or used.

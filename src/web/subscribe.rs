@@ -12,14 +12,13 @@ use axum::http::{HeaderMap, StatusCode};
 use axum::response::Response;
 use rand::Rng;
 use serde::Deserialize;
-use sha2::{Digest, Sha256};
 
 use super::links::{self, LinkFields, LinkKind};
 use super::pages::{self, CheckedForm, Chrome, LinkQuery, Message, PublicForm, WebError};
 use super::{WebState, mail};
 use crate::email::EmailAddress;
 use crate::registry::{
-    Actor, AddContact, ContactAddress, ContactSource, DAY_MS, MessageKind, NewWebLink, WebLink, now_ms,
+    Actor, AddContact, ContactAddress, ContactSource, DAY_MS, MessageKind, NewWebLink, WebLink, code_hash, now_ms,
 };
 use crate::synapse::SynapseClient;
 use crate::user_id::UserId;
@@ -112,10 +111,6 @@ pub async fn request(State(state): State<WebState>, PublicForm(form, key, ip): P
     )
     .next("/", "Back to the status page")
     .page(StatusCode::OK)
-}
-
-fn code_hash(code: &str) -> String {
-    hex::encode(Sha256::digest(code.trim().as_bytes()))
 }
 
 /// What a link for an account that takes no contacts carries instead of a

@@ -501,12 +501,13 @@ async fn one_click_unsubscribe_by_its_signed_link_stops_all_further_mail() {
         key
     };
     let base = url::Url::parse(&served.url).unwrap();
-    let link = lifeboat::links::unsubscribe_url(&base, &key, contact, &email);
-    let forged = lifeboat::links::unsubscribe_url(&base, &key, contact + 1, &email)
-        .replace(&format!("contact={}", contact + 1), &format!("contact={contact}"));
+    let links = lifeboat::links::UnsubscribeLinks::new(&base, &key);
+    let link = links.url(contact, &email);
+    let forged =
+        links.url(contact + 1, &email).replace(&format!("contact={}", contact + 1), &format!("contact={contact}"));
     // Signed for this contact id when it named another address (before a
     // restore gave the id to this one, say).
-    let readdressed = lifeboat::links::unsubscribe_url(&base, &key, contact, "someone-else@example.org");
+    let readdressed = links.url(contact, "someone-else@example.org");
 
     let page = http.get(&link).send().await.unwrap();
     assert_eq!(page.status(), 200);
