@@ -116,23 +116,18 @@ const UNLOCKED_ASKED_AGAIN: usize = 100;
 /// drops an ID; from the first that cannot be had (and past the first
 /// [`UNLOCKED_ASKED_AGAIN`]), the listing's word stands.
 async fn still_unlocked(client: &SynapseClient, ids: Vec<String>) -> Vec<String> {
-    let mut still = Vec::new();
-    let mut asking = true;
-    for (n, id) in ids.into_iter().enumerate() {
-        asking &= n < UNLOCKED_ASKED_AGAIN;
-        if !asking {
-            still.push(id);
-            continue;
-        }
+    let (mut ids, mut still) = (ids.into_iter(), Vec::new());
+    for id in ids.by_ref().take(UNLOCKED_ASKED_AGAIN) {
         match client.user_details(&id).await {
             Ok(Some(details)) if !details.locked => still.push(id),
             Ok(_) => {}
             Err(_) => {
-                asking = false;
                 still.push(id);
+                break;
             }
         }
     }
+    still.extend(ids);
     still
 }
 

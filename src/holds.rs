@@ -956,19 +956,12 @@ pub async fn hand_back(
 ) -> Result<(), HandOverError> {
     let user_id = &seen.user_id;
     let work = async {
-        if registry.hold_under_way(user_id).await? {
-            return Err(HandOverError::HoldUnderWay(user_id.to_string()));
-        }
-        let account = registry.account(user_id).await?;
-        let unchanged = account.as_ref().is_some_and(|now| {
+        let account = still_as(registry, user_id, |now| {
             matches!(now.state, AccountState::Held | AccountState::Recreated)
                 && (now.state, now.custody_at) == (seen.state, seen.custody_at)
-        });
-        if !unchanged {
-            return Err(HandOverError::NoLongerHeld(user_id.to_string()));
-        }
-        let was_admin = account.as_ref().is_some_and(|account| account.admin);
-        let name = account.as_ref().and_then(Account::display_name_to_restore);
+        })
+        .await?;
+        let (was_admin, name) = (account.admin, account.display_name_to_restore());
         let emails = free_emails(registry, client, user_id).await?;
         // Whoever's devices are on it (a stranger's; on a held account,
         // one who signed in once someone unlocked it outside lifeboat),
@@ -1077,6 +1070,21 @@ pub async fn strangers_back_by_a_restore(
 /// one), so its ID can never be registered again. Under the hand-over's
 /// lease, and only while the ID is still held: its owner may have claimed
 /// it while the operator was asked to confirm.
+/// The account of `user_id` as it is now, if `expected` of it still holds
+/// and no hold of it is under way: a hold being made counts as held, but is
+/// no hold of record yet (its lock would follow a hand-over; lifeboat's own
+/// ID is made lifeboat's again, not held).
+async fn still_as(
+    registry: &Registry,
+    user_id: &UserId,
+    expected: impl FnOnce(&Account) -> bool,
+) -> Result<Account, HandOverError> {
+    if registry.hold_under_way(user_id).await? {
+        return Err(HandOverError::HoldUnderWay(user_id.to_string()));
+    }
+    registry.account(user_id).await?.filter(expected).ok_or_else(|| HandOverError::NoLongerHeld(user_id.to_string()))
+}
+
 pub async fn release(
     registry: &Registry,
     client: &SynapseClient,
@@ -1084,15 +1092,7 @@ pub async fn release(
     actor: &Actor,
 ) -> Result<(), HandOverError> {
     let work = async {
-        // A hold being made counts as held, but is no hold of record yet
-        // (lifeboat's own ID is made lifeboat's again, not held).
-        if registry.hold_under_way(user_id).await? {
-            return Err(HandOverError::HoldUnderWay(user_id.to_string()));
-        }
-        let now = registry.account(user_id).await?;
-        if !now.is_some_and(|account| account.state == AccountState::Held) {
-            return Err(HandOverError::NoLongerHeld(user_id.to_string()));
-        }
+        still_as(registry, user_id, |now| now.state == AccountState::Held).await?;
         client.deactivate_account(user_id.as_str()).await?;
         registry.release_hold(user_id, actor).await?;
         Ok(())

@@ -66,7 +66,11 @@ pub async fn plan(config: &Config, registry: &Registry, incident_id: i64) -> Res
         unreachable: summary.unreachable,
         tokens_to_create: crate::tokens::owed_notice_tokens(registry, incident_id, sender).await?.len(),
         dms: registry.planned_dms(incident_id, sender).await?,
-        emails: registry.planned_emails(incident_id).await?,
+        emails: PlannedEmails {
+            emails: registry.planned_emails(incident_id).await?,
+            people_with_email: summary.reachable_by_email,
+            people_without_channel: summary.affected - summary.reachable_by_email,
+        },
         unheld_lost_ids: crate::holds::tokens_withheld(config, registry).await?,
     })
 }

@@ -417,14 +417,9 @@ impl AlertedState {
     pub fn is_news_after(&self, before: Option<&AlertedState>) -> bool {
         let Some(before) = before else { return true };
         self.severity > before.severity
-            || self.lost.iter().any(|id| before.lost.binary_search(id).is_err())
-            || self.taken.iter().any(|id| before.taken.binary_search(id).is_err())
-            || self.newly_unlocked(before)
-    }
-
-    /// Held IDs unlocked since `before`.
-    fn newly_unlocked(&self, before: &AlertedState) -> bool {
-        self.unlocked.iter().any(|id| before.unlocked.binary_search(id).is_err())
+            || any_new(&self.lost, &before.lost)
+            || any_new(&self.taken, &before.taken)
+            || any_new(&self.unlocked, &before.unlocked)
     }
 
     /// The only news after `before` is a held ID unlocked (the alert's
@@ -432,8 +427,13 @@ impl AlertedState {
     pub fn only_unlocked_is_news_after(&self, before: Option<&AlertedState>) -> bool {
         let Some(before) = before else { return false };
         let without = AlertedState { unlocked: before.unlocked.clone(), ..self.clone() };
-        self.newly_unlocked(before) && !without.is_news_after(Some(before))
+        any_new(&self.unlocked, &before.unlocked) && !without.is_news_after(Some(before))
     }
+}
+
+/// Whether `now` names an ID `before` (sorted) did not.
+fn any_new(now: &[String], before: &[String]) -> bool {
+    now.iter().any(|id| before.binary_search(id).is_err())
 }
 
 /// The latest observation, shared with `/metrics` and the bot's `status`,

@@ -87,9 +87,6 @@ pub async fn run(context: &Context, command: Command) -> Outcome {
             let markdown = std::fs::read_to_string(&postmortem).map_err(|err| {
                 Failure::new(exit::USAGE, format!("cannot read the postmortem {}: {err}", postmortem.display()))
             })?;
-            if let Some(problem) = crate::campaign::incident_text_problem(title, &markdown) {
-                return Err(Failure::new(exit::USAGE, problem));
-            }
             let scope = match affected {
                 Scope::Missing => IncidentScope::Missing,
                 Scope::All => IncidentScope::All,
@@ -108,6 +105,8 @@ pub async fn run(context: &Context, command: Command) -> Outcome {
                             covering[0].0
                         ),
                     ),
+                    // Checked before anything else is done.
+                    CampaignError::BadText(_) => Failure::new(exit::USAGE, err),
                     CampaignError::StoppedOpening => Failure::new(exit::INTERRUPTED, err),
                     other => Failure::failed(other),
                 })?;

@@ -243,20 +243,10 @@ impl Registry {
         .await?)
     }
 
-    /// What `plan_email_deliveries` would create, without creating it.
-    pub async fn planned_emails(&self, incident_id: i64) -> Result<PlannedEmails> {
-        let (emails, with_email, without): (i64, i64, i64) = sqlx::query_as(sqlx::AssertSqlSafe(format!(
-            "SELECT \
-               (SELECT COUNT(*) {PLANNED_EMAILS}), \
-               (SELECT COUNT(*) FROM incident_accounts ia WHERE ia.incident_id = $1 AND EXISTS \
-                  (SELECT 1 FROM contacts c WHERE c.user_id = ia.user_id AND c.kind = 'email' AND c.opted_out_at IS NULL)), \
-               (SELECT COUNT(*) FROM incident_accounts ia WHERE ia.incident_id = $1 AND NOT EXISTS \
-                  (SELECT 1 FROM contacts c WHERE c.user_id = ia.user_id AND c.kind = 'email' AND c.opted_out_at IS NULL))"
-        )))
-        .bind(incident_id)
-        .fetch_one(&self.pool)
-        .await?;
-        Ok(PlannedEmails { emails, people_with_email: with_email, people_without_channel: without })
+    /// How many emails `plan_email_deliveries` would create, without creating them.
+    pub async fn planned_emails(&self, incident_id: i64) -> Result<i64> {
+        let sql = format!("SELECT COUNT(*) {PLANNED_EMAILS}");
+        Ok(sqlx::query_scalar(sqlx::AssertSqlSafe(sql)).bind(incident_id).fetch_one(&self.pool).await?)
     }
 
     /// Makes an incident's unfinished deliveries (with `retry_failed`, the failed

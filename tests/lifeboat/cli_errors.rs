@@ -469,6 +469,10 @@ async fn a_registry_password_is_never_printed_however_it_is_written() {
             }
         }
     }
+    // A `#` in the password is refused before anything connects, with how to write it.
+    let lifeboat = Lifeboat::with_config(&MINIMAL.replace("sqlite://lifeboat.db", urls[2]));
+    let run = lifeboat.run(&["config", "check"]).await;
+    assert!(run.code == 2 && run.stderr.contains("write a `#` in the password as %23"), "{run:?}");
 }
 
 fn mode_of(path: &std::path::Path) -> u32 {

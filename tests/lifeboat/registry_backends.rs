@@ -1190,7 +1190,8 @@ on_both_backends!(web_links_to_variants_of_one_inbox_count_as_links_to_it);
 
 /// A re-created room's invites go to those who never lost their ID too: one
 /// that failed as the room was made is tried again, as a claimed person's
-/// is. Never to lifeboat's own account, which made the room.
+/// is, and all of them again into a room made once more. Never to
+/// lifeboat's own account, which made the room.
 async fn those_who_kept_their_id_are_invited_into_a_recreated_room_until_it_works(registry: Registry) {
     let everyone = [user("@a:x", 1), user("@b:x", 1), user("@c:x", 1), user("@lifeboat:x", 1)];
     sync_listing(&registry, &everyone).await;
@@ -1210,6 +1211,11 @@ async fn those_who_kept_their_id_are_invited_into_a_recreated_room_until_it_work
     registry.record_rejoin("!local", &id("@a:x"), RejoinOutcome::Invited).await.unwrap();
     registry.record_rejoin("!local", &id("@b:x"), RejoinOutcome::Failed("M_UNKNOWN")).await.unwrap();
     assert_eq!(invitees().await, ["@b:x"], "the failed invite is tried again");
+
+    // The room made again is lost too, and made once more: an invite into
+    // it was lost with it.
+    registry.mark_room_recreated("!new", "!newer").await.unwrap();
+    assert_eq!(invitees().await, ["@a:x", "@b:x"], "both are invited into the room made once more");
 }
 on_both_backends!(those_who_kept_their_id_are_invited_into_a_recreated_room_until_it_works);
 
