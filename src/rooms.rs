@@ -8,9 +8,10 @@
 //! membership (../shared/SYNAPSE_NOTES.md, "Rooms").
 
 use std::collections::HashMap;
+use std::sync::Arc;
 use std::time::Duration;
 
-use futures::StreamExt;
+use futures::{StreamExt, TryStreamExt};
 use serde::Serialize;
 use serde_json::{Value, json};
 use tokio::time::Instant;
@@ -223,18 +224,11 @@ pub fn details_from_state(state: &[StateEvent], aliases: Vec<String>, server_nam
     let create = state.iter().find(|event| event.kind == "m.room.create");
     let version = create.and_then(|event| event.content["room_version"].as_str()).unwrap_or("1");
     let creators_rule = version.parse::<u32>().is_ok_and(|version| version >= 12);
-    let create = create.filter(|_| creators_rule);
-    let creators: Vec<&str> = create
-        .and_then(|event| event.sender.as_deref())
-        .into_iter()
-        .chain(
-            create
-                .and_then(|event| event.content["additional_creators"].as_array())
-                .into_iter()
-                .flatten()
-                .filter_map(Value::as_str),
-        )
-        .collect();
+    let mut creators: Vec<&str> = Vec::new();
+    if creators_rule && let Some(create) = create {
+        let others = create.content["additional_creators"].as_array().into_iter().flatten();
+        creators.extend(create.sender.as_deref().into_iter().chain(others.filter_map(Value::as_str)));
+    }
     let power_of = |user_id: &str| match creators.contains(&user_id) {
         true => i64::MAX,
         false => power_levels.and_then(|levels| level(&levels["users"][user_id])).unwrap_or(default_power),
@@ -651,22 +645,17 @@ async fn theirs_now(
     users: impl Iterator<Item = UserId>,
 ) -> Result<HashMap<UserId, Result<bool, String>>, RoomsError> {
     let people: std::collections::HashSet<UserId> = users.collect();
-    let mut asked = futures::stream::iter(people)
+    futures::stream::iter(people)
         .map(|user| async move {
-            let whose = crate::holds::its_persons_now(registry, client, &user).await;
-            (user, whose)
+            match crate::holds::its_persons_now(registry, client, &user).await {
+                Ok(theirs) => Ok((user, Ok(theirs))),
+                Err(crate::holds::CannotTell::Synapse(err)) => Ok((user, Err(err.to_string()))),
+                Err(crate::holds::CannotTell::Registry(err)) => Err(RoomsError::from(err)),
+            }
         })
-        .buffer_unordered(ROOM_CONCURRENCY);
-    let mut theirs = HashMap::new();
-    while let Some((user, whose)) = asked.next().await {
-        let whose = match whose {
-            Ok(theirs) => Ok(theirs),
-            Err(crate::holds::CannotTell::Synapse(err)) => Err(err.to_string()),
-            Err(crate::holds::CannotTell::Registry(err)) => return Err(err.into()),
-        };
-        theirs.insert(user, whose);
-    }
-    Ok(theirs)
+        .buffer_unordered(ROOM_CONCURRENCY)
+        .try_collect()
+        .await
 }
 
 async fn rejoin_people(
@@ -701,11 +690,12 @@ async fn rejoin_people(
             Err(cannot_tell) => report.failed.push((rejoin.user_id.to_string(), rejoin.room_id, cannot_tell.clone())),
         }
     }
+    let memberships = &Memberships::default();
     let mut outcomes = futures::stream::iter(to_do)
         .map(|rejoin| async move {
             let outcome = match &rejoin.recreated_as {
                 Some(new_room) => client.invite(new_room, rejoin.user_id.as_str()).await.map(PersonJoin::Done),
-                None => join_person(client, &rejoin).await,
+                None => join_person(client, memberships, &rejoin).await,
             };
             (rejoin, outcome)
         })
@@ -762,8 +752,46 @@ async fn rooms_servers_failed(client: &SynapseClient, err: &synapse::Error) -> O
     Some(format!("the room's servers could not be reached ({why})"))
 }
 
-/// How long a room's state may take to give a person's membership.
+/// How long a room's state may take to give its memberships.
 const MEMBERSHIP_WAIT: Duration = Duration::from_secs(5);
+
+/// Each room's memberships by this server's copy of its state, read once a
+/// round however many of its people are brought back: a big room's member
+/// list is megabytes. `None`: its state did not tell in time. An error is
+/// not kept; the next person of the room asks again.
+#[derive(Default)]
+struct Memberships(std::sync::Mutex<HashMap<String, Arc<tokio::sync::OnceCell<Option<RoomMemberships>>>>>);
+
+/// A room's memberships by user ID.
+type RoomMemberships = HashMap<String, String>;
+
+impl Memberships {
+    /// `user_id`'s membership in `room_id` (`None` inside: the room's state
+    /// has none), or `None` if the state did not tell in time.
+    async fn of(
+        &self,
+        client: &SynapseClient,
+        room_id: &str,
+        user_id: &str,
+    ) -> Result<Option<Option<String>>, synapse::Error> {
+        let room = self
+            .0
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+            .entry(room_id.to_owned())
+            .or_default()
+            .clone();
+        let members = room
+            .get_or_try_init(|| async {
+                match tokio::time::timeout(MEMBERSHIP_WAIT, client.memberships(room_id)).await {
+                    Ok(members) => members.map(Some),
+                    Err(_) => Ok(None),
+                }
+            })
+            .await?;
+        Ok(members.as_ref().map(|members| members.get(user_id).cloned()))
+    }
+}
 
 /// How bringing one person back into a room went.
 enum PersonJoin {
@@ -783,15 +811,19 @@ enum PersonJoin {
 /// big one with part of its state, and gets the rest over hours) tells no
 /// membership until it has it all, and their old membership comes with
 /// it: past [`MEMBERSHIP_WAIT`] they wait for a later round.
-async fn join_person(client: &SynapseClient, rejoin: &Rejoin) -> Result<PersonJoin, synapse::Error> {
+async fn join_person(
+    client: &SynapseClient,
+    memberships: &Memberships,
+    rejoin: &Rejoin,
+) -> Result<PersonJoin, synapse::Error> {
     let (room_id, user_id) = (&rejoin.room_id, rejoin.user_id.as_str());
     if client.joined_rooms(user_id).await?.contains(room_id) {
         return Ok(PersonJoin::Done(JoinOutcome::Joined));
     }
-    let Ok(membership) = tokio::time::timeout(MEMBERSHIP_WAIT, client.membership(room_id, user_id)).await else {
+    let Some(membership) = memberships.of(client, room_id, user_id).await? else {
         return Ok(PersonJoin::NotYet);
     };
-    if matches!(membership?.as_deref(), Some("leave" | "ban")) {
+    if matches!(membership.as_deref(), Some("leave" | "ban")) {
         return Ok(PersonJoin::LeftSince);
     }
     Ok(PersonJoin::Done(client.admin_join(room_id, user_id, &rejoin.via_servers).await?))

@@ -18,6 +18,11 @@ pub(super) const KNOWN_CREATED_SQL: &str = "CASE WHEN a.custody = 'holding' THEN
 /// listing wins; then lifeboat's custody (a hold being made counts as held);
 /// then an ID registered again by someone lifeboat cannot vouch for stays
 /// recreated, whatever later syncs see, until an operator settles it.
+/// Over `accounts` unaliased: on Synapse and its person's, as far as lifeboat
+/// knows (not held, not taken by a stranger).
+pub(super) const ITS_PERSONS_PRESENT: &str =
+    "state = 'present' AND recreated_at IS NULL AND (custody IS NULL OR custody = 'claimed')";
+
 pub const STANDING_SQL: &str = "CASE WHEN a.state = 'deactivated' THEN 'deactivated' \
      WHEN a.custody = 'holding' OR a.custody = 'held' THEN 'held' \
      WHEN a.state = 'missing' THEN 'missing' \
@@ -129,8 +134,7 @@ pub(super) fn account_columns() -> String {
 /// lifeboat knows; `rest` says which of them, and in what order.
 fn probed<'q>(rest: &str) -> sqlx::query::QueryAs<'q, sqlx::Any, (String, Option<i64>), sqlx::any::AnyArguments> {
     sqlx::query_as(sqlx::AssertSqlSafe(format!(
-        "SELECT user_id, synapse_created_at FROM accounts WHERE state = 'present' \
-         AND (custody IS NULL OR custody = 'claimed') AND recreated_at IS NULL AND deactivated = 0 AND {rest}"
+        "SELECT user_id, synapse_created_at FROM accounts WHERE {ITS_PERSONS_PRESENT} AND deactivated = 0 AND {rest}"
     )))
 }
 

@@ -5,6 +5,7 @@
 use futures::TryStreamExt;
 use serde::Serialize;
 
+use super::accounts::ITS_PERSONS_PRESENT;
 use super::{Actor, Registry, Result, now_ms, placeholders};
 use crate::email::EmailAddress;
 use crate::reconcile::AccountState;
@@ -549,18 +550,15 @@ pub enum DetailsDue {
 
 impl DetailsDue {
     /// Over `accounts`, with `$1` now and `$2` stale_before.
-    fn predicate(self) -> &'static str {
-        match self {
-            DetailsDue::New => {
-                "state = 'present' AND recreated_at IS NULL AND (custody IS NULL OR custody = 'claimed') \
-                 AND details_fetched_at IS NULL AND $1 = $1 AND $2 = $2"
-            }
+    fn predicate(self) -> String {
+        let read = match self {
+            DetailsDue::New => "details_fetched_at IS NULL AND $1 = $1 AND $2 = $2",
             DetailsDue::Again { .. } => {
-                "state = 'present' AND recreated_at IS NULL AND (custody IS NULL OR custody = 'claimed') \
-                 AND details_fetched_at IS NOT NULL \
+                "details_fetched_at IS NOT NULL \
                  AND (details_due_at <= $1 OR (details_due_at IS NULL AND details_fetched_at < $2))"
             }
-        }
+        };
+        format!("{ITS_PERSONS_PRESENT} AND {read}")
     }
 
     /// `$1` (now) and `$2` (stale_before) of [`Self::predicate`].

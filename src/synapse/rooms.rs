@@ -5,6 +5,8 @@
 //! over summary tables and cheap; the state of a room carries its members,
 //! power levels, topic, avatar and a space's children in one call.
 
+use std::collections::HashMap;
+
 use reqwest::Method;
 use serde::Deserialize;
 use serde_json::{Value, json};
@@ -226,15 +228,15 @@ impl SynapseClient {
         Ok(found(self.get_json::<Details>(&path, &[], true).await)?.and_then(|details| details.creator))
     }
 
-    /// `user_id`'s membership in a room by this server's copy of its state
-    /// (`leave`, `ban`, `join`, ...); `None` when that copy has none, or
-    /// Synapse does not know the room.
-    pub async fn membership(&self, room_id: &str, user_id: &str) -> Result<Option<String>, Error> {
+    /// Each member's membership in a room by this server's copy of its state
+    /// (`leave`, `ban`, `join`, ...), by user ID; none when Synapse does not
+    /// know the room.
+    pub async fn memberships(&self, room_id: &str) -> Result<HashMap<String, String>, Error> {
         let members = self.state_events(room_id, &[("type", "m.room.member")]).await?.unwrap_or_default();
         Ok(members
             .into_iter()
-            .find(|event| event.state_key.as_deref() == Some(user_id))
-            .and_then(|event| event.content["membership"].as_str().map(str::to_owned)))
+            .filter_map(|event| Some((event.state_key?, event.content["membership"].as_str()?.to_owned())))
+            .collect())
     }
 
     /// Deletes a local alias (a server admin may delete any).
