@@ -1066,10 +1066,6 @@ pub async fn strangers_back_by_a_restore(
     Ok(back)
 }
 
-/// Ends a hold for good: the account is deactivated (Synapse cannot delete
-/// one), so its ID can never be registered again. Under the hand-over's
-/// lease, and only while the ID is still held: its owner may have claimed
-/// it while the operator was asked to confirm.
 /// The account of `user_id` as it is now, if `expected` of it still holds
 /// and no hold of it is under way: a hold being made counts as held, but is
 /// no hold of record yet (its lock would follow a hand-over; lifeboat's own
@@ -1085,6 +1081,10 @@ async fn still_as(
     registry.account(user_id).await?.filter(expected).ok_or_else(|| HandOverError::NoLongerHeld(user_id.to_string()))
 }
 
+/// Ends a hold for good: the account is deactivated (Synapse cannot delete
+/// one), so its ID can never be registered again. Under the hand-over's
+/// lease, and only while the ID is still held: its owner may have claimed
+/// it while the operator was asked to confirm.
 pub async fn release(
     registry: &Registry,
     client: &SynapseClient,

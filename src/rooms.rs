@@ -757,8 +757,10 @@ const MEMBERSHIP_WAIT: Duration = Duration::from_secs(5);
 
 /// Each room's memberships by this server's copy of its state, read once a
 /// round however many of its people are brought back: a big room's member
-/// list is megabytes. `None`: its state did not tell in time. An error is
-/// not kept; the next person of the room asks again.
+/// list is megabytes. `None`: its state did not tell in time. Neither an
+/// error nor a room Synapse does not know is kept: the next person of the
+/// room asks again (the first one's join brings this server into the room,
+/// and its state with it).
 #[derive(Default)]
 struct Memberships(std::sync::Mutex<HashMap<String, Arc<tokio::sync::OnceCell<Option<RoomMemberships>>>>>);
 
@@ -784,12 +786,18 @@ impl Memberships {
         let members = room
             .get_or_try_init(|| async {
                 match tokio::time::timeout(MEMBERSHIP_WAIT, client.memberships(room_id)).await {
-                    Ok(members) => members.map(Some),
+                    Ok(Ok(Some(members))) => Ok(Some(members)),
+                    Ok(Ok(None)) => Err(None),
+                    Ok(Err(err)) => Err(Some(err)),
                     Err(_) => Ok(None),
                 }
             })
-            .await?;
-        Ok(members.as_ref().map(|members| members.get(user_id).cloned()))
+            .await;
+        match members {
+            Ok(members) => Ok(members.as_ref().map(|members| members.get(user_id).cloned())),
+            Err(None) => Ok(Some(None)),
+            Err(Some(err)) => Err(err),
+        }
     }
 }
 

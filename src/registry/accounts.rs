@@ -12,17 +12,17 @@ use crate::user_id::UserId;
 /// is then the lost account's, not the one being made).
 pub(super) const KNOWN_CREATED_SQL: &str = "CASE WHEN a.custody = 'holding' THEN NULL ELSE a.synapse_created_at END";
 
+/// Over `accounts` unaliased: on Synapse and its person's, as far as lifeboat
+/// knows (not held, not taken by a stranger).
+pub(super) const ITS_PERSONS_PRESENT: &str =
+    "state = 'present' AND recreated_at IS NULL AND (custody IS NULL OR custody = 'claimed')";
+
 /// The one rule for an account's [`AccountState`], read by every query and
 /// every face: an SQL expression over `accounts` aliased `a` (holding no
 /// comma, so it can sit in a column list split on commas). A deactivated
 /// listing wins; then lifeboat's custody (a hold being made counts as held);
 /// then an ID registered again by someone lifeboat cannot vouch for stays
 /// recreated, whatever later syncs see, until an operator settles it.
-/// Over `accounts` unaliased: on Synapse and its person's, as far as lifeboat
-/// knows (not held, not taken by a stranger).
-pub(super) const ITS_PERSONS_PRESENT: &str =
-    "state = 'present' AND recreated_at IS NULL AND (custody IS NULL OR custody = 'claimed')";
-
 pub const STANDING_SQL: &str = "CASE WHEN a.state = 'deactivated' THEN 'deactivated' \
      WHEN a.custody = 'holding' OR a.custody = 'held' THEN 'held' \
      WHEN a.state = 'missing' THEN 'missing' \

@@ -229,14 +229,16 @@ impl SynapseClient {
     }
 
     /// Each member's membership in a room by this server's copy of its state
-    /// (`leave`, `ban`, `join`, ...), by user ID; none when Synapse does not
-    /// know the room.
-    pub async fn memberships(&self, room_id: &str) -> Result<HashMap<String, String>, Error> {
-        let members = self.state_events(room_id, &[("type", "m.room.member")]).await?.unwrap_or_default();
-        Ok(members
-            .into_iter()
-            .filter_map(|event| Some((event.state_key?, event.content["membership"].as_str()?.to_owned())))
-            .collect())
+    /// (`leave`, `ban`, `join`, ...), by user ID; `None` when Synapse does
+    /// not know the room.
+    pub async fn memberships(&self, room_id: &str) -> Result<Option<HashMap<String, String>>, Error> {
+        let Some(members) = self.state_events(room_id, &[("type", "m.room.member")]).await? else { return Ok(None) };
+        Ok(Some(
+            members
+                .into_iter()
+                .filter_map(|event| Some((event.state_key?, event.content["membership"].as_str()?.to_owned())))
+                .collect(),
+        ))
     }
 
     /// Deletes a local alias (a server admin may delete any).
