@@ -46,8 +46,6 @@ pub enum CampaignError {
     Notify(#[from] NotifyError),
     #[error("{0}")]
     BadText(String),
-    #[error("{}: its people would be notified twice", covering_text(.0))]
-    AlreadyCovered(Vec<(i64, i64)>),
     #[error(
         "another `lifeboat notify {incident}` (or a notify from the bot, or serve's delivery worker) is running ({holder}); let it finish, or if that process is gone, run again after {until}"
     )]
@@ -158,14 +156,6 @@ pub fn incident_text_problem(title: &str, postmortem: &str) -> Option<String> {
     None
 }
 
-/// "open incident 1 already covers 5 of its accounts" (and any others).
-fn covering_text(covering: &[(i64, i64)]) -> String {
-    let each = covering
-        .iter()
-        .map(|(id, count)| format!("open incident {id} already covers {count} of the accounts this one would affect"));
-    each.collect::<Vec<_>>().join("; ")
-}
-
 /// Opens an incident for `scope`. Unless `again`, refuses when an open
 /// incident already covers any of the accounts (a second notice and token
 /// for the same people is rarely what an admin means). A sync first (after
@@ -206,11 +196,7 @@ pub async fn open_incident(
         };
         progress.note(&format!("could not sync before opening ({reason}); {used}"));
     }
-    let opened = registry.open_incident(title, postmortem, scope, again, actor).await;
-    let (incident, affected) = opened.map_err(|err| match err {
-        registry::Error::AlreadyCovered(covering) => CampaignError::AlreadyCovered(covering),
-        other => other.into(),
-    })?;
+    let (incident, affected) = registry.open_incident(title, postmortem, scope, again, actor).await?;
     let holds = match &client {
         _ if !holds_wanted(config, true) => None,
         Ok(client) => hold_waiting_for_others(config, registry, client, actor, progress).await,

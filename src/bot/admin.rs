@@ -174,7 +174,7 @@ async fn run(bot: &Arc<Bot>, room: &Room, actor: &Actor, command: AdminCommand) 
             let opened = open_incident(config, registry, &title, &postmortem, IncidentScope::Missing, again, actor, &notes)
                 .await
                 .map_err(|err| match err {
-                    CampaignError::AlreadyCovered(ref covering) => format!(
+                    CampaignError::Registry(crate::registry::Error::AlreadyCovered(ref covering)) => format!(
                         "{err}. Send that incident's notices (`{prefix} notify {}`), resolve it first, or send the same message with `{prefix} incident open --force` to open another anyway.",
                         covering[0].0
                     ),

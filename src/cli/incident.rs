@@ -98,7 +98,7 @@ pub async fn run(context: &Context, command: Command) -> Outcome {
             let opened = open_incident(&config, &registry, title, &markdown, scope, force, &Actor::cli(), &notes)
                 .await
                 .map_err(|err| match err {
-                    CampaignError::AlreadyCovered(ref covering) => Failure::new(
+                    CampaignError::Registry(crate::registry::Error::AlreadyCovered(ref covering)) => Failure::new(
                         exit::USAGE,
                         format!(
                             "{err}; send that incident's notices (`lifeboat notify {}`), resolve it first, or pass --force to open another anyway",

@@ -82,8 +82,16 @@ pub enum Error {
     #[error("{0} is not in the registry: check the ID, or run `lifeboat sync` if the account is new")]
     UnknownAccount(String),
     /// Open incidents already cover accounts a new one would affect: (incident, accounts).
-    #[error("open incidents already cover accounts this one would affect")]
+    #[error("{}: its people would be notified twice", covering_text(.0))]
     AlreadyCovered(Vec<(i64, i64)>),
+}
+
+/// "open incident 1 already covers 5 of the accounts …" (and any others).
+fn covering_text(covering: &[(i64, i64)]) -> String {
+    let each = covering
+        .iter()
+        .map(|(id, count)| format!("open incident {id} already covers {count} of the accounts this one would affect"));
+    each.collect::<Vec<_>>().join("; ")
 }
 
 impl Error {
