@@ -65,37 +65,46 @@ struct Clients {
     open: Mutex<HashMap<String, usize>>,
 }
 
-/// One admitted connection; its client's count goes down when it is dropped.
+/// One admitted connection; its counts go down when it is dropped.
 struct Admitted {
     clients: Arc<Clients>,
-    key: Option<String>,
+    keys: Vec<String>,
 }
 
 impl Clients {
     fn admit(self: &Arc<Self>, peer: IpAddr) -> Option<Admitted> {
         let peer = peer.to_canonical();
         if self.exempt.contains(&peer) {
-            return Some(Admitted { clients: self.clone(), key: None });
+            return Some(Admitted { clients: self.clone(), keys: Vec::new() });
         }
-        let key = crate::web::guard::client_key(peer);
+        let mut caps = vec![(crate::web::guard::client_key(peer), self.per_client)];
+        // One IPv6 host may hold a whole /48 (a home line's /56, a free
+        // tunnel's /48): its /64s share twice a client's part. An IPv4 /24
+        // is many people's (a campus, a mobile carrier's NAT), not capped.
+        if peer.is_ipv6() {
+            caps.push((crate::web::guard::network_key(peer), 2 * self.per_client));
+        }
         let mut open = self.open.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
-        let count = open.entry(key.clone()).or_default();
-        if *count >= self.per_client {
+        if caps.iter().any(|(key, cap)| open.get(key).is_some_and(|count| count >= cap)) {
             return None;
         }
-        *count += 1;
-        Some(Admitted { clients: self.clone(), key: Some(key) })
+        let keys: Vec<String> = caps.into_iter().map(|(key, _)| key).collect();
+        for key in &keys {
+            *open.entry(key.clone()).or_default() += 1;
+        }
+        Some(Admitted { clients: self.clone(), keys })
     }
 }
 
 impl Drop for Admitted {
     fn drop(&mut self) {
-        let Some(key) = &self.key else { return };
         let mut open = self.clients.open.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
-        if let Some(count) = open.get_mut(key) {
-            *count -= 1;
-            if *count == 0 {
-                open.remove(key);
+        for key in &self.keys {
+            if let Some(count) = open.get_mut(key) {
+                *count -= 1;
+                if *count == 0 {
+                    open.remove(key);
+                }
             }
         }
     }
@@ -277,5 +286,44 @@ impl AsyncWrite for Watched {
 
     fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
         Pin::new(&mut self.inner).poll_shutdown(cx)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn clients(per_client: usize) -> Arc<Clients> {
+        Arc::new(Clients { per_client, exempt: Vec::new(), open: Mutex::default() })
+    }
+
+    fn ip(text: &str) -> IpAddr {
+        text.parse().unwrap()
+    }
+
+    #[test]
+    fn one_ipv6_host_holds_no_more_than_twice_a_clients_part_across_its_48() {
+        let clients = clients(2);
+        // Two connections from each of a /48's /64s, until the /48 has four.
+        let held: Vec<Admitted> = ["2001:db8:1:1::1", "2001:db8:1:1::2", "2001:db8:1:2::1", "2001:db8:1:2::2"]
+            .map(|peer| clients.admit(ip(peer)).unwrap())
+            .into();
+        assert!(clients.admit(ip("2001:db8:1:1::3")).is_none(), "the /64 has its part");
+        assert!(clients.admit(ip("2001:db8:1:3::1")).is_none(), "another /64 of the same /48");
+        let elsewhere = clients.admit(ip("2001:db8:2:1::1"));
+        assert!(elsewhere.is_some(), "another /48 is another host");
+        drop(held);
+        assert!(clients.admit(ip("2001:db8:1:3::1")).is_some(), "counted down once closed");
+    }
+
+    #[test]
+    fn an_ipv4_network_is_not_capped_as_one_host() {
+        let clients = clients(2);
+        let held: Vec<Admitted> =
+            (1..=10).map(|host| clients.admit(ip(&format!("203.0.113.{host}"))).unwrap()).collect();
+        let second = clients.admit(ip("203.0.113.1"));
+        assert!(second.is_some(), "ten hosts of one /24 hold ten connections, and one of them a second");
+        assert!(clients.admit(ip("203.0.113.1")).is_none(), "but not a third");
+        drop(held);
     }
 }
