@@ -138,7 +138,7 @@ pub fn asked_from(ip: Option<IpAddr>) -> String {
 }
 
 /// Runs `warn` unless it ran (by `last`'s stamp) in the last ten minutes.
-fn warn_at_most_every_ten_minutes(last_warned: &AtomicI64, warn: impl FnOnce()) {
+pub(super) fn warn_at_most_every_ten_minutes(last_warned: &AtomicI64, warn: impl FnOnce()) {
     let (now, last) = (now_ms(), last_warned.load(Ordering::Relaxed));
     if now.saturating_sub(last) >= 10 * 60 * 1000
         && last_warned.compare_exchange(last, now, Ordering::Relaxed, Ordering::Relaxed).is_ok()

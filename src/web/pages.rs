@@ -229,6 +229,31 @@ impl<F: PostedForm> FromRequest<WebState> for PublicForm<F> {
     }
 }
 
+/// Requests of the open forms (`/token`, `/subscribe`) handled at once
+/// behind their answers. Each may ask Synapse before any budget stops it:
+/// past this, a flood's requests are dropped (their answer is the same
+/// either way) rather than piling up tasks and calls to Synapse.
+pub const WORK_BEHIND_FORMS: usize = 32;
+
+/// [`after_answer`] for an open form's request, unless
+/// [`WORK_BEHIND_FORMS`] are under way already: then it is dropped.
+pub fn after_open_form(
+    state: &WebState,
+    what: &'static str,
+    work: impl Future<Output = Result<(), WebError>> + Send + 'static,
+) {
+    let Ok(permit) = state.inner.work_behind_forms.clone().try_acquire_owned() else {
+        super::mail::warn_at_most_every_ten_minutes(&state.inner.work_dropped_told, || {
+            tracing::warn!("{WORK_BEHIND_FORMS} form requests are being handled: more are dropped for now (a flood?)")
+        });
+        return;
+    };
+    after_answer(what, async move {
+        let _permit = permit;
+        work.await
+    });
+}
+
 /// Does `work` after the answer has gone: an answer that must be the same
 /// whether or not what the form named exists cannot wait for it.
 pub fn after_answer(what: &'static str, work: impl Future<Output = Result<(), WebError>> + Send + 'static) {

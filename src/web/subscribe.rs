@@ -98,7 +98,7 @@ pub async fn request(State(state): State<WebState>, PublicForm(form, key, ip): P
     // Off the request path, like token requests: the answer, and the mail,
     // are the same whether or not the account is known.
     let worker = state.clone();
-    pages::after_answer("a subscription could not be started", async move {
+    pages::after_open_form(&state, "a subscription could not be started", async move {
         start(&worker, &key, user_id, email, ip).await
     });
     Message::new(

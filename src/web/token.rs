@@ -82,10 +82,9 @@ pub async fn request(State(state): State<WebState>, PublicForm(form, key, ip): P
     };
     // Off the request path: the answer below must not depend on what exists.
     let worker = state.clone();
-    pages::after_answer(
-        "a token request could not be handled",
-        async move { mail_links(&worker, target, &key, ip).await },
-    );
+    pages::after_open_form(&state, "a token request could not be handled", async move {
+        mail_links(&worker, target, &key, ip).await
+    });
     Message::new(
         &state,
         "Check your email",

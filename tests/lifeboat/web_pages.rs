@@ -841,6 +841,40 @@ async fn a_subscription_that_cannot_dm_its_code_mails_the_link_all_the_same() {
     assert_eq!((smtp.messages_to(&to_known).len(), smtp.messages_to(&to_unknown).len()), (1, 1));
 }
 
+/// A flood of subscription requests while Synapse hangs: each would ask
+/// Synapse before any budget stops it, so no more than 32 are handled at
+/// once; the rest are dropped, said in the log, and every request still
+/// gets its answer at once.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_flood_of_subscriptions_while_synapse_hangs_makes_no_more_than_32_calls_to_it() {
+    let (registry, smtp) = (TestDatabase::sqlite(), TestSmtp::start(None));
+    let synapse = crate::harness::proxy::TcpProxy::start("127.0.0.1:9".parse().unwrap()).await;
+    synapse.go_silent();
+    let base = base_without_synapse(&registry, &smtp)
+        .replace(
+            "url = \"http://127.0.0.1:9\"",
+            &format!("url = \"http://127.0.0.1:{}\"\nadmin_token = \"tok\"", synapse.port),
+        )
+        .replace("timeout = \"1s\"", "timeout = \"60s\"");
+    let lifeboat = Lifeboat::with_config(&base);
+    let served = serve(&lifeboat, &base, "rate_limit_per_ip = 1000\n").await;
+    let (http, url) = (reqwest::Client::new(), format!("{}/subscribe", served.url));
+    let (cookie, csrf) = form_csrf(&http, &url).await;
+    for n in 0..48 {
+        let form = format!("csrf={csrf}&matrix_id=%40flood{n}%3Aexample.org&email=flood{n}%40example.net");
+        let started = Instant::now();
+        assert_eq!(post_form(&http, &url, Some(&cookie), &form).await.0, 200);
+        assert!(started.elapsed() < Duration::from_secs(10), "answered without waiting for Synapse");
+    }
+    eventually("the flood is told", Duration::from_secs(20), || async {
+        lifeboat.serve_log().contains("more are dropped for now")
+    })
+    .await;
+    let most = synapse.most_open_while_silent();
+    // The watcher's first round may be waiting on Synapse too.
+    assert!((1..=34).contains(&most), "{most} calls to Synapse at once for 48 requests");
+}
+
 /// The page answers before the mail goes out, so a link whose email the
 /// mail server refused for good is only known as such later, in the
 /// outbox: from then on it must not count as one on its way.
