@@ -165,15 +165,25 @@ fn prefix_of(ip: IpAddr, v4: u8, v6: u8) -> IpNet {
     IpNet::new_assert(ip, if ip.is_ipv4() { v4 } else { v6 }).trunc()
 }
 
+/// How many clients' limit the /64s of one IPv6 /48 share.
+const IPV6_SITE_SHARE: u32 = 4;
+
 impl RateLimiter {
     pub fn new(per_ip: u32, per_target: u32, window: Duration) -> RateLimiter {
         RateLimiter { per_ip, per_target, windows: FixedWindows::new("web", window) }
     }
 
     /// Counts one form submission from `ip`; `false` once over the limit.
+    /// One IPv6 host may hold a whole /48 (a home line's /56, a free
+    /// tunnel's /48): its /64s share [`IPV6_SITE_SHARE`] clients' limit. An
+    /// IPv4 /24 is many people's (a campus, a carrier's NAT), not capped.
     pub fn allow_ip(&self, ip: Option<IpAddr>) -> bool {
         match ip {
-            Some(ip) => self.windows.hit(client_key(ip), Some(network_key(ip)), self.per_ip),
+            Some(ip) => {
+                self.windows.hit(client_key(ip), Some(network_key(ip)), self.per_ip)
+                    && (ip.to_canonical().is_ipv4()
+                        || self.windows.hit(format!("{}:all", network_key(ip)), None, IPV6_SITE_SHARE * self.per_ip))
+            }
             None => self.windows.hit("ip:unknown".to_owned(), None, self.per_ip),
         }
     }
@@ -271,6 +281,23 @@ mod tests {
         assert!(limiter.allow_ip(ip("2001:db8:1:3::1")), "the next /64 is another client");
         assert!(limiter.allow_ip(ip("192.0.2.7")) && limiter.allow_ip(ip("::ffff:192.0.2.7")));
         assert!(!limiter.allow_ip(ip("192.0.2.7")), "IPv4-mapped is the same IPv4 client");
+    }
+
+    #[test]
+    fn the_64s_of_one_ipv6_48_share_four_clients_limit_and_an_ipv4_24_does_not() {
+        let limiter = RateLimiter::new(2, 1, Duration::from_secs(60));
+        let ip = |text: String| Some(text.parse().unwrap());
+        for n in 1..=4 {
+            assert!(
+                limiter.allow_ip(ip(format!("2001:db8:1:{n}::1")))
+                    && limiter.allow_ip(ip(format!("2001:db8:1:{n}::2")))
+            );
+        }
+        assert!(!limiter.allow_ip(ip("2001:db8:1:5::1".into())), "a fifth /64 of the same /48");
+        assert!(limiter.allow_ip(ip("2001:db8:2:1::1".into())), "another /48 is another host");
+        for n in 1..=10 {
+            assert!(limiter.allow_ip(ip(format!("192.0.2.{n}"))), "ten hosts of one /24");
+        }
     }
 
     fn with_cookie(value: &str) -> HeaderMap {
