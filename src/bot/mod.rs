@@ -554,20 +554,23 @@ async fn invited_by_an_admin(bot: &Bot, client: &Client, room_id: &RoomId) -> bo
     }
 }
 
-/// Did an admin the bot obeys make `room_id` (a room the bot is in), or is
-/// such an admin in it, invite-only? A stranger can make neither happen.
+/// Is `room_id` (a room the bot is in) invite-only, and did an admin the
+/// bot obeys make it, or is such an admin in it? A stranger can make
+/// neither happen.
 /// That the bot made it proves nothing: its account also makes every DM it
 /// sends (a notice, a subscription code), and the admin room it made itself
 /// is known by the registry's record. Nor does an admin in a room anyone
-/// may join: lifeboat's own account is in public rooms it rejoined after a
-/// wipe, admins with it, and anyone may join one and point the freed alias
-/// at it.
+/// may join, or its maker: lifeboat's own account is in public rooms it
+/// rejoined after a wipe, admins' among them, and anyone may join one and
+/// point the freed alias at it.
 async fn vouched_for_by_an_admin(bot: &Bot, client: &Client, room_id: &RoomId) -> bool {
     use matrix_sdk::ruma::events::room::join_rules::JoinRule;
     let Some(room) = client.get_room(room_id) else { return false };
     let maker = maker_of(&room);
-    let invite_only = matches!(room.join_rule(), Some(JoinRule::Invite));
-    let members = if invite_only { room.members(RoomMemberships::JOIN).await.unwrap_or_default() } else { Vec::new() };
+    if !matches!(room.join_rule(), Some(JoinRule::Invite)) {
+        return false;
+    }
+    let members = room.members(RoomMemberships::JOIN).await.unwrap_or_default();
     let joined_admins = members.iter().map(|member| member.user_id().to_owned()).filter(|id| bot.admins.contains(id));
     for admin in maker.into_iter().filter(|id| bot.admins.contains(id)).chain(joined_admins) {
         if bot.obeys(&admin).await {

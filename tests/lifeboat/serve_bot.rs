@@ -1468,17 +1468,36 @@ async fn an_alias_pointed_at_a_public_room_an_admin_is_in_does_not_make_it_the_a
     let mut rig = Rig::start(TestSmtp::start(None), &[]).await;
     let mallory = rig.known_person(&unique("mallory")).await;
     let (alias, _) = admin_room_by_alias(&mut rig).await;
+    let square = public_room_with_the_bot(&rig, &mallory).await;
+    rig.alice.join(&square).await;
+
+    alias_freed_and_pointed_by(&mut rig, &mallory, &alias, &square).await;
+}
+
+/// Nor is a public room an admin made, for the same reason.
+#[tokio::test(flavor = "multi_thread")]
+async fn an_alias_pointed_at_a_public_room_an_admin_made_does_not_make_it_the_admin_room() {
+    let mut rig = Rig::start(TestSmtp::start(None), &[]).await;
+    let mallory = rig.known_person(&unique("mallory")).await;
+    let (alias, _) = admin_room_by_alias(&mut rig).await;
+    let square = public_room_with_the_bot(&rig, &rig.alice).await;
+    mallory.join(&square).await;
+
+    alias_freed_and_pointed_by(&mut rig, &mallory, &alias, &square).await;
+}
+
+/// A public room `maker` makes, which the bot joins (as lifeboat's account
+/// joins the public rooms people lost after a wipe).
+async fn public_room_with_the_bot(rig: &Rig, maker: &MatrixUser) -> String {
     let public = serde_json::json!({"preset": "public_chat"});
-    let (status, made) = mallory.try_call(reqwest::Method::POST, "/_matrix/client/v3/createRoom", Some(public)).await;
+    let (status, made) = maker.try_call(reqwest::Method::POST, "/_matrix/client/v3/createRoom", Some(public)).await;
     assert_eq!(status, 200, "{made}");
     let square = made["room_id"].as_str().unwrap().to_owned();
-    rig.alice.join(&square).await;
     let join = format!("/_synapse/admin/v1/join/{}", crate::harness::matrix::encode(&square));
     let bot_joins = serde_json::json!({"user_id": rig.bot});
     let (status, body) = rig.synapse.admin_request(reqwest::Method::POST, &join, Some(bot_joins)).await;
     assert_eq!(status, 200, "{body}");
-
-    alias_freed_and_pointed_by(&mut rig, &mallory, &alias, &square).await;
+    square
 }
 
 /// The admin room's `alias` freed (by a wipe; here a server admin deletes
