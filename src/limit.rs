@@ -74,6 +74,12 @@ impl FixedWindows {
         entry.1 <= limit
     }
 
+    /// Is `key` at `limit` in this window already? Counts nothing.
+    pub fn reached(&self, key: &str, limit: u32) -> bool {
+        let counters = self.counters.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
+        counters.windows.get(key).is_some_and(|(start, hits)| start.elapsed() < self.window && *hits >= limit)
+    }
+
     /// How many keys are counted now.
     #[cfg(test)]
     pub fn keys(&self) -> usize {

@@ -64,13 +64,35 @@ impl HourlyBudget {
         per_hour: u32,
         ip: Option<IpAddr>,
     ) -> Result<bool, WebError> {
-        let network = ip.map_or_else(|| "net:unknown".to_owned(), guard::network_key);
-        let key = format!("{}:{network}", self.setting);
+        let (key, network) = self.network_counter(ip);
         if state.inner.mailed_by_network.hit(key, None, network_share(per_hour))
             || 2 * self.made_this_hour(state).await? < i64::from(per_hour)
         {
             return Ok(true);
         }
+        self.tell_network_had_its_share(&network);
+        Ok(false)
+    }
+
+    /// Whether [`Self::network_share_left`] would say no now, counting
+    /// nothing: asked before Synapse is, so that the requests of a network
+    /// that had its share cost Synapse nothing.
+    pub async fn network_had_its_share(
+        &self,
+        state: &WebState,
+        per_hour: u32,
+        ip: Option<IpAddr>,
+    ) -> Result<bool, WebError> {
+        let (key, network) = self.network_counter(ip);
+        let had = state.inner.mailed_by_network.reached(&key, network_share(per_hour))
+            && 2 * self.made_this_hour(state).await? >= i64::from(per_hour);
+        if had {
+            self.tell_network_had_its_share(&network);
+        }
+        Ok(had)
+    }
+
+    fn tell_network_had_its_share(&self, network: &str) {
         warn_at_most_every_ten_minutes(&self.network_last_warned, || {
             tracing::warn!(
                 network = network.trim_start_matches("net:"),
@@ -78,7 +100,13 @@ impl HourlyBudget {
                 self.setting
             );
         });
-        Ok(false)
+    }
+
+    /// The key counting what `ip`'s network had mailed of this budget, and
+    /// the network.
+    fn network_counter(&self, ip: Option<IpAddr>) -> (String, String) {
+        let network = ip.map_or_else(|| "net:unknown".to_owned(), guard::network_key);
+        (format!("{}:{network}", self.setting), network)
     }
 
     /// Have `per_hour` links of its purposes been made in the last hour?

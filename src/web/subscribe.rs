@@ -157,9 +157,14 @@ async fn start(
 ) -> Result<(), WebError> {
     // Without mail no link can arrive, so a code would only be a DM a
     // stranger could send someone at will.
-    // Past the hour's budget, not even Synapse is asked (asked again below,
-    // one request at a time, for the last few).
-    if !state.inner.can_mail || over_the_hours_budget(state).await? {
+    // Past the hour's budget, or this network's share of it, not even
+    // Synapse is asked (asked again below, one request at a time, for the
+    // last few).
+    let per_hour = state.web().subscription_mails_per_hour;
+    if !state.inner.can_mail
+        || over_the_hours_budget(state).await?
+        || BUDGET.network_had_its_share(state, per_hour, ip).await?
+    {
         return Ok(());
     }
     // Only an account that is its registry person's (never one a stranger
@@ -215,7 +220,7 @@ async fn start(
             }
         }
     };
-    if !BUDGET.network_share_left(state, state.web().subscription_mails_per_hour, ip).await? {
+    if !BUDGET.network_share_left(state, per_hour, ip).await? {
         return Ok(());
     }
     let id = links::new_link_id();

@@ -875,6 +875,42 @@ async fn a_flood_of_subscriptions_while_synapse_hangs_makes_no_more_than_32_call
     assert!((1..=34).contains(&most), "{most} calls to Synapse at once for 48 requests");
 }
 
+/// Once a network has had its share of the subscription links (and half
+/// the hour's budget is spent), its requests would mail nothing: they cost
+/// Synapse nothing either.
+#[tokio::test(flavor = "multi_thread")]
+async fn requests_of_a_network_past_its_share_of_subscriptions_cost_synapse_nothing() {
+    let (synapse, registry, smtp) = (TestSynapse::start(), TestDatabase::sqlite(), TestSmtp::start(None));
+    let target = synapse.url.trim_start_matches("http://").parse().unwrap();
+    let counted = crate::harness::proxy::TcpProxy::start(target).await;
+    let base =
+        mail_base(&synapse, &registry, &smtp).replace(&synapse.url, &format!("http://127.0.0.1:{}", counted.port));
+    let lifeboat = Lifeboat::with_config(&base);
+    let served = serve(&lifeboat, &base, "subscription_mails_per_hour = 20\n").await;
+    let (http, url) = (reqwest::Client::new(), format!("{}/subscribe", served.url));
+    let (cookie, csrf) = form_csrf(&http, &url).await;
+    let prefix = unique("share");
+    let ask = |n: usize| {
+        let someone = synapse.user_id(&format!("{prefix}-{n}")).replace('@', "%40").replace(':', "%3A");
+        let form = format!("csrf={csrf}&matrix_id={someone}&email={prefix}-{n}%40example.net");
+        let (http, url, cookie) = (&http, &url, &cookie);
+        async move { assert_eq!(post_form(http, url, Some(cookie), &form).await.0, 200) }
+    };
+    // Its share is 10, half the budget 10.
+    for n in 0..10 {
+        ask(n).await;
+        wait_for_mail(&smtp, &format!("{prefix}-{n}@example.net"), 1).await;
+    }
+    let asked = counted.connections();
+    for n in 10..14 {
+        ask(n).await;
+    }
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    assert_eq!(smtp.messages().len(), 10, "nothing more is mailed");
+    assert_eq!(counted.connections(), asked, "nor is Synapse asked");
+    assert!(lifeboat.serve_log().contains("one network had its share"));
+}
+
 /// The page answers before the mail goes out, so a link whose email the
 /// mail server refused for good is only known as such later, in the
 /// outbox: from then on it must not count as one on its way.

@@ -18,6 +18,8 @@ pub struct TcpProxy {
     silent: Arc<AtomicBool>,
     /// Silent connections open now, and the most open at once.
     open_silent: Arc<(AtomicUsize, AtomicUsize)>,
+    /// Connections taken in all.
+    accepted: Arc<AtomicUsize>,
 }
 
 impl TcpProxy {
@@ -28,8 +30,11 @@ impl TcpProxy {
         let silent = Arc::new(AtomicBool::new(false));
         let open_silent: Arc<(AtomicUsize, AtomicUsize)> = Arc::default();
         let (relays, hush, open) = (tasks.clone(), silent.clone(), open_silent.clone());
+        let accepted: Arc<AtomicUsize> = Arc::default();
+        let counted = accepted.clone();
         let accept = tokio::spawn(async move {
             while let Ok((mut client, _)) = listener.accept().await {
+                counted.fetch_add(1, Ordering::SeqCst);
                 if hush.load(Ordering::SeqCst) {
                     let now = open.0.fetch_add(1, Ordering::SeqCst) + 1;
                     open.1.fetch_max(now, Ordering::SeqCst);
@@ -52,7 +57,12 @@ impl TcpProxy {
         });
         let accept_id = accept.id();
         tasks.lock().unwrap().push(accept);
-        TcpProxy { port, tasks, accept: accept_id, silent, open_silent }
+        TcpProxy { port, tasks, accept: accept_id, silent, open_silent, accepted }
+    }
+
+    /// How many connections it has taken.
+    pub fn connections(&self) -> usize {
+        self.accepted.load(Ordering::SeqCst)
     }
 
     /// Drops the relayed connections, and from now on takes new ones
