@@ -564,12 +564,8 @@ async fn invited_by_an_admin(bot: &Bot, client: &Client, room_id: &RoomId) -> bo
 /// rejoined after a wipe, admins' among them, and anyone may join one and
 /// point the freed alias at it.
 async fn vouched_for_by_an_admin(bot: &Bot, client: &Client, room_id: &RoomId) -> bool {
-    use matrix_sdk::ruma::events::room::join_rules::JoinRule;
-    let Some(room) = client.get_room(room_id) else { return false };
+    let Some(room) = client.get_room(room_id).filter(invite_only) else { return false };
     let maker = maker_of(&room);
-    if !matches!(room.join_rule(), Some(JoinRule::Invite)) {
-        return false;
-    }
     let members = room.members(RoomMemberships::JOIN).await.unwrap_or_default();
     let joined_admins = members.iter().map(|member| member.user_id().to_owned()).filter(|id| bot.admins.contains(id));
     for admin in maker.into_iter().filter(|id| bot.admins.contains(id)).chain(joined_admins) {
@@ -726,6 +722,7 @@ async fn on_invite(event: StrippedRoomMemberEvent, room: Room, Ctx(bot): Ctx<Arc
         } else {
             takes_dm_invite(&bot.me, &event.sender, event.content.is_direct)
                 && made_by(&room, &event.sender)
+                && invite_only(&room)
                 && bot.start_joining_dm(&room.client(), &event.sender)
         };
         if !accept {
@@ -849,6 +846,14 @@ fn tell_of_unread_messages(bot: &Arc<Bot>, client: &Client, response: &SyncRespo
     });
 }
 
+/// Whether only those invited may join `room` (by its state as the invite
+/// or the sync showed it): a DM anyone may join could fill the bot's sync
+/// with members, and is no private room for a code either.
+fn invite_only(room: &Room) -> bool {
+    use matrix_sdk::ruma::events::room::join_rules::JoinRule;
+    matches!(room.join_rule(), Some(JoinRule::Invite))
+}
+
 /// A DM from this homeserver's people: only they have contacts to manage,
 /// and nobody elsewhere can fill the bot's sync with rooms by inviting it.
 fn takes_dm_invite(me: &OwnedUserId, sender: &OwnedUserId, is_direct: Option<bool>) -> bool {
@@ -924,8 +929,7 @@ async fn on_message(event: OriginalSyncRoomMessageEvent, room: Room, Ctx(bot): C
 /// left, and let the sender into, to read the answers later.
 fn private_room_of(room: &Room, me: &OwnedUserId, sender: &OwnedUserId) -> bool {
     use matrix_sdk::ruma::events::room::history_visibility::HistoryVisibility;
-    use matrix_sdk::ruma::events::room::join_rules::JoinRule;
-    matches!(room.join_rule(), Some(JoinRule::Invite))
+    invite_only(room)
         && room.history_visibility().is_some_and(|seen| seen != HistoryVisibility::WorldReadable)
         && (made_by(room, sender) || made_by(room, me))
 }

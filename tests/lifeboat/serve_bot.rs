@@ -1474,6 +1474,21 @@ async fn an_alias_pointed_at_a_public_room_an_admin_is_in_does_not_make_it_the_a
     alias_freed_and_pointed_by(&mut rig, &mallory, &alias, &square).await;
 }
 
+/// A "DM" anyone may join is no DM: the bot declines the invite, so nobody
+/// can fill its sync with a public room's members through it.
+#[tokio::test(flavor = "multi_thread")]
+async fn the_bot_declines_a_dm_invite_to_a_room_anyone_may_join() {
+    let mut rig = Rig::start(TestSmtp::start(None), &[]).await;
+    let mallory = rig.known_person(&unique("mallory")).await;
+    rig.serve().await;
+    let body = serde_json::json!({"preset": "public_chat", "invite": [rig.bot], "is_direct": true});
+    let (status, made) = mallory.try_call(reqwest::Method::POST, "/_matrix/client/v3/createRoom", Some(body)).await;
+    assert_eq!(status, 200, "{made}");
+    let room = made["room_id"].as_str().unwrap().to_owned();
+    logged_more_than(&rig.lifeboat, &format!("declined an invite room={room}"), 0).await;
+    assert_ne!(mallory.membership_of(&room, &rig.bot).await.as_deref(), Some("join"));
+}
+
 /// Nor is a public room an admin made, for the same reason.
 #[tokio::test(flavor = "multi_thread")]
 async fn an_alias_pointed_at_a_public_room_an_admin_made_does_not_make_it_the_admin_room() {
