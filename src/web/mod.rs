@@ -59,9 +59,11 @@ struct Shared {
     token_links: tokio::sync::Mutex<()>,
     subscription_links: tokio::sync::Mutex<()>,
     status_cache: status::Cache,
-    /// Work behind the open forms' answers running at once
-    /// ([`pages::after_open_form`]), and when dropping it was last told.
-    work_behind_forms: Arc<tokio::sync::Semaphore>,
+    /// Work behind the open forms' answers ([`pages::after_open_form`]):
+    /// running at once, under way in all (running or waiting), and when
+    /// dropping some was last told.
+    work_running: Arc<tokio::sync::Semaphore>,
+    work_waiting: Arc<tokio::sync::Semaphore>,
     work_dropped_told: std::sync::atomic::AtomicI64,
     /// serve's Matrix clients: the codes the page DMs go out on the
     /// device's one client (a client per request would also cost memory
@@ -81,7 +83,10 @@ impl WebState {
             token_links: tokio::sync::Mutex::new(()),
             subscription_links: tokio::sync::Mutex::new(()),
             status_cache: status::Cache::default(),
-            work_behind_forms: Arc::new(tokio::sync::Semaphore::new(pages::WORK_BEHIND_FORMS)),
+            work_running: Arc::new(tokio::sync::Semaphore::new(pages::WORK_BEHIND_FORMS)),
+            work_waiting: Arc::new(tokio::sync::Semaphore::new(
+                pages::WORK_BEHIND_FORMS + pages::WORK_BEHIND_FORMS_WAITING,
+            )),
             work_dropped_told: std::sync::atomic::AtomicI64::new(0),
             devices: services.devices.clone(),
         });

@@ -230,26 +230,33 @@ impl<F: PostedForm> FromRequest<WebState> for PublicForm<F> {
 }
 
 /// Requests of the open forms (`/token`, `/subscribe`) handled at once
-/// behind their answers. Each may ask Synapse before any budget stops it:
-/// past this, a flood's requests are dropped (their answer is the same
-/// either way) rather than piling up tasks and calls to Synapse.
+/// behind their answers: each may ask Synapse before any budget stops it.
+/// A burst waits its turn; past [`WORK_BEHIND_FORMS_WAITING`] waiting, a
+/// flood's requests are dropped (their answer is the same either way)
+/// rather than piling up tasks and calls to Synapse.
 pub const WORK_BEHIND_FORMS: usize = 32;
+pub const WORK_BEHIND_FORMS_WAITING: usize = 256;
 
-/// [`after_answer`] for an open form's request, unless
-/// [`WORK_BEHIND_FORMS`] are under way already: then it is dropped.
+/// [`after_answer`] for an open form's request, in turn with the others
+/// ([`WORK_BEHIND_FORMS`] at once), unless too many wait already: then it
+/// is dropped.
 pub fn after_open_form(
     state: &WebState,
     what: &'static str,
     work: impl Future<Output = Result<(), WebError>> + Send + 'static,
 ) {
-    let Ok(permit) = state.inner.work_behind_forms.clone().try_acquire_owned() else {
+    let Ok(waiting) = state.inner.work_waiting.clone().try_acquire_owned() else {
         super::mail::warn_at_most_every_ten_minutes(&state.inner.work_dropped_told, || {
-            tracing::warn!("{WORK_BEHIND_FORMS} form requests are being handled: more are dropped for now (a flood?)")
+            tracing::warn!(
+                "{WORK_BEHIND_FORMS_WAITING} form requests wait to be handled: more are dropped for now (a flood?)"
+            )
         });
         return;
     };
+    let running = state.inner.work_running.clone();
     after_answer(what, async move {
-        let _permit = permit;
+        let _waiting = waiting;
+        let Ok(_running) = running.acquire_owned().await else { return Ok(()) };
         work.await
     });
 }
