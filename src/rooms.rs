@@ -1147,7 +1147,7 @@ fn powers_back(members: &[FormerMember], is_theirs: impl Fn(&FormerMember) -> bo
     members
         .iter()
         .filter(|member| member.power_level > 0 && (member.held || is_theirs(member)))
-        .map(|member| (member.user_id.to_string(), member.power_level.min(100)))
+        .map(|member| (member.user_id.to_string(), member.power_level.min(ADMIN_POWER)))
         .collect()
 }
 

@@ -77,13 +77,9 @@ impl Clients {
         if self.exempt.contains(&peer) {
             return Some(Admitted { clients: self.clone(), keys: Vec::new() });
         }
+        // One host's site (an IPv6 /48) holds twice a client's part.
         let mut caps = vec![(crate::web::guard::client_key(peer), self.per_client)];
-        // One IPv6 host may hold a whole /48 (a home line's /56, a free
-        // tunnel's /48): its /64s share twice a client's part. An IPv4 /24
-        // is many people's (a campus, a mobile carrier's NAT), not capped.
-        if peer.is_ipv6() {
-            caps.push((crate::web::guard::network_key(peer), 2 * self.per_client));
-        }
+        caps.extend(crate::web::guard::site_key(peer).map(|site| (site, 2 * self.per_client)));
         let mut open = self.open.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
         if caps.iter().any(|(key, cap)| open.get(key).is_some_and(|count| count >= cap)) {
             return None;

@@ -158,6 +158,14 @@ pub(crate) fn client_key(ip: IpAddr) -> String {
     format!("ip:{}", prefix_of(ip, 32, 64))
 }
 
+/// The prefix that is all one host's, whose clients also count as one
+/// together (with a larger share): an IPv6 /48, since a home line gets a
+/// /56 and a free tunnel a /48. `None` for IPv4: a /24 is many people's (a
+/// campus, a carrier's NAT).
+pub(crate) fn site_key(ip: IpAddr) -> Option<String> {
+    ip.to_canonical().is_ipv6().then(|| format!("site:{}", prefix_of(ip, 24, 48)))
+}
+
 /// `ip` (an IPv4-mapped one as IPv4) cut to its first `v4` or `v6` bits,
 /// shown like `203.0.113.0/24` or `2001:db8:1::/48`.
 fn prefix_of(ip: IpAddr, v4: u8, v6: u8) -> IpNet {
@@ -174,15 +182,13 @@ impl RateLimiter {
     }
 
     /// Counts one form submission from `ip`; `false` once over the limit.
-    /// One IPv6 host may hold a whole /48 (a home line's /56, a free
-    /// tunnel's /48): its /64s share [`IPV6_SITE_SHARE`] clients' limit. An
-    /// IPv4 /24 is many people's (a campus, a carrier's NAT), not capped.
+    /// The clients of one host's [`site_key`] share [`IPV6_SITE_SHARE`]
+    /// clients' limit.
     pub fn allow_ip(&self, ip: Option<IpAddr>) -> bool {
         match ip {
             Some(ip) => {
                 self.windows.hit(client_key(ip), Some(network_key(ip)), self.per_ip)
-                    && (ip.to_canonical().is_ipv4()
-                        || self.windows.hit(format!("{}:all", network_key(ip)), None, IPV6_SITE_SHARE * self.per_ip))
+                    && site_key(ip).is_none_or(|site| self.windows.hit(site, None, IPV6_SITE_SHARE * self.per_ip))
             }
             None => self.windows.hit("ip:unknown".to_owned(), None, self.per_ip),
         }

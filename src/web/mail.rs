@@ -66,7 +66,7 @@ impl HourlyBudget {
     ) -> Result<bool, WebError> {
         let (key, network) = self.network_counter(ip);
         if state.inner.mailed_by_network.hit(key, None, network_share(per_hour))
-            || 2 * self.made_this_hour(state).await? < i64::from(per_hour)
+            || !self.half_spent(state, per_hour).await?
         {
             return Ok(true);
         }
@@ -85,7 +85,7 @@ impl HourlyBudget {
     ) -> Result<bool, WebError> {
         let (key, network) = self.network_counter(ip);
         let had = state.inner.mailed_by_network.reached(&key, network_share(per_hour))
-            && 2 * self.made_this_hour(state).await? >= i64::from(per_hour);
+            && self.half_spent(state, per_hour).await?;
         if had {
             self.tell_network_had_its_share(&network);
         }
@@ -107,6 +107,12 @@ impl HourlyBudget {
     fn network_counter(&self, ip: Option<IpAddr>) -> (String, String) {
         let network = ip.map_or_else(|| "net:unknown".to_owned(), guard::network_key);
         (format!("{}:{network}", self.setting), network)
+    }
+
+    /// Have half of `per_hour` links of its purposes been made in the last
+    /// hour? From then on a network's share holds.
+    async fn half_spent(&self, state: &WebState, per_hour: u32) -> Result<bool, WebError> {
+        Ok(2 * self.made_this_hour(state).await? >= i64::from(per_hour))
     }
 
     /// Have `per_hour` links of its purposes been made in the last hour?
