@@ -181,15 +181,23 @@ const FIRST_SYNC_WITHIN: std::time::Duration = std::time::Duration::from_secs(60
 /// two of the bot's moves its position past what the bot never read.
 pub const EVENTS_PER_ROOM_AND_SYNC: u32 = 100;
 
-/// `settings`, bringing up to [`EVENTS_PER_ROOM_AND_SYNC`] events a room.
-/// Only rooms with news come in a sync from a position, so the larger limit
+/// `settings`, bringing up to [`EVENTS_PER_ROOM_AND_SYNC`] events a room,
+/// and members lazily. Only rooms with news come in a sync from a position, so the larger limit
 /// costs nothing while people write little.
 pub fn up_to_enough_events(settings: matrix_sdk::config::SyncSettings) -> matrix_sdk::config::SyncSettings {
-    use matrix_sdk::ruma::api::client::filter::FilterDefinition;
     use matrix_sdk::ruma::api::client::sync::sync_events::v3::Filter;
+    settings.filter(Filter::FilterDefinition(sync_filter()))
+}
+
+fn sync_filter() -> matrix_sdk::ruma::api::client::filter::FilterDefinition {
+    use matrix_sdk::ruma::api::client::filter::{FilterDefinition, LazyLoadOptions};
     let mut filter = FilterDefinition::default();
     filter.room.timeline.limit = Some(EVENTS_PER_ROOM_AND_SYNC.into());
-    settings.filter(Filter::FilterDefinition(filter))
+    // A big room's members (lifeboat's own account rejoins public rooms
+    // for people) are fetched when needed (an encrypted message, a DM or
+    // audience check), not carried in every sync.
+    filter.room.state.lazy_load_options = LazyLoadOptions::Enabled { include_redundant_members: false };
+    filter
 }
 
 /// How `serve` signs the store leases it holds.
@@ -568,6 +576,13 @@ mod tests {
         let api = ApiError::new(axum::http::StatusCode::from_u16(status).unwrap(), body);
         let response = FromHttpResponseError::Server(matrix_sdk::RumaApiError::MatrixError(api));
         matrix_sdk::Error::Http(Box::new(matrix_sdk::HttpError::Api(Box::new(response))))
+    }
+
+    #[test]
+    fn a_sync_brings_enough_events_and_members_only_as_needed() {
+        let filter = sync_filter();
+        assert_eq!(filter.room.timeline.limit, Some(EVENTS_PER_ROOM_AND_SYNC.into()));
+        assert!(!filter.room.state.lazy_load_options.is_disabled(), "members are loaded lazily");
     }
 
     #[test]

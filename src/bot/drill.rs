@@ -7,7 +7,7 @@ use std::time::Duration;
 use matrix_sdk::Client;
 use matrix_sdk::ruma::api::client::membership::joined_rooms;
 use matrix_sdk::ruma::api::client::message::send_message_event;
-use matrix_sdk::ruma::{OwnedRoomId, OwnedTransactionId};
+use matrix_sdk::ruma::{OwnedRoomId, OwnedTransactionId, ServerName};
 
 use super::login::existing_credentials;
 use crate::config::Config;
@@ -38,12 +38,16 @@ pub async fn post_test_message(config: &Config, registry: &Registry) -> (Status,
         Ok(client) => client,
         Err(err) => return (Status::Fail, format!("the bot's session: {err}")),
     };
-    let Some(room_id) = admin_room(config, registry, &client).await else {
-        return (
-            Status::Fail,
-            "the bot has no admin room: set bot.admin_room (and invite the bot there), or start `lifeboat serve` so it makes one"
-                .to_owned(),
-        );
+    let room_id = match admin_room(config, registry, &client).await {
+        Ok(Some(room_id)) => room_id,
+        Ok(None) => {
+            return (
+                Status::Fail,
+                "the bot has no admin room: set bot.admin_room (and invite the bot there), or start `lifeboat serve` so it makes one"
+                    .to_owned(),
+            );
+        }
+        Err(why) => return (Status::Warn, why),
     };
     let content = crate::dm::safe_message("lifeboat drill: the bot can post here. (A rehearsal: nothing was changed.)");
     let txn: OwnedTransactionId = format!("lifeboat-drill-{}", now_ms()).into();
@@ -61,18 +65,39 @@ pub async fn post_test_message(config: &Config, registry: &Registry) -> (Status,
     }
 }
 
-/// The room the running bot settles in (`settle_admin_room`): of
-/// `bot.admin_room` (an alias resolved) and the room the bot made itself,
-/// the first it is in; else the configured one, which it would join. After
-/// a wipe an alias may name someone else's room: the bot is not in that.
-async fn admin_room(config: &Config, registry: &Registry, client: &Client) -> Option<OwnedRoomId> {
-    let configured = match config.bot.as_ref().and_then(|bot| bot.admin_room.as_deref()) {
+/// The room the running bot settles in (`settle_admin_room`), in its
+/// order: `bot.admin_room` (an alias resolved) when the bot is in it and
+/// it is the admin room by name alone, then the room the bot made itself,
+/// then the one the alias named before; else the configured one, which it
+/// would join. After a wipe an alias may name anyone's room, even a DM
+/// with the bot: the bot is there, but that is no admin room. `Err`: the
+/// bot is in the room the alias names, and whether it is the admin room
+/// is for serve to tell.
+async fn admin_room(config: &Config, registry: &Registry, client: &Client) -> Result<Option<OwnedRoomId>, String> {
+    let Some(bot) = &config.bot else { return Ok(None) };
+    let configured = match bot.admin_room.as_deref() {
         Some(configured) => super::resolve_room(client, configured).await,
         None => None,
     };
-    let made = super::room_made_before(registry).await.ok().flatten();
+    let made = super::room_made_before(registry).await.map_err(|err| err.to_string())?;
+    let named_before = super::room_the_alias_named(registry, bot).await.map_err(|err| err.to_string())?;
     let joined = client.send(joined_rooms::v3::Request::new()).await.map(|rooms| rooms.joined_rooms);
     let joined = joined.unwrap_or_default();
-    let settled = [&configured, &made].into_iter().flatten().find(|room| joined.contains(room)).cloned();
-    settled.or(configured).or(made)
+    let is_joined = |room: &Option<OwnedRoomId>| room.clone().filter(|room| joined.contains(room));
+    let server = <&ServerName>::try_from(config.homeserver.server_name.as_str()).map_err(|err| err.to_string())?;
+    let sure = |room: &OwnedRoomId| super::named_for_sure(bot, server, named_before.as_deref(), room);
+    if let Some(room) = is_joined(&configured) {
+        if sure(&room) {
+            return Ok(Some(room));
+        }
+        if named_before.is_none() {
+            return Err(format!(
+                "not posted: bot.admin_room's alias names {room}, which the bot is in, with no record that it was the admin room; serve settles there only if it is invite-only and an admin made it or is in it (start serve, then run the drill again)"
+            ));
+        }
+    }
+    // In none: the configured one, which serve would join, unless its
+    // alias names another room than before (serve stays out of that).
+    let joinable = configured.filter(|room| sure(room) || named_before.is_none());
+    Ok(is_joined(&made).or(is_joined(&named_before)).or(joinable).or(made))
 }

@@ -19,7 +19,7 @@ use matrix_sdk::event_handler::Ctx;
 use matrix_sdk::ruma::api::client::room::create_room::v3::{Request as CreateRoomRequest, RoomPreset};
 use matrix_sdk::ruma::events::room::member::{MembershipState, StrippedRoomMemberEvent};
 use matrix_sdk::ruma::events::room::message::{MessageType, OriginalSyncRoomMessageEvent};
-use matrix_sdk::ruma::{MilliSecondsSinceUnixEpoch, OwnedRoomId, OwnedUserId, RoomAliasId, RoomId, UserId};
+use matrix_sdk::ruma::{MilliSecondsSinceUnixEpoch, OwnedRoomId, OwnedUserId, RoomAliasId, RoomId, ServerName, UserId};
 use matrix_sdk::sync::SyncResponse;
 use matrix_sdk::{Client, LoopCtrl, Room, RoomMemberships, RoomState, SessionChange};
 use tokio::sync::mpsc::UnboundedReceiver;
@@ -66,6 +66,8 @@ pub(crate) struct Bot {
     /// DM rooms being joined now, per inviter: counted with those joined,
     /// so a burst of invites in one sync cannot pass the cap together.
     joining: Mutex<HashMap<OwnedUserId, usize>>,
+    /// DM rooms checked since the bot took them ([`leave_what_stopped_being_a_dm`]).
+    dms_checked: Mutex<HashSet<OwnedRoomId>>,
     /// Messages sent before this process started are not taken as commands
     /// (they may be stale); later ones are, even if they arrive in the first
     /// sync after a reconnect.
@@ -143,25 +145,44 @@ impl Bot {
         if !self.admins.contains(user) {
             return Some("not in bot.admins".to_owned());
         }
-        let (registry, id) = (&self.state.registry, crate::user_id::UserId::from(&**user));
-        let its_persons = if user.server_name() == self.me.server_name() {
-            let access = crate::recover::admin_access(&self.state.config, registry).await;
-            let Some(admin) = access.ok().and_then(|access| access.working()) else {
-                return Some(
-                    "no admin token works, so whose the ID is cannot be told; check homeserver.admin_token".to_owned(),
-                );
-            };
-            crate::holds::its_persons_now(registry, &admin, &id).await
+        let standing = if user.server_name() == self.me.server_name() {
+            self.standing_of(user).await
         } else {
-            registry.speaks_for_its_person(&id, None).await.map_err(Into::into)
+            let id = crate::user_id::UserId::from(&**user);
+            Standing::from(self.state.registry.speaks_for_its_person(&id, None).await.map_err(Into::into))
         };
-        match its_persons {
-            Ok(true) => None,
-            Ok(false) => Some(
+        match standing {
+            Standing::Theirs => None,
+            Standing::NotTheirs => Some(
                 "no listing has seen the account as its person's (run `lifeboat sync`), or it was registered again after a loss (settle it with `lifeboat holds claim`)".to_owned(),
             ),
-            Err(err) => Some(format!("cannot tell whether the ID changed hands ({err})")),
+            Standing::NoAdminToken => Some(
+                "no admin token works, so whose the ID is cannot be told; check homeserver.admin_token".to_owned(),
+            ),
+            Standing::CannotTell(err) => Some(format!("cannot tell whether the ID changed hands ({err})")),
         }
+    }
+
+    /// Whether `user`, an account of this homeserver, is its registry
+    /// person's now ([`crate::holds::its_persons_now`]).
+    async fn standing_of(&self, user: &UserId) -> Standing {
+        let registry = &self.state.registry;
+        let access = crate::recover::admin_access(&self.state.config, registry).await;
+        let Some(admin) = access.ok().and_then(|access| access.working()) else { return Standing::NoAdminToken };
+        Standing::from(crate::holds::its_persons_now(registry, &admin, &crate::user_id::UserId::from(user)).await)
+    }
+
+    /// [`Bot::standing_of`] someone who writes or invites the bot to a DM.
+    /// An account no listing has seen yet (a new one) asks the watcher for
+    /// a listing, so it is known when they try again a few minutes later.
+    async fn standing_of_dm_person(&self, person: &UserId) -> Standing {
+        let standing = self.standing_of(person).await;
+        if matches!(standing, Standing::NotTheirs)
+            && matches!(self.state.registry.account(&crate::user_id::UserId::from(person)).await, Ok(None))
+        {
+            self.state.watch.want_listing();
+        }
+        standing
     }
 
     /// Who reads the admin room, as far as lifeboat can vouch: this
@@ -271,6 +292,7 @@ pub async fn run(state: Arc<Services>, mut alerts: UnboundedReceiver<String>, ca
         asked_to_confirm: Mutex::default(),
         invited: Mutex::default(),
         joining: Mutex::default(),
+        dms_checked: Mutex::default(),
         started_at: MilliSecondsSinceUnixEpoch::now(),
         unread: Mutex::new(Unread { read_up_to: MilliSecondsSinceUnixEpoch::now(), told_at: None }),
         handled: Mutex::default(),
@@ -374,7 +396,7 @@ async fn connected(
         let by_alias = room_the_alias_named(registry, &bot.config).await.ok().flatten();
         // A local alias with no record vouches for nothing yet (anyone
         // may have pointed it at a room of theirs after a wipe).
-        let configured = bot.configured_room().filter(|_| !local_alias(bot));
+        let configured = bot.configured_room().filter(|_| !local_alias(&bot.config, bot.me.server_name()));
         if let Some(room) = stored.or(by_alias).or(configured) {
             bot.set_admin_room(Some(room));
         }
@@ -405,6 +427,7 @@ async fn connected(
             let settings = up_to_enough_events(SyncSettings::default().token(first.next_batch));
             let each = |response| {
                 tell_of_unread_messages(&bot, &client, &response);
+                leave_what_stopped_being_a_dm(&bot, &client, &response);
                 async { LoopCtrl::Continue }
             };
             client.sync_with_callback(settings, each).await
@@ -463,7 +486,7 @@ async fn settle_admin_room(bot: &Arc<Bot>, client: &Client, recovered: bool) -> 
     // and joins the new room only when an admin invites it.
     let named_before = room_the_alias_named(registry, &bot.config).await.map_err(|err| err.to_string())?;
     let alias_moved = named_before.as_ref().zip(configured.as_ref()).is_some_and(|(before, now)| before != now);
-    let local_alias = local_alias(bot);
+    let local_alias = local_alias(&bot.config, bot.me.server_name());
     // A room the bot is in already is no proof either: anyone's DM with it
     // is one. It is the admin room when the alias could not have been moved
     // there since (not this server's, or naming the room it named when the
@@ -472,7 +495,9 @@ async fn settle_admin_room(bot: &Arc<Bot>, client: &Client, recovered: bool) -> 
     // nothing: its account makes every DM it sends).
     let joined_configured = configured.clone().filter(|room_id| joined(room_id));
     let mut settled = match joined_configured.clone() {
-        Some(room_id) if !local_alias || named_before.as_ref() == Some(&room_id) => Some(room_id),
+        Some(room_id) if named_for_sure(&bot.config, bot.me.server_name(), named_before.as_deref(), &room_id) => {
+            Some(room_id)
+        }
         Some(room_id) if named_before.is_none() && vouched_for_by_an_admin(bot, client, &room_id).await => {
             Some(room_id)
         }
@@ -576,9 +601,18 @@ async fn vouched_for_by_an_admin(bot: &Bot, client: &Client, room_id: &RoomId) -
     false
 }
 
-/// Is `bot.admin_room` an alias of this homeserver (one a wipe frees)?
-fn local_alias(bot: &Bot) -> bool {
-    configured_alias(&bot.config).is_some_and(|alias| alias.server_name() == bot.me.server_name())
+/// Is `bot.admin_room` an alias of this homeserver (`server`), one a wipe frees?
+fn local_alias(config: &BotConfig, server: &ServerName) -> bool {
+    configured_alias(config).is_some_and(|alias| alias.server_name() == server)
+}
+
+/// Whether `room`, which `bot.admin_room` names and the bot is in, is the
+/// admin room on that alone: the setting is a room ID or another server's
+/// alias (no wipe here frees those), or its alias named this very room
+/// when the bot last settled there (`named_before`). One rule for serve
+/// settling and for the drill's test message.
+fn named_for_sure(config: &BotConfig, server: &ServerName, named_before: Option<&RoomId>, room: &RoomId) -> bool {
+    !local_alias(config, server) || named_before == Some(room)
 }
 
 /// `bot.admin_room`, when it is an alias.
@@ -708,8 +742,9 @@ fn what_happened(bot: &Bot) -> String {
     text
 }
 
-/// Invites: to the admin room from an admin, or a DM from anyone (people
-/// manage their contacts by DM). Everything else is declined.
+/// Invites: to the admin room from an admin, or a DM from someone of this
+/// homeserver whose account is theirs (people manage their contacts by
+/// DM). Everything else is declined.
 async fn on_invite(event: StrippedRoomMemberEvent, room: Room, Ctx(bot): Ctx<Arc<Bot>>) {
     if event.state_key != bot.me || event.content.membership != MembershipState::Invite {
         return;
@@ -717,16 +752,13 @@ async fn on_invite(event: StrippedRoomMemberEvent, room: Room, Ctx(bot): Ctx<Arc
     let room_id = room.room_id().to_owned();
     let to_admin_room = bot.configured_room().as_ref() == Some(&room_id) || bot.admin_room().as_ref() == Some(&room_id);
     tokio::spawn(async move {
-        let accept = if to_admin_room {
-            bot.obeys(&event.sender).await
+        let declined = if to_admin_room {
+            (!bot.obeys(&event.sender).await).then_some("not from an admin the bot obeys")
         } else {
-            takes_dm_invite(&bot.me, &event.sender, event.content.is_direct)
-                && made_by(&room, &event.sender)
-                && invite_only(&room)
-                && bot.start_joining_dm(&room.client(), &event.sender)
+            why_not_a_dm(&bot, &room, &event).await
         };
-        if !accept {
-            tracing::info!(room = %room_id, from = %event.sender, "declined an invite");
+        if let Some(why) = declined {
+            tracing::info!(room = %room_id, from = %event.sender, why, "declined an invite");
             let _ = room.leave().await;
             return;
         }
@@ -759,9 +791,36 @@ async fn on_invite(event: StrippedRoomMemberEvent, room: Room, Ctx(bot): Ctx<Arc
     });
 }
 
-/// DM rooms one person may have with the bot: each is in its sync for
-/// good, so one account must not fill it by inviting it again and again.
-/// More than one, for a person whose first DM broke.
+/// Why the bot does not take an invite to a DM (`None`: it does, and the
+/// room is counted among its inviter's from now on).
+async fn why_not_a_dm(bot: &Bot, room: &Room, event: &StrippedRoomMemberEvent) -> Option<&'static str> {
+    if !takes_dm_invite(&bot.me, &event.sender, event.content.is_direct) {
+        return Some("not a DM from this homeserver");
+    }
+    if !made_by(room, &event.sender) {
+        return Some("a room its inviter did not make");
+    }
+    if !invite_only(room) {
+        return Some("a room anyone may join");
+    }
+    // Accounts registered while registration is open after a wipe must
+    // not grow the bot's sync with rooms, three each.
+    match bot.standing_of_dm_person(&event.sender).await {
+        Standing::Theirs => {}
+        Standing::NotTheirs => return Some("not an account lifeboat knows as its person's (yet)"),
+        Standing::NoAdminToken | Standing::CannotTell(_) => {
+            return Some("whose the inviter's account is cannot be told now");
+        }
+    }
+    if !bot.start_joining_dm(&room.client(), &event.sender) {
+        return Some("its inviter has as many DM rooms with the bot as one may");
+    }
+    None
+}
+
+/// DM rooms one person may have with the bot: each is in its sync while
+/// it is a DM, so one account must not fill it by inviting it again and
+/// again. More than one, for a person whose first DM broke.
 const DM_ROOMS_PER_PERSON: usize = 3;
 
 impl Bot {
@@ -789,13 +848,62 @@ impl Bot {
     }
 }
 
-/// Rooms `person` made that the bot is in, the admin room aside: counted
-/// by maker, which never changes, so leaving a DM or filling it with others
+/// Rooms `person` made that the bot is in, the admin room aside, and
+/// the DMs of theirs it left ([`leave_what_stopped_being_a_dm`]): counted by
+/// maker, which never changes, so leaving a DM or filling it with others
 /// does not free a place for one more.
 fn dm_rooms_with(bot: &Bot, client: &Client, person: &OwnedUserId) -> usize {
     let admin_room = bot.admin_room();
+    let counted = |room: &Room| match room.state() {
+        RoomState::Joined => true,
+        RoomState::Left => room.direct_targets_length() > 0,
+        _ => false,
+    };
     let theirs = |room: &Room| made_by(room, person) && admin_room.as_deref() != Some(room.room_id());
-    client.joined_rooms().iter().filter(|room| theirs(room)).count()
+    client.rooms().iter().filter(|room| counted(room) && theirs(room)).count()
+}
+
+/// Leaves each room a person brought the bot into as a DM once it is no
+/// longer one (a third member, joined or invited, or a room opened to
+/// anyone, or its person gone): the bot answers nothing there, and would
+/// carry its members and messages in every sync. Only the rooms it joined
+/// as a DM: its account may be lifeboat's own, which stays in the rooms it
+/// rejoined for people and those it made again.
+fn leave_what_stopped_being_a_dm(bot: &Arc<Bot>, client: &Client, response: &SyncResponse) {
+    // The SDK marks a DM the bot joined in `m.direct` after the join, and
+    // the mark comes back in a later sync, maybe with no news of the room:
+    // each room it marks is checked once then, and after with its news.
+    let marked = response
+        .account_data
+        .iter()
+        .any(|event| event.get_field::<String>("type").ok().flatten().as_deref() == Some("m.direct"));
+    let unchecked = |room: &Room| bot.dms_checked.lock().is_ok_and(|checked| !checked.contains(room.room_id()));
+    let newly_marked = client.joined_rooms().into_iter().filter(|room| marked && unchecked(room));
+    let with_news = response.rooms.joined.keys().filter_map(|room_id| client.get_room(room_id));
+    for room in with_news.chain(newly_marked) {
+        let Some(person) = person_of_dm(bot, &room) else { continue };
+        if let Ok(mut checked) = bot.dms_checked.lock() {
+            checked.insert(room.room_id().to_owned());
+        }
+        let bot = bot.clone();
+        bot.state.background.clone().spawn(async move {
+            if private_to(&room, &bot.me, &person).await == Some(false) {
+                tracing::info!(room = %room.room_id(), "left a DM that is no longer one");
+                if let Err(err) = room.leave().await {
+                    tracing::warn!(room = %room.room_id(), error = %err, "could not leave a DM that is no longer one");
+                }
+            }
+        });
+    }
+}
+
+/// Who brought the bot into `room` as a DM: its maker, when the bot took
+/// it as one (the SDK marks a room joined on a direct invite in the bot's
+/// own `m.direct`) and it is no admin room.
+fn person_of_dm(bot: &Bot, room: &Room) -> Option<OwnedUserId> {
+    let maker = maker_of(room)?;
+    let admin_room = [bot.admin_room(), bot.configured_room()].into_iter().flatten().any(|id| id == room.room_id());
+    (maker != bot.me && room.direct_targets_length() > 0 && !admin_room).then_some(maker)
 }
 
 /// Whether `person` made the room (from its creation event; unknown counts
@@ -906,7 +1014,7 @@ async fn on_message(event: OriginalSyncRoomMessageEvent, room: Room, Ctx(bot): C
             return;
         }
         bot.state.background.clone().spawn(async move {
-            if !is_one_to_one(&room, &bot.me, &sender).await {
+            if private_to(&room, &bot.me, &sender).await != Some(true) {
                 return;
             }
             // A room lifeboat re-created has two members until its other
@@ -934,20 +1042,47 @@ fn private_room_of(room: &Room, me: &OwnedUserId, sender: &OwnedUserId) -> bool 
         && (made_by(room, sender) || made_by(room, me))
 }
 
-/// Personal commands are answered only where nobody else can read the
-/// answer: a [`private_room_of`] the sender whose members, joined or
-/// invited, are exactly the sender and the bot (the member list is fetched
-/// when lazy loading left it incomplete; when it cannot be had, no answer).
-async fn is_one_to_one(room: &Room, me: &OwnedUserId, sender: &OwnedUserId) -> bool {
+/// Whether nobody but `person` and the bot can read `room`: a
+/// [`private_room_of`] them whose members, joined or invited, are exactly
+/// the two (the member list is fetched when lazy loading left it
+/// incomplete). `None` when it cannot be had now. Personal commands are
+/// answered only there, and a DM that is no longer one is left.
+async fn private_to(room: &Room, me: &OwnedUserId, person: &OwnedUserId) -> Option<bool> {
+    if !private_room_of(room, me, person) {
+        return Some(false);
+    }
     match room.members(RoomMemberships::ACTIVE).await {
-        Ok(members) => {
+        Ok(members) => Some(
             members.len() == 2
-                && members.iter().any(|member| member.user_id() == sender)
-                && members.iter().any(|member| member.user_id() == me)
-        }
+                && members.iter().any(|member| member.user_id() == person)
+                && members.iter().any(|member| member.user_id() == me),
+        ),
         Err(err) => {
-            tracing::warn!(room = %room.room_id(), error = %err, "cannot tell who is in a DM: not answering there");
-            false
+            tracing::warn!(room = %room.room_id(), error = %err, "cannot tell who is in a DM");
+            None
+        }
+    }
+}
+
+/// Whether an account is its registry person's now, as far as lifeboat
+/// can tell: only such accounts are obeyed, and only they have contacts to
+/// manage or a DM with the bot.
+pub(super) enum Standing {
+    Theirs,
+    /// Someone else's (registered again after a loss), or an account no
+    /// listing has seen yet.
+    NotTheirs,
+    /// No admin token works, so Synapse cannot be asked.
+    NoAdminToken,
+    CannotTell(crate::holds::CannotTell),
+}
+
+impl From<Result<bool, crate::holds::CannotTell>> for Standing {
+    fn from(answer: Result<bool, crate::holds::CannotTell>) -> Standing {
+        match answer {
+            Ok(true) => Standing::Theirs,
+            Ok(false) => Standing::NotTheirs,
+            Err(err) => Standing::CannotTell(err),
         }
     }
 }

@@ -6,9 +6,9 @@
 use matrix_sdk::ruma::OwnedUserId;
 use rand::Rng;
 
-use super::Bot;
 use super::admin::mask;
 use super::commands::{PersonCommand, person_help};
+use super::{Bot, Standing};
 use crate::registry::{Actor, CodeCheck, ContactAddress, ContactSource, MAX_CODE_ATTEMPTS, MessageKind, now_ms};
 
 /// How long a mailed code works.
@@ -30,16 +30,18 @@ pub(super) async fn run(bot: &Bot, sender: &OwnedUserId, command: PersonCommand)
     // Contacts belong to accounts lifeboat keeps: this homeserver's, and
     // only while the account is its registry person's (an ID someone else
     // registered again is a stranger, and learns nothing of that person).
-    let admin = crate::recover::admin_access(config, registry).await.ok().and_then(|access| access.working());
-    let Some(admin) = admin else {
-        return Err("I cannot reach the homeserver's admin API right now; please try again later.".to_owned());
-    };
-    let its_persons = crate::holds::its_persons_now(registry, &admin, &person).await;
-    if !its_persons.map_err(broken)? {
-        return Err(format!(
-            "I keep contacts for accounts of {} only, and {sender} is not one I know yet. New accounts are added each time I list the server's accounts: please try again later.",
-            config.homeserver.server_name
-        ));
+    match bot.standing_of_dm_person(sender).await {
+        Standing::Theirs => {}
+        Standing::NotTheirs => {
+            return Err(format!(
+                "I keep contacts for accounts of {} only, and {sender} is not one I know yet. New accounts are added each time I list the server's accounts: please try again in a few minutes.",
+                config.homeserver.server_name
+            ));
+        }
+        Standing::NoAdminToken => {
+            return Err("I cannot reach the homeserver's admin API right now; please try again later.".to_owned());
+        }
+        Standing::CannotTell(err) => return Err(broken(err)),
     }
     match command {
         PersonCommand::Help => unreachable!("answered above"),
