@@ -154,13 +154,34 @@ const ACQUIRE_TIMEOUT: Duration = Duration::from_secs(10);
 /// Settings every connection gets when it opens.
 async fn prepare(conn: &mut sqlx::AnyConnection, backend: Backend) -> Result<(), sqlx::Error> {
     if backend == Backend::Sqlite {
+        conn.execute("PRAGMA busy_timeout = 10000").await?;
         // Per connection: SQLite forgets foreign keys otherwise.
         conn.execute("PRAGMA foreign_keys = ON").await?;
-        conn.execute("PRAGMA journal_mode = WAL").await?;
+        use_wal(conn).await?;
         conn.execute("PRAGMA synchronous = NORMAL").await?;
-        conn.execute("PRAGMA busy_timeout = 10000").await?;
     }
     Ok(())
+}
+
+/// Puts a SQLite file in WAL mode, which it keeps. Setting it takes a lock
+/// that `busy_timeout` does not wait for: processes opening a new registry
+/// at once (serve and a CLI command) each try again a moment later.
+async fn use_wal(conn: &mut sqlx::AnyConnection) -> Result<(), sqlx::Error> {
+    let busy = |err: &sqlx::Error| err.as_database_error().and_then(|err| err.code()).as_deref() == Some("5");
+    let mut tries: u64 = 0;
+    loop {
+        let mode: String = sqlx::query_scalar("PRAGMA journal_mode").fetch_one(&mut *conn).await?;
+        if mode.eq_ignore_ascii_case("wal") {
+            return Ok(());
+        }
+        match conn.execute("PRAGMA journal_mode = WAL").await {
+            Err(err) if busy(&err) && tries < 50 => {
+                tries += 1;
+                tokio::time::sleep(Duration::from_millis(10 * tries.min(10))).await;
+            }
+            done => return done.map(drop),
+        }
+    }
 }
 
 /// Opens, prepares and closes one connection: its error is the real cause.
@@ -194,8 +215,9 @@ fn sqlite_file(url: &str) -> Option<&str> {
 /// Applies the migrations not applied yet. sqlx locks PostgreSQL for it,
 /// not SQLite: two processes started at once (serve and a CLI command after
 /// an upgrade) may both apply one, and the second fails ("table already
-/// exists", each migration's transaction undone). It tries again, and finds
-/// the first's work done; a migration that fails for itself fails each time.
+/// exists", or the migration's row already recorded; each migration's
+/// transaction undone). It tries again, and finds the first's work done; a
+/// migration that fails for itself fails each time.
 async fn migrate(
     migrator: &sqlx::migrate::Migrator,
     pool: &AnyPool,
@@ -204,7 +226,9 @@ async fn migrate(
     let mut tries = 0;
     loop {
         match migrator.run(pool).await {
-            Err(sqlx::migrate::MigrateError::ExecuteMigration(..)) if backend == Backend::Sqlite && tries < 5 => {
+            Err(sqlx::migrate::MigrateError::ExecuteMigration(..) | sqlx::migrate::MigrateError::Execute(..))
+                if backend == Backend::Sqlite && tries < 5 =>
+            {
                 tries += 1;
                 tokio::time::sleep(std::time::Duration::from_millis(200 * tries)).await;
             }
