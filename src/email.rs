@@ -77,6 +77,12 @@ impl EmailAddress {
             _ => format!("{local}@{domain}"),
         }
     }
+
+    /// The domain of [`Self::mailbox`]: where a catch-all inbox takes any
+    /// local part.
+    pub fn mailbox_domain(&self) -> String {
+        self.mailbox().rsplit_once('@').map(|(_, domain)| domain.to_owned()).unwrap_or_default()
+    }
 }
 
 /// A domain as mail servers take it: IDNA's ASCII form (punycode), with

@@ -209,6 +209,29 @@ impl Registry {
             .await?)
     }
 
+    /// How many links for `purpose` asked from `network` since `since` were
+    /// made for addresses at `address`'s mail domain, whose email was not
+    /// given up.
+    pub async fn web_links_to_domain_since(
+        &self,
+        purpose: &str,
+        address: &EmailAddress,
+        since: i64,
+        network: &str,
+    ) -> Result<i64> {
+        let sql = format!(
+            "SELECT COUNT(*) FROM web_links WHERE purpose = $1 AND network = $2 AND created_at > $3 \
+             AND SUBSTR(mailbox, LENGTH(mailbox) - LENGTH($4) + 1) = $4 AND {MAY_ARRIVE}"
+        );
+        Ok(sqlx::query_scalar(sqlx::AssertSqlSafe(sql))
+            .bind(purpose)
+            .bind(network)
+            .bind(since)
+            .bind(format!("@{}", address.mailbox_domain()))
+            .fetch_one(&self.pool)
+            .await?)
+    }
+
     pub async fn web_link(&self, id: &str) -> Result<Option<WebLink>> {
         let sql = format!("{SELECT_WEB_LINKS} WHERE id = $1");
         Ok(sqlx::query_as(sqlx::AssertSqlSafe(sql)).bind(id).fetch_optional(&self.pool).await?)

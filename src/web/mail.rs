@@ -166,6 +166,36 @@ pub async fn address_had_its_day(
 /// its owner asking from elsewhere still gets theirs.
 const LINKS_PER_NETWORK_PER_DAY: i64 = LINKS_PER_ADDRESS_PER_DAY / 2;
 
+/// Links for addresses at one mail domain that one network may ask for in
+/// a day, of one form's: a catch-all domain takes any local part, so one
+/// network typing `a1@`, `a2@`, … would otherwise get a day's links for
+/// each. Enough for an office subscribing its people's work addresses.
+const LINKS_PER_NETWORK_AND_DOMAIN_PER_DAY: i64 = 30;
+
+/// Has the network of `ip` asked today for its links of `purpose` to
+/// addresses at `to`'s domain? Told in the log at most every ten minutes.
+pub async fn network_had_its_day_of_the_domain(
+    state: &WebState,
+    purpose: &str,
+    to: &EmailAddress,
+    ip: Option<IpAddr>,
+) -> Result<bool, WebError> {
+    let network = asked_from(ip);
+    let asked = state.registry.web_links_to_domain_since(purpose, to, now_ms() - DAY_MS, &network).await?;
+    let had = asked >= LINKS_PER_NETWORK_AND_DOMAIN_PER_DAY;
+    if had {
+        static LAST_WARNED: AtomicI64 = AtomicI64::new(i64::MIN);
+        warn_at_most_every_ten_minutes(&LAST_WARNED, || {
+            tracing::warn!(
+                network = network.trim_start_matches("net:"),
+                domain = to.mailbox_domain(),
+                "one network asked for {LINKS_PER_NETWORK_AND_DOMAIN_PER_DAY} {purpose} links to one mail domain today: its requests for that domain mail nothing until tomorrow"
+            );
+        });
+    }
+    Ok(had)
+}
+
 /// The network a link is asked from, as its row records it.
 pub fn asked_from(ip: Option<IpAddr>) -> String {
     ip.map_or_else(|| "net:unknown".to_owned(), guard::network_key)

@@ -189,6 +189,7 @@ async fn start(
     if on_its_way.is_some_and(|link| carries_a_code(&link) || !takes_contacts)
         || state.registry.live_web_links_to(PURPOSE, &email).await? >= LIVE_LINKS_PER_ADDRESS
         || mail::address_had_its_day(state, &[PURPOSE], &email, ip).await?
+        || mail::network_had_its_day_of_the_domain(state, PURPOSE, &email, ip).await?
     {
         return Ok(());
     }

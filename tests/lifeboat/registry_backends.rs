@@ -1185,6 +1185,10 @@ async fn web_links_to_variants_of_one_inbox_count_as_links_to_it(registry: Regis
     assert_eq!(registry.web_links_to_since("subscribe", &victim, 0, "net:c").await.unwrap(), (3, 0));
     let other = email("v.ictim@example.org");
     assert_eq!(registry.live_web_links_to("subscribe", &other).await.unwrap(), 0, "another inbox");
+    // Any inbox at the domain counts among a network's links to the domain.
+    assert_eq!(registry.web_links_to_domain_since("subscribe", &other, 0, "net:a").await.unwrap(), 2);
+    let elsewhere = email("victim@example.net");
+    assert_eq!(registry.web_links_to_domain_since("subscribe", &elsewhere, 0, "net:a").await.unwrap(), 0);
 }
 on_both_backends!(web_links_to_variants_of_one_inbox_count_as_links_to_it);
 

@@ -2069,6 +2069,42 @@ async fn an_address_typed_again_and_again_gets_six_subscription_links_a_day() {
     store.close().await;
 }
 
+/// Someone types address after address at one catch-all domain: one
+/// network gets thirty links a day to that domain, whatever the local
+/// parts, while another domain from it, or that domain from elsewhere,
+/// still gets its links.
+#[tokio::test(flavor = "multi_thread")]
+async fn one_network_gets_thirty_subscription_links_a_day_to_one_mail_domain() {
+    let mut rig = Rig::start(TestSmtp::start(None), &[]).await;
+    let config = std::fs::read_to_string(rig.lifeboat.config_path()).unwrap();
+    let web = "[web]\nrate_limit_per_ip = 100000\ntrusted_proxies = [\"127.0.0.1\"]\n";
+    rig.lifeboat.write_config(&config.replace("[web]\n", web));
+    rig.serve().await;
+    let http = reqwest::Client::builder().no_proxy().build().unwrap();
+    let prefix = unique("catchall");
+    let domain = format!("{prefix}.example.org");
+    let at_the_domain: Vec<String> = (0..31).map(|n| format!("a{n}@{domain}")).collect();
+    for (n, address) in at_the_domain.iter().enumerate() {
+        let someone = rig.synapse.user_id(&format!("{prefix}-{n}"));
+        let client = format!("203.0.113.{}", n + 1);
+        assert_eq!(subscribe_from(Some(&client), &rig, &http, &someone, address).await, 200, "answered as always");
+    }
+    let (elsewhere, other_domain) = (format!("b@{domain}"), format!("{prefix}@example.net"));
+    let someone = rig.synapse.user_id(&format!("{prefix}-elsewhere"));
+    assert_eq!(subscribe_from(Some("198.51.100.7"), &rig, &http, &someone, &elsewhere).await, 200);
+    let someone = rig.synapse.user_id(&format!("{prefix}-other"));
+    assert_eq!(subscribe_from(Some("203.0.113.99"), &rig, &http, &someone, &other_domain).await, 200);
+    let smtp = &rig.smtp;
+    eventually("the other network's and the other domain's links", Duration::from_secs(60), || async {
+        !smtp.messages_to(&elsewhere).is_empty() && !smtp.messages_to(&other_domain).is_empty()
+    })
+    .await;
+    earlier_requests_are_done(&rig, &http, &format!("{prefix}-marker@example.net")).await;
+    let mailed = at_the_domain.iter().filter(|address| !smtp.messages_to(address).is_empty()).count();
+    assert_eq!(mailed, 30, "{}", rig.lifeboat.serve_log());
+    assert!(rig.lifeboat.serve_log().contains("links to one mail domain today"));
+}
+
 /// The code in a subscription DM.
 fn code_in(message: &str) -> String {
     let after = message.split("Your code to confirm it: **").nth(1).unwrap_or_else(|| panic!("no code in {message}"));
