@@ -43,7 +43,7 @@ pub use rooms::{
 pub use status::RegistryStatus;
 pub use sync_runs::{AccountDetails, DetailsDue, SyncApplied, SyncRun};
 pub use verifications::{CODE_LIMITS, CodeCheck, CodeLimits, MAX_CODE_ATTEMPTS, code_hash};
-pub use web::{MailableContact, NewWebLink, WebLink};
+pub use web::{AskedAs, MailableContact, NewWebLink, WebLink};
 
 pub(crate) static SQLITE_MIGRATIONS: sqlx::migrate::Migrator = sqlx::migrate!("./migrations/sqlite");
 static POSTGRES_MIGRATIONS: sqlx::migrate::Migrator = sqlx::migrate!("./migrations/postgres");

@@ -24,6 +24,18 @@ pub struct NewWebLink<'a> {
     pub expires_at: i64,
     /// The network of whoever asked for it (the web page's network key).
     pub asked_from: Option<&'a str>,
+    /// How a way-back request named its person (none for subscriptions).
+    pub asked_as: Option<AskedAs>,
+}
+
+crate::checked_text::stored_as_text! {
+    /// How someone asking for a way back named its person: each way has its
+    /// own day of links to one address, so strangers asking by a public
+    /// Matrix ID cannot use up the day of its owner typing their address.
+    pub enum AskedAs {
+        Id = "id",
+        Address = "address",
+    }
 }
 
 #[derive(Debug, Clone, sqlx::FromRow)]
@@ -69,7 +81,7 @@ impl Registry {
     /// Records a link before it is mailed. Expired links are swept here, so
     /// the table stays small without a job of its own.
     pub async fn create_web_link(&self, link: NewWebLink<'_>) -> Result<()> {
-        let NewWebLink { id, purpose, user_id, address, code_hash, expires_at, asked_from } = link;
+        let NewWebLink { id, purpose, user_id, address, code_hash, expires_at, asked_from, asked_as } = link;
         let now = now_ms();
         // Kept a day past expiry, so "expired" can still be told from
         // "unknown", and a day's links can be counted.
@@ -78,8 +90,9 @@ impl Registry {
             .execute(&self.pool)
             .await?;
         sqlx::query(
-            "INSERT INTO web_links (id, purpose, user_id, address, code_hash, created_at, expires_at, mailbox, network) \
-             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9)",
+            "INSERT INTO web_links \
+             (id, purpose, user_id, address, code_hash, created_at, expires_at, mailbox, network, asked_as) \
+             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10)",
         )
         .bind(id)
         .bind(purpose)
@@ -90,6 +103,7 @@ impl Registry {
         .bind(expires_at)
         .bind(address.mailbox())
         .bind(asked_from)
+        .bind(asked_as)
         .execute(&self.pool)
         .await?;
         Ok(())
@@ -186,25 +200,27 @@ impl Registry {
         .await?)
     }
 
-    /// How many links for `purpose` were made for `address` since `since`,
-    /// used, expired or live, whose email was not given up: in all, and of
-    /// those, how many were asked from `network`.
+    /// How many links for `purpose` asked for as `asked_as` were made for
+    /// `address` since `since`, used, expired or live, whose email was not
+    /// given up: in all, and of those, how many were asked from `network`.
     pub async fn web_links_to_since(
         &self,
         purpose: &str,
         address: &EmailAddress,
         since: i64,
         network: &str,
+        asked_as: Option<AskedAs>,
     ) -> Result<(i64, i64)> {
         let sql = format!(
             "SELECT COUNT(*), COUNT(CASE WHEN network = $4 THEN 1 END) FROM web_links \
-             WHERE purpose = $1 AND mailbox = $2 AND created_at > $3 AND {MAY_ARRIVE}"
+             WHERE purpose = $1 AND mailbox = $2 AND created_at > $3 AND COALESCE(asked_as, '') = $5 AND {MAY_ARRIVE}"
         );
         Ok(sqlx::query_as(sqlx::AssertSqlSafe(sql))
             .bind(purpose)
             .bind(address.mailbox())
             .bind(since)
             .bind(network)
+            .bind(asked_as.map_or("", AskedAs::as_str))
             .fetch_one(&self.pool)
             .await?)
     }

@@ -9,7 +9,7 @@ use super::pages::WebError;
 use super::{WebState, guard};
 use crate::email::EmailAddress;
 pub use crate::messages::LinkEmail;
-use crate::registry::{DAY_MS, MessageKind, now_ms};
+use crate::registry::{AskedAs, DAY_MS, MessageKind, now_ms};
 use crate::user_id::UserId;
 
 /// Links of some purposes mailed per hour, whoever asks: past the budget, a
@@ -142,18 +142,21 @@ impl HourlyBudget {
 /// mails, not one every time the last link expires.
 const LINKS_PER_ADDRESS_PER_DAY: i64 = 6;
 
-/// Has `to` been mailed its day's links of `purposes` (those on their way,
-/// or that arrived), or the network of `ip` asked for its part of them?
+/// Has `to` been mailed its day's links of `purposes` asked for as
+/// `asked_as` (those on their way, or that arrived), or the network of `ip`
+/// asked for its part of them?
 pub async fn address_had_its_day(
     state: &WebState,
     purposes: &[&str],
     to: &EmailAddress,
     ip: Option<IpAddr>,
+    asked_as: Option<AskedAs>,
 ) -> Result<bool, WebError> {
     let (day_ago, network) = (now_ms() - DAY_MS, asked_from(ip));
     let (mut mailed, mut asked_by_network) = (0, 0);
     for purpose in purposes {
-        let (to_address, from_network) = state.registry.web_links_to_since(purpose, to, day_ago, &network).await?;
+        let (to_address, from_network) =
+            state.registry.web_links_to_since(purpose, to, day_ago, &network, asked_as).await?;
         mailed += to_address;
         asked_by_network += from_network;
     }

@@ -188,7 +188,7 @@ async fn start(
     let now = now_ms();
     if on_its_way.is_some_and(|link| carries_a_code(&link) || !takes_contacts)
         || state.registry.live_web_links_to(PURPOSE, &email).await? >= LIVE_LINKS_PER_ADDRESS
-        || mail::address_had_its_day(state, &[PURPOSE], &email, ip).await?
+        || mail::address_had_its_day(state, &[PURPOSE], &email, ip, None).await?
         || mail::network_had_its_day_of_the_domain(state, PURPOSE, &email, ip).await?
     {
         return Ok(());
@@ -242,6 +242,7 @@ async fn start(
         code_hash: recorded.as_deref(),
         expires_at,
         asked_from: Some(&mail::asked_from(ip)),
+        asked_as: None,
     };
     state.registry.create_web_link(link).await?;
 

@@ -16,7 +16,7 @@ use super::links::{self, LinkFields, LinkKind};
 use super::pages::{self, CheckedForm, Chrome, LinkQuery, Message, PublicForm, WebError};
 use super::{WebState, mail};
 use crate::holds::{WayBack, way_back};
-use crate::registry::{ContactAddress, MailableContact, NewWebLink, OldName, now_ms};
+use crate::registry::{AskedAs, ContactAddress, MailableContact, NewWebLink, OldName, now_ms};
 use crate::tokens::{TokenError, token_for_person};
 
 pub const PURPOSE: &str = "token";
@@ -115,6 +115,10 @@ async fn mail_links(
         },
         ContactAddress::Email(address) => state.registry.mailable_contacts_by_address(address).await?,
     };
+    let asked_as = match target {
+        ContactAddress::Matrix(_) => AskedAs::Id,
+        ContactAddress::Email(_) => AskedAs::Address,
+    };
     let server_name = &state.config.homeserver.server_name;
     for contact in contacts {
         // Stored (and mailed) only below, once no earlier link still works.
@@ -158,7 +162,7 @@ async fn mail_links(
             tracing::info!(user_id = %contact.user_id, "an earlier way-back link still works: nothing new mailed");
             continue;
         }
-        if mail::address_had_its_day(state, WAY_BACK, &contact.address, ip).await? {
+        if mail::address_had_its_day(state, WAY_BACK, &contact.address, ip, Some(asked_as)).await? {
             tracing::info!(user_id = %contact.user_id, "the address had its day's way-back links (or this network its part): nothing new mailed");
             continue;
         }
@@ -178,6 +182,7 @@ async fn mail_links(
             code_hash: None,
             expires_at,
             asked_from: Some(&mail::asked_from(ip)),
+            asked_as: Some(asked_as),
         };
         state.registry.create_web_link(link).await?;
         mail::send(state, &id, &contact.address, email, Some((incident, &contact.user_id)), expires_at).await?;

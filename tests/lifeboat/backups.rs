@@ -132,6 +132,7 @@ async fn round_trip(from: TestDatabase, to: TestDatabase) {
         code_hash: None,
         expires_at: i64::MAX / 2,
         asked_from: None,
+        asked_as: None,
     };
     target.create_web_link(link).await.unwrap();
     let limits = lifeboat::registry::CODE_LIMITS;

@@ -1164,7 +1164,7 @@ fn subscription_link<'a>(
     asked_from: Option<&'a str>,
 ) -> NewWebLink<'a> {
     let purpose = "subscribe";
-    NewWebLink { id: link, purpose, user_id, address: to, code_hash, expires_at, asked_from }
+    NewWebLink { id: link, purpose, user_id, address: to, code_hash, expires_at, asked_from, asked_as: None }
 }
 
 /// The web page's caps on mail to one address count the variants of its
@@ -1181,8 +1181,8 @@ async fn web_links_to_variants_of_one_inbox_count_as_links_to_it(registry: Regis
     }
     let victim = email("victim+2@example.org");
     assert_eq!(registry.live_web_links_to("subscribe", &victim).await.unwrap(), 3);
-    assert_eq!(registry.web_links_to_since("subscribe", &victim, 0, "net:a").await.unwrap(), (3, 2));
-    assert_eq!(registry.web_links_to_since("subscribe", &victim, 0, "net:c").await.unwrap(), (3, 0));
+    assert_eq!(registry.web_links_to_since("subscribe", &victim, 0, "net:a", None).await.unwrap(), (3, 2));
+    assert_eq!(registry.web_links_to_since("subscribe", &victim, 0, "net:c", None).await.unwrap(), (3, 0));
     let other = email("v.ictim@example.org");
     assert_eq!(registry.live_web_links_to("subscribe", &other).await.unwrap(), 0, "another inbox");
     // Any inbox at the domain counts among a network's links to the domain.
