@@ -256,6 +256,12 @@ pub struct BackupConfig {
 }
 
 impl Config {
+    /// `bot.admins` of this homeserver: the IDs a wipe here frees for anyone.
+    pub fn local_bot_admins(&self) -> Vec<&UserId> {
+        let admins = self.bot.as_ref().map_or(&[][..], |bot| bot.admins.as_slice());
+        admins.iter().filter(|admin| admin.server_name() == self.homeserver.server_name).collect()
+    }
+
     /// Loads the file at `path` with `LIFEBOAT__*` overrides from `env`, validated.
     pub fn load(path: &Path, env: impl IntoIterator<Item = (String, String)>) -> Result<Config, ConfigError> {
         let text = std::fs::read_to_string(path).map_err(|err| {

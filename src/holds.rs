@@ -321,8 +321,7 @@ pub async fn hold_lost_ids(
         // the last one, or not yet) are held too: anyone could register one and
         // command the bot. Its owner takes it back with `holds claim`.
         if !candidates.is_empty() {
-            let local: Vec<&UserId> = bot_admins.iter().filter(|admin| admin.server_name() == server_name).collect();
-            registry.adopt_as_lost(&local).await?;
+            registry.adopt_as_lost(&config.local_bot_admins()).await?;
         }
         // So are rooms' members no listing saw that are lost: whoever
         // registered one would be let into its rooms.

@@ -148,6 +148,7 @@ pub async fn sync(
             let run_id = registry.begin_sync_run().await?;
             let staged_and_applied = async {
                 stage_listing(registry, client, run_id, options, progress).await?;
+                registry.adopt_ids_taken_before_the_listing(run_id, &options.config.local_bot_admins()).await?;
                 Ok::<_, SyncError>(registry.apply_listing(run_id, options.config.watch.loss_threshold, actor).await?)
             };
             match staged_and_applied.await {

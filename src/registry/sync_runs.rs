@@ -123,6 +123,44 @@ impl Registry {
 
     /// Applies a complete, staged listing to the accounts in one transaction: classifies every
     /// account, records new and changed ones, marks the unlisted ones missing (never deleting them).
+    /// Before run `run_id`'s staged listing is applied: records as lost
+    /// (made at 0, as a hold run adopts them) the IDs no listing saw that
+    /// someone may have registered since a loss, so that the account the
+    /// listing shows on one is classified as a stranger's, not recorded as
+    /// a new person's:
+    /// - a room's joined member whose account Synapse made after lifeboat
+    ///   read that room (the member's own account existed then);
+    /// - one of `admins` (the bot's, of this homeserver), while the listing
+    ///   shows a loss: an account the registry has as present or lost is
+    ///   not in it. A new admin otherwise is recorded as listed.
+    ///
+    /// A hold run adopts the same IDs once lost IDs wait, but only the
+    /// listing after a wipe runs before it, and would record whoever took
+    /// one in between as its person.
+    pub async fn adopt_ids_taken_before_the_listing(&self, run_id: i64, admins: &[&UserId]) -> Result<u64> {
+        let now = now_ms();
+        let mut tx = self.begin_write().await?;
+        let unseen = "INSERT INTO accounts (user_id, first_seen_at, state, missing_since, synapse_created_at) \
+             SELECT s.user_id, $2, 'missing', $2, 0 FROM listing_stage s \
+             WHERE s.run_id = $1 AND NOT EXISTS (SELECT 1 FROM accounts a WHERE a.user_id = s.user_id)";
+        let members = format!(
+            "{unseen} AND s.synapse_created_at > (SELECT MAX(r.state_read_at) FROM room_members m \
+                 JOIN rooms r ON r.room_id = m.room_id WHERE m.user_id = s.user_id AND m.membership = 'join')"
+        );
+        let mut adopted =
+            sqlx::query(sqlx::AssertSqlSafe(members)).bind(run_id).bind(now).execute(&mut *tx).await?.rows_affected();
+        let admin = format!(
+            "{unseen} AND s.user_id = $3 AND EXISTS (SELECT 1 FROM accounts a WHERE a.state IN ('present', 'missing') \
+                 AND NOT EXISTS (SELECT 1 FROM listing_stage l WHERE l.run_id = $1 AND l.user_id = a.user_id))"
+        );
+        for user_id in admins {
+            let query = sqlx::query(sqlx::AssertSqlSafe(admin.clone())).bind(run_id).bind(now).bind(*user_id);
+            adopted += query.execute(&mut *tx).await?.rows_affected();
+        }
+        tx.commit().await?;
+        Ok(adopted)
+    }
+
     pub async fn apply_listing(&self, run_id: i64, loss_threshold: f64, actor: &Actor) -> Result<SyncApplied> {
         let now = now_ms();
         let mut tx = self.begin_write().await?;

@@ -1457,6 +1457,7 @@ async fn a_rooms_member_no_listing_saw_is_held_with_the_lost_ids() {
     let lifeboat = Lifeboat::recovering(&synapse, &registry);
     assert_eq!(lifeboat.run(&["sync"]).await.code, 0);
     let (unseen, taken, newcomer) = (unique("late"), unique("taken"), unique("new"));
+    let early = unique("early");
     let store = lifeboat::registry::Registry::connect(&registry.url()).await.unwrap();
     let room_of = |name: &str, members: &[&str]| lifeboat::registry::RoomRecord {
         room_id: format!("!{name}:{}", synapse.server_name),
@@ -1467,11 +1468,15 @@ async fn a_rooms_member_no_listing_saw_is_held_with_the_lost_ids() {
         }),
         ..Default::default()
     };
-    let before = room_of("before", &[&person, &unseen, &taken]);
+    let before = room_of("before", &[&person, &unseen, &taken, &early]);
     store.apply_room_listing(std::slice::from_ref(&before)).await.unwrap();
 
     synapse.wipe();
     assert_eq!(lifeboat.run(&["recover"]).await.code, 0);
+    // Taken before the first listing after the wipe, which would otherwise
+    // record it as a new person's.
+    tokio::time::sleep(Duration::from_millis(1_100)).await;
+    synapse.register(&early);
     assert_eq!(lifeboat.run(&["sync"]).await.code, 0);
     tokio::time::sleep(Duration::from_millis(1_100)).await;
     synapse.register(&taken);
@@ -1484,8 +1489,11 @@ async fn a_rooms_member_no_listing_saw_is_held_with_the_lost_ids() {
     assert_eq!(made.code, 0, "{made:?}");
     let held = ids_in(&lifeboat, "held").await;
     assert!(held.contains(&synapse.user_id(&unseen)) && held.contains(&synapse.user_id(&person)), "{held:?}");
-    let recreated = ids_in(&lifeboat, "recreated").await;
-    assert_eq!(recreated, [synapse.user_id(&taken)], "registered again since the room was read");
+    let mut recreated = ids_in(&lifeboat, "recreated").await;
+    recreated.sort();
+    let mut taken_ids = [synapse.user_id(&taken), synapse.user_id(&early)];
+    taken_ids.sort();
+    assert_eq!(recreated, taken_ids, "registered again since the room was read");
     assert!(!held.contains(&synapse.user_id(&newcomer)), "the room showed this very account: {held:?}");
 }
 
@@ -1603,6 +1611,34 @@ async fn an_admin_id_no_listing_saw_is_held_with_the_lost_ids() {
     synapse.register_admin(&unique("root"));
     let held = synapse.user(&ops_localpart).await;
     assert_eq!(held["locked"], true, "the ID is taken, locked, for its owner: {held}");
+}
+
+/// The same ID taken by someone before the first listing after the wipe
+/// is a stranger's, not a new admin's: the listing does not record it as
+/// its person's, so the bot would neither invite nor obey it.
+#[tokio::test(flavor = "multi_thread")]
+async fn an_admin_id_no_listing_saw_taken_before_the_listing_after_a_wipe_is_a_strangers() {
+    let synapse = TestSynapse::start();
+    // PostgreSQL, where the room member's case above runs on SQLite.
+    let registry = TestDatabase::postgres().await;
+    let (person, newcomer) = (unique("person"), unique("newcomer"));
+    synapse.create_user(&person, &[]).await;
+    let ops_localpart = unique("ops");
+    let ops = synapse.user_id(&ops_localpart);
+    let lifeboat = Lifeboat::recovering(&synapse, &registry);
+    let config = std::fs::read_to_string(lifeboat.config_path()).unwrap();
+    lifeboat.write_config(&format!("{config}\n[bot]\nadmins = [\"{ops}\"]\n"));
+    assert_eq!(lifeboat.run(&["sync"]).await.code, 0);
+    // Before any loss, a new account no listing saw is a new person's.
+    synapse.register(&newcomer);
+    assert_eq!(lifeboat.run(&["sync"]).await.code, 0);
+    assert!(ids_in(&lifeboat, "recreated").await.is_empty());
+
+    synapse.wipe();
+    assert_eq!(lifeboat.run(&["recover"]).await.code, 0);
+    synapse.register(&ops_localpart);
+    assert_eq!(lifeboat.run(&["sync"]).await.code, 0);
+    assert_eq!(ids_in(&lifeboat, "recreated").await, [ops], "the admin's ID is a stranger's");
 }
 
 #[tokio::test(flavor = "multi_thread")]
