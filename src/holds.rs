@@ -784,6 +784,13 @@ pub async fn check_claim(
         return Ok(ClaimCheck::Dead);
     };
     let Ok(user_id) = UserId::parse(&link.account) else { return Ok(ClaimCheck::Dead) };
+    // An address opted out of (or dropped in Synapse) may have lapsed and
+    // be someone else's mailbox by now, as for `/token/open`'s links.
+    if contact.kind == ContactKind::Email
+        && !registry.mailable_contacts_of(&user_id).await?.iter().any(|mailable| mailable.id == contact_id)
+    {
+        return Ok(ClaimCheck::Dead);
+    }
     if contact.kind == ContactKind::Matrix {
         let standing = match UserId::parse(&contact.address) {
             Ok(id) => registry.account(&id).await?.map(|account| account.state),

@@ -249,6 +249,15 @@ async fn after_a_wipe_lost_ids_are_held_no_token_takes_one_and_each_owner_claims
     // C claims in Chromium, at phone and desktop sizes.
     let (c, c_email) = &people[2];
     let c_link = word_with(&notice_to(&rig, c_email), "/claim?");
+    // Not while C's address is opted out of (it may have lapsed, and be
+    // someone else's), as the unsubscribe link in a notice does.
+    let store = lifeboat::registry::Registry::connect(&rig.registry_url()).await.unwrap();
+    let opt_out = |at: Option<i64>| sqlx::query("UPDATE contacts SET opted_out_at = $1 WHERE address = $2").bind(at);
+    assert_eq!(opt_out(Some(1)).bind(c_email).execute(store.pool()).await.unwrap().rows_affected(), 1);
+    assert_eq!(status_of(c_link.clone()).await, 400, "once C's address is opted out of");
+    opt_out(None).bind(c_email).execute(store.pool()).await.unwrap();
+    store.close().await;
+    assert_eq!(status_of(c_link.clone()).await, 200, "and again once it takes mail");
     let browser = Browser::start().await;
     browser.client.set_window_size(390, 844).await.unwrap();
     browser.goto(&c_link).await;
