@@ -47,7 +47,7 @@ pub async fn post_test_message(config: &Config, registry: &Registry) -> (Status,
                     .to_owned(),
             );
         }
-        Err(why) => return (Status::Warn, why),
+        Err(answer) => return answer,
     };
     let content = crate::dm::safe_message("lifeboat drill: the bot can post here. (A rehearsal: nothing was changed.)");
     let txn: OwnedTransactionId = format!("lifeboat-drill-{}", now_ms()).into();
@@ -73,26 +73,34 @@ pub async fn post_test_message(config: &Config, registry: &Registry) -> (Status,
 /// with the bot: the bot is there, but that is no admin room. `Err`: the
 /// bot is in the room the alias names, and whether it is the admin room
 /// is for serve to tell.
-async fn admin_room(config: &Config, registry: &Registry, client: &Client) -> Result<Option<OwnedRoomId>, String> {
+async fn admin_room(
+    config: &Config,
+    registry: &Registry,
+    client: &Client,
+) -> Result<Option<OwnedRoomId>, (Status, String)> {
+    let failed = |err: &dyn std::fmt::Display| (Status::Fail, err.to_string());
     let Some(bot) = &config.bot else { return Ok(None) };
     let configured = match bot.admin_room.as_deref() {
         Some(configured) => super::resolve_room(client, configured).await,
         None => None,
     };
-    let made = super::room_made_before(registry).await.map_err(|err| err.to_string())?;
-    let named_before = super::room_the_alias_named(registry, bot).await.map_err(|err| err.to_string())?;
+    let made = super::room_made_before(registry).await.map_err(|err| failed(&err))?;
+    let named_before = super::room_the_alias_named(registry, bot).await.map_err(|err| failed(&err))?;
     let joined = client.send(joined_rooms::v3::Request::new()).await.map(|rooms| rooms.joined_rooms);
     let joined = joined.unwrap_or_default();
     let is_joined = |room: &Option<OwnedRoomId>| room.clone().filter(|room| joined.contains(room));
-    let server = <&ServerName>::try_from(config.homeserver.server_name.as_str()).map_err(|err| err.to_string())?;
+    let server = <&ServerName>::try_from(config.homeserver.server_name.as_str()).map_err(|err| failed(&err))?;
     let sure = |room: &OwnedRoomId| super::named_for_sure(bot, server, named_before.as_deref(), room);
     if let Some(room) = is_joined(&configured) {
         if sure(&room) {
             return Ok(Some(room));
         }
         if named_before.is_none() {
-            return Err(format!(
-                "not posted: bot.admin_room's alias names {room}, which the bot is in, with no record that it was the admin room; serve settles there only if it is invite-only and an admin made it or is in it (start serve, then run the drill again)"
+            return Err((
+                Status::Warn,
+                format!(
+                    "not posted: bot.admin_room's alias names {room}, which the bot is in, with no record that it was the admin room; serve settles there only if it is invite-only and an admin made it or is in it (start serve, then run the drill again)"
+                ),
             ));
         }
     }

@@ -177,7 +177,9 @@ impl Bot {
     /// a listing, so it is known when they try again a few minutes later.
     async fn standing_of_dm_person(&self, person: &UserId) -> Standing {
         let standing = self.standing_of(person).await;
+        // Another server's accounts are in no listing here.
         if matches!(standing, Standing::NotTheirs)
+            && person.server_name() == self.me.server_name()
             && matches!(self.state.registry.account(&crate::user_id::UserId::from(person)).await, Ok(None))
         {
             self.state.watch.want_listing();
@@ -418,6 +420,8 @@ async fn connected(
         queued.alerts.insert(0, what_happened(bot));
     }
     invite_admins(bot, &client).await;
+    // What changed in DMs while serve was down (now that the admin room is known).
+    leave_what_stopped_being_a_dm(bot, &client, &first);
 
     // The sync loop runs in its own task: posting alerts or inviting admins
     // here must never hold it up (matrix-sdk may wait on the sync itself).
@@ -856,7 +860,8 @@ fn dm_rooms_with(bot: &Bot, client: &Client, person: &OwnedUserId) -> usize {
     let admin_room = bot.admin_room();
     let counted = |room: &Room| match room.state() {
         RoomState::Joined => true,
-        RoomState::Left => room.direct_targets_length() > 0,
+        // Banned counts as left: a ban must not free a place either.
+        RoomState::Left | RoomState::Banned => room.direct_targets_length() > 0,
         _ => false,
     };
     let theirs = |room: &Room| made_by(room, person) && admin_room.as_deref() != Some(room.room_id());

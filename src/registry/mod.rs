@@ -167,7 +167,11 @@ async fn prepare(conn: &mut sqlx::AnyConnection, backend: Backend) -> Result<(),
 /// that `busy_timeout` does not wait for: processes opening a new registry
 /// at once (serve and a CLI command) each try again a moment later.
 async fn use_wal(conn: &mut sqlx::AnyConnection) -> Result<(), sqlx::Error> {
-    let busy = |err: &sqlx::Error| err.as_database_error().and_then(|err| err.code()).as_deref() == Some("5");
+    // SQLITE_BUSY, and its extended codes (the low byte is the primary one).
+    let busy = |err: &sqlx::Error| {
+        let code = err.as_database_error().and_then(|err| err.code()).and_then(|code| code.parse::<i32>().ok());
+        code.is_some_and(|code| code & 0xff == 5)
+    };
     let mut tries: u64 = 0;
     loop {
         let mode: String = sqlx::query_scalar("PRAGMA journal_mode").fetch_one(&mut *conn).await?;

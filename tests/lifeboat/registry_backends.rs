@@ -4,8 +4,8 @@ use std::future::Future;
 
 use lifeboat::email::EmailAddress;
 use lifeboat::registry::{
-    AccountState, Actor, AddContact, Contact, ContactSource, MAX_REJOIN_ATTEMPTS, MessageKind, NewWebLink, Registry,
-    RejoinOutcome, Room, RoomDetails, RoomRecord, RoomState,
+    AccountState, Actor, AddContact, AskedAs, Contact, ContactSource, MAX_REJOIN_ATTEMPTS, MessageKind, NewWebLink,
+    Registry, RejoinOutcome, Room, RoomDetails, RoomRecord, RoomState,
 };
 use lifeboat::synapse::ListedUser;
 use lifeboat::user_id::UserId;
@@ -1192,6 +1192,20 @@ async fn web_links_to_variants_of_one_inbox_count_as_links_to_it(registry: Regis
     assert_eq!(registry.web_links_to_since("subscribe", &victim, 0, "net:c", None).await.unwrap(), (3, 0));
     let other = email("v.ictim@example.org");
     assert_eq!(registry.live_web_links_to("subscribe", &other).await.unwrap(), 0, "another inbox");
+    // A way-back link asked for by Matrix ID counts apart from those asked
+    // for by address.
+    let person = id("@a:x");
+    let by_id = NewWebLink {
+        purpose: "token",
+        asked_as: Some(AskedAs::Id),
+        ..subscription_link("link-id", &person, &victim, None, until, Some("net:a"))
+    };
+    registry.create_web_link(by_id).await.unwrap();
+    assert_eq!(registry.web_links_to_since("token", &victim, 0, "net:a", Some(AskedAs::Id)).await.unwrap(), (1, 1));
+    assert_eq!(
+        registry.web_links_to_since("token", &victim, 0, "net:a", Some(AskedAs::Address)).await.unwrap(),
+        (0, 0)
+    );
     // Any inbox at the domain counts among a network's links to the domain.
     assert_eq!(registry.web_links_to_domain_since("subscribe", &other, 0, "net:a").await.unwrap(), 2);
     let elsewhere = email("victim@example.net");

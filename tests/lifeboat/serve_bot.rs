@@ -581,10 +581,18 @@ async fn the_bot_leaves_a_dm_that_is_no_longer_one_and_still_counts_it() {
     }
 
     let kept = rig.dm_with_the_bot(&bob).await;
-    let one_too_many = bob.create_room(&[&rig.bot], true).await;
-    logged_more_than(&rig.lifeboat, &format!("declined an invite room={one_too_many}"), 0).await;
     bob.send(&kept, "contact list").await;
     bob.wait_for_message(&kept, &rig.bot, "You have no contact addresses yet", Duration::from_secs(30)).await;
+    // Nor does banning the bot from it free a place.
+    let ban = format!("/_matrix/client/v3/rooms/{kept}/ban");
+    let (status, body) = bob.try_call(reqwest::Method::POST, &ban, Some(serde_json::json!({"user_id": rig.bot}))).await;
+    assert_eq!(status, 200, "{body}");
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let one_too_many = bob.create_room(&[&rig.bot], true).await;
+    logged_more_than(&rig.lifeboat, &format!("declined an invite room={one_too_many}"), 0).await;
+    let log = rig.lifeboat.serve_log();
+    let declined = log.lines().find(|line| line.contains(&format!("room={one_too_many}"))).unwrap_or_default();
+    assert!(declined.contains("as many DM rooms"), "{declined}");
 }
 
 /// DMs are for accounts lifeboat knows as their person's: an invite from
