@@ -860,8 +860,8 @@ fn dm_rooms_with(bot: &Bot, client: &Client, person: &OwnedUserId) -> usize {
     let admin_room = bot.admin_room();
     let counted = |room: &Room| match room.state() {
         RoomState::Joined => true,
-        // Banned counts as left: a ban must not free a place either.
-        RoomState::Left | RoomState::Banned => room.direct_targets_length() > 0,
+        // A ban comes in a sync as leaving: it frees no place either.
+        RoomState::Left => room.direct_targets_length() > 0,
         _ => false,
     };
     let theirs = |room: &Room| made_by(room, person) && admin_room.as_deref() != Some(room.room_id());
